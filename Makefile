@@ -1,0 +1,47 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both set up everything on a fresh machine and are quick when already set up.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ANVIL_DIR := node_modules/@foundry-rs/anvil-linux-amd64/bin
+# ape-foundry finds anvil on PATH.
+export PATH := $(CURDIR)/$(ANVIL_DIR):$(CURDIR)/$(BIN):$(PATH)
+# ape's pydantic-settings warning about ape-vyper's config is harmless noise.
+export PYTHONWARNINGS := ignore::UserWarning:pydantic_settings.main
+
+NETWORK ?= ethereum:local:foundry
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## The local demo: starts anvil (or attaches to one on :8545), deploys, runs the flow.
+demo: setup
+	$(BIN)/ape run demo --network $(NETWORK) -v WARNING
+
+## The whole test suite.
+test: setup
+	$(BIN)/ape test tests -v WARNING
+
+lint: setup
+	$(BIN)/ruff check src scripts tests bench
+	$(BIN)/ruff format --check src scripts tests bench
+
+## Gas per operation, as a table (`make bench ARGS=--json` for JSON).
+bench: setup
+	$(BIN)/python bench/gas.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) node_modules .build deployments/local.json deployments/abi

@@ -1,0 +1,555 @@
+# pragma version ~=0.4.3
+"""
+@title CreditEscrow
+@license MIT
+@notice Records lots of AI API credit that sellers put on the market.
+        A *tokenized* lot mints the provider's ComputeToken up front (minus
+        the mint fee, paid to the treasury) and then serves only requests
+        paid by burning that token. A *listed* lot mints nothing and serves
+        USDC-paid requests at the seller's rate. Each lot carries a USDC bond
+        from the seller, released pro rata as the lot is consumed, and
+        slashed into the provider's insurance fund if the capacity fails.
+@dev Roles: admin (two-step handover), attestor (the gateway, after it has
+     verified a seller's key: opens and slashes lots), settler (the credits
+     vault or coordinator: consumes lots). Units: face values and bonds in
+     USD micro-units (= USDC's 6-decimal unit), token amounts in 10**-18.
+"""
+
+from ethereum.ercs import IERC20
+from snekmate.auth import ownable
+from snekmate.auth import ownable_2step
+
+initializes: ownable
+initializes: ownable_2step[ownable := ownable]
+
+exports: (
+    ownable_2step.owner,
+    ownable_2step.pending_owner,
+    ownable_2step.transfer_ownership,
+    ownable_2step.accept_ownership,
+)
+
+
+interface IComputeToken:
+    def mint(owner: address, amount: uint256): nonpayable
+    def burn(amount: uint256): nonpayable
+    def face_value_usd_micro() -> uint256: view
+
+
+# ─── Constants ───────────────────────────────────────────────────────────────
+
+BPS: constant(uint256) = 10_000
+# @notice Hard cap on the mint fee: 1 %.
+MAX_MINT_FEE_BPS: public(constant(uint256)) = 100
+# @notice After a lot's expiry, usage it served may still be settled for this
+#         long (two of the vault's longest epochs) before `expire` may run.
+SETTLEMENT_GRACE: public(constant(uint256)) = 7_200
+
+KIND_TOKENIZED: public(constant(uint8)) = 1
+KIND_LISTED: public(constant(uint8)) = 2
+
+STATUS_OPEN: public(constant(uint8)) = 1
+STATUS_CLOSED: public(constant(uint8)) = 2
+STATUS_EXPIRED: public(constant(uint8)) = 3
+STATUS_SLASHED: public(constant(uint8)) = 4
+
+
+# ─── Storage ─────────────────────────────────────────────────────────────────
+
+struct Lot:
+    seller: address
+    token: address  # the provider's ComputeToken; identifies the provider
+    kind: uint8
+    status: uint8
+    rate_bps: uint16  # listed lots: seller's rate as a fraction of list price
+    expiry: uint64
+    face_value: uint256  # USD micro-units
+    capacity: uint256  # tokenized: tokens minted (seller + fee); listed: = face_value
+    seller_minted: uint256  # tokenized: tokens the seller received
+    consumed: uint256  # in the unit of `capacity`
+    last_epoch: uint256  # the last settlement epoch that consumed this lot
+    bond: uint256  # USDC posted by the seller
+    bond_released: uint256  # USDC returned to the seller so far
+    terms_hash: bytes32  # hash of the seller's signed declaration that resale is permitted
+
+
+usdc: public(immutable(address))
+
+treasury: public(address)
+mint_fee_bps: public(uint256)
+min_bond_bps: public(uint256)
+
+is_attestor: public(HashMap[address, bool])
+is_settler: public(HashMap[address, bool])
+is_provider_token: public(HashMap[address, bool])
+
+lots: public(HashMap[uint256, Lot])
+lot_count: public(uint256)
+
+# @notice USDC bonds of lots not yet closed, expired or slashed (unreleased part).
+bonds_held: public(uint256)
+# @notice Slashed USDC per provider token, for buying back and burning it.
+insurance_fund: public(HashMap[address, uint256])
+# @notice Tokens in circulation whose lot stopped serving before they were
+#         consumed (expired, slashed, or the fee share of an early close).
+unbacked: public(HashMap[address, uint256])
+
+
+# ─── Events ──────────────────────────────────────────────────────────────────
+
+event LotOpened:
+    lot_id: indexed(uint256)
+    seller: indexed(address)
+    token: indexed(address)
+    kind: uint8
+    face_value: uint256
+    capacity: uint256
+    seller_amount: uint256
+    fee: uint256
+    bond: uint256
+    expiry: uint64
+    rate_bps: uint16
+    terms_hash: bytes32
+
+event LotConsumed:
+    lot_id: indexed(uint256)
+    epoch: indexed(uint256)
+    amount: uint256
+    consumed: uint256
+    bond_released: uint256
+
+event LotClosed:
+    lot_id: indexed(uint256)
+    tokens_returned: uint256
+    unbacked: uint256
+    bond_released: uint256
+
+event LotExpired:
+    lot_id: indexed(uint256)
+    unbacked: uint256
+    bond_released: uint256
+
+event LotSlashed:
+    lot_id: indexed(uint256)
+    token: indexed(address)
+    slashed: uint256
+    unbacked: uint256
+
+event ProviderAdded:
+    token: indexed(address)
+
+event RoleAttestorChanged:
+    account: indexed(address)
+    status: bool
+
+event RoleSettlerChanged:
+    account: indexed(address)
+    status: bool
+
+event MintFeeChanged:
+    old_bps: uint256
+    new_bps: uint256
+
+event MinBondChanged:
+    old_bps: uint256
+    new_bps: uint256
+
+event TreasuryChanged:
+    old_treasury: indexed(address)
+    new_treasury: indexed(address)
+
+
+@deploy
+def __init__(usdc_: address, treasury_: address):
+    """
+    @notice Deploys the escrow; the deployer becomes the admin.
+    @param usdc_ The bond asset (USDC, 6 decimals).
+    @param treasury_ Receives the mint fee.
+    """
+    assert usdc_ != empty(address), "escrow: zero address"
+    assert treasury_ != empty(address), "escrow: zero address"
+    ownable.__init__()
+    ownable_2step.__init__()
+    usdc = usdc_
+    self.treasury = treasury_
+    self.mint_fee_bps = 5
+    self.min_bond_bps = 1_000
+
+
+# ─── Lots ────────────────────────────────────────────────────────────────────
+
+
+@external
+@nonreentrant
+def open_lot(
+    seller: address,
+    token: address,
+    kind: uint8,
+    face_value: uint256,
+    expiry: uint64,
+    bond: uint256,
+    terms_hash: bytes32,
+    rate_bps: uint16,
+) -> uint256:
+    """
+    @notice Opens a lot of verified API credit and pulls the seller's bond.
+    @dev Attestor only. The seller must have approved `bond` USDC to this
+         contract. A tokenized lot mints face_value ÷ the token's face value
+         (rounded down); the fee share (rounded up) goes to the treasury.
+    @param seller The seller; receives tokens and, later, the bond back.
+    @param token A registered provider token.
+    @param kind KIND_TOKENIZED or KIND_LISTED.
+    @param face_value USD micro-units of credit in the lot.
+    @param expiry Unix time after which the lot stops serving.
+    @param bond USDC (6 decimals) posted; at least `min_bond_bps` of face value.
+    @param terms_hash Hash of the seller's signed resale-permitted declaration.
+    @param rate_bps Listed lots: price as a fraction of list (1..10000); tokenized: 0.
+    @return uint256 The new lot id (ids start at 1).
+    """
+    assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
+    assert seller != empty(address), "escrow: zero address"
+    assert self.is_provider_token[token], "escrow: unknown token"
+    assert face_value > 0, "escrow: zero face value"
+    assert convert(expiry, uint256) > block.timestamp, "escrow: expiry in the past"
+    assert bond >= self._min_bond(face_value), "escrow: bond below minimum"
+    assert terms_hash != empty(bytes32), "escrow: resale not declared"
+
+    capacity: uint256 = face_value
+    seller_amount: uint256 = 0
+    fee: uint256 = 0
+    if kind == KIND_TOKENIZED:
+        assert rate_bps == 0, "escrow: rate on tokenized lot"
+        capacity, seller_amount, fee = self._quote_mint(token, face_value)
+        assert capacity > 0, "escrow: face value below one token unit"
+    elif kind == KIND_LISTED:
+        assert rate_bps > 0 and convert(rate_bps, uint256) <= BPS, "escrow: bad rate"
+    else:
+        raise "escrow: bad kind"
+
+    lot_id: uint256 = self.lot_count + 1
+    self.lot_count = lot_id
+    self.lots[lot_id] = Lot(
+        seller=seller,
+        token=token,
+        kind=kind,
+        status=STATUS_OPEN,
+        rate_bps=rate_bps,
+        expiry=expiry,
+        face_value=face_value,
+        capacity=capacity,
+        seller_minted=seller_amount,
+        consumed=0,
+        last_epoch=0,
+        bond=bond,
+        bond_released=0,
+        terms_hash=terms_hash,
+    )
+    self.bonds_held += bond
+
+    assert extcall IERC20(usdc).transferFrom(seller, self, bond, default_return_value=True), "escrow: bond transfer failed"
+    if seller_amount > 0:
+        extcall IComputeToken(token).mint(seller, seller_amount)
+    if fee > 0:
+        extcall IComputeToken(token).mint(self.treasury, fee)
+
+    log LotOpened(
+        lot_id=lot_id,
+        seller=seller,
+        token=token,
+        kind=kind,
+        face_value=face_value,
+        capacity=capacity,
+        seller_amount=seller_amount,
+        fee=fee,
+        bond=bond,
+        expiry=expiry,
+        rate_bps=rate_bps,
+        terms_hash=terms_hash,
+    )
+    return lot_id
+
+
+@external
+@nonreentrant
+def consume(lot_id: uint256, amount: uint256, epoch: uint256):
+    """
+    @notice Draws a lot down by what it served in one settlement epoch and
+            releases the matching share of its bond to the seller.
+    @dev Settler only. For a tokenized lot `amount` is in tokens and equals
+         the tokens the settler burned; for a listed lot it is USD
+         micro-units of list price. One draw per lot per epoch.
+    @param lot_id The lot.
+    @param amount Capacity used; non-zero, within what remains.
+    @param epoch The settlement epoch; greater than the lot's last one.
+    """
+    assert self.is_settler[msg.sender], "escrow: caller is not a settler"
+    lot: Lot = self.lots[lot_id]
+    assert lot.status == STATUS_OPEN, "escrow: lot not open"
+    assert block.timestamp <= convert(lot.expiry, uint256) + SETTLEMENT_GRACE, "escrow: lot expired"
+    assert amount > 0, "escrow: zero amount"
+    assert epoch > lot.last_epoch, "escrow: epoch already consumed"
+    assert amount <= lot.capacity - lot.consumed, "escrow: over-consume"
+
+    consumed: uint256 = lot.consumed + amount
+    # Release rounds down: the seller never gets bond back ahead of usage.
+    released: uint256 = lot.bond * consumed // lot.capacity
+    payout: uint256 = released - lot.bond_released
+
+    self.lots[lot_id].consumed = consumed
+    self.lots[lot_id].last_epoch = epoch
+    self.lots[lot_id].bond_released = released
+    if consumed == lot.capacity:
+        self.lots[lot_id].status = STATUS_CLOSED
+    self.bonds_held -= payout
+
+    if payout > 0:
+        self._pay_usdc(lot.seller, payout)
+    log LotConsumed(lot_id=lot_id, epoch=epoch, amount=amount, consumed=consumed, bond_released=payout)
+
+
+@external
+@nonreentrant
+def close_lot(lot_id: uint256):
+    """
+    @notice The seller closes its lot early and takes back the rest of its bond.
+    @dev A tokenized lot requires the seller to return its unconsumed share of
+         the tokens it received (rounded up) — approve them to this contract;
+         they are burned. The treasury's fee share of the remainder is
+         recorded as unbacked. A listed lot closes at any time.
+    @param lot_id The seller's open lot.
+    """
+    lot: Lot = self.lots[lot_id]
+    assert lot.seller == msg.sender, "escrow: caller is not the seller"
+    assert lot.status == STATUS_OPEN, "escrow: lot not open"
+
+    returned: uint256 = 0
+    newly_unbacked: uint256 = 0
+    if lot.kind == KIND_TOKENIZED:
+        remaining: uint256 = lot.capacity - lot.consumed
+        returned = self._ceil_div(lot.seller_minted * remaining, lot.capacity)
+        newly_unbacked = remaining - returned
+        self.unbacked[lot.token] += newly_unbacked
+
+    payout: uint256 = self._finish_lot(lot_id, lot, STATUS_CLOSED)
+
+    if returned > 0:
+        assert extcall IERC20(lot.token).transferFrom(msg.sender, self, returned), "escrow: token transfer failed"
+        extcall IComputeToken(lot.token).burn(returned)
+    if payout > 0:
+        self._pay_usdc(lot.seller, payout)
+    log LotClosed(lot_id=lot_id, tokens_returned=returned, unbacked=newly_unbacked, bond_released=payout)
+
+
+@external
+@nonreentrant
+def expire(lot_id: uint256):
+    """
+    @notice Ends a lot past its expiry and settlement grace; anyone may call.
+    @dev Releases what is left of the bond to the seller. Unconsumed tokens
+         of a tokenized lot are recorded as unbacked.
+    @param lot_id An open lot whose expiry + SETTLEMENT_GRACE has passed.
+    """
+    lot: Lot = self.lots[lot_id]
+    assert lot.status == STATUS_OPEN, "escrow: lot not open"
+    assert block.timestamp > convert(lot.expiry, uint256) + SETTLEMENT_GRACE, "escrow: lot not expired"
+
+    newly_unbacked: uint256 = 0
+    if lot.kind == KIND_TOKENIZED:
+        newly_unbacked = lot.capacity - lot.consumed
+        self.unbacked[lot.token] += newly_unbacked
+
+    payout: uint256 = self._finish_lot(lot_id, lot, STATUS_EXPIRED)
+    if payout > 0:
+        self._pay_usdc(lot.seller, payout)
+    log LotExpired(lot_id=lot_id, unbacked=newly_unbacked, bond_released=payout)
+
+
+@external
+def slash(lot_id: uint256):
+    """
+    @notice Slashes a lot whose capacity failed (key revoked, credit gone).
+    @dev Attestor only. The unreleased bond moves to the provider's insurance
+         fund; unconsumed tokens of a tokenized lot are recorded as unbacked,
+         to be bought back and burned with that fund. No tokens move here.
+    @param lot_id An open lot.
+    """
+    assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
+    lot: Lot = self.lots[lot_id]
+    assert lot.status == STATUS_OPEN, "escrow: lot not open"
+
+    slashed: uint256 = lot.bond - lot.bond_released
+    newly_unbacked: uint256 = 0
+    if lot.kind == KIND_TOKENIZED:
+        newly_unbacked = lot.capacity - lot.consumed
+        self.unbacked[lot.token] += newly_unbacked
+
+    self.lots[lot_id].status = STATUS_SLASHED
+    self.lots[lot_id].bond_released = lot.bond
+    self.bonds_held -= slashed
+    self.insurance_fund[lot.token] += slashed
+    log LotSlashed(lot_id=lot_id, token=lot.token, slashed=slashed, unbacked=newly_unbacked)
+
+
+# ─── Views ───────────────────────────────────────────────────────────────────
+
+
+@external
+@view
+def quote_mint(token: address, face_value: uint256) -> (uint256, uint256, uint256):
+    """
+    @notice What a tokenized lot of `face_value` would mint now.
+    @param token A registered provider token.
+    @param face_value USD micro-units.
+    @return (uint256, uint256, uint256) Total minted, the seller's share, the fee.
+    """
+    assert self.is_provider_token[token], "escrow: unknown token"
+    return self._quote_mint(token, face_value)
+
+
+@external
+@view
+def min_bond(face_value: uint256) -> uint256:
+    """
+    @notice The smallest bond accepted for a lot of `face_value`.
+    @param face_value USD micro-units.
+    @return uint256 USDC in 10**-6 units (rounded up).
+    """
+    return self._min_bond(face_value)
+
+
+@external
+@view
+def remaining(lot_id: uint256) -> uint256:
+    """
+    @notice Capacity a lot can still serve (0 unless open).
+    @param lot_id The lot.
+    @return uint256 In the lot's unit (tokens or USD micro-units).
+    """
+    lot: Lot = self.lots[lot_id]
+    if lot.status != STATUS_OPEN:
+        return 0
+    return lot.capacity - lot.consumed
+
+
+# ─── Admin ───────────────────────────────────────────────────────────────────
+
+
+@external
+def add_provider(token: address):
+    """
+    @notice Registers a provider token that lots may name.
+    @dev Admin only. The token must grant this contract the minter and burner roles.
+    @param token The ComputeToken.
+    """
+    ownable._check_owner()
+    assert token != empty(address), "escrow: zero address"
+    assert not self.is_provider_token[token], "escrow: provider already added"
+    assert staticcall IComputeToken(token).face_value_usd_micro() > 0, "escrow: not a compute token"
+    self.is_provider_token[token] = True
+    log ProviderAdded(token=token)
+
+
+@external
+def set_attestor(account: address, status: bool):
+    """
+    @notice Grants or revokes the attestor role.
+    @dev Admin only.
+    @param account The account; not the zero address.
+    @param status True to grant.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "escrow: zero address"
+    self.is_attestor[account] = status
+    log RoleAttestorChanged(account=account, status=status)
+
+
+@external
+def set_settler(account: address, status: bool):
+    """
+    @notice Grants or revokes the settler role.
+    @dev Admin only.
+    @param account The account; not the zero address.
+    @param status True to grant.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "escrow: zero address"
+    self.is_settler[account] = status
+    log RoleSettlerChanged(account=account, status=status)
+
+
+@external
+def set_mint_fee_bps(new_bps: uint256):
+    """
+    @notice Sets the mint fee for lots opened from now on.
+    @dev Admin only; at most MAX_MINT_FEE_BPS.
+    @param new_bps Basis points of minted tokens.
+    """
+    ownable._check_owner()
+    assert new_bps <= MAX_MINT_FEE_BPS, "escrow: fee above cap"
+    log MintFeeChanged(old_bps=self.mint_fee_bps, new_bps=new_bps)
+    self.mint_fee_bps = new_bps
+
+
+@external
+def set_min_bond_bps(new_bps: uint256):
+    """
+    @notice Sets the minimum bond, as a share of face value, for new lots.
+    @dev Admin only; at most 100 %.
+    @param new_bps Basis points of face value.
+    """
+    ownable._check_owner()
+    assert new_bps <= BPS, "escrow: bond share above 100%"
+    log MinBondChanged(old_bps=self.min_bond_bps, new_bps=new_bps)
+    self.min_bond_bps = new_bps
+
+
+@external
+def set_treasury(new_treasury: address):
+    """
+    @notice Sets the mint fee recipient.
+    @dev Admin only.
+    @param new_treasury Not the zero address.
+    """
+    ownable._check_owner()
+    assert new_treasury != empty(address), "escrow: zero address"
+    log TreasuryChanged(old_treasury=self.treasury, new_treasury=new_treasury)
+    self.treasury = new_treasury
+
+
+# ─── Internals ───────────────────────────────────────────────────────────────
+
+
+@internal
+@view
+def _quote_mint(token: address, face_value: uint256) -> (uint256, uint256, uint256):
+    # Tokens round down (against the seller); the fee rounds up (for the treasury).
+    capacity: uint256 = face_value * 10**18 // staticcall IComputeToken(token).face_value_usd_micro()
+    fee: uint256 = self._ceil_div(capacity * self.mint_fee_bps, BPS)
+    return capacity, capacity - fee, fee
+
+
+@internal
+@view
+def _min_bond(face_value: uint256) -> uint256:
+    return self._ceil_div(face_value * self.min_bond_bps, BPS)
+
+
+@internal
+def _finish_lot(lot_id: uint256, lot: Lot, status: uint8) -> uint256:
+    # Ends a lot and returns the unreleased bond now owed to its seller.
+    payout: uint256 = lot.bond - lot.bond_released
+    self.lots[lot_id].status = status
+    self.lots[lot_id].bond_released = lot.bond
+    self.bonds_held -= payout
+    return payout
+
+
+@internal
+def _pay_usdc(to: address, amount: uint256):
+    assert extcall IERC20(usdc).transfer(to, amount, default_return_value=True), "escrow: usdc transfer failed"
+
+
+@internal
+@pure
+def _ceil_div(a: uint256, b: uint256) -> uint256:
+    return (a + b - 1) // b

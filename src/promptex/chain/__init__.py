@@ -1,0 +1,1 @@
+"""Contract addresses, ABIs and deployment of the on-chain half of PROMPTEX."""

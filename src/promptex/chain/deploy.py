@@ -1,0 +1,128 @@
+"""Deploys the PROMPTEX contracts through ape and wires their roles.
+
+Called by `scripts/deploy.py` (and by the demo) inside an ape network context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ape import chain, project
+
+from promptex.chain.deployments import (
+    DEPLOYMENTS_DIR,
+    DeployedContract,
+    Deployment,
+    deployment_path,
+    load_deployment,
+    save_deployment,
+    write_abi,
+)
+from promptex.chain.providers import PROVIDER_TOKENS
+
+LOCAL_NETWORKS = ("local",)
+
+
+class DeploymentExists(ValueError):
+    """A deployment on this network is live; refuse to replace it silently."""
+
+
+def is_local(network_name: str) -> bool:
+    return network_name in LOCAL_NETWORKS
+
+
+def live_deployment(network_name: str, root: Path = DEPLOYMENTS_DIR) -> Deployment | None:
+    """The recorded deployment, if its contracts still have code on this chain."""
+    if not deployment_path(network_name, root).exists():
+        return None
+    recorded = load_deployment(network_name, root)
+    if recorded.chain_id != chain.chain_id:
+        return None
+    escrow = recorded.contracts.get("CreditEscrow")
+    if escrow is None or not chain.provider.get_code(escrow.address):
+        return None
+    return recorded
+
+
+def _abi_of(container: Any) -> list[dict[str, Any]]:
+    return [item.model_dump(mode="json", by_alias=True) for item in container.contract_type.abi]
+
+
+def deploy_all(
+    deployer: Any,
+    network_name: str,
+    *,
+    usdc: str | None = None,
+    treasury: str | None = None,
+    attestor: str | None = None,
+    settler: str | None = None,
+    force: bool = False,
+    root: Path = DEPLOYMENTS_DIR,
+    log: Callable[[str], None] = print,
+) -> Deployment:
+    """Deploy tokens, the escrow (and MockUSDC on local chains), wire roles, record it.
+
+    Roles default to the deployer, which suits a local chain; on a live network pass
+    the gateway's attestor key and the vault/coordinator as settler.
+    """
+    existing = live_deployment(network_name, root)
+    if existing is not None and not force:
+        raise DeploymentExists(
+            f"a live deployment is recorded for {network_name!r} "
+            f"(CreditEscrow at {existing.address('CreditEscrow')}); pass --force to replace it"
+        )
+    if usdc is None and not is_local(network_name):
+        raise ValueError("on a live network pass the USDC address (--usdc); MockUSDC is for local chains")
+
+    treasury = treasury or deployer.address
+    attestor = attestor or deployer.address
+    settler = settler or deployer.address
+    contracts: dict[str, DeployedContract] = {}
+
+    if usdc is None:
+        mock = deployer.deploy(project.MockUSDC)
+        usdc = str(mock.address)
+        log(f"MockUSDC      {usdc}")
+    contracts["USDC"] = DeployedContract(address=usdc, abi=write_abi("MockUSDC", _abi_of(project.MockUSDC), root))
+
+    escrow = deployer.deploy(project.CreditEscrow, usdc, treasury)
+    log(f"CreditEscrow  {escrow.address}")
+    contracts["CreditEscrow"] = DeployedContract(
+        address=str(escrow.address), abi=write_abi("CreditEscrow", _abi_of(project.CreditEscrow), root)
+    )
+    token_abi = write_abi("ComputeToken", _abi_of(project.ComputeToken), root)
+
+    for spec in PROVIDER_TOKENS:
+        token = deployer.deploy(
+            project.ComputeToken, spec.name, spec.symbol, spec.provider, spec.face_value_usd_micro
+        )
+        token.set_minter(escrow.address, True, sender=deployer)
+        token.set_burner(escrow.address, True, sender=deployer)
+        escrow.add_provider(token.address, sender=deployer)
+        contracts[f"token:{spec.symbol}"] = DeployedContract(address=str(token.address), abi=token_abi)
+        log(f"{spec.symbol:<13} {token.address}")
+
+    escrow.set_attestor(attestor, True, sender=deployer)
+    escrow.set_settler(settler, True, sender=deployer)
+
+    deployment = Deployment(
+        network=network_name,
+        chain_id=chain.chain_id,
+        block_number=chain.blocks.head.number,
+        deployer=str(deployer.address),
+        contracts=contracts,
+    )
+    path = save_deployment(deployment, root)
+    log(f"recorded in {path}")
+    return deployment
+
+
+def contract_at(deployment: Deployment, name: str) -> Any:
+    """An ape contract object for a recorded contract ("CreditEscrow", "token:CLD", ...)."""
+    container = {
+        "USDC": project.MockUSDC,
+        "CreditEscrow": project.CreditEscrow,
+    }.get(name, project.ComputeToken)
+    return container.at(deployment.address(name))

@@ -1,0 +1,62 @@
+"""Reading and writing `deployments/<network>.json`: the one record of where
+each contract lives on a network and where its ABI is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+DEPLOYMENTS_DIR = Path("deployments")
+
+
+class DeployedContract(BaseModel):
+    address: str
+    abi: str  # path of the ABI file, relative to the project root
+
+
+class Deployment(BaseModel):
+    network: str
+    chain_id: int
+    block_number: int
+    deployer: str
+    contracts: dict[str, DeployedContract]  # "CreditEscrow", "MockUSDC", "token:CLD", ...
+
+    def address(self, name: str) -> str:
+        try:
+            return self.contracts[name].address
+        except KeyError:
+            raise KeyError(f"no contract {name!r} in the {self.network} deployment") from None
+
+    def token_symbols(self) -> list[str]:
+        return [name.split(":", 1)[1] for name in self.contracts if name.startswith("token:")]
+
+
+def deployment_path(network: str, root: Path = DEPLOYMENTS_DIR) -> Path:
+    return root / f"{network}.json"
+
+
+def load_deployment(network: str, root: Path = DEPLOYMENTS_DIR) -> Deployment:
+    path = deployment_path(network, root)
+    if not path.exists():
+        raise FileNotFoundError(f"no deployment for network {network!r} at {path}; deploy first")
+    return Deployment.model_validate_json(path.read_text())
+
+
+def save_deployment(deployment: Deployment, root: Path = DEPLOYMENTS_DIR) -> Path:
+    """Write the record atomically: a crash never leaves a half-written file."""
+    path = deployment_path(deployment.network, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(deployment.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_abi(name: str, abi: list[dict[str, Any]], root: Path = DEPLOYMENTS_DIR) -> str:
+    path = root / "abi" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(abi, indent=1) + "\n")
+    return str(path)
