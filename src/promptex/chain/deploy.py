@@ -12,7 +12,6 @@ from typing import Any
 from ape import chain, project
 
 from promptex.chain.deployments import (
-    DEPLOYMENTS_DIR,
     DeployedContract,
     Deployment,
     deployment_path,
@@ -33,7 +32,7 @@ def is_local(network_name: str) -> bool:
     return network_name in LOCAL_NETWORKS
 
 
-def live_deployment(network_name: str, root: Path = DEPLOYMENTS_DIR) -> Deployment | None:
+def live_deployment(network_name: str, root: Path | None = None) -> Deployment | None:
     """The recorded deployment, if its contracts still have code on this chain."""
     if not deployment_path(network_name, root).exists():
         return None
@@ -59,7 +58,7 @@ def deploy_all(
     attestor: str | None = None,
     settler: str | None = None,
     force: bool = False,
-    root: Path = DEPLOYMENTS_DIR,
+    root: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Deployment:
     """Deploy tokens, the escrow (and MockUSDC on local chains), wire roles, record it.

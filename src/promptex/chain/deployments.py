@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-DEPLOYMENTS_DIR = Path("deployments")
+from promptex.config import settings
 
 
 class DeployedContract(BaseModel):
@@ -34,18 +34,22 @@ class Deployment(BaseModel):
         return [name.split(":", 1)[1] for name in self.contracts if name.startswith("token:")]
 
 
-def deployment_path(network: str, root: Path = DEPLOYMENTS_DIR) -> Path:
-    return root / f"{network}.json"
+def deployments_root(root: Path | None = None) -> Path:
+    return root if root is not None else settings().deployments_dir
 
 
-def load_deployment(network: str, root: Path = DEPLOYMENTS_DIR) -> Deployment:
+def deployment_path(network: str, root: Path | None = None) -> Path:
+    return deployments_root(root) / f"{network}.json"
+
+
+def load_deployment(network: str, root: Path | None = None) -> Deployment:
     path = deployment_path(network, root)
     if not path.exists():
         raise FileNotFoundError(f"no deployment for network {network!r} at {path}; deploy first")
     return Deployment.model_validate_json(path.read_text())
 
 
-def save_deployment(deployment: Deployment, root: Path = DEPLOYMENTS_DIR) -> Path:
+def save_deployment(deployment: Deployment, root: Path | None = None) -> Path:
     """Write the record atomically: a crash never leaves a half-written file."""
     path = deployment_path(deployment.network, root)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +59,8 @@ def save_deployment(deployment: Deployment, root: Path = DEPLOYMENTS_DIR) -> Pat
     return path
 
 
-def write_abi(name: str, abi: list[dict[str, Any]], root: Path = DEPLOYMENTS_DIR) -> str:
-    path = root / "abi" / f"{name}.json"
+def write_abi(name: str, abi: list[dict[str, Any]], root: Path | None = None) -> str:
+    path = deployments_root(root) / "abi" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(abi, indent=1) + "\n")
     return str(path)
