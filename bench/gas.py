@@ -23,8 +23,9 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
+from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+
 NETWORK = "ethereum:local:foundry"
-KIND_TOKENIZED, KIND_LISTED = 1, 2
 TERMS = keccak(text="bench: resale permitted")
 
 

@@ -220,7 +220,8 @@ def open_lot(
     if kind == KIND_TOKENIZED:
         assert rate_bps == 0, "escrow: rate on tokenized lot"
         capacity, seller_amount, fee = self._quote_mint(token, face_value)
-        assert capacity > 0, "escrow: face value below one token unit"
+        # Too small a lot would hand the whole (rounded-up) fee the lot's capacity.
+        assert seller_amount > 0, "escrow: face value too small to mint"
     elif kind == KIND_LISTED:
         assert rate_bps > 0 and convert(rate_bps, uint256) <= BPS, "escrow: bad rate"
     else:
@@ -287,6 +288,7 @@ def consume(lot_id: uint256, amount: uint256, epoch: uint256):
     assert lot.status == STATUS_OPEN, "escrow: lot not open"
     assert block.timestamp <= convert(lot.expiry, uint256) + SETTLEMENT_GRACE, "escrow: lot expired"
     assert amount > 0, "escrow: zero amount"
+    assert epoch > 0, "escrow: epochs start at 1"
     assert epoch > lot.last_epoch, "escrow: epoch already consumed"
     assert amount <= lot.capacity - lot.consumed, "escrow: over-consume"
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.errors import readable_errors
+from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
 
 console = Console(width=110)
@@ -64,7 +65,7 @@ def run_demo(network_name: str) -> None:
     usdc.mint(seller_a, bond_a, sender=seller_a)
     usdc.approve(escrow, bond_a, sender=seller_a)
     terms_a = keccak(text="seller A declares its Anthropic agreement permits resale")
-    escrow.open_lot(seller_a, cld, 1, face_a, expiry, bond_a, terms_a, 0, sender=admin)
+    escrow.open_lot(seller_a, cld, KIND_TOKENIZED, face_a, expiry, bond_a, terms_a, 0, sender=admin)
     lot_a = escrow.lot_count()
     minted = face_a * TOKEN_UNIT // cld.face_value_usd_micro()
     fee = escrow.lots(lot_a).capacity - escrow.lots(lot_a).seller_minted
@@ -78,7 +79,7 @@ def run_demo(network_name: str) -> None:
     usdc.mint(seller_b, bond_b, sender=seller_b)
     usdc.approve(escrow, bond_b, sender=seller_b)
     terms_b = keccak(text="seller B declares its OpenAI agreement permits resale")
-    escrow.open_lot(seller_b, gpt, 2, face_b, expiry, bond_b, terms_b, 6_000, sender=admin)
+    escrow.open_lot(seller_b, gpt, KIND_LISTED, face_b, expiry, bond_b, terms_b, 6_000, sender=admin)
     lot_b = escrow.lot_count()
     check(gpt.totalSupply() == 0, "a listed lot mints nothing")
     check(usdc.balanceOf(escrow) == escrow.bonds_held() == bond_a + bond_b, "escrow holds both bonds")
@@ -88,7 +89,7 @@ def run_demo(network_name: str) -> None:
         lots.add_column(col)
     for lot_id, seller, token in ((lot_a, "A", cld), (lot_b, "B", gpt)):
         lot = escrow.lots(lot_id)
-        tokenized = lot.kind == 1
+        tokenized = lot.kind == KIND_TOKENIZED
         lots.add_row(
             str(lot_id),
             seller,

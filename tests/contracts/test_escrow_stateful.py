@@ -11,9 +11,14 @@ import boa
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-TOKENIZED, LISTED = 1, 2
-OPEN, CLOSED, EXPIRED, SLASHED = 1, 2, 3, 4
-GRACE = 7_200
+from promptex.chain.escrow import KIND_LISTED as LISTED
+from promptex.chain.escrow import KIND_TOKENIZED as TOKENIZED
+from promptex.chain.escrow import SETTLEMENT_GRACE as GRACE
+from promptex.chain.escrow import STATUS_CLOSED as CLOSED
+from promptex.chain.escrow import STATUS_EXPIRED as EXPIRED
+from promptex.chain.escrow import STATUS_OPEN as OPEN
+from promptex.chain.escrow import STATUS_SLASHED as SLASHED
+
 TERMS = b"\x11" * 32
 
 TOKEN = boa.load_partial("contracts/ComputeToken.vy")
@@ -41,9 +46,11 @@ class ModelLot:
     status: int = OPEN
 
 
-class EscrowMachine(RuleBasedStateMachine):
+class World:
+    """Deployed once, at import. titanoboa's pytest plugin runs every hypothesis
+    example inside `boa.env.anchor()`, so each starts from this state."""
+
     def __init__(self) -> None:
-        super().__init__()
         self.admin = boa.env.generate_address("admin")
         self.attestor = boa.env.generate_address("attestor")
         self.settler = boa.env.generate_address("settler")
@@ -59,6 +66,18 @@ class EscrowMachine(RuleBasedStateMachine):
                 self.escrow.add_provider(token.address)
             self.escrow.set_attestor(self.attestor, True)
             self.escrow.set_settler(self.settler, True)
+
+
+WORLD = World()
+
+
+class EscrowMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        w = WORLD
+        self.admin, self.attestor, self.settler = w.admin, w.attestor, w.settler
+        self.treasury, self.sellers = w.treasury, w.sellers
+        self.usdc, self.escrow, self.tokens = w.usdc, w.escrow, w.tokens
         self.lots: dict[int, ModelLot] = {}
         self.fee_bps = 5
         self.epoch = 0

@@ -1,0 +1,1024 @@
+"""CreditEscrow: opening, consuming, closing, expiring and slashing lots; admin; handover.
+
+Every test where USDC moves ends with the conservation check: the escrow holds
+exactly the unreleased bonds plus the insurance funds.
+"""
+
+import ape
+import pytest
+from ape import project
+
+from eth_utils import keccak
+
+from promptex.chain.escrow import (
+    KIND_LISTED,
+    KIND_TOKENIZED,
+    STATUS_CLOSED,
+    STATUS_EXPIRED,
+    STATUS_OPEN,
+    STATUS_SLASHED,
+)
+from promptex.chain.escrow import SETTLEMENT_GRACE as GRACE
+from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+ZERO_BYTES32 = b"\x00" * 32
+NOT_OWNER = "ownable: caller is not the owner"
+
+FACE = 10_000 * USD_MICRO  # the open_lot fixture's default face value
+CLD_FACE = 4_218
+GPT_FACE = 3_695_000
+DAY = 86_400
+TERMS = keccak(text="seller declares its provider agreement permits resale")  # as the open_lot fixture
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _capacity(face_value, token_face):
+    return face_value * TOKEN_UNIT // token_face
+
+
+def _fee(capacity, fee_bps=5):
+    return _ceil_div(capacity * fee_bps, 10_000)
+
+
+def _fund_bond(usdc, escrow, seller, bond):
+    usdc.mint(seller, bond, sender=seller)
+    usdc.approve(escrow, bond, sender=seller)
+
+
+def _travel_past_grace(chain, escrow, lot_id):
+    chain.pending_timestamp = escrow.lots(lot_id).expiry + GRACE + 1
+
+
+@pytest.fixture(scope="module")
+def provider_tokens(deployment):
+    return [deployment.address(f"token:{symbol}") for symbol in deployment.token_symbols()]
+
+
+@pytest.fixture
+def assert_conserved(usdc, escrow, provider_tokens):
+    """USDC in the escrow == unreleased bonds + every provider's insurance fund."""
+
+    def _check():
+        funds = sum(escrow.insurance_fund(token) for token in provider_tokens)
+        assert usdc.balanceOf(escrow) == escrow.bonds_held() + funds
+
+    return _check
+
+
+@pytest.fixture
+def open_args(escrow, usdc, seller, cld, expiry):
+    """Arguments of a valid tokenized CLD lot, with the minimum bond funded and approved."""
+    bond = escrow.min_bond(FACE)
+    _fund_bond(usdc, escrow, seller, bond)
+    return {
+        "seller": seller,
+        "token": cld,
+        "kind": KIND_TOKENIZED,
+        "face_value": FACE,
+        "expiry": expiry,
+        "bond": bond,
+        "terms_hash": TERMS,
+        "rate_bps": 0,
+    }
+
+
+def _open(escrow, sender, args, **overrides):
+    a = {**args, **overrides}
+    return escrow.open_lot(
+        a["seller"],
+        a["token"],
+        a["kind"],
+        a["face_value"],
+        a["expiry"],
+        a["bond"],
+        a["terms_hash"],
+        a["rate_bps"],
+        sender=sender,
+    )
+
+
+# ─── Deployment ──────────────────────────────────────────────────────────────
+
+
+def test_deploy__zero_usdc__reverts(admin, treasury):
+    with ape.reverts("escrow: zero address"):
+        admin.deploy(project.CreditEscrow, ZERO_ADDRESS, treasury)
+
+
+def test_deploy__zero_treasury__reverts(admin, usdc):
+    with ape.reverts("escrow: zero address"):
+        admin.deploy(project.CreditEscrow, usdc, ZERO_ADDRESS)
+
+
+def test_deploy__defaults__match_spec(escrow, usdc, treasury, admin, attestor, settler, cld, gpt):
+    assert escrow.usdc() == usdc
+    assert escrow.treasury() == treasury
+    assert escrow.owner() == admin
+    assert escrow.mint_fee_bps() == 5
+    assert escrow.min_bond_bps() == 1_000
+    assert escrow.MAX_MINT_FEE_BPS() == 100
+    assert escrow.SETTLEMENT_GRACE() == GRACE
+    assert escrow.is_attestor(attestor) and escrow.is_settler(settler)
+    assert escrow.is_provider_token(cld) and escrow.is_provider_token(gpt)
+    assert escrow.lot_count() == 0
+    assert escrow.bonds_held() == 0
+
+
+# ─── open_lot: tokenized ─────────────────────────────────────────────────────
+
+
+def test_open_lot__tokenized__mints_capacity_less_fee_to_seller_and_fee_to_treasury(
+    escrow, cld, seller, treasury, open_lot
+):
+    lot_id = open_lot(seller, cld)
+    capacity = _capacity(FACE, CLD_FACE)
+    fee = _fee(capacity)
+    assert capacity * 5 % 10_000 != 0  # the fee really is rounded up here
+    assert cld.balanceOf(treasury) == fee
+    assert cld.balanceOf(seller) == capacity - fee
+    assert cld.totalSupply() == capacity
+    assert escrow.lots(lot_id).capacity == capacity
+    assert escrow.lots(lot_id).seller_minted == capacity - fee
+
+
+def test_open_lot__tokenized_gpt__uses_gpt_face_value(escrow, gpt, seller, treasury, open_lot):
+    lot_id = open_lot(seller, gpt)
+    capacity = _capacity(FACE, GPT_FACE)
+    assert escrow.lots(lot_id).capacity == capacity
+    assert gpt.balanceOf(seller) == capacity - _fee(capacity)
+    assert gpt.balanceOf(treasury) == _fee(capacity)
+
+
+def test_open_lot__tokenized__pulls_bond_into_escrow(
+    escrow, usdc, seller, open_args, attestor, assert_conserved
+):
+    bond = open_args["bond"]
+    assert bond == FACE // 10  # 10 % minimum bond
+    _open(escrow, attestor, open_args)
+    assert usdc.balanceOf(seller) == 0
+    assert usdc.balanceOf(escrow) == bond
+    assert escrow.bonds_held() == bond
+    assert_conserved()
+
+
+def test_open_lot__tokenized__records_lot(escrow, cld, seller, open_args, attestor, expiry):
+    _open(escrow, attestor, open_args)
+    lot = escrow.lots(1)
+    assert lot.seller == seller
+    assert lot.token == cld
+    assert lot.kind == KIND_TOKENIZED
+    assert lot.status == STATUS_OPEN
+    assert lot.rate_bps == 0
+    assert lot.expiry == expiry
+    assert lot.face_value == FACE
+    assert lot.consumed == 0
+    assert lot.last_epoch == 0
+    assert lot.bond == open_args["bond"]
+    assert lot.bond_released == 0
+    assert lot.terms_hash == TERMS
+    assert escrow.remaining(1) == lot.capacity
+
+
+def test_open_lot__tokenized__emits_lot_opened(escrow, cld, seller, open_args, attestor, expiry):
+    tx = _open(escrow, attestor, open_args)
+    capacity = _capacity(FACE, CLD_FACE)
+    fee = _fee(capacity)
+    assert tx.events.filter(escrow.LotOpened) == [
+        escrow.LotOpened(
+            lot_id=1,
+            seller=seller,
+            token=cld,
+            kind=KIND_TOKENIZED,
+            face_value=FACE,
+            capacity=capacity,
+            seller_amount=capacity - fee,
+            fee=fee,
+            bond=open_args["bond"],
+            expiry=expiry,
+            rate_bps=0,
+            terms_hash=TERMS,
+        )
+    ]
+
+
+def test_open_lot__bond_above_minimum__holds_whole_bond(
+    escrow, usdc, seller, open_args, attestor, assert_conserved
+):
+    bond = 3 * open_args["bond"]
+    _fund_bond(usdc, escrow, seller, bond)
+    _open(escrow, attestor, open_args, bond=bond)
+    assert escrow.lots(1).bond == bond
+    assert escrow.bonds_held() == bond
+    assert_conserved()
+
+
+def test_open_lot__several_lots__ids_start_at_one_and_increment(
+    escrow, cld, gpt, seller, buyer, open_lot
+):
+    assert open_lot(seller, cld) == 1
+    assert open_lot(buyer, gpt) == 2
+    assert escrow.lot_count() == 2
+    assert escrow.lots(2).seller == buyer
+    assert escrow.bonds_held() == 2 * escrow.min_bond(FACE)
+
+
+def test_quote_mint__registered_token__matches_what_open_lot_mints(
+    escrow, cld, seller, treasury, open_lot
+):
+    capacity, seller_amount, fee = escrow.quote_mint(cld, FACE)
+    open_lot(seller, cld)
+    assert (capacity, seller_amount, fee) == (
+        cld.totalSupply(),
+        cld.balanceOf(seller),
+        cld.balanceOf(treasury),
+    )
+
+
+def test_quote_mint__unknown_token__reverts(escrow, usdc):
+    with ape.reverts("escrow: unknown token"):
+        escrow.quote_mint(usdc, FACE)
+
+
+def test_min_bond__fractional_share__rounds_up(escrow):
+    assert escrow.min_bond(10_000) == 1_000
+    assert escrow.min_bond(10_001) == 1_001  # 1000.1 rounds up
+
+
+# ─── open_lot: listed ────────────────────────────────────────────────────────
+
+
+def test_open_lot__listed__mints_nothing_and_stores_rate(
+    escrow, cld, seller, treasury, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    lot = escrow.lots(lot_id)
+    assert cld.totalSupply() == 0
+    assert cld.balanceOf(treasury) == 0
+    assert lot.kind == KIND_LISTED
+    assert lot.rate_bps == 8_000
+    assert lot.capacity == FACE
+    assert lot.seller_minted == 0
+    assert escrow.bonds_held() == escrow.min_bond(FACE)
+    assert_conserved()
+
+
+def test_open_lot__listed_full_list_price__accepted(escrow, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=10_000)
+    assert escrow.lots(lot_id).rate_bps == 10_000
+
+
+def test_open_lot__listed_zero_rate__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: bad rate"):
+        _open(escrow, attestor, open_args, kind=KIND_LISTED, rate_bps=0)
+
+
+def test_open_lot__listed_rate_above_list_price__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: bad rate"):
+        _open(escrow, attestor, open_args, kind=KIND_LISTED, rate_bps=10_001)
+
+
+# ─── open_lot: reverts ───────────────────────────────────────────────────────
+
+
+def test_open_lot__non_attestor__reverts(escrow, attacker, settler, open_args):
+    with ape.reverts("escrow: caller is not an attestor"):
+        _open(escrow, attacker, open_args)
+    with ape.reverts("escrow: caller is not an attestor"):
+        _open(escrow, settler, open_args)
+
+
+def test_open_lot__zero_seller__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: zero address"):
+        _open(escrow, attestor, open_args, seller=ZERO_ADDRESS)
+
+
+def test_open_lot__unknown_token__reverts(escrow, attestor, usdc, open_args):
+    with ape.reverts("escrow: unknown token"):
+        _open(escrow, attestor, open_args, token=usdc)
+
+
+def test_open_lot__zero_face_value__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: zero face value"):
+        _open(escrow, attestor, open_args, face_value=0)
+
+
+def test_open_lot__expiry_in_the_past__reverts(escrow, attestor, chain, open_args):
+    with ape.reverts("escrow: expiry in the past"):
+        _open(escrow, attestor, open_args, expiry=chain.pending_timestamp - 1)
+
+
+def test_open_lot__bond_below_minimum__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: bond below minimum"):
+        _open(escrow, attestor, open_args, bond=open_args["bond"] - 1)
+
+
+def test_open_lot__zero_terms_hash__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: resale not declared"):
+        _open(escrow, attestor, open_args, terms_hash=ZERO_BYTES32)
+
+
+def test_open_lot__unknown_kind__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: bad kind"):
+        _open(escrow, attestor, open_args, kind=3)
+    with ape.reverts("escrow: bad kind"):
+        _open(escrow, attestor, open_args, kind=0)
+
+
+def test_open_lot__tokenized_with_rate__reverts(escrow, attestor, open_args):
+    with ape.reverts("escrow: rate on tokenized lot"):
+        _open(escrow, attestor, open_args, rate_bps=8_000)
+
+
+def test_open_lot__bond_not_approved__reverts(escrow, usdc, seller, attestor, open_args):
+    usdc.approve(escrow, open_args["bond"] - 1, sender=seller)
+    with ape.reverts("erc20: insufficient allowance"):
+        _open(escrow, attestor, open_args)
+    assert escrow.lot_count() == 0
+
+
+def test_open_lot__face_value_below_one_token_unit__reverts(escrow, admin, attestor, open_args):
+    # A token worth more than 10**18 USD micro-units each: 1 micro-unit buys less than 10**-18.
+    pricey = admin.deploy(project.ComputeToken, "Pricey Credit", "PRC", "Pricey", 2 * TOKEN_UNIT)
+    escrow.add_provider(pricey, sender=admin)
+    with ape.reverts("escrow: face value too small to mint"):
+        _open(escrow, attestor, open_args, token=pricey, face_value=1, bond=1)
+
+
+def test_open_lot__capacity_all_fee__reverts(escrow, admin, attestor, open_args):
+    # Capacity of 1 unit: the rounded-up 5 bps fee would take all of it, leaving the seller nothing.
+    unit = admin.deploy(project.ComputeToken, "Unit Credit", "UNT", "Unit", TOKEN_UNIT)
+    escrow.add_provider(unit, sender=admin)
+    assert escrow.quote_mint(unit, 1) == (1, 0, 1)
+    with ape.reverts("escrow: face value too small to mint"):
+        _open(escrow, attestor, open_args, token=unit, face_value=1, bond=1)
+    assert escrow.lot_count() == 0
+
+
+# ─── consume ─────────────────────────────────────────────────────────────────
+
+
+def test_consume__partial__releases_bond_pro_rata_rounded_down_to_seller(
+    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    amount = lot.capacity // 3
+    assert lot.bond * amount % lot.capacity != 0  # the release really is rounded here
+    released = lot.bond * amount // lot.capacity
+    escrow.consume(lot_id, amount, 1, sender=settler)
+    assert usdc.balanceOf(seller) == released
+    assert escrow.lots(lot_id).consumed == amount
+    assert escrow.lots(lot_id).bond_released == released
+    assert escrow.lots(lot_id).last_epoch == 1
+    assert escrow.lots(lot_id).status == STATUS_OPEN
+    assert escrow.remaining(lot_id) == lot.capacity - amount
+    assert escrow.bonds_held() == lot.bond - released
+    assert_conserved()
+
+
+def test_consume__partial__emits_lot_consumed(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    amount = lot.capacity // 4
+    tx = escrow.consume(lot_id, amount, 7, sender=settler)
+    assert tx.events.filter(escrow.LotConsumed) == [
+        escrow.LotConsumed(
+            lot_id=lot_id,
+            epoch=7,
+            amount=amount,
+            consumed=amount,
+            bond_released=lot.bond * amount // lot.capacity,
+        )
+    ]
+
+
+def test_consume__successive_epochs__release_tracks_cumulative_usage_without_drift(
+    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+):
+    # Capacity 3, bond 10: releases are floor(10/3)=3, floor(20/3)-3=3, 10-6=4.
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, face_value=3, rate_bps=10_000, bond=10)
+    payouts = []
+    for epoch in (1, 2, 3):
+        before = usdc.balanceOf(seller)
+        escrow.consume(lot_id, 1, epoch, sender=settler)
+        payouts.append(usdc.balanceOf(seller) - before)
+        assert_conserved()
+    assert payouts == [3, 3, 4]
+    assert escrow.lots(lot_id).status == STATUS_CLOSED
+
+
+def test_consume__full__closes_lot_and_releases_whole_bond(
+    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    escrow.consume(lot_id, lot.capacity, 1, sender=settler)
+    assert escrow.lots(lot_id).status == STATUS_CLOSED
+    assert escrow.lots(lot_id).bond_released == lot.bond
+    assert usdc.balanceOf(seller) == lot.bond
+    assert escrow.bonds_held() == 0
+    assert escrow.remaining(lot_id) == 0
+    assert_conserved()
+
+
+def test_consume__listed_lot__draws_in_usd_micro_units(
+    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=9_000)
+    escrow.consume(lot_id, FACE // 2, 1, sender=settler)
+    assert escrow.remaining(lot_id) == FACE // 2
+    assert usdc.balanceOf(seller) == escrow.min_bond(FACE) // 2
+    assert_conserved()
+
+
+def test_consume__non_settler__reverts(escrow, cld, seller, attacker, attestor, open_lot):
+    lot_id = open_lot(seller, cld)
+    with ape.reverts("escrow: caller is not a settler"):
+        escrow.consume(lot_id, 1, 1, sender=attacker)
+    with ape.reverts("escrow: caller is not a settler"):
+        escrow.consume(lot_id, 1, 1, sender=attestor)
+
+
+def test_consume__zero_amount__reverts(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    with ape.reverts("escrow: zero amount"):
+        escrow.consume(lot_id, 0, 1, sender=settler)
+
+
+def test_consume__more_than_remaining__reverts(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    capacity = escrow.lots(lot_id).capacity
+    escrow.consume(lot_id, capacity - 10, 1, sender=settler)
+    with ape.reverts("escrow: over-consume"):
+        escrow.consume(lot_id, 11, 2, sender=settler)
+    assert escrow.remaining(lot_id) == 10
+
+
+def test_consume__same_epoch_twice__reverts(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.consume(lot_id, 1_000, 5, sender=settler)
+    with ape.reverts("escrow: epoch already consumed"):
+        escrow.consume(lot_id, 1_000, 5, sender=settler)
+    assert escrow.lots(lot_id).consumed == 1_000
+
+
+def test_consume__earlier_epoch__reverts(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.consume(lot_id, 1_000, 5, sender=settler)
+    with ape.reverts("escrow: epoch already consumed"):
+        escrow.consume(lot_id, 1_000, 4, sender=settler)
+
+
+def test_consume__epoch_zero__reverts(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    with ape.reverts("escrow: epochs start at 1"):
+        escrow.consume(lot_id, 1_000, 0, sender=settler)
+
+
+def test_consume__fully_consumed_lot__reverts(escrow, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.consume(lot_id, escrow.lots(lot_id).capacity, 1, sender=settler)
+    with ape.reverts("escrow: lot not open"):
+        escrow.consume(lot_id, 1, 2, sender=settler)
+
+
+def test_consume__unknown_lot__reverts(escrow, settler):
+    with ape.reverts("escrow: lot not open"):
+        escrow.consume(99, 1, 1, sender=settler)
+
+
+def test_consume__at_end_of_grace__succeeds(escrow, chain, cld, seller, settler, open_lot, expiry):
+    lot_id = open_lot(seller, cld)
+    chain.pending_timestamp = expiry + GRACE
+    tx = escrow.consume(lot_id, 1_000, 1, sender=settler)
+    assert tx.timestamp == expiry + GRACE
+    assert escrow.lots(lot_id).consumed == 1_000
+
+
+def test_consume__past_expiry_and_grace__reverts(escrow, chain, cld, seller, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    _travel_past_grace(chain, escrow, lot_id)
+    with ape.reverts("escrow: lot expired"):
+        escrow.consume(lot_id, 1_000, 1, sender=settler)
+
+
+# ─── close_lot ───────────────────────────────────────────────────────────────
+
+
+def test_close_lot__tokenized_unconsumed__burns_seller_share_and_releases_bond(
+    escrow, usdc, cld, seller, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    fee = lot.capacity - lot.seller_minted
+    cld.approve(escrow, lot.seller_minted, sender=seller)
+    tx = escrow.close_lot(lot_id, sender=seller)
+    assert cld.balanceOf(seller) == 0
+    assert cld.balanceOf(escrow) == 0
+    assert cld.totalSupply() == fee  # only the treasury's fee share is left
+    assert escrow.unbacked(cld) == fee
+    assert escrow.lots(lot_id).status == STATUS_CLOSED
+    assert usdc.balanceOf(seller) == lot.bond
+    assert escrow.bonds_held() == 0
+    assert escrow.remaining(lot_id) == 0
+    assert tx.events.filter(escrow.LotClosed) == [
+        escrow.LotClosed(
+            lot_id=lot_id, tokens_returned=lot.seller_minted, unbacked=fee, bond_released=lot.bond
+        )
+    ]
+    assert_conserved()
+
+
+def test_close_lot__tokenized_partly_consumed__returns_ceil_share_of_remaining(
+    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    consumed = lot.capacity // 3
+    escrow.consume(lot_id, consumed, 1, sender=settler)
+    released_early = lot.bond * consumed // lot.capacity
+    remaining = lot.capacity - consumed
+    assert lot.seller_minted * remaining % lot.capacity != 0  # the return really is rounded here
+    returned = _ceil_div(lot.seller_minted * remaining, lot.capacity)
+
+    cld.approve(escrow, returned, sender=seller)
+    tx = escrow.close_lot(lot_id, sender=seller)
+
+    assert cld.balanceOf(seller) == lot.seller_minted - returned
+    assert cld.totalSupply() == lot.capacity - returned
+    assert escrow.unbacked(cld) == remaining - returned
+    assert usdc.balanceOf(seller) == lot.bond
+    assert escrow.bonds_held() == 0
+    assert tx.events.filter(escrow.LotClosed) == [
+        escrow.LotClosed(
+            lot_id=lot_id,
+            tokens_returned=returned,
+            unbacked=remaining - returned,
+            bond_released=lot.bond - released_early,
+        )
+    ]
+    assert_conserved()
+
+
+def test_close_lot__listed__closes_without_tokens(
+    escrow, usdc, cld, seller, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    escrow.close_lot(lot_id, sender=seller)
+    assert escrow.lots(lot_id).status == STATUS_CLOSED
+    assert usdc.balanceOf(seller) == escrow.min_bond(FACE)
+    assert escrow.unbacked(cld) == 0
+    assert escrow.bonds_held() == 0
+    assert_conserved()
+
+
+def test_close_lot__non_seller__reverts(escrow, cld, seller, attacker, attestor, open_lot):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    with ape.reverts("escrow: caller is not the seller"):
+        escrow.close_lot(lot_id, sender=attacker)
+    with ape.reverts("escrow: caller is not the seller"):
+        escrow.close_lot(lot_id, sender=attestor)
+    assert escrow.lots(lot_id).status == STATUS_OPEN
+
+
+def test_close_lot__already_closed__reverts(escrow, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    escrow.close_lot(lot_id, sender=seller)
+    with ape.reverts("escrow: lot not open"):
+        escrow.close_lot(lot_id, sender=seller)
+
+
+def test_close_lot__tokens_not_approved__reverts(escrow, usdc, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld)
+    cld.approve(escrow, escrow.lots(lot_id).seller_minted - 1, sender=seller)
+    with ape.reverts("erc20: insufficient allowance"):
+        escrow.close_lot(lot_id, sender=seller)
+    assert escrow.lots(lot_id).status == STATUS_OPEN
+    assert usdc.balanceOf(seller) == 0
+
+
+def test_close_lot__seller_sold_its_tokens__reverts(escrow, cld, seller, buyer, open_lot):
+    lot_id = open_lot(seller, cld)
+    cld.transfer(buyer, 1, sender=seller)
+    cld.approve(escrow, escrow.lots(lot_id).seller_minted, sender=seller)
+    with ape.reverts("erc20: transfer amount exceeds balance"):
+        escrow.close_lot(lot_id, sender=seller)
+
+
+# ─── expire ──────────────────────────────────────────────────────────────────
+
+
+def test_expire__at_end_of_grace__reverts_until_one_second_later(
+    escrow, chain, cld, seller, attacker, open_lot, expiry
+):
+    lot_id = open_lot(seller, cld)
+    chain.pending_timestamp = expiry + GRACE
+    with ape.reverts("escrow: lot not expired"):
+        escrow.expire(lot_id, sender=attacker)
+    chain.pending_timestamp = expiry + GRACE + 1
+    tx = escrow.expire(lot_id, sender=attacker)
+    assert tx.timestamp == expiry + GRACE + 1
+    assert escrow.lots(lot_id).status == STATUS_EXPIRED
+
+
+def test_expire__before_expiry__reverts(escrow, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld)
+    with ape.reverts("escrow: lot not expired"):
+        escrow.expire(lot_id, sender=seller)
+
+
+def test_expire__after_grace_by_anyone__releases_bond_and_records_unbacked(
+    escrow, chain, usdc, cld, seller, settler, attacker, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    consumed = lot.capacity // 4
+    escrow.consume(lot_id, consumed, 1, sender=settler)
+    released_early = lot.bond * consumed // lot.capacity
+    _travel_past_grace(chain, escrow, lot_id)
+
+    tx = escrow.expire(lot_id, sender=attacker)
+
+    assert escrow.lots(lot_id).status == STATUS_EXPIRED
+    assert escrow.unbacked(cld) == lot.capacity - consumed
+    assert usdc.balanceOf(seller) == lot.bond
+    assert usdc.balanceOf(attacker) == 0
+    assert escrow.bonds_held() == 0
+    assert cld.totalSupply() == lot.capacity  # no tokens move
+    assert tx.events.filter(escrow.LotExpired) == [
+        escrow.LotExpired(
+            lot_id=lot_id, unbacked=lot.capacity - consumed, bond_released=lot.bond - released_early
+        )
+    ]
+    assert_conserved()
+
+
+def test_expire__listed__releases_bond_without_unbacked(
+    escrow, chain, usdc, cld, seller, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    _travel_past_grace(chain, escrow, lot_id)
+    escrow.expire(lot_id, sender=seller)
+    assert escrow.unbacked(cld) == 0
+    assert usdc.balanceOf(seller) == escrow.min_bond(FACE)
+    assert_conserved()
+
+
+def test_expire__twice__reverts(escrow, chain, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld)
+    _travel_past_grace(chain, escrow, lot_id)
+    escrow.expire(lot_id, sender=seller)
+    with ape.reverts("escrow: lot not open"):
+        escrow.expire(lot_id, sender=seller)
+
+
+def test_expire__expired_lot__can_no_longer_be_closed(escrow, chain, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld)
+    _travel_past_grace(chain, escrow, lot_id)
+    escrow.expire(lot_id, sender=seller)
+    with ape.reverts("escrow: lot not open"):
+        escrow.close_lot(lot_id, sender=seller)
+
+
+# ─── slash ───────────────────────────────────────────────────────────────────
+
+
+def test_slash__non_attestor__reverts(escrow, cld, seller, attacker, settler, open_lot):
+    lot_id = open_lot(seller, cld)
+    with ape.reverts("escrow: caller is not an attestor"):
+        escrow.slash(lot_id, sender=attacker)
+    with ape.reverts("escrow: caller is not an attestor"):
+        escrow.slash(lot_id, sender=settler)
+    assert escrow.lots(lot_id).status == STATUS_OPEN
+
+
+def test_slash__partly_consumed__moves_unreleased_bond_to_insurance_fund(
+    escrow, usdc, cld, gpt, seller, settler, attestor, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld)
+    lot = escrow.lots(lot_id)
+    consumed = lot.capacity // 3
+    escrow.consume(lot_id, consumed, 1, sender=settler)
+    released_early = lot.bond * consumed // lot.capacity
+
+    tx = escrow.slash(lot_id, sender=attestor)
+
+    slashed = lot.bond - released_early
+    assert escrow.insurance_fund(cld) == slashed
+    assert escrow.insurance_fund(gpt) == 0
+    assert escrow.unbacked(cld) == lot.capacity - consumed
+    assert escrow.lots(lot_id).status == STATUS_SLASHED
+    assert escrow.lots(lot_id).bond_released == lot.bond
+    assert escrow.bonds_held() == 0
+    assert usdc.balanceOf(seller) == released_early  # the seller gets nothing more
+    assert usdc.balanceOf(escrow) == slashed
+    assert escrow.remaining(lot_id) == 0
+    assert tx.events.filter(escrow.LotSlashed) == [
+        escrow.LotSlashed(
+            lot_id=lot_id, token=cld, slashed=slashed, unbacked=lot.capacity - consumed
+        )
+    ]
+    assert_conserved()
+
+
+def test_slash__listed__funds_insurance_without_unbacked(
+    escrow, cld, seller, attestor, open_lot, assert_conserved
+):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    escrow.slash(lot_id, sender=attestor)
+    assert escrow.insurance_fund(cld) == escrow.min_bond(FACE)
+    assert escrow.unbacked(cld) == 0
+    assert_conserved()
+
+
+def test_slash__lots_of_two_providers__keeps_funds_per_token(
+    escrow, cld, gpt, seller, buyer, attestor, open_lot, assert_conserved
+):
+    cld_lot = open_lot(seller, cld)
+    gpt_lot = open_lot(buyer, gpt, face_value=2 * FACE)
+    escrow.slash(cld_lot, sender=attestor)
+    escrow.slash(gpt_lot, sender=attestor)
+    assert escrow.insurance_fund(cld) == escrow.min_bond(FACE)
+    assert escrow.insurance_fund(gpt) == escrow.min_bond(2 * FACE)
+    assert_conserved()
+
+
+def test_slash__slashed_lot__can_no_longer_be_consumed_closed_or_expired(
+    escrow, chain, cld, seller, settler, attestor, open_lot
+):
+    lot_id = open_lot(seller, cld)
+    escrow.slash(lot_id, sender=attestor)
+    with ape.reverts("escrow: lot not open"):
+        escrow.consume(lot_id, 1, 1, sender=settler)
+    cld.approve(escrow, escrow.lots(lot_id).seller_minted, sender=seller)
+    with ape.reverts("escrow: lot not open"):
+        escrow.close_lot(lot_id, sender=seller)
+    _travel_past_grace(chain, escrow, lot_id)
+    with ape.reverts("escrow: lot not open"):
+        escrow.expire(lot_id, sender=seller)
+
+
+def test_slash__twice__reverts(escrow, cld, seller, attestor, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.slash(lot_id, sender=attestor)
+    with ape.reverts("escrow: lot not open"):
+        escrow.slash(lot_id, sender=attestor)
+    assert escrow.insurance_fund(cld) == escrow.min_bond(FACE)
+
+
+# ─── Admin: fees and bonds ───────────────────────────────────────────────────
+
+
+def test_set_mint_fee_bps__at_cap__applies_to_next_lot(
+    escrow, cld, seller, buyer, treasury, admin, open_lot
+):
+    open_lot(seller, cld)
+    old_fee = cld.balanceOf(treasury)
+    tx = escrow.set_mint_fee_bps(100, sender=admin)
+    assert escrow.mint_fee_bps() == 100
+    assert tx.events == [escrow.MintFeeChanged(old_bps=5, new_bps=100)]
+    lot_id = open_lot(buyer, cld)
+    capacity = escrow.lots(lot_id).capacity
+    assert cld.balanceOf(treasury) - old_fee == _fee(capacity, 100)
+    assert cld.balanceOf(buyer) == capacity - _fee(capacity, 100)
+    assert escrow.lots(1).seller_minted == capacity - _fee(capacity)  # earlier lot unchanged
+
+
+def test_set_mint_fee_bps__zero__mints_everything_to_seller(
+    escrow, cld, seller, treasury, admin, open_lot
+):
+    escrow.set_mint_fee_bps(0, sender=admin)
+    lot_id = open_lot(seller, cld)
+    assert cld.balanceOf(treasury) == 0
+    assert cld.balanceOf(seller) == escrow.lots(lot_id).capacity
+
+
+def test_set_mint_fee_bps__above_cap__reverts(escrow, admin):
+    with ape.reverts("escrow: fee above cap"):
+        escrow.set_mint_fee_bps(101, sender=admin)
+    assert escrow.mint_fee_bps() == 5
+
+
+def test_set_mint_fee_bps__non_admin__reverts(escrow, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.set_mint_fee_bps(0, sender=attacker)
+
+
+def test_set_min_bond_bps__raised__rejects_old_minimum(escrow, attestor, admin, open_args):
+    old_min = open_args["bond"]
+    tx = escrow.set_min_bond_bps(2_000, sender=admin)
+    assert escrow.min_bond_bps() == 2_000
+    assert escrow.min_bond(FACE) == 2 * old_min
+    assert tx.events == [escrow.MinBondChanged(old_bps=1_000, new_bps=2_000)]
+    with ape.reverts("escrow: bond below minimum"):
+        _open(escrow, attestor, open_args)
+
+
+def test_set_min_bond_bps__zero__allows_unbonded_lot(
+    escrow, attestor, admin, open_args, assert_conserved
+):
+    escrow.set_min_bond_bps(0, sender=admin)
+    _open(escrow, attestor, open_args, bond=0)
+    assert escrow.lots(1).bond == 0
+    assert escrow.bonds_held() == 0
+    assert_conserved()
+
+
+def test_set_min_bond_bps__full_face_value__accepted(escrow, admin):
+    escrow.set_min_bond_bps(10_000, sender=admin)
+    assert escrow.min_bond(FACE) == FACE
+
+
+def test_set_min_bond_bps__above_face_value__reverts(escrow, admin):
+    with ape.reverts("escrow: bond share above 100%"):
+        escrow.set_min_bond_bps(10_001, sender=admin)
+
+
+def test_set_min_bond_bps__non_admin__reverts(escrow, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.set_min_bond_bps(0, sender=attacker)
+
+
+def test_set_treasury__new_address__receives_next_fee(
+    escrow, cld, seller, treasury, buyer, admin, open_lot
+):
+    tx = escrow.set_treasury(buyer, sender=admin)
+    assert escrow.treasury() == buyer
+    assert tx.events == [escrow.TreasuryChanged(old_treasury=treasury, new_treasury=buyer)]
+    lot_id = open_lot(seller, cld)
+    assert cld.balanceOf(buyer) == _fee(escrow.lots(lot_id).capacity)
+    assert cld.balanceOf(treasury) == 0
+
+
+def test_set_treasury__zero_address__reverts(escrow, admin, treasury):
+    with ape.reverts("escrow: zero address"):
+        escrow.set_treasury(ZERO_ADDRESS, sender=admin)
+    assert escrow.treasury() == treasury
+
+
+def test_set_treasury__non_admin__reverts(escrow, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.set_treasury(attacker, sender=attacker)
+
+
+# ─── Admin: roles ────────────────────────────────────────────────────────────
+
+
+def test_set_attestor__granted__can_open_lots(escrow, buyer, admin, open_args):
+    tx = escrow.set_attestor(buyer, True, sender=admin)
+    assert tx.events == [escrow.RoleAttestorChanged(account=buyer, status=True)]
+    _open(escrow, buyer, open_args)
+    assert escrow.lot_count() == 1
+
+
+def test_set_attestor__revoked__can_no_longer_open_or_slash(
+    escrow, cld, seller, attestor, admin, open_lot, open_args
+):
+    lot_id = open_lot(seller, cld)
+    escrow.set_attestor(attestor, False, sender=admin)
+    assert escrow.is_attestor(attestor) is False
+    with ape.reverts("escrow: caller is not an attestor"):
+        _open(escrow, attestor, open_args)
+    with ape.reverts("escrow: caller is not an attestor"):
+        escrow.slash(lot_id, sender=attestor)
+
+
+def test_set_attestor__zero_address__reverts(escrow, admin):
+    with ape.reverts("escrow: zero address"):
+        escrow.set_attestor(ZERO_ADDRESS, True, sender=admin)
+
+
+def test_set_attestor__non_admin__reverts(escrow, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.set_attestor(attacker, True, sender=attacker)
+    assert escrow.is_attestor(attacker) is False
+
+
+def test_set_settler__granted__can_consume(escrow, cld, seller, buyer, admin, open_lot):
+    lot_id = open_lot(seller, cld)
+    tx = escrow.set_settler(buyer, True, sender=admin)
+    assert tx.events == [escrow.RoleSettlerChanged(account=buyer, status=True)]
+    escrow.consume(lot_id, 1_000, 1, sender=buyer)
+    assert escrow.lots(lot_id).consumed == 1_000
+
+
+def test_set_settler__revoked__can_no_longer_consume(escrow, cld, seller, settler, admin, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.set_settler(settler, False, sender=admin)
+    with ape.reverts("escrow: caller is not a settler"):
+        escrow.consume(lot_id, 1_000, 1, sender=settler)
+
+
+def test_set_settler__zero_address__reverts(escrow, admin):
+    with ape.reverts("escrow: zero address"):
+        escrow.set_settler(ZERO_ADDRESS, True, sender=admin)
+
+
+def test_set_settler__non_admin__reverts(escrow, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.set_settler(attacker, True, sender=attacker)
+    assert escrow.is_settler(attacker) is False
+
+
+# ─── Admin: providers ────────────────────────────────────────────────────────
+
+
+@pytest.fixture
+def new_token(admin, escrow):
+    """A fresh ComputeToken wired to the escrow but not yet registered."""
+    token = admin.deploy(project.ComputeToken, "PROMPTEX Mistral Credit", "MST", "Mistral", 500)
+    token.set_minter(escrow, True, sender=admin)
+    token.set_burner(escrow, True, sender=admin)
+    return token
+
+
+def test_add_provider__new_token__registers_it_for_lots(escrow, new_token, seller, admin, open_lot):
+    tx = escrow.add_provider(new_token, sender=admin)
+    assert escrow.is_provider_token(new_token) is True
+    assert tx.events == [escrow.ProviderAdded(token=new_token)]
+    lot_id = open_lot(seller, new_token)
+    assert escrow.lots(lot_id).capacity == _capacity(FACE, 500)
+
+
+def test_add_provider__duplicate__reverts(escrow, cld, admin):
+    with ape.reverts("escrow: provider already added"):
+        escrow.add_provider(cld, sender=admin)
+
+
+def test_add_provider__zero_address__reverts(escrow, admin):
+    with ape.reverts("escrow: zero address"):
+        escrow.add_provider(ZERO_ADDRESS, sender=admin)
+
+
+def test_add_provider__not_a_compute_token__reverts(escrow, usdc, admin):
+    with ape.reverts():  # USDC has no face_value_usd_micro(); the static call fails
+        escrow.add_provider(usdc, sender=admin)
+    assert escrow.is_provider_token(usdc) is False
+
+
+def test_add_provider__non_admin__reverts(escrow, new_token, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.add_provider(new_token, sender=attacker)
+    assert escrow.is_provider_token(new_token) is False
+
+
+# ─── Ownership (two-step) ────────────────────────────────────────────────────
+
+
+def test_transfer_ownership__by_non_admin__reverts(escrow, attacker):
+    with ape.reverts(NOT_OWNER):
+        escrow.transfer_ownership(attacker, sender=attacker)
+    assert escrow.pending_owner() == ZERO_ADDRESS
+
+
+def test_transfer_ownership__by_admin__records_pending_owner_only(escrow, admin, buyer):
+    escrow.transfer_ownership(buyer, sender=admin)
+    assert escrow.pending_owner() == buyer
+    assert escrow.owner() == admin
+
+
+def test_accept_ownership__by_other_than_pending__reverts(escrow, admin, buyer, attacker):
+    escrow.transfer_ownership(buyer, sender=admin)
+    with ape.reverts("ownable_2step: caller is not the new owner"):
+        escrow.accept_ownership(sender=attacker)
+    assert escrow.owner() == admin
+
+
+def test_accept_ownership__by_pending__moves_admin_rights(escrow, admin, buyer):
+    escrow.transfer_ownership(buyer, sender=admin)
+    escrow.accept_ownership(sender=buyer)
+    assert escrow.owner() == buyer
+    assert escrow.pending_owner() == ZERO_ADDRESS
+    escrow.set_mint_fee_bps(10, sender=buyer)
+    assert escrow.mint_fee_bps() == 10
+    with ape.reverts(NOT_OWNER):
+        escrow.set_mint_fee_bps(0, sender=admin)
+
+
+# ─── Long-lived lots ─────────────────────────────────────────────────────────
+
+
+def test_open_lot__expiry_far_ahead__serves_until_then(escrow, chain, settler, attestor, open_args):
+    far = chain.pending_timestamp + 365 * DAY
+    _open(escrow, attestor, open_args, expiry=far)
+    chain.pending_timestamp = far - 1
+    escrow.consume(1, 1_000, 1, sender=settler)
+    assert escrow.lots(1).consumed == 1_000
+
+
+def test_constants__python_mirror__match_contract(escrow):
+    from promptex.chain import escrow as mirror
+
+    assert (escrow.KIND_TOKENIZED(), escrow.KIND_LISTED()) == (mirror.KIND_TOKENIZED, mirror.KIND_LISTED)
+    assert (escrow.STATUS_OPEN(), escrow.STATUS_CLOSED(), escrow.STATUS_EXPIRED(), escrow.STATUS_SLASHED()) == (
+        mirror.STATUS_OPEN,
+        mirror.STATUS_CLOSED,
+        mirror.STATUS_EXPIRED,
+        mirror.STATUS_SLASHED,
+    )
+    assert escrow.SETTLEMENT_GRACE() == mirror.SETTLEMENT_GRACE
+    assert escrow.MAX_MINT_FEE_BPS() == mirror.MAX_MINT_FEE_BPS
