@@ -38,6 +38,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src scripts tests bench
 	$(BIN)/ruff format --check src scripts tests bench
+	$(BIN)/mypy src
 
 ## Gas per operation, as a table (`make bench ARGS=--json` for JSON).
 bench: setup

@@ -123,7 +123,13 @@ def _permit(ctx: Context, token: Any, owner: Any, spender: Any) -> Any:
     }
     signed = Account.sign_message(encode_typed_data(full_message=message), owner.private_key)
     return token.permit(
-        owner, spender, 10**18, deadline, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big"),
+        owner,
+        spender,
+        10**18,
+        deadline,
+        signed.v,
+        signed.r.to_bytes(32, "big"),
+        signed.s.to_bytes(32, "big"),
         sender=spender,
     )
 

@@ -88,7 +88,8 @@ lot_count: public(uint256)
 
 # @notice USDC bonds of lots not yet closed, expired or slashed (unreleased part).
 bonds_held: public(uint256)
-# @notice Slashed USDC per provider token, for buying back and burning it.
+# @notice Slashed USDC per provider token, spent buying back and burning its
+#         unbacked tokens.
 insurance_fund: public(HashMap[address, uint256])
 # @notice Tokens in circulation whose lot stopped serving before they were
 #         consumed (expired, slashed, or the fee share of an early close).
@@ -134,6 +135,12 @@ event LotSlashed:
     token: indexed(address)
     slashed: uint256
     unbacked: uint256
+
+event UnbackedBoughtBack:
+    token: indexed(address)
+    holder: indexed(address)
+    tokens_burned: uint256
+    usdc_paid: uint256
 
 event ProviderAdded:
     token: indexed(address)
@@ -372,7 +379,8 @@ def slash(lot_id: uint256):
     @notice Slashes a lot whose capacity failed (key revoked, credit gone).
     @dev Attestor only. The unreleased bond moves to the provider's insurance
          fund; unconsumed tokens of a tokenized lot are recorded as unbacked,
-         to be bought back and burned with that fund. No tokens move here.
+         which holders can sell to that fund (`buy_back_unbacked`), which burns
+         them. No tokens move here.
     @param lot_id An open lot.
     """
     assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
@@ -390,6 +398,36 @@ def slash(lot_id: uint256):
     self.bonds_held -= slashed
     self.insurance_fund[lot.token] += slashed
     log LotSlashed(lot_id=lot_id, token=lot.token, slashed=slashed, unbacked=newly_unbacked)
+
+
+@external
+@nonreentrant
+def buy_back_unbacked(token: address, amount: uint256) -> uint256:
+    """
+    @notice Sells `amount` of the caller's `token` to that provider's insurance
+            fund at face value; the tokens are burned, restoring the backing of
+            what remains in circulation.
+    @dev Limited to the provider's unbacked tokens and to what its fund holds.
+         The payout rounds down (against the caller). Approve the tokens first.
+    @param token A registered provider token with unbacked supply.
+    @param amount Tokens (10**-18 units); non-zero, at most `unbacked[token]`.
+    @return uint256 USDC paid (10**-6 units).
+    """
+    assert self.is_provider_token[token], "escrow: unknown token"
+    assert amount > 0, "escrow: zero amount"
+    assert amount <= self.unbacked[token], "escrow: more than unbacked"
+    payout: uint256 = amount * staticcall IComputeToken(token).face_value_usd_micro() // 10**18
+    assert payout > 0, "escrow: amount below one usdc unit"
+    assert payout <= self.insurance_fund[token], "escrow: insurance fund too small"
+
+    self.unbacked[token] -= amount
+    self.insurance_fund[token] -= payout
+
+    assert extcall IERC20(token).transferFrom(msg.sender, self, amount), "escrow: token transfer failed"
+    extcall IComputeToken(token).burn(amount)
+    self._pay_usdc(msg.sender, payout)
+    log UnbackedBoughtBack(token=token, holder=msg.sender, tokens_burned=amount, usdc_paid=payout)
+    return payout
 
 
 # ─── Views ───────────────────────────────────────────────────────────────────

@@ -257,9 +257,7 @@ def test_approve__any_amount__sets_allowance_and_emits_approval(cld, funded, buy
     assert tx.events == [cld.Approval(owner=funded, spender=buyer, value=7 * TOKEN_UNIT)]
 
 
-def test_transfer_from__within_allowance__moves_tokens_and_spends_allowance(
-    cld, funded, buyer, attacker
-):
+def test_transfer_from__within_allowance__moves_tokens_and_spends_allowance(cld, funded, buyer, attacker):
     cld.approve(buyer, 10 * TOKEN_UNIT, sender=funded)
     cld.transferFrom(funded, attacker, 4 * TOKEN_UNIT, sender=buyer)
     assert cld.balanceOf(attacker) == 4 * TOKEN_UNIT

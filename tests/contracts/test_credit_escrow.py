@@ -7,7 +7,6 @@ exactly the unreleased bonds plus the insurance funds.
 import ape
 import pytest
 from ape import project
-
 from eth_utils import keccak
 
 from promptex.chain.escrow import (
@@ -153,9 +152,7 @@ def test_open_lot__tokenized_gpt__uses_gpt_face_value(escrow, gpt, seller, treas
     assert gpt.balanceOf(treasury) == _fee(capacity)
 
 
-def test_open_lot__tokenized__pulls_bond_into_escrow(
-    escrow, usdc, seller, open_args, attestor, assert_conserved
-):
+def test_open_lot__tokenized__pulls_bond_into_escrow(escrow, usdc, seller, open_args, attestor, assert_conserved):
     bond = open_args["bond"]
     assert bond == FACE // 10  # 10 % minimum bond
     _open(escrow, attestor, open_args)
@@ -205,9 +202,7 @@ def test_open_lot__tokenized__emits_lot_opened(escrow, cld, seller, open_args, a
     ]
 
 
-def test_open_lot__bond_above_minimum__holds_whole_bond(
-    escrow, usdc, seller, open_args, attestor, assert_conserved
-):
+def test_open_lot__bond_above_minimum__holds_whole_bond(escrow, usdc, seller, open_args, attestor, assert_conserved):
     bond = 3 * open_args["bond"]
     _fund_bond(usdc, escrow, seller, bond)
     _open(escrow, attestor, open_args, bond=bond)
@@ -216,9 +211,7 @@ def test_open_lot__bond_above_minimum__holds_whole_bond(
     assert_conserved()
 
 
-def test_open_lot__several_lots__ids_start_at_one_and_increment(
-    escrow, cld, gpt, seller, buyer, open_lot
-):
+def test_open_lot__several_lots__ids_start_at_one_and_increment(escrow, cld, gpt, seller, buyer, open_lot):
     assert open_lot(seller, cld) == 1
     assert open_lot(buyer, gpt) == 2
     assert escrow.lot_count() == 2
@@ -226,9 +219,7 @@ def test_open_lot__several_lots__ids_start_at_one_and_increment(
     assert escrow.bonds_held() == 2 * escrow.min_bond(FACE)
 
 
-def test_quote_mint__registered_token__matches_what_open_lot_mints(
-    escrow, cld, seller, treasury, open_lot
-):
+def test_quote_mint__registered_token__matches_what_open_lot_mints(escrow, cld, seller, treasury, open_lot):
     capacity, seller_amount, fee = escrow.quote_mint(cld, FACE)
     open_lot(seller, cld)
     assert (capacity, seller_amount, fee) == (
@@ -251,9 +242,7 @@ def test_min_bond__fractional_share__rounds_up(escrow):
 # ─── open_lot: listed ────────────────────────────────────────────────────────
 
 
-def test_open_lot__listed__mints_nothing_and_stores_rate(
-    escrow, cld, seller, treasury, open_lot, assert_conserved
-):
+def test_open_lot__listed__mints_nothing_and_stores_rate(escrow, cld, seller, treasury, open_lot, assert_conserved):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
     lot = escrow.lots(lot_id)
     assert cld.totalSupply() == 0
@@ -425,9 +414,7 @@ def test_consume__full__closes_lot_and_releases_whole_bond(
     assert_conserved()
 
 
-def test_consume__listed_lot__draws_in_usd_micro_units(
-    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
-):
+def test_consume__listed_lot__draws_in_usd_micro_units(escrow, usdc, cld, seller, settler, open_lot, assert_conserved):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=9_000)
     escrow.consume(lot_id, FACE // 2, 1, sender=settler)
     assert escrow.remaining(lot_id) == FACE // 2
@@ -526,9 +513,7 @@ def test_close_lot__tokenized_unconsumed__burns_seller_share_and_releases_bond(
     assert escrow.bonds_held() == 0
     assert escrow.remaining(lot_id) == 0
     assert tx.events.filter(escrow.LotClosed) == [
-        escrow.LotClosed(
-            lot_id=lot_id, tokens_returned=lot.seller_minted, unbacked=fee, bond_released=lot.bond
-        )
+        escrow.LotClosed(lot_id=lot_id, tokens_returned=lot.seller_minted, unbacked=fee, bond_released=lot.bond)
     ]
     assert_conserved()
 
@@ -564,9 +549,7 @@ def test_close_lot__tokenized_partly_consumed__returns_ceil_share_of_remaining(
     assert_conserved()
 
 
-def test_close_lot__listed__closes_without_tokens(
-    escrow, usdc, cld, seller, open_lot, assert_conserved
-):
+def test_close_lot__listed__closes_without_tokens(escrow, usdc, cld, seller, open_lot, assert_conserved):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
     escrow.close_lot(lot_id, sender=seller)
     assert escrow.lots(lot_id).status == STATUS_CLOSED
@@ -650,16 +633,12 @@ def test_expire__after_grace_by_anyone__releases_bond_and_records_unbacked(
     assert escrow.bonds_held() == 0
     assert cld.totalSupply() == lot.capacity  # no tokens move
     assert tx.events.filter(escrow.LotExpired) == [
-        escrow.LotExpired(
-            lot_id=lot_id, unbacked=lot.capacity - consumed, bond_released=lot.bond - released_early
-        )
+        escrow.LotExpired(lot_id=lot_id, unbacked=lot.capacity - consumed, bond_released=lot.bond - released_early)
     ]
     assert_conserved()
 
 
-def test_expire__listed__releases_bond_without_unbacked(
-    escrow, chain, usdc, cld, seller, open_lot, assert_conserved
-):
+def test_expire__listed__releases_bond_without_unbacked(escrow, chain, usdc, cld, seller, open_lot, assert_conserved):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
     _travel_past_grace(chain, escrow, lot_id)
     escrow.expire(lot_id, sender=seller)
@@ -718,16 +697,12 @@ def test_slash__partly_consumed__moves_unreleased_bond_to_insurance_fund(
     assert usdc.balanceOf(escrow) == slashed
     assert escrow.remaining(lot_id) == 0
     assert tx.events.filter(escrow.LotSlashed) == [
-        escrow.LotSlashed(
-            lot_id=lot_id, token=cld, slashed=slashed, unbacked=lot.capacity - consumed
-        )
+        escrow.LotSlashed(lot_id=lot_id, token=cld, slashed=slashed, unbacked=lot.capacity - consumed)
     ]
     assert_conserved()
 
 
-def test_slash__listed__funds_insurance_without_unbacked(
-    escrow, cld, seller, attestor, open_lot, assert_conserved
-):
+def test_slash__listed__funds_insurance_without_unbacked(escrow, cld, seller, attestor, open_lot, assert_conserved):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
     escrow.slash(lot_id, sender=attestor)
     assert escrow.insurance_fund(cld) == escrow.min_bond(FACE)
@@ -770,12 +745,85 @@ def test_slash__twice__reverts(escrow, cld, seller, attestor, open_lot):
     assert escrow.insurance_fund(cld) == escrow.min_bond(FACE)
 
 
+# ─── buy back unbacked tokens with the insurance fund ───────────────────────
+
+
+def _slashed_cld_lot(escrow, cld, seller, attestor, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.slash(lot_id, sender=attestor)
+    return lot_id
+
+
+def test_buy_back_unbacked__after_slash__burns_tokens_and_pays_face_value(
+    escrow, usdc, cld, seller, attestor, open_lot, assert_conserved
+):
+    _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
+    fund, unbacked, supply = escrow.insurance_fund(cld), escrow.unbacked(cld), cld.totalSupply()
+    amount = 100_000 * TOKEN_UNIT + 123  # $421.80… of CLD (the fund holds the $1,000 bond)
+    payout = amount * 4_218 // TOKEN_UNIT
+    assert amount * 4_218 % TOKEN_UNIT != 0  # the payout rounds down, against the seller of tokens
+    cld.approve(escrow, amount, sender=seller)
+
+    tx = escrow.buy_back_unbacked(cld, amount, sender=seller)
+
+    assert usdc.balanceOf(seller) == payout
+    assert escrow.insurance_fund(cld) == fund - payout
+    assert escrow.unbacked(cld) == unbacked - amount
+    assert cld.totalSupply() == supply - amount
+    assert tx.events.filter(escrow.UnbackedBoughtBack) == [
+        escrow.UnbackedBoughtBack(token=cld, holder=seller, tokens_burned=amount, usdc_paid=payout)
+    ]
+    assert_conserved()
+
+
+def test_buy_back_unbacked__more_than_unbacked__reverts(escrow, cld, seller, attestor, open_lot):
+    _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
+    too_many = escrow.unbacked(cld) + 1
+    with ape.reverts("escrow: more than unbacked"):
+        escrow.buy_back_unbacked(cld, too_many, sender=seller)
+
+
+def test_buy_back_unbacked__fund_too_small__reverts_and_moves_nothing(escrow, usdc, cld, seller, attestor, open_lot):
+    _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
+    # The fund holds the 10 % bond; unbacked tokens are worth the full face value.
+    amount = escrow.unbacked(cld) // 2
+    assert amount * 4_218 // TOKEN_UNIT > escrow.insurance_fund(cld)
+    cld.approve(escrow, amount, sender=seller)
+    balance = cld.balanceOf(seller)
+    with ape.reverts("escrow: insurance fund too small"):
+        escrow.buy_back_unbacked(cld, amount, sender=seller)
+    assert cld.balanceOf(seller) == balance
+    assert usdc.balanceOf(seller) == 0
+
+
+def test_buy_back_unbacked__no_unbacked_supply__reverts(escrow, cld, seller, open_lot):
+    open_lot(seller, cld)
+    cld.approve(escrow, TOKEN_UNIT, sender=seller)
+    with ape.reverts("escrow: more than unbacked"):
+        escrow.buy_back_unbacked(cld, TOKEN_UNIT, sender=seller)
+
+
+def test_buy_back_unbacked__zero_or_dust_or_unknown__reverts(escrow, usdc, cld, seller, attestor, open_lot):
+    _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
+    with ape.reverts("escrow: zero amount"):
+        escrow.buy_back_unbacked(cld, 0, sender=seller)
+    with ape.reverts("escrow: amount below one usdc unit"):
+        escrow.buy_back_unbacked(cld, 10**10, sender=seller)  # worth 4.2e-5 of a micro-dollar
+    with ape.reverts("escrow: unknown token"):
+        escrow.buy_back_unbacked(usdc, 10**6, sender=seller)
+
+
+def test_buy_back_unbacked__tokens_not_approved__reverts(escrow, cld, seller, attestor, open_lot):
+    _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
+    with ape.reverts():
+        escrow.buy_back_unbacked(cld, TOKEN_UNIT, sender=seller)
+    assert escrow.unbacked(cld) > 0
+
+
 # ─── Admin: fees and bonds ───────────────────────────────────────────────────
 
 
-def test_set_mint_fee_bps__at_cap__applies_to_next_lot(
-    escrow, cld, seller, buyer, treasury, admin, open_lot
-):
+def test_set_mint_fee_bps__at_cap__applies_to_next_lot(escrow, cld, seller, buyer, treasury, admin, open_lot):
     open_lot(seller, cld)
     old_fee = cld.balanceOf(treasury)
     tx = escrow.set_mint_fee_bps(100, sender=admin)
@@ -788,9 +836,7 @@ def test_set_mint_fee_bps__at_cap__applies_to_next_lot(
     assert escrow.lots(1).seller_minted == capacity - _fee(capacity)  # earlier lot unchanged
 
 
-def test_set_mint_fee_bps__zero__mints_everything_to_seller(
-    escrow, cld, seller, treasury, admin, open_lot
-):
+def test_set_mint_fee_bps__zero__mints_everything_to_seller(escrow, cld, seller, treasury, admin, open_lot):
     escrow.set_mint_fee_bps(0, sender=admin)
     lot_id = open_lot(seller, cld)
     assert cld.balanceOf(treasury) == 0
@@ -818,9 +864,7 @@ def test_set_min_bond_bps__raised__rejects_old_minimum(escrow, attestor, admin, 
         _open(escrow, attestor, open_args)
 
 
-def test_set_min_bond_bps__zero__allows_unbonded_lot(
-    escrow, attestor, admin, open_args, assert_conserved
-):
+def test_set_min_bond_bps__zero__allows_unbonded_lot(escrow, attestor, admin, open_args, assert_conserved):
     escrow.set_min_bond_bps(0, sender=admin)
     _open(escrow, attestor, open_args, bond=0)
     assert escrow.lots(1).bond == 0
@@ -843,9 +887,7 @@ def test_set_min_bond_bps__non_admin__reverts(escrow, attacker):
         escrow.set_min_bond_bps(0, sender=attacker)
 
 
-def test_set_treasury__new_address__receives_next_fee(
-    escrow, cld, seller, treasury, buyer, admin, open_lot
-):
+def test_set_treasury__new_address__receives_next_fee(escrow, cld, seller, treasury, buyer, admin, open_lot):
     tx = escrow.set_treasury(buyer, sender=admin)
     assert escrow.treasury() == buyer
     assert tx.events == [escrow.TreasuryChanged(old_treasury=treasury, new_treasury=buyer)]
@@ -875,9 +917,7 @@ def test_set_attestor__granted__can_open_lots(escrow, buyer, admin, open_args):
     assert escrow.lot_count() == 1
 
 
-def test_set_attestor__revoked__can_no_longer_open_or_slash(
-    escrow, cld, seller, attestor, admin, open_lot, open_args
-):
+def test_set_attestor__revoked__can_no_longer_open_or_slash(escrow, cld, seller, attestor, admin, open_lot, open_args):
     lot_id = open_lot(seller, cld)
     escrow.set_attestor(attestor, False, sender=admin)
     assert escrow.is_attestor(attestor) is False

@@ -115,7 +115,14 @@ class EscrowMachine(RuleBasedStateMachine):
         kind = TOKENIZED if tokenized else LISTED
         expiry = self.now() + lifetime
         lot_id = self.escrow.open_lot(
-            seller, token.address, kind, face_value, expiry, bond, TERMS, 0 if tokenized else rate_bps,
+            seller,
+            token.address,
+            kind,
+            face_value,
+            expiry,
+            bond,
+            TERMS,
+            0 if tokenized else rate_bps,
             sender=self.attestor,
         )
         capacity, seller_minted = face_value, 0
@@ -204,6 +211,22 @@ class EscrowMachine(RuleBasedStateMachine):
         if lot.kind == TOKENIZED:
             self.unbacked[lot.token] += lot.capacity - lot.consumed
         lot.released, lot.status = lot.bond, SLASHED
+
+    @rule(seller_idx=st.integers(0, 2), sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.0))
+    def buy_back_unbacked(self, seller_idx, sym, fraction):
+        seller, token = self.sellers[seller_idx], self.tokens[sym]
+        amount = min(int(self.unbacked[sym] * fraction), token.balanceOf(seller))
+        payout = amount * FACE_VALUES[sym] // 10**18
+        if amount == 0 or payout == 0 or payout > self.insurance[sym]:
+            with boa.reverts():
+                self.escrow.buy_back_unbacked(token.address, amount, sender=seller)
+            return
+        token.approve(self.escrow.address, amount, sender=seller)
+        assert self.escrow.buy_back_unbacked(token.address, amount, sender=seller) == payout
+        self.unbacked[sym] -= amount
+        self.insurance[sym] -= payout
+        self.burned[sym] += amount
+        self.paid_to[seller] += payout
 
     @rule(bps=st.integers(0, 200))
     def set_fee(self, bps):
