@@ -4,8 +4,9 @@
     python bench/gas.py --json    # the same figures as one JSON object
 
 Each measurement is a function registered with `@measurement`: it gets a fresh
-deployment (a chain snapshot is restored after it) and returns {key: gas}.
-Later issues add their rows by registering more functions.
+deployment (a chain snapshot is restored after it) and returns {key: (label, gas)}.
+Later issues add their rows in sibling modules `bench/gas_<area>.py`, which register
+their functions with `from gas import measurement`; this script imports them all.
 """
 
 from __future__ import annotations
@@ -134,6 +135,17 @@ def _permit(ctx: Context, token: Any, owner: Any, spender: Any) -> Any:
     )
 
 
+def load_plugins() -> None:
+    """Import every bench/gas_<area>.py so its measurements register."""
+    import importlib
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    sys.modules.setdefault("gas", sys.modules[__name__])  # plugins import the registry as `gas`
+    for path in sorted(here.glob("gas_*.py")):
+        importlib.import_module(path.stem)
+
+
 def run_all() -> dict[str, tuple[str, int]]:
     from ape import accounts, chain, networks
 
@@ -160,6 +172,7 @@ def main(as_json: bool) -> None:
     from ape.logging import logger
 
     logger.set_level("WARNING")
+    load_plugins()
     rows = run_all()
     if as_json:
         json.dump({key: gas for key, (_, gas) in rows.items()}, sys.stdout, indent=2)
