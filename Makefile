@@ -13,9 +13,19 @@ export PYTHONWARNINGS := ignore::UserWarning:pydantic_settings.main
 
 NETWORK ?= ethereum:local:foundry
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup postgres demo test lint bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
+
+# The ledger's tests run against a real PostgreSQL server (started per test session
+# from these binaries); install Debian's package when the binaries are missing.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres:
+ifeq ($(PG_INITDB),)
+	@echo "installing PostgreSQL server binaries (Debian package postgresql)"
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null
+endif
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +42,7 @@ demo: setup
 	$(BIN)/ape run demo --network $(NETWORK) -v WARNING
 
 ## The whole test suite.
-test: setup
+test: setup postgres
 	$(BIN)/ape test tests -v WARNING
 
 lint: setup

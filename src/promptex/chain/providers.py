@@ -2,8 +2,11 @@
 
 from dataclasses import dataclass
 
-USD_MICRO = 10**6  # USD micro-units per dollar; equal to USDC's smallest unit
-TOKEN_UNIT = 10**18  # provider tokens have 18 decimals
+USDC_SYMBOL = "USDC"
+USDC_DECIMALS = 6
+TOKEN_DECIMALS = 18  # every provider token (and any other PROMPTEX credit token)
+USD_MICRO = 10**USDC_DECIMALS  # USD micro-units per dollar; equal to USDC's smallest unit
+TOKEN_UNIT = 10**TOKEN_DECIMALS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""Proof that the books balance: the double-entry check, run in tests and on demand.
+
+1. Every journal entry's lines sum to zero in each asset (so all lines do too).
+2. Every balance row's `posted` equals the sum of that account's lines, and no
+   account outside the system ones has lines without a balance row.
+3. `held` equals the sum of active holds, per payer and per budget.
+4. `locked` equals the sum of pending exits.
+5. Nothing held, locked or reserved is negative.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Container, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from promptex.ledger.models import ExitStatus, HoldStatus
+from promptex.ledger.schema import balances, budgets, exits, holds, journal_lines
+
+Key = tuple[int, str]
+
+
+def check_books(conn: Connection, system: Container[int]) -> list[str]:
+    """Every way the books fail to balance, as sentences; empty when they balance."""
+    problems: list[str] = []
+
+    per_entry: defaultdict[Key, int] = defaultdict(int)
+    per_account: defaultdict[Key, int] = defaultdict(int)
+    lines: Sequence[Any] = conn.execute(
+        select(journal_lines.c.entry_id, journal_lines.c.account_id, journal_lines.c.asset, journal_lines.c.amount)
+    ).all()
+    for entry, account, asset, amount in lines:
+        per_entry[(entry, asset)] += amount
+        per_account[(account, asset)] += amount
+    problems += [f"entry {entry} is off by {total} {asset}" for (entry, asset), total in per_entry.items() if total]
+
+    held: defaultdict[Key, int] = defaultdict(int)
+    budget_held: defaultdict[tuple[int, int, str], int] = defaultdict(int)
+    active: Sequence[Any] = conn.execute(
+        select(holds.c.payer_id, holds.c.account_id, holds.c.asset, holds.c.amount).where(
+            holds.c.status == HoldStatus.ACTIVE.value
+        )
+    ).all()
+    for payer, account, asset, amount in active:
+        held[(payer, asset)] += amount
+        budget_held[(payer, account, asset)] += amount
+
+    locked: defaultdict[Key, int] = defaultdict(int)
+    pending: Sequence[Any] = conn.execute(
+        select(exits.c.account_id, exits.c.asset, exits.c.amount).where(exits.c.status == ExitStatus.LOCKED.value)
+    ).all()
+    for account, asset, amount in pending:
+        locked[(account, asset)] += amount
+
+    for row in conn.execute(select(balances)):
+        key = (row.account_id, row.asset)
+        where = f"account {row.account_id} {row.asset}"
+        if row.posted != per_account.pop(key, 0):
+            problems.append(f"{where}: posted {row.posted} is not the sum of its journal lines")
+        if row.held != held.pop(key, 0) or row.held < 0:
+            problems.append(f"{where}: held {row.held} is not the sum of its active holds")
+        if row.locked != locked.pop(key, 0) or row.locked < 0:
+            problems.append(f"{where}: locked {row.locked} is not the sum of its pending exits")
+    problems += [
+        f"account {account} {asset}: {total} in journal lines but no balance row"
+        for (account, asset), total in per_account.items()
+        if account not in system and total
+    ]
+    problems += [f"account {a} {s}: {amount} held without a balance row" for (a, s), amount in held.items() if amount]
+    problems += [
+        f"account {a} {s}: {amount} locked without a balance row" for (a, s), amount in locked.items() if amount
+    ]
+
+    for row in conn.execute(select(budgets)):
+        expected = budget_held.get((row.org_id, row.member_id, row.asset), 0)
+        if row.held != expected or row.held < 0:
+            problems.append(
+                f"budget of {row.member_id} at {row.org_id} {row.asset}: held {row.held}, active holds {expected}"
+            )
+    return problems

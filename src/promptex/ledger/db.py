@@ -1,0 +1,105 @@
+"""Engines for the ledger's two databases, and bringing a schema up to date.
+
+SQLite (the zero-configuration default) runs in WAL mode with a busy timeout, and every
+write transaction starts with BEGIN IMMEDIATE: writers queue for the one write lock
+instead of failing when a read turns into a write. PostgreSQL (for many gateway
+processes) runs at READ COMMITTED, where a conditional UPDATE waits for the row's
+lock and re-checks its WHERE clause on the latest version.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+
+from promptex.ledger.amounts import register_sqlite_functions
+
+READ_ONLY = "promptex_read_only"  # execution option: a SQLite transaction that only reads
+VERSION_TABLE = "ledger_schema_version"
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+_MIGRATION_LOCK = 0x70726F6D  # PostgreSQL advisory lock key: one migrating process at a time
+
+
+def create_ledger_engine(
+    url: str, *, pool_size: int = 10, busy_timeout_ms: int = 30_000, sqlite_synchronous: str = "FULL"
+) -> Engine:
+    """An engine for a `sqlite:///…` or `postgresql://…` URL, set up for the ledger.
+
+    `sqlite_synchronous` FULL syncs the WAL on every commit (a commit survives power
+    loss); NORMAL syncs at checkpoints only (a commit survives a crash of the process
+    but may be lost with power): much faster, and what the tests use.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(f"sqlite_synchronous is one of {', '.join(SQLITE_SYNCHRONOUS)}")
+        return _sqlite_engine(url, busy_timeout_ms, sqlite_synchronous)
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    raise ValueError(f"the ledger runs on SQLite or PostgreSQL, not {backend!r} ({parsed.render_as_string()})")
+
+
+def _sqlite_engine(url: str, busy_timeout_ms: int, synchronous: str) -> Engine:
+    parsed = make_url(url)
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    connect_args: dict[str, Any] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
+    if in_memory:
+        # One connection, or every connection would see its own empty database.
+        engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
+    else:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args=connect_args, pool_size=5, max_overflow=59)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy, not sqlite3, emits BEGIN
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+        register_sqlite_functions(dbapi_connection)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for the ledger; the migration scripts ship inside this package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("promptex.ledger").joinpath("migrations")))
+    config.set_main_option("version_table", VERSION_TABLE)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the ledger's schema to `revision`; safe to call from many processes at once."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        command.upgrade(alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()

@@ -1,0 +1,71 @@
+"""What the ledger refuses, as exceptions a caller can tell apart."""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of every refusal by the ledger."""
+
+
+class UnknownAccount(LedgerError):
+    pass
+
+
+class InsufficientFunds(LedgerError):
+    """The payer's spendable balance (posted − held − locked) is below the amount."""
+
+
+class SpendCapExceeded(LedgerError):
+    """The payer's remaining signed spend cap, less what is held, is below the amount."""
+
+
+class BudgetExceeded(LedgerError):
+    """A member's budget at an org (or a promotional grant) does not cover the amount."""
+
+
+class NotAMember(LedgerError):
+    """An account tried to spend from an org or treasury it does not belong to."""
+
+
+class HoldNotFound(LedgerError):
+    pass
+
+
+class HoldConflict(LedgerError):
+    """A request id reused with other terms, or a hold that can no longer be settled."""
+
+
+class ChainEventConflict(LedgerError):
+    """A chain event id seen again with different facts."""
+
+
+class BindingError(LedgerError):
+    """A wallet binding refused."""
+
+
+class InvalidSignature(BindingError):
+    pass
+
+
+class ExpiredMessage(BindingError):
+    pass
+
+
+class UnknownNonce(BindingError):
+    pass
+
+
+class NonceReplayed(BindingError):
+    pass
+
+
+class WalletAlreadyBound(BindingError):
+    pass
+
+
+class LedgerInconsistent(LedgerError):
+    """The books do not balance; `problems` says where."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in the books: " + "; ".join(problems[:10]))
+        self.problems = problems

@@ -1,0 +1,132 @@
+"""Wallet addresses bound to accounts, and the account an address's funds belong to."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Container
+
+from sqlalchemy import Connection, insert, select, update
+
+from promptex.ledger.accounts import get_or_create_account, owned_account
+from promptex.ledger.amounts import add
+from promptex.ledger.binding import BindingMessage, checksum_address, verify
+from promptex.ledger.errors import InvalidSignature, NonceReplayed, UnknownNonce, WalletAlreadyBound
+from promptex.ledger.journal import Line, ensure_balance, post_entry
+from promptex.ledger.models import AccountKind, ExitStatus
+from promptex.ledger.schema import balances, binding_challenges, exits, wallets
+
+
+def bound_account(conn: Connection, address: str) -> int | None:
+    row = conn.execute(select(wallets.c.account_id).where(wallets.c.address == checksum_address(address))).first()
+    return None if row is None else int(row.account_id)
+
+
+def addresses_of(conn: Connection, account: int) -> list[str]:
+    return list(
+        conn.execute(
+            select(wallets.c.address).where(wallets.c.account_id == account).order_by(wallets.c.address)
+        ).scalars()
+    )
+
+
+def account_for_address(conn: Connection, address: str, now: int) -> int:
+    """The account an address's funds belong to: its bound account, or else its own
+    unclaimed account (credited to no one until the address is bound)."""
+    account = bound_account(conn, address)
+    if account is not None:
+        return account
+    return get_or_create_account(conn, AccountKind.UNCLAIMED, checksum_address(address), now).id
+
+
+def issue_challenge(
+    conn: Connection, account: int, wallet: str, *, now: int, ttl: int, chain_id: int
+) -> BindingMessage:
+    owned_account(conn, account)
+    if ttl <= 0:
+        raise ValueError("a challenge's ttl must be positive")
+    message = BindingMessage(
+        account=account,
+        wallet=checksum_address(wallet),
+        nonce="0x" + secrets.token_hex(32),
+        issued_at=now,
+        expires_at=now + ttl,
+        chain_id=chain_id,
+    )
+    conn.execute(
+        insert(binding_challenges).values(
+            nonce=message.nonce,
+            account_id=account,
+            wallet=message.wallet,
+            issued_at=message.issued_at,
+            expires_at=message.expires_at,
+        )
+    )
+    return message
+
+
+def bind(
+    conn: Connection,
+    message: BindingMessage,
+    signature: bytes | str,
+    *,
+    now: int,
+    chain_id: int,
+    system: Container[int],
+) -> int:
+    """Bind the signing wallet to the account the challenge was issued for; returns the account.
+
+    Deposits that waited for this address (its unclaimed account) move to the account.
+    """
+    verify(message, signature, now=now, chain_id=chain_id)
+    challenge = conn.execute(
+        select(binding_challenges).where(binding_challenges.c.nonce == message.nonce).with_for_update()
+    ).first()
+    if challenge is None:
+        raise UnknownNonce("this binding message was not issued by this ledger")
+    issued = (challenge.account_id, challenge.wallet, challenge.issued_at, challenge.expires_at)
+    if issued != (message.account, checksum_address(message.wallet), message.issued_at, message.expires_at):
+        raise InvalidSignature("the signed message differs from the challenge that was issued")
+    used = conn.execute(
+        update(binding_challenges)
+        .where(binding_challenges.c.nonce == message.nonce, binding_challenges.c.used_at.is_(None))
+        .values(used_at=now)
+    ).rowcount
+    if not used:
+        raise NonceReplayed("this binding message was used already; ask for a new one")
+    address = checksum_address(message.wallet)
+    current = bound_account(conn, address)
+    if current is not None:
+        if current != message.account:
+            raise WalletAlreadyBound(f"wallet {address} is bound to another account")
+        return current
+    conn.execute(insert(wallets).values(address=address, account_id=message.account, bound_at=now, nonce=message.nonce))
+    _claim(conn, address, message.account, now=now, system=system)
+    return message.account
+
+
+def _claim(conn: Connection, address: str, account: int, *, now: int, system: Container[int]) -> None:
+    """Move an address's unclaimed balances, locks and pending exits to the account it was bound to.
+
+    The deposits keep the account they were first credited to: the record of what happened.
+    """
+    unclaimed = get_or_create_account(conn, AccountKind.UNCLAIMED, address, now).id
+    rows = conn.execute(select(balances).where(balances.c.account_id == unclaimed)).all()
+    lines: list[Line] = []
+    for row in rows:
+        if row.posted:
+            lines += [(unclaimed, row.asset, -row.posted), (account, row.asset, row.posted)]
+        if row.locked:
+            ensure_balance(conn, account, row.asset)
+            for who, change in ((unclaimed, -row.locked), (account, row.locked)):
+                conn.execute(
+                    update(balances)
+                    .where(balances.c.account_id == who, balances.c.asset == row.asset)
+                    .values(locked=add(balances.c.locked, change))
+                )
+    if lines:
+        post_entry(conn, ref=f"claim:{address}", kind="claim", lines=lines, now=now, system_accounts=system)
+    conn.execute(
+        update(exits)
+        .where(exits.c.account_id == unclaimed, exits.c.status == ExitStatus.LOCKED.value)
+        .values(account_id=account)
+    )

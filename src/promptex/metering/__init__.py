@@ -1,0 +1,44 @@
+"""Metering: the model catalog and the arithmetic of a message's cost. Pure: no I/O
+beyond reading a catalog file, no database, no chain."""
+
+from promptex.metering.assets import ASSETS, CREDIT_SYMBOL, Asset, UnknownAsset, asset, provider_token
+from promptex.metering.catalog import Catalog, CatalogError, ModelPrice, UnknownModel, load_catalog, parse_catalog
+from promptex.metering.pricing import (
+    BPS,
+    PricingError,
+    Rates,
+    converted_rates,
+    exact_cost,
+    flat_rates,
+    message_cost,
+    provider_token_rates,
+    rates_for,
+    split_usdc_charge,
+    usdc_rates,
+)
+
+__all__ = [
+    "ASSETS",
+    "BPS",
+    "CREDIT_SYMBOL",
+    "Asset",
+    "Catalog",
+    "CatalogError",
+    "ModelPrice",
+    "PricingError",
+    "Rates",
+    "UnknownAsset",
+    "UnknownModel",
+    "asset",
+    "converted_rates",
+    "exact_cost",
+    "flat_rates",
+    "load_catalog",
+    "message_cost",
+    "parse_catalog",
+    "provider_token",
+    "provider_token_rates",
+    "rates_for",
+    "split_usdc_charge",
+    "usdc_rates",
+]

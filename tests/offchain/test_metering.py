@@ -1,0 +1,224 @@
+"""Metering: the catalog and the arithmetic of a message's cost (rounded up once)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from promptex.chain.providers import PROVIDER_TOKENS, TOKEN_UNIT, USD_MICRO
+from promptex.metering import (
+    BPS,
+    CatalogError,
+    ModelPrice,
+    PricingError,
+    Rates,
+    UnknownAsset,
+    UnknownModel,
+    asset,
+    exact_cost,
+    flat_rates,
+    load_catalog,
+    message_cost,
+    parse_catalog,
+    provider_token,
+    provider_token_rates,
+    rates_for,
+    split_usdc_charge,
+    usdc_rates,
+)
+
+SONNET = ModelPrice("claude-sonnet-4-5", "anthropic", 3_000, 15_000)  # $3 / $15 per million
+
+
+# ─── Catalog ─────────────────────────────────────────────────────────────────
+
+
+def test_load_catalog__default__every_provider_has_models_and_a_token():
+    catalog = load_catalog()
+    providers = {price.provider for price in catalog}
+    assert providers == {"anthropic", "openai", "google", "meta"}
+    assert {provider_token(p).symbol for p in providers} == {t.symbol for t in PROVIDER_TOKENS}
+    assert catalog.price("claude-sonnet-4-5") == SONNET
+    assert catalog.price("gpt-4o").input_usd_micro_per_1k == 2_500
+
+
+def test_load_catalog__override_file__replaces_default(tmp_path):
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[models."house-model"]\nprovider = "openai"\ninput_usd_micro_per_1k = 7\noutput_usd_micro_per_1k = 9\n'
+    )
+    catalog = load_catalog(path)
+    assert len(catalog) == 1
+    assert catalog.price("house-model") == ModelPrice("house-model", "openai", 7, 9)
+    with pytest.raises(UnknownModel, match="claude-sonnet-4-5"):
+        catalog.price("claude-sonnet-4-5")
+
+
+def test_load_catalog__missing_file__catalog_error(tmp_path):
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("models = 3", "no \\[models"),
+        ("[models", "not valid TOML"),
+        ('[models.m]\nprovider = "openai"\ninput_usd_micro_per_1k = -1\noutput_usd_micro_per_1k = 0', "non-negative"),
+        ('[models.m]\nprovider = "openai"\ninput_usd_micro_per_1k = 1.5\noutput_usd_micro_per_1k = 0', "integer"),
+        ("[models.m]\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0", "provider"),
+        ('[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\nextra = 1', "extra"),
+    ],
+)
+def test_parse_catalog__malformed__catalog_error(text, message):
+    with pytest.raises(CatalogError, match=message):
+        parse_catalog(text)
+
+
+# ─── Assets ──────────────────────────────────────────────────────────────────
+
+
+def test_asset__symbols__decimals_from_chain_providers():
+    assert asset("usdc").unit == USD_MICRO
+    assert asset("CLD").unit == TOKEN_UNIT
+    assert asset("CREDIT").decimals == 18
+    with pytest.raises(UnknownAsset, match="unknown asset 'DOGE'"):
+        asset("DOGE")
+
+
+# ─── Cost ────────────────────────────────────────────────────────────────────
+
+
+def test_message_cost__exact_whole_units__not_rounded():
+    assert message_cost(flat_rates("CREDIT", 3 * TOKEN_UNIT), 1_500) == 4_500_000_000_000_000_000
+
+
+def test_message_cost__fraction_of_a_unit__rounded_up_once():
+    rates = Rates("USDC", Fraction(1, 3), Fraction(2, 3))
+    assert exact_cost(rates, 1_000, 1_000) == 1  # 1/3 + 2/3: one rounding of the sum, not two
+    assert message_cost(rates, 1_000, 1_000) == 1
+    assert message_cost(rates, 1, 0) == 1  # 1/3000 of a unit still costs one unit
+
+
+def test_message_cost__no_tokens__zero():
+    assert message_cost(provider_token_rates(SONNET), 0, 0) == 0
+
+
+def test_message_cost__negative_tokens__pricing_error():
+    with pytest.raises(PricingError, match="negative"):
+        message_cost(flat_rates("USDC", 1), -1)
+
+
+def test_provider_token_rates__sonnet_in_cld__list_cost_over_face_value():
+    # $0.0105 list ÷ $0.004218 per CLD = 2.4893314366998577524… CLD, rounded up in wei
+    assert message_cost(provider_token_rates(SONNET), 1_000, 500) == 2_489_331_436_699_857_753
+    assert provider_token_rates(SONNET).asset == "CLD"
+
+
+def test_provider_token_rates__face_value_given__used():
+    rates = provider_token_rates(SONNET, face_value_usd_micro=USD_MICRO)  # 1 CLD = $1
+    assert message_cost(rates, 1_000, 0) == 3 * TOKEN_UNIT // 1_000  # $0.003
+
+
+def test_usdc_rates__lot_rate_and_fee__list_times_rate_plus_fee():
+    # $0.0105 × 60 % × 1.05 = $0.006615
+    assert message_cost(usdc_rates(SONNET, 6_000, 500), 1_000, 500) == 6_615
+
+
+@pytest.mark.parametrize("lot_rate_bps, fee_bps", [(0, 0), (BPS + 1, 0), (6_000, -1)])
+def test_usdc_rates__out_of_range__pricing_error(lot_rate_bps, fee_bps):
+    with pytest.raises(PricingError):
+        usdc_rates(SONNET, lot_rate_bps, fee_bps)
+
+
+def test_rates_for__other_providers_token__converted_at_twap():
+    twaps = {"CLD": Fraction(4_000), "GPT": Fraction(3_500_000)}  # USDC micro per whole token
+    rates = rates_for(SONNET, "GPT", twaps=twaps)
+    assert rates.asset == "GPT"
+    in_cld = exact_cost(provider_token_rates(SONNET), 1_000, 500)
+    assert exact_cost(rates, 1_000, 500) == in_cld * 4_000 / 3_500_000
+    assert message_cost(rates, 1_000, 500) == 2_844_950_213_371_267
+
+
+def test_rates_for__other_token_without_twap__pricing_error():
+    with pytest.raises(PricingError, match="TWAP"):
+        rates_for(SONNET, "GPT", twaps={"GPT": Fraction(1)})
+
+
+def test_rates_for__usdc_without_lot_rate__pricing_error():
+    with pytest.raises(PricingError, match="lot's rate"):
+        rates_for(SONNET, "USDC")
+
+
+def test_rates_for__credit__pricing_error():
+    with pytest.raises(PricingError, match="cannot be paid in CREDIT"):
+        rates_for(SONNET, "CREDIT")
+
+
+def test_split_usdc_charge__any_total__conserved_and_fee_takes_rounding():
+    assert split_usdc_charge(6_615, 500) == (6_300, 315)
+    assert split_usdc_charge(1, 500) == (0, 1)
+    assert split_usdc_charge(0, 500) == (0, 0)
+
+
+# ─── Properties ──────────────────────────────────────────────────────────────
+
+tokens = st.integers(min_value=0, max_value=10**9)
+rate = st.fractions(min_value=0, max_value=10**24, max_denominator=10**12)
+prices = st.builds(
+    ModelPrice,
+    st.just("m"),
+    st.sampled_from(["anthropic", "openai", "google", "meta"]),
+    st.integers(min_value=0, max_value=10**6),
+    st.integers(min_value=0, max_value=10**6),
+)
+
+
+@given(rate, rate, tokens, tokens)
+def test_message_cost__any_rates__never_below_exact_and_less_than_one_unit_above(in_rate, out_rate, n_in, n_out):
+    rates = Rates("CREDIT", in_rate, out_rate)
+    exact = exact_cost(rates, n_in, n_out)
+    cost = message_cost(rates, n_in, n_out)
+    assert isinstance(cost, int)
+    assert exact <= cost < exact + 1
+
+
+@given(
+    prices,
+    tokens,
+    tokens,
+    st.sampled_from(["own", "USDC", "GEM"]),
+    st.integers(min_value=1, max_value=BPS),
+    st.integers(min_value=0, max_value=BPS),
+)
+def test_rates_for__any_model_and_asset__cost_never_below_exact(price, n_in, n_out, pay, lot_bps, fee_bps):
+    symbol = provider_token(price.provider).symbol if pay == "own" else pay
+    twaps = {token.symbol: Fraction(token.face_value_usd_micro * 7, 5) for token in PROVIDER_TOKENS}
+    rates = rates_for(price, symbol, lot_rate_bps=lot_bps, fee_bps=fee_bps, twaps=twaps)
+    exact = exact_cost(rates, n_in, n_out)
+    cost = message_cost(rates, n_in, n_out)
+    assert exact <= cost < exact + 1
+    list_usd_micro = Fraction(price.input_usd_micro_per_1k * n_in + price.output_usd_micro_per_1k * n_out, 1_000)
+    if symbol == "USDC":
+        assert exact == list_usd_micro * lot_bps * (BPS + fee_bps) / BPS**2
+    else:  # TWAPs all 7/5 of face value: any token pays the list price at its own face value
+        face = next(t.face_value_usd_micro for t in PROVIDER_TOKENS if t.symbol == symbol)
+        assert exact == list_usd_micro * TOKEN_UNIT / face
+
+
+@given(tokens, tokens, tokens)
+def test_message_cost__more_tokens__never_cheaper(n_in, n_out, extra):
+    rates = provider_token_rates(SONNET)
+    assert message_cost(rates, n_in + extra, n_out) >= message_cost(rates, n_in, n_out)
+    assert message_cost(rates, n_in, n_out + extra) >= message_cost(rates, n_in, n_out)
+
+
+@given(st.integers(min_value=0, max_value=10**30), st.integers(min_value=0, max_value=BPS))
+def test_split_usdc_charge__any_total__parts_sum_to_total(total, fee_bps):
+    seller, fee = split_usdc_charge(total, fee_bps)
+    assert seller + fee == total
+    assert seller >= 0 and fee >= 0
+    assert seller * (BPS + fee_bps) <= total * BPS
