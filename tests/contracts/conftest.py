@@ -102,3 +102,84 @@ def open_lot(escrow, usdc, attestor, expiry):
         return escrow.lot_count()
 
     return _open
+
+
+# ─── CreditsVault ─────────────────────────────────────────────────────────────
+# Personas and helpers for tests/contracts/test_credits_vault.py. The deployment
+# above makes `admin` the vault's admin and first coordinator; `coordinator` is
+# granted the role here so tests can tell the two apart.
+
+RATE_BPS = 6_000
+
+
+@pytest.fixture(scope="session")
+def coordinator(accounts):
+    return accounts[7]
+
+
+@pytest.fixture(scope="session")
+def pauser(accounts):
+    return accounts[8]
+
+
+@pytest.fixture(scope="session")
+def org(accounts):
+    return accounts[9]
+
+
+@pytest.fixture(scope="session")
+def vault(deployment, admin, coordinator, pauser):
+    vault = contract_at(deployment, "CreditsVault")
+    vault.set_coordinator(coordinator, True, sender=admin)
+    vault.set_pauser(pauser, True, sender=admin)
+    return vault
+
+
+@pytest.fixture
+def fund(vault, usdc):
+    """Mint `amount` of USDC (or take a token holder's tokens) and deposit them for `account`."""
+
+    def _fund(account, amount, asset=None, holder=None):
+        asset = usdc if asset is None else asset
+        payer = account if holder is None else holder
+        if asset.address == usdc.address:
+            usdc.mint(payer, amount, sender=payer)
+        asset.approve(vault, amount, sender=payer)
+        vault.deposit_for(account, asset, amount, sender=payer)
+
+    return _fund
+
+
+@pytest.fixture
+def cap(vault, usdc):
+    """Give `account` a spend cap on `asset` (direct call, no signature)."""
+
+    def _cap(account, per_epoch=2**256 - 1, total=10**30, asset=None, expiry=2**32 - 1):
+        asset = usdc if asset is None else asset
+        vault.set_spend_cap(asset, per_epoch, total, expiry, sender=account)
+
+    return _cap
+
+
+@pytest.fixture
+def next_window(vault, chain):
+    """Move time to the first moment the next settlement of `asset` may be posted."""
+
+    def _next(asset):
+        at = vault.next_settlement_at(asset)
+        if chain.pending_timestamp < at:
+            chain.pending_timestamp = at
+
+    return _next
+
+
+@pytest.fixture
+def listed_lot(open_lot, seller, gpt):
+    """An open listed lot (USDC-paid) of `seller`."""
+    return open_lot(seller, gpt, kind=KIND_LISTED, face_value=5_000 * USD_MICRO, rate_bps=RATE_BPS)
+
+
+@pytest.fixture
+def tokenized_lot(open_lot, seller, cld):
+    """An open tokenized CLD lot of `seller` (seller holds the minted CLD)."""
+    return open_lot(seller, cld)

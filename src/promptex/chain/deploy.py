@@ -20,8 +20,12 @@ from promptex.chain.deployments import (
     write_abi,
 )
 from promptex.chain.providers import PROVIDER_TOKENS
+from promptex.chain.vault import POLICY_SPEND_ONLY
 
 LOCAL_NETWORKS = ("local",)
+# CreditsVault epoch length: seconds on a demo chain, ten minutes on a live one.
+DEMO_EPOCH_LENGTH = 10
+LIVE_EPOCH_LENGTH = 600
 
 
 class DeploymentExists(ValueError):
@@ -57,14 +61,20 @@ def deploy_all(
     treasury: str | None = None,
     attestor: str | None = None,
     settler: str | None = None,
+    coordinator: str | None = None,
+    epoch_length: int | None = None,
     force: bool = False,
     root: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Deployment:
-    """Deploy tokens, the escrow (and MockUSDC on local chains), wire roles, record it.
+    """Deploy tokens, the escrow, the credits vault (and MockUSDC on local chains),
+    wire roles, record it.
 
     Roles default to the deployer, which suits a local chain; on a live network pass
-    the gateway's attestor key and the vault/coordinator as settler.
+    the gateway's attestor key, the settler and the vault's coordinator. The vault is
+    always an escrow settler and a burner of every provider token; it lists USDC
+    withdrawable and each provider token spend-only. `epoch_length` defaults to
+    DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere.
     """
     existing = live_deployment(network_name, root)
     if existing is not None and not force:
@@ -78,6 +88,9 @@ def deploy_all(
     treasury = treasury or deployer.address
     attestor = attestor or deployer.address
     settler = settler or deployer.address
+    coordinator = coordinator or deployer.address
+    if epoch_length is None:
+        epoch_length = DEMO_EPOCH_LENGTH if is_local(network_name) else LIVE_EPOCH_LENGTH
     contracts: dict[str, DeployedContract] = {}
 
     if usdc is None:
@@ -93,18 +106,28 @@ def deploy_all(
     )
     token_abi = write_abi("ComputeToken", _abi_of(project.ComputeToken), root)
 
+    vault = deployer.deploy(project.CreditsVault, usdc, escrow.address, epoch_length)
+    log(f"CreditsVault  {vault.address}")
+    contracts["CreditsVault"] = DeployedContract(
+        address=str(vault.address), abi=write_abi("CreditsVault", _abi_of(project.CreditsVault), root)
+    )
+
     for spec in PROVIDER_TOKENS:
         token = deployer.deploy(
             project.ComputeToken, spec.name, spec.symbol, spec.provider, spec.face_value_usd_micro
         )
         token.set_minter(escrow.address, True, sender=deployer)
         token.set_burner(escrow.address, True, sender=deployer)
+        token.set_burner(vault.address, True, sender=deployer)
         escrow.add_provider(token.address, sender=deployer)
+        vault.list_asset(token.address, POLICY_SPEND_ONLY, sender=deployer)
         contracts[f"token:{spec.symbol}"] = DeployedContract(address=str(token.address), abi=token_abi)
         log(f"{spec.symbol:<13} {token.address}")
 
     escrow.set_attestor(attestor, True, sender=deployer)
     escrow.set_settler(settler, True, sender=deployer)
+    escrow.set_settler(vault.address, True, sender=deployer)
+    vault.set_coordinator(coordinator, True, sender=deployer)
 
     deployment = Deployment(
         network=network_name,
@@ -123,5 +146,6 @@ def contract_at(deployment: Deployment, name: str) -> Any:
     container = {
         "USDC": project.MockUSDC,
         "CreditEscrow": project.CreditEscrow,
+        "CreditsVault": project.CreditsVault,
     }.get(name, project.ComputeToken)
     return container.at(deployment.address(name))

@@ -1,0 +1,1077 @@
+# pragma version ~=0.4.3
+"""
+@title CreditsVault
+@license MIT
+@notice Holds buyers' prepaid assets (USDC, provider tokens such as CLD) for
+        metered AI usage and settles that usage in batches, one per
+        (epoch, asset), posted by the coordinator.
+
+        - Assets are listed by the admin with a policy: *withdrawable* (USDC,
+          credit tokens) or *spend-only* (provider tokens: they are spent or
+          sold for USDC, never withdrawn as tokens).
+        - Leaving the vault (withdraw, or sell a spend-only token for USDC) is
+          either *instant*, with an EIP-712 release signed by a coordinator,
+          or *trustless*: `request_exit` → thaw (≥ 2 × `epoch_length`) →
+          `complete_exit`, which nobody but the user can start or stop.
+          Thawing funds stay debitable by settlement until the exit completes,
+          so a user cannot outrun metering.
+        - A buyer authorizes spending with an EIP-712 `SpendCap` (a maximum per
+          epoch and/or in total, an expiry). Settlement never debits beyond the
+          buyer's balance or cap: what it cannot debit is recorded as the
+          protocol's shortfall and paid from the protocol's reserve.
+@dev Roles: admin (snekmate `ownable_2step`), coordinator (posts settlements,
+     co-signs instant releases), pauser (stops deposits, instant releases and
+     settlement; never trustless exits or claims).
+
+     Units: every amount is in the asset's smallest unit.
+
+     Epoch clock: `genesis` and `epoch_length` (immutable) cut time into
+     windows. Each asset's settlements are numbered 1, 2, 3, … (consecutive)
+     and at most one is posted per window, so a per-epoch cap bounds what can
+     be taken per `epoch_length` of wall-clock time, however fast the
+     coordinator posts. The batch posted in window w settles usage of window
+     w − 1; the thaw (≥ 2 windows) gives the coordinator one whole window to
+     settle a user's usage before that user's trustless exit can complete.
+
+     Hot path: each (asset, account) has ONE storage slot, read once and
+     written once per settlement entry:
+
+         bits   0..103  balance       uint104  (≤ MAX_BALANCE)
+         bits 104..199  cap left      uint96   remaining total of the spend cap
+         bits 200..223  per epoch     float24  17-bit mantissa m, 7-bit exponent e:
+                                               m × 2**e, rounded DOWN from the signed value
+         bits 224..255  cap expiry    uint32   unix seconds (clamped down to 2**32 − 1)
+
+     Every clamp rounds the cap down, never up, so the vault never lets the
+     coordinator take more than the user signed. A debit entry of `settle` is
+     one word: account << 96 | amount (uint96); entries must be sorted by
+     strictly increasing account, which proves them distinct without storage,
+     so each account is debited at most once per epoch and the per-epoch
+     check is a single comparison. (No per-account "last epoch" is needed:
+     distinctness comes from the sort, pacing from the epoch clock.)
+
+     Spend-cap changes: a first cap applies at once. While a cap is active it
+     can only be widened (a lower limit would let a user dodge usage already
+     served); `revoke_spend_cap` ends it at the close of the next window, so
+     the settlement of the epoch in progress can still be posted.
+
+     Shortfall: settlement cuts each debit to what the balance and cap allow
+     rather than reverting, so one user who exited (or whose cap ran out)
+     cannot block a batch. The cut is logged per account (ShortfallRecorded),
+     summed in `shortfall[asset]`, and paid from the batch's fee and then the
+     protocol reserve, so sellers and lot draw-downs are paid in full and the
+     vault always holds exactly balances + claimables + reserve. Only when fee
+     and reserve cannot cover it does the batch revert; the coordinator then
+     drops those entries (and their payouts) and books the loss off-chain.
+"""
+
+from ethereum.ercs import IERC20
+from snekmate.auth import ownable
+from snekmate.auth import ownable_2step
+from snekmate.utils import ecdsa
+from snekmate.utils import eip712_domain_separator as eip712
+from snekmate.utils import math
+from snekmate.utils import pausable
+
+initializes: ownable
+initializes: ownable_2step[ownable := ownable]
+initializes: pausable
+initializes: eip712
+
+exports: (
+    ownable_2step.owner,
+    ownable_2step.pending_owner,
+    ownable_2step.transfer_ownership,
+    ownable_2step.accept_ownership,
+    pausable.paused,
+    eip712.eip712Domain,
+)
+
+
+# ─── Interfaces ──────────────────────────────────────────────────────────────
+
+interface IComputeToken:
+    def burn(amount: uint256): nonpayable
+
+
+# @dev Mirrors `CreditEscrow.Lot` field for field (ABI-compatible).
+struct Lot:
+    seller: address
+    token: address
+    kind: uint8
+    status: uint8
+    rate_bps: uint16
+    expiry: uint64
+    face_value: uint256
+    capacity: uint256
+    seller_minted: uint256
+    consumed: uint256
+    last_epoch: uint256
+    bond: uint256
+    bond_released: uint256
+    terms_hash: bytes32
+
+
+interface ICreditEscrow:
+    def lots(lot_id: uint256) -> Lot: view
+    def consume(lot_id: uint256, amount: uint256, epoch: uint256): nonpayable
+    def is_provider_token(token: address) -> bool: view
+
+
+# @dev The market that turns a spend-only token into USDC on exit (the DEX
+#      router or an adapter in front of it; it arrives with the DEX). It must
+#      pull exactly `amount` of `token` from the caller and send at least
+#      `min_out` USDC to `recipient`; the vault checks both.
+interface IExitMarket:
+    def sell(token: address, amount: uint256, min_out: uint256, recipient: address) -> uint256: nonpayable
+
+
+# ─── Constants ───────────────────────────────────────────────────────────────
+
+POLICY_WITHDRAWABLE: public(constant(uint8)) = 1
+POLICY_SPEND_ONLY: public(constant(uint8)) = 2
+
+# @notice Longest epoch: payouts to sellers are claims, so epochs stay short.
+MAX_EPOCH_LENGTH: public(constant(uint256)) = 3_600
+# @notice Longest thaw the admin may set, so exits can never be stalled.
+MAX_THAW_PERIOD: public(constant(uint256)) = 86_400
+
+# @notice Entries per settlement; 1,024 × ~6k gas stays far below a 30M block.
+MAX_ENTRIES: public(constant(uint256)) = 1_024
+# @notice Credits or lot draws per settlement (one per serving lot).
+MAX_LOTS: public(constant(uint256)) = 128
+
+# @notice Bounds of the packed slot (see the contract @dev).
+MAX_BALANCE: public(constant(uint256)) = 2**104 - 1
+MAX_CAP_TOTAL: public(constant(uint256)) = 2**96 - 1
+MAX_CAP_EXPIRY: public(constant(uint256)) = 2**32 - 1
+
+_CAP_SHIFT: constant(uint256) = 104
+_PER_EPOCH_SHIFT: constant(uint256) = 200
+_EXPIRY_SHIFT: constant(uint256) = 224
+_MANTISSA_BITS: constant(uint256) = 17
+_MANTISSA_MASK: constant(uint256) = 2**17 - 1
+_MAX_EXPONENT: constant(uint256) = 2**7 - 1
+_FLOAT_MASK: constant(uint256) = 2**24 - 1
+# @dev Subtracting `x * _DEBIT_UNIT` takes x from the balance and the cap at once.
+_DEBIT_UNIT: constant(uint256) = 1 + 2**104
+
+# @dev A debit word: account << 96 | amount; a credit / draw word: lot_id << 160 | amount.
+_DEBIT_AMOUNT_MASK: constant(uint256) = 2**96 - 1
+_LOT_AMOUNT_MASK: constant(uint256) = 2**160 - 1
+
+_KIND_TOKENIZED: constant(uint8) = 1
+_KIND_LISTED: constant(uint8) = 2
+_LOT_OPEN: constant(uint8) = 1
+
+# @notice EIP-712 type of a buyer's spending authorization. `per_epoch` or
+#         `total` may be max_value(uint256) ("no limit"), not both.
+SPEND_CAP_TYPEHASH: public(constant(bytes32)) = keccak256(
+    "SpendCap(address account,address asset,uint256 per_epoch,uint256 total,uint256 expiry,uint256 nonce)"
+)
+# @notice EIP-712 type of a coordinator's statement that `amount` is free of
+#         unsettled usage and may leave the vault at once.
+RELEASE_TYPEHASH: public(constant(bytes32)) = keccak256(
+    "Release(address account,address asset,uint256 amount,uint256 nonce,uint256 expiry)"
+)
+
+
+# ─── Storage ─────────────────────────────────────────────────────────────────
+
+struct PendingExit:
+    amount: uint256
+    unlock_at: uint256
+
+
+# @notice USDC: always listed withdrawable; what spend-only exits are paid in.
+usdc: public(immutable(address))
+# @notice The CreditEscrow whose lots settlements credit and draw down.
+escrow: public(immutable(address))
+# @notice Seconds per epoch window (1 .. MAX_EPOCH_LENGTH).
+epoch_length: public(immutable(uint256))
+# @notice Start of window 0 (the deployment's timestamp).
+genesis: public(immutable(uint256))
+
+# @notice Seconds between `request_exit` and `complete_exit` (≥ 2 × epoch_length).
+thaw_period: public(uint256)
+# @notice Sells spend-only tokens for USDC on exit; unset until the DEX exists.
+exit_market: public(address)
+
+is_coordinator: public(HashMap[address, bool])
+is_pauser: public(HashMap[address, bool])
+
+# @notice 0 unlisted, POLICY_WITHDRAWABLE or POLICY_SPEND_ONLY; never changes once set.
+asset_policy: public(HashMap[address, uint8])
+# @notice Whether deposits of a listed asset are open (delisting only closes deposits).
+deposits_open: public(HashMap[address, bool])
+
+# @dev asset → account → packed slot (see the contract @dev).
+_accounts: HashMap[address, HashMap[address, uint256]]
+
+# @notice account → asset → the trustless exit being thawed.
+pending_exits: public(HashMap[address, HashMap[address, PendingExit]])
+# @notice account → asset → USDC (or credit asset) earned by a seller, claimable at any time.
+claimable: public(HashMap[address, HashMap[address, uint256]])
+# @notice asset → the protocol's reserve: fees accrue to it, shortfalls are paid from it.
+reserve: public(HashMap[address, uint256])
+# @notice asset → cumulative usage the protocol could not collect from users.
+shortfall: public(HashMap[address, uint256])
+
+# @notice asset → the last settled epoch (epochs start at 1).
+last_epoch: public(HashMap[address, uint256])
+# @dev asset → 1 + the window of the last settlement (0: never settled).
+_settled_window: HashMap[address, uint256]
+# @notice asset → epoch → Merkle root of the usage records behind that settlement.
+usage_roots: public(HashMap[address, HashMap[uint256, bytes32]])
+
+# @notice account → next nonce of an instant release.
+release_nonce: public(HashMap[address, uint256])
+# @notice account → asset → next nonce of a spend cap.
+cap_nonce: public(HashMap[address, HashMap[address, uint256]])
+
+
+# ─── Events ──────────────────────────────────────────────────────────────────
+
+event Deposited:
+    account: indexed(address)
+    asset: indexed(address)
+    payer: indexed(address)
+    amount: uint256
+    balance: uint256
+
+event ExitRequested:
+    account: indexed(address)
+    asset: indexed(address)
+    amount: uint256
+    unlock_at: uint256
+
+event ExitCancelled:
+    account: indexed(address)
+    asset: indexed(address)
+    amount: uint256
+
+event ExitCompleted:
+    account: indexed(address)
+    asset: indexed(address)
+    requested: uint256
+    amount: uint256
+    proceeds: uint256
+
+event ExitReleased:
+    account: indexed(address)
+    asset: indexed(address)
+    amount: uint256
+    proceeds: uint256
+    nonce: uint256
+
+event SpendCapRegistered:
+    account: indexed(address)
+    asset: indexed(address)
+    per_epoch: uint256
+    total: uint256
+    expiry: uint256
+    nonce: uint256
+
+event SpendCapRevoked:
+    account: indexed(address)
+    asset: indexed(address)
+    expiry: uint256
+    nonce: uint256
+
+event EpochSettled:
+    epoch: indexed(uint256)
+    asset: indexed(address)
+    usage_root: bytes32
+    total: uint256
+    entries: uint256
+
+event SellerCredited:
+    epoch: indexed(uint256)
+    asset: indexed(address)
+    seller: indexed(address)
+    lot_id: uint256
+    amount: uint256
+
+event ShortfallRecorded:
+    epoch: indexed(uint256)
+    asset: indexed(address)
+    account: indexed(address)
+    amount: uint256
+
+event Claimed:
+    account: indexed(address)
+    asset: indexed(address)
+    amount: uint256
+
+event ReserveFunded:
+    asset: indexed(address)
+    payer: indexed(address)
+    amount: uint256
+
+event ReserveWithdrawn:
+    asset: indexed(address)
+    recipient: indexed(address)
+    amount: uint256
+
+event AssetListed:
+    asset: indexed(address)
+    policy: uint8
+
+event AssetDelisted:
+    asset: indexed(address)
+
+event RoleCoordinatorChanged:
+    account: indexed(address)
+    status: bool
+
+event RolePauserChanged:
+    account: indexed(address)
+    status: bool
+
+event ThawPeriodChanged:
+    old_period: uint256
+    new_period: uint256
+
+event ExitMarketChanged:
+    old_market: indexed(address)
+    new_market: indexed(address)
+
+
+@deploy
+def __init__(usdc_: address, escrow_: address, epoch_length_: uint256):
+    """
+    @notice Deploys the vault; the deployer becomes the admin. USDC is listed
+            withdrawable; the thaw starts at 2 × `epoch_length_`.
+    @param usdc_ The USDC token.
+    @param escrow_ The CreditEscrow; it must grant this vault the settler role.
+    @param epoch_length_ Seconds per epoch, 1 .. MAX_EPOCH_LENGTH (600 in
+           production, a few seconds on a demo chain).
+    """
+    assert usdc_ != empty(address), "vault: zero address"
+    assert escrow_ != empty(address), "vault: zero address"
+    assert epoch_length_ > 0 and epoch_length_ <= MAX_EPOCH_LENGTH, "vault: epoch length out of range"
+    ownable.__init__()
+    ownable_2step.__init__()
+    pausable.__init__()
+    eip712.__init__("PROMPTEX CreditsVault", "1")
+    usdc = usdc_
+    escrow = escrow_
+    epoch_length = epoch_length_
+    genesis = block.timestamp
+    self.thaw_period = 2 * epoch_length_
+    self._list(usdc_, POLICY_WITHDRAWABLE)
+
+
+# ─── Deposits ────────────────────────────────────────────────────────────────
+
+
+@external
+@nonreentrant
+def deposit(asset: address, amount: uint256):
+    """
+    @notice Deposits `amount` of a listed asset into the caller's balance.
+    @dev The caller must have approved `amount` to the vault. Tokens that
+         deliver less than `amount` (fee on transfer) are refused.
+    @param asset A listed asset whose deposits are open.
+    @param amount Smallest units; non-zero.
+    """
+    self._deposit(msg.sender, msg.sender, asset, amount)
+
+
+@external
+@nonreentrant
+def deposit_for(account: address, asset: address, amount: uint256):
+    """
+    @notice Deposits `amount` of a listed asset, paid by the caller, into
+            `account`'s balance (an org admin funding an org account).
+    @param account The beneficiary; not the zero address.
+    @param asset A listed asset whose deposits are open.
+    @param amount Smallest units; non-zero.
+    """
+    assert account != empty(address), "vault: zero address"
+    self._deposit(account, msg.sender, asset, amount)
+
+
+@external
+@nonreentrant
+def deposit_with_permit(asset: address, amount: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32):
+    """
+    @notice Approves the vault with an EIP-2612 permit and deposits in one call.
+    @dev A permit that fails (for example one already used by a front-runner)
+         is ignored when the allowance is already enough, so a copied permit
+         cannot grief the deposit.
+    @param asset A listed EIP-2612 asset whose deposits are open.
+    @param amount Smallest units; non-zero; also the permit's value.
+    @param deadline The permit's deadline.
+    @param v The permit signature's v.
+    @param r The permit signature's r.
+    @param s The permit signature's s.
+    """
+    assert self.deposits_open[asset], "vault: asset not listed"
+    # The outcome is ignored on purpose: the allowance check below decides.
+    permitted: bool = raw_call(
+        asset,
+        abi_encode(
+            msg.sender, self, amount, deadline, v, r, s,
+            method_id=method_id("permit(address,address,uint256,uint256,uint8,bytes32,bytes32)"),
+        ),
+        revert_on_failure=False,
+    )
+    assert staticcall IERC20(asset).allowance(msg.sender, self) >= amount, "vault: permit failed"
+    self._deposit(msg.sender, msg.sender, asset, amount)
+
+
+# ─── Spend caps ──────────────────────────────────────────────────────────────
+
+
+@external
+def register_spend_cap(
+    account: address,
+    asset: address,
+    per_epoch: uint256,
+    total: uint256,
+    expiry: uint256,
+    nonce: uint256,
+    signature: Bytes[65],
+):
+    """
+    @notice Registers a spend cap signed by `account` (EIP-712 `SpendCap`).
+            Anyone may submit it: the user, or the coordinator gaslessly
+            before the settlement that uses it.
+    @dev The cap applies at once. While a cap is active, a new one must not
+         lower any of its limits (per epoch, total left, expiry); lowering is
+         `revoke_spend_cap`, which takes effect from the next epoch, then a
+         new registration. The signature is bound to this chain and vault.
+    @param account The signer and buyer.
+    @param asset A listed asset.
+    @param per_epoch Most one settlement may debit; max_value(uint256) = no limit.
+    @param total Most all settlements under this cap may debit; max_value(uint256) = no limit.
+    @param expiry Unix time after which no settlement may use the cap.
+    @param nonce Must equal `cap_nonce(account, asset)`.
+    @param signature The 65-byte secp256k1 signature of `account`.
+    """
+    digest: bytes32 = eip712._hash_typed_data_v4(
+        keccak256(abi_encode(SPEND_CAP_TYPEHASH, account, asset, per_epoch, total, expiry, nonce))
+    )
+    assert ecdsa._recover_sig(digest, signature) == account, "vault: bad cap signature"
+    self._set_cap(account, asset, per_epoch, total, expiry, nonce)
+
+
+@external
+def set_spend_cap(asset: address, per_epoch: uint256, total: uint256, expiry: uint256):
+    """
+    @notice Sets the caller's own spend cap without a signature (for contract
+            accounts); same rules as `register_spend_cap`.
+    @dev Uses up the caller's current cap nonce, so signed caps not yet
+         registered stop being valid.
+    @param asset A listed asset.
+    @param per_epoch Most one settlement may debit; max_value(uint256) = no limit.
+    @param total Most all settlements under this cap may debit; max_value(uint256) = no limit.
+    @param expiry Unix time after which no settlement may use the cap.
+    """
+    self._set_cap(msg.sender, asset, per_epoch, total, expiry, self.cap_nonce[msg.sender][asset])
+
+
+@external
+def revoke_spend_cap(asset: address):
+    """
+    @notice Revokes the caller's spend cap from the next epoch on.
+    @dev The cap stays usable until the end of the window after this one, so
+         the settlement of the epoch in progress (usage already served) can
+         still be posted; no later one can use it. Also uses up the cap
+         nonce, voiding signed caps not yet registered.
+    @param asset The asset of the cap.
+    """
+    slot: uint256 = self._accounts[asset][msg.sender]
+    deadline: uint256 = genesis + (self._window() + 2) * epoch_length - 1
+    expiry: uint256 = slot >> _EXPIRY_SHIFT
+    if expiry > deadline:
+        expiry = deadline
+        self._accounts[asset][msg.sender] = (slot & (2**_EXPIRY_SHIFT - 1)) | (deadline << _EXPIRY_SHIFT)
+    nonce: uint256 = self.cap_nonce[msg.sender][asset]
+    self.cap_nonce[msg.sender][asset] = nonce + 1
+    log SpendCapRevoked(account=msg.sender, asset=asset, expiry=expiry, nonce=nonce)
+
+
+# ─── Leaving the vault ───────────────────────────────────────────────────────
+
+
+@external
+@nonreentrant
+def exit_instant(
+    asset: address,
+    amount: uint256,
+    min_out: uint256,
+    nonce: uint256,
+    expiry: uint256,
+    signature: Bytes[65],
+) -> uint256:
+    """
+    @notice Leaves the vault at once with a release a coordinator signed
+            (EIP-712 `Release`): a withdrawable asset is sent to the caller; a
+            spend-only token is sold for USDC, paid to the caller.
+    @dev Stopped by pause. The release binds account, asset, amount, the
+         caller's release nonce, an expiry, this chain and this vault.
+    @param asset A listed asset.
+    @param amount Smallest units; non-zero; at most the caller's balance.
+    @param min_out Spend-only: least USDC to receive; ignored otherwise.
+    @param nonce Must equal `release_nonce(caller)`.
+    @param expiry The release is void after this unix time.
+    @param signature The 65-byte signature of a coordinator.
+    @return uint256 What the caller received (the asset, or USDC for a sale).
+    """
+    pausable._require_not_paused()
+    assert amount > 0, "vault: zero amount"
+    assert block.timestamp <= expiry, "vault: release expired"
+    assert nonce == self.release_nonce[msg.sender], "vault: bad nonce"
+    digest: bytes32 = eip712._hash_typed_data_v4(
+        keccak256(abi_encode(RELEASE_TYPEHASH, msg.sender, asset, amount, nonce, expiry))
+    )
+    assert self.is_coordinator[ecdsa._recover_sig(digest, signature)], "vault: release not signed by a coordinator"
+    self.release_nonce[msg.sender] = nonce + 1
+    self._take(msg.sender, asset, amount)
+    proceeds: uint256 = self._pay_out(msg.sender, asset, amount, min_out)
+    log ExitReleased(account=msg.sender, asset=asset, amount=amount, proceeds=proceeds, nonce=nonce)
+    return proceeds
+
+
+@external
+def request_exit(asset: address, amount: uint256) -> uint256:
+    """
+    @notice Starts a trustless exit: after `thaw_period` the caller may
+            complete it without anyone's consent.
+    @dev Never paused. Until completion the amount stays in the balance and
+         settlement may still debit it. One exit per (account, asset) at a time.
+    @param asset A listed asset.
+    @param amount Smallest units; non-zero; at most the caller's balance.
+    @return uint256 The unix time from which `complete_exit` succeeds.
+    """
+    assert amount > 0, "vault: zero amount"
+    assert self.asset_policy[asset] != 0, "vault: asset not listed"
+    assert self.pending_exits[msg.sender][asset].amount == 0, "vault: exit already pending"
+    assert amount <= self._accounts[asset][msg.sender] & MAX_BALANCE, "vault: amount exceeds balance"
+    unlock_at: uint256 = block.timestamp + self.thaw_period
+    self.pending_exits[msg.sender][asset] = PendingExit(amount=amount, unlock_at=unlock_at)
+    log ExitRequested(account=msg.sender, asset=asset, amount=amount, unlock_at=unlock_at)
+    return unlock_at
+
+
+@external
+def cancel_exit(asset: address):
+    """
+    @notice Cancels the caller's pending trustless exit; nothing moves.
+    @param asset The asset of the exit.
+    """
+    pending: PendingExit = self.pending_exits[msg.sender][asset]
+    assert pending.amount > 0, "vault: no pending exit"
+    self.pending_exits[msg.sender][asset] = empty(PendingExit)
+    log ExitCancelled(account=msg.sender, asset=asset, amount=pending.amount)
+
+
+@external
+@nonreentrant
+def complete_exit(asset: address, min_out: uint256) -> uint256:
+    """
+    @notice Completes the caller's thawed exit: pays out the requested amount,
+            or the whole balance if settlements have since debited it below.
+    @dev Never paused; no role can block it. A spend-only token is sold for
+         USDC through `exit_market` (which must be set).
+    @param asset The asset of the exit.
+    @param min_out Spend-only: least USDC to receive; ignored otherwise.
+    @return uint256 What the caller received (the asset, or USDC for a sale).
+    """
+    pending: PendingExit = self.pending_exits[msg.sender][asset]
+    assert pending.amount > 0, "vault: no pending exit"
+    assert block.timestamp >= pending.unlock_at, "vault: exit still thawing"
+    amount: uint256 = min(pending.amount, self._accounts[asset][msg.sender] & MAX_BALANCE)
+    self.pending_exits[msg.sender][asset] = empty(PendingExit)
+    proceeds: uint256 = 0
+    if amount > 0:
+        self._take(msg.sender, asset, amount)
+        proceeds = self._pay_out(msg.sender, asset, amount, min_out)
+    log ExitCompleted(account=msg.sender, asset=asset, requested=pending.amount, amount=amount, proceeds=proceeds)
+    return proceeds
+
+
+@external
+@nonreentrant
+def claim(asset: address) -> uint256:
+    """
+    @notice Pays the caller everything it earned in `asset` (seller credits).
+    @dev Never paused: earned balances are the seller's at any time.
+    @param asset The asset.
+    @return uint256 The amount paid.
+    """
+    amount: uint256 = self.claimable[msg.sender][asset]
+    assert amount > 0, "vault: nothing to claim"
+    self.claimable[msg.sender][asset] = 0
+    self._push(asset, msg.sender, amount)
+    log Claimed(account=msg.sender, asset=asset, amount=amount)
+    return amount
+
+
+# ─── Settlement ──────────────────────────────────────────────────────────────
+
+
+@external
+@nonreentrant
+def settle(
+    epoch: uint256,
+    asset: address,
+    debits: DynArray[uint256, MAX_ENTRIES],
+    credits: DynArray[uint256, MAX_LOTS],
+    lot_draws: DynArray[uint256, MAX_LOTS],
+    fee: uint256,
+    usage_root: bytes32,
+):
+    """
+    @notice Settles one epoch of usage of one asset.
+    @dev Coordinator only; stopped by pause; one settlement per asset per
+         epoch window; epochs are consecutive per asset, starting at 1.
+         Conservation: sum(debits) == sum(credits) + fee + sum(lot_draws).
+         Each debit is cut to what the account's balance and spend cap allow
+         (≤ balance, ≤ per-epoch maximum, ≤ total left, cap not expired); the
+         cut part is recorded as shortfall (event per account) and is paid
+         from this batch's fee, then from the protocol reserve — if both fall
+         short the call reverts and the coordinator must drop those entries.
+         What moves always balances: debited == credited + burned + reserve change.
+         Withdrawable asset: `credits` pay sellers of OPEN LISTED lots in the
+         escrow (claimable; checked so the coordinator can only pay lots the
+         attestor admitted), `lot_draws` is empty. Spend-only asset: `credits`
+         is empty; each draw names an open tokenized lot of this token, is
+         consumed in the escrow with this epoch number, and their sum is burned.
+    @param epoch `last_epoch(asset) + 1`.
+    @param asset A listed asset.
+    @param debits Words `account << 96 | amount`, accounts strictly increasing.
+    @param credits Words `lot_id << 160 | amount` (withdrawable assets).
+    @param lot_draws Words `lot_id << 160 | amount` (spend-only assets).
+    @param fee The protocol fee, added to the reserve.
+    @param usage_root Merkle root of the usage records behind the batch.
+    """
+    pausable._require_not_paused()
+    assert self.is_coordinator[msg.sender], "vault: caller is not a coordinator"
+    policy: uint8 = self.asset_policy[asset]
+    assert policy != 0, "vault: asset not listed"
+    assert epoch == self.last_epoch[asset] + 1, "vault: epoch not consecutive"
+    window: uint256 = self._window()
+    assert window >= self._settled_window[asset], "vault: epoch window already settled"
+    if policy == POLICY_SPEND_ONLY:
+        assert len(credits) == 0, "vault: credits on a spend-only asset"
+    else:
+        assert len(lot_draws) == 0, "vault: lot draws on a withdrawable asset"
+
+    self.last_epoch[asset] = epoch
+    self._settled_window[asset] = window + 1
+    self.usage_roots[asset][epoch] = usage_root
+
+    # Debits: one slot read and at most one write per entry.
+    now: uint256 = block.timestamp
+    requested: uint256 = 0
+    charged: uint256 = 0
+    previous: uint256 = 0
+    for word: uint256 in debits:
+        key: uint256 = word >> 96
+        assert key > previous, "vault: debits not sorted by account"
+        previous = key
+        account: address = convert(convert(key, uint160), address)
+        amount: uint256 = word & _DEBIT_AMOUNT_MASK
+        slot: uint256 = self._accounts[asset][account]
+        take: uint256 = min(amount, slot & MAX_BALANCE)
+        if now > slot >> _EXPIRY_SHIFT:
+            take = 0
+        else:
+            take = min(take, min((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)))
+        if take > 0:
+            self._accounts[asset][account] = unsafe_sub(slot, unsafe_mul(take, _DEBIT_UNIT))
+        if take < amount:
+            log ShortfallRecorded(epoch=epoch, asset=asset, account=account, amount=unsafe_sub(amount, take))
+        requested = unsafe_add(requested, amount)
+        charged = unsafe_add(charged, take)
+
+    paid_out: uint256 = fee
+    for word: uint256 in credits:
+        lot_id: uint256 = word >> 160
+        amount: uint256 = word & _LOT_AMOUNT_MASK
+        assert amount > 0, "vault: zero amount"
+        lot: Lot = staticcall ICreditEscrow(escrow).lots(lot_id)
+        assert lot.kind == _KIND_LISTED and lot.status == _LOT_OPEN, "vault: credit to a lot that is not open and listed"
+        self.claimable[lot.seller][asset] += amount
+        paid_out += amount
+        log SellerCredited(epoch=epoch, asset=asset, seller=lot.seller, lot_id=lot_id, amount=amount)
+    burned: uint256 = 0
+    for word: uint256 in lot_draws:
+        amount: uint256 = word & _LOT_AMOUNT_MASK
+        assert amount > 0, "vault: zero amount"
+        lot: Lot = staticcall ICreditEscrow(escrow).lots(word >> 160)
+        assert lot.kind == _KIND_TOKENIZED and lot.token == asset, "vault: draw on a lot of another kind or token"
+        burned += amount
+    assert requested == paid_out + burned, "vault: debits do not balance"
+
+    missing: uint256 = requested - charged
+    if missing > 0:
+        available: uint256 = self.reserve[asset] + fee
+        assert available >= missing, "vault: shortfall exceeds reserve"
+        self.reserve[asset] = available - missing
+        self.shortfall[asset] += missing
+    elif fee > 0:
+        self.reserve[asset] += fee
+
+    for word: uint256 in lot_draws:
+        extcall ICreditEscrow(escrow).consume(word >> 160, word & _LOT_AMOUNT_MASK, epoch)
+    if burned > 0:
+        extcall IComputeToken(asset).burn(burned)
+    log EpochSettled(epoch=epoch, asset=asset, usage_root=usage_root, total=charged, entries=len(debits))
+
+
+# ─── Protocol reserve ────────────────────────────────────────────────────────
+
+
+@external
+@nonreentrant
+def fund_reserve(asset: address, amount: uint256):
+    """
+    @notice Adds to the protocol's reserve of a listed asset (it pays
+            shortfalls); anyone may fund it.
+    @param asset A listed asset.
+    @param amount Smallest units; non-zero; approved to the vault.
+    """
+    assert self.asset_policy[asset] != 0, "vault: asset not listed"
+    assert amount > 0, "vault: zero amount"
+    self._pull(asset, msg.sender, amount)
+    self.reserve[asset] += amount
+    log ReserveFunded(asset=asset, payer=msg.sender, amount=amount)
+
+
+@external
+@nonreentrant
+def withdraw_reserve(asset: address, amount: uint256, recipient: address):
+    """
+    @notice Pays out part of the protocol's reserve (collected fees).
+    @dev Admin only.
+    @param asset The asset.
+    @param amount Smallest units; non-zero; at most the reserve.
+    @param recipient Not the zero address.
+    """
+    ownable._check_owner()
+    assert recipient != empty(address), "vault: zero address"
+    assert amount > 0, "vault: zero amount"
+    assert amount <= self.reserve[asset], "vault: amount exceeds reserve"
+    self.reserve[asset] -= amount
+    self._push(asset, recipient, amount)
+    log ReserveWithdrawn(asset=asset, recipient=recipient, amount=amount)
+
+
+# ─── Admin ───────────────────────────────────────────────────────────────────
+
+
+@external
+def list_asset(asset: address, policy: uint8):
+    """
+    @notice Lists an asset (or reopens its deposits) with its exit policy.
+    @dev Admin only. A policy never changes once set, so users' exit rights
+         cannot be changed under them. A spend-only asset must be a provider
+         token of the escrow, and must grant this vault its burner role.
+    @param asset The token; not the zero address.
+    @param policy POLICY_WITHDRAWABLE or POLICY_SPEND_ONLY.
+    """
+    ownable._check_owner()
+    assert asset != empty(address), "vault: zero address"
+    assert policy == POLICY_WITHDRAWABLE or policy == POLICY_SPEND_ONLY, "vault: bad policy"
+    current: uint8 = self.asset_policy[asset]
+    assert current == 0 or current == policy, "vault: policy cannot change"
+    if policy == POLICY_SPEND_ONLY:
+        assert staticcall ICreditEscrow(escrow).is_provider_token(asset), "vault: not a provider token"
+    self._list(asset, policy)
+
+
+@external
+def delist_asset(asset: address):
+    """
+    @notice Closes deposits of an asset; balances, settlements and exits go on.
+    @dev Admin only.
+    @param asset A listed asset.
+    """
+    ownable._check_owner()
+    assert self.deposits_open[asset], "vault: asset not listed"
+    self.deposits_open[asset] = False
+    log AssetDelisted(asset=asset)
+
+
+@external
+def set_coordinator(account: address, status: bool):
+    """
+    @notice Grants or revokes the coordinator role (settles, signs releases).
+    @dev Admin only.
+    @param account Not the zero address.
+    @param status True to grant.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "vault: zero address"
+    self.is_coordinator[account] = status
+    log RoleCoordinatorChanged(account=account, status=status)
+
+
+@external
+def set_pauser(account: address, status: bool):
+    """
+    @notice Grants or revokes the pauser role.
+    @dev Admin only.
+    @param account Not the zero address.
+    @param status True to grant.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "vault: zero address"
+    self.is_pauser[account] = status
+    log RolePauserChanged(account=account, status=status)
+
+
+@external
+def pause():
+    """
+    @notice Stops deposits, instant releases and settlement. Trustless exits,
+            cancels and claims keep working.
+    @dev Pauser or admin.
+    """
+    assert self.is_pauser[msg.sender] or msg.sender == ownable.owner, "vault: caller is not a pauser"
+    pausable._pause()
+
+
+@external
+def unpause():
+    """
+    @notice Lifts the pause.
+    @dev Admin only, so a leaked pauser key can stop the vault but not resume it.
+    """
+    ownable._check_owner()
+    pausable._unpause()
+
+
+@external
+def set_thaw_period(new_period: uint256):
+    """
+    @notice Sets the thaw of trustless exits requested from now on.
+    @dev Admin only; between 2 × epoch_length and MAX_THAW_PERIOD.
+    @param new_period Seconds.
+    """
+    ownable._check_owner()
+    assert new_period >= 2 * epoch_length and new_period <= MAX_THAW_PERIOD, "vault: thaw period out of range"
+    log ThawPeriodChanged(old_period=self.thaw_period, new_period=new_period)
+    self.thaw_period = new_period
+
+
+@external
+def set_exit_market(market: address):
+    """
+    @notice Sets the market that sells spend-only tokens for USDC on exit.
+    @dev Admin only; the zero address unsets it.
+    @param market An IExitMarket.
+    """
+    ownable._check_owner()
+    log ExitMarketChanged(old_market=self.exit_market, new_market=market)
+    self.exit_market = market
+
+
+# ─── Views ───────────────────────────────────────────────────────────────────
+
+
+@external
+@view
+@nonreentrant
+def balance_of(account: address, asset: address) -> uint256:
+    """
+    @notice An account's balance of an asset in the vault, thawing part included.
+    @param account The account.
+    @param asset The asset.
+    @return uint256 Smallest units.
+    """
+    return self._accounts[asset][account] & MAX_BALANCE
+
+
+@external
+@view
+def spend_cap(account: address, asset: address) -> (uint256, uint256, uint256):
+    """
+    @notice The spend cap as the vault enforces it (limits rounded down from
+            the signed values, never up).
+    @param account The account.
+    @param asset The asset.
+    @return (uint256, uint256, uint256) Most per epoch, total left, expiry.
+    """
+    slot: uint256 = self._accounts[asset][account]
+    return self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK), (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, slot >> _EXPIRY_SHIFT
+
+
+@external
+@view
+@nonreentrant
+def debitable(account: address, asset: address) -> uint256:
+    """
+    @notice The most a settlement posted now could debit from an account.
+    @param account The account.
+    @param asset The asset.
+    @return uint256 min(balance, per-epoch maximum, total left), or 0 if the cap expired.
+    """
+    slot: uint256 = self._accounts[asset][account]
+    if block.timestamp > slot >> _EXPIRY_SHIFT:
+        return 0
+    return min(slot & MAX_BALANCE, min((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)))
+
+
+@external
+@view
+def current_window() -> uint256:
+    """
+    @notice The epoch window now: (now − genesis) ÷ epoch_length.
+    @return uint256 The window index.
+    """
+    return self._window()
+
+
+@external
+@view
+def next_settlement_at(asset: address) -> uint256:
+    """
+    @notice The earliest unix time at which the next settlement of `asset` may be posted.
+    @param asset The asset.
+    @return uint256 Unix seconds (genesis if it was never settled).
+    """
+    return genesis + self._settled_window[asset] * epoch_length
+
+
+@external
+@view
+def DOMAIN_SEPARATOR() -> bytes32:
+    """
+    @notice The EIP-712 domain separator (name, version, chain id, this vault).
+    @return bytes32 The separator.
+    """
+    return eip712._domain_separator_v4()
+
+
+@external
+@pure
+def quantize_per_epoch(per_epoch: uint256) -> uint256:
+    """
+    @notice The per-epoch maximum the vault will enforce for a signed value.
+    @param per_epoch The signed value.
+    @return uint256 The largest m × 2**e ≤ per_epoch (m < 2**17, e < 2**7).
+    """
+    return self._decode(self._encode(per_epoch))
+
+
+# ─── Internals ───────────────────────────────────────────────────────────────
+
+
+@internal
+def _list(asset: address, policy: uint8):
+    self.asset_policy[asset] = policy
+    self.deposits_open[asset] = True
+    log AssetListed(asset=asset, policy=policy)
+
+
+@internal
+def _deposit(account: address, payer: address, asset: address, amount: uint256):
+    pausable._require_not_paused()
+    assert self.deposits_open[asset], "vault: asset not listed"
+    assert amount > 0, "vault: zero amount"
+    slot: uint256 = self._accounts[asset][account]
+    balance: uint256 = (slot & MAX_BALANCE) + amount
+    assert balance <= MAX_BALANCE, "vault: balance above bound"
+    self._accounts[asset][account] = slot + amount
+    self._pull(asset, payer, amount)
+    log Deposited(account=account, asset=asset, payer=payer, amount=amount, balance=balance)
+
+
+@internal
+def _take(account: address, asset: address, amount: uint256):
+    slot: uint256 = self._accounts[asset][account]
+    assert amount <= slot & MAX_BALANCE, "vault: amount exceeds balance"
+    self._accounts[asset][account] = slot - amount
+
+
+@internal
+def _set_cap(account: address, asset: address, per_epoch: uint256, total: uint256, expiry: uint256, nonce: uint256):
+    assert self.asset_policy[asset] != 0, "vault: asset not listed"
+    assert nonce == self.cap_nonce[account][asset], "vault: bad nonce"
+    assert per_epoch > 0 and total > 0, "vault: empty cap"
+    assert per_epoch < max_value(uint256) or total < max_value(uint256), "vault: cap sets no limit"
+    assert expiry > block.timestamp, "vault: cap expired"
+    encoded: uint256 = self._encode(per_epoch)
+    new_per_epoch: uint256 = self._decode(encoded)
+    new_total: uint256 = min(total, MAX_CAP_TOTAL)
+    new_expiry: uint256 = min(expiry, MAX_CAP_EXPIRY)
+
+    slot: uint256 = self._accounts[asset][account]
+    old_expiry: uint256 = slot >> _EXPIRY_SHIFT
+    if block.timestamp <= old_expiry:
+        # An active cap: only widen it, so usage already served under it stays payable.
+        assert (
+            new_per_epoch >= self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)
+            and new_total >= (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL
+            and new_expiry >= old_expiry
+        ), "vault: new cap lowers the active cap"
+
+    self.cap_nonce[account][asset] = nonce + 1
+    self._accounts[asset][account] = (
+        (slot & MAX_BALANCE)
+        | (new_total << _CAP_SHIFT)
+        | (encoded << _PER_EPOCH_SHIFT)
+        | (new_expiry << _EXPIRY_SHIFT)
+    )
+    log SpendCapRegistered(
+        account=account, asset=asset, per_epoch=new_per_epoch, total=new_total, expiry=new_expiry, nonce=nonce
+    )
+
+
+@internal
+@pure
+def _encode(x: uint256) -> uint256:
+    # Largest m × 2**e ≤ x with m < 2**17 and e ≤ 127, as e << 17 | m (rounded down).
+    if x <= _MANTISSA_MASK:
+        return x
+    exponent: uint256 = math._log2(x, False) - (_MANTISSA_BITS - 1)
+    if exponent > _MAX_EXPONENT:
+        return (_MAX_EXPONENT << _MANTISSA_BITS) | _MANTISSA_MASK
+    return (exponent << _MANTISSA_BITS) | (x >> exponent)
+
+
+@internal
+@pure
+def _decode(encoded: uint256) -> uint256:
+    return (encoded & _MANTISSA_MASK) << (encoded >> _MANTISSA_BITS)
+
+
+@internal
+@view
+def _window() -> uint256:
+    return (block.timestamp - genesis) // epoch_length
+
+
+@internal
+def _pay_out(account: address, asset: address, amount: uint256, min_out: uint256) -> uint256:
+    # Withdrawable: the asset itself. Spend-only: sold for USDC through the exit market.
+    if self.asset_policy[asset] == POLICY_WITHDRAWABLE:
+        self._push(asset, account, amount)
+        return amount
+    market: address = self.exit_market
+    assert market != empty(address), "vault: no exit market"
+    held: uint256 = staticcall IERC20(asset).balanceOf(self)
+    usdc_before: uint256 = staticcall IERC20(usdc).balanceOf(account)
+    assert extcall IERC20(asset).approve(market, amount, default_return_value=True), "vault: approve failed"
+    extcall IExitMarket(market).sell(asset, amount, min_out, account)
+    assert staticcall IERC20(asset).balanceOf(self) + amount == held, "vault: exit market took a different amount"
+    proceeds: uint256 = staticcall IERC20(usdc).balanceOf(account) - usdc_before
+    assert proceeds >= min_out, "vault: proceeds below minimum"
+    return proceeds
+
+
+@internal
+def _pull(asset: address, payer: address, amount: uint256):
+    held: uint256 = staticcall IERC20(asset).balanceOf(self)
+    assert extcall IERC20(asset).transferFrom(payer, self, amount, default_return_value=True), "vault: transfer failed"
+    assert staticcall IERC20(asset).balanceOf(self) == held + amount, "vault: fee-on-transfer token"
+
+
+@internal
+def _push(asset: address, recipient: address, amount: uint256):
+    assert extcall IERC20(asset).transfer(recipient, amount, default_return_value=True), "vault: transfer failed"

@@ -1,0 +1,179 @@
+"""The CreditsVault's wire formats: packed settlement words and EIP-712 messages.
+
+One place for what the contract expects, shared by the coordinator, tests and
+benchmarks. See `contracts/CreditsVault.vy` for the layouts' reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+from eth_abi.abi import encode
+from eth_account import Account
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+
+from promptex.chain.permit import EIP712_DOMAIN_TYPE
+
+POLICY_WITHDRAWABLE = 1
+POLICY_SPEND_ONLY = 2
+
+UNLIMITED = 2**256 - 1  # a SpendCap's per_epoch or total with no limit
+
+DEBIT_AMOUNT_BITS = 96
+LOT_AMOUNT_BITS = 160
+MANTISSA_BITS = 17
+MAX_EXPONENT = 2**7 - 1
+
+DOMAIN_NAME = "PROMPTEX CreditsVault"
+DOMAIN_VERSION = "1"
+
+SPEND_CAP_TYPE = [
+    {"name": "account", "type": "address"},
+    {"name": "asset", "type": "address"},
+    {"name": "per_epoch", "type": "uint256"},
+    {"name": "total", "type": "uint256"},
+    {"name": "expiry", "type": "uint256"},
+    {"name": "nonce", "type": "uint256"},
+]
+RELEASE_TYPE = [
+    {"name": "account", "type": "address"},
+    {"name": "asset", "type": "address"},
+    {"name": "amount", "type": "uint256"},
+    {"name": "nonce", "type": "uint256"},
+    {"name": "expiry", "type": "uint256"},
+]
+
+
+# ─── Settlement words ────────────────────────────────────────────────────────
+
+
+def pack_debit(account: str, amount: int) -> int:
+    """One debit word: account << 96 | amount (amount < 2**96)."""
+    if not 0 <= amount < 2**DEBIT_AMOUNT_BITS:
+        raise ValueError(f"debit amount {amount} does not fit in {DEBIT_AMOUNT_BITS} bits")
+    return int(account, 16) << DEBIT_AMOUNT_BITS | amount
+
+
+def pack_debits(debits: dict[str, int] | Iterable[tuple[str, int]]) -> list[int]:
+    """Debit words sorted by account, as `settle` requires (accounts must be distinct)."""
+    items = list(debits.items()) if isinstance(debits, dict) else list(debits)
+    words = sorted(pack_debit(account, amount) for account, amount in items)
+    keys = [word >> DEBIT_AMOUNT_BITS for word in words]
+    if len(set(keys)) != len(keys):
+        raise ValueError("an account appears twice in one settlement")
+    return words
+
+
+def pack_lot_amount(lot_id: int, amount: int) -> int:
+    """One credit or lot-draw word: lot_id << 160 | amount (amount < 2**160)."""
+    if not 0 <= amount < 2**LOT_AMOUNT_BITS:
+        raise ValueError(f"lot amount {amount} does not fit in {LOT_AMOUNT_BITS} bits")
+    if not 0 <= lot_id < 2**96:
+        raise ValueError(f"lot id {lot_id} does not fit in 96 bits")
+    return lot_id << LOT_AMOUNT_BITS | amount
+
+
+def unpack_debit(word: int) -> tuple[str, int]:
+    return to_checksum_address(f"0x{word >> DEBIT_AMOUNT_BITS:040x}"), word & (2**DEBIT_AMOUNT_BITS - 1)
+
+
+# ─── Spend caps ──────────────────────────────────────────────────────────────
+
+
+def quantize_per_epoch(value: int) -> int:
+    """The per-epoch maximum the vault enforces for a signed value (rounded down)."""
+    if value < 1 << MANTISSA_BITS:
+        return value
+    exponent = value.bit_length() - MANTISSA_BITS
+    if exponent > MAX_EXPONENT:
+        return ((1 << MANTISSA_BITS) - 1) << MAX_EXPONENT
+    return (value >> exponent) << exponent
+
+
+# ─── EIP-712 ─────────────────────────────────────────────────────────────────
+# Digests are built here from the type strings (what the contract hashes); a
+# test checks them against eth_account's generic typed-data encoder, which is
+# ~5x slower and would dominate the state-machine tests.
+
+DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+SPEND_CAP_TYPEHASH = keccak(
+    text="SpendCap(address account,address asset,uint256 per_epoch,uint256 total,uint256 expiry,uint256 nonce)"
+)
+RELEASE_TYPEHASH = keccak(text="Release(address account,address asset,uint256 amount,uint256 nonce,uint256 expiry)")
+
+
+def domain_separator(chain_id: int, vault: str) -> bytes:
+    return keccak(
+        encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [DOMAIN_TYPEHASH, keccak(text=DOMAIN_NAME), keccak(text=DOMAIN_VERSION), chain_id, vault],
+        )
+    )
+
+
+def _digest(chain_id: int, vault: str, struct_hash: bytes) -> bytes:
+    return keccak(b"\x19\x01" + domain_separator(chain_id, vault) + struct_hash)
+
+
+def spend_cap_digest(
+    *, chain_id: int, vault: str, account: str, asset: str, per_epoch: int, total: int, expiry: int, nonce: int
+) -> bytes:
+    """The EIP-712 digest a buyer signs to authorize spending."""
+    struct_hash = keccak(
+        encode(
+            ["bytes32", "address", "address", "uint256", "uint256", "uint256", "uint256"],
+            [SPEND_CAP_TYPEHASH, account, asset, per_epoch, total, expiry, nonce],
+        )
+    )
+    return _digest(chain_id, vault, struct_hash)
+
+
+def release_digest(
+    *, chain_id: int, vault: str, account: str, asset: str, amount: int, nonce: int, expiry: int
+) -> bytes:
+    """The EIP-712 digest a coordinator signs to release funds at once."""
+    struct_hash = keccak(
+        encode(
+            ["bytes32", "address", "address", "uint256", "uint256", "uint256"],
+            [RELEASE_TYPEHASH, account, asset, amount, nonce, expiry],
+        )
+    )
+    return _digest(chain_id, vault, struct_hash)
+
+
+def typed_data(primary: str, *, chain_id: int, vault: str, message: dict[str, Any]) -> dict[str, Any]:
+    """The same messages as EIP-712 JSON (what a wallet's eth_signTypedData_v4 shows)."""
+    fields = {"SpendCap": SPEND_CAP_TYPE, "Release": RELEASE_TYPE}[primary]
+    return {
+        "types": {"EIP712Domain": EIP712_DOMAIN_TYPE, primary: fields},
+        "primaryType": primary,
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": chain_id,
+            "verifyingContract": to_checksum_address(vault),
+        },
+        "message": message,
+    }
+
+
+@lru_cache(maxsize=64)
+def _signer(private_key: Any) -> Any:
+    return Account.from_key(private_key)  # deriving the public key is the slow part
+
+
+def _sign(private_key: Any, digest: bytes) -> bytes:
+    return bytes(_signer(private_key).unsafe_sign_hash(digest).signature)
+
+
+def sign_spend_cap(private_key: Any, **fields: Any) -> bytes:
+    """A buyer's 65-byte signature of a SpendCap (fields as in `spend_cap_digest`)."""
+    return _sign(private_key, spend_cap_digest(**fields))
+
+
+def sign_release(private_key: Any, **fields: Any) -> bytes:
+    """A coordinator's 65-byte signature of a Release (fields as in `release_digest`)."""
+    return _sign(private_key, release_digest(**fields))

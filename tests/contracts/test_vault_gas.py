@@ -1,0 +1,85 @@
+"""Pins the gas of CreditsVault.settle at 500 user entries (titanoboa).
+
+Gas is deterministic: the same code and the same calldata cost the same, so a
+change in the pinned figure is a change in the contract (or compiler) that
+someone must look at. The figure is whole-transaction gas: execution (with
+every account slot cold and its value committed before the call, as in a real
+transaction) plus the intrinsic 21,000 and calldata (EIP-2028). bench/gas.py
+measures the same batch on anvil.
+"""
+
+import boa
+from eth_utils import keccak
+
+from promptex.chain.vault import pack_debits, pack_lot_amount
+
+TOKEN = boa.load_partial("contracts/ComputeToken.vy")
+USDC = boa.load_partial("contracts/test/MockUSDC.vy")
+ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
+VAULT = boa.load_partial("contracts/CreditsVault.vy")
+
+ENTRIES = 500
+CEILING_PER_ENTRY = 8_000  # the issue's target
+PINNED_TOTAL = 3_261_882  # 6,524 per entry; update deliberately when the contract changes
+
+
+def intrinsic_gas(calldata: bytes) -> int:
+    return 21_000 + sum(16 if byte else 4 for byte in calldata)
+
+
+def users(n: int) -> list[str]:
+    """Fixed addresses, so the calldata (and its cost) never varies."""
+    return ["0x" + keccak(text=f"vault gas user {i}")[-20:].hex() for i in range(n)]
+
+
+def measure_settle(n: int) -> int:
+    """Whole-transaction gas of a USDC settlement debiting `n` users (steady state:
+    every user was already debited in the previous epoch)."""
+    # Fixed addresses (titanoboa's generated ones depend on what ran before), so
+    # contract addresses, calldata and gas are the same in every run.
+    admin, seller = users(n + 2)[n:]
+    with boa.env.prank(admin):
+        usdc = USDC.deploy()
+        escrow = ESCROW.deploy(usdc.address, admin)
+        vault = VAULT.deploy(usdc.address, escrow.address, 60)
+        cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218)
+        escrow.add_provider(cld.address)
+        escrow.set_attestor(admin, True)
+        escrow.set_settler(vault.address, True)
+        vault.set_coordinator(admin, True)
+    usdc.mint(seller, 10**12)
+    usdc.approve(escrow.address, 10**12, sender=seller)
+    expiry = boa.env.evm.patch.timestamp + 30 * 86_400
+    lot = escrow.open_lot(seller, cld.address, 2, 10**12, expiry, 10**11, b"\x11" * 32, 6_000, sender=admin)
+
+    accounts = users(n)
+    usdc.mint(admin, 10**9 * n)
+    usdc.approve(vault.address, 2**256 - 1, sender=admin)
+    for account in accounts:
+        vault.deposit_for(account, usdc.address, 10**9, sender=admin)
+        vault.set_spend_cap(usdc.address, 10**8, 10**12, 2**32 - 1, sender=account)
+
+    def settle(epoch: int, amount: int) -> int:
+        boa.env.time_travel(seconds=60)
+        debits = pack_debits({account: amount for account in accounts})
+        fee = amount * n // 10
+        credits = [pack_lot_amount(lot, amount * n - fee)]
+        args = (epoch, usdc.address, debits, credits, [], fee, keccak(text=f"epoch {epoch}"))
+        calldata = vault.settle.prepare_calldata(*args)
+        boa.env.evm.vm.state.lock_changes()  # end the "transaction": slots' original values are committed
+        boa.env.reset_gas_used()  # and every slot is cold again
+        vault.settle(*args, sender=admin)
+        return boa.env.get_gas_used() + intrinsic_gas(calldata)
+
+    settle(1, 1_234_567)
+    return settle(2, 2_345_678)
+
+
+def test_settle_gas__500_entries__within_8000_per_entry_and_pinned():
+    # A private environment: committing state (lock_changes) must not touch the
+    # snapshots titanoboa's test isolation keeps in the shared one.
+    with boa.swap_env(boa.Env()):
+        total = measure_settle(ENTRIES)
+    per_entry = total / ENTRIES
+    assert per_entry <= CEILING_PER_ENTRY, f"{per_entry:.0f} gas per entry"
+    assert total == PINNED_TOTAL, f"settle(500) now costs {total} gas ({per_entry:.1f}/entry): update PINNED_TOTAL"
