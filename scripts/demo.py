@@ -1,13 +1,22 @@
 """The local demo: `ape run demo --network ethereum:local:foundry` (what `make demo` runs).
 
 Deploys everything on a fresh chain, tokenizes a seller's Anthropic credit into CLD,
-lists another seller's OpenAI capacity for USDC, and prints balances. Exits non-zero
-if any number does not reconcile.
+lists another seller's OpenAI capacity for USDC, has two buyers deposit into the
+credits vault under signed spend caps, settles one epoch of metered usage on-chain
+(CLD burned and lot A drawn down; seller B credited USDC), lets seller B claim, and
+takes buyer 2 out through both exit paths. Exits non-zero if any number does not
+reconcile.
+
+Not yet part of it (later issues): the DEX (buyer 1 gets CLD from seller A directly
+instead of swapping USDC), the gateway (usage is priced by the real metering code for
+a fixed token count instead of being served), the coordinator's Merkle tree (the root
+here is the hash of the single usage record of each batch).
 """
 
 import click
 from ape import accounts, chain
 from ape.cli import ConnectedProviderCommand
+from eth_abi import encode
 from eth_utils import keccak
 from rich.console import Console
 from rich.table import Table
@@ -16,13 +25,16 @@ from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.errors import readable_errors
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
+from promptex.chain.vault import UNLIMITED, pack_debits, pack_lot_amount, sign_release, sign_spend_cap
+from promptex.config import settings
+from promptex.metering import load_catalog, message_cost, provider_token_rates, split_usdc_charge, usdc_rates
 
 console = Console(width=110)
 DAY = 86_400
 
 
 def usd(micro: int) -> str:
-    return f"${micro / USD_MICRO:,.2f}"
+    return f"${micro / USD_MICRO:,.4f}"
 
 
 def tokens(amount: int) -> str:
@@ -46,7 +58,8 @@ def cli(network):
 
 
 def run_demo(network_name: str) -> None:
-    admin, seller_a, seller_b, treasury = accounts.test_accounts[0:4]
+    admin, seller_a, seller_b, treasury, buyer_1, buyer_2 = accounts.test_accounts[0:6]
+    coordinator = admin  # the deploy's default coordinator and settler on a local chain
 
     step("Deploy MockUSDC, CreditEscrow and the CLD/GPT/GEM/LLM provider tokens")
     deployment = deploy_all(admin, network_name, treasury=treasury.address, force=True, log=lambda _: None)
@@ -108,4 +121,119 @@ def run_demo(network_name: str) -> None:
     for label, who in (("seller A", seller_a), ("seller B", seller_b), ("treasury", treasury), ("escrow", escrow)):
         balances.add_row(label, usd(usdc.balanceOf(who)), tokens(cld.balanceOf(who)), tokens(gpt.balanceOf(who)))
     console.print(balances)
+
+    run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot_a, lot_b)
     console.print("[bold green]demo complete: every number reconciles[/]")
+
+
+def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot_a, lot_b) -> None:
+    usdc, escrow = contract_at(deployment, "USDC"), contract_at(deployment, "CreditEscrow")
+    vault, cld = contract_at(deployment, "CreditsVault"), contract_at(deployment, "token:CLD")
+    sign = {"chain_id": chain.chain_id, "vault": vault.address}
+    day = chain.pending_timestamp + DAY
+
+    step("Buyer 1 gets 100,000 CLD (from seller A, standing in for the DEX) and deposits it")
+    cld_in = 100_000 * TOKEN_UNIT
+    cld.transfer(buyer_1, cld_in, sender=seller_a)
+    cld.approve(vault, cld_in, sender=buyer_1)
+    vault.deposit(cld, cld_in, sender=buyer_1)
+
+    step("Buyer 2 deposits 100 USDC")
+    usdc_in = 100 * USD_MICRO
+    usdc.mint(buyer_2, usdc_in, sender=buyer_2)
+    usdc.approve(vault, usdc_in, sender=buyer_2)
+    vault.deposit(usdc, usdc_in, sender=buyer_2)
+
+    step("Both sign EIP-712 spend caps; the coordinator registers them gaslessly")
+    for buyer, asset, total in ((buyer_1, cld, 50_000 * TOKEN_UNIT), (buyer_2, usdc, 50 * USD_MICRO)):
+        cap = {"account": buyer.address, "asset": asset.address, "per_epoch": UNLIMITED, "total": total}
+        nonce = vault.cap_nonce(buyer, asset)
+        signature = sign_spend_cap(buyer.private_key, **sign, **cap, expiry=day, nonce=nonce)
+        vault.register_spend_cap(*cap.values(), day, nonce, signature, sender=coordinator)
+    check(vault.spend_cap(buyer_1, cld)[1] == 50_000 * TOKEN_UNIT, "buyer 1 may be charged at most 50,000 CLD")
+
+    catalog = load_catalog(settings().model_catalog)
+    fee_bps = settings().protocol_fee_bps
+    claude, gpt_model = catalog.price("claude-sonnet-4-5"), catalog.price("gpt-4o")
+    claude_cost = message_cost(provider_token_rates(claude), 120_000, 35_000)
+    gpt_rate = escrow.lots(lot_b).rate_bps
+    gpt_cost = message_cost(usdc_rates(gpt_model, gpt_rate, fee_bps), 200_000, 50_000)
+    gpt_list_value = message_cost(usdc_rates(gpt_model, 10_000, 0), 200_000, 50_000)
+    to_seller_b, fee = split_usdc_charge(gpt_cost, fee_bps)
+    step(
+        f"Metered off-chain: buyer 1 used claude-sonnet-4-5 (120,000 in / 35,000 out) = {tokens(claude_cost)} CLD; "
+        f"buyer 2 used gpt-4o (200,000 in / 50,000 out) = {usd(gpt_cost)} USDC"
+    )
+
+    step("Epoch 1 settles on-chain: CLD burned and lot A drawn down; seller B credited USDC")
+    supply = cld.totalSupply()
+    cld_root = keccak(encode(["string", "address", "uint256"], ["claude-sonnet-4-5", buyer_1.address, claude_cost]))
+    vault.settle(
+        1,
+        cld,
+        pack_debits({buyer_1.address: claude_cost}),
+        [],
+        [pack_lot_amount(lot_a, claude_cost)],
+        0,
+        cld_root,
+        sender=coordinator,
+    )
+    usdc_root = keccak(encode(["string", "address", "uint256"], ["gpt-4o", buyer_2.address, gpt_cost]))
+    vault.settle(
+        1,
+        usdc,
+        pack_debits({buyer_2.address: gpt_cost}),
+        [pack_lot_amount(lot_b, to_seller_b)],
+        [],
+        fee,
+        usdc_root,
+        sender=coordinator,
+    )
+    check(cld.totalSupply() == supply - claude_cost, "CLD supply fell by exactly the metered cost")
+    check(escrow.lots(lot_a).consumed == claude_cost, "lot A drawn down by the CLD burned")
+    check(vault.balance_of(buyer_1, cld) == cld_in - claude_cost, "buyer 1 charged exactly the meter")
+    check(vault.claimable(seller_b, usdc) == to_seller_b, "seller B credited its rate's share")
+    check(vault.reserve(usdc) == fee, "protocol fee kept in the vault's reserve")
+    escrow.consume(lot_b, gpt_list_value, 1, sender=coordinator)
+    check(escrow.lots(lot_b).consumed == gpt_list_value, "lot B drawn down by the list value it served")
+
+    step("Seller B claims its USDC")
+    before = usdc.balanceOf(seller_b)
+    vault.claim(usdc, sender=seller_b)
+    check(usdc.balanceOf(seller_b) - before == to_seller_b, "seller B received its earnings")
+
+    step("Buyer 2 withdraws half at once with the coordinator's co-signed release")
+    left = usdc_in - gpt_cost
+    half = left // 2
+    expiry = chain.pending_timestamp + 600
+    nonce = vault.release_nonce(buyer_2)
+    release = sign_release(
+        coordinator.private_key,
+        **sign,
+        account=buyer_2.address,
+        asset=usdc.address,
+        amount=half,
+        nonce=nonce,
+        expiry=expiry,
+    )
+    vault.exit_instant(usdc, half, 0, nonce, expiry, release, sender=buyer_2)
+    check(usdc.balanceOf(buyer_2) == half, "instant exit paid")
+
+    step(f"Buyer 2 takes the rest through the trustless path (thaw {vault.thaw_period()} s)")
+    vault.request_exit(usdc, left - half, sender=buyer_2)
+    chain.pending_timestamp += vault.thaw_period()
+    vault.complete_exit(usdc, 0, sender=buyer_2)
+    check(usdc.balanceOf(buyer_2) == left, "buyer 2 got back everything not spent")
+    check(
+        usdc.balanceOf(vault) == vault.reserve(usdc),
+        "the vault's USDC is exactly its reserve: no balance or claim left behind",
+    )
+
+    table = Table(title="Vault after epoch 1")
+    for col in ("account", "vault CLD", "vault USDC", "wallet USDC"):
+        table.add_column(col, justify="right")
+    for label, who in (("buyer 1", buyer_1), ("buyer 2", buyer_2), ("seller B", seller_b)):
+        table.add_row(
+            label, tokens(vault.balance_of(who, cld)), usd(vault.balance_of(who, usdc)), usd(usdc.balanceOf(who))
+        )
+    console.print(table)

@@ -62,3 +62,20 @@ def ape_env(anvil_url, tmp_path):
     env["PROMPTEX_DEPLOYMENTS_DIR"] = str(tmp_path / "deployments")
     env["PATH"] = f"{ANVIL.parent}{os.pathsep}{ROOT / '.venv/bin'}{os.pathsep}{env['PATH']}"
     return env
+
+
+@pytest.fixture
+def ape_run(ape_env):
+    """Run `ape run <script> [args]` against the test's anvil, as a user would."""
+
+    def _run(*args):
+        return subprocess.run(
+            [str(ROOT / ".venv/bin/ape"), "run", *args, "--network", "ethereum:local:foundry"],
+            cwd=ROOT,
+            env=ape_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return _run

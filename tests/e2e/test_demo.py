@@ -1,0 +1,14 @@
+"""The README's first command runs this script: it must finish and reconcile."""
+
+
+def test_demo__fresh_anvil__every_step_reconciles(ape_run):
+    result = ape_run("demo")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "demo complete: every number reconciles" in result.stdout
+    assert "does not reconcile" not in result.stdout
+    for step in (
+        "CLD supply fell by exactly the metered cost",
+        "seller B received its earnings",
+        "buyer 2 got back everything not spent",
+    ):
+        assert step in result.stdout
