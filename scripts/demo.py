@@ -7,10 +7,12 @@ credits vault under signed spend caps, settles one epoch of metered usage on-cha
 takes buyer 2 out through both exit paths. Exits non-zero if any number does not
 reconcile.
 
-Not yet part of it (later issues): the DEX (buyer 1 gets CLD from seller A directly
-instead of swapping USDC), the gateway (usage is priced by the real metering code for
-a fixed token count instead of being served), the coordinator's Merkle tree (the root
-here is the hash of the single usage record of each batch).
+Seller A also seeds the CLD/USDC pool at the reference price; buyer 1 buys its CLD
+there and, at the end, sells what it did not use back to USDC out of the vault.
+
+Not yet part of it (later issues): the gateway (usage is priced by the real metering
+code for a fixed token count instead of being served), the coordinator's Merkle tree
+(the root here is the hash of the single usage record of each batch), redemption.
 """
 
 import click
@@ -22,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from promptex.chain.deploy import contract_at, deploy_all
+from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
 from promptex.chain.errors import readable_errors
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
@@ -132,9 +135,23 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
     sign = {"chain_id": chain.chain_id, "vault": vault.address}
     day = chain.pending_timestamp + DAY
 
-    step("Buyer 1 gets 100,000 CLD (from seller A, standing in for the DEX) and deposits it")
-    cld_in = 100_000 * TOKEN_UNIT
-    cld.transfer(buyer_1, cld_in, sender=seller_a)
+    router = contract_at(deployment, "Router")
+    step("Seller A seeds the CLD/USDC pool (0.30 %) with 2,000,000 CLD at the reference $0.004218")
+    usdc.mint(seller_a, 8_436 * USD_MICRO, sender=seller_a)
+    pool = create_pool_at_price(
+        router, contract_at(deployment, "Factory"), cld, usdc, 2_000_000 * TOKEN_UNIT, 4_218, seller_a
+    )
+    check(pool.totalSupply() > 0, f"pool {pool.address} holds liquidity")
+
+    step("Buyer 1 swaps 100 USDC for CLD through the router (min_out 1 % under the quote) and deposits it")
+    usdc.mint(buyer_1, 100 * USD_MICRO, sender=buyer_1)
+    usdc.approve(router, 100 * USD_MICRO, sender=buyer_1)
+    path, fees = [usdc.address, cld.address], [DEFAULT_FEE]
+    quoted = router.get_amounts_out(100 * USD_MICRO, path, fees)[-1]
+    deadline = chain.pending_timestamp + 600
+    router.swap_exact_in(100 * USD_MICRO, quoted * 99 // 100, path, fees, buyer_1, deadline, sender=buyer_1)
+    cld_in = cld.balanceOf(buyer_1)
+    check(cld_in == quoted, f"buyer 1 received the quoted {tokens(quoted)} CLD")
     cld.approve(vault, cld_in, sender=buyer_1)
     vault.deposit(cld, cld_in, sender=buyer_1)
 
@@ -228,6 +245,24 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
         usdc.balanceOf(vault) == vault.reserve(usdc),
         "the vault's USDC is exactly its reserve: no balance or claim left behind",
     )
+
+    step("Buyer 1 sells its unused CLD for USDC out of the vault (instant path, coordinator-signed release)")
+    unused = vault.balance_of(buyer_1, cld)
+    quoted = router.get_amounts_out(unused, [cld.address, usdc.address], [DEFAULT_FEE])[-1]
+    expiry = chain.pending_timestamp + 600
+    nonce = vault.release_nonce(buyer_1)
+    release = sign_release(
+        coordinator.private_key,
+        **sign,
+        account=buyer_1.address,
+        asset=cld.address,
+        amount=unused,
+        nonce=nonce,
+        expiry=expiry,
+    )
+    vault.exit_instant(cld, unused, quoted * 99 // 100, nonce, expiry, release, sender=buyer_1)
+    check(usdc.balanceOf(buyer_1) == quoted, f"buyer 1 received the quoted {usd(quoted)} USDC")
+    check(vault.balance_of(buyer_1, cld) == 0 and cld.balanceOf(vault) == 0, "no CLD left in the vault")
 
     table = Table(title="Vault after epoch 1")
     for col in ("account", "vault CLD", "vault USDC", "wallet USDC"):

@@ -26,6 +26,7 @@ from promptex.chain.vault import (
 )
 
 ROOT = keccak(text="usage records")
+ZERO_ADDRESS = "0x" + "00" * 20
 USD = USD_MICRO
 TOKEN = 10**18
 MAX_BALANCE = 2**104 - 1
@@ -909,7 +910,8 @@ def test_complete_exit__spend_only_token__sold_for_usdc(vault, cld, usdc, cld_ho
     assert cld.balanceOf(cld_holder) == 0
 
 
-def test_complete_exit__spend_only_without_market__reverts(vault, cld, cld_holder, chain):
+def test_complete_exit__spend_only_without_market__reverts(vault, cld, cld_holder, chain, admin):
+    vault.set_exit_market(ZERO_ADDRESS, sender=admin)  # deploy sets the Router; unset it
     vault.request_exit(cld, 10 * TOKEN, sender=cld_holder)
     chain.pending_timestamp += vault.thaw_period()
     with ape.reverts("vault: no exit market"):
@@ -1277,5 +1279,8 @@ def test_current_window__time_passes__counts_epoch_lengths_since_genesis(vault, 
     start = vault.current_window()
     target = vault.genesis() + (start + 3) * vault.epoch_length()
     chain.mine(timestamp=target)
-    assert chain.blocks.head.timestamp == target
     assert vault.current_window() >= start + 3
+
+
+def test_deploy__exit_market__is_the_router(vault, deployment):
+    assert vault.exit_market() == deployment.address("Router")

@@ -14,11 +14,13 @@ from ape import chain, project
 from promptex.chain.deployments import (
     DeployedContract,
     Deployment,
+    abi_of,
     deployment_path,
     load_deployment,
     save_deployment,
     write_abi,
 )
+from promptex.chain.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD, deploy_dex, dex_records
 from promptex.chain.providers import PROVIDER_TOKENS
 from promptex.chain.vault import POLICY_SPEND_ONLY
 
@@ -47,10 +49,6 @@ def live_deployment(network_name: str, root: Path | None = None) -> Deployment |
     if escrow is None or not chain.provider.get_code(escrow.address):
         return None
     return recorded
-
-
-def _abi_of(container: Any) -> list[dict[str, Any]]:
-    return [item.model_dump(mode="json", by_alias=True) for item in container.contract_type.abi]
 
 
 def deploy_all(
@@ -97,25 +95,23 @@ def deploy_all(
         mock = deployer.deploy(project.MockUSDC)
         usdc = str(mock.address)
         log(f"MockUSDC      {usdc}")
-    contracts["USDC"] = DeployedContract(address=usdc, abi=write_abi("MockUSDC", _abi_of(project.MockUSDC), root))
+    contracts["USDC"] = DeployedContract(address=usdc, abi=write_abi("MockUSDC", abi_of(project.MockUSDC), root))
 
     escrow = deployer.deploy(project.CreditEscrow, usdc, treasury)
     log(f"CreditEscrow  {escrow.address}")
     contracts["CreditEscrow"] = DeployedContract(
-        address=str(escrow.address), abi=write_abi("CreditEscrow", _abi_of(project.CreditEscrow), root)
+        address=str(escrow.address), abi=write_abi("CreditEscrow", abi_of(project.CreditEscrow), root)
     )
-    token_abi = write_abi("ComputeToken", _abi_of(project.ComputeToken), root)
+    token_abi = write_abi("ComputeToken", abi_of(project.ComputeToken), root)
 
     vault = deployer.deploy(project.CreditsVault, usdc, escrow.address, epoch_length)
     log(f"CreditsVault  {vault.address}")
     contracts["CreditsVault"] = DeployedContract(
-        address=str(vault.address), abi=write_abi("CreditsVault", _abi_of(project.CreditsVault), root)
+        address=str(vault.address), abi=write_abi("CreditsVault", abi_of(project.CreditsVault), root)
     )
 
     for spec in PROVIDER_TOKENS:
-        token = deployer.deploy(
-            project.ComputeToken, spec.name, spec.symbol, spec.provider, spec.face_value_usd_micro
-        )
+        token = deployer.deploy(project.ComputeToken, spec.name, spec.symbol, spec.provider, spec.face_value_usd_micro)
         token.set_minter(escrow.address, True, sender=deployer)
         token.set_burner(escrow.address, True, sender=deployer)
         token.set_burner(vault.address, True, sender=deployer)
@@ -128,6 +124,12 @@ def deploy_all(
     escrow.set_settler(settler, True, sender=deployer)
     escrow.set_settler(vault.address, True, sender=deployer)
     vault.set_coordinator(coordinator, True, sender=deployer)
+
+    oracle_period = LOCAL_ORACLE_PERIOD if is_local(network_name) else LIVE_ORACLE_PERIOD
+    dex = deploy_dex(deployer, log, quote_token=usdc, oracle_period=oracle_period)
+    contracts.update(dex_records(dex, root))
+    # The vault sells spend-only tokens for USDC on exit through the Router.
+    vault.set_exit_market(dex["Router"].address, sender=deployer)
 
     deployment = Deployment(
         network=network_name,
@@ -142,10 +144,19 @@ def deploy_all(
 
 
 def contract_at(deployment: Deployment, name: str) -> Any:
-    """An ape contract object for a recorded contract ("CreditEscrow", "token:CLD", ...)."""
-    container = {
+    """An ape contract object for a recorded contract ("CreditEscrow", "Router", "token:CLD", ...)."""
+    if name.startswith("token:"):
+        return project.ComputeToken.at(deployment.address(name))
+    containers = {
         "USDC": project.MockUSDC,
         "CreditEscrow": project.CreditEscrow,
         "CreditsVault": project.CreditsVault,
-    }.get(name, project.ComputeToken)
-    return container.at(deployment.address(name))
+        "Factory": project.Factory,
+        "Router": project.Router,
+        "Oracle": project.Oracle,
+    }
+    if name not in containers:
+        raise KeyError(
+            f"{name!r} is not a contract object of a deployment (one of {', '.join(containers)}, token:SYMBOL)"
+        )
+    return containers[name].at(deployment.address(name))

@@ -59,6 +59,11 @@ def save_deployment(deployment: Deployment, root: Path | None = None) -> Path:
     return path
 
 
+def abi_of(container: Any) -> list[dict[str, Any]]:
+    """The ABI of an ape contract container, as plain JSON."""
+    return [item.model_dump(mode="json", by_alias=True) for item in container.contract_type.abi]
+
+
 def write_abi(name: str, abi: list[dict[str, Any]], root: Path | None = None) -> str:
     path = deployments_root(root) / "abi" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

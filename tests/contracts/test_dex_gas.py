@@ -1,0 +1,40 @@
+"""Pins the DEX's gas, as Uniswap v2-core pins its pair's swap, so a regression shows.
+
+Measured through ape on its default test chain (py-evm, today's EVM rules: Prague)
+with the very functions bench/gas.py runs on anvil (bench/gas_dex.py), which give
+the same figures there. The scenarios are described in bench/gas_dex.py: v2-core's
+swap:gas scenario for the direct pool swap (whole-transaction gasUsed, plain
+ERC-20s, recipient already holding the output token, accumulators already
+non-zero, the swap in a new block); the same conditions for the router.
+
+A changed figure is a changed contract (or compiler): look at it, then update the
+pin deliberately.
+"""
+
+import sys
+from pathlib import Path
+
+from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from gas_dex import UNISWAP_V2_SWAP_GAS, measure_pool_swap, measure_router  # noqa: E402
+
+POOL_SWAP_GAS = 63_441
+ROUTER_GAS = {
+    "router_swap_1hop": 84_490,
+    "router_swap_2hop": 126_155,
+    "add_liquidity": 99_723,
+    "remove_liquidity": 99_986,
+}
+
+
+def test_pool_swap__v2_core_scenario__below_uniswap_v2_and_pinned(project, chain, factory, admin, seller):
+    gas = measure_pool_swap(project, chain, factory, admin, seller)
+    assert gas < UNISWAP_V2_SWAP_GAS
+    assert gas == POOL_SWAP_GAS, f"Pool.swap now costs {gas:,} gas: update POOL_SWAP_GAS deliberately"
+
+
+def test_router__same_conditions__two_hops_below_two_direct_swaps_and_pinned(project, chain, router, admin, buyer):
+    gas = measure_router(project, chain, router, admin, buyer)
+    assert gas["router_swap_2hop"] < 2 * POOL_SWAP_GAS
+    assert gas == ROUTER_GAS, f"router gas changed: {gas}; update ROUTER_GAS deliberately"
