@@ -8,7 +8,8 @@
 
         - Assets are listed by the admin with a policy: *withdrawable* (USDC,
           credit tokens) or *spend-only* (provider tokens: they are spent or
-          sold for USDC, never withdrawn as tokens).
+          sold for USDC into the seller's vault balance, never withdrawn as
+          tokens).
         - Leaving the vault (withdraw, or sell a spend-only token for USDC) is
           either *instant*, with an EIP-712 release signed by a coordinator,
           or *trustless*: `request_exit` → thaw (≥ 2 × `epoch_length`) →
@@ -231,6 +232,13 @@ cap_nonce: public(HashMap[address, HashMap[address, uint256]])
 
 
 # ─── Events ──────────────────────────────────────────────────────────────────
+
+event Sold:
+    account: indexed(address)
+    asset: indexed(address)
+    amount: uint256
+    proceeds: uint256
+
 
 event Deposited:
     account: indexed(address)
@@ -509,7 +517,8 @@ def exit_instant(
     """
     @notice Leaves the vault at once with a release a coordinator signed
             (EIP-712 `Release`): a withdrawable asset is sent to the caller; a
-            spend-only token is sold for USDC, paid to the caller.
+            spend-only token is sold for USDC, credited to the caller's USDC
+            balance in the vault (withdrawable).
     @dev Stopped by pause. The release binds account, asset, amount, the
          caller's release nonce, an expiry, this chain and this vault.
     @param asset A listed asset.
@@ -575,10 +584,11 @@ def complete_exit(asset: address, min_out: uint256) -> uint256:
     @notice Completes the caller's thawed exit: pays out the requested amount,
             or the whole balance if settlements have since debited it below.
     @dev Never paused; no role can block it. A spend-only token is sold for
-         USDC through `exit_market` (which must be set).
+         USDC through `exit_market` (which must be set); the USDC is credited
+         to the caller's USDC balance in the vault.
     @param asset The asset of the exit.
     @param min_out Spend-only: least USDC to receive; ignored otherwise.
-    @return uint256 What the caller received (the asset, or USDC for a sale).
+    @return uint256 What the caller received (the asset, or USDC credited for a sale).
     """
     pending: PendingExit = self.pending_exits[msg.sender][asset]
     assert pending.amount > 0, "vault: no pending exit"
@@ -1049,19 +1059,24 @@ def _window() -> uint256:
 
 @internal
 def _pay_out(account: address, asset: address, amount: uint256, min_out: uint256) -> uint256:
-    # Withdrawable: the asset itself. Spend-only: sold for USDC through the exit market.
+    # Withdrawable: the asset itself, to the account's wallet. Spend-only: sold for
+    # USDC through the exit market; the USDC lands in the account's vault balance.
     if self.asset_policy[asset] == POLICY_WITHDRAWABLE:
         self._push(asset, account, amount)
         return amount
     market: address = self.exit_market
     assert market != empty(address), "vault: no exit market"
     held: uint256 = staticcall IERC20(asset).balanceOf(self)
-    usdc_before: uint256 = staticcall IERC20(usdc).balanceOf(account)
+    usdc_before: uint256 = staticcall IERC20(usdc).balanceOf(self)
     assert extcall IERC20(asset).approve(market, amount, default_return_value=True), "vault: approve failed"
-    extcall IExitMarket(market).sell(asset, amount, min_out, account)
+    extcall IExitMarket(market).sell(asset, amount, min_out, self)
     assert staticcall IERC20(asset).balanceOf(self) + amount == held, "vault: exit market took a different amount"
-    proceeds: uint256 = staticcall IERC20(usdc).balanceOf(account) - usdc_before
+    proceeds: uint256 = staticcall IERC20(usdc).balanceOf(self) - usdc_before
     assert proceeds >= min_out, "vault: proceeds below minimum"
+    slot: uint256 = self._accounts[usdc][account]
+    assert (slot & MAX_BALANCE) + proceeds <= MAX_BALANCE, "vault: balance above bound"
+    self._accounts[usdc][account] = slot + proceeds
+    log Sold(account=account, asset=asset, amount=amount, proceeds=proceeds)
     return proceeds
 
 

@@ -246,7 +246,7 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
         "the vault's USDC is exactly its reserve: no balance or claim left behind",
     )
 
-    step("Buyer 1 sells its unused CLD for USDC out of the vault (instant path, coordinator-signed release)")
+    step("Buyer 1 sells its unused CLD for USDC inside the vault (instant path, coordinator-signed release)")
     unused = vault.balance_of(buyer_1, cld)
     quoted = router.get_amounts_out(unused, [cld.address, usdc.address], [DEFAULT_FEE])[-1]
     expiry = chain.pending_timestamp + 600
@@ -261,8 +261,23 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
         expiry=expiry,
     )
     vault.exit_instant(cld, unused, quoted * 99 // 100, nonce, expiry, release, sender=buyer_1)
-    check(usdc.balanceOf(buyer_1) == quoted, f"buyer 1 received the quoted {usd(quoted)} USDC")
+    check(vault.balance_of(buyer_1, usdc) == quoted, f"the quoted {usd(quoted)} USDC landed in buyer 1's vault balance")
     check(vault.balance_of(buyer_1, cld) == 0 and cld.balanceOf(vault) == 0, "no CLD left in the vault")
+
+    step("Buyer 1 withdraws that USDC (instant path)")
+    nonce, expiry = vault.release_nonce(buyer_1), chain.pending_timestamp + 600
+    release = sign_release(
+        coordinator.private_key,
+        **sign,
+        account=buyer_1.address,
+        asset=usdc.address,
+        amount=quoted,
+        nonce=nonce,
+        expiry=expiry,
+    )
+    vault.exit_instant(usdc, quoted, 0, nonce, expiry, release, sender=buyer_1)
+    check(usdc.balanceOf(buyer_1) == quoted, "buyer 1 holds its USDC")
+    check(usdc.balanceOf(vault) == vault.reserve(usdc), "the vault's USDC is again exactly its reserve")
 
     table = Table(title="Vault after epoch 1")
     for col in ("account", "vault CLD", "vault USDC", "wallet USDC"):

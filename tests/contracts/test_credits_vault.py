@@ -788,9 +788,13 @@ def cld_holder(vault, cld, seller, buyer, tokenized_lot):
 
 def test_exit_instant__spend_only_token__sold_for_usdc(vault, cld, usdc, cld_holder, market, release):
     nonce, expiry, signature = release(cld_holder, 4 * TOKEN, asset=cld)
-    vault.exit_instant(cld, 4 * TOKEN, 8 * USD, nonce, expiry, signature, sender=cld_holder)
-    assert usdc.balanceOf(cld_holder) == 8 * USD
+    receipt = vault.exit_instant(cld, 4 * TOKEN, 8 * USD, nonce, expiry, signature, sender=cld_holder)
+    assert vault.balance_of(cld_holder, usdc) == 8 * USD  # the USDC lands in the vault balance
+    assert usdc.balanceOf(vault) == 8 * USD
+    assert usdc.balanceOf(cld_holder) == 0
     assert cld.balanceOf(cld_holder) == 0  # never the token itself
+    sold = logs(receipt, vault.Sold)[0]
+    assert (sold.account, sold.asset, sold.amount, sold.proceeds) == (cld_holder.address, cld.address, 4 * TOKEN, 8 * USD)
     assert cld.balanceOf(market) == 4 * TOKEN
     assert vault.balance_of(cld_holder, cld) == 6 * TOKEN
 
@@ -906,7 +910,8 @@ def test_complete_exit__spend_only_token__sold_for_usdc(vault, cld, usdc, cld_ho
     vault.request_exit(cld, 10 * TOKEN, sender=cld_holder)
     chain.pending_timestamp += vault.thaw_period()
     vault.complete_exit(cld, 20 * USD, sender=cld_holder)
-    assert usdc.balanceOf(cld_holder) == 20 * USD
+    assert vault.balance_of(cld_holder, usdc) == 20 * USD  # withdrawable USDC in the vault
+    assert usdc.balanceOf(cld_holder) == 0
     assert cld.balanceOf(cld_holder) == 0
 
 

@@ -361,6 +361,12 @@ class VaultMachine(RuleBasedStateMachine):
     # Rules draw from positions where the action makes sense; the trivial
     # reverts (nothing pending, nothing to claim) are unit-tested through ape.
 
+    def credit_sale(self, account: str, proceeds: int) -> None:
+        """A sold spend-only token's USDC, credited to the seller's vault balance."""
+        self.assets["USDC"].positions[account].balance += proceeds
+        self.touched.add(("USDC", account))
+        self.touched_assets.add("USDC")
+
     def positions(self, pending: bool | None = None) -> list[tuple[str, str]]:
         """(asset, user) pairs: with a pending exit (True), funded without one
         (False), or funded at all (None)."""
@@ -414,11 +420,13 @@ class VaultMachine(RuleBasedStateMachine):
             return
         # Thawed: must complete whatever else happened (pause, settlements, roles).
         amount = min(pos.exit_amount, pos.balance)
-        wallet = self.usdc if sym == "CLD" else self.tokens[sym]
-        before = wallet.balanceOf(account)
-        self.vault.complete_exit(token, 0, sender=account)
-        expected = amount * PRICE // 10**18 if sym == "CLD" else amount
-        assert wallet.balanceOf(account) - before == expected
+        before = self.tokens[sym].balanceOf(account)
+        proceeds = self.vault.complete_exit(token, 0, sender=account)
+        if sym == "CLD":  # sold: the USDC lands in the account's vault balance
+            assert proceeds == amount * PRICE // 10**18
+            self.credit_sale(account, proceeds)
+        else:
+            assert proceeds == amount and self.tokens[sym].balanceOf(account) - before == amount
         pos.balance -= amount
         pos.exit_amount = pos.exit_unlock = 0
 
@@ -445,7 +453,9 @@ class VaultMachine(RuleBasedStateMachine):
             with boa.reverts("pausable: contract is paused"):
                 self.vault.exit_instant(*args, sender=account)
             return
-        self.vault.exit_instant(*args, sender=account)
+        proceeds = self.vault.exit_instant(*args, sender=account)
+        if sym == "CLD":
+            self.credit_sale(account, proceeds)
         pos.balance -= amount
         self.release_nonce[account] += 1
         self.last_release = (account, args)
