@@ -18,13 +18,9 @@ from rich.table import Table
 
 from promptex.chain.accounts import resolve_account
 from promptex.chain.deploy import contract_at, is_local, live_deployment
-from promptex.chain.deployments import save_deployment
 from promptex.chain.dex import (
     DEFAULT_FEE,
-    LOCAL_ORACLE_PERIOD,
     create_pool_at_price,
-    deploy_dex,
-    dex_records,
     pool_at,
     quote_amount_at_price,
 )

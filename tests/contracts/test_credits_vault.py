@@ -794,7 +794,12 @@ def test_exit_instant__spend_only_token__sold_for_usdc(vault, cld, usdc, cld_hol
     assert usdc.balanceOf(cld_holder) == 0
     assert cld.balanceOf(cld_holder) == 0  # never the token itself
     sold = logs(receipt, vault.Sold)[0]
-    assert (sold.account, sold.asset, sold.amount, sold.proceeds) == (cld_holder.address, cld.address, 4 * TOKEN, 8 * USD)
+    assert (sold.account, sold.asset, sold.amount, sold.proceeds) == (
+        cld_holder.address,
+        cld.address,
+        4 * TOKEN,
+        8 * USD,
+    )
     assert cld.balanceOf(market) == 4 * TOKEN
     assert vault.balance_of(cld_holder, cld) == 6 * TOKEN
 
