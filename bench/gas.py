@@ -20,11 +20,10 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import click
-from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.chain.permit import sign_permit
 
 NETWORK = "ethereum:local:foundry"
 TERMS = keccak(text="bench: resale permitted")
@@ -91,48 +90,18 @@ def foundation(ctx: Context) -> dict[str, tuple[str, int]]:
 
 def _permit(ctx: Context, token: Any, owner: Any, spender: Any) -> Any:
     deadline = ctx.chain.pending_timestamp + 3_600
-    message = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {
-            "name": token.name(),
-            "version": "1",
-            "chainId": ctx.chain.chain_id,
-            "verifyingContract": token.address,
-        },
-        "message": {
-            "owner": owner.address,
-            "spender": spender.address,
-            "value": 10**18,
-            "nonce": token.nonces(owner),
-            "deadline": deadline,
-        },
-    }
-    signed = Account.sign_message(encode_typed_data(full_message=message), owner.private_key)
-    return token.permit(
-        owner,
-        spender,
-        10**18,
-        deadline,
-        signed.v,
-        signed.r.to_bytes(32, "big"),
-        signed.s.to_bytes(32, "big"),
-        sender=spender,
+    v, r, s = sign_permit(
+        owner.private_key,
+        token_name=token.name(),
+        chain_id=ctx.chain.chain_id,
+        token=token.address,
+        owner=owner.address,
+        spender=spender.address,
+        value=10**18,
+        nonce=token.nonces(owner),
+        deadline=deadline,
     )
+    return token.permit(owner, spender, 10**18, deadline, v, r, s, sender=spender)
 
 
 def load_plugins() -> None:

@@ -133,6 +133,21 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
     usdc, escrow = contract_at(deployment, "USDC"), contract_at(deployment, "CreditEscrow")
     vault, cld = contract_at(deployment, "CreditsVault"), contract_at(deployment, "token:CLD")
     sign = {"chain_id": chain.chain_id, "vault": vault.address}
+
+    def exit_instant(account, asset, amount, min_out=0):
+        """Leave at once with a release the coordinator signs for this account, asset and amount."""
+        nonce, expiry = vault.release_nonce(account), chain.pending_timestamp + 600
+        release = sign_release(
+            coordinator.private_key,
+            **sign,
+            account=account.address,
+            asset=asset.address,
+            amount=amount,
+            nonce=nonce,
+            expiry=expiry,
+        )
+        return vault.exit_instant(asset, amount, min_out, nonce, expiry, release, sender=account)
+
     day = chain.pending_timestamp + DAY
 
     router = contract_at(deployment, "Router")
@@ -222,18 +237,7 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
     step("Buyer 2 withdraws half at once with the coordinator's co-signed release")
     left = usdc_in - gpt_cost
     half = left // 2
-    expiry = chain.pending_timestamp + 600
-    nonce = vault.release_nonce(buyer_2)
-    release = sign_release(
-        coordinator.private_key,
-        **sign,
-        account=buyer_2.address,
-        asset=usdc.address,
-        amount=half,
-        nonce=nonce,
-        expiry=expiry,
-    )
-    vault.exit_instant(usdc, half, 0, nonce, expiry, release, sender=buyer_2)
+    exit_instant(buyer_2, usdc, half)
     check(usdc.balanceOf(buyer_2) == half, "instant exit paid")
 
     step(f"Buyer 2 takes the rest through the trustless path (thaw {vault.thaw_period()} s)")
@@ -249,33 +253,12 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
     step("Buyer 1 sells its unused CLD for USDC inside the vault (instant path, coordinator-signed release)")
     unused = vault.balance_of(buyer_1, cld)
     quoted = router.get_amounts_out(unused, [cld.address, usdc.address], [DEFAULT_FEE])[-1]
-    expiry = chain.pending_timestamp + 600
-    nonce = vault.release_nonce(buyer_1)
-    release = sign_release(
-        coordinator.private_key,
-        **sign,
-        account=buyer_1.address,
-        asset=cld.address,
-        amount=unused,
-        nonce=nonce,
-        expiry=expiry,
-    )
-    vault.exit_instant(cld, unused, quoted * 99 // 100, nonce, expiry, release, sender=buyer_1)
+    exit_instant(buyer_1, cld, unused, min_out=quoted * 99 // 100)
     check(vault.balance_of(buyer_1, usdc) == quoted, f"the quoted {usd(quoted)} USDC landed in buyer 1's vault balance")
     check(vault.balance_of(buyer_1, cld) == 0 and cld.balanceOf(vault) == 0, "no CLD left in the vault")
 
     step("Buyer 1 withdraws that USDC (instant path)")
-    nonce, expiry = vault.release_nonce(buyer_1), chain.pending_timestamp + 600
-    release = sign_release(
-        coordinator.private_key,
-        **sign,
-        account=buyer_1.address,
-        asset=usdc.address,
-        amount=quoted,
-        nonce=nonce,
-        expiry=expiry,
-    )
-    vault.exit_instant(usdc, quoted, 0, nonce, expiry, release, sender=buyer_1)
+    exit_instant(buyer_1, usdc, quoted)
     check(usdc.balanceOf(buyer_1) == quoted, "buyer 1 holds its USDC")
     check(usdc.balanceOf(vault) == vault.reserve(usdc), "the vault's USDC is again exactly its reserve")
 

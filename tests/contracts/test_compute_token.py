@@ -3,8 +3,8 @@
 import ape
 import pytest
 from ape import project
-from eth_account import Account
 
+from promptex.chain.permit import sign_permit
 from promptex.chain.providers import TOKEN_UNIT
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -36,39 +36,17 @@ def funded(cld, minter, seller):
 
 def _sign_permit(token, chain, signer, owner, spender, amount, deadline, nonce):
     """An EIP-2612 permit for `owner`, signed by `signer`, as (v, r, s)."""
-    typed_data = {
-        "types": {
-            "EIP712Domain": [
-                {"name": "name", "type": "string"},
-                {"name": "version", "type": "string"},
-                {"name": "chainId", "type": "uint256"},
-                {"name": "verifyingContract", "type": "address"},
-            ],
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {
-            "name": token.name(),
-            "version": "1",
-            "chainId": chain.chain_id,
-            "verifyingContract": str(token.address),
-        },
-        "message": {
-            "owner": str(owner.address),
-            "spender": str(spender.address),
-            "value": amount,
-            "nonce": nonce,
-            "deadline": deadline,
-        },
-    }
-    signed = Account.sign_typed_data(signer.private_key, full_message=typed_data)
-    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+    return sign_permit(
+        signer.private_key,
+        token_name=token.name(),
+        chain_id=chain.chain_id,
+        token=str(token.address),
+        owner=str(owner.address),
+        spender=str(spender.address),
+        value=amount,
+        nonce=nonce,
+        deadline=deadline,
+    )
 
 
 # ─── Metadata ────────────────────────────────────────────────────────────────
