@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +36,52 @@ class Settings(BaseSettings):
     model_catalog: Path | None = None
     # Protocol fee on USDC-paid requests, in basis points on top of the listed lot's price.
     protocol_fee_bps: int = 500
+
+    # ─── Gateway (/v1) ───────────────────────────────────────────────────────
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    # What a request pays in when neither the key nor the x-promptex-asset header says:
+    # "USDC" or "provider" (the model's provider token).
+    gateway_default_asset: str = "USDC"
+    # Largest request body accepted (bytes); larger ones get 413.
+    gateway_max_body_bytes: int = 1_048_576
+    # Output tokens a hold covers when a request names no max_tokens, and the cap on any.
+    gateway_default_max_tokens: int = 4_096
+    gateway_max_output_tokens: int = 32_768
+    # How long a hold lives if the gateway dies mid-request (the sweeper ends it after).
+    gateway_hold_ttl_seconds: int = 900
+    # Upstream timeouts: connecting, and the whole answer (or between streamed chunks).
+    gateway_upstream_connect_timeout_seconds: float = 5.0
+    gateway_upstream_timeout_seconds: float = 120.0
+    # Requests served at once by this process, and per lot; beyond them: fast 429s.
+    gateway_max_inflight: int = 512
+    gateway_lot_max_inflight: int = 128
+    # Past saturation, shed load with fast 429s: while the event loop runs this late
+    # (milliseconds), new requests are refused before any work is done for them.
+    gateway_shed_loop_lag_ms: float = 50.0
+    # How often lots and their remaining face value are re-read from the database.
+    gateway_lot_refresh_seconds: float = 2.0
+    # How long a looked-up API key is trusted before it is read again (revocation delay).
+    gateway_key_cache_seconds: float = 5.0
+    # Threads for ledger calls (reserve, settle, release).
+    gateway_ledger_threads: int = 16
+    # Envelope encryption of sellers' upstream keys: a master key (base64 of 32 bytes) from
+    # the environment, or a file of id:base64 lines (the last is current; created if missing).
+    gateway_master_key: SecretStr | None = None
+    gateway_master_key_file: Path = Path("promptex-master.key")
+
+    # ─── Buyers ──────────────────────────────────────────────────────────────
+    # Welcome credit for a new buyer, spend-only, from the treasury's promotional account.
+    welcome_credit_asset: str = "USDC"
+    welcome_credit_amount: int = 1_000_000  # smallest units: 1 USDC
+    welcome_credit_treasury: str = "promotions"
+
+    # ─── Sellers ─────────────────────────────────────────────────────────────
+    # The network whose deployment (deployments/<network>.json) lots are opened on, and the
+    # attestor's private key; without the key, add-capacity records the attestation only.
+    attestor_network: str = "local"
+    attestor_private_key: SecretStr | None = None
+    attestor_rpc_url: str = "http://127.0.0.1:8545"
 
 
 @lru_cache(maxsize=1)

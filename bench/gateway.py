@@ -1,0 +1,374 @@
+"""Gateway load: PROMPTEX's /v1 gateway against LiteLLM's proxy on the same fake upstream.
+
+    python bench/gateway.py                    # both, SQLite ledger, a table
+    python bench/gateway.py --ledger postgresql
+    python bench/gateway.py --only promptex    # skip LiteLLM (no 740 MB install)
+    python bench/gateway.py --json             # promptex_rps, litellm_rps, *_p99_added_ms, …
+
+Open-loop load at a fixed arrival rate: request i is due at t0 + i/rate and its latency
+is measured from when it was due, so a slow server cannot slow the generator down
+(no coordinated omission). Rates step up; the sustainable rate is the highest step with
+< 0.1 % errors and a p99 under --max-p99-ms. Added latency is each proxy's latency
+minus the fake upstream's own, measured directly at the same rate. The gateway (or the
+proxy) runs on one core, the fake upstream and this generator on the other (taskset).
+LiteLLM is installed on first use into bench/.litellm/ (its own venv; never in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LITELLM_DIR = ROOT / "bench" / ".litellm"
+LITELLM_VERSION = "1.106.2"
+MODEL = "gpt-5-mini"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "say something short"}], "max_tokens": 16}
+RATES = (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 650, 800, 1000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cores() -> tuple[list[str], list[str]]:
+    """taskset prefixes: (server core, generator + upstream core)."""
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return [], []
+    return ["taskset", "-c", "0"], ["taskset", "-c", "1"]
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str], ready_url: str, headers: dict[str, str] | None = None
+) -> Iterator[None]:
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{args[0:4]} exited with {proc.returncode}")
+            try:
+                if httpx.get(ready_url, headers=headers or {}, timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{args[0:4]} did not become ready")
+            time.sleep(0.2)
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    shed: int = 0  # 429s among the errors
+    shed_p99_ms: float = 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("inf")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float, timeout: float) -> Step:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        latencies: list[float] = []
+        shed: list[float] = []
+        errors = 0
+        total = int(rate * seconds)
+        start = time.perf_counter() + 0.1
+
+        async def one(due: float) -> None:
+            nonlocal errors
+            try:
+                response = await client.post(url, json=BODY, headers=headers)
+                if response.status_code != 200:
+                    errors += 1
+                    if response.status_code == 429:
+                        shed.append((time.perf_counter() - due) * 1000)
+                    return
+            except httpx.HTTPError:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - due) * 1000)
+
+        tasks = []
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(due)))
+        await asyncio.gather(*tasks)
+    return Step(rate, total, errors, _pct(latencies, 0.5), _pct(latencies, 0.99), len(shed), _pct(shed, 0.99))
+
+
+async def ttfb(url: str, headers: dict[str, str], n: int = 40) -> float:
+    """Median time to the first streamed content byte, at a gentle rate."""
+    body = {**BODY, "stream": True}
+    times = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(n):
+            start = time.perf_counter()
+            async with client.stream("POST", url, json=body, headers=headers) as response:
+                async for line in response.aiter_lines():
+                    if '"content"' in line:
+                        times.append((time.perf_counter() - start) * 1000)
+                        break
+            await asyncio.sleep(0.05)
+    return _pct(times, 0.5)
+
+
+def sweep(
+    url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, baseline: dict[int, Step]
+) -> list[Step]:
+    steps = []
+    for rate in RATES:
+        step = asyncio.run(open_loop(url, headers, rate, seconds, timeout=10))
+        steps.append(step)
+        shed = f" (429s: {step.shed}, p99 {step.shed_p99_ms:.1f} ms)" if step.shed else ""
+        click.echo(
+            f"  {rate:>5} RPS: errors {step.errors}/{step.sent}{shed}, "
+            f"p50 {step.p50_ms:.1f} ms, p99 {step.p99_ms:.1f} ms",
+            err=True,
+        )
+        if step.errors > step.sent * 0.001 or step.p99_ms > max_p99_ms:
+            break
+    return steps
+
+
+def sustainable(steps: list[Step], max_p99_ms: float) -> Step | None:
+    ok = [s for s in steps if s.errors <= s.sent * 0.001 and s.p99_ms <= max_p99_ms]
+    return ok[-1] if ok else None
+
+
+def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[str, str], str]:
+    """A ledger with a rich buyer and one listed lot on the fake upstream; returns (env, key)."""
+    from eth_account import Account
+
+    from promptex.config import Settings
+    from promptex.gateway.buyers import signup
+    from promptex.gateway.envelope import load_master_keys
+    from promptex.gateway.sellers import Capacity, add_capacity
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+    from promptex.ledger.binding import sign
+    from promptex.metering import load_catalog
+
+    env = {
+        **os.environ,
+        "PROMPTEX_LEDGER_URL": ledger_url,
+        "PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS": "NORMAL",
+        "PROMPTEX_GATEWAY_MASTER_KEY_FILE": str(workdir / "master.key"),
+        "PROMPTEX_GATEWAY_LOT_MAX_INFLIGHT": "100000",
+    }
+    s = Settings(ledger_url=ledger_url, gateway_master_key_file=workdir / "master.key")
+    now = int(time.time())
+    with Ledger.open(ledger_url, sqlite_synchronous="NORMAL") as ledger:
+        store = GatewayStore(ledger.engine)
+        capacity = Capacity(
+            "openai", "openai", fake_url, "sk-fake-bench", 10**15, "listed", 6000, now + 86_400, "0x" + "33" * 20, True
+        )
+        add_capacity(
+            store, load_master_keys(None, s.gateway_master_key_file), load_catalog(), capacity, now, verify=False
+        )
+        new = signup(ledger, store, now)
+        wallet = Account.create()
+        message = ledger.issue_binding_challenge(new.account, wallet.address)
+        ledger.bind_wallet(message, sign(message, wallet.key))
+        ledger.credit_deposit(f"0x{secrets.token_hex(32)}:0", wallet.address, "USDC", 10**15)
+        ledger.set_spend_cap(new.account, "USDC", 10**15)
+    return env, new.key
+
+
+def litellm_python() -> Path:
+    python = LITELLM_DIR / "bin" / "python"
+    if not python.exists():
+        click.echo(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_DIR} (~740 MB) …", err=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_DIR)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}", "prisma"], check=True
+        )
+    return python
+
+
+@click.command()
+@click.option("--only", type=click.Choice(["promptex", "litellm"]), help="measure one side only")
+@click.option(
+    "--ledger", "ledger_kind", type=click.Choice(["sqlite", "postgresql"]), default="sqlite", show_default=True
+)
+@click.option("--seconds", default=10.0, show_default=True, help="length of each rate step")
+@click.option("--upstream-latency-ms", default=20.0, show_default=True)
+@click.option("--max-p99-ms", default=500.0, show_default=True, help="a step above this p99 is not sustainable")
+@click.option("--json", "as_json", is_flag=True)
+def main(
+    only: str | None, ledger_kind: str, seconds: float, upstream_latency_ms: float, max_p99_ms: float, as_json: bool
+) -> None:
+    server_core, load_core = cores()
+    results: dict[str, dict[str, float | None]] = {}
+    with tempfile.TemporaryDirectory(prefix="promptex-bench-") as tmp:
+        workdir = Path(tmp)
+        fake_port = free_port()
+        fake_url = f"http://127.0.0.1:{fake_port}/v1"
+        fake_args = [
+            *load_core,
+            str(BIN / "promptex"),
+            "fake-upstream",
+            "--port",
+            str(fake_port),
+            "--latency-ms",
+            str(upstream_latency_ms),
+        ]
+        fake_headers = {"authorization": "Bearer sk-fake-bench"}
+        if load_core:
+            os.sched_setaffinity(0, {1})
+        with process(fake_args, dict(os.environ), fake_url + "/models", fake_headers):
+            click.echo("fake upstream alone:", err=True)
+            base = {s.rate: s for s in sweep(fake_url + "/chat/completions", fake_headers, seconds, max_p99_ms, {})}
+            base_ttfb = asyncio.run(ttfb(fake_url + "/chat/completions", fake_headers))
+
+            def added(step: Step | None) -> tuple[float | None, float | None]:
+                if step is None:
+                    return None, None
+                ref = base.get(step.rate) or list(base.values())[-1]
+                return step.p50_ms - ref.p50_ms, step.p99_ms - ref.p99_ms
+
+            if only in (None, "promptex"):
+                postgres = None
+                if ledger_kind == "postgresql":
+                    from promptex.ledger.local_postgres import LocalPostgres
+
+                    postgres = LocalPostgres().start()
+                    ledger_url = postgres.create_database("bench")
+                else:
+                    ledger_url = f"sqlite:///{workdir}/ledger.sqlite3"
+                try:
+                    env, key = setup_promptex(workdir, ledger_url, fake_url)
+                    port = free_port()
+                    url = f"http://127.0.0.1:{port}/v1"
+                    headers = {"authorization": f"Bearer {key}"}
+                    args = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
+                    with process(args, env, url + "/models", headers):
+                        click.echo("promptex gateway:", err=True)
+                        steps = sweep(url + "/chat/completions", headers, seconds, max_p99_ms, base)
+                        best = sustainable(steps, max_p99_ms)
+                        p50, p99 = added(best)
+                        results["promptex"] = {
+                            "rps": best.rate if best else 0,
+                            "p50_added_ms": p50,
+                            "p99_added_ms": p99,
+                            "ttfb_added_ms": asyncio.run(ttfb(url + "/chat/completions", headers)) - base_ttfb,
+                        }
+                finally:
+                    if postgres is not None:
+                        postgres.stop()
+
+            if only in (None, "litellm"):
+                python = litellm_python()
+                master = "sk-" + secrets.token_hex(16)
+                config = workdir / "litellm.yaml"
+                config.write_text(
+                    "model_list:\n"
+                    f"  - model_name: {MODEL}\n"
+                    f"    litellm_params: {{model: openai/{MODEL}, api_base: '{fake_url}', api_key: sk-fake-bench}}\n"
+                    "litellm_settings: {telemetry: false, drop_params: true}\n"
+                    "general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}\n"
+                )
+                env = {
+                    **os.environ,
+                    "LITELLM_MASTER_KEY": master,
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_TELEMETRY": "False",
+                    "LITELLM_LOG": "ERROR",
+                }
+                port = free_port()
+                url = f"http://127.0.0.1:{port}/v1"
+                headers = {"authorization": f"Bearer {master}"}
+                args = [
+                    *server_core,
+                    str(python.parent / "litellm"),
+                    "--config",
+                    str(config),
+                    "--port",
+                    str(port),
+                    "--num_workers",
+                    "1",
+                ]
+                with process(args, env, url + "/models", headers):
+                    for _ in range(5):  # warm up: its first requests import lazily
+                        httpx.post(url + "/chat/completions", json=BODY, headers=headers, timeout=30)
+                    click.echo("litellm proxy:", err=True)
+                    steps = sweep(url + "/chat/completions", headers, seconds, max_p99_ms, base)
+                    best = sustainable(steps, max_p99_ms)
+                    p50, p99 = added(best)
+                    results["litellm"] = {
+                        "rps": best.rate if best else 0,
+                        "p50_added_ms": p50,
+                        "p99_added_ms": p99,
+                        "ttfb_added_ms": asyncio.run(ttfb(url + "/chat/completions", headers)) - base_ttfb,
+                    }
+
+    if as_json:
+        flat = {f"{side}_{name}": value for side, row in results.items() for name, value in row.items()}
+        click.echo(json.dumps(flat))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"gateway load, {ledger_kind} ledger, upstream {upstream_latency_ms:g} ms, one core each")
+    table.add_column("")
+    for side in results:
+        table.add_column(side, justify="right")
+    if {"promptex", "litellm"} <= set(results):
+        table.add_column("ratio", justify="right")
+    names = {
+        "rps": "max RPS (< 0.1 % errors)",
+        "p50_added_ms": "added p50 ms",
+        "p99_added_ms": "added p99 ms",
+        "ttfb_added_ms": "added stream TTFB ms",
+    }
+    for name, label in names.items():
+        cells = [f"{results[side][name]:.1f}" if results[side][name] is not None else "—" for side in results]
+        if {"promptex", "litellm"} <= set(results):
+            a, b = results["promptex"][name], results["litellm"][name]
+            ratio = (a / b if name == "rps" else b / a) if a and b else None
+            cells.append(f"{ratio:.1f}×" if ratio else "—")
+        table.add_row(label, *cells)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

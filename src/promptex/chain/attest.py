@@ -1,0 +1,46 @@
+"""Submit a lot attestation: CreditEscrow.open_lot(...) sent by the attestor.
+
+The gateway only produces the attestation (the open_lot arguments); this seam sends
+it when a deployment and an attestor key are configured. Serving never waits on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from web3 import Web3
+
+from promptex.chain.deployments import Deployment
+
+
+def open_lot(rpc_url: str, deployment: Deployment, attestor_key: str, attestation: dict[str, Any]) -> str:
+    """Send open_lot for `attestation` (token given by symbol) and wait for it; returns the tx hash."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    record = deployment.contracts["CreditEscrow"]
+    escrow = w3.eth.contract(
+        address=Web3.to_checksum_address(record.address), abi=json.loads(Path(record.abi).read_text())
+    )
+    token = deployment.address(f"token:{attestation['token']}")
+    attestor = Account.from_key(attestor_key)
+    call = escrow.functions.open_lot(
+        Web3.to_checksum_address(attestation["seller"]),
+        Web3.to_checksum_address(token),
+        attestation["kind"],
+        attestation["face_value"],
+        attestation["expiry"],
+        attestation["bond"],
+        bytes.fromhex(str(attestation["terms_hash"]).removeprefix("0x")),
+        attestation["rate_bps"],
+    )
+    tx = call.build_transaction(
+        {"from": attestor.address, "nonce": w3.eth.get_transaction_count(attestor.address), "chainId": w3.eth.chain_id}
+    )
+    signed = attestor.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+    if receipt["status"] != 1:
+        raise RuntimeError(f"open_lot reverted in {tx_hash.hex()}")
+    return "0x" + tx_hash.hex().removeprefix("0x")

@@ -1,0 +1,292 @@
+"""A fake model provider speaking the OpenAI and the Anthropic Messages APIs.
+
+Text is deterministic (words from a fixed list, one token each), usage numbers are
+real counts of what was sent and produced (one token per whitespace-separated word,
+plus a few per message), so a test can compute the exact metered cost. Latency and
+errors are injected by configuration:
+
+    OpenAI-compatible:  POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
+    Anthropic:          POST /v1/messages   (x-api-key header, anthropic-version)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+PER_MESSAGE_TOKENS = 3  # what a chat message costs beyond its words
+DEFAULT_OUTPUT_TOKENS = 16
+EMBEDDING_DIMENSIONS = 8
+
+
+@dataclass
+class FakeUpstreamConfig:
+    latency_ms: float = 0.0  # before the first byte of every answer
+    chunk_delay_ms: float = 0.0  # between streamed chunks
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS  # what a request without max_tokens produces
+    fail_status: int | None = None  # answer this status instead of serving…
+    fail_every: int = 1  # …on every Nth request (1: all of them)
+    api_keys: frozenset[str] | None = None  # accepted keys; None accepts any non-empty key
+    models: tuple[str, ...] = ("fake-model",)
+    requests: int = field(default=0)  # served so far (for tests)
+
+
+def count_tokens(text: str) -> int:
+    return len(text.split())
+
+
+def fake_text(n: int) -> str:
+    """The deterministic answer of `n` tokens."""
+    return " ".join(itertools.islice(itertools.cycle(WORDS), n))
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def chat_input_tokens(messages: list[Any], system: Any = None) -> int:
+    total = count_tokens(_content_text(system)) + (PER_MESSAGE_TOKENS if system else 0)
+    for message in messages:
+        if isinstance(message, dict):
+            total += PER_MESSAGE_TOKENS + count_tokens(_content_text(message.get("content")))
+    return total
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    return head + b"data: " + payload + b"\n\n"
+
+
+def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
+    cfg = config or FakeUpstreamConfig()
+
+    async def gate(request: Request, anthropic: bool) -> tuple[dict[str, Any] | None, Response | None]:
+        cfg.requests += 1
+        if anthropic:
+            key = request.headers.get("x-api-key", "")
+        else:
+            auth = request.headers.get("authorization", "")
+            key = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not key or (cfg.api_keys is not None and key not in cfg.api_keys):
+            return None, _error(401, "invalid x-api-key" if anthropic else "Incorrect API key provided", anthropic)
+        if cfg.latency_ms:
+            await asyncio.sleep(cfg.latency_ms / 1000)
+        if cfg.fail_status is not None and cfg.requests % max(1, cfg.fail_every) == 0:
+            return None, _error(cfg.fail_status, f"injected failure {cfg.fail_status}", anthropic)
+        if request.method == "GET":
+            return {}, None
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return None, _error(400, "invalid JSON", anthropic)
+        if not isinstance(body, dict):
+            return None, _error(400, "body must be an object", anthropic)
+        return body, None
+
+    def n_out(body: dict[str, Any]) -> int:
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        return min(int(limit), cfg.output_tokens) if isinstance(limit, int) and limit > 0 else cfg.output_tokens
+
+    async def chat(request: Request) -> Response:
+        body, error = await gate(request, anthropic=False)
+        if error is not None or body is None:
+            return error or _error(500, "unreachable", False)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "messages must be a non-empty array", False)
+        prompt, out = chat_input_tokens(messages), n_out(body)
+        model = str(body.get("model", "fake-model"))
+        rid = "chatcmpl-" + hashlib.sha256(orjson.dumps(body)).hexdigest()[:16] + str(cfg.requests)
+        usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        if not body.get("stream"):
+            return _json(
+                {
+                    "id": rid,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": fake_text(out)},
+                            "finish_reason": "length" if out < cfg.output_tokens else "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+            words = fake_text(out).split()
+            yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            for i, word in enumerate(words):
+                if cfg.chunk_delay_ms:
+                    await asyncio.sleep(cfg.chunk_delay_ms / 1000)
+                text = word if i == 0 else " " + word
+                yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": usage})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def completions(request: Request) -> Response:
+        body, error = await gate(request, anthropic=False)
+        if error is not None or body is None:
+            return error or _error(500, "unreachable", False)
+        prompt_field = body.get("prompt")
+        prompt_text = prompt_field if isinstance(prompt_field, str) else " ".join(map(str, prompt_field or []))
+        prompt, out = count_tokens(prompt_text), n_out(body)
+        model = str(body.get("model", "fake-model"))
+        usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        rid = f"cmpl-{cfg.requests}"
+        if not body.get("stream"):
+            return _json(
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "text": fake_text(out), "finish_reason": "stop", "logprobs": None}],
+                    "usage": usage,
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
+            for i, word in enumerate(fake_text(out).split()):
+                if cfg.chunk_delay_ms:
+                    await asyncio.sleep(cfg.chunk_delay_ms / 1000)
+                text = word if i == 0 else " " + word
+                yield _sse({**base, "choices": [{"index": 0, "text": text, "finish_reason": None}]})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": usage})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def embeddings(request: Request) -> Response:
+        body, error = await gate(request, anthropic=False)
+        if error is not None or body is None:
+            return error or _error(500, "unreachable", False)
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else []
+        if not inputs:
+            return _error(400, "input must be a string or an array of strings", False)
+        data = []
+        for i, text in enumerate(inputs):
+            digest = hashlib.sha256(str(text).encode()).digest()
+            vector = [(b - 128) / 128 for b in digest[:EMBEDDING_DIMENSIONS]]
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        prompt = sum(count_tokens(str(text)) for text in inputs)
+        return _json(
+            {
+                "object": "list",
+                "data": data,
+                "model": str(body.get("model", "fake-model")),
+                "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+            }
+        )
+
+    async def models(request: Request) -> Response:
+        _, error = await gate(request, anthropic=False)
+        if error is not None:
+            return error
+        return _json({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in cfg.models]})
+
+    async def messages(request: Request) -> Response:
+        body, error = await gate(request, anthropic=True)
+        if error is not None or body is None:
+            return error or _error(500, "unreachable", True)
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs or not isinstance(body.get("max_tokens"), int):
+            return _error(400, "messages and max_tokens are required", True)
+        if any(isinstance(m, dict) and m.get("role") == "system" for m in msgs):
+            return _error(400, "system is a top-level parameter, not a message role", True)
+        prompt, out = chat_input_tokens(msgs, body.get("system")), n_out(body)
+        model = str(body.get("model", "fake-model"))
+        mid = f"msg_fake{cfg.requests}"
+        stop = "max_tokens" if out < cfg.output_tokens else "end_turn"
+        if not body.get("stream"):
+            return _json(
+                {
+                    "id": mid,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": fake_text(out)}],
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": prompt, "output_tokens": out},
+                }
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            start = {
+                "type": "message_start",
+                "message": {
+                    "id": mid,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                },
+            }
+            yield _sse(start, "message_start")
+            block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+            yield _sse(block, "content_block_start")
+            for i, word in enumerate(fake_text(out).split()):
+                if cfg.chunk_delay_ms:
+                    await asyncio.sleep(cfg.chunk_delay_ms / 1000)
+                delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
+                yield _sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
+            yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+            end = {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": out}}
+            yield _sse(end, "message_delta")
+            yield _sse({"type": "message_stop"}, "message_stop")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/messages", messages, methods=["POST"]),
+        ]
+    )
+
+
+def _error(status: int, message: str, anthropic: bool) -> Response:
+    if anthropic:
+        kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
+        return _json({"type": "error", "error": {"type": kind.get(status, "api_error"), "message": message}}, status)
+    return _json({"error": {"message": message, "type": "fake_error", "param": None, "code": str(status)}}, status)

@@ -1,0 +1,322 @@
+"""Upstream adapters: how one OpenAI-shaped request is sent to a provider's API and how
+its answer (and its usage) comes back in OpenAI's shapes.
+
+- `OpenAIAdapter`: any OpenAI-compatible API; bodies pass through, streaming requests
+  get `stream_options.include_usage` forced on so every request is metered exactly.
+- `AnthropicAdapter`: the Messages API; system messages become the `system` field,
+  streaming events become chat.completion.chunk objects, input_tokens/output_tokens
+  become prompt_tokens/completion_tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from promptex.gateway.errors import bad_request
+
+ANTHROPIC_VERSION = "2023-06-01"
+CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
+_OPENAI_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"}
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    url: str
+    headers: dict[str, str]
+    content: bytes
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _usage_of(body: Any) -> Usage | None:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+        return None
+    return Usage(prompt, completion)
+
+
+class StreamTranslator(Protocol):
+    usage: Usage | None
+    produced: int  # content pieces passed on so far (output already produced)
+    finished: bool
+
+    def feed(self, line: str) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]: ...
+
+
+class Adapter(Protocol):
+    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall: ...
+
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, Usage]: ...
+
+    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator: ...
+
+    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall: ...
+
+
+class MissingUsage(Exception):
+    """An upstream answer without usage numbers: it cannot be metered."""
+
+
+# ─── OpenAI-compatible ───────────────────────────────────────────────────────
+
+
+class OpenAIStream:
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+        self.produced = 0
+        self.finished = False
+
+    def feed(self, line: str) -> list[bytes]:
+        if not line.startswith("data:"):
+            return []
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.finished = True
+            return []
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []
+        usage = _usage_of(chunk)
+        if usage is not None:
+            self.usage = usage
+            if not self.include_usage:
+                if not chunk.get("choices"):
+                    return []
+                chunk.pop("usage", None)
+                return [sse(chunk)]
+        elif not self.include_usage and "usage" in chunk:
+            chunk.pop("usage", None)
+            return [sse(chunk)]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if (isinstance(delta, dict) and delta.get("content")) or (isinstance(choice, dict) and choice.get("text")):
+                self.produced += 1
+        return [b"data: " + data.encode() + b"\n\n"]
+
+    def finish(self) -> list[bytes]:
+        return [_DONE]
+
+
+class OpenAIAdapter:
+    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
+        if body.get("stream"):
+            options = body.get("stream_options")
+            body = {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+        return UpstreamCall(
+            base_url.rstrip("/") + _OPENAI_PATHS[endpoint],
+            {"authorization": f"Bearer {secret}", "content-type": "application/json"},
+            orjson.dumps(body),
+        )
+
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, Usage]:
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise MissingUsage("the upstream answer is not JSON") from None
+        usage = _usage_of(body)
+        if usage is None:
+            raise MissingUsage("the upstream answer has no usage")
+        return content, usage
+
+    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+        return OpenAIStream(include_usage)
+
+    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        return self.call(CHAT, body, base_url, secret)
+
+
+# ─── Anthropic Messages API ──────────────────────────────────────────────────
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+    if endpoint == EMBEDDINGS:
+        raise bad_request("This model does not serve embeddings.", param="model")
+    if endpoint == COMPLETIONS:
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else "".join(map(str, prompt or []))
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+        system: list[str] = []
+    else:
+        system = []
+        messages = []
+        for message in body["messages"]:
+            role = message.get("role")
+            if role in ("system", "developer"):
+                system.append(_text(message.get("content")))
+            else:
+                messages.append(
+                    {
+                        "role": "assistant" if role == "assistant" else "user",
+                        "content": message.get("content") if isinstance(message.get("content"), (str, list)) else "",
+                    }
+                )
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens,
+    }
+    if system:
+        out["system"] = "\n\n".join(system)
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+class AnthropicStream:
+    def __init__(self, endpoint: str, model: str, include_usage: bool) -> None:
+        self.endpoint = endpoint
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+        self.produced = 0
+        self.finished = False
+        self._input = 0
+        self._output = 0
+        self._finish: str | None = None
+        self._base: dict[str, Any] = {
+            "id": "chatcmpl-anthropic",
+            "object": "chat.completion.chunk" if endpoint == CHAT else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+    def _chunk(self, delta: dict[str, Any] | None, text: str | None, finish: str | None) -> bytes:
+        if self.endpoint == CHAT:
+            choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        return sse({**self._base, "choices": [choice]})
+
+    def feed(self, line: str) -> list[bytes]:
+        if not line.startswith("data:"):
+            return []
+        try:
+            event = orjson.loads(line[5:].strip())
+        except orjson.JSONDecodeError:
+            return []
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self._base["id"] = "chatcmpl-" + str(message.get("id", "anthropic"))
+            usage = message.get("usage") or {}
+            self._input = int(usage.get("input_tokens", 0))
+            self._output = int(usage.get("output_tokens", 0))
+            self.usage = Usage(self._input, self._output)
+            return [self._chunk({"role": "assistant", "content": ""}, "", None)] if self.endpoint == CHAT else []
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                self.produced += 1
+                return [self._chunk({"content": delta["text"]}, delta["text"], None)]
+            return []
+        if kind == "message_delta":
+            usage = event.get("usage") or {}
+            if isinstance(usage.get("output_tokens"), int):
+                self._output = usage["output_tokens"]
+                self.usage = Usage(self._input, self._output)
+            reason = (event.get("delta") or {}).get("stop_reason")
+            self._finish = _FINISH.get(str(reason), "stop")
+            return []
+        if kind == "message_stop":
+            self.finished = True
+            out = [self._chunk({}, "", self._finish or "stop")]
+            if self.include_usage and self.usage is not None:
+                usage_body = {
+                    "prompt_tokens": self.usage.input_tokens,
+                    "completion_tokens": self.usage.output_tokens,
+                    "total_tokens": self.usage.input_tokens + self.usage.output_tokens,
+                }
+                out.append(sse({**self._base, "choices": [], "usage": usage_body}))
+            return out
+        return []
+
+    def finish(self) -> list[bytes]:
+        return [_DONE]
+
+
+class AnthropicAdapter:
+    def __init__(self, default_max_tokens: int = 4096) -> None:
+        self.default_max_tokens = default_max_tokens
+
+    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
+        return UpstreamCall(
+            base_url.rstrip("/") + "/messages",
+            {"x-api-key": secret, "anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"},
+            orjson.dumps(anthropic_body(endpoint, body, self.default_max_tokens)),
+        )
+
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, Usage]:
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise MissingUsage("the upstream answer is not JSON") from None
+        usage = _usage_of(body)
+        if usage is None:
+            raise MissingUsage("the upstream answer has no usage")
+        text = _text(body.get("content"))
+        finish = _FINISH.get(str(body.get("stop_reason")), "stop")
+        usage_body = {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        }
+        common = {"id": "chatcmpl-" + str(body.get("id", "")), "created": int(time.time()), "model": model}
+        if endpoint == CHAT:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            out = {**common, "object": "chat.completion", "choices": [choice], "usage": usage_body}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            out = {**common, "object": "text_completion", "choices": [choice], "usage": usage_body}
+        return orjson.dumps(out), usage
+
+    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+        return AnthropicStream(endpoint, model, include_usage)
+
+    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        return self.call(CHAT, body, base_url, secret)
+
+
+def adapter_for(api: str, default_max_tokens: int = 4096) -> Adapter:
+    if api == "openai":
+        return OpenAIAdapter()
+    if api == "anthropic":
+        return AnthropicAdapter(default_max_tokens)
+    raise ValueError(f"unknown upstream API {api!r} (openai or anthropic)")

@@ -1,0 +1,163 @@
+"""The ASGI application: `create_app(settings)` → Starlette, served by uvicorn.
+
+Every response carries `x-request-id`; every error has OpenAI's body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from promptex import metering
+from promptex.config import Settings
+from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
+from promptex.gateway.envelope import load_master_keys
+from promptex.gateway.errors import GatewayError
+from promptex.gateway.openapi import openapi_schema
+from promptex.gateway.routing import LotRegistry
+from promptex.gateway.service import Gateway, new_request_id
+from promptex.gateway.store import GatewayStore
+from promptex.ledger import Ledger
+
+log = logging.getLogger("promptex.gateway")
+
+
+class RequestIdMiddleware:
+    """Gives each request an id (scope state) and makes sure its response carries it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        raw = request_id.encode()
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", raw))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id") or new_request_id())
+
+
+def create_app(
+    settings: Settings,
+    *,
+    ledger: Ledger | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Any = None,
+) -> Starlette:
+    """The gateway app. It opens the ledger (unless one is given), its own tables, the
+    lots and one pooled HTTP client for every upstream when it starts."""
+    state: dict[str, Gateway] = {}
+
+    def gateway() -> Gateway:
+        return state["gateway"]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        book = ledger or Ledger.from_settings(settings)
+        store = GatewayStore(book.engine)
+        secret = settings.gateway_master_key.get_secret_value() if settings.gateway_master_key else None
+        keys = load_master_keys(secret, settings.gateway_master_key_file)
+        registry = LotRegistry(store, keys, clock or (lambda: int(time.time())))
+        await anyio.to_thread.run_sync(registry.refresh)
+        timeout = httpx.Timeout(
+            settings.gateway_upstream_timeout_seconds, connect=settings.gateway_upstream_connect_timeout_seconds
+        )
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=512, keepalive_expiry=60)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport) as client:
+            state["gateway"] = _app.state.gateway = Gateway(
+                settings, book, store, registry, metering.load_catalog(settings.model_catalog), client
+            )
+
+            await anyio.to_thread.run_sync(_app.state.gateway.treasury)
+
+            async def refresh_lots() -> None:
+                while True:
+                    await anyio.sleep(settings.gateway_lot_refresh_seconds)
+                    try:
+                        await anyio.to_thread.run_sync(registry.refresh)
+                    except Exception:  # a database hiccup: keep serving the lots we know
+                        log.exception("refreshing lots failed")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(refresh_lots)
+                tg.start_soon(_app.state.gateway.watch_loop_lag)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+            await anyio.to_thread.run_sync(registry.flush)
+        if ledger is None:
+            book.close()
+
+    def endpoint(name: str) -> Any:
+        async def handle(request: Request) -> Any:
+            request_id = _request_id(request)
+            try:
+                return await gateway().serve(name, request, request_id)
+            except GatewayError as exc:
+                return exc.response(request_id)
+
+        return handle
+
+    async def models(request: Request) -> Response:
+        request_id = _request_id(request)
+        try:
+            await gateway().authenticate(request)
+        except GatewayError as exc:
+            return exc.response(request_id)
+        return Response(gateway().models(), media_type="application/json", headers={"x-request-id": request_id})
+
+    async def schema(request: Request) -> Response:
+        return Response(orjson.dumps(openapi_schema()), media_type="application/json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = exc.detail if isinstance(exc, HTTPException) else "Internal error."
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return GatewayError(status, str(message), type=kind).response(_request_id(request))
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("internal error in request %s: %s", _request_id(request), type(exc).__name__)
+        return GatewayError(500, "Internal error.", type="server_error").response(_request_id(request))
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", endpoint(CHAT), methods=["POST"]),
+            Route("/v1/completions", endpoint(COMPLETIONS), methods=["POST"]),
+            Route("/v1/embeddings", endpoint(EMBEDDINGS), methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/openapi.json", schema, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app

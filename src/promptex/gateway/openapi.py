@@ -1,0 +1,103 @@
+"""The gateway's OpenAPI 3 schema (what clients and schemathesis read at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {
+    "description": "OpenAI error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["message", "type"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+_ERRORS = {str(code): _ERROR for code in (400, 401, 402, 404, 413, 429, 502, 503, 504)}
+_STREAM = {
+    "type": "boolean",
+}
+_MAX = {"type": "integer", "minimum": 1}
+
+
+def _post(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {}, "text/event-stream": {}}},
+                **_ERRORS,
+            },
+        }
+    }
+
+
+def openapi_schema() -> dict[str, Any]:
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+            "content": {"type": "string"},
+        },
+    }
+    chat = {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {
+            "model": {"type": "string"},
+            "messages": {"type": "array", "items": message, "minItems": 1},
+            "max_tokens": _MAX,
+            "stream": _STREAM,
+            "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        },
+    }
+    completion = {
+        "type": "object",
+        "required": ["model", "prompt"],
+        "properties": {
+            "model": {"type": "string"},
+            "prompt": {"type": "string"},
+            "max_tokens": _MAX,
+            "stream": _STREAM,
+        },
+    }
+    embedding = {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {"model": {"type": "string"}, "input": {"type": "string"}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "PROMPTEX gateway", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/chat/completions": _post("Chat completion", chat),
+            "/v1/completions": _post("Text completion", completion),
+            "/v1/embeddings": _post("Embeddings", embedding),
+            "/v1/models": {
+                "get": {
+                    "summary": "Models and their prices per asset",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": {"description": "OK", "content": {"application/json": {}}}, **_ERRORS},
+                }
+            },
+        },
+    }

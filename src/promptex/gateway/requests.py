@@ -1,0 +1,101 @@
+"""Reading and checking a /v1 request body before any money moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
+from promptex.gateway.errors import GatewayError, bad_request
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+PER_MESSAGE = 4  # tokens a message may cost beyond its text
+PER_REQUEST = 3
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise bad_request("We could not parse the JSON body of your request: the body is empty.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    return body
+
+
+def _positive_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or value <= 0:
+        raise bad_request(f"Invalid '{name}': expected a positive integer.", param=name)
+    return value
+
+
+def _text_bytes(content: Any, param: str) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode())
+    if isinstance(content, list):
+        return len(orjson.dumps(content))
+    raise bad_request(f"Invalid '{param}': expected a string or an array of content parts.", param=param)
+
+
+def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]:
+    """(model, an upper bound on the input tokens, the requested max output tokens or None)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("You must provide a model parameter.", param="model")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("Invalid 'stream': expected a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("Invalid 'stream_options': expected an object.", param="stream_options")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise bad_request("Only n=1 is supported.", param="n")
+    stop = body.get("stop")
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise bad_request("Invalid 'stop': expected a string or an array of strings.", param="stop")
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad_request(f"Invalid '{name}': expected a number.", param=name)
+    max_tokens = _positive_int(body, "max_tokens")
+    max_completion = _positive_int(body, "max_completion_tokens")
+    limit = max_completion if max_completion is not None else max_tokens
+    if endpoint == CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("Invalid 'messages': expected a non-empty array.", param="messages")
+        total = PER_REQUEST
+        for i, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if not isinstance(role, str) or role not in ROLES:
+                raise bad_request(f"Invalid 'messages[{i}]': expected an object with a valid role.", "messages")
+            total += PER_MESSAGE + _text_bytes(message.get("content"), f"messages[{i}].content")
+        return model, total, limit
+    if endpoint == COMPLETIONS:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) and prompt:
+            return model, PER_REQUEST + len(prompt.encode()), limit
+        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+            return model, PER_REQUEST + sum(len(p.encode()) + 1 for p in prompt), limit
+        raise bad_request("Invalid 'prompt': expected a non-empty string or array of strings.", param="prompt")
+    if endpoint == EMBEDDINGS:
+        raw = body.get("input")
+        if isinstance(raw, str) and raw:
+            return model, PER_REQUEST + len(raw.encode()), None
+        if isinstance(raw, list) and raw and all(isinstance(p, str) and p for p in raw):
+            return model, PER_REQUEST + sum(len(p.encode()) + 1 for p in raw), None
+        raise bad_request("Invalid 'input': expected a non-empty string or array of strings.", param="input")
+    raise GatewayError(404, f"Unknown endpoint {endpoint!r}.")

@@ -1,0 +1,517 @@
+"""One /v1 request, end to end:
+
+    authenticate → check the body → price → pick lots → reserve an upper bound
+    → call upstream (failing over on 401/429/5xx/timeouts) → settle the metered cost
+    → draw the lot down; any failure before an answer releases the hold.
+
+Ledger calls are blocking SQL: they run in a bounded thread pool, one hop per phase.
+The chain is never called here.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import orjson
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from promptex import metering
+from promptex.chain.providers import USDC_SYMBOL
+from promptex.config import Settings
+from promptex.gateway import errors
+from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator, Usage, adapter_for
+from promptex.gateway.errors import GatewayError
+from promptex.gateway.keys import bearer, hash_key
+from promptex.gateway.requests import parse_body, validate
+from promptex.gateway.routing import LISTED, TOKENIZED, LiveLot, LotRegistry
+from promptex.gateway.store import ApiKey, GatewayStore
+from promptex.ledger import (
+    BudgetExceeded,
+    Hold,
+    InsufficientFunds,
+    Ledger,
+    LedgerError,
+    NotAMember,
+    SpendCapExceeded,
+)
+
+ASSET_HEADER = "x-promptex-asset"
+FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
+REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember)
+JSON = "application/json"
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+class KeyBudgetExceeded(LedgerError):
+    """The API key's own budget does not cover the hold."""
+
+
+@dataclass
+class Priced:
+    price: metering.ModelPrice
+    asset: str
+    kind: str
+    lots: list[LiveLot]
+    rates: dict[int, metering.Rates]  # per lot id
+    hold: int
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        store: GatewayStore,
+        registry: LotRegistry,
+        catalog: metering.Catalog,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.s = settings
+        self.ledger = ledger
+        self.store = store
+        self.registry = registry
+        self.catalog = catalog
+        self.client = client
+        self.limiter = anyio.CapacityLimiter(settings.gateway_ledger_threads)
+        self.inflight = 0
+        self.overloaded = False  # set by `watch_loop_lag`
+        self._keys: dict[str, tuple[ApiKey | None, float]] = {}
+        self._treasury: int | None = None
+        self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
+
+    # ─── Setup ───────────────────────────────────────────────────────────────
+
+    def treasury(self) -> int:
+        """The promotional treasury's account (found or created once, at startup)."""
+        if self._treasury is None:
+            try:
+                self._treasury = self.ledger.treasury(self.s.welcome_credit_treasury).id
+            except (LedgerError, IntegrityError):  # another process created it just now
+                self._treasury = self.ledger.treasury(self.s.welcome_credit_treasury).id
+        return self._treasury
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # ─── Authentication ──────────────────────────────────────────────────────
+
+    async def authenticate(self, request: Request) -> ApiKey:
+        key = bearer(request.headers.get("authorization"))
+        if key is None:
+            raise errors.GatewayError(
+                401, "You didn't provide an API key (Authorization: Bearer …).", code="missing_api_key"
+            )
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._keys.get(digest)
+        if cached is not None and cached[1] > now:
+            record = cached[0]
+        else:
+            record = await self._thread(self.store.api_key, digest)
+            if len(self._keys) > 100_000:
+                self._keys.clear()
+            self._keys[digest] = (record, now + self.s.gateway_key_cache_seconds)
+        if record is None:
+            raise errors.invalid_key()
+        return record
+
+    # ─── Pricing ─────────────────────────────────────────────────────────────
+
+    def _rates_uncached(self, model: str, asset: str, rate_bps: int) -> metering.Rates:
+        price = self.catalog.price(model)
+        if asset == USDC_SYMBOL:
+            return metering.usdc_rates(price, rate_bps, self.s.protocol_fee_bps)
+        return metering.provider_token_rates(price)
+
+    def paying_asset(self, request: Request, key: ApiKey, price: metering.ModelPrice) -> tuple[str, str]:
+        """(asset symbol, lot kind)."""
+        wanted = request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset
+        own = metering.provider_token(price.provider).symbol
+        symbol = own if wanted.lower() == "provider" else wanted.upper()
+        if symbol == USDC_SYMBOL:
+            return symbol, LISTED
+        if symbol == own:
+            return symbol, TOKENIZED
+        raise errors.bad_request(
+            f"`{price.model}` is paid in {own} or USDC, not {wanted!r} ({ASSET_HEADER}).", param=ASSET_HEADER
+        )
+
+    def price(self, request: Request, key: ApiKey, endpoint: str, body: dict[str, Any]) -> tuple[Priced, int]:
+        model, input_estimate, requested = validate(endpoint, body)
+        try:
+            price = self.catalog.price(model)
+        except metering.UnknownModel:
+            raise errors.unknown_model(model) from None
+        asset, kind = self.paying_asset(request, key, price)
+        lots = self.registry.candidates(price.provider, kind)
+        if not lots:
+            raise errors.no_capacity(model, asset)
+        free = [lot for lot in lots if lot.inflight < self.s.gateway_lot_max_inflight]
+        if not free:
+            raise errors.busy()
+        cap = self.s.gateway_max_output_tokens
+        output = 0 if endpoint == EMBEDDINGS else min(requested or self.s.gateway_default_max_tokens, cap)
+        rates = {lot.id: self._rates(model, asset, lot.rate_bps) for lot in free}
+        hold = max(metering.message_cost(r, input_estimate, output) for r in rates.values())
+        return Priced(price, asset, kind, free, rates, max(hold, 1)), output
+
+    # ─── Money ───────────────────────────────────────────────────────────────
+
+    def _reserve(self, key: ApiKey, asset: str, amount: int, request_id: str) -> Hold:
+        """Hold `amount`: from the key's org, else the account's own balance, else its
+        promotional credit; and from the key's own budget, if it has one."""
+        if key.budget_asset is not None:
+            if key.budget_asset != asset:
+                raise KeyBudgetExceeded(f"this API key may only spend {key.budget_asset}")
+            if not self.store.take_key_budget(key.id, amount):
+                raise KeyBudgetExceeded("this API key's budget is spent")
+        try:
+            ttl = self.s.gateway_hold_ttl_seconds
+            if key.payer is not None:
+                return self.ledger.reserve(key.account, asset, amount, request_id, ttl, payer=key.payer)
+            try:
+                return self.ledger.reserve(key.account, asset, amount, request_id, ttl)
+            except (InsufficientFunds, SpendCapExceeded) as own:
+                try:
+                    return self.ledger.reserve(key.account, asset, amount, request_id, ttl, payer=self.treasury())
+                except REFUSALS:
+                    raise own from None
+        except BaseException:
+            if key.budget_asset is not None:
+                self.store.return_key_budget(key.id, amount)
+            raise
+
+    def _settle(self, key: ApiKey, request_id: str, cost: int) -> Hold:
+        hold = self.ledger.settle(request_id, cost)
+        if key.budget_asset is not None:
+            self.store.return_key_budget(key.id, hold.amount - (hold.charged or 0))
+        return hold
+
+    def _release(self, key: ApiKey, request_id: str, amount: int) -> None:
+        self.ledger.release(request_id)
+        if key.budget_asset is not None:
+            self.store.return_key_budget(key.id, amount)
+
+    async def reserve(self, key: ApiKey, priced: Priced, request_id: str) -> None:
+        try:
+            await self._thread(self._reserve, key, priced.asset, priced.hold, request_id)
+        except (*REFUSALS, KeyBudgetExceeded) as exc:
+            raise errors.insufficient_balance(
+                f"Your balance cannot cover this request's upper bound of {priced.hold} {priced.asset} "
+                f"(smallest units): {exc}"
+            ) from None
+
+    async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: Usage) -> None:
+        cost = metering.message_cost(priced.rates[lot.id], usage.input_tokens, usage.output_tokens)
+        p = priced.price
+        usd = -(
+            -(p.input_usd_micro_per_1k * usage.input_tokens + p.output_usd_micro_per_1k * usage.output_tokens) // 1000
+        )
+        hold: Hold = await self._thread(self._settle, key, request_id, cost)
+        self.registry.draw(lot, usd)
+        self.registry.record(
+            {
+                "request_id": request_id,
+                "lot_id": lot.id,
+                "model": p.model,
+                "asset": priced.asset,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cost": hold.charged or 0,
+                "list_usd_micro": usd,
+                "created_at": int(time.time()),
+            }
+        )
+
+    async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
+        await self._thread(self._release, key, request_id, priced.hold)
+
+    # ─── Serving ─────────────────────────────────────────────────────────────
+
+    async def serve(self, endpoint: str, request: Request, request_id: str) -> Response | MeteredStream:
+        if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
+            raise errors.busy("The gateway is at capacity; retry shortly.")
+        self.inflight += 1
+        try:
+            return await self._serve(endpoint, request, request_id)
+        finally:
+            self.inflight -= 1
+
+    async def _serve(self, endpoint: str, request: Request, request_id: str) -> Response | MeteredStream:
+        key = await self.authenticate(request)
+        body = parse_body(await read_body(request, self.s.gateway_max_body_bytes))
+        priced, output = self.price(request, key, endpoint, body)
+        upstream_body = body
+        if output and (body.get("max_tokens") or body.get("max_completion_tokens") or 0) > output:
+            upstream_body = {**body, "max_tokens": output}
+            upstream_body.pop("max_completion_tokens", None)
+        await self.reserve(key, priced, request_id)
+        stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
+        try:
+            if stream:
+                return await self._stream(endpoint, key, priced, upstream_body, request_id, output)
+            return await self._once(endpoint, key, priced, upstream_body, request_id, output)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.release(key, priced, request_id)
+            raise
+
+    async def _once(
+        self, endpoint: str, key: ApiKey, priced: Priced, body: dict[str, Any], request_id: str, output: int
+    ) -> Response:
+        failures: list[str] = []
+        for lot in priced.lots:
+            adapter = adapter_for(lot.api, output or self.s.gateway_default_max_tokens)
+            call = adapter.call(endpoint, body, lot.base_url, lot.secret)
+            lot.inflight += 1
+            try:
+                answer = await self.client.post(call.url, content=call.content, headers=call.headers)
+            except httpx.TimeoutException:
+                failures.append("timeout")
+                continue
+            except httpx.HTTPError:
+                failures.append("error")
+                continue
+            finally:
+                lot.inflight -= 1
+            status = answer.status_code
+            if status in FAILOVER_STATUSES or status >= 500:
+                failures.append(str(status))
+                continue
+            if status >= 400:
+                raise _client_error(answer, lot)
+            try:
+                content, usage = adapter.answer(endpoint, answer.content, priced.price.model)
+            except MissingUsage:
+                failures.append("unmetered")
+                continue
+            with anyio.CancelScope(shield=True):
+                await self.finish(key, priced, request_id, lot, usage)
+            return Response(
+                content, media_type=JSON, headers={"x-request-id": request_id, "x-promptex-lot": str(lot.id)}
+            )
+        raise _all_failed(failures)
+
+    async def _stream(
+        self, endpoint: str, key: ApiKey, priced: Priced, body: dict[str, Any], request_id: str, output: int
+    ) -> Response | MeteredStream:
+        failures: list[str] = []
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        for lot in priced.lots:
+            adapter = adapter_for(lot.api, output or self.s.gateway_default_max_tokens)
+            call = adapter.call(endpoint, body, lot.base_url, lot.secret)
+            lot.inflight += 1
+            handed_over = False
+            try:
+                upstream = await self.client.send(
+                    self.client.build_request("POST", call.url, content=call.content, headers=call.headers),
+                    stream=True,
+                )
+                status = upstream.status_code
+                if status in FAILOVER_STATUSES or status >= 500:
+                    await upstream.aclose()
+                    failures.append(str(status))
+                    continue
+                if status >= 400:
+                    await upstream.aread()
+                    await upstream.aclose()
+                    raise _client_error(upstream, lot)
+                translator = adapter.translator(endpoint, priced.price.model, include_usage)
+                handed_over = True
+                return MeteredStream(self, key, priced, request_id, lot, upstream, translator)
+            except httpx.TimeoutException:
+                failures.append("timeout")
+            except httpx.HTTPError:
+                failures.append("error")
+            finally:
+                if not handed_over:
+                    lot.inflight -= 1
+        raise _all_failed(failures)
+
+    async def stream_done(self, stream: MeteredStream) -> None:
+        """Meter a stream that ended, completed or not. A client that left still pays for
+        the input and the output produced (the upstream was drained), never more; an upstream
+        that broke off is charged for what it reported and streamed."""
+        tr = stream.translator
+        try:
+            await stream.upstream.aclose()
+        finally:
+            stream.lot.inflight -= 1
+        usage = tr.usage
+        if usage is None or not tr.finished:
+            known = usage.input_tokens if usage is not None else 0
+            out = max(usage.output_tokens if usage is not None else 0, tr.produced)
+            usage = Usage(known, out)
+        if usage.input_tokens == 0 and usage.output_tokens == 0:
+            await self.release(stream.key, stream.priced, stream.request_id)
+        else:
+            await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
+
+    async def watch_loop_lag(self, interval: float = 0.01) -> None:
+        """Mark the gateway overloaded while its event loop wakes up later than the
+        configured lag: the CPU is saturated, and queueing more work only adds latency."""
+        lag = 0.0  # smoothed, so that one hiccup sheds nothing
+        while True:
+            start = time.perf_counter()
+            await anyio.sleep(interval)
+            lag = 0.8 * lag + 0.2 * (time.perf_counter() - start - interval)
+            self.overloaded = lag > self.s.gateway_shed_loop_lag_ms / 1000
+
+    # ─── /v1/models ──────────────────────────────────────────────────────────
+
+    def models(self) -> bytes:
+        data = []
+        fee = self.s.protocol_fee_bps
+        for price in self.catalog:
+            token = metering.provider_token(price.provider)
+            own = metering.provider_token_rates(price)
+            pricing: dict[str, Any] = {token.symbol: _per_million(own, 18)}
+            listed = self.registry.candidates(price.provider, LISTED)
+            if listed:
+                cheapest = min(lot.rate_bps for lot in listed)
+                pricing[USDC_SYMBOL] = _per_million(metering.usdc_rates(price, cheapest, fee), 6)
+            data.append(
+                {
+                    "id": price.model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": price.provider,
+                    "pricing": pricing,
+                    "capacity": {
+                        TOKENIZED: bool(self.registry.candidates(price.provider, TOKENIZED)),
+                        LISTED: bool(listed),
+                    },
+                }
+            )
+        return orjson.dumps({"object": "list", "data": data})
+
+
+def _per_million(rates: metering.Rates, decimals: int) -> dict[str, str]:
+    """Whole units of the asset per million tokens, as exact decimal strings (rounded up at 12 places)."""
+
+    def whole(per_1k: Fraction) -> str:
+        scaled = per_1k * 1000 / 10**decimals
+        units = -(-scaled.numerator * 10**12 // scaled.denominator)
+        text = f"{units // 10**12}.{units % 10**12:012d}".rstrip("0").rstrip(".")
+        return text
+
+    return {"input_per_million": whole(rates.input_per_1k), "output_per_million": whole(rates.output_per_1k)}
+
+
+def _client_error(answer: httpx.Response, lot: LiveLot) -> GatewayError:
+    message = "The upstream provider refused the request."
+    try:
+        body = orjson.loads(answer.content)
+        found = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        if isinstance(found, str) and found:
+            message = found.replace(lot.secret, "***")[:500]
+    except (orjson.JSONDecodeError, AttributeError, httpx.ResponseNotRead):
+        pass
+    status = answer.status_code if answer.status_code in (400, 404, 413, 422) else 400
+    return GatewayError(status, message, code="upstream_refused")
+
+
+def _all_failed(failures: list[str]) -> GatewayError:
+    if failures and all(f == "429" for f in failures):
+        return errors.busy()
+    return errors.upstream_failed(timeout=bool(failures) and failures[-1] == "timeout")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise GatewayError(413, f"The request body exceeds {limit} bytes.", code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"The request body exceeds {limit} bytes.", code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise GatewayError(400, "The client disconnected before sending the whole body.") from None
+    return b"".join(chunks)
+
+
+class MeteredStream:
+    """An SSE response fed from an upstream stream, metered when it ends — also when the
+    client disconnects first (the disconnect is watched; the upstream is then drained)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        key: ApiKey,
+        priced: Priced,
+        request_id: str,
+        lot: LiveLot,
+        upstream: httpx.Response,
+        translator: StreamTranslator,
+    ) -> None:
+        self.gateway = gateway
+        self.key = key
+        self.priced = priced
+        self.request_id = request_id
+        self.lot = lot
+        self.upstream = upstream
+        self.translator = translator
+        self.broken = False
+        self.disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            (b"x-request-id", self.request_id.encode()),
+            (b"x-promptex-lot", str(self.lot.id).encode()),
+        ]
+        metered = False
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            self.disconnected = True
+                            return
+
+                tg.start_soon(watch)
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                try:
+                    # After a disconnect the upstream is still read to its end (drained),
+                    # so its usage numbers are exact; nothing more is sent.
+                    async for line in self.upstream.aiter_lines():
+                        for chunk in self.translator.feed(line):
+                            if not self.disconnected:
+                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        if self.translator.finished:
+                            break
+                except httpx.HTTPError:
+                    self.broken = True
+                # Metered before the stream ends: a client that saw [DONE] sees the charge.
+                with anyio.CancelScope(shield=True):
+                    metered = True
+                    await self.gateway.stream_done(self)
+                tail = b"".join(self.translator.finish()) if self.translator.finished else b""
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                tg.cancel_scope.cancel()
+        finally:
+            if not metered:
+                with anyio.CancelScope(shield=True):
+                    await self.gateway.stream_done(self)

@@ -1,0 +1,298 @@
+"""The gateway's own tables, beside the ledger's in the same database: API keys (hashed),
+seller lots with their sealed upstream secrets.
+
+They are created by `ensure_schema` (CREATE TABLE IF NOT EXISTS) and versioned in
+`gateway_schema_version`; the ledger's migrations are not touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+
+from promptex.gateway.envelope import MasterKeys, Sealed
+from promptex.ledger.amounts import Amount, add, ge, sub
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+api_keys = Table(
+    "gateway_api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # the first characters, to tell keys apart
+    Column("account_id", Integer, nullable=False),  # who spends (a ledger account)
+    Column("payer_id", Integer, nullable=True),  # an org the key's account spends from
+    Column("default_asset", String(16), nullable=True),
+    Column("budget_asset", String(16), nullable=True),
+    Column("budget_remaining", Amount, nullable=True),  # per-key budget, None: no limit
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+lots = Table(
+    "gateway_lots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("provider", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # tokenized | listed
+    Column("api", String(16), nullable=False),  # openai | anthropic
+    Column("base_url", Text, nullable=False),
+    Column("seller", String(64), nullable=False),
+    Column("face_value_usd_micro", BigInteger, nullable=False),
+    Column("remaining_usd_micro", BigInteger, nullable=False),
+    Column("rate_bps", Integer, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("resale_permitted", Boolean, nullable=False),
+    Column("secret_ciphertext", LargeBinary, nullable=False),
+    Column("secret_nonce", LargeBinary, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("wrap_nonce", LargeBinary, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("attestation", Text, nullable=True),  # the open_lot arguments, JSON
+    Column("chain_lot_tx", String(80), nullable=True),
+)
+
+# What each settled request used, and which lot served it: what the coordinator needs to
+# credit listed lots' sellers and to draw tokenized lots down (the ledger's holds say
+# only who paid how much).
+usage = Table(
+    "gateway_usage",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("lot_id", Integer, nullable=False, index=True),
+    Column("model", String(128), nullable=False),
+    Column("asset", String(16), nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost", Amount, nullable=False),  # metered, in the asset's smallest unit
+    Column("list_usd_micro", BigInteger, nullable=False),  # the lot's draw-down
+    Column("created_at", BigInteger, nullable=False, index=True),
+)
+
+schema_version = Table("gateway_schema_version", metadata, Column("version", Integer, primary_key=True))
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    account: int
+    payer: int | None
+    default_asset: str | None
+    budget_asset: str | None
+    budget_remaining: int | None
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Lot:
+    id: int
+    provider: str
+    kind: str
+    api: str
+    base_url: str
+    seller: str
+    face_value_usd_micro: int
+    remaining_usd_micro: int
+    rate_bps: int
+    expires_at: int
+    created_at: int
+    sealed: Sealed
+
+
+def ensure_schema(engine: Engine) -> None:
+    with engine.begin() as conn:
+        metadata.create_all(conn, checkfirst=True)
+        if conn.execute(select(schema_version.c.version)).first() is None:
+            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+
+
+def _api_key(m: Any) -> ApiKey:
+    return ApiKey(
+        m["id"],
+        m["account_id"],
+        m["payer_id"],
+        m["default_asset"],
+        m["budget_asset"],
+        m["budget_remaining"],
+        m["prefix"],
+    )
+
+
+_KEY_BY_HASH = select(api_keys).where(api_keys.c.key_hash == bindparam("p_hash"), api_keys.c.revoked.is_(False))
+_AMOUNT = bindparam("p_amount", type_=Amount())
+_TAKE_BUDGET = (
+    update(api_keys)
+    .where(api_keys.c.id == bindparam("p_id"), ge(api_keys.c.budget_remaining, _AMOUNT))
+    .values(budget_remaining=sub(api_keys.c.budget_remaining, _AMOUNT))
+)
+_RETURN_BUDGET = (
+    update(api_keys)
+    .where(api_keys.c.id == bindparam("p_id"))
+    .values(budget_remaining=add(api_keys.c.budget_remaining, _AMOUNT))
+)
+_DRAW_LOT = (
+    update(lots)
+    .where(lots.c.id == bindparam("p_id"))
+    .values(remaining_usd_micro=lots.c.remaining_usd_micro - bindparam("p_usd"))
+)
+
+
+class GatewayStore:
+    def __init__(self, engine: Engine, *, create: bool = True) -> None:
+        self.engine = engine
+        if create:
+            ensure_schema(engine)
+
+    def _write(self, stmt: Any, params: dict[str, Any]) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt, params).rowcount)
+
+    # ─── API keys ────────────────────────────────────────────────────────────
+
+    def add_api_key(
+        self,
+        key_hash: str,
+        prefix: str,
+        account: int,
+        now: int,
+        *,
+        payer: int | None = None,
+        default_asset: str | None = None,
+        budget: tuple[str, int] | None = None,
+    ) -> ApiKey:
+        budget_asset, budget_remaining = budget if budget else (None, None)
+        values: dict[str, object] = {
+            "key_hash": key_hash,
+            "prefix": prefix,
+            "account_id": account,
+            "payer_id": payer,
+            "default_asset": default_asset,
+            "budget_asset": budget_asset,
+            "budget_remaining": budget_remaining,
+            "revoked": False,
+            "created_at": now,
+        }
+        with self.engine.begin() as conn:
+            key_id: int = conn.execute(insert(api_keys).values(values).returning(api_keys.c.id)).scalar_one()
+        return ApiKey(int(key_id), account, payer, default_asset, budget_asset, budget_remaining, prefix)
+
+    def api_key(self, key_hash: str) -> ApiKey | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(_KEY_BY_HASH, {"p_hash": key_hash}).first()
+        return None if row is None else _api_key(row._mapping)
+
+    def key_by_id(self, key_id: int) -> ApiKey | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+        return None if row is None else _api_key(row._mapping)
+
+    def take_key_budget(self, key_id: int, amount: int) -> bool:
+        """Take `amount` off the key's budget if it covers it (one conditional UPDATE)."""
+        return self._write(_TAKE_BUDGET, {"p_id": key_id, "p_amount": amount}) == 1
+
+    def return_key_budget(self, key_id: int, amount: int) -> None:
+        if amount:
+            self._write(_RETURN_BUDGET, {"p_id": key_id, "p_amount": amount})
+
+    def revoke_key(self, key_id: int) -> None:
+        self._write(update(api_keys).where(api_keys.c.id == bindparam("p_id")).values(revoked=True), {"p_id": key_id})
+
+    # ─── Lots ────────────────────────────────────────────────────────────────
+
+    def add_lot(self, values: dict[str, Any], sealed: Sealed) -> int:
+        row = {
+            **values,
+            "secret_ciphertext": sealed.ciphertext,
+            "secret_nonce": sealed.nonce,
+            "wrapped_key": sealed.wrapped_key,
+            "wrap_nonce": sealed.wrap_nonce,
+            "key_id": sealed.key_id,
+        }
+        with self.engine.begin() as conn:
+            return int(conn.execute(insert(lots).values(row).returning(lots.c.id)).scalar_one())
+
+    def lots(self) -> list[Lot]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(lots).order_by(lots.c.id)).all()
+        return [_lot(row._mapping) for row in rows]
+
+    def draw_lot(self, lot_id: int, usd_micro: int) -> None:
+        if usd_micro > 0:
+            self._write(_DRAW_LOT, {"p_id": lot_id, "p_usd": usd_micro})
+
+    def record_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Insert usage records in one transaction (many at once)."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(usage), rows)
+
+    def usage(self, request_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(usage).where(usage.c.request_id == request_id)).first()
+        return None if row is None else dict(row._mapping)
+
+    def set_attestation(self, lot_id: int, attestation: str, tx: str | None = None) -> None:
+        self._write(
+            update(lots).where(lots.c.id == bindparam("p_id")).values(attestation=attestation, chain_lot_tx=tx),
+            {"p_id": lot_id},
+        )
+
+    def rewrap_secrets(self, keys: MasterKeys) -> int:
+        """Re-wrap every lot's data key with the current master key; returns how many changed."""
+        changed = 0
+        with self.engine.begin() as conn:
+            for lot in [_lot(row._mapping) for row in conn.execute(select(lots)).all()]:
+                fresh = keys.rewrap(lot.sealed)
+                if fresh is lot.sealed:
+                    continue
+                conn.execute(
+                    update(lots)
+                    .where(lots.c.id == lot.id)
+                    .values(wrapped_key=fresh.wrapped_key, wrap_nonce=fresh.wrap_nonce, key_id=fresh.key_id)
+                )
+                changed += 1
+        return changed
+
+
+def _lot(m: Any) -> Lot:
+    sealed = Sealed(
+        bytes(m["secret_ciphertext"]),
+        bytes(m["secret_nonce"]),
+        bytes(m["wrapped_key"]),
+        bytes(m["wrap_nonce"]),
+        m["key_id"],
+    )
+    return Lot(
+        m["id"],
+        m["provider"],
+        m["kind"],
+        m["api"],
+        m["base_url"],
+        m["seller"],
+        m["face_value_usd_micro"],
+        m["remaining_usd_micro"],
+        m["rate_bps"],
+        m["expires_at"],
+        m["created_at"],
+        sealed,
+    )

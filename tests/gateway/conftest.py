@@ -1,0 +1,220 @@
+"""Gateway fixtures: a real fake upstream and a real gateway, each a uvicorn server on a
+free 127.0.0.1 port in a thread, over a real ledger (SQLite; PostgreSQL where a test
+asks for `any_ledger`). The PostgreSQL fixtures are the ledger tests' own."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+from eth_account import Account
+
+from promptex.config import Settings
+from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
+from promptex.gateway import create_app
+from promptex.gateway.envelope import MasterKeys, load_master_keys
+from promptex.gateway.keys import hash_key, new_api_key
+from promptex.gateway.sellers import Capacity, add_capacity
+from promptex.gateway.service import Gateway
+from promptex.gateway.store import ApiKey, GatewayStore
+from promptex.ledger import Ledger
+from promptex.ledger.binding import sign
+from promptex.metering import load_catalog
+
+_spec = importlib.util.spec_from_file_location(
+    "promptex_offchain_fixtures", Path(__file__).parents[1] / "offchain" / "conftest.py"
+)
+assert _spec is not None and _spec.loader is not None
+_offchain = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_offchain)
+postgres = _offchain.postgres
+ledger_url = _offchain.ledger_url  # parametrized: sqlite and postgresql
+
+CATALOG = Path(__file__).with_name("catalog.toml")
+SELLER_KEY = "sk-fake-" + "seller"  # an obviously fake upstream key
+USDC = 10**6
+TOKEN = 10**18
+_events = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A uvicorn server on 127.0.0.1 in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Fake:
+    config: FakeUpstreamConfig
+    url: str  # base URL, …/v1
+
+
+def _start_fake(config: FakeUpstreamConfig) -> Iterator[Fake]:
+    with ServerThread(create_fake_upstream(config)) as server:
+        yield Fake(config, server.url + "/v1")
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    """A fake OpenAI/Anthropic upstream accepting SELLER_KEY."""
+    yield from _start_fake(FakeUpstreamConfig(api_keys=frozenset({SELLER_KEY})))
+
+
+@pytest.fixture
+def second_fake() -> Iterator[Fake]:
+    yield from _start_fake(FakeUpstreamConfig(api_keys=frozenset({SELLER_KEY})))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        model_catalog=CATALOG,
+        gateway_master_key_file=tmp_path / "master.key",
+        gateway_key_cache_seconds=0,
+        gateway_lot_refresh_seconds=3600,  # tests refresh by hand
+        gateway_default_asset="USDC",
+        gateway_default_max_tokens=64,
+        gateway_shed_loop_lag_ms=10_000,  # a busy test machine must not shed load
+        ledger_sqlite_synchronous="NORMAL",
+    )
+
+
+def event_id() -> str:
+    return f"0x{next(_events):064x}:0"
+
+
+@dataclass
+class Harness:
+    """A running gateway and the handles a test needs around it."""
+
+    ledger: Ledger
+    store: GatewayStore
+    keys: MasterKeys
+    settings: Settings
+    url: str
+    app: Any
+    now: Callable[[], int] = field(default=lambda: int(time.time()))
+
+    @property
+    def gateway(self) -> Gateway:
+        gateway: Gateway = self.app.state.gateway
+        return gateway
+
+    def refresh(self) -> None:
+        self.gateway.registry.refresh()
+
+    def add_lot(
+        self,
+        fake: Fake,
+        *,
+        provider: str = "openai",
+        api: str = "openai",
+        kind: str = "listed",
+        rate_bps: int = 6000,
+        face_value: int = 1_000 * USDC,
+        secret: str = SELLER_KEY,
+        expires_in: int = 86_400,
+    ) -> int:
+        capacity = Capacity(
+            provider=provider,
+            api=api,
+            base_url=fake.url,
+            api_key=secret,
+            face_value_usd_micro=face_value,
+            kind=kind,
+            rate_bps=rate_bps,
+            expires_at=self.now() + expires_in,
+            seller=Account.create().address,
+            resale_permitted=True,
+        )
+        lot_id, _ = add_capacity(self.store, self.keys, load_catalog(CATALOG), capacity, self.now(), verify=False)
+        self.refresh()
+        return lot_id
+
+    def buyer(self, asset: str = "USDC", amount: int = 10 * USDC, **key_options: Any) -> tuple[int, str]:
+        """A funded buyer account (a bound wallet deposited `amount`, cap = amount) and its API key."""
+        account = self.ledger.create_account().id
+        if amount:
+            wallet = Account.create()
+            message = self.ledger.issue_binding_challenge(account, wallet.address)
+            self.ledger.bind_wallet(message, sign(message, wallet.key))
+            self.ledger.credit_deposit(event_id(), wallet.address, asset, amount)
+            self.ledger.set_spend_cap(account, asset, amount)
+        return account, self.api_key(account, **key_options)[0]
+
+    def api_key(self, account: int, **options: Any) -> tuple[str, ApiKey]:
+        key = new_api_key()
+        return key, self.store.add_api_key(hash_key(key), key[:10], account, self.now(), **options)
+
+    def client(self, key: str, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **options)
+
+    def async_client(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
+
+
+def _harness(settings: Settings, url: str) -> Iterator[Harness]:
+    book = Ledger.open(url, sqlite_synchronous="NORMAL")
+    store = GatewayStore(book.engine)
+    keys = load_master_keys(None, settings.gateway_master_key_file)
+    app = create_app(settings, ledger=book)
+    try:
+        with ServerThread(app) as server:
+            yield Harness(book, store, keys, settings, server.url, app)
+        book.check()
+    finally:
+        book.close()
+
+
+@pytest.fixture
+def gw(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    """A gateway over a fresh SQLite ledger."""
+    yield from _harness(settings, f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+@pytest.fixture
+def gw_any(settings: Settings, ledger_url: str) -> Iterator[Harness]:
+    """A gateway over a fresh ledger of each kind (SQLite and PostgreSQL)."""
+    yield from _harness(settings, ledger_url)
+
+
+def random_hex(n: int = 8) -> str:
+    return secrets.token_hex(n)

@@ -1,0 +1,77 @@
+"""promptex seller add-capacity, promptex buyer signup/bind, end to end on a real ledger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from eth_account import Account
+
+from promptex.cli import main
+from promptex.config import settings
+from promptex.gateway.keys import hash_key
+from promptex.gateway.store import GatewayStore
+from promptex.ledger import Ledger
+
+from .conftest import SELLER_KEY, Fake
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", url)
+    monkeypatch.setenv("PROMPTEX_GATEWAY_MASTER_KEY_FILE", str(tmp_path / "master.key"))
+    monkeypatch.setenv("PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS", "NORMAL")
+    monkeypatch.chdir(tmp_path)
+    settings.cache_clear()
+    yield url
+    settings.cache_clear()
+
+
+def add_capacity_args(fake: Fake, key: str) -> list[str]:
+    return [
+        "seller", "add-capacity", "--provider", "openai", "--base-url", fake.url, "--api-key", key,
+        "--face-value", "250", "--kind", "listed", "--rate", "0.6", "--expires", "30d",
+        "--seller-address", "0x" + "22" * 20, "--declare-resale-permitted",
+    ]  # fmt: skip
+
+
+def test_seller_add_capacity__valid_key__lot_stored_and_attestation_printed(env: str, fake: Fake) -> None:
+    result = CliRunner().invoke(main, add_capacity_args(fake, SELLER_KEY))
+    assert result.exit_code == 0, result.output
+    assert SELLER_KEY not in result.output
+    attestation = json.loads(result.output[result.output.index("{") :])["open_lot"]
+    assert (attestation["face_value"], attestation["rate_bps"], attestation["kind"]) == (250_000_000, 6000, 2)
+    with Ledger.open(env) as ledger:
+        assert [lot.rate_bps for lot in GatewayStore(ledger.engine).lots()] == [6000]
+
+
+def test_seller_add_capacity__key_refused_upstream__fails_and_stores_nothing(env: str, fake: Fake) -> None:
+    result = CliRunner().invoke(main, add_capacity_args(fake, "sk-fake-bad"))
+    assert result.exit_code != 0 and "refused the API key" in result.output
+    assert "sk-fake-bad" not in result.output
+    with Ledger.open(env) as ledger:
+        assert GatewayStore(ledger.engine).lots() == []
+
+
+def test_buyer_signup_and_bind__signed_challenge__wallet_bound_and_key_shown_once(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet = Account.create()
+    monkeypatch.setenv("DEMO_WALLET_KEY", wallet.key.hex())
+    signup = CliRunner().invoke(main, ["buyer", "signup", "--wallet", wallet.address])
+    assert signup.exit_code == 0, signup.output
+    key = signup.output.split("store it now): ")[1].split()[0]
+    bind = CliRunner().invoke(main, ["buyer", "bind", "--sign-with-env", "DEMO_WALLET_KEY"])
+    assert bind.exit_code == 0, bind.output
+    with Ledger.open(env) as ledger:
+        account = ledger.account_of(wallet.address)
+        assert account is not None
+        record = GatewayStore(ledger.engine).api_key(hash_key(key))
+        assert record is not None and record.account == account
+        assert ledger.budget(ledger.treasury().id, account, "USDC") is not None  # welcome credit
+    again = CliRunner().invoke(main, ["buyer", "bind", "--sign-with-env", "DEMO_WALLET_KEY"])
+    assert again.exit_code != 0  # the challenge is used up

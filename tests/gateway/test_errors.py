@@ -1,0 +1,164 @@
+"""Bad input gets OpenAI's error body and status, carries x-request-id, and moves no money."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import USDC, Fake, Harness
+
+HELLO = [{"role": "user", "content": "hello world"}]
+
+
+@pytest.fixture
+def funded(gw: Harness, fake: Fake) -> Iterator[tuple[Harness, int, str]]:
+    gw.add_lot(fake)
+    account, key = gw.buyer(amount=USDC)
+    before = (gw.ledger.balance(account, "USDC"), gw.ledger.system_balance("usage", "USDC"))
+    yield gw, account, key
+    gw.ledger.check()
+    assert (gw.ledger.balance(account, "USDC"), gw.ledger.system_balance("usage", "USDC")) == before
+
+
+def post(gw: Harness, key: str | None, body: Any, path: str = "/v1/chat/completions", **kw: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers.update(kw.pop("headers", {}))
+    if isinstance(body, (bytes, str)):
+        return httpx.post(gw.url + path, content=body, headers=headers, timeout=30, **kw)
+    return httpx.post(gw.url + path, json=body, headers=headers, timeout=30, **kw)
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["x-request-id"].startswith("req_")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return dict(error)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"", None),
+        (b"[1, 2]", None),
+        ({"messages": HELLO}, "model"),
+        ({"model": "fake-gpt"}, "messages"),
+        ({"model": "fake-gpt", "messages": []}, "messages"),
+        ({"model": "fake-gpt", "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"model": "fake-gpt", "messages": [{"role": {"a": 1}, "content": "x"}]}, "messages"),  # found by schemathesis
+        ({"model": "fake-gpt", "messages": HELLO, "stop": 7}, "stop"),
+        ({"model": "fake-gpt", "messages": HELLO, "max_tokens": -1}, "max_tokens"),
+        ({"model": "fake-gpt", "messages": HELLO, "stream": "yes"}, "stream"),
+    ],
+)
+def test_chat__malformed_body__400_and_no_money_moved(
+    funded: tuple[Harness, int, str], body: Any, param: str | None
+) -> None:
+    gw, _, key = funded
+    error = assert_openai_error(post(gw, key, body), 400)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("key", [None, "px-not-a-key", "sk-fake-x"])
+def test_chat__missing_or_wrong_key__401_and_no_money_moved(funded: tuple[Harness, int, str], key: str | None) -> None:
+    gw, _, _ = funded
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO}), 401)
+
+
+def test_chat__unknown_model__404_model_not_found(funded: tuple[Harness, int, str]) -> None:
+    gw, _, key = funded
+    error = assert_openai_error(post(gw, key, {"model": "gpt-nonexistent", "messages": HELLO}), 404)
+    assert error["code"] == "model_not_found"
+
+
+def test_chat__oversize_body__413(funded: tuple[Harness, int, str]) -> None:
+    gw, _, key = funded
+    big = "x " * (gw.settings.gateway_max_body_bytes // 2 + 10)
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": [{"role": "user", "content": big}]}), 413)
+
+
+def test_chat__balance_below_upper_bound__402_should_not_retry(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    account, key = gw.buyer(amount=10)  # 10 micro-USDC
+    before = gw.ledger.balance(account, "USDC")
+    response = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 100})
+    assert_openai_error(response, 402)
+    assert response.headers["x-should-retry"] == "false"
+    assert gw.ledger.balance(account, "USDC") == before
+    assert fake.config.requests == 0
+
+
+def test_chat__asset_the_model_cannot_be_paid_in__400(funded: tuple[Harness, int, str]) -> None:
+    gw, _, key = funded
+    response = post(gw, key, {"model": "fake-gpt", "messages": HELLO}, headers={"x-promptex-asset": "CLD"})
+    assert assert_openai_error(response, 400)["param"] == "x-promptex-asset"
+
+
+def test_chat__no_lot_for_provider__503_no_capacity(funded: tuple[Harness, int, str]) -> None:
+    gw, _, key = funded
+    assert assert_openai_error(post(gw, key, {"model": "fake-gemini", "messages": HELLO}), 503)["code"] == "no_capacity"
+
+
+def test_chat__every_lot_fails__502_and_hold_released(funded: tuple[Harness, int, str], fake: Fake) -> None:
+    gw, _, key = funded
+    fake.config.fail_status = 500
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 502)
+
+
+def test_chat__every_lot_busy__429(funded: tuple[Harness, int, str], fake: Fake) -> None:
+    gw, _, key = funded
+    fake.config.fail_status = 429
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 429)
+
+
+def test_chat__upstream_timeout__504(funded: tuple[Harness, int, str], fake: Fake) -> None:
+    gw, _, key = funded
+    gw.gateway.client.timeout = httpx.Timeout(0.2)
+    fake.config.latency_ms = 1_000
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 504)
+
+
+def test_chat__lot_expired__serves_nothing(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake, expires_in=1)
+    _, key = gw.buyer()
+    gw.gateway.registry.clock = lambda: gw.now() + 10
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO}), 503)
+    assert fake.config.requests == 0
+
+
+def test_chat__lot_exhausted__serves_nothing(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake, face_value=1)
+    _, key = gw.buyer()
+    assert post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}).status_code == 200
+    assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 503)
+    assert fake.config.requests == 1
+
+
+def test_unknown_path__404_openai_body(gw: Harness) -> None:
+    assert_openai_error(httpx.get(gw.url + "/v1/nothing"), 404)
+
+
+def test_responses__never_contain_the_sellers_key(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    _, key = gw.buyer()
+    fake.config.fail_status = 401
+    texts = [post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}).text]
+    fake.config.fail_status = None
+    texts.append(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}).text)
+    texts.append(httpx.get(gw.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).text)
+    assert all("sk-fake" not in text for text in texts)
+
+
+def test_chat__gateway_overloaded__fast_429_and_no_money_moved(funded: tuple[Harness, int, str], fake: Fake) -> None:
+    gw, _, key = funded
+    gw.gateway.s = gw.settings.model_copy(update={"gateway_shed_loop_lag_ms": -1.0})  # any lag is too much
+    while not gw.gateway.overloaded:  # the lag watcher notices within one tick
+        time.sleep(0.01)
+    response = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2})
+    assert assert_openai_error(response, 429)["type"] == "rate_limit_error"
+    assert fake.config.requests == 0
