@@ -178,6 +178,10 @@ class EscrowMachine(RuleBasedStateMachine):
             remaining = lot.capacity - lot.consumed
             returned = ceil_div(lot.seller_minted * remaining, lot.capacity)
             token.approve(self.escrow.address, returned, sender=lot.seller)
+            if token.balanceOf(lot.seller) < returned:  # it sold some (buy-back): must buy them back first
+                with boa.reverts("erc20: transfer amount exceeds balance"):
+                    self.escrow.close_lot(lot_id, sender=lot.seller)
+                return
             self.burned[lot.token] += returned
             self.unbacked[lot.token] += remaining - returned
         self.escrow.close_lot(lot_id, sender=lot.seller)
