@@ -866,7 +866,10 @@ def test_request_exit__paused__still_works(vault, usdc, fund, buyer, pauser):
     fund(buyer, 100 * USD)
     vault.pause(sender=pauser)
     vault.request_exit(usdc, 1, sender=buyer)
+    assert vault.pending_exits(buyer, usdc).amount == 1
     vault.cancel_exit(usdc, sender=buyer)
+    assert vault.pending_exits(buyer, usdc).amount == 0
+    assert vault.balance_of(buyer, usdc) == 100 * USD
 
 
 def test_complete_exit__settled_while_thawing__pays_what_is_left(
