@@ -174,3 +174,7 @@ exits = Table(
 )
 
 SYSTEM_ACCOUNTS = ("vault", "usage")  # created by the first migration
+
+# ─── Indexer (migration 0002) ────────────────────────────────────────────────
+
+# ─── Coordinator (migration 0003) ────────────────────────────────────────────
