@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     attestor_private_key: SecretStr | None = None
     attestor_rpc_url: str = "http://127.0.0.1:8545"
 
+    # ─── Indexer ─────────────────────────────────────────────────────────────
+
+    # ─── Coordinator ─────────────────────────────────────────────────────────
+
+    # ─── Redemption agent ────────────────────────────────────────────────────
+
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:
