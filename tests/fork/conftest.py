@@ -1,0 +1,94 @@
+"""Property tests against a fork: the contracts exactly as they are deployed on a chain.
+
+By default a throwaway origin anvil gets the project's own deployment (`ape run deploy`,
+`ape run seed_market`) and a second anvil forks it. To test another chain's deployment
+instead (e.g. a public testnet), set
+
+    PROMPTEX_FORK_URL=https://…            # the RPC to fork
+    PROMPTEX_FORK_DEPLOYMENT=deployments/sepolia.json
+
+The fork lets the tests impersonate the deployment's admin to give roles to anvil's
+development accounts, and needs the deployment's USDC to be MockUSDC (an open faucet)
+and its market seeded (a CLD/USDC pool with liquidity). The origin chain never changes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from forkchain import ForkChain, Roles
+from hypothesis import HealthCheck, Phase, settings
+from world import build_world
+
+from anvil_node import ROOT, ape_env, ape_run, running_anvil
+from promptex.chain.deployments import Deployment, load_deployment
+
+FORK_URL = os.environ.get("PROMPTEX_FORK_URL")
+FORK_DEPLOYMENT = os.environ.get("PROMPTEX_FORK_DEPLOYMENT")
+
+# Each step is a few JSON-RPC round trips, so the fork runs fewer, shorter sequences than the
+# titanoboa machines (tests/contracts); raise them with these variables for a deeper run.
+FORK_SETTINGS = settings(
+    max_examples=int(os.environ.get("PROMPTEX_FORK_EXAMPLES", "10")),
+    stateful_step_count=int(os.environ.get("PROMPTEX_FORK_STEPS", "15")),
+    deadline=None,
+    # Shrinking replays sequences over RPC for many minutes; a failure prints its unshrunk steps.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def pytest_collection_modifyitems(items):
+    # One origin + fork per xdist worker: keep every fork test on the same one (--dist loadgroup).
+    for item in items:
+        if Path(item.fspath).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.xdist_group("fork"))
+
+
+@pytest.fixture(scope="session")
+def origin(tmp_path_factory):
+    """(RPC URL, deployment) of the chain to fork."""
+    if FORK_URL:
+        if not FORK_DEPLOYMENT:
+            pytest.fail("PROMPTEX_FORK_URL needs PROMPTEX_FORK_DEPLOYMENT: the deployment record of that chain")
+        path = Path(FORK_DEPLOYMENT)
+        yield FORK_URL, Deployment.model_validate_json((path if path.is_absolute() else ROOT / path).read_text())
+        return
+    root = tmp_path_factory.mktemp("deployments")
+    with running_anvil() as url:
+        env = ape_env(url, root)
+        for script in ("deploy", "seed_market"):
+            result = ape_run(env, script)
+            assert result.returncode == 0, f"ape run {script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        yield url, load_deployment("local", root)
+
+
+@pytest.fixture(scope="session")
+def fork_chain(origin):
+    """A fork of the origin, with roles for anvil's development accounts (see `Roles`)."""
+    url, deployment = origin
+    with running_anvil("--fork-url", url) as fork_url:
+        chain = ForkChain(fork_url, deployment)
+        admin = chain.impersonate(deployment.deployer)
+        roles = Roles(chain)
+        chain.send(chain.contract("CreditsVault").functions.set_coordinator(roles.coordinator, True), admin)
+        escrow = chain.contract("CreditEscrow")
+        chain.send(escrow.functions.set_attestor(roles.attestor, True), admin)
+        chain.send(escrow.functions.set_settler(roles.attestor, True), admin)
+        yield chain
+
+
+@pytest.fixture(scope="session")
+def world(fork_chain):
+    """Users with USDC and CLD, a listed and a tokenized lot, on the fork (see world.py)."""
+    return build_world(fork_chain)
+
+
+@pytest.fixture
+def fresh_world(world):
+    """The world, restored after the test."""
+    snapshot = world.chain.snapshot()
+    yield world
+    world.chain.restore(snapshot)

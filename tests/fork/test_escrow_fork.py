@@ -1,0 +1,161 @@
+"""CreditEscrow as deployed: random lots opened, consumed, closed, expired and slashed,
+and unbacked tokens bought back, keep the escrow's USDC equal to the bonds it holds plus
+the insurance funds, and the token supply equal to what lots minted minus what was burned."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from world import USDC_UNIT, World, open_lot
+
+from conftest import FORK_SETTINGS
+from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+
+OPEN, GRACE = 1, 7_200
+KINDS = st.sampled_from([KIND_TOKENIZED, KIND_LISTED])
+PERCENT = st.integers(min_value=1, max_value=100)
+
+
+def run_escrow_machine(world: World) -> None:
+    chain, escrow, roles, usdc, cld = world.chain, world.escrow, world.roles, world.usdc, world.cld
+
+    def lot(lot_id: int) -> dict:
+        fields = escrow.functions.lots(lot_id).call()
+        names = [
+            "seller",
+            "token",
+            "kind",
+            "status",
+            "rate_bps",
+            "expiry",
+            "face_value",
+            "capacity",
+            "seller_minted",
+            "consumed",
+            "last_epoch",
+            "bond",
+            "bond_released",
+            "terms_hash",
+        ]
+        return dict(zip(names, fields, strict=True))
+
+    def usdc_held() -> int:
+        return usdc.functions.balanceOf(escrow.address).call()
+
+    def owed() -> int:
+        return escrow.functions.bonds_held().call() + escrow.functions.insurance_fund(cld.address).call()
+
+    class EscrowOnFork(RuleBasedStateMachine):
+        lots = Bundle("lots")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.snapshot = chain.snapshot()
+            self.start = (usdc_held(), owed())
+            self.supply = cld.functions.totalSupply().call()
+            self.unbacked = escrow.functions.unbacked(cld.address).call()
+            self.epoch = 0
+
+        def teardown(self) -> None:
+            chain.restore(self.snapshot)
+
+        @rule(target=lots, kind=KINDS, dollars=st.integers(min_value=1, max_value=20_000), days=st.integers(1, 30))
+        def open(self, kind: int, dollars: int, days: int) -> int:
+            lot_id = open_lot(chain, roles, escrow, cld, kind, dollars * USDC_UNIT, chain.now() + days * 86_400)
+            if kind == KIND_TOKENIZED:
+                self.supply += lot(lot_id)["capacity"]  # seller's share + the treasury's fee
+            return lot_id
+
+        @rule(lot_id=lots, percent=PERCENT)
+        def consume(self, lot_id: int, percent: int) -> None:
+            state = lot(lot_id)
+            amount = (state["capacity"] - state["consumed"]) * percent // 100
+            self.epoch = max(self.epoch, state["last_epoch"]) + 1
+            call = escrow.functions.consume(lot_id, amount, self.epoch)
+            if state["status"] != OPEN:
+                chain.reverts(call, roles.attestor, "escrow: lot not open")
+                return
+            if chain.now() > state["expiry"] + GRACE:
+                chain.reverts(call, roles.attestor, "escrow: lot expired")
+                return
+            if amount == 0:
+                chain.reverts(call, roles.attestor, "escrow: zero amount")
+                return
+            seller_usdc = usdc.functions.balanceOf(roles.seller).call()
+            chain.send(call, roles.attestor)
+            after = lot(lot_id)
+            assert after["consumed"] == state["consumed"] + amount
+            assert after["bond_released"] == state["bond"] * after["consumed"] // state["capacity"]  # never ahead
+            assert (
+                usdc.functions.balanceOf(roles.seller).call()
+                == seller_usdc + after["bond_released"] - state["bond_released"]
+            )
+
+        @rule(lot_id=lots)
+        def close(self, lot_id: int) -> None:
+            state = lot(lot_id)
+            call = escrow.functions.close_lot(lot_id)
+            if state["status"] != OPEN:
+                chain.reverts(call, roles.seller, "escrow: lot not open")
+                return
+            remaining = state["capacity"] - state["consumed"]
+            returned = -(-state["seller_minted"] * remaining // state["capacity"])
+            if state["kind"] == KIND_TOKENIZED and cld.functions.balanceOf(roles.seller).call() < returned:
+                chain.reverts(call, roles.seller, "erc20: transfer amount exceeds balance")
+                return
+            supply = cld.functions.totalSupply().call()
+            chain.send(call, roles.seller)
+            if state["kind"] == KIND_TOKENIZED:
+                assert cld.functions.totalSupply().call() == supply - returned
+                self.supply -= returned
+                self.unbacked += remaining - returned
+
+        @rule(lot_id=lots)
+        def slash(self, lot_id: int) -> None:
+            state = lot(lot_id)
+            call = escrow.functions.slash(lot_id)
+            if state["status"] != OPEN:
+                chain.reverts(call, roles.attestor, "escrow: lot not open")
+                return
+            chain.send(call, roles.attestor)
+            if state["kind"] == KIND_TOKENIZED:
+                self.unbacked += state["capacity"] - state["consumed"]
+
+        @rule(lot_id=lots)
+        def expire(self, lot_id: int) -> None:
+            state = lot(lot_id)
+            if state["status"] != OPEN:
+                return
+            chain.warp(max(0, state["expiry"] + GRACE + 1 - chain.now()))
+            chain.send(escrow.functions.expire(lot_id), roles.users[0])
+            if state["kind"] == KIND_TOKENIZED:
+                self.unbacked += state["capacity"] - state["consumed"]
+
+        @rule(percent=PERCENT)
+        def buy_back(self, percent: int) -> None:
+            fund = escrow.functions.insurance_fund(cld.address).call()
+            face = cld.functions.face_value_usd_micro().call()
+            amount = min(self.unbacked, fund * 10**18 // face, cld.functions.balanceOf(roles.seller).call())
+            amount = amount * percent // 100
+            if amount * face // 10**18 == 0:
+                return
+            chain.send(cld.functions.approve(escrow.address, amount), roles.seller)
+            chain.send(escrow.functions.buy_back_unbacked(cld.address, amount), roles.seller)
+            self.supply -= amount
+            self.unbacked -= amount
+
+        @invariant()
+        def usdc_held_equals_bonds_plus_insurance(self) -> None:
+            held, due = usdc_held(), owed()
+            assert held - self.start[0] == due - self.start[1]
+
+        @invariant()
+        def supply_and_unbacked_match_the_model(self) -> None:
+            assert cld.functions.totalSupply().call() == self.supply
+            assert escrow.functions.unbacked(cld.address).call() == self.unbacked
+
+    run_state_machine_as_test(EscrowOnFork, settings=FORK_SETTINGS)
+
+
+def test_escrow__random_lots_on_the_fork__keep_usdc_and_supply_exact(fresh_world):
+    run_escrow_machine(fresh_world)
