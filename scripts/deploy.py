@@ -4,7 +4,7 @@ import click
 from ape.cli import ConnectedProviderCommand
 
 from promptex.chain.accounts import resolve_account
-from promptex.chain.deploy import deploy_all
+from promptex.chain.deploy import deploy_all, live_deployment
 from promptex.chain.errors import readable_errors
 
 
@@ -15,8 +15,13 @@ from promptex.chain.errors import readable_errors
 @click.option("--attestor", default=None, help="gateway attestor (default: deployer)")
 @click.option("--settler", default=None, help="settlement role (default: deployer)")
 @click.option("--force", is_flag=True, help="replace a live deployment recorded for this network")
-def cli(network, alias, usdc, treasury, attestor, settler, force):
+@click.option("--keep-existing", is_flag=True, help="if a live deployment is recorded, keep it and succeed")
+def cli(network, alias, usdc, treasury, attestor, settler, force, keep_existing):
     with readable_errors():
+        existing = live_deployment(network.name)
+        if keep_existing and existing is not None and not force:
+            click.echo(f"live deployment kept (CreditEscrow at {existing.address('CreditEscrow')})")
+            return
         deployer = resolve_account(alias)
         deploy_all(
             deployer,

@@ -468,3 +468,27 @@ def buyer_org_key(org_name: str, budget: str | None) -> None:
         new = member_key(ledger, GatewayStore(ledger.engine), org, int(time.time()), budget=_budget(budget))
     click.echo(f"org {org}, member account {new.account}")
     click.echo(f"API key (shown once, store it now): {new.key}")
+
+
+# ─── the local market ────────────────────────────────────────────────────────
+
+
+@main.command("up")
+@click.option("--rpc-url", help="use this node instead of starting a local anvil")
+@click.option("--chain-port", default=8545, show_default=True, type=int, help="port of the anvil it starts")
+@click.option("--gateway-host", default="127.0.0.1", show_default=True)
+@click.option("--gateway-port", default=8080, show_default=True, type=int)
+@click.option("--upstream-port", default=9000, show_default=True, type=int, help="the fake upstreams' port")
+@click.option("--no-seed", is_flag=True, help="do not open the seed pools")
+def up_command(
+    rpc_url: str | None, chain_port: int, gateway_host: str, gateway_port: int, upstream_port: int, no_seed: bool
+) -> None:
+    """Start the local market: anvil, deploy, seed, fake upstreams and the gateway (Ctrl-C stops it)."""
+    from promptex.up import UpOptions, up
+
+    options = UpOptions(rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed)
+    raise SystemExit(up(options))
+
+
+if __name__ == "__main__":
+    main()

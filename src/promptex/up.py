@@ -1,0 +1,220 @@
+"""`promptex up`: the whole local market in one command.
+
+Starts a local anvil (unless an RPC URL is given), deploys with the ape deploy script
+(unless a live deployment is recorded), seeds the market, then runs the long-lived
+services as child processes with their output prefixed by name, prints a status table,
+and stops everything on Ctrl-C / SIGTERM — or as soon as any service dies, so a broken
+market never looks alive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import rich.console
+import rich.table
+
+ANVIL_NPM_BINARY = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+STOP_GRACE_SECONDS = 10.0
+
+console = rich.console.Console(highlight=False)
+
+
+class UpError(RuntimeError):
+    """A step of `promptex up` failed; the message says which and why."""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    url: str = ""
+    ready: Callable[[], bool] | None = None  # None: running is ready
+    process: subprocess.Popen[str] | None = field(default=None, repr=False)
+
+
+def anvil_binary() -> str:
+    if ANVIL_NPM_BINARY.exists():
+        return str(ANVIL_NPM_BINARY.resolve())
+    found = shutil.which("anvil")
+    if found is None:
+        raise UpError("anvil not found: run `make setup` (installs it from npm) or pass --rpc-url")
+    return found
+
+
+def rpc_answers(url: str) -> bool:
+    try:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+        return httpx.post(url, json=body, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def http_answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def promptex_argv(*args: str) -> list[str]:
+    """Run a promptex subcommand with this interpreter (works without the venv on PATH)."""
+    return [sys.executable, "-m", "promptex.cli", *args]
+
+
+def ape_argv(*args: str) -> list[str]:
+    ape = Path(sys.executable).with_name("ape")
+    return [str(ape) if ape.exists() else "ape", "run", *args, "--network", "ethereum:local:foundry"]
+
+
+class Supervisor:
+    """Runs child processes, prefixes their output, and stops them all together."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.services: list[Service] = []
+        self._stopping = threading.Event()
+
+    def _pipe(self, name: str, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            console.print(f"[dim]{name:>11} │[/dim] {line.rstrip()}", markup=True, soft_wrap=True)
+
+    def run_step(self, name: str, argv: Sequence[str], timeout: float = 900.0) -> None:
+        """A one-shot step (deploy, seed): its output streamed, a non-zero exit is an error."""
+        console.print(f"[bold]▶ {name}[/bold]")
+        proc = subprocess.Popen(
+            list(argv), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        self._pipe(name, proc.stdout)
+        if proc.wait(timeout=timeout) != 0:
+            raise UpError(f"{name} failed (exit {proc.returncode}); its output is above")
+
+    def start(self, service: Service, timeout: float = 60.0) -> None:
+        console.print(f"[bold]▶ starting {service.name}[/bold]")
+        service.process = subprocess.Popen(
+            service.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        self.services.append(service)
+        threading.Thread(target=self._pipe, args=(service.name, service.process.stdout), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while service.ready is not None and not service.ready():
+            if service.process.poll() is not None:
+                raise UpError(f"{service.name} exited with code {service.process.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise UpError(f"{service.name} was not ready within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def watch(self) -> int:
+        """Block until a stop signal (exit 0) or a service dying (exit 1)."""
+        while not self._stopping.wait(0.5):
+            for service in self.services:
+                assert service.process is not None
+                if service.process.poll() is not None:
+                    console.print(f"[red]{service.name} exited with code {service.process.returncode}[/red]")
+                    return 1
+        return 0
+
+    def request_stop(self, *_args: object) -> None:
+        self._stopping.set()
+
+    def stop_all(self) -> None:
+        """SIGTERM in reverse start order, then SIGKILL whatever outlives the grace period."""
+        for service in reversed(self.services):
+            if service.process is not None and service.process.poll() is None:
+                service.process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for service in reversed(self.services):
+            if service.process is None:
+                continue
+            try:
+                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+
+    def status_table(self) -> rich.table.Table:
+        table = rich.table.Table(title="PROMPTEX local market")
+        for column in ("service", "pid", "url"):
+            table.add_column(column)
+        for service in self.services:
+            assert service.process is not None
+            table.add_row(service.name, str(service.process.pid), service.url)
+        return table
+
+
+@dataclass
+class UpOptions:
+    rpc_url: str | None
+    chain_port: int
+    gateway_host: str
+    gateway_port: int
+    upstream_port: int
+    seed: bool
+
+
+def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
+    """The long-lived services after the chain: fake upstreams, then the gateway."""
+    upstream = f"http://127.0.0.1:{options.upstream_port}"
+    gateway = f"http://{options.gateway_host}:{options.gateway_port}"
+    return [
+        Service(
+            "upstream",
+            promptex_argv("fake-upstream", "--port", str(options.upstream_port)),
+            url=f"{upstream}/v1",
+            ready=lambda: http_answers(f"{upstream}/v1/models"),
+        ),
+        Service(
+            "gateway",
+            promptex_argv("gateway", "serve", "--host", options.gateway_host, "--port", str(options.gateway_port)),
+            url=f"{gateway}/v1",
+            ready=lambda: http_answers(f"{gateway}/v1/models"),
+        ),
+    ]
+
+
+def up(options: UpOptions) -> int:
+    env = dict(os.environ)
+    supervisor = Supervisor(env)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    try:
+        rpc_url = options.rpc_url
+        if rpc_url is None:
+            rpc_url = f"http://127.0.0.1:{options.chain_port}"
+            if rpc_answers(rpc_url):
+                raise UpError(f"something already answers on {rpc_url}: pass --rpc-url {rpc_url} to use it")
+            supervisor.start(
+                Service(
+                    "anvil",
+                    [anvil_binary(), "--host", "127.0.0.1", "--port", str(options.chain_port), "--silent"],
+                    url=rpc_url,
+                    ready=lambda: rpc_answers(rpc_url),
+                )
+            )
+        elif not rpc_answers(rpc_url):
+            raise UpError(f"no JSON-RPC node answers on {rpc_url}")
+        env["APE_FOUNDRY_HOST"] = rpc_url
+        env["PROMPTEX_ATTESTOR_RPC_URL"] = rpc_url
+        supervisor.run_step("deploy", ape_argv("deploy", "--keep-existing"))
+        if options.seed:
+            supervisor.run_step("seed market", ape_argv("seed_market"))
+        for service in plan_services(options, rpc_url):
+            supervisor.start(service)
+        console.print(supervisor.status_table())
+        console.print("Ctrl-C stops everything.")
+        return supervisor.watch()
+    except UpError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    finally:
+        supervisor.stop_all()

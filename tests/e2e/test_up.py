@@ -1,0 +1,54 @@
+"""`promptex up` starts the local market, serves the gateway, and stops it all on Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+from anvil_node import ANVIL, ROOT, free_port
+
+
+def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
+    ports = {name: free_port() for name in ("chain", "gateway", "upstream")}
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{ANVIL.parent}{os.pathsep}{ROOT / '.venv/bin'}{os.pathsep}{env['PATH']}",
+        PROMPTEX_DEPLOYMENTS_DIR=str(tmp_path / "deployments"),
+        PROMPTEX_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        PROMPTEX_GATEWAY_MASTER_KEY_FILE=str(tmp_path / "master.key"),
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "promptex.cli", "up", "--chain-port", str(ports["chain"]),
+         "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"])],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = []
+    try:
+        deadline = time.monotonic() + 300
+        for line in up.stdout:
+            output.append(line)
+            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+                break
+        log = "".join(output)
+        assert "Ctrl-C stops everything" in log, log[-3000:]
+        assert "CLD/USDC" in log  # the market was seeded
+
+        gateway = f"http://127.0.0.1:{ports['gateway']}/v1"
+        response = httpx.get(f"{gateway}/models", timeout=5)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+        assert response.headers["x-request-id"]
+        assert (tmp_path / "deployments/local.json").exists()
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=30) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+    chain = f"http://127.0.0.1:{ports['chain']}"
+    try:
+        httpx.post(chain, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=1)
+        raise AssertionError("anvil still answers after promptex up stopped")
+    except httpx.ConnectError:
+        pass
