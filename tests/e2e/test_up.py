@@ -7,6 +7,7 @@ import sys
 import time
 
 import httpx
+
 from anvil_node import ANVIL, ROOT, free_port
 
 
