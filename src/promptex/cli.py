@@ -1,7 +1,8 @@
-"""The `promptex` command line. Later issues add the buyer, seller and service commands."""
+"""The `promptex` command line."""
 
 from __future__ import annotations
 
+import importlib
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -14,7 +15,27 @@ from promptex.chain.deployments import load_deployment
 from promptex.config import settings
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """Imports heavy subcommands (ape, the services) only when they are used or listed, so
+    `promptex usage cost` and the gateway do not pay for importing ape."""
+
+    LAZY = {
+        "wallet": "promptex.wallet:wallet",
+        "status": "promptex.wallet:status",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            module, _, attribute = self.LAZY[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="promptex")
 def main() -> None:
     """PROMPTEX: tokenized AI credit, a credits vault, a DEX and a metered /v1 gateway."""

@@ -1,0 +1,283 @@
+"""`promptex wallet …` and `promptex status`: on-chain actions signed with ape accounts.
+
+Each command takes ape's `--network` (default: a local anvil, `ethereum:local:foundry`)
+and `--account` (an ape account alias — a keyfile made with `ape accounts import` or
+`ape accounts generate` — or `TEST::N` for local test account N). A keyfile account asks
+for its passphrase and confirms every transaction unless `--yes` is given; its passphrase
+can come from `APE_ACCOUNTS_<alias>_PASSPHRASE` for non-interactive use. Amounts are whole
+units of the asset ("12.5" USDC), converted exactly; too many decimals are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+from ape.cli import ConnectedProviderCommand, network_option
+
+from promptex.chain.accounts import resolve_account
+from promptex.chain.deploy import contract_at, live_deployment
+from promptex.chain.deployments import Deployment
+from promptex.chain.dex import DEFAULT_FEE, pool_at
+from promptex.chain.errors import readable_errors
+from promptex.metering.assets import UnknownAsset, asset
+
+LOCAL_NODE = "ethereum:local:foundry"
+MAX_UINT = 2**256 - 1
+
+account_option = click.option(
+    "--account", "alias", default=None, help="ape account alias or TEST::N [default: test account 0 locally]"
+)
+yes_option = click.option("--yes", is_flag=True, help="sign without confirming each transaction (keyfile accounts)")
+
+
+def units(text: str, symbol: str) -> int:
+    """Whole units of `symbol` as written by a user → its smallest unit, exactly."""
+    try:
+        decimals = asset(symbol).decimals
+        value = Decimal(text)
+    except UnknownAsset as exc:
+        raise click.BadParameter(str(exc)) from None
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise click.BadParameter(f"an amount must be positive, not {text!r}")
+    scaled = value.scaleb(decimals)
+    if scaled != scaled.to_integral_value():
+        raise click.BadParameter(f"{symbol} has {decimals} decimals; {text!r} has more")
+    return int(scaled)
+
+
+def whole(amount: int, symbol: str) -> str:
+    decimals = asset(symbol).decimals
+    text = f"{Decimal(amount).scaleb(-decimals):,.{decimals}f}".rstrip("0").rstrip(".")
+    return f"{text} {symbol.upper()}"
+
+
+class Session:
+    """The deployment on the connected network and the signing account."""
+
+    def __init__(self, network: Any, alias: str | None, yes: bool):
+        deployment = live_deployment(network.name)
+        if deployment is None:
+            raise ValueError(f"no live deployment recorded for {network.name!r}: run `ape run deploy` first")
+        self.deployment: Deployment = deployment
+        self.account = resolve_account(alias)
+        if yes and hasattr(self.account, "set_autosign"):
+            self.account.set_autosign(True)
+
+    def token(self, symbol: str) -> Any:
+        symbol = symbol.upper()
+        name = "USDC" if symbol == "USDC" else f"token:{symbol}"
+        if name not in self.deployment.contracts:
+            raise ValueError(f"{symbol} is not deployed on this network")
+        return contract_at(self.deployment, name)
+
+    def contract(self, name: str) -> Any:
+        return contract_at(self.deployment, name)
+
+    def approve(self, token: Any, spender: str, amount: int) -> None:
+        if token.allowance(self.account, spender) < amount:
+            token.approve(spender, amount, sender=self.account)
+
+
+@click.group()
+def wallet() -> None:
+    """Your wallet and vault balances, deposits, swaps and withdrawals (signed with ape accounts)."""
+
+
+def wallet_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A `promptex wallet` subcommand with ape's --network, and --account/--yes."""
+
+    def decorate(fn: Callable[..., None]) -> click.Command:
+        fn = yes_option(account_option(fn))
+        fn = network_option(default=LOCAL_NODE)(fn)
+        command: click.Command = wallet.command(name, cls=ConnectedProviderCommand)(fn)
+        return command
+
+    return decorate
+
+
+@wallet_command("balances")
+def balances(network: Any, alias: str | None, yes: bool) -> None:
+    """USDC and every provider token: in the wallet, in the vault, and any pending withdrawal."""
+    with readable_errors():
+        session = Session(network, alias, yes)
+        vault = session.contract("CreditsVault")
+        click.echo(f"account {session.account.address} on {network.name}")
+        click.echo(f"{'asset':<6} {'wallet':>24} {'vault':>24} {'withdrawing':>24}")
+        for symbol in ["USDC", *session.deployment.token_symbols()]:
+            token = session.token(symbol)
+            pending = vault.pending_exits(session.account, token)
+            click.echo(
+                f"{symbol:<6} {whole(token.balanceOf(session.account), symbol):>24} "
+                f"{whole(vault.balance_of(session.account, token), symbol):>24} {whole(pending.amount, symbol):>24}"
+            )
+
+
+@wallet_command("deposit")
+@click.option("--asset", "symbol", required=True, help="USDC or a provider token (CLD, GPT, GEM, LLM)")
+@click.option("--amount", required=True, help="whole units, e.g. 100 or 12.5")
+def deposit(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> None:
+    """Deposit into the credits vault (approves the vault first if needed)."""
+    value = units(amount, symbol)
+    with readable_errors():
+        session = Session(network, alias, yes)
+        vault, token = session.contract("CreditsVault"), session.token(symbol)
+        session.approve(token, vault.address, value)
+        vault.deposit(token, value, sender=session.account)
+        click.echo(
+            f"deposited {whole(value, symbol)}; vault balance {whole(vault.balance_of(session.account, token), symbol)}"
+        )
+
+
+@wallet_command("swap")
+@click.option("--from", "sell", required=True, help="the asset you pay")
+@click.option("--to", "buy", required=True, help="the asset you receive")
+@click.option("--amount", required=True, help="whole units of --from")
+@click.option("--slippage", default="0.5", show_default=True, help="percent below the quote you accept")
+@click.option("--fee-bps", default=DEFAULT_FEE, show_default=True, type=int, help="the pools' fee tier")
+def swap(
+    network: Any, alias: str | None, yes: bool, sell: str, buy: str, amount: str, slippage: str, fee_bps: int
+) -> None:
+    """Swap through the Router: exact input, output at least the quote minus --slippage. Routes
+    between two provider tokens go through USDC."""
+    value = units(amount, sell)
+    try:
+        tolerance = Decimal(slippage)
+    except InvalidOperation:
+        raise click.BadParameter(f"--slippage {slippage!r} is not a number") from None
+    if not 0 <= tolerance < 100:
+        raise click.BadParameter("--slippage is a percent in [0, 100)")
+    with readable_errors():
+        session = Session(network, alias, yes)
+        router = session.contract("Router")
+        symbols = [sell.upper(), buy.upper()]
+        if "USDC" not in symbols:
+            symbols.insert(1, "USDC")
+        path = [session.token(s).address for s in symbols]
+        fees = [fee_bps] * (len(path) - 1)
+        quote = router.get_amounts_out(value, path, fees)[-1]
+        min_out = int(Decimal(quote) * (100 - tolerance) / 100)
+        if min_out == 0:
+            raise ValueError(f"the market quotes nothing for {whole(value, sell)}: too small an amount")
+        session.approve(session.token(sell), router.address, value)
+        bought = session.token(buy)
+        before = bought.balanceOf(session.account)
+        deadline = int(time.time()) + 600
+        router.swap_exact_in(value, min_out, path, fees, session.account, deadline, sender=session.account)
+        got = bought.balanceOf(session.account) - before
+        route = " → ".join(symbols)
+        click.echo(f"swapped {whole(value, sell)} via {route} for {whole(got, buy)} (quoted {whole(quote, buy)})")
+
+
+@wallet_command("withdraw")
+@click.option("--asset", "symbol", required=True)
+@click.option("--amount", required=True, help="whole units")
+def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> None:
+    """Start a trustless withdrawal: it completes after the thaw, with nobody's consent.
+    A provider token is sold for USDC on completion (it is spend-or-sell only)."""
+    value = units(amount, symbol)
+    with readable_errors():
+        session = Session(network, alias, yes)
+        vault = session.contract("CreditsVault")
+        vault.request_exit(session.token(symbol), value, sender=session.account)
+        unlock_at = vault.pending_exits(session.account, session.token(symbol)).unlock_at
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlock_at))
+        click.echo(f"withdrawal of {whole(value, symbol)} requested; complete it from {stamp}")
+        click.echo(f"then: promptex wallet complete-withdraw --asset {symbol.upper()} (same --network/--account)")
+
+
+@wallet_command("complete-withdraw")
+@click.option("--asset", "symbol", required=True)
+@click.option("--min-out", default=None, help="provider tokens: least USDC to accept for the sale")
+def complete_withdraw(network: Any, alias: str | None, yes: bool, symbol: str, min_out: str | None) -> None:
+    """Complete a thawed withdrawal."""
+    least = units(min_out, "USDC") if min_out else 0
+    with readable_errors():
+        session = Session(network, alias, yes)
+        vault = session.contract("CreditsVault")
+        receipt = vault.complete_exit(session.token(symbol), least, sender=session.account)
+        event = next(iter(receipt.events.filter(vault.ExitCompleted)))
+        paid = (
+            f"{whole(event.proceeds, 'USDC')} credited in the vault" if symbol.upper() != "USDC" else "to your wallet"
+        )
+        click.echo(f"withdrew {whole(event.amount, symbol)} ({paid})")
+
+
+@wallet_command("cancel-withdraw")
+@click.option("--asset", "symbol", required=True)
+def cancel_withdraw(network: Any, alias: str | None, yes: bool, symbol: str) -> None:
+    """Cancel a pending withdrawal; the amount stays spendable."""
+    with readable_errors():
+        session = Session(network, alias, yes)
+        session.contract("CreditsVault").cancel_exit(session.token(symbol), sender=session.account)
+        click.echo(f"pending {symbol.upper()} withdrawal cancelled")
+
+
+@wallet_command("spend-cap")
+@click.option("--asset", "symbol", required=True)
+@click.option("--per-epoch", required=True, help="most one settlement may debit (whole units), or 'unlimited'")
+@click.option("--total", required=True, help="most all settlements may debit (whole units), or 'unlimited'")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3650), help="the cap's lifetime")
+def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch: str, total: str, days: int) -> None:
+    """Set the most settlements may debit from your vault balance (from your own wallet)."""
+
+    def limit(text: str) -> int:
+        return MAX_UINT if text.lower() == "unlimited" else units(text, symbol)
+
+    with readable_errors():
+        session = Session(network, alias, yes)
+        vault = session.contract("CreditsVault")
+        expiry = int(time.time()) + days * 86_400
+        vault.set_spend_cap(session.token(symbol), limit(per_epoch), limit(total), expiry, sender=session.account)
+        per, left, until = vault.spend_cap(session.account, session.token(symbol))
+        click.echo(
+            f"{symbol.upper()} cap: {whole(per, symbol)} per epoch, {whole(left, symbol)} in total, until {until}"
+        )
+
+
+@click.command("status", cls=ConnectedProviderCommand)
+@network_option(default=LOCAL_NODE)
+def status(network: Any) -> None:
+    """The market on this network: vault totals and epochs per asset, lots, pools."""
+    with readable_errors():
+        deployment = live_deployment(network.name)
+        if deployment is None:
+            raise ValueError(f"no live deployment recorded for {network.name!r}: run `ape run deploy` first")
+        vault, escrow = contract_at(deployment, "CreditsVault"), contract_at(deployment, "CreditEscrow")
+        factory, usdc = contract_at(deployment, "Factory"), contract_at(deployment, "USDC")
+        click.echo(f"{network.name}: chain {deployment.chain_id}, vault {vault.address}")
+        click.echo(f"{'asset':<6} {'in the vault':>26} {'reserve':>20} {'last epoch':>10}")
+        for symbol in ["USDC", *deployment.token_symbols()]:
+            token = contract_at(deployment, "USDC" if symbol == "USDC" else f"token:{symbol}")
+            click.echo(
+                f"{symbol:<6} {whole(token.balanceOf(vault), symbol):>26} "
+                f"{whole(vault.reserve(token), symbol):>20} {vault.last_epoch(token):>10}"
+            )
+        kinds, states = {1: "tokenized", 2: "listed"}, {1: "open", 2: "closed", 3: "expired", 4: "slashed"}
+        click.echo(f"lots: {escrow.lot_count()}")
+        for lot_id in range(1, escrow.lot_count() + 1):
+            lot = escrow.lots(lot_id)
+            click.echo(
+                f"  #{lot_id} {kinds.get(lot.kind, lot.kind)} {states.get(lot.status, lot.status)} "
+                f"face ${lot.face_value / 10**6:,.2f}, consumed {lot.consumed}/{lot.capacity}, "
+                f"bond {whole(lot.bond, 'USDC')}"
+            )
+        click.echo("pools:")
+        for symbol in deployment.token_symbols():
+            token = contract_at(deployment, f"token:{symbol}")
+            address = factory.get_pool(token, usdc, DEFAULT_FEE)
+            if not factory.is_pool(address):
+                continue
+            pool = pool_at(address)
+            r0, r1, _ = pool.get_reserves()
+            reserve_token, reserve_usdc = (r0, r1) if pool.token0() == token.address else (r1, r0)
+            price = Decimal(reserve_usdc) * 10**12 / reserve_token if reserve_token else Decimal(0)
+            click.echo(
+                f"  {symbol}/USDC {address}: {whole(reserve_token, symbol)} + {whole(reserve_usdc, 'USDC')}, "
+                f"price ${price:.6f}"
+            )

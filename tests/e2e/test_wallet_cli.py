@@ -1,0 +1,122 @@
+"""`promptex wallet …` and `promptex status` sign with a real ape keyfile account (not a
+test account) against an anvil with the deployed and seeded market."""
+
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from anvil_node import ROOT, ape_env, ape_run, running_anvil
+
+# Throwaway keys for the keyfile accounts, made for these tests only.
+KEY = "0x" + "5e" * 32
+STRANGER_KEY = "0x" + "6f" * 32
+PASSPHRASE = "correct horse battery staple"
+
+
+def rpc(url, method, *params):
+    return requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}, timeout=10)
+
+
+def import_keyfile(env, alias, key):
+    made = subprocess.run(
+        [sys.executable, "-c", "import sys; from ape_accounts import import_account_from_private_key as i; "
+         "print(i(sys.argv[1], sys.argv[2], sys.argv[3]).address)", alias, PASSPHRASE, key],
+        env=env, capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    return made.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """One anvil with the market deployed and seeded, and two keyfile accounts with gas."""
+    root = tmp_path_factory.mktemp("wallet")
+    with running_anvil() as url:
+        env = ape_env(url, root / "deployments")
+        for script in ("deploy", "seed_market"):
+            result = ape_run(env, script)
+            assert result.returncode == 0, result.stderr[-3000:]
+        env["APE_DATA_FOLDER"] = str(root / "ape-data")
+        for alias, key in (("buyer", KEY), ("stranger", STRANGER_KEY)):
+            rpc(url, "anvil_setBalance", import_keyfile(env, alias, key), hex(10**20))
+        yield env
+
+
+def promptex(env, *args, passphrase=PASSPHRASE):
+    env = dict(env, APE_ACCOUNTS_buyer_PASSPHRASE=passphrase, APE_ACCOUNTS_stranger_PASSPHRASE=passphrase)
+    return subprocess.run(
+        [sys.executable, "-m", "promptex.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market):
+    env = market
+    # MockUSDC is an open faucet: the buyer mints itself test dollars, signed by its keyfile.
+    faucet = subprocess.run(
+        [sys.executable, "-c", "from ape import accounts, networks\n"
+         "from promptex.chain.deploy import contract_at, live_deployment\n"
+         "with networks.parse_network_choice('ethereum:local:foundry'):\n"
+         "    a = accounts.load('buyer'); a.set_autosign(True)\n"
+         "    contract_at(live_deployment('local'), 'USDC').mint(a, 1_000 * 10**6, sender=a)"],
+        env=dict(env, APE_ACCOUNTS_buyer_PASSPHRASE=PASSPHRASE), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert faucet.returncode == 0, faucet.stderr[-2000:]
+
+    deposit = promptex(env, "wallet", "deposit", "--asset", "USDC", "--amount", "250.5", "--account", "buyer", "--yes")
+    assert deposit.returncode == 0, deposit.stderr[-2000:]
+    assert "deposited 250.5 USDC; vault balance 250.5 USDC" in deposit.stdout
+
+    swap = promptex(
+        env, "wallet", "swap", "--from", "USDC", "--to", "CLD", "--amount", "10", "--account", "buyer", "--yes"
+    )
+    assert swap.returncode == 0, swap.stderr[-2000:]
+    assert "via USDC → CLD for" in swap.stdout
+
+    withdraw = promptex(env, "wallet", "withdraw", "--asset", "USDC", "--amount", "50", "--account", "buyer", "--yes")
+    assert withdraw.returncode == 0, withdraw.stderr[-2000:]
+    assert "withdrawal of 50 USDC requested" in withdraw.stdout
+
+    balances = promptex(env, "wallet", "balances", "--account", "buyer")
+    assert balances.returncode == 0, balances.stderr[-2000:]
+    usdc_line = next(line for line in balances.stdout.splitlines() if line.startswith("USDC"))
+    # wallet 1,000 − 250.5 − 10; vault 250.5; withdrawing 50
+    assert usdc_line.split() == ["USDC", "739.5", "USDC", "250.5", "USDC", "50", "USDC"]
+
+    status = promptex(env, "status")
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "CLD/USDC" in status.stdout and "lots: 4" in status.stdout
+
+
+def test_wallet__bad_input__clear_error_and_nothing_moves(market):
+    env = market
+    too_precise = promptex(
+        env, "wallet", "deposit", "--asset", "USDC", "--amount", "1.0000001", "--account", "stranger"
+    )
+    assert too_precise.returncode == 2
+    assert "USDC has 6 decimals" in too_precise.stderr
+
+    wrong_passphrase = promptex(
+        env,
+        "wallet",
+        "deposit",
+        "--asset",
+        "USDC",
+        "--amount",
+        "1",
+        "--account",
+        "stranger",
+        "--yes",
+        passphrase="nope",
+    )
+    assert wrong_passphrase.returncode != 0
+    assert "Traceback" not in wrong_passphrase.stderr
+
+    no_funds = promptex(env, "wallet", "withdraw", "--asset", "USDC", "--amount", "5", "--account", "stranger", "--yes")
+    assert no_funds.returncode == 1
+    assert "vault: amount exceeds balance" in no_funds.stderr
+
+    balances = promptex(env, "wallet", "balances", "--account", "stranger")
+    usdc_line = next(line for line in balances.stdout.splitlines() if line.startswith("USDC"))
+    assert usdc_line.split() == ["USDC", "0", "USDC", "0", "USDC", "0", "USDC"]
