@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from typing import Any
 
 import click
 from rich.console import Console
@@ -16,26 +17,34 @@ from promptex.config import settings
 
 
 class LazyGroup(click.Group):
-    """Imports heavy subcommands (ape, the services) only when they are used or listed, so
-    `promptex usage cost` and the gateway do not pay for importing ape."""
+    """A group whose heavy subcommands (ape, web3, the services) are imported only when used
+    or listed, so `promptex usage cost` and the gateway do not pay for importing them.
+    `lazy` maps a command name to "module:attribute"."""
 
-    LAZY = {
-        "wallet": "promptex.wallet:wallet",
-        "status": "promptex.wallet:status",
-    }
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.LAZY])
+        return sorted([*super().list_commands(ctx), *self.lazy])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.LAZY:
-            module, _, attribute = self.LAZY[cmd_name].partition(":")
+        if cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
             command: click.Command = getattr(importlib.import_module(module), attribute)
             return command
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=LazyGroup)
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "wallet": "promptex.wallet:wallet",
+        "status": "promptex.wallet:status",
+        "coordinator": "promptex.coordinator.cli:coordinator",
+        "indexer": "promptex.indexer.cli:indexer",
+    },
+)
 @click.version_option(__version__, prog_name="promptex")
 def main() -> None:
     """PROMPTEX: tokenized AI credit, a credits vault, a DEX and a metered /v1 gateway."""
@@ -65,7 +74,10 @@ def deployment_show(network: str) -> None:
 # ─── usage ───────────────────────────────────────────────────────────────────
 
 
-@main.group()
+@main.group(
+    cls=LazyGroup,
+    lazy={"proof": "promptex.coordinator.cli:usage_proof", "verify": "promptex.coordinator.cli:usage_verify"},
+)
 def usage() -> None:
     """Metering: what a call costs, from the model catalog or an ad-hoc rate."""
 
@@ -336,19 +348,19 @@ def seller_add_capacity(
             )
         except CapacityRefused as exc:
             raise click.ClickException(str(exc)) from None
-        tx = None
+        tx, chain_lot_id = None, None
         if s.attestor_private_key is not None:
             from promptex.chain.attest import open_lot
 
-            tx = open_lot(
+            tx, chain_lot_id = open_lot(
                 s.attestor_rpc_url,
                 load_deployment(s.attestor_network),
                 s.attestor_private_key.get_secret_value(),
                 attestation,
             )
-        store.set_attestation(lot_id, json.dumps(attestation), tx)
+        store.set_attestation(lot_id, json.dumps(attestation), tx, chain_lot_id=chain_lot_id)
     click.echo(f"lot {lot_id}: {kind} {capacity.provider} capacity, ${face_value} face value")
-    click.echo(json.dumps({"open_lot": attestation, "tx": tx}, indent=2))
+    click.echo(json.dumps({"open_lot": attestation, "tx": tx, "chain_lot_id": chain_lot_id}, indent=2))
 
 
 @seller.command("rotate-master-key")

@@ -84,8 +84,45 @@ class Settings(BaseSettings):
     attestor_rpc_url: str = "http://127.0.0.1:8545"
 
     # ─── Indexer ─────────────────────────────────────────────────────────────
+    # The chain it follows: the JSON-RPC endpoint, and the deployment whose contracts it reads.
+    indexer_rpc_url: str = "http://127.0.0.1:8545"
+    indexer_network: str = "local"
+    # Index only up to head − N. 0 suits anvil (it never reorgs by itself; the indexer still
+    # rewinds any reorg it sees); use ~12 on an L1, more on chains with deep reorgs.
+    indexer_confirmations: int = 0
+    # First block to index on an empty ledger; None: the block the followed contracts were
+    # deployed in (found from the chain), or 0 when the node cannot tell.
+    indexer_start_block: int | None = None
+    # Seconds between polls once caught up.
+    indexer_poll_seconds: float = 2.0
+    # eth_getLogs block ranges adapt between 1 and this many blocks, aiming at about
+    # indexer_target_logs logs per batch (one database transaction each).
+    indexer_max_block_range: int = 2_000
+    indexer_target_logs: int = 10_000
+    # Seconds before one JSON-RPC request is abandoned (the block range then shrinks).
+    indexer_rpc_timeout_seconds: float = 30.0
+    # Block hashes kept for reorg detection: a reorg deeper than this stops the indexer.
+    indexer_keep_blocks: int = 10_000
+    # Seconds between progress lines in the log.
+    indexer_log_seconds: float = 10.0
 
     # ─── Coordinator ─────────────────────────────────────────────────────────
+    # The chain it settles on: the JSON-RPC endpoint and the deployment (deployments/<network>.json).
+    coordinator_rpc_url: str = "http://127.0.0.1:8545"
+    coordinator_network: str = "local"
+    # The vault coordinator's (and escrow settler's) key; never logged. None on the local
+    # network: anvil's public development account 0, the deploy's default coordinator.
+    coordinator_private_key: SecretStr | None = None
+    # Seconds between passes (each settles at most once per asset per epoch window).
+    coordinator_poll_seconds: float = 2.0
+    # How long a co-signed instant-exit release stays usable (seconds).
+    coordinator_release_expiry_seconds: int = 600
+    # Leader lease: how long a pass's lease lasts, and this instance's name (None: host:pid).
+    # A restarted instance with the same name takes its lease back at once.
+    coordinator_lease_seconds: int = 30
+    coordinator_instance_id: str | None = None
+    # How long to wait for a receipt before leaving a transaction to the next pass.
+    coordinator_tx_timeout_seconds: float = 120.0
 
     # ─── Redemption agent ────────────────────────────────────────────────────
 

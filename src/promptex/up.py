@@ -163,10 +163,13 @@ class UpOptions:
 
 
 def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
-    """The long-lived services after the chain: fake upstreams, then the gateway."""
+    """The long-lived services after the chain: the indexer and the coordinator (which follow
+    the chain), the fake upstreams, then the gateway."""
     upstream = f"http://127.0.0.1:{options.upstream_port}"
     gateway = f"http://{options.gateway_host}:{options.gateway_port}"
     return [
+        Service("indexer", promptex_argv("indexer"), url=rpc_url),
+        Service("coordinator", promptex_argv("coordinator"), url=rpc_url),
         Service(
             "upstream",
             promptex_argv("fake-upstream", "--port", str(options.upstream_port)),
@@ -203,8 +206,9 @@ def up(options: UpOptions) -> int:
             )
         elif not rpc_answers(rpc_url):
             raise UpError(f"no JSON-RPC node answers on {rpc_url}")
+        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR"):
+            env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
         env["APE_FOUNDRY_HOST"] = rpc_url
-        env["PROMPTEX_ATTESTOR_RPC_URL"] = rpc_url
         supervisor.run_step("deploy", ape_argv("deploy", "--keep-existing"))
         if options.seed:
             supervisor.run_step("seed market", ape_argv("seed_market"))

@@ -50,9 +50,9 @@ def test_open_lot__attestation_from_add_capacity__lot_opened_for_the_seller(ape_
         seller=seller.address, resale_permitted=True, bond_usdc=bond,
     )  # fmt: skip
 
-    tx = open_lot(anvil_url, deployment, attestor.key.hex(), attestation(capacity))
+    tx, lot_id = open_lot(anvil_url, deployment, attestor.key.hex(), attestation(capacity))
 
     assert tx.startswith("0x")
-    assert escrow.functions.lot_count().call() == 1
+    assert lot_id == 1 == escrow.functions.lot_count().call()
     lot = escrow.functions.lots(1).call()
     assert seller.address in lot and KIND_LISTED in lot and face_value in lot

@@ -40,11 +40,11 @@ def test_chat__sync_client__served_and_charged_the_metered_cost(gw: Harness, fak
     assert gw.ledger.system_balance("usage", "USDC") == cost
     hold = gw.ledger.hold(raw.headers["x-request-id"])
     assert hold is not None and hold.charged == cost
-    gw.refresh()  # usage records are written with the next refresh
-    record = gw.store.usage(raw.headers["x-request-id"])
+    record = gw.ledger.usage_record(raw.headers["x-request-id"])  # written with the settlement
     assert record is not None
-    assert (record["lot_id"], record["asset"], record["cost"]) == (lot, "USDC", cost)
-    assert (record["input_tokens"], record["output_tokens"]) == (HELLO_TOKENS, 16)
+    assert (record.gateway_lot_id, record.asset, record.cost) == (lot, "USDC", cost)
+    assert (record.input_tokens, record.output_tokens) == (HELLO_TOKENS, 16)
+    assert (record.chain_lot_id, record.lot_kind, record.status) == (None, "listed", "pending")
 
 
 def test_chat__async_client__concurrent_requests_each_charged(gw: Harness, fake: Fake) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_account import Account
 from web3 import Web3
@@ -16,8 +16,15 @@ from web3 import Web3
 from promptex.chain.deployments import Deployment
 
 
-def open_lot(rpc_url: str, deployment: Deployment, attestor_key: str, attestation: dict[str, Any]) -> str:
-    """Send open_lot for `attestation` (token given by symbol) and wait for it; returns the tx hash."""
+class OpenedLot(NamedTuple):
+    tx: str  # 0x-prefixed transaction hash
+    lot_id: int  # the CreditEscrow lot id (from its LotOpened event)
+
+
+def open_lot(rpc_url: str, deployment: Deployment, attestor_key: str, attestation: dict[str, Any]) -> OpenedLot:
+    """Send open_lot for `attestation` (token given by symbol), wait for it, and return the tx
+    hash and the lot id the escrow assigned: what the gateway records
+    (`GatewayStore.set_attestation(..., chain_lot_id=)`) so usage on the lot can be settled."""
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     record = deployment.contracts["CreditEscrow"]
     escrow = w3.eth.contract(
@@ -43,4 +50,7 @@ def open_lot(rpc_url: str, deployment: Deployment, attestor_key: str, attestatio
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
     if receipt["status"] != 1:
         raise RuntimeError(f"open_lot reverted in {tx_hash.hex()}")
-    return "0x" + tx_hash.hex().removeprefix("0x")
+    opened = escrow.events.LotOpened().process_receipt(receipt)
+    if len(opened) != 1:
+        raise RuntimeError(f"open_lot in {tx_hash.hex()} emitted {len(opened)} LotOpened events")
+    return OpenedLot("0x" + tx_hash.hex().removeprefix("0x"), int(opened[0]["args"]["lot_id"]))

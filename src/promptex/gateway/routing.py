@@ -7,8 +7,8 @@ kind the paying asset calls for.
 An expired or exhausted lot serves nothing. Lots live in memory, re-read from the
 database every few seconds (other processes draw them down too). A draw applies here at
 once and is written to the database with the next refresh (one UPDATE per lot, not one
-per request), and so are the usage records (request → lot, tokens, cost): a crash loses
-at most one refresh interval of them, while the ledger has every settled hold.
+per request): a crash loses at most one refresh interval of draw-downs. Usage records
+are not kept here: the ledger writes each with its settlement.
 Secrets are opened once per lot and never leave this process.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from promptex.gateway.envelope import MasterKeys
 from promptex.gateway.store import GatewayStore, Lot
@@ -38,6 +37,7 @@ class LiveLot:
     created_at: int
     remaining_usd_micro: int
     secret: str
+    chain_lot_id: int | None = None  # the CreditEscrow lot; None until it is opened on chain
     inflight: int = 0
 
     def __repr__(self) -> str:  # never the secret
@@ -59,24 +59,10 @@ class LotRegistry:
         self._lots: dict[int, LiveLot] = {}
         self._by: dict[tuple[str, str], list[LiveLot]] = {}
         self._pending: dict[int, int] = {}  # lot id → USD micro drawn, not yet written
-        self._usage: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
-    def record(self, row: dict[str, Any]) -> None:
-        """A settled request's usage record, written with the next flush."""
-        with self._lock:
-            self._usage.append(row)
-
     def flush(self) -> None:
-        """Write the usage records and draws made since the last flush (call from a thread)."""
-        with self._lock:
-            records, self._usage = self._usage, []
-        try:
-            self.store.record_usage(records)
-        except Exception:
-            with self._lock:
-                self._usage = records + self._usage
-            raise
+        """Write the draws made since the last flush (call from a thread)."""
         with self._lock:
             pending, self._pending = self._pending, {}
         written: set[int] = set()
@@ -103,6 +89,7 @@ class LotRegistry:
             else:
                 live.remaining_usd_micro = lot.remaining_usd_micro - unwritten
                 live.expires_at = lot.expires_at
+                live.chain_lot_id = lot.chain_lot_id
             fresh[lot.id] = live
         by: dict[tuple[str, str], list[LiveLot]] = {}
         for live in fresh.values():
@@ -123,6 +110,7 @@ class LotRegistry:
             lot.created_at,
             lot.remaining_usd_micro,
             self.keys.open(lot.sealed).decode(),
+            lot.chain_lot_id,
         )
 
     def candidates(self, provider: str, kind: str) -> list[LiveLot]:

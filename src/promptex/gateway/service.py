@@ -45,6 +45,7 @@ from promptex.ledger import (
     LedgerError,
     NotAMember,
     SpendCapExceeded,
+    UsageRecord,
 )
 
 ASSET_HEADER = "x-promptex-asset"
@@ -196,8 +197,8 @@ class Gateway:
                 self.store.return_key_budget(key.id, amount)
             raise
 
-    def _settle(self, key: ApiKey, request_id: str, cost: int) -> Hold:
-        hold = self.ledger.settle(request_id, cost)
+    def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord) -> Hold:
+        hold = self.ledger.settle(request_id, cost, record=record)
         if key.budget_asset is not None:
             self.store.return_key_budget(key.id, hold.amount - (hold.charged or 0))
         return hold
@@ -217,26 +218,25 @@ class Gateway:
             ) from None
 
     async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: Usage) -> None:
+        """Settle the hold at the metered cost; the usage record (which lot served, at what
+        list value) is written in the same ledger transaction, for the coordinator."""
         cost = metering.message_cost(priced.rates[lot.id], usage.input_tokens, usage.output_tokens)
         p = priced.price
         usd = -(
             -(p.input_usd_micro_per_1k * usage.input_tokens + p.output_usd_micro_per_1k * usage.output_tokens) // 1000
         )
-        hold: Hold = await self._thread(self._settle, key, request_id, cost)
-        self.registry.draw(lot, usd)
-        self.registry.record(
-            {
-                "request_id": request_id,
-                "lot_id": lot.id,
-                "model": p.model,
-                "asset": priced.asset,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "cost": hold.charged or 0,
-                "list_usd_micro": usd,
-                "created_at": int(time.time()),
-            }
+        record = UsageRecord(
+            model=p.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            list_usd_micro=usd,
+            gateway_lot_id=lot.id,
+            chain_lot_id=lot.chain_lot_id,
+            lot_kind=lot.kind,
+            fee_bps=self.s.protocol_fee_bps if priced.asset == USDC_SYMBOL else None,
         )
+        await self._thread(self._settle, key, request_id, cost, record)
+        self.registry.draw(lot, usd)
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
         await self._thread(self._release, key, request_id, priced.hold)

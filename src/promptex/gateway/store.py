@@ -2,7 +2,9 @@
 seller lots with their sealed upstream secrets.
 
 They are created by `ensure_schema` (CREATE TABLE IF NOT EXISTS) and versioned in
-`gateway_schema_version`; the ledger's migrations are not touched.
+`gateway_schema_version`; the ledger's migrations are not touched. Usage records live in
+the ledger (written with each settlement); version 1's `gateway_usage` table, if present,
+is left alone.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
+    text,
     update,
 )
 
 from promptex.gateway.envelope import MasterKeys, Sealed
 from promptex.ledger.amounts import Amount, add, ge, sub
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: gateway_lots.chain_lot_id
 metadata = MetaData()
 
 api_keys = Table(
@@ -70,23 +73,7 @@ lots = Table(
     Column("key_id", String(64), nullable=False),
     Column("attestation", Text, nullable=True),  # the open_lot arguments, JSON
     Column("chain_lot_tx", String(80), nullable=True),
-)
-
-# What each settled request used, and which lot served it: what the coordinator needs to
-# credit listed lots' sellers and to draw tokenized lots down (the ledger's holds say
-# only who paid how much).
-usage = Table(
-    "gateway_usage",
-    metadata,
-    Column("request_id", String(200), primary_key=True),
-    Column("lot_id", Integer, nullable=False, index=True),
-    Column("model", String(128), nullable=False),
-    Column("asset", String(16), nullable=False),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cost", Amount, nullable=False),  # metered, in the asset's smallest unit
-    Column("list_usd_micro", BigInteger, nullable=False),  # the lot's draw-down
-    Column("created_at", BigInteger, nullable=False, index=True),
+    Column("chain_lot_id", BigInteger, nullable=True),  # the CreditEscrow lot, once opened
 )
 
 schema_version = Table("gateway_schema_version", metadata, Column("version", Integer, primary_key=True))
@@ -117,13 +104,18 @@ class Lot:
     expires_at: int
     created_at: int
     sealed: Sealed
+    chain_lot_id: int | None = None
 
 
 def ensure_schema(engine: Engine) -> None:
     with engine.begin() as conn:
         metadata.create_all(conn, checkfirst=True)
-        if conn.execute(select(schema_version.c.version)).first() is None:
+        version = conn.execute(select(schema_version.c.version)).scalar()
+        if version is None:
             conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+        elif version < 2:
+            conn.execute(text("ALTER TABLE gateway_lots ADD COLUMN chain_lot_id BIGINT"))
+            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
 
 def _api_key(m: Any) -> ApiKey:
@@ -240,21 +232,21 @@ class GatewayStore:
         if usd_micro > 0:
             self._write(_DRAW_LOT, {"p_id": lot_id, "p_usd": usd_micro})
 
-    def record_usage(self, rows: list[dict[str, Any]]) -> None:
-        """Insert usage records in one transaction (many at once)."""
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(insert(usage), rows)
-
-    def usage(self, request_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(usage).where(usage.c.request_id == request_id)).first()
-        return None if row is None else dict(row._mapping)
-
-    def set_attestation(self, lot_id: int, attestation: str, tx: str | None = None) -> None:
+    def set_attestation(
+        self, lot_id: int, attestation: str, tx: str | None = None, *, chain_lot_id: int | None = None
+    ) -> None:
+        """Record the lot's attestation and, once it is opened on chain, the transaction and
+        the CreditEscrow lot id (what usage records name, so the coordinator can settle them)."""
         self._write(
-            update(lots).where(lots.c.id == bindparam("p_id")).values(attestation=attestation, chain_lot_tx=tx),
+            update(lots)
+            .where(lots.c.id == bindparam("p_id"))
+            .values(attestation=attestation, chain_lot_tx=tx, chain_lot_id=chain_lot_id),
             {"p_id": lot_id},
+        )
+
+    def set_chain_lot_id(self, lot_id: int, chain_lot_id: int) -> None:
+        self._write(
+            update(lots).where(lots.c.id == bindparam("p_id")).values(chain_lot_id=chain_lot_id), {"p_id": lot_id}
         )
 
     def rewrap_secrets(self, keys: MasterKeys) -> int:
@@ -295,4 +287,5 @@ def _lot(m: Any) -> Lot:
         m["expires_at"],
         m["created_at"],
         sealed,
+        m["chain_lot_id"],
     )

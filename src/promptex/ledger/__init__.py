@@ -38,6 +38,7 @@ from promptex.ledger.models import (
     HoldStatus,
 )
 from promptex.ledger.sweeper import Sweeper
+from promptex.ledger.usage import StoredUsage, UsageRecord
 
 __all__ = [
     "Account",
@@ -64,8 +65,10 @@ __all__ = [
     "NonceReplayed",
     "NotAMember",
     "SpendCapExceeded",
+    "StoredUsage",
     "Sweeper",
     "UnknownAccount",
     "UnknownNonce",
+    "UsageRecord",
     "WalletAlreadyBound",
 ]

@@ -1,25 +1,37 @@
-"""Facts from the chain, as the indexer reports them: deposits into the vault and
-exits from it. Each is idempotent by its chain event id (e.g. "<tx hash>:<log index>").
+"""Facts from the chain, as the indexer reports them: deposits into the vault, exits
+from it, the USDC proceeds of tokens sold on exit, settlement shortfalls and spend caps.
+Each is idempotent by its chain event id (the indexer's is "<tx hash>:<log index>#<rewinds>").
 
 The ledger records them; it never refuses one for lack of funds, because the chain
 has already decided. Funds leaving the vault stop being spendable the moment the exit
-is requested (`lock_for_exit`) and leave the books when it completes.
+is requested (`lock_for_exit`) and leave the books when it completes. A reorg undoes a
+fact with `unwind_fact`: reversing journal entries, never edits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections import defaultdict
+from collections.abc import Container, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
+from promptex.ledger import accounts as _accounts
 from promptex.ledger.amounts import add
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.errors import ChainEventConflict
-from promptex.ledger.journal import ensure_balance, insert_ignore, post_entry
-from promptex.ledger.models import Deposit, ExitLock, ExitStatus
-from promptex.ledger.schema import balances, deposits, exits, journal_entries
-from promptex.ledger.wallets import account_for_address
+from promptex.ledger.journal import _ADD_POSTED, Line, ensure_balance, insert_ignore, post_entry
+from promptex.ledger.models import AccountKind, Deposit, ExitLock, ExitStatus
+from promptex.ledger.schema import (
+    accounts,
+    balances,
+    chain_spend_caps,
+    deposits,
+    exits,
+    journal_entries,
+    journal_lines,
+)
+from promptex.ledger.wallets import account_for_address, bound_account
 
 
 def _check_event(event_id: str, amount: int) -> None:
@@ -176,3 +188,236 @@ def complete_exit(
         system_accounts=system,
     )
     return closed
+
+
+# ─── Batches from the indexer, and undoing facts a reorg orphaned ────────────
+
+DEPOSIT, EXIT, SALE, SHORTFALL, UNWIND = "deposit:", "exit:", "sale:", "shortfall:", "unwind:"
+_CHUNK = 500  # ids per IN (...) list
+
+
+def owner_of(conn: Connection, account: int) -> int:
+    """Who holds an account's funds now: an unclaimed account's funds moved to the account
+    its address was bound to (see `wallets._claim`); any other account holds its own."""
+    row = conn.execute(select(accounts.c.kind, accounts.c.name).where(accounts.c.id == account)).one()
+    if row.kind != AccountKind.UNCLAIMED.value:
+        return account
+    bound = bound_account(conn, row.name)
+    return account if bound is None else bound
+
+
+def _reverse(conn: Connection, ref: str, *, now: int, system: Container[int]) -> bool:
+    """Post the mirror image of the entry `ref` (as "unwind:<ref>"), debiting whoever holds
+    the funds now. The journal stays append-only: nothing is deleted or changed."""
+    entry = conn.execute(select(journal_entries.c.id).where(journal_entries.c.ref == ref)).first()
+    if entry is None:
+        return False
+    rows: Sequence[Any] = conn.execute(
+        select(journal_lines.c.account_id, journal_lines.c.asset, journal_lines.c.amount).where(
+            journal_lines.c.entry_id == entry.id
+        )
+    ).all()
+    lines: list[Line] = [(owner_of(conn, account), asset, -amount) for account, asset, amount in rows]
+    return post_entry(conn, ref=UNWIND + ref, kind="unwind", lines=lines, now=now, system_accounts=system) is not None
+
+
+def unwind_fact(conn: Connection, event_id: str, *, now: int, system: Container[int]) -> bool:
+    """Undo every ledger effect of the chain event `event_id` (a reorg orphaned it).
+
+    Journal entries are reversed by new entries; the fact's own records (its deposit, the
+    exit it requested, the cap it set) are deleted and an exit it ended is pending again,
+    so ledger == chain once the orphaned events of a rewind are undone newest first.
+    Idempotent. Returns whether anything was undone.
+    """
+    undone = False
+    for prefix in (DEPOSIT, EXIT, SALE, SHORTFALL):
+        undone |= _reverse(conn, prefix + event_id, now=now, system=system)
+    undone |= bool(conn.execute(delete(deposits).where(deposits.c.event_id == event_id)).rowcount)
+
+    reopened = conn.execute(select(exits).where(exits.c.closed_by == event_id)).first()
+    if reopened is not None:
+        account = owner_of(conn, reopened.account_id)
+        conn.execute(
+            update(exits)
+            .where(exits.c.event_id == reopened.event_id)
+            .values(status=ExitStatus.LOCKED.value, closed_by=None, closed_at=None, account_id=account)
+        )
+        ensure_balance(conn, account, reopened.asset)
+        _move_locked(conn, account, reopened.asset, reopened.amount)
+        undone = True
+
+    requested = conn.execute(select(exits).where(exits.c.event_id == event_id)).first()
+    if requested is not None:
+        if requested.status != ExitStatus.LOCKED.value:
+            raise ChainEventConflict(f"exit {event_id!r} was ended by {requested.closed_by!r}: undo that first")
+        _move_locked(conn, requested.account_id, requested.asset, -requested.amount)
+        conn.execute(delete(exits).where(exits.c.event_id == event_id))
+        undone = True
+
+    cap = conn.execute(select(chain_spend_caps).where(chain_spend_caps.c.event_id == event_id)).first()
+    if cap is not None:
+        # Keep what settled holds counted down since: current − (set − previous), never below 0.
+        current = _accounts.balance(conn, cap.account_id, cap.asset).cap_remaining
+        restored = max(0, current - cap.remaining + cap.previous)
+        _accounts.set_spend_cap(conn, cap.account_id, cap.asset, restored)
+        conn.execute(delete(chain_spend_caps).where(chain_spend_caps.c.event_id == event_id))
+        undone = True
+    return undone
+
+
+class ChainBatch:
+    """Chain facts applied on one connection, so that the indexer commits a batch of
+    events, their ledger effects and its checkpoint in one transaction.
+
+    Postings (deposits, exit debits, sale proceeds, shortfalls) are collected and written
+    in bulk by `flush`, skipping refs already in the journal (idempotent per event id);
+    exit locks and spend caps are applied at once, in order, because later events of the
+    same batch depend on them. Account lookups are cached for the batch.
+    """
+
+    def __init__(self, conn: Connection, *, now: int, vault: int, usage: int, system: Container[int]) -> None:
+        self.conn, self.now, self.vault, self.usage, self.system = conn, now, vault, usage, system
+        self._accounts: dict[str, int] = {}
+        self._checksums: dict[str, str] = {}
+        self._entries: dict[str, tuple[str, list[Line]]] = {}
+        self._deposits: dict[str, dict[str, Any]] = {}
+
+    def _checksum(self, address: str) -> str:
+        """EIP-55 form, memoized for the batch (hashing every address again is the slow part)."""
+        known = self._checksums.get(address)
+        if known is None:
+            known = self._checksums[address] = checksum_address(address)
+        return known
+
+    def account(self, address: str) -> int:
+        """The account an address's funds belong to (its bound or its unclaimed account)."""
+        account = self._accounts.get(address)
+        if account is None:
+            account = self._accounts[address] = account_for_address(self.conn, address, self.now)
+        return account
+
+    def _post(self, ref: str, kind: str, lines: list[Line]) -> None:
+        self._entries.setdefault(ref, (kind, lines))
+
+    def credit_deposit(self, event_id: str, address: str, asset: str, amount: int) -> None:
+        _check_event(event_id, amount)
+        address = self._checksum(address)
+        account = self.account(address)
+        self._deposits.setdefault(
+            event_id,
+            {
+                "event_id": event_id,
+                "address": address,
+                "asset": asset,
+                "amount": amount,
+                "account_id": account,
+                "created_at": self.now,
+            },
+        )
+        self._post(DEPOSIT + event_id, "deposit", [(self.vault, asset, -amount), (account, asset, amount)])
+
+    def lock_for_exit(self, event_id: str, address: str, asset: str, amount: int) -> ExitLock:
+        return lock_for_exit(self.conn, event_id, address, asset, amount, now=self.now)
+
+    def cancel_exit(self, event_id: str, address: str, asset: str) -> ExitLock | None:
+        return cancel_exit(self.conn, event_id, address, asset, now=self.now)
+
+    def complete_exit(self, event_id: str, address: str, asset: str, amount: int) -> ExitLock | None:
+        """The trustless exit completed: end the pending exit and debit what left (maybe 0,
+        when settlements took the whole balance first)."""
+        if amount < 0:
+            raise ValueError("an amount from the chain cannot be negative")
+        address = self._checksum(address)
+        closed = _close_exit(self.conn, event_id, address, asset, ExitStatus.COMPLETED, self.now)
+        if amount:
+            self.release_exit(event_id, address, asset, amount, account=None if closed is None else closed.account)
+        return closed
+
+    def release_exit(self, event_id: str, address: str, asset: str, amount: int, *, account: int | None = None) -> None:
+        """Funds left the vault without ending a pending exit (an instant, co-signed release)."""
+        _check_event(event_id, amount)
+        account = self.account(self._checksum(address)) if account is None else account
+        self._post(EXIT + event_id, "exit", [(account, asset, -amount), (self.vault, asset, amount)])
+
+    def credit_sale(self, event_id: str, address: str, usdc: str, proceeds: int) -> None:
+        """A spend-only token was sold on exit: the USDC proceeds land in the account's vault balance."""
+        _check_event(event_id, proceeds)
+        account = self.account(self._checksum(address))
+        self._post(SALE + event_id, "sale", [(self.vault, usdc, -proceeds), (account, usdc, proceeds)])
+
+    def record_shortfall(self, event_id: str, address: str, asset: str, amount: int) -> None:
+        """Settlement debited `amount` less than the ledger charged (balance or cap too low
+        on chain): give it back to the account, out of settled usage, as a visible
+        "shortfall" entry — the protocol's loss, paid on chain from its reserve."""
+        _check_event(event_id, amount)
+        account = self.account(self._checksum(address))
+        self._post(SHORTFALL + event_id, "shortfall", [(self.usage, asset, -amount), (account, asset, amount)])
+
+    def register_spend_cap(self, event_id: str, address: str, asset: str, remaining: int) -> bool:
+        """The chain registered (or revoked: `remaining` 0) a spend cap: make it the bound
+        account's remaining cap. An unbound address has no cap in the ledger (False)."""
+        if remaining < 0:
+            raise ValueError("a spend cap cannot be negative")
+        account = bound_account(self.conn, address)
+        if account is None:
+            return False
+        previous = _accounts.balance(self.conn, account, asset).cap_remaining
+        row = {
+            "event_id": event_id,
+            "account_id": account,
+            "asset": asset,
+            "previous": previous,
+            "remaining": remaining,
+            "created_at": self.now,
+        }
+        if insert_ignore(self.conn, chain_spend_caps, row) is not None:
+            _accounts.set_spend_cap(self.conn, account, asset, remaining)
+        return True
+
+    def unwind(self, event_id: str) -> bool:
+        self.flush()
+        return unwind_fact(self.conn, event_id, now=self.now, system=self.system)
+
+    def flush(self) -> None:
+        """Write the collected postings in bulk; refs already in the journal are skipped."""
+        if not self._entries:
+            return
+        entries, deposit_rows = self._entries, self._deposits
+        self._entries, self._deposits = {}, {}
+        refs = list(entries)
+        for start in range(0, len(refs), _CHUNK):
+            chunk = refs[start : start + _CHUNK]
+            known: Sequence[str] = (
+                self.conn.execute(select(journal_entries.c.ref).where(journal_entries.c.ref.in_(chunk))).scalars().all()
+            )
+            for ref in known:
+                del entries[ref]
+        if not entries:
+            return
+        for ref, (_, lines) in entries.items():
+            if sum(amount for _, _, amount in lines):  # every fact moves one asset between two accounts
+                raise ValueError(f"journal entry {ref!r} does not balance")
+        fresh = [row for event_id, row in deposit_rows.items() if DEPOSIT + event_id in entries]
+        if fresh:
+            self.conn.execute(insert(deposits), fresh)
+        ids: Sequence[int] = (
+            self.conn.execute(
+                insert(journal_entries).returning(journal_entries.c.id, sort_by_parameter_order=True),
+                [{"ref": ref, "kind": kind, "created_at": self.now} for ref, (kind, _) in entries.items()],
+            )
+            .scalars()
+            .all()
+        )
+        line_rows: list[dict[str, Any]] = []
+        posted: defaultdict[tuple[int, str], int] = defaultdict(int)
+        for entry_id, (_, lines) in zip(ids, entries.values(), strict=True):
+            for account, asset, amount in lines:
+                line_rows.append({"entry_id": entry_id, "account_id": account, "asset": asset, "amount": amount})
+                if account not in self.system:
+                    posted[(account, asset)] += amount
+        self.conn.execute(insert(journal_lines), line_rows)
+        for account, asset in posted:
+            ensure_balance(self.conn, account, asset)
+        changes = [{"p_account": a, "p_asset": s, "p_amount": amount} for (a, s), amount in posted.items() if amount]
+        if changes:
+            self.conn.execute(_ADD_POSTED, changes)  # one statement, many rows

@@ -4,7 +4,7 @@
 2. Every balance row's `posted` equals the sum of that account's lines, and no
    account outside the system ones has lines without a balance row.
 3. `held` equals the sum of active holds, per payer and per budget.
-4. `locked` equals the sum of pending exits.
+4. `locked` equals the sum of pending exits and of active instant-exit releases.
 5. Nothing held, locked or reserved is negative.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from promptex.ledger.models import ExitStatus, HoldStatus
-from promptex.ledger.schema import balances, budgets, exits, holds, journal_lines
+from promptex.ledger.schema import balances, budgets, exits, holds, journal_lines, releases
 
 Key = tuple[int, str]
 
@@ -53,6 +53,11 @@ def check_books(conn: Connection, system: Container[int]) -> list[str]:
     ).all()
     for account, asset, amount in pending:
         locked[(account, asset)] += amount
+    released: Sequence[Any] = conn.execute(
+        select(releases.c.account_id, releases.c.asset, releases.c.amount).where(releases.c.status == "active")
+    ).all()
+    for account, asset, amount in released:
+        locked[(account, asset)] += amount
 
     for row in conn.execute(select(balances)):
         key = (row.account_id, row.asset)
@@ -62,7 +67,7 @@ def check_books(conn: Connection, system: Container[int]) -> list[str]:
         if row.held != held.pop(key, 0) or row.held < 0:
             problems.append(f"{where}: held {row.held} is not the sum of its active holds")
         if row.locked != locked.pop(key, 0) or row.locked < 0:
-            problems.append(f"{where}: locked {row.locked} is not the sum of its pending exits")
+            problems.append(f"{where}: locked {row.locked} is not the sum of its pending exits and releases")
     problems += [
         f"account {account} {asset}: {total} in journal lines but no balance row"
         for (account, asset), total in per_account.items()

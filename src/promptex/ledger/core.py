@@ -2,7 +2,8 @@
 
 The ledger knows neither HTTP nor the chain. The gateway calls `reserve`, `settle` and
 `release`; the indexer reports chain facts (`credit_deposit`, `lock_for_exit`,
-`cancel_exit`, `complete_exit`) and the coordinator updates spend caps (`set_spend_cap`).
+`cancel_exit`, `complete_exit`, `credit_sale`, `record_shortfall`, `unwind_chain_fact`, or
+a whole batch at once with `apply_chain_facts`) and the coordinator updates spend caps (`set_spend_cap`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from promptex.ledger import accounts as _accounts
 from promptex.ledger import chain_facts as _chain
 from promptex.ledger import holds as _holds
+from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
@@ -233,13 +235,25 @@ class Ledger:
         except IntegrityError:  # the hold's foreign keys: no such account or payer
             raise UnknownAccount(f"no account {account} or payer {payer}") from None
 
-    def settle(self, request_id: str, actual_cost: int) -> Hold:
-        """Charge the metered cost (idempotent); see `Hold.charged` and `Hold.shortfall`."""
-        return self._write(
-            lambda conn: _holds.settle(
-                conn, request_id, actual_cost, now=self.clock(), usage=self._usage, system=self._system
-            )
-        )
+    def settle(self, request_id: str, actual_cost: int, *, record: _records.UsageRecord | None = None) -> Hold:
+        """Charge the metered cost (idempotent); see `Hold.charged` and `Hold.shortfall`.
+
+        With `record`, the request's usage record is written in the same transaction, so
+        the coordinator sees every settled charge (idempotent too)."""
+
+        def settle(conn: Connection) -> Hold:
+            now = self.clock()
+            hold = _holds.settle(conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system)
+            if record is not None:
+                _records.record_usage(conn, hold, record, now=now)
+            return hold
+
+        return self._write(settle)
+
+    def usage_record(self, request_id: str) -> _records.StoredUsage | None:
+        """The usage record of a settled request, with its settlement state."""
+        with self._read() as conn:
+            return _records.get_usage(conn, request_id)
 
     def release(self, request_id: str) -> Hold:
         """Drop the hold without a charge (idempotent)."""
@@ -276,6 +290,30 @@ class Ledger:
                 conn, chain_event_id, address, asset, amount, now=self.clock(), vault=self._vault, system=self._system
             )
         )
+
+    def credit_sale(self, chain_event_id: str, address: str, usdc: str, proceeds: int) -> None:
+        """A spend-only token was sold on exit; its USDC proceeds are the account's (idempotent)."""
+        self.apply_chain_facts(lambda facts: facts.credit_sale(chain_event_id, address, usdc, proceeds))
+
+    def record_shortfall(self, chain_event_id: str, address: str, asset: str, amount: int) -> None:
+        """Settlement debited `amount` less than the ledger charged; see `ChainBatch.record_shortfall`."""
+        self.apply_chain_facts(lambda facts: facts.record_shortfall(chain_event_id, address, asset, amount))
+
+    def unwind_chain_fact(self, chain_event_id: str) -> bool:
+        """Undo a chain fact a reorg orphaned (reversing entries); see `chain_facts.unwind_fact`."""
+        return self.apply_chain_facts(lambda facts: facts.unwind(chain_event_id))
+
+    def apply_chain_facts(self, work: Callable[[_chain.ChainBatch], T]) -> T:
+        """Run `work` on a `ChainBatch` in one write transaction, committed with whatever
+        else `work` writes on `facts.conn` (the indexer: its events and its checkpoint)."""
+
+        def run(conn: Connection) -> T:
+            facts = _chain.ChainBatch(conn, now=self.clock(), vault=self._vault, usage=self._usage, system=self._system)
+            result = work(facts)
+            facts.flush()
+            return result
+
+        return self._write(run)
 
     # ─── Books ───────────────────────────────────────────────────────────────
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -177,4 +178,188 @@ SYSTEM_ACCOUNTS = ("vault", "usage")  # created by the first migration
 
 # ─── Indexer (migration 0002) ────────────────────────────────────────────────
 
+HASH = 66  # 0x + 64 hex: block and transaction hashes
+
+# Where the indexer stands (one row): the last block whose events, ledger effects and this
+# row were committed together. `rewinds` counts reorgs undone; it is part of every ledger
+# event id, so a fact replayed after a rewind gets a fresh id (see indexer.effects).
+indexer_cursor = Table(
+    "indexer_cursor",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("start_block", BigInteger, nullable=False),
+    Column("block_number", BigInteger, nullable=False),  # start_block − 1 before the first batch
+    Column("block_hash", String(HASH), nullable=True),
+    Column("rewinds", Integer, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# Hashes of the indexed blocks (the most recent ones; older rows are pruned): a reorg is
+# found, and its fork point located, by comparing them with the chain's.
+indexer_blocks = Table(
+    "indexer_blocks",
+    metadata,
+    Column("number", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(HASH), nullable=False),
+    Column("parent_hash", String(HASH), nullable=False),
+)
+
+# Every followed event, once per (tx hash, log index); `args` is JSON (ints as numbers,
+# bytes as 0x-hex, addresses checksummed). `fact_id` is the ledger event id its effects
+# were applied under (None: an event without ledger effects).
+chain_events = Table(
+    "chain_events",
+    metadata,
+    Column("tx_hash", String(HASH), primary_key=True),
+    Column("log_index", Integer, primary_key=True, autoincrement=False),
+    Column("block_number", BigInteger, nullable=False, index=True),
+    Column("block_hash", String(HASH), nullable=False),
+    Column("contract", String(ADDRESS), nullable=False),
+    Column("source", String(32), nullable=False),  # CreditsVault, CreditEscrow, Factory, Pool, ...
+    Column("name", String(64), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("fact_id", String(REF), nullable=True),
+    Index(None, "name", "block_number"),
+)
+
+# Spend caps the chain registered or revoked, as the ledger applied them: `previous` lets
+# a reorg undo one (see chain_facts.register_spend_cap).
+chain_spend_caps = Table(
+    "chain_spend_caps",
+    metadata,
+    Column("event_id", String(REF), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("asset", String(ASSET), nullable=False),
+    Column("previous", Amount, nullable=False),
+    Column("remaining", Amount, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
 # ─── Coordinator (migration 0003) ────────────────────────────────────────────
+# What each settled request used, written in the transaction that settles its hold: the
+# coordinator batches these into on-chain settlements and their Merkle trees.
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("request_id", String(REF), ForeignKey("holds.request_id"), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),  # who spent
+    Column("payer_id", Integer, ForeignKey("accounts.id"), nullable=False),  # whose balance paid
+    Column("asset", String(ASSET), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost", Amount, nullable=False),  # what the hold charged, in the asset's smallest unit
+    Column("gateway_lot_id", Integer, nullable=True),
+    Column("chain_lot_id", BigInteger, nullable=True),  # None: the lot was never opened on chain
+    Column("lot_kind", String(16), nullable=True),  # tokenized | listed
+    Column("list_usd_micro", Amount, nullable=False),  # the serving lot's draw-down at list price
+    Column("fee_bps", Integer, nullable=True),  # USDC: the protocol fee the price included
+    Column("seller_share", Amount, nullable=True),  # USDC: the listed lot's seller's part (at planning)
+    Column("fee", Amount, nullable=True),  # USDC: the protocol's part (at planning)
+    Column("settled_at", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | batched | quarantined
+    Column("address", String(ADDRESS), nullable=True),  # the wallet debited (at planning)
+    Column("batch_id", Integer, ForeignKey("settlement_batches.id"), nullable=True, index=True),
+    Column("epoch", BigInteger, nullable=True),
+    Column("quarantine_reason", String(500), nullable=True),
+    Column("quarantined_at", BigInteger, nullable=True),
+    Index(None, "status", "asset"),
+)
+
+# Every transaction the coordinator signs, stored before it is broadcast: after a crash
+# the same signed bytes are looked up or sent again, never signed anew.
+coordinator_txs = Table(
+    "coordinator_txs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("purpose", String(32), nullable=False),  # settle | consume | spend_cap
+    Column("sender", String(ADDRESS), nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("tx_hash", String(66), nullable=False, unique=True),
+    Column("raw_tx", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
+    Column("block_number", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger, nullable=True),
+    Index(None, "status", "nonce"),
+)
+
+# One settlement per (asset, epoch): planned → submitted → confirmed (or failed, its
+# records back to pending, when its transaction can no longer land).
+settlement_batches = Table(
+    "settlement_batches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("asset", String(ASSET), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("usage_root", String(66), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: debits, credits, lot_draws, fee, consumes
+    Column("total", Amount, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger, nullable=True),
+    Column("error", String(500), nullable=True),
+    Index(None, "asset", "status"),
+)
+
+# The escrow draw-down of each listed lot a confirmed USDC batch paid (one per lot per epoch).
+lot_consumptions = Table(
+    "lot_consumptions",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("settlement_batches.id"), primary_key=True),
+    Column("chain_lot_id", BigInteger, primary_key=True),
+    Column("amount", Amount, nullable=False),  # USD micro-units of list price
+    Column("status", String(16), nullable=False),  # pending | submitted | done | failed
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("error", String(500), nullable=True),
+)
+
+# User-signed EIP-712 spend caps waiting for the coordinator to register them on chain.
+spend_cap_submissions = Table(
+    "spend_cap_submissions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS), nullable=False),
+    Column("asset", String(ASSET), nullable=False),
+    Column("per_epoch", Amount, nullable=False),
+    Column("total", Amount, nullable=False),
+    Column("expiry", BigInteger, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("signature", String(132), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("error", String(500), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("address", "asset", "nonce"),
+)
+
+# Instant-exit releases the coordinator signed; each locks its amount in the ledger until
+# the vault's release nonce shows it used, or it expires.
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("address", String(ADDRESS), nullable=False),
+    Column("asset", String(ASSET), nullable=False),
+    Column("amount", Amount, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("expiry", BigInteger, nullable=False),
+    Column("signature", String(132), nullable=False),
+    Column("status", String(16), nullable=False),  # active | used | expired
+    Column("created_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger, nullable=True),
+    Index(None, "address", "status"),
+)
+
+# Leader lease: one coordinator posts at a time (a row, so SQLite and PostgreSQL alike).
+coordinator_lease = Table(
+    "coordinator_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(REF), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)

@@ -1,0 +1,182 @@
+"""Click commands for the coordinator; the main CLI (`promptex.cli`) mounts them:
+`promptex coordinator [--once]`, `promptex usage proof REQUEST_ID`,
+`promptex usage verify REQUEST_ID | --proof-file FILE`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from promptex.config import Settings, settings
+from promptex.coordinator.merkle import Leaf, MerkleTree, verify
+from promptex.coordinator.store import CoordinatorStore
+from promptex.ledger.usage import StoredUsage
+
+ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev account 0
+
+
+def coordinator_key(s: Settings) -> str:
+    if s.coordinator_private_key is not None:
+        return s.coordinator_private_key.get_secret_value()
+    if s.coordinator_network == "local":
+        return ANVIL_KEY_0
+    raise click.ClickException("set PROMPTEX_COORDINATOR_PRIVATE_KEY (the vault coordinator's key)")
+
+
+def make_chain(s: Settings) -> Any:
+    from promptex.chain.deployments import load_deployment
+    from promptex.coordinator.chain import Web3Chain
+
+    try:
+        deployment = load_deployment(s.coordinator_network)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Web3Chain(s.coordinator_rpc_url, deployment, coordinator_key(s))
+
+
+def _engine(s: Settings) -> Any:
+    from promptex.ledger import Ledger
+
+    return Ledger.from_settings(s).engine
+
+
+@click.command("coordinator")
+@click.option("--once", is_flag=True, help="run one pass and exit")
+def coordinator(once: bool) -> None:
+    """Settle usage on chain every epoch window (crash-safe; SIGTERM stops it cleanly)."""
+    from promptex.coordinator.service import Coordinator, serve
+
+    s = settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    coord = Coordinator(
+        _engine(s),
+        make_chain(s),
+        holder=s.coordinator_instance_id,
+        lease_seconds=s.coordinator_lease_seconds,
+        tx_timeout=s.coordinator_tx_timeout_seconds,
+        release_expiry=s.coordinator_release_expiry_seconds,
+    )
+    if once:
+        report = coord.run_once()
+        click.echo(
+            json.dumps(
+                {
+                    "leader": report.leader,
+                    "confirmed": report.confirmed,
+                    "failed": report.failed,
+                    "quarantined": report.quarantined,
+                    "lots_drawn": report.consumed,
+                    "spend_caps": report.caps,
+                    "waiting": report.waiting,
+                }
+            )
+        )
+        return
+    serve(coord, s.coordinator_poll_seconds)
+
+
+def leaf_of(record: StoredUsage) -> Leaf:
+    if record.address is None or record.chain_lot_id is None:
+        raise click.ClickException(f"usage {record.request_id!r} is not in a settlement batch ({record.status})")
+    return Leaf(
+        record.request_id,
+        record.address,
+        record.model,
+        record.input_tokens,
+        record.output_tokens,
+        record.cost,
+        record.chain_lot_id,
+    )
+
+
+def _record_json(record: StoredUsage) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "account": record.address,
+        "model": record.model,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cost": str(record.cost),
+        "lot_id": record.chain_lot_id,
+    }
+
+
+def build_proof(store: CoordinatorStore, request_id: str) -> dict[str, Any]:
+    """The record, its leaf, its batch's root and the proof, as JSON-ready values."""
+    record = store.record(request_id)
+    if record is None:
+        raise click.ClickException(f"no usage record for request {request_id!r}")
+    if record.status == "quarantined":
+        raise click.ClickException(f"usage {request_id!r} is quarantined: {record.quarantine_reason}")
+    leaf = leaf_of(record)
+    assert record.batch_id is not None
+    batch = store.batch(record.batch_id)
+    tree = MerkleTree([leaf_of(r).hash() for r in store.batch_records(batch.id)])
+    if tree.root != batch.usage_root:
+        raise click.ClickException(f"batch {batch.id}'s records no longer hash to its stored root")
+    return {
+        "asset": record.asset,
+        "epoch": batch.epoch,
+        "batch_status": batch.status,
+        "record": _record_json(record),
+        "leaf": "0x" + leaf.hash().hex(),
+        "root": "0x" + tree.root.hex(),
+        "proof": ["0x" + p.hex() for p in tree.proof(leaf.hash())],
+    }
+
+
+@click.command("proof")
+@click.argument("request_id")
+def usage_proof(request_id: str) -> None:
+    """Print a usage record's Merkle proof (record, leaf, root, proof) as JSON."""
+    click.echo(json.dumps(build_proof(CoordinatorStore(_engine(settings())), request_id), indent=2))
+
+
+@click.command("verify")
+@click.argument("request_id", required=False)
+@click.option(
+    "--proof-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="a `usage proof` output"
+)
+def usage_verify(request_id: str | None, proof_file: Path | None) -> None:
+    """Check a usage record against the Merkle root the vault holds on chain for its epoch."""
+    if (request_id is None) == (proof_file is None):
+        raise click.UsageError("give a REQUEST_ID or --proof-file, not both")
+    s = settings()
+    if proof_file is not None:
+        proof = json.loads(proof_file.read_text())
+    else:
+        assert request_id is not None
+        proof = build_proof(CoordinatorStore(_engine(s)), request_id)
+    r = proof["record"]
+    try:
+        leaf = Leaf(
+            r["request_id"], r["account"], r["model"], int(r["input_tokens"]), int(r["output_tokens"]),
+            int(r["cost"]), int(r["lot_id"]),
+        ).hash()  # fmt: skip
+    except (KeyError, TypeError, ValueError) as exc:
+        raise click.ClickException(f"malformed proof: {exc}") from None
+    on_chain = make_chain(s).usage_root(proof["asset"], int(proof["epoch"]))
+    path = [bytes.fromhex(p.removeprefix("0x")) for p in proof["proof"]]
+    ok = verify(path, on_chain, leaf)
+    click.echo(
+        json.dumps(
+            {
+                "request_id": r["request_id"],
+                "asset": proof["asset"],
+                "epoch": proof["epoch"],
+                "leaf": "0x" + leaf.hex(),
+                "root_on_chain": "0x" + on_chain.hex(),
+                "verified": ok,
+            },
+            indent=2,
+        )
+    )
+    if not ok:
+        click.echo("MISMATCH: the record does not prove into the root on chain", err=True)
+        sys.exit(1)

@@ -1,0 +1,510 @@
+"""The settlement coordinator: every epoch window, for each asset, it settles the usage
+records not yet in a batch, as a crash-safe state machine persisted per (asset, epoch):
+
+    planned    records assigned, payload and Merkle root stored       (one DB transaction)
+    submitted  signed raw transaction and its hash stored             (before broadcast)
+    confirmed  receipt ok, or the chain's usage_roots(asset, epoch) is ours
+    failed     it can never land (reverted, or its nonce went to another transaction):
+               its records go back to pending and are planned again under a new epoch
+
+On restart every stored transaction still "sent" is looked up by hash; if it is not
+mined and its nonce is still free, the SAME signed bytes are broadcast again. Nothing
+new is signed while one is unresolved. So an epoch is posted once, and a record is in
+at most one confirmed batch or quarantined, never lost.
+
+After a USDC batch confirms, each listed lot it paid is drawn down in the escrow
+(`consume`, once per lot per epoch), each tracked the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from promptex.coordinator.chain import Call, Chain, SignedTx
+from promptex.coordinator.plan import Entry, aggregate, fit, lot_problem, prepare, usage_tree
+from promptex.coordinator.store import (
+    DONE,
+    DROPPED,
+    EXPIRED,
+    FAILED,
+    PLANNED,
+    REGISTERED,
+    REJECTED,
+    REVERTED,
+    SENT,
+    SUBMITTED,
+    SUCCEEDED,
+    USED,
+    Batch,
+    CoordinatorStore,
+    Release,
+    ReleaseRefused,
+    StoredTx,
+)
+from promptex.ledger.binding import checksum_address
+from promptex.ledger.usage import PENDING, StoredUsage
+
+log = logging.getLogger("promptex.coordinator")
+
+CRASH_ENV = "PROMPTEX_COORDINATOR_CRASH_AT"  # test hook: SIGKILL this process at the named step
+MAX_PENDING_READ = 20_000  # records read per asset per pass (the rest wait for the next)
+# Reverts caused by particular entries (their payers or lots), not by timing or roles.
+ENTRY_REVERTS = (
+    "vault: shortfall exceeds reserve",
+    "vault: credit to a lot",
+    "vault: draw on a lot",
+    "vault: zero amount",
+    "escrow: lot not open",
+    "escrow: lot expired",
+    "escrow: over-consume",
+    "escrow: epoch already consumed",
+)
+
+
+def crash_point(step: str) -> None:
+    """Die here, as kill -9 would, when the test hook names this step."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TxPending(Exception):
+    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
+
+
+@dataclass
+class PassReport:
+    leader: bool = True
+    confirmed: list[tuple[str, int]] = field(default_factory=list)  # (asset, epoch)
+    failed: list[tuple[str, int]] = field(default_factory=list)
+    quarantined: int = 0
+    consumed: int = 0
+    caps: int = 0
+    waiting: str | None = None
+
+
+def _wall_clock() -> int:
+    return int(time.time())
+
+
+class Coordinator:
+    def __init__(
+        self,
+        engine: Engine,
+        chain: Chain,
+        *,
+        holder: str | None = None,
+        lease_seconds: int = 30,
+        tx_timeout: float = 120.0,
+        release_expiry: int = 600,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.store = CoordinatorStore(engine)
+        self.chain = chain
+        self.holder = holder or f"{os.uname().nodename}:{os.getpid()}"
+        self.lease_seconds = lease_seconds
+        self.tx_timeout = tx_timeout
+        self.release_expiry = release_expiry
+        self.clock = clock or _wall_clock
+        self._report = PassReport()
+
+    # ─── One pass ────────────────────────────────────────────────────────────
+
+    def run_once(self) -> PassReport:
+        """Resolve what is in flight, register spend caps, settle each asset, draw lots down."""
+        self._report = report = PassReport()
+        if not self.store.acquire_lease(self.holder, self.clock(), self.lease_seconds):
+            report.leader = False
+            log.info("another coordinator holds the lease; standing by")
+            return report
+        try:
+            for tx in self.store.open_txs():
+                self._resolve_tx(tx)
+            self._register_spend_caps()
+            self._quarantine_unknown_assets()
+            for asset in self.chain.assets():
+                self._settle_asset(asset)
+            self._consume_lots()
+            self._sweep_releases()
+        except TxPending as exc:
+            report.waiting = str(exc)
+            log.info("waiting for %s", exc)
+        return report
+
+    # ─── Transactions ────────────────────────────────────────────────────────
+
+    def _resolve_tx(self, tx: StoredTx) -> str:
+        """The final status of a stored transaction, rebroadcasting it if it is not mined."""
+        if tx.status != SENT:
+            return tx.status
+        receipt = self.chain.receipt(tx.tx_hash)
+        if receipt is None and self.chain.nonce() > tx.nonce:
+            receipt = self.chain.receipt(tx.tx_hash)  # mined between the two reads?
+            if receipt is None:
+                log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
+                self.store.close_tx(tx.id, DROPPED, None, self.clock())
+                return DROPPED
+        if receipt is None:
+            self.chain.broadcast(tx.raw)  # the same signed bytes: idempotent
+            receipt = self.chain.wait(tx.tx_hash, self.tx_timeout)
+        if receipt is None:
+            raise TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce})")
+        status = SUCCEEDED if receipt.ok else REVERTED
+        self.store.close_tx(tx.id, status, receipt.block_number, self.clock())
+        return status
+
+    def _broadcast(self, purpose: str, tx_id: int, signed: SignedTx) -> str:
+        crash_point(f"{purpose}_signed")
+        self.chain.broadcast(signed.raw)
+        crash_point(f"{purpose}_broadcast")
+        return self._resolve_tx(self.store.tx(tx_id))
+
+    # ─── Settlement ──────────────────────────────────────────────────────────
+
+    def _call(
+        self, batch_asset: str, epoch: int, entries_payload: tuple[list[int], list[int], list[int], int], root: bytes
+    ) -> Call:
+        debits, credits, draws, fee = entries_payload
+        asset = self.chain.asset_address(batch_asset)
+        return Call("vault", "settle", (epoch, asset, debits, credits, draws, fee, root))
+
+    def _batch_call(self, batch: Batch) -> Call:
+        debits, credits, draws = batch.payload.words()
+        return self._call(batch.asset, batch.epoch, (debits, credits, draws, batch.payload.fee), batch.usage_root)
+
+    def _entries_call(self, asset: str, epoch: int, entries: list[Entry], spend_only: bool) -> Call:
+        payload = aggregate(entries, spend_only=spend_only)
+        debits, credits, draws = payload.words()
+        return self._call(asset, epoch, (debits, credits, draws, payload.fee), usage_tree(entries).root)
+
+    def _landed(self, batch: Batch) -> bool:
+        """Whether the chain holds this batch: its epoch is settled with our root."""
+        chain = self.chain
+        return (
+            chain.last_epoch(batch.asset) >= batch.epoch
+            and chain.usage_root(batch.asset, batch.epoch) == batch.usage_root
+        )
+
+    def _settle_asset(self, asset: str) -> None:
+        batch = self.store.open_batch(asset)
+        if batch is not None:
+            if batch.status == PLANNED:
+                self._submit(batch)
+                return
+            if not self._finish_submitted(batch):
+                return
+        self._plan(asset)
+
+    def _finish_submitted(self, batch: Batch) -> bool:
+        """Close a submitted batch if its transaction's fate is known; False while it is not."""
+        assert batch.tx_id is not None
+        status = self._resolve_tx(self.store.tx(batch.tx_id))
+        if status == SUCCEEDED or self._landed(batch):
+            self._confirm(batch)
+            return True
+        if status in (REVERTED, DROPPED):
+            self.store.fail(batch, f"settle transaction {status}", self.clock())
+            self._report.failed.append((batch.asset, batch.epoch))
+            log.warning(
+                "%s epoch %d: settle %s; its %d records return to pending",
+                batch.asset,
+                batch.epoch,
+                status,
+                batch.records,
+            )
+            return True
+        return False
+
+    def _confirm(self, batch: Batch) -> None:
+        self.store.confirm(batch, self.clock())
+        self._report.confirmed.append((batch.asset, batch.epoch))
+        log.info(
+            "%s epoch %d settled: %d records, %d debited, root 0x%s",
+            batch.asset, batch.epoch, batch.records, batch.payload.total, batch.usage_root.hex(),
+        )  # fmt: skip
+        crash_point("confirmed")
+
+    def _submit(self, batch: Batch) -> None:
+        call = self._batch_call(batch)
+        reason = self.chain.simulate(call)
+        if reason is not None:
+            if self._landed(batch):
+                self._confirm(batch)
+                return
+            # Never signed, never sent: safe to drop and plan again (quarantining if entries are at fault).
+            self.store.fail(batch, f"refused before signing: {reason}", self.clock())
+            self._report.failed.append((batch.asset, batch.epoch))
+            log.warning(
+                "%s epoch %d: the vault refuses the planned batch (%s); planning again",
+                batch.asset,
+                batch.epoch,
+                reason,
+            )
+            return
+        signed = self.chain.sign(call, self.chain.pending_nonce())
+        tx_id = self.store.submit(batch.id, signed, self.chain.sender, self.clock())
+        log.info("%s epoch %d: settle sent as %s", batch.asset, batch.epoch, signed.tx_hash)
+        self._broadcast("settle", tx_id, signed)
+        self._finish_submitted(self.store.batch(batch.id))
+
+    def _plan(self, asset: str) -> None:
+        chain = self.chain
+        records = self.store.pending_records(asset, MAX_PENDING_READ)
+        if not records or chain.now() < chain.next_settlement_at(asset):
+            return  # nothing to settle, or this window's settlement is posted already
+        spend_only = chain.is_spend_only(asset)
+        entries = self._prepare(asset, records, spend_only)
+        entries, _later = fit(entries)
+        entries = self._fit_chain(asset, entries, spend_only)
+        if not entries:
+            return
+        epoch = chain.last_epoch(asset) + 1
+        payload = aggregate(entries, spend_only=spend_only)
+        root = usage_tree(entries).root
+        batch = self.store.plan(asset, epoch, entries, payload, root, self.clock())
+        log.info("%s epoch %d planned: %d records, %d payers", asset, epoch, len(entries), len(payload.debits))
+        crash_point("planned")
+        self._submit(batch)
+
+    def _prepare(self, asset: str, records: list[StoredUsage], spend_only: bool) -> list[Entry]:
+        """Records as entries; those that cannot be settled are quarantined with their reason."""
+        wallets: dict[int, str | None] = {}
+        lots: dict[int, str | None] = {}
+        asset_address = self.chain.asset_address(asset)
+        entries: list[Entry] = []
+        reasons: dict[str, str] = {}
+        for record in records:
+            if record.payer not in wallets:
+                wallets[record.payer] = self.store.wallet_of(record.payer)
+            prepared = prepare(record, wallets[record.payer], spend_only=spend_only)
+            if isinstance(prepared, str):
+                reasons[record.request_id] = prepared
+                continue
+            if prepared.lot_id not in lots:
+                lots[prepared.lot_id] = lot_problem(
+                    self.chain.lot(prepared.lot_id), spend_only=spend_only, asset_address=asset_address
+                )
+            problem = lots[prepared.lot_id]
+            if problem is not None:
+                reasons[record.request_id] = f"lot {prepared.lot_id}: {problem}"
+                continue
+            entries.append(prepared)
+        self._quarantine(reasons)
+        return entries
+
+    def _quarantine(self, reasons: dict[str, str]) -> None:
+        if not reasons:
+            return
+        count = self.store.quarantine(reasons, self.clock())
+        self._report.quarantined += count
+        for request_id, reason in reasons.items():
+            log.error("usage %s quarantined: %s", request_id, reason)
+
+    def _fit_chain(self, asset: str, entries: list[Entry], spend_only: bool) -> list[Entry]:
+        """The entries the vault accepts, found by eth_call: when the whole batch reverts for
+        a reason entries cause, each (payer, lot) group is tried alone and refused groups are
+        quarantined; if the rest still reverts together (a shared reserve falls short), payers
+        are set aside largest on-chain shortfall first."""
+        if not entries:
+            return entries
+        epoch = self.chain.last_epoch(asset) + 1
+        reason = self.chain.simulate(self._entries_call(asset, epoch, entries, spend_only))
+        if reason is None:
+            return entries
+        if not reason.startswith(ENTRY_REVERTS):
+            log.warning("%s epoch %d: the vault refuses the batch (%s); trying again next pass", asset, epoch, reason)
+            return []
+        log.warning("%s epoch %d: the vault refuses the batch (%s); finding the entries at fault", asset, epoch, reason)
+        groups: dict[tuple[str, int], list[Entry]] = defaultdict(list)
+        for e in entries:
+            groups[(e.address, e.lot_id)].append(e)
+        reasons: dict[str, str] = {}
+        for (address, lot_id), group in groups.items():
+            refused = self.chain.simulate(self._entries_call(asset, epoch, group, spend_only))
+            if refused is not None and refused.startswith(ENTRY_REVERTS):
+                for e in group:
+                    reasons[e.request_id] = f"vault refuses payer {address} on lot {lot_id}: {refused}"
+        rest = [e for e in entries if e.request_id not in reasons]
+        while rest:
+            refused = self.chain.simulate(self._entries_call(asset, epoch, rest, spend_only))
+            if refused is None:
+                break
+            if not refused.startswith(ENTRY_REVERTS):
+                self._quarantine(reasons)
+                return []
+            owed: dict[str, int] = defaultdict(int)
+            for e in rest:
+                owed[e.address] += e.cost
+            short = {a: amount - min(amount, self.chain.debitable(a, asset)) for a, amount in owed.items()}
+            worst = max(short, key=lambda a: (short[a], owed[a]))
+            for e in rest:
+                if e.address == worst:
+                    reasons[e.request_id] = (
+                        f"vault refuses the batch ({refused}); payer {worst} is short {short[worst]}"
+                    )
+            rest = [e for e in rest if e.address != worst]
+        self._quarantine(reasons)
+        return rest
+
+    def _quarantine_unknown_assets(self) -> None:
+        known = set(self.chain.assets())
+        for asset in self.store.pending_assets():
+            if asset not in known:
+                records = self.store.pending_records(asset, MAX_PENDING_READ)
+                self._quarantine({r.request_id: f"asset {asset!r} is not in the deployment" for r in records})
+
+    # ─── Listed lots' escrow draw-downs ──────────────────────────────────────
+
+    def _consume_lots(self) -> None:
+        for c in self.store.open_consumptions():
+            if c.status == SUBMITTED:
+                assert c.tx_id is not None
+                status = self._resolve_tx(self.store.tx(c.tx_id))
+            else:
+                call = Call("escrow", "consume", (c.lot_id, c.amount, c.epoch))
+                reason = self.chain.simulate(call)
+                if reason is not None:
+                    self.store.close_consumption(c, FAILED, reason)
+                    log.error("lot %d epoch %d: escrow refuses consume(%d): %s", c.lot_id, c.epoch, c.amount, reason)
+                    continue
+                signed = self.chain.sign(call, self.chain.pending_nonce())
+                tx_id = self.store.submit_consumption(c, signed, self.chain.sender, self.clock())
+                status = self._broadcast("consume", tx_id, signed)
+            if status == SUCCEEDED:
+                self.store.close_consumption(c, DONE)
+                self._report.consumed += 1
+            elif status == REVERTED:
+                self.store.close_consumption(c, FAILED, "consume reverted on chain")
+                log.error("lot %d epoch %d: consume(%d) reverted", c.lot_id, c.epoch, c.amount)
+            else:  # dropped: it never ran; sign it again next time
+                self.store.close_consumption(c, PENDING)
+
+    # ─── Spend caps ──────────────────────────────────────────────────────────
+
+    def submit_spend_cap(
+        self, address: str, asset: str, per_epoch: int, total: int, expiry: int, nonce: int, signature: bytes
+    ) -> int:
+        """Queue a user-signed SpendCap; it is registered on chain before the next settlement."""
+        self.chain.asset_address(asset)  # a known asset, or KeyError
+        return self.store.add_spend_cap(
+            checksum_address(address), asset, per_epoch, total, expiry, nonce, "0x" + signature.hex(), self.clock()
+        )
+
+    def _register_spend_caps(self) -> None:
+        for cap in self.store.spend_caps():
+            if cap.status == SUBMITTED:
+                assert cap.tx_id is not None
+                status = self._resolve_tx(self.store.tx(cap.tx_id))
+            else:
+                call = Call(
+                    "vault",
+                    "register_spend_cap",
+                    (
+                        cap.address,
+                        self.chain.asset_address(cap.asset),
+                        cap.per_epoch,
+                        cap.total,
+                        cap.expiry,
+                        cap.nonce,
+                        bytes.fromhex(cap.signature[2:]),
+                    ),
+                )
+                reason = self.chain.simulate(call)
+                if reason is not None:
+                    self.store.close_spend_cap(cap.id, REJECTED, reason)
+                    log.warning("spend cap %d of %s refused: %s", cap.id, cap.address, reason)
+                    continue
+                signed = self.chain.sign(call, self.chain.pending_nonce())
+                tx_id = self.store.submit_spend_cap(cap.id, signed, self.chain.sender, self.clock())
+                status = self._broadcast("spend_cap", tx_id, signed)
+            if status == SUCCEEDED:
+                self.store.close_spend_cap(cap.id, REGISTERED)
+                self._report.caps += 1
+            elif status == REVERTED:
+                self.store.close_spend_cap(cap.id, REJECTED, "register_spend_cap reverted on chain")
+            else:
+                self.store.close_spend_cap(cap.id, PENDING)
+
+    # ─── Instant-exit releases ───────────────────────────────────────────────
+
+    def sign_release(self, address: str, asset: str, amount: int) -> Release:
+        """Co-sign an instant exit of `amount` only if it is free of unsettled usage:
+        ≤ the on-chain balance − (active holds + settled usage not yet confirmed on chain
+        + what is already locked). The amount stays locked in the ledger until the release
+        is used or expires. Raises ReleaseRefused (the trustless exit remains open)."""
+        if amount <= 0:
+            raise ReleaseRefused("a release must be for a positive amount")
+        address = checksum_address(address)
+        account = self.store.account_of(address)
+        if account is None:
+            raise ReleaseRefused(f"{address} is not bound to an account")
+        outstanding = self.store.active_releases(address)
+        if outstanding:
+            raise ReleaseRefused(f"a release for {address} is outstanding until {outstanding[0].expiry}")
+        on_chain = self.chain.balance_of(address, asset)
+        owed = self.store.unsettled(account, asset)
+        locked = self.store.locked(account, asset)
+        free = on_chain - owed - locked
+        if amount > free:
+            raise ReleaseRefused(
+                f"only {max(0, free)} {asset} of {address} is free of unsettled usage "
+                f"(vault balance {on_chain}, unsettled {owed}, locked {locked}); "
+                "use the trustless exit (request_exit) for the rest"
+            )
+        nonce = self.chain.release_nonce(address)
+        expiry = self.chain.now() + self.release_expiry
+        signature = self.chain.sign_release(address, asset, amount, nonce, expiry)
+        release = self.store.add_release(
+            account, address, asset, amount, nonce, expiry, "0x" + signature.hex(), self.clock()
+        )
+        log.info("release signed: %s may take %d %s (nonce %d) until %d", address, amount, asset, nonce, expiry)
+        return release
+
+    def _sweep_releases(self) -> None:
+        releases = self.store.active_releases()
+        if not releases:
+            return
+        now = self.chain.now()
+        for r in releases:
+            if self.chain.release_nonce(r.address) > r.nonce:
+                self.store.close_release(r, USED, self.clock())
+            elif now > r.expiry:
+                self.store.close_release(r, EXPIRED, self.clock())
+
+
+def serve(coordinator: Coordinator, poll_seconds: float, stop: threading.Event | None = None) -> None:
+    """Run passes until SIGTERM/SIGINT (or `stop`), logging each one's progress."""
+    stop = stop or threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after this pass", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    log.info("coordinator %s started (poll every %.1f s)", coordinator.holder, poll_seconds)
+    while not stop.is_set():
+        try:
+            report = coordinator.run_once()
+            if report.confirmed or report.failed or report.quarantined or report.consumed:
+                log.info(
+                    "pass: settled %s, failed %s, quarantined %d, lots drawn %d",
+                    report.confirmed, report.failed, report.quarantined, report.consumed,
+                )  # fmt: skip
+        except Exception:  # an RPC or database hiccup: the state machine resumes next pass
+            log.exception("coordinator pass failed")
+        stop.wait(poll_seconds)
+    coordinator.store.release_lease(coordinator.holder)
+    log.info("coordinator stopped")
+
+
+__all__ = ["Coordinator", "PassReport", "ReleaseRefused", "TxPending", "serve"]

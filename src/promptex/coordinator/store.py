@@ -1,0 +1,560 @@
+"""The coordinator's persisted state, in the ledger's database (migration 0003): batches,
+the transactions it signed, listed lots' draw-downs, pending spend caps, releases and the
+leader lease. Each method is one transaction, so every state change is all or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+
+from promptex.chain.vault import UNLIMITED
+from promptex.coordinator.chain import SignedTx
+from promptex.coordinator.plan import Entry, Payload
+from promptex.ledger.amounts import add, ge, sub
+from promptex.ledger.journal import ensure_balance, insert_ignore
+from promptex.ledger.schema import (
+    balances,
+    coordinator_lease,
+    coordinator_txs,
+    holds,
+    lot_consumptions,
+    releases,
+    settlement_batches,
+    spend_cap_submissions,
+    usage_records,
+    wallets,
+)
+from promptex.ledger.usage import BATCHED, PENDING, QUARANTINED, StoredUsage, stored_usage
+
+PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
+SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"
+DONE, REJECTED, REGISTERED = "done", "rejected", "registered"
+ACTIVE, USED, EXPIRED = "active", "used", "expired"
+LEASE = "coordinator"
+REASON = 500  # longest stored reason
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: int
+    asset: str
+    epoch: int
+    status: str
+    usage_root: bytes
+    payload: Payload
+    records: int
+    tx_id: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StoredTx:
+    id: int
+    purpose: str
+    nonce: int
+    tx_hash: str
+    raw: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Consumption:
+    batch_id: int
+    epoch: int
+    lot_id: int
+    amount: int
+    status: str
+    tx_id: int | None
+
+
+@dataclass(frozen=True)
+class CapSubmission:
+    id: int
+    address: str
+    asset: str
+    per_epoch: int
+    total: int
+    expiry: int
+    nonce: int
+    signature: str
+    status: str
+    tx_id: int | None
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    account: int
+    address: str
+    asset: str
+    amount: int
+    nonce: int
+    expiry: int
+    signature: str
+    status: str
+
+
+def _batch(row: Any) -> Batch:
+    m = row._mapping
+    return Batch(
+        m["id"],
+        m["asset"],
+        m["epoch"],
+        m["status"],
+        bytes.fromhex(m["usage_root"][2:]),
+        Payload.from_json(m["payload"]),
+        m["records"],
+        m["tx_id"],
+        m["error"],
+    )
+
+
+def _release(row: Any) -> Release:
+    m = row._mapping
+    return Release(
+        m["id"], m["account_id"], m["address"], m["asset"], m["amount"], m["nonce"], m["expiry"], m["signature"],
+        m["status"],
+    )  # fmt: skip
+
+
+class ReleaseRefused(ValueError):
+    """The amount is not free of unsettled usage: the user must take the trustless exit."""
+
+
+class CoordinatorStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ─── Lease ───────────────────────────────────────────────────────────────
+
+    def acquire_lease(self, holder: str, now: int, ttl: int) -> bool:
+        """Take or renew the leader lease: free, expired, or already ours."""
+        with self._tx() as conn:
+            insert_ignore(conn, coordinator_lease, {"name": LEASE, "holder": holder, "expires_at": now + ttl})
+            taken = conn.execute(
+                update(coordinator_lease)
+                .where(
+                    coordinator_lease.c.name == LEASE,
+                    or_(coordinator_lease.c.holder == holder, coordinator_lease.c.expires_at < now),
+                )
+                .values(holder=holder, expires_at=now + ttl)
+            ).rowcount
+        return bool(taken == 1)
+
+    def release_lease(self, holder: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(coordinator_lease)
+                .where(coordinator_lease.c.name == LEASE, coordinator_lease.c.holder == holder)
+                .values(expires_at=0)
+            )
+
+    # ─── Usage records ───────────────────────────────────────────────────────
+
+    def pending_assets(self) -> list[str]:
+        with self._tx() as conn:
+            return list(
+                conn.execute(
+                    select(usage_records.c.asset).where(usage_records.c.status == PENDING).distinct()
+                ).scalars()
+            )
+
+    def pending_records(self, asset: str, limit: int) -> list[StoredUsage]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(usage_records)
+                .where(usage_records.c.status == PENDING, usage_records.c.asset == asset)
+                .order_by(usage_records.c.settled_at, usage_records.c.request_id)
+                .limit(limit)
+            ).all()
+        return [stored_usage(row) for row in rows]
+
+    def account_of(self, address: str) -> int | None:
+        with self._tx() as conn:
+            return conn.execute(select(wallets.c.account_id).where(wallets.c.address == address)).scalar()
+
+    def wallet_of(self, account: int) -> str | None:
+        """The wallet debited for an account: its first bound (then lowest) address."""
+        with self._tx() as conn:
+            return conn.execute(
+                select(wallets.c.address)
+                .where(wallets.c.account_id == account)
+                .order_by(wallets.c.bound_at, wallets.c.address)
+                .limit(1)
+            ).scalar()
+
+    def quarantine(self, reasons: Mapping[str, str], now: int) -> int:
+        """Set pending records aside with their reason (they stay visible; nothing is deleted)."""
+        changed = 0
+        with self._tx() as conn:
+            for request_id, reason in reasons.items():
+                changed += conn.execute(
+                    update(usage_records)
+                    .where(usage_records.c.request_id == request_id, usage_records.c.status == PENDING)
+                    .values(status=QUARANTINED, quarantine_reason=reason[:REASON], quarantined_at=now)
+                ).rowcount
+        return changed
+
+    def quarantined(self, asset: str | None = None) -> list[StoredUsage]:
+        stmt = select(usage_records).where(usage_records.c.status == QUARANTINED)
+        if asset is not None:
+            stmt = stmt.where(usage_records.c.asset == asset)
+        with self._tx() as conn:
+            return [stored_usage(r) for r in conn.execute(stmt.order_by(usage_records.c.request_id)).all()]
+
+    def record(self, request_id: str) -> StoredUsage | None:
+        with self._tx() as conn:
+            row = conn.execute(select(usage_records).where(usage_records.c.request_id == request_id)).first()
+        return None if row is None else stored_usage(row)
+
+    def batch_records(self, batch_id: int) -> list[StoredUsage]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(usage_records).where(usage_records.c.batch_id == batch_id).order_by(usage_records.c.request_id)
+            ).all()
+        return [stored_usage(row) for row in rows]
+
+    # ─── Batches ─────────────────────────────────────────────────────────────
+
+    def open_batch(self, asset: str) -> Batch | None:
+        """The asset's batch still in flight (planned or submitted), if any."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(settlement_batches)
+                .where(settlement_batches.c.asset == asset, settlement_batches.c.status.in_((PLANNED, SUBMITTED)))
+                .order_by(settlement_batches.c.id)
+                .limit(1)
+            ).first()
+        return None if row is None else _batch(row)
+
+    def batch(self, batch_id: int) -> Batch:
+        with self._tx() as conn:
+            return _batch(conn.execute(select(settlement_batches).where(settlement_batches.c.id == batch_id)).one())
+
+    def batches(self, asset: str | None = None, status: str | None = None) -> list[Batch]:
+        stmt = select(settlement_batches).order_by(settlement_batches.c.id)
+        if asset is not None:
+            stmt = stmt.where(settlement_batches.c.asset == asset)
+        if status is not None:
+            stmt = stmt.where(settlement_batches.c.status == status)
+        with self._tx() as conn:
+            return [_batch(row) for row in conn.execute(stmt).all()]
+
+    def plan(self, asset: str, epoch: int, entries: Sequence[Entry], payload: Payload, root: bytes, now: int) -> Batch:
+        """Store the batch and assign its records to it, in one transaction."""
+        with self._tx() as conn:
+            batch_id: int = conn.execute(
+                insert(settlement_batches)
+                .values(
+                    asset=asset,
+                    epoch=epoch,
+                    status=PLANNED,
+                    usage_root="0x" + root.hex(),
+                    payload=payload.to_json(),
+                    total=payload.total,
+                    records=len(entries),
+                    created_at=now,
+                )
+                .returning(settlement_batches.c.id)
+            ).scalar_one()
+            for e in entries:
+                assigned = conn.execute(
+                    update(usage_records)
+                    .where(usage_records.c.request_id == e.request_id, usage_records.c.status == PENDING)
+                    .values(
+                        status=BATCHED,
+                        batch_id=batch_id,
+                        epoch=epoch,
+                        address=e.address,
+                        seller_share=e.seller_share,
+                        fee=e.fee,
+                    )
+                ).rowcount
+                if assigned != 1:
+                    raise RuntimeError(f"usage record {e.request_id!r} is no longer pending")  # rolls back the plan
+        return self.batch(int(batch_id))
+
+    def submit(self, batch_id: int, signed: SignedTx, sender: str, now: int) -> int:
+        """Store the signed settle transaction and mark the batch submitted: before broadcast."""
+        with self._tx() as conn:
+            tx_id = self._store_tx(conn, "settle", signed, sender, now)
+            conn.execute(
+                update(settlement_batches)
+                .where(settlement_batches.c.id == batch_id, settlement_batches.c.status == PLANNED)
+                .values(status=SUBMITTED, tx_id=tx_id)
+            )
+        return tx_id
+
+    def confirm(self, batch: Batch, now: int) -> None:
+        """The batch is on chain: close it and queue its listed lots' escrow draw-downs."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(settlement_batches)
+                .where(settlement_batches.c.id == batch.id, settlement_batches.c.status.in_((PLANNED, SUBMITTED)))
+                .values(status=CONFIRMED, closed_at=now)
+            ).rowcount
+            if done:
+                for lot_id, amount in sorted(batch.payload.consumes.items()):
+                    insert_ignore(
+                        conn,
+                        lot_consumptions,
+                        {"batch_id": batch.id, "chain_lot_id": lot_id, "amount": amount, "status": PENDING},
+                    )
+
+    def fail(self, batch: Batch, reason: str, now: int) -> None:
+        """The batch can never land: close it and put its records back to pending."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(settlement_batches)
+                .where(settlement_batches.c.id == batch.id, settlement_batches.c.status.in_((PLANNED, SUBMITTED)))
+                .values(status=FAILED, closed_at=now, error=reason[:REASON])
+            ).rowcount
+            if done:
+                conn.execute(
+                    update(usage_records)
+                    .where(usage_records.c.batch_id == batch.id)
+                    .values(status=PENDING, batch_id=None, epoch=None, address=None, seller_share=None, fee=None)
+                )
+
+    # ─── Signed transactions ─────────────────────────────────────────────────
+
+    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
+        return int(
+            conn.execute(
+                insert(coordinator_txs)
+                .values(
+                    purpose=purpose,
+                    sender=sender,
+                    nonce=signed.nonce,
+                    tx_hash=signed.tx_hash,
+                    raw_tx=signed.raw,
+                    status=SENT,
+                    created_at=now,
+                )
+                .returning(coordinator_txs.c.id)
+            ).scalar_one()
+        )
+
+    def tx(self, tx_id: int) -> StoredTx:
+        with self._tx() as conn:
+            m = conn.execute(select(coordinator_txs).where(coordinator_txs.c.id == tx_id)).one()._mapping
+        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
+
+    def open_txs(self) -> list[StoredTx]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(coordinator_txs).where(coordinator_txs.c.status == SENT).order_by(coordinator_txs.c.nonce)
+            ).all()
+        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
+
+    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(coordinator_txs)
+                .where(coordinator_txs.c.id == tx_id, coordinator_txs.c.status == SENT)
+                .values(status=status, block_number=block, closed_at=now)
+            )
+
+    # ─── Listed lots' escrow draw-downs ──────────────────────────────────────
+
+    def open_consumptions(self) -> list[Consumption]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(lot_consumptions, settlement_batches.c.epoch)
+                .join(settlement_batches, settlement_batches.c.id == lot_consumptions.c.batch_id)
+                .where(lot_consumptions.c.status.in_((PENDING, SUBMITTED)))
+                .order_by(lot_consumptions.c.batch_id, lot_consumptions.c.chain_lot_id)
+            ).all()
+        return [Consumption(r.batch_id, r.epoch, r.chain_lot_id, r.amount, r.status, r.tx_id) for r in rows]
+
+    def consumptions(self) -> list[Consumption]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(lot_consumptions, settlement_batches.c.epoch).join(
+                    settlement_batches, settlement_batches.c.id == lot_consumptions.c.batch_id
+                )
+            ).all()
+        return [Consumption(r.batch_id, r.epoch, r.chain_lot_id, r.amount, r.status, r.tx_id) for r in rows]
+
+    def submit_consumption(self, c: Consumption, signed: SignedTx, sender: str, now: int) -> int:
+        with self._tx() as conn:
+            tx_id = self._store_tx(conn, "consume", signed, sender, now)
+            conn.execute(
+                update(lot_consumptions)
+                .where(lot_consumptions.c.batch_id == c.batch_id, lot_consumptions.c.chain_lot_id == c.lot_id)
+                .values(status=SUBMITTED, tx_id=tx_id)
+            )
+        return tx_id
+
+    def close_consumption(self, c: Consumption, status: str, error: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(lot_consumptions)
+                .where(lot_consumptions.c.batch_id == c.batch_id, lot_consumptions.c.chain_lot_id == c.lot_id)
+                .values(
+                    status=status,
+                    error=None if error is None else error[:REASON],
+                    tx_id=None if status == PENDING else c.tx_id,
+                )
+            )
+
+    # ─── Spend caps ──────────────────────────────────────────────────────────
+
+    def add_spend_cap(
+        self, address: str, asset: str, per_epoch: int, total: int, expiry: int, nonce: int, signature: str, now: int
+    ) -> int:
+        """Queue a user-signed SpendCap for registration (idempotent per address, asset, nonce)."""
+        if min(per_epoch, total) <= 0 or max(per_epoch, total) > UNLIMITED:
+            raise ValueError("a spend cap's limits are 1 .. 2**256 - 1")
+        with self._tx() as conn:
+            insert_ignore(
+                conn,
+                spend_cap_submissions,
+                {
+                    "address": address,
+                    "asset": asset,
+                    "per_epoch": per_epoch,
+                    "total": total,
+                    "expiry": expiry,
+                    "nonce": nonce,
+                    "signature": signature,
+                    "status": PENDING,
+                    "created_at": now,
+                },
+            )
+            row: int = conn.execute(
+                select(spend_cap_submissions.c.id).where(
+                    spend_cap_submissions.c.address == address,
+                    spend_cap_submissions.c.asset == asset,
+                    spend_cap_submissions.c.nonce == nonce,
+                )
+            ).scalar_one()
+        return int(row)
+
+    def spend_caps(self, statuses: Sequence[str] = (PENDING, SUBMITTED)) -> list[CapSubmission]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(spend_cap_submissions)
+                .where(spend_cap_submissions.c.status.in_(tuple(statuses)))
+                .order_by(spend_cap_submissions.c.id)
+            ).all()
+        return [
+            CapSubmission(
+                r.id, r.address, r.asset, r.per_epoch, r.total, r.expiry, r.nonce, r.signature, r.status, r.tx_id
+            )
+            for r in rows
+        ]
+
+    def submit_spend_cap(self, cap_id: int, signed: SignedTx, sender: str, now: int) -> int:
+        with self._tx() as conn:
+            tx_id = self._store_tx(conn, "spend_cap", signed, sender, now)
+            conn.execute(
+                update(spend_cap_submissions)
+                .where(spend_cap_submissions.c.id == cap_id)
+                .values(status=SUBMITTED, tx_id=tx_id)
+            )
+        return tx_id
+
+    def close_spend_cap(self, cap_id: int, status: str, error: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(spend_cap_submissions)
+                .where(spend_cap_submissions.c.id == cap_id)
+                .values(status=status, error=None if error is None else error[:REASON])
+            )
+
+    # ─── Releases ────────────────────────────────────────────────────────────
+
+    def unsettled(self, account: int, asset: str) -> int:
+        """What the account owes that the chain has not yet debited: active holds, and settled
+        usage not in a confirmed batch (pending, in flight, or quarantined)."""
+        with self._tx() as conn:
+            held: int = conn.execute(
+                select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+                    holds.c.payer_id == account, holds.c.asset == asset, holds.c.status == "active"
+                )
+            ).scalar_one()
+            owed: int = conn.execute(
+                select(func.coalesce(func.sum(usage_records.c.cost), 0))
+                .select_from(
+                    usage_records.outerjoin(settlement_batches, settlement_batches.c.id == usage_records.c.batch_id)
+                )
+                .where(
+                    usage_records.c.payer_id == account,
+                    usage_records.c.asset == asset,
+                    or_(settlement_batches.c.status.is_(None), settlement_batches.c.status != CONFIRMED),
+                )
+            ).scalar_one()
+        return int(held) + int(owed)
+
+    def locked(self, account: int, asset: str) -> int:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(balances.c.locked).where(balances.c.account_id == account, balances.c.asset == asset)
+            ).first()
+        return 0 if row is None else int(row.locked)
+
+    def active_releases(self, address: str | None = None) -> list[Release]:
+        stmt = select(releases).where(releases.c.status == ACTIVE).order_by(releases.c.id)
+        if address is not None:
+            stmt = stmt.where(releases.c.address == address)
+        with self._tx() as conn:
+            return [_release(row) for row in conn.execute(stmt).all()]
+
+    def add_release(
+        self, account: int, address: str, asset: str, amount: int, nonce: int, expiry: int, signature: str, now: int
+    ) -> Release:
+        """Lock `amount` of the account's ledger balance and record the signed release, at once;
+        refused if the ledger's own spendable balance does not cover it."""
+        with self._tx() as conn:
+            ensure_balance(conn, account, asset)
+            b = balances.c
+            taken = conn.execute(
+                update(balances)
+                .where(b.account_id == account, b.asset == asset, ge(sub(sub(b.posted, b.held), b.locked), amount))
+                .values(locked=add(b.locked, amount))
+            ).rowcount
+            if taken != 1:
+                raise ReleaseRefused(f"account {account}'s ledger balance cannot spare {amount} {asset}")
+            release_id: int = conn.execute(
+                insert(releases)
+                .values(
+                    account_id=account,
+                    address=address,
+                    asset=asset,
+                    amount=amount,
+                    nonce=nonce,
+                    expiry=expiry,
+                    signature=signature,
+                    status=ACTIVE,
+                    created_at=now,
+                )
+                .returning(releases.c.id)
+            ).scalar_one()
+            return _release(conn.execute(select(releases).where(releases.c.id == release_id)).one())
+
+    def close_release(self, release: Release, status: str, now: int) -> None:
+        """The release was used or expired: unlock its amount (once)."""
+        with self._tx() as conn:
+            closed = conn.execute(
+                update(releases)
+                .where(releases.c.id == release.id, releases.c.status == ACTIVE)
+                .values(status=status, closed_at=now)
+            ).rowcount
+            if closed:
+                b = balances.c
+                conn.execute(
+                    update(balances)
+                    .where(and_(b.account_id == release.account, b.asset == release.asset))
+                    .values(locked=sub(b.locked, release.amount))
+                )

@@ -1,0 +1,302 @@
+"""The coordinator on a real anvil: it posts what the ledger settled, its root proves each
+record on chain, a batch the vault refuses is cut down to the entries at fault, and kill -9
+at random points over many runs posts each epoch once and loses no usage."""
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from eth_account import Account
+from web3 import Web3
+
+from promptex.chain.attest import open_lot
+from promptex.chain.deployments import load_deployment
+from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.chain.vault import UNLIMITED, sign_spend_cap
+from promptex.coordinator import cli as coordinator_cli
+from promptex.coordinator import service
+from promptex.coordinator.chain import Web3Chain
+from promptex.coordinator.cli import leaf_of, usage_verify
+from promptex.coordinator.merkle import MerkleTree
+from promptex.coordinator.service import Coordinator
+from promptex.ledger import Ledger, UsageRecord
+from promptex.ledger.binding import sign
+from promptex.metering import split_usdc_charge
+
+MNEMONIC = " ".join(["test"] * 11 + ["junk"])  # anvil's public development mnemonic
+USDC_UNIT, TOKEN = 10**6, 10**18
+EPOCH = 10  # the local deploy's epoch length
+_requests = itertools.count()
+_events = itertools.count()
+
+
+def anvil_account(index):
+    Account.enable_unaudited_hdwallet_features()
+    return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+ADMIN, SELLER = anvil_account(0), anvil_account(1)  # the deploy's coordinator/settler/attestor is account 0
+
+
+class World:
+    """The deployment, a ledger mirroring the chain's deposits, two open lots, funded buyers."""
+
+    def __init__(self, url, deployments, tmp_path):
+        self.url = url
+        self.w3 = Web3(Web3.HTTPProvider(url))
+        self.deployment = load_deployment("local", deployments)
+        self.chain = Web3Chain(url, self.deployment, ADMIN.key.hex())
+        self.vault, self.escrow = self.chain.vault, self.chain.escrow
+        self.usdc = self.contract("USDC")
+        self.cld = self.contract("token:CLD")
+        self.db = f"sqlite:///{tmp_path}/ledger.sqlite3"
+        self.ledger = Ledger.open(self.db, sqlite_synchronous="NORMAL")
+        self.cld_lot = self.open_lot("anthropic", KIND_TOKENIZED, 0)
+        self.usdc_lot = self.open_lot("openai", KIND_LISTED, 6000)
+        self.deposits = {}
+
+    def contract(self, name):
+        record = self.deployment.contracts[name]
+        abi = json.loads(Path(record.abi).read_text())
+        return self.w3.eth.contract(address=Web3.to_checksum_address(record.address), abi=abi)
+
+    def send(self, account, call):
+        tx = call.build_transaction(
+            {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address)}
+        )
+        receipt = self.w3.eth.wait_for_transaction_receipt(
+            self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+        )
+        assert receipt["status"] == 1
+
+    def open_lot(self, provider, kind, rate_bps):
+        face = 1_000_000 * USDC_UNIT
+        bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
+        self.send(SELLER, self.usdc.functions.mint(SELLER.address, bond))
+        self.send(SELLER, self.usdc.functions.approve(self.escrow.address, bond))
+        attestation = {
+            "seller": SELLER.address, "token": "CLD" if provider == "anthropic" else "GPT", "kind": kind,
+            "face_value": face, "expiry": self.chain.now() + 30 * 86_400, "bond": bond,
+            "terms_hash": "0x" + "11" * 32, "rate_bps": rate_bps,
+        }  # fmt: skip
+        return open_lot(self.url, self.deployment, ADMIN.key.hex(), attestation).lot_id
+
+    def buyer(self, index, asset, amount, *, deposit=True):
+        """A ledger account bound to anvil account `index`, with `amount` deposited (and
+        mirrored in the ledger as the indexer would) under a signed spend cap the
+        coordinator registers."""
+        wallet = anvil_account(index)
+        account = self.ledger.create_account().id
+        message = self.ledger.issue_binding_challenge(account, wallet.address)
+        self.ledger.bind_wallet(message, sign(message, wallet.key))
+        if deposit:
+            token = self.usdc if asset == "USDC" else self.cld
+            if asset == "USDC":
+                self.send(wallet, self.usdc.functions.mint(wallet.address, amount))
+            else:
+                self.send(SELLER, self.cld.functions.transfer(wallet.address, amount))
+            self.send(wallet, token.functions.approve(self.vault.address, amount))
+            self.send(wallet, self.vault.functions.deposit(token.address, amount))
+            self.deposits[(wallet.address, asset)] = amount
+        self.ledger.credit_deposit(f"0x{next(_events):064x}:0", wallet.address, asset, amount)
+        self.ledger.set_spend_cap(account, asset, amount)
+        self.submit_cap(wallet, asset, amount)
+        return account, wallet.address
+
+    def submit_cap(self, wallet, asset, total):
+        """Sign a SpendCap as `wallet` at its current on-chain nonce; the coordinator registers it."""
+        expiry = self.chain.now() + 86_400 + next(_events)
+        nonce = self.vault.functions.cap_nonce(wallet.address, self.chain.asset_address(asset)).call()
+        fields = {
+            "account": wallet.address, "asset": self.chain.asset_address(asset), "per_epoch": UNLIMITED,
+            "total": total, "expiry": expiry, "nonce": nonce,
+        }  # fmt: skip
+        signature = sign_spend_cap(wallet.key, chain_id=self.deployment.chain_id, vault=self.vault.address, **fields)
+        self.coordinator().submit_spend_cap(wallet.address, asset, UNLIMITED, total, expiry, nonce, signature)
+
+    def spend(self, account, asset, cost):
+        request_id = f"req_{next(_requests)}"
+        lot = self.usdc_lot if asset == "USDC" else self.cld_lot
+        self.ledger.reserve(account, asset, cost, request_id, ttl=600)
+        record = UsageRecord(
+            model="gpt-4o" if asset == "USDC" else "claude-sonnet-4-5", input_tokens=1_000, output_tokens=100,
+            list_usd_micro=cost // 2 + 1, gateway_lot_id=1, chain_lot_id=lot,
+            lot_kind="listed" if asset == "USDC" else "tokenized", fee_bps=500 if asset == "USDC" else None,
+        )  # fmt: skip
+        self.ledger.settle(request_id, cost, record=record)
+        return request_id
+
+    def coordinator(self, ledger=None, chain=None):
+        return Coordinator(
+            (ledger or self.ledger).engine, chain or self.chain, holder="e2e", tx_timeout=10, lease_seconds=600
+        )
+
+    def next_window(self):
+        self.w3.provider.make_request("evm_increaseTime", [EPOCH])
+        self.w3.provider.make_request("evm_mine", [])
+
+    def settled_events(self, asset):
+        address = self.chain.asset_address(asset)
+        logs = self.vault.events.EpochSettled().get_logs(from_block=0)
+        return [log["args"]["epoch"] for log in logs if log["args"]["asset"] == address]
+
+
+@pytest.fixture
+def world(deployed_anvil, tmp_path):
+    url, deployments = deployed_anvil
+    w3 = Web3(Web3.HTTPProvider(url))
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
+    w = World(url, deployments, tmp_path)
+    try:
+        yield w
+    finally:
+        w.ledger.close()
+        w3.provider.make_request("evm_revert", [snapshot])
+
+
+def test_coordinator__usage_in_usdc_and_cld__chain_matches_ledger_and_proofs_verify(world, monkeypatch):
+    a, a_addr = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    b, b_addr = world.buyer(3, "CLD", 5_000 * TOKEN)
+    usdc_ids = [world.spend(a, "USDC", 1_234_567), world.spend(a, "USDC", 89)]
+    cld_ids = [world.spend(b, "CLD", 7 * TOKEN + 3), world.spend(b, "CLD", TOKEN)]
+    world.next_window()
+    seller_usdc = world.vault.functions.claimable(SELLER.address, world.usdc.address).call()
+
+    report = world.coordinator().run_once()
+
+    assert report.caps == 2 and sorted(report.confirmed) == [("CLD", 1), ("USDC", 1)], report
+    v = world.vault.functions
+    assert v.balance_of(a_addr, world.usdc.address).call() == world.ledger.balance(a, "USDC").posted
+    assert v.balance_of(b_addr, world.cld.address).call() == world.ledger.balance(b, "CLD").posted
+    assert world.ledger.balance(a, "USDC").posted == 20 * USDC_UNIT - 1_234_656
+    shares = [split_usdc_charge(c, 500) for c in (1_234_567, 89)]
+    assert v.claimable(SELLER.address, world.usdc.address).call() - seller_usdc == sum(s for s, _ in shares)
+    assert v.reserve(world.usdc.address).call() == sum(f for _, f in shares)
+    store = world.coordinator().store
+    for asset, ids in (("USDC", usdc_ids), ("CLD", cld_ids)):
+        tree = MerkleTree([leaf_of(store.record(r)).hash() for r in ids])
+        assert world.chain.usage_root(asset, 1) == tree.root
+    lots = world.escrow.functions
+    assert lots.lots(world.usdc_lot).call()[9] == (1_234_567 // 2 + 1) + (89 // 2 + 1)  # consumed (list value)
+    assert lots.lots(world.cld_lot).call()[9] == 8 * TOKEN + 3  # drawn down by the CLD burned
+
+    monkeypatch.setattr(coordinator_cli, "_engine", lambda _s: world.ledger.engine)
+    monkeypatch.setattr(coordinator_cli, "make_chain", lambda _s: world.chain)
+    runner = CliRunner()
+    ok = runner.invoke(usage_verify, [cld_ids[0]])
+    assert ok.exit_code == 0 and json.loads(ok.output)["verified"] is True
+    with world.ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE usage_records SET cost = '1' WHERE request_id = ?", (cld_ids[0],))
+    bad = runner.invoke(usage_verify, [cld_ids[0]])
+    assert bad.exit_code != 0
+
+
+def test_coordinator__payer_without_vault_funds__quarantined_rest_settled(world):
+    good, good_addr = world.buyer(4, "CLD", 1_000 * TOKEN)
+    broke, _ = world.buyer(5, "CLD", 1_000 * TOKEN, deposit=False)  # the ledger thinks it paid; the vault has nothing
+    kept = world.spend(good, "CLD", 3 * TOKEN)
+    refused = world.spend(broke, "CLD", 2 * TOKEN)
+    world.next_window()
+
+    report = world.coordinator().run_once()
+
+    assert report.confirmed == [("CLD", 1)] and report.quarantined == 1
+    store = world.coordinator().store
+    assert store.record(refused).status == "quarantined"
+    assert "shortfall exceeds reserve" in store.record(refused).quarantine_reason
+    assert store.record(kept).status == "batched"
+    assert world.vault.functions.balance_of(good_addr, world.cld.address).call() == 997 * TOKEN
+    assert world.settled_events("CLD") == [1]
+
+
+STEPS = [
+    None, "planned", "settle_signed", "settle_broadcast", "confirmed", "consume_signed", "consume_broadcast",
+    "spend_cap_signed", "spend_cap_broadcast",
+]  # fmt: skip
+
+
+def _child(world, step):
+    """One coordinator process: fresh database and RPC connections, the crash hook armed."""
+    if step is not None:
+        os.environ[service.CRASH_ENV] = step
+    ledger = Ledger.open(world.db, sqlite_synchronous="NORMAL", migrate=False)
+    chain = Web3Chain(world.url, world.deployment, ADMIN.key.hex())
+    world.coordinator(ledger, chain).run_once()
+
+
+def _run_killable(world, step, kill_after):
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 1
+        try:
+            _child(world, step)
+            code = 0
+        finally:
+            os._exit(code)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+def test_coordinator__kill_9_at_random_points__each_epoch_once_no_usage_lost(world):
+    rng = random.Random(int(os.environ.get("PROMPTEX_KILL_SEED", "6")))
+    buyers = [world.buyer(i, "USDC", 50 * USDC_UNIT) for i in (6, 7)]
+    buyers += [world.buyer(i, "CLD", 10_000 * TOKEN) for i in (8, 9)]
+    spent = {}
+    killed = 0
+    for run in range(20):
+        for account, address in rng.sample(buyers, 2):
+            asset = "USDC" if address in {b[1] for b in buyers[:2]} else "CLD"
+            cost = rng.randint(1, 50_000) * (1 if asset == "USDC" else 10**13)
+            world.spend(account, asset, cost)
+            spent[(address, asset)] = spent.get((address, asset), 0) + cost
+        if run % 3 == 2:  # a wider spend cap now and then, so its steps can be killed too
+            world.submit_cap(anvil_account(8), "CLD", 10_000 * TOKEN + run)
+        world.next_window()
+        step = rng.choice(STEPS)
+        kill_after = rng.uniform(0.0, 0.4) if step is None and rng.random() < 0.5 else None
+        status = _run_killable(world, step, kill_after)
+        killed += os.WIFSIGNALED(status)
+    for _ in range(4):  # recovery: clean runs until nothing is left in flight
+        world.next_window()
+        assert os.WIFEXITED(_run_killable(world, None, None))
+
+    assert killed >= 5  # the test did kill coordinators mid-pass
+    store = world.coordinator().store
+    for asset in ("USDC", "CLD"):
+        epochs = world.settled_events(asset)
+        assert epochs == list(range(1, len(epochs) + 1))  # each epoch once, none skipped
+        confirmed = store.batches(asset, "confirmed")
+        assert [b.epoch for b in confirmed] == epochs
+        for batch in confirmed:
+            records = store.batch_records(batch.id)
+            assert world.chain.usage_root(asset, batch.epoch) == batch.usage_root
+            assert MerkleTree([leaf_of(r).hash() for r in records]).root == batch.usage_root
+    with world.ledger.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT r.status, b.status, r.address, r.asset, r.cost FROM usage_records r "
+            "LEFT JOIN settlement_batches b ON b.id = r.batch_id"
+        ).all()
+    assert rows and all(r[0] == "batched" and r[1] == "confirmed" for r in rows), [
+        r for r in rows if r[1] != "confirmed"
+    ]
+    posted = {}
+    for _, _, address, asset, cost in rows:
+        posted[(address, asset)] = posted.get((address, asset), 0) + int(cost)
+    assert posted == spent  # every record in exactly one confirmed batch
+    for (address, asset), amount in spent.items():
+        balance = world.vault.functions.balance_of(address, world.chain.asset_address(asset)).call()
+        assert balance == world.deposits[(address, asset)] - amount  # debited once, in full
+    assert all(c.status == "done" for c in store.consumptions())
+    consumed = sum(c.amount for c in store.consumptions())
+    assert world.escrow.functions.lots(world.usdc_lot).call()[9] == consumed

@@ -1,0 +1,246 @@
+"""An in-memory stand-in for the vault and escrow, with the coordinator's `Chain` methods.
+
+It models what the coordinator relies on: consecutive epochs, one settlement per window,
+debits cut to the balance with the shortfall paid from fee + reserve (else a revert),
+open/kind checks on lots, one escrow draw per lot per epoch, sender nonces, a mempool
+that can hold or lose broadcasts, receipts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils.crypto import keccak
+
+from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN
+from promptex.chain.vault import unpack_debit
+from promptex.coordinator.chain import Call, LotInfo, Receipt, SignedTx
+
+COORDINATOR = "0x000000000000000000000000000000000000C0DE"
+ADDRESSES = {"USDC": "0x00000000000000000000000000000000000005DC", "CLD": "0x0000000000000000000000000000000000000C1D"}
+EPOCH = 10
+
+
+class Revert(Exception):
+    pass
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b": value.hex()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        return bytes.fromhex(value["b"])
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+@dataclass
+class State:
+    balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    reserve: dict[str, int] = field(default_factory=dict)
+    claimable: dict[tuple[int, str], int] = field(default_factory=dict)  # (lot, asset)
+    burned: dict[int, int] = field(default_factory=dict)  # tokenized lot → burned
+    lots: dict[int, LotInfo] = field(default_factory=dict)
+    consumed: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # lot → [(epoch, amount)]
+    last_epoch: dict[str, int] = field(default_factory=dict)
+    settled_window: dict[str, int] = field(default_factory=dict)
+    roots: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    settlements: list[tuple[str, int]] = field(default_factory=list)  # EpochSettled
+    caps: list[tuple[str, str, int]] = field(default_factory=list)
+    release_nonce: dict[str, int] = field(default_factory=dict)
+    nonce: int = 0
+
+
+class FakeChain:
+    sender = COORDINATOR
+
+    def __init__(self) -> None:
+        self.s = State()
+        self.time = 1_800_000_000
+        self.receipts: dict[str, Receipt] = {}
+        self.mempool: dict[str, str] = {}
+        self.hold = False  # broadcasts wait in the mempool until `mine()`
+        self.lose = False  # broadcasts vanish
+        self.sent: list[str] = []  # every broadcast, in order
+        self.block = 0
+
+    # ─── Test setup ──────────────────────────────────────────────────────────
+
+    def open_lot(self, lot_id: int, kind: int, asset: str = "CLD", status: int = STATUS_OPEN) -> None:
+        self.s.lots[lot_id] = LotInfo(seller=f"seller{lot_id}", token=ADDRESSES[asset], kind=kind, status=status)
+
+    def close_lot(self, lot_id: int) -> None:
+        lot = self.s.lots[lot_id]
+        self.s.lots[lot_id] = LotInfo(lot.seller, lot.token, lot.kind, STATUS_CLOSED)
+
+    def next_window(self) -> None:
+        self.time += EPOCH
+
+    # ─── Views ───────────────────────────────────────────────────────────────
+
+    def assets(self) -> list[str]:
+        return list(ADDRESSES)
+
+    def asset_address(self, asset: str) -> str:
+        return ADDRESSES[asset]
+
+    def _symbol(self, address: str) -> str:
+        return {v: k for k, v in ADDRESSES.items()}[address]
+
+    def is_spend_only(self, asset: str) -> bool:
+        return asset != "USDC"
+
+    def now(self) -> int:
+        return self.time
+
+    def next_settlement_at(self, asset: str) -> int:
+        return self.s.settled_window.get(asset, 0) * EPOCH
+
+    def last_epoch(self, asset: str) -> int:
+        return self.s.last_epoch.get(asset, 0)
+
+    def usage_root(self, asset: str, epoch: int) -> bytes:
+        return self.s.roots.get((asset, epoch), bytes(32))
+
+    def balance_of(self, address: str, asset: str) -> int:
+        return self.s.balances.get((address, asset), 0)
+
+    def debitable(self, address: str, asset: str) -> int:
+        return self.balance_of(address, asset)
+
+    def lot(self, lot_id: int) -> LotInfo:
+        return self.s.lots.get(lot_id, LotInfo("0x" + "0" * 40, "0x" + "0" * 40, 0, 0))
+
+    def release_nonce(self, address: str) -> int:
+        return self.s.release_nonce.get(address, 0)
+
+    # ─── Execution ───────────────────────────────────────────────────────────
+
+    def _execute(self, s: State, call: Call) -> None:
+        getattr(self, f"_{call.function}")(s, *call.args)
+
+    def _settle(self, s: State, epoch: int, asset_address: str, debits, credits, draws, fee, root) -> None:  # noqa: ANN001
+        asset = self._symbol(asset_address)
+        if epoch != s.last_epoch.get(asset, 0) + 1:
+            raise Revert("vault: epoch not consecutive")
+        window = self.time // EPOCH
+        if window < s.settled_window.get(asset, 0):
+            raise Revert("vault: epoch window already settled")
+        requested = charged = 0
+        for word in debits:
+            account, amount = unpack_debit(word)
+            take = min(amount, s.balances.get((account, asset), 0))
+            s.balances[(account, asset)] = s.balances.get((account, asset), 0) - take
+            requested += amount
+            charged += take
+        paid = fee
+        for word in credits:
+            lot_id, amount = word >> 160, word & (2**160 - 1)
+            lot = s.lots.get(lot_id)
+            if lot is None or lot.kind != KIND_LISTED or lot.status != STATUS_OPEN:
+                raise Revert("vault: credit to a lot that is not open and listed")
+            s.claimable[(lot_id, asset)] = s.claimable.get((lot_id, asset), 0) + amount
+            paid += amount
+        for word in draws:
+            lot_id, amount = word >> 160, word & (2**160 - 1)
+            lot = s.lots.get(lot_id)
+            if lot is None or lot.kind != KIND_TOKENIZED or lot.token != asset_address:
+                raise Revert("vault: draw on a lot of another kind or token")
+            if lot.status != STATUS_OPEN:
+                raise Revert("escrow: lot not open")
+            s.burned[lot_id] = s.burned.get(lot_id, 0) + amount
+            paid += amount
+        if requested != paid:
+            raise Revert("vault: debits do not balance")
+        missing = requested - charged
+        available = s.reserve.get(asset, 0) + fee
+        if missing > available:
+            raise Revert("vault: shortfall exceeds reserve")
+        s.reserve[asset] = available - missing
+        s.last_epoch[asset] = epoch
+        s.settled_window[asset] = window + 1
+        s.roots[(asset, epoch)] = bytes(root)
+        s.settlements.append((asset, epoch))
+
+    def _consume(self, s: State, lot_id: int, amount: int, epoch: int) -> None:
+        done = s.consumed.setdefault(lot_id, [])
+        if done and epoch <= done[-1][0]:
+            raise Revert("escrow: epoch already consumed")
+        if s.lots[lot_id].status != STATUS_OPEN:
+            raise Revert("escrow: lot not open")
+        done.append((epoch, amount))
+
+    def _register_spend_cap(self, s: State, account, asset, per_epoch, total, expiry, nonce, signature) -> None:  # noqa: ANN001
+        if signature == b"bad":
+            raise Revert("vault: bad cap signature")
+        s.caps.append((account, self._symbol(asset), total))
+
+    def simulate(self, call: Call) -> str | None:
+        try:
+            self._execute(copy.deepcopy(self.s), call)
+        except Revert as exc:
+            return str(exc)
+        return None
+
+    def sign(self, call: Call, nonce: int) -> SignedTx:
+        if self.simulate(call) is not None:
+            raise Revert("gas estimation failed")
+        raw = json.dumps({"c": call.contract, "f": call.function, "a": _encode(call.args), "n": nonce})
+        return SignedTx("0x" + keccak(text=raw).hex(), raw, nonce)
+
+    def nonce(self) -> int:
+        return self.s.nonce
+
+    def pending_nonce(self) -> int:
+        return self.s.nonce + len(self.mempool)
+
+    def broadcast(self, raw: str) -> None:
+        tx_hash = "0x" + keccak(text=raw).hex()
+        self.sent.append(tx_hash)
+        if self.lose or tx_hash in self.receipts:
+            return
+        self.mempool[tx_hash] = raw
+        if not self.hold:
+            self.mine()
+
+    def mine(self) -> None:
+        for tx_hash, raw in sorted(self.mempool.items(), key=lambda kv: json.loads(kv[1])["n"]):
+            d = json.loads(raw)
+            if d["n"] != self.s.nonce:
+                continue  # nonce too low (dropped) or a gap
+            call = Call(d["c"], d["f"], tuple(_decode(a) for a in d["a"]))
+            trial = copy.deepcopy(self.s)
+            try:
+                self._execute(trial, call)
+                ok = True
+            except Revert:
+                trial = copy.deepcopy(self.s)
+                ok = False
+            trial.nonce += 1
+            self.s = trial
+            self.block += 1
+            self.receipts[tx_hash] = Receipt(ok, self.block)
+        self.mempool.clear()
+
+    def burn_nonce(self) -> None:
+        """Another transaction of the coordinator's key takes the next nonce."""
+        self.s.nonce += 1
+
+    def receipt(self, tx_hash: str) -> Receipt | None:
+        return self.receipts.get(tx_hash)
+
+    def wait(self, tx_hash: str, timeout: float) -> Receipt | None:
+        return self.receipts.get(tx_hash)
+
+    def sign_release(self, address: str, asset: str, amount: int, nonce: int, expiry: int) -> bytes:
+        return keccak(text=f"{address}{asset}{amount}{nonce}{expiry}") + b"\x1b"

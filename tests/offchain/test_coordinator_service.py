@@ -1,0 +1,328 @@
+"""The coordinator against a fake chain: aggregation, quarantine, the crash-safe state
+machine, the leader lease, spend caps, releases, and the proof/verify commands."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from coordinator_fakes import FakeChain
+from ledger_helpers import fund
+from sqlalchemy import update
+
+from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.coordinator import cli as coordinator_cli
+from promptex.coordinator import service
+from promptex.coordinator.cli import leaf_of, usage_proof, usage_verify
+from promptex.coordinator.merkle import MerkleTree
+from promptex.coordinator.service import Coordinator, ReleaseRefused
+from promptex.ledger import Ledger, UsageRecord
+from promptex.ledger.schema import usage_records
+from promptex.metering import split_usdc_charge
+
+CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
+_requests = itertools.count()
+
+
+class Crash(BaseException):
+    """Stands in for kill -9 at a named step."""
+
+
+@pytest.fixture
+def book(tmp_path: Path, clock) -> Iterator[Ledger]:  # noqa: ANN001
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", clock=clock, sqlite_synchronous="NORMAL")
+    yield ledger
+    try:
+        ledger.check()
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def chain() -> FakeChain:
+    fake = FakeChain()
+    fake.open_lot(CLD_LOT, KIND_TOKENIZED, "CLD")
+    fake.open_lot(USDC_LOT, KIND_LISTED)
+    fake.open_lot(OTHER_USDC_LOT, KIND_LISTED)
+    return fake
+
+
+def coordinator(book: Ledger, chain: FakeChain, holder: str = "test") -> Coordinator:
+    return Coordinator(book.engine, chain, holder=holder, clock=book.clock, tx_timeout=0)
+
+
+def buyer(book: Ledger, chain: FakeChain, asset: str, amount: int, *, on_chain: int | None = None) -> tuple[int, str]:
+    account = book.create_account().id
+    address = fund(book, account, asset, amount)
+    chain.s.balances[(address, asset)] = amount if on_chain is None else on_chain
+    return account, address
+
+
+def spend(book: Ledger, account: int, asset: str, cost: int, lot: int | None, *, kind: str | None = None) -> str:
+    request_id = f"req_{next(_requests)}"
+    book.reserve(account, asset, cost, request_id, ttl=60)
+    kind = kind or ("listed" if asset == "USDC" else "tokenized")
+    record = UsageRecord(
+        model="gpt-4o" if asset == "USDC" else "claude-sonnet-4-5",
+        input_tokens=1_000,
+        output_tokens=200,
+        list_usd_micro=cost // 3 + 1,
+        gateway_lot_id=9,
+        chain_lot_id=lot,
+        lot_kind=kind,
+        fee_bps=500 if asset == "USDC" else None,
+    )
+    book.settle(request_id, cost, record=record)
+    return request_id
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    fired = []
+
+    def point(name: str) -> None:
+        if name == step and not fired:
+            fired.append(name)
+            raise Crash(name)
+
+    monkeypatch.setattr(service, "crash_point", point)
+
+
+def test_settle__usage_in_two_assets__posted_once_each_and_matches_ledger(ledger: Ledger, chain: FakeChain) -> None:
+    a, a_addr = buyer(ledger, chain, "CLD", 10**21)
+    b, b_addr = buyer(ledger, chain, "USDC", 50_000_000)
+    cld = [spend(ledger, a, "CLD", 3 * 10**18, CLD_LOT), spend(ledger, a, "CLD", 10**18, CLD_LOT)]
+    usdc = [spend(ledger, b, "USDC", 1_050_000, USDC_LOT), spend(ledger, b, "USDC", 2_100_001, OTHER_USDC_LOT)]
+    coord = Coordinator(ledger.engine, chain, holder="t", clock=ledger.clock, tx_timeout=0)
+
+    report = coord.run_once()
+
+    assert sorted(report.confirmed) == [("CLD", 1), ("USDC", 1)]
+    assert chain.s.balances[(a_addr, "CLD")] == 10**21 - 4 * 10**18 == ledger.balance(a, "CLD").posted
+    assert chain.s.balances[(b_addr, "USDC")] == 50_000_000 - 3_150_001 == ledger.balance(b, "USDC").posted
+    assert chain.s.burned == {CLD_LOT: 4 * 10**18}
+    shares = [split_usdc_charge(1_050_000, 500), split_usdc_charge(2_100_001, 500)]
+    assert chain.s.claimable[(USDC_LOT, "USDC")] == shares[0][0]
+    assert chain.s.claimable[(OTHER_USDC_LOT, "USDC")] == shares[1][0]
+    assert chain.s.reserve["USDC"] == shares[0][1] + shares[1][1]
+    for asset, ids in (("CLD", cld), ("USDC", usdc)):
+        records = [coord.store.record(r) for r in ids]
+        assert all(r is not None and r.status == "batched" and r.epoch == 1 for r in records)
+        tree = MerkleTree([leaf_of(r).hash() for r in records if r is not None])
+        assert chain.s.roots[(asset, 1)] == tree.root
+    assert sorted((c.lot_id, c.amount, c.status) for c in coord.store.consumptions()) == [
+        (USDC_LOT, 1_050_000 // 3 + 1, "done"),
+        (OTHER_USDC_LOT, 2_100_001 // 3 + 1, "done"),
+    ]
+    assert coord.run_once().confirmed == []  # nothing new; and this window is settled
+    spend(ledger, a, "CLD", 5, CLD_LOT)
+    assert coord.run_once().confirmed == []  # one settlement per window
+    chain.next_window()
+    assert coord.run_once().confirmed == [("CLD", 2)]
+    assert sorted(chain.s.settlements) == [("CLD", 1), ("CLD", 2), ("USDC", 1)]
+
+
+def test_quarantine__no_chain_lot_no_wallet_closed_lot__set_aside_with_reasons_rest_settled(
+    book: Ledger, chain: FakeChain
+) -> None:
+    a, a_addr = buyer(book, chain, "USDC", 10_000_000)
+    org = book.create_account().id  # an account with a balance but no bound wallet
+    treasury = book.treasury().id
+    fund(book, treasury, "USDC", 1_000_000)
+    book.grant_promotional_credit("g1", org, "USDC", 500_000, treasury=treasury)
+    ok = spend(book, a, "USDC", 1_000_000, USDC_LOT)
+    no_lot = spend(book, a, "USDC", 2_000, None)
+    wrong_kind = spend(book, a, "USDC", 3_000, USDC_LOT, kind="tokenized")
+    chain.open_lot(7, KIND_LISTED)
+    chain.close_lot(7)
+    closed = spend(book, a, "USDC", 4_000, 7)
+    coord = coordinator(book, chain)
+    # the treasury's wallet exists, so the org's promotional spend is debited from the treasury's wallet
+    promo_id = "req_promo"
+    book.reserve(org, "USDC", 100, promo_id, ttl=60, payer=treasury)
+    book.settle(promo_id, 100, record=UsageRecord("gpt-4o", 1, 1, 1, None, USDC_LOT, "listed", 500))
+    bare = book.create_account().id
+    with book.engine.begin() as conn:  # and one record whose payer has no wallet at all
+        conn.execute(update(usage_records).where(usage_records.c.request_id == promo_id).values(payer_id=bare))
+
+    report = coord.run_once()
+
+    assert report.confirmed == [("USDC", 1)]
+    reasons = {r.request_id: r.quarantine_reason or "" for r in coord.store.quarantined()}
+    assert set(reasons) == {no_lot, wrong_kind, closed, promo_id}
+    assert "no on-chain lot id" in reasons[no_lot]
+    assert "listed lot" in reasons[wrong_kind]
+    assert "lot 7: lot is not open" in reasons[closed]
+    assert "no bound wallet" in reasons[promo_id]
+    assert chain.s.balances[(a_addr, "USDC")] == 10_000_000 - 1_000_000
+    record = coord.store.record(ok)
+    assert record is not None and record.status == "batched"
+    chain.next_window()
+    assert coord.run_once().confirmed == []  # quarantined records are never posted
+
+
+def test_quarantine__shortfall_beyond_reserve__that_payer_set_aside_rest_settled(
+    book: Ledger, chain: FakeChain
+) -> None:
+    good, good_addr = buyer(book, chain, "CLD", 10**20)
+    broke, broke_addr = buyer(book, chain, "CLD", 10**20, on_chain=0)  # the chain has nothing of it
+    kept = [spend(book, good, "CLD", 10**18, CLD_LOT)]
+    refused = [spend(book, broke, "CLD", 2 * 10**18, CLD_LOT), spend(book, broke, "CLD", 1, CLD_LOT)]
+    coord = coordinator(book, chain)
+
+    report = coord.run_once()
+
+    assert report.confirmed == [("CLD", 1)] and report.quarantined == 2
+    assert chain.s.balances[(good_addr, "CLD")] == 99 * 10**18
+    for request_id in refused:
+        record = coord.store.record(request_id)
+        assert record is not None and record.status == "quarantined"
+        assert "shortfall exceeds reserve" in (record.quarantine_reason or "")
+    record = coord.store.record(kept[0])
+    assert record is not None and record.status == "batched"
+    assert chain.s.roots[("CLD", 1)] == MerkleTree([leaf_of(record).hash()]).root
+
+
+def test_quarantine__refusal_not_caused_by_entries__nothing_quarantined(book: Ledger, chain: FakeChain) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    spend(book, a, "CLD", 10, CLD_LOT)
+    chain.s.last_epoch["CLD"] = 5  # someone else moved the epoch: a timing refusal, not the entries'
+    chain.s.roots[("CLD", 5)] = b"\x01" * 32
+    coord = coordinator(book, chain)
+    assert coord.run_once().confirmed == [("CLD", 6)]  # planned from the chain's epoch; nothing lost
+    assert coord.store.quarantined() == []
+
+
+@pytest.mark.parametrize(
+    "step", ["planned", "settle_signed", "settle_broadcast", "confirmed", "consume_signed", "consume_broadcast"]
+)
+def test_crash__at_each_step__restart_posts_once_and_loses_nothing(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    a, _ = buyer(book, chain, "USDC", 10_000_000)
+    ids = [spend(book, a, "USDC", 100_000 + i, USDC_LOT) for i in range(3)]
+    crash_at(monkeypatch, step)
+    with pytest.raises(Crash):
+        coordinator(book, chain).run_once()
+
+    report = coordinator(book, chain).run_once()  # a new process: same holder name, fresh state
+
+    assert chain.s.settlements == [("USDC", 1)]
+    assert report.waiting is None
+    coord = coordinator(book, chain)
+    [batch] = coord.store.batches(status="confirmed")
+    assert {r.request_id for r in coord.store.batch_records(batch.id)} == set(ids)
+    assert chain.s.consumed == {USDC_LOT: [(1, sum((100_000 + i) // 3 + 1 for i in range(3)))]}
+    assert len(set(chain.sent)) == len(chain.receipts)  # a rebroadcast resends the same bytes only
+
+
+def test_crash__broadcast_lost__same_signed_tx_sent_again(book: Ledger, chain: FakeChain) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    spend(book, a, "CLD", 10**18, CLD_LOT)
+    chain.lose = True
+    assert coordinator(book, chain).run_once().waiting is not None
+    chain.lose = False
+    report = coordinator(book, chain).run_once()
+    assert report.confirmed == [("CLD", 1)]
+    assert len(chain.sent) >= 2 and set(chain.sent) == {chain.sent[0]}
+
+
+def test_crash__nonce_taken_by_another_tx__batch_failed_and_replanned(book: Ledger, chain: FakeChain) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    ids = {spend(book, a, "CLD", 10**18, CLD_LOT), spend(book, a, "CLD", 7, CLD_LOT)}
+    chain.lose = True
+    assert coordinator(book, chain).run_once().waiting is not None
+    chain.lose = False
+    chain.burn_nonce()
+
+    report = coordinator(book, chain).run_once()
+
+    assert report.failed == [("CLD", 1)] and report.confirmed == [("CLD", 1)]
+    coord = coordinator(book, chain)
+    assert [b.status for b in coord.store.batches("CLD")] == ["failed", "confirmed"]
+    assert {r.request_id for r in coord.store.batch_records(coord.store.batches("CLD")[1].id)} == ids
+    assert chain.s.settlements == [("CLD", 1)]
+
+
+def test_lease__other_holder__stands_by_until_the_lease_expires(book: Ledger, chain: FakeChain, clock) -> None:  # noqa: ANN001
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    spend(book, a, "CLD", 5, CLD_LOT)
+    assert coordinator(book, chain, "one").run_once().leader
+    spend(book, a, "CLD", 6, CLD_LOT)
+    chain.next_window()
+    assert not coordinator(book, chain, "two").run_once().leader
+    assert chain.s.settlements == [("CLD", 1)]
+    clock.advance(31)
+    assert coordinator(book, chain, "two").run_once().confirmed == [("CLD", 2)]
+
+
+def test_spend_caps__pending__registered_before_settling_bad_one_rejected(book: Ledger, chain: FakeChain) -> None:
+    coord = coordinator(book, chain)
+    _, address = buyer(book, chain, "CLD", 10**20)
+    good = coord.submit_spend_cap(address, "CLD", 2**256 - 1, 10**19, chain.now() + 86_400, 0, b"sig")
+    bad = coord.submit_spend_cap(address, "CLD", 2**256 - 1, 10**19, chain.now() + 86_400, 1, b"bad")
+    assert coord.submit_spend_cap(address, "CLD", 2**256 - 1, 10**19, chain.now() + 86_400, 0, b"sig") == good
+    assert coord.run_once().caps == 1
+    assert chain.s.caps == [(address, "CLD", 10**19)]
+    statuses = {c.id: c.status for c in coord.store.spend_caps(("registered", "rejected"))}
+    assert statuses == {good: "registered", bad: "rejected"}
+
+
+def test_release__above_free_balance__refused_within__locked_until_used_or_expired(
+    book: Ledger, chain: FakeChain
+) -> None:
+    account, address = buyer(book, chain, "USDC", 100)
+    spend(book, account, "USDC", 30, USDC_LOT)  # settled off-chain, not yet on chain
+    book.reserve(account, "USDC", 5, "req_open", ttl=60)  # a request in flight
+    coord = coordinator(book, chain)
+
+    with pytest.raises(ReleaseRefused, match="only 65 USDC"):  # 100 on chain − 30 settled − 5 held
+        coord.sign_release(address, "USDC", 66)
+    release = coord.sign_release(address, "USDC", 65)
+    assert book.balance(account, "USDC").locked == 65
+    with pytest.raises(ReleaseRefused, match="outstanding"):
+        coord.sign_release(address, "USDC", 1)
+    with pytest.raises(ReleaseRefused, match="not bound"):
+        coord.sign_release("0x" + "ab" * 20, "USDC", 1)
+
+    chain.time = release.expiry + 1
+    coord.run_once()
+    assert book.balance(account, "USDC").locked == 0
+    book.release("req_open")
+    second = coord.sign_release(address, "USDC", 10)
+    chain.s.release_nonce[address] = second.nonce + 1  # the user took it
+    coord.run_once()
+    assert book.balance(account, "USDC").locked == 0
+    assert coord.store.active_releases() == []
+
+
+def test_cli__proof_and_verify__pass_and_fail_on_tampering(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    ids = [spend(book, a, "CLD", 10**15 + i, CLD_LOT) for i in range(5)]
+    coordinator(book, chain).run_once()
+    monkeypatch.setattr(coordinator_cli, "_engine", lambda _s: book.engine)
+    monkeypatch.setattr(coordinator_cli, "make_chain", lambda _s: chain)
+    runner = CliRunner()
+
+    proof = runner.invoke(usage_proof, [ids[2]])
+    assert proof.exit_code == 0, proof.output
+    body = json.loads(proof.output)
+    assert body["root"] == "0x" + chain.s.roots[("CLD", 1)].hex() and body["epoch"] == 1
+    assert runner.invoke(usage_verify, [ids[2]]).exit_code == 0
+    path = tmp_path / "proof.json"
+    path.write_text(proof.output)
+    assert runner.invoke(usage_verify, ["--proof-file", str(path)]).exit_code == 0
+
+    body["record"]["cost"] = str(int(body["record"]["cost"]) - 1)
+    path.write_text(json.dumps(body))
+    tampered = runner.invoke(usage_verify, ["--proof-file", str(path)])
+    assert tampered.exit_code == 1 and "MISMATCH" in tampered.output
+    with book.engine.begin() as conn:
+        conn.execute(update(usage_records).where(usage_records.c.request_id == ids[2]).values(output_tokens=999))
+    assert runner.invoke(usage_verify, [ids[2]]).exit_code != 0
+    assert runner.invoke(usage_proof, ["req_missing"]).exit_code != 0
