@@ -10,6 +10,7 @@ units of the asset ("12.5" USDC), converted exactly; too many decimals are refus
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -206,6 +207,30 @@ def complete_withdraw(network: Any, alias: str | None, yes: bool, symbol: str, m
             f"{whole(event.proceeds, 'USDC')} credited in the vault" if symbol.upper() != "USDC" else "to your wallet"
         )
         click.echo(f"withdrew {whole(event.amount, symbol)} ({paid})")
+
+
+@wallet_command("exit-instant")
+@click.option(
+    "--release", "release_file", required=True, type=click.File(), help="the JSON of `promptex coordinator release`"
+)
+@click.option("--min-out", default=None, help="provider tokens: least USDC to accept for the sale")
+def exit_instant(network: Any, alias: str | None, yes: bool, release_file: Any, min_out: str | None) -> None:
+    """Leave the vault at once with a release the coordinator co-signed (no thaw)."""
+    try:
+        release = json.load(release_file)
+        symbol, amount = str(release["asset"]), int(release["amount"])
+        nonce, expiry = int(release["nonce"]), int(release["expiry"])
+        signature = bytes.fromhex(str(release["signature"]).removeprefix("0x"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.BadParameter(f"not a release: {exc}", param_hint="--release") from None
+    least = units(min_out, "USDC") if min_out else 0
+    with readable_errors():
+        session = Session(network, alias, yes)
+        if str(release.get("address", "")).lower() != session.account.address.lower():
+            raise ValueError(f"this release is for {release.get('address')}, not {session.account.address}")
+        vault = session.contract("CreditsVault")
+        vault.exit_instant(session.token(symbol), amount, least, nonce, expiry, signature, sender=session.account)
+        click.echo(f"left the vault with {whole(amount, symbol)} at once")
 
 
 @wallet_command("cancel-withdraw")

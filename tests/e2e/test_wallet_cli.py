@@ -1,13 +1,18 @@
 """`promptex wallet …` and `promptex status` sign with a real ape keyfile account (not a
 test account) against an anvil with the deployed and seeded market."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
+from eth_account import Account
 
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
+from promptex.chain.vault import sign_release
+from promptex.coordinator.cli import ANVIL_KEY_0
 
 # Throwaway keys for the keyfile accounts, made for these tests only.
 KEY = "0x" + "5e" * 32
@@ -51,7 +56,7 @@ def promptex(env, *args, passphrase=PASSPHRASE):
     )
 
 
-def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market):
+def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market, tmp_path):
     env = market
     # MockUSDC is an open faucet: the buyer mints itself test dollars, signed by its keyfile.
     faucet = subprocess.run(
@@ -74,6 +79,20 @@ def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market):
     assert swap.returncode == 0, swap.stderr[-2000:]
     assert "via USDC → CLD for" in swap.stdout
 
+    # An instant exit with a release the coordinator (deployer = anvil account 0 locally) signed.
+    deployment = json.loads((Path(env["PROMPTEX_DEPLOYMENTS_DIR"]) / "local.json").read_text())
+    usdc, vault = deployment["contracts"]["USDC"]["address"], deployment["contracts"]["CreditsVault"]["address"]
+    buyer = Account.from_key(KEY).address
+    fields = dict(chain_id=31337, vault=vault, account=buyer, asset=usdc, amount=10 * 10**6, nonce=0, expiry=2**40)
+    signature = sign_release(ANVIL_KEY_0, **fields)
+    release = {"address": buyer, "asset": "USDC", "amount": "10000000", "nonce": 0, "expiry": 2**40}
+    (release_file := tmp_path / "release.json").write_text(json.dumps({**release, "signature": "0x" + signature.hex()}))
+    instant = promptex(env, "wallet", "exit-instant", "--release", str(release_file), "--account", "buyer", "--yes")
+    assert instant.returncode == 0, instant.stderr[-2000:]
+    assert "left the vault with 10 USDC at once" in instant.stdout
+    replayed = promptex(env, "wallet", "exit-instant", "--release", str(release_file), "--account", "buyer", "--yes")
+    assert replayed.returncode == 1 and "vault: bad nonce" in replayed.stderr
+
     withdraw = promptex(env, "wallet", "withdraw", "--asset", "USDC", "--amount", "50", "--account", "buyer", "--yes")
     assert withdraw.returncode == 0, withdraw.stderr[-2000:]
     assert "withdrawal of 50 USDC requested" in withdraw.stdout
@@ -81,15 +100,15 @@ def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market):
     balances = promptex(env, "wallet", "balances", "--account", "buyer")
     assert balances.returncode == 0, balances.stderr[-2000:]
     usdc_line = next(line for line in balances.stdout.splitlines() if line.startswith("USDC"))
-    # wallet 1,000 − 250.5 − 10; vault 250.5; withdrawing 50
-    assert usdc_line.split() == ["USDC", "739.5", "USDC", "250.5", "USDC", "50", "USDC"]
+    # wallet 1,000 − 250.5 − 10 (swapped) + 10 (instant exit); vault 250.5 − 10; withdrawing 50
+    assert usdc_line.split() == ["USDC", "749.5", "USDC", "240.5", "USDC", "50", "USDC"]
 
     status = promptex(env, "status")
     assert status.returncode == 0, status.stderr[-2000:]
     assert "CLD/USDC" in status.stdout and "lots: 4" in status.stdout
 
 
-def test_wallet__bad_input__clear_error_and_nothing_moves(market):
+def test_wallet__bad_input__clear_error_and_nothing_moves(market, tmp_path):
     env = market
     too_precise = promptex(
         env, "wallet", "deposit", "--asset", "USDC", "--amount", "1.0000001", "--account", "stranger"
@@ -112,6 +131,12 @@ def test_wallet__bad_input__clear_error_and_nothing_moves(market):
     )
     assert wrong_passphrase.returncode != 0
     assert "Traceback" not in wrong_passphrase.stderr
+
+    foreign = tmp_path / "foreign.json"  # a release made out to another address
+    foreign.write_text(json.dumps({"address": "0x" + "11" * 20, "asset": "USDC", "amount": "1", "nonce": 0,
+                                   "expiry": 2**40, "signature": "0x" + "00" * 65}))  # fmt: skip
+    not_yours = promptex(env, "wallet", "exit-instant", "--release", str(foreign), "--account", "stranger", "--yes")
+    assert not_yours.returncode == 1 and "this release is for 0x1111" in not_yours.stderr
 
     no_funds = promptex(env, "wallet", "withdraw", "--asset", "USDC", "--amount", "5", "--account", "stranger", "--yes")
     assert no_funds.returncode == 1

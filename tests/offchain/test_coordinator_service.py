@@ -326,3 +326,25 @@ def test_cli__proof_and_verify__pass_and_fail_on_tampering(
         conn.execute(update(usage_records).where(usage_records.c.request_id == ids[2]).values(output_tokens=999))
     assert runner.invoke(usage_verify, [ids[2]]).exit_code != 0
     assert runner.invoke(usage_proof, ["req_missing"]).exit_code != 0
+
+
+def test_cli__release__signed_within_free_balance_refused_beyond(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = buyer(book, chain, "USDC", 100)[1]
+    monkeypatch.setattr(coordinator_cli, "_engine", lambda _s: book.engine)
+    monkeypatch.setattr(coordinator_cli, "make_chain", lambda _s: chain)
+    runner = CliRunner()
+
+    release_cmd = ["release", "--address", address, "--asset"]
+    refused = runner.invoke(coordinator_cli.coordinator, [*release_cmd, "usdc", "--amount", "101"])
+    assert refused.exit_code == 1 and "release refused: only 100 USDC" in refused.output
+    signed = runner.invoke(coordinator_cli.coordinator, [*release_cmd, "USDC", "--amount", "60"])
+    assert signed.exit_code == 0, signed.output
+    release = json.loads(signed.output)
+    assert (release["address"], release["asset"], release["amount"]) == (address, "USDC", "60")
+    expected = chain.sign_release(address, "USDC", 60, release["nonce"], release["expiry"])
+    assert release["signature"] == "0x" + expected.hex()
+    # The 60 are locked until used or expired: a second release cannot take them again.
+    again = runner.invoke(coordinator_cli.coordinator, [*release_cmd, "USDC", "--amount", "1"])
+    assert again.exit_code == 1 and "outstanding" in again.output

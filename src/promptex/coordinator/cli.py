@@ -45,16 +45,10 @@ def _engine(s: Settings) -> Any:
     return Ledger.from_settings(s).engine
 
 
-@click.command("coordinator")
-@click.option("--once", is_flag=True, help="run one pass and exit")
-def coordinator(once: bool) -> None:
-    """Settle usage on chain every epoch window (crash-safe; SIGTERM stops it cleanly)."""
-    from promptex.coordinator.service import Coordinator, serve
+def make_coordinator(s: Settings) -> Any:
+    from promptex.coordinator.service import Coordinator
 
-    s = settings()
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    coord = Coordinator(
+    return Coordinator(
         _engine(s),
         make_chain(s),
         holder=s.coordinator_instance_id,
@@ -62,6 +56,21 @@ def coordinator(once: bool) -> None:
         tx_timeout=s.coordinator_tx_timeout_seconds,
         release_expiry=s.coordinator_release_expiry_seconds,
     )
+
+
+@click.group("coordinator", invoke_without_command=True)
+@click.option("--once", is_flag=True, help="run one pass and exit")
+@click.pass_context
+def coordinator(ctx: click.Context, once: bool) -> None:
+    """Settle usage on chain every epoch window (crash-safe; SIGTERM stops it cleanly)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from promptex.coordinator.service import serve
+
+    s = settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    coord = make_coordinator(s)
     if once:
         report = coord.run_once()
         click.echo(
@@ -79,6 +88,34 @@ def coordinator(once: bool) -> None:
         )
         return
     serve(coord, s.coordinator_poll_seconds)
+
+
+@coordinator.command("release")
+@click.option("--address", required=True, help="the wallet that will exit (must be bound to an account)")
+@click.option("--asset", "symbol", required=True, help="USDC or a provider token symbol")
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="smallest units of the asset")
+def coordinator_release(address: str, symbol: str, amount: int) -> None:
+    """Co-sign an instant exit if the amount is free of unsettled usage; print the release as JSON
+    (the wallet submits it with `promptex wallet exit-instant --release FILE`)."""
+    from promptex.coordinator.store import ReleaseRefused
+
+    try:
+        release = make_coordinator(settings()).sign_release(address, symbol.upper(), amount)
+    except (ReleaseRefused, ValueError) as exc:
+        raise click.ClickException(f"release refused: {exc}") from None
+    click.echo(
+        json.dumps(
+            {
+                "address": release.address,
+                "asset": release.asset,
+                "amount": str(release.amount),
+                "nonce": release.nonce,
+                "expiry": release.expiry,
+                "signature": release.signature,
+            },
+            indent=2,
+        )
+    )
 
 
 def leaf_of(record: StoredUsage) -> Leaf:
