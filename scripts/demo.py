@@ -1,47 +1,72 @@
 """The local demo: `ape run demo --network ethereum:local:foundry` (what `make demo` runs).
 
-Deploys everything on a fresh chain, tokenizes a seller's Anthropic credit into CLD,
-lists another seller's OpenAI capacity for USDC, has two buyers deposit into the
-credits vault under signed spend caps, settles one epoch of metered usage on-chain
-(CLD burned and lot A drawn down; seller B credited USDC), lets seller B claim, and
-takes buyer 2 out through both exit paths. Exits non-zero if any number does not
-reconcile.
+The whole market on a fresh chain, each step checked, exiting non-zero if a number does
+not reconcile:
 
-Seller A also seeds the CLD/USDC pool at the reference price; buyer 1 buys its CLD
-there and, at the end, sells what it did not use back to USDC out of the vault.
+seller A tokenizes $10,000 of (fake) Anthropic credit into CLD (0.05 % mint fee) and seeds
+the CLD/USDC pool; seller B lists $5,000 of (fake) OpenAI capacity at 60 % of list; both
+lots are verified against the provider and stored sealed by the gateway. Buyer 1 swaps
+USDC for CLD and deposits it, buyer 2 deposits USDC; both bind their wallets and sign
+spend caps that the coordinator registers gaslessly; the indexer credits the ledger. Both
+call models through the gateway with the openai SDK (buyer 1 Claude, streamed and not, paid
+in CLD; buyer 2 GPT, paid in USDC). The coordinator settles the epoch on-chain (CLD burned
+and lot A drawn down; seller B credited USDC; lot B drawn down in the escrow) with the
+Merkle root of the usage records, and one record is proved against that root. Seller B
+claims; buyer 1 sells its unused CLD inside the vault and withdraws at once with
+coordinator-signed releases; buyer 2 leaves through the trustless thaw.
 
-Not yet part of it (later issues): the gateway (usage is priced by the real metering
-code for a fixed token count instead of being served), the coordinator's Merkle tree
-(the root here is the hash of the single usage record of each batch), redemption.
+The upstream providers are fakes (deterministic text, real token counts). Redemption
+(issue 8's agent) is not part of it yet.
 """
 
+import json
+import tempfile
+from pathlib import Path
+
 import click
+import openai
 from ape import accounts, chain
 from ape.cli import ConnectedProviderCommand
-from eth_abi import encode
-from eth_utils import keccak
 from rich.console import Console
 from rich.table import Table
 
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
 from promptex.chain.errors import readable_errors
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.chain.escrow import KIND_TOKENIZED
 from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
-from promptex.chain.vault import UNLIMITED, pack_debits, pack_lot_amount, sign_release, sign_spend_cap
-from promptex.config import settings
+from promptex.chain.vault import UNLIMITED, sign_spend_cap
+from promptex.config import Settings
+from promptex.coordinator.chain import Web3Chain
+from promptex.coordinator.cli import build_proof
+from promptex.coordinator.merkle import verify
+from promptex.coordinator.service import Coordinator
+from promptex.coordinator.store import CoordinatorStore
+from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
+from promptex.gateway import create_app
+from promptex.gateway.buyers import signup
+from promptex.gateway.envelope import load_master_keys
+from promptex.gateway.sellers import Capacity, add_capacity
+from promptex.gateway.store import GatewayStore
+from promptex.indexer.followed import Followed
+from promptex.indexer.rpc import RpcClient
+from promptex.indexer.service import Indexer
+from promptex.ledger import Ledger
+from promptex.ledger.binding import sign
 from promptex.metering import load_catalog, message_cost, provider_token_rates, split_usdc_charge, usdc_rates
+from promptex.serving import ServerThread
 
 console = Console(width=110)
 DAY = 86_400
+PROMPT = [{"role": "user", "content": "Summarise why idle API credits should be tradable."}]
 
 
 def usd(micro: int) -> str:
-    return f"${micro / USD_MICRO:,.4f}"
+    return f"${micro / USD_MICRO:,.6f}"
 
 
 def tokens(amount: int) -> str:
-    return f"{amount / TOKEN_UNIT:,.4f}"
+    return f"{amount / TOKEN_UNIT:,.6f}"
 
 
 def step(text: str) -> None:
@@ -60,97 +85,124 @@ def cli(network):
         run_demo(network.name)
 
 
-def run_demo(network_name: str) -> None:
-    admin, seller_a, seller_b, treasury, buyer_1, buyer_2 = accounts.test_accounts[0:6]
-    coordinator = admin  # the deploy's default coordinator and settler on a local chain
+class Market:
+    """The off-chain half, in this process: ledger, gateway + fake upstream (threads),
+    indexer and coordinator (stepped by the demo so each effect can be checked)."""
 
-    step("Deploy MockUSDC, CreditEscrow and the CLD/GPT/GEM/LLM provider tokens")
-    deployment = deploy_all(admin, network_name, treasury=treasury.address, force=True, log=lambda _: None)
-    usdc = contract_at(deployment, "USDC")
-    escrow = contract_at(deployment, "CreditEscrow")
-    cld = contract_at(deployment, "token:CLD")
-    gpt = contract_at(deployment, "token:GPT")
+    def __init__(self, deployment, coordinator_key: str, work: Path):
+        self.settings = Settings(
+            ledger_url=f"sqlite:///{work / 'ledger.sqlite3'}",
+            gateway_master_key_file=work / "master.key",
+            welcome_credit_amount=0,
+            gateway_default_max_tokens=512,
+        )
+        self.ledger = Ledger.from_settings(self.settings)
+        self.store = GatewayStore(self.ledger.engine)
+        self.keys = load_master_keys(None, self.settings.gateway_master_key_file)
+        self.catalog = load_catalog(self.settings.model_catalog)
+        rpc_url = chain.provider.http_uri
+        self.indexer = Indexer(self.ledger, RpcClient(rpc_url), Followed.from_deployment(deployment))
+        self.coordinator = Coordinator(self.ledger.engine, Web3Chain(rpc_url, deployment, coordinator_key))
+        self.upstream = ServerThread(create_fake_upstream(FakeUpstreamConfig(output_tokens=400)))
+        self.gateway: ServerThread | None = None
+
+    def serve(self) -> None:
+        """Start the gateway once the lots exist (it loads them as it starts)."""
+        self.gateway = ServerThread(create_app(self.settings, ledger=self.ledger)).__enter__()
+
+    def close(self) -> None:
+        if self.gateway is not None:
+            self.gateway.__exit__(None, None, None)
+        self.upstream.__exit__(None, None, None)
+        self.ledger.close()
+
+    def index(self) -> None:
+        self.indexer.catch_up()
+
+    def settle(self):
+        report = self.coordinator.run_once()
+        self.index()
+        return report
+
+
+def run_demo(network_name: str) -> None:
+    admin, seller_a, seller_b, treasury, buyer_1, buyer_2, coordinator = accounts.test_accounts[0:7]
+
+    step("Deploy MockUSDC, CreditEscrow, CreditsVault, the CLD/GPT/GEM/LLM tokens and the DEX")
+    deployment = deploy_all(
+        admin,
+        network_name,
+        treasury=treasury.address,
+        coordinator=coordinator.address,
+        settler=coordinator.address,
+        force=True,
+        log=lambda _: None,
+    )
     for name, contract in deployment.contracts.items():
         console.print(f"  {name:<14} {contract.address}")
 
-    expiry = chain.pending_timestamp + 30 * DAY
-
-    step("Seller A tokenizes $10,000 of Anthropic credit (bond 10 %, mint fee 0.05 %)")
-    face_a = 10_000 * USD_MICRO
-    bond_a = escrow.min_bond(face_a)
-    usdc.mint(seller_a, bond_a, sender=seller_a)
-    usdc.approve(escrow, bond_a, sender=seller_a)
-    terms_a = keccak(text="seller A declares its Anthropic agreement permits resale")
-    escrow.open_lot(seller_a, cld, KIND_TOKENIZED, face_a, expiry, bond_a, terms_a, 0, sender=admin)
-    lot_a = escrow.lot_count()
-    minted = face_a * TOKEN_UNIT // cld.face_value_usd_micro()
-    fee = escrow.lots(lot_a).capacity - escrow.lots(lot_a).seller_minted
-    check(cld.balanceOf(seller_a) + cld.balanceOf(treasury) == minted, "seller CLD + fee == $10,000 ÷ $0.004218")
-    check(fee * 10_000 >= minted * 5 and (fee - 1) * 10_000 < minted * 5, "fee is 0.05 % of minted, rounded up")
-    check(cld.totalSupply() == escrow.lots(lot_a).capacity, "CLD supply == lot A's capacity")
-
-    step("Seller B lists $5,000 of OpenAI capacity at 60 % of list, for USDC")
-    face_b = 5_000 * USD_MICRO
-    bond_b = escrow.min_bond(face_b)
-    usdc.mint(seller_b, bond_b, sender=seller_b)
-    usdc.approve(escrow, bond_b, sender=seller_b)
-    terms_b = keccak(text="seller B declares its OpenAI agreement permits resale")
-    escrow.open_lot(seller_b, gpt, KIND_LISTED, face_b, expiry, bond_b, terms_b, 6_000, sender=admin)
-    lot_b = escrow.lot_count()
-    check(gpt.totalSupply() == 0, "a listed lot mints nothing")
-    check(usdc.balanceOf(escrow) == escrow.bonds_held() == bond_a + bond_b, "escrow holds both bonds")
-
-    lots = Table(title="Lots in CreditEscrow")
-    for col in ("lot", "seller", "provider", "kind", "face value", "capacity", "bond", "rate"):
-        lots.add_column(col)
-    for lot_id, seller, token in ((lot_a, "A", cld), (lot_b, "B", gpt)):
-        lot = escrow.lots(lot_id)
-        tokenized = lot.kind == KIND_TOKENIZED
-        lots.add_row(
-            str(lot_id),
-            seller,
-            token.provider_name(),
-            "tokenized" if tokenized else "listed",
-            usd(lot.face_value),
-            f"{tokens(lot.capacity)} {token.symbol()}" if tokenized else usd(lot.capacity),
-            usd(lot.bond),
-            "—" if tokenized else f"{lot.rate_bps / 100:.0f} % of list",
-        )
-    console.print(lots)
-
-    balances = Table(title="Balances")
-    for col in ("account", "USDC", "CLD", "GPT"):
-        balances.add_column(col, justify="right")
-    for label, who in (("seller A", seller_a), ("seller B", seller_b), ("treasury", treasury), ("escrow", escrow)):
-        balances.add_row(label, usd(usdc.balanceOf(who)), tokens(cld.balanceOf(who)), tokens(gpt.balanceOf(who)))
-    console.print(balances)
-
-    run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot_a, lot_b)
+    work = Path(tempfile.mkdtemp(prefix="promptex-demo-"))
+    market = Market(deployment, coordinator.private_key, work)
+    market.upstream.__enter__()
+    console.print(f"  ledger and gateway state in {work}; fake upstream at {market.upstream.url}")
+    try:
+        run_market(deployment, market, admin, seller_a, seller_b, treasury, buyer_1, buyer_2)
+    finally:
+        market.close()
     console.print("[bold green]demo complete: every number reconciles[/]")
 
 
-def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot_a, lot_b) -> None:
+def open_capacity(market: Market, deployment, admin, seller, provider: str, kind: str, face: int, rate_bps: int):
+    """A seller's capacity: verified by a minimal call, sealed in the gateway, opened in the escrow."""
     usdc, escrow = contract_at(deployment, "USDC"), contract_at(deployment, "CreditEscrow")
-    vault, cld = contract_at(deployment, "CreditsVault"), contract_at(deployment, "token:CLD")
-    sign = {"chain_id": chain.chain_id, "vault": vault.address}
+    bond = escrow.min_bond(face)
+    capacity = Capacity(
+        provider=provider,
+        api="anthropic" if provider == "anthropic" else "openai",
+        base_url=market.upstream.url + "/v1",
+        api_key=f"sk-demo-{seller.address[2:10].lower()}",  # the fake accepts any key
+        face_value_usd_micro=face,
+        kind=kind,
+        rate_bps=rate_bps,
+        expires_at=chain.pending_timestamp + 30 * DAY,
+        seller=seller.address,
+        resale_permitted=True,
+        bond_usdc=bond,
+    )
+    gateway_lot, att = add_capacity(
+        market.store, market.keys, market.catalog, capacity, chain.pending_timestamp, verify=True
+    )
+    usdc.mint(seller, bond, sender=seller)
+    usdc.approve(escrow, bond, sender=seller)
+    token = contract_at(deployment, f"token:{att['token']}")
+    receipt = escrow.open_lot(
+        att["seller"], token, att["kind"], att["face_value"], att["expiry"], att["bond"],
+        bytes.fromhex(att["terms_hash"][2:]), att["rate_bps"], sender=admin,
+    )  # fmt: skip
+    lot_id = escrow.lot_count()
+    market.store.set_attestation(gateway_lot, json.dumps(att), receipt.txn_hash, chain_lot_id=lot_id)
+    return lot_id
 
-    def exit_instant(account, asset, amount, min_out=0):
-        """Leave at once with a release the coordinator signs for this account, asset and amount."""
-        nonce, expiry = vault.release_nonce(account), chain.pending_timestamp + 600
-        release = sign_release(
-            coordinator.private_key,
-            **sign,
-            account=account.address,
-            asset=asset.address,
-            amount=amount,
-            nonce=nonce,
-            expiry=expiry,
-        )
-        return vault.exit_instant(asset, amount, min_out, nonce, expiry, release, sender=account)
 
-    day = chain.pending_timestamp + DAY
+def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, buyer_1, buyer_2) -> None:
+    usdc, escrow = contract_at(deployment, "USDC"), contract_at(deployment, "CreditEscrow")
+    vault, router = contract_at(deployment, "CreditsVault"), contract_at(deployment, "Router")
+    cld, gpt = contract_at(deployment, "token:CLD"), contract_at(deployment, "token:GPT")
+    ledger, coord = market.ledger, market.coordinator
 
-    router = contract_at(deployment, "Router")
+    step("Seller A tokenizes $10,000 of Anthropic credit (key verified and sealed; bond 10 %, mint fee 0.05 %)")
+    lot_a = open_capacity(market, deployment, admin, seller_a, "anthropic", "tokenized", 10_000 * USD_MICRO, 0)
+    minted = 10_000 * USD_MICRO * TOKEN_UNIT // cld.face_value_usd_micro()
+    fee = escrow.lots(lot_a).capacity - escrow.lots(lot_a).seller_minted
+    check(cld.balanceOf(seller_a) + cld.balanceOf(treasury) == minted, "seller CLD + fee == $10,000 ÷ $0.004218")
+    check(fee * 10_000 >= minted * 5 and (fee - 1) * 10_000 < minted * 5, "fee is 0.05 % of minted, rounded up")
+
+    step("Seller B lists $5,000 of OpenAI capacity at 60 % of list, for USDC")
+    lot_b = open_capacity(market, deployment, admin, seller_b, "openai", "listed", 5_000 * USD_MICRO, 6_000)
+    check(gpt.totalSupply() == 0, "a listed lot mints nothing")
+    check(usdc.balanceOf(escrow) == escrow.bonds_held(), "escrow holds both bonds")
+    show_lots(escrow, {lot_a: ("A", cld), lot_b: ("B", gpt)})
+
     step("Seller A seeds the CLD/USDC pool (0.30 %) with 2,000,000 CLD at the reference $0.004218")
     usdc.mint(seller_a, 8_436 * USD_MICRO, sender=seller_a)
     pool = create_pool_at_price(
@@ -163,8 +215,9 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
     usdc.approve(router, 100 * USD_MICRO, sender=buyer_1)
     path, fees = [usdc.address, cld.address], [DEFAULT_FEE]
     quoted = router.get_amounts_out(100 * USD_MICRO, path, fees)[-1]
-    deadline = chain.pending_timestamp + 600
-    router.swap_exact_in(100 * USD_MICRO, quoted * 99 // 100, path, fees, buyer_1, deadline, sender=buyer_1)
+    router.swap_exact_in(
+        100 * USD_MICRO, quoted * 99 // 100, path, fees, buyer_1, chain.pending_timestamp + 600, sender=buyer_1
+    )
     cld_in = cld.balanceOf(buyer_1)
     check(cld_in == quoted, f"buyer 1 received the quoted {tokens(quoted)} CLD")
     cld.approve(vault, cld_in, sender=buyer_1)
@@ -176,97 +229,165 @@ def run_vault(deployment, coordinator, seller_a, seller_b, buyer_1, buyer_2, lot
     usdc.approve(vault, usdc_in, sender=buyer_2)
     vault.deposit(usdc, usdc_in, sender=buyer_2)
 
-    step("Both sign EIP-712 spend caps; the coordinator registers them gaslessly")
-    for buyer, asset, total in ((buyer_1, cld, 50_000 * TOKEN_UNIT), (buyer_2, usdc, 50 * USD_MICRO)):
-        cap = {"account": buyer.address, "asset": asset.address, "per_epoch": UNLIMITED, "total": total}
-        nonce = vault.cap_nonce(buyer, asset)
-        signature = sign_spend_cap(buyer.private_key, **sign, **cap, expiry=day, nonce=nonce)
-        vault.register_spend_cap(*cap.values(), day, nonce, signature, sender=coordinator)
+    step("Both sign up at the gateway, bind their wallets (EIP-712) and sign spend caps the coordinator registers")
+    sign_domain = {"chain_id": chain.chain_id, "vault": vault.address}
+    buyers = {}
+    for who, symbol, total in ((buyer_1, "CLD", 50_000 * TOKEN_UNIT), (buyer_2, "USDC", 50 * USD_MICRO)):
+        new = signup(market.ledger, market.store, chain.pending_timestamp, default_asset=symbol)
+        message = ledger.issue_binding_challenge(new.account, who.address)
+        ledger.bind_wallet(message, sign(message, who.private_key))
+        asset = cld if symbol == "CLD" else usdc
+        expiry, nonce = chain.pending_timestamp + DAY, vault.cap_nonce(who, asset)
+        cap = {"account": who.address, "asset": asset.address, "per_epoch": UNLIMITED, "total": total}
+        signature = sign_spend_cap(who.private_key, **sign_domain, **cap, expiry=expiry, nonce=nonce)
+        coord.submit_spend_cap(who.address, symbol, UNLIMITED, total, expiry, nonce, signature)
+        buyers[who.address] = (new, symbol, asset)
+    market.settle()
     check(vault.spend_cap(buyer_1, cld)[1] == 50_000 * TOKEN_UNIT, "buyer 1 may be charged at most 50,000 CLD")
+    check(vault.spend_cap(buyer_2, usdc)[1] == 50 * USD_MICRO, "buyer 2 may be charged at most 50 USDC")
+    reconcile(ledger, vault, buyers, "the indexer credited both deposits: ledger == vault")
 
-    catalog = load_catalog(settings().model_catalog)
-    fee_bps = settings().protocol_fee_bps
-    claude, gpt_model = catalog.price("claude-sonnet-4-5"), catalog.price("gpt-4o")
-    claude_cost = message_cost(provider_token_rates(claude), 120_000, 35_000)
-    gpt_rate = escrow.lots(lot_b).rate_bps
-    gpt_cost = message_cost(usdc_rates(gpt_model, gpt_rate, fee_bps), 200_000, 50_000)
-    gpt_list_value = message_cost(usdc_rates(gpt_model, 10_000, 0), 200_000, 50_000)
-    to_seller_b, fee = split_usdc_charge(gpt_cost, fee_bps)
-    step(
-        f"Metered off-chain: buyer 1 used claude-sonnet-4-5 (120,000 in / 35,000 out) = {tokens(claude_cost)} CLD; "
-        f"buyer 2 used gpt-4o (200,000 in / 50,000 out) = {usd(gpt_cost)} USDC"
-    )
+    market.serve()
+    step(f"The gateway serves {market.gateway.url}/v1 — buyers call it with the unmodified openai SDK")
+    account_1, _, _ = buyers[buyer_1.address]
+    account_2, _, _ = buyers[buyer_2.address]
+    client_1 = openai.OpenAI(base_url=market.gateway.url + "/v1", api_key=account_1.key, max_retries=0)
+    client_2 = openai.OpenAI(base_url=market.gateway.url + "/v1", api_key=account_2.key, max_retries=0)
+    before_1 = ledger.balance(account_1.account, "CLD").posted
+    before_2 = ledger.balance(account_2.account, "USDC").posted
 
-    step("Epoch 1 settles on-chain: CLD burned and lot A drawn down; seller B credited USDC")
-    supply = cld.totalSupply()
-    cld_root = keccak(encode(["string", "address", "uint256"], ["claude-sonnet-4-5", buyer_1.address, claude_cost]))
-    vault.settle(
-        1,
-        cld,
-        pack_debits({buyer_1.address: claude_cost}),
-        [],
-        [pack_lot_amount(lot_a, claude_cost)],
-        0,
-        cld_root,
-        sender=coordinator,
+    calls = []  # (request id, usage) per call
+    raw = client_1.chat.completions.with_raw_response.create(model="claude-sonnet-4-5", messages=PROMPT, max_tokens=400)
+    completion = raw.parse()
+    calls.append(("buyer 1", "claude-sonnet-4-5", raw.headers["x-request-id"], completion.usage, False))
+    with client_1.chat.completions.with_streaming_response.create(
+        model="claude-sonnet-4-5", messages=PROMPT, max_tokens=400, stream=True, stream_options={"include_usage": True}
+    ) as response:
+        chunks = list(response.parse())
+        usage = next(c.usage for c in reversed(chunks) if c.usage is not None)
+        calls.append(("buyer 1", "claude-sonnet-4-5", response.headers["x-request-id"], usage, True))
+    raw = client_2.chat.completions.with_raw_response.create(model="gpt-4o", messages=PROMPT, max_tokens=400)
+    calls.append(("buyer 2", "gpt-4o", raw.headers["x-request-id"], raw.parse().usage, False))
+
+    fee_bps = market.settings.protocol_fee_bps
+    claude, gpt_price = market.catalog.price("claude-sonnet-4-5"), market.catalog.price("gpt-4o")
+    table = Table(title="Calls through the gateway")
+    for col in ("buyer", "model", "stream", "in", "out", "cost"):
+        table.add_column(col, justify="right")
+    claude_total = gpt_total = 0
+    seller_b_share = list_value_b = 0
+    for who, model, _rid, use, streamed in calls:
+        if model == "gpt-4o":
+            cost = message_cost(usdc_rates(gpt_price, escrow.lots(lot_b).rate_bps, fee_bps), *tokens_of(use))
+            gpt_total += cost
+            seller_b_share += split_usdc_charge(cost, fee_bps)[0]
+            list_value_b += message_cost(usdc_rates(gpt_price, 10_000, 0), *tokens_of(use))
+            shown = f"{usd(cost)} USDC"
+        else:
+            cost = message_cost(provider_token_rates(claude), *tokens_of(use))
+            claude_total += cost
+            shown = f"{tokens(cost)} CLD"
+        streamed_text = "yes" if streamed else "no"
+        table.add_row(who, model, streamed_text, str(use.prompt_tokens), str(use.completion_tokens), shown)
+    console.print(table)
+    spent_1 = before_1 - ledger.balance(account_1.account, "CLD").posted
+    spent_2 = before_2 - ledger.balance(account_2.account, "USDC").posted
+    check(spent_1 == claude_total, "buyer 1 charged exactly the meter")
+    check(spent_2 == gpt_total, "buyer 2 charged exactly the meter")
+
+    step("The coordinator settles the epoch on-chain: one batch per asset with the usage records' Merkle root")
+    supply, reserve = cld.totalSupply(), vault.reserve(usdc)
+    report = market.settle()
+    if len(report.confirmed) < 2:  # a batch still waiting for its receipt
+        report = market.settle()
+    check(cld.totalSupply() == supply - claude_total, "CLD supply fell by exactly the metered cost (burned)")
+    check(escrow.lots(lot_a).consumed == claude_total, "lot A drawn down by the CLD burned")
+    check(vault.claimable(seller_b, usdc) == seller_b_share, "seller B credited its rate's share")
+    check(vault.reserve(usdc) - reserve == gpt_total - seller_b_share, "protocol fee kept in the vault's reserve")
+    check(escrow.lots(lot_b).consumed == list_value_b, "lot B drawn down in the escrow by the list value it served")
+    reconcile(ledger, vault, buyers, "after settlement: ledger == vault for both buyers")
+
+    step("Anyone can prove a usage record against the root the vault holds on-chain")
+    _who, _model, request_id, _use, _ = calls[1]
+    proof = build_proof(CoordinatorStore(ledger.engine), request_id)
+    root = vault.usage_roots(cld, proof["epoch"])
+    path_hashes = [bytes.fromhex(p[2:]) for p in proof["proof"]]
+    check(
+        verify(path_hashes, bytes(root), bytes.fromhex(proof["leaf"][2:])),
+        f"record {request_id} proves into CLD epoch {proof['epoch']}'s root {root.hex()[:18]}…",
     )
-    usdc_root = keccak(encode(["string", "address", "uint256"], ["gpt-4o", buyer_2.address, gpt_cost]))
-    vault.settle(
-        1,
-        usdc,
-        pack_debits({buyer_2.address: gpt_cost}),
-        [pack_lot_amount(lot_b, to_seller_b)],
-        [],
-        fee,
-        usdc_root,
-        sender=coordinator,
-    )
-    check(cld.totalSupply() == supply - claude_cost, "CLD supply fell by exactly the metered cost")
-    check(escrow.lots(lot_a).consumed == claude_cost, "lot A drawn down by the CLD burned")
-    check(vault.balance_of(buyer_1, cld) == cld_in - claude_cost, "buyer 1 charged exactly the meter")
-    check(vault.claimable(seller_b, usdc) == to_seller_b, "seller B credited its rate's share")
-    check(vault.reserve(usdc) == fee, "protocol fee kept in the vault's reserve")
-    escrow.consume(lot_b, gpt_list_value, 1, sender=coordinator)
-    check(escrow.lots(lot_b).consumed == gpt_list_value, "lot B drawn down by the list value it served")
 
     step("Seller B claims its USDC")
     before = usdc.balanceOf(seller_b)
     vault.claim(usdc, sender=seller_b)
-    check(usdc.balanceOf(seller_b) - before == to_seller_b, "seller B received its earnings")
+    check(usdc.balanceOf(seller_b) - before == seller_b_share, "seller B received its earnings")
 
-    step("Buyer 2 withdraws half at once with the coordinator's co-signed release")
-    left = usdc_in - gpt_cost
-    half = left // 2
-    exit_instant(buyer_2, usdc, half)
-    check(usdc.balanceOf(buyer_2) == half, "instant exit paid")
+    step("Buyer 1 sells its unused CLD for USDC inside the vault, then withdraws (coordinator-signed releases)")
+    unused = int(vault.balance_of(buyer_1, cld))
+    quoted = int(router.get_amounts_out(unused, [cld.address, usdc.address], [DEFAULT_FEE])[-1])
+    release = coord.sign_release(buyer_1.address, "CLD", unused)
+    signature = bytes.fromhex(release.signature[2:])
+    vault.exit_instant(cld, unused, quoted * 99 // 100, release.nonce, release.expiry, signature, sender=buyer_1)
+    check(vault.balance_of(buyer_1, usdc) == quoted, f"the quoted {usd(quoted)} USDC landed in buyer 1's vault balance")
+    market.settle()  # the coordinator sees its release used; the indexer books the sale
+    release = coord.sign_release(buyer_1.address, "USDC", quoted)
+    signature = bytes.fromhex(release.signature[2:])
+    vault.exit_instant(usdc, quoted, 0, release.nonce, release.expiry, signature, sender=buyer_1)
+    check(usdc.balanceOf(buyer_1) == quoted, "buyer 1 holds its USDC")
+    market.settle()
 
-    step(f"Buyer 2 takes the rest through the trustless path (thaw {vault.thaw_period()} s)")
-    vault.request_exit(usdc, left - half, sender=buyer_2)
+    step(f"Buyer 2 leaves through the trustless path (thaw {vault.thaw_period()} s, no one's consent)")
+    left = int(vault.balance_of(buyer_2, usdc))
+    vault.request_exit(usdc, left, sender=buyer_2)
+    market.index()
+    check(ledger.balance(account_2.account, "USDC").locked == left, "the exit is unspendable in the ledger at once")
     chain.pending_timestamp += vault.thaw_period()
     vault.complete_exit(usdc, 0, sender=buyer_2)
-    check(usdc.balanceOf(buyer_2) == left, "buyer 2 got back everything not spent")
-    check(
-        usdc.balanceOf(vault) == vault.reserve(usdc),
-        "the vault's USDC is exactly its reserve: no balance or claim left behind",
-    )
+    check(usdc.balanceOf(buyer_2) == usdc_in - gpt_total, "buyer 2 got back everything not spent")
+    market.settle()
+    reconcile(ledger, vault, buyers, "after every exit: ledger == vault for both buyers")
+    check(usdc.balanceOf(vault) == vault.reserve(usdc), "the vault's USDC is exactly its reserve")
+    ledger.check()
+    check(True, "the ledger's double-entry checks pass")
 
-    step("Buyer 1 sells its unused CLD for USDC inside the vault (instant path, coordinator-signed release)")
-    unused = vault.balance_of(buyer_1, cld)
-    quoted = router.get_amounts_out(unused, [cld.address, usdc.address], [DEFAULT_FEE])[-1]
-    exit_instant(buyer_1, cld, unused, min_out=quoted * 99 // 100)
-    check(vault.balance_of(buyer_1, usdc) == quoted, f"the quoted {usd(quoted)} USDC landed in buyer 1's vault balance")
-    check(vault.balance_of(buyer_1, cld) == 0 and cld.balanceOf(vault) == 0, "no CLD left in the vault")
-
-    step("Buyer 1 withdraws that USDC (instant path)")
-    exit_instant(buyer_1, usdc, quoted)
-    check(usdc.balanceOf(buyer_1) == quoted, "buyer 1 holds its USDC")
-    check(usdc.balanceOf(vault) == vault.reserve(usdc), "the vault's USDC is again exactly its reserve")
-
-    table = Table(title="Vault after epoch 1")
+    final = Table(title="After the epoch")
     for col in ("account", "vault CLD", "vault USDC", "wallet USDC"):
-        table.add_column(col, justify="right")
+        final.add_column(col, justify="right")
     for label, who in (("buyer 1", buyer_1), ("buyer 2", buyer_2), ("seller B", seller_b)):
-        table.add_row(
+        final.add_row(
             label, tokens(vault.balance_of(who, cld)), usd(vault.balance_of(who, usdc)), usd(usdc.balanceOf(who))
+        )
+    console.print(final)
+    console.print("  (redemption through an agent — issue 8 — is not part of the demo yet)")
+
+
+def tokens_of(usage) -> tuple[int, int]:
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+def reconcile(ledger: Ledger, vault, buyers, what: str) -> None:
+    ok = all(
+        ledger.balance(new.account, symbol).posted == vault.balance_of(address, asset)
+        for address, (new, symbol, asset) in buyers.items()
+    )
+    check(ok, what)
+
+
+def show_lots(escrow, lots) -> None:
+    table = Table(title="Lots in CreditEscrow")
+    for col in ("lot", "seller", "provider", "kind", "face value", "capacity", "bond", "rate"):
+        table.add_column(col)
+    for lot_id, (seller, token) in lots.items():
+        lot = escrow.lots(lot_id)
+        tokenized = lot.kind == KIND_TOKENIZED
+        table.add_row(
+            str(lot_id),
+            seller,
+            token.provider_name(),
+            "tokenized" if tokenized else "listed",
+            usd(lot.face_value),
+            f"{tokens(lot.capacity)} {token.symbol()}" if tokenized else usd(lot.capacity),
+            usd(lot.bond),
+            "—" if tokenized else f"{lot.rate_bps / 100:.0f} % of list",
         )
     console.print(table)

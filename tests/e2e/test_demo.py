@@ -7,8 +7,13 @@ def test_demo__fresh_anvil__every_step_reconciles(ape_run):
     assert "demo complete: every number reconciles" in result.stdout
     assert "does not reconcile" not in result.stdout
     for step in (
+        "the indexer credited both deposits: ledger == vault",
+        "buyer 1 charged exactly the meter",
         "CLD supply fell by exactly the metered cost",
+        "lot B drawn down in the escrow by the list value it served",
+        "proves into CLD epoch 1's root",
         "seller B received its earnings",
         "buyer 2 got back everything not spent",
+        "after every exit: ledger == vault for both buyers",
     ):
         assert step in result.stdout
