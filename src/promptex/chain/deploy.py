@@ -22,6 +22,14 @@ from promptex.chain.deployments import (
 )
 from promptex.chain.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD, deploy_dex, dex_records
 from promptex.chain.providers import PROVIDER_TOKENS
+from promptex.chain.redemption import (
+    LIVE_REFUND_DELAY,
+    LIVE_TWAP_WINDOW,
+    LOCAL_REFUND_DELAY,
+    LOCAL_TWAP_WINDOW,
+    deploy_redemption,
+    redemption_record,
+)
 from promptex.chain.vault import POLICY_SPEND_ONLY
 
 LOCAL_NETWORKS = ("local",)
@@ -61,6 +69,7 @@ def deploy_all(
     settler: str | None = None,
     coordinator: str | None = None,
     epoch_length: int | None = None,
+    billing_signers: dict[str, str] | None = None,
     force: bool = False,
     root: Path | None = None,
     log: Callable[[str], None] = print,
@@ -72,7 +81,9 @@ def deploy_all(
     the gateway's attestor key, the settler and the vault's coordinator. The vault is
     always an escrow settler and a burner of every provider token; it lists USDC
     withdrawable and each provider token spend-only. `epoch_length` defaults to
-    DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere.
+    DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere. The
+    RedemptionEscrow trusts `billing_signers` (provider name → address) for receipts;
+    the admin can add or rotate them later.
     """
     existing = live_deployment(network_name, root)
     if existing is not None and not force:
@@ -131,6 +142,17 @@ def deploy_all(
     # The vault sells spend-only tokens for USDC on exit through the Router.
     vault.set_exit_market(dex["Router"].address, sender=deployer)
 
+    local = is_local(network_name)
+    redemption = deploy_redemption(
+        deployer,
+        {"USDC": usdc, "Router": dex["Router"], "Oracle": dex["Oracle"]},
+        twap_window=LOCAL_TWAP_WINDOW if local else LIVE_TWAP_WINDOW,
+        refund_delay=LOCAL_REFUND_DELAY if local else LIVE_REFUND_DELAY,
+        billing_signers=billing_signers,
+        log=log,
+    )
+    contracts["RedemptionEscrow"] = redemption_record(redemption, root)
+
     deployment = Deployment(
         network=network_name,
         chain_id=chain.chain_id,
@@ -154,6 +176,7 @@ def contract_at(deployment: Deployment, name: str) -> Any:
         "Factory": project.Factory,
         "Router": project.Router,
         "Oracle": project.Oracle,
+        "RedemptionEscrow": project.RedemptionEscrow,
     }
     if name not in containers:
         raise KeyError(

@@ -1,0 +1,138 @@
+"""RedemptionEscrow rows for bench/gas.py: a user's grant, an agent's redemption
+(one hop and two hops, exact-output through the Router, TWAP slippage check), the
+release against a provider's signed receipt, and the user's refund.
+
+Steady state: the redemptions measured are the user's third and fourth of the
+day (the day's counter, the redemption counter, the escrow's USDC balance and
+every pool's accumulators are already non-zero), and each measured transaction
+lands in a new block. The user already holds USDC when refunded; the payee holds
+none before its first reimbursement (17,100 gas of the release is that fresh
+balance). `tests/contracts/test_redemption_gas.py` pins these figures with the
+same function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eth_account import Account
+from eth_utils.crypto import keccak
+
+from gas import Context, measurement, open_lot
+from gas_dex import new_block
+from promptex.chain.deploy import contract_at
+from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
+from promptex.chain.escrow import KIND_TOKENIZED
+from promptex.chain.redemption import account_ref, deploy_redemption, provider_id, sign_receipt
+
+UNIT = 10**18
+MAX_UINT = 2**256 - 1
+USD = 10**6
+CLD_PRICE, GPT_PRICE = 4_218, 3_695_000
+TWAP_WINDOW = 600
+REFUND_DELAY = 3_600
+PROVIDER = provider_id("anthropic")
+ACCOUNT = account_ref("bench account")
+BILLING = Account.from_key(keccak(text="bench billing signer"))
+
+
+def measure_redemption(
+    chain: Any, contracts: dict[str, Any], deployer: Any, user: Any, agent: Any, operator: Any
+) -> dict[str, int]:
+    """Whole-transaction gas of set_grant, redeem (1 and 2 hops), release and refund.
+
+    `contracts` holds USDC, Router, Oracle, token:CLD and token:GPT; CLD/USDC,
+    GPT/USDC and CLD/GPT 0.30 % pools exist, and `user` holds CLD.
+    """
+    usdc, router, oracle, cld = (contracts[n] for n in ("USDC", "Router", "Oracle", "token:CLD"))
+    gpt = contracts["token:GPT"]
+    escrow = deploy_redemption(
+        deployer, contracts, twap_window=TWAP_WINDOW, refund_delay=REFUND_DELAY, log=lambda _: None
+    )
+    escrow.set_billing_signer(PROVIDER, BILLING.address, sender=deployer)
+    for token in (cld, gpt):
+        oracle.update(token.address, sender=deployer)
+    chain.pending_timestamp += TWAP_WINDOW
+    for token in (cld, gpt):
+        oracle.update(token.address, sender=deployer)
+    escrow.link_account(PROVIDER, ACCOUNT, sender=user)
+    if usdc.balanceOf(user) == 0:
+        usdc.mint(user, USD, sender=user)  # the refund pays a wallet that holds USDC already
+    cld.approve(escrow.address, MAX_UINT, sender=user)
+    gas: dict[str, int] = {}
+
+    new_block(chain)
+    expiry = chain.pending_timestamp + 30 * 86_400
+    receipt = escrow.set_grant(agent, operator, expiry, 100, [cld.address], [1_000_000 * UNIT], sender=user)
+    gas["redemption_set_grant"] = int(receipt.gas_used)
+
+    def redeem(path: list[Any]) -> Any:
+        new_block(chain)
+        return escrow.redeem(
+            user,
+            20 * USD,
+            100_000 * UNIT,
+            [t.address for t in path],
+            [DEFAULT_FEE] * (len(path) - 1),
+            PROVIDER,
+            chain.pending_timestamp + 600,
+            sender=agent,
+        )
+
+    redeem([cld, usdc])  # the day's first: counters and accumulators become non-zero
+    redeem([cld, gpt, usdc])
+    gas["redemption_redeem"] = int(redeem([cld, usdc]).gas_used)  # redemption 3
+    gas["redemption_redeem_2hop"] = int(redeem([cld, gpt, usdc]).gas_used)  # redemption 4
+
+    new_block(chain)
+    signature = sign_receipt(
+        BILLING.key,
+        chain_id=chain.chain_id,
+        escrow=escrow.address,
+        redemption_id=3,
+        provider=PROVIDER,
+        account_ref=ACCOUNT,
+        usd_micro=20 * USD,
+        billing_ref=keccak(text="bench receipt"),
+    )
+    receipt = escrow.release(3, PROVIDER, ACCOUNT, 20 * USD, keccak(text="bench receipt"), signature, sender=operator)
+    gas["redemption_release"] = int(receipt.gas_used)
+
+    chain.pending_timestamp += REFUND_DELAY + 1
+    gas["redemption_refund"] = int(escrow.refund(4, sender=user).gas_used)
+    return gas
+
+
+def cross_pool(router: Any, cld: Any, gpt: Any, provider: Any, deadline: int) -> None:
+    """A CLD/GPT 0.30 % pool at the reference prices, $156,000 a side (for two-hop redemptions)."""
+    amount_cld, amount_gpt = 36_950_000 * UNIT, 42_180 * UNIT
+    cld.approve(router.address, amount_cld, sender=provider)
+    gpt.approve(router.address, amount_gpt, sender=provider)
+    router.add_liquidity(
+        cld.address, gpt.address, DEFAULT_FEE, amount_cld, amount_gpt, 0, 0, provider.address, deadline, sender=provider
+    )
+
+
+@measurement
+def redemption(ctx: Context) -> dict[str, tuple[str, int]]:
+    seller, user, agent, operator = ctx.accounts[1], ctx.accounts[2], ctx.accounts[3], ctx.accounts[4]
+    names = ("USDC", "Router", "Oracle", "Factory", "token:CLD", "token:GPT")
+    contracts = {name: contract_at(ctx.deployment, name) for name in names}
+    usdc, router, factory = contracts["USDC"], contracts["Router"], contracts["Factory"]
+    cld, gpt = contracts["token:CLD"], contracts["token:GPT"]
+    for token in (cld, gpt):
+        open_lot(ctx, seller, token, KIND_TOKENIZED, 500_000 * USD)
+    usdc.mint(seller, 10**6 * USD, sender=seller)
+    depth = 100_000 * USD
+    create_pool_at_price(router, factory, cld, usdc, depth * UNIT // CLD_PRICE, CLD_PRICE, seller)
+    create_pool_at_price(router, factory, gpt, usdc, depth * UNIT // GPT_PRICE, GPT_PRICE, seller)
+    cross_pool(router, cld, gpt, seller, ctx.chain.pending_timestamp + 600)
+    cld.transfer(user, 10_000_000 * UNIT, sender=seller)
+    gas = measure_redemption(ctx.chain, contracts, ctx.admin, user, agent, operator)
+    return {
+        "redemption_set_grant": ("redemption: set a grant (one token)", gas["redemption_set_grant"]),
+        "redemption_redeem": ("redemption: redeem, 1 hop (exact-out swap, TWAP check)", gas["redemption_redeem"]),
+        "redemption_redeem_2hop": ("redemption: redeem, 2 hops (CLD → GPT → USDC)", gas["redemption_redeem_2hop"]),
+        "redemption_release": ("redemption: release against a signed receipt", gas["redemption_release"]),
+        "redemption_refund": ("redemption: refund after the deadline", gas["redemption_refund"]),
+    }
