@@ -43,6 +43,10 @@ class LazyGroup(click.Group):
         "status": "promptex.wallet:status",
         "coordinator": "promptex.coordinator.cli:coordinator",
         "indexer": "promptex.indexer.cli:indexer",
+        "agent": "promptex.agent.cli:agent",
+        "redeem": "promptex.agent.cli:redeem",
+        "redemptions": "promptex.agent.cli:redemptions",
+        "fake-billing": "promptex.agent.cli:fake_billing",
     },
 )
 @click.version_option(__version__, prog_name="promptex")

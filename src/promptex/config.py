@@ -125,6 +125,40 @@ class Settings(BaseSettings):
     coordinator_tx_timeout_seconds: float = 120.0
 
     # ─── Redemption agent ────────────────────────────────────────────────────
+    # The chain it redeems on: the JSON-RPC endpoint and the deployment (deployments/<network>.json).
+    agent_rpc_url: str = "http://127.0.0.1:8545"
+    agent_network: str = "local"
+    # The agent's signing key (the address users grant); never logged. None on the local
+    # network: anvil's public development account 5 (0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc).
+    agent_private_key: SecretStr | None = None
+    # Seconds between passes (advance redemptions, send notifications) and between rule checks.
+    agent_poll_seconds: float = 5.0
+    agent_rules_interval_seconds: float = 60.0
+    # Latest block time of a redeem's swap, from signing (a stale rebroadcast reverts: tokens stay).
+    agent_swap_deadline_seconds: int = 300
+    # How long to wait for a receipt before leaving a transaction to the next pass.
+    agent_tx_timeout_seconds: float = 60.0
+    # Provider billing API: the URL a linked account uses unless it names its own, the
+    # timeout of one call, and the retry backoff (doubling from the first to the most).
+    agent_billing_url: str = "http://127.0.0.1:9100"
+    agent_billing_timeout_seconds: float = 10.0
+    agent_billing_retry_seconds: int = 5
+    agent_billing_retry_max_seconds: int = 300
+    # Credits are never bought this close to a redemption's refund deadline: past it the
+    # user may refund, and the operator would not be reimbursed.
+    agent_purchase_margin_seconds: int = 600
+    # Notifications over SMTP; without a host they stay in the outbox, marked unsent.
+    agent_smtp_host: str | None = None
+    agent_smtp_port: int = 587
+    agent_smtp_user: str | None = None
+    agent_smtp_password: SecretStr | None = None
+    agent_smtp_from: str = "promptex-agent@localhost"
+    agent_smtp_starttls: bool = True
+    # The fake provider billing API (`promptex fake-billing`): port, and its receipt signing
+    # key (None on the local network: anvil's public development account 4,
+    # 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65, to register as the billing signer).
+    agent_fake_billing_port: int = 9100
+    agent_fake_billing_private_key: SecretStr | None = None
 
 
 @lru_cache(maxsize=1)

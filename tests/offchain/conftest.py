@@ -77,3 +77,40 @@ def ledger(ledger_url: str, clock: Clock) -> Iterator[Ledger]:
         book.check()
     finally:
         book.close()
+
+
+# ─── Redemption agent ────────────────────────────────────────────────────────
+
+
+@pytest.fixture(scope="session")
+def agent_db_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite ledger, copied for each agent test (migrating is the slow part)."""
+    path = tmp_path_factory.mktemp("agent-template") / "ledger.sqlite3"
+    with Ledger.open(f"sqlite:///{path}", sqlite_synchronous="NORMAL"):
+        pass
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def agent_billing() -> Iterator[tuple[str, object]]:
+    """One fake billing API for the agent tests (each test resets its configuration)."""
+    from agent_fakes import serving_billing
+    from agent_world import billing_config
+
+    config = billing_config()
+    with serving_billing(config) as url:
+        yield url, config
+
+
+@pytest.fixture
+def agent_world(agent_db_template: str, agent_billing: tuple[str, object], tmp_path) -> Iterator[object]:  # noqa: ANN001
+    import shutil
+
+    from agent_world import make_world, reset_billing
+
+    db = tmp_path / "ledger.sqlite3"
+    shutil.copy(agent_db_template, db)
+    url, config = agent_billing
+    world = make_world(db, url, reset_billing(config))  # type: ignore[arg-type]
+    yield world
+    world.ledger.close()

@@ -666,7 +666,7 @@ def test_migrations__fresh_database__match_schema(ledger):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert current_revision(ledger.engine) == "0003"  # the head: every migration ran
+    assert current_revision(ledger.engine) == "0004"  # the head: every migration ran
     with ledger.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), metadata)
     assert diff == []

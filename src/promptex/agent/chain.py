@@ -1,0 +1,159 @@
+"""What the agent needs from the chain: the RedemptionEscrow's views (grant, limits,
+linked accounts, billing signers, redemptions), the Router's quote and the Oracle's
+TWAP, and signing/broadcasting raw transactions.
+
+`Web3AgentChain` extends the coordinator's `Web3Chain` (same signing, broadcast,
+receipt and revert handling) with those contracts; tests drive the agent through a
+fake with the same methods.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from web3 import Web3
+from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
+
+from promptex.chain.deployments import Deployment
+from promptex.coordinator.chain import Call, Receipt, SignedTx, Web3Chain
+
+POOL_FEE = 30  # Factory.DEFAULT_FEE (promptex.chain.dex imports ape, which the agent avoids)
+
+
+@dataclass(frozen=True)
+class Grant:
+    payee: str
+    expiry: int
+    max_slippage_bps: int
+    version: int
+
+    @property
+    def live(self) -> bool:
+        return int(self.payee, 16) != 0
+
+
+@dataclass(frozen=True)
+class ChainRedemption:
+    user: str
+    payee: str
+    usdc: int
+    deadline: int
+    status: int  # promptex.chain.redemption.STATUS_*
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    redemption_id: int
+    tokens_in: int
+    usdc: int
+    deadline: int
+
+
+class AgentChain(Protocol):
+    sender: str  # the agent's address
+    chain_id: int
+    escrow_address: str
+
+    def now(self) -> int: ...
+    def token_address(self, symbol: str) -> str: ...
+    def usdc_address(self) -> str: ...
+    def quote_in(self, token: str, usdc_out: int) -> int | None: ...
+    def twap(self, token: str) -> int | None: ...
+    def grant(self, user: str) -> Grant: ...
+    def daily_limit(self, user: str, token: str) -> int: ...
+    def spent_today(self, user: str, token: str) -> int: ...
+    def linked_account(self, user: str, provider: bytes) -> bytes: ...
+    def billing_signer(self, provider: bytes) -> str: ...
+    def token_balance(self, user: str, token: str) -> int: ...
+    def allowance(self, user: str, token: str) -> int: ...
+    def redemption(self, redemption_id: int) -> ChainRedemption: ...
+    def redeemed(self, tx_hash: str) -> Redeemed | None: ...
+    def simulate(self, call: Call) -> str | None: ...
+    def sign(self, call: Call, nonce: int) -> SignedTx: ...
+    def nonce(self) -> int: ...
+    def pending_nonce(self) -> int: ...
+    def broadcast(self, raw: str) -> None: ...
+    def receipt(self, tx_hash: str) -> Receipt | None: ...
+    def wait(self, tx_hash: str, timeout: float) -> Receipt | None: ...
+
+
+class Web3AgentChain(Web3Chain):
+    """The deployment's RedemptionEscrow, Router, Oracle and tokens over JSON-RPC,
+    signing with the agent's key."""
+
+    def __init__(self, rpc_url: str, deployment: Deployment, private_key: str, *, timeout: float = 30.0) -> None:
+        super().__init__(rpc_url, deployment, private_key, timeout=timeout)
+        self.redemption_escrow = self._contract("RedemptionEscrow")
+        self.router = self._contract("Router")
+        self.oracle = self._contract("Oracle")
+        self.escrow_address = str(self.redemption_escrow.address)
+        self._twap_window = int(self.redemption_escrow.functions.twap_window().call())
+        token_abi = json.loads(Path(deployment.contracts[f"token:{deployment.token_symbols()[0]}"].abi).read_text())
+        self._erc20: dict[str, Any] = {}
+        self._token_abi = token_abi
+
+    def _function(self, call: Call) -> Any:
+        if call.contract == "redemption":
+            return getattr(self.redemption_escrow.functions, call.function)(*call.args)
+        return super()._function(call)
+
+    def _token(self, address: str) -> Any:
+        if address not in self._erc20:
+            self._erc20[address] = self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=self._token_abi)
+        return self._erc20[address]
+
+    def token_address(self, symbol: str) -> str:
+        return self.asset_address(symbol)
+
+    def usdc_address(self) -> str:
+        return self.deployment.address("USDC")
+
+    def quote_in(self, token: str, usdc_out: int) -> int | None:
+        try:
+            amounts = self.router.functions.get_amounts_in(usdc_out, [token, self.usdc_address()], [POOL_FEE]).call()
+        except ContractLogicError:
+            return None  # no pool, or not enough liquidity for that output
+        return int(amounts[0])
+
+    def twap(self, token: str) -> int | None:
+        try:
+            return int(self.oracle.functions.consult(token, self._twap_window).call())
+        except ContractLogicError:
+            return None  # untracked, or the window is not yet covered
+
+    def grant(self, user: str) -> Grant:
+        payee, expiry, slippage, version = self.redemption_escrow.functions.grant(user, self.sender).call()
+        return Grant(str(payee), int(expiry), int(slippage), int(version))
+
+    def daily_limit(self, user: str, token: str) -> int:
+        return int(self.redemption_escrow.functions.daily_limit(user, self.sender, token).call())
+
+    def spent_today(self, user: str, token: str) -> int:
+        return int(self.redemption_escrow.functions.spent_today(user, self.sender, token).call())
+
+    def linked_account(self, user: str, provider: bytes) -> bytes:
+        return bytes(self.redemption_escrow.functions.linked_account(user, provider).call())
+
+    def billing_signer(self, provider: bytes) -> str:
+        return str(self.redemption_escrow.functions.billing_signer(provider).call())
+
+    def token_balance(self, user: str, token: str) -> int:
+        return int(self._token(token).functions.balanceOf(user).call())
+
+    def allowance(self, user: str, token: str) -> int:
+        return int(self._token(token).functions.allowance(user, self.escrow_address).call())
+
+    def redemption(self, redemption_id: int) -> ChainRedemption:
+        user, payee, _hash, usdc, deadline, status = self.redemption_escrow.functions.redemptions(redemption_id).call()
+        return ChainRedemption(str(user), str(payee), int(usdc), int(deadline), int(status))
+
+    def redeemed(self, tx_hash: str) -> Redeemed | None:
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        for event in self.redemption_escrow.events.Redeemed().process_receipt(receipt, errors=DISCARD):
+            a = event["args"]
+            return Redeemed(int(a["redemption_id"]), int(a["tokens_in"]), int(a["usdc"]), int(a["deadline"]))
+        return None

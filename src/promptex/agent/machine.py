@@ -1,0 +1,343 @@
+"""A redemption as a crash-safe state machine, persisted in `agent_redemptions`:
+
+    planned    intent stored (user, account, token, USD, maximum input)
+    selling    the `redeem` tx signed, its raw bytes and hash stored   (before broadcast)
+    escrowed   redeem mined: the escrow's redemption id, tokens sold, deadline stored
+    purchased  the billing API's answer to add_credits(key = the escrow redemption) stored
+    receipted  the receipt checked: its fields, and signed by the escrow's billing signer
+    releasing  the `release` tx signed and stored                       (before broadcast)
+    released   release mined (or the chain shows it released)
+  terminal failures, none of which loses anything:
+    failed     redeem refused or reverted: tokens untouched
+    rejected   a receipt the escrow would refuse (forged, wrong fields): the user refunds
+    abandoned  billing never answered before the purchase margin: the user refunds
+    refunded   the chain shows the user refunded
+
+Restart rules. A stored tx still "sent" is looked up by hash; not mined and its nonce
+free → the SAME bytes are broadcast again; its nonce taken by another tx → it never ran
+(redeem: back to planned; release: back to receipted). Nothing new is signed while a tx
+is unresolved. add_credits is idempotent by key, so calling it again after a crash or a
+timeout returns the first receipt and buys nothing. So a redemption sells once, buys
+once, releases once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+from eth_account import Account
+
+from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError, BillingReceipt
+from promptex.agent.chain import POOL_FEE, AgentChain
+from promptex.agent.store import (
+    ABANDONED,
+    DROPPED,
+    ESCROWED,
+    FAILED,
+    PLANNED,
+    PURCHASED,
+    RECEIPTED,
+    REFUNDED,
+    REJECTED,
+    RELEASED,
+    RELEASING,
+    REVERTED,
+    SELLING,
+    SENT,
+    SUCCEEDED,
+    AgentStore,
+    Redemption,
+)
+from promptex.chain.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
+from promptex.coordinator.chain import Call
+from promptex.coordinator.store import StoredTx
+from promptex.gateway.envelope import MasterKeys
+
+log = logging.getLogger("promptex.agent")
+
+CRASH_ENV = "PROMPTEX_AGENT_CRASH_AT"  # test hook: SIGKILL this process at the named step
+CRASH_STEPS = (
+    "planned", "redeem_signed", "redeem_broadcast", "escrowed", "billing_answered", "purchased", "receipted",
+    "release_signed", "release_broadcast", "released",
+)  # fmt: skip
+OPEN_STEPS = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
+
+
+def crash_point(step: str) -> None:
+    """Die here, as kill -9 would, when the test hook names this step."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class TxPending(Exception):
+    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
+
+
+def idempotency_key(chain_id: int, escrow: str, redemption_id: int) -> str:
+    """The billing purchase's key: the escrow redemption, unique across chains and escrows."""
+    return f"promptex:{chain_id}:{escrow.lower()}:{redemption_id}"
+
+
+class RedemptionMachine:
+    def __init__(
+        self,
+        store: AgentStore,
+        chain: AgentChain,
+        billing: BillingAdapter,
+        keys: MasterKeys,
+        *,
+        clock: Callable[[], int],
+        tx_timeout: float = 60.0,
+        swap_deadline: int = 300,
+        retry_seconds: int = 5,
+        retry_max_seconds: int = 300,
+        purchase_margin: int = 600,
+    ) -> None:
+        self.store, self.chain, self.billing, self.keys = store, chain, billing, keys
+        self.clock = clock
+        self.tx_timeout = tx_timeout
+        self.swap_deadline = swap_deadline
+        self.retry_seconds, self.retry_max_seconds = retry_seconds, retry_max_seconds
+        self.purchase_margin = purchase_margin
+
+    # ─── Transactions (the coordinator's rules, for the agent's key) ─────────
+
+    def resolve_tx(self, tx: StoredTx) -> str:
+        """The final status of a stored transaction, rebroadcasting it if it is not mined."""
+        if tx.status != SENT:
+            return tx.status
+        receipt = self.chain.receipt(tx.tx_hash)
+        if receipt is None and self.chain.nonce() > tx.nonce:
+            receipt = self.chain.receipt(tx.tx_hash)  # mined between the two reads?
+            if receipt is None:
+                log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
+                self.store.close_tx(tx.id, DROPPED, None, self.clock())
+                return DROPPED
+        if receipt is None:
+            self.chain.broadcast(tx.raw)  # the same signed bytes: idempotent
+            receipt = self.chain.wait(tx.tx_hash, self.tx_timeout)
+        if receipt is None:
+            raise TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce})")
+        status = SUCCEEDED if receipt.ok else REVERTED
+        self.store.close_tx(tx.id, status, receipt.block_number, self.clock())
+        return status
+
+    def resolve_open_txs(self) -> None:
+        for tx in self.store.open_txs():
+            self.resolve_tx(tx)
+
+    def _send(self, r: Redemption, purpose: str, call: Call) -> str:
+        signed = self.chain.sign(call, self.chain.pending_nonce())
+        tx_id = self.store.submit(r.id, purpose, signed, self.chain.sender, self.clock())
+        log.info("redemption %d: %s sent as %s", r.id, purpose, signed.tx_hash)
+        crash_point(f"{purpose}_signed")
+        self.chain.broadcast(signed.raw)
+        crash_point(f"{purpose}_broadcast")
+        return self.resolve_tx(self.store.tx(tx_id))
+
+    # ─── Steps ───────────────────────────────────────────────────────────────
+
+    def advance(self, r: Redemption) -> Redemption:
+        """Move one redemption as far as it can go now; returns where it stopped."""
+        while r.status in OPEN_STEPS:
+            step = getattr(self, f"_{r.status}")
+            after: Redemption | None = step(r)
+            if after is None:  # waiting (billing retry later)
+                return self.store.get(r.id)
+            r = after
+        return r
+
+    def _planned(self, r: Redemption) -> Redemption:
+        account = self.store.account(r.account_id)
+        token = self.chain.token_address(r.token)
+        call = Call(
+            "redemption",
+            "redeem",
+            (
+                r.user, r.usd_micro, r.max_tokens_in, [token, self.chain.usdc_address()], [POOL_FEE],
+                provider_id(account.provider), self.chain.now() + self.swap_deadline,
+            ),
+        )  # fmt: skip
+        reason = self.chain.simulate(call)
+        if reason is not None:
+            return self._fail(r, PLANNED, f"the escrow refuses the redemption: {reason}")
+        self._send(r, "redeem", call)
+        return self.store.get(r.id)
+
+    def _selling(self, r: Redemption) -> Redemption:
+        assert r.redeem_tx_id is not None
+        tx = self.store.tx(r.redeem_tx_id)
+        status = self.resolve_tx(tx)
+        if status == SUCCEEDED:
+            event = self.chain.redeemed(tx.tx_hash)
+            if event is None:
+                raise RuntimeError(f"redeem tx {tx.tx_hash} succeeded without a Redeemed event")
+            after = self.store.move(
+                r.id, (SELLING,), ESCROWED, self.clock(), chain_redemption_id=event.redemption_id,
+                tokens_in=event.tokens_in, deadline=event.deadline,
+            )  # fmt: skip
+            log.info("redemption %d escrowed as %d: %d %s sold", r.id, event.redemption_id, event.tokens_in, r.token)
+            crash_point("escrowed")
+            return after
+        if status == REVERTED:
+            return self._fail(r, SELLING, f"redeem tx {tx.tx_hash} reverted; no tokens were sold")
+        return self.store.move(r.id, (SELLING,), PLANNED, self.clock(), redeem_tx_id=None)  # dropped: never ran
+
+    def _escrowed(self, r: Redemption) -> Redemption | None:
+        assert r.chain_redemption_id is not None and r.deadline is not None
+        closed = self._closed_on_chain(r)
+        if closed is not None:
+            return closed
+        if self.chain.now() >= r.deadline - self.purchase_margin:
+            return self.store.move(
+                r.id, (ESCROWED,), ABANDONED, self.clock(),
+                error=f"no purchase before the refund deadline ({r.error or 'billing unavailable'})",
+                notify=self._notice(r, "abandoned", "Redemption not completed: refund available",
+                                    f"The agent could not buy credits for redemption {r.chain_redemption_id}. "
+                                    f"After {r.deadline} (unix time) you can refund its USDC with "
+                                    f"RedemptionEscrow.refund({r.chain_redemption_id})."),
+            )  # fmt: skip
+        if self.clock() < r.next_attempt_at:
+            return None
+        account = self._billing_account(r.account_id)
+        key = idempotency_key(self.chain.chain_id, self.chain.escrow_address, r.chain_redemption_id)
+        try:
+            receipt = self.billing.add_credits(account, r.usd_micro, key, redemption_id=r.chain_redemption_id)
+        except BillingError as exc:
+            delay = min(self.retry_max_seconds, self.retry_seconds * 2 ** min(r.billing_attempts, 16))
+            self.store.record_attempt(r.id, str(exc), self.clock() + delay, self.clock())
+            log.warning("redemption %d: billing failed (%s); retrying in %d s", r.id, exc, delay)
+            return None
+        crash_point("billing_answered")
+        problem = self._receipt_problem(r, account, receipt)
+        if problem is not None:
+            return self._reject(r, ESCROWED, problem)
+        after = self.store.move(
+            r.id, (ESCROWED,), PURCHASED, self.clock(), billing_ref="0x" + receipt.billing_ref.hex(),
+            receipt_usd_micro=receipt.usd_micro, receipt_signature="0x" + receipt.signature.hex(), error=None,
+        )  # fmt: skip
+        crash_point("purchased")
+        return after
+
+    def _purchased(self, r: Redemption) -> Redemption:
+        assert r.receipt_signature is not None
+        account = self.store.account(r.account_id)
+        signer = self.chain.billing_signer(provider_id(account.provider))
+        digest = self._digest(r, account.account_ref)
+        try:
+            recovered = Account._recover_hash(digest, signature=r.receipt_signature)
+        except Exception:  # malformed signature bytes
+            recovered = "0x" + "0" * 40
+        if int(signer, 16) == 0 or recovered.lower() != signer.lower():
+            return self._reject(r, PURCHASED, "the receipt is not signed by the escrow's billing signer")
+        after = self.store.move(r.id, (PURCHASED,), RECEIPTED, self.clock())
+        crash_point("receipted")
+        return after
+
+    def _receipted(self, r: Redemption) -> Redemption:
+        closed = self._closed_on_chain(r)
+        if closed is not None:
+            return closed
+        call = self._release_call(r)
+        reason = self.chain.simulate(call)
+        if reason is not None:
+            return self._reject(r, RECEIPTED, f"the escrow refuses the receipt: {reason}")
+        self._send(r, "release", call)
+        return self.store.get(r.id)
+
+    def _releasing(self, r: Redemption) -> Redemption:
+        assert r.release_tx_id is not None
+        tx = self.store.tx(r.release_tx_id)
+        status = self.resolve_tx(tx)
+        if status == SUCCEEDED:
+            return self._released(r, RELEASING)
+        closed = self._closed_on_chain(r)
+        if closed is not None:
+            return closed
+        if status == REVERTED:
+            return self._reject(r, RELEASING, f"release tx {tx.tx_hash} reverted")
+        return self.store.move(r.id, (RELEASING,), RECEIPTED, self.clock(), release_tx_id=None)  # dropped
+
+    # ─── Helpers ─────────────────────────────────────────────────────────────
+
+    def _billing_account(self, account_id: int) -> BillingAccount:
+        a = self.store.account(account_id)
+        credential = self.keys.open(a.sealed).decode()
+        return BillingAccount(a.provider, a.account_id, a.account_salt, a.account_ref, credential, a.billing_url)
+
+    def _receipt_problem(self, r: Redemption, account: BillingAccount, receipt: BillingReceipt) -> str | None:
+        if receipt.redemption_id != r.chain_redemption_id:
+            return f"the receipt names redemption {receipt.redemption_id}, not {r.chain_redemption_id}"
+        if receipt.provider != provider_id(account.provider) or receipt.account_ref != account.account_ref:
+            return "the receipt names another provider or account"
+        if receipt.usd_micro < r.usd_micro:
+            return f"the receipt is for {receipt.usd_micro} USD micro-units, below the {r.usd_micro} due"
+        if len(receipt.signature) != 65:
+            return "the receipt's signature is not 65 bytes"
+        return None
+
+    def _digest(self, r: Redemption, account_ref: bytes) -> bytes:
+        assert r.chain_redemption_id is not None and r.receipt_usd_micro is not None and r.billing_ref is not None
+        return receipt_digest(
+            chain_id=self.chain.chain_id, escrow=self.chain.escrow_address, redemption_id=r.chain_redemption_id,
+            provider=provider_id(r.provider), account_ref=account_ref, usd_micro=r.receipt_usd_micro,
+            billing_ref=r.billing_ref,
+        )  # fmt: skip
+
+    def _release_call(self, r: Redemption) -> Call:
+        account = self.store.account(r.account_id)
+        return Call(
+            "redemption",
+            "release",
+            (
+                r.chain_redemption_id, provider_id(account.provider), account.account_ref, r.receipt_usd_micro,
+                r.billing_ref, r.receipt_signature,
+            ),
+        )  # fmt: skip
+
+    def _closed_on_chain(self, r: Redemption) -> Redemption | None:
+        """Released or refunded on chain (by anyone): record it."""
+        assert r.chain_redemption_id is not None
+        status = self.chain.redemption(r.chain_redemption_id).status
+        if status == STATUS_RELEASED:
+            return self._released(r, r.status)
+        if status == STATUS_REFUNDED:
+            return self.store.move(r.id, (r.status,), REFUNDED, self.clock(), error="the user refunded it")
+        if status != STATUS_OPEN:
+            raise RuntimeError(f"escrow redemption {r.chain_redemption_id} does not exist")
+        return None
+
+    def _released(self, r: Redemption, from_: str) -> Redemption:
+        usd = f"${r.usd_micro / 1_000_000:,.2f}"
+        after = self.store.move(
+            r.id, (from_,), RELEASED, self.clock(), error=None,
+            notify=self._notice(r, "receipt", f"{usd} of {r.provider} credits added",
+                                f"Redemption {r.chain_redemption_id}: sold {r.tokens_in} {r.token} units for {usd} "
+                                f"of credits on your {r.provider} account (billing receipt "
+                                f"0x{(r.billing_ref or b'').hex()})."),
+        )  # fmt: skip
+        log.info("redemption %d released (escrow %s)", r.id, r.chain_redemption_id)
+        crash_point("released")
+        return after
+
+    def _notice(self, r: Redemption, kind: str, subject: str, body: str) -> tuple[str, str, str, str]:
+        return (f"redemption:{r.id}:{kind}", kind, subject, body)
+
+    def _fail(self, r: Redemption, from_: str, reason: str) -> Redemption:
+        log.warning("redemption %d failed: %s", r.id, reason)
+        return self.store.move(
+            r.id, (from_,), FAILED, self.clock(), error=reason,
+            notify=self._notice(r, "failed", "Redemption failed: nothing was sold", reason),
+        )  # fmt: skip
+
+    def _reject(self, r: Redemption, from_: str, reason: str) -> Redemption:
+        log.error("redemption %d: receipt rejected: %s", r.id, reason)
+        return self.store.move(
+            r.id, (from_,), REJECTED, self.clock(), error=reason,
+            notify=self._notice(r, "rejected", "Redemption receipt rejected: refund available",
+                                f"{reason}. After the deadline ({r.deadline}) you can refund redemption "
+                                f"{r.chain_redemption_id} from the escrow."),
+        )  # fmt: skip

@@ -1,0 +1,70 @@
+"""Whether a redemption can go through now, checked against the chain before anything
+is signed: the user's grant (live, naming the token, its daily limit), the linked
+account and billing signer, the Router's exact-out quote against the caller's maximum
+input and the grant's slippage bound on the Oracle TWAP, and the user's balance and
+allowance. The escrow checks the same again on chain; this only spares a revert and
+says clearly why a rule does not fire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from promptex.agent.chain import AgentChain
+from promptex.chain.redemption import slippage_limit
+
+
+@dataclass(frozen=True)
+class Quote:
+    tokens_in: int  # what the Router takes for the USDC
+    slippage_limit: int  # most the grant allows at the TWAP
+    daily_left: int  # what is left of today's limit
+
+
+class QuoteRefused(Exception):
+    """The redemption cannot go through; `code` names the reason (for notifications)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_redemption(
+    chain: AgentChain, user: str, provider: bytes, account_ref: bytes, token: str, usd_micro: int, max_tokens_in: int
+) -> Quote:
+    if usd_micro <= 0:
+        raise QuoteRefused("amount", "the USD amount must be positive")
+    grant = chain.grant(user)
+    if not grant.live:
+        raise QuoteRefused("no_grant", "the user has not granted this agent (or revoked the grant)")
+    if chain.now() > grant.expiry:
+        raise QuoteRefused("grant_expired", f"the user's grant expired at {grant.expiry}")
+    limit = chain.daily_limit(user, token)
+    if limit == 0:
+        raise QuoteRefused("token_not_granted", "the user's grant does not name this token")
+    if chain.linked_account(user, provider) != account_ref:
+        raise QuoteRefused("not_linked", "the account is not the one the user linked on chain for this provider")
+    if int(chain.billing_signer(provider), 16) == 0:
+        raise QuoteRefused("unknown_provider", "the escrow has no billing signer for this provider")
+    tokens_in = chain.quote_in(token, usd_micro)
+    if tokens_in is None:
+        raise QuoteRefused("no_market", "the market cannot deliver that much USDC (no pool or too little liquidity)")
+    if tokens_in > max_tokens_in:
+        raise QuoteRefused(
+            "above_max", f"the market needs {tokens_in} token units, above the maximum of {max_tokens_in}"
+        )
+    price = chain.twap(token)
+    if price is None or price == 0:
+        raise QuoteRefused("no_twap", "the Oracle has no TWAP for this token yet")
+    bound = slippage_limit(usd_micro, price, grant.max_slippage_bps)
+    if tokens_in > bound:
+        raise QuoteRefused(
+            "slippage", f"selling {tokens_in} token units is beyond the grant's slippage (at most {bound} at the TWAP)"
+        )
+    left = limit - chain.spent_today(user, token)
+    if tokens_in > left:
+        raise QuoteRefused("daily_limit", f"the grant's daily limit leaves {max(0, left)} token units, not {tokens_in}")
+    if chain.token_balance(user, token) < tokens_in:
+        raise QuoteRefused("balance", "the user's wallet holds fewer tokens than the sale needs")
+    if chain.allowance(user, token) < tokens_in:
+        raise QuoteRefused("allowance", "the user's allowance to the escrow is below what the sale needs")
+    return Quote(tokens_in, bound, left)

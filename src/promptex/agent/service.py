@@ -1,0 +1,208 @@
+"""The agent's passes: resolve its in-flight transactions, check the auto-topup rules
+when they are due, start manual redemptions, advance every open redemption, and
+deliver notifications. One agent process per key (its nonces are sequential)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError
+from promptex.agent.chain import AgentChain
+from promptex.agent.machine import RedemptionMachine, TxPending, crash_point
+from promptex.agent.outbox import SmtpConfig, deliver
+from promptex.agent.quote import QuoteRefused, check_redemption
+from promptex.agent.store import OPEN_STATUSES, AgentStore, LinkedAccount, Redemption, Rule
+from promptex.chain.redemption import account_ref, provider_id
+from promptex.gateway.envelope import MasterKeys
+from promptex.ledger.binding import checksum_address
+
+log = logging.getLogger("promptex.agent")
+DAY = 86_400
+
+
+@dataclass
+class PassReport:
+    fired: list[int] = field(default_factory=list)  # rule ids
+    skipped: dict[int, str] = field(default_factory=dict)  # rule id → why not
+    advanced: dict[int, str] = field(default_factory=dict)  # redemption id → status after
+    notified: int = 0
+    waiting: str | None = None
+
+
+def _wall_clock() -> int:
+    return int(time.time())
+
+
+class Agent:
+    def __init__(
+        self,
+        engine: Engine,
+        chain: AgentChain,
+        billing: BillingAdapter,
+        keys: MasterKeys,
+        *,
+        clock: Callable[[], int] | None = None,
+        rules_interval: float = 60.0,
+        smtp: SmtpConfig | None = None,
+        billing_url: str = "http://127.0.0.1:9100",
+        **machine_options: int | float,
+    ) -> None:
+        self.store = AgentStore(engine)
+        self.chain, self.billing, self.keys = chain, billing, keys
+        self.clock = clock or _wall_clock
+        self.rules_interval = rules_interval
+        self.smtp = smtp
+        self.billing_url = billing_url
+        self.machine = RedemptionMachine(self.store, chain, billing, keys, clock=self.clock, **machine_options)  # type: ignore[arg-type]
+        self._rules_due = 0.0
+
+    # ─── Users' setup ────────────────────────────────────────────────────────
+
+    def link_account(
+        self, user: str, provider: str, account_id: str, credential: str, *, salt: bytes | None = None,
+        billing_url: str | None = None, email: str | None = None,
+    ) -> LinkedAccount:  # fmt: skip
+        """Store a linked account, its scoped billing credential sealed; the user links the
+        printed account reference on chain (`RedemptionEscrow.link_account`)."""
+        user = checksum_address(user)
+        provider_id(provider)  # a valid name, or ValueError
+        if not credential:
+            raise ValueError("a billing credential is required")
+        salt = secrets.token_bytes(16) if salt is None else salt
+        ref = account_ref(account_id, salt)
+        sealed = self.keys.seal(credential.encode())
+        now = self.clock()
+        account = self.store.link_account(
+            user, provider.strip().lower(), account_id, salt, ref, billing_url or self.billing_url, sealed, now
+        )
+        if email is not None:
+            self.store.set_email(user, email, now)
+        return self.store.account(account)
+
+    def add_rule(self, user: str, provider: str, token: str, below: int, add: int, max_tokens_in: int) -> Rule:
+        user = checksum_address(user)
+        self.chain.token_address(token.upper())  # a known token, or KeyError
+        return self.store.add_rule(
+            user, provider.strip().lower(), token.upper(), below, add, max_tokens_in, self.clock()
+        )
+
+    # ─── Passes ──────────────────────────────────────────────────────────────
+
+    def run_once(self, *, check_rules: bool | None = None) -> PassReport:
+        report = PassReport()
+        try:
+            self.machine.resolve_open_txs()
+            due = time.monotonic() >= self._rules_due if check_rules is None else check_rules
+            if due:
+                self._rules_due = time.monotonic() + self.rules_interval
+                self.check_rules(report)
+            for r in self.store.redemptions(OPEN_STATUSES):
+                report.advanced[r.id] = self.machine.advance(r).status
+        except TxPending as exc:
+            report.waiting = str(exc)
+            log.info("waiting for %s", exc)
+        report.notified = deliver(self.store, self.smtp, self.clock())
+        return report
+
+    def check_rules(self, report: PassReport | None = None) -> PassReport:
+        report = report or PassReport()
+        for rule in self.store.rules():
+            outcome = self._check_rule(rule)
+            if outcome.startswith("fired"):
+                report.fired.append(rule.id)
+            else:
+                report.skipped[rule.id] = outcome
+            self.store.rule_checked(rule.id, outcome, self.clock())
+        return report
+
+    def _check_rule(self, rule: Rule) -> str:
+        account = self.store.account_for(rule.user, rule.provider)
+        if account is None:
+            return f"no linked {rule.provider} account"
+        if any(r.provider == rule.provider for r in self.store.redemptions(OPEN_STATUSES, user=rule.user)):
+            return "a redemption is already in flight"
+        try:
+            balance = self.billing.balance(self._billing_account(account))
+        except BillingError as exc:
+            return f"balance unavailable: {exc}"
+        self.store.set_balance(account.id, balance, self.clock())
+        if balance >= rule.below_usd_micro:
+            return f"balance {balance} is not below {rule.below_usd_micro}"
+        try:
+            self.quote(account, rule.token, rule.add_usd_micro, rule.max_tokens_in)
+        except QuoteRefused as exc:
+            day = self.clock() // DAY
+            self.store.notify(
+                rule.user, f"rule:{rule.id}:{exc.code}:{day}", "rule_skipped",
+                f"Auto-topup of {rule.provider} did not run",
+                f"Your rule '{rule.provider} below ${rule.below_usd_micro / 1e6:,.2f} → add "
+                f"${rule.add_usd_micro / 1e6:,.2f}, selling at most {rule.max_tokens_in} {rule.token} units' "
+                f"did not fire: {exc}.", self.clock(),
+            )  # fmt: skip
+            return f"not fired: {exc}"
+        r = self.store.create(account, rule.token, rule.add_usd_micro, rule.max_tokens_in, rule.id, self.clock())
+        log.info("rule %d fired: redemption %d (%s, %d USD micro)", rule.id, r.id, rule.provider, r.usd_micro)
+        crash_point("planned")
+        return f"fired: redemption {r.id}"
+
+    # ─── Manual redemptions ──────────────────────────────────────────────────
+
+    def quote(self, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int) -> int:
+        """Tokens the redemption would sell now; QuoteRefused says why it cannot go through."""
+        q = check_redemption(
+            self.chain, account.user, provider_id(account.provider), account.account_ref,
+            self.chain.token_address(token), usd_micro, max_tokens_in,
+        )  # fmt: skip
+        return q.tokens_in
+
+    def redeem(
+        self, user: str, token: str, usd_micro: int, provider: str, max_tokens_in: int | None = None
+    ) -> Redemption:
+        """Start a redemption now (checked first) and advance it as far as it goes."""
+        user, token, provider = checksum_address(user), token.upper(), provider.strip().lower()
+        account = self.store.account_for(user, provider)
+        if account is None:
+            raise QuoteRefused("not_linked", f"{user} has no linked {provider} account")
+        if max_tokens_in is None:  # the grant's slippage bound is the ceiling
+            max_tokens_in = 2**256 - 1
+        self.quote(account, token, usd_micro, max_tokens_in)
+        r = self.store.create(account, token, usd_micro, max_tokens_in, None, self.clock())
+        crash_point("planned")
+        self.machine.resolve_open_txs()
+        return self.machine.advance(r)
+
+    def _billing_account(self, a: LinkedAccount) -> BillingAccount:
+        credential = self.keys.open(a.sealed).decode()
+        return BillingAccount(a.provider, a.account_id, a.account_salt, a.account_ref, credential, a.billing_url)
+
+
+def serve(agent: Agent, poll_seconds: float, stop: threading.Event | None = None) -> None:
+    """Run passes until SIGTERM/SIGINT (or `stop`)."""
+    import signal
+
+    stop = stop or threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after this pass", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    log.info("agent %s started (poll every %.1f s)", agent.chain.sender, poll_seconds)
+    while not stop.is_set():
+        try:
+            report = agent.run_once()
+            if report.fired or report.advanced:
+                log.info("pass: rules fired %s, redemptions %s", report.fired, report.advanced)
+        except Exception:  # an RPC or database hiccup: the state machine resumes next pass
+            log.exception("agent pass failed")
+        stop.wait(poll_seconds)
+    log.info("agent stopped")

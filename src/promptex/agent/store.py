@@ -1,0 +1,427 @@
+"""The agent's persisted state, in the ledger's database (migration 0004): users'
+contacts, linked accounts, rules, signed transactions, redemptions and the outbox.
+
+Each method is one database transaction, and every redemption transition is a
+conditional UPDATE on the status it leaves, so a stale or restarted process can never
+apply a step twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from promptex.coordinator.chain import SignedTx
+from promptex.coordinator.store import DROPPED, REVERTED, SENT, SUCCEEDED, StoredTx
+from promptex.gateway.envelope import Sealed
+from promptex.ledger.journal import insert_ignore
+from promptex.ledger.schema import (
+    agent_accounts,
+    agent_outbox,
+    agent_redemptions,
+    agent_rules,
+    agent_txs,
+    agent_users,
+)
+
+# Redemption statuses (see promptex.agent.machine for the transitions).
+PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING, RELEASED = (
+    "planned", "selling", "escrowed", "purchased", "receipted", "releasing", "released",
+)  # fmt: skip
+FAILED, REJECTED, ABANDONED, REFUNDED = "failed", "rejected", "abandoned", "refunded"
+OPEN_STATUSES = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
+# Outbox statuses.
+PENDING, SENT_MAIL, UNSENT = "pending", "sent", "unsent"
+REASON = 500
+
+__all__ = ["DROPPED", "REVERTED", "SENT", "SUCCEEDED", "AgentStore", "LinkedAccount", "Redemption", "Rule"]
+
+
+@dataclass(frozen=True)
+class LinkedAccount:
+    id: int
+    user: str
+    provider: str
+    account_id: str
+    account_salt: bytes
+    account_ref: bytes
+    billing_url: str
+    sealed: Sealed
+    balance_usd_micro: int | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: int
+    user: str
+    provider: str
+    token: str
+    below_usd_micro: int
+    add_usd_micro: int
+    max_tokens_in: int
+    enabled: bool
+    last_outcome: str | None
+
+
+@dataclass(frozen=True)
+class Redemption:
+    id: int
+    user: str
+    account_id: int
+    provider: str
+    token: str
+    usd_micro: int
+    max_tokens_in: int
+    rule_id: int | None
+    status: str
+    redeem_tx_id: int | None
+    release_tx_id: int | None
+    chain_redemption_id: int | None
+    tokens_in: int | None
+    deadline: int | None
+    billing_attempts: int
+    next_attempt_at: int
+    billing_ref: bytes | None
+    receipt_usd_micro: int | None
+    receipt_signature: bytes | None
+    error: str | None
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: int
+    user: str
+    kind: str
+    subject: str
+    body: str
+    status: str
+    attempts: int
+
+
+def _b(value: str | None) -> bytes | None:
+    return None if value is None else bytes.fromhex(value.removeprefix("0x"))
+
+
+def _h(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def _account(row: Any) -> LinkedAccount:
+    m = row._mapping
+    sealed = Sealed(
+        bytes(m["secret_ciphertext"]), bytes(m["secret_nonce"]), bytes(m["wrapped_key"]), bytes(m["wrap_nonce"]),
+        m["key_id"],
+    )  # fmt: skip
+    balance = m["balance_usd_micro"]
+    return LinkedAccount(
+        m["id"], m["user_address"], m["provider"], m["account_id"], _b(m["account_salt"]) or b"",
+        _b(m["account_ref"]) or b"", m["billing_url"], sealed, None if balance is None else int(balance),
+    )  # fmt: skip
+
+
+def _rule(row: Any) -> Rule:
+    m = row._mapping
+    return Rule(
+        m["id"], m["user_address"], m["provider"], m["token"], int(m["below_usd_micro"]), int(m["add_usd_micro"]),
+        int(m["max_tokens_in"]), bool(m["enabled"]), m["last_outcome"],
+    )  # fmt: skip
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _redemption(row: Any) -> Redemption:
+    m = row._mapping
+    return Redemption(
+        m["id"], m["user_address"], m["account_id"], m["provider"], m["token"], int(m["usd_micro"]),
+        int(m["max_tokens_in"]), m["rule_id"], m["status"], m["redeem_tx_id"], m["release_tx_id"],
+        m["chain_redemption_id"], _int(m["tokens_in"]), m["deadline"], m["billing_attempts"], m["next_attempt_at"],
+        _b(m["billing_ref"]), _int(m["receipt_usd_micro"]), _b(m["receipt_signature"]), m["error"],
+        m["created_at"], m["updated_at"],
+    )  # fmt: skip
+
+
+class StaleTransition(RuntimeError):
+    """The redemption was no longer in the status a step expected (another pass moved it)."""
+
+
+class AgentStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # ─── Users and linked accounts ───────────────────────────────────────────
+
+    def set_email(self, user: str, email: str | None, now: int) -> None:
+        with self._tx() as conn:
+            if insert_ignore(conn, agent_users, {"address": user, "email": email, "created_at": now}) is None:
+                conn.execute(update(agent_users).where(agent_users.c.address == user).values(email=email))
+
+    def email(self, user: str) -> str | None:
+        with self._tx() as conn:
+            return conn.execute(select(agent_users.c.email).where(agent_users.c.address == user)).scalar()
+
+    def link_account(
+        self, user: str, provider: str, account_id: str, salt: bytes, ref: bytes, billing_url: str, sealed: Sealed,
+        now: int,
+    ) -> int:  # fmt: skip
+        """Link (or re-link) the user's account at a provider; one per (user, provider)."""
+        values = {
+            "user_address": user, "provider": provider, "account_id": account_id, "account_salt": _h(salt),
+            "account_ref": _h(ref), "billing_url": billing_url, "secret_ciphertext": sealed.ciphertext,
+            "secret_nonce": sealed.nonce, "wrapped_key": sealed.wrapped_key, "wrap_nonce": sealed.wrap_nonce,
+            "key_id": sealed.key_id, "created_at": now,
+        }  # fmt: skip
+        a = agent_accounts.c
+        with self._tx() as conn:
+            existing = conn.execute(select(a.id).where(a.user_address == user, a.provider == provider)).scalar()
+            if existing is None:
+                return int(conn.execute(insert(agent_accounts).values(**values).returning(a.id)).scalar_one())
+            conn.execute(
+                update(agent_accounts).where(a.id == existing).values(**values, balance_usd_micro=None, balance_at=None)
+            )
+            return int(existing)
+
+    def account(self, account_id: int) -> LinkedAccount:
+        with self._tx() as conn:
+            return _account(conn.execute(select(agent_accounts).where(agent_accounts.c.id == account_id)).one())
+
+    def account_for(self, user: str, provider: str) -> LinkedAccount | None:
+        a = agent_accounts.c
+        with self._tx() as conn:
+            row = conn.execute(select(agent_accounts).where(a.user_address == user, a.provider == provider)).first()
+        return None if row is None else _account(row)
+
+    def set_balance(self, account_id: int, usd_micro: int, now: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(agent_accounts)
+                .where(agent_accounts.c.id == account_id)
+                .values(balance_usd_micro=usd_micro, balance_at=now)
+            )
+
+    # ─── Rules ───────────────────────────────────────────────────────────────
+
+    def add_rule(
+        self, user: str, provider: str, token: str, below: int, add: int, max_tokens_in: int, now: int
+    ) -> Rule:
+        if min(below, add, max_tokens_in) <= 0:
+            raise ValueError("a rule's threshold, amount and maximum input must be positive")
+        with self._tx() as conn:
+            rule_id: int = conn.execute(
+                insert(agent_rules)
+                .values(
+                    user_address=user,
+                    provider=provider,
+                    token=token,
+                    below_usd_micro=below,
+                    add_usd_micro=add,
+                    max_tokens_in=max_tokens_in,
+                    enabled=1,
+                    created_at=now,
+                )  # fmt: skip
+                .returning(agent_rules.c.id)
+            ).scalar_one()
+            return _rule(conn.execute(select(agent_rules).where(agent_rules.c.id == rule_id)).one())
+
+    def rules(self, enabled_only: bool = True) -> list[Rule]:
+        stmt = select(agent_rules).order_by(agent_rules.c.id)
+        if enabled_only:
+            stmt = stmt.where(agent_rules.c.enabled == 1)
+        with self._tx() as conn:
+            return [_rule(r) for r in conn.execute(stmt).all()]
+
+    def rule_checked(self, rule_id: int, outcome: str, now: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(agent_rules)
+                .where(agent_rules.c.id == rule_id)
+                .values(last_checked_at=now, last_outcome=outcome[:REASON])
+            )
+
+    # ─── Signed transactions ─────────────────────────────────────────────────
+
+    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
+        return int(
+            conn.execute(
+                insert(agent_txs)
+                .values(
+                    purpose=purpose,
+                    sender=sender,
+                    nonce=signed.nonce,
+                    tx_hash=signed.tx_hash,
+                    raw_tx=signed.raw,
+                    status=SENT,
+                    created_at=now,
+                )  # fmt: skip
+                .returning(agent_txs.c.id)
+            ).scalar_one()
+        )
+
+    def tx(self, tx_id: int) -> StoredTx:
+        with self._tx() as conn:
+            m = conn.execute(select(agent_txs).where(agent_txs.c.id == tx_id)).one()._mapping
+        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
+
+    def open_txs(self) -> list[StoredTx]:
+        with self._tx() as conn:
+            rows = conn.execute(select(agent_txs).where(agent_txs.c.status == SENT).order_by(agent_txs.c.nonce)).all()
+        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
+
+    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(agent_txs)
+                .where(agent_txs.c.id == tx_id, agent_txs.c.status == SENT)
+                .values(status=status, block_number=block, closed_at=now)
+            )
+
+    # ─── Redemptions ─────────────────────────────────────────────────────────
+
+    def create(
+        self, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int, rule_id: int | None, now: int
+    ) -> Redemption:
+        """A planned redemption; refused while the user has one open for that provider."""
+        r = agent_redemptions.c
+        with self._tx() as conn:
+            busy = conn.execute(
+                select(r.id).where(
+                    r.user_address == account.user, r.provider == account.provider, r.status.in_(OPEN_STATUSES)
+                )
+            ).first()
+            if busy is not None:
+                raise ValueError(f"redemption {busy.id} for {account.provider} is still open")
+            new_id: int = conn.execute(
+                insert(agent_redemptions)
+                .values(
+                    user_address=account.user,
+                    account_id=account.id,
+                    provider=account.provider,
+                    token=token,
+                    usd_micro=usd_micro,
+                    max_tokens_in=max_tokens_in,
+                    rule_id=rule_id,
+                    status=PLANNED,
+                    billing_attempts=0,
+                    next_attempt_at=0,
+                    created_at=now,
+                    updated_at=now,
+                )  # fmt: skip
+                .returning(r.id)
+            ).scalar_one()
+            return _redemption(conn.execute(select(agent_redemptions).where(r.id == new_id)).one())
+
+    def get(self, redemption_id: int) -> Redemption:
+        with self._tx() as conn:
+            row = conn.execute(select(agent_redemptions).where(agent_redemptions.c.id == redemption_id)).one()
+        return _redemption(row)
+
+    def redemptions(self, statuses: Sequence[str] | None = None, user: str | None = None) -> list[Redemption]:
+        stmt = select(agent_redemptions).order_by(agent_redemptions.c.id)
+        if statuses is not None:
+            stmt = stmt.where(agent_redemptions.c.status.in_(tuple(statuses)))
+        if user is not None:
+            stmt = stmt.where(agent_redemptions.c.user_address == user)
+        with self._tx() as conn:
+            return [_redemption(r) for r in conn.execute(stmt).all()]
+
+    def _move(self, conn: Connection, redemption_id: int, from_: Sequence[str], now: int, **values: Any) -> None:
+        r = agent_redemptions.c
+        moved = conn.execute(
+            update(agent_redemptions)
+            .where(r.id == redemption_id, r.status.in_(tuple(from_)))
+            .values(updated_at=now, **values)
+        ).rowcount
+        if moved != 1:
+            raise StaleTransition(f"redemption {redemption_id} is no longer {'/'.join(from_)}")
+
+    def move(self, redemption_id: int, from_: Sequence[str], to: str, now: int, **values: Any) -> Redemption:
+        """One transition, optionally writing a notification in the same transaction
+        (`notify=(dedupe_key, kind, subject, body)`)."""
+        notify = values.pop("notify", None)
+        if "error" in values and values["error"] is not None:
+            values["error"] = str(values["error"])[:REASON]
+        with self._tx() as conn:
+            self._move(conn, redemption_id, from_, now, status=to, **values)
+            if notify is not None:
+                user: str = conn.execute(
+                    select(agent_redemptions.c.user_address).where(agent_redemptions.c.id == redemption_id)
+                ).scalar_one()
+                self._notify(conn, user, *notify, now=now)
+        return self.get(redemption_id)
+
+    def submit(self, redemption_id: int, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
+        """Store the signed transaction and move the redemption on: before broadcast."""
+        from_, to, column = (
+            (PLANNED, SELLING, "redeem_tx_id") if purpose == "redeem" else (RECEIPTED, RELEASING, "release_tx_id")
+        )
+        with self._tx() as conn:
+            tx_id = self._store_tx(conn, purpose, signed, sender, now)
+            self._move(conn, redemption_id, (from_,), now, status=to, **{column: tx_id})
+        return tx_id
+
+    def record_attempt(self, redemption_id: int, error: str, next_at: int, now: int) -> None:
+        r = agent_redemptions.c
+        with self._tx() as conn:
+            conn.execute(
+                update(agent_redemptions)
+                .where(r.id == redemption_id, r.status == ESCROWED)
+                .values(
+                    billing_attempts=r.billing_attempts + 1,
+                    next_attempt_at=next_at,
+                    error=error[:REASON],
+                    updated_at=now,
+                )  # fmt: skip
+            )
+
+    # ─── Outbox ──────────────────────────────────────────────────────────────
+
+    def _notify(self, conn: Connection, user: str, key: str, kind: str, subject: str, body: str, *, now: int) -> None:
+        insert_ignore(
+            conn,
+            agent_outbox,
+            {
+                "dedupe_key": key[:200], "user_address": user, "kind": kind, "subject": subject[:200], "body": body,
+                "status": PENDING, "attempts": 0, "created_at": now,
+            },
+        )  # fmt: skip
+
+    def notify(self, user: str, key: str, kind: str, subject: str, body: str, now: int) -> None:
+        with self._tx() as conn:
+            self._notify(conn, user, key, kind, subject, body, now=now)
+
+    def notifications(self, statuses: Sequence[str] | None = None) -> list[Notification]:
+        o = agent_outbox.c
+        stmt = select(agent_outbox).order_by(o.id)
+        if statuses is not None:
+            stmt = stmt.where(o.status.in_(tuple(statuses)))
+        with self._tx() as conn:
+            return [
+                Notification(r.id, r.user_address, r.kind, r.subject, r.body, r.status, r.attempts)
+                for r in conn.execute(stmt).all()
+            ]
+
+    def mark_notification(self, notification_id: int, status: str, error: str | None, now: int) -> None:
+        o = agent_outbox.c
+        with self._tx() as conn:
+            conn.execute(
+                update(agent_outbox)
+                .where(o.id == notification_id)
+                .values(
+                    status=status,
+                    attempts=o.attempts + 1,
+                    error=None if error is None else error[:REASON],
+                    sent_at=now if status == SENT_MAIL else None,
+                )  # fmt: skip
+            )

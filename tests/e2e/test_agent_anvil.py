@@ -1,0 +1,211 @@
+"""The redemption agent on a real anvil with the real RedemptionEscrow, DEX and Oracle and
+the fake billing API in its own process: a rule fires, the escrow sells, billing adds
+credits and signs, release pays the payee; a forged receipt is refused by the contract;
+and kill -9 of the agent at every step leaves exactly one redemption, one purchase and
+one release."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from anvil_node import ROOT, ape_env, ape_run, free_port
+from promptex.agent import machine
+from promptex.agent.billing import HttpBilling
+from promptex.agent.chain import POOL_FEE, Web3AgentChain
+from promptex.agent.cli import ANVIL_KEY_4, ANVIL_KEY_5
+from promptex.agent.machine import CRASH_STEPS
+from promptex.agent.service import Agent
+from promptex.agent.store import RELEASED
+from promptex.chain.deployments import load_deployment
+from promptex.chain.redemption import provider_id, sign_receipt
+from promptex.gateway.envelope import MasterKeys
+from promptex.ledger import Ledger
+
+MNEMONIC = " ".join(["test"] * 11 + ["junk"])
+USD, TOKEN = 10**6, 10**18
+ANTHROPIC = provider_id("anthropic")
+ACCOUNT = "acct_e2e"
+KEYS = MasterKeys({"k": b"\x07" * 32}, "k")
+
+
+def anvil_account(index):
+    Account.enable_unaudited_hdwallet_features()
+    return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+
+
+ADMIN, USER = anvil_account(0), anvil_account(7)
+AGENT, SIGNER = Account.from_key(ANVIL_KEY_5), Account.from_key(ANVIL_KEY_4)
+PAYEE = anvil_account(8).address
+
+
+class World:
+    def __init__(self, url, deployments, tmp_path):
+        self.url, self.deployments = url, deployments
+        self.w3 = Web3(Web3.HTTPProvider(url))
+        self.deployment = load_deployment("local", deployments)
+        self.escrow = self.contract("RedemptionEscrow")
+        self.usdc, self.cld = self.contract("USDC"), self.contract("token:CLD")
+        self.router, self.oracle = self.contract("Router"), self.contract("Oracle")
+        self.db = f"sqlite:///{tmp_path}/ledger.sqlite3"
+        Ledger.open(self.db, sqlite_synchronous="NORMAL").close()
+
+    def contract(self, name):
+        record = self.deployment.contracts[name]
+        abi = json.loads(Path(record.abi).read_text())
+        return self.w3.eth.contract(address=Web3.to_checksum_address(record.address), abi=abi)
+
+    def send(self, account, call, ok=True):
+        tx = call.build_transaction(
+            {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address)}
+        )
+        receipt = self.w3.eth.wait_for_transaction_receipt(
+            self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
+        )
+        assert (receipt["status"] == 1) == ok
+        return receipt
+
+    def now(self):
+        return self.w3.eth.get_block("latest")["timestamp"]
+
+    def warp(self, seconds):
+        self.w3.provider.make_request("evm_increaseTime", [seconds])
+        self.w3.provider.make_request("evm_mine", [])
+
+    def agent(self, billing_url):
+        ledger = Ledger.open(self.db, sqlite_synchronous="NORMAL", migrate=False)
+        chain = Web3AgentChain(self.url, self.deployment, ANVIL_KEY_5)
+        return Agent(ledger.engine, chain, HttpBilling(timeout=5), KEYS, billing_url=billing_url, tx_timeout=10)
+
+    def events(self, name):
+        return getattr(self.escrow.events, name)().get_logs(from_block=0)
+
+
+@pytest.fixture(scope="module")
+def world(deployed_anvil, tmp_path_factory):
+    url, deployments = deployed_anvil
+    seeded = ape_run(ape_env(url, deployments), "seed_market", "--depth", "25000")
+    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    w = World(url, deployments, tmp_path_factory.mktemp("agent"))
+    w.send(ADMIN, w.escrow.functions.set_billing_signer(ANTHROPIC, SIGNER.address))
+    # The user buys CLD on the market, then grants the agent, links an account and approves the escrow.
+    w.send(USER, w.usdc.functions.mint(USER.address, 400 * USD))
+    w.send(USER, w.usdc.functions.approve(w.router.address, 400 * USD))
+    w.send(
+        USER,
+        w.router.functions.swap_exact_in(
+            400 * USD, 0, [w.usdc.address, w.cld.address], [POOL_FEE], USER.address, w.now() + 600
+        ),
+    )
+    w.warp(700)  # cover the escrow's 600 s TWAP window with the seed's observation
+    w.send(ADMIN, w.oracle.functions.update(w.cld.address))
+    w.send(
+        USER,
+        w.escrow.functions.set_grant(AGENT.address, PAYEE, w.now() + 86_400, 500, [w.cld.address], [200_000 * TOKEN]),
+    )
+    w.send(USER, w.cld.functions.approve(w.escrow.address, 2**256 - 1))
+    return w
+
+
+@pytest.fixture(scope="module")
+def billing(world):
+    """`promptex fake-billing` (the click object) in its own process."""
+    port = free_port()
+    env = dict(os.environ, PROMPTEX_DEPLOYMENTS_DIR=str(world.deployments), PROMPTEX_AGENT_NETWORK="local")
+    code = "from promptex.agent.cli import fake_billing; fake_billing()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--port", str(port), "--balance", f"{ACCOUNT}=5"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(f"{url}/v1/accounts/{ACCOUNT}/balance", headers={"authorization": "Bearer x"})
+            break
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def balance(url):
+    r = httpx.get(f"{url}/v1/accounts/{ACCOUNT}/balance", headers={"authorization": "Bearer x"})
+    return r.json()["usd_micro"]
+
+
+def test_agent__rule_fires__sold_bought_released_to_payee(world, billing):
+    agent = world.agent(billing)
+    account = agent.link_account(USER.address, "anthropic", ACCOUNT, "scoped-cred", email="u@example.com")
+    world.send(USER, world.escrow.functions.link_account(ANTHROPIC, account.account_ref))
+    agent.add_rule(USER.address, "anthropic", "CLD", 20 * USD, 20 * USD, 5_000 * TOKEN)
+    payee_before = world.usdc.functions.balanceOf(PAYEE).call()
+    report = agent.run_once(check_rules=True)
+    assert report.fired and list(report.advanced.values()) == [RELEASED], report
+    assert balance(billing) == 25 * USD
+    assert world.usdc.functions.balanceOf(PAYEE).call() == payee_before + 20 * USD
+    assert len(world.events("Redeemed")) == 1 and len(world.events("Released")) == 1
+    # Balance now $25: the rule does not fire again.
+    assert world.agent(billing).run_once(check_rules=True).fired == []
+
+
+def test_release__forged_or_replayed_receipt__refused_by_the_escrow(world, billing):
+    agent = world.agent(billing)
+    r = agent.store.redemptions()[0]
+    account = agent.store.account(r.account_id)
+    args = (r.chain_redemption_id, ANTHROPIC, account.account_ref, r.receipt_usd_micro, r.billing_ref)
+    fields = dict(zip(("redemption_id", "provider", "account_ref", "usd_micro", "billing_ref"), args, strict=True))
+    forged = sign_receipt("0x" + "13" * 32, chain_id=world.deployment.chain_id, escrow=world.escrow.address, **fields)
+    call = world.escrow.functions.release(*args, forged)
+    with pytest.raises(Exception, match="not open"):  # released already: a replay is refused
+        call.call({"from": ADMIN.address})
+    with pytest.raises(Exception, match="not open"):
+        world.escrow.functions.release(*args, r.receipt_signature).call({"from": ADMIN.address})
+
+
+def _child(world, billing, step):
+    if step is not None:
+        os.environ[machine.CRASH_ENV] = step
+    agent = world.agent(billing)
+    if step is None:
+        agent.run_once(check_rules=False)
+    else:
+        agent.redeem(USER.address, "CLD", 20 * USD, "anthropic", 6_000 * TOKEN)
+
+
+def _run(world, billing, step):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _child(world, billing, step)
+            code = 0
+        except BaseException:
+            traceback.print_exc()  # shown with the failing test
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(world, billing, step):
+    redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
+    credits = balance(billing)
+    status = _run(world, billing, step)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # it did die there
+    assert os.WIFEXITED(_run(world, billing, None))  # the restart finishes it
+    assert len(world.events("Redeemed")) == redeemed + 1
+    assert len(world.events("Released")) == released + 1
+    assert balance(billing) == credits + 20 * USD
+    assert all(r.status == RELEASED for r in world.agent(billing).store.redemptions())

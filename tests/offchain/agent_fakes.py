@@ -1,0 +1,244 @@
+"""An in-memory RedemptionEscrow (+ one constant-product pool per token and a fixed TWAP)
+with the agent's `AgentChain` methods, built on the coordinator's fake chain (nonces,
+a mempool that can hold or lose broadcasts, receipts); and the fake billing API served
+over real HTTP in a thread."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from coordinator_fakes import FakeChain, Revert, State
+from eth_account import Account
+from eth_utils.crypto import keccak
+
+from promptex.agent.chain import ChainRedemption, Grant, Redeemed
+from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
+from promptex.chain.redemption import (
+    STATUS_OPEN,
+    STATUS_REFUNDED,
+    STATUS_RELEASED,
+    account_hash,
+    receipt_digest,
+    slippage_limit,
+)
+
+AGENT = "0x00000000000000000000000000000000000A6E47"
+PAYEE = "0x000000000000000000000000000000000000BEEF"
+USER = "0x1111111111111111111111111111111111111111"
+ESCROW = "0x000000000000000000000000000000000000E5C0"
+USDC = "0x00000000000000000000000000000000000005DC"
+TOKENS = {"CLD": "0x0000000000000000000000000000000000000C1D", "GPT": "0x0000000000000000000000000000000000000987"}
+CHAIN_ID = 31337
+BILLING_KEY = "0x" + "42" * 32
+BILLING_SIGNER = Account.from_key(BILLING_KEY).address
+TOKEN = 10**18
+REFUND_DELAY = 3_600
+ZERO = "0x" + "0" * 40
+
+
+@dataclass
+class EscrowState(State):
+    tokens: dict[tuple[str, str], int] = field(default_factory=dict)
+    allowances: dict[tuple[str, str], int] = field(default_factory=dict)
+    usdc: dict[str, int] = field(default_factory=dict)
+    grants: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
+    limits: dict[tuple[str, str], int] = field(default_factory=dict)
+    spent: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    linked: dict[tuple[str, bytes], bytes] = field(default_factory=dict)
+    signers: dict[bytes, str] = field(default_factory=dict)
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    by_nonce: dict[int, Redeemed] = field(default_factory=dict)
+    pools: dict[str, tuple[int, int]] = field(default_factory=dict)  # token → (token reserve, usdc reserve)
+    twaps: dict[str, int] = field(default_factory=dict)
+    redeems: int = 0
+    releases: int = 0
+
+
+def amount_in(reserve_in: int, reserve_out: int, amount_out: int, fee: int = 30) -> int | None:
+    if amount_out >= reserve_out:
+        return None
+    return reserve_in * amount_out * 10_000 // ((reserve_out - amount_out) * (10_000 - fee)) + 1
+
+
+class FakeAgentChain(FakeChain):
+    sender = AGENT
+    chain_id = CHAIN_ID
+    escrow_address = ESCROW
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s: EscrowState = EscrowState()
+        self.raws: dict[str, str] = {}
+
+    # ─── Setup ───────────────────────────────────────────────────────────────
+
+    def market(self, symbol: str, token_reserve: int, usdc_reserve: int) -> None:
+        token = TOKENS[symbol]
+        self.s.pools[token] = (token_reserve, usdc_reserve)
+        self.s.twaps[token] = usdc_reserve * 10**36 // token_reserve
+
+    def user_setup(self, user: str, symbol: str, tokens: int, *, limit: int, slippage: int = 100) -> None:
+        token = TOKENS[symbol]
+        self.s.tokens[(user, token)] = tokens
+        self.s.allowances[(user, token)] = 2**256 - 1
+        version = self.s.grants.get(user, (ZERO, 0, 0, 0))[3] + 1
+        self.s.grants[user] = (PAYEE, self.time + 30 * 86_400, slippage, version)
+        self.s.limits[(user, token)] = limit
+
+    # ─── Views ───────────────────────────────────────────────────────────────
+
+    def token_address(self, symbol: str) -> str:
+        return TOKENS[symbol]
+
+    def usdc_address(self) -> str:
+        return USDC
+
+    def quote_in(self, token: str, usdc_out: int) -> int | None:
+        pool = self.s.pools.get(token)
+        return None if pool is None else amount_in(pool[0], pool[1], usdc_out)
+
+    def twap(self, token: str) -> int | None:
+        return self.s.twaps.get(token)
+
+    def grant(self, user: str) -> Grant:
+        return Grant(*self.s.grants.get(user, (ZERO, 0, 0, 0)))
+
+    def daily_limit(self, user: str, token: str) -> int:
+        return self.s.limits.get((user, token), 0) if self.grant(user).live else 0
+
+    def spent_today(self, user: str, token: str) -> int:
+        day, amount = self.s.spent.get((user, token), (-1, 0))
+        return amount if day == self.time // 86_400 else 0
+
+    def linked_account(self, user: str, provider: bytes) -> bytes:
+        return self.s.linked.get((user, provider), bytes(32))
+
+    def billing_signer(self, provider: bytes) -> str:
+        return self.s.signers.get(provider, ZERO)
+
+    def token_balance(self, user: str, token: str) -> int:
+        return self.s.tokens.get((user, token), 0)
+
+    def allowance(self, user: str, token: str) -> int:
+        return self.s.allowances.get((user, token), 0)
+
+    def redemption(self, redemption_id: int) -> ChainRedemption:
+        r = self.s.records.get(redemption_id)
+        if r is None:
+            return ChainRedemption(ZERO, ZERO, 0, 0, 0)
+        return ChainRedemption(r["user"], r["payee"], r["usdc"], r["deadline"], r["status"])
+
+    def redeemed(self, tx_hash: str) -> Redeemed | None:
+        return self.s.by_nonce.get(json.loads(self.raws[tx_hash])["n"])
+
+    def broadcast(self, raw: str) -> None:
+        self.raws["0x" + keccak(text=raw).hex()] = raw
+        super().broadcast(raw)
+
+    # ─── The escrow ──────────────────────────────────────────────────────────
+
+    def _redeem(self, s: EscrowState, user, usdc_out, max_in, path, fees, provider, deadline) -> None:  # noqa: ANN001
+        token = path[0]
+        payee, expiry, slippage, _version = s.grants.get(user, (ZERO, 0, 0, 0))
+        if payee == ZERO:
+            raise Revert("redemption: no grant")
+        if self.time > expiry:
+            raise Revert("redemption: grant expired")
+        if (user, token) not in s.limits:
+            raise Revert("redemption: token not granted")
+        ref = s.linked.get((user, provider))
+        if ref is None:
+            raise Revert("redemption: account not linked")
+        if provider not in s.signers:
+            raise Revert("redemption: unknown provider")
+        if self.time > deadline:
+            raise Revert("router: expired")
+        pool = s.pools[token]
+        tokens_in = amount_in(pool[0], pool[1], usdc_out)
+        if tokens_in is None:
+            raise Revert("router: insufficient liquidity")
+        if tokens_in > max_in:
+            raise Revert("redemption: input above maximum")
+        if tokens_in > slippage_limit(usdc_out, s.twaps[token], slippage):
+            raise Revert("redemption: slippage beyond grant")
+        day, spent = s.spent.get((user, token), (-1, 0))
+        sold = (spent if day == self.time // 86_400 else 0) + tokens_in
+        if sold > s.limits[(user, token)]:
+            raise Revert("redemption: daily limit exceeded")
+        if s.tokens.get((user, token), 0) < tokens_in or s.allowances.get((user, token), 0) < tokens_in:
+            raise Revert("erc20: insufficient balance or allowance")
+        s.spent[(user, token)] = (self.time // 86_400, sold)
+        s.tokens[(user, token)] -= tokens_in
+        s.pools[token] = (pool[0] + tokens_in, pool[1] - usdc_out)
+        s.redeems += 1
+        rid = s.redeems
+        deadline_ = self.time + REFUND_DELAY
+        s.records[rid] = {
+            "user": user, "payee": payee, "usdc": usdc_out, "deadline": deadline_, "status": STATUS_OPEN,
+            "hash": account_hash(provider, ref),
+        }  # fmt: skip
+        s.usdc[ESCROW] = s.usdc.get(ESCROW, 0) + usdc_out
+        s.by_nonce[s.nonce] = Redeemed(rid, tokens_in, usdc_out, deadline_)
+
+    def _release(self, s: EscrowState, rid, provider, ref, usd_micro, billing_ref, signature) -> None:  # noqa: ANN001
+        r = s.records.get(rid)
+        if r is None or r["status"] != STATUS_OPEN:
+            raise Revert("redemption: not open")
+        if account_hash(provider, ref) != r["hash"]:
+            raise Revert("redemption: provider or account mismatch")
+        signer = s.signers.get(provider, ZERO)
+        if usd_micro < r["usdc"]:
+            raise Revert("redemption: receipt below amount due")
+        digest = receipt_digest(
+            chain_id=CHAIN_ID, escrow=ESCROW, redemption_id=rid, provider=provider, account_ref=ref,
+            usd_micro=usd_micro, billing_ref=billing_ref,
+        )  # fmt: skip
+        try:
+            recovered = Account._recover_hash(digest, signature=signature)
+        except Exception:
+            recovered = ZERO
+        if recovered != signer:
+            raise Revert("redemption: receipt not signed by billing signer")
+        r["status"] = STATUS_RELEASED
+        s.usdc[ESCROW] -= r["usdc"]
+        s.usdc[r["payee"]] = s.usdc.get(r["payee"], 0) + r["usdc"]
+        s.releases += 1
+
+    def refund(self, rid: int) -> None:
+        r = self.s.records[rid]
+        assert r["status"] == STATUS_OPEN and self.time > r["deadline"]
+        r["status"] = STATUS_REFUNDED
+        self.s.usdc[ESCROW] -= r["usdc"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving_billing(config: FakeBillingConfig) -> Iterator[str]:
+    """The fake billing API on a free loopback port, in a thread; yields its URL."""
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_fake_billing(config), host="127.0.0.1", port=port, log_level="error", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)

@@ -1,0 +1,210 @@
+"""The redemption state machine against the fake escrow and the fake billing API (real
+HTTP): the happy path, a crash at every step, lost and dropped transactions, billing
+failures and timeouts retried without buying twice, forged and replayed receipts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from agent_fakes import PAYEE, TOKENS, USER
+from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, USD
+
+from promptex.agent import machine, service
+from promptex.agent.billing import BillingReceipt
+from promptex.agent.machine import CRASH_STEPS
+from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
+from promptex.ledger.schema import agent_accounts
+
+CLD = TOKENS["CLD"]
+
+
+@pytest.fixture
+def world(agent_world):
+    return agent_world
+
+
+def _assert_once(world, usd=20 * USD):
+    s = world.chain.s
+    assert s.redeems == 1 and s.releases == 1
+    assert world.billing.balances[ACCOUNT] == 5 * USD + usd  # credits bought once
+    assert len(world.billing.purchases) == 1
+    assert s.usdc[PAYEE] == usd and s.usdc.get("0x000000000000000000000000000000000000E5C0") == 0
+
+
+def test_redeem__happy_path__sold_bought_released_once_and_user_notified(world):
+    before = world.chain.s.tokens[(USER, CLD)]
+    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert r.status == RELEASED and r.chain_redemption_id == 1
+    _assert_once(world)
+    assert world.chain.s.tokens[(USER, CLD)] == before - r.tokens_in
+    notes = world.agent().store.notifications()
+    assert [n.kind for n in notes] == ["receipt"] and "$20.00" in notes[0].subject
+
+
+def test_link_account__credential__sealed_at_rest_and_opens(world):
+    with world.ledger.engine.connect() as conn:
+        row = conn.execute(agent_accounts.select()).one()
+    assert CREDENTIAL.encode() not in bytes(row.secret_ciphertext)
+    assert world.keys.open(world.account.sealed).decode() == CREDENTIAL
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+def test_crash__at_every_step__restart_sells_once_buys_once_releases_once(world, monkeypatch, step):
+    def crash(at):
+        if at == step:
+            raise Crash(at)
+
+    monkeypatch.setattr(machine, "crash_point", crash)
+    monkeypatch.setattr(service, "crash_point", crash)
+    with pytest.raises(Crash):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    monkeypatch.setattr(machine, "crash_point", lambda at: None)
+    monkeypatch.setattr(service, "crash_point", lambda at: None)
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    assert [r.status for r in agent.store.redemptions()] == [RELEASED]
+    _assert_once(world)
+
+
+def test_redeem_tx__lost_and_its_nonce_taken__signed_again_sold_once(world):
+    world.chain.lose = True
+    agent = world.agent()
+    with pytest.raises(machine.TxPending):
+        agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert agent.store.redemptions()[0].status == SELLING
+    world.chain.lose = False
+    world.chain.burn_nonce()  # another transaction of the agent's key took that nonce
+    assert list(world.agent().run_once(check_rules=False).advanced.values()) == [RELEASED]
+    _assert_once(world)
+
+
+def test_redeem_tx__reverts_on_chain__failed_tokens_untouched_user_told(world):
+    world.chain.hold = True
+    agent = world.agent()
+    with pytest.raises(machine.TxPending):
+        agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    world.chain.s.grants[USER] = ("0x" + "0" * 40, 0, 0, 2)  # the user revokes before it is mined
+    world.chain.mine()
+    world.chain.hold = False
+    world.agent().run_once(check_rules=False)
+    r = agent.store.get(1)
+    assert r.status == FAILED and "reverted" in (r.error or "")
+    assert world.chain.s.redeems == 0 and world.chain.s.tokens[(USER, CLD)] == 100_000 * 10**18
+    assert [n.kind for n in agent.store.notifications()] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"fail_status": 503, "fail_times": 2}, {"fail_after_apply": 1}, {"delay_seconds": 0.6, "delay_times": 1}],
+    ids=["5xx-twice", "answer-lost-after-purchase", "timeout"],
+)
+def test_billing__fails_or_times_out__retried_later_credits_bought_once(world, fault):
+    for name, value in fault.items():
+        setattr(world.billing, name, value)
+    agent = world.agent(timeout=0.3)
+    r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert r.status == ESCROWED and r.billing_attempts == 1 and r.error
+    for _ in range(3):
+        world.chain.time += 60  # past the backoff
+        world.agent(timeout=0.3).run_once(check_rules=False)
+    assert agent.store.get(r.id).status == RELEASED
+    _assert_once(world)
+
+
+def test_billing__retry_not_due__not_called_again(world):
+    world.billing.fail_status, world.billing.fail_times = 500, 1
+    agent = world.agent()
+    agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    calls = world.billing.requests
+    agent.run_once(check_rules=False)  # the clock did not move: backoff not over
+    assert world.billing.requests == calls and agent.store.get(1).status == ESCROWED
+
+
+def test_receipt__forged_signature__rejected_never_released_user_refunds_after_deadline(world):
+    world.billing.forge = True
+    agent = world.agent()
+    r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert r.status == REJECTED and "billing signer" in (r.error or "")
+    assert world.chain.s.releases == 0
+    assert [n.kind for n in agent.store.notifications()] == ["rejected"]
+    world.chain.time = r.deadline + 1
+    world.chain.refund(r.chain_redemption_id)
+    assert world.chain.redemption(r.chain_redemption_id).status == 3
+
+
+class ReplayBilling:
+    """A billing API that answers every purchase with one old receipt."""
+
+    def __init__(self, receipt):
+        self.receipt = receipt
+
+    def balance(self, account):
+        return 0
+
+    def add_credits(self, account, usd_micro, idempotency_key, *, redemption_id):
+        return self.receipt
+
+
+def test_receipt__replayed_from_another_redemption__rejected(world):
+    first = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert first.status == RELEASED
+    old = BillingReceipt(
+        first.chain_redemption_id, ANTHROPIC, world.account.account_ref, first.receipt_usd_micro, first.billing_ref,
+        first.receipt_signature,
+    )  # fmt: skip
+    agent = world.agent()
+    agent.machine.billing = ReplayBilling(old)
+    second = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert second.status == REJECTED and "names redemption 1, not 2" in (second.error or "")
+    assert world.chain.s.releases == 1
+
+
+def test_receipt__below_amount_due__rejected(world):
+    agent = world.agent()
+    real = agent.machine.billing
+
+    class Short:
+        def balance(self, account):
+            return 0
+
+        def add_credits(self, account, usd_micro, key, *, redemption_id):
+            return dataclasses.replace(
+                real.add_credits(account, usd_micro, key, redemption_id=redemption_id), usd_micro=1
+            )
+
+    agent.machine.billing = Short()
+    r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert r.status == REJECTED and "below" in (r.error or "") and world.chain.s.releases == 0
+
+
+def test_billing__down_until_the_purchase_margin__abandoned_user_refunds(world):
+    world.billing.fail_status, world.billing.fail_times = 503, 10**6
+    agent = world.agent()
+    r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    world.chain.time = r.deadline - 600  # inside the margin: never buy what may be refunded
+    agent.run_once(check_rules=False)
+    r = agent.store.get(r.id)
+    assert r.status == ABANDONED and world.billing.balances[ACCOUNT] == 5 * USD
+    assert "abandoned" in [n.kind for n in agent.store.notifications()]
+
+
+def test_refunded_on_chain__while_escrowed__recorded_as_refunded(world):
+    world.billing.fail_status, world.billing.fail_times = 503, 1
+    agent = world.agent()
+    r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    world.chain.time = r.deadline + 1
+    world.chain.refund(r.chain_redemption_id)
+    agent.run_once(check_rules=False)
+    assert agent.store.get(r.id).status == REFUNDED and len(world.billing.purchases) == 0
+
+
+def test_redeem__not_linked_on_chain__refused_before_anything_is_signed(world):
+    world.chain.s.linked.clear()
+    with pytest.raises(Exception, match="not the one the user linked"):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert world.chain.sent == [] and world.agent().store.redemptions() == []

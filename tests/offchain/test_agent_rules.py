@@ -1,0 +1,124 @@
+"""Auto-topup rules: fire when the linked balance is low and the market can deliver within
+the rule's maximum and the grant; otherwise do not fire and tell the user (once a day
+per reason). And the outbox's SMTP delivery."""
+
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+from agent_fakes import TOKENS, USER
+from agent_world import ACCOUNT, USD
+
+from promptex.agent.outbox import SmtpConfig, deliver
+from promptex.agent.store import PENDING, RELEASED, SENT_MAIL, UNSENT
+
+TOKEN = 10**18
+
+
+@pytest.fixture
+def world(agent_world):
+    return agent_world
+
+
+def _rule(world, *, below=20, add=20, max_tokens=10_000):
+    return world.agent().add_rule(USER, "anthropic", "CLD", below * USD, add * USD, max_tokens * TOKEN)
+
+
+def test_rule__balance_below__fires_and_the_pass_completes_the_redemption(world):
+    rule = _rule(world)
+    agent = world.agent()
+    report = agent.run_once(check_rules=True)
+    assert report.fired == [rule.id] and list(report.advanced.values()) == [RELEASED]
+    assert world.billing.balances[ACCOUNT] == 25 * USD
+    assert agent.store.redemptions()[0].rule_id == rule.id
+    assert agent.store.account_for(USER, "anthropic").balance_usd_micro == 5 * USD
+
+
+def test_rule__balance_not_below__does_not_fire(world):
+    _rule(world, below=5)  # the balance is exactly $5: not below
+    report = world.agent().run_once(check_rules=True)
+    assert report.fired == [] and "not below" in next(iter(report.skipped.values()))
+    assert world.chain.s.redeems == 0
+
+
+@pytest.mark.parametrize(
+    ("setup", "code", "message"),
+    [
+        (lambda w: None, "above_max", "above the maximum"),  # $20 needs ~4,770 CLD > 4,000
+        (lambda w: w.chain.s.limits.__setitem__((USER, TOKENS["CLD"]), 1_000 * TOKEN), "daily_limit", "daily limit"),
+        (lambda w: w.chain.s.twaps.__setitem__(TOKENS["CLD"], 5_000 * 10**18), "slippage", "slippage"),
+        (lambda w: w.chain.s.grants.__setitem__(USER, (w.chain.grant(USER).payee, 1, 100, 1)), "expired", "expired"),
+    ],
+    ids=["beyond-max-tokens", "beyond-daily-limit", "beyond-slippage", "grant-expired"],
+)
+def test_rule__market_or_grant_cannot_deliver__not_fired_user_notified_once(world, setup, code, message):
+    max_tokens = 4_000 if code == "above_max" else 10_000
+    _rule(world, max_tokens=max_tokens)
+    setup(world)
+    agent = world.agent()
+    for _ in range(2):  # checked twice the same day: one notification
+        report = agent.run_once(check_rules=True)
+        assert report.fired == [] and message in next(iter(report.skipped.values()))
+    notes = agent.store.notifications()
+    assert [n.kind for n in notes] == ["rule_skipped"] and message in notes[0].body
+    assert world.chain.sent == [] and world.billing.purchases == {}
+
+
+def test_rule__redemption_in_flight__does_not_fire_again(world):
+    _rule(world)
+    world.billing.fail_after_apply = 1  # the purchase's answer is lost: it stays escrowed until the retry
+    agent = world.agent()
+    agent.run_once(check_rules=True)
+    report = agent.run_once(check_rules=True)
+    assert report.fired == [] and "in flight" in next(iter(report.skipped.values()))
+    assert world.chain.s.redeems == 1
+
+
+def test_rule__bad_values__refused(world):
+    with pytest.raises(ValueError):
+        _rule(world, add=0)
+
+
+class Recorder:
+    sent: list = []
+    fail = False
+
+    def __init__(self, host, port, timeout):
+        self.host = host
+
+    def __enter__(self):
+        if Recorder.fail:
+            raise OSError("connection refused")
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def starttls(self):
+        pass
+
+    def login(self, user, password):
+        self.user = user
+
+    def send_message(self, message):
+        Recorder.sent.append(message)
+
+
+def test_outbox__smtp_configured__sent_once_unconfigured_waits_failure_retried(world, monkeypatch):
+    monkeypatch.setattr(smtplib, "SMTP", Recorder)
+    Recorder.sent, Recorder.fail = [], False
+    store = world.agent().store
+    store.notify(USER, "k1", "receipt", "Credits added", "body", 1)
+    store.notify(USER, "k1", "receipt", "Credits added", "body", 1)  # the same key: once
+    store.notify("0x2222222222222222222222222222222222222222", "k2", "receipt", "x", "y", 1)  # no email
+    assert deliver(store, None, 2) == 0 and {n.status for n in store.notifications()} == {PENDING}
+    Recorder.fail = True
+    assert deliver(store, SmtpConfig("smtp.local", user="u", password="p"), 3) == 0
+    assert store.notifications()[0].status == PENDING and store.notifications()[0].attempts == 1
+    Recorder.fail = False
+    assert deliver(store, SmtpConfig("smtp.local"), 4) == 1
+    first, second = store.notifications()
+    assert (first.status, second.status) == (SENT_MAIL, UNSENT)
+    assert [m["To"] for m in Recorder.sent] == ["user@example.com"]
+    assert deliver(store, SmtpConfig("smtp.local"), 5) == 0  # nothing sent twice
