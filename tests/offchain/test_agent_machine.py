@@ -14,6 +14,7 @@ from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
+from promptex.coordinator.txs import TxPending
 from promptex.ledger.schema import agent_accounts
 
 CLD = TOKENS["CLD"]
@@ -74,7 +75,7 @@ def test_crash__at_every_step__restart_sells_once_buys_once_releases_once(world,
 def test_redeem_tx__lost_and_its_nonce_taken__signed_again_sold_once(world):
     world.chain.lose = True
     agent = world.agent()
-    with pytest.raises(machine.TxPending):
+    with pytest.raises(TxPending):
         agent.redeem(USER, "CLD", 20 * USD, "anthropic")
     assert agent.store.redemptions()[0].status == SELLING
     world.chain.lose = False
@@ -86,7 +87,7 @@ def test_redeem_tx__lost_and_its_nonce_taken__signed_again_sold_once(world):
 def test_redeem_tx__reverts_on_chain__failed_tokens_untouched_user_told(world):
     world.chain.hold = True
     agent = world.agent()
-    with pytest.raises(machine.TxPending):
+    with pytest.raises(TxPending):
         agent.redeem(USER, "CLD", 20 * USD, "anthropic")
     world.chain.s.grants[USER] = ("0x" + "0" * 40, 0, 0, 2)  # the user revokes before it is mined
     world.chain.mine()

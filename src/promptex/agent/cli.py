@@ -195,9 +195,9 @@ def agent_rule(user: str, provider: str, token: str, below: str, add: str, max_t
 @click.option("--max-tokens", default=None, help="whole tokens: sell at most this many (default: the grant's bound)")
 def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | None) -> None:
     """Sell tokens into the escrow and buy credits on the user's linked account now."""
-    from promptex.agent.machine import TxPending
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.store import RELEASED
+    from promptex.coordinator.txs import TxPending
 
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)

@@ -24,8 +24,6 @@ once, releases once.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from collections.abc import Callable
 
 from eth_account import Account
@@ -34,7 +32,6 @@ from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError,
 from promptex.agent.chain import POOL_FEE, AgentChain
 from promptex.agent.store import (
     ABANDONED,
-    DROPPED,
     ESCROWED,
     FAILED,
     PLANNED,
@@ -46,12 +43,12 @@ from promptex.agent.store import (
     RELEASING,
     REVERTED,
     SELLING,
-    SENT,
     SUCCEEDED,
     AgentStore,
     Redemption,
 )
 from promptex.chain.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
+from promptex.coordinator import txs
 from promptex.coordinator.chain import Call
 from promptex.coordinator.store import StoredTx
 from promptex.gateway.envelope import MasterKeys
@@ -68,12 +65,7 @@ OPEN_STEPS = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
 
 def crash_point(step: str) -> None:
     """Die here, as kill -9 would, when the test hook names this step."""
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class TxPending(Exception):
-    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
+    txs.crash_point(CRASH_ENV, step)
 
 
 def idempotency_key(chain_id: int, escrow: str, redemption_id: int) -> str:
@@ -107,23 +99,7 @@ class RedemptionMachine:
 
     def resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
-        if tx.status != SENT:
-            return tx.status
-        receipt = self.chain.receipt(tx.tx_hash)
-        if receipt is None and self.chain.nonce() > tx.nonce:
-            receipt = self.chain.receipt(tx.tx_hash)  # mined between the two reads?
-            if receipt is None:
-                log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
-                self.store.close_tx(tx.id, DROPPED, None, self.clock())
-                return DROPPED
-        if receipt is None:
-            self.chain.broadcast(tx.raw)  # the same signed bytes: idempotent
-            receipt = self.chain.wait(tx.tx_hash, self.tx_timeout)
-        if receipt is None:
-            raise TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce})")
-        status = SUCCEEDED if receipt.ok else REVERTED
-        self.store.close_tx(tx.id, status, receipt.block_number, self.clock())
-        return status
+        return txs.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
 
     def resolve_open_txs(self) -> None:
         for tx in self.store.open_txs():

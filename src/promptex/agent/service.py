@@ -15,11 +15,12 @@ from sqlalchemy import Engine
 
 from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError
 from promptex.agent.chain import AgentChain
-from promptex.agent.machine import RedemptionMachine, TxPending, crash_point
+from promptex.agent.machine import RedemptionMachine, crash_point
 from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.quote import QuoteRefused, check_redemption
 from promptex.agent.store import OPEN_STATUSES, AgentStore, LinkedAccount, Redemption, Rule
 from promptex.chain.redemption import account_ref, provider_id
+from promptex.coordinator.txs import TxPending
 from promptex.gateway.envelope import MasterKeys
 from promptex.ledger.binding import checksum_address
 

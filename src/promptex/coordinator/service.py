@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from promptex.coordinator import txs
 from promptex.coordinator.chain import Call, Chain, SignedTx
 from promptex.coordinator.plan import Entry, aggregate, fit, lot_problem, prepare, usage_tree
 from promptex.coordinator.store import (
@@ -40,7 +41,6 @@ from promptex.coordinator.store import (
     REGISTERED,
     REJECTED,
     REVERTED,
-    SENT,
     SUBMITTED,
     SUCCEEDED,
     USED,
@@ -50,6 +50,7 @@ from promptex.coordinator.store import (
     ReleaseRefused,
     StoredTx,
 )
+from promptex.coordinator.txs import TxPending
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.usage import PENDING, StoredUsage
 
@@ -72,12 +73,7 @@ ENTRY_REVERTS = (
 
 def crash_point(step: str) -> None:
     """Die here, as kill -9 would, when the test hook names this step."""
-    if os.environ.get(CRASH_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-class TxPending(Exception):
-    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
+    txs.crash_point(CRASH_ENV, step)
 
 
 @dataclass
@@ -143,23 +139,7 @@ class Coordinator:
 
     def _resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
-        if tx.status != SENT:
-            return tx.status
-        receipt = self.chain.receipt(tx.tx_hash)
-        if receipt is None and self.chain.nonce() > tx.nonce:
-            receipt = self.chain.receipt(tx.tx_hash)  # mined between the two reads?
-            if receipt is None:
-                log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
-                self.store.close_tx(tx.id, DROPPED, None, self.clock())
-                return DROPPED
-        if receipt is None:
-            self.chain.broadcast(tx.raw)  # the same signed bytes: idempotent
-            receipt = self.chain.wait(tx.tx_hash, self.tx_timeout)
-        if receipt is None:
-            raise TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce})")
-        status = SUCCEEDED if receipt.ok else REVERTED
-        self.store.close_tx(tx.id, status, receipt.block_number, self.clock())
-        return status
+        return txs.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
 
     def _broadcast(self, purpose: str, tx_id: int, signed: SignedTx) -> str:
         crash_point(f"{purpose}_signed")
