@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from forkchain import ForkChain, Roles
-from hypothesis import HealthCheck, Phase, settings
 from world import build_world
 
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
@@ -27,17 +26,6 @@ from promptex.chain.deployments import Deployment, load_deployment
 
 FORK_URL = os.environ.get("PROMPTEX_FORK_URL")
 FORK_DEPLOYMENT = os.environ.get("PROMPTEX_FORK_DEPLOYMENT")
-
-# Each step is a few JSON-RPC round trips, so the fork runs fewer, shorter sequences than the
-# titanoboa machines (tests/contracts); raise them with these variables for a deeper run.
-FORK_SETTINGS = settings(
-    max_examples=int(os.environ.get("PROMPTEX_FORK_EXAMPLES", "10")),
-    stateful_step_count=int(os.environ.get("PROMPTEX_FORK_STEPS", "15")),
-    deadline=None,
-    # Shrinking replays sequences over RPC for many minutes; a failure prints its unshrunk steps.
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 
 def pytest_collection_modifyitems(items):

@@ -7,17 +7,30 @@ which is what lets hypothesis run many random sequences against a fork in CI.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from hypothesis import HealthCheck, Phase, settings
 from web3 import HTTPProvider, Web3
 from web3.exceptions import ContractCustomError, ContractLogicError
 
 from promptex.chain.deployments import Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Each step is a few JSON-RPC round trips, so the fork runs fewer, shorter sequences than the
+# titanoboa machines (tests/contracts); raise them with these variables for a deeper run.
+FORK_SETTINGS = settings(
+    max_examples=int(os.environ.get("PROMPTEX_FORK_EXAMPLES", "10")),
+    stateful_step_count=int(os.environ.get("PROMPTEX_FORK_STEPS", "15")),
+    deadline=None,
+    # Shrinking replays sequences over RPC for many minutes; a failure prints its unshrunk steps.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 # anvil's well-known development mnemonic: public test keys, funded on every anvil and fork.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 Account.enable_unaudited_hdwallet_features()

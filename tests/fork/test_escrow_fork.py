@@ -4,11 +4,11 @@ the insurance funds, and the token supply equal to what lots minted minus what w
 
 from __future__ import annotations
 
+from forkchain import FORK_SETTINGS
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import USDC_UNIT, World, open_lot
 
-from conftest import FORK_SETTINGS
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 
 OPEN, GRACE = 1, 7_200

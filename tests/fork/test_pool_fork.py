@@ -4,12 +4,11 @@ to the pool's balances, never lower k on a swap, and account for every LP unit."
 
 from __future__ import annotations
 
-from forkchain import Roles
+from forkchain import FORK_SETTINGS, Roles
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import World
 
-from conftest import FORK_SETTINGS
 from promptex.chain.dex import DEFAULT_FEE
 
 USERS = st.sampled_from(range(len(Roles.USERS)))

@@ -4,12 +4,11 @@ model of what each action should do."""
 
 from __future__ import annotations
 
-from forkchain import Roles, dev_key
+from forkchain import FORK_SETTINGS, Roles, dev_key
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import MAX, World
 
-from conftest import FORK_SETTINGS
 from promptex.chain.vault import pack_debits, pack_lot_amount, sign_release
 
 USERS = st.sampled_from(range(len(Roles.USERS)))
