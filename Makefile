@@ -43,7 +43,7 @@ demo: setup
 
 ## The whole test suite.
 test: setup postgres
-	$(BIN)/ape test tests -n 2 --dist loadgroup -v WARNING
+	$(BIN)/ape test tests -n 2 -v WARNING
 
 lint: setup
 	$(BIN)/ruff check src scripts tests bench

@@ -585,12 +585,18 @@ def test_settle__skipped_epoch__reverts(vault, usdc, coordinator):
         vault.settle(2, usdc, [], [], [], 0, ROOT, sender=coordinator)
 
 
-def test_settle__second_batch_in_one_window__reverts(vault, usdc, coordinator, next_window):
-    next_window(usdc)
+def test_settle__second_batch_in_one_window__reverts(vault, usdc, coordinator, chain):
+    # Block times set explicitly: on a busy machine the wall clock can cross a window
+    # boundary between two transactions.
+    length = vault.epoch_length()
+    windows_ahead = (chain.pending_timestamp - vault.genesis()) // length + 2
+    start = vault.genesis() + windows_ahead * length  # a window boundary ahead of the clock
+    chain.pending_timestamp = start
     vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    chain.pending_timestamp = start + length - 1  # the last second of the same window
     with ape.reverts("vault: epoch window already settled"):
         vault.settle(2, usdc, [], [], [], 0, ROOT, sender=coordinator)
-    next_window(usdc)
+    chain.pending_timestamp = start + length
     vault.settle(2, usdc, [], [], [], 0, ROOT, sender=coordinator)
     assert vault.last_epoch(usdc) == 2
 

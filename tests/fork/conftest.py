@@ -28,13 +28,6 @@ FORK_URL = os.environ.get("PROMPTEX_FORK_URL")
 FORK_DEPLOYMENT = os.environ.get("PROMPTEX_FORK_DEPLOYMENT")
 
 
-def pytest_collection_modifyitems(items):
-    # One origin + fork per xdist worker: keep every fork test on the same one (--dist loadgroup).
-    for item in items:
-        if Path(item.fspath).parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.xdist_group("fork"))
-
-
 @pytest.fixture(scope="session")
 def origin(tmp_path_factory):
     """(RPC URL, deployment) of the chain to fork."""
