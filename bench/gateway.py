@@ -8,9 +8,17 @@
 Open-loop load at a fixed arrival rate: request i is due at t0 + i/rate and its latency
 is measured from when it was due, so a slow server cannot slow the generator down
 (no coordinated omission). Rates step up; the sustainable rate is the highest step with
-< 0.1 % errors and a p99 under --max-p99-ms. Added latency is each proxy's latency
-minus the fake upstream's own, measured directly at the same rate. The gateway (or the
-proxy) runs on one core, the fake upstream and this generator on the other (taskset).
+< 0.1 % errors and a p99 under --max-p99-ms (a step that fails is run once more and the
+better run counts, for both sides alike: a shared machine stalls now and then). Added latency is each proxy's latency
+minus the fake upstream's own, measured directly at the same rate: at the rate both
+sides sustain (the "added" rows, what the targets compare) and at each side's own
+maximum ("at max"). Past saturation each side is offered twice its maximum: how much it
+still serves and how fast it refuses the rest (429s).
+
+The gateway (or the proxy) runs on one core; with --ledger postgresql the database
+server is pinned to that core too (its work is the gateway's). The fake upstream and
+this generator share the other core; the generator is a light keep-alive HTTP/1.1
+client (the gateway's own upstream client, on uvloop), so it has headroom there.
 LiteLLM is installed on first use into bench/.litellm/ (its own venv; never in CI).
 """
 
@@ -34,6 +42,9 @@ from pathlib import Path
 
 import click
 import httpx
+import uvloop
+
+from promptex.gateway.upstream import UpstreamClient, UpstreamError
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,7 +52,7 @@ LITELLM_DIR = ROOT / "bench" / ".litellm"
 LITELLM_VERSION = "1.106.2"
 MODEL = "gpt-5-mini"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "say something short"}], "max_tokens": 16}
-RATES = (25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 650, 800, 1000)
+RATES = (10, 25, 50, 75, 100, 150, 200, 250, 300, 350, 400, 500, 650, 800, 1000)
 
 
 def free_port() -> int:
@@ -103,8 +114,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float, timeout: float) -> Step:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2000)
-    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+    body = json.dumps(BODY).encode()
+    headers = {**headers, "content-type": "application/json"}
+    async with UpstreamClient(connect_timeout=timeout, timeout=timeout, max_idle_per_origin=4096) as client:
         latencies: list[float] = []
         shed: list[float] = []
         errors = 0
@@ -114,13 +126,14 @@ async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float
         async def one(due: float) -> None:
             nonlocal errors
             try:
-                response = await client.post(url, json=BODY, headers=headers)
+                response = await client.post(url, headers, body)
+                await response.read()
                 if response.status_code != 200:
                     errors += 1
                     if response.status_code == 429:
                         shed.append((time.perf_counter() - due) * 1000)
                     return
-            except httpx.HTTPError:
+            except UpstreamError:
                 errors += 1
                 return
             latencies.append((time.perf_counter() - due) * 1000)
@@ -157,7 +170,10 @@ def sweep(
 ) -> list[Step]:
     steps = []
     for rate in RATES:
-        step = asyncio.run(open_loop(url, headers, rate, seconds, timeout=10))
+        step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
+        if not ok(step, max_p99_ms):  # once more: on a shared machine one stall fails a step
+            again = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
+            step = again if (again.errors, again.p99_ms) < (step.errors, step.p99_ms) else step
         steps.append(step)
         shed = f" (429s: {step.shed}, p99 {step.shed_p99_ms:.1f} ms)" if step.shed else ""
         click.echo(
@@ -165,14 +181,18 @@ def sweep(
             f"p50 {step.p50_ms:.1f} ms, p99 {step.p99_ms:.1f} ms",
             err=True,
         )
-        if step.errors > step.sent * 0.001 or step.p99_ms > max_p99_ms:
+        if not ok(step, max_p99_ms):
             break
     return steps
 
 
+def ok(step: Step, max_p99_ms: float) -> bool:
+    return step.errors <= step.sent * 0.001 and step.p99_ms <= max_p99_ms
+
+
 def sustainable(steps: list[Step], max_p99_ms: float) -> Step | None:
-    ok = [s for s in steps if s.errors <= s.sent * 0.001 and s.p99_ms <= max_p99_ms]
-    return ok[-1] if ok else None
+    good = [s for s in steps if ok(s, max_p99_ms)]
+    return good[-1] if good else None
 
 
 def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[str, str], str]:
@@ -225,6 +245,79 @@ def litellm_python() -> Path:
     return python
 
 
+@dataclass
+class Side:
+    """One side's sweep, its streaming TTFB and its answer to twice its maximum rate."""
+
+    steps: list[Step]
+    best: Step | None
+    ttfb_ms: float
+    overload: Step | None
+
+
+def measure(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float) -> Side:
+    for _ in range(30):  # warm up (LiteLLM's first requests import lazily; pools fill)
+        httpx.post(url, json=BODY, headers=headers, timeout=30)
+    steps = sweep(url, headers, seconds, max_p99_ms, {})
+    best = sustainable(steps, max_p99_ms)
+    ttfb_ms = uvloop.run(ttfb(url, headers))
+    overload = None
+    if best is not None:
+        overload = uvloop.run(open_loop(url, headers, best.rate * 2, seconds, timeout=10))
+        click.echo(
+            f"  {overload.rate:>5} RPS (2x max): served {(overload.sent - overload.errors) / seconds:.0f}/s, "
+            f"429s {overload.shed}/{overload.sent} (p99 {overload.shed_p99_ms:.1f} ms), "
+            f"other errors {overload.errors - overload.shed}",
+            err=True,
+        )
+    return Side(steps, best, ttfb_ms, overload)
+
+
+def pin_postgres(postgres: object, core: list[str]) -> None:
+    """Pin the database server (the postmaster; backends fork from it) to the gateway's core."""
+    root = getattr(postgres, "root", None)
+    if not core or root is None:
+        return
+    pid = (Path(root) / "data" / "postmaster.pid").read_text().split()[0]
+    subprocess.run(["taskset", "-a", "-p", "-c", core[-1], pid], check=True, stdout=subprocess.DEVNULL)
+
+
+def summarize(
+    sides: dict[str, Side], base: dict[int, Step], base_ttfb: float, seconds: float
+) -> dict[str, dict[str, float | None]]:
+    """Per side: max RPS; added p50/p99 at the rate every side sustains and at its own max;
+    added TTFB; past saturation: what it still served and its 429s' p99."""
+    bests = [side.best.rate for side in sides.values() if side.best is not None]
+    common = min(bests) if bests else None
+    results: dict[str, dict[str, float | None]] = {}
+    for name, side in sides.items():
+
+        def added(step: Step | None) -> tuple[float | None, float | None]:
+            if step is None:
+                return None, None
+            ref = base.get(step.rate) or list(base.values())[-1]
+            return step.p50_ms - ref.p50_ms, step.p99_ms - ref.p99_ms
+
+        at_common = next((step for step in side.steps if step.rate == common), None)
+        p50, p99 = added(at_common)
+        p50_max, p99_max = added(side.best)
+        over = side.overload
+        results[name] = {
+            "rps": side.best.rate if side.best else 0,
+            "common_rps": common,
+            "p50_added_ms": p50,
+            "p99_added_ms": p99,
+            "p50_added_at_max_ms": p50_max,
+            "p99_added_at_max_ms": p99_max,
+            "ttfb_added_ms": side.ttfb_ms - base_ttfb,
+            "overload_offered_rps": over.rate if over else None,
+            "overload_served_rps": (over.sent - over.errors) / seconds if over else None,
+            "overload_429_share": over.shed / over.sent if over else None,
+            "overload_429_p99_ms": over.shed_p99_ms if over and over.shed else None,
+        }
+    return results
+
+
 @click.command()
 @click.option("--only", type=click.Choice(["promptex", "litellm"]), help="measure one side only")
 @click.option(
@@ -238,7 +331,7 @@ def main(
     only: str | None, ledger_kind: str, seconds: float, upstream_latency_ms: float, max_p99_ms: float, as_json: bool
 ) -> None:
     server_core, load_core = cores()
-    results: dict[str, dict[str, float | None]] = {}
+    sides: dict[str, Side] = {}
     with tempfile.TemporaryDirectory(prefix="promptex-bench-") as tmp:
         workdir = Path(tmp)
         fake_port = free_port()
@@ -258,13 +351,7 @@ def main(
         with process(fake_args, dict(os.environ), fake_url + "/models", fake_headers):
             click.echo("fake upstream alone:", err=True)
             base = {s.rate: s for s in sweep(fake_url + "/chat/completions", fake_headers, seconds, max_p99_ms, {})}
-            base_ttfb = asyncio.run(ttfb(fake_url + "/chat/completions", fake_headers))
-
-            def added(step: Step | None) -> tuple[float | None, float | None]:
-                if step is None:
-                    return None, None
-                ref = base.get(step.rate) or list(base.values())[-1]
-                return step.p50_ms - ref.p50_ms, step.p99_ms - ref.p99_ms
+            base_ttfb = uvloop.run(ttfb(fake_url + "/chat/completions", fake_headers))
 
             if only in (None, "promptex"):
                 postgres = None
@@ -272,6 +359,7 @@ def main(
                     from promptex.ledger.local_postgres import LocalPostgres
 
                     postgres = LocalPostgres().start()
+                    pin_postgres(postgres, server_core)
                     ledger_url = postgres.create_database("bench")
                 else:
                     ledger_url = f"sqlite:///{workdir}/ledger.sqlite3"
@@ -283,15 +371,7 @@ def main(
                     args = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
                     with process(args, env, url + "/models", headers):
                         click.echo("promptex gateway:", err=True)
-                        steps = sweep(url + "/chat/completions", headers, seconds, max_p99_ms, base)
-                        best = sustainable(steps, max_p99_ms)
-                        p50, p99 = added(best)
-                        results["promptex"] = {
-                            "rps": best.rate if best else 0,
-                            "p50_added_ms": p50,
-                            "p99_added_ms": p99,
-                            "ttfb_added_ms": asyncio.run(ttfb(url + "/chat/completions", headers)) - base_ttfb,
-                        }
+                        sides["promptex"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms)
                 finally:
                     if postgres is not None:
                         postgres.stop()
@@ -328,43 +408,47 @@ def main(
                     "1",
                 ]
                 with process(args, env, url + "/models", headers):
-                    for _ in range(5):  # warm up: its first requests import lazily
-                        httpx.post(url + "/chat/completions", json=BODY, headers=headers, timeout=30)
                     click.echo("litellm proxy:", err=True)
-                    steps = sweep(url + "/chat/completions", headers, seconds, max_p99_ms, base)
-                    best = sustainable(steps, max_p99_ms)
-                    p50, p99 = added(best)
-                    results["litellm"] = {
-                        "rps": best.rate if best else 0,
-                        "p50_added_ms": p50,
-                        "p99_added_ms": p99,
-                        "ttfb_added_ms": asyncio.run(ttfb(url + "/chat/completions", headers)) - base_ttfb,
-                    }
+                    sides["litellm"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms)
 
+    results = summarize(sides, base, base_ttfb, seconds)
     if as_json:
-        flat = {f"{side}_{name}": value for side, row in results.items() for name, value in row.items()}
+        flat: dict[str, object] = {
+            f"{side}_{name}": value for side, row in results.items() for name, value in row.items()
+        }
+        flat["cores"] = "server core 0, upstream + generator core 1" if server_core else "unpinned"
         click.echo(json.dumps(flat))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"gateway load, {ledger_kind} ledger, upstream {upstream_latency_ms:g} ms, one core each")
+    pinned = "gateway/proxy on core 0, upstream + load on core 1" if server_core else "not pinned"
+    table = Table(title=f"gateway load, {ledger_kind} ledger, upstream {upstream_latency_ms:g} ms, {pinned}")
     table.add_column("")
     for side in results:
         table.add_column(side, justify="right")
-    if {"promptex", "litellm"} <= set(results):
+    both = {"promptex", "litellm"} <= set(results)
+    if both:
         table.add_column("ratio", justify="right")
+    common = next(iter(results.values()))["common_rps"] if results else None
     names = {
-        "rps": "max RPS (< 0.1 % errors)",
-        "p50_added_ms": "added p50 ms",
-        "p99_added_ms": "added p99 ms",
-        "ttfb_added_ms": "added stream TTFB ms",
+        "rps": ("max RPS (< 0.1 % errors)", "up"),
+        "p50_added_ms": (f"added p50 ms at {common} RPS", "down"),
+        "p99_added_ms": (f"added p99 ms at {common} RPS", "down"),
+        "p50_added_at_max_ms": ("added p50 ms at own max", "down"),
+        "p99_added_at_max_ms": ("added p99 ms at own max", "down"),
+        "ttfb_added_ms": ("added stream TTFB ms", "down"),
+        "overload_served_rps": ("at 2x max: served RPS", "up"),
+        "overload_429_share": ("at 2x max: 429 share", None),
+        "overload_429_p99_ms": ("at 2x max: 429 p99 ms", None),
     }
-    for name, label in names.items():
-        cells = [f"{results[side][name]:.1f}" if results[side][name] is not None else "—" for side in results]
-        if {"promptex", "litellm"} <= set(results):
+    for name, (label, better) in names.items():
+        cells = [f"{results[side][name]:.2f}" if results[side][name] is not None else "—" for side in results]
+        if both:
             a, b = results["promptex"][name], results["litellm"][name]
-            ratio = (a / b if name == "rps" else b / a) if a and b else None
+            ratio = None
+            if better and a and b and a > 0 and b > 0:
+                ratio = a / b if better == "up" else b / a
             cells.append(f"{ratio:.1f}×" if ratio else "—")
         table.add_row(label, *cells)
     Console().print(table)

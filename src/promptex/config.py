@@ -56,15 +56,33 @@ class Settings(BaseSettings):
     # Requests served at once by this process, and per lot; beyond them: fast 429s.
     gateway_max_inflight: int = 512
     gateway_lot_max_inflight: int = 128
-    # Past saturation, shed load with fast 429s: while the event loop runs this late
-    # (milliseconds), new requests are refused before any work is done for them.
+    # Past saturation, shed load with fast 429s: while the event loop runs this late, or
+    # ledger calls wait this long for a thread (milliseconds, smoothed), with at least
+    # gateway_shed_min_inflight requests in flight, new requests are refused before their
+    # body is read. (Lag alone is also what a process
+    # descheduled on a busy machine sees; without requests piling up it is not overload.)
     gateway_shed_loop_lag_ms: float = 50.0
+    gateway_shed_min_inflight: int = 32
     # How often lots and their remaining face value are re-read from the database.
     gateway_lot_refresh_seconds: float = 2.0
     # How long a looked-up API key is trusted before it is read again (revocation delay).
     gateway_key_cache_seconds: float = 5.0
-    # Threads for ledger calls (reserve, settle, release).
-    gateway_ledger_threads: int = 16
+    # SQLite ledger: seconds between the gateway's WAL checkpoints, run in the background
+    # instead of inside a request's commit (0: leave them to SQLite, in the commits).
+    gateway_sqlite_checkpoint_seconds: float = 2.0
+    # Threads for ledger calls (reserve, settle, release) on PostgreSQL; SQLite gets one
+    # (it has one writer at a time). Keep it within ledger_pool_size.
+    gateway_ledger_threads: int = 8
+    # Paying a model in another provider's token converts through the Oracle's TWAP of the
+    # paying token, read over this JSON-RPC endpoint (None: no payment across tokens) from
+    # the deployment deployments/<gateway_twap_network>.json, averaged over the window,
+    # re-read every refresh interval in the background; a price older than max_age is not
+    # used (such requests get 503 and move no money).
+    gateway_twap_rpc_url: str | None = None
+    gateway_twap_network: str = "local"
+    gateway_twap_window_seconds: int = 1_800
+    gateway_twap_refresh_seconds: float = 30.0
+    gateway_twap_max_age_seconds: float = 120.0
     # Envelope encryption of sellers' upstream keys: a master key (base64 of 32 bytes) from
     # the environment, or a file of id:base64 lines (the last is current; created if missing).
     gateway_master_key: SecretStr | None = None

@@ -206,8 +206,10 @@ def up(options: UpOptions) -> int:
             )
         elif not rpc_answers(rpc_url):
             raise UpError(f"no JSON-RPC node answers on {rpc_url}")
-        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR"):
+        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "GATEWAY_TWAP"):
             env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
+        # Cross-token prices need a covered TWAP window; a fresh local chain has minutes, not half an hour.
+        env.setdefault("PROMPTEX_GATEWAY_TWAP_WINDOW_SECONDS", "120")
         env["APE_FOUNDRY_HOST"] = rpc_url
         supervisor.run_step("deploy", ape_argv("deploy", "--keep-existing"))
         if options.seed:

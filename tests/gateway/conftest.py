@@ -113,6 +113,8 @@ def settings(tmp_path: Path) -> Settings:
         gateway_default_asset="USDC",
         gateway_default_max_tokens=64,
         gateway_shed_loop_lag_ms=10_000,  # a busy test machine must not shed load
+        gateway_twap_refresh_seconds=3600,  # tests refresh by hand
+        gateway_twap_max_age_seconds=300,
         ledger_sqlite_synchronous="NORMAL",
     )
 
@@ -191,11 +193,23 @@ class Harness:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
 
 
-def _harness(settings: Settings, url: str) -> Iterator[Harness]:
+class FakeTwaps:
+    """A TWAP source: `prices` (symbol → Oracle.consult value) as set by the test; counts its reads."""
+
+    def __init__(self, prices: dict[str, int] | None = None) -> None:
+        self.prices = dict(prices or {})
+        self.reads = 0
+
+    def read(self) -> dict[str, int]:
+        self.reads += 1
+        return dict(self.prices)
+
+
+def _harness(settings: Settings, url: str, twaps: FakeTwaps | None = None) -> Iterator[Harness]:
     book = Ledger.open(url, sqlite_synchronous="NORMAL")
     store = GatewayStore(book.engine)
     keys = load_master_keys(None, settings.gateway_master_key_file)
-    app = create_app(settings, ledger=book)
+    app = create_app(settings, ledger=book, twap_source=twaps)
     try:
         with ServerThread(app) as server:
             yield Harness(book, store, keys, settings, server.url, app)
@@ -208,6 +222,18 @@ def _harness(settings: Settings, url: str) -> Iterator[Harness]:
 def gw(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
     """A gateway over a fresh SQLite ledger."""
     yield from _harness(settings, f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+@pytest.fixture
+def twaps() -> FakeTwaps:
+    return FakeTwaps()
+
+
+@pytest.fixture
+def gw_twap(settings: Settings, tmp_path: Path, twaps: FakeTwaps) -> Iterator[Harness]:
+    """A gateway over a fresh SQLite ledger whose TWAPs come from the `twaps` fixture
+    (read once at startup; a test calls `gateway.twaps.refresh()` after changing them)."""
+    yield from _harness(settings, f"sqlite:///{tmp_path}/ledger.sqlite3", twaps)
 
 
 @pytest.fixture

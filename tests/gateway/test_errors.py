@@ -118,7 +118,7 @@ def test_chat__every_lot_busy__429(funded: tuple[Harness, int, str], fake: Fake)
 
 def test_chat__upstream_timeout__504(funded: tuple[Harness, int, str], fake: Fake) -> None:
     gw, _, key = funded
-    gw.gateway.client.timeout = httpx.Timeout(0.2)
+    gw.gateway.client.timeout = 0.2
     fake.config.latency_ms = 1_000
     assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 504)
 
@@ -156,7 +156,8 @@ def test_responses__never_contain_the_sellers_key(gw: Harness, fake: Fake) -> No
 
 def test_chat__gateway_overloaded__fast_429_and_no_money_moved(funded: tuple[Harness, int, str], fake: Fake) -> None:
     gw, _, key = funded
-    gw.gateway.s = gw.settings.model_copy(update={"gateway_shed_loop_lag_ms": -1.0})  # any lag is too much
+    # any lag is too much, however few requests are in flight
+    gw.gateway.s = gw.settings.model_copy(update={"gateway_shed_loop_lag_ms": -1.0, "gateway_shed_min_inflight": 0})
     while not gw.gateway.overloaded:  # the lag watcher notices within one tick
         time.sleep(0.01)
     response = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2})

@@ -1,4 +1,10 @@
-"""The ASGI application: `create_app(settings)` → Starlette, served by uvicorn.
+"""The ASGI application: `create_app(settings)`, served by uvicorn.
+
+The three metered POST routes go straight from the ASGI entry to the gateway; the rest
+(`/v1/models`, the OpenAPI schema, unknown paths, other methods) through Starlette.
+Why: at load, Starlette's router and middleware stack (each wrapping `send`) cost more
+CPU per request than everything the gateway itself does outside the ledger. Past
+saturation the entry answers 429 before the body is read, from bytes built once.
 
 Every response carries `x-request-id`; every error has OpenAI's body.
 """
@@ -8,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
-import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import Settings
+from promptex.gateway import checkpoints, errors
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.errors import GatewayError
@@ -31,6 +37,8 @@ from promptex.gateway.openapi import openapi_schema
 from promptex.gateway.routing import LotRegistry
 from promptex.gateway.service import Gateway, new_request_id
 from promptex.gateway.store import GatewayStore
+from promptex.gateway.twap import TwapSource, twap_cache_from_settings
+from promptex.gateway.upstream import UpstreamClient
 from promptex.ledger import Ledger
 
 log = logging.getLogger("promptex.gateway")
@@ -65,15 +73,62 @@ def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id") or new_request_id())
 
 
+HOT_ROUTES = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS}
+_SHED = errors.busy("The gateway is at capacity; retry shortly.")
+_SHED_BODY = _SHED.body()
+_SHED_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_SHED_BODY)).encode()),
+    (b"retry-after", b"1"),
+]
+
+
+class GatewayApp:
+    """The ASGI entry (see the module's docstring); `state` is the Starlette app's."""
+
+    def __init__(self, inner: Starlette, gateway: Callable[[], Gateway]) -> None:
+        self.inner = inner
+        self.state = inner.state
+        self._gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = HOT_ROUTES.get(scope["path"])
+            if endpoint is not None:
+                await self._serve(endpoint, scope, receive, send)
+                return
+        await self.inner(scope, receive, send)
+
+    async def _serve(self, endpoint: str, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        gateway = self._gateway()
+        if gateway.overloaded or gateway.inflight >= gateway.s.gateway_max_inflight:
+            headers = [*_SHED_HEADERS, (b"x-request-id", request_id.encode())]
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": _SHED_BODY})
+            return
+        response: Any
+        try:
+            response = await gateway.serve(endpoint, Request(scope, receive), request_id)
+        except GatewayError as exc:
+            response = exc.response(request_id)
+        except Exception as exc:
+            log.error("internal error in request %s: %s", request_id, type(exc).__name__)
+            response = GatewayError(500, "Internal error.", type="server_error").response(request_id)
+        await response(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
     ledger: Ledger | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
     clock: Any = None,
-) -> Starlette:
+    twap_source: TwapSource | None = None,
+) -> GatewayApp:
     """The gateway app. It opens the ledger (unless one is given), its own tables, the
-    lots and one pooled HTTP client for every upstream when it starts."""
+    lots and one pooled HTTP client for every upstream when it starts, and keeps the
+    Oracle's TWAPs fresh in the background (from `twap_source`, else the deployed Oracle
+    when `gateway_twap_rpc_url` is set)."""
     state: dict[str, Gateway] = {}
 
     def gateway() -> Gateway:
@@ -82,18 +137,19 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         book = ledger or Ledger.from_settings(settings)
+        checkpointing = settings.gateway_sqlite_checkpoint_seconds > 0 and checkpoints.take_over(book.engine)
         store = GatewayStore(book.engine)
         secret = settings.gateway_master_key.get_secret_value() if settings.gateway_master_key else None
         keys = load_master_keys(secret, settings.gateway_master_key_file)
         registry = LotRegistry(store, keys, clock or (lambda: int(time.time())))
         await anyio.to_thread.run_sync(registry.refresh)
-        timeout = httpx.Timeout(
-            settings.gateway_upstream_timeout_seconds, connect=settings.gateway_upstream_connect_timeout_seconds
-        )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=512, keepalive_expiry=60)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport) as client:
+        async with UpstreamClient(
+            connect_timeout=settings.gateway_upstream_connect_timeout_seconds,
+            timeout=settings.gateway_upstream_timeout_seconds,
+        ) as client:
+            twaps = twap_cache_from_settings(settings, twap_source)
             state["gateway"] = _app.state.gateway = Gateway(
-                settings, book, store, registry, metering.load_catalog(settings.model_catalog), client
+                settings, book, store, registry, metering.load_catalog(settings.model_catalog), client, twaps
             )
 
             await anyio.to_thread.run_sync(_app.state.gateway.treasury)
@@ -109,11 +165,18 @@ def create_app(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(refresh_lots)
                 tg.start_soon(_app.state.gateway.watch_loop_lag)
+                if twaps is not None:
+                    tg.start_soon(twaps.run)
+                if checkpointing:
+                    tg.start_soon(checkpoints.checkpoints, book.engine, settings.gateway_sqlite_checkpoint_seconds)
                 try:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
             await anyio.to_thread.run_sync(registry.flush)
+            state["gateway"].close()
+            if checkpointing:
+                await anyio.to_thread.run_sync(checkpoints.checkpoint, book.engine)
         if ledger is None:
             book.close()
 
@@ -160,4 +223,4 @@ def create_app(
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
     app.add_middleware(RequestIdMiddleware)
-    return app
+    return GatewayApp(app, gateway)

@@ -68,6 +68,17 @@ def no_capacity(model: str, asset: str) -> GatewayError:
     )
 
 
+def price_unavailable(symbol: str, own: str) -> GatewayError:
+    return GatewayError(
+        503,
+        f"No fresh Oracle price for {symbol} right now, so this request cannot be priced in it; "
+        f"retry shortly, or pay in {own} or USDC.",
+        type="server_error",
+        code="price_unavailable",
+        param="x-promptex-asset",
+    )
+
+
 def upstream_failed(timeout: bool) -> GatewayError:
     if timeout:
         return GatewayError(504, "The upstream provider timed out.", type="server_error", code="upstream_timeout")

@@ -4,8 +4,9 @@
     → call upstream (failing over on 401/429/5xx/timeouts) → settle the metered cost
     → draw the lot down; any failure before an answer releases the hold.
 
-Ledger calls are blocking SQL: they run in a bounded thread pool, one hop per phase.
-The chain is never called here.
+Ledger calls are blocking SQL: they run on a few ledger threads (`ledger_threads`), one
+hop per phase. The chain is never called here: a payment in another provider's token
+uses the Oracle TWAP cached by `twap` (read in the background).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from functools import lru_cache
 from typing import Any
 
 import anyio
-import anyio.to_thread
-import httpx
 import orjson
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import ClientDisconnect, Request
@@ -28,15 +27,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from promptex import metering
-from promptex.chain.providers import USDC_SYMBOL
+from promptex.chain.providers import PROVIDER_TOKENS, USDC_SYMBOL
 from promptex.config import Settings
 from promptex.gateway import errors
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator, Usage, adapter_for
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.keys import bearer, hash_key
+from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.requests import parse_body, validate
 from promptex.gateway.routing import LISTED, TOKENIZED, LiveLot, LotRegistry
 from promptex.gateway.store import ApiKey, GatewayStore
+from promptex.gateway.twap import Twap, TwapCache
+from promptex.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from promptex.ledger import (
     BudgetExceeded,
     Hold,
@@ -47,11 +49,13 @@ from promptex.ledger import (
     SpendCapExceeded,
     UsageRecord,
 )
+from promptex.metering.assets import token_by_symbol
 
 ASSET_HEADER = "x-promptex-asset"
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember)
 JSON = "application/json"
+STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]
 
 
 def new_request_id() -> str:
@@ -80,7 +84,8 @@ class Gateway:
         store: GatewayStore,
         registry: LotRegistry,
         catalog: metering.Catalog,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
+        twaps: TwapCache | None = None,
     ) -> None:
         self.s = settings
         self.ledger = ledger
@@ -88,7 +93,9 @@ class Gateway:
         self.registry = registry
         self.catalog = catalog
         self.client = client
-        self.limiter = anyio.CapacityLimiter(settings.gateway_ledger_threads)
+        self.twaps = twaps
+        sqlite = ledger.engine.dialect.name == "sqlite"  # one writer at a time: one thread
+        self.threads = LedgerThreads(1 if sqlite else settings.gateway_ledger_threads)
         self.inflight = 0
         self.overloaded = False  # set by `watch_loop_lag`
         self._keys: dict[str, tuple[ApiKey | None, float]] = {}
@@ -107,7 +114,10 @@ class Gateway:
         return self._treasury
 
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        return await self.threads.run(fn, *args)
+
+    def close(self) -> None:
+        self.threads.close()
 
     # ─── Authentication ──────────────────────────────────────────────────────
 
@@ -133,23 +143,49 @@ class Gateway:
 
     # ─── Pricing ─────────────────────────────────────────────────────────────
 
-    def _rates_uncached(self, model: str, asset: str, rate_bps: int) -> metering.Rates:
+    def _rates_uncached(self, model: str, asset: str, rate_bps: int, twap: Twap | None) -> metering.Rates:
         price = self.catalog.price(model)
         if asset == USDC_SYMBOL:
             return metering.usdc_rates(price, rate_bps, self.s.protocol_fee_bps)
+        if twap is not None:
+            return twap.from_usdc(metering.usdc_rates(price, rate_bps, self.s.protocol_fee_bps))
         return metering.provider_token_rates(price)
 
-    def paying_asset(self, request: Request, key: ApiKey, price: metering.ModelPrice) -> tuple[str, str]:
-        """(asset symbol, lot kind)."""
+    def paying_asset(self, request: Request, key: ApiKey, price: metering.ModelPrice) -> tuple[str, str, Twap | None]:
+        """(asset symbol, lot kind, the TWAP a payment across tokens converts at).
+
+        In the model's own provider token a request is served by a tokenized lot: its
+        tokens are that lot's claims, burned as it is drawn down. In USDC, by a listed
+        lot, whose seller is owed USDC at the rate they set (plus the protocol fee).
+        In ANOTHER provider's token (Claude paid in GPT) it is served by a listed lot of
+        the model's provider too, priced exactly as in USDC and converted into the paying
+        token at that token's Oracle TWAP: the party owed is the listed seller, in USDC.
+        Not a tokenized lot: burning GPT retires no CLD claim, so a CLD lot drawn down
+        against GPT would leave CLD holders with more claims than capacity, and the
+        model's own token's price would not enter what the buyer owes anyway.
+        """
         wanted = request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset
         own = metering.provider_token(price.provider).symbol
         symbol = own if wanted.lower() == "provider" else wanted.upper()
         if symbol == USDC_SYMBOL:
-            return symbol, LISTED
+            return symbol, LISTED, None
         if symbol == own:
-            return symbol, TOKENIZED
+            return symbol, TOKENIZED, None
+        if token_by_symbol(symbol) is not None:
+            if self.twaps is None:
+                raise errors.bad_request(
+                    f"`{price.model}` is paid in {own} or USDC here: this gateway does not convert {symbol} "
+                    f"(no Oracle configured).",
+                    param=ASSET_HEADER,
+                    code="conversion_unavailable",
+                )
+            twap = self.twaps.fresh(symbol)
+            if twap is None:
+                raise errors.price_unavailable(symbol, own)
+            return symbol, LISTED, twap
         raise errors.bad_request(
-            f"`{price.model}` is paid in {own} or USDC, not {wanted!r} ({ASSET_HEADER}).", param=ASSET_HEADER
+            f"`{price.model}` is paid in {own}, USDC or another provider's token, not {wanted!r} ({ASSET_HEADER}).",
+            param=ASSET_HEADER,
         )
 
     def price(self, request: Request, key: ApiKey, endpoint: str, body: dict[str, Any]) -> tuple[Priced, int]:
@@ -158,7 +194,7 @@ class Gateway:
             price = self.catalog.price(model)
         except metering.UnknownModel:
             raise errors.unknown_model(model) from None
-        asset, kind = self.paying_asset(request, key, price)
+        asset, kind, twap = self.paying_asset(request, key, price)
         lots = self.registry.candidates(price.provider, kind)
         if not lots:
             raise errors.no_capacity(model, asset)
@@ -167,7 +203,7 @@ class Gateway:
             raise errors.busy()
         cap = self.s.gateway_max_output_tokens
         output = 0 if endpoint == EMBEDDINGS else min(requested or self.s.gateway_default_max_tokens, cap)
-        rates = {lot.id: self._rates(model, asset, lot.rate_bps) for lot in free}
+        rates = {lot.id: self._rates(model, asset, lot.rate_bps, twap) for lot in free}
         hold = max(metering.message_cost(r, input_estimate, output) for r in rates.values())
         return Priced(price, asset, kind, free, rates, max(hold, 1)), output
 
@@ -233,7 +269,7 @@ class Gateway:
             gateway_lot_id=lot.id,
             chain_lot_id=lot.chain_lot_id,
             lot_kind=lot.kind,
-            fee_bps=self.s.protocol_fee_bps if priced.asset == USDC_SYMBOL else None,
+            fee_bps=self.s.protocol_fee_bps if priced.kind == LISTED else None,
         )
         await self._thread(self._settle, key, request_id, cost, record)
         self.registry.draw(lot, usd)
@@ -280,11 +316,12 @@ class Gateway:
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
             try:
-                answer = await self.client.post(call.url, content=call.content, headers=call.headers)
-            except httpx.TimeoutException:
+                answer = await self.client.post(call.url, call.headers, call.content)
+                await answer.read()
+            except UpstreamTimeout:
                 failures.append("timeout")
                 continue
-            except httpx.HTTPError:
+            except UpstreamError:
                 failures.append("error")
                 continue
             finally:
@@ -318,25 +355,21 @@ class Gateway:
             lot.inflight += 1
             handed_over = False
             try:
-                upstream = await self.client.send(
-                    self.client.build_request("POST", call.url, content=call.content, headers=call.headers),
-                    stream=True,
-                )
+                upstream = await self.client.post(call.url, call.headers, call.content)
                 status = upstream.status_code
                 if status in FAILOVER_STATUSES or status >= 500:
-                    await upstream.aclose()
+                    upstream.close()
                     failures.append(str(status))
                     continue
                 if status >= 400:
-                    await upstream.aread()
-                    await upstream.aclose()
+                    await upstream.read()
                     raise _client_error(upstream, lot)
                 translator = adapter.translator(endpoint, priced.price.model, include_usage)
                 handed_over = True
                 return MeteredStream(self, key, priced, request_id, lot, upstream, translator)
-            except httpx.TimeoutException:
+            except UpstreamTimeout:
                 failures.append("timeout")
-            except httpx.HTTPError:
+            except UpstreamError:
                 failures.append("error")
             finally:
                 if not handed_over:
@@ -349,7 +382,7 @@ class Gateway:
         that broke off is charged for what it reported and streamed."""
         tr = stream.translator
         try:
-            await stream.upstream.aclose()
+            stream.upstream.close(grace=STREAM_END_GRACE_SECONDS)
         finally:
             stream.lot.inflight -= 1
         usage = tr.usage
@@ -363,14 +396,16 @@ class Gateway:
             await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
 
     async def watch_loop_lag(self, interval: float = 0.01) -> None:
-        """Mark the gateway overloaded while its event loop wakes up later than the
-        configured lag: the CPU is saturated, and queueing more work only adds latency."""
+        """Mark the gateway overloaded while requests pile up and its event loop wakes up
+        late or its ledger calls wait for a thread longer than the configured lag: the CPU
+        (or the database) is saturated, and queueing more work only adds latency."""
         lag = 0.0  # smoothed, so that one hiccup sheds nothing
         while True:
             start = time.perf_counter()
             await anyio.sleep(interval)
             lag = 0.8 * lag + 0.2 * (time.perf_counter() - start - interval)
-            self.overloaded = lag > self.s.gateway_shed_loop_lag_ms / 1000
+            late = max(lag, self.threads.wait) > self.s.gateway_shed_loop_lag_ms / 1000
+            self.overloaded = late and self.inflight >= self.s.gateway_shed_min_inflight
 
     # ─── /v1/models ──────────────────────────────────────────────────────────
 
@@ -384,7 +419,12 @@ class Gateway:
             listed = self.registry.candidates(price.provider, LISTED)
             if listed:
                 cheapest = min(lot.rate_bps for lot in listed)
-                pricing[USDC_SYMBOL] = _per_million(metering.usdc_rates(price, cheapest, fee), 6)
+                usdc = metering.usdc_rates(price, cheapest, fee)
+                pricing[USDC_SYMBOL] = _per_million(usdc, 6)
+                for other in PROVIDER_TOKENS:  # other providers' tokens, at their current TWAP
+                    twap = self.twaps.fresh(other.symbol) if self.twaps and other.symbol != token.symbol else None
+                    if twap is not None:
+                        pricing[other.symbol] = _per_million(twap.from_usdc(usdc), 18)
             data.append(
                 {
                     "id": price.model,
@@ -413,14 +453,14 @@ def _per_million(rates: metering.Rates, decimals: int) -> dict[str, str]:
     return {"input_per_million": whole(rates.input_per_1k), "output_per_million": whole(rates.output_per_1k)}
 
 
-def _client_error(answer: httpx.Response, lot: LiveLot) -> GatewayError:
+def _client_error(answer: UpstreamResponse, lot: LiveLot) -> GatewayError:
     message = "The upstream provider refused the request."
     try:
         body = orjson.loads(answer.content)
         found = body.get("error", {}).get("message") if isinstance(body, dict) else None
         if isinstance(found, str) and found:
             message = found.replace(lot.secret, "***")[:500]
-    except (orjson.JSONDecodeError, AttributeError, httpx.ResponseNotRead):
+    except (orjson.JSONDecodeError, AttributeError):
         pass
     status = answer.status_code if answer.status_code in (400, 404, 413, 422) else 400
     return GatewayError(status, message, code="upstream_refused")
@@ -460,7 +500,7 @@ class MeteredStream:
         priced: Priced,
         request_id: str,
         lot: LiveLot,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         translator: StreamTranslator,
     ) -> None:
         self.gateway = gateway
@@ -496,13 +536,13 @@ class MeteredStream:
                 try:
                     # After a disconnect the upstream is still read to its end (drained),
                     # so its usage numbers are exact; nothing more is sent.
-                    async for line in self.upstream.aiter_lines():
+                    async for line in self.upstream.lines():
                         for chunk in self.translator.feed(line):
                             if not self.disconnected:
                                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         if self.translator.finished:
                             break
-                except httpx.HTTPError:
+                except UpstreamError:
                     self.broken = True
                 # Metered before the stream ends: a client that saw [DONE] sees the charge.
                 with anyio.CancelScope(shield=True):

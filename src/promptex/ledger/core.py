@@ -25,7 +25,7 @@ from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
 from promptex.ledger.db import READ_ONLY, create_ledger_engine, upgrade
-from promptex.ledger.errors import LedgerInconsistent, UnknownAccount
+from promptex.ledger.errors import LedgerError, LedgerInconsistent, UnknownAccount
 from promptex.ledger.models import Account, AccountKind, Balance, Budget, Deposit, ExitLock, Hold
 from promptex.ledger.schema import SYSTEM_ACCOUNTS, accounts, journal_lines
 
@@ -64,6 +64,10 @@ class Ledger:
             raise RuntimeError(f"ledger schema lacks system accounts {missing}: run the migrations")
         self._vault, self._usage = ids["vault"], ids["usage"]
         self._system = frozenset(ids.values())
+        self._pg: _holds.PgOneStatement | None = None
+        if engine.dialect.name == "postgresql":
+            url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._pg = _holds.PgOneStatement(url)
 
     @classmethod
     def open(
@@ -102,6 +106,8 @@ class Ledger:
         )
 
     def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
         self.engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -219,12 +225,30 @@ class Ledger:
         or a treasury that granted it promotional credit. Raises InsufficientFunds,
         SpendCapExceeded, BudgetExceeded or NotAMember, leaving nothing behind.
         """
+        payer_id = account if payer is None else payer
+        if self._pg is not None:
+            try:
+                hold = self._pg.reserve(
+                    account=account,
+                    payer=payer_id,
+                    asset=asset,
+                    amount=amount,
+                    request_id=request_id,
+                    ttl=ttl,
+                    now=self.clock(),
+                )
+            except Exception:  # the connection's state is unknown: drop it; the general path decides
+                self._pg.drop()
+                hold = None
+            if hold is not None:
+                return hold
+        reserve = _holds.reserve if self._pg is not None else _holds.reserve_fast
         try:
             return self._write(
-                lambda conn: _holds.reserve(
+                lambda conn: reserve(
                     conn,
                     account=account,
-                    payer=account if payer is None else payer,
+                    payer=payer_id,
                     asset=asset,
                     amount=amount,
                     request_id=request_id,
@@ -241,12 +265,27 @@ class Ledger:
         With `record`, the request's usage record is written in the same transaction, so
         the coordinator sees every settled charge (idempotent too)."""
 
+        if record is not None and min(record.input_tokens, record.output_tokens, record.list_usd_micro) < 0:
+            raise ValueError("token counts and list value cannot be negative")
+
+        if self._pg is not None:
+            values = None if record is None else _records.record_values(record)
+            try:
+                hold = self._pg.settle(request_id, actual_cost, now=self.clock(), usage=self._usage, record=values)
+            except LedgerError:
+                raise
+            except Exception:  # the connection's state is unknown: drop it; the general path decides
+                self._pg.drop()
+                hold = None
+            if hold is not None:
+                return hold
+
         def settle(conn: Connection) -> Hold:
             now = self.clock()
-            hold = _holds.settle(conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system)
-            if record is not None:
-                _records.record_usage(conn, hold, record, now=now)
-            return hold
+            row = None if record is None else (lambda hold: _records.usage_row(hold, record, now))
+            return _holds.settle_fast(
+                conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system, record=row
+            )
 
         return self._write(settle)
 

@@ -87,31 +87,39 @@ def stored_usage(row: Any) -> StoredUsage:
     )
 
 
-def record_usage(conn: Connection, hold: Hold, record: UsageRecord, *, now: int) -> None:
-    """Insert the record of a settled hold; a second call for the same request changes nothing."""
+def record_values(record: UsageRecord) -> dict[str, Any]:
+    """A usage row's values that come from the record, not from the settled hold."""
     if min(record.input_tokens, record.output_tokens, record.list_usd_micro) < 0:
         raise ValueError("token counts and list value cannot be negative")
-    insert_ignore(
-        conn,
-        usage_records,
-        {
-            "request_id": hold.request_id,
-            "account_id": hold.account,
-            "payer_id": hold.payer,
-            "asset": hold.asset,
-            "model": record.model,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "cost": hold.charged or 0,
-            "gateway_lot_id": record.gateway_lot_id,
-            "chain_lot_id": record.chain_lot_id,
-            "lot_kind": record.lot_kind,
-            "list_usd_micro": record.list_usd_micro,
-            "fee_bps": record.fee_bps,
-            "settled_at": now,
-            "status": PENDING,
-        },
-    )
+    return {
+        "model": record.model,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "gateway_lot_id": record.gateway_lot_id,
+        "chain_lot_id": record.chain_lot_id,
+        "lot_kind": record.lot_kind,
+        "list_usd_micro": record.list_usd_micro,
+        "fee_bps": record.fee_bps,
+        "status": PENDING,
+    }
+
+
+def usage_row(hold: Hold, record: UsageRecord, now: int) -> dict[str, Any]:
+    """The usage_records row of a settled hold."""
+    return {
+        "request_id": hold.request_id,
+        "account_id": hold.account,
+        "payer_id": hold.payer,
+        "asset": hold.asset,
+        "cost": hold.charged or 0,
+        "settled_at": now,
+        **record_values(record),
+    }
+
+
+def record_usage(conn: Connection, hold: Hold, record: UsageRecord, *, now: int) -> None:
+    """Insert the record of a settled hold; a second call for the same request changes nothing."""
+    insert_ignore(conn, usage_records, usage_row(hold, record, now))
 
 
 def get_usage(conn: Connection, request_id: str) -> StoredUsage | None:

@@ -1,0 +1,103 @@
+"""Blocking ledger calls off the event loop, on a few threads sized to the database.
+
+Why not `anyio.to_thread`: in a profile of the gateway at load, handing each ledger call
+to anyio's worker threads (a capacity limiter, a queue and a condition per call, one
+wake-up of the loop per result) cost about as much CPU as the SQL it ran. Here the
+threads share one queue and results go back through a deque and one byte on a pipe,
+written only when the loop has drained the previous ones (so one wake-up serves every
+result that finished meanwhile). Not `call_soon_threadsafe`: on uvloop, libuv's `uv_async_send` spins while
+the loop thread handles the previous wake-up — holding the GIL the loop thread needs —
+which showed as a quarter of the process's GIL time. SQLite has one writer at a time,
+so it gets one thread; PostgreSQL as many as configured (at most its connection pool).
+`wait` (how long calls wait for a thread, smoothed) tells the gateway when to shed load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+
+T = TypeVar("T")
+_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], float]
+_Result = tuple[asyncio.Future[Any], bool, Any]
+
+
+class LedgerThreads:
+    def __init__(self, threads: int, name: str = "ledger") -> None:
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._done: collections.deque[_Result] = collections.deque()
+        self._signalled = False
+        self.wait = 0.0  # smoothed seconds a call waits for a thread: overload shows here first
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(max(1, threads))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a ledger thread. The call runs to its end even if the caller is
+        cancelled meanwhile (and the caller waits for it): money that moved is known."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                raise RuntimeError("LedgerThreads serves one event loop")
+            self._loop = loop
+            loop.add_reader(self._rfd, self._drain)
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((future, fn, args, time.perf_counter()))
+        with anyio.CancelScope(shield=True):
+            result = await future
+        return result
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._rfd)
+        os.close(self._rfd)
+        os.close(self._wfd)
+
+    def _drain(self) -> None:
+        """On the loop: hand the finished calls' results to their callers."""
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._rfd, 4096)
+        self._signalled = False  # before draining: a result added from now on signals again
+        done = self._done
+        while done:
+            future, ok, value = done.popleft()
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            future, fn, args, queued = job
+            self.wait = 0.9 * self.wait + 0.1 * (time.perf_counter() - queued)
+            try:
+                self._done.append((future, True, fn(*args)))
+            except BaseException as exc:  # handed to the caller, like any result
+                self._done.append((future, False, exc))
+            if not self._signalled:
+                self._signalled = True
+                with contextlib.suppress(OSError):  # closed: nobody waits any more
+                    os.write(self._wfd, b"\0")

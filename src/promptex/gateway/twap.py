@@ -1,0 +1,154 @@
+"""The Oracle's TWAPs, cached, for paying a model in another provider's token.
+
+The gateway never calls the chain while serving a request: a background task reads
+`Oracle.consult(token, window)` for every provider token every few seconds (web3, in a
+thread) and requests use the last value read, if it is fresh enough. A request that
+needs a price the cache does not have fresh is refused before any money moves.
+
+`consult` answers USDC smallest units per 10**18 token units as an 18-decimal fixed-point
+number (CLD at $0.004218: 4_218 * 10**18), so
+
+    USDC units = token units × price / 10**36,   token units = USDC units × 10**36 / price.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.to_thread
+
+from promptex.config import Settings
+from promptex.metering import Rates
+
+log = logging.getLogger("promptex.gateway.twap")
+PRICE_SCALE = 10**36
+CONSULT_ABI = [
+    {
+        "type": "function",
+        "name": "consult",
+        "stateMutability": "view",
+        "inputs": [{"name": "token", "type": "address"}, {"name": "window", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    }
+]
+
+
+class TwapSource(Protocol):
+    def read(self) -> Mapping[str, int]:
+        """Provider token symbol → `consult` value, for the tokens priced right now (blocking)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Twap:
+    symbol: str
+    price: int  # Oracle.consult: USDC units per 10**18 token units, 18-decimal fixed point
+    read_at: float  # monotonic seconds
+
+    def from_usdc(self, rates: Rates) -> Rates:
+        """USDC rates re-expressed in this token's smallest units (exact; rounded once, up,
+        when a cost is formed: see `metering.message_cost`)."""
+        factor = Fraction(PRICE_SCALE, self.price)
+        return Rates(self.symbol, rates.input_per_1k * factor, rates.output_per_1k * factor)
+
+
+class OracleTwapSource:
+    """`Oracle.consult(token, window)` over JSON-RPC for each provider token of a deployment."""
+
+    def __init__(self, rpc_url: str, oracle: str, tokens: Mapping[str, str], window: int, timeout: float) -> None:
+        from web3 import Web3
+
+        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
+        self.oracle = self.w3.eth.contract(address=Web3.to_checksum_address(oracle), abi=CONSULT_ABI)
+        self.tokens = {symbol: Web3.to_checksum_address(address) for symbol, address in tokens.items()}
+        self.window = window
+
+    @classmethod
+    def from_deployment(
+        cls, rpc_url: str, network: str, window: int, *, root: Path | None = None, timeout: float = 10.0
+    ) -> OracleTwapSource:
+        from promptex.chain.deployments import load_deployment
+
+        deployment = load_deployment(network, root)
+        tokens = {symbol: deployment.address(f"token:{symbol}") for symbol in deployment.token_symbols()}
+        return cls(rpc_url, deployment.address("Oracle"), tokens, window, timeout)
+
+    def read(self) -> dict[str, int]:
+        from web3.exceptions import ContractLogicError
+
+        prices: dict[str, int] = {}
+        for symbol, token in self.tokens.items():
+            try:
+                price = int(self.oracle.functions.consult(token, self.window).call())
+            except ContractLogicError as exc:  # not tracked yet, or the window not covered
+                log.warning("no TWAP for %s: %s", symbol, exc)
+                continue
+            if price > 0:
+                prices[symbol] = price
+        return prices
+
+
+class TwapCache:
+    """The last TWAP read per token; `fresh` is None once it is older than `max_age`."""
+
+    def __init__(
+        self,
+        source: TwapSource,
+        *,
+        refresh_seconds: float,
+        max_age_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.refresh_seconds = refresh_seconds
+        self.max_age_seconds = max_age_seconds
+        self.clock = clock
+        self._prices: dict[str, Twap] = {}
+
+    def fresh(self, symbol: str) -> Twap | None:
+        twap = self._prices.get(symbol.upper())
+        if twap is None or self.clock() - twap.read_at > self.max_age_seconds:
+            return None
+        return twap
+
+    def refresh(self) -> None:
+        """Read every price once (blocking: call from a thread). A token the source does not
+        price now keeps its last value, which goes stale by itself."""
+        now = self.clock()
+        for symbol, price in self.source.read().items():
+            self._prices[symbol.upper()] = Twap(symbol.upper(), int(price), now)
+
+    async def run(self) -> None:
+        """Refresh forever, every `refresh_seconds`; a failed read is logged and retried."""
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.refresh)
+            except Exception as exc:  # the node is down or slow: prices go stale, requests get 503
+                log.warning("reading the Oracle's TWAPs failed: %s", type(exc).__name__)
+            await anyio.sleep(self.refresh_seconds)
+
+
+def twap_cache_from_settings(settings: Settings, source: TwapSource | None = None) -> TwapCache | None:
+    """The cache the gateway runs: over `source` if given, else over the deployed Oracle
+    when `gateway_twap_rpc_url` is set; None: no payment across tokens."""
+    if source is None:
+        if not settings.gateway_twap_rpc_url:
+            return None
+        source = OracleTwapSource.from_deployment(
+            settings.gateway_twap_rpc_url,
+            settings.gateway_twap_network,
+            settings.gateway_twap_window_seconds,
+            root=settings.deployments_dir,
+        )
+    return TwapCache(
+        source,
+        refresh_seconds=settings.gateway_twap_refresh_seconds,
+        max_age_seconds=settings.gateway_twap_max_age_seconds,
+    )

@@ -1,0 +1,56 @@
+"""The TWAP source against a real Oracle: anvil, `ape run deploy`, `ape run seed_market`
+(pools at the reference prices, one observation each), then time moves past the window."""
+
+from __future__ import annotations
+
+import ast
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from anvil_node import ape_env, ape_run, running_anvil
+from promptex.gateway.twap import PRICE_SCALE, OracleTwapSource, TwapCache
+
+pytestmark = pytest.mark.slow
+WINDOW = 60
+
+
+def reference_prices() -> dict[str, int]:
+    """seed_market's REFERENCE_PRICES (USDC units per whole token), read without importing ape."""
+    source = (Path(__file__).parents[2] / "scripts" / "seed_market.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "REFERENCE_PRICES":
+            prices: dict[str, int] = ast.literal_eval(node.value)
+            return prices
+    raise AssertionError("seed_market has no REFERENCE_PRICES")
+
+
+def rpc(url: str, method: str, *params: object) -> object:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
+    request = urllib.request.Request(url, body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())["result"]
+
+
+def test_oracle_twap_source__seeded_market__reads_reference_prices(tmp_path: Path) -> None:
+    deployments = tmp_path / "deployments"
+    with running_anvil() as url:
+        env = ape_env(url, deployments)
+        for script in ("deploy", "seed_market"):
+            done = ape_run(env, script)
+            assert done.returncode == 0, done.stderr[-2000:]
+        source = OracleTwapSource.from_deployment(url, "local", WINDOW, root=deployments)
+        assert source.read() == {}  # one observation, younger than the window: no TWAP yet
+        rpc(url, "evm_increaseTime", WINDOW + 1)
+        rpc(url, "evm_mine")
+
+        cache = TwapCache(source, refresh_seconds=30, max_age_seconds=60)
+        cache.refresh()
+
+    for symbol, reference in reference_prices().items():
+        twap = cache.fresh(symbol)
+        assert twap is not None, symbol
+        # an untouched pool averages to its opening price (the Oracle rounds down)
+        assert abs(twap.price - reference * PRICE_SCALE // 10**18) <= twap.price // 10**6, symbol
