@@ -7,8 +7,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from eth_account import Account
 
 from promptex.config import Settings
@@ -31,6 +28,7 @@ from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.metering import load_catalog
+from promptex.serving import ServerThread
 
 _spec = importlib.util.spec_from_file_location(
     "promptex_offchain_fixtures", Path(__file__).parents[1] / "offchain" / "conftest.py"
@@ -46,39 +44,6 @@ SELLER_KEY = "sk-fake-" + "seller"  # an obviously fake upstream key
 USDC = 10**6
 TOKEN = 10**18
 _events = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerThread:
-    """A uvicorn server on 127.0.0.1 in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 @dataclass
