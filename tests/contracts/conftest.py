@@ -65,15 +65,6 @@ def deployment(admin, treasury, attestor, settler, tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _deployment_first(deployment):
-    """Make the session's deployment before any module-scoped fixture deploys anything, so
-    ape's per-module snapshots are always taken after it: a session deployment first made
-    inside a module leaves ape to re-base that module's snapshot, which a CI run once got
-    wrong (the vault's exit market was not the recorded Router)."""
-    return deployment
-
-
 @pytest.fixture(scope="session")
 def usdc(deployment):
     return contract_at(deployment, "USDC")

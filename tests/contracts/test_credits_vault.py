@@ -1299,7 +1299,3 @@ def test_current_window__time_passes__counts_epoch_lengths_since_genesis(vault, 
     target = vault.genesis() + (start + 3) * vault.epoch_length()
     chain.mine(timestamp=target)
     assert vault.current_window() >= start + 3
-
-
-def test_deploy__exit_market__is_the_router(vault, deployment):
-    assert vault.exit_market() == deployment.address("Router")

@@ -3,16 +3,24 @@
 import json
 from pathlib import Path
 
+from web3 import Web3
 
-def test_deploy__fresh_anvil__records_every_contract(ape_run, tmp_path):
+
+def test_deploy__fresh_anvil__records_every_contract(ape_run, anvil_url, tmp_path):
     result = ape_run("deploy")
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "deployments/local.json").read_text())
     assert record["chain_id"] == 31337
     assert record["block_number"] > 0
-    for name in ("USDC", "CreditEscrow", "CreditsVault", "token:CLD", "token:GPT", "token:GEM", "token:LLM"):
+    names = ("USDC", "CreditEscrow", "CreditsVault", "Router", "RedemptionEscrow", "token:CLD", "token:LLM")
+    for name in names:
         assert record["contracts"][name]["address"].startswith("0x")
         assert Path(record["contracts"][name]["abi"]).exists()
+    # Wiring: the vault sells spend-only tokens through the recorded Router.
+    vault = record["contracts"]["CreditsVault"]
+    w3 = Web3(Web3.HTTPProvider(anvil_url))
+    contract = w3.eth.contract(address=vault["address"], abi=json.loads(Path(vault["abi"]).read_text()))
+    assert contract.functions.exit_market().call() == record["contracts"]["Router"]["address"]
 
 
 def test_deploy__live_deployment_recorded__refuses_with_one_line(ape_run, tmp_path):
