@@ -144,11 +144,28 @@ def balance(url):
     return r.json()["usd_micro"]
 
 
-def test_agent__rule_fires__sold_bought_released_to_payee(world, billing):
+@pytest.fixture(scope="module")
+def linked(world, billing):
+    """The user's anthropic account linked (agent and escrow) with a $20 top-up rule. A module
+    fixture, not an earlier test: xdist may run this module's tests on two workers."""
     agent = world.agent(billing)
     account = agent.link_account(USER.address, "anthropic", ACCOUNT, "scoped-cred", email="u@example.com")
     world.send(USER, world.escrow.functions.link_account(ANTHROPIC, account.account_ref))
     agent.add_rule(USER.address, "anthropic", "CLD", 20 * USD, 20 * USD, 5_000 * TOKEN)
+    return account
+
+
+@pytest.fixture(scope="module")
+def released(world, billing, linked):
+    """A released redemption: the rule's, made by the first test on this worker or here."""
+    agent = world.agent(billing)
+    if not agent.store.redemptions():
+        agent.run_once(check_rules=True)
+    return agent.store.redemptions()[0]
+
+
+def test_agent__rule_fires__sold_bought_released_to_payee(world, billing, linked):
+    agent = world.agent(billing)
     payee_before = world.usdc.functions.balanceOf(PAYEE).call()
     report = agent.run_once(check_rules=True)
     assert report.fired and list(report.advanced.values()) == [RELEASED], report
@@ -159,9 +176,9 @@ def test_agent__rule_fires__sold_bought_released_to_payee(world, billing):
     assert world.agent(billing).run_once(check_rules=True).fired == []
 
 
-def test_release__forged_or_replayed_receipt__refused_by_the_escrow(world, billing):
+def test_release__forged_or_replayed_receipt__refused_by_the_escrow(world, billing, released):
     agent = world.agent(billing)
-    r = agent.store.redemptions()[0]
+    r = released
     account = agent.store.account(r.account_id)
     args = (r.chain_redemption_id, ANTHROPIC, account.account_ref, r.receipt_usd_micro, r.billing_ref)
     fields = dict(zip(("redemption_id", "provider", "account_ref", "usd_micro", "billing_ref"), args, strict=True))
@@ -199,7 +216,7 @@ def _run(world, billing, step):
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
-def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(world, billing, step):
+def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(world, billing, linked, step):
     redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
     credits = balance(billing)
     status = _run(world, billing, step)

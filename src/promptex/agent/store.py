@@ -8,15 +8,14 @@ apply a step twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from promptex.coordinator.chain import SignedTx
-from promptex.coordinator.store import DROPPED, REVERTED, SENT, SUCCEEDED, StoredTx
+from promptex.coordinator.store import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore
 from promptex.gateway.envelope import Sealed
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.schema import (
@@ -152,14 +151,8 @@ class StaleTransition(RuntimeError):
     """The redemption was no longer in the status a step expected (another pass moved it)."""
 
 
-class AgentStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+class AgentStore(SignedTxStore):
+    txs_table = agent_txs
 
     # ─── Users and linked accounts ───────────────────────────────────────────
 
@@ -248,43 +241,6 @@ class AgentStore:
                 update(agent_rules)
                 .where(agent_rules.c.id == rule_id)
                 .values(last_checked_at=now, last_outcome=outcome[:REASON])
-            )
-
-    # ─── Signed transactions ─────────────────────────────────────────────────
-
-    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
-        return int(
-            conn.execute(
-                insert(agent_txs)
-                .values(
-                    purpose=purpose,
-                    sender=sender,
-                    nonce=signed.nonce,
-                    tx_hash=signed.tx_hash,
-                    raw_tx=signed.raw,
-                    status=SENT,
-                    created_at=now,
-                )  # fmt: skip
-                .returning(agent_txs.c.id)
-            ).scalar_one()
-        )
-
-    def tx(self, tx_id: int) -> StoredTx:
-        with self._tx() as conn:
-            m = conn.execute(select(agent_txs).where(agent_txs.c.id == tx_id)).one()._mapping
-        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
-
-    def open_txs(self) -> list[StoredTx]:
-        with self._tx() as conn:
-            rows = conn.execute(select(agent_txs).where(agent_txs.c.status == SENT).order_by(agent_txs.c.nonce)).all()
-        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
-
-    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                update(agent_txs)
-                .where(agent_txs.c.id == tx_id, agent_txs.c.status == SENT)
-                .values(status=status, block_number=block, closed_at=now)
             )
 
     # ─── Redemptions ─────────────────────────────────────────────────────────

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
 
 from promptex.chain.vault import UNLIMITED
 from promptex.coordinator.chain import SignedTx
@@ -126,7 +126,12 @@ class ReleaseRefused(ValueError):
     """The amount is not free of unsettled usage: the user must take the trustless exit."""
 
 
-class CoordinatorStore:
+class SignedTxStore:
+    """A service's database access, with its log of signed transactions (`txs_table`):
+    stored before broadcast, looked up after a crash, closed once resolved."""
+
+    txs_table: Table
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -134,6 +139,36 @@ class CoordinatorStore:
     def _tx(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
+        t = self.txs_table
+        values = {"purpose": purpose, "sender": sender, "nonce": signed.nonce, "tx_hash": signed.tx_hash}
+        row = insert(t).values(**values, raw_tx=signed.raw, status=SENT, created_at=now).returning(t.c.id)
+        return int(conn.execute(row).scalar_one())
+
+    def tx(self, tx_id: int) -> StoredTx:
+        with self._tx() as conn:
+            m = conn.execute(select(self.txs_table).where(self.txs_table.c.id == tx_id)).one()._mapping
+        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
+
+    def open_txs(self) -> list[StoredTx]:
+        t = self.txs_table
+        with self._tx() as conn:
+            rows = conn.execute(select(t).where(t.c.status == SENT).order_by(t.c.nonce)).all()
+        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
+
+    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
+        t = self.txs_table
+        with self._tx() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.id == tx_id, t.c.status == SENT)
+                .values(status=status, block_number=block, closed_at=now)
+            )
+
+
+class CoordinatorStore(SignedTxStore):
+    txs_table = coordinator_txs
 
     # ─── Lease ───────────────────────────────────────────────────────────────
 
@@ -325,45 +360,6 @@ class CoordinatorStore:
                     .where(usage_records.c.batch_id == batch.id)
                     .values(status=PENDING, batch_id=None, epoch=None, address=None, seller_share=None, fee=None)
                 )
-
-    # ─── Signed transactions ─────────────────────────────────────────────────
-
-    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
-        return int(
-            conn.execute(
-                insert(coordinator_txs)
-                .values(
-                    purpose=purpose,
-                    sender=sender,
-                    nonce=signed.nonce,
-                    tx_hash=signed.tx_hash,
-                    raw_tx=signed.raw,
-                    status=SENT,
-                    created_at=now,
-                )
-                .returning(coordinator_txs.c.id)
-            ).scalar_one()
-        )
-
-    def tx(self, tx_id: int) -> StoredTx:
-        with self._tx() as conn:
-            m = conn.execute(select(coordinator_txs).where(coordinator_txs.c.id == tx_id)).one()._mapping
-        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
-
-    def open_txs(self) -> list[StoredTx]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(coordinator_txs).where(coordinator_txs.c.status == SENT).order_by(coordinator_txs.c.nonce)
-            ).all()
-        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
-
-    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                update(coordinator_txs)
-                .where(coordinator_txs.c.id == tx_id, coordinator_txs.c.status == SENT)
-                .values(status=status, block_number=block, closed_at=now)
-            )
 
     # ─── Listed lots' escrow draw-downs ──────────────────────────────────────
 

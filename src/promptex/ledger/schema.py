@@ -268,23 +268,29 @@ usage_records = Table(
     Index(None, "status", "asset"),
 )
 
+
 # Every transaction the coordinator signs, stored before it is broadcast: after a crash
 # the same signed bytes are looked up or sent again, never signed anew.
-coordinator_txs = Table(
-    "coordinator_txs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("purpose", String(32), nullable=False),  # settle | consume | spend_cap
-    Column("sender", String(ADDRESS), nullable=False),
-    Column("nonce", BigInteger, nullable=False),
-    Column("tx_hash", String(66), nullable=False, unique=True),
-    Column("raw_tx", Text, nullable=False),
-    Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
-    Column("block_number", BigInteger, nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("closed_at", BigInteger, nullable=True),
-    Index(None, "status", "nonce"),
-)
+def _signed_txs(name: str) -> Table:
+    """A log of signed transactions, one per signer service (each checks its own nonces)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("purpose", String(32), nullable=False),  # e.g. settle | consume | spend_cap | redeem | release
+        Column("sender", String(ADDRESS), nullable=False),
+        Column("nonce", BigInteger, nullable=False),
+        Column("tx_hash", String(66), nullable=False, unique=True),
+        Column("raw_tx", Text, nullable=False),
+        Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
+        Column("block_number", BigInteger, nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        Column("closed_at", BigInteger, nullable=True),
+        Index(None, "status", "nonce"),
+    )
+
+
+coordinator_txs = _signed_txs("coordinator_txs")
 
 # One settlement per (asset, epoch): planned → submitted → confirmed (or failed, its
 # records back to pending, when its transaction can no longer land).
@@ -419,21 +425,7 @@ agent_rules = Table(
 )
 
 # Raw transactions the agent signed, stored before broadcast (as coordinator_txs).
-agent_txs = Table(
-    "agent_txs",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("purpose", String(32), nullable=False),  # redeem | release
-    Column("sender", String(ADDRESS), nullable=False),
-    Column("nonce", BigInteger, nullable=False),
-    Column("tx_hash", String(66), nullable=False, unique=True),
-    Column("raw_tx", Text, nullable=False),
-    Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
-    Column("block_number", BigInteger, nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("closed_at", BigInteger, nullable=True),
-    Index(None, "status", "nonce"),
-)
+agent_txs = _signed_txs("agent_txs")
 
 # One redemption: planned → selling → escrowed → purchased → receipted → releasing →
 # released (or failed / rejected / abandoned / refunded); see promptex.agent.machine.
