@@ -18,6 +18,7 @@ import uvicorn
 from coordinator_fakes import FakeChain, Revert, State
 from eth_account import Account
 from eth_utils.crypto import keccak
+from starlette.applications import Starlette
 
 from promptex.agent.chain import ChainRedemption, Grant, Redeemed
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
@@ -226,19 +227,19 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving_billing(config: FakeBillingConfig) -> Iterator[str]:
-    """The fake billing API on a free loopback port, in a thread; yields its URL."""
+def serving_billing(config: FakeBillingConfig) -> Iterator[tuple[str, Starlette]]:
+    """The fake billing API on a free loopback port, in a thread; yields its URL and app
+    (swap `app.state.config` to reconfigure it)."""
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_fake_billing(config), host="127.0.0.1", port=port, log_level="error", lifespan="off")
-    )
+    app = create_fake_billing(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -63,14 +62,6 @@ def make_world(db_file: Any, url: str, billing: FakeBillingConfig) -> World:
     world = World(ledger, chain, billing, url, MasterKeys({"k1": os.urandom(32)}, "k1"))
     world.link()
     return world
-
-
-def reset_billing(config: FakeBillingConfig) -> FakeBillingConfig:
-    """Put a shared fake billing API's configuration back to the fresh one, in place."""
-    fresh = billing_config()
-    for f in dataclasses.fields(fresh):
-        setattr(config, f.name, getattr(fresh, f.name))
-    return config
 
 
 def billing_config() -> FakeBillingConfig:

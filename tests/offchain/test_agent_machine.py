@@ -5,10 +5,12 @@ failures and timeouts retried without buying twice, forged and replayed receipts
 from __future__ import annotations
 
 import dataclasses
+import time
 
+import httpx
 import pytest
 from agent_fakes import PAYEE, TOKENS, USER
-from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, USD
+from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, USD, billing_config
 
 from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
@@ -124,6 +126,21 @@ def test_billing__retry_not_due__not_called_again(world):
     calls = world.billing.requests
     agent.run_once(check_rules=False)  # the clock did not move: backoff not over
     assert world.billing.requests == calls and agent.store.get(1).status == ESCROWED
+
+
+def test_fake_billing__request_still_running_from_earlier_config__cannot_touch_the_new_one(agent_billing):
+    # The agent tests share one fake billing server: a request a client timed out on
+    # must not consume the failure injected for the next test (a flake seen in CI).
+    url, app = agent_billing
+    old = app.state.config = billing_config()
+    old.delay_seconds, old.delay_times = 0.5, 1
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"{url}/v1/accounts/{ACCOUNT}/balance", headers={"authorization": f"Bearer {CREDENTIAL}"},
+                  timeout=0.1)  # fmt: skip
+    new = app.state.config = billing_config()
+    new.fail_status, new.fail_times = 500, 1
+    time.sleep(0.8)  # the old request wakes up and finishes
+    assert (old.requests, new.requests, new.fail_times) == (1, 0, 1)
 
 
 def test_receipt__forged_signature__rejected_never_released_user_refunds_after_deadline(world):

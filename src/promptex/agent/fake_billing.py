@@ -12,6 +12,8 @@ The account reference it signs is keccak256(salt ‖ id), computed here from the
 the URL, so a receipt can only name the account the credits went to. Errors are
 injected by configuration: a failure status or a delay (a client timeout) for the next
 N requests, failing AFTER applying a purchase (a lost answer), or a forged signature.
+The configuration lives in `app.state.config`; each request reads it once, on arrival,
+so swapping in a new one never lets a slow earlier request act on it.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _json(body: Any, status: int = 200) -> Response:
 def create_fake_billing(config: FakeBillingConfig) -> Starlette:
     forged_key = "0x" + secrets.token_hex(32)
 
-    async def gate(request: Request) -> tuple[str, Response | None]:
+    async def gate(request: Request, config: FakeBillingConfig) -> tuple[str, Response | None]:
         config.requests += 1
         if config.delay_times > 0:
             config.delay_times -= 1
@@ -71,13 +73,15 @@ def create_fake_billing(config: FakeBillingConfig) -> Starlette:
         return account, None
 
     async def balance(request: Request) -> Response:
-        account, refused = await gate(request)
+        config: FakeBillingConfig = request.app.state.config
+        account, refused = await gate(request, config)
         if refused is not None:
             return refused
         return _json({"account": account, "usd_micro": config.balances.get(account, 0)})
 
     async def credits(request: Request) -> Response:
-        account, refused = await gate(request)
+        config: FakeBillingConfig = request.app.state.config
+        account, refused = await gate(request, config)
         if refused is not None:
             return refused
         key = request.headers.get("idempotency-key", "")
@@ -119,9 +123,11 @@ def create_fake_billing(config: FakeBillingConfig) -> Starlette:
             return _json({"error": "idempotency key reused for a different purchase"}, 409)
         return _json(receipt)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/accounts/{account}/balance", balance, methods=["GET"]),
             Route("/v1/accounts/{account}/credits", credits, methods=["POST"]),
         ]
     )
+    app.state.config = config
+    return app
