@@ -1,15 +1,18 @@
 """Auto-topup rules: fire when the linked balance is low and the market can deliver within
 the rule's maximum and the grant; otherwise do not fire and tell the user (once a day
-per reason). And the outbox's SMTP delivery."""
+per reason). And the outbox's delivery to a real local SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
-import smtplib
+from email import message_from_bytes
 
 import pytest
 from agent_fakes import TOKENS, USER
 from agent_world import ACCOUNT, USD
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
+from anvil_node import free_port
 from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.store import PENDING, RELEASED, SENT_MAIL, UNSENT
 
@@ -80,45 +83,69 @@ def test_rule__bad_values__refused(world):
         _rule(world, add=0)
 
 
-class Recorder:
-    sent: list = []
-    fail = False
+class Inbox:
+    """An aiosmtpd handler that keeps what it receives."""
 
-    def __init__(self, host, port, timeout):
-        self.host = host
+    def __init__(self):
+        self.messages = []
 
-    def __enter__(self):
-        if Recorder.fail:
-            raise OSError("connection refused")
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def starttls(self):
-        pass
-
-    def login(self, user, password):
-        self.user = user
-
-    def send_message(self, message):
-        Recorder.sent.append(message)
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
 
 
-def test_outbox__smtp_configured__sent_once_unconfigured_waits_failure_retried(world, monkeypatch):
-    monkeypatch.setattr(smtplib, "SMTP", Recorder)
-    Recorder.sent, Recorder.fail = [], False
+def _login(server, session, envelope, mechanism, auth_data):
+    ok = (auth_data.login, auth_data.password) == (b"agent", b"s3cret")
+    return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535
+
+
+@pytest.fixture
+def smtp_server():
+    inbox = Inbox()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=free_port(), authenticator=_login, auth_required=True,
+        auth_require_tls=False,
+    )  # fmt: skip
+    controller.start()
+    try:
+        yield controller, inbox
+    finally:
+        controller.stop()
+
+
+def test_outbox__unconfigured_waits_refused_retried_sent_once_no_email_unsent(world, smtp_server):
+    controller, inbox = smtp_server
     store = world.agent().store
     store.notify(USER, "k1", "receipt", "Credits added", "body", 1)
     store.notify(USER, "k1", "receipt", "Credits added", "body", 1)  # the same key: once
     store.notify("0x2222222222222222222222222222222222222222", "k2", "receipt", "x", "y", 1)  # no email
     assert deliver(store, None, 2) == 0 and {n.status for n in store.notifications()} == {PENDING}
-    Recorder.fail = True
-    assert deliver(store, SmtpConfig("smtp.local", user="u", password="p"), 3) == 0
-    assert store.notifications()[0].status == PENDING and store.notifications()[0].attempts == 1
-    Recorder.fail = False
-    assert deliver(store, SmtpConfig("smtp.local"), 4) == 1
+    down = SmtpConfig("127.0.0.1", free_port(), starttls=False, timeout=2)
+    assert deliver(store, down, 3) == 0
+    first = store.notifications()[0]
+    assert first.status == PENDING and first.attempts == 1 and "ConnectionRefusedError" in (first.error or "")
+    up = SmtpConfig(controller.hostname, controller.port, "agent", "s3cret", starttls=False, timeout=5)
+    assert deliver(store, up, 4) == 1
     first, second = store.notifications()
     assert (first.status, second.status) == (SENT_MAIL, UNSENT)
-    assert [m["To"] for m in Recorder.sent] == ["user@example.com"]
-    assert deliver(store, SmtpConfig("smtp.local"), 5) == 0  # nothing sent twice
+    assert [m["To"] for m in inbox.messages] == ["user@example.com"]
+    assert deliver(store, up, 5) == 0  # nothing sent twice
+
+
+def test_outbox__real_smtp_server__wrong_login_waits_then_delivered_once(world, smtp_server):
+    controller, inbox = smtp_server
+    store = world.agent().store
+    store.notify(USER, "k1", "receipt", "Credits added", "20 USD of anthropic credit", 1)
+    config = SmtpConfig(controller.hostname, controller.port, "agent", "wrong", starttls=False, timeout=5)
+    assert deliver(store, config, 2) == 0
+    [n] = store.notifications()
+    assert n.status == PENDING and n.attempts == 1 and "SMTPAuthenticationError" in (n.error or "")
+    assert inbox.messages == []
+    config = SmtpConfig(controller.hostname, controller.port, "agent", "s3cret", sender="agent@promptex.local",
+                        starttls=False, timeout=5)  # fmt: skip
+    assert deliver(store, config, 3) == 1
+    assert deliver(store, config, 4) == 0  # sent once
+    [mail] = inbox.messages
+    assert (mail["From"], mail["To"], mail["Subject"]) == ("agent@promptex.local", "user@example.com", "Credits added")
+    assert mail.get_payload().strip() == "20 USD of anthropic credit"
+    assert store.notifications()[0].status == SENT_MAIL

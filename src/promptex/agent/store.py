@@ -101,6 +101,7 @@ class Notification:
     body: str
     status: str
     attempts: int
+    error: str | None = None  # why the last delivery failed
 
 
 def _b(value: str | None) -> bytes | None:
@@ -364,7 +365,7 @@ class AgentStore(SignedTxStore):
             stmt = stmt.where(o.status.in_(tuple(statuses)))
         with self._tx() as conn:
             return [
-                Notification(r.id, r.user_address, r.kind, r.subject, r.body, r.status, r.attempts)
+                Notification(r.id, r.user_address, r.kind, r.subject, r.body, r.status, r.attempts, r.error)
                 for r in conn.execute(stmt).all()
             ]
 
