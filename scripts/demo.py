@@ -13,10 +13,14 @@ in CLD; buyer 2 GPT, paid in USDC). The coordinator settles the epoch on-chain (
 and lot A drawn down; seller B credited USDC; lot B drawn down in the escrow) with the
 Merkle root of the usage records, and one record is proved against that root. Seller B
 claims; buyer 1 sells its unused CLD inside the vault and withdraws at once with
-coordinator-signed releases; buyer 2 leaves through the trustless thaw.
+coordinator-signed releases; buyer 2 leaves through the trustless thaw. A Claude user
+who holds CLD grants the redemption agent, links its Anthropic account and sets an
+auto-topup rule; the rule fires: the agent sells CLD into RedemptionEscrow, buys credits
+from the (fake) Anthropic billing API, and the escrow releases the USDC against the
+billing signer's EIP-712 receipt. Finally one usage record is proved against the root.
 
-The upstream providers are fakes (deterministic text, real token counts). Redemption
-(issue 8's agent) is not part of it yet.
+The upstream providers and the billing API are fakes (deterministic text, real token
+counts; a billing API that keeps balances and signs receipts with anvil's account 9).
 """
 
 import json
@@ -30,11 +34,18 @@ from ape.cli import ConnectedProviderCommand
 from rich.console import Console
 from rich.table import Table
 
+from promptex.agent.billing import HttpBilling
+from promptex.agent.chain import Web3AgentChain
+from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
+from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
+from promptex.agent.service import Agent
+from promptex.agent.store import RELEASED
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
 from promptex.chain.errors import readable_errors
 from promptex.chain.escrow import KIND_TOKENIZED
 from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
+from promptex.chain.redemption import STATUS_RELEASED, provider_id
 from promptex.chain.vault import UNLIMITED, sign_spend_cap
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
@@ -59,6 +70,7 @@ from promptex.serving import ServerThread
 console = Console(width=110)
 DAY = 86_400
 PROMPT = [{"role": "user", "content": "Summarise why idle API credits should be tradable."}]
+BILLING_ACCOUNT = "acct_claude_user"  # the Claude user's account at the fake Anthropic billing API
 
 
 def usd(micro: int) -> str:
@@ -105,6 +117,15 @@ class Market:
         self.coordinator = Coordinator(self.ledger.engine, Web3Chain(rpc_url, deployment, coordinator_key))
         self.upstream = ServerThread(create_fake_upstream(FakeUpstreamConfig(output_tokens=400)))
         self.gateway: ServerThread | None = None
+        self.billing_config = FakeBillingConfig(
+            signer_key=LOCAL_BILLING_SIGNER_KEY, chain_id=chain.chain_id,
+            escrow=deployment.address("RedemptionEscrow"), balances={BILLING_ACCOUNT: 5 * USD_MICRO},
+        )  # fmt: skip
+        self.billing = ServerThread(create_fake_billing(self.billing_config)).__enter__()
+        self.agent = Agent(
+            self.ledger.engine, Web3AgentChain(rpc_url, deployment, LOCAL_AGENT_KEY), HttpBilling(timeout=10),
+            self.keys, billing_url=self.billing.url, tx_timeout=30,
+        )  # fmt: skip
 
     def serve(self) -> None:
         """Start the gateway once the lots exist (it loads them as it starts)."""
@@ -114,6 +135,7 @@ class Market:
         if self.gateway is not None:
             self.gateway.__exit__(None, None, None)
         self.upstream.__exit__(None, None, None)
+        self.billing.__exit__(None, None, None)
         self.ledger.close()
 
     def index(self) -> None:
@@ -126,7 +148,8 @@ class Market:
 
 
 def run_demo(network_name: str) -> None:
-    admin, seller_a, seller_b, treasury, buyer_1, buyer_2, coordinator = accounts.test_accounts[0:7]
+    admin, seller_a, seller_b, treasury, buyer_1, buyer_2, coordinator, claude_user = accounts.test_accounts[0:8]
+    billing_signer = accounts.test_accounts[9].address  # the fake billing API's key (anvil account 9)
 
     step("Deploy MockUSDC, CreditEscrow, CreditsVault, the CLD/GPT/GEM/LLM tokens and the DEX")
     deployment = deploy_all(
@@ -135,6 +158,7 @@ def run_demo(network_name: str) -> None:
         treasury=treasury.address,
         coordinator=coordinator.address,
         settler=coordinator.address,
+        billing_signers={"anthropic": billing_signer},
         force=True,
         log=lambda _: None,
     )
@@ -146,7 +170,9 @@ def run_demo(network_name: str) -> None:
     market.upstream.__enter__()
     console.print(f"  ledger and gateway state in {work}; fake upstream at {market.upstream.url}")
     try:
-        run_market(deployment, market, admin, seller_a, seller_b, treasury, buyer_1, buyer_2)
+        request_id = run_market(deployment, market, admin, seller_a, seller_b, treasury, buyer_1, buyer_2)
+        redeem_with_agent(deployment, market, claude_user)
+        prove_usage(deployment, market, request_id)
     finally:
         market.close()
     console.print("[bold green]demo complete: every number reconciles[/]")
@@ -209,6 +235,7 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
         router, contract_at(deployment, "Factory"), cld, usdc, 2_000_000 * TOKEN_UNIT, 4_218, seller_a
     )
     check(pool.totalSupply() > 0, f"pool {pool.address} holds liquidity")
+    contract_at(deployment, "Oracle").update(cld, sender=seller_a)  # the TWAP's first observation
 
     step("Buyer 1 swaps 100 USDC for CLD through the router (min_out 1 % under the quote) and deposits it")
     usdc.mint(buyer_1, 100 * USD_MICRO, sender=buyer_1)
@@ -307,16 +334,6 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     check(escrow.lots(lot_b).consumed == list_value_b, "lot B drawn down in the escrow by the list value it served")
     reconcile(ledger, vault, buyers, "after settlement: ledger == vault for both buyers")
 
-    step("Anyone can prove a usage record against the root the vault holds on-chain")
-    _who, _model, request_id, _use, _ = calls[1]
-    proof = build_proof(CoordinatorStore(ledger.engine), request_id)
-    root = vault.usage_roots(cld, proof["epoch"])
-    path_hashes = [bytes.fromhex(p[2:]) for p in proof["proof"]]
-    check(
-        verify(path_hashes, bytes(root), bytes.fromhex(proof["leaf"][2:])),
-        f"record {request_id} proves into CLD epoch {proof['epoch']}'s root {root.hex()[:18]}…",
-    )
-
     step("Seller B claims its USDC")
     before = usdc.balanceOf(seller_b)
     vault.claim(usdc, sender=seller_b)
@@ -357,7 +374,62 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
             label, tokens(vault.balance_of(who, cld)), usd(vault.balance_of(who, usdc)), usd(usdc.balanceOf(who))
         )
     console.print(final)
-    console.print("  (redemption through an agent — issue 8 — is not part of the demo yet)")
+    _who, _model, request_id, _use, _ = calls[1]
+    return request_id
+
+
+def redeem_with_agent(deployment, market: Market, user) -> None:
+    usdc, cld, router = (contract_at(deployment, n) for n in ("USDC", "token:CLD", "Router"))
+    escrow = contract_at(deployment, "RedemptionEscrow")
+    agent, billing = market.agent, market.billing_config
+    operator = agent.chain.sender  # the agent's operator is reimbursed in USDC
+
+    step("A Claude user buys 100 USDC of CLD, grants the redemption agent and links its Anthropic account")
+    # Ten minutes later: the escrow prices its slippage bound on a 600-s TWAP, now covered.
+    chain.pending_timestamp += 700
+    usdc.mint(user, 100 * USD_MICRO, sender=user)
+    usdc.approve(router, 100 * USD_MICRO, sender=user)
+    path, fees = [usdc.address, cld.address], [DEFAULT_FEE]
+    router.swap_exact_in(100 * USD_MICRO, 0, path, fees, user, chain.pending_timestamp + 600, sender=user)
+    held = int(cld.balanceOf(user))
+    account = agent.link_account(user.address, "anthropic", BILLING_ACCOUNT, "scoped-billing-credential")
+    escrow.link_account(provider_id("anthropic"), account.account_ref, sender=user)
+    expiry = chain.pending_timestamp + DAY
+    escrow.set_grant(operator, operator, expiry, 500, [cld], [held], sender=user)  # ≤ 5 % under the TWAP
+    cld.approve(escrow, held, sender=user)
+    rule = agent.add_rule(user.address, "anthropic", "CLD", 20 * USD_MICRO, 20 * USD_MICRO, held)
+    console.print(f"  grant: agent {operator}, up to {tokens(held)} CLD a day, 5 % slippage against the TWAP")
+    console.print(
+        f"  rule {rule.id}: when the Anthropic balance is under $20, add $20 (balance now {usd(5 * USD_MICRO)})"
+    )
+
+    step("The agent's pass: the rule fires, CLD is sold into the escrow, credits bought, USDC released")
+    operator_before, escrow_before = usdc.balanceOf(operator), usdc.balanceOf(escrow)
+    report = agent.run_once(check_rules=True)
+    if not report.fired:
+        raise click.ClickException(f"the rule did not fire: {report.skipped}")
+    [redemption] = agent.store.redemptions()
+    check(report.fired == [rule.id] and redemption.status == RELEASED, f"rule fired; redemption {redemption.status}")
+    check(billing.balances[BILLING_ACCOUNT] == 25 * USD_MICRO, "the Anthropic account was topped up to $25")
+    on_chain = escrow.redemptions(redemption.chain_redemption_id)
+    check(on_chain.status == STATUS_RELEASED, "the escrow released against the billing signer's EIP-712 receipt")
+    check(usdc.balanceOf(operator) - operator_before == 20 * USD_MICRO, "the agent's operator was reimbursed $20")
+    check(usdc.balanceOf(escrow) == escrow_before, "the escrow holds no USDC for it any more")
+    sold = held - cld.balanceOf(user)
+    ref = (redemption.billing_ref or b"").hex()[:16]
+    console.print(f"  sold {tokens(sold)} CLD for $20 of Anthropic credit (billing ref 0x{ref}…)")
+
+
+def prove_usage(deployment, market: Market, request_id: str) -> None:
+    step("Anyone can prove a usage record against the root the vault holds on-chain")
+    vault, cld = contract_at(deployment, "CreditsVault"), contract_at(deployment, "token:CLD")
+    proof = build_proof(CoordinatorStore(market.ledger.engine), request_id)
+    root = vault.usage_roots(cld, proof["epoch"])
+    path_hashes = [bytes.fromhex(p[2:]) for p in proof["proof"]]
+    check(
+        verify(path_hashes, bytes(root), bytes.fromhex(proof["leaf"][2:])),
+        f"record {request_id} proves into CLD epoch {proof['epoch']}'s root {root.hex()[:18]}…",
+    )
 
 
 def tokens_of(usage) -> tuple[int, int]:

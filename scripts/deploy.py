@@ -14,9 +14,21 @@ from promptex.chain.errors import readable_errors
 @click.option("--treasury", default=None, help="mint-fee recipient (default: deployer)")
 @click.option("--attestor", default=None, help="gateway attestor (default: deployer)")
 @click.option("--settler", default=None, help="settlement role (default: deployer)")
+@click.option(
+    "--billing-signer",
+    "billing_signers",
+    multiple=True,
+    help="PROVIDER=ADDRESS: the provider's billing signer RedemptionEscrow trusts for receipts (repeatable)",
+)
 @click.option("--force", is_flag=True, help="replace a live deployment recorded for this network")
 @click.option("--keep-existing", is_flag=True, help="if a live deployment is recorded, keep it and succeed")
-def cli(network, alias, usdc, treasury, attestor, settler, force, keep_existing):
+def cli(network, alias, usdc, treasury, attestor, settler, billing_signers, force, keep_existing):
+    signers = {}
+    for item in billing_signers:
+        provider, _, address = item.partition("=")
+        if not provider or not address.startswith("0x") or len(address) != 42:
+            raise click.BadParameter(f"{item!r}: expected PROVIDER=0xADDRESS", param_hint="--billing-signer")
+        signers[provider] = address
     with readable_errors():
         existing = live_deployment(network.name)
         if keep_existing and existing is not None and not force:
@@ -30,6 +42,7 @@ def cli(network, alias, usdc, treasury, attestor, settler, force, keep_existing)
             treasury=treasury,
             attestor=attestor,
             settler=settler,
+            billing_signers=signers or None,
             force=force,
             log=click.echo,
         )

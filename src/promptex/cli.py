@@ -516,14 +516,24 @@ def buyer_org_key(org_name: str, budget: str | None) -> None:
 @click.option("--gateway-host", default="127.0.0.1", show_default=True)
 @click.option("--gateway-port", default=8080, show_default=True, type=int)
 @click.option("--upstream-port", default=9000, show_default=True, type=int, help="the fake upstreams' port")
+@click.option("--billing-port", default=9100, show_default=True, type=int, help="the fake billing API's port")
 @click.option("--no-seed", is_flag=True, help="do not open the seed pools")
 def up_command(
-    rpc_url: str | None, chain_port: int, gateway_host: str, gateway_port: int, upstream_port: int, no_seed: bool
+    rpc_url: str | None,
+    chain_port: int,
+    gateway_host: str,
+    gateway_port: int,
+    upstream_port: int,
+    billing_port: int,
+    no_seed: bool,
 ) -> None:
-    """Start the local market: anvil, deploy, seed, fake upstreams and the gateway (Ctrl-C stops it)."""
+    """Start the local market: anvil, deploy, seed, indexer, coordinator, fake upstreams, the
+    gateway, a fake billing API and the redemption agent (Ctrl-C stops it)."""
     from promptex.up import UpOptions, up
 
-    options = UpOptions(rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed)
+    options = UpOptions(
+        rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed, billing_port=billing_port
+    )
     raise SystemExit(up(options))
 
 

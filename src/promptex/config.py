@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     agent_rpc_url: str = "http://127.0.0.1:8545"
     agent_network: str = "local"
     # The agent's signing key (the address users grant); never logged. None on the local
-    # network: anvil's public development account 5 (0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc).
+    # network: anvil's public development account 8 (0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f).
     agent_private_key: SecretStr | None = None
     # Seconds between passes (advance redemptions, send notifications) and between rule checks.
     agent_poll_seconds: float = 5.0
@@ -173,8 +173,8 @@ class Settings(BaseSettings):
     agent_smtp_from: str = "promptex-agent@localhost"
     agent_smtp_starttls: bool = True
     # The fake provider billing API (`promptex fake-billing`): port, and its receipt signing
-    # key (None on the local network: anvil's public development account 4,
-    # 0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65, to register as the billing signer).
+    # key (None on the local network: anvil's public development account 9,
+    # 0xa0Ee7A142d267C1f36714E4a8F75612F20a79720, to register as the billing signer).
     agent_fake_billing_port: int = 9100
     agent_fake_billing_private_key: SecretStr | None = None
 

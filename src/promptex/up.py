@@ -2,7 +2,8 @@
 
 Starts a local anvil (unless an RPC URL is given), deploys with the ape deploy script
 (unless a live deployment is recorded), seeds the market, then runs the long-lived
-services as child processes with their output prefixed by name, prints a status table,
+services (indexer, coordinator, fake upstreams, gateway, fake billing API, redemption
+agent) as child processes with their output prefixed by name, prints a status table,
 and stops everything on Ctrl-C / SIGTERM — or as soon as any service dies, so a broken
 market never looks alive.
 """
@@ -65,6 +66,16 @@ def http_answers(url: str) -> bool:
         return httpx.get(url, timeout=1.0).status_code < 500
     except httpx.HTTPError:
         return False
+
+
+def local_billing_signer() -> str:
+    """The address `promptex fake-billing` signs receipts with (its configured key)."""
+    from eth_account import Account
+
+    from promptex.agent.cli import fake_billing_key
+    from promptex.config import Settings
+
+    return str(Account.from_key(fake_billing_key(Settings())).address)
 
 
 def promptex_argv(*args: str) -> list[str]:
@@ -160,13 +171,16 @@ class UpOptions:
     gateway_port: int
     upstream_port: int
     seed: bool
+    billing_port: int = 9100
 
 
 def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
     """The long-lived services after the chain: the indexer and the coordinator (which follow
-    the chain), the fake upstreams, then the gateway."""
+    the chain), the fake upstreams, the gateway, then the fake billing API and the
+    redemption agent that buys credits from it."""
     upstream = f"http://127.0.0.1:{options.upstream_port}"
     gateway = f"http://{options.gateway_host}:{options.gateway_port}"
+    billing = f"http://127.0.0.1:{options.billing_port}"
     return [
         Service("indexer", promptex_argv("indexer"), url=rpc_url),
         Service("coordinator", promptex_argv("coordinator"), url=rpc_url),
@@ -182,6 +196,13 @@ def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
             url=f"{gateway}/v1",
             ready=lambda: http_answers(f"{gateway}/v1/models"),
         ),
+        Service(
+            "billing",
+            promptex_argv("fake-billing", "--port", str(options.billing_port)),
+            url=billing,
+            ready=lambda: http_answers(f"{billing}/v1/accounts/probe/balance"),
+        ),
+        Service("agent", promptex_argv("agent", "run"), url=rpc_url),
     ]
 
 
@@ -206,12 +227,15 @@ def up(options: UpOptions) -> int:
             )
         elif not rpc_answers(rpc_url):
             raise UpError(f"no JSON-RPC node answers on {rpc_url}")
-        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "GATEWAY_TWAP"):
+        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "GATEWAY_TWAP", "AGENT"):
             env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
+        env["PROMPTEX_AGENT_BILLING_URL"] = f"http://127.0.0.1:{options.billing_port}"
         # Cross-token prices need a covered TWAP window; a fresh local chain has minutes, not half an hour.
         env.setdefault("PROMPTEX_GATEWAY_TWAP_WINDOW_SECONDS", "120")
         env["APE_FOUNDRY_HOST"] = rpc_url
-        supervisor.run_step("deploy", ape_argv("deploy", "--keep-existing"))
+        # RedemptionEscrow trusts the local fake billing API's key for anthropic receipts.
+        signer = f"anthropic={local_billing_signer()}"
+        supervisor.run_step("deploy", ape_argv("deploy", "--keep-existing", "--billing-signer", signer))
         if options.seed:
             supervisor.run_step("seed market", ape_argv("seed_market"))
         for service in plan_services(options, rpc_url):

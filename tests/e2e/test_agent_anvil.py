@@ -23,7 +23,7 @@ from anvil_node import ROOT, ape_env, ape_run, free_port
 from promptex.agent import machine
 from promptex.agent.billing import HttpBilling
 from promptex.agent.chain import POOL_FEE, Web3AgentChain
-from promptex.agent.cli import ANVIL_KEY_4, ANVIL_KEY_5
+from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
@@ -45,8 +45,8 @@ def anvil_account(index):
 
 
 ADMIN, USER = anvil_account(0), anvil_account(7)
-AGENT, SIGNER = Account.from_key(ANVIL_KEY_5), Account.from_key(ANVIL_KEY_4)
-PAYEE = anvil_account(8).address
+AGENT, SIGNER = Account.from_key(LOCAL_AGENT_KEY), Account.from_key(LOCAL_BILLING_SIGNER_KEY)
+PAYEE = anvil_account(6).address
 
 
 class World:
@@ -84,7 +84,7 @@ class World:
 
     def agent(self, billing_url):
         ledger = Ledger.open(self.db, sqlite_synchronous="NORMAL", migrate=False)
-        chain = Web3AgentChain(self.url, self.deployment, ANVIL_KEY_5)
+        chain = Web3AgentChain(self.url, self.deployment, LOCAL_AGENT_KEY)
         return Agent(ledger.engine, chain, HttpBilling(timeout=5), KEYS, billing_url=billing_url, tx_timeout=10)
 
     def events(self, name):

@@ -15,5 +15,8 @@ def test_demo__fresh_anvil__every_step_reconciles(ape_run):
         "seller B received its earnings",
         "buyer 2 got back everything not spent",
         "after every exit: ledger == vault for both buyers",
+        "rule fired; redemption released",
+        "the escrow released against the billing signer's EIP-712 receipt",
+        "the agent's operator was reimbursed $20",
     ):
         assert step in result.stdout

@@ -5,9 +5,16 @@ from pathlib import Path
 
 from web3 import Web3
 
+from promptex.chain.redemption import provider_id
+
+SIGNER = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
+
 
 def test_deploy__fresh_anvil__records_every_contract(ape_run, anvil_url, tmp_path):
-    result = ape_run("deploy")
+    bad = ape_run("deploy", "--billing-signer", "anthropic")
+    assert bad.returncode != 0 and "expected PROVIDER=0xADDRESS" in bad.stderr + bad.stdout
+    assert not (tmp_path / "deployments/local.json").exists()  # nothing deployed or recorded
+    result = ape_run("deploy", "--billing-signer", f"anthropic={SIGNER}")
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "deployments/local.json").read_text())
     assert record["chain_id"] == 31337
@@ -21,6 +28,11 @@ def test_deploy__fresh_anvil__records_every_contract(ape_run, anvil_url, tmp_pat
     w3 = Web3(Web3.HTTPProvider(anvil_url))
     contract = w3.eth.contract(address=vault["address"], abi=json.loads(Path(vault["abi"]).read_text()))
     assert contract.functions.exit_market().call() == record["contracts"]["Router"]["address"]
+    # RedemptionEscrow trusts the given billing signer for anthropic receipts, and no one for others.
+    escrow = record["contracts"]["RedemptionEscrow"]
+    escrow = w3.eth.contract(address=escrow["address"], abi=json.loads(Path(escrow["abi"]).read_text()))
+    assert escrow.functions.billing_signer(provider_id("anthropic")).call() == SIGNER
+    assert int(escrow.functions.billing_signer(provider_id("openai")).call(), 16) == 0
 
 
 def test_deploy__live_deployment_recorded__refuses_with_one_line(ape_run, tmp_path):

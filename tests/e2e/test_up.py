@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -12,7 +13,7 @@ from anvil_node import ANVIL, ROOT, free_port
 
 
 def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
-    ports = {name: free_port() for name in ("chain", "gateway", "upstream")}
+    ports = {name: free_port() for name in ("chain", "gateway", "upstream", "billing")}
     env = dict(os.environ)
     env.update(
         PATH=f"{ANVIL.parent}{os.pathsep}{ROOT / '.venv/bin'}{os.pathsep}{env['PATH']}",
@@ -22,18 +23,23 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
     )
     up = subprocess.Popen(
         [sys.executable, "-m", "promptex.cli", "up", "--chain-port", str(ports["chain"]),
-         "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"])],
+         "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"]),
+         "--billing-port", str(ports["billing"])],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    output = []
-    try:
-        deadline = time.monotonic() + 300
-        for line in up.stdout:
-            output.append(line)
-            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
-                break
+    output: list[str] = []
+    threading.Thread(target=lambda: output.extend(up.stdout), daemon=True).start()
+
+    def wait_for(text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while text not in "".join(output) and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.2)
         log = "".join(output)
-        assert "Ctrl-C stops everything" in log, log[-3000:]
+        assert text in log, log[-3000:]
+        return log
+
+    try:
+        log = wait_for("Ctrl-C stops everything", 300)
         assert "CLD/USDC" in log  # the market was seeded
 
         gateway = f"http://127.0.0.1:{ports['gateway']}/v1"
@@ -41,6 +47,11 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
         assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
         assert response.headers["x-request-id"]
         assert (tmp_path / "deployments/local.json").exists()
+        # The escrow trusts the fake billing API's signer (anvil account 9) for anthropic receipts.
+        assert "billing signer anthropic: 0xa0Ee7A142d267C1f36714E4a8F75612F20a79720" in log
+        billing = f"http://127.0.0.1:{ports['billing']}/v1/accounts/acct_demo/balance"
+        assert httpx.get(billing, headers={"authorization": "Bearer any"}, timeout=5).json()["usd_micro"] == 0
+        wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
 
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=30) == 0

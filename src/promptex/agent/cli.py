@@ -15,8 +15,10 @@ import click
 
 from promptex.config import Settings, settings
 
-ANVIL_KEY_5 = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"  # anvil's public dev account 5
-ANVIL_KEY_4 = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil's public dev account 4
+# On the local network the agent and the fake billing API sign with anvil's public
+# development accounts 8 and 9, which the demo, `promptex up` and the tests leave to them.
+LOCAL_AGENT_KEY = "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97"  # account 8
+LOCAL_BILLING_SIGNER_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"  # account 9
 USD_MICRO = 10**6
 
 
@@ -24,7 +26,7 @@ def agent_key(s: Settings) -> str:
     if s.agent_private_key is not None:
         return s.agent_private_key.get_secret_value()
     if s.agent_network == "local":
-        return ANVIL_KEY_5
+        return LOCAL_AGENT_KEY
     raise click.ClickException("set PROMPTEX_AGENT_PRIVATE_KEY (the key users grant)")
 
 
@@ -32,7 +34,7 @@ def fake_billing_key(s: Settings) -> str:
     if s.agent_fake_billing_private_key is not None:
         return s.agent_fake_billing_private_key.get_secret_value()
     if s.agent_network == "local":
-        return ANVIL_KEY_4
+        return LOCAL_BILLING_SIGNER_KEY
     raise click.ClickException("set PROMPTEX_AGENT_FAKE_BILLING_PRIVATE_KEY (the billing signer's key)")
 
 
