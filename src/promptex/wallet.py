@@ -87,7 +87,7 @@ class Session:
 
 @click.group()
 def wallet() -> None:
-    """Your wallet and vault balances, deposits, swaps and withdrawals (signed with ape accounts)."""
+    """Your balances, deposits, swaps, withdrawals, seller claims and redemption grants (ape accounts)."""
 
 
 def wallet_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
@@ -263,6 +263,101 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
         click.echo(
             f"{symbol.upper()} cap: {whole(per, symbol)} per epoch, {whole(left, symbol)} in total, until {until}"
         )
+
+
+@wallet_command("claim")
+@click.option("--asset", "symbol", default="USDC", show_default=True)
+def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> None:
+    """Sellers: receive what settlements credited you in the vault."""
+    with readable_errors():
+        session = Session(network, alias, yes)
+        vault, token = session.contract("CreditsVault"), session.token(symbol)
+        amount = vault.claimable(session.account, token)
+        if amount == 0:
+            raise click.ClickException(f"nothing to claim in {symbol.upper()}")
+        vault.claim(token, sender=session.account)
+        click.echo(f"claimed {whole(amount, symbol)}")
+
+
+# ─── Redemption: the user's side (grant the agent, link an account, refund) ──
+
+
+@wallet_command("grant-agent")
+@click.option("--agent", required=True, help="the redemption agent's address")
+@click.option("--token", "limits", required=True, multiple=True, help="SYMBOL=DAILY_LIMIT in whole tokens (repeatable)")
+@click.option("--slippage", default="2", show_default=True, help="percent the sale may fall below the TWAP")
+@click.option("--payee", default=None, help="who releases reimburse [default: the agent]")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3650), help="the grant's lifetime")
+def grant_agent(
+    network: Any, alias: str | None, yes: bool, agent: str, limits: tuple[str, ...], slippage: str, payee: str | None,
+    days: int,
+) -> None:  # fmt: skip
+    """Let an agent sell up to a daily limit of your tokens into redemptions (and approve the escrow)."""
+    try:
+        slippage_bps = int(Decimal(slippage) * 100)
+    except InvalidOperation:
+        raise click.BadParameter(f"{slippage!r} is not a percentage", param_hint="--slippage") from None
+    pairs = []
+    for item in limits:
+        symbol, _, amount = item.partition("=")
+        if not amount:
+            raise click.BadParameter(f"{item!r}: expected SYMBOL=DAILY_LIMIT", param_hint="--token")
+        pairs.append((symbol.upper(), units(amount, symbol)))
+    with readable_errors():
+        session = Session(network, alias, yes)
+        escrow = session.contract("RedemptionEscrow")
+        tokens = [session.token(symbol) for symbol, _ in pairs]
+        expiry = int(time.time()) + days * 86_400
+        escrow.set_grant(
+            agent, payee or agent, expiry, slippage_bps, tokens, [limit for _, limit in pairs], sender=session.account
+        )
+        # The escrow, not the agent, pulls the tokens; the grant's daily limits bound it.
+        for token in tokens:
+            session.approve(token, escrow.address, MAX_UINT)
+        shown = ", ".join(f"{whole(limit, symbol)} a day" for symbol, limit in pairs)
+        click.echo(f"granted {agent}: {shown}, ≤ {slippage} % under the TWAP, until {expiry}")
+
+
+@wallet_command("revoke-agent")
+@click.option("--agent", required=True, help="the redemption agent's address")
+def revoke_agent(network: Any, alias: str | None, yes: bool, agent: str) -> None:
+    """Revoke your grant to an agent at once (open redemptions still release or refund)."""
+    with readable_errors():
+        session = Session(network, alias, yes)
+        session.contract("RedemptionEscrow").revoke_grant(agent, sender=session.account)
+        click.echo(f"grant to {agent} revoked")
+
+
+@wallet_command("link-account")
+# (not `provider`: ape's ConnectedProviderCommand passes its provider under that name)
+@click.option("--provider", "provider_name", required=True, help="anthropic, openai, …")
+@click.option("--account-ref", required=True, help="0x… bytes32 that `promptex agent link` printed")
+def link_account(network: Any, alias: str | None, yes: bool, provider_name: str, account_ref: str) -> None:
+    """Record which of your provider accounts redemptions may credit."""
+    from promptex.chain.redemption import provider_id
+
+    try:
+        ref = bytes.fromhex(account_ref.removeprefix("0x"))
+    except ValueError:
+        ref = b""
+    if len(ref) != 32:
+        raise click.BadParameter(f"{account_ref!r} is not a 32-byte hex value", param_hint="--account-ref")
+    with readable_errors():
+        session = Session(network, alias, yes)
+        session.contract("RedemptionEscrow").link_account(provider_id(provider_name), ref, sender=session.account)
+        click.echo(f"{provider_name} account {account_ref} linked")
+
+
+@wallet_command("refund")
+@click.option("--redemption", "redemption_id", required=True, type=click.IntRange(1), help="the escrow's id")
+def refund(network: Any, alias: str | None, yes: bool, redemption_id: int) -> None:
+    """Take back an unreleased redemption's USDC after its deadline."""
+    with readable_errors():
+        session = Session(network, alias, yes)
+        escrow = session.contract("RedemptionEscrow")
+        amount = escrow.redemptions(redemption_id).usdc
+        escrow.refund(redemption_id, sender=session.account)
+        click.echo(f"redemption {redemption_id} refunded: {whole(amount, 'USDC')}")
 
 
 @click.command("status", cls=ConnectedProviderCommand)

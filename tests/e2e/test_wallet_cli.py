@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import requests
 from eth_account import Account
+from web3 import Web3
 
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
+from promptex.chain.redemption import provider_id
 from promptex.chain.vault import sign_release
 from promptex.coordinator.cli import ANVIL_KEY_0
 
@@ -145,3 +147,43 @@ def test_wallet__bad_input__clear_error_and_nothing_moves(market, tmp_path):
     balances = promptex(env, "wallet", "balances", "--account", "stranger")
     usdc_line = next(line for line in balances.stdout.splitlines() if line.startswith("USDC"))
     assert usdc_line.split() == ["USDC", "0", "USDC", "0", "USDC", "0", "USDC"]
+
+
+def contract(env, name):
+    deployment = json.loads((Path(env["PROMPTEX_DEPLOYMENTS_DIR"]) / "local.json").read_text())
+    record = deployment["contracts"][name]
+    w3 = Web3(Web3.HTTPProvider(env["APE_FOUNDRY_HOST"]))
+    return w3.eth.contract(address=record["address"], abi=json.loads(Path(record["abi"]).read_text()))
+
+
+def test_wallet__redemption_grant_link_revoke__signed_by_the_keyfile_user(market):
+    env, user, agent = market, Account.from_key(STRANGER_KEY).address, Web3.to_checksum_address("0x" + "a6" * 20)
+    escrow, cld = contract(env, "RedemptionEscrow"), contract(env, "token:CLD")
+    ref = "0x" + "ab" * 32
+
+    bad = promptex(env, "wallet", "grant-agent", "--agent", agent, "--token", "CLD", "--account", "stranger", "--yes")
+    assert bad.returncode == 2 and "expected SYMBOL=DAILY_LIMIT" in bad.stderr
+    granted = promptex(
+        env, "wallet", "grant-agent", "--agent", agent, "--token", "CLD=1500.5", "--slippage", "3",
+        "--account", "stranger", "--yes",
+    )  # fmt: skip
+    assert granted.returncode == 0, granted.stderr[-2000:]
+    payee, _expiry, slippage_bps, _version = escrow.functions.grant(user, agent).call()
+    assert (payee, slippage_bps) == (agent, 300)
+    assert escrow.functions.daily_limit(user, agent, cld.address).call() == 1500_5 * 10**17
+    assert cld.functions.allowance(user, escrow.address).call() == 2**256 - 1
+
+    linked = promptex(
+        env, "wallet", "link-account", "--provider", "anthropic", "--account-ref", ref, "--account", "stranger", "--yes"
+    )
+    assert linked.returncode == 0, linked.stderr[-2000:]
+    assert escrow.functions.linked_account(user, provider_id("anthropic")).call() == bytes.fromhex(ref[2:])
+
+    revoked = promptex(env, "wallet", "revoke-agent", "--agent", agent, "--account", "stranger", "--yes")
+    assert revoked.returncode == 0, revoked.stderr[-2000:]
+    assert int(escrow.functions.grant(user, agent).call()[0], 16) == 0
+    again = promptex(env, "wallet", "revoke-agent", "--agent", agent, "--account", "stranger", "--yes")
+    assert again.returncode == 1 and "redemption: no grant" in again.stderr and "Traceback" not in again.stderr
+
+    nothing = promptex(env, "wallet", "claim", "--account", "stranger", "--yes")
+    assert nothing.returncode == 1 and "nothing to claim in USDC" in nothing.stderr
