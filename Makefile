@@ -13,9 +13,9 @@ export PYTHONWARNINGS := ignore::UserWarning:pydantic_settings.main
 
 NETWORK ?= ethereum:local:foundry
 
-.PHONY: setup postgres demo test lint bench clean
+.PHONY: setup postgres chromium dashboard demo test lint bench clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed dashboard/dist/index.html
 
 # The ledger's tests run against a real PostgreSQL server (started per test session
 # from these binaries); install Debian's package when the binaries are missing.
@@ -37,22 +37,44 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The web dashboard's front end (its own pinned packages), built into dashboard/dist.
+dashboard/node_modules/.installed: dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+dashboard/dist/index.html: dashboard/node_modules/.installed dashboard/index.html dashboard/vite.config.ts \
+		dashboard/tsconfig.json $(shell find dashboard/src -type f)
+	cd dashboard && npm run build
+
+# The dashboard's browser tests drive Debian's chromium (a browser download is not possible here).
+chromium:
+ifeq ($(wildcard /usr/bin/chromium),)
+	@echo "installing Debian's chromium for the dashboard's browser tests"
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null
+endif
+
 ## The local demo: starts anvil (or attaches to one on :8545), deploys, runs the flow.
 demo: setup
 	$(BIN)/ape run demo --network $(NETWORK) -v WARNING
 
 ## The whole test suite.
-test: setup postgres
+test: setup postgres chromium
 	$(BIN)/ape test tests -n 2 -v WARNING
+
+## The web dashboard alone (http://127.0.0.1:8090; `promptex up` starts it with the market).
+dashboard: setup
+	$(BIN)/promptex dashboard
 
 lint: setup
 	$(BIN)/ruff check src scripts tests bench
 	$(BIN)/ruff format --check src scripts tests bench
 	$(BIN)/mypy src
+	cd dashboard && npx tsc --noEmit
 
 ## Gas per operation, as a table (`make bench ARGS=--json` for JSON).
 bench: setup
 	$(BIN)/python bench/gas.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .build deployments/local.json deployments/abi
+	rm -rf $(VENV) node_modules dashboard/node_modules dashboard/dist .build deployments/local.json deployments/abi

@@ -47,6 +47,7 @@ class LazyGroup(click.Group):
         "redeem": "promptex.agent.cli:redeem",
         "redemptions": "promptex.agent.cli:redemptions",
         "fake-billing": "promptex.agent.cli:fake_billing",
+        "dashboard": "promptex.dashboard.cli:dashboard",
     },
 )
 @click.version_option(__version__, prog_name="promptex")
@@ -517,6 +518,7 @@ def buyer_org_key(org_name: str, budget: str | None) -> None:
 @click.option("--gateway-port", default=8080, show_default=True, type=int)
 @click.option("--upstream-port", default=9000, show_default=True, type=int, help="the fake upstreams' port")
 @click.option("--billing-port", default=9100, show_default=True, type=int, help="the fake billing API's port")
+@click.option("--dashboard-port", default=8090, show_default=True, type=int, help="the web dashboard's port")
 @click.option("--no-seed", is_flag=True, help="do not open the seed pools")
 def up_command(
     rpc_url: str | None,
@@ -525,15 +527,17 @@ def up_command(
     gateway_port: int,
     upstream_port: int,
     billing_port: int,
+    dashboard_port: int,
     no_seed: bool,
 ) -> None:
     """Start the local market: anvil, deploy, seed, indexer, coordinator, fake upstreams, the
-    gateway, a fake billing API and the redemption agent (Ctrl-C stops it)."""
+    gateway, a fake billing API, the redemption agent and the web dashboard (Ctrl-C stops it)."""
     from promptex.up import UpOptions, up
 
     options = UpOptions(
-        rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed, billing_port=billing_port
-    )
+        rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed, billing_port=billing_port,
+        dashboard_port=dashboard_port,
+    )  # fmt: skip
     raise SystemExit(up(options))
 
 

@@ -178,6 +178,18 @@ class Settings(BaseSettings):
     agent_fake_billing_port: int = 9100
     agent_fake_billing_private_key: SecretStr | None = None
 
+    # ─── Dashboard ───────────────────────────────────────────────────────────
+    # `promptex dashboard`: the chain its read-only /rpc proxy and pools view read (None:
+    # indexer_rpc_url), the deployment (None: indexer_network), the gateway it serves as /v1
+    # on its own origin (None: http://gateway_host:gateway_port), the built front end (None:
+    # dashboard/dist of the checkout).
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8090
+    dashboard_rpc_url: str | None = None
+    dashboard_network: str | None = None
+    dashboard_gateway_url: str | None = None
+    dashboard_dist_dir: Path | None = None
+
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:

@@ -3,7 +3,7 @@
 Starts a local anvil (unless an RPC URL is given), deploys with the ape deploy script
 (unless a live deployment is recorded), seeds the market, then runs the long-lived
 services (indexer, coordinator, fake upstreams, gateway, fake billing API, redemption
-agent) as child processes with their output prefixed by name, prints a status table,
+agent, web dashboard) as child processes with their output prefixed by name, prints a status table,
 and stops everything on Ctrl-C / SIGTERM — or as soon as any service dies, so a broken
 market never looks alive.
 """
@@ -172,15 +172,17 @@ class UpOptions:
     upstream_port: int
     seed: bool
     billing_port: int = 9100
+    dashboard_port: int = 8090
 
 
 def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
     """The long-lived services after the chain: the indexer and the coordinator (which follow
-    the chain), the fake upstreams, the gateway, then the fake billing API and the
-    redemption agent that buys credits from it."""
+    the chain), the fake upstreams, the gateway, the fake billing API and the redemption
+    agent that buys credits from it, then the web dashboard."""
     upstream = f"http://127.0.0.1:{options.upstream_port}"
     gateway = f"http://{options.gateway_host}:{options.gateway_port}"
     billing = f"http://127.0.0.1:{options.billing_port}"
+    dashboard = f"http://{options.gateway_host}:{options.dashboard_port}"
     return [
         Service("indexer", promptex_argv("indexer"), url=rpc_url),
         Service("coordinator", promptex_argv("coordinator"), url=rpc_url),
@@ -203,6 +205,12 @@ def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
             ready=lambda: http_answers(f"{billing}/v1/accounts/probe/balance"),
         ),
         Service("agent", promptex_argv("agent", "run"), url=rpc_url),
+        Service(
+            "dashboard",
+            promptex_argv("dashboard", "--host", options.gateway_host, "--port", str(options.dashboard_port)),
+            url=f"{dashboard}/",
+            ready=lambda: http_answers(f"{dashboard}/api/config"),
+        ),
     ]
 
 
@@ -230,6 +238,7 @@ def up(options: UpOptions) -> int:
         for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "GATEWAY_TWAP", "AGENT"):
             env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
         env["PROMPTEX_AGENT_BILLING_URL"] = f"http://127.0.0.1:{options.billing_port}"
+        env["PROMPTEX_DASHBOARD_GATEWAY_URL"] = f"http://127.0.0.1:{options.gateway_port}"
         # Cross-token prices need a covered TWAP window; a fresh local chain has minutes, not half an hour.
         env.setdefault("PROMPTEX_GATEWAY_TWAP_WINDOW_SECONDS", "120")
         env["APE_FOUNDRY_HOST"] = rpc_url

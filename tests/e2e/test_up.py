@@ -1,5 +1,6 @@
 """`promptex up` starts the local market, serves the gateway, and stops it all on Ctrl-C."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from anvil_node import ANVIL, ROOT, free_port
 
 
 def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
-    ports = {name: free_port() for name in ("chain", "gateway", "upstream", "billing")}
+    ports = {name: free_port() for name in ("chain", "gateway", "upstream", "billing", "dashboard")}
     env = dict(os.environ)
     env.update(
         PATH=f"{ANVIL.parent}{os.pathsep}{ROOT / '.venv/bin'}{os.pathsep}{env['PATH']}",
@@ -24,7 +25,7 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
     up = subprocess.Popen(
         [sys.executable, "-m", "promptex.cli", "up", "--chain-port", str(ports["chain"]),
          "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"]),
-         "--billing-port", str(ports["billing"])],
+         "--billing-port", str(ports["billing"]), "--dashboard-port", str(ports["dashboard"])],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     output: list[str] = []
@@ -51,6 +52,10 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
         assert "billing signer anthropic: 0xa0Ee7A142d267C1f36714E4a8F75612F20a79720" in log
         billing = f"http://127.0.0.1:{ports['billing']}/v1/accounts/acct_demo/balance"
         assert httpx.get(billing, headers={"authorization": "Bearer any"}, timeout=5).json()["usd_micro"] == 0
+        dashboard = f"http://127.0.0.1:{ports['dashboard']}"
+        config = httpx.get(f"{dashboard}/api/config", timeout=5).json()
+        assert config["chain_id"] == 31337 and f":{ports['chain']}" not in json.dumps(config)  # node URL kept back
+        assert "<title>" in httpx.get(f"{dashboard}/", timeout=5).text  # the built front end
         wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
 
         up.send_signal(signal.SIGINT)

@@ -1,0 +1,169 @@
+// The dashboard server's JSON endpoints, and the user's API key (kept in this tab only).
+import type { Address, Hex } from "viem";
+
+export interface AssetInfo {
+  symbol: string;
+  address: Address;
+  decimals: number;
+  kind: "usdc" | "provider";
+  provider?: string | null;
+  face_value_usd_micro?: number | null;
+}
+
+export interface Config {
+  network: string;
+  chain_id: number;
+  contracts: Record<string, Address>;
+  assets: AssetInfo[];
+  rpc: string;
+  gateway: string;
+}
+
+export interface Pool {
+  address: Address;
+  symbol: string;
+  token: Address;
+  token0: Address;
+  token1: Address;
+  fee: number;
+  reserve0: string;
+  reserve1: string;
+  token_reserve: string;
+  usdc_reserve: string;
+  price: string;
+  twap: Record<string, string | null>;
+  history: { t: number; price: string }[];
+  chain_time: number;
+}
+
+export interface UsageRecord {
+  request_id: string;
+  model: string;
+  asset: string;
+  input_tokens: number;
+  output_tokens: number;
+  cost: string;
+  settled_at: number;
+  status: string;
+  lot_id: number | null;
+  epoch: number | null;
+  batch_status: string | null;
+  tx_hash: string | null;
+}
+
+export interface Epoch {
+  id: number;
+  asset: string;
+  epoch: number;
+  status: string;
+  records: number;
+  total: string;
+  usage_root: Hex;
+  tx_hash: string | null;
+  created_at: number;
+  error: string | null;
+}
+
+export interface Proof {
+  asset: string;
+  epoch: number;
+  batch_status: string;
+  record: {
+    request_id: string;
+    account: Address;
+    model: string;
+    input_tokens: number;
+    output_tokens: number;
+    cost: string;
+    lot_id: number;
+  };
+  leaf: Hex;
+  root: Hex;
+  proof: Hex[];
+}
+
+export interface Balance {
+  posted: string;
+  held: string;
+  locked: string;
+  spendable: string;
+  cap_remaining: string;
+}
+
+export interface AccountView {
+  account: number;
+  payer: number;
+  key_prefix: string;
+  default_asset: string | null;
+  wallets: string[];
+  balances: Record<string, Balance>;
+}
+
+export interface Challenge {
+  binding: Record<string, unknown>;
+  typed_data: {
+    types: Record<string, { name: string; type: string }[]>;
+    primaryType: string;
+    domain: Record<string, unknown>;
+    message: Record<string, unknown>;
+  };
+}
+
+export class ApiError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+  ) {
+    super(message);
+  }
+}
+
+const KEY_STORAGE = "promptex.apiKey";
+
+export function apiKey(): string | null {
+  return sessionStorage.getItem(KEY_STORAGE);
+}
+
+export function setApiKey(key: string | null): void {
+  if (key) sessionStorage.setItem(KEY_STORAGE, key.trim());
+  else sessionStorage.removeItem(KEY_STORAGE);
+}
+
+async function call<T>(path: string, init: RequestInit = {}, withKey = false): Promise<T> {
+  const headers = new Headers(init.headers);
+  if (init.body) headers.set("content-type", "application/json");
+  if (withKey) {
+    const key = apiKey();
+    if (!key) throw new ApiError("Paste an API key, or get one by signing with your wallet (Utilize page).", 401);
+    headers.set("authorization", `Bearer ${key}`);
+  }
+  let response: Response;
+  try {
+    response = await fetch(path, { ...init, headers });
+  } catch {
+    throw new ApiError("The PROMPTEX server does not answer. Is `promptex dashboard` running?", 0);
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = body?.error?.message ?? body?.error ?? `${response.status} ${response.statusText}`;
+    throw new ApiError(String(message), response.status);
+  }
+  return body as T;
+}
+
+export const api = {
+  config: () => call<Config>("/api/config"),
+  pools: () => call<Pool[]>("/api/pools"),
+  epochs: () => call<Epoch[]>("/api/epochs"),
+  challenge: (wallet: Address) =>
+    call<Challenge>("/api/keys/challenge", { method: "POST", body: JSON.stringify({ wallet }) }),
+  bind: (binding: Record<string, unknown>, signature: Hex) =>
+    call<{ key: string; account: number; prefix: string }>("/api/keys/bind", {
+      method: "POST",
+      body: JSON.stringify({ binding, signature }),
+    }),
+  account: () => call<AccountView>("/api/account", {}, true),
+  usage: () => call<UsageRecord[]>("/api/usage", {}, true),
+  usageRecord: (id: string) => call<UsageRecord>(`/api/usage/${encodeURIComponent(id)}`, {}, true),
+  proof: (id: string) => call<Proof>(`/api/usage/${encodeURIComponent(id)}/proof`, {}, true),
+};

@@ -1,0 +1,153 @@
+// viem clients: reads through the dashboard's read-only /rpc, writes through the user's
+// EIP-1193 wallet (MetaMask and friends), every transaction simulated before it is signed.
+import {
+  BaseError,
+  ContractFunctionRevertedError,
+  createPublicClient,
+  createWalletClient,
+  custom,
+  defineChain,
+  http,
+  type Abi,
+  type Address,
+  type Chain,
+  type ContractFunctionArgs,
+  type ContractFunctionName,
+  type EIP1193Provider,
+  type Hash,
+  type PublicClient,
+  type WalletClient,
+} from "viem";
+import type { AssetInfo, Config } from "./api";
+import { short } from "./format";
+import { h, notice } from "./ui";
+
+declare global {
+  interface Window {
+    ethereum?: EIP1193Provider;
+  }
+}
+
+export interface Ctx {
+  config: Config;
+  chain: Chain;
+  client: PublicClient;
+  assets: AssetInfo[];
+  asset(symbol: string): AssetInfo;
+  usdc: AssetInfo;
+}
+
+export function makeCtx(config: Config): Ctx {
+  const rpc = new URL(config.rpc, location.origin).toString();
+  const chain = defineChain({
+    id: config.chain_id,
+    name: config.network === "local" ? "PROMPTEX local (anvil)" : config.network,
+    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+    rpcUrls: { default: { http: [rpc] } },
+  });
+  const client = createPublicClient({ chain, transport: http(rpc), pollingInterval: 500 }) as PublicClient;
+  const bySymbol = new Map(config.assets.map((a) => [a.symbol, a]));
+  return {
+    config,
+    chain,
+    client,
+    assets: config.assets,
+    asset(symbol: string) {
+      const found = bySymbol.get(symbol);
+      if (!found) throw new Error(`unknown asset ${symbol}`);
+      return found;
+    },
+    usdc: bySymbol.get("USDC")!,
+  };
+}
+
+export function walletClient(ctx: Ctx, provider: EIP1193Provider): WalletClient {
+  return createWalletClient({ chain: ctx.chain, transport: custom(provider) });
+}
+
+// ─── Errors a user can cause, in words ──────────────────────────────────────
+
+const REASONS: [RegExp, string][] = [
+  [/router: insufficient output/, "Slippage exceeded: the price moved past your tolerance since the quote. Nothing was swapped — get a new quote or allow more slippage."],
+  [/vault: amount exceeds balance/, "That is more than your balance in the vault. Nothing was sent."],
+  [/vault: exit already pending/, "A withdrawal of this asset is already pending: complete or cancel it first."],
+  [/vault: exit still thawing/, "This withdrawal is still thawing; wait for the countdown to end."],
+  [/vault: no pending exit/, "There is no pending withdrawal of this asset."],
+  [/vault: cap expired/, "The spend cap's expiry is in the past."],
+  [/exceeds balance|insufficient balance/, "Insufficient balance in your wallet. Nothing was sent."],
+  [/exceeds allowance|insufficient allowance/, "The contract is not approved to move this much; approve first."],
+  [/expired|deadline/, "The transaction's deadline passed before it was mined. Nothing changed."],
+];
+
+export function isRejection(err: unknown): boolean {
+  if (err instanceof BaseError) {
+    return Boolean(err.walk((e) => (e as { code?: number }).code === 4001 || (e as Error).name === "UserRejectedRequestError"));
+  }
+  return (err as { code?: number })?.code === 4001;
+}
+
+export function explain(err: unknown): string {
+  if (isRejection(err)) return "You rejected the request in your wallet. Nothing was sent and nothing changed.";
+  let text = "";
+  if (err instanceof BaseError) {
+    const revert = err.walk((e) => e instanceof ContractFunctionRevertedError);
+    if (revert instanceof ContractFunctionRevertedError) {
+      text = revert.reason ?? revert.data?.errorName ?? revert.shortMessage;
+    } else {
+      text = err.details || err.shortMessage;
+    }
+  } else if (err instanceof Error) {
+    text = err.message;
+  } else {
+    text = String(err);
+  }
+  for (const [pattern, message] of REASONS) if (pattern.test(text)) return message;
+  return `The transaction would fail: ${text}`;
+}
+
+// ─── Sending a transaction with visible states ───────────────────────────────
+
+export interface Write<abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">> {
+  address: Address;
+  abi: abi;
+  functionName: fn;
+  args: ContractFunctionArgs<abi, "nonpayable" | "payable", fn>;
+}
+
+/**
+ * Simulate, ask the wallet to sign, wait for the receipt; every state shown in `status`.
+ * Returns the receipt's hash, or null if anything stopped it (the reason is shown).
+ */
+export async function send<abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">>(
+  ctx: Ctx,
+  wallet: WalletClient,
+  account: Address,
+  status: HTMLElement,
+  label: string,
+  write: Write<abi, fn>,
+): Promise<Hash | null> {
+  notice(status, "pending", `${label}: checking…`);
+  let hash: Hash;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const { request } = await ctx.client.simulateContract({ ...(write as any), account });
+    notice(status, "pending", `${label}: confirm in your wallet…`);
+    hash = await wallet.writeContract({ ...request, account, chain: ctx.chain });
+  } catch (err) {
+    notice(status, "error", explain(err));
+    return null;
+  }
+  notice(status, "pending", `${label}: pending — waiting for `, h("code", {}, short(hash, 10, 8)), " to be mined…");
+  try {
+    const receipt = await ctx.client.waitForTransactionReceipt({ hash, timeout: 120_000 });
+    if (receipt.status !== "success") {
+      notice(status, "error", `${label} failed: the transaction reverted in block ${receipt.blockNumber}. Nothing changed.`);
+      return null;
+    }
+    notice(status, "ok", `${label}: confirmed in block ${receipt.blockNumber} `, h("code", {}, short(hash, 10, 8)));
+    return hash;
+  } catch (err) {
+    notice(status, "error", `${label}: no receipt yet for ${short(hash)} (${explain(err)}).`);
+    return null;
+  }
+}

@@ -1,0 +1,221 @@
+// Market: every pool with its price, TWAPs and a TWAP chart; swap any two assets through
+// the Router (one hop to or from USDC, two hops between provider tokens) with a quote,
+// price impact and min_out from the slippage setting.
+import type { Address } from "viem";
+import { erc20Abi, routerAbi } from "../abi";
+import { api, type AssetInfo, type Pool } from "../api";
+import { explain, send, type Ctx } from "../chain";
+import { fmt, parseAmount } from "../format";
+import type { App, Page } from "../main";
+import { h, notice } from "../ui";
+import { walletGate } from "../wallet";
+
+export interface Quote {
+  from: AssetInfo;
+  to: AssetInfo;
+  amountIn: bigint;
+  amountOut: bigint;
+  minOut: bigint;
+  path: Address[];
+  fees: bigint[];
+  impact: number; // fraction, e.g. 0.0123
+  slippageBps: bigint;
+}
+
+function sparkline(points: { t: number; price: string }[]): SVGSVGElement | string {
+  if (points.length < 2) return "not enough history";
+  const values = points.map((p) => Number(p.price));
+  const lo = Math.min(...values);
+  const hi = Math.max(...values);
+  const w = 120;
+  const hgt = 28;
+  const xs = points.map((_, i) => (i / (points.length - 1)) * w);
+  const ys = values.map((v) => (hi === lo ? hgt / 2 : hgt - ((v - lo) / (hi - lo)) * (hgt - 2) - 1));
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("class", "spark");
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", xs.map((x, i) => `${x.toFixed(1)},${ys[i].toFixed(1)}`).join(" "));
+  svg.append(line);
+  return svg;
+}
+
+function price(text: string | null | undefined): string {
+  if (!text) return "—";
+  const n = Number(text);
+  return n >= 1 ? `$${n.toFixed(4)}` : `$${n.toPrecision(4)}`;
+}
+
+function change(p: Pool): string {
+  const day = p.twap["86400"];
+  if (!day) return "—";
+  const pct = (Number(p.price) / Number(day) - 1) * 100;
+  return `${pct >= 0 ? "+" : ""}${pct.toFixed(2)} %`;
+}
+
+/** The route and the quote for `amountIn` of `from` into `to` at current reserves. */
+export async function quote(ctx: Ctx, pools: Pool[], from: AssetInfo, to: AssetInfo, amountIn: bigint, slippageBps: bigint): Promise<Quote> {
+  const usdc = ctx.usdc;
+  const poolOf = (token: Address) => {
+    const pool = pools.find((p) => p.token.toLowerCase() === token.toLowerCase());
+    if (!pool) throw new Error(`no pool trades ${token}`);
+    return pool;
+  };
+  const hops: [AssetInfo, AssetInfo][] =
+    from.kind === "usdc" || to.kind === "usdc" ? [[from, to]] : [[from, usdc], [usdc, to]];
+  const path: Address[] = [hops[0][0].address, ...hops.map(([, b]) => b.address)];
+  const fees = hops.map(([a, b]) => BigInt(poolOf(a.kind === "usdc" ? b.address : a.address).fee));
+  const amounts = await ctx.client.readContract({
+    address: ctx.config.contracts.Router,
+    abi: routerAbi,
+    functionName: "get_amounts_out",
+    args: [amountIn, path, fees],
+  });
+  const amountOut = amounts[amounts.length - 1];
+  // Price impact: the quote against the pools' mid prices (fees excluded), hop by hop.
+  const denominator = Number(await ctx.client.readContract({ address: ctx.config.contracts.Router, abi: routerAbi, functionName: "FEE_DENOMINATOR" }));
+  let ideal = Number(amountIn);
+  hops.forEach(([a, b], i) => {
+    const pool = poolOf(a.kind === "usdc" ? b.address : a.address);
+    const [rIn, rOut] = a.kind === "usdc" ? [pool.usdc_reserve, pool.token_reserve] : [pool.token_reserve, pool.usdc_reserve];
+    ideal = (ideal * Number(rOut)) / Number(rIn) * (1 - Number(fees[i]) / denominator);
+  });
+  const impact = Math.max(0, 1 - Number(amountOut) / ideal);
+  const minOut = (amountOut * (10_000n - slippageBps)) / 10_000n;
+  return { from, to, amountIn, amountOut, minOut, path, fees, impact, slippageBps };
+}
+
+export const marketPage: Page = (root, app) => {
+  const poolsBox = h("div#pools", {}, "Loading pools…");
+  const swapBox = h("div.card#swap");
+  root.append(h("h1", {}, "Market"), poolsBox, h("h2", {}, "Swap"), swapBox);
+  void api
+    .pools()
+    .then((pools) => {
+      poolsBox.replaceChildren(
+        h(
+          "table#pool-table",
+          {},
+          h("thead", {}, h("tr", {}, ...["Pool", "Price", "TWAP 5 min", "TWAP 1 h", "vs 24 h average", "Reserves", "TWAP chart"].map((t) => h("th", {}, t)))),
+          h(
+            "tbody",
+            {},
+            ...pools.map((p) =>
+              h(
+                "tr",
+                { "data-pool": p.symbol },
+                h("th", {}, `${p.symbol}/USDC`, h("small", {}, ` ${(p.fee / 100).toFixed(2)} %`)),
+                h("td.num", { "data-price": p.symbol }, price(p.price)),
+                h("td.num", {}, price(p.twap["300"])),
+                h("td.num", {}, price(p.twap["3600"])),
+                h("td.num", {}, change(p)),
+                h("td.num", {}, `${fmt(BigInt(p.token_reserve), 18, 0)} ${p.symbol} / ${fmt(BigInt(p.usdc_reserve), 6, 0)} USDC`),
+                h("td", {}, sparkline(p.history)),
+              ),
+            ),
+          ),
+        ),
+      );
+      drawSwap(swapBox, app, pools);
+    })
+    .catch((err) => notice(poolsBox, "error", `Cannot read the pools: ${err.message}`));
+};
+
+function drawSwap(box: HTMLElement, app: App, pools: Pool[]): void {
+  const { ctx, wallet } = app;
+  const gate = walletGate(wallet, ctx);
+  const params = new URLSearchParams(location.hash.split("?")[1] ?? "");
+  const options = (selected: string) => ctx.assets.map((a) => h("option", { value: a.symbol, selected: a.symbol === selected }, a.symbol));
+  const fromSel = h("select#swap-from", {}, ...options(params.get("from") ?? "USDC"));
+  const toSel = h("select#swap-to", {}, ...options(params.get("from") && params.get("from") !== "USDC" ? "USDC" : "CLD"));
+  const amount = h("input#swap-amount", { inputmode: "decimal", placeholder: "amount in", size: 12 });
+  const slippage = h("input#swap-slippage", { value: "0.5", size: 4, inputmode: "decimal" });
+  const quoteBox = h("div#swap-quote.quote", {}, "Enter an amount for a quote.");
+  const status = h("div#swap-status.notice", { role: "status" });
+  const button = h("button#swap-button", { disabled: true }, "Swap");
+  let current: Quote | null = null;
+  let seq = 0;
+
+  async function refreshQuote(): Promise<void> {
+    const mine = ++seq;
+    current = null;
+    button.disabled = true;
+    const from = ctx.asset(fromSel.value);
+    const to = ctx.asset(toSel.value);
+    if (from.symbol === to.symbol) return notice(quoteBox, "error", "Pick two different assets.");
+    if (!amount.value.trim()) return notice(quoteBox, "info", "Enter an amount for a quote.");
+    let amountIn: bigint;
+    let bps: bigint;
+    try {
+      amountIn = parseAmount(amount.value, from.decimals, from.symbol);
+      const pct = Number(slippage.value);
+      if (!(pct >= 0 && pct < 50)) throw new Error("Slippage is a percentage between 0 and 50");
+      bps = BigInt(Math.round(pct * 100));
+    } catch (err) {
+      return notice(quoteBox, "error", (err as Error).message);
+    }
+    try {
+      const q = await quote(ctx, pools, from, to, amountIn, bps);
+      if (mine !== seq) return;
+      current = q;
+      button.disabled = wallet.account === null;
+      const route = [from.symbol, ...(q.path.length === 3 ? ["USDC"] : []), to.symbol].join(" → ");
+      notice(
+        quoteBox,
+        "info",
+        h("div", {}, "Route: ", h("strong#quote-route", {}, route), q.path.length === 3 ? " (two hops)" : ""),
+        h("div", {}, "You receive about ", h("strong#quote-out", {}, `${fmt(q.amountOut, to.decimals)} ${to.symbol}`)),
+        h("div", { class: q.impact > 0.05 ? "warn" : "" }, "Price impact: ", h("span#quote-impact", {}, `${(q.impact * 100).toFixed(2)} %`)),
+        h("div", {}, `Minimum received at ${(Number(bps) / 100).toFixed(2)} % slippage: `, h("span#quote-min", {}, `${fmt(q.minOut, to.decimals)} ${to.symbol}`)),
+      );
+    } catch (err) {
+      if (mine === seq) notice(quoteBox, "error", `No quote: ${explain(err)}`);
+    }
+  }
+
+  async function swap(): Promise<void> {
+    const q = current;
+    const account = wallet.account;
+    const client = wallet.client;
+    if (!q || !account || !client) return;
+    const balance = await ctx.client.readContract({ address: q.from.address, abi: erc20Abi, functionName: "balanceOf", args: [account] });
+    if (balance < q.amountIn) {
+      return notice(status, "error", `Insufficient balance: your wallet holds ${fmt(balance, q.from.decimals)} ${q.from.symbol}. Nothing was sent.`);
+    }
+    const router = ctx.config.contracts.Router;
+    const allowance = await ctx.client.readContract({ address: q.from.address, abi: erc20Abi, functionName: "allowance", args: [account, router] });
+    if (allowance < q.amountIn) {
+      const ok = await send(ctx, client, account, status, `Approve ${q.from.symbol}`, { address: q.from.address, abi: erc20Abi, functionName: "approve", args: [router, q.amountIn] });
+      if (!ok) return;
+    }
+    const block = await ctx.client.getBlock({ blockTag: "latest" });
+    const deadline = BigInt(Math.max(Number(block.timestamp), Math.floor(Date.now() / 1000))) + 600n;
+    const hash = await send(ctx, client, account, status, `Swap ${fmt(q.amountIn, q.from.decimals)} ${q.from.symbol} for ${q.to.symbol}`, {
+      address: router,
+      abi: routerAbi,
+      functionName: "swap_exact_in",
+      args: [q.amountIn, q.minOut, q.path, q.fees, account, deadline],
+    });
+    if (hash) void refreshQuote();
+  }
+
+  for (const el of [fromSel, toSel, slippage]) el.addEventListener("change", () => void refreshQuote());
+  let debounce = 0;
+  amount.addEventListener("input", () => {
+    // A quote for another amount must never be the one a click swaps at.
+    seq++;
+    current = null;
+    button.disabled = true;
+    notice(quoteBox, "pending", "Quoting…");
+    clearTimeout(debounce);
+    debounce = window.setTimeout(() => void refreshQuote(), 250);
+  });
+  button.addEventListener("click", () => void swap());
+  box.replaceChildren(
+    ...(gate ? [gate] : []),
+    h("div.row", {}, h("label", {}, "From ", fromSel), h("label", {}, "Amount ", amount), h("label", {}, "To ", toSel), h("label", {}, "Slippage % ", slippage)),
+    quoteBox,
+    button,
+    status,
+  );
+}

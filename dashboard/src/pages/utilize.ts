@@ -1,0 +1,300 @@
+// Utilize: a prompt playground over the gateway's /v1 — an API key (pasted, or obtained by
+// signing with the wallet), the spend cap the vault needs, a model and the asset to pay
+// with, the estimated cost before sending, the streamed answer, then the metered cost
+// and the balance after, both read back from the ledger.
+import { maxUint256, type Hex } from "viem";
+import { vaultAbi } from "../abi";
+import { api, apiKey, setApiKey, type AccountView } from "../api";
+import { explain, send } from "../chain";
+import { fmt, parseAmount, short } from "../format";
+import type { App, Page } from "../main";
+import { clear, h, notice } from "../ui";
+
+interface ModelInfo {
+  id: string;
+  owned_by: string;
+  pricing: Record<string, { input_per_million: string; output_per_million: string }>;
+}
+
+const PER_REQUEST = 16; // the gateway's per-request and per-message allowance (an upper bound on tokens)
+const PER_MESSAGE = 8;
+
+async function models(): Promise<ModelInfo[]> {
+  const response = await fetch("/v1/models", { headers: { authorization: `Bearer ${apiKey()}` } });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body?.error?.message ?? response.statusText);
+  return body.data as ModelInfo[];
+}
+
+function perMillion(rate: string, tokens: number): number {
+  return (Number(rate) * tokens) / 1_000_000;
+}
+
+export const utilizePage: Page = (root, app) => {
+  const keyBox = h("div.card#key-box");
+  const accountBox = h("div.card#account-box");
+  const playground = h("div.card#playground");
+  root.append(h("h1", {}, "Utilize"), keyBox, accountBox, playground);
+  drawKey(keyBox, app, () => {
+    void drawAccount(accountBox, app);
+    void drawPlayground(playground, app, accountBox);
+  });
+  if (apiKey()) {
+    void drawAccount(accountBox, app);
+    void drawPlayground(playground, app, accountBox);
+  } else {
+    accountBox.replaceChildren(h("p.muted", {}, "Balances show once you use an API key."));
+  }
+};
+
+function drawKey(box: HTMLElement, app: App, changed: () => void): void {
+  const input = h("input#api-key", { type: "password", placeholder: "px-…", size: 40, autocomplete: "off" });
+  const status = h("div#key-status.notice", { role: "status" });
+  const current = apiKey();
+  const use = h("button#use-key", { onclick: () => {
+    if (!input.value.trim()) return notice(status, "error", "Paste a key first.");
+    setApiKey(input.value);
+    input.value = "";
+    notice(status, "ok", "Key saved for this tab.");
+    changed();
+  } }, "Use this key");
+  const obtain = h("button#get-key", { onclick: () => void getKey() }, "Get a key with my wallet");
+
+  async function getKey(): Promise<void> {
+    const account = app.wallet.account;
+    const client = app.wallet.client;
+    if (!account || !client) return notice(status, "error", "Connect your wallet (on the right network) first.");
+    try {
+      notice(status, "pending", "Asking the server for a binding message…");
+      const challenge = await api.challenge(account);
+      notice(status, "pending", "Sign the message in your wallet: it proves this wallet is yours (no transaction, no gas).");
+      const td = challenge.typed_data;
+      const types = Object.fromEntries(Object.entries(td.types).filter(([name]) => name !== "EIP712Domain"));
+      const signature: Hex = await client.signTypedData({
+        account,
+        domain: td.domain,
+        types,
+        primaryType: td.primaryType,
+        message: td.message,
+      } as Parameters<typeof client.signTypedData>[0]);
+      const issued = await api.bind(challenge.binding, signature);
+      setApiKey(issued.key);
+      notice(
+        status,
+        "ok",
+        `Wallet bound to account ${issued.account}. Your new key (shown once — copy it now; this tab keeps it until closed): `,
+        h("code#new-key", {}, issued.key),
+      );
+      changed();
+    } catch (err) {
+      notice(status, "error", explain(err).replace("The transaction would fail: ", "Could not get a key: "));
+    }
+  }
+
+  clear(
+    box,
+    h("h2", {}, "API key"),
+    current ? h("p", {}, "Using key ", h("code", {}, short(current, 8, 4)), " ", h("button.secondary", { onclick: () => { setApiKey(null); location.reload(); } }, "Forget")) : null,
+    h("div.row", {}, input, use, h("span.muted", {}, "or"), obtain),
+    status,
+  );
+}
+
+async function drawAccount(box: HTMLElement, app: App): Promise<AccountView | null> {
+  let view: AccountView;
+  try {
+    view = await api.account();
+  } catch (err) {
+    notice(box, "error", (err as Error).message);
+    return null;
+  }
+  box.className = "card";
+  const rows = app.ctx.assets.map((a) => {
+    const b = view.balances[a.symbol];
+    return h(
+      "tr",
+      { "data-ledger": a.symbol },
+      h("th", {}, a.symbol),
+      h("td.num", { "data-spendable": a.symbol }, fmt(BigInt(b?.spendable ?? "0"), a.decimals)),
+      h("td.num", {}, fmt(BigInt(b?.held ?? "0"), a.decimals)),
+      h("td.num", { "data-cap": a.symbol }, BigInt(b?.cap_remaining ?? "0") >= 2n ** 95n ? "no limit" : fmt(BigInt(b?.cap_remaining ?? "0"), a.decimals)),
+    );
+  });
+  clear(
+    box,
+    h("h2", {}, `Account ${view.account}`),
+    h("p.muted", {}, "What the gateway may spend: your vault deposits as the indexer has seen them, within the spend cap you signed.", view.wallets.length ? ` Wallet: ${view.wallets.join(", ")}` : ""),
+    h("table#ledger", {}, h("thead", {}, h("tr", {}, h("th", {}, "Asset"), h("th", {}, "Spendable"), h("th", {}, "Held"), h("th", {}, "Spend cap left"))), h("tbody", {}, ...rows)),
+  );
+  return view;
+}
+
+async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElement): Promise<void> {
+  const { ctx, wallet } = app;
+  let list: ModelInfo[];
+  try {
+    list = await models();
+  } catch (err) {
+    return notice(box, "error", `Cannot list models: ${(err as Error).message}`);
+  }
+  box.className = "card";
+  const modelSel = h("select#model", {}, ...list.map((m) => h("option", { value: m.id }, `${m.id} (${m.owned_by})`)));
+  const assetSel = h("select#pay-with");
+  const maxTokens = h("input#max-tokens", { value: "256", size: 6, inputmode: "numeric" });
+  const prompt = h("textarea#prompt", { rows: 4, cols: 70, placeholder: "Ask anything…" });
+  prompt.value = "Summarise why idle API credits should be tradable.";
+  const estimate = h("div#estimate.quote");
+  const output = h("pre#output.output");
+  const result = h("div#result.notice", { role: "status" });
+  const capStatus = h("div#cap-status.notice", { role: "status" });
+  const capTotal = h("input#cap-total", { value: "50", size: 8, inputmode: "decimal" });
+  const sendBtn = h("button#send-prompt", {}, "Send");
+
+  const model = () => list.find((m) => m.id === modelSel.value)!;
+  function fillAssets(): void {
+    const keep = assetSel.value;
+    clear(assetSel, ...Object.keys(model().pricing).map((s) => h("option", { value: s, selected: s === keep }, s)));
+    if (!assetSel.value && assetSel.options.length) assetSel.selectedIndex = 0;
+  }
+
+  function drawEstimate(): void {
+    const m = model();
+    const symbol = assetSel.value;
+    const rates = m.pricing[symbol];
+    const asset = ctx.assets.find((a) => a.symbol === symbol);
+    if (!rates || !asset) return notice(estimate, "error", `No capacity sells ${m.id} for ${symbol || "any asset"} right now.`);
+    const bytes = new TextEncoder().encode(prompt.value).length;
+    const out = Math.max(1, Number(maxTokens.value) || 0);
+    const typicalIn = Math.ceil(bytes / 4) + PER_MESSAGE;
+    const boundIn = bytes + PER_REQUEST + PER_MESSAGE;
+    const typical = perMillion(rates.input_per_million, typicalIn) + perMillion(rates.output_per_million, out);
+    const most = perMillion(rates.input_per_million, boundIn) + perMillion(rates.output_per_million, out);
+    notice(
+      estimate,
+      "info",
+      h("div", {}, "Estimated cost: about ", h("strong#estimate-cost", {}, `${typical.toPrecision(4)} ${symbol}`), ` (≈${typicalIn} input + up to ${out} output tokens)`),
+      h("div.muted", {}, `At most ${most.toPrecision(4)} ${symbol} is held while it runs; you pay only what is metered. Rates: ${rates.input_per_million} in / ${rates.output_per_million} out per million tokens.`),
+    );
+  }
+
+  async function allowSpending(): Promise<void> {
+    const account = wallet.account;
+    const client = wallet.client;
+    if (!account || !client) return notice(capStatus, "error", "Connect your wallet first: the cap is signed by it.");
+    const asset = ctx.asset(assetSel.value);
+    let total: bigint;
+    try {
+      total = parseAmount(capTotal.value, asset.decimals, asset.symbol);
+    } catch (err) {
+      return notice(capStatus, "error", (err as Error).message);
+    }
+    const block = await ctx.client.getBlock({ blockTag: "latest" });
+    const expiry = block.timestamp + 30n * 86_400n;
+    const ok = await send(ctx, client, account, capStatus, `Allow the vault to charge up to ${fmt(total, asset.decimals)} ${asset.symbol}`, {
+      address: ctx.config.contracts.CreditsVault,
+      abi: vaultAbi,
+      functionName: "set_spend_cap",
+      args: [asset.address, maxUint256, total, expiry],
+    });
+    if (ok) {
+      notice(capStatus, "pending", "Cap set on chain; waiting for the indexer to record it…");
+      for (let i = 0; i < 60; i++) {
+        const view = await api.account().catch(() => null);
+        if (view && BigInt(view.balances[asset.symbol]?.cap_remaining ?? "0") > 0n) {
+          notice(capStatus, "ok", `Spend cap recorded: up to ${fmt(total, asset.decimals)} ${asset.symbol}.`);
+          void drawAccount(accountBox, app);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      notice(capStatus, "error", "The indexer has not recorded the cap yet; reload in a moment.");
+    }
+  }
+
+  async function run(): Promise<void> {
+    const symbol = assetSel.value;
+    const asset = ctx.asset(symbol);
+    output.textContent = "";
+    notice(result, "pending", "Sending…");
+    sendBtn.disabled = true;
+    try {
+      const response = await fetch("/v1/chat/completions", {
+        method: "POST",
+        headers: { authorization: `Bearer ${apiKey()}`, "content-type": "application/json", "x-promptex-asset": symbol },
+        body: JSON.stringify({
+          model: modelSel.value,
+          messages: [{ role: "user", content: prompt.value }],
+          max_tokens: Math.max(1, Number(maxTokens.value) || 1),
+          stream: true,
+          stream_options: { include_usage: true },
+        }),
+      });
+      const requestId = response.headers.get("x-request-id") ?? "";
+      if (!response.ok || !response.body) {
+        const body = await response.json().catch(() => ({}));
+        return notice(result, "error", `The gateway refused: ${body?.error?.message ?? response.statusText}. Nothing was charged.`);
+      }
+      notice(result, "pending", "Streaming…");
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let usage: { prompt_tokens: number; completion_tokens: number } | null = null;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut: number;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const event = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          for (const line of event.split("\n")) {
+            if (!line.startsWith("data:")) continue;
+            const data = line.slice(5).trim();
+            if (data === "[DONE]") continue;
+            const chunk = JSON.parse(data);
+            if (chunk.error) throw new Error(chunk.error.message);
+            const delta = chunk.choices?.[0]?.delta?.content;
+            if (delta) output.textContent += delta;
+            if (chunk.usage) usage = chunk.usage;
+          }
+        }
+      }
+      notice(result, "pending", "Metering…");
+      let record = null;
+      for (let i = 0; i < 40 && !record; i++) {
+        record = await api.usageRecord(requestId).catch(() => null);
+        if (!record) await new Promise((r) => setTimeout(r, 250));
+      }
+      const view = await drawAccount(accountBox, app);
+      const after = view ? BigInt(view.balances[symbol]?.spendable ?? "0") : null;
+      notice(
+        result,
+        "ok",
+        h("div", {}, "Metered cost: ", h("strong#metered-cost", {}, record ? `${fmt(BigInt(record.cost), asset.decimals, asset.decimals)} ${symbol}` : "not recorded yet")),
+        h("div", {}, usage ? `${usage.prompt_tokens} input + ${usage.completion_tokens} output tokens · ` : "", "request ", h("code#request-id", {}, requestId)),
+        h("div", {}, "Balance after: ", h("strong#balance-after", {}, after === null ? "—" : `${fmt(after, asset.decimals, asset.decimals)} ${symbol} spendable`)),
+      );
+    } catch (err) {
+      notice(result, "error", `The request failed: ${(err as Error).message}`);
+    } finally {
+      sendBtn.disabled = false;
+    }
+  }
+
+  modelSel.addEventListener("change", () => { fillAssets(); drawEstimate(); });
+  for (const el of [assetSel, maxTokens, prompt]) el.addEventListener("input", drawEstimate);
+  assetSel.addEventListener("change", drawEstimate);
+  sendBtn.addEventListener("click", () => void run());
+  fillAssets();
+  if ([...assetSel.options].some((o) => o.value === "USDC")) assetSel.value = "USDC";
+  drawEstimate();
+  box.replaceChildren(
+    h("h2", {}, "Playground"),
+    h("div.row", {}, h("label", {}, "Model ", modelSel), h("label", {}, "Pay with ", assetSel), h("label", {}, "Max output tokens ", maxTokens)),
+    prompt,
+    estimate,
+    h("div.row", {}, sendBtn, h("span.muted", {}, "Needs a deposit in the vault and a spend cap for the paying asset:"), h("label", {}, "cap ", capTotal), h("button.secondary#allow-spending", { onclick: () => void allowSpending() }, "Allow spending")),
+    capStatus,
+    output,
+    result,
+  );
+}

@@ -1,0 +1,325 @@
+// Drives the dashboard in Debian's headless Chromium (playwright-core, no browser download)
+// with a test-only EIP-1193 wallet that forwards to anvil's unlocked accounts.
+// Started by tests/dashboard/test_browser.py with the market running; prints one line
+// `RESULT {json}` and exits 0, or prints the failure and exits 1.
+//
+// env: DASHBOARD_URL, ANVIL_URL, USER_ADDRESS, OTHER_ADDRESS, CHROMIUM (default /usr/bin/chromium),
+//      SCREENSHOTS (a folder; the pages' screenshots go there). playwright gives each launch a
+//      fresh temporary user-data-dir (it refuses --user-data-dir in args), removed on close.
+import { mkdirSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+import { encodeFunctionData, maxUint256, parseAbi } from "viem";
+
+const env = process.env;
+const DASHBOARD = env.DASHBOARD_URL;
+const ANVIL = env.ANVIL_URL;
+const USER = env.USER_ADDRESS;
+const OTHER = env.OTHER_ADDRESS;
+const SHOTS = env.SCREENSHOTS ?? mkdtempSync(join(tmpdir(), "promptex-shots-"));
+const T = 30_000;
+mkdirSync(SHOTS, { recursive: true });
+
+const result = { steps: [] };
+const started = Date.now();
+function step(name, extra = {}) {
+  result.steps.push({ name, at_ms: Date.now() - started, ...extra });
+  console.error(`  ✓ ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+}
+
+async function rpc(method, params = []) {
+  const response = await fetch(ANVIL, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }),
+  });
+  return response.json();
+}
+
+async function call(to, abi, functionName, args) {
+  const data = encodeFunctionData({ abi: parseAbi(abi), functionName, args });
+  const { result: out, error } = await rpc("eth_call", [{ to, data }, "latest"]);
+  if (error) throw new Error(`eth_call ${functionName}: ${error.message}`);
+  return BigInt(out);
+}
+
+async function sendAs(from, to, abi, functionName, args) {
+  const data = encodeFunctionData({ abi: parseAbi(abi), functionName, args });
+  const { result: hash, error } = await rpc("eth_sendTransaction", [{ from, to, data }]);
+  if (error) throw new Error(`${functionName}: ${error.message}`);
+  for (let i = 0; i < 100; i++) {
+    const { result: receipt } = await rpc("eth_getTransactionReceipt", [hash]);
+    if (receipt) {
+      if (receipt.status !== "0x1") throw new Error(`${functionName} reverted`);
+      return receipt;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${functionName}: no receipt`);
+}
+
+const ERC20 = ["function balanceOf(address) view returns (uint256)", "function approve(address,uint256) returns (bool)", "function mint(address,uint256)"];
+const VAULT = ["function balance_of(address,address) view returns (uint256)", "function pending_exits(address,address) view returns (uint256,uint256)"];
+const ROUTER = ["function swap_exact_in(uint256,uint256,address[],uint256[],address,uint256) returns (uint256)"];
+
+// The test wallet, injected before any page script. It starts on the wrong chain (1).
+function testWallet({ account, chainId }) {
+  const listeners = {};
+  // Like a real wallet, it remembers the authorization and the network across reloads.
+  const saved = JSON.parse(sessionStorage.getItem("__testWallet") ?? "null");
+  const state = { chainId: saved?.chainId ?? chainId, accounts: saved?.accounts ?? [], rejectNext: false, requests: [] };
+  const save = () => sessionStorage.setItem("__testWallet", JSON.stringify({ chainId: state.chainId, accounts: state.accounts }));
+  const emit = (event, value) => (listeners[event] ?? []).forEach((fn) => fn(value));
+  const rejection = () => Object.assign(new Error("User rejected the request."), { code: 4001 });
+  window.__wallet = state;
+  window.ethereum = {
+    isPromptexTestWallet: true,
+    on(event, fn) { (listeners[event] ??= []).push(fn); },
+    removeListener(event, fn) { listeners[event] = (listeners[event] ?? []).filter((f) => f !== fn); },
+    async request({ method, params = [] }) {
+      state.requests.push(method);
+      switch (method) {
+        case "eth_requestAccounts":
+          if (state.rejectNext) { state.rejectNext = false; throw rejection(); }
+          state.accounts = [account];
+          save();
+          emit("accountsChanged", state.accounts);
+          return state.accounts;
+        case "eth_accounts":
+          return state.accounts;
+        case "eth_chainId":
+          return "0x" + state.chainId.toString(16);
+        case "wallet_switchEthereumChain":
+          state.chainId = parseInt(params[0].chainId, 16);
+          save();
+          emit("chainChanged", params[0].chainId);
+          return null;
+        case "eth_sendTransaction":
+        case "eth_signTypedData_v4":
+        case "personal_sign":
+          if (state.rejectNext) { state.rejectNext = false; throw rejection(); }
+      }
+      const answer = await window.__anvil(method, params);
+      if (answer.error) throw Object.assign(new Error(answer.error.message), answer.error);
+      return answer.result;
+    },
+  };
+}
+
+const browser = await chromium.launch({
+  executablePath: env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let page;
+try {
+  // ─── No wallet ────────────────────────────────────────────────────────────
+  const bare = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const barePage = await bare.newPage();
+  await barePage.goto(`${DASHBOARD}/#/portfolio`);
+  await barePage.waitForSelector("[data-wallet-gate=none]", { timeout: T });
+  const noWallet = await barePage.innerText("[data-wallet-gate=none]");
+  if (!/No wallet found/.test(noWallet)) throw new Error(`no-wallet message: ${noWallet}`);
+  await barePage.screenshot({ path: join(SHOTS, "wallet-none.png") });
+  await bare.close();
+  step("no wallet: clear message");
+
+  // ─── The test wallet, on the wrong network first ─────────────────────────
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  await context.exposeFunction("__anvil", async (method, params) => rpc(method, params));
+  await context.addInitScript(testWallet, { account: USER, chainId: 1 });
+  page = await context.newPage();
+  page.on("pageerror", (err) => console.error("page error:", err.message));
+  const config = await (await fetch(`${DASHBOARD}/api/config`)).json();
+  const usdc = config.assets.find((a) => a.symbol === "USDC").address;
+  const cld = config.assets.find((a) => a.symbol === "CLD").address;
+  const vault = config.contracts.CreditsVault;
+  const walletUsdc = () => call(usdc, ERC20, "balanceOf", [USER]);
+  const walletCld = () => call(cld, ERC20, "balanceOf", [USER]);
+  const vaultUsdc = () => call(vault, VAULT, "balance_of", [USER, usdc]);
+  const waitText = (selector, pattern, timeout = T) =>
+    page.waitForFunction(
+      ([s, p]) => new RegExp(p).test(document.querySelector(s)?.textContent ?? ""),
+      [selector, pattern.source],
+      { timeout, polling: 100 },
+    );
+  const status = (selector) => page.locator(selector).innerText();
+
+  await page.goto(`${DASHBOARD}/#/portfolio`);
+  await page.click("#connect");
+  await page.waitForSelector("[data-wallet-gate=wrong-network]", { timeout: T });
+  await waitText("[data-wallet-gate=wrong-network]", /Wrong network.*chain 1;.*chain 31337/);
+  await page.screenshot({ path: join(SHOTS, "wallet-wrong-network.png") });
+  await page.click("#switch-network");
+  await page.waitForSelector("#account", { timeout: T });
+  step("connect: wrong network shown, switched, connected");
+
+  // ─── Portfolio: faucet, deposit, errors ──────────────────────────────────
+  await page.click("#faucet");
+  await waitText("tr[data-asset=USDC] [data-balance=wallet]", /^1,000$/);
+  const before = { wallet: await walletUsdc(), vault: await vaultUsdc() };
+
+  await page.fill("input[data-amount=USDC]", "5000");
+  await page.click("button[data-action=deposit][data-asset=USDC]");
+  await waitText("#portfolio-status", /Insufficient balance/);
+  const insufficient = await status("#portfolio-status");
+  if ((await walletUsdc()) !== before.wallet || (await vaultUsdc()) !== before.vault) throw new Error("insufficient balance changed balances");
+  step("insufficient balance: readable, nothing changed", { message: insufficient });
+
+  await page.evaluate(() => {
+    window.__states = [];
+    const el = document.querySelector("#portfolio-status");
+    new MutationObserver(() => window.__states.push(el.dataset.state)).observe(el, { attributes: true, childList: true });
+  });
+  await page.fill("input[data-amount=USDC]", "100");
+  await page.click("button[data-action=deposit][data-asset=USDC]");
+  await waitText("tr[data-asset=USDC] [data-balance=vault]", /^100$/);
+  const states = await page.evaluate(() => window.__states);
+  if (!states.includes("pending") || !states.includes("ok")) throw new Error(`deposit states: ${states}`);
+  if ((await vaultUsdc()) !== 100_000_000n) throw new Error("vault does not hold 100 USDC");
+  step("deposit 100 USDC (pending → confirmed)");
+
+  await page.evaluate(() => { window.__wallet.rejectNext = true; });
+  await page.fill("input[data-amount=USDC]", "10");
+  await page.click("button[data-action=deposit][data-asset=USDC]");
+  await waitText("#portfolio-status", /You rejected the request/);
+  const rejected = await status("#portfolio-status");
+  if ((await vaultUsdc()) !== 100_000_000n || (await walletUsdc()) !== 900_000_000n) throw new Error("rejection changed balances");
+  step("rejected signature: readable, nothing changed", { message: rejected });
+
+  // ─── Market: quote, swap, multi-hop, slippage ────────────────────────────
+  await page.goto(`${DASHBOARD}/#/market`);
+  await page.waitForSelector("tr[data-pool=CLD]", { timeout: T });
+  await page.fill("#swap-amount", "50");
+  await waitText("#quote-route", /USDC → CLD/);
+  await waitText("#quote-min", /CLD/);
+  const impact = await status("#quote-impact");
+  await page.screenshot({ path: join(SHOTS, "market.png"), fullPage: true });
+  const cldBefore = await walletCld();
+  await page.click("#swap-button");
+  await waitText("#swap-status", /Swap .*confirmed in block/);
+  const cldAfter = await walletCld();
+  if (!(cldAfter > cldBefore)) throw new Error("the swap brought no CLD");
+  step("swap 50 USDC → CLD", { impact, cld: String(cldAfter - cldBefore) });
+
+  await page.selectOption("#swap-from", "CLD");
+  await page.selectOption("#swap-to", "GPT");
+  await page.fill("#swap-amount", "1000");
+  await waitText("#quote-route", /CLD → USDC → GPT/);
+  step("multi-hop quote CLD → USDC → GPT", { out: await status("#quote-out") });
+
+  await page.selectOption("#swap-from", "USDC");
+  await page.selectOption("#swap-to", "CLD");
+  await page.fill("#swap-slippage", "0.1");
+  await page.fill("#swap-amount", "20");
+  await waitText("#quote-route", /USDC → CLD/);
+  await waitText("#quote-min", /CLD/);
+  // Someone else buys CLD before the user's swap lands: the price moves past 0.1 %.
+  const router = config.contracts.Router;
+  await sendAs(OTHER, usdc, ERC20, "mint", [OTHER, 100_000n * 10n ** 6n]);
+  await sendAs(OTHER, usdc, ERC20, "approve", [router, maxUint256]);
+  await sendAs(OTHER, router, ROUTER, "swap_exact_in", [5_000n * 10n ** 6n, 0n, [usdc, cld], [30n], OTHER, 2n ** 40n]);
+  const held = { usdc: await walletUsdc(), cld: await walletCld() };
+  await page.click("#swap-button");
+  await waitText("#swap-status", /Slippage exceeded/);
+  const slippage = await status("#swap-status");
+  if ((await walletUsdc()) !== held.usdc || (await walletCld()) !== held.cld) throw new Error("a refused swap moved balances");
+  step("slippage exceeded: readable, nothing swapped", { message: slippage });
+
+  // ─── Utilize: key by signature, spend cap, a streamed prompt and its cost ─
+  await page.goto(`${DASHBOARD}/#/utilize`);
+  await page.evaluate(() => { window.__wallet.rejectNext = true; });
+  await page.click("#get-key");
+  await waitText("#key-status", /You rejected the request/);
+  step("rejected signature (key binding): readable");
+  await page.click("#get-key");
+  await page.waitForSelector("#new-key", { timeout: T });
+  await page.waitForSelector("#model", { timeout: T });
+  await page.selectOption("#model", "gpt-4o");
+  await page.selectOption("#pay-with", "USDC");
+  await waitText("#estimate-cost", /USDC/);
+  const estimate = await status("#estimate-cost");
+  await page.fill("#cap-total", "50");
+  await page.click("#allow-spending");
+  await waitText("#cap-status", /Spend cap recorded/, 60_000);
+  await waitText("[data-spendable=USDC]", /^100$/, 60_000);
+  await page.click("#send-prompt");
+  await waitText("#metered-cost", /\d.* USDC/, 60_000);
+  const metered = await status("#metered-cost");
+  const balanceAfter = await status("#balance-after");
+  const requestId = await status("#request-id");
+  const output = await status("#output");
+  if (!output.trim()) throw new Error("no streamed text");
+  await page.screenshot({ path: join(SHOTS, "utilize.png"), fullPage: true });
+  step("prompt: estimate, stream, metered cost, balance after", { estimate, metered, balanceAfter, requestId });
+  result.request_id = requestId;
+  result.metered = metered;
+  result.balance_after = balanceAfter;
+
+  // ─── Usage: the record settles on chain; verify its Merkle proof ─────────
+  await page.goto(`${DASHBOARD}/#/usage`);
+  const verifyButton = `button[data-action=verify][data-request="${requestId}"]`;
+  await page.waitForSelector(verifyButton, { timeout: T });
+  const deadline = Date.now() + 90_000;
+  while (await page.locator(verifyButton).isDisabled()) {
+    if (Date.now() > deadline) throw new Error(`record ${requestId} was not settled in time`);
+    await page.waitForTimeout(1000);
+    await page.click("#refresh-usage");
+    await page.waitForSelector(verifyButton, { timeout: T });
+  }
+  await page.click(verifyButton);
+  await waitText(`[data-verify="${requestId}"]`, /Verified/);
+  const verified = await status(`[data-verify="${requestId}"]`);
+  await page.screenshot({ path: join(SHOTS, "usage.png"), fullPage: true });
+  step("verify usage proof against the root on chain", { verified });
+
+  // ─── Withdrawal: too much refused; request; thaw; complete ───────────────
+  await page.goto(`${DASHBOARD}/#/portfolio`);
+  await waitText("tr[data-asset=USDC] [data-balance=vault]", /\d/);
+  await page.fill("input[data-amount=USDC]", "5000");
+  await page.click("button[data-action=request-exit][data-asset=USDC]");
+  await waitText("#portfolio-status", /more than your balance in the vault/);
+  const tooMuch = await status("#portfolio-status");
+  const [pendingAmount] = await Promise.all([call(vault, VAULT, "pending_exits", [USER, usdc])]);
+  if (pendingAmount !== 0n) throw new Error("a refused withdrawal left an exit pending");
+  step("withdraw more than the vault balance: readable, nothing changed", { message: tooMuch });
+
+  await page.fill("input[data-amount=USDC]", "10");
+  await page.click("button[data-action=request-exit][data-asset=USDC]");
+  await waitText("[data-countdown=USDC]", /thawing: .* left/);
+  const countdown = await status("[data-countdown=USDC]");
+  await page.screenshot({ path: join(SHOTS, "portfolio.png"), fullPage: true });
+  step("request withdrawal: thaw countdown", { countdown });
+
+  await rpc("evm_increaseTime", [60]);
+  await rpc("evm_mine", []);
+  await page.reload();
+  await waitText("[data-countdown=USDC]", /ready to complete/);
+  const walletBeforeExit = await walletUsdc();
+  await page.click("button[data-action=complete-exit][data-asset=USDC]");
+  await waitText("#portfolio-status", /Complete withdrawal of USDC: confirmed/);
+  if ((await walletUsdc()) - walletBeforeExit !== 10_000_000n) throw new Error("the withdrawal did not pay 10 USDC");
+  step("complete withdrawal after the thaw");
+
+  // ─── The other pages ──────────────────────────────────────────────────────
+  for (const name of ["sell", "redemption", "enterprise"]) {
+    await page.goto(`${DASHBOARD}/#/${name}`);
+    await page.waitForSelector(`[data-page=${name}] h1`, { timeout: T });
+    await page.waitForTimeout(300);
+    await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+  }
+  step("screenshots of the remaining pages");
+  result.ok = true;
+  console.log("RESULT " + JSON.stringify(result));
+} catch (err) {
+  console.error("FAILED:", err?.stack ?? err);
+  if (page) {
+    await page.screenshot({ path: join(SHOTS, "failure.png"), fullPage: true }).catch(() => undefined);
+    console.error("page text:\n" + (await page.innerText("body").catch(() => "?")).slice(0, 3000));
+  }
+  console.log("RESULT " + JSON.stringify({ ...result, ok: false, error: String(err?.message ?? err) }));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,224 @@
+"""The dashboard's ASGI app: `create_app(settings)`.
+
+    /                      the built front end (dashboard/dist), index.html for any page
+    GET  /api/config       chain id, contract addresses, assets (no secrets: the node's URL stays here)
+    GET  /api/pools        every pool: reserves, spot price, Oracle TWAPs and a TWAP history
+    GET  /api/epochs       settlement batches with their transactions and usage roots
+    POST /api/keys/challenge   {wallet} → the EIP-712 BindWallet message to sign
+    POST /api/keys/bind        {binding, signature} → a new API key for the wallet's account (shown once)
+    GET  /api/account      (Bearer key) the key's account: wallets and ledger balances
+    GET  /api/usage        (Bearer key) its usage records, newest first, with epoch and tx
+    GET  /api/usage/{id}   (Bearer key) one record;  …/{id}/proof  its Merkle proof
+    POST /rpc              read-only JSON-RPC to the node (the wallet sends transactions)
+    *    /v1/…             the gateway, proxied (streaming)
+
+Everything under /api is read-only except the key endpoints, which issue a key only to
+the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from promptex.config import Settings
+from promptex.dashboard import views
+from promptex.dashboard.market import Market, public_config
+from promptex.dashboard.options import DashboardOptions
+from promptex.dashboard.proxy import GatewayProxy, RpcProxy
+from promptex.gateway.buyers import bind_wallet, issue_key
+from promptex.gateway.keys import bearer, hash_key
+from promptex.gateway.store import ApiKey, GatewayStore
+from promptex.ledger import AccountKind, BindingMessage, Ledger, LedgerError
+
+NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>PROMPTEX dashboard</title>
+<h1>The dashboard is not built</h1>
+<p>Build it once: <code>cd dashboard &amp;&amp; npm ci &amp;&amp; npm run build</code>, then reload.</p>"""
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def create_app(
+    s: Settings,
+    options: DashboardOptions | None = None,
+    *,
+    ledger: Ledger | None = None,
+    clock: Callable[[], int] = lambda: int(time.time()),
+) -> Starlette:
+    """The dashboard app over the settings' ledger, chain and gateway (see DashboardOptions)."""
+    opts = options or DashboardOptions.from_settings(s)
+    owned = ledger is None
+    ledger_ = ledger if ledger is not None else Ledger.from_settings(s)
+    store = GatewayStore(ledger_.engine)
+    market = Market(opts.rpc_url, opts.network, opts.deployments_dir)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(s.gateway_upstream_timeout_seconds, connect=5.0))
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    def key_of(request: Request) -> ApiKey:
+        key = bearer(request.headers.get("authorization"))
+        if key is None:
+            raise ApiError(401, "paste an API key, or get one by signing with your wallet")
+        record = store.api_key(hash_key(key))
+        if record is None:
+            raise ApiError(401, "this API key is not valid (revoked or mistyped)")
+        return record
+
+    def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return _json(await handler(request))
+            except ApiError as exc:
+                return _json({"error": exc.message}, exc.status)
+            except views.NotFound as exc:
+                return _json({"error": str(exc)}, 404)
+            except views.NoProof as exc:
+                return _json({"error": str(exc)}, 409)
+            except FileNotFoundError as exc:
+                return _json({"error": f"no deployment: {exc}"}, 503)
+            except httpx.HTTPError:
+                return _json({"error": "the chain's node does not answer"}, 502)
+
+        return endpoint
+
+    async def config(_request: Request) -> Any:
+        deployment = await run(market.deployment)
+        return {**public_config(deployment), "rpc": "/rpc", "gateway": "/v1"}
+
+    async def pools(_request: Request) -> Any:
+        try:
+            return await run(market.pools)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise ApiError(502, f"cannot read the pools from the chain: {exc}") from None
+
+    async def epochs(_request: Request) -> Any:
+        return await run(views.epochs_view, ledger_.engine)
+
+    def _challenge(wallet: str) -> dict[str, Any]:
+        account = ledger_.account_of(wallet)
+        if account is None:
+            account = ledger_.create_account(AccountKind.USER).id
+        message = ledger_.issue_binding_challenge(account, wallet)
+        return {"binding": message.__dict__, "typed_data": message.typed_data()}
+
+    async def challenge(request: Request) -> Any:
+        wallet = (await _body(request)).get("wallet")
+        if not isinstance(wallet, str):
+            raise ApiError(400, "give the wallet address to bind")
+        try:
+            return await run(_challenge, wallet)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def _bind(binding: dict[str, Any], signature: str) -> dict[str, Any]:
+        message = BindingMessage(**binding)
+        account = bind_wallet(
+            ledger_,
+            message,
+            signature,
+            welcome_asset=s.welcome_credit_asset,
+            welcome_amount=s.welcome_credit_amount,
+            treasury=s.welcome_credit_treasury,
+        )
+        new = issue_key(store, account, clock())
+        return {"key": new.key, "account": account, "prefix": new.record.prefix, "wallet": message.wallet}
+
+    async def bind(request: Request) -> Any:
+        data = await _body(request)
+        binding, signature = data.get("binding"), data.get("signature")
+        if not isinstance(binding, dict) or not isinstance(signature, str):
+            raise ApiError(400, "give the binding message and the wallet's signature")
+        try:
+            return await run(_bind, binding, signature)
+        except LedgerError as exc:
+            raise ApiError(400, f"the wallet could not be bound: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, f"malformed binding message: {exc}") from None
+
+    async def account(request: Request) -> Any:
+        key = await run(key_of, request)
+        return await run(views.account_view, ledger_, key)
+
+    async def usage(request: Request) -> Any:
+        key = await run(key_of, request)
+        return await run(views.usage_view, ledger_.engine, key)
+
+    async def usage_record(request: Request) -> Any:
+        key = await run(key_of, request)
+        return await run(views.usage_record_view, ledger_.engine, key, request.path_params["request_id"])
+
+    async def proof(request: Request) -> Any:
+        key = await run(key_of, request)
+        return await run(views.proof_view, ledger_.engine, key, request.path_params["request_id"])
+
+    async def not_built(_request: Request) -> Response:
+        return HTMLResponse(NOT_BUILT, status_code=503)
+
+    async def api_unknown(_request: Request) -> Response:
+        return JSONResponse({"error": "no such endpoint"}, status_code=404)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await client.aclose()
+            if owned:
+                ledger_.close()
+
+    gateway_proxy = GatewayProxy(client, opts.gateway_url, s.gateway_max_body_bytes)
+    get = partial(Route, methods=["GET"])
+    post = partial(Route, methods=["POST"])
+    routes: list[BaseRoute] = [
+        get("/api/config", guarded(config)),
+        get("/api/pools", guarded(pools)),
+        get("/api/epochs", guarded(epochs)),
+        post("/api/keys/challenge", guarded(challenge)),
+        post("/api/keys/bind", guarded(bind)),
+        get("/api/account", guarded(account)),
+        get("/api/usage", guarded(usage)),
+        get("/api/usage/{request_id}", guarded(usage_record)),
+        get("/api/usage/{request_id}/proof", guarded(proof)),
+        Route("/api/{rest:path}", api_unknown),
+        post("/rpc", RpcProxy(client, opts.rpc_url).handle),
+        Route("/v1/{rest:path}", gateway_proxy.handle, methods=["GET", "POST"]),
+    ]
+    if (opts.dist / "index.html").exists():
+        routes.append(Mount("/", StaticFiles(directory=opts.dist, html=True)))
+    else:
+        routes.append(Route("/{rest:path}", not_built))
+    return Starlette(routes=routes, lifespan=lifespan)

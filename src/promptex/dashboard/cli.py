@@ -1,0 +1,24 @@
+"""`promptex dashboard`: serve the web dashboard (the main CLI mounts this command)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("dashboard")
+@click.option("--host", default=None, help="[default: PROMPTEX_DASHBOARD_HOST, 127.0.0.1]")
+@click.option("--port", default=None, type=int, help="[default: PROMPTEX_DASHBOARD_PORT, 8090]")
+def dashboard(host: str | None, port: int | None) -> None:
+    """Serve the web dashboard (build it first: cd dashboard && npm ci && npm run build)."""
+    import uvicorn
+
+    from promptex.config import settings
+    from promptex.dashboard import DashboardOptions, create_app
+
+    s = settings()
+    host, port = host or s.dashboard_host, port or s.dashboard_port
+    options = DashboardOptions.from_settings(s)
+    if not (options.dist / "index.html").exists():
+        click.echo(f"warning: no built front end in {options.dist}: run `cd dashboard && npm ci && npm run build`")
+    click.echo(f"dashboard on http://{host}:{port} (chain {options.rpc_url}, gateway {options.gateway_url})")
+    uvicorn.run(create_app(s, options), host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,101 @@
+"""The dashboard in a real browser: headless Chromium driven by playwright-core against the
+whole local market (tests/dashboard/dashboard_stack.py), with a test-only EIP-1193 wallet
+forwarding to anvil's unlocked accounts. The script (dashboard/tests/browser.mjs) connects
+(after a wrong network), deposits, swaps (and a multi-hop quote), obtains an API key by
+signing, sets a spend cap, runs a streamed prompt and reads its metered cost, verifies the
+usage record's Merkle proof against the root on chain, and requests, then completes, a
+withdrawal; a rejected signature, an insufficient balance and exceeded slippage each show
+a readable message and change nothing. Here the outcome is checked again from the ledger
+and the chain.
+
+Screenshots go to a temporary folder, or to PROMPTEX_SCREENSHOTS (docs/screenshots to
+refresh the README's)."""
+
+import json
+import os
+import re
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+from dashboard_stack import market_stack
+
+from anvil_node import ROOT
+from promptex.ledger import Ledger
+
+SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"
+ABI_TS = ROOT / "dashboard" / "src" / "abi.ts"
+# dashboard/src/abi.ts constant → the deployment record whose compiled ABI it slices
+ABI_SOURCES = {
+    "erc20Abi": "USDC",
+    "mockUsdcAbi": "USDC",
+    "vaultAbi": "CreditsVault",
+    "routerAbi": "Router",
+    "escrowAbi": "CreditEscrow",
+}
+
+
+def front_end_abi_drift(stack) -> list[str]:
+    """Each function the front end declares, checked against the compiled ABI: name, inputs, mutability."""
+    problems = []
+    for constant, body in re.findall(r"export const (\w+) = parseAbi\(\[(.*?)\]\);", ABI_TS.read_text(), re.S):
+        abi = json.loads(Path(stack.deployment.contracts[ABI_SOURCES[constant]].abi).read_text())
+        for name, args, view in re.findall(r'"function (\w+)\(([^)]*)\)( view)?', body):
+            inputs = [a.split()[0] for a in args.split(",") if a.strip()]
+            found = [
+                f
+                for f in abi
+                if f.get("type") == "function" and f["name"] == name and [i["type"] for i in f["inputs"]] == inputs
+            ]
+            if not found:
+                problems.append(f"{constant}.{name}({','.join(inputs)}) is not in {ABI_SOURCES[constant]}'s ABI")
+            elif (found[0]["stateMutability"] in ("view", "pure")) != bool(view):
+                problems.append(f"{constant}.{name}: view-ness differs from the compiled ABI")
+    return problems
+
+
+def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(browser_parts, tmp_path):
+    shots = os.environ.get("PROMPTEX_SCREENSHOTS") or str(tmp_path / "screenshots")
+    with market_stack(tmp_path) as stack:
+        user, other = stack.w3.eth.accounts[9], stack.w3.eth.accounts[8]
+        env = dict(
+            os.environ,
+            DASHBOARD_URL=stack.dashboard_url,
+            ANVIL_URL=stack.anvil_url,
+            USER_ADDRESS=user,
+            OTHER_ADDRESS=other,
+            CHROMIUM=browser_parts,
+            SCREENSHOTS=shots,
+        )
+        run = subprocess.run(
+            ["node", str(SCRIPT)], cwd=ROOT / "dashboard", env=env, capture_output=True, text=True, timeout=240
+        )
+        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+        assert run.returncode == 0 and lines, f"browser run failed:\n{run.stderr[-6000:]}\n{run.stdout[-2000:]}"
+        result = json.loads(lines[-1].removeprefix("RESULT "))
+        assert result["ok"], result
+
+        names = [s["name"] for s in result["steps"]]
+        for expected in ("connect", "deposit", "swap", "prompt", "verify usage proof", "request withdrawal"):
+            assert any(expected in n for n in names), (expected, names)
+        for error in ("rejected signature", "insufficient balance", "slippage exceeded"):
+            assert any(n.startswith(error) for n in names), (error, names)
+
+        # The cost the page showed is the ledger's metered cost for that request, in USDC.
+        ledger = Ledger.from_settings(stack.settings)
+        try:
+            record = ledger.usage_record(result["request_id"])
+            assert record is not None and record.asset == "USDC" and record.cost > 0
+            shown = Decimal(result["metered"].split()[0].replace(",", ""))
+            assert shown * 10**6 == record.cost
+        finally:
+            ledger.close()
+
+        # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending.
+        vault, usdc = stack.contract("CreditsVault"), stack.deployment.address("USDC")
+        assert vault.functions.pending_exits(user, usdc).call()[0] == 0
+        assert vault.functions.balance_of(user, usdc).call() == 90 * 10**6 - record.cost
+        assert stack.errors == {"indexer": [], "coordinator": []}  # type: ignore[attr-defined]
+
+        # The front end's hand-written ABI slices still match the compiled contracts.
+        assert front_end_abi_drift(stack) == []
