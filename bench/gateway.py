@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import httpx
 import uvloop
 
 from promptex.gateway.upstream import UpstreamClient, UpstreamError
+from promptex.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,12 +53,6 @@ LITELLM_VERSION = "1.106.2"
 MODEL = "gpt-5-mini"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "say something short"}], "max_tokens": 16}
 RATES = (10, 25, 50, 75, 100, 150, 200, 250, 300, 350, 400, 500, 650, 800, 1000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cores() -> tuple[list[str], list[str]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from eth_utils.crypto import keccak
 
 from promptex.indexer import Followed, Indexer, Options, RpcClient
 from promptex.ledger import Ledger
+from promptex.serving import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL = ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -59,17 +59,11 @@ class Row:
         return self.blocks / self.seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_anvil() -> tuple[subprocess.Popen[bytes], RpcClient]:
     binary = str(ANVIL) if ANVIL.exists() else shutil.which("anvil")
     if binary is None:
         raise SystemExit("anvil not installed: `npm ci` installs it")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--silent"], stdout=subprocess.DEVNULL)
     rpc = RpcClient(f"http://127.0.0.1:{port}", timeout=120)
     for _ in range(200):

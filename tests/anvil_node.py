@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+
+from promptex.serving import free_port  # noqa: F401 (re-exported to the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL = ROOT / "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -22,12 +23,6 @@ def anvil_binary() -> str:
     if binary is None:
         raise RuntimeError("anvil not installed: run `make test`, which installs it from npm")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_rpc(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:

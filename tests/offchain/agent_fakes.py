@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from coordinator_fakes import FakeChain, Revert, State
 from eth_account import Account
 from eth_utils.crypto import keccak
@@ -30,6 +26,7 @@ from promptex.chain.redemption import (
     receipt_digest,
     slippage_limit,
 )
+from promptex.serving import ServerThread
 
 AGENT = "0x00000000000000000000000000000000000A6E47"
 PAYEE = "0x000000000000000000000000000000000000BEEF"
@@ -220,26 +217,10 @@ class FakeAgentChain(FakeChain):
         self.s.usdc[ESCROW] -= r["usdc"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving_billing(config: FakeBillingConfig) -> Iterator[tuple[str, Starlette]]:
     """The fake billing API on a free loopback port, in a thread; yields its URL and app
     (swap `app.state.config` to reconfigure it)."""
-    port = _free_port()
     app = create_fake_billing(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(5)
+    with ServerThread(app) as server:
+        yield server.url, app
