@@ -38,8 +38,11 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # The web dashboard's front end (its own pinned packages), built into dashboard/dist.
+# `npm install --no-save` installs exactly the lock's versions without rewriting it. Not
+# `npm ci`: the registry reachable here lacks rollup's packages for other platforms, so the
+# lock cannot list them, and `npm ci` refuses a lock without them.
 dashboard/node_modules/.installed: dashboard/package.json dashboard/package-lock.json
-	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	cd dashboard && npm install --no-save --no-audit --no-fund --loglevel=error
 	touch $@
 
 dashboard/dist/index.html: dashboard/node_modules/.installed dashboard/index.html dashboard/vite.config.ts \
