@@ -33,6 +33,28 @@ export const routerAbi = parseAbi([
   "function get_amounts_out(uint256 amount_in, address[] path, uint256[] fees) view returns (uint256[])",
   "function swap_exact_in(uint256 amount_in, uint256 min_out, address[] path, uint256[] fees, address to, uint256 deadline) returns (uint256)",
   "function FEE_DENOMINATOR() view returns (uint256)",
+  "function add_liquidity(address token_a, address token_b, uint256 fee, uint256 amount_a_desired, uint256 amount_b_desired, uint256 amount_a_min, uint256 amount_b_min, address to, uint256 deadline) returns (uint256, uint256, uint256)",
+  "function remove_liquidity(address token_a, address token_b, uint256 fee, uint256 liquidity, uint256 amount_a_min, uint256 amount_b_min, address to, uint256 deadline) returns (uint256, uint256)",
+]);
+
+// A pool's LP units are an ERC-20 of the pool itself.
+export const poolAbi = parseAbi([
+  "function balanceOf(address arg0) view returns (uint256)",
+  "function totalSupply() view returns (uint256)",
+  "function allowance(address arg0, address arg1) view returns (uint256)",
+  "function approve(address spender, uint256 amount) returns (bool)",
+  "function get_reserves() view returns (uint256, uint256, uint256)",
+]);
+
+export const redemptionAbi = parseAbi([
+  "function set_grant(address agent, address payee, uint256 expiry, uint256 max_slippage_bps, address[] tokens, uint256[] daily_limits) returns (uint256)",
+  "function revoke_grant(address agent)",
+  "function link_account(bytes32 provider, bytes32 account_ref)",
+  "function grant(address user, address agent) view returns (address, uint256, uint256, uint256)",
+  "function daily_limit(address user, address agent, address token) view returns (uint256)",
+  "function spent_today(address user, address agent, address token) view returns (uint256)",
+  "function linked_account(address arg0, bytes32 arg1) view returns (bytes32)",
+  "function billing_signer(bytes32 arg0) view returns (address)",
 ]);
 
 export const escrowAbi = parseAbi([

@@ -109,6 +109,78 @@ export interface Challenge {
   };
 }
 
+export interface LinkedAccount {
+  provider: string;
+  provider_id: Hex;
+  account_id: string;
+  account_ref: Hex;
+  balance_usd_micro: number | null;
+  balance_live: boolean;
+  balance_error: string | null;
+}
+
+export interface TopupRule {
+  id: number;
+  provider: string;
+  token: string;
+  below_usd_micro: number;
+  add_usd_micro: number;
+  max_tokens_in: string;
+  enabled: boolean;
+  last_outcome: string | null;
+}
+
+export interface RedemptionRow {
+  id: number;
+  created_at: number;
+  provider: string;
+  token: string;
+  usd_micro: number;
+  tokens_in: string | null;
+  status: string;
+  rule_id: number | null;
+  chain_redemption_id: number | null;
+  billing_ref: Hex | null;
+  receipt_usd_micro: number | null;
+  redeem_tx: Hex | null;
+  release_tx: Hex | null;
+  error: string | null;
+}
+
+export interface RedemptionView {
+  wallet: Address;
+  agent: Address | null;
+  accounts: LinkedAccount[];
+  rules: TopupRule[];
+  redemptions: RedemptionRow[];
+}
+
+export interface NewRule {
+  wallet: Address;
+  provider: string;
+  token: string;
+  below_usd: string;
+  add_usd: string;
+  max_tokens: string;
+}
+
+export interface OrgMember {
+  account: number;
+  name: string | null;
+  joined_at: number;
+  keys: { prefix: string; created_at: number; revoked: boolean; budget_asset: string | null; budget_remaining: string | null }[];
+  budgets: { asset: string; remaining: string; held: string }[];
+  usage: { asset: string; requests: number; cost: string; tokens: number }[];
+}
+
+export interface OrgDesk {
+  org: number;
+  name: string | null;
+  wallets: string[];
+  vault: Record<string, { posted: string; held: string; spendable: string; cap_remaining: string }>;
+  members: OrgMember[];
+}
+
 export class ApiError extends Error {
   constructor(
     message: string,
@@ -165,5 +237,11 @@ export const api = {
   account: () => call<AccountView>("/api/account", {}, true),
   usage: () => call<UsageRecord[]>("/api/usage", {}, true),
   usageRecord: (id: string) => call<UsageRecord>(`/api/usage/${encodeURIComponent(id)}`, {}, true),
+  redemption: (wallet: Address) => call<RedemptionView>(`/api/redemption?wallet=${wallet}`, {}, true),
+  addRule: (rule: NewRule) =>
+    call<{ id: number }>("/api/redemption/rules", { method: "POST", body: JSON.stringify(rule) }, true),
+  org: () => call<OrgDesk>("/api/org", {}, true),
+  addMember: (member: { name?: string; budget_asset?: string; budget?: string }) =>
+    call<{ account: number; key: string; prefix: string }>("/api/org/members", { method: "POST", body: JSON.stringify(member) }, true),
   proof: (id: string) => call<Proof>(`/api/usage/${encodeURIComponent(id)}/proof`, {}, true),
 };

@@ -69,6 +69,11 @@ export function walletClient(ctx: Ctx, provider: EIP1193Provider): WalletClient 
 
 const REASONS: [RegExp, string][] = [
   [/router: insufficient output/, "Slippage exceeded: the price moved past your tolerance since the quote. Nothing was swapped — get a new quote or allow more slippage."],
+  [/router: insufficient [ab] amount/, "Slippage exceeded: the pool's price moved past your tolerance. Nothing was added or removed — reload the pool or allow more slippage."],
+  [/redemption: expiry in the past/, "The grant's expiry is in the past. Nothing changed."],
+  [/redemption: slippage above maximum/, "That slippage is above the escrow's maximum (50 %). Nothing changed."],
+  [/redemption: daily limit out of range/, "That daily limit is out of range. Nothing changed."],
+  [/redemption: no grant/, "There is no grant to revoke. Nothing changed."],
   [/vault: amount exceeds balance/, "That is more than your balance in the vault. Nothing was sent."],
   [/vault: exit already pending/, "A withdrawal of this asset is already pending: complete or cancel it first."],
   [/vault: exit still thawing/, "This withdrawal is still thawing; wait for the countdown to end."],

@@ -10,7 +10,8 @@ import { marketPage } from "./pages/market";
 import { utilizePage } from "./pages/utilize";
 import { usagePage } from "./pages/usage";
 import { sellPage } from "./pages/sell";
-import { redemptionPage, enterprisePage } from "./pages/later";
+import { redemptionPage } from "./pages/redemption";
+import { enterprisePage } from "./pages/enterprise";
 
 export interface App {
   ctx: Ctx;

@@ -3,7 +3,8 @@
 // Started by tests/dashboard/test_browser.py with the market running; prints one line
 // `RESULT {json}` and exits 0, or prints the failure and exits 1.
 //
-// env: DASHBOARD_URL, ANVIL_URL, USER_ADDRESS, OTHER_ADDRESS, CHROMIUM (default /usr/bin/chromium),
+// env: DASHBOARD_URL, ANVIL_URL, USER_ADDRESS, OTHER_ADDRESS, OWNER_ADDRESS (an org's wallet),
+//      CHROMIUM (default /usr/bin/chromium),
 //      SCREENSHOTS (a folder; the pages' screenshots go there). playwright gives each launch a
 //      fresh temporary user-data-dir (it refuses --user-data-dir in args), removed on close.
 import { mkdirSync, mkdtempSync } from "node:fs";
@@ -17,6 +18,7 @@ const DASHBOARD = env.DASHBOARD_URL;
 const ANVIL = env.ANVIL_URL;
 const USER = env.USER_ADDRESS;
 const OTHER = env.OTHER_ADDRESS;
+const OWNER = env.OWNER_ADDRESS;
 const SHOTS = env.SCREENSHOTS ?? mkdtempSync(join(tmpdir(), "promptex-shots-"));
 const T = 30_000;
 mkdirSync(SHOTS, { recursive: true });
@@ -44,6 +46,13 @@ async function call(to, abi, functionName, args) {
   return BigInt(out);
 }
 
+async function callRaw(to, abi, functionName, args) {
+  const data = encodeFunctionData({ abi: parseAbi(abi), functionName, args });
+  const { result: out, error } = await rpc("eth_call", [{ to, data }, "latest"]);
+  if (error) throw new Error(`eth_call ${functionName}: ${error.message}`);
+  return out;
+}
+
 async function sendAs(from, to, abi, functionName, args) {
   const data = encodeFunctionData({ abi: parseAbi(abi), functionName, args });
   const { result: hash, error } = await rpc("eth_sendTransaction", [{ from, to, data }]);
@@ -62,6 +71,11 @@ async function sendAs(from, to, abi, functionName, args) {
 const ERC20 = ["function balanceOf(address) view returns (uint256)", "function approve(address,uint256) returns (bool)", "function mint(address,uint256)"];
 const VAULT = ["function balance_of(address,address) view returns (uint256)", "function pending_exits(address,address) view returns (uint256,uint256)"];
 const ROUTER = ["function swap_exact_in(uint256,uint256,address[],uint256[],address,uint256) returns (uint256)"];
+const ESCROW = [
+  "function grant(address,address) view returns (address,uint256,uint256,uint256)",
+  "function linked_account(address,bytes32) view returns (bytes32)",
+];
+const POOL = ["function balanceOf(address) view returns (uint256)"];
 
 // The test wallet, injected before any page script. It starts on the wrong chain (1).
 function testWallet({ account, chainId }) {
@@ -227,6 +241,35 @@ try {
   if ((await walletUsdc()) !== held.usdc || (await walletCld()) !== held.cld) throw new Error("a refused swap moved balances");
   step("slippage exceeded: readable, nothing swapped", { message: slippage });
 
+  // ─── Market: add and remove liquidity through the Router ────────────────
+  const cldPool = (await (await fetch(`${DASHBOARD}/api/pools`)).json()).find((p) => p.symbol === "CLD").address;
+  const lpOf = () => call(cldPool, POOL, "balanceOf", [USER]);
+  await page.waitForSelector("#add-liquidity", { timeout: T });
+  await page.selectOption("#lp-pool", "CLD");
+  const lpHeld = { cld: await walletCld(), usdc: await walletUsdc() };
+  await page.fill("#lp-token-amount", "100000000");
+  await page.click("#add-liquidity");
+  await waitText("#lp-status", /Insufficient balance/);
+  const lpInsufficient = await status("#lp-status");
+  if ((await lpOf()) !== 0n || (await walletCld()) !== lpHeld.cld || (await walletUsdc()) !== lpHeld.usdc) throw new Error("a refused add moved balances");
+  step("add liquidity beyond the balance: readable, nothing changed", { message: lpInsufficient });
+  await page.fill("#lp-token-amount", "1000");
+  await waitText("#lp-usdc-amount", /USDC/);
+  await page.click("#add-liquidity");
+  await waitText("#lp-status", /Add .*confirmed in block/);
+  await page.waitForFunction(() => BigInt(document.querySelector("#lp-balance")?.dataset.lp ?? "0") > 0n, null, { timeout: T });
+  const lpAfterAdd = await lpOf();
+  if (!(lpAfterAdd > 0n) || (await walletCld()) !== lpHeld.cld - 1000n * 10n ** 18n) throw new Error("adding liquidity did not mint LP units for 1,000 CLD");
+  await page.screenshot({ path: join(SHOTS, "market.png"), fullPage: true });
+  step("add liquidity: 1,000 CLD + USDC at the pool's ratio", { lp: String(lpAfterAdd), worth: await status("#lp-worth") });
+  await page.fill("#lp-remove-pct", "50");
+  await page.click("#remove-liquidity");
+  await waitText("#lp-status", /Remove 50 % .*confirmed in block/);
+  const lpAfterRemove = await lpOf();
+  if (lpAfterRemove !== lpAfterAdd - lpAfterAdd / 2n) throw new Error(`removing half left ${lpAfterRemove} of ${lpAfterAdd}`);
+  if (!((await walletCld()) > lpHeld.cld - 1000n * 10n ** 18n)) throw new Error("removing liquidity returned no CLD");
+  step("remove half the liquidity");
+
   // ─── Utilize: key by signature, spend cap, a streamed prompt and its cost ─
   await page.goto(`${DASHBOARD}/#/utilize`);
   await page.evaluate(() => { window.__wallet.rejectNext = true; });
@@ -302,8 +345,106 @@ try {
   if ((await walletUsdc()) - walletBeforeExit !== 10_000_000n) throw new Error("the withdrawal did not pay 10 USDC");
   step("complete withdrawal after the thaw");
 
+  // ─── Redemption: link on chain, grant (rejected, then signed), rule, history, revoke ─
+  const escrowAddress = config.contracts.RedemptionEscrow;
+  await page.goto(`${DASHBOARD}/#/redemption`);
+  await page.waitForSelector("#agent", { timeout: T });
+  const AGENT = await page.locator("#agent").getAttribute("title");
+  const grantPayee = async () => "0x" + (await callRaw(escrowAddress, ESCROW, "grant", [USER, AGENT])).slice(26, 66);
+  await waitText("[data-balance=anthropic]", /^\$5(\.00)?$/);
+  await page.click("button[data-action=link][data-provider=anthropic]");
+  await waitText("[data-onchain=anthropic]", /linked on chain/);
+  step("redemption: linked account with its live balance, linked on chain");
+
+  await page.evaluate(() => { window.__wallet.rejectNext = true; });
+  await page.fill("#grant-limit", "10000");
+  await page.fill("#grant-slippage", "5");
+  await page.click("#grant-button");
+  await waitText("#grant-status", /You rejected the request/);
+  if (BigInt(await grantPayee()) !== 0n) throw new Error("a rejected grant left a grant on chain");
+  step("rejected signature (grant): readable, no grant", { message: await status("#grant-status") });
+  await page.fill("#grant-limit", "10000");
+  await page.click("#grant-button");
+  await waitText("[data-grant-limit=CLD]", /^10,000$/);
+  await waitText("[data-grant-state]", /active/);
+  if ((await grantPayee()).toLowerCase() !== AGENT.toLowerCase()) throw new Error("the grant is not on chain");
+  step("grant the agent 10,000 CLD a day (signed by the wallet, escrow approved)");
+
+  await page.fill("#rule-below", "twenty");
+  await page.click("#add-rule");
+  await waitText("#rule-status", /not saved: .*not a dollar amount/);
+  if (await page.locator("tr[data-rule]").count()) throw new Error("a refused rule was listed");
+  step("bad rule: readable, nothing saved", { message: await status("#rule-status") });
+  // The escrow bounds slippage against a 600-s TWAP: let the Oracle's history cover it.
+  await rpc("evm_increaseTime", [700]);
+  await rpc("evm_mine", []);
+  await page.fill("#rule-below", "20");
+  await page.fill("#rule-add", "20");
+  await page.fill("#rule-max", "10000");
+  await page.click("#add-rule");
+  await page.waitForSelector("tr[data-rule]", { timeout: T });
+  const redeemed = Date.now() + 60_000;
+  for (;;) {
+    const state = await page.locator("[data-redemption-status]").first().innerText().catch(() => "");
+    if (/^released/.test(state)) break;
+    if (Date.now() > redeemed) throw new Error(`the rule's redemption did not release (status: ${state || "none"}; rule: ${await page.locator("[data-rule-outcome]").first().innerText()})`);
+    await page.waitForTimeout(500);
+    await page.click("#refresh-redemptions");
+  }
+  const receipt = {
+    sold: await status("[data-sold]"),
+    usd: await status("[data-usd]"),
+    billing_ref: await page.locator("[data-billing-ref] code").getAttribute("title"),
+  };
+  if (receipt.usd !== "$20" && receipt.usd !== "$20.00") throw new Error(`redemption USD ${receipt.usd}`);
+  await page.reload();
+  await waitText("[data-balance=anthropic]", /^\$25(\.00)?$/);
+  await waitText("[data-grant-spent=CLD]", /[1-9]/);
+  await page.screenshot({ path: join(SHOTS, "redemption.png"), fullPage: true });
+  step("auto-topup rule fired: redemption released with its receipt; balance $25", receipt);
+  result.redemption = receipt;
+  await page.click("#revoke-grant");
+  await page.waitForSelector("[data-grant-state=revoked]", { timeout: T });
+  if (BigInt(await grantPayee()) !== 0n) throw new Error("the revoked grant is still live on chain");
+  step("revoke the grant");
+
+  // ─── Enterprise desk: not for a user's key; the org owner's wallet sees it ─
+  await page.goto(`${DASHBOARD}/#/enterprise`);
+  await waitText("#desk-error", /not an org/);
+  step("enterprise desk refused to a key that is not the org owner's", { message: await status("#desk-error") });
+  const orgContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  await orgContext.exposeFunction("__anvil", async (method, params) => rpc(method, params));
+  await orgContext.addInitScript(testWallet, { account: OWNER, chainId: 31337 });
+  const orgPage = await orgContext.newPage();
+  page = orgPage;
+  await page.goto(`${DASHBOARD}/#/enterprise`);
+  await page.click("#connect");
+  await page.waitForSelector("#account", { timeout: T });
+  await page.click("#get-key");
+  await waitText("#org-name", /Acme Research/);
+  await waitText("[data-org-spendable=USDC]", /\d/);
+  await page.waitForSelector("tr[data-member]", { timeout: T });
+  await waitText("[data-member-usage]", /1 req/);
+  await page.fill("#member-name", "grace");
+  await page.fill("#member-budget", "10");
+  await page.selectOption("#member-budget-asset", "USDC");
+  await page.click("#add-member");
+  await page.waitForSelector("#member-key", { timeout: T });
+  const memberKey = await status("#member-key");
+  await page.waitForFunction(() => document.querySelectorAll("tr[data-member]").length === 2, null, { timeout: T });
+  const keysShown = await page.locator("#members").innerText();
+  if (!keysShown.includes(memberKey.slice(0, 10)) || keysShown.includes(memberKey)) throw new Error("the desk must show key prefixes only");
+  await page.evaluate(() => { const k = document.querySelector("#member-key"); if (k) k.textContent = "px-…(shown once)"; });
+  await page.screenshot({ path: join(SHOTS, "enterprise.png"), fullPage: true });
+  step("enterprise desk: org vault, members, key prefixes, budgets, usage; a new member key", {
+    vault: await status("[data-org-spendable=USDC]"),
+  });
+  result.member_key_prefix = memberKey.slice(0, 10);
+  await orgContext.close();
+
   // ─── The other pages ──────────────────────────────────────────────────────
-  for (const name of ["sell", "redemption", "enterprise"]) {
+  page = (await context.pages())[0];
+  for (const name of ["sell"]) {
     await page.goto(`${DASHBOARD}/#/${name}`);
     await page.waitForSelector(`[data-page=${name}] h1`, { timeout: T });
     await page.waitForTimeout(300);

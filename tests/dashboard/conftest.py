@@ -20,7 +20,7 @@ def missing_browser_parts() -> list[str]:
     if shutil.which("node") is None:
         missing.append("node")
     if not (DASHBOARD / "node_modules" / "playwright-core").exists():
-        missing.append("dashboard/node_modules (cd dashboard && npm ci)")
+        missing.append("dashboard/node_modules (make setup)")
     if not (DASHBOARD / "dist" / "index.html").exists():
         missing.append("dashboard/dist (cd dashboard && npm run build)")
     return missing

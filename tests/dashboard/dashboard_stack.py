@@ -1,7 +1,9 @@
 """The whole local market for the dashboard's browser tests, in this process: anvil,
-`ape run deploy` + `ape run seed_market`, a listed OpenAI lot opened through the gateway's
-own seller path, the fake upstream, the gateway, the indexer and the coordinator (stepped
-in background threads) and the dashboard server."""
+`ape run deploy` (with the fake billing signer) + `ape run seed_market`, a listed OpenAI
+lot opened through the gateway's own seller path, the fake upstream, the fake Anthropic
+billing API, the gateway, the indexer, the coordinator and the redemption agent (stepped
+in background threads) and the dashboard server; `seed_org` adds an org with a member
+who has spent."""
 
 from __future__ import annotations
 
@@ -14,9 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from eth_account import Account
 from web3 import Web3
 
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
+from promptex.agent.billing import HttpBilling
+from promptex.agent.chain import Web3AgentChain
+from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
+from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
+from promptex.agent.service import Agent
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
@@ -25,19 +34,21 @@ from promptex.coordinator.service import Coordinator
 from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app as create_gateway
+from promptex.gateway.buyers import NewKey, member_key
 from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.store import GatewayStore
 from promptex.indexer.followed import Followed
 from promptex.indexer.rpc import RpcClient
 from promptex.indexer.service import Indexer
-from promptex.ledger import Ledger
+from promptex.ledger import AccountKind, Ledger
 from promptex.metering import load_catalog
 from promptex.serving import ServerThread
 
 DIST = ROOT / "dashboard" / "dist"
 DAY = 86_400
 USD = 10**6
+BILLING_CREDENTIAL = "scoped-billing-credential"  # what the agent holds sealed; never sent to a browser
 
 
 @dataclass
@@ -48,6 +59,9 @@ class Stack:
     deployment: Deployment
     w3: Web3
     settings: Settings
+    agent: Any = None
+    billing: Any = None  # the fake billing API's FakeBillingConfig (balances, purchases)
+    ledger: Any = None
 
     def contract(self, name: str) -> Any:
         record = self.deployment.contracts[name]
@@ -130,8 +144,9 @@ def market_stack(work: Path) -> Iterator[Stack]:
     deployments = work / "deployments"
     with running_anvil() as anvil_url:
         env = ape_env(anvil_url, deployments)
-        for script in ("deploy", "seed_market"):
-            done = ape_run(env, script)
+        signer = Account.from_key(LOCAL_BILLING_SIGNER_KEY).address
+        for script in (("deploy", "--billing-signer", f"anthropic={signer}"), ("seed_market",)):
+            done = ape_run(env, *script)
             assert done.returncode == 0, f"ape run {script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         deployment = load_deployment("local", deployments)
         settings = Settings(
@@ -147,18 +162,31 @@ def market_stack(work: Path) -> Iterator[Stack]:
         w3 = Web3(Web3.HTTPProvider(anvil_url))
         ledger = Ledger.from_settings(settings)
         store = GatewayStore(ledger.engine)
-        with ServerThread(create_fake_upstream(FakeUpstreamConfig(output_tokens=40))) as upstream:
-            stack = Stack(anvil_url, "", "", deployment, w3, settings)
+        billing_config = FakeBillingConfig(
+            signer_key=LOCAL_BILLING_SIGNER_KEY, chain_id=deployment.chain_id,
+            escrow=deployment.address("RedemptionEscrow"), credentials={},
+        )  # fmt: skip
+        with (
+            ServerThread(create_fake_upstream(FakeUpstreamConfig(output_tokens=40))) as upstream,
+            ServerThread(create_fake_billing(billing_config)) as billing,
+        ):
+            stack = Stack(anvil_url, "", "", deployment, w3, settings, billing=billing_config, ledger=ledger)
             keys = load_master_keys(None, settings.gateway_master_key_file)
             open_listed_lot(stack, store, keys, upstream.url, seller=w3.eth.accounts[1])
             # The indexer and the coordinator each get their own ledger connection, as separate processes would.
             indexer_ledger, coordinator_ledger = Ledger.from_settings(settings), Ledger.from_settings(settings)
+            agent_ledger = Ledger.from_settings(settings)
+            stack.agent = Agent(
+                agent_ledger.engine, Web3AgentChain(anvil_url, deployment, LOCAL_AGENT_KEY), HttpBilling(timeout=10),
+                keys, billing_url=billing.url, tx_timeout=30, rules_interval=0.5,
+            )  # fmt: skip
             indexer = Indexer(indexer_ledger, RpcClient(anvil_url), Followed.from_deployment(deployment))
             coordinator = Coordinator(coordinator_ledger.engine, Web3Chain(anvil_url, deployment, ANVIL_KEY_0))
             with (
                 ServerThread(create_gateway(settings, ledger=ledger)) as gateway,
                 Stepper("indexer", indexer.catch_up, 0.3) as indexing,
                 Stepper("coordinator", coordinator.run_once, 0.5) as settling,
+                Stepper("agent", stack.agent.run_once, 0.5) as redeeming,
             ):
                 options = DashboardOptions(
                     rpc_url=anvil_url,
@@ -169,11 +197,50 @@ def market_stack(work: Path) -> Iterator[Stack]:
                 )
                 with ServerThread(create_app(settings, options, ledger=ledger)) as dashboard:
                     stack.dashboard_url, stack.gateway_url = dashboard.url, gateway.url
-                    stack.errors = {"indexer": indexing.errors, "coordinator": settling.errors}  # type: ignore[attr-defined]
+                    stack.errors = {  # type: ignore[attr-defined]
+                        "indexer": indexing.errors, "coordinator": settling.errors, "agent": redeeming.errors,
+                    }  # fmt: skip
                     yield stack
             indexer_ledger.close()
             coordinator_ledger.close()
+            agent_ledger.close()
         ledger.close()
+
+
+def link_billing_account(stack: Stack, user: str, account_id: str, usd_micro: int) -> None:
+    """The agent's operator links the user's Anthropic account (`promptex agent link`): the
+    credential is sealed in the agent's store; the user confirms it on chain in the browser."""
+    stack.billing.credentials[account_id] = BILLING_CREDENTIAL
+    stack.billing.balances[account_id] = usd_micro
+    stack.agent.link_account(user, "anthropic", account_id, BILLING_CREDENTIAL)
+
+
+def seed_org(stack: Stack, owner: str, name: str = "Acme Research") -> NewKey:
+    """An org whose account `owner`'s wallet is bound to (signed by anvil's unlocked
+    account), 200 USDC deposited with a spend cap, and a member with a 25 USDC budget who
+    has made one request through the gateway. Returns the member's key."""
+    w3, ledger = stack.w3, stack.ledger
+    org = ledger.create_account(AccountKind.ORG, name).id
+    message = ledger.issue_binding_challenge(org, owner)
+    signed = w3.provider.make_request("eth_signTypedData_v4", [owner, json.dumps(message.typed_data())])
+    ledger.bind_wallet(message, signed["result"])
+    usdc, vault = stack.contract("USDC"), stack.contract("CreditsVault")
+    transact(w3, usdc.functions.mint(owner, 200 * USD), owner)
+    transact(w3, usdc.functions.approve(vault.address, 200 * USD), owner)
+    transact(w3, vault.functions.deposit(usdc.address, 200 * USD), owner)
+    expiry = int(w3.eth.get_block("latest")["timestamp"]) + 30 * DAY
+    transact(w3, vault.functions.set_spend_cap(usdc.address, 2**256 - 1, 100 * USD, expiry), owner)
+    wait_for(lambda: ledger.balance(org, "USDC").cap_remaining > 0, what="the org's deposit and cap indexed")
+    store, now = GatewayStore(ledger.engine), int(time.time())
+    member = member_key(ledger, store, org, now, name="ada", budget=("USDC", 25 * USD))
+    answer = httpx.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {member.key}", "x-promptex-asset": "USDC"},
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello from the org"}], "max_tokens": 32},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    return member
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:

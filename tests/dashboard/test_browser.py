@@ -18,9 +18,10 @@ import subprocess
 from decimal import Decimal
 from pathlib import Path
 
-from dashboard_stack import market_stack
+from dashboard_stack import USD, link_billing_account, market_stack, seed_org
 
 from anvil_node import ROOT
+from promptex.gateway.store import api_keys
 from promptex.ledger import Ledger
 
 SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"
@@ -32,6 +33,8 @@ ABI_SOURCES = {
     "vaultAbi": "CreditsVault",
     "routerAbi": "Router",
     "escrowAbi": "CreditEscrow",
+    "poolAbi": "PoolBlueprint",
+    "redemptionAbi": "RedemptionEscrow",
 }
 
 
@@ -57,13 +60,17 @@ def front_end_abi_drift(stack) -> list[str]:
 def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(browser_parts, tmp_path):
     shots = os.environ.get("PROMPTEX_SCREENSHOTS") or str(tmp_path / "screenshots")
     with market_stack(tmp_path) as stack:
-        user, other = stack.w3.eth.accounts[9], stack.w3.eth.accounts[8]
+        # Accounts 8 and 9 are the redemption agent's and the fake billing signer's keys.
+        user, other, owner = (stack.w3.eth.accounts[i] for i in (3, 5, 6))
+        link_billing_account(stack, user, "acct_dashboard_user", 5 * USD)
+        seed_org(stack, owner)
         env = dict(
             os.environ,
             DASHBOARD_URL=stack.dashboard_url,
             ANVIL_URL=stack.anvil_url,
             USER_ADDRESS=user,
             OTHER_ADDRESS=other,
+            OWNER_ADDRESS=owner,
             CHROMIUM=browser_parts,
             SCREENSHOTS=shots,
         )
@@ -76,9 +83,17 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         assert result["ok"], result
 
         names = [s["name"] for s in result["steps"]]
-        for expected in ("connect", "deposit", "swap", "prompt", "verify usage proof", "request withdrawal"):
+        expected_steps = (
+            "connect", "deposit", "swap", "add liquidity:", "remove half", "prompt", "verify usage proof",
+            "request withdrawal", "grant the agent", "auto-topup rule fired", "revoke the grant", "enterprise desk:",
+        )  # fmt: skip
+        for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
-        for error in ("rejected signature", "insufficient balance", "slippage exceeded"):
+        errors = (
+            "rejected signature", "insufficient balance", "slippage exceeded", "add liquidity beyond", "bad rule",
+            "rejected signature (grant)", "enterprise desk refused",
+        )  # fmt: skip
+        for error in errors:
             assert any(n.startswith(error) for n in names), (error, names)
 
         # The cost the page showed is the ledger's metered cost for that request, in USDC.
@@ -95,7 +110,19 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         vault, usdc = stack.contract("CreditsVault"), stack.deployment.address("USDC")
         assert vault.functions.pending_exits(user, usdc).call()[0] == 0
         assert vault.functions.balance_of(user, usdc).call() == 90 * 10**6 - record.cost
-        assert stack.errors == {"indexer": [], "coordinator": []}  # type: ignore[attr-defined]
+        assert stack.errors == {"indexer": [], "coordinator": [], "agent": []}  # type: ignore[attr-defined]
+
+        # Redemption: the rule's purchase reached the (fake) billing API once; the escrow released it.
+        assert stack.billing.balances["acct_dashboard_user"] == 25 * USD
+        [redemption] = stack.agent.store.redemptions(user=user)
+        assert redemption.status == "released" and redemption.usd_micro == 20 * USD
+        assert result["redemption"]["billing_ref"] == "0x" + redemption.billing_ref.hex()
+        escrow = stack.contract("RedemptionEscrow")
+        assert escrow.functions.redemptions(redemption.chain_redemption_id).call()[5] == 2  # STATUS_RELEASED
+        # Enterprise: the member key made in the browser spends from the org (its hash is all that is stored).
+        with stack.ledger.engine.connect() as conn:
+            prefixes = [r.prefix for r in conn.execute(api_keys.select().where(api_keys.c.payer_id.isnot(None)))]
+        assert result["member_key_prefix"] in prefixes and len(prefixes) == 2
 
         # The front end's hand-written ABI slices still match the compiled contracts.
         assert front_end_abi_drift(stack) == []

@@ -1,5 +1,6 @@
 """The dashboard's server without a chain: the wallet-signed key endpoints, what a key may
-read, the read-only JSON-RPC proxy, and the messages when a part is missing."""
+read and change (a wallet's redemption records and rules, an org's desk), the read-only
+JSON-RPC proxy, and the messages when a part is missing."""
 
 import json
 
@@ -8,9 +9,11 @@ from eth_account import Account
 from starlette.testclient import TestClient
 
 from anvil_node import free_port
+from promptex.agent.store import AgentStore
 from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
-from promptex.ledger import Ledger
+from promptex.gateway.envelope import load_master_keys
+from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.binding import BindingMessage, sign
 
 VAULT = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
@@ -33,7 +36,11 @@ def dashboard(tmp_path):
         },
     }
     (deployments / "local.json").write_text(json.dumps(record))
-    settings = Settings(ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}", deployments_dir=deployments)
+    settings = Settings(
+        ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        deployments_dir=deployments,
+        gateway_master_key_file=tmp_path / "master.key",
+    )
     dead = free_port()  # nothing listens: anything forwarded fails loudly
     options = DashboardOptions(
         rpc_url=SECRET_RPC.format(port=dead),
@@ -44,6 +51,7 @@ def dashboard(tmp_path):
     )
     ledger = Ledger.from_settings(settings)
     with TestClient(create_app(settings, options, ledger=ledger)) as client:
+        client.ledger, client.settings, client.dead = ledger, settings, dead
         yield client
     ledger.close()
 
@@ -127,5 +135,107 @@ def test_gateway__down__openai_error_body_502(dashboard):
 
 def test_front_end__not_built__page_says_how_to_build(dashboard):
     answer = dashboard.get("/")
-    assert answer.status_code == 503 and "npm ci" in answer.text
+    assert answer.status_code == 503 and "make setup" in answer.text
     assert dashboard.get("/api/nope").status_code == 404
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def link_unreachable_account(dashboard, user: str, credential: str) -> None:
+    """A linked account whose billing API does not answer, its credential sealed as the agent seals it."""
+    keys = load_master_keys(None, dashboard.settings.gateway_master_key_file)
+    billing_url = f"http://127.0.0.1:{dashboard.dead}"
+    sealed = keys.seal(credential.encode())
+    AgentStore(dashboard.ledger.engine).link_account(
+        user, "anthropic", "acct_1", b"s", b"r" * 32, billing_url, sealed, 1
+    )
+
+
+def test_redemption__own_wallet__accounts_without_the_credential_and_a_rule_added(dashboard):
+    wallet = Account.create()
+    key = obtain_key(dashboard, wallet).json()["key"]
+    link_unreachable_account(dashboard, wallet.address, "billing-secret-credential")
+    rule = {"wallet": wallet.address, "provider": "anthropic", "token": "CLD", "below_usd": "20", "add_usd": "20"}
+    added = dashboard.post("/api/redemption/rules", json={**rule, "max_tokens": "5000"}, headers=bearer(key))
+    assert added.status_code == 200, added.text
+    view = dashboard.get("/api/redemption", headers=bearer(key))
+    assert view.status_code == 200, view.text
+    body = view.json()
+    [account] = body["accounts"]
+    assert account["provider"] == "anthropic" and account["balance_live"] is False  # its billing API is down
+    assert "billing-secret-credential" not in view.text
+    assert [(r["id"], r["below_usd_micro"], r["max_tokens_in"]) for r in body["rules"]] == [
+        (added.json()["id"], 20 * 10**6, str(5000 * 10**18))
+    ]
+    assert body["redemptions"] == [] and body["agent"].startswith("0x")
+
+
+def test_redemption__another_wallet__403_and_no_rule_saved(dashboard):
+    mine, theirs = Account.create(), Account.create()
+    key = obtain_key(dashboard, mine).json()["key"]
+    obtain_key(dashboard, theirs)
+    assert dashboard.get(f"/api/redemption?wallet={theirs.address}", headers=bearer(key)).status_code == 403
+    rule = {"wallet": theirs.address, "provider": "anthropic", "token": "CLD", "below_usd": "20", "add_usd": "20"}
+    refused = dashboard.post("/api/redemption/rules", json={**rule, "max_tokens": "1"}, headers=bearer(key))
+    assert refused.status_code == 403 and "your own" in refused.json()["error"]
+    assert dashboard.post("/api/redemption/rules", json=rule).status_code == 401
+    assert AgentStore(dashboard.ledger.engine).rules(enabled_only=False) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"below_usd": "twenty"}, "not a dollar amount"),
+        ({"add_usd": "-5"}, "positive"),
+        ({"token": "USDC"}, "pick one of CLD"),
+        ({"provider": ""}, "provider name"),
+        ({"max_tokens": "0.0000000000000000001"}, "18 decimals"),
+    ],
+)
+def test_redemption__bad_rule__400_readable_and_nothing_saved(dashboard, change, message):
+    wallet = Account.create()
+    key = obtain_key(dashboard, wallet).json()["key"]
+    rule = {"wallet": wallet.address, "provider": "anthropic", "token": "CLD", "below_usd": "20", "add_usd": "20"}
+    refused = dashboard.post("/api/redemption/rules", json={**rule, "max_tokens": "10", **change}, headers=bearer(key))
+    assert refused.status_code == 400 and message in refused.json()["error"]
+    assert AgentStore(dashboard.ledger.engine).rules(enabled_only=False) == []
+
+
+def org_owner_key(dashboard, name: str = "Acme") -> tuple[int, str]:
+    """An org account with a wallet bound to it; that wallet's key is the org owner's."""
+    ledger, owner = dashboard.ledger, Account.create()
+    org = ledger.create_account(AccountKind.ORG, name).id
+    message = ledger.issue_binding_challenge(org, owner.address)
+    ledger.bind_wallet(message, sign(message, owner.key))
+    issued = obtain_key(dashboard, owner).json()
+    assert issued.get("account") == org, issued
+    return org, issued["key"]
+
+
+def test_org__owner__desk_with_members_and_a_new_member_key_shown_once(dashboard):
+    org, key = org_owner_key(dashboard)
+    made = dashboard.post(
+        "/api/org/members", json={"name": "ada", "budget_asset": "USDC", "budget": "25"}, headers=bearer(key)
+    )
+    assert made.status_code == 200, made.text
+    desk = dashboard.get("/api/org", headers=bearer(key))
+    assert desk.status_code == 200 and desk.json()["org"] == org
+    [member] = desk.json()["members"]
+    assert member["name"] == "ada" and member["budgets"] == [{"asset": "USDC", "remaining": "25000000", "held": "0"}]
+    assert [k["prefix"] for k in member["keys"]] == [made.json()["prefix"]]
+    assert made.json()["key"] not in desk.text  # prefixes only
+    # The member's key spends from the org but is not its owner's.
+    refused = dashboard.get("/api/org", headers=bearer(made.json()["key"]))
+    assert refused.status_code == 403 and "member key" in refused.json()["error"]
+
+
+def test_org__a_user_key_or_a_bad_budget__refused_and_nothing_added(dashboard):
+    user_key = obtain_key(dashboard, Account.create()).json()["key"]
+    assert dashboard.get("/api/org", headers=bearer(user_key)).status_code == 403
+    assert dashboard.post("/api/org/members", json={}, headers=bearer(user_key)).status_code == 403
+    _org, key = org_owner_key(dashboard)
+    bad = dashboard.post("/api/org/members", json={"budget_asset": "USDC", "budget": "1.0000001"}, headers=bearer(key))
+    assert bad.status_code == 400 and "no member was added" in bad.json()["error"]
+    assert dashboard.get("/api/org", headers=bearer(key)).json()["members"] == []

@@ -1,8 +1,9 @@
 // Market: every pool with its price, TWAPs and a TWAP chart; swap any two assets through
 // the Router (one hop to or from USDC, two hops between provider tokens) with a quote,
-// price impact and min_out from the slippage setting.
+// price impact and min_out from the slippage setting; add liquidity to a pool at its
+// current ratio and remove a share of the wallet's LP units, both through the Router.
 import type { Address } from "viem";
-import { erc20Abi, routerAbi } from "../abi";
+import { erc20Abi, poolAbi, routerAbi } from "../abi";
 import { api, type AssetInfo, type Pool } from "../api";
 import { explain, send, type Ctx } from "../chain";
 import { fmt, parseAmount } from "../format";
@@ -88,7 +89,8 @@ export async function quote(ctx: Ctx, pools: Pool[], from: AssetInfo, to: AssetI
 export const marketPage: Page = (root, app) => {
   const poolsBox = h("div#pools", {}, "Loading pools…");
   const swapBox = h("div.card#swap");
-  root.append(h("h1", {}, "Market"), poolsBox, h("h2", {}, "Swap"), swapBox);
+  const liquidityBox = h("div.card#liquidity");
+  root.append(h("h1", {}, "Market"), poolsBox, h("h2", {}, "Swap"), swapBox, h("h2", {}, "Liquidity"), liquidityBox);
   void api
     .pools()
     .then((pools) => {
@@ -117,6 +119,7 @@ export const marketPage: Page = (root, app) => {
         ),
       );
       drawSwap(swapBox, app, pools);
+      drawLiquidity(liquidityBox, app, pools);
     })
     .catch((err) => notice(poolsBox, "error", `Cannot read the pools: ${err.message}`));
 };
@@ -218,4 +221,141 @@ function drawSwap(box: HTMLElement, app: App, pools: Pool[]): void {
     button,
     status,
   );
+}
+
+async function deadline(ctx: Ctx): Promise<bigint> {
+  const block = await ctx.client.getBlock({ blockTag: "latest" });
+  return BigInt(Math.max(Number(block.timestamp), Math.floor(Date.now() / 1000))) + 600n;
+}
+
+/** Add liquidity at the pool's ratio (the USDC side follows the token amount) and remove a share of the LP units. */
+function drawLiquidity(box: HTMLElement, app: App, initial: Pool[]): void {
+  const { ctx, wallet } = app;
+  const gate = walletGate(wallet, ctx);
+  if (gate) return void box.replaceChildren(gate);
+  const account = wallet.account!;
+  const client = wallet.client!;
+  const router = ctx.config.contracts.Router;
+  let pools = initial;
+  const poolSel = h("select#lp-pool", {}, ...pools.map((p) => h("option", { value: p.symbol }, `${p.symbol}/USDC`)));
+  const tokenAmount = h("input#lp-token-amount", { inputmode: "decimal", placeholder: "token amount", size: 12 });
+  const usdcSide = h("span#lp-usdc-amount.muted", {}, "");
+  const slippage = h("input#lp-slippage", { value: "1", size: 4, inputmode: "decimal" });
+  const removePct = h("input#lp-remove-pct", { value: "50", size: 4, inputmode: "decimal" });
+  const position = h("div#lp-position.quote");
+  const status = h("div#lp-status.notice", { role: "status" });
+  const pool = () => pools.find((p) => p.symbol === poolSel.value)!;
+
+  /** USDC units matching `amount` token units at the pool's reserves (the Router's quote, rounded down). */
+  const usdcFor = (p: Pool, amount: bigint) => (amount * BigInt(p.usdc_reserve)) / BigInt(p.token_reserve);
+  const bps = (): bigint => {
+    const pct = Number(slippage.value);
+    if (!(pct >= 0 && pct < 50)) throw new Error("Slippage is a percentage between 0 and 50");
+    return BigInt(Math.round(pct * 100));
+  };
+
+  async function drawPosition(): Promise<void> {
+    const p = pool();
+    const [lp, supply] = await Promise.all([
+      ctx.client.readContract({ address: p.address, abi: poolAbi, functionName: "balanceOf", args: [account] }),
+      ctx.client.readContract({ address: p.address, abi: poolAbi, functionName: "totalSupply" }),
+    ]);
+    const share = supply ? (lp * 1_000_000n) / supply : 0n;
+    const tokenPart = supply ? (lp * BigInt(p.token_reserve)) / supply : 0n;
+    const usdcPart = supply ? (lp * BigInt(p.usdc_reserve)) / supply : 0n;
+    notice(
+      position,
+      "info",
+      h("div", {}, "Your LP units: ", h("strong#lp-balance", { "data-lp": lp.toString() }, fmt(lp, 18)), ` (${(Number(share) / 10_000).toFixed(4)} % of the pool)`),
+      h("div", {}, "Worth about ", h("span#lp-worth", {}, `${fmt(tokenPart, 18, 2)} ${p.symbol} + ${fmt(usdcPart, 6, 2)} USDC`), " at current reserves"),
+    );
+  }
+
+  async function reloadPools(): Promise<void> {
+    pools = await api.pools();
+    await drawPosition();
+  }
+
+  function drawSide(): void {
+    try {
+      const amount = parseAmount(tokenAmount.value, 18, pool().symbol);
+      usdcSide.textContent = `+ ${fmt(usdcFor(pool(), amount), 6)} USDC at the pool's ratio`;
+    } catch {
+      usdcSide.textContent = "";
+    }
+  }
+
+  async function add(): Promise<void> {
+    pools = await api.pools(); // the ratio at this moment, not the page's first reading
+    const p = pool();
+    const token = ctx.asset(p.symbol);
+    let amountToken: bigint;
+    let slip: bigint;
+    try {
+      amountToken = parseAmount(tokenAmount.value, token.decimals, token.symbol);
+      slip = bps();
+    } catch (err) {
+      return notice(status, "error", (err as Error).message);
+    }
+    const amountUsdc = usdcFor(p, amountToken);
+    if (amountUsdc === 0n) return notice(status, "error", "That amount is too small to match any USDC at this pool's price.");
+    for (const [asset, need] of [[token, amountToken], [ctx.usdc, amountUsdc]] as const) {
+      const have = await ctx.client.readContract({ address: asset.address, abi: erc20Abi, functionName: "balanceOf", args: [account] });
+      if (have < need) {
+        return notice(status, "error", `Insufficient balance: adding needs ${fmt(need, asset.decimals)} ${asset.symbol}; your wallet holds ${fmt(have, asset.decimals)}. Nothing was sent.`);
+      }
+    }
+    for (const [asset, need] of [[token, amountToken], [ctx.usdc, amountUsdc]] as const) {
+      const allowance = await ctx.client.readContract({ address: asset.address, abi: erc20Abi, functionName: "allowance", args: [account, router] });
+      if (allowance < need && !(await send(ctx, client, account, status, `Approve ${asset.symbol}`, { address: asset.address, abi: erc20Abi, functionName: "approve", args: [router, need] }))) return;
+    }
+    const min = (x: bigint) => (x * (10_000n - slip)) / 10_000n;
+    const ok = await send(ctx, client, account, status, `Add ${fmt(amountToken, 18)} ${token.symbol} + ${fmt(amountUsdc, 6)} USDC`, {
+      address: router,
+      abi: routerAbi,
+      functionName: "add_liquidity",
+      args: [token.address, ctx.usdc.address, BigInt(p.fee), amountToken, amountUsdc, min(amountToken), min(amountUsdc), account, await deadline(ctx)],
+    });
+    if (ok) await reloadPools();
+  }
+
+  async function remove(): Promise<void> {
+    pools = await api.pools();
+    const p = pool();
+    const token = ctx.asset(p.symbol);
+    let slip: bigint;
+    const pct = Number(removePct.value);
+    try {
+      if (!(pct > 0 && pct <= 100)) throw new Error("Remove a share between 0 and 100 %");
+      slip = bps();
+    } catch (err) {
+      return notice(status, "error", (err as Error).message);
+    }
+    const [lp, supply] = await Promise.all([
+      ctx.client.readContract({ address: p.address, abi: poolAbi, functionName: "balanceOf", args: [account] }),
+      ctx.client.readContract({ address: p.address, abi: poolAbi, functionName: "totalSupply" }),
+    ]);
+    const units = (lp * BigInt(Math.round(pct * 100))) / 10_000n;
+    if (units === 0n) return notice(status, "error", "You hold no LP units in this pool. Nothing was sent.");
+    const allowance = await ctx.client.readContract({ address: p.address, abi: poolAbi, functionName: "allowance", args: [account, router] });
+    if (allowance < units && !(await send(ctx, client, account, status, "Approve the LP units", { address: p.address, abi: poolAbi, functionName: "approve", args: [router, units] }))) return;
+    const min = (reserve: string) => ((units * BigInt(reserve)) / supply * (10_000n - slip)) / 10_000n;
+    const ok = await send(ctx, client, account, status, `Remove ${pct} % of your ${p.symbol}/USDC liquidity`, {
+      address: router,
+      abi: routerAbi,
+      functionName: "remove_liquidity",
+      args: [token.address, ctx.usdc.address, BigInt(p.fee), units, min(p.token_reserve), min(p.usdc_reserve), account, await deadline(ctx)],
+    });
+    if (ok) await reloadPools();
+  }
+
+  poolSel.addEventListener("change", () => { drawSide(); void drawPosition(); });
+  tokenAmount.addEventListener("input", drawSide);
+  box.replaceChildren(
+    h("div.row", {}, h("label", {}, "Pool ", poolSel), h("label", {}, "Add ", tokenAmount), usdcSide, h("label", {}, "Slippage % ", slippage), h("button#add-liquidity", { onclick: () => void add() }, "Add liquidity")),
+    h("div.row", {}, h("label", {}, "Remove ", removePct, " % of your LP units"), h("button.secondary#remove-liquidity", { onclick: () => void remove() }, "Remove liquidity")),
+    position,
+    status,
+  );
+  void drawPosition().catch((err) => notice(position, "error", `Cannot read your position: ${err.message}`));
 }

@@ -47,7 +47,8 @@ export const utilizePage: Page = (root, app) => {
   }
 };
 
-function drawKey(box: HTMLElement, app: App, changed: () => void): void {
+/** The API key box: paste a key, or get one by signing the wallet binding (shared by the pages that need a key). */
+export function drawKey(box: HTMLElement, app: App, changed: () => void): void {
   const input = h("input#api-key", { type: "password", placeholder: "px-…", size: 40, autocomplete: "off" });
   const status = h("div#key-status.notice", { role: "status" });
   const current = apiKey();

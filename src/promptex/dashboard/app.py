@@ -9,11 +9,20 @@
     GET  /api/account      (Bearer key) the key's account: wallets and ledger balances
     GET  /api/usage        (Bearer key) its usage records, newest first, with epoch and tx
     GET  /api/usage/{id}   (Bearer key) one record;  …/{id}/proof  its Merkle proof
+    GET  /api/redemption   (Bearer key, ?wallet=) the key's wallet's linked accounts with live
+                           balances, auto-topup rules and redemption history; the agent's address
+    POST /api/redemption/rules  (Bearer key) {wallet, provider, token, below_usd, add_usd, max_tokens}
+    GET  /api/org          (Bearer key of an org itself) the enterprise desk: vault, members, keys
+                           (prefixes), budgets, usage by member
+    POST /api/org/members  (the same key) {name?, budget_asset?, budget?} → a member key (shown once)
     POST /rpc              read-only JSON-RPC to the node (the wallet sends transactions)
     *    /v1/…             the gateway, proxied (streaming)
 
 Everything under /api is read-only except the key endpoints, which issue a key only to
-the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`).
+the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`),
+and two writes that act only for what that key owns: a rule for a wallet bound to the
+key's account, a member key for the org the key is. Billing credentials and API keys
+other than a new member's (shown once to its org's owner) never leave the server.
 """
 
 from __future__ import annotations
@@ -33,19 +42,22 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from promptex.agent.billing import HttpBilling
 from promptex.config import Settings
-from promptex.dashboard import views
+from promptex.dashboard import enterprise, views
 from promptex.dashboard.market import Market, public_config
 from promptex.dashboard.options import DashboardOptions
 from promptex.dashboard.proxy import GatewayProxy, RpcProxy
+from promptex.dashboard.redemption import BadInput, RedemptionReader, add_rule, agent_address, master_keys
 from promptex.gateway.buyers import bind_wallet, issue_key
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, BindingMessage, Ledger, LedgerError
+from promptex.ledger.binding import checksum_address
 
 NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>PROMPTEX dashboard</title>
 <h1>The dashboard is not built</h1>
-<p>Build it once: <code>cd dashboard &amp;&amp; npm ci &amp;&amp; npm run build</code>, then reload.</p>"""
+<p>Build it once: <code>make setup</code>, then reload.</p>"""
 
 
 class ApiError(Exception):
@@ -83,6 +95,8 @@ def create_app(
     store = GatewayStore(ledger_.engine)
     market = Market(opts.rpc_url, opts.network, opts.deployments_dir)
     client = httpx.AsyncClient(timeout=httpx.Timeout(s.gateway_upstream_timeout_seconds, connect=5.0))
+    billing = HttpBilling(timeout=min(s.agent_billing_timeout_seconds, 5.0))
+    redemptions = RedemptionReader(ledger_.engine, billing, lambda: master_keys(s))
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -106,6 +120,8 @@ def create_app(
                 return _json({"error": str(exc)}, 404)
             except views.NoProof as exc:
                 return _json({"error": str(exc)}, 409)
+            except enterprise.NotOwner as exc:
+                return _json({"error": str(exc)}, 403)
             except FileNotFoundError as exc:
                 return _json({"error": f"no deployment: {exc}"}, 503)
             except httpx.HTTPError:
@@ -146,12 +162,14 @@ def create_app(
 
     def _bind(binding: dict[str, Any], signature: str) -> dict[str, Any]:
         message = BindingMessage(**binding)
+        # Welcome credit is for people: the treasury's budgets take user accounts only (an org's wallet gets none).
+        person = ledger_.account(message.account).kind == AccountKind.USER
         account = bind_wallet(
             ledger_,
             message,
             signature,
             welcome_asset=s.welcome_credit_asset,
-            welcome_amount=s.welcome_credit_amount,
+            welcome_amount=s.welcome_credit_amount if person else 0,
             treasury=s.welcome_credit_treasury,
         )
         new = issue_key(store, account, clock())
@@ -185,6 +203,49 @@ def create_app(
         key = await run(key_of, request)
         return await run(views.proof_view, ledger_.engine, key, request.path_params["request_id"])
 
+    def wallet_of(key: ApiKey, asked: str | None) -> str:
+        """The wallet the key acts for: one bound to its own account (`asked` picks among several)."""
+        wallets = ledger_.wallets(key.account)
+        if not wallets:
+            raise ApiError(403, "this key's account has no wallet bound: get a key by signing with your wallet")
+        if asked is None:
+            return wallets[0]
+        try:
+            wallet = checksum_address(asked)
+        except ValueError:
+            raise ApiError(400, f"{asked!r} is not a wallet address") from None
+        if wallet not in wallets:
+            raise ApiError(403, f"{wallet} is not bound to this key's account: you can only see and change your own")
+        return wallet
+
+    async def redemption(request: Request) -> Any:
+        key = await run(key_of, request)
+        wallet = await run(wallet_of, key, request.query_params.get("wallet"))
+        view = await run(redemptions.view, wallet)
+        return {**view, "agent": agent_address(s)}
+
+    async def redemption_rule(request: Request) -> Any:
+        key = await run(key_of, request)
+        body = await _body(request)
+        wallet = await run(wallet_of, key, body.get("wallet"))
+        deployment = await run(market.deployment)
+        try:
+            return await run(add_rule, ledger_.engine, wallet, body, deployment.token_symbols(), clock())
+        except (BadInput, ValueError) as exc:
+            raise ApiError(400, str(exc)) from None
+
+    async def org(request: Request) -> Any:
+        key = await run(key_of, request)
+        return await run(enterprise.desk_view, ledger_, store, key)
+
+    async def org_member(request: Request) -> Any:
+        key = await run(key_of, request)
+        body = await _body(request)
+        try:
+            return await run(enterprise.new_member, ledger_, store, key, body, clock())
+        except (ValueError, LedgerError) as exc:
+            raise ApiError(400, f"no member was added: {exc}") from None
+
     async def not_built(_request: Request) -> Response:
         return HTMLResponse(NOT_BUILT, status_code=503)
 
@@ -197,6 +258,7 @@ def create_app(
             yield
         finally:
             await client.aclose()
+            billing.close()
             if owned:
                 ledger_.close()
 
@@ -213,6 +275,10 @@ def create_app(
         get("/api/usage", guarded(usage)),
         get("/api/usage/{request_id}", guarded(usage_record)),
         get("/api/usage/{request_id}/proof", guarded(proof)),
+        get("/api/redemption", guarded(redemption)),
+        post("/api/redemption/rules", guarded(redemption_rule)),
+        get("/api/org", guarded(org)),
+        post("/api/org/members", guarded(org_member)),
         Route("/api/{rest:path}", api_unknown),
         post("/rpc", RpcProxy(client, opts.rpc_url).handle),
         Route("/v1/{rest:path}", gateway_proxy.handle, methods=["GET", "POST"]),

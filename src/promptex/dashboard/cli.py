@@ -9,7 +9,7 @@ import click
 @click.option("--host", default=None, help="[default: PROMPTEX_DASHBOARD_HOST, 127.0.0.1]")
 @click.option("--port", default=None, type=int, help="[default: PROMPTEX_DASHBOARD_PORT, 8090]")
 def dashboard(host: str | None, port: int | None) -> None:
-    """Serve the web dashboard (build it first: cd dashboard && npm ci && npm run build)."""
+    """Serve the web dashboard (`make setup` builds it first)."""
     import uvicorn
 
     from promptex.config import settings
@@ -19,6 +19,6 @@ def dashboard(host: str | None, port: int | None) -> None:
     host, port = host or s.dashboard_host, port or s.dashboard_port
     options = DashboardOptions.from_settings(s)
     if not (options.dist / "index.html").exists():
-        click.echo(f"warning: no built front end in {options.dist}: run `cd dashboard && npm ci && npm run build`")
+        click.echo(f"warning: no built front end in {options.dist}: run `make setup`")
     click.echo(f"dashboard on http://{host}:{port} (chain {options.rpc_url}, gateway {options.gateway_url})")
     uvicorn.run(create_app(s, options), host=host, port=port, log_level="warning", access_log=False)

@@ -16,7 +16,7 @@ class DashboardOptions:
     rpc_url: str  # the node the read-only /rpc proxy and the pools view read (never shown to the browser)
     network: str  # deployments/<network>.json
     gateway_url: str  # the gateway's origin; the browser reaches it as /v1 on the dashboard's origin
-    dist: Path  # the built front end (`cd dashboard && npm ci && npm run build`)
+    dist: Path  # the built front end (`make setup` builds it)
     deployments_dir: Path
 
     @classmethod
