@@ -109,3 +109,16 @@ def test_org_member_key__spends_from_org_within_member_budget(gw: Harness, fake:
     assert chat(gw, free.key).status_code == 200
     assert gw.ledger.balance(capped.account, "USDC").posted == 0
     assert gw.ledger.balance(org, "USDC").posted < 10 * USDC
+
+
+def test_bind__org_wallet__bound_without_welcome_credit(gw: Harness) -> None:
+    treasury = gw.ledger.treasury("promotions").id
+    fund(gw, treasury, 100 * USDC)
+    org = gw.ledger.create_account(AccountKind.ORG).id
+    wallet = Account.create()
+    message = gw.ledger.issue_binding_challenge(org, wallet.address)
+    bind_wallet(gw.ledger, message, sign(message, wallet.key), welcome_asset="USDC", welcome_amount=USDC,
+                treasury="promotions")  # fmt: skip
+    assert gw.ledger.wallets(org) == [wallet.address]
+    assert gw.ledger.budget(treasury, org, "USDC") is None  # welcome credit is for people
+    assert gw.ledger.balance(treasury, "USDC").posted == 100 * USDC

@@ -135,7 +135,7 @@ class Agent:
             return f"balance unavailable: {exc}"
         self.store.set_balance(account.id, balance, self.clock())
         if balance >= rule.below_usd_micro:
-            return f"balance {balance} is not below {rule.below_usd_micro}"
+            return f"balance ${balance / 10**6:,.2f} is not below ${rule.below_usd_micro / 10**6:,.2f}"
         try:
             self.quote(account, rule.token, rule.add_usd_micro, rule.max_tokens_in)
         except QuoteRefused as exc:

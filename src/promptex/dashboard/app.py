@@ -162,14 +162,12 @@ def create_app(
 
     def _bind(binding: dict[str, Any], signature: str) -> dict[str, Any]:
         message = BindingMessage(**binding)
-        # Welcome credit is for people: the treasury's budgets take user accounts only (an org's wallet gets none).
-        person = ledger_.account(message.account).kind == AccountKind.USER
         account = bind_wallet(
             ledger_,
             message,
             signature,
             welcome_asset=s.welcome_credit_asset,
-            welcome_amount=s.welcome_credit_amount if person else 0,
+            welcome_amount=s.welcome_credit_amount,
             treasury=s.welcome_credit_treasury,
         )
         new = issue_key(store, account, clock())

@@ -109,10 +109,11 @@ def bind_wallet(
     welcome_amount: int,
     treasury: str,
 ) -> int:
-    """Bind the signing wallet; the first wallet of an account brings its welcome credit
-    (spend-only: it is a budget at the treasury, never a withdrawable balance)."""
+    """Bind the signing wallet; the first wallet of a user account brings its welcome credit
+    (spend-only: it is a budget at the treasury, never a withdrawable balance). An org's
+    wallet gets none: welcome credit is for people, and the treasury budgets users only."""
     account = ledger.bind_wallet(message, signature)
-    if welcome_amount > 0:
+    if welcome_amount > 0 and ledger.account(account).kind == AccountKind.USER:
         ledger.grant_promotional_credit(
             f"welcome:{account}",
             account,
