@@ -48,6 +48,7 @@ class LazyGroup(click.Group):
         "redemptions": "promptex.agent.cli:redemptions",
         "fake-billing": "promptex.agent.cli:fake_billing",
         "dashboard": "promptex.dashboard.cli:dashboard",
+        "hedge": "promptex.hedge:hedge",
     },
 )
 @click.version_option(__version__, prog_name="promptex")

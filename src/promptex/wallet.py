@@ -58,6 +58,13 @@ def whole(amount: int, symbol: str) -> str:
     return f"{text} {symbol.upper()}"
 
 
+def chain_time() -> int:
+    """The next block's time: deadlines and expiries are checked against it, not the wall clock."""
+    from ape import chain
+
+    return int(chain.pending_timestamp)
+
+
 class Session:
     """The deployment on the connected network and the signing account."""
 
@@ -168,7 +175,7 @@ def swap(
         session.approve(session.token(sell), router.address, value)
         bought = session.token(buy)
         before = bought.balanceOf(session.account)
-        deadline = int(time.time()) + 600
+        deadline = chain_time() + 600
         router.swap_exact_in(value, min_out, path, fees, session.account, deadline, sender=session.account)
         got = bought.balanceOf(session.account) - before
         route = " → ".join(symbols)
@@ -257,7 +264,7 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
-        expiry = int(time.time()) + days * 86_400
+        expiry = chain_time() + days * 86_400
         vault.set_spend_cap(session.token(symbol), limit(per_epoch), limit(total), expiry, sender=session.account)
         per, left, until = vault.spend_cap(session.account, session.token(symbol))
         click.echo(
@@ -307,7 +314,7 @@ def grant_agent(
         session = Session(network, alias, yes)
         escrow = session.contract("RedemptionEscrow")
         tokens = [session.token(symbol) for symbol, _ in pairs]
-        expiry = int(time.time()) + days * 86_400
+        expiry = chain_time() + days * 86_400
         escrow.set_grant(
             agent, payee or agent, expiry, slippage_bps, tokens, [limit for _, limit in pairs], sender=session.account
         )

@@ -18,13 +18,13 @@ WINDOW = 60
 
 
 def reference_prices() -> dict[str, int]:
-    """seed_market's REFERENCE_PRICES (USDC units per whole token), read without importing ape."""
-    source = (Path(__file__).parents[2] / "scripts" / "seed_market.py").read_text()
+    """The seed's REFERENCE_PRICES (USDC units per whole token), read without importing ape."""
+    source = (Path(__file__).parents[2] / "src" / "promptex" / "chain" / "seed.py").read_text()
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "REFERENCE_PRICES":
             prices: dict[str, int] = ast.literal_eval(node.value)
             return prices
-    raise AssertionError("seed_market has no REFERENCE_PRICES")
+    raise AssertionError("promptex/chain/seed.py has no REFERENCE_PRICES")
 
 
 def rpc(url: str, method: str, *params: object) -> object:

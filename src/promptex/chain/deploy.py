@@ -21,6 +21,10 @@ from promptex.chain.deployments import (
     write_abi,
 )
 from promptex.chain.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD, deploy_dex, dex_records
+from promptex.chain.options import deploy_options, options_record
+from promptex.chain.perp import DEFAULT_MARKET, deploy_perp, perp_record
+from promptex.chain.perp import LIVE_TWAP_WINDOW as PERP_LIVE_TWAP_WINDOW
+from promptex.chain.perp import LOCAL_TWAP_WINDOW as PERP_LOCAL_TWAP_WINDOW
 from promptex.chain.providers import PROVIDER_TOKENS
 from promptex.chain.redemption import (
     LIVE_REFUND_DELAY,
@@ -152,6 +156,16 @@ def deploy_all(
         log=log,
     )
     contracts["RedemptionEscrow"] = redemption_record(redemption, root)
+    # Hedging: capped calls and puts settled at the Oracle's TWAP.
+    contracts["Options"] = options_record(deploy_options(deployer, dex["Oracle"], usdc, local=local, log=log), root)
+    perp = deploy_perp(
+        deployer,
+        {"USDC": usdc, "Oracle": dex["Oracle"]},
+        twap_window=PERP_LOCAL_TWAP_WINDOW if local else PERP_LIVE_TWAP_WINDOW,
+        markets={contracts[f"token:{spec.symbol}"].address: DEFAULT_MARKET for spec in PROVIDER_TOKENS},
+        log=log,
+    )
+    contracts["Perp"] = perp_record(perp, root)
 
     deployment = Deployment(
         network=network_name,
@@ -177,6 +191,8 @@ def contract_at(deployment: Deployment, name: str) -> Any:
         "Router": project.Router,
         "Oracle": project.Oracle,
         "RedemptionEscrow": project.RedemptionEscrow,
+        "Options": project.Options,
+        "Perp": project.Perp,
     }
     if name not in containers:
         raise KeyError(

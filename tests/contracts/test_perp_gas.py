@@ -1,0 +1,28 @@
+"""Pins Perp's gas (whole-transaction gasUsed) so a regression shows.
+
+Measured through ape on its default test chain with the very function bench/gas.py
+runs on anvil (bench/gas_perp.py, which describes the scenario). A changed figure is
+a changed contract (or compiler): look at it, then update the pin deliberately.
+"""
+
+import sys
+from pathlib import Path
+
+from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from gas_perp import measure_perp  # noqa: E402
+
+PINNED = {
+    "perp_lp_deposit": 85_126,
+    "perp_open": 354_338,
+    "perp_close": 129_968,
+    "perp_liquidate": 162_133,
+}
+
+
+def test_perp_gas__steady_state__pinned(markets, router, oracle, usdc, admin, lp, trader, accounts, chain):
+    gpt = markets[1]
+    contracts = {"USDC": usdc, "Router": router, "Oracle": oracle, "token:GPT": gpt}
+    gas = measure_perp(chain, contracts, admin, lp, trader, accounts[8])
+    assert gas == PINNED, f"perp gas changed: {gas}; update PINNED deliberately"

@@ -1,0 +1,534 @@
+"""Perp against a plain-Python model, driven through titanoboa over a real DEX (Pool
+blueprint, Factory, Router, Oracle).
+
+Three traders open longs and shorts on two markets (amounts that sometimes break the
+leverage, the open-interest cap or the pool's reserve), add and remove margin, close
+their positions (and try to close others'); a liquidator liquidates (healthy and
+unhealthy positions) and sweeps; two LPs deposit and withdraw (sometimes into the
+reserved liquidity); donors fund the insurance fund; a market maker moves the spot
+prices and time passes (funding accrues, the TWAP follows). The model, built on the
+mirror in `promptex.chain.perp`, predicts every outcome and amount; after every step:
+
+- USDC conservation: the contract's balance == pool + margins + insurance ==
+  deposits − withdrawals (every transfer in and out, counted by the model);
+- realised PnL and fees balance to zero: pool + insurance == LP and insurance
+  deposits − LP withdrawals + Σ fees − Σ realised gains − Σ bad debt − Σ bonuses paid
+  by the insurance fund, every term read from the contract's events;
+- every storage aggregate (pool, insurance, margins, reserve, shares, each market's
+  open interest and funding indices, bad-debt totals) equals the model's;
+- the pool covers its worst-case liability (pool_amount ≥ total_reserved);
+- a liquidation call on a position below maintenance margin always succeeds (one
+  above it always fails), and after a sweep no position is below maintenance.
+"""
+
+from dataclasses import dataclass, field, replace
+
+import boa
+from eth_utils import keccak
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from promptex.chain import perp as m
+
+USDC = boa.load_partial("contracts/test/MockUSDC.vy")
+TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
+POOL = boa.load_partial("contracts/Pool.vy")
+FACTORY = boa.load_partial("contracts/Factory.vy")
+ROUTER = boa.load_partial("contracts/Router.vy")
+ORACLE = boa.load_partial("contracts/Oracle.vy")
+PERP = boa.load_partial("contracts/Perp.vy")
+
+UNIT, USD = 10**18, 10**6
+FEE, PERIOD, TWAP_WINDOW = 30, 60, 600
+INSURANCE_FEE_BPS = 2_000
+PRICES = (2 * USD, USD // 2)  # USDC units per whole token
+DEPTH = 300_000 * USD  # USDC a side of each DEX pool
+PARAMS = (
+    m.MarketParams(
+        funding_k=10**15, max_leverage=10, maintenance_bps=500, oi_cap_bps=5_000,
+        liquidation_bonus_bps=200, open_fee_bps=10, close_fee_bps=10, max_profit_bps=10_000,
+    ),
+    m.MarketParams(
+        funding_k=10**16, max_leverage=20, maintenance_bps=300, oi_cap_bps=3_000,
+        liquidation_bonus_bps=100, open_fee_bps=0, close_fee_bps=5, max_profit_bps=5_000,
+    ),
+)  # fmt: skip
+N_TRADERS, N_LPS = 3, 2
+MAX_UINT = 2**256 - 1
+
+
+class World:
+    """Deployed once, at import; titanoboa's pytest plugin runs every hypothesis example
+    inside an anchor, so each starts from this state."""
+
+    def __init__(self) -> None:
+        self.admin = boa.env.generate_address("admin")
+        self.maker = boa.env.generate_address("maker")
+        self.liquidator = boa.env.generate_address("liquidator")
+        self.donor = boa.env.generate_address("donor")
+        self.traders = [boa.env.generate_address(f"trader{i}") for i in range(N_TRADERS)]
+        self.lps = [boa.env.generate_address(f"lp{i}") for i in range(N_LPS)]
+        with boa.env.prank(self.admin):
+            self.usdc = USDC.deploy()
+            blueprint = POOL.deploy_as_blueprint()
+            factory = FACTORY.deploy(blueprint.address, keccak(POOL.compiler_data.bytecode))
+            self.router = ROUTER.deploy(factory.address, self.usdc.address)
+            self.oracle = ORACLE.deploy(factory.address, self.usdc.address, FEE, PERIOD)
+            self.tokens = [TOKEN.deploy(f"Credit {i}", f"CR{i}", 18) for i in range(2)]
+            self.perp = PERP.deploy(self.usdc.address, self.oracle.address, TWAP_WINDOW, INSURANCE_FEE_BPS)
+            for token, params in zip(self.tokens, PARAMS, strict=True):
+                self.perp.add_market(token.address, *params.as_args())
+
+        deadline = boa.env.evm.patch.timestamp + 10**8
+        self.usdc.mint(self.maker, 10**15)
+        self.usdc.approve(self.router.address, MAX_UINT, sender=self.maker)
+        for token, price in zip(self.tokens, PRICES, strict=True):
+            token.mint(self.maker, 10**12 * UNIT)
+            token.approve(self.router.address, MAX_UINT, sender=self.maker)
+            self.router.add_liquidity(
+                token.address, self.usdc.address, FEE, DEPTH * UNIT // price, DEPTH, 0, 0, self.maker, deadline,
+                sender=self.maker,
+            )  # fmt: skip
+            self.oracle.update(token.address)
+        boa.env.time_travel(seconds=TWAP_WINDOW)
+        for token in self.tokens:
+            self.oracle.update(token.address)
+        for account in (*self.traders, *self.lps, self.liquidator, self.donor):
+            self.usdc.mint(account, 10**13)
+            self.usdc.approve(self.perp.address, MAX_UINT, sender=account)
+        self.perp.deposit(100_000 * USD, 0, sender=self.lps[0])
+
+
+WORLD = World()
+
+
+@dataclass
+class Market:
+    params: m.MarketParams
+    oi: m.OpenInterest = field(default_factory=m.OpenInterest)
+    last: int = 0
+
+
+@dataclass
+class Open:
+    owner: str
+    market: int
+    position: m.Position
+
+
+@dataclass
+class Model:
+    markets: list[Market]
+    pool: int
+    insurance: int = 0
+    margin: int = 0
+    reserved: int = 0
+    total_shares: int = 0
+    shares: dict[str, int] = field(default_factory=dict)
+    positions: dict[int, Open] = field(default_factory=dict)
+    count: int = 0
+    bad_debt: tuple[int, int, int] = (0, 0, 0)  # total, covered by insurance, absorbed by the pool
+    flows: int = 0  # USDC into the contract minus USDC out of it
+    # What the events say: LP and insurance deposits − withdrawals, fees, realised
+    # gains, bad debt, bonuses paid by the insurance fund.
+    ev_capital: int = 0
+    ev_fees: int = 0
+    ev_gains: int = 0
+    ev_bad_debt: int = 0
+    ev_bonus_insurance: int = 0
+
+
+class PerpMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = WORLD
+        self.perp, self.usdc = WORLD.perp, WORLD.usdc
+        markets = []
+        for token, params in zip(WORLD.tokens, PARAMS, strict=True):
+            markets.append(Market(params, last=self.perp.markets(token.address).last_funding_time))
+        self.m = Model(
+            markets=markets,
+            pool=self.perp.pool_amount(),
+            total_shares=self.perp.total_shares(),
+            shares={a: self.perp.shares_of(a) for a in (*WORLD.lps, "0x" + "00" * 20)},
+            count=self.perp.position_count(),
+            flows=self.usdc.balanceOf(self.perp.address),
+            ev_capital=self.perp.pool_amount(),
+        )
+
+    # ── model helpers ────────────────────────────────────────────────────────
+
+    def now(self) -> int:
+        return boa.env.evm.patch.timestamp
+
+    def token(self, market: int) -> str:
+        return self.w.tokens[market].address
+
+    def indices(self, market: int) -> tuple[int, int]:
+        mk = self.m.markets[market]
+        elapsed = self.now() - mk.last
+        return m.accrue(
+            mk.oi.long_funding, mk.oi.short_funding, mk.oi.long_notional, mk.oi.short_notional,
+            mk.params.funding_k, elapsed,
+        )  # fmt: skip
+
+    def accrue(self, market: int) -> None:
+        mk = self.m.markets[market]
+        mk.oi.long_funding, mk.oi.short_funding = self.indices(market)
+        mk.last = self.now()
+
+    def index(self, o: Open) -> int:
+        long_index, short_index = self.indices(o.market)
+        return long_index if o.position.is_long else short_index
+
+    def value(self, for_deposit: bool) -> int:
+        gain = 0
+        for i, mk in enumerate(self.m.markets):
+            if mk.oi.long_notional or mk.oi.short_notional:
+                gain += m.unrealised_gain(mk.oi, self.perp.price(self.token(i)), *self.indices(i))
+        return m.pool_value(self.m.pool, self.m.reserved, self.m.margin, gain, for_deposit)
+
+    def open_ids(self) -> list[int]:
+        return sorted(self.m.positions)
+
+    def logs(self) -> list:
+        return [log for log in self.perp.get_logs() if getattr(log, "address", None) == self.perp.address]
+
+    def read_events(self) -> None:
+        for log in self.logs():
+            name = type(log).__name__
+            if name == "PositionOpened":
+                self.m.ev_fees += log.fee
+            elif name == "PositionClosed":
+                self.m.ev_fees += log.fee
+                self.m.ev_gains += log.gain
+                self.m.ev_bonus_insurance += log.bonus_from_insurance
+            elif name == "BadDebtRecorded":
+                self.m.ev_bad_debt += log.amount
+            elif name == "LiquidityDeposited" or name == "InsuranceFunded":
+                self.m.ev_capital += log.amount
+            elif name == "LiquidityWithdrawn":
+                self.m.ev_capital -= log.amount
+
+    def remove(self, position_id: int, s: m.Settlement) -> None:
+        o = self.m.positions.pop(position_id)
+        p, oi = o.position, self.m.markets[o.market].oi
+        basis = p.notional * p.entry_funding
+        if p.is_long:
+            oi.long_notional -= p.notional
+            oi.long_size -= p.size
+            oi.long_funding_basis -= basis
+        else:
+            oi.short_notional -= p.notional
+            oi.short_size -= p.size
+            oi.short_funding_basis -= basis
+        self.m.pool += s.pool_change(p.margin, INSURANCE_FEE_BPS)
+        self.m.insurance += s.insurance_change(INSURANCE_FEE_BPS)
+        self.m.margin -= p.margin
+        self.m.reserved -= p.reserved
+        self.m.flows -= s.payout + s.bonus
+        total, covered, absorbed = self.m.bad_debt
+        self.m.bad_debt = (total + s.bad_debt, covered + s.bad_debt_covered, absorbed + s.bad_debt_absorbed)
+
+    # ── traders ──────────────────────────────────────────────────────────────
+
+    @rule(
+        trader=st.integers(0, N_TRADERS - 1),
+        market=st.integers(0, 1),
+        is_long=st.booleans(),
+        dollars=st.integers(0, 20_000),
+        cents=st.integers(0, 99),
+        leverage_tenths=st.integers(5, 220),
+    )
+    def open_position(self, trader, market, is_long, dollars, cents, leverage_tenths):
+        margin = dollars * USD + cents * USD // 100
+        who, token, mk = self.w.traders[trader], self.token(market), self.m.markets[market]
+        params = mk.params
+        notional = margin * leverage_tenths // 10
+        fee = m.open_fee(notional, params)
+        price = self.perp.price(token)
+        long_index, short_index = self.indices(market)
+        side_notional = mk.oi.long_notional if is_long else mk.oi.short_notional
+        reserve = m.reserve(notional, params)
+        if notional < m.MIN_NOTIONAL:
+            reason = "perp: notional too small"
+        elif margin <= fee:
+            reason = "perp: margin below fee"
+        elif (margin - fee) * params.max_leverage < notional:
+            reason = "perp: leverage too high"
+        elif m.size_at(notional, price) == 0:
+            reason = "perp: size rounds to zero"
+        elif side_notional + notional > self.m.pool * params.oi_cap_bps // m.BPS:
+            reason = "perp: open interest cap"
+        elif self.m.reserved + reserve > self.m.pool:
+            reason = "perp: pool cannot cover the reserve"
+        else:
+            reason = None
+        event(f"open: {reason or 'opened'}")
+        if reason:
+            with boa.reverts(reason):
+                self.perp.open_position(token, is_long, margin, notional, sender=who)
+            return
+        position_id = self.perp.open_position(token, is_long, margin, notional, sender=who)
+        self.read_events()
+        self.accrue(market)
+        entry = long_index if is_long else short_index
+        position = m.Position.opened(is_long, margin, notional, price, params, entry)
+        self.m.count += 1
+        assert position_id == self.m.count
+        self.m.positions[position_id] = Open(who, market, position)
+        if is_long:
+            mk.oi.long_notional += notional
+            mk.oi.long_size += position.size
+            mk.oi.long_funding_basis += notional * entry
+        else:
+            mk.oi.short_notional += notional
+            mk.oi.short_size += position.size
+            mk.oi.short_funding_basis += notional * entry
+        to_insurance = fee * INSURANCE_FEE_BPS // m.BPS
+        self.m.insurance += to_insurance
+        self.m.pool += fee - to_insurance
+        self.m.margin += position.margin
+        self.m.reserved += position.reserved
+        self.m.flows += margin
+        got = self.perp.positions(position_id)
+        assert (got.owner, got.margin, got.size, got.notional, got.reserved, got.entry_funding) == (
+            who, position.margin, position.size, position.notional, position.reserved, position.entry_funding,
+        )  # fmt: skip
+
+    @precondition(lambda self: self.m.positions)
+    @rule(data=st.data(), by_owner=st.booleans())
+    def close_position(self, data, by_owner):
+        position_id = data.draw(st.sampled_from(self.open_ids()))
+        o = self.m.positions[position_id]
+        caller = o.owner if by_owner else self.w.liquidator
+        if not by_owner:
+            with boa.reverts("perp: not the position owner"):
+                self.perp.close_position(position_id, 0, sender=caller)
+            return
+        params = self.m.markets[o.market].params
+        s = m.settle(o.position, self.perp.price(self.token(o.market)), self.index(o), params, self.m.insurance, False)
+        event("close: " + ("bad debt" if s.bad_debt else "capped gain" if s.gain == o.position.reserved else "ok"))
+        before = self.usdc.balanceOf(caller)
+        assert self.perp.close_position(position_id, s.payout, sender=caller) == s.payout
+        self.read_events()
+        assert self.usdc.balanceOf(caller) == before + s.payout
+        self.accrue(o.market)
+        self.remove(position_id, s)
+
+    @precondition(lambda self: self.m.positions)
+    @rule(data=st.data(), amount=st.integers(1, 5_000 * USD))
+    def add_margin(self, data, amount):
+        position_id = data.draw(st.sampled_from(self.open_ids()))
+        o = self.m.positions[position_id]
+        self.perp.add_margin(position_id, amount, sender=o.owner)
+        o.position = replace(o.position, margin=o.position.margin + amount)
+        self.m.margin += amount
+        self.m.flows += amount
+
+    @precondition(lambda self: self.m.positions)
+    @rule(data=st.data(), share_bps=st.integers(1, 10_000))
+    def remove_margin(self, data, share_bps):
+        position_id = data.draw(st.sampled_from(self.open_ids()))
+        o = self.m.positions[position_id]
+        p, params = o.position, self.m.markets[o.market].params
+        amount = max(1, p.margin * share_bps // m.BPS)
+        _, _, gain = m.gain(p, self.perp.price(self.token(o.market)), self.index(o))
+        left = p.margin - amount + min(gain, 0)
+        if amount >= p.margin:
+            reason = "perp: amount exceeds margin"
+        elif left <= 0 or left * params.max_leverage < p.notional:
+            reason = "perp: leverage too high"
+        else:
+            reason = None
+        if reason:
+            with boa.reverts(reason):
+                self.perp.remove_margin(position_id, amount, sender=o.owner)
+            return
+        self.perp.remove_margin(position_id, amount, sender=o.owner)
+        self.accrue(o.market)
+        o.position = replace(p, margin=p.margin - amount)
+        self.m.margin -= amount
+        self.m.flows -= amount
+
+    # ── liquidation ──────────────────────────────────────────────────────────
+
+    def liquidate(self, position_id: int) -> bool:
+        """Call liquidate; it must succeed exactly when the model says the position is
+        below maintenance. Returns whether it was liquidated."""
+        o = self.m.positions[position_id]
+        params = self.m.markets[o.market].params
+        s = m.settle(o.position, self.perp.price(self.token(o.market)), self.index(o), params, self.m.insurance, True)
+        below = s.equity < m.maintenance(o.position.notional, params)
+        event("liquidate: " + ("bad debt" if s.bad_debt else "below maintenance" if below else "healthy"))
+        assert self.perp.is_liquidatable(position_id) == below
+        if not below:
+            with boa.reverts("perp: position is healthy"):
+                self.perp.liquidate(position_id, sender=self.w.liquidator)
+            return False
+        owner_before = self.usdc.balanceOf(o.owner)
+        liquidator_before = self.usdc.balanceOf(self.w.liquidator)
+        assert self.perp.liquidate(position_id, sender=self.w.liquidator) == s.bonus
+        self.read_events()
+        assert self.usdc.balanceOf(self.w.liquidator) == liquidator_before + s.bonus
+        assert self.usdc.balanceOf(o.owner) == owner_before + s.payout
+        assert self.perp.positions(position_id).owner == "0x" + "00" * 20  # it did not survive
+        self.accrue(o.market)
+        self.remove(position_id, s)
+        return True
+
+    @precondition(lambda self: self.m.positions)
+    @rule(data=st.data())
+    def liquidate_one(self, data):
+        self.liquidate(data.draw(st.sampled_from(self.open_ids())))
+
+    @precondition(lambda self: self.m.positions)
+    @rule()
+    def sweep(self):
+        for position_id in self.open_ids():
+            self.liquidate(position_id)
+        for position_id, o in self.m.positions.items():
+            assert not self.perp.is_liquidatable(position_id)
+            params = self.m.markets[o.market].params
+            price = self.perp.price(self.token(o.market))
+            assert not m.is_liquidatable(o.position, price, self.index(o), params)
+
+    # ── LPs and insurance ────────────────────────────────────────────────────
+
+    @rule(lp=st.integers(0, N_LPS - 1), amount=st.integers(1, 200_000 * USD))
+    def deposit(self, lp, amount):
+        who = self.w.lps[lp]
+        value = self.value(True)
+        minted = m.shares_for_deposit(amount, self.m.total_shares, value) if value else 0
+        if value == 0:
+            reason = "perp: pool has no value"
+        elif minted == 0:
+            reason = "perp: zero shares"
+        else:
+            reason = None
+        if reason:
+            with boa.reverts(reason):
+                self.perp.deposit(amount, 0, sender=who)
+            return
+        assert self.perp.deposit(amount, minted, sender=who) == minted
+        self.read_events()
+        self.m.shares[who] = self.m.shares.get(who, 0) + minted
+        self.m.total_shares += minted
+        self.m.pool += amount
+        self.m.flows += amount
+
+    @rule(lp=st.integers(0, N_LPS - 1), share_bps=st.integers(1, 10_000))
+    def withdraw(self, lp, share_bps):
+        who = self.w.lps[lp]
+        shares = self.m.shares.get(who, 0) * share_bps // m.BPS
+        if shares == 0:
+            with boa.reverts("perp: zero shares"):
+                self.perp.withdraw(0, 0, sender=who)
+            return
+        amount = m.amount_for_shares(shares, self.m.total_shares, self.value(False))
+        if amount == 0:
+            reason = "perp: zero amount"
+        elif amount + self.m.reserved > self.m.pool:
+            reason = "perp: withdrawal exceeds free liquidity"
+        else:
+            reason = None
+        event(f"withdraw: {reason or 'paid'}")
+        if reason:
+            with boa.reverts(reason):
+                self.perp.withdraw(shares, 0, sender=who)
+            return
+        before = self.usdc.balanceOf(who)
+        assert self.perp.withdraw(shares, amount, sender=who) == amount
+        self.read_events()
+        assert self.usdc.balanceOf(who) == before + amount
+        self.m.shares[who] -= shares
+        self.m.total_shares -= shares
+        self.m.pool -= amount
+        self.m.flows -= amount
+
+    @rule(amount=st.integers(1, 2_000 * USD))
+    def fund_insurance(self, amount):
+        self.perp.fund_insurance(amount, sender=self.w.donor)
+        self.read_events()
+        self.m.insurance += amount
+        self.m.flows += amount
+
+    # ── market and time ──────────────────────────────────────────────────────
+
+    @rule(market=st.integers(0, 1), buy=st.booleans(), share_bps=st.integers(1, 4_000))
+    def move_spot(self, market, buy, share_bps):
+        """The market maker trades up to 40 % of a pool's reserve in one direction."""
+        token = self.w.tokens[market]
+        usdc_in = DEPTH * share_bps // m.BPS
+        path = [self.usdc.address, token.address] if buy else [token.address, self.usdc.address]
+        amount = usdc_in if buy else usdc_in * UNIT // PRICES[market]
+        self.w.router.swap_exact_in(amount, 0, path, [FEE], self.w.maker, self.now() + 600, sender=self.w.maker)
+        self.w.oracle.update(token.address)
+
+    @rule(market=st.integers(0, 1), buy=st.booleans(), share_bps=st.integers(1_000, 6_000))
+    def shock(self, market, buy, share_bps):
+        """A large trade that lasts: the TWAP takes the new price a window later."""
+        self.move_spot(market, buy, share_bps)
+        self.time_travel(TWAP_WINDOW + PERIOD)
+
+    @rule(seconds=st.integers(1, 4 * 3_600))
+    def time_travel(self, seconds):
+        boa.env.time_travel(seconds=seconds)
+        for token in self.w.tokens:
+            self.w.oracle.update(token.address)
+
+    @rule(market=st.integers(0, 1))
+    def accrue_funding(self, market):
+        self.perp.accrue_funding(self.token(market))
+        self.accrue(market)
+
+    # ── invariants ───────────────────────────────────────────────────────────
+
+    @invariant()
+    def usdc_is_conserved(self):
+        held = self.usdc.balanceOf(self.perp.address)
+        assert held == self.perp.pool_amount() + self.perp.total_margin() + self.perp.insurance_fund()
+        assert held == self.m.flows
+
+    @invariant()
+    def realised_pnl_and_fees_balance_to_zero(self):
+        m_ = self.m
+        expected = m_.ev_capital + m_.ev_fees - m_.ev_gains - m_.ev_bad_debt - m_.ev_bonus_insurance
+        assert self.perp.pool_amount() + self.perp.insurance_fund() == expected
+
+    @invariant()
+    def storage_agrees_with_model(self):
+        perp, m_ = self.perp, self.m
+        assert (perp.pool_amount(), perp.insurance_fund(), perp.total_margin(), perp.total_reserved()) == (
+            m_.pool, m_.insurance, m_.margin, m_.reserved,
+        )  # fmt: skip
+        assert perp.total_shares() == m_.total_shares
+        assert all(perp.shares_of(a) == n for a, n in m_.shares.items())
+        assert perp.position_count() == m_.count
+        assert (
+            perp.bad_debt_total(), perp.bad_debt_covered_by_insurance(), perp.bad_debt_absorbed_by_pool()
+        ) == m_.bad_debt  # fmt: skip
+        for i, mk in enumerate(m_.markets):
+            got = perp.markets(self.token(i))
+            assert (
+                got.long_notional, got.short_notional, got.long_size, got.short_size, got.long_funding,
+                got.short_funding, got.long_funding_basis, got.short_funding_basis, got.last_funding_time,
+            ) == (
+                mk.oi.long_notional, mk.oi.short_notional, mk.oi.long_size, mk.oi.short_size, mk.oi.long_funding,
+                mk.oi.short_funding, mk.oi.long_funding_basis, mk.oi.short_funding_basis, mk.last,
+            )  # fmt: skip
+
+    @invariant()
+    def pool_covers_worst_case_liability(self):
+        assert self.perp.pool_amount() >= self.perp.total_reserved()
+        total, covered, absorbed = self.m.bad_debt
+        assert total == covered + absorbed
+
+    def teardown(self):
+        for position_id, o in self.m.positions.items():
+            got = self.perp.positions(position_id)
+            assert (got.owner, got.margin, got.notional) == (o.owner, o.position.margin, o.position.notional)
+
+
+TestPerpMachine = PerpMachine.TestCase
