@@ -47,6 +47,19 @@ Measurement = Callable[[Context], dict[str, tuple[str, int]]]
 MEASUREMENTS: list[Measurement] = []
 
 
+def whole_gas(receipt: Any) -> int:
+    """Whole-transaction gasUsed: what the tables print."""
+    return int(receipt.gas_used)
+
+
+def address_neutral_gas(receipt: Any) -> int:
+    """gasUsed as if every calldata byte were non-zero (+12 per zero byte). Calldata carries
+    addresses and signatures that differ between runs (a test chain's deployer nonce depends
+    on which tests ran before); this is what tests pin, so that only contract changes move it."""
+    data = bytes(receipt.transaction.data)
+    return int(receipt.gas_used) + 12 * data.count(0)
+
+
 def measurement(fn: Measurement) -> Measurement:
     """Register a function returning {json_key: (label, gas)}."""
     MEASUREMENTS.append(fn)

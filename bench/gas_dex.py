@@ -17,9 +17,10 @@ token's allowance write and Approval event add ~4,600 gas to every pull).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from gas import Context, measurement, open_lot
+from gas import Context, measurement, open_lot, whole_gas
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price, pool_at
 from promptex.chain.escrow import KIND_TOKENIZED
@@ -83,31 +84,33 @@ def router_market(project: Any, chain: Any, router: Any, deployer: Any, trader: 
     return tokens
 
 
-def measure_router(project: Any, chain: Any, router: Any, deployer: Any, trader: Any) -> dict[str, int]:
-    """Whole-transaction gas of the router's 1-hop and 2-hop swap_exact_in and of
-    adding and removing liquidity (each in a new block, accumulators non-zero)."""
+def measure_router(
+    project: Any, chain: Any, router: Any, deployer: Any, trader: Any, gas_of: Callable[[Any], Any] = whole_gas
+) -> dict[str, Any]:
+    """Gas (`gas_of` a receipt: whole-transaction by default) of the router's 1-hop and 2-hop
+    swap_exact_in and of adding and removing liquidity (each in a new block, accumulators non-zero)."""
     a, b, c = router_market(project, chain, router, deployer, trader)
     deadline = chain.pending_timestamp + 3_600
     gas: dict[str, int] = {}
     receipt = router.swap_exact_in(
         UNIT, 0, [a.address, b.address], [DEFAULT_FEE], trader.address, deadline, sender=trader
     )
-    gas["router_swap_1hop"] = int(receipt.gas_used)
+    gas["router_swap_1hop"] = gas_of(receipt)
     new_block(chain)
     receipt = router.swap_exact_in(
         UNIT, 0, [a.address, b.address, c.address], [DEFAULT_FEE] * 2, trader.address, deadline, sender=trader
     )
-    gas["router_swap_2hop"] = int(receipt.gas_used)
+    gas["router_swap_2hop"] = gas_of(receipt)
     new_block(chain)
     receipt = router.add_liquidity(
         a.address, b.address, DEFAULT_FEE, 10 * UNIT, 10 * UNIT, 0, 0, trader.address, deadline, sender=trader
     )
-    gas["add_liquidity"] = int(receipt.gas_used)
+    gas["add_liquidity"] = gas_of(receipt)
     new_block(chain)
     receipt = router.remove_liquidity(
         a.address, b.address, DEFAULT_FEE, 5 * UNIT, 0, 0, trader.address, deadline, sender=trader
     )
-    gas["remove_liquidity"] = int(receipt.gas_used)
+    gas["remove_liquidity"] = gas_of(receipt)
     return gas
 
 

@@ -14,9 +14,10 @@ pins these figures with the same function.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from gas import Context, measurement, open_lot
+from gas import Context, measurement, open_lot, whole_gas
 from gas_dex import new_block
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import create_pool_at_price
@@ -39,7 +40,14 @@ PERIOD = 60  # the local Oracle's period (promptex.chain.dex.LOCAL_ORACLE_PERIOD
 DAY = 86_400
 
 
-def measure_options(chain: Any, contracts: dict[str, Any], deployer: Any, writer: Any, holder: Any) -> dict[str, int]:
+def measure_options(
+    chain: Any,
+    contracts: dict[str, Any],
+    deployer: Any,
+    writer: Any,
+    holder: Any,
+    gas_of: Callable[[Any], Any] = whole_gas,
+) -> dict[str, Any]:
     """Whole-transaction gas of create_series, write, offer, buy, unwind, settle,
     claim and reclaim. `contracts` holds USDC, Oracle and token:CLD; a CLD/USDC
     0.30 % pool exists; `writer` and `holder` hold USDC."""
@@ -58,16 +66,16 @@ def measure_options(chain: Any, contracts: dict[str, Any], deployer: Any, writer
     gas: dict[str, int] = {}
 
     new_block(chain)
-    gas["options_create_series"] = int(options.create_series(*terms.args(), sender=writer).gas_used)
+    gas["options_create_series"] = gas_of(options.create_series(*terms.args(), sender=writer))
     new_block(chain)
-    gas["options_write"] = int(options.write(terms.id, 10, sender=writer).gas_used)
+    gas["options_write"] = gas_of(options.write(terms.id, 10, sender=writer))
     new_block(chain)
-    gas["options_offer"] = int(options.offer(terms.id, 6, 150 * USD, sender=writer).gas_used)
+    gas["options_offer"] = gas_of(options.offer(terms.id, 6, 150 * USD, sender=writer))
     offer_id = options.offer_count()
     new_block(chain)
-    gas["options_buy"] = int(options.buy(offer_id, 6, sender=holder).gas_used)
+    gas["options_buy"] = gas_of(options.buy(offer_id, 6, sender=holder))
     new_block(chain)
-    gas["options_unwind"] = int(options.unwind(terms.id, 2, sender=writer).gas_used)
+    gas["options_unwind"] = gas_of(options.unwind(terms.id, 2, sender=writer))
 
     t = terms.expiry - LOCAL_TWAP_WINDOW - PERIOD
     while t <= terms.expiry:
@@ -77,11 +85,11 @@ def measure_options(chain: Any, contracts: dict[str, Any], deployer: Any, writer
     at = terms.expiry + 1
     start, end = settlement_ranks(read_observations(oracle, cld.address), at, terms.expiry, LOCAL_TWAP_WINDOW)
     chain.pending_timestamp = at
-    gas["options_settle"] = int(options.settle(terms.id, start, end, sender=deployer).gas_used)
+    gas["options_settle"] = gas_of(options.settle(terms.id, start, end, sender=deployer))
     new_block(chain)
-    gas["options_claim"] = int(options.claim(terms.id, sender=holder).gas_used)
+    gas["options_claim"] = gas_of(options.claim(terms.id, sender=holder))
     new_block(chain)
-    gas["options_reclaim"] = int(options.reclaim(terms.id, sender=writer).gas_used)
+    gas["options_reclaim"] = gas_of(options.reclaim(terms.id, sender=writer))
     return gas
 
 

@@ -13,10 +13,11 @@ figures with the same function.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import isqrt
 from typing import Any
 
-from gas import Context, measurement, open_lot
+from gas import Context, measurement, open_lot, whole_gas
 from gas_dex import new_block
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price, pool_at
@@ -32,8 +33,14 @@ GPT_MARKET = MarketParams(funding_k=10**14, max_leverage=10, maintenance_bps=500
 
 
 def measure_perp(
-    chain: Any, contracts: dict[str, Any], deployer: Any, lp: Any, trader: Any, liquidator: Any
-) -> dict[str, int]:
+    chain: Any,
+    contracts: dict[str, Any],
+    deployer: Any,
+    lp: Any,
+    trader: Any,
+    liquidator: Any,
+    gas_of: Callable[[Any], Any] = whole_gas,
+) -> dict[str, Any]:
     """Whole-transaction gas of deposit, open_position, close_position and liquidate.
 
     `contracts` holds USDC, Router, Oracle and token:GPT; a GPT/USDC 0.30 % pool exists,
@@ -58,18 +65,19 @@ def measure_perp(
 
     perp.deposit(100_000 * USD, 0, sender=lp)
     new_block(chain)
-    gas["perp_lp_deposit"] = int(perp.deposit(10_000 * USD, 0, sender=trader).gas_used)
+    gas["perp_lp_deposit"] = gas_of(perp.deposit(10_000 * USD, 0, sender=trader))
+    usdc.mint(trader, 3_000 * USD, sender=trader)  # the three positions' margins
 
     def open_long(notional: int) -> Any:
         new_block(chain)
         return perp.open_position(gpt.address, True, 1_000 * USD, notional, sender=trader)
 
     open_long(5_000 * USD)  # position 1: the market's open interest becomes non-zero
-    gas["perp_open"] = int(open_long(5_000 * USD).gas_used)  # position 2
+    gas["perp_open"] = gas_of(open_long(5_000 * USD))  # position 2
     open_long(9_000 * USD)  # position 3, liquidated below
 
     chain.pending_timestamp += 3_600
-    gas["perp_close"] = int(perp.close_position(1, 0, sender=trader).gas_used)
+    gas["perp_close"] = gas_of(perp.close_position(1, 0, sender=trader))
 
     # The GPT price falls 8 %: sell GPT until its reserve grows by sqrt(100 / 92).
     pool = pool_at(router.pool_for(gpt.address, usdc.address, DEFAULT_FEE))
@@ -84,7 +92,7 @@ def measure_perp(
     settle_twap()
     assert perp.is_liquidatable(3), "the bench's price move no longer makes position 3 liquidatable"
     new_block(chain)
-    gas["perp_liquidate"] = int(perp.liquidate(3, sender=liquidator).gas_used)
+    gas["perp_liquidate"] = gas_of(perp.liquidate(3, sender=liquidator))
     return gas
 
 

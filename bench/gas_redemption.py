@@ -13,12 +13,13 @@ same function.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from eth_account import Account
 from eth_utils.crypto import keccak
 
-from gas import Context, measurement, open_lot
+from gas import Context, measurement, open_lot, whole_gas
 from gas_dex import new_block
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
@@ -37,7 +38,13 @@ BILLING = Account.from_key(keccak(text="bench billing signer"))
 
 
 def measure_redemption(
-    chain: Any, contracts: dict[str, Any], deployer: Any, user: Any, agent: Any, operator: Any
+    chain: Any,
+    contracts: dict[str, Any],
+    deployer: Any,
+    user: Any,
+    agent: Any,
+    operator: Any,
+    gas_of: Callable[[Any], Any] = whole_gas,
 ) -> dict[str, int]:
     """Whole-transaction gas of set_grant, redeem (1 and 2 hops), release and refund.
 
@@ -64,7 +71,7 @@ def measure_redemption(
     new_block(chain)
     expiry = chain.pending_timestamp + 30 * 86_400
     receipt = escrow.set_grant(agent, operator, expiry, 100, [cld.address], [1_000_000 * UNIT], sender=user)
-    gas["redemption_set_grant"] = int(receipt.gas_used)
+    gas["redemption_set_grant"] = gas_of(receipt)
 
     def redeem(path: list[Any]) -> Any:
         new_block(chain)
@@ -81,8 +88,8 @@ def measure_redemption(
 
     redeem([cld, usdc])  # the day's first: counters and accumulators become non-zero
     redeem([cld, gpt, usdc])
-    gas["redemption_redeem"] = int(redeem([cld, usdc]).gas_used)  # redemption 3
-    gas["redemption_redeem_2hop"] = int(redeem([cld, gpt, usdc]).gas_used)  # redemption 4
+    gas["redemption_redeem"] = gas_of(redeem([cld, usdc]))  # redemption 3
+    gas["redemption_redeem_2hop"] = gas_of(redeem([cld, gpt, usdc]))  # redemption 4
 
     new_block(chain)
     signature = sign_receipt(
@@ -96,10 +103,10 @@ def measure_redemption(
         billing_ref=keccak(text="bench receipt"),
     )
     receipt = escrow.release(3, PROVIDER, ACCOUNT, 20 * USD, keccak(text="bench receipt"), signature, sender=operator)
-    gas["redemption_release"] = int(receipt.gas_used)
+    gas["redemption_release"] = gas_of(receipt)
 
     chain.pending_timestamp += REFUND_DELAY + 1
-    gas["redemption_refund"] = int(escrow.refund(4, sender=user).gas_used)
+    gas["redemption_refund"] = gas_of(escrow.refund(4, sender=user))
     return gas
 
 

@@ -1,6 +1,6 @@
 """Shared test settings: hypothesis profiles.
 
-The default profile is what CI runs (50 examples x 50 steps per state machine, which
+The default profile is what CI runs (30 examples x 50 steps per state machine, which
 keeps the whole suite inside CI's time budget); `HYPOTHESIS_PROFILE=deep` runs 1,000 x 50
 before a contract change lands; `HYPOTHESIS_PROFILE=quick` is for iterating locally.
 """
@@ -10,7 +10,7 @@ import os
 from hypothesis import HealthCheck, settings
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ci", max_examples=50, stateful_step_count=50, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("ci", max_examples=30, stateful_step_count=50, deadline=None, suppress_health_check=_SLOW_OK)
 settings.register_profile(
     "deep", max_examples=1_000, stateful_step_count=50, deadline=None, suppress_health_check=_SLOW_OK
 )

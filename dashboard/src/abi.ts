@@ -61,3 +61,46 @@ export const escrowAbi = parseAbi([
   "function lot_count() view returns (uint256)",
   "function lots(uint256 arg0) view returns ((address seller, address token, uint8 kind, uint8 status, uint16 rate_bps, uint64 expiry, uint256 face_value, uint256 capacity, uint256 seller_minted, uint256 consumed, uint256 last_epoch, uint256 bond, uint256 bond_released, bytes32 terms_hash))",
 ]);
+
+export const oracleAbi = parseAbi([
+  "function consult(address token, uint256 window) view returns (uint256)",
+  "function update(address token)",
+]);
+
+export const perpAbi = parseAbi([
+  "function deposit(uint256 amount, uint256 min_shares) returns (uint256)",
+  "function withdraw(uint256 shares, uint256 min_amount) returns (uint256)",
+  "function open_position(address token, bool is_long, uint256 margin, uint256 notional) returns (uint256)",
+  "function add_margin(uint256 position_id, uint256 amount)",
+  "function close_position(uint256 position_id, uint256 min_payout) returns (uint256)",
+  "function price(address token) view returns (uint256)",
+  "function funding_rate(address token) view returns (int256)",
+  "function markets(address arg0) view returns ((bool active, uint256 funding_k, uint256 max_leverage, uint256 maintenance_bps, uint256 oi_cap_bps, uint256 liquidation_bonus_bps, uint256 open_fee_bps, uint256 close_fee_bps, uint256 max_profit_bps, uint256 long_notional, uint256 short_notional, uint256 long_size, uint256 short_size, int256 long_funding, int256 short_funding, int256 long_funding_basis, int256 short_funding_basis, uint256 last_funding_time))",
+  "function positions(uint256 arg0) view returns ((address owner, address token, bool is_long, uint256 margin, uint256 size, uint256 notional, uint256 reserved, int256 entry_funding))",
+  "function position_count() view returns (uint256)",
+  "function preview_close(uint256 position_id, bool liquidation) view returns ((uint256 price, int256 pnl, int256 funding, int256 gain, int256 equity, uint256 fee, uint256 bonus, uint256 bonus_from_insurance, uint256 payout, uint256 bad_debt, uint256 bad_debt_covered))",
+  "function pool_amount() view returns (uint256)",
+  "function total_reserved() view returns (uint256)",
+  "function pool_value(bool for_deposit) view returns (uint256)",
+  "function shares_of(address arg0) view returns (uint256)",
+  "function total_shares() view returns (uint256)",
+]);
+
+export const optionsAbi = parseAbi([
+  "function create_series(address token, uint8 kind, uint256 strike, uint256 bound, uint256 expiry, uint256 size) returns (uint256)",
+  "function series_id(address token, uint8 kind, uint256 strike, uint256 bound, uint256 expiry, uint256 size) pure returns (uint256)",
+  "function series(uint256 series_id) view returns ((address token, uint8 kind, uint256 strike, uint256 bound, uint256 expiry, uint256 size, uint256 collateral_per_unit, bool settled, uint256 settlement_price, uint256 payout_per_unit))",
+  "function write(uint256 series_id, uint256 units) returns (uint256)",
+  "function reclaim(uint256 series_id) returns (uint256)",
+  "function offer(uint256 series_id, uint256 units, uint256 premium_per_unit) returns (uint256)",
+  "function buy(uint256 offer_id, uint256 units) returns (uint256)",
+  "function offers(uint256 offer_id) view returns ((address seller, uint256 series_id, uint256 units, uint256 premium_per_unit))",
+  "function offer_count() view returns (uint256)",
+  "function settle(uint256 series_id, uint256 start_rank, uint256 end_rank) returns (uint256)",
+  "function settlement_ranks(uint256 series_id) view returns (uint256, uint256)",
+  "function claim(uint256 series_id) returns (uint256)",
+  "function written(uint256 arg0, address arg1) view returns (uint256)",
+  "function balanceOf(address owner, uint256 id) view returns (uint256)",
+  "function twap_window() view returns (uint256)",
+  "event SeriesCreated(uint256 indexed series_id, address indexed token, uint8 kind, uint256 strike, uint256 bound, uint256 expiry, uint256 size, uint256 collateral_per_unit)",
+]);

@@ -13,6 +13,7 @@ export interface AssetInfo {
 export interface Config {
   network: string;
   chain_id: number;
+  deployment_block: number;
   contracts: Record<string, Address>;
   assets: AssetInfo[];
   rpc: string;

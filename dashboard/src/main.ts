@@ -12,6 +12,7 @@ import { usagePage } from "./pages/usage";
 import { sellPage } from "./pages/sell";
 import { redemptionPage } from "./pages/redemption";
 import { enterprisePage } from "./pages/enterprise";
+import { hedgePage } from "./pages/hedge";
 
 export interface App {
   ctx: Ctx;
@@ -28,6 +29,7 @@ const PAGES: [string, string, Page][] = [
   ["market", "Market", marketPage],
   ["utilize", "Utilize", utilizePage],
   ["usage", "Usage & settlement", usagePage],
+  ["hedge", "Hedge", hedgePage],
   ["sell", "Sell capacity", sellPage],
   ["redemption", "Redemption", redemptionPage],
   ["enterprise", "Enterprise", enterprisePage],

@@ -68,7 +68,7 @@ async function sendAs(from, to, abi, functionName, args) {
   throw new Error(`${functionName}: no receipt`);
 }
 
-const ERC20 = ["function balanceOf(address) view returns (uint256)", "function approve(address,uint256) returns (bool)", "function mint(address,uint256)"];
+const ERC20 = ["function balanceOf(address) view returns (uint256)", "function allowance(address,address) view returns (uint256)", "function approve(address,uint256) returns (bool)", "function mint(address,uint256)"];
 const VAULT = ["function balance_of(address,address) view returns (uint256)", "function pending_exits(address,address) view returns (uint256,uint256)"];
 const ROUTER = ["function swap_exact_in(uint256,uint256,address[],uint256[],address,uint256) returns (uint256)"];
 const ESCROW = [
@@ -76,6 +76,8 @@ const ESCROW = [
   "function linked_account(address,bytes32) view returns (bytes32)",
 ];
 const POOL = ["function balanceOf(address) view returns (uint256)"];
+const PERP = ["function position_count() view returns (uint256)", "function shares_of(address) view returns (uint256)"];
+const OPTIONS = ["function balanceOf(address,uint256) view returns (uint256)"];
 
 // The test wallet, injected before any page script. It starts on the wrong chain (1).
 function testWallet({ account, chainId }) {
@@ -442,8 +444,88 @@ try {
   result.member_key_prefix = memberKey.slice(0, 10);
   await orgContext.close();
 
-  // ─── The other pages ──────────────────────────────────────────────────────
   page = (await context.pages())[0];
+
+  // ─── Hedge: perpetual liquidity, a long with its P&L, options written by another account ─
+  const perpAddress = config.contracts.Perp;
+  const optionsAddress = config.contracts.Options;
+  const positionCount = () => call(perpAddress, PERP, "position_count", []);
+  const perpAllowance = () => call(usdc, ERC20, "allowance", [USER, perpAddress]);
+  await page.goto(`${DASHBOARD}/#/hedge`);
+  await waitText("[data-twap=GPT]", /^\$\d/);
+  await page.waitForSelector("#perp-provide", { timeout: T });
+  await page.fill("#perp-provide-amount", "300");
+  await page.click("#perp-provide");
+  await waitText("#perp-status", /Provide 300\.?0* USDC of liquidity: confirmed/);
+  await page.waitForFunction(() => BigInt(document.querySelector("#perp-shares")?.dataset.shares ?? "0") > 0n, null, { timeout: T });
+  if (!((await call(perpAddress, PERP, "shares_of", [USER])) > 0n)) throw new Error("providing liquidity minted no shares");
+  step("hedge: provide 300 USDC of perpetual liquidity", { pool: await status("#perp-pool") });
+
+  const heldBefore = { usdc: await walletUsdc(), count: await positionCount(), allowance: await perpAllowance() };
+  await page.fill("#perp-margin", "5");
+  await page.fill("#perp-notional", "100");
+  await page.click("#perp-open");
+  await waitText("#perp-status", /Leverage too high/);
+  if ((await walletUsdc()) !== heldBefore.usdc || (await positionCount()) !== heldBefore.count || (await perpAllowance()) !== heldBefore.allowance) {
+    throw new Error("a refused position changed the chain");
+  }
+  step("leverage too high: readable, nothing changed", { message: await status("#perp-status") });
+
+  await page.fill("#perp-margin", "20");
+  await page.fill("#perp-notional", "100");
+  await waitText("#perp-leverage", /^5\.03×$/);
+  const openFee = await status("#perp-open-fee");
+  await page.click("#perp-open");
+  await waitText("#perp-status", /Open a long of 100(\.00)? USDC on GPT: confirmed/);
+  await page.waitForSelector("tr[data-position] [data-pnl]", { timeout: T });
+  const positionId = await page.locator("tr[data-position]").first().getAttribute("data-position");
+  await waitText(`[data-pnl="${positionId}"]`, /^[+−]\d.* USDC$/);
+  step("open a long: leverage and fee shown, position with P&L now", { fee: openFee, pnl: await status(`[data-pnl="${positionId}"]`) });
+
+  // A second account writes a capped call on GPT and offers it, in its own browser.
+  const writerContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  await writerContext.exposeFunction("__anvil", async (method, params) => rpc(method, params));
+  await writerContext.addInitScript(testWallet, { account: OTHER, chainId: 31337 });
+  const writer = await writerContext.newPage();
+  await writer.goto(`${DASHBOARD}/#/hedge`);
+  await writer.click("#connect");
+  await writer.waitForSelector("#write-button", { timeout: T });
+  await writer.selectOption("#write-token", "GPT");
+  await writer.selectOption("#write-kind", "call");
+  await writer.fill("#write-strike", "3.50");
+  await writer.fill("#write-bound", "4.50");
+  await writer.fill("#write-size", "10");
+  await writer.fill("#write-units", "5");
+  await writer.fill("#write-premium", "1");
+  await writer.click("#write-button");
+  await writer.waitForFunction(() => /Offer 5 units at 1(\.00)? USDC: confirmed/.test(document.querySelector("#option-status")?.textContent ?? ""), null, { timeout: T, polling: 100 });
+  await writer.waitForSelector("tr[data-holding]", { timeout: T });
+  await writerContext.close();
+  step("a second account writes 5 capped calls (GPT $3.50–$4.50) and offers them");
+
+  await page.reload();
+  await page.waitForSelector("button[data-action=buy]", { timeout: T });
+  const offerId = await page.locator("button[data-action=buy]").first().getAttribute("data-offer");
+  await page.fill(`[data-buy-units="${offerId}"]`, "2");
+  await page.click(`button[data-action=buy][data-offer="${offerId}"]`);
+  await waitText("#option-status", /Buy 2 units of offer .*: confirmed/);
+  await page.waitForSelector("tr[data-holding]", { timeout: T });
+  const seriesId = await page.locator("tr[data-holding]").first().getAttribute("data-holding");
+  await waitText(`[data-units="${seriesId}"]`, /^2$/);
+  await waitText(`[data-value="${seriesId}"]`, /USDC at the TWAP/);
+  if ((await call(optionsAddress, OPTIONS, "balanceOf", [USER, BigInt(seriesId)])) !== 2n) throw new Error("the bought units are not the wallet's");
+  await page.screenshot({ path: join(SHOTS, "hedge.png"), fullPage: true });
+  step("buy 2 units: the holding with its value at the TWAP", { value: await status(`[data-value="${seriesId}"]`) });
+
+  const beforeClose = await walletUsdc();
+  await page.click(`button[data-action=close][data-position="${positionId}"]`);
+  await waitText("#perp-status", new RegExp(`Close position ${positionId}: confirmed`));
+  await page.waitForFunction((id) => !document.querySelector(`tr[data-position="${id}"]`), positionId, { timeout: T });
+  if (!((await walletUsdc()) > beforeClose)) throw new Error("closing the long paid nothing");
+  step("close the long (min payout from the preview)", { paid: String((await walletUsdc()) - beforeClose) });
+  result.hedge = { position_id: positionId, series_id: seriesId, offer_id: offerId };
+
+  // ─── The other pages ──────────────────────────────────────────────────────
   for (const name of ["sell"]) {
     await page.goto(`${DASHBOARD}/#/${name}`);
     await page.waitForSelector(`[data-page=${name}] h1`, { timeout: T });

@@ -35,6 +35,9 @@ ABI_SOURCES = {
     "escrowAbi": "CreditEscrow",
     "poolAbi": "PoolBlueprint",
     "redemptionAbi": "RedemptionEscrow",
+    "oracleAbi": "Oracle",
+    "perpAbi": "Perp",
+    "optionsAbi": "Options",
 }
 
 
@@ -43,7 +46,7 @@ def front_end_abi_drift(stack) -> list[str]:
     problems = []
     for constant, body in re.findall(r"export const (\w+) = parseAbi\(\[(.*?)\]\);", ABI_TS.read_text(), re.S):
         abi = json.loads(Path(stack.deployment.contracts[ABI_SOURCES[constant]].abi).read_text())
-        for name, args, view in re.findall(r'"function (\w+)\(([^)]*)\)( view)?', body):
+        for name, args, view in re.findall(r'"function (\w+)\(([^)]*)\)( view| pure)?', body):
             inputs = [a.split()[0] for a in args.split(",") if a.strip()]
             found = [
                 f
@@ -86,12 +89,13 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         expected_steps = (
             "connect", "deposit", "swap", "add liquidity:", "remove half", "prompt", "verify usage proof",
             "request withdrawal", "grant the agent", "auto-topup rule fired", "revoke the grant", "enterprise desk:",
+            "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
         errors = (
             "rejected signature", "insufficient balance", "slippage exceeded", "add liquidity beyond", "bad rule",
-            "rejected signature (grant)", "enterprise desk refused",
+            "rejected signature (grant)", "enterprise desk refused", "leverage too high",
         )  # fmt: skip
         for error in errors:
             assert any(n.startswith(error) for n in names), (error, names)
@@ -123,6 +127,24 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         with stack.ledger.engine.connect() as conn:
             prefixes = [r.prefix for r in conn.execute(api_keys.select().where(api_keys.c.payer_id.isnot(None)))]
         assert result["member_key_prefix"] in prefixes and len(prefixes) == 2
+
+        # Hedge: the user's pool shares stay; the long was opened once (the refused one left nothing) and closed;
+        # the writer wrote 5 calls and offered them, the user holds the 2 it bought.
+        perp, options = stack.contract("Perp"), stack.contract("Options")
+        hedge = result["hedge"]
+        position, series, offer = int(hedge["position_id"]), int(hedge["series_id"]), int(hedge["offer_id"])
+        assert perp.functions.shares_of(user).call() > 0
+        assert perp.functions.position_count().call() == position == 1
+        assert perp.functions.positions(position).call()[0] == "0x" + "0" * 40  # closed: the slot is cleared
+        assert perp.functions.total_reserved().call() == 0
+        assert options.functions.balanceOf(user, series).call() == 2
+        assert options.functions.balanceOf(other, series).call() == 3
+        assert options.functions.written(series, other).call() == 5
+        seller, offered_series, units_left, premium = options.functions.offers(offer).call()
+        assert (seller, offered_series, units_left, premium) == (other, series, 3, 1 * USD)
+        terms = options.functions.series(series).call()
+        assert terms[0] == stack.deployment.address("token:GPT") and terms[1] == 1  # a capped call on GPT
+        assert (terms[2], terms[3], terms[5]) == (3_500_000 * 10**18, 4_500_000 * 10**18, 10 * 10**18)
 
         # The front end's hand-written ABI slices still match the compiled contracts.
         assert front_end_abi_drift(stack) == []

