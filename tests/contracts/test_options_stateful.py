@@ -26,23 +26,16 @@ and that span must contain [expiry − window, expiry].
 from dataclasses import dataclass, field
 
 import boa
-from eth_utils import keccak
+from boa_dex import FEE, PERIOD, UNIT, USD, deploy_dex, seed_pools
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from promptex.chain import options as helpers
 
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
-POOL = boa.load_partial("contracts/Pool.vy")
-FACTORY = boa.load_partial("contracts/Factory.vy")
-ROUTER = boa.load_partial("contracts/Router.vy")
-ORACLE = boa.load_partial("contracts/Oracle.vy")
 OPTIONS = boa.load_partial("contracts/Options.vy")
 
-UNIT, USD = 10**18, 10**6
-FEE, PERIOD, WINDOW = 30, 60, 600
+WINDOW = 600
 PRICES = (USD // 2, 2 * USD)  # USDC units per whole token
 DEPTH = 500_000 * USD  # USDC a side of each pool
 SIZE = 1_000 * UNIT  # tokens per option unit: collateral = spread / 10**15 USDC units
@@ -60,31 +53,12 @@ class World:
         self.lp = boa.env.generate_address("lp")
         self.keeper = boa.env.generate_address("keeper")
         self.users = [boa.env.generate_address(f"options user {i}") for i in range(N_USERS)]
+        dex = deploy_dex(self.admin)
+        self.usdc, self.tokens, self.router, self.oracle = dex.usdc, dex.tokens, dex.router, dex.oracle
         with boa.env.prank(self.admin):
-            self.usdc = USDC.deploy()
-            blueprint = POOL.deploy_as_blueprint()
-            factory = FACTORY.deploy(blueprint.address, keccak(POOL.compiler_data.bytecode))
-            self.router = ROUTER.deploy(factory.address, self.usdc.address)
-            self.oracle = ORACLE.deploy(factory.address, self.usdc.address, FEE, PERIOD)
-            self.tokens = [TOKEN.deploy(f"Credit {i}", f"CR{i}", 18) for i in range(2)]
             self.options = OPTIONS.deploy(self.usdc.address, self.oracle.address, WINDOW)
-        self.pools = []
-        deadline = boa.env.evm.patch.timestamp + 10**8
-        self.usdc.mint(self.lp, 10**15)
-        self.usdc.approve(self.router.address, 2**256 - 1, sender=self.lp)
-        for token, price in zip(self.tokens, PRICES, strict=True):
-            token.mint(self.lp, 10**12 * UNIT)
-            token.approve(self.router.address, 2**256 - 1, sender=self.lp)
-            self.router.add_liquidity(
-                token.address, self.usdc.address, FEE, DEPTH * UNIT // price, DEPTH, 0, 0, self.lp, deadline,
-                sender=self.lp,
-            )  # fmt: skip
-            self.pools.append(POOL.at(self.router.pool_for(token.address, self.usdc.address, FEE)))
-            self.oracle.update(token.address)
-        first = boa.env.evm.patch.timestamp
-        boa.env.time_travel(seconds=WINDOW)
-        for token in self.tokens:
-            self.oracle.update(token.address)
+        seed_pools(dex, self.lp, PRICES, DEPTH, WINDOW)
+        self.pools, first = dex.pools, dex.first_observed
         for user in self.users:
             self.usdc.mint(user, USER_USDC)
             self.usdc.approve(self.options.address, 2**256 - 1, sender=user)

@@ -24,23 +24,16 @@ mirror in `promptex.chain.perp`, predicts every outcome and amount; after every 
 from dataclasses import dataclass, field, replace
 
 import boa
-from eth_utils import keccak
+from boa_dex import FEE, MAX_UINT, PERIOD, UNIT, USD, deploy_dex, seed_pools
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from promptex.chain import perp as m
 
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
-POOL = boa.load_partial("contracts/Pool.vy")
-FACTORY = boa.load_partial("contracts/Factory.vy")
-ROUTER = boa.load_partial("contracts/Router.vy")
-ORACLE = boa.load_partial("contracts/Oracle.vy")
 PERP = boa.load_partial("contracts/Perp.vy")
 
-UNIT, USD = 10**18, 10**6
-FEE, PERIOD, TWAP_WINDOW = 30, 60, 600
+TWAP_WINDOW = 600
 INSURANCE_FEE_BPS = 2_000
 PRICES = (2 * USD, USD // 2)  # USDC units per whole token
 DEPTH = 300_000 * USD  # USDC a side of each DEX pool
@@ -55,7 +48,6 @@ PARAMS = (
     ),
 )  # fmt: skip
 N_TRADERS, N_LPS = 3, 2
-MAX_UINT = 2**256 - 1
 
 
 class World:
@@ -69,31 +61,13 @@ class World:
         self.donor = boa.env.generate_address("donor")
         self.traders = [boa.env.generate_address(f"trader{i}") for i in range(N_TRADERS)]
         self.lps = [boa.env.generate_address(f"lp{i}") for i in range(N_LPS)]
+        dex = deploy_dex(self.admin)
+        self.usdc, self.tokens, self.router, self.oracle = dex.usdc, dex.tokens, dex.router, dex.oracle
         with boa.env.prank(self.admin):
-            self.usdc = USDC.deploy()
-            blueprint = POOL.deploy_as_blueprint()
-            factory = FACTORY.deploy(blueprint.address, keccak(POOL.compiler_data.bytecode))
-            self.router = ROUTER.deploy(factory.address, self.usdc.address)
-            self.oracle = ORACLE.deploy(factory.address, self.usdc.address, FEE, PERIOD)
-            self.tokens = [TOKEN.deploy(f"Credit {i}", f"CR{i}", 18) for i in range(2)]
             self.perp = PERP.deploy(self.usdc.address, self.oracle.address, TWAP_WINDOW, INSURANCE_FEE_BPS)
             for token, params in zip(self.tokens, PARAMS, strict=True):
                 self.perp.add_market(token.address, *params.as_args())
-
-        deadline = boa.env.evm.patch.timestamp + 10**8
-        self.usdc.mint(self.maker, 10**15)
-        self.usdc.approve(self.router.address, MAX_UINT, sender=self.maker)
-        for token, price in zip(self.tokens, PRICES, strict=True):
-            token.mint(self.maker, 10**12 * UNIT)
-            token.approve(self.router.address, MAX_UINT, sender=self.maker)
-            self.router.add_liquidity(
-                token.address, self.usdc.address, FEE, DEPTH * UNIT // price, DEPTH, 0, 0, self.maker, deadline,
-                sender=self.maker,
-            )  # fmt: skip
-            self.oracle.update(token.address)
-        boa.env.time_travel(seconds=TWAP_WINDOW)
-        for token in self.tokens:
-            self.oracle.update(token.address)
+        seed_pools(dex, self.maker, PRICES, DEPTH, TWAP_WINDOW)
         for account in (*self.traders, *self.lps, self.liquidator, self.donor):
             self.usdc.mint(account, 10**13)
             self.usdc.approve(self.perp.address, MAX_UINT, sender=account)

@@ -15,6 +15,7 @@ outcome, and after every step:
 from dataclasses import dataclass, field
 
 import boa
+from boa_dex import FEE, UNIT, USD, deploy_dex, seed_pools
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import strategies as st
@@ -22,16 +23,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from promptex.chain.redemption import account_ref, provider_id, sign_receipt, slippage_limit
 
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
-POOL = boa.load_partial("contracts/Pool.vy")
-FACTORY = boa.load_partial("contracts/Factory.vy")
-ROUTER = boa.load_partial("contracts/Router.vy")
-ORACLE = boa.load_partial("contracts/Oracle.vy")
 ESCROW = boa.load_partial("contracts/RedemptionEscrow.vy")
 
-UNIT, USD = 10**18, 10**6
-FEE, PERIOD, TWAP_WINDOW, REFUND_DELAY, DAY = 30, 60, 600, 3_600, 86_400
+TWAP_WINDOW, REFUND_DELAY, DAY = 600, 3_600, 86_400
 SLIPPAGE_BPS = 150
 DAILY = 2_000 * UNIT  # per (user, token); a token trades at $0.50 or $2
 PRICES = (USD // 2, 2 * USD)  # USDC units per whole token
@@ -54,33 +48,14 @@ class World:
         self.stranger = boa.env.generate_address("stranger")
         self.users = [boa.env.generate_address(f"user{i}") for i in range(N_USERS)]
         self.accounts = [account_ref(f"machine user {i}") for i in range(N_USERS)]
+        dex = deploy_dex(self.admin)
+        self.usdc, self.tokens, self.router, self.oracle = dex.usdc, dex.tokens, dex.router, dex.oracle
         with boa.env.prank(self.admin):
-            self.usdc = USDC.deploy()
-            blueprint = POOL.deploy_as_blueprint()
-            factory = FACTORY.deploy(blueprint.address, keccak(POOL.compiler_data.bytecode))
-            self.router = ROUTER.deploy(factory.address, self.usdc.address)
-            self.oracle = ORACLE.deploy(factory.address, self.usdc.address, FEE, PERIOD)
-            self.tokens = [TOKEN.deploy(f"Credit {i}", f"CR{i}", 18) for i in range(2)]
             self.escrow = ESCROW.deploy(
                 self.usdc.address, self.router.address, self.oracle.address, TWAP_WINDOW, REFUND_DELAY
             )
             self.escrow.set_billing_signer(PROVIDER, Account.from_key(BILLING_KEY).address)
-
-        deadline = boa.env.evm.patch.timestamp + 10**6
-        self.usdc.mint(self.lp, 10**15)
-        self.usdc.approve(self.router.address, 2**256 - 1, sender=self.lp)
-        for token, price in zip(self.tokens, PRICES, strict=True):
-            token.mint(self.lp, 10**9 * UNIT)
-            token.approve(self.router.address, 2**256 - 1, sender=self.lp)
-            depth = 500_000 * USD  # USDC a side
-            self.router.add_liquidity(
-                token.address, self.usdc.address, FEE, depth * UNIT // price, depth, 0, 0, self.lp, deadline,
-                sender=self.lp,
-            )  # fmt: skip
-            self.oracle.update(token.address)
-        boa.env.time_travel(seconds=TWAP_WINDOW)
-        for token in self.tokens:
-            self.oracle.update(token.address)
+        seed_pools(dex, self.lp, PRICES, 500_000 * USD, TWAP_WINDOW)
 
         self.expiry = boa.env.evm.patch.timestamp + 365 * DAY
         for user, account in zip(self.users, self.accounts, strict=True):
