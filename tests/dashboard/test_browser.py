@@ -41,6 +41,17 @@ ABI_SOURCES = {
 }
 
 
+def usage_states(stack) -> list[tuple]:
+    """(request id, asset, status, quarantine reason) of every usage record: what a failure needs."""
+    from sqlalchemy import select
+
+    from promptex.ledger.schema import usage_records as u
+
+    with Ledger.from_settings(stack.settings).engine.connect() as conn:
+        rows = conn.execute(select(u.c.request_id, u.c.asset, u.c.status, u.c.quarantine_reason)).all()
+    return [tuple(row) for row in rows]
+
+
 def front_end_abi_drift(stack) -> list[str]:
     """Each function the front end declares, checked against the compiled ABI: name, inputs, mutability."""
     problems = []
@@ -81,7 +92,10 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             ["node", str(SCRIPT)], cwd=ROOT / "dashboard", env=env, capture_output=True, text=True, timeout=240
         )
         lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-        assert run.returncode == 0 and lines, f"browser run failed:\n{run.stderr[-6000:]}\n{run.stdout[-2000:]}"
+        assert run.returncode == 0 and lines, (
+            f"browser run failed:\n{run.stderr[-6000:]}\n{run.stdout[-2000:]}\nstack errors: {stack.errors}\n"
+            f"usage records: {usage_states(stack)}"
+        )
         result = json.loads(lines[-1].removeprefix("RESULT "))
         assert result["ok"], result
 

@@ -130,7 +130,10 @@ class Web3Chain:
         return self._policy[asset] == POLICY_SPEND_ONLY
 
     def now(self) -> int:
-        return int(self.w3.eth.get_block("latest")["timestamp"])
+        # The pending block's time: what the next transaction will see. The latest block's
+        # stands still on a quiet chain that mines only on transactions (anvil), where a
+        # settlement would then never come due.
+        return int(self.w3.eth.get_block("pending")["timestamp"])
 
     def next_settlement_at(self, asset: str) -> int:
         return int(self.vault.functions.next_settlement_at(self.asset_address(asset)).call())
@@ -162,14 +165,14 @@ class Web3Chain:
 
     def simulate(self, call: Call) -> str | None:
         try:
-            self._function(call).call({"from": self.sender})
+            self._function(call).call({"from": self.sender}, block_identifier="pending")
         except ContractLogicError as exc:
             return revert_reason(exc)
         return None
 
     def sign(self, call: Call, nonce: int) -> SignedTx:
         fn = self._function(call)
-        gas = int(fn.estimate_gas({"from": self.sender}) * GAS_MARGIN)
+        gas = int(fn.estimate_gas({"from": self.sender}, block_identifier="pending") * GAS_MARGIN)
         tx = fn.build_transaction({"from": self.sender, "nonce": nonce, "chainId": self.chain_id, "gas": gas})
         signed = self._account.sign_transaction(tx)
         return SignedTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce)
