@@ -75,6 +75,8 @@ def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(market
     assert "bought 10 units" in ok(promptex(env, "buy", "--offer", "1", "--units", "10", "--account", BUYER, "--yes"))
 
     keeper(url, env, jump=700, updates=1)  # the perpetual prices on a 600-s TWAP: cover it
+    no_shares = promptex(env, "withdraw-liquidity", "--account", BUYER, "--yes")
+    assert no_shares.returncode == 1 and "no pool shares to withdraw" in no_shares.stderr
     assert "provided 1,000,000 USDC" in ok(
         promptex(env, "provide", "--amount", "1000000", "--account", DEALER, "--yes")
     )

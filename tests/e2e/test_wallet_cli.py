@@ -187,3 +187,6 @@ def test_wallet__redemption_grant_link_revoke__signed_by_the_keyfile_user(market
 
     nothing = promptex(env, "wallet", "claim", "--account", "stranger", "--yes")
     assert nothing.returncode == 1 and "nothing to claim in USDC" in nothing.stderr
+    no_refund = promptex(env, "wallet", "refund", "--redemption", "7", "--account", "stranger", "--yes")
+    assert no_refund.returncode == 1 and "redemption: not open" in no_refund.stderr
+    assert "Traceback" not in no_refund.stderr
