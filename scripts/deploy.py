@@ -13,6 +13,12 @@ from promptex.chain.errors import readable_errors
 @click.option("--usdc", default=None, help="USDC address (required on live networks)")
 @click.option("--treasury", default=None, help="mint-fee recipient (default: deployer)")
 @click.option("--attestor", default=None, help="gateway attestor (default: deployer)")
+@click.option(
+    "--extra-attestor",
+    "extra_attestors",
+    multiple=True,
+    help="another address with the attestor role, e.g. the dashboard's (repeatable)",
+)
 @click.option("--settler", default=None, help="settlement role (default: deployer)")
 @click.option(
     "--billing-signer",
@@ -22,7 +28,7 @@ from promptex.chain.errors import readable_errors
 )
 @click.option("--force", is_flag=True, help="replace a live deployment recorded for this network")
 @click.option("--keep-existing", is_flag=True, help="if a live deployment is recorded, keep it and succeed")
-def cli(network, alias, usdc, treasury, attestor, settler, billing_signers, force, keep_existing):
+def cli(network, alias, usdc, treasury, attestor, extra_attestors, settler, billing_signers, force, keep_existing):
     signers = {}
     for item in billing_signers:
         provider, _, address = item.partition("=")
@@ -41,6 +47,7 @@ def cli(network, alias, usdc, treasury, attestor, settler, billing_signers, forc
             usdc=usdc,
             treasury=treasury,
             attestor=attestor,
+            extra_attestors=extra_attestors,
             settler=settler,
             billing_signers=signers or None,
             force=force,

@@ -182,6 +182,24 @@ export interface OrgDesk {
   members: OrgMember[];
 }
 
+export interface NewCapacity {
+  provider: string;
+  base_url: string;
+  api_key: string;
+  face_value_usd_micro: string;
+  kind: "tokenized" | "listed";
+  rate_bps: number;
+  expires_at: number;
+  bond: string;
+  declare_resale_permitted: boolean;
+}
+
+export interface OpenedLot {
+  lot: number;
+  chain_lot_id: number;
+  tx: Hex;
+}
+
 export class ApiError extends Error {
   constructor(
     message: string,
@@ -244,5 +262,7 @@ export const api = {
   org: () => call<OrgDesk>("/api/org", {}, true),
   addMember: (member: { name?: string; budget_asset?: string; budget?: string }) =>
     call<{ account: number; key: string; prefix: string }>("/api/org/members", { method: "POST", body: JSON.stringify(member) }, true),
+  addCapacity: (capacity: NewCapacity) =>
+    call<OpenedLot>("/api/seller/capacity", { method: "POST", body: JSON.stringify(capacity) }, true),
   proof: (id: string) => call<Proof>(`/api/usage/${encodeURIComponent(id)}/proof`, {}, true),
 };

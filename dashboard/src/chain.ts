@@ -98,6 +98,11 @@ const REASONS: [RegExp, string][] = [
   [/options: offer closed/, "That offer is filled or cancelled. Nothing was bought."],
   [/options: series expired/, "The series has expired: it can no longer be written, offered or bought. Nothing changed."],
   [/options: window start not retained/, "The Oracle no longer holds the observation this settlement needs: too late to settle."],
+  [/escrow: caller is not an attestor/, "This server's attestor key does not hold the escrow's attestor role on this chain. No lot was opened."],
+  [/escrow: bond below minimum/, "The bond is below the escrow's minimum for this face value. No lot was opened."],
+  [/escrow: face value too small to mint/, "That face value is too small to mint any tokens. No lot was opened."],
+  [/escrow: expiry in the past/, "The lot's expiry is in the past on chain. No lot was opened."],
+  [/escrow: bond transfer failed/, "The escrow could not take the bond: approve it first (and hold that much USDC). No lot was opened."],
   [/exceeds balance|insufficient balance/, "Insufficient balance in your wallet. Nothing was sent."],
   [/exceeds allowance|insufficient allowance/, "The contract is not approved to move this much; approve first."],
   [/expired|deadline/, "The transaction's deadline passed before it was mined. Nothing changed."],
@@ -125,8 +130,13 @@ export function explain(err: unknown): string {
   } else {
     text = String(err);
   }
+  return readable(text) ?? `The transaction would fail: ${text}`;
+}
+
+/** A contract's revert reason (from a transaction or a server's answer) in words, if known. */
+export function readable(text: string): string | null {
   for (const [pattern, message] of REASONS) if (pattern.test(text)) return message;
-  return `The transaction would fail: ${text}`;
+  return null;
 }
 
 // ─── Sending a transaction with visible states ───────────────────────────────

@@ -4,6 +4,7 @@
 // `RESULT {json}` and exits 0, or prints the failure and exits 1.
 //
 // env: DASHBOARD_URL, ANVIL_URL, USER_ADDRESS, OTHER_ADDRESS, OWNER_ADDRESS (an org's wallet),
+//      UPSTREAM_URL (the fake upstream, for seller onboarding),
 //      CHROMIUM (default /usr/bin/chromium),
 //      SCREENSHOTS (a folder; the pages' screenshots go there). playwright gives each launch a
 //      fresh temporary user-data-dir (it refuses --user-data-dir in args), removed on close.
@@ -19,6 +20,7 @@ const ANVIL = env.ANVIL_URL;
 const USER = env.USER_ADDRESS;
 const OTHER = env.OTHER_ADDRESS;
 const OWNER = env.OWNER_ADDRESS;
+const UPSTREAM = env.UPSTREAM_URL; // the fake upstream a seller onboards capacity from
 const SHOTS = env.SCREENSHOTS ?? mkdtempSync(join(tmpdir(), "promptex-shots-"));
 const T = 30_000;
 mkdirSync(SHOTS, { recursive: true });
@@ -76,6 +78,7 @@ const ESCROW = [
   "function linked_account(address,bytes32) view returns (bytes32)",
 ];
 const POOL = ["function balanceOf(address) view returns (uint256)"];
+const CREDIT_ESCROW = ["function lot_count() view returns (uint256)"];
 const PERP = ["function position_count() view returns (uint256)", "function shares_of(address) view returns (uint256)"];
 const OPTIONS = ["function balanceOf(address,uint256) view returns (uint256)"];
 
@@ -525,14 +528,45 @@ try {
   step("close the long (min payout from the preview)", { paid: String((await walletUsdc()) - beforeClose) });
   result.hedge = { position_id: positionId, series_id: seriesId, offer_id: offerId };
 
-  // ─── The other pages ──────────────────────────────────────────────────────
-  for (const name of ["sell"]) {
-    await page.goto(`${DASHBOARD}/#/${name}`);
-    await page.waitForSelector(`[data-page=${name}] h1`, { timeout: T });
-    await page.waitForTimeout(300);
-    await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
-  }
-  step("screenshots of the remaining pages");
+  // ─── Sell capacity: a refused key and an unapproved bond open nothing; then a lot ─
+  const creditEscrow = config.contracts.CreditEscrow;
+  const lotCount = () => call(creditEscrow, CREDIT_ESCROW, "lot_count", []);
+  await page.goto(`${DASHBOARD}/#/sell`);
+  await page.waitForSelector("#seller-provider", { timeout: T });
+  await page.selectOption("#seller-provider", "openai");
+  await page.fill("#seller-base-url", `${UPSTREAM}/v1`);
+  await page.fill("#seller-face", "250");
+  await page.selectOption("#seller-kind", "listed");
+  await page.fill("#seller-rate", "50");
+  await page.fill("#seller-days", "30");
+  await page.check("#seller-declare");
+  await page.waitForSelector("#seller-bond[data-approved=false]", { timeout: T });
+  const lotsBefore = await lotCount();
+  const bondBefore = await walletUsdc();
+  await page.fill("#seller-api-key", "sk-not-a-key-the-provider-knows");
+  await page.click("#open-lot");
+  await waitText("#onboard-status", /refused the API key/);
+  if ((await lotCount()) !== lotsBefore) throw new Error("a refused key opened a lot");
+  step("sell: a key the provider refuses: readable, no lot", { message: await status("#onboard-status") });
+  await page.fill("#seller-api-key", "sk-browser-seller");
+  await page.click("#open-lot");
+  await waitText("#onboard-status", /not approved|approve it first/i);
+  if ((await lotCount()) !== lotsBefore || (await walletUsdc()) !== bondBefore) throw new Error("an unapproved bond opened a lot or moved USDC");
+  step("sell: bond not approved: readable, no lot", { message: await status("#onboard-status") });
+  await page.click("#approve-bond");
+  await page.waitForSelector("#seller-bond[data-approved=true]", { timeout: T });
+  await page.click("#open-lot");
+  await waitText("#onboard-status", /Lot \d+ opened on chain/, 60_000);
+  const sellerLot = await page.locator("#onboard").getAttribute("data-opened-lot");
+  await page.waitForSelector(`tr[data-lot="${sellerLot}"] [data-lot-status=open]`, { timeout: T });
+  if ((await lotCount()) !== lotsBefore + 1n) throw new Error("opening a lot did not add exactly one");
+  if ((await page.inputValue("#seller-api-key")) !== "") throw new Error("the page kept the seller's key");
+  if ((await page.content()).includes("sk-browser-seller")) throw new Error("the seller's key is in the page");
+  await page.screenshot({ path: join(SHOTS, "sell.png"), fullPage: true });
+  step("sell: onboarding opened a listed lot at 50 % of list (key sealed on the server)", { lot: sellerLot });
+  result.seller_lot = sellerLot;
+  result.bond_paid = String(bondBefore - (await walletUsdc()));
+
   result.ok = true;
   console.log("RESULT " + JSON.stringify(result));
 } catch (err) {

@@ -78,6 +78,17 @@ def local_billing_signer() -> str:
     return str(Account.from_key(fake_billing_key(Settings())).address)
 
 
+def local_attestor(env: dict[str, str]) -> str:
+    """The dashboard's attestor key (set in `env` unless given) → its address, which the deploy
+    grants the attestor role so that sellers can onboard in the browser."""
+    from eth_account import Account
+
+    from promptex.chain.attest import LOCAL_ATTESTOR_KEY
+
+    key = env.setdefault("PROMPTEX_ATTESTOR_PRIVATE_KEY", LOCAL_ATTESTOR_KEY)
+    return str(Account.from_key(key).address)
+
+
 def promptex_argv(*args: str) -> list[str]:
     """Run a promptex subcommand with this interpreter (works without the venv on PATH)."""
     return [sys.executable, "-m", "promptex.cli", *args]
@@ -244,7 +255,11 @@ def up(options: UpOptions) -> int:
         env["APE_FOUNDRY_HOST"] = rpc_url
         # RedemptionEscrow trusts the local fake billing API's key for anthropic receipts.
         signer = f"anthropic={local_billing_signer()}"
-        supervisor.run_step("deploy", ape_argv("deploy", "--keep-existing", "--billing-signer", signer))
+        attestor = local_attestor(env)
+        supervisor.run_step(
+            "deploy",
+            ape_argv("deploy", "--keep-existing", "--billing-signer", signer, "--extra-attestor", attestor),
+        )
         if options.seed:
             supervisor.run_step("seed market", ape_argv("seed_market"))
         for service in plan_services(options, rpc_url):

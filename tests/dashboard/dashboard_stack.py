@@ -26,6 +26,7 @@ from promptex.agent.chain import Web3AgentChain
 from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.service import Agent
+from promptex.chain.attest import LOCAL_ATTESTOR_KEY
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
@@ -49,6 +50,8 @@ DIST = ROOT / "dashboard" / "dist"
 DAY = 86_400
 USD = 10**6
 BILLING_CREDENTIAL = "scoped-billing-credential"  # what the agent holds sealed; never sent to a browser
+# The keys the fake upstream accepts: the stack's own lot's, and the one a seller onboards in the browser.
+UPSTREAM_KEYS = frozenset({"sk-dashboard-test", "sk-browser-seller"})
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Stack:
     deployment: Deployment
     w3: Web3
     settings: Settings
+    upstream_url: str = ""
     agent: Any = None
     billing: Any = None  # the fake billing API's FakeBillingConfig (balances, purchases)
     ledger: Any = None
@@ -145,7 +149,9 @@ def market_stack(work: Path) -> Iterator[Stack]:
     with running_anvil() as anvil_url:
         env = ape_env(anvil_url, deployments)
         signer = Account.from_key(LOCAL_BILLING_SIGNER_KEY).address
-        for script in (("deploy", "--billing-signer", f"anthropic={signer}"), ("seed_market",)):
+        attestor = Account.from_key(LOCAL_ATTESTOR_KEY).address  # the dashboard's, as in `promptex up`
+        deploy = ("deploy", "--billing-signer", f"anthropic={signer}", "--extra-attestor", attestor)
+        for script in (deploy, ("seed_market",)):
             done = ape_run(env, *script)
             assert done.returncode == 0, f"ape run {script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         deployment = load_deployment("local", deployments)
@@ -158,6 +164,7 @@ def market_stack(work: Path) -> Iterator[Stack]:
             gateway_lot_refresh_seconds=0.5,
             indexer_rpc_url=anvil_url,
             coordinator_rpc_url=anvil_url,
+            attestor_private_key=LOCAL_ATTESTOR_KEY,
         )
         w3 = Web3(Web3.HTTPProvider(anvil_url))
         ledger = Ledger.from_settings(settings)
@@ -166,11 +173,14 @@ def market_stack(work: Path) -> Iterator[Stack]:
             signer_key=LOCAL_BILLING_SIGNER_KEY, chain_id=deployment.chain_id,
             escrow=deployment.address("RedemptionEscrow"), credentials={},
         )  # fmt: skip
+        upstream_config = FakeUpstreamConfig(output_tokens=40, api_keys=UPSTREAM_KEYS)
         with (
-            ServerThread(create_fake_upstream(FakeUpstreamConfig(output_tokens=40))) as upstream,
+            ServerThread(create_fake_upstream(upstream_config)) as upstream,
             ServerThread(create_fake_billing(billing_config)) as billing,
         ):
-            stack = Stack(anvil_url, "", "", deployment, w3, settings, billing=billing_config, ledger=ledger)
+            stack = Stack(
+                anvil_url, "", "", deployment, w3, settings, upstream.url, billing=billing_config, ledger=ledger
+            )
             keys = load_master_keys(None, settings.gateway_master_key_file)
             open_listed_lot(stack, store, keys, upstream.url, seller=w3.eth.accounts[1])
             # The indexer and the coordinator each get their own ledger connection, as separate processes would.

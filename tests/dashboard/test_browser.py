@@ -3,9 +3,10 @@ whole local market (tests/dashboard/dashboard_stack.py), with a test-only EIP-11
 forwarding to anvil's unlocked accounts. The script (dashboard/tests/browser.mjs) connects
 (after a wrong network), deposits, swaps (and a multi-hop quote), obtains an API key by
 signing, sets a spend cap, runs a streamed prompt and reads its metered cost, verifies the
-usage record's Merkle proof against the root on chain, and requests, then completes, a
-withdrawal; a rejected signature, an insufficient balance and exceeded slippage each show
-a readable message and change nothing. Here the outcome is checked again from the ledger
+usage record's Merkle proof against the root on chain, requests, then completes, a
+withdrawal, and onboards a seller's capacity as a lot the gateway then routes through; a
+rejected signature, an insufficient balance, exceeded slippage, a refused upstream key and
+an unapproved bond each show a readable message and change nothing. Here the outcome is checked again from the ledger
 and the chain.
 
 Screenshots go to a temporary folder, or to PROMPTEX_SCREENSHOTS (docs/screenshots to
@@ -18,10 +19,12 @@ import subprocess
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 from dashboard_stack import USD, link_billing_account, market_stack, seed_org
 
 from anvil_node import ROOT
-from promptex.gateway.store import api_keys
+from promptex.gateway.envelope import load_master_keys
+from promptex.gateway.store import GatewayStore, api_keys
 from promptex.ledger import Ledger
 
 SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"
@@ -77,7 +80,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         # Accounts 8 and 9 are the redemption agent's and the fake billing signer's keys.
         user, other, owner = (stack.w3.eth.accounts[i] for i in (3, 5, 6))
         link_billing_account(stack, user, "acct_dashboard_user", 5 * USD)
-        seed_org(stack, owner)
+        member = seed_org(stack, owner)
         env = dict(
             os.environ,
             DASHBOARD_URL=stack.dashboard_url,
@@ -85,6 +88,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             USER_ADDRESS=user,
             OTHER_ADDRESS=other,
             OWNER_ADDRESS=owner,
+            UPSTREAM_URL=stack.upstream_url,
             CHROMIUM=browser_parts,
             SCREENSHOTS=shots,
         )
@@ -104,12 +108,14 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             "connect", "deposit", "swap", "add liquidity:", "remove half", "prompt", "verify usage proof",
             "request withdrawal", "grant the agent", "auto-topup rule fired", "revoke the grant", "enterprise desk:",
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
+            "sell: onboarding opened a listed lot",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
         errors = (
             "rejected signature", "insufficient balance", "slippage exceeded", "add liquidity beyond", "bad rule",
             "rejected signature (grant)", "enterprise desk refused", "leverage too high",
+            "sell: a key the provider refuses", "sell: bond not approved",
         )  # fmt: skip
         for error in errors:
             assert any(n.startswith(error) for n in names), (error, names)
@@ -159,6 +165,28 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         terms = options.functions.series(series).call()
         assert terms[0] == stack.deployment.address("token:GPT") and terms[1] == 1  # a capped call on GPT
         assert (terms[2], terms[3], terms[5]) == (3_500_000 * 10**18, 4_500_000 * 10**18, 10 * 10**18)
+
+        # Sell: the lot the browser onboarded is open on chain for the user, its bond the escrow's minimum,
+        # and the gateway serves through it (sealed key; 50 % of list is now the cheapest USDC route).
+        lot_id = int(result["seller_lot"])
+        escrow = stack.contract("CreditEscrow")
+        chain_lot = escrow.functions.lots(lot_id).call()
+        assert (chain_lot[0], chain_lot[2], chain_lot[3], chain_lot[4]) == (user, 2, 1, 5_000)  # listed, open
+        assert chain_lot[6] == 250 * USD and chain_lot[11] == int(result["bond_paid"]) == 25 * USD
+        store = GatewayStore(stack.ledger.engine)
+        [sold] = [lot for lot in store.lots() if lot.chain_lot_id == lot_id]
+        assert (sold.seller, sold.kind, sold.rate_bps, sold.face_value_usd_micro) == (user, "listed", 5_000, 250 * USD)
+        keys = load_master_keys(None, stack.settings.gateway_master_key_file, create=False)
+        assert keys.open(sold.sealed) == b"sk-browser-seller"
+        answer = httpx.post(
+            f"{stack.gateway_url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {member.key}", "x-promptex-asset": "USDC"},
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "Routed where?"}], "max_tokens": 8},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        served = stack.ledger.usage_record(answer.headers["x-request-id"])
+        assert served is not None and (served.gateway_lot_id, served.chain_lot_id) == (sold.id, lot_id)
 
         # The front end's hand-written ABI slices still match the compiled contracts.
         assert front_end_abi_drift(stack) == []

@@ -1,29 +1,56 @@
 """The dashboard's server without a chain: the wallet-signed key endpoints, what a key may
-read and change (a wallet's redemption records and rules, an org's desk), the read-only
-JSON-RPC proxy, and the messages when a part is missing."""
+read and change (a wallet's redemption records and rules, an org's desk, a seller's
+capacity up to the chain), the read-only JSON-RPC proxy, and the messages when a part is
+missing. Opening a lot on chain is covered by the browser test."""
 
 import json
+import time
 
 import pytest
 from eth_account import Account
+from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from anvil_node import free_port
 from promptex.agent.store import AgentStore
 from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
+from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway.envelope import load_master_keys
+from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.binding import BindingMessage, sign
+from promptex.serving import ServerThread
 
 VAULT = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
 SECRET_RPC = "http://127.0.0.1:{port}/secret-provider-key"
+OPEN_LOT_ABI = {
+    "type": "function",
+    "name": "open_lot",
+    "stateMutability": "nonpayable",
+    "inputs": [
+        {"name": name, "type": kind}
+        for name, kind in (
+            ("seller", "address"),
+            ("token", "address"),
+            ("kind", "uint8"),
+            ("face_value", "uint256"),
+            ("expiry", "uint64"),
+            ("bond", "uint256"),
+            ("terms_hash", "bytes32"),
+            ("rate_bps", "uint16"),
+        )
+    ],  # fmt: skip
+    "outputs": [{"name": "", "type": "uint256"}],
+}
 
 
 @pytest.fixture
 def dashboard(tmp_path):
     deployments = tmp_path / "deployments"
     deployments.mkdir()
+    escrow_abi = deployments / "CreditEscrow.json"  # the one function a seller's lot is opened with
+    escrow_abi.write_text(json.dumps([OPEN_LOT_ABI]))
     record = {
         "network": "local",
         "chain_id": 31337,
@@ -33,6 +60,8 @@ def dashboard(tmp_path):
             "USDC": {"address": "0x5FbDB2315678afecb367f032d93F642f64180aa3", "abi": "x.json"},
             "CreditsVault": {"address": VAULT, "abi": "x.json"},
             "token:CLD": {"address": "0xCf7Ed3AccA5a467e9e704C703E8D87F634fB0Fc9", "abi": "x.json"},
+            "token:GPT": {"address": "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9", "abi": "x.json"},
+            "CreditEscrow": {"address": "0x5FC8d32690cc91D4c39d9d3abcBD16989F875707", "abi": str(escrow_abi)},
         },
     }
     (deployments / "local.json").write_text(json.dumps(record))
@@ -51,7 +80,7 @@ def dashboard(tmp_path):
     )
     ledger = Ledger.from_settings(settings)
     with TestClient(create_app(settings, options, ledger=ledger)) as client:
-        client.ledger, client.settings, client.dead = ledger, settings, dead
+        client.ledger, client.settings, client.dead, client.options = ledger, settings, dead, options
         yield client
     ledger.close()
 
@@ -123,7 +152,7 @@ def test_rpc__a_read_with_the_node_down__502_without_the_nodes_url(dashboard):
 def test_config__addresses_and_assets__no_node_url(dashboard):
     config = dashboard.get("/api/config").json()
     assert config["chain_id"] == 31337 and config["contracts"]["CreditsVault"] == VAULT
-    assert [a["symbol"] for a in config["assets"]] == ["USDC", "CLD"]
+    assert [a["symbol"] for a in config["assets"]] == ["USDC", "CLD", "GPT"]
     assert config["rpc"] == "/rpc" and "secret-provider-key" not in json.dumps(config)
 
 
@@ -239,3 +268,97 @@ def test_org__a_user_key_or_a_bad_budget__refused_and_nothing_added(dashboard):
     bad = dashboard.post("/api/org/members", json={"budget_asset": "USDC", "budget": "1.0000001"}, headers=bearer(key))
     assert bad.status_code == 400 and "no member was added" in bad.json()["error"]
     assert dashboard.get("/api/org", headers=bearer(key)).json()["members"] == []
+
+
+# ─── seller onboarding ───────────────────────────────────────────────────────
+
+GOOD_UPSTREAM_KEY = "sk-seller-good-key"
+
+
+def capacity_form(upstream_url: str, api_key: str = GOOD_UPSTREAM_KEY, **change) -> dict:
+    form = {
+        "provider": "openai",
+        "base_url": upstream_url + "/v1",
+        "api_key": api_key,
+        "face_value_usd_micro": "250000000",
+        "kind": "listed",
+        "rate_bps": 6000,
+        "expires_at": int(time.time()) + 30 * 86_400,
+        "bond": "25000000",
+        "declare_resale_permitted": True,
+    }
+    return {**form, **change}
+
+
+@pytest.fixture
+def upstream():
+    with ServerThread(create_fake_upstream(FakeUpstreamConfig(api_keys=frozenset({GOOD_UPSTREAM_KEY})))) as server:
+        yield server
+
+
+@pytest.fixture
+def attesting(dashboard):
+    """The same dashboard with an attestor key (on a chain that does not answer) and the gateway's master key."""
+    load_master_keys(None, dashboard.settings.gateway_master_key_file)
+    settings = dashboard.settings.model_copy(update={"attestor_private_key": SecretStr("0x" + "11" * 32)})
+    with TestClient(create_app(settings, dashboard.options, ledger=dashboard.ledger)) as client:
+        client.ledger = dashboard.ledger
+        yield client
+
+
+def gateway_lots(dashboard) -> list:
+    return GatewayStore(dashboard.ledger.engine).lots()
+
+
+def seller_key(dashboard) -> tuple[Account, str]:
+    seller = Account.create()
+    return seller, obtain_key(dashboard, seller).json()["key"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "message"),
+    [
+        ({"declare_resale_permitted": False}, 400, "declare that your agreement permits resale"),
+        ({"face_value_usd_micro": "250 USD"}, 400, "face_value_usd_micro must be an integer"),
+        ({"kind": "rented"}, 400, "kind is one of tokenized, listed"),
+        ({"rate_bps": 0}, 400, "a listed lot's rate is a fraction of list price"),
+        ({"expires_at": 1_000}, 400, "the lot's expiry is in the past"),
+        ({"provider": "acme"}, 400, "no provider token for provider 'acme'"),
+        ({"api_key": "sk-not-this-one"}, 400, "the provider refused the API key"),
+        ({"api_key": ""}, 400, "give the API key to sell capacity from"),
+    ],
+)
+def test_seller__bad_terms_or_a_refused_key__400_readable_and_nothing_stored(
+    attesting, upstream, change, status, message
+):
+    _, key = seller_key(attesting)
+    answer = attesting.post("/api/seller/capacity", json=capacity_form(upstream.url, **change), headers=bearer(key))
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"].startswith("no lot was opened") and message in answer.json()["error"]
+    assert gateway_lots(attesting) == []
+    assert GOOD_UPSTREAM_KEY not in answer.text and "sk-not-this-one" not in answer.text
+
+
+def test_seller__good_key_but_the_chain_down__502_and_nothing_stored(attesting, upstream):
+    _, key = seller_key(attesting)
+    answer = attesting.post("/api/seller/capacity", json=capacity_form(upstream.url), headers=bearer(key))
+    assert answer.status_code == 502 and "no lot was opened" in answer.json()["error"], answer.text
+    assert gateway_lots(attesting) == [] and GOOD_UPSTREAM_KEY not in answer.text
+
+
+def test_seller__dashboard_without_an_attestor_key__503_says_use_the_cli_and_nothing_stored(dashboard, upstream):
+    _, key = seller_key(dashboard)
+    answer = dashboard.post("/api/seller/capacity", json=capacity_form(upstream.url), headers=bearer(key))
+    assert answer.status_code == 503 and "promptex seller add-capacity" in answer.json()["error"]
+    assert gateway_lots(dashboard) == []
+
+
+def test_seller__a_wallet_not_bound_to_the_key__403_and_nothing_stored(attesting, upstream):
+    _, key = seller_key(attesting)
+    stranger = Account.create().address
+    answer = attesting.post(
+        "/api/seller/capacity", json=capacity_form(upstream.url, wallet=stranger), headers=bearer(key)
+    )
+    assert answer.status_code == 403 and "not bound to this key's account" in answer.json()["error"]
+    assert attesting.post("/api/seller/capacity", json=capacity_form(upstream.url)).status_code == 401
+    assert gateway_lots(attesting) == []

@@ -1,84 +1,219 @@
-// Sell capacity: the connected seller's lots in the CreditEscrow and USDC earnings to
-// claim from the vault. Onboarding (key check, sealing) stays in the CLI for now.
-import { escrowAbi, vaultAbi } from "../abi";
-import { send } from "../chain";
-import { fmt } from "../format";
-import type { Page } from "../main";
-import { h, notice } from "../ui";
+// Sell capacity: onboarding (the server checks the key with one minimal call, seals it,
+// and its attestor opens the lot on chain; the key is never shown again), the connected
+// seller's lots in the CreditEscrow, and USDC earnings to claim from the vault.
+import { erc20Abi, escrowAbi, vaultAbi } from "../abi";
+import { api, apiKey } from "../api";
+import { readable, send, type Ctx } from "../chain";
+import { fmt, parseAmount, short } from "../format";
+import type { App, Page } from "../main";
+import { field, h, notice } from "../ui";
 import { walletGate } from "../wallet";
+import { drawKey } from "./utilize";
 
 const STATUS = ["—", "open", "closed", "expired", "slashed"];
 const MAX_LOTS = 200n;
+const DAY = 86_400n;
+// Where each provider's OpenAI- or Anthropic-compatible API lives; the seller can change it.
+const BASE_URLS: Record<string, string> = {
+  anthropic: "https://api.anthropic.com",
+  openai: "https://api.openai.com/v1",
+  google: "https://generativelanguage.googleapis.com/v1beta/openai",
+  meta: "https://api.llama.com/compat/v1",
+};
 
 export const sellPage: Page = (root, app) => {
   const { ctx, wallet } = app;
-  root.append(
-    h("h1", {}, "Sell capacity"),
-    h(
-      "p.notice.info",
-      {},
-      "Onboarding is not in the browser yet: a seller registers capacity with ",
-      h("code", {}, "promptex seller add-capacity --provider … --face-value … --kind tokenized|listed --declare-resale-permitted"),
-      " (the gateway checks the key and seals it; it never reaches a browser). Lots and earnings show here.",
-    ),
-  );
+  root.append(h("h1", {}, "Sell capacity"));
   const gate = walletGate(wallet, ctx);
   if (gate) return void root.append(gate);
-  const account = wallet.account!;
+  const onboard = h("div.card#onboard");
   const earnings = h("div.card#earnings", {}, "Loading…");
   const lots = h("div#lots", {}, "Loading lots…");
-  root.append(earnings, h("h2", {}, "Your lots"), lots);
-  const symbolOf = new Map(ctx.assets.map((a) => [a.address.toLowerCase(), a]));
-
-  const drawEarnings = async () => {
-    const claimable = await ctx.client.readContract({ address: ctx.config.contracts.CreditsVault, abi: vaultAbi, functionName: "claimable", args: [account, ctx.usdc.address] });
-    const status = h("div.notice#claim-status");
-    earnings.replaceChildren(
-      h("h2", {}, "Earnings"),
-      h("p", {}, "USDC earned from listed lots, claimable from the vault: ", h("strong#claimable", {}, `${fmt(claimable, 6)} USDC`), " "),
-      h("button#claim", { disabled: claimable === 0n, onclick: async () => {
-        if (await send(ctx, wallet.client!, account, status, "Claim USDC", { address: ctx.config.contracts.CreditsVault, abi: vaultAbi, functionName: "claim", args: [ctx.usdc.address] })) void drawEarnings();
-      } }, "Claim"),
-      status,
-    );
-  };
-  void drawEarnings().catch((err) => notice(earnings, "error", err.message));
-
-  void (async () => {
-    const escrow = ctx.config.contracts.CreditEscrow;
-    const count = await ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "lot_count" });
-    const first = count > MAX_LOTS ? count - MAX_LOTS + 1n : 1n;
-    const ids = Array.from({ length: Number(count - first + 1n) }, (_, i) => first + BigInt(i));
-    const all = await Promise.all(ids.map((id) => ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "lots", args: [id] }).then((lot) => ({ id, lot }))));
-    const mine = all.filter(({ lot }) => lot.seller.toLowerCase() === account.toLowerCase());
-    if (!mine.length) return notice(lots, "info", "This wallet has no lots.");
-    lots.replaceChildren(
-      h(
-        "table#lot-table",
-        {},
-        h("thead", {}, h("tr", {}, ...["Lot", "Token", "Kind", "Status", "Face value", "Remaining", "Bond (released)", "Expiry"].map((t) => h("th", {}, t)))),
-        h(
-          "tbody",
-          {},
-          ...mine.map(({ id, lot }) => {
-            const token = symbolOf.get(lot.token.toLowerCase());
-            const tokenized = lot.kind === 1; // KIND_TOKENIZED (2: listed)
-            const remaining = lot.capacity - lot.consumed;
-            return h(
-              "tr",
-              { "data-lot": String(id) },
-              h("td", {}, String(id)),
-              h("td", {}, token?.symbol ?? lot.token),
-              h("td", {}, tokenized ? "tokenized" : `listed at ${lot.rate_bps / 100} % of list`),
-              h("td", {}, STATUS[lot.status] ?? String(lot.status)),
-              h("td.num", {}, `$${fmt(lot.face_value, 6, 2)}`),
-              h("td.num", {}, tokenized ? `${fmt(remaining, 18, 2)} ${token?.symbol ?? ""}` : `$${fmt(remaining, 6, 2)}`),
-              h("td.num", {}, `${fmt(lot.bond, 6, 2)} (${fmt(lot.bond_released, 6, 2)}) USDC`),
-              h("td", {}, new Date(Number(lot.expiry) * 1000).toISOString().slice(0, 10)),
-            );
-          }),
-        ),
-      ),
-    );
-  })().catch((err) => notice(lots, "error", `Cannot read lots: ${err.message}`));
+  root.append(onboard, earnings, h("h2", {}, "Your lots"), lots);
+  const reloadLots = () => void drawLots(lots, app).catch((err) => notice(lots, "error", `Cannot read lots: ${err.message}`));
+  drawOnboarding(onboard, app, reloadLots);
+  void drawEarnings(earnings, app).catch((err) => notice(earnings, "error", err.message));
+  reloadLots();
 };
+
+function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
+  const { ctx, wallet } = app;
+  const account = wallet.account!;
+  box.append(h("h2", {}, "Add capacity"));
+  if (!apiKey()) {
+    const keyBox = h("div#key-box");
+    box.append(h("p.notice.info", {}, "Onboarding is tied to your account: get an API key by signing with your wallet (no transaction)."), keyBox);
+    drawKey(keyBox, app, () => app.refresh());
+    return;
+  }
+  const escrow = ctx.config.contracts.CreditEscrow;
+  const providers = ctx.assets.filter((a) => a.kind === "provider" && a.provider);
+  const provider = h("select#seller-provider", {}, ...providers.map((a) => h("option", { value: a.provider!.toLowerCase() }, `${a.provider} (${a.symbol})`)));
+  const baseUrl = h("input#seller-base-url", { size: 44 });
+  const key = h("input#seller-api-key", { type: "password", placeholder: "sk-…", size: 44, autocomplete: "off" });
+  const face = h("input#seller-face", { value: "250", size: 10, inputmode: "decimal" });
+  const kind = h("select#seller-kind", {}, h("option", { value: "listed" }, "listed — buyers pay USDC at your rate"), h("option", { value: "tokenized" }, "tokenized — mint provider tokens"));
+  const rate = h("input#seller-rate", { value: "60", size: 5, inputmode: "decimal" });
+  const days = h("input#seller-days", { value: "30", size: 5, inputmode: "numeric" });
+  const declare = h("input#seller-declare", { type: "checkbox" });
+  const declaration = h("span#declaration-text");
+  const bondLine = h("p#seller-bond.muted");
+  const status = h("div.notice#onboard-status", { role: "status" });
+  let bond: bigint | null = null;
+
+  const setProvider = () => {
+    baseUrl.value = BASE_URLS[provider.value] ?? "";
+    const name = provider.selectedOptions[0]?.textContent?.replace(/ \(.*\)$/, "") ?? provider.value;
+    declaration.textContent = `I declare that my agreement with ${name} permits the resale of this API capacity.`;
+  };
+  const faceMicro = (): bigint => parseAmount(face.value, 6, "USD");
+  const refreshBond = async (): Promise<void> => {
+    bond = null;
+    try {
+      const value = faceMicro();
+      const [minimum, allowance, held] = await Promise.all([
+        ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "min_bond", args: [value] }),
+        ctx.client.readContract({ address: ctx.usdc.address, abi: erc20Abi, functionName: "allowance", args: [account, escrow] }),
+        ctx.client.readContract({ address: ctx.usdc.address, abi: erc20Abi, functionName: "balanceOf", args: [account] }),
+      ]);
+      bond = minimum;
+      bondLine.dataset.bond = String(minimum);
+      bondLine.dataset.approved = String(allowance >= minimum);
+      bondLine.replaceChildren(
+        "Bond: ", h("strong", {}, `${fmt(minimum, 6, 2)} USDC`),
+        " — the escrow's minimum for this face value, taken from your wallet when the lot opens and released as it is consumed or closes. ",
+        allowance >= minimum ? "Approved." : `Approve it first (approved now: ${fmt(allowance, 6, 2)} USDC).`,
+        held < minimum ? ` Your wallet holds only ${fmt(held, 6, 2)} USDC.` : "",
+      );
+    } catch (err) {
+      bondLine.dataset.approved = "false";
+      bondLine.textContent = (err as Error).message;
+    }
+  };
+  provider.addEventListener("change", setProvider);
+  face.addEventListener("input", () => void refreshBond());
+  kind.addEventListener("change", () => { rate.disabled = kind.value === "tokenized"; });
+  setProvider();
+  void refreshBond();
+
+  const approve = h("button#approve-bond", { onclick: async () => {
+    await refreshBond();
+    if (bond === null) return notice(status, "error", "Enter the face value first.");
+    if (await send(ctx, wallet.client!, account, status, "Approve the bond", { address: ctx.usdc.address, abi: erc20Abi, functionName: "approve", args: [escrow, bond] })) await refreshBond();
+  } }, "Approve bond");
+
+  const open = h("button#open-lot", { onclick: async () => {
+    let request;
+    try {
+      const percent = Number(rate.value);
+      if (kind.value === "listed" && !(percent > 0 && percent <= 100)) throw new Error("The rate is a share of list price: more than 0 and at most 100 %.");
+      const lifetime = BigInt(days.value.trim() || "0");
+      if (lifetime <= 0n) throw new Error("Enter how many days the capacity stays valid.");
+      if (!key.value.trim()) throw new Error("Paste the API key the capacity is sold from.");
+      await refreshBond();
+      if (bond === null) throw new Error("Enter the face value first.");
+      const now = (await ctx.client.getBlock()).timestamp;
+      request = {
+        provider: provider.value,
+        base_url: baseUrl.value.trim(),
+        api_key: key.value.trim(),
+        face_value_usd_micro: String(faceMicro()),
+        kind: kind.value as "listed" | "tokenized",
+        rate_bps: kind.value === "listed" ? Math.round(percent * 100) : 0,
+        expires_at: Number(now + lifetime * DAY),
+        bond: String(bond),
+        declare_resale_permitted: declare.checked,
+      };
+    } catch (err) {
+      return notice(status, "error", (err as Error).message);
+    }
+    notice(status, "pending", "Checking the key with the provider and opening the lot on chain…");
+    try {
+      const lot = await api.addCapacity(request);
+      key.value = ""; // sealed on the server now; the page keeps no copy
+      notice(status, "ok", `Lot ${lot.chain_lot_id} opened on chain in `, h("code", { title: lot.tx }, short(lot.tx, 10, 8)), ". Your key is sealed on the server; buyers are routed through it from now on.");
+      box.dataset.openedLot = String(lot.chain_lot_id);
+      opened();
+      await refreshBond();
+    } catch (err) {
+      const message = (err as Error).message;
+      notice(status, "error", readable(message) ?? `${message.charAt(0).toUpperCase()}${message.slice(1)}.`);
+    }
+  } }, "Open lot");
+
+  box.append(
+    h("p.muted", {}, "Your API key is checked with one minimal call, stored sealed (AES-256-GCM) on this server and never shown again — not to buyers, not to this page."),
+    h(
+      "div.row",
+      {},
+      field("Provider", provider),
+      field("Base URL", baseUrl, "OpenAI- or Anthropic-compatible"),
+      field("API key", key),
+      field("Face value (USD)", face),
+      field("Kind", kind),
+      field("Rate (% of list)", rate, "listed lots: what buyers pay and you earn"),
+      field("Valid for (days)", days),
+    ),
+    h("label.field#declare-field", {}, declare, declaration),
+    bondLine,
+    h("div.row", {}, approve, open),
+    status,
+  );
+}
+
+async function drawEarnings(box: HTMLElement, app: App): Promise<void> {
+  const { ctx, wallet } = app;
+  const account = wallet.account!;
+  const claimable = await ctx.client.readContract({ address: ctx.config.contracts.CreditsVault, abi: vaultAbi, functionName: "claimable", args: [account, ctx.usdc.address] });
+  const status = h("div.notice#claim-status");
+  box.replaceChildren(
+    h("h2", {}, "Earnings"),
+    h("p", {}, "USDC earned from listed lots, claimable from the vault: ", h("strong#claimable", {}, `${fmt(claimable, 6)} USDC`), " "),
+    h("button#claim", { disabled: claimable === 0n, onclick: async () => {
+      if (await send(ctx, wallet.client!, account, status, "Claim USDC", { address: ctx.config.contracts.CreditsVault, abi: vaultAbi, functionName: "claim", args: [ctx.usdc.address] })) void drawEarnings(box, app);
+    } }, "Claim"),
+    status,
+  );
+}
+
+async function drawLots(box: HTMLElement, app: App): Promise<void> {
+  const ctx: Ctx = app.ctx;
+  const account = app.wallet.account!;
+  const symbolOf = new Map(ctx.assets.map((a) => [a.address.toLowerCase(), a]));
+  const escrow = ctx.config.contracts.CreditEscrow;
+  const count = await ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "lot_count" });
+  const first = count > MAX_LOTS ? count - MAX_LOTS + 1n : 1n;
+  const ids = Array.from({ length: Number(count - first + 1n) }, (_, i) => first + BigInt(i));
+  const all = await Promise.all(ids.map((id) => ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "lots", args: [id] }).then((lot) => ({ id, lot }))));
+  const mine = all.filter(({ lot }) => lot.seller.toLowerCase() === account.toLowerCase());
+  if (!mine.length) return notice(box, "info", "This wallet has no lots.");
+  box.className = "";
+  box.replaceChildren(
+    h(
+      "table#lot-table",
+      {},
+      h("thead", {}, h("tr", {}, ...["Lot", "Token", "Kind", "Status", "Face value", "Remaining", "Bond (released)", "Expiry"].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        ...mine.map(({ id, lot }) => {
+          const token = symbolOf.get(lot.token.toLowerCase());
+          const tokenized = lot.kind === 1; // KIND_TOKENIZED (2: listed)
+          const remaining = lot.capacity - lot.consumed;
+          return h(
+            "tr",
+            { "data-lot": String(id) },
+            h("td", {}, String(id)),
+            h("td", {}, token?.symbol ?? lot.token),
+            h("td", {}, tokenized ? "tokenized" : `listed at ${lot.rate_bps / 100} % of list`),
+            h("td", { "data-lot-status": STATUS[lot.status] ?? String(lot.status) }, STATUS[lot.status] ?? String(lot.status)),
+            h("td.num", {}, `$${fmt(lot.face_value, 6, 2)}`),
+            h("td.num", {}, tokenized ? `${fmt(remaining, 18, 2)} ${token?.symbol ?? ""}` : `$${fmt(remaining, 6, 2)}`),
+            h("td.num", {}, `${fmt(lot.bond, 6, 2)} (${fmt(lot.bond_released, 6, 2)}) USDC`),
+            h("td", {}, new Date(Number(lot.expiry) * 1000).toISOString().slice(0, 10)),
+          );
+        }),
+      ),
+    ),
+  );
+}

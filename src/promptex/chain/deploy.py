@@ -5,7 +5,7 @@ Called by `scripts/deploy.py` (and by the demo) inside an ape network context.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ def deploy_all(
     usdc: str | None = None,
     treasury: str | None = None,
     attestor: str | None = None,
+    extra_attestors: Sequence[str] = (),
     settler: str | None = None,
     coordinator: str | None = None,
     epoch_length: int | None = None,
@@ -82,7 +83,8 @@ def deploy_all(
     wire roles, record it.
 
     Roles default to the deployer, which suits a local chain; on a live network pass
-    the gateway's attestor key, the settler and the vault's coordinator. The vault is
+    the gateway's attestor key, the settler and the vault's coordinator
+    (`extra_attestors` also get the role: e.g. the dashboard's own key). The vault is
     always an escrow settler and a burner of every provider token; it lists USDC
     withdrawable and each provider token spend-only. `epoch_length` defaults to
     DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere. The
@@ -135,7 +137,8 @@ def deploy_all(
         contracts[f"token:{spec.symbol}"] = DeployedContract(address=str(token.address), abi=token_abi)
         log(f"{spec.symbol:<13} {token.address}")
 
-    escrow.set_attestor(attestor, True, sender=deployer)
+    for address in (attestor, *extra_attestors):
+        escrow.set_attestor(address, True, sender=deployer)
     escrow.set_settler(settler, True, sender=deployer)
     escrow.set_settler(vault.address, True, sender=deployer)
     vault.set_coordinator(coordinator, True, sender=deployer)

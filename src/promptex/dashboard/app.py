@@ -15,13 +15,17 @@
     GET  /api/org          (Bearer key of an org itself) the enterprise desk: vault, members, keys
                            (prefixes), budgets, usage by member
     POST /api/org/members  (the same key) {name?, budget_asset?, budget?} → a member key (shown once)
+    POST /api/seller/capacity  (Bearer key) {wallet?, provider, base_url, api_key, face_value_usd_micro,
+                           kind, rate_bps, expires_at, bond, declare_resale_permitted} → the lot, opened
+                           on chain by the dashboard's attestor (see sellers.py); the key is never echoed
     POST /rpc              read-only JSON-RPC to the node (the wallet sends transactions)
     *    /v1/…             the gateway, proxied (streaming)
 
 Everything under /api is read-only except the key endpoints, which issue a key only to
 the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`),
-and two writes that act only for what that key owns: a rule for a wallet bound to the
-key's account, a member key for the org the key is. Billing credentials and API keys
+and three writes that act only for what that key owns: a rule for a wallet bound to the
+key's account, a member key for the org the key is, a lot whose seller is a wallet bound
+to the key's account. Billing credentials and API keys
 other than a new member's (shown once to its org's owner) never leave the server.
 """
 
@@ -42,15 +46,19 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from promptex import metering
 from promptex.agent.billing import HttpBilling
+from promptex.chain.attest import LotRefused
 from promptex.config import Settings
 from promptex.dashboard import enterprise, views
 from promptex.dashboard.market import Market, public_config
 from promptex.dashboard.options import DashboardOptions
 from promptex.dashboard.proxy import GatewayProxy, RpcProxy
 from promptex.dashboard.redemption import BadInput, RedemptionReader, add_rule, agent_address, master_keys
+from promptex.dashboard.sellers import BadCapacity, LotNotRecorded, Onboarding, capacity_from
 from promptex.gateway.buyers import bind_wallet, issue_key
 from promptex.gateway.keys import bearer, hash_key
+from promptex.gateway.sellers import CapacityRefused
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, BindingMessage, Ledger, LedgerError
 from promptex.ledger.binding import checksum_address
@@ -97,6 +105,10 @@ def create_app(
     client = httpx.AsyncClient(timeout=httpx.Timeout(s.gateway_upstream_timeout_seconds, connect=5.0))
     billing = HttpBilling(timeout=min(s.agent_billing_timeout_seconds, 5.0))
     redemptions = RedemptionReader(ledger_.engine, billing, lambda: master_keys(s))
+    attestor_key = s.attestor_private_key.get_secret_value() if s.attestor_private_key else None
+    onboarding = Onboarding(
+        store, lambda: master_keys(s), metering.load_catalog(s.model_catalog), opts.rpc_url, attestor_key
+    )
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -244,6 +256,22 @@ def create_app(
         except (ValueError, LedgerError) as exc:
             raise ApiError(400, f"no member was added: {exc}") from None
 
+    async def seller_capacity(request: Request) -> Any:
+        key = await run(key_of, request)
+        body = await _body(request)
+        seller = await run(wallet_of, key, body.get("wallet"))
+        deployment = await run(market.deployment)
+        try:
+            return await run(onboarding.add, deployment, capacity_from(body, seller), clock())
+        except (BadCapacity, CapacityRefused, LotRefused) as exc:
+            raise ApiError(400, f"no lot was opened: {exc}") from None
+        except PermissionError as exc:
+            raise ApiError(503, str(exc)) from None
+        except ConnectionError as exc:
+            raise ApiError(502, str(exc)) from None
+        except LotNotRecorded as exc:
+            raise ApiError(500, str(exc)) from None
+
     async def not_built(_request: Request) -> Response:
         return HTMLResponse(NOT_BUILT, status_code=503)
 
@@ -277,6 +305,7 @@ def create_app(
         post("/api/redemption/rules", guarded(redemption_rule)),
         get("/api/org", guarded(org)),
         post("/api/org/members", guarded(org_member)),
+        post("/api/seller/capacity", guarded(seller_capacity)),
         Route("/api/{rest:path}", api_unknown),
         post("/rpc", RpcProxy(client, opts.rpc_url).handle),
         Route("/v1/{rest:path}", gateway_proxy.handle, methods=["GET", "POST"]),

@@ -101,20 +101,23 @@ def attestation(capacity: Capacity) -> dict[str, Any]:
     }
 
 
-def add_capacity(
-    store: GatewayStore,
-    keys: MasterKeys,
+def prepare_capacity(
     catalog: metering.Catalog,
     capacity: Capacity,
     now: int,
     *,
     verify: bool = True,
     transport: httpx.BaseTransport | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Verify, seal and record the capacity as a lot; returns (lot id, attestation)."""
+) -> dict[str, Any]:
+    """Check the terms and (unless told not to) the key; returns the attestation. Stores nothing."""
     check_terms(capacity, now)
     if verify:
         verify_key(capacity, probe_model(catalog, capacity.provider), transport=transport)
+    return attestation(capacity)
+
+
+def record_capacity(store: GatewayStore, keys: MasterKeys, capacity: Capacity, now: int) -> int:
+    """Seal the key and record the capacity as a gateway lot; returns its id."""
     values = {
         "provider": capacity.provider.lower(),
         "kind": capacity.kind,
@@ -128,5 +131,19 @@ def add_capacity(
         "created_at": now,
         "resale_permitted": capacity.resale_permitted,
     }
-    lot_id = store.add_lot(values, keys.seal(capacity.api_key.encode()))
-    return lot_id, attestation(capacity)
+    return store.add_lot(values, keys.seal(capacity.api_key.encode()))
+
+
+def add_capacity(
+    store: GatewayStore,
+    keys: MasterKeys,
+    catalog: metering.Catalog,
+    capacity: Capacity,
+    now: int,
+    *,
+    verify: bool = True,
+    transport: httpx.BaseTransport | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Verify, seal and record the capacity as a lot; returns (lot id, attestation)."""
+    att = prepare_capacity(catalog, capacity, now, verify=verify, transport=transport)
+    return record_capacity(store, keys, capacity, now), att
