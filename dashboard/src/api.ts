@@ -259,6 +259,10 @@ export const api = {
   redemption: (wallet: Address) => call<RedemptionView>(`/api/redemption?wallet=${wallet}`, {}, true),
   addRule: (rule: NewRule) =>
     call<{ id: number }>("/api/redemption/rules", { method: "POST", body: JSON.stringify(rule) }, true),
+  linkAccount: (form: { wallet: Address; provider: string; account_id: string; credential: string }) =>
+    call<{ provider: string; account_id: string; account_ref: Hex; balance_usd_micro: number }>("/api/redemption/accounts", { method: "POST", body: JSON.stringify(form) }, true),
+  switchRule: (wallet: Address, id: number, enabled: boolean) =>
+    call<{ id: number; enabled: boolean }>(`/api/redemption/rules/${id}`, { method: "POST", body: JSON.stringify({ wallet, enabled }) }, true),
   org: () => call<OrgDesk>("/api/org", {}, true),
   addMember: (member: { name?: string; budget_asset?: string; budget?: string }) =>
     call<{ account: number; key: string; prefix: string }>("/api/org/members", { method: "POST", body: JSON.stringify(member) }, true),

@@ -4,7 +4,8 @@
 // `RESULT {json}` and exits 0, or prints the failure and exits 1.
 //
 // env: DASHBOARD_URL, ANVIL_URL, USER_ADDRESS, OTHER_ADDRESS, OWNER_ADDRESS (an org's wallet),
-//      UPSTREAM_URL (the fake upstream, for seller onboarding),
+//      UPSTREAM_URL (the fake upstream, for seller onboarding), BILLING_ACCOUNT and
+//      BILLING_CREDENTIAL (the user's account at the fake billing API, linked in the page),
 //      CHROMIUM (default /usr/bin/chromium),
 //      SCREENSHOTS (a folder; the pages' screenshots go there). playwright gives each launch a
 //      fresh temporary user-data-dir (it refuses --user-data-dir in args), removed on close.
@@ -356,10 +357,21 @@ try {
   await page.waitForSelector("#agent", { timeout: T });
   const AGENT = await page.locator("#agent").getAttribute("title");
   const grantPayee = async () => "0x" + (await callRaw(escrowAddress, ESCROW, "grant", [USER, AGENT])).slice(26, 66);
+  await page.selectOption("#link-provider", "anthropic");
+  await page.fill("#link-account-id", env.BILLING_ACCOUNT);
+  await page.fill("#link-credential", "not-the-scoped-credential");
+  await page.click("#link-account");
+  await waitText("#link-status", /did not accept this account and credential.*Nothing was stored/);
+  if (await page.locator("tr[data-linked]").count()) throw new Error("a refused credential linked an account");
+  step("link with a refused credential: readable, nothing stored", { message: await status("#link-status") });
+  await page.fill("#link-credential", env.BILLING_CREDENTIAL);
+  await page.click("#link-account");
+  await page.waitForSelector("tr[data-linked=anthropic]", { timeout: T });
+  if ((await page.content()).includes(env.BILLING_CREDENTIAL)) throw new Error("the credential is in the page");
   await waitText("[data-balance=anthropic]", /^\$5(\.00)?$/);
   await page.click("button[data-action=link][data-provider=anthropic]");
   await waitText("[data-onchain=anthropic]", /linked on chain/);
-  step("redemption: linked account with its live balance, linked on chain");
+  step("redemption: account linked in the page with its live balance, then on chain");
 
   await page.evaluate(() => { window.__wallet.rejectNext = true; });
   await page.fill("#grant-limit", "10000");
@@ -408,6 +420,11 @@ try {
   await page.screenshot({ path: join(SHOTS, "redemption.png"), fullPage: true });
   step("auto-topup rule fired: redemption released with its receipt; balance $25", receipt);
   result.redemption = receipt;
+  const ruleId = await page.locator("tr[data-rule]").first().getAttribute("data-rule");
+  await page.click(`button[data-action=switch-rule][data-rule="${ruleId}"]`);
+  await waitText(`[data-rule-state="${ruleId}"]`, /^off$/);
+  step("switch the rule off (the agent stops checking it)", { rule: ruleId });
+  result.rule_id = ruleId;
   await page.click("#revoke-grant");
   await page.waitForSelector("[data-grant-state=revoked]", { timeout: T });
   if (BigInt(await grantPayee()) !== 0n) throw new Error("the revoked grant is still live on chain");
@@ -566,6 +583,21 @@ try {
   step("sell: onboarding opened a listed lot at 50 % of list (key sealed on the server)", { lot: sellerLot });
   result.seller_lot = sellerLot;
   result.bond_paid = String(bondBefore - (await walletUsdc()));
+
+  // ─── Market: the TWAP chart, after a keeper's Oracle updates over three periods ─
+  const oracle = config.contracts.Oracle;
+  for (let i = 0; i < 3; i++) {
+    await rpc("evm_increaseTime", [61]); // the local Oracle's period is 60 s
+    await rpc("evm_mine", []);
+    await sendAs(OTHER, oracle, ["function update(address token) returns (bool)"], "update", [cld]);
+  }
+  await page.goto(`${DASHBOARD}/#/market`);
+  await page.waitForSelector("tr[data-pool=CLD] svg.spark polyline", { timeout: T });
+  const chartPoints = (await page.locator("tr[data-pool=CLD] svg.spark polyline").getAttribute("points")).trim().split(/\s+/).length;
+  if (chartPoints < 3) throw new Error(`the CLD TWAP chart has ${chartPoints} points`);
+  await page.screenshot({ path: join(SHOTS, "market.png"), fullPage: true });
+  step("market: TWAP chart from the Oracle's observations", { points: chartPoints });
+  result.chart_points = chartPoints;
 
   result.ok = true;
   console.log("RESULT " + JSON.stringify(result));

@@ -49,7 +49,7 @@ from promptex.serving import ServerThread
 DIST = ROOT / "dashboard" / "dist"
 DAY = 86_400
 USD = 10**6
-BILLING_CREDENTIAL = "scoped-billing-credential"  # what the agent holds sealed; never sent to a browser
+BILLING_CREDENTIAL = "scoped-billing-credential"  # pasted once by the user; sealed on the server after that
 # The keys the fake upstream accepts: the stack's own lot's, and the one a seller onboards in the browser.
 UPSTREAM_KEYS = frozenset({"sk-dashboard-test", "sk-browser-seller"})
 
@@ -205,7 +205,8 @@ def market_stack(work: Path) -> Iterator[Stack]:
                     dist=DIST,
                     deployments_dir=deployments,
                 )
-                with ServerThread(create_app(settings, options, ledger=ledger)) as dashboard:
+                dashboard_settings = settings.model_copy(update={"agent_billing_url": billing.url})
+                with ServerThread(create_app(dashboard_settings, options, ledger=ledger)) as dashboard:
                     stack.dashboard_url, stack.gateway_url = dashboard.url, gateway.url
                     stack.errors = {  # type: ignore[attr-defined]
                         "indexer": indexing.errors, "coordinator": settling.errors, "agent": redeeming.errors,
@@ -217,12 +218,12 @@ def market_stack(work: Path) -> Iterator[Stack]:
         ledger.close()
 
 
-def link_billing_account(stack: Stack, user: str, account_id: str, usd_micro: int) -> None:
-    """The agent's operator links the user's Anthropic account (`promptex agent link`): the
-    credential is sealed in the agent's store; the user confirms it on chain in the browser."""
+def open_billing_account(stack: Stack, account_id: str, usd_micro: int) -> str:
+    """The user's account at the (fake) Anthropic billing API, with a scoped credential the
+    user pastes in the browser to link it (the server seals it for the agent). Returns it."""
     stack.billing.credentials[account_id] = BILLING_CREDENTIAL
     stack.billing.balances[account_id] = usd_micro
-    stack.agent.link_account(user, "anthropic", account_id, BILLING_CREDENTIAL)
+    return BILLING_CREDENTIAL
 
 
 def seed_org(stack: Stack, owner: str, name: str = "Acme Research") -> NewKey:

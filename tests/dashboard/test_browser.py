@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from dashboard_stack import USD, link_billing_account, market_stack, seed_org
+from dashboard_stack import USD, market_stack, open_billing_account, seed_org
 
 from anvil_node import ROOT
 from promptex.gateway.envelope import load_master_keys
@@ -79,7 +79,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
     with market_stack(tmp_path) as stack:
         # Accounts 8 and 9 are the redemption agent's and the fake billing signer's keys.
         user, other, owner = (stack.w3.eth.accounts[i] for i in (3, 5, 6))
-        link_billing_account(stack, user, "acct_dashboard_user", 5 * USD)
+        credential = open_billing_account(stack, "acct_dashboard_user", 5 * USD)
         member = seed_org(stack, owner)
         env = dict(
             os.environ,
@@ -89,6 +89,8 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             OTHER_ADDRESS=other,
             OWNER_ADDRESS=owner,
             UPSTREAM_URL=stack.upstream_url,
+            BILLING_ACCOUNT="acct_dashboard_user",
+            BILLING_CREDENTIAL=credential,
             CHROMIUM=browser_parts,
             SCREENSHOTS=shots,
         )
@@ -106,16 +108,17 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         names = [s["name"] for s in result["steps"]]
         expected_steps = (
             "connect", "deposit", "swap", "add liquidity:", "remove half", "prompt", "verify usage proof",
-            "request withdrawal", "grant the agent", "auto-topup rule fired", "revoke the grant", "enterprise desk:",
+            "request withdrawal", "grant the agent", "auto-topup rule fired", "switch the rule off", "revoke the grant",
+            "enterprise desk:",
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
-            "sell: onboarding opened a listed lot",
+            "sell: onboarding opened a listed lot", "market: TWAP chart",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
         errors = (
             "rejected signature", "insufficient balance", "slippage exceeded", "add liquidity beyond", "bad rule",
             "rejected signature (grant)", "enterprise desk refused", "leverage too high",
-            "sell: a key the provider refuses", "sell: bond not approved",
+            "link with a refused credential", "sell: a key the provider refuses", "sell: bond not approved",
         )  # fmt: skip
         for error in errors:
             assert any(n.startswith(error) for n in names), (error, names)
@@ -143,6 +146,9 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         assert result["redemption"]["billing_ref"] == "0x" + redemption.billing_ref.hex()
         escrow = stack.contract("RedemptionEscrow")
         assert escrow.functions.redemptions(redemption.chain_redemption_id).call()[5] == 2  # STATUS_RELEASED
+        # The rule was switched off in the browser: still listed, no longer checked.
+        assert [r.id for r in stack.agent.store.rules(enabled_only=False)] == [int(result["rule_id"])]
+        assert stack.agent.store.rules() == []
         # Enterprise: the member key made in the browser spends from the org (its hash is all that is stored).
         with stack.ledger.engine.connect() as conn:
             prefixes = [r.prefix for r in conn.execute(api_keys.select().where(api_keys.c.payer_id.isnot(None)))]
@@ -187,6 +193,13 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         assert answer.status_code == 200, answer.text
         served = stack.ledger.usage_record(answer.headers["x-request-id"])
         assert served is not None and (served.gateway_lot_id, served.chain_lot_id) == (sold.id, lot_id)
+
+        # Market: the chart's last point is the TWAP over the keeper's last Oracle period, in which no
+        # swap moved the pool: the spot price, to the accumulator's UQ112.112 rounding.
+        [cld_pool] = [p for p in httpx.get(f"{stack.dashboard_url}/api/pools").json() if p["symbol"] == "CLD"]
+        assert len(cld_pool["history"]) >= result["chart_points"] >= 3
+        last, spot = Decimal(cld_pool["history"][-1]["price"]), Decimal(cld_pool["price"])
+        assert abs(last - spot) <= spot * Decimal("1e-9"), (last, spot)
 
         # The front end's hand-written ABI slices still match the compiled contracts.
         assert front_end_abi_drift(stack) == []

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from anvil_node import free_port
+from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.store import AgentStore
 from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
@@ -230,6 +231,90 @@ def test_redemption__bad_rule__400_readable_and_nothing_saved(dashboard, change,
     refused = dashboard.post("/api/redemption/rules", json={**rule, "max_tokens": "10", **change}, headers=bearer(key))
     assert refused.status_code == 400 and message in refused.json()["error"]
     assert AgentStore(dashboard.ledger.engine).rules(enabled_only=False) == []
+
+
+def test_redemption__switch_own_rule_off_and_on__others_rule_404_and_unchanged(dashboard):
+    mine, theirs = Account.create(), Account.create()
+    key, their_key = (obtain_key(dashboard, w).json()["key"] for w in (mine, theirs))
+    rule = {"provider": "anthropic", "token": "CLD", "below_usd": "20", "add_usd": "20", "max_tokens": "10"}
+    own = dashboard.post("/api/redemption/rules", json=rule, headers=bearer(key)).json()["id"]
+    their = dashboard.post("/api/redemption/rules", json=rule, headers=bearer(their_key)).json()["id"]
+    store = AgentStore(dashboard.ledger.engine)
+
+    off = dashboard.post(f"/api/redemption/rules/{own}", json={"enabled": False}, headers=bearer(key))
+    assert off.status_code == 200 and off.json() == {"id": own, "enabled": False}
+    assert [r.id for r in store.rules()] == [their]  # the agent checks only rules that are on
+    assert (
+        dashboard.post(f"/api/redemption/rules/{own}", json={"enabled": True}, headers=bearer(key)).status_code == 200
+    )
+    assert [r.id for r in store.rules()] == [own, their]
+
+    stolen = dashboard.post(f"/api/redemption/rules/{their}", json={"enabled": False}, headers=bearer(key))
+    assert stolen.status_code == 404 and "no rule" in stolen.json()["error"]
+    bad = dashboard.post(f"/api/redemption/rules/{own}", json={"enabled": "no"}, headers=bearer(key))
+    assert bad.status_code == 400 and "enabled: true or false" in bad.json()["error"]
+    assert dashboard.post(f"/api/redemption/rules/{own}", json={"enabled": False}).status_code == 401
+    assert [r.id for r in store.rules()] == [own, their]
+
+
+@pytest.fixture
+def billing(dashboard):
+    """The fake billing API with one account, and the dashboard pointed at it (with the master key)."""
+    load_master_keys(None, dashboard.settings.gateway_master_key_file)
+    config = FakeBillingConfig(
+        signer_key="0x" + "22" * 32, chain_id=31337, escrow=VAULT,
+        credentials={"acct_7": "scoped-credential"}, balances={"acct_7": 12 * 10**6},
+    )  # fmt: skip
+    with ServerThread(create_fake_billing(config)) as server:
+        settings = dashboard.settings.model_copy(update={"agent_billing_url": server.url})
+        with TestClient(create_app(settings, dashboard.options, ledger=dashboard.ledger)) as client:
+            client.ledger = dashboard.ledger
+            yield client
+
+
+def test_redemption__link_an_account__credential_checked_sealed_and_never_shown(billing):
+    wallet = Account.create()
+    key = obtain_key(billing, wallet).json()["key"]
+    form = {"provider": "anthropic", "account_id": "acct_7", "credential": "scoped-credential"}
+    linked = billing.post("/api/redemption/accounts", json=form, headers=bearer(key))
+    assert linked.status_code == 200, linked.text
+    assert linked.json()["balance_usd_micro"] == 12 * 10**6 and "scoped-credential" not in linked.text
+    [stored] = AgentStore(billing.ledger.engine).linked_accounts(wallet.address)
+    assert (stored.provider, stored.account_id, "0x" + stored.account_ref.hex()) == (
+        "anthropic", "acct_7", linked.json()["account_ref"],
+    )  # fmt: skip
+    assert stored.sealed.ciphertext.find(b"scoped-credential") == -1
+    view = billing.get("/api/redemption", headers=bearer(key))
+    assert view.json()["accounts"][0]["balance_live"] is True and "scoped-credential" not in view.text
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"credential": "not-the-credential"}, "the billing API did not accept this account and credential"),
+        ({"account_id": "acct_unknown"}, "the billing API did not accept"),
+        ({"credential": ""}, "give the scoped billing credential"),
+        ({"account_id": " "}, "give the account id"),
+        ({"provider": ""}, "provider"),
+    ],
+)
+def test_redemption__link_with_a_refused_credential_or_bad_form__400_and_nothing_stored(billing, change, message):
+    wallet = Account.create()
+    key = obtain_key(billing, wallet).json()["key"]
+    form = {"provider": "anthropic", "account_id": "acct_7", "credential": "scoped-credential", **change}
+    refused = billing.post("/api/redemption/accounts", json=form, headers=bearer(key))
+    assert refused.status_code == 400 and message in refused.json()["error"], refused.text
+    assert "scoped-credential" not in refused.text and "not-the-credential" not in refused.text
+    assert AgentStore(billing.ledger.engine).linked_accounts(wallet.address) == []
+
+
+def test_redemption__link_for_another_wallet__403_and_nothing_stored(billing):
+    mine, theirs = Account.create(), Account.create()
+    key = obtain_key(billing, mine).json()["key"]
+    form = {"provider": "anthropic", "account_id": "acct_7", "credential": "scoped-credential"}
+    form["wallet"] = theirs.address
+    assert billing.post("/api/redemption/accounts", json=form, headers=bearer(key)).status_code == 403
+    assert AgentStore(billing.ledger.engine).linked_accounts(theirs.address) == []
 
 
 def org_owner_key(dashboard, name: str = "Acme") -> tuple[int, str]:

@@ -85,12 +85,9 @@ async function drawAccounts(box: HTMLElement, app: App, escrow: Address, account
   const { ctx, wallet } = app;
   const account = wallet.account!;
   const status = h("div#link-status.notice", { role: "status" });
+  const linkForm = drawLinkForm(app, status, reload);
   if (!accounts.length) {
-    return clear(
-      box,
-      h("h2", {}, "Linked AI accounts"),
-      h("p.muted", {}, "None yet. The agent's operator links an account with its scoped billing credential (", h("code", {}, "promptex agent link --user … --provider anthropic --account-id …"), "); it then shows here for you to confirm on chain."),
-    );
+    return clear(box, h("h2", {}, "Linked AI accounts"), h("p.muted", {}, "None yet: link your account at a provider below, then confirm it on chain."), linkForm, status);
   }
   const onChain = await Promise.all(
     accounts.map((a) => ctx.client.readContract({ address: escrow, abi: redemptionAbi, functionName: "linked_account", args: [account, a.provider_id] })),
@@ -138,7 +135,36 @@ async function drawAccounts(box: HTMLElement, app: App, escrow: Address, account
     h("h2", {}, "Linked AI accounts"),
     h("table#accounts-table", {}, h("thead", {}, h("tr", {}, ...["Provider", "Account", "Balance", "On chain"].map((t) => h("th", {}, t)))), h("tbody", {}, ...rows)),
     h("p.muted", {}, "Balances come from the provider's billing API through the server; the billing credential stays sealed there. Redemptions buy credit only on the account linked on chain."),
+    linkForm,
     status,
+  );
+}
+
+/** Link (or re-link) an account: the server checks the scoped credential with the billing API and seals it. */
+function drawLinkForm(app: App, status: HTMLElement, reload: () => void): HTMLElement {
+  const providers = [...new Set(app.ctx.assets.filter((a) => a.kind === "provider" && a.provider).map((a) => a.provider!.toLowerCase()))];
+  const provider = h("select#link-provider", {}, ...providers.map((p) => h("option", { value: p }, p)));
+  const accountId = h("input#link-account-id", { placeholder: "account id at the provider", size: 22, autocomplete: "off" });
+  const credential = h("input#link-credential", { type: "password", placeholder: "scoped billing credential", size: 26, autocomplete: "off" });
+  const link = async (): Promise<void> => {
+    notice(status, "pending", "Checking the credential with the provider's billing API…");
+    try {
+      const linked = await api.linkAccount({ wallet: app.wallet.account!, provider: provider.value, account_id: accountId.value, credential: credential.value });
+      credential.value = ""; // sealed on the server now
+      notice(status, "ok", `Linked ${linked.provider} account ${linked.account_id} (balance ${usd(linked.balance_usd_micro)}): confirm it on chain.`);
+      reload();
+    } catch (err) {
+      notice(status, "error", `${(err as Error).message.replace(/^./, (c) => c.toUpperCase())}. Nothing was stored.`);
+    }
+  };
+  return h(
+    "div.row#link-form",
+    {},
+    h("label", {}, "Link ", provider),
+    accountId,
+    credential,
+    h("button#link-account", { onclick: () => void link() }, "Link account"),
+    h("small.muted", {}, "A credential scoped to adding credit, not an API key."),
   );
 }
 
@@ -280,10 +306,21 @@ function drawRules(box: HTMLElement, app: App, view: RedemptionView, reload: () 
       { "data-rule": String(r.id) },
       h("td", {}, String(r.id)),
       h("td", {}, `${r.provider} below ${usd(r.below_usd_micro)} → add ${usd(r.add_usd_micro)}, selling at most ${fmt(BigInt(r.max_tokens_in), 18, 2)} ${r.token}`),
-      h("td", {}, r.enabled ? "on" : "off"),
+      h("td", { "data-rule-state": String(r.id) }, r.enabled ? "on" : "off"),
       h("td.muted", { "data-rule-outcome": String(r.id) }, r.last_outcome ?? "not checked yet"),
+      h("td", {}, h("button.secondary", { "data-action": "switch-rule", "data-rule": String(r.id), onclick: () => void switchRule(r.id, !r.enabled) }, r.enabled ? "Switch off" : "Switch on")),
     ),
   );
+  async function switchRule(id: number, enabled: boolean): Promise<void> {
+    notice(status, "pending", `Switching rule ${id} ${enabled ? "on" : "off"}…`);
+    try {
+      await api.switchRule(wallet.account!, id, enabled);
+      notice(status, "ok", enabled ? `Rule ${id} is on; the agent checks it on its next pass.` : `Rule ${id} is off; the agent no longer checks it.`);
+      reload();
+    } catch (err) {
+      notice(status, "error", `Rule ${id} was not changed: ${(err as Error).message}`);
+    }
+  }
   async function addRule(): Promise<void> {
     if (!providers.length) return notice(status, "error", "Link an AI account first: a rule tops one up.");
     notice(status, "pending", "Saving the rule…");
@@ -299,7 +336,7 @@ function drawRules(box: HTMLElement, app: App, view: RedemptionView, reload: () 
     box,
     h("h2", {}, "Auto-topup rules"),
     rows.length
-      ? h("table#rules-table", {}, h("thead", {}, h("tr", {}, ...["#", "Rule", "State", "Last check"].map((t) => h("th", {}, t)))), h("tbody", {}, ...rows))
+      ? h("table#rules-table", {}, h("thead", {}, h("tr", {}, ...["#", "Rule", "State", "Last check", ""].map((t) => h("th", {}, t)))), h("tbody", {}, ...rows))
       : h("p.muted", {}, "No rules."),
     h(
       "div.row",

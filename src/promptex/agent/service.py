@@ -37,6 +37,26 @@ class PassReport:
     waiting: str | None = None
 
 
+def link_account(
+    store: AgentStore, keys: MasterKeys, user: str, provider: str, account_id: str, credential: str,
+    billing_url: str, now: int, *, salt: bytes | None = None,
+) -> LinkedAccount:  # fmt: skip
+    """Seal the credential and store the (user, provider) link under a fresh salted account
+    reference: what `promptex agent link` and the dashboard both do."""
+    user = checksum_address(user)
+    provider_id(provider)  # a valid name, or ValueError
+    if not account_id:
+        raise ValueError("an account id is required")
+    if not credential:
+        raise ValueError("a billing credential is required")
+    salt = secrets.token_bytes(16) if salt is None else salt
+    sealed = keys.seal(credential.encode())
+    linked = store.link_account(
+        user, provider.strip().lower(), account_id, salt, account_ref(account_id, salt), billing_url, sealed, now
+    )
+    return store.account(linked)
+
+
 def _wall_clock() -> int:
     return int(time.time())
 
@@ -72,20 +92,13 @@ class Agent:
     ) -> LinkedAccount:  # fmt: skip
         """Store a linked account, its scoped billing credential sealed; the user links the
         printed account reference on chain (`RedemptionEscrow.link_account`)."""
-        user = checksum_address(user)
-        provider_id(provider)  # a valid name, or ValueError
-        if not credential:
-            raise ValueError("a billing credential is required")
-        salt = secrets.token_bytes(16) if salt is None else salt
-        ref = account_ref(account_id, salt)
-        sealed = self.keys.seal(credential.encode())
-        now = self.clock()
-        account = self.store.link_account(
-            user, provider.strip().lower(), account_id, salt, ref, billing_url or self.billing_url, sealed, now
-        )
+        account = link_account(
+            self.store, self.keys, user, provider, account_id, credential, billing_url or self.billing_url,
+            self.clock(), salt=salt,
+        )  # fmt: skip
         if email is not None:
-            self.store.set_email(user, email, now)
-        return self.store.account(account)
+            self.store.set_email(account.user, email, self.clock())
+        return account
 
     def add_rule(self, user: str, provider: str, token: str, below: int, add: int, max_tokens_in: int) -> Rule:
         user = checksum_address(user)

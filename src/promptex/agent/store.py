@@ -191,6 +191,13 @@ class AgentStore(SignedTxStore):
         with self._tx() as conn:
             return _account(conn.execute(select(agent_accounts).where(agent_accounts.c.id == account_id)).one())
 
+    def linked_accounts(self, user: str) -> list[LinkedAccount]:
+        """The user's linked accounts, oldest first."""
+        stmt = select(agent_accounts.c.id).where(agent_accounts.c.user_address == user).order_by(agent_accounts.c.id)
+        with self._tx() as conn:
+            found = [int(row[0]) for row in conn.execute(stmt).all()]
+        return [self.account(i) for i in found]
+
     def account_for(self, user: str, provider: str) -> LinkedAccount | None:
         a = agent_accounts.c
         with self._tx() as conn:
@@ -235,6 +242,15 @@ class AgentStore(SignedTxStore):
             stmt = stmt.where(agent_rules.c.enabled == 1)
         with self._tx() as conn:
             return [_rule(r) for r in conn.execute(stmt).all()]
+
+    def set_rule_enabled(self, rule_id: int, user: str, enabled: bool) -> Rule | None:
+        """Switch one of `user`'s rules on or off; None if `user` has no such rule. A rule that
+        is off is not checked; redemptions it already started run to their end."""
+        with self._tx() as conn:
+            mine = (agent_rules.c.id == rule_id) & (agent_rules.c.user_address == user)
+            if conn.execute(update(agent_rules).where(mine).values(enabled=int(enabled))).rowcount != 1:
+                return None
+            return _rule(conn.execute(select(agent_rules).where(agent_rules.c.id == rule_id)).one())
 
     def rule_checked(self, rule_id: int, outcome: str, now: int) -> None:
         with self._tx() as conn:

@@ -12,6 +12,9 @@
     GET  /api/redemption   (Bearer key, ?wallet=) the key's wallet's linked accounts with live
                            balances, auto-topup rules and redemption history; the agent's address
     POST /api/redemption/rules  (Bearer key) {wallet, provider, token, below_usd, add_usd, max_tokens}
+    POST /api/redemption/rules/{id}  (Bearer key) {wallet?, enabled} switches one of the wallet's rules
+    POST /api/redemption/accounts  (Bearer key) {wallet?, provider, account_id, credential} links the
+                           wallet's account at a provider (credential checked, sealed, never echoed)
     GET  /api/org          (Bearer key of an org itself) the enterprise desk: vault, members, keys
                            (prefixes), budgets, usage by member
     POST /api/org/members  (the same key) {name?, budget_asset?, budget?} → a member key (shown once)
@@ -23,9 +26,9 @@
 
 Everything under /api is read-only except the key endpoints, which issue a key only to
 the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`),
-and three writes that act only for what that key owns: a rule for a wallet bound to the
-key's account, a member key for the org the key is, a lot whose seller is a wallet bound
-to the key's account. Billing credentials and API keys
+and writes that act only for what that key owns: a rule (added or switched) or a linked
+AI account for a wallet bound to the key's account, a member key for the org the key is,
+a lot whose seller is a wallet bound to the key's account. Billing credentials and API keys
 other than a new member's (shown once to its org's owner) never leave the server.
 """
 
@@ -54,7 +57,15 @@ from promptex.dashboard import enterprise, views
 from promptex.dashboard.market import Market, public_config
 from promptex.dashboard.options import DashboardOptions
 from promptex.dashboard.proxy import GatewayProxy, RpcProxy
-from promptex.dashboard.redemption import BadInput, RedemptionReader, add_rule, agent_address, master_keys
+from promptex.dashboard.redemption import (
+    BadInput,
+    RedemptionReader,
+    add_rule,
+    agent_address,
+    link_billing_account,
+    master_keys,
+    set_rule_enabled,
+)
 from promptex.dashboard.sellers import BadCapacity, LotNotRecorded, Onboarding, capacity_from
 from promptex.gateway.buyers import bind_wallet, issue_key
 from promptex.gateway.keys import bearer, hash_key
@@ -244,6 +255,31 @@ def create_app(
         except (BadInput, ValueError) as exc:
             raise ApiError(400, str(exc)) from None
 
+    async def redemption_rule_switch(request: Request) -> Any:
+        key = await run(key_of, request)
+        body = await _body(request)
+        wallet = await run(wallet_of, key, body.get("wallet"))
+        try:
+            return await run(set_rule_enabled, ledger_.engine, wallet, request.path_params["rule_id"], body)
+        except BadInput as exc:
+            raise ApiError(400, str(exc)) from None
+        except LookupError as exc:
+            raise ApiError(404, str(exc)) from None
+
+    async def redemption_account(request: Request) -> Any:
+        key = await run(key_of, request)
+        body = await _body(request)
+        wallet = await run(wallet_of, key, body.get("wallet"))
+        try:
+            keys = master_keys(s)
+            return await run(
+                link_billing_account, ledger_.engine, keys, billing, wallet, body, s.agent_billing_url, clock()
+            )
+        except BadInput as exc:
+            raise ApiError(400, f"the account was not linked: {exc}") from None
+        except PermissionError as exc:
+            raise ApiError(503, str(exc)) from None
+
     async def org(request: Request) -> Any:
         key = await run(key_of, request)
         return await run(enterprise.desk_view, ledger_, store, key)
@@ -303,6 +339,8 @@ def create_app(
         get("/api/usage/{request_id}/proof", guarded(proof)),
         get("/api/redemption", guarded(redemption)),
         post("/api/redemption/rules", guarded(redemption_rule)),
+        post("/api/redemption/rules/{rule_id:int}", guarded(redemption_rule_switch)),
+        post("/api/redemption/accounts", guarded(redemption_account)),
         get("/api/org", guarded(org)),
         post("/api/org/members", guarded(org_member)),
         post("/api/seller/capacity", guarded(seller_capacity)),

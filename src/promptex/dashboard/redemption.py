@@ -8,6 +8,7 @@ the wallet is bound to (see `app.py`)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -17,11 +18,12 @@ from eth_account import Account
 from sqlalchemy import Engine, select
 
 from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError
+from promptex.agent.service import link_account
 from promptex.agent.store import AgentStore, LinkedAccount
-from promptex.chain.redemption import provider_id
+from promptex.chain.redemption import account_ref, provider_id
 from promptex.config import Settings
 from promptex.gateway.envelope import EnvelopeError, MasterKeys, load_master_keys
-from promptex.ledger.schema import agent_accounts, agent_txs
+from promptex.ledger.schema import agent_txs
 
 USD_MICRO = 10**6
 TOKEN_UNIT = 10**18
@@ -74,7 +76,7 @@ class RedemptionReader:
     def view(self, wallet: str) -> dict[str, Any]:
         store = AgentStore(self.engine)
         accounts = []
-        for a in _accounts_of(store, wallet):
+        for a in store.linked_accounts(wallet):
             accounts.append(
                 {
                     "provider": a.provider,
@@ -127,13 +129,6 @@ class RedemptionReader:
         return {"wallet": wallet, "accounts": accounts, "rules": rules, "redemptions": redemptions}
 
 
-def _accounts_of(store: AgentStore, wallet: str) -> list[LinkedAccount]:
-    stmt = select(agent_accounts.c.id).where(agent_accounts.c.user_address == wallet).order_by(agent_accounts.c.id)
-    with store.engine.connect() as conn:
-        found = [int(row[0]) for row in conn.execute(stmt).all()]
-    return [store.account(i) for i in found]
-
-
 def _dollars(value: Any, name: str) -> int:
     try:
         amount = Decimal(str(value)) * USD_MICRO
@@ -169,3 +164,56 @@ def add_rule(engine: Engine, wallet: str, body: dict[str, Any], tokens: list[str
     max_in = _tokens(body.get("max_tokens"), "sell at most")
     rule = AgentStore(engine).add_rule(wallet, provider, token, below, add, max_in, now)
     return {"id": rule.id, "provider": rule.provider, "token": rule.token}
+
+
+def set_rule_enabled(engine: Engine, wallet: str, rule_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    """Switch one of the wallet's rules on or off (`{"enabled": true|false}`)."""
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise BadInput("give enabled: true or false")
+    rule = AgentStore(engine).set_rule_enabled(rule_id, wallet, enabled)
+    if rule is None:
+        raise LookupError(f"this wallet has no rule {rule_id}")
+    return {"id": rule.id, "enabled": rule.enabled}
+
+
+def link_billing_account(
+    engine: Engine,
+    keys: MasterKeys | None,
+    billing: BillingAdapter,
+    wallet: str,
+    body: dict[str, Any],
+    billing_url: str,
+    now: int,
+) -> dict[str, Any]:
+    """Link the wallet's account at a provider (`{provider, account_id, credential}`): the
+    scoped credential is checked with one balance call first, then sealed and stored as
+    `promptex agent link` stores it; the wallet then confirms the reference on chain."""
+    provider = str(body.get("provider") or "").strip().lower()
+    account_id = str(body.get("account_id") or "").strip()
+    credential = body.get("credential")
+    try:
+        provider_id(provider)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if not account_id:
+        raise BadInput("give the account id at the provider")
+    if not isinstance(credential, str) or not credential.strip():
+        raise BadInput("give the scoped billing credential the agent tops up with")
+    if keys is None:
+        raise PermissionError("this dashboard has no master key to seal the credential with (the agent's)")
+    salt = secrets.token_bytes(16)
+    probe = BillingAccount(provider, account_id, salt, account_ref(account_id, salt), credential.strip(), billing_url)
+    try:
+        balance = billing.balance(probe)
+    except BillingError as exc:
+        raise BadInput(f"the billing API did not accept this account and credential ({exc})") from None
+    store = AgentStore(engine)
+    linked = link_account(store, keys, wallet, provider, account_id, credential.strip(), billing_url, now, salt=salt)
+    store.set_balance(linked.id, balance, now)
+    return {
+        "provider": linked.provider,
+        "account_id": linked.account_id,
+        "account_ref": "0x" + linked.account_ref.hex(),
+        "balance_usd_micro": balance,
+    }
