@@ -3,12 +3,14 @@ read and change (a wallet's redemption records and rules, an org's desk, a selle
 capacity up to the chain), the read-only JSON-RPC proxy, and the messages when a part is
 missing. Opening a lot on chain is covered by the browser test."""
 
+import dataclasses
 import json
 import time
 
 import pytest
 from eth_account import Account
 from pydantic import SecretStr
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from anvil_node import free_port
@@ -16,11 +18,13 @@ from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.store import AgentStore
 from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
+from promptex.dashboard.throttle import Throttle
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.binding import BindingMessage, sign
+from promptex.ledger.schema import accounts
 from promptex.serving import ServerThread
 
 VAULT = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
@@ -447,3 +451,51 @@ def test_seller__a_wallet_not_bound_to_the_key__403_and_nothing_stored(attesting
     assert answer.status_code == 403 and "not bound to this key's account" in answer.json()["error"]
     assert attesting.post("/api/seller/capacity", json=capacity_form(upstream.url)).status_code == 401
     assert gateway_lots(attesting) == []
+
+
+# ─── key challenges: one pending account per wallet, new accounts capped per client ─
+
+
+def account_count(dashboard) -> int:
+    with dashboard.ledger.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(accounts)).scalar_one())
+
+
+def test_keys__a_wallet_asks_twice__one_pending_account_and_either_challenge_binds(dashboard):
+    wallet = Account.create()
+    first = dashboard.post("/api/keys/challenge", json={"wallet": wallet.address}).json()["binding"]
+    count = account_count(dashboard)
+    second = dashboard.post("/api/keys/challenge", json={"wallet": wallet.address.lower()}).json()["binding"]
+    assert second["account"] == first["account"] and second["nonce"] != first["nonce"]
+    assert account_count(dashboard) == count
+    signature = sign(BindingMessage(**first), wallet.key)
+    bound = dashboard.post("/api/keys/bind", json={"binding": first, "signature": "0x" + signature.hex()})
+    assert bound.status_code == 200 and bound.json()["account"] == first["account"]
+
+
+def test_keys__too_many_new_wallets_from_one_client__429_and_no_account_created(dashboard):
+    options = dataclasses.replace(dashboard.options, new_accounts_per_hour=2)
+    with TestClient(create_app(dashboard.settings, options, ledger=dashboard.ledger)) as client:
+        client.ledger = dashboard.ledger
+        known = Account.create()
+        assert obtain_key(client, known).status_code == 200
+        assert client.post("/api/keys/challenge", json={"wallet": Account.create().address}).status_code == 200
+        count = account_count(client)
+        refused = client.post("/api/keys/challenge", json={"wallet": Account.create().address})
+        assert refused.status_code == 429 and "too many new accounts" in refused.json()["error"]
+        assert account_count(client) == count
+        # A bound wallet still gets its challenges (a new key for its own account).
+        assert obtain_key(client, known).status_code == 200
+    bad = dashboard.post("/api/keys/challenge", json={"wallet": "0x1234"})
+    assert bad.status_code == 400
+
+
+def test_throttle__window_slides__events_counted_only_when_allowed():
+    now = [0.0]
+    throttle = Throttle(2, 60.0, clock=lambda: now[0])
+    assert throttle.allow("a") and throttle.allow("a") and not throttle.allow("a")
+    assert throttle.allow("b")  # per key
+    now[0] = 59.9
+    assert not throttle.allow("a")
+    now[0] = 60.0  # the first two events left the window; the refused ones never counted
+    assert throttle.allow("a") and throttle.allow("a") and not throttle.allow("a")

@@ -67,6 +67,7 @@ from promptex.dashboard.redemption import (
     set_rule_enabled,
 )
 from promptex.dashboard.sellers import BadCapacity, LotNotRecorded, Onboarding, capacity_from
+from promptex.dashboard.throttle import Throttle
 from promptex.gateway.buyers import bind_wallet, issue_key
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.sellers import CapacityRefused
@@ -115,6 +116,7 @@ def create_app(
     market = Market(opts.rpc_url, opts.network, opts.deployments_dir)
     client = httpx.AsyncClient(timeout=httpx.Timeout(s.gateway_upstream_timeout_seconds, connect=5.0))
     billing = HttpBilling(timeout=min(s.agent_billing_timeout_seconds, 5.0))
+    new_accounts = Throttle(opts.new_accounts_per_hour, 3600.0)
     redemptions = RedemptionReader(ledger_.engine, billing, lambda: master_keys(s))
     attestor_key = s.attestor_private_key.get_secret_value() if s.attestor_private_key else None
     onboarding = Onboarding(
@@ -167,9 +169,13 @@ def create_app(
     async def epochs(_request: Request) -> Any:
         return await run(views.epochs_view, ledger_.engine)
 
-    def _challenge(wallet: str) -> dict[str, Any]:
+    def _challenge(wallet: str, client: str) -> dict[str, Any]:
         account = ledger_.account_of(wallet)
         if account is None:
+            account = ledger_.challenged_account(wallet)
+        if account is None:
+            if not new_accounts.allow(client):
+                raise ApiError(429, "too many new accounts from your address: try again in an hour")
             account = ledger_.create_account(AccountKind.USER).id
         message = ledger_.issue_binding_challenge(account, wallet)
         return {"binding": message.__dict__, "typed_data": message.typed_data()}
@@ -178,8 +184,9 @@ def create_app(
         wallet = (await _body(request)).get("wallet")
         if not isinstance(wallet, str):
             raise ApiError(400, "give the wallet address to bind")
+        client = request.client.host if request.client else "unknown"
         try:
-            return await run(_challenge, wallet)
+            return await run(_challenge, checksum_address(wallet), client)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
 

@@ -18,6 +18,7 @@ class DashboardOptions:
     gateway_url: str  # the gateway's origin; the browser reaches it as /v1 on the dashboard's origin
     dist: Path  # the built front end (`make setup` builds it)
     deployments_dir: Path
+    new_accounts_per_hour: int = 20  # per client address: each unbound wallet's challenge creates one
 
     @classmethod
     def from_settings(cls, s: Settings) -> DashboardOptions:

@@ -21,6 +21,21 @@ def bound_account(conn: Connection, address: str) -> int | None:
     return None if row is None else int(row.account_id)
 
 
+def challenged_account(conn: Connection, address: str) -> int | None:
+    """The account of the latest challenge issued to `address`, while no wallet is bound to it:
+    a wallet that asks again signs for the same account instead of creating another."""
+    row = conn.execute(
+        select(binding_challenges.c.account_id)
+        .where(binding_challenges.c.wallet == checksum_address(address))
+        .order_by(binding_challenges.c.issued_at.desc(), binding_challenges.c.account_id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    taken = conn.execute(select(wallets.c.address).where(wallets.c.account_id == row.account_id).limit(1)).first()
+    return None if taken is not None else int(row.account_id)
+
+
 def addresses_of(conn: Connection, account: int) -> list[str]:
     return list(
         conn.execute(
