@@ -15,6 +15,7 @@ from promptex.coordinator.store import DROPPED, REVERTED, SENT, SUCCEEDED, Store
 
 log = logging.getLogger(__name__)
 
+DROP_GRACE_SECONDS = 3.0
 CloseTx = Callable[[int, str, "int | None", int], None]  # (tx id, status, block, now)
 
 
@@ -44,7 +45,9 @@ def resolve_tx(tx: StoredTx, chain: TxChain, close_tx: CloseTx, now: Callable[[]
         return tx.status
     receipt = chain.receipt(tx.tx_hash)
     if receipt is None and chain.nonce() > tx.nonce:
-        receipt = chain.receipt(tx.tx_hash)  # mined between the two reads?
+        # Mined between the two reads, or a node that shows the sender's nonce moved a moment
+        # before it serves the receipt: give the receipt a short grace before calling it dropped.
+        receipt = chain.wait(tx.tx_hash, min(timeout, DROP_GRACE_SECONDS))
         if receipt is None:
             log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
             close_tx(tx.id, DROPPED, None, now())
