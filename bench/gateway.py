@@ -98,6 +98,8 @@ class Step:
     p99_ms: float
     shed: int = 0  # 429s among the errors
     shed_p99_ms: float = 0.0
+    shed_p50_ms: float = 0.0
+    late_p99_ms: float = 0.0  # how late the generator itself sent requests (its own saturation)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -113,12 +115,14 @@ async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float
     async with UpstreamClient(connect_timeout=timeout, timeout=timeout, max_idle_per_origin=4096) as client:
         latencies: list[float] = []
         shed: list[float] = []
+        late: list[float] = []
         errors = 0
         total = int(rate * seconds)
         start = time.perf_counter() + 0.1
 
         async def one(due: float) -> None:
             nonlocal errors
+            late.append((time.perf_counter() - due) * 1000)
             try:
                 response = await client.post(url, headers, body)
                 await response.read()
@@ -140,7 +144,10 @@ async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(due)))
         await asyncio.gather(*tasks)
-    return Step(rate, total, errors, _pct(latencies, 0.5), _pct(latencies, 0.99), len(shed), _pct(shed, 0.99))
+    return Step(
+        rate, total, errors, _pct(latencies, 0.5), _pct(latencies, 0.99),
+        len(shed), _pct(shed, 0.99), _pct(shed, 0.5), _pct(late, 0.99),
+    )  # fmt: skip
 
 
 async def ttfb(url: str, headers: dict[str, str], n: int = 40) -> float:
@@ -159,11 +166,9 @@ async def ttfb(url: str, headers: dict[str, str], n: int = 40) -> float:
     return _pct(times, 0.5)
 
 
-def sweep(
-    url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, baseline: dict[int, Step]
-) -> list[Step]:
+def sweep(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, rates: tuple[int, ...]) -> list[Step]:
     steps = []
-    for rate in RATES:
+    for rate in rates:
         step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
         if not ok(step, max_p99_ms):  # once more: on a shared machine one stall fails a step
             again = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
@@ -249,19 +254,21 @@ class Side:
     overload: Step | None
 
 
-def measure(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float) -> Side:
+def measure(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, rates: tuple[int, ...]) -> Side:
     for _ in range(30):  # warm up (LiteLLM's first requests import lazily; pools fill)
         httpx.post(url, json=BODY, headers=headers, timeout=30)
-    steps = sweep(url, headers, seconds, max_p99_ms, {})
+    steps = sweep(url, headers, seconds, max_p99_ms, rates)
     best = sustainable(steps, max_p99_ms)
     ttfb_ms = uvloop.run(ttfb(url, headers))
     overload = None
     if best is not None:
         overload = uvloop.run(open_loop(url, headers, best.rate * 2, seconds, timeout=10))
         click.echo(
-            f"  {overload.rate:>5} RPS (2x max): served {(overload.sent - overload.errors) / seconds:.0f}/s, "
-            f"429s {overload.shed}/{overload.sent} (p99 {overload.shed_p99_ms:.1f} ms), "
-            f"other errors {overload.errors - overload.shed}",
+            f"  {overload.rate:>5} RPS (2x max): served {(overload.sent - overload.errors) / seconds:.0f}/s "
+            f"(p50 {overload.p50_ms:.1f}, p99 {overload.p99_ms:.1f} ms), "
+            f"429s {overload.shed}/{overload.sent} "
+            f"(p50 {overload.shed_p50_ms:.1f}, p99 {overload.shed_p99_ms:.1f} ms), "
+            f"other errors {overload.errors - overload.shed}; generator late p99 {overload.late_p99_ms:.1f} ms",
             err=True,
         )
     return Side(steps, best, ttfb_ms, overload)
@@ -307,7 +314,9 @@ def summarize(
             "overload_offered_rps": over.rate if over else None,
             "overload_served_rps": (over.sent - over.errors) / seconds if over else None,
             "overload_429_share": over.shed / over.sent if over else None,
+            "overload_429_p50_ms": over.shed_p50_ms if over and over.shed else None,
             "overload_429_p99_ms": over.shed_p99_ms if over and over.shed else None,
+            "overload_generator_late_p99_ms": over.late_p99_ms if over else None,
         }
     return results
 
@@ -320,10 +329,21 @@ def summarize(
 @click.option("--seconds", default=10.0, show_default=True, help="length of each rate step")
 @click.option("--upstream-latency-ms", default=20.0, show_default=True)
 @click.option("--max-p99-ms", default=500.0, show_default=True, help="a step above this p99 is not sustainable")
+@click.option("--rates", default=",".join(map(str, RATES)), show_default=True, help="the arrival rates to step through")
 @click.option("--json", "as_json", is_flag=True)
 def main(
-    only: str | None, ledger_kind: str, seconds: float, upstream_latency_ms: float, max_p99_ms: float, as_json: bool
+    only: str | None,
+    ledger_kind: str,
+    seconds: float,
+    upstream_latency_ms: float,
+    max_p99_ms: float,
+    rates: str,
+    as_json: bool,
 ) -> None:
+    try:
+        steps = tuple(sorted(int(r) for r in rates.split(",")))
+    except ValueError:
+        raise click.BadParameter(f"{rates!r}: comma-separated integers", param_hint="--rates") from None
     server_core, load_core = cores()
     sides: dict[str, Side] = {}
     with tempfile.TemporaryDirectory(prefix="promptex-bench-") as tmp:
@@ -344,7 +364,7 @@ def main(
             os.sched_setaffinity(0, {1})
         with process(fake_args, dict(os.environ), fake_url + "/models", fake_headers):
             click.echo("fake upstream alone:", err=True)
-            base = {s.rate: s for s in sweep(fake_url + "/chat/completions", fake_headers, seconds, max_p99_ms, {})}
+            base = {s.rate: s for s in sweep(fake_url + "/chat/completions", fake_headers, seconds, max_p99_ms, steps)}
             base_ttfb = uvloop.run(ttfb(fake_url + "/chat/completions", fake_headers))
 
             if only in (None, "promptex"):
@@ -365,7 +385,7 @@ def main(
                     args = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
                     with process(args, env, url + "/models", headers):
                         click.echo("promptex gateway:", err=True)
-                        sides["promptex"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms)
+                        sides["promptex"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms, steps)
                 finally:
                     if postgres is not None:
                         postgres.stop()
@@ -403,7 +423,7 @@ def main(
                 ]
                 with process(args, env, url + "/models", headers):
                     click.echo("litellm proxy:", err=True)
-                    sides["litellm"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms)
+                    sides["litellm"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms, steps)
 
     results = summarize(sides, base, base_ttfb, seconds)
     if as_json:
@@ -434,7 +454,9 @@ def main(
         "ttfb_added_ms": ("added stream TTFB ms", "down"),
         "overload_served_rps": ("at 2x max: served RPS", "up"),
         "overload_429_share": ("at 2x max: 429 share", None),
+        "overload_429_p50_ms": ("at 2x max: 429 p50 ms", None),
         "overload_429_p99_ms": ("at 2x max: 429 p99 ms", None),
+        "overload_generator_late_p99_ms": ("at 2x max: generator late p99 ms", None),
     }
     for name, (label, better) in names.items():
         cells = [f"{results[side][name]:.2f}" if results[side][name] is not None else "—" for side in results]

@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     # (it has one writer at a time). Keep it within ledger_pool_size.
     gateway_ledger_threads: int = 8
     # Paying a model in another provider's token converts through the Oracle's TWAP of the
-    # paying token, read over this JSON-RPC endpoint (None: no payment across tokens) from
+    # paying token, read over this JSON-RPC endpoint (None, the default: no payment across
+    # tokens — experimental: the coordinator quarantines such records, it cannot settle
+    # them on chain, so the listed seller is not paid; leave it off outside tests) from
     # the deployment deployments/<gateway_twap_network>.json, averaged over the window,
     # re-read every refresh interval in the background; a price older than max_age is not
     # used (such requests get 503 and move no money).

@@ -246,12 +246,12 @@ def up(options: UpOptions) -> int:
             )
         elif not rpc_answers(rpc_url):
             raise UpError(f"no JSON-RPC node answers on {rpc_url}")
-        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "GATEWAY_TWAP", "AGENT"):
+        # Not the gateway's TWAP endpoint: paying a model in another provider's token stays off
+        # (the coordinator cannot settle such payments on chain yet; see the README).
+        for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "AGENT"):
             env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
         env["PROMPTEX_AGENT_BILLING_URL"] = f"http://127.0.0.1:{options.billing_port}"
         env["PROMPTEX_DASHBOARD_GATEWAY_URL"] = f"http://127.0.0.1:{options.gateway_port}"
-        # Cross-token prices need a covered TWAP window; a fresh local chain has minutes, not half an hour.
-        env.setdefault("PROMPTEX_GATEWAY_TWAP_WINDOW_SECONDS", "120")
         env["APE_FOUNDRY_HOST"] = rpc_url
         # RedemptionEscrow trusts the local fake billing API's key for anthropic receipts.
         signer = f"anthropic={local_billing_signer()}"
