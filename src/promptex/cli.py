@@ -244,17 +244,18 @@ def gateway_serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from promptex.gateway import create_app
+    from promptex.serving import listening_sockets
 
     s = settings()
-    uvicorn.run(
-        create_app(s),
-        host=host or s.gateway_host,
-        port=port or s.gateway_port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
+    host, port = host or s.gateway_host, port or s.gateway_port
+    try:
+        sockets = listening_sockets(host, port, s.gateway_accept_per_iteration)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    config = uvicorn.Config(
+        create_app(s, listeners=sockets), loop="uvloop", http="httptools", log_level="warning", access_log=False
     )
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 # ─── sellers ─────────────────────────────────────────────────────────────────

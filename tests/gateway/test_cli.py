@@ -1,11 +1,17 @@
-"""promptex seller add-capacity, promptex buyer signup/bind, end to end on a real ledger."""
+"""promptex seller add-capacity, promptex buyer signup/bind, promptex gateway serve, end to end on a real ledger."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
@@ -15,6 +21,7 @@ from promptex.config import settings
 from promptex.gateway.keys import hash_key
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
+from promptex.serving import free_port
 
 from .conftest import SELLER_KEY, Fake
 
@@ -75,3 +82,50 @@ def test_buyer_signup_and_bind__signed_challenge__wallet_bound_and_key_shown_onc
         assert ledger.budget(ledger.treasury().id, account, "USDC") is not None  # welcome credit
     again = CliRunner().invoke(main, ["buyer", "bind", "--sign-with-env", "DEMO_WALLET_KEY"])
     assert again.exit_code != 0  # the challenge is used up
+
+
+def test_gateway_serve__port_in_use__clear_error(env: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["gateway", "serve", "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_gateway_serve__burst_of_new_connections__each_answered(env: str, tmp_path: Path) -> None:
+    """The served process (copies of its listening socket): 200 clients that each open a
+    connection at once all get their answer (401 here, with a request id)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                httpx.get(url, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.2)
+
+        async def burst() -> list[httpx.Response]:
+            async def one() -> httpx.Response:
+                async with httpx.AsyncClient(timeout=30) as client:  # a new connection each
+                    return await client.get(url)
+
+            return await asyncio.gather(*(one() for _ in range(200)))
+
+        responses = asyncio.run(burst())
+        assert [r.status_code for r in responses] == [401] * 200
+        assert len({r.headers["x-request-id"] for r in responses}) == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

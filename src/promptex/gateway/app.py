@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from promptex.gateway.store import GatewayStore
 from promptex.gateway.twap import TwapSource, twap_cache_from_settings
 from promptex.gateway.upstream import UpstreamClient
 from promptex.ledger import Ledger
+from promptex.serving import accept_backlog
 
 log = logging.getLogger("promptex.gateway")
 
@@ -124,12 +126,16 @@ def create_app(
     ledger: Ledger | None = None,
     clock: Any = None,
     twap_source: TwapSource | None = None,
+    listeners: Sequence[socket.socket] = (),
 ) -> GatewayApp:
     """The gateway app. It opens the ledger (unless one is given), its own tables, the
     lots and one pooled HTTP client for every upstream when it starts, and keeps the
     Oracle's TWAPs fresh in the background (from `twap_source`, else the deployed Oracle
-    when `gateway_twap_rpc_url` is set)."""
+    when `gateway_twap_rpc_url` is set). `listeners`: the sockets uvicorn accepts on, if
+    the caller made them; their accept queue is one of the signs of overload."""
     state: dict[str, Gateway] = {}
+    # Duplicates share one accept queue: reading it from the first socket is enough.
+    backlog = (lambda: accept_backlog(listeners[0])) if listeners else None
 
     def gateway() -> Gateway:
         return state["gateway"]
@@ -164,7 +170,7 @@ def create_app(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(refresh_lots)
-                tg.start_soon(_app.state.gateway.watch_loop_lag)
+                tg.start_soon(_app.state.gateway.watch_loop_lag, backlog)
                 if twaps is not None:
                     tg.start_soon(twaps.run)
                 if checkpointing:

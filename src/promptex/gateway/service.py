@@ -34,6 +34,7 @@ from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
+from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import parse_body, validate
 from promptex.gateway.routing import LISTED, TOKENIZED, LiveLot, LotRegistry
 from promptex.gateway.store import ApiKey, GatewayStore
@@ -395,17 +396,28 @@ class Gateway:
         else:
             await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
 
-    async def watch_loop_lag(self, interval: float = 0.01) -> None:
-        """Mark the gateway overloaded while requests pile up and its event loop wakes up
-        late or its ledger calls wait for a thread longer than the configured lag: the CPU
-        (or the database) is saturated, and queueing more work only adds latency."""
-        lag = 0.0  # smoothed, so that one hiccup sheds nothing
+    async def watch_loop_lag(self, backlog: Callable[[], int] | None = None, interval: float = 0.01) -> None:
+        """Every `interval`, sample the event loop's lateness, the accept queue (`backlog`,
+        when the caller made the listening sockets) and the ledger threads' wait, and set
+        `overloaded` (see `promptex.gateway.overload`). New settings take effect at once."""
+        settings: Settings | None = None
+        detector: OverloadDetector | None = None
         while True:
             start = time.perf_counter()
             await anyio.sleep(interval)
-            lag = 0.8 * lag + 0.2 * (time.perf_counter() - start - interval)
-            late = max(lag, self.threads.wait) > self.s.gateway_shed_loop_lag_ms / 1000
-            self.overloaded = late and self.inflight >= self.s.gateway_shed_min_inflight
+            if detector is None or self.s is not settings:
+                settings = s = self.s
+                window = round(s.gateway_shed_window_ms / 1000 / interval)
+                lag = s.gateway_shed_loop_lag_ms / 1000
+                detector = OverloadDetector(
+                    ShedLimits(lag, s.gateway_shed_accept_backlog, s.gateway_shed_min_inflight, window)
+                )
+            self.overloaded = detector.observe(
+                loop_lag=time.perf_counter() - start - interval,
+                accept_backlog=backlog() if backlog is not None else 0,
+                ledger_wait=self.threads.wait,
+                inflight=self.inflight,
+            )
 
     # ─── /v1/models ──────────────────────────────────────────────────────────
 
