@@ -58,13 +58,13 @@ class Settings(BaseSettings):
     gateway_lot_max_inflight: int = 128
     # Past saturation, shed load with fast 429s, refused before the body is read (see
     # promptex.gateway.overload): while, for a whole window, the event loop woke up later
-    # than gateway_shed_loop_lag_ms or more than gateway_shed_accept_backlog connections
-    # waited to be accepted (Linux), or ledger calls wait that long for a thread — and at
+    # than gateway_shed_wait_ms, or ledger calls waited that long for a thread, or more
+    # than gateway_shed_accept_backlog connections waited to be accepted (Linux) — and at
     # least gateway_shed_min_inflight requests are in flight (without requests piling up,
     # lag is a busy machine descheduling the process, not overload).
-    gateway_shed_loop_lag_ms: float = 20.0
-    gateway_shed_accept_backlog: int = 8
-    gateway_shed_window_ms: float = 100.0
+    gateway_shed_wait_ms: float = 20.0
+    gateway_shed_accept_backlog: int = 4
+    gateway_shed_window_ms: float = 50.0
     gateway_shed_min_inflight: int = 32
     # New connections the event loop accepts per iteration (copies of the listening
     # socket; see promptex.serving.listening_sockets): a burst of new clients is answered,

@@ -77,7 +77,7 @@ def settings(tmp_path: Path) -> Settings:
         gateway_lot_refresh_seconds=3600,  # tests refresh by hand
         gateway_default_asset="USDC",
         gateway_default_max_tokens=64,
-        gateway_shed_loop_lag_ms=10_000,  # a busy test machine must not shed load
+        gateway_shed_wait_ms=10_000,  # a busy test machine must not shed load
         gateway_twap_refresh_seconds=3600,  # tests refresh by hand
         gateway_twap_max_age_seconds=300,
         ledger_sqlite_synchronous="NORMAL",

@@ -157,7 +157,7 @@ def test_responses__never_contain_the_sellers_key(gw: Harness, fake: Fake) -> No
 def test_chat__gateway_overloaded__fast_429_and_no_money_moved(funded: tuple[Harness, int, str], fake: Fake) -> None:
     gw, _, key = funded
     # any lag is too much, however few requests are in flight
-    gw.gateway.s = gw.settings.model_copy(update={"gateway_shed_loop_lag_ms": -1.0, "gateway_shed_min_inflight": 0})
+    gw.gateway.s = gw.settings.model_copy(update={"gateway_shed_wait_ms": -1.0, "gateway_shed_min_inflight": 0})
     while not gw.gateway.overloaded:  # the lag watcher notices within one tick
         time.sleep(0.01)
     response = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2})

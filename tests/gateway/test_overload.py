@@ -9,7 +9,7 @@ import pytest
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.serving import accept_backlog, listening_sockets
 
-LIMITS = ShedLimits(loop_lag=0.020, accept_backlog=8, min_inflight=32, window=10)
+LIMITS = ShedLimits(wait=0.020, accept_backlog=8, min_inflight=32, window=10)
 
 
 def observe(detector: OverloadDetector, *, lag: float = 0.0, backlog: int = 0, wait: float = 0.0, inflight: int = 64):
@@ -35,9 +35,10 @@ def test_detector__burst_that_drains_within_the_window__sheds_nothing() -> None:
     assert observe(detector, backlog=0, lag=0.0) is False
 
 
-def test_detector__ledger_threads_wait__sheds_at_once() -> None:
+def test_detector__ledger_threads_wait_all_window__sheds() -> None:
     detector = OverloadDetector(LIMITS)
-    assert observe(detector, wait=0.021) is True
+    decisions = [observe(detector, wait=0.021) for _ in range(LIMITS.window)]
+    assert decisions == [False] * (LIMITS.window - 1) + [True]  # a whole window first
     assert observe(detector, wait=0.019) is False
 
 

@@ -408,9 +408,13 @@ class Gateway:
             if detector is None or self.s is not settings:
                 settings = s = self.s
                 window = round(s.gateway_shed_window_ms / 1000 / interval)
-                lag = s.gateway_shed_loop_lag_ms / 1000
                 detector = OverloadDetector(
-                    ShedLimits(lag, s.gateway_shed_accept_backlog, s.gateway_shed_min_inflight, window)
+                    ShedLimits(
+                        s.gateway_shed_wait_ms / 1000,
+                        s.gateway_shed_accept_backlog,
+                        s.gateway_shed_min_inflight,
+                        window,
+                    )
                 )
             self.overloaded = detector.observe(
                 loop_lag=time.perf_counter() - start - interval,
