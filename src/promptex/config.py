@@ -201,6 +201,15 @@ class Settings(BaseSettings):
     dashboard_network: str | None = None
     dashboard_gateway_url: str | None = None
     dashboard_dist_dir: Path | None = None
+    # The upstream base URLs a seller may onboard from the dashboard. The server calls the
+    # URL a seller types (to verify the key), so without a list any key holder could make
+    # it probe any host and port. Exact match, a trailing slash ignored; the operator's
+    # own `promptex seller add-capacity` takes any URL. Env: a JSON list.
+    dashboard_seller_base_urls: list[str] = [
+        "https://api.openai.com/v1",
+        "https://api.anthropic.com/v1",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+    ]
 
 
 @lru_cache(maxsize=1)

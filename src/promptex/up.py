@@ -10,6 +10,7 @@ market never looks alive.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -251,6 +252,11 @@ def up(options: UpOptions) -> int:
         for variable in ("ATTESTOR", "INDEXER", "COORDINATOR", "AGENT"):
             env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
         env["PROMPTEX_AGENT_BILLING_URL"] = f"http://127.0.0.1:{options.billing_port}"
+        # Sellers may onboard the local fake upstream from the dashboard, besides the providers.
+        from promptex.config import Settings
+
+        fake = f"http://127.0.0.1:{options.upstream_port}/v1"
+        env["PROMPTEX_DASHBOARD_SELLER_BASE_URLS"] = json.dumps([*Settings().dashboard_seller_base_urls, fake])
         env["PROMPTEX_DASHBOARD_GATEWAY_URL"] = f"http://127.0.0.1:{options.gateway_port}"
         env["APE_FOUNDRY_HOST"] = rpc_url
         # RedemptionEscrow trusts the local fake billing API's key for anthropic receipts.

@@ -205,7 +205,9 @@ def market_stack(work: Path) -> Iterator[Stack]:
                     dist=DIST,
                     deployments_dir=deployments,
                 )
-                dashboard_settings = settings.model_copy(update={"agent_billing_url": billing.url})
+                dashboard_settings = settings.model_copy(
+                    update={"agent_billing_url": billing.url, "dashboard_seller_base_urls": [upstream.url + "/v1"]}
+                )
                 with ServerThread(create_app(dashboard_settings, options, ledger=ledger)) as dashboard:
                     stack.dashboard_url, stack.gateway_url = dashboard.url, gateway.url
                     stack.errors = {  # type: ignore[attr-defined]

@@ -381,15 +381,23 @@ def capacity_form(upstream_url: str, api_key: str = GOOD_UPSTREAM_KEY, **change)
 
 @pytest.fixture
 def upstream():
-    with ServerThread(create_fake_upstream(FakeUpstreamConfig(api_keys=frozenset({GOOD_UPSTREAM_KEY})))) as server:
+    config = FakeUpstreamConfig(api_keys=frozenset({GOOD_UPSTREAM_KEY}))
+    with ServerThread(create_fake_upstream(config)) as server:
+        server.config = config
         yield server
 
 
+def upstream_calls(upstream) -> int:
+    return upstream.config.requests
+
+
 @pytest.fixture
-def attesting(dashboard):
-    """The same dashboard with an attestor key (on a chain that does not answer) and the gateway's master key."""
+def attesting(dashboard, upstream):
+    """The same dashboard with an attestor key (on a chain that does not answer), the gateway's
+    master key, and the fake upstream among the URLs sellers may onboard."""
     load_master_keys(None, dashboard.settings.gateway_master_key_file)
-    settings = dashboard.settings.model_copy(update={"attestor_private_key": SecretStr("0x" + "11" * 32)})
+    update = {"attestor_private_key": SecretStr("0x" + "11" * 32), "dashboard_seller_base_urls": [upstream.url + "/v1"]}
+    settings = dashboard.settings.model_copy(update=update)
     with TestClient(create_app(settings, dashboard.options, ledger=dashboard.ledger)) as client:
         client.ledger = dashboard.ledger
         yield client
@@ -428,6 +436,30 @@ def test_seller__bad_terms_or_a_refused_key__400_readable_and_nothing_stored(
     assert GOOD_UPSTREAM_KEY not in answer.text and "sk-not-this-one" not in answer.text
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:22/v1", "http://169.254.169.254/latest/meta-data", "https://api.openai.com.evil.example/v1"],
+)
+def test_seller__base_url_not_a_listed_provider__400_no_call_made_and_nothing_stored(attesting, upstream, base_url):
+    _, key = seller_key(attesting)
+    calls = upstream_calls(upstream)
+    form = {**capacity_form(upstream.url), "base_url": base_url}
+    answer = attesting.post("/api/seller/capacity", json=form, headers=bearer(key))
+    assert answer.status_code == 400, answer.text
+    assert "only from these provider URLs" in answer.json()["error"] and upstream.url in answer.json()["error"]
+    assert gateway_lots(attesting) == [] and upstream_calls(upstream) == calls
+
+
+def test_seller__listed_url_with_a_trailing_slash__accepted_as_the_same(attesting, upstream):
+    _, key = seller_key(attesting)
+    calls = upstream_calls(upstream)
+    answer = attesting.post(
+        "/api/seller/capacity", json=capacity_form(upstream.url, base_url=upstream.url + "/v1/"), headers=bearer(key)
+    )
+    assert answer.status_code == 502 and "the chain's node does not answer" in answer.json()["error"], answer.text
+    assert upstream_calls(upstream) == calls + 1  # the key was verified there
+
+
 def test_seller__good_key_but_the_chain_down__502_and_nothing_stored(attesting, upstream):
     _, key = seller_key(attesting)
     answer = attesting.post("/api/seller/capacity", json=capacity_form(upstream.url), headers=bearer(key))
@@ -437,7 +469,8 @@ def test_seller__good_key_but_the_chain_down__502_and_nothing_stored(attesting, 
 
 def test_seller__dashboard_without_an_attestor_key__503_says_use_the_cli_and_nothing_stored(dashboard, upstream):
     _, key = seller_key(dashboard)
-    answer = dashboard.post("/api/seller/capacity", json=capacity_form(upstream.url), headers=bearer(key))
+    form = capacity_form(upstream.url, base_url="https://api.openai.com/v1")  # listed by default; never called
+    answer = dashboard.post("/api/seller/capacity", json=form, headers=bearer(key))
     assert answer.status_code == 503 and "promptex seller add-capacity" in answer.json()["error"]
     assert gateway_lots(dashboard) == []
 

@@ -305,7 +305,9 @@ def create_app(
         seller = await run(wallet_of, key, body.get("wallet"))
         deployment = await run(market.deployment)
         try:
-            return await run(onboarding.add, deployment, capacity_from(body, seller), clock())
+            return await run(
+                onboarding.add, deployment, capacity_from(body, seller, s.dashboard_seller_base_urls), clock()
+            )
         except (BadCapacity, CapacityRefused, LotRefused) as exc:
             raise ApiError(400, f"no lot was opened: {exc}") from None
         except PermissionError as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,19 @@ def _text(body: dict[str, Any], name: str, what: str) -> str:
     return value.strip()
 
 
-def capacity_from(body: dict[str, Any], seller: str) -> Capacity:
+def allowed_base_url(base_url: str, allowed: Sequence[str]) -> str:
+    """`base_url` if it is one of the dashboard's provider URLs (see
+    `dashboard_seller_base_urls`: the server calls it), else BadCapacity."""
+    if base_url.rstrip("/") not in {url.rstrip("/") for url in allowed}:
+        listed = ", ".join(allowed) or "none are configured"
+        raise BadCapacity(
+            f"this dashboard onboards capacity only from these provider URLs: {listed} "
+            "(the operator can add others with `promptex seller add-capacity`)"
+        )
+    return base_url
+
+
+def capacity_from(body: dict[str, Any], seller: str, allowed_base_urls: Sequence[str]) -> Capacity:
     """The browser's form as a Capacity; amounts arrive in their smallest units."""
     provider = _text(body, "provider", "the provider").lower()
     api = body.get("api") or ("anthropic" if provider == "anthropic" else "openai")
@@ -69,7 +81,7 @@ def capacity_from(body: dict[str, Any], seller: str) -> Capacity:
     return Capacity(
         provider=provider,
         api=api,
-        base_url=_text(body, "base_url", "the provider's base URL"),
+        base_url=allowed_base_url(_text(body, "base_url", "the provider's base URL"), allowed_base_urls),
         api_key=_text(body, "api_key", "the API key to sell capacity from"),
         face_value_usd_micro=_integer(body, "face_value_usd_micro", "the face value in micro-USD"),
         kind=kind,
