@@ -8,6 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+
+from promptex.ledger.schema import holds
 
 from .conftest import USDC, Fake, Harness
 
@@ -163,3 +166,36 @@ def test_chat__gateway_overloaded__fast_429_and_no_money_moved(funded: tuple[Har
     response = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2})
     assert assert_openai_error(response, 429)["type"] == "rate_limit_error"
     assert fake.config.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+        ({"messages": [*HELLO, {"role": "tool", "tool_call_id": "c1", "content": "42"}]}, "messages"),
+        (
+            {"messages": [*HELLO, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}]},
+            "messages",
+        ),
+    ],
+)
+def test_chat__anthropic_lot_and_what_its_translation_lacks__400_before_any_hold(
+    gw: Harness, fake: Fake, change: dict[str, Any], param: str
+) -> None:
+    """Tools, structured output and non-text parts are refused, not dropped: the model would
+    otherwise answer something else than was asked. Nothing is held, nothing is sent upstream."""
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    account, key = gw.buyer(amount=USDC)
+    before = gw.ledger.balance(account, "USDC")
+    calls = fake.config.requests
+    error = assert_openai_error(post(gw, key, {"model": "fake-claude", "messages": HELLO, **change}), 400)
+    assert error["param"] == param and "supported for this model" in error["message"]
+    assert gw.ledger.balance(account, "USDC") == before and fake.config.requests == calls
+    with gw.ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(holds)).scalar_one() == 0
+    gw.ledger.check()
+    # the same request in text only is served
+    assert post(gw, key, {"model": "fake-claude", "messages": HELLO, "max_tokens": 4}).status_code == 200

@@ -160,9 +160,39 @@ def _text(content: Any) -> str:
     return ""
 
 
-def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+_UNTRANSLATED_PARAMS = ("tools", "tool_choice", "functions", "function_call", "response_format")
+
+
+def check_anthropic_translatable(endpoint: str, body: dict[str, Any]) -> None:
+    """400 for what the Anthropic translation does not cover (it is text only), rather than
+    dropping it and answering something else than was asked: tools and function calls,
+    structured output, and content parts other than text (images, audio, files)."""
     if endpoint == EMBEDDINGS:
         raise bad_request("This model does not serve embeddings.", param="model")
+    for name in _UNTRANSLATED_PARAMS:
+        if body.get(name):
+            raise bad_request(
+                f"'{name}' is not supported for this model through this gateway yet (its Anthropic translation "
+                "is text only).",
+                param=name,
+            )
+    for i, message in enumerate(body.get("messages") or []):
+        role = message.get("role")
+        if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
+            raise bad_request(
+                f"Invalid 'messages[{i}]': tool and function messages are not supported for this model yet.",
+                param="messages",
+            )
+        content = message.get("content")
+        if isinstance(content, list) and any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+            raise bad_request(
+                f"Invalid 'messages[{i}].content': only text parts are supported for this model yet.",
+                param="messages",
+            )
+
+
+def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
+    check_anthropic_translatable(endpoint, body)
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         text = prompt if isinstance(prompt, str) else "".join(map(str, prompt or []))

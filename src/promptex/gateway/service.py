@@ -30,7 +30,14 @@ from promptex import metering
 from promptex.chain.providers import PROVIDER_TOKENS, USDC_SYMBOL
 from promptex.config import Settings
 from promptex.gateway import errors
-from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator, Usage, adapter_for
+from promptex.gateway.adapters import (
+    EMBEDDINGS,
+    MissingUsage,
+    StreamTranslator,
+    Usage,
+    adapter_for,
+    check_anthropic_translatable,
+)
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
@@ -293,6 +300,8 @@ class Gateway:
         key = await self.authenticate(request)
         body = parse_body(await read_body(request, self.s.gateway_max_body_bytes))
         priced, output = self.price(request, key, endpoint, body)
+        if any(lot.api == "anthropic" for lot in priced.lots):
+            check_anthropic_translatable(endpoint, body)  # before any hold: a refusal moves nothing
         upstream_body = body
         if output and (body.get("max_tokens") or body.get("max_completion_tokens") or 0) > output:
             upstream_body = {**body, "max_tokens": output}
