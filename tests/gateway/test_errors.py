@@ -199,3 +199,19 @@ def test_chat__anthropic_lot_and_what_its_translation_lacks__400_before_any_hold
     gw.ledger.check()
     # the same request in text only is served
     assert post(gw, key, {"model": "fake-claude", "messages": HELLO, "max_tokens": 4}).status_code == 200
+
+
+def test_chat__tools_for_a_model_with_anthropic_and_openai_compatible_lots__served_by_the_latter(
+    gw: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    gw.add_lot(fake, provider="anthropic", api="anthropic", rate_bps=5000)  # cheaper: first for text
+    gw.add_lot(second_fake, provider="anthropic", api="openai", rate_bps=7000)
+    _account, key = gw.buyer(amount=USDC)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    anthropic_calls, openai_calls = fake.config.requests, second_fake.config.requests
+    answer = post(gw, key, {"model": "fake-claude", "messages": HELLO, "max_tokens": 4, "tools": tools})
+    assert answer.status_code == 200, answer.text
+    assert (fake.config.requests, second_fake.config.requests) == (anthropic_calls, openai_calls + 1)
+    assert post(gw, key, {"model": "fake-claude", "messages": HELLO, "max_tokens": 4}).status_code == 200
+    assert fake.config.requests == anthropic_calls + 1  # text only: the cheaper Anthropic lot
+    gw.ledger.check()

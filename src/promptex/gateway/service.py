@@ -11,6 +11,7 @@ uses the Oracle TWAP cached by `twap` (read in the background).
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable
@@ -301,7 +302,7 @@ class Gateway:
         body = parse_body(await read_body(request, self.s.gateway_max_body_bytes))
         priced, output = self.price(request, key, endpoint, body)
         if any(lot.api == "anthropic" for lot in priced.lots):
-            check_anthropic_translatable(endpoint, body)  # before any hold: a refusal moves nothing
+            priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
         upstream_body = body
         if output and (body.get("max_tokens") or body.get("max_completion_tokens") or 0) > output:
             upstream_body = {**body, "max_tokens": output}
@@ -316,6 +317,19 @@ class Gateway:
             with anyio.CancelScope(shield=True):
                 await self.release(key, priced, request_id)
             raise
+
+    @staticmethod
+    def _translatable(endpoint: str, body: dict[str, Any], priced: Priced) -> Priced:
+        """The lots that can serve the body as asked: Anthropic lots only if it is text only
+        (else the OpenAI-compatible ones, in their order; none: the 400 that says why)."""
+        try:
+            check_anthropic_translatable(endpoint, body)
+            return priced
+        except GatewayError:
+            others = [lot for lot in priced.lots if lot.api != "anthropic"]
+            if not others:
+                raise
+            return dataclasses.replace(priced, lots=others)
 
     async def _once(
         self, endpoint: str, key: ApiKey, priced: Priced, body: dict[str, Any], request_id: str, output: int
