@@ -300,3 +300,21 @@ def test_coordinator__kill_9_at_random_points__each_epoch_once_no_usage_lost(wor
     assert all(c.status == "done" for c in store.consumptions())
     consumed = sum(c.amount for c in store.consumptions())
     assert world.escrow.functions.lots(world.usdc_lot).call()[9] == consumed
+
+
+def test_broadcast__same_signed_bytes_again_after_mined__no_error_and_a_bad_one_still_raises(world):
+    """A rebroadcast after a crash may find its transaction mined (anvil: 'nonce too low') or
+    still pending ('already known'): both are the success resolve_tx expects. web3 7 raises
+    Web3RPCError, not ValueError, for them. A transaction the node refuses for another reason
+    still raises."""
+    sender = Account.create()
+    world.w3.provider.make_request("anvil_setBalance", [sender.address, hex(10**18)])
+    tx = {"to": SELLER.address, "value": 1, "gas": 21_000, "gasPrice": world.w3.eth.gas_price, "nonce": 0}
+    raw = sender.sign_transaction({**tx, "chainId": world.w3.eth.chain_id}).raw_transaction.hex()
+    world.chain.broadcast(raw)
+    assert world.chain.wait(Web3.keccak(hexstr=raw).hex(), 10) is not None
+    world.chain.broadcast(raw)  # mined already: fine
+    poor = Account.create()  # no ether: the node refuses its transaction
+    refused = poor.sign_transaction({**tx, "chainId": world.w3.eth.chain_id}).raw_transaction.hex()
+    with pytest.raises(Exception, match="(?i)insufficient funds|funds"):
+        world.chain.broadcast(refused)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from eth_account import Account
 from eth_typing import HexStr
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
 from promptex.chain.deployments import Deployment
 from promptex.chain.providers import USDC_SYMBOL
@@ -186,7 +186,7 @@ class Web3Chain:
     def broadcast(self, raw: str) -> None:
         try:
             self.w3.eth.send_raw_transaction(HexStr(raw))
-        except ValueError as exc:  # the node has it already, or it was mined: both fine here
+        except (ValueError, Web3RPCError) as exc:  # the node has it already, or it was mined: both fine here
             text = str(exc).lower()
             if not any(known in text for known in ("already known", "nonce too low", "already imported")):
                 raise

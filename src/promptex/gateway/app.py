@@ -170,7 +170,7 @@ def create_app(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(refresh_lots)
-                tg.start_soon(_app.state.gateway.watch_loop_lag, backlog)
+                tg.start_soon(_app.state.gateway.watch_load, backlog)
                 if twaps is not None:
                     tg.start_soon(twaps.run)
                 if checkpointing:

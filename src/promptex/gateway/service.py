@@ -106,7 +106,7 @@ class Gateway:
         sqlite = ledger.engine.dialect.name == "sqlite"  # one writer at a time: one thread
         self.threads = LedgerThreads(1 if sqlite else settings.gateway_ledger_threads)
         self.inflight = 0
-        self.overloaded = False  # set by `watch_loop_lag`
+        self.overloaded = False  # set by `watch_load`
         self._keys: dict[str, tuple[ApiKey | None, float]] = {}
         self._treasury: int | None = None
         self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
@@ -419,7 +419,7 @@ class Gateway:
         else:
             await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
 
-    async def watch_loop_lag(self, backlog: Callable[[], int] | None = None, interval: float = 0.01) -> None:
+    async def watch_load(self, backlog: Callable[[], int] | None = None, interval: float = 0.01) -> None:
         """Every `interval`, sample the event loop's lateness, the accept queue (`backlog`,
         when the caller made the listening sockets) and the ledger threads' wait, and set
         `overloaded` (see `promptex.gateway.overload`). New settings take effect at once."""
