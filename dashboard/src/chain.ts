@@ -141,6 +141,8 @@ export function readable(text: string): string | null {
 
 // ─── Sending a transaction with visible states ───────────────────────────────
 
+const GAS_MARGIN_PERCENT = 125n;
+
 export interface Write<abi extends Abi, fn extends ContractFunctionName<abi, "nonpayable" | "payable">> {
   address: Address;
   abi: abi;
@@ -165,8 +167,13 @@ export async function send<abi extends Abi, fn extends ContractFunctionName<abi,
   try {
     // eslint-disable-next-line @typescript-eslint/no-explicit-any
     const { request } = await ctx.client.simulateContract({ ...(write as any), account });
+    // A margin over the estimate, as the coordinator's: state moves a little between the
+    // estimate and the block that includes it (a pool writes its price accumulators only
+    // in the first block of a new timestamp), and an exact estimate then runs out of gas.
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const gas = await ctx.client.estimateContractGas({ ...(write as any), account });
     notice(status, "pending", `${label}: confirm in your wallet…`);
-    hash = await wallet.writeContract({ ...request, account, chain: ctx.chain });
+    hash = await wallet.writeContract({ ...request, account, chain: ctx.chain, gas: (gas * GAS_MARGIN_PERCENT) / 100n });
   } catch (err) {
     notice(status, "error", explain(err));
     return null;
