@@ -77,7 +77,9 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 def act(world: World, rng: random.Random) -> str:
-    """One random vault transaction (one block: anvil mines each at once); returns what it was."""
+    """One random vault transaction, mined (one block each); returns what it was. Waits for
+    the receipt: anvil's automine mines after it answers, and under load the indexer could
+    otherwise read the head before the last transaction is in it."""
     user = rng.choice(world.users)
     symbol = rng.choice(["USDC", "CLD"])
     asset = world.assets[symbol].address
@@ -95,17 +97,17 @@ def act(world: World, rng: random.Random) -> str:
     choice = rng.choice(choices)
     sender = {"from": user}
     if choice == "deposit":
-        vault.deposit(asset, rng.randint(1, 1_000) * unit).transact(sender)
+        sent = vault.deposit(asset, rng.randint(1, 1_000) * unit).transact(sender)
     elif choice == "deposit_for":
         payer = rng.choice([u for u in world.users if u != user])
-        vault.deposit_for(user, asset, rng.randint(1, 1_000) * unit).transact({"from": payer})
+        sent = vault.deposit_for(user, asset, rng.randint(1, 1_000) * unit).transact({"from": payer})
     elif choice == "request":
-        vault.request_exit(asset, rng.randint(1, balance)).transact(sender)
+        sent = vault.request_exit(asset, rng.randint(1, balance)).transact(sender)
     elif choice == "cancel":
-        vault.cancel_exit(asset).transact(sender)
+        sent = vault.cancel_exit(asset).transact(sender)
     elif choice == "complete":
         world.rpc("evm_increaseTime", world.thaw + 1)
-        vault.complete_exit(asset, 0).transact(
+        sent = vault.complete_exit(asset, 0).transact(
             {**sender, "gas": 1_000_000}
         )  # no estimate: the time jump is not mined yet
     else:  # instant, co-signed by the coordinator
@@ -114,7 +116,8 @@ def act(world: World, rng: random.Random) -> str:
         expiry = world.w3.eth.get_block("latest")["timestamp"] + 3_600
         fields = {"account": user, "asset": asset, "amount": amount, "nonce": nonce, "expiry": expiry}
         signature = sign_release(DEPLOYER_KEY, chain_id=world.w3.eth.chain_id, vault=world.vault.address, **fields)
-        vault.exit_instant(asset, amount, 0, nonce, expiry, signature).transact(sender)
+        sent = vault.exit_instant(asset, amount, 0, nonce, expiry, signature).transact(sender)
+    assert world.w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
     return choice
 
 
