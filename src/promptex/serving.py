@@ -30,7 +30,6 @@ def listening_sockets(host: str, port: int, copies: int) -> list[socket.socket]:
         sock.close()
         raise
     sock.listen(2048)
-    sock.set_inheritable(True)
     return [sock, *(sock.dup() for _ in range(max(1, copies) - 1))]
 
 

@@ -67,7 +67,7 @@ def test_listening_sockets__copies_share_one_accept_queue_that_accept_backlog_re
             s.close()
 
 
-def test_listening_sockets__port_in_use__clear_error_and_nothing_left_open() -> None:
+def test_listening_sockets__port_in_use__raises() -> None:
     taken = listening_sockets("127.0.0.1", 0, 1)
     try:
         with pytest.raises(OSError):

@@ -192,7 +192,9 @@ def check_anthropic_translatable(endpoint: str, body: dict[str, Any]) -> None:
 
 
 def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
-    check_anthropic_translatable(endpoint, body)
+    # The gateway checks check_anthropic_translatable once, before the hold (service.py).
+    if endpoint == EMBEDDINGS:
+        raise bad_request("This model does not serve embeddings.", param="model")
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         text = prompt if isinstance(prompt, str) else "".join(map(str, prompt or []))
