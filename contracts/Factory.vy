@@ -18,6 +18,10 @@
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
 
+from .interfaces import IFactory
+
+implements: IFactory
+
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
 

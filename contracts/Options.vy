@@ -80,6 +80,8 @@ from ethereum.ercs import IERC20
 from snekmate.auth import ownable
 from snekmate.tokens import erc1155
 
+from .interfaces import IOracle
+
 initializes: ownable
 initializes: erc1155[ownable := ownable]
 
@@ -95,16 +97,6 @@ exports: (
     erc1155.total_supply,
     erc1155.exists,
 )
-
-
-# ─── Interfaces ──────────────────────────────────────────────────────────────
-
-interface IOracle:
-    def quote_token() -> address: view
-    def period() -> uint256: view
-    def pool_of(token: address) -> address: view
-    def observation_count(token: address) -> uint256: view
-    def observation(token: address, age_rank: uint256) -> (uint256, uint256): view
 
 
 # ─── Constants ───────────────────────────────────────────────────────────────

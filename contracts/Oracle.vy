@@ -33,16 +33,11 @@
 """
 
 
-# ─── Interfaces ──────────────────────────────────────────────────────────────
+from .interfaces import IFactory
+from .interfaces import IOracle
+from .interfaces import IPool
 
-interface IPool:
-    def token0() -> address: view
-    def get_reserves() -> (uint256, uint256, uint256): view
-    def current_cumulative_prices() -> (uint256, uint256, uint256): view
-
-
-interface IFactory:
-    def get_pool(token_a: address, token_b: address, fee: uint256) -> address: view
+implements: IOracle
 
 
 # ─── Constants ───────────────────────────────────────────────────────────────

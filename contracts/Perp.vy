@@ -99,6 +99,8 @@ from snekmate.auth import ownable_2step
 from snekmate.utils import math
 from snekmate.utils import pausable
 
+from .interfaces import IOracle
+
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
 initializes: pausable
@@ -110,14 +112,6 @@ exports: (
     ownable_2step.accept_ownership,
     pausable.paused,
 )
-
-
-# ─── Interfaces ──────────────────────────────────────────────────────────────
-
-interface IOracle:
-    def quote_token() -> address: view
-    def period() -> uint256: view
-    def consult(token: address, window: uint256) -> uint256: view
 
 
 # ─── Constants ───────────────────────────────────────────────────────────────

@@ -49,6 +49,11 @@ from ethereum.ercs import IERC20
 from snekmate.auth import ownable
 from snekmate.tokens import erc20
 
+from .interfaces import IFactory
+from .interfaces import IPool
+
+implements: IPool
+
 initializes: ownable
 initializes: erc20[ownable := ownable]
 
@@ -68,12 +73,6 @@ exports: (
     erc20.allowance,
     erc20.nonces,
 )
-
-
-# ─── Interfaces ──────────────────────────────────────────────────────────────
-
-interface IFactory:
-    def pool_parameters() -> (address, address, uint256): view
 
 
 # ─── Constants ───────────────────────────────────────────────────────────────

@@ -110,6 +110,8 @@ from snekmate.utils import ecdsa
 from snekmate.utils import eip712_domain_separator as eip712
 from snekmate.utils import pausable
 
+from .interfaces import IOracle
+
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
 initializes: pausable
@@ -141,11 +143,6 @@ interface IRouter:
         deadline: uint256,
     ) -> uint256: nonpayable
 
-
-interface IOracle:
-    def quote_token() -> address: view
-    def period() -> uint256: view
-    def consult(token: address, window: uint256) -> uint256: view
 
 
 # ─── Constants ───────────────────────────────────────────────────────────────

@@ -33,20 +33,8 @@
 
 from ethereum.ercs import IERC20
 
-
-# ─── Interfaces ──────────────────────────────────────────────────────────────
-
-interface IPool:
-    def get_reserves() -> (uint256, uint256, uint256): view
-    def swap(amount0_out: uint256, amount1_out: uint256, to: address): nonpayable
-    def swap_exact_in(token_in: address, amount_in: uint256, to: address) -> uint256: nonpayable
-    def mint(to: address) -> uint256: nonpayable
-    def burn(to: address) -> (uint256, uint256): nonpayable
-
-
-interface IFactory:
-    def pool_init_code_hash() -> bytes32: view
-    def create_pool(token_a: address, token_b: address, fee: uint256) -> address: nonpayable
+from .interfaces import IFactory
+from .interfaces import IPool
 
 
 # ─── Constants ───────────────────────────────────────────────────────────────

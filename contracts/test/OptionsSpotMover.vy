@@ -9,6 +9,8 @@
 
 from ethereum.ercs import IERC20
 
+from ..interfaces import IOracle
+
 interface IRouter:
     def swap_exact_in(
         amount_in: uint256,
@@ -18,9 +20,6 @@ interface IRouter:
         to: address,
         deadline: uint256,
     ) -> uint256: nonpayable
-
-interface IOracle:
-    def update(token: address) -> bool: nonpayable
 
 interface IOptions:
     def settle(series_id: uint256, start_rank: uint256, end_rank: uint256) -> uint256: nonpayable
