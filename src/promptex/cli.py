@@ -95,9 +95,9 @@ def usage() -> None:
 @click.option("--rate", help="ad-hoc rate: whole units of the asset per 1,000 tokens (with --tokens)")
 @click.option("--tokens", help="tokens processed (with --rate)")
 @click.option("--asset", help="paying asset: the model's provider token (default), USDC, another token; CREDIT")
-@click.option("--lot-rate-bps", default="10000", show_default=True, help="USDC: the listed lot's rate, bps of list")
-@click.option("--fee-bps", help="USDC: protocol fee in bps on top [default: PROMPTEX_PROTOCOL_FEE_BPS]")
-@click.option("--twap", multiple=True, help="SYMBOL=USDC per whole token, to pay in another provider's token")
+@click.option("--lot-rate-bps", default="10000", show_default=True, help="not own token: the listed lot's rate, bps")
+@click.option("--fee-bps", help="not own token: protocol fee in bps on top [default: PROMPTEX_PROTOCOL_FEE_BPS]")
+@click.option("--twap", multiple=True, help="SYMBOL=USDC per whole token: the paying token's TWAP (another token)")
 def usage_cost(
     model: str | None,
     input_tokens: str,
@@ -114,6 +114,7 @@ def usage_cost(
     \b
     promptex usage cost --model claude-sonnet-4-5 --input-tokens 1000 --output-tokens 500
     promptex usage cost --model gpt-4o --input-tokens 1000 --asset USDC --lot-rate-bps 6000
+    promptex usage cost --model gpt-4o --input-tokens 1000 --asset CLD --lot-rate-bps 6000 --twap CLD=0.004
     promptex usage cost --rate 3 --tokens 1500            # 4.5 (18-decimal credit token)
     """
     try:
@@ -156,9 +157,10 @@ def _paid_in(price: metering.ModelPrice, symbol: str, lot_rate_bps: int, fee_bps
     own = metering.provider_token(price.provider)
     if symbol == own.symbol:
         return f"paid in {symbol} at its face value ${_whole(own.face_value_usd_micro, 6)}"
+    listed = f"at the lot's {_whole(lot_rate_bps, 2)} % of list plus a {fee_bps} bps fee"
     if symbol == "USDC":
-        return f"paid in USDC at the lot's {_whole(lot_rate_bps, 2)} % of list plus a {fee_bps} bps fee"
-    return f"paid in {symbol}, converted from {own.symbol} at the TWAPs given"
+        return f"paid in USDC {listed}"
+    return f"paid in {symbol}: the USDC price {listed}, converted at {symbol}'s TWAP"
 
 
 def _decimal(option: str, text: str) -> Decimal:

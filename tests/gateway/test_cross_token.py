@@ -163,9 +163,11 @@ def test_models__fresh_twap__lists_the_price_in_other_tokens(gw_twap: Harness, f
     assert "GEM" not in pricing
 
 
-def test_twap__from_usdc__exact_then_rounded_up_once() -> None:
+def test_twap__usdc_per_token__converts_exact_then_rounded_up_once() -> None:
     usdc = metering.flat_rates("USDC", 7)  # 7 USDC units per 1k tokens
-    gpt = Twap("GPT", 3 * 10**18, 0.0).from_usdc(usdc)  # $0.000003 per whole GPT
+    twap = Twap("GPT", 3 * 10**18, 0.0)  # $0.000003 per whole GPT
+    assert twap.usdc_per_token == 3
+    gpt = metering.usdc_to_token_rates(usdc, "GPT", twap.usdc_per_token)
     assert gpt.asset == "GPT"
     assert gpt.input_per_1k == Fraction(7 * 10**36, 3 * 10**18)
     cost = metering.message_cost(gpt, 1)  # 7/1000 USDC units → 7/3 · 10**15 GPT units

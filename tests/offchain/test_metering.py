@@ -28,6 +28,7 @@ from promptex.metering import (
     rates_for,
     split_usdc_charge,
     usdc_rates,
+    usdc_to_token_rates,
 )
 
 SONNET = ModelPrice("claude-sonnet-4-5", "anthropic", 3_000, 15_000)  # $3 / $15 per million
@@ -134,18 +135,30 @@ def test_usdc_rates__out_of_range__pricing_error(lot_rate_bps, fee_bps):
         usdc_rates(SONNET, lot_rate_bps, fee_bps)
 
 
-def test_rates_for__other_providers_token__converted_at_twap():
+def test_rates_for__other_providers_token__listed_usdc_price_converted_at_its_twap():
     twaps = {"CLD": Fraction(4_000), "GPT": Fraction(3_500_000)}  # USDC micro per whole token
-    rates = rates_for(SONNET, "GPT", twaps=twaps)
+    rates = rates_for(SONNET, "GPT", lot_rate_bps=6_000, fee_bps=500, twaps=twaps)
     assert rates.asset == "GPT"
-    in_cld = exact_cost(provider_token_rates(SONNET), 1_000, 500)
-    assert exact_cost(rates, 1_000, 500) == in_cld * 4_000 / 3_500_000
-    assert message_cost(rates, 1_000, 500) == 2_844_950_213_371_267
+    in_usdc = exact_cost(usdc_rates(SONNET, 6_000, 500), 1_000, 500)  # 6,615 USDC micro
+    assert exact_cost(rates, 1_000, 500) == in_usdc * TOKEN_UNIT / 3_500_000  # CLD's TWAP plays no part
+    assert message_cost(rates, 1_000, 500) == 1_890_000_000_000_000
 
 
-def test_rates_for__other_token_without_twap__pricing_error():
-    with pytest.raises(PricingError, match="TWAP"):
-        rates_for(SONNET, "GPT", twaps={"GPT": Fraction(1)})
+def test_rates_for__other_token_without_its_twap__pricing_error():
+    with pytest.raises(PricingError, match="TWAP: need GPT"):
+        rates_for(SONNET, "GPT", lot_rate_bps=6_000, twaps={"CLD": Fraction(4_000)})
+
+
+def test_rates_for__other_token_without_lot_rate__pricing_error():
+    with pytest.raises(PricingError, match="lot's rate"):
+        rates_for(SONNET, "GPT", twaps={"GPT": Fraction(3_500_000)})
+
+
+def test_usdc_to_token_rates__not_usdc_or_no_price__pricing_error():
+    with pytest.raises(PricingError, match="only USDC rates"):
+        usdc_to_token_rates(provider_token_rates(SONNET), "GPT", Fraction(1))
+    with pytest.raises(PricingError, match="positive"):
+        usdc_to_token_rates(usdc_rates(SONNET, 6_000, 0), "GPT", Fraction(0))
 
 
 def test_rates_for__usdc_without_lot_rate__pricing_error():
@@ -202,11 +215,14 @@ def test_rates_for__any_model_and_asset__cost_never_below_exact(price, n_in, n_o
     cost = message_cost(rates, n_in, n_out)
     assert exact <= cost < exact + 1
     list_usd_micro = Fraction(price.input_usd_micro_per_1k * n_in + price.output_usd_micro_per_1k * n_out, 1_000)
+    listed_usdc = list_usd_micro * lot_bps * (BPS + fee_bps) / BPS**2
     if symbol == "USDC":
-        assert exact == list_usd_micro * lot_bps * (BPS + fee_bps) / BPS**2
-    else:  # TWAPs all 7/5 of face value: any token pays the list price at its own face value
+        assert exact == listed_usdc
+    elif symbol == provider_token(price.provider).symbol:  # a tokenized lot: the list price at the face value
         face = next(t.face_value_usd_micro for t in PROVIDER_TOKENS if t.symbol == symbol)
         assert exact == list_usd_micro * TOKEN_UNIT / face
+    else:  # another provider's token: the listed lot's USDC price at that token's TWAP
+        assert exact == listed_usdc * TOKEN_UNIT / twaps[symbol]
 
 
 @given(tokens, tokens, tokens)

@@ -59,13 +59,14 @@ def test_usage_cost__model_in_usdc__lot_rate_plus_protocol_fee(monkeypatch):
     assert last_line(cost(*args, "--lot-rate-bps", "6000", "--fee-bps", "0").output) == "0.0063"
 
 
-def test_usage_cost__other_providers_token_with_twaps__converted():
+def test_usage_cost__other_providers_token__listed_usdc_price_at_its_twap():
     result = cost(
         "--model", "claude-sonnet-4-5", "--input-tokens", "1000", "--output-tokens", "500",
-        "--asset", "GPT", "--twap", "CLD=0.004", "--twap", "GPT=3.5",
+        "--asset", "GPT", "--lot-rate-bps", "6000", "--fee-bps", "500", "--twap", "CLD=0.004", "--twap", "GPT=3.5",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert last_line(result.output) == "0.002844950213371267"
+    assert "the USDC price at the lot's 60 % of list plus a 500 bps fee, converted at GPT's TWAP" in result.output
+    assert last_line(result.output) == "0.00189"  # $0.006615 at $3.50 a GPT; CLD's TWAP plays no part
 
 
 def test_usage_cost__catalog_override__used(tmp_path, monkeypatch):

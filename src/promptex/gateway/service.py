@@ -153,12 +153,10 @@ class Gateway:
     # ─── Pricing ─────────────────────────────────────────────────────────────
 
     def _rates_uncached(self, model: str, asset: str, rate_bps: int, twap: Twap | None) -> metering.Rates:
-        price = self.catalog.price(model)
-        if asset == USDC_SYMBOL:
-            return metering.usdc_rates(price, rate_bps, self.s.protocol_fee_bps)
-        if twap is not None:
-            return twap.from_usdc(metering.usdc_rates(price, rate_bps, self.s.protocol_fee_bps))
-        return metering.provider_token_rates(price)
+        twaps = None if twap is None else {twap.symbol: twap.usdc_per_token}
+        return metering.rates_for(
+            self.catalog.price(model), asset, lot_rate_bps=rate_bps, fee_bps=self.s.protocol_fee_bps, twaps=twaps
+        )
 
     def paying_asset(self, request: Request, key: ApiKey, price: metering.ModelPrice) -> tuple[str, str, Twap | None]:
         """(asset symbol, lot kind, the TWAP a payment across tokens converts at).
@@ -463,7 +461,8 @@ class Gateway:
                 for other in PROVIDER_TOKENS:  # other providers' tokens, at their current TWAP
                     twap = self.twaps.fresh(other.symbol) if self.twaps and other.symbol != token.symbol else None
                     if twap is not None:
-                        pricing[other.symbol] = _per_million(twap.from_usdc(usdc), 18)
+                        converted = metering.usdc_to_token_rates(usdc, other.symbol, twap.usdc_per_token)
+                        pricing[other.symbol] = _per_million(converted, 18)
             data.append(
                 {
                     "id": price.model,

@@ -25,7 +25,7 @@ import anyio
 import anyio.to_thread
 
 from promptex.config import Settings
-from promptex.metering import Rates
+from promptex.metering import asset
 
 log = logging.getLogger("promptex.gateway.twap")
 PRICE_SCALE = 10**36
@@ -52,11 +52,10 @@ class Twap:
     price: int  # Oracle.consult: USDC units per 10**18 token units, 18-decimal fixed point
     read_at: float  # monotonic seconds
 
-    def from_usdc(self, rates: Rates) -> Rates:
-        """USDC rates re-expressed in this token's smallest units (exact; rounded once, up,
-        when a cost is formed: see `metering.message_cost`)."""
-        factor = Fraction(PRICE_SCALE, self.price)
-        return Rates(self.symbol, rates.input_per_1k * factor, rates.output_per_1k * factor)
+    @property
+    def usdc_per_token(self) -> Fraction:
+        """USDC smallest units per whole token: the TWAP as `metering.rates_for` takes it."""
+        return Fraction(self.price * asset(self.symbol).unit, PRICE_SCALE)
 
 
 class OracleTwapSource:

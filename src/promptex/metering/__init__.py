@@ -7,7 +7,6 @@ from promptex.metering.pricing import (
     BPS,
     PricingError,
     Rates,
-    converted_rates,
     exact_cost,
     flat_rates,
     message_cost,
@@ -15,6 +14,7 @@ from promptex.metering.pricing import (
     rates_for,
     split_usdc_charge,
     usdc_rates,
+    usdc_to_token_rates,
 )
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "UnknownAsset",
     "UnknownModel",
     "asset",
-    "converted_rates",
     "exact_cost",
     "flat_rates",
     "load_catalog",
@@ -41,4 +40,5 @@ __all__ = [
     "rates_for",
     "split_usdc_charge",
     "usdc_rates",
+    "usdc_to_token_rates",
 ]

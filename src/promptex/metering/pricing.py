@@ -7,8 +7,12 @@ cost is rounded once, up, in that smallest unit, so rounding never favours the u
 
 - Paid in the model's provider token: rate = list price ÷ the token's face value.
 - Paid in USDC: rate = list price × the serving listed lot's rate × (1 + protocol fee).
-- Paid in another provider's token: the provider-token rate converted at the Oracle's
-  TWAPs (never a spot price).
+- Paid in another provider's token: the USDC rate (a listed lot serves it, and its
+  seller is owed USDC) converted into the paying token at that token's Oracle TWAP
+  (never a spot price).
+
+`rates_for` is the one rule: the gateway charges what it returns and `promptex usage
+cost` quotes it, so a quote is what settles.
 """
 
 from __future__ import annotations
@@ -90,12 +94,15 @@ def usdc_rates(price: ModelPrice, lot_rate_bps: int, fee_bps: int) -> Rates:
     return Rates(USDC_SYMBOL, price.input_usd_micro_per_1k * factor, price.output_usd_micro_per_1k * factor)
 
 
-def converted_rates(rates: Rates, to_symbol: str, twap_from: Fraction, twap_to: Fraction) -> Rates:
-    """`rates` re-expressed in another asset at TWAPs given in USDC smallest units per whole token."""
-    if twap_from <= 0 or twap_to <= 0:
-        raise PricingError("TWAP prices must be positive")
-    source, target = asset(rates.asset), asset(to_symbol)
-    factor = twap_from * target.unit / (source.unit * twap_to)
+def usdc_to_token_rates(rates: Rates, to_symbol: str, usdc_per_token: Fraction) -> Rates:
+    """USDC `rates` re-expressed in `to_symbol`'s smallest units at a TWAP given in USDC
+    smallest units per whole token (exact; the cost is rounded once, up, when formed)."""
+    if asset(rates.asset).symbol != USDC_SYMBOL:
+        raise PricingError(f"only USDC rates convert at a TWAP, not {rates.asset} rates")
+    if usdc_per_token <= 0:
+        raise PricingError("a TWAP price must be positive")
+    target = asset(to_symbol)
+    factor = target.unit / Fraction(usdc_per_token)
     return Rates(target.symbol, rates.input_per_1k * factor, rates.output_per_1k * factor)
 
 
@@ -108,28 +115,28 @@ def rates_for(
     twaps: Mapping[str, Fraction] | None = None,
     face_value_usd_micro: int | None = None,
 ) -> Rates:
-    """The rates a request to `price.model` pays in `pay_symbol`.
+    """The rates a request to `price.model` pays in `pay_symbol`: what the gateway charges.
 
-    USDC needs the serving lot's `lot_rate_bps`; another provider's token needs the
-    Oracle's TWAPs (USDC smallest units per whole token) of both tokens in `twaps`.
+    USDC needs the serving listed lot's `lot_rate_bps` (plus `fee_bps`). Another provider's
+    token is served by a listed lot too, so it pays that lot's USDC rates converted at the
+    paying token's Oracle TWAP in `twaps` (USDC smallest units per whole token): the seller
+    is owed USDC, and the model's own token's price does not enter what the buyer owes.
     """
     pay = asset(pay_symbol).symbol
     own = provider_token(price.provider)
     if pay == own.symbol:
         return provider_token_rates(price, face_value_usd_micro)
-    if pay == USDC_SYMBOL:
-        if lot_rate_bps is None:
-            raise PricingError("paying in USDC needs the serving listed lot's rate")
-        return usdc_rates(price, lot_rate_bps, fee_bps)
-    if token_by_symbol(pay) is None:
+    if pay != USDC_SYMBOL and token_by_symbol(pay) is None:
         raise PricingError(f"{price.model} cannot be paid in {pay}: pay in {own.symbol}, USDC or a provider token")
-    prices = twaps or {}
-    missing = [symbol for symbol in (own.symbol, pay) if symbol not in prices]
-    if missing:
-        raise PricingError(
-            f"paying {price.model} in {pay} converts through the Oracle's TWAP: need {', '.join(missing)}"
-        )
-    return converted_rates(provider_token_rates(price, face_value_usd_micro), pay, prices[own.symbol], prices[pay])
+    if lot_rate_bps is None:
+        raise PricingError(f"paying in {pay} needs the serving listed lot's rate")
+    usdc = usdc_rates(price, lot_rate_bps, fee_bps)
+    if pay == USDC_SYMBOL:
+        return usdc
+    twap = (twaps or {}).get(pay)
+    if twap is None:
+        raise PricingError(f"paying {price.model} in {pay} converts through the Oracle's TWAP: need {pay}")
+    return usdc_to_token_rates(usdc, pay, twap)
 
 
 def split_usdc_charge(total: int, fee_bps: int) -> tuple[int, int]:
