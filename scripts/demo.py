@@ -49,7 +49,6 @@ from promptex.chain.redemption import STATUS_RELEASED, provider_id
 from promptex.chain.vault import UNLIMITED, sign_spend_cap
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
-from promptex.coordinator.cli import build_proof
 from promptex.coordinator.merkle import verify
 from promptex.coordinator.service import Coordinator
 from promptex.coordinator.store import CoordinatorStore
@@ -65,6 +64,7 @@ from promptex.indexer.service import Indexer
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.metering import load_catalog, message_cost, provider_token_rates, split_usdc_charge, usdc_rates
+from promptex.proofs import build_proof
 from promptex.serving import ServerThread
 
 console = Console(width=110)

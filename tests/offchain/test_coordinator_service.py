@@ -14,15 +14,17 @@ from coordinator_fakes import FakeChain
 from ledger_helpers import fund
 from sqlalchemy import update
 
+from promptex import proofs
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.coordinator import cli as coordinator_cli
 from promptex.coordinator import service
-from promptex.coordinator.cli import leaf_of, usage_proof, usage_verify
+from promptex.coordinator.cli import usage_proof, usage_verify
 from promptex.coordinator.merkle import MerkleTree
 from promptex.coordinator.service import Coordinator, ReleaseRefused
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.schema import usage_records
 from promptex.metering import split_usdc_charge
+from promptex.proofs import leaf_of
 
 CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
 _requests = itertools.count()
@@ -326,6 +328,34 @@ def test_cli__proof_and_verify__pass_and_fail_on_tampering(
         conn.execute(update(usage_records).where(usage_records.c.request_id == ids[2]).values(output_tokens=999))
     assert runner.invoke(usage_verify, [ids[2]]).exit_code != 0
     assert runner.invoke(usage_proof, ["req_missing"]).exit_code != 0
+
+
+def test_proofs__unprovable_or_malformed__domain_errors_the_cli_and_dashboard_map(
+    book: Ledger, chain: FakeChain
+) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    settled = spend(book, a, "CLD", 10**15, CLD_LOT)
+    orphan = spend(book, a, "CLD", 10**15, None)  # no lot on chain: quarantined
+    coord = coordinator(book, chain)
+    coord.run_once()
+    pending = spend(book, a, "CLD", 10**15, CLD_LOT)  # after the pass: in no batch yet
+    store = coord.store
+
+    proof = proofs.build_proof(store, settled)
+    assert proofs.verify_proof(proof, chain).verified is True
+    assert proofs.verify_proof({**proof, "epoch": 2}, chain).verified is False  # a result, not an error
+    with pytest.raises(proofs.NoUsageRecord):
+        proofs.build_proof(store, "req_missing")
+    with pytest.raises(proofs.NotProvable, match="quarantined"):
+        proofs.build_proof(store, orphan)
+    with pytest.raises(proofs.NotProvable, match="not in a settlement batch"):
+        proofs.build_proof(store, pending)
+    with pytest.raises(proofs.MalformedProof):
+        proofs.verify_proof({**proof, "record": {"request_id": settled}}, chain)
+    with book.engine.begin() as conn:
+        conn.execute(update(usage_records).where(usage_records.c.request_id == settled).values(cost=1))
+    with pytest.raises(proofs.BatchTampered):
+        proofs.build_proof(store, settled)
 
 
 def test_cli__release__signed_within_free_balance_refused_beyond(

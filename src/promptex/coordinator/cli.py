@@ -12,10 +12,9 @@ from typing import Any
 
 import click
 
+from promptex import proofs
 from promptex.config import Settings, settings
-from promptex.coordinator.merkle import Leaf, MerkleTree, verify
 from promptex.coordinator.store import CoordinatorStore
-from promptex.ledger.usage import StoredUsage
 
 ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev account 0
 
@@ -118,61 +117,19 @@ def coordinator_release(address: str, symbol: str, amount: int) -> None:
     )
 
 
-def leaf_of(record: StoredUsage) -> Leaf:
-    if record.address is None or record.chain_lot_id is None:
-        raise click.ClickException(f"usage {record.request_id!r} is not in a settlement batch ({record.status})")
-    return Leaf(
-        record.request_id,
-        record.address,
-        record.model,
-        record.input_tokens,
-        record.output_tokens,
-        record.cost,
-        record.chain_lot_id,
-    )
-
-
-def _record_json(record: StoredUsage) -> dict[str, Any]:
-    return {
-        "request_id": record.request_id,
-        "account": record.address,
-        "model": record.model,
-        "input_tokens": record.input_tokens,
-        "output_tokens": record.output_tokens,
-        "cost": str(record.cost),
-        "lot_id": record.chain_lot_id,
-    }
-
-
-def build_proof(store: CoordinatorStore, request_id: str) -> dict[str, Any]:
-    """The record, its leaf, its batch's root and the proof, as JSON-ready values."""
-    record = store.record(request_id)
-    if record is None:
-        raise click.ClickException(f"no usage record for request {request_id!r}")
-    if record.status == "quarantined":
-        raise click.ClickException(f"usage {request_id!r} is quarantined: {record.quarantine_reason}")
-    leaf = leaf_of(record)
-    assert record.batch_id is not None
-    batch = store.batch(record.batch_id)
-    tree = MerkleTree([leaf_of(r).hash() for r in store.batch_records(batch.id)])
-    if tree.root != batch.usage_root:
-        raise click.ClickException(f"batch {batch.id}'s records no longer hash to its stored root")
-    return {
-        "asset": record.asset,
-        "epoch": batch.epoch,
-        "batch_status": batch.status,
-        "record": _record_json(record),
-        "leaf": "0x" + leaf.hash().hex(),
-        "root": "0x" + tree.root.hex(),
-        "proof": ["0x" + p.hex() for p in tree.proof(leaf.hash())],
-    }
+def _build_proof(store: CoordinatorStore, request_id: str) -> dict[str, Any]:
+    """`proofs.build_proof`, its refusals as one-line click errors."""
+    try:
+        return proofs.build_proof(store, request_id)
+    except proofs.ProofError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("proof")
 @click.argument("request_id")
 def usage_proof(request_id: str) -> None:
     """Print a usage record's Merkle proof (record, leaf, root, proof) as JSON."""
-    click.echo(json.dumps(build_proof(CoordinatorStore(_engine(settings())), request_id), indent=2))
+    click.echo(json.dumps(_build_proof(CoordinatorStore(_engine(settings())), request_id), indent=2))
 
 
 @click.command("verify")
@@ -189,31 +146,12 @@ def usage_verify(request_id: str | None, proof_file: Path | None) -> None:
         proof = json.loads(proof_file.read_text())
     else:
         assert request_id is not None
-        proof = build_proof(CoordinatorStore(_engine(s)), request_id)
-    r = proof["record"]
+        proof = _build_proof(CoordinatorStore(_engine(s)), request_id)
     try:
-        leaf = Leaf(
-            r["request_id"], r["account"], r["model"], int(r["input_tokens"]), int(r["output_tokens"]),
-            int(r["cost"]), int(r["lot_id"]),
-        ).hash()  # fmt: skip
-    except (KeyError, TypeError, ValueError) as exc:
-        raise click.ClickException(f"malformed proof: {exc}") from None
-    on_chain = make_chain(s).usage_root(proof["asset"], int(proof["epoch"]))
-    path = [bytes.fromhex(p.removeprefix("0x")) for p in proof["proof"]]
-    ok = verify(path, on_chain, leaf)
-    click.echo(
-        json.dumps(
-            {
-                "request_id": r["request_id"],
-                "asset": proof["asset"],
-                "epoch": proof["epoch"],
-                "leaf": "0x" + leaf.hex(),
-                "root_on_chain": "0x" + on_chain.hex(),
-                "verified": ok,
-            },
-            indent=2,
-        )
-    )
-    if not ok:
+        result = proofs.verify_proof(proof, make_chain(s))
+    except proofs.MalformedProof as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.as_json(), indent=2))
+    if not result.verified:
         click.echo("MISMATCH: the record does not prove into the root on chain", err=True)
         sys.exit(1)

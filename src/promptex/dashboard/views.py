@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 from sqlalchemy import Engine, or_, select
 
-from promptex.coordinator.cli import build_proof
 from promptex.coordinator.store import CoordinatorStore
 from promptex.gateway.store import ApiKey
 from promptex.ledger import Ledger
 from promptex.ledger.schema import coordinator_txs, settlement_batches, usage_records
 from promptex.metering import ASSETS, CREDIT_SYMBOL
+from promptex.proofs import ProofError, build_proof
 
 USAGE_LIMIT = 200
 
@@ -108,8 +107,8 @@ def proof_view(engine: Engine, key: ApiKey, request_id: str) -> dict[str, Any]:
         raise NoProof(f"usage {request_id} is not settled on chain yet ({state}); try again after the next epoch")
     try:
         return build_proof(CoordinatorStore(engine), request_id)
-    except click.ClickException as exc:
-        raise NoProof(exc.format_message()) from None
+    except ProofError as exc:
+        raise NoProof(str(exc)) from None
 
 
 def epochs_view(engine: Engine, limit: int = USAGE_LIMIT) -> list[dict[str, Any]]:
