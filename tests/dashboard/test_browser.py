@@ -24,7 +24,8 @@ from dashboard_stack import USD, market_stack, open_billing_account, seed_org
 
 from anvil_node import ROOT
 from promptex.gateway.envelope import load_master_keys
-from promptex.gateway.store import GatewayStore, api_keys
+from promptex.gateway.schema import api_keys
+from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 
 SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"

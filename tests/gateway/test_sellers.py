@@ -13,8 +13,8 @@ from sqlalchemy import select
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.gateway.envelope import EnvelopeError, add_master_key, load_master_keys
 from promptex.gateway.routing import LotRegistry
+from promptex.gateway.schema import lots
 from promptex.gateway.sellers import Capacity, CapacityRefused, add_capacity
-from promptex.gateway.store import lots
 from promptex.metering import load_catalog
 
 from .conftest import CATALOG, SELLER_KEY, Fake, Harness

@@ -15,9 +15,9 @@ from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, USD, billing_config
 from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
 from promptex.agent.machine import CRASH_STEPS
+from promptex.agent.schema import agent_accounts
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
 from promptex.coordinator.txs import TxPending
-from promptex.ledger.schema import agent_accounts
 
 CLD = TOKENS["CLD"]
 

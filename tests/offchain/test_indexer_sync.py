@@ -35,8 +35,9 @@ from promptex.indexer.cli import indexer as indexer_command
 from promptex.indexer.decode import LogDecodeError
 from promptex.indexer.reorg import ReorgTooDeep
 from promptex.indexer.rpc import ChainMoved, RpcError
+from promptex.indexer.schema import chain_events, indexer_cursor
 from promptex.ledger import AccountKind, Balance, ChainEventConflict, Ledger
-from promptex.ledger.schema import accounts, chain_events, indexer_cursor, journal_entries
+from promptex.ledger.schema import accounts, journal_entries
 
 
 @pytest.fixture

@@ -35,7 +35,6 @@ from promptex.coordinator.plan import Entry, aggregate, fit, lot_problem, prepar
 from promptex.coordinator.store import (
     DONE,
     DROPPED,
-    EXPIRED,
     FAILED,
     PLANNED,
     REGISTERED,
@@ -43,15 +42,14 @@ from promptex.coordinator.store import (
     REVERTED,
     SUBMITTED,
     SUCCEEDED,
-    USED,
     Batch,
     CoordinatorStore,
-    Release,
     ReleaseRefused,
     StoredTx,
 )
 from promptex.coordinator.txs import TxPending
 from promptex.ledger.binding import checksum_address
+from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, StoredUsage
 
 log = logging.getLogger("promptex.coordinator")

@@ -1,6 +1,8 @@
 """The coordinator's persisted state, in the ledger's database (migration 0003): batches,
-the transactions it signed, listed lots' draw-downs, pending spend caps, releases and the
-leader lease. Each method is one transaction, so every state change is all or nothing.
+the transactions it signed, listed lots' draw-downs, pending spend caps and the leader
+lease; and, through the ledger's functions in the same transactions, the usage records it
+batches and the releases it signs. Each method is one transaction, so every state change
+is all or nothing.
 """
 
 from __future__ import annotations
@@ -10,31 +12,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Table, insert, or_, select, update
 
 from promptex.chain.vault import UNLIMITED
 from promptex.coordinator.chain import SignedTx
 from promptex.coordinator.plan import Entry, Payload
-from promptex.ledger.amounts import add, ge, sub
-from promptex.ledger.journal import ensure_balance, insert_ignore
-from promptex.ledger.schema import (
-    balances,
+from promptex.coordinator.schema import (
     coordinator_lease,
     coordinator_txs,
-    holds,
     lot_consumptions,
-    releases,
     settlement_batches,
     spend_cap_submissions,
-    usage_records,
-    wallets,
 )
-from promptex.ledger.usage import BATCHED, PENDING, QUARANTINED, StoredUsage, stored_usage
+from promptex.ledger import accounts as _accounts
+from promptex.ledger import releases as _releases
+from promptex.ledger import usage as _usage
+from promptex.ledger import wallets as _wallets
+from promptex.ledger.errors import InsufficientFunds
+from promptex.ledger.journal import insert_ignore
+from promptex.ledger.releases import Release
+from promptex.ledger.usage import PENDING, StoredUsage
 
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
 SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"
 DONE, REJECTED, REGISTERED = "done", "rejected", "registered"
-ACTIVE, USED, EXPIRED = "active", "used", "expired"
 LEASE = "coordinator"
 REASON = 500  # longest stored reason
 
@@ -86,19 +87,6 @@ class CapSubmission:
     tx_id: int | None
 
 
-@dataclass(frozen=True)
-class Release:
-    id: int
-    account: int
-    address: str
-    asset: str
-    amount: int
-    nonce: int
-    expiry: int
-    signature: str
-    status: str
-
-
 def _batch(row: Any) -> Batch:
     m = row._mapping
     return Batch(
@@ -112,14 +100,6 @@ def _batch(row: Any) -> Batch:
         m["tx_id"],
         m["error"],
     )
-
-
-def _release(row: Any) -> Release:
-    m = row._mapping
-    return Release(
-        m["id"], m["account_id"], m["address"], m["asset"], m["amount"], m["nonce"], m["expiry"], m["signature"],
-        m["status"],
-    )  # fmt: skip
 
 
 class ReleaseRefused(ValueError):
@@ -198,66 +178,37 @@ class CoordinatorStore(SignedTxStore):
 
     def pending_assets(self) -> list[str]:
         with self._tx() as conn:
-            return list(
-                conn.execute(
-                    select(usage_records.c.asset).where(usage_records.c.status == PENDING).distinct()
-                ).scalars()
-            )
+            return _usage.pending_assets(conn)
 
     def pending_records(self, asset: str, limit: int) -> list[StoredUsage]:
         with self._tx() as conn:
-            rows = conn.execute(
-                select(usage_records)
-                .where(usage_records.c.status == PENDING, usage_records.c.asset == asset)
-                .order_by(usage_records.c.settled_at, usage_records.c.request_id)
-                .limit(limit)
-            ).all()
-        return [stored_usage(row) for row in rows]
+            return _usage.pending_records(conn, asset, limit)
 
     def account_of(self, address: str) -> int | None:
         with self._tx() as conn:
-            return conn.execute(select(wallets.c.account_id).where(wallets.c.address == address)).scalar()
+            return _wallets.bound_account(conn, address)
 
     def wallet_of(self, account: int) -> str | None:
         """The wallet debited for an account: its first bound (then lowest) address."""
         with self._tx() as conn:
-            return conn.execute(
-                select(wallets.c.address)
-                .where(wallets.c.account_id == account)
-                .order_by(wallets.c.bound_at, wallets.c.address)
-                .limit(1)
-            ).scalar()
+            return _wallets.first_bound(conn, account)
 
     def quarantine(self, reasons: Mapping[str, str], now: int) -> int:
         """Set pending records aside with their reason (they stay visible; nothing is deleted)."""
-        changed = 0
         with self._tx() as conn:
-            for request_id, reason in reasons.items():
-                changed += conn.execute(
-                    update(usage_records)
-                    .where(usage_records.c.request_id == request_id, usage_records.c.status == PENDING)
-                    .values(status=QUARANTINED, quarantine_reason=reason[:REASON], quarantined_at=now)
-                ).rowcount
-        return changed
+            return _usage.quarantine(conn, {r: reason[:REASON] for r, reason in reasons.items()}, now)
 
     def quarantined(self, asset: str | None = None) -> list[StoredUsage]:
-        stmt = select(usage_records).where(usage_records.c.status == QUARANTINED)
-        if asset is not None:
-            stmt = stmt.where(usage_records.c.asset == asset)
         with self._tx() as conn:
-            return [stored_usage(r) for r in conn.execute(stmt.order_by(usage_records.c.request_id)).all()]
+            return _usage.quarantined(conn, asset)
 
     def record(self, request_id: str) -> StoredUsage | None:
         with self._tx() as conn:
-            row = conn.execute(select(usage_records).where(usage_records.c.request_id == request_id)).first()
-        return None if row is None else stored_usage(row)
+            return _usage.get_usage(conn, request_id)
 
     def batch_records(self, batch_id: int) -> list[StoredUsage]:
         with self._tx() as conn:
-            rows = conn.execute(
-                select(usage_records).where(usage_records.c.batch_id == batch_id).order_by(usage_records.c.request_id)
-            ).all()
-        return [stored_usage(row) for row in rows]
+            return _usage.batch_records(conn, batch_id)
 
     # ─── Batches ─────────────────────────────────────────────────────────────
 
@@ -303,19 +254,16 @@ class CoordinatorStore(SignedTxStore):
                 .returning(settlement_batches.c.id)
             ).scalar_one()
             for e in entries:
-                assigned = conn.execute(
-                    update(usage_records)
-                    .where(usage_records.c.request_id == e.request_id, usage_records.c.status == PENDING)
-                    .values(
-                        status=BATCHED,
-                        batch_id=batch_id,
-                        epoch=epoch,
-                        address=e.address,
-                        seller_share=e.seller_share,
-                        fee=e.fee,
-                    )
-                ).rowcount
-                if assigned != 1:
+                assigned = _usage.assign_to_batch(
+                    conn,
+                    e.request_id,
+                    batch_id=batch_id,
+                    epoch=epoch,
+                    address=e.address,
+                    seller_share=e.seller_share,
+                    fee=e.fee,
+                )
+                if not assigned:
                     raise RuntimeError(f"usage record {e.request_id!r} is no longer pending")  # rolls back the plan
         return self.batch(int(batch_id))
 
@@ -355,11 +303,7 @@ class CoordinatorStore(SignedTxStore):
                 .values(status=FAILED, closed_at=now, error=reason[:REASON])
             ).rowcount
             if done:
-                conn.execute(
-                    update(usage_records)
-                    .where(usage_records.c.batch_id == batch.id)
-                    .values(status=PENDING, batch_id=None, epoch=None, address=None, seller_share=None, fee=None)
-                )
+                _usage.return_to_pending(conn, batch.id)
 
     # ─── Listed lots' escrow draw-downs ──────────────────────────────────────
 
@@ -474,83 +418,30 @@ class CoordinatorStore(SignedTxStore):
     def unsettled(self, account: int, asset: str) -> int:
         """What the account owes that the chain has not yet debited: active holds, and settled
         usage not in a confirmed batch (pending, in flight, or quarantined)."""
+        confirmed = select(settlement_batches.c.id).where(settlement_batches.c.status == CONFIRMED)
         with self._tx() as conn:
-            held: int = conn.execute(
-                select(func.coalesce(func.sum(holds.c.amount), 0)).where(
-                    holds.c.payer_id == account, holds.c.asset == asset, holds.c.status == "active"
-                )
-            ).scalar_one()
-            owed: int = conn.execute(
-                select(func.coalesce(func.sum(usage_records.c.cost), 0))
-                .select_from(
-                    usage_records.outerjoin(settlement_batches, settlement_batches.c.id == usage_records.c.batch_id)
-                )
-                .where(
-                    usage_records.c.payer_id == account,
-                    usage_records.c.asset == asset,
-                    or_(settlement_batches.c.status.is_(None), settlement_batches.c.status != CONFIRMED),
-                )
-            ).scalar_one()
-        return int(held) + int(owed)
+            return _usage.unsettled(conn, account, asset, confirmed)
 
     def locked(self, account: int, asset: str) -> int:
         with self._tx() as conn:
-            row = conn.execute(
-                select(balances.c.locked).where(balances.c.account_id == account, balances.c.asset == asset)
-            ).first()
-        return 0 if row is None else int(row.locked)
+            return _accounts.balance(conn, account, asset).locked
 
     def active_releases(self, address: str | None = None) -> list[Release]:
-        stmt = select(releases).where(releases.c.status == ACTIVE).order_by(releases.c.id)
-        if address is not None:
-            stmt = stmt.where(releases.c.address == address)
         with self._tx() as conn:
-            return [_release(row) for row in conn.execute(stmt).all()]
+            return _releases.active_releases(conn, address)
 
     def add_release(
         self, account: int, address: str, asset: str, amount: int, nonce: int, expiry: int, signature: str, now: int
     ) -> Release:
         """Lock `amount` of the account's ledger balance and record the signed release, at once;
         refused if the ledger's own spendable balance does not cover it."""
-        with self._tx() as conn:
-            ensure_balance(conn, account, asset)
-            b = balances.c
-            taken = conn.execute(
-                update(balances)
-                .where(b.account_id == account, b.asset == asset, ge(sub(sub(b.posted, b.held), b.locked), amount))
-                .values(locked=add(b.locked, amount))
-            ).rowcount
-            if taken != 1:
-                raise ReleaseRefused(f"account {account}'s ledger balance cannot spare {amount} {asset}")
-            release_id: int = conn.execute(
-                insert(releases)
-                .values(
-                    account_id=account,
-                    address=address,
-                    asset=asset,
-                    amount=amount,
-                    nonce=nonce,
-                    expiry=expiry,
-                    signature=signature,
-                    status=ACTIVE,
-                    created_at=now,
-                )
-                .returning(releases.c.id)
-            ).scalar_one()
-            return _release(conn.execute(select(releases).where(releases.c.id == release_id)).one())
+        try:
+            with self._tx() as conn:
+                return _releases.lock_release(conn, account, address, asset, amount, nonce, expiry, signature, now)
+        except InsufficientFunds as exc:
+            raise ReleaseRefused(str(exc)) from None
 
     def close_release(self, release: Release, status: str, now: int) -> None:
         """The release was used or expired: unlock its amount (once)."""
         with self._tx() as conn:
-            closed = conn.execute(
-                update(releases)
-                .where(releases.c.id == release.id, releases.c.status == ACTIVE)
-                .values(status=status, closed_at=now)
-            ).rowcount
-            if closed:
-                b = balances.c
-                conn.execute(
-                    update(balances)
-                    .where(and_(b.account_id == release.account, b.asset == release.asset))
-                    .values(locked=sub(b.locked, release.amount))
-                )
+            _releases.close_release(conn, release, status, now)

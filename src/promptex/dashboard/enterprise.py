@@ -14,9 +14,11 @@ from typing import Any
 from sqlalchemy import select
 
 from promptex.gateway.buyers import member_key
-from promptex.gateway.store import ApiKey, GatewayStore, api_keys
+from promptex.gateway.schema import api_keys
+from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, Ledger
-from promptex.ledger.schema import budgets, members, usage_records
+from promptex.ledger import accounts as _accounts
+from promptex.ledger import usage as _usage
 from promptex.metering import ASSETS, CREDIT_SYMBOL
 from promptex.metering.assets import UnknownAsset
 from promptex.metering.assets import asset as asset_by_symbol
@@ -56,29 +58,14 @@ def desk_view(ledger: Ledger, store: GatewayStore, key: ApiKey) -> dict[str, Any
             "spendable": str(max(0, held.posted - held.held - held.locked)),
             "cap_remaining": str(held.cap_remaining),
         }
-    with ledger.engine.connect() as conn:
-        member_rows = conn.execute(
-            select(members.c.member_id, members.c.created_at)
-            .where(members.c.org_id == org)
-            .order_by(members.c.created_at, members.c.member_id)
-        ).all()
-        budget_rows = conn.execute(select(budgets).where(budgets.c.org_id == org)).all()
+    with ledger.engine.connect() as conn:  # one snapshot: the ledger's rows and the gateway's keys
+        member_rows = _accounts.members_of(conn, org)
+        org_budgets = _accounts.budgets_of(conn, org)
         key_rows = conn.execute(select(api_keys).where(api_keys.c.payer_id == org).order_by(api_keys.c.id)).all()
-        usage_rows = conn.execute(
-            select(
-                usage_records.c.account_id,
-                usage_records.c.asset,
-                usage_records.c.cost,
-                usage_records.c.input_tokens,
-                usage_records.c.output_tokens,
-            ).where(usage_records.c.payer_id == org)
-        ).all()
+        usage_rows = _usage.paid_by(conn, org)
     member_budgets: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for budget_row in budget_rows:
-        b = budget_row._mapping
-        member_budgets[int(b["member_id"])].append(
-            {"asset": b["asset"], "remaining": str(b["remaining"]), "held": str(b["held"])}
-        )
+    for b in org_budgets:
+        member_budgets[b.member].append({"asset": b.asset, "remaining": str(b.remaining), "held": str(b.held)})
     keys: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for k in key_rows:
         keys[int(k.account_id)].append(
@@ -92,18 +79,17 @@ def desk_view(ledger: Ledger, store: GatewayStore, key: ApiKey) -> dict[str, Any
         )
     usage: dict[int, dict[str, dict[str, int]]] = defaultdict(dict)
     for u in usage_rows:
-        slot = usage[int(u.account_id)].setdefault(u.asset, {"requests": 0, "cost": 0, "tokens": 0})
+        slot = usage[u.account].setdefault(u.asset, {"requests": 0, "cost": 0, "tokens": 0})
         slot["requests"] += 1
         slot["cost"] += int(u.cost)
         slot["tokens"] += int(u.input_tokens) + int(u.output_tokens)
     out_members = []
-    for row in member_rows:
-        m = int(row.member_id)
+    for m, joined_at in member_rows:
         out_members.append(
             {
                 "account": m,
                 "name": ledger.account(m).name,
-                "joined_at": int(row.created_at),
+                "joined_at": joined_at,
                 "keys": keys.get(m, []),
                 "budgets": member_budgets.get(m, []),
                 "usage": [

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Connection, Engine, select
 
+from promptex.coordinator.schema import coordinator_txs, settlement_batches
 from promptex.coordinator.store import CoordinatorStore
 from promptex.gateway.store import ApiKey
 from promptex.ledger import Ledger
-from promptex.ledger.schema import coordinator_txs, settlement_batches, usage_records
+from promptex.ledger import usage as _usage
+from promptex.ledger.usage import StoredUsage
 from promptex.metering import ASSETS, CREDIT_SYMBOL
 from promptex.proofs import ProofError, build_proof
 
@@ -50,53 +52,55 @@ def account_view(ledger: Ledger, key: ApiKey) -> dict[str, Any]:
     }
 
 
-def _usage_row(row: Any) -> dict[str, Any]:
-    m = row._mapping
-    return {
-        "request_id": m["request_id"],
-        "model": m["model"],
-        "asset": m["asset"],
-        "input_tokens": int(m["input_tokens"]),
-        "output_tokens": int(m["output_tokens"]),
-        "cost": str(m["cost"]),
-        "settled_at": int(m["settled_at"]),
-        "status": m["status"],
-        "lot_id": m["chain_lot_id"],
-        "epoch": m["epoch"],
-        "batch_status": m["batch_status"],
-        "tx_hash": m["tx_hash"],
-    }
+def _batch_states(conn: Connection, batch_ids: set[int]) -> dict[int, tuple[str, str | None]]:
+    """Each batch's status and its settle transaction's hash."""
+    if not batch_ids:
+        return {}
+    joined = settlement_batches.outerjoin(coordinator_txs, settlement_batches.c.tx_id == coordinator_txs.c.id)
+    rows = conn.execute(
+        select(settlement_batches.c.id, settlement_batches.c.status, coordinator_txs.c.tx_hash)
+        .select_from(joined)
+        .where(settlement_batches.c.id.in_(sorted(batch_ids)))
+    ).all()
+    return {int(row.id): (row.status, row.tx_hash) for row in rows}
 
 
-def _usage_query() -> Any:
-    joined = usage_records.outerjoin(settlement_batches, usage_records.c.batch_id == settlement_batches.c.id).outerjoin(
-        coordinator_txs, settlement_batches.c.tx_id == coordinator_txs.c.id
-    )
-    return select(
-        usage_records,
-        settlement_batches.c.status.label("batch_status"),
-        coordinator_txs.c.tx_hash.label("tx_hash"),
-    ).select_from(joined)
-
-
-def _mine(key: ApiKey) -> Any:
-    return or_(usage_records.c.account_id == key.account, usage_records.c.payer_id == key.account)
+def _usage_rows(conn: Connection, records: list[StoredUsage]) -> list[dict[str, Any]]:
+    batches = _batch_states(conn, {r.batch_id for r in records if r.batch_id is not None})
+    rows = []
+    for r in records:
+        batch_status, tx_hash = batches.get(r.batch_id, (None, None)) if r.batch_id is not None else (None, None)
+        rows.append(
+            {
+                "request_id": r.request_id,
+                "model": r.model,
+                "asset": r.asset,
+                "input_tokens": int(r.input_tokens),
+                "output_tokens": int(r.output_tokens),
+                "cost": str(r.cost),
+                "settled_at": int(r.settled_at),
+                "status": r.status,
+                "lot_id": r.chain_lot_id,
+                "epoch": r.epoch,
+                "batch_status": batch_status,
+                "tx_hash": tx_hash,
+            }
+        )
+    return rows
 
 
 def usage_view(engine: Engine, key: ApiKey, limit: int = USAGE_LIMIT) -> list[dict[str, Any]]:
     """The key's account's usage records (spent by it, or paid by it as an org), newest first."""
-    stmt = _usage_query().where(_mine(key)).order_by(usage_records.c.settled_at.desc()).limit(limit)
     with engine.connect() as conn:
-        return [_usage_row(row) for row in conn.execute(stmt).all()]
+        return _usage_rows(conn, _usage.records_of(conn, key.account, limit))
 
 
 def usage_record_view(engine: Engine, key: ApiKey, request_id: str) -> dict[str, Any]:
-    stmt = _usage_query().where(_mine(key), usage_records.c.request_id == request_id)
     with engine.connect() as conn:
-        row = conn.execute(stmt).first()
-    if row is None:
-        raise NotFound(f"no usage record {request_id!r} for this key")
-    return _usage_row(row)
+        record = _usage.record_of(conn, key.account, request_id)
+        if record is None:
+            raise NotFound(f"no usage record {request_id!r} for this key")
+        return _usage_rows(conn, [record])[0]
 
 
 def proof_view(engine: Engine, key: ApiKey, request_id: str) -> dict[str, Any]:

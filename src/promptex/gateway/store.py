@@ -1,10 +1,7 @@
-"""The gateway's own tables, beside the ledger's in the same database: API keys (hashed),
-seller lots with their sealed upstream secrets.
-
-They are created by `ensure_schema` (CREATE TABLE IF NOT EXISTS) and versioned in
-`gateway_schema_version`; the ledger's migrations are not touched. Usage records live in
-the ledger (written with each settlement); version 1's `gateway_usage` table, if present,
-is left alone.
+"""The gateway's store, beside the ledger in the same database: API keys (hashed), seller
+lots with their sealed upstream secrets (tables in `gateway.schema`, made by the
+migrations). Usage records live in the ledger (written with each settlement); version 1's
+`gateway_usage` table, if present, is left alone.
 """
 
 from __future__ import annotations
@@ -12,71 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Engine,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    bindparam,
-    insert,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from promptex.gateway.envelope import MasterKeys, Sealed
+from promptex.gateway.schema import api_keys, lots
 from promptex.ledger.amounts import Amount, add, ge, sub
-
-SCHEMA_VERSION = 2  # 2: gateway_lots.chain_lot_id
-metadata = MetaData()
-
-api_keys = Table(
-    "gateway_api_keys",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key_hash", String(64), nullable=False, unique=True),
-    Column("prefix", String(16), nullable=False),  # the first characters, to tell keys apart
-    Column("account_id", Integer, nullable=False),  # who spends (a ledger account)
-    Column("payer_id", Integer, nullable=True),  # an org the key's account spends from
-    Column("default_asset", String(16), nullable=True),
-    Column("budget_asset", String(16), nullable=True),
-    Column("budget_remaining", Amount, nullable=True),  # per-key budget, None: no limit
-    Column("revoked", Boolean, nullable=False, default=False),
-    Column("created_at", BigInteger, nullable=False),
-)
-
-lots = Table(
-    "gateway_lots",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("provider", String(32), nullable=False),
-    Column("kind", String(16), nullable=False),  # tokenized | listed
-    Column("api", String(16), nullable=False),  # openai | anthropic
-    Column("base_url", Text, nullable=False),
-    Column("seller", String(64), nullable=False),
-    Column("face_value_usd_micro", BigInteger, nullable=False),
-    Column("remaining_usd_micro", BigInteger, nullable=False),
-    Column("rate_bps", Integer, nullable=False),
-    Column("expires_at", BigInteger, nullable=False),
-    Column("created_at", BigInteger, nullable=False),
-    Column("resale_permitted", Boolean, nullable=False),
-    Column("secret_ciphertext", LargeBinary, nullable=False),
-    Column("secret_nonce", LargeBinary, nullable=False),
-    Column("wrapped_key", LargeBinary, nullable=False),
-    Column("wrap_nonce", LargeBinary, nullable=False),
-    Column("key_id", String(64), nullable=False),
-    Column("attestation", Text, nullable=True),  # the open_lot arguments, JSON
-    Column("chain_lot_tx", String(80), nullable=True),
-    Column("chain_lot_id", BigInteger, nullable=True),  # the CreditEscrow lot, once opened
-)
-
-schema_version = Table("gateway_schema_version", metadata, Column("version", Integer, primary_key=True))
 
 
 @dataclass(frozen=True)
@@ -105,17 +42,6 @@ class Lot:
     created_at: int
     sealed: Sealed
     chain_lot_id: int | None = None
-
-
-def ensure_schema(engine: Engine) -> None:
-    with engine.begin() as conn:
-        metadata.create_all(conn, checkfirst=True)
-        version = conn.execute(select(schema_version.c.version)).scalar()
-        if version is None:
-            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
-        elif version < 2:
-            conn.execute(text("ALTER TABLE gateway_lots ADD COLUMN chain_lot_id BIGINT"))
-            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
 
 def _api_key(m: Any) -> ApiKey:
@@ -150,10 +76,8 @@ _DRAW_LOT = (
 
 
 class GatewayStore:
-    def __init__(self, engine: Engine, *, create: bool = True) -> None:
-        self.engine = engine
-        if create:
-            ensure_schema(engine)
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine  # its tables come from the migrations (Ledger.open runs them)
 
     def _write(self, stmt: Any, params: dict[str, Any]) -> int:
         with self.engine.begin() as conn:

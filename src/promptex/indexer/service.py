@@ -43,7 +43,7 @@ from promptex.indexer.rpc import ChainMoved, Header, RpcClient, RpcError, RpcUna
 from promptex.ledger import Ledger
 from promptex.ledger.chain_facts import ChainBatch
 from promptex.ledger.db import READ_ONLY
-from promptex.ledger.schema import ASSET
+from promptex.ledger.metadata import ASSET
 
 log = logging.getLogger("promptex.indexer")
 SYMBOL_SELECTOR = "0x95d89b41"  # symbol()

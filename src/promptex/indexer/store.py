@@ -15,8 +15,8 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from promptex.indexer.decode import Event
 from promptex.indexer.rpc import Header
+from promptex.indexer.schema import chain_events, indexer_blocks, indexer_cursor
 from promptex.ledger.errors import ChainEventConflict
-from promptex.ledger.schema import chain_events, indexer_blocks, indexer_cursor
 
 CURSOR_ID = 1
 _CHUNK = 500

@@ -133,6 +133,22 @@ def budget(conn: Connection, org: int, member: int, asset: str) -> Budget | None
     return None if row is None else Budget(org, member, asset, row.remaining, row.held)
 
 
+def members_of(conn: Connection, org: int) -> list[tuple[int, int]]:
+    """An org's members with the time each joined, oldest first."""
+    rows = conn.execute(
+        select(members.c.member_id, members.c.created_at)
+        .where(members.c.org_id == org)
+        .order_by(members.c.created_at, members.c.member_id)
+    ).all()
+    return [(int(row.member_id), int(row.created_at)) for row in rows]
+
+
+def budgets_of(conn: Connection, org: int) -> list[Budget]:
+    """Every member budget at an org."""
+    rows = conn.execute(select(budgets).where(budgets.c.org_id == org)).all()
+    return [Budget(row.org_id, row.member_id, row.asset, row.remaining, row.held) for row in rows]
+
+
 def grant_promotional_credit(
     conn: Connection, grant_id: str, treasury: int, account: int, asset: str, amount: int, now: int
 ) -> Budget:

@@ -81,9 +81,11 @@ def _sqlite_engine(url: str, busy_timeout_ms: int, synchronous: str) -> Engine:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's configuration for the ledger; the migration scripts ship inside this package."""
+    """Alembic's configuration for the one environment every store's tables share:
+    `promptex/migrations/`, found as a directory (importing that package would import
+    every service's schema; running its scripts does not)."""
     config = Config()
-    config.set_main_option("script_location", str(resources.files("promptex.ledger").joinpath("migrations")))
+    config.set_main_option("script_location", str(resources.files("promptex").joinpath("migrations")))
     config.set_main_option("version_table", VERSION_TABLE)
     if connection is not None:
         config.attributes["connection"] = connection
@@ -91,7 +93,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the ledger's schema to `revision`; safe to call from many processes at once."""
+    """Migrate the database (every store's tables) to `revision`; safe to call from many
+    processes at once."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})

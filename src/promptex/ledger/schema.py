@@ -1,5 +1,8 @@
-"""The ledger's tables (SQLAlchemy Core). Migrations in `migrations/versions/` build
-exactly this; a test compares the two.
+"""The ledger's tables (SQLAlchemy Core), on the one MetaData of `ledger.metadata`:
+accounts, balances, org members and budgets, promotional grants, holds, the journal,
+wallets and their binding challenges, deposits, exits, the spend caps the chain set,
+usage records (written with each settlement) and instant-exit releases (each locks a
+balance). Only `promptex.ledger` reads or writes them; other packages call its API.
 
 Amounts are `Amount` (exact ints of any size), times are unix seconds.
 """
@@ -13,31 +16,13 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
-    LargeBinary,
-    MetaData,
     String,
     Table,
-    Text,
     UniqueConstraint,
 )
 
 from promptex.ledger.amounts import Amount
-
-NAMING = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-metadata = MetaData(naming_convention=NAMING)
-
-# A 64-bit id on PostgreSQL; SQLite's INTEGER PRIMARY KEY is already 64-bit (the rowid).
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-ASSET = 16  # symbol length
-ADDRESS = 42  # 0x + 40 hex, EIP-55 checksummed
-REF = 200  # request ids, chain event ids, journal refs
+from promptex.ledger.metadata import ADDRESS, ASSET, REF, BigId, metadata
 
 accounts = Table(
     "accounts",
@@ -177,53 +162,6 @@ exits = Table(
 
 SYSTEM_ACCOUNTS = ("vault", "usage")  # created by the first migration
 
-# ─── Indexer (migration 0002) ────────────────────────────────────────────────
-
-HASH = 66  # 0x + 64 hex: block and transaction hashes
-
-# Where the indexer stands (one row): the last block whose events, ledger effects and this
-# row were committed together. `rewinds` counts reorgs undone; it is part of every ledger
-# event id, so a fact replayed after a rewind gets a fresh id (see indexer.effects).
-indexer_cursor = Table(
-    "indexer_cursor",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("chain_id", BigInteger, nullable=False),
-    Column("start_block", BigInteger, nullable=False),
-    Column("block_number", BigInteger, nullable=False),  # start_block − 1 before the first batch
-    Column("block_hash", String(HASH), nullable=True),
-    Column("rewinds", Integer, nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-)
-
-# Hashes of the indexed blocks (the most recent ones; older rows are pruned): a reorg is
-# found, and its fork point located, by comparing them with the chain's.
-indexer_blocks = Table(
-    "indexer_blocks",
-    metadata,
-    Column("number", BigInteger, primary_key=True, autoincrement=False),
-    Column("hash", String(HASH), nullable=False),
-    Column("parent_hash", String(HASH), nullable=False),
-)
-
-# Every followed event, once per (tx hash, log index); `args` is JSON (ints as numbers,
-# bytes as 0x-hex, addresses checksummed). `fact_id` is the ledger event id its effects
-# were applied under (None: an event without ledger effects).
-chain_events = Table(
-    "chain_events",
-    metadata,
-    Column("tx_hash", String(HASH), primary_key=True),
-    Column("log_index", Integer, primary_key=True, autoincrement=False),
-    Column("block_number", BigInteger, nullable=False, index=True),
-    Column("block_hash", String(HASH), nullable=False),
-    Column("contract", String(ADDRESS), nullable=False),
-    Column("source", String(32), nullable=False),  # CreditsVault, CreditEscrow, Factory, Pool, ...
-    Column("name", String(64), nullable=False),
-    Column("args", Text, nullable=False),
-    Column("fact_id", String(REF), nullable=True),
-    Index(None, "name", "block_number"),
-)
-
 # Spend caps the chain registered or revoked, as the ledger applied them: `previous` lets
 # a reorg undo one (see chain_facts.register_spend_cap).
 chain_spend_caps = Table(
@@ -237,9 +175,10 @@ chain_spend_caps = Table(
     Column("created_at", BigInteger, nullable=False),
 )
 
-# ─── Coordinator (migration 0003) ────────────────────────────────────────────
 # What each settled request used, written in the transaction that settles its hold: the
-# coordinator batches these into on-chain settlements and their Merkle trees.
+# coordinator batches these into on-chain settlements and their Merkle trees, through the
+# functions of `ledger.usage`. `batch_id` refers to the coordinator's `settlement_batches`
+# by name: the key resolves once `coordinator.schema` is loaded on the same MetaData.
 usage_records = Table(
     "usage_records",
     metadata,
@@ -268,83 +207,10 @@ usage_records = Table(
     Index(None, "status", "asset"),
 )
 
-
-# Every transaction the coordinator signs, stored before it is broadcast: after a crash
-# the same signed bytes are looked up or sent again, never signed anew.
-def _signed_txs(name: str) -> Table:
-    """A log of signed transactions, one per signer service (each checks its own nonces)."""
-    return Table(
-        name,
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("purpose", String(32), nullable=False),  # e.g. settle | consume | spend_cap | redeem | release
-        Column("sender", String(ADDRESS), nullable=False),
-        Column("nonce", BigInteger, nullable=False),
-        Column("tx_hash", String(66), nullable=False, unique=True),
-        Column("raw_tx", Text, nullable=False),
-        Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
-        Column("block_number", BigInteger, nullable=True),
-        Column("created_at", BigInteger, nullable=False),
-        Column("closed_at", BigInteger, nullable=True),
-        Index(None, "status", "nonce"),
-    )
-
-
-coordinator_txs = _signed_txs("coordinator_txs")
-
-# One settlement per (asset, epoch): planned → submitted → confirmed (or failed, its
-# records back to pending, when its transaction can no longer land).
-settlement_batches = Table(
-    "settlement_batches",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("asset", String(ASSET), nullable=False),
-    Column("epoch", BigInteger, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("usage_root", String(66), nullable=False),
-    Column("payload", Text, nullable=False),  # JSON: debits, credits, lot_draws, fee, consumes
-    Column("total", Amount, nullable=False),
-    Column("records", Integer, nullable=False),
-    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("closed_at", BigInteger, nullable=True),
-    Column("error", String(500), nullable=True),
-    Index(None, "asset", "status"),
-)
-
-# The escrow draw-down of each listed lot a confirmed USDC batch paid (one per lot per epoch).
-lot_consumptions = Table(
-    "lot_consumptions",
-    metadata,
-    Column("batch_id", Integer, ForeignKey("settlement_batches.id"), primary_key=True),
-    Column("chain_lot_id", BigInteger, primary_key=True),
-    Column("amount", Amount, nullable=False),  # USD micro-units of list price
-    Column("status", String(16), nullable=False),  # pending | submitted | done | failed
-    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("error", String(500), nullable=True),
-)
-
-# User-signed EIP-712 spend caps waiting for the coordinator to register them on chain.
-spend_cap_submissions = Table(
-    "spend_cap_submissions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(ADDRESS), nullable=False),
-    Column("asset", String(ASSET), nullable=False),
-    Column("per_epoch", Amount, nullable=False),
-    Column("total", Amount, nullable=False),
-    Column("expiry", BigInteger, nullable=False),
-    Column("nonce", BigInteger, nullable=False),
-    Column("signature", String(132), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
-    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("error", String(500), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    UniqueConstraint("address", "asset", "nonce"),
-)
-
 # Instant-exit releases the coordinator signed; each locks its amount in the ledger until
-# the vault's release nonce shows it used, or it expires.
+# the vault's release nonce shows it used, or it expires. The ledger's: a release and its
+# lock on `balances.locked` are written together (`ledger.releases`), and the books check
+# counts active releases in `locked`.
 releases = Table(
     "releases",
     metadata,
@@ -360,119 +226,4 @@ releases = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("closed_at", BigInteger, nullable=True),
     Index(None, "address", "status"),
-)
-
-# Leader lease: one coordinator posts at a time (a row, so SQLite and PostgreSQL alike).
-coordinator_lease = Table(
-    "coordinator_lease",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("holder", String(REF), nullable=False),
-    Column("expires_at", BigInteger, nullable=False),
-)
-
-# ─── Agent (migration 0004) ───────────────────────────────────────────────────
-# The redemption agent's state: users' contacts, linked provider accounts (billing
-# credentials sealed like sellers' secrets), auto-topup rules, redemptions as a state
-# machine, the transactions the agent signed, and the notification outbox.
-
-agent_users = Table(
-    "agent_users",
-    metadata,
-    Column("address", String(ADDRESS), primary_key=True),
-    Column("email", String(REF), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-)
-
-# One linked account per (user, provider); the credential is envelope-encrypted.
-agent_accounts = Table(
-    "agent_accounts",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("user_address", String(ADDRESS), nullable=False),
-    Column("provider", String(32), nullable=False),
-    Column("account_id", String(REF), nullable=False),  # the provider's own account id
-    Column("account_salt", String(66), nullable=False),  # 0x hex; account_ref = keccak(salt ‖ id)
-    Column("account_ref", String(66), nullable=False),  # 0x hex bytes32, as linked on chain
-    Column("billing_url", Text, nullable=False),
-    Column("secret_ciphertext", LargeBinary, nullable=False),
-    Column("secret_nonce", LargeBinary, nullable=False),
-    Column("wrapped_key", LargeBinary, nullable=False),
-    Column("wrap_nonce", LargeBinary, nullable=False),
-    Column("key_id", String(64), nullable=False),
-    Column("balance_usd_micro", Amount, nullable=True),
-    Column("balance_at", BigInteger, nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    UniqueConstraint("user_address", "provider"),
-)
-
-# "provider below X → add Y, selling at most Z token units".
-agent_rules = Table(
-    "agent_rules",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("user_address", String(ADDRESS), nullable=False),
-    Column("provider", String(32), nullable=False),
-    Column("token", String(ASSET), nullable=False),
-    Column("below_usd_micro", Amount, nullable=False),
-    Column("add_usd_micro", Amount, nullable=False),
-    Column("max_tokens_in", Amount, nullable=False),
-    Column("enabled", Integer, nullable=False),
-    Column("last_checked_at", BigInteger, nullable=True),
-    Column("last_outcome", String(500), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Index(None, "enabled"),
-)
-
-# Raw transactions the agent signed, stored before broadcast (as coordinator_txs).
-agent_txs = _signed_txs("agent_txs")
-
-# One redemption: planned → selling → escrowed → purchased → receipted → releasing →
-# released (or failed / rejected / abandoned / refunded); see promptex.agent.machine.
-agent_redemptions = Table(
-    "agent_redemptions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("user_address", String(ADDRESS), nullable=False),
-    Column("account_id", Integer, ForeignKey("agent_accounts.id"), nullable=False),
-    Column("provider", String(32), nullable=False),
-    Column("token", String(ASSET), nullable=False),
-    Column("usd_micro", Amount, nullable=False),
-    Column("max_tokens_in", Amount, nullable=False),
-    Column("rule_id", Integer, ForeignKey("agent_rules.id"), nullable=True),
-    Column("status", String(16), nullable=False),
-    Column("redeem_tx_id", Integer, ForeignKey("agent_txs.id"), nullable=True),
-    Column("release_tx_id", Integer, ForeignKey("agent_txs.id"), nullable=True),
-    Column("chain_redemption_id", BigInteger, nullable=True),
-    Column("tokens_in", Amount, nullable=True),
-    Column("deadline", BigInteger, nullable=True),
-    Column("billing_attempts", Integer, nullable=False),
-    Column("next_attempt_at", BigInteger, nullable=False),
-    Column("billing_ref", String(66), nullable=True),
-    Column("receipt_usd_micro", Amount, nullable=True),
-    Column("receipt_signature", String(132), nullable=True),
-    Column("error", String(500), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-    Index(None, "status"),
-    Index(None, "user_address", "provider"),
-)
-
-# Notifications to users, written in the same transaction as what they report; a
-# dedupe key keeps a retried step from writing one twice.
-agent_outbox = Table(
-    "agent_outbox",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("dedupe_key", String(REF), nullable=False, unique=True),
-    Column("user_address", String(ADDRESS), nullable=False),
-    Column("kind", String(32), nullable=False),  # receipt | rule_skipped | abandoned | failed
-    Column("subject", String(REF), nullable=False),
-    Column("body", Text, nullable=False),
-    Column("status", String(16), nullable=False),  # pending | sent | unsent
-    Column("attempts", Integer, nullable=False),
-    Column("error", String(500), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("sent_at", BigInteger, nullable=True),
-    Index(None, "status"),
 )

@@ -2,19 +2,21 @@
 same transaction as the settlement so a crash can never keep one without the other.
 
 The coordinator later assigns each record to one settlement batch (or quarantines it
-with a reason); nothing here deletes a record.
+with a reason) through the functions below, in its own transactions; nothing here deletes
+a record.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Select, func, or_, select, update
 
 from promptex.ledger.journal import insert_ignore
-from promptex.ledger.models import Hold
-from promptex.ledger.schema import usage_records
+from promptex.ledger.models import Hold, HoldStatus
+from promptex.ledger.schema import holds, usage_records
 
 PENDING, BATCHED, QUARANTINED = "pending", "batched", "quarantined"
 
@@ -125,3 +127,122 @@ def record_usage(conn: Connection, hold: Hold, record: UsageRecord, *, now: int)
 def get_usage(conn: Connection, request_id: str) -> StoredUsage | None:
     row = conn.execute(select(usage_records).where(usage_records.c.request_id == request_id)).first()
     return None if row is None else stored_usage(row)
+
+
+# ─── The coordinator's side: batching and quarantine ─────────────────────────
+
+
+def pending_assets(conn: Connection) -> list[str]:
+    return list(
+        conn.execute(select(usage_records.c.asset).where(usage_records.c.status == PENDING).distinct()).scalars()
+    )
+
+
+def pending_records(conn: Connection, asset: str, limit: int) -> list[StoredUsage]:
+    """The asset's records not yet in a batch, oldest settlement first."""
+    rows = conn.execute(
+        select(usage_records)
+        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset)
+        .order_by(usage_records.c.settled_at, usage_records.c.request_id)
+        .limit(limit)
+    ).all()
+    return [stored_usage(row) for row in rows]
+
+
+def quarantine(conn: Connection, reasons: Mapping[str, str], now: int) -> int:
+    """Set pending records aside with their reason (they stay visible; nothing is deleted);
+    a reason must fit the column (500 characters). Returns how many were pending."""
+    changed = 0
+    for request_id, reason in reasons.items():
+        changed += conn.execute(
+            update(usage_records)
+            .where(usage_records.c.request_id == request_id, usage_records.c.status == PENDING)
+            .values(status=QUARANTINED, quarantine_reason=reason, quarantined_at=now)
+        ).rowcount
+    return changed
+
+
+def quarantined(conn: Connection, asset: str | None = None) -> list[StoredUsage]:
+    stmt = select(usage_records).where(usage_records.c.status == QUARANTINED)
+    if asset is not None:
+        stmt = stmt.where(usage_records.c.asset == asset)
+    return [stored_usage(r) for r in conn.execute(stmt.order_by(usage_records.c.request_id)).all()]
+
+
+def batch_records(conn: Connection, batch_id: int) -> list[StoredUsage]:
+    rows = conn.execute(
+        select(usage_records).where(usage_records.c.batch_id == batch_id).order_by(usage_records.c.request_id)
+    ).all()
+    return [stored_usage(row) for row in rows]
+
+
+def assign_to_batch(
+    conn: Connection,
+    request_id: str,
+    *,
+    batch_id: int,
+    epoch: int,
+    address: str,
+    seller_share: int | None,
+    fee: int | None,
+) -> bool:
+    """Put a pending record in the coordinator's batch, with the wallet it debits and the
+    split it was planned with; False if it is no longer pending."""
+    assigned = conn.execute(
+        update(usage_records)
+        .where(usage_records.c.request_id == request_id, usage_records.c.status == PENDING)
+        .values(status=BATCHED, batch_id=batch_id, epoch=epoch, address=address, seller_share=seller_share, fee=fee)
+    ).rowcount
+    return bool(assigned == 1)
+
+
+def return_to_pending(conn: Connection, batch_id: int) -> None:
+    """The batch can never land: its records go back to pending, unplanned."""
+    conn.execute(
+        update(usage_records)
+        .where(usage_records.c.batch_id == batch_id)
+        .values(status=PENDING, batch_id=None, epoch=None, address=None, seller_share=None, fee=None)
+    )
+
+
+def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Select[Any]) -> int:
+    """What the payer owes that the chain has not yet debited: its active holds, and its
+    settled usage outside the batches `confirmed_batches` selects (the ids of the
+    coordinator's batches confirmed on chain): pending, in flight, or quarantined."""
+    held: int = conn.execute(
+        select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+            holds.c.payer_id == payer, holds.c.asset == asset, holds.c.status == HoldStatus.ACTIVE.value
+        )
+    ).scalar_one()
+    owed: int = conn.execute(
+        select(func.coalesce(func.sum(usage_records.c.cost), 0)).where(
+            usage_records.c.payer_id == payer,
+            usage_records.c.asset == asset,
+            or_(usage_records.c.batch_id.is_(None), usage_records.c.batch_id.not_in(confirmed_batches)),
+        )
+    ).scalar_one()
+    return int(held) + int(owed)
+
+
+# ─── Readers: an account's own records ──────────────────────────────────────
+
+
+def _mine(account: int) -> Any:
+    return or_(usage_records.c.account_id == account, usage_records.c.payer_id == account)
+
+
+def records_of(conn: Connection, account: int, limit: int) -> list[StoredUsage]:
+    """The records an account spent, or paid for as an org, newest first."""
+    stmt = select(usage_records).where(_mine(account)).order_by(usage_records.c.settled_at.desc()).limit(limit)
+    return [stored_usage(row) for row in conn.execute(stmt).all()]
+
+
+def record_of(conn: Connection, account: int, request_id: str) -> StoredUsage | None:
+    """One record, if the account spent it or paid for it."""
+    row = conn.execute(select(usage_records).where(_mine(account), usage_records.c.request_id == request_id)).first()
+    return None if row is None else stored_usage(row)
+
+
+def paid_by(conn: Connection, payer: int) -> list[StoredUsage]:
+    """Every record an account paid for (an org: its members' usage)."""
+    return [stored_usage(row) for row in conn.execute(select(usage_records).where(usage_records.c.payer_id == payer))]

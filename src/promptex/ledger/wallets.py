@@ -44,6 +44,16 @@ def addresses_of(conn: Connection, account: int) -> list[str]:
     )
 
 
+def first_bound(conn: Connection, account: int) -> str | None:
+    """The wallet debited for an account on chain: its first bound (then lowest) address."""
+    return conn.execute(
+        select(wallets.c.address)
+        .where(wallets.c.account_id == account)
+        .order_by(wallets.c.bound_at, wallets.c.address)
+        .limit(1)
+    ).scalar()
+
+
 def account_for_address(conn: Connection, address: str, now: int) -> int:
     """The account an address's funds belong to: its bound account, or else its own
     unclaimed account (credited to no one until the address is bound)."""

@@ -1,0 +1,98 @@
+"""The coordinator's tables (migration 0003): the transactions it signed, settlement
+batches, listed lots' escrow draw-downs, user-signed spend caps waiting to be
+registered, and the leader lease. On the one MetaData of `ledger.metadata`; the usage
+records it batches and the releases it signs are the ledger's (`ledger.usage`,
+`ledger.releases`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
+
+from promptex.ledger.amounts import Amount
+from promptex.ledger.metadata import ADDRESS, ASSET, REF, metadata
+
+
+# Every transaction a service signs is stored before it is broadcast: after a crash the
+# same signed bytes are looked up or sent again, never signed anew. The agent keeps its
+# own log (`agent.schema.agent_txs`) with the same columns.
+def signed_txs(name: str) -> Table:
+    """A log of signed transactions, one per signer service (each checks its own nonces)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("purpose", String(32), nullable=False),  # e.g. settle | consume | spend_cap | redeem | release
+        Column("sender", String(ADDRESS), nullable=False),
+        Column("nonce", BigInteger, nullable=False),
+        Column("tx_hash", String(66), nullable=False, unique=True),
+        Column("raw_tx", Text, nullable=False),
+        Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
+        Column("block_number", BigInteger, nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        Column("closed_at", BigInteger, nullable=True),
+        Index(None, "status", "nonce"),
+    )
+
+
+coordinator_txs = signed_txs("coordinator_txs")
+
+# One settlement per (asset, epoch): planned → submitted → confirmed (or failed, its
+# records back to pending, when its transaction can no longer land).
+settlement_batches = Table(
+    "settlement_batches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("asset", String(ASSET), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("usage_root", String(66), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: debits, credits, lot_draws, fee, consumes
+    Column("total", Amount, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger, nullable=True),
+    Column("error", String(500), nullable=True),
+    Index(None, "asset", "status"),
+)
+
+# The escrow draw-down of each listed lot a confirmed USDC batch paid (one per lot per epoch).
+lot_consumptions = Table(
+    "lot_consumptions",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("settlement_batches.id"), primary_key=True),
+    Column("chain_lot_id", BigInteger, primary_key=True),
+    Column("amount", Amount, nullable=False),  # USD micro-units of list price
+    Column("status", String(16), nullable=False),  # pending | submitted | done | failed
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("error", String(500), nullable=True),
+)
+
+# User-signed EIP-712 spend caps waiting for the coordinator to register them on chain.
+spend_cap_submissions = Table(
+    "spend_cap_submissions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS), nullable=False),
+    Column("asset", String(ASSET), nullable=False),
+    Column("per_epoch", Amount, nullable=False),
+    Column("total", Amount, nullable=False),
+    Column("expiry", BigInteger, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("signature", String(132), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("error", String(500), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("address", "asset", "nonce"),
+)
+
+# Leader lease: one coordinator posts at a time (a row, so SQLite and PostgreSQL alike).
+coordinator_lease = Table(
+    "coordinator_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(REF), nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+)

@@ -1,0 +1,52 @@
+"""The gateway's tables (migration 0005): API keys (stored hashed) and seller lots with
+their sealed upstream secrets. On the one MetaData of `ledger.metadata`, in the ledger's
+database; only Alembic creates them (a round-1 database, whose tables `create_all` made,
+is adopted by migration 0005).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, String, Table, Text
+
+from promptex.ledger.amounts import Amount
+from promptex.ledger.metadata import metadata
+
+api_keys = Table(
+    "gateway_api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # the first characters, to tell keys apart
+    Column("account_id", Integer, nullable=False),  # who spends (a ledger account)
+    Column("payer_id", Integer, nullable=True),  # an org the key's account spends from
+    Column("default_asset", String(16), nullable=True),
+    Column("budget_asset", String(16), nullable=True),
+    Column("budget_remaining", Amount, nullable=True),  # per-key budget, None: no limit
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+lots = Table(
+    "gateway_lots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("provider", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # tokenized | listed
+    Column("api", String(16), nullable=False),  # openai | anthropic
+    Column("base_url", Text, nullable=False),
+    Column("seller", String(64), nullable=False),
+    Column("face_value_usd_micro", BigInteger, nullable=False),
+    Column("remaining_usd_micro", BigInteger, nullable=False),
+    Column("rate_bps", Integer, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("resale_permitted", Boolean, nullable=False),
+    Column("secret_ciphertext", LargeBinary, nullable=False),
+    Column("secret_nonce", LargeBinary, nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("wrap_nonce", LargeBinary, nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("attestation", Text, nullable=True),  # the open_lot arguments, JSON
+    Column("chain_lot_tx", String(80), nullable=True),
+    Column("chain_lot_id", BigInteger, nullable=True),  # the CreditEscrow lot, once opened
+)

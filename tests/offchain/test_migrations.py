@@ -1,0 +1,257 @@
+"""The one Alembic history of the shared database, on SQLite and PostgreSQL: a fresh
+database gets exactly every package's tables, and a round-1 database (the ledger's
+migrations plus the gateway's tables made by its old `create_all`) migrates forward with
+every row intact.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from ledger_helpers import TOKEN, event_id, fund
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    inspect,
+    select,
+)
+
+from promptex.gateway.store import GatewayStore
+from promptex.ledger import AccountKind, Ledger, UsageRecord
+from promptex.ledger.amounts import Amount
+from promptex.ledger.db import VERSION_TABLE, create_ledger_engine, current_revision, upgrade
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.migrations import metadata
+
+HEAD = "0005"
+ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
+_databases = itertools.count()
+
+
+def _schema_diff(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), metadata))
+
+
+def test_migrations__fresh_database__build_every_table(ledger):
+    assert current_revision(ledger.engine) == HEAD  # the head: every migration ran
+    assert _schema_diff(ledger.engine) == []  # no table, column, index or constraint differs or is missing
+    tables = set(inspect(ledger.engine).get_table_names()) - {VERSION_TABLE}
+    assert tables == set(metadata.tables)
+    assert {"accounts", "chain_events", "settlement_batches", "agent_redemptions", "gateway_lots"} <= tables
+
+
+# ─── A round-1 database ──────────────────────────────────────────────────────
+# The gateway's tables exactly as round 1's `GatewayStore` made them: its own MetaData,
+# no naming convention, `create_all`, and a `gateway_schema_version` row (version 1 had no
+# `chain_lot_id`).
+
+
+def _round_one_gateway(version: int) -> MetaData:
+    old = MetaData()
+    Table(
+        "gateway_api_keys",
+        old,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key_hash", String(64), nullable=False, unique=True),
+        Column("prefix", String(16), nullable=False),
+        Column("account_id", Integer, nullable=False),
+        Column("payer_id", Integer, nullable=True),
+        Column("default_asset", String(16), nullable=True),
+        Column("budget_asset", String(16), nullable=True),
+        Column("budget_remaining", Amount, nullable=True),
+        Column("revoked", Boolean, nullable=False, default=False),
+        Column("created_at", BigInteger, nullable=False),
+    )
+    lot_columns = [
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("provider", String(32), nullable=False),
+        Column("kind", String(16), nullable=False),
+        Column("api", String(16), nullable=False),
+        Column("base_url", Text, nullable=False),
+        Column("seller", String(64), nullable=False),
+        Column("face_value_usd_micro", BigInteger, nullable=False),
+        Column("remaining_usd_micro", BigInteger, nullable=False),
+        Column("rate_bps", Integer, nullable=False),
+        Column("expires_at", BigInteger, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("resale_permitted", Boolean, nullable=False),
+        Column("secret_ciphertext", LargeBinary, nullable=False),
+        Column("secret_nonce", LargeBinary, nullable=False),
+        Column("wrapped_key", LargeBinary, nullable=False),
+        Column("wrap_nonce", LargeBinary, nullable=False),
+        Column("key_id", String(64), nullable=False),
+        Column("attestation", Text, nullable=True),
+        Column("chain_lot_tx", String(80), nullable=True),
+    ]
+    if version >= 2:
+        lot_columns.append(Column("chain_lot_id", BigInteger, nullable=True))
+    Table("gateway_lots", old, *lot_columns)
+    Table("gateway_schema_version", old, Column("version", Integer, primary_key=True))
+    return old
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # noqa: ANN001
+    """An empty database of each kind (no migrations run)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/round1.sqlite3"
+        return
+    server: LocalPostgres = request.getfixturevalue("postgres")
+    name = f"round_one_{next(_databases)}"
+    yield server.create_database(name)
+    server.drop_database(name)
+
+
+def _fill_round_one(engine: Engine, gateway_version: int) -> dict[str, int]:
+    """Rows in every package's tables, written the way round 1 wrote them."""
+    ledger = Ledger(engine, clock=lambda: 1_800_000_000)
+    buyer = ledger.create_account().id
+    address = fund(ledger, buyer, "CLD", 10 * TOKEN)
+    ledger.reserve(buyer, "CLD", 2 * TOKEN, "req-settled", ttl=60)
+    record = UsageRecord("claude-test", 1_000, 200, 3_000, gateway_lot_id=1, chain_lot_id=7, lot_kind="tokenized")
+    ledger.settle("req-settled", TOKEN, record=record)
+    ledger.reserve(buyer, "CLD", TOKEN, "req-open", ttl=60)
+    ledger.lock_for_exit(event_id(), address, "CLD", TOKEN)
+    org = ledger.create_account(AccountKind.ORG, "acme").id
+    member = ledger.create_account().id
+    ledger.add_member(org, member)
+    ledger.set_member_budget(org, member, "CLD", TOKEN)
+    ledger.close()  # (its own PostgreSQL connection; the engine reconnects)
+
+    old = _round_one_gateway(gateway_version)
+    with engine.begin() as conn:
+        old.create_all(conn)
+        conn.execute(insert(old.tables["gateway_schema_version"]).values(version=gateway_version))
+        conn.execute(
+            insert(old.tables["gateway_api_keys"]),
+            [
+                {
+                    "key_hash": "a" * 64,
+                    "prefix": "sk-px-aaaa",
+                    "account_id": buyer,
+                    "payer_id": None,
+                    "budget_asset": None,
+                    "budget_remaining": None,
+                    "revoked": False,
+                    "created_at": 1,
+                },
+                {
+                    "key_hash": "b" * 64,
+                    "prefix": "sk-px-bbbb",
+                    "account_id": member,
+                    "payer_id": org,
+                    "budget_asset": "CLD",
+                    "budget_remaining": 5 * TOKEN,
+                    "revoked": True,
+                    "created_at": 2,
+                },
+            ],
+        )
+        lot = {
+            "provider": "anthropic",
+            "kind": "listed",
+            "api": "anthropic",
+            "base_url": "https://api.anthropic.com",
+            "seller": "0x" + "1" * 40,
+            "face_value_usd_micro": 100_000_000,
+            "remaining_usd_micro": 99_000_000,
+            "rate_bps": 6_000,
+            "expires_at": 2_000_000_000,
+            "created_at": 3,
+            "resale_permitted": True,
+            "secret_ciphertext": b"\x00ciphertext\xff",
+            "secret_nonce": b"n" * 12,
+            "wrapped_key": b"w" * 48,
+            "wrap_nonce": b"m" * 12,
+            "key_id": "k1",
+            "attestation": '{"lot": 7}',
+            "chain_lot_tx": "0x" + "ab" * 32,
+        }
+        if gateway_version >= 2:
+            lot["chain_lot_id"] = 7
+        conn.execute(insert(old.tables["gateway_lots"]), [lot])
+    return {"buyer": buyer, "org": org, "member": member}
+
+
+def _rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table (but Alembic's version table), in a stable order."""
+    reflected = MetaData()
+    reflected.reflect(engine)
+    with engine.connect() as conn:
+        return {
+            name: sorted((tuple(row) for row in conn.execute(select(table))), key=repr)
+            for name, table in reflected.tables.items()
+            if name != VERSION_TABLE
+        }
+
+
+@pytest.mark.parametrize("gateway_version", [2, 1])
+def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version):
+    engine = create_ledger_engine(empty_url, sqlite_synchronous="NORMAL")
+    try:
+        upgrade(engine, ROUND_ONE_HEAD)
+        ids = _fill_round_one(engine, gateway_version)
+        before = _rows(engine)
+        assert before["gateway_api_keys"] and before["gateway_lots"] and before["usage_records"]
+
+        upgrade(engine)
+
+        assert current_revision(engine) == HEAD
+        assert _schema_diff(engine) == []  # the adopted tables are exactly what a fresh database gets
+        after = _rows(engine)
+        assert "gateway_schema_version" not in after
+        del before["gateway_schema_version"]
+        if gateway_version == 1:  # the column version 2 added: there, empty
+            assert [row[-1] for row in after["gateway_lots"]] == [None]
+            after["gateway_lots"] = [row[:-1] for row in after["gateway_lots"]]
+        assert after == before
+
+        # The stores read and extend the adopted tables as before.
+        store = GatewayStore(engine)
+        assert store.api_key("a" * 64) is not None and store.api_key("b" * 64) is None  # revoked
+        assert store.key_by_id(2).budget_remaining == 5 * TOKEN  # type: ignore[union-attr]
+        assert store.add_api_key("c" * 64, "sk-px-cccc", ids["buyer"], 4).id == 3
+        assert [lot.remaining_usd_micro for lot in store.lots()] == [99_000_000]
+        ledger = Ledger(engine)
+        assert ledger.balance(ids["buyer"], "CLD").posted == 9 * TOKEN
+        assert ledger.usage_record("req-settled").cost == TOKEN  # type: ignore[union-attr]
+        assert ledger.problems() == []
+        ledger.close()
+    finally:
+        engine.dispose()
+
+
+def test_downgrade__gateway_revision__keeps_tables_and_rows(empty_url):
+    engine = create_ledger_engine(empty_url, sqlite_synchronous="NORMAL")
+    try:
+        upgrade(engine)
+        GatewayStore(engine).add_api_key("d" * 64, "sk-px-dddd", 1, 5)
+        from alembic import command
+
+        from promptex.ledger.db import alembic_config
+
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), ROUND_ONE_HEAD)
+        rows = _rows(engine)
+        assert rows["gateway_schema_version"] == [(2,)]  # what round 1's gateway expects
+        assert len(rows["gateway_api_keys"]) == 1
+        upgrade(engine)  # and forward again: adopted, nothing lost
+        assert _schema_diff(engine) == []
+        assert GatewayStore(engine).api_key("d" * 64) is not None
+    finally:
+        engine.dispose()
