@@ -1,5 +1,6 @@
 """The coordinator against a fake chain: aggregation, quarantine, the crash-safe state
-machine, the leader lease, spend caps, releases, and the proof/verify commands."""
+machine, the leader lease, spend caps, releases, the proof/verify commands, and the
+dashboard's views of usage and of an org's desk, read through the ledger."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from coordinator_fakes import FakeChain
 from ledger_helpers import fund
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from promptex import proofs
 from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
@@ -21,8 +22,12 @@ from promptex.coordinator import service
 from promptex.coordinator.cli import usage_proof, usage_verify
 from promptex.coordinator.merkle import MerkleTree
 from promptex.coordinator.service import Coordinator, ReleaseRefused
-from promptex.ledger import Ledger, UsageRecord
-from promptex.ledger.schema import usage_records
+from promptex.dashboard import views
+from promptex.dashboard.enterprise import desk_view
+from promptex.gateway.buyers import member_key
+from promptex.gateway.store import ApiKey, GatewayStore
+from promptex.ledger import AccountKind, Ledger, UsageRecord
+from promptex.ledger.schema import balances, usage_records
 from promptex.metering import split_usdc_charge
 from promptex.proofs import leaf_of
 
@@ -299,6 +304,67 @@ def test_release__above_free_balance__refused_within__locked_until_used_or_expir
     coord.run_once()
     assert book.balance(account, "USDC").locked == 0
     assert coord.store.active_releases() == []
+
+
+def test_release__beyond_the_ledger_balance__refused_nothing_locked_or_written(book: Ledger, chain: FakeChain) -> None:
+    account, address = buyer(book, chain, "USDC", 100, on_chain=500)  # the chain shows more than the ledger
+    chain.s.balances[(address, "CLD")] = 10**18  # and an asset the ledger holds nothing of
+    coord = coordinator(book, chain)
+
+    with pytest.raises(ReleaseRefused, match="ledger balance cannot spare 101 USDC"):
+        coord.sign_release(address, "USDC", 101)
+    with pytest.raises(ReleaseRefused, match="ledger balance cannot spare 1 CLD"):
+        coord.sign_release(address, "CLD", 1)
+
+    assert book.balance(account, "USDC").locked == 0
+    assert coord.store.active_releases() == []
+    with book.engine.connect() as conn:  # the refused lock left no balance row behind either
+        assert conn.execute(select(balances).where(balances.c.asset == "CLD")).all() == []
+    assert coord.sign_release(address, "USDC", 100).amount == 100 == book.balance(account, "USDC").locked
+
+
+def test_dashboard_usage__settled_and_pending__batch_state_and_tx_through_the_ledger(
+    book: Ledger, chain: FakeChain
+) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    settled = spend(book, a, "CLD", 10**15, CLD_LOT)
+    coord = coordinator(book, chain)
+    coord.run_once()
+    pending = spend(book, a, "CLD", 2 * 10**15, CLD_LOT)
+    other, _ = buyer(book, chain, "CLD", 10**20)
+    theirs = spend(book, other, "CLD", 10**15, CLD_LOT)
+    key = ApiKey(1, a, None, None, None, None, "sk-px-a")
+    [batch] = coord.store.batches("CLD")
+
+    rows = {row["request_id"]: row for row in views.usage_view(book.engine, key)}
+
+    assert set(rows) == {settled, pending}  # not another account's
+    assert (rows[settled]["batch_status"], rows[settled]["epoch"]) == ("confirmed", 1)
+    assert rows[settled]["tx_hash"] == coord.store.tx(batch.tx_id).tx_hash  # type: ignore[arg-type]
+    assert rows[settled]["cost"] == str(10**15) and rows[settled]["lot_id"] == CLD_LOT
+    assert (rows[pending]["status"], rows[pending]["batch_status"], rows[pending]["tx_hash"]) == ("pending", None, None)
+    assert views.usage_record_view(book.engine, key, settled) == rows[settled]
+    with pytest.raises(views.NotFound):
+        views.usage_record_view(book.engine, key, theirs)
+
+
+def test_dashboard_desk__member_usage_and_budget__read_through_the_ledger(book: Ledger, chain: FakeChain) -> None:
+    org = book.create_account(AccountKind.ORG, "acme").id
+    fund(book, org, "USDC", 50_000_000)
+    store = GatewayStore(book.engine)
+    owner = store.add_api_key("o" * 64, "sk-px-o", org, 1)
+    made = member_key(book, store, org, 2, name="ada", budget=("USDC", 10_000_000))
+    book.reserve(made.account, "USDC", 1_000_000, "req_member", ttl=60, payer=org)
+    record = UsageRecord("gpt-4o", 1_000, 200, 400_000, chain_lot_id=USDC_LOT, lot_kind="listed", fee_bps=500)
+    book.settle("req_member", 1_000_000, record=record)
+
+    desk = desk_view(book, store, owner)
+
+    [member] = desk["members"]
+    assert (member["account"], member["name"], member["joined_at"]) == (made.account, "ada", book.clock())
+    assert member["budgets"] == [{"asset": "USDC", "remaining": "9000000", "held": "0"}]
+    assert member["usage"] == [{"asset": "USDC", "requests": 1, "cost": "1000000", "tokens": 1_200}]
+    assert [k["prefix"] for k in member["keys"]] == [made.record.prefix]
 
 
 def test_cli__proof_and_verify__pass_and_fail_on_tampering(
