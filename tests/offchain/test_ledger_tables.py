@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from sqlalchemy import Table
@@ -81,3 +83,17 @@ def test_schemas__each_package__declares_its_own_tables_on_one_metadata():
     assert owners["gateway_lots"] == "promptex.gateway.schema"
     assert owners["indexer_cursor"] == "promptex.indexer.schema"
     assert owners["agent_txs"] == "promptex.agent.schema"
+
+
+def test_ledger_open__migrates_everything__imports_no_service(tmp_path):
+    # Ledger.open brings every store's tables to the head, yet the ledger stays below the
+    # services: running the migration scripts loads none of their packages.
+    code = (
+        "import sys\n"
+        "from promptex.ledger import Ledger\n"
+        f"Ledger.open('sqlite:///{tmp_path}/ledger.sqlite3').close()\n"
+        "services = ('agent', 'cli', 'coordinator', 'dashboard', 'gateway', 'indexer', 'migrations')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2][-1] in services and m.startswith('promptex.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
