@@ -22,8 +22,8 @@ from typing import Any
 import click
 from eth_utils import keccak
 
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
-from promptex.chain.permit import sign_permit
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.permit import sign_permit
 
 NETWORK = "ethereum:local:foundry"
 TERMS = keccak(text="bench: resale permitted")

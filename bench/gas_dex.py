@@ -22,9 +22,10 @@ from typing import Any
 
 from gas import Context, measurement, open_lot, whole_gas
 from promptex.chain.deploy import contract_at
-from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price, pool_at
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.vault import sign_release
+from promptex.chain.dex import create_pool_at_price, pool_at
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.vault import sign_release
 
 UNIT = 10**18
 MAX_UINT = 2**256 - 1

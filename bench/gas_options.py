@@ -21,15 +21,9 @@ from gas import Context, measurement, open_lot, whole_gas
 from gas_dex import new_block
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import create_pool_at_price
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.options import (
-    CALL,
-    LOCAL_TWAP_WINDOW,
-    Terms,
-    deploy_options,
-    read_observations,
-    settlement_ranks,
-)
+from promptex.chain.options import deploy_options, read_observations
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.options import CALL, LOCAL_TWAP_WINDOW, Terms, settlement_ranks
 
 UNIT = 10**18
 USD = 10**6

@@ -20,9 +20,11 @@ from typing import Any
 from gas import Context, measurement, open_lot, whole_gas
 from gas_dex import new_block
 from promptex.chain.deploy import contract_at
-from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price, pool_at
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.perp import MarketParams, deploy_perp
+from promptex.chain.dex import create_pool_at_price, pool_at
+from promptex.chain.perp import deploy_perp
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.perp import MarketParams
 
 UNIT = 10**18
 USD = 10**6

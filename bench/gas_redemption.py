@@ -22,9 +22,11 @@ from eth_utils.crypto import keccak
 from gas import Context, measurement, open_lot, whole_gas
 from gas_dex import new_block
 from promptex.chain.deploy import contract_at
-from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.redemption import account_ref, deploy_redemption, provider_id, sign_receipt
+from promptex.chain.dex import create_pool_at_price
+from promptex.chain.redemption import deploy_redemption
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
 
 UNIT = 10**18
 MAX_UINT = 2**256 - 1

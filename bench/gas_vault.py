@@ -15,8 +15,8 @@ from eth_account import Account
 from eth_utils import keccak
 
 from gas import Context, measurement, open_lot
-from promptex.chain.escrow import KIND_LISTED
-from promptex.chain.vault import pack_debits, pack_lot_amount, sign_release, sign_spend_cap
+from promptex.protocol.escrow import KIND_LISTED
+from promptex.protocol.vault import pack_debits, pack_lot_amount, sign_release, sign_spend_cap
 
 BATCHES = (1, 10, 100, 500)
 DEBIT = 1_234_567  # USDC units (≈ $1.23) per buyer per epoch

@@ -41,15 +41,10 @@ from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
 from promptex.chain.deploy import contract_at, deploy_all
-from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price
+from promptex.chain.dex import create_pool_at_price
 from promptex.chain.errors import readable_errors
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
-from promptex.chain.redemption import STATUS_RELEASED, provider_id
-from promptex.chain.vault import UNLIMITED, sign_spend_cap
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
-from promptex.coordinator.merkle import verify
 from promptex.coordinator.service import Coordinator
 from promptex.coordinator.store import CoordinatorStore
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
@@ -65,6 +60,12 @@ from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.metering import load_catalog, message_cost, provider_token_rates, split_usdc_charge, usdc_rates
 from promptex.proofs import build_proof
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.merkle import verify
+from promptex.protocol.redemption import STATUS_RELEASED, provider_id
+from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
+from promptex.protocol.vault import UNLIMITED, sign_spend_cap
 from promptex.serving import ServerThread
 
 console = Console(width=110)

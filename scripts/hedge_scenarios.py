@@ -33,12 +33,14 @@ from rich.console import Console
 from rich.table import Table
 
 from promptex.chain.deploy import contract_at, deploy_all
-from promptex.chain.dex import DEFAULT_FEE, pool_at
+from promptex.chain.dex import pool_at
 from promptex.chain.errors import readable_errors
-from promptex.chain.options import CALL, PUT, Terms, settle, units_for_exposure
-from promptex.chain.perp import DEFAULT_MARKET
-from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
+from promptex.chain.options import settle
 from promptex.chain.seed import mint_tokens, reserves, seed_pools
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.options import CALL, PUT, Terms, units_for_exposure
+from promptex.protocol.perp import DEFAULT_MARKET
+from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
 
 console = Console(width=150)
 EXPOSURE_USD = 2_000_000

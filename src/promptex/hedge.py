@@ -15,11 +15,10 @@ from typing import Any
 import click
 
 from promptex.chain.errors import readable_errors
-from promptex.chain.options import CALL, PUT, Terms, price_of_dollars, settle
-from promptex.chain.providers import USD_MICRO
+from promptex.chain.options import settle
+from promptex.protocol.options import CALL, PUT, Terms, price_of_dollars
+from promptex.protocol.units import PRICE_SCALE, PRICE_UNIT, USD_MICRO
 from promptex.wallet import Session, chain_time, units, whole
-
-PRICE_UNIT = 10**24  # Oracle price units per dollar per whole token
 
 
 @click.group()
@@ -83,7 +82,7 @@ def open_position(
         entry = perp.positions(position_id)
         click.echo(
             f"position {position_id}: {side} {whole(notional_units, 'USDC')} of {symbol.upper()} at "
-            f"{shown_price(entry.notional * 10**36 // entry.size)}, margin {whole(entry.margin, 'USDC')}"
+            f"{shown_price(entry.notional * PRICE_SCALE // entry.size)}, margin {whole(entry.margin, 'USDC')}"
         )
 
 

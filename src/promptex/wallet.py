@@ -22,12 +22,13 @@ from ape.cli import ConnectedProviderCommand, network_option
 from promptex.chain.accounts import resolve_account
 from promptex.chain.deploy import contract_at, live_deployment
 from promptex.chain.deployments import Deployment
-from promptex.chain.dex import DEFAULT_FEE, pool_at
+from promptex.chain.dex import pool_at
 from promptex.chain.errors import readable_errors
 from promptex.metering.assets import UnknownAsset, asset
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.units import MAX_UINT256
 
 LOCAL_NODE = "ethereum:local:foundry"
-MAX_UINT = 2**256 - 1
 
 account_option = click.option(
     "--account", "alias", default=None, help="ape account alias or TEST::N [default: test account 0 locally]"
@@ -259,7 +260,7 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
     """Set the most settlements may debit from your vault balance (from your own wallet)."""
 
     def limit(text: str) -> int:
-        return MAX_UINT if text.lower() == "unlimited" else units(text, symbol)
+        return MAX_UINT256 if text.lower() == "unlimited" else units(text, symbol)
 
     with readable_errors():
         session = Session(network, alias, yes)
@@ -320,7 +321,7 @@ def grant_agent(
         )
         # The escrow, not the agent, pulls the tokens; the grant's daily limits bound it.
         for token in tokens:
-            session.approve(token, escrow.address, MAX_UINT)
+            session.approve(token, escrow.address, MAX_UINT256)
         shown = ", ".join(f"{whole(limit, symbol)} a day" for symbol, limit in pairs)
         click.echo(f"granted {agent}: {shown}, ≤ {slippage} % under the TWAP, until {expiry}")
 
@@ -341,7 +342,7 @@ def revoke_agent(network: Any, alias: str | None, yes: bool, agent: str) -> None
 @click.option("--account-ref", required=True, help="0x… bytes32 that `promptex agent link` printed")
 def link_account(network: Any, alias: str | None, yes: bool, provider_name: str, account_ref: str) -> None:
     """Record which of your provider accounts redemptions may credit."""
-    from promptex.chain.redemption import provider_id
+    from promptex.protocol.redemption import provider_id
 
     try:
         ref = bytes.fromhex(account_ref.removeprefix("0x"))

@@ -8,7 +8,7 @@ import pytest
 from eth_utils import keccak
 
 from promptex.chain.deploy import contract_at, deploy_all
-from promptex.chain.providers import USD_MICRO
+from promptex.protocol.units import USD_MICRO
 
 KIND_TOKENIZED = 1
 KIND_LISTED = 2

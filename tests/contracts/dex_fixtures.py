@@ -11,9 +11,10 @@ test, so each starts from it.
 
 import pytest
 
-from promptex.chain.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD, create_pool_at_price, deploy_dex, pool_at
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.providers import USD_MICRO
+from promptex.chain.dex import create_pool_at_price, deploy_dex, pool_at
+from promptex.protocol.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.units import USD_MICRO
 
 __all__ = [  # the fixtures; constants are imported by name
     "add_liquidity",

@@ -14,7 +14,8 @@ import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 from dex_fixtures import CLD_PRICE, DAY, GPT_PRICE, MAX_UINT, UNIT
 
-from promptex.chain.options import CALL, PUT, Terms, deploy_options, read_observations, settlement_ranks
+from promptex.chain.options import deploy_options, read_observations
+from promptex.protocol.options import CALL, PUT, Terms, settlement_ranks
 
 __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by name
     *dex_fixtures.__all__,

@@ -16,8 +16,9 @@ import dex_fixtures
 import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 
-from promptex.chain.dex import DEFAULT_FEE
-from promptex.chain.perp import MarketParams, deploy_perp
+from promptex.chain.perp import deploy_perp
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.perp import MarketParams
 
 __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by name
     *dex_fixtures.__all__,

@@ -16,8 +16,9 @@ from dex_fixtures import DAY, UNIT
 from eth_account import Account
 from eth_utils import keccak
 
-from promptex.chain.dex import DEFAULT_FEE
-from promptex.chain.redemption import account_ref, deploy_redemption, provider_id, sign_receipt
+from promptex.chain.redemption import deploy_redemption
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
 
 __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by name
     *dex_fixtures.__all__,

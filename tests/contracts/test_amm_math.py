@@ -1,7 +1,7 @@
-"""Differential tests of the DEX arithmetic against a plain-Python reference (titanoboa).
+"""Differential tests of the DEX arithmetic against its Python mirror (titanoboa).
 
 The Router's `get_amount_out` / `get_amount_in` and the Pool's own output
-computation (`swap_exact_in`) must equal the reference exactly, over
+computation (`swap_exact_in`) must equal `promptex.protocol.dex` exactly, over
 hypothesis-generated reserves, amounts and fees; `get_amount_in` must be the
 least input the pool's K check accepts.
 """
@@ -11,9 +11,8 @@ from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
-D = 10_000  # FEE_DENOMINATOR
-MAX_RESERVE = 2**112 - 1
-MINIMUM_LIQUIDITY = 1_000
+from promptex.protocol.dex import FEE_DENOMINATOR as D
+from promptex.protocol.dex import MAX_RESERVE, MINIMUM_LIQUIDITY, amount_in, amount_out
 
 TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
 POOL = boa.load_partial("contracts/Pool.vy")
@@ -22,17 +21,6 @@ ROUTER = boa.load_partial("contracts/Router.vy")
 
 
 # ── the reference ────────────────────────────────────────────────────────────
-
-
-def amount_out(amount_in: int, reserve_in: int, reserve_out: int, fee: int) -> int:
-    with_fee = amount_in * (D - fee)
-    return with_fee * reserve_out // (reserve_in * D + with_fee)
-
-
-def amount_in(amount_out_: int, reserve_in: int, reserve_out: int, fee: int) -> int:
-    numerator = reserve_in * amount_out_ * D
-    denominator = (reserve_out - amount_out_) * (D - fee)
-    return -(-numerator // denominator)
 
 
 def k_accepts(reserve_in: int, reserve_out: int, paid: int, out: int, fee: int) -> bool:

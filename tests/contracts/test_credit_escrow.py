@@ -9,7 +9,7 @@ import pytest
 from ape import project
 from eth_utils import keccak
 
-from promptex.chain.escrow import (
+from promptex.protocol.escrow import (
     KIND_LISTED,
     KIND_TOKENIZED,
     STATUS_CLOSED,
@@ -17,8 +17,8 @@ from promptex.chain.escrow import (
     STATUS_OPEN,
     STATUS_SLASHED,
 )
-from promptex.chain.escrow import SETTLEMENT_GRACE as GRACE
-from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
+from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
+from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_BYTES32 = b"\x00" * 32
@@ -1051,7 +1051,7 @@ def test_open_lot__expiry_far_ahead__serves_until_then(escrow, chain, settler, a
 
 
 def test_constants__python_mirror__match_contract(escrow):
-    from promptex.chain import escrow as mirror
+    from promptex.protocol import escrow as mirror
 
     assert (escrow.KIND_TOKENIZED(), escrow.KIND_LISTED()) == (mirror.KIND_TOKENIZED, mirror.KIND_LISTED)
     assert (escrow.STATUS_OPEN(), escrow.STATUS_CLOSED(), escrow.STATUS_EXPIRED(), escrow.STATUS_SLASHED()) == (

@@ -11,9 +11,9 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak
 
-from promptex.chain.permit import sign_permit
-from promptex.chain.providers import USD_MICRO
-from promptex.chain.vault import (
+from promptex.protocol.permit import sign_permit
+from promptex.protocol.units import USD_MICRO
+from promptex.protocol.vault import (
     POLICY_SPEND_ONLY,
     POLICY_WITHDRAWABLE,
     UNLIMITED,
@@ -354,7 +354,7 @@ def test_signing_helpers__digest__matches_eth_account_typed_data(primary, buyer)
     from eth_account import Account
     from eth_account.messages import encode_typed_data
 
-    from promptex.chain.vault import typed_data
+    from promptex.protocol.vault import typed_data
 
     domain = {"chain_id": 31_337, "vault": "0x" + "ab" * 20}
     common = {"account": buyer.address, "asset": "0x" + "cd" * 20, "nonce": 7}

@@ -11,13 +11,13 @@ import boa
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from promptex.chain.escrow import KIND_LISTED as LISTED
-from promptex.chain.escrow import KIND_TOKENIZED as TOKENIZED
-from promptex.chain.escrow import SETTLEMENT_GRACE as GRACE
-from promptex.chain.escrow import STATUS_CLOSED as CLOSED
-from promptex.chain.escrow import STATUS_EXPIRED as EXPIRED
-from promptex.chain.escrow import STATUS_OPEN as OPEN
-from promptex.chain.escrow import STATUS_SLASHED as SLASHED
+from promptex.protocol.escrow import KIND_LISTED as LISTED
+from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
+from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
+from promptex.protocol.escrow import STATUS_CLOSED as CLOSED
+from promptex.protocol.escrow import STATUS_EXPIRED as EXPIRED
+from promptex.protocol.escrow import STATUS_OPEN as OPEN
+from promptex.protocol.escrow import STATUS_SLASHED as SLASHED
 
 TERMS = b"\x11" * 32
 

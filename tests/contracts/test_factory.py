@@ -6,7 +6,8 @@ import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 from eth_utils import keccak
 
-from promptex.chain.dex import DEFAULT_FEE, pool_at, pool_init_code_hash
+from promptex.chain.dex import pool_at, pool_init_code_hash
+from promptex.protocol.dex import DEFAULT_FEE
 
 ZERO = "0x0000000000000000000000000000000000000000"
 

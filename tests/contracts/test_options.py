@@ -24,9 +24,10 @@ from options_fixtures import (
     USD,
 )
 
-from promptex.chain import options as helpers
-from promptex.chain.dex import DEFAULT_FEE
-from promptex.chain.options import CALL, PUT, Terms
+from promptex.chain.options import read_observations, settle
+from promptex.protocol import options as helpers
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.options import CALL, PUT, Terms
 
 PREMIUM = 150 * USD  # per unit of the CLD call
 
@@ -349,7 +350,7 @@ def test_unwind__failures__revert(options, written, writer, holder, settle_serie
 def test_settle__flat_market__twap_of_the_window_and_logged(options, oracle, written, settle_series, call_terms):
     series = written(1)
     receipt = settle_series(call_terms)
-    observations = helpers.read_observations(oracle, call_terms.token)
+    observations = read_observations(oracle, call_terms.token)
     expected = helpers.settlement_price(observations, receipt.timestamp, call_terms.expiry, TWAP_WINDOW)
     s = options.series(series)
     assert s.settled and s.settlement_price == expected
@@ -419,7 +420,7 @@ def test_settlement_ranks__no_observation_since_expiry__reverts_until_an_update(
     chain.mine(1, timestamp=call_terms.expiry + 5)
     with ape.reverts("options: no observation at or after expiry"):
         options.settlement_ranks(series)
-    receipt = helpers.settle(options, oracle, series, keeper)  # updates the Oracle, then settles
+    receipt = settle(options, oracle, series, keeper)  # updates the Oracle, then settles
     assert options.series(series).settled
     assert options.Settled.from_receipt(receipt)[0].end_time >= call_terms.expiry
 
@@ -438,7 +439,7 @@ def test_settle__ranks_off_by_one__reverts(options, oracle, written, call_terms,
     observe_through(call_terms.token, call_terms.expiry - TWAP_WINDOW - 2 * PERIOD, call_terms.expiry + 2 * PERIOD)
     chain.pending_timestamp = call_terms.expiry + 2 * PERIOD + 1
     start, end = helpers.settlement_ranks(
-        helpers.read_observations(oracle, call_terms.token), chain.pending_timestamp, call_terms.expiry, TWAP_WINDOW
+        read_observations(oracle, call_terms.token), chain.pending_timestamp, call_terms.expiry, TWAP_WINDOW
     )
     assert (start, end) == (12, 2)
     for bad_start, bad_end, reason in [

@@ -9,7 +9,8 @@ import pytest
 from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
 from options_fixtures import CALL_COLLATERAL, PERIOD, TWAP_WINDOW, USD
 
-from promptex.chain import options as helpers
+from promptex.chain.options import read_observations, settle
+from promptex.protocol import options as helpers
 
 PUMP = 220_000 * USD  # into a $100k-deep pool: spot × ~10
 
@@ -48,7 +49,7 @@ def test_settle__spot_pumped_10x_inside_the_settling_transaction__same_outcome(
     cld, cld_pool = markets[0], markets[3]
     observe_through(cld, call_terms.expiry - TWAP_WINDOW - PERIOD, call_terms.expiry)
     at = call_terms.expiry + 1
-    start, end = helpers.settlement_ranks(helpers.read_observations(oracle, cld), at, call_terms.expiry, TWAP_WINDOW)
+    start, end = helpers.settlement_ranks(read_observations(oracle, cld), at, call_terms.expiry, TWAP_WINDOW)
     assert pumped_spot(cld_pool, cld, PUMP) >= 10 * spot(cld_pool, cld)
 
     snapshot = chain.snapshot()
@@ -73,14 +74,14 @@ def test_settle__spot_pumped_10x_in_the_block_recording_the_end_observation__sam
     snapshot = chain.snapshot()
     chain.pending_timestamp = call_terms.expiry
     oracle.update(cld, sender=keeper)
-    helpers.settle(options, oracle, series, keeper)
+    settle(options, oracle, series, keeper)
     honest = outcome(options, series)
     chain.restore(snapshot)
 
     chain.pending_timestamp = call_terms.expiry  # the end observation is recorded mid-manipulation
     mover.pump_update_dump(router, oracle, cld, usdc, PUMP, sender=keeper)
     assert oracle.observation(cld, 0)[0] == call_terms.expiry & (2**32 - 1)
-    helpers.settle(options, oracle, series, keeper)
+    settle(options, oracle, series, keeper)
     assert outcome(options, series) == honest
 
 
@@ -117,7 +118,7 @@ def test_settle__wider_bracket_with_a_friendlier_price__reverts(
     router.swap_exact_in(amount, 0, [cld, usdc], [30], lp, chain.pending_timestamp + 60, sender=lp)
     observe_through(cld, call_terms.expiry - TWAP_WINDOW - 2 * PERIOD, call_terms.expiry)
     at = call_terms.expiry + 1
-    observations = helpers.read_observations(oracle, cld)
+    observations = read_observations(oracle, cld)
     start, end = helpers.settlement_ranks(observations, at, call_terms.expiry, TWAP_WINDOW)
     chain.pending_timestamp = at
     for older in range(start + 1, len(observations)):

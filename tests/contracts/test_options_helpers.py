@@ -1,4 +1,4 @@
-"""promptex.chain.options on its own: units, the collateral and payout mirrors (the
+"""promptex.protocol.options on its own: units, the collateral and payout mirrors (the
 properties solvency rests on), and the settlement-rank rule on observation times
 that wrap around 2**32. The mirrors are checked against the contract in
 test_options.py and test_options_stateful.py."""
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptex.chain import options as helpers
-from promptex.chain.options import CALL, PUT
+from promptex.protocol import options as helpers
+from promptex.protocol.options import CALL, PUT
 
 FIXED = 10**18
 SIZE = 1_000 * 10**18

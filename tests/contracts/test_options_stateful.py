@@ -31,7 +31,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from promptex.chain import options as helpers
+from promptex.protocol import options as helpers
 
 OPTIONS = boa.load_partial("contracts/Options.vy")
 

@@ -8,7 +8,7 @@ import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 from dex_fixtures import CLD_PRICE, UNIT
 
-from promptex.chain.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD
+from promptex.protocol.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD
 
 MASK32 = 2**32 - 1
 PERIOD = LOCAL_ORACLE_PERIOD

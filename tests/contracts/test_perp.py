@@ -2,7 +2,7 @@
 (shares, the reserve rule), positions end to end (open → close, margin in and out,
 liquidation, bad debt), funding, every event, and the failures a trader, an LP, a
 liquidator or an admin can run into. Every amount is predicted with the pure-Python
-mirror in `promptex.chain.perp`. Attacks are in test_perp_attacks.py."""
+mirror in `promptex.protocol.perp`. Attacks are in test_perp_attacks.py."""
 
 import ape
 import pytest
@@ -17,8 +17,9 @@ from perp_fixtures import (
     tx_at,
 )
 
-from promptex.chain import perp as m
-from promptex.chain.perp import MarketParams
+from promptex.chain.perp import add_market, deploy_perp
+from promptex.protocol import perp as m
+from promptex.protocol.perp import MarketParams
 
 ZERO = "0x" + "00" * 20
 MARGIN = 1_000 * USD
@@ -126,7 +127,7 @@ def test_add_market__listed__stored_and_logged(perp, gpt, cld):
 
 
 def test_add_market__event__logged(perp, plain, admin):
-    tx = m.add_market(perp, plain[0], GPT_MARKET, admin)
+    tx = add_market(perp, plain[0], GPT_MARKET, admin)
     event = perp.MarketAdded.from_receipt(tx)[0]
     assert event.token == plain[0].address
     assert (event.funding_k, event.max_leverage, event.max_profit_bps) == (10**14, 10, 10_000)
@@ -315,7 +316,7 @@ def test_open_position__reserve_beyond_pool__reverts(perp_world, perp, gpt, admi
     # A Perp whose GPT gains are capped at 300 %: a $40,000 long (within the 50 % OI cap
     # of a $100,000 pool) would reserve $120,000.
     params = MarketParams(**{**GPT_MARKET.__dict__, "max_profit_bps": 30_000})
-    other = m.deploy_perp(
+    other = deploy_perp(
         admin,
         {"USDC": usdc, "Oracle": oracle},
         twap_window=TWAP_WINDOW,

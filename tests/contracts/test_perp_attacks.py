@@ -11,8 +11,8 @@ import pytest
 from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
 from perp_fixtures import GPT_MARKET, USD, tx_at
 
-from promptex.chain import perp as m
-from promptex.chain.dex import DEFAULT_FEE
+from promptex.protocol import perp as m
+from promptex.protocol.dex import DEFAULT_FEE
 
 ZERO = "0x" + "00" * 20
 UNIT = 10**18

@@ -7,7 +7,7 @@ their positions (and try to close others'); a liquidator liquidates (healthy and
 unhealthy positions) and sweeps; two LPs deposit and withdraw (sometimes into the
 reserved liquidity); donors fund the insurance fund; a market maker moves the spot
 prices and time passes (funding accrues, the TWAP follows). The model, built on the
-mirror in `promptex.chain.perp`, predicts every outcome and amount; after every step:
+mirror in `promptex.protocol.perp`, predicts every outcome and amount; after every step:
 
 - USDC conservation: the contract's balance == pool + margins + insurance ==
   deposits − withdrawals (every transfer in and out, counted by the model);
@@ -29,7 +29,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from promptex.chain import perp as m
+from promptex.protocol import perp as m
 
 PERP = boa.load_partial("contracts/Perp.vy")
 

@@ -11,16 +11,12 @@ import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 from dex_fixtures import UNIT
 
-from promptex.chain.dex import DEFAULT_FEE, FEE_DENOMINATOR, MINIMUM_LIQUIDITY, pool_at
+from promptex.chain.dex import pool_at
+from promptex.protocol.dex import DEFAULT_FEE, MINIMUM_LIQUIDITY, amount_out
 
 V2_SWAP_OUT = 453_305_446_940_074_565  # v2-core's swap test: 1 token1 in at reserves 5 / 10
 
 ZERO = "0x0000000000000000000000000000000000000000"
-
-
-def amount_out(amount_in, reserve_in, reserve_out, fee=DEFAULT_FEE):
-    with_fee = amount_in * (FEE_DENOMINATOR - fee)
-    return with_fee * reserve_out // (reserve_in * FEE_DENOMINATOR + with_fee)
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from eth_utils import keccak
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-D = 10_000
-FEE = 30
-MAX_RESERVE = 2**112 - 1
-MINIMUM_LIQUIDITY = 1_000
+from promptex.protocol.dex import DEFAULT_FEE as FEE
+from promptex.protocol.dex import FEE_DENOMINATOR as D
+from promptex.protocol.dex import MAX_RESERVE, MINIMUM_LIQUIDITY, amount_out
+
 ZERO = "0x" + "00" * 20
 
 TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
@@ -30,11 +30,6 @@ def isqrt(n: int) -> int:
     import math
 
     return math.isqrt(n)
-
-
-def amount_out(amount_in: int, reserve_in: int, reserve_out: int) -> int:
-    with_fee = amount_in * (D - FEE)
-    return with_fee * reserve_out // (reserve_in * D + with_fee)
 
 
 class World:

@@ -23,8 +23,8 @@ from redemption_fixtures import (
     cover_twap,
 )
 
-from promptex.chain.dex import DEFAULT_FEE
-from promptex.chain.redemption import provider_id
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.redemption import provider_id
 
 
 def test_surface__state_changing_functions__only_these(redemptions):

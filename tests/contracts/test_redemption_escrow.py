@@ -23,8 +23,8 @@ from redemption_fixtures import (
     USD20,
 )
 
-from promptex.chain import redemption as helpers
-from promptex.chain.dex import DEFAULT_FEE
+from promptex.protocol import redemption as helpers
+from promptex.protocol.dex import DEFAULT_FEE
 
 ZERO = "0x" + "00" * 20
 

@@ -1,4 +1,4 @@
-"""promptex.chain.redemption against the contract: the Python receipt digest equals the
+"""promptex.protocol.redemption against the contract: the Python receipt digest equals the
 escrow's and eth_account's generic EIP-712 encoder's, the slippage bound equals the
 contract's, and `deploy_redemption` deploys from a recorded deployment."""
 
@@ -10,8 +10,9 @@ from eth_utils import keccak
 from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
 from redemption_fixtures import ACCOUNT, ANTHROPIC, BILLING_REF, TWAP_WINDOW
 
-from promptex.chain import redemption as helpers
 from promptex.chain.deploy import contract_at
+from promptex.chain.redemption import deploy_redemption, redemption_record
+from promptex.protocol import redemption as helpers
 
 FIELDS = {"redemption_id": 42, "provider": ANTHROPIC, "account_ref": ACCOUNT, "usd_micro": 20_000_000}
 
@@ -61,12 +62,12 @@ def test_slippage_limit__python__equals_contract(redemptions, redeemable, oracle
 
 def test_deploy_redemption__from_a_recorded_deployment__wired_and_recorded(deployment, admin, tmp_path):
     signer = Account.create().address
-    escrow = helpers.deploy_redemption(admin, deployment, billing_signers={"Anthropic": signer}, log=lambda _: None)
+    escrow = deploy_redemption(admin, deployment, billing_signers={"Anthropic": signer}, log=lambda _: None)
     assert escrow.usdc() == deployment.address("USDC")
     assert escrow.router() == deployment.address("Router")
     assert escrow.oracle() == contract_at(deployment, "Oracle").address
     assert (escrow.twap_window(), escrow.refund_delay()) == (helpers.LOCAL_TWAP_WINDOW, helpers.LOCAL_REFUND_DELAY)
     assert escrow.billing_signer(helpers.provider_id("anthropic")) == signer
-    record = helpers.redemption_record(escrow, tmp_path)
+    record = redemption_record(escrow, tmp_path)
     assert record.address == escrow.address
     assert ape.project.RedemptionEscrow.at(record.address).refund_delay() == helpers.LOCAL_REFUND_DELAY

@@ -21,7 +21,7 @@ from eth_utils import keccak
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from promptex.chain.redemption import account_ref, provider_id, sign_receipt, slippage_limit
+from promptex.protocol.redemption import account_ref, provider_id, sign_receipt, slippage_limit
 
 ESCROW = boa.load_partial("contracts/RedemptionEscrow.vy")
 

@@ -8,12 +8,8 @@ import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 from dex_fixtures import MAX_UINT, UNIT
 
-from promptex.chain.dex import DEFAULT_FEE, FEE_DENOMINATOR, pool_at
-
-
-def amount_out(amount_in, reserve_in, reserve_out, fee=DEFAULT_FEE):
-    with_fee = amount_in * (FEE_DENOMINATOR - fee)
-    return with_fee * reserve_out // (reserve_in * FEE_DENOMINATOR + with_fee)
+from promptex.chain.dex import pool_at
+from promptex.protocol.dex import DEFAULT_FEE, amount_out
 
 
 def reserves_of(pool, token_a):

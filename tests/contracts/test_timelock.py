@@ -11,9 +11,11 @@ import pytest
 from ape import project
 from eth_utils import keccak
 
-from promptex.chain.timelock import DAY, MAX_DELAY, MIN_DELAY, ZERO_ADDRESS, Call, deploy_timelock, selector
+from promptex.chain.timelock import Call, deploy_timelock, selector
 from promptex.chain.timelock import execute as execute_call
 from promptex.chain.timelock import schedule as schedule_call
+from promptex.protocol.timelock import MAX_DELAY, MIN_DELAY
+from promptex.protocol.units import DAY, ZERO_ADDRESS
 
 ADMIN_ROLE = b"\x00" * 32
 PROPOSER_ROLE = keccak(text="PROPOSER_ROLE")

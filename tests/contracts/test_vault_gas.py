@@ -11,7 +11,7 @@ measures the same batch on anvil.
 import boa
 from eth_utils import keccak
 
-from promptex.chain.vault import pack_debits, pack_lot_amount
+from promptex.protocol.vault import pack_debits, pack_lot_amount
 
 TOKEN = boa.load_partial("contracts/ComputeToken.vy")
 USDC = boa.load_partial("contracts/test/MockUSDC.vy")

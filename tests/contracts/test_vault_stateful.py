@@ -23,7 +23,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from promptex.chain.vault import (
+from promptex.protocol.vault import (
     POLICY_WITHDRAWABLE,
     UNLIMITED,
     pack_debits,

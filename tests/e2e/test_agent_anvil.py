@@ -22,15 +22,16 @@ from web3 import Web3
 from anvil_node import ROOT, ape_env, ape_run, free_port
 from promptex.agent import machine
 from promptex.agent.billing import HttpBilling
-from promptex.agent.chain import POOL_FEE, Web3AgentChain
+from promptex.agent.chain import Web3AgentChain
 from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
 from promptex.chain.deployments import load_deployment
-from promptex.chain.redemption import provider_id, sign_receipt
 from promptex.gateway.envelope import MasterKeys
 from promptex.ledger import Ledger
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.redemption import provider_id, sign_receipt
 
 MNEMONIC = " ".join(["test"] * 11 + ["junk"])
 USD, TOKEN = 10**6, 10**18
@@ -104,7 +105,7 @@ def world(deployed_anvil, tmp_path_factory):
     w.send(
         USER,
         w.router.functions.swap_exact_in(
-            400 * USD, 0, [w.usdc.address, w.cld.address], [POOL_FEE], USER.address, w.now() + 600
+            400 * USD, 0, [w.usdc.address, w.cld.address], [DEFAULT_FEE], USER.address, w.now() + 600
         ),
     )
     w.warp(700)  # cover the escrow's 600 s TWAP window with the seed's observation

@@ -10,8 +10,8 @@ from web3 import Web3
 
 from promptex.chain.attest import LotRefused, open_lot
 from promptex.chain.deployments import load_deployment
-from promptex.chain.escrow import KIND_LISTED
 from promptex.gateway.sellers import Capacity, attestation
+from promptex.protocol.escrow import KIND_LISTED
 
 ANVIL_MNEMONIC = " ".join(["test"] * 11 + ["junk"])  # anvil's public development mnemonic
 

@@ -18,18 +18,18 @@ from web3 import Web3
 
 from promptex.chain.attest import open_lot
 from promptex.chain.deployments import load_deployment
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
-from promptex.chain.vault import UNLIMITED, sign_spend_cap
 from promptex.coordinator import cli as coordinator_cli
 from promptex.coordinator import service
 from promptex.coordinator.chain import Web3Chain
 from promptex.coordinator.cli import usage_verify
-from promptex.coordinator.merkle import MerkleTree
 from promptex.coordinator.service import Coordinator
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.binding import sign
 from promptex.metering import split_usdc_charge
 from promptex.proofs import leaf_of
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.merkle import MerkleTree
+from promptex.protocol.vault import UNLIMITED, sign_spend_cap
 
 MNEMONIC = " ".join(["test"] * 11 + ["junk"])  # anvil's public development mnemonic
 USDC_UNIT, TOKEN = 10**6, 10**18

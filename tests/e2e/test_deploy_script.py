@@ -5,7 +5,7 @@ from pathlib import Path
 
 from web3 import Web3
 
-from promptex.chain.redemption import provider_id
+from promptex.protocol.redemption import provider_id
 
 SIGNER = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
 

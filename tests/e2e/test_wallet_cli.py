@@ -12,9 +12,9 @@ from eth_account import Account
 from web3 import Web3
 
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
-from promptex.chain.redemption import provider_id
-from promptex.chain.vault import sign_release
 from promptex.coordinator.cli import ANVIL_KEY_0
+from promptex.protocol.redemption import provider_id
+from promptex.protocol.vault import sign_release
 
 # Throwaway keys for the keyfile accounts, made for these tests only.
 KEY = "0x" + "5e" * 32

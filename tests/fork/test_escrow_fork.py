@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import USDC_UNIT, World, open_lot
 
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
 
 OPEN, GRACE = 1, 7_200
 KINDS = st.sampled_from([KIND_TOKENIZED, KIND_LISTED])

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import World
 
-from promptex.chain.dex import DEFAULT_FEE
+from promptex.protocol.dex import DEFAULT_FEE
 
 USERS = st.sampled_from(range(len(Roles.USERS)))
 PERCENT = st.integers(min_value=1, max_value=100)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import MAX, World
 
-from promptex.chain.vault import pack_debits, pack_lot_amount, sign_release
+from promptex.protocol.vault import pack_debits, pack_lot_amount, sign_release
 
 USERS = st.sampled_from(range(len(Roles.USERS)))
 ASSETS = st.sampled_from(["USDC", "CLD"])

@@ -10,8 +10,8 @@ from typing import Any
 from forkchain import ForkChain, Roles
 from web3 import Web3
 
-from promptex.chain.dex import DEFAULT_FEE
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
 
 MAX = 2**256 - 1
 USDC_UNIT = 10**6

@@ -10,8 +10,9 @@ from fractions import Fraction
 import httpx
 
 from promptex import metering
-from promptex.gateway.twap import PRICE_SCALE, Twap
+from promptex.gateway.twap import Twap
 from promptex.metering import load_catalog
+from promptex.protocol.units import PRICE_SCALE
 
 from .conftest import CATALOG, TOKEN, USDC, Fake, FakeTwaps, Harness
 

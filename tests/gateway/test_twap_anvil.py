@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import urllib.request
 from pathlib import Path
@@ -11,20 +10,12 @@ from pathlib import Path
 import pytest
 
 from anvil_node import ape_env, ape_run, running_anvil
-from promptex.gateway.twap import PRICE_SCALE, OracleTwapSource, TwapCache
+from promptex.gateway.twap import OracleTwapSource, TwapCache
+from promptex.protocol.providers import REFERENCE_PRICES
+from promptex.protocol.units import PRICE_SCALE
 
 pytestmark = pytest.mark.slow
 WINDOW = 60
-
-
-def reference_prices() -> dict[str, int]:
-    """The seed's REFERENCE_PRICES (USDC units per whole token), read without importing ape."""
-    source = (Path(__file__).parents[2] / "src" / "promptex" / "chain" / "seed.py").read_text()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "REFERENCE_PRICES":
-            prices: dict[str, int] = ast.literal_eval(node.value)
-            return prices
-    raise AssertionError("promptex/chain/seed.py has no REFERENCE_PRICES")
 
 
 def rpc(url: str, method: str, *params: object) -> object:
@@ -49,7 +40,7 @@ def test_oracle_twap_source__seeded_market__reads_reference_prices(tmp_path: Pat
         cache = TwapCache(source, refresh_seconds=30, max_age_seconds=60)
         cache.refresh()
 
-    for symbol, reference in reference_prices().items():
+    for symbol, reference in REFERENCE_PRICES.items():
         twap = cache.fresh(symbol)
         assert twap is not None, symbol
         # an untouched pool averages to its opening price (the Oracle rounds down)

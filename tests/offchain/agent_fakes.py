@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 
 from promptex.agent.chain import ChainRedemption, Grant, Redeemed
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
-from promptex.chain.redemption import (
+from promptex.protocol import dex
+from promptex.protocol.redemption import (
     STATUS_OPEN,
     STATUS_REFUNDED,
     STATUS_RELEASED,
@@ -60,10 +61,11 @@ class EscrowState(State):
     releases: int = 0
 
 
-def amount_in(reserve_in: int, reserve_out: int, amount_out: int, fee: int = 30) -> int | None:
+def amount_in(reserve_in: int, reserve_out: int, amount_out: int) -> int | None:
+    """The Router's exact-output quote; None where it reverts (not that much in the pool)."""
     if amount_out >= reserve_out:
         return None
-    return reserve_in * amount_out * 10_000 // ((reserve_out - amount_out) * (10_000 - fee)) + 1
+    return dex.amount_in(amount_out, reserve_in, reserve_out)
 
 
 class FakeAgentChain(FakeChain):

@@ -12,9 +12,9 @@ from promptex.agent.billing import HttpBilling
 from promptex.agent.fake_billing import FakeBillingConfig
 from promptex.agent.service import Agent
 from promptex.agent.store import LinkedAccount
-from promptex.chain.redemption import provider_id
 from promptex.gateway.envelope import MasterKeys
 from promptex.ledger import Ledger
+from promptex.protocol.redemption import provider_id
 
 USD = 10**6
 ACCOUNT = "acct_user_1"

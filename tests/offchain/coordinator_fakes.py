@@ -15,9 +15,9 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN
-from promptex.chain.vault import unpack_debit
 from promptex.coordinator.chain import Call, LotInfo, Receipt, SignedTx
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN
+from promptex.protocol.vault import unpack_debit
 
 COORDINATOR = "0x000000000000000000000000000000000000C0DE"
 ADDRESSES = {"USDC": "0x00000000000000000000000000000000000005DC", "CLD": "0x0000000000000000000000000000000000000C1D"}

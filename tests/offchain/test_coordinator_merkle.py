@@ -7,7 +7,7 @@ from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptex.coordinator.merkle import Leaf, MerkleTree, hash_pair, verify
+from promptex.protocol.merkle import Leaf, MerkleTree, hash_pair, verify
 
 hashes = st.binary(min_size=32, max_size=32)
 leaf_sets = st.lists(hashes, min_size=1, max_size=40, unique=True)

@@ -16,11 +16,9 @@ from ledger_helpers import fund
 from sqlalchemy import select, update
 
 from promptex import proofs
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.coordinator import cli as coordinator_cli
 from promptex.coordinator import service
 from promptex.coordinator.cli import usage_proof, usage_verify
-from promptex.coordinator.merkle import MerkleTree
 from promptex.coordinator.service import Coordinator, ReleaseRefused
 from promptex.dashboard import views
 from promptex.dashboard.enterprise import desk_view
@@ -30,6 +28,8 @@ from promptex.ledger import AccountKind, Ledger, UsageRecord
 from promptex.ledger.schema import balances, usage_records
 from promptex.metering import split_usdc_charge
 from promptex.proofs import leaf_of
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.merkle import MerkleTree
 
 CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
 _requests = itertools.count()

@@ -8,9 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptex.chain.providers import PROVIDER_TOKENS, TOKEN_UNIT, USD_MICRO
 from promptex.metering import (
-    BPS,
     CatalogError,
     ModelPrice,
     PricingError,
@@ -30,6 +28,8 @@ from promptex.metering import (
     usdc_rates,
     usdc_to_token_rates,
 )
+from promptex.protocol.providers import PROVIDER_TOKENS
+from promptex.protocol.units import BPS, TOKEN_UNIT, USD_MICRO
 
 SONNET = ModelPrice("claude-sonnet-4-5", "anthropic", 3_000, 15_000)  # $3 / $15 per million
 

@@ -20,8 +20,7 @@ from web3.logs import DISCARD
 
 from promptex.chain.deployments import Deployment
 from promptex.coordinator.chain import Call, Receipt, SignedTx, Web3Chain
-
-POOL_FEE = 30  # Factory.DEFAULT_FEE (promptex.chain.dex imports ape, which the agent avoids)
+from promptex.protocol.dex import DEFAULT_FEE
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class ChainRedemption:
     payee: str
     usdc: int
     deadline: int
-    status: int  # promptex.chain.redemption.STATUS_*
+    status: int  # promptex.protocol.redemption.STATUS_*
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class Web3AgentChain(Web3Chain):
 
     def quote_in(self, token: str, usdc_out: int) -> int | None:
         try:
-            amounts = self.router.functions.get_amounts_in(usdc_out, [token, self.usdc_address()], [POOL_FEE]).call()
+            amounts = self.router.functions.get_amounts_in(usdc_out, [token, self.usdc_address()], [DEFAULT_FEE]).call()
         except ContractLogicError:
             return None  # no pool, or not enough liquidity for that output
         return int(amounts[0])

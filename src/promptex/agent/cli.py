@@ -14,12 +14,12 @@ from typing import Any
 import click
 
 from promptex.config import Settings, settings
+from promptex.protocol.units import USD_MICRO
 
 # On the local network the agent and the fake billing API sign with anvil's public
 # development accounts 8 and 9, which the demo, `promptex up` and the tests leave to them.
 LOCAL_AGENT_KEY = "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97"  # account 8
 LOCAL_BILLING_SIGNER_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"  # account 9
-USD_MICRO = 10**6
 
 
 def agent_key(s: Settings) -> str:
@@ -152,7 +152,7 @@ def agent_link(
     user links on chain with RedemptionEscrow.link_account(provider, account_ref)."""
     import os
 
-    from promptex.chain.redemption import provider_id
+    from promptex.protocol.redemption import provider_id
 
     credential = os.environ.get(credential_env, "")
     if not credential:

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from promptex.chain.redemption import account_ref, provider_id, sign_receipt
+from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
 
 
 @dataclass

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from eth_account import Account
 
 from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError, BillingReceipt
-from promptex.agent.chain import POOL_FEE, AgentChain
+from promptex.agent.chain import AgentChain
 from promptex.agent.store import (
     ABANDONED,
     ESCROWED,
@@ -47,11 +47,12 @@ from promptex.agent.store import (
     AgentStore,
     Redemption,
 )
-from promptex.chain.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
 from promptex.coordinator import txs
 from promptex.coordinator.chain import Call
 from promptex.coordinator.store import StoredTx
 from promptex.gateway.envelope import MasterKeys
+from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
 
 log = logging.getLogger("promptex.agent")
 
@@ -133,7 +134,7 @@ class RedemptionMachine:
             "redemption",
             "redeem",
             (
-                r.user, r.usd_micro, r.max_tokens_in, [token, self.chain.usdc_address()], [POOL_FEE],
+                r.user, r.usd_micro, r.max_tokens_in, [token, self.chain.usdc_address()], [DEFAULT_FEE],
                 provider_id(account.provider), self.chain.now() + self.swap_deadline,
             ),
         )  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from promptex.agent.chain import AgentChain
-from promptex.chain.redemption import slippage_limit
+from promptex.protocol.redemption import slippage_limit
 
 
 @dataclass(frozen=True)

@@ -20,21 +20,17 @@ from promptex.chain.deployments import (
     save_deployment,
     write_abi,
 )
-from promptex.chain.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD, deploy_dex, dex_records
+from promptex.chain.dex import deploy_dex, dex_records
 from promptex.chain.options import deploy_options, options_record
-from promptex.chain.perp import DEFAULT_MARKET, deploy_perp, perp_record
-from promptex.chain.perp import LIVE_TWAP_WINDOW as PERP_LIVE_TWAP_WINDOW
-from promptex.chain.perp import LOCAL_TWAP_WINDOW as PERP_LOCAL_TWAP_WINDOW
-from promptex.chain.providers import PROVIDER_TOKENS
-from promptex.chain.redemption import (
-    LIVE_REFUND_DELAY,
-    LIVE_TWAP_WINDOW,
-    LOCAL_REFUND_DELAY,
-    LOCAL_TWAP_WINDOW,
-    deploy_redemption,
-    redemption_record,
-)
-from promptex.chain.vault import POLICY_SPEND_ONLY
+from promptex.chain.perp import deploy_perp, perp_record
+from promptex.chain.redemption import deploy_redemption, redemption_record
+from promptex.protocol.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD
+from promptex.protocol.perp import DEFAULT_MARKET
+from promptex.protocol.perp import LIVE_TWAP_WINDOW as PERP_LIVE_TWAP_WINDOW
+from promptex.protocol.perp import LOCAL_TWAP_WINDOW as PERP_LOCAL_TWAP_WINDOW
+from promptex.protocol.providers import PROVIDER_TOKENS
+from promptex.protocol.redemption import LIVE_REFUND_DELAY, LIVE_TWAP_WINDOW, LOCAL_REFUND_DELAY, LOCAL_TWAP_WINDOW
+from promptex.protocol.vault import POLICY_SPEND_ONLY
 
 LOCAL_NETWORKS = ("local",)
 # CreditsVault epoch length: seconds on a demo chain, ten minutes on a live one.

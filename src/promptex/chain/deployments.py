@@ -69,3 +69,8 @@ def write_abi(name: str, abi: list[dict[str, Any]], root: Path | None = None) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(abi, indent=1) + "\n")
     return str(path)
+
+
+def address_of(value: Any) -> str:
+    """An address given as a string or as a contract/account object with `.address`."""
+    return str(getattr(value, "address", value))

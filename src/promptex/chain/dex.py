@@ -1,5 +1,5 @@
 """Deploys the DEX (Pool blueprint, Factory, Router, Oracle) through ape, and seeds
-pools at a chosen price.
+pools at a chosen price (the DEX's constants and maths are `promptex.protocol.dex`).
 
 `deploy_dex` is called by the deploy script (inside an ape network context) once
 the quote asset (USDC) exists; `create_pool_at_price` is what `scripts/seed_market.py`
@@ -17,16 +17,7 @@ from ape.utils import ZERO_ADDRESS
 from eth_utils.crypto import keccak
 
 from promptex.chain.deployments import DeployedContract, abi_of, write_abi
-
-# Mirrors of the contracts' constants (tests check that they match).
-DEFAULT_FEE = 30  # Factory.DEFAULT_FEE: 0.30 %, in parts per FEE_DENOMINATOR
-FEE_DENOMINATOR = 10_000
-MINIMUM_LIQUIDITY = 1_000  # Pool.MINIMUM_LIQUIDITY, locked at the zero address
-
-# Least seconds between two Oracle observations of a token: a minute on a demo
-# chain, fifteen minutes on a live one (64 observations then cover 16 hours).
-LOCAL_ORACLE_PERIOD = 60
-LIVE_ORACLE_PERIOD = 900
+from promptex.protocol.dex import DEFAULT_FEE, LIVE_ORACLE_PERIOD, quote_amount_at_price
 
 # Names under which the DEX is recorded in deployments/<network>.json.
 DEX_CONTRACTS = ("PoolBlueprint", "Factory", "Router", "Oracle")
@@ -78,12 +69,6 @@ def dex_records(dex: dict[str, Any], root: Path | None = None) -> dict[str, Depl
 def pool_at(address: str) -> Any:
     """An ape contract object for a Pool."""
     return project.Pool.at(address)
-
-
-def quote_amount_at_price(token_amount: int, price: int, token_decimals: int = 18) -> int:
-    """Quote units worth `token_amount` at `price` quote units per whole token, rounded
-    down. CLD at $0.004218 against USDC: price 4_218, so 10**18 CLD units ↔ 4_218."""
-    return int(token_amount * price // 10**token_decimals)
 
 
 def create_pool_at_price(

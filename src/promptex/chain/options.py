@@ -1,185 +1,14 @@
-"""Options' units, payout math and deployment: capped calls and puts on provider
-tokens, cash-settled in USDC at the Oracle's TWAP over the window ending at expiry.
-
-The arithmetic mirrors `contracts/Options.vy` exactly (integers, same rounding), so
-tests, the `promptex hedge` CLI and the scenario script can predict what the
-contract pays without a chain. See the contract's header for the reasons.
-
-Units: a price is the Oracle's (USDC units per 10**18 token units, 18-decimal fixed
-point: $0.004218 per CLD is 4_218 * 10**18); a size is token units per option unit;
-USDC amounts are USDC units (10**-6 dollars).
-"""
+"""Options through ape: reading the Oracle's observations, settling a series, and
+deploying the contract (its units and payout math are `promptex.protocol.options`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eth_abi.abi import encode
-from eth_utils.crypto import keccak
-
-# Mirrors of the contract's constants (tests check that they match).
-CALL = 1
-PUT = 2
-PRICE_SCALE = 10**36  # 10**18 token units per price × 10**18 fixed point
-MAX_TERM = 2 * 365 * 86_400
-MAX_VALUE = 2**127 - 1
-ORACLE_CARDINALITY = 64
-USDC_PER_DOLLAR = 10**6
-TOKEN_UNIT = 10**18
-_MASK32 = 2**32 - 1
-_MASK112 = 2**112 - 1
-_MAX_LAG = 2**31
-
-# Settlement TWAP window: ten Oracle periods on a demo chain (period 60 s), four on
-# a live one (period 900 s); the contract allows period .. 16 × period.
-LOCAL_TWAP_WINDOW = 600
-LIVE_TWAP_WINDOW = 3_600
-
-
-class SettlementUnavailable(ValueError):
-    """The Oracle's ring does not (or no longer) hold the observations a settlement needs."""
-
-
-# ─── Units ───────────────────────────────────────────────────────────────────
-
-
-def price_of_dollars(dollars_per_token: Decimal | str | int) -> int:
-    """The Oracle price of `dollars_per_token` USD per whole token ("0.004218" →
-    4_218 * 10**18). Exact: more than 24 decimals of a dollar is refused."""
-    value = Decimal(dollars_per_token) * USDC_PER_DOLLAR * 10**18
-    if value != value.to_integral_value() or value < 0:
-        raise ValueError(f"{dollars_per_token} USD per token is not a whole Oracle price unit")
-    return int(value)
-
-
-def series_id(token: str, kind: int, strike: int, bound: int, expiry: int, size: int) -> int:
-    """The contract's id for these terms: uint256(keccak256(abi_encode(...)))."""
-    encoded = encode(
-        ["address", "uint8", "uint256", "uint256", "uint256", "uint256"], [token, kind, strike, bound, expiry, size]
-    )
-    return int.from_bytes(keccak(encoded), "big")
-
-
-def collateral_per_unit(kind: int, strike: int, bound: int, size: int) -> int:
-    """USDC a writer posts per option unit: |bound − strike| × size / 10**36, which
-    must be a whole number of USDC units (the contract refuses other terms)."""
-    if kind == CALL:
-        if bound <= strike:
-            raise ValueError("a capped call's cap must be above its strike")
-        spread = bound - strike
-    elif kind == PUT:
-        if bound >= strike:
-            raise ValueError("a put's floor must be below its strike")
-        spread = strike - bound
-    else:
-        raise ValueError(f"unknown option kind {kind}")
-    if size <= 0:
-        raise ValueError("size must be positive")
-    if spread * size % PRICE_SCALE:
-        raise ValueError("collateral per unit is not a whole USDC unit: change strike, bound or size")
-    return spread * size // PRICE_SCALE
-
-
-def intrinsic(kind: int, strike: int, bound: int, price: int) -> int:
-    """Value per 10**18 token units at `price` (Oracle units), capped at the spread:
-    CALL min(max(0, price − strike), cap − strike); PUT min(max(0, strike − price), strike − floor)."""
-    if kind == CALL:
-        return min(price, bound) - min(price, strike)
-    if kind == PUT:
-        return max(price, strike) - max(price, bound)
-    raise ValueError(f"unknown option kind {kind}")
-
-
-def payout_per_unit(kind: int, strike: int, bound: int, size: int, price: int) -> int:
-    """USDC one option unit pays at `price`, rounded down (never above the collateral)."""
-    return intrinsic(kind, strike, bound, price) * size // PRICE_SCALE
-
-
-@dataclass(frozen=True)
-class Terms:
-    """A series' terms, as `create_series` takes them."""
-
-    token: str
-    kind: int
-    strike: int
-    bound: int
-    expiry: int
-    size: int
-
-    @property
-    def id(self) -> int:
-        return series_id(self.token, self.kind, self.strike, self.bound, self.expiry, self.size)
-
-    @property
-    def collateral_per_unit(self) -> int:
-        return collateral_per_unit(self.kind, self.strike, self.bound, self.size)
-
-    def payout_per_unit(self, price: int) -> int:
-        return payout_per_unit(self.kind, self.strike, self.bound, self.size, price)
-
-    def args(self) -> tuple[str, int, int, int, int, int]:
-        return self.token, self.kind, self.strike, self.bound, self.expiry, self.size
-
-
-def units_for_exposure(tokens: int, size: int) -> int:
-    """Option units that cover at least `tokens` token units (rounded up)."""
-    return -(-tokens // size)
-
-
-def holder_pnl(terms: Terms, units: int, premium_per_unit: int, price: int) -> int:
-    """A buyer's result in USDC units at settlement `price`: payout − premium paid."""
-    return units * (terms.payout_per_unit(price) - premium_per_unit)
-
-
-def writer_pnl(terms: Terms, units: int, premium_per_unit: int, price: int) -> int:
-    """A writer's result in USDC units (units written and sold): premium − payout.
-    Together with `holder_pnl` it sums to zero: options move money, never make it."""
-    return units * (premium_per_unit - terms.payout_per_unit(price))
-
-
-# ─── Settlement price ────────────────────────────────────────────────────────
-
-
-def uq_to_price(average: int) -> int:
-    """A UQ112.112 quote-per-token average → Oracle price units (the Oracle's conversion)."""
-    return (average >> 112) * PRICE_SCALE + (((average & _MASK112) * PRICE_SCALE) >> 112)
-
-
-def settlement_ranks(observations: Sequence[tuple[int, int]], now: int, expiry: int, window: int) -> tuple[int, int]:
-    """(start_rank, end_rank) for `settle`: `observations` are the Oracle's, newest
-    first ((time mod 2**32, accumulator), as `observation(token, rank)` returns them),
-    read at block time `now`. End: the oldest at or after expiry; start: the newest
-    at or before expiry − window."""
-    if now < expiry:
-        raise SettlementUnavailable("the series has not expired")
-    lag = now - expiry
-    end_rank: int | None = None
-    for rank, (time, _) in enumerate(observations):
-        age = (now - time) & _MASK32
-        if age <= lag:
-            end_rank = rank
-            continue
-        if end_rank is None:
-            break
-        if age >= lag + window:
-            return rank, end_rank
-    if end_rank is None:
-        raise SettlementUnavailable("no Oracle observation at or after expiry yet: call Oracle.update(token)")
-    raise SettlementUnavailable("the Oracle no longer holds an observation before the window; too late to settle")
-
-
-def settlement_price(observations: Sequence[tuple[int, int]], now: int, expiry: int, window: int) -> int:
-    """The price `settle` fixes (Oracle units), from the same observations."""
-    if now - expiry + window >= _MAX_LAG:
-        raise SettlementUnavailable("too late to settle")
-    start, end = settlement_ranks(observations, now, expiry, window)
-    (t_start, c_start), (t_end, c_end) = observations[start], observations[end]
-    elapsed = ((now - t_start) & _MASK32) - ((now - t_end) & _MASK32)
-    return uq_to_price(((c_end - c_start) % 2**256) // elapsed)
+from promptex.chain.deployments import address_of
+from promptex.protocol.options import LIVE_TWAP_WINDOW, LOCAL_TWAP_WINDOW, SettlementUnavailable
 
 
 def read_observations(oracle: Any, token: Any) -> list[tuple[int, int]]:
@@ -214,10 +43,6 @@ def settle(options: Any, oracle: Any, series: int, sender: Any) -> Any:
 # ─── Deployment ──────────────────────────────────────────────────────────────
 
 
-def _address(value: Any) -> str:
-    return str(getattr(value, "address", value))
-
-
 def deploy_options(
     deployer: Any,
     oracle: Any,
@@ -235,7 +60,7 @@ def deploy_options(
 
     if twap_window is None:
         twap_window = LOCAL_TWAP_WINDOW if local else LIVE_TWAP_WINDOW
-    options = deployer.deploy(project.Options, _address(usdc), _address(oracle), twap_window)
+    options = deployer.deploy(project.Options, address_of(usdc), address_of(oracle), twap_window)
     log(f"Options       {options.address}")
     return options
 

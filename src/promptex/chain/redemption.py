@@ -1,163 +1,19 @@
-"""RedemptionEscrow's wire formats and deployment: provider and account ids, the
-EIP-712 `Receipt` a provider billing API signs, the grant's slippage bound, and
-`deploy_redemption`.
-
-One place for what the contract expects, shared by the agent, its fake billing
-API, tests and benchmarks. See `contracts/RedemptionEscrow.vy` for the reasons.
-"""
+"""Deploys the RedemptionEscrow (its wire formats are `promptex.protocol.redemption`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eth_abi.abi import encode
-from eth_account import Account
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
-
-from promptex.chain.permit import EIP712_DOMAIN_TYPE
-
-# Mirrors of the contract's constants (tests check that they match).
-DOMAIN_NAME = "PROMPTEX RedemptionEscrow"
-DOMAIN_VERSION = "1"
-BPS = 10_000
-MAX_SLIPPAGE_BPS = 5_000
-DAY = 86_400
-MAX_HOPS = 4
-MAX_GRANT_TOKENS = 8
-MIN_REFUND_DELAY = 3_600
-MAX_REFUND_DELAY = 30 * DAY
-PRICE_SCALE = 10**36  # Oracle.consult: USDC units per 10**18 token units, 18-decimal fixed point
-
-STATUS_NONE = 0
-STATUS_OPEN = 1
-STATUS_RELEASED = 2
-STATUS_REFUNDED = 3
-
-# TWAP window of the slippage check (at least the Oracle's period: 60 s on a demo
-# chain, 900 s on a live one) and the delay before a user may refund.
-LOCAL_TWAP_WINDOW = 600
-LIVE_TWAP_WINDOW = 1_800
-LOCAL_REFUND_DELAY = 3_600
-LIVE_REFUND_DELAY = 3 * DAY
-
-RECEIPT_TYPE = [
-    {"name": "redemption_id", "type": "uint256"},
-    {"name": "provider", "type": "bytes32"},
-    {"name": "account_ref", "type": "bytes32"},
-    {"name": "usd_micro", "type": "uint256"},
-    {"name": "billing_ref", "type": "bytes32"},
-]
-DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
-RECEIPT_TYPEHASH = keccak(
-    text="Receipt(uint256 redemption_id,bytes32 provider,bytes32 account_ref,uint256 usd_micro,bytes32 billing_ref)"
+from promptex.chain.deployments import address_of
+from promptex.protocol.redemption import (
+    LIVE_REFUND_DELAY,
+    LIVE_TWAP_WINDOW,
+    LOCAL_REFUND_DELAY,
+    LOCAL_TWAP_WINDOW,
+    provider_id,
 )
-
-
-# ─── Identifiers ─────────────────────────────────────────────────────────────
-
-
-def provider_id(name: str) -> bytes:
-    """A provider's on-chain id: its lower-case name, UTF-8, left-aligned in 32 bytes
-    ("Anthropic" → b"anthropic" + 23 zero bytes)."""
-    raw = name.strip().lower().encode()
-    if not raw or len(raw) > 32:
-        raise ValueError(f"a provider name must be 1 to 32 bytes, not {name!r}")
-    return raw.ljust(32, b"\0")
-
-
-def account_ref(provider_account_id: str, salt: bytes = b"") -> bytes:
-    """A linked account's on-chain reference: keccak256(salt ‖ the provider's account
-    id), so the chain does not show the id. The user links it, the agent buys credits
-    on the account it stands for, and the billing API signs the same 32 bytes."""
-    if not provider_account_id:
-        raise ValueError("empty provider account id")
-    return keccak(salt + provider_account_id.encode())
-
-
-def account_hash(provider: bytes, account_ref: bytes) -> bytes:
-    """What a redemption stores for its provider and account (`redemptions(id).account_hash`)."""
-    return keccak(encode(["bytes32", "bytes32"], [provider, account_ref]))
-
-
-# ─── Slippage ────────────────────────────────────────────────────────────────
-
-
-def slippage_limit(usdc_out: int, twap_price: int, max_slippage_bps: int) -> int:
-    """Most token units a grant lets an agent sell for `usdc_out` USDC units, given
-    the Oracle's `consult` price (the contract's formula, rounded down)."""
-    if twap_price <= 0:
-        raise ValueError("no oracle price")
-    if not 0 <= max_slippage_bps <= MAX_SLIPPAGE_BPS:
-        raise ValueError(f"slippage {max_slippage_bps} bps is out of range")
-    return usdc_out * PRICE_SCALE * BPS // (twap_price * (BPS - max_slippage_bps))
-
-
-# ─── EIP-712 receipts ────────────────────────────────────────────────────────
-
-
-def domain_separator(chain_id: int, escrow: str) -> bytes:
-    return keccak(
-        encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-            [DOMAIN_TYPEHASH, keccak(text=DOMAIN_NAME), keccak(text=DOMAIN_VERSION), chain_id, escrow],
-        )
-    )
-
-
-def receipt_digest(
-    *,
-    chain_id: int,
-    escrow: str,
-    redemption_id: int,
-    provider: bytes,
-    account_ref: bytes,
-    usd_micro: int,
-    billing_ref: bytes,
-) -> bytes:
-    """The EIP-712 digest a provider's billing signer signs for credits bought."""
-    struct_hash = keccak(
-        encode(
-            ["bytes32", "uint256", "bytes32", "bytes32", "uint256", "bytes32"],
-            [RECEIPT_TYPEHASH, redemption_id, provider, account_ref, usd_micro, billing_ref],
-        )
-    )
-    return keccak(b"\x19\x01" + domain_separator(chain_id, escrow) + struct_hash)
-
-
-def receipt_typed_data(*, chain_id: int, escrow: str, message: dict[str, Any]) -> dict[str, Any]:
-    """The same message as EIP-712 JSON (what eth_signTypedData_v4 shows)."""
-    return {
-        "types": {"EIP712Domain": EIP712_DOMAIN_TYPE, "Receipt": RECEIPT_TYPE},
-        "primaryType": "Receipt",
-        "domain": {
-            "name": DOMAIN_NAME,
-            "version": DOMAIN_VERSION,
-            "chainId": chain_id,
-            "verifyingContract": to_checksum_address(escrow),
-        },
-        "message": message,
-    }
-
-
-@lru_cache(maxsize=64)
-def _signer(private_key: Any) -> Any:
-    return Account.from_key(private_key)  # deriving the public key is the slow part
-
-
-def sign_receipt(private_key: Any, **fields: Any) -> bytes:
-    """A billing signer's 65-byte signature of a Receipt (fields as in `receipt_digest`)."""
-    return bytes(_signer(private_key).unsafe_sign_hash(receipt_digest(**fields)).signature)
-
-
-# ─── Deployment ──────────────────────────────────────────────────────────────
-
-
-def _address(value: Any) -> str:
-    return str(getattr(value, "address", value))
 
 
 def deploy_redemption(
@@ -189,7 +45,7 @@ def deploy_redemption(
         usdc, router, oracle = (deployment_or_addresses.address(n) for n in ("USDC", "Router", "Oracle"))
     else:
         local = True
-        usdc, router, oracle = (_address(deployment_or_addresses[n]) for n in ("USDC", "Router", "Oracle"))
+        usdc, router, oracle = (address_of(deployment_or_addresses[n]) for n in ("USDC", "Router", "Oracle"))
     if twap_window is None:
         twap_window = LOCAL_TWAP_WINDOW if local else LIVE_TWAP_WINDOW
     if refund_delay is None:

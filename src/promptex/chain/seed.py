@@ -14,14 +14,14 @@ from eth_utils.crypto import keccak
 
 from promptex.chain.deploy import contract_at
 from promptex.chain.deployments import Deployment
-from promptex.chain.dex import DEFAULT_FEE, create_pool_at_price, pool_at, quote_amount_at_price
-from promptex.chain.escrow import KIND_TOKENIZED
-from promptex.chain.providers import TOKEN_UNIT, USD_MICRO
+from promptex.chain.dex import create_pool_at_price, pool_at
+from promptex.protocol.dex import DEFAULT_FEE, quote_amount_at_price
+from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.providers import REFERENCE_PRICES
+from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO
 
-# USDC units (USD micro-units) per whole token: the reference prices.
-REFERENCE_PRICES = {"CLD": 4_218, "GPT": 3_695_000, "GEM": 1_243_000, "LLM": 89_100}
 TERMS = keccak(text="market maker declares its provider agreements permit resale")
-LOT_LIFETIME = 90 * 86_400
+LOT_LIFETIME = 90 * DAY
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,8 @@ from typing import Any
 
 from ape import project
 
-DAY = 86_400
-# Timelock.MIN_DELAY (a contract constant, checked by a test): longer than the vault's
-# MAX_THAW_PERIOD + MAX_PAUSE and RedemptionEscrow's MAX_REFUND_DELAY.
-MIN_DELAY = 4 * DAY
-MAX_DELAY = 30 * DAY
-ZERO_ADDRESS = "0x" + "00" * 20
-NO_PREDECESSOR = b"\x00" * 32
+from promptex.protocol.timelock import NO_PREDECESSOR
+from promptex.protocol.units import ZERO_ADDRESS
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
 from promptex.chain.deployments import Deployment
-from promptex.chain.providers import USDC_SYMBOL
-from promptex.chain.vault import POLICY_SPEND_ONLY, sign_release
+from promptex.protocol.units import USDC_SYMBOL
+from promptex.protocol.vault import POLICY_SPEND_ONLY, sign_release
 
 GAS_MARGIN = 1.25  # over the estimate: state may move a little between estimate and inclusion
 

@@ -10,15 +10,13 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_OPEN
-from promptex.chain.vault import DEBIT_AMOUNT_BITS, pack_debits, pack_lot_amount
 from promptex.coordinator.chain import LotInfo
-from promptex.coordinator.merkle import Leaf, MerkleTree
 from promptex.ledger.usage import StoredUsage
 from promptex.metering import split_usdc_charge
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_OPEN
+from promptex.protocol.merkle import Leaf, MerkleTree
+from promptex.protocol.vault import DEBIT_AMOUNT_BITS, MAX_ENTRIES, MAX_LOTS, pack_debits, pack_lot_amount
 
-MAX_ENTRIES = 1_024  # CreditsVault.MAX_ENTRIES: debits per settlement
-MAX_LOTS = 128  # CreditsVault.MAX_LOTS: credits or lot draws per settlement
 LOT_KINDS = {"tokenized": KIND_TOKENIZED, "listed": KIND_LISTED}
 
 

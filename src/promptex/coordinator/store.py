@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, insert, or_, select, update
 
-from promptex.chain.vault import UNLIMITED
 from promptex.coordinator.chain import SignedTx
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
@@ -32,6 +31,7 @@ from promptex.ledger.errors import InsufficientFunds
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.releases import Release
 from promptex.ledger.usage import PENDING, StoredUsage
+from promptex.protocol.vault import UNLIMITED
 
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
 SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"

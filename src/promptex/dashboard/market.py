@@ -13,7 +13,8 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from promptex.chain.deployments import Deployment, load_deployment
-from promptex.chain.providers import PROVIDER_TOKENS, TOKEN_DECIMALS, USDC_DECIMALS, USDC_SYMBOL
+from promptex.protocol.providers import PROVIDER_TOKENS
+from promptex.protocol.units import TOKEN_DECIMALS, USDC_DECIMALS, USDC_SYMBOL
 
 TWAP_WINDOWS = (300, 3_600, 86_400)  # seconds: 5 min, 1 h, 24 h
 MAX_POINTS = 48  # TWAP chart points per pool (the Oracle's ring holds at most CARDINALITY)

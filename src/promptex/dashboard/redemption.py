@@ -21,12 +21,10 @@ from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError
 from promptex.agent.schema import agent_txs
 from promptex.agent.service import link_account
 from promptex.agent.store import AgentStore, LinkedAccount
-from promptex.chain.redemption import account_ref, provider_id
 from promptex.config import Settings
 from promptex.gateway.envelope import EnvelopeError, MasterKeys, load_master_keys
-
-USD_MICRO = 10**6
-TOKEN_UNIT = 10**18
+from promptex.protocol.redemption import account_ref, provider_id
+from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
 
 
 class BadInput(ValueError):

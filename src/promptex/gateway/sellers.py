@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 
 from promptex import metering
-from promptex.chain.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.gateway.adapters import adapter_for
 from promptex.gateway.envelope import MasterKeys
 from promptex.gateway.routing import KINDS, LISTED, TOKENIZED
 from promptex.gateway.store import GatewayStore
-from promptex.metering.pricing import BPS
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.units import BPS
 
 APIS = ("openai", "anthropic")
 DECLARATION = "I declare that my agreement with {provider} permits the resale of this API capacity."

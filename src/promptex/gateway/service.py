@@ -28,7 +28,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from promptex import metering
-from promptex.chain.providers import PROVIDER_TOKENS, USDC_SYMBOL
 from promptex.config import Settings
 from promptex.gateway import errors
 from promptex.gateway.adapters import (
@@ -59,6 +58,8 @@ from promptex.ledger import (
     UsageRecord,
 )
 from promptex.metering.assets import token_by_symbol
+from promptex.protocol.providers import PROVIDER_TOKENS
+from promptex.protocol.units import USDC_SYMBOL
 
 ASSET_HEADER = "x-promptex-asset"
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})

@@ -26,9 +26,9 @@ import anyio.to_thread
 
 from promptex.config import Settings
 from promptex.metering import asset
+from promptex.protocol.units import PRICE_SCALE
 
 log = logging.getLogger("promptex.gateway.twap")
-PRICE_SCALE = 10**36
 CONSULT_ABI = [
     {
         "type": "function",

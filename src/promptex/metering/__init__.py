@@ -4,7 +4,6 @@ beyond reading a catalog file, no database, no chain."""
 from promptex.metering.assets import ASSETS, CREDIT_SYMBOL, Asset, UnknownAsset, asset, provider_token
 from promptex.metering.catalog import Catalog, CatalogError, ModelPrice, UnknownModel, load_catalog, parse_catalog
 from promptex.metering.pricing import (
-    BPS,
     PricingError,
     Rates,
     exact_cost,
@@ -19,7 +18,6 @@ from promptex.metering.pricing import (
 
 __all__ = [
     "ASSETS",
-    "BPS",
     "CREDIT_SYMBOL",
     "Asset",
     "Catalog",

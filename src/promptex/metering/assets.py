@@ -1,6 +1,6 @@
 """The assets a request can be paid in, by symbol, with their decimals.
 
-Decimals come from `promptex.chain.providers`, the one place that states them:
+Decimals come from `promptex.protocol.units`, the one place that states them:
 provider tokens have 18 decimals, USDC has 6. `CREDIT` stands for any 18-decimal
 credit token when a rate is priced without naming one.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from promptex.chain.providers import PROVIDER_TOKENS, TOKEN_DECIMALS, USDC_DECIMALS, USDC_SYMBOL, ProviderToken
+from promptex.protocol.providers import PROVIDER_TOKENS, ProviderToken
+from promptex.protocol.units import TOKEN_DECIMALS, USDC_DECIMALS, USDC_SYMBOL
 
 CREDIT_SYMBOL = "CREDIT"
 

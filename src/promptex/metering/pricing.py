@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
-from promptex.chain.providers import USDC_SYMBOL
 from promptex.metering.assets import asset, provider_token, token_by_symbol
 from promptex.metering.catalog import ModelPrice
+from promptex.protocol.units import BPS, USDC_SYMBOL
 
-BPS = 10_000
 TOKENS_PER_RATE = 1_000  # rates are per 1,000 tokens
 
 
@@ -67,7 +66,7 @@ def provider_token_rates(price: ModelPrice, face_value_usd_micro: int | None = N
     """Rates in the model's provider token: list price ÷ the token's USD face value.
 
     `face_value_usd_micro` (USD micro-units per whole token) defaults to the token's
-    initial face value in `promptex.chain.providers`.
+    initial face value in `promptex.protocol.providers`.
     """
     token = provider_token(price.provider)
     face = token.face_value_usd_micro if face_value_usd_micro is None else face_value_usd_micro

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from promptex.coordinator.merkle import Leaf, MerkleTree
 from promptex.coordinator.store import CoordinatorStore
 from promptex.ledger.usage import StoredUsage
 from promptex.proofs.errors import BatchTampered, NotProvable, NoUsageRecord
+from promptex.protocol.merkle import Leaf, MerkleTree
 
 
 def leaf_of(record: StoredUsage) -> Leaf:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from promptex.coordinator.merkle import Leaf, verify
 from promptex.proofs.errors import MalformedProof
+from promptex.protocol.merkle import Leaf, verify
 
 
 class RootReader(Protocol):

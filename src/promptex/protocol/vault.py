@@ -7,20 +7,22 @@ benchmarks. See `contracts/CreditsVault.vy` for the layouts' reasons.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 from eth_abi.abi import encode
-from eth_account import Account
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from promptex.chain.permit import EIP712_DOMAIN_TYPE
+from promptex.protocol import eip712
+from promptex.protocol.eip712 import EIP712_DOMAIN_TYPE
+from promptex.protocol.units import MAX_UINT256
 
 POLICY_WITHDRAWABLE = 1
 POLICY_SPEND_ONLY = 2
 
-UNLIMITED = 2**256 - 1  # a SpendCap's per_epoch or total with no limit
+UNLIMITED = MAX_UINT256  # a SpendCap's per_epoch or total with no limit
+MAX_ENTRIES = 1_024  # CreditsVault.MAX_ENTRIES: debits per settlement
+MAX_LOTS = 128  # CreditsVault.MAX_LOTS: credits or lot draws per settlement
 
 DEBIT_AMOUNT_BITS = 96
 LOT_AMOUNT_BITS = 160
@@ -98,7 +100,6 @@ def quantize_per_epoch(value: int) -> int:
 # test checks them against eth_account's generic typed-data encoder, which is
 # ~5x slower and would dominate the state-machine tests.
 
-DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 SPEND_CAP_TYPEHASH = keccak(
     text="SpendCap(address account,address asset,uint256 per_epoch,uint256 total,uint256 expiry,uint256 nonce)"
 )
@@ -106,16 +107,11 @@ RELEASE_TYPEHASH = keccak(text="Release(address account,address asset,uint256 am
 
 
 def domain_separator(chain_id: int, vault: str) -> bytes:
-    return keccak(
-        encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-            [DOMAIN_TYPEHASH, keccak(text=DOMAIN_NAME), keccak(text=DOMAIN_VERSION), chain_id, vault],
-        )
-    )
+    return eip712.domain_separator(DOMAIN_NAME, DOMAIN_VERSION, chain_id, vault)
 
 
 def _digest(chain_id: int, vault: str, struct_hash: bytes) -> bytes:
-    return keccak(b"\x19\x01" + domain_separator(chain_id, vault) + struct_hash)
+    return eip712.typed_digest(domain_separator(chain_id, vault), struct_hash)
 
 
 def spend_cap_digest(
@@ -160,20 +156,11 @@ def typed_data(primary: str, *, chain_id: int, vault: str, message: dict[str, An
     }
 
 
-@lru_cache(maxsize=64)
-def _signer(private_key: Any) -> Any:
-    return Account.from_key(private_key)  # deriving the public key is the slow part
-
-
-def _sign(private_key: Any, digest: bytes) -> bytes:
-    return bytes(_signer(private_key).unsafe_sign_hash(digest).signature)
-
-
 def sign_spend_cap(private_key: Any, **fields: Any) -> bytes:
     """A buyer's 65-byte signature of a SpendCap (fields as in `spend_cap_digest`)."""
-    return _sign(private_key, spend_cap_digest(**fields))
+    return eip712.sign_digest(private_key, spend_cap_digest(**fields))
 
 
 def sign_release(private_key: Any, **fields: Any) -> bytes:
     """A coordinator's 65-byte signature of a Release (fields as in `release_digest`)."""
-    return _sign(private_key, release_digest(**fields))
+    return eip712.sign_digest(private_key, release_digest(**fields))

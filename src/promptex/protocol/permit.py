@@ -7,12 +7,8 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-EIP712_DOMAIN_TYPE = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
+from promptex.protocol.eip712 import EIP712_DOMAIN_TYPE
+
 PERMIT_TYPE = [
     {"name": "owner", "type": "address"},
     {"name": "spender", "type": "address"},

@@ -2,12 +2,6 @@
 
 from dataclasses import dataclass
 
-USDC_SYMBOL = "USDC"
-USDC_DECIMALS = 6
-TOKEN_DECIMALS = 18  # every provider token (and any other PROMPTEX credit token)
-USD_MICRO = 10**USDC_DECIMALS  # USD micro-units per dollar; equal to USDC's smallest unit
-TOKEN_UNIT = 10**TOKEN_DECIMALS
-
 
 @dataclass(frozen=True)
 class ProviderToken:
@@ -23,3 +17,7 @@ PROVIDER_TOKENS: tuple[ProviderToken, ...] = (
     ProviderToken("GEM", "PROMPTEX Gemini Credit", "Google", 1_243_000),  # $1.243
     ProviderToken("LLM", "PROMPTEX Llama Credit", "Meta", 89_100),  # $0.0891
 )
+
+# USDC units (USD micro-units) per whole token at which a local market's pools open:
+# the issue's reference prices, which are also the tokens' initial face values.
+REFERENCE_PRICES = {token.symbol: token.face_value_usd_micro for token in PROVIDER_TOKENS}
