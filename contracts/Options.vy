@@ -36,26 +36,36 @@
 @dev Settlement price. The Oracle's `consult` averages up to *now*, so it
      cannot price a window that ended in the past. Settlement reads two of
      its recorded observations instead (time mod 2**32, accumulator):
-       - end: the OLDEST observation recorded at or after expiry;
-       - start: the NEWEST observation recorded at or before expiry − window;
+       - end: the NEWEST observation recorded at or before expiry;
+       - start: the NEWEST observation recorded at or before end − window;
      price = (accumulator_end − accumulator_start) / (t_end − t_start), the
-     exact time-weighted average of the pool price over a span that contains
-     [expiry − window, expiry] (longer by at most the gaps between updates:
-     with a keeper updating every `period`, under a period on each side).
-     Both choices are forced: the settler passes their ranks as hints and the
-     contract checks the neighbours, so nobody can pick a friendlier pair
-     (`settlement_ranks` computes the hints). The contract never reads a
-     pool, so a spot price moved in any block after the end observation,
-     or inside the block that records it (the pool's accumulator uses the
-     reserves from before the block's first trade), changes nothing.
+     exact time-weighted average of the pool price over a span of at least
+     `twap_window` that ends at or before expiry (with a keeper updating
+     every `period`, it ends less than a period before expiry and is longer
+     than the window by less than a period). Every number in it was recorded
+     at or before expiry: an observation at time t holds the pool's
+     accumulator up to t, which uses the reserves from before the first trade
+     of t's block. So nothing that happens after expiry — trades in every
+     block, Oracle updates, an update made just before expiry so that the
+     next one is refused for a period — moves the price. Both observations
+     are forced: the settler passes their ranks as hints and the contract
+     checks the neighbours, so nobody can pick a friendlier pair
+     (`settlement_ranks` computes the hints). Settlement needs no Oracle
+     update after expiry: a series settles from the second after its expiry.
 
-     Liveness: the end observation exists once anybody calls
-     `Oracle.update(token)` at or after expiry. The Oracle keeps CARDINALITY
-     observations per token, so a series must be settled before the ring
-     overwrites its start; `twap_window` ≤ period × CARDINALITY / 4 leaves at
-     least ~45 further updates (≥ 45 periods) after expiry. A series left
-     unsettled past that cannot be settled (its collateral stays locked):
-     keepers (the `promptex hedge` CLI) settle at expiry.
+     Fallback (collateral is never locked). The Oracle keeps CARDINALITY
+     observations per token; once the ring has overwritten the window's
+     start (≥ 45 keeper periods after expiry, since `twap_window` ≤ period ×
+     CARDINALITY / 4), or never held one (a token first observed too
+     shortly before expiry), the forced pair no longer exists, and it never
+     will again (newer observations are all after expiry). The series then
+     settles at the Oracle's TWAP over `twap_window` ending when it is
+     settled (`consult`) — prices after expiry, so a late settlement is
+     weaker: the contract checks, from the same rank hints (the rank
+     `observation_count` standing for "not retained"), that the forced pair
+     is really gone before it falls back (`Settled.late`). Keepers (the
+     `promptex hedge` CLI) settle at expiry; holders and writers each have
+     ≥ 45 periods to settle at the honest price first.
 
      Rounding and solvency. Collateral per unit must be an exact integer
      (creation refuses terms where |bound − strike| × size is not a multiple
@@ -225,6 +235,7 @@ event Settled:
     payout_per_unit: uint256
     start_time: uint256
     end_time: uint256
+    late: bool
 
 event Claimed:
     series_id: indexed(uint256)
@@ -540,12 +551,15 @@ def offers(offer_id: uint256) -> Offer:
 def settle(series_id: uint256, start_rank: uint256, end_rank: uint256) -> uint256:
     """
     @notice Settles an expired series at the TWAP over the window ending at
-            expiry (see the contract @dev), once; anyone may.
+            or before expiry (see the contract @dev), once; anyone may.
     @dev `start_rank` and `end_rank` are Oracle observation ranks (0 = the
-         newest): the newest observation at or before expiry − twap_window
-         and the oldest at or after expiry. `settlement_ranks` returns them;
-         any other pair reverts. Moves no funds.
-    @param series_id An expired, unsettled series.
+         newest): the newest observation at or before expiry, and the
+         newest at or before that one's time − twap_window. A rank equal to
+         `observation_count` says "not retained": then the series settles
+         late, at `Oracle.consult(token, twap_window)`, after the contract
+         checks the ring holds no such observation. `settlement_ranks`
+         returns the pair; any other reverts. Moves no funds.
+    @param series_id An expired (block time > expiry), unsettled series.
     @param start_rank Rank of the window's start observation.
     @param end_rank Rank of the window's end observation.
     @return uint256 The payout per unit (USDC units).
@@ -554,34 +568,51 @@ def settle(series_id: uint256, start_rank: uint256, end_rank: uint256) -> uint25
     assert terms != 0, "options: unknown series"
     assert self._outcomes[series_id] & _SETTLED_BIT == 0, "options: series settled"
     expiry: uint256 = self._expiry(terms)
-    assert block.timestamp >= expiry, "options: not expired"
+    assert block.timestamp > expiry, "options: not expired"
     token: address = self._token(terms)
-    lag: uint256 = block.timestamp - expiry
-    assert lag + twap_window < _MAX_LAG, "options: settlement too late"
-    now: uint256 = block.timestamp & _MASK32
-    count: uint256 = staticcall IOracle(oracle).observation_count(token)
 
-    # end: the oldest at or after expiry; start: the newest at or before
-    # expiry − window. Ages grow with rank, so each is pinned by one neighbour.
-    threshold: uint256 = lag + twap_window
-    assert start_rank < count and start_rank > end_rank, "options: bad ranks"
-    end_time: uint256 = 0
-    end_cumulative: uint256 = 0
-    end_time, end_cumulative = staticcall IOracle(oracle).observation(token, end_rank)
+    price: uint256 = 0
     start_time: uint256 = 0
-    start_cumulative: uint256 = 0
-    start_time, start_cumulative = staticcall IOracle(oracle).observation(token, start_rank)
-    end_age: uint256 = self._age(end_time, now)
-    start_age: uint256 = self._age(start_time, now)
-    assert end_age <= lag, "options: bad end rank"
-    assert start_age >= threshold, "options: bad start rank"
-    if end_rank + 1 != start_rank:  # else start_age > lag already
-        assert self._age(self._observed_time(token, end_rank + 1), now) > lag, "options: bad end rank"
-    if start_rank - 1 != end_rank:  # else end_age <= lag < threshold already
-        assert self._age(self._observed_time(token, start_rank - 1), now) < threshold, "options: bad start rank"
-
-    average: uint256 = unsafe_sub(end_cumulative, start_cumulative) // (start_age - end_age)  # UQ112.112
-    price: uint256 = (average >> 112) * PRICE_SCALE + (((average & _MASK112) * PRICE_SCALE) >> 112)
+    end_time: uint256 = 0
+    late: bool = False
+    lag: uint256 = block.timestamp - expiry
+    if lag + twap_window >= _MAX_LAG:
+        late = True  # ages modulo 2**32 can no longer place expiry: nothing before it is readable
+    else:
+        now: uint256 = block.timestamp & _MASK32
+        count: uint256 = staticcall IOracle(oracle).observation_count(token)
+        assert count != 0 and start_rank <= count and end_rank <= count, "options: bad ranks"
+        # Ages grow with rank, so each choice is pinned by one neighbour.
+        if end_rank == count:  # "nothing at or before expiry is retained": even the oldest is later
+            assert self._age(self._observed_time(token, count - 1), now) < lag, "options: bad end rank"
+            late = True
+        else:
+            end_cumulative: uint256 = 0
+            end_time, end_cumulative = staticcall IOracle(oracle).observation(token, end_rank)
+            end_age: uint256 = self._age(end_time, now)
+            assert end_age >= lag, "options: bad end rank"  # recorded at or before expiry…
+            if end_rank != 0:  # …and the newest such
+                assert self._age(self._observed_time(token, end_rank - 1), now) < lag, "options: bad end rank"
+            threshold: uint256 = end_age + twap_window
+            if start_rank == count:  # "the window's start is not retained": even the oldest is later
+                assert self._age(self._observed_time(token, count - 1), now) < threshold, "options: bad start rank"
+                late = True
+            else:
+                assert start_rank > end_rank, "options: bad ranks"
+                start_cumulative: uint256 = 0
+                start_time, start_cumulative = staticcall IOracle(oracle).observation(token, start_rank)
+                start_age: uint256 = self._age(start_time, now)
+                assert start_age >= threshold, "options: bad start rank"
+                if start_rank - 1 != end_rank:  # else that neighbour is the end, younger than threshold
+                    assert self._age(self._observed_time(token, start_rank - 1), now) < threshold, "options: bad start rank"
+                average: uint256 = unsafe_sub(end_cumulative, start_cumulative) // (start_age - end_age)  # UQ112.112
+                price = (average >> 112) * PRICE_SCALE + (((average & _MASK112) * PRICE_SCALE) >> 112)
+                start_time = block.timestamp - start_age
+                end_time = block.timestamp - end_age
+    if late:
+        price = staticcall IOracle(oracle).consult(token, twap_window)
+        start_time = 0
+        end_time = 0
     payout_per_unit: uint256 = self._payout_per_unit(series_id, terms, price)
 
     self._outcomes[series_id] = min(price, _MASK128) | (payout_per_unit << _HIGH_SHIFT) | _SETTLED_BIT
@@ -589,8 +620,9 @@ def settle(series_id: uint256, start_rank: uint256, end_rank: uint256) -> uint25
         series_id=series_id,
         price=price,
         payout_per_unit=payout_per_unit,
-        start_time=block.timestamp - start_age,
-        end_time=block.timestamp - end_age,
+        start_time=start_time,
+        end_time=end_time,
+        late=late,
     )
     return payout_per_unit
 
@@ -600,33 +632,33 @@ def settle(series_id: uint256, start_rank: uint256, end_rank: uint256) -> uint25
 def settlement_ranks(series_id: uint256) -> (uint256, uint256):
     """
     @notice The observation ranks `settle` needs now (for off-chain callers).
-    @dev Reverts "options: no observation at or after expiry" until someone
-         calls `Oracle.update(token)` at or after expiry, and "options: window
-         start not retained" once the ring has overwritten the start.
-    @param series_id An expired series.
+    @dev Either rank is `Oracle.observation_count(token)` when the ring does
+         not hold that observation (a late settlement, see the contract @dev).
+    @param series_id An expired series (block time > expiry).
     @return uint256 start_rank.
     @return uint256 end_rank.
     """
     terms: uint256 = self._terms[series_id]
     assert terms != 0, "options: unknown series"
     expiry: uint256 = self._expiry(terms)
-    assert block.timestamp >= expiry, "options: not expired"
+    assert block.timestamp > expiry, "options: not expired"
     token: address = self._token(terms)
-    lag: uint256 = block.timestamp - expiry
-    now: uint256 = block.timestamp & _MASK32
     count: uint256 = staticcall IOracle(oracle).observation_count(token)
-    threshold: uint256 = lag + twap_window
-    end_rank: uint256 = max_value(uint256)
+    lag: uint256 = block.timestamp - expiry
+    if lag + twap_window >= _MAX_LAG:
+        return count, count
+    now: uint256 = block.timestamp & _MASK32
+    end_rank: uint256 = count
+    threshold: uint256 = 0
     for rank: uint256 in range(count, bound=ORACLE_CARDINALITY):
         age: uint256 = self._age(self._observed_time(token, rank), now)
-        if age <= lag:
-            end_rank = rank
-            continue
-        assert end_rank != max_value(uint256), "options: no observation at or after expiry"
-        if age >= threshold:
+        if end_rank == count:
+            if age >= lag:
+                end_rank = rank
+                threshold = age + twap_window
+        elif age >= threshold:
             return rank, end_rank
-    assert end_rank != max_value(uint256), "options: no observation at or after expiry"
-    raise "options: window start not retained"
+    return count, end_rank
 
 
 # ─── Holders ─────────────────────────────────────────────────────────────────

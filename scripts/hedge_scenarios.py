@@ -188,11 +188,11 @@ def move_price(deployment, trader, attestor, factor: Decimal) -> None:
 
 def settle_hedges(deployment, keeper, company, seller, hedges: Hedges, tokens: int) -> dict[str, int]:
     usdc, options = contract_at(deployment, "USDC"), contract_at(deployment, "Options")
-    oracle, perp = contract_at(deployment, "Oracle"), contract_at(deployment, "Perp")
+    perp = contract_at(deployment, "Perp")
     result = {}
     for key, terms, holder, premium in (("call", hedges.call, company, CALL_PREMIUM),
                                          ("put", hedges.put, seller, PUT_PREMIUM)):  # fmt: skip
-        settle(options, oracle, terms.id, keeper)
+        settle(options, terms.id, keeper)
         before = usdc.balanceOf(holder)
         options.claim(terms.id, sender=holder)
         result[key] = usdc.balanceOf(holder) - before - hedges.units * premium

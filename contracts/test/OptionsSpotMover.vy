@@ -39,6 +39,16 @@ def pump_update_dump(router: address, oracle: address, token: address, usdc: add
 
 
 @external
+def pump_and_update(router: address, oracle: address, token: address, usdc: address, usdc_in: uint256):
+    """
+    @notice Buys `token` with `usdc_in` USDC and asks the Oracle for an
+            observation (a trade and an update in one block), keeping the tokens.
+    """
+    self._pump(router, token, usdc, usdc_in)
+    extcall IOracle(oracle).update(token)
+
+
+@external
 def pump_settle_dump(
     router: address,
     options: address,

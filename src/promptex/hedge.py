@@ -194,10 +194,10 @@ def buy(network: Any, alias: str | None, yes: bool, offer_id: int, count: int) -
 @hedge_command("settle")
 @click.option("--series", "series_id", required=True, type=int)
 def settle_series(network: Any, alias: str | None, yes: bool, series_id: int) -> None:
-    """Settle an expired series at the TWAP over the window ending at expiry (anyone, once)."""
+    """Settle an expired series at the TWAP over the window ending at or before expiry (anyone, once)."""
     with readable_errors():
         session, options, _ = _session(network, alias, yes)
-        settle(options, session.contract("Oracle"), series_id, session.account)
+        settle(options, series_id, session.account)
         s = options.series(series_id)
         click.echo(f"series {series_id} settled at {shown_price(s.settlement_price)}: "
                    f"{whole(s.payout_per_unit, 'USDC')} a unit")  # fmt: skip

@@ -358,7 +358,7 @@ def test_settle__flat_market__twap_of_the_window_and_logged(options, oracle, wri
     assert s.payout_per_unit == call_terms.payout_per_unit(expected)
     assert 0 < s.payout_per_unit < CALL_COLLATERAL  # strike $0.004 < $0.004218 < cap
     event = options.Settled.from_receipt(receipt)[0]
-    assert (event.price, event.payout_per_unit) == (expected, s.payout_per_unit)
+    assert (event.price, event.payout_per_unit, event.late) == (expected, s.payout_per_unit, False)
     assert (event.start_time, event.end_time) == (call_terms.expiry - TWAP_WINDOW, call_terms.expiry)
 
 
@@ -403,35 +403,89 @@ def test_settle__put_with_floor__payout_follows_the_twap(
         assert s.payout_per_unit == floored.collateral_per_unit == 1_000 * USD
 
 
-def test_settle__before_expiry_or_unknown__reverts(options, written, call_terms, chain, keeper):
+def test_settle__at_expiry_or_unknown__reverts(options, oracle, written, call_terms, chain, keeper):
     series = written(1)
-    chain.pending_timestamp = call_terms.expiry - 1
+    chain.pending_timestamp = call_terms.expiry  # an update may still land in the expiry second
     with ape.reverts("options: not expired"):
         options.settle(series, 1, 0, sender=keeper)
     with ape.reverts("options: unknown series"):
         options.settle(series + 1, 1, 0, sender=keeper)
 
 
-def test_settlement_ranks__no_observation_since_expiry__reverts_until_an_update(
+def test_settle__last_update_a_second_before_expiry__settles_with_no_update_after(
     options, oracle, written, call_terms, chain, keeper, observe_through
 ):
     series = written(1)
-    observe_through(call_terms.token, call_terms.expiry - TWAP_WINDOW - PERIOD, call_terms.expiry - 1)
+    observe_through(call_terms.token, call_terms.expiry - TWAP_WINDOW - PERIOD - 1, call_terms.expiry - 1)
+    count = oracle.observation_count(call_terms.token)
     chain.mine(1, timestamp=call_terms.expiry + 5)
-    with ape.reverts("options: no observation at or after expiry"):
-        options.settlement_ranks(series)
-    receipt = settle(options, oracle, series, keeper)  # updates the Oracle, then settles
-    assert options.series(series).settled
-    assert options.Settled.from_receipt(receipt)[0].end_time >= call_terms.expiry
+    assert options.settlement_ranks(series) == (10, 0)  # no observation after expiry is needed
+    receipt = settle(options, series, keeper)
+    assert oracle.observation_count(call_terms.token) == count  # and none was recorded
+    event = options.Settled.from_receipt(receipt)[0]
+    assert (event.start_time, event.end_time, event.late) == (
+        call_terms.expiry - TWAP_WINDOW - 1,
+        call_terms.expiry - 1,
+        False,
+    )
 
 
-def test_settle__window_start_overwritten__reverts_too_late(options, written, call_terms, chain, observe_through):
+def test_settle__window_start_overwritten__settles_late_at_the_twap_then(
+    options, oracle, written, call_terms, chain, keeper, observe_through
+):
     series = written(1)
-    # 65 updates from the window's start: the ring (64) has dropped the start.
+    # Updates every period from the window's start until the ring (64) has dropped it.
     observe_through(call_terms.token, call_terms.expiry - TWAP_WINDOW, call_terms.expiry + 54 * PERIOD)
-    chain.mine(1, timestamp=call_terms.expiry + 54 * PERIOD + 1)
-    with ape.reverts("options: window start not retained"):
-        options.settlement_ranks(series)
+    chain.pending_timestamp = call_terms.expiry + 54 * PERIOD + 1
+    count = oracle.observation_count(call_terms.token)
+    start, end = helpers.settlement_ranks(
+        read_observations(oracle, call_terms.token), chain.pending_timestamp, call_terms.expiry, TWAP_WINDOW
+    )
+    assert (start, end) == (count, 54)  # the end (at expiry) is still held, the start is not
+    chain.mine(1, timestamp=chain.pending_timestamp)
+    assert options.settlement_ranks(series) == (count, 54)
+    chain.pending_timestamp += 1
+    receipt = options.settle(series, start, end, sender=keeper)
+    event = options.Settled.from_receipt(receipt)[0]
+    assert event.late and (event.start_time, event.end_time) == (0, 0)
+    twap = oracle.consult(call_terms.token, TWAP_WINDOW)  # same block state as the settlement
+    assert options.series(series).settlement_price == event.price == twap
+    assert options.series(series).payout_per_unit == call_terms.payout_per_unit(twap)
+
+
+def test_settle__nothing_before_expiry_retained__settles_late(
+    options, oracle, written, call_terms, chain, keeper, observe_through
+):
+    series = written(1)
+    observe_through(call_terms.token, call_terms.expiry + PERIOD, call_terms.expiry + 65 * PERIOD)
+    chain.pending_timestamp = call_terms.expiry + 65 * PERIOD + 1
+    count = oracle.observation_count(call_terms.token)
+    chain.mine(1, timestamp=chain.pending_timestamp)
+    assert options.settlement_ranks(series) == (count, count)
+    with ape.reverts("options: bad ranks"):
+        options.settle(series, count + 1, count, sender=keeper)
+    options.settle(series, count, count, sender=keeper)
+    assert options.series(series).settled
+
+
+def test_settle__late_claimed_while_the_window_is_held__reverts(
+    options, oracle, written, call_terms, chain, keeper, observe_through
+):
+    series = written(1)
+    observe_through(call_terms.token, call_terms.expiry - TWAP_WINDOW - PERIOD, call_terms.expiry + PERIOD)
+    chain.pending_timestamp = call_terms.expiry + PERIOD + 1
+    count = oracle.observation_count(call_terms.token)
+    start, end = helpers.settlement_ranks(
+        read_observations(oracle, call_terms.token), chain.pending_timestamp, call_terms.expiry, TWAP_WINDOW
+    )
+    with ape.reverts("options: bad start rank"):
+        options.settle(series, count, end, sender=keeper)  # "start not retained": it is
+    with ape.reverts("options: bad end rank"):
+        options.settle(series, start, count, sender=keeper)  # "nothing before expiry": there is
+    with ape.reverts("options: bad end rank"):
+        options.settle(series, count, count, sender=keeper)
+    options.settle(series, start, end, sender=keeper)
+    assert options.series(series).settled
 
 
 def test_settle__ranks_off_by_one__reverts(options, oracle, written, call_terms, chain, keeper, observe_through):
@@ -445,8 +499,8 @@ def test_settle__ranks_off_by_one__reverts(options, oracle, written, call_terms,
     for bad_start, bad_end, reason in [
         (start + 1, end, "options: bad start rank"),  # older than needed
         (start - 1, end, "options: bad start rank"),  # inside the window
-        (start, end - 1, "options: bad end rank"),  # newer than needed
-        (start, end + 1, "options: bad end rank"),  # before expiry
+        (start, end - 1, "options: bad end rank"),  # after expiry
+        (start, end + 1, "options: bad end rank"),  # not the newest before expiry
         (end, end, "options: bad ranks"),
         (64, end, "options: bad ranks"),
     ]:

@@ -1,16 +1,20 @@
-"""Attacks on Options through ape: the spot price moved 10× inside one block (the
-block that records the settlement's end observation, or the settling transaction
-itself) changes nothing the contract reads; a series settles once, whoever tries
-again and with whatever ranks; a settler cannot choose a friendlier pair of
-observations; an ERC-1155 receiver cannot re-enter while Options sends it units."""
+"""Attacks on Options through ape: an Oracle update just before expiry (so that the
+next is refused for a period) followed by a pump traded in every block until
+settlement changes nothing (found: a writer paid $20,013 instead of $0); the spot
+price moved 10× inside one block (the block that records the settlement's end
+observation, or the settling transaction itself) changes nothing the contract reads;
+a series settles once, whoever tries again and with whatever ranks; a settler cannot
+choose a friendlier pair of observations; an ERC-1155 receiver cannot re-enter while
+Options sends it units."""
 
 import ape
 import pytest
 from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
-from options_fixtures import CALL_COLLATERAL, PERIOD, TWAP_WINDOW, USD
+from options_fixtures import CALL_COLLATERAL, CALL_SIZE, FIXED, PERIOD, TWAP_WINDOW, USD
 
 from promptex.chain.options import read_observations, settle
 from promptex.protocol import options as helpers
+from promptex.protocol.options import CALL, Terms
 
 PUMP = 220_000 * USD  # into a $100k-deep pool: spot × ~10
 
@@ -40,6 +44,50 @@ def pumped_spot(pool, token, usdc_in):
 def outcome(options, series):
     s = options.series(series)
     return s.settled, s.settlement_price, s.payout_per_unit
+
+
+def test_settle__update_just_before_expiry_then_pump_traded_every_block__payout_unchanged(
+    options, oracle, call_terms, observe_through, mover, router, usdc, markets, chain, keeper, writer, attacker
+):
+    """The reviewer's attack: the attacker holds an out-of-the-money capped call. A
+    keeper's update lands a second before expiry, so the Oracle refuses the next for a
+    period; from expiry on the attacker pumps CLD and trades in every block, and the
+    Oracle records a pumped observation a period later. Settled after that, the call
+    still pays what the window before expiry says: nothing."""
+    cld = markets[0]
+    otm = Terms(cld.address, CALL, 5_000 * FIXED, 9_000 * FIXED, call_terms.expiry, CALL_SIZE)  # strike $0.005
+    options.create_series(*otm.args(), sender=keeper)
+    options.write(otm.id, 5, sender=writer)
+    options.safeTransferFrom(writer, attacker, otm.id, 5, b"", sender=writer)
+    usdc.mint(mover, 2 * PUMP, sender=attacker)
+    observe_through(cld, otm.expiry - TWAP_WINDOW - PERIOD - 1, otm.expiry - 1)  # last update: expiry − 1
+    settle_at = otm.expiry + PERIOD + 2
+
+    snapshot = chain.snapshot()
+    chain.mine(1, timestamp=settle_at - 1)  # views read the head block
+    settle(options, otm.id, keeper)
+    honest = outcome(options, otm.id)
+    chain.restore(snapshot)
+
+    count = oracle.observation_count(cld)
+    chain.pending_timestamp = otm.expiry
+    mover.pump_and_update(router, oracle, cld, usdc, PUMP, sender=attacker)
+    for t in range(otm.expiry + 1, settle_at):  # a trade and an Oracle update in every block
+        chain.pending_timestamp = t
+        mover.pump_and_update(router, oracle, cld, usdc, PUMP // 100, sender=attacker)
+    # Refused until a period after the last update, then one pumped observation.
+    assert oracle.observation_count(cld) == count + 1
+    assert oracle.observation(cld, 0)[0] == otm.expiry - 1 + PERIOD
+    pumped = oracle.consult(cld, TWAP_WINDOW)
+    assert pumped > otm.strike  # a settlement reading through the pumped observation would pay
+    settle(options, otm.id, attacker)  # mined at settle_at
+    assert outcome(options, otm.id) == honest
+    assert honest[0] and honest[2] == 0 and honest[1] < otm.strike  # the writer pays nothing
+    before = usdc.balanceOf(attacker)
+    options.claim(otm.id, sender=attacker)
+    assert usdc.balanceOf(attacker) == before
+    options.reclaim(otm.id, sender=writer)
+    assert options.total_collateral() == 0
 
 
 def test_settle__spot_pumped_10x_inside_the_settling_transaction__same_outcome(
@@ -74,14 +122,16 @@ def test_settle__spot_pumped_10x_in_the_block_recording_the_end_observation__sam
     snapshot = chain.snapshot()
     chain.pending_timestamp = call_terms.expiry
     oracle.update(cld, sender=keeper)
-    settle(options, oracle, series, keeper)
+    chain.mine(1, timestamp=call_terms.expiry + 1)  # views read the head block
+    settle(options, series, keeper)
     honest = outcome(options, series)
     chain.restore(snapshot)
 
     chain.pending_timestamp = call_terms.expiry  # the end observation is recorded mid-manipulation
     mover.pump_update_dump(router, oracle, cld, usdc, PUMP, sender=keeper)
     assert oracle.observation(cld, 0)[0] == call_terms.expiry & (2**32 - 1)
-    settle(options, oracle, series, keeper)
+    chain.mine(1, timestamp=call_terms.expiry + 1)
+    settle(options, series, keeper)
     assert outcome(options, series) == honest
 
 

@@ -83,16 +83,26 @@ def test_settlement_ranks__times_wrap_around_2_32__same_choice():
     assert times[len(times) - 1 - start] == expiry - window
 
 
-def test_settlement_ranks__missing_observations__explained():
+def test_settlement_ranks__end_is_the_newest_at_or_before_expiry__never_after():
     expiry, window = 10_000, 600
-    before = [(expiry - 60 * k, 0) for k in range(1, 20)]
-    with pytest.raises(helpers.SettlementUnavailable, match="at or after expiry"):
-        helpers.settlement_ranks(before, expiry + 30, expiry, window)
-    short = [(expiry + 60, 0), (expiry, 0), (expiry - 60, 0)]
-    with pytest.raises(helpers.SettlementUnavailable, match="no longer holds"):
-        helpers.settlement_ranks(short, expiry + 61, expiry, window)
-    with pytest.raises(helpers.SettlementUnavailable, match="not expired"):
-        helpers.settlement_ranks(short, expiry - 1, expiry, window)
+    observations = [(expiry + 59, 0)] + [(expiry - 1 - 60 * k, 0) for k in range(12)]  # newest first
+    start, end = helpers.settlement_ranks(observations, expiry + 100, expiry, window)
+    assert observations[end][0] == expiry - 1  # not the one a period after expiry
+    assert observations[start][0] == expiry - 1 - 600
+
+
+def test_settlement_ranks__window_not_held__late_ranks_and_no_offline_price():
+    expiry, window = 10_000, 600
+    after = [(expiry + 60 * k, 0) for k in range(20, 0, -1)]  # all after expiry
+    assert helpers.settlement_ranks(after, expiry + 1_300, expiry, window) == (20, 20)
+    short = [(expiry + 60, 0), (expiry, 0), (expiry - 60, 0)]  # the window's start is gone
+    ranks = helpers.settlement_ranks(short, expiry + 61, expiry, window)
+    assert ranks == (3, 1) and helpers.is_late(ranks, len(short))
+    with pytest.raises(helpers.SettlementUnavailable, match="settles late"):
+        helpers.settlement_price(short, expiry + 61, expiry, window)
+    for at in (expiry - 1, expiry):
+        with pytest.raises(helpers.SettlementUnavailable, match="not expired"):
+            helpers.settlement_ranks(short, at, expiry, window)
 
 
 def test_settlement_price__uq_average__oracle_conversion():

@@ -6,9 +6,11 @@ offer and buy them (premiums), pass them around, unwind, and, once expired, sett
 claim and reclaim them, while an lp moves the pools' prices and a keeper updates
 the Oracle as time passes (the model keeps its own record of the Oracle's ring).
 Steps are drawn among the valid ones; failures are probed now and then (settling
-twice, before expiry, before an end observation, with a wrong pair of
-observations; the same terms twice), since test_options.py tries every revert and
-a revert is costly under titanoboa. After every step:
+twice, at expiry, with a wrong pair of observations; the same terms twice), since
+test_options.py tries every revert and a revert is costly under titanoboa. An
+attacker's rule replays the reviewer's attack on a live series: an Oracle update a
+second before expiry, then a pump and another update a period later, before
+anyone settles. After every step:
 
 - collateral held ≥ the maximum payout of every open series: unsettled, a series
   holds collateral_per_unit × units written, which equals its units outstanding;
@@ -19,8 +21,12 @@ a revert is costly under titanoboa. After every step:
   series a step touched; all series and every offer at the end of a run).
 
 A settlement price is checked against the model's own time-weighted average of the
-pool's price (tracked from the trades), over the observations the contract used,
-and that span must contain [expiry − window, expiry].
+pool's price (tracked from the trades), over the observations the contract used:
+the span must end at or before expiry and last at least the window (so nothing
+traded after expiry counts); a late settlement (the Oracle's ring no longer holds
+the window) must equal the Oracle's TWAP then. At the end of every run, time runs
+past every expiry and every series still open must settle and pay out in full: no
+collateral is ever locked.
 """
 
 from dataclasses import dataclass, field
@@ -329,8 +335,25 @@ class OptionsMachine(RuleBasedStateMachine):
 
     # ── settlement ───────────────────────────────────────────────────────────
 
+    @rule(data=st.data(), pump_pct=st.integers(10, 40))
+    def attacker_updates_just_before_expiry_then_pumps(self, data, pump_pct):
+        """The reviewer's attack on a live series: the Oracle's last observation a
+        second before expiry (so the next is refused for a period), a pump from the
+        expiry second on, and the pumped observation a period later."""
+        live = [i for i in self.live() if self.m.series[i].terms.expiry - 1 > self.now()]
+        if not live:
+            return
+        s = self.m.series[self.pick(data, live, "series")]
+        boa.env.time_travel(seconds=s.terms.expiry - 1 - self.now())
+        self.update_oracle()
+        boa.env.time_travel(seconds=1)
+        self.trade(s.token_index, True, pump_pct)
+        boa.env.time_travel(seconds=PERIOD)
+        self.update_oracle()
+        event("attack: update before expiry, pump after")
+
     @precondition(lambda self: self.m.series)
-    @rule(data=st.data(), wait=st.booleans(), late=st.integers(0, 120), probe=st.booleans())
+    @rule(data=st.data(), wait=st.booleans(), late=st.integers(1, 120), probe=st.booleans())
     def settle(self, data, wait, late, probe):
         """Settle a series; with `wait`, first let time run `late` seconds past its
         expiry, the keeper recording an observation then (if a period has passed)."""
@@ -348,33 +371,41 @@ class OptionsMachine(RuleBasedStateMachine):
                 with boa.reverts("options: series settled"):
                     self.options.settle(series_id, 1, 0, sender=self.w.keeper)
             return
-        if now < s.terms.expiry:
+        if now <= s.terms.expiry:
             if probe:
                 with boa.reverts("options: not expired"):
                     self.options.settle(series_id, 1, 0, sender=self.w.keeper)
             return
+        self.settle_series(series_id, probe)
+
+    def settle_series(self, series_id: int, probe: bool) -> None:
+        s, now = self.m.series[series_id], self.now()
         times = self.m.observed[s.token_index]
-        try:  # the rule, applied to the model's own record of the ring
-            start, end = helpers.settlement_ranks([(t & MASK32, 0) for t in times], now, s.terms.expiry, WINDOW)
-        except helpers.SettlementUnavailable:
-            if probe:
-                with boa.reverts():
-                    self.options.settlement_ranks(series_id)
-            return
+        # The rule, applied to the model's own record of the ring.
+        start, end = helpers.settlement_ranks([(t & MASK32, 0) for t in times], now, s.terms.expiry, WINDOW)
         assert tuple(self.options.settlement_ranks(series_id)) == (start, end)
-        if end > 0 and probe:  # a wrong pair is refused
+        late = helpers.is_late((start, end), len(times))
+        if end > 0 and end < len(times) and probe:  # a wrong pair is refused
             with boa.reverts("options: bad end rank"):
                 self.options.settle(series_id, start, end - 1, sender=self.w.keeper)
+        if late:
+            twap = self.oracle.consult(s.terms.token, WINDOW)  # same block as the settlement
         self.options.settle(series_id, start, end, sender=self.w.keeper)
 
-        t_start, t_end = times[start], times[end]
-        assert t_start <= s.terms.expiry - WINDOW and t_end >= s.terms.expiry
         price = self.options.series(series_id).settlement_price
-        expected = helpers.uq_to_price(self.m.twap(s.token_index, t_start, t_end))
+        if late:
+            assert price == twap
+            since = next(t for t in times if now - t >= WINDOW)  # consult's span starts there
+            expected = helpers.uq_to_price(self.m.twap(s.token_index, since, now))
+            event("settled late")
+        else:
+            t_start, t_end = times[start], times[end]
+            assert t_end <= s.terms.expiry and t_start <= t_end - WINDOW  # nothing after expiry counts
+            expected = helpers.uq_to_price(self.m.twap(s.token_index, t_start, t_end))
+            (time_end, c_end), (time_start, c_start) = (self.oracle.observation(s.terms.token, r) for r in (end, start))
+            assert (time_end, time_start) == (t_end & MASK32, t_start & MASK32)
+            assert price == helpers.uq_to_price(((c_end - c_start) % 2**256) // (t_end - t_start))
         assert abs(price - expected) <= expected // 10**9 + 10**12
-        (time_end, c_end), (time_start, c_start) = (self.oracle.observation(s.terms.token, r) for r in (end, start))
-        assert (time_end, time_start) == (t_end & MASK32, t_start & MASK32)
-        assert price == helpers.uq_to_price(((c_end - c_start) % 2**256) // (t_end - t_start))
         s.settled, s.payout = True, s.terms.payout_per_unit(price)
         assert self.options.series(series_id).payout_per_unit == s.payout <= s.collateral_per_unit
         event("settled " + ("in full" if s.payout == s.collateral_per_unit else "partly" if s.payout else "worthless"))
@@ -451,6 +482,36 @@ class OptionsMachine(RuleBasedStateMachine):
         assert self.options.offer_count() == len(self.m.offers)
         for offer_id, o in self.m.offers.items():
             assert self.options.offers(offer_id).units == o.units
+        self.every_series_settles_and_pays_out()
+
+    def every_series_settles_and_pays_out(self) -> None:
+        """Collateral is never locked: once every series has expired, each open one
+        settles (late where its ring no longer holds the window, which the settle rule
+        reaches in most runs), every holder claims, every writer reclaims, and Options
+        holds nothing."""
+        if not self.m.series:
+            return
+        last = max(s.terms.expiry for s in self.m.series.values())
+        if self.now() <= last:
+            boa.env.time_travel(seconds=last + 1 - self.now())
+        self.update_oracle()
+        for series_id, s in sorted(self.m.series.items()):
+            if not s.settled:
+                self.settle_series(series_id, probe=False)
+        for (series_id, who), held in sorted(self.m.units.items()):
+            if held:
+                self.options.claim(series_id, sender=who)
+                self.m.usdc[who] += held * self.m.series[series_id].payout
+                self.m.units[(series_id, who)] = 0
+        for series_id, s in sorted(self.m.series.items()):
+            for who, written in sorted(s.written.items()):
+                if written:
+                    self.options.reclaim(series_id, sender=who)
+                    self.m.usdc[who] += written * (s.collateral_per_unit - s.payout)
+                    s.written[who] = 0
+        assert self.options.total_collateral() == 0 == self.usdc.balanceOf(self.options.address)
+        for user in self.w.users:
+            assert self.usdc.balanceOf(user) == self.m.usdc[user]
 
 
 TestOptionsMachine = OptionsMachine.TestCase

@@ -17,26 +17,18 @@ def read_observations(oracle: Any, token: Any) -> list[tuple[int, int]]:
     return [(int(time), int(cumulative)) for time, cumulative in (oracle.observation(token, r) for r in range(count))]
 
 
-def settle(options: Any, oracle: Any, series: int, sender: Any) -> Any:
-    """Settle `series` through ape: record the Oracle's end observation first if
-    nobody has since expiry, then pass the ranks `settlement_ranks` finds. Returns
-    the receipt; raises SettlementUnavailable when it cannot be settled (yet). The
-    ranks are structural (they do not depend on the time), so they stay valid
-    unless another observation lands before the settle transaction; then it
-    reverts and a retry succeeds."""
+def settle(options: Any, series: int, sender: Any) -> Any:
+    """Settle `series` through ape with the ranks the contract's `settlement_ranks`
+    finds (a late settlement when the Oracle no longer holds its window). Returns the
+    receipt; raises SettlementUnavailable before expiry. The ranks are structural (they
+    do not depend on the time), so they stay valid unless the ring moves past the
+    window's start before the transaction; then it reverts and a retry succeeds."""
     from ape.exceptions import ContractLogicError
 
-    token = options.series(series).token
     try:
         start, end = options.settlement_ranks(series)
     except ContractLogicError as error:
-        if "at or after expiry" not in str(error):
-            raise SettlementUnavailable(str(error)) from error
-        oracle.update(token, sender=sender)
-        try:
-            start, end = options.settlement_ranks(series)
-        except ContractLogicError as again:
-            raise SettlementUnavailable(str(again)) from again
+        raise SettlementUnavailable(str(error)) from error
     return options.settle(series, start, end, sender=sender)
 
 

@@ -1,5 +1,5 @@
 """Options' units and payout math: capped calls and puts on provider tokens,
-cash-settled in USDC at the Oracle's TWAP over the window ending at expiry
+cash-settled in USDC at the Oracle's TWAP over a window ending at or before expiry
 (`promptex.chain.options` deploys and settles through ape).
 
 The arithmetic mirrors `contracts/Options.vy` exactly (integers, same rounding), so
@@ -148,33 +148,39 @@ def uq_to_price(average: int) -> int:
 
 
 def settlement_ranks(observations: Sequence[tuple[int, int]], now: int, expiry: int, window: int) -> tuple[int, int]:
-    """(start_rank, end_rank) for `settle`: `observations` are the Oracle's, newest
-    first ((time mod 2**32, accumulator), as `observation(token, rank)` returns them),
-    read at block time `now`. End: the oldest at or after expiry; start: the newest
-    at or before expiry − window."""
-    if now < expiry:
+    """(start_rank, end_rank) for `settle` at block time `now`: `observations` are the
+    Oracle's, newest first ((time mod 2**32, accumulator), as `observation(token,
+    rank)` returns them). End: the newest at or before expiry; start: the newest at or
+    before end − window. A rank equal to len(observations) means the ring does not
+    hold it: the series then settles late, at the Oracle's TWAP when settled."""
+    if now <= expiry:
         raise SettlementUnavailable("the series has not expired")
+    count = len(observations)
     lag = now - expiry
-    end_rank: int | None = None
+    if lag + window >= _MAX_LAG:
+        return count, count
+    end_rank, threshold = count, 0
     for rank, (time, _) in enumerate(observations):
         age = (now - time) & _MASK32
-        if age <= lag:
-            end_rank = rank
-            continue
-        if end_rank is None:
-            break
-        if age >= lag + window:
+        if end_rank == count:
+            if age >= lag:
+                end_rank, threshold = rank, age + window
+        elif age >= threshold:
             return rank, end_rank
-    if end_rank is None:
-        raise SettlementUnavailable("no Oracle observation at or after expiry yet: call Oracle.update(token)")
-    raise SettlementUnavailable("the Oracle no longer holds an observation before the window; too late to settle")
+    return count, end_rank
+
+
+def is_late(ranks: tuple[int, int], observation_count: int) -> bool:
+    """Whether `settle` with these ranks falls back to the TWAP at settlement time."""
+    return observation_count in ranks
 
 
 def settlement_price(observations: Sequence[tuple[int, int]], now: int, expiry: int, window: int) -> int:
-    """The price `settle` fixes (Oracle units), from the same observations."""
-    if now - expiry + window >= _MAX_LAG:
-        raise SettlementUnavailable("too late to settle")
+    """The price `settle` fixes (Oracle units), from the same observations; raises
+    SettlementUnavailable for a late settlement (its price is `consult` then)."""
     start, end = settlement_ranks(observations, now, expiry, window)
+    if is_late((start, end), len(observations)):
+        raise SettlementUnavailable("the Oracle no longer holds the window: the series settles late, at the TWAP then")
     (t_start, c_start), (t_end, c_end) = observations[start], observations[end]
     elapsed = ((now - t_start) & _MASK32) - ((now - t_end) & _MASK32)
     return uq_to_price(((c_end - c_start) % 2**256) // elapsed)
