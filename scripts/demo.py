@@ -36,13 +36,13 @@ from rich.table import Table
 
 from promptex.agent.billing import HttpBilling
 from promptex.agent.chain import Web3AgentChain
-from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
+from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.dex import create_pool_at_price
-from promptex.chain.errors import readable_errors
+from promptex.cli.errors import readable_errors
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
 from promptex.coordinator.service import Coordinator

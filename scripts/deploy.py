@@ -5,7 +5,7 @@ from ape.cli import ConnectedProviderCommand
 
 from promptex.chain.accounts import resolve_account
 from promptex.chain.deploy import deploy_all, live_deployment
-from promptex.chain.errors import readable_errors
+from promptex.cli.errors import readable_errors
 
 
 @click.command(cls=ConnectedProviderCommand)

@@ -34,9 +34,9 @@ from rich.table import Table
 
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.dex import pool_at
-from promptex.chain.errors import readable_errors
 from promptex.chain.options import settle
 from promptex.chain.seed import mint_tokens, reserves, seed_pools
+from promptex.cli.errors import readable_errors
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.options import CALL, PUT, Terms, units_for_exposure
 from promptex.protocol.perp import DEFAULT_MARKET

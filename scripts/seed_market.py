@@ -16,8 +16,8 @@ from rich.table import Table
 
 from promptex.chain.accounts import resolve_account
 from promptex.chain.deploy import is_local, live_deployment
-from promptex.chain.errors import readable_errors
 from promptex.chain.seed import seed_pools
+from promptex.cli.errors import readable_errors
 from promptex.protocol.providers import REFERENCE_PRICES
 from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
 

@@ -11,6 +11,11 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ConfigurationError(Exception):
+    """The settings cannot run a service as asked (a key to set, a deployment to record);
+    the message says what to do. The CLI shows it as a one-line error."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROMPTEX_")
 

@@ -73,10 +73,13 @@ def local_billing_signer() -> str:
     """The address `promptex fake-billing` signs receipts with (its configured key)."""
     from eth_account import Account
 
-    from promptex.agent.cli import fake_billing_key
-    from promptex.config import Settings
+    from promptex.agent.factory import fake_billing_key
+    from promptex.config import ConfigurationError, Settings
 
-    return str(Account.from_key(fake_billing_key(Settings())).address)
+    try:
+        return str(Account.from_key(fake_billing_key(Settings())).address)
+    except ConfigurationError as exc:
+        raise UpError(str(exc)) from None
 
 
 def local_attestor(env: dict[str, str]) -> str:

@@ -23,14 +23,14 @@ from web3 import Web3
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
 from promptex.agent.billing import HttpBilling
 from promptex.agent.chain import Web3AgentChain
-from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
+from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.service import Agent
 from promptex.chain.attest import LOCAL_ATTESTOR_KEY
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
-from promptex.coordinator.cli import ANVIL_KEY_0
+from promptex.coordinator.factory import ANVIL_KEY_0
 from promptex.coordinator.service import Coordinator
 from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream

@@ -23,7 +23,7 @@ from anvil_node import ROOT, ape_env, ape_run, free_port
 from promptex.agent import machine
 from promptex.agent.billing import HttpBilling
 from promptex.agent.chain import Web3AgentChain
-from promptex.agent.cli import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
+from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
@@ -123,7 +123,7 @@ def billing(world):
     """`promptex fake-billing` (the click object) in its own process."""
     port = free_port()
     env = dict(os.environ, PROMPTEX_DEPLOYMENTS_DIR=str(world.deployments), PROMPTEX_AGENT_NETWORK="local")
-    code = "from promptex.agent.cli import fake_billing; fake_billing()"
+    code = "from promptex.cli.fakes import fake_billing; fake_billing()"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--port", str(port), "--balance", f"{ACCOUNT}=5"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

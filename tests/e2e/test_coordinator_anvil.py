@@ -18,10 +18,9 @@ from web3 import Web3
 
 from promptex.chain.attest import open_lot
 from promptex.chain.deployments import load_deployment
-from promptex.coordinator import cli as coordinator_cli
-from promptex.coordinator import service
+from promptex.cli.usage import usage_verify
+from promptex.coordinator import factory, service
 from promptex.coordinator.chain import Web3Chain
-from promptex.coordinator.cli import usage_verify
 from promptex.coordinator.service import Coordinator
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.binding import sign
@@ -188,8 +187,8 @@ def test_coordinator__usage_in_usdc_and_cld__chain_matches_ledger_and_proofs_ver
     assert lots.lots(world.usdc_lot).call()[9] == (1_234_567 // 2 + 1) + (89 // 2 + 1)  # consumed (list value)
     assert lots.lots(world.cld_lot).call()[9] == 8 * TOKEN + 3  # drawn down by the CLD burned
 
-    monkeypatch.setattr(coordinator_cli, "_engine", lambda _s: world.ledger.engine)
-    monkeypatch.setattr(coordinator_cli, "make_chain", lambda _s: world.chain)
+    monkeypatch.setattr(factory, "ledger_engine", lambda _s: world.ledger.engine)
+    monkeypatch.setattr(factory, "make_chain", lambda _s: world.chain)
     runner = CliRunner()
     ok = runner.invoke(usage_verify, [cld_ids[0]])
     assert ok.exit_code == 0 and json.loads(ok.output)["verified"] is True

@@ -12,7 +12,7 @@ from eth_account import Account
 from web3 import Web3
 
 from anvil_node import ROOT, ape_env, ape_run, running_anvil
-from promptex.coordinator.cli import ANVIL_KEY_0
+from promptex.coordinator.factory import ANVIL_KEY_0
 from promptex.protocol.redemption import provider_id
 from promptex.protocol.vault import sign_release
 

@@ -16,9 +16,9 @@ from ledger_helpers import fund
 from sqlalchemy import select, update
 
 from promptex import proofs
-from promptex.coordinator import cli as coordinator_cli
-from promptex.coordinator import service
-from promptex.coordinator.cli import usage_proof, usage_verify
+from promptex.cli import coordinator as coordinator_cli
+from promptex.cli.usage import usage_proof, usage_verify
+from promptex.coordinator import factory, service
 from promptex.coordinator.service import Coordinator, ReleaseRefused
 from promptex.dashboard import views
 from promptex.dashboard.enterprise import desk_view
@@ -373,8 +373,8 @@ def test_cli__proof_and_verify__pass_and_fail_on_tampering(
     a, _ = buyer(book, chain, "CLD", 10**20)
     ids = [spend(book, a, "CLD", 10**15 + i, CLD_LOT) for i in range(5)]
     coordinator(book, chain).run_once()
-    monkeypatch.setattr(coordinator_cli, "_engine", lambda _s: book.engine)
-    monkeypatch.setattr(coordinator_cli, "make_chain", lambda _s: chain)
+    monkeypatch.setattr(factory, "ledger_engine", lambda _s: book.engine)
+    monkeypatch.setattr(factory, "make_chain", lambda _s: chain)
     runner = CliRunner()
 
     proof = runner.invoke(usage_proof, [ids[2]])
@@ -428,8 +428,8 @@ def test_cli__release__signed_within_free_balance_refused_beyond(
     book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     address = buyer(book, chain, "USDC", 100)[1]
-    monkeypatch.setattr(coordinator_cli, "_engine", lambda _s: book.engine)
-    monkeypatch.setattr(coordinator_cli, "make_chain", lambda _s: chain)
+    monkeypatch.setattr(factory, "ledger_engine", lambda _s: book.engine)
+    monkeypatch.setattr(factory, "make_chain", lambda _s: chain)
     runner = CliRunner()
 
     release_cmd = ["release", "--address", address, "--asset"]

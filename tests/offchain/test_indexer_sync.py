@@ -29,9 +29,9 @@ from indexer_fakes import (
 from ledger_helpers import bind_new_wallet
 from sqlalchemy import select, update
 
+from promptex.cli.indexer import indexer as indexer_command
 from promptex.config import settings
 from promptex.indexer import Indexer, IndexerError, Options, serve
-from promptex.indexer.cli import indexer as indexer_command
 from promptex.indexer.decode import LogDecodeError
 from promptex.indexer.reorg import ReorgTooDeep
 from promptex.indexer.rpc import ChainMoved, RpcError
@@ -406,7 +406,7 @@ def deployment_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: FakeNo
     monkeypatch.setenv("PROMPTEX_DEPLOYMENTS_DIR", str(root))
     monkeypatch.setenv("PROMPTEX_LEDGER_URL", f"sqlite:///{tmp_path}/ledger.sqlite3")
     monkeypatch.setenv("PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS", "NORMAL")
-    monkeypatch.setattr("promptex.indexer.cli.RpcClient", lambda url, timeout: node.client())
+    monkeypatch.setattr("promptex.cli.indexer.RpcClient", lambda url, timeout: node.client())
     settings.cache_clear()
     yield tmp_path
     settings.cache_clear()

@@ -33,7 +33,7 @@ class BadInput(ValueError):
 
 def agent_address(s: Settings) -> str | None:
     """The address users grant (the agent's key stays with the agent; only its address is shown)."""
-    from promptex.agent.cli import LOCAL_AGENT_KEY
+    from promptex.agent.factory import LOCAL_AGENT_KEY
 
     if s.agent_private_key is not None:
         return str(Account.from_key(s.agent_private_key.get_secret_value()).address)

@@ -23,7 +23,7 @@ from promptex.chain.accounts import resolve_account
 from promptex.chain.deploy import contract_at, live_deployment
 from promptex.chain.deployments import Deployment
 from promptex.chain.dex import pool_at
-from promptex.chain.errors import readable_errors
+from promptex.cli.errors import readable_errors
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.units import MAX_UINT256

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from promptex.chain.errors import readable_errors
 from promptex.chain.options import settle
+from promptex.cli.errors import readable_errors
+from promptex.cli.wallet import Session, chain_time, units, whole
 from promptex.protocol.options import CALL, PUT, Terms, price_of_dollars
 from promptex.protocol.units import PRICE_SCALE, PRICE_UNIT, USD_MICRO
-from promptex.wallet import Session, chain_time, units, whole
 
 
 @click.group()
@@ -30,7 +30,7 @@ def hedge_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     """A `promptex hedge` subcommand with ape's --network and --account/--yes."""
     from ape.cli import ConnectedProviderCommand, network_option
 
-    from promptex.wallet import LOCAL_NODE, account_option, yes_option
+    from promptex.cli.wallet import LOCAL_NODE, account_option, yes_option
 
     def decorate(fn: Callable[..., None]) -> click.Command:
         fn = yes_option(account_option(fn))

@@ -1,104 +1,32 @@
-"""Click commands for the redemption agent; the main CLI (`promptex.cli`) mounts them:
-`promptex agent run [--once]`, `promptex agent link …`, `promptex agent rule …`,
-`promptex redeem --token CLD --usd 20 --to anthropic --user 0x…`,
-`promptex redemptions`, `promptex fake-billing`."""
+"""`promptex agent run|link|rule`, `promptex redeem` and `promptex redemptions`: the
+redemption agent (built by `agent.factory` from the settings), its linked accounts,
+auto-topup rules and redemptions."""
 
 from __future__ import annotations
 
 import json
 import logging
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import click
 
-from promptex.config import Settings, settings
+from promptex.cli.amounts import token_units, usd_micro
+from promptex.config import ConfigurationError, settings
 from promptex.protocol.units import USD_MICRO
 
-# On the local network the agent and the fake billing API sign with anvil's public
-# development accounts 8 and 9, which the demo, `promptex up` and the tests leave to them.
-LOCAL_AGENT_KEY = "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97"  # account 8
-LOCAL_BILLING_SIGNER_KEY = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"  # account 9
-
-
-def agent_key(s: Settings) -> str:
-    if s.agent_private_key is not None:
-        return s.agent_private_key.get_secret_value()
-    if s.agent_network == "local":
-        return LOCAL_AGENT_KEY
-    raise click.ClickException("set PROMPTEX_AGENT_PRIVATE_KEY (the key users grant)")
-
-
-def fake_billing_key(s: Settings) -> str:
-    if s.agent_fake_billing_private_key is not None:
-        return s.agent_fake_billing_private_key.get_secret_value()
-    if s.agent_network == "local":
-        return LOCAL_BILLING_SIGNER_KEY
-    raise click.ClickException("set PROMPTEX_AGENT_FAKE_BILLING_PRIVATE_KEY (the billing signer's key)")
-
-
-def usd_micro(text: str) -> int:
-    """Dollars ("20", "19.99") to USD micro-units, exactly."""
-    try:
-        value = Decimal(text) * USD_MICRO
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not a dollar amount") from None
-    if value <= 0 or value != value.to_integral_value():
-        raise click.BadParameter(f"{text!r}: a positive amount with at most 6 decimals")
-    return int(value)
-
-
-def token_units(text: str) -> int:
-    """Whole tokens ("5000", "0.5") to 18-decimal units, exactly."""
-    try:
-        value = Decimal(text) * 10**18
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not a token amount") from None
-    if value <= 0 or value != value.to_integral_value():
-        raise click.BadParameter(f"{text!r}: a positive amount with at most 18 decimals")
-    return int(value)
-
-
-def make_agent(s: Settings | None = None) -> Any:
-    from promptex.agent.billing import HttpBilling
-    from promptex.agent.chain import Web3AgentChain
-    from promptex.agent.outbox import SmtpConfig
+if TYPE_CHECKING:
     from promptex.agent.service import Agent
-    from promptex.chain.deployments import load_deployment
-    from promptex.gateway.envelope import load_master_keys
-    from promptex.ledger import Ledger
 
-    s = s or settings()
+
+def make_agent() -> Agent:
+    from promptex.agent import factory
+
     try:
-        deployment = load_deployment(s.agent_network)
-    except FileNotFoundError as exc:
+        return factory.make_agent(settings())
+    except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    if "RedemptionEscrow" not in deployment.contracts:
-        raise click.ClickException(f"the {s.agent_network} deployment has no RedemptionEscrow: redeploy")
-    chain = Web3AgentChain(s.agent_rpc_url, deployment, agent_key(s))
-    master = s.gateway_master_key.get_secret_value() if s.gateway_master_key else None
-    smtp = None
-    if s.agent_smtp_host:
-        password = s.agent_smtp_password.get_secret_value() if s.agent_smtp_password else None
-        smtp = SmtpConfig(
-            s.agent_smtp_host, s.agent_smtp_port, s.agent_smtp_user, password, s.agent_smtp_from,
-            s.agent_smtp_starttls,
-        )  # fmt: skip
-    return Agent(
-        Ledger.from_settings(s).engine,
-        chain,
-        HttpBilling(timeout=s.agent_billing_timeout_seconds),
-        load_master_keys(master, s.gateway_master_key_file),
-        rules_interval=s.agent_rules_interval_seconds,
-        smtp=smtp,
-        billing_url=s.agent_billing_url,
-        tx_timeout=s.agent_tx_timeout_seconds,
-        swap_deadline=s.agent_swap_deadline_seconds,
-        retry_seconds=s.agent_billing_retry_seconds,
-        retry_max_seconds=s.agent_billing_retry_max_seconds,
-        purchase_margin=s.agent_purchase_margin_seconds,
-    )
 
 
 def _logging() -> None:
@@ -119,7 +47,7 @@ def agent_run(once: bool) -> None:
 
     _logging()
     s = settings()
-    a = make_agent(s)
+    a = make_agent()
     click.echo(f"agent address {a.chain.sender}", err=True)
     if once:
         report = a.run_once(check_rules=True)
@@ -248,41 +176,3 @@ def redemptions(user: str | None, as_json: bool) -> None:
     for row in out:
         table.add_row(*(str(row[c]) for c in ("id", "date", "sold", "to", "value", "status")))
     Console().print(table)
-
-
-@click.command("fake-billing")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=None, type=int, help="default: PROMPTEX_AGENT_FAKE_BILLING_PORT")
-@click.option("--provider", default="anthropic", show_default=True)
-@click.option("--balance", "balances", multiple=True, help="ACCOUNT_ID=USD starting balance (repeatable)")
-@click.option("--fail-status", type=int, default=None, help="answer this status…")
-@click.option("--fail-times", type=int, default=0, help="…to the next N requests")
-def fake_billing(
-    host: str, port: int | None, provider: str, balances: tuple[str, ...], fail_status: int | None, fail_times: int
-) -> None:
-    """Serve a fake provider billing API that signs receipts for the agent's deployment's escrow."""
-    import uvicorn
-    from eth_account import Account
-
-    from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
-    from promptex.chain.deployments import load_deployment
-
-    s = settings()
-    try:
-        deployment = load_deployment(s.agent_network)
-    except FileNotFoundError as exc:
-        raise click.ClickException(str(exc)) from None
-    key = fake_billing_key(s)
-    starting = {}
-    for item in balances:
-        account, _, usd = item.partition("=")
-        starting[account] = usd_micro(usd)
-    config = FakeBillingConfig(
-        signer_key=key, chain_id=deployment.chain_id, escrow=deployment.address("RedemptionEscrow"), provider=provider,
-        balances=starting, fail_status=fail_status, fail_times=fail_times,
-    )  # fmt: skip
-    click.echo(f"fake {provider} billing signer {Account.from_key(key).address}", err=True)
-    uvicorn.run(
-        create_fake_billing(config), host=host, port=port or s.agent_fake_billing_port, log_level="warning",
-        access_log=False,
-    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""`promptex dashboard`: serve the web dashboard (the main CLI mounts this command)."""
+"""`promptex dashboard`: serve the web dashboard."""
 
 from __future__ import annotations
 

@@ -1,0 +1,36 @@
+"""The `promptex` command line: one module per command group, each holding only the click
+glue over the services' own packages; a group's module is imported when it is used."""
+
+from __future__ import annotations
+
+import click
+
+from promptex import __version__
+from promptex.cli.lazy import LazyGroup
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "deployment": "promptex.cli.deployment:deployment",
+        "usage": "promptex.cli.usage:usage",
+        "fake-upstream": "promptex.cli.fakes:fake_upstream",
+        "fake-billing": "promptex.cli.fakes:fake_billing",
+        "gateway": "promptex.cli.gateway:gateway",
+        "seller": "promptex.cli.seller:seller",
+        "buyer": "promptex.cli.buyer:buyer",
+        "wallet": "promptex.cli.wallet:wallet",
+        "status": "promptex.cli.wallet:status",
+        "coordinator": "promptex.cli.coordinator:coordinator",
+        "indexer": "promptex.cli.indexer:indexer",
+        "agent": "promptex.cli.agent:agent",
+        "redeem": "promptex.cli.agent:redeem",
+        "redemptions": "promptex.cli.agent:redemptions",
+        "dashboard": "promptex.cli.dashboard:dashboard",
+        "hedge": "promptex.cli.hedge:hedge",
+        "up": "promptex.cli.up:up_command",
+    },
+)
+@click.version_option(__version__, prog_name="promptex")
+def main() -> None:
+    """PROMPTEX: tokenized AI credit, a credits vault, a DEX and a metered /v1 gateway."""

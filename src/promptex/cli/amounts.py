@@ -1,0 +1,57 @@
+"""Numbers as a user writes them on the command line: checked, exact, one-line errors."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+import click
+
+from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
+
+
+def decimal_of(option: str, text: str) -> Decimal:
+    """A non-negative finite number."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise click.ClickException(f"{option} must be a number, not {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise click.ClickException(f"{option} must be a non-negative number, not {text!r}")
+    return value
+
+
+def count_of(option: str, text: str) -> int:
+    """A non-negative whole number."""
+    value = decimal_of(option, text)
+    if value != value.to_integral_value():
+        raise click.ClickException(f"{option} must be a whole number, not {text!r}")
+    return int(value)
+
+
+def whole(amount: int, decimals: int) -> str:
+    """`amount` smallest units as whole units, exactly, without trailing zeros: (4500, 3) → 4.5."""
+    whole_part, fraction = divmod(abs(amount), 10**decimals)
+    digits = str(fraction).rjust(decimals, "0").rstrip("0")
+    return ("-" if amount < 0 else "") + (f"{whole_part}.{digits}" if digits else str(whole_part))
+
+
+def usd_micro(text: str) -> int:
+    """Dollars ("20", "19.99") to USD micro-units, exactly."""
+    try:
+        value = Decimal(text) * USD_MICRO
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a dollar amount") from None
+    if value <= 0 or value != value.to_integral_value():
+        raise click.BadParameter(f"{text!r}: a positive amount with at most 6 decimals")
+    return int(value)
+
+
+def token_units(text: str) -> int:
+    """Whole tokens ("5000", "0.5") to 18-decimal units, exactly."""
+    try:
+        value = Decimal(text) * TOKEN_UNIT
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a token amount") from None
+    if value <= 0 or value != value.to_integral_value():
+        raise click.BadParameter(f"{text!r}: a positive amount with at most 18 decimals")
+    return int(value)

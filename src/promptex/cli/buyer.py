@@ -1,0 +1,131 @@
+"""`promptex buyer signup|bind|org-key`: buyers' accounts, API keys, wallet binding and
+org member keys."""
+
+from __future__ import annotations
+
+import click
+
+from promptex import metering
+from promptex.cli.amounts import decimal_of
+from promptex.config import settings
+
+
+@click.group()
+def buyer() -> None:
+    """Buyers: accounts, API keys, wallet binding, org member keys."""
+
+
+def _budget(text: str | None) -> tuple[str, int] | None:
+    """ASSET=AMOUNT in whole units → (symbol, smallest units)."""
+    if text is None:
+        return None
+    symbol, sep, amount = text.partition("=")
+    if not sep:
+        raise click.ClickException(f"--budget takes ASSET=AMOUNT, not {text!r}")
+    try:
+        paying = metering.asset(symbol)
+    except metering.UnknownAsset as exc:
+        raise click.ClickException(str(exc)) from None
+    return paying.symbol, int(decimal_of("--budget", amount) * paying.unit)
+
+
+@buyer.command("signup")
+@click.option("--wallet", help="the wallet to bind; writes the EIP-712 message it must sign")
+@click.option("--name", help="an account name")
+@click.option("--default-asset", help="USDC or provider (the model's provider token)")
+@click.option("--budget", help="this key's budget, ASSET=AMOUNT")
+@click.option("--challenge-out", default="binding-challenge.json", show_default=True)
+def buyer_signup(
+    wallet: str | None, name: str | None, default_asset: str | None, budget: str | None, challenge_out: str
+) -> None:
+    """Create an account and an API key (shown once); with --wallet, the message to sign."""
+    import time
+    from pathlib import Path
+
+    from promptex.gateway.buyers import challenge_json, signup
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+
+    s = settings()
+    with Ledger.from_settings(s) as ledger:
+        new = signup(
+            ledger,
+            GatewayStore(ledger.engine),
+            int(time.time()),
+            name=name,
+            default_asset=default_asset,
+            budget=_budget(budget),
+        )
+        click.echo(f"account {new.account}")
+        click.echo(f"API key (shown once, store it now): {new.key}")
+        if wallet:
+            try:
+                message = ledger.issue_binding_challenge(new.account, wallet)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
+            Path(challenge_out).write_text(challenge_json(message))
+            click.echo(f"sign {challenge_out} (typed_data) with {message.wallet}, then: promptex buyer bind")
+
+
+@buyer.command("bind")
+@click.option("--challenge", "challenge_file", default="binding-challenge.json", show_default=True)
+@click.option("--signature", help="0x… signature of the challenge's typed data")
+@click.option("--sign-with-env", help="(demo) sign with the private key in this environment variable")
+def buyer_bind(challenge_file: str, signature: str | None, sign_with_env: str | None) -> None:
+    """Bind the wallet that signed the challenge; its first binding brings the welcome credit."""
+    import os
+    from pathlib import Path
+
+    from promptex.gateway.buyers import bind_wallet, message_from_json
+    from promptex.ledger import BindingError, Ledger
+    from promptex.ledger.binding import sign
+
+    s = settings()
+    message = message_from_json(Path(challenge_file).read_text())
+    if sign_with_env:
+        key = os.environ.get(sign_with_env)
+        if not key:
+            raise click.ClickException(f"${sign_with_env} is not set")
+        signature = "0x" + sign(message, key).hex()
+    if not signature:
+        raise click.ClickException("give --signature or --sign-with-env")
+    with Ledger.from_settings(s) as ledger:
+        try:
+            account = bind_wallet(
+                ledger,
+                message,
+                signature,
+                welcome_asset=s.welcome_credit_asset,
+                welcome_amount=s.welcome_credit_amount,
+                treasury=s.welcome_credit_treasury,
+            )
+        except BindingError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"wallet {message.wallet} bound to account {account}")
+
+
+@buyer.command("org-key")
+@click.option("--org", "org_name", required=True, help="org name (created if new)")
+@click.option("--budget", help="the member's budget in the org, ASSET=AMOUNT")
+def buyer_org_key(org_name: str, budget: str | None) -> None:
+    """A member key that spends from an org's balance (within an optional budget)."""
+    import time
+
+    from promptex.gateway.buyers import member_key
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import AccountKind, Ledger, LedgerError
+
+    s = settings()
+    with Ledger.from_settings(s) as ledger:
+        try:
+            org = ledger.create_account(AccountKind.ORG, org_name).id
+        except LedgerError:
+            from promptex.ledger.accounts import account_by_name
+
+            with ledger.engine.connect() as conn:
+                found = account_by_name(conn, AccountKind.ORG, org_name)
+            assert found is not None
+            org = found.id
+        new = member_key(ledger, GatewayStore(ledger.engine), org, int(time.time()), budget=_budget(budget))
+    click.echo(f"org {org}, member account {new.account}")
+    click.echo(f"API key (shown once, store it now): {new.key}")

@@ -1,0 +1,84 @@
+"""`promptex coordinator [--once]` and `promptex coordinator release`: the settlement
+service (built by `coordinator.factory` from the settings) and its instant-exit co-signature."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import click
+
+from promptex.config import ConfigurationError, settings
+
+if TYPE_CHECKING:
+    from promptex.coordinator.service import Coordinator
+
+
+def _coordinator() -> Coordinator:
+    from promptex.coordinator import factory
+
+    try:
+        return factory.make_coordinator(settings())
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group("coordinator", invoke_without_command=True)
+@click.option("--once", is_flag=True, help="run one pass and exit")
+@click.pass_context
+def coordinator(ctx: click.Context, once: bool) -> None:
+    """Settle usage on chain every epoch window (crash-safe; SIGTERM stops it cleanly)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from promptex.coordinator.service import serve
+
+    s = settings()
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    coord = _coordinator()
+    if once:
+        report = coord.run_once()
+        click.echo(
+            json.dumps(
+                {
+                    "leader": report.leader,
+                    "confirmed": report.confirmed,
+                    "failed": report.failed,
+                    "quarantined": report.quarantined,
+                    "lots_drawn": report.consumed,
+                    "spend_caps": report.caps,
+                    "waiting": report.waiting,
+                }
+            )
+        )
+        return
+    serve(coord, s.coordinator_poll_seconds)
+
+
+@coordinator.command("release")
+@click.option("--address", required=True, help="the wallet that will exit (must be bound to an account)")
+@click.option("--asset", "symbol", required=True, help="USDC or a provider token symbol")
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="smallest units of the asset")
+def coordinator_release(address: str, symbol: str, amount: int) -> None:
+    """Co-sign an instant exit if the amount is free of unsettled usage; print the release as JSON
+    (the wallet submits it with `promptex wallet exit-instant --release FILE`)."""
+    from promptex.coordinator.store import ReleaseRefused
+
+    try:
+        release = _coordinator().sign_release(address, symbol.upper(), amount)
+    except (ReleaseRefused, ValueError) as exc:
+        raise click.ClickException(f"release refused: {exc}") from None
+    click.echo(
+        json.dumps(
+            {
+                "address": release.address,
+                "asset": release.asset,
+                "amount": str(release.amount),
+                "nonce": release.nonce,
+                "expiry": release.expiry,
+                "signature": release.signature,
+            },
+            indent=2,
+        )
+    )

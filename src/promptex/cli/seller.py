@@ -1,0 +1,136 @@
+"""`promptex seller add-capacity|rotate-master-key`: register upstream capacity as a lot
+(verified, sealed, attested for CreditEscrow.open_lot) and rotate the sealing master key."""
+
+from __future__ import annotations
+
+import click
+
+from promptex import metering
+from promptex.chain.deployments import load_deployment
+from promptex.cli.amounts import decimal_of
+from promptex.config import settings
+
+
+@click.group()
+def seller() -> None:
+    """Sellers: register upstream capacity as a lot."""
+
+
+def _expiry(text: str) -> int:
+    """Unix seconds, an ISO date/time, or a duration from now such as 30d or 12h."""
+    import datetime
+    import time
+
+    text = text.strip()
+    units = {"d": 86_400, "h": 3_600, "m": 60}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return int(time.time()) + int(text[:-1]) * units[text[-1]]
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.ClickException(f"--expires takes unix seconds, an ISO date or 30d/12h, not {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp())
+
+
+@seller.command("add-capacity")
+@click.option("--provider", required=True, help="provider as in the catalog: anthropic, openai, google, meta")
+@click.option("--api", type=click.Choice(["openai", "anthropic"]), help="upstream API [default: by provider]")
+@click.option("--base-url", required=True, help="e.g. https://api.openai.com/v1")
+@click.option("--api-key", required=True, envvar="PROMPTEX_SELLER_API_KEY", help="or PROMPTEX_SELLER_API_KEY")
+@click.option("--face-value", required=True, help="USD of capacity, e.g. 500")
+@click.option("--kind", type=click.Choice(["tokenized", "listed"]), required=True)
+@click.option("--rate", default="0.6", show_default=True, help="listed: price as a fraction of list")
+@click.option("--expires", required=True, help="unix seconds, ISO date, or 30d / 12h from now")
+@click.option("--seller-address", required=True, help="the seller's wallet address")
+@click.option("--bond", default="0", show_default=True, help="USDC bond posted with the lot")
+@click.option("--declare-resale-permitted", is_flag=True, help="your agreement with the provider permits resale")
+@click.option("--no-verify", is_flag=True, help="skip the minimal upstream call that verifies the key")
+def seller_add_capacity(
+    provider: str,
+    api: str | None,
+    base_url: str,
+    api_key: str,
+    face_value: str,
+    kind: str,
+    rate: str,
+    expires: str,
+    seller_address: str,
+    bond: str,
+    declare_resale_permitted: bool,
+    no_verify: bool,
+) -> None:
+    """Verify an upstream key, store it sealed, and attest the lot for CreditEscrow.open_lot."""
+    import json
+    import time
+
+    from promptex.gateway.envelope import load_master_keys
+    from promptex.gateway.sellers import Capacity, CapacityRefused, add_capacity
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+    from promptex.ledger.binding import checksum_address
+
+    s = settings()
+    try:
+        address = checksum_address(seller_address)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    capacity = Capacity(
+        provider=provider.lower(),
+        api=api or ("anthropic" if provider.lower() == "anthropic" else "openai"),
+        base_url=base_url,
+        api_key=api_key,
+        face_value_usd_micro=int(decimal_of("--face-value", face_value) * 10**6),
+        kind=kind,
+        rate_bps=int(decimal_of("--rate", rate) * 10_000),
+        expires_at=_expiry(expires),
+        seller=address,
+        resale_permitted=declare_resale_permitted,
+        bond_usdc=int(decimal_of("--bond", bond) * 10**6),
+    )
+    secret = s.gateway_master_key.get_secret_value() if s.gateway_master_key else None
+    with Ledger.from_settings(s) as ledger:
+        store = GatewayStore(ledger.engine)
+        try:
+            lot_id, attestation = add_capacity(
+                store,
+                load_master_keys(secret, s.gateway_master_key_file),
+                metering.load_catalog(s.model_catalog),
+                capacity,
+                int(time.time()),
+                verify=not no_verify,
+            )
+        except CapacityRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        tx, chain_lot_id = None, None
+        if s.attestor_private_key is not None:
+            from promptex.chain.attest import open_lot
+
+            tx, chain_lot_id = open_lot(
+                s.attestor_rpc_url,
+                load_deployment(s.attestor_network),
+                s.attestor_private_key.get_secret_value(),
+                attestation,
+            )
+        store.set_attestation(lot_id, json.dumps(attestation), tx, chain_lot_id=chain_lot_id)
+    click.echo(f"lot {lot_id}: {kind} {capacity.provider} capacity, ${face_value} face value")
+    click.echo(json.dumps({"open_lot": attestation, "tx": tx, "chain_lot_id": chain_lot_id}, indent=2))
+
+
+@seller.command("rotate-master-key")
+def seller_rotate_master_key() -> None:
+    """Add a master key to the key file and re-wrap every sealed secret's data key with it."""
+    from promptex.gateway.envelope import add_master_key, load_master_keys
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+
+    s = settings()
+    if s.gateway_master_key is not None:
+        raise click.ClickException("the master key comes from PROMPTEX_GATEWAY_MASTER_KEY: rotate it there")
+    key_id = add_master_key(s.gateway_master_key_file)
+    with Ledger.from_settings(s) as ledger:
+        changed = GatewayStore(ledger.engine).rewrap_secrets(load_master_keys(None, s.gateway_master_key_file))
+    click.echo(f"master key {key_id} is current; {changed} secret(s) re-wrapped")

@@ -1,0 +1,35 @@
+"""`promptex up`: the whole local market in one command (the orchestration is `promptex.up`)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("up")
+@click.option("--rpc-url", help="use this node instead of starting a local anvil")
+@click.option("--chain-port", default=8545, show_default=True, type=int, help="port of the anvil it starts")
+@click.option("--gateway-host", default="127.0.0.1", show_default=True)
+@click.option("--gateway-port", default=8080, show_default=True, type=int)
+@click.option("--upstream-port", default=9000, show_default=True, type=int, help="the fake upstreams' port")
+@click.option("--billing-port", default=9100, show_default=True, type=int, help="the fake billing API's port")
+@click.option("--dashboard-port", default=8090, show_default=True, type=int, help="the web dashboard's port")
+@click.option("--no-seed", is_flag=True, help="do not open the seed pools")
+def up_command(
+    rpc_url: str | None,
+    chain_port: int,
+    gateway_host: str,
+    gateway_port: int,
+    upstream_port: int,
+    billing_port: int,
+    dashboard_port: int,
+    no_seed: bool,
+) -> None:
+    """Start the local market: anvil, deploy, seed, indexer, coordinator, fake upstreams, the
+    gateway, a fake billing API, the redemption agent and the web dashboard (Ctrl-C stops it)."""
+    from promptex.up import UpOptions, up
+
+    options = UpOptions(
+        rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed, billing_port=billing_port,
+        dashboard_port=dashboard_port,
+    )  # fmt: skip
+    raise SystemExit(up(options))

@@ -1,0 +1,54 @@
+"""The coordinator and its chain as the settings describe them (what `promptex coordinator`
+and `promptex usage verify` run); heavy imports happen only when one is built."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from promptex.config import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from promptex.coordinator.chain import Web3Chain
+    from promptex.coordinator.service import Coordinator
+
+ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev account 0
+
+
+def coordinator_key(s: Settings) -> str:
+    if s.coordinator_private_key is not None:
+        return s.coordinator_private_key.get_secret_value()
+    if s.coordinator_network == "local":
+        return ANVIL_KEY_0
+    raise ConfigurationError("set PROMPTEX_COORDINATOR_PRIVATE_KEY (the vault coordinator's key)")
+
+
+def make_chain(s: Settings) -> Web3Chain:
+    from promptex.chain.deployments import load_deployment
+    from promptex.coordinator.chain import Web3Chain
+
+    try:
+        deployment = load_deployment(s.coordinator_network)
+    except FileNotFoundError as exc:
+        raise ConfigurationError(str(exc)) from None
+    return Web3Chain(s.coordinator_rpc_url, deployment, coordinator_key(s))
+
+
+def ledger_engine(s: Settings) -> Engine:
+    from promptex.ledger import Ledger
+
+    return Ledger.from_settings(s).engine
+
+
+def make_coordinator(s: Settings) -> Coordinator:
+    from promptex.coordinator.service import Coordinator
+
+    return Coordinator(
+        ledger_engine(s),
+        make_chain(s),
+        holder=s.coordinator_instance_id,
+        lease_seconds=s.coordinator_lease_seconds,
+        tx_timeout=s.coordinator_tx_timeout_seconds,
+        release_expiry=s.coordinator_release_expiry_seconds,
+    )
