@@ -25,10 +25,10 @@ from promptex.chain.deploy import contract_at
 from promptex.chain.dex import create_pool_at_price, pool_at
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.vault import sign_release
 
-UNIT = 10**18
-MAX_UINT = 2**256 - 1
 V2_SWAP_OUT = 453_305_446_940_074_565  # v2-core's expectedOutputAmount for 1 in at 5 / 10
 UNISWAP_V2_SWAP_GAS = 73_162  # v2's pair in the same scenario, today's EVM rules
 

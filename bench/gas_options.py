@@ -22,16 +22,16 @@ from gas_dex import new_block
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import create_pool_at_price
 from promptex.chain.options import deploy_options, read_observations
+from promptex.protocol.dex import LOCAL_ORACLE_PERIOD as PERIOD
 from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.options import CALL, LOCAL_TWAP_WINDOW, Terms, settlement_ranks
+from promptex.protocol.units import DAY
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import WAD as FIXED
 
-UNIT = 10**18
-USD = 10**6
-FIXED = 10**18
-MAX_UINT = 2**256 - 1
 CLD_PRICE = 4_218
-PERIOD = 60  # the local Oracle's period (promptex.chain.dex.LOCAL_ORACLE_PERIOD)
-DAY = 86_400
 
 
 def measure_options(

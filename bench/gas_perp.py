@@ -24,13 +24,13 @@ from promptex.chain.dex import create_pool_at_price, pool_at
 from promptex.chain.perp import deploy_perp
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.perp import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 from promptex.protocol.perp import MarketParams
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
 
-UNIT = 10**18
-USD = 10**6
-MAX_UINT = 2**256 - 1
 GPT_PRICE = 3_695_000
-TWAP_WINDOW = 600
 GPT_MARKET = MarketParams(funding_k=10**14, max_leverage=10, maintenance_bps=500, oi_cap_bps=5_000)
 
 

@@ -26,14 +26,14 @@ from promptex.chain.dex import create_pool_at_price
 from promptex.chain.redemption import deploy_redemption
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
+from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
 
-UNIT = 10**18
-MAX_UINT = 2**256 - 1
-USD = 10**6
 CLD_PRICE, GPT_PRICE = 4_218, 3_695_000
-TWAP_WINDOW = 600
-REFUND_DELAY = 3_600
 PROVIDER = provider_id("anthropic")
 ACCOUNT = account_ref("bench account")
 BILLING = Account.from_key(keccak(text="bench billing signer"))

@@ -64,12 +64,11 @@ from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.merkle import verify
 from promptex.protocol.redemption import STATUS_RELEASED, provider_id
-from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
+from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO
 from promptex.protocol.vault import UNLIMITED, sign_spend_cap
 from promptex.serving import ServerThread
 
 console = Console(width=110)
-DAY = 86_400
 PROMPT = [{"role": "user", "content": "Summarise why idle API credits should be tradable."}]
 BILLING_ACCOUNT = "acct_claude_user"  # the Claude user's account at the fake Anthropic billing API
 

@@ -40,19 +40,17 @@ from promptex.cli.errors import readable_errors
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.options import CALL, PUT, Terms, units_for_exposure
 from promptex.protocol.perp import DEFAULT_MARKET
-from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
+from promptex.protocol.units import HOUR, PRICE_UNIT, TOKEN_UNIT, USD_MICRO
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 
 console = Console(width=150)
 EXPOSURE_USD = 2_000_000
 POOL_DEPTH_USD = 250_000  # each side of the GPT/USDC pool
 PERP_LIQUIDITY_USD = 5_000_000  # the dealer's USDC in the perpetual's pool
-PRICE_UNIT = 10**24  # Oracle price units per dollar per whole token (10**6 USDC units × 10**18)
 SIZE = 1_000 * TOKEN_UNIT  # GPT tokens one option unit covers
 CALL_PREMIUM = 150 * USD_MICRO  # per unit (1,000 GPT, $3,695 of compute at the strike)
 PUT_PREMIUM = 120 * USD_MICRO
 LEVERAGE = 5
-HOUR = 3_600
-MAX_UINT = 2**256 - 1
 
 SCENARIOS = (
     ("A", "GPT +40 %", Decimal("1.4")),

@@ -11,6 +11,9 @@ from typing import Any
 import boa
 from eth_utils import keccak
 
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+
 USDC = boa.load_partial("contracts/test/MockUSDC.vy")
 TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
 POOL = boa.load_partial("contracts/Pool.vy")
@@ -18,9 +21,7 @@ FACTORY = boa.load_partial("contracts/Factory.vy")
 ROUTER = boa.load_partial("contracts/Router.vy")
 ORACLE = boa.load_partial("contracts/Oracle.vy")
 
-UNIT, USD = 10**18, 10**6
 FEE, PERIOD = 30, 60  # the pools' fee tier (0.30 %) and the Oracle's period
-MAX_UINT = 2**256 - 1
 
 
 @dataclass

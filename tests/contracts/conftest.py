@@ -8,11 +8,9 @@ import pytest
 from eth_utils import keccak
 
 from promptex.chain.deploy import contract_at, deploy_all
-from promptex.protocol.units import USD_MICRO
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.units import DAY, USD_MICRO
 
-KIND_TOKENIZED = 1
-KIND_LISTED = 2
-DAY = 86_400
 TERMS = keccak(text="seller declares its provider agreement permits resale")
 
 

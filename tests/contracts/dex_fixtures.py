@@ -14,6 +14,8 @@ import pytest
 from promptex.chain.dex import create_pool_at_price, deploy_dex, pool_at
 from promptex.protocol.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD
 from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO
 
 __all__ = [  # the fixtures; constants are imported by name
@@ -30,9 +32,6 @@ __all__ = [  # the fixtures; constants are imported by name
     "trader",
 ]
 
-UNIT = 10**18
-MAX_UINT = 2**256 - 1
-DAY = 86_400
 CLD_PRICE = 4_218  # USDC units per whole CLD ($0.004218)
 GPT_PRICE = 3_695_000  # $3.695
 

@@ -12,10 +12,17 @@ tracked by the Oracle; `writer` (the DEX's lp, a seller of capacity) and `holder
 import dex_fixtures
 import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-from dex_fixtures import CLD_PRICE, DAY, GPT_PRICE, MAX_UINT, UNIT
+from dex_fixtures import CLD_PRICE, GPT_PRICE
 
 from promptex.chain.options import deploy_options, read_observations
+from promptex.protocol.dex import LOCAL_ORACLE_PERIOD as PERIOD
 from promptex.protocol.options import CALL, PUT, Terms, settlement_ranks
+from promptex.protocol.options import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.units import DAY
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import WAD as FIXED
 
 __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by name
     *dex_fixtures.__all__,
@@ -31,10 +38,6 @@ __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by 
     "written",
 ]
 
-TWAP_WINDOW = 600
-PERIOD = 60
-USD = 10**6
-FIXED = 10**18  # Oracle prices: USDC units per whole token × 10**18
 CLD_SPOT = CLD_PRICE * FIXED  # $0.004218
 GPT_SPOT = GPT_PRICE * FIXED  # $3.695
 # A capped call on 1M CLD ($4,218): strike $0.004, cap $0.006 → $2,000 of collateral a unit.

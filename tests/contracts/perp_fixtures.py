@@ -18,7 +18,11 @@ from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 
 from promptex.chain.perp import deploy_perp
 from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.perp import DEFAULT_INSURANCE_FEE_BPS as INSURANCE_FEE_BPS
+from promptex.protocol.perp import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 from promptex.protocol.perp import MarketParams
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import USD_MICRO as USD
 
 __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by name
     *dex_fixtures.__all__,
@@ -30,9 +34,6 @@ __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by 
     "tx_at",
 ]
 
-USD = 10**6
-TWAP_WINDOW = 600
-INSURANCE_FEE_BPS = 2_000
 POOL_DEPOSIT = 100_000 * USD
 GPT_MARKET = MarketParams(
     funding_k=10**14,  # 0.01 % an hour
@@ -54,7 +55,6 @@ CLD_MARKET = MarketParams(
     close_fee_bps=0,
     max_profit_bps=2_500,  # gains capped at 25 % of notional
 )
-MAX_UINT = 2**256 - 1
 
 
 @pytest.fixture(scope="module")

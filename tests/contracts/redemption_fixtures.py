@@ -12,13 +12,17 @@ granted `agent` CLD with `operator` as payee.
 import dex_fixtures
 import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-from dex_fixtures import DAY, UNIT
 from eth_account import Account
 from eth_utils import keccak
 
 from promptex.chain.redemption import deploy_redemption
 from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
+from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
+from promptex.protocol.units import DAY
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
 
 __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by name
     *dex_fixtures.__all__,
@@ -31,8 +35,6 @@ __all__ = [  # the fixtures (dex_fixtures' included); constants are imported by 
     "user",
 ]
 
-TWAP_WINDOW = 600
-REFUND_DELAY = 3_600
 ANTHROPIC = provider_id("anthropic")
 OPENAI = provider_id("openai")
 ACCOUNT = account_ref("org-user-anthropic", salt=b"test salt")
@@ -46,7 +48,6 @@ CLD_DAILY = 20_000 * UNIT
 GPT_DAILY = 50 * UNIT
 USD20 = 20 * 10**6
 BILLING_REF = keccak(text="provider receipt 0001")
-MAX_UINT = 2**256 - 1
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ import pytest
 from ape import project
 
 from promptex.protocol.permit import sign_permit
-from promptex.protocol.units import TOKEN_UNIT
+from promptex.protocol.units import TOKEN_UNIT, ZERO_ADDRESS
 
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 NOT_OWNER = "ownable: caller is not the owner"
 
 

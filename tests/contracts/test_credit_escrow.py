@@ -18,16 +18,14 @@ from promptex.protocol.escrow import (
     STATUS_SLASHED,
 )
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
-from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
+from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO, ZERO_ADDRESS
 
-ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 ZERO_BYTES32 = b"\x00" * 32
 NOT_OWNER = "ownable: caller is not the owner"
 
 FACE = 10_000 * USD_MICRO  # the open_lot fixture's default face value
 CLD_FACE = 4_218
 GPT_FACE = 3_695_000
-DAY = 86_400
 TERMS = keccak(text="seller declares its provider agreement permits resale")  # as the open_lot fixture
 
 

@@ -12,7 +12,8 @@ from eth_abi import encode
 from eth_utils import keccak
 
 from promptex.protocol.permit import sign_permit
-from promptex.protocol.units import USD_MICRO
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO, ZERO_ADDRESS
 from promptex.protocol.vault import (
     POLICY_SPEND_ONLY,
     POLICY_WITHDRAWABLE,
@@ -26,9 +27,7 @@ from promptex.protocol.vault import (
 )
 
 ROOT = keccak(text="usage records")
-ZERO_ADDRESS = "0x" + "00" * 20
 USD = USD_MICRO
-TOKEN = 10**18
 MAX_BALANCE = 2**104 - 1
 
 

@@ -8,8 +8,7 @@ from eth_utils import keccak
 
 from promptex.chain.dex import pool_at, pool_init_code_hash
 from promptex.protocol.dex import DEFAULT_FEE
-
-ZERO = "0x0000000000000000000000000000000000000000"
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
 
 def test_deploy__defaults__fee_tiers_blueprint_and_admin(factory, dex, admin):

@@ -9,25 +9,17 @@ from math import isqrt
 import ape
 import pytest
 from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
-from options_fixtures import (
-    CALL_CAP,
-    CALL_COLLATERAL,
-    CALL_SIZE,
-    CALL_STRIKE,
-    CLD_SPOT,
-    DAY,
-    FIXED,
-    GPT_SPOT,
-    PERIOD,
-    PUT_COLLATERAL,
-    TWAP_WINDOW,
-    USD,
-)
+from options_fixtures import CALL_CAP, CALL_COLLATERAL, CALL_SIZE, CALL_STRIKE, CLD_SPOT, GPT_SPOT, PUT_COLLATERAL
 
 from promptex.chain.options import read_observations, settle
 from promptex.protocol import options as helpers
 from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.dex import LOCAL_ORACLE_PERIOD as PERIOD
 from promptex.protocol.options import CALL, PUT, Terms
+from promptex.protocol.options import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.units import DAY
+from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import WAD as FIXED
 
 PREMIUM = 150 * USD  # per unit of the CLD call
 

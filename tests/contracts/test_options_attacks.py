@@ -10,11 +10,15 @@ Options sends it units."""
 import ape
 import pytest
 from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
-from options_fixtures import CALL_COLLATERAL, CALL_SIZE, FIXED, PERIOD, TWAP_WINDOW, USD
+from options_fixtures import CALL_COLLATERAL, CALL_SIZE
 
 from promptex.chain.options import read_observations, settle
 from promptex.protocol import options as helpers
+from promptex.protocol.dex import LOCAL_ORACLE_PERIOD as PERIOD
 from promptex.protocol.options import CALL, Terms
+from promptex.protocol.options import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import WAD as FIXED
 
 PUMP = 220_000 * USD  # into a $100k-deep pool: spot × ~10
 

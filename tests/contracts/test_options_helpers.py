@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from promptex.protocol import options as helpers
 from promptex.protocol.options import CALL, PUT
+from promptex.protocol.units import WAD as FIXED
 
-FIXED = 10**18
 SIZE = 1_000 * 10**18
 
 

@@ -32,12 +32,14 @@ collateral is ever locked.
 from dataclasses import dataclass, field
 
 import boa
-from boa_dex import FEE, PERIOD, UNIT, USD, deploy_dex, seed_pools
+from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from promptex.protocol import options as helpers
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
 
 OPTIONS = boa.load_partial("contracts/Options.vy")
 

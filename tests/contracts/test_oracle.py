@@ -6,9 +6,10 @@ window that is not yet covered, and a spot price manipulated in the last block
 import ape
 import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-from dex_fixtures import CLD_PRICE, UNIT
+from dex_fixtures import CLD_PRICE
 
 from promptex.protocol.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD
+from promptex.protocol.units import TOKEN_UNIT as UNIT
 
 MASK32 = 2**32 - 1
 PERIOD = LOCAL_ORACLE_PERIOD

@@ -7,21 +7,16 @@ mirror in `promptex.protocol.perp`. Attacks are in test_perp_attacks.py."""
 import ape
 import pytest
 from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
-from perp_fixtures import (
-    CLD_MARKET,
-    GPT_MARKET,
-    INSURANCE_FEE_BPS,
-    POOL_DEPOSIT,
-    TWAP_WINDOW,
-    USD,
-    tx_at,
-)
+from perp_fixtures import CLD_MARKET, GPT_MARKET, POOL_DEPOSIT, tx_at
 
 from promptex.chain.perp import add_market, deploy_perp
 from promptex.protocol import perp as m
+from promptex.protocol.perp import DEFAULT_INSURANCE_FEE_BPS as INSURANCE_FEE_BPS
+from promptex.protocol.perp import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 from promptex.protocol.perp import MarketParams
+from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
-ZERO = "0x" + "00" * 20
 MARGIN = 1_000 * USD
 NOTIONAL = 5_000 * USD
 

@@ -9,13 +9,13 @@ withdrawing just before the trader closes."""
 import ape
 import pytest
 from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
-from perp_fixtures import GPT_MARKET, USD, tx_at
+from perp_fixtures import GPT_MARKET, tx_at
 
 from promptex.protocol import perp as m
 from promptex.protocol.dex import DEFAULT_FEE
-
-ZERO = "0x" + "00" * 20
-UNIT = 10**18
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
 
 def spot(pool, token):

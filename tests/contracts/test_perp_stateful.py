@@ -24,17 +24,20 @@ mirror in `promptex.protocol.perp`, predicts every outcome and amount; after eve
 from dataclasses import dataclass, field, replace
 
 import boa
-from boa_dex import FEE, MAX_UINT, PERIOD, UNIT, USD, deploy_dex, seed_pools
+from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from promptex.protocol import perp as m
+from promptex.protocol.perp import DEFAULT_INSURANCE_FEE_BPS as INSURANCE_FEE_BPS
+from promptex.protocol.perp import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
 
 PERP = boa.load_partial("contracts/Perp.vy")
 
-TWAP_WINDOW = 600
-INSURANCE_FEE_BPS = 2_000
 PRICES = (2 * USD, USD // 2)  # USDC units per whole token
 DEPTH = 300_000 * USD  # USDC a side of each DEX pool
 PARAMS = (

@@ -9,14 +9,13 @@ from math import isqrt
 import ape
 import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-from dex_fixtures import UNIT
 
 from promptex.chain.dex import pool_at
 from promptex.protocol.dex import DEFAULT_FEE, MINIMUM_LIQUIDITY, amount_out
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
 V2_SWAP_OUT = 453_305_446_940_074_565  # v2-core's swap test: 1 token1 in at reserves 5 / 10
-
-ZERO = "0x0000000000000000000000000000000000000000"
 
 
 @pytest.fixture

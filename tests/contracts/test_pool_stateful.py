@@ -18,8 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from promptex.protocol.dex import DEFAULT_FEE as FEE
 from promptex.protocol.dex import FEE_DENOMINATOR as D
 from promptex.protocol.dex import MAX_RESERVE, MINIMUM_LIQUIDITY, amount_out
-
-ZERO = "0x" + "00" * 20
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
 TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
 POOL = boa.load_partial("contracts/Pool.vy")

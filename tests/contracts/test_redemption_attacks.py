@@ -10,21 +10,14 @@ refund, release without the provider's receipt, or re-enter the escrow."""
 import ape
 from eth_account import Account
 from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
-from redemption_fixtures import (
-    ACCOUNT,
-    CLD_DAILY,
-    DAY,
-    MAX_UINT,
-    OPENAI,
-    REFUND_DELAY,
-    SLIPPAGE_BPS,
-    UNIT,
-    USD20,
-    cover_twap,
-)
+from redemption_fixtures import ACCOUNT, CLD_DAILY, OPENAI, SLIPPAGE_BPS, USD20, cover_twap
 
 from promptex.protocol.dex import DEFAULT_FEE
+from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import provider_id
+from promptex.protocol.units import DAY
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
 
 
 def test_surface__state_changing_functions__only_these(redemptions):

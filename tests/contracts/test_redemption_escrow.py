@@ -13,20 +13,19 @@ from redemption_fixtures import (
     BILLING,
     BILLING_REF,
     CLD_DAILY,
-    DAY,
     OPENAI,
     OPENAI_ACCOUNT,
-    REFUND_DELAY,
     SLIPPAGE_BPS,
-    TWAP_WINDOW,
-    UNIT,
     USD20,
 )
 
 from promptex.protocol import redemption as helpers
 from promptex.protocol.dex import DEFAULT_FEE
-
-ZERO = "0x" + "00" * 20
+from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
+from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.units import DAY
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
 
 def record(redemptions, redemption_id):

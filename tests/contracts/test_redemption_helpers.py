@@ -8,11 +8,12 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
-from redemption_fixtures import ACCOUNT, ANTHROPIC, BILLING_REF, TWAP_WINDOW
+from redemption_fixtures import ACCOUNT, ANTHROPIC, BILLING_REF
 
 from promptex.chain.deploy import contract_at
 from promptex.chain.redemption import deploy_redemption, redemption_record
 from promptex.protocol import redemption as helpers
+from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 
 FIELDS = {"redemption_id": 42, "provider": ANTHROPIC, "account_ref": ACCOUNT, "usd_micro": 20_000_000}
 

@@ -15,17 +15,24 @@ outcome, and after every step:
 from dataclasses import dataclass, field
 
 import boa
-from boa_dex import FEE, UNIT, USD, deploy_dex, seed_pools
+from boa_dex import FEE, deploy_dex, seed_pools
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
+from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.redemption import STATUS_OPEN as OPEN
+from promptex.protocol.redemption import STATUS_REFUNDED as REFUNDED
+from promptex.protocol.redemption import STATUS_RELEASED as RELEASED
 from promptex.protocol.redemption import account_ref, provider_id, sign_receipt, slippage_limit
+from promptex.protocol.units import DAY
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
 
 ESCROW = boa.load_partial("contracts/RedemptionEscrow.vy")
 
-TWAP_WINDOW, REFUND_DELAY, DAY = 600, 3_600, 86_400
 SLIPPAGE_BPS = 150
 DAILY = 2_000 * UNIT  # per (user, token); a token trades at $0.50 or $2
 PRICES = (USD // 2, 2 * USD)  # USDC units per whole token
@@ -33,7 +40,6 @@ PROVIDER = provider_id("anthropic")
 BILLING_KEY = keccak(text="redemption machine billing")
 FORGER_KEY = keccak(text="redemption machine forger")
 N_USERS = 2
-OPEN, RELEASED, REFUNDED = 1, 2, 3
 
 
 class World:

@@ -6,10 +6,11 @@ pools untouched) and a sandwich bounded by min_out."""
 import ape
 import pytest
 from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-from dex_fixtures import MAX_UINT, UNIT
 
 from promptex.chain.dex import pool_at
 from promptex.protocol.dex import DEFAULT_FEE, amount_out
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
 
 
 def reserves_of(pool, token_a):

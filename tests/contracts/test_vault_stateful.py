@@ -23,6 +23,8 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from promptex.protocol.escrow import KIND_LISTED as LISTED
+from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
 from promptex.protocol.vault import (
     POLICY_WITHDRAWABLE,
     UNLIMITED,
@@ -40,7 +42,6 @@ VAULT = boa.load_partial("contracts/CreditsVault.vy")
 MARKET = boa.load_partial("contracts/test/MockExitMarket.vy")
 
 EPOCH = 60
-TOKENIZED, LISTED = 1, 2
 TERMS = b"\x11" * 32
 MAX_CAP_TOTAL = 2**96 - 1
 MAX_EXPIRY = 2**32 - 1

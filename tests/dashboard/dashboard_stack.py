@@ -44,11 +44,11 @@ from promptex.indexer.rpc import RpcClient
 from promptex.indexer.service import Indexer
 from promptex.ledger import AccountKind, Ledger
 from promptex.metering import load_catalog
+from promptex.protocol.units import DAY
+from promptex.protocol.units import USD_MICRO as USD
 from promptex.serving import ServerThread
 
 DIST = ROOT / "dashboard" / "dist"
-DAY = 86_400
-USD = 10**6
 BILLING_CREDENTIAL = "scoped-billing-credential"  # pasted once by the user; sealed on the server after that
 # The keys the fake upstream accepts: the stack's own lot's, and the one a seller onboards in the browser.
 UPSTREAM_KEYS = frozenset({"sk-dashboard-test", "sk-browser-seller"})

@@ -32,9 +32,10 @@ from promptex.gateway.envelope import MasterKeys
 from promptex.ledger import Ledger
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import provider_id, sign_receipt
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USD
 
 MNEMONIC = " ".join(["test"] * 11 + ["junk"])
-USD, TOKEN = 10**6, 10**18
 ANTHROPIC = provider_id("anthropic")
 ACCOUNT = "acct_e2e"
 KEYS = MasterKeys({"k": b"\x07" * 32}, "k")

@@ -28,10 +28,11 @@ from promptex.metering import split_usdc_charge
 from promptex.proofs import leaf_of
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.protocol.merkle import MerkleTree
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USDC_UNIT
 from promptex.protocol.vault import UNLIMITED, sign_spend_cap
 
 MNEMONIC = " ".join(["test"] * 11 + ["junk"])  # anvil's public development mnemonic
-USDC_UNIT, TOKEN = 10**6, 10**18
 EPOCH = 10  # the local deploy's epoch length
 _requests = itertools.count()
 _events = itertools.count()

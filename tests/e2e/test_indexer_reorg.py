@@ -21,11 +21,12 @@ from promptex.indexer import Followed, Indexer, Options, RpcClient
 from promptex.indexer.schema import chain_events
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.schema import accounts
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USDC_UNIT
 from promptex.protocol.vault import sign_release
 
 # anvil's (and ape's) test account 0: the deployer, hence the vault's coordinator.
 DEPLOYER_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
-USDC_UNIT, TOKEN = 10**6, 10**18
 
 
 @dataclass

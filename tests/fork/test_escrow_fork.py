@@ -7,11 +7,13 @@ from __future__ import annotations
 from forkchain import FORK_SETTINGS
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from world import USDC_UNIT, World, open_lot
+from world import World, open_lot
 
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
+from promptex.protocol.escrow import STATUS_OPEN as OPEN
+from promptex.protocol.units import USD_MICRO as USDC_UNIT
 
-OPEN, GRACE = 1, 7_200
 KINDS = st.sampled_from([KIND_TOKENIZED, KIND_LISTED])
 PERCENT = st.integers(min_value=1, max_value=100)
 

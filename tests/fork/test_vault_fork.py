@@ -7,8 +7,9 @@ from __future__ import annotations
 from forkchain import FORK_SETTINGS, Roles, dev_key
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from world import MAX, World
+from world import World
 
+from promptex.protocol.units import MAX_UINT256 as MAX
 from promptex.protocol.vault import pack_debits, pack_lot_amount, sign_release
 
 USERS = st.sampled_from(range(len(Roles.USERS)))

@@ -12,9 +12,9 @@ from web3 import Web3
 
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.units import MAX_UINT256 as MAX
+from promptex.protocol.units import USD_MICRO as USDC_UNIT
 
-MAX = 2**256 - 1
-USDC_UNIT = 10**6
 TERMS = Web3.keccak(text="fork tests: resale permitted")
 FAR = 10 * 365 * 86_400
 

@@ -28,6 +28,7 @@ from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.metering import load_catalog
+from promptex.protocol.units import USD_MICRO as USDC
 from promptex.serving import ServerThread
 
 _spec = importlib.util.spec_from_file_location(
@@ -41,8 +42,6 @@ ledger_url = _offchain.ledger_url  # parametrized: sqlite and postgresql
 
 CATALOG = Path(__file__).with_name("catalog.toml")
 SELLER_KEY = "sk-fake-" + "seller"  # an obviously fake upstream key
-USDC = 10**6
-TOKEN = 10**18
 _events = itertools.count()
 
 

@@ -10,8 +10,10 @@ import pytest
 from promptex import metering
 from promptex.fakes import fake_text
 from promptex.metering import load_catalog
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import CATALOG, TOKEN, USDC, Fake, Harness
+from .conftest import CATALOG, Fake, Harness
 
 HELLO = [{"role": "user", "content": "hello world"}]
 HELLO_TOKENS = 3 + 2  # the fake's count: per-message overhead + words

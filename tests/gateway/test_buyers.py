@@ -9,8 +9,9 @@ from eth_account import Account
 from promptex.gateway.buyers import bind_wallet, challenge_json, member_key, message_from_json, signup
 from promptex.ledger import AccountKind, InvalidSignature
 from promptex.ledger.binding import sign
+from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import USDC, Fake, Harness, event_id
+from .conftest import Fake, Harness, event_id
 from .test_api import usdc_cost
 
 HOLD = usdc_cost("fake-gpt", 6000, 3 + 4 + len("hello world"), 4)  # the gateway's upper bound

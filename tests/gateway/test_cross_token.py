@@ -13,8 +13,10 @@ from promptex import metering
 from promptex.gateway.twap import Twap
 from promptex.metering import load_catalog
 from promptex.protocol.units import PRICE_SCALE
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import CATALOG, TOKEN, USDC, Fake, FakeTwaps, Harness
+from .conftest import CATALOG, Fake, FakeTwaps, Harness
 
 HELLO = [{"role": "user", "content": "hello world"}]
 HELLO_TOKENS = 3 + 2

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from promptex.ledger.schema import holds
+from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import USDC, Fake, Harness
+from .conftest import Fake, Harness
 
 HELLO = [{"role": "user", "content": "hello world"}]
 

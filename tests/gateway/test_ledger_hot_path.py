@@ -13,8 +13,7 @@ from eth_account import Account
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger import holds as ledger_holds
 from promptex.ledger.binding import sign
-
-from .conftest import USDC
+from promptex.protocol.units import USD_MICRO as USDC
 
 _ids = itertools.count()
 RECORD = UsageRecord("fake-gpt", 5, 16, 37, gateway_lot_id=3, chain_lot_id=9, lot_kind="listed", fee_bps=500)

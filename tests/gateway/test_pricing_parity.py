@@ -12,8 +12,10 @@ from click.testing import CliRunner
 from promptex.cli import main
 from promptex.config import settings as cached_settings
 from promptex.metering import asset
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import CATALOG, TOKEN, USDC, Fake, FakeTwaps, Harness
+from .conftest import CATALOG, Fake, FakeTwaps, Harness
 
 # Oracle.consult for GPT (USDC units per 10**18 GPT units, 18-decimal fixed point): $0.333333123456789,
 # not a whole number of USDC units per GPT, so the conversion's exactness shows.

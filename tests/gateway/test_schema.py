@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from promptex.gateway.openapi import openapi_schema
+from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import USDC, Fake, Harness
+from .conftest import Fake, Harness
 
 MODELS = ["fake-gpt", "fake-claude", "fake-embed", "no-such-model"]
 

@@ -27,6 +27,7 @@ from promptex.protocol.redemption import (
     receipt_digest,
     slippage_limit,
 )
+from promptex.protocol.units import ZERO_ADDRESS as ZERO
 from promptex.serving import ServerThread
 
 AGENT = "0x00000000000000000000000000000000000A6E47"
@@ -38,9 +39,7 @@ TOKENS = {"CLD": "0x0000000000000000000000000000000000000C1D", "GPT": "0x0000000
 CHAIN_ID = 31337
 BILLING_KEY = "0x" + "42" * 32
 BILLING_SIGNER = Account.from_key(BILLING_KEY).address
-TOKEN = 10**18
 REFUND_DELAY = 3_600
-ZERO = "0x" + "0" * 40
 
 
 @dataclass

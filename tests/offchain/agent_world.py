@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from agent_fakes import BILLING_KEY, BILLING_SIGNER, CHAIN_ID, ESCROW, TOKEN, USER, FakeAgentChain
+from agent_fakes import BILLING_KEY, BILLING_SIGNER, CHAIN_ID, ESCROW, USER, FakeAgentChain
 
 from promptex.agent.billing import HttpBilling
 from promptex.agent.fake_billing import FakeBillingConfig
@@ -15,8 +15,9 @@ from promptex.agent.store import LinkedAccount
 from promptex.gateway.envelope import MasterKeys
 from promptex.ledger import Ledger
 from promptex.protocol.redemption import provider_id
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USD
 
-USD = 10**6
 ACCOUNT = "acct_user_1"
 CREDENTIAL = "sk-billing-scoped-secret"
 ANTHROPIC = provider_id("anthropic")

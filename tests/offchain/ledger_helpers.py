@@ -9,7 +9,6 @@ from eth_account import Account
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 
-TOKEN = 10**18  # one whole 18-decimal token
 _events = itertools.count()
 
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 from agent_fakes import PAYEE, TOKENS, USER
-from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, USD, billing_config
+from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, billing_config
 
 from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
@@ -18,6 +18,7 @@ from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.schema import agent_accounts
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
 from promptex.coordinator.txs import TxPending
+from promptex.protocol.units import USD_MICRO as USD
 
 CLD = TOKENS["CLD"]
 

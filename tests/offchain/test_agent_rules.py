@@ -8,15 +8,15 @@ from email import message_from_bytes
 
 import pytest
 from agent_fakes import TOKENS, USER
-from agent_world import ACCOUNT, USD
+from agent_world import ACCOUNT
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from anvil_node import free_port
 from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.store import PENDING, RELEASED, SENT_MAIL, UNSENT
-
-TOKEN = 10**18
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USD
 
 
 @pytest.fixture

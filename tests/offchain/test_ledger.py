@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from eth_account import Account
-from ledger_helpers import TOKEN, bind_new_wallet, event_id, fund
+from ledger_helpers import bind_new_wallet, event_id, fund
 from sqlalchemy import insert, update
 
 from promptex.ledger import (
@@ -36,6 +36,7 @@ from promptex.ledger import (
 )
 from promptex.ledger.binding import sign
 from promptex.ledger.schema import balances, journal_entries, journal_lines
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
 
 CLD = "CLD"
 USDC = "USDC"

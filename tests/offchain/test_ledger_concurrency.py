@@ -9,9 +9,10 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from ledger_helpers import TOKEN, fund
+from ledger_helpers import fund
 
 from promptex.ledger import AccountKind, BudgetExceeded, HoldStatus, InsufficientFunds, Ledger, SpendCapExceeded
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
 
 RESERVES = 1_000
 THREADS = 40

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from ledger_helpers import TOKEN, event_id, fund
+from ledger_helpers import event_id, fund
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -36,6 +36,7 @@ from promptex.ledger.amounts import Amount
 from promptex.ledger.db import VERSION_TABLE, create_ledger_engine, current_revision, upgrade
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.migrations import metadata
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
 
 HEAD = "0005"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
