@@ -200,12 +200,12 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
 
     from promptex.config import Settings
     from promptex.gateway.buyers import signup
-    from promptex.gateway.envelope import load_master_keys
     from promptex.gateway.sellers import Capacity, add_capacity
     from promptex.gateway.store import GatewayStore
     from promptex.ledger import Ledger
     from promptex.ledger.binding import sign
     from promptex.metering import load_catalog
+    from promptex.sealing.envelope import load_master_keys
 
     env = {
         **os.environ,

@@ -50,7 +50,6 @@ from promptex.coordinator.store import CoordinatorStore
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app
 from promptex.gateway.buyers import signup
-from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.store import GatewayStore
 from promptex.indexer.followed import Followed
@@ -66,6 +65,7 @@ from promptex.protocol.merkle import verify
 from promptex.protocol.redemption import STATUS_RELEASED, provider_id
 from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO
 from promptex.protocol.vault import UNLIMITED, sign_spend_cap
+from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
 
 console = Console(width=110)

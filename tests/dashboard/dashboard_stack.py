@@ -36,7 +36,6 @@ from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app as create_gateway
 from promptex.gateway.buyers import NewKey, member_key
-from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.store import GatewayStore
 from promptex.indexer.followed import Followed
@@ -46,6 +45,7 @@ from promptex.ledger import AccountKind, Ledger
 from promptex.metering import load_catalog
 from promptex.protocol.units import DAY
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
 
 DIST = ROOT / "dashboard" / "dist"

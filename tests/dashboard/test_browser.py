@@ -23,11 +23,11 @@ import httpx
 from dashboard_stack import market_stack, open_billing_account, seed_org
 
 from anvil_node import ROOT
-from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.schema import api_keys
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.sealing.envelope import load_master_keys
 
 SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"
 ABI_TS = ROOT / "dashboard" / "src" / "abi.ts"

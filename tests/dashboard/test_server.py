@@ -20,11 +20,11 @@ from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
 from promptex.dashboard.throttle import Throttle
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
-from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.binding import BindingMessage, sign
 from promptex.ledger.schema import accounts
+from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
 
 VAULT = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"

@@ -28,12 +28,12 @@ from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
 from promptex.chain.deployments import load_deployment
-from promptex.gateway.envelope import MasterKeys
 from promptex.ledger import Ledger
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import provider_id, sign_receipt
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.sealing.envelope import MasterKeys
 
 MNEMONIC = " ".join(["test"] * 11 + ["junk"])
 ANTHROPIC = provider_id("anthropic")

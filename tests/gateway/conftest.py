@@ -20,7 +20,6 @@ from eth_account import Account
 from promptex.config import Settings
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app
-from promptex.gateway.envelope import MasterKeys, load_master_keys
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.service import Gateway
@@ -29,6 +28,7 @@ from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.metering import load_catalog
 from promptex.protocol.units import USD_MICRO as USDC
+from promptex.sealing.envelope import MasterKeys, load_master_keys
 from promptex.serving import ServerThread
 
 _spec = importlib.util.spec_from_file_location(

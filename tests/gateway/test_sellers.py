@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from promptex.gateway.envelope import EnvelopeError, add_master_key, load_master_keys
 from promptex.gateway.routing import LotRegistry
 from promptex.gateway.schema import lots
 from promptex.gateway.sellers import Capacity, CapacityRefused, add_capacity
 from promptex.metering import load_catalog
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.sealing.envelope import EnvelopeError, add_master_key, load_master_keys
 
 from .conftest import CATALOG, SELLER_KEY, Fake, Harness
 

@@ -12,11 +12,11 @@ from promptex.agent.billing import HttpBilling
 from promptex.agent.fake_billing import FakeBillingConfig
 from promptex.agent.service import Agent
 from promptex.agent.store import LinkedAccount
-from promptex.gateway.envelope import MasterKeys
 from promptex.ledger import Ledger
 from promptex.protocol.redemption import provider_id
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.sealing.envelope import MasterKeys
 
 ACCOUNT = "acct_user_1"
 CREDENTIAL = "sk-billing-scoped-secret"

@@ -39,8 +39,8 @@ def make_agent(s: Settings | None = None) -> Agent:
     from promptex.agent.outbox import SmtpConfig
     from promptex.agent.service import Agent
     from promptex.chain.deployments import load_deployment
-    from promptex.gateway.envelope import load_master_keys
     from promptex.ledger import Ledger
+    from promptex.sealing.envelope import load_master_keys
 
     s = s or settings()
     try:

@@ -50,9 +50,9 @@ from promptex.agent.store import (
 from promptex.coordinator import txs
 from promptex.coordinator.chain import Call
 from promptex.coordinator.store import StoredTx
-from promptex.gateway.envelope import MasterKeys
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
+from promptex.sealing.envelope import MasterKeys
 
 log = logging.getLogger("promptex.agent")
 

@@ -20,10 +20,10 @@ from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.quote import QuoteRefused, check_redemption
 from promptex.agent.store import OPEN_STATUSES, AgentStore, LinkedAccount, Redemption, Rule
 from promptex.coordinator.txs import TxPending
-from promptex.gateway.envelope import MasterKeys
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.redemption import account_ref, provider_id
 from promptex.protocol.units import DAY
+from promptex.sealing.envelope import MasterKeys
 
 log = logging.getLogger("promptex.agent")
 

@@ -17,8 +17,8 @@ from sqlalchemy import Connection, insert, select, update
 from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemptions, agent_rules, agent_txs, agent_users
 from promptex.coordinator.chain import SignedTx
 from promptex.coordinator.store import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore
-from promptex.gateway.envelope import Sealed
 from promptex.ledger.journal import insert_ignore
+from promptex.sealing.envelope import Sealed
 
 # Redemption statuses (see promptex.agent.machine for the transitions).
 PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING, RELEASED = (

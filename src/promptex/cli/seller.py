@@ -67,11 +67,11 @@ def seller_add_capacity(
     import json
     import time
 
-    from promptex.gateway.envelope import load_master_keys
     from promptex.gateway.sellers import Capacity, CapacityRefused, add_capacity
     from promptex.gateway.store import GatewayStore
     from promptex.ledger import Ledger
     from promptex.ledger.binding import checksum_address
+    from promptex.sealing.envelope import load_master_keys
 
     s = settings()
     try:
@@ -123,9 +123,9 @@ def seller_add_capacity(
 @seller.command("rotate-master-key")
 def seller_rotate_master_key() -> None:
     """Add a master key to the key file and re-wrap every sealed secret's data key with it."""
-    from promptex.gateway.envelope import add_master_key, load_master_keys
     from promptex.gateway.store import GatewayStore
     from promptex.ledger import Ledger
+    from promptex.sealing.envelope import add_master_key, load_master_keys
 
     s = settings()
     if s.gateway_master_key is not None:

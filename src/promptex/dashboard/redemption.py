@@ -22,9 +22,9 @@ from promptex.agent.schema import agent_txs
 from promptex.agent.service import link_account
 from promptex.agent.store import AgentStore, LinkedAccount
 from promptex.config import Settings
-from promptex.gateway.envelope import EnvelopeError, MasterKeys, load_master_keys
 from promptex.protocol.redemption import account_ref, provider_id
 from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
+from promptex.sealing.envelope import EnvelopeError, MasterKeys, load_master_keys
 
 
 class BadInput(ValueError):

@@ -24,10 +24,10 @@ import requests
 from promptex import metering
 from promptex.chain.attest import open_lot
 from promptex.chain.deployments import Deployment
-from promptex.gateway.envelope import MasterKeys
 from promptex.gateway.routing import KINDS
 from promptex.gateway.sellers import APIS, Capacity, prepare_capacity, record_capacity
 from promptex.gateway.store import GatewayStore
+from promptex.sealing.envelope import MasterKeys
 
 log = logging.getLogger("promptex.dashboard.sellers")
 

@@ -32,7 +32,6 @@ from promptex import metering
 from promptex.config import Settings
 from promptex.gateway import checkpoints, errors
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
-from promptex.gateway.envelope import load_master_keys
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.openapi import openapi_schema
 from promptex.gateway.routing import LotRegistry
@@ -41,6 +40,7 @@ from promptex.gateway.store import GatewayStore
 from promptex.gateway.twap import TwapSource, twap_cache_from_settings
 from promptex.gateway.upstream import UpstreamClient
 from promptex.ledger import Ledger
+from promptex.sealing.envelope import load_master_keys
 from promptex.serving import accept_backlog
 
 log = logging.getLogger("promptex.gateway")

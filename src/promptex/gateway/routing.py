@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from promptex.gateway.envelope import MasterKeys
 from promptex.gateway.store import GatewayStore, Lot
+from promptex.sealing.envelope import MasterKeys
 
 TOKENIZED, LISTED = "tokenized", "listed"
 KINDS = (TOKENIZED, LISTED)

@@ -13,11 +13,11 @@ import httpx
 
 from promptex import metering
 from promptex.gateway.adapters import adapter_for
-from promptex.gateway.envelope import MasterKeys
 from promptex.gateway.routing import KINDS, LISTED, TOKENIZED
 from promptex.gateway.store import GatewayStore
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.protocol.units import BPS
+from promptex.sealing.envelope import MasterKeys
 
 APIS = ("openai", "anthropic")
 DECLARATION = "I declare that my agreement with {provider} permits the resale of this API capacity."

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 
-from promptex.gateway.envelope import MasterKeys, Sealed
 from promptex.gateway.schema import api_keys, lots
 from promptex.ledger.amounts import Amount, add, ge, sub
+from promptex.sealing.envelope import MasterKeys, Sealed
 
 
 @dataclass(frozen=True)
