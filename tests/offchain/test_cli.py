@@ -1,7 +1,10 @@
+import click
+import pytest
 from click.testing import CliRunner
 
 from promptex.chain.deployments import DeployedContract, Deployment, save_deployment
 from promptex.cli import main
+from promptex.cli.amounts import token_units, usd_micro
 
 
 def test_deployment_show__missing_network__one_line_error_and_nonzero_exit(tmp_path, monkeypatch):
@@ -25,3 +28,32 @@ def test_deployment_show__recorded__lists_addresses(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["deployment", "show"])
     assert result.exit_code == 0, result.output
     assert "CreditEscrow" in result.output and "0x" + "22" * 20 in result.output
+
+
+@pytest.mark.parametrize(
+    "parse, text, expected",
+    [
+        (usd_micro, "19.99", 19_990_000),
+        (usd_micro, "20", 20_000_000),
+        (token_units, "0.5", 5 * 10**17),
+        (token_units, "0.000000000000000001", 1),
+    ],
+)
+def test_amounts__whole_units__exact_smallest_units(parse, text, expected):
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    "parse, text, message",
+    [
+        (usd_micro, "1.0000001", "at most 6 decimals"),
+        (usd_micro, "twenty", "is not a dollar amount"),
+        (usd_micro, "0", "a positive amount"),
+        (token_units, "-1", "a positive amount"),
+        (token_units, "0.0000000000000000001", "at most 18 decimals"),
+        (token_units, "x", "is not a token amount"),
+    ],
+)
+def test_amounts__not_positive_or_too_precise__refused(parse, text, message):
+    with pytest.raises(click.BadParameter, match=message):
+        parse(text)

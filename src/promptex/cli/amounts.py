@@ -35,23 +35,22 @@ def whole(amount: int, decimals: int) -> str:
     return ("-" if amount < 0 else "") + (f"{whole_part}.{digits}" if digits else str(whole_part))
 
 
+def _positive(text: str, unit: int, what: str, decimals: int) -> int:
+    """A positive amount in whole units → smallest units, exactly (at most `decimals` places)."""
+    try:
+        value = Decimal(text) * unit
+    except InvalidOperation:
+        raise click.BadParameter(f"{text!r} is not a {what}") from None
+    if value <= 0 or value != value.to_integral_value():
+        raise click.BadParameter(f"{text!r}: a positive amount with at most {decimals} decimals")
+    return int(value)
+
+
 def usd_micro(text: str) -> int:
     """Dollars ("20", "19.99") to USD micro-units, exactly."""
-    try:
-        value = Decimal(text) * USD_MICRO
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not a dollar amount") from None
-    if value <= 0 or value != value.to_integral_value():
-        raise click.BadParameter(f"{text!r}: a positive amount with at most 6 decimals")
-    return int(value)
+    return _positive(text, USD_MICRO, "dollar amount", 6)
 
 
 def token_units(text: str) -> int:
     """Whole tokens ("5000", "0.5") to 18-decimal units, exactly."""
-    try:
-        value = Decimal(text) * TOKEN_UNIT
-    except InvalidOperation:
-        raise click.BadParameter(f"{text!r} is not a token amount") from None
-    if value <= 0 or value != value.to_integral_value():
-        raise click.BadParameter(f"{text!r}: a positive amount with at most 18 decimals")
-    return int(value)
+    return _positive(text, TOKEN_UNIT, "token amount", 18)
