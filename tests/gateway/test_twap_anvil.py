@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from anvil_node import ape_env, ape_run, running_anvil
-from promptex.gateway.twap import OracleTwapSource, TwapCache
+from promptex.chain.oracle import OracleTwapSource
+from promptex.gateway.twap import TwapCache
 from promptex.protocol.providers import REFERENCE_PRICES
 from promptex.protocol.units import PRICE_SCALE
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from eth_utils.crypto import keccak
 
-from promptex.coordinator.chain import Call, LotInfo, Receipt, SignedTx
+from promptex.chain.sender import Call, Receipt, SignedTx
+from promptex.coordinator.chain import LotInfo
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN
 from promptex.protocol.vault import unpack_debit
 

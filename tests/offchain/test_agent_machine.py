@@ -17,7 +17,7 @@ from promptex.agent.billing import BillingReceipt
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.schema import agent_accounts
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
-from promptex.coordinator.txs import TxPending
+from promptex.chain.txlog import TxPending
 from promptex.protocol.units import USD_MICRO as USD
 
 CLD = TOKENS["CLD"]

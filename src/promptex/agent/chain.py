@@ -2,24 +2,22 @@
 linked accounts, billing signers, redemptions), the Router's quote and the Oracle's
 TWAP, and signing/broadcasting raw transactions.
 
-`Web3AgentChain` extends the coordinator's `Web3Chain` (same signing, broadcast,
-receipt and revert handling) with those contracts; tests drive the agent through a
-fake with the same methods.
+`Web3AgentChain` is the chain door's sender (`promptex.chain.sender`: the same
+signing, broadcast, receipt and revert handling as the coordinator's) with those
+contracts' reads added; tests drive the agent through a fake with the same methods.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from promptex.chain.deployments import Deployment
-from promptex.coordinator.chain import Call, Receipt, SignedTx, Web3Chain
+from promptex.chain.node import DEFAULT_TIMEOUT, deployed_contract
+from promptex.chain.sender import Call, Receipt, SignedTx, Web3Sender
 from promptex.protocol.dex import DEFAULT_FEE
 
 
@@ -80,33 +78,29 @@ class AgentChain(Protocol):
     def wait(self, tx_hash: str, timeout: float) -> Receipt | None: ...
 
 
-class Web3AgentChain(Web3Chain):
+class Web3AgentChain(Web3Sender):
     """The deployment's RedemptionEscrow, Router, Oracle and tokens over JSON-RPC,
     signing with the agent's key."""
 
-    def __init__(self, rpc_url: str, deployment: Deployment, private_key: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, rpc_url: str, deployment: Deployment, private_key: str, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         super().__init__(rpc_url, deployment, private_key, timeout=timeout)
-        self.redemption_escrow = self._contract("RedemptionEscrow")
-        self.router = self._contract("Router")
-        self.oracle = self._contract("Oracle")
+        self.redemption_escrow = self.contract("RedemptionEscrow", calls="redemption")
+        self.router = self.contract("Router")
+        self.oracle = self.contract("Oracle")
         self.escrow_address = str(self.redemption_escrow.address)
         self._twap_window = int(self.redemption_escrow.functions.twap_window().call())
-        token_abi = json.loads(Path(deployment.contracts[f"token:{deployment.token_symbols()[0]}"].abi).read_text())
+        self._token_record = f"token:{deployment.token_symbols()[0]}"  # every token has this ABI
         self._erc20: dict[str, Any] = {}
-        self._token_abi = token_abi
-
-    def _function(self, call: Call) -> Any:
-        if call.contract == "redemption":
-            return getattr(self.redemption_escrow.functions, call.function)(*call.args)
-        return super()._function(call)
 
     def _token(self, address: str) -> Any:
         if address not in self._erc20:
-            self._erc20[address] = self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=self._token_abi)
+            self._erc20[address] = deployed_contract(self.w3, self.deployment, self._token_record, address)
         return self._erc20[address]
 
     def token_address(self, symbol: str) -> str:
-        return self.asset_address(symbol)
+        return self.deployment.asset_address(symbol)
 
     def usdc_address(self) -> str:
         return self.deployment.address("USDC")

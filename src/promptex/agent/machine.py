@@ -47,9 +47,9 @@ from promptex.agent.store import (
     AgentStore,
     Redemption,
 )
-from promptex.coordinator import txs
-from promptex.coordinator.chain import Call
-from promptex.coordinator.store import StoredTx
+from promptex.chain import txlog
+from promptex.chain.sender import Call
+from promptex.chain.txlog import StoredTx
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
 from promptex.sealing.envelope import MasterKeys
@@ -66,7 +66,7 @@ OPEN_STEPS = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
 
 def crash_point(step: str) -> None:
     """Die here, as kill -9 would, when the test hook names this step."""
-    txs.crash_point(CRASH_ENV, step)
+    txlog.crash_point(CRASH_ENV, step)
 
 
 def idempotency_key(chain_id: int, escrow: str, redemption_id: int) -> str:
@@ -100,7 +100,7 @@ class RedemptionMachine:
 
     def resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
-        return txs.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
+        return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
 
     def resolve_open_txs(self) -> None:
         for tx in self.store.open_txs():

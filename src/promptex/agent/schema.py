@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from promptex.coordinator.schema import signed_txs
+from promptex.chain.txlog import signed_txs
 from promptex.ledger.amounts import Amount
 from promptex.ledger.metadata import ADDRESS, ASSET, REF, metadata
 

@@ -19,7 +19,7 @@ from promptex.agent.machine import RedemptionMachine, crash_point
 from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.quote import QuoteRefused, check_redemption
 from promptex.agent.store import OPEN_STATUSES, AgentStore, LinkedAccount, Redemption, Rule
-from promptex.coordinator.txs import TxPending
+from promptex.chain.txlog import TxPending
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.redemption import account_ref, provider_id
 from promptex.protocol.units import DAY

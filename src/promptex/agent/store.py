@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemptions, agent_rules, agent_txs, agent_users
-from promptex.coordinator.chain import SignedTx
-from promptex.coordinator.store import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore
+from promptex.chain.sender import SignedTx
+from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore
 from promptex.ledger.journal import insert_ignore
 from promptex.sealing.envelope import Sealed
 

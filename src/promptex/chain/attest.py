@@ -6,15 +6,10 @@ it when a deployment and an attestor key are configured. Serving never waits on 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from eth_account import Account
-from web3 import Web3
-from web3.exceptions import ContractLogicError
-
 from promptex.chain.deployments import Deployment
+from promptex.chain.sender import Call, Web3Sender
 
 # On the local network `promptex up` gives the dashboard its own attestor, anvil's public
 # development account 7 (granted with `ape run deploy --extra-attestor`), so that opening a
@@ -37,35 +32,34 @@ def open_lot(rpc_url: str, deployment: Deployment, attestor_key: str, attestatio
     (`GatewayStore.set_attestation(..., chain_lot_id=)`) so usage on the lot can be settled.
     The call is simulated first: a revert (no bond approved, an expiry in the past, a
     caller without the attestor role) raises LotRefused and sends nothing."""
-    w3 = Web3(Web3.HTTPProvider(rpc_url))
-    record = deployment.contracts["CreditEscrow"]
-    escrow = w3.eth.contract(
-        address=Web3.to_checksum_address(record.address), abi=json.loads(Path(record.abi).read_text())
-    )
+    attestor = Web3Sender(rpc_url, deployment, attestor_key)
+    escrow = attestor.contract("CreditEscrow", calls="escrow")
     token = deployment.address(f"token:{attestation['token']}")
-    attestor = Account.from_key(attestor_key)
-    call = escrow.functions.open_lot(
-        Web3.to_checksum_address(attestation["seller"]),
-        Web3.to_checksum_address(token),
-        attestation["kind"],
-        attestation["face_value"],
-        attestation["expiry"],
-        attestation["bond"],
-        bytes.fromhex(str(attestation["terms_hash"]).removeprefix("0x")),
-        attestation["rate_bps"],
+    call = Call(
+        "escrow",
+        "open_lot",
+        (
+            attestor.w3.to_checksum_address(attestation["seller"]),
+            attestor.w3.to_checksum_address(token),
+            attestation["kind"],
+            attestation["face_value"],
+            attestation["expiry"],
+            attestation["bond"],
+            bytes.fromhex(str(attestation["terms_hash"]).removeprefix("0x")),
+            attestation["rate_bps"],
+        ),
     )
-    try:
-        call.call({"from": attestor.address}, block_identifier="pending")
-    except ContractLogicError as exc:
-        raise LotRefused(str(exc.message or exc)) from None
-    nonce = w3.eth.get_transaction_count(attestor.address, "pending")
-    tx = call.build_transaction({"from": attestor.address, "nonce": nonce, "chainId": w3.eth.chain_id})
-    signed = attestor.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
-    if receipt["status"] != 1:
-        raise RuntimeError(f"open_lot reverted in {tx_hash.hex()}")
-    opened = escrow.events.LotOpened().process_receipt(receipt)
+    reason = attestor.simulate(call)
+    if reason is not None:
+        raise LotRefused(reason)
+    signed = attestor.sign(call, attestor.pending_nonce())
+    attestor.broadcast(signed.raw)
+    receipt = attestor.wait(signed.tx_hash, 120)
+    if receipt is None:
+        raise TimeoutError(f"open_lot {signed.tx_hash} was not mined within 120 s")
+    if not receipt.ok:
+        raise RuntimeError(f"open_lot reverted in {signed.tx_hash}")
+    opened = escrow.events.LotOpened().process_receipt(attestor.w3.eth.get_transaction_receipt(signed.tx_hash))  # type: ignore[arg-type]
     if len(opened) != 1:
-        raise RuntimeError(f"open_lot in {tx_hash.hex()} emitted {len(opened)} LotOpened events")
-    return OpenedLot("0x" + tx_hash.hex().removeprefix("0x"), int(opened[0]["args"]["lot_id"]))
+        raise RuntimeError(f"open_lot in {signed.tx_hash} emitted {len(opened)} LotOpened events")
+    return OpenedLot(signed.tx_hash, int(opened[0]["args"]["lot_id"]))

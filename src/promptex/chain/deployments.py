@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from promptex.config import settings
+from promptex.protocol.units import USDC_SYMBOL
 
 
 class DeployedContract(BaseModel):
@@ -32,6 +33,17 @@ class Deployment(BaseModel):
 
     def token_symbols(self) -> list[str]:
         return [name.split(":", 1)[1] for name in self.contracts if name.startswith("token:")]
+
+    def asset_symbols(self) -> list[str]:
+        """What the vault holds: USDC, then every provider token."""
+        return [USDC_SYMBOL, *self.token_symbols()]
+
+    def asset_address(self, symbol: str) -> str:
+        """A vault asset's address, by symbol ("USDC", "CLD", ...)."""
+        name = "USDC" if symbol == USDC_SYMBOL else f"token:{symbol}"
+        if name not in self.contracts:
+            raise KeyError(f"asset {symbol!r} is not in the {self.network} deployment")
+        return self.contracts[name].address
 
 
 def deployments_root(root: Path | None = None) -> Path:

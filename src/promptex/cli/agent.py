@@ -127,7 +127,7 @@ def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | Non
     """Sell tokens into the escrow and buy credits on the user's linked account now."""
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.store import RELEASED
-    from promptex.coordinator.txs import TxPending
+    from promptex.chain.txlog import TxPending
 
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)

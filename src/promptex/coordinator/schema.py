@@ -9,32 +9,12 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
 
+from promptex.chain.txlog import signed_txs
 from promptex.ledger.amounts import Amount
 from promptex.ledger.metadata import ADDRESS, ASSET, REF, metadata
 
-
-# Every transaction a service signs is stored before it is broadcast: after a crash the
-# same signed bytes are looked up or sent again, never signed anew. The agent keeps its
-# own log (`agent.schema.agent_txs`) with the same columns.
-def signed_txs(name: str) -> Table:
-    """A log of signed transactions, one per signer service (each checks its own nonces)."""
-    return Table(
-        name,
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("purpose", String(32), nullable=False),  # e.g. settle | consume | spend_cap | redeem | release
-        Column("sender", String(ADDRESS), nullable=False),
-        Column("nonce", BigInteger, nullable=False),
-        Column("tx_hash", String(66), nullable=False, unique=True),
-        Column("raw_tx", Text, nullable=False),
-        Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
-        Column("block_number", BigInteger, nullable=True),
-        Column("created_at", BigInteger, nullable=False),
-        Column("closed_at", BigInteger, nullable=True),
-        Index(None, "status", "nonce"),
-    )
-
-
+# Every transaction the coordinator signs, stored before it is broadcast (the log and its
+# rules are `chain.txlog`'s, shared with the agent's `agent.schema.agent_txs`).
 coordinator_txs = signed_txs("coordinator_txs")
 
 # One settlement per (asset, epoch): planned → submitted → confirmed (or failed, its

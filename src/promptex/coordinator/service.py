@@ -29,25 +29,22 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from promptex.coordinator import txs
-from promptex.coordinator.chain import Call, Chain, SignedTx
+from promptex.chain import txlog
+from promptex.chain.sender import Call, SignedTx
+from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPending
+from promptex.coordinator.chain import Chain
 from promptex.coordinator.plan import Entry, aggregate, fit, lot_problem, prepare, usage_tree
 from promptex.coordinator.store import (
     DONE,
-    DROPPED,
     FAILED,
     PLANNED,
     REGISTERED,
     REJECTED,
-    REVERTED,
     SUBMITTED,
-    SUCCEEDED,
     Batch,
     CoordinatorStore,
     ReleaseRefused,
-    StoredTx,
 )
-from promptex.coordinator.txs import TxPending
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, StoredUsage
@@ -71,7 +68,7 @@ ENTRY_REVERTS = (
 
 def crash_point(step: str) -> None:
     """Die here, as kill -9 would, when the test hook names this step."""
-    txs.crash_point(CRASH_ENV, step)
+    txlog.crash_point(CRASH_ENV, step)
 
 
 @dataclass
@@ -137,7 +134,7 @@ class Coordinator:
 
     def _resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
-        return txs.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
+        return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
 
     def _broadcast(self, purpose: str, tx_id: int, signed: SignedTx) -> str:
         crash_point(f"{purpose}_signed")

@@ -7,14 +7,14 @@ is all or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 
-from promptex.coordinator.chain import SignedTx
+from promptex.chain.sender import SignedTx
+from promptex.chain.txlog import SignedTxStore
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -34,7 +34,6 @@ from promptex.ledger.usage import PENDING, StoredUsage
 from promptex.protocol.vault import UNLIMITED
 
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
-SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"
 DONE, REJECTED, REGISTERED = "done", "rejected", "registered"
 LEASE = "coordinator"
 REASON = 500  # longest stored reason
@@ -51,16 +50,6 @@ class Batch:
     records: int
     tx_id: int | None
     error: str | None
-
-
-@dataclass(frozen=True)
-class StoredTx:
-    id: int
-    purpose: str
-    nonce: int
-    tx_hash: str
-    raw: str
-    status: str
 
 
 @dataclass(frozen=True)
@@ -104,47 +93,6 @@ def _batch(row: Any) -> Batch:
 
 class ReleaseRefused(ValueError):
     """The amount is not free of unsettled usage: the user must take the trustless exit."""
-
-
-class SignedTxStore:
-    """A service's database access, with its log of signed transactions (`txs_table`):
-    stored before broadcast, looked up after a crash, closed once resolved."""
-
-    txs_table: Table
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
-
-    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
-        t = self.txs_table
-        values = {"purpose": purpose, "sender": sender, "nonce": signed.nonce, "tx_hash": signed.tx_hash}
-        row = insert(t).values(**values, raw_tx=signed.raw, status=SENT, created_at=now).returning(t.c.id)
-        return int(conn.execute(row).scalar_one())
-
-    def tx(self, tx_id: int) -> StoredTx:
-        with self._tx() as conn:
-            m = conn.execute(select(self.txs_table).where(self.txs_table.c.id == tx_id)).one()._mapping
-        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
-
-    def open_txs(self) -> list[StoredTx]:
-        t = self.txs_table
-        with self._tx() as conn:
-            rows = conn.execute(select(t).where(t.c.status == SENT).order_by(t.c.nonce)).all()
-        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
-
-    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
-        t = self.txs_table
-        with self._tx() as conn:
-            conn.execute(
-                update(t)
-                .where(t.c.id == tx_id, t.c.status == SENT)
-                .values(status=status, block_number=block, closed_at=now)
-            )
 
 
 class CoordinatorStore(SignedTxStore):

@@ -3,16 +3,14 @@ addresses and tokens, and every pool with its reserves, spot price and Oracle TW
 
 from __future__ import annotations
 
-import json
 from fractions import Fraction
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from promptex.chain.deployments import Deployment, load_deployment
+from promptex.chain.node import connect, deployed_contract
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import TOKEN_DECIMALS, USDC_DECIMALS, USDC_SYMBOL
 
@@ -23,12 +21,6 @@ MAX_POINTS = 48  # TWAP chart points per pool (the Oracle's ring holds at most C
 PUBLIC_CONTRACTS = (
     "USDC", "CreditsVault", "CreditEscrow", "Router", "Factory", "Oracle", "RedemptionEscrow", "Options", "Perp",
 )  # fmt: skip
-
-
-@cache
-def _abi(path: str) -> list[dict[str, Any]]:
-    loaded: list[dict[str, Any]] = json.loads(Path(path).read_text())
-    return loaded
 
 
 def public_config(deployment: Deployment) -> dict[str, Any]:
@@ -60,7 +52,7 @@ class Market:
     """Reads pools and prices; one web3 connection to the node."""
 
     def __init__(self, rpc_url: str, network: str, deployments_dir: Path) -> None:
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
+        self.w3 = connect(rpc_url, timeout=10)
         self.network = network
         self.deployments_dir = deployments_dir
 
@@ -68,8 +60,7 @@ class Market:
         return load_deployment(self.network, self.deployments_dir)
 
     def _contract(self, deployment: Deployment, name: str, address: str | None = None) -> Any:
-        record = deployment.contracts[name]
-        return self.w3.eth.contract(address=Web3.to_checksum_address(address or record.address), abi=_abi(record.abi))
+        return deployed_contract(self.w3, deployment, name, address)
 
     def pools(self) -> list[dict[str, Any]]:
         deployment = self.deployment()

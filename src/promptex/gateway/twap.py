@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -29,15 +28,6 @@ from promptex.metering import asset
 from promptex.protocol.units import PRICE_SCALE
 
 log = logging.getLogger("promptex.gateway.twap")
-CONSULT_ABI = [
-    {
-        "type": "function",
-        "name": "consult",
-        "stateMutability": "view",
-        "inputs": [{"name": "token", "type": "address"}, {"name": "window", "type": "uint256"}],
-        "outputs": [{"name": "", "type": "uint256"}],
-    }
-]
 
 
 class TwapSource(Protocol):
@@ -56,42 +46,6 @@ class Twap:
     def usdc_per_token(self) -> Fraction:
         """USDC smallest units per whole token: the TWAP as `metering.rates_for` takes it."""
         return Fraction(self.price * asset(self.symbol).unit, PRICE_SCALE)
-
-
-class OracleTwapSource:
-    """`Oracle.consult(token, window)` over JSON-RPC for each provider token of a deployment."""
-
-    def __init__(self, rpc_url: str, oracle: str, tokens: Mapping[str, str], window: int, timeout: float) -> None:
-        from web3 import Web3
-
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
-        self.oracle = self.w3.eth.contract(address=Web3.to_checksum_address(oracle), abi=CONSULT_ABI)
-        self.tokens = {symbol: Web3.to_checksum_address(address) for symbol, address in tokens.items()}
-        self.window = window
-
-    @classmethod
-    def from_deployment(
-        cls, rpc_url: str, network: str, window: int, *, root: Path | None = None, timeout: float = 10.0
-    ) -> OracleTwapSource:
-        from promptex.chain.deployments import load_deployment
-
-        deployment = load_deployment(network, root)
-        tokens = {symbol: deployment.address(f"token:{symbol}") for symbol in deployment.token_symbols()}
-        return cls(rpc_url, deployment.address("Oracle"), tokens, window, timeout)
-
-    def read(self) -> dict[str, int]:
-        from web3.exceptions import ContractLogicError
-
-        prices: dict[str, int] = {}
-        for symbol, token in self.tokens.items():
-            try:
-                price = int(self.oracle.functions.consult(token, self.window).call())
-            except ContractLogicError as exc:  # not tracked yet, or the window not covered
-                log.warning("no TWAP for %s: %s", symbol, exc)
-                continue
-            if price > 0:
-                prices[symbol] = price
-        return prices
 
 
 class TwapCache:
@@ -140,6 +94,8 @@ def twap_cache_from_settings(settings: Settings, source: TwapSource | None = Non
     if source is None:
         if not settings.gateway_twap_rpc_url:
             return None
+        from promptex.chain.oracle import OracleTwapSource  # web3 only when the gateway reads a node
+
         source = OracleTwapSource.from_deployment(
             settings.gateway_twap_rpc_url,
             settings.gateway_twap_network,

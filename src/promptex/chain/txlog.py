@@ -1,0 +1,157 @@
+"""The persisted log of signed transactions, shared by every service that signs (the
+coordinator and the redemption agent, each with its own table and key).
+
+Every transaction is stored before it is broadcast: after a crash each is found by its
+hash, re-sent byte for byte, or proven dropped — never signed anew. Also the kill -9
+test hook both services use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+
+from promptex.ledger.metadata import ADDRESS, metadata
+
+if TYPE_CHECKING:  # the sender imports web3; a store (and the migrations) need not
+    from promptex.chain.sender import Receipt, SignedTx
+
+log = logging.getLogger(__name__)
+
+SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"
+DROP_GRACE_SECONDS = 3.0
+CloseTx = Callable[[int, str, "int | None", int], None]  # (tx id, status, block, now)
+
+
+def signed_txs(name: str) -> Table:
+    """A log of signed transactions, one per signer service (each checks its own nonces),
+    on the ledger's one MetaData (its migrations build it)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("purpose", String(32), nullable=False),  # e.g. settle | consume | spend_cap | redeem | release
+        Column("sender", String(ADDRESS), nullable=False),
+        Column("nonce", BigInteger, nullable=False),
+        Column("tx_hash", String(66), nullable=False, unique=True),
+        Column("raw_tx", Text, nullable=False),
+        Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
+        Column("block_number", BigInteger, nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        Column("closed_at", BigInteger, nullable=True),
+        Index(None, "status", "nonce"),
+    )
+
+
+@dataclass(frozen=True)
+class StoredTx:
+    id: int
+    purpose: str
+    nonce: int
+    tx_hash: str
+    raw: str
+    status: str
+
+
+class SignedTxStore:
+    """A service's database access, with its log of signed transactions (`txs_table`):
+    stored before broadcast, looked up after a crash, closed once resolved."""
+
+    txs_table: Table
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _store_tx(self, conn: Connection, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
+        t = self.txs_table
+        values = {"purpose": purpose, "sender": sender, "nonce": signed.nonce, "tx_hash": signed.tx_hash}
+        row = insert(t).values(**values, raw_tx=signed.raw, status=SENT, created_at=now).returning(t.c.id)
+        return int(conn.execute(row).scalar_one())
+
+    def tx(self, tx_id: int) -> StoredTx:
+        with self._tx() as conn:
+            m = conn.execute(select(self.txs_table).where(self.txs_table.c.id == tx_id)).one()._mapping
+        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
+
+    def open_txs(self) -> list[StoredTx]:
+        t = self.txs_table
+        with self._tx() as conn:
+            rows = conn.execute(select(t).where(t.c.status == SENT).order_by(t.c.nonce)).all()
+        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
+
+    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
+        t = self.txs_table
+        with self._tx() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.id == tx_id, t.c.status == SENT)
+                .values(status=status, block_number=block, closed_at=now)
+            )
+
+
+class TxChain(Protocol):
+    """What resolving a stored transaction needs from a chain (the coordinator's and the agent's)."""
+
+    def receipt(self, tx_hash: str) -> Receipt | None: ...
+    def nonce(self) -> int: ...
+    def broadcast(self, raw: str) -> None: ...
+    def wait(self, tx_hash: str, timeout: float) -> Receipt | None: ...
+
+
+class TxPending(Exception):
+    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
+
+
+def crash_point(env_var: str, step: str) -> None:
+    """Die here, as kill -9 would, when the test hook `env_var` names this step."""
+    if os.environ.get(env_var) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resolve_tx(tx: StoredTx, chain: TxChain, close_tx: CloseTx, now: Callable[[], int], timeout: float) -> str:
+    """The final status of a stored transaction, rebroadcasting it if it is not mined.
+    Raises TxPending while it is neither mined nor dropped (its nonce went to another)."""
+    if tx.status != SENT:
+        return tx.status
+    receipt = chain.receipt(tx.tx_hash)
+    if receipt is None and chain.nonce() > tx.nonce:
+        # Mined between the two reads, or a node that shows the sender's nonce moved a moment
+        # before it serves the receipt: give the receipt a short grace before calling it dropped.
+        receipt = chain.wait(tx.tx_hash, min(timeout, DROP_GRACE_SECONDS))
+        if receipt is None:
+            log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
+            close_tx(tx.id, DROPPED, None, now())
+            return DROPPED
+    if receipt is None:
+        chain.broadcast(tx.raw)  # the same signed bytes: idempotent
+        receipt = chain.wait(tx.tx_hash, timeout)
+    if receipt is None:
+        raise TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce})")
+    status = SUCCEEDED if receipt.ok else REVERTED
+    close_tx(tx.id, status, receipt.block_number, now())
+    return status
