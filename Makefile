@@ -73,6 +73,7 @@ lint: setup
 	$(BIN)/ruff check src scripts tests bench
 	$(BIN)/ruff format --check src scripts tests bench
 	$(BIN)/mypy src
+	$(BIN)/lint-imports --no-cache
 	cd dashboard && npx tsc --noEmit
 
 ## Gas per operation, as a table (`make bench ARGS=--json` for JSON).
