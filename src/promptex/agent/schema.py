@@ -21,7 +21,7 @@ from sqlalchemy import (
 
 from promptex.chain.txlog import signed_txs
 from promptex.ledger.amounts import Amount
-from promptex.ledger.metadata import ADDRESS, ASSET, REF, metadata
+from promptex.ledger.metadata import ADDRESS, ASSET, REASON, REF, metadata
 
 agent_users = Table(
     "agent_users",
@@ -66,7 +66,7 @@ agent_rules = Table(
     Column("max_tokens_in", Amount, nullable=False),
     Column("enabled", Integer, nullable=False),
     Column("last_checked_at", BigInteger, nullable=True),
-    Column("last_outcome", String(500), nullable=True),
+    Column("last_outcome", String(REASON), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Index(None, "enabled"),
 )
@@ -98,7 +98,7 @@ agent_redemptions = Table(
     Column("billing_ref", String(66), nullable=True),
     Column("receipt_usd_micro", Amount, nullable=True),
     Column("receipt_signature", String(132), nullable=True),
-    Column("error", String(500), nullable=True),
+    Column("error", String(REASON), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Index(None, "status"),
@@ -118,7 +118,7 @@ agent_outbox = Table(
     Column("body", Text, nullable=False),
     Column("status", String(16), nullable=False),  # pending | sent | unsent
     Column("attempts", Integer, nullable=False),
-    Column("error", String(500), nullable=True),
+    Column("error", String(REASON), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("sent_at", BigInteger, nullable=True),
     Index(None, "status"),

@@ -18,6 +18,7 @@ from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemption
 from promptex.chain.sender import SignedTx
 from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore
 from promptex.ledger.journal import insert_ignore
+from promptex.ledger.metadata import REASON
 from promptex.sealing.envelope import Sealed
 
 # Redemption statuses (see promptex.agent.machine for the transitions).
@@ -28,7 +29,6 @@ FAILED, REJECTED, ABANDONED, REFUNDED = "failed", "rejected", "abandoned", "refu
 OPEN_STATUSES = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
 # Outbox statuses.
 PENDING, SENT_MAIL, UNSENT = "pending", "sent", "unsent"
-REASON = 500
 
 __all__ = ["DROPPED", "REVERTED", "SENT", "SUCCEEDED", "AgentStore", "LinkedAccount", "Redemption", "Rule"]
 

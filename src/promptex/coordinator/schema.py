@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, T
 
 from promptex.chain.txlog import signed_txs
 from promptex.ledger.amounts import Amount
-from promptex.ledger.metadata import ADDRESS, ASSET, REF, metadata
+from promptex.ledger.metadata import ADDRESS, ASSET, REASON, REF, metadata
 
 # Every transaction the coordinator signs, stored before it is broadcast (the log and its
 # rules are `chain.txlog`'s, shared with the agent's `agent.schema.agent_txs`).
@@ -33,7 +33,7 @@ settlement_batches = Table(
     Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("closed_at", BigInteger, nullable=True),
-    Column("error", String(500), nullable=True),
+    Column("error", String(REASON), nullable=True),
     Index(None, "asset", "status"),
 )
 
@@ -46,7 +46,7 @@ lot_consumptions = Table(
     Column("amount", Amount, nullable=False),  # USD micro-units of list price
     Column("status", String(16), nullable=False),  # pending | submitted | done | failed
     Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("error", String(500), nullable=True),
+    Column("error", String(REASON), nullable=True),
 )
 
 # User-signed EIP-712 spend caps waiting for the coordinator to register them on chain.
@@ -63,7 +63,7 @@ spend_cap_submissions = Table(
     Column("signature", String(132), nullable=False),
     Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
     Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("error", String(500), nullable=True),
+    Column("error", String(REASON), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("address", "asset", "nonce"),
 )

@@ -29,6 +29,7 @@ from promptex.ledger import usage as _usage
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.errors import InsufficientFunds
 from promptex.ledger.journal import insert_ignore
+from promptex.ledger.metadata import REASON
 from promptex.ledger.releases import Release
 from promptex.ledger.usage import PENDING, StoredUsage
 from promptex.protocol.vault import UNLIMITED
@@ -36,7 +37,6 @@ from promptex.protocol.vault import UNLIMITED
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
 DONE, REJECTED, REGISTERED = "done", "rejected", "registered"
 LEASE = "coordinator"
-REASON = 500  # longest stored reason
 
 
 @dataclass(frozen=True)

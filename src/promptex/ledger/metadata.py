@@ -27,4 +27,5 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 ASSET = 16  # symbol length
 ADDRESS = 42  # 0x + 40 hex, EIP-55 checksummed
 REF = 200  # request ids, chain event ids, journal refs
+REASON = 500  # an error or a reason kept with a record (longer text is cut)
 HASH = 66  # 0x + 64 hex: block and transaction hashes

@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from promptex.ledger.amounts import Amount
-from promptex.ledger.metadata import ADDRESS, ASSET, REF, BigId, metadata
+from promptex.ledger.metadata import ADDRESS, ASSET, REASON, REF, BigId, metadata
 
 accounts = Table(
     "accounts",
@@ -202,7 +202,7 @@ usage_records = Table(
     Column("address", String(ADDRESS), nullable=True),  # the wallet debited (at planning)
     Column("batch_id", Integer, ForeignKey("settlement_batches.id"), nullable=True, index=True),
     Column("epoch", BigInteger, nullable=True),
-    Column("quarantine_reason", String(500), nullable=True),
+    Column("quarantine_reason", String(REASON), nullable=True),
     Column("quarantined_at", BigInteger, nullable=True),
     Index(None, "status", "asset"),
 )

@@ -4,9 +4,11 @@ contracts). `promptex.chain.dex` deploys the DEX and seeds pools through ape."""
 
 from __future__ import annotations
 
+from promptex.protocol.units import BPS
+
 # Mirrors of the contracts' constants (tests check that they match).
 DEFAULT_FEE = 30  # Factory.DEFAULT_FEE: 0.30 %, in parts per FEE_DENOMINATOR
-FEE_DENOMINATOR = 10_000
+FEE_DENOMINATOR = BPS  # pool fees are in basis points
 MINIMUM_LIQUIDITY = 1_000  # Pool.MINIMUM_LIQUIDITY, locked at the zero address
 MAX_RESERVE = 2**112 - 1  # Pool.MAX_RESERVE: reserves are packed as uint112
 
