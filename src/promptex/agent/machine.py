@@ -110,10 +110,8 @@ class RedemptionMachine:
         signed = self.chain.sign(call, self.chain.pending_nonce())
         tx_id = self.store.submit(r.id, purpose, signed, self.chain.sender, self.clock())
         log.info("redemption %d: %s sent as %s", r.id, purpose, signed.tx_hash)
-        crash_point(f"{purpose}_signed")
-        self.chain.broadcast(signed.raw)
-        crash_point(f"{purpose}_broadcast")
-        return self.resolve_tx(self.store.tx(tx_id))
+        tx = self.store.tx(tx_id)
+        return txlog.broadcast_stored(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, crash_point)
 
     # ─── Steps ───────────────────────────────────────────────────────────────
 

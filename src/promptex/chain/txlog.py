@@ -155,3 +155,19 @@ def resolve_tx(tx: StoredTx, chain: TxChain, close_tx: CloseTx, now: Callable[[]
     status = SUCCEEDED if receipt.ok else REVERTED
     close_tx(tx.id, status, receipt.block_number, now())
     return status
+
+
+def broadcast_stored(
+    tx: StoredTx,
+    chain: TxChain,
+    close_tx: CloseTx,
+    now: Callable[[], int],
+    timeout: float,
+    crash: Callable[[str], None],
+) -> str:
+    """Send a just-stored transaction and resolve it; `crash` is the service's kill -9 hook,
+    called as "<purpose>_signed" before the broadcast and "<purpose>_broadcast" after."""
+    crash(f"{tx.purpose}_signed")
+    chain.broadcast(tx.raw)
+    crash(f"{tx.purpose}_broadcast")
+    return resolve_tx(tx, chain, close_tx, now, timeout)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from promptex.chain import txlog
-from promptex.chain.sender import Call, SignedTx
+from promptex.chain.sender import Call
 from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPending
 from promptex.coordinator.chain import Chain
 from promptex.coordinator.plan import Entry, aggregate, fit, lot_problem, prepare, usage_tree
@@ -136,11 +136,9 @@ class Coordinator:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
         return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
 
-    def _broadcast(self, purpose: str, tx_id: int, signed: SignedTx) -> str:
-        crash_point(f"{purpose}_signed")
-        self.chain.broadcast(signed.raw)
-        crash_point(f"{purpose}_broadcast")
-        return self._resolve_tx(self.store.tx(tx_id))
+    def _broadcast(self, tx_id: int) -> str:
+        tx = self.store.tx(tx_id)
+        return txlog.broadcast_stored(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, crash_point)
 
     # ─── Settlement ──────────────────────────────────────────────────────────
 
@@ -227,7 +225,7 @@ class Coordinator:
         signed = self.chain.sign(call, self.chain.pending_nonce())
         tx_id = self.store.submit(batch.id, signed, self.chain.sender, self.clock())
         log.info("%s epoch %d: settle sent as %s", batch.asset, batch.epoch, signed.tx_hash)
-        self._broadcast("settle", tx_id, signed)
+        self._broadcast(tx_id)
         self._finish_submitted(self.store.batch(batch.id))
 
     def _plan(self, asset: str) -> None:
@@ -352,7 +350,7 @@ class Coordinator:
                     continue
                 signed = self.chain.sign(call, self.chain.pending_nonce())
                 tx_id = self.store.submit_consumption(c, signed, self.chain.sender, self.clock())
-                status = self._broadcast("consume", tx_id, signed)
+                status = self._broadcast(tx_id)
             if status == SUCCEEDED:
                 self.store.close_consumption(c, DONE)
                 self._report.consumed += 1
@@ -399,7 +397,7 @@ class Coordinator:
                     continue
                 signed = self.chain.sign(call, self.chain.pending_nonce())
                 tx_id = self.store.submit_spend_cap(cap.id, signed, self.chain.sender, self.clock())
-                status = self._broadcast("spend_cap", tx_id, signed)
+                status = self._broadcast(tx_id)
             if status == SUCCEEDED:
                 self.store.close_spend_cap(cap.id, REGISTERED)
                 self._report.caps += 1
