@@ -1,6 +1,7 @@
 """CreditsVault rows for bench/gas.py: settle with 1, 10, 100 and 500 user entries
-(and gas per entry), deposit, spend-cap registration, instant and trustless exits,
-and a seller's claim.
+(and gas per entry), a provider token's settlement (burn + the escrow's draw, nearest
+expiry first), deposit, spend-cap registration, instant and trustless exits (USDC, and a
+provider token taken as the token), and a seller's claim.
 
 Settlements are measured in steady state: every buyer already holds a balance
 and a cap, and the asset has been settled before. 500 buyers are funded and
@@ -15,7 +16,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from gas import Context, measurement, open_lot
-from promptex.protocol.escrow import KIND_LISTED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.protocol.vault import pack_debits, pack_lot_amount, sign_release, sign_spend_cap
 
 BATCHES = (1, 10, 100, 500)
@@ -73,10 +74,10 @@ def _next_window(ctx: Context, vault: Any, asset: Any) -> None:
 @measurement
 def credits_vault(ctx: Context) -> dict[str, tuple[str, int]]:
     usdc, escrow, vault = ctx.contract("USDC"), ctx.contract("CreditEscrow"), ctx.contract("CreditsVault")
-    gpt = ctx.contract("token:GPT")
+    gpt, cld = ctx.contract("token:GPT"), ctx.contract("token:CLD")
     seller, buyer = ctx.accounts[1], ctx.accounts[2]
     coordinator = ctx.admin  # deploy_all makes the deployer the first coordinator
-    open_lot(ctx, seller, gpt, KIND_LISTED, 50_000 * 10**6, rate_bps=6_000)
+    open_lot(ctx, seller, gpt, KIND_LISTED, 50_000 * 10**6, rate_bps=10_000)  # credits == list value drawn
     lot = escrow.lot_count()
     rows: dict[str, tuple[str, int]] = {}
 
@@ -93,7 +94,7 @@ def credits_vault(ctx: Context) -> dict[str, tuple[str, int]]:
             usdc,
             pack_debits({b.address: DEBIT for b in buyers[:n]}),
             [pack_lot_amount(lot, total - fee)],
-            [],
+            0,
             fee,
             keccak(text=f"usage {n}"),
             sender=coordinator,
@@ -144,8 +145,36 @@ def credits_vault(ctx: Context) -> dict[str, tuple[str, int]]:
     receipt = vault.request_exit(usdc, 10 * 10**6, sender=buyer)
     rows["vault_request_exit"] = ("vault: request a trustless exit", receipt.gas_used)
     ctx.chain.pending_timestamp += vault.thaw_period()
-    receipt = vault.complete_exit(usdc, 0, sender=buyer)
+    receipt = vault.complete_exit(usdc, 0, False, sender=buyer)
     rows["vault_complete_exit"] = ("vault: complete a trustless exit after the thaw", receipt.gas_used)
+
+    # ── a provider token: settle (burn + draw), and an exit taken as the token ──
+    open_lot(ctx, seller, cld, KIND_TOKENIZED, 10_000 * 10**6)
+    cld.transfer(buyer, 10 * 10**18, sender=seller)
+    cld.approve(vault, 2**256 - 1, sender=buyer)
+    vault.deposit(cld, 10 * 10**18, sender=buyer)
+    vault.set_spend_cap(cld, 10**18, 10**21, EXPIRY, sender=buyer)
+
+    def settle_token(epoch_debit: int) -> int:
+        _next_window(ctx, vault, cld)
+        words = pack_debits({buyer.address: epoch_debit})
+        receipt = vault.settle(
+            vault.last_epoch(cld) + 1, cld, words, [], epoch_debit, 0, keccak(text="cld"), sender=coordinator
+        )
+        return receipt.gas_used
+
+    settle_token(10**17)
+    rows["vault_settle_token_1"] = (
+        "vault: settle a provider token, 1 entry (burn + escrow draw of one lot)",
+        settle_token(2 * 10**17),
+    )
+    vault.request_exit(cld, 10**18, sender=buyer)
+    ctx.chain.pending_timestamp += vault.thaw_period()
+    receipt = vault.complete_exit(cld, 0, False, sender=buyer)
+    rows["vault_complete_exit_token"] = (
+        "vault: complete a provider token's trustless exit, taking the token",
+        receipt.gas_used,
+    )
 
     # ── claim ──
     receipt = vault.claim(usdc, sender=seller)

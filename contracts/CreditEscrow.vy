@@ -10,9 +10,14 @@
         from the seller, released pro rata as the lot is consumed, and
         slashed into the provider's insurance fund if the capacity fails.
 @dev Roles: admin (two-step handover), attestor (the gateway, after it has
-     verified a seller's key: opens and slashes lots), settler (the credits
-     vault or coordinator: consumes lots). Units: face values and bonds in
-     USD micro-units (= USDC's 6-decimal unit), token amounts in 10**-18.
+     verified a seller's key: opens and slashes lots). Only the CreditsVault
+     (`vault`, set once at deploy) draws lots down, inside the settlement
+     that burns the tokens (tokenized) or credits the seller (listed):
+     nobody else can release a bond against capacity that was not paid for.
+     Tokenized lots of a token are drawn nearest expiry first (ties: lower
+     id first) from a per-token list kept in that order, so which lot is
+     drawn is nobody's choice. Units: face values and bonds in USD
+     micro-units (= USDC's 6-decimal unit), token amounts in 10**-18.
 """
 
 from ethereum.ercs import IERC20
@@ -44,6 +49,11 @@ MAX_MINT_FEE_BPS: public(constant(uint256)) = 100
 # @notice After a lot's expiry, usage it served may still be settled for this
 #         long (two of the vault's longest epochs) before `expire` may run.
 SETTLEMENT_GRACE: public(constant(uint256)) = 7_200
+# @notice Most lots one `draw` walks (drawn or skipped); `drawable` counts the same.
+MAX_DRAW_LOTS: public(constant(uint256)) = 256
+# @notice Most later-expiring lots an `open_lot` walks past to keep its token's
+#         draw order (a new lot usually expires last: no walk at all).
+MAX_INSERT_WALK: public(constant(uint256)) = 256
 
 KIND_TOKENIZED: public(constant(uint8)) = 1
 KIND_LISTED: public(constant(uint8)) = 2
@@ -79,8 +89,10 @@ treasury: public(address)
 mint_fee_bps: public(uint256)
 min_bond_bps: public(uint256)
 
+# @notice The CreditsVault: the only caller of `consume` and `draw`; set once.
+vault: public(address)
+
 is_attestor: public(HashMap[address, bool])
-is_settler: public(HashMap[address, bool])
 is_provider_token: public(HashMap[address, bool])
 
 lots: public(HashMap[uint256, Lot])
@@ -94,6 +106,13 @@ insurance_fund: public(HashMap[address, uint256])
 # @notice Tokens in circulation whose lot stopped serving before they were
 #         consumed (expired, slashed, or the fee share of an early close).
 unbacked: public(HashMap[address, uint256])
+
+# @dev Per token, its tokenized lots that may still be drawn, as a doubly linked
+#      list ordered by (expiry, lot id): `draw` takes from the head.
+_first_lot: HashMap[address, uint256]
+_last_lot: HashMap[address, uint256]
+_next_lot: HashMap[uint256, uint256]
+_prev_lot: HashMap[uint256, uint256]
 
 
 # ─── Events ──────────────────────────────────────────────────────────────────
@@ -149,9 +168,8 @@ event RoleAttestorChanged:
     account: indexed(address)
     status: bool
 
-event RoleSettlerChanged:
-    account: indexed(address)
-    status: bool
+event VaultSet:
+    vault: indexed(address)
 
 event MintFeeChanged:
     old_bps: uint256
@@ -253,6 +271,8 @@ def open_lot(
         terms_hash=terms_hash,
     )
     self.bonds_held += bond
+    if kind == KIND_TOKENIZED:
+        self._link(lot_id, token, expiry)
 
     assert extcall IERC20(usdc).transferFrom(seller, self, bond, default_return_value=True), "escrow: bond transfer failed"
     if seller_amount > 0:
@@ -279,41 +299,62 @@ def open_lot(
 
 @external
 @nonreentrant
-def consume(lot_id: uint256, amount: uint256, epoch: uint256):
+def consume(lot_id: uint256, amount: uint256, epoch: uint256) -> (address, uint256):
     """
-    @notice Draws a lot down by what it served in one settlement epoch and
-            releases the matching share of its bond to the seller.
-    @dev Settler only. For a tokenized lot `amount` is in tokens and equals
-         the tokens the settler burned; for a listed lot it is USD
-         micro-units of list price. One draw per lot per epoch.
-    @param lot_id The lot.
-    @param amount Capacity used; non-zero, within what remains.
-    @param epoch The settlement epoch; greater than the lot's last one.
+    @notice Draws a listed lot down by what it served in one USDC settlement
+            and releases the matching share of its bond to the seller.
+    @dev Vault only, inside the settlement that credits the seller. The
+         seller's credit is computed here from the lot's rate on its
+         cumulative consumption, so per lot Σ credits == rate × Σ consumed
+         (rounded down) exactly, whatever the split into settlements.
+    @param lot_id A drawable listed lot.
+    @param amount USD micro-units at list price; non-zero, within what remains.
+    @param epoch The vault's USDC settlement epoch; greater than the lot's last one.
+    @return (address, uint256) The seller, and the USDC it earns for `amount`.
     """
-    assert self.is_settler[msg.sender], "escrow: caller is not a settler"
+    assert msg.sender == self.vault, "escrow: caller is not the vault"
     lot: Lot = self.lots[lot_id]
-    assert lot.status == STATUS_OPEN, "escrow: lot not open"
-    assert block.timestamp <= convert(lot.expiry, uint256) + SETTLEMENT_GRACE, "escrow: lot expired"
+    assert lot.kind == KIND_LISTED, "escrow: not a listed lot"
+    assert self._is_drawable(lot), "escrow: lot not drawable"
+    rate: uint256 = convert(lot.rate_bps, uint256)
+    # Cumulative rounding: each credit is the step of floor(rate × consumed).
+    credit: uint256 = (lot.consumed + amount) * rate // BPS - lot.consumed * rate // BPS
+    self._draw_lot(lot_id, lot, amount, epoch)
+    return lot.seller, credit
+
+
+@external
+@nonreentrant
+def draw(token: address, amount: uint256, epoch: uint256):
+    """
+    @notice Draws `amount` of `token`'s tokenized capacity, nearest expiry
+            first, releasing each drawn lot's bond share to its seller.
+    @dev Vault only, inside the settlement that burns exactly `amount`
+         of `token`, so per token Σ burned == Σ draw-downs. Lots that can
+         no longer be drawn (past expiry + grace) are skipped and unlinked;
+         lots it empties are closed and unlinked.
+    @param token A provider token.
+    @param amount Tokens (10**-18 units); non-zero; at most `drawable(token)`.
+    @param epoch The vault's settlement epoch of `token`.
+    """
+    assert msg.sender == self.vault, "escrow: caller is not the vault"
     assert amount > 0, "escrow: zero amount"
-    assert epoch > 0, "escrow: epochs start at 1"
-    assert epoch > lot.last_epoch, "escrow: epoch already consumed"
-    assert amount <= lot.capacity - lot.consumed, "escrow: over-consume"
-
-    consumed: uint256 = lot.consumed + amount
-    # Release rounds down: the seller never gets bond back ahead of usage.
-    released: uint256 = lot.bond * consumed // lot.capacity
-    payout: uint256 = released - lot.bond_released
-
-    self.lots[lot_id].consumed = consumed
-    self.lots[lot_id].last_epoch = epoch
-    self.lots[lot_id].bond_released = released
-    if consumed == lot.capacity:
-        self.lots[lot_id].status = STATUS_CLOSED
-    self.bonds_held -= payout
-
-    if payout > 0:
-        self._pay_usdc(lot.seller, payout)
-    log LotConsumed(lot_id=lot_id, epoch=epoch, amount=amount, consumed=consumed, bond_released=payout)
+    left: uint256 = amount
+    lot_id: uint256 = self._first_lot[token]
+    for _: uint256 in range(MAX_DRAW_LOTS):
+        if left == 0 or lot_id == 0:
+            break
+        following: uint256 = self._next_lot[lot_id]
+        lot: Lot = self.lots[lot_id]
+        if self._is_drawable(lot):
+            take: uint256 = min(left, lot.capacity - lot.consumed)
+            self._draw_lot(lot_id, lot, take, epoch)
+            left -= take
+            if take < lot.capacity - lot.consumed:
+                break
+        self._unlink(lot_id, token)
+        lot_id = following
+    assert left == 0, "escrow: draw exceeds drawable capacity"
 
 
 @external
@@ -340,6 +381,7 @@ def close_lot(lot_id: uint256):
         self.unbacked[lot.token] += newly_unbacked
 
     payout: uint256 = self._finish_lot(lot_id, lot, STATUS_CLOSED)
+    self._unlink(lot_id, lot.token)
 
     if returned > 0:
         assert extcall IERC20(lot.token).transferFrom(msg.sender, self, returned), "escrow: token transfer failed"
@@ -368,6 +410,7 @@ def expire(lot_id: uint256):
         self.unbacked[lot.token] += newly_unbacked
 
     payout: uint256 = self._finish_lot(lot_id, lot, STATUS_EXPIRED)
+    self._unlink(lot_id, lot.token)
     if payout > 0:
         self._pay_usdc(lot.seller, payout)
     log LotExpired(lot_id=lot_id, unbacked=newly_unbacked, bond_released=payout)
@@ -394,6 +437,7 @@ def slash(lot_id: uint256):
         self.unbacked[lot.token] += newly_unbacked
 
     self.lots[lot_id].status = STATUS_SLASHED
+    self._unlink(lot_id, lot.token)
     self.lots[lot_id].bond_released = lot.bond
     self.bonds_held -= slashed
     self.insurance_fund[lot.token] += slashed
@@ -459,6 +503,47 @@ def min_bond(face_value: uint256) -> uint256:
 
 @external
 @view
+def drawable(token: address) -> uint256:
+    """
+    @notice What one `draw` of `token` could take now: the remaining capacity
+            of its drawable tokenized lots (the first MAX_DRAW_LOTS in draw order).
+    @param token A provider token.
+    @return uint256 Tokens (10**-18 units).
+    """
+    total: uint256 = 0
+    lot_id: uint256 = self._first_lot[token]
+    for _: uint256 in range(MAX_DRAW_LOTS):
+        if lot_id == 0:
+            break
+        lot: Lot = self.lots[lot_id]
+        if self._is_drawable(lot):
+            total += lot.capacity - lot.consumed
+        lot_id = self._next_lot[lot_id]
+    return total
+
+
+@external
+@view
+def draw_order(token: address, count: uint256) -> DynArray[uint256, MAX_DRAW_LOTS]:
+    """
+    @notice The first `count` lots of `token` in draw order (nearest expiry
+            first), drawable or not yet unlinked.
+    @param token A provider token.
+    @param count Most ids to return (≤ MAX_DRAW_LOTS).
+    @return DynArray[uint256, MAX_DRAW_LOTS] Lot ids.
+    """
+    ids: DynArray[uint256, MAX_DRAW_LOTS] = []
+    lot_id: uint256 = self._first_lot[token]
+    for _: uint256 in range(MAX_DRAW_LOTS):
+        if lot_id == 0 or len(ids) >= count:
+            break
+        ids.append(lot_id)
+        lot_id = self._next_lot[lot_id]
+    return ids
+
+
+@external
+@view
 def remaining(lot_id: uint256) -> uint256:
     """
     @notice Capacity a lot can still serve (0 unless open).
@@ -504,17 +589,18 @@ def set_attestor(account: address, status: bool):
 
 
 @external
-def set_settler(account: address, status: bool):
+def set_vault(vault_: address):
     """
-    @notice Grants or revokes the settler role.
-    @dev Admin only.
-    @param account The account; not the zero address.
-    @param status True to grant.
+    @notice Names the CreditsVault, the only caller of `consume` and `draw`.
+    @dev Admin only, once (deploy calls it before handing the admin over):
+         no later call can give anyone else the power to draw lots.
+    @param vault_ The CreditsVault; not the zero address.
     """
     ownable._check_owner()
-    assert account != empty(address), "escrow: zero address"
-    self.is_settler[account] = status
-    log RoleSettlerChanged(account=account, status=status)
+    assert vault_ != empty(address), "escrow: zero address"
+    assert self.vault == empty(address), "escrow: vault already set"
+    self.vault = vault_
+    log VaultSet(vault=vault_)
 
 
 @external
@@ -572,6 +658,82 @@ def _quote_mint(token: address, face_value: uint256) -> (uint256, uint256, uint2
 @view
 def _min_bond(face_value: uint256) -> uint256:
     return self._ceil_div(face_value * self.min_bond_bps, BPS)
+
+
+@internal
+@view
+def _is_drawable(lot: Lot) -> bool:
+    # Whether settlement may still draw (or credit) this lot: the one place that says so.
+    return lot.status == STATUS_OPEN and block.timestamp <= convert(lot.expiry, uint256) + SETTLEMENT_GRACE
+
+
+@internal
+def _draw_lot(lot_id: uint256, lot: Lot, amount: uint256, epoch: uint256):
+    # Draws `amount` of capacity and releases the bond pro rata to the seller.
+    assert amount > 0, "escrow: zero amount"
+    assert epoch > 0, "escrow: epochs start at 1"
+    assert epoch > lot.last_epoch, "escrow: epoch already consumed"
+    assert amount <= lot.capacity - lot.consumed, "escrow: over-consume"
+
+    consumed: uint256 = lot.consumed + amount
+    # Release rounds down: the seller never gets bond back ahead of usage.
+    released: uint256 = lot.bond * consumed // lot.capacity
+    payout: uint256 = released - lot.bond_released
+
+    self.lots[lot_id].consumed = consumed
+    self.lots[lot_id].last_epoch = epoch
+    self.lots[lot_id].bond_released = released
+    if consumed == lot.capacity:
+        self.lots[lot_id].status = STATUS_CLOSED
+    self.bonds_held -= payout
+
+    if payout > 0:
+        self._pay_usdc(lot.seller, payout)
+    log LotConsumed(lot_id=lot_id, epoch=epoch, amount=amount, consumed=consumed, bond_released=payout)
+
+
+@internal
+def _link(lot_id: uint256, token: address, expiry: uint64):
+    # Inserts a tokenized lot in its token's draw order, walking back from the
+    # tail past lots that expire later (equal expiry: after them, by id).
+    after: uint256 = self._last_lot[token]
+    before: uint256 = 0
+    for _: uint256 in range(MAX_INSERT_WALK):
+        if after == 0 or self.lots[after].expiry <= expiry:
+            break
+        before = after
+        after = self._prev_lot[after]
+    assert after == 0 or self.lots[after].expiry <= expiry, "escrow: too many lots expire later"
+    self._prev_lot[lot_id] = after
+    self._next_lot[lot_id] = before
+    if after == 0:
+        self._first_lot[token] = lot_id
+    else:
+        self._next_lot[after] = lot_id
+    if before == 0:
+        self._last_lot[token] = lot_id
+    else:
+        self._prev_lot[before] = lot_id
+
+
+@internal
+def _unlink(lot_id: uint256, token: address):
+    # Removes a lot from its token's draw order; a no-op for a lot not in it
+    # (a listed lot, or one already unlinked).
+    after: uint256 = self._prev_lot[lot_id]
+    before: uint256 = self._next_lot[lot_id]
+    if after == 0 and self._first_lot[token] != lot_id:
+        return
+    if after == 0:
+        self._first_lot[token] = before
+    else:
+        self._next_lot[after] = before
+    if before == 0:
+        self._last_lot[token] = after
+    else:
+        self._prev_lot[before] = after
+    self._prev_lot[lot_id] = 0
+    self._next_lot[lot_id] = 0
 
 
 @internal

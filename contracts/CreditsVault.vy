@@ -9,20 +9,30 @@
         - Assets are listed by the admin with a policy: *withdrawable* (USDC,
           credit tokens) or *spend-only* (provider tokens: they are spent or
           sold for USDC into the seller's vault balance, never withdrawn as
-          tokens).
+          tokens — except as the trustless exit's fallback).
         - Leaving the vault (withdraw, or sell a spend-only token for USDC) is
           either *instant*, with an EIP-712 release signed by a coordinator,
           or *trustless*: `request_exit` → thaw (≥ 2 × `epoch_length`) →
-          `complete_exit`, which nobody but the user can start or stop.
-          Thawing funds stay debitable by settlement until the exit completes,
-          so a user cannot outrun metering.
+          `complete_exit`, which nobody but the user can start or stop. The
+          exit market is fixed in the pending exit at request; after the thaw
+          the user sells through it or, for a spend-only token, takes the
+          token itself (a plain ERC-20 transfer), so no role can keep a buyer
+          in. Thawing funds stay debitable by settlement until the exit
+          completes, so a user cannot outrun metering.
         - A buyer authorizes spending with an EIP-712 `SpendCap` (a maximum per
-          epoch and/or in total, an expiry). Settlement never debits beyond the
-          buyer's balance or cap: what it cannot debit is recorded as the
-          protocol's shortfall and paid from the protocol's reserve.
-@dev Roles: admin (snekmate `ownable_2step`), coordinator (posts settlements,
-     co-signs instant releases), pauser (stops deposits, instant releases and
-     settlement; never trustless exits or claims).
+          epoch and/or in total, an expiry). Settlement never debits beyond
+          the buyer's cap; a debit above the cap reverts the batch.
+        - Settlement draws the escrow's lots in the same call: a provider
+          token's burn draws its tokenized lots (nearest expiry first, the
+          escrow's choice); a USDC credit names a listed lot, draws it at list
+          price and pays its seller the lot's rate of that (computed by the
+          escrow). Only this contract can draw a lot.
+@dev Roles: admin (snekmate `ownable_2step`; the Timelock after deploy),
+     coordinator (posts settlements, co-signs instant releases), pauser
+     (stops deposits, instant releases and settlement for at most
+     MAX_PAUSE; never trustless exits or claims). Each role has separate
+     grant and revoke functions: the Timelock's guardian may call a revoke
+     at once, grants wait for the Timelock's delay.
 
      Units: every amount is in the asset's smallest unit.
 
@@ -33,6 +43,13 @@
      coordinator posts. The batch posted in window w settles usage of window
      w − 1; the thaw (≥ 2 windows) gives the coordinator one whole window to
      settle a user's usage before that user's trustless exit can complete.
+
+     Pauses: a pause ends by itself after MAX_PAUSE (≤ the shortest thaw)
+     and cannot start again until two windows after it ended, so settlement
+     always gets two windows between pauses. A trustless exit's thaw counts
+     only unpaused time (an exit whose thaw overlapped a pause unlocks later
+     by the paused time), but never more than MAX_PAUSE later: an exit
+     requested at t can always complete from t + thaw + MAX_PAUSE on.
 
      Hot path: each (asset, account) has ONE storage slot, read once and
      written once per settlement entry:
@@ -56,14 +73,17 @@
      served); `revoke_spend_cap` ends it at the close of the next window, so
      the settlement of the epoch in progress can still be posted.
 
-     Shortfall: settlement cuts each debit to what the balance and cap allow
-     rather than reverting, so one user who exited (or whose cap ran out)
-     cannot block a batch. The cut is logged per account (ShortfallRecorded),
-     summed in `shortfall[asset]`, and paid from the batch's fee and then the
-     protocol reserve, so sellers and lot draw-downs are paid in full and the
-     vault always holds exactly balances + claimables + reserve. Only when fee
-     and reserve cannot cover it does the batch revert; the coordinator then
-     drops those entries (and their payouts) and books the loss off-chain.
+     Shortfall: a debit within the cap but above the balance is *uncovered*.
+     It is accepted only for an account whose balance left by a trustless
+     exit completed in the current or previous window (counted in unpaused
+     time), and only up to what that exit took: the usage it served in the
+     last windows before leaving, which the coordinator could not settle
+     earlier. The cut is logged (ShortfallRecorded), summed in
+     `shortfall[asset]` and paid from the batch's fee, then the protocol
+     reserve, so sellers and lot draw-downs are paid in full and the vault
+     always holds exactly balances + claimables + reserve. Any other
+     uncovered debit (an empty account, an exit too old, more than it took,
+     an instant exit the coordinator itself co-signed) reverts the batch.
 """
 
 from ethereum.ercs import IERC20
@@ -72,11 +92,9 @@ from snekmate.auth import ownable_2step
 from snekmate.utils import ecdsa
 from snekmate.utils import eip712_domain_separator as eip712
 from snekmate.utils import math
-from snekmate.utils import pausable
 
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
-initializes: pausable
 initializes: eip712
 
 exports: (
@@ -84,7 +102,6 @@ exports: (
     ownable_2step.pending_owner,
     ownable_2step.transfer_ownership,
     ownable_2step.accept_ownership,
-    pausable.paused,
     eip712.eip712Domain,
 )
 
@@ -95,34 +112,16 @@ interface IComputeToken:
     def burn(amount: uint256): nonpayable
 
 
-# @dev Mirrors `CreditEscrow.Lot` field for field (ABI-compatible).
-struct Lot:
-    seller: address
-    token: address
-    kind: uint8
-    status: uint8
-    rate_bps: uint16
-    expiry: uint64
-    face_value: uint256
-    capacity: uint256
-    seller_minted: uint256
-    consumed: uint256
-    last_epoch: uint256
-    bond: uint256
-    bond_released: uint256
-    terms_hash: bytes32
-
-
 interface ICreditEscrow:
-    def lots(lot_id: uint256) -> Lot: view
-    def consume(lot_id: uint256, amount: uint256, epoch: uint256): nonpayable
+    def consume(lot_id: uint256, amount: uint256, epoch: uint256) -> (address, uint256): nonpayable
+    def draw(token: address, amount: uint256, epoch: uint256): nonpayable
     def is_provider_token(token: address) -> bool: view
 
 
 # @dev The market that turns a spend-only token into USDC on exit (the DEX
-#      router or an adapter in front of it; it arrives with the DEX). It must
-#      pull exactly `amount` of `token` from the caller and send at least
-#      `min_out` USDC to `recipient`; the vault checks both.
+#      router or an adapter in front of it). It must pull exactly `amount` of
+#      `token` from the caller and send at least `min_out` USDC to
+#      `recipient`; the vault checks both.
 interface IExitMarket:
     def sell(token: address, amount: uint256, min_out: uint256, recipient: address) -> uint256: nonpayable
 
@@ -139,7 +138,7 @@ MAX_THAW_PERIOD: public(constant(uint256)) = 86_400
 
 # @notice Entries per settlement; 1,024 × ~6k gas stays far below a 30M block.
 MAX_ENTRIES: public(constant(uint256)) = 1_024
-# @notice Credits or lot draws per settlement (one per serving lot).
+# @notice Credits (listed lots) per settlement.
 MAX_LOTS: public(constant(uint256)) = 128
 
 # @notice Bounds of the packed slot (see the contract @dev).
@@ -157,13 +156,13 @@ _FLOAT_MASK: constant(uint256) = 2**24 - 1
 # @dev Subtracting `x * _DEBIT_UNIT` takes x from the balance and the cap at once.
 _DEBIT_UNIT: constant(uint256) = 1 + 2**104
 
-# @dev A debit word: account << 96 | amount; a credit / draw word: lot_id << 160 | amount.
+# @dev A debit word: account << 96 | amount; a credit word: lot_id << 160 | amount.
 _DEBIT_AMOUNT_MASK: constant(uint256) = 2**96 - 1
 _LOT_AMOUNT_MASK: constant(uint256) = 2**160 - 1
 
-_KIND_TOKENIZED: constant(uint8) = 1
-_KIND_LISTED: constant(uint8) = 2
-_LOT_OPEN: constant(uint8) = 1
+# @dev An exit allowance word: unpaused window of the exit << 192 | amount left.
+_ALLOWANCE_SHIFT: constant(uint256) = 192
+_ALLOWANCE_MASK: constant(uint256) = 2**192 - 1
 
 # @notice EIP-712 type of a buyer's spending authorization. `per_epoch` or
 #         `total` may be max_value(uint256) ("no limit"), not both.
@@ -181,10 +180,16 @@ RELEASE_TYPEHASH: public(constant(bytes32)) = keccak256(
 
 struct PendingExit:
     amount: uint256
+    # Unix time the thaw ends if nothing is paused meanwhile.
     unlock_at: uint256
+    # `paused_seconds()` at request: the thaw counts only unpaused time after it.
+    paused_before: uint256
+    # The exit market at request (spend-only assets); zero: only taking the token.
+    market: address
 
 
-# @notice USDC: always listed withdrawable; what spend-only exits are paid in.
+# @notice USDC: always listed withdrawable; what spend-only exits are paid in
+#         and the only asset whose settlements credit listed lots.
 usdc: public(immutable(address))
 # @notice The CreditEscrow whose lots settlements credit and draw down.
 escrow: public(immutable(address))
@@ -192,8 +197,12 @@ escrow: public(immutable(address))
 epoch_length: public(immutable(uint256))
 # @notice Start of window 0 (the deployment's timestamp).
 genesis: public(immutable(uint256))
+# @notice Longest a pause lasts; also the most a trustless exit is delayed
+#         by pauses (1 .. MAX_THAW_PERIOD, and never above the thaw).
+MAX_PAUSE: public(immutable(uint256))
 
-# @notice Seconds between `request_exit` and `complete_exit` (≥ 2 × epoch_length).
+# @notice Seconds of unpaused time between `request_exit` and `complete_exit`
+#         (≥ 2 × epoch_length and ≥ MAX_PAUSE).
 thaw_period: public(uint256)
 # @notice Sells spend-only tokens for USDC on exit; unset until the DEX exists.
 exit_market: public(address)
@@ -217,6 +226,8 @@ claimable: public(HashMap[address, HashMap[address, uint256]])
 reserve: public(HashMap[address, uint256])
 # @notice asset → cumulative usage the protocol could not collect from users.
 shortfall: public(HashMap[address, uint256])
+# @dev asset → account → the last trustless exit's allowance (see _ALLOWANCE_SHIFT).
+_exit_allowance: HashMap[address, HashMap[address, uint256]]
 
 # @notice asset → the last settled epoch (epochs start at 1).
 last_epoch: public(HashMap[address, uint256])
@@ -229,6 +240,13 @@ usage_roots: public(HashMap[address, HashMap[uint256, bytes32]])
 release_nonce: public(HashMap[address, uint256])
 # @notice account → asset → next nonce of a spend cap.
 cap_nonce: public(HashMap[address, HashMap[address, uint256]])
+
+# @dev The current or last pause: [start, end); end is the scheduled end
+#      (start + MAX_PAUSE) or the moment it was lifted. Zero: never paused.
+_pause_start: uint256
+_pause_end: uint256
+# @dev Seconds paused before the current or last pause.
+_paused_before: uint256
 
 
 # ─── Events ──────────────────────────────────────────────────────────────────
@@ -252,6 +270,7 @@ event ExitRequested:
     asset: indexed(address)
     amount: uint256
     unlock_at: uint256
+    market: address
 
 event ExitCancelled:
     account: indexed(address)
@@ -264,6 +283,7 @@ event ExitCompleted:
     requested: uint256
     amount: uint256
     proceeds: uint256
+    sold: bool
 
 event ExitReleased:
     account: indexed(address)
@@ -299,6 +319,7 @@ event SellerCredited:
     seller: indexed(address)
     lot_id: uint256
     amount: uint256
+    consumed: uint256
 
 event ShortfallRecorded:
     epoch: indexed(uint256)
@@ -336,6 +357,13 @@ event RolePauserChanged:
     account: indexed(address)
     status: bool
 
+event Paused:
+    account: indexed(address)
+    until: uint256
+
+event Unpaused:
+    account: indexed(address)
+
 event ThawPeriodChanged:
     old_period: uint256
     new_period: uint256
@@ -346,27 +374,29 @@ event ExitMarketChanged:
 
 
 @deploy
-def __init__(usdc_: address, escrow_: address, epoch_length_: uint256):
+def __init__(usdc_: address, escrow_: address, epoch_length_: uint256, max_pause_: uint256):
     """
     @notice Deploys the vault; the deployer becomes the admin. USDC is listed
-            withdrawable; the thaw starts at 2 × `epoch_length_`.
+            withdrawable; the thaw starts at max(2 × `epoch_length_`, `max_pause_`).
     @param usdc_ The USDC token.
-    @param escrow_ The CreditEscrow; it must grant this vault the settler role.
+    @param escrow_ The CreditEscrow; it must name this vault (`set_vault`).
     @param epoch_length_ Seconds per epoch, 1 .. MAX_EPOCH_LENGTH (600 in
            production, a few seconds on a demo chain).
+    @param max_pause_ Longest pause, 1 .. MAX_THAW_PERIOD seconds.
     """
     assert usdc_ != empty(address), "vault: zero address"
     assert escrow_ != empty(address), "vault: zero address"
     assert epoch_length_ > 0 and epoch_length_ <= MAX_EPOCH_LENGTH, "vault: epoch length out of range"
+    assert max_pause_ > 0 and max_pause_ <= MAX_THAW_PERIOD, "vault: max pause out of range"
     ownable.__init__()
     ownable_2step.__init__()
-    pausable.__init__()
     eip712.__init__("PROMPTEX CreditsVault", "1")
     usdc = usdc_
     escrow = escrow_
     epoch_length = epoch_length_
     genesis = block.timestamp
-    self.thaw_period = 2 * epoch_length_
+    MAX_PAUSE = max_pause_
+    self.thaw_period = max(2 * epoch_length_, max_pause_)
     self._list(usdc_, POLICY_WITHDRAWABLE)
 
 
@@ -529,7 +559,7 @@ def exit_instant(
     @param signature The 65-byte signature of a coordinator.
     @return uint256 What the caller received (the asset, or USDC for a sale).
     """
-    pausable._require_not_paused()
+    self._require_not_paused()
     assert amount > 0, "vault: zero amount"
     assert block.timestamp <= expiry, "vault: release expired"
     assert nonce == self.release_nonce[msg.sender], "vault: bad nonce"
@@ -547,21 +577,29 @@ def exit_instant(
 @external
 def request_exit(asset: address, amount: uint256) -> uint256:
     """
-    @notice Starts a trustless exit: after `thaw_period` the caller may
-            complete it without anyone's consent.
+    @notice Starts a trustless exit: after `thaw_period` of unpaused time the
+            caller may complete it without anyone's consent. The exit market
+            of the moment is fixed in the pending exit.
     @dev Never paused. Until completion the amount stays in the balance and
          settlement may still debit it. One exit per (account, asset) at a time.
     @param asset A listed asset.
     @param amount Smallest units; non-zero; at most the caller's balance.
-    @return uint256 The unix time from which `complete_exit` succeeds.
+    @return uint256 The unix time from which `complete_exit` succeeds if
+            nothing is paused meanwhile (pauses delay it by at most MAX_PAUSE).
     """
     assert amount > 0, "vault: zero amount"
-    assert self.asset_policy[asset] != 0, "vault: asset not listed"
+    policy: uint8 = self.asset_policy[asset]
+    assert policy != 0, "vault: asset not listed"
     assert self.pending_exits[msg.sender][asset].amount == 0, "vault: exit already pending"
     assert amount <= self._accounts[asset][msg.sender] & MAX_BALANCE, "vault: amount exceeds balance"
     unlock_at: uint256 = block.timestamp + self.thaw_period
-    self.pending_exits[msg.sender][asset] = PendingExit(amount=amount, unlock_at=unlock_at)
-    log ExitRequested(account=msg.sender, asset=asset, amount=amount, unlock_at=unlock_at)
+    market: address = empty(address)
+    if policy == POLICY_SPEND_ONLY:
+        market = self.exit_market
+    self.pending_exits[msg.sender][asset] = PendingExit(
+        amount=amount, unlock_at=unlock_at, paused_before=self._paused_seconds(), market=market
+    )
+    log ExitRequested(account=msg.sender, asset=asset, amount=amount, unlock_at=unlock_at, market=market)
     return unlock_at
 
 
@@ -579,27 +617,44 @@ def cancel_exit(asset: address):
 
 @external
 @nonreentrant
-def complete_exit(asset: address, min_out: uint256) -> uint256:
+def complete_exit(asset: address, min_out: uint256, sell: bool) -> uint256:
     """
-    @notice Completes the caller's thawed exit: pays out the requested amount,
-            or the whole balance if settlements have since debited it below.
-    @dev Never paused; no role can block it. A spend-only token is sold for
-         USDC through `exit_market` (which must be set); the USDC is credited
-         to the caller's USDC balance in the vault.
+    @notice Completes the caller's thawed exit for the requested amount, or
+            the whole balance if settlements have since debited it below.
+            A withdrawable asset is sent to the caller. A spend-only token is
+            either sold (`sell`) through the exit market fixed at request, the
+            USDC credited to the caller's USDC balance in the vault, or, if
+            not `sell`, sent to the caller as the token itself.
+    @dev Never paused; no role can block it: the token transfer needs no
+         market, and the market cannot be changed under a pending exit.
+         The thaw counts unpaused time only, capped: from unlock_at +
+         MAX_PAUSE it always succeeds.
     @param asset The asset of the exit.
-    @param min_out Spend-only: least USDC to receive; ignored otherwise.
+    @param min_out With `sell`: least USDC to receive; ignored otherwise.
+    @param sell Spend-only: sell through the stored market; ignored for a
+           withdrawable asset.
     @return uint256 What the caller received (the asset, or USDC credited for a sale).
     """
     pending: PendingExit = self.pending_exits[msg.sender][asset]
     assert pending.amount > 0, "vault: no pending exit"
-    assert block.timestamp >= pending.unlock_at, "vault: exit still thawing"
+    assert block.timestamp >= self._unlock_time(pending, self._paused_seconds()), "vault: exit still thawing"
     amount: uint256 = min(pending.amount, self._accounts[asset][msg.sender] & MAX_BALANCE)
     self.pending_exits[msg.sender][asset] = empty(PendingExit)
     proceeds: uint256 = 0
+    sold: bool = sell and self.asset_policy[asset] == POLICY_SPEND_ONLY
     if amount > 0:
         self._take(msg.sender, asset, amount)
-        proceeds = self._pay_out(msg.sender, asset, amount, min_out)
-    log ExitCompleted(account=msg.sender, asset=asset, requested=pending.amount, amount=amount, proceeds=proceeds)
+        # What left the balance: a settlement in this or the next (unpaused)
+        # window may book the usage it served before leaving, up to this much.
+        self._grant_allowance(msg.sender, asset, amount)
+        if sold:
+            proceeds = self._sell(msg.sender, asset, amount, min_out, pending.market)
+        else:
+            self._push(asset, msg.sender, amount)
+            proceeds = amount
+    log ExitCompleted(
+        account=msg.sender, asset=asset, requested=pending.amount, amount=amount, proceeds=proceeds, sold=sold
+    )
     return proceeds
 
 
@@ -630,35 +685,40 @@ def settle(
     asset: address,
     debits: DynArray[uint256, MAX_ENTRIES],
     credits: DynArray[uint256, MAX_LOTS],
-    lot_draws: DynArray[uint256, MAX_LOTS],
+    burn: uint256,
     fee: uint256,
     usage_root: bytes32,
 ):
     """
-    @notice Settles one epoch of usage of one asset.
+    @notice Settles one epoch of usage of one asset, drawing the escrow's
+            lots in the same call.
     @dev Coordinator only; stopped by pause; one settlement per asset per
          epoch window; epochs are consecutive per asset, starting at 1.
-         Conservation: sum(debits) == sum(credits) + fee + sum(lot_draws).
-         Each debit is cut to what the account's balance and spend cap allow
-         (≤ balance, ≤ per-epoch maximum, ≤ total left, cap not expired); the
-         cut part is recorded as shortfall (event per account) and is paid
-         from this batch's fee, then from the protocol reserve — if both fall
-         short the call reverts and the coordinator must drop those entries.
-         What moves always balances: debited == credited + burned + reserve change.
-         Withdrawable asset: `credits` pay sellers of OPEN LISTED lots in the
-         escrow (claimable; checked so the coordinator can only pay lots the
-         attestor admitted), `lot_draws` is empty. Spend-only asset: `credits`
-         is empty; each draw names an open tokenized lot of this token, is
-         consumed in the escrow with this epoch number, and their sum is burned.
+         Each debit must be within the account's spend cap (≤ per-epoch
+         maximum, ≤ total left, cap not expired), else the batch reverts.
+         The part above the balance is uncovered: booked as shortfall only
+         within the account's exit allowance (a trustless exit completed in
+         this or the previous unpaused window, up to what it took), paid from
+         this batch's fee, then the protocol reserve; otherwise the batch
+         reverts. What moves always balances: debited == credited + burned +
+         reserve change.
+         USDC: each credit word names a listed lot and the capacity it served
+         at list price; the escrow draws it and returns the seller's credit
+         (the lot's rate of it, cumulatively rounded down), which becomes
+         claimable. Conservation: Σ debits == Σ seller credits + fee.
+         Spend-only token: `burn` tokens are burned and the escrow draws as
+         much of that token's tokenized capacity, nearest expiry first.
+         Conservation: Σ debits == fee + burn.
     @param epoch `last_epoch(asset) + 1`.
     @param asset A listed asset.
     @param debits Words `account << 96 | amount`, accounts strictly increasing.
-    @param credits Words `lot_id << 160 | amount` (withdrawable assets).
-    @param lot_draws Words `lot_id << 160 | amount` (spend-only assets).
+    @param credits Words `lot_id << 160 | consumed`, lot ids strictly
+           increasing (USDC only; consumed in USD micro-units at list price).
+    @param burn Tokens burned and drawn (spend-only assets only).
     @param fee The protocol fee, added to the reserve.
     @param usage_root Merkle root of the usage records behind the batch.
     """
-    pausable._require_not_paused()
+    self._require_not_paused()
     assert self.is_coordinator[msg.sender], "vault: caller is not a coordinator"
     policy: uint8 = self.asset_policy[asset]
     assert policy != 0, "vault: asset not listed"
@@ -668,7 +728,8 @@ def settle(
     if policy == POLICY_SPEND_ONLY:
         assert len(credits) == 0, "vault: credits on a spend-only asset"
     else:
-        assert len(lot_draws) == 0, "vault: lot draws on a withdrawable asset"
+        assert burn == 0, "vault: burn on a withdrawable asset"
+        assert len(credits) == 0 or asset == usdc, "vault: credits are paid in usdc"
 
     self.last_epoch[asset] = epoch
     self._settled_window[asset] = window + 1
@@ -676,6 +737,7 @@ def settle(
 
     # Debits: one slot read and at most one write per entry.
     now: uint256 = block.timestamp
+    unpaused_window: uint256 = self._unpaused_window()
     requested: uint256 = 0
     charged: uint256 = 0
     previous: uint256 = 0
@@ -686,36 +748,32 @@ def settle(
         account: address = convert(convert(key, uint160), address)
         amount: uint256 = word & _DEBIT_AMOUNT_MASK
         slot: uint256 = self._accounts[asset][account]
+        assert now <= slot >> _EXPIRY_SHIFT, "vault: debit without an active spend cap"
+        assert amount <= min((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)), "vault: debit above the spend cap"
         take: uint256 = min(amount, slot & MAX_BALANCE)
-        if now > slot >> _EXPIRY_SHIFT:
-            take = 0
-        else:
-            take = min(take, min((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)))
         if take > 0:
             self._accounts[asset][account] = unsafe_sub(slot, unsafe_mul(take, _DEBIT_UNIT))
         if take < amount:
+            self._use_allowance(account, asset, unsafe_sub(amount, take), unpaused_window)
             log ShortfallRecorded(epoch=epoch, asset=asset, account=account, amount=unsafe_sub(amount, take))
         requested = unsafe_add(requested, amount)
         charged = unsafe_add(charged, take)
 
+    # Listed lots: the escrow draws each and prices the seller's credit.
     paid_out: uint256 = fee
+    previous = 0
     for word: uint256 in credits:
         lot_id: uint256 = word >> 160
-        amount: uint256 = word & _LOT_AMOUNT_MASK
-        assert amount > 0, "vault: zero amount"
-        lot: Lot = staticcall ICreditEscrow(escrow).lots(lot_id)
-        assert lot.kind == _KIND_LISTED and lot.status == _LOT_OPEN, "vault: credit to a lot that is not open and listed"
-        self.claimable[lot.seller][asset] += amount
-        paid_out += amount
-        log SellerCredited(epoch=epoch, asset=asset, seller=lot.seller, lot_id=lot_id, amount=amount)
-    burned: uint256 = 0
-    for word: uint256 in lot_draws:
-        amount: uint256 = word & _LOT_AMOUNT_MASK
-        assert amount > 0, "vault: zero amount"
-        lot: Lot = staticcall ICreditEscrow(escrow).lots(word >> 160)
-        assert lot.kind == _KIND_TOKENIZED and lot.token == asset, "vault: draw on a lot of another kind or token"
-        burned += amount
-    assert requested == paid_out + burned, "vault: debits do not balance"
+        assert lot_id > previous, "vault: credits not sorted by lot"
+        previous = lot_id
+        consumed: uint256 = word & _LOT_AMOUNT_MASK
+        seller: address = empty(address)
+        credit: uint256 = 0
+        seller, credit = extcall ICreditEscrow(escrow).consume(lot_id, consumed, epoch)
+        self.claimable[seller][asset] += credit
+        paid_out += credit
+        log SellerCredited(epoch=epoch, asset=asset, seller=seller, lot_id=lot_id, amount=credit, consumed=consumed)
+    assert requested == paid_out + burn, "vault: debits do not balance"
 
     missing: uint256 = requested - charged
     if missing > 0:
@@ -726,10 +784,9 @@ def settle(
     elif fee > 0:
         self.reserve[asset] += fee
 
-    for word: uint256 in lot_draws:
-        extcall ICreditEscrow(escrow).consume(word >> 160, word & _LOT_AMOUNT_MASK, epoch)
-    if burned > 0:
-        extcall IComputeToken(asset).burn(burned)
+    if burn > 0:
+        extcall ICreditEscrow(escrow).draw(asset, burn, epoch)
+        extcall IComputeToken(asset).burn(burn)
     log EpochSettled(epoch=epoch, asset=asset, usage_root=usage_root, total=charged, entries=len(debits))
 
 
@@ -808,63 +865,103 @@ def delist_asset(asset: address):
 
 
 @external
-def set_coordinator(account: address, status: bool):
+def grant_coordinator(account: address):
     """
-    @notice Grants or revokes the coordinator role (settles, signs releases).
-    @dev Admin only.
+    @notice Grants the coordinator role (settles within users' caps, signs
+            instant releases).
+    @dev Admin only (the Timelock: announced, delayed).
     @param account Not the zero address.
-    @param status True to grant.
     """
     ownable._check_owner()
     assert account != empty(address), "vault: zero address"
-    self.is_coordinator[account] = status
-    log RoleCoordinatorChanged(account=account, status=status)
+    self.is_coordinator[account] = True
+    log RoleCoordinatorChanged(account=account, status=True)
 
 
 @external
-def set_pauser(account: address, status: bool):
+def revoke_coordinator(account: address):
     """
-    @notice Grants or revokes the pauser role.
-    @dev Admin only.
+    @notice Revokes the coordinator role.
+    @dev Admin only; the Timelock's guardian may call it at once.
+    @param account The coordinator.
+    """
+    ownable._check_owner()
+    self.is_coordinator[account] = False
+    log RoleCoordinatorChanged(account=account, status=False)
+
+
+@external
+def grant_pauser(account: address):
+    """
+    @notice Grants the pauser role.
+    @dev Admin only (the Timelock: announced, delayed).
     @param account Not the zero address.
-    @param status True to grant.
     """
     ownable._check_owner()
     assert account != empty(address), "vault: zero address"
-    self.is_pauser[account] = status
-    log RolePauserChanged(account=account, status=status)
+    self.is_pauser[account] = True
+    log RolePauserChanged(account=account, status=True)
+
+
+@external
+def revoke_pauser(account: address):
+    """
+    @notice Revokes the pauser role.
+    @dev Admin only; the Timelock's guardian may call it at once.
+    @param account The pauser.
+    """
+    ownable._check_owner()
+    self.is_pauser[account] = False
+    log RolePauserChanged(account=account, status=False)
 
 
 @external
 def pause():
     """
-    @notice Stops deposits, instant releases and settlement. Trustless exits,
-            cancels and claims keep working.
-    @dev Pauser or admin.
+    @notice Stops deposits, instant releases and settlement for at most
+            MAX_PAUSE; the pause then ends by itself. Trustless exits,
+            cancels and claims keep working (a thaw counts unpaused time only).
+    @dev Pauser or admin. Not while paused, and not again until two epoch
+         windows after the last pause ended, so settlement always has two
+         windows between pauses.
     """
     assert self.is_pauser[msg.sender] or msg.sender == ownable.owner, "vault: caller is not a pauser"
-    pausable._pause()
+    assert not self._is_paused(), "vault: already paused"
+    start: uint256 = self._pause_start
+    end: uint256 = self._pause_end
+    if start != 0:
+        assert block.timestamp >= end + 2 * epoch_length, "vault: pause renewed too soon"
+        self._paused_before += end - start
+    until: uint256 = block.timestamp + MAX_PAUSE
+    self._pause_start = block.timestamp
+    self._pause_end = until
+    log Paused(account=msg.sender, until=until)
 
 
 @external
 def unpause():
     """
-    @notice Lifts the pause.
-    @dev Admin only, so a leaked pauser key can stop the vault but not resume it.
+    @notice Lifts the pause before it ends by itself.
+    @dev Admin only, so a leaked pauser key can stop the vault (for at most
+         MAX_PAUSE) but not resume it.
     """
     ownable._check_owner()
-    pausable._unpause()
+    assert self._is_paused(), "vault: not paused"
+    self._pause_end = block.timestamp
+    log Unpaused(account=msg.sender)
 
 
 @external
 def set_thaw_period(new_period: uint256):
     """
     @notice Sets the thaw of trustless exits requested from now on.
-    @dev Admin only; between 2 × epoch_length and MAX_THAW_PERIOD.
+    @dev Admin only (the Timelock); between max(2 × epoch_length, MAX_PAUSE)
+         and MAX_THAW_PERIOD. Pending exits keep their thaw.
     @param new_period Seconds.
     """
     ownable._check_owner()
-    assert new_period >= 2 * epoch_length and new_period <= MAX_THAW_PERIOD, "vault: thaw period out of range"
+    assert new_period >= 2 * epoch_length and new_period >= MAX_PAUSE, "vault: thaw period out of range"
+    assert new_period <= MAX_THAW_PERIOD, "vault: thaw period out of range"
     log ThawPeriodChanged(old_period=self.thaw_period, new_period=new_period)
     self.thaw_period = new_period
 
@@ -873,7 +970,9 @@ def set_thaw_period(new_period: uint256):
 def set_exit_market(market: address):
     """
     @notice Sets the market that sells spend-only tokens for USDC on exit.
-    @dev Admin only; the zero address unsets it.
+    @dev Admin only (the Timelock); the zero address unsets it. Exits already
+         requested keep the market they were requested with, and can always
+         take the token instead.
     @param market An IExitMarket.
     """
     ownable._check_owner()
@@ -925,6 +1024,73 @@ def debitable(account: address, asset: address) -> uint256:
     if block.timestamp > slot >> _EXPIRY_SHIFT:
         return 0
     return min(slot & MAX_BALANCE, min((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)))
+
+
+@external
+@view
+def paused() -> bool:
+    """
+    @notice Whether deposits, instant releases and settlement are stopped now.
+    @return bool True while a pause runs (at most MAX_PAUSE from its start).
+    """
+    return self._is_paused()
+
+
+@external
+@view
+def paused_until() -> uint256:
+    """
+    @notice When the current or last pause ends (or ended); 0 if never paused.
+    @return uint256 Unix seconds.
+    """
+    return self._pause_end
+
+
+@external
+@view
+def paused_seconds() -> uint256:
+    """
+    @notice Seconds the vault has been paused since deployment, up to now.
+    @return uint256 Seconds.
+    """
+    return self._paused_seconds()
+
+
+@external
+@view
+def exit_unlocks_at(account: address, asset: address) -> uint256:
+    """
+    @notice When a pending exit can complete, if no pause starts meanwhile
+            (a running pause is counted to its scheduled end).
+    @param account The account.
+    @param asset The asset of the exit.
+    @return uint256 Unix seconds; 0 if no exit is pending.
+    """
+    pending: PendingExit = self.pending_exits[account][asset]
+    if pending.amount == 0:
+        return 0
+    paused: uint256 = self._paused_seconds()
+    if self._is_paused():
+        paused += self._pause_end - block.timestamp
+    return self._unlock_time(pending, paused)
+
+
+@external
+@view
+def exit_allowance(account: address, asset: address) -> uint256:
+    """
+    @notice The uncovered debit a settlement posted now may book as shortfall
+            for this account: what its last trustless exit took, less what was
+            booked against it, while that exit is in the current or previous
+            unpaused window.
+    @param account The account.
+    @param asset The asset.
+    @return uint256 Smallest units.
+    """
+    word: uint256 = self._exit_allowance[asset][account]
+    if (word >> _ALLOWANCE_SHIFT) + 1 < self._unpaused_window():
+        return 0
+    return word & _ALLOWANCE_MASK
 
 
 @external
@@ -981,7 +1147,7 @@ def _list(asset: address, policy: uint8):
 
 @internal
 def _deposit(account: address, payer: address, asset: address, amount: uint256):
-    pausable._require_not_paused()
+    self._require_not_paused()
     assert self.deposits_open[asset], "vault: asset not listed"
     assert amount > 0, "vault: zero amount"
     slot: uint256 = self._accounts[asset][account]
@@ -1058,13 +1224,77 @@ def _window() -> uint256:
 
 
 @internal
+@view
+def _is_paused() -> bool:
+    return self._pause_start != 0 and block.timestamp < self._pause_end
+
+
+@internal
+@view
+def _require_not_paused():
+    assert not self._is_paused(), "vault: paused"
+
+
+@internal
+@view
+def _paused_seconds() -> uint256:
+    # Seconds paused up to now: earlier pauses, plus the elapsed part of the last.
+    start: uint256 = self._pause_start
+    if start == 0:
+        return 0
+    return self._paused_before + min(block.timestamp, self._pause_end) - start
+
+
+@internal
+@view
+def _unpaused_window() -> uint256:
+    # The epoch window on a clock that stops while paused.
+    return (block.timestamp - genesis - self._paused_seconds()) // epoch_length
+
+
+@internal
+@view
+def _unlock_time(pending: PendingExit, paused_now: uint256) -> uint256:
+    # The thaw counts unpaused time only, but pauses delay it by MAX_PAUSE at most.
+    return pending.unlock_at + min(paused_now - pending.paused_before, MAX_PAUSE)
+
+
+@internal
+def _grant_allowance(account: address, asset: address, amount: uint256):
+    # A completed trustless exit: settlements of this and the next unpaused
+    # window may book the usage it left behind, up to what it took. A still
+    # valid earlier allowance adds up (only when pauses shortened a thaw).
+    window: uint256 = self._unpaused_window()
+    word: uint256 = self._exit_allowance[asset][account]
+    left: uint256 = 0
+    if (word >> _ALLOWANCE_SHIFT) + 1 >= window:
+        left = word & _ALLOWANCE_MASK
+    self._exit_allowance[asset][account] = (window << _ALLOWANCE_SHIFT) | min(left + amount, _ALLOWANCE_MASK)
+
+
+@internal
+def _use_allowance(account: address, asset: address, uncovered: uint256, window: uint256):
+    # Books `uncovered` against the account's exit allowance, or reverts.
+    word: uint256 = self._exit_allowance[asset][account]
+    left: uint256 = word & _ALLOWANCE_MASK
+    assert (word >> _ALLOWANCE_SHIFT) + 1 >= window and uncovered <= left, "vault: uncovered debit"
+    self._exit_allowance[asset][account] = word - uncovered
+
+
+@internal
 def _pay_out(account: address, asset: address, amount: uint256, min_out: uint256) -> uint256:
-    # Withdrawable: the asset itself, to the account's wallet. Spend-only: sold for
-    # USDC through the exit market; the USDC lands in the account's vault balance.
+    # Instant exit. Withdrawable: the asset itself, to the account's wallet.
+    # Spend-only: sold for USDC through the current exit market.
     if self.asset_policy[asset] == POLICY_WITHDRAWABLE:
         self._push(asset, account, amount)
         return amount
-    market: address = self.exit_market
+    return self._sell(account, asset, amount, min_out, self.exit_market)
+
+
+@internal
+def _sell(account: address, asset: address, amount: uint256, min_out: uint256, market: address) -> uint256:
+    # Sells a spend-only token through `market`; the USDC lands in the
+    # account's vault balance. The vault measures what left and what came in.
     assert market != empty(address), "vault: no exit market"
     held: uint256 = staticcall IERC20(asset).balanceOf(self)
     usdc_before: uint256 = staticcall IERC20(usdc).balanceOf(self)

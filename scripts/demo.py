@@ -57,7 +57,7 @@ from promptex.indexer.rpc import RpcClient
 from promptex.indexer.service import Indexer
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
-from promptex.metering import load_catalog, message_cost, provider_token_rates, split_usdc_charge, usdc_rates
+from promptex.metering import load_catalog, message_cost, provider_token_rates, usdc_rates
 from promptex.proofs import build_proof
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_TOKENIZED
@@ -157,7 +157,6 @@ def run_demo(network_name: str) -> None:
         network_name,
         treasury=treasury.address,
         coordinator=coordinator.address,
-        settler=coordinator.address,
         billing_signers={"anthropic": billing_signer},
         force=True,
         log=lambda _: None,
@@ -302,12 +301,11 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     for col in ("buyer", "model", "stream", "in", "out", "cost"):
         table.add_column(col, justify="right")
     claude_total = gpt_total = 0
-    seller_b_share = list_value_b = 0
+    list_value_b = 0
     for who, model, _rid, use, streamed in calls:
         if model == "gpt-4o":
             cost = message_cost(usdc_rates(gpt_price, escrow.lots(lot_b).rate_bps, fee_bps), *tokens_of(use))
             gpt_total += cost
-            seller_b_share += split_usdc_charge(cost, fee_bps)[0]
             list_value_b += message_cost(usdc_rates(gpt_price, 10_000, 0), *tokens_of(use))
             shown = f"{usd(cost)} USDC"
         else:
@@ -317,6 +315,8 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
         streamed_text = "yes" if streamed else "no"
         table.add_row(who, model, streamed_text, str(use.prompt_tokens), str(use.completion_tokens), shown)
     console.print(table)
+    # The vault draws lot B by the list value it served; the escrow pays seller B its rate of that.
+    seller_b_share = list_value_b * escrow.lots(lot_b).rate_bps // 10_000
     spent_1 = before_1 - ledger.balance(account_1.account, "CLD").posted
     spent_2 = before_2 - ledger.balance(account_2.account, "USDC").posted
     check(spent_1 == claude_total, "buyer 1 charged exactly the meter")
@@ -331,7 +331,7 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     check(escrow.lots(lot_a).consumed == claude_total, "lot A drawn down by the CLD burned")
     check(vault.claimable(seller_b, usdc) == seller_b_share, "seller B credited its rate's share")
     check(vault.reserve(usdc) - reserve == gpt_total - seller_b_share, "protocol fee kept in the vault's reserve")
-    check(escrow.lots(lot_b).consumed == list_value_b, "lot B drawn down in the escrow by the list value it served")
+    check(escrow.lots(lot_b).consumed == list_value_b, "lot B drawn down by the list value it served, in the same call")
     reconcile(ledger, vault, buyers, "after settlement: ledger == vault for both buyers")
 
     step("Seller B claims its USDC")
@@ -359,7 +359,7 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     market.index()
     check(ledger.balance(account_2.account, "USDC").locked == left, "the exit is unspendable in the ledger at once")
     chain.pending_timestamp += vault.thaw_period()
-    vault.complete_exit(usdc, 0, sender=buyer_2)
+    vault.complete_exit(usdc, 0, False, sender=buyer_2)
     check(usdc.balanceOf(buyer_2) == usdc_in - gpt_total, "buyer 2 got back everything not spent")
     market.settle()
     reconcile(ledger, vault, buyers, "after every exit: ledger == vault for both buyers")

@@ -19,7 +19,7 @@ from promptex.cli.errors import readable_errors
     multiple=True,
     help="another address with the attestor role, e.g. the dashboard's (repeatable)",
 )
-@click.option("--settler", default=None, help="settlement role (default: deployer)")
+@click.option("--coordinator", default=None, help="the vault's settlement coordinator (default: deployer)")
 @click.option(
     "--billing-signer",
     "billing_signers",
@@ -28,7 +28,7 @@ from promptex.cli.errors import readable_errors
 )
 @click.option("--force", is_flag=True, help="replace a live deployment recorded for this network")
 @click.option("--keep-existing", is_flag=True, help="if a live deployment is recorded, keep it and succeed")
-def cli(network, alias, usdc, treasury, attestor, extra_attestors, settler, billing_signers, force, keep_existing):
+def cli(network, alias, usdc, treasury, attestor, extra_attestors, coordinator, billing_signers, force, keep_existing):
     signers = {}
     for item in billing_signers:
         provider, _, address = item.partition("=")
@@ -48,7 +48,7 @@ def cli(network, alias, usdc, treasury, attestor, extra_attestors, settler, bill
             treasury=treasury,
             attestor=attestor,
             extra_attestors=extra_attestors,
-            settler=settler,
+            coordinator=coordinator,
             billing_signers=signers or None,
             force=force,
             log=click.echo,

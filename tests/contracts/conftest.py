@@ -5,11 +5,13 @@ chain to a snapshot around every test, so each test starts from it.
 """
 
 import pytest
+from ape import project
 from eth_utils import keccak
 
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
 from promptex.protocol.units import DAY, USD_MICRO
+from promptex.protocol.vault import pack_debits, pack_lot_amount
 
 TERMS = keccak(text="seller declares its provider agreement permits resale")
 
@@ -36,6 +38,7 @@ def attestor(accounts):
 
 @pytest.fixture(scope="session")
 def settler(accounts):
+    """An account with no escrow role (only the vault draws lots)."""
     return accounts[4]
 
 
@@ -50,13 +53,12 @@ def attacker(accounts):
 
 
 @pytest.fixture(scope="session")
-def deployment(admin, treasury, attestor, settler, tmp_path_factory):
+def deployment(admin, treasury, attestor, tmp_path_factory):
     return deploy_all(
         admin,
         "local",
         treasury=treasury.address,
         attestor=attestor.address,
-        settler=settler.address,
         force=True,
         root=tmp_path_factory.mktemp("deployments"),
         log=lambda _: None,
@@ -107,7 +109,7 @@ def open_lot(escrow, usdc, attestor, expiry):
 # above makes `admin` the vault's admin and first coordinator; `coordinator` is
 # granted the role here so tests can tell the two apart.
 
-RATE_BPS = 6_000
+RATE_BPS = 10_000  # the listed lot sells at list price, so a credit equals the capacity it draws
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +130,8 @@ def org(accounts):
 @pytest.fixture(scope="session")
 def vault(deployment, admin, coordinator, pauser):
     vault = contract_at(deployment, "CreditsVault")
-    vault.set_coordinator(coordinator, True, sender=admin)
-    vault.set_pauser(pauser, True, sender=admin)
+    vault.grant_coordinator(coordinator, sender=admin)
+    vault.grant_pauser(pauser, sender=admin)
     return vault
 
 
@@ -173,7 +175,7 @@ def next_window(vault, chain):
 
 @pytest.fixture
 def listed_lot(open_lot, seller, gpt):
-    """An open listed lot (USDC-paid) of `seller`."""
+    """An open listed lot (USDC-paid) of `seller`, at list price."""
     return open_lot(seller, gpt, kind=KIND_LISTED, face_value=5_000 * USD_MICRO, rate_bps=RATE_BPS)
 
 
@@ -181,3 +183,37 @@ def listed_lot(open_lot, seller, gpt):
 def tokenized_lot(open_lot, seller, cld):
     """An open tokenized CLD lot of `seller` (seller holds the minted CLD)."""
     return open_lot(seller, cld)
+
+
+@pytest.fixture
+def draw_down(vault, escrow, usdc, coordinator, buyer, chain, accounts):
+    """Draw `amount` of a lot's capacity the only way there is: a vault settlement.
+    A tokenized lot: `payer` (default: the lot's seller) deposits and spends `amount`
+    of its tokens, burned while the escrow draws nearest expiry first. A listed lot:
+    `payer` (default: `buyer`) pays the seller's credit in USDC."""
+
+    def _draw(lot_id, amount, payer=None):
+        lot = escrow.lots(lot_id)
+        tokenized = lot.kind == KIND_TOKENIZED
+        token = project.ComputeToken.at(lot.token) if tokenized else usdc
+        if payer is None:
+            payer = next(a for a in accounts if a.address == lot.seller) if tokenized else buyer
+        at = vault.next_settlement_at(token)
+        if chain.pending_timestamp < at:
+            chain.pending_timestamp = at
+        if tokenized:
+            debit, credits, burn = amount, [], amount
+        else:
+            debit = (lot.consumed + amount) * lot.rate_bps // 10_000 - lot.consumed * lot.rate_bps // 10_000
+            credits, burn = [pack_lot_amount(lot_id, amount)], 0
+            usdc.mint(payer, debit, sender=payer)
+        debits = []
+        if debit:
+            token.approve(vault, debit, sender=payer)
+            vault.deposit(token, debit, sender=payer)
+            vault.set_spend_cap(token, 2**256 - 1, 10**30, 2**32 - 1, sender=payer)
+            debits = pack_debits({str(payer): debit})
+        epoch = vault.last_epoch(token) + 1
+        return vault.settle(epoch, token, debits, credits, burn, 0, b"\x33" * 32, sender=coordinator)
+
+    return _draw

@@ -111,7 +111,7 @@ def test_deploy__zero_treasury__reverts(admin, usdc):
         admin.deploy(project.CreditEscrow, usdc, ZERO_ADDRESS)
 
 
-def test_deploy__defaults__match_spec(escrow, usdc, treasury, admin, attestor, settler, cld, gpt):
+def test_deploy__defaults__match_spec(escrow, deployment, usdc, treasury, admin, attestor, cld, gpt):
     assert escrow.usdc() == usdc
     assert escrow.treasury() == treasury
     assert escrow.owner() == admin
@@ -119,7 +119,7 @@ def test_deploy__defaults__match_spec(escrow, usdc, treasury, admin, attestor, s
     assert escrow.min_bond_bps() == 1_000
     assert escrow.MAX_MINT_FEE_BPS() == 100
     assert escrow.SETTLEMENT_GRACE() == GRACE
-    assert escrow.is_attestor(attestor) and escrow.is_settler(settler)
+    assert escrow.is_attestor(attestor) and escrow.vault() == deployment.address("CreditsVault")
     assert escrow.is_provider_token(cld) and escrow.is_provider_token(gpt)
     assert escrow.lot_count() == 0
     assert escrow.bonds_held() == 0
@@ -345,150 +345,37 @@ def test_open_lot__capacity_all_fee__reverts(escrow, admin, attestor, open_args)
     assert escrow.lot_count() == 0
 
 
-# ─── consume ─────────────────────────────────────────────────────────────────
+# ─── Drawing lots: only the vault (tests/contracts/test_escrow_draws.py) ────
 
 
-def test_consume__partial__releases_bond_pro_rata_rounded_down_to_seller(
-    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+def test_consume__any_caller_but_the_vault__reverts(escrow, cld, seller, settler, attacker, attestor, admin, open_lot):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=6_000)
+    for caller in (settler, attacker, attestor, admin, seller):
+        with ape.reverts("escrow: caller is not the vault"):
+            escrow.consume(lot_id, 1, 1, sender=caller)
+        with ape.reverts("escrow: caller is not the vault"):
+            escrow.draw(cld, 1, 1, sender=caller)
+    assert escrow.lots(lot_id).consumed == 0
+
+
+def test_draw_down__through_the_vault__burns_and_releases_bond(
+    escrow, usdc, cld, seller, open_lot, draw_down, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
     lot = escrow.lots(lot_id)
     amount = lot.capacity // 3
-    assert lot.bond * amount % lot.capacity != 0  # the release really is rounded here
-    released = lot.bond * amount // lot.capacity
-    escrow.consume(lot_id, amount, 1, sender=settler)
-    assert usdc.balanceOf(seller) == released
+    draw_down(lot_id, amount)
     assert escrow.lots(lot_id).consumed == amount
-    assert escrow.lots(lot_id).bond_released == released
-    assert escrow.lots(lot_id).last_epoch == 1
-    assert escrow.lots(lot_id).status == STATUS_OPEN
-    assert escrow.remaining(lot_id) == lot.capacity - amount
-    assert escrow.bonds_held() == lot.bond - released
+    assert cld.totalSupply() == lot.capacity - amount
+    assert usdc.balanceOf(seller) == lot.bond * amount // lot.capacity
     assert_conserved()
 
 
-def test_consume__partial__emits_lot_consumed(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    lot = escrow.lots(lot_id)
-    amount = lot.capacity // 4
-    tx = escrow.consume(lot_id, amount, 7, sender=settler)
-    assert tx.events.filter(escrow.LotConsumed) == [
-        escrow.LotConsumed(
-            lot_id=lot_id,
-            epoch=7,
-            amount=amount,
-            consumed=amount,
-            bond_released=lot.bond * amount // lot.capacity,
-        )
-    ]
-
-
-def test_consume__successive_epochs__release_tracks_cumulative_usage_without_drift(
-    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
-):
-    # Capacity 3, bond 10: releases are floor(10/3)=3, floor(20/3)-3=3, 10-6=4.
-    lot_id = open_lot(seller, cld, kind=KIND_LISTED, face_value=3, rate_bps=10_000, bond=10)
-    payouts = []
-    for epoch in (1, 2, 3):
-        before = usdc.balanceOf(seller)
-        escrow.consume(lot_id, 1, epoch, sender=settler)
-        payouts.append(usdc.balanceOf(seller) - before)
-        assert_conserved()
-    assert payouts == [3, 3, 4]
-    assert escrow.lots(lot_id).status == STATUS_CLOSED
-
-
-def test_consume__full__closes_lot_and_releases_whole_bond(
-    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
-):
-    lot_id = open_lot(seller, cld)
-    lot = escrow.lots(lot_id)
-    escrow.consume(lot_id, lot.capacity, 1, sender=settler)
-    assert escrow.lots(lot_id).status == STATUS_CLOSED
-    assert escrow.lots(lot_id).bond_released == lot.bond
-    assert usdc.balanceOf(seller) == lot.bond
-    assert escrow.bonds_held() == 0
-    assert escrow.remaining(lot_id) == 0
-    assert_conserved()
-
-
-def test_consume__listed_lot__draws_in_usd_micro_units(escrow, usdc, cld, seller, settler, open_lot, assert_conserved):
-    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=9_000)
-    escrow.consume(lot_id, FACE // 2, 1, sender=settler)
-    assert escrow.remaining(lot_id) == FACE // 2
-    assert usdc.balanceOf(seller) == escrow.min_bond(FACE) // 2
-    assert_conserved()
-
-
-def test_consume__non_settler__reverts(escrow, cld, seller, attacker, attestor, open_lot):
-    lot_id = open_lot(seller, cld)
-    with ape.reverts("escrow: caller is not a settler"):
-        escrow.consume(lot_id, 1, 1, sender=attacker)
-    with ape.reverts("escrow: caller is not a settler"):
-        escrow.consume(lot_id, 1, 1, sender=attestor)
-
-
-def test_consume__zero_amount__reverts(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    with ape.reverts("escrow: zero amount"):
-        escrow.consume(lot_id, 0, 1, sender=settler)
-
-
-def test_consume__more_than_remaining__reverts(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    capacity = escrow.lots(lot_id).capacity
-    escrow.consume(lot_id, capacity - 10, 1, sender=settler)
-    with ape.reverts("escrow: over-consume"):
-        escrow.consume(lot_id, 11, 2, sender=settler)
-    assert escrow.remaining(lot_id) == 10
-
-
-def test_consume__same_epoch_twice__reverts(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    escrow.consume(lot_id, 1_000, 5, sender=settler)
-    with ape.reverts("escrow: epoch already consumed"):
-        escrow.consume(lot_id, 1_000, 5, sender=settler)
-    assert escrow.lots(lot_id).consumed == 1_000
-
-
-def test_consume__earlier_epoch__reverts(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    escrow.consume(lot_id, 1_000, 5, sender=settler)
-    with ape.reverts("escrow: epoch already consumed"):
-        escrow.consume(lot_id, 1_000, 4, sender=settler)
-
-
-def test_consume__epoch_zero__reverts(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    with ape.reverts("escrow: epochs start at 1"):
-        escrow.consume(lot_id, 1_000, 0, sender=settler)
-
-
-def test_consume__fully_consumed_lot__reverts(escrow, cld, seller, settler, open_lot):
-    lot_id = open_lot(seller, cld)
-    escrow.consume(lot_id, escrow.lots(lot_id).capacity, 1, sender=settler)
-    with ape.reverts("escrow: lot not open"):
-        escrow.consume(lot_id, 1, 2, sender=settler)
-
-
-def test_consume__unknown_lot__reverts(escrow, settler):
-    with ape.reverts("escrow: lot not open"):
-        escrow.consume(99, 1, 1, sender=settler)
-
-
-def test_consume__at_end_of_grace__succeeds(escrow, chain, cld, seller, settler, open_lot, expiry):
-    lot_id = open_lot(seller, cld)
-    chain.pending_timestamp = expiry + GRACE
-    tx = escrow.consume(lot_id, 1_000, 1, sender=settler)
-    assert tx.timestamp == expiry + GRACE
-    assert escrow.lots(lot_id).consumed == 1_000
-
-
-def test_consume__past_expiry_and_grace__reverts(escrow, chain, cld, seller, settler, open_lot):
+def test_draw_down__past_expiry_and_grace__reverts(escrow, chain, cld, seller, open_lot, draw_down):
     lot_id = open_lot(seller, cld)
     _travel_past_grace(chain, escrow, lot_id)
-    with ape.reverts("escrow: lot expired"):
-        escrow.consume(lot_id, 1_000, 1, sender=settler)
+    with ape.reverts("escrow: draw exceeds drawable capacity"):
+        draw_down(lot_id, 1_000)
 
 
 # ─── close_lot ───────────────────────────────────────────────────────────────
@@ -517,12 +404,14 @@ def test_close_lot__tokenized_unconsumed__burns_seller_share_and_releases_bond(
 
 
 def test_close_lot__tokenized_partly_consumed__returns_ceil_share_of_remaining(
-    escrow, usdc, cld, seller, settler, open_lot, assert_conserved
+    escrow, usdc, cld, seller, treasury, open_lot, draw_down, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
     lot = escrow.lots(lot_id)
     consumed = lot.capacity // 3
-    escrow.consume(lot_id, consumed, 1, sender=settler)
+    draw_down(lot_id, consumed)  # the seller spends its own tokens: burned
+    fee = lot.capacity - lot.seller_minted
+    cld.transfer(seller, fee, sender=treasury)  # so it holds its share of what remains
     released_early = lot.bond * consumed // lot.capacity
     remaining = lot.capacity - consumed
     assert lot.seller_minted * remaining % lot.capacity != 0  # the return really is rounded here
@@ -531,8 +420,8 @@ def test_close_lot__tokenized_partly_consumed__returns_ceil_share_of_remaining(
     cld.approve(escrow, returned, sender=seller)
     tx = escrow.close_lot(lot_id, sender=seller)
 
-    assert cld.balanceOf(seller) == lot.seller_minted - returned
-    assert cld.totalSupply() == lot.capacity - returned
+    assert cld.balanceOf(seller) == lot.seller_minted - consumed + fee - returned
+    assert cld.totalSupply() == lot.capacity - consumed - returned
     assert escrow.unbacked(cld) == remaining - returned
     assert usdc.balanceOf(seller) == lot.bond
     assert escrow.bonds_held() == 0
@@ -613,12 +502,12 @@ def test_expire__before_expiry__reverts(escrow, cld, seller, open_lot):
 
 
 def test_expire__after_grace_by_anyone__releases_bond_and_records_unbacked(
-    escrow, chain, usdc, cld, seller, settler, attacker, open_lot, assert_conserved
+    escrow, chain, usdc, cld, seller, attacker, open_lot, draw_down, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
     lot = escrow.lots(lot_id)
     consumed = lot.capacity // 4
-    escrow.consume(lot_id, consumed, 1, sender=settler)
+    draw_down(lot_id, consumed)
     released_early = lot.bond * consumed // lot.capacity
     _travel_past_grace(chain, escrow, lot_id)
 
@@ -629,7 +518,7 @@ def test_expire__after_grace_by_anyone__releases_bond_and_records_unbacked(
     assert usdc.balanceOf(seller) == lot.bond
     assert usdc.balanceOf(attacker) == 0
     assert escrow.bonds_held() == 0
-    assert cld.totalSupply() == lot.capacity  # no tokens move
+    assert cld.totalSupply() == lot.capacity - consumed  # only the drawn tokens were burned
     assert tx.events.filter(escrow.LotExpired) == [
         escrow.LotExpired(lot_id=lot_id, unbacked=lot.capacity - consumed, bond_released=lot.bond - released_early)
     ]
@@ -674,12 +563,12 @@ def test_slash__non_attestor__reverts(escrow, cld, seller, attacker, settler, op
 
 
 def test_slash__partly_consumed__moves_unreleased_bond_to_insurance_fund(
-    escrow, usdc, cld, gpt, seller, settler, attestor, open_lot, assert_conserved
+    escrow, usdc, cld, gpt, seller, attestor, open_lot, draw_down, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
     lot = escrow.lots(lot_id)
     consumed = lot.capacity // 3
-    escrow.consume(lot_id, consumed, 1, sender=settler)
+    draw_down(lot_id, consumed)
     released_early = lot.bond * consumed // lot.capacity
 
     tx = escrow.slash(lot_id, sender=attestor)
@@ -721,12 +610,12 @@ def test_slash__lots_of_two_providers__keeps_funds_per_token(
 
 
 def test_slash__slashed_lot__can_no_longer_be_consumed_closed_or_expired(
-    escrow, chain, cld, seller, settler, attestor, open_lot
+    escrow, chain, cld, seller, attestor, open_lot, draw_down
 ):
     lot_id = open_lot(seller, cld)
     escrow.slash(lot_id, sender=attestor)
-    with ape.reverts("escrow: lot not open"):
-        escrow.consume(lot_id, 1, 1, sender=settler)
+    with ape.reverts("escrow: draw exceeds drawable capacity"):
+        draw_down(lot_id, 1)
     cld.approve(escrow, escrow.lots(lot_id).seller_minted, sender=seller)
     with ape.reverts("escrow: lot not open"):
         escrow.close_lot(lot_id, sender=seller)
@@ -936,30 +825,16 @@ def test_set_attestor__non_admin__reverts(escrow, attacker):
     assert escrow.is_attestor(attacker) is False
 
 
-def test_set_settler__granted__can_consume(escrow, cld, seller, buyer, admin, open_lot):
-    lot_id = open_lot(seller, cld)
-    tx = escrow.set_settler(buyer, True, sender=admin)
-    assert tx.events == [escrow.RoleSettlerChanged(account=buyer, status=True)]
-    escrow.consume(lot_id, 1_000, 1, sender=buyer)
-    assert escrow.lots(lot_id).consumed == 1_000
+def test_set_vault__second_time__reverts(escrow, admin, attacker):
+    vault = escrow.vault()
+    with ape.reverts("escrow: vault already set"):
+        escrow.set_vault(attacker, sender=admin)
+    assert escrow.vault() == vault
 
 
-def test_set_settler__revoked__can_no_longer_consume(escrow, cld, seller, settler, admin, open_lot):
-    lot_id = open_lot(seller, cld)
-    escrow.set_settler(settler, False, sender=admin)
-    with ape.reverts("escrow: caller is not a settler"):
-        escrow.consume(lot_id, 1_000, 1, sender=settler)
-
-
-def test_set_settler__zero_address__reverts(escrow, admin):
-    with ape.reverts("escrow: zero address"):
-        escrow.set_settler(ZERO_ADDRESS, True, sender=admin)
-
-
-def test_set_settler__non_admin__reverts(escrow, attacker):
+def test_set_vault__non_admin__reverts(escrow, attacker):
     with ape.reverts(NOT_OWNER):
-        escrow.set_settler(attacker, True, sender=attacker)
-    assert escrow.is_settler(attacker) is False
+        escrow.set_vault(attacker, sender=attacker)
 
 
 # ─── Admin: providers ────────────────────────────────────────────────────────
@@ -1040,11 +915,11 @@ def test_accept_ownership__by_pending__moves_admin_rights(escrow, admin, buyer):
 # ─── Long-lived lots ─────────────────────────────────────────────────────────
 
 
-def test_open_lot__expiry_far_ahead__serves_until_then(escrow, chain, settler, attestor, open_args):
+def test_open_lot__expiry_far_ahead__serves_until_then(escrow, chain, attestor, open_args, draw_down):
     far = chain.pending_timestamp + 365 * DAY
     _open(escrow, attestor, open_args, expiry=far)
     chain.pending_timestamp = far - 1
-    escrow.consume(1, 1_000, 1, sender=settler)
+    draw_down(1, 1_000)
     assert escrow.lots(1).consumed == 1_000
 
 

@@ -3,7 +3,9 @@ issue names (signature replay across chains / vaults / nonces, settlement by a
 non-coordinator, an exit racing settlement, reentrancy through a token).
 
 The deployment is the real one (`deploy_all`): USDC withdrawable, provider
-tokens spend-only, the vault a settler of the escrow and a burner of each token.
+tokens spend-only, the vault the escrow's only drawer of lots and a burner of each
+token. The attacks of issue 19 (uncovered debits, blocked exits, long pauses) are in
+tests/contracts/test_vault_attacks.py.
 """
 
 import ape
@@ -92,7 +94,7 @@ def funded(fund, cap, buyer):
 
 @pytest.fixture
 def settle_usdc(vault, usdc, coordinator, next_window):
-    """Post the next USDC settlement paying `credit_lot` everything but the fee."""
+    """Post the next USDC settlement paying `credit_lot` (at list price) everything but the fee."""
 
     def _settle(debits, credit_lot, fee=0, sender=None):
         next_window(usdc)
@@ -100,9 +102,35 @@ def settle_usdc(vault, usdc, coordinator, next_window):
         total = sum(debits.values())
         credits = [pack_lot_amount(credit_lot, total - fee)] if total - fee > 0 else []
         epoch = vault.last_epoch(usdc) + 1
-        return vault.settle(epoch, usdc, words, credits, [], fee, ROOT, sender=sender or coordinator)
+        return vault.settle(epoch, usdc, words, credits, 0, fee, ROOT, sender=sender or coordinator)
 
     return _settle
+
+
+@pytest.fixture
+def exited(vault, usdc, fund, cap, chain):
+    """`account` deposits `amount` USDC under a cap and leaves with it by a trustless exit."""
+
+    def _exit(account, amount):
+        fund(account, amount)
+        cap(account)
+        vault.request_exit(usdc, amount, sender=account)
+        chain.pending_timestamp = vault.exit_unlocks_at(account, usdc)
+        return vault.complete_exit(usdc, 0, False, sender=account)
+
+    return _exit
+
+
+@pytest.fixture
+def reserve(vault, usdc, org):
+    """Fund the USDC reserve with `amount` from `org`."""
+
+    def _fund(amount):
+        usdc.mint(org, amount, sender=org)
+        usdc.approve(vault, amount, sender=org)
+        vault.fund_reserve(usdc, amount, sender=org)
+
+    return _fund
 
 
 def logs(receipt, event):
@@ -118,9 +146,10 @@ def test_deploy__deploy_all__lists_assets_and_wires_roles(vault, usdc, cld, gpt,
     assert vault.asset_policy(gpt) == POLICY_SPEND_ONLY
     assert vault.epoch_length() == 10
     assert vault.thaw_period() == 20
+    assert vault.MAX_PAUSE() == 20
     assert vault.owner() == admin
     assert vault.is_coordinator(admin) and vault.is_coordinator(coordinator)
-    assert escrow.is_settler(vault)
+    assert escrow.vault() == vault.address
     assert cld.is_burner(vault)
     assert vault.usdc() == usdc.address and vault.escrow() == escrow.address
 
@@ -132,10 +161,12 @@ def test_deploy__deploy_all__lists_assets_and_wires_roles(vault, usdc, cld, gpt,
         (2, 3_601, "vault: epoch length out of range"),
         (0, "0x" + "00" * 20, "vault: zero address"),
         (1, "0x" + "00" * 20, "vault: zero address"),
+        (3, 0, "vault: max pause out of range"),
+        (3, 86_401, "vault: max pause out of range"),
     ],
 )
 def test_constructor__bad_argument__reverts(project, admin, usdc, escrow, args_index, value, reason):
-    args = [usdc.address, escrow.address, 600]
+    args = [usdc.address, escrow.address, 600, 1_200]
     args[args_index] = value
     with ape.reverts(reason):
         admin.deploy(project.CreditsVault, *args)
@@ -214,7 +245,7 @@ def test_deposit__without_allowance__reverts(vault, usdc, buyer):
 
 def test_deposit__paused__reverts(vault, usdc, buyer, pauser):
     vault.pause(sender=pauser)
-    with ape.reverts("pausable: contract is paused"):
+    with ape.reverts("vault: paused"):
         vault.deposit(usdc, 1, sender=buyer)
 
 
@@ -306,7 +337,7 @@ def test_register_spend_cap__other_chain__reverts(vault, buyer, coordinator, sig
 
 
 def test_register_spend_cap__other_vault__reverts(project, vault, admin, usdc, escrow, buyer, coordinator, signed_cap):
-    other = admin.deploy(project.CreditsVault, usdc, escrow, 10)
+    other = admin.deploy(project.CreditsVault, usdc, escrow, 10, 20)
     args = signed_cap(buyer, verifying=other.address)
     other.register_spend_cap(*args, sender=coordinator)  # valid where it was signed for
     with ape.reverts("vault: bad cap signature"):
@@ -427,9 +458,9 @@ def test_revoke_spend_cap__takes_effect_from_the_next_epoch(vault, usdc, funded,
     settle_usdc({buyer: 10 * USD}, listed_lot)  # the next window settles the epoch in progress
     assert vault.balance_of(buyer, usdc) == 990 * USD
     chain.pending_timestamp = expiry + 1
-    receipt = settle_usdc({buyer: 10 * USD}, listed_lot, fee=10 * USD)
-    assert vault.balance_of(buyer, usdc) == 990 * USD  # no later settlement can use it
-    assert logs(receipt, vault.ShortfallRecorded)[0].amount == 10 * USD
+    with ape.reverts("vault: debit without an active spend cap"):  # no later settlement can use it
+        settle_usdc({buyer: 10 * USD}, listed_lot, fee=10 * USD)
+    assert vault.balance_of(buyer, usdc) == 990 * USD
 
 
 # ─── settlement ──────────────────────────────────────────────────────────────
@@ -444,7 +475,7 @@ def test_settle__usdc_batch__debits_buyers_credits_seller_and_fee(
     next_window(usdc)
     debits = pack_debits({buyer.address: 30 * USD, org.address: 12 * USD})
     credits = [pack_lot_amount(listed_lot, 40 * USD)]
-    receipt = vault.settle(1, usdc, debits, credits, [], 2 * USD, ROOT, sender=coordinator)
+    receipt = vault.settle(1, usdc, debits, credits, 0, 2 * USD, ROOT, sender=coordinator)
 
     assert vault.balance_of(buyer, usdc) == 470 * USD
     assert vault.balance_of(org, usdc) == 488 * USD
@@ -462,7 +493,12 @@ def test_settle__usdc_batch__debits_buyers_credits_seller_and_fee(
         2,
     )
     [credited] = logs(receipt, vault.SellerCredited)
-    assert (credited.seller, credited.lot_id, credited.amount) == (seller, listed_lot, 40 * USD)
+    assert (credited.seller, credited.lot_id, credited.amount, credited.consumed) == (
+        seller,
+        listed_lot,
+        40 * USD,
+        40 * USD,
+    )
     # The vault holds exactly what it owes.
     assert usdc.balanceOf(vault) == 958 * USD + 40 * USD + 2 * USD
 
@@ -472,62 +508,96 @@ def test_settle__total_cap__decreases_and_binds_across_epochs(vault, usdc, fund,
     cap(buyer, per_epoch=UNLIMITED, total=150 * USD)
     settle_usdc({buyer: 100 * USD}, listed_lot)
     assert vault.spend_cap(buyer, usdc)[1] == 50 * USD
-    receipt = settle_usdc({buyer: 80 * USD}, listed_lot, fee=30 * USD)
+    with ape.reverts("vault: debit above the spend cap"):
+        settle_usdc({buyer: 80 * USD}, listed_lot, fee=30 * USD)
+    settle_usdc({buyer: 50 * USD}, listed_lot)
     assert vault.balance_of(buyer, usdc) == 350 * USD
     assert vault.spend_cap(buyer, usdc)[1] == 0
-    assert logs(receipt, vault.ShortfallRecorded)[0].amount == 30 * USD
 
 
-def test_settle__debit_above_per_epoch_cap__charges_the_cap_and_records_shortfall(
-    vault, usdc, funded, settle_usdc, listed_lot, buyer
-):
-    receipt = settle_usdc({buyer: 130 * USD}, listed_lot, fee=40 * USD)
-    charged = quantize_per_epoch(100 * USD)
-    assert vault.balance_of(buyer, usdc) == 1_000 * USD - charged
-    [short] = logs(receipt, vault.ShortfallRecorded)
-    assert (short.epoch, short.account, short.amount) == (1, buyer, 130 * USD - charged)
-    assert vault.shortfall(usdc) == 130 * USD - charged
-    assert vault.reserve(usdc) == 40 * USD - (130 * USD - charged)
-    assert logs(receipt, vault.EpochSettled)[0].total == charged
+def test_settle__debit_above_per_epoch_cap__reverts(vault, usdc, funded, settle_usdc, listed_lot, buyer):
+    with ape.reverts("vault: debit above the spend cap"):
+        settle_usdc({buyer: 130 * USD}, listed_lot, fee=40 * USD)
+    settle_usdc({buyer: quantize_per_epoch(100 * USD)}, listed_lot)  # exactly the enforced cap
+    assert vault.balance_of(buyer, usdc) == 1_000 * USD - quantize_per_epoch(100 * USD)
 
 
-def test_settle__debit_above_balance__shortfall_paid_from_reserve(
-    vault, usdc, fund, cap, buyer, org, settle_usdc, listed_lot, seller
+def test_settle__debit_above_balance_without_exit__reverts(
+    vault, usdc, fund, cap, buyer, settle_usdc, listed_lot, reserve
 ):
     fund(buyer, 20 * USD)
     cap(buyer)
-    usdc.mint(org, 50 * USD, sender=org)
-    usdc.approve(vault, 50 * USD, sender=org)
-    vault.fund_reserve(usdc, 50 * USD, sender=org)
-    settle_usdc({buyer: 45 * USD}, listed_lot)
+    reserve(50 * USD)
+    with ape.reverts("vault: uncovered debit"):
+        settle_usdc({buyer: 45 * USD}, listed_lot)
+    assert vault.reserve(usdc) == 50 * USD and vault.balance_of(buyer, usdc) == 20 * USD
+
+
+def test_settle__debit_above_balance_after_exit__shortfall_paid_from_reserve(
+    vault, usdc, buyer, settle_usdc, listed_lot, seller, exited, reserve
+):
+    reserve(50 * USD)
+    exited(buyer, 20 * USD)
+    receipt = settle_usdc({buyer: 15 * USD}, listed_lot)
     assert vault.balance_of(buyer, usdc) == 0
-    assert vault.claimable(seller, usdc) == 45 * USD  # the seller is paid in full
-    assert vault.reserve(usdc) == 25 * USD
-    assert vault.shortfall(usdc) == 25 * USD
+    assert vault.claimable(seller, usdc) == 15 * USD  # the seller is paid in full
+    assert vault.reserve(usdc) == 35 * USD
+    assert vault.shortfall(usdc) == 15 * USD
+    assert vault.exit_allowance(buyer, usdc) == 5 * USD
+    [short] = logs(receipt, vault.ShortfallRecorded)
+    assert (short.account, short.amount) == (buyer, 15 * USD)
 
 
-def test_settle__shortfall_beyond_fee_and_reserve__reverts(vault, usdc, fund, cap, buyer, settle_usdc, listed_lot):
-    fund(buyer, 20 * USD)
-    cap(buyer)
+def test_settle__shortfall_beyond_fee_and_reserve__reverts(
+    vault, usdc, buyer, settle_usdc, listed_lot, exited, reserve
+):
+    reserve(30 * USD)
+    exited(buyer, 50 * USD)
     with ape.reverts("vault: shortfall exceeds reserve"):
         settle_usdc({buyer: 45 * USD}, listed_lot, fee=5 * USD)
+    settle_usdc({buyer: 35 * USD}, listed_lot, fee=5 * USD)  # the batch's fee pays first
+    assert vault.reserve(usdc) == 0
+    assert vault.shortfall(usdc) == 35 * USD
 
 
-def test_settle__no_cap__charges_nothing(vault, usdc, fund, buyer, settle_usdc, listed_lot):
+def test_settle__no_cap__reverts(vault, usdc, fund, buyer, settle_usdc, listed_lot):
     fund(buyer, 20 * USD)
-    receipt = settle_usdc({buyer: 5 * USD}, listed_lot, fee=5 * USD)
+    with ape.reverts("vault: debit without an active spend cap"):
+        settle_usdc({buyer: 5 * USD}, listed_lot, fee=5 * USD)
     assert vault.balance_of(buyer, usdc) == 20 * USD
-    assert logs(receipt, vault.ShortfallRecorded)[0].amount == 5 * USD
 
 
-def test_settle__expired_cap__charges_nothing(vault, usdc, fund, cap, buyer, settle_usdc, listed_lot, chain):
+def test_settle__expired_cap__reverts(vault, usdc, fund, cap, buyer, settle_usdc, listed_lot, chain):
     fund(buyer, 20 * USD)
     expiry = chain.pending_timestamp + 50
     cap(buyer, expiry=expiry)
     chain.pending_timestamp = expiry + 1
-    settle_usdc({buyer: 5 * USD}, listed_lot, fee=5 * USD)
+    with ape.reverts("vault: debit without an active spend cap"):
+        settle_usdc({buyer: 5 * USD}, listed_lot, fee=5 * USD)
     assert vault.balance_of(buyer, usdc) == 20 * USD
     assert vault.debitable(buyer, usdc) == 0
+
+
+def test_settle__listed_lot_below_list_price__credits_its_rate_rounded_down_cumulatively(
+    vault, usdc, escrow, gpt, fund, cap, buyer, seller, open_lot, coordinator, next_window
+):
+    lot = open_lot(seller, gpt, kind=2, face_value=5_000 * USD, rate_bps=6_000)
+    fund(buyer, 100 * USD)
+    cap(buyer)
+    credited = 0
+    for epoch, consumed in enumerate((1, 1, 1, 2, 7), start=1):  # 0.6, 1.2, 1.8, 3.0, 7.2 cumulative
+        next_window(usdc)
+        before = escrow.lots(lot).consumed
+        step = (before + consumed) * 6_000 // 10_000 - before * 6_000 // 10_000
+        debits = pack_debits({buyer.address: step + 1})  # the credit, plus a fee of 1
+        receipt = vault.settle(epoch, usdc, debits, [pack_lot_amount(lot, consumed)], 0, 1, ROOT, sender=coordinator)
+        [event] = logs(receipt, vault.SellerCredited)
+        assert (event.amount, event.consumed) == (step, consumed)
+        credited += step
+    # Per listed lot: Σ seller credits == rate × Σ consumed, rounded down once.
+    assert escrow.lots(lot).consumed == 12
+    assert credited == vault.claimable(seller, usdc) == 12 * 6_000 // 10_000
+    assert vault.reserve(usdc) == 5
 
 
 def test_settle__provider_token__burns_and_draws_the_lot_down(
@@ -539,8 +609,7 @@ def test_settle__provider_token__burns_and_draws_the_lot_down(
     cap(buyer, asset=cld, per_epoch=20 * TOKEN)
     supply = cld.totalSupply()
     next_window(cld)
-    draws = [pack_lot_amount(tokenized_lot, 12 * TOKEN)]
-    vault.settle(1, cld, [pack_debit(buyer.address, 12 * TOKEN)], [], draws, 0, ROOT, sender=coordinator)
+    vault.settle(1, cld, [pack_debit(buyer.address, 12 * TOKEN)], [], 12 * TOKEN, 0, ROOT, sender=coordinator)
     assert vault.balance_of(buyer, cld) == 38 * TOKEN
     assert cld.totalSupply() == supply - 12 * TOKEN
     assert cld.balanceOf(vault) == 38 * TOKEN
@@ -548,40 +617,60 @@ def test_settle__provider_token__burns_and_draws_the_lot_down(
     assert (lot.consumed, lot.last_epoch) == (12 * TOKEN, 1)
 
 
-def test_settle__draw_on_a_lot_of_another_token__reverts(vault, cld, gpt, seller, open_lot, coordinator, next_window):
-    gpt_lot = open_lot(seller, gpt)
+def test_settle__provider_token__draws_nearest_expiry_first(
+    vault, cld, usdc, escrow, seller, buyer, attestor, open_lot, cap, coordinator, next_window, expiry
+):
+    late = open_lot(seller, cld)  # expires at `expiry`
+    bond = escrow.min_bond(10_000 * USD)
+    usdc.mint(seller, bond, sender=seller)
+    usdc.approve(escrow, bond, sender=seller)
+    escrow.open_lot(seller, cld, 1, 10_000 * USD, expiry - 86_400, bond, ROOT, 0, sender=attestor)
+    early = escrow.lot_count()
+    cld.transfer(buyer, 30 * TOKEN, sender=seller)
+    cld.approve(vault, 30 * TOKEN, sender=buyer)
+    vault.deposit(cld, 30 * TOKEN, sender=buyer)
+    cap(buyer, asset=cld)
     next_window(cld)
-    with ape.reverts("vault: draw on a lot of another kind or token"):
-        vault.settle(1, cld, [], [], [pack_lot_amount(gpt_lot, 5)], 0, ROOT, sender=coordinator)
+    vault.settle(1, cld, [pack_debit(buyer.address, 30 * TOKEN)], [], 30 * TOKEN, 0, ROOT, sender=coordinator)
+    assert escrow.lots(early).consumed == 30 * TOKEN  # opened later, expires sooner: drawn first
+    assert escrow.lots(late).consumed == 0
 
 
-def test_settle__draw_on_a_listed_lot__reverts(vault, cld, listed_lot, coordinator, next_window):
+def test_settle__burn_without_drawable_capacity__reverts(
+    vault, cld, escrow, seller, buyer, attestor, tokenized_lot, cap, coordinator, next_window
+):
+    cld.transfer(buyer, 5 * TOKEN, sender=seller)
+    cld.approve(vault, 5 * TOKEN, sender=buyer)
+    vault.deposit(cld, 5 * TOKEN, sender=buyer)
+    cap(buyer, asset=cld)
+    escrow.slash(tokenized_lot, sender=attestor)  # the only CLD lot stops serving
     next_window(cld)
-    with ape.reverts("vault: draw on a lot of another kind or token"):
-        vault.settle(1, cld, [], [], [pack_lot_amount(listed_lot, 5)], 0, ROOT, sender=coordinator)
+    with ape.reverts("escrow: draw exceeds drawable capacity"):
+        vault.settle(1, cld, [pack_debit(buyer.address, 5 * TOKEN)], [], 5 * TOKEN, 0, ROOT, sender=coordinator)
+    assert vault.balance_of(buyer, cld) == 5 * TOKEN
 
 
 def test_settle__non_coordinator__reverts(vault, usdc, attacker):
     with ape.reverts("vault: caller is not a coordinator"):
-        vault.settle(1, usdc, [], [], [], 0, ROOT, sender=attacker)
+        vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=attacker)
 
 
 def test_settle__revoked_coordinator__reverts(vault, usdc, admin, coordinator):
-    vault.set_coordinator(coordinator, False, sender=admin)
+    vault.revoke_coordinator(coordinator, sender=admin)
     with ape.reverts("vault: caller is not a coordinator"):
-        vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+        vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__repeated_epoch__reverts(vault, usdc, coordinator, next_window):
-    vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
     next_window(usdc)
     with ape.reverts("vault: epoch not consecutive"):
-        vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+        vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__skipped_epoch__reverts(vault, usdc, coordinator):
     with ape.reverts("vault: epoch not consecutive"):
-        vault.settle(2, usdc, [], [], [], 0, ROOT, sender=coordinator)
+        vault.settle(2, usdc, [], [], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__second_batch_in_one_window__reverts(vault, usdc, coordinator, chain):
@@ -591,81 +680,98 @@ def test_settle__second_batch_in_one_window__reverts(vault, usdc, coordinator, c
     windows_ahead = (chain.pending_timestamp - vault.genesis()) // length + 2
     start = vault.genesis() + windows_ahead * length  # a window boundary ahead of the clock
     chain.pending_timestamp = start
-    vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
     chain.pending_timestamp = start + length - 1  # the last second of the same window
     with ape.reverts("vault: epoch window already settled"):
-        vault.settle(2, usdc, [], [], [], 0, ROOT, sender=coordinator)
+        vault.settle(2, usdc, [], [], 0, 0, ROOT, sender=coordinator)
     chain.pending_timestamp = start + length
-    vault.settle(2, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    vault.settle(2, usdc, [], [], 0, 0, ROOT, sender=coordinator)
     assert vault.last_epoch(usdc) == 2
 
 
 def test_settle__epochs_are_per_asset(vault, usdc, cld, coordinator):
-    vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
-    vault.settle(1, cld, [], [], [], 0, ROOT, sender=coordinator)
+    vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
+    vault.settle(1, cld, [], [], 0, 0, ROOT, sender=coordinator)
     assert (vault.last_epoch(usdc), vault.last_epoch(cld)) == (1, 1)
 
 
 def test_settle__debits_do_not_balance__reverts(vault, usdc, funded, listed_lot, coordinator, buyer):
     debits = [pack_debit(buyer.address, 10 * USD)]
     with ape.reverts("vault: debits do not balance"):
-        vault.settle(1, usdc, debits, [pack_lot_amount(listed_lot, 9 * USD)], [], 0, ROOT, sender=coordinator)
+        vault.settle(1, usdc, debits, [pack_lot_amount(listed_lot, 9 * USD)], 0, 0, ROOT, sender=coordinator)
 
 
 @pytest.mark.parametrize("order", ["descending", "duplicate"])
-def test_settle__debits_not_strictly_sorted__reverts(vault, usdc, buyer, org, coordinator, order):
+def test_settle__debits_not_strictly_sorted__reverts(vault, usdc, buyer, org, cap, coordinator, order):
+    for account in (buyer, org):
+        cap(account)
     low, high = sorted([buyer.address, org.address], key=lambda a: int(a, 16))
     accounts = [high, low] if order == "descending" else [low, low]
     debits = [pack_debit(a, 0) for a in accounts]
     with ape.reverts("vault: debits not sorted by account"):
-        vault.settle(1, usdc, debits, [], [], 0, ROOT, sender=coordinator)
+        vault.settle(1, usdc, debits, [], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__paused__reverts(vault, usdc, coordinator, pauser):
     vault.pause(sender=pauser)
-    with ape.reverts("pausable: contract is paused"):
-        vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    with ape.reverts("vault: paused"):
+        vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__unlisted_asset__reverts(vault, coordinator, attacker):
     with ape.reverts("vault: asset not listed"):
-        vault.settle(1, attacker, [], [], [], 0, ROOT, sender=coordinator)
+        vault.settle(1, attacker, [], [], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__credit_to_a_tokenized_lot__reverts(vault, usdc, tokenized_lot, coordinator):
     credits = [pack_lot_amount(tokenized_lot, 1)]
-    with ape.reverts("vault: credit to a lot that is not open and listed"):
-        vault.settle(1, usdc, [], credits, [], 0, ROOT, sender=coordinator)
+    with ape.reverts("escrow: not a listed lot"):
+        vault.settle(1, usdc, [], credits, 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__credit_to_a_closed_lot__reverts(vault, usdc, escrow, seller, listed_lot, coordinator):
     escrow.close_lot(listed_lot, sender=seller)
-    with ape.reverts("vault: credit to a lot that is not open and listed"):
-        vault.settle(1, usdc, [], [pack_lot_amount(listed_lot, 1)], [], 0, ROOT, sender=coordinator)
+    with ape.reverts("escrow: lot not drawable"):
+        vault.settle(1, usdc, [], [pack_lot_amount(listed_lot, 1)], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__credit_to_an_unknown_lot__reverts(vault, usdc, coordinator):
-    with ape.reverts("vault: credit to a lot that is not open and listed"):
-        vault.settle(1, usdc, [], [pack_lot_amount(999, 1)], [], 0, ROOT, sender=coordinator)
+    with ape.reverts("escrow: not a listed lot"):
+        vault.settle(1, usdc, [], [pack_lot_amount(999, 1)], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__zero_credit__reverts(vault, usdc, listed_lot, coordinator):
-    with ape.reverts("vault: zero amount"):
-        vault.settle(1, usdc, [], [pack_lot_amount(listed_lot, 0)], [], 0, ROOT, sender=coordinator)
+    with ape.reverts("escrow: zero amount"):
+        vault.settle(1, usdc, [], [pack_lot_amount(listed_lot, 0)], 0, 0, ROOT, sender=coordinator)
+
+
+@pytest.mark.parametrize("order", ["descending", "duplicate"])
+def test_settle__credits_not_strictly_sorted__reverts(vault, usdc, seller, open_lot, gpt, coordinator, order):
+    low, high = sorted(open_lot(seller, gpt, kind=2, rate_bps=10_000) for _ in range(2))
+    lots = [high, low] if order == "descending" else [low, low]
+    with ape.reverts("vault: credits not sorted by lot"):
+        vault.settle(1, usdc, [], [pack_lot_amount(lot, 1) for lot in lots], 0, 0, ROOT, sender=coordinator)
 
 
 def test_settle__credits_on_a_spend_only_asset__reverts(vault, cld, listed_lot, coordinator):
     with ape.reverts("vault: credits on a spend-only asset"):
-        vault.settle(1, cld, [], [pack_lot_amount(listed_lot, 1)], [], 0, ROOT, sender=coordinator)
+        vault.settle(1, cld, [], [pack_lot_amount(listed_lot, 1)], 0, 0, ROOT, sender=coordinator)
 
 
-def test_settle__lot_draws_on_a_withdrawable_asset__reverts(vault, usdc, tokenized_lot, coordinator):
-    with ape.reverts("vault: lot draws on a withdrawable asset"):
-        vault.settle(1, usdc, [], [], [pack_lot_amount(tokenized_lot, 1)], 0, ROOT, sender=coordinator)
+def test_settle__credits_in_another_withdrawable_asset__reverts(project, vault, admin, listed_lot, coordinator):
+    token = admin.deploy(project.MockUSDC)
+    vault.list_asset(token, POLICY_WITHDRAWABLE, sender=admin)
+    with ape.reverts("vault: credits are paid in usdc"):
+        vault.settle(1, token, [], [pack_lot_amount(listed_lot, 1)], 0, 0, ROOT, sender=coordinator)
+
+
+def test_settle__burn_on_a_withdrawable_asset__reverts(vault, usdc, coordinator):
+    with ape.reverts("vault: burn on a withdrawable asset"):
+        vault.settle(1, usdc, [], [], 1, 0, ROOT, sender=coordinator)
 
 
 def test_settle__empty_batch__advances_the_epoch(vault, usdc, coordinator):
-    receipt = vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    receipt = vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
     assert logs(receipt, vault.EpochSettled)[0].entries == 0
     assert vault.last_epoch(usdc) == 1
 
@@ -709,8 +815,8 @@ def test_exit_instant__release_for_another_chain__reverts(vault, usdc, fund, buy
 def test_exit_instant__release_for_another_vault__reverts(
     project, vault, usdc, escrow, fund, buyer, release, admin, coordinator
 ):
-    other = admin.deploy(project.CreditsVault, usdc, escrow, 10)
-    other.set_coordinator(coordinator, True, sender=admin)
+    other = admin.deploy(project.CreditsVault, usdc, escrow, 10, 20)
+    other.grant_coordinator(coordinator, sender=admin)
     fund(buyer, 100 * USD)
     nonce, expiry, signature = release(buyer, 10 * USD, verifying=other.address)
     with ape.reverts("vault: release not signed by a coordinator"):
@@ -742,7 +848,7 @@ def test_exit_instant__signed_by_a_non_coordinator__reverts(vault, usdc, fund, b
 def test_exit_instant__signer_lost_the_role__reverts(vault, usdc, fund, buyer, release, admin, coordinator):
     fund(buyer, 100 * USD)
     nonce, expiry, signature = release(buyer, 10 * USD)
-    vault.set_coordinator(coordinator, False, sender=admin)
+    vault.revoke_coordinator(coordinator, sender=admin)
     with ape.reverts("vault: release not signed by a coordinator"):
         vault.exit_instant(usdc, 10 * USD, 0, nonce, expiry, signature, sender=buyer)
 
@@ -771,7 +877,7 @@ def test_exit_instant__paused__reverts(vault, usdc, fund, buyer, release, pauser
     fund(buyer, 100 * USD)
     nonce, expiry, signature = release(buyer, 10 * USD)
     vault.pause(sender=pauser)
-    with ape.reverts("pausable: contract is paused"):
+    with ape.reverts("vault: paused"):
         vault.exit_instant(usdc, 10 * USD, 0, nonce, expiry, signature, sender=buyer)
 
 
@@ -834,7 +940,7 @@ def test_request_exit__then_thaw__complete_pays_out(vault, usdc, fund, buyer, ch
     assert vault.pending_exits(buyer, usdc).amount == 70 * USD
     assert vault.balance_of(buyer, usdc) == 100 * USD  # still debitable while thawing
     chain.pending_timestamp = requested.unlock_at
-    receipt = vault.complete_exit(usdc, 0, sender=buyer)
+    receipt = vault.complete_exit(usdc, 0, False, sender=buyer)
     assert usdc.balanceOf(buyer) == 70 * USD
     assert vault.balance_of(buyer, usdc) == 30 * USD
     assert vault.pending_exits(buyer, usdc).amount == 0
@@ -851,7 +957,7 @@ def test_complete_exit__before_thaw__reverts(vault, usdc, fund, buyer, chain):
     unlock_at = logs(vault.request_exit(usdc, 70 * USD, sender=buyer), vault.ExitRequested)[0].unlock_at
     chain.pending_timestamp = unlock_at - 1
     with ape.reverts("vault: exit still thawing"):
-        vault.complete_exit(usdc, 0, sender=buyer)
+        vault.complete_exit(usdc, 0, False, sender=buyer)
 
 
 def test_complete_exit__paused_and_coordinator_removed__still_pays(
@@ -860,10 +966,10 @@ def test_complete_exit__paused_and_coordinator_removed__still_pays(
     fund(buyer, 100 * USD)
     vault.request_exit(usdc, 100 * USD, sender=buyer)
     vault.pause(sender=pauser)
-    vault.set_coordinator(coordinator, False, sender=admin)
-    vault.set_coordinator(admin, False, sender=admin)
-    chain.pending_timestamp += vault.thaw_period()
-    vault.complete_exit(usdc, 0, sender=buyer)
+    vault.revoke_coordinator(coordinator, sender=admin)
+    vault.revoke_coordinator(admin, sender=admin)
+    chain.pending_timestamp += vault.thaw_period() + vault.MAX_PAUSE()  # the thaw counts unpaused time
+    vault.complete_exit(usdc, 0, False, sender=buyer)
     assert usdc.balanceOf(buyer) == 100 * USD
 
 
@@ -883,7 +989,7 @@ def test_complete_exit__settled_while_thawing__pays_what_is_left(
     vault.request_exit(usdc, 1_000 * USD, sender=buyer)
     settle_usdc({buyer: 60 * USD}, listed_lot)  # usage from before the exit still settles
     chain.pending_timestamp += vault.thaw_period()
-    receipt = vault.complete_exit(usdc, 0, sender=buyer)
+    receipt = vault.complete_exit(usdc, 0, False, sender=buyer)
     assert usdc.balanceOf(buyer) == 940 * USD
     assert logs(receipt, vault.ExitCompleted)[0].amount == 940 * USD
 
@@ -896,7 +1002,7 @@ def test_complete_exit__settlement_arrives_after_completion__recorded_as_shortfa
     vault.fund_reserve(usdc, 100 * USD, sender=org)
     vault.request_exit(usdc, 1_000 * USD, sender=buyer)
     chain.pending_timestamp += vault.thaw_period()
-    vault.complete_exit(usdc, 0, sender=buyer)  # the coordinator was late
+    vault.complete_exit(usdc, 0, False, sender=buyer)  # the coordinator was late
     receipt = settle_usdc({buyer: 60 * USD}, listed_lot)
     assert usdc.balanceOf(buyer) == 1_000 * USD
     [short] = logs(receipt, vault.ShortfallRecorded)
@@ -914,26 +1020,43 @@ def test_complete_exit__balance_debited_to_zero__completes_with_nothing(
     vault.request_exit(usdc, 50 * USD, sender=buyer)
     settle_usdc({buyer: 50 * USD}, listed_lot)
     chain.pending_timestamp += vault.thaw_period()
-    receipt = vault.complete_exit(usdc, 0, sender=buyer)
+    receipt = vault.complete_exit(usdc, 0, False, sender=buyer)
     assert logs(receipt, vault.ExitCompleted)[0].amount == 0
     assert vault.pending_exits(buyer, usdc).amount == 0
 
 
 def test_complete_exit__spend_only_token__sold_for_usdc(vault, cld, usdc, cld_holder, market, chain):
-    vault.request_exit(cld, 10 * TOKEN, sender=cld_holder)
+    receipt = vault.request_exit(cld, 10 * TOKEN, sender=cld_holder)
+    assert logs(receipt, vault.ExitRequested)[0].market == market.address
+    assert vault.pending_exits(cld_holder, cld).market == market.address
     chain.pending_timestamp += vault.thaw_period()
-    vault.complete_exit(cld, 20 * USD, sender=cld_holder)
+    receipt = vault.complete_exit(cld, 20 * USD, True, sender=cld_holder)
     assert vault.balance_of(cld_holder, usdc) == 20 * USD  # withdrawable USDC in the vault
     assert usdc.balanceOf(cld_holder) == 0
     assert cld.balanceOf(cld_holder) == 0
+    [completed] = logs(receipt, vault.ExitCompleted)
+    assert (completed.amount, completed.proceeds, completed.sold) == (10 * TOKEN, 20 * USD, True)
 
 
-def test_complete_exit__spend_only_without_market__reverts(vault, cld, cld_holder, chain, admin):
+def test_complete_exit__spend_only_token_taken__sends_the_token(vault, cld, usdc, cld_holder, market, chain):
+    vault.request_exit(cld, 10 * TOKEN, sender=cld_holder)
+    chain.pending_timestamp += vault.thaw_period()
+    receipt = vault.complete_exit(cld, 0, False, sender=cld_holder)
+    assert cld.balanceOf(cld_holder) == 10 * TOKEN  # the trustless exit's fallback: the token itself
+    assert vault.balance_of(cld_holder, cld) == 0 and cld.balanceOf(vault) == 0
+    assert vault.balance_of(cld_holder, usdc) == 0
+    [completed] = logs(receipt, vault.ExitCompleted)
+    assert (completed.amount, completed.proceeds, completed.sold) == (10 * TOKEN, 10 * TOKEN, False)
+
+
+def test_complete_exit__spend_only_without_market__sale_reverts_token_taken(vault, cld, cld_holder, chain, admin):
     vault.set_exit_market(ZERO_ADDRESS, sender=admin)  # deploy sets the Router; unset it
     vault.request_exit(cld, 10 * TOKEN, sender=cld_holder)
     chain.pending_timestamp += vault.thaw_period()
     with ape.reverts("vault: no exit market"):
-        vault.complete_exit(cld, 0, sender=cld_holder)
+        vault.complete_exit(cld, 0, True, sender=cld_holder)
+    vault.complete_exit(cld, 0, False, sender=cld_holder)
+    assert cld.balanceOf(cld_holder) == 10 * TOKEN
 
 
 @pytest.mark.parametrize(
@@ -969,7 +1092,7 @@ def test_cancel_exit__pending__clears_it(vault, usdc, fund, buyer):
 
 @pytest.mark.parametrize("action", ["cancel_exit", "complete_exit"])
 def test_exit__nothing_pending__reverts(vault, usdc, buyer, action):
-    args = (usdc,) if action == "cancel_exit" else (usdc, 0)
+    args = (usdc,) if action == "cancel_exit" else (usdc, 0, False)
     with ape.reverts("vault: no pending exit"):
         getattr(vault, action)(*args, sender=buyer)
 
@@ -977,7 +1100,7 @@ def test_exit__nothing_pending__reverts(vault, usdc, buyer, action):
 # ─── claims ──────────────────────────────────────────────────────────────────
 
 
-def test_claim__seller_credit__pays_usdc_even_when_paused(
+def test_claim__listed_credit__pays_usdc_even_when_paused(
     vault, usdc, funded, buyer, seller, settle_usdc, listed_lot, pauser
 ):
     settle_usdc({buyer: 25 * USD}, listed_lot)
@@ -1087,8 +1210,10 @@ def test_delist_asset__not_listed__reverts(vault, admin, attacker):
     [
         ("list_asset", ("usdc", POLICY_WITHDRAWABLE)),
         ("delist_asset", ("usdc",)),
-        ("set_coordinator", ("attacker", True)),
-        ("set_pauser", ("attacker", True)),
+        ("grant_coordinator", ("attacker",)),
+        ("revoke_coordinator", ("attacker",)),
+        ("grant_pauser", ("attacker",)),
+        ("revoke_pauser", ("attacker",)),
         ("unpause", ()),
         ("set_thaw_period", (100,)),
         ("set_exit_market", ("attacker",)),
@@ -1102,37 +1227,63 @@ def test_admin_function__non_admin__reverts(vault, usdc, attacker, call):
         getattr(vault, name)(*args, sender=attacker)
 
 
-@pytest.mark.parametrize("role", ["set_coordinator", "set_pauser"])
-def test_set_role__grant_and_revoke__updates_and_emits(vault, admin, attacker, role):
-    getter = {"set_coordinator": vault.is_coordinator, "set_pauser": vault.is_pauser}[role]
-    receipt = getattr(vault, role)(attacker, True, sender=admin)
+@pytest.mark.parametrize("role", ["coordinator", "pauser"])
+def test_role__grant_and_revoke__updates_and_emits(vault, admin, attacker, role):
+    getter = {"coordinator": vault.is_coordinator, "pauser": vault.is_pauser}[role]
+    event = vault.RoleCoordinatorChanged if role == "coordinator" else vault.RolePauserChanged
+    receipt = getattr(vault, f"grant_{role}")(attacker, sender=admin)
     assert getter(attacker)
-    assert logs(receipt, vault.RoleCoordinatorChanged if role == "set_coordinator" else vault.RolePauserChanged)
-    getattr(vault, role)(attacker, False, sender=admin)
+    assert [(e.account, e.status) for e in logs(receipt, event)] == [(attacker.address, True)]
+    receipt = getattr(vault, f"revoke_{role}")(attacker, sender=admin)
     assert not getter(attacker)
+    assert [(e.account, e.status) for e in logs(receipt, event)] == [(attacker.address, False)]
 
 
-@pytest.mark.parametrize("role", ["set_coordinator", "set_pauser"])
-def test_set_role__zero_address__reverts(vault, admin, role):
+@pytest.mark.parametrize("role", ["coordinator", "pauser"])
+def test_grant_role__zero_address__reverts(vault, admin, role):
     with ape.reverts("vault: zero address"):
-        getattr(vault, role)("0x" + "00" * 20, True, sender=admin)
+        getattr(vault, f"grant_{role}")("0x" + "00" * 20, sender=admin)
 
 
-def test_pause__pauser_pauses_admin_unpauses(vault, pauser, admin):
-    vault.pause(sender=pauser)
+def test_pause__pauser_pauses_admin_unpauses(vault, pauser, admin, chain):
+    receipt = vault.pause(sender=pauser)
     assert vault.paused()
+    assert logs(receipt, vault.Paused)[0].until == receipt.timestamp + vault.MAX_PAUSE()
     with ape.reverts("ownable: caller is not the owner"):
         vault.unpause(sender=pauser)
-    vault.unpause(sender=admin)
+    receipt = vault.unpause(sender=admin)
     assert not vault.paused()
+    assert vault.paused_until() == receipt.timestamp
+    with ape.reverts("vault: pause renewed too soon"):
+        vault.pause(sender=admin)
+    chain.pending_timestamp = receipt.timestamp + 2 * vault.epoch_length()
     vault.pause(sender=admin)
     assert vault.paused()
+
+
+def test_pause__lasts_at_most_max_pause__ends_by_itself(vault, usdc, pauser, coordinator, chain):
+    receipt = vault.pause(sender=pauser)
+    chain.pending_timestamp = receipt.timestamp + vault.MAX_PAUSE() - 1
+    with ape.reverts("vault: paused"):
+        vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
+    chain.pending_timestamp = receipt.timestamp + vault.MAX_PAUSE()
+    vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)  # nobody lifted it
+    assert not vault.paused()
+    assert vault.paused_seconds() == vault.MAX_PAUSE()
 
 
 def test_pause__non_pauser__reverts(vault, attacker, coordinator):
     for account in (attacker, coordinator):
         with ape.reverts("vault: caller is not a pauser"):
             vault.pause(sender=account)
+
+
+def test_set_thaw_period__below_max_pause__reverts(project, admin, usdc, escrow):
+    other = admin.deploy(project.CreditsVault, usdc, escrow, 5, 30)  # the thaw starts at MAX_PAUSE
+    assert other.thaw_period() == 30
+    with ape.reverts("vault: thaw period out of range"):
+        other.set_thaw_period(29, sender=admin)
+    other.set_thaw_period(30, sender=admin)
 
 
 def test_set_thaw_period__in_range__applies_to_new_requests(vault, usdc, fund, buyer, admin):
@@ -1176,7 +1327,7 @@ def test_debitable__capped_account__is_min_of_balance_and_cap(vault, usdc, fund,
 
 def test_next_settlement_at__after_a_settlement__is_the_next_window(vault, usdc, coordinator, chain):
     assert vault.next_settlement_at(usdc) == vault.genesis()
-    receipt = vault.settle(1, usdc, [], [], [], 0, ROOT, sender=coordinator)
+    receipt = vault.settle(1, usdc, [], [], 0, 0, ROOT, sender=coordinator)
     window = (receipt.timestamp - vault.genesis()) // vault.epoch_length()  # the settlement's own window
     assert vault.next_settlement_at(usdc) == vault.genesis() + (window + 1) * vault.epoch_length()
 
@@ -1199,8 +1350,8 @@ def evil(project, vault, admin):
 def test_complete_exit__token_reenters_complete_exit__inner_call_blocked(vault, evil, admin, chain):
     evil.execute(vault, vault.request_exit.encode_input(evil, 100), sender=admin)
     chain.pending_timestamp += vault.thaw_period()
-    evil.arm(vault, vault.complete_exit.encode_input(evil, 0), sender=admin)
-    evil.execute(vault, vault.complete_exit.encode_input(evil, 0), sender=admin)
+    evil.arm(vault, vault.complete_exit.encode_input(evil, 0, False), sender=admin)
+    evil.execute(vault, vault.complete_exit.encode_input(evil, 0, False), sender=admin)
     assert evil.hook_calls() == 1 and not evil.hook_succeeded()
     assert evil.balanceOf(evil) == 100  # paid once
     assert vault.balance_of(evil, evil) == 0
@@ -1220,21 +1371,8 @@ def test_balance_of__token_reads_it_mid_transfer__read_only_reentrancy_blocked(v
     evil.execute(vault, vault.request_exit.encode_input(evil, 100), sender=admin)
     chain.pending_timestamp += vault.thaw_period()
     evil.arm(vault, vault.balance_of.encode_input(evil, evil), sender=admin)
-    evil.execute(vault, vault.complete_exit.encode_input(evil, 0), sender=admin)
+    evil.execute(vault, vault.complete_exit.encode_input(evil, 0, False), sender=admin)
     assert evil.hook_calls() == 1 and not evil.hook_succeeded()
-
-
-def test_claim__token_reenters_deposit__inner_call_blocked(vault, evil, admin, coordinator, seller, listed_lot):
-    evil.execute(vault, vault.set_spend_cap.encode_input(evil, UNLIMITED, 100, 2**32 - 1), sender=admin)
-    debits, credits = [pack_debit(evil.address, 30)], [pack_lot_amount(listed_lot, 30)]
-    vault.settle(1, evil, debits, credits, [], 0, ROOT, sender=coordinator)
-    evil.mint(evil, 5, sender=admin)
-    evil.arm(vault, vault.deposit.encode_input(evil, 5), sender=admin)
-    vault.claim(evil, sender=seller)
-    assert evil.hook_calls() == 1 and not evil.hook_succeeded()
-    assert evil.balanceOf(seller) == 30
-    assert vault.claimable(seller, evil) == 0
-    assert vault.balance_of(evil, evil) == 70
 
 
 # ─── tokens that return False ────────────────────────────────────────────────
@@ -1264,9 +1402,9 @@ def test_complete_exit__transfer_returns_false__reverts_and_keeps_the_exit(vault
     chain.pending_timestamp += vault.thaw_period()
     false_token.set_failures(True, False, sender=buyer)
     with ape.reverts("vault: transfer failed"):
-        vault.complete_exit(false_token, 0, sender=buyer)
+        vault.complete_exit(false_token, 0, False, sender=buyer)
     false_token.set_failures(False, False, sender=buyer)
-    vault.complete_exit(false_token, 0, sender=buyer)
+    vault.complete_exit(false_token, 0, False, sender=buyer)
     assert false_token.balanceOf(buyer) == 100
 
 
@@ -1284,10 +1422,10 @@ def test_exit_instant__spend_only_approve_returns_false__reverts(project, vault,
 
 
 def test_pause__already_paused__reverts(vault, pauser, admin):
-    with ape.reverts("pausable: contract is not paused"):
+    with ape.reverts("vault: not paused"):
         vault.unpause(sender=admin)
     vault.pause(sender=pauser)
-    with ape.reverts("pausable: contract is paused"):
+    with ape.reverts("vault: already paused"):
         vault.pause(sender=pauser)
 
 

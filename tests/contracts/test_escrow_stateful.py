@@ -53,7 +53,7 @@ class World:
     def __init__(self) -> None:
         self.admin = boa.env.generate_address("admin")
         self.attestor = boa.env.generate_address("attestor")
-        self.settler = boa.env.generate_address("settler")
+        self.settler = boa.env.generate_address("vault")  # stands in for the CreditsVault
         self.treasury = boa.env.generate_address("treasury")
         self.sellers = [boa.env.generate_address(f"seller{i}") for i in range(3)]
         with boa.env.prank(self.admin):
@@ -65,7 +65,7 @@ class World:
                 token.set_burner(self.escrow.address, True)
                 self.escrow.add_provider(token.address)
             self.escrow.set_attestor(self.attestor, True)
-            self.escrow.set_settler(self.settler, True)
+            self.escrow.set_vault(self.settler)
 
 
 WORLD = World()
@@ -136,17 +136,30 @@ class EscrowMachine(RuleBasedStateMachine):
         lot = self.escrow.lots(lot_id)
         assert (lot.capacity, lot.seller_minted) == (capacity, seller_minted)
 
-    @precondition(lambda self: self.open_lots())
+    def drawable(self, lot: ModelLot) -> bool:
+        return lot.status == OPEN and self.now() <= lot.expiry + GRACE
+
+    def draw_lot(self, lot_id: int, amount: int) -> None:
+        lot = self.lots[lot_id]
+        lot.consumed += amount
+        lot.last_epoch = self.epoch
+        released = lot.bond * lot.consumed // lot.capacity
+        self.paid_to[lot.seller] += released - lot.released
+        lot.released = released
+        if lot.consumed == lot.capacity:
+            lot.status = CLOSED
+
+    @precondition(lambda self: any(lot.kind == LISTED for lot in self.lots.values() if lot.status == OPEN))
     @rule(data=st.data(), fraction=st.floats(0.0, 1.2))
-    def consume(self, data, fraction):
-        lot_id = data.draw(st.sampled_from(self.open_lots()))
+    def consume_listed(self, data, fraction):
+        lot_id = data.draw(st.sampled_from([i for i in self.open_lots() if self.lots[i].kind == LISTED]))
         lot = self.lots[lot_id]
         self.touched = lot_id
         remaining = lot.capacity - lot.consumed
         amount = int(lot.capacity * fraction)
         self.epoch += 1
-        if self.now() > lot.expiry + GRACE:
-            with boa.reverts("escrow: lot expired"):
+        if not self.drawable(lot):
+            with boa.reverts("escrow: lot not drawable"):
                 self.escrow.consume(lot_id, max(amount, 1), self.epoch, sender=self.settler)
         elif amount == 0:
             with boa.reverts("escrow: zero amount"):
@@ -155,17 +168,45 @@ class EscrowMachine(RuleBasedStateMachine):
             with boa.reverts("escrow: over-consume"):
                 self.escrow.consume(lot_id, amount, self.epoch, sender=self.settler)
         else:
-            self.escrow.consume(lot_id, amount, self.epoch, sender=self.settler)
-            lot.consumed += amount
-            lot.last_epoch = self.epoch
-            released = lot.bond * lot.consumed // lot.capacity
-            self.paid_to[lot.seller] += released - lot.released
-            lot.released = released
-            if lot.consumed == lot.capacity:
-                lot.status = CLOSED
-            # The same epoch can never draw this lot again.
-            with boa.reverts():
-                self.escrow.consume(lot_id, 1, self.epoch, sender=self.settler)
+            # Per lot, Σ seller credits == rate × Σ consumed, rounded down once.
+            rate = self.escrow.lots(lot_id).rate_bps
+            credit = (lot.consumed + amount) * rate // 10_000 - lot.consumed * rate // 10_000
+            assert self.escrow.consume(lot_id, amount, self.epoch, sender=self.settler) == (lot.seller, credit)
+            self.draw_lot(lot_id, amount)
+            if lot.status == OPEN:  # the same epoch can never draw this lot again
+                with boa.reverts("escrow: epoch already consumed"):
+                    self.escrow.consume(lot_id, 1, self.epoch, sender=self.settler)
+
+    @rule(sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.2))
+    def draw_tokenized(self, sym, fraction):
+        # Nearest expiry first (ties: lower id first), skipping lots no longer drawable.
+        order = sorted(
+            (i for i, lot in self.lots.items() if lot.kind == TOKENIZED and lot.token == sym and self.drawable(lot)),
+            key=lambda i: (self.lots[i].expiry, i),
+        )
+        drawable = sum(self.lots[i].capacity - self.lots[i].consumed for i in order)
+        assert self.escrow.drawable(self.tokens[sym].address) == drawable
+        amount = int(drawable * fraction)
+        self.epoch += 1
+        token = self.tokens[sym].address
+        if amount == 0:
+            with boa.reverts("escrow: zero amount"):
+                self.escrow.draw(token, 0, self.epoch, sender=self.settler)
+            return
+        if amount > drawable:
+            with boa.reverts("escrow: draw exceeds drawable capacity"):
+                self.escrow.draw(token, amount, self.epoch, sender=self.settler)
+            return
+        self.escrow.draw(token, amount, self.epoch, sender=self.settler)
+        self.touched = None
+        for lot_id in order:
+            if amount == 0:
+                break
+            take = min(amount, self.lots[lot_id].capacity - self.lots[lot_id].consumed)
+            self.draw_lot(lot_id, take)
+            amount -= take
+            lot, model = self.escrow.lots(lot_id), self.lots[lot_id]
+            assert (lot.consumed, lot.bond_released, lot.status) == (model.consumed, model.released, model.status)
 
     @precondition(lambda self: self.open_lots())
     @rule(data=st.data())

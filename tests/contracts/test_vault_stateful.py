@@ -1,17 +1,26 @@
 """CreditsVault against a plain-Python model, driven through titanoboa.
 
 Deposits, spend caps (signed and direct, widened, revoked), settlements (with
-over-debits that become shortfall), instant and trustless exits, cancels,
+debits above the cap or the balance, uncovered debits booked against recent
+exits), instant and trustless exits (sold or taken as the token), cancels,
 claims, reserve funding, pauses and time travel run in random orders against
-a real CreditEscrow and ComputeToken. After every step:
+a real CreditEscrow and ComputeToken, next to adversaries: the admin (directly,
+as the Timelock would after its delay) unsetting the exit market or pointing it
+at a reverting contract and revoking roles, a pauser pausing as often as it is
+allowed, and a coordinator posting debits on empty accounts paired with credits
+to its accomplice's listed lot. After every step:
 
 - the vault holds, per asset, exactly the users' balances + the sellers'
   claimables + the protocol reserve;
-- every balance, cap, pending exit, epoch, reserve and shortfall equals the model.
-
-Inside the rules: a settlement never debits beyond a balance or a cap, epochs
-are consecutive (a repeated or skipped one reverts), and a thawed trustless
-exit always completes — paused or not.
+- every balance, cap, pending exit, epoch, reserve and shortfall equals the model;
+- CLD in circulation == open tokenized capacity (+ nothing unbacked: the lot
+  never stops serving here), and Σ burned == Σ drawn; the listed lot's seller
+  earned exactly rate × Σ consumed, rounded down;
+- every pending exit completes once its bound (request + thaw + MAX_PAUSE) has
+  passed, whatever the admin, pauser and coordinator did;
+- no value reaches a role holder: the coordinator, the pauser and the accomplice
+  end with what the rules give them (the accomplice: only credits backed by
+  debits users could pay, or shortfall within an exit's allowance).
 """
 
 from dataclasses import dataclass, field
@@ -40,8 +49,11 @@ USDC = boa.load_partial("contracts/test/MockUSDC.vy")
 ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
 VAULT = boa.load_partial("contracts/CreditsVault.vy")
 MARKET = boa.load_partial("contracts/test/MockExitMarket.vy")
+REVERTER = boa.load_partial("contracts/test/RevertingExitMarket.vy")
 
 EPOCH = 60
+MAX_PAUSE = 2 * EPOCH
+RATE_BPS = 6_000  # the listed lot's rate: credits are rate × consumed, rounded down cumulatively
 TERMS = b"\x11" * 32
 MAX_CAP_TOTAL = 2**96 - 1
 MAX_EXPIRY = 2**32 - 1
@@ -62,6 +74,11 @@ class Position:
     expiry: int = 0
     exit_amount: int = 0
     exit_unlock: int = 0
+    exit_paused_before: int = 0
+    exit_market: str = "0x" + "00" * 20
+    exit_requested_at: int = 0
+    allowance_window: int = 0  # the unpaused window of the last trustless exit
+    allowance: int = 0  # what it took, less the shortfall booked against it
 
 
 @dataclass
@@ -85,47 +102,65 @@ class World:
         self.admin = boa.env.generate_address("admin")
         self.seller = boa.env.generate_address("seller")
         self.pauser = boa.env.generate_address("pauser")
-        self.attacker = boa.env.generate_address("attacker")
+        self.attacker = boa.env.generate_address("attacker")  # the coordinator's accomplice
         self.coordinator = Account.from_key(COORDINATOR_KEY).address
         self.users = [Account.from_key(k).address for k in KEYS]
+        self.empty = [boa.env.generate_address(f"empty {i}") for i in range(2)]  # never deposit
 
         with boa.env.prank(self.admin):
             self.usdc = USDC.deploy()
             self.escrow = ESCROW.deploy(self.usdc.address, self.admin)
-            self.vault = VAULT.deploy(self.usdc.address, self.escrow.address, EPOCH)
+            self.vault = VAULT.deploy(self.usdc.address, self.escrow.address, EPOCH, MAX_PAUSE)
             self.cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218)
             self.cld.set_minter(self.escrow.address, True)
             self.cld.set_burner(self.escrow.address, True)
             self.cld.set_burner(self.vault.address, True)
             self.escrow.add_provider(self.cld.address)
             self.escrow.set_attestor(self.admin, True)
-            self.escrow.set_settler(self.vault.address, True)
+            self.escrow.set_vault(self.vault.address)
             self.vault.list_asset(self.cld.address, 2)
-            self.vault.set_coordinator(self.coordinator, True)
-            self.vault.set_pauser(self.pauser, True)
+            self.vault.grant_coordinator(self.coordinator)
+            self.vault.grant_pauser(self.pauser)
             self.market = MARKET.deploy(self.usdc.address, PRICE)
+            self.reverter = REVERTER.deploy()
             self.vault.set_exit_market(self.market.address)
 
-        # One tokenized lot (CLD draws) and one listed lot (USDC credits), both long-lived.
+        # One tokenized lot (CLD draws) and two listed lots (USDC credits): the honest
+        # seller's and the accomplice's, all long-lived.
         self.usdc.mint(self.seller, 10**15)
         self.usdc.approve(self.escrow.address, 2**256 - 1, sender=self.seller)
+        self.usdc.mint(self.attacker, 10**15)
+        self.usdc.approve(self.escrow.address, 2**256 - 1, sender=self.attacker)
         expiry = boa.env.evm.patch.timestamp + 10 * 365 * 86_400
         with boa.env.prank(self.admin):
             self.tokenized_lot = self.escrow.open_lot(
                 self.seller, self.cld.address, TOKENIZED, 10**14, expiry, 10**13, TERMS, 0
             )
             self.listed_lot = self.escrow.open_lot(
-                self.seller, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, 6_000
+                self.seller, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, RATE_BPS
+            )
+            self.accomplice_lot = self.escrow.open_lot(
+                self.attacker, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, 10_000
             )
         self.cld.approve(self.vault.address, 2**256 - 1, sender=self.seller)
         self.usdc.approve(self.vault.address, 2**256 - 1, sender=self.seller)
+        self.cap_expiry = boa.env.evm.patch.timestamp + 50 * EPOCH
         for user in self.users:
             self.cld.transfer(user, 10**6 * UNIT["CLD"], sender=self.seller)
             self.usdc.approve(self.vault.address, 2**256 - 1, sender=user)
             self.cld.approve(self.vault.address, 2**256 - 1, sender=user)
+            # Each user starts funded, under a cap that lapses after fifty windows.
+            self.usdc.mint(user, 100 * UNIT["USDC"])
+            for token in (self.usdc, self.cld):
+                self.vault.deposit(token.address, 100 * UNIT[token.symbol()], sender=user)
+                self.vault.set_spend_cap(
+                    token.address, 30 * UNIT[token.symbol()], UNLIMITED - 1, self.cap_expiry, sender=user
+                )
         self.chain_id = self.vault.eip712Domain()[3]
         self.genesis = self.vault.genesis()
         self.cld_supply = self.cld.totalSupply()
+        self.lot_capacity = self.escrow.lots(self.tokenized_lot).capacity
+        self.usdc_of = {a: self.usdc.balanceOf(a) for a in (self.coordinator, self.pauser, self.attacker)}
 
 
 WORLD = World()
@@ -140,21 +175,32 @@ class VaultMachine(RuleBasedStateMachine):
         self.assets = {
             sym: AssetModel(
                 policy=POLICY_WITHDRAWABLE if sym == "USDC" else 2,
-                positions={u: Position() for u in self.users},
-                cap_nonce={u: 0 for u in self.users},
+                positions={u: Position() for u in self.users + self.empty},
+                cap_nonce={u: int(u in self.users) for u in self.users + self.empty},
             )
             for sym in self.tokens
         }
+        for sym, asset in self.assets.items():
+            for u in self.users:
+                pos = asset.positions[u]
+                pos.balance, pos.per_epoch = 100 * UNIT[sym], quantize_per_epoch(30 * UNIT[sym])
+                pos.total, pos.expiry = MAX_CAP_TOTAL, self.cap_expiry
         self.release_nonce = {u: 0 for u in self.users}
-        self.paused = False
+        self.exit_market = self.market.address
+        self.coordinators = {self.coordinator}
+        self.pause_start = self.pause_end = self.paused_before = 0
         self.last_release: tuple | None = None
+        self.burned = 0  # CLD burned by settlements == drawn from the tokenized lot
+        self.consumed = 0  # the honest listed lot's capacity drawn (USD micro at list price)
+        self.accomplice_credit = 0  # USDC the accomplice's lot earned
+        self.claimed = 0  # USDC the honest seller claimed
         # What the last rule touched: checked against the contract after it.
         self.touched: set[tuple[str, str]] = set()
         self.touched_assets: set[str] = set()
 
     def teardown(self) -> None:
         # Compare everything once at the end of each example.
-        self.touched = {(sym, u) for sym in self.tokens for u in self.users}
+        self.touched = {(sym, u) for sym in self.tokens for u in self.users + self.empty}
         self.touched_assets = set(self.tokens)
         self.touched_state_agrees_with_model()
 
@@ -166,11 +212,33 @@ class VaultMachine(RuleBasedStateMachine):
     def window(self) -> int:
         return (self.now() - self.genesis) // EPOCH
 
+    def paused(self) -> bool:
+        return self.pause_start != 0 and self.now() < self.pause_end
+
+    def paused_seconds(self) -> int:
+        if self.pause_start == 0:
+            return 0
+        return self.paused_before + min(self.now(), self.pause_end) - self.pause_start
+
+    def unpaused_window(self) -> int:
+        return (self.now() - self.genesis - self.paused_seconds()) // EPOCH
+
+    def unlock_time(self, pos: Position) -> int:
+        return pos.exit_unlock + min(self.paused_seconds() - pos.exit_paused_before, MAX_PAUSE)
+
+    def projected_unlock(self, pos: Position) -> int:
+        """When the exit unlocks if no new pause starts (a running one counted to its end)."""
+        paused = self.paused_seconds() + (self.pause_end - self.now() if self.paused() else 0)
+        return pos.exit_unlock + min(paused - pos.exit_paused_before, MAX_PAUSE)
+
     @staticmethod
     def debitable(pos: Position, now: int) -> int:
         if now > pos.expiry:
             return 0
         return min(pos.balance, pos.total, pos.per_epoch)
+
+    def allowance(self, pos: Position) -> int:
+        return pos.allowance if pos.allowance_window + 1 >= self.unpaused_window() else 0
 
     # ── deposits ─────────────────────────────────────────────────────────────
 
@@ -187,8 +255,8 @@ class VaultMachine(RuleBasedStateMachine):
         payer = self.seller if by_org else account
         if sym == "USDC":
             self.usdc.mint(payer, amount)
-        if self.paused or amount == 0:
-            reason = "pausable: contract is paused" if self.paused else "vault: zero amount"
+        if self.paused() or amount == 0:
+            reason = "vault: paused" if self.paused() else "vault: zero amount"
             with boa.reverts(reason):
                 self.vault.deposit_for(account, token.address, amount, sender=payer)
             return
@@ -256,6 +324,20 @@ class VaultMachine(RuleBasedStateMachine):
             with boa.reverts("vault: bad nonce"):
                 call()
 
+    @rule(empty=st.integers(0, 1), units=st.integers(1, 300))
+    def empty_account_registers_a_cap(self, empty, units):
+        """An accomplice's account with no balance signs itself a cap (the coordinator's
+        "$100 an epoch through one capped empty account")."""
+        account = self.empty[empty]
+        self.touched.add(("USDC", account))
+        pos = self.assets["USDC"].positions[account]
+        amount = units * UNIT["USDC"] // 10
+        if self.now() <= pos.expiry:
+            return  # an active cap may only widen: the first one stands
+        self.vault.set_spend_cap(self.usdc.address, amount, UNLIMITED - 1, MAX_EXPIRY, sender=account)
+        pos.per_epoch, pos.total, pos.expiry = quantize_per_epoch(amount), MAX_CAP_TOTAL, MAX_EXPIRY
+        self.assets["USDC"].cap_nonce[account] += 1
+
     @rule(user=st.integers(0, N_USERS - 1), sym=st.sampled_from(["USDC", "CLD"]))
     def revoke_cap(self, user, sym):
         self.touched.add((sym, self.users[user]))
@@ -267,62 +349,67 @@ class VaultMachine(RuleBasedStateMachine):
 
     # ── settlement ───────────────────────────────────────────────────────────
 
-    @rule(
-        sym=st.sampled_from(["USDC", "CLD"]),
-        # Per user: left out (None), or a share of what the vault would let us
-        # debit — above 1 is usage the vault must cut (shortfall).
-        shares=st.lists(st.one_of(st.none(), st.floats(0, 1.3)), min_size=N_USERS, max_size=N_USERS),
-        fee_bps=st.integers(0, 3_000),
-        wait=st.sampled_from([True, True, True, False]),
-        epoch_offset=st.sampled_from([0, 0, 0, 0, 0, 0, -1, 1]),
-    )
-    def settle(self, sym, shares, fee_bps, wait, epoch_offset):
-        self.touched.update((sym, u) for u in self.users)
-        self.touched_assets.add(sym)
+    def _debit_outcome(self, sym: str, debits: dict[str, int]) -> tuple[str | None, dict[str, int]]:
+        """(the revert reason of the first entry the vault refuses, or None; what each is charged)."""
+        asset, now, window = self.assets[sym], self.now(), self.unpaused_window()
+        charged = {}
+        for account in sorted(debits, key=lambda a: int(a, 16)):
+            pos, amount = asset.positions[account], debits[account]
+            if now > pos.expiry:
+                return "vault: debit without an active spend cap", charged
+            if amount > min(pos.total, pos.per_epoch):
+                return "vault: debit above the spend cap", charged
+            take = min(amount, pos.balance)
+            if amount - take > (pos.allowance if pos.allowance_window + 1 >= window else 0):
+                return "vault: uncovered debit", charged
+            charged[account] = take
+        return None, charged
+
+    def _settle(self, sym, debits, payout_lot, fee_bps, epoch_offset, label):
+        """Post a settlement whose debits pay `payout_lot` (USDC) or the burn (CLD)."""
         asset, token = self.assets[sym], self.tokens[sym]
-        if wait and self.now() < self.genesis + asset.settled_window * EPOCH:
-            boa.env.time_travel(seconds=self.genesis + asset.settled_window * EPOCH - self.now())
-        now = self.now()
-        debits = {
-            u: int(max(self.debitable(asset.positions[u], now), UNIT[sym]) * share)
-            for u, share in zip(self.users, shares, strict=True)
-            if share is not None
-        }
         requested = sum(debits.values())
         fee = requested * fee_bps // 10_000
         payout = requested - fee
-        lots = [pack_lot_amount(self.tokenized_lot if sym == "CLD" else self.listed_lot, payout)] if payout else []
-        credits, draws = ([], lots) if sym == "CLD" else (lots, [])
+        credits, burn, credit, consumed, rate = [], 0, 0, 0, 0
+        if sym == "CLD":
+            burn = payout
+        elif payout:
+            rate = RATE_BPS if payout_lot == self.listed_lot else 10_000
+            before = self.escrow.lots(payout_lot).consumed
+            consumed = payout * 10_000 // rate  # the capacity the seller is paid for at its rate
+            credit = (before + consumed) * rate // 10_000 - before * rate // 10_000
+            fee = requested - credit
+            credits = [pack_lot_amount(payout_lot, consumed)] if consumed else []
+            if not consumed:
+                fee = requested
         epoch = asset.last_epoch + 1 + epoch_offset
-        charged = {u: min(x, self.debitable(asset.positions[u], now)) for u, x in debits.items()}
-        missing = requested - sum(charged.values())
 
         def call():
             return self.vault.settle(
-                epoch,
-                token.address,
-                pack_debits(debits),
-                credits,
-                draws,
-                fee,
-                b"\x22" * 32,
-                sender=self.coordinator,
+                epoch, token.address, pack_debits(debits), credits, burn, fee, b"\x22" * 32, sender=self.coordinator
             )
 
+        refused, charged = self._debit_outcome(sym, debits)
+        missing = requested - sum(charged.values())
         reason = None
-        if self.paused:
-            reason = "pausable: contract is paused"
+        if self.paused():
+            reason = "vault: paused"
+        elif self.coordinator not in self.coordinators:
+            reason = "vault: caller is not a coordinator"
         elif epoch_offset:
             reason = "vault: epoch not consecutive"  # a repeated or skipped epoch
         elif self.window() + 1 <= asset.settled_window:
             reason = "vault: epoch window already settled"
+        elif refused:
+            reason = refused
         elif missing > asset.reserve + fee:
             reason = "vault: shortfall exceeds reserve"
-        event(f"settle {sym}: {reason or ('shortfall' if missing else 'ok')}")
+        event(f"{label} {sym}: {reason or ('shortfall' if missing else 'ok')}")
         if reason:
             with boa.reverts(reason):
                 call()
-            return
+            return False
 
         before = {u: self.vault.balance_of(u, token.address) for u in debits}
         call()
@@ -331,28 +418,87 @@ class VaultMachine(RuleBasedStateMachine):
             # Never beyond the balance, the per-epoch maximum or the total left.
             assert before[u] - self.vault.balance_of(u, token.address) == take
             assert take <= pos.balance and take <= pos.total and take <= pos.per_epoch
-            assert take == 0 or now <= pos.expiry
             pos.balance -= take
             pos.total -= take
+            pos.allowance -= debits[u] - take
         asset.last_epoch = epoch
         asset.settled_window = self.window() + 1
         asset.reserve += fee - missing
         asset.shortfall += missing
         if sym == "USDC":
-            asset.claimable += payout
+            if payout_lot == self.listed_lot:
+                asset.claimable += credit
+                self.consumed += consumed
+            else:
+                self.accomplice_credit += credit
         else:
             self.cld_supply -= payout
+            self.burned += payout
+        return True
+
+    @rule(
+        sym=st.sampled_from(["USDC", "CLD"]),
+        # Per user: left out (None), or a share of what the vault would let us
+        # debit — above 1 is usage above the cap or the balance.
+        shares=st.lists(
+            st.one_of(st.none(), st.floats(0, 1), st.floats(0, 1), st.floats(1, 1.3)),
+            min_size=N_USERS,
+            max_size=N_USERS,
+        ),
+        fee_bps=st.integers(0, 3_000),
+        wait=st.sampled_from([True, True, True, False]),
+        epoch_offset=st.sampled_from([0, 0, 0, 0, 0, 0, -1, 1]),
+    )
+    def settle(self, sym, shares, fee_bps, wait, epoch_offset):
+        self.touched.update((sym, u) for u in self.users)
+        self.touched_assets.add(sym)
+        asset = self.assets[sym]
+        if wait and self.now() < self.genesis + asset.settled_window * EPOCH:
+            boa.env.time_travel(seconds=self.genesis + asset.settled_window * EPOCH - self.now())
+        now = self.now()
+        debits = {}
+        for u, share in zip(self.users, shares, strict=True):
+            pos = asset.positions[u]
+            debitable = self.debitable(pos, now)
+            limit = min(pos.total, pos.per_epoch) if now <= pos.expiry else 0
+            room = min(self.allowance(pos), limit - debitable)
+            if share is None or (debitable == 0 and share <= 1 and room <= 0):
+                continue  # nothing this user could owe
+            if share > 1 and room > 0:
+                # Usage served before the user's exit: within what the exit took and the cap.
+                amount = debitable + int(room * (share - 1) / 0.3)
+            else:  # above 1: beyond the balance or the cap, which the vault refuses
+                amount = int(max(debitable, UNIT[sym] // 1_000) * share)
+            if amount:
+                debits[u] = amount
+        self._settle(sym, debits, self.listed_lot, fee_bps, epoch_offset, "settle")
+
+    @rule(
+        empty=st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True),
+        units=st.integers(1, 250_000),
+    )
+    def coordinator_debits_empty_accounts(self, empty, units):
+        """The adversarial coordinator: debits on accounts with no balance (with or
+        without a registered cap), paired with a credit to its accomplice's lot."""
+        self.touched.update(("USDC", self.empty[i]) for i in empty)
+        self.touched_assets.add("USDC")
+        asset = self.assets["USDC"]
+        if self.now() < self.genesis + asset.settled_window * EPOCH:
+            boa.env.time_travel(seconds=self.genesis + asset.settled_window * EPOCH - self.now())
+        debits = {self.empty[i]: units * UNIT["USDC"] // 10 for i in empty}
+        landed = self._settle("USDC", debits, self.accomplice_lot, 0, 0, "attack")
+        assert not landed  # never lands: no balance ever left these accounts by an exit
 
     @rule()
     def settle_as_non_coordinator(self):
-        reason = "pausable: contract is paused" if self.paused else "vault: caller is not a coordinator"
+        reason = "vault: paused" if self.paused() else "vault: caller is not a coordinator"
         with boa.reverts(reason):
             self.vault.settle(
                 self.assets["USDC"].last_epoch + 1,
                 self.usdc.address,
                 [],
                 [],
-                [],
+                0,
                 0,
                 b"\x00" * 32,
                 sender=self.attacker,
@@ -375,7 +521,8 @@ class VaultMachine(RuleBasedStateMachine):
             (sym, user)
             for sym, asset in self.assets.items()
             for user, pos in asset.positions.items()
-            if (bool(pos.exit_amount) if pending else pos.balance > 0 and (pending is None or not pos.exit_amount))
+            if user in self.users
+            and (bool(pos.exit_amount) if pending else pos.balance > 0 and (pending is None or not pos.exit_amount))
         ]
 
     @precondition(lambda self: self.positions(pending=False))
@@ -394,6 +541,8 @@ class VaultMachine(RuleBasedStateMachine):
             return
         self.vault.request_exit(self.tokens[sym].address, amount, sender=account)
         pos.exit_amount, pos.exit_unlock = amount, self.now() + 2 * EPOCH
+        pos.exit_paused_before, pos.exit_requested_at = self.paused_seconds(), self.now()
+        pos.exit_market = self.exit_market if sym == "CLD" else "0x" + "00" * 20
         with boa.reverts("vault: exit already pending"):
             self.vault.request_exit(self.tokens[sym].address, amount, sender=account)
 
@@ -406,30 +555,73 @@ class VaultMachine(RuleBasedStateMachine):
         pos = self.assets[sym].positions[account]
         pos.exit_amount = pos.exit_unlock = 0
 
-    @precondition(lambda self: self.positions(pending=True))
-    @rule(data=st.data(), wait=st.booleans())
-    def complete_exit(self, data, wait):
-        sym, account = data.draw(st.sampled_from(self.positions(pending=True)))
-        self.touched.add((sym, account))
+    def _complete(self, sym: str, account: str, sell: bool) -> None:
         pos, token = self.assets[sym].positions[account], self.tokens[sym].address
-        if wait and self.now() < pos.exit_unlock:
-            boa.env.time_travel(seconds=pos.exit_unlock - self.now())
-        event(f"complete_exit: {'thawing' if self.now() < pos.exit_unlock else 'completed'}")
-        if self.now() < pos.exit_unlock:
-            with boa.reverts("vault: exit still thawing"):
-                self.vault.complete_exit(token, 0, sender=account)
-            return
-        # Thawed: must complete whatever else happened (pause, settlements, roles).
         amount = min(pos.exit_amount, pos.balance)
+        market_ok = pos.exit_market == self.market.address
+        if sym == "CLD" and sell and amount and not market_ok:
+            reason = "vault: no exit market" if int(pos.exit_market, 16) == 0 else "market: closed"
+            with boa.reverts(reason):
+                self.vault.complete_exit(token, 0, True, sender=account)
+            sell = False  # the fallback: take the token itself
+        event(f"complete_exit {sym}: {'sold' if sell and sym == 'CLD' else 'taken'}")
         before = self.tokens[sym].balanceOf(account)
-        proceeds = self.vault.complete_exit(token, 0, sender=account)
-        if sym == "CLD":  # sold: the USDC lands in the account's vault balance
+        proceeds = self.vault.complete_exit(token, 0, sell, sender=account)
+        if sym == "CLD" and sell:  # sold: the USDC lands in the account's vault balance
             assert proceeds == amount * PRICE // 10**18
             self.credit_sale(account, proceeds)
         else:
             assert proceeds == amount and self.tokens[sym].balanceOf(account) - before == amount
         pos.balance -= amount
         pos.exit_amount = pos.exit_unlock = 0
+        if amount:
+            window = self.unpaused_window()
+            left = pos.allowance if pos.allowance_window + 1 >= window else 0
+            pos.allowance_window, pos.allowance = window, left + amount
+
+    @precondition(lambda self: self.positions(pending=True))
+    @rule(data=st.data(), wait=st.booleans(), sell=st.booleans())
+    def complete_exit(self, data, wait, sell):
+        sym, account = data.draw(st.sampled_from(self.positions(pending=True)))
+        self.touched.add((sym, account))
+        pos, token = self.assets[sym].positions[account], self.tokens[sym].address
+        if wait and self.now() < self.projected_unlock(pos):
+            boa.env.time_travel(seconds=self.projected_unlock(pos) - self.now())
+        if self.now() < self.unlock_time(pos):
+            event(f"complete_exit {sym}: thawing")
+            with boa.reverts("vault: exit still thawing"):
+                self.vault.complete_exit(token, 0, sell, sender=account)
+            return
+        # Thawed: must complete whatever else happened (pause, settlements, roles, markets).
+        self._complete(sym, account, sell)
+
+    @precondition(lambda self: self.positions(pending=True) and self.coordinator in self.coordinators)
+    @rule(data=st.data(), share=st.floats(0.01, 1), sell=st.booleans())
+    def usage_served_before_an_exit_settles_after_it(self, data, share, sell):
+        """A user is served up to its cap, then completes its exit (however paused the
+        thaw was) before the coordinator could settle: the next settlement still
+        collects that usage, from the balance left or, beyond it, as shortfall
+        within what the exit took, so the seller is paid in full."""
+        sym, account = data.draw(st.sampled_from(self.positions(pending=True)))
+        self.touched.add((sym, account))
+        self.touched_assets.add(sym)
+        asset, pos = self.assets[sym], self.assets[sym].positions[account]
+        if self.now() < self.projected_unlock(pos):
+            boa.env.time_travel(seconds=self.projected_unlock(pos) - self.now())
+        limit = min(pos.total, pos.per_epoch)
+        if self.now() > pos.expiry or min(limit, pos.balance) == 0:
+            return  # no cap or no balance: nothing could have been served
+        served = max(1, int(min(limit, pos.balance) * share))
+        self._complete(sym, account, sell)
+        settle_at = max(self.genesis + asset.settled_window * EPOCH, self.pause_end if self.paused() else 0)
+        if self.now() < settle_at:
+            boa.env.time_travel(seconds=settle_at - self.now())
+        if self.now() > pos.expiry:
+            return  # the cap lapsed meanwhile: the user's signature no longer covers it
+        reserve = asset.reserve
+        if served - min(served, pos.balance) > reserve:
+            self.fund_reserve(sym, -(-(served - reserve) * 10 // UNIT[sym]))  # the protocol keeps a reserve
+        assert self._settle(sym, {account: served}, self.listed_lot, 0, 0, "usage after exit")
 
     @precondition(lambda self: self.positions())
     @rule(data=st.data(), permille=st.integers(1, 1_000))
@@ -450,8 +642,15 @@ class VaultMachine(RuleBasedStateMachine):
             expiry=expiry,
         )
         args = (token, amount, 0, nonce, expiry, signature)
-        if self.paused:
-            with boa.reverts("pausable: contract is paused"):
+        reason = None
+        if self.paused():
+            reason = "vault: paused"
+        elif self.coordinator not in self.coordinators:
+            reason = "vault: release not signed by a coordinator"
+        elif sym == "CLD" and self.exit_market != self.market.address:
+            reason = "vault: no exit market" if int(self.exit_market, 16) == 0 else "market: closed"
+        if reason:
+            with boa.reverts(reason):
                 self.vault.exit_instant(*args, sender=account)
             return
         proceeds = self.vault.exit_instant(*args, sender=account)
@@ -474,6 +673,7 @@ class VaultMachine(RuleBasedStateMachine):
         self.touched_assets.add("USDC")
         asset = self.assets["USDC"]
         assert self.vault.claim(self.usdc.address, sender=self.seller) == asset.claimable
+        self.claimed += asset.claimable
         asset.claimable = 0
 
     @rule(sym=st.sampled_from(["USDC", "CLD"]), units=st.integers(1, 500))
@@ -485,15 +685,49 @@ class VaultMachine(RuleBasedStateMachine):
         self.vault.fund_reserve(self.tokens[sym].address, amount, sender=self.seller)
         self.assets[sym].reserve += amount
 
-    # ── pause and time ───────────────────────────────────────────────────────
+    # ── the admin (as the Timelock, after its delay), the pauser, time ───────
 
-    @rule(pause=st.sampled_from([False, False, False, True]))
-    def set_paused(self, pause):
-        if pause and not self.paused:
-            self.vault.pause(sender=self.pauser)
-        elif self.paused and not pause:
-            self.vault.unpause(sender=self.admin)
-        self.paused = pause
+    @rule(choice=st.sampled_from(["honest", "zero", "reverting"]))
+    def admin_sets_exit_market(self, choice):
+        market = {"honest": self.market.address, "zero": "0x" + "00" * 20, "reverting": self.reverter.address}[choice]
+        self.vault.set_exit_market(market, sender=self.admin)
+        self.exit_market = market
+
+    @rule(grant=st.sampled_from([True, True, True, False]))
+    def admin_changes_the_coordinator(self, grant):
+        if grant:
+            self.vault.grant_coordinator(self.coordinator, sender=self.admin)
+            self.coordinators.add(self.coordinator)
+        else:
+            self.vault.revoke_coordinator(self.coordinator, sender=self.admin)
+            self.coordinators.discard(self.coordinator)
+
+    @rule(by_admin=st.booleans(), now=st.sampled_from([True, False, False]))
+    def pause(self, by_admin, now):
+        """The pauser (or admin) pauses, often as soon as the vault lets it."""
+        sender = self.admin if by_admin else self.pauser
+        if not now and self.pause_start and not self.paused() and self.now() < self.pause_end + 2 * EPOCH:
+            boa.env.time_travel(seconds=self.pause_end + 2 * EPOCH - self.now())  # the first moment allowed
+        if self.paused():
+            with boa.reverts("vault: already paused"):
+                self.vault.pause(sender=sender)
+            return
+        if self.pause_start and self.now() < self.pause_end + 2 * EPOCH:
+            with boa.reverts("vault: pause renewed too soon"):
+                self.vault.pause(sender=sender)
+            return
+        if self.pause_start:
+            self.paused_before += self.pause_end - self.pause_start
+        self.vault.pause(sender=sender)
+        self.pause_start, self.pause_end = self.now(), self.now() + MAX_PAUSE
+
+    @precondition(lambda self: self.paused())
+    @rule()
+    def unpause(self):
+        with boa.reverts("ownable: caller is not the owner"):
+            self.vault.unpause(sender=self.pauser)
+        self.vault.unpause(sender=self.admin)
+        self.pause_end = self.now()
 
     @rule(seconds=st.integers(1, 3 * EPOCH))
     def time_travel(self, seconds):
@@ -505,7 +739,45 @@ class VaultMachine(RuleBasedStateMachine):
     def vault_holds_exactly_what_it_owes(self):
         for sym, asset in self.assets.items():
             owed = sum(p.balance for p in asset.positions.values()) + asset.claimable + asset.reserve
+            if sym == "USDC":
+                owed += self.accomplice_credit
             assert self.tokens[sym].balanceOf(self.vault.address) == owed
+
+    @invariant()
+    def tokens_are_backed_and_credits_follow_consumption(self):
+        # Every CLD in circulation is backed by the open lot's remaining capacity
+        # (the lot never stops serving here, so nothing is unbacked), and Σ burned
+        # by settlements == Σ drawn from tokenized lots.
+        lot = self.escrow.lots(self.tokenized_lot)
+        assert lot.consumed == self.burned
+        assert self.cld.totalSupply() == self.lot_capacity - lot.consumed
+        # Per listed lot, Σ seller credits == rate × Σ consumed, rounded down.
+        listed = self.escrow.lots(self.listed_lot)
+        assert listed.consumed == self.consumed
+        paid = self.assets["USDC"].claimable + self.claimed
+        assert paid == self.consumed * RATE_BPS // 10_000
+
+    @invariant()
+    def every_exit_completes_by_its_bound(self):
+        # request + thaw + MAX_PAUSE: whatever the admin, pauser and coordinator did.
+        for sym, asset in self.assets.items():
+            for user in self.users:
+                pos = asset.positions[user]
+                if not pos.exit_amount:
+                    continue
+                unlock = self.vault.exit_unlocks_at(user, self.tokens[sym].address)
+                assert unlock == self.projected_unlock(pos) <= pos.exit_requested_at + 2 * EPOCH + MAX_PAUSE
+                if self.now() >= pos.exit_requested_at + 2 * EPOCH + MAX_PAUSE:
+                    assert self.unlock_time(pos) <= self.now()
+
+    @invariant()
+    def no_value_reaches_a_role_holder(self):
+        # The coordinator and pauser hold what they started with; the accomplice's
+        # lot earned only what users owed (its credits never land: see the rule).
+        for account in (self.coordinator, self.pauser):
+            assert self.usdc.balanceOf(account) == self.usdc_of[account]
+        assert self.accomplice_credit == 0
+        assert self.vault.claimable(self.attacker, self.usdc.address) == 0
 
     @invariant()
     def touched_state_agrees_with_model(self):
@@ -515,7 +787,13 @@ class VaultMachine(RuleBasedStateMachine):
             token, pos = self.tokens[sym].address, self.assets[sym].positions[user]
             assert self.vault.balance_of(user, token) == pos.balance
             assert self.vault.spend_cap(user, token) == (pos.per_epoch, pos.total, pos.expiry)
-            assert self.vault.pending_exits(user, token) == (pos.exit_amount, pos.exit_unlock)
+            assert self.vault.pending_exits(user, token) == (
+                pos.exit_amount,
+                pos.exit_unlock,
+                pos.exit_paused_before if pos.exit_amount else 0,
+                pos.exit_market if pos.exit_amount else "0x" + "00" * 20,
+            )
+            assert self.vault.exit_allowance(user, token) == self.allowance(pos)
         for sym in self.touched_assets:
             token, asset = self.tokens[sym].address, self.assets[sym]
             assert self.vault.last_epoch(token) == asset.last_epoch
@@ -525,6 +803,7 @@ class VaultMachine(RuleBasedStateMachine):
                 assert self.vault.claimable(self.seller, token) == asset.claimable
             else:
                 assert self.cld.totalSupply() == self.cld_supply
+        assert self.vault.paused() == self.paused()
         self.touched.clear()
         self.touched_assets.clear()
 

@@ -24,9 +24,8 @@ from promptex.coordinator.chain import Web3Chain
 from promptex.coordinator.service import Coordinator
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.binding import sign
-from promptex.metering import split_usdc_charge
 from promptex.proofs import leaf_of
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
 from promptex.protocol.merkle import MerkleTree
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC_UNIT
@@ -43,7 +42,7 @@ def anvil_account(index):
     return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
 
 
-ADMIN, SELLER = anvil_account(0), anvil_account(1)  # the deploy's coordinator/settler/attestor is account 0
+ADMIN, SELLER = anvil_account(0), anvil_account(1)  # the deploy's coordinator/attestor is account 0
 
 
 class World:
@@ -177,9 +176,11 @@ def test_coordinator__usage_in_usdc_and_cld__chain_matches_ledger_and_proofs_ver
     assert v.balance_of(a_addr, world.usdc.address).call() == world.ledger.balance(a, "USDC").posted
     assert v.balance_of(b_addr, world.cld.address).call() == world.ledger.balance(b, "CLD").posted
     assert world.ledger.balance(a, "USDC").posted == 20 * USDC_UNIT - 1_234_656
-    shares = [split_usdc_charge(c, 500) for c in (1_234_567, 89)]
-    assert v.claimable(SELLER.address, world.usdc.address).call() - seller_usdc == sum(s for s, _ in shares)
-    assert v.reserve(world.usdc.address).call() == sum(f for _, f in shares)
+    # The listed lot (60 % of list) is drawn by the list value served; its seller earns 60 % of it.
+    drawn = (1_234_567 // 2 + 1) + (89 // 2 + 1)
+    credit = listed_credit(0, drawn, 6_000)
+    assert v.claimable(SELLER.address, world.usdc.address).call() - seller_usdc == credit
+    assert v.reserve(world.usdc.address).call() == 1_234_567 + 89 - credit
     store = world.coordinator().store
     for asset, ids in (("USDC", usdc_ids), ("CLD", cld_ids)):
         tree = MerkleTree([leaf_of(store.record(r)).hash() for r in ids])
@@ -211,15 +212,14 @@ def test_coordinator__payer_without_vault_funds__quarantined_rest_settled(world)
     assert report.confirmed == [("CLD", 1)] and report.quarantined == 1
     store = world.coordinator().store
     assert store.record(refused).status == "quarantined"
-    assert "shortfall exceeds reserve" in store.record(refused).quarantine_reason
+    assert "uncovered debit" in store.record(refused).quarantine_reason
     assert store.record(kept).status == "batched"
     assert world.vault.functions.balance_of(good_addr, world.cld.address).call() == 997 * TOKEN
     assert world.settled_events("CLD") == [1]
 
 
 STEPS = [
-    None, "planned", "settle_signed", "settle_broadcast", "confirmed", "consume_signed", "consume_broadcast",
-    "spend_cap_signed", "spend_cap_broadcast",
+    None, "planned", "settle_signed", "settle_broadcast", "confirmed", "spend_cap_signed", "spend_cap_broadcast",
 ]  # fmt: skip
 
 
@@ -298,9 +298,10 @@ def test_coordinator__kill_9_at_random_points__each_epoch_once_no_usage_lost(wor
     for (address, asset), amount in spent.items():
         balance = world.vault.functions.balance_of(address, world.chain.asset_address(asset)).call()
         assert balance == world.deposits[(address, asset)] - amount  # debited once, in full
-    assert all(c.status == "done" for c in store.consumptions())
-    consumed = sum(c.amount for c in store.consumptions())
-    assert world.escrow.functions.lots(world.usdc_lot).call()[9] == consumed
+    with world.ledger.engine.connect() as conn:
+        listed = conn.exec_driver_sql("SELECT list_usd_micro FROM usage_records WHERE asset = 'USDC'").scalars()
+        drawn = sum(int(x) for x in listed)
+    assert world.escrow.functions.lots(world.usdc_lot).call()[9] == drawn  # drawn in the settlements themselves
 
 
 def test_broadcast__same_signed_bytes_again_after_mined__no_error_and_a_bad_one_still_raises(world):

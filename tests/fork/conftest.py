@@ -54,10 +54,9 @@ def fork_chain(origin):
         chain = ForkChain(fork_url, deployment)
         admin = chain.impersonate(deployment.deployer)
         roles = Roles(chain)
-        chain.send(chain.contract("CreditsVault").functions.set_coordinator(roles.coordinator, True), admin)
+        chain.send(chain.contract("CreditsVault").functions.grant_coordinator(roles.coordinator), admin)
         escrow = chain.contract("CreditEscrow")
         chain.send(escrow.functions.set_attestor(roles.attestor, True), admin)
-        chain.send(escrow.functions.set_settler(roles.attestor, True), admin)
         yield chain
 
 

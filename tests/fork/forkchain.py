@@ -121,7 +121,7 @@ class Roles:
     """anvil development accounts the tests act as (their keys are public test keys)."""
 
     COORDINATOR = 9
-    ATTESTOR = 8  # also an escrow settler
+    ATTESTOR = 8
     SELLER = 7
     USERS = (3, 4, 5)
 

@@ -56,7 +56,8 @@ def run_escrow_machine(world: World) -> None:
             self.start = (usdc_held(), owed())
             self.supply = cld.functions.totalSupply().call()
             self.unbacked = escrow.functions.unbacked(cld.address).call()
-            self.epoch = 0
+            self.epoch = 10**6  # above any epoch the deployed vault used
+            self.vault = chain.impersonate(world.vault.address)  # the only caller of consume/draw
 
         def teardown(self) -> None:
             chain.restore(self.snapshot)
@@ -68,23 +69,38 @@ def run_escrow_machine(world: World) -> None:
                 self.supply += lot(lot_id)["capacity"]  # seller's share + the treasury's fee
             return lot_id
 
+        @rule(percent=PERCENT)
+        def draw(self, percent: int) -> None:
+            """The vault draws CLD capacity (as its settle does with the burn): nearest expiry first."""
+            drawable = escrow.functions.drawable(cld.address).call()
+            amount = drawable * percent // 100
+            self.epoch += 1
+            call = escrow.functions.draw(cld.address, amount, self.epoch)
+            chain.reverts(call, roles.attestor, "escrow: caller is not the vault")
+            if amount == 0:
+                chain.reverts(call, self.vault, "escrow: zero amount")
+                return
+            chain.send(call, self.vault)
+            assert escrow.functions.drawable(cld.address).call() == drawable - amount
+
         @rule(lot_id=lots, percent=PERCENT)
         def consume(self, lot_id: int, percent: int) -> None:
             state = lot(lot_id)
             amount = (state["capacity"] - state["consumed"]) * percent // 100
-            self.epoch = max(self.epoch, state["last_epoch"]) + 1
+            self.epoch += 1
             call = escrow.functions.consume(lot_id, amount, self.epoch)
-            if state["status"] != OPEN:
-                chain.reverts(call, roles.attestor, "escrow: lot not open")
+            chain.reverts(call, roles.attestor, "escrow: caller is not the vault")
+            if state["kind"] != KIND_LISTED:
+                chain.reverts(call, self.vault, "escrow: not a listed lot")
                 return
-            if chain.now() > state["expiry"] + GRACE:
-                chain.reverts(call, roles.attestor, "escrow: lot expired")
+            if state["status"] != OPEN or chain.now() > state["expiry"] + GRACE:
+                chain.reverts(call, self.vault, "escrow: lot not drawable")
                 return
             if amount == 0:
-                chain.reverts(call, roles.attestor, "escrow: zero amount")
+                chain.reverts(call, self.vault, "escrow: zero amount")
                 return
             seller_usdc = usdc.functions.balanceOf(roles.seller).call()
-            chain.send(call, roles.attestor)
+            chain.send(call, self.vault)
             after = lot(lot_id)
             assert after["consumed"] == state["consumed"] + amount
             assert after["bond_released"] == state["bond"] * after["consumed"] // state["capacity"]  # never ahead

@@ -113,7 +113,7 @@ def run_vault_machine(world: World) -> None:
                 return
             chain.warp(thaw)
             amount = min(self.pending[user, symbol], self.balances[user, symbol])
-            self.leave(user, symbol, amount, vault.functions.complete_exit(tokens[symbol].address, 0))
+            self.leave(user, symbol, amount, vault.functions.complete_exit(tokens[symbol].address, 0, True))
             self.pending[user, symbol] = 0
 
         @rule(who=USERS, symbol=ASSETS, percent=PERCENT)
@@ -154,34 +154,38 @@ def run_vault_machine(world: World) -> None:
 
         @rule(symbol=ASSETS, charges=CHARGES)
         def settle(self, symbol: str, charges: list[tuple[int, int]]) -> None:
-            """The coordinator posts an epoch; a debit beyond balance or cap is a covered shortfall."""
+            """The coordinator posts an epoch within the users' balances and caps (a debit
+            beyond them reverts the batch: tests/contracts cover that); the vault draws the
+            lots in the same call."""
             chain.warp(epoch_length)
             asset = tokens[symbol].address
             debits = {}
             for who, percent in charges:
                 user = roles.users[who]
-                # Up to 1.5× the balance: some debits must be cut.
-                debits[user] = max(1, (self.balances[user, symbol] * percent * 3) // 200)
+                amount = vault.functions.debitable(user, asset).call() * percent // 100
+                if amount:
+                    debits[user] = amount
             total = sum(debits.values())
-            takes = {u: min(amount, vault.functions.debitable(u, asset).call()) for u, amount in debits.items()}
             epoch = vault.functions.last_epoch(asset).call() + 1
+            credits, burn, fee = [], 0, 0
             if symbol == "USDC":
-                fee = total // 10
-                credits, draws = [pack_lot_amount(world.listed_lot, total - fee)], []
+                # The listed lot (60 % of list) draws the list value served; its seller earns 60 % of it.
+                consumed = (total - total // 10) * 10_000 // 6_000
+                before = world.escrow.functions.lots(world.listed_lot).call()[9]
+                credit = (before + consumed) * 6_000 // 10_000 - before * 6_000 // 10_000
+                credits, fee = ([pack_lot_amount(world.listed_lot, consumed)] if consumed else []), total - credit
             else:
-                fee, credits, draws = 0, [], [pack_lot_amount(world.tokenized_lot, total)]
-            call = vault.functions.settle(epoch, asset, pack_debits(debits), credits, draws, fee, b"\x11" * 32)
-            missing = total - sum(takes.values())
-            if missing > vault.functions.reserve(asset).call() + fee:
-                chain.reverts(call, roles.coordinator, "vault: shortfall exceeds reserve")
-                return
+                burn = total
+            call = vault.functions.settle(epoch, asset, pack_debits(debits), credits, burn, fee, b"\x11" * 32)
             supply = tokens[symbol].functions.totalSupply().call()
+            drawable = world.escrow.functions.drawable(asset).call() if symbol == "CLD" else 0
             chain.send(call, roles.coordinator)
-            for user, take in takes.items():
+            for user, take in debits.items():
                 self.balances[user, symbol] -= take
             assert vault.functions.usage_roots(asset, epoch).call() == b"\x11" * 32
             if symbol == "CLD":
-                assert tokens[symbol].functions.totalSupply().call() == supply - total  # the draws are burned
+                assert tokens[symbol].functions.totalSupply().call() == supply - total  # burned...
+                assert world.escrow.functions.drawable(asset).call() == drawable - total  # ...and drawn
 
         @rule()
         def claim(self) -> None:

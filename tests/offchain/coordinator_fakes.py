@@ -1,14 +1,17 @@
 """An in-memory stand-in for the vault and escrow, with the coordinator's `Chain` methods.
 
 It models what the coordinator relies on: consecutive epochs, one settlement per window,
-debits cut to the balance with the shortfall paid from fee + reserve (else a revert),
-open/kind checks on lots, one escrow draw per lot per epoch, sender nonces, a mempool
-that can hold or lose broadcasts, receipts.
+debits cut to the balance only within an exit's allowance (else a revert) with the
+shortfall paid from fee + reserve, the escrow's draws inside `settle` (a listed lot's
+capacity and its seller's credit at the lot's rate; a token's burn from its tokenized
+lots, nearest expiry first), sender nonces, a mempool that can hold or lose broadcasts,
+receipts.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +20,13 @@ from eth_utils.crypto import keccak
 
 from promptex.chain.sender import Call, Receipt, SignedTx
 from promptex.coordinator.chain import LotInfo
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN, listed_credit
 from promptex.protocol.vault import unpack_debit
 
 COORDINATOR = "0x000000000000000000000000000000000000C0DE"
 ADDRESSES = {"USDC": "0x00000000000000000000000000000000000005DC", "CLD": "0x0000000000000000000000000000000000000C1D"}
 EPOCH = 10
+FAR = 2_000_000_000  # a lot expiry far past the fake clock
 
 
 class Revert(Exception):
@@ -50,9 +54,10 @@ class State:
     balances: dict[tuple[str, str], int] = field(default_factory=dict)
     reserve: dict[str, int] = field(default_factory=dict)
     claimable: dict[tuple[int, str], int] = field(default_factory=dict)  # (lot, asset)
-    burned: dict[int, int] = field(default_factory=dict)  # tokenized lot → burned
+    burned: dict[str, int] = field(default_factory=dict)  # provider token → burned by settlements
+    allowance: dict[tuple[str, str], int] = field(default_factory=dict)  # what a recent exit took
     lots: dict[int, LotInfo] = field(default_factory=dict)
-    consumed: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # lot → [(epoch, amount)]
+    consumed: dict[int, int] = field(default_factory=dict)  # lot → capacity drawn
     last_epoch: dict[str, int] = field(default_factory=dict)
     settled_window: dict[str, int] = field(default_factory=dict)
     roots: dict[tuple[str, int], bytes] = field(default_factory=dict)
@@ -77,12 +82,22 @@ class FakeChain:
 
     # ─── Test setup ──────────────────────────────────────────────────────────
 
-    def open_lot(self, lot_id: int, kind: int, asset: str = "CLD", status: int = STATUS_OPEN) -> None:
-        self.s.lots[lot_id] = LotInfo(seller=f"seller{lot_id}", token=ADDRESSES[asset], kind=kind, status=status)
+    def open_lot(
+        self,
+        lot_id: int,
+        kind: int,
+        asset: str = "CLD",
+        status: int = STATUS_OPEN,
+        *,
+        rate_bps: int = 6_000,
+        capacity: int = 10**30,
+        expiry: int = FAR,
+    ) -> None:
+        rate = rate_bps if kind == KIND_LISTED else 0
+        self.s.lots[lot_id] = LotInfo(f"seller{lot_id}", ADDRESSES[asset], kind, status, rate, expiry, capacity, 0)
 
     def close_lot(self, lot_id: int) -> None:
-        lot = self.s.lots[lot_id]
-        self.s.lots[lot_id] = LotInfo(lot.seller, lot.token, lot.kind, STATUS_CLOSED)
+        self.s.lots[lot_id] = dataclasses.replace(self.s.lots[lot_id], status=STATUS_CLOSED)
 
     def next_window(self) -> None:
         self.time += EPOCH
@@ -120,7 +135,22 @@ class FakeChain:
         return self.balance_of(address, asset)
 
     def lot(self, lot_id: int) -> LotInfo:
-        return self.s.lots.get(lot_id, LotInfo("0x" + "0" * 40, "0x" + "0" * 40, 0, 0))
+        lot = self.s.lots.get(lot_id, LotInfo("0x" + "0" * 40, "0x" + "0" * 40, 0, 0))
+        return dataclasses.replace(lot, consumed=self.s.consumed.get(lot_id, 0))
+
+    def _draw_order(self, s: State, asset_address: str) -> list[int]:
+        return sorted(
+            (
+                i
+                for i, lot in s.lots.items()
+                if lot.kind == KIND_TOKENIZED and lot.token == asset_address and lot.status == STATUS_OPEN
+            ),
+            key=lambda i: (s.lots[i].expiry, i),
+        )
+
+    def drawable(self, asset: str) -> int:
+        lots = self._draw_order(self.s, ADDRESSES[asset])
+        return sum(self.s.lots[i].capacity - self.s.consumed.get(i, 0) for i in lots)
 
     def release_nonce(self, address: str) -> int:
         return self.s.release_nonce.get(address, 0)
@@ -128,9 +158,11 @@ class FakeChain:
     # ─── Execution ───────────────────────────────────────────────────────────
 
     def _execute(self, s: State, call: Call) -> None:
+        if call.contract != "vault":  # the coordinator holds no escrow role
+            raise Revert(f"{call.contract}: caller has no role")
         getattr(self, f"_{call.function}")(s, *call.args)
 
-    def _settle(self, s: State, epoch: int, asset_address: str, debits, credits, draws, fee, root) -> None:  # noqa: ANN001
+    def _settle(self, s: State, epoch: int, asset_address: str, debits, credits, burn, fee, root) -> None:  # noqa: ANN001
         asset = self._symbol(asset_address)
         if epoch != s.last_epoch.get(asset, 0) + 1:
             raise Revert("vault: epoch not consecutive")
@@ -141,6 +173,8 @@ class FakeChain:
         for word in debits:
             account, amount = unpack_debit(word)
             take = min(amount, s.balances.get((account, asset), 0))
+            if amount - take > s.allowance.get((account, asset), 0):
+                raise Revert("vault: uncovered debit")
             s.balances[(account, asset)] = s.balances.get((account, asset), 0) - take
             requested += amount
             charged += take
@@ -148,38 +182,37 @@ class FakeChain:
         for word in credits:
             lot_id, amount = word >> 160, word & (2**160 - 1)
             lot = s.lots.get(lot_id)
-            if lot is None or lot.kind != KIND_LISTED or lot.status != STATUS_OPEN:
-                raise Revert("vault: credit to a lot that is not open and listed")
-            s.claimable[(lot_id, asset)] = s.claimable.get((lot_id, asset), 0) + amount
-            paid += amount
-        for word in draws:
-            lot_id, amount = word >> 160, word & (2**160 - 1)
-            lot = s.lots.get(lot_id)
-            if lot is None or lot.kind != KIND_TOKENIZED or lot.token != asset_address:
-                raise Revert("vault: draw on a lot of another kind or token")
+            if lot is None or lot.kind != KIND_LISTED:
+                raise Revert("escrow: not a listed lot")
             if lot.status != STATUS_OPEN:
-                raise Revert("escrow: lot not open")
-            s.burned[lot_id] = s.burned.get(lot_id, 0) + amount
-            paid += amount
-        if requested != paid:
+                raise Revert("escrow: lot not drawable")
+            before = s.consumed.get(lot_id, 0)
+            if amount > lot.capacity - before:
+                raise Revert("escrow: over-consume")
+            credit = listed_credit(before, amount, lot.rate_bps)
+            s.consumed[lot_id] = before + amount
+            s.claimable[(lot_id, asset)] = s.claimable.get((lot_id, asset), 0) + credit
+            paid += credit
+        if requested != paid + burn:
             raise Revert("vault: debits do not balance")
         missing = requested - charged
         available = s.reserve.get(asset, 0) + fee
         if missing > available:
             raise Revert("vault: shortfall exceeds reserve")
+        left = burn
+        for lot_id in self._draw_order(s, asset_address):
+            take = min(left, s.lots[lot_id].capacity - s.consumed.get(lot_id, 0))
+            s.consumed[lot_id] = s.consumed.get(lot_id, 0) + take
+            left -= take
+        if left:
+            raise Revert("escrow: draw exceeds drawable capacity")
+        if burn:
+            s.burned[asset] = s.burned.get(asset, 0) + burn
         s.reserve[asset] = available - missing
         s.last_epoch[asset] = epoch
         s.settled_window[asset] = window + 1
         s.roots[(asset, epoch)] = bytes(root)
         s.settlements.append((asset, epoch))
-
-    def _consume(self, s: State, lot_id: int, amount: int, epoch: int) -> None:
-        done = s.consumed.setdefault(lot_id, [])
-        if done and epoch <= done[-1][0]:
-            raise Revert("escrow: epoch already consumed")
-        if s.lots[lot_id].status != STATUS_OPEN:
-            raise Revert("escrow: lot not open")
-        done.append((epoch, amount))
 
     def _register_spend_cap(self, s: State, account, asset, per_epoch, total, expiry, nonce, signature) -> None:  # noqa: ANN001
         if signature == b"bad":

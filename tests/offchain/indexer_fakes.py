@@ -35,7 +35,9 @@ def _event(name: str, *fields: tuple[str, str, bool]) -> dict[str, Any]:
 A, U, IX = "address", "uint256", True
 VAULT_ABI = [
     _event("Deposited", ("account", A, IX), ("asset", A, IX), ("payer", A, IX), ("amount", U, 0), ("balance", U, 0)),
-    _event("ExitRequested", ("account", A, IX), ("asset", A, IX), ("amount", U, 0), ("unlock_at", U, 0)),
+    _event(
+        "ExitRequested", ("account", A, IX), ("asset", A, IX), ("amount", U, 0), ("unlock_at", U, 0), ("market", A, 0)
+    ),
     _event("ExitCancelled", ("account", A, IX), ("asset", A, IX), ("amount", U, 0)),
     _event(
         "ExitCompleted",
@@ -44,6 +46,7 @@ VAULT_ABI = [
         ("requested", U, 0),
         ("amount", U, 0),
         ("proceeds", U, 0),
+        ("sold", "bool", 0),
     ),
     _event("ExitReleased", ("account", A, IX), ("asset", A, IX), ("amount", U, 0), ("proceeds", U, 0), ("nonce", U, 0)),
     _event("Sold", ("account", A, IX), ("asset", A, IX), ("amount", U, 0), ("proceeds", U, 0)),
@@ -130,16 +133,29 @@ def deposited(account: str, amount: int, asset: str = USDC, **kw: Any) -> Log:
     )
 
 
-def exit_requested(account: str, amount: int, asset: str = USDC) -> Log:
-    return Log(VAULT, "ExitRequested", {"account": account, "asset": asset, "amount": amount, "unlock_at": 0})
+ZERO = "0x" + "00" * 20
+
+
+def exit_requested(account: str, amount: int, asset: str = USDC, market: str = ZERO) -> Log:
+    args = {"account": account, "asset": asset, "amount": amount, "unlock_at": 0, "market": market}
+    return Log(VAULT, "ExitRequested", args)
 
 
 def exit_cancelled(account: str, amount: int, asset: str = USDC) -> Log:
     return Log(VAULT, "ExitCancelled", {"account": account, "asset": asset, "amount": amount})
 
 
-def exit_completed(account: str, requested: int, amount: int, asset: str = USDC, proceeds: int = 0) -> Log:
-    args = {"account": account, "asset": asset, "requested": requested, "amount": amount, "proceeds": proceeds}
+def exit_completed(
+    account: str, requested: int, amount: int, asset: str = USDC, proceeds: int = 0, sold: bool = False
+) -> Log:
+    args = {
+        "account": account,
+        "asset": asset,
+        "requested": requested,
+        "amount": amount,
+        "proceeds": proceeds,
+        "sold": sold,
+    }
     return Log(VAULT, "ExitCompleted", args)
 
 

@@ -26,9 +26,8 @@ from promptex.gateway.buyers import member_key
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, Ledger, UsageRecord
 from promptex.ledger.schema import balances, usage_records
-from promptex.metering import split_usdc_charge
 from promptex.proofs import leaf_of
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
 from promptex.protocol.merkle import MerkleTree
 
 CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
@@ -110,20 +109,19 @@ def test_settle__usage_in_two_assets__posted_once_each_and_matches_ledger(ledger
     assert sorted(report.confirmed) == [("CLD", 1), ("USDC", 1)]
     assert chain.s.balances[(a_addr, "CLD")] == 10**21 - 4 * 10**18 == ledger.balance(a, "CLD").posted
     assert chain.s.balances[(b_addr, "USDC")] == 50_000_000 - 3_150_001 == ledger.balance(b, "USDC").posted
-    assert chain.s.burned == {CLD_LOT: 4 * 10**18}
-    shares = [split_usdc_charge(1_050_000, 500), split_usdc_charge(2_100_001, 500)]
-    assert chain.s.claimable[(USDC_LOT, "USDC")] == shares[0][0]
-    assert chain.s.claimable[(OTHER_USDC_LOT, "USDC")] == shares[1][0]
-    assert chain.s.reserve["USDC"] == shares[0][1] + shares[1][1]
+    # Σ burned == Σ drawn from the token's tokenized lots, in the same settlement.
+    assert chain.s.burned == {"CLD": 4 * 10**18} and chain.s.consumed[CLD_LOT] == 4 * 10**18
+    # Each listed lot is drawn by the list value it served; its seller earns the lot's rate of it.
+    drawn = {USDC_LOT: 1_050_000 // 3 + 1, OTHER_USDC_LOT: 2_100_001 // 3 + 1}
+    for lot_id, amount in drawn.items():
+        assert chain.s.consumed[lot_id] == amount
+        assert chain.s.claimable[(lot_id, "USDC")] == listed_credit(0, amount, 6_000)
+    assert chain.s.reserve["USDC"] == 3_150_001 - sum(listed_credit(0, a, 6_000) for a in drawn.values())
     for asset, ids in (("CLD", cld), ("USDC", usdc)):
         records = [coord.store.record(r) for r in ids]
         assert all(r is not None and r.status == "batched" and r.epoch == 1 for r in records)
         tree = MerkleTree([leaf_of(r).hash() for r in records if r is not None])
         assert chain.s.roots[(asset, 1)] == tree.root
-    assert sorted((c.lot_id, c.amount, c.status) for c in coord.store.consumptions()) == [
-        (USDC_LOT, 1_050_000 // 3 + 1, "done"),
-        (OTHER_USDC_LOT, 2_100_001 // 3 + 1, "done"),
-    ]
     assert coord.run_once().confirmed == []  # nothing new; and this window is settled
     spend(ledger, a, "CLD", 5, CLD_LOT)
     assert coord.run_once().confirmed == []  # one settlement per window
@@ -171,9 +169,7 @@ def test_quarantine__no_chain_lot_no_wallet_closed_lot__set_aside_with_reasons_r
     assert coord.run_once().confirmed == []  # quarantined records are never posted
 
 
-def test_quarantine__shortfall_beyond_reserve__that_payer_set_aside_rest_settled(
-    book: Ledger, chain: FakeChain
-) -> None:
+def test_quarantine__uncovered_debit__that_payer_set_aside_rest_settled(book: Ledger, chain: FakeChain) -> None:
     good, good_addr = buyer(book, chain, "CLD", 10**20)
     broke, broke_addr = buyer(book, chain, "CLD", 10**20, on_chain=0)  # the chain has nothing of it
     kept = [spend(book, good, "CLD", 10**18, CLD_LOT)]
@@ -187,7 +183,7 @@ def test_quarantine__shortfall_beyond_reserve__that_payer_set_aside_rest_settled
     for request_id in refused:
         record = coord.store.record(request_id)
         assert record is not None and record.status == "quarantined"
-        assert "shortfall exceeds reserve" in (record.quarantine_reason or "")
+        assert "uncovered debit" in (record.quarantine_reason or "")
     record = coord.store.record(kept[0])
     assert record is not None and record.status == "batched"
     assert chain.s.roots[("CLD", 1)] == MerkleTree([leaf_of(record).hash()]).root
@@ -203,9 +199,7 @@ def test_quarantine__refusal_not_caused_by_entries__nothing_quarantined(book: Le
     assert coord.store.quarantined() == []
 
 
-@pytest.mark.parametrize(
-    "step", ["planned", "settle_signed", "settle_broadcast", "confirmed", "consume_signed", "consume_broadcast"]
-)
+@pytest.mark.parametrize("step", ["planned", "settle_signed", "settle_broadcast", "confirmed"])
 def test_crash__at_each_step__restart_posts_once_and_loses_nothing(
     book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
@@ -222,7 +216,7 @@ def test_crash__at_each_step__restart_posts_once_and_loses_nothing(
     coord = coordinator(book, chain)
     [batch] = coord.store.batches(status="confirmed")
     assert {r.request_id for r in coord.store.batch_records(batch.id)} == set(ids)
-    assert chain.s.consumed == {USDC_LOT: [(1, sum((100_000 + i) // 3 + 1 for i in range(3)))]}
+    assert chain.s.consumed == {USDC_LOT: sum((100_000 + i) // 3 + 1 for i in range(3))}
     assert len(set(chain.sent)) == len(chain.receipts)  # a rebroadcast resends the same bytes only
 
 
@@ -444,3 +438,45 @@ def test_cli__release__signed_within_free_balance_refused_beyond(
     # The 60 are locked until used or expired: a second release cannot take them again.
     again = runner.invoke(coordinator_cli.coordinator, [*release_cmd, "USDC", "--amount", "1"])
     assert again.exit_code == 1 and "outstanding" in again.output
+
+
+def test_capacity__listed_lot_overdrawn__records_past_its_remaining_quarantined_rest_settled(
+    book: Ledger, chain: FakeChain
+) -> None:
+    a, a_addr = buyer(book, chain, "USDC", 10_000_000)
+    chain.open_lot(8, KIND_LISTED, capacity=1_000)  # USD micro of list value left
+    fits = [spend(book, a, "USDC", 1_500, 8), spend(book, a, "USDC", 1_200, 8)]  # draw 501 + 401
+    over = spend(book, a, "USDC", 600, 8)  # would draw 201 more: past the 98 left
+    other = spend(book, a, "USDC", 3_000, USDC_LOT)
+    coord = coordinator(book, chain)
+
+    report = coord.run_once()
+
+    assert report.confirmed == [("USDC", 1)] and report.quarantined == 1
+    assert chain.s.consumed[8] == 902 and chain.s.consumed[USDC_LOT] == 1_001
+    [record] = coord.store.quarantined()
+    assert record.request_id == over and "lot 8 has 98 USD micro of capacity left" in (record.quarantine_reason or "")
+    for request_id in (*fits, other):
+        kept = coord.store.record(request_id)
+        assert kept is not None and kept.status == "batched"
+    assert chain.s.balances[(a_addr, "USDC")] == 10_000_000 - 5_700
+
+
+def test_capacity__token_draws_past_its_tokenized_lots__quarantined_rest_settled(
+    book: Ledger, chain: FakeChain
+) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**21)
+    chain.open_lot(CLD_LOT, KIND_TOKENIZED, "CLD", capacity=5 * 10**18, expiry=chain.now() + 1_000)
+    chain.open_lot(9, KIND_TOKENIZED, "CLD", capacity=2 * 10**18, expiry=chain.now() + 500)
+    kept = [spend(book, a, "CLD", 4 * 10**18, CLD_LOT), spend(book, a, "CLD", 2 * 10**18, CLD_LOT)]
+    over = spend(book, a, "CLD", 2 * 10**18, CLD_LOT)  # 1 CLD left of the 7
+    coord = coordinator(book, chain)
+
+    report = coord.run_once()
+
+    assert report.confirmed == [("CLD", 1)] and report.quarantined == 1
+    assert chain.s.burned == {"CLD": 6 * 10**18}
+    assert chain.s.consumed == {9: 2 * 10**18, CLD_LOT: 4 * 10**18}  # nearest expiry first
+    [record] = coord.store.quarantined()
+    assert record.request_id == over and "drawable capacity" in (record.quarantine_reason or "")
+    assert all(coord.store.record(r).status == "batched" for r in kept)  # type: ignore[union-attr]

@@ -119,6 +119,19 @@ def test_catch_up__spend_only_exit_sold__token_debited_usdc_credited(sqlite_ledg
     assert balance(sqlite_ledger, alice, "USDC").posted == 4_218
 
 
+def test_catch_up__spend_only_exit_taken_as_token__token_debited_market_and_choice_recorded(sqlite_ledger, node):
+    alice, market = new_address(), new_address()
+    node.mine(deposited(alice, 10**18, asset=CLD), exit_requested(alice, 10**18, asset=CLD, market=market))
+    node.mine(exit_completed(alice, 10**18, 10**18, asset=CLD, proceeds=10**18, sold=False))
+    make_indexer(sqlite_ledger, node).catch_up()
+    assert balance(sqlite_ledger, alice, "CLD").posted == 0  # the token left the vault
+    assert balance(sqlite_ledger, alice, "USDC").posted == 0  # nothing was sold
+    with sqlite_ledger.engine.connect() as conn:
+        rows = {r.name: json.loads(r.args) for r in conn.execute(select(chain_events))}
+    assert rows["ExitRequested"]["market"] == market
+    assert rows["ExitCompleted"]["sold"] is False
+
+
 def test_catch_up__instant_release__debits_and_keeps_pending_exit(sqlite_ledger, node):
     alice = new_address()
     release = {"account": alice, "asset": USDC, "amount": 10, "proceeds": 10, "nonce": 0}

@@ -25,12 +25,14 @@ async function readRows(ctx: Ctx, account: Address): Promise<Row[]> {
   const vault = ctx.config.contracts.CreditsVault;
   return Promise.all(
     ctx.assets.map(async (asset) => {
-      const [wallet, inVault, exit] = await Promise.all([
+      const [wallet, inVault, pending, unlockAt] = await Promise.all([
         ctx.client.readContract({ address: asset.address, abi: erc20Abi, functionName: "balanceOf", args: [account] }),
         ctx.client.readContract({ address: vault, abi: vaultAbi, functionName: "balance_of", args: [account, asset.address] }),
         ctx.client.readContract({ address: vault, abi: vaultAbi, functionName: "pending_exits", args: [account, asset.address] }),
+        // A pause delays a thaw (by at most the vault's MAX_PAUSE): the vault says when it unlocks.
+        ctx.client.readContract({ address: vault, abi: vaultAbi, functionName: "exit_unlocks_at", args: [account, asset.address] }),
       ]);
-      return { asset, wallet, vault: inVault, exit };
+      return { asset, wallet, vault: inVault, exit: { amount: pending.amount, unlock_at: unlockAt } };
     }),
   );
 }
@@ -133,21 +135,31 @@ async function draw(
       const complete = h(
         "button",
         { "data-action": "complete-exit", "data-asset": asset.symbol, disabled: true, onclick: async () => {
-          if (await tx(`Complete withdrawal of ${asset.symbol}`, { address: vault, abi: vaultAbi, functionName: "complete_exit", args: [asset.address, 0n] })) reload();
+          // A provider token is sold through the exit market fixed at request.
+          if (await tx(`Complete withdrawal of ${asset.symbol}`, { address: vault, abi: vaultAbi, functionName: "complete_exit", args: [asset.address, 0n, asset.kind !== "usdc"] })) reload();
         } },
         "Complete withdrawal",
       );
       const cancel = h("button.secondary", { "data-action": "cancel-exit", onclick: async () => {
         if (await tx(`Cancel withdrawal of ${asset.symbol}`, { address: vault, abi: vaultAbi, functionName: "cancel_exit", args: [asset.address] })) reload();
       } }, "Cancel");
+      // The trustless exit's fallback: a provider token the exit market cannot sell leaves as the token itself.
+      const take = asset.kind === "usdc" ? null : h(
+        "button.secondary",
+        { "data-action": "take-exit", "data-asset": asset.symbol, disabled: true, onclick: async () => {
+          if (await tx(`Take ${asset.symbol} to your wallet`, { address: vault, abi: vaultAbi, functionName: "complete_exit", args: [asset.address, 0n, false] })) reload();
+        } },
+        "Take the token",
+      );
       const tick = () => {
         const left = Number(row.exit.unlock_at) - (Date.now() / 1000 + offset);
         countdown.textContent = left > 0 ? `thawing: ${duration(left)} left` : "thawed: ready to complete";
         complete.disabled = left > 0;
+        if (take) take.disabled = left > 0;
       };
       tick();
       timers.push(window.setInterval(tick, 1000));
-      exitCell.append(`${fmt(row.exit.amount, asset.decimals)} ${asset.symbol} `, countdown, " ", complete, " ", cancel);
+      exitCell.append(`${fmt(row.exit.amount, asset.decimals)} ${asset.symbol} `, countdown, " ", complete, " ", ...(take ? [take, " "] : []), cancel);
     } else {
       exitCell.append("—");
     }

@@ -38,6 +38,11 @@ DEMO_EPOCH_LENGTH = 10
 LIVE_EPOCH_LENGTH = 600
 
 
+def vault_max_pause(epoch_length: int) -> int:
+    """The vault's MAX_PAUSE: two epochs, its shortest thaw, so a pause never outlasts one."""
+    return 2 * epoch_length
+
+
 class DeploymentExists(ValueError):
     """A deployment on this network is live; refuse to replace it silently."""
 
@@ -67,7 +72,6 @@ def deploy_all(
     treasury: str | None = None,
     attestor: str | None = None,
     extra_attestors: Sequence[str] = (),
-    settler: str | None = None,
     coordinator: str | None = None,
     epoch_length: int | None = None,
     billing_signers: dict[str, str] | None = None,
@@ -79,10 +83,11 @@ def deploy_all(
     wire roles, record it.
 
     Roles default to the deployer, which suits a local chain; on a live network pass
-    the gateway's attestor key, the settler and the vault's coordinator
-    (`extra_attestors` also get the role: e.g. the dashboard's own key). The vault is
-    always an escrow settler and a burner of every provider token; it lists USDC
-    withdrawable and each provider token spend-only. `epoch_length` defaults to
+    the gateway's attestor key and the vault's coordinator (`extra_attestors` also get
+    the role: e.g. the dashboard's own key). The vault is the escrow's only drawer of
+    lots (`set_vault`, once) and a burner of every provider token; it lists USDC
+    withdrawable and each provider token spend-only. Its longest pause is its default
+    thaw (two epochs). `epoch_length` defaults to
     DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere. The
     RedemptionEscrow trusts `billing_signers` (provider name → address) for receipts;
     the admin can add or rotate them later.
@@ -98,7 +103,6 @@ def deploy_all(
 
     treasury = treasury or deployer.address
     attestor = attestor or deployer.address
-    settler = settler or deployer.address
     coordinator = coordinator or deployer.address
     if epoch_length is None:
         epoch_length = DEMO_EPOCH_LENGTH if is_local(network_name) else LIVE_EPOCH_LENGTH
@@ -117,7 +121,7 @@ def deploy_all(
     )
     token_abi = write_abi("ComputeToken", abi_of(project.ComputeToken), root)
 
-    vault = deployer.deploy(project.CreditsVault, usdc, escrow.address, epoch_length)
+    vault = deployer.deploy(project.CreditsVault, usdc, escrow.address, epoch_length, vault_max_pause(epoch_length))
     log(f"CreditsVault  {vault.address}")
     contracts["CreditsVault"] = DeployedContract(
         address=str(vault.address), abi=write_abi("CreditsVault", abi_of(project.CreditsVault), root)
@@ -135,9 +139,8 @@ def deploy_all(
 
     for address in (attestor, *extra_attestors):
         escrow.set_attestor(address, True, sender=deployer)
-    escrow.set_settler(settler, True, sender=deployer)
-    escrow.set_settler(vault.address, True, sender=deployer)
-    vault.set_coordinator(coordinator, True, sender=deployer)
+    escrow.set_vault(vault.address, sender=deployer)
+    vault.grant_coordinator(coordinator, sender=deployer)
 
     oracle_period = LOCAL_ORACLE_PERIOD if is_local(network_name) else LIVE_ORACLE_PERIOD
     dex = deploy_dex(deployer, log, quote_token=usdc, oracle_period=oracle_period)

@@ -46,7 +46,6 @@ def coordinator(ctx: click.Context, once: bool) -> None:
                     "confirmed": report.confirmed,
                     "failed": report.failed,
                     "quarantined": report.quarantined,
-                    "lots_drawn": report.consumed,
                     "spend_caps": report.caps,
                     "waiting": report.waiting,
                 }

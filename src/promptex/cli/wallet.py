@@ -188,32 +188,45 @@ def swap(
 @click.option("--amount", required=True, help="whole units")
 def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> None:
     """Start a trustless withdrawal: it completes after the thaw, with nobody's consent.
-    A provider token is sold for USDC on completion (it is spend-or-sell only)."""
+    A provider token is sold for USDC on completion through the exit market fixed now, or
+    taken as the token itself (`complete-withdraw --take-token`) if that market cannot sell."""
     value = units(amount, symbol)
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
         vault.request_exit(session.token(symbol), value, sender=session.account)
-        unlock_at = vault.pending_exits(session.account, session.token(symbol)).unlock_at
+        unlock_at = vault.exit_unlocks_at(session.account, session.token(symbol))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlock_at))
-        click.echo(f"withdrawal of {whole(value, symbol)} requested; complete it from {stamp}")
+        click.echo(
+            f"withdrawal of {whole(value, symbol)} requested; complete it from {stamp} "
+            f"(a pause delays it by at most {vault.MAX_PAUSE()} s)"
+        )
         click.echo(f"then: promptex wallet complete-withdraw --asset {symbol.upper()} (same --network/--account)")
 
 
 @wallet_command("complete-withdraw")
 @click.option("--asset", "symbol", required=True)
 @click.option("--min-out", default=None, help="provider tokens: least USDC to accept for the sale")
-def complete_withdraw(network: Any, alias: str | None, yes: bool, symbol: str, min_out: str | None) -> None:
-    """Complete a thawed withdrawal."""
+@click.option(
+    "--take-token",
+    is_flag=True,
+    help="provider tokens: take the token itself to your wallet instead of selling it (the fallback "
+    "when the exit market fixed at request cannot sell)",
+)
+def complete_withdraw(
+    network: Any, alias: str | None, yes: bool, symbol: str, min_out: str | None, take_token: bool
+) -> None:
+    """Complete a thawed withdrawal: USDC to your wallet; a provider token sold for USDC
+    (credited in the vault), or with --take-token sent to your wallet as the token."""
+    if take_token and min_out:
+        raise click.BadParameter("--min-out bounds a sale; --take-token sells nothing", param_hint="--min-out")
     least = units(min_out, "USDC") if min_out else 0
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
-        receipt = vault.complete_exit(session.token(symbol), least, sender=session.account)
+        receipt = vault.complete_exit(session.token(symbol), least, not take_token, sender=session.account)
         event = next(iter(receipt.events.filter(vault.ExitCompleted)))
-        paid = (
-            f"{whole(event.proceeds, 'USDC')} credited in the vault" if symbol.upper() != "USDC" else "to your wallet"
-        )
+        paid = f"sold for {whole(event.proceeds, 'USDC')}, credited in the vault" if event.sold else "to your wallet"
         click.echo(f"withdrew {whole(event.amount, symbol)} ({paid})")
 
 

@@ -23,6 +23,10 @@ class LotInfo:
     token: str
     kind: int
     status: int
+    rate_bps: int = 0  # listed lots: the seller's share of list price
+    expiry: int = 0
+    capacity: int = 0
+    consumed: int = 0
 
 
 class Chain(Protocol):
@@ -38,6 +42,7 @@ class Chain(Protocol):
     def debitable(self, address: str, asset: str) -> int: ...
     def asset_address(self, asset: str) -> str: ...
     def lot(self, lot_id: int) -> LotInfo: ...
+    def drawable(self, asset: str) -> int: ...
     def release_nonce(self, address: str) -> int: ...
     def simulate(self, call: Call) -> str | None: ...
     def sign(self, call: Call, nonce: int) -> SignedTx: ...
@@ -89,8 +94,26 @@ class Web3Chain(Web3Sender):
         return int(self.vault.functions.debitable(address, self.asset_address(asset)).call())
 
     def lot(self, lot_id: int) -> LotInfo:
-        lot = self.escrow.functions.lots(lot_id).call()
-        return LotInfo(seller=lot[0], token=lot[1], kind=int(lot[2]), status=int(lot[3]))
+        # By field name, from the ABI: the escrow's `Lot` struct may grow fields.
+        fields = dict(zip(self._lot_fields(), self.escrow.functions.lots(lot_id).call(), strict=True))
+        return LotInfo(
+            seller=fields["seller"],
+            token=fields["token"],
+            kind=int(fields["kind"]),
+            status=int(fields["status"]),
+            rate_bps=int(fields["rate_bps"]),
+            expiry=int(fields["expiry"]),
+            capacity=int(fields["capacity"]),
+            consumed=int(fields["consumed"]),
+        )
+
+    def _lot_fields(self) -> list[str]:
+        abi = next(f for f in self.escrow.abi if f.get("type") == "function" and f.get("name") == "lots")
+        return [c["name"] for c in abi["outputs"][0]["components"]]
+
+    def drawable(self, asset: str) -> int:
+        """What the escrow would let one settlement of a provider token draw (and burn)."""
+        return int(self.escrow.functions.drawable(self.asset_address(asset)).call())
 
     def release_nonce(self, address: str) -> int:
         return int(self.vault.functions.release_nonce(address).call())

@@ -1,20 +1,25 @@
-"""Turning settled usage records into one settlement: per-payer debits, per-lot credits
-(USDC: the listed lot's seller share, plus the protocol fee) or draws (a provider token:
-the tokenized lot's draw-down, burned), the escrow draw-downs of listed lots at list
-price, and the Merkle tree of the records. Pure arithmetic: no database, no chain.
+"""Turning settled usage records into one settlement: per-payer debits, and what the
+vault's `settle` draws from the escrow in the same call — for USDC, each listed lot's
+capacity at list price (the escrow pays its seller the lot's rate of it), plus the
+protocol fee; for a provider token, the burn (the escrow draws that much of the
+token's tokenized lots, nearest expiry first) — and the Merkle tree of the records.
+Each lot's draw is capped at what the chain says it has left, so one overdrawn lot
+never reverts a batch: the records past it are quarantined. Pure arithmetic: no
+database, no chain.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from promptex.coordinator.chain import LotInfo
 from promptex.ledger.usage import StoredUsage
 from promptex.metering import split_usdc_charge
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_OPEN
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, SETTLEMENT_GRACE, STATUS_OPEN, listed_credit
 from promptex.protocol.merkle import Leaf, MerkleTree
+from promptex.protocol.units import BPS
 from promptex.protocol.vault import DEBIT_AMOUNT_BITS, MAX_ENTRIES, MAX_LOTS, pack_debits, pack_lot_amount
 
 LOT_KINDS = {"tokenized": KIND_TOKENIZED, "listed": KIND_LISTED}
@@ -50,23 +55,21 @@ class Entry:
 
 @dataclass
 class Payload:
-    """The arguments of `settle` (as dicts) and the listed lots' escrow draw-downs."""
+    """The arguments of `settle` (as dicts)."""
 
     debits: dict[str, int] = field(default_factory=dict)  # address → amount
-    credits: dict[int, int] = field(default_factory=dict)  # listed lot → seller share
-    draws: dict[int, int] = field(default_factory=dict)  # tokenized lot → tokens burned
+    credits: dict[int, int] = field(default_factory=dict)  # listed lot → capacity drawn, USD micro at list price
+    burn: int = 0  # provider token: burned, and drawn from its tokenized lots
     fee: int = 0
-    consumes: dict[int, int] = field(default_factory=dict)  # listed lot → USD micro at list price
 
     @property
     def total(self) -> int:
         return sum(self.debits.values())
 
-    def words(self) -> tuple[list[int], list[int], list[int]]:
+    def words(self) -> tuple[list[int], list[int]]:
         return (
             pack_debits({a: v for a, v in self.debits.items() if v}),
             [pack_lot_amount(lot, v) for lot, v in sorted(self.credits.items()) if v],
-            [pack_lot_amount(lot, v) for lot, v in sorted(self.draws.items()) if v],
         )
 
     def to_json(self) -> str:
@@ -74,9 +77,8 @@ class Payload:
             {
                 "debits": self.debits,
                 "credits": {str(k): v for k, v in self.credits.items()},
-                "draws": {str(k): v for k, v in self.draws.items()},
+                "burn": self.burn,
                 "fee": self.fee,
-                "consumes": {str(k): v for k, v in self.consumes.items()},
             },
             sort_keys=True,
         )
@@ -84,28 +86,52 @@ class Payload:
     @classmethod
     def from_json(cls, text: str) -> Payload:
         d = json.loads(text)
+        # Batches planned before the vault drew lots itself stored per-lot "draws" (the
+        # burn) and the listed lots' "consumes" beside the seller "credits"; they are all
+        # closed, so reading them back only needs to keep the totals.
+        burn = int(d["burn"]) if "burn" in d else sum(d.get("draws", {}).values())
+        credits = d.get("consumes", d["credits"]) if "burn" not in d else d["credits"]
         return cls(
             debits=dict(d["debits"]),
-            credits={int(k): v for k, v in d["credits"].items()},
-            draws={int(k): v for k, v in d["draws"].items()},
+            credits={int(k): v for k, v in credits.items()},
+            burn=burn,
             fee=int(d["fee"]),
-            consumes={int(k): v for k, v in d["consumes"].items()},
         )
 
 
-def aggregate(entries: Iterable[Entry], *, spend_only: bool) -> Payload:
-    """Sum entries into one settlement; conservation holds by construction
-    (Σ debits = Σ credits + fee + Σ draws, entry by entry)."""
+def _most_drawable(consumed_before: int, paid: int, rate_bps: int) -> int:
+    """The largest draw whose seller credit is at most `paid`."""
+    ceiling = consumed_before * rate_bps // BPS + paid  # floor((c + k) × rate) may reach this
+    return ((ceiling + 1) * BPS - 1) // rate_bps - consumed_before
+
+
+def aggregate(entries: Iterable[Entry], *, spend_only: bool, lots: Mapping[int, LotInfo]) -> Payload:
+    """Sum entries into one settlement that balances as the vault checks it:
+    Σ debits == Σ seller credits + fee (USDC) or == burn (a provider token).
+
+    A listed lot draws the list value its records served; the escrow pays its seller
+    the lot's on-chain rate of that. When that credit would exceed what the lot's
+    records paid (a run of tiny requests, each list value rounded up), the draw is
+    lowered until it does not, so the fee never goes negative."""
     p = Payload()
+    drawn: dict[int, int] = {}
+    paid: dict[int, int] = {}
     for e in entries:
         p.debits[e.address] = p.debits.get(e.address, 0) + e.cost
         if spend_only:
-            p.draws[e.lot_id] = p.draws.get(e.lot_id, 0) + e.cost
+            p.burn += e.cost
         else:
-            p.credits[e.lot_id] = p.credits.get(e.lot_id, 0) + e.seller_share
-            p.fee += e.fee
-            if e.list_usd_micro:
-                p.consumes[e.lot_id] = p.consumes.get(e.lot_id, 0) + e.list_usd_micro
+            drawn[e.lot_id] = drawn.get(e.lot_id, 0) + e.list_usd_micro
+            paid[e.lot_id] = paid.get(e.lot_id, 0) + e.cost
+    credited = 0
+    for lot_id, amount in drawn.items():
+        lot = lots[lot_id]
+        amount = min(amount, _most_drawable(lot.consumed, paid[lot_id], lot.rate_bps))
+        if amount > 0:
+            p.credits[lot_id] = amount
+            credited += listed_credit(lot.consumed, amount, lot.rate_bps)
+    if not spend_only:
+        p.fee = p.total - credited
     return p
 
 
@@ -145,15 +171,49 @@ def prepare(record: StoredUsage, wallet: str | None, *, spend_only: bool) -> Ent
     )
 
 
-def lot_problem(lot: LotInfo, *, spend_only: bool, asset_address: str) -> str | None:
-    """Why the vault (or escrow) would refuse to pay or draw this lot, read from its state."""
+def lot_problem(lot: LotInfo, *, spend_only: bool, asset_address: str, now: int) -> str | None:
+    """Why the vault (or escrow) would refuse to pay for usage this lot served, from its state.
+    A provider token's usage is drawn from its tokenized lots nearest expiry first, so the
+    lot that served only has to be one of that token's; a listed lot is drawn itself."""
+    if spend_only:
+        if lot.kind != KIND_TOKENIZED or lot.token.lower() != asset_address.lower():
+            return "lot is not a tokenized lot of this token"
+        return None
+    if lot.kind != KIND_LISTED:
+        return "lot is not a listed lot"
     if lot.status != STATUS_OPEN:
         return f"lot is not open (status {lot.status})"
-    if spend_only and (lot.kind != KIND_TOKENIZED or lot.token.lower() != asset_address.lower()):
-        return "lot is not a tokenized lot of this token"
-    if not spend_only and lot.kind != KIND_LISTED:
-        return "lot is not a listed lot"
+    if now > lot.expiry + SETTLEMENT_GRACE:
+        return "lot expired past its settlement grace"
     return None
+
+
+def fit_capacity(
+    entries: list[Entry], *, spend_only: bool, lots: Mapping[int, LotInfo], drawable: int
+) -> tuple[list[Entry], dict[str, str]]:
+    """(the entries whose draws fit what the chain has left, why each other one waits):
+    a listed lot draws at most its remaining capacity, a provider token's burn at most
+    its tokenized lots' drawable total. Oldest records first; the rest stay quarantined
+    (the books resolve them), so one overdrawn lot never reverts the whole batch."""
+    left = {lot_id: lot.capacity - lot.consumed for lot_id, lot in lots.items()}
+    fits: list[Entry] = []
+    over: dict[str, str] = {}
+    for e in entries:
+        if spend_only:
+            if e.cost > drawable:
+                over[e.request_id] = f"the token's drawable capacity ({drawable} left) cannot cover {e.cost}"
+                continue
+            drawable -= e.cost
+        else:
+            if e.list_usd_micro > left[e.lot_id]:
+                over[e.request_id] = (
+                    f"lot {e.lot_id} has {left[e.lot_id]} USD micro of capacity left, "
+                    f"this record draws {e.list_usd_micro}"
+                )
+                continue
+            left[e.lot_id] -= e.list_usd_micro
+        fits.append(e)
+    return fits, over
 
 
 def fit(entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:

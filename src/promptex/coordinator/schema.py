@@ -37,7 +37,9 @@ settlement_batches = Table(
     Index(None, "asset", "status"),
 )
 
-# The escrow draw-down of each listed lot a confirmed USDC batch paid (one per lot per epoch).
+# The escrow draw-down of each listed lot a confirmed USDC batch paid (one per lot per epoch),
+# from when the coordinator called the escrow's `consume` itself. Written no more: the vault's
+# `settle` draws every lot in the same call. Kept so existing databases migrate unchanged.
 lot_consumptions = Table(
     "lot_consumptions",
     metadata,

@@ -12,8 +12,10 @@ mined and its nonce is still free, the SAME signed bytes are broadcast again. No
 new is signed while one is unresolved. So an epoch is posted once, and a record is in
 at most one confirmed batch or quarantined, never lost.
 
-After a USDC batch confirms, each listed lot it paid is drawn down in the escrow
-(`consume`, once per lot per epoch), each tracked the same way.
+The coordinator holds no escrow role: the vault's `settle` draws the lots itself (a
+provider token's burn from its tokenized lots, nearest expiry first; each listed lot it
+credits, at list price). Planning caps every draw at what the chain says the lot (or the
+token) has left, and quarantines the records past it.
 """
 
 from __future__ import annotations
@@ -32,11 +34,9 @@ from sqlalchemy import Engine
 from promptex.chain import txlog
 from promptex.chain.sender import Call
 from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPending
-from promptex.coordinator.chain import Chain
-from promptex.coordinator.plan import Entry, aggregate, fit, lot_problem, prepare, usage_tree
+from promptex.coordinator.chain import Chain, LotInfo
+from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.store import (
-    DONE,
-    FAILED,
     PLANNED,
     REGISTERED,
     REJECTED,
@@ -56,12 +56,14 @@ MAX_PENDING_READ = 20_000  # records read per asset per pass (the rest wait for 
 # Reverts caused by particular entries (their payers or lots), not by timing or roles.
 ENTRY_REVERTS = (
     "vault: shortfall exceeds reserve",
-    "vault: credit to a lot",
-    "vault: draw on a lot",
-    "vault: zero amount",
-    "escrow: lot not open",
-    "escrow: lot expired",
+    "vault: uncovered debit",
+    "vault: debit above the spend cap",
+    "vault: debit without an active spend cap",
+    "escrow: not a listed lot",
+    "escrow: lot not drawable",
+    "escrow: zero amount",
     "escrow: over-consume",
+    "escrow: draw exceeds drawable capacity",
     "escrow: epoch already consumed",
 )
 
@@ -77,7 +79,6 @@ class PassReport:
     confirmed: list[tuple[str, int]] = field(default_factory=list)  # (asset, epoch)
     failed: list[tuple[str, int]] = field(default_factory=list)
     quarantined: int = 0
-    consumed: int = 0
     caps: int = 0
     waiting: str | None = None
 
@@ -106,11 +107,12 @@ class Coordinator:
         self.release_expiry = release_expiry
         self.clock = clock or _wall_clock
         self._report = PassReport()
+        self._lots: dict[int, LotInfo] = {}  # the lots of the batch being planned, as the chain has them
 
     # ─── One pass ────────────────────────────────────────────────────────────
 
     def run_once(self) -> PassReport:
-        """Resolve what is in flight, register spend caps, settle each asset, draw lots down."""
+        """Resolve what is in flight, register spend caps, settle each asset (drawing its lots)."""
         self._report = report = PassReport()
         if not self.store.acquire_lease(self.holder, self.clock(), self.lease_seconds):
             report.leader = False
@@ -123,7 +125,6 @@ class Coordinator:
             self._quarantine_unknown_assets()
             for asset in self.chain.assets():
                 self._settle_asset(asset)
-            self._consume_lots()
             self._sweep_releases()
         except TxPending as exc:
             report.waiting = str(exc)
@@ -142,21 +143,17 @@ class Coordinator:
 
     # ─── Settlement ──────────────────────────────────────────────────────────
 
-    def _call(
-        self, batch_asset: str, epoch: int, entries_payload: tuple[list[int], list[int], list[int], int], root: bytes
-    ) -> Call:
-        debits, credits, draws, fee = entries_payload
+    def _call(self, batch_asset: str, epoch: int, payload: Payload, root: bytes) -> Call:
+        debits, credits = payload.words()
         asset = self.chain.asset_address(batch_asset)
-        return Call("vault", "settle", (epoch, asset, debits, credits, draws, fee, root))
+        return Call("vault", "settle", (epoch, asset, debits, credits, payload.burn, payload.fee, root))
 
     def _batch_call(self, batch: Batch) -> Call:
-        debits, credits, draws = batch.payload.words()
-        return self._call(batch.asset, batch.epoch, (debits, credits, draws, batch.payload.fee), batch.usage_root)
+        return self._call(batch.asset, batch.epoch, batch.payload, batch.usage_root)
 
     def _entries_call(self, asset: str, epoch: int, entries: list[Entry], spend_only: bool) -> Call:
-        payload = aggregate(entries, spend_only=spend_only)
-        debits, credits, draws = payload.words()
-        return self._call(asset, epoch, (debits, credits, draws, payload.fee), usage_tree(entries).root)
+        payload = aggregate(entries, spend_only=spend_only, lots=self._lots)
+        return self._call(asset, epoch, payload, usage_tree(entries).root)
 
     def _landed(self, batch: Batch) -> bool:
         """Whether the chain holds this batch: its epoch is settled with our root."""
@@ -234,13 +231,17 @@ class Coordinator:
         if not records or chain.now() < chain.next_settlement_at(asset):
             return  # nothing to settle, or this window's settlement is posted already
         spend_only = chain.is_spend_only(asset)
+        self._lots = {}
         entries = self._prepare(asset, records, spend_only)
         entries, _later = fit(entries)
+        drawable = chain.drawable(asset) if spend_only else 0
+        entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable)
+        self._quarantine(over)
         entries = self._fit_chain(asset, entries, spend_only)
         if not entries:
             return
         epoch = chain.last_epoch(asset) + 1
-        payload = aggregate(entries, spend_only=spend_only)
+        payload = aggregate(entries, spend_only=spend_only, lots=self._lots)
         root = usage_tree(entries).root
         batch = self.store.plan(asset, epoch, entries, payload, root, self.clock())
         log.info("%s epoch %d planned: %d records, %d payers", asset, epoch, len(entries), len(payload.debits))
@@ -252,6 +253,7 @@ class Coordinator:
         wallets: dict[int, str | None] = {}
         lots: dict[int, str | None] = {}
         asset_address = self.chain.asset_address(asset)
+        now = self.chain.now()
         entries: list[Entry] = []
         reasons: dict[str, str] = {}
         for record in records:
@@ -262,9 +264,8 @@ class Coordinator:
                 reasons[record.request_id] = prepared
                 continue
             if prepared.lot_id not in lots:
-                lots[prepared.lot_id] = lot_problem(
-                    self.chain.lot(prepared.lot_id), spend_only=spend_only, asset_address=asset_address
-                )
+                self._lots[prepared.lot_id] = lot = self.chain.lot(prepared.lot_id)
+                lots[prepared.lot_id] = lot_problem(lot, spend_only=spend_only, asset_address=asset_address, now=now)
             problem = lots[prepared.lot_id]
             if problem is not None:
                 reasons[record.request_id] = f"lot {prepared.lot_id}: {problem}"
@@ -333,32 +334,6 @@ class Coordinator:
             if asset not in known:
                 records = self.store.pending_records(asset, MAX_PENDING_READ)
                 self._quarantine({r.request_id: f"asset {asset!r} is not in the deployment" for r in records})
-
-    # ─── Listed lots' escrow draw-downs ──────────────────────────────────────
-
-    def _consume_lots(self) -> None:
-        for c in self.store.open_consumptions():
-            if c.status == SUBMITTED:
-                assert c.tx_id is not None
-                status = self._resolve_tx(self.store.tx(c.tx_id))
-            else:
-                call = Call("escrow", "consume", (c.lot_id, c.amount, c.epoch))
-                reason = self.chain.simulate(call)
-                if reason is not None:
-                    self.store.close_consumption(c, FAILED, reason)
-                    log.error("lot %d epoch %d: escrow refuses consume(%d): %s", c.lot_id, c.epoch, c.amount, reason)
-                    continue
-                signed = self.chain.sign(call, self.chain.pending_nonce())
-                tx_id = self.store.submit_consumption(c, signed, self.chain.sender, self.clock())
-                status = self._broadcast(tx_id)
-            if status == SUCCEEDED:
-                self.store.close_consumption(c, DONE)
-                self._report.consumed += 1
-            elif status == REVERTED:
-                self.store.close_consumption(c, FAILED, "consume reverted on chain")
-                log.error("lot %d epoch %d: consume(%d) reverted", c.lot_id, c.epoch, c.amount)
-            else:  # dropped: it never ran; sign it again next time
-                self.store.close_consumption(c, PENDING)
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 
@@ -468,10 +443,10 @@ def serve(coordinator: Coordinator, poll_seconds: float, stop: threading.Event |
     while not stop.is_set():
         try:
             report = coordinator.run_once()
-            if report.confirmed or report.failed or report.quarantined or report.consumed:
+            if report.confirmed or report.failed or report.quarantined:
                 log.info(
-                    "pass: settled %s, failed %s, quarantined %d, lots drawn %d",
-                    report.confirmed, report.failed, report.quarantined, report.consumed,
+                    "pass: settled %s, failed %s, quarantined %d",
+                    report.confirmed, report.failed, report.quarantined,
                 )  # fmt: skip
         except Exception:  # an RPC or database hiccup: the state machine resumes next pass
             log.exception("coordinator pass failed")

@@ -1,8 +1,7 @@
 """The coordinator's persisted state, in the ledger's database (migration 0003): batches,
-the transactions it signed, listed lots' draw-downs, pending spend caps and the leader
-lease; and, through the ledger's functions in the same transactions, the usage records it
-batches and the releases it signs. Each method is one transaction, so every state change
-is all or nothing.
+the transactions it signed, pending spend caps and the leader lease; and, through the
+ledger's functions in the same transactions, the usage records it batches and the releases
+it signs. Each method is one transaction, so every state change is all or nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
     coordinator_txs,
-    lot_consumptions,
     settlement_batches,
     spend_cap_submissions,
 )
@@ -35,7 +33,7 @@ from promptex.ledger.usage import PENDING, StoredUsage
 from promptex.protocol.vault import UNLIMITED
 
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
-DONE, REJECTED, REGISTERED = "done", "rejected", "registered"
+REJECTED, REGISTERED = "rejected", "registered"
 LEASE = "coordinator"
 
 
@@ -50,16 +48,6 @@ class Batch:
     records: int
     tx_id: int | None
     error: str | None
-
-
-@dataclass(frozen=True)
-class Consumption:
-    batch_id: int
-    epoch: int
-    lot_id: int
-    amount: int
-    status: str
-    tx_id: int | None
 
 
 @dataclass(frozen=True)
@@ -227,20 +215,13 @@ class CoordinatorStore(SignedTxStore):
         return tx_id
 
     def confirm(self, batch: Batch, now: int) -> None:
-        """The batch is on chain: close it and queue its listed lots' escrow draw-downs."""
+        """The batch is on chain (its settlement drew its lots in the same call): close it."""
         with self._tx() as conn:
-            done = conn.execute(
+            conn.execute(
                 update(settlement_batches)
                 .where(settlement_batches.c.id == batch.id, settlement_batches.c.status.in_((PLANNED, SUBMITTED)))
                 .values(status=CONFIRMED, closed_at=now)
-            ).rowcount
-            if done:
-                for lot_id, amount in sorted(batch.payload.consumes.items()):
-                    insert_ignore(
-                        conn,
-                        lot_consumptions,
-                        {"batch_id": batch.id, "chain_lot_id": lot_id, "amount": amount, "status": PENDING},
-                    )
+            )
 
     def fail(self, batch: Batch, reason: str, now: int) -> None:
         """The batch can never land: close it and put its records back to pending."""
@@ -252,49 +233,6 @@ class CoordinatorStore(SignedTxStore):
             ).rowcount
             if done:
                 _usage.return_to_pending(conn, batch.id)
-
-    # ─── Listed lots' escrow draw-downs ──────────────────────────────────────
-
-    def open_consumptions(self) -> list[Consumption]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(lot_consumptions, settlement_batches.c.epoch)
-                .join(settlement_batches, settlement_batches.c.id == lot_consumptions.c.batch_id)
-                .where(lot_consumptions.c.status.in_((PENDING, SUBMITTED)))
-                .order_by(lot_consumptions.c.batch_id, lot_consumptions.c.chain_lot_id)
-            ).all()
-        return [Consumption(r.batch_id, r.epoch, r.chain_lot_id, r.amount, r.status, r.tx_id) for r in rows]
-
-    def consumptions(self) -> list[Consumption]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                select(lot_consumptions, settlement_batches.c.epoch).join(
-                    settlement_batches, settlement_batches.c.id == lot_consumptions.c.batch_id
-                )
-            ).all()
-        return [Consumption(r.batch_id, r.epoch, r.chain_lot_id, r.amount, r.status, r.tx_id) for r in rows]
-
-    def submit_consumption(self, c: Consumption, signed: SignedTx, sender: str, now: int) -> int:
-        with self._tx() as conn:
-            tx_id = self._store_tx(conn, "consume", signed, sender, now)
-            conn.execute(
-                update(lot_consumptions)
-                .where(lot_consumptions.c.batch_id == c.batch_id, lot_consumptions.c.chain_lot_id == c.lot_id)
-                .values(status=SUBMITTED, tx_id=tx_id)
-            )
-        return tx_id
-
-    def close_consumption(self, c: Consumption, status: str, error: str | None = None) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                update(lot_consumptions)
-                .where(lot_consumptions.c.batch_id == c.batch_id, lot_consumptions.c.chain_lot_id == c.lot_id)
-                .values(
-                    status=status,
-                    error=None if error is None else error[:REASON],
-                    tx_id=None if status == PENDING else c.tx_id,
-                )
-            )
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 

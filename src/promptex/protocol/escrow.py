@@ -1,6 +1,8 @@
 """CreditEscrow's constants, mirrored for Python callers (they match the contract's
 public constants; tests check that they do)."""
 
+from promptex.protocol.units import BPS
+
 KIND_TOKENIZED = 1
 KIND_LISTED = 2
 
@@ -12,3 +14,10 @@ STATUS_SLASHED = 4
 # Seconds after a lot's expiry during which usage it served may still be settled.
 SETTLEMENT_GRACE = 7_200
 MAX_MINT_FEE_BPS = 100
+
+
+def listed_credit(consumed_before: int, amount: int, rate_bps: int) -> int:
+    """What `CreditEscrow.consume` pays a listed lot's seller for drawing `amount` more
+    capacity (USD micro at list price): the step of floor(rate × consumed), so per lot
+    Σ credits == rate × Σ consumed, rounded down once, however the draws are split."""
+    return (consumed_before + amount) * rate_bps // BPS - consumed_before * rate_bps // BPS
