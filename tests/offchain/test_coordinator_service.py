@@ -441,11 +441,16 @@ def test_cli__release__signed_within_free_balance_refused_beyond(
 
 
 def test_capacity__listed_lot_overdrawn__records_past_its_remaining_quarantined_rest_settled(
-    book: Ledger, chain: FakeChain
+    book: Ledger,
+    chain: FakeChain,
+    clock,  # noqa: ANN001
 ) -> None:
     a, a_addr = buyer(book, chain, "USDC", 10_000_000)
     chain.open_lot(8, KIND_LISTED, capacity=1_000)  # USD micro of list value left
-    fits = [spend(book, a, "USDC", 1_500, 8), spend(book, a, "USDC", 1_200, 8)]  # draw 501 + 401
+    fits, costs = [], (1_500, 1_200)  # draw 501 + 401, oldest first
+    for cost in costs:
+        fits.append(spend(book, a, "USDC", cost, 8))
+        clock.advance(1)
     over = spend(book, a, "USDC", 600, 8)  # would draw 201 more: past the 98 left
     other = spend(book, a, "USDC", 3_000, USDC_LOT)
     coord = coordinator(book, chain)
@@ -463,12 +468,17 @@ def test_capacity__listed_lot_overdrawn__records_past_its_remaining_quarantined_
 
 
 def test_capacity__token_draws_past_its_tokenized_lots__quarantined_rest_settled(
-    book: Ledger, chain: FakeChain
+    book: Ledger,
+    chain: FakeChain,
+    clock,  # noqa: ANN001
 ) -> None:
     a, _ = buyer(book, chain, "CLD", 10**21)
     chain.open_lot(CLD_LOT, KIND_TOKENIZED, "CLD", capacity=5 * 10**18, expiry=chain.now() + 1_000)
     chain.open_lot(9, KIND_TOKENIZED, "CLD", capacity=2 * 10**18, expiry=chain.now() + 500)
-    kept = [spend(book, a, "CLD", 4 * 10**18, CLD_LOT), spend(book, a, "CLD", 2 * 10**18, CLD_LOT)]
+    kept = []
+    for cost in (4 * 10**18, 2 * 10**18):  # oldest first
+        kept.append(spend(book, a, "CLD", cost, CLD_LOT))
+        clock.advance(1)
     over = spend(book, a, "CLD", 2 * 10**18, CLD_LOT)  # 1 CLD left of the 7
     coord = coordinator(book, chain)
 
