@@ -87,7 +87,7 @@ def act(world: World, rng: random.Random) -> str:
     asset = world.assets[symbol].address
     unit = USDC_UNIT if symbol == "USDC" else TOKEN
     vault = world.vault.functions
-    pending, _unlock = vault.pending_exits(user, asset).call()
+    pending = vault.pending_exits(user, asset).call()[0]
     balance = vault.balance_of(user, asset).call()
     choices = ["deposit", "deposit_for"]
     if pending:
@@ -109,7 +109,7 @@ def act(world: World, rng: random.Random) -> str:
         sent = vault.cancel_exit(asset).transact(sender)
     elif choice == "complete":
         world.rpc("evm_increaseTime", world.thaw + 1)
-        sent = vault.complete_exit(asset, 0).transact(
+        sent = vault.complete_exit(asset, 0, False).transact(
             {**sender, "gas": 1_000_000}
         )  # no estimate: the time jump is not mined yet
     else:  # instant, co-signed by the coordinator
