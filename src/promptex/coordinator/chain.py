@@ -55,14 +55,14 @@ class Chain(Protocol):
 
 
 class Web3Chain(Web3Sender):
-    """The deployment's vault and escrow over JSON-RPC, signing with the coordinator's key."""
+    """The deployment's vault (calls) and escrow (views) over JSON-RPC, signing with the coordinator's key."""
 
     def __init__(
         self, rpc_url: str, deployment: Deployment, private_key: str, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         super().__init__(rpc_url, deployment, private_key, timeout=timeout)
         self.vault = self.contract("CreditsVault", calls="vault")
-        self.escrow = self.contract("CreditEscrow", calls="escrow")
+        self.escrow = self.contract("CreditEscrow")  # read only: the coordinator holds no escrow role
         self._policy: dict[str, int] = {}
 
     # ─── Views ───────────────────────────────────────────────────────────────
