@@ -1,6 +1,6 @@
 """RedemptionEscrow rows for bench/gas.py: a user's grant, an agent's redemption
-(one hop and two hops, exact-output through the Router, TWAP slippage check), the
-release against a provider's signed receipt, and the user's refund.
+(exact output in the Oracle's pool for the token, honest-price and TWAP slippage
+checks), the release against a provider's signed receipt, and the user's refund.
 
 Steady state: the redemptions measured are the user's third and fourth of the
 day (the day's counter, the redemption counter, the escrow's USDC balance and
@@ -24,7 +24,6 @@ from gas_dex import new_block
 from promptex.chain.deploy import contract_at
 from promptex.chain.dex import create_pool_at_price
 from promptex.chain.redemption import deploy_redemption
-from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
@@ -33,7 +32,7 @@ from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
 
-CLD_PRICE, GPT_PRICE = 4_218, 3_695_000
+CLD_PRICE = 4_218
 PROVIDER = provider_id("anthropic")
 ACCOUNT = account_ref("bench account")
 BILLING = Account.from_key(keccak(text="bench billing signer"))
@@ -48,22 +47,24 @@ def measure_redemption(
     operator: Any,
     gas_of: Callable[[Any], Any] = whole_gas,
 ) -> dict[str, int]:
-    """Whole-transaction gas of set_grant, redeem (1 and 2 hops), release and refund.
+    """Whole-transaction gas of set_grant, redeem, release and refund.
 
-    `contracts` holds USDC, Router, Oracle, token:CLD and token:GPT; CLD/USDC,
-    GPT/USDC and CLD/GPT 0.30 % pools exist, and `user` holds CLD.
+    `contracts` holds USDC, Oracle and token:CLD; a CLD/USDC 0.30 % pool exists, and
+    `user` holds CLD.
     """
-    usdc, router, oracle, cld = (contracts[n] for n in ("USDC", "Router", "Oracle", "token:CLD"))
-    gpt = contracts["token:GPT"]
+    usdc, oracle, cld = (contracts[n] for n in ("USDC", "Oracle", "token:CLD"))
     escrow = deploy_redemption(
-        deployer, contracts, twap_window=TWAP_WINDOW, refund_delay=REFUND_DELAY, log=lambda _: None
+        deployer,
+        contracts,
+        twap_window=TWAP_WINDOW,
+        refund_delay=REFUND_DELAY,
+        token_providers={cld.address: "anthropic"},
+        billing_signers={"anthropic": BILLING.address},
+        log=lambda _: None,
     )
-    escrow.set_billing_signer(PROVIDER, BILLING.address, sender=deployer)
-    for token in (cld, gpt):
-        oracle.update(token.address, sender=deployer)
+    oracle.update(cld.address, sender=deployer)
     chain.pending_timestamp += TWAP_WINDOW
-    for token in (cld, gpt):
-        oracle.update(token.address, sender=deployer)
+    oracle.update(cld.address, sender=deployer)
     escrow.link_account(PROVIDER, ACCOUNT, sender=user)
     if usdc.balanceOf(user) == 0:
         usdc.mint(user, USD, sender=user)  # the refund pays a wallet that holds USDC already
@@ -75,23 +76,14 @@ def measure_redemption(
     receipt = escrow.set_grant(agent, operator, expiry, 100, [cld.address], [1_000_000 * UNIT], sender=user)
     gas["redemption_set_grant"] = gas_of(receipt)
 
-    def redeem(path: list[Any]) -> Any:
+    def redeem() -> Any:
         new_block(chain)
-        return escrow.redeem(
-            user,
-            20 * USD,
-            100_000 * UNIT,
-            [t.address for t in path],
-            [DEFAULT_FEE] * (len(path) - 1),
-            PROVIDER,
-            chain.pending_timestamp + 600,
-            sender=agent,
-        )
+        return escrow.redeem(user, cld.address, 20 * USD, 100_000 * UNIT, chain.pending_timestamp + 600, sender=agent)
 
-    redeem([cld, usdc])  # the day's first: counters and accumulators become non-zero
-    redeem([cld, gpt, usdc])
-    gas["redemption_redeem"] = gas_of(redeem([cld, usdc]))  # redemption 3
-    gas["redemption_redeem_2hop"] = gas_of(redeem([cld, gpt, usdc]))  # redemption 4
+    redeem()  # the day's first: counters and accumulators become non-zero
+    redeem()
+    gas["redemption_redeem"] = gas_of(redeem())  # redemption 3
+    redeem()  # redemption 4, refunded below
 
     new_block(chain)
     signature = sign_receipt(
@@ -112,36 +104,24 @@ def measure_redemption(
     return gas
 
 
-def cross_pool(router: Any, cld: Any, gpt: Any, provider: Any, deadline: int) -> None:
-    """A CLD/GPT 0.30 % pool at the reference prices, $156,000 a side (for two-hop redemptions)."""
-    amount_cld, amount_gpt = 36_950_000 * UNIT, 42_180 * UNIT
-    cld.approve(router.address, amount_cld, sender=provider)
-    gpt.approve(router.address, amount_gpt, sender=provider)
-    router.add_liquidity(
-        cld.address, gpt.address, DEFAULT_FEE, amount_cld, amount_gpt, 0, 0, provider.address, deadline, sender=provider
-    )
-
-
 @measurement
 def redemption(ctx: Context) -> dict[str, tuple[str, int]]:
     seller, user, agent, operator = ctx.accounts[1], ctx.accounts[2], ctx.accounts[3], ctx.accounts[4]
-    names = ("USDC", "Router", "Oracle", "Factory", "token:CLD", "token:GPT")
+    names = ("USDC", "Router", "Oracle", "Factory", "token:CLD")
     contracts = {name: contract_at(ctx.deployment, name) for name in names}
-    usdc, router, factory = contracts["USDC"], contracts["Router"], contracts["Factory"]
-    cld, gpt = contracts["token:CLD"], contracts["token:GPT"]
-    for token in (cld, gpt):
-        open_lot(ctx, seller, token, KIND_TOKENIZED, 500_000 * USD)
+    usdc, router, factory, cld = (contracts[n] for n in ("USDC", "Router", "Factory", "token:CLD"))
+    open_lot(ctx, seller, cld, KIND_TOKENIZED, 500_000 * USD)
     usdc.mint(seller, 10**6 * USD, sender=seller)
     depth = 100_000 * USD
     create_pool_at_price(router, factory, cld, usdc, depth * UNIT // CLD_PRICE, CLD_PRICE, seller)
-    create_pool_at_price(router, factory, gpt, usdc, depth * UNIT // GPT_PRICE, GPT_PRICE, seller)
-    cross_pool(router, cld, gpt, seller, ctx.chain.pending_timestamp + 600)
     cld.transfer(user, 10_000_000 * UNIT, sender=seller)
     gas = measure_redemption(ctx.chain, contracts, ctx.admin, user, agent, operator)
     return {
         "redemption_set_grant": ("redemption: set a grant (one token)", gas["redemption_set_grant"]),
-        "redemption_redeem": ("redemption: redeem, 1 hop (exact-out swap, TWAP check)", gas["redemption_redeem"]),
-        "redemption_redeem_2hop": ("redemption: redeem, 2 hops (CLD → GPT → USDC)", gas["redemption_redeem_2hop"]),
+        "redemption_redeem": (
+            "redemption: redeem (Oracle's pool, honest-price and TWAP checks)",
+            gas["redemption_redeem"],
+        ),
         "redemption_release": ("redemption: release against a signed receipt", gas["redemption_release"]),
         "redemption_refund": ("redemption: refund after the deadline", gas["redemption_refund"]),
     }

@@ -11,9 +11,10 @@
            expiry, and the payee (the agent operator) to reimburse. The user
            approves token allowances to THIS contract, never to the agent.
         2. The agent calls `redeem`: exactly the tokens needed are pulled from
-           the user's wallet and sold through the Router for an exact amount of
-           USDC, which this contract holds as one redemption (user, payee,
-           provider, linked account, USDC due, deadline).
+           the user's wallet and sold in the Oracle's pool for the token for
+           an exact amount of USDC, which this contract holds as one
+           redemption (user, payee, the token's provider, the account the
+           user linked there, USDC due, deadline).
         3. The operator buys that many USD of credits on the user's linked
            account from its own funds; the provider's billing API signs an
            EIP-712 `Receipt`. Anyone submits it to `release`: the USDC goes to
@@ -30,14 +31,17 @@
      The views `grant`, `daily_limit`, `spent_today` expose the scope to others.
 
      What an agent can do: `redeem` for users that granted it, and nothing else.
-       - It sells only path[0], a token in its current grant (never USDC: USDC
-         cannot be granted), along a path that must end in USDC; the output
-         always comes to this contract (no buying, no other recipient).
-       - It pulls exactly the Router's input for `usdc_out`, so no token is
-         ever left here (the contract checks it holds what it held before).
-       - The credits go to the account the USER linked for that provider (the
-         agent cannot name an account of its own), and the USDC to the payee
-         the USER named in the grant.
+       - It sells only a token in its current grant (never USDC: USDC cannot
+         be granted), in ONE pool: the token/USDC pool the Oracle prices it
+         by (no path, no pool of the agent's choosing); the USDC always comes
+         to this contract (no buying, no other recipient).
+       - Exactly the pool's input for `usdc_out` goes from the user's wallet
+         straight into that pool (the contract checks the pool received it).
+       - Each token stands for one provider (`token_provider`, registered
+         once by the admin: CLD → anthropic): the credits are bought from
+         THAT provider, on the account the USER linked there (the agent can
+         name neither the provider nor an account), and the USDC goes to the
+         payee the USER named in the grant.
        - Revocation (`revoke_grant`) and expiry stop it at once; a new
          `set_grant` replaces the whole scope (token limits are versioned, so
          a token left out of the new grant is no longer allowed).
@@ -49,25 +53,38 @@
      exact; its cost is that up to twice the limit can be sold across a
      midnight (a rolling window would need a history per user).
 
-     Slippage: with p = Oracle.consult(token, twap_window) (USDC units per
-     10**18 token units, 18-decimal fixed point, so x token units are worth
-     x·p / 10**36 USDC) and s the grant's max_slippage_bps, a redemption that
-     sells `tokens_in` for `usdc_out` must satisfy
+     The price: two bounds, both on the input the pool takes. With
+     p = Oracle.consult(token, twap_window) (USDC units per 10**18 token
+     units, 18-decimal fixed point, so x token units are worth x·p / 10**36
+     USDC):
 
-         usdc_out ≥ tokens_in · p · (10,000 − s) / (10,000 · 10**36),
-     i.e. tokens_in ≤ floor(usdc_out · 10**36 · 10,000 / (p · (10,000 − s))),
-
-     rounded against the agent. It bounds the EFFECTIVE price (pool fees and
-     price impact included) whatever path the agent chose, so a path through
-     a pool the agent manipulated, or a sandwich, costs the user at most `s`
-     against the TWAP. An untracked token, or one whose window is not yet
-     covered, cannot be redeemed (the Oracle reverts): the check fails closed.
+       1. The honest price (the protocol's, not the agent's to loosen): the
+          input is at most what the trade would take at TWAP-consistent
+          reserves — the pool's own k = x·y, at the ratio p:
+              y' = √k · √p / 10**18 (USDC), x' = √k · 10**18 / √p (token),
+              honest = x' · usdc_out · D / ((y' − usdc_out) · (D − fee)) + 1
+          (the TWAP amount, the pool's fee and the trade's own impact) —
+          plus IMPACT_TOLERANCE_BPS (0.5 %). So a spot price pushed away from
+          the TWAP in the same transaction (a sandwich) gains its author less
+          than 0.5 % of the trade, and pays the pool's fee twice to get it.
+       2. The user's grant: with s its max_slippage_bps,
+              tokens_in ≤ floor(usdc_out · 10**36 · 10,000 / (p · (10,000 − s))),
+          a cap on the user's loss against the TWAP, fees and impact included
+          (a redemption larger than the pool can take at that cost fails).
+     The slippage allowance limits the user's loss; it is not the agent's to
+     take. Both round against the agent. An untracked token, or one whose
+     window is not yet covered, cannot be redeemed (the Oracle reverts): the
+     check fails closed. Limit: k is read when the trade runs, so an LP
+     who removes liquidity just before makes the trade's own impact larger
+     (the user's grant still caps it).
 
      Receipts: EIP-712 `Receipt(redemption_id, provider, account_ref,
      usd_micro, billing_ref)` in the domain ("PROMPTEX RedemptionEscrow",
-     "1", chain id, this contract), signed by the billing signer the admin
-     registered for that provider when `release` is called (rotation voids
-     unsubmitted receipts of the old key, which is the point of rotating).
+     "1", chain id, this contract), signed by a billing signer registered for
+     that provider when `release` is called (`add_billing_signer`, through
+     the timelock; `revoke_billing_signer` is immediate and voids unsubmitted
+     receipts of that key, which is the point of revoking; rotation is add
+     the new key, then revoke the old).
      usd_micro (USD micro-units, 1:1 with USDC units) must be at least the
      USDC held. Replays are refused by the redemption's status, not by the
      signature bytes, so EIP-2098 malleability is harmless. `billing_ref` is
@@ -86,8 +103,14 @@
      balanceOf(self)): the contract holds exactly the sum of open
      redemptions. Amounts of USDC fit in 96 bits.
 
-     Roles: admin (snekmate `ownable_2step`) registers billing signers and may
-     pause new redemptions; release, refund and every user call stay open.
+     Roles: admin (snekmate `ownable_2step`; the Timelock after deploy)
+     registers tokens' providers (once per token) and billing signers, and
+     grants pausers; revoking a billing signer or a pauser is a separate
+     function (the Timelock's guardian calls it at once). A pauser may pause
+     and unpause new redemptions only; release, refund and every user call
+     stay open. MAX_REFUND_DELAY (3 days) is shorter than the Timelock's
+     delay, so a user sees any change coming before an open redemption of
+     theirs could be affected.
 
      Storage, one slot each (uint40 fields are seconds, days or counters):
        - _grants[user][agent]: payee (0..159) | expiry (160..199) |
@@ -111,6 +134,7 @@ from snekmate.utils import eip712_domain_separator as eip712
 from snekmate.utils import pausable
 
 from .interfaces import IOracle
+from .interfaces import IPool
 
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
@@ -129,26 +153,8 @@ exports: (
 
 # ─── Interfaces ──────────────────────────────────────────────────────────────
 
-interface IRouter:
-    def quote_token() -> address: view
-    def get_amounts_in(
-        amount_out: uint256, path: DynArray[address, MAX_HOPS + 1], fees: DynArray[uint256, MAX_HOPS]
-    ) -> DynArray[uint256, MAX_HOPS + 1]: view
-    def swap_exact_out(
-        amount_out: uint256,
-        max_in: uint256,
-        path: DynArray[address, MAX_HOPS + 1],
-        fees: DynArray[uint256, MAX_HOPS],
-        to: address,
-        deadline: uint256,
-    ) -> uint256: nonpayable
-
-
-
 # ─── Constants ───────────────────────────────────────────────────────────────
 
-# @notice Longest swap path: five tokens, four hops (Router.MAX_HOPS).
-MAX_HOPS: public(constant(uint256)) = 4
 # @notice Most tokens one grant names.
 MAX_GRANT_TOKENS: public(constant(uint256)) = 8
 # @notice Slippage is in parts of this many.
@@ -159,7 +165,12 @@ MAX_SLIPPAGE_BPS: public(constant(uint256)) = 5_000
 DAY: public(constant(uint256)) = 86_400
 # @notice Bounds of the refund delay (seconds from redemption to refundability).
 MIN_REFUND_DELAY: public(constant(uint256)) = 3_600
-MAX_REFUND_DELAY: public(constant(uint256)) = 30 * 86_400
+MAX_REFUND_DELAY: public(constant(uint256)) = 3 * 86_400
+# @notice Most a redemption's input may exceed the honest input at TWAP-consistent
+#         reserves (0.5 %, see the contract @dev).
+IMPACT_TOLERANCE_BPS: public(constant(uint256)) = 50
+# @notice Fees are parts of this many (Pool.FEE_DENOMINATOR).
+FEE_DENOMINATOR: public(constant(uint256)) = 10_000
 # @notice Longest TWAP window (Oracle.MAX_WINDOW).
 MAX_TWAP_WINDOW: public(constant(uint256)) = 2**31
 # @notice Largest daily limit (216 bits) and USDC amount (96 bits) of a redemption.
@@ -197,8 +208,6 @@ _PRICE_SCALE: constant(uint256) = 10**36
 
 # @notice The asset redemptions are held and paid in.
 usdc: public(immutable(address))
-# @notice The DEX router tokens are sold through.
-router: public(immutable(address))
 # @notice The Oracle whose TWAP bounds slippage.
 oracle: public(immutable(address))
 # @notice Seconds of the TWAP that slippage is measured against.
@@ -223,8 +232,14 @@ struct Redemption:
     status: uint8
 
 
-# @notice provider → the key that signs its billing API's receipts (zero: none).
-billing_signer: public(HashMap[bytes32, address])
+# @notice token → the provider whose credits it stands for (zero: not redeemable).
+token_provider: public(HashMap[address, bytes32])
+# @notice provider → key → whether it signs that provider's billing receipts.
+is_billing_signer: public(HashMap[bytes32, HashMap[address, bool]])
+# @notice provider → how many billing signers it has (zero: no redemption for it).
+billing_signer_count: public(HashMap[bytes32, uint256])
+# @notice account → whether it may pause and unpause new redemptions.
+is_pauser: public(HashMap[address, bool])
 # @notice user → provider → the user's linked account reference (zero: none).
 linked_account: public(HashMap[address, HashMap[bytes32, bytes32]])
 # @notice Redemptions made so far; ids run 1 .. redemption_count.
@@ -285,27 +300,38 @@ event Refunded:
     user: indexed(address)
     usdc: uint256
 
-event BillingSignerSet:
+event TokenRegistered:
+    token: indexed(address)
     provider: indexed(bytes32)
-    old_signer: indexed(address)
-    new_signer: indexed(address)
+
+event BillingSignerAdded:
+    provider: indexed(bytes32)
+    signer: indexed(address)
+
+event BillingSignerRevoked:
+    provider: indexed(bytes32)
+    signer: indexed(address)
+
+event PauserGranted:
+    account: indexed(address)
+
+event PauserRevoked:
+    account: indexed(address)
 
 
 @deploy
-def __init__(usdc_: address, router_: address, oracle_: address, twap_window_: uint256, refund_delay_: uint256):
+def __init__(usdc_: address, oracle_: address, twap_window_: uint256, refund_delay_: uint256):
     """
     @notice Deploys the escrow; the deployer becomes the admin.
-    @param usdc_ USDC: the Router's and the Oracle's quote asset.
-    @param router_ The DEX Router.
-    @param oracle_ The Oracle.
+    @param usdc_ USDC: the Oracle's quote asset.
+    @param oracle_ The Oracle (its pools are where tokens are sold).
     @param twap_window_ Seconds of TWAP for slippage checks: at least the
            Oracle's period, at most MAX_TWAP_WINDOW (30 minutes on a live chain).
     @param refund_delay_ Seconds from a redemption until its user may refund
            it: MIN_REFUND_DELAY .. MAX_REFUND_DELAY.
     """
     assert usdc_ != empty(address), "redemption: zero address"
-    assert router_.is_contract and oracle_.is_contract, "redemption: router or oracle has no code"
-    assert staticcall IRouter(router_).quote_token() == usdc_, "redemption: router does not quote usdc"
+    assert oracle_.is_contract, "redemption: oracle has no code"
     assert staticcall IOracle(oracle_).quote_token() == usdc_, "redemption: oracle does not quote usdc"
     assert twap_window_ >= staticcall IOracle(oracle_).period(), "redemption: twap window below oracle period"
     assert twap_window_ <= MAX_TWAP_WINDOW, "redemption: twap window too long"
@@ -315,7 +341,6 @@ def __init__(usdc_: address, router_: address, oracle_: address, twap_window_: u
     pausable.__init__()
     eip712.__init__("PROMPTEX RedemptionEscrow", "1")
     usdc = usdc_
-    router = router_
     oracle = oracle_
     twap_window = twap_window_
     refund_delay = refund_delay_
@@ -418,39 +443,28 @@ def link_account(provider: bytes32, account_ref: bytes32):
 
 @external
 @nonreentrant
-def redeem(
-    user: address,
-    usdc_out: uint256,
-    max_tokens_in: uint256,
-    path: DynArray[address, MAX_HOPS + 1],
-    fees: DynArray[uint256, MAX_HOPS],
-    provider: bytes32,
-    swap_deadline: uint256,
-) -> uint256:
+def redeem(user: address, token: address, usdc_out: uint256, max_tokens_in: uint256, swap_deadline: uint256) -> uint256:
     """
-    @notice Sells `user`'s path[0] tokens for exactly `usdc_out` USDC, held
-            for a purchase of that many USD of credits on the user's account
-            linked for `provider`.
-    @dev Caller: an agent with a live grant from `user` naming path[0]. Pulls
-         exactly the Router's input from the user's wallet (allowance to this
-         contract), which must be at most `max_tokens_in`, within the grant's
-         slippage against the TWAP and within what is left of today's limit.
-         Stopped by pause.
+    @notice Sells `user`'s `token` for exactly `usdc_out` USDC in the Oracle's
+            pool for it, held for a purchase of that many USD of credits from
+            the token's provider, on the account the user linked there.
+    @dev Caller: an agent with a live grant from `user` naming `token`. The
+         pool's exact input goes from the user's wallet (allowance to this
+         contract) into the pool; it must be at most `max_tokens_in`, within
+         the honest price's tolerance and the grant's slippage (see the
+         contract @dev) and within what is left of today's limit. Stopped by
+         pause.
     @param user The token holder.
+    @param token A provider token in the grant, registered with its provider.
     @param usdc_out USDC units to raise (= USD micro-units of credits due);
            1 .. MAX_USDC.
-    @param max_tokens_in Most path[0] units to sell.
-    @param path Tokens, path[0] the granted token sold, the last USDC.
-    @param fees Fee tier of each hop's pool.
-    @param provider A provider with a registered billing signer.
-    @param swap_deadline Latest block timestamp for the swap.
+    @param max_tokens_in Most `token` units to sell.
+    @param swap_deadline Latest block timestamp for the sale.
     @return uint256 The redemption id.
     """
     pausable._require_not_paused()
+    assert block.timestamp <= swap_deadline, "redemption: deadline passed"
     assert usdc_out != 0 and usdc_out <= MAX_USDC, "redemption: usdc amount out of range"
-    assert len(path) >= 2, "redemption: path too short"
-    assert path[len(path) - 1] == usdc, "redemption: path must end in usdc"
-    token: address = path[0]
 
     # The grant: live, naming the token.
     grant: uint256 = self._grants[user][msg.sender]
@@ -461,15 +475,25 @@ def redeem(
     assert limit >> _VERSION_SHIFT == grant >> _VERSION_SHIFT, "redemption: token not granted"
     limit &= _AMOUNT_MASK
 
+    # The token's provider, and the user's account there.
+    provider: bytes32 = self.token_provider[token]
+    assert provider != empty(bytes32), "redemption: token has no provider"
     account_ref: bytes32 = self.linked_account[user][provider]
     assert account_ref != empty(bytes32), "redemption: account not linked"
-    assert self.billing_signer[provider] != empty(address), "redemption: unknown provider"
+    assert self.billing_signer_count[provider] != 0, "redemption: unknown provider"
 
-    # The price: what the swap will take, bounded three ways.
-    tokens_in: uint256 = (staticcall IRouter(router).get_amounts_in(usdc_out, path, fees))[0]
+    # The price: the pool's exact input, bounded by the honest price and the grant.
+    price: uint256 = self._twap(token)  # reverts for a token without a TWAP: fails closed
+    pool: address = staticcall IOracle(oracle).pool_of(token)
+    token_is_0: bool = staticcall IPool(pool).token0() == token
+    reserve_token: uint256 = 0
+    reserve_usdc: uint256 = 0
+    reserve_token, reserve_usdc = self._reserves(pool, token_is_0)
+    fee: uint256 = staticcall IPool(pool).fee()
+    tokens_in: uint256 = self._amount_in(usdc_out, reserve_token, reserve_usdc, fee)
     assert tokens_in <= max_tokens_in, "redemption: input above maximum"
-    slippage: uint256 = (grant >> _SLIPPAGE_SHIFT) & _MASK16
-    assert tokens_in <= self._slippage_limit(token, usdc_out, slippage), "redemption: slippage beyond grant"
+    assert tokens_in <= self._honest_limit(usdc_out, reserve_token * reserve_usdc, price, fee), "redemption: price beyond twap tolerance"
+    assert tokens_in <= self._slippage_limit(usdc_out, price, (grant >> _SLIPPAGE_SHIFT) & _MASK16), "redemption: slippage beyond grant"
     sold: uint256 = self._spent_today(user, msg.sender, token) + tokens_in
     assert sold <= limit, "redemption: daily limit exceeded"
 
@@ -487,14 +511,15 @@ def redeem(
     )
     self.total_held += usdc_out
 
-    # Interactions: user → here → router → pools → USDC here. Nothing stays behind.
-    held: uint256 = staticcall IERC20(token).balanceOf(self)
+    # Interactions: user → pool, pool → USDC here. Nothing else moves.
+    pool_held: uint256 = staticcall IERC20(token).balanceOf(pool)
     usdc_held: uint256 = staticcall IERC20(usdc).balanceOf(self)
-    assert extcall IERC20(token).transferFrom(user, self, tokens_in, default_return_value=True), "redemption: transfer failed"
-    assert staticcall IERC20(token).balanceOf(self) == held + tokens_in, "redemption: fee-on-transfer token"
-    assert extcall IERC20(token).approve(router, tokens_in, default_return_value=True), "redemption: approve failed"
-    paid: uint256 = extcall IRouter(router).swap_exact_out(usdc_out, tokens_in, path, fees, self, swap_deadline)
-    assert paid == tokens_in and staticcall IERC20(token).balanceOf(self) == held, "redemption: swap took a different amount"
+    assert extcall IERC20(token).transferFrom(user, pool, tokens_in, default_return_value=True), "redemption: transfer failed"
+    assert staticcall IERC20(token).balanceOf(pool) == pool_held + tokens_in, "redemption: fee-on-transfer token"
+    if token_is_0:
+        extcall IPool(pool).swap(0, usdc_out, self)
+    else:
+        extcall IPool(pool).swap(usdc_out, 0, self)
     assert staticcall IERC20(usdc).balanceOf(self) == usdc_held + usdc_out, "redemption: swap paid a different amount"
 
     log Redeemed(
@@ -510,6 +535,30 @@ def redeem(
         deadline=deadline,
     )
     return redemption_id
+
+
+@external
+@view
+def quote(token: address, usdc_out: uint256) -> (uint256, uint256):
+    """
+    @notice What `redeem` would sell now for `usdc_out`, and the most the
+            honest-price bound lets it sell (the grant's bound is
+            `slippage_limit`).
+    @param token A token the Oracle prices (its pool must hold more than usdc_out).
+    @param usdc_out USDC units.
+    @return uint256 The pool's exact input now.
+    @return uint256 The honest input at TWAP-consistent reserves plus IMPACT_TOLERANCE_BPS.
+    """
+    pool: address = staticcall IOracle(oracle).pool_of(token)
+    assert pool != empty(address), "redemption: token not priced"
+    reserve_token: uint256 = 0
+    reserve_usdc: uint256 = 0
+    reserve_token, reserve_usdc = self._reserves(pool, staticcall IPool(pool).token0() == token)
+    fee: uint256 = staticcall IPool(pool).fee()
+    return (
+        self._amount_in(usdc_out, reserve_token, reserve_usdc, fee),
+        self._honest_limit(usdc_out, reserve_token * reserve_usdc, self._twap(token), fee),
+    )
 
 
 # ─── Release and refund ──────────────────────────────────────────────────────
@@ -541,12 +590,11 @@ def release(
     record: _Record = self._records[redemption_id]
     assert self._status(record.head) == STATUS_OPEN, "redemption: not open"
     assert keccak256(abi_encode(provider, account_ref)) == record.account_hash, "redemption: provider or account mismatch"
-    signer: address = self.billing_signer[provider]
-    assert signer != empty(address), "redemption: no billing signer"
     amount: uint256 = record.funds >> _USDC_SHIFT
     assert usd_micro >= amount, "redemption: receipt below amount due"
     digest: bytes32 = self._receipt_digest(redemption_id, provider, account_ref, usd_micro, billing_ref)
-    assert ecdsa._recover_sig(digest, signature) == signer, "redemption: receipt not signed by billing signer"
+    signer: address = ecdsa._recover_sig(digest, signature)
+    assert signer != empty(address) and self.is_billing_signer[provider][signer], "redemption: receipt not signed by billing signer"
 
     payee: address = convert(convert(record.funds & _ADDRESS_MASK, uint160), address)
     self._records[redemption_id].head = self._closed(record.head, STATUS_RELEASED)
@@ -588,27 +636,90 @@ def refund(redemption_id: uint256):
 
 
 @external
-def set_billing_signer(provider: bytes32, signer: address):
+def register_token(token: address, provider: bytes32):
     """
-    @notice Registers or rotates the key that signs `provider`'s receipts.
-    @dev Admin only. The zero address removes it: no release and no new
-         redemption for that provider until one is set (users refund).
+    @notice Records the provider whose credits `token` stands for; once per
+            token, for good.
+    @dev Admin only (the Timelock after deploy).
+    @param token A provider token (not USDC).
+    @param provider The provider id (e.g. "anthropic" for CLD).
+    """
+    ownable._check_owner()
+    assert token != empty(address) and token != usdc, "redemption: bad token"
+    assert provider != empty(bytes32), "redemption: zero provider"
+    assert self.token_provider[token] == empty(bytes32), "redemption: token registered"
+    self.token_provider[token] = provider
+    log TokenRegistered(token=token, provider=provider)
+
+
+@external
+def add_billing_signer(provider: bytes32, signer: address):
+    """
+    @notice Trusts `signer` for `provider`'s billing receipts.
+    @dev Admin only (the Timelock after deploy: delayed). Rotation: add the
+         new key, then revoke the old one.
     @param provider The provider id.
     @param signer The billing signer.
     """
     ownable._check_owner()
     assert provider != empty(bytes32), "redemption: zero provider"
-    log BillingSignerSet(provider=provider, old_signer=self.billing_signer[provider], new_signer=signer)
-    self.billing_signer[provider] = signer
+    assert signer != empty(address), "redemption: zero address"
+    assert not self.is_billing_signer[provider][signer], "redemption: signer already added"
+    self.is_billing_signer[provider][signer] = True
+    self.billing_signer_count[provider] += 1
+    log BillingSignerAdded(provider=provider, signer=signer)
+
+
+@external
+def revoke_billing_signer(provider: bytes32, signer: address):
+    """
+    @notice Stops trusting `signer` for `provider`: its unsubmitted receipts
+            no longer release anything.
+    @dev Admin only (the Timelock's guardian calls it at once). A provider
+         left without signers takes no new redemption; its open ones refund.
+    @param provider The provider id.
+    @param signer A billing signer of it.
+    """
+    ownable._check_owner()
+    assert self.is_billing_signer[provider][signer], "redemption: not a billing signer"
+    self.is_billing_signer[provider][signer] = False
+    self.billing_signer_count[provider] -= 1
+    log BillingSignerRevoked(provider=provider, signer=signer)
+
+
+@external
+def grant_pauser(account: address):
+    """
+    @notice Lets `account` pause and unpause new redemptions.
+    @dev Admin only (the Timelock after deploy: delayed).
+    @param account The pauser.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "redemption: zero address"
+    self.is_pauser[account] = True
+    log PauserGranted(account=account)
+
+
+@external
+def revoke_pauser(account: address):
+    """
+    @notice Takes the pauser role from `account`.
+    @dev Admin only (the Timelock's guardian calls it at once).
+    @param account A pauser.
+    """
+    ownable._check_owner()
+    assert self.is_pauser[account], "redemption: not a pauser"
+    self.is_pauser[account] = False
+    log PauserRevoked(account=account)
 
 
 @external
 def pause():
     """
     @notice Stops new redemptions; releases, refunds and grants keep working.
-    @dev Admin only.
+    @dev A pauser only.
     """
-    ownable._check_owner()
+    assert self.is_pauser[msg.sender], "redemption: caller is not a pauser"
     pausable._pause()
 
 
@@ -616,9 +727,9 @@ def pause():
 def unpause():
     """
     @notice Lifts the pause.
-    @dev Admin only.
+    @dev A pauser, or the admin (if every pauser was revoked).
     """
-    ownable._check_owner()
+    assert self.is_pauser[msg.sender] or msg.sender == ownable.owner, "redemption: caller is not a pauser"
     pausable._unpause()
 
 
@@ -688,7 +799,7 @@ def slippage_limit(token: address, usdc_out: uint256, max_slippage_bps: uint256)
     @return uint256 Token units, rounded down.
     """
     assert max_slippage_bps <= MAX_SLIPPAGE_BPS, "redemption: slippage above maximum"
-    return self._slippage_limit(token, usdc_out, max_slippage_bps)
+    return self._slippage_limit(usdc_out, self._twap(token), max_slippage_bps)
 
 
 @external
@@ -743,10 +854,51 @@ def DOMAIN_SEPARATOR() -> bytes32:
 
 @internal
 @view
-def _slippage_limit(token: address, usdc_out: uint256, slippage_bps: uint256) -> uint256:
+def _twap(token: address) -> uint256:
     price: uint256 = staticcall IOracle(oracle).consult(token, twap_window)
     assert price != 0, "redemption: no oracle price"
+    return price
+
+
+@internal
+@pure
+def _slippage_limit(usdc_out: uint256, price: uint256, slippage_bps: uint256) -> uint256:
     return usdc_out * _PRICE_SCALE * BPS // (price * (BPS - slippage_bps))
+
+
+@internal
+@view
+def _reserves(pool: address, token_is_0: bool) -> (uint256, uint256):
+    reserve0: uint256 = 0
+    reserve1: uint256 = 0
+    last: uint256 = 0
+    reserve0, reserve1, last = staticcall IPool(pool).get_reserves()
+    if token_is_0:
+        return reserve0, reserve1
+    return reserve1, reserve0
+
+
+@internal
+@pure
+def _amount_in(usdc_out: uint256, reserve_token: uint256, reserve_usdc: uint256, fee: uint256) -> uint256:
+    # The least input the pool accepts (Router.get_amount_in): rounded up.
+    assert usdc_out < reserve_usdc, "redemption: pool too shallow"
+    numerator: uint256 = reserve_token * usdc_out * FEE_DENOMINATOR
+    denominator: uint256 = (reserve_usdc - usdc_out) * (FEE_DENOMINATOR - fee)
+    return (numerator + denominator - 1) // denominator
+
+
+@internal
+@pure
+def _honest_limit(usdc_out: uint256, k: uint256, price: uint256, fee: uint256) -> uint256:
+    # The pool's k at the TWAP's ratio: y'/x' = price / 10**36, x'·y' = k.
+    root_k: uint256 = isqrt(k)
+    root_price: uint256 = isqrt(price)
+    usdc_side: uint256 = root_k * root_price // 10**18
+    token_side: uint256 = root_k * 10**18 // root_price
+    assert usdc_out < usdc_side, "redemption: pool too shallow"
+    honest: uint256 = self._amount_in(usdc_out, token_side, usdc_side, fee)
+    return honest * (BPS + IMPACT_TOLERANCE_BPS) // BPS
 
 
 @internal

@@ -55,7 +55,8 @@ export const redemptionAbi = parseAbi([
   "function daily_limit(address user, address agent, address token) view returns (uint256)",
   "function spent_today(address user, address agent, address token) view returns (uint256)",
   "function linked_account(address arg0, bytes32 arg1) view returns (bytes32)",
-  "function billing_signer(bytes32 arg0) view returns (address)",
+  "function billing_signer_count(bytes32 arg0) view returns (uint256)",
+  "function token_provider(address arg0) view returns (bytes32)",
 ]);
 
 export const escrowAbi = parseAbi([

@@ -3,10 +3,11 @@ module takes them with `from redemption_fixtures import *`, which brings the DEX
 fixtures too, and imports the constants it uses by name.
 
 The escrow is deployed by the real code (`promptex.chain.redemption.deploy_redemption`)
-once per module over the DEX of dex_fixtures.py; `redeemable` then builds the usual
-world: CLD and GPT markets with TWAPs covering the escrow's window, a user (the
-trader, who holds 10M CLD) who approved the escrow, linked an Anthropic account and
-granted `agent` CLD with `operator` as payee.
+once per module over the DEX of dex_fixtures.py, CLD registered as Anthropic's token
+and GPT as OpenAI's, one billing signer each, `admin` a pauser; `redeemable` then
+builds the usual world: CLD and GPT markets with TWAPs covering the escrow's window,
+a user (the trader, who holds 10M CLD) who approved the escrow, linked an Anthropic
+account and granted `agent` CLD with `operator` as payee.
 """
 
 import dex_fixtures
@@ -16,7 +17,6 @@ from eth_account import Account
 from eth_utils import keccak
 
 from promptex.chain.redemption import deploy_redemption
-from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
@@ -67,16 +67,18 @@ def user(trader):
 
 
 @pytest.fixture(scope="module")
-def redemptions(admin, usdc, router, oracle):
+def redemptions(admin, usdc, oracle, cld, gpt):
     escrow = deploy_redemption(
         admin,
-        {"USDC": usdc, "Router": router, "Oracle": oracle},
+        {"USDC": usdc, "Oracle": oracle},
         twap_window=TWAP_WINDOW,
         refund_delay=REFUND_DELAY,
+        token_providers={cld.address: "anthropic", gpt.address: "openai"},
+        pausers=[admin.address],
         log=lambda _: None,
     )
     for provider, signer in BILLING.items():
-        escrow.set_billing_signer(provider, signer.address, sender=admin)
+        escrow.add_billing_signer(provider, signer.address, sender=admin)
     return escrow
 
 
@@ -102,22 +104,16 @@ def redeemable(markets, redemptions, oracle, chain, user, agent, operator, usdc)
 
 
 @pytest.fixture
-def redeem(redemptions, agent, user, usdc, chain):
-    """`agent` redeems `usdc_out` of `token` (CLD) for `provider` (Anthropic) straight to USDC."""
+def redeem(redemptions, agent, user, chain):
+    """`agent` redeems `usdc_out` USDC of `user`'s `token` (for its provider)."""
 
-    def _redeem(
-        token, usdc_out=USD20, max_in=MAX_UINT, path=None, fees=None, provider=ANTHROPIC, sender=None, for_user=None
-    ):
-        path = [token, usdc] if path is None else path
-        fees = [DEFAULT_FEE] * (len(path) - 1) if fees is None else fees
+    def _redeem(token, usdc_out=USD20, max_in=MAX_UINT, sender=None, for_user=None, deadline=None):
         return redemptions.redeem(
             user if for_user is None else for_user,
+            token,
             usdc_out,
             max_in,
-            path,
-            fees,
-            provider,
-            chain.pending_timestamp + 600,
+            chain.pending_timestamp + 600 if deadline is None else deadline,
             sender=agent if sender is None else sender,
         )
 

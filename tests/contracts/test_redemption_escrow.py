@@ -1,8 +1,8 @@
 """RedemptionEscrow through ape, over the real DEX (pools, Router, Oracle): grants and
-linked accounts, a redemption end to end (redeem → release with a billing receipt, or
-refund after the deadline), every event, and the failures a user, an operator or a
-billing API can run into. The attacks an agent can try are in
-test_redemption_attacks.py."""
+linked accounts, tokens' providers, billing signers and pausers, a redemption end to
+end (redeem → release with a billing receipt, or refund after the deadline), every
+event, and the failures a user, an operator or a billing API can run into. The attacks
+an agent can try are in test_redemption_attacks.py."""
 
 import ape
 import pytest
@@ -23,6 +23,7 @@ from promptex.protocol import redemption as helpers
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
+from promptex.protocol.timelock import MIN_DELAY as TIMELOCK_MIN_DELAY
 from promptex.protocol.units import DAY
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import ZERO_ADDRESS as ZERO
@@ -36,12 +37,10 @@ def record(redemptions, redemption_id):
 # ─── Deployment ──────────────────────────────────────────────────────────────
 
 
-def test_deploy__parameters_and_constants__recorded_and_mirrored(redemptions, usdc, router, oracle, admin):
-    assert (redemptions.usdc(), redemptions.router(), redemptions.oracle()) == (
-        usdc.address,
-        router.address,
-        oracle.address,
-    )
+def test_deploy__parameters_and_constants__recorded_and_mirrored(redemptions, usdc, oracle, admin, cld, gpt):
+    assert (redemptions.usdc(), redemptions.oracle()) == (usdc.address, oracle.address)
+    assert (bytes(redemptions.token_provider(cld)), bytes(redemptions.token_provider(gpt))) == (ANTHROPIC, OPENAI)
+    assert redemptions.is_pauser(admin) and redemptions.billing_signer_count(ANTHROPIC) == 1
     assert (redemptions.twap_window(), redemptions.refund_delay(), redemptions.owner()) == (
         TWAP_WINDOW,
         REFUND_DELAY,
@@ -53,11 +52,15 @@ def test_deploy__parameters_and_constants__recorded_and_mirrored(redemptions, us
         helpers.MAX_SLIPPAGE_BPS,
         helpers.DAY,
     )
-    assert (redemptions.MAX_HOPS(), redemptions.MAX_GRANT_TOKENS()) == (helpers.MAX_HOPS, helpers.MAX_GRANT_TOKENS)
+    assert (redemptions.MAX_GRANT_TOKENS(), redemptions.IMPACT_TOLERANCE_BPS()) == (
+        helpers.MAX_GRANT_TOKENS,
+        helpers.IMPACT_TOLERANCE_BPS,
+    )
     assert (redemptions.MIN_REFUND_DELAY(), redemptions.MAX_REFUND_DELAY()) == (
         helpers.MIN_REFUND_DELAY,
         helpers.MAX_REFUND_DELAY,
     )
+    assert helpers.MAX_REFUND_DELAY == 3 * DAY < TIMELOCK_MIN_DELAY  # a user sees every change coming
     statuses = (redemptions.STATUS_NONE(), redemptions.STATUS_OPEN(), redemptions.STATUS_RELEASED())
     assert (*statuses, redemptions.STATUS_REFUNDED()) == (
         helpers.STATUS_NONE,
@@ -76,17 +79,17 @@ def test_deploy__parameters_and_constants__recorded_and_mirrored(redemptions, us
         (59, REFUND_DELAY, "redemption: twap window below oracle period"),
         (2**31 + 1, REFUND_DELAY, "redemption: twap window too long"),
         (TWAP_WINDOW, 3_599, "redemption: refund delay out of range"),
-        (TWAP_WINDOW, 30 * DAY + 1, "redemption: refund delay out of range"),
+        (TWAP_WINDOW, 3 * DAY + 1, "redemption: refund delay out of range"),
     ],
 )
-def test_deploy__bad_parameters__reverts(project, admin, usdc, router, oracle, twap_window, refund_delay, reason):
+def test_deploy__bad_parameters__reverts(project, admin, usdc, oracle, twap_window, refund_delay, reason):
     with ape.reverts(reason):
-        admin.deploy(project.RedemptionEscrow, usdc, router, oracle, twap_window, refund_delay)
+        admin.deploy(project.RedemptionEscrow, usdc, oracle, twap_window, refund_delay)
 
 
-def test_deploy__router_of_another_quote_asset__reverts(project, admin, plain, router, oracle):
-    with ape.reverts("redemption: router does not quote usdc"):
-        admin.deploy(project.RedemptionEscrow, plain[0], router, oracle, TWAP_WINDOW, REFUND_DELAY)
+def test_deploy__oracle_of_another_quote_asset__reverts(project, admin, plain, oracle):
+    with ape.reverts("redemption: oracle does not quote usdc"):
+        admin.deploy(project.RedemptionEscrow, plain[0], oracle, TWAP_WINDOW, REFUND_DELAY)
 
 
 # ─── Grants and linked accounts ──────────────────────────────────────────────
@@ -196,43 +199,87 @@ def test_link_account__set_and_unset__stored_and_logged(redemptions, user):
         redemptions.link_account(b"\0" * 32, ACCOUNT, sender=user)
 
 
-# ─── Billing signers ─────────────────────────────────────────────────────────
+# ─── Tokens, billing signers, pausers (admin) ────────────────────────────────
 
 
-def test_set_billing_signer__admin__registers_rotates_and_logs(redemptions, admin, attacker):
-    old = BILLING[ANTHROPIC].address
-    tx = redemptions.set_billing_signer(ANTHROPIC, attacker, sender=admin)
-    assert redemptions.billing_signer(ANTHROPIC) == attacker.address
-    event = redemptions.BillingSignerSet.from_receipt(tx)[0]
-    assert (bytes(event.event_arguments["provider"]), event.old_signer, event.new_signer) == (
-        ANTHROPIC,
-        old,
-        attacker.address,
-    )
+def test_register_token__once_for_good__logged(redemptions, plain, admin, cld):
+    tx = redemptions.register_token(plain[0], ANTHROPIC, sender=admin)
+    assert bytes(redemptions.token_provider(plain[0])) == ANTHROPIC
+    event = redemptions.TokenRegistered.from_receipt(tx)[0]
+    assert (event.token, bytes(event.event_arguments["provider"])) == (plain[0].address, ANTHROPIC)
+    for token, provider, reason in [
+        (cld, OPENAI, "redemption: token registered"),  # CLD stays Anthropic's
+        (plain[0], OPENAI, "redemption: token registered"),
+        (plain[1], b"\0" * 32, "redemption: zero provider"),
+        (ZERO, ANTHROPIC, "redemption: bad token"),
+    ]:
+        with ape.reverts(reason):
+            redemptions.register_token(token, provider, sender=admin)
+    assert bytes(redemptions.token_provider(cld)) == ANTHROPIC
 
 
-def test_set_billing_signer__not_admin__reverts(redemptions, attacker):
-    with ape.reverts("ownable: caller is not the owner"):
-        redemptions.set_billing_signer(ANTHROPIC, attacker, sender=attacker)
+def test_add_and_revoke_billing_signer__admin__counted_and_logged(redemptions, admin, attacker):
+    tx = redemptions.add_billing_signer(ANTHROPIC, attacker, sender=admin)
+    assert redemptions.is_billing_signer(ANTHROPIC, attacker) and redemptions.billing_signer_count(ANTHROPIC) == 2
+    event = redemptions.BillingSignerAdded.from_receipt(tx)[0]
+    assert (bytes(event.event_arguments["provider"]), event.signer) == (ANTHROPIC, attacker.address)
+    with ape.reverts("redemption: signer already added"):
+        redemptions.add_billing_signer(ANTHROPIC, attacker, sender=admin)
+    with ape.reverts("redemption: zero address"):
+        redemptions.add_billing_signer(ANTHROPIC, ZERO, sender=admin)
+    tx = redemptions.revoke_billing_signer(ANTHROPIC, attacker, sender=admin)
+    assert not redemptions.is_billing_signer(ANTHROPIC, attacker) and redemptions.billing_signer_count(ANTHROPIC) == 1
+    assert redemptions.BillingSignerRevoked.from_receipt(tx)[0].signer == attacker.address
+    with ape.reverts("redemption: not a billing signer"):
+        redemptions.revoke_billing_signer(ANTHROPIC, attacker, sender=admin)
+
+
+def test_admin_functions__not_admin__revert(redemptions, plain, attacker):
+    signer = BILLING[ANTHROPIC].address
+    for call in (
+        lambda: redemptions.register_token(plain[0], ANTHROPIC, sender=attacker),
+        lambda: redemptions.add_billing_signer(ANTHROPIC, attacker, sender=attacker),
+        lambda: redemptions.revoke_billing_signer(ANTHROPIC, signer, sender=attacker),
+        lambda: redemptions.grant_pauser(attacker, sender=attacker),
+        lambda: redemptions.revoke_pauser(attacker, sender=attacker),
+    ):
+        with ape.reverts("ownable: caller is not the owner"):
+            call()
+
+
+def test_pauser__granted_pauses_and_unpauses_revoked_cannot(redemptions, admin, pauser, attacker):
+    with ape.reverts("redemption: caller is not a pauser"):
+        redemptions.pause(sender=pauser)
+    assert redemptions.PauserGranted.from_receipt(redemptions.grant_pauser(pauser, sender=admin))[0].account == pauser
+    redemptions.pause(sender=pauser)
+    with ape.reverts("redemption: caller is not a pauser"):
+        redemptions.unpause(sender=attacker)
+    redemptions.unpause(sender=pauser)
+    redemptions.revoke_pauser(pauser, sender=admin)
+    with ape.reverts("redemption: caller is not a pauser"):
+        redemptions.pause(sender=pauser)
+    with ape.reverts("redemption: not a pauser"):
+        redemptions.revoke_pauser(pauser, sender=admin)
 
 
 # ─── Redeem ──────────────────────────────────────────────────────────────────
 
 
-def test_redeem__granted_agent__sells_exactly_the_input_and_holds_usdc(
-    redemptions, redeemable, redeem, router, user, agent, operator, chain
+def test_redeem__granted_agent__sells_exactly_the_input_in_the_oracles_pool_and_holds_usdc(
+    redemptions, redeemable, redeem, router, oracle, user, agent, operator, chain
 ):
     cld, _, usdc, cld_pool, _ = redeemable
-    quoted = router.get_amounts_in(USD20, [cld, usdc], [DEFAULT_FEE])[0]
-    user_cld, pool_usdc = cld.balanceOf(user), usdc.balanceOf(cld_pool)
+    quoted, limit = redemptions.quote(cld, USD20)
+    assert quoted == router.get_amounts_in(USD20, [cld, usdc], [DEFAULT_FEE])[0] <= limit
+    assert oracle.pool_of(cld) == cld_pool.address
+    user_cld, pool_cld, pool_usdc = cld.balanceOf(user), cld.balanceOf(cld_pool), usdc.balanceOf(cld_pool)
 
     tx = redeem(cld)
 
-    assert cld.balanceOf(user) == user_cld - quoted  # exactly the router's input, nothing more
-    assert usdc.balanceOf(cld_pool) == pool_usdc - USD20
+    assert cld.balanceOf(user) == user_cld - quoted  # exactly the pool's input, nothing more
+    assert (cld.balanceOf(cld_pool), usdc.balanceOf(cld_pool)) == (pool_cld + quoted, pool_usdc - USD20)
     assert cld.balanceOf(redemptions) == 0
     assert usdc.balanceOf(redemptions) == redemptions.total_held() == USD20
-    assert cld.allowance(redemptions, router) == 0
     assert redemptions.redemption_count() == 1
     deadline = tx.timestamp + REFUND_DELAY
     account_hash = helpers.account_hash(ANTHROPIC, ACCOUNT)
@@ -253,24 +300,6 @@ def test_redeem__granted_agent__sells_exactly_the_input_and_holds_usdc(
         ACCOUNT,
         deadline,
     )
-
-
-def test_redeem__two_hops__sells_through_another_token_to_usdc(
-    redemptions, redeemable, redeem, add_liquidity, router, user, lp
-):
-    cld, gpt, usdc = redeemable[:3]
-    # A CLD/GPT pool at the reference prices (CLD $0.004218, GPT $3.695).
-    for token in (cld, gpt):
-        token.approve(router, 2**256 - 1, sender=lp)
-    add_liquidity(cld, gpt, 3_695_000 * UNIT, 4_218 * UNIT)
-    path = [cld, gpt, usdc]
-    quoted = router.get_amounts_in(USD20, path, [DEFAULT_FEE] * 2)[0]
-    before = cld.balanceOf(user)
-    tx = redeem(cld, path=path)
-    assert cld.balanceOf(user) == before - quoted
-    assert redemptions.Redeemed.from_receipt(tx)[0].tokens_in == quoted
-    assert usdc.balanceOf(redemptions) == USD20
-    assert gpt.balanceOf(redemptions) == cld.balanceOf(redemptions) == 0
 
 
 def test_redeem__within_slippage__input_below_the_twap_bound(redemptions, redeemable, redeem, oracle):
@@ -305,9 +334,9 @@ def test_redeem__daily_limit__counts_sold_tokens_and_resets_next_utc_day(
     assert 0 < redemptions.spent_today(user, agent, cld) < CLD_DAILY - first
 
 
-def test_redeem__input_above_agent_maximum__reverts(redeemable, redeem, router):
-    cld, _, usdc = redeemable[:3]
-    quoted = router.get_amounts_in(USD20, [cld, usdc], [DEFAULT_FEE])[0]
+def test_redeem__input_above_agent_maximum__reverts(redemptions, redeemable, redeem):
+    cld = redeemable[0]
+    quoted = redemptions.quote(cld, USD20)[0]
     with ape.reverts("redemption: input above maximum"):
         redeem(cld, max_in=quoted - 1)
     redeem(cld, max_in=quoted)
@@ -327,12 +356,9 @@ def test_redeem__usdc_amount_out_of_range__reverts(redeemable, redeem, usdc_out)
         redeem(redeemable[0], usdc_out=usdc_out)
 
 
-def test_redeem__swap_deadline_passed__reverts(redemptions, redeemable, user, agent, usdc, chain):
-    with ape.reverts("router: expired"):
-        redemptions.redeem(
-            user, USD20, 2**256 - 1, [redeemable[0], usdc], [DEFAULT_FEE], ANTHROPIC, chain.pending_timestamp - 1,
-            sender=agent,
-        )  # fmt: skip
+def test_redeem__swap_deadline_passed__reverts(redeemable, redeem, chain):
+    with ape.reverts("redemption: deadline passed"):
+        redeem(redeemable[0], deadline=chain.pending_timestamp - 1)
 
 
 def test_redeem__paused__reverts_release_and_refund_still_work(
@@ -472,20 +498,23 @@ def test_release__signer_rotated__old_receipts_void_new_ones_valid(
     redeem(redeemable[0])
     old = receipt(1)
     new_key = Account.from_key(attacker.private_key)
-    redemptions.set_billing_signer(ANTHROPIC, new_key.address, sender=admin)
+    redemptions.add_billing_signer(ANTHROPIC, new_key.address, sender=admin)  # add the new key…
+    redemptions.revoke_billing_signer(ANTHROPIC, BILLING[ANTHROPIC].address, sender=admin)  # …revoke the old
     with ape.reverts("redemption: receipt not signed by billing signer"):
         redemptions.release(1, *old, sender=operator)
     redemptions.release(1, *receipt(1, signer=new_key), sender=operator)
 
 
-def test_release__signer_removed__reverts_then_user_refunds(
+def test_release__last_signer_revoked__no_release_no_redeem_then_user_refunds(
     redemptions, redeemable, redeem, receipt, admin, operator, user, chain
 ):
     redeem(redeemable[0])
     signed = receipt(1)
-    redemptions.set_billing_signer(ANTHROPIC, ZERO, sender=admin)
-    with ape.reverts("redemption: no billing signer"):
+    redemptions.revoke_billing_signer(ANTHROPIC, BILLING[ANTHROPIC].address, sender=admin)
+    with ape.reverts("redemption: receipt not signed by billing signer"):
         redemptions.release(1, *signed, sender=operator)
+    with ape.reverts("redemption: unknown provider"):
+        redeem(redeemable[0])
     chain.pending_timestamp += REFUND_DELAY + 1
     redemptions.refund(1, sender=user)
 

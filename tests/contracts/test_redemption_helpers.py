@@ -1,6 +1,7 @@
 """promptex.protocol.redemption against the contract: the Python receipt digest equals the
-escrow's and eth_account's generic EIP-712 encoder's, the slippage bound equals the
-contract's, and `deploy_redemption` deploys from a recorded deployment."""
+escrow's and eth_account's generic EIP-712 encoder's, the slippage bound and the honest
+price bound equal the contract's, and `deploy_redemption` deploys from a recorded
+deployment."""
 
 import ape
 import pytest
@@ -13,6 +14,7 @@ from redemption_fixtures import ACCOUNT, ANTHROPIC, BILLING_REF
 from promptex.chain.deploy import contract_at
 from promptex.chain.redemption import deploy_redemption, redemption_record
 from promptex.protocol import redemption as helpers
+from promptex.protocol.dex import amount_in
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 
 FIELDS = {"redemption_id": 42, "provider": ANTHROPIC, "account_ref": ACCOUNT, "usd_micro": 20_000_000}
@@ -61,14 +63,37 @@ def test_slippage_limit__python__equals_contract(redemptions, redeemable, oracle
         redemptions.slippage_limit(cld, 1, 5_001)
 
 
+@pytest.mark.parametrize("usdc_out", [1, 20_000_000, 30_000 * 10**6])
+def test_honest_limit__python__equals_contract(redemptions, redeemable, oracle, usdc_out):
+    cld, _, _, pool, _ = redeemable
+    reserve0, reserve1, _ = pool.get_reserves()
+    reserves = (reserve0, reserve1) if pool.token0() == cld.address else (reserve1, reserve0)
+    price = oracle.consult(cld, TWAP_WINDOW)
+    tokens_in, limit = redemptions.quote(cld, usdc_out)
+    assert limit == helpers.honest_limit(usdc_out, reserves[0] * reserves[1], price, 30)
+    assert tokens_in == amount_in(usdc_out, *reserves)
+    assert tokens_in <= limit <= tokens_in * 10_060 // 10_000  # spot at the TWAP: 0.5 % headroom, rounding
+    with pytest.raises(ValueError):
+        helpers.honest_limit(reserves[1] * 2, reserves[0] * reserves[1], price, 30)
+
+
 def test_deploy_redemption__from_a_recorded_deployment__wired_and_recorded(deployment, admin, tmp_path):
     signer = Account.create().address
-    escrow = deploy_redemption(admin, deployment, billing_signers={"Anthropic": signer}, log=lambda _: None)
+    cld = deployment.address("token:CLD")
+    escrow = deploy_redemption(
+        admin,
+        deployment,
+        token_providers={cld: "Anthropic"},
+        billing_signers={"Anthropic": signer},
+        pausers=[admin.address],
+        log=lambda _: None,
+    )
     assert escrow.usdc() == deployment.address("USDC")
-    assert escrow.router() == deployment.address("Router")
     assert escrow.oracle() == contract_at(deployment, "Oracle").address
     assert (escrow.twap_window(), escrow.refund_delay()) == (helpers.LOCAL_TWAP_WINDOW, helpers.LOCAL_REFUND_DELAY)
-    assert escrow.billing_signer(helpers.provider_id("anthropic")) == signer
+    assert escrow.is_billing_signer(helpers.provider_id("anthropic"), signer)
+    assert bytes(escrow.token_provider(cld)) == helpers.provider_id("anthropic")
+    assert escrow.is_pauser(admin)
     record = redemption_record(escrow, tmp_path)
     assert record.address == escrow.address
     assert ape.project.RedemptionEscrow.at(record.address).refund_delay() == helpers.LOCAL_REFUND_DELAY

@@ -1,4 +1,5 @@
-"""An in-memory RedemptionEscrow (+ one constant-product pool per token and a fixed TWAP)
+"""An in-memory RedemptionEscrow (+ one constant-product pool per token, its Oracle pool,
+and a fixed TWAP; each token tied to one provider)
 with the agent's `AgentChain` methods, built on the coordinator's fake chain (nonces,
 a mempool that can hold or lose broadcasts, receipts); and the fake billing API served
 over real HTTP in a thread."""
@@ -24,6 +25,8 @@ from promptex.protocol.redemption import (
     STATUS_REFUNDED,
     STATUS_RELEASED,
     account_hash,
+    honest_limit,
+    provider_id,
     receipt_digest,
     slippage_limit,
 )
@@ -36,6 +39,7 @@ USER = "0x1111111111111111111111111111111111111111"
 ESCROW = "0x000000000000000000000000000000000000E5C0"
 USDC = "0x00000000000000000000000000000000000005DC"
 TOKENS = {"CLD": "0x0000000000000000000000000000000000000C1D", "GPT": "0x0000000000000000000000000000000000000987"}
+PROVIDERS = {TOKENS["CLD"]: provider_id("anthropic"), TOKENS["GPT"]: provider_id("openai")}
 CHAIN_ID = 31337
 BILLING_KEY = "0x" + "42" * 32
 BILLING_SIGNER = Account.from_key(BILLING_KEY).address
@@ -100,12 +104,21 @@ class FakeAgentChain(FakeChain):
     def usdc_address(self) -> str:
         return USDC
 
-    def quote_in(self, token: str, usdc_out: int) -> int | None:
-        pool = self.s.pools.get(token)
-        return None if pool is None else amount_in(pool[0], pool[1], usdc_out)
+    def quote(self, token: str, usdc_out: int) -> tuple[int, int] | None:
+        pool, twap = self.s.pools.get(token), self.s.twaps.get(token)
+        tokens_in = None if pool is None else amount_in(pool[0], pool[1], usdc_out)
+        if pool is None or twap is None or tokens_in is None:
+            return None
+        try:
+            return tokens_in, honest_limit(usdc_out, pool[0] * pool[1], twap, dex.DEFAULT_FEE)
+        except ValueError:
+            return None
 
     def twap(self, token: str) -> int | None:
         return self.s.twaps.get(token)
+
+    def token_provider(self, token: str) -> bytes:
+        return PROVIDERS.get(token, bytes(32))
 
     def grant(self, user: str) -> Grant:
         return Grant(*self.s.grants.get(user, (ZERO, 0, 0, 0)))
@@ -120,8 +133,11 @@ class FakeAgentChain(FakeChain):
     def linked_account(self, user: str, provider: bytes) -> bytes:
         return self.s.linked.get((user, provider), bytes(32))
 
-    def billing_signer(self, provider: bytes) -> str:
-        return self.s.signers.get(provider, ZERO)
+    def billing_signer_count(self, provider: bytes) -> int:
+        return int(provider in self.s.signers)
+
+    def is_billing_signer(self, provider: bytes, signer: str) -> bool:
+        return self.s.signers.get(provider, ZERO).lower() == signer.lower() != ZERO
 
     def token_balance(self, user: str, token: str) -> int:
         return self.s.tokens.get((user, token), 0)
@@ -144,8 +160,9 @@ class FakeAgentChain(FakeChain):
 
     # ─── The escrow ──────────────────────────────────────────────────────────
 
-    def _redeem(self, s: EscrowState, user, usdc_out, max_in, path, fees, provider, deadline) -> None:  # noqa: ANN001
-        token = path[0]
+    def _redeem(self, s: EscrowState, user, token, usdc_out, max_in, deadline) -> None:  # noqa: ANN001
+        if self.time > deadline:
+            raise Revert("redemption: deadline passed")
         payee, expiry, slippage, _version = s.grants.get(user, (ZERO, 0, 0, 0))
         if payee == ZERO:
             raise Revert("redemption: no grant")
@@ -153,19 +170,23 @@ class FakeAgentChain(FakeChain):
             raise Revert("redemption: grant expired")
         if (user, token) not in s.limits:
             raise Revert("redemption: token not granted")
+        provider = PROVIDERS.get(token)
+        if provider is None:
+            raise Revert("redemption: token has no provider")
         ref = s.linked.get((user, provider))
         if ref is None:
             raise Revert("redemption: account not linked")
         if provider not in s.signers:
             raise Revert("redemption: unknown provider")
-        if self.time > deadline:
-            raise Revert("router: expired")
+        quoted = self.quote(token, usdc_out)
+        if quoted is None:
+            raise Revert("redemption: pool too shallow")
+        tokens_in, honest = quoted
         pool = s.pools[token]
-        tokens_in = amount_in(pool[0], pool[1], usdc_out)
-        if tokens_in is None:
-            raise Revert("router: insufficient liquidity")
         if tokens_in > max_in:
             raise Revert("redemption: input above maximum")
+        if tokens_in > honest:
+            raise Revert("redemption: price beyond twap tolerance")
         if tokens_in > slippage_limit(usdc_out, s.twaps[token], slippage):
             raise Revert("redemption: slippage beyond grant")
         day, spent = s.spent.get((user, token), (-1, 0))
@@ -193,7 +214,6 @@ class FakeAgentChain(FakeChain):
             raise Revert("redemption: not open")
         if account_hash(provider, ref) != r["hash"]:
             raise Revert("redemption: provider or account mismatch")
-        signer = s.signers.get(provider, ZERO)
         if usd_micro < r["usdc"]:
             raise Revert("redemption: receipt below amount due")
         digest = receipt_digest(
@@ -204,7 +224,7 @@ class FakeAgentChain(FakeChain):
             recovered = Account._recover_hash(digest, signature=signature)
         except Exception:
             recovered = ZERO
-        if recovered != signer:
+        if not self.is_billing_signer(provider, recovered):
             raise Revert("redemption: receipt not signed by billing signer")
         r["status"] = STATUS_RELEASED
         s.usdc[ESCROW] -= r["usdc"]

@@ -50,10 +50,15 @@ def test_rule__balance_not_below__does_not_fire(world):
     [
         (lambda w: None, "above_max", "above the maximum"),  # $20 needs ~4,770 CLD > 4,000
         (lambda w: w.chain.s.limits.__setitem__((USER, TOKENS["CLD"]), 1_000 * TOKEN), "daily_limit", "daily limit"),
-        (lambda w: w.chain.s.twaps.__setitem__(TOKENS["CLD"], 5_000 * 10**18), "slippage", "slippage"),
+        (lambda w: w.chain.s.twaps.__setitem__(TOKENS["CLD"], 5_000 * 10**18), "price", "off its TWAP"),
+        (
+            lambda w: w.chain.s.grants.__setitem__(USER, (w.chain.grant(USER).payee, 2**40, 20, 1)),
+            "slippage",
+            "slippage",
+        ),
         (lambda w: w.chain.s.grants.__setitem__(USER, (w.chain.grant(USER).payee, 1, 100, 1)), "expired", "expired"),
     ],
-    ids=["beyond-max-tokens", "beyond-daily-limit", "beyond-slippage", "grant-expired"],
+    ids=["beyond-max-tokens", "beyond-daily-limit", "spot-off-the-twap", "beyond-slippage", "grant-expired"],
 )
 def test_rule__market_or_grant_cannot_deliver__not_fired_user_notified_once(world, setup, code, message):
     max_tokens = 4_000 if code == "above_max" else 10_000

@@ -1,6 +1,7 @@
 """What the agent needs from the chain: the RedemptionEscrow's views (grant, limits,
-linked accounts, billing signers, redemptions), the Router's quote and the Oracle's
-TWAP, and signing/broadcasting raw transactions.
+linked accounts, each token's provider, billing signers, redemptions, the escrow's
+own quote of a sale and its honest-price bound), the Oracle's TWAP, and
+signing/broadcasting raw transactions.
 
 `Web3AgentChain` is the chain door's sender (`promptex.chain.sender`: the same
 signing, broadcast, receipt and revert handling as the coordinator's) with those
@@ -18,7 +19,6 @@ from web3.logs import DISCARD
 from promptex.chain.deployments import Deployment
 from promptex.chain.node import DEFAULT_TIMEOUT, deployed_contract
 from promptex.chain.sender import Call, Receipt, SignedTx, Web3Sender
-from promptex.protocol.dex import DEFAULT_FEE
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,15 @@ class AgentChain(Protocol):
     def now(self) -> int: ...
     def token_address(self, symbol: str) -> str: ...
     def usdc_address(self) -> str: ...
-    def quote_in(self, token: str, usdc_out: int) -> int | None: ...
+    def quote(self, token: str, usdc_out: int) -> tuple[int, int] | None: ...
     def twap(self, token: str) -> int | None: ...
+    def token_provider(self, token: str) -> bytes: ...
     def grant(self, user: str) -> Grant: ...
     def daily_limit(self, user: str, token: str) -> int: ...
     def spent_today(self, user: str, token: str) -> int: ...
     def linked_account(self, user: str, provider: bytes) -> bytes: ...
-    def billing_signer(self, provider: bytes) -> str: ...
+    def billing_signer_count(self, provider: bytes) -> int: ...
+    def is_billing_signer(self, provider: bytes, signer: str) -> bool: ...
     def token_balance(self, user: str, token: str) -> int: ...
     def allowance(self, user: str, token: str) -> int: ...
     def redemption(self, redemption_id: int) -> ChainRedemption: ...
@@ -79,7 +81,7 @@ class AgentChain(Protocol):
 
 
 class Web3AgentChain(Web3Sender):
-    """The deployment's RedemptionEscrow, Router, Oracle and tokens over JSON-RPC,
+    """The deployment's RedemptionEscrow, Oracle and tokens over JSON-RPC,
     signing with the agent's key."""
 
     def __init__(
@@ -87,7 +89,6 @@ class Web3AgentChain(Web3Sender):
     ) -> None:
         super().__init__(rpc_url, deployment, private_key, timeout=timeout)
         self.redemption_escrow = self.contract("RedemptionEscrow", calls="redemption")
-        self.router = self.contract("Router")
         self.oracle = self.contract("Oracle")
         self.escrow_address = str(self.redemption_escrow.address)
         self._twap_window = int(self.redemption_escrow.functions.twap_window().call())
@@ -105,12 +106,15 @@ class Web3AgentChain(Web3Sender):
     def usdc_address(self) -> str:
         return self.deployment.address("USDC")
 
-    def quote_in(self, token: str, usdc_out: int) -> int | None:
+    def quote(self, token: str, usdc_out: int) -> tuple[int, int] | None:
         try:
-            amounts = self.router.functions.get_amounts_in(usdc_out, [token, self.usdc_address()], [DEFAULT_FEE]).call()
+            tokens_in, limit = self.redemption_escrow.functions.quote(token, usdc_out).call()
         except ContractLogicError:
-            return None  # no pool, or not enough liquidity for that output
-        return int(amounts[0])
+            return None  # no pool, no TWAP yet, or not enough liquidity for that output
+        return int(tokens_in), int(limit)
+
+    def token_provider(self, token: str) -> bytes:
+        return bytes(self.redemption_escrow.functions.token_provider(token).call())
 
     def twap(self, token: str) -> int | None:
         try:
@@ -131,8 +135,11 @@ class Web3AgentChain(Web3Sender):
     def linked_account(self, user: str, provider: bytes) -> bytes:
         return bytes(self.redemption_escrow.functions.linked_account(user, provider).call())
 
-    def billing_signer(self, provider: bytes) -> str:
-        return str(self.redemption_escrow.functions.billing_signer(provider).call())
+    def billing_signer_count(self, provider: bytes) -> int:
+        return int(self.redemption_escrow.functions.billing_signer_count(provider).call())
+
+    def is_billing_signer(self, provider: bytes, signer: str) -> bool:
+        return bool(self.redemption_escrow.functions.is_billing_signer(provider, signer).call())
 
     def token_balance(self, user: str, token: str) -> int:
         return int(self._token(token).functions.balanceOf(user).call())

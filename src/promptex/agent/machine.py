@@ -50,7 +50,6 @@ from promptex.agent.store import (
 from promptex.chain import txlog
 from promptex.chain.sender import Call
 from promptex.chain.txlog import StoredTx
-from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
 from promptex.sealing.envelope import MasterKeys
 
@@ -128,14 +127,13 @@ class RedemptionMachine:
     def _planned(self, r: Redemption) -> Redemption:
         account = self.store.account(r.account_id)
         token = self.chain.token_address(r.token)
+        # The escrow buys the credits of the token's own provider: never sell a token
+        # into a redemption for another provider's account than the one planned.
+        if self.chain.token_provider(token) != provider_id(account.provider):
+            return self._fail(r, PLANNED, f"{r.token} does not redeem into {account.provider} credits")
         call = Call(
-            "redemption",
-            "redeem",
-            (
-                r.user, r.usd_micro, r.max_tokens_in, [token, self.chain.usdc_address()], [DEFAULT_FEE],
-                provider_id(account.provider), self.chain.now() + self.swap_deadline,
-            ),
-        )  # fmt: skip
+            "redemption", "redeem", (r.user, token, r.usd_micro, r.max_tokens_in, self.chain.now() + self.swap_deadline)
+        )
         reason = self.chain.simulate(call)
         if reason is not None:
             return self._fail(r, PLANNED, f"the escrow refuses the redemption: {reason}")
@@ -200,13 +198,12 @@ class RedemptionMachine:
     def _purchased(self, r: Redemption) -> Redemption:
         assert r.receipt_signature is not None
         account = self.store.account(r.account_id)
-        signer = self.chain.billing_signer(provider_id(account.provider))
         digest = self._digest(r, account.account_ref)
         try:
             recovered = Account._recover_hash(digest, signature=r.receipt_signature)
         except Exception:  # malformed signature bytes
             recovered = "0x" + "0" * 40
-        if int(signer, 16) == 0 or recovered.lower() != signer.lower():
+        if int(recovered, 16) == 0 or not self.chain.is_billing_signer(provider_id(account.provider), recovered):
             return self._reject(r, PURCHASED, "the receipt is not signed by the escrow's billing signer")
         after = self.store.move(r.id, (PURCHASED,), RECEIPTED, self.clock())
         crash_point("receipted")

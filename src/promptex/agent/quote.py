@@ -1,9 +1,11 @@
 """Whether a redemption can go through now, checked against the chain before anything
-is signed: the user's grant (live, naming the token, its daily limit), the linked
-account and billing signer, the Router's exact-out quote against the caller's maximum
-input and the grant's slippage bound on the Oracle TWAP, and the user's balance and
-allowance. The escrow checks the same again on chain; this only spares a revert and
-says clearly why a rule does not fire."""
+is signed: the user's grant (live, naming the token, its daily limit), the token's
+provider (a token redeems into its own provider's credits only), the linked account
+and billing signers, the escrow's quote of the sale against the caller's maximum
+input, the honest-price bound (TWAP-consistent reserves + 0.5 %) and the grant's
+slippage bound on the Oracle TWAP, and the user's balance and allowance. The escrow
+checks the same again on chain; this only spares a revert and says clearly why a rule
+does not fire."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from promptex.protocol.redemption import slippage_limit
 
 @dataclass(frozen=True)
 class Quote:
-    tokens_in: int  # what the Router takes for the USDC
+    tokens_in: int  # what the pool takes for the USDC
+    honest_limit: int  # most the escrow sells: the input at TWAP-consistent reserves + 0.5 %
     slippage_limit: int  # most the grant allows at the TWAP
     daily_left: int  # what is left of today's limit
 
@@ -41,20 +44,33 @@ def check_redemption(
     limit = chain.daily_limit(user, token)
     if limit == 0:
         raise QuoteRefused("token_not_granted", "the user's grant does not name this token")
+    token_provider = chain.token_provider(token)
+    if token_provider != provider:
+        raise QuoteRefused(
+            "wrong_provider",
+            f"this token redeems into {token_provider.rstrip(bytes(1)).decode(errors='replace') or 'no'} "
+            f"credits only, not {provider.rstrip(bytes(1)).decode(errors='replace')}",
+        )
     if chain.linked_account(user, provider) != account_ref:
         raise QuoteRefused("not_linked", "the account is not the one the user linked on chain for this provider")
-    if int(chain.billing_signer(provider), 16) == 0:
+    if chain.billing_signer_count(provider) == 0:
         raise QuoteRefused("unknown_provider", "the escrow has no billing signer for this provider")
-    tokens_in = chain.quote_in(token, usd_micro)
-    if tokens_in is None:
+    price = chain.twap(token)
+    if price is None or price == 0:
+        raise QuoteRefused("no_twap", "the Oracle has no TWAP for this token yet")
+    quoted = chain.quote(token, usd_micro)
+    if quoted is None:
         raise QuoteRefused("no_market", "the market cannot deliver that much USDC (no pool or too little liquidity)")
+    tokens_in, honest = quoted
     if tokens_in > max_tokens_in:
         raise QuoteRefused(
             "above_max", f"the market needs {tokens_in} token units, above the maximum of {max_tokens_in}"
         )
-    price = chain.twap(token)
-    if price is None or price == 0:
-        raise QuoteRefused("no_twap", "the Oracle has no TWAP for this token yet")
+    if tokens_in > honest:
+        raise QuoteRefused(
+            "price", f"the pool's price is off its TWAP by more than the 0.5 % the escrow allows ({tokens_in} token "
+            f"units now, at most {honest}); try again once the TWAP has caught up",
+        )  # fmt: skip
     bound = slippage_limit(usd_micro, price, grant.max_slippage_bps)
     if tokens_in > bound:
         raise QuoteRefused(
@@ -67,4 +83,4 @@ def check_redemption(
         raise QuoteRefused("balance", "the user's wallet holds fewer tokens than the sale needs")
     if chain.allowance(user, token) < tokens_in:
         raise QuoteRefused("allowance", "the user's allowance to the escrow is below what the sale needs")
-    return Quote(tokens_in, bound, left)
+    return Quote(tokens_in, honest, bound, left)

@@ -89,8 +89,9 @@ def deploy_all(
     withdrawable and each provider token spend-only. Its longest pause is its default
     thaw (two epochs). `epoch_length` defaults to
     DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere. The
-    RedemptionEscrow trusts `billing_signers` (provider name → address) for receipts;
-    the admin can add or rotate them later.
+    RedemptionEscrow redeems each provider token into its provider's credits only and
+    trusts `billing_signers` (provider name → address) for receipts; the admin can add
+    or revoke signers later.
     """
     existing = live_deployment(network_name, root)
     if existing is not None and not force:
@@ -151,10 +152,12 @@ def deploy_all(
     local = is_local(network_name)
     redemption = deploy_redemption(
         deployer,
-        {"USDC": usdc, "Router": dex["Router"], "Oracle": dex["Oracle"]},
+        {"USDC": usdc, "Oracle": dex["Oracle"]},
         twap_window=LOCAL_TWAP_WINDOW if local else LIVE_TWAP_WINDOW,
         refund_delay=LOCAL_REFUND_DELAY if local else LIVE_REFUND_DELAY,
+        token_providers={contracts[f"token:{spec.symbol}"].address: spec.provider for spec in PROVIDER_TOKENS},
         billing_signers=billing_signers,
+        pausers=[deployer.address],
         log=log,
     )
     contracts["RedemptionEscrow"] = redemption_record(redemption, root)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,22 @@ def deploy_redemption(
     *,
     twap_window: int | None = None,
     refund_delay: int | None = None,
+    token_providers: Mapping[str, str] | None = None,
     billing_signers: Mapping[str, str] | None = None,
+    pausers: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> Any:
-    """Deploy the RedemptionEscrow next to a deployment's USDC, Router and Oracle.
+    """Deploy the RedemptionEscrow next to a deployment's USDC and Oracle.
 
     `deployment_or_addresses` is a `Deployment` (deployments/<network>.json) or a
-    mapping {"USDC": …, "Router": …, "Oracle": …} of addresses or contract objects.
+    mapping {"USDC": …, "Oracle": …} of addresses or contract objects.
     `twap_window` and `refund_delay` default to the LOCAL_* values on a local
-    deployment (or a mapping) and the LIVE_* values otherwise. `billing_signers`
-    maps provider names to signer addresses, registered by the deployer (the
-    admin). Call inside an ape network context; returns the ape contract object.
-    Record it with `redemption_record` (the caller merges it into the deployment).
+    deployment (or a mapping) and the LIVE_* values otherwise. As its admin, the
+    deployer registers `token_providers` (token address → provider name: the provider
+    whose credits each token redeems into; once per token, for good),
+    `billing_signers` (provider name → signer address) and `pausers`. Call inside an
+    ape network context; returns the ape contract object. Record it with
+    `redemption_record` (the caller merges it into the deployment).
     """
     from ape import project
 
@@ -42,20 +46,24 @@ def deploy_redemption(
 
     if isinstance(deployment_or_addresses, Deployment):
         local = is_local(deployment_or_addresses.network)
-        usdc, router, oracle = (deployment_or_addresses.address(n) for n in ("USDC", "Router", "Oracle"))
+        usdc, oracle = (deployment_or_addresses.address(n) for n in ("USDC", "Oracle"))
     else:
         local = True
-        usdc, router, oracle = (address_of(deployment_or_addresses[n]) for n in ("USDC", "Router", "Oracle"))
+        usdc, oracle = (address_of(deployment_or_addresses[n]) for n in ("USDC", "Oracle"))
     if twap_window is None:
         twap_window = LOCAL_TWAP_WINDOW if local else LIVE_TWAP_WINDOW
     if refund_delay is None:
         refund_delay = LOCAL_REFUND_DELAY if local else LIVE_REFUND_DELAY
 
-    escrow = deployer.deploy(project.RedemptionEscrow, usdc, router, oracle, twap_window, refund_delay)
+    escrow = deployer.deploy(project.RedemptionEscrow, usdc, oracle, twap_window, refund_delay)
     log(f"RedemptionEscrow {escrow.address}")
+    for token, name in (token_providers or {}).items():
+        escrow.register_token(address_of(token), provider_id(name), sender=deployer)
     for name, signer in (billing_signers or {}).items():
-        escrow.set_billing_signer(provider_id(name), signer, sender=deployer)
+        escrow.add_billing_signer(provider_id(name), signer, sender=deployer)
         log(f"  billing signer {name}: {signer}")
+    for pauser in pausers:
+        escrow.grant_pauser(pauser, sender=deployer)
     return escrow
 
 

@@ -1,5 +1,6 @@
 """RedemptionEscrow's wire formats: provider and account ids, the EIP-712 `Receipt` a
-provider billing API signs, and the grant's slippage bound.
+provider billing API signs, and the two price bounds on a sale (the honest price at
+TWAP-consistent reserves, and the grant's slippage).
 
 One place for what the contract expects, shared by the agent, its fake billing
 API, tests and benchmarks. See `contracts/RedemptionEscrow.vy` for the reasons;
@@ -8,6 +9,7 @@ API, tests and benchmarks. See `contracts/RedemptionEscrow.vy` for the reasons;
 
 from __future__ import annotations
 
+from math import isqrt
 from typing import Any
 
 from eth_abi.abi import encode
@@ -15,6 +17,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from promptex.protocol import eip712
+from promptex.protocol.dex import amount_in
 from promptex.protocol.eip712 import EIP712_DOMAIN_TYPE
 from promptex.protocol.units import BPS, DAY, PRICE_SCALE
 
@@ -22,10 +25,10 @@ from promptex.protocol.units import BPS, DAY, PRICE_SCALE
 DOMAIN_NAME = "PROMPTEX RedemptionEscrow"
 DOMAIN_VERSION = "1"
 MAX_SLIPPAGE_BPS = 5_000
-MAX_HOPS = 4
 MAX_GRANT_TOKENS = 8
 MIN_REFUND_DELAY = 3_600
-MAX_REFUND_DELAY = 30 * DAY
+MAX_REFUND_DELAY = 3 * DAY  # shorter than the Timelock's MIN_DELAY (4 days)
+IMPACT_TOLERANCE_BPS = 50  # 0.5 % above the honest input at TWAP-consistent reserves
 
 STATUS_NONE = 0
 STATUS_OPEN = 1
@@ -77,7 +80,26 @@ def account_hash(provider: bytes, account_ref: bytes) -> bytes:
     return keccak(encode(["bytes32", "bytes32"], [provider, account_ref]))
 
 
-# ─── Slippage ────────────────────────────────────────────────────────────────
+# ─── Price bounds ────────────────────────────────────────────────────────────
+
+
+def twap_reserves(k: int, twap_price: int) -> tuple[int, int]:
+    """(token, USDC) reserves with the pool's product `k` at the TWAP's ratio, as the
+    contract computes them: √k · 10**18 / √p and √k · √p / 10**18 (rounded down)."""
+    if twap_price <= 0:
+        raise ValueError("no oracle price")
+    root_k, root_price = isqrt(k), isqrt(twap_price)
+    return root_k * 10**18 // root_price, root_k * root_price // 10**18
+
+
+def honest_limit(usdc_out: int, k: int, twap_price: int, fee: int) -> int:
+    """Most token units `redeem` may sell for `usdc_out`: the pool's input at
+    TWAP-consistent reserves (the TWAP amount, the fee and the trade's own impact)
+    plus IMPACT_TOLERANCE_BPS, rounded down."""
+    token_side, usdc_side = twap_reserves(k, twap_price)
+    if usdc_out >= usdc_side:
+        raise ValueError("the pool is too shallow for that much USDC")
+    return amount_in(usdc_out, token_side, usdc_side, fee) * (BPS + IMPACT_TOLERANCE_BPS) // BPS
 
 
 def slippage_limit(usdc_out: int, twap_price: int, max_slippage_bps: int) -> int:
