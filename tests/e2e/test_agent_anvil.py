@@ -84,6 +84,15 @@ class World:
         self.w3.provider.make_request("evm_increaseTime", [seconds])
         self.w3.provider.make_request("evm_mine", [])
 
+    def twap_catches_up(self):
+        """A keeper's Oracle observation at today's spot, then a TWAP window on it: the
+        escrow sells only within 0.5 % of the honest price at the TWAP, so a run of
+        sales into the thin $25k pool waits for the TWAP to follow the spot they moved."""
+        self.warp(61)
+        self.send(ADMIN, self.oracle.functions.update(self.cld.address))
+        self.warp(701)
+        self.send(ADMIN, self.oracle.functions.update(self.cld.address))
+
     def agent(self, billing_url):
         ledger = Ledger.open(self.db, sqlite_synchronous="NORMAL", migrate=False)
         chain = Web3AgentChain(self.url, self.deployment, LOCAL_AGENT_KEY)
@@ -99,7 +108,7 @@ def world(deployed_anvil, tmp_path_factory):
     seeded = ape_run(ape_env(url, deployments), "seed_market", "--depth", "25000")
     assert seeded.returncode == 0, seeded.stderr[-2000:]
     w = World(url, deployments, tmp_path_factory.mktemp("agent"))
-    w.send(ADMIN, w.escrow.functions.set_billing_signer(ANTHROPIC, SIGNER.address))
+    w.send(ADMIN, w.escrow.functions.add_billing_signer(ANTHROPIC, SIGNER.address))
     # The user buys CLD on the market, then grants the agent, links an account and approves the escrow.
     w.send(USER, w.usdc.functions.mint(USER.address, 400 * USD))
     w.send(USER, w.usdc.functions.approve(w.router.address, 400 * USD))
@@ -221,6 +230,7 @@ def _run(world, billing, step):
 def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(world, billing, linked, step):
     redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
     credits = balance(billing)
+    world.twap_catches_up()
     status = _run(world, billing, step)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # it did die there
     assert os.WIFEXITED(_run(world, billing, None))  # the restart finishes it

@@ -28,11 +28,15 @@ def test_deploy__fresh_anvil__records_every_contract(ape_run, anvil_url, tmp_pat
     w3 = Web3(Web3.HTTPProvider(anvil_url))
     contract = w3.eth.contract(address=vault["address"], abi=json.loads(Path(vault["abi"]).read_text()))
     assert contract.functions.exit_market().call() == record["contracts"]["Router"]["address"]
-    # RedemptionEscrow trusts the given billing signer for anthropic receipts, and no one for others.
+    # RedemptionEscrow trusts the given billing signer for anthropic receipts, and no one for others;
+    # each provider token redeems into its own provider's credits.
     escrow = record["contracts"]["RedemptionEscrow"]
     escrow = w3.eth.contract(address=escrow["address"], abi=json.loads(Path(escrow["abi"]).read_text()))
-    assert escrow.functions.billing_signer(provider_id("anthropic")).call() == SIGNER
-    assert int(escrow.functions.billing_signer(provider_id("openai")).call(), 16) == 0
+    assert escrow.functions.is_billing_signer(provider_id("anthropic"), SIGNER).call()
+    assert escrow.functions.billing_signer_count(provider_id("openai")).call() == 0
+    for symbol, provider in (("CLD", "anthropic"), ("GPT", "openai"), ("GEM", "google"), ("LLM", "meta")):
+        token = record["contracts"][f"token:{symbol}"]["address"]
+        assert escrow.functions.token_provider(token).call() == provider_id(provider)
 
 
 def test_deploy__live_deployment_recorded__refuses_with_one_line(ape_run, tmp_path):
