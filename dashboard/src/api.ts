@@ -69,6 +69,7 @@ export interface Proof {
   asset: string;
   epoch: number;
   batch_status: string;
+  leaf_version?: number; // absent: 1
   record: {
     request_id: string;
     account: Address;
@@ -77,6 +78,10 @@ export interface Proof {
     output_tokens: number;
     cost: string;
     lot_id: number;
+    cache_read_tokens?: number; // version 2 leaves
+    cache_write_tokens?: number;
+    cache_write_1h_tokens?: number;
+    reasoning_tokens?: number;
   };
   leaf: Hex;
   root: Hex;

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from promptex.protocol.merkle import Leaf, MerkleTree, hash_pair, verify
+from promptex.protocol.merkle import LEAF_V2, Leaf, MerkleTree, hash_pair, verify
 
 hashes = st.binary(min_size=32, max_size=32)
 leaf_sets = st.lists(hashes, min_size=1, max_size=40, unique=True)
@@ -57,3 +58,20 @@ def test_leaf__documented_encoding__double_keccak_of_abi_encode() -> None:
     types = ["string", "address", "string", "uint256", "uint256", "uint256", "uint256"]
     assert leaf.hash() == keccak(keccak(encode(types, fields)))
     assert Leaf("req_1", "0x" + "11" * 20, "gpt-4o", 100, 20, 12_346, 7).hash() != leaf.hash()
+
+
+def test_leaf_v2__documented_encoding__version_and_token_details_committed() -> None:
+    leaf = Leaf("req_1", "0x" + "11" * 20, "claude-sonnet-4-5", 1_000, 200, 12_345, 7, 600, 300, 100, 50, version=2)
+    types = ["uint256", "string", "address", "string", *["uint256"] * 8]
+    fields = [2, "req_1", "0x" + "11" * 20, "claude-sonnet-4-5", 1_000, 200, 600, 300, 100, 50, 12_345, 7]
+    assert leaf.hash() == keccak(keccak(encode(types, fields)))
+    # Same counts, other version: another leaf (a v1 leaf never reads as a v2 one).
+    v1 = Leaf("req_1", "0x" + "11" * 20, "claude-sonnet-4-5", 1_000, 200, 12_345, 7)
+    assert Leaf(*(v1.request_id, v1.account, v1.model, 1_000, 200, 12_345, 7), version=LEAF_V2).hash() != v1.hash()
+
+
+def test_leaf__version_1_with_token_details_or_unknown_version__refused() -> None:
+    with pytest.raises(ValueError, match="version-1"):
+        Leaf("req_1", "0x" + "11" * 20, "m", 10, 5, 1, 7, cache_read_tokens=3)
+    with pytest.raises(ValueError, match="unknown usage leaf version"):
+        Leaf("req_1", "0x" + "11" * 20, "m", 10, 5, 1, 7, version=3)

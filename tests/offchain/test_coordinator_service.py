@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from coordinator_fakes import FakeChain
+from eth_abi.abi import encode
+from eth_utils.crypto import keccak
 from ledger_helpers import fund
 from sqlalchemy import select, update
 
@@ -19,6 +21,7 @@ from promptex import proofs
 from promptex.cli import coordinator as coordinator_cli
 from promptex.cli.usage import usage_proof, usage_verify
 from promptex.coordinator import factory, service
+from promptex.coordinator.schema import settlement_batches
 from promptex.coordinator.service import Coordinator, ReleaseRefused
 from promptex.dashboard import views
 from promptex.dashboard.enterprise import desk_view
@@ -28,7 +31,7 @@ from promptex.ledger import AccountKind, Ledger, UsageRecord
 from promptex.ledger.schema import balances, usage_records
 from promptex.proofs import leaf_of
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
-from promptex.protocol.merkle import MerkleTree
+from promptex.protocol.merkle import LEAF_V2, MerkleTree
 
 CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
 _requests = itertools.count()
@@ -68,7 +71,9 @@ def buyer(book: Ledger, chain: FakeChain, asset: str, amount: int, *, on_chain: 
     return account, address
 
 
-def spend(book: Ledger, account: int, asset: str, cost: int, lot: int | None, *, kind: str | None = None) -> str:
+def spend(
+    book: Ledger, account: int, asset: str, cost: int, lot: int | None, *, kind: str | None = None, **tokens: int
+) -> str:
     request_id = f"req_{next(_requests)}"
     book.reserve(account, asset, cost, request_id, ttl=60)
     kind = kind or ("listed" if asset == "USDC" else "tokenized")
@@ -81,6 +86,7 @@ def spend(book: Ledger, account: int, asset: str, cost: int, lot: int | None, *,
         chain_lot_id=lot,
         lot_kind=kind,
         fee_bps=500 if asset == "USDC" else None,
+        **tokens,
     )
     book.settle(request_id, cost, record=record)
     return request_id
@@ -490,3 +496,75 @@ def test_capacity__token_draws_past_its_tokenized_lots__quarantined_rest_settled
     [record] = coord.store.quarantined()
     assert record.request_id == over and "drawable capacity" in (record.quarantine_reason or "")
     assert all(coord.store.record(r).status == "batched" for r in kept)  # type: ignore[union-attr]
+
+
+# ─── Leaf versions: old epochs still verify ──────────────────────────────────
+
+
+def _round_one_leaf(r: dict[str, object]) -> bytes:
+    """A usage leaf exactly as round 1 hashed it (before leaves had a version)."""
+    types = ["string", "address", "string", "uint256", "uint256", "uint256", "uint256"]
+    values = [r["request_id"], r["account"], r["model"], r["input_tokens"], r["output_tokens"], r["cost"], r["lot_id"]]
+    return keccak(keccak(encode(types, values)))
+
+
+def test_proofs__version_1_epoch__still_proves_and_verifies(book: Ledger, chain: FakeChain) -> None:
+    a, address = buyer(book, chain, "CLD", 10**20)
+    ids = [spend(book, a, "CLD", 10**15 + i, CLD_LOT) for i in range(3)]
+    coord = coordinator(book, chain)
+    coord.run_once()
+    # Turn the epoch into one posted before leaf versions: its root made of round-1 leaves,
+    # on chain and in the batch, which records version 1 (as migration 0006 leaves it).
+    records = [
+        {"request_id": r, "account": address, "model": "claude-sonnet-4-5", "input_tokens": 1_000,
+         "output_tokens": 200, "cost": 10**15 + i, "lot_id": CLD_LOT}
+        for i, r in enumerate(ids)
+    ]  # fmt: skip
+    old_root = MerkleTree([_round_one_leaf(r) for r in records]).root
+    chain.s.roots[("CLD", 1)] = old_root
+    with book.engine.begin() as conn:
+        conn.execute(update(settlement_batches).values(leaf_version=1, usage_root="0x" + old_root.hex()))
+
+    proof = proofs.build_proof(coord.store, ids[1])
+    assert proof["leaf_version"] == 1 and proof["root"] == "0x" + old_root.hex()
+    assert proof["leaf"] == "0x" + _round_one_leaf(records[1]).hex()
+    assert "cache_read_tokens" not in proof["record"]
+    assert proofs.verify_proof(proof, chain).verified is True
+    # A document written by round 1's `usage proof` (no leaf_version) verifies too.
+    round_one = {k: v for k, v in proof.items() if k != "leaf_version"}
+    assert proofs.verify_proof(round_one, chain).verified is True
+    round_one["record"] = {**proof["record"], "cost": str(10**15)}  # another cost
+    assert proofs.verify_proof(round_one, chain).verified is False
+    # Read as version 2, the same record does not prove into the old root.
+    assert proofs.verify_proof({**proof, "leaf_version": 2, "record": {**proof["record"], **dict.fromkeys(
+        ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens"), 0)}},
+        chain).verified is False  # fmt: skip
+
+
+def test_proofs__cached_and_reasoning_tokens__committed_by_the_version_2_leaf(book: Ledger, chain: FakeChain) -> None:
+    a, _ = buyer(book, chain, "CLD", 10**20)
+    details = {
+        "cache_read_tokens": 600,
+        "cache_write_tokens": 300,
+        "cache_write_1h_tokens": 100,
+        "reasoning_tokens": 50,
+    }
+    ids = [spend(book, a, "CLD", 10**15, CLD_LOT, **details), spend(book, a, "CLD", 10**15, CLD_LOT)]
+    coord = coordinator(book, chain)
+    coord.run_once()
+    assert [b.leaf_version for b in coord.store.batches("CLD")] == [LEAF_V2]
+
+    proof = proofs.build_proof(coord.store, ids[0])
+    assert proof["leaf_version"] == LEAF_V2
+    assert {k: proof["record"][k] for k in details} == details
+    assert proof["root"] == "0x" + chain.s.roots[("CLD", 1)].hex()
+    assert proofs.verify_proof(proof, chain).verified is True
+    for name in details:  # each count is committed: changing one breaks the proof
+        changed = {**proof, "record": {**proof["record"], name: details[name] - 1}}
+        assert proofs.verify_proof(changed, chain).verified is False
+    with pytest.raises(proofs.MalformedProof):  # a version-2 document must carry them
+        proofs.verify_proof(
+            {**proof, "record": {k: v for k, v in proof["record"].items() if k != "reasoning_tokens"}}, chain
+        )
+    with pytest.raises(proofs.MalformedProof):
+        proofs.verify_proof({**proof, "leaf_version": 3}, chain)

@@ -13,11 +13,15 @@ from promptex.metering import (
     ModelPrice,
     PricingError,
     Rates,
+    TokenUsage,
     UnknownAsset,
     UnknownModel,
+    anthropic_usage,
     asset,
     exact_cost,
+    exact_usage_cost,
     flat_rates,
+    list_rates,
     load_catalog,
     message_cost,
     parse_catalog,
@@ -25,13 +29,16 @@ from promptex.metering import (
     provider_token_rates,
     rates_for,
     split_usdc_charge,
+    upper_bound,
+    usage_cost,
     usdc_rates,
     usdc_to_token_rates,
 )
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import BPS, TOKEN_UNIT, USD_MICRO
 
-SONNET = ModelPrice("claude-sonnet-4-5", "anthropic", 3_000, 15_000)  # $3 / $15 per million
+# $3 / $15 per million; cache reads $0.30, writes $3.75 (five minutes) and $6 (one hour)
+SONNET = ModelPrice("claude-sonnet-4-5", "anthropic", 3_000, 15_000, 300, 3_750, 6_000)
 
 
 # ─── Catalog ─────────────────────────────────────────────────────────────────
@@ -72,11 +79,101 @@ def test_load_catalog__missing_file__catalog_error(tmp_path):
         ('[models.m]\nprovider = "openai"\ninput_usd_micro_per_1k = 1.5\noutput_usd_micro_per_1k = 0', "integer"),
         ("[models.m]\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0", "provider"),
         ('[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\nextra = 1', "extra"),
+        (
+            '[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\n'
+            "cache_read_usd_micro_per_1k = -1",
+            "cache_read_usd_micro_per_1k must be a non-negative",
+        ),
     ],
 )
 def test_parse_catalog__malformed__catalog_error(text, message):
     with pytest.raises(CatalogError, match=message):
         parse_catalog(text)
+
+
+def test_load_catalog__cache_rates__listed_for_anthropic_and_openai_absent_elsewhere():
+    catalog = load_catalog()
+    for price in catalog:
+        if price.provider == "anthropic":  # reads 0.1 ×, five-minute writes 1.25 ×, one-hour writes 2 × input
+            assert price.cache_read_usd_micro_per_1k == price.input_usd_micro_per_1k // 10
+            assert price.cache_write_usd_micro_per_1k == price.input_usd_micro_per_1k * 5 // 4
+            assert price.cache_write_1h_usd_micro_per_1k == price.input_usd_micro_per_1k * 2
+        elif price.provider == "openai" and price.output_usd_micro_per_1k:  # cached input, never written at a price
+            assert 0 < price.cache_read_usd_micro_per_1k < price.input_usd_micro_per_1k  # type: ignore[operator]
+            assert price.cache_write_usd_micro_per_1k is None
+    assert catalog.price("gpt-4o").cache_read_usd_micro_per_1k == 1_250
+    assert catalog.price("gemini-2.5-pro").cache_read_usd_micro_per_1k is None
+
+
+# ─── Token usage and prompt caches ──────────────────────────────────────────
+
+
+def test_usage_cost__anthropic_cache_reads_and_writes__each_at_its_catalog_rate():
+    # 1,000 input tokens: 600 read from the cache, 300 written (100 of them for an hour), 100
+    # plain; 200 output. USD micro-units: 100×3 + 600×0.3 + 200×3.75 + 100×6 + 200×15.
+    usage = anthropic_usage(100, 200, cache_read=600, cache_write=300, cache_write_1h=100)
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (1_000, 600, 300)
+    assert exact_usage_cost(list_rates(SONNET), usage) == Fraction(300 + 180 + 750 + 600 + 3_000)
+    assert usage_cost(list_rates(SONNET), usage) == 4_830
+    # In CLD: the same list cost ÷ the face value, rounded up once.
+    cld = provider_token_rates(SONNET)
+    assert usage_cost(cld, usage) == -(-4_830 * TOKEN_UNIT // PROVIDER_TOKENS[0].face_value_usd_micro)
+    # Without the cache the same tokens cost the plain input rate.
+    assert usage_cost(list_rates(SONNET), TokenUsage(1_000, 200)) == 3_000 + 3_000
+
+
+def test_usage_cost__openai_reasoning_tokens__inside_output_never_charged_twice():
+    gpt = load_catalog().price("gpt-4o")
+    with_reasoning = TokenUsage(1_000, 500, reasoning_tokens=400)
+    assert usage_cost(list_rates(gpt), with_reasoning) == message_cost(list_rates(gpt), 1_000, 500)
+    cached = TokenUsage(1_000, 500, cache_read_tokens=800, reasoning_tokens=400)
+    # 200 × $2.50 + 800 × $1.25 (cached input) + 500 × $10, per million.
+    assert usage_cost(list_rates(gpt), cached) == 500 + 1_000 + 5_000
+
+
+def test_usage_cost__model_without_cache_rates__cached_tokens_at_the_input_rate():
+    plain = ModelPrice("m", "openai", 1_000, 2_000)
+    usage = TokenUsage(1_000, 10, cache_read_tokens=400, cache_write_tokens=300, cache_write_1h_tokens=100)
+    assert usage_cost(list_rates(plain), usage) == message_cost(list_rates(plain), 1_000, 10)
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ({"input_tokens": -1, "output_tokens": 0}, "non-negative"),
+        (
+            {"input_tokens": 10, "output_tokens": 0, "cache_read_tokens": 6, "cache_write_tokens": 5},
+            "part of the input",
+        ),
+        ({"input_tokens": 10, "output_tokens": 0, "cache_write_tokens": 1, "cache_write_1h_tokens": 2}, "one-hour"),
+        ({"input_tokens": 10, "output_tokens": 3, "reasoning_tokens": 4}, "part of the output"),
+        ({"input_tokens": 10, "output_tokens": True}, "non-negative integers"),
+    ],
+)
+def test_token_usage__parts_beyond_their_whole__refused(counts, message):
+    with pytest.raises(ValueError, match=message):
+        TokenUsage(**counts)
+
+
+usages = st.builds(
+    lambda plain, read, write, hour, out, reasoning: TokenUsage(
+        plain + read + write + hour, out + reasoning, read, write + hour, hour, reasoning
+    ),
+    *[st.integers(min_value=0, max_value=10**5)] * 6,
+)
+
+
+@given(usages, st.booleans())
+def test_upper_bound__any_usage_within_the_counts__never_exceeded(usage, writes):
+    """A hold priced by `upper_bound` covers whatever the upstream then reports within the
+    bound's token counts (writes only when the request may write to the cache)."""
+    if not writes:
+        usage = TokenUsage(usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, 0, 0, 0)
+    for rates in (list_rates(SONNET), provider_token_rates(SONNET), usdc_rates(SONNET, 6_000, 500)):
+        bound = upper_bound(rates, usage.input_tokens, usage.output_tokens, cache_writes=writes)
+        assert usage_cost(rates, usage) <= bound
+    assert upper_bound(list_rates(SONNET), 1_000, 0, cache_writes=True) == 6_000  # every input token at the 1h rate
+    assert upper_bound(list_rates(SONNET), 1_000, 0) == 3_000
 
 
 # ─── Assets ──────────────────────────────────────────────────────────────────

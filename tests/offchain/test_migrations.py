@@ -31,14 +31,14 @@ from sqlalchemy import (
 )
 
 from promptex.gateway.store import GatewayStore
-from promptex.ledger import AccountKind, Ledger, UsageRecord
+from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.amounts import Amount
 from promptex.ledger.db import VERSION_TABLE, create_ledger_engine, current_revision, upgrade
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 
-HEAD = "0005"
+HEAD = "0006"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
 
@@ -124,8 +124,27 @@ def _fill_round_one(engine: Engine, gateway_version: int) -> dict[str, int]:
     buyer = ledger.create_account().id
     address = fund(ledger, buyer, "CLD", 10 * TOKEN)
     ledger.reserve(buyer, "CLD", 2 * TOKEN, "req-settled", ttl=60)
-    record = UsageRecord("claude-test", 1_000, 200, 3_000, gateway_lot_id=1, chain_lot_id=7, lot_kind="tokenized")
-    ledger.settle("req-settled", TOKEN, record=record)
+    ledger.settle("req-settled", TOKEN)
+    with engine.begin() as conn:  # the usage record as round 1 wrote it: no token details (migration 0006)
+        conn.execute(
+            insert(Table("usage_records", MetaData(), autoload_with=conn)),
+            {
+                "request_id": "req-settled",
+                "account_id": buyer,
+                "payer_id": buyer,
+                "asset": "CLD",
+                "model": "claude-test",
+                "input_tokens": 1_000,
+                "output_tokens": 200,
+                "cost": str(TOKEN) if engine.dialect.name == "sqlite" else TOKEN,
+                "gateway_lot_id": 1,
+                "chain_lot_id": 7,
+                "lot_kind": "tokenized",
+                "list_usd_micro": "3000" if engine.dialect.name == "sqlite" else 3_000,
+                "settled_at": 1_800_000_000,
+                "status": "pending",
+            },
+        )
     ledger.reserve(buyer, "CLD", TOKEN, "req-open", ttl=60)
     ledger.lock_for_exit(event_id(), address, "CLD", TOKEN)
     org = ledger.create_account(AccountKind.ORG, "acme").id
@@ -220,6 +239,9 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
         if gateway_version == 1:  # the column version 2 added: there, empty
             assert [row[-1] for row in after["gateway_lots"]] == [None]
             after["gateway_lots"] = [row[:-1] for row in after["gateway_lots"]]
+        # Migration 0006's columns: a round-1 record counted no cached or reasoning tokens apart.
+        assert [row[-4:] for row in after["usage_records"]] == [(0, 0, 0, 0)]
+        after["usage_records"] = [row[:-4] for row in after["usage_records"]]
         assert after == before
 
         # The stores read and extend the adopted tables as before.

@@ -67,7 +67,7 @@ async function check(app: App, r: UsageRecord, out: HTMLElement): Promise<void> 
   notice(out, "pending", "Checking the proof against the chain…");
   try {
     const p = await api.proof(r.request_id);
-    const leaf = leafHash(p.record);
+    const leaf = leafHash(p.record, p.leaf_version ?? 1);
     if (leaf.toLowerCase() !== p.leaf.toLowerCase()) {
       return notice(out, "error", "✗ The record's fields do not hash to the leaf the server sent.");
     }

@@ -18,7 +18,7 @@ from promptex.coordinator.chain import LotInfo
 from promptex.ledger.usage import StoredUsage
 from promptex.metering import split_usdc_charge
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, SETTLEMENT_GRACE, STATUS_OPEN, listed_credit
-from promptex.protocol.merkle import Leaf, MerkleTree
+from promptex.protocol.merkle import LEAF_VERSION, Leaf, MerkleTree
 from promptex.protocol.units import BPS
 from promptex.protocol.vault import DEBIT_AMOUNT_BITS, MAX_ENTRIES, MAX_LOTS, pack_debits, pack_lot_amount
 
@@ -40,8 +40,13 @@ class Entry:
     list_usd_micro: int
     seller_share: int  # USDC: to the listed lot's seller; a provider token: the lot draw
     fee: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def leaf(self) -> Leaf:
+        """Its leaf in a new batch's tree (the current version, `LEAF_VERSION`)."""
         return Leaf(
             self.request_id,
             self.address,
@@ -50,6 +55,11 @@ class Entry:
             self.output_tokens,
             self.cost,
             self.lot_id,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.cache_write_1h_tokens,
+            self.reasoning_tokens,
+            version=LEAF_VERSION,
         )
 
 
@@ -136,6 +146,7 @@ def aggregate(entries: Iterable[Entry], *, spend_only: bool, lots: Mapping[int, 
 
 
 def usage_tree(entries: Iterable[Entry]) -> MerkleTree:
+    """The tree of a new batch: leaves of version `LEAF_VERSION`, as `plan` records."""
     return MerkleTree([e.leaf().hash() for e in entries])
 
 
@@ -168,6 +179,10 @@ def prepare(record: StoredUsage, wallet: str | None, *, spend_only: bool) -> Ent
         list_usd_micro=record.list_usd_micro,
         seller_share=seller,
         fee=fee,
+        cache_read_tokens=record.cache_read_tokens,
+        cache_write_tokens=record.cache_write_tokens,
+        cache_write_1h_tokens=record.cache_write_1h_tokens,
+        reasoning_tokens=record.reasoning_tokens,
     )
 
 

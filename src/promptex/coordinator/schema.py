@@ -27,6 +27,9 @@ settlement_batches = Table(
     Column("epoch", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     Column("usage_root", String(66), nullable=False),
+    # The version of the usage leaves under `usage_root` (`protocol.merkle`): 1 before
+    # migration 0006, 2 for every batch planned since.
+    Column("leaf_version", Integer, nullable=False, server_default="1"),
     Column("payload", Text, nullable=False),  # JSON: debits, credits, lot_draws, fee, consumes
     Column("total", Amount, nullable=False),
     Column("records", Integer, nullable=False),

@@ -30,6 +30,7 @@ from promptex.ledger.journal import insert_ignore
 from promptex.ledger.metadata import REASON
 from promptex.ledger.releases import Release
 from promptex.ledger.usage import PENDING, StoredUsage
+from promptex.protocol.merkle import LEAF_V1, LEAF_VERSION
 from promptex.protocol.vault import UNLIMITED
 
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
@@ -48,6 +49,7 @@ class Batch:
     records: int
     tx_id: int | None
     error: str | None
+    leaf_version: int = LEAF_V1  # of the leaves under usage_root
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def _batch(row: Any) -> Batch:
         m["records"],
         m["tx_id"],
         m["error"],
+        m["leaf_version"],
     )
 
 
@@ -182,6 +185,7 @@ class CoordinatorStore(SignedTxStore):
                     epoch=epoch,
                     status=PLANNED,
                     usage_root="0x" + root.hex(),
+                    leaf_version=LEAF_VERSION,  # `plan.usage_tree` made the root of such leaves
                     payload=payload.to_json(),
                     total=payload.total,
                     records=len(entries),

@@ -3,7 +3,12 @@
 Text is deterministic (words from a fixed list, one token each), usage numbers are
 real counts of what was sent and produced (one token per whitespace-separated word,
 plus a few per message), so a test can compute the exact metered cost. Latency and
-errors are injected by configuration:
+errors are injected by configuration, and so are a prompt cache and reasoning: up to
+`cache_read_tokens` of each prompt are reported as read from the cache; on the Messages
+API, a request that marks its prompt (`cache_control`) has up to `cache_write_tokens`
+more reported as written (`cache_write_1h_tokens` of them with a one-hour lifetime);
+OpenAI answers report `reasoning_tokens` of their completion tokens as reasoning (inside
+the completion tokens, as OpenAI counts them: the visible text is that much shorter).
 
     OpenAI-compatible:  POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
     Anthropic:          POST /v1/messages   (x-api-key header, anthropic-version)
@@ -40,6 +45,10 @@ class FakeUpstreamConfig:
     fail_every: int = 1  # …on every Nth request (1: all of them)
     api_keys: frozenset[str] | None = None  # accepted keys; None accepts any non-empty key
     models: tuple[str, ...] = ("fake-model",)
+    cache_read_tokens: int = 0  # of each prompt, reported as read from the cache
+    cache_write_tokens: int = 0  # Messages API, prompts with cache_control: reported as written
+    cache_write_1h_tokens: int = 0  # of those, with a one-hour lifetime
+    reasoning_tokens: int = 0  # OpenAI: of each answer's completion tokens, reported as reasoning
     requests: int = field(default=0)  # served so far (for tests)
 
 
@@ -108,6 +117,30 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         return min(int(limit), cfg.output_tokens) if isinstance(limit, int) and limit > 0 else cfg.output_tokens
 
+    def openai_usage(prompt: int, out: int) -> tuple[dict[str, Any], int]:
+        """The usage of `prompt` tokens in and `out` out (reasoning included), and how many
+        of `out` are visible text."""
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+        cached, reasoning = min(cfg.cache_read_tokens, prompt), min(cfg.reasoning_tokens, out)
+        if cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        return usage, out - reasoning
+
+    def anthropic_usage(prompt: int, body: dict[str, Any]) -> dict[str, Any]:
+        """The input part of an Anthropic usage: `input_tokens` without the cache's."""
+        read = min(cfg.cache_read_tokens, prompt)
+        marked = b'"cache_control"' in orjson.dumps(body)
+        written = min(cfg.cache_write_tokens, prompt - read) if marked else 0
+        hour = min(cfg.cache_write_1h_tokens, written)
+        usage: dict[str, Any] = {"input_tokens": prompt - read - written}
+        if read or written:
+            usage["cache_read_input_tokens"] = read
+            usage["cache_creation_input_tokens"] = written
+            usage["cache_creation"] = {"ephemeral_5m_input_tokens": written - hour, "ephemeral_1h_input_tokens": hour}
+        return usage
+
     async def chat(request: Request) -> Response:
         body, error = await gate(request, anthropic=False)
         if error is not None or body is None:
@@ -115,10 +148,10 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty array", False)
-        prompt, out = chat_input_tokens(messages), n_out(body)
+        prompt, total = chat_input_tokens(messages), n_out(body)
+        usage, out = openai_usage(prompt, total)
         model = str(body.get("model", "fake-model"))
         rid = "chatcmpl-" + hashlib.sha256(orjson.dumps(body)).hexdigest()[:16] + str(cfg.requests)
-        usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
         if not body.get("stream"):
             return _json(
                 {
@@ -130,7 +163,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
                         {
                             "index": 0,
                             "message": {"role": "assistant", "content": fake_text(out)},
-                            "finish_reason": "length" if out < cfg.output_tokens else "stop",
+                            "finish_reason": "length" if total < cfg.output_tokens else "stop",
                         }
                     ],
                     "usage": usage,
@@ -160,9 +193,9 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
             return error or _error(500, "unreachable", False)
         prompt_field = body.get("prompt")
         prompt_text = prompt_field if isinstance(prompt_field, str) else " ".join(map(str, prompt_field or []))
-        prompt, out = count_tokens(prompt_text), n_out(body)
+        prompt = count_tokens(prompt_text)
+        usage, out = openai_usage(prompt, n_out(body))
         model = str(body.get("model", "fake-model"))
-        usage = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
         rid = f"cmpl-{cfg.requests}"
         if not body.get("stream"):
             return _json(
@@ -229,6 +262,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
         if any(isinstance(m, dict) and m.get("role") == "system" for m in msgs):
             return _error(400, "system is a top-level parameter, not a message role", True)
         prompt, out = chat_input_tokens(msgs, body.get("system")), n_out(body)
+        input_usage = anthropic_usage(prompt, body)
         model = str(body.get("model", "fake-model"))
         mid = f"msg_fake{cfg.requests}"
         stop = "max_tokens" if out < cfg.output_tokens else "end_turn"
@@ -242,7 +276,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
                     "content": [{"type": "text", "text": fake_text(out)}],
                     "stop_reason": stop,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": prompt, "output_tokens": out},
+                    "usage": {**input_usage, "output_tokens": out},
                 }
             )
 
@@ -256,7 +290,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
                     "model": model,
                     "content": [],
                     "stop_reason": None,
-                    "usage": {"input_tokens": prompt, "output_tokens": 1},
+                    "usage": {**input_usage, "output_tokens": 1},
                 },
             }
             yield _sse(start, "message_start")

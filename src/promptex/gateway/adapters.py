@@ -17,17 +17,12 @@ from typing import Any, Protocol
 import orjson
 
 from promptex.gateway.errors import bad_request
+from promptex.metering import TokenUsage, anthropic_usage
 
 ANTHROPIC_VERSION = "2023-06-01"
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 _OPENAI_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"}
 _DONE = b"data: [DONE]\n\n"
-
-
-@dataclass
-class Usage:
-    input_tokens: int
-    output_tokens: int
 
 
 @dataclass(frozen=True)
@@ -41,19 +36,66 @@ def sse(data: Any) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _usage_of(body: Any) -> Usage | None:
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
+def _count(value: Any) -> int:
+    """A reported count: a non-negative int, or absent/null (0); anything else is refused."""
+    if value is None:
+        return 0
+    if type(value) is not int or value < 0:
+        raise ValueError("a token count is a non-negative integer")
+    return value
+
+
+def openai_usage(usage: Any) -> TokenUsage | None:
+    """An OpenAI `usage` object as counted: prompt tokens with their cached part, completion
+    tokens with their reasoning part (both already inside; never added again)."""
+    if not isinstance(usage, dict) or type(usage.get("prompt_tokens")) is not int:
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    try:
+        return TokenUsage(
+            _count(usage["prompt_tokens"]),
+            _count(usage.get("completion_tokens")),
+            cache_read_tokens=_count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
+            reasoning_tokens=_count(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
+        )
+    except ValueError:
         return None
-    return Usage(prompt, completion)
+
+
+def anthropic_usage_of(usage: Any) -> TokenUsage | None:
+    """An Anthropic `usage` object as counted (its input tokens exclude the cache's)."""
+    if not isinstance(usage, dict) or type(usage.get("input_tokens")) is not int:
+        return None
+    creation = usage.get("cache_creation")
+    try:
+        return anthropic_usage(
+            _count(usage["input_tokens"]),
+            _count(usage.get("output_tokens")),
+            cache_read=_count(usage.get("cache_read_input_tokens")),
+            cache_write=_count(usage.get("cache_creation_input_tokens")),
+            cache_write_1h=_count(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0,
+        )
+    except ValueError:
+        return None
+
+
+def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
+    """`usage` as an OpenAI chat/completions `usage` object."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.cache_read_tokens:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    if usage.reasoning_tokens:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
 
 
 class StreamTranslator(Protocol):
-    usage: Usage | None
+    usage: TokenUsage | None
     produced: int  # content pieces passed on so far (output already produced)
     finished: bool
 
@@ -65,7 +107,7 @@ class StreamTranslator(Protocol):
 class Adapter(Protocol):
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall: ...
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, Usage]: ...
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]: ...
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator: ...
 
@@ -82,7 +124,7 @@ class MissingUsage(Exception):
 class OpenAIStream:
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage
-        self.usage: Usage | None = None
+        self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
 
@@ -97,7 +139,7 @@ class OpenAIStream:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return []
-        usage = _usage_of(chunk)
+        usage = openai_usage(chunk.get("usage")) if isinstance(chunk, dict) else None
         if usage is not None:
             self.usage = usage
             if not self.include_usage:
@@ -129,12 +171,12 @@ class OpenAIAdapter:
             orjson.dumps(body),
         )
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, Usage]:
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
         try:
             body = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise MissingUsage("the upstream answer is not JSON") from None
-        usage = _usage_of(body)
+        usage = openai_usage(body.get("usage")) if isinstance(body, dict) else None
         if usage is None:
             raise MissingUsage("the upstream answer has no usage")
         return content, usage
@@ -236,11 +278,10 @@ class AnthropicStream:
     def __init__(self, endpoint: str, model: str, include_usage: bool) -> None:
         self.endpoint = endpoint
         self.include_usage = include_usage
-        self.usage: Usage | None = None
+        self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
-        self._input = 0
-        self._output = 0
+        self._reported: dict[str, Any] = {}  # Anthropic's usage numbers so far (each event may update some)
         self._finish: str | None = None
         self._base: dict[str, Any] = {
             "id": "chatcmpl-anthropic",
@@ -267,10 +308,7 @@ class AnthropicStream:
         if kind == "message_start":
             message = event.get("message") or {}
             self._base["id"] = "chatcmpl-" + str(message.get("id", "anthropic"))
-            usage = message.get("usage") or {}
-            self._input = int(usage.get("input_tokens", 0))
-            self._output = int(usage.get("output_tokens", 0))
-            self.usage = Usage(self._input, self._output)
+            self._update(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""}, "", None)] if self.endpoint == CHAT else []
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
@@ -279,10 +317,7 @@ class AnthropicStream:
                 return [self._chunk({"content": delta["text"]}, delta["text"], None)]
             return []
         if kind == "message_delta":
-            usage = event.get("usage") or {}
-            if isinstance(usage.get("output_tokens"), int):
-                self._output = usage["output_tokens"]
-                self.usage = Usage(self._input, self._output)
+            self._update(event.get("usage"))
             reason = (event.get("delta") or {}).get("stop_reason")
             self._finish = _FINISH.get(str(reason), "stop")
             return []
@@ -290,14 +325,17 @@ class AnthropicStream:
             self.finished = True
             out = [self._chunk({}, "", self._finish or "stop")]
             if self.include_usage and self.usage is not None:
-                usage_body = {
-                    "prompt_tokens": self.usage.input_tokens,
-                    "completion_tokens": self.usage.output_tokens,
-                    "total_tokens": self.usage.input_tokens + self.usage.output_tokens,
-                }
-                out.append(sse({**self._base, "choices": [], "usage": usage_body}))
+                out.append(sse({**self._base, "choices": [], "usage": openai_usage_json(self.usage)}))
             return out
         return []
+
+    def _update(self, usage: Any) -> None:
+        """message_start reports the input (and the cache's) numbers, message_delta the
+        output so far (and, in newer versions, the input's again): the latest of each counts."""
+        if not isinstance(usage, dict):
+            return
+        self._reported.update({k: v for k, v in usage.items() if v is not None})
+        self.usage = anthropic_usage_of(self._reported) or self.usage
 
     def finish(self) -> list[bytes]:
         return [_DONE]
@@ -314,21 +352,17 @@ class AnthropicAdapter:
             orjson.dumps(anthropic_body(endpoint, body, self.default_max_tokens)),
         )
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, Usage]:
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
         try:
             body = orjson.loads(content)
         except orjson.JSONDecodeError:
             raise MissingUsage("the upstream answer is not JSON") from None
-        usage = _usage_of(body)
+        usage = anthropic_usage_of(body.get("usage")) if isinstance(body, dict) else None
         if usage is None:
             raise MissingUsage("the upstream answer has no usage")
         text = _text(body.get("content"))
         finish = _FINISH.get(str(body.get("stop_reason")), "stop")
-        usage_body = {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-        }
+        usage_body = openai_usage_json(usage)
         common = {"id": "chatcmpl-" + str(body.get("id", "")), "created": int(time.time()), "model": model}
         if endpoint == CHAT:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}

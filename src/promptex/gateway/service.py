@@ -34,7 +34,6 @@ from promptex.gateway.adapters import (
     EMBEDDINGS,
     MissingUsage,
     StreamTranslator,
-    Usage,
     adapter_for,
     check_anthropic_translatable,
 )
@@ -57,6 +56,7 @@ from promptex.ledger import (
     SpendCapExceeded,
     UsageRecord,
 )
+from promptex.metering import TokenUsage
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import USDC_SYMBOL
@@ -65,6 +65,7 @@ ASSET_HEADER = "x-promptex-asset"
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember)
 JSON = "application/json"
+CACHE_CONTROL = b'"cache_control"'
 STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]
 
 
@@ -111,6 +112,7 @@ class Gateway:
         self._keys: dict[str, tuple[ApiKey | None, float]] = {}
         self._treasury: int | None = None
         self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
+        self._list_rates = lru_cache(maxsize=1024)(lambda model: metering.list_rates(self.catalog.price(model)))
 
     # ─── Setup ───────────────────────────────────────────────────────────────
 
@@ -196,7 +198,11 @@ class Gateway:
             param=ASSET_HEADER,
         )
 
-    def price(self, request: Request, key: ApiKey, endpoint: str, body: dict[str, Any]) -> tuple[Priced, int]:
+    def price(
+        self, request: Request, key: ApiKey, endpoint: str, body: dict[str, Any], *, cache_writes: bool = False
+    ) -> tuple[Priced, int]:
+        """The lots that may serve the request, their rates and the hold: the most it can
+        cost (`cache_writes`: it may write to a prompt cache, see `metering.upper_bound`)."""
         model, input_estimate, requested = validate(endpoint, body)
         try:
             price = self.catalog.price(model)
@@ -212,7 +218,7 @@ class Gateway:
         cap = self.s.gateway_max_output_tokens
         output = 0 if endpoint == EMBEDDINGS else min(requested or self.s.gateway_default_max_tokens, cap)
         rates = {lot.id: self._rates(model, asset, lot.rate_bps, twap) for lot in free}
-        hold = max(metering.message_cost(r, input_estimate, output) for r in rates.values())
+        hold = max(metering.upper_bound(r, input_estimate, output, cache_writes=cache_writes) for r in rates.values())
         return Priced(price, asset, kind, free, rates, max(hold, 1)), output
 
     # ─── Money ───────────────────────────────────────────────────────────────
@@ -261,14 +267,13 @@ class Gateway:
                 f"(smallest units): {exc}"
             ) from None
 
-    async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: Usage) -> None:
+    async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> None:
         """Settle the hold at the metered cost; the usage record (which lot served, at what
-        list value) is written in the same ledger transaction, for the coordinator."""
-        cost = metering.message_cost(priced.rates[lot.id], usage.input_tokens, usage.output_tokens)
+        list value, with its cached and reasoning tokens) is written in the same ledger
+        transaction, for the coordinator."""
+        cost = metering.usage_cost(priced.rates[lot.id], usage)
         p = priced.price
-        usd = -(
-            -(p.input_usd_micro_per_1k * usage.input_tokens + p.output_usd_micro_per_1k * usage.output_tokens) // 1000
-        )
+        usd = metering.usage_cost(self._list_rates(p.model), usage)
         record = UsageRecord(
             model=p.model,
             input_tokens=usage.input_tokens,
@@ -278,6 +283,10 @@ class Gateway:
             chain_lot_id=lot.chain_lot_id,
             lot_kind=lot.kind,
             fee_bps=self.s.protocol_fee_bps if priced.kind == LISTED else None,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
         )
         await self._thread(self._settle, key, request_id, cost, record)
         self.registry.draw(lot, usd)
@@ -298,8 +307,12 @@ class Gateway:
 
     async def _serve(self, endpoint: str, request: Request, request_id: str) -> Response | MeteredStream:
         key = await self.authenticate(request)
-        body = parse_body(await read_body(request, self.s.gateway_max_body_bytes))
-        priced, output = self.price(request, key, endpoint, body)
+        raw = await read_body(request, self.s.gateway_max_body_bytes)
+        body = parse_body(raw)
+        # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
+        # at rates above the input rate. A mention anywhere (even a key of no meaning) only
+        # makes the hold larger; inside a string the quotes are escaped and do not match.
+        priced, output = self.price(request, key, endpoint, body, cache_writes=CACHE_CONTROL in raw)
         if any(lot.api == "anthropic" for lot in priced.lots):
             priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
         upstream_body = body
@@ -410,9 +423,10 @@ class Gateway:
             stream.lot.inflight -= 1
         usage = tr.usage
         if usage is None or not tr.finished:
-            known = usage.input_tokens if usage is not None else 0
+            # Cut short: the input as reported (with its cached parts) and the output
+            # reported or streamed, whichever is more.
             out = max(usage.output_tokens if usage is not None else 0, tr.produced)
-            usage = Usage(known, out)
+            usage = dataclasses.replace(usage, output_tokens=out) if usage is not None else TokenUsage(0, out)
         if usage.input_tokens == 0 and usage.output_tokens == 0:
             await self.release(stream.key, stream.priced, stream.request_id)
         else:

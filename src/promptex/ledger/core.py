@@ -270,8 +270,8 @@ class Ledger:
         With `record`, the request's usage record is written in the same transaction, so
         the coordinator sees every settled charge (idempotent too)."""
 
-        if record is not None and min(record.input_tokens, record.output_tokens, record.list_usd_micro) < 0:
-            raise ValueError("token counts and list value cannot be negative")
+        if record is not None:
+            _records.check_record(record)
 
         if self._pg is not None:
             values = None if record is None else _records.record_values(record)

@@ -187,8 +187,14 @@ usage_records = Table(
     Column("payer_id", Integer, ForeignKey("accounts.id"), nullable=False),  # whose balance paid
     Column("asset", String(ASSET), nullable=False),
     Column("model", String(128), nullable=False),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),  # all input, cached included
+    Column("output_tokens", BigInteger, nullable=False),  # all output, reasoning included
+    # Of input_tokens: read from / written to the provider's prompt cache (writes: of
+    # which with a one-hour lifetime); of output_tokens: reasoning (migration 0006).
+    Column("cache_read_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cache_write_1h_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
     Column("cost", Amount, nullable=False),  # what the hold charged, in the asset's smallest unit
     Column("gateway_lot_id", Integer, nullable=True),
     Column("chain_lot_id", BigInteger, nullable=True),  # None: the lot was never opened on chain

@@ -19,6 +19,7 @@ from promptex.ledger.models import Hold, HoldStatus
 from promptex.ledger.schema import holds, usage_records
 
 PENDING, BATCHED, QUARANTINED = "pending", "batched", "quarantined"
+TOKEN_DETAILS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,18 @@ class UsageRecord:
     """What the gateway metered for one request (the ledger adds who paid and how much)."""
 
     model: str
-    input_tokens: int
-    output_tokens: int
+    input_tokens: int  # all input, cached included
+    output_tokens: int  # all output, reasoning included
     list_usd_micro: int  # the serving lot's draw-down at list price
     gateway_lot_id: int | None = None
     chain_lot_id: int | None = None  # None: the serving lot was never opened on chain
     lot_kind: str | None = None  # tokenized | listed
     fee_bps: int | None = None  # USDC: the protocol fee included in the price
+    # Parts of the counts above, as `metering.TokenUsage` nests them.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ class StoredUsage:
     batch_id: int | None
     epoch: int | None
     quarantine_reason: str | None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 def stored_usage(row: Any) -> StoredUsage:
@@ -86,17 +96,34 @@ def stored_usage(row: Any) -> StoredUsage:
         m["batch_id"],
         m["epoch"],
         m["quarantine_reason"],
+        *(m[name] for name in TOKEN_DETAILS),
     )
+
+
+def check_record(record: UsageRecord) -> None:
+    """A record's numbers: none negative, and each part within its whole."""
+    details = [getattr(record, name) for name in TOKEN_DETAILS]
+    if min(record.input_tokens, record.output_tokens, record.list_usd_micro, *details) < 0:
+        raise ValueError("token counts and list value cannot be negative")
+    if (
+        record.cache_read_tokens + record.cache_write_tokens > record.input_tokens
+        or record.cache_write_1h_tokens > record.cache_write_tokens
+        or record.reasoning_tokens > record.output_tokens
+    ):
+        raise ValueError("cached tokens are part of the input tokens, reasoning tokens of the output tokens")
 
 
 def record_values(record: UsageRecord) -> dict[str, Any]:
     """A usage row's values that come from the record, not from the settled hold."""
-    if min(record.input_tokens, record.output_tokens, record.list_usd_micro) < 0:
-        raise ValueError("token counts and list value cannot be negative")
+    check_record(record)
     return {
         "model": record.model,
         "input_tokens": record.input_tokens,
         "output_tokens": record.output_tokens,
+        "cache_read_tokens": record.cache_read_tokens,
+        "cache_write_tokens": record.cache_write_tokens,
+        "cache_write_1h_tokens": record.cache_write_1h_tokens,
+        "reasoning_tokens": record.reasoning_tokens,
         "gateway_lot_id": record.gateway_lot_id,
         "chain_lot_id": record.chain_lot_id,
         "lot_kind": record.lot_kind,

@@ -1,5 +1,10 @@
 """The model catalog: model id → provider and list price per 1,000 tokens.
 
+A model may also list the prices of its prompt cache: tokens read from it
+(`cache_read_usd_micro_per_1k`), written to it (`cache_write_usd_micro_per_1k`: Anthropic's
+five-minute writes) and written with a one-hour lifetime (`cache_write_1h_usd_micro_per_1k`).
+A rate not listed is the input rate: cached tokens are then charged as any input token.
+
 The default catalog is `catalog.toml` beside this module; a file of the same
 shape given by path (setting `model_catalog`) replaces it whole.
 """
@@ -27,14 +32,21 @@ class UnknownModel(LookupError):
         return str(self.args[0]) if self.args else "unknown model"
 
 
+CACHE_RATES = ("cache_read_usd_micro_per_1k", "cache_write_usd_micro_per_1k", "cache_write_1h_usd_micro_per_1k")
+
+
 @dataclass(frozen=True)
 class ModelPrice:
-    """A model's list price, in USD micro-units per 1,000 input and output tokens."""
+    """A model's list price, in USD micro-units per 1,000 input and output tokens (and
+    per 1,000 cached input tokens read or written, when the model lists them)."""
 
     model: str
     provider: str
     input_usd_micro_per_1k: int
     output_usd_micro_per_1k: int
+    cache_read_usd_micro_per_1k: int | None = None
+    cache_write_usd_micro_per_1k: int | None = None
+    cache_write_1h_usd_micro_per_1k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,15 @@ def _entry(model: str, fields: Any, source: str) -> ModelPrice:
     provider = fields.get("provider")
     if not isinstance(provider, str) or not provider:
         raise CatalogError(f"{where}: provider must be a non-empty string")
-    prices = []
-    for key in ("input_usd_micro_per_1k", "output_usd_micro_per_1k"):
+
+    def rate(key: str) -> int:
         value = fields.get(key)
         if type(value) is not int or value < 0:
             raise CatalogError(f"{where}: {key} must be a non-negative integer (USD micro-units per 1,000 tokens)")
-        prices.append(value)
-    unknown = set(fields) - {"provider", "input_usd_micro_per_1k", "output_usd_micro_per_1k"}
+        return value
+
+    unknown = set(fields) - {"provider", "input_usd_micro_per_1k", "output_usd_micro_per_1k", *CACHE_RATES}
     if unknown:
         raise CatalogError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    return ModelPrice(model, provider, prices[0], prices[1])
+    cache = {key: rate(key) for key in CACHE_RATES if key in fields}
+    return ModelPrice(model, provider, rate("input_usd_micro_per_1k"), rate("output_usd_micro_per_1k"), **cache)

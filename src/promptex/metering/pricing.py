@@ -2,8 +2,11 @@
 
     message_cost = (in_rate × input_tokens + out_rate × output_tokens) / 1000
 
-Rates are exact rationals in the paying asset's smallest unit per 1,000 tokens; the
-cost is rounded once, up, in that smallest unit, so rounding never favours the user.
+With a provider's prompt cache (`usage_cost`), input tokens read from or written to it
+are priced at the model's cache rates instead of the input rate (see
+`metering.tokens`: each token is priced once). Rates are exact rationals in the paying
+asset's smallest unit per 1,000 tokens; the cost is rounded once, up, in that smallest
+unit, so rounding never favours the user.
 
 - Paid in the model's provider token: rate = list price ÷ the token's face value.
 - Paid in USDC: rate = list price × the serving listed lot's rate × (1 + protocol fee).
@@ -23,6 +26,7 @@ from fractions import Fraction
 
 from promptex.metering.assets import asset, provider_token, token_by_symbol
 from promptex.metering.catalog import ModelPrice
+from promptex.metering.tokens import TokenUsage
 from promptex.protocol.units import BPS, USDC_SYMBOL
 
 TOKENS_PER_RATE = 1_000  # rates are per 1,000 tokens
@@ -34,11 +38,42 @@ class PricingError(ValueError):
 
 @dataclass(frozen=True)
 class Rates:
-    """Exact prices per 1,000 tokens, in `asset`'s smallest unit."""
+    """Exact prices per 1,000 tokens, in `asset`'s smallest unit. A cache rate of None
+    is the input rate (the model lists no price of its own for it)."""
 
     asset: str
     input_per_1k: Fraction
     output_per_1k: Fraction
+    cache_read_per_1k: Fraction | None = None
+    cache_write_per_1k: Fraction | None = None
+    cache_write_1h_per_1k: Fraction | None = None
+
+    def scaled(self, asset_symbol: str, factor: Fraction) -> Rates:
+        """Every rate × `factor`, in `asset_symbol`."""
+
+        def times(rate: Fraction | None) -> Fraction | None:
+            return None if rate is None else rate * factor
+
+        return Rates(
+            asset_symbol,
+            self.input_per_1k * factor,
+            self.output_per_1k * factor,
+            times(self.cache_read_per_1k),
+            times(self.cache_write_per_1k),
+            times(self.cache_write_1h_per_1k),
+        )
+
+    @property
+    def cache_read(self) -> Fraction:
+        return self.input_per_1k if self.cache_read_per_1k is None else self.cache_read_per_1k
+
+    @property
+    def cache_write(self) -> Fraction:
+        return self.input_per_1k if self.cache_write_per_1k is None else self.cache_write_per_1k
+
+    @property
+    def cache_write_1h(self) -> Fraction:
+        return self.input_per_1k if self.cache_write_1h_per_1k is None else self.cache_write_1h_per_1k
 
 
 def flat_rates(asset_symbol: str, per_1k: Fraction | int) -> Rates:
@@ -56,10 +91,60 @@ def exact_cost(rates: Rates, input_tokens: int, output_tokens: int = 0) -> Fract
     return (rates.input_per_1k * input_tokens + rates.output_per_1k * output_tokens) / TOKENS_PER_RATE
 
 
+def _round_up(exact: Fraction) -> int:
+    return -(-exact.numerator // exact.denominator)
+
+
 def message_cost(rates: Rates, input_tokens: int, output_tokens: int = 0) -> int:
     """The cost in smallest units, rounded up once: never below the exact cost, less than one unit above it."""
-    exact = exact_cost(rates, input_tokens, output_tokens)
-    return -(-exact.numerator // exact.denominator)
+    return _round_up(exact_cost(rates, input_tokens, output_tokens))
+
+
+def exact_usage_cost(rates: Rates, usage: TokenUsage) -> Fraction:
+    """The unrounded cost of what a request used: uncached input at the input rate, cache
+    reads and writes at their rates, output (reasoning included) at the output rate."""
+    return (
+        rates.input_per_1k * usage.uncached_input_tokens
+        + rates.cache_read * usage.cache_read_tokens
+        + rates.cache_write * usage.cache_write_5m_tokens
+        + rates.cache_write_1h * usage.cache_write_1h_tokens
+        + rates.output_per_1k * usage.output_tokens
+    ) / TOKENS_PER_RATE
+
+
+def usage_cost(rates: Rates, usage: TokenUsage) -> int:
+    """`exact_usage_cost` rounded up once, in smallest units."""
+    return _round_up(exact_usage_cost(rates, usage))
+
+
+def upper_bound(rates: Rates, input_tokens: int, output_tokens: int, *, cache_writes: bool = False) -> int:
+    """The most `input_tokens` in and `output_tokens` out can cost: every input token at the
+    highest rate it may be charged. A request that may write to the prompt cache
+    (`cache_writes`: Anthropic's `cache_control`) may pay a write rate, above the input rate,
+    for all of its input; any request may be served from the cache (a catalog's read rate
+    is meant to be below the input rate, but the bound does not rely on it)."""
+    if input_tokens < 0 or output_tokens < 0:
+        raise PricingError("token counts cannot be negative")
+    input_rate = max(rates.input_per_1k, rates.cache_read)
+    if cache_writes:
+        input_rate = max(input_rate, rates.cache_write, rates.cache_write_1h)
+    return _round_up((input_rate * input_tokens + rates.output_per_1k * output_tokens) / TOKENS_PER_RATE)
+
+
+def list_rates(price: ModelPrice) -> Rates:
+    """A model's list price as rates in USD micro-units (USDC's smallest unit) per 1,000 tokens."""
+
+    def rate(value: int | None) -> Fraction | None:
+        return None if value is None else Fraction(value)
+
+    return Rates(
+        USDC_SYMBOL,
+        Fraction(price.input_usd_micro_per_1k),
+        Fraction(price.output_usd_micro_per_1k),
+        rate(price.cache_read_usd_micro_per_1k),
+        rate(price.cache_write_usd_micro_per_1k),
+        rate(price.cache_write_1h_usd_micro_per_1k),
+    )
 
 
 def provider_token_rates(price: ModelPrice, face_value_usd_micro: int | None = None) -> Rates:
@@ -72,12 +157,7 @@ def provider_token_rates(price: ModelPrice, face_value_usd_micro: int | None = N
     face = token.face_value_usd_micro if face_value_usd_micro is None else face_value_usd_micro
     if face <= 0:
         raise PricingError(f"{token.symbol} face value must be positive")
-    unit = asset(token.symbol).unit
-    return Rates(
-        token.symbol,
-        Fraction(price.input_usd_micro_per_1k * unit, face),
-        Fraction(price.output_usd_micro_per_1k * unit, face),
-    )
+    return list_rates(price).scaled(token.symbol, Fraction(asset(token.symbol).unit, face))
 
 
 def usdc_rates(price: ModelPrice, lot_rate_bps: int, fee_bps: int) -> Rates:
@@ -89,8 +169,7 @@ def usdc_rates(price: ModelPrice, lot_rate_bps: int, fee_bps: int) -> Rates:
         raise PricingError(f"a listed lot's rate must be 1..{BPS} basis points of list price")
     if fee_bps < 0:
         raise PricingError("the protocol fee cannot be negative")
-    factor = Fraction(lot_rate_bps * (BPS + fee_bps), BPS * BPS)
-    return Rates(USDC_SYMBOL, price.input_usd_micro_per_1k * factor, price.output_usd_micro_per_1k * factor)
+    return list_rates(price).scaled(USDC_SYMBOL, Fraction(lot_rate_bps * (BPS + fee_bps), BPS * BPS))
 
 
 def usdc_to_token_rates(rates: Rates, to_symbol: str, usdc_per_token: Fraction) -> Rates:
@@ -101,8 +180,7 @@ def usdc_to_token_rates(rates: Rates, to_symbol: str, usdc_per_token: Fraction) 
     if usdc_per_token <= 0:
         raise PricingError("a TWAP price must be positive")
     target = asset(to_symbol)
-    factor = target.unit / Fraction(usdc_per_token)
-    return Rates(target.symbol, rates.input_per_1k * factor, rates.output_per_1k * factor)
+    return rates.scaled(target.symbol, target.unit / Fraction(usdc_per_token))
 
 
 def rates_for(

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from promptex.ledger.usage import TOKEN_DETAILS
 from promptex.proofs.errors import MalformedProof
-from promptex.protocol.merkle import Leaf, verify
+from promptex.protocol.merkle import LEAF_V1, Leaf, verify
 
 
 class RootReader(Protocol):
@@ -41,9 +42,11 @@ def verify_proof(proof: Mapping[str, Any], chain: RootReader) -> Verification:
     chain for its epoch; a mismatch is a result (`verified` False), not an error."""
     try:
         r = proof["record"]
+        version = int(proof.get("leaf_version", LEAF_V1))  # documents made before version 2 name none
+        details = {name: int(r[name]) for name in TOKEN_DETAILS} if version != LEAF_V1 else {}
         leaf = Leaf(
             r["request_id"], r["account"], r["model"], int(r["input_tokens"]), int(r["output_tokens"]),
-            int(r["cost"]), int(r["lot_id"]),
+            int(r["cost"]), int(r["lot_id"]), version=version, **details,
         ).hash()  # fmt: skip
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedProof(f"malformed proof: {exc}") from None
