@@ -38,7 +38,7 @@ from promptex.ledger.local_postgres import LocalPostgres
 from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 
-HEAD = "0006"
+HEAD = "0007"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
 

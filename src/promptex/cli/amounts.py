@@ -28,13 +28,6 @@ def count_of(option: str, text: str) -> int:
     return int(value)
 
 
-def whole(amount: int, decimals: int) -> str:
-    """`amount` smallest units as whole units, exactly, without trailing zeros: (4500, 3) → 4.5."""
-    whole_part, fraction = divmod(abs(amount), 10**decimals)
-    digits = str(fraction).rjust(decimals, "0").rstrip("0")
-    return ("-" if amount < 0 else "") + (f"{whole_part}.{digits}" if digits else str(whole_part))
-
-
 def _positive(text: str, unit: int, what: str, decimals: int) -> int:
     """A positive amount in whole units → smallest units, exactly (at most `decimals` places)."""
     try:

@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from promptex import metering
-from promptex.cli.amounts import count_of, decimal_of, whole
+from promptex.cli.amounts import count_of, decimal_of
 from promptex.config import ConfigurationError, settings
+from promptex.protocol.units import whole_units as whole
 
 
 @click.group()

@@ -212,11 +212,13 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
 
         async def events() -> AsyncIterator[bytes]:
             base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
-            for i, word in enumerate(fake_text(out).split()):
+            words = fake_text(out).split()
+            for i, word in enumerate(words):
                 if cfg.chunk_delay_ms:
                     await asyncio.sleep(cfg.chunk_delay_ms / 1000)
                 text = word if i == 0 else " " + word
-                yield _sse({**base, "choices": [{"index": 0, "text": text, "finish_reason": None}]})
+                finish = ("length" if out < cfg.output_tokens else "stop") if i == len(words) - 1 else None
+                yield _sse({**base, "choices": [{"index": 0, "text": text, "finish_reason": finish}]})
             if include_usage:
                 yield _sse({**base, "choices": [], "usage": usage})
             yield b"data: [DONE]\n\n"

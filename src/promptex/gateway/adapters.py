@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import bad_request
 from promptex.metering import TokenUsage, anthropic_usage
 
@@ -95,13 +96,17 @@ def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
 
 
 class StreamTranslator(Protocol):
+    """Turns an upstream stream, line by line, into the client's events. It holds back the
+    event that will carry the charge (`gateway.charges`) until `finish`, called once the
+    request is metered (with None when nothing was charged), which returns the rest."""
+
     usage: TokenUsage | None
     produced: int  # content pieces passed on so far (output already produced)
     finished: bool
 
     def feed(self, line: str) -> list[bytes]: ...
 
-    def finish(self) -> list[bytes]: ...
+    def finish(self, charge: Charge | None) -> list[bytes]: ...
 
 
 class Adapter(Protocol):
@@ -121,12 +126,23 @@ class MissingUsage(Exception):
 # ─── OpenAI-compatible ───────────────────────────────────────────────────────
 
 
+def _finishes(chunk: dict[str, Any]) -> bool:
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ())
+
+
 class OpenAIStream:
+    """Chunks pass through as sent, but the one that carries the charge is held until the
+    end: the usage chunk when the client asked for usage, else the chunk that finishes the
+    choice (the last with choices). Usage chunks the client did not ask for are dropped
+    (the gateway asks the upstream for them, to meter exactly)."""
+
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
+        self._held: dict[str, Any] | None = None
+        self._last: dict[str, Any] | None = None  # the last chunk with choices passed on
 
     def feed(self, line: str) -> list[bytes]:
         if not line.startswith("data:"):
@@ -139,25 +155,43 @@ class OpenAIStream:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return []
-        usage = openai_usage(chunk.get("usage")) if isinstance(chunk, dict) else None
+        if not isinstance(chunk, dict):
+            return []
+        usage = openai_usage(chunk.get("usage"))
         if usage is not None:
             self.usage = usage
-            if not self.include_usage:
-                if not chunk.get("choices"):
-                    return []
-                chunk.pop("usage", None)
-                return [sse(chunk)]
-        elif not self.include_usage and "usage" in chunk:
-            chunk.pop("usage", None)
-            return [sse(chunk)]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if (isinstance(delta, dict) and delta.get("content")) or (isinstance(choice, dict) and choice.get("text")):
                 self.produced += 1
-        return [b"data: " + data.encode() + b"\n\n"]
+        stripped = not self.include_usage and "usage" in chunk
+        if stripped:
+            if not chunk.get("choices"):
+                return []
+            del chunk["usage"]
+        if chunk.get("choices"):
+            self._last = chunk
+        if usage is not None if self.include_usage else _finishes(chunk):
+            out = self._release(None)
+            self._held = chunk
+            return out
+        return [sse(chunk) if stripped else b"data: " + data.encode() + b"\n\n"]
 
-    def finish(self) -> list[bytes]:
-        return [_DONE]
+    def _release(self, charge: Charge | None) -> list[bytes]:
+        held, self._held = self._held, None
+        if held is None and charge is not None and self._last is not None and not self.include_usage:
+            # An upstream that never finished its choice: one empty chunk with a choice carries it.
+            choice = self._last["choices"][0]
+            empty: dict[str, Any] = {"delta": {}} if isinstance(choice, dict) and "delta" in choice else {"text": ""}
+            held = {**self._last, "choices": [{"index": 0, **empty, "finish_reason": None}]}
+        if held is None:
+            return []
+        if charge is not None:
+            held[FIELD] = charge.fields()
+        return [sse(held)]
+
+    def finish(self, charge: Charge | None) -> list[bytes]:
+        return [*self._release(charge), *([_DONE] if self.finished else [])]
 
 
 class OpenAIAdapter:
@@ -290,12 +324,15 @@ class AnthropicStream:
             "model": model,
         }
 
-    def _chunk(self, delta: dict[str, Any] | None, text: str | None, finish: str | None) -> bytes:
+    def _choice_chunk(self, delta: dict[str, Any] | None, text: str | None, finish: str | None) -> dict[str, Any]:
         if self.endpoint == CHAT:
             choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": text or "", "finish_reason": finish}
-        return sse({**self._base, "choices": [choice]})
+        return {**self._base, "choices": [choice]}
+
+    def _chunk(self, delta: dict[str, Any] | None, text: str | None, finish: str | None) -> bytes:
+        return sse(self._choice_chunk(delta, text, finish))
 
     def feed(self, line: str) -> list[bytes]:
         if not line.startswith("data:"):
@@ -322,12 +359,20 @@ class AnthropicStream:
             self._finish = _FINISH.get(str(reason), "stop")
             return []
         if kind == "message_stop":
-            self.finished = True
-            out = [self._chunk({}, "", self._finish or "stop")]
-            if self.include_usage and self.usage is not None:
-                out.append(sse({**self._base, "choices": [], "usage": openai_usage_json(self.usage)}))
-            return out
+            self.finished = True  # the finishing chunk (and the usage chunk) wait for the charge
         return []
+
+    def finish(self, charge: Charge | None) -> list[bytes]:
+        if not self.finished:
+            return []
+        last = self._choice_chunk({}, "", self._finish or "stop")
+        tail = [last]
+        if self.include_usage and self.usage is not None:
+            last = {**self._base, "choices": [], "usage": openai_usage_json(self.usage)}
+            tail.append(last)
+        if charge is not None:
+            last[FIELD] = charge.fields()
+        return [*(sse(chunk) for chunk in tail), _DONE]
 
     def _update(self, usage: Any) -> None:
         """message_start reports the input (and the cache's) numbers, message_delta the
@@ -336,9 +381,6 @@ class AnthropicStream:
             return
         self._reported.update({k: v for k, v in usage.items() if v is not None})
         self.usage = anthropic_usage_of(self._reported) or self.usage
-
-    def finish(self) -> list[bytes]:
-        return [_DONE]
 
 
 class AnthropicAdapter:

@@ -159,12 +159,14 @@ def create_app(
             )
 
             await anyio.to_thread.run_sync(_app.state.gateway.treasury)
+            await anyio.to_thread.run_sync(_app.state.gateway.refresh_epochs)
 
             async def refresh_lots() -> None:
                 while True:
                     await anyio.sleep(settings.gateway_lot_refresh_seconds)
                     try:
                         await anyio.to_thread.run_sync(registry.refresh)
+                        await anyio.to_thread.run_sync(state["gateway"].refresh_epochs)
                     except Exception:  # a database hiccup: keep serving the lots we know
                         log.exception("refreshing lots failed")
 

@@ -37,6 +37,7 @@ from promptex.gateway.adapters import (
     adapter_for,
     check_anthropic_translatable,
 )
+from promptex.gateway.charges import Charge, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
@@ -59,7 +60,7 @@ from promptex.ledger import (
 from promptex.metering import TokenUsage
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
-from promptex.protocol.units import USDC_SYMBOL
+from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL
 
 ASSET_HEADER = "x-promptex-asset"
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
@@ -113,6 +114,7 @@ class Gateway:
         self._treasury: int | None = None
         self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
         self._list_rates = lru_cache(maxsize=1024)(lambda model: metering.list_rates(self.catalog.price(model)))
+        self.epochs: dict[str, int] = {}  # asset → the epoch a charge settled now is expected in
 
     # ─── Setup ───────────────────────────────────────────────────────────────
 
@@ -124,6 +126,11 @@ class Gateway:
             except (LedgerError, IntegrityError):  # another process created it just now
                 self._treasury = self.ledger.treasury(self.s.welcome_credit_treasury).id
         return self._treasury
+
+    def refresh_epochs(self) -> None:
+        """Read each asset's expected settlement epoch (blocking; with the lots' refresh)."""
+        assets = [USDC_SYMBOL, *(token.symbol for token in PROVIDER_TOKENS)]
+        self.epochs = {symbol: self.ledger.next_epoch(symbol) for symbol in assets}
 
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.threads.run(fn, *args)
@@ -267,7 +274,7 @@ class Gateway:
                 f"(smallest units): {exc}"
             ) from None
 
-    async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> None:
+    async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> Charge:
         """Settle the hold at the metered cost; the usage record (which lot served, at what
         list value, with its cached and reasoning tokens) is written in the same ledger
         transaction, for the coordinator."""
@@ -288,11 +295,33 @@ class Gateway:
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
         )
-        await self._thread(self._settle, key, request_id, cost, record)
+        hold: Hold = await self._thread(self._settle, key, request_id, cost, record)
         self.registry.draw(lot, usd)
+        return self.charge(request_id, priced.asset, cost if hold.charged is None else hold.charged, lot)
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
         await self._thread(self._release, key, request_id, priced.hold)
+
+    def usd_micro(self, asset: str, units: int) -> int:
+        """`units` of `asset` in USD micro-units, rounded up: USDC as is, a provider token at
+        its Oracle TWAP when one is fresh, else at its face value."""
+        if asset == USDC_SYMBOL:
+            return units
+        twap = self.twaps.fresh(asset) if self.twaps is not None else None
+        token = token_by_symbol(asset)
+        if twap is not None:
+            per_token = twap.usdc_per_token
+        elif token is not None:
+            per_token = Fraction(token.face_value_usd_micro)
+        else:
+            return 0
+        value = units * per_token / TOKEN_UNIT
+        return -(-value.numerator // value.denominator)
+
+    def charge(self, request_id: str, asset: str, units: int, lot: LiveLot) -> Charge:
+        """`units` of `asset` (a charge, or a hold) as told to the buyer (`gateway.charges`)."""
+        epoch = self.epochs.get(asset, 1)
+        return Charge(request_id, asset, units, self.usd_micro(asset, units), lot.id, lot.chain_lot_id, epoch)
 
     # ─── Serving ─────────────────────────────────────────────────────────────
 
@@ -374,10 +403,10 @@ class Gateway:
                 failures.append("unmetered")
                 continue
             with anyio.CancelScope(shield=True):
-                await self.finish(key, priced, request_id, lot, usage)
-            return Response(
-                content, media_type=JSON, headers={"x-request-id": request_id, "x-promptex-lot": str(lot.id)}
-            )
+                charge = await self.finish(key, priced, request_id, lot, usage)
+            response = Response(content, media_type=JSON, headers={"x-request-id": request_id})
+            response.raw_headers.extend(raw_headers(charge.cost_headers()))
+            return response
         raise _all_failed(failures)
 
     async def _stream(
@@ -412,7 +441,7 @@ class Gateway:
                     lot.inflight -= 1
         raise _all_failed(failures)
 
-    async def stream_done(self, stream: MeteredStream) -> None:
+    async def stream_done(self, stream: MeteredStream) -> Charge | None:
         """Meter a stream that ended, completed or not. A client that left still pays for
         the input and the output produced (the upstream was drained), never more; an upstream
         that broke off is charged for what it reported and streamed."""
@@ -429,8 +458,8 @@ class Gateway:
             usage = dataclasses.replace(usage, output_tokens=out) if usage is not None else TokenUsage(0, out)
         if usage.input_tokens == 0 and usage.output_tokens == 0:
             await self.release(stream.key, stream.priced, stream.request_id)
-        else:
-            await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
+            return None
+        return await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
 
     async def watch_load(self, backlog: Callable[[], int] | None = None, interval: float = 0.01) -> None:
         """Every `interval`, sample the event loop's lateness, the accept queue (`backlog`,
@@ -567,11 +596,12 @@ class MeteredStream:
         self.disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hold = self.gateway.charge(self.request_id, self.priced.asset, self.priced.hold, self.lot)
         headers = [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),
             (b"x-request-id", self.request_id.encode()),
-            (b"x-promptex-lot", str(self.lot.id).encode()),
+            *raw_headers(hold.hold_headers()),
         ]
         metered = False
         try:
@@ -597,11 +627,12 @@ class MeteredStream:
                             break
                 except UpstreamError:
                     self.broken = True
-                # Metered before the stream ends: a client that saw [DONE] sees the charge.
+                # Metered before the stream ends: its last event carries the exact charge,
+                # and a client that saw the end sees the charge in its balance.
                 with anyio.CancelScope(shield=True):
                     metered = True
-                    await self.gateway.stream_done(self)
-                tail = b"".join(self.translator.finish()) if self.translator.finished else b""
+                    charge = await self.gateway.stream_done(self)
+                tail = b"" if self.disconnected else b"".join(self.translator.finish(charge))
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
                 tg.cancel_scope.cancel()
         finally:

@@ -299,6 +299,12 @@ class Ledger:
         with self._read() as conn:
             return _records.get_usage(conn, request_id)
 
+    def next_epoch(self, asset: str) -> int:
+        """The settlement epoch a record of `asset` settled now is expected in (see
+        `ledger.usage.next_epoch`)."""
+        with self._read() as conn:
+            return _records.next_epoch(conn, asset)
+
     def release(self, request_id: str) -> Hold:
         """Drop the hold without a charge (idempotent)."""
         return self._write(lambda conn: _holds.release(conn, request_id, now=self.clock()))

@@ -211,6 +211,7 @@ usage_records = Table(
     Column("quarantine_reason", String(REASON), nullable=True),
     Column("quarantined_at", BigInteger, nullable=True),
     Index(None, "status", "asset"),
+    Index(None, "asset", "epoch"),  # the newest epoch per asset (`usage.next_epoch`; migration 0007)
 )
 
 # Instant-exit releases the coordinator signed; each locks its amount in the ledger until

@@ -156,6 +156,15 @@ def get_usage(conn: Connection, request_id: str) -> StoredUsage | None:
     return None if row is None else stored_usage(row)
 
 
+def next_epoch(conn: Connection, asset: str) -> int:
+    """The epoch a record of `asset` settled now is expected to settle in: the one after
+    the newest epoch holding any of the asset's records (1 when none has been batched).
+    Expected, not promised: a batch the chain refuses puts its records back to pending,
+    and they settle in a later epoch; the record's `epoch` says where each one went."""
+    latest = conn.execute(select(func.max(usage_records.c.epoch)).where(usage_records.c.asset == asset)).scalar()
+    return int(latest or 0) + 1
+
+
 # ─── The coordinator's side: batching and quarantine ─────────────────────────
 
 

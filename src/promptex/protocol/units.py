@@ -23,3 +23,10 @@ ZERO_ADDRESS = "0x" + "00" * 20
 
 HOUR = 3_600  # seconds
 DAY = 86_400
+
+
+def whole_units(amount: int, decimals: int) -> str:
+    """`amount` smallest units as whole units, exactly, without trailing zeros: (4500, 3) → "4.5"."""
+    whole_part, fraction = divmod(abs(amount), 10**decimals)
+    digits = str(fraction).rjust(decimals, "0").rstrip("0")
+    return ("-" if amount < 0 else "") + (f"{whole_part}.{digits}" if digits else str(whole_part))

@@ -1,0 +1,87 @@
+"""What an answer cost, told to the buyer with the answer.
+
+A plain answer carries its cost in headers; a stream (whose cost is known only at its end)
+carries its hold, the most it can cost, in headers and its exact cost in its last event:
+the `usage` chunk when the client asked for one (`stream_options.include_usage`), else the
+last chunk that has choices (OpenAI); `message_delta` (Anthropic); `response.completed`
+(Responses). There it is a `promptex` field holding `Charge.fields()`. Every client
+library keeps working: headers are ignored, and unknown fields are kept as extras.
+
+    x-promptex-asset        the paying asset (USDC, CLD, GPT, …)
+    x-promptex-cost         the charge in the asset's whole units (exact decimal)
+    x-promptex-cost-units   the charge in its smallest units (integer)
+    x-promptex-cost-usd     its value in US dollars (USDC 1:1; a provider token at its
+                            Oracle TWAP when the gateway reads one, else at its face value)
+    x-promptex-lot          the gateway lot that served it
+    x-promptex-chain-lot    that lot's CreditEscrow id (only when opened on chain)
+    x-promptex-epoch        the settlement epoch it is expected to settle in
+    x-promptex-hold[-units|-usd]   on streams: the hold, in the same three forms
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from promptex.metering import asset as asset_of
+from promptex.protocol.units import USDC_DECIMALS, whole_units
+
+ASSET = "x-promptex-asset"
+LOT = "x-promptex-lot"
+CHAIN_LOT = "x-promptex-chain-lot"
+EPOCH = "x-promptex-epoch"
+FIELD = "promptex"  # the extension field of a stream's last event
+
+
+@dataclass(frozen=True)
+class Charge:
+    """An amount (a charge, or a stream's hold) of one request and where it settles."""
+
+    request_id: str
+    asset: str
+    units: int  # in the asset's smallest unit
+    usd_micro: int  # its value in USD micro-units
+    lot: int  # the gateway lot
+    chain_lot: int | None
+    epoch: int
+
+    @property
+    def whole(self) -> str:
+        return whole_units(self.units, asset_of(self.asset).decimals)
+
+    @property
+    def usd(self) -> str:
+        return whole_units(self.usd_micro, USDC_DECIMALS)
+
+    def _place(self) -> list[tuple[str, str]]:
+        out = [(ASSET, self.asset), (LOT, str(self.lot)), (EPOCH, str(self.epoch))]
+        if self.chain_lot is not None:
+            out.append((CHAIN_LOT, str(self.chain_lot)))
+        return out
+
+    def cost_headers(self) -> list[tuple[str, str]]:
+        """The headers of a plain answer that cost this."""
+        amounts = [("x-promptex-cost", self.whole), ("x-promptex-cost-units", str(self.units))]
+        return [*amounts, ("x-promptex-cost-usd", self.usd), *self._place()]
+
+    def hold_headers(self) -> list[tuple[str, str]]:
+        """The headers of a stream that holds this (its cost comes in its last event)."""
+        amounts = [("x-promptex-hold", self.whole), ("x-promptex-hold-units", str(self.units))]
+        return [*amounts, ("x-promptex-hold-usd", self.usd), *self._place()]
+
+    def fields(self) -> dict[str, Any]:
+        """The `promptex` field of a stream's last event: the exact cost."""
+        return {
+            "request_id": self.request_id,
+            "asset": self.asset,
+            "cost": self.whole,
+            "cost_units": str(self.units),  # a string: 18-decimal amounts exceed JSON's safe integers
+            "cost_usd": self.usd,
+            "lot": self.lot,
+            "chain_lot": self.chain_lot,
+            "epoch": self.epoch,
+        }
+
+
+def raw_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in headers]
