@@ -4,9 +4,11 @@ Deposits, spend caps (signed and direct, widened, revoked), settlements (with
 debits above the cap or the balance, uncovered debits booked against recent
 exits), instant and trustless exits (sold or taken as the token), cancels,
 claims, reserve funding, pauses and time travel run in random orders against
-a real CreditEscrow and ComputeToken, next to adversaries: the admin (directly,
-as the Timelock would after its delay) unsetting the exit market or pointing it
-at a reverting contract and revoking roles, a pauser pausing as often as it is
+a real CreditEscrow and ComputeToken under the real Timelock, next to
+adversaries: the admin (calls the Timelock could execute, and operations scheduled
+through it that run only after its delay) unsetting the exit market or pointing it
+at a reverting contract and revoking roles, its guardian revoking the coordinator
+at once, the old admin key acting directly, a pauser pausing as often as it is
 allowed, and a coordinator posting debits on empty accounts paired with credits
 to its accomplice's listed lot. After every step:
 
@@ -18,9 +20,9 @@ to its accomplice's listed lot. After every step:
   earned exactly rate × Σ consumed, rounded down;
 - every pending exit completes once its bound (request + thaw + MAX_PAUSE) has
   passed, whatever the admin, pauser and coordinator did;
-- no value reaches a role holder: the coordinator, the pauser and the accomplice
-  end with what the rules give them (the accomplice: only credits backed by
-  debits users could pay, or shortfall within an exit's allowance).
+- no value reaches a role holder: the coordinator, pauser, Timelock, proposer,
+  guardian and old admin key hold what they started with, and the accomplice's
+  lot earns nothing.
 """
 
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from promptex.protocol.escrow import KIND_LISTED as LISTED
 from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
+from promptex.protocol.timelock import MIN_DELAY
 from promptex.protocol.vault import (
     POLICY_WITHDRAWABLE,
     UNLIMITED,
@@ -49,6 +52,7 @@ USDC = boa.load_partial("contracts/test/MockUSDC.vy")
 ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
 VAULT = boa.load_partial("contracts/CreditsVault.vy")
 MARKET = boa.load_partial("contracts/test/MockExitMarket.vy")
+TIMELOCK = boa.load_partial("contracts/Timelock.vy")
 REVERTER = boa.load_partial("contracts/test/RevertingExitMarket.vy")
 
 EPOCH = 60
@@ -106,6 +110,7 @@ class World:
         self.coordinator = Account.from_key(COORDINATOR_KEY).address
         self.users = [Account.from_key(k).address for k in KEYS]
         self.empty = [boa.env.generate_address(f"empty {i}") for i in range(2)]  # never deposit
+        self.proposer, self.guardian = boa.env.generate_address("proposer"), boa.env.generate_address("guardian")
 
         with boa.env.prank(self.admin):
             self.usdc = USDC.deploy()
@@ -142,9 +147,23 @@ class World:
             self.accomplice_lot = self.escrow.open_lot(
                 self.attacker, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, 10_000
             )
+        # The Timelock administers the vault; its guardian may revoke the two roles at once.
+        revocations = [
+            (self.vault.address, self.vault.revoke_coordinator.prepare_calldata(self.coordinator)[:4]),
+            (self.vault.address, self.vault.revoke_pauser.prepare_calldata(self.pauser)[:4]),
+        ]
+        with boa.env.prank(self.admin):
+            self.timelock = TIMELOCK.deploy(
+                MIN_DELAY, [self.proposer], [boa.eval("empty(address)")], [self.guardian], revocations
+            )
+            self.vault.transfer_ownership(self.timelock.address)
+        self.timelock.accept_ownership(self.vault.address)
         self.cld.approve(self.vault.address, 2**256 - 1, sender=self.seller)
         self.usdc.approve(self.vault.address, 2**256 - 1, sender=self.seller)
-        self.cap_expiry = boa.env.evm.patch.timestamp + 50 * EPOCH
+        # Users 0 and 1 sign caps that never lapse (they can only widen them); user 2's
+        # lapses after fifty windows, so new, lower caps are exercised too.
+        lapses = boa.env.evm.patch.timestamp + 50 * EPOCH
+        self.cap_expiry = {u: MAX_EXPIRY if i < 2 else lapses for i, u in enumerate(self.users)}
         for user in self.users:
             self.cld.transfer(user, 10**6 * UNIT["CLD"], sender=self.seller)
             self.usdc.approve(self.vault.address, 2**256 - 1, sender=user)
@@ -154,13 +173,15 @@ class World:
             for token in (self.usdc, self.cld):
                 self.vault.deposit(token.address, 100 * UNIT[token.symbol()], sender=user)
                 self.vault.set_spend_cap(
-                    token.address, 30 * UNIT[token.symbol()], UNLIMITED - 1, self.cap_expiry, sender=user
+                    token.address, 30 * UNIT[token.symbol()], UNLIMITED - 1, self.cap_expiry[user], sender=user
                 )
         self.chain_id = self.vault.eip712Domain()[3]
         self.genesis = self.vault.genesis()
         self.cld_supply = self.cld.totalSupply()
         self.lot_capacity = self.escrow.lots(self.tokenized_lot).capacity
-        self.usdc_of = {a: self.usdc.balanceOf(a) for a in (self.coordinator, self.pauser, self.attacker)}
+        self.roles = (self.coordinator, self.pauser, self.proposer, self.guardian, self.timelock.address, self.admin)
+        self.usdc_of = {a: self.usdc.balanceOf(a) for a in self.roles}
+        self.cld_of = {a: self.cld.balanceOf(a) for a in self.roles}
 
 
 WORLD = World()
@@ -184,7 +205,7 @@ class VaultMachine(RuleBasedStateMachine):
             for u in self.users:
                 pos = asset.positions[u]
                 pos.balance, pos.per_epoch = 100 * UNIT[sym], quantize_per_epoch(30 * UNIT[sym])
-                pos.total, pos.expiry = MAX_CAP_TOTAL, self.cap_expiry
+                pos.total, pos.expiry = MAX_CAP_TOTAL, self.cap_expiry[u]
         self.release_nonce = {u: 0 for u in self.users}
         self.exit_market = self.market.address
         self.coordinators = {self.coordinator}
@@ -441,7 +462,8 @@ class VaultMachine(RuleBasedStateMachine):
         # Per user: left out (None), or a share of what the vault would let us
         # debit — above 1 is usage above the cap or the balance.
         shares=st.lists(
-            st.one_of(st.none(), st.floats(0, 1), st.floats(0, 1), st.floats(1, 1.3)),
+            # one time in eight: above what the vault lets a settlement debit
+            st.one_of(st.none(), *[st.floats(0, 1)] * 6, st.floats(1, 1.3)),
             min_size=N_USERS,
             max_size=N_USERS,
         ),
@@ -685,27 +707,72 @@ class VaultMachine(RuleBasedStateMachine):
         self.vault.fund_reserve(self.tokens[sym].address, amount, sender=self.seller)
         self.assets[sym].reserve += amount
 
-    # ── the admin (as the Timelock, after its delay), the pauser, time ───────
+    # ── the admin (the Timelock: what it may execute), its guardian, the pauser, time ──
+    # Rules named admin_* make calls as the Timelock itself: any operation it could run
+    # after its delay, hostile or not. `timelock_*` goes through schedule → delay → execute.
+
+    def set_market(self, choice: str) -> str:
+        return {"honest": self.market.address, "zero": "0x" + "00" * 20, "reverting": self.reverter.address}[choice]
 
     @rule(choice=st.sampled_from(["honest", "zero", "reverting"]))
     def admin_sets_exit_market(self, choice):
-        market = {"honest": self.market.address, "zero": "0x" + "00" * 20, "reverting": self.reverter.address}[choice]
-        self.vault.set_exit_market(market, sender=self.admin)
+        market = self.set_market(choice)
+        self.vault.set_exit_market(market, sender=self.timelock.address)
         self.exit_market = market
 
-    @rule(grant=st.sampled_from([True, True, True, False]))
-    def admin_changes_the_coordinator(self, grant):
-        if grant:
-            self.vault.grant_coordinator(self.coordinator, sender=self.admin)
+    @rule(how=st.sampled_from(["grant", "grant", "grant", "revoke", "guardian"]))
+    def admin_changes_the_coordinator(self, how):
+        if how == "grant":
+            self.vault.grant_coordinator(self.coordinator, sender=self.timelock.address)
             self.coordinators.add(self.coordinator)
-        else:
-            self.vault.revoke_coordinator(self.coordinator, sender=self.admin)
+        elif how == "revoke":
+            self.vault.revoke_coordinator(self.coordinator, sender=self.timelock.address)
             self.coordinators.discard(self.coordinator)
+        else:  # the guardian revokes at once; it can never grant
+            calldata = self.vault.revoke_coordinator.prepare_calldata(self.coordinator)
+            self.timelock.revoke(self.vault.address, calldata, sender=self.guardian)
+            self.coordinators.discard(self.coordinator)
+            with boa.reverts():
+                grant = self.vault.grant_coordinator.prepare_calldata(self.coordinator)
+                self.timelock.revoke(self.vault.address, grant, sender=self.guardian)
+
+    @rule()
+    def old_admin_key_acts_directly(self):
+        for call in (
+            lambda: self.vault.set_exit_market(self.reverter.address, sender=self.admin),
+            lambda: self.vault.withdraw_reserve(self.usdc.address, 1, self.admin, sender=self.admin),
+            lambda: self.vault.grant_coordinator(self.admin, sender=self.admin),
+        ):
+            with boa.reverts("ownable: caller is not the owner"):
+                call()
+
+    @rule(choice=st.sampled_from(["zero", "reverting"]), act=st.sampled_from([True, False, False, False]))
+    def timelock_blocks_the_exit_market_after_its_delay(self, choice, act):
+        """The proposer schedules a hostile market. Every exit pending when it is announced can
+        complete through the old market before it runs: MIN_DELAY > thaw + MAX_PAUSE."""
+        if not act:
+            return
+        self.salt = getattr(self, "salt", 0) + 1
+        salt, zero = self.salt.to_bytes(32, "big"), b"\0" * 32
+        calldata = self.vault.set_exit_market.prepare_calldata(self.set_market(choice))
+        self.timelock.schedule(self.vault.address, 0, calldata, zero, salt, MIN_DELAY, sender=self.proposer)
+        runs_at = self.now() + MIN_DELAY
+        for asset in self.assets.values():
+            for pos in asset.positions.values():
+                if pos.exit_amount:
+                    assert pos.exit_requested_at + 2 * EPOCH + MAX_PAUSE < runs_at
+        boa.env.time_travel(seconds=MIN_DELAY - 1)
+        with boa.reverts():  # not a second early
+            self.timelock.execute(self.vault.address, 0, calldata, zero, salt, sender=self.attacker)
+        boa.env.time_travel(seconds=1)
+        self.timelock.execute(self.vault.address, 0, calldata, zero, salt, sender=self.attacker)
+        self.exit_market = self.set_market(choice)
+        event("exit market changed through the timelock")
 
     @rule(by_admin=st.booleans(), now=st.sampled_from([True, False, False]))
     def pause(self, by_admin, now):
         """The pauser (or admin) pauses, often as soon as the vault lets it."""
-        sender = self.admin if by_admin else self.pauser
+        sender = self.timelock.address if by_admin else self.pauser
         if not now and self.pause_start and not self.paused() and self.now() < self.pause_end + 2 * EPOCH:
             boa.env.time_travel(seconds=self.pause_end + 2 * EPOCH - self.now())  # the first moment allowed
         if self.paused():
@@ -726,7 +793,7 @@ class VaultMachine(RuleBasedStateMachine):
     def unpause(self):
         with boa.reverts("ownable: caller is not the owner"):
             self.vault.unpause(sender=self.pauser)
-        self.vault.unpause(sender=self.admin)
+        self.vault.unpause(sender=self.timelock.address)
         self.pause_end = self.now()
 
     @rule(seconds=st.integers(1, 3 * EPOCH))
@@ -772,10 +839,12 @@ class VaultMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_value_reaches_a_role_holder(self):
-        # The coordinator and pauser hold what they started with; the accomplice's
-        # lot earned only what users owed (its credits never land: see the rule).
-        for account in (self.coordinator, self.pauser):
+        # Every role holder (coordinator, pauser, the Timelock, its proposer and guardian,
+        # the old admin key) holds what it started with; the accomplice's lot earned
+        # nothing (its credits never land: see the rule).
+        for account in self.roles:
             assert self.usdc.balanceOf(account) == self.usdc_of[account]
+            assert self.cld.balanceOf(account) == self.cld_of[account]
         assert self.accomplice_credit == 0
         assert self.vault.claimable(self.attacker, self.usdc.address) == 0
 
