@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from eth_account import Account
@@ -155,6 +156,13 @@ class Harness:
 
     def async_client(self, key: str) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0)
+
+    def anthropic(self, key: str, **options: Any) -> anthropic.Anthropic:
+        """The official Anthropic client, with only its base URL and key changed."""
+        return anthropic.Anthropic(base_url=self.url, api_key=key, max_retries=0, **options)
+
+    def async_anthropic(self, key: str) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(base_url=self.url, api_key=key, max_retries=0)
 
 
 class FakeTwaps:

@@ -24,7 +24,7 @@ MODELS = ["fake-gpt", "fake-claude", "fake-embed", "no-such-model"]
 
 def _with_models(schema: dict[str, Any]) -> dict[str, Any]:
     schema = copy.deepcopy(schema)
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"):
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         body["properties"]["model"] = {"type": "string", "enum": MODELS}
     return schema

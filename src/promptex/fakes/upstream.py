@@ -180,7 +180,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
                     await asyncio.sleep(cfg.chunk_delay_ms / 1000)
                 text = word if i == 0 else " " + word
                 yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
-            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            finish = "length" if total < cfg.output_tokens else "stop"
+            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
             if include_usage:
                 yield _sse({**base, "choices": [], "usage": usage})
             yield b"data: [DONE]\n\n"

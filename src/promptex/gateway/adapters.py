@@ -11,6 +11,7 @@ its answer (and its usage) comes back in OpenAI's shapes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,6 +70,7 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
     if not isinstance(usage, dict) or type(usage.get("input_tokens")) is not int:
         return None
     creation = usage.get("cache_creation")
+    details = usage.get("output_tokens_details")
     try:
         return anthropic_usage(
             _count(usage["input_tokens"]),
@@ -76,6 +78,7 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
             cache_read=_count(usage.get("cache_read_input_tokens")),
             cache_write=_count(usage.get("cache_creation_input_tokens")),
             cache_write_1h=_count(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else 0,
+            thinking=_count(details.get("thinking_tokens")) if isinstance(details, dict) else 0,
         )
     except ValueError:
         return None
@@ -100,9 +103,16 @@ class StreamTranslator(Protocol):
     event that will carry the charge (`gateway.charges`) until `finish`, called once the
     request is metered (with None when nothing was charged), which returns the rest."""
 
-    usage: TokenUsage | None
-    produced: int  # content pieces passed on so far (output already produced)
-    finished: bool
+    @property
+    def usage(self) -> TokenUsage | None: ...
+
+    @property
+    def produced(self) -> int:
+        """Content pieces passed on so far (output already produced)."""
+        ...
+
+    @property
+    def finished(self) -> bool: ...
 
     def feed(self, line: str) -> list[bytes]: ...
 
@@ -121,6 +131,73 @@ class Adapter(Protocol):
 
 class MissingUsage(Exception):
     """An upstream answer without usage numbers: it cannot be metered."""
+
+
+def read_answer(content: bytes, usage_of: Callable[[Any], TokenUsage | None]) -> tuple[dict[str, Any], TokenUsage]:
+    """An upstream answer's JSON object and its usage (read by `usage_of`), or MissingUsage."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise MissingUsage("the upstream answer is not JSON") from None
+    usage = usage_of(body.get("usage")) if isinstance(body, dict) else None
+    if usage is None:
+        raise MissingUsage("the upstream answer has no usage")
+    return body, usage
+
+
+def anthropic_call(base_url: str, secret: str, body: dict[str, Any]) -> UpstreamCall:
+    """A Messages API request to an Anthropic lot."""
+    headers = {"x-api-key": secret, "anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
+    return UpstreamCall(base_url.rstrip("/") + "/messages", headers, orjson.dumps(body))
+
+
+class ChatTranslation:
+    """Base of the translators that turn chat completion chunks into another API's events
+    (the Messages and Responses APIs served by chat completions): the inner translator
+    (which always includes usage) meters; a subclass reads each chunk (`chunk`) and adds
+    the events that end the stream once it is metered (`end`), through `emit`."""
+
+    def __init__(self, inner: StreamTranslator) -> None:
+        self.inner = inner
+        self._events: list[bytes] = []
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return self.inner.usage
+
+    @property
+    def produced(self) -> int:
+        return self.inner.produced
+
+    @property
+    def finished(self) -> bool:
+        return self.inner.finished
+
+    def emit(self, kind: str, event: dict[str, Any]) -> None:
+        """One SSE event, named and serialized at once (its objects may change after)."""
+        self._events.append(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def end(self, charge: Charge | None) -> None:
+        raise NotImplementedError
+
+    def _read(self, frames: list[bytes]) -> list[bytes]:
+        for raw in frames:
+            if raw.startswith(b"data: {"):
+                self.chunk(orjson.loads(raw[6:]))
+        out, self._events = self._events, []
+        return out
+
+    def feed(self, line: str) -> list[bytes]:
+        return self._read(self.inner.feed(line))
+
+    def finish(self, charge: Charge | None) -> list[bytes]:
+        self._read(self.inner.finish(None))
+        if self.inner.finished:
+            self.end(charge)
+        return self._read([])
 
 
 # ─── OpenAI-compatible ───────────────────────────────────────────────────────
@@ -206,14 +283,7 @@ class OpenAIAdapter:
         )
 
     def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        try:
-            body = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise MissingUsage("the upstream answer is not JSON") from None
-        usage = openai_usage(body.get("usage")) if isinstance(body, dict) else None
-        if usage is None:
-            raise MissingUsage("the upstream answer has no usage")
-        return content, usage
+        return content, read_answer(content, openai_usage)[1]
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
         return OpenAIStream(include_usage)
@@ -388,20 +458,10 @@ class AnthropicAdapter:
         self.default_max_tokens = default_max_tokens
 
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
-        return UpstreamCall(
-            base_url.rstrip("/") + "/messages",
-            {"x-api-key": secret, "anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"},
-            orjson.dumps(anthropic_body(endpoint, body, self.default_max_tokens)),
-        )
+        return anthropic_call(base_url, secret, anthropic_body(endpoint, body, self.default_max_tokens))
 
     def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        try:
-            body = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            raise MissingUsage("the upstream answer is not JSON") from None
-        usage = anthropic_usage_of(body.get("usage")) if isinstance(body, dict) else None
-        if usage is None:
-            raise MissingUsage("the upstream answer has no usage")
+        body, usage = read_answer(content, anthropic_usage_of)
         text = _text(body.get("content"))
         finish = _FINISH.get(str(body.get("stop_reason")), "stop")
         usage_body = openai_usage_json(usage)

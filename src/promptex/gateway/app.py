@@ -1,12 +1,14 @@
 """The ASGI application: `create_app(settings)`, served by uvicorn.
 
-The three metered POST routes go straight from the ASGI entry to the gateway; the rest
+The metered POST routes (chat completions, completions, embeddings, Anthropic's
+`/v1/messages`, `/v1/responses`) go straight from the ASGI entry to the gateway; the rest
 (`/v1/models`, the OpenAPI schema, unknown paths, other methods) through Starlette.
 Why: at load, Starlette's router and middleware stack (each wrapping `send`) cost more
 CPU per request than everything the gateway itself does outside the ledger. Past
 saturation the entry answers 429 before the body is read, from bytes built once.
 
-Every response carries `x-request-id`; every error has OpenAI's body.
+Every response carries `x-request-id`; every error has OpenAI's body, but on
+`/v1/messages`, where it has Anthropic's (`gateway.fronts`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import Settings
-from promptex.gateway import checkpoints, errors
+from promptex.gateway import checkpoints, errors, fronts
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError
+from promptex.gateway.fronts import API_ROUTES
+from promptex.gateway.messages import MESSAGES
 from promptex.gateway.openapi import openapi_schema
 from promptex.gateway.routing import LotRegistry
 from promptex.gateway.service import Gateway, new_request_id
@@ -75,14 +79,21 @@ def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id") or new_request_id())
 
 
-HOT_ROUTES = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS}
+HOT_ROUTES = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
+    **API_ROUTES,  # /v1/messages (Anthropic's API), /v1/responses
+}
 _SHED = errors.busy("The gateway is at capacity; retry shortly.")
-_SHED_BODY = _SHED.body()
-_SHED_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"content-length", str(len(_SHED_BODY)).encode()),
-    (b"retry-after", b"1"),
-]
+
+
+def _shed(body: bytes, status: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return status, body, [*headers, (b"retry-after", b"1")]
+
+
+_SHED_OPENAI = _shed(_SHED.body(), 429)
 
 
 class GatewayApp:
@@ -105,18 +116,22 @@ class GatewayApp:
         request_id = new_request_id()
         gateway = self._gateway()
         if gateway.overloaded or gateway.inflight >= gateway.s.gateway_max_inflight:
-            headers = [*_SHED_HEADERS, (b"x-request-id", request_id.encode())]
-            await send({"type": "http.response.start", "status": 429, "headers": headers})
-            await send({"type": "http.response.body", "body": _SHED_BODY})
+            if endpoint == MESSAGES:  # Anthropic's 529 overloaded_error (names its request id)
+                status, body, headers = _shed(_SHED.anthropic_body(request_id), _SHED.anthropic_status())
+            else:
+                status, body, headers = _SHED_OPENAI
+            ids = [(name.encode(), value.encode()) for name, value in fronts.id_headers(endpoint, request_id).items()]
+            await send({"type": "http.response.start", "status": status, "headers": [*headers, *ids]})
+            await send({"type": "http.response.body", "body": body})
             return
         response: Any
         try:
             response = await gateway.serve(endpoint, Request(scope, receive), request_id)
         except GatewayError as exc:
-            response = exc.response(request_id)
+            response = fronts.error_response(endpoint, exc, request_id)
         except Exception as exc:
             log.error("internal error in request %s: %s", request_id, type(exc).__name__)
-            response = GatewayError(500, "Internal error.", type="server_error").response(request_id)
+            response = fronts.error_response(endpoint, errors.internal(), request_id)
         await response(scope, receive, send)
 
 
@@ -194,7 +209,7 @@ def create_app(
             try:
                 return await gateway().serve(name, request, request_id)
             except GatewayError as exc:
-                return exc.response(request_id)
+                return fronts.error_response(name, exc, request_id)
 
         return handle
 
@@ -213,17 +228,19 @@ def create_app(
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = exc.detail if isinstance(exc, HTTPException) else "Internal error."
         kind = "invalid_request_error" if status < 500 else "server_error"
-        return GatewayError(status, str(message), type=kind).response(_request_id(request))
+        error = GatewayError(status, str(message), type=kind)
+        return fronts.error_response(API_ROUTES.get(request.url.path, ""), error, _request_id(request))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("internal error in request %s: %s", _request_id(request), type(exc).__name__)
-        return GatewayError(500, "Internal error.", type="server_error").response(_request_id(request))
+        return fronts.error_response(API_ROUTES.get(request.url.path, ""), errors.internal(), _request_id(request))
 
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", endpoint(CHAT), methods=["POST"]),
             Route("/v1/completions", endpoint(COMPLETIONS), methods=["POST"]),
             Route("/v1/embeddings", endpoint(EMBEDDINGS), methods=["POST"]),
+            *(Route(path, endpoint(name), methods=["POST"]) for path, name in API_ROUTES.items()),
             Route("/v1/models", models, methods=["GET"]),
             Route("/openapi.json", schema, methods=["GET"]),
         ],

@@ -2,6 +2,13 @@
 
     {"error": {"message": "...", "type": "...", "param": null, "code": "..."}}
 
+On the Anthropic Messages API (`/v1/messages`) the same errors take Anthropic's shape,
+`{"type": "error", "error": {"type": "...", "message": "..."}, "request_id": "..."}`,
+with its types by status (`ANTHROPIC_TYPES`): a 402 (the balance cannot cover the hold)
+is `billing_error`, Anthropic's own type for a 402; the gateway being at capacity (a 429
+`capacity_busy`) is Anthropic's 529 `overloaded_error`, while a limit on the caller stays
+a 429 `rate_limit_error`.
+
 A message never contains an upstream secret: upstream bodies are not echoed.
 """
 
@@ -39,9 +46,48 @@ class GatewayError(Exception):
         headers = {"x-request-id": request_id, **self.headers}
         return Response(self.body(), status_code=self.status, media_type="application/json", headers=headers)
 
+    def anthropic_status(self) -> int:
+        return OVERLOADED if self.status == 429 and self.code == BUSY else self.status
+
+    def anthropic_body(self, request_id: str) -> bytes:
+        fallback = "api_error" if self.status >= 500 else "invalid_request_error"
+        kind = ANTHROPIC_TYPES.get(self.anthropic_status(), fallback)
+        error = {"type": kind, "message": self.message}
+        return orjson.dumps({"type": "error", "error": error, "request_id": request_id})
+
+    def anthropic_response(self, request_id: str) -> Response:
+        """This error as the Anthropic Messages API answers it (`request-id` is what its SDK reads)."""
+        headers = {"x-request-id": request_id, "request-id": request_id, **self.headers}
+        return Response(
+            self.anthropic_body(request_id),
+            status_code=self.anthropic_status(),
+            media_type="application/json",
+            headers=headers,
+        )
+
+
+BUSY = "capacity_busy"
+OVERLOADED = 529  # Anthropic's status for "overloaded"
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    OVERLOADED: "overloaded_error",
+}
+
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
+
+
+def internal() -> GatewayError:
+    return GatewayError(500, "Internal error.", type="server_error")
 
 
 def invalid_key() -> GatewayError:
@@ -59,7 +105,7 @@ def insufficient_balance(message: str) -> GatewayError:
 
 
 def busy(message: str = "All capacity for this model is busy; retry shortly.") -> GatewayError:
-    return GatewayError(429, message, type="rate_limit_error", code="capacity_busy")
+    return GatewayError(429, message, type="rate_limit_error", code=BUSY)
 
 
 def no_capacity(model: str, asset: str) -> GatewayError:

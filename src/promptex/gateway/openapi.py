@@ -28,21 +28,42 @@ _ERROR = {
     },
 }
 _ERRORS = {str(code): _ERROR for code in (400, 401, 402, 404, 413, 429, 502, 503, 504)}
+_ANTHROPIC_ERROR = {
+    "description": "Anthropic error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["type", "error"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["error"]},
+                    "error": {
+                        "type": "object",
+                        "required": ["type", "message"],
+                        "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                    "request_id": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+_ANTHROPIC_ERRORS = {str(code): _ANTHROPIC_ERROR for code in (400, 401, 402, 404, 413, 429, 502, 503, 504, 529)}
 _STREAM = {
     "type": "boolean",
 }
 _MAX = {"type": "integer", "minimum": 1}
 
 
-def _post(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
+def _post(summary: str, schema: dict[str, Any], *, anthropic: bool = False) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
-            "security": [{"bearer": []}],
+            "security": [{"apiKey": []}, {"bearer": []}] if anthropic else [{"bearer": []}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {}, "text/event-stream": {}}},
-                **_ERRORS,
+                **(_ANTHROPIC_ERRORS if anthropic else _ERRORS),
             },
         }
     }
@@ -84,14 +105,53 @@ def openapi_schema() -> dict[str, Any]:
         "required": ["model", "input"],
         "properties": {"model": {"type": "string"}, "input": {"type": "string"}},
     }
+    messages = {  # Anthropic's Messages API (text here; content blocks too, see gateway.messages)
+        "type": "object",
+        "required": ["model", "max_tokens", "messages"],
+        "properties": {
+            "model": {"type": "string"},
+            "max_tokens": _MAX,
+            "system": {"type": "string"},
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"type": "string", "enum": ["user", "assistant"]},
+                        "content": {"type": "string"},
+                    },
+                },
+            },
+            "stream": _STREAM,
+        },
+    }
+    responses = {  # OpenAI's Responses API, text and stateless (see gateway.responses)
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string"},
+            "input": {"type": "string"},
+            "instructions": {"type": "string"},
+            "max_output_tokens": _MAX,
+            "stream": _STREAM,
+        },
+    }
+    schemes = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+    }
     return {
         "openapi": "3.0.3",
         "info": {"title": "PROMPTEX gateway", "version": "1"},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"securitySchemes": schemes},
         "paths": {
             "/v1/chat/completions": _post("Chat completion", chat),
             "/v1/completions": _post("Text completion", completion),
             "/v1/embeddings": _post("Embeddings", embedding),
+            "/v1/messages": _post("Anthropic Messages API", messages, anthropic=True),
+            "/v1/responses": _post("OpenAI Responses API (stateless, text)", responses),
             "/v1/models": {
                 "get": {
                     "summary": "Models and their prices per asset",

@@ -29,20 +29,15 @@ from starlette.types import Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import Settings
-from promptex.gateway import errors
-from promptex.gateway.adapters import (
-    EMBEDDINGS,
-    MissingUsage,
-    StreamTranslator,
-    adapter_for,
-    check_anthropic_translatable,
-)
+from promptex.gateway import errors, fronts
+from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
 from promptex.gateway.charges import Charge, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
+from promptex.gateway.messages import MESSAGES
 from promptex.gateway.overload import OverloadDetector, ShedLimits
-from promptex.gateway.requests import parse_body, validate
+from promptex.gateway.requests import parse_body
 from promptex.gateway.routing import LISTED, TOKENIZED, LiveLot, LotRegistry
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.gateway.twap import Twap, TwapCache
@@ -140,12 +135,13 @@ class Gateway:
 
     # ─── Authentication ──────────────────────────────────────────────────────
 
-    async def authenticate(self, request: Request) -> ApiKey:
+    async def authenticate(self, request: Request, endpoint: str = "") -> ApiKey:
         key = bearer(request.headers.get("authorization"))
+        if key is None and endpoint == MESSAGES:  # Anthropic's header (its SDK's default)
+            key = request.headers.get("x-api-key") or None
         if key is None:
-            raise errors.GatewayError(
-                401, "You didn't provide an API key (Authorization: Bearer …).", code="missing_api_key"
-            )
+            where = "x-api-key or Authorization: Bearer …" if endpoint == MESSAGES else "Authorization: Bearer …"
+            raise errors.GatewayError(401, f"You didn't provide an API key ({where}).", code="missing_api_key")
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._keys.get(digest)
@@ -210,7 +206,7 @@ class Gateway:
     ) -> tuple[Priced, int]:
         """The lots that may serve the request, their rates and the hold: the most it can
         cost (`cache_writes`: it may write to a prompt cache, see `metering.upper_bound`)."""
-        model, input_estimate, requested = validate(endpoint, body)
+        model, input_estimate, requested = fronts.validate(endpoint, body)
         try:
             price = self.catalog.price(model)
         except metering.UnknownModel:
@@ -335,19 +331,15 @@ class Gateway:
             self.inflight -= 1
 
     async def _serve(self, endpoint: str, request: Request, request_id: str) -> Response | MeteredStream:
-        key = await self.authenticate(request)
+        key = await self.authenticate(request, endpoint)
         raw = await read_body(request, self.s.gateway_max_body_bytes)
         body = parse_body(raw)
         # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
         # at rates above the input rate. A mention anywhere (even a key of no meaning) only
         # makes the hold larger; inside a string the quotes are escaped and do not match.
         priced, output = self.price(request, key, endpoint, body, cache_writes=CACHE_CONTROL in raw)
-        if any(lot.api == "anthropic" for lot in priced.lots):
-            priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
-        upstream_body = body
-        if output and (body.get("max_tokens") or body.get("max_completion_tokens") or 0) > output:
-            upstream_body = {**body, "max_tokens": output}
-            upstream_body.pop("max_completion_tokens", None)
+        priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
+        upstream_body = fronts.upstream_body(endpoint, body, output)
         await self.reserve(key, priced, request_id)
         stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
         try:
@@ -361,23 +353,28 @@ class Gateway:
 
     @staticmethod
     def _translatable(endpoint: str, body: dict[str, Any], priced: Priced) -> Priced:
-        """The lots that can serve the body as asked: Anthropic lots only if it is text only
-        (else the OpenAI-compatible ones, in their order; none: the 400 that says why)."""
-        try:
-            check_anthropic_translatable(endpoint, body)
+        """The lots that can serve the body as asked (`fronts.check`: e.g. Anthropic lots
+        chat only if it is text only), in their order; none: the 400 that says why."""
+        refusals: dict[str, GatewayError | None] = {}
+        for api in {lot.api for lot in priced.lots}:
+            try:
+                fronts.check(endpoint, body, api)
+                refusals[api] = None
+            except GatewayError as exc:
+                refusals[api] = exc
+        if not any(refusals.values()):
             return priced
-        except GatewayError:
-            others = [lot for lot in priced.lots if lot.api != "anthropic"]
-            if not others:
-                raise
-            return dataclasses.replace(priced, lots=others)
+        able = [lot for lot in priced.lots if refusals[lot.api] is None]
+        if not able:
+            raise next(exc for exc in refusals.values() if exc is not None)
+        return dataclasses.replace(priced, lots=able)
 
     async def _once(
         self, endpoint: str, key: ApiKey, priced: Priced, body: dict[str, Any], request_id: str, output: int
     ) -> Response:
         failures: list[str] = []
         for lot in priced.lots:
-            adapter = adapter_for(lot.api, output or self.s.gateway_default_max_tokens)
+            adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
             try:
@@ -404,7 +401,7 @@ class Gateway:
                 continue
             with anyio.CancelScope(shield=True):
                 charge = await self.finish(key, priced, request_id, lot, usage)
-            response = Response(content, media_type=JSON, headers={"x-request-id": request_id})
+            response = Response(content, media_type=JSON, headers=fronts.id_headers(endpoint, request_id))
             response.raw_headers.extend(raw_headers(charge.cost_headers()))
             return response
         raise _all_failed(failures)
@@ -415,7 +412,7 @@ class Gateway:
         failures: list[str] = []
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         for lot in priced.lots:
-            adapter = adapter_for(lot.api, output or self.s.gateway_default_max_tokens)
+            adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
             handed_over = False
@@ -431,7 +428,7 @@ class Gateway:
                     raise _client_error(upstream, lot)
                 translator = adapter.translator(endpoint, priced.price.model, include_usage)
                 handed_over = True
-                return MeteredStream(self, key, priced, request_id, lot, upstream, translator)
+                return MeteredStream(self, key, priced, request_id, lot, upstream, translator, endpoint)
             except UpstreamTimeout:
                 failures.append("timeout")
             except UpstreamError:
@@ -584,8 +581,10 @@ class MeteredStream:
         lot: LiveLot,
         upstream: UpstreamResponse,
         translator: StreamTranslator,
+        endpoint: str = "",
     ) -> None:
         self.gateway = gateway
+        self.endpoint = endpoint
         self.key = key
         self.priced = priced
         self.request_id = request_id
@@ -600,7 +599,7 @@ class MeteredStream:
         headers = [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),
-            (b"x-request-id", self.request_id.encode()),
+            *raw_headers(list(fronts.id_headers(self.endpoint, self.request_id).items())),
             *raw_headers(hold.hold_headers()),
         ]
         metered = False

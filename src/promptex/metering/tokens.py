@@ -8,7 +8,8 @@ Counts nest, so nothing is counted (or charged) twice:
           └ cache_write_1h_tokens   of which with a one-hour lifetime
     output_tokens  every output token produced
       └ reasoning_tokens       of which reasoning (OpenAI counts them inside its
-                               completion tokens; they are priced as output)
+                               completion tokens, Anthropic its thinking tokens inside
+                               its output tokens; they are priced as output)
 
 OpenAI reports `prompt_tokens` with its cached tokens inside; Anthropic reports its
 `input_tokens` without the cache reads and writes, which `anthropic_usage` adds back.
@@ -62,12 +63,15 @@ def anthropic_usage(
     cache_read: int = 0,
     cache_write: int = 0,
     cache_write_1h: int = 0,
+    thinking: int = 0,
 ) -> TokenUsage:
-    """An Anthropic `usage` (input tokens without the cache's) as a TokenUsage."""
+    """An Anthropic `usage` (input tokens without the cache's; thinking tokens inside the
+    output tokens, as `output_tokens_details.thinking_tokens`) as a TokenUsage."""
     return TokenUsage(
         input_tokens + cache_read + cache_write,
         output_tokens,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=cache_write_1h,
+        reasoning_tokens=thinking,
     )

@@ -1,0 +1,397 @@
+"""The Anthropic Messages API (`POST /v1/messages`), so the official `anthropic` SDK works
+with only its base URL and key changed.
+
+- To an Anthropic lot the request passes through natively (tools, images and extended
+  thinking included), with the output limit the hold was priced for, the standard
+  service tier, and no `anthropic-beta` header (a beta may change what a token costs);
+  answers and events come back as sent, but for the event that carries the charge.
+- To an OpenAI-API lot it is translated to chat completions and back, for text only:
+  anything else answers 400 before any money moves.
+
+Refused everywhere (400), because the gateway could not bound or meter their cost: server
+tools (web search, code execution, …: billed per use, not per token) and any typed tool
+but `custom`, document blocks (a PDF's pages cost tokens its size does not bound), fast
+mode, and any parameter outside `PARAMETERS` (e.g. `inference_geo`, priced apart;
+`mcp_servers`, `container`). Each image is held for at most `IMAGE_TOKENS` tokens beyond
+its bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from promptex.gateway.adapters import (
+    CHAT,
+    Adapter,
+    ChatTranslation,
+    StreamTranslator,
+    UpstreamCall,
+    anthropic_call,
+    anthropic_usage_of,
+    read_answer,
+)
+from promptex.gateway.charges import FIELD, Charge
+from promptex.gateway.errors import GatewayError, bad_request
+from promptex.metering import TokenUsage
+
+MESSAGES = "messages"
+PER_REQUEST = 3
+IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
+TOOLS_TOKENS = 1_000  # the system prompt Anthropic adds when tools are given (~350)
+# What a request may carry (the Messages API's parameters that are priced per token as the
+# catalog says); anything else, e.g. inference_geo (priced apart), mcp_servers, container,
+# answers 400 rather than being sent to a seller's account.
+PARAMETERS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "cache_control",
+        "output_config",
+        "service_tier",
+        "speed",
+    }
+)
+NATIVE_BLOCKS = frozenset({"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"})
+_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+
+def _invalid(message: str, param: str | None = None) -> GatewayError:
+    return bad_request(message, param=param)
+
+
+# ─── Checking a request ──────────────────────────────────────────────────────
+
+
+def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return []
+    typed = isinstance(content, list) and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)
+    if not typed:
+        raise _invalid(f"{where}: expected a string or an array of content blocks.", "messages")
+    blocks: list[dict[str, Any]] = content
+    return blocks
+
+
+def _images(blocks: list[dict[str, Any]], where: str) -> int:
+    """How many images the blocks carry (tool results included); 400 for what is refused."""
+    count = 0
+    for i, block in enumerate(blocks):
+        kind = block["type"]
+        if kind not in NATIVE_BLOCKS:
+            raise _invalid(
+                f"{where}.{i}: '{kind}' blocks are not supported through this gateway (their cost cannot be "
+                "bounded before the call, or is not billed per token).",
+                "messages",
+            )
+        if kind == "image":
+            count += 1
+        elif kind == "tool_result":
+            count += _images(_blocks(block.get("content") or [], f"{where}.{i}.content"), f"{where}.{i}.content")
+    return count
+
+
+def validate_messages(body: dict[str, Any]) -> tuple[str, int, int | None]:
+    """(model, an upper bound on the input tokens, max_tokens), or 400 in Anthropic's words."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model: Field required", "model")
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens <= 0:
+        raise _invalid("max_tokens: Field required (a positive integer)", "max_tokens")
+    if body.get("stream") is not None and not isinstance(body.get("stream"), bool):
+        raise _invalid("stream: Input should be a valid boolean", "stream")
+    for name in ("temperature", "top_p", "top_k"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _invalid(f"{name}: Input should be a valid number", name)
+    stops = body.get("stop_sequences")
+    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) for s in stops)):
+        raise _invalid("stop_sequences: Input should be a valid list of strings", "stop_sequences")
+    unknown = sorted(set(body) - PARAMETERS)
+    if unknown:
+        raise _invalid(
+            f"{unknown[0]}: not supported through this gateway (it may change what a token costs, or keep state).",
+            unknown[0],
+        )
+    if body.get("speed") not in (None, "standard"):
+        raise _invalid("speed: only 'standard' is supported through this gateway (fast mode is priced apart).", "speed")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise _invalid("tools: Input should be a valid list", "tools")
+        for i, tool in enumerate(tools):
+            if tool.get("type") not in (None, "custom"):
+                raise _invalid(
+                    f"tools.{i}: '{tool.get('type')}' tools are not supported through this gateway (only custom "
+                    "tools: server tools are billed per use, which it does not meter).",
+                    "tools",
+                )
+    images = 0
+    system = body.get("system")
+    if not isinstance(system, str | None) and any(b["type"] != "text" for b in _blocks(system, "system")):
+        raise _invalid("system: only text blocks are allowed.", "system")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages: Field required (a non-empty array)", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'", "messages")
+        images += _images(_blocks(message.get("content"), f"messages.{i}.content"), f"messages.{i}.content")
+    # Every byte of what is sent is at most a token; images and the tools' prompt on top.
+    sent = orjson.dumps([system, messages, tools, body.get("tool_choice")])
+    estimate = PER_REQUEST + len(sent) + IMAGE_TOKENS * images + (TOOLS_TOKENS if tools else 0)
+    return model, estimate, max_tokens
+
+
+_UNTRANSLATED = ("tools", "tool_choice", "thinking", "top_k", "output_config")
+
+
+def check_translatable(body: dict[str, Any]) -> None:
+    """400 unless an OpenAI-API lot can answer it as asked: text only (and no top_k)."""
+    for name in _UNTRANSLATED:
+        if body.get(name):
+            raise _invalid(f"{name}: not supported for this model through this gateway (text only).", name)
+    system = body.get("system")
+    if isinstance(system, list) and any(b.get("type") != "text" for b in system):
+        raise _invalid("system: only text blocks are supported for this model.", "system")
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        if isinstance(content, list) and any(b.get("type") != "text" for b in content):
+            raise _invalid(f"messages.{i}.content: only text blocks are supported for this model.", "messages")
+
+
+def native_body(body: dict[str, Any], output: int) -> dict[str, Any]:
+    """What an Anthropic lot is sent: the output limit the hold was priced for, and the
+    standard tier (priority capacity is priced above the catalog)."""
+    return {**body, "max_tokens": output, "service_tier": "standard_only"}
+
+
+# ─── Usage in Anthropic's words ──────────────────────────────────────────────
+
+
+def usage_json(usage: TokenUsage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "input_tokens": usage.uncached_input_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    if usage.cache_write_tokens:
+        out["cache_creation"] = {
+            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        }
+    if usage.reasoning_tokens:
+        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning_tokens}
+    return out
+
+
+def frame(event: str, data: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+# ─── Native: to Anthropic lots ───────────────────────────────────────────────
+
+
+class NativeStream:
+    """Anthropic's events as sent, reading usage from message_start and message_delta; the
+    message_delta (and the message_stop after it) wait for the charge."""
+
+    def __init__(self) -> None:
+        self.usage: TokenUsage | None = None
+        self.produced = 0
+        self.finished = False
+        self._event = ""
+        self._reported: dict[str, Any] = {}
+        self._held: list[tuple[str, dict[str, Any]]] = []
+
+    def feed(self, line: str) -> list[bytes]:
+        if line.startswith("event:"):
+            self._event = line[6:].strip()
+            return []
+        if not line.startswith("data:"):
+            return []
+        data = line[5:].strip()
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(event, dict):
+            return []
+        kind = event.get("type")
+        name = self._event or str(kind)
+        if kind == "message_start":
+            message = event.get("message")
+            self._update(message.get("usage") if isinstance(message, dict) else None)
+        elif kind == "content_block_delta":
+            self.produced += 1
+        elif kind in ("message_delta", "message_stop"):
+            if kind == "message_delta":
+                self._update(event.get("usage"))
+            else:
+                self.finished = True
+            self._held.append((name, event))
+            return []
+        return [frame(name, data.encode())]
+
+    def _update(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self._reported.update({k: v for k, v in usage.items() if v is not None})
+            self.usage = anthropic_usage_of(self._reported) or self.usage
+
+    def finish(self, charge: Charge | None) -> list[bytes]:
+        out = []
+        for name, event in self._held:
+            if charge is not None and event.get("type") == "message_delta":
+                event[FIELD] = charge.fields()
+            out.append(frame(name, orjson.dumps(event)))
+        self._held = []
+        return out
+
+
+class NativeAdapter:
+    """/v1/messages to an Anthropic lot: the Messages API on both sides."""
+
+    def __init__(self, output: int) -> None:
+        self.output = output
+
+    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
+        return anthropic_call(base_url, secret, native_body(body, self.output))
+
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
+        return content, read_answer(content, anthropic_usage_of)[1]
+
+    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+        return NativeStream()
+
+    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        return self.call(MESSAGES, body, base_url, secret)
+
+
+# ─── Translated: to OpenAI-API lots ──────────────────────────────────────────
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+
+
+def to_chat(body: dict[str, Any], output: int) -> dict[str, Any]:
+    """A text-only Messages request (`check_translatable`) as a chat completions request."""
+    messages: list[dict[str, Any]] = []
+    if body.get("system"):
+        messages.append({"role": "system", "content": _text(body["system"])})
+    messages += [{"role": m["role"], "content": _text(m.get("content"))} for m in body["messages"]]
+    chat: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": output}
+    for name in ("temperature", "top_p", "stream"):
+        if body.get(name) is not None:
+            chat[name] = body[name]
+    if body.get("stop_sequences"):
+        chat["stop"] = body["stop_sequences"]
+    user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
+    if isinstance(user, str):
+        chat["user"] = user
+    return chat
+
+
+def _message(message_id: str, model: str) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
+
+
+def from_chat(chat: dict[str, Any], usage: TokenUsage, model: str) -> dict[str, Any]:
+    choice = (chat.get("choices") or [{}])[0]
+    text = (choice.get("message") or {}).get("content") or ""
+    out = _message("msg_" + str(chat.get("id", "")).removeprefix("chatcmpl-"), model)
+    out["content"] = [{"type": "text", "text": text}] if text else []
+    out["stop_reason"] = _STOP.get(str(choice.get("finish_reason")), "end_turn")
+    out["usage"] = usage_json(usage)
+    return out
+
+
+class FromChatStream(ChatTranslation):
+    """Chat completion chunks as Anthropic's events; the message_delta that ends them
+    carries the usage and the charge."""
+
+    def __init__(self, inner: StreamTranslator, model: str) -> None:
+        super().__init__(inner)
+        self.model = model
+        self._started = False
+        self._block = False
+        self._stop = "end_turn"
+
+    def _event(self, event: dict[str, Any]) -> None:
+        self.emit(str(event["type"]), event)
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        if not self._started:
+            self._started = True
+            message = _message("msg_" + str(chunk.get("id", "")).removeprefix("chatcmpl-"), self.model)
+            message["usage"] = {"input_tokens": 0, "output_tokens": 0}  # known at the end (message_delta)
+            self._event({"type": "message_start", "message": message})
+        for choice in chunk.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if not self._block:
+                    self._block = True
+                    block = {"type": "text", "text": ""}
+                    self._event({"type": "content_block_start", "index": 0, "content_block": block})
+                self._event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+            if choice.get("finish_reason"):
+                self._stop = _STOP.get(str(choice["finish_reason"]), "end_turn")
+
+    def end(self, charge: Charge | None) -> None:
+        if self._block:
+            self._event({"type": "content_block_stop", "index": 0})
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": self._stop, "stop_sequence": None},
+            "usage": usage_json(self.usage) if self.usage is not None else {"output_tokens": self.produced},
+        }
+        if charge is not None:
+            delta[FIELD] = charge.fields()
+        self._event(delta)
+        self._event({"type": "message_stop"})
+
+
+class ToChatAdapter:
+    """/v1/messages to an OpenAI-API lot: translated to chat completions and back."""
+
+    def __init__(self, inner: Adapter, output: int) -> None:
+        self.inner = inner
+        self.output = output
+
+    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
+        return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
+
+    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
+        chat, usage = self.inner.answer(CHAT, content, model)
+        return orjson.dumps(from_chat(orjson.loads(chat), usage, model)), usage
+
+    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+        return FromChatStream(self.inner.translator(CHAT, model, True), model)
+
+    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
+        return self.inner.probe(base_url, secret, model)
