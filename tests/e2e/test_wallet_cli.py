@@ -110,6 +110,36 @@ def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market, tmp_pat
     assert "CLD/USDC" in status.stdout and "lots: 4" in status.stdout
 
 
+def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itself(market):
+    # The trustless exit's fallback: a provider token taken to the wallet instead of sold.
+    env = market
+    buyer = Account.from_key(KEY).address
+    deployment = json.loads((Path(env["PROMPTEX_DEPLOYMENTS_DIR"]) / "local.json").read_text())
+    cld = Web3(Web3.HTTPProvider(env["APE_FOUNDRY_HOST"])).eth.contract(
+        address=deployment["contracts"]["token:CLD"]["address"],
+        abi=[{"name": "balanceOf", "type": "function", "stateMutability": "view",
+              "inputs": [{"name": "a", "type": "address"}], "outputs": [{"name": "", "type": "uint256"}]}],
+    )  # fmt: skip
+    held = cld.functions.balanceOf(buyer).call()  # bought in the test above
+    amount = held // 10**18 // 2
+    assert amount > 0
+    for args in (("deposit", "--amount", str(amount)), ("withdraw", "--amount", str(amount))):
+        done = promptex(env, "wallet", args[0], "--asset", "CLD", *args[1:], "--account", "buyer", "--yes")
+        assert done.returncode == 0, done.stderr[-2000:]
+    rpc(env["APE_FOUNDRY_HOST"], "evm_increaseTime", 3_600)  # past any thaw and pause
+    rpc(env["APE_FOUNDRY_HOST"], "evm_mine")
+
+    both = promptex(env, "wallet", "complete-withdraw", "--asset", "CLD", "--take-token", "--min-out", "1",
+                    "--account", "buyer", "--yes")  # fmt: skip
+    assert both.returncode == 2 and "--take-token sells nothing" in both.stderr
+    taken = promptex(
+        env, "wallet", "complete-withdraw", "--asset", "CLD", "--take-token", "--account", "buyer", "--yes"
+    )
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert f"withdrew {amount:,} CLD (to your wallet)" in taken.stdout
+    assert cld.functions.balanceOf(buyer).call() == held  # all of it back as the token itself
+
+
 def test_wallet__bad_input__clear_error_and_nothing_moves(market, tmp_path):
     env = market
     too_precise = promptex(
