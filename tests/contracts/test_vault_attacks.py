@@ -193,9 +193,10 @@ def test_pauser__pauses_again_as_soon_as_allowed__an_exit_is_delayed_by_max_paus
     vault, usdc, fund, buyer, pauser, admin, chain
 ):
     fund(buyer, 100 * USD)
-    vault.set_thaw_period(86_400, sender=admin)  # a long thaw: several pauses fit in it
+    thaw = 10 * vault.MAX_PAUSE()  # a long thaw: several pauses fit in it
+    vault.set_thaw_period(thaw, sender=admin)
     receipt = vault.request_exit(usdc, 100 * USD, sender=buyer)
-    bound = receipt.timestamp + 86_400 + vault.MAX_PAUSE()
+    bound = receipt.timestamp + thaw + vault.MAX_PAUSE()
     renew = vault.MAX_PAUSE() + 2 * vault.epoch_length()
     paused = 0
     while chain.pending_timestamp + renew < bound:
