@@ -23,6 +23,7 @@ GPT_READING = 333_333_123_456_789 * 10**9
 LOT_RATE_BPS = 6_000
 
 
+@pytest.mark.parametrize("cached", [False, True])
 @pytest.mark.parametrize(
     "pay, lot_kind, funds",
     [
@@ -32,17 +33,28 @@ LOT_RATE_BPS = 6_000
     ],
 )
 def test_usage_cost__every_payment_kind__quote_equals_the_gateways_charge(
-    gw_twap: Harness, fake: Fake, twaps: FakeTwaps, monkeypatch: pytest.MonkeyPatch, pay: str, lot_kind: str, funds: int
+    gw_twap: Harness,
+    fake: Fake,
+    twaps: FakeTwaps,
+    monkeypatch: pytest.MonkeyPatch,
+    pay: str,
+    lot_kind: str,
+    funds: int,
+    cached: bool,
 ) -> None:
     gw = gw_twap
     twaps.prices = {"GPT": GPT_READING}
     gw.gateway.twaps.refresh()  # type: ignore[union-attr]
     lot = gw.add_lot(fake, provider="anthropic", api="anthropic", kind=lot_kind, rate_bps=LOT_RATE_BPS)
     account, key = gw.buyer(asset=pay, amount=funds)
+    text: dict[str, object] = {"type": "text", "text": "price me exactly"}
+    if cached:  # Anthropic's prompt cache: reads and writes (some for an hour) at their catalog rates
+        fake.config.cache_read_tokens, fake.config.cache_write_tokens, fake.config.cache_write_1h_tokens = 2, 2, 1
+        text["cache_control"] = {"type": "ephemeral"}
 
     response = httpx.post(
         gw.url + "/v1/chat/completions",
-        json={"model": "fake-claude", "messages": [{"role": "user", "content": "price me exactly"}], "max_tokens": 7},
+        json={"model": "fake-claude", "messages": [{"role": "user", "content": [text]}], "max_tokens": 7},
         headers={"authorization": f"Bearer {key}", "x-promptex-asset": pay},
         timeout=30,
     )
@@ -62,6 +74,8 @@ def test_usage_cost__every_payment_kind__quote_equals_the_gateways_charge(
             [
                 "usage", "cost", "--model", "fake-claude", "--input-tokens", str(record.input_tokens),
                 "--output-tokens", str(record.output_tokens), "--asset", pay, "--lot-rate-bps", str(LOT_RATE_BPS),
+                "--cache-read-tokens", str(record.cache_read_tokens), "--cache-write-tokens",
+                str(record.cache_write_tokens), "--cache-write-1h-tokens", str(record.cache_write_1h_tokens),
                 "--twap", f"GPT={Decimal(GPT_READING).scaleb(-24):f}",  # whole USDC per whole GPT, exactly
                 "--twap", "CLD=0.5",  # another token's TWAP plays no part in any payment kind
             ],
@@ -71,3 +85,4 @@ def test_usage_cost__every_payment_kind__quote_equals_the_gateways_charge(
     assert quote.exit_code == 0, quote.output
     quoted = Decimal(quote.output.strip().splitlines()[-1]).scaleb(asset(pay).decimals)
     assert quoted == charged
+    assert (record.cache_read_tokens, record.cache_write_tokens) == ((2, 2) if cached else (0, 0))

@@ -330,7 +330,7 @@ def test_dashboard_usage__settled_and_pending__batch_state_and_tx_through_the_le
     settled = spend(book, a, "CLD", 10**15, CLD_LOT)
     coord = coordinator(book, chain)
     coord.run_once()
-    pending = spend(book, a, "CLD", 2 * 10**15, CLD_LOT)
+    pending = spend(book, a, "CLD", 2 * 10**15, CLD_LOT, cache_read_tokens=300, reasoning_tokens=20)
     other, _ = buyer(book, chain, "CLD", 10**20)
     theirs = spend(book, other, "CLD", 10**15, CLD_LOT)
     key = ApiKey(1, a, None, None, None, None, "sk-px-a")
@@ -343,6 +343,8 @@ def test_dashboard_usage__settled_and_pending__batch_state_and_tx_through_the_le
     assert rows[settled]["tx_hash"] == coord.store.tx(batch.tx_id).tx_hash  # type: ignore[arg-type]
     assert rows[settled]["cost"] == str(10**15) and rows[settled]["lot_id"] == CLD_LOT
     assert (rows[pending]["status"], rows[pending]["batch_status"], rows[pending]["tx_hash"]) == ("pending", None, None)
+    assert (rows[pending]["cache_read_tokens"], rows[pending]["reasoning_tokens"]) == (300, 20)
+    assert rows[settled]["cache_write_tokens"] == rows[settled]["cache_write_1h_tokens"] == 0
     assert views.usage_record_view(book.engine, key, settled) == rows[settled]
     with pytest.raises(views.NotFound):
         views.usage_record_view(book.engine, key, theirs)

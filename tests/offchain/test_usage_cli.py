@@ -106,3 +106,20 @@ def test_usage_cost__malformed_catalog__one_line_error(tmp_path, monkeypatch):
     path.write_text("[models")
     monkeypatch.setenv("PROMPTEX_MODEL_CATALOG", str(path))
     assert_one_line_error(cost("--model", "gpt-4o"), "not valid TOML")
+
+
+def test_usage_cost__cache_reads_and_writes__each_at_its_catalog_rate():
+    # Sonnet 4.5 in CLD: 100 plain × $3 + 600 read × $0.30 + 300 written × $3.75 + 500 out × $15 per million
+    # = $0.009105 list, ÷ CLD's face value $0.004218.
+    result = cost(
+        "--model", "claude-sonnet-4-5", "--input-tokens", "1000", "--output-tokens", "500",
+        "--cache-read-tokens", "600", "--cache-write-tokens", "300",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "$0.009105 list" in result.output
+    assert last_line(result.output) == "2.15860597439544808"
+
+
+def test_usage_cost__cached_tokens_beyond_the_input__one_line_error():
+    result = cost("--model", "claude-sonnet-4-5", "--input-tokens", "10", "--cache-read-tokens", "11")
+    assert_one_line_error(result, "cache reads and writes are part of the input tokens")

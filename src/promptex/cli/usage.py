@@ -26,6 +26,9 @@ def usage() -> None:
 @click.option("--model", help="model id from the catalog (with --input-tokens/--output-tokens)")
 @click.option("--input-tokens", default="0", show_default=True, help="prompt tokens (with --model)")
 @click.option("--output-tokens", default="0", show_default=True, help="completion tokens (with --model)")
+@click.option("--cache-read-tokens", default="0", show_default=True, help="of the input: read from the prompt cache")
+@click.option("--cache-write-tokens", default="0", show_default=True, help="of the input: written to the prompt cache")
+@click.option("--cache-write-1h-tokens", default="0", show_default=True, help="of the cache writes: one-hour ones")
 @click.option("--rate", help="ad-hoc rate: whole units of the asset per 1,000 tokens (with --tokens)")
 @click.option("--tokens", help="tokens processed (with --rate)")
 @click.option("--asset", help="paying asset: the model's provider token (default), USDC, another token; CREDIT")
@@ -36,6 +39,9 @@ def usage_cost(
     model: str | None,
     input_tokens: str,
     output_tokens: str,
+    cache_read_tokens: str,
+    cache_write_tokens: str,
+    cache_write_1h_tokens: str,
     rate: str | None,
     tokens: str | None,
     asset: str | None,
@@ -74,12 +80,24 @@ def usage_cost(
             twaps = dict(_twap(item) for item in twap)
             rates = metering.rates_for(price, paying.symbol, lot_rate_bps=lot_bps, fee_bps=fee, twaps=twaps)
             n_in, n_out = count_of("--input-tokens", input_tokens), count_of("--output-tokens", output_tokens)
-            cost = metering.message_cost(rates, n_in, n_out)
-            list_usd_nano = price.input_usd_micro_per_1k * n_in + price.output_usd_micro_per_1k * n_out
+            try:
+                used = metering.TokenUsage(
+                    n_in,
+                    n_out,
+                    cache_read_tokens=count_of("--cache-read-tokens", cache_read_tokens),
+                    cache_write_tokens=count_of("--cache-write-tokens", cache_write_tokens),
+                    cache_write_1h_tokens=count_of("--cache-write-1h-tokens", cache_write_1h_tokens),
+                )
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
+            cost = metering.usage_cost(rates, used)
+            list_usd = metering.exact_usage_cost(metering.list_rates(price), used)
+            cached = f" ({used.cache_read_tokens:,} read from / {used.cache_write_tokens:,} written to the cache)"
             click.echo(
-                f"{price.model} ({price.provider}): {n_in:,} input + {n_out:,} output tokens "
+                f"{price.model} ({price.provider}): {n_in:,} input"
+                f"{cached if used.cache_read_tokens or used.cache_write_tokens else ''} + {n_out:,} output tokens "
                 f"at ${whole(price.input_usd_micro_per_1k, 3)} / ${whole(price.output_usd_micro_per_1k, 3)} "
-                f"per million = ${whole(list_usd_nano, 9)} list"
+                f"per million = ${whole(-(-list_usd.numerator * 1000 // list_usd.denominator), 9)} list"
             )
             click.echo(_paid_in(price, paying.symbol, lot_bps, fee))
     except (metering.UnknownAsset, metering.UnknownModel, metering.CatalogError, metering.PricingError) as exc:
