@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from ledger_helpers import event_id, fund
+from ledger_helpers import bind_new_wallet, event_id
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Integer,
     LargeBinary,
@@ -31,14 +32,15 @@ from sqlalchemy import (
 )
 
 from promptex.gateway.store import GatewayStore
-from promptex.ledger import AccountKind, Ledger
+from promptex.ledger import AccountInDebt, Ledger, schema
 from promptex.ledger.amounts import Amount
 from promptex.ledger.db import VERSION_TABLE, create_ledger_engine, current_revision, upgrade
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0007"
+HEAD = "0008"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
 
@@ -118,40 +120,92 @@ def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # noq
     server.drop_database(name)
 
 
-def _fill_round_one(engine: Engine, gateway_version: int) -> dict[str, int]:
-    """Rows in every package's tables, written the way round 1 wrote them."""
-    ledger = Ledger(engine, clock=lambda: 1_800_000_000)
-    buyer = ledger.create_account().id
-    address = fund(ledger, buyer, "CLD", 10 * TOKEN)
-    ledger.reserve(buyer, "CLD", 2 * TOKEN, "req-settled", ttl=60)
-    ledger.settle("req-settled", TOKEN)
-    with engine.begin() as conn:  # the usage record as round 1 wrote it: no token details (migration 0006)
-        conn.execute(
-            insert(Table("usage_records", MetaData(), autoload_with=conn)),
-            {
-                "request_id": "req-settled",
-                "account_id": buyer,
-                "payer_id": buyer,
-                "asset": "CLD",
-                "model": "claude-test",
-                "input_tokens": 1_000,
-                "output_tokens": 200,
-                "cost": str(TOKEN) if engine.dialect.name == "sqlite" else TOKEN,
-                "gateway_lot_id": 1,
-                "chain_lot_id": 7,
-                "lot_kind": "tokenized",
-                "list_usd_micro": "3000" if engine.dialect.name == "sqlite" else 3_000,
-                "settled_at": 1_800_000_000,
-                "status": "pending",
-            },
+BUYER_ADDRESS = "0x" + "B0" * 20
+NOW = 1_800_000_000
+
+
+def _posting(conn: Connection, ref: str, kind: str, lines: list[tuple[int, str, int]]) -> None:
+    entry = conn.execute(
+        insert(schema.journal_entries).values(ref=ref, kind=kind, created_at=NOW).returning(schema.journal_entries.c.id)
+    ).scalar_one()
+    conn.execute(
+        insert(schema.journal_lines),
+        [{"entry_id": entry, "account_id": a, "asset": s, "amount": amount} for a, s, amount in lines],
+    )
+
+
+def _round_one_ledger(conn: Connection, *, overdrawn: bool) -> dict[str, int]:
+    """A ledger as round 1's code left it, written row by row (today's `Ledger` needs
+    today's tables): a buyer who deposited 10 CLD, was charged 1 for a settled request,
+    holds 1 for an open one and is exiting with 1; an org with a member on a budget.
+    `overdrawn` adds what round 1 could do and the issue found: a buyer whose 852 USDC
+    deposit a reorg removed after it was spent (balance −852) and whose cap went −5."""
+    vault, usage = (
+        conn.execute(select(schema.accounts.c.id).where(schema.accounts.c.name == name)).scalar_one()
+        for name in ("vault", "usage")
+    )
+
+    def account(kind: str = "user", name: str | None = None) -> int:
+        created = insert(schema.accounts).values(kind=kind, name=name, created_at=NOW)
+        return int(conn.execute(created.returning(schema.accounts.c.id)).scalar_one())
+
+    buyer, org, member = account(), account("org", "acme"), account()
+    conn.execute(insert(schema.wallets).values(address=BUYER_ADDRESS, account_id=buyer, bound_at=NOW, nonce="0x01"))
+    conn.execute(
+        insert(schema.deposits).values(
+            event_id="0xd1:0", address=BUYER_ADDRESS, asset="CLD", amount=10 * TOKEN, account_id=buyer, created_at=NOW
         )
-    ledger.reserve(buyer, "CLD", TOKEN, "req-open", ttl=60)
-    ledger.lock_for_exit(event_id(), address, "CLD", TOKEN)
-    org = ledger.create_account(AccountKind.ORG, "acme").id
-    member = ledger.create_account().id
-    ledger.add_member(org, member)
-    ledger.set_member_budget(org, member, "CLD", TOKEN)
-    ledger.close()  # (its own PostgreSQL connection; the engine reconnects)
+    )
+    _posting(conn, "deposit:0xd1:0", "deposit", [(vault, "CLD", -10 * TOKEN), (buyer, "CLD", 10 * TOKEN)])
+    hold = {"account_id": buyer, "payer_id": buyer, "asset": "CLD", "created_at": NOW, "expires_at": NOW + 60}
+    conn.execute(
+        insert(schema.holds),
+        [
+            {**hold, "request_id": "req-settled", "amount": 2 * TOKEN, "status": "settled", "closed_at": NOW,
+             "cost": TOKEN, "charged": TOKEN},
+            {**hold, "request_id": "req-open", "amount": TOKEN, "status": "active", "closed_at": None, "cost": None,
+             "charged": None},
+        ],
+    )  # fmt: skip
+    _posting(conn, "settle:req-settled", "settle", [(buyer, "CLD", -TOKEN), (usage, "CLD", TOKEN)])
+    sqlite = conn.dialect.name == "sqlite"  # the reflected table has no Amount type: text on SQLite
+    conn.execute(  # as round 1 wrote it: no token details (migration 0006)
+        insert(Table("usage_records", MetaData(), autoload_with=conn)).values(
+            request_id="req-settled", account_id=buyer, payer_id=buyer, asset="CLD", model="claude-test",
+            input_tokens=1_000, output_tokens=200, cost=str(TOKEN) if sqlite else TOKEN, gateway_lot_id=1,
+            chain_lot_id=7, lot_kind="tokenized", list_usd_micro="3000" if sqlite else 3_000, settled_at=NOW,
+            status="pending",
+        )
+    )  # fmt: skip
+    conn.execute(
+        insert(schema.exits).values(
+            event_id="0xe1:0", address=BUYER_ADDRESS, asset="CLD", amount=TOKEN, account_id=buyer, status="locked",
+            created_at=NOW,
+        )
+    )  # fmt: skip
+    balance = {"account_id": buyer, "asset": "CLD", "posted": 9 * TOKEN, "held": TOKEN, "locked": TOKEN}
+    conn.execute(insert(schema.balances).values(**balance, cap_remaining=9 * TOKEN))
+    conn.execute(insert(schema.members).values(org_id=org, member_id=member, created_at=NOW))
+    conn.execute(insert(schema.budgets).values(org_id=org, member_id=member, asset="CLD", remaining=TOKEN, held=0))
+    ids = {"buyer": buyer, "org": org, "member": member}
+    if overdrawn:
+        spent = ids["spent"] = account()
+        _posting(conn, "deposit:0xd2:0", "deposit", [(vault, "USDC", -852 * USDC), (spent, "USDC", 852 * USDC)])
+        _posting(conn, "settle:req-spent", "settle", [(spent, "USDC", -852 * USDC), (usage, "USDC", 852 * USDC)])
+        _posting(conn, "unwind:deposit:0xd2:0", "unwind", [(vault, "USDC", 852 * USDC), (spent, "USDC", -852 * USDC)])
+        conn.execute(
+            insert(schema.balances).values(
+                account_id=spent, asset="USDC", posted=-852 * USDC, held=0, locked=0, cap_remaining=-5
+            )
+        )
+    return ids
+
+
+def _fill_round_one(engine: Engine, gateway_version: int, *, overdrawn: bool = False) -> dict[str, int]:
+    """Rows in every package's tables, written the way round 1 wrote them."""
+    with engine.begin() as conn:
+        ids = _round_one_ledger(conn, overdrawn=overdrawn)
+    buyer, org, member = ids["buyer"], ids["org"], ids["member"]
 
     old = _round_one_gateway(gateway_version)
     with engine.begin() as conn:
@@ -205,7 +259,7 @@ def _fill_round_one(engine: Engine, gateway_version: int) -> dict[str, int]:
         if gateway_version >= 2:
             lot["chain_lot_id"] = 7
         conn.execute(insert(old.tables["gateway_lots"]), [lot])
-    return {"buyer": buyer, "org": org, "member": member}
+    return ids
 
 
 def _rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
@@ -242,7 +296,12 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
         # Migration 0006's columns: a round-1 record counted no cached or reasoning tokens apart.
         assert [row[-4:] for row in after["usage_records"]] == [(0, 0, 0, 0)]
         after["usage_records"] = [row[:-4] for row in after["usage_records"]]
-        assert after == before
+        for new in ("debts", "chain_identity", "indexer_reorgs"):  # 0008's tables: empty, nothing owed
+            assert after.pop(new) == []
+        added = set(after["accounts"]) - set(before["accounts"])
+        assert [(kind, name) for _id, kind, name, _at in added] == [("system", "debts")]  # 0008's lender
+        after["accounts"] = [row for row in after["accounts"] if row not in added]
+        assert after == before  # every balance, budget, hold and journal line unchanged
 
         # The stores read and extend the adopted tables as before.
         store = GatewayStore(engine)
@@ -276,5 +335,39 @@ def test_downgrade__gateway_revision__keeps_tables_and_rows(empty_url):
         upgrade(engine)  # and forward again: adopted, nothing lost
         assert _schema_diff(engine) == []
         assert GatewayStore(engine).api_key("d" * 64) is not None
+    finally:
+        engine.dispose()
+
+
+def test_upgrade__round_one_negative_balance__becomes_an_open_debt(empty_url):
+    """Round 1's −852 USDC (a reorg removed a deposit already spent) is brought to zero by
+    an explicit debt; the other balances are unchanged, the books balance, the account is
+    refused until a deposit repays the debt, and the first deposit does."""
+    engine = create_ledger_engine(empty_url, sqlite_synchronous="NORMAL")
+    try:
+        upgrade(engine, ROUND_ONE_HEAD)
+        ids = _fill_round_one(engine, 2, overdrawn=True)
+
+        upgrade(engine)
+
+        ledger = Ledger(engine, clock=lambda: NOW)
+        spent = ids["spent"]
+        assert ledger.balance(spent, "USDC").posted == 0
+        assert ledger.balance(spent, "USDC").cap_remaining == 0  # a limit below zero is none left
+        (debt,) = ledger.debts(spent)
+        assert (debt.asset, debt.outstanding, debt.status) == ("USDC", 852 * USDC, "open")
+        assert "below zero before migration 0008" in debt.reason
+        assert ledger.balance(ids["buyer"], "CLD").posted == 9 * TOKEN  # the healthy buyer: unchanged
+        assert ledger.problems() == []
+
+        ledger.set_spend_cap(spent, "USDC", 10**12)
+        with pytest.raises(AccountInDebt, match=f"owes {852 * USDC} USDC"):
+            ledger.reserve(spent, "USDC", 1, "req-after", ttl=60)
+        ledger.credit_deposit(event_id(), bind_new_wallet(ledger, spent), "USDC", 1_000 * USDC)
+        assert ledger.balance(spent, "USDC").posted == 148 * USDC  # the debt was repaid first
+        assert ledger.debts(spent, open_only=True) == []
+        ledger.reserve(spent, "USDC", USDC, "req-repaid", ttl=60)  # served again
+        assert ledger.problems() == []
+        ledger.close()
     finally:
         engine.dispose()

@@ -43,6 +43,7 @@ from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.gateway.twap import Twap, TwapCache
 from promptex.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from promptex.ledger import (
+    AccountInDebt,
     BudgetExceeded,
     Hold,
     InsufficientFunds,
@@ -59,7 +60,8 @@ from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL
 
 ASSET_HEADER = "x-promptex-asset"
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
-REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember)
+# AccountInDebt is not retried on promotional credit: an account that owes is not served.
+REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember, AccountInDebt)
 JSON = "application/json"
 CACHE_CONTROL = b'"cache_control"'
 STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]

@@ -1,6 +1,7 @@
-"""The indexer's tables (migration 0002): its cursor, the hashes of the blocks it indexed
-and every followed chain event. On the one MetaData of `ledger.metadata`, in the
-ledger's database: a batch's events, its ledger effects and the cursor commit together.
+"""The indexer's tables (migration 0002; reorgs 0008): its cursor, the hashes of the
+blocks it indexed, every followed chain event and every reorg it rewound. On the one
+MetaData of `ledger.metadata`, in the ledger's database: a batch's events, its ledger
+effects and the cursor commit together.
 """
 
 from __future__ import annotations
@@ -50,4 +51,22 @@ chain_events = Table(
     Column("args", Text, nullable=False),
     Column("fact_id", String(REF), nullable=True),
     Index(None, "name", "block_number"),
+)
+
+# Every reorg the indexer rewound (it indexes only up to head − confirmations, so each
+# one was deeper than the confirmations): where the branches part, how deep, what was
+# undone and how many debts undoing it opened (funds already spent). Shown by
+# `promptex indexer reorgs` and `promptex reconcile`, and logged as an error.
+indexer_reorgs = Table(
+    "indexer_reorgs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("detected_at", BigInteger, nullable=False),
+    Column("fork_block", BigInteger, nullable=False),  # the highest block both branches share
+    Column("old_tip", BigInteger, nullable=False),
+    Column("old_tip_hash", String(HASH), nullable=True),
+    Column("depth", BigInteger, nullable=False),  # old_tip − fork_block
+    Column("confirmations", Integer, nullable=False),
+    Column("events_undone", Integer, nullable=False),
+    Column("debts_opened", Integer, nullable=False),
 )

@@ -8,7 +8,9 @@ requests, wallet binding, org budgets and promotional credit, on SQLite or Postg
 
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.core import Ledger
+from promptex.ledger.debts import Debt
 from promptex.ledger.errors import (
+    AccountInDebt,
     BindingError,
     BudgetExceeded,
     ChainEventConflict,
@@ -42,6 +44,7 @@ from promptex.ledger.usage import StoredUsage, UsageRecord
 
 __all__ = [
     "Account",
+    "AccountInDebt",
     "AccountKind",
     "Balance",
     "BindingError",
@@ -49,6 +52,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "ChainEventConflict",
+    "Debt",
     "Deposit",
     "ExitLock",
     "ExitStatus",

@@ -7,13 +7,19 @@ canonical decimal TEXT and the arithmetic is three SQL functions registered on e
 connection (`px_add`, `px_sub`, `px_ge`). Statements are written once with `add`,
 `sub` and `ge` and compile to either form, so a conditional UPDATE stays one
 statement on both databases.
+
+`non_negative` is the CHECK constraint that keeps an amount column at or above zero on
+both: `col >= 0` on PostgreSQL; on SQLite, where the canonical text of a negative
+amount — and only of a negative one — starts with a minus sign, `substr(col, 1, 1) <> '-'`
+(comparing the text with 0 would compare strings, and the SQL functions above may not
+be registered on every connection that writes, e.g. the sqlite3 shell).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, Numeric, Text, literal
+from sqlalchemy import Boolean, CheckConstraint, ColumnElement, Numeric, Text, literal, literal_column
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -85,6 +91,23 @@ def ge(left: Operand, right: Operand) -> ColumnElement[bool]:
     return _Ge(_sql(left), _sql(right))
 
 
+class _NonNegative(FunctionElement[bool]):
+    name = "px_non_negative"
+    type = Boolean()
+    inherit_cache = True
+
+
+def is_non_negative(column: str) -> ColumnElement[bool]:
+    """`column` ≥ 0 for an `Amount` column, as either database can check it (see above)."""
+    return _NonNegative(literal_column(column))
+
+
+def non_negative(column: str) -> CheckConstraint:
+    """CHECK (`column` ≥ 0), named `<column>_non_negative` (the naming convention makes
+    it `ck_<table>_<column>_non_negative`)."""
+    return CheckConstraint(is_non_negative(column), name=f"{column}_non_negative")
+
+
 def _operands(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> tuple[str, str]:
     left, right = element.clauses
     return compiler.process(left, **kw), compiler.process(right, **kw)
@@ -106,6 +129,18 @@ def _sub_native(element: _Sub, compiler: SQLCompiler, **kw: Any) -> str:
 def _ge_native(element: _Ge, compiler: SQLCompiler, **kw: Any) -> str:
     left, right = _operands(element, compiler, **kw)
     return f"({left} >= {right})"
+
+
+@compiles(_NonNegative)
+def _non_negative_native(element: _NonNegative, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"{compiler.process(column, **kw)} >= 0"
+
+
+@compiles(_NonNegative, "sqlite")
+def _non_negative_sqlite(element: _NonNegative, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"substr({compiler.process(column, **kw)}, 1, 1) <> '-'"
 
 
 @compiles(_Add, "sqlite")

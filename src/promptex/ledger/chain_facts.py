@@ -6,6 +6,10 @@ The ledger records them; it never refuses one for lack of funds, because the cha
 has already decided. Funds leaving the vault stop being spendable the moment the exit
 is requested (`lock_for_exit`) and leave the books when it completes. A reorg undoes a
 fact with `unwind_fact`: reversing journal entries, never edits.
+
+No balance goes below zero: a fact that debits more than the balance holds (a reorg
+removing a deposit already spent; an exit completing before the usage it raced was
+settled) opens a debt for the rest, with a reason naming the fact (see `ledger.debts`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from promptex.ledger import accounts as _accounts
+from promptex.ledger import debts as _debts
 from promptex.ledger.amounts import add
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.errors import ChainEventConflict
@@ -186,6 +191,7 @@ def complete_exit(
         lines=[(account, asset, -amount), (vault, asset, amount)],
         now=now,
         system_accounts=system,
+        reason=overdraft_reason(ref),
     )
     return closed
 
@@ -194,6 +200,21 @@ def complete_exit(
 
 DEPOSIT, EXIT, SALE, SHORTFALL, UNWIND = "deposit:", "exit:", "sale:", "shortfall:", "unwind:"
 _CHUNK = 500  # ids per IN (...) list
+
+_OVERDRAWN_BY = {
+    UNWIND + DEPOSIT: "a reorg removed deposit {id} after it was spent",
+    UNWIND + SALE: "a reorg removed the proceeds of sale {id} after they were spent",
+    UNWIND + SHORTFALL: "a reorg removed shortfall refund {id} after it was spent",
+    EXIT: "exit {id} took funds the ledger had already charged for usage not yet settled on chain",
+}
+
+
+def overdraft_reason(ref: str) -> str:
+    """Why a chain fact's debit (journal ref `ref`) overdrew a balance, in words."""
+    for prefix, text in _OVERDRAWN_BY.items():
+        if ref.startswith(prefix):
+            return text.format(id=ref.removeprefix(prefix))
+    return f"{ref} debited more than the balance held"
 
 
 def owner_of(conn: Connection, account: int) -> int:
@@ -218,7 +239,11 @@ def _reverse(conn: Connection, ref: str, *, now: int, system: Container[int]) ->
         )
     ).all()
     lines: list[Line] = [(owner_of(conn, account), asset, -amount) for account, asset, amount in rows]
-    return post_entry(conn, ref=UNWIND + ref, kind="unwind", lines=lines, now=now, system_accounts=system) is not None
+    unwind = UNWIND + ref
+    posted = post_entry(
+        conn, ref=unwind, kind="unwind", lines=lines, now=now, system_accounts=system, reason=overdraft_reason(unwind)
+    )
+    return posted is not None
 
 
 def unwind_fact(conn: Connection, event_id: str, *, now: int, system: Container[int]) -> bool:
@@ -410,14 +435,23 @@ class ChainBatch:
         )
         line_rows: list[dict[str, Any]] = []
         posted: defaultdict[tuple[int, str], int] = defaultdict(int)
-        for entry_id, (_, lines) in zip(ids, entries.values(), strict=True):
+        debited_by: dict[tuple[int, str], str] = {}  # the first ref that debits each balance
+        for entry_id, (ref, (_, lines)) in zip(ids, entries.items(), strict=True):
             for account, asset, amount in lines:
                 line_rows.append({"entry_id": entry_id, "account_id": account, "asset": asset, "amount": amount})
                 if account not in self.system:
                     posted[(account, asset)] += amount
+                    if amount < 0:
+                        debited_by.setdefault((account, asset), ref)
         self.conn.execute(insert(journal_lines), line_rows)
         for account, asset in posted:
             ensure_balance(self.conn, account, asset)
+        for (account, asset), change in sorted(posted.items()):
+            if change < 0:  # the batch's debits beyond the balance become a debt (see ledger.debts)
+                ref = debited_by[(account, asset)]
+                reason = overdraft_reason(ref)
+                _debts.cover(self.conn, account, asset, -change, source=ref, reason=reason, now=self.now)
         changes = [{"p_account": a, "p_asset": s, "p_amount": amount} for (a, s), amount in posted.items() if amount]
         if changes:
             self.conn.execute(_ADD_POSTED, changes)  # one statement, many rows
+        _debts.repay_all(self.conn, [key for key, change in posted.items() if change > 0], now=self.now)

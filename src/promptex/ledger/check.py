@@ -6,6 +6,9 @@
 3. `held` equals the sum of active holds, per payer and per budget.
 4. `locked` equals the sum of pending exits and of active instant-exit releases.
 5. Nothing held, locked or reserved is negative.
+6. What the "debts" system account lent, less what was repaid, is what open debts say
+   is outstanding, per asset; no debt is repaid beyond its amount; and an account that
+   owes an asset holds none of it (every credit repays first).
 """
 
 from __future__ import annotations
@@ -17,12 +20,48 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from promptex.ledger.models import ExitStatus, HoldStatus
-from promptex.ledger.schema import balances, budgets, exits, holds, journal_lines, releases
+from promptex.ledger.schema import accounts, balances, budgets, debts, exits, holds, journal_lines, releases
 
 Key = tuple[int, str]
 
 
 def check_books(conn: Connection, system: Container[int]) -> list[str]:
+    problems = _balances_and_journal(conn, system)
+    return problems + _debts(conn)
+
+
+def _debts(conn: Connection) -> list[str]:
+    problems: list[str] = []
+    lender = conn.execute(select(accounts.c.id).where(accounts.c.kind == "system", accounts.c.name == "debts")).scalar()
+    lent: defaultdict[str, int] = defaultdict(int)
+    lines: Sequence[Any] = conn.execute(
+        select(journal_lines.c.asset, journal_lines.c.amount).where(journal_lines.c.account_id == lender)
+    ).all()
+    for asset, amount in lines:
+        lent[asset] -= amount
+    outstanding: defaultdict[str, int] = defaultdict(int)
+    owing: set[Key] = set()
+    for row in conn.execute(select(debts)).all():
+        if not 0 <= row.repaid <= row.amount or (row.status == "open") != (row.repaid < row.amount):
+            problems.append(f"debt {row.id}: repaid {row.repaid} of {row.amount} but {row.status}")
+        if row.status == "open":
+            outstanding[row.asset] += row.amount - row.repaid
+            owing.add((row.account_id, row.asset))
+    problems += [
+        f"debts {asset}: {lent.get(asset, 0)} lent and not repaid, {outstanding.get(asset, 0)} outstanding"
+        for asset in sorted(set(lent) | set(outstanding))
+        if lent.get(asset, 0) != outstanding.get(asset, 0)
+    ]
+    for account, asset in sorted(owing):
+        posted = conn.execute(
+            select(balances.c.posted).where(balances.c.account_id == account, balances.c.asset == asset)
+        ).scalar()
+        if posted:
+            problems.append(f"account {account} {asset}: owes a debt yet holds {posted}")
+    return problems
+
+
+def _balances_and_journal(conn: Connection, system: Container[int]) -> list[str]:
     """Every way the books fail to balance, as sentences; empty when they balance."""
     problems: list[str] = []
 

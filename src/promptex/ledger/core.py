@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from promptex.ledger import accounts as _accounts
 from promptex.ledger import chain_facts as _chain
+from promptex.ledger import debts as _debts
 from promptex.ledger import holds as _holds
 from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
@@ -285,14 +286,19 @@ class Ledger:
             if hold is not None:
                 return hold
 
-        def settle(conn: Connection) -> Hold:
+        def settle(conn: Connection, fast: bool = True) -> Hold:
             now = self.clock()
             row = None if record is None else (lambda hold: _records.usage_row(hold, record, now))
-            return _holds.settle_fast(
-                conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system, record=row
-            )
+            run = _holds.settle_fast if fast else _holds.settle_general
+            return run(conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system, record=row)
 
-        return self._write(settle)
+        try:
+            return self._write(settle)
+        except IntegrityError:
+            # The fast path took a balance, cap or budget below zero (a CHECK refused it and
+            # the transaction rolled back): a chain fact emptied it while the request ran.
+            # The general path charges it anyway, the missing part as a debt.
+            return self._write(lambda conn: settle(conn, fast=False))
 
     def usage_record(self, request_id: str) -> _records.StoredUsage | None:
         """The usage record of a settled request, with its settlement state."""
@@ -381,6 +387,16 @@ class Ledger:
                 .all()
             )
             return sum(amounts)
+
+    def debts(self, account: int, *, open_only: bool = False) -> list[_debts.Debt]:
+        """An account's debts (what a debit beyond its balance left it owing), newest first."""
+        with self._read() as conn:
+            return _debts.debts_of(conn, account, open_only=open_only)
+
+    def open_debts(self, asset: str | None = None) -> list[_debts.Debt]:
+        """Every open debt (of one asset, or all), oldest first."""
+        with self._read() as conn:
+            return _debts.open_debts(conn, asset)
 
     def problems(self) -> list[str]:
         with self._read() as conn:

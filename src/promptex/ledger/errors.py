@@ -19,6 +19,12 @@ class SpendCapExceeded(LedgerError):
     """The payer's remaining signed spend cap, less what is held, is below the amount."""
 
 
+class AccountInDebt(LedgerError):
+    """The payer owes the asset (an open debt, see `ledger.debts`): it is not served in it
+    until a deposit repays the debt. Not an InsufficientFunds: promotional credit must not
+    pay for an account that owes."""
+
+
 class BudgetExceeded(LedgerError):
     """A member's budget at an org (or a promotional grant) does not cover the amount."""
 

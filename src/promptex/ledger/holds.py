@@ -22,8 +22,10 @@ from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, insert, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
+from promptex.ledger import debts as _debts
 from promptex.ledger.amounts import Amount, add, ge, sub
 from promptex.ledger.errors import (
+    AccountInDebt,
     BudgetExceeded,
     HoldConflict,
     HoldNotFound,
@@ -210,6 +212,12 @@ def _refusal(conn: Connection, payer: int, asset: str, amount: int) -> LedgerErr
     row = conn.execute(select(balances).where(*_balance_where(payer, asset)).with_for_update()).first()
     if row is None:
         return InsufficientFunds(f"account {payer} has no {asset}")
+    debt = _debts.open_debt_in(conn, payer, asset)
+    if debt is not None:
+        return AccountInDebt(
+            f"account {payer} owes {debt.outstanding} {asset} (debt {debt.id}: {debt.reason}); "
+            f"a deposit repays it first"
+        )
     spendable = row.posted - row.held - row.locked
     if spendable < amount:
         return InsufficientFunds(f"account {payer} can spend {max(0, spendable)} {asset}, needs {amount}")
@@ -240,6 +248,8 @@ def settle(conn: Connection, request_id: str, cost: int, *, now: int, usage: int
     if hold.status != HoldStatus.ACTIVE:
         raise HoldConflict(f"request {request_id!r} was {hold.status.value} before it was settled")
     charged = cost if cost <= hold.amount or _covers(conn, hold, cost - hold.amount) else hold.amount
+    if charged:
+        _no_negative(conn, hold, charged, now)
 
     params = {
         "p_request_id": request_id,
@@ -267,6 +277,24 @@ def settle(conn: Connection, request_id: str, cost: int, *, now: int, usage: int
             update_balances=False,
         )
     return replace(hold, status=HoldStatus.SETTLED, cost=cost, charged=charged)
+
+
+def _no_negative(conn: Connection, hold: Hold, charged: int, now: int) -> None:
+    """Before `charged` leaves the payer's balance, cap and budget: a balance a chain fact
+    emptied while the request ran lends the rest as a debt; a cap or budget lowered below
+    what was held stops at zero (they are limits, not money)."""
+    ref = f"settle:{hold.request_id}"
+    reason = f"request {hold.request_id} was charged {charged} {hold.asset} after the balance had dropped"
+    _debts.cover(conn, hold.payer, hold.asset, charged, source=ref, reason=reason, now=now)
+    where = _balance_where(hold.payer, hold.asset)
+    cap: int = conn.execute(select(balances.c.cap_remaining).where(*where).with_for_update()).scalar_one()
+    if cap < charged:
+        conn.execute(update(balances).where(*where).values(cap_remaining=charged))
+    if hold.payer != hold.account:
+        budget = _budget_where(hold.payer, hold.account, hold.asset)
+        remaining = conn.execute(select(budgets.c.remaining).where(budget).with_for_update()).scalar()
+        if remaining is not None and remaining < charged:
+            conn.execute(update(budgets).where(budget).values(remaining=charged))
 
 
 def _covers(conn: Connection, hold: Hold, extra: int) -> bool:
@@ -490,7 +518,7 @@ def settle_fast(
     _run(cur, conn, _SELECT_HOLD_ROW_FOR_UPDATE, {"p_request_id": request_id})
     row = cur.fetchone()
     if row is None or row[4] != HoldStatus.ACTIVE.value or cost < 0 or cost > int(row[3]):
-        return _settle_general(conn, request_id, cost, now=now, usage=usage, system=system, record=record)
+        return settle_general(conn, request_id, cost, now=now, usage=usage, system=system, record=record)
     account, payer, asset, amount = int(row[0]), int(row[1]), row[2], int(row[3])
     money = _money(conn)
     pg = conn.dialect.name == "postgresql"
@@ -533,7 +561,7 @@ def settle_fast(
     return hold
 
 
-def _settle_general(
+def settle_general(
     conn: Connection,
     request_id: str,
     cost: int,

@@ -1,4 +1,8 @@
-"""Double-entry postings and the SQL helpers every ledger operation shares."""
+"""Double-entry postings and the SQL helpers every ledger operation shares.
+
+A posting never takes a balance below zero: the part of a debit the balance cannot
+cover becomes a debt, and a credit repays open debts first (see `ledger.debts`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, Table, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+import promptex.ledger.debts as debts
 from promptex.ledger.amounts import Amount, add
 from promptex.ledger.schema import balances, journal_entries, journal_lines
 
@@ -67,6 +72,8 @@ def post_entry(
     now: int,
     system_accounts: Container[int],
     update_balances: bool = True,
+    no_negative: bool = True,
+    reason: str | None = None,
 ) -> int | None:
     """Record one journal entry whose lines sum to zero per asset.
 
@@ -74,6 +81,9 @@ def post_entry(
     posting is idempotent by ref). Unless `update_balances` is False (the caller moves
     `posted` itself), each line also moves `posted` on its account's balance row;
     system accounts keep no balance rows: their balance is the sum of their lines.
+    With `no_negative` (the debts module's own entries turn it off), a debit beyond the
+    balance opens a debt for the rest, said to be for `reason` (default: the entry's
+    ref), and a credit repays the account's open debts in that asset.
     """
     totals: defaultdict[str, int] = defaultdict(int)
     for _, asset, amount in lines:
@@ -93,9 +103,17 @@ def post_entry(
         ],
     )
     if update_balances:
+        changes: defaultdict[tuple[int, str], int] = defaultdict(int)
         for account, asset, amount in lines:
-            if account in system_accounts:
-                continue
+            if account not in system_accounts:
+                changes[(account, asset)] += amount
+        for (account, asset), change in changes.items():
             ensure_balance(conn, account, asset)
-            conn.execute(_ADD_POSTED, {"p_account": account, "p_asset": asset, "p_amount": amount})
+            if no_negative and change < 0:
+                why = reason or f"{kind} {ref} debited {-change} {asset}"
+                debts.cover(conn, account, asset, -change, source=ref, reason=why, now=now)
+            conn.execute(_ADD_POSTED, {"p_account": account, "p_asset": asset, "p_amount": change})
+        if no_negative:
+            credited = [key for key, change in changes.items() if change > 0]
+            debts.repay_all(conn, credited, now=now)
     return entry_id

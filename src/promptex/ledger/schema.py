@@ -1,16 +1,20 @@
 """The ledger's tables (SQLAlchemy Core), on the one MetaData of `ledger.metadata`:
 accounts, balances, org members and budgets, promotional grants, holds, the journal,
 wallets and their binding challenges, deposits, exits, the spend caps the chain set,
-usage records (written with each settlement) and instant-exit releases (each locks a
-balance). Only `promptex.ledger` reads or writes them; other packages call its API.
+usage records (written with each settlement), instant-exit releases (each locks a
+balance), debts, and the chain identity every store follows. Only `promptex.ledger`
+reads or writes them; other packages call its API.
 
-Amounts are `Amount` (exact ints of any size), times are unix seconds.
+Amounts are `Amount` (exact ints of any size), times are unix seconds. No balance or
+budget is ever negative: CHECK constraints say so on both databases (migration 0008),
+and what would have gone below zero is a debt instead (see `ledger.debts`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     ForeignKey,
     ForeignKeyConstraint,
@@ -18,11 +22,12 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
-from promptex.ledger.amounts import Amount
-from promptex.ledger.metadata import ADDRESS, ASSET, REASON, REF, BigId, metadata
+from promptex.ledger.amounts import Amount, non_negative
+from promptex.ledger.metadata import ADDRESS, ASSET, HASH, REASON, REF, BigId, metadata
 
 accounts = Table(
     "accounts",
@@ -44,6 +49,7 @@ balances = Table(
     Column("held", Amount, nullable=False),
     Column("locked", Amount, nullable=False),
     Column("cap_remaining", Amount, nullable=False),
+    *(non_negative(column) for column in ("posted", "held", "locked", "cap_remaining")),
 )
 
 members = Table(
@@ -64,6 +70,8 @@ budgets = Table(
     Column("remaining", Amount, nullable=False),
     Column("held", Amount, nullable=False),
     ForeignKeyConstraint(["org_id", "member_id"], ["members.org_id", "members.member_id"]),
+    non_negative("remaining"),
+    non_negative("held"),
 )
 
 grants = Table(
@@ -160,7 +168,10 @@ exits = Table(
     Index(None, "address", "asset", "status"),
 )
 
-SYSTEM_ACCOUNTS = ("vault", "usage")  # created by the first migration
+# The ledger's own accounts, balances only in the journal: "vault" (minus what the vault
+# holds for users) and "usage" (settled charges) made by the first migration, "debts"
+# (minus what accounts owe, see `debts` below) by migration 0008.
+SYSTEM_ACCOUNTS = ("vault", "usage", "debts")
 
 # Spend caps the chain registered or revoked, as the ledger applied them: `previous` lets
 # a reorg undo one (see chain_facts.register_spend_cap).
@@ -233,4 +244,48 @@ releases = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("closed_at", BigInteger, nullable=True),
     Index(None, "address", "status"),
+)
+
+# What an account owes: the part of a debit its balance could not cover (a reorg removing
+# a deposit already spent, an exit completing before the usage it raced settled, a charge
+# landing after a chain fact emptied the balance). The debit is posted whole; the "debts"
+# system account lends the account the missing part in a "debt" journal entry, so the
+# balance stops at zero, and every later credit to the account in that asset repays it
+# first ("repay" entries). While a debt is open the balance in its asset is zero, so
+# nothing is reserved from it (see `ledger.debts`).
+debts = Table(
+    "debts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("asset", String(ASSET), nullable=False),
+    Column("amount", Amount, nullable=False),  # owed when it opened
+    Column("repaid", Amount, nullable=False),  # repaid since
+    Column("source", String(REF), nullable=False),  # the journal ref whose debit overdrew
+    Column("reason", String(REASON), nullable=False),
+    Column("status", String(16), nullable=False),  # open | repaid
+    Column("created_at", BigInteger, nullable=False),
+    Column("closed_at", BigInteger, nullable=True),
+    UniqueConstraint("source", "account_id", "asset"),
+    Index(None, "account_id", "asset", "status"),
+    Index(None, "status"),
+    non_negative("amount"),
+    non_negative("repaid"),
+)
+
+# The chain every store in this database mirrors (one row): its id, its genesis block's
+# hash (a new local chain has a new one, the same id and, deployed again, the same
+# addresses) and the deployment's contracts. Every service checks it at start and refuses
+# another chain or deployment (see `ledger.identity`).
+chain_identity = Table(
+    "chain_identity",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("genesis_hash", String(HASH), nullable=False),
+    Column("network", String(64), nullable=False),
+    Column("contracts", Text, nullable=False),  # JSON {name: address} of the deployment followed
+    Column("recorded_at", BigInteger, nullable=False),
+    Column("recorded_by", String(32), nullable=False),  # the service that recorded it
+    CheckConstraint("id = 1", name="one_row"),
 )

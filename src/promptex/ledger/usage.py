@@ -8,7 +8,7 @@ a record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,20 +244,31 @@ def return_to_pending(conn: Connection, batch_id: int) -> None:
 def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Select[Any]) -> int:
     """What the payer owes that the chain has not yet debited: its active holds, and its
     settled usage outside the batches `confirmed_batches` selects (the ids of the
-    coordinator's batches confirmed on chain): pending, in flight, or quarantined."""
-    held: int = conn.execute(
-        select(func.coalesce(func.sum(holds.c.amount), 0)).where(
-            holds.c.payer_id == payer, holds.c.asset == asset, holds.c.status == HoldStatus.ACTIVE.value
+    coordinator's batches confirmed on chain): pending, in flight, or quarantined.
+
+    Summed here, exactly: SQL's SUM over SQLite's text amounts overflows past 2**63 (about
+    9.2 whole 18-decimal tokens) or turns them into floats."""
+    held: Sequence[int] = (
+        conn.execute(
+            select(holds.c.amount).where(
+                holds.c.payer_id == payer, holds.c.asset == asset, holds.c.status == HoldStatus.ACTIVE.value
+            )
         )
-    ).scalar_one()
-    owed: int = conn.execute(
-        select(func.coalesce(func.sum(usage_records.c.cost), 0)).where(
-            usage_records.c.payer_id == payer,
-            usage_records.c.asset == asset,
-            or_(usage_records.c.batch_id.is_(None), usage_records.c.batch_id.not_in(confirmed_batches)),
+        .scalars()
+        .all()
+    )
+    owed: Sequence[int] = (
+        conn.execute(
+            select(usage_records.c.cost).where(
+                usage_records.c.payer_id == payer,
+                usage_records.c.asset == asset,
+                or_(usage_records.c.batch_id.is_(None), usage_records.c.batch_id.not_in(confirmed_batches)),
+            )
         )
-    ).scalar_one()
-    return int(held) + int(owed)
+        .scalars()
+        .all()
+    )
+    return sum(held) + sum(owed)
 
 
 # ─── Readers: an account's own records ──────────────────────────────────────

@@ -7,6 +7,7 @@ from collections.abc import Container
 
 from sqlalchemy import Connection, insert, select, update
 
+from promptex.ledger import debts
 from promptex.ledger.accounts import get_or_create_account, owned_account
 from promptex.ledger.amounts import add
 from promptex.ledger.binding import BindingMessage, checksum_address, verify
@@ -150,6 +151,7 @@ def _claim(conn: Connection, address: str, account: int, *, now: int, system: Co
                 )
     if lines:
         post_entry(conn, ref=f"claim:{address}", kind="claim", lines=lines, now=now, system_accounts=system)
+    debts.transfer(conn, unclaimed, account, now=now)  # what the address owes, the account now owes
     conn.execute(
         update(exits)
         .where(exits.c.account_id == unclaimed, exits.c.status == ExitStatus.LOCKED.value)
