@@ -41,6 +41,7 @@ def make_agent(s: Settings | None = None) -> Agent:
     from promptex.chain.deployments import load_deployment
     from promptex.ledger import Ledger
     from promptex.sealing.envelope import load_master_keys
+    from promptex.startup import check_chain
 
     s = s or settings()
     try:
@@ -58,8 +59,10 @@ def make_agent(s: Settings | None = None) -> Agent:
             s.agent_smtp_host, s.agent_smtp_port, s.agent_smtp_user, password, s.agent_smtp_from,
             s.agent_smtp_starttls,
         )  # fmt: skip
+    ledger = Ledger.from_settings(s)
+    check_chain(ledger, service="the agent", rpc_url=s.agent_rpc_url, network=s.agent_network)
     return Agent(
-        Ledger.from_settings(s).engine,
+        ledger.engine,
         chain,
         HttpBilling(timeout=s.agent_billing_timeout_seconds),
         load_master_keys(master, s.gateway_master_key_file),

@@ -12,12 +12,21 @@ def dashboard(host: str | None, port: int | None) -> None:
     """Serve the web dashboard (`make setup` builds it first)."""
     import uvicorn
 
-    from promptex.config import settings
+    from promptex.config import ConfigurationError, settings
     from promptex.dashboard import DashboardOptions, create_app
+    from promptex.ledger import Ledger
+    from promptex.startup import check_chain
 
     s = settings()
     host, port = host or s.dashboard_host, port or s.dashboard_port
     options = DashboardOptions.from_settings(s)
+    with Ledger.from_settings(s) as ledger:
+        try:
+            check_chain(
+                ledger, service="the dashboard", rpc_url=options.rpc_url, network=options.network, require_chain=False
+            )
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
     if not (options.dist / "index.html").exists():
         click.echo(f"warning: no built front end in {options.dist}: run `make setup`")
     click.echo(f"dashboard on http://{host}:{port} (chain {options.rpc_url}, gateway {options.gateway_url})")

@@ -19,10 +19,21 @@ def gateway_serve(host: str | None, port: int | None) -> None:
     """Serve /v1 on uvicorn (uvloop, httptools)."""
     import uvicorn
 
+    from promptex.config import ConfigurationError
     from promptex.gateway import create_app
+    from promptex.ledger import Ledger
     from promptex.serving import listening_sockets
+    from promptex.startup import check_chain
 
     s = settings()
+    with Ledger.from_settings(s) as ledger:
+        try:  # the chain its lots are opened on (none yet: an off-chain gateway, e.g. in tests)
+            check_chain(
+                ledger, service="the gateway", rpc_url=s.attestor_rpc_url, network=s.attestor_network,
+                require_chain=False,
+            )  # fmt: skip
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
     host, port = host or s.gateway_host, port or s.gateway_port
     try:
         sockets = listening_sockets(host, port, s.gateway_accept_per_iteration)

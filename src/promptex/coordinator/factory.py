@@ -42,11 +42,17 @@ def ledger_engine(s: Settings) -> Engine:
 
 
 def make_coordinator(s: Settings) -> Coordinator:
+    """The coordinator, once its ledger is checked to mirror the chain it settles on."""
     from promptex.coordinator.service import Coordinator
+    from promptex.ledger import Ledger
+    from promptex.startup import check_chain
 
+    chain = make_chain(s)
+    ledger = Ledger.from_settings(s)
+    check_chain(ledger, service="the coordinator", rpc_url=s.coordinator_rpc_url, network=s.coordinator_network)
     return Coordinator(
-        ledger_engine(s),
-        make_chain(s),
+        ledger.engine,
+        chain,
         holder=s.coordinator_instance_id,
         lease_seconds=s.coordinator_lease_seconds,
         tx_timeout=s.coordinator_tx_timeout_seconds,

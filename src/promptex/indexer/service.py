@@ -10,7 +10,14 @@ A reorg shows as a parent hash that is not the hash stored for the block before 
 indexed tip the chain no longer has). The indexer then finds the fork point (see
 `reorg`), undoes the ledger effects of the orphaned events newest first (reversing
 journal entries), deletes their rows and block hashes and moves the cursor back to the
-fork point, in one transaction; the next steps replay the new branch.
+fork point, in one transaction; the next steps replay the new branch. It indexes only up
+to head − confirmations, so every reorg it sees was deeper than them: each is recorded
+(`indexer_reorgs`, shown by `promptex indexer reorgs` and `promptex reconcile`) in that
+transaction and logged, as an error when undoing it opened debts (funds already spent;
+see `ledger.debts`: never a negative balance).
+
+A new chain under an old ledger is not a reorg: every service checks the chain identity
+the database records before it starts (`Ledger.follow_chain`), the indexer first.
 
 Headers are read before logs on purpose: if the chain moves in between, either a log's
 block hash differs from its header (the step is retried), or the stored tip belongs to
@@ -41,6 +48,7 @@ from promptex.indexer.progress import Progress, Totals
 from promptex.indexer.reorg import find_fork_point
 from promptex.indexer.rpc import ChainMoved, Header, RpcClient, RpcError, RpcUnavailable
 from promptex.ledger import Ledger
+from promptex.ledger import debts as ledger_debts
 from promptex.ledger.chain_facts import ChainBatch
 from promptex.ledger.db import READ_ONLY
 from promptex.ledger.metadata import ASSET
@@ -118,6 +126,16 @@ class Indexer:
                 )
             self._checked_chain = True
         return cursor
+
+    def anchored(self) -> bool:
+        """Whether the last indexed block is on the node's chain (or nothing is indexed):
+        the proof an indexer gives before adopting a ledger that records no chain."""
+        with self._read() as conn:
+            cursor = store.load_cursor(conn)
+        if cursor is None or cursor.block_hash is None:
+            return True
+        tip = self.rpc.headers([cursor.block_number], missing_ok=True).get(cursor.block_number)
+        return tip is not None and tip.hash == cursor.block_hash
 
     def _deployed_at(self) -> int:
         """The first block in which a followed contract has code (bisecting eth_getCode);
@@ -255,7 +273,8 @@ class Indexer:
 
         fork = find_fork_point(cursor.block_number, lowest, cursor.start_block, stored, chain)
 
-        def undo(facts: ChainBatch) -> int:
+        def undo(facts: ChainBatch) -> store.Reorg:
+            before = ledger_debts.last_id(facts.conn)
             orphaned = store.events_after(facts.conn, fork)
             for _tx, _index, fact in orphaned:
                 if fact is not None:
@@ -263,18 +282,35 @@ class Indexer:
             store.forget_after(facts.conn, fork)
             fork_hash = store.block_hashes(facts.conn, fork, fork).get(fork)
             store.move_cursor(facts.conn, fork, fork_hash, facts.now, rewound=True)
-            return len(orphaned)
+            reorg = store.Reorg(
+                id=0,
+                detected_at=facts.now,
+                fork_block=fork,
+                old_tip=cursor.block_number,
+                old_tip_hash=cursor.block_hash,
+                depth=cursor.block_number - fork,
+                confirmations=self.options.confirmations,
+                events_undone=len(orphaned),
+                debts_opened=len(ledger_debts.opened_after(facts.conn, before)),
+            )
+            store.record_reorg(facts.conn, reorg)
+            return reorg
 
-        undone = self.ledger.apply_chain_facts(undo)
+        reorg = self.ledger.apply_chain_facts(undo)
         self._load_pools()
-        log.warning(
-            "reorg: blocks %d..%d left the chain; rewound to block %d, undid %d events",
+        report = log.error if reorg.debts_opened else log.warning
+        report(
+            "reorg deeper than %d confirmations: blocks %d..%d left the chain; rewound to block %d, undid %d events%s",
+            reorg.confirmations,
             fork + 1,
             cursor.block_number,
             fork,
-            undone,
+            reorg.events_undone,
+            f", {reorg.debts_opened} debts opened for funds already spent (promptex reconcile)"
+            if reorg.debts_opened
+            else "",
         )
-        return Step(head, fork, undone=undone, rewound=True)
+        return Step(head, fork, undone=reorg.events_undone, rewound=True)
 
     # ─── Running ─────────────────────────────────────────────────────────────
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from promptex.indexer.decode import Event
 from promptex.indexer.rpc import Header
-from promptex.indexer.schema import chain_events, indexer_blocks, indexer_cursor
+from promptex.indexer.schema import chain_events, indexer_blocks, indexer_cursor, indexer_reorgs
 from promptex.ledger.errors import ChainEventConflict
 
 CURSOR_ID = 1
@@ -164,3 +164,30 @@ def stored_args(conn: Connection, name: str) -> list[dict[str, Any]]:
         .all()
     )
     return [json.loads(text) for text in rows]
+
+
+# ─── Reorgs ──────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Reorg:
+    id: int
+    detected_at: int
+    fork_block: int
+    old_tip: int
+    old_tip_hash: str | None
+    depth: int
+    confirmations: int
+    events_undone: int
+    debts_opened: int
+
+
+def record_reorg(conn: Connection, reorg: Reorg) -> None:
+    values = {name: getattr(reorg, name) for name in Reorg.__dataclass_fields__ if name != "id"}
+    conn.execute(insert(indexer_reorgs).values(**values))
+
+
+def reorgs(conn: Connection, limit: int = 100) -> list[Reorg]:
+    """The reorgs rewound, newest first."""
+    rows = conn.execute(select(indexer_reorgs).order_by(indexer_reorgs.c.id.desc()).limit(limit)).all()
+    return [Reorg(**row._mapping) for row in rows]

@@ -27,6 +27,7 @@ from promptex.ledger.errors import (
     UnknownAccount,
     UnknownNonce,
     WalletAlreadyBound,
+    WrongChain,
 )
 from promptex.ledger.models import (
     Account,
@@ -75,4 +76,5 @@ __all__ = [
     "UnknownNonce",
     "UsageRecord",
     "WalletAlreadyBound",
+    "WrongChain",
 ]

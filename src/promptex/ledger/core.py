@@ -21,6 +21,7 @@ from promptex.ledger import accounts as _accounts
 from promptex.ledger import chain_facts as _chain
 from promptex.ledger import debts as _debts
 from promptex.ledger import holds as _holds
+from promptex.ledger import identity as _identity
 from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
@@ -29,6 +30,7 @@ from promptex.ledger.db import READ_ONLY, create_ledger_engine, upgrade
 from promptex.ledger.errors import LedgerError, LedgerInconsistent, UnknownAccount
 from promptex.ledger.models import Account, AccountKind, Balance, Budget, Deposit, ExitLock, Hold
 from promptex.ledger.schema import SYSTEM_ACCOUNTS, accounts, journal_lines
+from promptex.protocol.identity import ChainIdentity
 
 if TYPE_CHECKING:
     from promptex.config import Settings
@@ -289,7 +291,7 @@ class Ledger:
         def settle(conn: Connection, fast: bool = True) -> Hold:
             now = self.clock()
             row = None if record is None else (lambda hold: _records.usage_row(hold, record, now))
-            run = _holds.settle_fast if fast else _holds.settle_general
+            run = _holds.settle_fast if fast else _holds._settle_general
             return run(conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system, record=row)
 
         try:
@@ -370,6 +372,22 @@ class Ledger:
             return result
 
         return self._write(run)
+
+    # ─── The chain it mirrors ────────────────────────────────────────────────
+
+    def follow_chain(self, observed: ChainIdentity, service: str, *, adopt: bool = False) -> ChainIdentity:
+        """Check, at a service's start, that this database mirrors the chain and deployment
+        `observed` (`promptex.chain.identity.observe`): recorded by the first service on an
+        empty database, then WrongChain (one line) for any other. See `ledger.identity`."""
+        where = f"the ledger {self.engine.url.render_as_string(hide_password=True)}"
+        return self._write(
+            lambda conn: _identity.follow(conn, observed, service=service, where=where, now=self.clock(), adopt=adopt)
+        )
+
+    def chain_identity(self) -> ChainIdentity | None:
+        """The chain and deployment this database mirrors, once a service recorded it."""
+        with self._read() as conn:
+            return _identity.recorded(conn)
 
     # ─── Books ───────────────────────────────────────────────────────────────
 

@@ -210,6 +210,16 @@ def open_debts(conn: Connection, asset: str | None = None) -> list[Debt]:
     return [_debt(row) for row in conn.execute(stmt.order_by(debts.c.id)).all()]
 
 
+def last_id(conn: Connection) -> int:
+    """The newest debt's id (0 for none): with `opened_after`, what one transaction opened."""
+    found: int | None = conn.execute(select(debts.c.id).order_by(debts.c.id.desc()).limit(1)).scalar()
+    return 0 if found is None else int(found)
+
+
+def opened_after(conn: Connection, debt_id: int) -> list[Debt]:
+    return [_debt(row) for row in conn.execute(select(debts).where(debts.c.id > debt_id).order_by(debts.c.id)).all()]
+
+
 def open_debt_in(conn: Connection, account: int, asset: str) -> Debt | None:
     """The account's oldest open debt in `asset`, if any."""
     row = conn.execute(

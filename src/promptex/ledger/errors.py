@@ -69,6 +69,11 @@ class WalletAlreadyBound(BindingError):
     pass
 
 
+class WrongChain(LedgerError):
+    """The database mirrors another chain or deployment than the one a service is pointed
+    at; the message says, in one line, what differs and what to do."""
+
+
 class LedgerInconsistent(LedgerError):
     """The books do not balance; `problems` says where."""
 

@@ -518,7 +518,7 @@ def settle_fast(
     _run(cur, conn, _SELECT_HOLD_ROW_FOR_UPDATE, {"p_request_id": request_id})
     row = cur.fetchone()
     if row is None or row[4] != HoldStatus.ACTIVE.value or cost < 0 or cost > int(row[3]):
-        return settle_general(conn, request_id, cost, now=now, usage=usage, system=system, record=record)
+        return _settle_general(conn, request_id, cost, now=now, usage=usage, system=system, record=record)
     account, payer, asset, amount = int(row[0]), int(row[1]), row[2], int(row[3])
     money = _money(conn)
     pg = conn.dialect.name == "postgresql"
@@ -561,7 +561,7 @@ def settle_fast(
     return hold
 
 
-def settle_general(
+def _settle_general(
     conn: Connection,
     request_id: str,
     cost: int,
