@@ -39,9 +39,9 @@ def make_agent(s: Settings | None = None) -> Agent:
     from promptex.agent.outbox import SmtpConfig
     from promptex.agent.service import Agent
     from promptex.chain.deployments import load_deployment
+    from promptex.chain.identity import check_chain
     from promptex.ledger import Ledger
     from promptex.sealing.envelope import load_master_keys
-    from promptex.startup import check_chain
 
     s = s or settings()
     try:

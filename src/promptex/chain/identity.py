@@ -1,8 +1,13 @@
 """What chain and deployment a service is pointed at: the node's chain id and genesis
 block hash (two JSON-RPC calls over httpx, no web3: the gateway runs without one) and
-the contracts of `deployments/<network>.json`. Every service passes this to
-`Ledger.follow_chain` at start, which refuses another chain than the one its database
-mirrors."""
+the contracts of `deployments/<network>.json`; and `check_chain`, what every long-lived
+service does first with it: check that its database mirrors that chain and deployment
+(`Ledger.follow_chain`, see `ledger.identity`), so a service started against another
+chain refuses in one line instead of mixing two chains' facts.
+
+The indexer, coordinator and agent need the chain; the gateway and the dashboard can run
+without one (tests, an off-chain demo) as long as their database follows no chain yet.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import httpx
 
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.config import ConfigurationError
+from promptex.ledger import Ledger, WrongChain
 from promptex.protocol.identity import ChainIdentity
 
 
@@ -52,3 +58,23 @@ def observe(rpc_url: str, network: str, *, root: Path | None = None, timeout: fl
         chain_id = int(_call(client, rpc_url, "eth_chainId", []), 16)
         genesis = _call(client, rpc_url, "eth_getBlockByNumber", ["0x0", False])
     return identity_of(deployment, chain_id, str(genesis["hash"]))
+
+
+def check_chain(
+    ledger: Ledger, *, service: str, rpc_url: str, network: str, require_chain: bool = True
+) -> ChainIdentity | None:
+    """The identity `ledger` follows after this service's start (recorded now if it was the
+    first), or None for a service that runs without a chain on a database that follows
+    none. ConfigurationError, one line, for anything else."""
+    try:
+        observed = observe(rpc_url, network)
+    except ConfigurationError as exc:
+        recorded = ledger.chain_identity()
+        if require_chain or recorded is not None:
+            follows = f" (its ledger follows {recorded.short()})" if recorded is not None else ""
+            raise ConfigurationError(f"{service} cannot check its chain{follows}: {exc}") from None
+        return None
+    try:
+        return ledger.follow_chain(observed, service)
+    except WrongChain as exc:
+        raise ConfigurationError(str(exc)) from None

@@ -12,10 +12,10 @@ def dashboard(host: str | None, port: int | None) -> None:
     """Serve the web dashboard (`make setup` builds it first)."""
     import uvicorn
 
+    from promptex.chain.identity import check_chain
     from promptex.config import ConfigurationError, settings
     from promptex.dashboard import DashboardOptions, create_app
     from promptex.ledger import Ledger
-    from promptex.startup import check_chain
 
     s = settings()
     host, port = host or s.dashboard_host, port or s.dashboard_port

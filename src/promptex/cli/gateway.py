@@ -19,11 +19,11 @@ def gateway_serve(host: str | None, port: int | None) -> None:
     """Serve /v1 on uvicorn (uvloop, httptools)."""
     import uvicorn
 
+    from promptex.chain.identity import check_chain
     from promptex.config import ConfigurationError
     from promptex.gateway import create_app
     from promptex.ledger import Ledger
     from promptex.serving import listening_sockets
-    from promptex.startup import check_chain
 
     s = settings()
     with Ledger.from_settings(s) as ledger:

@@ -43,9 +43,9 @@ def ledger_engine(s: Settings) -> Engine:
 
 def make_coordinator(s: Settings) -> Coordinator:
     """The coordinator, once its ledger is checked to mirror the chain it settles on."""
+    from promptex.chain.identity import check_chain
     from promptex.coordinator.service import Coordinator
     from promptex.ledger import Ledger
-    from promptex.startup import check_chain
 
     chain = make_chain(s)
     ledger = Ledger.from_settings(s)
