@@ -432,6 +432,7 @@ def test_cli__release__signed_within_free_balance_refused_beyond(
     address = buyer(book, chain, "USDC", 100)[1]
     monkeypatch.setattr(factory, "ledger_engine", lambda _s: book.engine)
     monkeypatch.setattr(factory, "make_chain", lambda _s: chain)
+    monkeypatch.setattr(factory, "check_ledger_chain", lambda _s, _engine: None)  # a fake chain has no genesis
     runner = CliRunner()
 
     release_cmd = ["release", "--address", address, "--asset"]

@@ -41,17 +41,24 @@ def ledger_engine(s: Settings) -> Engine:
     return Ledger.from_settings(s).engine
 
 
-def make_coordinator(s: Settings) -> Coordinator:
-    """The coordinator, once its ledger is checked to mirror the chain it settles on."""
+def check_ledger_chain(s: Settings, engine: Engine) -> None:
+    """Refuse (ConfigurationError, one line) a ledger that mirrors another chain or
+    deployment than the one the coordinator settles on (see `chain.identity`)."""
     from promptex.chain.identity import check_chain
-    from promptex.coordinator.service import Coordinator
     from promptex.ledger import Ledger
 
+    check_chain(Ledger(engine), service="the coordinator", rpc_url=s.coordinator_rpc_url, network=s.coordinator_network)
+
+
+def make_coordinator(s: Settings) -> Coordinator:
+    """The coordinator, once its ledger is checked to mirror the chain it settles on."""
+    from promptex.coordinator.service import Coordinator
+
     chain = make_chain(s)
-    ledger = Ledger.from_settings(s)
-    check_chain(ledger, service="the coordinator", rpc_url=s.coordinator_rpc_url, network=s.coordinator_network)
+    engine = ledger_engine(s)
+    check_ledger_chain(s, engine)
     return Coordinator(
-        ledger.engine,
+        engine,
         chain,
         holder=s.coordinator_instance_id,
         lease_seconds=s.coordinator_lease_seconds,
