@@ -236,3 +236,11 @@ def test_messages__bearer_key_too_and_no_key__401(gw: Harness, fake: Fake) -> No
     assert bearer.messages.create(model="fake-claude", max_tokens=2, messages=HELLO).usage.output_tokens == 2
     response = httpx.post(gw.url + "/v1/messages", json={"model": "fake-claude", "max_tokens": 2, "messages": HELLO})
     assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+
+
+def test_messages__unknown_path_or_method_under_it__anthropic_error_shape(gw: Harness) -> None:
+    count = httpx.post(gw.url + "/v1/messages/count_tokens", json={})
+    assert count.status_code == 404 and count.json()["error"]["type"] == "not_found_error"
+    listing = httpx.get(gw.url + "/v1/messages")
+    assert listing.status_code == 405 and listing.json()["type"] == "error"
+    assert httpx.get(gw.url + "/v1/nothing").json()["error"]["type"] == "invalid_request_error"  # OpenAI's, elsewhere

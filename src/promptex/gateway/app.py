@@ -229,11 +229,11 @@ def create_app(
         message = exc.detail if isinstance(exc, HTTPException) else "Internal error."
         kind = "invalid_request_error" if status < 500 else "server_error"
         error = GatewayError(status, str(message), type=kind)
-        return fronts.error_response(API_ROUTES.get(request.url.path, ""), error, _request_id(request))
+        return fronts.error_response(fronts.api_of(request.url.path), error, _request_id(request))
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("internal error in request %s: %s", _request_id(request), type(exc).__name__)
-        return fronts.error_response(API_ROUTES.get(request.url.path, ""), errors.internal(), _request_id(request))
+        return fronts.error_response(fronts.api_of(request.url.path), errors.internal(), _request_id(request))
 
     app = Starlette(
         routes=[

@@ -67,6 +67,12 @@ def upstream_body(endpoint: str, body: dict[str, Any], output: int) -> dict[str,
     return body
 
 
+def api_of(path: str) -> str:
+    """The API a path belongs to, for the shape of its errors (any /v1/messages… path is
+    Anthropic's: an Anthropic client reads its errors)."""
+    return MESSAGES if path == "/v1/messages" or path.startswith("/v1/messages/") else API_ROUTES.get(path, "")
+
+
 def id_headers(endpoint: str, request_id: str) -> dict[str, str]:
     """The request id, as `x-request-id` (and `request-id`, which Anthropic's SDK reads)."""
     if endpoint == MESSAGES:
