@@ -10,7 +10,7 @@ def test_demo__fresh_anvil__every_step_reconciles(ape_run):
         "the indexer credited both deposits: ledger == vault",
         "buyer 1 charged exactly the meter",
         "CLD supply fell by exactly the metered cost",
-        "lot B drawn down in the escrow by the list value it served",
+        "lot B drawn down by the list value it served, in the same call",
         "proves into CLD epoch 1's root",
         "seller B received its earnings",
         "buyer 2 got back everything not spent",
