@@ -42,6 +42,7 @@ from promptex.agent.service import Agent
 from promptex.agent.store import RELEASED
 from promptex.chain.deploy import contract_at, deploy_all
 from promptex.chain.dex import create_pool_at_price
+from promptex.chain.identity import identity_of
 from promptex.cli.errors import readable_errors
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
@@ -65,6 +66,10 @@ from promptex.protocol.merkle import verify
 from promptex.protocol.redemption import STATUS_RELEASED, provider_id
 from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO
 from promptex.protocol.vault import UNLIMITED, sign_spend_cap
+from promptex.reconcile import Report, summary
+from promptex.reconcile import reconcile as reconcile_books
+from promptex.reconcile.chain import Web3ChainView
+from promptex.reconcile.run import indexed_block
 from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
 
@@ -112,8 +117,12 @@ class Market:
         self.store = GatewayStore(self.ledger.engine)
         self.keys = load_master_keys(None, self.settings.gateway_master_key_file)
         self.catalog = load_catalog(self.settings.model_catalog)
-        rpc_url = chain.provider.http_uri
-        self.indexer = Indexer(self.ledger, RpcClient(rpc_url), Followed.from_deployment(deployment))
+        rpc_url = self.rpc_url = chain.provider.http_uri
+        self.deployment = deployment
+        rpc = RpcClient(rpc_url)
+        # The ledger records the chain it mirrors; any service pointed at another refuses.
+        self.ledger.follow_chain(identity_of(deployment, rpc.chain_id(), rpc.headers([0])[0].hash), "the demo")
+        self.indexer = Indexer(self.ledger, rpc, Followed.from_deployment(deployment))
         self.coordinator = Coordinator(self.ledger.engine, Web3Chain(rpc_url, deployment, coordinator_key))
         self.upstream = ServerThread(create_fake_upstream(FakeUpstreamConfig(output_tokens=400)))
         self.gateway: ServerThread | None = None
@@ -146,6 +155,11 @@ class Market:
         self.index()
         return report
 
+    def reconcile(self) -> Report:
+        """`promptex reconcile`: every book against the chain at the indexed block."""
+        self.index()
+        return reconcile_books(self.ledger, Web3ChainView(self.rpc_url, self.deployment, indexed_block(self.ledger)))
+
 
 def run_demo(network_name: str) -> None:
     admin, seller_a, seller_b, treasury, buyer_1, buyer_2, coordinator, claude_user = accounts.test_accounts[0:8]
@@ -172,6 +186,9 @@ def run_demo(network_name: str) -> None:
         request_id = run_market(deployment, market, admin, seller_a, seller_b, treasury, buyer_1, buyer_2)
         redeem_with_agent(deployment, market, claude_user)
         prove_usage(deployment, market, request_id)
+        step("promptex reconcile: every balance, exit, claimable, lot and redemption against the chain")
+        report = market.reconcile()
+        check(report.ok, f"promptex reconcile at the end: {summary(report)}")
     finally:
         market.close()
     console.print("[bold green]demo complete: every number reconciles[/]")
@@ -271,7 +288,7 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     market.settle()
     check(vault.spend_cap(buyer_1, cld)[1] == 50_000 * TOKEN_UNIT, "buyer 1 may be charged at most 50,000 CLD")
     check(vault.spend_cap(buyer_2, usdc)[1] == 50 * USD_MICRO, "buyer 2 may be charged at most 50 USDC")
-    reconcile(ledger, vault, buyers, "the indexer credited both deposits: ledger == vault")
+    reconcile(market, vault, buyers, "the indexer credited both deposits: ledger == vault")
 
     market.serve()
     step(f"The gateway serves {market.gateway.url}/v1 — buyers call it with the unmodified openai SDK")
@@ -332,7 +349,7 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     check(vault.claimable(seller_b, usdc) == seller_b_share, "seller B credited its rate's share")
     check(vault.reserve(usdc) - reserve == gpt_total - seller_b_share, "protocol fee kept in the vault's reserve")
     check(escrow.lots(lot_b).consumed == list_value_b, "lot B drawn down by the list value it served, in the same call")
-    reconcile(ledger, vault, buyers, "after settlement: ledger == vault for both buyers")
+    reconcile(market, vault, buyers, "after settlement: ledger == vault for both buyers")
 
     step("Seller B claims its USDC")
     before = usdc.balanceOf(seller_b)
@@ -362,7 +379,7 @@ def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, 
     vault.complete_exit(usdc, 0, False, sender=buyer_2)
     check(usdc.balanceOf(buyer_2) == usdc_in - gpt_total, "buyer 2 got back everything not spent")
     market.settle()
-    reconcile(ledger, vault, buyers, "after every exit: ledger == vault for both buyers")
+    reconcile(market, vault, buyers, "after every exit: ledger == vault for both buyers")
     check(usdc.balanceOf(vault) == vault.reserve(usdc), "the vault's USDC is exactly its reserve")
     check(not ledger.problems(), "the ledger's double-entry checks pass")
 
@@ -436,12 +453,16 @@ def tokens_of(usage) -> tuple[int, int]:
     return usage.prompt_tokens, usage.completion_tokens
 
 
-def reconcile(ledger: Ledger, vault, buyers, what: str) -> None:
+def reconcile(market: Market, vault, buyers, what: str) -> None:
+    """The buyers' balances checked by hand, then every book by `promptex reconcile`: any
+    difference must be explained by named records (unsettled requests, debts, claims)."""
     ok = all(
-        ledger.balance(new.account, symbol).posted == vault.balance_of(address, asset)
+        market.ledger.balance(new.account, symbol).posted == vault.balance_of(address, asset)
         for address, (new, symbol, asset) in buyers.items()
     )
     check(ok, what)
+    report = market.reconcile()
+    check(report.ok and report.block >= 0, f"promptex reconcile: {summary(report)}")
 
 
 def show_lots(escrow, lots) -> None:

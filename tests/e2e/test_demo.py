@@ -11,6 +11,8 @@ def test_demo__fresh_anvil__every_step_reconciles(ape_run):
         "buyer 1 charged exactly the meter",
         "CLD supply fell by exactly the metered cost",
         "lot B drawn down by the list value it served, in the same call",
+        "promptex reconcile: books reconcile with the chain",
+        "promptex reconcile at the end: books reconcile with the chain",
         "proves into CLD epoch 1's root",
         "seller B received its earnings",
         "buyer 2 got back everything not spent",

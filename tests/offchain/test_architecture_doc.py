@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "architecture.md"
-FLOWS = ("tokenize", "deposit", "call", "settle", "prove", "redeem", "hedge")
+FLOWS = ("tokenize", "deposit", "call", "settle", "prove", "reconcile", "redeem", "hedge")
 
 
 def _layers_in_pyproject() -> list[str]:

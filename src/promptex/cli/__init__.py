@@ -29,6 +29,7 @@ from promptex.cli.lazy import LazyGroup
         "dashboard": "promptex.cli.dashboard:dashboard",
         "hedge": "promptex.cli.hedge:hedge",
         "up": "promptex.cli.up:up_command",
+        "reconcile": "promptex.cli.reconcile:reconcile",
     },
 )
 @click.version_option(__version__, prog_name="promptex")

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import Select, insert, or_, select, update
 
 from promptex.chain.sender import SignedTx
 from promptex.chain.txlog import SignedTxStore
@@ -302,6 +302,34 @@ class CoordinatorStore(SignedTxStore):
                 .where(spend_cap_submissions.c.id == cap_id)
                 .values(status=status, error=None if error is None else error[:REASON])
             )
+
+    # ─── What the chain has seen, as of a block (for `promptex reconcile`) ────
+
+    @staticmethod
+    def confirmed_by(block: int | None) -> Select[Any]:
+        """Ids of the batches confirmed in a block at or before `block` (None: any)."""
+        stmt = (
+            select(settlement_batches.c.id)
+            .join(coordinator_txs, coordinator_txs.c.id == settlement_batches.c.tx_id)
+            .where(settlement_batches.c.status == CONFIRMED)
+        )
+        return stmt if block is None else stmt.where(coordinator_txs.c.block_number <= block)
+
+    def settled_batches(self, block: int | None) -> list[tuple[Batch, str]]:
+        """The batches confirmed at or before `block`, with their transaction's hash."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(settlement_batches, coordinator_txs.c.tx_hash)
+                .join(coordinator_txs, coordinator_txs.c.id == settlement_batches.c.tx_id)
+                .where(settlement_batches.c.id.in_(self.confirmed_by(block)))
+                .order_by(settlement_batches.c.id)
+            ).all()
+        return [(_batch(row), str(row.tx_hash)) for row in rows]
+
+    def unsettled_records(self, block: int | None) -> list[StoredUsage]:
+        """The charges the chain had not debited at `block` (see `ledger.usage.unsettled_records`)."""
+        with self._tx() as conn:
+            return _usage.unsettled_records(conn, self.confirmed_by(block))
 
     # ─── Releases ────────────────────────────────────────────────────────────
 

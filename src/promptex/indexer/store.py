@@ -152,6 +152,24 @@ def forget_after(conn: Connection, block: int) -> int:
     return int(deleted)
 
 
+@dataclass(frozen=True)
+class StoredEvent:
+    tx_hash: str
+    log_index: int
+    block_number: int
+    args: dict[str, Any]
+
+
+def events_named(conn: Connection, name: str, *, up_to: int | None = None) -> list[StoredEvent]:
+    """Every stored event called `name` (in a block at or before `up_to`), oldest first."""
+    stmt = select(chain_events.c.tx_hash, chain_events.c.log_index, chain_events.c.block_number, chain_events.c.args)
+    stmt = stmt.where(chain_events.c.name == name)
+    if up_to is not None:
+        stmt = stmt.where(chain_events.c.block_number <= up_to)
+    rows = conn.execute(stmt.order_by(chain_events.c.block_number, chain_events.c.log_index)).all()
+    return [StoredEvent(str(r.tx_hash), int(r.log_index), int(r.block_number), json.loads(r.args)) for r in rows]
+
+
 def stored_args(conn: Connection, name: str) -> list[dict[str, Any]]:
     """The args of every stored event called `name`, oldest first (e.g. PoolCreated)."""
     rows: Sequence[str] = (

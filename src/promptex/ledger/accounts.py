@@ -190,3 +190,19 @@ def grant_promotional_credit(
     result = budget(conn, treasury, account, asset)
     assert result is not None
     return result
+
+
+def all_balances(conn: Connection) -> list[tuple[Account, Balance]]:
+    """Every balance row with its account (none of the system accounts keep one)."""
+    rows = conn.execute(
+        select(accounts.c.id, accounts.c.kind, accounts.c.name, balances).join(
+            balances, balances.c.account_id == accounts.c.id
+        )
+    ).all()
+    return [
+        (
+            _account((row.id, row.kind, row.name)),
+            Balance(row.id, row.asset, row.posted, row.held, row.locked, row.cap_remaining),
+        )
+        for row in rows
+    ]

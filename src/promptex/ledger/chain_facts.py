@@ -455,3 +455,11 @@ class ChainBatch:
         if changes:
             self.conn.execute(_ADD_POSTED, changes)  # one statement, many rows
         _debts.repay_all(self.conn, [key for key, change in posted.items() if change > 0], now=self.now)
+
+
+def pending_exits(conn: Connection) -> list[ExitLock]:
+    """Every exit requested on chain and not yet completed or cancelled."""
+    rows = conn.execute(
+        select(exits).where(exits.c.status == ExitStatus.LOCKED.value).order_by(exits.c.created_at)
+    ).all()
+    return [_exit(row) for row in rows]

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, or_, select, update
+from sqlalchemy import Connection, Select, and_, func, or_, select, update
 
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.models import Hold, HoldStatus
@@ -269,6 +269,19 @@ def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Selec
         .all()
     )
     return sum(held) + sum(owed)
+
+
+def unsettled_records(conn: Connection, confirmed_batches: Select[Any]) -> list[StoredUsage]:
+    """Every charge the chain has not debited as far as `confirmed_batches` (ids of the
+    coordinator's batches confirmed on chain) says: pending, quarantined, or in a batch
+    not among them. A record in any other state (one day: refunded) is not owed."""
+    stmt = select(usage_records).where(
+        or_(
+            usage_records.c.status.in_((PENDING, QUARANTINED)),
+            and_(usage_records.c.status == BATCHED, usage_records.c.batch_id.not_in(confirmed_batches)),
+        )
+    )
+    return [stored_usage(row) for row in conn.execute(stmt.order_by(usage_records.c.request_id)).all()]
 
 
 # ─── Readers: an account's own records ──────────────────────────────────────

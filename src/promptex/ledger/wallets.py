@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Container
+from collections.abc import Container, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -43,6 +44,17 @@ def addresses_of(conn: Connection, account: int) -> list[str]:
             select(wallets.c.address).where(wallets.c.account_id == account).order_by(wallets.c.address)
         ).scalars()
     )
+
+
+def bindings(conn: Connection) -> dict[int, list[str]]:
+    """Every bound wallet, by account (oldest binding first)."""
+    found: dict[int, list[str]] = {}
+    rows: Sequence[Any] = conn.execute(
+        select(wallets.c.address, wallets.c.account_id).order_by(wallets.c.bound_at, wallets.c.address)
+    ).all()
+    for address, account in rows:
+        found.setdefault(int(account), []).append(str(address))
+    return found
 
 
 def first_bound(conn: Connection, account: int) -> str | None:
