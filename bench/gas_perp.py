@@ -31,7 +31,8 @@ from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
 
 GPT_PRICE = 3_695_000
-GPT_MARKET = MarketParams(funding_k=10**14, max_leverage=10, maintenance_bps=500, oi_cap_bps=5_000)
+# Three longs of $19,000 in all against the $100k pool: a 50 % depth cap (the default is 10 %).
+GPT_MARKET = MarketParams(funding_k=10**14, max_leverage=10, maintenance_bps=500, oi_cap_bps=5_000, depth_cap_bps=5_000)
 
 
 def measure_perp(

@@ -1,4 +1,7 @@
 # pragma version ~=0.4.3
+# pragma experimental-codegen
+# pragma optimize codesize
+# (venom, for size: the legacy pipeline's Perp passes EIP-170's 24,576 bytes; gas is within 1 % of venom's gas mode)
 """
 @title Perp
 @license MIT
@@ -52,9 +55,15 @@
      withdrawal must leave pool_amount ≥ total_reserved. Nothing else lowers
      pool_amount (the pool never pays a liquidation bonus, and bad debt only
      means the pool receives less), so every capped gain can always be paid.
-     Open interest per side and market is capped at oi_cap_bps of
-     pool_amount when a position opens (a withdrawal may leave open interest
-     above the cap: the reserve is the hard limit, the cap throttles opens).
+     Open interest per side and market is capped twice when a position
+     opens: at oi_cap_bps of pool_amount, and at depth_cap_bps of the depth
+     of the DEX pool the Oracle reads (its USDC side at TWAP-consistent
+     reserves, √k · √TWAP: swaps in the same transaction do not move it), so
+     a TWAP pump against a thin pool cannot be paid by the LPs beyond a
+     fraction of that pool (found: a pump against $25k pools paid against
+     Perp LPs). A withdrawal may leave open interest above either cap (the
+     reserve is the hard limit, the caps throttle opens); so may liquidity
+     leaving the DEX pool after an open.
 
      Liquidation. A position is liquidatable when its equity
      (margin + capped gain) is below notional · maintenance_bps / 10,000
@@ -69,13 +78,38 @@
      logged (`BadDebtRecorded`).
 
      LP shares (not transferable; 18 decimals). Shares are priced at the
-     pool's net asset value: pool_amount minus the traders' unrealised gains
-     (all markets, TWAP, funding included). Rounded against the LP who asks:
-     a deposit values the pool with the traders' unrealised losses counted
-     (capped at their margins) and a withdrawal without them (gains capped
-     at total_reserved); shares minted and USDC paid round down. The first
-     deposit locks MINIMUM_SHARES at the zero address. Internal accounting
-     only: donated USDC changes no price.
+     pool's net asset value, pool_amount minus what the traders' positions
+     are worth against it, valued so that an LP who enters or leaves can
+     never pass a loss to the LPs who stay (found: an LP withdrew right after
+     a spot jump, before the TWAP followed; and the withdrawal price netted a
+     bankrupt position's uncollectable loss against other traders' gains).
+     Per market and side, with no loop over positions:
+       - price: the one worse for the LP who asks — leaving, longs at
+         max(spot, TWAP) and shorts at min(spot, TWAP); entering, longs at
+         min(spot, TWAP) and shorts at max(spot, TWAP) (spot from the
+         Oracle's pool, read under its reentrancy lock);
+       - a position's worth to its trader is its PnL net of funding,
+         clamped to [−margin, reserved]: its loss never counts beyond its
+         margin, its gain never beyond its cap. The side keeps bounds on its
+         positions' kink prices (every bankruptcy price below `bankrupt_bound`
+         for longs — above it for shorts — and every cap price on the other
+         side of `cap_bound`, funding aside) and on their entry funding
+         indices. Leaving, the side is valued at the price pushed past its
+         bankrupt bound (where no loss is uncollectable), capped at its
+         reserve: an upper bound on what the side can take. Entering, at the
+         price pushed back to its cap bound (where no gain is capped),
+         floored at minus its margins: a lower bound. Funding received
+         (leaving) or owed (entering) is added from the index bounds.
+     The bounds only widen while a side has positions (an open or a margin
+     removal moves them out; a close never moves them in), so they can grow
+     stale and price an LP more conservatively than needed; `refresh_bounds`
+     (anyone, given every open position of the side) recomputes them, and a
+     side that empties resets. Shares minted and USDC paid round down. The
+     first deposit locks MINIMUM_SHARES at the zero address. Internal
+     accounting only: donated USDC changes no price. Limit: a spot moved in
+     the same transaction as an LP's own deposit or withdrawal can only make
+     that LP's price worse; one moved around someone else's is a sandwich
+     that the victim's `min_shares` / `min_amount` bounds.
 
      Money. The contract's USDC balance is at least
      pool_amount + total_margin + insurance_fund (equal, barring donations).
@@ -88,9 +122,12 @@
      keepers stop calling `Oracle.update`, the average spans a longer time
      (smoother, never spot).
 
-     Roles: admin (snekmate `ownable_2step`) lists markets, enables and
-     disables them, sets k and the insurance share of fees, and may pause new
-     positions; closing, margin, liquidation and LP exits stay open.
+     Roles: admin (snekmate `ownable_2step`; the Timelock after deploy) lists
+     markets, enables and disables them, sets k, the depth cap and the
+     insurance share of fees, and grants pausers; `revoke_pauser` is separate
+     (the Timelock's guardian calls it at once). A pauser may pause and
+     unpause new positions; closing, margin, liquidation and LP exits stay
+     open.
 """
 
 from ethereum.ercs import IERC20
@@ -100,6 +137,7 @@ from snekmate.utils import math
 from snekmate.utils import pausable
 
 from .interfaces import IOracle
+from .interfaces import IPool
 
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
@@ -142,6 +180,8 @@ SHARE_SCALE: public(constant(uint256)) = 10**12
 MINIMUM_SHARES: public(constant(uint256)) = 10**15
 # @notice Longest TWAP window (Oracle.MAX_WINDOW).
 MAX_TWAP_WINDOW: public(constant(uint256)) = 2**31
+# @notice Most positions `refresh_bounds` takes in one call.
+MAX_REFRESH: public(constant(uint256)) = 500
 
 # @dev 10**36 = 10**18 token units per price × 10**18 fixed point (Oracle.consult).
 _PRICE_SCALE: constant(uint256) = 10**36
@@ -180,6 +220,20 @@ struct Market:
     last_funding_time: uint256
 
 
+# @notice One side (long or short) of a market, beyond its open interest, as
+#         `sides(token, is_long)` returns it: Σ margin and Σ reserved of its open
+#         positions, how many there are, and the bounds that value it for LPs
+#         (see the contract @dev). Bounds are price units; indices WAD.
+struct Side:
+    margin: uint256
+    reserved: uint256
+    count: uint256
+    bankrupt_bound: uint256
+    cap_bound: uint256
+    index_high: int256
+    index_low: int256
+
+
 # @notice An open position, as `positions(id)` returns it (all zero once closed).
 struct Position:
     owner: address
@@ -215,6 +269,13 @@ market_tokens: public(DynArray[address, MAX_MARKETS])
 positions: public(HashMap[uint256, Position])
 # @notice Positions opened so far.
 position_count: public(uint256)
+# @notice token → is_long → the side's margins, reserve, count and bounds.
+sides: public(HashMap[address, HashMap[bool, Side]])
+# @notice token → most open notional per side, in bps of the depth of the DEX
+#         pool the Oracle reads (its USDC side at TWAP-consistent reserves).
+depth_cap_bps: public(HashMap[address, uint256])
+# @notice account → whether it may pause and unpause new positions.
+is_pauser: public(HashMap[address, bool])
 
 # @notice The LPs' USDC: capital, fees, realised trading results.
 pool_amount: public(uint256)
@@ -263,6 +324,24 @@ event FundingKSet:
 event InsuranceFeeSet:
     old_bps: uint256
     new_bps: uint256
+
+event DepthCapSet:
+    token: indexed(address)
+    old_bps: uint256
+    new_bps: uint256
+
+event PauserGranted:
+    account: indexed(address)
+
+event PauserRevoked:
+    account: indexed(address)
+
+event BoundsRefreshed:
+    token: indexed(address)
+    is_long: bool
+    count: uint256
+    bankrupt_bound: uint256
+    cap_bound: uint256
 
 event FundingAccrued:
     token: indexed(address)
@@ -360,8 +439,8 @@ def deposit(amount: uint256, min_shares: uint256) -> uint256:
     """
     @notice Adds `amount` USDC to the pool for shares.
     @dev Shares = amount · total_shares / value, rounded down, where value is
-         the pool's net asset value counting traders' unrealised losses (see
-         the contract @dev). Reverts while an open market's TWAP is unavailable.
+         the pool's net asset value priced for an entering LP (see the
+         contract @dev). Reverts while an open market's TWAP is unavailable.
     @param amount USDC units; the caller approved them.
     @param min_shares Fewest shares accepted (the value moves with the TWAP).
     @return uint256 Shares minted to the caller.
@@ -397,9 +476,10 @@ def withdraw(shares: uint256, min_amount: uint256) -> uint256:
     """
     @notice Burns `shares` for their USDC.
     @dev amount = shares · value / total_shares, rounded down, where value
-         counts traders' unrealised gains but not their losses. The amount
-         must leave pool_amount ≥ total_reserved (the pool's worst-case
-         liability): "perp: withdrawal exceeds free liquidity" otherwise.
+         is the pool's net asset value priced for a leaving LP (see the
+         contract @dev). The amount must leave pool_amount ≥ total_reserved
+         (the pool's worst-case liability): "perp: withdrawal exceeds free
+         liquidity" otherwise.
     @param shares Shares of the caller to burn.
     @param min_amount Least USDC accepted.
     @return uint256 USDC units paid to the caller.
@@ -447,7 +527,8 @@ def open_position(token: address, is_long: bool, margin: uint256, notional: uint
          ceil(notional · open_fee_bps / BPS), is split between the insurance
          fund and the pool. Checks, in order: margin after the fee times
          max_leverage covers the notional; the side's open interest stays
-         within oi_cap_bps of the pool; the pool covers total_reserved.
+         within oi_cap_bps of the pool and within depth_cap_bps of the depth
+         of the Oracle's DEX pool; the pool covers total_reserved.
     @param token A listed, active market.
     @param is_long True for a long (gains when the price rises).
     @param margin USDC units pulled from the caller.
@@ -471,22 +552,27 @@ def open_position(token: address, is_long: bool, margin: uint256, notional: uint
     pool: uint256 = self.pool_amount
     cap: uint256 = pool * self.markets[token].oi_cap_bps // BPS
     entry: int256 = 0
+    side_notional: uint256 = 0
     if is_long:
-        assert self.markets[token].long_notional + notional <= cap, "perp: open interest cap"
+        side_notional = self.markets[token].long_notional + notional
+        assert side_notional <= cap, "perp: open interest cap"
         entry = self.markets[token].long_funding
-        self.markets[token].long_notional += notional
+        self.markets[token].long_notional = side_notional
         self.markets[token].long_size += size
         self.markets[token].long_funding_basis += convert(notional, int256) * entry
     else:
-        assert self.markets[token].short_notional + notional <= cap, "perp: open interest cap"
+        side_notional = self.markets[token].short_notional + notional
+        assert side_notional <= cap, "perp: open interest cap"
         entry = self.markets[token].short_funding
-        self.markets[token].short_notional += notional
+        self.markets[token].short_notional = side_notional
         self.markets[token].short_size += size
         self.markets[token].short_funding_basis += convert(notional, int256) * entry
+    assert side_notional * BPS <= self._depth(token, price) * self.depth_cap_bps[token], "perp: open interest above pool depth cap"
     reserved: uint256 = math._ceil_div(notional * self.markets[token].max_profit_bps, BPS)
     total_reserved: uint256 = self.total_reserved + reserved
     assert total_reserved <= pool, "perp: pool cannot cover the reserve"
     self.total_reserved = total_reserved
+    self._add_to_side(token, is_long, kept, reserved, size, notional, entry)
 
     position_id: uint256 = self.position_count + 1
     self.position_count = position_id
@@ -531,6 +617,10 @@ def add_margin(position_id: uint256, amount: uint256):
     margin: uint256 = self.positions[position_id].margin + amount
     self.positions[position_id].margin = margin
     self.total_margin += amount
+    # A larger margin only moves the bankruptcy price away: the side's bound stays valid.
+    token: address = self.positions[position_id].token
+    is_long: bool = self.positions[position_id].is_long
+    self.sides[token][is_long].margin += amount
     self._pull(msg.sender, amount)
     log MarginAdded(position_id=position_id, amount=amount, margin=margin)
 
@@ -561,6 +651,11 @@ def remove_margin(position_id: uint256, amount: uint256):
 
     self.positions[position_id].margin = position.margin - amount
     self.total_margin -= amount
+    self.sides[position.token][position.is_long].margin -= amount
+    bankrupt: uint256 = 0
+    cap: uint256 = 0
+    bankrupt, cap = self._kinks(position.is_long, position.margin - amount, position.notional, position.reserved, position.size)
+    self._widen_bankrupt_bound(position.token, position.is_long, bankrupt)
     self._push(msg.sender, amount)
     log MarginRemoved(position_id=position_id, amount=amount, margin=position.margin - amount)
 
@@ -621,6 +716,54 @@ def accrue_funding(token: address):
     self._accrue(token)
 
 
+@external
+def refresh_bounds(token: address, is_long: bool, position_ids: DynArray[uint256, MAX_REFRESH]):
+    """
+    @notice Recomputes a side's bounds (see the contract @dev) from every one of
+            its open positions, so that LPs are no longer priced by positions
+            that have closed; anyone may.
+    @dev The ids must be exactly the side's open positions, in increasing
+         order (which proves each is counted once); a side with more than
+         MAX_REFRESH positions keeps its wider, still valid, bounds.
+    @param token A listed market.
+    @param is_long The side.
+    @param position_ids Every open position of that side, ascending.
+    """
+    assert self.markets[token].max_leverage != 0, "perp: no such market"
+    assert len(position_ids) == self.sides[token][is_long].count, "perp: not every position of the side"
+    bankrupt_bound: uint256 = 0
+    cap_bound: uint256 = max_value(uint256)
+    if not is_long:
+        bankrupt_bound = max_value(uint256)
+        cap_bound = 0
+    index_high: int256 = min_value(int256)
+    index_low: int256 = max_value(int256)
+    last: uint256 = 0
+    for position_id: uint256 in position_ids:
+        assert position_id > last, "perp: ids not ascending"
+        last = position_id
+        position: Position = self.positions[position_id]
+        assert position.owner != empty(address) and position.token == token and position.is_long == is_long, "perp: not a position of the side"
+        bankrupt: uint256 = 0
+        cap: uint256 = 0
+        bankrupt, cap = self._kinks(is_long, position.margin, position.notional, position.reserved, position.size)
+        if is_long:
+            bankrupt_bound = max(bankrupt_bound, bankrupt)
+            cap_bound = min(cap_bound, cap)
+        else:
+            bankrupt_bound = min(bankrupt_bound, bankrupt)
+            cap_bound = max(cap_bound, cap)
+        index_high = max(index_high, position.entry_funding)
+        index_low = min(index_low, position.entry_funding)
+    self.sides[token][is_long].bankrupt_bound = bankrupt_bound
+    self.sides[token][is_long].cap_bound = cap_bound
+    self.sides[token][is_long].index_high = index_high
+    self.sides[token][is_long].index_low = index_low
+    log BoundsRefreshed(
+        token=token, is_long=is_long, count=len(position_ids), bankrupt_bound=bankrupt_bound, cap_bound=cap_bound
+    )
+
+
 # ─── Admin ───────────────────────────────────────────────────────────────────
 
 
@@ -635,6 +778,7 @@ def add_market(
     open_fee_bps: uint256,
     close_fee_bps: uint256,
     max_profit_bps: uint256,
+    depth_cap_bps: uint256,
 ):
     """
     @notice Lists a market on `token`, active at once.
@@ -651,6 +795,8 @@ def add_market(
     @param open_fee_bps Fee on notional when opening (≤ MAX_FEE_BPS).
     @param close_fee_bps Fee on notional when closing or liquidated (≤ MAX_FEE_BPS).
     @param max_profit_bps A position's gain cap, of notional (1 .. MAX_PROFIT_BPS).
+    @param depth_cap_bps Open notional per side at most this / BPS of the depth
+           of the Oracle's DEX pool for `token` (1 .. BPS).
     """
     ownable._check_owner()
     assert token != empty(address) and token != usdc, "perp: bad token"
@@ -663,6 +809,8 @@ def add_market(
     assert open_fee_bps <= MAX_FEE_BPS and close_fee_bps <= MAX_FEE_BPS, "perp: fee too high"
     assert liquidation_bonus_bps + close_fee_bps <= maintenance_bps, "perp: bonus and fee above maintenance"
     assert max_profit_bps != 0 and max_profit_bps <= MAX_PROFIT_BPS, "perp: max profit out of range"
+    assert depth_cap_bps != 0 and depth_cap_bps <= BPS, "perp: depth cap out of range"
+    self.depth_cap_bps[token] = depth_cap_bps
     self.markets[token] = Market(
         active=True,
         funding_k=funding_k,
@@ -695,6 +843,7 @@ def add_market(
         close_fee_bps=close_fee_bps,
         max_profit_bps=max_profit_bps,
     )
+    log DepthCapSet(token=token, old_bps=0, new_bps=depth_cap_bps)
 
 
 @external
@@ -743,12 +892,54 @@ def set_insurance_fee_bps(insurance_fee_bps: uint256):
 
 
 @external
+def set_depth_cap_bps(token: address, depth_cap_bps: uint256):
+    """
+    @notice Changes how much open notional a side may have against the depth
+            of the Oracle's DEX pool (checked at each open).
+    @dev Admin only (the Timelock after deploy).
+    @param token A listed market.
+    @param depth_cap_bps 1 .. BPS.
+    """
+    ownable._check_owner()
+    assert self.markets[token].max_leverage != 0, "perp: no such market"
+    assert depth_cap_bps != 0 and depth_cap_bps <= BPS, "perp: depth cap out of range"
+    log DepthCapSet(token=token, old_bps=self.depth_cap_bps[token], new_bps=depth_cap_bps)
+    self.depth_cap_bps[token] = depth_cap_bps
+
+
+@external
+def grant_pauser(account: address):
+    """
+    @notice Lets `account` pause and unpause new positions.
+    @dev Admin only (the Timelock after deploy: delayed).
+    @param account The pauser.
+    """
+    ownable._check_owner()
+    assert account != empty(address), "perp: zero address"
+    self.is_pauser[account] = True
+    log PauserGranted(account=account)
+
+
+@external
+def revoke_pauser(account: address):
+    """
+    @notice Takes the pauser role from `account`.
+    @dev Admin only (the Timelock's guardian calls it at once).
+    @param account A pauser.
+    """
+    ownable._check_owner()
+    assert self.is_pauser[account], "perp: not a pauser"
+    self.is_pauser[account] = False
+    log PauserRevoked(account=account)
+
+
+@external
 def pause():
     """
     @notice Stops new positions; everything else keeps working.
-    @dev Admin only.
+    @dev A pauser only.
     """
-    ownable._check_owner()
+    assert self.is_pauser[msg.sender], "perp: caller is not a pauser"
     pausable._pause()
 
 
@@ -756,9 +947,9 @@ def pause():
 def unpause():
     """
     @notice Lifts the pause.
-    @dev Admin only.
+    @dev A pauser, or the admin (if every pauser was revoked).
     """
-    ownable._check_owner()
+    assert self.is_pauser[msg.sender] or msg.sender == ownable.owner, "perp: caller is not a pauser"
     pausable._unpause()
 
 
@@ -857,8 +1048,8 @@ def is_liquidatable(position_id: uint256) -> bool:
 def pool_value(for_deposit: bool) -> uint256:
     """
     @notice The pool's net asset value that prices shares.
-    @param for_deposit True: counting traders' unrealised losses (deposits);
-           False: only their gains (withdrawals).
+    @param for_deposit True: priced for an entering LP (deposits); False: for a
+           leaving LP (withdrawals). See the contract @dev.
     @return uint256 USDC units.
     """
     return self._pool_value(for_deposit)
@@ -1032,6 +1223,10 @@ def _settle(position_id: uint256, price: uint256, liquidation: bool) -> Settleme
     self.positions[position_id] = empty(Position)
     self.total_margin -= position.margin
     self.total_reserved -= position.reserved
+    # The side's bounds stay (they only ever bound the positions left); an empty side resets at its next open.
+    self.sides[token][position.is_long].margin -= position.margin
+    self.sides[token][position.is_long].reserved -= position.reserved
+    self.sides[token][position.is_long].count -= 1
 
     # The pool is the counterparty: it receives the margin less what leaves
     # to the owner and the liquidator and less the fee (credited below); a
@@ -1078,33 +1273,164 @@ def _settle(position_id: uint256, price: uint256, liquidation: bool) -> Settleme
 @internal
 @view
 def _pool_value(for_deposit: bool) -> uint256:
-    # Traders' unrealised gain over every market with open interest (TWAP,
-    # funding as if accrued now), rounded in their favour.
-    gain: int256 = 0
+    # pool_amount minus what every side is worth to its traders, bounded per
+    # side against the LP who asks (see the contract @dev): no loop over positions.
+    value: int256 = convert(self.pool_amount, int256)
     for token: address in self.market_tokens:
         long_notional: uint256 = self.markets[token].long_notional
         short_notional: uint256 = self.markets[token].short_notional
         if long_notional == 0 and short_notional == 0:
             continue
-        price: uint256 = self._price(token)
+        twap: uint256 = self._price(token)
+        spot: uint256 = self._spot(token)
         long_funding: int256 = 0
         short_funding: int256 = 0
         long_funding, short_funding = self._indices(token)
-        gain += convert(math._ceil_div(self.markets[token].long_size * price, _PRICE_SCALE), int256) - convert(
-            long_notional, int256
-        )
-        gain += convert(short_notional, int256) - convert(self.markets[token].short_size * price // _PRICE_SCALE, int256)
-        # Funding owed by a side: (index · notional − Σ notional · entry index) / WAD.
-        gain -= (long_funding * convert(long_notional, int256) - self.markets[token].long_funding_basis) // _IWAD
-        gain -= (short_funding * convert(short_notional, int256) - self.markets[token].short_funding_basis) // _IWAD
-    pool: uint256 = self.pool_amount
-    if gain >= 0:
-        # Gains are capped per position, so never above total_reserved ≤ pool.
-        return pool - min(convert(gain, uint256), self.total_reserved)
+        if long_notional != 0:
+            value -= self._side_worth(
+                token, True, long_notional, self.markets[token].long_size,
+                self.markets[token].long_funding_basis, long_funding, twap, spot, for_deposit,
+            )  # fmt: skip
+        if short_notional != 0:
+            value -= self._side_worth(
+                token, False, short_notional, self.markets[token].short_size,
+                self.markets[token].short_funding_basis, short_funding, twap, spot, for_deposit,
+            )  # fmt: skip
+    # Leaving: each side at most its reserve, and Σ reserve ≤ pool_amount.
+    return convert(max(value, 0), uint256)
+
+
+@internal
+@view
+def _side_worth(
+    token: address,
+    is_long: bool,
+    notional: uint256,
+    size: uint256,
+    basis: int256,
+    index: int256,
+    twap: uint256,
+    spot: uint256,
+    for_deposit: bool,
+) -> int256:
+    # Σ over the side's positions of clamp(PnL − funding, −margin, reserved):
+    # an upper bound when an LP leaves, a lower bound when one enters.
+    side: Side = self.sides[token][is_long]
+    # Funding: exactly Σ f = (index · N − basis) / WAD; received (f < 0) and owed
+    # (f > 0) parts bounded by the entry-index bounds, each net of the other.
+    funding: int256 = (index * convert(notional, int256) - basis) // _IWAD
+    received: int256 = 0
+    if side.index_high > index:
+        received = convert(math._ceil_div(notional * convert(side.index_high - index, uint256), WAD), int256)
+    owed: int256 = convert(side.count, int256)
+    if index > side.index_low:
+        owed += convert(math._ceil_div(notional * convert(index - side.index_low, uint256), WAD), int256)
+    price: uint256 = 0
+    pnl: int256 = 0
     if not for_deposit:
-        return pool
-    # Losses count for deposits only, and at most the margins that back them.
-    return pool + min(convert(-gain, uint256), self.total_margin)
+        received = min(received, max(owed - funding + 1, 0))
+        if is_long:  # at max(spot, TWAP), and past every bankruptcy price
+            price = max(max(spot, twap), side.bankrupt_bound)
+            pnl = convert(math._ceil_div(size * price, _PRICE_SCALE), int256) - convert(notional, int256)
+        else:
+            price = min(min(spot, twap), side.bankrupt_bound)
+            pnl = convert(notional, int256) - convert(size * price // _PRICE_SCALE, int256)
+        return min(convert(side.reserved, int256), pnl + received)
+    owed = min(owed, max(received + funding + 1 + convert(side.count, int256), 0))
+    if is_long:  # at min(spot, TWAP), and back below every cap price
+        price = min(min(spot, twap), side.cap_bound)
+        pnl = convert(size * price // _PRICE_SCALE, int256) - convert(notional, int256)
+    else:
+        price = max(max(spot, twap), side.cap_bound)
+        pnl = convert(notional, int256) - convert(math._ceil_div(size * price, _PRICE_SCALE), int256)
+    return max(-convert(side.margin, int256), pnl - owed)
+
+
+@internal
+@view
+def _reserves(token: address) -> (uint256, uint256):
+    # (token reserve, USDC reserve) of the DEX pool the Oracle prices `token` by.
+    pool: address = staticcall IOracle(oracle).pool_of(token)
+    reserve0: uint256 = 0
+    reserve1: uint256 = 0
+    last: uint256 = 0
+    reserve0, reserve1, last = staticcall IPool(pool).get_reserves()
+    if staticcall IPool(pool).token0() == token:
+        return reserve0, reserve1
+    return reserve1, reserve0
+
+
+@internal
+@view
+def _spot(token: address) -> uint256:
+    reserve_token: uint256 = 0
+    reserve_usdc: uint256 = 0
+    reserve_token, reserve_usdc = self._reserves(token)
+    return reserve_usdc * _PRICE_SCALE // reserve_token
+
+
+@internal
+@view
+def _depth(token: address, twap: uint256) -> uint256:
+    # The pool's USDC side at TWAP-consistent reserves: √(x·y) · √(TWAP) / 10**18.
+    reserve_token: uint256 = 0
+    reserve_usdc: uint256 = 0
+    reserve_token, reserve_usdc = self._reserves(token)
+    return isqrt(reserve_token * reserve_usdc) * isqrt(twap) // 10**18
+
+
+@internal
+@pure
+def _kinks(is_long: bool, margin: uint256, notional: uint256, reserved: uint256, size: uint256) -> (uint256, uint256):
+    # A position's bankruptcy price (its PnL reaches −margin) and cap price (its
+    # PnL reaches its reserve), funding aside, each rounded so that the side's
+    # bounds stay on the safe side of the contract's own PnL rounding.
+    bankrupt: uint256 = 0
+    cap: uint256 = 0
+    if is_long:
+        if notional > margin:
+            bankrupt = math._ceil_div((notional - margin) * _PRICE_SCALE, size)
+        cap = (notional + reserved) * _PRICE_SCALE // size
+    else:
+        bankrupt = (notional + margin) * _PRICE_SCALE // size
+        if notional > reserved:
+            cap = math._ceil_div((notional - reserved) * _PRICE_SCALE, size)
+    return bankrupt, cap
+
+
+@internal
+def _add_to_side(
+    token: address, is_long: bool, margin: uint256, reserved: uint256, size: uint256, notional: uint256, entry: int256
+):
+    side: Side = self.sides[token][is_long]
+    bankrupt: uint256 = 0
+    cap: uint256 = 0
+    bankrupt, cap = self._kinks(is_long, margin, notional, reserved, size)
+    if side.count == 0:  # an empty side starts afresh
+        side.bankrupt_bound = bankrupt
+        side.cap_bound = cap
+        side.index_high = entry
+        side.index_low = entry
+    elif is_long:
+        side.bankrupt_bound = max(side.bankrupt_bound, bankrupt)
+        side.cap_bound = min(side.cap_bound, cap)
+    else:
+        side.bankrupt_bound = min(side.bankrupt_bound, bankrupt)
+        side.cap_bound = max(side.cap_bound, cap)
+    side.index_high = max(side.index_high, entry)
+    side.index_low = min(side.index_low, entry)
+    side.margin += margin
+    side.reserved += reserved
+    side.count += 1
+    self.sides[token][is_long] = side
+
+
+@internal
+def _widen_bankrupt_bound(token: address, is_long: bool, bankrupt: uint256):
+    if is_long:
+        self.sides[token][is_long].bankrupt_bound = max(self.sides[token][is_long].bankrupt_bound, bankrupt)
+    else:
+        self.sides[token][is_long].bankrupt_bound = min(self.sides[token][is_long].bankrupt_bound, bankrupt)
 
 
 @internal

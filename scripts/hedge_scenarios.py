@@ -45,7 +45,9 @@ from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 
 console = Console(width=150)
 EXPOSURE_USD = 2_000_000
-POOL_DEPTH_USD = 250_000  # each side of the GPT/USDC pool
+# Each side of the GPT/USDC pool: a $2M perpetual hedge needs a pool ≥ $20M deep, since a side's
+# open interest is capped at 10 % of the depth of the pool the Oracle reads (DEFAULT_MARKET).
+POOL_DEPTH_USD = 25_000_000
 PERP_LIQUIDITY_USD = 5_000_000  # the dealer's USDC in the perpetual's pool
 SIZE = 1_000 * TOKEN_UNIT  # GPT tokens one option unit covers
 CALL_PREMIUM = 150 * USD_MICRO  # per unit (1,000 GPT, $3,695 of compute at the strike)

@@ -44,6 +44,7 @@ GPT_MARKET = MarketParams(
     open_fee_bps=10,
     close_fee_bps=10,
     max_profit_bps=10_000,
+    depth_cap_bps=10_000,  # these tests size positions against the LP pool; the depth cap has its own
 )
 CLD_MARKET = MarketParams(
     funding_k=10**16,  # the most: 1 % an hour
@@ -54,6 +55,7 @@ CLD_MARKET = MarketParams(
     open_fee_bps=0,
     close_fee_bps=0,
     max_profit_bps=2_500,  # gains capped at 25 % of notional
+    depth_cap_bps=10_000,
 )
 
 
@@ -76,6 +78,7 @@ def perp(admin, usdc, oracle, gpt, cld):
         twap_window=TWAP_WINDOW,
         insurance_fee_bps=INSURANCE_FEE_BPS,
         markets={gpt.address: GPT_MARKET, cld.address: CLD_MARKET},
+        pausers=[admin.address],
         log=lambda _: None,
     )
 

@@ -87,7 +87,7 @@ def test_deploy__parameters_and_constants__recorded_and_mirrored(perp, usdc, ora
     assert perp.insurance_fee_bps() == INSURANCE_FEE_BPS
     names = (
         "BPS", "WAD", "HOUR", "MAX_MARKETS", "MAX_LEVERAGE", "MAX_FUNDING_K", "MAX_FEE_BPS", "MAX_PROFIT_BPS",
-        "MIN_NOTIONAL", "MAX_AMOUNT", "SHARE_SCALE", "MINIMUM_SHARES",
+        "MIN_NOTIONAL", "MAX_AMOUNT", "SHARE_SCALE", "MINIMUM_SHARES", "MAX_REFRESH",
     )  # fmt: skip
     assert [getattr(perp, name)() for name in names] == [getattr(m, name) for name in names]
 
@@ -117,7 +117,7 @@ def test_add_market__listed__stored_and_logged(perp, gpt, cld):
         assert mk.active
         assert (
             mk.funding_k, mk.max_leverage, mk.maintenance_bps, mk.oi_cap_bps, mk.liquidation_bonus_bps,
-            mk.open_fee_bps, mk.close_fee_bps, mk.max_profit_bps,
+            mk.open_fee_bps, mk.close_fee_bps, mk.max_profit_bps, perp.depth_cap_bps(token),
         ) == params.as_args()  # fmt: skip
 
 
@@ -142,6 +142,8 @@ def test_add_market__event__logged(perp, plain, admin):
         ({"liquidation_bonus_bps": 491}, "perp: bonus and fee above maintenance"),
         ({"max_profit_bps": 0}, "perp: max profit out of range"),
         ({"max_profit_bps": 100_001}, "perp: max profit out of range"),
+        ({"depth_cap_bps": 0}, "perp: depth cap out of range"),
+        ({"depth_cap_bps": 10_001}, "perp: depth cap out of range"),
     ],
 )
 def test_add_market__bad_parameters__reverts_here_and_in_the_mirror(perp, plain, admin, change, reason):
@@ -172,13 +174,155 @@ def test_set_market_active__inactive__no_opens_but_closes(perp_world, perp, gpt,
 
 def test_pause__blocks_opens_only(perp_world, perp, gpt, admin, trader):
     position_id, _ = open_at(perp, None, gpt, trader)
-    perp.pause(sender=admin)
-    with ape.reverts():  # snekmate: pausable: contract is paused
+    perp.pause(sender=admin)  # the fixture made the admin a pauser
+    with ape.reverts("pausable: contract is paused"):
         perp.open_position(gpt, True, MARGIN, NOTIONAL, sender=trader)
     perp.add_margin(position_id, USD, sender=trader)
     perp.close_position(position_id, 0, sender=trader)
     perp.unpause(sender=admin)
     open_at(perp, None, gpt, trader)
+
+
+def test_pauser__granted_pauses_and_unpauses_revoked_cannot(perp, admin, hedger, attacker):
+    with ape.reverts("perp: caller is not a pauser"):
+        perp.pause(sender=hedger)
+    assert perp.PauserGranted.from_receipt(perp.grant_pauser(hedger, sender=admin))[0].account == hedger
+    perp.pause(sender=hedger)
+    with ape.reverts("perp: caller is not a pauser"):
+        perp.unpause(sender=attacker)
+    perp.unpause(sender=hedger)
+    assert perp.PauserRevoked.from_receipt(perp.revoke_pauser(hedger, sender=admin))[0].account == hedger
+    with ape.reverts("perp: caller is not a pauser"):
+        perp.pause(sender=hedger)
+    with ape.reverts("perp: not a pauser"):
+        perp.revoke_pauser(hedger, sender=admin)
+    for call in (
+        lambda: perp.grant_pauser(attacker, sender=attacker),
+        lambda: perp.revoke_pauser(admin, sender=attacker),
+    ):
+        with ape.reverts("ownable: caller is not the owner"):
+            call()
+
+
+def test_set_depth_cap_bps__admin__changed_and_logged_others_revert(perp, gpt, plain, admin, attacker):
+    tx = perp.set_depth_cap_bps(gpt, 2_500, sender=admin)
+    event = perp.DepthCapSet.from_receipt(tx)[0]
+    assert (event.token, event.old_bps, event.new_bps) == (gpt.address, GPT_MARKET.depth_cap_bps, 2_500)
+    assert perp.depth_cap_bps(gpt) == 2_500
+    for bps in (0, 10_001):
+        with ape.reverts("perp: depth cap out of range"):
+            perp.set_depth_cap_bps(gpt, bps, sender=admin)
+    with ape.reverts("perp: no such market"):
+        perp.set_depth_cap_bps(plain[0], 1_000, sender=admin)
+    with ape.reverts("ownable: caller is not the owner"):
+        perp.set_depth_cap_bps(gpt, 1_000, sender=attacker)
+
+
+# ─── Sides, bounds and the price of LP shares ────────────────────────────────
+
+
+def side_of(perp, token, is_long):
+    s = perp.sides(token, is_long)
+    return m.Side(s.margin, s.reserved, s.count, s.bankrupt_bound, s.cap_bound, s.index_high, s.index_low)
+
+
+def test_sides__opens_margin_moves_and_closes__tracked_like_the_mirror(perp_world, perp, gpt, trader, hedger):
+    risky, _ = open_at(perp, None, gpt, trader, margin=1_000 * USD, notional=9_000 * USD)  # 9×
+    safe, _ = open_at(perp, None, gpt, hedger, margin=5_000 * USD, notional=9_000 * USD)
+    expected = m.Side()
+    for position_id in (risky, safe):
+        m.add_to_side(expected, True, position_of(perp, position_id))
+    assert side_of(perp, gpt, True) == expected and side_of(perp, gpt, False) == m.Side()
+    risky_kinks = m.kinks(True, *(lambda p: (p.margin, p.notional, p.reserved, p.size))(position_of(perp, risky)))
+    assert expected.bankrupt_bound == risky_kinks[0]  # the riskier position sets it
+    perp.remove_margin(safe, 3_000 * USD, sender=hedger)
+    expected.margin -= 3_000 * USD
+    m.widen_bankrupt_bound(expected, True, position_of(perp, safe))
+    perp.add_margin(risky, 500 * USD, sender=trader)  # a bound only ever widens
+    expected.margin += 500 * USD
+    assert side_of(perp, gpt, True) == expected
+    closed = position_of(perp, risky)
+    perp.close_position(risky, 0, sender=trader)
+    expected.margin -= closed.margin
+    expected.reserved -= closed.reserved
+    expected.count -= 1
+    assert side_of(perp, gpt, True) == expected  # the bounds stay until a refresh
+
+
+def test_refresh_bounds__every_position_of_the_side__recomputed_else_reverts(
+    perp_world, perp, gpt, cld, trader, hedger, attacker
+):
+    risky, _ = open_at(perp, None, gpt, trader, margin=1_000 * USD, notional=9_000 * USD)
+    safe, _ = open_at(perp, None, gpt, hedger, margin=5_000 * USD, notional=9_000 * USD)
+    short, _ = open_at(perp, None, gpt, hedger, is_long=False)
+    other_short, _ = open_at(perp, None, gpt, trader, is_long=False)
+    perp.close_position(risky, 0, sender=trader)
+    stale = side_of(perp, gpt, True)
+    for ids, reason in [
+        ([], "perp: not every position of the side"),
+        ([safe, short], "perp: not every position of the side"),
+        ([short], "perp: not a position of the side"),  # the other side's
+        ([risky], "perp: not a position of the side"),  # closed
+    ]:
+        with ape.reverts(reason):
+            perp.refresh_bounds(gpt, True, ids, sender=attacker)
+    tx = perp.refresh_bounds(gpt, True, [safe], sender=attacker)  # anyone
+    fresh = m.Side()
+    m.add_to_side(fresh, True, position_of(perp, safe))  # the side as if `safe` were its only position ever
+    fresh.margin, fresh.reserved, fresh.count = stale.margin, stale.reserved, stale.count
+    assert side_of(perp, gpt, True) == fresh and fresh.bankrupt_bound < stale.bankrupt_bound
+    event = perp.BoundsRefreshed.from_receipt(tx)[0]
+    assert (event.token, event.is_long, event.count) == (gpt.address, True, 1)
+    assert event.bankrupt_bound == fresh.bankrupt_bound
+    for ids in ([other_short, short], [short, short]):
+        with ape.reverts("perp: ids not ascending"):
+            perp.refresh_bounds(gpt, False, ids, sender=attacker)
+    perp.refresh_bounds(gpt, False, [short, other_short], sender=attacker)
+    with ape.reverts("perp: no such market"):
+        perp.refresh_bounds(attacker, True, [], sender=attacker)
+
+
+def test_pool_value__both_sides_spot_off_the_twap__equals_the_mirror(
+    perp_world, perp, gpt, usdc, lp, trader, hedger, router, chain
+):
+    long_id, _ = open_at(perp, None, gpt, trader, margin=2_000 * USD, notional=9_000 * USD)
+    short_id, _ = open_at(perp, None, gpt, hedger, is_long=False, margin=1_000 * USD, notional=6_000 * USD)
+    router.swap_exact_in(8_000 * USD, 0, [usdc, gpt], [30], lp, chain.pending_timestamp + 600, sender=lp)
+    reserve0, reserve1, _ = perp_world[4].get_reserves()
+    gpt_is_0 = perp_world[4].token0() == gpt.address
+    reserves = (reserve0, reserve1) if gpt_is_0 else (reserve1, reserve0)
+    spot, twap = m.spot_price(*reserves), perp.price(gpt)
+    assert spot > twap * 101 // 100  # the spot moved, the TWAP has not yet
+    mk, (long_index, short_index) = perp.markets(gpt), perp.funding_indices(gpt)
+    for for_deposit in (False, True):
+        worths = [
+            m.side_worth(side_of(perp, gpt, True), True, mk.long_notional, mk.long_size, mk.long_funding_basis,
+                         long_index, twap, spot, for_deposit),
+            m.side_worth(side_of(perp, gpt, False), False, mk.short_notional, mk.short_size, mk.short_funding_basis,
+                         short_index, twap, spot, for_deposit),
+        ]  # fmt: skip
+        assert perp.pool_value(for_deposit) == m.pool_value(perp.pool_amount(), worths)
+        exact = sum(m.clamped_worth(position_of(perp, i), p, idx) for i, idx in ((long_id, long_index),
+                    (short_id, short_index)) for p in ((spot, twap)[for_deposit],))  # fmt: skip
+        if for_deposit:  # an entrant values the traders' positions no higher than they are worth
+            assert sum(worths) <= exact
+    leaving = perp.pool_value(False)
+    for price in (spot, twap):  # a leaver values them no lower, at either price
+        worth = sum(m.clamped_worth(position_of(perp, i), price, idx) for i, idx in ((long_id, long_index),
+                    (short_id, short_index)))  # fmt: skip
+        assert leaving <= perp.pool_amount() - worth
+
+
+def test_open_position__beyond_the_pools_depth_cap__reverts(perp_world, perp, gpt, admin, trader, hedger):
+    perp.set_depth_cap_bps(gpt, 1_000, sender=admin)  # 10 % of the $100k GPT/USDC pool
+    reserve0, reserve1, _ = perp_world[4].get_reserves()
+    depth = m.depth(reserve0, reserve1, perp.price(gpt))
+    assert abs(depth - 100_000 * USD) < 10 * USD
+    room = depth * 1_000 // m.BPS
+    open_at(perp, None, gpt, trader, margin=1_000 * USD, notional=room - 100 * USD)
+    with ape.reverts("perp: open interest above pool depth cap"):
+        perp.open_position(gpt, True, 1_000 * USD, 200 * USD, sender=hedger)
+    open_at(perp, None, gpt, hedger, is_long=False, margin=1_000 * USD, notional=room - 100 * USD)  # per side
 
 
 # ─── LP pool ─────────────────────────────────────────────────────────────────

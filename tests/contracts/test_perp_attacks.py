@@ -1,16 +1,22 @@
 """Attacks on Perp through ape, over the real DEX: moving the spot price 10× inside one
-transaction (so one block) changes nothing Perp reads — its price, the pool's value,
-whether a position is liquidatable — so a flash pump cannot open at a price of its
-making and a flash dump cannot liquidate a healthy position; liquidation races (the
-owner adding margin first, the liquidator first, two liquidators, a liquidator ahead
-of the owner's close) all end in a safe state; an LP cannot dodge a trader's profit by
-withdrawing just before the trader closes."""
+transaction (so one block) changes neither Perp's price nor whether a position is
+liquidatable, so a flash pump cannot open at a price of its making and a flash dump
+cannot liquidate a healthy position, and it can only make a leaving LP's price worse;
+liquidation races (the owner adding margin first, the liquidator first, two
+liquidators, a liquidator ahead of the owner's close) all end in a safe state; LPs
+cannot pick each other's pockets: an LP cannot dodge a trader's profit by withdrawing
+just before the trader closes, nor right after a spot jump before the TWAP follows
+(found), nor at a price that nets a bankrupt position's uncollectable loss against
+other traders' gains (found), and entering LPs pay for gains beyond a position's cap;
+open interest is capped by the depth of the DEX pool the Oracle reads (found: a TWAP
+pump against $25k pools paid against Perp LPs)."""
 
 import ape
 import pytest
 from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
 from perp_fixtures import GPT_MARKET, tx_at
 
+from promptex.chain.perp import add_market
 from promptex.protocol import perp as m
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.units import TOKEN_UNIT as UNIT
@@ -41,7 +47,7 @@ def victim(perp_world, perp, gpt, hedger):
 # ─── Spot manipulation inside one block ──────────────────────────────────────
 
 
-def test_spot_pumped_10x_in_one_transaction__perp_reads_nothing_new(
+def test_spot_pumped_10x_in_one_transaction__prices_unmoved_leaving_lps_only_worse_off(
     perp_world, perp, gpt, usdc, attacker, attacker_contract, victim
 ):
     gpt_pool = perp_world[4]
@@ -51,7 +57,9 @@ def test_spot_pumped_10x_in_one_transaction__perp_reads_nothing_new(
     assert spot(gpt_pool, gpt) >= 10 * before
     seen = attacker_contract.Observed.from_receipt(tx)[0]
     assert seen.price_after == seen.price_before
-    assert seen.value_after == seen.value_before
+    # A leaving LP is priced at the spot when it is worse for it (the long gains at 10×,
+    # capped at its reserve): a pump can only make a withdrawal pay less, never more.
+    assert seen.value_after == perp.pool_amount() - perp.positions(victim).reserved < seen.value_before
     assert not seen.liquidatable_before and not seen.liquidatable_after
 
 
@@ -69,6 +77,9 @@ def test_spot_dumped_10x_in_one_transaction__healthy_position_not_liquidatable(
     assert spot(gpt_pool, gpt) * 10 <= before
     seen = attacker_contract.Observed.from_receipt(tx)[0]
     assert seen.price_after == seen.price_before
+    # The long's loss at the dumped spot is not credited to a leaver: it stays priced at the
+    # TWAP (within a unit: the spot sat a unit above the TWAP's rounding before).
+    assert seen.value_before <= seen.value_after <= seen.value_before + 1
     assert not seen.liquidatable_before and not seen.liquidatable_after
 
 
@@ -164,3 +175,131 @@ def test_lp_withdraws_before_traders_profit_is_realised__gets_no_more(
     # What changes is the LP's share of the close fee (and the TWAP's drift in a second).
     assert after_close >= before_close
     assert after_close - before_close < 10 * USD
+
+
+# ─── LPs cannot pick each other's pockets ────────────────────────────────────
+
+
+def as_position(perp, position_id):
+    p = perp.positions(position_id)
+    return m.Position(p.is_long, p.margin, p.size, p.notional, p.reserved, p.entry_funding)
+
+
+def fair_value(perp, prices, position_ids):
+    """What the pool is worth, exactly, if every listed position were settled at `prices`
+    (token → price): each position's PnL net of funding, clamped to [−margin, reserved]."""
+    worth = 0
+    for position_id in position_ids:
+        p = perp.positions(position_id)
+        long_index, short_index = perp.funding_indices(p.token)
+        index = long_index if p.is_long else short_index
+        worth += m.clamped_worth(as_position(perp, position_id), prices[p.token], index)
+    return perp.pool_amount() - worth
+
+
+def withdraw(perp, shares, lp):
+    return perp.LiquidityWithdrawn.from_receipt(perp.withdraw(shares, 0, sender=lp))[0].amount
+
+
+def open_id(perp, token, trader, is_long, margin, notional):
+    tx = perp.open_position(token, is_long, margin, notional, sender=trader)
+    return perp.PositionOpened.from_receipt(tx)[0].position_id
+
+
+def test_lp_leaves_right_after_a_spot_jump__pays_at_the_spot_stayers_lose_nothing(
+    perp_world, perp, gpt, usdc, lp, hedger, trader, router, chain
+):
+    """Found: an LP withdrew right after a spot jump, before the TWAP followed, and left
+    its share of the traders' gain to the LPs who stayed."""
+    gpt_pool = perp_world[4]
+    perp.deposit(50_000 * USD, 0, sender=hedger)
+    long_id = open_id(perp, gpt, trader, True, 4_000 * USD, 20_000 * USD)
+    twap = perp.price(gpt)
+    router.swap_exact_in(30_000 * USD, 0, [usdc, gpt], [DEFAULT_FEE], lp, chain.pending_timestamp + 600, sender=lp)
+    jumped = spot(gpt_pool, gpt) * UNIT  # Oracle units
+    assert jumped > twap * 15 // 10 and abs(perp.price(gpt) - twap) < twap // 10**6  # the TWAP has not moved
+    twap = perp.price(gpt)
+    supply, shares = perp.total_shares(), perp.shares_of(hedger)
+    fair = fair_value(perp, {gpt.address: jumped}, [long_id])  # the long's gain at the new price
+    stale = fair_value(perp, {gpt.address: twap}, [long_id])
+    assert shares * stale // supply > shares * fair // supply + 1_000 * USD  # what it took before the fix
+    paid = withdraw(perp, shares, hedger)
+    assert paid <= shares * fair // supply
+    # Those who stay hold at least their share of the fair value.
+    assert fair_value(perp, {gpt.address: jumped}, [long_id]) * supply >= fair * (supply - shares)
+
+
+def test_lp_leaving_while_a_position_is_bankrupt__uncollectable_loss_not_credited(
+    perp_world, perp, cld, gpt, lp, hedger, trader, liquidator, move_price, usdc, chain
+):
+    """Found: the withdrawal price netted a bankrupt position's loss beyond its margin
+    against other traders' gains. A 20× CLD long goes bankrupt in a fall while a GPT
+    short gains; the leaving LP is paid no more than the pool is worth once the long
+    is liquidated, and the LPs who stay end with their share."""
+    perp.deposit(50_000 * USD, 0, sender=hedger)
+    long_id = open_id(perp, cld, trader, True, 500 * USD, 10_000 * USD)  # 20×: bankrupt 5 % lower
+    short_id = open_id(perp, gpt, liquidator, False, 2_000 * USD, 10_000 * USD)
+    cld_price = move_price(cld, perp_world[3], 80, 100)  # −20 %: the long owes ~$2,000 on $500
+    gpt_price = move_price(gpt, perp_world[4], 90, 100)  # −10 %: the short gains ~$1,000
+    prices = {cld.address: cld_price, gpt.address: gpt_price}
+    long = perp.preview_close(long_id, True)
+    assert long.bad_debt > 1_000 * USD and perp.preview_close(short_id, False).gain > 900 * USD
+    fair = fair_value(perp, prices, [long_id, short_id])
+    netted = perp.pool_amount()  # the old price: the long's whole loss set against the short's gain
+    assert netted > fair + 400 * USD
+    supply, shares = perp.total_shares(), perp.shares_of(hedger)
+    assert perp.pool_value(False) <= fair
+    paid = withdraw(perp, shares, hedger)
+    assert paid <= shares * fair // supply
+    # Settle everything: what is left for the LP who stayed (lp) is at least the fair
+    # value minus what the leaver took (funding paid meanwhile only adds to it).
+    perp.liquidate(long_id, sender=liquidator)
+    perp.close_position(short_id, 0, sender=liquidator)
+    assert perp.total_reserved() == 0 and perp.pool_value(False) == perp.pool_amount() >= fair - paid
+
+
+def test_lp_entering_while_a_gain_is_beyond_its_cap__pays_for_the_cap_not_the_excess(
+    perp_world, perp, cld, hedger, trader, liquidator, move_price
+):
+    """Sibling, for deposits: a CLD long far beyond its 25 % cap and a losing long on the
+    same side. Netting the whole gain against the loss undervalued the pool, so an
+    entering LP got shares at the incumbents' expense."""
+    winner = open_id(perp, cld, trader, True, 1_000 * USD, 10_000 * USD)
+    cld_price = move_price(cld, perp_world[3], 160, 100)  # +60 %: the winner gains 6,000, capped at 2,500
+    loser = open_id(perp, cld, liquidator, True, 5_000 * USD, 10_000 * USD)
+    cld_price = move_price(cld, perp_world[3], 80, 100)  # the second long loses ~20 %
+    prices = {cld.address: cld_price}
+    assert perp.preview_close(winner, False).gain == perp.positions(winner).reserved
+    fair = fair_value(perp, prices, [winner, loser])
+    assert perp.pool_value(True) >= fair  # an entering LP pays at least the fair value per share
+    supply = perp.total_shares()
+    tx = perp.deposit(20_000 * USD, 0, sender=hedger)
+    assert perp.LiquidityDeposited.from_receipt(tx)[0].shares <= 20_000 * USD * supply // fair
+
+
+def test_twap_pump_against_a_thin_pool__open_interest_capped_by_its_depth(
+    perp_world, perp, plain, usdc, oracle, router, add_liquidity, admin, lp, trader, attacker, chain
+):
+    """Found: a TWAP pump against $25k pools paid against Perp LPs ($100k). A market on a
+    $25k pool takes at most 10 % of that depth per side, whatever the LP pool holds
+    and whatever the pool's spot does in the same block."""
+    thin = plain[0]
+    usdc.mint(lp, 25_000 * USD, sender=lp)
+    usdc.approve(router, 2**256 - 1, sender=lp)
+    pool = add_liquidity(thin, usdc, 25_000 * UNIT, 25_000 * USD)  # $1 a token, $25k a side
+    oracle.update(thin, sender=lp)
+    chain.pending_timestamp += 601
+    oracle.update(thin, sender=lp)
+    add_market(perp, thin, m.DEFAULT_MARKET, admin)
+    depth = m.depth(*(pool.get_reserves()[:2]), perp.price(thin))
+    assert abs(depth - 25_000 * USD) < USD
+    with ape.reverts("perp: open interest above pool depth cap"):
+        perp.open_position(thin, True, 3_000 * USD, 20_000 * USD, sender=trader)  # the old cap allowed $50k
+    # A pump in the same block does not deepen the pool the cap reads (√k at the TWAP).
+    usdc.mint(attacker, 100_000 * USD, sender=attacker)
+    usdc.approve(router, 2**256 - 1, sender=attacker)
+    router.swap_exact_in(100_000 * USD, 0, [usdc, thin], [DEFAULT_FEE], attacker, chain.pending_timestamp + 60,
+                         sender=attacker)  # fmt: skip
+    with ape.reverts("perp: open interest above pool depth cap"):
+        perp.open_position(thin, True, 600 * USD, 3_000 * USD, sender=trader)
+    open_id(perp, thin, trader, True, 600 * USD, 2_000 * USD)  # within 10 % of $25k

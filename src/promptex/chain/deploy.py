@@ -168,6 +168,7 @@ def deploy_all(
         {"USDC": usdc, "Oracle": dex["Oracle"]},
         twap_window=PERP_LOCAL_TWAP_WINDOW if local else PERP_LIVE_TWAP_WINDOW,
         markets={contracts[f"token:{spec.symbol}"].address: DEFAULT_MARKET for spec in PROVIDER_TOKENS},
+        pausers=[deployer.address],
         log=log,
     )
     contracts["Perp"] = perp_record(perp, root)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ def deploy_perp(
     twap_window: int | None = None,
     insurance_fee_bps: int = DEFAULT_INSURANCE_FEE_BPS,
     markets: Mapping[str, MarketParams] | None = None,
+    pausers: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> Any:
     """Deploy Perp next to a deployment's USDC and Oracle, and list `markets`.
@@ -25,7 +26,8 @@ def deploy_perp(
     mapping {"USDC": …, "Oracle": …} of addresses or contract objects. `twap_window`
     defaults to LOCAL_TWAP_WINDOW on a local deployment (or a mapping) and
     LIVE_TWAP_WINDOW otherwise. `markets` maps token addresses (or the
-    deployment's names, "token:CLD") to their parameters; the deployer is the admin.
+    deployment's names, "token:CLD") to their parameters; the deployer is the admin
+    and grants `pausers` the pauser role.
     Call inside an ape network context; returns the ape contract object. Record it
     with `perp_record` (the caller merges it into the deployment).
     """
@@ -50,6 +52,8 @@ def deploy_perp(
         address = deployment.address(token) if deployment is not None and token.startswith("token:") else token
         add_market(perp, address, params, deployer)
         log(f"  market {token}")
+    for pauser in pausers:
+        perp.grant_pauser(pauser, sender=deployer)
     return perp
 
 

@@ -13,6 +13,7 @@ size in token units (18 decimals); funding indices and k as WAD fractions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import isqrt
 
 from promptex.protocol.units import BPS, HOUR, PRICE_SCALE, WAD
 
@@ -26,6 +27,7 @@ MIN_NOTIONAL = 10**6
 MAX_AMOUNT = 2**96 - 1
 SHARE_SCALE = 10**12
 MINIMUM_SHARES = 10**15
+MAX_REFRESH = 500
 
 # TWAP window positions trade at (at least the Oracle's period: 60 s on a demo chain,
 # 900 s on a live one) and the insurance fund's share of every fee.
@@ -46,6 +48,9 @@ class MarketParams:
     open_fee_bps: int = 10  # 0.10 %
     close_fee_bps: int = 10
     max_profit_bps: int = 10_000  # a position gains at most its notional
+    # Each side at most 10 % of the depth of the DEX pool the Oracle reads (its USDC
+    # side at the TWAP): a TWAP pump must move that pool, not one a tenth its size.
+    depth_cap_bps: int = 1_000
 
     def as_args(self) -> tuple[int, ...]:
         return (
@@ -57,6 +62,7 @@ class MarketParams:
             self.open_fee_bps,
             self.close_fee_bps,
             self.max_profit_bps,
+            self.depth_cap_bps,
         )
 
     def check(self) -> None:
@@ -75,6 +81,8 @@ class MarketParams:
             raise ValueError("bonus and fee above maintenance")
         if not 0 < self.max_profit_bps <= MAX_PROFIT_BPS:
             raise ValueError("max profit out of range")
+        if not 0 < self.depth_cap_bps <= BPS:
+            raise ValueError("depth cap out of range")
 
 
 DEFAULT_MARKET = MarketParams()
@@ -286,25 +294,108 @@ class OpenInterest:
     short_funding_basis: int = 0
 
 
-def unrealised_gain(oi: OpenInterest, price: int, long_index: int, short_index: int) -> int:
-    """Traders' unrealised gain on one market (PnL minus funding owed, uncapped), rounded
-    in their favour: what the pool's value subtracts."""
-    if oi.long_notional == 0 and oi.short_notional == 0:
-        return 0
-    total = _ceil_div(oi.long_size * price, PRICE_SCALE) - oi.long_notional
-    total += oi.short_notional - oi.short_size * price // PRICE_SCALE
-    total -= _trunc_div(long_index * oi.long_notional - oi.long_funding_basis, WAD)
-    total -= _trunc_div(short_index * oi.short_notional - oi.short_funding_basis, WAD)
-    return total
+@dataclass
+class Side:
+    """One side of a market beyond its open interest (the contract's `sides(token,
+    is_long)`): Σ margin, Σ reserved, open positions, and the bounds that value it."""
+
+    margin: int = 0
+    reserved: int = 0
+    count: int = 0
+    bankrupt_bound: int = 0
+    cap_bound: int = 0
+    index_high: int = 0
+    index_low: int = 0
 
 
-def pool_value(pool_amount: int, total_reserved: int, total_margin: int, gain: int, for_deposit: bool) -> int:
-    """The LP pool's net asset value given the traders' unrealised `gain` over all markets."""
-    if gain >= 0:
-        return pool_amount - min(gain, total_reserved)
+def kinks(is_long: bool, margin: int, notional: int, reserved: int, size: int) -> tuple[int, int]:
+    """(bankruptcy price, cap price) of a position, funding aside, rounded as the contract
+    rounds them: its PnL reaches −margin, and its reserve, there."""
+    if is_long:
+        bankrupt = _ceil_div((notional - margin) * PRICE_SCALE, size) if notional > margin else 0
+        return bankrupt, (notional + reserved) * PRICE_SCALE // size
+    cap = _ceil_div((notional - reserved) * PRICE_SCALE, size) if notional > reserved else 0
+    return (notional + margin) * PRICE_SCALE // size, cap
+
+
+def add_to_side(side: Side, is_long: bool, position: Position) -> None:
+    """What opening `position` does to its side (the contract's `_add_to_side`)."""
+    bankrupt, cap = kinks(is_long, position.margin, position.notional, position.reserved, position.size)
+    entry = position.entry_funding
+    if side.count == 0:
+        side.bankrupt_bound, side.cap_bound, side.index_high, side.index_low = bankrupt, cap, entry, entry
+    elif is_long:
+        side.bankrupt_bound, side.cap_bound = max(side.bankrupt_bound, bankrupt), min(side.cap_bound, cap)
+    else:
+        side.bankrupt_bound, side.cap_bound = min(side.bankrupt_bound, bankrupt), max(side.cap_bound, cap)
+    side.index_high, side.index_low = max(side.index_high, entry), min(side.index_low, entry)
+    side.margin += position.margin
+    side.reserved += position.reserved
+    side.count += 1
+
+
+def widen_bankrupt_bound(side: Side, is_long: bool, position: Position) -> None:
+    """After a margin removal (`position` holds the new margin)."""
+    bankrupt, _ = kinks(is_long, position.margin, position.notional, position.reserved, position.size)
+    side.bankrupt_bound = max(side.bankrupt_bound, bankrupt) if is_long else min(side.bankrupt_bound, bankrupt)
+
+
+def side_worth(
+    side: Side,
+    is_long: bool,
+    notional: int,
+    size: int,
+    basis: int,
+    index: int,
+    twap: int,
+    spot: int,
+    for_deposit: bool,
+) -> int:
+    """What a side's positions are worth to their traders (Σ of PnL − funding clamped to
+    [−margin, reserved]), bounded against the LP who asks: from above for a withdrawal,
+    from below for a deposit (the contract's `_side_worth`)."""
+    funding = _trunc_div(index * notional - basis, WAD)
+    received = _ceil_div(notional * (side.index_high - index), WAD) if side.index_high > index else 0
+    owed = side.count + (_ceil_div(notional * (index - side.index_low), WAD) if index > side.index_low else 0)
     if not for_deposit:
-        return pool_amount
-    return pool_amount + min(-gain, total_margin)
+        received = min(received, max(owed - funding + 1, 0))
+        if is_long:
+            price = max(spot, twap, side.bankrupt_bound)
+            pnl_ = _ceil_div(size * price, PRICE_SCALE) - notional
+        else:
+            price = min(spot, twap, side.bankrupt_bound)
+            pnl_ = notional - size * price // PRICE_SCALE
+        return min(side.reserved, pnl_ + received)
+    owed = min(owed, max(received + funding + 1 + side.count, 0))
+    if is_long:
+        price = min(spot, twap, side.cap_bound)
+        pnl_ = size * price // PRICE_SCALE - notional
+    else:
+        price = max(spot, twap, side.cap_bound)
+        pnl_ = notional - _ceil_div(size * price, PRICE_SCALE)
+    return max(-side.margin, pnl_ - owed)
+
+
+def pool_value(pool_amount: int, worths: list[int]) -> int:
+    """The LP pool's net asset value given each open side's worth (`side_worth`)."""
+    return max(pool_amount - sum(worths), 0)
+
+
+def clamped_worth(position: Position, price: int, index: int) -> int:
+    """What one position is worth to its trader against the pool, exactly: its PnL net
+    of funding, clamped to [−margin, reserved] (the bounds above bound the sum of these)."""
+    return max(gain(position, price, index)[2], -position.margin)
+
+
+def spot_price(reserve_token: int, reserve_usdc: int) -> int:
+    """A pool's spot price in Oracle units (USDC units per 10**18 token units × 10**18)."""
+    return reserve_usdc * PRICE_SCALE // reserve_token
+
+
+def depth(reserve_token: int, reserve_usdc: int, twap: int) -> int:
+    """A pool's USDC side at TWAP-consistent reserves (√(x·y) · √TWAP / 10**18), which
+    caps open interest per side (depth × depth_cap_bps / BPS)."""
+    return isqrt(reserve_token * reserve_usdc) * isqrt(twap) // 10**18
 
 
 def shares_for_deposit(amount: int, total_shares: int, value: int) -> int:
