@@ -460,7 +460,7 @@ export const hedgePage: Page = (root, app) => {
             const perUnit = values[i];
             const key = id.toString();
             const actions: (HTMLElement | string)[] = [];
-            if (!s.settled && s.expiry <= now) actions.push(h("button.secondary", { "data-action": "settle", "data-series": key, onclick: () => void settle(id, s.token) }, "Settle"));
+            if (!s.settled && s.expiry < now) actions.push(h("button.secondary", { "data-action": "settle", "data-series": key, onclick: () => void settle(id) }, "Settle"));
             if (s.settled && held > 0n) actions.push(h("button", { "data-action": "claim", "data-series": key, onclick: () => void simple("claim", id) }, "Claim"));
             if (s.settled && written > 0n) actions.push(h("button.secondary", { "data-action": "reclaim", "data-series": key, onclick: () => void simple("reclaim", id) }, "Reclaim"));
             const value = perUnit === null ? "no TWAP yet" : s.settled ? `settled at ${dollars(s.settlement_price)}: pays ${usd(perUnit * held)} USDC` : `${usd(perUnit * held)} USDC at the TWAP`;
@@ -481,22 +481,16 @@ export const hedgePage: Page = (root, app) => {
     );
   }
 
-  async function settle(id: bigint, token: Address): Promise<void> {
+  async function settle(id: bigint): Promise<void> {
     const account = wallet.account!;
     const client = wallet.client!;
-    const ranks = () => ctx.client.readContract({ ...options, functionName: "settlement_ranks", args: [id] });
+    // The ranks of the Oracle observations the series settles on (recorded at or before
+    // expiry; a late series settles at the TWAP then). No Oracle update is needed first.
     let found: readonly [bigint, bigint];
     try {
-      found = await ranks();
+      found = await ctx.client.readContract({ ...options, functionName: "settlement_ranks", args: [id] });
     } catch (err) {
-      if (!/at or after expiry/.test(explain(err))) return notice(optionStatus, "error", explain(err));
-      // Nobody has recorded an Oracle observation since expiry: record one first.
-      if (!(await send(ctx, client, account, optionStatus, "Record the Oracle's end observation", { address: ctx.config.contracts.Oracle, abi: oracleAbi, functionName: "update", args: [token] }))) return;
-      try {
-        found = await ranks();
-      } catch (again) {
-        return notice(optionStatus, "error", explain(again));
-      }
+      return notice(optionStatus, "error", explain(err));
     }
     const ok = await send(ctx, client, account, optionStatus, "Settle the series", { ...options, functionName: "settle", args: [id, found[0], found[1]] });
     if (ok) void reloadOptions();
