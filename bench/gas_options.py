@@ -93,7 +93,7 @@ LABELS = {
     "options_offer": "options: offer units at a premium",
     "options_buy": "options: buy from an offer (premium to the seller)",
     "options_unwind": "options: unwind before settlement",
-    "options_settle": "options: settle at the TWAP ending at expiry",
+    "options_settle": "options: settle at the TWAP ending at or before expiry",
     "options_claim": "options: claim a holder's payout",
     "options_reclaim": "options: reclaim a writer's remaining collateral",
 }

@@ -111,7 +111,7 @@ def perp(ctx: Context) -> dict[str, tuple[str, int]]:
     create_pool_at_price(router, factory, gpt, usdc, depth * UNIT // GPT_PRICE, GPT_PRICE, seller)
     gas = measure_perp(ctx.chain, contracts, ctx.admin, seller, trader, liquidator)
     return {
-        "perp_lp_deposit": ("perp: LP deposit (pool valued at the TWAP)", gas["perp_lp_deposit"]),
+        "perp_lp_deposit": ("perp: LP deposit (pool valued per side, spot and TWAP)", gas["perp_lp_deposit"]),
         "perp_open": ("perp: open a position (TWAP, funding accrual)", gas["perp_open"]),
         "perp_close": ("perp: close a position (funding, PnL, fee split)", gas["perp_close"]),
         "perp_liquidate": ("perp: liquidate below maintenance (bonus)", gas["perp_liquidate"]),
