@@ -4,6 +4,7 @@
     python bench/gateway.py --ledger postgresql
     python bench/gateway.py --only promptex    # skip LiteLLM (no 740 MB install)
     python bench/gateway.py --json             # promptex_rps, litellm_rps, *_p99_added_ms, …
+    python bench/gateway.py --cpu 100          # only the gateway's CPU per request at 100 RPS
 
 Open-loop load at a fixed arrival rate: request i is due at t0 + i/rate and its latency
 is measured from when it was due, so a slow server cannot slow the generator down
@@ -65,7 +66,7 @@ def cores() -> tuple[list[str], list[str]]:
 @contextmanager
 def process(
     args: list[str], env: dict[str, str], ready_url: str, headers: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -80,7 +81,7 @@ def process(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{args[0:4]} did not become ready")
             time.sleep(0.2)
-        yield
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -274,6 +275,35 @@ def measure(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float
     return Side(steps, best, ttfb_ms, overload)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux: /proc/<pid>/stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(pid: int, url: str, headers: dict[str, str], rate: int, seconds: float) -> dict[str, float]:
+    """The gateway's CPU milliseconds per request at a fixed rate well below saturation, net
+    of what the idle process spends (its background loops) over the same time."""
+    for _ in range(30):
+        httpx.post(url, json=BODY, headers=headers, timeout=30)
+    idle_start = cpu_seconds(pid)
+    time.sleep(seconds)
+    idle = cpu_seconds(pid) - idle_start
+    start = cpu_seconds(pid)
+    step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
+    busy = cpu_seconds(pid) - start
+    served = step.sent - step.errors
+    return {
+        "rate": rate,
+        "served": served,
+        "errors": step.errors,
+        "cpu_ms_per_request": 1000 * busy / max(1, served),
+        "net_cpu_ms_per_request": 1000 * (busy - idle) / max(1, served),
+        "p50_ms": step.p50_ms,
+        "p99_ms": step.p99_ms,
+    }
+
+
 def pin_postgres(postgres: object, core: list[str]) -> None:
     """Pin the database server (the postmaster; backends fork from it) to the gateway's core."""
     root = getattr(postgres, "root", None)
@@ -331,6 +361,7 @@ def summarize(
 @click.option("--max-p99-ms", default=500.0, show_default=True, help="a step above this p99 is not sustainable")
 @click.option("--rates", default=",".join(map(str, RATES)), show_default=True, help="the arrival rates to step through")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--cpu", "cpu_rate", type=int, help="only measure the gateway's CPU per request at this rate")
 def main(
     only: str | None,
     ledger_kind: str,
@@ -339,6 +370,7 @@ def main(
     max_p99_ms: float,
     rates: str,
     as_json: bool,
+    cpu_rate: int | None,
 ) -> None:
     try:
         steps = tuple(sorted(int(r) for r in rates.split(",")))
@@ -363,6 +395,17 @@ def main(
         if load_core:
             os.sched_setaffinity(0, {1})
         with process(fake_args, dict(os.environ), fake_url + "/models", fake_headers):
+            if cpu_rate is not None:
+                ledger_url = f"sqlite:///{workdir}/ledger.sqlite3"
+                env, key = setup_promptex(workdir, ledger_url, fake_url)
+                port = free_port()
+                url = f"http://127.0.0.1:{port}/v1"
+                headers = {"authorization": f"Bearer {key}"}
+                args = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
+                with process(args, env, url + "/models", headers) as gateway:
+                    figures = cpu_per_request(gateway.pid, url + "/chat/completions", headers, cpu_rate, seconds)
+                click.echo(json.dumps(figures) if as_json else figures)
+                return
             click.echo("fake upstream alone:", err=True)
             base = {s.rate: s for s in sweep(fake_url + "/chat/completions", fake_headers, seconds, max_p99_ms, steps)}
             base_ttfb = uvloop.run(ttfb(fake_url + "/chat/completions", fake_headers))
