@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # The EIP-712 domain's chainId in wallet-binding messages, and how long one may be signed.
     wallet_binding_chain_id: int = 31337
     wallet_binding_ttl_seconds: int = 600
+    # PostgreSQL: lot capacity a gateway process leases at a time (USD micro at list price),
+    # so concurrent holds do not all queue on the lot's row; see ledger.holds.capacity.
+    ledger_capacity_slice_usd_micro: int = 5_000_000
 
     # ─── Metering ────────────────────────────────────────────────────────────
     # A model catalog file replacing the one shipped in promptex/metering/catalog.toml.
@@ -50,11 +53,16 @@ class Settings(BaseSettings):
     gateway_default_asset: str = "USDC"
     # Largest request body accepted (bytes); larger ones get 413.
     gateway_max_body_bytes: int = 1_048_576
-    # Output tokens a hold covers when a request names no max_tokens, and the cap on any.
+    # Output tokens a hold covers (and the limit sent upstream) when a request names no
+    # max_tokens, and the most a request may name.
     gateway_default_max_tokens: int = 4_096
     gateway_max_output_tokens: int = 32_768
-    # How long a hold lives if the gateway dies mid-request (the sweeper ends it after).
-    gateway_hold_ttl_seconds: int = 900
+    # How long a hold lives if the gateway dies mid-request (a running gateway extends the
+    # holds of requests still in flight): at least the upstream timeouts plus the margin.
+    gateway_hold_ttl_seconds: int = 300
+    gateway_hold_margin_seconds: float = 60.0
+    # How often the gateway sweeps expired holds (any process's) and extends its own.
+    gateway_sweep_seconds: float = 10.0
     # Upstream timeouts: connecting, and the whole answer (or between streamed chunks).
     gateway_upstream_connect_timeout_seconds: float = 5.0
     gateway_upstream_timeout_seconds: float = 120.0

@@ -177,8 +177,10 @@ class FakeTwaps:
         return dict(self.prices)
 
 
-def _harness(settings: Settings, url: str, twaps: FakeTwaps | None = None) -> Iterator[Harness]:
-    book = Ledger.open(url, sqlite_synchronous="NORMAL")
+def _harness(
+    settings: Settings, url: str, twaps: FakeTwaps | None = None, clock: Callable[[], int] | None = None
+) -> Iterator[Harness]:
+    book = Ledger.open(url, sqlite_synchronous="NORMAL", clock=clock)
     store = GatewayStore(book.engine)
     keys = load_master_keys(None, settings.gateway_master_key_file)
     app = create_app(settings, ledger=book, twap_source=twaps)

@@ -136,7 +136,9 @@ def test_chat__lot_expired__serves_nothing(gw: Harness, fake: Fake) -> None:
 
 
 def test_chat__lot_exhausted__serves_nothing(gw: Harness, fake: Fake) -> None:
-    gw.add_lot(fake, face_value=1)
+    # 22 µUSD at list: one request's upper bound (18 input tokens by size, 2 output); its
+    # answer uses 9, and the 13 left cannot cover the next one's input bound.
+    gw.add_lot(fake, face_value=22)
     _, key = gw.buyer()
     assert post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}).status_code == 200
     assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 503)

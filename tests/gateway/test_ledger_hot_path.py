@@ -1,6 +1,6 @@
 """The ledger's hot path (raw statements on SQLite, one statement per operation on
-PostgreSQL) against its general path: the same holds, balances, journal and usage rows;
-a failing hot path falls back without a trace."""
+PostgreSQL) against its general path: the same holds, balances, journal, usage rows and
+lot capacity; a failing hot path falls back without a trace."""
 
 from __future__ import annotations
 
@@ -10,18 +10,24 @@ from collections.abc import Iterator
 import pytest
 from eth_account import Account
 
-from promptex.ledger import Ledger, UsageRecord
-from promptex.ledger import holds as ledger_holds
+from promptex.ledger import Ledger, LotClaim, UsageRecord
 from promptex.ledger.binding import sign
+from promptex.ledger.holds import postgres as pg_holds
+from promptex.ledger.holds.book import GeneralHolds
+from promptex.ledger.holds.sqlite import SqliteHolds
 from promptex.protocol.units import USD_MICRO as USDC
 
 _ids = itertools.count()
-RECORD = UsageRecord("fake-gpt", 5, 16, 37, gateway_lot_id=3, chain_lot_id=9, lot_kind="listed", fee_bps=500)
+LOT = 3
+RECORD = UsageRecord("fake-gpt", 5, 16, 37, gateway_lot_id=LOT, chain_lot_id=9, lot_kind="listed", fee_bps=500)
+CLAIM = LotClaim(LOT, 50)  # the request's bound at list price; its answer uses 37
 
 
 @pytest.fixture
 def book(ledger_url: str) -> Iterator[Ledger]:
     ledger = Ledger.open(ledger_url, sqlite_synchronous="NORMAL")
+    with ledger.engine.begin() as conn:
+        ledger.open_lot_capacity(conn, LOT, 100_000, chain_lot_id=9)
     yield ledger
     ledger.check()
     ledger.close()
@@ -38,15 +44,23 @@ def funded(ledger: Ledger, amount: int = 10 * USDC) -> int:
 
 
 def served(ledger: Ledger, account: int, request_id: str) -> tuple[object, ...]:
-    ledger.reserve(account, "USDC", 1_000, request_id, 900)
+    used = ledger.lot_capacities()[LOT].used
+    reserved = ledger.reserve(account, "USDC", 1_000, request_id, 900, lots=[CLAIM])
+    held = ledger.lot_capacities()[LOT]
     hold = ledger.settle(request_id, 700, record=RECORD)
     usage = ledger.usage_record(request_id)
     assert usage is not None
+    capacity = ledger.lot_capacities()[LOT]
     return (
+        reserved.lot_id,
+        reserved.lot_amount,
+        held.headroom <= 100_000 - used - CLAIM.amount,
+        capacity.used - used,
         hold.status,
         hold.cost,
         hold.charged,
         hold.amount,
+        hold.lot_id,
         usage.cost,
         usage.asset,
         usage.model,
@@ -63,22 +77,26 @@ def served(ledger: Ledger, account: int, request_id: str) -> tuple[object, ...]:
 
 def test_hot_path__same_rows_as_general_path__and_idempotent(book: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     account = funded(book)
+    book.reserve(account, "USDC", 1_000, "req-warm", 900, lots=[CLAIM])  # PostgreSQL: leases a slice
+    book.release("req-warm")
     fast = served(book, account, "req-fast")
-    if book._pg is not None:  # PostgreSQL: force the general path by breaking the one statement
-        monkeypatch.setattr(ledger_holds, "PG_RESERVE", "SELECT broken_on_purpose")
-        monkeypatch.setattr(ledger_holds, "PG_SETTLE_WITH_USAGE", "SELECT broken_on_purpose")
-    else:  # SQLite: the general functions themselves
-        monkeypatch.setattr(ledger_holds, "reserve_fast", ledger_holds.reserve)
-        monkeypatch.setattr(ledger_holds, "settle_fast", ledger_holds._settle_general)
+    if book.engine.dialect.name == "postgresql":  # force the general path by breaking the one statement
+        monkeypatch.setattr(pg_holds, "PG_RESERVE_LEASED", "SELECT broken_on_purpose")
+        monkeypatch.setattr(pg_holds, "PG_SETTLE_WITH_USAGE", "SELECT broken_on_purpose")
+    else:  # SQLite: the general path itself
+        monkeypatch.setattr(SqliteHolds, "reserve_in", GeneralHolds.reserve_in)
+        monkeypatch.setattr(SqliteHolds, "settle_in", GeneralHolds.settle_in)
     general = served(book, account, "req-general")
     assert fast == general
+    assert fast[:4] == (LOT, 50, True, 37)  # the capacity held with the funds, then used by the answer
     monkeypatch.undo()
     # again with the same request ids: nothing changes
-    assert book.reserve(account, "USDC", 1_000, "req-fast", 900).status.value == "settled"
+    assert book.reserve(account, "USDC", 1_000, "req-fast", 900, lots=[CLAIM]).status.value == "settled"
     assert book.settle("req-fast", 700, record=RECORD).charged == 700
     balance = book.balance(account, "USDC")
     assert (balance.posted, balance.held) == (10 * USDC - 1_400, 0)
     assert book.system_balance("usage", "USDC") == 1_400
+    assert book.lot_capacities()[LOT].used == 74
 
 
 def test_hot_path__refused_or_overage__general_path_answers(book: Ledger) -> None:

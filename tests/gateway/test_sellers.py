@@ -85,7 +85,7 @@ def test_rotate_master_key__rewrapped__old_key_no_longer_needed(gw: Harness, fak
     assert rotated.current == new_id and gw.store.rewrap_secrets(rotated) == 1
     only_new = load_master_keys(None, path).keys[new_id]
     path.write_text(f"{new_id}:{base64.b64encode(only_new).decode()}\n")
-    registry = LotRegistry(gw.store, load_master_keys(None, path), lambda: int(time.time()))
+    registry = LotRegistry(gw.store, load_master_keys(None, path), lambda: int(time.time()), gw.ledger.lot_capacities)
     registry.refresh()
     assert [lot.secret for lot in registry.candidates("openai", "listed")] == [SELLER_KEY]
     assert old_id not in load_master_keys(None, path).keys

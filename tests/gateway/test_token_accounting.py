@@ -72,9 +72,8 @@ def test_anthropic_lot__cache_reads_and_writes__charged_at_their_catalog_rates(
     assert record_details(gw, request_id) == (6, 5, 2, 3, 1, 0)
     hold = gw.ledger.hold(request_id)
     assert hold is not None and hold.charged == cost <= hold.amount  # the hold priced the writes
-    gw.refresh()
-    listed = {x.id: x.remaining_usd_micro for x in gw.store.lots()}[lot]
-    assert listed == 1_000 * USDC - 93  # drawn down at list price, cache rates included
+    capacity = gw.ledger.lot_capacities()[lot]
+    assert (capacity.used, capacity.reserved) == (93, 0)  # the lot's usage at list price, cache rates included
 
 
 def test_anthropic_lot__cache_control__hold_prices_every_input_token_at_the_highest_write_rate(

@@ -13,6 +13,7 @@ from ledger_helpers import bind_new_wallet, event_id, fund
 from sqlalchemy import insert, update
 
 from promptex.ledger import (
+    AccountInDebt,
     AccountKind,
     BindingMessage,
     BudgetExceeded,
@@ -239,13 +240,39 @@ def test_sweep_expired__expired_holds__released_and_live_ones_kept(ledger, buyer
     assert ledger.sweep_expired() == 0
 
 
-def test_settle__after_sweep__conflict(ledger, buyer, clock):
+def test_settle__after_sweep__still_charged(ledger, buyer, clock):
     fund(ledger, buyer, CLD, 10 * TOKEN)
     ledger.reserve(buyer, CLD, TOKEN, "req-1", ttl=30)
     clock.advance(31)
+    assert ledger.sweep_expired() == 1
+    hold = ledger.settle("req-1", TOKEN // 2)  # the answer finished after its hold was swept
+    assert (hold.status, hold.cost, hold.charged, hold.shortfall) == (HoldStatus.SETTLED, TOKEN // 2, TOKEN // 2, 0)
+    balance = ledger.balance(buyer, CLD)
+    assert (balance.posted, balance.held, balance.cap_remaining) == (
+        10 * TOKEN - TOKEN // 2,
+        0,
+        10 * TOKEN - TOKEN // 2,
+    )
+    assert ledger.settle("req-1", TOKEN // 2) == hold  # idempotent
+    assert ledger.debts(buyer) == []
+
+
+def test_settle__after_sweep_and_balance_spent__charged_whole_the_rest_a_debt(ledger, buyer, clock):
+    fund(ledger, buyer, CLD, 3 * TOKEN)
+    ledger.reserve(buyer, CLD, 2 * TOKEN, "req-1", ttl=30)
+    clock.advance(31)
     ledger.sweep_expired()
-    with pytest.raises(HoldConflict, match="expired"):
-        ledger.settle("req-1", 1)
+    ledger.reserve(buyer, CLD, 2 * TOKEN, "req-2", ttl=30)  # the swept funds were spent meanwhile
+    ledger.settle("req-2", 2 * TOKEN)
+    hold = ledger.settle("req-1", 2 * TOKEN)  # the answer was served: charged whole
+    assert (hold.charged, hold.shortfall) == (2 * TOKEN, 0)
+    balance = ledger.balance(buyer, CLD)
+    assert (balance.posted, balance.held, balance.cap_remaining) == (0, 0, 0)  # never below zero
+    [debt] = ledger.debts(buyer)
+    assert (debt.source, debt.outstanding, debt.status) == ("settle:req-1", TOKEN, "open")
+    assert "after its hold expired" in debt.reason
+    with pytest.raises(AccountInDebt):  # not served until a deposit repays it
+        ledger.reserve(buyer, CLD, 1, "req-3", ttl=30)
 
 
 def test_settle__expired_but_not_swept__charges(ledger, buyer, clock):

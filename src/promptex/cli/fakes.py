@@ -18,6 +18,8 @@ from promptex.config import ConfigurationError, settings
 @click.option("--fail-status", type=int, help="answer this HTTP status instead…")
 @click.option("--fail-every", default=1, show_default=True, type=int, help="…on every Nth request")
 @click.option("--accept-key", multiple=True, help="accepted upstream keys (default: any non-empty key)")
+@click.option("--ignore-max-tokens", is_flag=True, help="answer --output-tokens whatever limit a request sets")
+@click.option("--die-after-chunks", type=int, help="drop every stream's connection after this many words")
 def fake_upstream(
     host: str,
     port: int,
@@ -27,6 +29,8 @@ def fake_upstream(
     fail_status: int | None,
     fail_every: int,
     accept_key: tuple[str, ...],
+    ignore_max_tokens: bool,
+    die_after_chunks: int | None,
 ) -> None:
     """Serve a fake OpenAI- and Anthropic-compatible provider (deterministic text, real usage)."""
     import uvicorn
@@ -40,6 +44,8 @@ def fake_upstream(
         fail_status=fail_status,
         fail_every=fail_every,
         api_keys=frozenset(accept_key) or None,
+        ignore_max_tokens=ignore_max_tokens,
+        die_after_chunks=die_after_chunks,
     )
     uvicorn.run(create_fake_upstream(config), host=host, port=port, log_level="warning", access_log=False)
 

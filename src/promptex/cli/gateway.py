@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from promptex.config import settings
+from promptex.config import ConfigurationError, settings
 
 
 @click.group()
@@ -20,26 +20,33 @@ def gateway_serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from promptex.chain.identity import check_chain
-    from promptex.config import ConfigurationError
-    from promptex.gateway import create_app
+    from promptex.gateway import create_app, single
+    from promptex.gateway.service import check_hold_lifetime
     from promptex.ledger import Ledger
     from promptex.serving import listening_sockets
 
     s = settings()
-    with Ledger.from_settings(s) as ledger:
-        try:  # the chain its lots are opened on (none yet: an off-chain gateway, e.g. in tests)
-            check_chain(
-                ledger, service="the gateway", rpc_url=s.attestor_rpc_url, network=s.attestor_network,
-                require_chain=False,
-            )  # fmt: skip
-        except ConfigurationError as exc:
-            raise click.ClickException(str(exc)) from None
-    host, port = host or s.gateway_host, port or s.gateway_port
     try:
-        sockets = listening_sockets(host, port, s.gateway_accept_per_iteration)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    config = uvicorn.Config(
-        create_app(s, listeners=sockets), loop="uvloop", http="httptools", log_level="warning", access_log=False
-    )
-    uvicorn.Server(config).run(sockets=sockets)
+        check_hold_lifetime(s)
+        claimed = single.claim(s.ledger_url)  # first: a second gateway on one SQLite file stops here
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        with Ledger.from_settings(s) as ledger:
+            try:  # the chain its lots are opened on (none yet: an off-chain gateway, e.g. in tests)
+                check_chain(
+                    ledger, service="the gateway", rpc_url=s.attestor_rpc_url, network=s.attestor_network,
+                    require_chain=False,
+                )  # fmt: skip
+            except ConfigurationError as exc:
+                raise click.ClickException(str(exc)) from None
+        host, port = host or s.gateway_host, port or s.gateway_port
+        try:
+            sockets = listening_sockets(host, port, s.gateway_accept_per_iteration)
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        app = create_app(s, listeners=sockets)
+        config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        single.release(claimed)

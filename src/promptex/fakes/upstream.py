@@ -2,8 +2,9 @@
 
 Text is deterministic (words from a fixed list, one token each), usage numbers are
 real counts of what was sent and produced (one token per whitespace-separated word,
-plus a few per message), so a test can compute the exact metered cost. Latency and
-errors are injected by configuration, and so are a prompt cache and reasoning: up to
+plus a few per message), so a test can compute the exact metered cost. Latency,
+errors and misbehaviour (answers longer than asked, streams that die midway) are
+injected by configuration, and so are a prompt cache and reasoning: up to
 `cache_read_tokens` of each prompt are reported as read from the cache; on the Messages
 API, a request that marks its prompt (`cache_control`) has up to `cache_write_tokens`
 more reported as written (`cache_write_1h_tokens` of them with a one-hour lifetime);
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -49,7 +51,24 @@ class FakeUpstreamConfig:
     cache_write_tokens: int = 0  # Messages API, prompts with cache_control: reported as written
     cache_write_1h_tokens: int = 0  # of those, with a one-hour lifetime
     reasoning_tokens: int = 0  # OpenAI: of each answer's completion tokens, reported as reasoning
+    ignore_max_tokens: bool = False  # answer `output_tokens` whatever limit the request set
+    die_after_chunks: int | None = None  # a stream breaks off (connection dropped) after this many words
     requests: int = field(default=0)  # served so far (for tests)
+    last_body: dict[str, Any] | None = None  # the last request's JSON body (for tests)
+
+
+class UpstreamDied(Exception):
+    """Raised inside a stream to drop its connection midway (`die_after_chunks`)."""
+
+
+class _QuietDeaths(logging.Filter):
+    """uvicorn logs an exception that ends a response as an error; a death we injected is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], UpstreamDied))
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietDeaths())
 
 
 def count_tokens(text: str) -> int:
@@ -111,11 +130,18 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
             return None, _error(400, "invalid JSON", anthropic)
         if not isinstance(body, dict):
             return None, _error(400, "body must be an object", anthropic)
+        cfg.last_body = body
         return body, None
 
     def n_out(body: dict[str, Any]) -> int:
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
-        return min(int(limit), cfg.output_tokens) if isinstance(limit, int) and limit > 0 else cfg.output_tokens
+        if cfg.ignore_max_tokens or not isinstance(limit, int) or limit <= 0:
+            return cfg.output_tokens
+        return min(limit, cfg.output_tokens)
+
+    def dies_at(i: int) -> None:
+        if cfg.die_after_chunks is not None and i >= cfg.die_after_chunks:
+            raise UpstreamDied(f"the fake upstream broke off after {i} words")
 
     def openai_usage(prompt: int, out: int) -> tuple[dict[str, Any], int]:
         """The usage of `prompt` tokens in and `out` out (reasoning included), and how many
@@ -176,6 +202,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
             words = fake_text(out).split()
             yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
             for i, word in enumerate(words):
+                dies_at(i)
                 if cfg.chunk_delay_ms:
                     await asyncio.sleep(cfg.chunk_delay_ms / 1000)
                 text = word if i == 0 else " " + word
@@ -215,6 +242,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
             base = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model}
             words = fake_text(out).split()
             for i, word in enumerate(words):
+                dies_at(i)
                 if cfg.chunk_delay_ms:
                     await asyncio.sleep(cfg.chunk_delay_ms / 1000)
                 text = word if i == 0 else " " + word
@@ -300,6 +328,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
             block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
             yield _sse(block, "content_block_start")
             for i, word in enumerate(fake_text(out).split()):
+                dies_at(i)
                 if cfg.chunk_delay_ms:
                     await asyncio.sleep(cfg.chunk_delay_ms / 1000)
                 delta = {"type": "text_delta", "text": word if i == 0 else " " + word}

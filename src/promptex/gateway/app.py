@@ -32,14 +32,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import Settings
-from promptex.gateway import checkpoints, errors, fronts
+from promptex.gateway import checkpoints, errors, fronts, single
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.fronts import API_ROUTES
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.openapi import openapi_schema
 from promptex.gateway.routing import LotRegistry
-from promptex.gateway.service import Gateway, new_request_id
+from promptex.gateway.service import Gateway, check_hold_lifetime, new_request_id
 from promptex.gateway.store import GatewayStore
 from promptex.gateway.twap import TwapSource, twap_cache_from_settings
 from promptex.gateway.upstream import UpstreamClient
@@ -147,7 +147,11 @@ def create_app(
     lots and one pooled HTTP client for every upstream when it starts, and keeps the
     Oracle's TWAPs fresh in the background (from `twap_source`, else the deployed Oracle
     when `gateway_twap_rpc_url` is set). `listeners`: the sockets uvicorn accepts on, if
-    the caller made them; their accept queue is one of the signs of overload."""
+    the caller made them; their accept queue is one of the signs of overload. Every
+    running gateway sweeps expired holds and extends its own in flight (`keep_holds`).
+    Raises ConfigurationError for settings that cannot hold money safely; at startup,
+    for a SQLite ledger another gateway process serves already (`gateway.single`)."""
+    check_hold_lifetime(settings)
     state: dict[str, Gateway] = {}
     # Duplicates share one accept queue: reading it from the first socket is enough.
     backlog = (lambda: accept_backlog(listeners[0])) if listeners else None
@@ -158,11 +162,17 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         book = ledger or Ledger.from_settings(settings)
+        try:
+            claimed = single.claim(book.engine.url.render_as_string(hide_password=False))
+        except BaseException:
+            if ledger is None:
+                book.close()
+            raise
         checkpointing = settings.gateway_sqlite_checkpoint_seconds > 0 and checkpoints.take_over(book.engine)
         store = GatewayStore(book.engine)
         secret = settings.gateway_master_key.get_secret_value() if settings.gateway_master_key else None
         keys = load_master_keys(secret, settings.gateway_master_key_file)
-        registry = LotRegistry(store, keys, clock or (lambda: int(time.time())))
+        registry = LotRegistry(store, keys, clock or (lambda: int(time.time())), book.lot_capacities)
         await anyio.to_thread.run_sync(registry.refresh)
         async with UpstreamClient(
             connect_timeout=settings.gateway_upstream_connect_timeout_seconds,
@@ -187,6 +197,7 @@ def create_app(
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(refresh_lots)
+                tg.start_soon(_app.state.gateway.keep_holds)
                 tg.start_soon(_app.state.gateway.watch_load, backlog)
                 if twaps is not None:
                     tg.start_soon(twaps.run)
@@ -196,10 +207,10 @@ def create_app(
                     yield
                 finally:
                     tg.cancel_scope.cancel()
-            await anyio.to_thread.run_sync(registry.flush)
             state["gateway"].close()
             if checkpointing:
                 await anyio.to_thread.run_sync(checkpoints.checkpoint, book.engine)
+        single.release(claimed)
         if ledger is None:
             book.close()
 

@@ -18,6 +18,7 @@ from promptex.gateway.adapters import EMBEDDINGS, Adapter, adapter_for, check_an
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.requests import validate as validate_openai
+from promptex.gateway.requests import with_output_limit
 from promptex.gateway.responses import RESPONSES
 
 API_ROUTES = {"/v1/messages": MESSAGES, "/v1/responses": RESPONSES}
@@ -56,15 +57,12 @@ def adapter(endpoint: str, api: str, output: int, body: dict[str, Any]) -> Adapt
 
 
 def upstream_body(endpoint: str, body: dict[str, Any], output: int) -> dict[str, Any]:
-    """The body sent upstream: an OpenAI request asking for more output than was held is
-    sent the held limit (the Messages and Responses adapters set theirs)."""
+    """The body sent upstream: an OpenAI request is sent the output limit its hold covers,
+    in the field it used (`max_tokens` when it named none), so the hold is a true upper
+    bound (the Messages and Responses adapters set theirs)."""
     if endpoint in (MESSAGES, RESPONSES, EMBEDDINGS) or not output:
         return body
-    if (body.get("max_tokens") or body.get("max_completion_tokens") or 0) > output:
-        limited = {**body, "max_tokens": output}
-        limited.pop("max_completion_tokens", None)
-        return limited
-    return body
+    return with_output_limit(body, output)
 
 
 def api_of(path: str) -> str:

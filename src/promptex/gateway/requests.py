@@ -12,6 +12,8 @@ from promptex.gateway.errors import GatewayError, bad_request
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 PER_MESSAGE = 4  # tokens a message may cost beyond its text
 PER_REQUEST = 3
+MESSAGE_FLOOR = 3  # tokens a chat message costs at least beyond its words (OpenAI's format)
+LIMITS = ("max_tokens", "max_completion_tokens")  # the output limits a request may name
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -99,3 +101,33 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
             return model, PER_REQUEST + sum(len(p.encode()) + 1 for p in raw), None
         raise bad_request("Invalid 'input': expected a non-empty string or array of strings.", param="input")
     raise GatewayError(404, f"Unknown endpoint {endpoint!r}.")
+
+
+def with_output_limit(body: dict[str, Any], output: int) -> dict[str, Any]:
+    """The body sent upstream: its output limit set to what the hold covers, in the field
+    the request used (`max_tokens` when it named none), so the hold is a true upper bound."""
+    named = [name for name in LIMITS if body.get(name) is not None] or ["max_tokens"]
+    if all(body.get(name) == output for name in named):
+        return body
+    return {**body, **{name: output for name in named}}
+
+
+def _words(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content.split())
+    if isinstance(content, list):
+        return sum(_words(part.get("text")) if isinstance(part, dict) else _words(part) for part in content)
+    return 0
+
+
+def prompt_floor(endpoint: str, body: dict[str, Any]) -> int:
+    """A lower bound of the prompt's tokens, what an answer cut short is charged for its
+    input when the upstream reported no usage (an OpenAI-style stream reports it only at
+    its end). Every whitespace-separated word is at least one token for the BPE
+    tokenizers providers use (none spans a space), and every chat message costs at least
+    MESSAGE_FLOOR more: never more than the upstream itself counted."""
+    messages = body.get("messages")
+    if isinstance(messages, list):  # chat completions, Anthropic's Messages API
+        system = _words(body.get("system"))
+        return system + sum(MESSAGE_FLOOR + _words(m.get("content")) for m in messages if isinstance(m, dict))
+    return _words(body.get("prompt" if endpoint == COMPLETIONS else "input"))

@@ -5,20 +5,20 @@ kind the paying asset calls for.
 - paid in USDC: listed lots, cheapest rate first, oldest first among equals.
 
 An expired or exhausted lot serves nothing. Lots live in memory, re-read from the
-database every few seconds (other processes draw them down too). A draw applies here at
-once and is written to the database with the next refresh (one UPDATE per lot, not one
-per request): a crash loses at most one refresh interval of draw-downs. Usage records
-are not kept here: the ledger writes each with its settlement.
-Secrets are opened once per lot and never leave this process.
+database every few seconds. Their capacity is the ledger's: a hold reserves it in the
+transaction that holds the buyer's funds (`promptex.ledger.holds`), so nothing here can
+overdraw a lot; the headroom kept here (as of the last refresh, less what this process
+settled since) only skips lots that are already full. Secrets are opened once per lot
+and never leave this process.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from promptex.gateway.store import GatewayStore, Lot
+from promptex.ledger import LotCapacity
 from promptex.sealing.envelope import MasterKeys
 
 TOKENIZED, LISTED = "tokenized", "listed"
@@ -35,7 +35,7 @@ class LiveLot:
     rate_bps: int
     expires_at: int
     created_at: int
-    remaining_usd_micro: int
+    headroom_usd_micro: int  # the ledger's capacity left (a hint: the ledger decides)
     secret: str
     chain_lot_id: int | None = None  # the CreditEscrow lot; None until it is opened on chain
     inflight: int = 0
@@ -44,7 +44,7 @@ class LiveLot:
         return f"LiveLot(id={self.id}, provider={self.provider!r}, kind={self.kind!r}, rate_bps={self.rate_bps})"
 
     def serves(self, now: int) -> bool:
-        return self.expires_at > now and self.remaining_usd_micro > 0
+        return self.expires_at > now and self.headroom_usd_micro > 0
 
 
 def _order(lot: LiveLot) -> tuple[int, int, int]:
@@ -52,42 +52,32 @@ def _order(lot: LiveLot) -> tuple[int, int, int]:
 
 
 class LotRegistry:
-    def __init__(self, store: GatewayStore, keys: MasterKeys, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: GatewayStore,
+        keys: MasterKeys,
+        clock: Callable[[], int],
+        capacity: Callable[[], Mapping[int, LotCapacity]],
+    ) -> None:
         self.store = store
         self.keys = keys
         self.clock = clock
+        self.capacity = capacity  # the ledger's lot capacities
         self._lots: dict[int, LiveLot] = {}
         self._by: dict[tuple[str, str], list[LiveLot]] = {}
-        self._pending: dict[int, int] = {}  # lot id → USD micro drawn, not yet written
-        self._lock = threading.Lock()
-
-    def flush(self) -> None:
-        """Write the draws made since the last flush (call from a thread)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        written: set[int] = set()
-        try:
-            for lot_id, usd in pending.items():
-                self.store.draw_lot(lot_id, usd)
-                written.add(lot_id)
-        finally:
-            with self._lock:  # what was not written waits for the next flush
-                for lot_id, usd in pending.items():
-                    if lot_id not in written:
-                        self._pending[lot_id] = self._pending.get(lot_id, 0) + usd
 
     def refresh(self) -> None:
-        """Write pending draws, then re-read every lot (call from a thread: it queries the database)."""
-        self.flush()
+        """Re-read every lot and its capacity (call from a thread: it queries the database)."""
+        capacities = self.capacity()
         fresh: dict[int, LiveLot] = {}
         for lot in self.store.lots():
-            with self._lock:
-                unwritten = self._pending.get(lot.id, 0)
+            found = capacities.get(lot.id)
+            headroom = found.headroom if found is not None else 0  # no capacity row: not servable
             live = self._lots.get(lot.id)
             if live is None:
-                live = self._open(lot)
+                live = self._open(lot, headroom)
             else:
-                live.remaining_usd_micro = lot.remaining_usd_micro - unwritten
+                live.headroom_usd_micro = headroom
                 live.expires_at = lot.expires_at
                 live.chain_lot_id = lot.chain_lot_id
             fresh[lot.id] = live
@@ -98,7 +88,7 @@ class LotRegistry:
             group.sort(key=_order)
         self._lots, self._by = fresh, by
 
-    def _open(self, lot: Lot) -> LiveLot:
+    def _open(self, lot: Lot, headroom: int) -> LiveLot:
         return LiveLot(
             lot.id,
             lot.provider.lower(),
@@ -108,7 +98,7 @@ class LotRegistry:
             lot.rate_bps,
             lot.expires_at,
             lot.created_at,
-            lot.remaining_usd_micro,
+            headroom,
             self.keys.open(lot.sealed).decode(),
             lot.chain_lot_id,
         )
@@ -118,7 +108,12 @@ class LotRegistry:
         now = self.clock()
         return [lot for lot in self._by.get((provider.lower(), kind), ()) if lot.serves(now)]
 
-    def draw(self, lot: LiveLot, usd_micro: int) -> None:
-        lot.remaining_usd_micro -= usd_micro
-        with self._lock:
-            self._pending[lot.id] = self._pending.get(lot.id, 0) + usd_micro
+    def used(self, lot: LiveLot, usd_micro: int) -> None:
+        """This process settled `usd_micro` on the lot: lower its headroom hint until the next refresh."""
+        lot.headroom_usd_micro -= usd_micro
+
+    def full(self, lot_id: int, available: int) -> None:
+        """The ledger refused a hold on the lot: `available` is what it has left."""
+        live = self._lots.get(lot_id)
+        if live is not None:
+            live.headroom_usd_micro = min(live.headroom_usd_micro, available)

@@ -1,8 +1,17 @@
 """One /v1 request, end to end:
 
-    authenticate → check the body → price → pick lots → reserve an upper bound
-    → call upstream (failing over on 401/429/5xx/timeouts) → settle the metered cost
-    → draw the lot down; any failure before an answer releases the hold.
+    authenticate → check the body → price → pick lots → hold an upper bound: the
+    buyer's funds and the first lot's capacity, in one ledger transaction
+    → call upstream with that bound as its output limit (failing over on
+    401/429/5xx/timeouts, moving the capacity along) → settle the metered cost and the
+    lot's usage; any failure before an answer releases the hold.
+
+A hold is a true upper bound: its output limit is sent upstream, and a limit beyond what
+the balance, the spend cap or the lot covers is a 402 naming the largest that fits,
+never silently lowered. An answer cut short is charged its input (a lower bound counted
+from the prompt when the upstream reported nothing) and what was streamed. Holds of
+requests still in flight are extended while they run; expired holds (of a gateway that
+died) are swept by every running gateway (`maintain_holds`).
 
 Ledger calls are blocking SQL: they run on a few ledger threads (`ledger_threads`), one
 hop per phase. The chain is never called here: a payment in another provider's token
@@ -12,10 +21,11 @@ uses the Oracle TWAP cached by `twap` (read in the background).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -28,7 +38,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from promptex import metering
-from promptex.config import Settings
+from promptex.config import ConfigurationError, Settings
 from promptex.gateway import errors, fronts
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
 from promptex.gateway.charges import Charge, raw_headers
@@ -37,7 +47,8 @@ from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.overload import OverloadDetector, ShedLimits
-from promptex.gateway.requests import parse_body
+from promptex.gateway.requests import parse_body, prompt_floor
+from promptex.gateway.responses import RESPONSES
 from promptex.gateway.routing import LISTED, TOKENIZED, LiveLot, LotRegistry
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.gateway.twap import Twap, TwapCache
@@ -49,8 +60,13 @@ from promptex.ledger import (
     InsufficientFunds,
     Ledger,
     LedgerError,
+    LotCapacityExceeded,
+    LotClaim,
     NotAMember,
+    Refusal,
+    Reservation,
     SpendCapExceeded,
+    Sweeper,
     UsageRecord,
 )
 from promptex.metering import TokenUsage
@@ -59,20 +75,36 @@ from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL
 
 ASSET_HEADER = "x-promptex-asset"
+AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
+# The output limits a request may name (the first wins, as each API reads them).
+OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 # AccountInDebt is not retried on promotional credit: an account that owes is not served.
 REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember, AccountInDebt)
 JSON = "application/json"
 CACHE_CONTROL = b'"cache_control"'
 STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]
+log = logging.getLogger("promptex.gateway")
 
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
-class KeyBudgetExceeded(LedgerError):
+class KeyBudgetExceeded(Refusal):
     """The API key's own budget does not cover the hold."""
+
+
+def check_hold_lifetime(settings: Settings) -> None:
+    """A hold must outlive the upstream call it covers, or a slow answer would be metered
+    after its funds and capacity were given to others."""
+    margin = settings.gateway_hold_margin_seconds
+    needed = settings.gateway_upstream_connect_timeout_seconds + settings.gateway_upstream_timeout_seconds + margin
+    if margin < 0 or settings.gateway_hold_ttl_seconds < needed:
+        raise ConfigurationError(
+            f"PROMPTEX_GATEWAY_HOLD_TTL_SECONDS is {settings.gateway_hold_ttl_seconds}: a hold must live at least "
+            f"the upstream timeouts plus PROMPTEX_GATEWAY_HOLD_MARGIN_SECONDS ({needed:g} s); raise it or lower them"
+        )
 
 
 @dataclass
@@ -83,6 +115,15 @@ class Priced:
     lots: list[LiveLot]
     rates: dict[int, metering.Rates]  # per lot id
     hold: int
+    output: int = 0  # the output limit held for (and sent upstream); 0: embeddings
+    input_bound: int = 0  # the input tokens held for (an upper bound from the body's size)
+    prompt_floor: int = 0  # a lower bound of the input tokens (for an answer cut short)
+    capacity: int = 0  # the lot capacity held (USD micro at list price)
+    limit_param: str | None = None  # the output limit the client named, if any
+    cache_writes: bool = False  # it may write to a prompt cache (held at the write rate)
+    endpoint: str = ""
+    lot_id: int | None = None  # the lot whose capacity the hold has (set at reserve)
+    claims: list[LotClaim] = field(default_factory=list)
 
 
 class Gateway:
@@ -106,6 +147,8 @@ class Gateway:
         sqlite = ledger.engine.dialect.name == "sqlite"  # one writer at a time: one thread
         self.threads = LedgerThreads(1 if sqlite else settings.gateway_ledger_threads)
         self.inflight = 0
+        self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
+        self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
         self.overloaded = False  # set by `watch_load`
         self._keys: dict[str, tuple[ApiKey | None, float]] = {}
         self._treasury: int | None = None
@@ -220,32 +263,69 @@ class Gateway:
         free = [lot for lot in lots if lot.inflight < self.s.gateway_lot_max_inflight]
         if not free:
             raise errors.busy()
+        limit_param = next((name for name in OUTPUT_LIMITS if body.get(name) is not None), None)
         cap = self.s.gateway_max_output_tokens
-        output = 0 if endpoint == EMBEDDINGS else min(requested or self.s.gateway_default_max_tokens, cap)
+        if endpoint == EMBEDDINGS:
+            output = 0
+        elif requested is None:
+            output = min(self.s.gateway_default_max_tokens, cap)
+        elif requested > cap:
+            raise errors.bad_request(
+                f"'{limit_param}' is too large: {requested}. This gateway holds for at most {cap} output tokens.",
+                param=limit_param,
+                code="max_tokens_too_large",
+            )
+        else:
+            output = requested
         rates = {lot.id: self._rates(model, asset, lot.rate_bps, twap) for lot in free}
         hold = max(metering.upper_bound(r, input_estimate, output, cache_writes=cache_writes) for r in rates.values())
-        return Priced(price, asset, kind, free, rates, max(hold, 1)), output
+        bound = max(1, metering.upper_bound(self._list_rates(model), input_estimate, output, cache_writes=cache_writes))
+        priced = Priced(
+            price,
+            asset,
+            kind,
+            free,
+            rates,
+            max(hold, 1),
+            output=output,
+            input_bound=input_estimate,
+            prompt_floor=prompt_floor(endpoint, body),
+            capacity=bound,
+            limit_param=limit_param,
+            cache_writes=cache_writes,
+            endpoint=endpoint,
+            claims=[LotClaim(lot.id, bound) for lot in free],
+        )
+        return priced, output
 
     # ─── Money ───────────────────────────────────────────────────────────────
 
-    def _reserve(self, key: ApiKey, asset: str, amount: int, request_id: str) -> Hold:
-        """Hold `amount`: from the key's org, else the account's own balance, else its
-        promotional credit; and from the key's own budget, if it has one."""
+    def _reserve(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
+        """Hold the upper bound and the lot capacity: from the key's org, else the account's
+        own balance, else its promotional credit; and from the key's own budget, if it has one."""
+        asset, amount = priced.asset, priced.hold
         if key.budget_asset is not None:
             if key.budget_asset != asset:
-                raise KeyBudgetExceeded(f"this API key may only spend {key.budget_asset}")
+                raise KeyBudgetExceeded(f"this API key may only spend {key.budget_asset}", available=0)
             if not self.store.take_key_budget(key.id, amount):
-                raise KeyBudgetExceeded("this API key's budget is spent")
+                left = self.store.key_by_id(key.id)
+                raise KeyBudgetExceeded(
+                    "this API key's budget is spent", available=left.budget_remaining if left else 0
+                )
+        holds = self.ledger.holds
+        ttl = self.s.gateway_hold_ttl_seconds
+        mine = Reservation(request_id, key.account, asset, amount, ttl, payer=key.payer, lots=priced.claims)
         try:
-            ttl = self.s.gateway_hold_ttl_seconds
             if key.payer is not None:
-                return self.ledger.reserve(key.account, asset, amount, request_id, ttl, payer=key.payer)
+                return holds.reserve(mine)
             try:
-                return self.ledger.reserve(key.account, asset, amount, request_id, ttl)
+                return holds.reserve(mine)
             except (InsufficientFunds, SpendCapExceeded) as own:
                 try:
-                    return self.ledger.reserve(key.account, asset, amount, request_id, ttl, payer=self.treasury())
-                except REFUSALS:
+                    return holds.reserve(dataclasses.replace(mine, payer=self.treasury()))
+                except REFUSALS as other:
+                    if isinstance(other, Refusal) and (other.available or 0) > (own.available or 0):
+                        own.available = other.available  # the most either could pay
                     raise own from None
         except BaseException:
             if key.budget_asset is not None:
@@ -253,29 +333,80 @@ class Gateway:
             raise
 
     def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord) -> Hold:
-        hold = self.ledger.settle(request_id, cost, record=record)
+        self.holding.pop(request_id, None)
+        hold = self.ledger.holds.settle(request_id, cost, record=record)
         if key.budget_asset is not None:
-            self.store.return_key_budget(key.id, hold.amount - (hold.charged or 0))
+            self.store.return_key_budget(key.id, max(0, hold.amount - (hold.charged or 0)))
         return hold
 
     def _release(self, key: ApiKey, request_id: str, amount: int) -> None:
-        self.ledger.release(request_id)
+        self.holding.pop(request_id, None)
+        self.ledger.holds.release(request_id)
         if key.budget_asset is not None:
             self.store.return_key_budget(key.id, amount)
 
-    async def reserve(self, key: ApiKey, priced: Priced, request_id: str) -> None:
+    async def reserve(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
         try:
-            await self._thread(self._reserve, key, priced.asset, priced.hold, request_id)
+            hold: Hold = await self._thread(self._reserve, key, priced, request_id)
+        except LotCapacityExceeded as exc:
+            for claim in priced.claims:
+                self.registry.full(claim.lot_id, exc.available or 0)
+            raise self._refused(priced, exc) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
-            raise errors.insufficient_balance(
-                f"Your balance cannot cover this request's upper bound of {priced.hold} {priced.asset} "
-                f"(smallest units): {exc}"
-            ) from None
+            raise self._refused(priced, exc) from None
+        priced.lot_id = hold.lot_id
+        self.holding[request_id] = hold.expires_at
+        return hold
+
+    def _refused(self, priced: Priced, exc: LedgerError) -> GatewayError:
+        """The 402 (or 503: no lot has room even for the input) that says what would fit:
+        the largest output limit the balance, cap, budget or lot covers, never lowered silently."""
+        if isinstance(exc, AccountInDebt):
+            return errors.insufficient_balance(f"Your account is not served in {priced.asset} until it repays: {exc}")
+        available = exc.available if isinstance(exc, Refusal) else None
+        if isinstance(exc, LotCapacityExceeded):
+            p = priced.price
+            most = metering.largest_output(
+                self._list_rates(p.model), priced.input_bound, available or 0, priced.output,
+                cache_writes=priced.cache_writes,
+            )  # fmt: skip
+            if most < 1 and priced.output:
+                return errors.no_capacity(p.model, priced.asset)
+            what = "the capacity its lots have left"
+        else:
+            most = min(
+                metering.largest_output(
+                    rates, priced.input_bound, available or 0, priced.output, cache_writes=priced.cache_writes
+                )
+                for rates in priced.rates.values()
+            ) if available is not None else -1  # fmt: skip
+            what = "your balance"
+        param = priced.limit_param or ("max_output_tokens" if priced.endpoint == RESPONSES else "max_tokens")
+        if not priced.output or most < 1:
+            message = (
+                f"This request's upper bound of {priced.hold} {priced.asset} (smallest units) is more than {what} "
+                f"covers, even for its input: {exc}"
+            )
+            return errors.insufficient_balance(message)
+        if priced.limit_param is None:
+            message = (
+                f"Without '{param}' this request holds for {priced.output} output tokens, more than {what} covers "
+                f"({exc}); set '{param}' to at most {most}."
+            )
+        else:
+            message = (
+                f"'{param}' is {priced.output}, more than {what} covers ({exc}): the largest '{param}' it covers "
+                f"is {most}."
+            )
+        refusal = errors.insufficient_balance(message)
+        refusal.param = param
+        refusal.headers[AFFORDABLE_HEADER] = str(most)
+        return refusal
 
     async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> Charge:
         """Settle the hold at the metered cost; the usage record (which lot served, at what
-        list value, with its cached and reasoning tokens) is written in the same ledger
-        transaction, for the coordinator."""
+        list value: the lot's usage, with its cached and reasoning tokens) is written in the
+        same ledger transaction, for the coordinator."""
         cost = metering.usage_cost(priced.rates[lot.id], usage)
         p = priced.price
         usd = metering.usage_cost(self._list_rates(p.model), usage)
@@ -294,7 +425,7 @@ class Gateway:
             reasoning_tokens=usage.reasoning_tokens,
         )
         hold: Hold = await self._thread(self._settle, key, request_id, cost, record)
-        self.registry.draw(lot, usd)
+        self.registry.used(lot, usd)
         return self.charge(request_id, priced.asset, cost if hold.charged is None else hold.charged, lot)
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
@@ -369,13 +500,35 @@ class Gateway:
         able = [lot for lot in priced.lots if refusals[lot.api] is None]
         if not able:
             raise next(exc for exc in refusals.values() if exc is not None)
-        return dataclasses.replace(priced, lots=able)
+        ids = {lot.id for lot in able}
+        claims = [claim for claim in priced.claims if claim.lot_id in ids]
+        return dataclasses.replace(priced, lots=able, claims=claims)
+
+    def _in_order(self, priced: Priced) -> list[LiveLot]:
+        """The lots to try: the one whose capacity the hold has first, then those after it
+        (the ones before it had no room when the hold was made)."""
+        ids = [lot.id for lot in priced.lots]
+        start = ids.index(priced.lot_id) if priced.lot_id in ids else 0
+        return priced.lots[start:]
+
+    async def _holds_capacity(self, priced: Priced, request_id: str, lot: LiveLot) -> bool:
+        """Move the hold's capacity to `lot` before failing over to it; False if it has no room."""
+        if priced.lot_id == lot.id:
+            return True
+        moved = await self._thread(self.ledger.holds.move, request_id, LotClaim(lot.id, priced.capacity))
+        if moved is None:
+            return False
+        priced.lot_id = lot.id
+        return True
 
     async def _once(
         self, endpoint: str, key: ApiKey, priced: Priced, body: dict[str, Any], request_id: str, output: int
     ) -> Response:
         failures: list[str] = []
-        for lot in priced.lots:
+        for lot in self._in_order(priced):
+            if not await self._holds_capacity(priced, request_id, lot):
+                failures.append("capacity")
+                continue
             adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
@@ -413,7 +566,10 @@ class Gateway:
     ) -> Response | MeteredStream:
         failures: list[str] = []
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        for lot in priced.lots:
+        for lot in self._in_order(priced):
+            if not await self._holds_capacity(priced, request_id, lot):
+                failures.append("capacity")
+                continue
             adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
@@ -440,13 +596,15 @@ class Gateway:
                     lot.inflight -= 1
         raise _all_failed(failures)
 
-    async def stream_done(self, stream: MeteredStream) -> Charge | None:
-        """Meter a stream that ended, completed or not. A client that left still pays for
-        the input and the output produced (the upstream was drained), never more; an upstream
-        that broke off is charged for what it reported and streamed."""
+    async def stream_done(self, stream: MeteredStream) -> Charge:
+        """Meter a stream that ended, completed or not. A stream cut short (the upstream
+        broke off, or the client left and the upstream call was dropped) is charged its
+        input — as the upstream reported it, else a lower bound counted from the prompt —
+        and the output streamed so far (what the upstream reported, or at least one token
+        per content chunk), never more than its hold."""
         tr = stream.translator
         try:
-            stream.upstream.close(grace=STREAM_END_GRACE_SECONDS)
+            stream.upstream.close(grace=STREAM_END_GRACE_SECONDS if tr.finished else 0)
         finally:
             stream.lot.inflight -= 1
         usage = tr.usage
@@ -454,11 +612,40 @@ class Gateway:
             # Cut short: the input as reported (with its cached parts) and the output
             # reported or streamed, whichever is more.
             out = max(usage.output_tokens if usage is not None else 0, tr.produced)
-            usage = dataclasses.replace(usage, output_tokens=out) if usage is not None else TokenUsage(0, out)
-        if usage.input_tokens == 0 and usage.output_tokens == 0:
-            await self.release(stream.key, stream.priced, stream.request_id)
-            return None
+            if usage is None:
+                usage = TokenUsage(stream.priced.prompt_floor, out)
+            else:
+                usage = dataclasses.replace(
+                    usage, input_tokens=usage.input_tokens or stream.priced.prompt_floor, output_tokens=out
+                )
         return await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
+
+    # ─── Holds in flight, and the sweeper ────────────────────────────────────
+
+    def maintain_holds(self) -> int:
+        """Extend the holds of requests still in flight that would expire before the next
+        pass, then sweep every expired hold (any process's: a gateway that died leaves
+        its holds to the others, or to itself once restarted) and trim capacity leases.
+        Blocking: run on a ledger thread. Returns how many holds were swept."""
+        ttl = self.s.gateway_hold_ttl_seconds
+        now = self.ledger.clock()
+        soon = now + 2 * self.s.gateway_sweep_seconds + self.s.gateway_hold_margin_seconds
+        due = [rid for rid, expires in list(self.holding.items()) if expires <= soon]
+        if due:
+            self.ledger.holds.extend(due, ttl)
+            for rid in due:
+                if rid in self.holding:
+                    self.holding[rid] = now + ttl
+        return self.sweeper.run_once()
+
+    async def keep_holds(self) -> None:
+        """`maintain_holds` every `gateway_sweep_seconds`, for as long as the gateway serves."""
+        while True:
+            try:
+                await self._thread(self.maintain_holds)
+            except Exception as exc:  # a database hiccup: the next pass catches up
+                log.warning("sweeping holds failed: %s", type(exc).__name__)
+            await anyio.sleep(self.s.gateway_sweep_seconds)
 
     async def watch_load(self, backlog: Callable[[], int] | None = None, interval: float = 0.01) -> None:
         """Every `interval`, sample the event loop's lateness, the accept queue (`backlog`,
@@ -572,7 +759,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 class MeteredStream:
     """An SSE response fed from an upstream stream, metered when it ends — also when the
-    client disconnects first (the disconnect is watched; the upstream is then drained)."""
+    client disconnects first (the disconnect is watched; the upstream call is then dropped)."""
 
     def __init__(
         self,
@@ -607,27 +794,29 @@ class MeteredStream:
         metered = False
         try:
             async with anyio.create_task_group() as tg:
+                reading = anyio.CancelScope()
 
                 async def watch() -> None:
                     while True:
                         message = await receive()
                         if message["type"] == "http.disconnect":
+                            # Stop the upstream call: what it would still produce nobody
+                            # receives, and it is not charged.
                             self.disconnected = True
+                            reading.cancel()
                             return
 
                 tg.start_soon(watch)
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
-                try:
-                    # After a disconnect the upstream is still read to its end (drained),
-                    # so its usage numbers are exact; nothing more is sent.
-                    async for line in self.upstream.lines():
-                        for chunk in self.translator.feed(line):
-                            if not self.disconnected:
+                with reading:
+                    try:
+                        async for line in self.upstream.lines():
+                            for chunk in self.translator.feed(line):
                                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        if self.translator.finished:
-                            break
-                except UpstreamError:
-                    self.broken = True
+                            if self.translator.finished:
+                                break
+                    except UpstreamError:
+                        self.broken = True
                 # Metered before the stream ends: its last event carries the exact charge,
                 # and a client that saw the end sees the charge in its balance.
                 with anyio.CancelScope(shield=True):

@@ -1,6 +1,8 @@
 """The gateway's store, beside the ledger in the same database: API keys (hashed), seller
 lots with their sealed upstream secrets (tables in `gateway.schema`, made by the
-migrations). Usage records live in the ledger (written with each settlement); version 1's
+migrations). A lot's capacity is the ledger's (`lot_capacity`), opened with the lot;
+`remaining_usd_micro` is what was recorded at creation and is no longer drawn down.
+Usage records live in the ledger (written with each settlement); version 1's
 `gateway_usage` table, if present, is left alone.
 """
 
@@ -13,6 +15,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 
 from promptex.gateway.schema import api_keys, lots
 from promptex.ledger.amounts import Amount, add, ge, sub
+from promptex.ledger.holds.capacity import open_lot, set_chain_lot_id
 from promptex.sealing.envelope import MasterKeys, Sealed
 
 
@@ -67,11 +70,6 @@ _RETURN_BUDGET = (
     update(api_keys)
     .where(api_keys.c.id == bindparam("p_id"))
     .values(budget_remaining=add(api_keys.c.budget_remaining, _AMOUNT))
-)
-_DRAW_LOT = (
-    update(lots)
-    .where(lots.c.id == bindparam("p_id"))
-    .values(remaining_usd_micro=lots.c.remaining_usd_micro - bindparam("p_usd"))
 )
 
 
@@ -136,6 +134,8 @@ class GatewayStore:
     # ─── Lots ────────────────────────────────────────────────────────────────
 
     def add_lot(self, values: dict[str, Any], sealed: Sealed) -> int:
+        """Record a lot and, in the same transaction, its capacity in the ledger (its face
+        value: what the chain will say at open)."""
         row = {
             **values,
             "secret_ciphertext": sealed.ciphertext,
@@ -145,33 +145,38 @@ class GatewayStore:
             "key_id": sealed.key_id,
         }
         with self.engine.begin() as conn:
-            return int(conn.execute(insert(lots).values(row).returning(lots.c.id)).scalar_one())
+            lot_id = int(conn.execute(insert(lots).values(row).returning(lots.c.id)).scalar_one())
+            open_lot(
+                conn, lot_id, int(values["face_value_usd_micro"]), now=int(values["created_at"]),
+                chain_lot_id=values.get("chain_lot_id"),
+            )  # fmt: skip
+            return lot_id
 
     def lots(self) -> list[Lot]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(lots).order_by(lots.c.id)).all()
         return [_lot(row._mapping) for row in rows]
 
-    def draw_lot(self, lot_id: int, usd_micro: int) -> None:
-        if usd_micro > 0:
-            self._write(_DRAW_LOT, {"p_id": lot_id, "p_usd": usd_micro})
-
     def set_attestation(
         self, lot_id: int, attestation: str, tx: str | None = None, *, chain_lot_id: int | None = None
     ) -> None:
         """Record the lot's attestation and, once it is opened on chain, the transaction and
         the CreditEscrow lot id (what usage records name, so the coordinator can settle them)."""
-        self._write(
-            update(lots)
-            .where(lots.c.id == bindparam("p_id"))
-            .values(attestation=attestation, chain_lot_tx=tx, chain_lot_id=chain_lot_id),
-            {"p_id": lot_id},
-        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(lots)
+                .where(lots.c.id == bindparam("p_id"))
+                .values(attestation=attestation, chain_lot_tx=tx, chain_lot_id=chain_lot_id),
+                {"p_id": lot_id},
+            )
+            set_chain_lot_id(conn, lot_id, chain_lot_id)
 
     def set_chain_lot_id(self, lot_id: int, chain_lot_id: int) -> None:
-        self._write(
-            update(lots).where(lots.c.id == bindparam("p_id")).values(chain_lot_id=chain_lot_id), {"p_id": lot_id}
-        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(lots).where(lots.c.id == bindparam("p_id")).values(chain_lot_id=chain_lot_id), {"p_id": lot_id}
+            )
+            set_chain_lot_id(conn, lot_id, chain_lot_id)
 
     def rewrap_secrets(self, keys: MasterKeys) -> int:
         """Re-wrap every lot's data key with the current master key; returns how many changed."""

@@ -4,6 +4,9 @@ requests, wallet binding, org budgets and promotional credit, on SQLite or Postg
     ledger = Ledger.open("sqlite:///ledger.sqlite3")   # or postgresql://…
     hold = ledger.reserve(account, "CLD", amount, request_id, ttl=120)
     ledger.settle(request_id, metered_cost)             # or ledger.release(request_id)
+
+The gateway holds through `ledger.holds` (`promptex.ledger.holds`): funds and the serving
+lot's capacity in one transaction.
 """
 
 from promptex.ledger.binding import BindingMessage
@@ -21,14 +24,17 @@ from promptex.ledger.errors import (
     InvalidSignature,
     LedgerError,
     LedgerInconsistent,
+    LotCapacityExceeded,
     NonceReplayed,
     NotAMember,
+    Refusal,
     SpendCapExceeded,
     UnknownAccount,
     UnknownNonce,
     WalletAlreadyBound,
     WrongChain,
 )
+from promptex.ledger.holds import Extra, ExtraTake, Holds, LotClaim, Reservation
 from promptex.ledger.models import (
     Account,
     AccountKind,
@@ -39,6 +45,7 @@ from promptex.ledger.models import (
     ExitStatus,
     Hold,
     HoldStatus,
+    LotCapacity,
 )
 from promptex.ledger.sweeper import Sweeper
 from promptex.ledger.usage import StoredUsage, UsageRecord
@@ -58,17 +65,25 @@ __all__ = [
     "ExitLock",
     "ExitStatus",
     "ExpiredMessage",
+    "Extra",
+    "ExtraTake",
     "Hold",
     "HoldConflict",
     "HoldNotFound",
     "HoldStatus",
+    "Holds",
     "InsufficientFunds",
     "InvalidSignature",
     "Ledger",
     "LedgerError",
     "LedgerInconsistent",
+    "LotCapacity",
+    "LotCapacityExceeded",
+    "LotClaim",
     "NonceReplayed",
     "NotAMember",
+    "Refusal",
+    "Reservation",
     "SpendCapExceeded",
     "StoredUsage",
     "Sweeper",

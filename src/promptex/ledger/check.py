@@ -9,6 +9,9 @@
 6. What the "debts" system account lent, less what was repaid, is what open debts say
    is outstanding, per asset; no debt is repaid beyond its amount; and an account that
    owes an asset holds none of it (every credit repays first).
+7. A lot's `reserved` equals its active holds' capacity reserved on its row plus its
+   leases' amounts; a lease's `reserved` equals its active holds' capacity, and its
+   reserved plus used never exceed its amount.
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from promptex.ledger.models import ExitStatus, HoldStatus
-from promptex.ledger.schema import accounts, balances, budgets, debts, exits, holds, journal_lines, releases
+from promptex.ledger.schema import (
+    accounts,
+    balances,
+    budgets,
+    capacity_leases,
+    debts,
+    exits,
+    holds,
+    journal_lines,
+    lot_capacity,
+    releases,
+)
 
 Key = tuple[int, str]
 
@@ -123,4 +137,34 @@ def _balances_and_journal(conn: Connection, system: Container[int]) -> list[str]
             problems.append(
                 f"budget of {row.member_id} at {row.org_id} {row.asset}: held {row.held}, active holds {expected}"
             )
+    return problems + _capacity_problems(conn)
+
+
+def _capacity_problems(conn: Connection) -> list[str]:
+    problems: list[str] = []
+    on_lot: defaultdict[int, int] = defaultdict(int)
+    on_lease: defaultdict[int, int] = defaultdict(int)
+    reserving: Sequence[Any] = conn.execute(
+        select(holds.c.lot_id, holds.c.lease_id, holds.c.lot_amount).where(
+            holds.c.status == HoldStatus.ACTIVE.value, holds.c.lot_id.is_not(None)
+        )
+    ).all()
+    for lot, lease, amount in reserving:
+        if lease is None:
+            on_lot[lot] += int(amount or 0)
+        else:
+            on_lease[lease] += int(amount or 0)
+    for lease in conn.execute(select(capacity_leases)):
+        on_lot[lease.lot_id] += lease.amount
+        expected = on_lease.pop(lease.id, 0)
+        if lease.reserved != expected or min(lease.reserved, lease.used) < 0:
+            problems.append(f"lease {lease.id} of lot {lease.lot_id}: reserved {lease.reserved}, its holds {expected}")
+        if lease.reserved + lease.used > lease.amount:
+            problems.append(f"lease {lease.id} of lot {lease.lot_id}: uses more than its {lease.amount}")
+    problems += [f"lease {lease}: {amount} reserved by holds, but no such lease" for lease, amount in on_lease.items()]
+    for lot in conn.execute(select(lot_capacity)):
+        expected = on_lot.pop(lot.lot_id, 0)
+        if lot.reserved != expected or min(lot.reserved, lot.used) < 0:
+            problems.append(f"lot {lot.lot_id}: reserved {lot.reserved}, its holds and leases {expected}")
+    problems += [f"lot {lot}: {amount} reserved, but no capacity row" for lot, amount in on_lot.items() if amount]
     return problems

@@ -1,9 +1,10 @@
 """The `Ledger`: every operation in its own transaction, on SQLite or PostgreSQL.
 
-The ledger knows neither HTTP nor the chain. The gateway calls `reserve`, `settle` and
-`release`; the indexer reports chain facts (`credit_deposit`, `lock_for_exit`,
-`cancel_exit`, `complete_exit`, `credit_sale`, `record_shortfall`, `unwind_chain_fact`, or
-a whole batch at once with `apply_chain_facts`) and the coordinator updates spend caps (`set_spend_cap`).
+The ledger knows neither HTTP nor the chain. The gateway calls `holds` (`reserve`,
+`settle`, `release`: funds and lot capacity together); the indexer reports chain facts
+(`credit_deposit`, `lock_for_exit`, `cancel_exit`, `complete_exit`, `credit_sale`,
+`record_shortfall`, `unwind_chain_fact`, or a whole batch at once with `apply_chain_facts`)
+and the coordinator updates spend caps (`set_spend_cap`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from promptex.ledger import accounts as _accounts
 from promptex.ledger import chain_facts as _chain
 from promptex.ledger import debts as _debts
-from promptex.ledger import holds as _holds
 from promptex.ledger import identity as _identity
 from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
 from promptex.ledger.db import READ_ONLY, create_ledger_engine, upgrade
-from promptex.ledger.errors import LedgerError, LedgerInconsistent, UnknownAccount
-from promptex.ledger.models import Account, AccountKind, Balance, Budget, Deposit, ExitLock, Hold
+from promptex.ledger.errors import LedgerInconsistent, UnknownAccount
+from promptex.ledger.holds import capacity as _capacity
+from promptex.ledger.holds import general as _general
+from promptex.ledger.holds.api import Reservation
+from promptex.ledger.holds.book import GeneralHolds, LedgerAccess
+from promptex.ledger.holds.capacity import LotClaim
+from promptex.ledger.holds.postgres import PostgresHolds
+from promptex.ledger.holds.sqlite import SqliteHolds
+from promptex.ledger.models import Account, AccountKind, Balance, Budget, Deposit, ExitLock, Hold, LotCapacity
 from promptex.ledger.schema import SYSTEM_ACCOUNTS, accounts, journal_lines
 from promptex.protocol.identity import ChainIdentity
 
@@ -40,6 +47,9 @@ T = TypeVar("T")
 RETRIES = 3
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # PostgreSQL: deadlock detected, serialization failure
 DEFAULT_TREASURY = "promotions"
+# USD micro at list price a PostgreSQL gateway process leases of a lot at a time (see
+# `holds.capacity`): large enough that most holds take from their process's own lease.
+DEFAULT_CAPACITY_SLICE = 5_000_000
 
 
 def _wall_clock() -> int:
@@ -47,7 +57,15 @@ def _wall_clock() -> int:
 
 
 class Ledger:
-    def __init__(self, engine: Engine, *, chain_id: int = 31337, binding_ttl: int = 600, clock: Clock | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        chain_id: int = 31337,
+        binding_ttl: int = 600,
+        clock: Clock | None = None,
+        capacity_slice: int = DEFAULT_CAPACITY_SLICE,
+    ):
         self.engine = engine
         self.chain_id = chain_id
         self.binding_ttl = binding_ttl
@@ -67,10 +85,13 @@ class Ledger:
             raise RuntimeError(f"ledger schema lacks system accounts {missing}: run the migrations")
         self._vault, self._usage = ids["vault"], ids["usage"]
         self._system = frozenset(ids.values())
-        self._pg: _holds.PgOneStatement | None = None
+        access = LedgerAccess(self._write, self._read, lambda: self.clock(), self._usage, self._system)
+        self.holds: GeneralHolds
         if engine.dialect.name == "postgresql":
             url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._pg = _holds.PgOneStatement(url)
+            self.holds = PostgresHolds(access, url, slice_size=capacity_slice)
+        else:
+            self.holds = SqliteHolds(access)
 
     @classmethod
     def open(
@@ -84,6 +105,7 @@ class Ledger:
         chain_id: int = 31337,
         binding_ttl: int = 600,
         clock: Clock | None = None,
+        capacity_slice: int = DEFAULT_CAPACITY_SLICE,
     ) -> Ledger:
         """Connect to the ledger at `url`, bringing its schema up to date unless `migrate` is False."""
         engine = create_ledger_engine(
@@ -91,7 +113,7 @@ class Ledger:
         )
         if migrate:
             upgrade(engine)
-        return cls(engine, chain_id=chain_id, binding_ttl=binding_ttl, clock=clock)
+        return cls(engine, chain_id=chain_id, binding_ttl=binding_ttl, clock=clock, capacity_slice=capacity_slice)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, clock: Clock | None = None) -> Ledger:
@@ -106,11 +128,11 @@ class Ledger:
             chain_id=s.wallet_binding_chain_id,
             binding_ttl=s.wallet_binding_ttl_seconds,
             clock=clock,
+            capacity_slice=s.ledger_capacity_slice_usd_micro,
         )
 
     def close(self) -> None:
-        if self._pg is not None:
-            self._pg.close()
+        self.holds.close()
         self.engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -223,47 +245,30 @@ class Ledger:
             return _wallets.addresses_of(conn, account)
 
     # ─── Holds ───────────────────────────────────────────────────────────────
+    #
+    # The gateway calls `self.holds` (the `Holds` interface: funds, lot capacity and
+    # extras in one transaction); these methods are the same operations by argument.
 
     def reserve(
-        self, account: int, asset: str, amount: int, request_id: str, ttl: int, *, payer: int | None = None
+        self,
+        account: int,
+        asset: str,
+        amount: int,
+        request_id: str,
+        ttl: int,
+        *,
+        payer: int | None = None,
+        lots: Sequence[LotClaim] = (),
     ) -> Hold:
         """Hold `amount` for a request, atomically; the same `request_id` again returns the same hold.
 
         `payer` is whose balance pays: the account itself (default), an org it belongs to,
-        or a treasury that granted it promotional credit. Raises InsufficientFunds,
-        SpendCapExceeded, BudgetExceeded or NotAMember, leaving nothing behind.
+        or a treasury that granted it promotional credit. `lots`: capacity to reserve with
+        it (see `Reservation`). Raises InsufficientFunds, SpendCapExceeded, BudgetExceeded,
+        LotCapacityExceeded or NotAMember, leaving nothing behind.
         """
-        payer_id = account if payer is None else payer
-        if self._pg is not None:
-            try:
-                hold = self._pg.reserve(
-                    account=account,
-                    payer=payer_id,
-                    asset=asset,
-                    amount=amount,
-                    request_id=request_id,
-                    ttl=ttl,
-                    now=self.clock(),
-                )
-            except Exception:  # the connection's state is unknown: drop it; the general path decides
-                self._pg.drop()
-                hold = None
-            if hold is not None:
-                return hold
-        reserve = _holds.reserve if self._pg is not None else _holds.reserve_fast
         try:
-            return self._write(
-                lambda conn: reserve(
-                    conn,
-                    account=account,
-                    payer=payer_id,
-                    asset=asset,
-                    amount=amount,
-                    request_id=request_id,
-                    ttl=ttl,
-                    now=self.clock(),
-                )
-            )
+            return self.holds.reserve(Reservation(request_id, account, asset, amount, ttl, payer=payer, lots=lots))
         except IntegrityError:  # the hold's foreign keys: no such account or payer
             raise UnknownAccount(f"no account {account} or payer {payer}") from None
 
@@ -272,35 +277,7 @@ class Ledger:
 
         With `record`, the request's usage record is written in the same transaction, so
         the coordinator sees every settled charge (idempotent too)."""
-
-        if record is not None:
-            _records.check_record(record)
-
-        if self._pg is not None:
-            values = None if record is None else _records.record_values(record)
-            try:
-                hold = self._pg.settle(request_id, actual_cost, now=self.clock(), usage=self._usage, record=values)
-            except LedgerError:
-                raise
-            except Exception:  # the connection's state is unknown: drop it; the general path decides
-                self._pg.drop()
-                hold = None
-            if hold is not None:
-                return hold
-
-        def settle(conn: Connection, fast: bool = True) -> Hold:
-            now = self.clock()
-            row = None if record is None else (lambda hold: _records.usage_row(hold, record, now))
-            run = _holds.settle_fast if fast else _holds._settle_general
-            return run(conn, request_id, actual_cost, now=now, usage=self._usage, system=self._system, record=row)
-
-        try:
-            return self._write(settle)
-        except IntegrityError:
-            # The fast path took a balance, cap or budget below zero (a CHECK refused it and
-            # the transaction rolled back): a chain fact emptied it while the request ran.
-            # The general path charges it anyway, the missing part as a debt.
-            return self._write(lambda conn: settle(conn, fast=False))
+        return self.holds.settle(request_id, actual_cost, record=record)
 
     def usage_record(self, request_id: str) -> _records.StoredUsage | None:
         """The usage record of a settled request, with its settlement state."""
@@ -315,15 +292,39 @@ class Ledger:
 
     def release(self, request_id: str) -> Hold:
         """Drop the hold without a charge (idempotent)."""
-        return self._write(lambda conn: _holds.release(conn, request_id, now=self.clock()))
+        return self.holds.release(request_id)
 
     def hold(self, request_id: str) -> Hold | None:
         with self._read() as conn:
-            return _holds.get_hold(conn, request_id)
+            return _general.get_hold(conn, request_id)
 
     def sweep_expired(self, limit: int = 1_000) -> int:
         """End up to `limit` holds past their expiry (status "expired"); returns how many."""
-        return self._write(lambda conn: _holds.expire(conn, self.clock(), limit))
+        return self.holds.sweep(limit)
+
+    # ─── Lot capacity ────────────────────────────────────────────────────────
+
+    def open_lot_capacity(
+        self, conn: Connection, lot_id: int, capacity: int, *, chain_lot_id: int | None = None
+    ) -> None:
+        """A new lot's capacity (its face value, USD micro at list price), written in the
+        caller's transaction `conn` (the one that records the lot)."""
+        _capacity.open_lot(conn, lot_id, capacity, now=self.clock(), chain_lot_id=chain_lot_id)
+
+    def set_lot_chain_view(
+        self, lot_id: int, *, remaining: int, consumed: int, chain_lot_id: int | None = None
+    ) -> None:
+        """What the chain says of a lot (USD micro at list price): `remaining` capacity and
+        `consumed` so far; 0 remaining once closed, expired or slashed."""
+        self._write(
+            lambda conn: _capacity.set_chain_view(
+                conn, lot_id, remaining=remaining, consumed=consumed, now=self.clock(), chain_lot_id=chain_lot_id
+            )
+        )
+
+    def lot_capacities(self, lot_ids: Sequence[int] | None = None) -> dict[int, LotCapacity]:
+        with self._read() as conn:
+            return _capacity.capacities(conn, lot_ids)
 
     # ─── Chain facts (from the indexer) ──────────────────────────────────────
 

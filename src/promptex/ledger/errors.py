@@ -11,11 +11,20 @@ class UnknownAccount(LedgerError):
     pass
 
 
-class InsufficientFunds(LedgerError):
+class Refusal(LedgerError):
+    """A hold refused for want of something; `available` is how much of it there was
+    (what a smaller request could still have: the gateway names it), None if unknown."""
+
+    def __init__(self, message: str, *, available: int | None = None) -> None:
+        super().__init__(message)
+        self.available = available
+
+
+class InsufficientFunds(Refusal):
     """The payer's spendable balance (posted − held − locked) is below the amount."""
 
 
-class SpendCapExceeded(LedgerError):
+class SpendCapExceeded(Refusal):
     """The payer's remaining signed spend cap, less what is held, is below the amount."""
 
 
@@ -25,8 +34,13 @@ class AccountInDebt(LedgerError):
     pay for an account that owes."""
 
 
-class BudgetExceeded(LedgerError):
+class BudgetExceeded(Refusal):
     """A member's budget at an org (or a promotional grant) does not cover the amount."""
+
+
+class LotCapacityExceeded(Refusal):
+    """No lot the request may use has the capacity its hold needs (`available`: the most
+    any of them has left, in USD micro at list price)."""
 
 
 class NotAMember(LedgerError):

@@ -78,11 +78,35 @@ class Hold:
     expires_at: int
     cost: int | None = None  # the metered cost given to settle
     charged: int | None = None  # what was debited (cost, or the hold when the overage was not covered)
+    lot_id: int | None = None  # the lot whose capacity the hold reserved
+    lot_amount: int = 0  # that capacity, in USD micro at list price
 
     @property
     def shortfall(self) -> int:
         """Metered cost that could not be charged."""
         return 0 if self.cost is None or self.charged is None else self.cost - self.charged
+
+
+@dataclass(frozen=True)
+class LotCapacity:
+    """A lot's capacity in USD micro at list price (see `ledger.schema.lot_capacity`)."""
+
+    lot_id: int
+    chain_lot_id: int | None
+    chain_remaining: int  # what the chain says the lot can still serve
+    chain_consumed: int  # what the chain has consumed of it
+    used: int  # settled usage against it (the chain consumes it later)
+    reserved: int  # held by active holds or leased to gateway processes
+
+    @property
+    def unsettled(self) -> int:
+        """Usage the chain has not consumed yet."""
+        return max(0, self.used - self.chain_consumed)
+
+    @property
+    def headroom(self) -> int:
+        """What one more hold may still reserve (never below zero)."""
+        return max(0, self.chain_remaining - self.unsettled - self.reserved)
 
 
 @dataclass(frozen=True)

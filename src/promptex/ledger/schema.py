@@ -2,8 +2,8 @@
 accounts, balances, org members and budgets, promotional grants, holds, the journal,
 wallets and their binding challenges, deposits, exits, the spend caps the chain set,
 usage records (written with each settlement), instant-exit releases (each locks a
-balance), debts, and the chain identity every store follows. Only `promptex.ledger`
-reads or writes them; other packages call its API.
+balance), debts, the chain identity every store follows, and seller lots' capacity and
+its leases. Only `promptex.ledger` reads or writes them; other packages call its API.
 
 Amounts are `Amount` (exact ints of any size), times are unix seconds. No balance or
 budget is ever negative: CHECK constraints say so on both databases (migration 0008),
@@ -99,6 +99,12 @@ holds = Table(
     Column("closed_at", BigInteger, nullable=True),
     Column("cost", Amount, nullable=True),
     Column("charged", Amount, nullable=True),
+    # The lot capacity reserved with the hold (USD micro at list price), and the lease it
+    # came from on PostgreSQL (none on SQLite: the lot's row itself); see `holds.capacity`.
+    Column("lot_id", Integer, nullable=True),
+    Column("lot_amount", BigInteger, nullable=True),
+    Column("lease_id", Integer, nullable=True),
+    Column("extras", String(REF), nullable=True),  # extra counters taken with it (`holds.extras`)
     Index(None, "status", "expires_at"),
 )
 
@@ -288,4 +294,44 @@ chain_identity = Table(
     Column("recorded_at", BigInteger, nullable=False),
     Column("recorded_by", String(32), nullable=False),  # the service that recorded it
     CheckConstraint("id = 1", name="one_row"),
+)
+
+# A seller lot's capacity as the ledger counts it, in USD micro at list price (what the
+# escrow is consumed in), keyed by the gateway's lot id: what the chain says remains and
+# has consumed, the usage settled against it, and what is reserved — by active holds
+# (SQLite) or by leases to gateway processes (PostgreSQL). A hold reserves capacity in
+# the transaction that holds the buyer's funds; see `holds.capacity`:
+#     reserved + (used − chain_consumed) ≤ chain_remaining
+CAPACITY_COUNTS = ("chain_remaining", "chain_consumed", "used", "reserved")
+lot_capacity = Table(
+    "lot_capacity",
+    metadata,
+    Column("lot_id", Integer, primary_key=True, autoincrement=False),
+    Column("chain_lot_id", BigInteger, nullable=True),
+    Column("chain_remaining", BigInteger, nullable=False),
+    Column("chain_consumed", BigInteger, nullable=False),
+    Column("used", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    *(CheckConstraint(f"{name} >= 0", name=f"{name}_non_negative") for name in CAPACITY_COUNTS),
+)
+
+# A slice of a lot's capacity leased to one gateway process (PostgreSQL), so concurrent
+# holds take from their process's lease row rather than all from the lot's row. The lot
+# counts the whole slice as reserved; the lease counts what its holds reserve and what
+# its settled usage used (folded into the lot's `used` when the slice is returned).
+capacity_leases = Table(
+    "capacity_leases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("lot_id", Integer, ForeignKey("lot_capacity.lot_id"), nullable=False),
+    Column("holder", String(64), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("used", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    UniqueConstraint("lot_id", "holder"),
+    CheckConstraint("reserved >= 0", name="reserved_non_negative"),
+    CheckConstraint("used >= 0", name="used_non_negative"),
+    CheckConstraint("reserved + used <= amount", name="within_amount"),
 )

@@ -20,13 +20,16 @@ class Sweeper:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """Release every expired hold, a batch per transaction; returns how many."""
+        """Release every expired hold, a batch per transaction, then trim capacity leases
+        (PostgreSQL: idle room back, dead processes' leases given back); returns how many
+        holds."""
         total = 0
         while True:
             released = self.ledger.sweep_expired(self.batch)
             total += released
             if released < self.batch:
                 break
+        self.ledger.holds.maintain()
         self.swept += total
         self.passed.set()
         return total

@@ -147,6 +147,21 @@ def list_rates(price: ModelPrice) -> Rates:
     )
 
 
+def largest_output(rates: Rates, input_tokens: int, budget: int, limit: int, *, cache_writes: bool = False) -> int:
+    """The most output tokens (at most `limit`) whose `upper_bound` fits `budget`; −1 when
+    not even the input's does (what a refused hold could have asked for instead)."""
+    if upper_bound(rates, input_tokens, 0, cache_writes=cache_writes) > budget:
+        return -1
+    low, high = 0, limit  # the bound grows with the output: the last that fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        if upper_bound(rates, input_tokens, mid, cache_writes=cache_writes) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 def provider_token_rates(price: ModelPrice, face_value_usd_micro: int | None = None) -> Rates:
     """Rates in the model's provider token: list price ÷ the token's USD face value.
 

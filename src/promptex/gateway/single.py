@@ -1,0 +1,90 @@
+"""One gateway process per SQLite ledger.
+
+SQLite has one writer at a time: the gateway gives it one ledger thread and reserves lot
+capacity on the lots' rows, which is right for one process. Several gateway processes
+serve on PostgreSQL. A second gateway process on the same SQLite file refuses to start,
+in one line, instead of queueing every request on the file's write lock: it cannot take
+the exclusive lock (`flock`) on `<database>.gateway-lock`, which the first holds until it
+exits — also when it is killed, since the kernel drops the lock with the process.
+Within one process the claim is counted, so the CLI and the app it serves may both take it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from promptex.config import ConfigurationError
+
+LOCK_SUFFIX = ".gateway-lock"
+_held: dict[Path, tuple[int, int]] = {}  # lock file → (descriptor, claims in this process)
+_lock = threading.Lock()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The ledger's SQLite file, or None (PostgreSQL, an in-memory database)."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().resolve()
+
+
+def claim(url: str) -> Path | None:
+    """Take the ledger's one-gateway lock (SQLite files only); the path to `release` it
+    with. Raises ConfigurationError when another process holds it."""
+    database = sqlite_file(url)
+    if database is None:
+        return None
+    path = database.with_name(database.name + LOCK_SUFFIX)
+    with _lock:
+        held = _held.get(path)
+        if held is not None:
+            _held[path] = (held[0], held[1] + 1)
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _pid(fd)
+            os.close(fd)
+            who = f"another gateway process (pid {other})" if other else "another gateway process"
+            raise ConfigurationError(
+                f"{who} serves the SQLite ledger {database}; SQLite takes one gateway process per file: "
+                "stop it, or run several on PostgreSQL (PROMPTEX_LEDGER_URL=postgresql://…)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _held[path] = (fd, 1)
+    return path
+
+
+def release(path: Path | None) -> None:
+    if path is None:
+        return
+    with _lock:
+        held = _held.get(path)
+        if held is None:
+            return
+        fd, count = held
+        if count > 1:
+            _held[path] = (fd, count - 1)
+            return
+        del _held[path]
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -1,0 +1,306 @@
+"""Holds on PostgreSQL (many gateway processes): the general path, capacity shared through
+leases (`holds.capacity`), and one statement per hot operation.
+
+On PostgreSQL the hot path's cost was round trips (pool pre-ping, BEGIN, each statement,
+COMMIT: about fifteen per request). Here each operation is one statement whose
+data-modifying CTEs do all of it, on a connection per ledger thread kept outside the
+pool: a settle runs alone in autocommit (one statement is atomic), a reserve in a
+pipelined transaction that commits only if it took the funds, took room in this
+process's lease of the lot and inserted the hold. A statement that matches nothing
+changes nothing and the general path runs; so does any error (the connection is
+dropped): both operations are idempotent, so a retry after an ambiguous commit finds
+what the first attempt did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+from promptex.ledger.errors import LedgerError, LotCapacityExceeded
+from promptex.ledger.holds.api import Reservation
+from promptex.ledger.holds.book import GeneralHolds, LedgerAccess
+from promptex.ledger.holds.capacity import LotClaim
+from promptex.ledger.holds.general import MAX_REQUEST_ID
+from promptex.ledger.models import Hold, HoldStatus
+from promptex.ledger.usage import UsageRecord, check_record, record_values
+
+DRY_SECONDS = 1.0  # a lot whose room ran out is skipped by the fast path this long
+
+_TAKE_FUNDS = """
+    UPDATE balances SET held = held + %(amount)s
+    WHERE account_id = %(payer)s AND asset = %(asset)s
+      AND posted - held - locked >= %(amount)s AND cap_remaining - held >= %(amount)s
+    RETURNING account_id
+"""
+PG_RESERVE = f"""
+WITH taken AS ({_TAKE_FUNDS})
+INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at)
+SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s FROM taken
+ON CONFLICT DO NOTHING
+RETURNING request_id
+"""
+PG_RESERVE_LEASED = f"""
+WITH taken AS ({_TAKE_FUNDS}), leased AS (
+    UPDATE capacity_leases SET reserved = reserved + %(lot_amount)s, expires_at = GREATEST(expires_at, %(expires)s)
+    WHERE lot_id = %(lot)s AND holder = %(holder)s AND amount - reserved - used >= %(lot_amount)s
+    RETURNING id
+)
+INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at,
+    lot_id, lot_amount, lease_id)
+SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s,
+    %(lot)s, %(lot_amount)s, leased.id
+FROM taken, leased
+ON CONFLICT DO NOTHING
+RETURNING request_id
+"""
+
+_PG_SETTLE_HEAD = """
+WITH h AS (
+    UPDATE holds SET status = 'settled', closed_at = %(now)s, cost = %(cost)s, charged = %(cost)s
+    WHERE request_id = %(request_id)s AND status = 'active' AND amount >= %(cost)s AND payer_id = account_id
+      AND extras IS NULL
+      AND (lot_id IS NULL OR (lease_id IS NOT NULL AND lot_id = %(lot)s AND lot_amount >= %(lot_usage)s))
+    RETURNING account_id, payer_id, asset, amount, created_at, expires_at, lot_id, lot_amount, lease_id
+), b AS (
+    UPDATE balances SET posted = balances.posted - %(cost)s, held = balances.held - h.amount,
+        cap_remaining = balances.cap_remaining - %(cost)s
+    FROM h WHERE balances.account_id = h.payer_id AND balances.asset = h.asset
+    RETURNING 1
+), c AS (
+    UPDATE capacity_leases SET reserved = capacity_leases.reserved - h.lot_amount,
+        used = capacity_leases.used + %(lot_usage)s
+    FROM h WHERE capacity_leases.id = h.lease_id
+    RETURNING 1
+), e AS (
+    INSERT INTO journal_entries (ref, kind, created_at)
+    SELECT %(ref)s, 'settle', %(now)s FROM h WHERE %(cost)s > 0
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), l AS (
+    INSERT INTO journal_lines (entry_id, account_id, asset, amount)
+    SELECT e.id, h.payer_id, h.asset, -%(cost)s FROM e, h
+    UNION ALL
+    SELECT e.id, %(usage)s, h.asset, %(cost)s FROM e, h
+    RETURNING 1
+)"""
+_PG_SETTLE_USAGE = """, u AS (
+    INSERT INTO usage_records (request_id, account_id, payer_id, asset, model, input_tokens, output_tokens,
+        cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, cost,
+        gateway_lot_id, chain_lot_id, lot_kind, list_usd_micro, fee_bps, settled_at, status)
+    SELECT %(request_id)s, h.account_id, h.payer_id, h.asset, %(model)s, %(input_tokens)s, %(output_tokens)s,
+        %(cache_read_tokens)s, %(cache_write_tokens)s, %(cache_write_1h_tokens)s, %(reasoning_tokens)s, %(cost)s,
+        %(gateway_lot_id)s, %(chain_lot_id)s, %(lot_kind)s, %(list_usd_micro)s, %(fee_bps)s, %(now)s, %(status)s
+    FROM h
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)"""
+_PG_SETTLE_TAIL = """
+SELECT h.account_id, h.payer_id, h.asset, h.amount, h.created_at, h.expires_at, h.lot_id, h.lot_amount, h.lease_id,
+       (SELECT count(*) FROM b), (SELECT count(*) FROM e), (SELECT count(*) FROM c)
+FROM h
+"""
+PG_SETTLE = _PG_SETTLE_HEAD + _PG_SETTLE_TAIL
+PG_SETTLE_WITH_USAGE = _PG_SETTLE_HEAD + _PG_SETTLE_USAGE + _PG_SETTLE_TAIL
+
+
+class PgOneStatement:
+    """The one-statement reserve and settle, each thread on its own connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            import psycopg
+
+            conn = psycopg.connect(self.url, autocommit=True)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def drop(self) -> None:
+        """Forget this thread's connection (after an error: its state is unknown)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def reserve(self, r: Reservation, claim: LotClaim | None, holder: str, now: int) -> Hold | None:
+        """The hold, or None: nothing changed, the general path decides (a refusal, a lease
+        without room, a request id seen before, a payer other than the account, bad arguments)."""
+        if (
+            (r.payer is not None and r.payer != r.account)
+            or r.extras
+            or r.amount <= 0
+            or r.ttl <= 0
+            or not r.request_id
+            or len(r.request_id) > MAX_REQUEST_ID
+            or (claim is not None and claim.amount <= 0)
+        ):
+            return None
+        import psycopg
+
+        conn = self._conn()
+        params: dict[str, Any] = {
+            "request_id": r.request_id,
+            "account": r.account,
+            "payer": r.account,
+            "asset": r.asset,
+            "amount": r.amount,
+            "now": now,
+            "expires": now + r.ttl,
+        }
+        if claim is not None:
+            params.update(lot=claim.lot_id, lot_amount=claim.amount, holder=holder)
+        done = False
+        with contextlib.suppress(psycopg.Rollback), conn.pipeline(), conn.transaction():
+            row = conn.execute(PG_RESERVE if claim is None else PG_RESERVE_LEASED, params).fetchone()
+            if row is None:
+                raise psycopg.Rollback()
+            done = True
+        if not done:
+            return None
+        return Hold(
+            r.request_id,
+            r.account,
+            r.account,
+            r.asset,
+            r.amount,
+            HoldStatus.ACTIVE,
+            now,
+            now + r.ttl,
+            lot_id=None if claim is None else claim.lot_id,
+            lot_amount=0 if claim is None else claim.amount,
+        )
+
+    def settle(self, request_id: str, cost: int, *, now: int, usage: int, record: UsageRecord | None) -> Hold | None:
+        """The settled hold, or None: nothing changed, the general path decides (a hold
+        settled or ended before, an overage, an org's or a treasury's hold, usage beyond
+        the lot capacity held, no hold)."""
+        if cost < 0:
+            return None
+        params: dict[str, Any] = {
+            "request_id": request_id,
+            "cost": cost,
+            "now": now,
+            "usage": usage,
+            "ref": f"settle:{request_id}",
+            "lot": None if record is None else record.gateway_lot_id,
+            "lot_usage": 0 if record is None else record.list_usd_micro,
+        }
+        if record is not None:
+            params.update(record_values(record))
+        row = self._conn().execute(PG_SETTLE if record is None else PG_SETTLE_WITH_USAGE, params).fetchone()
+        if row is None:
+            return None
+        (
+            account,
+            payer,
+            asset,
+            amount,
+            created_at,
+            expires_at,
+            lot_id,
+            lot_amount,
+            lease_id,
+            balances,
+            entries,
+            leases,
+        ) = row
+        if balances != 1 or (cost > 0 and entries != 1) or leases != (0 if lease_id is None else 1):
+            # committed already: a hold without its balance row or its lease, or a settle
+            # entry that existed, would be a broken ledger; say so loudly rather than guess.
+            raise LedgerError(
+                f"settling {request_id!r} touched {balances} balances, {entries} entries, {leases} leases"
+            )
+        return Hold(
+            request_id,
+            int(account),
+            int(payer),
+            asset,
+            int(amount),
+            HoldStatus.SETTLED,
+            int(created_at),
+            int(expires_at),
+            cost,
+            cost,
+            None if lot_id is None else int(lot_id),
+            int(lot_amount or 0),
+        )
+
+
+def holder_name() -> str:
+    """Who leases capacity: this process (and book), unique across hosts and restarts."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class PostgresHolds(GeneralHolds):
+    def __init__(self, ledger: LedgerAccess, url: str, *, slice_size: int) -> None:
+        super().__init__(ledger, slice_size=slice_size)
+        self.holder = holder_name()
+        self._one = PgOneStatement(url)
+        self._dry: dict[int, float] = {}  # lot id → until when the fast path skips it
+
+    def _fast_claim(self, r: Reservation) -> LotClaim | None:
+        now = time.monotonic()
+        for claim in r.lots:
+            if self._dry.get(claim.lot_id, 0.0) <= now:
+                return claim
+        return r.lots[0]
+
+    def reserve(self, reservation: Reservation) -> Hold:
+        claim = self._fast_claim(reservation) if reservation.lots else None
+        holder = self.holder
+        assert holder is not None
+        try:
+            fast = self._one.reserve(reservation, claim, holder, self.ledger.clock())
+        except Exception:  # the connection's state is unknown: drop it; the general path decides
+            self._one.drop()
+            fast = None
+        if fast is not None:
+            return fast
+        try:
+            hold = super().reserve(reservation)
+        except LotCapacityExceeded:
+            if claim is not None:
+                self._dry[claim.lot_id] = time.monotonic() + DRY_SECONDS
+            raise
+        if claim is not None and hold.lot_id != claim.lot_id:
+            self._dry[claim.lot_id] = time.monotonic() + DRY_SECONDS
+        return hold
+
+    def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None) -> Hold:
+        if record is not None:
+            check_record(record)
+        try:
+            hold = self._one.settle(request_id, cost, now=self.ledger.clock(), usage=self.ledger.usage, record=record)
+        except LedgerError:
+            raise
+        except Exception:  # the connection's state is unknown: drop it; the general path decides
+            self._one.drop()
+            hold = None
+        if hold is not None:
+            return hold
+        return super().settle(request_id, cost, record=record)
+
+    def close(self) -> None:
+        self._one.close()
