@@ -1,0 +1,239 @@
+"""Holds and lot capacity across real gateway processes (`promptex gateway serve`), each
+its own interpreter: two processes on PostgreSQL share a lot's capacity exactly; one
+process per SQLite file (a second refuses to start); a gateway killed with requests in
+flight leaves holds that a restarted gateway sweeps once their lifetime ends, and the
+funds are spendable again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+from sqlalchemy import func, select
+
+from promptex.fakes import FakeUpstreamConfig
+from promptex.gateway.keys import hash_key, new_api_key
+from promptex.gateway.sellers import Capacity, add_capacity
+from promptex.gateway.store import GatewayStore
+from promptex.ledger import Ledger
+from promptex.ledger.binding import sign
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.schema import holds
+from promptex.metering import load_catalog
+from promptex.protocol.units import USD_MICRO as USDC
+from promptex.sealing.envelope import load_master_keys
+from promptex.serving import free_port
+
+from .conftest import CATALOG, SELLER_KEY, Fake, _start_fake, event_id
+
+HELLO = [{"role": "user", "content": "hi"}]
+FLAT_OUT = 16  # fake-flat prices output only: 16 output tokens' hold is their exact cost
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+
+
+@pytest.fixture
+def slow_fake() -> Iterator[Fake]:
+    """A fake upstream that answers after 30 s: requests stay in flight."""
+    yield from _start_fake(FakeUpstreamConfig(api_keys=frozenset({SELLER_KEY}), latency_ms=30_000))
+
+
+def _env(tmp_path: Path, url: str, **settings: object) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PROMPTEX_LEDGER_URL": url,
+        "PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS": "NORMAL",
+        "PROMPTEX_MODEL_CATALOG": str(CATALOG),
+        "PROMPTEX_GATEWAY_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+        "PROMPTEX_GATEWAY_DEFAULT_ASSET": "USDC",
+        "PROMPTEX_GATEWAY_KEY_CACHE_SECONDS": "0",
+        "PROMPTEX_GATEWAY_SHED_WAIT_MS": "10000",  # a busy test machine must not shed load
+        "PROMPTEX_GATEWAY_LOT_MAX_INFLIGHT": "100000",
+        "PROMPTEX_GATEWAY_MAX_INFLIGHT": "100000",
+    }
+    env.update({f"PROMPTEX_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def _start(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@contextmanager
+def gateway(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A `promptex gateway serve` process, once it answers; stopped (SIGTERM) after."""
+    port = free_port()
+    proc = _start(env, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"the gateway exited: {proc.stderr.read() if proc.stderr else ''}")
+            try:
+                if httpx.get(url + "/v1/models", timeout=2).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("the gateway did not start")
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _market(ledger: Ledger, tmp_path: Path, fake: Fake, face_value: int, funds: int) -> tuple[int, int, str]:
+    """One listed lot of `face_value` (USD micro at list price) and a buyer with `funds`
+    USDC; returns (lot id, account, API key)."""
+    store = GatewayStore(ledger.engine)
+    now = int(time.time())
+    capacity = Capacity(
+        "openai", "openai", fake.url, SELLER_KEY, face_value, "listed", 6000, now + 86_400,
+        Account.create().address, True,
+    )  # fmt: skip
+    keys = load_master_keys(None, tmp_path / "master.key")
+    lot, _ = add_capacity(store, keys, load_catalog(CATALOG), capacity, now, verify=False)
+    account = ledger.create_account().id
+    wallet = Account.create()
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    ledger.credit_deposit(event_id(), wallet.address, "USDC", funds)
+    ledger.set_spend_cap(account, "USDC", funds)
+    key = new_api_key()
+    store.add_api_key(hash_key(key), key[:10], account, now)
+    return lot, account, key
+
+
+def _holds_by_status(ledger: Ledger) -> dict[str, int]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(holds.c.status, func.count()).group_by(holds.c.status)).all()
+    return {status: int(count) for status, count in rows}
+
+
+def _until(condition: object, what: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
+        time.sleep(0.05)
+
+
+def test_two_gateway_processes_on_postgresql__lot_covering_k__exactly_k_served_each_hold_its_cost(
+    postgres: LocalPostgres, tmp_path: Path, fake: Fake
+) -> None:
+    k, requests = 37, 1_000 if DEEP else 200
+    url = postgres.create_database(f"holds_{os.getpid()}_{time.monotonic_ns()}", template="ledger_template")
+    ledger = Ledger.open(url)
+    try:
+        lot, account, key = _market(ledger, tmp_path, fake, face_value=k * FLAT_OUT, funds=10 * USDC)
+        env = _env(tmp_path, url, gateway_sweep_seconds=1)
+        with gateway(env) as (_, first), gateway(env) as (_, second):
+
+            async def run() -> Counter[int]:
+                limits = httpx.Limits(max_connections=64)
+                async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+                    async def one(base: str) -> int:
+                        body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+                        answer = await client.post(
+                            base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body
+                        )
+                        return answer.status_code
+
+                    bases = [first, second] * (requests // 2)
+                    return Counter(await asyncio.gather(*(one(base) for base in bases)))
+
+            outcomes = asyncio.run(run())
+        assert outcomes == Counter({200: k, 503: requests - k})  # not one more than the lot covers
+        assert fake.config.requests == k
+        with ledger.engine.connect() as conn:
+            settled = conn.execute(select(holds.c.amount, holds.c.charged).where(holds.c.status == "settled")).all()
+        assert len(settled) == k and all(amount == charged for amount, charged in settled)  # each hold its cost
+        capacity = ledger.lot_capacities()[lot]
+        assert (capacity.used, capacity.reserved, capacity.headroom) == (k * FLAT_OUT, 0, 0)
+        assert ledger.balance(account, "USDC").held == 0
+        ledger.check()
+    finally:
+        ledger.close()
+        postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+def test_gateway_killed_with_20_requests_in_flight__restarted_one_sweeps_them__funds_spendable_again(
+    tmp_path: Path, slow_fake: Fake
+) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    ledger = Ledger.open(url, sqlite_synchronous="NORMAL")
+    try:
+        lot, account, key = _market(ledger, tmp_path, slow_fake, face_value=1_000 * USDC, funds=10 * USDC)
+        # Holds live 7 s: the upstream's 1 s to connect and 5 s to answer, and a 1 s margin.
+        env = _env(
+            tmp_path, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=5,
+            gateway_hold_margin_seconds=1, gateway_hold_ttl_seconds=7, gateway_sweep_seconds=0.2,
+        )  # fmt: skip
+        with gateway(env) as (first, base):
+            # One gateway process per SQLite file: a second refuses, in one line.
+            second = _start(env, free_port())
+            _, error = second.communicate(timeout=120)
+            assert second.returncode != 0
+            assert [line for line in error.splitlines() if "Error" in line] == [
+                line for line in error.splitlines() if f"another gateway process (pid {first.pid})" in line
+            ]
+            assert f"another gateway process (pid {first.pid}) serves the SQLite ledger" in error
+
+            def send() -> None:
+                body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+                with contextlib.suppress(httpx.HTTPError):  # the gateway is killed under it
+                    httpx.post(base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
+
+            senders = [threading.Thread(target=send) for _ in range(20)]
+            for sender in senders:
+                sender.start()
+            _until(lambda: slow_fake.config.requests == 20, "20 requests reached the upstream")
+            assert _holds_by_status(ledger) == {"active": 20}
+            held = ledger.balance(account, "USDC").held
+            assert held > 0 and ledger.lot_capacities()[lot].reserved > 0
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        for sender in senders:
+            sender.join()
+        assert _holds_by_status(ledger) == {"active": 20}  # nobody ended them: their gateway died
+        slow_fake.config.latency_ms = 0
+        with gateway(env) as (_, base):  # the same file again: the dead one's lock went with it
+            _until(lambda: _holds_by_status(ledger) == {"expired": 20}, "the restarted gateway swept them")
+            with ledger.engine.connect() as conn:
+                swept = conn.execute(select(holds.c.expires_at, holds.c.closed_at)).all()
+            assert all(closed >= expires for expires, closed in swept)  # not before their lifetime ended
+            balance = ledger.balance(account, "USDC")
+            assert (balance.held, balance.spendable) == (0, 10 * USDC)
+            assert ledger.lot_capacities()[lot].reserved == 0
+            body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+            answer = httpx.post(base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
+            assert answer.status_code == 200
+        ledger.check()
+    finally:
+        ledger.close()
