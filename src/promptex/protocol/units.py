@@ -5,6 +5,10 @@ USD micro-unit), every provider token 18. Oracle prices are USDC units per 10**1
 token units as an 18-decimal fixed-point number, so PRICE_SCALE converts.
 """
 
+from decimal import ROUND_HALF_UP, Decimal
+
+from promptex.protocol.providers import PROVIDER_TOKENS
+
 USDC_SYMBOL = "USDC"
 USDC_DECIMALS = 6
 TOKEN_DECIMALS = 18  # every provider token (and any other PROMPTEX credit token)
@@ -30,3 +34,83 @@ def whole_units(amount: int, decimals: int) -> str:
     whole_part, fraction = divmod(abs(amount), 10**decimals)
     digits = str(fraction).rjust(decimals, "0").rstrip("0")
     return ("-" if amount < 0 else "") + (f"{whole_part}.{digits}" if digits else str(whole_part))
+
+
+# ─── Money for people ────────────────────────────────────────────────────────
+# The one formatter for every amount a person reads (CLI tables and messages, error
+# messages, emails, the dashboard's server-side text): whole units at the asset's
+# sensible precision, and a provider token's value in dollars at the Oracle's TWAP when
+# the caller knows it. Exact smallest units stay in machine-readable fields (`--json`,
+# the 402 body's `hold_units`, headers); these strings are for reading, not parsing.
+
+UNLIMITED_TEXT = "unlimited"
+SIGNIFICANT_DIGITS = 4  # amounts below one whole unit: enough digits to tell costs apart
+MOST_DECIMALS_SHOWN = 8  # dust below 10**-8 whole units reads "<0.00000001", not 18 digits
+
+
+def decimals_of(symbol: str) -> int:
+    """An asset's decimals by symbol: USDC 6, every provider (or credit) token 18."""
+    return USDC_DECIMALS if symbol.upper() == USDC_SYMBOL else TOKEN_DECIMALS
+
+
+def display_decimals(symbol: str) -> int:
+    """Decimals worth showing for an asset: at least 2, and enough that one step of the
+    last digit is worth at most a cent at the token's face value (GPT at $3.695: 3)."""
+    face = next((t.face_value_usd_micro for t in PROVIDER_TOKENS if t.symbol == symbol.upper()), USD_MICRO)
+    places = 2
+    while face > USD_MICRO // 100 * 10**places:  # a step of 10**-places tokens is worth more than a cent
+        places += 1
+    return min(places, decimals_of(symbol))
+
+
+def amount_text(amount: int, decimals: int, places: int) -> str:
+    """`amount` smallest units as a grouped decimal rounded half-up to `places` decimals;
+    an amount below one whole unit keeps SIGNIFICANT_DIGITS significant digits (at most
+    `decimals`, MOST_DECIMALS_SHOWN), so a cost of 0.000123 USDC never reads as 0.00."""
+    value = Decimal(abs(amount)).scaleb(-decimals)
+    shown = places
+    if 0 < value < 1:
+        leading_zeros = -value.adjusted() - 1  # 0.000123 → 3
+        shown = min(decimals, max(places, min(MOST_DECIMALS_SHOWN, leading_zeros + SIGNIFICANT_DIGITS)))
+    step = Decimal(1).scaleb(-shown)
+    rounded = value.quantize(step, rounding=ROUND_HALF_UP)
+    if value and not rounded:  # dust
+        return f"{'>-' if amount < 0 else '<'}{step:f}"
+    text = f"{rounded:,.{shown}f}"
+    if shown > places:  # significant digits beyond the usual places: no trailing zeros
+        head, _, tail = text.partition(".")
+        tail = tail.rstrip("0").ljust(places, "0")
+        text = f"{head}.{tail}" if tail else head
+    return ("-" if amount < 0 and rounded else "") + text
+
+
+def usd_value(amount: int, symbol: str, twap: int | None) -> int | None:
+    """USD micro-units an amount is worth: USDC 1:1; a provider token at `twap`
+    (`Oracle.consult`'s value: USDC units per 10**18 token units, 18-decimal fixed point),
+    rounded down; None when the price is unknown."""
+    if symbol.upper() == USDC_SYMBOL:
+        return amount
+    if twap is None:
+        return None
+    value = abs(amount) * twap // PRICE_SCALE
+    return -value if amount < 0 else value
+
+
+def usd_text(usd_micro: int) -> str:
+    """Dollars for people: "$1,234.56", "$0.0012", "-$3.50"."""
+    text = amount_text(usd_micro, USDC_DECIMALS, 2)
+    return f"-${text[1:]}" if text.startswith("-") else f"${text}"
+
+
+def money(amount: int, symbol: str, *, twap: int | None = None, unlimited: int | None = None) -> str:
+    """An amount of an asset for people: "14,587.48 CLD ($61.53)", "50.00 USDC".
+
+    `twap` (a provider token's `Oracle.consult` value) adds the dollar value beside it;
+    `unlimited` names the sentinel that means "no limit" where one is meant (a spend cap's
+    total), shown as the word instead of a 30-digit number."""
+    if unlimited is not None and amount >= unlimited:
+        return UNLIMITED_TEXT
+    symbol = symbol.upper()
+    text = f"{amount_text(amount, decimals_of(symbol), display_decimals(symbol))} {symbol}"
+    usd = None if symbol == USDC_SYMBOL else usd_value(amount, symbol, twap)
+    return text if usd is None else f"{text} ({usd_text(usd)})"

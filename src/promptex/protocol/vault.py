@@ -95,6 +95,21 @@ def quantize_per_epoch(value: int) -> int:
     return (value >> exponent) << exponent
 
 
+def per_epoch_at_least(value: int) -> int:
+    """The smallest per-epoch maximum the vault can store that is ≥ `value`: what to sign
+    so that the limit enforced (rounded down to m × 2**e, m < 2**17) is never below the
+    one a user asked for (a cap of 50 USDC would otherwise be enforced as 49.999872)."""
+    if value < 1 << MANTISSA_BITS:
+        return value
+    exponent = value.bit_length() - MANTISSA_BITS
+    mantissa = -(-value // (1 << exponent))  # rounded up
+    if mantissa == 1 << MANTISSA_BITS:  # carried into the next exponent
+        mantissa, exponent = 1 << (MANTISSA_BITS - 1), exponent + 1
+    if exponent > MAX_EXPONENT:
+        return UNLIMITED
+    return mantissa << exponent
+
+
 # ─── EIP-712 ─────────────────────────────────────────────────────────────────
 # Digests are built here from the type strings (what the contract hashes); a
 # test checks them against eth_account's generic typed-data encoder, which is

@@ -1,0 +1,76 @@
+"""Money for people (`protocol.units.money`) and the spend cap's per-epoch rounding."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from promptex.protocol.units import PRICE_SCALE, display_decimals, money, usd_text, usd_value
+from promptex.protocol.vault import MANTISSA_BITS, MAX_EXPONENT, UNLIMITED, per_epoch_at_least, quantize_per_epoch
+
+CLD_TWAP = 4_218 * 10**18  # Oracle.consult for CLD at $0.004218
+TEN_DIGITS = re.compile(r"\d{10,}")
+
+
+@pytest.mark.parametrize(
+    ("amount", "symbol", "twap", "shown"),
+    [
+        (50_000_000, "USDC", None, "50.00 USDC"),
+        (123, "USDC", None, "0.000123 USDC"),  # a small cost keeps its digits
+        (0, "USDC", None, "0.00 USDC"),
+        (-1_500_000, "USDC", None, "-1.50 USDC"),
+        (1_234_567_890_123, "USDC", None, "1,234,567.89 USDC"),
+        (14_587_482_219_061_166_430_000, "CLD", CLD_TWAP, "14,587.48 CLD ($61.53)"),
+        (14_587_482_219_061_166_430, "cld", None, "14.59 CLD"),  # no price known: no dollars
+        (5 * 10**17, "GPT", 3_695_000 * 10**18, "0.500 GPT ($1.85)"),  # GPT shows 3 decimals
+        (999_999, "USDC", None, "1.00 USDC"),
+    ],
+)
+def test_money__amounts__whole_units_at_sensible_precision(amount, symbol, twap, shown):
+    assert money(amount, symbol, twap=twap) == shown
+
+
+def test_money__unlimited_sentinel__shown_as_the_word():
+    cap_total = 2**96 - 1  # what the vault stores for an unlimited total
+    assert money(cap_total, "USDC", unlimited=cap_total) == "unlimited"
+    assert money(50_000_000, "USDC", unlimited=cap_total) == "50.00 USDC"
+
+
+def test_display_decimals__a_step_is_worth_at_most_a_cent():
+    assert [display_decimals(s) for s in ("USDC", "CLD", "GPT", "GEM", "LLM")] == [2, 2, 3, 3, 2]
+
+
+def test_usd__values_and_text():
+    assert usd_value(10**21, "CLD", CLD_TWAP) == 4_218_000
+    assert usd_value(10**21, "CLD", None) is None
+    assert usd_value(7, "USDC", None) == 7
+    assert usd_text(4_218_000) == "$4.22" and usd_text(-3_500_000) == "-$3.50" and usd_text(1_234) == "$0.001234"
+
+
+@given(st.integers(min_value=-(2**200), max_value=2**200), st.sampled_from(["USDC", "CLD", "GPT", "LLM"]))
+def test_money__any_amount__no_ten_digit_integer(amount, symbol):
+    # The issue's scan: a person never reads a ≥ 10-digit run beside an asset symbol.
+    assert not TEN_DIGITS.search(money(amount, symbol, twap=CLD_TWAP))
+
+
+@given(st.integers(min_value=1, max_value=2**200))
+def test_per_epoch_at_least__smallest_representable_not_below_the_request(value):
+    signed = per_epoch_at_least(value)
+    if signed == UNLIMITED:
+        assert value > quantize_per_epoch(value) and value.bit_length() - MANTISSA_BITS >= MAX_EXPONENT
+        return
+    assert quantize_per_epoch(signed) == signed >= value  # stored as signed, never below the request
+    below = signed - 1
+    assert quantize_per_epoch(below) < value  # nothing smaller would be enforced as ≥ value
+
+
+def test_per_epoch_at_least__fifty_usdc__enforced_at_least_fifty():
+    assert quantize_per_epoch(50_000_000) < 50_000_000  # the round-1 bug: 49.999872
+    assert quantize_per_epoch(per_epoch_at_least(50_000_000)) >= 50_000_000
+
+
+def test_usd_value__price_scale():
+    assert usd_value(PRICE_SCALE, "GPT", 1) == 1
