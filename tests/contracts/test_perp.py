@@ -9,7 +9,7 @@ import pytest
 from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
 from perp_fixtures import CLD_MARKET, GPT_MARKET, POOL_DEPOSIT, tx_at
 
-from promptex.chain.perp import add_market, deploy_perp
+from promptex.chain.perp import add_market, deploy_perp, refresh_bounds, side_positions
 from promptex.protocol import perp as m
 from promptex.protocol.perp import DEFAULT_INSURANCE_FEE_BPS as INSURANCE_FEE_BPS
 from promptex.protocol.perp import LOCAL_TWAP_WINDOW as TWAP_WINDOW
@@ -266,6 +266,7 @@ def test_refresh_bounds__every_position_of_the_side__recomputed_else_reverts(
     ]:
         with ape.reverts(reason):
             perp.refresh_bounds(gpt, True, ids, sender=attacker)
+    assert side_positions(perp, gpt, True) == [safe] and side_positions(perp, gpt, False) == [short, other_short]
     tx = perp.refresh_bounds(gpt, True, [safe], sender=attacker)  # anyone
     fresh = m.Side()
     m.add_to_side(fresh, True, position_of(perp, safe))  # the side as if `safe` were its only position ever
@@ -277,7 +278,7 @@ def test_refresh_bounds__every_position_of_the_side__recomputed_else_reverts(
     for ids in ([other_short, short], [short, short]):
         with ape.reverts("perp: ids not ascending"):
             perp.refresh_bounds(gpt, False, ids, sender=attacker)
-    perp.refresh_bounds(gpt, False, [short, other_short], sender=attacker)
+    assert refresh_bounds(perp, gpt, False, attacker) == 2  # the keeper's helper finds them
     with ape.reverts("perp: no such market"):
         perp.refresh_bounds(attacker, True, [], sender=attacker)
 

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from promptex.chain.deployments import address_of
-from promptex.protocol.perp import DEFAULT_INSURANCE_FEE_BPS, LIVE_TWAP_WINDOW, LOCAL_TWAP_WINDOW, MarketParams
+from promptex.protocol.perp import (
+    DEFAULT_INSURANCE_FEE_BPS,
+    LIVE_TWAP_WINDOW,
+    LOCAL_TWAP_WINDOW,
+    MAX_REFRESH,
+    MarketParams,
+)
 
 
 def deploy_perp(
@@ -61,6 +67,28 @@ def add_market(perp: Any, token: Any, params: MarketParams, admin: Any) -> Any:
     """List `token` on a deployed Perp (admin only); checks the parameters first."""
     params.check()
     return perp.add_market(address_of(token), *params.as_args(), sender=admin)
+
+
+def side_positions(perp: Any, token: Any, is_long: bool) -> list[int]:
+    """Every open position of one side of a market, ascending: what `refresh_bounds` takes.
+    Reads each position once (a keeper's tool, not a hot path)."""
+    address = address_of(token).lower()
+    ids = []
+    for position_id in range(1, int(perp.position_count()) + 1):
+        p = perp.positions(position_id)
+        if int(p.owner, 16) != 0 and str(p.token).lower() == address and bool(p.is_long) == is_long:
+            ids.append(position_id)
+    return ids
+
+
+def refresh_bounds(perp: Any, token: Any, is_long: bool, sender: Any) -> int:
+    """Recompute one side's LP-pricing bounds from its open positions (anyone may);
+    returns how many positions it took. Raises ValueError past MAX_REFRESH positions."""
+    ids = side_positions(perp, token, is_long)
+    if len(ids) > MAX_REFRESH:
+        raise ValueError(f"the side has {len(ids)} open positions, more than refresh_bounds takes ({MAX_REFRESH})")
+    perp.refresh_bounds(address_of(token), is_long, ids, sender=sender)
+    return len(ids)
 
 
 def perp_record(perp: Any, root: Path | None = None) -> Any:

@@ -134,6 +134,23 @@ def withdraw_liquidity(network: Any, alias: str | None, yes: bool, shares: str |
         click.echo(f"withdrew {whole(usdc.balanceOf(session.account) - before, 'USDC')} for {burn} shares")
 
 
+@hedge_command("refresh-bounds")
+@click.option("--token", "symbol", required=True, help="CLD, GPT, GEM, LLM")
+@click.option("--side", type=click.Choice(["long", "short", "both"]), default="both", show_default=True)
+def refresh(network: Any, alias: str | None, yes: bool, symbol: str, side: str) -> None:
+    """Keepers: recompute a market side's LP-pricing bounds from its open positions (anyone may;
+    bounds only widen between refreshes, which prices LPs more conservatively than needed)."""
+    from promptex.chain.perp import refresh_bounds
+
+    with readable_errors():
+        session, _, perp = _session(network, alias, yes)
+        token = session.token(symbol)
+        for is_long in {"long": (True,), "short": (False,), "both": (True, False)}[side]:
+            count = refresh_bounds(perp, token, is_long, session.account)
+            which = "long" if is_long else "short"
+            click.echo(f"{symbol.upper()} {which} side: bounds refreshed from {count} positions")
+
+
 def signed(amount: int) -> str:
     return ("+" if amount >= 0 else "−") + f"{abs(amount) / USD_MICRO:,.6f}".rstrip("0").rstrip(".")
 
