@@ -203,6 +203,12 @@ class Settings(BaseSettings):
     agent_fake_billing_port: int = 9100
     agent_fake_billing_private_key: SecretStr | None = None
 
+    # ─── promptex up ─────────────────────────────────────────────────────────
+    # The local market's folder: the chain's state (anvil --state), so a restart keeps it.
+    up_state_dir: Path = Path("promptex-market")
+    # Seconds between anvil's dumps of its state (it also dumps when stopped).
+    up_state_interval_seconds: int = 10
+
     # ─── Dashboard ───────────────────────────────────────────────────────────
     # `promptex dashboard`: the chain its read-only /rpc proxy and pools view read (None:
     # indexer_rpc_url), the deployment (None: indexer_network), the gateway it serves as /v1

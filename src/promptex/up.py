@@ -1,11 +1,17 @@
 """`promptex up`: the whole local market in one command.
 
 Starts a local anvil (unless an RPC URL is given), deploys with the ape deploy script
-(unless a live deployment is recorded), seeds the market, then runs the long-lived
-services (indexer, coordinator, fake upstreams, gateway, fake billing API, redemption
-agent, web dashboard) as child processes with their output prefixed by name, prints a status table,
-and stops everything on Ctrl-C / SIGTERM — or as soon as any service dies, so a broken
-market never looks alive.
+(unless a live deployment is recorded), checks that the ledger mirrors this chain, seeds
+the market, then runs the long-lived services (indexer, coordinator, fake upstreams,
+gateway, fake billing API, redemption agent, web dashboard) as child processes with their
+output prefixed by name, prints a status table and `promptex reconcile`'s verdict, and
+stops everything on Ctrl-C / SIGTERM — or as soon as any service dies, so a broken market
+never looks alive.
+
+The market keeps its chain across restarts: anvil runs with its state in the market's
+folder (`--state`, dumped on exit and every few seconds), so the next `promptex up` in the
+same folder finds the same chain, deployment, balances and lots. `--fresh` moves the old
+folder, ledger and deployment record into an archive and starts a new market.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -28,6 +35,8 @@ import rich.table
 
 ANVIL_NPM_BINARY = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 STOP_GRACE_SECONDS = 10.0
+ANVIL_STATE = "anvil-state.json"
+INDEXED_WAIT_SECONDS = 60.0  # for the status's reconcile: how long the indexer may take to reach the head
 
 console = rich.console.Console(highlight=False)
 
@@ -109,7 +118,7 @@ class Supervisor:
     def __init__(self, env: dict[str, str]):
         self.env = env
         self.services: list[Service] = []
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
 
     def _pipe(self, name: str, stream: object) -> None:
         for line in stream:  # type: ignore[attr-defined]
@@ -142,7 +151,7 @@ class Supervisor:
 
     def watch(self) -> int:
         """Block until a stop signal (exit 0) or a service dying (exit 1)."""
-        while not self._stopping.wait(0.5):
+        while not self.stopping.wait(0.5):
             for service in self.services:
                 assert service.process is not None
                 if service.process.poll() is not None:
@@ -151,7 +160,7 @@ class Supervisor:
         return 0
 
     def request_stop(self, *_args: object) -> None:
-        self._stopping.set()
+        self.stopping.set()
 
     def stop_all(self) -> None:
         """SIGTERM in reverse start order, then SIGKILL whatever outlives the grace period."""
@@ -188,6 +197,90 @@ class UpOptions:
     seed: bool
     billing_port: int = 9100
     dashboard_port: int = 8090
+    state_dir: Path = Path("promptex-market")
+    fresh: bool = False
+
+
+# ─── The market's state across restarts ──────────────────────────────────────
+
+
+def anvil_state_args(state_dir: Path, interval: int) -> list[str]:
+    """anvil keeps its chain in the market's folder: loaded at start when present, dumped
+    on exit (SIGTERM, SIGINT) and every `interval` seconds (a crash loses at most that; the
+    indexer then sees the lost blocks as a reorg and rewinds them). Historical states are
+    kept, so the chain can be read at the block the indexer last applied after a restart."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = state_dir / ANVIL_STATE
+    return ["--state", str(state), "--state-interval", str(interval), "--preserve-historical-states"]
+
+
+def archive_market(state_dir: Path, ledger_url: str, deployment: Path, now: datetime) -> Path | None:
+    """Move the market's folder, its SQLite ledger (with its WAL files) and its deployment
+    record into `<folder>.archived-<UTC time>/`; returns the archive (None: nothing to move).
+    A PostgreSQL ledger cannot be archived by moving a file: UpError."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(ledger_url)
+    if url.get_backend_name() != "sqlite":
+        raise UpError(
+            f"--fresh archives a SQLite ledger; this market's is {url.get_backend_name()}: "
+            "point PROMPTEX_LEDGER_URL at a new database instead"
+        )
+    database = Path(url.database or "")
+    ledger_files = [database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")]
+    present = [path for path in (state_dir, *ledger_files, deployment) if str(path) and path.exists()]
+    if not present:
+        return None
+    archive = state_dir.with_name(f"{state_dir.name}.archived-{now.strftime('%Y%m%dT%H%M%SZ')}")
+    archive.mkdir(parents=True)
+    for path in present:
+        if path.exists():  # (one inside the folder moved with it)
+            shutil.move(str(path), archive / path.name)
+    return archive
+
+
+def check_chain_identity(rpc_url: str, network: str) -> str:
+    """The ledger mirrors this chain and deployment (recorded now on a new ledger), or
+    UpError in one line saying what differs and that `--fresh` starts a new market."""
+    from promptex.chain.identity import check_chain
+    from promptex.config import ConfigurationError, Settings
+    from promptex.ledger import Ledger
+
+    with Ledger.from_settings(Settings()) as ledger:
+        try:
+            identity = check_chain(ledger, service="promptex up", rpc_url=rpc_url, network=network)
+        except ConfigurationError as exc:
+            raise UpError(str(exc)) from None
+    assert identity is not None
+    return identity.short()
+
+
+def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
+    """Once the indexer has reached the head: `promptex reconcile`'s verdict, and every
+    difference it cannot explain."""
+    from promptex.config import ConfigurationError, Settings
+    from promptex.ledger import Ledger
+    from promptex.reconcile import summary
+    from promptex.reconcile.run import ReconcileError, indexed_block, run
+
+    s = Settings()
+    head = int(httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},
+                          timeout=5).json()["result"], 16)  # fmt: skip
+    deadline = time.monotonic() + INDEXED_WAIT_SECONDS
+    with Ledger.from_settings(s) as ledger:
+        while (indexed_block(ledger) or -1) < head and time.monotonic() < deadline and not stop.is_set():
+            stop.wait(0.5)
+        if stop.is_set():
+            return
+        try:
+            report = run(s, rpc_url=rpc_url, network=network, ledger=ledger)
+        except (ConfigurationError, ReconcileError) as exc:
+            console.print(f"[red]reconcile failed:[/red] {exc}")
+            return
+    style = "green" if report.ok else "red"
+    console.print(f"[{style}]{summary(report)}[/{style}]")
+    for row in report.unexplained:
+        console.print(f"[red]  unexplained:[/red] {row.section} of {row.subject} in {row.asset}: {row.unexplained}")
 
 
 def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
@@ -235,15 +328,26 @@ def up(options: UpOptions) -> int:
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:
+        from promptex.chain.deployments import deployment_path
+        from promptex.config import Settings
+
+        network = Settings().indexer_network
+        if options.fresh:
+            archived = archive_market(
+                options.state_dir, Settings().ledger_url, deployment_path(network), datetime.now(UTC)
+            )
+            if archived is not None:
+                console.print(f"[bold]▶ the previous market is archived in {archived}[/bold]")
         rpc_url = options.rpc_url
         if rpc_url is None:
             rpc_url = f"http://127.0.0.1:{options.chain_port}"
             if rpc_answers(rpc_url):
                 raise UpError(f"something already answers on {rpc_url}: pass --rpc-url {rpc_url} to use it")
+            state = anvil_state_args(options.state_dir, Settings().up_state_interval_seconds)
             supervisor.start(
                 Service(
                     "anvil",
-                    [anvil_binary(), "--host", "127.0.0.1", "--port", str(options.chain_port), "--silent"],
+                    [anvil_binary(), "--host", "127.0.0.1", "--port", str(options.chain_port), "--silent", *state],
                     url=rpc_url,
                     ready=lambda: rpc_answers(rpc_url),
                 )
@@ -256,8 +360,6 @@ def up(options: UpOptions) -> int:
             env[f"PROMPTEX_{variable}_RPC_URL"] = rpc_url
         env["PROMPTEX_AGENT_BILLING_URL"] = f"http://127.0.0.1:{options.billing_port}"
         # Sellers may onboard the local fake upstream from the dashboard, besides the providers.
-        from promptex.config import Settings
-
         fake = f"http://127.0.0.1:{options.upstream_port}/v1"
         env["PROMPTEX_DASHBOARD_SELLER_BASE_URLS"] = json.dumps([*Settings().dashboard_seller_base_urls, fake])
         env["PROMPTEX_DASHBOARD_GATEWAY_URL"] = f"http://127.0.0.1:{options.gateway_port}"
@@ -269,11 +371,13 @@ def up(options: UpOptions) -> int:
             "deploy",
             ape_argv("deploy", "--keep-existing", "--billing-signer", signer, "--extra-attestor", attestor),
         )
+        console.print(f"[bold]▶ the ledger follows {check_chain_identity(rpc_url, network)}[/bold]")
         if options.seed:
             supervisor.run_step("seed market", ape_argv("seed_market"))
         for service in plan_services(options, rpc_url):
             supervisor.start(service)
         console.print(supervisor.status_table())
+        reconcile_status(rpc_url, network, supervisor.stopping)
         console.print("Ctrl-C stops everything.")
         return supervisor.watch()
     except UpError as exc:

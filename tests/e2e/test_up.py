@@ -1,4 +1,6 @@
-"""`promptex up` starts the local market, serves the gateway, and stops it all on Ctrl-C."""
+"""`promptex up` starts the local market, serves the gateway, reconciles its books, stops
+it all on Ctrl-C — and, started again in the same folder, finds the same chain: balances,
+lots and deployment kept, nothing rewound, the books still reconciling."""
 
 import json
 import os
@@ -7,41 +9,71 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
+from web3 import HTTPProvider, Web3
 
 from anvil_node import ANVIL, ROOT, free_port
+from promptex.indexer import store as indexer_store
+from promptex.ledger import Ledger
+from promptex.protocol.units import USD_MICRO
 
 
-def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
+class Up:
+    """One `promptex up` process, its output collected as it runs."""
+
+    def __init__(self, env: dict[str, str], ports: dict[str, int], *extra: str) -> None:
+        self.output: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "promptex.cli", "up", "--chain-port", str(ports["chain"]),
+             "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"]),
+             "--billing-port", str(ports["billing"]), "--dashboard-port", str(ports["dashboard"]), *extra],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True).start()  # type: ignore[arg-type]
+
+    def wait_for(self, text: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while text not in "".join(self.output) and time.monotonic() < deadline and self.process.poll() is None:
+            time.sleep(0.2)
+        log = "".join(self.output)
+        assert text in log, log[-3000:]
+        return log
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        assert self.process.wait(timeout=30) == 0, "".join(self.output)[-3000:]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+def _contract(w3: Web3, root: Path, name: str) -> Any:
+    record = json.loads((root / "local.json").read_text())["contracts"][name]
+    return w3.eth.contract(address=record["address"], abi=json.loads(Path(record["abi"]).read_text()))
+
+
+def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts_on_the_same_chain(tmp_path):
     ports = {name: free_port() for name in ("chain", "gateway", "upstream", "billing", "dashboard")}
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     env = dict(os.environ)
     env.update(
         PATH=f"{ANVIL.parent}{os.pathsep}{ROOT / '.venv/bin'}{os.pathsep}{env['PATH']}",
         PROMPTEX_DEPLOYMENTS_DIR=str(tmp_path / "deployments"),
-        PROMPTEX_LEDGER_URL=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        PROMPTEX_LEDGER_URL=ledger_url,
         PROMPTEX_GATEWAY_MASTER_KEY_FILE=str(tmp_path / "master.key"),
+        PROMPTEX_UP_STATE_DIR=str(tmp_path / "market"),
     )
-    up = subprocess.Popen(
-        [sys.executable, "-m", "promptex.cli", "up", "--chain-port", str(ports["chain"]),
-         "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"]),
-         "--billing-port", str(ports["billing"]), "--dashboard-port", str(ports["dashboard"])],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    output: list[str] = []
-    threading.Thread(target=lambda: output.extend(up.stdout), daemon=True).start()
-
-    def wait_for(text: str, seconds: float) -> str:
-        deadline = time.monotonic() + seconds
-        while text not in "".join(output) and time.monotonic() < deadline and up.poll() is None:
-            time.sleep(0.2)
-        log = "".join(output)
-        assert text in log, log[-3000:]
-        return log
-
+    chain = f"http://127.0.0.1:{ports['chain']}"
+    up = Up(env, ports)
     try:
-        log = wait_for("Ctrl-C stops everything", 300)
+        log = up.wait_for("Ctrl-C stops everything", 300)
         assert "CLD/USDC" in log  # the market was seeded
+        assert "the ledger follows chain 31337 (genesis 0x" in log
+        assert "books reconcile with the chain at block" in log and "no differences" in log
 
         gateway = f"http://127.0.0.1:{ports['gateway']}/v1"
         response = httpx.get(f"{gateway}/models", timeout=5)
@@ -56,16 +88,47 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c(tmp_path):
         config = httpx.get(f"{dashboard}/api/config", timeout=5).json()
         assert config["chain_id"] == 31337 and f":{ports['chain']}" not in json.dumps(config)  # node URL kept back
         assert "<title>" in httpx.get(f"{dashboard}/", timeout=5).text  # the built front end
-        wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
+        up.wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
 
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=30) == 0
+        # A deposit the indexer credits, and the seeded lots: both must outlive a restart.
+        w3 = Web3(HTTPProvider(chain))
+        root = tmp_path / "deployments"
+        vault, usdc, escrow = (_contract(w3, root, name) for name in ("CreditsVault", "USDC", "CreditEscrow"))
+        depositor = w3.eth.accounts[3]
+        usdc.functions.mint(depositor, 7 * USD_MICRO).transact({"from": depositor})
+        usdc.functions.approve(vault.address, 7 * USD_MICRO).transact({"from": depositor})
+        sent = vault.functions.deposit(usdc.address, 7 * USD_MICRO).transact({"from": depositor})
+        assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
+        lots = escrow.functions.lot_count().call()
+        assert lots > 0
+        with Ledger.open(ledger_url) as ledger:
+            deadline = time.monotonic() + 60
+            while ledger.system_balance("vault", "USDC") != -7 * USD_MICRO and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert ledger.system_balance("vault", "USDC") == -7 * USD_MICRO  # indexed
+        up.stop()
     finally:
-        if up.poll() is None:
-            up.kill()
-    chain = f"http://127.0.0.1:{ports['chain']}"
+        up.kill()
     try:
         httpx.post(chain, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=1)
         raise AssertionError("anvil still answers after promptex up stopped")
     except httpx.ConnectError:
         pass
+    assert (tmp_path / "market" / "anvil-state.json").exists()
+
+    again = Up(env, ports)  # the same folder: the same chain
+    try:
+        log = again.wait_for("Ctrl-C stops everything", 300)
+        assert "live deployment kept" in log
+        assert "books reconcile with the chain at block" in log and "unexplained" not in log
+        w3 = Web3(HTTPProvider(chain))
+        vault, usdc, escrow = (_contract(w3, root, name) for name in ("CreditsVault", "USDC", "CreditEscrow"))
+        assert vault.functions.balance_of(w3.eth.accounts[3], usdc.address).call() == 7 * USD_MICRO
+        assert escrow.functions.lot_count().call() == lots
+        with Ledger.open(ledger_url) as ledger, ledger.engine.connect() as conn:
+            assert ledger.system_balance("vault", "USDC") == -7 * USD_MICRO
+            assert indexer_store.reorgs(conn) == []  # nothing was rewound: the chain is the one it indexed
+            assert ledger.problems() == []
+        again.stop()
+    finally:
+        again.kill()

@@ -1,0 +1,61 @@
+"""`promptex up`'s market state: anvil keeps its chain in the market's folder, and
+`--fresh` archives the folder, the SQLite ledger (with its WAL files) and the deployment
+record before starting clean (a PostgreSQL ledger is refused: nothing to move)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from promptex.up import ANVIL_STATE, UpError, anvil_state_args, archive_market
+
+NOW = datetime(2026, 12, 6, 13, 45, 7, tzinfo=UTC)
+
+
+def test_anvil_state_args__load_dump_and_keep_history_in_the_folder(tmp_path: Path) -> None:
+    args = anvil_state_args(tmp_path / "market", 10)
+    assert args == ["--state", str(tmp_path / "market" / ANVIL_STATE), "--state-interval", "10",
+                    "--preserve-historical-states"]  # fmt: skip
+    assert (tmp_path / "market").is_dir()
+
+
+def test_archive_market__everything_moved_into_one_dated_archive(tmp_path: Path) -> None:
+    market, deployments = tmp_path / "market", tmp_path / "deployments"
+    market.mkdir()
+    (market / ANVIL_STATE).write_text("{}")
+    deployments.mkdir()
+    (deployments / "local.json").write_text("{}")
+    for name in ("ledger.sqlite3", "ledger.sqlite3-wal", "ledger.sqlite3-shm"):
+        (tmp_path / name).write_text(name)
+
+    archive = archive_market(market, f"sqlite:///{tmp_path / 'ledger.sqlite3'}", deployments / "local.json", NOW)
+
+    assert archive == tmp_path / "market.archived-20261206T134507Z"
+    assert sorted(p.name for p in archive.iterdir()) == [
+        "ledger.sqlite3", "ledger.sqlite3-shm", "ledger.sqlite3-wal", "local.json", "market",
+    ]  # fmt: skip
+    assert (archive / "market" / ANVIL_STATE).exists()
+    assert not market.exists() and not (tmp_path / "ledger.sqlite3").exists()
+    assert not (deployments / "local.json").exists()
+
+
+def test_archive_market__ledger_inside_the_folder__moved_once(tmp_path: Path) -> None:
+    market = tmp_path / "market"
+    market.mkdir()
+    (market / "ledger.sqlite3").write_text("ledger")
+    archive = archive_market(market, f"sqlite:///{market / 'ledger.sqlite3'}", tmp_path / "none.json", NOW)
+    assert archive is not None and (archive / "market" / "ledger.sqlite3").read_text() == "ledger"
+
+
+def test_archive_market__nothing_there__nothing_archived(tmp_path: Path) -> None:
+    assert archive_market(tmp_path / "market", f"sqlite:///{tmp_path}/l.sqlite3", tmp_path / "d.json", NOW) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_archive_market__postgresql_ledger__refused_before_moving_anything(tmp_path: Path) -> None:
+    (tmp_path / "market").mkdir()
+    with pytest.raises(UpError, match="--fresh archives a SQLite ledger; this market's is postgresql"):
+        archive_market(tmp_path / "market", "postgresql://u@h/db", tmp_path / "d.json", NOW)
+    assert (tmp_path / "market").exists()
