@@ -280,7 +280,7 @@ def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
     style = "green" if report.ok else "red"
     console.print(f"[{style}]{summary(report)}[/{style}]")
     for row in report.unexplained:
-        console.print(f"[red]  unexplained:[/red] {row.section} of {row.subject} in {row.asset}: {row.unexplained}")
+        console.print(f"[red]  unexplained:[/red] {row.section} of {row.subject}: {row.shown(row.unexplained)}")
 
 
 def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:

@@ -103,7 +103,7 @@ def test_reconcile__healthy_then_served_then_edited(env: str, market: tuple[str,
     code, output = _cli("reconcile")
     assert code == 1
     assert f"account {account}" in output and "1 unexplained difference" in output
-    assert "USDC" in output and "98.765433" in output  # whole units: 500 − 400 − 1.234567 unexplained
+    assert "98.77 USDC not explained" in output  # for people: 500 − 400 − 1.234567, at 2 decimals
 
 
 def test_reconcile__new_chain_under_the_old_ledger__refused_in_one_line(

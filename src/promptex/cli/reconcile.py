@@ -9,7 +9,6 @@ import rich.console
 import rich.table
 
 from promptex.config import ConfigurationError, settings
-from promptex.protocol.units import whole_units as whole
 
 
 @click.command("reconcile")
@@ -51,18 +50,18 @@ def _print(report: object, show_all: bool) -> None:
             )
         for row in rows:
             explained = "\n".join(
-                f"{e.kind} {e.ref}: {whole(e.amount, row.decimals)}" + (f" ({e.note})" if e.note else "")
+                f"{e.kind} {e.ref}: {row.shown(e.amount)}" + (f" ({e.note})" if e.note else "")
                 for e in row.explanations
             )
             table.add_row(
-                row.section, row.subject, row.asset, whole(row.books, row.decimals), whole(row.chain, row.decimals),
-                whole(row.difference, row.decimals), explained or "—", whole(row.unexplained, row.decimals),
+                row.section, row.subject, row.asset, row.shown(row.books), row.shown(row.chain),
+                row.shown(row.difference), explained or "—", row.shown(row.unexplained),
             )  # fmt: skip
         console.print(table)
     for row in report.unexplained:  # one full line each, whatever the terminal's width
         console.print(
-            f"unexplained: {row.section} of {row.subject} in {row.asset}: books {whole(row.books, row.decimals)}, "
-            f"chain {whole(row.chain, row.decimals)}, {whole(row.unexplained, row.decimals)} not explained"
+            f"unexplained: {row.section} of {row.subject}: books {row.shown(row.books)}, "
+            f"chain {row.shown(row.chain)}, {row.shown(row.unexplained)} not explained"
         )
     for note in report.notes:
         console.print(f"note: {note}")

@@ -34,11 +34,20 @@ from promptex.ledger.models import AccountKind
 from promptex.ledger.usage import StoredUsage
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED
-from promptex.protocol.units import TOKEN_DECIMALS, USDC_DECIMALS, USDC_SYMBOL
+from promptex.protocol.units import USDC_SYMBOL
 from promptex.reconcile.chain import ChainView
-from promptex.reconcile.report import BALANCE, CLAIMABLE, EXIT, LOT, REDEMPTION, Difference, Explanation, Report
+from promptex.reconcile.report import (
+    BALANCE,
+    CLAIMABLE,
+    EXIT,
+    LIST_USD,
+    LOT,
+    REDEMPTION,
+    Difference,
+    Explanation,
+    Report,
+)
 
-LIST_USD = "USD at list"  # a listed lot's draw-downs: USD micro-units of list price
 # The agent's redemptions whose USDC is in RedemptionEscrow, as the agent sees them.
 AGENT_HOLDS = frozenset({agent_store.ESCROWED, agent_store.PURCHASED, agent_store.RECEIPTED, agent_store.RELEASING,
                          agent_store.REJECTED, agent_store.ABANDONED})  # fmt: skip
@@ -118,11 +127,11 @@ def _balances(
         report.rows.append(
             Difference(
                 BALANCE, f"account {account_id} ({wallets_shown})", symbol, books, held,
-                charges.pop((account_id, symbol), []), assets[symbol],
+                charges.pop((account_id, symbol), []),
             )
         )  # fmt: skip
     for (account_id, symbol), orphans in charges.items():  # owed by an account with no balance row
-        report.rows.append(Difference(BALANCE, f"account {account_id}", symbol, 0, 0, orphans, assets.get(symbol, 0)))
+        report.rows.append(Difference(BALANCE, f"account {account_id}", symbol, 0, 0, orphans))
     report.checked[BALANCE] = len(posted)
 
     locked: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -133,14 +142,10 @@ def _balances(
         for symbol in assets:
             books = locked.pop((address, symbol), 0)
             report.rows.append(
-                Difference(EXIT, f"exit of {address}", symbol, books, chain.pending_exit(address, symbol),
-                           decimals=assets[symbol])
-            )  # fmt: skip
+                Difference(EXIT, f"exit of {address}", symbol, books, chain.pending_exit(address, symbol))
+            )
     for (address, symbol), books in sorted(locked.items()):
-        report.rows.append(
-            Difference(EXIT, f"exit of {address}", symbol, books, chain.pending_exit(address, symbol),
-                       decimals=assets.get(symbol, 0))
-        )  # fmt: skip
+        report.rows.append(Difference(EXIT, f"exit of {address}", symbol, books, chain.pending_exit(address, symbol)))
     report.checked[EXIT] = len(known) * len(assets) + len(locked)
 
 
@@ -148,13 +153,11 @@ def _lots_and_claimables(ledger: Ledger, coordinator: CoordinatorStore, chain: C
     settled = coordinator.settled_batches(chain.block)
     drawn: defaultdict[int, int] = defaultdict(int)  # listed lot → capacity drawn, USD micro at list
     burned: defaultdict[str, int] = defaultdict(int)  # provider token → burned, drawn from its tokenized lots
-    batches_of: defaultdict[str, list[str]] = defaultdict(list)
-    for batch, tx_hash in settled:
+    for batch, _tx_hash in settled:
         for lot_id, amount in batch.payload.credits.items():
             drawn[lot_id] += amount
         if batch.payload.burn:
             burned[batch.asset] += batch.payload.burn
-            batches_of[batch.asset].append(f"batch {batch.id} ({tx_hash})")
 
     lots = {lot_id: chain.lot(lot_id) for lot_id in range(1, chain.lot_count() + 1)}
     sellers: defaultdict[str, int] = defaultdict(int)  # seller → USDC its listed lots earned, as the books say
@@ -164,19 +167,14 @@ def _lots_and_claimables(ledger: Ledger, coordinator: CoordinatorStore, chain: C
         books = drawn.pop(lot_id, 0)
         sellers[state.seller] += listed_credit(0, books, state.rate_bps)  # the vault's cumulative rounding
         report.rows.append(
-            Difference(LOT, f"listed lot {lot_id} ({_short(state.seller)})", LIST_USD, books, state.consumed,
-                       decimals=USDC_DECIMALS)
-        )  # fmt: skip
+            Difference(LOT, f"listed lot {lot_id} ({_short(state.seller)})", LIST_USD, books, state.consumed)
+        )
     for lot_id, books in sorted(drawn.items()):  # drawn by a batch, unknown to the escrow
-        report.rows.append(Difference(LOT, f"listed lot {lot_id} (not in the escrow)", LIST_USD, books, 0,
-                                      decimals=USDC_DECIMALS))  # fmt: skip
+        report.rows.append(Difference(LOT, f"listed lot {lot_id} (not in the escrow)", LIST_USD, books, 0))
     for symbol in sorted(set(chain.assets()) - {USDC_SYMBOL}):
         token = chain.asset_address(symbol).lower()
         consumed = sum(s.consumed for s in lots.values() if s.kind == KIND_TOKENIZED and s.token.lower() == token)
-        report.rows.append(
-            Difference(LOT, f"tokenized lots of {symbol}", symbol, burned.get(symbol, 0), consumed,
-                       decimals=TOKEN_DECIMALS)
-        )  # fmt: skip
+        report.rows.append(Difference(LOT, f"tokenized lots of {symbol}", symbol, burned.get(symbol, 0), consumed))
     report.checked[LOT] = len(lots)
 
     with ledger.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
@@ -193,7 +191,7 @@ def _lots_and_claimables(ledger: Ledger, coordinator: CoordinatorStore, chain: C
     for seller in sorted(set(sellers) | set(taken)):
         report.rows.append(
             Difference(CLAIMABLE, f"seller {seller}", USDC_SYMBOL, sellers.get(seller, 0),
-                       chain.claimable(seller, USDC_SYMBOL), taken.pop(seller, []), USDC_DECIMALS)
+                       chain.claimable(seller, USDC_SYMBOL), taken.pop(seller, []))
         )  # fmt: skip
     report.checked[CLAIMABLE] = len(set(sellers))
 
@@ -221,7 +219,7 @@ def _redemptions(store: AgentStore, chain: ChainView, report: Report) -> None:
                 )
         report.rows.append(
             Difference(REDEMPTION, f"redemption {r.id} (escrow id {r.chain_redemption_id}, {r.status})", USDC_SYMBOL,
-                       believed, held, explanations, USDC_DECIMALS)
+                       believed, held, explanations)
         )  # fmt: skip
     report.checked[REDEMPTION] = len(mine)
 

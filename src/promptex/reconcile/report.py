@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptex.protocol.units import money, usd_text
+
 BALANCE, EXIT, CLAIMABLE, LOT, REDEMPTION = "balance", "pending exit", "claimable", "lot", "redemption"
+LIST_USD = "USD at list"  # a listed lot's draw-downs: USD micro-units of list price
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,6 @@ class Difference:
     books: int
     chain: int
     explanations: list[Explanation] = field(default_factory=list)
-    decimals: int = 0  # the asset's, for showing whole units
 
     @property
     def difference(self) -> int:
@@ -44,6 +46,10 @@ class Difference:
     @property
     def unexplained(self) -> int:
         return self.difference - self.explained
+
+    def shown(self, amount: int) -> str:
+        """An amount of this row for people (the one money formatter; --json is exact)."""
+        return f"{usd_text(amount)} at list" if self.asset == LIST_USD else money(amount, self.asset)
 
     def to_json(self) -> dict[str, Any]:
         """Exact units, as strings (a JSON number past 2**53 is not exact everywhere)."""
