@@ -96,6 +96,16 @@ export interface Balance {
   cap_remaining: string;
 }
 
+export interface Debt {
+  id: number;
+  asset: string;
+  amount: string;
+  outstanding: string;
+  reason: string;
+  source: string;
+  created_at: number;
+}
+
 export interface AccountView {
   account: number;
   payer: number;
@@ -103,6 +113,7 @@ export interface AccountView {
   default_asset: string | null;
   wallets: string[];
   balances: Record<string, Balance>;
+  debts: Debt[];
 }
 
 export interface Challenge {

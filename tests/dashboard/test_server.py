@@ -114,6 +114,25 @@ def test_keys__wallet_signs_its_challenge__key_issued_and_reads_its_account(dash
     assert dashboard.get("/api/usage", headers={"authorization": f"Bearer {key}"}).json() == []
 
 
+def test_account__open_debt__shown_with_its_reason_until_a_deposit_repays_it(dashboard):
+    wallet = Account.create()
+    issued = obtain_key(dashboard, wallet).json()
+    headers = {"authorization": f"Bearer {issued['key']}"}
+    ledger = dashboard.ledger
+    assert dashboard.get("/api/account", headers=headers).json()["debts"] == []
+    ledger.credit_deposit("0xd1:0", wallet.address, "USDC", 1_000)
+    ledger.set_spend_cap(issued["account"], "USDC", 1_000)
+    ledger.reserve(issued["account"], "USDC", 700, "req-1", ttl=60)
+    ledger.settle("req-1", 700)
+    ledger.unwind_chain_fact("0xd1:0")  # a reorg removed the deposit after it was spent
+
+    (debt,) = dashboard.get("/api/account", headers=headers).json()["debts"]
+    assert (debt["asset"], debt["outstanding"]) == ("USDC", "700")
+    assert "reorg removed deposit 0xd1:0" in debt["reason"]
+    ledger.credit_deposit("0xd2:0", wallet.address, "USDC", 1_000)
+    assert dashboard.get("/api/account", headers=headers).json()["debts"] == []
+
+
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):
     issued = obtain_key(dashboard, Account.create(), signer=Account.create())
     assert issued.status_code == 400

@@ -268,3 +268,28 @@ def test_unsettled__totals_beyond_two_to_the_63__exact(ledger, buyer):
     with ledger.engine.connect() as conn:
         confirmed = select(settlement_batches.c.id).where(settlement_batches.c.id < 0)  # none confirmed
         assert usage_records.unsettled(conn, buyer, CLD, confirmed) == expected
+
+
+def test_cli__buyer_debts__lists_open_debts_with_reason_in_whole_units(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from promptex.cli import main
+    from promptex.config import settings
+
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", url)
+    settings.cache_clear()
+    with Ledger.open(url, sqlite_synchronous="NORMAL") as book:
+        account = book.create_account().id
+        _, deposit = _deposit(book, account, USDC, 12_500_000)
+        book.reserve(account, USDC, 2_250_000, "req-1", ttl=60)
+        book.settle("req-1", 2_250_000)
+        book.unwind_chain_fact(deposit)
+    try:
+        listed = CliRunner().invoke(main, ["buyer", "debts"])
+        one = CliRunner().invoke(main, ["buyer", "debts", "--account", str(account)])
+    finally:
+        settings.cache_clear()
+    assert listed.exit_code == 0, listed.output
+    assert f"account {account} owes 2.25 USDC of 2.25 USDC — a reorg removed deposit {deposit}" in listed.output
+    assert one.exit_code == 0 and "owes 2.25 USDC" in one.output

@@ -121,9 +121,17 @@ async function drawAccount(box: HTMLElement, app: App): Promise<AccountView | nu
       h("td.num", { "data-cap": a.symbol }, BigInt(b?.cap_remaining ?? "0") >= 2n ** 95n ? "no limit" : fmt(BigInt(b?.cap_remaining ?? "0"), a.decimals)),
     );
   });
+  // An open debt: a debit the balance could not cover (e.g. a reorg removed a deposit already
+  // spent). The gateway serves nothing in that asset until a deposit repays it: say so.
+  const debts = (view.debts ?? []).map((d) => {
+    const asset = app.ctx.assets.find((a) => a.symbol === d.asset);
+    const owed = asset ? `${fmt(BigInt(d.outstanding), asset.decimals)} ${d.asset}` : `${d.outstanding} ${d.asset} (smallest units)`;
+    return h("p.notice.error", { "data-debt": String(d.id) }, `You owe ${owed} (debt ${d.id}: ${d.reason}). Requests paid in ${d.asset} are refused until a deposit repays it; deposits repay it first.`);
+  });
   clear(
     box,
     h("h2", {}, `Account ${view.account}`),
+    ...debts,
     h("p.muted", {}, "What the gateway may spend: your vault deposits as the indexer has seen them, within the spend cap you signed.", view.wallets.length ? ` Wallet: ${view.wallets.join(", ")}` : ""),
     h("table#ledger", {}, h("thead", {}, h("tr", {}, h("th", {}, "Asset"), h("th", {}, "Spendable"), h("th", {}, "Held"), h("th", {}, "Spend cap left"))), h("tbody", {}, ...rows)),
   );

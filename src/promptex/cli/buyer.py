@@ -1,5 +1,5 @@
-"""`promptex buyer signup|bind|org-key`: buyers' accounts, API keys, wallet binding and
-org member keys."""
+"""`promptex buyer signup|bind|org-key|debts`: buyers' accounts, API keys, wallet binding,
+org member keys, and what accounts owe."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from promptex.config import settings
 
 @click.group()
 def buyer() -> None:
-    """Buyers: accounts, API keys, wallet binding, org member keys."""
+    """Buyers: accounts, API keys, wallet binding, org member keys, debts."""
 
 
 def _budget(text: str | None) -> tuple[str, int] | None:
@@ -129,3 +129,24 @@ def buyer_org_key(org_name: str, budget: str | None) -> None:
         new = member_key(ledger, GatewayStore(ledger.engine), org, int(time.time()), budget=_budget(budget))
     click.echo(f"org {org}, member account {new.account}")
     click.echo(f"API key (shown once, store it now): {new.key}")
+
+
+@buyer.command("debts")
+@click.option(
+    "--account", "account_id", type=int, help="one account's debts, repaid ones too [default: every open debt]"
+)
+def buyer_debts(account_id: int | None) -> None:
+    """What accounts owe: a debit their balance could not cover (a reorg removing a deposit
+    already spent, an exit that completed before the usage it raced settled). An account is
+    not served in an asset it owes until a deposit repays the debt (deposits repay first)."""
+    from promptex.ledger import Ledger
+    from promptex.protocol.units import money
+
+    with Ledger.from_settings(settings()) as ledger:
+        found = ledger.debts(account_id) if account_id is not None else ledger.open_debts()
+    if not found:
+        click.echo("no debts" if account_id is None else f"account {account_id} owes nothing")
+        return
+    for debt in found:
+        owed = f"owes {money(debt.outstanding, debt.asset)}" if debt.status == "open" else "repaid"
+        click.echo(f"debt {debt.id}: account {debt.account} {owed} of {money(debt.amount, debt.asset)} — {debt.reason}")

@@ -49,6 +49,20 @@ def account_view(ledger: Ledger, key: ApiKey) -> dict[str, Any]:
         "default_asset": key.default_asset,
         "wallets": ledger.wallets(account),
         "balances": balances,
+        # What the account owes (a debit its balance could not cover): it is not served in
+        # that asset until a deposit repays it.
+        "debts": [
+            {
+                "id": debt.id,
+                "asset": debt.asset,
+                "amount": str(debt.amount),
+                "outstanding": str(debt.outstanding),
+                "reason": debt.reason,
+                "source": debt.source,
+                "created_at": debt.created_at,
+            }
+            for debt in ledger.debts(account, open_only=True)
+        ],
     }
 
 
