@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from promptex.agent.chain import ChainRedemption, Grant, Redeemed
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
+from promptex.chain.sender import Call
 from promptex.protocol import dex
 from promptex.protocol.redemption import (
     STATUS_OPEN,
@@ -159,6 +160,11 @@ class FakeAgentChain(FakeChain):
         super().broadcast(raw)
 
     # ─── The escrow ──────────────────────────────────────────────────────────
+
+    def _execute(self, s: EscrowState, call: Call) -> None:  # type: ignore[override]
+        if call.contract != "redemption":  # the agent signs for the redemption escrow only
+            raise Revert(f"{call.contract}: caller has no role")
+        getattr(self, f"_{call.function}")(s, *call.args)
 
     def _redeem(self, s: EscrowState, user, token, usdc_out, max_in, deadline) -> None:  # noqa: ANN001
         if self.time > deadline:
