@@ -263,14 +263,22 @@ def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
     from promptex.reconcile import summary
     from promptex.reconcile.run import ReconcileError, indexed_block, run
 
+    def head() -> int:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+        return int(httpx.post(rpc_url, json=body, timeout=5).json()["result"], 16)
+
     s = Settings()
-    head = int(httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},
-                          timeout=5).json()["result"], 16)  # fmt: skip
     deadline = time.monotonic() + INDEXED_WAIT_SECONDS
     with Ledger.from_settings(s) as ledger:
-        while (indexed_block(ledger) or -1) < head and time.monotonic() < deadline and not stop.is_set():
-            stop.wait(0.5)
-        if stop.is_set():
+        try:
+            first = head()
+            # Caught up: at or past the head seen now, and not past the chain's (after a crash
+            # lost the last blocks, the indexer first rewinds what it had indexed of them).
+            while not first <= (indexed_block(ledger) or -1) <= head() and time.monotonic() < deadline:
+                if stop.wait(0.5):
+                    return
+        except (httpx.HTTPError, ValueError, KeyError) as exc:  # a status line: the market keeps running
+            console.print(f"[red]reconcile skipped:[/red] cannot read the head at {rpc_url} ({exc})")
             return
         try:
             report = run(s, rpc_url=rpc_url, network=network, ledger=ledger)
