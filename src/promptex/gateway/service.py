@@ -72,7 +72,7 @@ from promptex.ledger import (
 from promptex.metering import TokenUsage
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
-from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL
+from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money
 
 ASSET_HEADER = "x-promptex-asset"
 AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
@@ -384,7 +384,7 @@ class Gateway:
         param = priced.limit_param or ("max_output_tokens" if priced.endpoint == RESPONSES else "max_tokens")
         if not priced.output or most < 1:
             message = (
-                f"This request's upper bound of {priced.hold} {priced.asset} (smallest units) is more than {what} "
+                f"This request's upper bound of {self.human(priced.asset, priced.hold)} is more than {what} "
                 f"covers, even for its input: {exc}"
             )
             return errors.insufficient_balance(message)
@@ -430,6 +430,12 @@ class Gateway:
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
         await self._thread(self._release, key, request_id, priced.hold)
+
+    def human(self, asset: str, units: int) -> str:
+        """An amount for the people who read error messages: whole units, and a provider
+        token's dollar value when the Oracle's TWAP is fresh (exact units stay in fields)."""
+        twap = self.twaps.fresh(asset) if self.twaps is not None and asset != USDC_SYMBOL else None
+        return money(units, asset, twap=None if twap is None else twap.price)
 
     def usd_micro(self, asset: str, units: int) -> int:
         """`units` of `asset` in USD micro-units, rounded up: USDC as is, a provider token at
