@@ -69,6 +69,21 @@ class Settings(BaseSettings):
     # Requests served at once by this process, and per lot; beyond them: fast 429s.
     gateway_max_inflight: int = 512
     gateway_lot_max_inflight: int = 128
+    # No one client can starve the others (promptex.gateway.admission, .guard). Before any
+    # of the slots above is taken, a request's headers must arrive within the header
+    # timeout and its body within the body timeout (408, or the connection closed), and
+    # one client address may hold at most so many connections and requests in flight, one
+    # API key so many requests in flight (429 beyond them). Client addresses are the
+    # socket's, or X-Forwarded-For's when the connection comes from one of the trusted
+    # proxies (their own connections are not limited per address).
+    gateway_header_timeout_seconds: float = 10.0
+    gateway_body_timeout_seconds: float = 30.0
+    gateway_max_connections_per_address: int = 256
+    gateway_max_inflight_per_address: int = 128
+    gateway_max_inflight_per_key: int = 64
+    gateway_trusted_proxies: list[str] = []
+    # JSON nested deeper than this (objects and arrays) is refused with 400.
+    gateway_max_json_depth: int = 32
     # Past saturation, shed load with fast 429s, refused before the body is read (see
     # promptex.gateway.overload): while, for a whole window, the event loop woke up later
     # than gateway_shed_wait_ms, or ledger calls waited that long for a thread, or more

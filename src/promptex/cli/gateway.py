@@ -21,6 +21,7 @@ def gateway_serve(host: str | None, port: int | None) -> None:
 
     from promptex.chain.identity import check_chain
     from promptex.gateway import create_app, single
+    from promptex.gateway.guard import uvicorn_options
     from promptex.gateway.service import check_hold_lifetime
     from promptex.ledger import Ledger
     from promptex.serving import listening_sockets
@@ -46,7 +47,8 @@ def gateway_serve(host: str | None, port: int | None) -> None:
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         app = create_app(s, listeners=sockets)
-        config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+        options = uvicorn_options(s)  # header timeout, connections per address, trusted proxies
+        config = uvicorn.Config(app, loop="uvloop", log_level="warning", access_log=False, **options)
         uvicorn.Server(config).run(sockets=sockets)
     finally:
         single.release(claimed)
