@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, settings
 
 
@@ -15,6 +16,7 @@ def gateway() -> None:
 @gateway.command("serve")
 @click.option("--host", help="[default: PROMPTEX_GATEWAY_HOST]")
 @click.option("--port", type=int, help="[default: PROMPTEX_GATEWAY_PORT]")
+@rpc_url_option
 def gateway_serve(host: str | None, port: int | None) -> None:
     """Serve /v1 on uvicorn (uvloop, httptools)."""
     import uvicorn
@@ -36,7 +38,7 @@ def gateway_serve(host: str | None, port: int | None) -> None:
         with Ledger.from_settings(s) as ledger:
             try:  # the chain its lots are opened on (none yet: an off-chain gateway, e.g. in tests)
                 check_chain(
-                    ledger, service="the gateway", rpc_url=s.attestor_rpc_url, network=s.attestor_network,
+                    ledger, service="the gateway", rpc_url=s.optional_rpc_url("attestor"), network=s.attestor_network,
                     require_chain=False,
                 )  # fmt: skip
             except ConfigurationError as exc:
