@@ -131,7 +131,10 @@ def run_all() -> dict[str, tuple[str, int]]:
     rows: dict[str, tuple[str, int]] = {}
     with networks.parse_network_choice(NETWORK), TemporaryDirectory() as tmp:
         test_accounts = list(accounts.test_accounts[:10])
-        deployment = deploy_all(test_accounts[0], "local", force=True, root=Path(tmp), log=lambda _: None)
+        # The deployer stays the admin (no timelock hand-over): measurements call admin functions.
+        deployment = deploy_all(
+            test_accounts[0], "local", hand_over=False, force=True, root=Path(tmp), log=lambda _: None
+        )
         ctx = Context(test_accounts, deployment, lambda name: contract_at(deployment, name), chain)
         for fn in MEASUREMENTS:
             snapshot = chain.snapshot()

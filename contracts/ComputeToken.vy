@@ -5,18 +5,26 @@
 @notice ERC-20 (18 decimals, EIP-2612 permit) for one AI provider's tokenized
         API credit (CLD for Anthropic, GPT for OpenAI, ...). Every token in
         existence is backed by capacity in an open CreditEscrow lot, so only
-        the minter role (the escrow) creates tokens and only the burner role
-        (the escrow, the credits vault) destroys them as capacity is consumed.
-@dev Composes snekmate's ERC-20. The admin never holds the minter role:
-     snekmate makes its owner a minter, and the constructor revokes that.
-     Admin handover is two-step (`transfer_ownership`, `accept_ownership`).
+        the escrow creates tokens and only the escrow and the credits vault
+        destroy them as capacity is consumed.
+@dev Roles are fixed at deploy and no function changes them: the escrow is
+     the only minter, the escrow and the vault the only burners. The token
+     has no admin at all: snekmate's ERC-20 makes its owner a minter (at
+     construction and on every ownership transfer), so the constructor
+     renounces ownership after taking that role back, and none of snekmate's
+     role or ownership functions (`set_minter`, `transfer_ownership`,
+     `renounce_ownership`) is exported.
 """
 
 from snekmate.auth import ownable
 from snekmate.tokens import erc20
 
+from .interfaces import IComputeToken
+
 initializes: ownable
 initializes: erc20[ownable := ownable]
+
+implements: IComputeToken
 
 exports: (
     erc20.transfer,
@@ -46,23 +54,12 @@ provider_name: public(immutable(String[32]))
 #         (1 USD = 10**6). CLD at $0.004218 is 4_218.
 face_value_usd_micro: public(immutable(uint256))
 
-# ─── Roles ───────────────────────────────────────────────────────────────────
+# ─── Roles (fixed) ───────────────────────────────────────────────────────────
 
-# @notice Addresses allowed to destroy tokens they hold.
-is_burner: public(HashMap[address, bool])
-
-# @notice The admin-elect of a two-step handover.
-pending_owner: public(address)
-
-
-event RoleBurnerChanged:
-    burner: indexed(address)
-    status: bool
-
-
-event OwnershipTransferStarted:
-    previous_owner: indexed(address)
-    new_owner: indexed(address)
+# @notice The CreditEscrow: the only minter, and a burner.
+escrow: public(immutable(address))
+# @notice The CreditsVault: a burner (settlement burns what buyers spent).
+vault: public(immutable(address))
 
 
 @deploy
@@ -71,23 +68,35 @@ def __init__(
     symbol_: String[5],
     provider_: String[32],
     face_value_usd_micro_: uint256,
+    escrow_: address,
+    vault_: address,
 ):
     """
-    @notice Deploys a provider token; the deployer becomes the admin.
+    @notice Deploys a provider token with its roles fixed for good.
     @param name_ Token name, e.g. "PROMPTEX Claude Credit".
     @param symbol_ Token symbol, e.g. "CLD".
     @param provider_ Provider name, e.g. "Anthropic".
     @param face_value_usd_micro_ USD micro-units per whole token; non-zero.
+    @param escrow_ The CreditEscrow: the only minter, and a burner.
+    @param vault_ The CreditsVault: the other burner.
     """
     assert face_value_usd_micro_ > 0, "token: zero face value"
     assert len(provider_) > 0, "token: empty provider"
+    assert escrow_ != empty(address) and vault_ != empty(address), "token: zero address"
+    assert escrow_ != vault_, "token: escrow is the vault"
     ownable.__init__()
     erc20.__init__(name_, symbol_, 18, name_, "1")
-    # snekmate grants its owner the minter role; an admin must not mint unbacked tokens.
+    # snekmate makes the deployer a minter; no key but the escrow may ever mint.
     erc20.is_minter[msg.sender] = False
     log erc20.RoleMinterChanged(minter=msg.sender, status=False)
+    erc20.is_minter[escrow_] = True
+    log erc20.RoleMinterChanged(minter=escrow_, status=True)
+    # No owner: nothing is left to administer, and no key can re-enter a role.
+    ownable._transfer_ownership(empty(address))
     provider_name = provider_
     face_value_usd_micro = face_value_usd_micro_
+    escrow = escrow_
+    vault = vault_
 
 
 # ─── Supply ──────────────────────────────────────────────────────────────────
@@ -97,7 +106,7 @@ def __init__(
 def mint(owner: address, amount: uint256):
     """
     @notice Creates `amount` tokens for `owner`.
-    @dev Minter role only (the CreditEscrow, when it opens a tokenized lot).
+    @dev The escrow only (when it opens a tokenized lot).
     @param owner Recipient; not the zero address.
     @param amount Token amount in 10**-18 units; non-zero.
     """
@@ -110,65 +119,27 @@ def mint(owner: address, amount: uint256):
 def burn(amount: uint256):
     """
     @notice Destroys `amount` of the caller's own tokens.
-    @dev Burner role only, so every burn is a recorded draw on capacity.
+    @dev The escrow and the vault only, so every burn is a recorded draw on
+         capacity, a returned share of a closed lot, or a buy-back.
     @param amount Token amount in 10**-18 units; non-zero.
     """
-    assert self.is_burner[msg.sender], "token: caller is not a burner"
+    assert self._is_burner(msg.sender), "token: caller is not a burner"
     assert amount > 0, "token: zero amount"
     erc20._burn(msg.sender, amount)
 
 
-# ─── Admin ───────────────────────────────────────────────────────────────────
-
-
 @external
-def set_minter(minter: address, status: bool):
+@view
+def is_burner(account: address) -> bool:
     """
-    @notice Grants or revokes the minter role.
-    @dev Admin only; the admin itself can never be a minter.
-    @param minter The account; not the zero address nor the admin.
-    @param status True to grant, False to revoke.
+    @notice Whether `account` may burn its own tokens.
+    @param account The account.
+    @return bool True for the escrow and the vault only.
     """
-    ownable._check_owner()
-    assert minter != empty(address), "token: zero address"
-    assert minter != msg.sender, "token: admin cannot mint"
-    erc20.is_minter[minter] = status
-    log erc20.RoleMinterChanged(minter=minter, status=status)
+    return self._is_burner(account)
 
 
-@external
-def set_burner(burner: address, status: bool):
-    """
-    @notice Grants or revokes the burner role.
-    @dev Admin only.
-    @param burner The account; not the zero address.
-    @param status True to grant, False to revoke.
-    """
-    ownable._check_owner()
-    assert burner != empty(address), "token: zero address"
-    self.is_burner[burner] = status
-    log RoleBurnerChanged(burner=burner, status=status)
-
-
-@external
-def transfer_ownership(new_owner: address):
-    """
-    @notice Starts a two-step admin handover.
-    @dev Admin only; `new_owner` must call `accept_ownership`.
-    @param new_owner The admin-elect; the zero address cancels.
-    """
-    ownable._check_owner()
-    self.pending_owner = new_owner
-    log OwnershipTransferStarted(previous_owner=ownable.owner, new_owner=new_owner)
-
-
-@external
-def accept_ownership():
-    """
-    @notice Completes a two-step admin handover.
-    @dev Only the admin-elect may call it.
-    """
-    assert msg.sender == self.pending_owner, "token: caller is not the new owner"
-    assert not erc20.is_minter[msg.sender], "token: admin cannot mint"
-    self.pending_owner = empty(address)
-    ownable._transfer_ownership(msg.sender)
+@internal
+@view
+def _is_burner(account: address) -> bool:
+    return account == escrow or account == vault

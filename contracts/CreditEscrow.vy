@@ -7,25 +7,58 @@
         the mint fee, paid to the treasury) and then serves only requests
         paid by burning that token. A *listed* lot mints nothing and serves
         USDC-paid requests at the seller's rate. Each lot carries a USDC bond
-        from the seller, released pro rata as the lot is consumed, and
-        slashed into the provider's insurance fund if the capacity fails.
-@dev Roles: admin (two-step handover), attestor (the gateway, after it has
-     verified a seller's key: opens and slashes lots). Only the CreditsVault
-     (`vault`, set once at deploy) draws lots down, inside the settlement
-     that burns the tokens (tokenized) or credits the seller (listed):
-     nobody else can release a bond against capacity that was not paid for.
-     Tokenized lots of a token are drawn nearest expiry first (ties: lower
-     id first) from a per-token list kept in that order, so which lot is
-     drawn is nobody's choice. Units: face values and bonds in USD
-     micro-units (= USDC's 6-decimal unit), token amounts in 10**-18.
+        from the seller, released pro rata as the lot is consumed.
+
+        What the bond promises token holders:
+        - A lot's face value is the seller's word; its bond (at least
+          MIN_BOND_FLOOR_BPS of face value, an immutable floor) is what
+          stands behind it in the worst case.
+        - Every token that stops being backed by open capacity brings its
+          share of the lot's bond to the provider's insurance fund: all of
+          the unreleased bond on `slash`; bond × remaining ÷ capacity
+          (rounded up) on `expire`; the fee share's part on `finalize_close`.
+          The seller gets back only the bond of capacity it delivered or
+          returned.
+        - `buy_back_unbacked` pays every tendered token the same rate,
+          min(face value, insurance fund ÷ unbacked tokens), so order,
+          timing and identity gain nothing.
+        - Closing takes two steps: `request_close` stops routing (and
+          drawing) at once; for `close_delay` (two vault windows) the lot
+          stays open: a listed lot is still credited for the usage it served,
+          and any lot can still be slashed; then `finalize_close` returns the
+          rest of the bond once a tokenized lot's seller has returned its
+          token share.
+        - Tokenized lots are drawn nearest-expiry first (`draw`), and a lot
+          must be valid for at least MIN_LOT_VALIDITY when it opens, so
+          minting, selling and letting a lot expire undrawn does not pay.
+          Limit: the draw follows expiry, not whose key served; a lot whose
+          key failed is drawn (its seller paid the bond share) until the
+          attestor slashes it, so the attestor slashes a failing lot at once.
+@dev Roles: admin (two-step handover; the Timelock after deploy: every grant
+     and every parameter is timelocked), attestor (the gateway, after it has
+     verified a seller's key: opens and slashes lots; granted by the admin,
+     revoked by the admin or at once by the timelock's guardian through
+     `revoke_attestor`). Only the CreditsVault (`vault`, set once at deploy)
+     draws lots down, inside the settlement that burns the tokens (tokenized)
+     or credits the seller (listed): nobody else can release a bond against
+     capacity that was not paid for. Tokenized lots of a token are drawn
+     nearest expiry first (ties: lower id first) from a per-token list of the
+     lots that still route, so which lot is drawn is nobody's choice. Units:
+     face values and bonds in USD micro-units (= USDC's 6-decimal unit),
+     token amounts in 10**-18.
 """
 
 from ethereum.ercs import IERC20
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
 
+from .interfaces import IComputeToken
+from .interfaces import ICreditEscrow
+
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
+
+implements: ICreditEscrow
 
 exports: (
     ownable_2step.owner,
@@ -35,20 +68,22 @@ exports: (
 )
 
 
-interface IComputeToken:
-    def mint(owner: address, amount: uint256): nonpayable
-    def burn(amount: uint256): nonpayable
-    def face_value_usd_micro() -> uint256: view
-
-
 # ─── Constants ───────────────────────────────────────────────────────────────
 
 BPS: constant(uint256) = 10_000
 # @notice Hard cap on the mint fee: 1 %.
 MAX_MINT_FEE_BPS: public(constant(uint256)) = 100
+# @notice The minimum bond can never go below 10 % of face value: a failed
+#         lot's unbacked tokens recover at least this much per dollar of face.
+MIN_BOND_FLOOR_BPS: public(constant(uint256)) = 1_000
+# @notice A lot must be valid for at least this long when it opens (7 days),
+#         so nearest-expiry-first routing has time to draw it.
+MIN_LOT_VALIDITY: public(constant(uint256)) = 7 * 86_400
 # @notice After a lot's expiry, usage it served may still be settled for this
 #         long (two of the vault's longest epochs) before `expire` may run.
 SETTLEMENT_GRACE: public(constant(uint256)) = 7_200
+# @notice Longest vault window the escrow accepts (the vault's MAX_EPOCH_LENGTH).
+MAX_WINDOW_LENGTH: public(constant(uint256)) = 3_600
 # @notice Most lots one `draw` walks (drawn or skipped); `drawable` counts the same.
 MAX_DRAW_LOTS: public(constant(uint256)) = 256
 # @notice Most later-expiring lots an `open_lot` walks past to keep its token's
@@ -66,27 +101,13 @@ STATUS_SLASHED: public(constant(uint8)) = 4
 
 # ─── Storage ─────────────────────────────────────────────────────────────────
 
-struct Lot:
-    seller: address
-    token: address  # the provider's ComputeToken; identifies the provider
-    kind: uint8
-    status: uint8
-    rate_bps: uint16  # listed lots: seller's rate as a fraction of list price
-    expiry: uint64
-    face_value: uint256  # USD micro-units
-    capacity: uint256  # tokenized: tokens minted (seller + fee); listed: = face_value
-    seller_minted: uint256  # tokenized: tokens the seller received
-    consumed: uint256  # in the unit of `capacity`
-    last_epoch: uint256  # the last settlement epoch that consumed this lot
-    bond: uint256  # USDC posted by the seller
-    bond_released: uint256  # USDC returned to the seller so far
-    terms_hash: bytes32  # hash of the seller's signed declaration that resale is permitted
-
-
 usdc: public(immutable(address))
+# @notice Seconds between `request_close` and `finalize_close`: two vault windows.
+close_delay: public(immutable(uint256))
 
 treasury: public(address)
 mint_fee_bps: public(uint256)
+# @notice Minimum bond as a share of face value; never below MIN_BOND_FLOOR_BPS.
 min_bond_bps: public(uint256)
 
 # @notice The CreditsVault: the only caller of `consume` and `draw`; set once.
@@ -95,20 +116,21 @@ vault: public(address)
 is_attestor: public(HashMap[address, bool])
 is_provider_token: public(HashMap[address, bool])
 
-lots: public(HashMap[uint256, Lot])
+lots: public(HashMap[uint256, ICreditEscrow.Lot])
 lot_count: public(uint256)
 
-# @notice USDC bonds of lots not yet closed, expired or slashed (unreleased part).
+# @notice USDC bonds of open lots (their unreleased part).
 bonds_held: public(uint256)
-# @notice Slashed USDC per provider token, spent buying back and burning its
-#         unbacked tokens.
+# @notice Forfeited and slashed USDC per provider token, paid to holders of
+#         its unbacked tokens at one common rate (`buy_back_unbacked`).
 insurance_fund: public(HashMap[address, uint256])
 # @notice Tokens in circulation whose lot stopped serving before they were
-#         consumed (expired, slashed, or the fee share of an early close).
+#         consumed (expired, slashed, or the fee share of a closed lot).
 unbacked: public(HashMap[address, uint256])
 
-# @dev Per token, its tokenized lots that may still be drawn, as a doubly linked
-#      list ordered by (expiry, lot id): `draw` takes from the head.
+# @dev Per token, its tokenized lots that still route (open, no close
+#      requested, capacity left), as a doubly linked list ordered by (expiry,
+#      lot id): `draw` takes from the head, unlinking lots past expiry.
 _first_lot: HashMap[address, uint256]
 _last_lot: HashMap[address, uint256]
 _next_lot: HashMap[uint256, uint256]
@@ -138,16 +160,23 @@ event LotConsumed:
     consumed: uint256
     bond_released: uint256
 
+event LotCloseRequested:
+    lot_id: indexed(uint256)
+    seller: indexed(address)
+    close_at: uint256
+
 event LotClosed:
     lot_id: indexed(uint256)
     tokens_returned: uint256
     unbacked: uint256
     bond_released: uint256
+    bond_forfeited: uint256
 
 event LotExpired:
     lot_id: indexed(uint256)
     unbacked: uint256
     bond_released: uint256
+    bond_forfeited: uint256
 
 event LotSlashed:
     lot_id: indexed(uint256)
@@ -185,20 +214,24 @@ event TreasuryChanged:
 
 
 @deploy
-def __init__(usdc_: address, treasury_: address):
+def __init__(usdc_: address, treasury_: address, window_length_: uint256):
     """
     @notice Deploys the escrow; the deployer becomes the admin.
     @param usdc_ The bond asset (USDC, 6 decimals).
     @param treasury_ Receives the mint fee.
+    @param window_length_ The credits vault's epoch length in seconds
+           (1 .. MAX_WINDOW_LENGTH); a close waits two of them.
     """
     assert usdc_ != empty(address), "escrow: zero address"
     assert treasury_ != empty(address), "escrow: zero address"
+    assert window_length_ > 0 and window_length_ <= MAX_WINDOW_LENGTH, "escrow: window length out of range"
     ownable.__init__()
     ownable_2step.__init__()
     usdc = usdc_
+    close_delay = 2 * window_length_
     self.treasury = treasury_
     self.mint_fee_bps = 5
-    self.min_bond_bps = 1_000
+    self.min_bond_bps = MIN_BOND_FLOOR_BPS
 
 
 # ─── Lots ────────────────────────────────────────────────────────────────────
@@ -224,8 +257,9 @@ def open_lot(
     @param seller The seller; receives tokens and, later, the bond back.
     @param token A registered provider token.
     @param kind KIND_TOKENIZED or KIND_LISTED.
-    @param face_value USD micro-units of credit in the lot.
-    @param expiry Unix time after which the lot stops serving.
+    @param face_value USD micro-units of credit in the lot (the seller's word).
+    @param expiry Unix time after which the lot stops serving; at least
+           MIN_LOT_VALIDITY from now.
     @param bond USDC (6 decimals) posted; at least `min_bond_bps` of face value.
     @param terms_hash Hash of the seller's signed resale-permitted declaration.
     @param rate_bps Listed lots: price as a fraction of list (1..10000); tokenized: 0.
@@ -235,7 +269,7 @@ def open_lot(
     assert seller != empty(address), "escrow: zero address"
     assert self.is_provider_token[token], "escrow: unknown token"
     assert face_value > 0, "escrow: zero face value"
-    assert convert(expiry, uint256) > block.timestamp, "escrow: expiry in the past"
+    assert convert(expiry, uint256) >= block.timestamp + MIN_LOT_VALIDITY, "escrow: expiry too soon"
     assert bond >= self._min_bond(face_value), "escrow: bond below minimum"
     assert terms_hash != empty(bytes32), "escrow: resale not declared"
 
@@ -254,7 +288,7 @@ def open_lot(
 
     lot_id: uint256 = self.lot_count + 1
     self.lot_count = lot_id
-    self.lots[lot_id] = Lot(
+    self.lots[lot_id] = ICreditEscrow.Lot(
         seller=seller,
         token=token,
         kind=kind,
@@ -269,6 +303,7 @@ def open_lot(
         bond=bond,
         bond_released=0,
         terms_hash=terms_hash,
+        close_at=0,
     )
     self.bonds_held += bond
     if kind == KIND_TOKENIZED:
@@ -307,13 +342,14 @@ def consume(lot_id: uint256, amount: uint256, epoch: uint256) -> (address, uint2
          seller's credit is computed here from the lot's rate on its
          cumulative consumption, so per lot Σ credits == rate × Σ consumed
          (rounded down) exactly, whatever the split into settlements.
-    @param lot_id A drawable listed lot.
+    @param lot_id A drawable listed lot (open, not past expiry + grace;
+           also during a requested close).
     @param amount USD micro-units at list price; non-zero, within what remains.
     @param epoch The vault's USDC settlement epoch; greater than the lot's last one.
     @return (address, uint256) The seller, and the USDC it earns for `amount`.
     """
     assert msg.sender == self.vault, "escrow: caller is not the vault"
-    lot: Lot = self.lots[lot_id]
+    lot: ICreditEscrow.Lot = self.lots[lot_id]
     assert lot.kind == KIND_LISTED, "escrow: not a listed lot"
     assert self._is_drawable(lot), "escrow: lot not drawable"
     rate: uint256 = convert(lot.rate_bps, uint256)
@@ -330,9 +366,11 @@ def draw(token: address, amount: uint256, epoch: uint256):
     @notice Draws `amount` of `token`'s tokenized capacity, nearest expiry
             first, releasing each drawn lot's bond share to its seller.
     @dev Vault only, inside the settlement that burns exactly `amount`
-         of `token`, so per token Σ burned == Σ draw-downs. Lots that can
-         no longer be drawn (past expiry + grace) are skipped and unlinked;
-         lots it empties are closed and unlinked.
+         of `token`, so per token Σ burned == Σ draw-downs. Only lots that
+         still route are drawn (open, no close requested, not past expiry):
+         the others are skipped and unlinked, so a seller closing its lot, or
+         one whose lot expired, is never paid bond for usage other sellers'
+         keys served; lots it empties are closed and unlinked.
     @param token A provider token.
     @param amount Tokens (10**-18 units); non-zero; at most `drawable(token)`.
     @param epoch The vault's settlement epoch of `token`.
@@ -345,8 +383,8 @@ def draw(token: address, amount: uint256, epoch: uint256):
         if left == 0 or lot_id == 0:
             break
         following: uint256 = self._next_lot[lot_id]
-        lot: Lot = self.lots[lot_id]
-        if self._is_drawable(lot):
+        lot: ICreditEscrow.Lot = self.lots[lot_id]
+        if self._is_routable(lot):
             take: uint256 = min(left, lot.capacity - lot.consumed)
             self._draw_lot(lot_id, lot, take, epoch)
             left -= take
@@ -358,19 +396,46 @@ def draw(token: address, amount: uint256, epoch: uint256):
 
 
 @external
-@nonreentrant
-def close_lot(lot_id: uint256):
+def request_close(lot_id: uint256) -> uint256:
     """
-    @notice The seller closes its lot early and takes back the rest of its bond.
-    @dev A tokenized lot requires the seller to return its unconsumed share of
-         the tokens it received (rounded up) — approve them to this contract;
-         they are burned. The treasury's fee share of the remainder is
-         recorded as unbacked. A listed lot closes at any time.
-    @param lot_id The seller's open lot.
+    @notice The seller asks to close its lot early: it stops being routed at
+            once, and may be finalized after `close_delay`.
+    @dev Until then the lot stays open: a listed lot is still credited for
+         usage it served, and the attestor can still slash it. A tokenized
+         lot leaves the draw order at once (the burn draws other lots: a
+         closing seller is never paid bond for usage others' keys serve).
+    @param lot_id The seller's open lot, with no close requested yet.
+    @return uint256 The unix time from which `finalize_close` succeeds.
     """
-    lot: Lot = self.lots[lot_id]
+    lot: ICreditEscrow.Lot = self.lots[lot_id]
     assert lot.seller == msg.sender, "escrow: caller is not the seller"
     assert lot.status == STATUS_OPEN, "escrow: lot not open"
+    assert lot.close_at == 0, "escrow: close already requested"
+    close_at: uint256 = block.timestamp + close_delay
+    self.lots[lot_id].close_at = close_at
+    self._unlink(lot_id, lot.token)
+    log LotCloseRequested(lot_id=lot_id, seller=msg.sender, close_at=close_at)
+    return close_at
+
+
+@external
+@nonreentrant
+def finalize_close(lot_id: uint256):
+    """
+    @notice Ends a lot whose close delay has passed and returns the rest of
+            its bond to the seller.
+    @dev A tokenized lot requires the seller to return its share of the
+         unconsumed capacity, seller_minted × remaining ÷ capacity (rounded
+         up): approve them to this contract; they are burned. The treasury's
+         fee share of the remainder becomes unbacked and its bond share,
+         bond × that ÷ capacity (rounded up), goes to the insurance fund.
+    @param lot_id The seller's open lot whose `close_at` has passed.
+    """
+    lot: ICreditEscrow.Lot = self.lots[lot_id]
+    assert lot.seller == msg.sender, "escrow: caller is not the seller"
+    assert lot.status == STATUS_OPEN, "escrow: lot not open"
+    assert lot.close_at != 0, "escrow: close not requested"
+    assert block.timestamp >= lot.close_at, "escrow: close delay not over"
 
     returned: uint256 = 0
     newly_unbacked: uint256 = 0
@@ -378,17 +443,19 @@ def close_lot(lot_id: uint256):
         remaining: uint256 = lot.capacity - lot.consumed
         returned = self._ceil_div(lot.seller_minted * remaining, lot.capacity)
         newly_unbacked = remaining - returned
-        self.unbacked[lot.token] += newly_unbacked
 
-    payout: uint256 = self._finish_lot(lot_id, lot, STATUS_CLOSED)
-    self._unlink(lot_id, lot.token)
+    forfeited: uint256 = 0
+    payout: uint256 = 0
+    forfeited, payout = self._end_lot(lot_id, lot, STATUS_CLOSED, newly_unbacked)
 
     if returned > 0:
         assert extcall IERC20(lot.token).transferFrom(msg.sender, self, returned), "escrow: token transfer failed"
         extcall IComputeToken(lot.token).burn(returned)
     if payout > 0:
         self._pay_usdc(lot.seller, payout)
-    log LotClosed(lot_id=lot_id, tokens_returned=returned, unbacked=newly_unbacked, bond_released=payout)
+    log LotClosed(
+        lot_id=lot_id, tokens_returned=returned, unbacked=newly_unbacked, bond_released=payout, bond_forfeited=forfeited
+    )
 
 
 @external
@@ -396,38 +463,40 @@ def close_lot(lot_id: uint256):
 def expire(lot_id: uint256):
     """
     @notice Ends a lot past its expiry and settlement grace; anyone may call.
-    @dev Releases what is left of the bond to the seller. Unconsumed tokens
-         of a tokenized lot are recorded as unbacked.
+    @dev A tokenized lot's unconsumed capacity becomes unbacked, and its bond
+         share, bond × remaining ÷ capacity (rounded up), goes to the
+         provider's insurance fund, never to the seller; the seller gets the
+         rest. A listed lot returns its whole unreleased bond.
     @param lot_id An open lot whose expiry + SETTLEMENT_GRACE has passed.
     """
-    lot: Lot = self.lots[lot_id]
+    lot: ICreditEscrow.Lot = self.lots[lot_id]
     assert lot.status == STATUS_OPEN, "escrow: lot not open"
     assert block.timestamp > convert(lot.expiry, uint256) + SETTLEMENT_GRACE, "escrow: lot not expired"
 
     newly_unbacked: uint256 = 0
     if lot.kind == KIND_TOKENIZED:
         newly_unbacked = lot.capacity - lot.consumed
-        self.unbacked[lot.token] += newly_unbacked
 
-    payout: uint256 = self._finish_lot(lot_id, lot, STATUS_EXPIRED)
-    self._unlink(lot_id, lot.token)
+    forfeited: uint256 = 0
+    payout: uint256 = 0
+    forfeited, payout = self._end_lot(lot_id, lot, STATUS_EXPIRED, newly_unbacked)
     if payout > 0:
         self._pay_usdc(lot.seller, payout)
-    log LotExpired(lot_id=lot_id, unbacked=newly_unbacked, bond_released=payout)
+    log LotExpired(lot_id=lot_id, unbacked=newly_unbacked, bond_released=payout, bond_forfeited=forfeited)
 
 
 @external
 def slash(lot_id: uint256):
     """
     @notice Slashes a lot whose capacity failed (key revoked, credit gone).
-    @dev Attestor only. The unreleased bond moves to the provider's insurance
-         fund; unconsumed tokens of a tokenized lot are recorded as unbacked,
-         which holders can sell to that fund (`buy_back_unbacked`), which burns
-         them. No tokens move here.
+    @dev Attestor only; also during a requested close. The unreleased bond
+         moves to the provider's insurance fund; unconsumed tokens of a
+         tokenized lot are recorded as unbacked, which holders can sell to
+         that fund (`buy_back_unbacked`), which burns them. No tokens move here.
     @param lot_id An open lot.
     """
     assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
-    lot: Lot = self.lots[lot_id]
+    lot: ICreditEscrow.Lot = self.lots[lot_id]
     assert lot.status == STATUS_OPEN, "escrow: lot not open"
 
     slashed: uint256 = lot.bond - lot.bond_released
@@ -437,8 +506,8 @@ def slash(lot_id: uint256):
         self.unbacked[lot.token] += newly_unbacked
 
     self.lots[lot_id].status = STATUS_SLASHED
-    self._unlink(lot_id, lot.token)
     self.lots[lot_id].bond_released = lot.bond
+    self._unlink(lot_id, lot.token)
     self.bonds_held -= slashed
     self.insurance_fund[lot.token] += slashed
     log LotSlashed(lot_id=lot_id, token=lot.token, slashed=slashed, unbacked=newly_unbacked)
@@ -449,22 +518,24 @@ def slash(lot_id: uint256):
 def buy_back_unbacked(token: address, amount: uint256) -> uint256:
     """
     @notice Sells `amount` of the caller's `token` to that provider's insurance
-            fund at face value; the tokens are burned, restoring the backing of
-            what remains in circulation.
-    @dev Limited to the provider's unbacked tokens and to what its fund holds.
-         The payout rounds down (against the caller). Approve the tokens first.
+            fund; the tokens are burned, restoring the backing of what remains
+            in circulation.
+    @dev Every tendered token gets the same rate, min(face value, insurance
+         fund ÷ unbacked), rounded down against the caller; a sale never
+         lowers the rate of the unbacked tokens left, so order, timing and
+         identity gain nothing. Approve the tokens first.
     @param token A registered provider token with unbacked supply.
     @param amount Tokens (10**-18 units); non-zero, at most `unbacked[token]`.
     @return uint256 USDC paid (10**-6 units).
     """
     assert self.is_provider_token[token], "escrow: unknown token"
     assert amount > 0, "escrow: zero amount"
-    assert amount <= self.unbacked[token], "escrow: more than unbacked"
-    payout: uint256 = amount * staticcall IComputeToken(token).face_value_usd_micro() // 10**18
-    assert payout > 0, "escrow: amount below one usdc unit"
-    assert payout <= self.insurance_fund[token], "escrow: insurance fund too small"
+    outstanding: uint256 = self.unbacked[token]
+    assert amount <= outstanding, "escrow: more than unbacked"
+    payout: uint256 = self._buy_back_quote(token, amount, outstanding)
+    assert payout > 0, "escrow: nothing to pay"
 
-    self.unbacked[token] -= amount
+    self.unbacked[token] = outstanding - amount
     self.insurance_fund[token] -= payout
 
     assert extcall IERC20(token).transferFrom(msg.sender, self, amount), "escrow: token transfer failed"
@@ -492,6 +563,20 @@ def quote_mint(token: address, face_value: uint256) -> (uint256, uint256, uint25
 
 @external
 @view
+def quote_buy_back(token: address, amount: uint256) -> uint256:
+    """
+    @notice What `buy_back_unbacked(token, amount)` would pay now.
+    @param token A registered provider token.
+    @param amount Tokens (10**-18 units); at most `unbacked[token]`.
+    @return uint256 USDC (10**-6 units).
+    """
+    outstanding: uint256 = self.unbacked[token]
+    assert amount <= outstanding, "escrow: more than unbacked"
+    return self._buy_back_quote(token, amount, outstanding)
+
+
+@external
+@view
 def min_bond(face_value: uint256) -> uint256:
     """
     @notice The smallest bond accepted for a lot of `face_value`.
@@ -503,10 +588,37 @@ def min_bond(face_value: uint256) -> uint256:
 
 @external
 @view
+def remaining(lot_id: uint256) -> uint256:
+    """
+    @notice Capacity a lot can still serve (0 unless open).
+    @param lot_id The lot.
+    @return uint256 In the lot's unit (tokens or USD micro-units).
+    """
+    lot: ICreditEscrow.Lot = self.lots[lot_id]
+    if lot.status != STATUS_OPEN:
+        return 0
+    return lot.capacity - lot.consumed
+
+
+@external
+@view
+def is_routable(lot_id: uint256) -> bool:
+    """
+    @notice Whether a lot may serve new requests now: open, no close
+            requested, not past expiry, capacity left.
+    @param lot_id The lot.
+    @return bool True if the gateway may route to it.
+    """
+    return self._is_routable(self.lots[lot_id])
+
+
+@external
+@view
 def drawable(token: address) -> uint256:
     """
     @notice What one `draw` of `token` could take now: the remaining capacity
-            of its drawable tokenized lots (the first MAX_DRAW_LOTS in draw order).
+            of its tokenized lots that still route (the first MAX_DRAW_LOTS in
+            draw order).
     @param token A provider token.
     @return uint256 Tokens (10**-18 units).
     """
@@ -515,8 +627,8 @@ def drawable(token: address) -> uint256:
     for _: uint256 in range(MAX_DRAW_LOTS):
         if lot_id == 0:
             break
-        lot: Lot = self.lots[lot_id]
-        if self._is_drawable(lot):
+        lot: ICreditEscrow.Lot = self.lots[lot_id]
+        if self._is_routable(lot):
             total += lot.capacity - lot.consumed
         lot_id = self._next_lot[lot_id]
     return total
@@ -542,50 +654,51 @@ def draw_order(token: address, count: uint256) -> DynArray[uint256, MAX_DRAW_LOT
     return ids
 
 
-@external
-@view
-def remaining(lot_id: uint256) -> uint256:
-    """
-    @notice Capacity a lot can still serve (0 unless open).
-    @param lot_id The lot.
-    @return uint256 In the lot's unit (tokens or USD micro-units).
-    """
-    lot: Lot = self.lots[lot_id]
-    if lot.status != STATUS_OPEN:
-        return 0
-    return lot.capacity - lot.consumed
-
-
-# ─── Admin ───────────────────────────────────────────────────────────────────
+# ─── Admin (the Timelock after deploy) ───────────────────────────────────────
 
 
 @external
 def add_provider(token: address):
     """
     @notice Registers a provider token that lots may name.
-    @dev Admin only. The token must grant this contract the minter and burner roles.
+    @dev Admin only. The token must make this contract its minter and a burner.
     @param token The ComputeToken.
     """
     ownable._check_owner()
     assert token != empty(address), "escrow: zero address"
     assert not self.is_provider_token[token], "escrow: provider already added"
     assert staticcall IComputeToken(token).face_value_usd_micro() > 0, "escrow: not a compute token"
+    assert staticcall IComputeToken(token).is_minter(self), "escrow: not the token's minter"
+    assert staticcall IComputeToken(token).is_burner(self), "escrow: not the token's burner"
     self.is_provider_token[token] = True
     log ProviderAdded(token=token)
 
 
 @external
-def set_attestor(account: address, status: bool):
+def grant_attestor(account: address):
     """
-    @notice Grants or revokes the attestor role.
-    @dev Admin only.
-    @param account The account; not the zero address.
-    @param status True to grant.
+    @notice Grants the attestor role (opens and slashes lots).
+    @dev Admin only (timelocked after deploy).
+    @param account Not the zero address.
     """
     ownable._check_owner()
     assert account != empty(address), "escrow: zero address"
-    self.is_attestor[account] = status
-    log RoleAttestorChanged(account=account, status=status)
+    self.is_attestor[account] = True
+    log RoleAttestorChanged(account=account, status=True)
+
+
+@external
+def revoke_attestor(account: address):
+    """
+    @notice Revokes the attestor role.
+    @dev Admin only; registered as a revocation in the Timelock, so its
+         guardian can call it at once.
+    @param account A current attestor.
+    """
+    ownable._check_owner()
+    assert self.is_attestor[account], "escrow: not an attestor"
+    self.is_attestor[account] = False
+    log RoleAttestorChanged(account=account, status=False)
 
 
 @external
@@ -620,10 +733,11 @@ def set_mint_fee_bps(new_bps: uint256):
 def set_min_bond_bps(new_bps: uint256):
     """
     @notice Sets the minimum bond, as a share of face value, for new lots.
-    @dev Admin only; at most 100 %.
+    @dev Admin only; between the immutable MIN_BOND_FLOOR_BPS and 100 %.
     @param new_bps Basis points of face value.
     """
     ownable._check_owner()
+    assert new_bps >= MIN_BOND_FLOOR_BPS, "escrow: bond share below floor"
     assert new_bps <= BPS, "escrow: bond share above 100%"
     log MinBondChanged(old_bps=self.min_bond_bps, new_bps=new_bps)
     self.min_bond_bps = new_bps
@@ -662,13 +776,57 @@ def _min_bond(face_value: uint256) -> uint256:
 
 @internal
 @view
-def _is_drawable(lot: Lot) -> bool:
+def _buy_back_quote(token: address, amount: uint256, outstanding: uint256) -> uint256:
+    # min(face, fund ÷ unbacked) per token, rounded down: what a sale pays can
+    # never lower the fund-per-unbacked-token of those still outstanding.
+    if outstanding == 0:
+        return 0
+    at_face: uint256 = amount * staticcall IComputeToken(token).face_value_usd_micro() // 10**18
+    pro_rata: uint256 = amount * self.insurance_fund[token] // outstanding
+    return min(at_face, pro_rata)
+
+
+@internal
+def _end_lot(lot_id: uint256, lot: ICreditEscrow.Lot, status: uint8, newly_unbacked: uint256) -> (uint256, uint256):
+    # Ends a lot; its newly unbacked tokens take their bond share (rounded up)
+    # to the insurance fund. Returns (forfeited, owed to the seller).
+    # floor(bond × consumed ÷ cap) + ceil(bond × unbacked ÷ cap) ≤ bond, as
+    # unbacked ≤ cap − consumed, so the forfeit never exceeds what is held.
+    forfeited: uint256 = 0
+    if newly_unbacked > 0:
+        forfeited = self._ceil_div(lot.bond * newly_unbacked, lot.capacity)
+        self.unbacked[lot.token] += newly_unbacked
+        self.insurance_fund[lot.token] += forfeited
+    held: uint256 = lot.bond - lot.bond_released
+    payout: uint256 = held - forfeited
+    self.lots[lot_id].status = status
+    self.lots[lot_id].bond_released = lot.bond
+    self._unlink(lot_id, lot.token)
+    self.bonds_held -= held
+    return forfeited, payout
+
+
+@internal
+@view
+def _is_drawable(lot: ICreditEscrow.Lot) -> bool:
     # Whether settlement may still draw (or credit) this lot: the one place that says so.
     return lot.status == STATUS_OPEN and block.timestamp <= convert(lot.expiry, uint256) + SETTLEMENT_GRACE
 
 
 @internal
-def _draw_lot(lot_id: uint256, lot: Lot, amount: uint256, epoch: uint256):
+@view
+def _is_routable(lot: ICreditEscrow.Lot) -> bool:
+    # Whether the gateway may still route to the lot, and so `draw` take from it.
+    return (
+        lot.status == STATUS_OPEN
+        and lot.close_at == 0
+        and block.timestamp <= convert(lot.expiry, uint256)
+        and lot.consumed < lot.capacity
+    )
+
+
+@internal
+def _draw_lot(lot_id: uint256, lot: ICreditEscrow.Lot, amount: uint256, epoch: uint256):
     # Draws `amount` of capacity and releases the bond pro rata to the seller.
     assert amount > 0, "escrow: zero amount"
     assert epoch > 0, "escrow: epochs start at 1"
@@ -685,6 +843,7 @@ def _draw_lot(lot_id: uint256, lot: Lot, amount: uint256, epoch: uint256):
     self.lots[lot_id].bond_released = released
     if consumed == lot.capacity:
         self.lots[lot_id].status = STATUS_CLOSED
+        self._unlink(lot_id, lot.token)
     self.bonds_held -= payout
 
     if payout > 0:
@@ -734,16 +893,6 @@ def _unlink(lot_id: uint256, token: address):
         self._prev_lot[before] = after
     self._prev_lot[lot_id] = 0
     self._next_lot[lot_id] = 0
-
-
-@internal
-def _finish_lot(lot_id: uint256, lot: Lot, status: uint8) -> uint256:
-    # Ends a lot and returns the unreleased bond now owed to its seller.
-    payout: uint256 = lot.bond - lot.bond_released
-    self.lots[lot_id].status = status
-    self.lots[lot_id].bond_released = lot.bond
-    self.bonds_held -= payout
-    return payout
 
 
 @internal

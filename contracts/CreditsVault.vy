@@ -93,6 +93,9 @@ from snekmate.utils import ecdsa
 from snekmate.utils import eip712_domain_separator as eip712
 from snekmate.utils import math
 
+from .interfaces import IComputeToken
+from .interfaces import ICreditEscrow
+
 initializes: ownable
 initializes: ownable_2step[ownable := ownable]
 initializes: eip712
@@ -107,16 +110,6 @@ exports: (
 
 
 # ─── Interfaces ──────────────────────────────────────────────────────────────
-
-interface IComputeToken:
-    def burn(amount: uint256): nonpayable
-
-
-interface ICreditEscrow:
-    def consume(lot_id: uint256, amount: uint256, epoch: uint256) -> (address, uint256): nonpayable
-    def draw(token: address, amount: uint256, epoch: uint256): nonpayable
-    def is_provider_token(token: address) -> bool: view
-
 
 # @dev The market that turns a spend-only token into USDC on exit (the DEX
 #      router or an adapter in front of it). It must pull exactly `amount` of

@@ -26,9 +26,34 @@ from promptex.cli.errors import readable_errors
     multiple=True,
     help="PROVIDER=ADDRESS: the provider's billing signer RedemptionEscrow trusts for receipts (repeatable)",
 )
+@click.option(
+    "--proposer",
+    "proposers",
+    multiple=True,
+    help="an address that schedules Timelock operations (repeatable; default: the deployer)",
+)
+@click.option(
+    "--guardian",
+    "guardians",
+    multiple=True,
+    help="an address that cancels Timelock operations and revokes roles at once (repeatable; default: the deployer)",
+)
 @click.option("--force", is_flag=True, help="replace a live deployment recorded for this network")
 @click.option("--keep-existing", is_flag=True, help="if a live deployment is recorded, keep it and succeed")
-def cli(network, alias, usdc, treasury, attestor, extra_attestors, coordinator, billing_signers, force, keep_existing):
+def cli(
+    network,
+    alias,
+    usdc,
+    treasury,
+    attestor,
+    extra_attestors,
+    coordinator,
+    billing_signers,
+    proposers,
+    guardians,
+    force,
+    keep_existing,
+):
     signers = {}
     for item in billing_signers:
         provider, _, address = item.partition("=")
@@ -50,6 +75,8 @@ def cli(network, alias, usdc, treasury, attestor, extra_attestors, coordinator, 
             extra_attestors=extra_attestors,
             coordinator=coordinator,
             billing_signers=signers or None,
+            proposers=proposers,
+            guardians=guardians,
             force=force,
             log=click.echo,
         )

@@ -75,3 +75,14 @@ def ape_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=600,
     )
+
+
+def act_as(rpc_url: str, address: str) -> str:
+    """Let `address` (a contract, e.g. the deployment's Timelock) send transactions on
+    this anvil without its key, with gas money. Tests only: it is how a test does in
+    one transaction what the Timelock does after its delay."""
+    for method, params in (("anvil_impersonateAccount", [address]), ("anvil_setBalance", [address, hex(10**21)])):
+        request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        answer = requests.post(rpc_url, json=request, timeout=10)
+        answer.raise_for_status()
+    return address

@@ -4,8 +4,8 @@
 @license MIT
 @notice Test token whose transfer, transferFrom and approve can be switched to
         return False instead of reverting (as some old tokens do). It also
-        answers `face_value_usd_micro`, so an escrow can register it as a
-        provider token. For tests only.
+        answers `face_value_usd_micro`, `is_minter` and `is_burner`, so an
+        escrow can register it as a provider token. For tests only.
 """
 
 from ethereum.ercs import IERC20
@@ -29,6 +29,28 @@ def face_value_usd_micro() -> uint256:
     @return uint256 Always 1.
     """
     return 1
+
+
+@external
+@view
+def is_minter(account: address) -> bool:
+    """
+    @notice Lets a CreditEscrow accept this token (it checks it is the minter).
+    @param account Any account.
+    @return bool Always True.
+    """
+    return True
+
+
+@external
+@view
+def is_burner(account: address) -> bool:
+    """
+    @notice Lets a CreditEscrow accept this token (it checks it is a burner).
+    @param account Any account.
+    @return bool Always True.
+    """
+    return True
 
 
 @external

@@ -59,6 +59,7 @@ def deployment(admin, treasury, attestor, tmp_path_factory):
         "local",
         treasury=treasury.address,
         attestor=attestor.address,
+        hand_over=False,  # the admin stays `admin`, so tests call admin functions directly
         force=True,
         root=tmp_path_factory.mktemp("deployments"),
         log=lambda _: None,

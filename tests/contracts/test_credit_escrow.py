@@ -1,7 +1,9 @@
-"""CreditEscrow: opening, consuming, closing, expiring and slashing lots; admin; handover.
+"""CreditEscrow: opening, consuming, closing (two steps), expiring and slashing lots;
+buy-backs at the common rate; admin; handover.
 
 Every test where USDC moves ends with the conservation check: the escrow holds
-exactly the unreleased bonds plus the insurance funds.
+exactly the unreleased bonds plus the insurance funds. The attacks of issue 19 are in
+test_credit_escrow_attacks.py.
 """
 
 import ape
@@ -9,9 +11,12 @@ import pytest
 from ape import project
 from eth_utils import keccak
 
+from promptex.chain.deploy import DEMO_EPOCH_LENGTH
 from promptex.protocol.escrow import (
     KIND_LISTED,
     KIND_TOKENIZED,
+    MIN_BOND_FLOOR_BPS,
+    MIN_LOT_VALIDITY,
     STATUS_CLOSED,
     STATUS_EXPIRED,
     STATUS_OPEN,
@@ -48,6 +53,13 @@ def _fund_bond(usdc, escrow, seller, bond):
 
 def _travel_past_grace(chain, escrow, lot_id):
     chain.pending_timestamp = escrow.lots(lot_id).expiry + GRACE + 1
+
+
+def _close(escrow, chain, lot_id, seller):
+    """Request a close, wait the close delay, finalize (tokens approved by the caller)."""
+    escrow.request_close(lot_id, sender=seller)
+    chain.pending_timestamp = escrow.lots(lot_id).close_at
+    return escrow.finalize_close(lot_id, sender=seller)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +115,18 @@ def _open(escrow, sender, args, **overrides):
 
 def test_deploy__zero_usdc__reverts(admin, treasury):
     with ape.reverts("escrow: zero address"):
-        admin.deploy(project.CreditEscrow, ZERO_ADDRESS, treasury)
+        admin.deploy(project.CreditEscrow, ZERO_ADDRESS, treasury, 600)
 
 
 def test_deploy__zero_treasury__reverts(admin, usdc):
     with ape.reverts("escrow: zero address"):
-        admin.deploy(project.CreditEscrow, usdc, ZERO_ADDRESS)
+        admin.deploy(project.CreditEscrow, usdc, ZERO_ADDRESS, 600)
+
+
+@pytest.mark.parametrize("window", [0, 3_601])
+def test_deploy__window_out_of_range__reverts(admin, usdc, treasury, window):
+    with ape.reverts("escrow: window length out of range"):
+        admin.deploy(project.CreditEscrow, usdc, treasury, window)
 
 
 def test_deploy__defaults__match_spec(escrow, deployment, usdc, treasury, admin, attestor, cld, gpt):
@@ -116,7 +134,9 @@ def test_deploy__defaults__match_spec(escrow, deployment, usdc, treasury, admin,
     assert escrow.treasury() == treasury
     assert escrow.owner() == admin
     assert escrow.mint_fee_bps() == 5
-    assert escrow.min_bond_bps() == 1_000
+    assert escrow.min_bond_bps() == escrow.MIN_BOND_FLOOR_BPS() == MIN_BOND_FLOOR_BPS == 1_000
+    assert escrow.MIN_LOT_VALIDITY() == MIN_LOT_VALIDITY == 7 * DAY
+    assert escrow.close_delay() == 2 * DEMO_EPOCH_LENGTH  # two vault windows
     assert escrow.MAX_MINT_FEE_BPS() == 100
     assert escrow.SETTLEMENT_GRACE() == GRACE
     assert escrow.is_attestor(attestor) and escrow.vault() == deployment.address("CreditsVault")
@@ -294,8 +314,15 @@ def test_open_lot__zero_face_value__reverts(escrow, attestor, open_args):
 
 
 def test_open_lot__expiry_in_the_past__reverts(escrow, attestor, chain, open_args):
-    with ape.reverts("escrow: expiry in the past"):
+    with ape.reverts("escrow: expiry too soon"):
         _open(escrow, attestor, open_args, expiry=chain.pending_timestamp - 1)
+
+
+def test_open_lot__shorter_than_minimum_validity__reverts_until_exactly_it(escrow, attestor, chain, open_args):
+    with ape.reverts("escrow: expiry too soon"):
+        _open(escrow, attestor, open_args, expiry=chain.pending_timestamp + MIN_LOT_VALIDITY - 1)
+    _open(escrow, attestor, open_args, expiry=chain.pending_timestamp + MIN_LOT_VALIDITY)
+    assert escrow.lot_count() == 1
 
 
 def test_open_lot__bond_below_minimum__reverts(escrow, attestor, open_args):
@@ -327,17 +354,17 @@ def test_open_lot__bond_not_approved__reverts(escrow, usdc, seller, attestor, op
     assert escrow.lot_count() == 0
 
 
-def test_open_lot__face_value_below_one_token_unit__reverts(escrow, admin, attestor, open_args):
+def test_open_lot__face_value_below_one_token_unit__reverts(escrow, vault, admin, attestor, open_args):
     # A token worth more than 10**18 USD micro-units each: 1 micro-unit buys less than 10**-18.
-    pricey = admin.deploy(project.ComputeToken, "Pricey Credit", "PRC", "Pricey", 2 * TOKEN_UNIT)
+    pricey = admin.deploy(project.ComputeToken, "Pricey Credit", "PRC", "Pricey", 2 * TOKEN_UNIT, escrow, vault)
     escrow.add_provider(pricey, sender=admin)
     with ape.reverts("escrow: face value too small to mint"):
         _open(escrow, attestor, open_args, token=pricey, face_value=1, bond=1)
 
 
-def test_open_lot__capacity_all_fee__reverts(escrow, admin, attestor, open_args):
+def test_open_lot__capacity_all_fee__reverts(escrow, vault, admin, attestor, open_args):
     # Capacity of 1 unit: the rounded-up 5 bps fee would take all of it, leaving the seller nothing.
-    unit = admin.deploy(project.ComputeToken, "Unit Credit", "UNT", "Unit", TOKEN_UNIT)
+    unit = admin.deploy(project.ComputeToken, "Unit Credit", "UNT", "Unit", TOKEN_UNIT, escrow, vault)
     escrow.add_provider(unit, sender=admin)
     assert escrow.quote_mint(unit, 1) == (1, 0, 1)
     with ape.reverts("escrow: face value too small to mint"):
@@ -378,33 +405,94 @@ def test_draw_down__past_expiry_and_grace__reverts(escrow, chain, cld, seller, o
         draw_down(lot_id, 1_000)
 
 
-# ─── close_lot ───────────────────────────────────────────────────────────────
+# ─── Closing: request_close → close_delay → finalize_close ───────────────────
 
 
-def test_close_lot__tokenized_unconsumed__burns_seller_share_and_releases_bond(
-    escrow, usdc, cld, seller, open_lot, assert_conserved
+def test_request_close__stops_routing_at_once_and_sets_close_at(escrow, chain, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld)
+    assert escrow.is_routable(lot_id) and escrow.draw_order(cld, 1) == [lot_id]
+    tx = escrow.request_close(lot_id, sender=seller)
+    close_at = tx.timestamp + escrow.close_delay()
+    assert escrow.lots(lot_id).close_at == close_at
+    assert escrow.lots(lot_id).status == STATUS_OPEN  # still settles and can still be slashed
+    assert not escrow.is_routable(lot_id)
+    assert escrow.draw_order(cld, 1) == [] and escrow.drawable(cld) == 0
+    assert tx.events.filter(escrow.LotCloseRequested) == [
+        escrow.LotCloseRequested(lot_id=lot_id, seller=seller, close_at=close_at)
+    ]
+
+
+def test_request_close__listed_lot_stays_creditable_during_the_delay(escrow, usdc, cld, seller, open_lot, draw_down):
+    listed = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    escrow.request_close(listed, sender=seller)
+    draw_down(listed, 1_000)  # usage it served before the request still pays its seller
+    assert escrow.lots(listed).consumed == 1_000
+
+
+def test_request_close__tokenized_lot_is_no_longer_drawn(escrow, cld, gpt, seller, buyer, open_lot, draw_down):
+    # Drawn for usage other sellers' keys serve, a closing lot would get bond it did not earn.
+    closing = open_lot(seller, cld)
+    other = open_lot(buyer, cld)
+    escrow.request_close(closing, sender=seller)
+    assert escrow.drawable(cld) == escrow.remaining(other)
+    draw_down(other, 1_000, payer=buyer)
+    assert escrow.lots(closing).consumed == 0
+    assert escrow.lots(other).consumed == 1_000
+
+
+def test_finalize_close__before_delay__reverts_until_close_at(escrow, chain, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    with ape.reverts("escrow: close not requested"):
+        escrow.finalize_close(lot_id, sender=seller)
+    escrow.request_close(lot_id, sender=seller)
+    close_at = escrow.lots(lot_id).close_at
+    chain.pending_timestamp = close_at - 1
+    with ape.reverts("escrow: close delay not over"):
+        escrow.finalize_close(lot_id, sender=seller)
+    chain.pending_timestamp = close_at
+    escrow.finalize_close(lot_id, sender=seller)
+    assert escrow.lots(lot_id).status == STATUS_CLOSED
+
+
+def test_request_close__twice__reverts(escrow, cld, seller, open_lot):
+    lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    escrow.request_close(lot_id, sender=seller)
+    with ape.reverts("escrow: close already requested"):
+        escrow.request_close(lot_id, sender=seller)
+
+
+def test_finalize_close__tokenized_unconsumed__burns_seller_share_and_forfeits_fee_share_bond(
+    escrow, chain, usdc, cld, seller, open_lot, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
     lot = escrow.lots(lot_id)
     fee = lot.capacity - lot.seller_minted
+    forfeited = _ceil_div(lot.bond * fee, lot.capacity)  # the treasury's unbacked fee share keeps its bond share
     cld.approve(escrow, lot.seller_minted, sender=seller)
-    tx = escrow.close_lot(lot_id, sender=seller)
+    tx = _close(escrow, chain, lot_id, seller)
     assert cld.balanceOf(seller) == 0
     assert cld.balanceOf(escrow) == 0
     assert cld.totalSupply() == fee  # only the treasury's fee share is left
     assert escrow.unbacked(cld) == fee
+    assert escrow.insurance_fund(cld) == forfeited
     assert escrow.lots(lot_id).status == STATUS_CLOSED
-    assert usdc.balanceOf(seller) == lot.bond
+    assert usdc.balanceOf(seller) == lot.bond - forfeited
     assert escrow.bonds_held() == 0
     assert escrow.remaining(lot_id) == 0
     assert tx.events.filter(escrow.LotClosed) == [
-        escrow.LotClosed(lot_id=lot_id, tokens_returned=lot.seller_minted, unbacked=fee, bond_released=lot.bond)
+        escrow.LotClosed(
+            lot_id=lot_id,
+            tokens_returned=lot.seller_minted,
+            unbacked=fee,
+            bond_released=lot.bond - forfeited,
+            bond_forfeited=forfeited,
+        )
     ]
     assert_conserved()
 
 
-def test_close_lot__tokenized_partly_consumed__returns_ceil_share_of_remaining(
-    escrow, usdc, cld, seller, treasury, open_lot, draw_down, assert_conserved
+def test_finalize_close__tokenized_partly_consumed__returns_ceil_share_of_remaining(
+    escrow, chain, usdc, cld, seller, treasury, open_lot, draw_down, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
     lot = escrow.lots(lot_id)
@@ -416,67 +504,88 @@ def test_close_lot__tokenized_partly_consumed__returns_ceil_share_of_remaining(
     remaining = lot.capacity - consumed
     assert lot.seller_minted * remaining % lot.capacity != 0  # the return really is rounded here
     returned = _ceil_div(lot.seller_minted * remaining, lot.capacity)
+    forfeited = _ceil_div(lot.bond * (remaining - returned), lot.capacity)
 
     cld.approve(escrow, returned, sender=seller)
-    tx = escrow.close_lot(lot_id, sender=seller)
+    tx = _close(escrow, chain, lot_id, seller)
 
     assert cld.balanceOf(seller) == lot.seller_minted - consumed + fee - returned
     assert cld.totalSupply() == lot.capacity - consumed - returned
     assert escrow.unbacked(cld) == remaining - returned
-    assert usdc.balanceOf(seller) == lot.bond
+    assert usdc.balanceOf(seller) == lot.bond - forfeited
     assert escrow.bonds_held() == 0
     assert tx.events.filter(escrow.LotClosed) == [
         escrow.LotClosed(
             lot_id=lot_id,
             tokens_returned=returned,
             unbacked=remaining - returned,
-            bond_released=lot.bond - released_early,
+            bond_released=lot.bond - released_early - forfeited,
+            bond_forfeited=forfeited,
         )
     ]
     assert_conserved()
 
 
-def test_close_lot__listed__closes_without_tokens(escrow, usdc, cld, seller, open_lot, assert_conserved):
+def test_finalize_close__listed__closes_without_tokens(escrow, chain, usdc, cld, seller, open_lot, assert_conserved):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
-    escrow.close_lot(lot_id, sender=seller)
+    _close(escrow, chain, lot_id, seller)
     assert escrow.lots(lot_id).status == STATUS_CLOSED
     assert usdc.balanceOf(seller) == escrow.min_bond(FACE)
     assert escrow.unbacked(cld) == 0
+    assert escrow.insurance_fund(cld) == 0
     assert escrow.bonds_held() == 0
     assert_conserved()
 
 
-def test_close_lot__non_seller__reverts(escrow, cld, seller, attacker, attestor, open_lot):
+def test_close__non_seller__reverts(escrow, chain, cld, seller, attacker, attestor, open_lot):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
+    for who in (attacker, attestor):
+        with ape.reverts("escrow: caller is not the seller"):
+            escrow.request_close(lot_id, sender=who)
+    escrow.request_close(lot_id, sender=seller)
+    chain.pending_timestamp = escrow.lots(lot_id).close_at
     with ape.reverts("escrow: caller is not the seller"):
-        escrow.close_lot(lot_id, sender=attacker)
-    with ape.reverts("escrow: caller is not the seller"):
-        escrow.close_lot(lot_id, sender=attestor)
+        escrow.finalize_close(lot_id, sender=attacker)
     assert escrow.lots(lot_id).status == STATUS_OPEN
 
 
-def test_close_lot__already_closed__reverts(escrow, cld, seller, open_lot):
+def test_finalize_close__already_closed__reverts(escrow, chain, cld, seller, open_lot):
     lot_id = open_lot(seller, cld, kind=KIND_LISTED, rate_bps=8_000)
-    escrow.close_lot(lot_id, sender=seller)
+    _close(escrow, chain, lot_id, seller)
     with ape.reverts("escrow: lot not open"):
-        escrow.close_lot(lot_id, sender=seller)
+        escrow.finalize_close(lot_id, sender=seller)
+    with ape.reverts("escrow: lot not open"):
+        escrow.request_close(lot_id, sender=seller)
 
 
-def test_close_lot__tokens_not_approved__reverts(escrow, usdc, cld, seller, open_lot):
+def test_finalize_close__tokens_not_approved__reverts(escrow, chain, usdc, cld, seller, open_lot):
     lot_id = open_lot(seller, cld)
     cld.approve(escrow, escrow.lots(lot_id).seller_minted - 1, sender=seller)
     with ape.reverts("erc20: insufficient allowance"):
-        escrow.close_lot(lot_id, sender=seller)
+        _close(escrow, chain, lot_id, seller)
     assert escrow.lots(lot_id).status == STATUS_OPEN
     assert usdc.balanceOf(seller) == 0
 
 
-def test_close_lot__seller_sold_its_tokens__reverts(escrow, cld, seller, buyer, open_lot):
+def test_finalize_close__seller_sold_its_tokens__reverts(escrow, chain, cld, seller, buyer, open_lot):
     lot_id = open_lot(seller, cld)
     cld.transfer(buyer, 1, sender=seller)
     cld.approve(escrow, escrow.lots(lot_id).seller_minted, sender=seller)
     with ape.reverts("erc20: transfer amount exceeds balance"):
-        escrow.close_lot(lot_id, sender=seller)
+        _close(escrow, chain, lot_id, seller)
+
+
+def test_finalize_close__never_finalized__expires_with_forfeit(
+    escrow, chain, usdc, cld, seller, attacker, open_lot, assert_conserved
+):
+    # A seller who requests a close and keeps its tokens is no better off than one who lets the lot expire.
+    lot_id = open_lot(seller, cld)
+    escrow.request_close(lot_id, sender=seller)
+    _travel_past_grace(chain, escrow, lot_id)
+    escrow.expire(lot_id, sender=attacker)
+    assert usdc.balanceOf(seller) == 0
+    assert escrow.insurance_fund(cld) == escrow.lots(lot_id).bond
+    assert_conserved()
 
 
 # ─── expire ──────────────────────────────────────────────────────────────────
@@ -501,7 +610,7 @@ def test_expire__before_expiry__reverts(escrow, cld, seller, open_lot):
         escrow.expire(lot_id, sender=seller)
 
 
-def test_expire__after_grace_by_anyone__releases_bond_and_records_unbacked(
+def test_expire__after_grace_by_anyone__forfeits_the_unconsumed_share_and_records_unbacked(
     escrow, chain, usdc, cld, seller, attacker, open_lot, draw_down, assert_conserved
 ):
     lot_id = open_lot(seller, cld)
@@ -509,18 +618,27 @@ def test_expire__after_grace_by_anyone__releases_bond_and_records_unbacked(
     consumed = lot.capacity // 4
     draw_down(lot_id, consumed)
     released_early = lot.bond * consumed // lot.capacity
+    remaining = lot.capacity - consumed
+    forfeited = _ceil_div(lot.bond * remaining, lot.capacity)
+    assert lot.bond * remaining % lot.capacity != 0  # the forfeit really is rounded (up) here
     _travel_past_grace(chain, escrow, lot_id)
 
     tx = escrow.expire(lot_id, sender=attacker)
 
     assert escrow.lots(lot_id).status == STATUS_EXPIRED
-    assert escrow.unbacked(cld) == lot.capacity - consumed
-    assert usdc.balanceOf(seller) == lot.bond
+    assert escrow.unbacked(cld) == remaining
+    assert escrow.insurance_fund(cld) == forfeited
+    assert usdc.balanceOf(seller) == lot.bond - forfeited  # only the bond of delivered capacity
     assert usdc.balanceOf(attacker) == 0
     assert escrow.bonds_held() == 0
     assert cld.totalSupply() == lot.capacity - consumed  # only the drawn tokens were burned
     assert tx.events.filter(escrow.LotExpired) == [
-        escrow.LotExpired(lot_id=lot_id, unbacked=lot.capacity - consumed, bond_released=lot.bond - released_early)
+        escrow.LotExpired(
+            lot_id=lot_id,
+            unbacked=remaining,
+            bond_released=lot.bond - released_early - forfeited,
+            bond_forfeited=forfeited,
+        )
     ]
     assert_conserved()
 
@@ -547,7 +665,7 @@ def test_expire__expired_lot__can_no_longer_be_closed(escrow, chain, cld, seller
     _travel_past_grace(chain, escrow, lot_id)
     escrow.expire(lot_id, sender=seller)
     with ape.reverts("escrow: lot not open"):
-        escrow.close_lot(lot_id, sender=seller)
+        escrow.request_close(lot_id, sender=seller)
 
 
 # ─── slash ───────────────────────────────────────────────────────────────────
@@ -555,10 +673,9 @@ def test_expire__expired_lot__can_no_longer_be_closed(escrow, chain, cld, seller
 
 def test_slash__non_attestor__reverts(escrow, cld, seller, attacker, settler, open_lot):
     lot_id = open_lot(seller, cld)
-    with ape.reverts("escrow: caller is not an attestor"):
-        escrow.slash(lot_id, sender=attacker)
-    with ape.reverts("escrow: caller is not an attestor"):
-        escrow.slash(lot_id, sender=settler)
+    for who in (attacker, settler, seller):
+        with ape.reverts("escrow: caller is not an attestor"):
+            escrow.slash(lot_id, sender=who)
     assert escrow.lots(lot_id).status == STATUS_OPEN
 
 
@@ -618,10 +735,21 @@ def test_slash__slashed_lot__can_no_longer_be_consumed_closed_or_expired(
         draw_down(lot_id, 1)
     cld.approve(escrow, escrow.lots(lot_id).seller_minted, sender=seller)
     with ape.reverts("escrow: lot not open"):
-        escrow.close_lot(lot_id, sender=seller)
+        escrow.request_close(lot_id, sender=seller)
     _travel_past_grace(chain, escrow, lot_id)
     with ape.reverts("escrow: lot not open"):
         escrow.expire(lot_id, sender=seller)
+
+
+def test_slash__during_a_requested_close__takes_the_bond(escrow, chain, usdc, cld, seller, attestor, open_lot):
+    lot_id = open_lot(seller, cld)
+    escrow.request_close(lot_id, sender=seller)
+    escrow.slash(lot_id, sender=attestor)
+    chain.pending_timestamp = escrow.lots(lot_id).close_at
+    with ape.reverts("escrow: lot not open"):
+        escrow.finalize_close(lot_id, sender=seller)
+    assert usdc.balanceOf(seller) == 0
+    assert escrow.insurance_fund(cld) == escrow.lots(lot_id).bond
 
 
 def test_slash__twice__reverts(escrow, cld, seller, attestor, open_lot):
@@ -641,14 +769,16 @@ def _slashed_cld_lot(escrow, cld, seller, attestor, open_lot):
     return lot_id
 
 
-def test_buy_back_unbacked__after_slash__burns_tokens_and_pays_face_value(
+def test_buy_back_unbacked__after_slash__burns_tokens_and_pays_the_common_rate(
     escrow, usdc, cld, seller, attestor, open_lot, assert_conserved
 ):
     _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
     fund, unbacked, supply = escrow.insurance_fund(cld), escrow.unbacked(cld), cld.totalSupply()
-    amount = 100_000 * TOKEN_UNIT + 123  # $421.80… of CLD (the fund holds the $1,000 bond)
-    payout = amount * 4_218 // TOKEN_UNIT
-    assert amount * 4_218 % TOKEN_UNIT != 0  # the payout rounds down, against the seller of tokens
+    amount = 100_000 * TOKEN_UNIT + 123  # $421.80… of CLD at face; the fund holds the 10 % bond
+    payout = amount * fund // unbacked  # fund ÷ unbacked is below face value: that rate
+    assert payout < amount * 4_218 // TOKEN_UNIT
+    assert amount * fund % unbacked != 0  # the payout rounds down, against the seller of tokens
+    assert escrow.quote_buy_back(cld, amount) == payout
     cld.approve(escrow, amount, sender=seller)
 
     tx = escrow.buy_back_unbacked(cld, amount, sender=seller)
@@ -663,24 +793,27 @@ def test_buy_back_unbacked__after_slash__burns_tokens_and_pays_face_value(
     assert_conserved()
 
 
+def test_buy_back_unbacked__fund_above_face__pays_face_value(
+    escrow, usdc, cld, seller, attestor, open_lot, assert_conserved
+):
+    # A seller may bond more than face value; the fund then pays face value and keeps the rest.
+    lot_id = open_lot(seller, cld, bond=2 * FACE)
+    escrow.slash(lot_id, sender=attestor)
+    amount = cld.balanceOf(seller)  # all unbacked tokens but the treasury's fee share
+    assert escrow.insurance_fund(cld) > escrow.unbacked(cld) * 4_218 // TOKEN_UNIT
+    cld.approve(escrow, amount, sender=seller)
+    paid_before = usdc.balanceOf(seller)
+    escrow.buy_back_unbacked(cld, amount, sender=seller)
+    assert usdc.balanceOf(seller) - paid_before == amount * 4_218 // TOKEN_UNIT
+    assert escrow.unbacked(cld) == escrow.lots(lot_id).capacity - amount
+    assert_conserved()
+
+
 def test_buy_back_unbacked__more_than_unbacked__reverts(escrow, cld, seller, attestor, open_lot):
     _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
     too_many = escrow.unbacked(cld) + 1
     with ape.reverts("escrow: more than unbacked"):
         escrow.buy_back_unbacked(cld, too_many, sender=seller)
-
-
-def test_buy_back_unbacked__fund_too_small__reverts_and_moves_nothing(escrow, usdc, cld, seller, attestor, open_lot):
-    _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
-    # The fund holds the 10 % bond; unbacked tokens are worth the full face value.
-    amount = escrow.unbacked(cld) // 2
-    assert amount * 4_218 // TOKEN_UNIT > escrow.insurance_fund(cld)
-    cld.approve(escrow, amount, sender=seller)
-    balance = cld.balanceOf(seller)
-    with ape.reverts("escrow: insurance fund too small"):
-        escrow.buy_back_unbacked(cld, amount, sender=seller)
-    assert cld.balanceOf(seller) == balance
-    assert usdc.balanceOf(seller) == 0
 
 
 def test_buy_back_unbacked__no_unbacked_supply__reverts(escrow, cld, seller, open_lot):
@@ -694,8 +827,8 @@ def test_buy_back_unbacked__zero_or_dust_or_unknown__reverts(escrow, usdc, cld, 
     _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
     with ape.reverts("escrow: zero amount"):
         escrow.buy_back_unbacked(cld, 0, sender=seller)
-    with ape.reverts("escrow: amount below one usdc unit"):
-        escrow.buy_back_unbacked(cld, 10**10, sender=seller)  # worth 4.2e-5 of a micro-dollar
+    with ape.reverts("escrow: nothing to pay"):
+        escrow.buy_back_unbacked(cld, 10**10, sender=seller)  # worth 4.2e-6 of a micro-dollar at the common rate
     with ape.reverts("escrow: unknown token"):
         escrow.buy_back_unbacked(usdc, 10**6, sender=seller)
 
@@ -751,12 +884,17 @@ def test_set_min_bond_bps__raised__rejects_old_minimum(escrow, attestor, admin, 
         _open(escrow, attestor, open_args)
 
 
-def test_set_min_bond_bps__zero__allows_unbonded_lot(escrow, attestor, admin, open_args, assert_conserved):
-    escrow.set_min_bond_bps(0, sender=admin)
-    _open(escrow, attestor, open_args, bond=0)
-    assert escrow.lots(1).bond == 0
-    assert escrow.bonds_held() == 0
-    assert_conserved()
+@pytest.mark.parametrize("bps", [0, MIN_BOND_FLOOR_BPS - 1])
+def test_set_min_bond_bps__below_the_floor__reverts(escrow, admin, bps):
+    with ape.reverts("escrow: bond share below floor"):
+        escrow.set_min_bond_bps(bps, sender=admin)
+    assert escrow.min_bond_bps() == MIN_BOND_FLOOR_BPS
+
+
+def test_set_min_bond_bps__raised_then_lowered_to_the_floor__accepted(escrow, admin):
+    escrow.set_min_bond_bps(2_500, sender=admin)
+    escrow.set_min_bond_bps(MIN_BOND_FLOOR_BPS, sender=admin)
+    assert escrow.min_bond(FACE) == FACE // 10
 
 
 def test_set_min_bond_bps__full_face_value__accepted(escrow, admin):
@@ -771,7 +909,7 @@ def test_set_min_bond_bps__above_face_value__reverts(escrow, admin):
 
 def test_set_min_bond_bps__non_admin__reverts(escrow, attacker):
     with ape.reverts(NOT_OWNER):
-        escrow.set_min_bond_bps(0, sender=attacker)
+        escrow.set_min_bond_bps(2_000, sender=attacker)
 
 
 def test_set_treasury__new_address__receives_next_fee(escrow, cld, seller, treasury, buyer, admin, open_lot):
@@ -797,16 +935,19 @@ def test_set_treasury__non_admin__reverts(escrow, attacker):
 # ─── Admin: roles ────────────────────────────────────────────────────────────
 
 
-def test_set_attestor__granted__can_open_lots(escrow, buyer, admin, open_args):
-    tx = escrow.set_attestor(buyer, True, sender=admin)
+def test_grant_attestor__granted__can_open_lots(escrow, buyer, admin, open_args):
+    tx = escrow.grant_attestor(buyer, sender=admin)
     assert tx.events == [escrow.RoleAttestorChanged(account=buyer, status=True)]
     _open(escrow, buyer, open_args)
     assert escrow.lot_count() == 1
 
 
-def test_set_attestor__revoked__can_no_longer_open_or_slash(escrow, cld, seller, attestor, admin, open_lot, open_args):
+def test_revoke_attestor__revoked__can_no_longer_open_or_slash(
+    escrow, cld, seller, attestor, admin, open_lot, open_args
+):
     lot_id = open_lot(seller, cld)
-    escrow.set_attestor(attestor, False, sender=admin)
+    tx = escrow.revoke_attestor(attestor, sender=admin)
+    assert tx.events == [escrow.RoleAttestorChanged(account=attestor, status=False)]
     assert escrow.is_attestor(attestor) is False
     with ape.reverts("escrow: caller is not an attestor"):
         _open(escrow, attestor, open_args)
@@ -814,15 +955,23 @@ def test_set_attestor__revoked__can_no_longer_open_or_slash(escrow, cld, seller,
         escrow.slash(lot_id, sender=attestor)
 
 
-def test_set_attestor__zero_address__reverts(escrow, admin):
+def test_revoke_attestor__not_an_attestor__reverts(escrow, admin, buyer):
+    with ape.reverts("escrow: not an attestor"):
+        escrow.revoke_attestor(buyer, sender=admin)
+
+
+def test_grant_attestor__zero_address__reverts(escrow, admin):
     with ape.reverts("escrow: zero address"):
-        escrow.set_attestor(ZERO_ADDRESS, True, sender=admin)
+        escrow.grant_attestor(ZERO_ADDRESS, sender=admin)
 
 
-def test_set_attestor__non_admin__reverts(escrow, attacker):
+def test_attestor_role__non_admin__reverts(escrow, attestor, attacker):
     with ape.reverts(NOT_OWNER):
-        escrow.set_attestor(attacker, True, sender=attacker)
+        escrow.grant_attestor(attacker, sender=attacker)
+    with ape.reverts(NOT_OWNER):
+        escrow.revoke_attestor(attestor, sender=attacker)
     assert escrow.is_attestor(attacker) is False
+    assert escrow.is_attestor(attestor) is True
 
 
 def test_set_vault__second_time__reverts(escrow, admin, attacker):
@@ -841,12 +990,9 @@ def test_set_vault__non_admin__reverts(escrow, attacker):
 
 
 @pytest.fixture
-def new_token(admin, escrow):
-    """A fresh ComputeToken wired to the escrow but not yet registered."""
-    token = admin.deploy(project.ComputeToken, "PROMPTEX Mistral Credit", "MST", "Mistral", 500)
-    token.set_minter(escrow, True, sender=admin)
-    token.set_burner(escrow, True, sender=admin)
-    return token
+def new_token(admin, escrow, vault):
+    """A fresh ComputeToken whose fixed roles name this escrow, not yet registered."""
+    return admin.deploy(project.ComputeToken, "PROMPTEX Mistral Credit", "MST", "Mistral", 500, escrow, vault)
 
 
 def test_add_provider__new_token__registers_it_for_lots(escrow, new_token, seller, admin, open_lot):
@@ -871,6 +1017,14 @@ def test_add_provider__not_a_compute_token__reverts(escrow, usdc, admin):
     with ape.reverts():  # USDC has no face_value_usd_micro(); the static call fails
         escrow.add_provider(usdc, sender=admin)
     assert escrow.is_provider_token(usdc) is False
+
+
+def test_add_provider__token_minted_by_someone_else__reverts(escrow, vault, admin, attacker):
+    # A token whose minter is another key could be minted without any lot behind it.
+    rogue = admin.deploy(project.ComputeToken, "Rogue Credit", "RGE", "Rogue", 500, attacker, vault)
+    with ape.reverts("escrow: not the token's minter"):
+        escrow.add_provider(rogue, sender=admin)
+    assert escrow.is_provider_token(rogue) is False
 
 
 def test_add_provider__non_admin__reverts(escrow, new_token, attacker):
@@ -918,7 +1072,7 @@ def test_accept_ownership__by_pending__moves_admin_rights(escrow, admin, buyer):
 def test_open_lot__expiry_far_ahead__serves_until_then(escrow, chain, attestor, open_args, draw_down):
     far = chain.pending_timestamp + 365 * DAY
     _open(escrow, attestor, open_args, expiry=far)
-    chain.pending_timestamp = far - 1
+    chain.pending_timestamp = far - 3_600  # the draw lands in the lot's last hour (a few blocks later)
     draw_down(1, 1_000)
     assert escrow.lots(1).consumed == 1_000
 
@@ -935,3 +1089,5 @@ def test_constants__python_mirror__match_contract(escrow):
     )
     assert escrow.SETTLEMENT_GRACE() == mirror.SETTLEMENT_GRACE
     assert escrow.MAX_MINT_FEE_BPS() == mirror.MAX_MINT_FEE_BPS
+    assert escrow.MIN_BOND_FLOOR_BPS() == mirror.MIN_BOND_FLOOR_BPS
+    assert escrow.MIN_LOT_VALIDITY() == mirror.MIN_LOT_VALIDITY

@@ -729,8 +729,10 @@ def test_settle__credit_to_a_tokenized_lot__reverts(vault, usdc, tokenized_lot, 
         vault.settle(1, usdc, [], credits, 0, 0, ROOT, sender=coordinator)
 
 
-def test_settle__credit_to_a_closed_lot__reverts(vault, usdc, escrow, seller, listed_lot, coordinator):
-    escrow.close_lot(listed_lot, sender=seller)
+def test_settle__credit_to_a_closed_lot__reverts(vault, usdc, escrow, seller, listed_lot, coordinator, chain):
+    escrow.request_close(listed_lot, sender=seller)
+    chain.pending_timestamp = escrow.lots(listed_lot).close_at
+    escrow.finalize_close(listed_lot, sender=seller)
     with ape.reverts("escrow: lot not drawable"):
         vault.settle(1, usdc, [], [pack_lot_amount(listed_lot, 1)], 0, 0, ROOT, sender=coordinator)
 

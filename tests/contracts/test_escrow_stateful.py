@@ -1,8 +1,21 @@
-"""CreditEscrow against a plain-Python model, driven through titanoboa.
+"""CreditEscrow against a plain-Python model, driven through titanoboa, with adversaries.
 
-Lots are opened, consumed, closed, expired and slashed in random orders, with
-fee changes and time travel in between; after every step the contract must
-agree with the model and the money invariants must hold.
+Honest rules open, settle (burn + draw, nearest expiry first), close (request, then
+finalize), expire and slash lots, and holders trade and sell unbacked tokens to the
+insurance fund. Adversarial rules act against users: anyone but the vault drawing, the
+vault drawing more than routable lots hold, a former admin calling levers directly, the
+Timelock's proposer scheduling parameter changes and grants (an attacker as attestor or
+treasury), its guardian cancelling and revoking at once, a seller closing to dodge a
+slash, an attacker-attestor opening its own lots and slashing others'. After every step
+the contract must agree with the model and:
+
+- backing: per token, supply == open lots' unconsumed capacity + unbacked tokens, and
+  the insurance fund pays every unbacked token at least the floor bond share of its
+  face value (MIN_BOND_FLOOR_BPS), at one common rate;
+- the escrow holds exactly the open lots' unreleased bonds plus the insurance funds;
+- no value reaches anyone the rules do not give it: each account's USDC is exactly its
+  bond releases and buy-back payouts, the treasury's tokens exactly the mint fees, and
+  the Timelock and the former admin hold nothing.
 """
 
 from dataclasses import dataclass
@@ -13,17 +26,28 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from promptex.protocol.escrow import KIND_LISTED as LISTED
 from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
+from promptex.protocol.escrow import MIN_BOND_FLOOR_BPS as FLOOR_BPS
+from promptex.protocol.escrow import MIN_LOT_VALIDITY, listed_credit
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
 from promptex.protocol.escrow import STATUS_CLOSED as CLOSED
 from promptex.protocol.escrow import STATUS_EXPIRED as EXPIRED
 from promptex.protocol.escrow import STATUS_OPEN as OPEN
 from promptex.protocol.escrow import STATUS_SLASHED as SLASHED
+from promptex.protocol.timelock import MIN_DELAY
 
 TERMS = b"\x11" * 32
+NO_SALT = b"\x00" * 32
+ZERO_ADDRESS = "0x" + "00" * 20
+DAY = 86_400
+WINDOW = 60  # the vault's epoch length; a close waits two
+BPS = 10_000
+UNIT = 10**18
+NOT_OWNER = "ownable: caller is not the owner"
 
 TOKEN = boa.load_partial("contracts/ComputeToken.vy")
 USDC = boa.load_partial("contracts/test/MockUSDC.vy")
 ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
+TIMELOCK = boa.load_partial("contracts/Timelock.vy")
 FACE_VALUES = {"CLD": 4_218, "GPT": 3_695_000}
 
 
@@ -41,193 +65,285 @@ class ModelLot:
     bond: int
     expiry: int
     consumed: int = 0
-    released: int = 0
+    released: int = 0  # bond no longer held: returned or forfeited
     last_epoch: int = 0
     status: int = OPEN
+    close_at: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.capacity - self.consumed
 
 
 class World:
     """Deployed once, at import. titanoboa's pytest plugin runs every hypothesis
-    example inside `boa.env.anchor()`, so each starts from this state."""
+    example inside `boa.env.anchor()`, so each starts from this state: the escrow
+    handed to a Timelock, its settler (standing in for the vault) the tokens' burner."""
 
     def __init__(self) -> None:
-        self.admin = boa.env.generate_address("admin")
+        self.deployer = boa.env.generate_address("deployer")
         self.attestor = boa.env.generate_address("attestor")
         self.settler = boa.env.generate_address("vault")  # stands in for the CreditsVault
         self.treasury = boa.env.generate_address("treasury")
+        self.proposer = boa.env.generate_address("proposer")
+        self.guardian = boa.env.generate_address("guardian")
+        self.attacker = boa.env.generate_address("attacker")
+        self.buyer = boa.env.generate_address("buyer")
         self.sellers = [boa.env.generate_address(f"seller{i}") for i in range(3)]
-        with boa.env.prank(self.admin):
+        with boa.env.prank(self.deployer):
             self.usdc = USDC.deploy()
-            self.escrow = ESCROW.deploy(self.usdc.address, self.treasury)
-            self.tokens = {sym: TOKEN.deploy(f"{sym} credit", sym, sym, fv) for sym, fv in FACE_VALUES.items()}
+            self.escrow = ESCROW.deploy(self.usdc.address, self.treasury, WINDOW)
+            self.tokens = {
+                sym: TOKEN.deploy(f"{sym} credit", sym, sym, fv, self.escrow.address, self.settler)
+                for sym, fv in FACE_VALUES.items()
+            }
             for token in self.tokens.values():
-                token.set_minter(self.escrow.address, True)
-                token.set_burner(self.escrow.address, True)
                 self.escrow.add_provider(token.address)
-            self.escrow.set_attestor(self.attestor, True)
+            self.escrow.grant_attestor(self.attestor)
             self.escrow.set_vault(self.settler)
+            revoke = self.escrow.revoke_attestor.prepare_calldata(self.attestor)[:4]
+            self.timelock = TIMELOCK.deploy(
+                MIN_DELAY, [self.proposer], [ZERO_ADDRESS], [self.guardian], [(self.escrow.address, revoke)]
+            )
+            self.escrow.transfer_ownership(self.timelock.address)
+        self.timelock.accept_ownership(self.escrow.address)
+        for who in (*self.sellers, self.attacker):
+            self.usdc.approve(self.escrow.address, 2**256 - 1, sender=who)
+        for who in (*self.sellers, self.attacker, self.buyer, self.treasury, self.settler):
+            for token in self.tokens.values():
+                token.approve(self.escrow.address, 2**256 - 1, sender=who)
 
 
 WORLD = World()
+
+# Timelocked operations the proposer may schedule: (name, call builder, model effect key).
+OPERATIONS = ("mint_fee", "min_bond", "attestor", "treasury")
 
 
 class EscrowMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         w = WORLD
-        self.admin, self.attestor, self.settler = w.admin, w.attestor, w.settler
-        self.treasury, self.sellers = w.treasury, w.sellers
-        self.usdc, self.escrow, self.tokens = w.usdc, w.escrow, w.tokens
+        self.w = w
+        self.usdc, self.escrow, self.tokens, self.timelock = w.usdc, w.escrow, w.tokens, w.timelock
         self.lots: dict[int, ModelLot] = {}
         self.fee_bps = 5
+        self.min_bond_bps = FLOOR_BPS
+        self.attestors = {w.attestor}
+        self.treasury = w.treasury
         self.epoch = 0
         self.minted = {sym: 0 for sym in FACE_VALUES}  # tokens minted (seller + fee)
         self.burned = {sym: 0 for sym in FACE_VALUES}
         self.unbacked = {sym: 0 for sym in FACE_VALUES}
         self.insurance = {sym: 0 for sym in FACE_VALUES}
-        self.paid_to = {s: 0 for s in self.sellers}  # USDC returned to each seller
+        self.paid_to: dict[str, int] = {}  # USDC sent by the escrow to each account
+        self.unspent: dict[str, int] = {}  # faucet USDC a refused lot left with its seller
+        self.pending: dict[bytes, tuple[str, int, str, bytes, int]] = {}  # op id → (kind, arg, target, data, ready)
         self.touched: int | None = None  # the lot the last step acted on
 
     # ── helpers ──────────────────────────────────────────────────────────────
 
-    def open_lots(self) -> list[int]:
-        return [i for i, lot in self.lots.items() if lot.status == OPEN]
-
     def now(self) -> int:
         return boa.env.evm.patch.timestamp
 
-    # ── rules ────────────────────────────────────────────────────────────────
+    def open_lots(self) -> list[int]:
+        return [i for i, lot in self.lots.items() if lot.status == OPEN]
+
+    def routable(self, sym: str) -> list[int]:
+        """The token's lots a draw may take, in the order it takes them: (expiry, id)."""
+        now = self.now()
+        lots = [
+            i
+            for i, lot in self.lots.items()
+            if lot.token == sym
+            and lot.kind == TOKENIZED
+            and lot.status == OPEN
+            and lot.close_at == 0
+            and lot.remaining > 0
+            and now <= lot.expiry
+        ]
+        return sorted(lots, key=lambda i: (self.lots[i].expiry, i))
+
+    def pay(self, who: str, amount: int) -> None:
+        self.paid_to[who] = self.paid_to.get(who, 0) + amount
+
+    def holders(self) -> list[str]:
+        w = self.w
+        return [*w.sellers, w.attacker, w.buyer, self.treasury]
+
+    def end_lot(self, lot: ModelLot, status: int, newly_unbacked: int) -> None:
+        forfeited = ceil_div(lot.bond * newly_unbacked, lot.capacity) if newly_unbacked else 0
+        self.unbacked[lot.token] += newly_unbacked
+        self.insurance[lot.token] += forfeited
+        self.pay(lot.seller, lot.bond - lot.released - forfeited)
+        lot.released, lot.status = lot.bond, status
+
+    # ── lots ─────────────────────────────────────────────────────────────────
 
     @rule(
-        seller_idx=st.integers(0, 2),
+        who=st.integers(0, 3),
+        by_attacker=st.booleans(),
         sym=st.sampled_from(sorted(FACE_VALUES)),
         tokenized=st.booleans(),
         face_value=st.integers(1, 10**13),
         extra_bond=st.integers(0, 10**9),
         rate_bps=st.integers(1, 10_000),
-        lifetime=st.integers(1, 90 * 86_400),
+        lifetime=st.integers(MIN_LOT_VALIDITY - DAY, 90 * DAY),
     )
-    def open_lot(self, seller_idx, sym, tokenized, face_value, extra_bond, rate_bps, lifetime):
-        seller, token = self.sellers[seller_idx], self.tokens[sym]
-        bond = ceil_div(face_value * 1_000, 10_000) + extra_bond
+    def open_lot(self, who, by_attacker, sym, tokenized, face_value, extra_bond, rate_bps, lifetime):
+        w = self.w
+        seller = w.attacker if who == 3 else w.sellers[who]
+        attestor = w.attacker if by_attacker else w.attestor
+        token = self.tokens[sym]
+        bond = ceil_div(face_value * self.min_bond_bps, BPS) + extra_bond
         self.usdc.mint(seller, bond)
-        self.usdc.approve(self.escrow.address, bond, sender=seller)
         kind = TOKENIZED if tokenized else LISTED
         expiry = self.now() + lifetime
-        lot_id = self.escrow.open_lot(
-            seller,
-            token.address,
-            kind,
-            face_value,
-            expiry,
-            bond,
-            TERMS,
-            0 if tokenized else rate_bps,
-            sender=self.attestor,
-        )
-        capacity, seller_minted = face_value, 0
+        args = (seller, token.address, kind, face_value, expiry, bond, TERMS, 0 if tokenized else rate_bps)
+        capacity, seller_minted, fee = face_value, 0, 0
         if tokenized:
-            capacity = face_value * 10**18 // FACE_VALUES[sym]
-            fee = ceil_div(capacity * self.fee_bps, 10_000)
+            capacity = face_value * UNIT // FACE_VALUES[sym]
+            fee = ceil_div(capacity * self.fee_bps, BPS)
             seller_minted = capacity - fee
-            self.minted[sym] += capacity
-        self.lots[lot_id] = ModelLot(seller, sym, kind, capacity, seller_minted, bond, expiry)
-        self.touched = lot_id
-        lot = self.escrow.lots(lot_id)
-        assert (lot.capacity, lot.seller_minted) == (capacity, seller_minted)
+        fee_before = token.balanceOf(self.treasury)
+        if attestor not in self.attestors:
+            with boa.reverts("escrow: caller is not an attestor"):
+                self.escrow.open_lot(*args, sender=attestor)
+        elif lifetime < MIN_LOT_VALIDITY:
+            with boa.reverts("escrow: expiry too soon"):
+                self.escrow.open_lot(*args, sender=attestor)
+        elif tokenized and seller_minted == 0:
+            with boa.reverts("escrow: face value too small to mint"):
+                self.escrow.open_lot(*args, sender=attestor)
+        else:
+            lot_id = self.escrow.open_lot(*args, sender=attestor)
+            self.lots[lot_id] = ModelLot(seller, sym, kind, capacity, seller_minted, bond, expiry)
+            self.minted[sym] += capacity if tokenized else 0
+            to_treasury = fee + (seller_minted if seller == self.treasury else 0)
+            assert token.balanceOf(self.treasury) - fee_before == to_treasury  # the fee, no more
+            self.touched = lot_id
+            return
+        self.unspent[seller] = self.unspent.get(seller, 0) + bond
 
-    def drawable(self, lot: ModelLot) -> bool:
-        return lot.status == OPEN and self.now() <= lot.expiry + GRACE
+    @rule(sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.2))
+    def settle_tokenized(self, sym, fraction):
+        """One settlement of `sym`: the vault burns buyers' tokens and the escrow draws
+        exactly that much, nearest expiry first, from lots that still route."""
+        token = self.tokens[sym]
+        order = self.routable(sym)
+        drawable = sum(self.lots[i].remaining for i in order)
+        assert self.escrow.drawable(token.address) == drawable
+        held = {who: token.balanceOf(who) for who in self.holders()}
+        amount = min(int(drawable * fraction), sum(held.values()))
+        self.epoch += 1
+        if amount == 0:
+            with boa.reverts("escrow: zero amount"):
+                self.escrow.draw(token.address, 0, self.epoch, sender=self.w.settler)
+            return
+        if amount > drawable:
+            with boa.reverts("escrow: draw exceeds drawable capacity"):
+                self.escrow.draw(token.address, amount, self.epoch, sender=self.w.settler)
+            return
+        left = amount
+        for who, balance in held.items():  # buyers' tokens reach the vault and are burned
+            take = min(left, balance)
+            if take:
+                token.transfer(self.w.settler, take, sender=who)
+                left -= take
+        token.burn(amount, sender=self.w.settler)
+        self.burned[sym] += amount
+        self.escrow.draw(token.address, amount, self.epoch, sender=self.w.settler)
+        for lot_id in order:
+            if amount == 0:
+                break
+            take = min(amount, self.lots[lot_id].remaining)
+            self.consumed(self.lots[lot_id], take)
+            amount -= take
+            self.touched = lot_id
 
-    def draw_lot(self, lot_id: int, amount: int) -> None:
-        lot = self.lots[lot_id]
+    def consumed(self, lot: ModelLot, amount: int) -> None:
         lot.consumed += amount
         lot.last_epoch = self.epoch
         released = lot.bond * lot.consumed // lot.capacity
-        self.paid_to[lot.seller] += released - lot.released
+        self.pay(lot.seller, released - lot.released)
         lot.released = released
         if lot.consumed == lot.capacity:
             lot.status = CLOSED
 
-    @precondition(lambda self: any(lot.kind == LISTED for lot in self.lots.values() if lot.status == OPEN))
+    @rule(sym=st.sampled_from(sorted(FACE_VALUES)), who=st.sampled_from(["attacker", "attestor", "deployer"]))
+    def draw_without_being_the_vault(self, sym, who):
+        """Only the vault draws, inside the settlement that burns: nothing moves."""
+        caller = getattr(self.w, who)
+        with boa.reverts("escrow: caller is not the vault"):
+            self.escrow.draw(self.tokens[sym].address, 1, self.epoch + 1, sender=caller)
+        listed = [i for i in self.open_lots() if self.lots[i].kind == LISTED]
+        if listed:
+            with boa.reverts("escrow: caller is not the vault"):
+                self.escrow.consume(listed[0], 1, self.epoch + 1, sender=caller)
+
+    @precondition(lambda self: any(lot.kind == LISTED and lot.status == OPEN for lot in self.lots.values()))
     @rule(data=st.data(), fraction=st.floats(0.0, 1.2))
-    def consume_listed(self, data, fraction):
+    def settle_listed(self, data, fraction):
         lot_id = data.draw(st.sampled_from([i for i in self.open_lots() if self.lots[i].kind == LISTED]))
         lot = self.lots[lot_id]
         self.touched = lot_id
-        remaining = lot.capacity - lot.consumed
         amount = int(lot.capacity * fraction)
         self.epoch += 1
-        if not self.drawable(lot):
+        if self.now() > lot.expiry + GRACE:
             with boa.reverts("escrow: lot not drawable"):
-                self.escrow.consume(lot_id, max(amount, 1), self.epoch, sender=self.settler)
+                self.escrow.consume(lot_id, max(amount, 1), self.epoch, sender=self.w.settler)
         elif amount == 0:
             with boa.reverts("escrow: zero amount"):
-                self.escrow.consume(lot_id, 0, self.epoch, sender=self.settler)
-        elif amount > remaining:
+                self.escrow.consume(lot_id, 0, self.epoch, sender=self.w.settler)
+        elif amount > lot.remaining:
             with boa.reverts("escrow: over-consume"):
-                self.escrow.consume(lot_id, amount, self.epoch, sender=self.settler)
+                self.escrow.consume(lot_id, amount, self.epoch, sender=self.w.settler)
         else:
-            # Per lot, Σ seller credits == rate × Σ consumed, rounded down once.
-            rate = self.escrow.lots(lot_id).rate_bps
-            credit = (lot.consumed + amount) * rate // 10_000 - lot.consumed * rate // 10_000
-            assert self.escrow.consume(lot_id, amount, self.epoch, sender=self.settler) == (lot.seller, credit)
-            self.draw_lot(lot_id, amount)
+            # Per listed lot, Σ seller credits == rate × Σ consumed, rounded down once.
+            credit = listed_credit(lot.consumed, amount, self.escrow.lots(lot_id).rate_bps)
+            assert self.escrow.consume(lot_id, amount, self.epoch, sender=self.w.settler) == (lot.seller, credit)
+            self.consumed(lot, amount)
             if lot.status == OPEN:  # the same epoch can never draw this lot again
                 with boa.reverts("escrow: epoch already consumed"):
-                    self.escrow.consume(lot_id, 1, self.epoch, sender=self.settler)
-
-    @rule(sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.2))
-    def draw_tokenized(self, sym, fraction):
-        # Nearest expiry first (ties: lower id first), skipping lots no longer drawable.
-        order = sorted(
-            (i for i, lot in self.lots.items() if lot.kind == TOKENIZED and lot.token == sym and self.drawable(lot)),
-            key=lambda i: (self.lots[i].expiry, i),
-        )
-        drawable = sum(self.lots[i].capacity - self.lots[i].consumed for i in order)
-        assert self.escrow.drawable(self.tokens[sym].address) == drawable
-        amount = int(drawable * fraction)
-        self.epoch += 1
-        token = self.tokens[sym].address
-        if amount == 0:
-            with boa.reverts("escrow: zero amount"):
-                self.escrow.draw(token, 0, self.epoch, sender=self.settler)
-            return
-        if amount > drawable:
-            with boa.reverts("escrow: draw exceeds drawable capacity"):
-                self.escrow.draw(token, amount, self.epoch, sender=self.settler)
-            return
-        self.escrow.draw(token, amount, self.epoch, sender=self.settler)
-        self.touched = None
-        for lot_id in order:
-            if amount == 0:
-                break
-            take = min(amount, self.lots[lot_id].capacity - self.lots[lot_id].consumed)
-            self.draw_lot(lot_id, take)
-            amount -= take
-            lot, model = self.escrow.lots(lot_id), self.lots[lot_id]
-            assert (lot.consumed, lot.bond_released, lot.status) == (model.consumed, model.released, model.status)
+                    self.escrow.consume(lot_id, 1, self.epoch, sender=self.w.settler)
 
     @precondition(lambda self: self.open_lots())
-    @rule(data=st.data())
-    def close_lot(self, data):
+    @rule(data=st.data(), by_seller=st.booleans())
+    def request_close(self, data, by_seller):
         lot_id = data.draw(st.sampled_from(self.open_lots()))
         lot = self.lots[lot_id]
         self.touched = lot_id
+        caller = lot.seller if by_seller else self.w.buyer
+        if caller != lot.seller:
+            with boa.reverts("escrow: caller is not the seller"):
+                self.escrow.request_close(lot_id, sender=caller)
+        elif lot.close_at:
+            with boa.reverts("escrow: close already requested"):
+                self.escrow.request_close(lot_id, sender=caller)
+        else:
+            lot.close_at = self.escrow.request_close(lot_id, sender=caller)
+            assert lot.close_at == self.now() + 2 * WINDOW
+            assert not self.escrow.is_routable(lot_id)
+
+    @precondition(lambda self: any(lot.close_at for lot in self.lots.values() if lot.status == OPEN))
+    @rule(data=st.data())
+    def finalize_close(self, data):
+        lot_id = data.draw(st.sampled_from([i for i in self.open_lots() if self.lots[i].close_at]))
+        lot = self.lots[lot_id]
+        self.touched = lot_id
         token = self.tokens[lot.token]
-        if lot.kind == TOKENIZED:
-            remaining = lot.capacity - lot.consumed
-            returned = ceil_div(lot.seller_minted * remaining, lot.capacity)
-            token.approve(self.escrow.address, returned, sender=lot.seller)
-            if token.balanceOf(lot.seller) < returned:  # it sold some (buy-back): must buy them back first
-                with boa.reverts("erc20: transfer amount exceeds balance"):
-                    self.escrow.close_lot(lot_id, sender=lot.seller)
-                return
-            self.burned[lot.token] += returned
-            self.unbacked[lot.token] += remaining - returned
-        self.escrow.close_lot(lot_id, sender=lot.seller)
-        self.paid_to[lot.seller] += lot.bond - lot.released
-        lot.released, lot.status = lot.bond, CLOSED
+        returned = ceil_div(lot.seller_minted * lot.remaining, lot.capacity) if lot.kind == TOKENIZED else 0
+        if self.now() < lot.close_at:
+            with boa.reverts("escrow: close delay not over"):
+                self.escrow.finalize_close(lot_id, sender=lot.seller)
+            return
+        if token.balanceOf(lot.seller) < returned:  # it sold them: it must buy them back first
+            with boa.reverts("erc20: transfer amount exceeds balance"):
+                self.escrow.finalize_close(lot_id, sender=lot.seller)
+            return
+        self.escrow.finalize_close(lot_id, sender=lot.seller)
+        self.burned[lot.token] += returned
+        self.end_lot(lot, CLOSED, lot.remaining - returned if lot.kind == TOKENIZED else 0)
 
     @precondition(lambda self: self.open_lots())
     @rule(data=st.data())
@@ -237,52 +353,151 @@ class EscrowMachine(RuleBasedStateMachine):
         self.touched = lot_id
         if self.now() <= lot.expiry + GRACE:
             with boa.reverts("escrow: lot not expired"):
-                self.escrow.expire(lot_id)
+                self.escrow.expire(lot_id, sender=self.w.buyer)
             return
-        self.escrow.expire(lot_id)
-        if lot.kind == TOKENIZED:
-            self.unbacked[lot.token] += lot.capacity - lot.consumed
-        self.paid_to[lot.seller] += lot.bond - lot.released
-        lot.released, lot.status = lot.bond, EXPIRED
+        self.escrow.expire(lot_id, sender=self.w.buyer)
+        self.end_lot(lot, EXPIRED, lot.remaining if lot.kind == TOKENIZED else 0)
 
     @precondition(lambda self: self.open_lots())
-    @rule(data=st.data())
-    def slash(self, data):
+    @rule(data=st.data(), by_attacker=st.booleans())
+    def slash(self, data, by_attacker):
         lot_id = data.draw(st.sampled_from(self.open_lots()))
         lot = self.lots[lot_id]
         self.touched = lot_id
-        self.escrow.slash(lot_id, sender=self.attestor)
+        attestor = self.w.attacker if by_attacker else self.w.attestor
+        if attestor not in self.attestors:
+            with boa.reverts("escrow: caller is not an attestor"):
+                self.escrow.slash(lot_id, sender=attestor)
+            return
+        self.escrow.slash(lot_id, sender=attestor)
         self.insurance[lot.token] += lot.bond - lot.released
         if lot.kind == TOKENIZED:
-            self.unbacked[lot.token] += lot.capacity - lot.consumed
+            self.unbacked[lot.token] += lot.remaining
         lot.released, lot.status = lot.bond, SLASHED
 
-    @rule(seller_idx=st.integers(0, 2), sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.0))
-    def buy_back_unbacked(self, seller_idx, sym, fraction):
-        seller, token = self.sellers[seller_idx], self.tokens[sym]
-        amount = min(int(self.unbacked[sym] * fraction), token.balanceOf(seller))
-        payout = amount * FACE_VALUES[sym] // 10**18
-        if amount == 0 or payout == 0 or payout > self.insurance[sym]:
+    # ── holders ──────────────────────────────────────────────────────────────
+
+    @rule(src=st.integers(0, 6), dst=st.integers(0, 6), sym=st.sampled_from(sorted(FACE_VALUES)), frac=st.floats(0, 1))
+    def trade(self, src, dst, sym, frac):
+        """Tokens change hands (a market): a buyer after a slash gains no priority."""
+        holders = self.holders()
+        src_addr, dst_addr = holders[src % len(holders)], holders[dst % len(holders)]
+        token = self.tokens[sym]
+        amount = int(token.balanceOf(src_addr) * frac)
+        if amount:
+            token.transfer(dst_addr, amount, sender=src_addr)
+
+    @rule(holder=st.integers(0, 6), sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.0))
+    def buy_back_unbacked(self, holder, sym, fraction):
+        holders = self.holders()
+        who, token = holders[holder % len(holders)], self.tokens[sym]
+        amount = min(int(self.unbacked[sym] * fraction), token.balanceOf(who))
+        fund, outstanding = self.insurance[sym], self.unbacked[sym]
+        payout = min(amount * FACE_VALUES[sym] // UNIT, amount * fund // outstanding) if outstanding else 0
+        if amount == 0 or payout == 0:
             with boa.reverts():
-                self.escrow.buy_back_unbacked(token.address, amount, sender=seller)
+                self.escrow.buy_back_unbacked(token.address, amount, sender=who)
             return
-        token.approve(self.escrow.address, amount, sender=seller)
-        assert self.escrow.buy_back_unbacked(token.address, amount, sender=seller) == payout
+        assert self.escrow.buy_back_unbacked(token.address, amount, sender=who) == payout
+        # The common rate: a sale never leaves the tokens still outstanding a lower fund per token.
+        assert (fund - payout) * outstanding >= fund * (outstanding - amount)
         self.unbacked[sym] -= amount
         self.insurance[sym] -= payout
         self.burned[sym] += amount
-        self.paid_to[seller] += payout
+        self.pay(who, payout)
 
-    @rule(bps=st.integers(0, 200))
-    def set_fee(self, bps):
-        if bps > 100:
-            with boa.reverts("escrow: fee above cap"):
-                self.escrow.set_mint_fee_bps(bps, sender=self.admin)
+    # ── governance: the Timelock and those who would go around it ────────────
+
+    @rule(op=st.sampled_from(OPERATIONS), value=st.integers(0, 12_000))
+    def propose(self, op, value):
+        w = self.w
+        name, args = {
+            "mint_fee": ("set_mint_fee_bps", (value % 200,)),
+            "min_bond": ("set_min_bond_bps", (value,)),
+            "attestor": ("grant_attestor", (w.attacker,)),
+            "treasury": ("set_treasury", (w.attacker,)),
+        }[op]
+        data = getattr(self.escrow, name).prepare_calldata(*args)
+        op_id = self.timelock.hash_operation(self.escrow.address, 0, data, NO_SALT, NO_SALT)
+        if op_id in self.pending or self.timelock.is_operation_done(op_id):
+            return
+        self.timelock.schedule(self.escrow.address, 0, data, NO_SALT, NO_SALT, MIN_DELAY, sender=w.proposer)
+        self.pending[op_id] = (op, args[0], self.escrow.address, data, self.now() + MIN_DELAY)
+
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data())
+    def execute(self, data):
+        op_id = data.draw(st.sampled_from(sorted(self.pending)))
+        op, arg, target, calldata, ready = self.pending[op_id]
+        if self.now() < ready:
+            with boa.reverts("timelock_controller: operation is not ready"):
+                self.timelock.execute(target, 0, calldata, NO_SALT, NO_SALT, sender=self.w.buyer)
+            return
+        refused = None
+        if op == "mint_fee" and arg > 100:
+            refused = "escrow: fee above cap"
+        elif op == "min_bond" and arg < FLOOR_BPS:
+            refused = "escrow: bond share below floor"
+        elif op == "min_bond" and arg > BPS:
+            refused = "escrow: bond share above 100%"
+        if refused:
+            with boa.reverts(refused):
+                self.timelock.execute(target, 0, calldata, NO_SALT, NO_SALT, sender=self.w.buyer)
+            return
+        self.timelock.execute(target, 0, calldata, NO_SALT, NO_SALT, sender=self.w.buyer)
+        del self.pending[op_id]
+        if op == "mint_fee":
+            self.fee_bps = arg
+        elif op == "min_bond":
+            self.min_bond_bps = arg
+        elif op == "attestor":
+            self.attestors.add(arg)
         else:
-            self.escrow.set_mint_fee_bps(bps, sender=self.admin)
-            self.fee_bps = bps
+            self.treasury = arg
 
-    @rule(seconds=st.integers(1, 60 * 86_400))
+    @precondition(lambda self: self.pending)
+    @rule(data=st.data())
+    def guardian_cancels(self, data):
+        op_id = data.draw(st.sampled_from(sorted(self.pending)))
+        self.timelock.cancel(op_id, sender=self.w.guardian)
+        del self.pending[op_id]
+
+    @rule(which=st.booleans())
+    def guardian_revokes_attestor(self, which):
+        """Revoking is immediate: no delay, no proposal."""
+        account = self.w.attacker if which else self.w.attestor
+        data = self.escrow.revoke_attestor.prepare_calldata(account)
+        if account not in self.attestors:
+            with boa.reverts("escrow: not an attestor"):
+                self.timelock.revoke(self.escrow.address, data, sender=self.w.guardian)
+            return
+        self.timelock.revoke(self.escrow.address, data, sender=self.w.guardian)
+        self.attestors.discard(account)
+
+    @rule(lever=st.sampled_from(["min_bond", "attestor", "settler", "treasury", "fee", "handover"]))
+    def admin_goes_around_the_timelock(self, lever):
+        """The deployer (the former admin) and the attacker pull levers directly: refused."""
+        w = self.w
+        for who in (w.deployer, w.attacker):
+            with boa.reverts(NOT_OWNER):
+                if lever == "min_bond":
+                    self.escrow.set_min_bond_bps(0, sender=who)
+                elif lever == "attestor":
+                    self.escrow.grant_attestor(who, sender=who)
+                elif lever == "settler":
+                    self.escrow.set_vault(who, sender=who)
+                elif lever == "treasury":
+                    self.escrow.set_treasury(who, sender=who)
+                elif lever == "fee":
+                    self.escrow.set_mint_fee_bps(100, sender=who)
+                else:
+                    self.escrow.transfer_ownership(who, sender=who)
+        with boa.reverts("timelock: not a registered revocation"):
+            self.timelock.revoke(
+                self.escrow.address, self.escrow.set_min_bond_bps.prepare_calldata(0), sender=w.guardian
+            )
+
+    @rule(seconds=st.sampled_from([1, 2 * WINDOW, GRACE, DAY, MIN_DELAY, 10 * DAY, 40 * DAY]))
     def time_travel(self, seconds):
         boa.env.time_travel(seconds=seconds)
 
@@ -294,28 +509,50 @@ class EscrowMachine(RuleBasedStateMachine):
         if self.touched is None:
             return
         lot, model = self.escrow.lots(self.touched), self.lots[self.touched]
-        assert (lot.consumed, lot.bond_released, lot.status) == (model.consumed, model.released, model.status)
+        assert (lot.consumed, lot.bond_released, lot.status, lot.close_at) == (
+            model.consumed,
+            model.released,
+            model.status,
+            model.close_at,
+        )
         assert lot.consumed <= lot.capacity  # never consumed beyond face value
 
     @invariant()
-    def minted_equals_face_value_over_token_value(self):
-        # Each lot's capacity (= seller share + fee) was checked against face ÷ token value at open.
+    def every_token_is_backed_or_payable_at_the_floor(self):
         for sym, token in self.tokens.items():
-            assert token.totalSupply() == self.minted[sym] - self.burned[sym]
+            open_capacity = sum(
+                m.remaining for m in self.lots.values() if m.token == sym and m.kind == TOKENIZED and m.status == OPEN
+            )
+            assert token.totalSupply() == self.minted[sym] - self.burned[sym] == open_capacity + self.unbacked[sym]
             assert self.escrow.unbacked(token.address) == self.unbacked[sym]
+            assert self.escrow.insurance_fund(token.address) == self.insurance[sym]
+            # fund ÷ unbacked ≥ the floor share of face value, per token unit.
+            assert self.insurance[sym] * BPS * UNIT >= self.unbacked[sym] * FACE_VALUES[sym] * FLOOR_BPS
 
     @invariant()
-    def bonds_held_equal_open_lots_unreleased_bonds(self):
+    def escrow_holds_exactly_open_bonds_and_funds(self):
         open_bonds = sum(m.bond - m.released for m in self.lots.values() if m.status == OPEN)
         assert self.escrow.bonds_held() == open_bonds
-        insurance = sum(self.escrow.insurance_fund(t.address) for t in self.tokens.values())
-        assert insurance == sum(self.insurance.values())
-        assert self.usdc.balanceOf(self.escrow.address) == open_bonds + insurance
+        assert self.usdc.balanceOf(self.escrow.address) == open_bonds + sum(self.insurance.values())
 
     @invariant()
-    def sellers_got_exactly_their_releases(self):
-        for seller, paid in self.paid_to.items():
-            assert self.usdc.balanceOf(seller) == paid
+    def no_value_reaches_anyone_the_rules_do_not_give_it(self):
+        w = self.w
+        accounts = (*w.sellers, w.attacker, w.buyer, w.treasury)
+        held = 0
+        for who in accounts:
+            balance = self.usdc.balanceOf(who)
+            assert balance == self.paid_to.get(who, 0) + self.unspent.get(who, 0)
+            held += balance
+        # Every faucet dollar is in the escrow or with these accounts, so the Timelock, its
+        # proposer and guardian, the attestor and the former admin hold none.
+        assert self.usdc.totalSupply() == held + self.usdc.balanceOf(self.escrow.address)
+
+    @invariant()
+    def drawable_capacity_matches_model(self):
+        # What a settlement may draw: the unconsumed capacity of lots that still route.
+        for sym, token in self.tokens.items():
+            assert self.escrow.drawable(token.address) == sum(self.lots[i].remaining for i in self.routable(sym))
 
 
 TestEscrowMachine = EscrowMachine.TestCase

@@ -21,9 +21,9 @@ from gas_perp import measure_perp  # noqa: E402
 # compiled by venom for code size (the legacy pipeline passed EIP-170's 24,576 bytes).
 PINNED = {
     "perp_lp_deposit": 83_791,
-    "perp_open": 407_916,
-    "perp_close": 143_834,
-    "perp_liquidate": 176_604,
+    "perp_open": 407_911,
+    "perp_close": 143_844,
+    "perp_liquidate": 176_614,
 }
 
 

@@ -114,14 +114,11 @@ class World:
 
         with boa.env.prank(self.admin):
             self.usdc = USDC.deploy()
-            self.escrow = ESCROW.deploy(self.usdc.address, self.admin)
+            self.escrow = ESCROW.deploy(self.usdc.address, self.admin, EPOCH)
             self.vault = VAULT.deploy(self.usdc.address, self.escrow.address, EPOCH, MAX_PAUSE)
-            self.cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218)
-            self.cld.set_minter(self.escrow.address, True)
-            self.cld.set_burner(self.escrow.address, True)
-            self.cld.set_burner(self.vault.address, True)
+            self.cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218, self.escrow.address, self.vault.address)
             self.escrow.add_provider(self.cld.address)
-            self.escrow.set_attestor(self.admin, True)
+            self.escrow.grant_attestor(self.admin)
             self.escrow.set_vault(self.vault.address)
             self.vault.list_asset(self.cld.address, 2)
             self.vault.grant_coordinator(self.coordinator)

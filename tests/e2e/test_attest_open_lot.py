@@ -47,7 +47,7 @@ def test_open_lot__attestation_from_add_capacity__lot_opened_for_the_seller(ape_
     send(w3, seller, usdc.functions.approve(escrow.address, bond))
     capacity = Capacity(
         provider="openai", api="openai", base_url="http://127.0.0.1:1/v1", api_key="sk-fake-e2e",
-        face_value_usd_micro=face_value, kind="listed", rate_bps=6000, expires_at=int(time.time()) + 86_400,
+        face_value_usd_micro=face_value, kind="listed", rate_bps=6000, expires_at=int(time.time()) + 30 * 86_400,
         seller=seller.address, resale_permitted=True, bond_usdc=bond,
     )  # fmt: skip
 
@@ -70,7 +70,7 @@ def test_open_lot__bond_not_approved_or_not_an_attestor__refused_and_nothing_sen
     assert not escrow.functions.is_attestor(seller.address).call()
     capacity = Capacity(
         provider="openai", api="openai", base_url="http://127.0.0.1:1/v1", api_key="sk-fake-e2e",
-        face_value_usd_micro=100_000_000, kind="listed", rate_bps=6000, expires_at=int(time.time()) + 86_400,
+        face_value_usd_micro=100_000_000, kind="listed", rate_bps=6000, expires_at=int(time.time()) + 30 * 86_400,
         seller=seller.address, resale_permitted=True, bond_usdc=escrow.functions.min_bond(100_000_000).call(),
     )  # fmt: skip
     nonces = {a.address: w3.eth.get_transaction_count(a.address) for a in (extra, stranger)}

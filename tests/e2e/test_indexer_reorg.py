@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 from web3 import HTTPProvider, Web3
 
+from anvil_node import act_as
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.indexer import Followed, Indexer, Options, RpcClient
 from promptex.indexer.schema import chain_events
@@ -60,8 +61,9 @@ def world(deployed_anvil: tuple[str, Path]) -> World:
     deployment = load_deployment("local", root)
     vault = _contract(w3, deployment, "CreditsVault")
     usdc, cld = _contract(w3, deployment, "USDC"), _contract(w3, deployment, "token:CLD")
-    deployer, users, minter = w3.eth.accounts[0], list(w3.eth.accounts[1:5]), w3.eth.accounts[5]
-    cld.functions.set_minter(minter, True).transact({"from": deployer})  # the admin may not mint
+    users = list(w3.eth.accounts[1:5])
+    # The escrow is CLD's only minter (fixed at deploy); this test acts as it on anvil.
+    minter = act_as(url, deployment.address("CreditEscrow"))
     for user in users:
         usdc.functions.mint(user, 10**6 * USDC_UNIT).transact({"from": user})
         cld.functions.mint(user, 10**6 * TOKEN).transact({"from": minter})

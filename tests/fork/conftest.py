@@ -7,7 +7,7 @@ instead (e.g. a public testnet), set
     PROMPTEX_FORK_URL=https://…            # the RPC to fork
     PROMPTEX_FORK_DEPLOYMENT=deployments/sepolia.json
 
-The fork lets the tests impersonate the deployment's admin to give roles to anvil's
+The fork lets the tests impersonate the deployment's admin (its Timelock) to give roles to anvil's
 development accounts, and needs the deployment's USDC to be MockUSDC (an open faucet)
 and its market seeded (a CLD/USDC pool with liquidity). The origin chain never changes.
 """
@@ -52,11 +52,13 @@ def fork_chain(origin):
     url, deployment = origin
     with running_anvil("--fork-url", url) as fork_url:
         chain = ForkChain(fork_url, deployment)
-        admin = chain.impersonate(deployment.deployer)
+        # The Timelock administers the contracts after deploy; the fork acts as it, without its delay.
+        governor = deployment.address("Timelock") if "Timelock" in deployment.contracts else deployment.deployer
+        admin = chain.impersonate(governor)
         roles = Roles(chain)
         chain.send(chain.contract("CreditsVault").functions.grant_coordinator(roles.coordinator), admin)
         escrow = chain.contract("CreditEscrow")
-        chain.send(escrow.functions.set_attestor(roles.attestor, True), admin)
+        chain.send(escrow.functions.grant_attestor(roles.attestor), admin)
         yield chain
 
 

@@ -1,6 +1,7 @@
-"""CreditEscrow as deployed: random lots opened, consumed, closed, expired and slashed,
-and unbacked tokens bought back, keep the escrow's USDC equal to the bonds it holds plus
-the insurance funds, and the token supply equal to what lots minted minus what was burned."""
+"""CreditEscrow as deployed: random lots opened, consumed (nearest expiry first), closed
+(request, then finalize), expired and slashed, and unbacked tokens bought back at the
+common rate, keep the escrow's USDC equal to the bonds it holds plus the insurance funds,
+and the token supply equal to what lots minted minus what was burned."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from world import World, open_lot
 
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MIN_LOT_VALIDITY
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
 from promptex.protocol.escrow import STATUS_OPEN as OPEN
 from promptex.protocol.units import USD_MICRO as USDC_UNIT
@@ -38,6 +39,7 @@ def run_escrow_machine(world: World) -> None:
             "bond",
             "bond_released",
             "terms_hash",
+            "close_at",
         ]
         return dict(zip(names, fields, strict=True))
 
@@ -62,8 +64,9 @@ def run_escrow_machine(world: World) -> None:
         def teardown(self) -> None:
             chain.restore(self.snapshot)
 
-        @rule(target=lots, kind=KINDS, dollars=st.integers(min_value=1, max_value=20_000), days=st.integers(1, 30))
+        @rule(target=lots, kind=KINDS, dollars=st.integers(min_value=1, max_value=20_000), days=st.integers(8, 30))
         def open(self, kind: int, dollars: int, days: int) -> int:
+            assert days * 86_400 > MIN_LOT_VALIDITY
             lot_id = open_lot(chain, roles, escrow, cld, kind, dollars * USDC_UNIT, chain.now() + days * 86_400)
             if kind == KIND_TOKENIZED:
                 self.supply += lot(lot_id)["capacity"]  # seller's share + the treasury's fee
@@ -112,10 +115,14 @@ def run_escrow_machine(world: World) -> None:
         @rule(lot_id=lots)
         def close(self, lot_id: int) -> None:
             state = lot(lot_id)
-            call = escrow.functions.close_lot(lot_id)
             if state["status"] != OPEN:
-                chain.reverts(call, roles.seller, "escrow: lot not open")
+                chain.reverts(escrow.functions.request_close(lot_id), roles.seller, "escrow: lot not open")
                 return
+            if state["close_at"] == 0:
+                chain.send(escrow.functions.request_close(lot_id), roles.seller)
+                state = lot(lot_id)
+            chain.warp(max(0, state["close_at"] - chain.now()))
+            call = escrow.functions.finalize_close(lot_id)
             remaining = state["capacity"] - state["consumed"]
             returned = -(-state["seller_minted"] * remaining // state["capacity"])
             if state["kind"] == KIND_TOKENIZED and cld.functions.balanceOf(roles.seller).call() < returned:
@@ -153,9 +160,9 @@ def run_escrow_machine(world: World) -> None:
         def buy_back(self, percent: int) -> None:
             fund = escrow.functions.insurance_fund(cld.address).call()
             face = cld.functions.face_value_usd_micro().call()
-            amount = min(self.unbacked, fund * 10**18 // face, cld.functions.balanceOf(roles.seller).call())
-            amount = amount * percent // 100
-            if amount * face // 10**18 == 0:
+            amount = min(self.unbacked, cld.functions.balanceOf(roles.seller).call()) * percent // 100
+            # One rate for every token: min(face value, fund ÷ unbacked).
+            if amount == 0 or min(amount * face // 10**18, amount * fund // self.unbacked) == 0:
                 return
             chain.send(escrow.functions.buy_back_unbacked(cld.address, amount), roles.seller)  # approved in world.py
             self.supply -= amount

@@ -17,6 +17,7 @@ from promptex.protocol.units import USD_MICRO as USDC_UNIT
 
 TERMS = Web3.keccak(text="fork tests: resale permitted")
 FAR = 10 * 365 * 86_400
+SOONER = 60 * 86_400  # < seed.LOT_LIFETIME
 
 
 @dataclass
@@ -64,7 +65,9 @@ def build_world(chain: ForkChain) -> World:
             chain.send(cld.functions.approve(spender, MAX), who)
     expiry = chain.now() + FAR
     listed = open_lot(chain, roles, escrow, chain.contract("token:GPT"), KIND_LISTED, 50_000 * USDC_UNIT, expiry)
-    tokenized = open_lot(chain, roles, escrow, cld, KIND_TOKENIZED, 50_000 * USDC_UNIT, expiry)
+    # Tokenized lots are drawn nearest-expiry first: this one must expire before the
+    # market maker's seeded lots (LOT_LIFETIME) so settlements may draw it.
+    tokenized = open_lot(chain, roles, escrow, cld, KIND_TOKENIZED, 50_000 * USDC_UNIT, chain.now() + SOONER)
     world = World(chain, roles, usdc, cld, vault, escrow, router, pool, listed, tokenized)
     for user in roles.users:  # each buys some CLD on the market
         path, fees = world.path(usdc, cld)

@@ -140,12 +140,14 @@ def test_chat__listed_lots__cheapest_rate_then_oldest_serves(gw: Harness, fake: 
     assert raw.headers["x-promptex-lot"] == str(older_cheap)
 
 
-def test_chat__tokenized_lots__oldest_first(gw: Harness, fake: Fake) -> None:
-    oldest = gw.add_lot(fake, kind="tokenized")
-    gw.add_lot(fake, kind="tokenized")
+def test_chat__tokenized_lots__nearest_expiry_first_then_oldest(gw: Harness, fake: Fake) -> None:
+    # The escrow draws tokenized lots nearest-expiry first; the gateway routes in the same order.
+    gw.add_lot(fake, kind="tokenized", expires_in=60 * 86_400)
+    sooner = gw.add_lot(fake, kind="tokenized", expires_in=20 * 86_400)
+    gw.add_lot(fake, kind="tokenized", expires_in=20 * 86_400)
     _, key = gw.buyer(asset="GPT", amount=TOKEN, default_asset="GPT")
     raw = gw.client(key).chat.completions.with_raw_response.create(model="fake-gpt", messages=HELLO, max_tokens=2)
-    assert raw.headers["x-promptex-lot"] == str(oldest)
+    assert raw.headers["x-promptex-lot"] == str(sooner)
 
 
 @pytest.mark.parametrize("status", [401, 429, 500])

@@ -128,9 +128,9 @@ def test_chat__upstream_timeout__504(funded: tuple[Harness, int, str], fake: Fak
 
 
 def test_chat__lot_expired__serves_nothing(gw: Harness, fake: Fake) -> None:
-    gw.add_lot(fake, expires_in=1)
+    gw.add_lot(fake, expires_in=7 * 86_400)  # the shortest validity a lot may have
     _, key = gw.buyer()
-    gw.gateway.registry.clock = lambda: gw.now() + 10
+    gw.gateway.registry.clock = lambda: gw.now() + 7 * 86_400 + 10
     assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO}), 503)
     assert fake.config.requests == 0
 

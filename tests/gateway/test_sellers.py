@@ -31,7 +31,7 @@ def capacity(fake: Fake, **changes: object) -> Capacity:
         "face_value_usd_micro": 50_000_000,
         "kind": "listed",
         "rate_bps": 6000,
-        "expires_at": int(time.time()) + 3600,
+        "expires_at": int(time.time()) + 30 * 86_400,
         "seller": SELLER,
         "resale_permitted": True,
     }
@@ -63,7 +63,8 @@ def test_add_capacity__tokenized__attested_without_rate(gw: Harness, fake: Fake)
         ({"api_key": "sk-fake-wrong"}, "refused the API key"),
         ({"resale_permitted": False}, "permits resale"),
         ({"rate_bps": 0}, "rate"),
-        ({"expires_at": 1}, "past"),
+        ({"expires_at": 1}, "at least 7 days"),
+        ({"expires_at": int(time.time()) + 6 * 86_400}, "at least 7 days"),
         ({"face_value_usd_micro": 0}, "positive"),
     ],
 )

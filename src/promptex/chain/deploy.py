@@ -24,18 +24,30 @@ from promptex.chain.dex import deploy_dex, dex_records
 from promptex.chain.options import deploy_options, options_record
 from promptex.chain.perp import deploy_perp, perp_record
 from promptex.chain.redemption import deploy_redemption, redemption_record
+from promptex.chain.timelock import deploy_timelock, selector
 from promptex.protocol.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD
 from promptex.protocol.perp import DEFAULT_MARKET
 from promptex.protocol.perp import LIVE_TWAP_WINDOW as PERP_LIVE_TWAP_WINDOW
 from promptex.protocol.perp import LOCAL_TWAP_WINDOW as PERP_LOCAL_TWAP_WINDOW
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.redemption import LIVE_REFUND_DELAY, LIVE_TWAP_WINDOW, LOCAL_REFUND_DELAY, LOCAL_TWAP_WINDOW
+from promptex.protocol.timelock import MIN_DELAY
 from promptex.protocol.vault import POLICY_SPEND_ONLY
 
 LOCAL_NETWORKS = ("local",)
 # CreditsVault epoch length: seconds on a demo chain, ten minutes on a live one.
 DEMO_EPOCH_LENGTH = 10
 LIVE_EPOCH_LENGTH = 600
+# The contracts the Timelock administers after deploy (two-step handover each).
+GOVERNED = ("CreditEscrow", "CreditsVault", "Factory", "RedemptionEscrow", "Perp")
+# Per governed contract, the role-revoking functions the Timelock's guardian may call at
+# once (grants and parameters wait the delay; revoking a role never does).
+REVOCATIONS: dict[str, tuple[str, ...]] = {
+    "CreditEscrow": ("revoke_attestor",),
+    "CreditsVault": ("revoke_coordinator", "revoke_pauser"),
+    "RedemptionEscrow": ("revoke_billing_signer", "revoke_pauser"),
+    "Perp": ("revoke_pauser",),
+}
 
 
 def vault_max_pause(epoch_length: int) -> int:
@@ -75,6 +87,10 @@ def deploy_all(
     coordinator: str | None = None,
     epoch_length: int | None = None,
     billing_signers: dict[str, str] | None = None,
+    proposers: Sequence[str] = (),
+    guardians: Sequence[str] = (),
+    timelock_delay: int = MIN_DELAY,
+    hand_over: bool = True,
     force: bool = False,
     root: Path | None = None,
     log: Callable[[str], None] = print,
@@ -91,7 +107,14 @@ def deploy_all(
     DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere. The
     RedemptionEscrow redeems each provider token into its provider's credits only and
     trusts `billing_signers` (provider name → address) for receipts; the admin can add
-    or revoke signers later.
+    or revoke signers later (timelocked; revoking at once).
+
+    Last, the Timelock becomes the admin of every governed contract (GOVERNED): from
+    then on every grant and parameter is an operation that `proposers` schedule and
+    anyone executes after `timelock_delay`; `guardians` cancel operations and revoke
+    roles at once (REVOCATIONS). Both default to the deployer (a local chain).
+    `hand_over=False` leaves the deployer the admin (contract tests that call admin
+    functions directly); the Timelock is deployed and recorded either way.
     """
     existing = live_deployment(network_name, root)
     if existing is not None and not force:
@@ -115,7 +138,7 @@ def deploy_all(
         log(f"MockUSDC      {usdc}")
     contracts["USDC"] = DeployedContract(address=usdc, abi=write_abi("MockUSDC", abi_of(project.MockUSDC), root))
 
-    escrow = deployer.deploy(project.CreditEscrow, usdc, treasury)
+    escrow = deployer.deploy(project.CreditEscrow, usdc, treasury, epoch_length)
     log(f"CreditEscrow  {escrow.address}")
     contracts["CreditEscrow"] = DeployedContract(
         address=str(escrow.address), abi=write_abi("CreditEscrow", abi_of(project.CreditEscrow), root)
@@ -129,17 +152,23 @@ def deploy_all(
     )
 
     for spec in PROVIDER_TOKENS:
-        token = deployer.deploy(project.ComputeToken, spec.name, spec.symbol, spec.provider, spec.face_value_usd_micro)
-        token.set_minter(escrow.address, True, sender=deployer)
-        token.set_burner(escrow.address, True, sender=deployer)
-        token.set_burner(vault.address, True, sender=deployer)
+        # Roles fixed for good: the escrow the only minter, the escrow and the vault the only burners.
+        token = deployer.deploy(
+            project.ComputeToken,
+            spec.name,
+            spec.symbol,
+            spec.provider,
+            spec.face_value_usd_micro,
+            escrow.address,
+            vault.address,
+        )
         escrow.add_provider(token.address, sender=deployer)
         vault.list_asset(token.address, POLICY_SPEND_ONLY, sender=deployer)
         contracts[f"token:{spec.symbol}"] = DeployedContract(address=str(token.address), abi=token_abi)
         log(f"{spec.symbol:<13} {token.address}")
 
     for address in (attestor, *extra_attestors):
-        escrow.set_attestor(address, True, sender=deployer)
+        escrow.grant_attestor(address, sender=deployer)
     escrow.set_vault(vault.address, sender=deployer)
     vault.grant_coordinator(coordinator, sender=deployer)
 
@@ -173,6 +202,34 @@ def deploy_all(
     )
     contracts["Perp"] = perp_record(perp, root)
 
+    governed = {
+        "CreditEscrow": escrow,
+        "CreditsVault": vault,
+        "Factory": dex["Factory"],
+        "RedemptionEscrow": redemption,
+        "Perp": perp,
+    }
+    timelock = deploy_timelock(
+        deployer,
+        delay=timelock_delay,
+        proposers=list(proposers) or [deployer.address],
+        guardians=list(guardians) or [deployer.address],
+        revocations=[
+            (str(governed[name].address), selector(governed[name], method))
+            for name, methods in REVOCATIONS.items()
+            for method in methods
+        ],
+    )
+    log(f"Timelock      {timelock.address}")
+    contracts["Timelock"] = DeployedContract(
+        address=str(timelock.address), abi=write_abi("Timelock", abi_of(project.Timelock), root)
+    )
+    if hand_over:
+        for name in GOVERNED:
+            governed[name].transfer_ownership(timelock.address, sender=deployer)
+            timelock.accept_ownership(governed[name].address, sender=deployer)
+        log(f"admin of {', '.join(GOVERNED)}: the Timelock ({timelock_delay // 3600} h delay)")
+
     deployment = Deployment(
         network=network_name,
         chain_id=chain.chain_id,
@@ -199,6 +256,7 @@ def contract_at(deployment: Deployment, name: str) -> Any:
         "RedemptionEscrow": project.RedemptionEscrow,
         "Options": project.Options,
         "Perp": project.Perp,
+        "Timelock": project.Timelock,
     }
     if name not in containers:
         raise KeyError(

@@ -21,7 +21,9 @@ from promptex.protocol.providers import REFERENCE_PRICES
 from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO
 
 TERMS = keccak(text="market maker declares its provider agreements permit resale")
-LOT_LIFETIME = 90 * DAY
+# The market maker's lots expire after any seller's lot a demo opens: the escrow draws
+# tokenized lots nearest-expiry first, and these have no upstream key to serve with.
+LOT_LIFETIME = 2 * 365 * DAY
 
 
 @dataclass(frozen=True)

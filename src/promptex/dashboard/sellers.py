@@ -45,12 +45,9 @@ def _integer(body: dict[str, Any], name: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise BadCapacity(f"give {what} ({name}, an integer)")
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
         raise BadCapacity(f"{name} must be an integer, not {value!r}") from None
-    if number < 0:  # every amount and time in the form (a negative bond was a 500)
-        raise BadCapacity(f"{name} cannot be negative")
-    return number
 
 
 def _text(body: dict[str, Any], name: str, what: str) -> str:
@@ -132,6 +129,6 @@ class Onboarding:
             log.error("lot %d opened in %s but its sealed key was not stored: %r", opened.lot_id, opened.tx, exc)
             raise LotNotRecorded(
                 f"lot {opened.lot_id} was opened on chain but its key could not be stored, so it cannot serve: "
-                "close it with CreditEscrow.close_lot"
+                "close it with CreditEscrow.request_close, then finalize_close"
             ) from None
         return {"lot": lot, "chain_lot_id": opened.lot_id, "tx": opened.tx, "attestation": att}

@@ -1,7 +1,8 @@
 """Which seller lot serves a request: model → provider → that provider's lots of the
 kind the paying asset calls for.
 
-- paid in the provider's token: tokenized lots, oldest first (FIFO);
+- paid in the provider's token: tokenized lots, nearest expiry first (the order in which
+  CreditEscrow lets a settlement draw them), the lower lot id among equals;
 - paid in USDC: listed lots, cheapest rate first, oldest first among equals.
 
 An expired or exhausted lot serves nothing. Lots live in memory, re-read from the
@@ -47,8 +48,14 @@ class LiveLot:
         return self.expires_at > now and self.headroom_usd_micro > 0
 
 
+_NOT_ON_CHAIN = 2**63  # a lot with no on-chain id yet sorts after those with one
+
+
 def _order(lot: LiveLot) -> tuple[int, int, int]:
-    return (lot.rate_bps if lot.kind == LISTED else 0, lot.created_at, lot.id)
+    if lot.kind == LISTED:
+        return (lot.rate_bps, lot.created_at, lot.id)
+    chain_id = lot.chain_lot_id if lot.chain_lot_id is not None else _NOT_ON_CHAIN
+    return (lot.expires_at, chain_id, lot.id)
 
 
 class LotRegistry:

@@ -15,7 +15,7 @@ from promptex import metering
 from promptex.gateway.adapters import adapter_for
 from promptex.gateway.routing import KINDS, LISTED, TOKENIZED
 from promptex.gateway.store import GatewayStore
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MIN_LOT_VALIDITY
 from promptex.protocol.units import BPS
 from promptex.sealing.envelope import MasterKeys
 
@@ -56,8 +56,9 @@ def check_terms(capacity: Capacity, now: int) -> None:
         raise CapacityRefused("the face value must be positive")
     if capacity.kind == LISTED and not 0 < capacity.rate_bps <= BPS:
         raise CapacityRefused("a listed lot's rate is a fraction of list price in (0, 1]")
-    if capacity.expires_at <= now:
-        raise CapacityRefused("the lot's expiry is in the past")
+    if capacity.expires_at < now + MIN_LOT_VALIDITY:
+        # The escrow refuses shorter lots: nearest-expiry-first routing needs time to draw them.
+        raise CapacityRefused(f"a lot must be valid for at least {MIN_LOT_VALIDITY // 86_400} days")
     try:
         metering.provider_token(capacity.provider)
     except metering.UnknownAsset:

@@ -14,6 +14,10 @@ STATUS_SLASHED = 4
 # Seconds after a lot's expiry during which usage it served may still be settled.
 SETTLEMENT_GRACE = 7_200
 MAX_MINT_FEE_BPS = 100
+# The immutable floor of the minimum bond (10 % of face value) and the shortest validity
+# a lot may open with (7 days).
+MIN_BOND_FLOOR_BPS = 1_000
+MIN_LOT_VALIDITY = 7 * 86_400
 
 
 def listed_credit(consumed_before: int, amount: int, rate_bps: int) -> int:
