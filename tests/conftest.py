@@ -6,6 +6,7 @@ before a contract change lands; `HYPOTHESIS_PROFILE=quick` is for iterating loca
 """
 
 import os
+import tempfile
 
 from hypothesis import HealthCheck, settings
 
@@ -16,3 +17,8 @@ settings.register_profile(
 )
 settings.register_profile("quick", max_examples=20, stateful_step_count=20, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# No test reads the profile of a market someone started in the checkout (`promptex up`
+# writes promptex-market/profile.json): commands under test follow an empty market folder
+# unless a test points PROMPTEX_UP_STATE_DIR elsewhere (subprocesses inherit it).
+os.environ["PROMPTEX_UP_STATE_DIR"] = os.path.join(tempfile.mkdtemp(prefix="promptex-tests-"), "no-market")

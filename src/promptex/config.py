@@ -1,14 +1,30 @@
 """All PROMPTEX settings in one model. Every setting has a default that runs the
-local demo; each can be changed with an environment variable PROMPTEX_<NAME>."""
+local demo; each can be changed with an environment variable PROMPTEX_<NAME>.
+
+The market's profile: `promptex up` writes what it started (the chain's RPC URL, the
+ledger, the deployments folder, the ports) into its market folder (`profile.json` in
+PROMPTEX_UP_STATE_DIR, default `promptex-market/`), and every command reads it below the
+environment: flags > environment > profile > defaults. The chain has no default: without
+a flag, a variable or a profile, a command that needs it refuses with NO_MARKET instead
+of trying port 8545, which may be someone else's chain.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+NO_MARKET = "no market: run `promptex up` or pass --rpc-url"
+PROFILE_FILE = "profile.json"
+DEFAULT_MARKET_DIR = "promptex-market"
+ChainUser = Literal["indexer", "coordinator", "agent", "attestor", "dashboard"]
 
 
 class ConfigurationError(Exception):
@@ -16,8 +32,70 @@ class ConfigurationError(Exception):
     the message says what to do. The CLI shows it as a one-line error."""
 
 
+def market_dir() -> Path:
+    """The market's folder (`promptex up --state`): PROMPTEX_UP_STATE_DIR or promptex-market."""
+    return Path(os.environ.get("PROMPTEX_UP_STATE_DIR") or DEFAULT_MARKET_DIR)
+
+
+def read_profile(folder: Path | None = None) -> dict[str, Any]:
+    """The settings the market's profile records ({} when there is none)."""
+    path = (folder or market_dir()) / PROFILE_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the market's profile {path}: {exc}") from None
+    values = recorded.get("settings") if isinstance(recorded, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigurationError(f"the market's profile {path} has no settings: run `promptex up` again")
+    return values
+
+
+class ProfileSettingsSource(PydanticBaseSettingsSource):
+    """The profile's values, for the settings they name (others, e.g. from a newer
+    version, are ignored)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file once
+
+    def __call__(self) -> dict[str, Any]:
+        fields = self.settings_cls.model_fields
+        return {name: value for name, value in read_profile().items() if name in fields}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROMPTEX_")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Arguments (what the CLI's flags pass) > environment > the market's profile.
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, ProfileSettingsSource(settings_cls)
+
+    # ─── The market ──────────────────────────────────────────────────────────
+    # The chain's JSON-RPC endpoint for every service and command that has none of its own
+    # (below: indexer_rpc_url, …). None: the profile's; no profile: NO_MARKET.
+    rpc_url: str | None = None
+
+    def chain_rpc_url(self, service: ChainUser) -> str:
+        """The chain `service` uses: its own setting, else the market's; else ConfigurationError."""
+        url = self.optional_rpc_url(service)
+        if url is None:
+            raise ConfigurationError(NO_MARKET)
+        return url
+
+    def optional_rpc_url(self, service: ChainUser) -> str | None:
+        own: str | None = getattr(self, f"{service}_rpc_url")
+        if service == "dashboard":
+            own = own or self.indexer_rpc_url
+        return own or self.rpc_url
 
     # Where deployments/<network>.json and the ABIs are written and read.
     deployments_dir: Path = Path("deployments")
@@ -69,6 +147,21 @@ class Settings(BaseSettings):
     # Requests served at once by this process, and per lot; beyond them: fast 429s.
     gateway_max_inflight: int = 512
     gateway_lot_max_inflight: int = 128
+    # No one client can starve the others (promptex.gateway.admission, .guard). Before any
+    # of the slots above is taken, a request's headers must arrive within the header
+    # timeout and its body within the body timeout (408, or the connection closed), and
+    # one client address may hold at most so many connections and requests in flight, one
+    # API key so many requests in flight (429 beyond them). Client addresses are the
+    # socket's, or X-Forwarded-For's when the connection comes from one of the trusted
+    # proxies (their own connections are not limited per address).
+    gateway_header_timeout_seconds: float = 10.0
+    gateway_body_timeout_seconds: float = 30.0
+    gateway_max_connections_per_address: int = 256
+    gateway_max_inflight_per_address: int = 128
+    gateway_max_inflight_per_key: int = 64
+    gateway_trusted_proxies: list[str] = []
+    # JSON nested deeper than this (objects and arrays) is refused with 400.
+    gateway_max_json_depth: int = 32
     # Past saturation, shed load with fast 429s, refused before the body is read (see
     # promptex.gateway.overload): while, for a whole window, the event loop woke up later
     # than gateway_shed_wait_ms, or ledger calls waited that long for a thread, or more
@@ -124,11 +217,11 @@ class Settings(BaseSettings):
     # attestor's private key; without the key, add-capacity records the attestation only.
     attestor_network: str = "local"
     attestor_private_key: SecretStr | None = None
-    attestor_rpc_url: str = "http://127.0.0.1:8545"
+    attestor_rpc_url: str | None = None  # None: rpc_url, the market's chain
 
     # ─── Indexer ─────────────────────────────────────────────────────────────
     # The chain it follows: the JSON-RPC endpoint, and the deployment whose contracts it reads.
-    indexer_rpc_url: str = "http://127.0.0.1:8545"
+    indexer_rpc_url: str | None = None  # None: rpc_url, the market's chain
     indexer_network: str = "local"
     # Index only up to head − N. 0 suits anvil (it never reorgs by itself; the indexer still
     # rewinds any reorg it sees); use ~12 on an L1, more on chains with deep reorgs.
@@ -151,7 +244,7 @@ class Settings(BaseSettings):
 
     # ─── Coordinator ─────────────────────────────────────────────────────────
     # The chain it settles on: the JSON-RPC endpoint and the deployment (deployments/<network>.json).
-    coordinator_rpc_url: str = "http://127.0.0.1:8545"
+    coordinator_rpc_url: str | None = None  # None: rpc_url, the market's chain
     coordinator_network: str = "local"
     # The vault coordinator's (and escrow settler's) key; never logged. None on the local
     # network: anvil's public development account 0, the deploy's default coordinator.
@@ -169,7 +262,7 @@ class Settings(BaseSettings):
 
     # ─── Redemption agent ────────────────────────────────────────────────────
     # The chain it redeems on: the JSON-RPC endpoint and the deployment (deployments/<network>.json).
-    agent_rpc_url: str = "http://127.0.0.1:8545"
+    agent_rpc_url: str | None = None  # None: rpc_url, the market's chain
     agent_network: str = "local"
     # The agent's signing key (the address users grant); never logged. None on the local
     # network: anvil's public development account 8 (0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f).

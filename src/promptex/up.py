@@ -239,6 +239,62 @@ def archive_market(state_dir: Path, ledger_url: str, deployment: Path, now: date
     return archive
 
 
+def absolute_ledger_url(ledger_url: str) -> str:
+    """A SQLite ledger's URL with an absolute path (a command run elsewhere finds the same file)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(ledger_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return ledger_url
+    return url.set(database=str(Path(url.database).resolve())).render_as_string(hide_password=False)
+
+
+def market_profile(options: UpOptions, rpc_url: str, env: dict[str, str]) -> dict[str, object]:
+    """What this market is, for every later command (see `promptex.config`): the settings
+    that find its chain, ledger, deployment, gateway, dashboard and billing API, and the
+    URLs for people. No secrets."""
+    from promptex.config import Settings
+
+    s = Settings()
+    gateway = f"http://{options.gateway_host}:{options.gateway_port}"
+    return {
+        "written_by": "promptex up",
+        "settings": {
+            "rpc_url": rpc_url,
+            "ledger_url": absolute_ledger_url(s.ledger_url),
+            "deployments_dir": str(s.deployments_dir.resolve()),
+            "gateway_master_key_file": str(s.gateway_master_key_file.resolve()),
+            "gateway_host": options.gateway_host,
+            "gateway_port": options.gateway_port,
+            "dashboard_host": options.gateway_host,
+            "dashboard_port": options.dashboard_port,
+            "dashboard_gateway_url": env["PROMPTEX_DASHBOARD_GATEWAY_URL"],
+            "dashboard_seller_base_urls": json.loads(env["PROMPTEX_DASHBOARD_SELLER_BASE_URLS"]),
+            "agent_billing_url": env["PROMPTEX_AGENT_BILLING_URL"],
+            "agent_fake_billing_port": options.billing_port,
+        },
+        "urls": {
+            "chain": rpc_url,
+            "gateway": f"{gateway}/v1",
+            "dashboard": f"http://{options.gateway_host}:{options.dashboard_port}/",
+            "upstream": f"http://127.0.0.1:{options.upstream_port}/v1",
+            "billing": f"http://127.0.0.1:{options.billing_port}",
+        },
+    }
+
+
+def write_profile(state_dir: Path, profile: dict[str, object]) -> Path:
+    """Write the profile atomically into the market's folder (a reader never sees half)."""
+    from promptex.config import PROFILE_FILE
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / PROFILE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(profile, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def check_chain_identity(rpc_url: str, network: str) -> str:
     """The ledger mirrors this chain and deployment (recorded now on a new ledger), or
     UpError in one line saying what differs and that `--fresh` starts a new market."""
@@ -263,14 +319,22 @@ def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
     from promptex.reconcile import summary
     from promptex.reconcile.run import ReconcileError, indexed_block, run
 
+    def head() -> int:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+        return int(httpx.post(rpc_url, json=body, timeout=5).json()["result"], 16)
+
     s = Settings()
-    head = int(httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},
-                          timeout=5).json()["result"], 16)  # fmt: skip
     deadline = time.monotonic() + INDEXED_WAIT_SECONDS
     with Ledger.from_settings(s) as ledger:
-        while (indexed_block(ledger) or -1) < head and time.monotonic() < deadline and not stop.is_set():
-            stop.wait(0.5)
-        if stop.is_set():
+        try:
+            first = head()
+            # Caught up: at or past the head seen now, and not past the chain's (after a crash
+            # lost the last blocks, the indexer first rewinds what it had indexed of them).
+            while not first <= (indexed_block(ledger) or -1) <= head() and time.monotonic() < deadline:
+                if stop.wait(0.5):
+                    return
+        except (httpx.HTTPError, ValueError, KeyError) as exc:  # a status line: the market keeps running
+            console.print(f"[red]reconcile skipped:[/red] cannot read the head at {rpc_url} ({exc})")
             return
         try:
             report = run(s, rpc_url=rpc_url, network=network, ledger=ledger)
@@ -323,13 +387,15 @@ def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
 
 
 def up(options: UpOptions) -> int:
+    # This market's profile is the one `up` and its services read (not another folder's).
+    os.environ["PROMPTEX_UP_STATE_DIR"] = str(options.state_dir)
     env = dict(os.environ)
     supervisor = Supervisor(env)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:
         from promptex.chain.deployments import deployment_path
-        from promptex.config import Settings
+        from promptex.config import DEFAULT_MARKET_DIR, Settings
 
         network = Settings().indexer_network
         if options.fresh:
@@ -372,6 +438,10 @@ def up(options: UpOptions) -> int:
             ape_argv("deploy", "--keep-existing", "--billing-signer", signer, "--extra-attestor", attestor),
         )
         console.print(f"[bold]▶ the ledger follows {check_chain_identity(rpc_url, network)}[/bold]")
+        profile = write_profile(options.state_dir, market_profile(options, rpc_url, env))
+        console.print(f"[bold]▶ promptex commands run here follow this market ({profile})[/bold]")
+        if options.state_dir.resolve() != Path(DEFAULT_MARKET_DIR).resolve():
+            console.print(f"  elsewhere, or with --state: export PROMPTEX_UP_STATE_DIR={options.state_dir.resolve()}")
         if options.seed:
             supervisor.run_step("seed market", ape_argv("seed_market"))
         for service in plan_services(options, rpc_url):

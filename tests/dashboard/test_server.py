@@ -436,6 +436,9 @@ def seller_key(dashboard) -> tuple[Account, str]:
     [
         ({"declare_resale_permitted": False}, 400, "declare that your agreement permits resale"),
         ({"face_value_usd_micro": "250 USD"}, 400, "face_value_usd_micro must be an integer"),
+        ({"bond": "-1"}, 400, "bond cannot be negative"),
+        ({"bond": -25_000_000}, 400, "bond cannot be negative"),
+        ({"face_value_usd_micro": "-250000000"}, 400, "face_value_usd_micro cannot be negative"),
         ({"kind": "rented"}, 400, "kind is one of tokenized, listed"),
         ({"rate_bps": 0}, 400, "a listed lot's rate is a fraction of list price"),
         ({"expires_at": 1_000}, 400, "a lot must be valid for at least 7 days"),

@@ -90,6 +90,17 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         assert "<title>" in httpx.get(f"{dashboard}/", timeout=5).text  # the built front end
         up.wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
 
+        # Other commands follow the market's profile alone: no chain, ledger or deployment
+        # in their environment (only the folder is named), and no warning noise.
+        assert json.loads((tmp_path / "market" / "profile.json").read_text())["settings"]["rpc_url"] == chain
+        bare = {k: v for k, v in env.items() if not k.startswith("PROMPTEX_") and k != "APE_FOUNDRY_HOST"}
+        bare["PROMPTEX_UP_STATE_DIR"] = str(tmp_path / "market")
+        for command, expected in ((["status"], "chain 31337, vault 0x"), (["reconcile"], "books reconcile")):
+            done = subprocess.run([sys.executable, "-m", "promptex.cli", *command], cwd=ROOT, env=bare,
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
+            assert "Warning" not in done.stderr, done.stderr
+
         # A deposit the indexer credits, and the seeded lots: both must outlive a restart.
         w3 = Web3(HTTPProvider(chain))
         root = tmp_path / "deployments"

@@ -129,3 +129,18 @@ def test_gateway_serve__burst_of_new_connections__each_answered(env: str, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_buyer_limits__set_shown_cleared__bad_subject_one_line_error(env: str) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["buyer", "limits", "--key-id", "7", "--rpm", "60", "--cost", "USDC=2.5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("key:7: 60 requests per minute, 2.5")
+    assert "per 3600 s" in result.output
+    result = runner.invoke(main, ["buyer", "limits", "--org", "3", "--member", "9", "--tpm", "1000"])
+    assert result.output.strip() == "member:3:9: 1000 tokens per minute"
+    assert runner.invoke(main, ["buyer", "limits", "--key-id", "7", "--clear"]).output.strip() == "key:7: no limits"
+    refused = runner.invoke(main, ["buyer", "limits", "--member", "9", "--rpm", "1"])
+    assert refused.exit_code != 0 and "name one subject" in refused.output
+    refused = runner.invoke(main, ["buyer", "limits", "--key-id", "7", "--rpm", "-1"])
+    assert refused.exit_code != 0 and "non-negative" in refused.output

@@ -102,7 +102,7 @@ def test_hot_path__same_rows_as_general_path__and_idempotent(book: Ledger, monke
 def test_hot_path__refused_or_overage__general_path_answers(book: Ledger) -> None:
     account = funded(book, amount=1_000)
     book.reserve(account, "USDC", 600, "req-a", 900)
-    with pytest.raises(Exception, match="can spend 400"):
+    with pytest.raises(Exception, match="can spend 0.0004 USDC"):
         book.reserve(account, "USDC", 600, "req-b", 900)
     hold = book.settle("req-a", 900)  # above the hold, and the balance covers it
     assert (hold.cost, hold.charged) == (900, 900)

@@ -105,6 +105,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, FakeNode]:
     monkeypatch.setenv("PROMPTEX_LEDGER_URL", f"sqlite:///{tmp_path}/ledger.sqlite3")
     monkeypatch.setenv("PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS", "NORMAL")
     nodes = {"node": FakeNode()}
+    monkeypatch.setenv("PROMPTEX_RPC_URL", "http://fake-node.invalid")  # the fake node answers instead
     monkeypatch.setattr("promptex.cli.indexer.RpcClient", lambda url, timeout: nodes["node"].client())
     settings.cache_clear()
     yield nodes

@@ -311,9 +311,9 @@ def test_release__beyond_the_ledger_balance__refused_nothing_locked_or_written(b
     chain.s.balances[(address, "CLD")] = 10**18  # and an asset the ledger holds nothing of
     coord = coordinator(book, chain)
 
-    with pytest.raises(ReleaseRefused, match="ledger balance cannot spare 101 USDC"):
+    with pytest.raises(ReleaseRefused, match="ledger balance cannot spare 0.000101 USDC"):
         coord.sign_release(address, "USDC", 101)
-    with pytest.raises(ReleaseRefused, match="ledger balance cannot spare 1 CLD"):
+    with pytest.raises(ReleaseRefused, match="ledger balance cannot spare 0.00000001 CLD"):
         coord.sign_release(address, "CLD", 1)
 
     assert book.balance(account, "USDC").locked == 0
@@ -469,7 +469,7 @@ def test_capacity__listed_lot_overdrawn__records_past_its_remaining_quarantined_
     assert report.confirmed == [("USDC", 1)] and report.quarantined == 1
     assert chain.s.consumed[8] == 902 and chain.s.consumed[USDC_LOT] == 1_001
     [record] = coord.store.quarantined()
-    assert record.request_id == over and "lot 8 has 98 USD micro of capacity left" in (record.quarantine_reason or "")
+    assert record.request_id == over and "lot 8 has $0.000098 of capacity left" in (record.quarantine_reason or "")
     for request_id in (*fits, other):
         kept = coord.store.record(request_id)
         assert kept is not None and kept.status == "batched"

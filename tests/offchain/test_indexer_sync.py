@@ -419,6 +419,7 @@ def deployment_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, node: FakeNo
     monkeypatch.setenv("PROMPTEX_DEPLOYMENTS_DIR", str(root))
     monkeypatch.setenv("PROMPTEX_LEDGER_URL", f"sqlite:///{tmp_path}/ledger.sqlite3")
     monkeypatch.setenv("PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS", "NORMAL")
+    monkeypatch.setenv("PROMPTEX_RPC_URL", "http://fake-node.invalid")  # the fake node answers instead
     monkeypatch.setattr("promptex.cli.indexer.RpcClient", lambda url, timeout: node.client())
     settings.cache_clear()
     yield tmp_path

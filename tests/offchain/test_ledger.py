@@ -329,7 +329,7 @@ def test_reserve__member_beyond_budget__refused(ledger, org, buyer):
     ledger.add_member(org, buyer)
     ledger.set_member_budget(org, buyer, USDC, 50_000_000)
     ledger.reserve(buyer, USDC, 30_000_000, "req-1", ttl=60, payer=org)
-    with pytest.raises(BudgetExceeded, match="20000000 USDC left"):
+    with pytest.raises(BudgetExceeded, match="20.00 USDC left to spend from .*, needs 20.01 USDC"):
         ledger.reserve(buyer, USDC, 20_000_001, "req-2", ttl=60, payer=org)
     assert ledger.balance(org, USDC).held == 30_000_000
     assert ledger.hold("req-2") is None

@@ -89,7 +89,7 @@ def test_debt__open__stops_serving_the_account_in_its_asset(ledger, buyer):
     ledger.settle("req-1", 600)
     ledger.unwind_chain_fact(deposit)
 
-    with pytest.raises(AccountInDebt, match="owes 600 USDC") as refused:
+    with pytest.raises(AccountInDebt, match="owes 0.0006 USDC") as refused:
         ledger.reserve(buyer, USDC, 1, "req-2", ttl=60)
     assert not isinstance(refused.value, InsufficientFunds)  # so promotional credit does not pay for it
     assert ledger.hold("req-2") is None

@@ -27,6 +27,7 @@ TEN_DIGITS = re.compile(r"\d{10,}")
         (14_587_482_219_061_166_430, "cld", None, "14.59 CLD"),  # no price known: no dollars
         (5 * 10**17, "GPT", 3_695_000 * 10**18, "0.500 GPT ($1.85)"),  # GPT shows 3 decimals
         (999_999, "USDC", None, "1.00 USDC"),
+        (2**256 - 1, "USDC", None, f"{(2**256 - 1) // 10**6:,}.64 USDC"),  # exact past Decimal's 28 digits
     ],
 )
 def test_money__amounts__whole_units_at_sensible_precision(amount, symbol, twap, shown):
@@ -37,6 +38,15 @@ def test_money__unlimited_sentinel__shown_as_the_word():
     cap_total = 2**96 - 1  # what the vault stores for an unlimited total
     assert money(cap_total, "USDC", unlimited=cap_total) == "unlimited"
     assert money(50_000_000, "USDC", unlimited=cap_total) == "50.00 USDC"
+
+
+def test_money__rounding__down_and_up_never_read_the_same():
+    # A refusal's "has 20.00, needs 20.00" would say nothing: what one has is shown rounded
+    # down, what one needs rounded up.
+    assert money(20_000_000, "USDC", rounding="down") == "20.00 USDC"
+    assert money(20_000_001, "USDC", rounding="up") == "20.01 USDC"
+    assert money(-1_500_001, "USDC", rounding="down") == "-1.51 USDC"
+    assert money(1, "CLD", rounding="up") == "0.00000001 CLD"
 
 
 def test_display_decimals__a_step_is_worth_at_most_a_cent():

@@ -44,13 +44,14 @@ def make_agent(s: Settings | None = None) -> Agent:
     from promptex.sealing.envelope import load_master_keys
 
     s = s or settings()
+    rpc_url = s.chain_rpc_url("agent")  # first: no market at all is the thing to say
     try:
         deployment = load_deployment(s.agent_network)
     except FileNotFoundError as exc:
         raise ConfigurationError(str(exc)) from None
     if "RedemptionEscrow" not in deployment.contracts:
         raise ConfigurationError(f"the {s.agent_network} deployment has no RedemptionEscrow: redeploy")
-    chain = Web3AgentChain(s.agent_rpc_url, deployment, agent_key(s))
+    chain = Web3AgentChain(rpc_url, deployment, agent_key(s))
     master = s.gateway_master_key.get_secret_value() if s.gateway_master_key else None
     smtp = None
     if s.agent_smtp_host:
@@ -60,7 +61,7 @@ def make_agent(s: Settings | None = None) -> Agent:
             s.agent_smtp_starttls,
         )  # fmt: skip
     ledger = Ledger.from_settings(s)
-    check_chain(ledger, service="the agent", rpc_url=s.agent_rpc_url, network=s.agent_network)
+    check_chain(ledger, service="the agent", rpc_url=s.chain_rpc_url("agent"), network=s.agent_network)
     return Agent(
         ledger.engine,
         chain,

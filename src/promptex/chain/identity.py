@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from promptex.chain.deployments import Deployment, load_deployment
-from promptex.config import ConfigurationError
+from promptex.config import NO_MARKET, ConfigurationError
 from promptex.ledger import Ledger, WrongChain
 from promptex.protocol.identity import ChainIdentity
 
@@ -61,12 +61,14 @@ def observe(rpc_url: str, network: str, *, root: Path | None = None, timeout: fl
 
 
 def check_chain(
-    ledger: Ledger, *, service: str, rpc_url: str, network: str, require_chain: bool = True
+    ledger: Ledger, *, service: str, rpc_url: str | None, network: str, require_chain: bool = True
 ) -> ChainIdentity | None:
     """The identity `ledger` follows after this service's start (recorded now if it was the
     first), or None for a service that runs without a chain on a database that follows
     none. ConfigurationError, one line, for anything else."""
     try:
+        if rpc_url is None:
+            raise ConfigurationError(NO_MARKET)
         observed = observe(rpc_url, network)
     except ConfigurationError as exc:
         recorded = ledger.chain_identity()

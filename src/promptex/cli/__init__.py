@@ -3,10 +3,16 @@ glue over the services' own packages; a group's module is imported when it is us
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from promptex import __version__
 from promptex.cli.lazy import LazyGroup
+
+# ape's own settings models warn about a forward reference on every start (pydantic-settings
+# IncompleteFieldDefinitionWarning): noise a user can do nothing about.
+warnings.filterwarnings("ignore", module=r"pydantic_settings(\.|$)")
 
 
 @click.group(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from promptex.cli.amounts import token_units, usd_micro
+from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, settings
 from promptex.protocol.units import USD_MICRO
 
@@ -41,6 +42,7 @@ def agent() -> None:
 
 @agent.command("run")
 @click.option("--once", is_flag=True, help="run one pass (rules checked) and exit")
+@rpc_url_option
 def agent_run(once: bool) -> None:
     """Check rules on an interval and drive redemptions to release (crash-safe; SIGTERM stops it)."""
     from promptex.agent.service import serve
@@ -118,6 +120,7 @@ def agent_rule(user: str, provider: str, token: str, below: str, add: str, max_t
 
 
 @click.command("redeem")
+@rpc_url_option
 @click.option("--user", required=True, help="the token holder's wallet address (who granted the agent)")
 @click.option("--token", required=True, help="CLD, GPT, …")
 @click.option("--usd", required=True, help="USD of credits to buy")

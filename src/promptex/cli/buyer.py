@@ -1,5 +1,5 @@
-"""`promptex buyer signup|bind|org-key|debts`: buyers' accounts, API keys, wallet binding,
-org member keys, and what accounts owe."""
+"""`promptex buyer signup|bind|org-key|debts|limits`: buyers' accounts, API keys, wallet
+binding, org member keys, what accounts owe, and limits per key, member and org."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ def buyer() -> None:
     """Buyers: accounts, API keys, wallet binding, org member keys, debts."""
 
 
-def _budget(text: str | None) -> tuple[str, int] | None:
+def _budget(text: str | None, option: str = "--budget") -> tuple[str, int] | None:
     """ASSET=AMOUNT in whole units → (symbol, smallest units)."""
     if text is None:
         return None
     symbol, sep, amount = text.partition("=")
     if not sep:
-        raise click.ClickException(f"--budget takes ASSET=AMOUNT, not {text!r}")
+        raise click.ClickException(f"{option} takes ASSET=AMOUNT, not {text!r}")
     try:
         paying = metering.asset(symbol)
     except metering.UnknownAsset as exc:
         raise click.ClickException(str(exc)) from None
-    return paying.symbol, int(decimal_of("--budget", amount) * paying.unit)
+    return paying.symbol, int(decimal_of(option, amount) * paying.unit)
 
 
 @buyer.command("signup")
@@ -150,3 +150,66 @@ def buyer_debts(account_id: int | None) -> None:
     for debt in found:
         owed = f"owes {money(debt.outstanding, debt.asset)}" if debt.status == "open" else "repaid"
         click.echo(f"debt {debt.id}: account {debt.account} {owed} of {money(debt.amount, debt.asset)} — {debt.reason}")
+
+
+@buyer.command("limits")
+@click.option("--key-id", type=int, help="limits of one API key (its id)")
+@click.option("--org", type=int, help="limits of an org (every member's requests together)")
+@click.option("--member", type=int, help="with --org: limits of one member's requests at the org")
+@click.option("--rpm", help="requests per minute")
+@click.option("--tpm", help="tokens per minute (input + output)")
+@click.option("--concurrent", help="requests in flight at once")
+@click.option("--cost", help="cost per window, ASSET=AMOUNT in whole units")
+@click.option("--window", default="3600", show_default=True, help="the cost window, in seconds")
+@click.option("--clear", is_flag=True, help="remove the subject's limits")
+def buyer_limits(
+    key_id: int | None,
+    org: int | None,
+    member: int | None,
+    rpm: str | None,
+    tpm: str | None,
+    concurrent: str | None,
+    cost: str | None,
+    window: str,
+    clear: bool,
+) -> None:
+    """Set (or show, with no limit given) the limits of a key, an org member or an org.
+    A request over one gets 429 with retry-after; tokens and cost are reserved at their
+    upper bound with the request's hold and settled to what it used."""
+    import time
+
+    from promptex.cli.amounts import count_of
+    from promptex.gateway import limits
+    from promptex.ledger import Ledger
+    from promptex.protocol.units import money
+
+    if (key_id is None) == (org is None) or (member is not None and org is None):
+        raise click.ClickException("name one subject: --key-id N, --org N, or --org N --member N")
+    subject = f"org:{org}" if member is None else f"member:{org}:{member}"
+    if key_id is not None:
+        subject = f"key:{key_id}"
+    named = (("requests_per_minute", "--rpm", rpm), ("tokens_per_minute", "--tpm", tpm))
+    counts = {name: None if text is None else count_of(option, text) for name, option, text in named}
+    counts["concurrent"] = None if concurrent is None else count_of("--concurrent", concurrent)
+    budget = _budget(cost, "--cost")
+    new = limits.Limits(
+        **counts,
+        cost=budget[1] if budget else None,
+        cost_asset=budget[0] if budget else None,
+        cost_window_seconds=max(1, count_of("--window", window)),
+    )
+    with Ledger.from_settings(settings()) as ledger:
+        if clear or not new.empty:
+            limits.set_limits(ledger.engine, subject, new if not clear else limits.Limits(), int(time.time()))
+        found = dict(limits.limits_of(ledger.engine, [subject]))
+    now = found.get(subject)
+    if now is None:
+        click.echo(f"{subject}: no limits")
+        return
+    parts = [f"{value} {limits.WHAT[kind]}" for kind, value in (
+        (limits.REQUESTS, now.requests_per_minute), (limits.TOKENS, now.tokens_per_minute),
+        (limits.CONCURRENT, now.concurrent),
+    ) if value is not None]  # fmt: skip
+    if now.cost is not None and now.cost_asset is not None:
+        parts.append(f"{money(now.cost, now.cost_asset)} per {now.cost_window_seconds} s")
+    click.echo(f"{subject}: " + ", ".join(parts))

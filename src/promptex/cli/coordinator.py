@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, settings
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ def _coordinator() -> Coordinator:
 
 @click.group("coordinator", invoke_without_command=True)
 @click.option("--once", is_flag=True, help="run one pass and exit")
+@rpc_url_option
 @click.pass_context
 def coordinator(ctx: click.Context, once: bool) -> None:
     """Settle usage on chain every epoch window (crash-safe; SIGTERM stops it cleanly)."""
@@ -56,6 +58,7 @@ def coordinator(ctx: click.Context, once: bool) -> None:
 
 
 @coordinator.command("release")
+@rpc_url_option
 @click.option("--address", required=True, help="the wallet that will exit (must be bound to an account)")
 @click.option("--asset", "symbol", required=True, help="USDC or a provider token symbol")
 @click.option("--amount", required=True, type=click.IntRange(min=1), help="smallest units of the asset")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import click
 
+from promptex.cli.market import rpc_url_option
+
 
 @click.command("dashboard")
 @click.option("--host", default=None, help="[default: PROMPTEX_DASHBOARD_HOST, 127.0.0.1]")
 @click.option("--port", default=None, type=int, help="[default: PROMPTEX_DASHBOARD_PORT, 8090]")
+@rpc_url_option
 def dashboard(host: str | None, port: int | None) -> None:
     """Serve the web dashboard (`make setup` builds it first)."""
     import uvicorn
@@ -19,7 +22,10 @@ def dashboard(host: str | None, port: int | None) -> None:
 
     s = settings()
     host, port = host or s.dashboard_host, port or s.dashboard_port
-    options = DashboardOptions.from_settings(s)
+    try:
+        options = DashboardOptions.from_settings(s)
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
     with Ledger.from_settings(s) as ledger:
         try:
             check_chain(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, settings
 
 
@@ -15,12 +16,14 @@ def gateway() -> None:
 @gateway.command("serve")
 @click.option("--host", help="[default: PROMPTEX_GATEWAY_HOST]")
 @click.option("--port", type=int, help="[default: PROMPTEX_GATEWAY_PORT]")
+@rpc_url_option
 def gateway_serve(host: str | None, port: int | None) -> None:
     """Serve /v1 on uvicorn (uvloop, httptools)."""
     import uvicorn
 
     from promptex.chain.identity import check_chain
     from promptex.gateway import create_app, single
+    from promptex.gateway.guard import uvicorn_options
     from promptex.gateway.service import check_hold_lifetime
     from promptex.ledger import Ledger
     from promptex.serving import listening_sockets
@@ -35,7 +38,7 @@ def gateway_serve(host: str | None, port: int | None) -> None:
         with Ledger.from_settings(s) as ledger:
             try:  # the chain its lots are opened on (none yet: an off-chain gateway, e.g. in tests)
                 check_chain(
-                    ledger, service="the gateway", rpc_url=s.attestor_rpc_url, network=s.attestor_network,
+                    ledger, service="the gateway", rpc_url=s.optional_rpc_url("attestor"), network=s.attestor_network,
                     require_chain=False,
                 )  # fmt: skip
             except ConfigurationError as exc:
@@ -46,7 +49,8 @@ def gateway_serve(host: str | None, port: int | None) -> None:
         except OSError as exc:
             raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         app = create_app(s, listeners=sockets)
-        config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+        options = uvicorn_options(s)  # header timeout, connections per address, trusted proxies
+        config = uvicorn.Config(app, loop="uvloop", log_level="warning", access_log=False, **options)
         uvicorn.Server(config).run(sockets=sockets)
     finally:
         single.release(claimed)

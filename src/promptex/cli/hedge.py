@@ -28,14 +28,15 @@ def hedge() -> None:
 
 def hedge_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     """A `promptex hedge` subcommand with ape's --network and --account/--yes."""
-    from ape.cli import ConnectedProviderCommand, network_option
+    from ape.cli import network_option
 
+    from promptex.cli.market import market_command_class, rpc_url_option
     from promptex.cli.wallet import LOCAL_NODE, account_option, yes_option
 
     def decorate(fn: Callable[..., None]) -> click.Command:
-        fn = yes_option(account_option(fn))
+        fn = rpc_url_option(yes_option(account_option(fn)))
         fn = network_option(default=LOCAL_NODE)(fn)
-        command: click.Command = hedge.command(name, cls=ConnectedProviderCommand)(fn)
+        command: click.Command = hedge.command(name, cls=market_command_class())(fn)
         return command
 
     return decorate

@@ -21,7 +21,7 @@ from promptex.ledger import Ledger, LedgerError
 
 @click.group("indexer", invoke_without_command=True)
 @click.option("--network", help="deployment whose contracts to follow [default: PROMPTEX_INDEXER_NETWORK]")
-@click.option("--rpc-url", help="the node's JSON-RPC URL [default: PROMPTEX_INDEXER_RPC_URL]")
+@click.option("--rpc-url", help="the node [default: PROMPTEX_INDEXER_RPC_URL, PROMPTEX_RPC_URL, the market's profile]")
 @click.option(
     "--confirmations", type=click.IntRange(min=0), help="index up to head − N [default: PROMPTEX_INDEXER_CONFIRMATIONS]"
 )
@@ -46,8 +46,9 @@ def indexer(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     try:
+        rpc_url = rpc_url or s.chain_rpc_url("indexer")  # first: no market at all is the thing to say
         deployment = load_deployment(network or s.indexer_network)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConfigurationError) as exc:
         raise click.ClickException(str(exc)) from None
     options = Options(
         confirmations=s.indexer_confirmations if confirmations is None else confirmations,
@@ -58,7 +59,7 @@ def indexer(
     )
     try:
         with (
-            RpcClient(rpc_url or s.indexer_rpc_url, timeout=s.indexer_rpc_timeout_seconds) as rpc,
+            RpcClient(rpc_url, timeout=s.indexer_rpc_timeout_seconds) as rpc,
             Ledger.from_settings(s) as ledger,
         ):
             genesis = rpc.headers([0])[0].hash

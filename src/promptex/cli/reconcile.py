@@ -13,7 +13,9 @@ from promptex.config import ConfigurationError, settings
 
 @click.command("reconcile")
 @click.option("--network", help="the deployment to compare with [default: PROMPTEX_INDEXER_NETWORK]")
-@click.option("--rpc-url", help="the node to read [default: PROMPTEX_INDEXER_RPC_URL]")
+@click.option(
+    "--rpc-url", help="the node to read [default: PROMPTEX_INDEXER_RPC_URL, PROMPTEX_RPC_URL, the market's profile]"
+)
 @click.option("--json", "as_json", is_flag=True, help="every difference and explanation in exact units, as JSON")
 @click.option("--all", "show_all", is_flag=True, help="also list the explained differences record by record")
 def reconcile(network: str | None, rpc_url: str | None, as_json: bool, show_all: bool) -> None:
@@ -26,7 +28,7 @@ def reconcile(network: str | None, rpc_url: str | None, as_json: bool, show_all:
 
     s = settings()
     try:
-        report = run(s, rpc_url=rpc_url or s.indexer_rpc_url, network=network or s.indexer_network)
+        report = run(s, rpc_url=rpc_url or s.chain_rpc_url("indexer"), network=network or s.indexer_network)
     except (ConfigurationError, ReconcileError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

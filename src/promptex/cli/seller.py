@@ -8,6 +8,7 @@ import click
 from promptex import metering
 from promptex.chain.deployments import load_deployment
 from promptex.cli.amounts import decimal_of
+from promptex.cli.market import rpc_url_option
 from promptex.config import settings
 
 
@@ -49,6 +50,7 @@ def _expiry(text: str) -> int:
 @click.option("--bond", default="0", show_default=True, help="USDC bond posted with the lot")
 @click.option("--declare-resale-permitted", is_flag=True, help="your agreement with the provider permits resale")
 @click.option("--no-verify", is_flag=True, help="skip the minimal upstream call that verifies the key")
+@rpc_url_option
 def seller_add_capacity(
     provider: str,
     api: str | None,
@@ -110,7 +112,7 @@ def seller_add_capacity(
             from promptex.chain.attest import open_lot
 
             tx, chain_lot_id = open_lot(
-                s.attestor_rpc_url,
+                s.chain_rpc_url("attestor"),
                 load_deployment(s.attestor_network),
                 s.attestor_private_key.get_secret_value(),
                 attestation,

@@ -13,6 +13,7 @@ import click
 
 from promptex import metering
 from promptex.cli.amounts import count_of, decimal_of
+from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, settings
 from promptex.protocol.units import whole_units as whole
 
@@ -146,6 +147,7 @@ def usage_proof(request_id: str) -> None:
 
 @usage.command("verify")
 @click.argument("request_id", required=False)
+@rpc_url_option
 @click.option(
     "--proof-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="a `usage proof` output"
 )

@@ -1,7 +1,8 @@
 """`promptex wallet …` and `promptex status`: on-chain actions signed with ape accounts.
 
-Each command takes ape's `--network` (default: a local anvil, `ethereum:local:foundry`)
-and `--account` (an ape account alias — a keyfile made with `ape accounts import` or
+Each command takes ape's `--network` (default: the local market's chain, `ethereum:local:foundry`
+at `--rpc-url`, APE_FOUNDRY_HOST, PROMPTEX_RPC_URL or the profile `promptex up` wrote) and
+`--account` (an ape account alias — a keyfile made with `ape accounts import` or
 `ape accounts generate` — or `TEST::N` for local test account N). A keyfile account asks
 for its passphrase and confirms every transaction unless `--yes` is given; its passphrase
 can come from `APE_ACCOUNTS_<alias>_PASSPHRASE` for non-interactive use. Amounts are whole
@@ -17,13 +18,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
-from ape.cli import ConnectedProviderCommand, network_option
+from ape.cli import network_option
 
 from promptex.chain.accounts import resolve_account
 from promptex.chain.deploy import contract_at, live_deployment
 from promptex.chain.deployments import Deployment
 from promptex.chain.dex import pool_at
 from promptex.cli.errors import readable_errors
+from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.units import MAX_UINT256
@@ -102,9 +104,9 @@ def wallet_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     """A `promptex wallet` subcommand with ape's --network, and --account/--yes."""
 
     def decorate(fn: Callable[..., None]) -> click.Command:
-        fn = yes_option(account_option(fn))
+        fn = rpc_url_option(yes_option(account_option(fn)))
         fn = network_option(default=LOCAL_NODE)(fn)
-        command: click.Command = wallet.command(name, cls=ConnectedProviderCommand)(fn)
+        command: click.Command = wallet.command(name, cls=market_command_class())(fn)
         return command
 
     return decorate
@@ -381,8 +383,9 @@ def refund(network: Any, alias: str | None, yes: bool, redemption_id: int) -> No
         click.echo(f"redemption {redemption_id} refunded: {whole(amount, 'USDC')}")
 
 
-@click.command("status", cls=ConnectedProviderCommand)
+@click.command("status", cls=market_command_class())
 @network_option(default=LOCAL_NODE)
+@rpc_url_option
 def status(network: Any) -> None:
     """The market on this network: vault totals and epochs per asset, lots, pools."""
     with readable_errors():

@@ -28,11 +28,12 @@ def make_chain(s: Settings) -> Web3Chain:
     from promptex.chain.deployments import load_deployment
     from promptex.coordinator.chain import Web3Chain
 
+    rpc_url = s.chain_rpc_url("coordinator")  # first: no market at all is the thing to say
     try:
         deployment = load_deployment(s.coordinator_network)
     except FileNotFoundError as exc:
         raise ConfigurationError(str(exc)) from None
-    return Web3Chain(s.coordinator_rpc_url, deployment, coordinator_key(s))
+    return Web3Chain(rpc_url, deployment, coordinator_key(s))
 
 
 def ledger_engine(s: Settings) -> Engine:
@@ -47,7 +48,8 @@ def check_ledger_chain(s: Settings, engine: Engine) -> None:
     from promptex.chain.identity import check_chain
     from promptex.ledger import Ledger
 
-    check_chain(Ledger(engine), service="the coordinator", rpc_url=s.coordinator_rpc_url, network=s.coordinator_network)
+    rpc_url = s.chain_rpc_url("coordinator")
+    check_chain(Ledger(engine), service="the coordinator", rpc_url=rpc_url, network=s.coordinator_network)
 
 
 def make_coordinator(s: Settings) -> Coordinator:

@@ -19,7 +19,7 @@ from promptex.ledger.usage import StoredUsage
 from promptex.metering import split_usdc_charge
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, SETTLEMENT_GRACE, STATUS_OPEN, listed_credit
 from promptex.protocol.merkle import LEAF_VERSION, Leaf, MerkleTree
-from promptex.protocol.units import BPS
+from promptex.protocol.units import BPS, money, usd_text
 from promptex.protocol.vault import DEBIT_AMOUNT_BITS, MAX_ENTRIES, MAX_LOTS, pack_debits, pack_lot_amount
 
 LOT_KINDS = {"tokenized": KIND_TOKENIZED, "listed": KIND_LISTED}
@@ -204,26 +204,30 @@ def lot_problem(lot: LotInfo, *, spend_only: bool, asset_address: str, now: int)
 
 
 def fit_capacity(
-    entries: list[Entry], *, spend_only: bool, lots: Mapping[int, LotInfo], drawable: int
+    entries: list[Entry], *, spend_only: bool, lots: Mapping[int, LotInfo], drawable: int, asset: str = "CREDIT"
 ) -> tuple[list[Entry], dict[str, str]]:
     """(the entries whose draws fit what the chain has left, why each other one waits):
     a listed lot draws at most its remaining capacity, a provider token's burn at most
     its tokenized lots' drawable total. Oldest records first; the rest stay quarantined
-    (the books resolve them), so one overdrawn lot never reverts the whole batch."""
+    (the books resolve them), so one overdrawn lot never reverts the whole batch. `asset`
+    (the provider token's symbol) names amounts in the reasons people read."""
     left = {lot_id: lot.capacity - lot.consumed for lot_id, lot in lots.items()}
     fits: list[Entry] = []
     over: dict[str, str] = {}
     for e in entries:
         if spend_only:
             if e.cost > drawable:
-                over[e.request_id] = f"the token's drawable capacity ({drawable} left) cannot cover {e.cost}"
+                over[e.request_id] = (
+                    f"the token's drawable capacity ({money(drawable, asset, rounding='down')} left) "
+                    f"cannot cover {money(e.cost, asset, rounding='up')}"
+                )
                 continue
             drawable -= e.cost
         else:
             if e.list_usd_micro > left[e.lot_id]:
                 over[e.request_id] = (
-                    f"lot {e.lot_id} has {left[e.lot_id]} USD micro of capacity left, "
-                    f"this record draws {e.list_usd_micro}"
+                    f"lot {e.lot_id} has {usd_text(left[e.lot_id], rounding='down')} of capacity left at list price, "
+                    f"this record draws {usd_text(e.list_usd_micro, rounding='up')}"
                 )
                 continue
             left[e.lot_id] -= e.list_usd_micro

@@ -235,7 +235,7 @@ class Coordinator:
         entries = self._prepare(asset, records, spend_only)
         entries, _later = fit(entries)
         drawable = chain.drawable(asset) if spend_only else 0
-        entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable)
+        entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable, asset=asset)
         self._quarantine(over)
         entries = self._fit_chain(asset, entries, spend_only)
         if not entries:

@@ -26,7 +26,7 @@ class DashboardOptions:
         indexer's chain and the gateway's address."""
         gateway_host = "127.0.0.1" if s.gateway_host in ("0.0.0.0", "::") else s.gateway_host
         return cls(
-            rpc_url=s.dashboard_rpc_url or s.indexer_rpc_url,
+            rpc_url=s.chain_rpc_url("dashboard"),
             network=s.dashboard_network or s.indexer_network,
             gateway_url=s.dashboard_gateway_url or f"http://{gateway_host}:{s.gateway_port}",
             dist=s.dashboard_dist_dir or DEFAULT_DIST,

@@ -45,9 +45,12 @@ def _integer(body: dict[str, Any], name: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise BadCapacity(f"give {what} ({name}, an integer)")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise BadCapacity(f"{name} must be an integer, not {value!r}") from None
+    if number < 0:  # every amount and time in the form (a negative bond was a 500)
+        raise BadCapacity(f"{name} cannot be negative")
+    return number
 
 
 def _text(body: dict[str, Any], name: str, what: str) -> str:

@@ -36,10 +36,11 @@ from promptex.gateway import checkpoints, errors, fronts, single
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.fronts import API_ROUTES
+from promptex.gateway.keys import hash_key
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.openapi import openapi_schema
 from promptex.gateway.routing import LotRegistry
-from promptex.gateway.service import Gateway, check_hold_lifetime, new_request_id
+from promptex.gateway.service import Gateway, check_hold_lifetime, new_request_id, presented_key
 from promptex.gateway.store import GatewayStore
 from promptex.gateway.twap import TwapSource, twap_cache_from_settings
 from promptex.gateway.upstream import UpstreamClient
@@ -94,6 +95,13 @@ def _shed(body: bytes, status: int) -> tuple[int, bytes, list[tuple[bytes, bytes
 
 
 _SHED_OPENAI = _shed(_SHED.body(), 429)
+_TOO_MANY = GatewayError(
+    429,
+    "Too many requests in flight for this API key or client address; retry when some have finished.",
+    type="rate_limit_error",
+    code="too_many_in_flight",
+    headers={"retry-after": "1", "connection": "close"},  # its body is never read
+)
 
 
 class GatewayApp:
@@ -124,15 +132,25 @@ class GatewayApp:
             await send({"type": "http.response.start", "status": status, "headers": [*headers, *ids]})
             await send({"type": "http.response.body", "body": body})
             return
-        response: Any
+        request = Request(scope, receive)
+        presented = presented_key(request, endpoint)
+        client = scope.get("client")
+        entry = gateway.admission.enter(hash_key(presented) if presented else "", client[0] if client else "")
+        if entry is None:  # this key or address has its share in flight: before its body is read
+            await fronts.error_response(endpoint, _TOO_MANY, request_id)(scope, receive, send)
+            return
         try:
-            response = await gateway.serve(endpoint, Request(scope, receive), request_id)
-        except GatewayError as exc:
-            response = fronts.error_response(endpoint, exc, request_id)
-        except Exception as exc:
-            log.error("internal error in request %s: %s", request_id, type(exc).__name__)
-            response = fronts.error_response(endpoint, errors.internal(), request_id)
-        await response(scope, receive, send)
+            response: Any
+            try:
+                response = await gateway.serve(endpoint, request, request_id)
+            except GatewayError as exc:
+                response = fronts.error_response(endpoint, exc, request_id)
+            except Exception as exc:
+                log.error("internal error in request %s: %s", request_id, type(exc).__name__)
+                response = fronts.error_response(endpoint, errors.internal(), request_id)
+            await response(scope, receive, send)
+        finally:
+            gateway.admission.leave(entry)
 
 
 def create_app(

@@ -108,6 +108,13 @@ def busy(message: str = "All capacity for this model is busy; retry shortly.") -
     return GatewayError(429, message, type="rate_limit_error", code=BUSY)
 
 
+def rate_limited(message: str, retry_after: int) -> GatewayError:
+    """A limit set on the key, its org member or its org (`gateway.limits`)."""
+    return GatewayError(
+        429, message, type="rate_limit_error", code="rate_limit_exceeded", headers={"retry-after": str(retry_after)}
+    )
+
+
 def no_capacity(model: str, asset: str) -> GatewayError:
     return GatewayError(
         503, f"No capacity serves `{model}` paid in {asset} right now.", type="server_error", code="no_capacity"

@@ -16,7 +16,8 @@ MESSAGE_FLOOR = 3  # tokens a chat message costs at least beyond its words (Open
 LIMITS = ("max_tokens", "max_completion_tokens")  # the output limits a request may name
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def parse_body(raw: bytes, max_depth: int = 32) -> dict[str, Any]:
+    """The body as a JSON object, nested at most `max_depth` deep (400 otherwise)."""
     if not raw:
         raise bad_request("We could not parse the JSON body of your request: the body is empty.")
     try:
@@ -25,7 +26,30 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise bad_request("We could not parse the JSON body of your request.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    # Only a body with that many brackets (in strings too) can be that deep: most are
+    # never walked.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _deeper(body, max_depth):
+        raise bad_request(f"The JSON body is nested more than {max_depth} levels deep.", code="json_too_deep")
     return body
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects and arrays more than `limit` deep (why a limit: a
+    body orjson reads but cannot write back, past 254 levels, was a 500)."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(v for v in item.values() if isinstance(v, dict | list))
+            else:
+                below.extend(v for v in item if isinstance(v, dict | list))
+        level = below
+    return False
 
 
 def _positive_int(body: dict[str, Any], name: str) -> int | None:
@@ -72,6 +96,9 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise bad_request(f"Invalid '{name}': expected a number.", param=name)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("Invalid 'user': expected a string.", param="user")
     max_tokens = _positive_int(body, "max_tokens")
     max_completion = _positive_int(body, "max_completion_tokens")
     limit = max_completion if max_completion is not None else max_tokens

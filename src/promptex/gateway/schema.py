@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, String, Table, Text
 
-from promptex.ledger.amounts import Amount
+from promptex.ledger.amounts import Amount, non_negative
 from promptex.ledger.metadata import metadata
 
 api_keys = Table(
@@ -49,4 +49,40 @@ lots = Table(
     Column("attestation", Text, nullable=True),  # the open_lot arguments, JSON
     Column("chain_lot_tx", String(80), nullable=True),
     Column("chain_lot_id", BigInteger, nullable=True),  # the CreditEscrow lot, once opened
+)
+
+# ─── Limits (migration 0010): see gateway.limits ─────────────────────────────
+
+limits = Table(
+    "gateway_limits",
+    metadata,
+    Column("subject", String(80), primary_key=True),  # key:ID, member:ORG:ACCOUNT, org:ORG
+    Column("requests_per_minute", BigInteger, nullable=True),  # None: no such limit
+    Column("tokens_per_minute", BigInteger, nullable=True),
+    Column("concurrent", BigInteger, nullable=True),
+    Column("cost", Amount, nullable=True),  # in cost_asset's smallest units per cost window
+    Column("cost_asset", String(16), nullable=True),
+    Column("cost_window_seconds", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+limit_counters = Table(
+    "gateway_limit_counters",
+    metadata,
+    Column("subject", String(80), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # requests | tokens | concurrent | cost
+    Column("window_start", BigInteger, primary_key=True),  # 0: concurrent (no window)
+    Column("ends_at", BigInteger, nullable=False),
+    Column("used", Amount, nullable=False),
+    non_negative("used"),
+)
+
+limit_takes = Table(
+    "gateway_limit_takes",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("subject", String(80), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("window_start", BigInteger, nullable=False),
+    Column("amount", Amount, nullable=False),
 )

@@ -39,12 +39,14 @@ from starlette.types import Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import ConfigurationError, Settings
-from promptex.gateway import errors, fronts
+from promptex.gateway import errors, fronts, limits
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
+from promptex.gateway.admission import Admission
 from promptex.gateway.charges import Charge, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
+from promptex.gateway.limits import LimitExceeded, Plan
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import parse_body, prompt_floor
@@ -56,6 +58,7 @@ from promptex.gateway.upstream import UpstreamClient, UpstreamError, UpstreamRes
 from promptex.ledger import (
     AccountInDebt,
     BudgetExceeded,
+    ExtraTake,
     Hold,
     InsufficientFunds,
     Ledger,
@@ -72,7 +75,7 @@ from promptex.ledger import (
 from promptex.metering import TokenUsage
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
-from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL
+from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money
 
 ASSET_HEADER = "x-promptex-asset"
 AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
@@ -85,6 +88,15 @@ JSON = "application/json"
 CACHE_CONTROL = b'"cache_control"'
 STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]
 log = logging.getLogger("promptex.gateway")
+
+
+def presented_key(request: Request, endpoint: str) -> str | None:
+    """The API key a request presents: its bearer token, or on `/v1/messages` Anthropic's
+    `x-api-key` header (its SDK's default)."""
+    key = bearer(request.headers.get("authorization"))
+    if key is None and endpoint == MESSAGES:
+        key = request.headers.get("x-api-key") or None
+    return key
 
 
 def new_request_id() -> str:
@@ -150,6 +162,11 @@ class Gateway:
         self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
         self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
         self.overloaded = False  # set by `watch_load`
+        self.counters = limits.LimitCounters()
+        ledger.holds.register(self.counters)
+        self._limits: dict[int, list[tuple[str, limits.Limits]]] = {}  # key id → its subjects' limits
+        self.admission = Admission(settings.gateway_max_inflight_per_key, settings.gateway_max_inflight_per_address)
+        self.timed_out = 0  # bodies that did not arrive within the body timeout
         self._keys: dict[str, tuple[ApiKey | None, float]] = {}
         self._treasury: int | None = None
         self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
@@ -181,9 +198,7 @@ class Gateway:
     # ─── Authentication ──────────────────────────────────────────────────────
 
     async def authenticate(self, request: Request, endpoint: str = "") -> ApiKey:
-        key = bearer(request.headers.get("authorization"))
-        if key is None and endpoint == MESSAGES:  # Anthropic's header (its SDK's default)
-            key = request.headers.get("x-api-key") or None
+        key = presented_key(request, endpoint)
         if key is None:
             where = "x-api-key or Authorization: Bearer …" if endpoint == MESSAGES else "Authorization: Bearer …"
             raise errors.GatewayError(401, f"You didn't provide an API key ({where}).", code="missing_api_key")
@@ -193,12 +208,23 @@ class Gateway:
         if cached is not None and cached[1] > now:
             record = cached[0]
         else:
-            record = await self._thread(self.store.api_key, digest)
+            record = await self._thread(self._lookup, digest)
             if len(self._keys) > 100_000:
                 self._keys.clear()
             self._keys[digest] = (record, now + self.s.gateway_key_cache_seconds)
         if record is None:
             raise errors.invalid_key()
+        return record
+
+    def _lookup(self, digest: str) -> ApiKey | None:
+        """A key and the limits its requests count against (blocking; cached with the key)."""
+        record = self.store.api_key(digest)
+        if record is not None:
+            found = limits.limits_of(self.ledger.engine, limits.subjects(record))
+            if found:
+                self._limits[record.id] = found
+            else:
+                self._limits.pop(record.id, None)
         return record
 
     # ─── Pricing ─────────────────────────────────────────────────────────────
@@ -314,7 +340,15 @@ class Gateway:
                 )
         holds = self.ledger.holds
         ttl = self.s.gateway_hold_ttl_seconds
-        mine = Reservation(request_id, key.account, asset, amount, ttl, payer=key.payer, lots=priced.claims)
+        limited = self._limits.get(key.id, ())
+        extras: tuple[ExtraTake, ...] = ()
+        if limited:  # taken in the hold's own transaction (`gateway.limits`)
+            tokens = priced.input_bound + priced.output
+            self.counters.plan(request_id, Plan(limited, tokens))
+            extras = (ExtraTake(limits.NAME, tokens),)
+        mine = Reservation(
+            request_id, key.account, asset, amount, ttl, payer=key.payer, lots=priced.claims, extras=extras
+        )
         try:
             if key.payer is not None:
                 return holds.reserve(mine)
@@ -331,6 +365,9 @@ class Gateway:
             if key.budget_asset is not None:
                 self.store.return_key_budget(key.id, amount)
             raise
+        finally:
+            if limited:
+                self.counters.plan(request_id, None)
 
     def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord) -> Hold:
         self.holding.pop(request_id, None)
@@ -352,6 +389,8 @@ class Gateway:
             for claim in priced.claims:
                 self.registry.full(claim.lot_id, exc.available or 0)
             raise self._refused(priced, exc) from None
+        except LimitExceeded as exc:
+            raise errors.rate_limited(str(exc), exc.retry_after) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
             raise self._refused(priced, exc) from None
         priced.lot_id = hold.lot_id
@@ -384,7 +423,7 @@ class Gateway:
         param = priced.limit_param or ("max_output_tokens" if priced.endpoint == RESPONSES else "max_tokens")
         if not priced.output or most < 1:
             message = (
-                f"This request's upper bound of {priced.hold} {priced.asset} (smallest units) is more than {what} "
+                f"This request's upper bound of {self.human(priced.asset, priced.hold)} is more than {what} "
                 f"covers, even for its input: {exc}"
             )
             return errors.insufficient_balance(message)
@@ -431,6 +470,12 @@ class Gateway:
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
         await self._thread(self._release, key, request_id, priced.hold)
 
+    def human(self, asset: str, units: int) -> str:
+        """An amount for the people who read error messages: whole units, and a provider
+        token's dollar value when the Oracle's TWAP is fresh (exact units stay in fields)."""
+        twap = self.twaps.fresh(asset) if self.twaps is not None and asset != USDC_SYMBOL else None
+        return money(units, asset, twap=None if twap is None else twap.price)
+
     def usd_micro(self, asset: str, units: int) -> int:
         """`units` of `asset` in USD micro-units, rounded up: USDC as is, a provider token at
         its Oracle TWAP when one is fresh, else at its face value."""
@@ -455,18 +500,35 @@ class Gateway:
     # ─── Serving ─────────────────────────────────────────────────────────────
 
     async def serve(self, endpoint: str, request: Request, request_id: str) -> Response | MeteredStream:
+        """One request. Its key is checked and its whole body read (within the body
+        timeout) before it takes one of the process's slots: a slow client holds only its
+        own key's and address's share (`admission`, counted by the caller)."""
+        key = await self.authenticate(request, endpoint)
+        raw = await self.read(request)
         if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
             raise errors.busy("The gateway is at capacity; retry shortly.")
         self.inflight += 1
         try:
-            return await self._serve(endpoint, request, request_id)
+            return await self._serve(endpoint, request, request_id, key, raw)
         finally:
             self.inflight -= 1
 
-    async def _serve(self, endpoint: str, request: Request, request_id: str) -> Response | MeteredStream:
-        key = await self.authenticate(request, endpoint)
-        raw = await read_body(request, self.s.gateway_max_body_bytes)
-        body = parse_body(raw)
+    async def read(self, request: Request) -> bytes:
+        """The whole body, or 408 (and the connection closed) if it takes longer than the body timeout."""
+        with anyio.move_on_after(self.s.gateway_body_timeout_seconds):
+            return await read_body(request, self.s.gateway_max_body_bytes)
+        self.timed_out += 1
+        raise GatewayError(
+            408,
+            f"The request body did not arrive within {self.s.gateway_body_timeout_seconds:g} seconds.",
+            code="request_timeout",
+            headers={"connection": "close"},
+        )
+
+    async def _serve(
+        self, endpoint: str, request: Request, request_id: str, key: ApiKey, raw: bytes
+    ) -> Response | MeteredStream:
+        body = parse_body(raw, self.s.gateway_max_json_depth)
         # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
         # at rates above the input rate. A mention anywhere (even a key of no meaning) only
         # makes the hold larger; inside a string the quotes are escaped and do not match.
@@ -636,6 +698,7 @@ class Gateway:
             for rid in due:
                 if rid in self.holding:
                     self.holding[rid] = now + ttl
+        limits.trim(self.ledger.engine, now)
         return self.sweeper.run_once()
 
     async def keep_holds(self) -> None:

@@ -15,6 +15,7 @@ from promptex.ledger.amounts import add, ge, sub
 from promptex.ledger.errors import InsufficientFunds
 from promptex.ledger.journal import ensure_balance
 from promptex.ledger.schema import balances, releases
+from promptex.protocol.units import money
 
 ACTIVE, USED, EXPIRED = "active", "used", "expired"
 
@@ -69,7 +70,9 @@ def lock_release(
         .values(locked=add(b.locked, amount))
     ).rowcount
     if taken != 1:
-        raise InsufficientFunds(f"account {account}'s ledger balance cannot spare {amount} {asset}")
+        raise InsufficientFunds(
+            f"account {account}'s ledger balance cannot spare {money(amount, asset, rounding='up')}"
+        )
     release_id: int = conn.execute(
         insert(releases)
         .values(

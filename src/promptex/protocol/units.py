@@ -5,7 +5,8 @@ USD micro-unit), every provider token 18. Oracle prices are USDC units per 10**1
 token units as an 18-decimal fixed-point number, so PRICE_SCALE converts.
 """
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, localcontext
+from typing import Literal
 
 from promptex.protocol.providers import PROVIDER_TOKENS
 
@@ -46,6 +47,11 @@ def whole_units(amount: int, decimals: int) -> str:
 UNLIMITED_TEXT = "unlimited"
 SIGNIFICANT_DIGITS = 4  # amounts below one whole unit: enough digits to tell costs apart
 MOST_DECIMALS_SHOWN = 8  # dust below 10**-8 whole units reads "<0.00000001", not 18 digits
+# How a shown amount is rounded: to the nearest, or so that a refusal's "has" (down) and
+# "needs" (up) never read as the same number.
+Rounding = Literal["nearest", "down", "up"]
+_ROUNDING = {"nearest": ROUND_HALF_UP, "down": ROUND_FLOOR, "up": ROUND_CEILING}
+_EXACT = Context(prec=160)  # any uint256 with 18 decimals, exactly (the default keeps 28 digits)
 
 
 def decimals_of(symbol: str) -> int:
@@ -63,25 +69,32 @@ def display_decimals(symbol: str) -> int:
     return min(places, decimals_of(symbol))
 
 
-def amount_text(amount: int, decimals: int, places: int) -> str:
-    """`amount` smallest units as a grouped decimal rounded half-up to `places` decimals;
+def amount_text(amount: int, decimals: int, places: int, rounding: Rounding = "nearest") -> str:
+    """`amount` smallest units as a grouped decimal rounded (to the nearest, by default) to `places` decimals;
     an amount below one whole unit keeps SIGNIFICANT_DIGITS significant digits (at most
     `decimals`, MOST_DECIMALS_SHOWN), so a cost of 0.000123 USDC never reads as 0.00."""
-    value = Decimal(abs(amount)).scaleb(-decimals)
+    with localcontext(_EXACT):
+        return _amount_text(amount, decimals, places, rounding)
+
+
+def _amount_text(amount: int, decimals: int, places: int, rounding: Rounding) -> str:
+    value = abs(Decimal(amount).scaleb(-decimals))
+    sign = "-" if amount < 0 else ""
     shown = places
     if 0 < value < 1:
         leading_zeros = -value.adjusted() - 1  # 0.000123 → 3
         shown = min(decimals, max(places, min(MOST_DECIMALS_SHOWN, leading_zeros + SIGNIFICANT_DIGITS)))
     step = Decimal(1).scaleb(-shown)
-    rounded = value.quantize(step, rounding=ROUND_HALF_UP)
+    signed = (-value if sign else value).quantize(step, rounding=_ROUNDING[rounding])  # floor/ceiling: signed
+    rounded = abs(signed)
     if value and not rounded:  # dust
-        return f"{'>-' if amount < 0 else '<'}{step:f}"
+        return f"{'>-' if sign else '<'}{step:f}"
     text = f"{rounded:,.{shown}f}"
     if shown > places:  # significant digits beyond the usual places: no trailing zeros
         head, _, tail = text.partition(".")
         tail = tail.rstrip("0").ljust(places, "0")
         text = f"{head}.{tail}" if tail else head
-    return ("-" if amount < 0 and rounded else "") + text
+    return (sign if rounded else "") + text
 
 
 def usd_value(amount: int, symbol: str, twap: int | None) -> int | None:
@@ -96,21 +109,23 @@ def usd_value(amount: int, symbol: str, twap: int | None) -> int | None:
     return -value if amount < 0 else value
 
 
-def usd_text(usd_micro: int) -> str:
+def usd_text(usd_micro: int, rounding: Rounding = "nearest") -> str:
     """Dollars for people: "$1,234.56", "$0.0012", "-$3.50"."""
-    text = amount_text(usd_micro, USDC_DECIMALS, 2)
+    text = amount_text(usd_micro, USDC_DECIMALS, 2, rounding)
     return f"-${text[1:]}" if text.startswith("-") else f"${text}"
 
 
-def money(amount: int, symbol: str, *, twap: int | None = None, unlimited: int | None = None) -> str:
+def money(
+    amount: int, symbol: str, *, twap: int | None = None, unlimited: int | None = None, rounding: Rounding = "nearest"
+) -> str:
     """An amount of an asset for people: "14,587.48 CLD ($61.53)", "50.00 USDC".
 
     `twap` (a provider token's `Oracle.consult` value) adds the dollar value beside it;
     `unlimited` names the sentinel that means "no limit" where one is meant (a spend cap's
-    total), shown as the word instead of a 30-digit number."""
+    total), shown as the word instead of a 30-digit number. `rounding`: see Rounding."""
     if unlimited is not None and amount >= unlimited:
         return UNLIMITED_TEXT
     symbol = symbol.upper()
-    text = f"{amount_text(amount, decimals_of(symbol), display_decimals(symbol))} {symbol}"
+    text = f"{amount_text(amount, decimals_of(symbol), display_decimals(symbol), rounding)} {symbol}"
     usd = None if symbol == USDC_SYMBOL else usd_value(amount, symbol, twap)
     return text if usd is None else f"{text} ({usd_text(usd)})"

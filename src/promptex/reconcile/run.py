@@ -4,6 +4,8 @@ chain it is compared with, and that chain read at the block the indexer last app
 
 from __future__ import annotations
 
+from web3.exceptions import Web3Exception
+
 from promptex.chain.deployments import load_deployment
 from promptex.chain.identity import check_chain
 from promptex.config import ConfigurationError, Settings
@@ -43,7 +45,7 @@ def run(s: Settings, *, rpc_url: str, network: str, ledger: Ledger | None = None
         if block is None:
             report.notes.append("the indexer has not run on this ledger: the chain was read at its head")
         return report
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, Web3Exception) as exc:  # no node, no state at that block, no such contract
         raise ReconcileError(f"cannot read the chain at {rpc_url}: {exc}") from None
     finally:
         if own:

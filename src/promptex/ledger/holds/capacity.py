@@ -32,6 +32,7 @@ from sqlalchemy import ColumnElement, Connection, bindparam, case, delete, func,
 from promptex.ledger.errors import LotCapacityExceeded
 from promptex.ledger.models import LotCapacity
 from promptex.ledger.schema import capacity_leases, lot_capacity
+from promptex.protocol.units import usd_text
 
 _L = lot_capacity.c
 _E = capacity_leases.c
@@ -167,7 +168,9 @@ def take(
     lots = ", ".join(str(c.lot_id) for c in claims)
     need = min((c.amount for c in claims), default=0)
     raise LotCapacityExceeded(
-        f"lot(s) {lots} have {best} USD micro of capacity left, this request needs {need}", available=best
+        f"lot(s) {lots} have {usd_text(best, rounding='down')} of capacity left at list price, "
+        f"this request needs {usd_text(need, rounding='up')}",
+        available=best,
     )
 
 

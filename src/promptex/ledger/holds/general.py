@@ -45,6 +45,7 @@ from promptex.ledger.journal import insert_ignore, post_entry
 from promptex.ledger.models import AccountKind, Hold, HoldStatus
 from promptex.ledger.schema import accounts, balances, budgets, holds, members, usage_records
 from promptex.ledger.usage import QUARANTINED, UsageRecord, usage_row
+from promptex.protocol.units import money
 
 MAX_REQUEST_ID = 200
 OVER_CAPACITY = "served beyond its lot's capacity: the answer was metered after its hold expired"
@@ -255,7 +256,8 @@ def hold_budget(conn: Connection, payer: int, account: int, asset: str, amount: 
         left = row.remaining - row.held
         if left < amount:
             raise BudgetExceeded(
-                f"account {account} has {max(0, left)} {asset} left to spend from {payer}, needs {amount}",
+                f"account {account} has {money(max(0, left), asset, rounding='down')} left to spend from {payer}, "
+                f"needs {money(amount, asset, rounding='up')}",
                 available=max(0, left),
             )
         taken = conn.execute(_TAKE_BUDGET, params).rowcount  # the row changed in between; now it is locked
@@ -273,18 +275,21 @@ def _refusal(conn: Connection, payer: int, asset: str, amount: int) -> LedgerErr
     debt = _debts.open_debt_in(conn, payer, asset)
     if debt is not None:
         return AccountInDebt(
-            f"account {payer} owes {debt.outstanding} {asset} (debt {debt.id}: {debt.reason}); "
+            f"account {payer} owes {money(debt.outstanding, asset, rounding='up')} (debt {debt.id}: {debt.reason}); "
             f"a deposit repays it first"
         )
     spendable = row.posted - row.held - row.locked
     if spendable < amount:
         return InsufficientFunds(
-            f"account {payer} can spend {max(0, spendable)} {asset}, needs {amount}", available=max(0, spendable)
+            f"account {payer} can spend {money(max(0, spendable), asset, rounding='down')}, "
+            f"needs {money(amount, asset, rounding='up')}",
+            available=max(0, spendable),
         )
     left = row.cap_remaining - row.held
     if left < amount:
         return SpendCapExceeded(
-            f"account {payer} has {max(0, left)} {asset} left under its signed spend cap, needs {amount}",
+            f"account {payer} has {money(max(0, left), asset, rounding='down')} left under its signed spend cap, "
+            f"needs {money(amount, asset, rounding='up')}",
             available=max(0, left),
         )
     return None

@@ -1,0 +1,136 @@
+"""The gateway's HTTP connections, guarded before any request reaches the app.
+
+uvicorn reads a request's headers with no deadline: a client that opens a connection and
+sends nothing, half a request line, or an HTTP/0.9 line keeps it open forever, and
+nothing stops one address from opening thousands. `guarded_protocol` is uvicorn's
+httptools protocol with two guards:
+
+- a header timeout: each request's headers (from the connection's first byte, or the
+  next request's first byte on a kept-alive connection) must be complete within
+  `header_timeout` seconds, else the gateway answers 408 and closes the connection;
+- at most `per_address` open connections per client address (the socket's peer); more
+  are answered 429 and closed at once. A trusted proxy's own connections are not
+  counted: its clients are told apart by X-Forwarded-For, in `admission`.
+
+The body has its own deadline, in the app (`Gateway.read`), where a 408 can be answered
+in the API's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from promptex.config import Settings
+
+_CLOSE = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+
+
+def _status(line: bytes, text: bytes) -> bytes:
+    return b"HTTP/1.1 " + line + b"\r\n" + _CLOSE + b"content-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+
+
+HEADER_TIMEOUT = _status(b"408 Request Timeout", b"The request's headers did not arrive in time.")
+TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", b"Too many connections from this address.")
+
+
+class ConnectionGuard:
+    """Open connections per client address, shared by every connection of one server."""
+
+    def __init__(self, per_address: int, header_timeout: float, trusted: Iterable[str] = ()) -> None:
+        self.per_address = per_address
+        self.header_timeout = header_timeout
+        self.trusted = frozenset(trusted)
+        self.open: dict[str, int] = {}
+        self.refused = 0  # connections refused, for the metrics
+        self.timed_out = 0  # requests whose headers came too late
+
+    def enter(self, address: str) -> bool:
+        if address in self.trusted:
+            return True
+        count = self.open.get(address, 0)
+        if count >= self.per_address:
+            self.refused += 1
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        if address in self.trusted:
+            return
+        count = self.open.get(address, 0) - 1
+        if count > 0:
+            self.open[address] = count
+        else:
+            self.open.pop(address, None)
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with `guard`'s limits (see the module's docstring)."""
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _address: str | None = None
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            address = self.client[0] if self.client else ""
+            if not guard.enter(address):
+                transport.write(TOO_MANY_CONNECTIONS)
+                transport.close()
+                return
+            self._address = address
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if self._address is not None:
+                guard.leave(self._address)
+                self._address = None
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def _arm(self) -> None:
+            if self._deadline is None:
+                self._deadline = self.loop.call_later(guard.header_timeout, self._too_late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_late(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being served: its headers did arrive
+            guard.timed_out += 1
+            self.transport.write(HEADER_TIMEOUT)
+            self.transport.close()
+
+    return GuardedProtocol
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn.Config options that guard the gateway's connections (and say whose
+    X-Forwarded-For is believed: only the configured trusted proxies')."""
+    trusted = list(settings.gateway_trusted_proxies)
+    guard = ConnectionGuard(
+        settings.gateway_max_connections_per_address, settings.gateway_header_timeout_seconds, trusted
+    )
+    return {
+        "http": guarded_protocol(guard),
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or [],
+    }

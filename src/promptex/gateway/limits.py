@@ -1,0 +1,260 @@
+"""Limits per API key, per org member and per org: requests per minute, tokens per minute,
+requests in flight, and cost per window.
+
+Every limit is a counter taken in the SAME ledger transaction as the request's hold,
+through the hold book's extension point (`ledger.holds.extras`): a request over any
+limit holds nothing (no funds, no capacity, no other counter), and requests in flight
+never take a counter past its limit, in one process or many sharing PostgreSQL (the
+conditional UPDATE on the counter's row is the one arbiter). Tokens and cost are taken
+at their upper bound when the hold is made (the input bound from the body's size plus
+the output limit sent upstream; the hold's amount) and settled to the actual usage and
+charge with the hold; a released or expired hold gives them back. A request counts
+against requests per minute once admitted, whatever its end; a concurrent slot is
+given back when it ends.
+
+Windows are fixed: the minute (ledger clock) for requests and tokens, `cost_window_seconds`
+for cost; a refusal's retry-after is the time left in the window that refused (1 s for
+requests in flight). The subjects: `key:ID`, `member:ORG:ACCOUNT` (a member key's
+account at its org) and `org:ORG` (every member's requests together).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
+
+from promptex.gateway.schema import limit_counters, limit_takes, limits
+from promptex.gateway.store import ApiKey
+from promptex.ledger import Refusal
+from promptex.ledger.amounts import Amount, add, ge, sub
+from promptex.ledger.journal import insert_ignore
+from promptex.ledger.models import Hold
+from promptex.ledger.usage import UsageRecord
+
+NAME = "limits"
+REQUESTS, TOKENS, CONCURRENT, COST = "requests", "tokens", "concurrent", "cost"
+MINUTE = 60
+WHAT = {
+    REQUESTS: "requests per minute",
+    TOKENS: "tokens per minute",
+    CONCURRENT: "requests in flight",
+    COST: "cost per window",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One subject's limits; None: no such limit."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent: int | None = None
+    cost: int | None = None  # smallest units of cost_asset per window
+    cost_asset: str | None = None
+    cost_window_seconds: int = 3_600
+
+    def __post_init__(self) -> None:
+        for value in (self.requests_per_minute, self.tokens_per_minute, self.concurrent, self.cost):
+            if value is not None and (type(value) is not int or value < 0):
+                raise ValueError("a limit is a non-negative integer")
+        if (self.cost is None) != (self.cost_asset is None):
+            raise ValueError("a cost limit names its asset")
+        if self.cost_window_seconds <= 0:
+            raise ValueError("a cost window is positive")
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in (self.requests_per_minute, self.tokens_per_minute, self.concurrent, self.cost))
+
+
+class LimitExceeded(Refusal):
+    """A request over one of its subject's limits (the gateway answers 429)."""
+
+    def __init__(self, message: str, *, available: int, retry_after: int) -> None:
+        super().__init__(message, available=available)
+        self.retry_after = retry_after
+
+
+def key_subject(key: ApiKey) -> str:
+    return f"key:{key.id}"
+
+
+def subjects(key: ApiKey) -> list[str]:
+    """Whose limits a key's request counts against, in the order they are taken."""
+    named = [key_subject(key)]
+    if key.payer is not None:
+        named += [f"member:{key.payer}:{key.account}", f"org:{key.payer}"]
+    return named
+
+
+# ─── Setting and reading limits ──────────────────────────────────────────────
+
+
+def set_limits(engine: Engine, subject: str, new: Limits, now: int) -> None:
+    """Set (or, with no limit in `new`, remove) a subject's limits."""
+    values = {
+        "requests_per_minute": new.requests_per_minute,
+        "tokens_per_minute": new.tokens_per_minute,
+        "concurrent": new.concurrent,
+        "cost": new.cost,
+        "cost_asset": new.cost_asset,
+        "cost_window_seconds": new.cost_window_seconds,
+        "updated_at": now,
+    }
+    with engine.begin() as conn:
+        conn.execute(delete(limits).where(limits.c.subject == subject))
+        if not new.empty:
+            conn.execute(insert(limits).values(subject=subject, **values))
+
+
+def limits_of(engine: Engine, names: Sequence[str]) -> list[tuple[str, Limits]]:
+    """The limits set for any of `names`, in their order."""
+    with engine.connect() as conn:
+        rows = {r.subject: r for r in conn.execute(select(limits).where(limits.c.subject.in_(list(names))))}
+    found = []
+    for name in names:
+        r = rows.get(name)
+        if r is not None:
+            found.append(
+                (
+                    name,
+                    Limits(
+                        r.requests_per_minute, r.tokens_per_minute, r.concurrent, r.cost, r.cost_asset,
+                        r.cost_window_seconds,
+                    ),
+                )
+            )  # fmt: skip
+    return found
+
+
+# ─── The extra counter taken with the hold ───────────────────────────────────
+
+_AMOUNT = bindparam("p_amount", type_=Amount())
+_KEY = and_(
+    limit_counters.c.subject == bindparam("p_subject"),
+    limit_counters.c.kind == bindparam("p_kind"),
+    limit_counters.c.window_start == bindparam("p_window"),
+)
+_TAKE = (
+    update(limit_counters)
+    .where(_KEY, ge(bindparam("p_limit", type_=Amount()), add(limit_counters.c.used, _AMOUNT)))
+    .values(used=add(limit_counters.c.used, _AMOUNT))
+)
+_GIVE = update(limit_counters).where(_KEY).values(used=sub(limit_counters.c.used, _AMOUNT))
+_USED = select(limit_counters.c.used).where(_KEY)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one request counts against: its subjects' limits, and its token bound."""
+
+    limits: Sequence[tuple[str, Limits]]
+    tokens: int
+
+
+class LimitCounters:
+    """The `Extra` (see `ledger.holds.extras`) that takes a request's limits with its hold.
+
+    The gateway names the request's plan (`plan`) just before it reserves, on the same
+    thread; settling and giving back read only this extra's own rows, so any process's
+    sweeper gives back what a dead one took."""
+
+    name = NAME
+
+    def __init__(self) -> None:
+        self._plans: dict[str, Plan] = {}
+        self._lock = threading.Lock()
+
+    def plan(self, request_id: str, plan: Plan | None) -> None:
+        with self._lock:
+            if plan is None:
+                self._plans.pop(request_id, None)
+            else:
+                self._plans[request_id] = plan
+
+    def take(self, conn: Connection, hold: Hold, amount: int) -> None:
+        with self._lock:
+            plan = self._plans.get(hold.request_id)
+        if plan is None:
+            raise RuntimeError(f"request {hold.request_id!r} took the limits without a plan")
+        now = hold.created_at
+        for subject, subject_limits in plan.limits:
+            for kind, limit, take, window, length in _wanted(subject_limits, hold, plan.tokens, now):
+                params = {"p_subject": subject, "p_kind": kind, "p_window": window}
+                insert_ignore(
+                    conn,
+                    limit_counters,
+                    {"subject": subject, "kind": kind, "window_start": window, "ends_at": window + length, "used": 0},
+                )
+                taken = conn.execute(_TAKE, {**params, "p_amount": take, "p_limit": limit}).rowcount
+                if taken != 1:
+                    used: int = conn.execute(_USED, params).scalar_one()
+                    retry = 1 if kind == CONCURRENT else max(1, window + length - now)
+                    what = "this API key's" if subject.startswith("key:") else f"{subject.split(':')[0]}'s"
+                    raise LimitExceeded(
+                        f"{what} limit of {limit} {WHAT[kind]} is reached; retry in {retry} s",
+                        available=max(0, limit - used),
+                        retry_after=retry,
+                    )
+                conn.execute(
+                    insert(limit_takes).values(
+                        request_id=hold.request_id, subject=subject, kind=kind, window_start=window, amount=take
+                    )
+                )
+
+    def settle(self, conn: Connection, hold: Hold, record: UsageRecord | None, late: bool) -> None:
+        """Keep what was used: the request, the tokens it processed, what it was charged."""
+        used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0}
+        if record is not None:
+            used[TOKENS] = record.input_tokens + record.output_tokens
+        used[COST] = hold.charged if hold.charged is not None else hold.cost
+        self._end(conn, hold.request_id, used)
+
+    def give_back(self, conn: Connection, hold: Hold) -> None:
+        """Nothing was served: every counter back but the request itself."""
+        self._end(conn, hold.request_id, {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0})
+
+    @staticmethod
+    def _end(conn: Connection, request_id: str, used: dict[str, int | None]) -> None:
+        rows = conn.execute(
+            select(limit_takes)
+            .where(limit_takes.c.request_id == request_id)
+            .order_by(limit_takes.c.subject, limit_takes.c.kind)
+        ).all()
+        for row in rows:
+            kept = used.get(row.kind)
+            if kept is None:
+                continue  # the request itself stays counted; tokens without a record: as held
+            back = row.amount - min(row.amount, kept)
+            if back:
+                params = {"p_subject": row.subject, "p_kind": row.kind, "p_window": row.window_start}
+                conn.execute(_GIVE, {**params, "p_amount": back})
+        if rows:
+            conn.execute(delete(limit_takes).where(limit_takes.c.request_id == request_id))
+
+
+def _wanted(lim: Limits, hold: Hold, tokens: int, now: int) -> list[tuple[str, int, int, int, int]]:
+    """(kind, limit, amount to take, window start, window length) for each limit that applies."""
+    minute = now - now % MINUTE
+    wanted: list[tuple[str, int, int, int, int]] = []
+    if lim.requests_per_minute is not None:
+        wanted.append((REQUESTS, lim.requests_per_minute, 1, minute, MINUTE))
+    if lim.tokens_per_minute is not None:
+        wanted.append((TOKENS, lim.tokens_per_minute, tokens, minute, MINUTE))
+    if lim.concurrent is not None:
+        wanted.append((CONCURRENT, lim.concurrent, 1, 0, 2**62))
+    if lim.cost is not None and lim.cost_asset == hold.asset:
+        length = lim.cost_window_seconds
+        wanted.append((COST, lim.cost, hold.amount, now - now % length, length))
+    return sorted(wanted)  # one lock order on the counters' rows (with `subjects`' order)
+
+
+def trim(engine: Engine, now: int) -> int:
+    """Delete counters of windows that ended (a request still in flight that took from one
+    gives back nothing there: the window is over). Returns how many."""
+    with engine.begin() as conn:
+        done = delete(limit_counters).where(limit_counters.c.kind != CONCURRENT, limit_counters.c.ends_at < now)
+        return int(conn.execute(done).rowcount or 0)

@@ -1,0 +1,207 @@
+"""Limits per key, org member and org (`gateway.limits`): taken in the hold's own ledger
+transaction, exactly K of 200 concurrent requests admitted against each kind of limit on
+SQLite and on PostgreSQL (two ledgers on one database: as two processes would), and
+through the gateway: 429 with retry-after in each API's error shape, nothing held by a
+refused request, tokens and cost settled to the actual usage."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+from eth_account import Account
+from sqlalchemy import select
+
+from promptex.config import Settings
+from promptex.gateway import limits
+from promptex.gateway.buyers import member_key
+from promptex.gateway.limits import LimitCounters, LimitExceeded, Limits, Plan
+from promptex.gateway.schema import limit_counters, limit_takes
+from promptex.gateway.store import ApiKey
+from promptex.ledger import AccountKind, ExtraTake, Ledger, Reservation
+from promptex.ledger.binding import sign
+from promptex.protocol.units import USD_MICRO as USDC
+
+from .conftest import Fake, Harness, _harness, event_id
+
+_T = int(time.time())
+NOW = _T - _T % 3_600 + 5  # the ledger's fixed clock: early in a minute and an hour, no window ends mid-test
+HELLO = [{"role": "user", "content": "hi"}]
+REQUESTS = 200
+K = 23
+HOLD = 1_000  # each request's hold (USDC smallest units)
+TOKENS = 300  # each request's token bound
+
+
+def fund(ledger: Ledger, amount: int, account: int | None = None) -> int:
+    if account is None:
+        account = ledger.create_account().id
+    wallet = Account.create()
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    ledger.credit_deposit(event_id(), wallet.address, "USDC", amount)
+    ledger.set_spend_cap(account, "USDC", amount)
+    return account
+
+
+@pytest.mark.parametrize(
+    "subject_limits",
+    [
+        Limits(requests_per_minute=K),
+        Limits(tokens_per_minute=K * TOKENS + TOKENS - 1),
+        Limits(concurrent=K),
+        Limits(cost=K * HOLD + HOLD - 1, cost_asset="USDC", cost_window_seconds=3_600),
+    ],
+    ids=["requests", "tokens", "concurrent", "cost"],
+)
+def test_limit__200_concurrent_holds_from_two_ledgers__exactly_k_admitted_nothing_else_held(
+    ledger_url: str, subject_limits: Limits
+) -> None:
+    books = [Ledger.open(ledger_url, clock=lambda: NOW, sqlite_synchronous="NORMAL") for _ in range(2)]
+    counters = [LimitCounters() for _ in books]
+    for book, extra in zip(books, counters, strict=True):
+        book.holds.register(extra)
+    try:
+        account = fund(books[0], REQUESTS * HOLD)
+        plan = Plan([("key:1", subject_limits)], TOKENS)
+
+        def reserve(i: int) -> str:
+            book, extra = books[i % 2], counters[i % 2]
+            request_id = f"req-{i}"
+            extra.plan(request_id, plan)
+            try:
+                book.holds.reserve(
+                    Reservation(request_id, account, "USDC", HOLD, 60, extras=(ExtraTake(limits.NAME, TOKENS),))
+                )
+                return "held"
+            except LimitExceeded:
+                return "limited"
+            finally:
+                extra.plan(request_id, None)
+
+        start = threading.Barrier(50)
+
+        def first_wait(i: int) -> str:
+            if i < 50:
+                start.wait()
+            return reserve(i)
+
+        with ThreadPoolExecutor(50) as pool:
+            outcomes = Counter(pool.map(first_wait, range(REQUESTS)))
+        assert outcomes == Counter({"held": K, "limited": REQUESTS - K})
+        assert books[0].balance(account, "USDC").held == K * HOLD  # a limited request held nothing
+        with books[0].engine.connect() as conn:
+            assert len(conn.execute(select(limit_takes)).all()) == K
+        books[0].check()
+    finally:
+        for book in books:
+            book.close()
+
+
+# ─── Through the gateway ─────────────────────────────────────────────────────
+
+
+@pytest.fixture
+def gw_clocked(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    yield from _harness(settings, f"sqlite:///{tmp_path}/ledger.sqlite3", clock=lambda: NOW)
+
+
+def key_of(gw: Harness, key: str) -> ApiKey:
+    from promptex.gateway.keys import hash_key
+
+    found = gw.store.api_key(hash_key(key))
+    assert found is not None
+    return found
+
+
+def counters(gw: Harness) -> dict[tuple[str, str], int]:
+    with gw.ledger.engine.connect() as conn:
+        rows = conn.execute(select(limit_counters)).all()
+    return {(r.subject, r.kind): r.used for r in rows}
+
+
+def test_requests_per_minute__over__429_retry_after_both_shapes_nothing_held(gw_clocked: Harness, fake: Fake) -> None:
+    gw = gw_clocked
+    gw.add_lot(fake)
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    account, key = gw.buyer()
+    limits.set_limits(gw.ledger.engine, limits.key_subject(key_of(gw, key)), Limits(requests_per_minute=2), NOW)
+    client = gw.client(key)
+    client.chat.completions.create(model="fake-flat", messages=HELLO, max_tokens=16)
+    client.chat.completions.create(model="fake-flat", messages=HELLO, max_tokens=16)
+    served = fake.config.requests
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="fake-flat", messages=HELLO, max_tokens=16)
+    assert refused.value.response.headers["retry-after"] == str(60 - NOW % 60)
+    assert refused.value.body["code"] == "rate_limit_exceeded"  # type: ignore[index]
+    assert "2 requests per minute" in refused.value.message
+    with pytest.raises(anthropic.RateLimitError) as shaped:
+        gw.anthropic(key).messages.create(model="fake-claude", max_tokens=16, messages=HELLO)
+    assert shaped.value.status_code == 429 and shaped.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert fake.config.requests == served
+    assert gw.ledger.balance(account, "USDC").held == 0
+    assert counters(gw)[(limits.key_subject(key_of(gw, key)), "requests")] == 2
+
+
+def test_tokens_and_cost__taken_at_the_bound__settled_to_actual__org_member_and_org_count_too(
+    gw_clocked: Harness, fake: Fake
+) -> None:
+    gw = gw_clocked
+    gw.add_lot(fake)
+    org = gw.ledger.create_account(AccountKind.ORG).id
+    fund(gw.ledger, 10 * USDC, org)
+    member = key_of(gw, (new := member_key(gw.ledger, gw.store, org, NOW)).key)
+    big = Limits(tokens_per_minute=100_000, cost=10 * USDC, cost_asset="USDC")
+    for subject in limits.subjects(member):
+        limits.set_limits(gw.ledger.engine, subject, big, NOW)
+    gw.client(new.key).chat.completions.create(model="fake-flat", messages=HELLO, max_tokens=16)
+    seen = counters(gw)
+    charged = gw.ledger.system_balance("usage", "USDC")
+    for subject in limits.subjects(member):
+        assert 0 < seen[(subject, "tokens")] < 1_000  # the actual tokens, not the bound
+        assert seen[(subject, "cost")] == charged
+
+
+def test_concurrent_and_tokens__given_back_when_upstream_fails__slot_free_after_each_answer(
+    gw_clocked: Harness, fake: Fake
+) -> None:
+    gw = gw_clocked
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    subject = limits.key_subject(key_of(gw, key))
+    limits.set_limits(gw.ledger.engine, subject, Limits(concurrent=1, tokens_per_minute=10_000), NOW)
+    fake.config.fail_status = 500  # the upstream fails: the hold is released, the slot given back
+    for _ in range(3):
+        answer = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "fake-flat", "messages": HELLO, "max_tokens": 16},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 502
+    assert counters(gw)[(subject, "tokens")] == 0
+    fake.config.fail_status = None
+    client = gw.client(key)
+    for _ in range(3):  # one at a time: each ends, and gives its slot back
+        client.chat.completions.create(model="fake-flat", messages=HELLO, max_tokens=16)
+    assert counters(gw)[(subject, "concurrent")] == 0
+    assert gw.ledger.balance(account, "USDC").held == 0
+
+
+def test_limits__none_set__no_extra_taken(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    _, key = gw.buyer()
+    answer = httpx.post(
+        gw.url + "/v1/chat/completions",
+        json={"model": "fake-flat", "messages": HELLO, "max_tokens": 16},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert answer.status_code == 200
+    assert counters(gw) == {}

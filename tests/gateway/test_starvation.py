@@ -1,0 +1,205 @@
+"""No one key can starve the others: slow clients hold only their own share.
+
+Found before: 520 connections of a key with no balance, each trickling its body in, took
+every slot (they were taken before the body was read) and every funded buyer got 429.
+Here the gateway runs as `gateway serve` does (its guarded connections), with a handful
+of slots so that the attack would fill them all.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from promptex.config import Settings
+
+from .conftest import Fake, Harness, _harness
+
+ATTACKER = "127.0.0.2"  # loopback addresses: a client from another address than the buyer's
+OTHER_ATTACKER = "127.0.0.3"
+HELLO = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+SLOTS = 4
+
+
+@pytest.fixture
+def guarded(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    limits = settings.model_copy(
+        update={
+            "gateway_max_inflight": SLOTS,
+            "gateway_max_inflight_per_key": 3,
+            "gateway_max_inflight_per_address": 5,
+            "gateway_max_connections_per_address": 8,
+            "gateway_header_timeout_seconds": 120,  # the attack lasts the whole test
+            "gateway_body_timeout_seconds": 120,
+        }
+    )
+    yield from _harness(limits, f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+@pytest.fixture
+def quick(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    limits = settings.model_copy(update={"gateway_header_timeout_seconds": 0.3, "gateway_body_timeout_seconds": 0.3})
+    yield from _harness(limits, f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for the server to reach a state (no timing is asserted: a minute is plenty)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.005)
+
+
+def connect(gw: Harness, source: str) -> socket.socket:
+    port = int(gw.url.rsplit(":", 1)[1])
+    return socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+
+
+def slow_request(key: str, body_sent: bytes = b"{") -> bytes:
+    """A chat request's headers announcing a 1,000-byte body, and only its first byte(s)."""
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {key}\r\ncontent-length: 1000\r\n\r\n"
+    )
+    return head.encode() + body_sent
+
+
+def answered(conn: socket.socket) -> bool:
+    return bool(select.select([conn], [], [], 0)[0])
+
+
+def read_all(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def in_flight(gw: Harness) -> int:
+    return sum(gw.gateway.admission.addresses.values())
+
+
+def test_slow_bodies_from_an_unfunded_key__funded_buyer_served_every_time__attackers_held_to_their_share(
+    guarded: Harness, fake: Fake
+) -> None:
+    gw = guarded
+    gw.add_lot(fake)
+    _, broke = gw.buyer(amount=0)  # a valid key with no balance
+    _, other_broke = gw.buyer(amount=0)
+    account, funded = gw.buyer()
+
+    held: list[socket.socket] = []
+    refused: list[bytes] = []
+    # From one address, two keys: the address's share (5 requests, 8 connections) binds.
+    # From another, one key: the key's share (3) binds. Each connection sends its headers
+    # and one byte of a 1,000-byte body, then nothing more.
+    for source, key, count in ((ATTACKER, broke, 12), (ATTACKER, other_broke, 4), (OTHER_ATTACKER, broke, 6)):
+        for _ in range(count):
+            conn = connect(gw, source)
+            before = in_flight(gw)
+            try:
+                conn.sendall(slow_request(key))
+            except OSError:  # refused at connect: more connections than the address may open
+                refused.append(read_all(conn))
+                conn.close()
+                continue
+            until(lambda c=conn, n=before: answered(c) or in_flight(gw) > n, "the request admitted or refused")
+            if answered(conn):
+                refused.append(read_all(conn))
+                conn.close()
+            else:
+                held.append(conn)
+    # `broke`: 3 from ATTACKER, then refused (9 there, all 6 from OTHER_ATTACKER);
+    # `other_broke`: 2 more from ATTACKER, which then has its 5 (2 refused).
+    assert gw.gateway.admission.addresses == {ATTACKER: 5}
+    assert sorted(gw.gateway.admission.keys.values()) == [2, 3]
+    assert len(held) == 5 and len(refused) == 17
+    assert all(answer.startswith(b"HTTP/1.1 429 ") and b"too_many_in_flight" in answer for answer in refused)
+    assert gw.gateway.inflight == 0  # no slot taken by a body still arriving
+    # Connections that send nothing: ATTACKER may keep 8 open, the ninth is refused at once.
+    idle = [connect(gw, ATTACKER) for _ in range(3)]
+    ninth = connect(gw, ATTACKER)
+    assert read_all(ninth).startswith(b"HTTP/1.1 429 ")
+    assert not any(answered(conn) for conn in idle)
+    held.extend(idle)
+
+    # During the attack, more requests from the funded buyer than the gateway has slots,
+    # with as many at once as it has slots: every one served.
+    with httpx.Client(base_url=gw.url, transport=httpx.HTTPTransport(local_address="127.0.0.1")) as client:
+        statuses = [
+            client.post("/v1/chat/completions", json=HELLO, headers={"authorization": f"Bearer {funded}"}).status_code
+            for _ in range(3 * SLOTS)
+        ]
+    assert statuses == [200] * (3 * SLOTS)
+    assert gw.ledger.balance(account, "USDC").held == 0
+    assert not any(answered(conn) for conn in held)  # the attack still stands
+
+    for conn in held:
+        conn.close()
+    until(lambda: in_flight(gw) == 0 and not gw.gateway.admission.keys, "the attackers' shares given back")
+    with httpx.Client(base_url=gw.url, transport=httpx.HTTPTransport(local_address=ATTACKER)) as client:
+        answer = client.post("/v1/chat/completions", json=HELLO, headers={"authorization": f"Bearer {broke}"})
+    assert answer.status_code == 402  # its own refusal again, once it holds nothing
+
+
+def test_timeouts__no_headers_half_headers_an_http09_line_or_a_short_body__answered_and_closed(
+    quick: Harness, fake: Fake
+) -> None:
+    gw = quick
+    _, key = gw.buyer()
+    silent = connect(gw, "127.0.0.1")
+    assert read_all(silent).startswith(b"HTTP/1.1 408 ")  # nothing sent: closed after the header timeout
+    for partial in (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n", b"GET /\r\n", b"GE"):
+        conn = connect(gw, "127.0.0.1")
+        conn.sendall(partial)
+        answer = read_all(conn)  # ends: the connection is closed
+        assert answer.split(b" ", 2)[1] in (b"400", b"408"), answer
+    short = connect(gw, "127.0.0.1")
+    short.sendall(slow_request(key, body_sent=json.dumps(HELLO).encode()))  # fewer bytes than announced
+    answer = read_all(short)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert gw.gateway.admission.addresses == {} and gw.gateway.inflight == 0
+
+
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**HELLO, "user": nested(255)}),
+        ("/v1/chat/completions", {**HELLO, "messages": [{"role": "user", "content": nested(255)}]}),
+        ("/v1/chat/completions", {**HELLO, "tools": nested(255)}),
+        ("/v1/messages", {"model": "fake-flat", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}],
+                          "metadata": {"user_id": nested(255)}}),
+        ("/v1/responses", {"model": "fake-flat", "input": "hi", "user": nested(255)}),
+    ],
+)  # fmt: skip
+def test_json__nested_255_deep_anywhere__400_and_nothing_held(gw: Harness, fake: Fake, path: str, body: dict) -> None:
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    answer = httpx.post(gw.url + path, json=body, headers={"authorization": f"Bearer {key}", "x-api-key": key})
+    assert answer.status_code == 400, answer.text
+    assert "nested more than" in answer.text
+    assert fake.config.requests == 0 and gw.ledger.balance(account, "USDC").held == 0
+
+
+def test_json__user_not_a_string__400(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    _, key = gw.buyer()
+    answer = httpx.post(
+        gw.url + "/v1/chat/completions", json={**HELLO, "user": {"id": 1}}, headers={"authorization": f"Bearer {key}"}
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "user"

@@ -1,0 +1,143 @@
+"""The market's profile: `promptex up` writes what it started into its folder, and every
+command follows it — flags > environment > profile; with none, a command that needs the
+chain refuses in one line instead of trying port 8545."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from promptex.cli import main
+from promptex.config import NO_MARKET, PROFILE_FILE, ConfigurationError, Settings, settings
+from promptex.serving import free_port
+from promptex.up import UpOptions, absolute_ledger_url, market_profile, write_profile
+
+RPC_VARIABLES = [f"PROMPTEX_{name}RPC_URL" for name in ("", "INDEXER_", "COORDINATOR_", "AGENT_", "ATTESTOR_")]
+
+
+@pytest.fixture
+def market(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty market folder the commands look in, and no chain in the environment."""
+    folder = tmp_path / "market"
+    monkeypatch.setenv("PROMPTEX_UP_STATE_DIR", str(folder))
+    for name in [*RPC_VARIABLES, "PROMPTEX_LEDGER_URL", "PROMPTEX_DASHBOARD_RPC_URL", "APE_FOUNDRY_HOST"]:
+        monkeypatch.delenv(name, raising=False)
+    settings.cache_clear()
+    yield folder
+    settings.cache_clear()
+
+
+def written(folder: Path, **values: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PROFILE_FILE).write_text(json.dumps({"written_by": "promptex up", "settings": values}))
+    return folder
+
+
+def one_line_error(result, text: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_settings__profile_below_environment_below_arguments(market: Path, monkeypatch) -> None:
+    written(market, rpc_url="http://127.0.0.1:7001", ledger_url="sqlite:///profile.sqlite3", gateway_port=8181)
+    assert Settings().ledger_url == "sqlite:///profile.sqlite3" and Settings().gateway_port == 8181
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", "sqlite:///env.sqlite3")
+    assert Settings().ledger_url == "sqlite:///env.sqlite3"
+    assert Settings(ledger_url="sqlite:///flag.sqlite3").ledger_url == "sqlite:///flag.sqlite3"
+
+
+def test_chain_rpc_url__no_flag_no_environment_no_profile__refuses_instead_of_8545(market: Path) -> None:
+    with pytest.raises(ConfigurationError, match="^no market: run `promptex up` or pass --rpc-url$"):
+        Settings().chain_rpc_url("coordinator")
+    assert Settings().optional_rpc_url("attestor") is None
+
+
+def test_chain_rpc_url__a_service_s_own_variable_beats_the_market_s(market: Path, monkeypatch) -> None:
+    written(market, rpc_url="http://127.0.0.1:7001")
+    assert {Settings().chain_rpc_url(s) for s in ("indexer", "coordinator", "agent", "attestor", "dashboard")} == {
+        "http://127.0.0.1:7001"
+    }
+    monkeypatch.setenv("PROMPTEX_RPC_URL", "http://127.0.0.1:7002")
+    assert Settings().chain_rpc_url("agent") == "http://127.0.0.1:7002"
+    monkeypatch.setenv("PROMPTEX_INDEXER_RPC_URL", "http://127.0.0.1:7003")
+    assert Settings().chain_rpc_url("indexer") == Settings().chain_rpc_url("dashboard") == "http://127.0.0.1:7003"
+    assert Settings().chain_rpc_url("agent") == "http://127.0.0.1:7002"
+
+
+def test_profile__settings_of_another_version_ignored__unreadable_file_one_line(market: Path) -> None:
+    written(market, rpc_url="http://127.0.0.1:7001", from_the_future=1)
+    assert Settings().rpc_url == "http://127.0.0.1:7001"
+    (market / PROFILE_FILE).write_text("{not json")
+    with pytest.raises(ConfigurationError, match="cannot read the market's profile"):
+        Settings()
+
+
+def test_up_s_profile__read_back__follows_the_market_from_another_directory(
+    market: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", "sqlite:///relative.sqlite3")
+    options = UpOptions(None, 7545, "127.0.0.1", 7080, 7000, seed=True, billing_port=7100, dashboard_port=7090,
+                        state_dir=market)  # fmt: skip
+    env = {
+        "PROMPTEX_DASHBOARD_GATEWAY_URL": "http://127.0.0.1:7080",
+        "PROMPTEX_DASHBOARD_SELLER_BASE_URLS": json.dumps(["http://127.0.0.1:7000/v1"]),
+        "PROMPTEX_AGENT_BILLING_URL": "http://127.0.0.1:7100",
+    }
+    write_profile(market, market_profile(options, "http://127.0.0.1:7545", env))
+    monkeypatch.delenv("PROMPTEX_LEDGER_URL")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("PROMPTEX_UP_STATE_DIR", str(market.resolve()))
+    s = Settings()
+    assert s.chain_rpc_url("indexer") == "http://127.0.0.1:7545"
+    assert s.ledger_url == f"sqlite:///{tmp_path / 'relative.sqlite3'}"  # the file up used, not one here
+    assert (s.gateway_port, s.dashboard_port, s.agent_fake_billing_port) == (7080, 7090, 7100)
+    assert s.dashboard_seller_base_urls == ["http://127.0.0.1:7000/v1"]
+    assert s.deployments_dir == tmp_path / "deployments"
+    assert "private_key" not in (market / PROFILE_FILE).read_text()  # no secrets
+
+
+def test_absolute_ledger_url__postgresql_and_memory_unchanged() -> None:
+    assert absolute_ledger_url("postgresql://u:p@h/db") == "postgresql://u:p@h/db"
+    assert absolute_ledger_url("sqlite:///:memory:") == "sqlite:///:memory:"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["reconcile"],
+        ["coordinator", "--once"],
+        ["agent", "run", "--once"],
+        ["indexer", "--once"],
+        ["dashboard"],
+        ["wallet", "balances"],
+        ["status"],
+        ["hedge", "show"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_cli__no_market__one_line_refusal_exit_1(market: Path, tmp_path: Path, monkeypatch, args) -> None:
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    monkeypatch.setenv("PROMPTEX_DEPLOYMENTS_DIR", str(Path(__file__).parent))  # any folder: the chain is asked first
+    one_line_error(CliRunner().invoke(main, args), NO_MARKET)
+
+
+def test_cli__profile_of_a_stopped_market__says_no_node_answers_and_never_starts_one(market: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    written(market, rpc_url=dead)
+    result = CliRunner().invoke(main, ["wallet", "balances"])
+    one_line_error(result, f"no node answers at {dead}")
+    assert "promptex up" in result.output
+
+
+def test_cli__rpc_url_flag_beats_the_profile(market: Path) -> None:
+    written(market, rpc_url="http://127.0.0.1:1")
+    dead = f"http://127.0.0.1:{free_port()}"
+    one_line_error(CliRunner().invoke(main, ["wallet", "balances", "--rpc-url", dead]), f"no node answers at {dead}")
