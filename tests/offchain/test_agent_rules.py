@@ -154,3 +154,19 @@ def test_outbox__real_smtp_server__wrong_login_waits_then_delivered_once(world, 
     assert (mail["From"], mail["To"], mail["Subject"]) == ("agent@promptex.local", "user@example.com", "Credits added")
     assert mail.get_payload().strip() == "20 USD of anthropic credit"
     assert store.notifications()[0].status == SENT_MAIL
+
+
+def test_outbox__unconfigured__said_once_per_change_not_every_pass(world, caplog, monkeypatch):
+    from promptex.agent import outbox
+
+    monkeypatch.setattr(outbox._Reported, "waiting", None)  # as in a new agent process
+    store = world.agent().store
+    store.notify(USER, "q1", "receipt", "Credits added", "body", 1)
+    with caplog.at_level("INFO", logger="promptex.agent.outbox"):
+        for now in (2, 3, 4):
+            deliver(store, None, now)
+        store.notify(USER, "q2", "receipt", "Credits added", "body", 5)
+        deliver(store, None, 6)
+        deliver(store, None, 7)
+    said = [r.getMessage() for r in caplog.records if "SMTP not configured" in r.getMessage()]
+    assert len(said) == 2 and "1 notifications wait" in said[0] and "2 notifications wait" in said[1]

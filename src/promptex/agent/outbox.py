@@ -16,6 +16,10 @@ from promptex.agent.store import PENDING, SENT_MAIL, UNSENT, AgentStore
 log = logging.getLogger("promptex.agent.outbox")
 
 
+class _Reported:
+    waiting: int | None = None  # how many waited when it was last said (said again only when it changes)
+
+
 @dataclass(frozen=True)
 class SmtpConfig:
     host: str
@@ -33,7 +37,10 @@ def deliver(store: AgentStore, smtp: SmtpConfig | None, now: int) -> int:
     if not pending:
         return 0
     if smtp is None:
-        log.info("SMTP not configured (PROMPTEX_AGENT_SMTP_HOST): %d notifications wait in the outbox", len(pending))
+        if _Reported.waiting != len(pending):  # not every pass: a line every few seconds is noise
+            waiting = len(pending)
+            log.info("SMTP not configured (PROMPTEX_AGENT_SMTP_HOST): %d notifications wait in the outbox", waiting)
+            _Reported.waiting = len(pending)
         return 0
     sent = 0
     for n in pending:

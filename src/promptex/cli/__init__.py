@@ -8,6 +8,7 @@ import warnings
 import click
 
 from promptex import __version__
+from promptex.cli.errors import OneLineErrors
 from promptex.cli.lazy import LazyGroup
 
 # ape's own settings models warn about a forward reference on every start (pydantic-settings
@@ -15,8 +16,12 @@ from promptex.cli.lazy import LazyGroup
 warnings.filterwarnings("ignore", module=r"pydantic_settings(\.|$)")
 
 
+class RootGroup(OneLineErrors, LazyGroup):
+    """Subcommands imported when used; every failure one line (see cli.errors)."""
+
+
 @click.group(
-    cls=LazyGroup,
+    cls=RootGroup,
     lazy={
         "deployment": "promptex.cli.deployment:deployment",
         "usage": "promptex.cli.usage:usage",
@@ -40,4 +45,6 @@ warnings.filterwarnings("ignore", module=r"pydantic_settings(\.|$)")
 )
 @click.version_option(__version__, prog_name="promptex")
 def main() -> None:
-    """PROMPTEX: tokenized AI credit, a credits vault, a DEX and a metered /v1 gateway."""
+    """PROMPTEX: tokenized AI credit, a credits vault, a DEX and a metered /v1 gateway.
+
+    Failures print one line and exit 1; add --debug to any command for the full trace."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from promptex.cli.errors import quiet_ape
 from promptex.config import NO_MARKET, market_dir, settings
 
 # What `--rpc-url` sets for the rest of the command: every service's own chain setting too
@@ -105,6 +106,7 @@ def market_command_class() -> type[click.Command]:
 
     class MarketCommand(ConnectedProviderCommand):
         def invoke(self, ctx: click.Context) -> Any:
+            quiet_ape()
             if _is_local_node(_provider(ctx)):
                 _set_environment(ctx, {"APE_FOUNDRY_HOST": local_node_url()})
             return super().invoke(ctx)
