@@ -4,17 +4,27 @@
     python bench/gateway.py --ledger postgresql
     python bench/gateway.py --only promptex    # skip LiteLLM (no 740 MB install)
     python bench/gateway.py --json             # promptex_rps, litellm_rps, *_p99_added_ms, …
-    python bench/gateway.py --cpu 100          # only the gateway's CPU per request at 100 RPS
+    python bench/gateway.py --cpu              # only idle added latency and CPU per request (200 RPS)
 
 Open-loop load at a fixed arrival rate: request i is due at t0 + i/rate and its latency
 is measured from when it was due, so a slow server cannot slow the generator down
 (no coordinated omission). Rates step up; the sustainable rate is the highest step with
 < 0.1 % errors and a p99 under --max-p99-ms (a step that fails is run once more and the
-better run counts, for both sides alike: a shared machine stalls now and then). Added latency is each proxy's latency
-minus the fake upstream's own, measured directly at the same rate: at the rate both
-sides sustain (the "added" rows, what the targets compare) and at each side's own
-maximum ("at max"). Past saturation each side is offered twice its maximum: how much it
-still serves and how fast it refuses the rest (429s).
+better run counts, for both sides alike: a shared machine stalls now and then).
+
+Added latency is measured per request: each request names itself in its `user` field,
+the fake upstream records when that request reached it and when it sent its last byte
+(`--record-timings`, GET /_timings), and added = what the client saw − that upstream
+service time; the percentiles are of those differences (subtracting percentiles of two
+runs gave a −0.27 ms "added p99" once: noise). Reported at the rate every side sustains
+(what the targets compare), at each side's own maximum, and idle (one request at a
+time). CPU per request: the server's process CPU (with its children) ÷ requests served
+at a fixed rate (`--cpu-rate`, 200), the figure that says how many requests a core
+carries; with --ledger postgresql also for `gateway serve --workers 2`. Past saturation
+each side is offered twice its maximum: how much it still serves and how fast it refuses
+the rest (429s). The gateway runs as `gateway serve` does by default (metrics address,
+request-id logs, connection guards), with the no-starvation shares lifted (the bench's
+load is one key from one address).
 
 The gateway (or the proxy) runs on one core; with --ledger postgresql the database
 server is pinned to that core too (its work is the gateway's). The fake upstream and
@@ -101,6 +111,10 @@ class Step:
     shed_p99_ms: float = 0.0
     shed_p50_ms: float = 0.0
     late_p99_ms: float = 0.0  # how late the generator itself sent requests (its own saturation)
+    # Per request: what the client saw less the upstream's own time for that request
+    # (the fake upstream's receive → last byte), percentiles of those differences.
+    added_p50_ms: float | None = None
+    added_p99_ms: float | None = None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -110,20 +124,44 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float, timeout: float) -> Step:
-    body = json.dumps(BODY).encode()
+_runs = iter(range(1, 1 << 30))
+
+
+def fetch_timings(timings_url: str) -> dict[str, tuple[float, float]]:
+    """What the fake upstream recorded since it was last asked (then forgotten there)."""
+    found = httpx.get(timings_url, timeout=30).json()
+    return {user: (times[0], times[1]) for user, times in found.items()}
+
+
+def added_ms(seen: dict[str, tuple[float, float]], upstream: dict[str, tuple[float, float]]) -> list[float]:
+    """Per request: the client's time less the upstream's own (both monotonic, one machine)."""
+    return [
+        ((end - start) - (upstream[user][1] - upstream[user][0])) * 1000
+        for user, (start, end) in seen.items()
+        if user in upstream
+    ]
+
+
+async def open_loop(
+    url: str, headers: dict[str, str], rate: int, seconds: float, timeout: float, timings_url: str | None = None
+) -> Step:
+    run = next(_runs)
     headers = {**headers, "content-type": "application/json"}
     async with UpstreamClient(connect_timeout=timeout, timeout=timeout, max_idle_per_origin=4096) as client:
         latencies: list[float] = []
         shed: list[float] = []
         late: list[float] = []
+        seen: dict[str, tuple[float, float]] = {}  # user → (sent, answered), monotonic
         errors = 0
         total = int(rate * seconds)
         start = time.perf_counter() + 0.1
 
-        async def one(due: float) -> None:
+        async def one(due: float, i: int) -> None:
             nonlocal errors
+            user = f"r{run}-{i}"
+            body = json.dumps({**BODY, "user": user}).encode()
             late.append((time.perf_counter() - due) * 1000)
+            sent = time.monotonic()
             try:
                 response = await client.post(url, headers, body)
                 await response.read()
@@ -135,6 +173,7 @@ async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float
             except UpstreamError:
                 errors += 1
                 return
+            seen[user] = (sent, time.monotonic())
             latencies.append((time.perf_counter() - due) * 1000)
 
         tasks = []
@@ -143,12 +182,33 @@ async def open_loop(url: str, headers: dict[str, str], rate: int, seconds: float
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(due)))
+            tasks.append(asyncio.create_task(one(due, i)))
         await asyncio.gather(*tasks)
+        added: list[float] = []
+        if timings_url is not None:
+            added = added_ms(seen, fetch_timings(timings_url))
     return Step(
         rate, total, errors, _pct(latencies, 0.5), _pct(latencies, 0.99),
         len(shed), _pct(shed, 0.99), _pct(shed, 0.5), _pct(late, 0.99),
+        _pct(added, 0.5) if added else None, _pct(added, 0.99) if added else None,
     )  # fmt: skip
+
+
+async def idle(url: str, headers: dict[str, str], timings_url: str, n: int = 200) -> float:
+    """Added latency p50 with one request at a time (loopback, keep-alive): the floor."""
+    run = next(_runs)
+    headers = {**headers, "content-type": "application/json"}
+    seen: dict[str, tuple[float, float]] = {}
+    async with UpstreamClient(connect_timeout=10, timeout=10) as client:
+        for i in range(n):
+            user = f"i{run}-{i}"
+            sent = time.monotonic()
+            response = await client.post(url, headers, json.dumps({**BODY, "user": user}).encode())
+            await response.read()
+            if response.status_code == 200:
+                seen[user] = (sent, time.monotonic())
+        found = added_ms(seen, fetch_timings(timings_url))
+    return _pct(found, 0.5)
 
 
 async def ttfb(url: str, headers: dict[str, str], n: int = 40) -> float:
@@ -167,18 +227,21 @@ async def ttfb(url: str, headers: dict[str, str], n: int = 40) -> float:
     return _pct(times, 0.5)
 
 
-def sweep(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, rates: tuple[int, ...]) -> list[Step]:
+def sweep(
+    url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, rates: tuple[int, ...], timings: str
+) -> list[Step]:
     steps = []
     for rate in rates:
-        step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
+        step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10, timings_url=timings))
         if not ok(step, max_p99_ms):  # once more: on a shared machine one stall fails a step
-            again = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
+            again = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10, timings_url=timings))
             step = again if (again.errors, again.p99_ms) < (step.errors, step.p99_ms) else step
         steps.append(step)
         shed = f" (429s: {step.shed}, p99 {step.shed_p99_ms:.1f} ms)" if step.shed else ""
+        added = f", added p50 {step.added_p50_ms:.2f} / p99 {step.added_p99_ms:.2f} ms" if step.added_p99_ms else ""
         click.echo(
             f"  {rate:>5} RPS: errors {step.errors}/{step.sent}{shed}, "
-            f"p50 {step.p50_ms:.1f} ms, p99 {step.p99_ms:.1f} ms",
+            f"p50 {step.p50_ms:.1f} ms, p99 {step.p99_ms:.1f} ms{added}",
             err=True,
         )
         if not ok(step, max_p99_ms):
@@ -214,6 +277,11 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
         "PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS": "NORMAL",
         "PROMPTEX_GATEWAY_MASTER_KEY_FILE": str(workdir / "master.key"),
         "PROMPTEX_GATEWAY_LOT_MAX_INFLIGHT": "100000",
+        # One key from one address is the whole load here: its shares (no starvation) must not bind.
+        "PROMPTEX_GATEWAY_MAX_INFLIGHT_PER_KEY": "100000",
+        "PROMPTEX_GATEWAY_MAX_INFLIGHT_PER_ADDRESS": "100000",
+        "PROMPTEX_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+        "PROMPTEX_GATEWAY_METRICS_PORT": str(free_port()),  # everything switched on
     }
     s = Settings(ledger_url=ledger_url, gateway_master_key_file=workdir / "master.key")
     now = int(time.time())
@@ -247,50 +315,82 @@ def litellm_python() -> Path:
 
 @dataclass
 class Side:
-    """One side's sweep, its streaming TTFB and its answer to twice its maximum rate."""
+    """One side's sweep, its streaming TTFB, its answer to twice its maximum rate, its
+    idle added latency and its CPU per request at the fixed rate."""
 
     steps: list[Step]
     best: Step | None
     ttfb_ms: float
     overload: Step | None
+    idle_added_p50_ms: float | None = None
+    cpu: dict[str, float] | None = None
 
 
-def measure(url: str, headers: dict[str, str], seconds: float, max_p99_ms: float, rates: tuple[int, ...]) -> Side:
-    for _ in range(30):  # warm up (LiteLLM's first requests import lazily; pools fill)
+def warm(url: str, headers: dict[str, str]) -> None:
+    for _ in range(30):  # LiteLLM's first requests import lazily; pools fill
         httpx.post(url, json=BODY, headers=headers, timeout=30)
-    steps = sweep(url, headers, seconds, max_p99_ms, rates)
-    best = sustainable(steps, max_p99_ms)
+
+
+def measure(url: str, headers: dict[str, str], pid: int, args: Args, timings: str, sweep_too: bool = True) -> Side:
+    warm(url, headers)
+    idle_p50 = uvloop.run(idle(url, headers, timings))
+    click.echo(f"  idle (one at a time): added p50 {idle_p50:.2f} ms", err=True)
+    cpu = cpu_per_request(pid, url, headers, args.cpu_rate, args.seconds, timings)
+    click.echo(f"  CPU at {args.cpu_rate} RPS: {cpu['cpu_ms_per_request']:.2f} ms a request ({cpu})", err=True)
+    if not sweep_too:
+        return Side([], None, float("nan"), None, idle_p50, cpu)
+    steps = sweep(url, headers, args.seconds, args.max_p99_ms, args.rates, timings)
+    best = sustainable(steps, args.max_p99_ms)
     ttfb_ms = uvloop.run(ttfb(url, headers))
     overload = None
     if best is not None:
-        overload = uvloop.run(open_loop(url, headers, best.rate * 2, seconds, timeout=10))
+        overload = uvloop.run(open_loop(url, headers, best.rate * 2, args.seconds, timeout=10, timings_url=timings))
         click.echo(
-            f"  {overload.rate:>5} RPS (2x max): served {(overload.sent - overload.errors) / seconds:.0f}/s "
+            f"  {overload.rate:>5} RPS (2x max): served {(overload.sent - overload.errors) / args.seconds:.0f}/s "
             f"(p50 {overload.p50_ms:.1f}, p99 {overload.p99_ms:.1f} ms), "
             f"429s {overload.shed}/{overload.sent} "
             f"(p50 {overload.shed_p50_ms:.1f}, p99 {overload.shed_p99_ms:.1f} ms), "
             f"other errors {overload.errors - overload.shed}; generator late p99 {overload.late_p99_ms:.1f} ms",
             err=True,
         )
-    return Side(steps, best, ttfb_ms, overload)
+    return Side(steps, best, ttfb_ms, overload, idle_p50, cpu)
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux: /proc/<pid>/stat fields 14, 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its descendants so far (Linux /proc: fields
+    14, 15 of each stat; a LiteLLM or `--workers` parent's children count too)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    spent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        spent[int(entry.name)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(spent.get(p, 0) for p in tree) / tick
 
 
-def cpu_per_request(pid: int, url: str, headers: dict[str, str], rate: int, seconds: float) -> dict[str, float]:
-    """The gateway's CPU milliseconds per request at a fixed rate well below saturation, net
-    of what the idle process spends (its background loops) over the same time."""
-    for _ in range(30):
-        httpx.post(url, json=BODY, headers=headers, timeout=30)
+def cpu_per_request(
+    pid: int, url: str, headers: dict[str, str], rate: int, seconds: float, timings: str | None = None
+) -> dict[str, float]:
+    """The server's CPU milliseconds per request served at a fixed rate (process CPU ÷
+    requests served), and net of what the idle process spends over the same time."""
+    warm(url, headers)
     idle_start = cpu_seconds(pid)
     time.sleep(seconds)
-    idle = cpu_seconds(pid) - idle_start
+    idle_cpu = cpu_seconds(pid) - idle_start
     start = cpu_seconds(pid)
-    step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10))
+    step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10, timings_url=timings))
     busy = cpu_seconds(pid) - start
     served = step.sent - step.errors
     return {
@@ -298,9 +398,10 @@ def cpu_per_request(pid: int, url: str, headers: dict[str, str], rate: int, seco
         "served": served,
         "errors": step.errors,
         "cpu_ms_per_request": 1000 * busy / max(1, served),
-        "net_cpu_ms_per_request": 1000 * (busy - idle) / max(1, served),
+        "net_cpu_ms_per_request": 1000 * (busy - idle_cpu) / max(1, served),
         "p50_ms": step.p50_ms,
         "p99_ms": step.p99_ms,
+        "added_p99_ms": step.added_p99_ms if step.added_p99_ms is not None else float("nan"),
     }
 
 
@@ -313,34 +414,26 @@ def pin_postgres(postgres: object, core: list[str]) -> None:
     subprocess.run(["taskset", "-a", "-p", "-c", core[-1], pid], check=True, stdout=subprocess.DEVNULL)
 
 
-def summarize(
-    sides: dict[str, Side], base: dict[int, Step], base_ttfb: float, seconds: float
-) -> dict[str, dict[str, float | None]]:
-    """Per side: max RPS; added p50/p99 at the rate every side sustains and at its own max;
-    added TTFB; past saturation: what it still served and its 429s' p99."""
+def summarize(sides: dict[str, Side], base_ttfb: float, seconds: float) -> dict[str, dict[str, float | None]]:
+    """Per side: max RPS; per-request added p50/p99 at the rate every side sustains and at
+    its own max; added TTFB; idle added p50; CPU per request at the fixed rate; past
+    saturation: what it still served and its 429s."""
     bests = [side.best.rate for side in sides.values() if side.best is not None]
     common = min(bests) if bests else None
     results: dict[str, dict[str, float | None]] = {}
     for name, side in sides.items():
-
-        def added(step: Step | None) -> tuple[float | None, float | None]:
-            if step is None:
-                return None, None
-            ref = base.get(step.rate) or list(base.values())[-1]
-            return step.p50_ms - ref.p50_ms, step.p99_ms - ref.p99_ms
-
         at_common = next((step for step in side.steps if step.rate == common), None)
-        p50, p99 = added(at_common)
-        p50_max, p99_max = added(side.best)
         over = side.overload
         results[name] = {
             "rps": side.best.rate if side.best else 0,
             "common_rps": common,
-            "p50_added_ms": p50,
-            "p99_added_ms": p99,
-            "p50_added_at_max_ms": p50_max,
-            "p99_added_at_max_ms": p99_max,
-            "ttfb_added_ms": side.ttfb_ms - base_ttfb,
+            "p50_added_ms": at_common.added_p50_ms if at_common else None,
+            "p99_added_ms": at_common.added_p99_ms if at_common else None,
+            "p50_added_at_max_ms": side.best.added_p50_ms if side.best else None,
+            "p99_added_at_max_ms": side.best.added_p99_ms if side.best else None,
+            "ttfb_added_ms": side.ttfb_ms - base_ttfb if side.ttfb_ms == side.ttfb_ms else None,  # NaN: not run
+            "idle_added_p50_ms": side.idle_added_p50_ms,
+            "cpu_ms_per_request": side.cpu["cpu_ms_per_request"] if side.cpu else None,
             "overload_offered_rps": over.rate if over else None,
             "overload_served_rps": (over.sent - over.errors) / seconds if over else None,
             "overload_429_share": over.shed / over.sent if over else None,
@@ -349,6 +442,26 @@ def summarize(
             "overload_generator_late_p99_ms": over.late_p99_ms if over else None,
         }
     return results
+
+
+@dataclass
+class Args:
+    seconds: float
+    max_p99_ms: float
+    rates: tuple[int, ...]
+    cpu_rate: int
+
+
+def litellm_config(workdir: Path, fake_url: str) -> Path:
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        f"    litellm_params: {{model: openai/{MODEL}, api_base: '{fake_url}', api_key: sk-fake-bench}}\n"
+        "litellm_settings: {telemetry: false, drop_params: true}\n"
+        "general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}\n"
+    )
+    return config
 
 
 @click.command()
@@ -360,8 +473,9 @@ def summarize(
 @click.option("--upstream-latency-ms", default=20.0, show_default=True)
 @click.option("--max-p99-ms", default=500.0, show_default=True, help="a step above this p99 is not sustainable")
 @click.option("--rates", default=",".join(map(str, RATES)), show_default=True, help="the arrival rates to step through")
+@click.option("--cpu-rate", default=200, show_default=True, help="the fixed rate CPU per request is measured at")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--cpu", "cpu_rate", type=int, help="only measure the gateway's CPU per request at this rate")
+@click.option("--cpu", "cpu_only", is_flag=True, help="only idle added latency and CPU per request (no sweep)")
 def main(
     only: str | None,
     ledger_kind: str,
@@ -369,45 +483,31 @@ def main(
     upstream_latency_ms: float,
     max_p99_ms: float,
     rates: str,
+    cpu_rate: int,
     as_json: bool,
-    cpu_rate: int | None,
+    cpu_only: bool,
 ) -> None:
     try:
         steps = tuple(sorted(int(r) for r in rates.split(",")))
     except ValueError:
         raise click.BadParameter(f"{rates!r}: comma-separated integers", param_hint="--rates") from None
+    args = Args(seconds, max_p99_ms, steps, cpu_rate)
     server_core, load_core = cores()
     sides: dict[str, Side] = {}
+    two_processes: dict[str, float] | None = None
     with tempfile.TemporaryDirectory(prefix="promptex-bench-") as tmp:
         workdir = Path(tmp)
         fake_port = free_port()
         fake_url = f"http://127.0.0.1:{fake_port}/v1"
+        timings = f"http://127.0.0.1:{fake_port}/_timings"
         fake_args = [
-            *load_core,
-            str(BIN / "promptex"),
-            "fake-upstream",
-            "--port",
-            str(fake_port),
-            "--latency-ms",
-            str(upstream_latency_ms),
-        ]
+            *load_core, str(BIN / "promptex"), "fake-upstream", "--port", str(fake_port),
+            "--latency-ms", str(upstream_latency_ms), "--record-timings",
+        ]  # fmt: skip
         fake_headers = {"authorization": "Bearer sk-fake-bench"}
         if load_core:
             os.sched_setaffinity(0, {1})
         with process(fake_args, dict(os.environ), fake_url + "/models", fake_headers):
-            if cpu_rate is not None:
-                ledger_url = f"sqlite:///{workdir}/ledger.sqlite3"
-                env, key = setup_promptex(workdir, ledger_url, fake_url)
-                port = free_port()
-                url = f"http://127.0.0.1:{port}/v1"
-                headers = {"authorization": f"Bearer {key}"}
-                args = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
-                with process(args, env, url + "/models", headers) as gateway:
-                    figures = cpu_per_request(gateway.pid, url + "/chat/completions", headers, cpu_rate, seconds)
-                click.echo(json.dumps(figures) if as_json else figures)
-                return
-            click.echo("fake upstream alone:", err=True)
-            base = {s.rate: s for s in sweep(fake_url + "/chat/completions", fake_headers, seconds, max_p99_ms, steps)}
             base_ttfb = uvloop.run(ttfb(fake_url + "/chat/completions", fake_headers))
 
             if only in (None, "promptex"):
@@ -425,10 +525,22 @@ def main(
                     port = free_port()
                     url = f"http://127.0.0.1:{port}/v1"
                     headers = {"authorization": f"Bearer {key}"}
-                    args = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
-                    with process(args, env, url + "/models", headers):
+                    serve = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
+                    with process(serve, env, url + "/models", headers) as gateway:
                         click.echo("promptex gateway:", err=True)
-                        sides["promptex"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms, steps)
+                        sides["promptex"] = measure(
+                            url + "/chat/completions", headers, gateway.pid, args, timings, sweep_too=not cpu_only
+                        )
+                    if postgres is not None:  # two processes on the one core: CPU per request, both serving
+                        port = free_port()
+                        url = f"http://127.0.0.1:{port}/v1"
+                        serve = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
+                        with process([*serve, "--workers", "2"], env, url + "/models", headers) as gateway:
+                            click.echo("promptex gateway, --workers 2:", err=True)
+                            two_processes = cpu_per_request(
+                                gateway.pid, url + "/chat/completions", headers, cpu_rate, seconds, timings
+                            )
+                            click.echo(f"  CPU at {cpu_rate} RPS: {two_processes}", err=True)
                 finally:
                     if postgres is not None:
                         postgres.stop()
@@ -436,14 +548,7 @@ def main(
             if only in (None, "litellm"):
                 python = litellm_python()
                 master = "sk-" + secrets.token_hex(16)
-                config = workdir / "litellm.yaml"
-                config.write_text(
-                    "model_list:\n"
-                    f"  - model_name: {MODEL}\n"
-                    f"    litellm_params: {{model: openai/{MODEL}, api_base: '{fake_url}', api_key: sk-fake-bench}}\n"
-                    "litellm_settings: {telemetry: false, drop_params: true}\n"
-                    "general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}\n"
-                )
+                config = litellm_config(workdir, fake_url)
                 env = {
                     **os.environ,
                     "LITELLM_MASTER_KEY": master,
@@ -454,26 +559,24 @@ def main(
                 port = free_port()
                 url = f"http://127.0.0.1:{port}/v1"
                 headers = {"authorization": f"Bearer {master}"}
-                args = [
-                    *server_core,
-                    str(python.parent / "litellm"),
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(port),
-                    "--num_workers",
-                    "1",
-                ]
-                with process(args, env, url + "/models", headers):
-                    click.echo("litellm proxy:", err=True)
-                    sides["litellm"] = measure(url + "/chat/completions", headers, seconds, max_p99_ms, steps)
+                serve = [
+                    *server_core, str(python.parent / "litellm"), "--config", str(config), "--port", str(port),
+                    "--num_workers", "1",
+                ]  # fmt: skip
+                click.echo(f"litellm proxy {LITELLM_VERSION}, one worker, config:\n{config.read_text()}", err=True)
+                with process(serve, env, url + "/models", headers) as proxy:
+                    sides["litellm"] = measure(
+                        url + "/chat/completions", headers, proxy.pid, args, timings, sweep_too=not cpu_only
+                    )
 
-    results = summarize(sides, base, base_ttfb, seconds)
+    results = summarize(sides, base_ttfb, seconds)
     if as_json:
         flat: dict[str, object] = {
             f"{side}_{name}": value for side, row in results.items() for name, value in row.items()
         }
+        flat["promptex_cpu_ms_per_request_2proc"] = two_processes["cpu_ms_per_request"] if two_processes else None
         flat["cores"] = "server core 0, upstream + generator core 1" if server_core else "unpinned"
+        flat["load_average"] = os.getloadavg()[0]
         click.echo(json.dumps(flat))
         return
     from rich.console import Console
@@ -490,11 +593,13 @@ def main(
     common = next(iter(results.values()))["common_rps"] if results else None
     names = {
         "rps": ("max RPS (< 0.1 % errors)", "up"),
-        "p50_added_ms": (f"added p50 ms at {common} RPS", "down"),
-        "p99_added_ms": (f"added p99 ms at {common} RPS", "down"),
+        "p50_added_ms": (f"added p50 ms at {common} RPS (per request)", "down"),
+        "p99_added_ms": (f"added p99 ms at {common} RPS (per request)", "down"),
         "p50_added_at_max_ms": ("added p50 ms at own max", "down"),
         "p99_added_at_max_ms": ("added p99 ms at own max", "down"),
         "ttfb_added_ms": ("added stream TTFB ms", "down"),
+        "idle_added_p50_ms": ("idle added p50 ms (one at a time)", "down"),
+        "cpu_ms_per_request": (f"CPU ms per request at {cpu_rate} RPS", "down"),
         "overload_served_rps": ("at 2x max: served RPS", "up"),
         "overload_429_share": ("at 2x max: 429 share", None),
         "overload_429_p50_ms": ("at 2x max: 429 p50 ms", None),
@@ -511,6 +616,9 @@ def main(
             cells.append(f"{ratio:.1f}×" if ratio else "—")
         table.add_row(label, *cells)
     Console().print(table)
+    if two_processes:
+        click.echo(f"two processes (--workers 2): CPU {two_processes['cpu_ms_per_request']:.2f} ms a request")
+    click.echo(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

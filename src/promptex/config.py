@@ -160,6 +160,18 @@ class Settings(BaseSettings):
     gateway_max_inflight_per_address: int = 128
     gateway_max_inflight_per_key: int = 64
     gateway_trusted_proxies: list[str] = []
+    # Lot health (promptex.gateway.health): a lot whose upstream failed this many times in
+    # a row is skipped for the cool-down, then probed by one request.
+    gateway_lot_breaker_failures: int = 5
+    gateway_lot_breaker_cooldown_seconds: float = 30.0
+    # The operator's address: /metrics (Prometheus), /healthz, /readyz — never the public
+    # one. Port 0: not served. `--workers N` serves worker i on port + i.
+    gateway_metrics_host: str = "127.0.0.1"
+    gateway_metrics_port: int = 9464
+    # Logs: one JSON object a line carrying the request id ("json"), or plain text; an
+    # access log line per /v1 request (off by default: it costs CPU at load).
+    gateway_log_format: Literal["json", "text"] = "json"
+    gateway_access_log: bool = False
     # JSON nested deeper than this (objects and arrays) is refused with 400.
     gateway_max_json_depth: int = 32
     # Past saturation, shed load with fast 429s, refused before the body is read (see

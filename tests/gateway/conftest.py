@@ -21,7 +21,6 @@ from eth_account import Account
 from promptex.config import Settings
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app
-from promptex.gateway.guard import uvicorn_options
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.service import Gateway
@@ -81,6 +80,7 @@ def settings(tmp_path: Path) -> Settings:
         gateway_shed_wait_ms=10_000,  # a busy test machine must not shed load
         gateway_max_inflight_per_key=10_000,  # tests send bursts from one key and address
         gateway_max_inflight_per_address=10_000,  # (test_starvation sets its own)
+        gateway_metrics_port=0,  # test_operability serves it on a free port
         gateway_twap_refresh_seconds=3600,  # tests refresh by hand
         gateway_twap_max_age_seconds=300,
         ledger_sqlite_synchronous="NORMAL",
@@ -188,7 +188,7 @@ def _harness(
     keys = load_master_keys(None, settings.gateway_master_key_file)
     app = create_app(settings, ledger=book, twap_source=twaps)
     try:
-        with ServerThread(app, **uvicorn_options(settings)) as server:  # as `gateway serve` guards connections
+        with ServerThread(app, **app.uvicorn_options()) as server:  # as `gateway serve` guards connections
             yield Harness(book, store, keys, settings, server.url, app)
         book.check()
     finally:

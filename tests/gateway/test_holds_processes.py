@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -62,6 +63,9 @@ def _env(tmp_path: Path, url: str, **settings: object) -> dict[str, str]:
         "PROMPTEX_GATEWAY_SHED_WAIT_MS": "10000",  # a busy test machine must not shed load
         "PROMPTEX_GATEWAY_LOT_MAX_INFLIGHT": "100000",
         "PROMPTEX_GATEWAY_MAX_INFLIGHT": "100000",
+        "PROMPTEX_GATEWAY_MAX_INFLIGHT_PER_KEY": "100000",
+        "PROMPTEX_GATEWAY_MAX_INFLIGHT_PER_ADDRESS": "100000",
+        "PROMPTEX_GATEWAY_METRICS_PORT": "0",
     }
     env.update({f"PROMPTEX_{name.upper()}": str(value) for name, value in settings.items()})
     return env
@@ -237,3 +241,72 @@ def test_gateway_killed_with_20_requests_in_flight__restarted_one_sweeps_them__f
         ledger.check()
     finally:
         ledger.close()
+
+
+# ─── promptex gateway serve --workers N ──────────────────────────────────────
+
+
+def test_workers__two_processes_on_postgresql__both_ready_every_request_served_once__sigterm_stops_all(
+    postgres: LocalPostgres, tmp_path: Path, fake: Fake
+) -> None:
+    url = postgres.create_database(f"workers_{os.getpid()}_{time.monotonic_ns()}", template="ledger_template")
+    ledger = Ledger.open(url)
+    try:
+        _, account, key = _market(ledger, tmp_path, fake, face_value=1_000 * USDC, funds=10 * USDC)
+        metrics_port = free_port()
+        while True:  # and the next port, for the second worker
+            with contextlib.suppress(OSError), socket.socket() as probe:
+                probe.bind(("127.0.0.1", metrics_port + 1))
+                break
+            metrics_port = free_port()
+        env = _env(tmp_path, url, gateway_metrics_port=metrics_port)
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            operators = [f"http://127.0.0.1:{metrics_port + i}" for i in range(2)]
+
+            def ready() -> bool:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    return all(httpx.get(o + "/readyz", timeout=2).status_code == 200 for o in operators)
+                except httpx.HTTPError:
+                    return False
+
+            _until(ready, "both workers ready")
+            body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+            statuses = [
+                httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                    headers={"authorization": f"Bearer {key}", "connection": "close"},  # a new connection each
+                ).status_code
+                for _ in range(30)
+            ]  # fmt: skip
+            assert statuses == [200] * 30
+            served = 0.0
+            for o in operators:
+                for line in httpx.get(o + "/metrics").text.splitlines():
+                    if line.startswith('promptex_gateway_requests_total{model="fake-flat",status="200"}'):
+                        served += float(line.rsplit(" ", 1)[1])
+            assert served == 30  # each request served by exactly one worker
+            assert ledger.balance(account, "USDC").held == 0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        with pytest.raises(httpx.TransportError):
+            httpx.get(operators[1] + "/healthz", timeout=2)  # the workers stopped with it
+    finally:
+        ledger.close()
+        postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+def test_workers__on_sqlite__refused_in_one_line(tmp_path: Path) -> None:
+    env = _env(tmp_path, f"sqlite:///{tmp_path}/ledger.sqlite3")
+    done = subprocess.run(
+        [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(free_port()), "--workers", "2"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "--workers needs a PostgreSQL ledger" in done.stderr and "Traceback" not in done.stderr

@@ -40,7 +40,7 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0010"
+HEAD = "0011"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
 
@@ -306,7 +306,7 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
         after["usage_records"] = [row[:-4] for row in after["usage_records"]]
         for new in ("debts", "chain_identity", "indexer_reorgs"):  # 0008's tables: empty, nothing owed
             assert after.pop(new) == []
-        for new in ("gateway_limits", "gateway_limit_counters", "gateway_limit_takes"):  # 0010's: no limits
+        for new in ("gateway_limits", "gateway_limit_counters", "gateway_limit_takes", "gateway_lot_health"):
             assert after.pop(new) == []
         added = set(after["accounts"]) - set(before["accounts"])
         assert [(kind, name) for _id, kind, name, _at in added] == [("system", "debts")]  # 0008's lender

@@ -20,6 +20,7 @@ from promptex.config import ConfigurationError, settings
 @click.option("--accept-key", multiple=True, help="accepted upstream keys (default: any non-empty key)")
 @click.option("--ignore-max-tokens", is_flag=True, help="answer --output-tokens whatever limit a request sets")
 @click.option("--die-after-chunks", type=int, help="drop every stream's connection after this many words")
+@click.option("--record-timings", is_flag=True, help="time requests by their `user` field (GET /_timings; bench)")
 def fake_upstream(
     host: str,
     port: int,
@@ -31,6 +32,7 @@ def fake_upstream(
     accept_key: tuple[str, ...],
     ignore_max_tokens: bool,
     die_after_chunks: int | None,
+    record_timings: bool,
 ) -> None:
     """Serve a fake OpenAI- and Anthropic-compatible provider (deterministic text, real usage)."""
     import uvicorn
@@ -46,6 +48,7 @@ def fake_upstream(
         api_keys=frozenset(accept_key) or None,
         ignore_max_tokens=ignore_max_tokens,
         die_after_chunks=die_after_chunks,
+        record_timings=record_timings,
     )
     uvicorn.run(create_fake_upstream(config), host=host, port=port, log_level="warning", access_log=False)
 

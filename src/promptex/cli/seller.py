@@ -136,3 +136,47 @@ def seller_rotate_master_key() -> None:
     with Ledger.from_settings(s) as ledger:
         changed = GatewayStore(ledger.engine).rewrap_secrets(load_master_keys(None, s.gateway_master_key_file))
     click.echo(f"master key {key_id} is current; {changed} secret(s) re-wrapped")
+
+
+@seller.command("health")
+@click.option("--lot", "lot_id", type=int, help="one lot [default: every lot]")
+@click.option("--seller-address", help="only this seller's lots")
+def seller_health(lot_id: int | None, seller_address: str | None) -> None:
+    """Each lot's upstream health as the gateways saw it: calls, error rate, mean latency,
+    the last error, whether its circuit is open (skipped for a cool-down), and whether
+    the provider refused the lot's key (revoked upstream?). Health moves no money."""
+    import datetime
+
+    from promptex.gateway.health import reports
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+
+    def when(unix: int) -> str:
+        return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    with Ledger.from_settings(settings()) as ledger:
+        lots = GatewayStore(ledger.engine).lots()
+        if seller_address is not None:
+            lots = [lot for lot in lots if lot.seller.lower() == seller_address.lower()]
+        if lot_id is not None:
+            lots = [lot for lot in lots if lot.id == lot_id]
+        found = {r.lot_id: r for r in reports(ledger.engine, [lot.id for lot in lots])}
+    if not lots:
+        raise click.ClickException("no such lot" if lot_id is not None else "no lots")
+    for lot in lots:
+        r = found.get(lot.id)
+        if r is None:
+            click.echo(f"lot {lot.id} ({lot.provider}): no upstream calls yet")
+            continue
+        latency = f", mean latency {r.mean_latency_ms} ms" if r.mean_latency_ms is not None else ""
+        line = f"lot {lot.id} ({lot.provider}): {r.requests} calls, {r.error_rate:.1%} errors{latency}"
+        if r.last_error is not None and r.last_error_at is not None:
+            line += f"; last error {r.last_error} at {when(r.last_error_at)}"
+        if r.circuit_open_until is not None and r.circuit_open_until > r.updated_at:
+            line += f"; skipped until {when(r.circuit_open_until)} (circuit open)"
+        click.echo(line)
+        if r.key_refused_at is not None:
+            click.echo(
+                f"  the provider refused this lot's API key at {when(r.key_refused_at)}: revoked upstream? "
+                "Requests fail over to other lots; add capacity with a working key."
+            )

@@ -53,6 +53,8 @@ class FakeUpstreamConfig:
     reasoning_tokens: int = 0  # OpenAI: of each answer's completion tokens, reported as reasoning
     ignore_max_tokens: bool = False  # answer `output_tokens` whatever limit the request set
     die_after_chunks: int | None = None  # a stream breaks off (connection dropped) after this many words
+    record_timings: bool = False  # keep when each request named by its `user` field arrived and ended (bench)
+    timings: dict[str, tuple[float, float]] = field(default_factory=dict)  # user → (received, last byte), monotonic
     requests: int = field(default=0)  # served so far (for tests)
     last_body: dict[str, Any] | None = None  # the last request's JSON body (for tests)
 
@@ -106,7 +108,7 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return head + b"data: " + payload + b"\n\n"
 
 
-def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
+def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette | _Timed:
     cfg = config or FakeUpstreamConfig()
 
     async def gate(request: Request, anthropic: bool) -> tuple[dict[str, Any] | None, Response | None]:
@@ -131,6 +133,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
         if not isinstance(body, dict):
             return None, _error(400, "body must be an object", anthropic)
         cfg.last_body = body
+        if cfg.record_timings and isinstance(body.get("user"), str):
+            request.scope[TIMING_MARKER] = body["user"]
         return body, None
 
     def n_out(body: dict[str, Any]) -> int:
@@ -340,15 +344,50 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    return Starlette(
+    async def timings(request: Request) -> Response:
+        """The recorded timings, handed over once (the bench's measure of the upstream's own time)."""
+        found, cfg.timings = cfg.timings, {}
+        return _json({user: list(times) for user, times in found.items()})
+
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/messages", messages, methods=["POST"]),
+            Route("/_timings", timings, methods=["GET"]),
         ]
     )
+    return _Timed(app, cfg) if cfg.record_timings else app
+
+
+TIMING_MARKER = "promptex.fake.timing"
+
+
+class _Timed:
+    """Times each request from its arrival to its last byte sent (`record_timings`), per
+    its `user` field: the upstream's own service time, which the bench subtracts from
+    what its client saw to get what a gateway in between added."""
+
+    def __init__(self, app: Starlette, cfg: FakeUpstreamConfig) -> None:
+        self.app = app
+        self.cfg = cfg
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = time.monotonic()
+
+        async def timed(message: Any) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                marker = scope.get(TIMING_MARKER)
+                if marker is not None:
+                    self.cfg.timings[marker] = (received, time.monotonic())
+
+        await self.app(scope, receive, timed)
 
 
 def _error(status: int, message: str, anthropic: bool) -> Response:

@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import orjson
+from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,15 +33,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import Settings
-from promptex.gateway import checkpoints, errors, fronts, single
+from promptex.gateway import checkpoints, errors, fronts, logs, metrics, single
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.fronts import API_ROUTES
+from promptex.gateway.guard import ConnectionGuard, uvicorn_options
 from promptex.gateway.keys import hash_key
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.openapi import openapi_schema
 from promptex.gateway.routing import LotRegistry
-from promptex.gateway.service import Gateway, check_hold_lifetime, new_request_id, presented_key
+from promptex.gateway.service import MODEL_SCOPE, Gateway, check_hold_lifetime, new_request_id, presented_key
 from promptex.gateway.store import GatewayStore
 from promptex.gateway.twap import TwapSource, twap_cache_from_settings
 from promptex.gateway.upstream import UpstreamClient
@@ -107,10 +109,17 @@ _TOO_MANY = GatewayError(
 class GatewayApp:
     """The ASGI entry (see the module's docstring); `state` is the Starlette app's."""
 
-    def __init__(self, inner: Starlette, gateway: Callable[[], Gateway]) -> None:
+    def __init__(self, inner: Starlette, gateway: Callable[[], Gateway], settings: Settings) -> None:
         self.inner = inner
         self.state = inner.state
         self._gateway = gateway
+        self.settings = settings
+        self.guard = ConnectionGuard(
+            settings.gateway_max_connections_per_address,
+            settings.gateway_header_timeout_seconds,
+            settings.gateway_trusted_proxies,
+        )
+        self.access_log = settings.gateway_access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -131,26 +140,43 @@ class GatewayApp:
             ids = [(name.encode(), value.encode()) for name, value in fronts.id_headers(endpoint, request_id).items()]
             await send({"type": "http.response.start", "status": status, "headers": [*headers, *ids]})
             await send({"type": "http.response.body", "body": body})
+            gateway.shed += 1
+            gateway.metrics.answered(None, status)
             return
+        started = time.perf_counter()
+        token = logs.bind(request_id)
         request = Request(scope, receive)
         presented = presented_key(request, endpoint)
         client = scope.get("client")
-        entry = gateway.admission.enter(hash_key(presented) if presented else "", client[0] if client else "")
-        if entry is None:  # this key or address has its share in flight: before its body is read
-            await fronts.error_response(endpoint, _TOO_MANY, request_id)(scope, receive, send)
-            return
+        address = client[0] if client else ""
+        entry = gateway.admission.enter(hash_key(presented) if presented else "", address)
+        status = 429
         try:
+            if entry is None:  # this key or address has its share in flight: before its body is read
+                await fronts.error_response(endpoint, _TOO_MANY, request_id)(scope, receive, send)
+                return
             response: Any
             try:
                 response = await gateway.serve(endpoint, request, request_id)
             except GatewayError as exc:
                 response = fronts.error_response(endpoint, exc, request_id)
             except Exception as exc:
-                log.error("internal error in request %s: %s", request_id, type(exc).__name__)
+                log.error("internal error: %s", type(exc).__name__, exc_info=exc)
                 response = fronts.error_response(endpoint, errors.internal(), request_id)
+            status = getattr(response, "status_code", 200)  # a stream: 200
             await response(scope, receive, send)
         finally:
-            gateway.admission.leave(entry)
+            if entry is not None:
+                gateway.admission.leave(entry)
+            model = scope.get(MODEL_SCOPE)
+            gateway.metrics.answered(model, status)
+            if self.access_log:
+                logs.access(endpoint, status, model, started, address)
+            logs.unbind(token)
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The uvicorn.Config options this app is served with (`gateway.guard`)."""
+        return uvicorn_options(self.settings, self.guard)
 
 
 def create_app(
@@ -174,8 +200,24 @@ def create_app(
     # Duplicates share one accept queue: reading it from the first socket is enough.
     backlog = (lambda: accept_backlog(listeners[0])) if listeners else None
 
+    guard_ref: list[ConnectionGuard] = []  # the entry's, once made (below)
+
     def gateway() -> Gateway:
         return state["gateway"]
+
+    def ready() -> str | None:
+        """None when this process serves /v1; else why not (blocking: reads the ledger)."""
+        current = state.get("gateway")
+        if current is None:
+            return "starting"
+        if current.overloaded:
+            return "shedding load"
+        try:
+            with current.ledger.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return f"ledger unreachable: {type(exc).__name__}"
+        return None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -203,6 +245,12 @@ def create_app(
 
             await anyio.to_thread.run_sync(_app.state.gateway.treasury)
             await anyio.to_thread.run_sync(_app.state.gateway.refresh_epochs)
+            measured = state["gateway"].metrics
+            measured.watch(lambda: state.get("gateway"), guard_ref[0] if guard_ref else None)
+            operator = None
+            if settings.gateway_metrics_port:
+                app = metrics.operator_app(measured, ready)
+                operator = metrics.serve_operator(settings.gateway_metrics_host, settings.gateway_metrics_port, app)
 
             async def refresh_lots() -> None:
                 while True:
@@ -210,6 +258,7 @@ def create_app(
                     try:
                         await anyio.to_thread.run_sync(registry.refresh)
                         await anyio.to_thread.run_sync(state["gateway"].refresh_epochs)
+                        await anyio.to_thread.run_sync(state["gateway"].health.flush, book.engine)
                     except Exception:  # a database hiccup: keep serving the lots we know
                         log.exception("refreshing lots failed")
 
@@ -225,6 +274,11 @@ def create_app(
                     yield
                 finally:
                     tg.cancel_scope.cancel()
+            if operator is not None:
+                operator.shutdown()
+                operator.server_close()
+            with contextlib.suppress(Exception):  # the last counts, if the database still answers
+                await anyio.to_thread.run_sync(state["gateway"].health.flush, book.engine)
             state["gateway"].close()
             if checkpointing:
                 await anyio.to_thread.run_sync(checkpoints.checkpoint, book.engine)
@@ -250,6 +304,15 @@ def create_app(
             return exc.response(request_id)
         return Response(gateway().models(), media_type="application/json", headers={"x-request-id": request_id})
 
+    async def healthz(request: Request) -> Response:
+        return Response(b"ok\n", media_type="text/plain")
+
+    async def readyz(request: Request) -> Response:
+        why = await anyio.to_thread.run_sync(ready)
+        return Response(
+            ((why or "ready") + "\n").encode(), status_code=200 if why is None else 503, media_type="text/plain"
+        )
+
     async def schema(request: Request) -> Response:
         return Response(orjson.dumps(openapi_schema()), media_type="application/json")
 
@@ -272,9 +335,13 @@ def create_app(
             *(Route(path, endpoint(name), methods=["POST"]) for path, name in API_ROUTES.items()),
             Route("/v1/models", models, methods=["GET"]),
             Route("/openapi.json", schema, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
         ],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
     app.add_middleware(RequestIdMiddleware)
-    return GatewayApp(app, gateway)
+    entry = GatewayApp(app, gateway, settings)
+    guard_ref.append(entry.guard)
+    return entry

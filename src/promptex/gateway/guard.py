@@ -122,13 +122,10 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
     return GuardedProtocol
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """The uvicorn.Config options that guard the gateway's connections (and say whose
-    X-Forwarded-For is believed: only the configured trusted proxies')."""
+def uvicorn_options(settings: Settings, guard: ConnectionGuard) -> dict[str, Any]:
+    """The uvicorn.Config options that guard the gateway's connections with `guard` (and
+    say whose X-Forwarded-For is believed: only the configured trusted proxies')."""
     trusted = list(settings.gateway_trusted_proxies)
-    guard = ConnectionGuard(
-        settings.gateway_max_connections_per_address, settings.gateway_header_timeout_seconds, trusted
-    )
     return {
         "http": guarded_protocol(guard),
         "proxy_headers": bool(trusted),

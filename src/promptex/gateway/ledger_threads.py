@@ -32,7 +32,8 @@ _Result = tuple[asyncio.Future[Any], bool, Any]
 
 
 class LedgerThreads:
-    def __init__(self, threads: int, name: str = "ledger") -> None:
+    def __init__(self, threads: int, name: str = "ledger", observe: Callable[[float], None] | None = None) -> None:
+        self._observe = observe  # each call's wait for a thread (the metrics)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._done: collections.deque[_Result] = collections.deque()
         self._signalled = False
@@ -92,7 +93,10 @@ class LedgerThreads:
             if job is None:
                 return
             future, fn, args, queued = job
-            self.wait = 0.9 * self.wait + 0.1 * (time.perf_counter() - queued)
+            waited = time.perf_counter() - queued
+            self.wait = 0.9 * self.wait + 0.1 * waited
+            if self._observe is not None:
+                self._observe(waited)
             try:
                 self._done.append((future, True, fn(*args)))
             except BaseException as exc:  # handed to the caller, like any result

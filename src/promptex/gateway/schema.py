@@ -86,3 +86,20 @@ limit_takes = Table(
     Column("window_start", BigInteger, nullable=False),
     Column("amount", Amount, nullable=False),
 )
+
+# ─── Lot health (migration 0011): see gateway.health ─────────────────────────
+
+lot_health = Table(
+    "gateway_lot_health",
+    metadata,
+    Column("lot_id", Integer, primary_key=True, autoincrement=False),
+    Column("requests", BigInteger, nullable=False),  # upstream calls, every process's
+    Column("errors", BigInteger, nullable=False),
+    Column("answered", BigInteger, nullable=False),
+    Column("latency_ms_total", BigInteger, nullable=False),  # over the answered calls
+    Column("last_error", String(64), nullable=True),
+    Column("last_error_at", BigInteger, nullable=True),
+    Column("key_refused_at", BigInteger, nullable=True),  # the upstream last refused the seller's key (401/403)
+    Column("circuit_open_until", BigInteger, nullable=True),  # unix seconds, while the lot is skipped
+    Column("updated_at", BigInteger, nullable=False),
+)

@@ -44,10 +44,12 @@ from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
 from promptex.gateway.admission import Admission
 from promptex.gateway.charges import Charge, raw_headers
 from promptex.gateway.errors import GatewayError
+from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import LimitExceeded, Plan
 from promptex.gateway.messages import MESSAGES
+from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import parse_body, prompt_floor
 from promptex.gateway.responses import RESPONSES
@@ -85,6 +87,7 @@ FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 # AccountInDebt is not retried on promotional credit: an account that owes is not served.
 REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember, AccountInDebt)
 JSON = "application/json"
+MODEL_SCOPE = "promptex.model"  # the request's model, in its ASGI scope once its body is read
 CACHE_CONTROL = b'"cache_control"'
 STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]
 log = logging.getLogger("promptex.gateway")
@@ -135,6 +138,7 @@ class Priced:
     cache_writes: bool = False  # it may write to a prompt cache (held at the write rate)
     endpoint: str = ""
     lot_id: int | None = None  # the lot whose capacity the hold has (set at reserve)
+    upstream_seconds: float = 0.0  # the answering upstream call's time (non-streamed)
     claims: list[LotClaim] = field(default_factory=list)
 
 
@@ -157,7 +161,12 @@ class Gateway:
         self.client = client
         self.twaps = twaps
         sqlite = ledger.engine.dialect.name == "sqlite"  # one writer at a time: one thread
-        self.threads = LedgerThreads(1 if sqlite else settings.gateway_ledger_threads)
+        self.metrics = GatewayMetrics(price.model for price in catalog)
+        self.health = LotHealth(settings.gateway_lot_breaker_failures, settings.gateway_lot_breaker_cooldown_seconds)
+        self.threads = LedgerThreads(
+            1 if sqlite else settings.gateway_ledger_threads, observe=self.metrics.ledger_wait.observe
+        )
+        self.shed = 0  # requests refused for overload
         self.inflight = 0
         self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
         self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
@@ -506,10 +515,12 @@ class Gateway:
         key = await self.authenticate(request, endpoint)
         raw = await self.read(request)
         if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
+            self.shed += 1
             raise errors.busy("The gateway is at capacity; retry shortly.")
         self.inflight += 1
+        start = time.perf_counter()
         try:
-            return await self._serve(endpoint, request, request_id, key, raw)
+            return await self._serve(endpoint, request, request_id, key, raw, start)
         finally:
             self.inflight -= 1
 
@@ -526,9 +537,10 @@ class Gateway:
         )
 
     async def _serve(
-        self, endpoint: str, request: Request, request_id: str, key: ApiKey, raw: bytes
+        self, endpoint: str, request: Request, request_id: str, key: ApiKey, raw: bytes, start: float
     ) -> Response | MeteredStream:
         body = parse_body(raw, self.s.gateway_max_json_depth)
+        request.scope[MODEL_SCOPE] = body.get("model")  # the metrics' label (`GatewayApp`)
         # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
         # at rates above the input rate. A mention anywhere (even a key of no meaning) only
         # makes the hold larger; inside a string the quotes are escaped and do not match.
@@ -540,7 +552,13 @@ class Gateway:
         try:
             if stream:
                 return await self._stream(endpoint, key, priced, upstream_body, request_id, output)
-            return await self._once(endpoint, key, priced, upstream_body, request_id, output)
+            response = await self._once(endpoint, key, priced, upstream_body, request_id, output)
+            upstream = priced.upstream_seconds
+            added = time.perf_counter() - start - upstream
+            self.metrics.added.observe(added)
+            timing = f"upstream;dur={upstream * 1000:.3f}, gateway;dur={added * 1000:.3f}"
+            response.raw_headers.append((b"server-timing", timing.encode()))
+            return response
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.release(key, priced, request_id)
@@ -571,7 +589,14 @@ class Gateway:
         (the ones before it had no room when the hold was made)."""
         ids = [lot.id for lot in priced.lots]
         start = ids.index(priced.lot_id) if priced.lot_id in ids else 0
-        return priced.lots[start:]
+        lots = priced.lots[start:]
+        allowed = set(self.health.order([lot.id for lot in lots]))  # lots with an open circuit skipped
+        return [lot for lot in lots if lot.id in allowed]
+
+    def _failed(self, lot: LiveLot, what: str, failures: list[str], status: int | None = None) -> None:
+        failures.append(what)
+        self.health.failed(lot.id, what, status)
+        self.metrics.upstream_errors.labels(str(lot.id), what).inc()
 
     async def _holds_capacity(self, priced: Priced, request_id: str, lot: LiveLot) -> bool:
         """Move the hold's capacity to `lot` before failing over to it; False if it has no room."""
@@ -594,27 +619,30 @@ class Gateway:
             adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
+            began = time.perf_counter()
             try:
                 answer = await self.client.post(call.url, call.headers, call.content)
                 await answer.read()
             except UpstreamTimeout:
-                failures.append("timeout")
+                self._failed(lot, "timeout", failures)
                 continue
             except UpstreamError:
-                failures.append("error")
+                self._failed(lot, "error", failures)
                 continue
             finally:
                 lot.inflight -= 1
+            priced.upstream_seconds = elapsed = time.perf_counter() - began
             status = answer.status_code
             if status in FAILOVER_STATUSES or status >= 500:
-                failures.append(str(status))
+                self._failed(lot, str(status), failures, status)
                 continue
+            self.health.succeeded(lot.id, elapsed)  # the lot answered (a client error is the client's)
             if status >= 400:
                 raise _client_error(answer, lot)
             try:
                 content, usage = adapter.answer(endpoint, answer.content, priced.price.model)
             except MissingUsage:
-                failures.append("unmetered")
+                self._failed(lot, "unmetered", failures)
                 continue
             with anyio.CancelScope(shield=True):
                 charge = await self.finish(key, priced, request_id, lot, usage)
@@ -636,13 +664,15 @@ class Gateway:
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
             handed_over = False
+            began = time.perf_counter()
             try:
                 upstream = await self.client.post(call.url, call.headers, call.content)
                 status = upstream.status_code
                 if status in FAILOVER_STATUSES or status >= 500:
                     upstream.close()
-                    failures.append(str(status))
+                    self._failed(lot, str(status), failures, status)
                     continue
+                self.health.succeeded(lot.id, time.perf_counter() - began)  # to its first byte
                 if status >= 400:
                     await upstream.read()
                     raise _client_error(upstream, lot)
@@ -650,9 +680,9 @@ class Gateway:
                 handed_over = True
                 return MeteredStream(self, key, priced, request_id, lot, upstream, translator, endpoint)
             except UpstreamTimeout:
-                failures.append("timeout")
+                self._failed(lot, "timeout", failures)
             except UpstreamError:
-                failures.append("error")
+                self._failed(lot, "error", failures)
             finally:
                 if not handed_over:
                     lot.inflight -= 1

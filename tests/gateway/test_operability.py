@@ -1,0 +1,171 @@
+"""What an operator and a seller see: Prometheus metrics and health on the operator's own
+address, JSON logs carrying the request id, and lot health — a circuit breaker that skips
+a failing lot (then probes it), its counts shown to the seller, a refused key reported."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from promptex.cli import main
+from promptex.config import Settings
+from promptex.config import settings as cached_settings
+from promptex.gateway.health import LotHealth, reports
+from promptex.gateway.logs import JsonFormatter, RequestIdFilter, bind, unbind
+from promptex.serving import free_port
+
+from .conftest import Fake, Harness, _harness
+
+HELLO = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+
+
+@pytest.fixture
+def observed(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    update = {
+        "gateway_metrics_port": free_port(),
+        "gateway_access_log": True,
+        "gateway_lot_breaker_failures": 2,
+        "gateway_lot_breaker_cooldown_seconds": 3_600,  # no probe during the test
+    }
+    yield from _harness(settings.model_copy(update=update), f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+def operator(gw: Harness, path: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{gw.settings.gateway_metrics_port}{path}", timeout=10)
+
+
+def post(gw: Harness, key: str, body: dict) -> httpx.Response:
+    return httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+
+
+def sample(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        found, _, value = line.rpartition(" ")
+        if found == name:
+            return float(value)
+    raise AssertionError(f"{name} not in the metrics")
+
+
+def test_metrics__by_model_and_status_on_the_operator_address__no_key_or_account(
+    observed: Harness, fake: Fake, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = observed
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.INFO, logger="promptex.gateway.access"):
+        served = post(gw, key, HELLO)
+        unknown = post(gw, key, {**HELLO, "model": "no-such-model-" + key[-6:]})
+        too_big = post(gw, key, {**HELLO, "max_tokens": 10**6})
+    assert (served.status_code, unknown.status_code, too_big.status_code) == (200, 404, 400)
+    assert "upstream;dur=" in served.headers["server-timing"] and "gateway;dur=" in served.headers["server-timing"]
+
+    metrics = operator(gw, "/metrics").text
+    assert sample(metrics, 'promptex_gateway_requests_total{model="fake-flat",status="200"}') == 1
+    assert sample(metrics, 'promptex_gateway_requests_total{model="fake-flat",status="400"}') == 1
+    assert sample(metrics, 'promptex_gateway_requests_total{model="other",status="404"}') == 1  # not its name
+    assert sample(metrics, "promptex_gateway_added_latency_seconds_count") == 1
+    assert sample(metrics, "promptex_gateway_holds_open") == 0
+    assert sample(metrics, "promptex_gateway_shed_total") == 0
+    assert sample(metrics, "promptex_gateway_ledger_wait_seconds_count") > 0
+    assert key not in metrics and key[-6:] not in metrics and f'"{account}"' not in metrics
+    labels = {part.split("=")[0] for line in metrics.splitlines() if "{" in line and not line.startswith("#")
+              for part in line[line.index("{") + 1 : line.index("}")].split(",") if part}  # fmt: skip
+    assert labels <= {"model", "status", "lot", "le"}
+
+    assert httpx.get(gw.url + "/v1/metrics").status_code == 404  # never on the public address
+    assert operator(gw, "/healthz").status_code == 200 and httpx.get(gw.url + "/healthz").status_code == 200
+    assert operator(gw, "/readyz").text == "ready\n" and httpx.get(gw.url + "/readyz").status_code == 200
+    calm = gw.gateway.s
+    gw.gateway.s = calm.model_copy(update={"gateway_shed_wait_ms": 0, "gateway_shed_min_inflight": 0})
+    deadline = time.monotonic() + 60  # any lag now sheds: not ready until the settings return
+    while (answer := operator(gw, "/readyz")).status_code != 503:
+        assert time.monotonic() < deadline
+    assert answer.text == "shedding load\n"
+    gw.gateway.s = calm
+
+    ids = [served.headers["x-request-id"], unknown.headers["x-request-id"], too_big.headers["x-request-id"]]
+    access = [r for r in caplog.records if r.name == "promptex.gateway.access"]
+    assert [r.request_id for r in access] == ids  # type: ignore[attr-defined]
+    line = json.loads(JsonFormatter().format(access[0]))
+    assert (line["request_id"], line["status"], line["model"], line["endpoint"]) == (ids[0], 200, "fake-flat", "chat")
+
+
+def test_json_log__any_record_while_a_request_is_served__carries_its_id() -> None:
+    record = logging.LogRecord("promptex.gateway", logging.ERROR, __file__, 1, "upstream %s", ("broke",), None)
+    token = bind("req_abc")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        unbind(token)
+    assert json.loads(JsonFormatter().format(record)) == {
+        "ts": round(record.created, 6), "level": "error", "logger": "promptex.gateway", "message": "upstream broke",
+        "request_id": "req_abc",
+    }  # fmt: skip
+
+
+def test_breaker__failing_lot_skipped_after_two_failures__seller_sees_errors_and_refused_key(
+    observed: Harness, fake: Fake, second_fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = observed
+    failing = gw.add_lot(fake, rate_bps=5000)  # cheaper: tried first
+    refused = gw.add_lot(second_fake, rate_bps=5500, secret="sk-fake-revoked")  # the provider refuses its key
+    good = gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    fake.config.fail_status = 500
+    for _ in range(2):
+        assert post(gw, key, HELLO).status_code == 200  # failed over to the good lot
+    assert fake.config.requests == 2 and gw.gateway.health.is_open(failing) and gw.gateway.health.is_open(refused)
+    assert post(gw, key, HELLO).status_code == 200
+    assert fake.config.requests == 2  # skipped: its circuit is open
+    metrics = operator(gw, "/metrics").text
+    assert sample(metrics, f'promptex_gateway_lot_open{{lot="{failing}"}}') == 1
+    assert sample(metrics, f'promptex_gateway_upstream_errors_total{{lot="{failing}",status="500"}}') == 2
+
+    gw.gateway.health.flush(gw.ledger.engine)
+    seen = {r.lot_id: r for r in reports(gw.ledger.engine)}
+    assert (seen[failing].requests, seen[failing].errors, seen[failing].last_error) == (2, 2, "500")
+    assert seen[refused].key_refused_at is not None and seen[failing].key_refused_at is None
+    assert (seen[good].requests, seen[good].errors) == (3, 0) and seen[good].mean_latency_ms is not None
+    assert seen[failing].circuit_open_until is not None
+
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", str(gw.ledger.engine.url))
+    monkeypatch.setenv("PROMPTEX_GATEWAY_MASTER_KEY_FILE", str(gw.settings.gateway_master_key_file))
+    cached_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["seller", "health"])
+    finally:
+        cached_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert f"lot {failing} (openai): 2 calls, 100.0% errors; last error 500 at" in result.output
+    assert "(circuit open)" in result.output
+    assert "refused this lot's API key" in result.output
+    assert f"lot {good} (openai): 3 calls, 0.0% errors" in result.output
+
+
+def test_breaker__half_open__one_probe_then_closed_on_success_or_open_again_on_failure() -> None:
+    now = [0.0]
+    health = LotHealth(failures=2, cooldown=10, clock=lambda: now[0], wall=lambda: 1_000)
+    health.failed(7, "timeout")
+    assert health.allows(7)  # one failure: still closed
+    health.failed(7, "timeout")
+    assert not health.allows(7) and health.order([7, 8]) == [8]
+    assert health.order([7]) == [7]  # every candidate open: tried all the same
+    now[0] = 10.0
+    assert health.allows(7) and not health.allows(7)  # half-open: exactly one probe
+    health.failed(7, "502", 502)
+    assert not health.allows(7)  # the probe failed: open for another cool-down
+    now[0] = 20.0
+    assert health.allows(7)
+    health.succeeded(7, 0.05)
+    assert health.allows(7) and health.allows(7)  # closed
+    now[0] = 40.0
+    health.failed(7, "timeout")
+    assert health.allows(7)  # a failure after success: counted from zero again
