@@ -288,7 +288,16 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
     with Ledger.open(ledger_url, sqlite_synchronous="NORMAL") as ledger:
         store = GatewayStore(ledger.engine)
         capacity = Capacity(
-            "openai", "openai", fake_url, "sk-fake-bench", 10**15, "listed", 6000, now + 86_400, "0x" + "33" * 20, True
+            "openai",
+            "openai",
+            fake_url,
+            "sk-fake-bench",
+            10**15,
+            "listed",
+            6000,
+            now + 30 * 86_400,
+            "0x" + "33" * 20,
+            True,
         )
         add_capacity(
             store, load_master_keys(None, s.gateway_master_key_file), load_catalog(), capacity, now, verify=False

@@ -117,7 +117,7 @@ def _market(ledger: Ledger, tmp_path: Path, fake: Fake, face_value: int, funds: 
     store = GatewayStore(ledger.engine)
     now = int(time.time())
     capacity = Capacity(
-        "openai", "openai", fake.url, SELLER_KEY, face_value, "listed", 6000, now + 86_400,
+        "openai", "openai", fake.url, SELLER_KEY, face_value, "listed", 6000, now + 30 * 86_400,
         Account.create().address, True,
     )  # fmt: skip
     keys = load_master_keys(None, tmp_path / "master.key")
