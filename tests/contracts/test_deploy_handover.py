@@ -49,6 +49,16 @@ def test_deploy__revocations_registered_for_each_governed_contract(handed_over, 
             assert timelock.is_revocation(contract, selector(contract, method)), (name, method)
 
 
+def test_deploy__a_pauser_acts_at_once_on_every_pausable_contract(handed_over, admin):
+    # The admin's own pause waits the Timelock's delay, so each pausable contract gets a
+    # pauser at deploy (the deployer on a local chain), whom the guardian can revoke at once.
+    for name in ("CreditsVault", "RedemptionEscrow", "Perp"):
+        assert contract_at(handed_over, name).is_pauser(admin), name
+    vault = contract_at(handed_over, "CreditsVault")
+    vault.pause(sender=admin)
+    assert vault.paused()
+
+
 def test_deploy__token_roles_fixed(handed_over):
     escrow, vault = contract_at(handed_over, "CreditEscrow"), contract_at(handed_over, "CreditsVault")
     for symbol in handed_over.token_symbols():

@@ -171,6 +171,8 @@ def deploy_all(
         escrow.grant_attestor(address, sender=deployer)
     escrow.set_vault(vault.address, sender=deployer)
     vault.grant_coordinator(coordinator, sender=deployer)
+    # A pauser that can act at once (the admin's own pause waits the Timelock's delay).
+    vault.grant_pauser(deployer.address, sender=deployer)
 
     oracle_period = LOCAL_ORACLE_PERIOD if is_local(network_name) else LIVE_ORACLE_PERIOD
     dex = deploy_dex(deployer, log, quote_token=usdc, oracle_period=oracle_period)
