@@ -210,6 +210,21 @@ export interface NewCapacity {
   declare_resale_permitted: boolean;
 }
 
+// A lot's upstream health as the gateways recorded it (GET /api/seller/health).
+export interface LotHealth {
+  lot: number;
+  chain_lot_id: number | null;
+  provider: string;
+  requests: number;
+  errors: number;
+  error_rate: number;
+  mean_latency_ms: number | null;
+  last_error: string | null;
+  last_error_at: number | null;
+  key_refused_at: number | null;
+  circuit_open: boolean;
+}
+
 export interface OpenedLot {
   lot: number;
   chain_lot_id: number;
@@ -284,5 +299,6 @@ export const api = {
     call<{ account: number; key: string; prefix: string }>("/api/org/members", { method: "POST", body: JSON.stringify(member) }, true),
   addCapacity: (capacity: NewCapacity) =>
     call<OpenedLot>("/api/seller/capacity", { method: "POST", body: JSON.stringify(capacity) }, true),
+  sellerHealth: () => call<LotHealth[]>("/api/seller/health", {}, true),
   proof: (id: string) => call<Proof>(`/api/usage/${encodeURIComponent(id)}/proof`, {}, true),
 };

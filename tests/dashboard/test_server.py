@@ -554,3 +554,35 @@ def test_throttle__window_slides__events_counted_only_when_allowed():
     assert not throttle.allow("a")
     now[0] = 60.0  # the first two events left the window; the refused ones never counted
     assert throttle.allow("a") and throttle.allow("a") and not throttle.allow("a")
+
+
+def test_seller_health__own_lots_only__errors_latency_and_a_refused_key_shown(dashboard):
+    from promptex.gateway.health import LotHealth
+    from promptex.gateway.sellers import Capacity, record_capacity
+
+    seller, key = seller_key(dashboard)
+    keys = load_master_keys(None, dashboard.settings.gateway_master_key_file)
+    store = GatewayStore(dashboard.ledger.engine)
+    now = int(time.time())
+
+    def lot(owner: str) -> int:
+        capacity = Capacity(
+            "openai", "openai", "http://127.0.0.1:9/v1", "sk-x", 100_000_000, "listed", 6000, now + 30 * 86_400,
+            owner, True,
+        )  # fmt: skip
+        return record_capacity(store, keys, capacity, now)
+
+    mine, theirs = lot(seller.address), lot(Account.create().address)
+    seen = LotHealth(failures=2)
+    seen.succeeded(mine, 0.120)
+    seen.failed(mine, "401", 401)
+    seen.failed(mine, "401", 401)
+    seen.failed(theirs, "timeout")
+    seen.flush(dashboard.ledger.engine)
+
+    answer = dashboard.get("/api/seller/health", headers=bearer(key))
+    assert answer.status_code == 200, answer.text
+    [view] = answer.json()
+    assert (view["lot"], view["requests"], view["errors"], view["mean_latency_ms"]) == (mine, 3, 2, 120)
+    assert view["last_error"] == "401" and view["key_refused_at"] is not None and view["circuit_open"] is True
+    assert dashboard.get("/api/seller/health").status_code == 401

@@ -2,7 +2,7 @@
 // and its attestor opens the lot on chain; the key is never shown again), the connected
 // seller's lots in the CreditEscrow, and USDC earnings to claim from the vault.
 import { erc20Abi, escrowAbi, vaultAbi } from "../abi";
-import { api, apiKey } from "../api";
+import { api, apiKey, type LotHealth } from "../api";
 import { readable, send, type Ctx } from "../chain";
 import { fmt, parseAmount, short } from "../format";
 import type { App, Page } from "../main";
@@ -187,12 +187,19 @@ async function drawLots(box: HTMLElement, app: App): Promise<void> {
   const all = await Promise.all(ids.map((id) => ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "lots", args: [id] }).then((lot) => ({ id, lot }))));
   const mine = all.filter(({ lot }) => lot.seller.toLowerCase() === account.toLowerCase());
   if (!mine.length) return notice(box, "info", "This wallet has no lots.");
+  // The gateways' view of each lot's upstream (needs the account's API key; never moves money).
+  const health = new Map<string, LotHealth>();
+  if (apiKey()) {
+    for (const seen of await api.sellerHealth().catch(() => [] as LotHealth[])) {
+      if (seen.chain_lot_id !== null) health.set(String(seen.chain_lot_id), seen);
+    }
+  }
   box.className = "";
   box.replaceChildren(
     h(
       "table#lot-table",
       {},
-      h("thead", {}, h("tr", {}, ...["Lot", "Token", "Kind", "Status", "Face value", "Remaining", "Bond (released)", "Expiry"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["Lot", "Token", "Kind", "Status", "Face value", "Remaining", "Bond (released)", "Expiry", "Upstream health"].map((t) => h("th", {}, t)))),
       h(
         "tbody",
         {},
@@ -211,9 +218,20 @@ async function drawLots(box: HTMLElement, app: App): Promise<void> {
             h("td.num", {}, tokenized ? `${fmt(remaining, 18, 2)} ${token?.symbol ?? ""}` : `$${fmt(remaining, 6, 2)}`),
             h("td.num", {}, `${fmt(lot.bond, 6, 2)} (${fmt(lot.bond_released, 6, 2)}) USDC`),
             h("td", {}, new Date(Number(lot.expiry) * 1000).toISOString().slice(0, 10)),
+            h("td", { "data-lot-health": String(id) }, healthText(health.get(String(id)))),
           );
         }),
       ),
     ),
   );
+}
+
+function healthText(seen: LotHealth | undefined): string {
+  if (!seen) return apiKey() ? "no calls yet" : "—";
+  const parts = [`${seen.requests} calls, ${(seen.error_rate * 100).toFixed(1)} % errors`];
+  if (seen.mean_latency_ms !== null) parts.push(`${seen.mean_latency_ms} ms mean`);
+  if (seen.last_error && seen.last_error_at) parts.push(`last error ${seen.last_error} at ${new Date(seen.last_error_at * 1000).toISOString().slice(0, 16).replace("T", " ")}`);
+  if (seen.circuit_open) parts.push("skipped for now (circuit open)");
+  if (seen.key_refused_at) parts.push("the provider refused this lot's API key: revoked?");
+  return parts.join("; ");
 }
