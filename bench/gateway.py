@@ -36,11 +36,15 @@ LiteLLM is installed on first use into bench/.litellm/ (its own venv; never in C
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import multiprocessing
 import os
 import secrets
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import httpx
@@ -115,6 +120,7 @@ class Step:
     # (the fake upstream's receive → last byte), percentiles of those differences.
     added_p50_ms: float | None = None
     added_p99_ms: float | None = None
+    error_kinds: dict[int | str, int] | None = None  # status (or exception) → how many
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -152,6 +158,7 @@ async def open_loop(
         shed: list[float] = []
         late: list[float] = []
         seen: dict[str, tuple[float, float]] = {}  # user → (sent, answered), monotonic
+        statuses: collections.Counter[int | str] = collections.Counter()  # of the errors
         errors = 0
         total = int(rate * seconds)
         start = time.perf_counter() + 0.1
@@ -167,11 +174,13 @@ async def open_loop(
                 await response.read()
                 if response.status_code != 200:
                     errors += 1
+                    statuses[response.status_code] += 1
                     if response.status_code == 429:
                         shed.append((time.perf_counter() - due) * 1000)
                     return
-            except UpstreamError:
+            except UpstreamError as exc:
                 errors += 1
+                statuses[type(exc).__name__] += 1
                 return
             seen[user] = (sent, time.monotonic())
             latencies.append((time.perf_counter() - due) * 1000)
@@ -190,7 +199,7 @@ async def open_loop(
     return Step(
         rate, total, errors, _pct(latencies, 0.5), _pct(latencies, 0.99),
         len(shed), _pct(shed, 0.99), _pct(shed, 0.5), _pct(late, 0.99),
-        _pct(added, 0.5) if added else None, _pct(added, 0.99) if added else None,
+        _pct(added, 0.5) if added else None, _pct(added, 0.99) if added else None, dict(statuses),
     )  # fmt: skip
 
 
@@ -258,8 +267,9 @@ def sustainable(steps: list[Step], max_p99_ms: float) -> Step | None:
     return good[-1] if good else None
 
 
-def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[str, str], str]:
-    """A ledger with a rich buyer and one listed lot on the fake upstream; returns (env, key)."""
+def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[str, str], str, str]:
+    """A ledger with a rich buyer, a buyer with nothing, and one listed lot on the fake
+    upstream; returns (env, the rich key, the broke key)."""
     from eth_account import Account
 
     from promptex.config import Settings
@@ -308,7 +318,8 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
         ledger.bind_wallet(message, sign(message, wallet.key))
         ledger.credit_deposit(f"0x{secrets.token_hex(32)}:0", wallet.address, "USDC", 10**15)
         ledger.set_spend_cap(new.account, "USDC", 10**15)
-    return env, new.key
+        broke = signup(ledger, store, now)  # never bound: no balance
+    return env, new.key, broke.key
 
 
 def litellm_python() -> Path:
@@ -414,6 +425,81 @@ def cpu_per_request(
     }
 
 
+def _slow_bodies(port: int, key: str, count: int, source: str, stop: Any, counts: Any) -> None:
+    """The attacker, in its own process (not the generator's GIL): keeps `count`
+    connections open, each with a request's headers and a body trickled one byte every
+    5 s; a connection the gateway answers or closes is opened again a second later."""
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {key}\r\ncontent-length: 1000\r\n\r\n{{"
+    ).encode()
+    conns: dict[socket.socket, float] = {}  # → when it last sent a byte
+    retry_at: list[float] = []
+    while not stop.is_set():
+        now = time.monotonic()
+        while len(conns) + len(retry_at) < count:
+            retry_at.append(now)
+        for due in [t for t in retry_at if t <= now]:
+            retry_at.remove(due)
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+                conn.sendall(head)
+                conn.setblocking(False)
+                conns[conn] = now
+            except OSError:
+                counts[1] += 1
+                retry_at.append(now + 1)
+        readable, _, _ = select.select(list(conns), [], [], 0.2) if conns else ([], [], [])
+        for conn in readable:  # answered (429, 408) or closed
+            counts[1] += 1
+            del conns[conn]
+            conn.close()
+            retry_at.append(time.monotonic() + 1)
+        for conn, sent in list(conns.items()):
+            if now - sent >= 5:
+                try:
+                    conn.send(b" ")
+                    conns[conn] = now
+                except OSError:
+                    del conns[conn]
+                    conn.close()
+                    retry_at.append(now + 1)
+        counts[0] = len(conns)
+    for conn in conns:
+        conn.close()
+
+
+def under_attack(
+    url: str, port: int, headers: dict[str, str], broke: str, count: int, args: Args, timings: str
+) -> dict[str, Any]:
+    """The funded buyer's added latency (one at a time, and at 50 RPS) while `count` slow
+    bodies from an unfunded key hold connections; measured, never asserted."""
+    warm(url, headers)
+    stop = multiprocessing.Event()
+    counts = multiprocessing.Array("q", 2)  # connections open now, answered or closed so far
+    attacker = multiprocessing.Process(target=_slow_bodies, args=(port, broke, count, "127.0.0.2", stop, counts))
+    attacker.start()
+    try:
+        time.sleep(3)  # the attack in place
+        idle_p50 = uvloop.run(idle(url, headers, timings))
+        step = uvloop.run(open_loop(url, headers, 50, args.seconds, timeout=10, timings_url=timings))
+        held, refused = counts[0], counts[1]
+    finally:
+        stop.set()
+        attacker.join(timeout=10)
+    return {
+        "attack_connections": count,
+        "attack_held": held,
+        "attack_refused_or_closed": refused,
+        "attack_idle_added_p50_ms": idle_p50,
+        "attack_added_p50_ms": step.added_p50_ms if step.added_p50_ms is not None else float("nan"),
+        "attack_added_p99_ms": step.added_p99_ms if step.added_p99_ms is not None else float("nan"),
+        "attack_errors": step.errors,
+        "attack_error_kinds": str(step.error_kinds or {}),
+        "attack_sent": step.sent,
+    }
+
+
 def pin_postgres(postgres: object, core: list[str]) -> None:
     """Pin the database server (the postmaster; backends fork from it) to the gateway's core."""
     root = getattr(postgres, "root", None)
@@ -485,6 +571,7 @@ def litellm_config(workdir: Path, fake_url: str) -> Path:
 @click.option("--cpu-rate", default=200, show_default=True, help="the fixed rate CPU per request is measured at")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--cpu", "cpu_only", is_flag=True, help="only idle added latency and CPU per request (no sweep)")
+@click.option("--attack", default=0, show_default=True, help="also measure under N slow-body connections (promptex)")
 def main(
     only: str | None,
     ledger_kind: str,
@@ -495,6 +582,7 @@ def main(
     cpu_rate: int,
     as_json: bool,
     cpu_only: bool,
+    attack: int,
 ) -> None:
     try:
         steps = tuple(sorted(int(r) for r in rates.split(",")))
@@ -504,6 +592,7 @@ def main(
     server_core, load_core = cores()
     sides: dict[str, Side] = {}
     two_processes: dict[str, float] | None = None
+    under: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="promptex-bench-") as tmp:
         workdir = Path(tmp)
         fake_port = free_port()
@@ -530,7 +619,7 @@ def main(
                 else:
                     ledger_url = f"sqlite:///{workdir}/ledger.sqlite3"
                 try:
-                    env, key = setup_promptex(workdir, ledger_url, fake_url)
+                    env, key, broke = setup_promptex(workdir, ledger_url, fake_url)
                     port = free_port()
                     url = f"http://127.0.0.1:{port}/v1"
                     headers = {"authorization": f"Bearer {key}"}
@@ -540,6 +629,16 @@ def main(
                         sides["promptex"] = measure(
                             url + "/chat/completions", headers, gateway.pid, args, timings, sweep_too=not cpu_only
                         )
+                    if attack:  # the default shares for others than the bench's one buyer
+                        port = free_port()
+                        url = f"http://127.0.0.1:{port}/v1"
+                        serve = [*server_core, str(BIN / "promptex"), "gateway", "serve", "--port", str(port)]
+                        attacked = {**env, "PROMPTEX_GATEWAY_MAX_INFLIGHT_PER_ADDRESS": "128",
+                                    "PROMPTEX_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "256"}  # fmt: skip
+                        with process(serve, attacked, url + "/models", headers):
+                            click.echo(f"promptex gateway under attack ({attack} slow bodies):", err=True)
+                            under = under_attack(url + "/chat/completions", port, headers, broke, attack, args, timings)
+                            click.echo(f"  {under}", err=True)
                     if postgres is not None:  # two processes on the one core: CPU per request, both serving
                         port = free_port()
                         url = f"http://127.0.0.1:{port}/v1"
@@ -584,6 +683,7 @@ def main(
             f"{side}_{name}": value for side, row in results.items() for name, value in row.items()
         }
         flat["promptex_cpu_ms_per_request_2proc"] = two_processes["cpu_ms_per_request"] if two_processes else None
+        flat.update({f"promptex_{name}": value for name, value in under.items()})
         flat["cores"] = "server core 0, upstream + generator core 1" if server_core else "unpinned"
         flat["load_average"] = os.getloadavg()[0]
         click.echo(json.dumps(flat))
@@ -625,6 +725,8 @@ def main(
             cells.append(f"{ratio:.1f}×" if ratio else "—")
         table.add_row(label, *cells)
     Console().print(table)
+    if under:
+        click.echo(f"under attack: {under}")
     if two_processes:
         click.echo(f"two processes (--workers 2): CPU {two_processes['cpu_ms_per_request']:.2f} ms a request")
     click.echo(f"load average at the end: {os.getloadavg()[0]:.1f}")

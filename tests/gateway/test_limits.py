@@ -1,11 +1,13 @@
 """Limits per key, org member and org (`gateway.limits`): taken in the hold's own ledger
-transaction, exactly K of 200 concurrent requests admitted against each kind of limit on
-SQLite and on PostgreSQL (two ledgers on one database: as two processes would), and
-through the gateway: 429 with retry-after in each API's error shape, nothing held by a
-refused request, tokens and cost settled to the actual usage."""
+transaction, exactly K of 200 concurrent requests (1,000 with HYPOTHESIS_PROFILE=deep)
+admitted against each kind of limit on SQLite and on PostgreSQL (two ledgers on one
+database: as two processes would), and through the gateway: 429 with retry-after in each
+API's error shape, nothing held by a refused request, tokens and cost settled to the
+actual usage."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -35,7 +37,7 @@ from .conftest import Fake, Harness, _harness, event_id
 _T = int(time.time())
 NOW = _T - _T % 3_600 + 5  # the ledger's fixed clock: early in a minute and an hour, no window ends mid-test
 HELLO = [{"role": "user", "content": "hi"}]
-REQUESTS = 200
+REQUESTS = 1_000 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 200
 K = 23
 HOLD = 1_000  # each request's hold (USDC smallest units)
 TOKENS = 300  # each request's token bound
