@@ -67,8 +67,10 @@ class GatewayMetrics:
             registry=r,
         )
 
-    def answered(self, model: str | None, status: int) -> None:
-        self.requests.labels(model if model in self.models else OTHER, str(status)).inc()
+    def answered(self, model: object, status: int) -> None:
+        """One answered request (`model`: whatever the body named, maybe not even a string)."""
+        known = isinstance(model, str) and model in self.models
+        self.requests.labels(model if known else OTHER, str(status)).inc()
 
     def watch(self, gateway: Callable[[], Gateway | None], guard: ConnectionGuard | None) -> None:
         """Also report the gateway's state (read when scraped)."""
