@@ -274,12 +274,11 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
 
     from promptex.config import Settings
     from promptex.gateway.buyers import signup
-    from promptex.gateway.sellers import Capacity, add_capacity
     from promptex.gateway.store import GatewayStore
     from promptex.ledger import Ledger
     from promptex.ledger.binding import sign
-    from promptex.metering import load_catalog
     from promptex.sealing.envelope import load_master_keys
+    from promptex.sellers import Capacity, SellerStore
 
     env = {
         **os.environ,
@@ -309,9 +308,12 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
             "0x" + "33" * 20,
             True,
         )
-        add_capacity(
-            store, load_master_keys(None, s.gateway_master_key_file), load_catalog(), capacity, now, verify=False
-        )
+        # No chain here: the lot is recorded as the sellers' path does and marked open as the
+        # chain would confirm it (as escrow lot 1), so the gateway routes it.
+        sellers = SellerStore(ledger.engine)
+        keys = load_master_keys(None, s.gateway_master_key_file)
+        lot = sellers.record_lot(keys, capacity, route_until=capacity.expires_at, now=now)
+        sellers.confirm_open(lot, 1, now)
         new = signup(ledger, store, now)
         wallet = Account.create()
         message = ledger.issue_binding_challenge(new.account, wallet.address)

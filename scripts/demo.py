@@ -23,7 +23,6 @@ The upstream providers and the billing API are fakes (deterministic text, real t
 counts; a billing API that keeps balances and signs receipts with anvil's account 9).
 """
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -51,7 +50,6 @@ from promptex.coordinator.store import CoordinatorStore
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app
 from promptex.gateway.buyers import signup
-from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.store import GatewayStore
 from promptex.indexer.followed import Followed
 from promptex.indexer.rpc import RpcClient
@@ -71,6 +69,7 @@ from promptex.reconcile import reconcile as reconcile_books
 from promptex.reconcile.chain import Web3ChainView
 from promptex.reconcile.run import indexed_block
 from promptex.sealing.envelope import load_master_keys
+from promptex.sellers import Capacity, Onboarding, SellerChain, SellerStore
 from promptex.serving import ServerThread
 
 console = Console(width=110)
@@ -195,9 +194,13 @@ def run_demo(network_name: str) -> None:
 
 
 def open_capacity(market: Market, deployment, admin, seller, provider: str, kind: str, face: int, rate_bps: int):
-    """A seller's capacity: verified by a minimal call, sealed in the gateway, opened in the escrow."""
-    usdc, escrow = contract_at(deployment, "USDC"), contract_at(deployment, "CreditEscrow")
-    bond = escrow.min_bond(face)
+    """A seller's capacity on the one tokenize/list path: terms and bond checked, the key
+    verified by a minimal call and sealed, the bond approved with the seller's key, the lot
+    opened in the escrow by the attestor (the deployer), routed once the chain has it."""
+    seller_chain = SellerChain(
+        chain.provider.http_uri, deployment, attestor_key=admin.private_key, seller_key=seller.private_key
+    )
+    contract_at(deployment, "USDC").mint(seller, seller_chain.min_bond(face), sender=seller)
     capacity = Capacity(
         provider=provider,
         api="anthropic" if provider == "anthropic" else "openai",
@@ -209,21 +212,15 @@ def open_capacity(market: Market, deployment, admin, seller, provider: str, kind
         expires_at=chain.pending_timestamp + 30 * DAY,
         seller=seller.address,
         resale_permitted=True,
-        bond_usdc=bond,
     )
-    gateway_lot, att = add_capacity(
-        market.store, market.keys, market.catalog, capacity, chain.pending_timestamp, verify=True
-    )
-    usdc.mint(seller, bond, sender=seller)
-    usdc.approve(escrow, bond, sender=seller)
-    token = contract_at(deployment, f"token:{att['token']}")
-    receipt = escrow.open_lot(
-        att["seller"], token, att["kind"], att["face_value"], att["expiry"], att["bond"],
-        bytes.fromhex(att["terms_hash"][2:]), att["rate_bps"], sender=admin,
+    onboarding = Onboarding(
+        SellerStore(market.ledger.engine), seller_chain, market.keys, market.catalog,
+        posting_margin=market.settings.seller_posting_margin_seconds,
     )  # fmt: skip
-    lot_id = escrow.lot_count()
-    market.store.set_attestation(gateway_lot, json.dumps(att), receipt.txn_hash, chain_lot_id=lot_id)
-    return lot_id
+    opened = onboarding.add(capacity)
+    for line in opened.summary():
+        console.print(f"  {line}")
+    return opened.chain_lot_id
 
 
 def run_market(deployment, market: Market, admin, seller_a, seller_b, treasury, buyer_1, buyer_2) -> None:

@@ -50,6 +50,10 @@ export interface UsageRecord {
   epoch: number | null;
   batch_status: string | null;
   tx_hash: string | null;
+  // Where the charge stands, in words: settled on chain in epoch N, in a batch, waiting for
+  // the next settlement, held back (and why), or refunded (and why).
+  settlement: string;
+  refund_reason: string | null;
 }
 
 export interface Epoch {

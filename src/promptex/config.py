@@ -225,11 +225,21 @@ class Settings(BaseSettings):
     welcome_credit_treasury: str = "promotions"
 
     # ─── Sellers ─────────────────────────────────────────────────────────────
-    # The network whose deployment (deployments/<network>.json) lots are opened on, and the
-    # attestor's private key; without the key, add-capacity records the attestation only.
+    # The network whose deployment (deployments/<network>.json) lots are opened on, its
+    # node, and the attestor's private key (an account with CreditEscrow's attestor role;
+    # None on the local network: anvil's development account 7 or 0, whichever has it).
     attestor_network: str = "local"
     attestor_private_key: SecretStr | None = None
     attestor_rpc_url: str | None = None  # None: rpc_url, the market's chain
+    # The seller's own key (never logged), for `promptex seller add-capacity` to approve the
+    # bond and `promptex seller close` to close; without it the seller approves from its
+    # wallet (add-capacity then says what is missing) and cannot close from the CLI.
+    seller_private_key: SecretStr | None = None
+    # A lot stops being routed one settlement epoch (the vault's) and this margin before its
+    # expiry, so the coordinator posts its last usage while the escrow still draws it.
+    seller_posting_margin_seconds: int = 300
+    # How long a seller command waits for its transaction's receipt.
+    seller_tx_timeout_seconds: float = 120.0
 
     # ─── Indexer ─────────────────────────────────────────────────────────────
     # The chain it follows: the JSON-RPC endpoint, and the deployment whose contracts it reads.
@@ -271,6 +281,12 @@ class Settings(BaseSettings):
     coordinator_instance_id: str | None = None
     # How long to wait for a receipt before leaving a transaction to the next pass.
     coordinator_tx_timeout_seconds: float = 120.0
+    # A quarantined usage record is tried again in a later epoch this often while its cause
+    # may still be fixed (a wallet bound, capacity opened, a cap renewed), and refunded to
+    # its payer in the ledger this long after it was served if it still cannot settle (at
+    # once when the chain can never settle it: its lot never opened, or ended).
+    coordinator_quarantine_retry_seconds: int = 600
+    coordinator_quarantine_refund_seconds: int = 86_400
 
     # ─── Redemption agent ────────────────────────────────────────────────────
     # The chain it redeems on: the JSON-RPC endpoint and the deployment (deployments/<network>.json).

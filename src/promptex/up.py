@@ -96,7 +96,7 @@ def local_attestor(env: dict[str, str]) -> str:
     grants the attestor role so that sellers can onboard in the browser."""
     from eth_account import Account
 
-    from promptex.chain.attest import LOCAL_ATTESTOR_KEY
+    from promptex.sellers.factory import LOCAL_ATTESTOR_KEY
 
     key = env.setdefault("PROMPTEX_ATTESTOR_PRIVATE_KEY", LOCAL_ATTESTOR_KEY)
     return str(Account.from_key(key).address)

@@ -26,7 +26,6 @@ from promptex.agent.chain import Web3AgentChain
 from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.service import Agent
-from promptex.chain.attest import LOCAL_ATTESTOR_KEY
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
@@ -36,7 +35,6 @@ from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app as create_gateway
 from promptex.gateway.buyers import NewKey, member_key
-from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.store import GatewayStore
 from promptex.indexer.followed import Followed
 from promptex.indexer.rpc import RpcClient
@@ -46,6 +44,8 @@ from promptex.metering import load_catalog
 from promptex.protocol.units import DAY
 from promptex.protocol.units import USD_MICRO as USD
 from promptex.sealing.envelope import load_master_keys
+from promptex.sellers import Capacity, Onboarding, SellerChain, SellerStore
+from promptex.sellers.factory import LOCAL_ATTESTOR_KEY
 from promptex.serving import ServerThread
 
 DIST = ROOT / "dashboard" / "dist"
@@ -105,14 +105,17 @@ class Stepper:
         self.thread.join(timeout=30)
 
 
-def open_listed_lot(stack: Stack, store: GatewayStore, keys: Any, upstream_url: str, seller: str) -> int:
-    """A seller lists $1,000 of (fake) OpenAI capacity at 60 % of list: verified and sealed
-    by the gateway, opened in the escrow by the attestor (the deployer), as in the demo."""
-    w3 = stack.w3
-    usdc, escrow = stack.contract("USDC"), stack.contract("CreditEscrow")
-    now = int(w3.eth.get_block("latest")["timestamp"])
+ANVIL_KEY_1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil's public dev account 1
+
+
+def open_listed_lot(stack: Stack, ledger: Ledger, keys: Any, upstream_url: str) -> int:
+    """Seller (anvil account 1) lists $1,000 of (fake) OpenAI capacity at 60 % of list on the
+    one tokenize/list path: verified and sealed, the bond approved with the seller's key,
+    opened in the escrow by the deployer (an attestor). Returns the escrow's lot id."""
+    seller = Account.from_key(ANVIL_KEY_1).address
+    chain = SellerChain(stack.anvil_url, stack.deployment, attestor_key=ANVIL_KEY_0, seller_key=ANVIL_KEY_1)
     face = 1_000 * USD
-    bond = escrow.functions.min_bond(face).call()
+    transact(stack.w3, stack.contract("USDC").functions.mint(seller, chain.min_bond(face)), seller)
     capacity = Capacity(
         provider="openai",
         api="openai",
@@ -121,26 +124,12 @@ def open_listed_lot(stack: Stack, store: GatewayStore, keys: Any, upstream_url: 
         face_value_usd_micro=face,
         kind="listed",
         rate_bps=6_000,
-        expires_at=now + 30 * DAY,
+        expires_at=chain.now() + 30 * DAY,
         seller=seller,
         resale_permitted=True,
-        bond_usdc=bond,
     )
-    gateway_lot, att = add_capacity(store, keys, load_catalog(None), capacity, now, verify=True)
-    transact(w3, usdc.functions.mint(seller, bond), seller)
-    transact(w3, usdc.functions.approve(escrow.address, bond), seller)
-    token = stack.deployment.address(f"token:{att['token']}")
-    receipt = transact(
-        w3,
-        escrow.functions.open_lot(
-            att["seller"], token, att["kind"], att["face_value"], att["expiry"], att["bond"],
-            bytes.fromhex(att["terms_hash"][2:]), att["rate_bps"],
-        ),
-        stack.deployment.deployer,
-    )  # fmt: skip
-    lot_id = int(escrow.functions.lot_count().call())
-    store.set_attestation(gateway_lot, json.dumps(att), receipt["transactionHash"].hex(), chain_lot_id=lot_id)
-    return lot_id
+    onboarding = Onboarding(SellerStore(ledger.engine), chain, keys, load_catalog(None), posting_margin=300)
+    return onboarding.add(capacity).chain_lot_id
 
 
 @contextlib.contextmanager
@@ -168,7 +157,6 @@ def market_stack(work: Path) -> Iterator[Stack]:
         )
         w3 = Web3(Web3.HTTPProvider(anvil_url))
         ledger = Ledger.from_settings(settings)
-        store = GatewayStore(ledger.engine)
         billing_config = FakeBillingConfig(
             signer_key=LOCAL_BILLING_SIGNER_KEY, chain_id=deployment.chain_id,
             escrow=deployment.address("RedemptionEscrow"), credentials={},
@@ -182,7 +170,7 @@ def market_stack(work: Path) -> Iterator[Stack]:
                 anvil_url, "", "", deployment, w3, settings, upstream.url, billing=billing_config, ledger=ledger
             )
             keys = load_master_keys(None, settings.gateway_master_key_file)
-            open_listed_lot(stack, store, keys, upstream.url, seller=w3.eth.accounts[1])
+            open_listed_lot(stack, ledger, keys, upstream.url)
             # The indexer and the coordinator each get their own ledger connection, as separate processes would.
             indexer_ledger, coordinator_ledger = Ledger.from_settings(settings), Ledger.from_settings(settings)
             agent_ledger = Ledger.from_settings(settings)

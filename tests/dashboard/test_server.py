@@ -558,11 +558,11 @@ def test_throttle__window_slides__events_counted_only_when_allowed():
 
 def test_seller_health__own_lots_only__errors_latency_and_a_refused_key_shown(dashboard):
     from promptex.gateway.health import LotHealth
-    from promptex.gateway.sellers import Capacity, record_capacity
+    from promptex.sellers import Capacity, SellerStore
 
     seller, key = seller_key(dashboard)
     keys = load_master_keys(None, dashboard.settings.gateway_master_key_file)
-    store = GatewayStore(dashboard.ledger.engine)
+    store = SellerStore(dashboard.ledger.engine)
     now = int(time.time())
 
     def lot(owner: str) -> int:
@@ -570,7 +570,7 @@ def test_seller_health__own_lots_only__errors_latency_and_a_refused_key_shown(da
             "openai", "openai", "http://127.0.0.1:9/v1", "sk-x", 100_000_000, "listed", 6000, now + 30 * 86_400,
             owner, True,
         )  # fmt: skip
-        return record_capacity(store, keys, capacity, now)
+        return store.record_lot(keys, capacity, route_until=capacity.expires_at - 3_600, now=now)
 
     mine, theirs = lot(seller.address), lot(Account.create().address)
     seen = LotHealth(failures=2)

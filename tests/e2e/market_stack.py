@@ -31,11 +31,11 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from anvil_node import ANVIL, ROOT, ape_env, ape_run, free_port
-from promptex.chain.attest import LOCAL_ATTESTOR_KEY
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.cli import main as cli_main
 from promptex.config import settings
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
+from promptex.sellers.factory import LOCAL_ATTESTOR_KEY
 from promptex.serving import ServerThread
 
 CATALOG = ROOT / "tests/gateway/catalog.toml"

@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from eth_account import Account
 from web3 import Web3
 
-from promptex.chain.attest import open_lot
 from promptex.chain.deployments import load_deployment
 from promptex.cli.usage import usage_verify
 from promptex.coordinator import factory, service
@@ -81,12 +80,13 @@ class World:
         bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
         self.send(SELLER, self.usdc.functions.mint(SELLER.address, bond))
         self.send(SELLER, self.usdc.functions.approve(self.escrow.address, bond))
-        attestation = {
-            "seller": SELLER.address, "token": "CLD" if provider == "anthropic" else "GPT", "kind": kind,
-            "face_value": face, "expiry": self.chain.now() + 30 * 86_400, "bond": bond,
-            "terms_hash": "0x" + "11" * 32, "rate_bps": rate_bps,
-        }  # fmt: skip
-        return open_lot(self.url, self.deployment, ADMIN.key.hex(), attestation).lot_id
+        token = self.contract("token:CLD" if provider == "anthropic" else "token:GPT").address
+        expiry = self.chain.now() + 30 * 86_400
+        self.send(
+            ADMIN,
+            self.escrow.functions.open_lot(SELLER.address, token, kind, face, expiry, bond, b"\x11" * 32, rate_bps),
+        )
+        return self.escrow.functions.lot_count().call()
 
     def buyer(self, index, asset, amount, *, deposit=True):
         """A ledger account bound to anvil account `index`, with `amount` deposited (and

@@ -22,14 +22,13 @@ from promptex.config import Settings
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway import create_app
 from promptex.gateway.keys import hash_key, new_api_key
-from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.service import Gateway
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
-from promptex.metering import load_catalog
 from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import MasterKeys, load_master_keys
+from promptex.sellers import Capacity, SellerStore
 from promptex.serving import ServerThread
 
 _spec = importlib.util.spec_from_file_location(
@@ -43,6 +42,7 @@ ledger_url = _offchain.ledger_url  # parametrized: sqlite and postgresql
 
 CATALOG = Path(__file__).with_name("catalog.toml")
 SELLER_KEY = "sk-fake-" + "seller"  # an obviously fake upstream key
+CHAIN_LOTS = 1_000  # a harness lot N "was opened" as escrow lot CHAIN_LOTS + N (no chain here)
 _events = itertools.count()
 
 
@@ -122,7 +122,10 @@ class Harness:
         face_value: int = 1_000 * USDC,
         secret: str = SELLER_KEY,
         expires_in: int = 30 * 86_400,
+        opened: bool = True,
     ) -> int:
+        """A seller lot recorded on the sellers' path and, unless `opened` is False, marked
+        open as the chain would (as escrow lot CHAIN_LOTS + its id), routed until its expiry."""
         capacity = Capacity(
             provider=provider,
             api=api,
@@ -135,7 +138,10 @@ class Harness:
             seller=Account.create().address,
             resale_permitted=True,
         )
-        lot_id, _ = add_capacity(self.store, self.keys, load_catalog(CATALOG), capacity, self.now(), verify=False)
+        sellers = SellerStore(self.ledger.engine)
+        lot_id = sellers.record_lot(self.keys, capacity, route_until=capacity.expires_at, now=self.now())
+        if opened:
+            sellers.confirm_open(lot_id, CHAIN_LOTS + lot_id, self.now())
         self.refresh()
         return lot_id
 

@@ -13,7 +13,7 @@ from promptex.metering import load_catalog
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import CATALOG, Fake, Harness
+from .conftest import CATALOG, CHAIN_LOTS, Fake, Harness
 
 HELLO = [{"role": "user", "content": "hello world"}]
 HELLO_TOKENS = 3 + 2  # the fake's count: per-message overhead + words
@@ -46,7 +46,7 @@ def test_chat__sync_client__served_and_charged_the_metered_cost(gw: Harness, fak
     assert record is not None
     assert (record.gateway_lot_id, record.asset, record.cost) == (lot, "USDC", cost)
     assert (record.input_tokens, record.output_tokens) == (HELLO_TOKENS, 16)
-    assert (record.chain_lot_id, record.lot_kind, record.status) == (None, "listed", "pending")
+    assert (record.chain_lot_id, record.lot_kind, record.status) == (CHAIN_LOTS + lot, "listed", "pending")
 
 
 def test_chat__async_client__concurrent_requests_each_charged(gw: Harness, fake: Fake) -> None:

@@ -1,9 +1,9 @@
-"""promptex seller add-capacity, promptex buyer signup/bind, promptex gateway serve, end to end on a real ledger."""
+"""promptex buyer signup/bind, promptex gateway serve, end to end on a real ledger (the
+seller commands need a chain: tests/e2e/test_seller_cli.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import subprocess
 import sys
@@ -23,8 +23,6 @@ from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.serving import free_port
 
-from .conftest import SELLER_KEY, Fake
-
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
@@ -36,32 +34,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     settings.cache_clear()
     yield url
     settings.cache_clear()
-
-
-def add_capacity_args(fake: Fake, key: str) -> list[str]:
-    return [
-        "seller", "add-capacity", "--provider", "openai", "--base-url", fake.url, "--api-key", key,
-        "--face-value", "250", "--kind", "listed", "--rate", "0.6", "--expires", "30d",
-        "--seller-address", "0x" + "22" * 20, "--declare-resale-permitted",
-    ]  # fmt: skip
-
-
-def test_seller_add_capacity__valid_key__lot_stored_and_attestation_printed(env: str, fake: Fake) -> None:
-    result = CliRunner().invoke(main, add_capacity_args(fake, SELLER_KEY))
-    assert result.exit_code == 0, result.output
-    assert SELLER_KEY not in result.output
-    attestation = json.loads(result.output[result.output.index("{") :])["open_lot"]
-    assert (attestation["face_value"], attestation["rate_bps"], attestation["kind"]) == (250_000_000, 6000, 2)
-    with Ledger.open(env) as ledger:
-        assert [lot.rate_bps for lot in GatewayStore(ledger.engine).lots()] == [6000]
-
-
-def test_seller_add_capacity__key_refused_upstream__fails_and_stores_nothing(env: str, fake: Fake) -> None:
-    result = CliRunner().invoke(main, add_capacity_args(fake, "sk-fake-bad"))
-    assert result.exit_code != 0 and "refused the API key" in result.output
-    assert "sk-fake-bad" not in result.output
-    with Ledger.open(env) as ledger:
-        assert GatewayStore(ledger.engine).lots() == []
 
 
 def test_buyer_signup_and_bind__signed_challenge__wallet_bound_and_key_shown_once(

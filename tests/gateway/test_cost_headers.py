@@ -21,7 +21,7 @@ from promptex.protocol.units import PRICE_SCALE
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import Fake, FakeTwaps, Harness
+from .conftest import CHAIN_LOTS, Fake, FakeTwaps, Harness
 
 HELLO = [{"role": "user", "content": "hello world"}]
 
@@ -43,7 +43,7 @@ def test_plain_answer__cost_headers__equal_the_ledger_charge(gw: Harness, fake: 
     assert h["x-promptex-cost"] == f"0.{cost:06d}".rstrip("0")  # whole USDC, exact
     assert h["x-promptex-cost-usd"] == h["x-promptex-cost"]  # USDC is dollars
     assert (h["x-promptex-lot"], h["x-promptex-epoch"]) == (str(lot), "1")
-    assert "x-promptex-chain-lot" not in h  # the lot was never opened on chain
+    assert h["x-promptex-chain-lot"] == str(CHAIN_LOTS + lot)  # only lots open on chain are routed
 
 
 def test_plain_answer__epochs_batched__expected_epoch_is_the_next(gw: Harness, fake: Fake) -> None:

@@ -27,18 +27,17 @@ from sqlalchemy import func, select
 
 from promptex.fakes import FakeUpstreamConfig
 from promptex.gateway.keys import hash_key, new_api_key
-from promptex.gateway.sellers import Capacity, add_capacity
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.schema import holds
-from promptex.metering import load_catalog
 from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import load_master_keys
+from promptex.sellers import Capacity, SellerStore
 from promptex.serving import free_port
 
-from .conftest import CATALOG, SELLER_KEY, Fake, _start_fake, event_id
+from .conftest import CATALOG, CHAIN_LOTS, SELLER_KEY, Fake, _start_fake, event_id
 
 HELLO = [{"role": "user", "content": "hi"}]
 FLAT_OUT = 16  # fake-flat prices output only: 16 output tokens' hold is their exact cost
@@ -121,7 +120,9 @@ def _market(ledger: Ledger, tmp_path: Path, fake: Fake, face_value: int, funds: 
         Account.create().address, True,
     )  # fmt: skip
     keys = load_master_keys(None, tmp_path / "master.key")
-    lot, _ = add_capacity(store, keys, load_catalog(CATALOG), capacity, now, verify=False)
+    sellers = SellerStore(ledger.engine)  # recorded and opened (no chain here) as the sellers' path does
+    lot = sellers.record_lot(keys, capacity, route_until=capacity.expires_at, now=now)
+    sellers.confirm_open(lot, CHAIN_LOTS + lot, now)
     account = ledger.create_account().id
     wallet = Account.create()
     message = ledger.issue_binding_challenge(account, wallet.address)

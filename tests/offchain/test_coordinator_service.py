@@ -205,6 +205,111 @@ def test_quarantine__refusal_not_caused_by_entries__nothing_quarantined(book: Le
     assert coord.store.quarantined() == []
 
 
+# ─── Quarantine resolves: settled later, or refunded with its reason ─────────
+
+
+def quarantined_now(coord: Coordinator, chain: FakeChain) -> Coordinator:
+    coord.run_once()
+    assert coord.store.quarantined(), "the test's records were meant to be quarantined"
+    chain.next_window()
+    return coord
+
+
+def test_quarantine__cause_that_never_goes_away__refunded_at_once_with_the_reason_shown(
+    book: Ledger, chain: FakeChain
+) -> None:
+    a, a_addr = buyer(book, chain, "USDC", 10_000_000)
+
+    no_lot = spend(book, a, "USDC", 2_000, None)
+    wrong_kind = spend(book, a, "USDC", 3_000, USDC_LOT, kind="tokenized")
+    chain.open_lot(7, KIND_LISTED)
+    closed_later = spend(book, a, "USDC", 4_000, 7)
+    chain.close_lot(7)
+    before = book.balance(a, "USDC")
+    coord = quarantined_now(coordinator(book, chain), chain)
+
+    report = coord.run_once()
+
+    assert report.refunded == 3 and coord.store.quarantined() == []
+    after = book.balance(a, "USDC")
+    assert after.posted == before.posted + 9_000 == 10_000_000 == chain.s.balances[(a_addr, "USDC")]
+    assert after.cap_remaining == before.cap_remaining + 9_000
+    notes = {r: usage_records_note(book, r) for r in (no_lot, wrong_kind, closed_later)}
+    assert notes[no_lot] == "refunded: the lot that served it was never opened on chain"
+    assert notes[wrong_kind] == "refunded: USDC usage is paid to listed lots, lot 2 is tokenized"
+    assert notes[closed_later] == "refunded: lot 7 is closed: the escrow credits it no more"
+    assert coord.store.unsettled(a, "USDC") == 0  # a refunded charge is owed no more
+    assert coord.run_once().refunded == 0  # once
+
+
+def usage_records_note(book: Ledger, request_id: str) -> str:
+    from promptex.ledger.usage import settlement_note
+
+    record = book.usage_record(request_id)
+    assert record is not None
+    return settlement_note(record)
+
+
+def test_quarantine__lot_opened_since__requeued_with_its_escrow_lot_and_settled(book: Ledger, chain: FakeChain) -> None:
+    from promptex.ledger import lots
+
+    with book.engine.begin() as conn:  # gateway lot 9: requested, its open_lot not yet confirmed
+        lots.request(conn, 9, expires_at=2_000_000_000, route_until=1_999_000_000, now=book.clock())
+        lots.opening(conn, 9, "0x" + "ab" * 32, now=book.clock())
+    a, a_addr = buyer(book, chain, "USDC", 10_000_000)
+    served = spend(book, a, "USDC", 5_000, None)
+    coord = quarantined_now(coordinator(book, chain), chain)
+    assert coord.run_once().requeued == 0  # still opening: it waits (and is not refunded)
+    book.confirm_lot_open(9, USDC_LOT)  # the chain confirmed it
+    chain.next_window()
+
+    report = coord.run_once()
+
+    assert report.requeued == 1 and ("USDC", 1) in report.confirmed
+    record = coord.store.record(served)
+    assert record is not None and (record.status, record.chain_lot_id) == ("batched", USDC_LOT)
+    assert chain.s.balances[(a_addr, "USDC")] == 10_000_000 - 5_000 == book.balance(a, "USDC").posted
+
+
+def test_quarantine__payer_funded_later__retried_after_the_interval_and_settled(
+    book: Ledger,
+    chain: FakeChain,
+    clock,  # noqa: ANN001
+) -> None:
+    broke, broke_addr = buyer(book, chain, "CLD", 10**20, on_chain=0)
+    refused = spend(book, broke, "CLD", 10**18, CLD_LOT)
+    coord = quarantined_now(coordinator(book, chain), chain)
+    chain.s.balances[(broke_addr, "CLD")] = 10**20  # the deposit lands on chain
+    assert coord.run_once().requeued == 0  # not before the retry interval
+    clock.advance(coord.quarantine_retry)
+    chain.next_window()
+
+    report = coord.run_once()
+
+    assert report.requeued == 1 and report.confirmed == [("CLD", 1)]
+    record = coord.store.record(refused)
+    assert record is not None and record.status == "batched"
+
+
+def test_quarantine__cause_never_fixed__refunded_once_past_the_deadline(
+    book: Ledger,
+    chain: FakeChain,
+    clock,  # noqa: ANN001
+) -> None:
+    broke, broke_addr = buyer(book, chain, "CLD", 10**20, on_chain=0)
+    refused = spend(book, broke, "CLD", 10**18, CLD_LOT)
+    coord = quarantined_now(coordinator(book, chain), chain)
+    clock.advance(coord.quarantine_refund)
+
+    report = coord.run_once()
+
+    assert report.refunded == 1
+    note = usage_records_note(book, refused)
+    assert note.startswith("refunded: it could not be settled within 86400 s: vault refuses")
+    assert book.balance(broke, "CLD").posted == 10**20  # as the vault never debited it
+    assert chain.s.balances[(broke_addr, "CLD")] == 0
+
+
 @pytest.mark.parametrize("step", ["planned", "settle_signed", "settle_broadcast", "confirmed"])
 def test_crash__at_each_step__restart_posts_once_and_loses_nothing(
     book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, step: str
@@ -414,9 +519,9 @@ def test_proofs__unprovable_or_malformed__domain_errors_the_cli_and_dashboard_ma
     assert proofs.verify_proof({**proof, "epoch": 2}, chain).verified is False  # a result, not an error
     with pytest.raises(proofs.NoUsageRecord):
         proofs.build_proof(store, "req_missing")
-    with pytest.raises(proofs.NotProvable, match="quarantined"):
+    with pytest.raises(proofs.NotProvable, match="held back from settlement: served by gateway lot"):
         proofs.build_proof(store, orphan)
-    with pytest.raises(proofs.NotProvable, match="not in a settlement batch"):
+    with pytest.raises(proofs.NotProvable, match="in no settlement batch: waiting for the next settlement"):
         proofs.build_proof(store, pending)
     with pytest.raises(proofs.MalformedProof):
         proofs.verify_proof({**proof, "record": {"request_id": settled}}, chain)

@@ -79,8 +79,9 @@ def test_schemas__each_package__declares_its_own_tables_on_one_metadata():
     assert {t for t, m in owners.items() if m == "promptex.ledger.schema"} == {
         "accounts", "balances", "members", "budgets", "grants", "holds", "journal_entries", "journal_lines",
         "wallets", "binding_challenges", "deposits", "exits", "chain_spend_caps", "usage_records", "releases",
-        "debts", "chain_identity", "lot_capacity", "capacity_leases",
+        "debts", "chain_identity", "lot_capacity", "capacity_leases", "lot_states",
     }  # fmt: skip
+    assert owners["seller_txs"] == "promptex.sellers.schema"
     assert owners["gateway_lots"] == "promptex.gateway.schema"
     assert owners["indexer_cursor"] == "promptex.indexer.schema"
     assert owners["agent_txs"] == "promptex.agent.schema"
@@ -93,7 +94,7 @@ def test_ledger_open__migrates_everything__imports_no_service(tmp_path):
         "import sys\n"
         "from promptex.ledger import Ledger\n"
         f"Ledger.open('sqlite:///{tmp_path}/ledger.sqlite3').close()\n"
-        "services = ('agent', 'cli', 'coordinator', 'dashboard', 'gateway', 'indexer', 'migrations')\n"
+        "services = ('agent', 'cli', 'coordinator', 'dashboard', 'gateway', 'indexer', 'migrations', 'sellers')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[:2][-1] in services and m.startswith('promptex.')))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -40,7 +40,8 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0011"
+HEAD = "0012"
+NEVER_OPENED = "recorded before lots were tracked, and never opened on chain"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
 
@@ -301,6 +302,17 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
         if gateway_version == 1:  # the column version 2 added: there, empty
             assert [row[-1] for row in after["gateway_lots"]] == [None]
             after["gateway_lots"] = [row[:-1] for row in after["gateway_lots"]]
+        # 0012: each lot its state (with an escrow lot id: open, routed until expiry less the
+        # longest epoch and the default margin; without: failed, saying why), no seller
+        # transaction; records gain their refund columns, empty.
+        opened = gateway_version >= 2
+        assert [row[:-1] for row in after.pop("lot_states")] == [
+            (1, "open" if opened else "failed", None if opened else NEVER_OPENED, 2_000_000_000,
+             2_000_000_000 - 3_900, 7 if opened else None, None, None)
+        ]  # fmt: skip
+        assert after.pop("seller_txs") == []
+        assert [row[-2:] for row in after["usage_records"]] == [(None, None)]
+        after["usage_records"] = [row[:-2] for row in after["usage_records"]]
         # Migration 0006's columns: a round-1 record counted no cached or reasoning tokens apart.
         assert [row[-4:] for row in after["usage_records"]] == [(0, 0, 0, 0)]
         after["usage_records"] = [row[:-4] for row in after["usage_records"]]

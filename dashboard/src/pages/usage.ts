@@ -53,7 +53,7 @@ async function drawRecords(box: HTMLElement, app: App): Promise<void> {
             h("td", {}, r.model),
             h("td.num", {}, `${r.input_tokens} / ${r.output_tokens}`),
             h("td.num", {}, `${fmt(BigInt(r.cost), decimalsOf(app, r.asset), 9)} ${r.asset}`),
-            h("td", { "data-settlement": r.request_id }, r.epoch === null ? `${r.status} (next epoch)` : `epoch ${r.epoch}: ${r.batch_status}`),
+            h("td", { "data-settlement": r.request_id, "data-status": r.status }, r.settlement),
             h("td", {}, r.tx_hash ? h("code", { title: r.tx_hash }, short(r.tx_hash, 8, 6)) : "—"),
             h("td", {}, button, result),
           );

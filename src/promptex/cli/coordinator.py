@@ -48,6 +48,8 @@ def coordinator(ctx: click.Context, once: bool) -> None:
                     "confirmed": report.confirmed,
                     "failed": report.failed,
                     "quarantined": report.quarantined,
+                    "requeued": report.requeued,
+                    "refunded": report.refunded,
                     "spend_caps": report.caps,
                     "waiting": report.waiting,
                 }

@@ -1,20 +1,27 @@
-"""`promptex seller add-capacity|rotate-master-key`: register upstream capacity as a lot
-(verified, sealed, attested for CreditEscrow.open_lot) and rotate the sealing master key."""
+"""`promptex seller add-capacity|lots|close|rotate-master-key`: a lot's life on the one
+tokenize/list path (`promptex.sellers`), and rotating the sealing master key."""
 
 from __future__ import annotations
 
-import click
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from promptex import metering
-from promptex.chain.deployments import load_deployment
-from promptex.cli.amounts import decimal_of
+import click
+import requests
+
+from promptex.cli.amounts import decimal_of, usd_micro
 from promptex.cli.market import rpc_url_option
-from promptex.config import settings
+from promptex.config import ConfigurationError, Settings, settings
+
+if TYPE_CHECKING:
+    from promptex.ledger import Ledger
+    from promptex.sellers import SellerChain
 
 
 @click.group()
 def seller() -> None:
-    """Sellers: register upstream capacity as a lot."""
+    """Sellers: open upstream capacity as a lot on chain, list and close lots."""
 
 
 def _expiry(text: str) -> int:
@@ -37,6 +44,32 @@ def _expiry(text: str) -> int:
     return int(moment.timestamp())
 
 
+def _dollars(option: str, text: str) -> int:
+    try:
+        return usd_micro(text)
+    except click.BadParameter as exc:
+        raise click.ClickException(f"{option}: {exc.message}") from None
+
+
+@contextmanager
+def _seller_session(s: Settings) -> Iterator[tuple[Ledger, SellerChain]]:
+    """The database (checked to mirror the chain) and the chain; any refusal in one line."""
+    from promptex.ledger import Ledger
+    from promptex.sellers import factory
+
+    try:
+        chain = factory.make_chain(s)
+        with Ledger.from_settings(s) as ledger:
+            factory.check_ledger_chain(s, ledger)
+            yield ledger, chain
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    except requests.ConnectionError:
+        raise click.ClickException(
+            f"no JSON-RPC node answers at {s.optional_rpc_url('attestor')}: start it or fix the URL"
+        ) from None
+
+
 @seller.command("add-capacity")
 @click.option("--provider", required=True, help="provider as in the catalog: anthropic, openai, google, meta")
 @click.option("--api", type=click.Choice(["openai", "anthropic"]), help="upstream API [default: by provider]")
@@ -46,10 +79,11 @@ def _expiry(text: str) -> int:
 @click.option("--kind", type=click.Choice(["tokenized", "listed"]), required=True)
 @click.option("--rate", default="0.6", show_default=True, help="listed: price as a fraction of list")
 @click.option("--expires", required=True, help="unix seconds, ISO date, or 30d / 12h from now")
-@click.option("--seller-address", required=True, help="the seller's wallet address")
-@click.option("--bond", default="0", show_default=True, help="USDC bond posted with the lot")
+@click.option("--seller-address", help="the seller's wallet [default: PROMPTEX_SELLER_PRIVATE_KEY's address]")
+@click.option("--bond", help="USDC bond posted with the lot [default: the escrow's minimum]")
 @click.option("--declare-resale-permitted", is_flag=True, help="your agreement with the provider permits resale")
 @click.option("--no-verify", is_flag=True, help="skip the minimal upstream call that verifies the key")
+@click.option("--json", "as_json", is_flag=True, help="print the opened lot as JSON")
 @rpc_url_option
 def seller_add_capacity(
     provider: str,
@@ -60,66 +94,100 @@ def seller_add_capacity(
     kind: str,
     rate: str,
     expires: str,
-    seller_address: str,
-    bond: str,
+    seller_address: str | None,
+    bond: str | None,
     declare_resale_permitted: bool,
     no_verify: bool,
+    as_json: bool,
 ) -> None:
-    """Verify an upstream key, store it sealed, and attest the lot for CreditEscrow.open_lot."""
-    import json
-    import time
+    """Verify an upstream key, approve the bond, open the lot on CreditEscrow and record it.
 
-    from promptex.gateway.sellers import Capacity, CapacityRefused, add_capacity
-    from promptex.gateway.store import GatewayStore
-    from promptex.ledger import Ledger
+    The lot is routed only once the chain has opened it. Anything that would be refused
+    (terms, key, bond, attestor role) is said in one line before anything is stored or sent.
+    """
+    import json
+
     from promptex.ledger.binding import checksum_address
-    from promptex.sealing.envelope import load_master_keys
+    from promptex.sellers import Capacity, CapacityRefused, LotNotOpened, LotPending, factory
 
     s = settings()
-    try:
-        address = checksum_address(seller_address)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    capacity = Capacity(
-        provider=provider.lower(),
-        api=api or ("anthropic" if provider.lower() == "anthropic" else "openai"),
-        base_url=base_url,
-        api_key=api_key,
-        face_value_usd_micro=int(decimal_of("--face-value", face_value) * 10**6),
-        kind=kind,
-        rate_bps=int(decimal_of("--rate", rate) * 10_000),
-        expires_at=_expiry(expires),
-        seller=address,
-        resale_permitted=declare_resale_permitted,
-        bond_usdc=int(decimal_of("--bond", bond) * 10**6),
-    )
-    secret = s.gateway_master_key.get_secret_value() if s.gateway_master_key else None
-    with Ledger.from_settings(s) as ledger:
-        store = GatewayStore(ledger.engine)
+    with _seller_session(s) as (ledger, chain):
+        signer = chain.seller.sender if chain.seller is not None else None
+        if seller_address is None and signer is None:
+            raise click.ClickException("give --seller-address, or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key")
         try:
-            lot_id, attestation = add_capacity(
-                store,
-                load_master_keys(secret, s.gateway_master_key_file),
-                metering.load_catalog(s.model_catalog),
-                capacity,
-                int(time.time()),
-                verify=not no_verify,
-            )
-        except CapacityRefused as exc:
+            address = checksum_address(seller_address or str(signer))
+        except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-        tx, chain_lot_id = None, None
-        if s.attestor_private_key is not None:
-            from promptex.chain.attest import open_lot
+        capacity = Capacity(
+            provider=provider.lower(),
+            api=api or ("anthropic" if provider.lower() == "anthropic" else "openai"),
+            base_url=base_url,
+            api_key=api_key,
+            face_value_usd_micro=_dollars("--face-value", face_value),
+            kind=kind,
+            rate_bps=int(decimal_of("--rate", rate) * 10_000),
+            expires_at=_expiry(expires),
+            seller=address,
+            resale_permitted=declare_resale_permitted,
+            bond_usdc=_dollars("--bond", bond) if bond is not None else 0,
+        )
+        onboarding = factory.make_onboarding(s, ledger, chain)
+        onboarding.resume()
+        try:
+            opened = onboarding.add(capacity, verify=not no_verify)
+        except (CapacityRefused, LotNotOpened, LotPending) as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(opened.as_json(), indent=2))
+    else:
+        click.echo("\n".join(opened.summary()))
 
-            tx, chain_lot_id = open_lot(
-                s.chain_rpc_url("attestor"),
-                load_deployment(s.attestor_network),
-                s.attestor_private_key.get_secret_value(),
-                attestation,
-            )
-        store.set_attestation(lot_id, json.dumps(attestation), tx, chain_lot_id=chain_lot_id)
-    click.echo(f"lot {lot_id}: {kind} {capacity.provider} capacity, ${face_value} face value")
-    click.echo(json.dumps({"open_lot": attestation, "tx": tx, "chain_lot_id": chain_lot_id}, indent=2))
+
+@seller.command("lots")
+@click.option("--seller-address", help="only this seller's lots")
+@rpc_url_option
+def seller_lots(seller_address: str | None) -> None:
+    """This gateway's lots: id, provider, kind, state, face value, remaining, expiry, and
+    why each is or is not routed (the chain's word: read now)."""
+    import time
+
+    from promptex.protocol.units import usd_text
+    from promptex.sellers import SellerStore, factory, lot_rows
+
+    s = settings()
+    with _seller_session(s) as (ledger, chain):
+        factory.make_onboarding(s, ledger, chain).resume()
+        rows = lot_rows(SellerStore(ledger.engine), chain, chain.now(), seller=seller_address)
+    if not rows:
+        click.echo("no lots: add one with `promptex seller add-capacity`")
+        return
+    click.echo(f"{'lot':>4} {'chain':>5} {'provider':<10} {'kind':<9} {'state':<9} {'face value':>12} "
+               f"{'remaining':>22} {'expiry':<16}  why")  # fmt: skip
+    for r in rows:
+        expiry = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.expires_at))
+        chain_id = "—" if r.chain_lot_id is None else str(r.chain_lot_id)
+        face = usd_text(r.face_value_usd_micro)
+        click.echo(f"{r.lot_id:>4} {chain_id:>5} {r.provider:<10} {r.kind:<9} {r.state:<9} {face:>12} "
+                   f"{r.remaining:>22} {expiry:<16}  {r.why}")  # fmt: skip
+
+
+@seller.command("close")
+@click.argument("lot", type=int)
+@rpc_url_option
+def seller_close(lot: int) -> None:
+    """Close escrow lot LOT (signed with PROMPTEX_SELLER_PRIVATE_KEY): request_close stops
+    its routing at once; run it again once the close delay is over to finalize_close and
+    take back the rest of the bond."""
+    from promptex.sellers import CloseRefused, factory
+
+    s = settings()
+    with _seller_session(s) as (ledger, chain):
+        try:
+            lines = factory.make_closing(s, ledger, chain).close(lot)
+        except CloseRefused as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo("\n".join(lines))
 
 
 @seller.command("rotate-master-key")

@@ -138,6 +138,24 @@ def _proof_of(request_id: str) -> dict[str, Any]:
         raise click.ClickException(str(exc)) from None
 
 
+@usage.command("status")
+@click.argument("request_id")
+def usage_status(request_id: str) -> None:
+    """Where a usage record's charge stands: settled on chain (its epoch), in a batch,
+    waiting for the next settlement, held back (and why), or refunded to the payer (and why)."""
+    from promptex.coordinator import factory
+    from promptex.coordinator.store import CoordinatorStore
+    from promptex.ledger.usage import settlement_note
+
+    store = CoordinatorStore(factory.ledger_engine(settings()))
+    record = store.record(request_id)
+    if record is None:
+        raise click.ClickException(f"no usage record for request {request_id!r}")
+    batch = store.batch(record.batch_id).status if record.batch_id is not None else None
+    cost = whole(record.cost, metering.asset(record.asset).decimals)
+    click.echo(f"{request_id}: {record.model}, {cost} {record.asset} — {settlement_note(record, batch)}")
+
+
 @usage.command("proof")
 @click.argument("request_id")
 def usage_proof(request_id: str) -> None:

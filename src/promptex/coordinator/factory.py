@@ -66,4 +66,6 @@ def make_coordinator(s: Settings) -> Coordinator:
         lease_seconds=s.coordinator_lease_seconds,
         tx_timeout=s.coordinator_tx_timeout_seconds,
         release_expiry=s.coordinator_release_expiry_seconds,
+        quarantine_retry=s.coordinator_quarantine_retry_seconds,
+        quarantine_refund=s.coordinator_quarantine_refund_seconds,
     )

@@ -36,6 +36,7 @@ from promptex.chain.sender import Call
 from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
+from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
 from promptex.coordinator.store import (
     PLANNED,
     REGISTERED,
@@ -79,6 +80,8 @@ class PassReport:
     confirmed: list[tuple[str, int]] = field(default_factory=list)  # (asset, epoch)
     failed: list[tuple[str, int]] = field(default_factory=list)
     quarantined: int = 0
+    requeued: int = 0  # quarantined records back to pending, their cause fixed
+    refunded: int = 0  # quarantined records refunded to their payers
     caps: int = 0
     waiting: str | None = None
 
@@ -97,6 +100,8 @@ class Coordinator:
         lease_seconds: int = 30,
         tx_timeout: float = 120.0,
         release_expiry: int = 600,
+        quarantine_retry: int = 600,
+        quarantine_refund: int = 86_400,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.store = CoordinatorStore(engine)
@@ -105,6 +110,8 @@ class Coordinator:
         self.lease_seconds = lease_seconds
         self.tx_timeout = tx_timeout
         self.release_expiry = release_expiry
+        self.quarantine_retry = quarantine_retry  # seconds between retries of a quarantined record
+        self.quarantine_refund = quarantine_refund  # seconds after its settlement it is refunded at the latest
         self.clock = clock or _wall_clock
         self._report = PassReport()
         self._lots: dict[int, LotInfo] = {}  # the lots of the batch being planned, as the chain has them
@@ -123,6 +130,7 @@ class Coordinator:
                 self._resolve_tx(tx)
             self._register_spend_caps()
             self._quarantine_unknown_assets()
+            self._resolve_quarantine()
             for asset in self.chain.assets():
                 self._settle_asset(asset)
             self._sweep_releases()
@@ -328,6 +336,46 @@ class Coordinator:
         self._quarantine(reasons)
         return rest
 
+    def _resolve_quarantine(self) -> None:
+        """Each quarantined record ends settled in a later epoch once its cause is fixed,
+        or refunded to its payer in the ledger when the chain can never settle it (see
+        `coordinator.quarantine`)."""
+        records = self.store.quarantined()
+        if not records:
+            return
+        known = set(self.chain.assets())
+        states = self.store.lot_states()
+        lots: dict[int, LotInfo] = {}
+        now, chain_now = self.clock(), self.chain.now()
+        for record in records:
+            asset_known = record.asset in known
+            state = states.get(record.gateway_lot_id) if record.gateway_lot_id is not None else None
+            lot = None
+            if asset_known and record.chain_lot_id is not None:
+                if record.chain_lot_id not in lots:
+                    lots[record.chain_lot_id] = self.chain.lot(record.chain_lot_id)
+                lot = lots[record.chain_lot_id]
+            cause = never_settles(
+                record,
+                asset_known=asset_known,
+                spend_only=asset_known and self.chain.is_spend_only(record.asset),
+                state=state,
+                lot=lot,
+                asset_address=self.chain.asset_address(record.asset) if asset_known else None,
+                now=chain_now,
+            )
+            verdict = decide(
+                record, cause=cause, state=state, now=now, retry=self.quarantine_retry, refund=self.quarantine_refund
+            )
+            if verdict.action == REQUEUE and self.store.requeue(record.request_id, verdict.chain_lot_id):
+                self._report.requeued += 1
+                log.info("usage %s back to pending: %s is resolved or worth a retry", record.request_id,
+                         record.quarantine_reason)  # fmt: skip
+            elif verdict.action == REFUND and verdict.reason is not None:
+                if self.store.refund(record.request_id, verdict.reason, self.clock()):
+                    self._report.refunded += 1
+                    log.warning("usage %s refunded to payer %d: %s", record.request_id, record.payer, verdict.reason)
+
     def _quarantine_unknown_assets(self) -> None:
         known = set(self.chain.assets())
         for asset in self.store.pending_assets():
@@ -443,10 +491,10 @@ def serve(coordinator: Coordinator, poll_seconds: float, stop: threading.Event |
     while not stop.is_set():
         try:
             report = coordinator.run_once()
-            if report.confirmed or report.failed or report.quarantined:
+            if report.confirmed or report.failed or report.quarantined or report.requeued or report.refunded:
                 log.info(
-                    "pass: settled %s, failed %s, quarantined %d",
-                    report.confirmed, report.failed, report.quarantined,
+                    "pass: settled %s, failed %s, quarantined %d, requeued %d, refunded %d",
+                    report.confirmed, report.failed, report.quarantined, report.requeued, report.refunded,
                 )  # fmt: skip
         except Exception:  # an RPC or database hiccup: the state machine resumes next pass
             log.exception("coordinator pass failed")

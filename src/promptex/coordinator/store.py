@@ -22,11 +22,13 @@ from promptex.coordinator.schema import (
     spend_cap_submissions,
 )
 from promptex.ledger import accounts as _accounts
+from promptex.ledger import lots as _lots
 from promptex.ledger import releases as _releases
 from promptex.ledger import usage as _usage
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.errors import InsufficientFunds
 from promptex.ledger.journal import insert_ignore
+from promptex.ledger.lots import LotState
 from promptex.ledger.metadata import REASON
 from promptex.ledger.releases import Release
 from promptex.ledger.usage import PENDING, StoredUsage
@@ -140,6 +142,21 @@ class CoordinatorStore(SignedTxStore):
     def quarantined(self, asset: str | None = None) -> list[StoredUsage]:
         with self._tx() as conn:
             return _usage.quarantined(conn, asset)
+
+    def requeue(self, request_id: str, chain_lot_id: int | None = None) -> bool:
+        """A quarantined record whose cause is fixed goes back to pending (see `ledger.usage.requeue`)."""
+        with self._tx() as conn:
+            return _usage.requeue(conn, request_id, chain_lot_id=chain_lot_id)
+
+    def refund(self, request_id: str, reason: str, now: int) -> bool:
+        """A quarantined record the chain can never settle is refunded to its payer (`ledger.usage.refund`)."""
+        with self._tx() as conn:
+            return _usage.refund(conn, request_id, reason, now=now)
+
+    def lot_states(self) -> dict[int, LotState]:
+        """Every seller lot's state (`ledger.lots`), by the gateway's lot id."""
+        with self._tx() as conn:
+            return _lots.all_states(conn)
 
     def record(self, request_id: str) -> StoredUsage | None:
         with self._tx() as conn:

@@ -32,6 +32,7 @@ from promptex.dashboard.sellers import Onboarding
 from promptex.dashboard.throttle import Throttle
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
+from promptex.sellers import SellerStore
 
 AREAS = (market, keys, portfolio, usage, redemption, enterprise, sellers, passthrough)  # passthrough last
 
@@ -61,7 +62,13 @@ def create_app(
         new_accounts=Throttle(opts.new_accounts_per_hour, 3600.0),
         redemptions=RedemptionReader(ledger_.engine, billing, lambda: master_keys(s)),
         onboarding=Onboarding(
-            store, lambda: master_keys(s), metering.load_catalog(s.model_catalog), opts.rpc_url, attestor_key
+            SellerStore(ledger_.engine),
+            lambda: master_keys(s),
+            metering.load_catalog(s.model_catalog),
+            opts.rpc_url,
+            attestor_key,
+            posting_margin=s.seller_posting_margin_seconds,
+            tx_timeout=s.seller_tx_timeout_seconds,
         ),
         clock=clock,
     )

@@ -1,43 +1,33 @@
-"""Seller onboarding from the browser: the same path as `promptex seller add-capacity`,
-with the lot opened on chain before anything is stored.
+"""Seller onboarding from the browser: the one tokenize/list path of `promptex.sellers`
+(the same as `promptex seller add-capacity`).
 
 The seller's upstream key travels once, over the dashboard's own origin, to this server:
 it is verified with one minimal upstream call, sealed with the gateway's master key and
-never echoed. Order matters so that a refusal leaves nothing behind: terms and key are
-checked, then open_lot is simulated and sent by the dashboard's attestor (a revert, e.g.
-no bond approved, sends nothing), and only then is the sealed key recorded as the
-gateway lot that serves it. The caller's API key must belong to the account the seller's
+never echoed. Whatever would be refused (terms, key, a bond not approved, open_lot's
+simulation) is said before anything is stored or sent; the lot is routed only once the
+chain has opened it. The caller's API key must belong to the account the seller's
 wallet is bound to (see `app.py`).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
 
 from promptex import metering
-from promptex.chain.attest import open_lot
 from promptex.chain.deployments import Deployment
 from promptex.gateway.routing import KINDS
-from promptex.gateway.sellers import APIS, Capacity, prepare_capacity, record_capacity
-from promptex.gateway.store import GatewayStore
 from promptex.sealing.envelope import MasterKeys
-
-log = logging.getLogger("promptex.dashboard.sellers")
+from promptex.sellers import APIS, Capacity, SellerChain, SellerStore, attestation
+from promptex.sellers import Onboarding as Onboarding_
 
 
 class BadCapacity(ValueError):
     """A request the seller can fix: the message says how."""
-
-
-class LotNotRecorded(RuntimeError):
-    """The lot was opened on chain but its sealed key could not be stored (it cannot serve)."""
 
 
 def _integer(body: dict[str, Any], name: str, what: str) -> int:
@@ -98,19 +88,24 @@ def capacity_from(body: dict[str, Any], seller: str, allowed_base_urls: Sequence
 
 @dataclass
 class Onboarding:
-    """Opens lots for sellers with the dashboard's attestor key (None: it cannot)."""
+    """Opens lots for sellers on the one tokenize/list path (`promptex.sellers`), with the
+    dashboard's attestor key (None: it cannot). The seller approves the bond from its own
+    wallet in the browser; a bond not approved is refused in one line before anything is
+    stored or sent."""
 
-    store: GatewayStore
+    store: SellerStore
     keys: Callable[[], MasterKeys | None]  # the gateway's master keys, read when needed
     catalog: metering.Catalog
     rpc_url: str
     attestor_key: str | None
+    posting_margin: int = 300
+    tx_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         # One attestor key, one nonce sequence: open lots one at a time.
         self._lock = threading.Lock()
 
-    def add(self, deployment: Deployment, capacity: Capacity, now: int) -> dict[str, Any]:
+    def add(self, deployment: Deployment, capacity: Capacity) -> dict[str, Any]:
         if self.attestor_key is None:
             raise PermissionError(
                 "this dashboard has no attestor key (PROMPTEX_ATTESTOR_PRIVATE_KEY), so it cannot open lots: "
@@ -119,19 +114,23 @@ class Onboarding:
         keys = self.keys()
         if keys is None:
             raise PermissionError("this dashboard has no master key to seal API keys with (the gateway's)")
-        att = prepare_capacity(self.catalog, capacity, now)
-        with self._lock:
-            try:
-                opened = open_lot(self.rpc_url, deployment, self.attestor_key, att)
-            except requests.RequestException:
-                raise ConnectionError("the chain's node does not answer; no lot was opened") from None
         try:
-            lot = record_capacity(self.store, keys, capacity, now)
-            self.store.set_attestation(lot, json.dumps(att), opened.tx, chain_lot_id=opened.lot_id)
-        except Exception as exc:
-            log.error("lot %d opened in %s but its sealed key was not stored: %r", opened.lot_id, opened.tx, exc)
-            raise LotNotRecorded(
-                f"lot {opened.lot_id} was opened on chain but its key could not be stored, so it cannot serve: "
-                "close it with CreditEscrow.request_close, then finalize_close"
-            ) from None
-        return {"lot": lot, "chain_lot_id": opened.lot_id, "tx": opened.tx, "attestation": att}
+            chain = SellerChain(self.rpc_url, deployment, attestor_key=self.attestor_key)
+            onboarding = Onboarding_(
+                self.store,
+                chain,
+                keys,
+                self.catalog,
+                posting_margin=self.posting_margin,
+                tx_timeout=self.tx_timeout,
+                approve_hint="with this page's Approve bond button (from the seller's wallet)",
+            )
+            with self._lock:
+                opened = onboarding.add(capacity)
+        except requests.RequestException:
+            raise ConnectionError("the chain's node does not answer; no lot was opened") from None
+        return {
+            **opened.as_json(),
+            "attestation": attestation(replace(capacity, bond_usdc=opened.bond_usdc)),
+            "summary": opened.summary(),
+        }

@@ -103,6 +103,10 @@ def _usage_rows(conn: Connection, records: list[StoredUsage]) -> list[dict[str, 
                 "epoch": r.epoch,
                 "batch_status": batch_status,
                 "tx_hash": tx_hash,
+                # where its charge stands, in words: settled, in a batch, waiting, held
+                # back (and why), or refunded (and why): the Usage page shows it as is
+                "settlement": _usage.settlement_note(r, batch_status),
+                "refund_reason": r.refund_reason,
             }
         )
     return rows
@@ -126,8 +130,7 @@ def proof_view(engine: Engine, key: ApiKey, request_id: str) -> dict[str, Any]:
     """`promptex usage proof` for one of the key's own records."""
     record = usage_record_view(engine, key, request_id)
     if record["batch_status"] != "confirmed":
-        state = record["batch_status"] or record["status"]
-        raise NoProof(f"usage {request_id} is not settled on chain yet ({state}); try again after the next epoch")
+        raise NoProof(f"usage {request_id} is not settled on chain: {record['settlement']}")
     try:
         return build_proof(CoordinatorStore(engine), request_id)
     except ProofError as exc:

@@ -232,7 +232,7 @@ def create_app(
         store = GatewayStore(book.engine)
         secret = settings.gateway_master_key.get_secret_value() if settings.gateway_master_key else None
         keys = load_master_keys(secret, settings.gateway_master_key_file)
-        registry = LotRegistry(store, keys, clock or (lambda: int(time.time())), book.lot_capacities)
+        registry = LotRegistry(store, keys, clock or (lambda: int(time.time())), book.lot_capacities, book.lot_states)
         await anyio.to_thread.run_sync(registry.refresh)
         async with UpstreamClient(
             connect_timeout=settings.gateway_upstream_connect_timeout_seconds,

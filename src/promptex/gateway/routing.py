@@ -5,7 +5,10 @@ kind the paying asset calls for.
   CreditEscrow lets a settlement draw them), the lower lot id among equals;
 - paid in USDC: listed lots, cheapest rate first, oldest first among equals.
 
-An expired or exhausted lot serves nothing. Lots live in memory, re-read from the
+A lot serves only while the chain says it is open, and stops before its expiry (its
+`route_until`: one settlement epoch and a posting margin earlier, so its usage settles
+while the escrow still draws it): its state is the ledger's (`promptex.ledger.lots`).
+An exhausted lot serves nothing. Lots live in memory, re-read from the
 database every few seconds. Their capacity is the ledger's: a hold reserves it in the
 transaction that holds the buyer's funds (`promptex.ledger.holds`), so nothing here can
 overdraw a lot; the headroom kept here (as of the last refresh, less what this process
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 from promptex.gateway.store import GatewayStore, Lot
 from promptex.ledger import LotCapacity
+from promptex.ledger.lots import OPEN, LotState
 from promptex.sealing.envelope import MasterKeys
 
 TOKENIZED, LISTED = "tokenized", "listed"
@@ -40,12 +44,21 @@ class LiveLot:
     secret: str
     chain_lot_id: int | None = None  # the CreditEscrow lot; None until it is opened on chain
     inflight: int = 0
+    routed: bool = False  # the ledger says open
+    route_until: int = 0  # routed only before this (expiry − one epoch − the posting margin)
 
     def __repr__(self) -> str:  # never the secret
         return f"LiveLot(id={self.id}, provider={self.provider!r}, kind={self.kind!r}, rate_bps={self.rate_bps})"
 
     def serves(self, now: int) -> bool:
-        return self.expires_at > now and self.headroom_usd_micro > 0
+        return self.routed and now < self.route_until and self.expires_at > now and self.headroom_usd_micro > 0
+
+    def follow(self, state: LotState | None) -> None:
+        """Take the lot's state from the ledger (no state: it serves nothing)."""
+        self.routed = state is not None and state.state == OPEN and state.chain_lot_id is not None
+        self.route_until = state.route_until if state is not None else 0
+        if state is not None and state.chain_lot_id is not None:
+            self.chain_lot_id = state.chain_lot_id
 
 
 _NOT_ON_CHAIN = 2**63  # a lot with no on-chain id yet sorts after those with one
@@ -65,17 +78,20 @@ class LotRegistry:
         keys: MasterKeys,
         clock: Callable[[], int],
         capacity: Callable[[], Mapping[int, LotCapacity]],
+        states: Callable[[], Mapping[int, LotState]],
     ) -> None:
         self.store = store
         self.keys = keys
         self.clock = clock
         self.capacity = capacity  # the ledger's lot capacities
+        self.states = states  # the ledger's lot states
         self._lots: dict[int, LiveLot] = {}
         self._by: dict[tuple[str, str], list[LiveLot]] = {}
 
     def refresh(self) -> None:
         """Re-read every lot and its capacity (call from a thread: it queries the database)."""
         capacities = self.capacity()
+        states = self.states()
         fresh: dict[int, LiveLot] = {}
         for lot in self.store.lots():
             found = capacities.get(lot.id)
@@ -87,6 +103,7 @@ class LotRegistry:
                 live.headroom_usd_micro = headroom
                 live.expires_at = lot.expires_at
                 live.chain_lot_id = lot.chain_lot_id
+            live.follow(states.get(lot.id))
             fresh[lot.id] = live
         by: dict[tuple[str, str], list[LiveLot]] = {}
         for live in fresh.values():

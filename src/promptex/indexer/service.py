@@ -40,7 +40,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from sqlalchemy import Connection
 
-from promptex.indexer import effects, store
+from promptex.indexer import effects, lots, store
 from promptex.indexer.blockrange import AdaptiveRange
 from promptex.indexer.decode import Event, LogDecodeError, checksum
 from promptex.indexer.followed import FACTORY, VAULT, Followed
@@ -234,6 +234,7 @@ class Indexer:
         facts_ids = [self._apply(facts, event, cursor.rewinds) for event in fresh]
         facts.flush()
         store.save_events(facts.conn, fresh, facts_ids)
+        lots.refold(facts.conn, lots.touched(fresh), facts.now)
         store.save_blocks(facts.conn, headers, self.options.keep_blocks)
         store.move_cursor(facts.conn, headers[-1].number, headers[-1].hash, facts.now)
         return len(fresh)
@@ -279,7 +280,9 @@ class Indexer:
             for _tx, _index, fact in orphaned:
                 if fact is not None:
                     facts.unwind(fact)
+            lots_undone = lots.touched_after(facts.conn, fork)
             store.forget_after(facts.conn, fork)
+            lots.refold(facts.conn, lots_undone, facts.now)
             fork_hash = store.block_hashes(facts.conn, fork, fork).get(fork)
             store.move_cursor(facts.conn, fork, fork_hash, facts.now, rewound=True)
             reorg = store.Reorg(

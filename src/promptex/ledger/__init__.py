@@ -35,6 +35,7 @@ from promptex.ledger.errors import (
     WrongChain,
 )
 from promptex.ledger.holds import Extra, ExtraTake, Holds, LotClaim, Reservation
+from promptex.ledger.lots import LotState, LotStateError
 from promptex.ledger.models import (
     Account,
     AccountKind,
@@ -80,6 +81,8 @@ __all__ = [
     "LotCapacity",
     "LotCapacityExceeded",
     "LotClaim",
+    "LotState",
+    "LotStateError",
     "NonceReplayed",
     "NotAMember",
     "Refusal",

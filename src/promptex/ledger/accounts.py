@@ -52,6 +52,12 @@ def account_by_name(conn: Connection, kind: AccountKind, name: str) -> Account |
     return None if row is None else _account(row.tuple())
 
 
+def system_account_ids(conn: Connection) -> dict[str, int]:
+    """The ledger's own accounts by name ("vault", "usage", "debts")."""
+    rows = conn.execute(select(accounts.c.name, accounts.c.id).where(accounts.c.kind == AccountKind.SYSTEM.value))
+    return {str(row.name): int(row.id) for row in rows}
+
+
 def get_or_create_account(conn: Connection, kind: AccountKind, name: str, now: int) -> Account:
     insert_ignore(conn, accounts, {"kind": kind.value, "name": name, "created_at": now})
     account = account_by_name(conn, kind, name)

@@ -22,6 +22,7 @@ from promptex.ledger import accounts as _accounts
 from promptex.ledger import chain_facts as _chain
 from promptex.ledger import debts as _debts
 from promptex.ledger import identity as _identity
+from promptex.ledger import lots as _lots
 from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
@@ -389,6 +390,40 @@ class Ledger:
         """The chain and deployment this database mirrors, once a service recorded it."""
         with self._read() as conn:
             return _identity.recorded(conn)
+
+    # ─── Seller lots' life (see `ledger.lots`) ────────────────────────────────
+
+    def lot_states(self) -> dict[int, _lots.LotState]:
+        """Every lot's state, by the gateway's lot id (what the gateway routes by)."""
+        with self._read() as conn:
+            return _lots.all_states(conn)
+
+    def lot_state(self, lot_id: int) -> _lots.LotState | None:
+        with self._read() as conn:
+            return _lots.get(conn, lot_id)
+
+    def request_lot(self, lot_id: int, *, expires_at: int, route_until: int) -> _lots.LotState:
+        return self._write(
+            lambda conn: _lots.request(conn, lot_id, expires_at=expires_at, route_until=route_until, now=self.clock())
+        )
+
+    def fail_lot(self, lot_id: int, reason: str) -> _lots.LotState:
+        return self._write(lambda conn: _lots.fail(conn, lot_id, reason, now=self.clock()))
+
+    def confirm_lot_open(self, lot_id: int, chain_lot_id: int) -> _lots.LotState:
+        """The chain opened the gateway's lot `lot_id` as escrow lot `chain_lot_id`."""
+        found = self._write(lambda conn: _lots.confirm_open(conn, chain_lot_id, lot_id=lot_id, now=self.clock()))
+        assert found is not None  # by lot id: found, or LotStateError
+        return found
+
+    def set_lot_chain_state(
+        self, chain_lot_id: int, state: str, *, close_at: int | None = None, reason: str | None = None
+    ) -> _lots.LotState | None:
+        return self._write(
+            lambda conn: _lots.set_chain_state(
+                conn, chain_lot_id, state, close_at=close_at, reason=reason, now=self.clock()
+            )
+        )
 
     # ─── Books ───────────────────────────────────────────────────────────────
 

@@ -221,12 +221,16 @@ usage_records = Table(
     Column("seller_share", Amount, nullable=True),  # USDC: the listed lot's seller's part (at planning)
     Column("fee", Amount, nullable=True),  # USDC: the protocol's part (at planning)
     Column("settled_at", BigInteger, nullable=False),
-    Column("status", String(16), nullable=False),  # pending | batched | quarantined
+    Column("status", String(16), nullable=False),  # pending | batched | quarantined | refunded
     Column("address", String(ADDRESS), nullable=True),  # the wallet debited (at planning)
     Column("batch_id", Integer, ForeignKey("settlement_batches.id"), nullable=True, index=True),
     Column("epoch", BigInteger, nullable=True),
     Column("quarantine_reason", String(REASON), nullable=True),
     Column("quarantined_at", BigInteger, nullable=True),
+    # A quarantined record the chain can never settle is refunded to its payer in the
+    # ledger (the vault never debited it), with the reason shown to the payer (migration 0012).
+    Column("refund_reason", String(REASON), nullable=True),
+    Column("refunded_at", BigInteger, nullable=True),
     Index(None, "status", "asset"),
     Index(None, "asset", "epoch"),  # the newest epoch per asset (`usage.next_epoch`; migration 0007)
 )
@@ -334,4 +338,24 @@ capacity_leases = Table(
     CheckConstraint("reserved >= 0", name="reserved_non_negative"),
     CheckConstraint("used >= 0", name="used_non_negative"),
     CheckConstraint("reserved + used <= amount", name="within_amount"),
+)
+
+# Each seller lot's life, keyed by the gateway's lot id (see `ledger.lots`): requested →
+# opening (its signed open_lot stored before broadcast) → open (the chain confirmed it) →
+# closing → closed / expired / slashed (chain events), or failed (it never opened, and
+# says why). Only an `open` lot before `route_until` (its expiry less one settlement
+# epoch and a posting margin) is routed, so the usage it serves always settles.
+lot_states = Table(
+    "lot_states",
+    metadata,
+    Column("lot_id", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", String(REASON), nullable=True),  # why it serves nothing, or what ended it
+    Column("expires_at", BigInteger, nullable=False),
+    Column("route_until", BigInteger, nullable=False),
+    Column("chain_lot_id", BigInteger, nullable=True, unique=True),  # the CreditEscrow lot, once opened
+    Column("open_tx", String(HASH), nullable=True, unique=True),  # the signed open_lot's hash
+    Column("close_at", BigInteger, nullable=True),  # closing: finalize_close from then on
+    Column("updated_at", BigInteger, nullable=False),
+    Index(None, "state"),
 )

@@ -3,7 +3,10 @@ same transaction as the settlement so a crash can never keep one without the oth
 
 The coordinator later assigns each record to one settlement batch (or quarantines it
 with a reason) through the functions below, in its own transactions; nothing here deletes
-a record.
+a record. A quarantined record ends one of two ways: back to pending once its cause is
+fixed (`requeue`: it settles in a later epoch), or refunded to its payer in the ledger
+when the chain can never settle it (`refund`: the vault never debited it), with the
+reason kept for the payer to read. `settlement_note` says which, in words.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, or_, select, update
 
-from promptex.ledger.journal import insert_ignore
+from promptex.ledger.accounts import system_account_ids
+from promptex.ledger.amounts import add
+from promptex.ledger.journal import insert_ignore, post_entry
+from promptex.ledger.metadata import REASON
 from promptex.ledger.models import Hold, HoldStatus
-from promptex.ledger.schema import holds, usage_records
+from promptex.ledger.schema import balances, budgets, holds, usage_records
 
-PENDING, BATCHED, QUARANTINED = "pending", "batched", "quarantined"
+PENDING, BATCHED, QUARANTINED, REFUNDED = "pending", "batched", "quarantined", "refunded"
 TOKEN_DETAILS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
 
 
@@ -70,6 +76,8 @@ class StoredUsage:
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    refund_reason: str | None = None  # refunded: why the chain could never settle it
+    quarantined_at: int | None = None  # when it was last set aside
 
 
 def stored_usage(row: Any) -> StoredUsage:
@@ -96,7 +104,9 @@ def stored_usage(row: Any) -> StoredUsage:
         m["batch_id"],
         m["epoch"],
         m["quarantine_reason"],
-        *(m[name] for name in TOKEN_DETAILS),
+        **{name: m[name] for name in TOKEN_DETAILS},
+        refund_reason=m["refund_reason"],
+        quarantined_at=m["quarantined_at"],
     )
 
 
@@ -205,6 +215,84 @@ def quarantined(conn: Connection, asset: str | None = None) -> list[StoredUsage]
     return [stored_usage(r) for r in conn.execute(stmt.order_by(usage_records.c.request_id)).all()]
 
 
+def requeue(conn: Connection, request_id: str, *, chain_lot_id: int | None = None) -> bool:
+    """A quarantined record whose cause is fixed goes back to pending, to settle in a
+    later epoch (with the escrow lot its gateway lot was since opened as, if given);
+    False if it was not quarantined."""
+    values: dict[str, Any] = {"status": PENDING}
+    if chain_lot_id is not None:
+        values["chain_lot_id"] = chain_lot_id
+    changed = conn.execute(
+        update(usage_records)
+        .where(usage_records.c.request_id == request_id, usage_records.c.status == QUARANTINED)
+        .values(**values)
+    ).rowcount
+    return bool(changed == 1)
+
+
+def refund(conn: Connection, request_id: str, reason: str, *, now: int) -> bool:
+    """A quarantined record the chain can never settle: its charge goes back to the payer
+    (the reverse of the settlement's entry: the vault never debited it, so the ledger
+    again equals the vault), with the spend cap and any member budget it used, and the
+    reason is kept for the payer. False if it was not quarantined (refunded already)."""
+    record = get_usage(conn, request_id)
+    if record is None or record.status != QUARANTINED:
+        return False
+    changed = conn.execute(
+        update(usage_records)
+        .where(usage_records.c.request_id == request_id, usage_records.c.status == QUARANTINED)
+        .values(status=REFUNDED, refund_reason=reason[:REASON], refunded_at=now)
+    ).rowcount
+    if changed != 1:
+        return False
+    amount = int(record.cost)
+    if amount:
+        system = system_account_ids(conn)
+        post_entry(
+            conn,
+            ref=f"refund:{request_id}",
+            kind="refund",
+            lines=[(system["usage"], record.asset, -amount), (record.payer, record.asset, amount)],
+            now=now,
+            system_accounts=frozenset(system.values()),
+        )
+        conn.execute(
+            update(balances)
+            .where(balances.c.account_id == record.payer, balances.c.asset == record.asset)
+            .values(cap_remaining=add(balances.c.cap_remaining, amount))
+        )
+        if record.payer != record.account:
+            conn.execute(
+                update(budgets)
+                .where(
+                    and_(
+                        budgets.c.org_id == record.payer,
+                        budgets.c.member_id == record.account,
+                        budgets.c.asset == record.asset,
+                    )
+                )
+                .values(remaining=add(budgets.c.remaining, amount))
+            )
+    return True
+
+
+def settlement_note(record: StoredUsage, batch_status: str | None = None) -> str:
+    """Where a record's charge stands, in words for the payer (the dashboard's Usage page
+    and the CLI say the same): `batch_status` is its batch's, if it is in one."""
+    if record.status == REFUNDED:
+        return f"refunded: {record.refund_reason}"
+    if record.status == QUARANTINED:
+        return (
+            f"held back from settlement: {record.quarantine_reason}; "
+            "it settles once that is fixed, or is refunded to you"
+        )
+    if record.status == BATCHED:
+        if batch_status == "confirmed":
+            return f"settled on chain in epoch {record.epoch}"
+        return f"in the epoch {record.epoch} settlement, {batch_status or 'planned'}"
+    return "waiting for the next settlement"
+
+
 def batch_records(conn: Connection, batch_id: int) -> list[StoredUsage]:
     rows = conn.execute(
         select(usage_records).where(usage_records.c.batch_id == batch_id).order_by(usage_records.c.request_id)
@@ -244,7 +332,8 @@ def return_to_pending(conn: Connection, batch_id: int) -> None:
 def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Select[Any]) -> int:
     """What the payer owes that the chain has not yet debited: its active holds, and its
     settled usage outside the batches `confirmed_batches` selects (the ids of the
-    coordinator's batches confirmed on chain): pending, in flight, or quarantined.
+    coordinator's batches confirmed on chain): pending, in flight, or quarantined (a
+    refunded record is owed no more: its charge went back to the payer).
 
     Summed here, exactly: SQL's SUM over SQLite's text amounts overflows past 2**63 (about
     9.2 whole 18-decimal tokens) or turns them into floats."""
@@ -262,6 +351,7 @@ def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Selec
             select(usage_records.c.cost).where(
                 usage_records.c.payer_id == payer,
                 usage_records.c.asset == asset,
+                usage_records.c.status != REFUNDED,
                 or_(usage_records.c.batch_id.is_(None), usage_records.c.batch_id.not_in(confirmed_batches)),
             )
         )
@@ -274,7 +364,7 @@ def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Selec
 def unsettled_records(conn: Connection, confirmed_batches: Select[Any]) -> list[StoredUsage]:
     """Every charge the chain has not debited as far as `confirmed_batches` (ids of the
     coordinator's batches confirmed on chain) says: pending, quarantined, or in a batch
-    not among them. A record in any other state (one day: refunded) is not owed."""
+    not among them. A refunded record is not owed: its charge went back to the payer."""
     stmt = select(usage_records).where(
         or_(
             usage_records.c.status.in_((PENDING, QUARANTINED)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from promptex.coordinator.store import CoordinatorStore
-from promptex.ledger.usage import TOKEN_DETAILS, StoredUsage
+from promptex.ledger.usage import TOKEN_DETAILS, StoredUsage, settlement_note
 from promptex.proofs.errors import BatchTampered, NotProvable, NoUsageRecord
 from promptex.protocol.merkle import LEAF_V1, LEAF_VERSION, Leaf, MerkleTree
 
@@ -50,10 +50,8 @@ def build_proof(store: CoordinatorStore, request_id: str) -> dict[str, Any]:
     record = store.record(request_id)
     if record is None:
         raise NoUsageRecord(f"no usage record for request {request_id!r}")
-    if record.status == "quarantined":
-        raise NotProvable(f"usage {request_id!r} is quarantined: {record.quarantine_reason}")
     if record.batch_id is None:
-        raise NotProvable(f"usage {request_id!r} is not in a settlement batch ({record.status})")
+        raise NotProvable(f"usage {request_id!r} is in no settlement batch: {settlement_note(record)}")
     batch = store.batch(record.batch_id)
     leaf = leaf_of(record, batch.leaf_version)
     tree = MerkleTree([leaf_of(r, batch.leaf_version).hash() for r in store.batch_records(batch.id)])

@@ -2,7 +2,8 @@
 
 POST /api/seller/capacity  (Bearer key) {wallet?, provider, base_url, api_key, face_value_usd_micro,
                        kind, rate_bps, expires_at, bond, declare_resale_permitted} → the lot, opened
-                       on chain by the dashboard's attestor (see `dashboard.sellers`); the key is never echoed
+                       on chain by the dashboard's attestor on the one tokenize/list path
+                       (`promptex.sellers`); the key is never echoed
 GET  /api/seller/health    (Bearer key) the upstream health the gateways recorded for the lots of the
                        wallets bound to the key's account (`gateway.health`): calls, errors, latency,
                        the last error, an open circuit, a refused key
@@ -15,13 +16,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
-from promptex.chain.attest import LotRefused
 from promptex.dashboard.api import ApiError, guarded, read_body
 from promptex.dashboard.context import Context
-from promptex.dashboard.sellers import BadCapacity, LotNotRecorded, capacity_from
+from promptex.dashboard.sellers import BadCapacity, capacity_from
 from promptex.gateway import health
-from promptex.gateway.sellers import CapacityRefused
 from promptex.gateway.store import ApiKey
+from promptex.sellers import CapacityRefused, LotNotOpened, LotPending
 
 
 def routes(ctx: Context) -> list[BaseRoute]:
@@ -32,15 +32,17 @@ def routes(ctx: Context) -> list[BaseRoute]:
         deployment = await ctx.run(ctx.market.deployment)
         try:
             capacity = capacity_from(body, seller, ctx.settings.dashboard_seller_base_urls)
-            return await ctx.run(ctx.onboarding.add, deployment, capacity, ctx.clock())
-        except (BadCapacity, CapacityRefused, LotRefused) as exc:
+            return await ctx.run(ctx.onboarding.add, deployment, capacity)
+        except (BadCapacity, CapacityRefused) as exc:
             raise ApiError(400, f"no lot was opened: {exc}") from None
         except PermissionError as exc:
             raise ApiError(503, str(exc)) from None
         except ConnectionError as exc:
             raise ApiError(502, str(exc)) from None
-        except LotNotRecorded as exc:
-            raise ApiError(500, str(exc)) from None
+        except LotNotOpened as exc:
+            raise ApiError(502, str(exc)) from None
+        except LotPending as exc:
+            raise ApiError(504, str(exc)) from None
 
     def health_of(key: ApiKey) -> list[dict[str, Any]]:
         wallets = {wallet.lower() for wallet in ctx.ledger.wallets(key.account)}

@@ -1,6 +1,6 @@
-"""Seller capacity: verify an upstream key with a minimal call, seal it, record the lot,
-and produce the attestation (the arguments of CreditEscrow.open_lot) that opens it on
-chain. The secret is never logged, echoed or put in an error.
+"""A seller's capacity before anything is stored: its terms, its upstream key (verified
+with one minimal call) and the attestation that opens it on chain (the arguments of
+CreditEscrow.open_lot). The secret is never logged, echoed or put in an error.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import httpx
 from promptex import metering
 from promptex.gateway.adapters import adapter_for
 from promptex.gateway.routing import KINDS, LISTED, TOKENIZED
-from promptex.gateway.store import GatewayStore
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MIN_LOT_VALIDITY
 from promptex.protocol.units import BPS
-from promptex.sealing.envelope import MasterKeys
 
 APIS = ("openai", "anthropic")
 DECLARATION = "I declare that my agreement with {provider} permits the resale of this API capacity."
 
 
 class CapacityRefused(ValueError):
-    """Capacity that cannot be added: bad terms, or a key the provider does not accept."""
+    """Capacity that cannot be added, said in one line: bad terms, a key the provider does
+    not accept, or what the chain would refuse (no bond approved, no attestor role).
+    Nothing was stored and nothing sent."""
 
 
 @dataclass(frozen=True)
@@ -100,51 +100,3 @@ def attestation(capacity: Capacity) -> dict[str, Any]:
         "terms_hash": "0x" + hashlib.sha3_256(declaration.encode()).hexdigest(),
         "rate_bps": capacity.rate_bps if capacity.kind == LISTED else 0,
     }
-
-
-def prepare_capacity(
-    catalog: metering.Catalog,
-    capacity: Capacity,
-    now: int,
-    *,
-    verify: bool = True,
-    transport: httpx.BaseTransport | None = None,
-) -> dict[str, Any]:
-    """Check the terms and (unless told not to) the key; returns the attestation. Stores nothing."""
-    check_terms(capacity, now)
-    if verify:
-        verify_key(capacity, probe_model(catalog, capacity.provider), transport=transport)
-    return attestation(capacity)
-
-
-def record_capacity(store: GatewayStore, keys: MasterKeys, capacity: Capacity, now: int) -> int:
-    """Seal the key and record the capacity as a gateway lot; returns its id."""
-    values = {
-        "provider": capacity.provider.lower(),
-        "kind": capacity.kind,
-        "api": capacity.api,
-        "base_url": capacity.base_url,
-        "seller": capacity.seller,
-        "face_value_usd_micro": capacity.face_value_usd_micro,
-        "remaining_usd_micro": capacity.face_value_usd_micro,
-        "rate_bps": capacity.rate_bps if capacity.kind == LISTED else BPS,
-        "expires_at": capacity.expires_at,
-        "created_at": now,
-        "resale_permitted": capacity.resale_permitted,
-    }
-    return store.add_lot(values, keys.seal(capacity.api_key.encode()))
-
-
-def add_capacity(
-    store: GatewayStore,
-    keys: MasterKeys,
-    catalog: metering.Catalog,
-    capacity: Capacity,
-    now: int,
-    *,
-    verify: bool = True,
-    transport: httpx.BaseTransport | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Verify, seal and record the capacity as a lot; returns (lot id, attestation)."""
-    att = prepare_capacity(catalog, capacity, now, verify=verify, transport=transport)
-    return record_capacity(store, keys, capacity, now), att
