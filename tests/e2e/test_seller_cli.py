@@ -129,8 +129,13 @@ class Market:
             settings.cache_clear()
             s = settings().model_copy(update={"gateway_lot_refresh_seconds": 3600.0})
             settings.cache_clear()
-        with ServerThread(create_app(s, clock=clock)) as server:
+        self.app = create_app(s, clock=clock)
+        with ServerThread(self.app) as server:
             yield server.url
+
+    def refresh_lots(self) -> None:
+        """What the running gateway does every PROMPTEX_GATEWAY_LOT_REFRESH_SECONDS."""
+        self.app.state.gateway.registry.refresh()
 
     def buyer(self, usdc: int, *, cap_on_chain: bool = True) -> tuple[int, str]:
         """BUYER deposits `usdc` into the vault (the indexer mirrors it), is bound to a new
@@ -235,8 +240,8 @@ def test_add_capacity__seller_holds_no_bond_or_bond_below_minimum__one_line_each
     )
     low = market.add_capacity("--bond", "10")
     assert low.exit_code == 1 and "the bond must be at least 25.00 USDC" in low.output
-    soon = market.add_capacity(expires="5m")  # routing would stop before it starts
-    assert soon.exit_code == 1 and "the lot would never be routed" in soon.output
+    soon = market.add_capacity(expires="6d")  # the escrow refuses it: said before anything is sent
+    assert soon.exit_code == 1 and "a lot must be valid for at least 7 days" in soon.output
     with market.ledger() as ledger:
         assert GatewayStore(ledger.engine).lots() == []
 
@@ -289,6 +294,54 @@ def test_route_until__lot_reaching_expiry_less_epoch_and_margin__no_longer_route
         with pytest.raises(openai.APIStatusError) as stopped:
             ask(gateway, key)
     assert stopped.value.status_code == 503 and "No capacity" in stopped.value.message
+
+
+def test_seller_close__routing_stops_at_once__bond_released_only_after_finalize(market: Market) -> None:
+    market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, BOND))
+    assert market.add_capacity().exit_code == 0
+    with market.ledger() as ledger:
+        (state,) = ledger.lot_states().values()
+    chain_lot = state.chain_lot_id
+    assert chain_lot is not None
+    _account, key = market.buyer(5 * USD)
+    with market.gateway() as gateway:
+        assert ask(gateway, key).http_response.status_code == 200
+
+        requested = market.cli("seller", "close", str(chain_lot), seller_key=True)
+
+        assert requested.exit_code == 0, requested.output
+        assert f"lot {chain_lot}: close requested in 0x" in requested.output
+        assert "it is no longer routed" in requested.output and "finalize_close is due from" in requested.output
+        market.refresh_lots()  # the gateway's next refresh: no request reaches the lot any more
+        with pytest.raises(openai.APIStatusError) as stopped:
+            ask(gateway, key)
+    assert stopped.value.status_code == 503
+    lot = _lot(market, chain_lot)
+    assert lot["status"] == 1 and lot["close_at"] > 0  # open on chain, close requested
+    assert market.usdc_of(SELLER.address) == 0  # the bond stays in the escrow
+    listed = market.cli("seller", "lots")
+    assert "closing" in listed.output and "close requested; finalize from" in listed.output
+
+    early = market.cli("seller", "close", str(chain_lot), seller_key=True)
+    assert early.exit_code == 1 and "finalize_close is due from" in early.output
+    assert market.usdc_of(SELLER.address) == 0
+
+    market.next_window(2 * EPOCH)  # the escrow's close delay: two vault windows
+    finalized = market.cli("seller", "close", str(chain_lot), seller_key=True)
+
+    assert finalized.exit_code == 0, finalized.output
+    assert f"lot {chain_lot}: closed in 0x" in finalized.output
+    assert "bond released to the seller: 25.00 USDC" in finalized.output  # nothing consumed on chain yet
+    assert _lot(market, chain_lot)["status"] == 2 and market.usdc_of(SELLER.address) == BOND
+    with market.ledger() as ledger:
+        assert ledger.lot_states()[state.lot_id].state == "closed"
+    again = market.cli("seller", "close", str(chain_lot), seller_key=True)
+    assert again.exit_code == 1 and f"lot {chain_lot} is closed already" in again.output
+
+
+def _lot(market: Market, chain_lot: int) -> dict[str, Any]:
+    escrow = market.escrow()
+    return dict(zip([c["name"] for c in _lot_abi(escrow)], escrow.functions.lots(chain_lot).call(), strict=True))
 
 
 def _lot_abi(escrow: Any) -> list[dict[str, Any]]:
