@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from eth_abi.abi import encode
+from eth_account import Account
 from indexer_fakes import (
     ABIS,
     CLD,
@@ -37,6 +38,8 @@ from promptex.indexer.reorg import ReorgTooDeep
 from promptex.indexer.rpc import ChainMoved, RpcError
 from promptex.indexer.schema import chain_events, indexer_cursor
 from promptex.ledger import AccountKind, Balance, ChainEventConflict, Ledger
+from promptex.ledger.binding import sign
+from promptex.ledger.errors import SpendCapExceeded
 from promptex.ledger.schema import accounts, journal_entries
 
 
@@ -158,16 +161,40 @@ def test_catch_up__spend_cap_of_bound_account__mirrored_and_undone_by_reorg(sqli
     stranger = new_address()
     cap = {"asset": USDC, "per_epoch": 10, "total": 500, "expiry": 2**40, "nonce": 0}
     node.mine(Log(VAULT, "SpendCapRegistered", {"account": wallet, **cap}))
-    node.mine(Log(VAULT, "SpendCapRegistered", {"account": stranger, **cap}))  # unbound: no effect
+    node.mine(Log(VAULT, "SpendCapRegistered", {"account": stranger, **cap}))  # unbound: waits for a binding
     indexer = make_indexer(sqlite_ledger, node)
     indexer.catch_up()
     assert sqlite_ledger.balance(account, "USDC").cap_remaining == 500
-    assert fact_ids(sqlite_ledger)[1] is None
+    assert balance(sqlite_ledger, stranger).cap_remaining == 500  # on its unclaimed account, spent by no one
 
     node.reorg(2)
     node.mine(empty=3)
     indexer.catch_up()
     assert sqlite_ledger.balance(account, "USDC").cap_remaining == 0
+
+
+def test_catch_up__spend_cap_set_before_the_wallet_is_bound__the_account_spends_under_it(sqlite_ledger, node):
+    """Found by the market machine: a wallet that deposits and sets its cap on chain, then
+    proves itself to an account, was refused every request (the ledger had dropped the cap
+    of an address it could not yet attribute), while the chain would settle its usage."""
+    wallet = Account.create()
+    node.mine(deposited(wallet.address, 300))
+    cap = {"asset": USDC, "per_epoch": 2**256 - 1, "total": 200, "expiry": 2**40, "nonce": 0}
+    node.mine(Log(VAULT, "SpendCapRegistered", {"account": wallet.address, **cap}))
+    make_indexer(sqlite_ledger, node).catch_up()
+
+    account = sqlite_ledger.create_account().id
+    message = sqlite_ledger.issue_binding_challenge(account, wallet.address)
+    sqlite_ledger.bind_wallet(message, sign(message, wallet.key))
+
+    assert (balance(sqlite_ledger, wallet.address).posted, balance(sqlite_ledger, wallet.address).cap_remaining) == (
+        300,
+        200,
+    )
+    sqlite_ledger.reserve(account, "USDC", 150, "req-after-binding", ttl=60)
+    with pytest.raises(SpendCapExceeded):
+        sqlite_ledger.reserve(account, "USDC", 51, "req-beyond-the-cap", ttl=60)  # the cap, not the balance, binds
+    sqlite_ledger.check()
 
 
 def test_catch_up__unknown_asset__named_by_its_symbol(sqlite_ledger, node):

@@ -79,6 +79,12 @@ def balance(conn: Connection, account: int, asset: str) -> Balance:
 def set_spend_cap(conn: Connection, account: int, asset: str, remaining: int) -> None:
     """Record the account's remaining signed spend cap; settled holds then count down from it."""
     owned_account(conn, account)
+    set_cap_remaining(conn, account, asset, remaining)
+
+
+def set_cap_remaining(conn: Connection, account: int, asset: str, remaining: int) -> None:
+    """`set_spend_cap` for any account, an unclaimed one included: the chain's cap of an
+    address not yet bound waits there (see `chain_facts.ChainBatch.register_spend_cap`)."""
     ensure_balance(conn, account, asset)
     conn.execute(
         update(balances)

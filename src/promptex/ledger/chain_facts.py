@@ -284,7 +284,7 @@ def unwind_fact(conn: Connection, event_id: str, *, now: int, system: Container[
         # Keep what settled holds counted down since: current − (set − previous), never below 0.
         current = _accounts.balance(conn, cap.account_id, cap.asset).cap_remaining
         restored = max(0, current - cap.remaining + cap.previous)
-        _accounts.set_spend_cap(conn, cap.account_id, cap.asset, restored)
+        _accounts.set_cap_remaining(conn, cap.account_id, cap.asset, restored)
         conn.execute(delete(chain_spend_caps).where(chain_spend_caps.c.event_id == event_id))
         undone = True
     return undone
@@ -379,13 +379,13 @@ class ChainBatch:
         self._post(SHORTFALL + event_id, "shortfall", [(self.usage, asset, -amount), (account, asset, amount)])
 
     def register_spend_cap(self, event_id: str, address: str, asset: str, remaining: int) -> bool:
-        """The chain registered (or revoked: `remaining` 0) a spend cap: make it the bound
-        account's remaining cap. An unbound address has no cap in the ledger (False)."""
+        """The chain registered (or revoked: `remaining` 0) a spend cap: make it the remaining
+        cap of the account the address's funds belong to. An unbound address's cap waits on
+        its unclaimed account, and binding the address carries it over (`wallets._claim`): a
+        wallet that set its cap before proving itself to an account can spend under it."""
         if remaining < 0:
             raise ValueError("a spend cap cannot be negative")
-        account = bound_account(self.conn, address)
-        if account is None:
-            return False
+        account = account_for_address(self.conn, address, self.now)
         previous = _accounts.balance(self.conn, account, asset).cap_remaining
         row = {
             "event_id": event_id,
@@ -396,7 +396,7 @@ class ChainBatch:
             "created_at": self.now,
         }
         if insert_ignore(self.conn, chain_spend_caps, row) is not None:
-            _accounts.set_spend_cap(self.conn, account, asset, remaining)
+            _accounts.set_cap_remaining(self.conn, account, asset, remaining)
         return True
 
     def unwind(self, event_id: str) -> bool:

@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from promptex.ledger import debts
-from promptex.ledger.accounts import get_or_create_account, owned_account
+from promptex.ledger.accounts import get_or_create_account, owned_account, set_cap_remaining
 from promptex.ledger.amounts import add
 from promptex.ledger.binding import BindingMessage, checksum_address, verify
 from promptex.ledger.errors import InvalidSignature, NonceReplayed, UnknownNonce, WalletAlreadyBound
 from promptex.ledger.journal import Line, ensure_balance, post_entry
 from promptex.ledger.models import AccountKind, ExitStatus
-from promptex.ledger.schema import balances, binding_challenges, exits, wallets
+from promptex.ledger.schema import balances, binding_challenges, chain_spend_caps, exits, wallets
 
 
 def bound_account(conn: Connection, address: str) -> int | None:
@@ -163,6 +163,15 @@ def _claim(conn: Connection, address: str, account: int, *, now: int, system: Co
                 )
     if lines:
         post_entry(conn, ref=f"claim:{address}", kind="claim", lines=lines, now=now, system_accounts=system)
+    if first_bound(conn, account) == address:  # the wallet settlements debit: its chain cap is the account's
+        capped: list[str] = list(
+            conn.execute(
+                select(chain_spend_caps.c.asset).where(chain_spend_caps.c.account_id == unclaimed).distinct()
+            ).scalars()
+        )
+        caps = {row.asset: row.cap_remaining for row in rows}
+        for asset in capped:
+            set_cap_remaining(conn, account, asset, caps.get(asset, 0))
     debts.transfer(conn, unclaimed, account, now=now)  # what the address owes, the account now owes
     conn.execute(
         update(exits)
