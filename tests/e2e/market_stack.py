@@ -41,9 +41,9 @@ from promptex.serving import ServerThread
 CATALOG = ROOT / "tests/gateway/catalog.toml"
 DEPLOYER_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil account 0
 SERVICES = ("indexer", "coordinator", "gateway")
-# Holds live 7 s (1 s to connect upstream, 5 s to answer, a 1 s margin): a gateway killed
+# Holds live 12 s (1 s to connect upstream, 10 s to answer, a 1 s margin): a gateway killed
 # with requests in flight leaves holds that expire within one example.
-HOLD_TTL_SECONDS = 7
+HOLD_TTL_SECONDS = 12
 SWEEP_SECONDS = 0.5
 
 
@@ -201,7 +201,7 @@ class Services:
             "PROMPTEX_GATEWAY_LOT_REFRESH_SECONDS": "0.2",
             "PROMPTEX_GATEWAY_SHED_WAIT_MS": "10000",  # a busy test machine must not shed load
             "PROMPTEX_GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "1",
-            "PROMPTEX_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "5",
+            "PROMPTEX_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "10",
             "PROMPTEX_GATEWAY_HOLD_MARGIN_SECONDS": "1",
             "PROMPTEX_GATEWAY_HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
             "PROMPTEX_GATEWAY_SWEEP_SECONDS": str(SWEEP_SECONDS),
