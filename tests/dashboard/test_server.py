@@ -133,6 +133,37 @@ def test_account__open_debt__shown_with_its_reason_until_a_deposit_repays_it(das
     assert dashboard.get("/api/account", headers=headers).json()["debts"] == []
 
 
+def test_usage__quarantined_then_refunded__each_row_says_where_its_charge_stands(dashboard):
+    from promptex.coordinator.store import CoordinatorStore
+    from promptex.ledger import UsageRecord
+
+    wallet = Account.create()
+    issued = obtain_key(dashboard, wallet).json()
+    headers = {"authorization": f"Bearer {issued['key']}"}
+    ledger, account = dashboard.ledger, issued["account"]
+    ledger.credit_deposit("0xu1:0", wallet.address, "USDC", 1_000)
+    ledger.set_spend_cap(account, "USDC", 1_000)
+    ledger.reserve(account, "USDC", 300, "req-q", ttl=60)
+    ledger.settle("req-q", 300, record=UsageRecord("gpt-4o-mini", 10, 5, 150, lot_kind="listed", fee_bps=500))
+
+    def row() -> dict:
+        (found,) = dashboard.get("/api/usage", headers=headers).json()
+        return found
+
+    assert row()["settlement"] == "waiting for the next settlement"
+    store = CoordinatorStore(ledger.engine)
+    store.quarantine({"req-q": "no on-chain lot id"}, 0)
+    assert row()["settlement"].startswith("held back from settlement: no on-chain lot id;")  # not "next epoch"
+    assert store.refund("req-q", "the lot that served it was never opened on chain", 0)
+
+    refunded = row()
+    assert refunded["status"] == "refunded"
+    assert refunded["settlement"] == "refunded: the lot that served it was never opened on chain"
+    assert refunded["refund_reason"] == "the lot that served it was never opened on chain"
+    assert ledger.balance(account, "USDC").posted == 1_000  # the charge is back with the payer
+    ledger.check()
+
+
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):
     issued = obtain_key(dashboard, Account.create(), signer=Account.create())
     assert issued.status_code == 400

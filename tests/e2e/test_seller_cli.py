@@ -36,6 +36,7 @@ from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.binding import sign
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import money
 from promptex.protocol.vault import UNLIMITED, sign_spend_cap
 from promptex.sellers import SellerStore
 from promptex.serving import ServerThread
@@ -103,10 +104,10 @@ class Market:
             finally:
                 settings.cache_clear()
 
-    def add_capacity(self, *extra: str, seller_key: bool = True, expires: str = "30d") -> Result:
+    def add_capacity(self, *extra: str, seller_key: bool = True, expires: str = "30d", kind: str = "listed") -> Result:
         return self.cli(
             "seller", "add-capacity", "--provider", "openai", "--base-url", self.upstream, "--api-key", UPSTREAM_KEY,
-            "--face-value", "250", "--kind", "listed", "--rate", "0.6", "--expires", expires,
+            "--face-value", "250", "--kind", kind, "--rate", "0.6", "--expires", expires,
             "--seller-address", SELLER.address, "--declare-resale-permitted", *extra, seller_key=seller_key,
         )  # fmt: skip
 
@@ -337,6 +338,35 @@ def test_seller_close__routing_stops_at_once__bond_released_only_after_finalize(
         assert ledger.lot_states()[state.lot_id].state == "closed"
     again = market.cli("seller", "close", str(chain_lot), seller_key=True)
     assert again.exit_code == 1 and f"lot {chain_lot} is closed already" in again.output
+
+
+def test_tokenized__summary_in_whole_tokens__close_takes_back_the_sellers_share_then_pays_the_bond(
+    market: Market,
+) -> None:
+    market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, BOND))
+    gpt = market.contract("token:GPT")
+
+    opened = market.add_capacity(kind="tokenized")
+
+    assert opened.exit_code == 0, opened.output
+    chain_lot = market.escrow().functions.lot_count().call()
+    lot = _lot(market, chain_lot)
+    minted = gpt.functions.balanceOf(SELLER.address).call()
+    assert minted == lot["seller_minted"] > 0
+    assert f"minted: {money(minted, 'GPT')} to the seller (+ " in opened.output  # whole tokens, not wei
+    assert str(minted) not in opened.output
+
+    assert market.cli("seller", "close", str(chain_lot), seller_key=True).exit_code == 0
+    market.next_window(2 * EPOCH)
+    finalized = market.cli("seller", "close", str(chain_lot), seller_key=True)
+
+    assert finalized.exit_code == 0, finalized.output
+    assert f"approved {money(minted, 'GPT')} (the seller's share) in 0x" in finalized.output
+    assert gpt.functions.balanceOf(SELLER.address).call() == 0  # its whole share, burned
+    released = market.usdc_of(SELLER.address)
+    assert 0 < released < BOND  # the fee share's bond goes to the insurance fund
+    assert f"bond released to the seller: {money(released, 'USDC')}" in finalized.output
+    assert _lot(market, chain_lot)["status"] == 2
 
 
 def _lot(market: Market, chain_lot: int) -> dict[str, Any]:
