@@ -62,7 +62,7 @@ export const redemptionAbi = parseAbi([
 export const escrowAbi = parseAbi([
   "function lot_count() view returns (uint256)",
   "function min_bond(uint256 face_value) view returns (uint256)",
-  "function lots(uint256 arg0) view returns ((address seller, address token, uint8 kind, uint8 status, uint16 rate_bps, uint64 expiry, uint256 face_value, uint256 capacity, uint256 seller_minted, uint256 consumed, uint256 last_epoch, uint256 bond, uint256 bond_released, bytes32 terms_hash))",
+  "function lots(uint256 arg0) view returns ((address seller, address token, uint8 kind, uint8 status, uint16 rate_bps, uint64 expiry, uint256 face_value, uint256 capacity, uint256 seller_minted, uint256 consumed, uint256 last_epoch, uint256 bond, uint256 bond_released, bytes32 terms_hash, uint256 close_at))",
 ]);
 
 export const oracleAbi = parseAbi([

@@ -207,13 +207,15 @@ async function drawLots(box: HTMLElement, app: App): Promise<void> {
           const token = symbolOf.get(lot.token.toLowerCase());
           const tokenized = lot.kind === 1; // KIND_TOKENIZED (2: listed)
           const remaining = lot.capacity - lot.consumed;
+          // Open on chain with a close requested: routed no more, finalize_close from close_at.
+          const status = lot.status === 1 && lot.close_at !== 0n ? "closing" : STATUS[lot.status] ?? String(lot.status);
           return h(
             "tr",
             { "data-lot": String(id) },
             h("td", {}, String(id)),
             h("td", {}, token?.symbol ?? lot.token),
             h("td", {}, tokenized ? "tokenized" : `listed at ${lot.rate_bps / 100} % of list`),
-            h("td", { "data-lot-status": STATUS[lot.status] ?? String(lot.status) }, STATUS[lot.status] ?? String(lot.status)),
+            h("td", { "data-lot-status": status }, status),
             h("td.num", {}, `$${fmt(lot.face_value, 6, 2)}`),
             h("td.num", {}, tokenized ? `${fmt(remaining, 18, 2)} ${token?.symbol ?? ""}` : `$${fmt(remaining, 6, 2)}`),
             h("td.num", {}, `${fmt(lot.bond, 6, 2)} (${fmt(lot.bond_released, 6, 2)}) USDC`),
