@@ -73,7 +73,7 @@ def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market, tmp_pat
 
     deposit = promptex(env, "wallet", "deposit", "--asset", "USDC", "--amount", "250.5", "--account", "buyer", "--yes")
     assert deposit.returncode == 0, deposit.stderr[-2000:]
-    assert "deposited 250.5 USDC; vault balance 250.5 USDC" in deposit.stdout
+    assert "deposited 250.50 USDC; vault balance 250.50 USDC" in deposit.stdout
 
     swap = promptex(
         env, "wallet", "swap", "--from", "USDC", "--to", "CLD", "--amount", "10", "--account", "buyer", "--yes"
@@ -91,19 +91,19 @@ def test_wallet__keyfile_account__mints_deposits_swaps_withdraws(market, tmp_pat
     (release_file := tmp_path / "release.json").write_text(json.dumps({**release, "signature": "0x" + signature.hex()}))
     instant = promptex(env, "wallet", "exit-instant", "--release", str(release_file), "--account", "buyer", "--yes")
     assert instant.returncode == 0, instant.stderr[-2000:]
-    assert "left the vault with 10 USDC at once" in instant.stdout
+    assert "left the vault with 10.00 USDC at once" in instant.stdout
     replayed = promptex(env, "wallet", "exit-instant", "--release", str(release_file), "--account", "buyer", "--yes")
     assert replayed.returncode == 1 and "vault: bad nonce" in replayed.stderr
 
     withdraw = promptex(env, "wallet", "withdraw", "--asset", "USDC", "--amount", "50", "--account", "buyer", "--yes")
     assert withdraw.returncode == 0, withdraw.stderr[-2000:]
-    assert "withdrawal of 50 USDC requested" in withdraw.stdout
+    assert "withdrawal of 50.00 USDC requested" in withdraw.stdout
 
     balances = promptex(env, "wallet", "balances", "--account", "buyer")
     assert balances.returncode == 0, balances.stderr[-2000:]
     usdc_line = next(line for line in balances.stdout.splitlines() if line.startswith("USDC"))
     # wallet 1,000 − 250.5 − 10 (swapped) + 10 (instant exit); vault 250.5 − 10; withdrawing 50
-    assert usdc_line.split() == ["USDC", "749.5", "USDC", "240.5", "USDC", "50", "USDC"]
+    assert usdc_line.split() == ["USDC", "749.50", "USDC", "240.50", "USDC", "50.00", "USDC"]
 
     status = promptex(env, "status")
     assert status.returncode == 0, status.stderr[-2000:]
@@ -136,7 +136,7 @@ def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itse
         env, "wallet", "complete-withdraw", "--asset", "CLD", "--take-token", "--account", "buyer", "--yes"
     )
     assert taken.returncode == 0, taken.stderr[-2000:]
-    assert f"withdrew {amount:,} CLD (to your wallet)" in taken.stdout
+    assert f"withdrew {amount:,}.00 CLD (to your wallet)" in taken.stdout
     assert cld.functions.balanceOf(buyer).call() == held  # all of it back as the token itself
 
 
@@ -176,7 +176,40 @@ def test_wallet__bad_input__clear_error_and_nothing_moves(market, tmp_path):
 
     balances = promptex(env, "wallet", "balances", "--account", "stranger")
     usdc_line = next(line for line in balances.stdout.splitlines() if line.startswith("USDC"))
-    assert usdc_line.split() == ["USDC", "0", "USDC", "0", "USDC", "0", "USDC"]
+    assert usdc_line.split() == ["USDC", "0.00", "USDC", "0.00", "USDC", "0.00", "USDC"]
+
+
+def test_wallet__spend_cap__unlimited_for_one__both_refused_before_any_transaction__shown_as_entered(market):
+    env, user = market, Account.from_key(STRANGER_KEY).address
+    vault, usdc = contract(env, "CreditsVault"), contract(env, "USDC")
+    sent = Web3(Web3.HTTPProvider(env["APE_FOUNDRY_HOST"])).eth.get_transaction_count(user)
+
+    both = promptex(env, "wallet", "spend-cap", "--asset", "USDC", "--per-epoch", "unlimited", "--total", "Unlimited",
+                    "--account", "stranger", "--yes")  # fmt: skip
+    assert both.returncode == 1 and both.stdout == "", both.stdout
+    assert both.stderr.strip().splitlines() == [
+        "Error: a spend cap needs a limit: --per-epoch and --total cannot both be unlimited (give one an amount) "
+        "(see `promptex wallet spend-cap --help`)"
+    ]
+    assert Web3(Web3.HTTPProvider(env["APE_FOUNDRY_HOST"])).eth.get_transaction_count(user) == sent  # nothing sent
+
+    capped = promptex(env, "wallet", "spend-cap", "--asset", "USDC", "--per-epoch", "50", "--total", "unlimited",
+                      "--account", "stranger", "--yes")  # fmt: skip
+    assert capped.returncode == 0, capped.stderr[-2000:]
+    assert "USDC cap: 50.00 USDC per epoch, unlimited in total, until 20" in capped.stdout  # as entered
+    per_epoch, total, _expiry = vault.functions.spend_cap(user, usdc.address).call()
+    assert 50 * 10**6 <= per_epoch < 50 * 10**6 + 2**9 and total == 2**96 - 1  # never below 50; MAX_CAP_TOTAL
+
+    lowered = promptex(env, "wallet", "spend-cap", "--asset", "USDC", "--per-epoch", "unlimited",
+                       "--total", "12.5", "--account", "stranger", "--yes")  # fmt: skip
+    assert lowered.returncode == 1 and lowered.stdout == "", lowered.stdout  # no call trace
+    assert lowered.stderr.strip() == "Error: reverted: vault: new cap lowers the active cap"
+
+    cld = contract(env, "token:CLD")
+    per_epoch_unlimited = promptex(env, "wallet", "spend-cap", "--asset", "CLD", "--per-epoch", "unlimited",
+                                   "--total", "12.5", "--account", "stranger", "--yes")  # fmt: skip
+    assert "CLD cap: unlimited per epoch, 12.50 CLD in total" in per_epoch_unlimited.stdout
+    assert vault.functions.spend_cap(user, cld.address).call()[1] == 12_500_000_000_000_000_000
 
 
 def contract(env, name):

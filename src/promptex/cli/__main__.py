@@ -2,4 +2,4 @@
 
 from promptex.cli import main
 
-main()
+main(prog_name="promptex")  # messages name the command as a user types it

@@ -147,5 +147,14 @@ def quiet_ape() -> None:
     import logging
 
     from ape.logging import logger
+    from ape_ethereum.trace import Trace
 
     logger.set_level(logging.DEBUG if _State.debug else logging.CRITICAL)
+    if not _State.debug:
+        # ape prints a call trace to stdout with every revert it raises (its foundry
+        # provider's error path has no switch): the one-line error says what happened.
+        Trace.show = _no_trace  # type: ignore[method-assign]
+
+
+def _no_trace(*_args: Any, **_kwargs: Any) -> None:
+    return None

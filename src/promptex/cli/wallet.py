@@ -28,7 +28,8 @@ from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
-from promptex.protocol.units import MAX_UINT256
+from promptex.protocol.units import MAX_UINT256, money
+from promptex.protocol.vault import UNLIMITED, per_epoch_at_least
 
 LOCAL_NODE = "ethereum:local:foundry"
 
@@ -56,9 +57,37 @@ def units(text: str, symbol: str) -> int:
 
 
 def whole(amount: int, symbol: str) -> str:
-    decimals = asset(symbol).decimals
-    text = f"{Decimal(amount).scaleb(-decimals):,.{decimals}f}".rstrip("0").rstrip(".")
-    return f"{text} {symbol.upper()}"
+    """An amount for people: whole units at the asset's sensible precision (protocol.units.money)."""
+    return money(amount, symbol)
+
+
+UNLIMITED_WORD = "unlimited"
+
+
+def cap_limit(text: str, symbol: str, option: str) -> int | None:
+    """A spend cap's limit as typed: whole units, or None for 'unlimited'."""
+    if text.strip().lower() == UNLIMITED_WORD:
+        return None
+    try:
+        return units(text, symbol)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint=option) from None
+
+
+def cap_values(per_epoch: int | None, total: int | None) -> tuple[int, int]:
+    """What to sign for a cap typed as (per_epoch, total), None meaning unlimited: a
+    per-epoch limit the vault never enforces below the request, the vault's sentinel for
+    unlimited. Both unlimited is refused here, before any transaction (the vault's rule)."""
+    if per_epoch is None and total is None:
+        raise click.UsageError(
+            "a spend cap needs a limit: --per-epoch and --total cannot both be unlimited (give one an amount)"
+        )
+    per = UNLIMITED if per_epoch is None else per_epoch_at_least(per_epoch)
+    return per, UNLIMITED if total is None else total
+
+
+def cap_text(value: int | None, symbol: str) -> str:
+    return UNLIMITED_WORD if value is None else money(value, symbol)
 
 
 def chain_time() -> int:
@@ -274,17 +303,19 @@ def cancel_withdraw(network: Any, alias: str | None, yes: bool, symbol: str) -> 
 def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch: str, total: str, days: int) -> None:
     """Set the most settlements may debit from your vault balance (from your own wallet)."""
 
-    def limit(text: str) -> int:
-        return MAX_UINT256 if text.lower() == "unlimited" else units(text, symbol)
-
+    asked_per, asked_total = cap_limit(per_epoch, symbol, "--per-epoch"), cap_limit(total, symbol, "--total")
+    signed_per, signed_total = cap_values(asked_per, asked_total)
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
         expiry = chain_time() + days * 86_400
-        vault.set_spend_cap(session.token(symbol), limit(per_epoch), limit(total), expiry, sender=session.account)
-        per, left, until = vault.spend_cap(session.account, session.token(symbol))
+        vault.set_spend_cap(session.token(symbol), signed_per, signed_total, expiry, sender=session.account)
+        until = vault.spend_cap(session.account, session.token(symbol))[2]
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
+        # As entered: the vault stores a per-epoch limit as m × 2**e, at least the one asked.
         click.echo(
-            f"{symbol.upper()} cap: {whole(per, symbol)} per epoch, {whole(left, symbol)} in total, until {until}"
+            f"{symbol.upper()} cap: {cap_text(asked_per, symbol)} per epoch, {cap_text(asked_total, symbol)} "
+            f"in total, until {stamp}"
         )
 
 
@@ -338,7 +369,8 @@ def grant_agent(
         for token in tokens:
             session.approve(token, escrow.address, MAX_UINT256)
         shown = ", ".join(f"{whole(limit, symbol)} a day" for symbol, limit in pairs)
-        click.echo(f"granted {agent}: {shown}, ≤ {slippage} % under the TWAP, until {expiry}")
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expiry))
+        click.echo(f"granted {agent}: {shown}, ≤ {slippage} % under the TWAP, until {until}")
 
 
 @wallet_command("revoke-agent")
