@@ -203,3 +203,24 @@ def test_json__user_not_a_string__400(gw: Harness, fake: Fake) -> None:
         gw.url + "/v1/chat/completions", json={**HELLO, "user": {"id": 1}}, headers={"authorization": f"Bearer {key}"}
     )
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "user"
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_client_address__x_forwarded_for_believed_only_from_a_trusted_proxy(
+    settings: Settings, tmp_path: Path, fake: Fake, trusted: bool
+) -> None:
+    update = {"gateway_trusted_proxies": ["127.0.0.1"] if trusted else [], "gateway_body_timeout_seconds": 120}
+    for gw in _harness(settings.model_copy(update=update), f"sqlite:///{tmp_path}/ledger.sqlite3"):
+        _, key = gw.buyer()
+        held = []
+        for forwarded in ("10.0.0.1", "10.0.0.2"):
+            conn = connect(gw, "127.0.0.1")
+            head = slow_request(key).replace(b"\r\n\r\n", f"\r\nx-forwarded-for: {forwarded}\r\n\r\n".encode(), 1)
+            conn.sendall(head)
+            held.append(conn)
+        until(lambda gw=gw: in_flight(gw) == 2, "both requests admitted")
+        expected = {"10.0.0.1": 1, "10.0.0.2": 1} if trusted else {"127.0.0.1": 2}
+        assert gw.gateway.admission.addresses == expected
+        for conn in held:
+            conn.close()
+        until(lambda gw=gw: in_flight(gw) == 0, "the shares given back")
