@@ -320,3 +320,33 @@ def test_broadcast__same_signed_bytes_again_after_mined__no_error_and_a_bad_one_
     refused = poor.sign_transaction({**tx, "chainId": world.w3.eth.chain_id}).raw_transaction.hex()
     with pytest.raises(Exception, match="(?i)insufficient funds|funds"):
         world.chain.broadcast(refused)
+
+
+def test_coordinator__settlement_orphaned_by_a_reorg__its_records_settle_again_once(world):
+    """Found by the market machine: a settle the coordinator saw mined, then orphaned by a
+    reorg, stayed "confirmed" in its store, so its records were charged in the ledger and
+    never debited by the vault (the coordinator then settled the same epoch number with
+    other records). A confirmed batch the chain does not hold is returned to pending."""
+    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    assert world.coordinator().run_once().caps == 1  # registered before the fork: it stays
+    first = [world.spend(account, "USDC", 1_000), world.spend(account, "USDC", 2_000)]
+    world.next_window()
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    assert world.coordinator().run_once().confirmed == [("USDC", 1)]
+    assert world.vault.functions.balance_of(address, world.usdc.address).call() == 20 * USDC_UNIT - 3_000
+
+    world.w3.provider.make_request("evm_revert", [fork])  # the branch with the settle is gone
+    later = world.spend(account, "USDC", 4_000)
+    world.next_window()
+    for _ in range(3):  # until nothing is left to settle
+        world.coordinator().run_once()
+        world.next_window()
+
+    store = world.coordinator().store
+    confirmed = store.batches("USDC", "confirmed")
+    assert [b.epoch for b in confirmed] == world.settled_events("USDC")  # each confirmed batch is on chain
+    for batch in confirmed:
+        assert world.chain.usage_root("USDC", batch.epoch) == batch.usage_root
+    assert {store.record(r).status for r in [*first, later]} == {"batched"}
+    on_chain = world.vault.functions.balance_of(address, world.usdc.address).call()
+    assert on_chain == 20 * USDC_UNIT - 7_000 == world.ledger.balance(account, "USDC").posted

@@ -79,13 +79,11 @@ _names = itertools.count(1)
 # is open); True would note such records instead of failing on them.
 UNOPENED_LOTS_ROUTABLE = False
 NEVER_OPENED = "which has no on-chain lot id"
-# Found by this machine: the coordinator marks a settlement confirmed on its receipt and
-# never looks again, so a reorg that orphans the settle transaction leaves its records
-# "batched" in a batch the chain does not have (the ledger charged them, the vault never
-# debited them; the coordinator then settles the same epoch number again). Until the
-# coordinator waits for confirmations or re-checks its confirmed batches, the reorg rule
-# pauses it (SIGSTOP) while the orphaned branch exists.
-SETTLES_SURVIVE_REORGS = False
+# Found by this machine: the coordinator marked a settlement confirmed on its receipt and
+# never looked again, so a reorg that orphaned the settle transaction left its records
+# "batched" in a batch the chain did not have. Fixed (coordinator: `_recheck_confirmed`);
+# False would pause the coordinator (SIGSTOP) while an orphaned branch exists.
+SETTLES_SURVIVE_REORGS = True
 STATS: Counter[str] = Counter()  # what the runs did, printed at the end (pytest -s)
 
 PRICE = load_catalog(CATALOG).price(MODEL)
@@ -429,11 +427,14 @@ class MarketMachine(RuleBasedStateMachine):
 
     # ─── Reorgs ──────────────────────────────────────────────────────────────
 
-    @rule(buyer=buyers, amount=st.integers(1, 300), spend=st.booleans(), other=st.integers(0, 300))
-    def shallow_reorg(self, buyer: Buyer, amount: int, spend: bool, other: int) -> None:
+    @rule(
+        buyer=buyers, amount=st.integers(1, 300), spend=st.booleans(), settle=st.booleans(), other=st.integers(0, 300)
+    )
+    def shallow_reorg(self, buyer: Buyer, amount: int, spend: bool, settle: bool, other: int) -> None:
         """A deposit the indexer applied (and the buyer maybe spent) is orphaned: anvil
         reverts to before it and mines another branch (a deposit of `other`, or nothing),
-        at least as long. Whatever the coordinator sent meanwhile is orphaned with it."""
+        at least as long. Whatever the coordinator sent meanwhile is orphaned with it; with
+        `settle`, an epoch closes on the doomed branch and the coordinator settles it there."""
         STATS["rule shallow_reorg"] += 1
         paused = not SETTLES_SURVIVE_REORGS
         if paused:  # nothing the coordinator sends lands on the branch that will be orphaned
@@ -447,6 +448,11 @@ class MarketMachine(RuleBasedStateMachine):
             if spend and buyer.key:
                 self.traffic([(buyer, 8, False)] * 3, exact=False)
                 buyer.orphaned = True  # the spent deposit is gone: a debt, explained by reconcile
+            if settle and not paused:
+                self.chain.advance(self.vault.functions.epoch_length().call() + 1)
+                self.quiesce()
+                STATS["settlements orphaned"] += 1
+            head = self.chain.head()
             self.chain.revert(fork)
             buyer.deposited -= amount
             self.deposit(buyer, other)
@@ -627,3 +633,24 @@ def test_market__random_actions_failures_and_restarts__books_never_diverge(marke
     )
     run_state_machine_as_test(MarketMachine, settings=profile)
     print("market machine:", dict(sorted(STATS.items())))
+
+
+def test_market__settlement_orphaned_by_a_reorg__settled_again_books_reconcile(market) -> None:
+    """One sequence the machine found, run by hand: an epoch settled on a branch that a
+    reorg then orphans; the coordinator settles those records again on the new branch and
+    the books reconcile (ledger == vault per account, lots and sellers exact)."""
+    MarketMachine.chain, MarketMachine.fake, MarketMachine.base = market
+    machine = MarketMachine()
+    try:
+        machine.first_lot(face=400)
+        buyer = machine.first_buyer(amount=500)
+        machine.traffic([(buyer, 8, False), (buyer, 16, True)], exact=True)
+        machine.shallow_reorg(buyer, amount=50, spend=False, settle=True, other=20)
+        machine.traffic([(buyer, 4, False)], exact=True)
+        machine.settle()
+        with machine.ledger.engine.connect() as conn:
+            statuses = conn.execute(select(usage_records.c.status)).scalars().all()
+        assert statuses and set(statuses) == {"batched"}
+        assert STATS["settlements orphaned"] >= 1
+    finally:
+        machine.teardown()

@@ -126,6 +126,8 @@ class Coordinator:
             log.info("another coordinator holds the lease; standing by")
             return report
         try:
+            for asset in self.chain.assets():
+                self._recheck_confirmed(asset)
             for tx in self.store.open_txs():
                 self._resolve_tx(tx)
             self._register_spend_caps()
@@ -200,6 +202,19 @@ class Coordinator:
             )
             return True
         return False
+
+    def _recheck_confirmed(self, asset: str) -> None:
+        """A settlement is confirmed only while the chain holds it: a reorg can orphan a
+        mined settle. Its batch is reopened (`store.reopen`) before anything is planned, so
+        its records are neither lost (charged, never debited) nor settled twice."""
+        for batch in self.store.confirmed_from(asset, self.chain.last_epoch(asset)):
+            if not self._landed(batch):
+                log.warning(
+                    "%s epoch %d: its settlement is no longer on chain (a reorg); resolving it again",
+                    asset,
+                    batch.epoch,
+                )
+                self.store.reopen(batch)
 
     def _confirm(self, batch: Batch) -> None:
         self.store.confirm(batch, self.clock())

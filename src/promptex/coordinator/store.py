@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, insert, or_, select, update
 
 from promptex.chain.sender import SignedTx
-from promptex.chain.txlog import SignedTxStore
+from promptex.chain.txlog import SENT, SignedTxStore
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -243,6 +243,36 @@ class CoordinatorStore(SignedTxStore):
                 .where(settlement_batches.c.id == batch.id, settlement_batches.c.status.in_((PLANNED, SUBMITTED)))
                 .values(status=CONFIRMED, closed_at=now)
             )
+
+    def confirmed_from(self, asset: str, epoch: int) -> list[Batch]:
+        """The asset's confirmed batches of `epoch` or later (those a reorg may have orphaned)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(settlement_batches)
+                .where(
+                    settlement_batches.c.asset == asset,
+                    settlement_batches.c.status == CONFIRMED,
+                    settlement_batches.c.epoch >= epoch,
+                )
+                .order_by(settlement_batches.c.id)
+            ).all()
+        return [_batch(row) for row in rows]
+
+    def reopen(self, batch: Batch) -> None:
+        """A confirmed batch the chain no longer holds (a reorg orphaned its settlement):
+        submitted again with its transaction unresolved, so that the next pass rebroadcasts
+        the same signed bytes, or fails the batch (its records back to pending) when that
+        transaction can no longer land."""
+        t = self.txs_table
+        with self._tx() as conn:
+            done = conn.execute(
+                update(settlement_batches)
+                .where(settlement_batches.c.id == batch.id, settlement_batches.c.status == CONFIRMED)
+                .values(status=SUBMITTED, closed_at=None)
+            ).rowcount
+            if done and batch.tx_id is not None:
+                unresolved = {"status": SENT, "block_number": None, "closed_at": None}
+                conn.execute(update(t).where(t.c.id == batch.tx_id).values(**unresolved))
 
     def fail(self, batch: Batch, reason: str, now: int) -> None:
         """The batch can never land: close it and put its records back to pending."""
