@@ -219,9 +219,12 @@ class Settings(BaseSettings):
     gateway_master_key_file: Path = Path("promptex-master.key")
 
     # ─── Buyers ──────────────────────────────────────────────────────────────
-    # Welcome credit for a new buyer, spend-only, from the treasury's promotional account.
+    # Welcome credit for a new buyer's first bound wallet, spend-only, from the treasury's
+    # promotional account. 0 by default: on a live network someone must fund the treasury
+    # with real money first. `promptex up` sets 10 USDC in its profile (it funds the local
+    # treasury with test dollars).
     welcome_credit_asset: str = "USDC"
-    welcome_credit_amount: int = 1_000_000  # smallest units: 1 USDC
+    welcome_credit_amount: int = 0  # smallest units
     welcome_credit_treasury: str = "promotions"
 
     # ─── Sellers ─────────────────────────────────────────────────────────────

@@ -28,14 +28,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import rich.console
 import rich.table
 
+if TYPE_CHECKING:
+    from promptex.chain.deployments import Deployment
+    from promptex.ready import Ready
+
 ANVIL_NPM_BINARY = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 STOP_GRACE_SECONDS = 10.0
 ANVIL_STATE = "anvil-state.json"
+LOCAL_WELCOME_CREDIT = 10_000_000  # USDC smallest units: $10 of promotional credit per new wallet
 INDEXED_WAIT_SECONDS = 60.0  # for the status's reconcile: how long the indexer may take to reach the head
 
 console = rich.console.Console(highlight=False)
@@ -272,6 +278,8 @@ def market_profile(options: UpOptions, rpc_url: str, env: dict[str, str]) -> dic
             "dashboard_seller_base_urls": json.loads(env["PROMPTEX_DASHBOARD_SELLER_BASE_URLS"]),
             "agent_billing_url": env["PROMPTEX_AGENT_BILLING_URL"],
             "agent_fake_billing_port": options.billing_port,
+            # The local treasury is funded with test dollars (promptex.ready): $10 a new wallet.
+            "welcome_credit_amount": LOCAL_WELCOME_CREDIT,
         },
         "urls": {
             "chain": rpc_url,
@@ -347,6 +355,84 @@ def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
         console.print(f"[red]  unexplained:[/red] {row.section} of {row.subject}: {row.shown(row.unexplained)}")
 
 
+def is_local_chain(rpc_url: str) -> bool:
+    """anvil (it answers anvil_nodeInfo): test dollars can be minted and its clock moved."""
+    try:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "anvil_nodeInfo", "params": []}
+        return "result" in httpx.post(rpc_url, json=body, timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+# One tokenized and one listed lot per provider, served by the fake upstreams, opened
+# through the sellers' own path (`promptex seller add-capacity`). Sellers: anvil accounts 1, 2.
+DEMO_PROVIDERS = ("anthropic", "openai", "google", "meta")
+DEMO_SELLERS = {
+    "tokenized": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+    "listed": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+}
+DEMO_FACE_VALUE_USD = "500"
+
+
+def open_demo_lots(supervisor: Supervisor, options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
+    from promptex.protocol.units import USD_MICRO, whole_units
+    from promptex.ready import bond_for
+
+    upstream = f"http://127.0.0.1:{options.upstream_port}/v1"
+    face = int(DEMO_FACE_VALUE_USD) * USD_MICRO
+    bonds = {
+        kind: whole_units(bond_for(rpc_url, deployment, seller, face, len(DEMO_PROVIDERS)), 6)
+        for kind, seller in DEMO_SELLERS.items()
+    }
+    for provider in DEMO_PROVIDERS:
+        for kind, seller in DEMO_SELLERS.items():
+            supervisor.run_step(
+                f"{kind} {provider} lot",
+                promptex_argv(
+                    "seller", "add-capacity", "--provider", provider, "--base-url", upstream,
+                    "--api-key", f"demo-{provider}-key", "--face-value", DEMO_FACE_VALUE_USD, "--kind", kind,
+                    "--expires", "30d", "--seller-address", seller, "--bond", bonds[kind],
+                    "--declare-resale-permitted",
+                ),
+            )  # fmt: skip
+
+
+def closing_panel(options: UpOptions, ready: Ready) -> str:
+    """What to do now: the dashboard, a working openai snippet (the demo buyer's key, its
+    welcome credit), the next commands."""
+    from promptex.protocol.units import money
+    from promptex.ready import DEMO_ORG
+
+    gateway = f"http://{options.gateway_host}:{options.gateway_port}/v1"
+    dashboard = f"http://{options.gateway_host}:{options.dashboard_port}/"
+    return "\n".join(
+        [
+            "",
+            "[bold green]The market is ready.[/bold green]",
+            f"  dashboard   {dashboard}",
+            f"  gateway     {gateway}  (OpenAI- and Anthropic-compatible)",
+            f"  demo buyer  account {ready.buyer_account}, wallet {ready.buyer_wallet}: "
+            f"{money(ready.welcome_usd_micro, 'USDC')} of promotional credit",
+            f"  demo org    {DEMO_ORG} (account {ready.org_account}), owner {ready.org_owner}",
+            "",
+            "Try it (pip install openai):",
+            "",
+            "  from openai import OpenAI",
+            f'  client = OpenAI(base_url="{gateway}", api_key="{ready.buyer_key}")',
+            '  answer = client.chat.completions.create(model="gpt-4o-mini",',
+            '                                          messages=[{"role": "user", "content": "Hello"}])',
+            "  print(answer.choices[0].message.content)",
+            "",
+            "Next:",
+            "  promptex status                         # vault, lots, pools",
+            f"  promptex buyer debts --account {ready.buyer_account}           # what the demo buyer owes",
+            "  promptex wallet balances --account TEST::6   # the demo buyer's wallet",
+            "  promptex reconcile                      # the books against the chain",
+            "",
+        ]
+    )
+
+
 def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
     """The long-lived services after the chain: the indexer and the coordinator (which follow
     the chain), the fake upstreams, the gateway, the fake billing API and the redemption
@@ -394,8 +480,10 @@ def up(options: UpOptions) -> int:
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:
-        from promptex.chain.deployments import deployment_path
+        from promptex.chain.deployments import deployment_path, load_deployment
+        from promptex.chain.node import connect, deployed_contract
         from promptex.config import DEFAULT_MARKET_DIR, Settings
+        from promptex.ready import OracleKeeper, make_ready, read_ready, seed_twap_history
 
         network = Settings().indexer_network
         if options.fresh:
@@ -444,9 +532,26 @@ def up(options: UpOptions) -> int:
             console.print(f"  elsewhere, or with --state: export PROMPTEX_UP_STATE_DIR={options.state_dir.resolve()}")
         if options.seed:
             supervisor.run_step("seed market", ape_argv("seed_market"))
+        ready = options.seed and is_local_chain(rpc_url)
+        new_market = ready and read_ready(options.state_dir) is None
+        if new_market:
+            console.print("[bold]▶ a day of TWAP history (the local clock advanced with Oracle updates)[/bold]")
+            seed_twap_history(rpc_url, load_deployment(network))
         for service in plan_services(options, rpc_url):
             supervisor.start(service)
+        if new_market:
+            open_demo_lots(supervisor, options, rpc_url, load_deployment(network))
+        made = None
+        if ready:
+            deployment = load_deployment(network)
+            s = Settings()
+            made = make_ready(rpc_url, deployment, options.state_dir, welcome_asset=s.welcome_credit_asset,
+                              welcome_amount=LOCAL_WELCOME_CREDIT, treasury=s.welcome_credit_treasury)  # fmt: skip
+            period = int(deployed_contract(connect(rpc_url), deployment, "Oracle").functions.period().call())
+            OracleKeeper(rpc_url, deployment, period, supervisor.stopping).start()
         console.print(supervisor.status_table())
+        if made is not None:  # unwrapped: the snippet must copy and paste as printed
+            console.print(closing_panel(options, made), soft_wrap=True)
         reconcile_status(rpc_url, network, supervisor.stopping)
         console.print("Ctrl-C stops everything.")
         return supervisor.watch()

@@ -90,6 +90,47 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         assert "<title>" in httpx.get(f"{dashboard}/", timeout=5).text  # the built front end
         up.wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
 
+        # A deposit the indexer credits, and the seeded lots: both must outlive a restart.
+        w3 = Web3(HTTPProvider(chain))
+        root = tmp_path / "deployments"
+        vault, usdc, escrow = (_contract(w3, root, name) for name in ("CreditsVault", "USDC", "CreditEscrow"))
+        depositor = w3.eth.accounts[3]
+        with Ledger.open(ledger_url) as ledger:
+            in_vault = ledger.system_balance("vault", "USDC")  # the treasury's deposit, the bonds' are not
+        usdc.functions.mint(depositor, 7 * USD_MICRO).transact({"from": depositor})
+        usdc.functions.approve(vault.address, 7 * USD_MICRO).transact({"from": depositor})
+        sent = vault.functions.deposit(usdc.address, 7 * USD_MICRO).transact({"from": depositor})
+        assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
+        lots = escrow.functions.lot_count().call()
+        assert lots > 0
+        with Ledger.open(ledger_url) as ledger:
+            deadline = time.monotonic() + 60
+            while ledger.system_balance("vault", "USDC") != in_vault - 7 * USD_MICRO and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert ledger.system_balance("vault", "USDC") == in_vault - 7 * USD_MICRO  # indexed
+
+        # A ready market: the closing panel's openai snippet answers with the demo buyer's
+        # key, paid by its $10 of promotional credit from the funded treasury; a tokenized
+        # and a listed lot per provider; a day of TWAP history.
+        assert "The market is ready." in log and "10.00 USDC of promotional credit" in log
+        ready = json.loads((tmp_path / "market" / "ready.json").read_text())
+        assert f'api_key="{ready["buyer_key"]}"' in log  # on one line: it copies and pastes
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"http://127.0.0.1:{ports['gateway']}/v1", api_key=ready["buyer_key"])
+        answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+        assert answer.choices[0].message.content and answer.usage.total_tokens > 0
+        with Ledger.open(ledger_url) as ledger:
+            treasury = ledger.treasury("promotions").id
+            assert ledger.budget(treasury, ready["buyer_account"], "USDC").remaining < 10 * USD_MICRO  # it paid
+        w3 = Web3(HTTPProvider(chain))
+        escrow = _contract(w3, tmp_path / "deployments", "CreditEscrow")
+        # seed_market's 4 (no upstream behind them) + anthropic, openai, google, meta × tokenized, listed
+        assert escrow.functions.lot_count().call() == 4 + 8
+        oracle = _contract(w3, tmp_path / "deployments", "Oracle")
+        cld = json.loads((tmp_path / "deployments/local.json").read_text())["contracts"]["token:CLD"]["address"]
+        assert oracle.functions.consult(cld, 86_400).call() > 0  # a day's TWAP, at once
+
         # Other commands follow the market's profile alone: no chain, ledger or deployment
         # in their environment (only the folder is named), and no warning noise.
         assert json.loads((tmp_path / "market" / "profile.json").read_text())["settings"]["rpc_url"] == chain
@@ -100,23 +141,6 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
                                   capture_output=True, text=True, timeout=300)  # fmt: skip
             assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
             assert "Warning" not in done.stderr, done.stderr
-
-        # A deposit the indexer credits, and the seeded lots: both must outlive a restart.
-        w3 = Web3(HTTPProvider(chain))
-        root = tmp_path / "deployments"
-        vault, usdc, escrow = (_contract(w3, root, name) for name in ("CreditsVault", "USDC", "CreditEscrow"))
-        depositor = w3.eth.accounts[3]
-        usdc.functions.mint(depositor, 7 * USD_MICRO).transact({"from": depositor})
-        usdc.functions.approve(vault.address, 7 * USD_MICRO).transact({"from": depositor})
-        sent = vault.functions.deposit(usdc.address, 7 * USD_MICRO).transact({"from": depositor})
-        assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
-        lots = escrow.functions.lot_count().call()
-        assert lots > 0
-        with Ledger.open(ledger_url) as ledger:
-            deadline = time.monotonic() + 60
-            while ledger.system_balance("vault", "USDC") != -7 * USD_MICRO and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert ledger.system_balance("vault", "USDC") == -7 * USD_MICRO  # indexed
         up.stop()
     finally:
         up.kill()
@@ -131,13 +155,13 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
     try:
         log = again.wait_for("Ctrl-C stops everything", 300)
         assert "live deployment kept" in log
+        assert "The market is ready." in log and ready["buyer_key"] in log  # the same demo buyer, shown again
         assert "books reconcile with the chain at block" in log and "unexplained" not in log
         w3 = Web3(HTTPProvider(chain))
         vault, usdc, escrow = (_contract(w3, root, name) for name in ("CreditsVault", "USDC", "CreditEscrow"))
         assert vault.functions.balance_of(w3.eth.accounts[3], usdc.address).call() == 7 * USD_MICRO
         assert escrow.functions.lot_count().call() == lots
         with Ledger.open(ledger_url) as ledger, ledger.engine.connect() as conn:
-            assert ledger.system_balance("vault", "USDC") == -7 * USD_MICRO
             assert indexer_store.reorgs(conn) == []  # nothing was rewound: the chain is the one it indexed
             assert ledger.problems() == []
         again.stop()

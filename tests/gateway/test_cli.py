@@ -41,6 +41,8 @@ def test_buyer_signup_and_bind__signed_challenge__wallet_bound_and_key_shown_onc
 ) -> None:
     wallet = Account.create()
     monkeypatch.setenv("DEMO_WALLET_KEY", wallet.key.hex())
+    monkeypatch.setenv("PROMPTEX_WELCOME_CREDIT_AMOUNT", "10000000")  # as `promptex up`'s profile sets
+    settings.cache_clear()
     signup = CliRunner().invoke(main, ["buyer", "signup", "--wallet", wallet.address])
     assert signup.exit_code == 0, signup.output
     key = signup.output.split("store it now): ")[1].split()[0]
@@ -51,7 +53,8 @@ def test_buyer_signup_and_bind__signed_challenge__wallet_bound_and_key_shown_onc
         assert account is not None
         record = GatewayStore(ledger.engine).api_key(hash_key(key))
         assert record is not None and record.account == account
-        assert ledger.budget(ledger.treasury().id, account, "USDC") is not None  # welcome credit
+        budget = ledger.budget(ledger.treasury().id, account, "USDC")
+        assert budget is not None and budget.remaining == 10_000_000  # welcome credit
     again = CliRunner().invoke(main, ["buyer", "bind", "--sign-with-env", "DEMO_WALLET_KEY"])
     assert again.exit_code != 0  # the challenge is used up
 

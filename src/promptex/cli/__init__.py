@@ -39,6 +39,7 @@ class RootGroup(OneLineErrors, LazyGroup):
         "redemptions": "promptex.cli.agent:redemptions",
         "dashboard": "promptex.cli.dashboard:dashboard",
         "hedge": "promptex.cli.hedge:hedge",
+        "org": "promptex.cli.org:org",
         "up": "promptex.cli.up:up_command",
         "reconcile": "promptex.cli.reconcile:reconcile",
     },

@@ -106,8 +106,9 @@ def buyer_bind(challenge_file: str, signature: str | None, sign_with_env: str | 
 
 @buyer.command("org-key")
 @click.option("--org", "org_name", required=True, help="org name (created if new)")
+@click.option("--name", "member_name", help="the member's name (shown on the org's desk)")
 @click.option("--budget", help="the member's budget in the org, ASSET=AMOUNT")
-def buyer_org_key(org_name: str, budget: str | None) -> None:
+def buyer_org_key(org_name: str, member_name: str | None, budget: str | None) -> None:
     """A member key that spends from an org's balance (within an optional budget)."""
     import time
 
@@ -126,8 +127,11 @@ def buyer_org_key(org_name: str, budget: str | None) -> None:
                 found = account_by_name(conn, AccountKind.ORG, org_name)
             assert found is not None
             org = found.id
-        new = member_key(ledger, GatewayStore(ledger.engine), org, int(time.time()), budget=_budget(budget))
-    click.echo(f"org {org}, member account {new.account}")
+        new = member_key(
+            ledger, GatewayStore(ledger.engine), org, int(time.time()), name=member_name, budget=_budget(budget)
+        )
+    named = f" ({member_name})" if member_name else ""
+    click.echo(f"org {org}, member account {new.account}{named}")
     click.echo(f"API key (shown once, store it now): {new.key}")
 
 
@@ -213,3 +217,164 @@ def buyer_limits(
     if now.cost is not None and now.cost_asset is not None:
         parts.append(f"{money(now.cost, now.cost_asset)} per {now.cost_window_seconds} s")
     click.echo(f"{subject}: " + ", ".join(parts))
+
+
+# ─── Self-service: what an account has and what it spent ────────────────────
+
+MAX_CAP_TOTAL = 2**96 - 1  # CreditsVault.MAX_CAP_TOTAL: a total cap this large is no limit
+
+
+def _whose(account_id: int | None, wallet: str | None, key: str | None) -> int:
+    """The account named by exactly one of --account, --wallet, --key."""
+    from promptex.gateway.keys import hash_key
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+
+    if sum(x is not None for x in (account_id, wallet, key)) != 1:
+        raise click.UsageError("name the account one way: --account N, --wallet 0x…, or --key px-…")
+    if account_id is not None:
+        return account_id
+    with Ledger.from_settings(settings()) as ledger:
+        if wallet is not None:
+            found = ledger.account_of(wallet)
+            if found is None:
+                raise click.ClickException(f"no account is bound to {wallet}: bind it with `promptex buyer bind`")
+            return found
+        assert key is not None
+        record = GatewayStore(ledger.engine).api_key(hash_key(key))
+        if record is None:
+            raise click.ClickException("no such API key (revoked, or of another market)")
+        return record.account
+
+
+def whose_options(fn: click.decorators.FC) -> click.decorators.FC:
+    fn = click.option("--key", envvar="PROMPTEX_API_KEY", help="an API key of the account (or PROMPTEX_API_KEY)")(fn)
+    fn = click.option("--wallet", help="a wallet bound to the account")(fn)
+    return click.option("--account", "account_id", type=int, help="the account's number")(fn)
+
+
+@buyer.command("balance")
+@whose_options
+@click.option("--json", "as_json", is_flag=True, help="exact smallest units, as JSON")
+def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, as_json: bool) -> None:
+    """What an account can spend, per asset: spendable, held by requests in flight, leaving
+    the vault, what its spend cap has left, and promotional credit."""
+    import json
+
+    from promptex.ledger import Ledger
+    from promptex.metering.assets import ASSETS
+    from promptex.protocol.units import money
+
+    s = settings()
+    account = _whose(account_id, wallet, key)
+    rows = []
+    with Ledger.from_settings(s) as ledger:
+        try:
+            found = ledger.account(account)
+        except Exception:
+            raise click.ClickException(f"no account {account}") from None
+        treasury = ledger.treasury(s.welcome_credit_treasury).id
+        for symbol in ASSETS:
+            b = ledger.balance(account, symbol)
+            promo = ledger.budget(treasury, account, symbol)
+            promotional = promo.remaining if promo is not None else 0
+            if any((b.posted, b.held, b.locked, promotional)):
+                rows.append((symbol, b, promotional))
+        bound = ledger.wallets(account)
+    if as_json:
+        payload = [
+            {"asset": symbol, "spendable_units": str(b.spendable), "held_units": str(b.held),
+             "leaving_units": str(b.locked), "cap_left_units": str(b.cap_remaining),
+             "promotional_units": str(promotional)}
+            for symbol, b, promotional in rows
+        ]  # fmt: skip
+        click.echo(json.dumps({"account": account, "wallets": bound, "balances": payload}, indent=2))
+        return
+    name = f" ({found.name})" if found.name else ""
+    click.echo(f"account {account}{name}; wallets: {', '.join(bound) or 'none bound'}")
+    if not rows:
+        click.echo("nothing to spend yet: deposit with `promptex wallet deposit`, or bind a wallet for welcome credit")
+        return
+    click.echo(f"{'asset':<6} {'spendable':>20} {'held':>18} {'leaving':>18} {'cap left':>20} {'promotional':>18}")
+    for symbol, b, promotional in rows:
+        # What new requests may still take: the cap left after those in flight.
+        cap = money(max(0, b.cap_remaining - b.held), symbol, unlimited=MAX_CAP_TOTAL) if b.posted else "—"
+        click.echo(
+            f"{symbol:<6} {money(b.spendable, symbol):>20} {money(b.held, symbol):>18} {money(b.locked, symbol):>18} "
+            f"{cap:>20} {money(promotional, symbol):>18}"
+        )
+
+
+def _since(text: str | None) -> int | None:
+    """--since: an ISO date/time (UTC unless it says) or a span back from now (7d, 12h)."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    if text is None:
+        return None
+    span = re.fullmatch(r"(\d+)([dh])", text.strip())
+    if span:
+        return int(time.time()) - int(span.group(1)) * (86_400 if span.group(2) == "d" else 3_600)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give a date (2026-12-01), a time, or a span (7d, 12h)") from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
+USAGE_LIMIT = 100_000  # records read at most (newest first)
+
+
+@buyer.command("usage")
+@whose_options
+@click.option("--since", help="from this date/time (UTC) or span back (7d, 12h) [default: everything]")
+@click.option("--csv", "as_csv", is_flag=True, help="every record as CSV (exact units beside whole ones)")
+def buyer_usage(account_id: int | None, wallet: str | None, key: str | None, since: str | None, as_csv: bool) -> None:
+    """What an account spent (or paid for as an org): each request, and totals per model
+    and per day."""
+    import csv
+    import sys
+    from collections import defaultdict
+    from datetime import UTC, datetime
+
+    from promptex.ledger import Ledger
+    from promptex.ledger import usage as _usage
+    from promptex.protocol.units import money, whole_units
+
+    start = _since(since)
+    account = _whose(account_id, wallet, key)
+    with Ledger.from_settings(settings()) as ledger, ledger.engine.connect() as conn:
+        records = [r for r in _usage.records_of(conn, account, USAGE_LIMIT) if start is None or r.settled_at >= start]
+    records.reverse()  # oldest first
+
+    def when(r: _usage.StoredUsage) -> datetime:
+        return datetime.fromtimestamp(r.settled_at, UTC)
+
+    if as_csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["time_utc", "request_id", "account", "model", "input_tokens", "output_tokens", "asset",
+                      "cost", "cost_units", "status"])  # fmt: skip
+        for r in records:
+            out.writerow([when(r).strftime("%Y-%m-%d %H:%M:%S"), r.request_id, r.account, r.model, r.input_tokens,
+                          r.output_tokens, r.asset, whole_units(r.cost, metering.asset(r.asset).decimals), r.cost,
+                          r.status])  # fmt: skip
+        return
+    if not records:
+        click.echo(f"account {account}: no usage" + (f" since {since}" if since else ""))
+        return
+    click.echo(f"{'time (UTC)':<17} {'model':<22} {'tokens in/out':>15} {'cost':>18}  request")
+    per_model: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    per_day: dict[tuple[str, str], int] = defaultdict(int)
+    for r in records:
+        tokens = f"{r.input_tokens:,}/{r.output_tokens:,}"
+        click.echo(f"{when(r):%Y-%m-%d %H:%M} {r.model:<22} {tokens:>15} {money(r.cost, r.asset):>18}  {r.request_id}")
+        per_model[(r.model, r.asset)][0] += 1
+        per_model[(r.model, r.asset)][1] += r.cost
+        per_day[(f"{when(r):%Y-%m-%d}", r.asset)] += r.cost
+    click.echo("per model:")
+    for (model, symbol), (count, cost) in sorted(per_model.items()):
+        click.echo(f"  {model:<22} {count:>6} requests {money(cost, symbol):>18}")
+    click.echo("per day:")
+    for (day, symbol), cost in sorted(per_day.items()):
+        click.echo(f"  {day} {money(cost, symbol):>18}")

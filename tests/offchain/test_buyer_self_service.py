@@ -1,0 +1,145 @@
+"""`promptex buyer balance` and `promptex buyer usage [--since] [--csv]`: what an account
+can spend (spendable, held, leaving, cap left, promotional credit) and what it spent, in
+whole units (exact units only under --json / in the CSV's *_units column)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from ledger_helpers import fund
+
+from promptex.cli import main
+from promptex.config import settings
+from promptex.ledger import AccountKind, Ledger
+from promptex.ledger.usage import UsageRecord
+
+USDC = 10**6
+TOKEN = 10**18
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", url)
+    monkeypatch.setenv("PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS", "NORMAL")
+    settings.cache_clear()
+    with Ledger.open(url) as opened:
+        yield opened
+    settings.cache_clear()
+
+
+def spend(ledger: Ledger, account: int, asset: str, cost: int, request_id: str, model: str) -> None:
+    ledger.reserve(account, asset, cost, request_id, ttl=60)
+    record = UsageRecord(model=model, input_tokens=1_234, output_tokens=56, list_usd_micro=cost // 3 + 1)
+    ledger.settle(request_id, cost, record=record)
+
+
+def run(*args: str):
+    return CliRunner(mix_stderr=False).invoke(main, ["buyer", *args])
+
+
+def test_balance__spendable_held_cap_promotional_in_whole_units(ledger: Ledger) -> None:
+    buyer = ledger.create_account(AccountKind.USER, "ada").id
+    wallet = fund(ledger, buyer, "USDC", 50 * USDC, cap=40 * USDC)
+    fund(ledger, buyer, "CLD", 14_587_482_219_061_166_430)
+    ledger.reserve(buyer, "USDC", 2_500_000, "in-flight", ttl=60)
+    treasury = ledger.treasury("promotions").id
+    fund(ledger, treasury, "USDC", 100 * USDC)
+    ledger.grant_promotional_credit("welcome:ada", buyer, "USDC", 10 * USDC, treasury=treasury)
+
+    shown = run("balance", "--wallet", wallet)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"account {buyer} (ada); wallets: {', '.join(ledger.wallets(buyer))}"
+    usdc = next(line for line in lines if line.startswith("USDC"))
+    assert usdc.split() == ["USDC", "47.50", "USDC", "2.50", "USDC", "0.00", "USDC", "37.50", "USDC", "10.00", "USDC"]
+    cld = next(line for line in lines if line.startswith("CLD"))
+    assert "14.59 CLD" in cld
+    assert not re.search(r"\b\d{10,}\b", shown.stdout)  # never smallest units for people (hex addresses aside)
+
+    exact = json.loads(run("balance", "--account", str(buyer), "--json").stdout)
+    by_asset = {row["asset"]: row for row in exact["balances"]}
+    assert by_asset["CLD"]["spendable_units"] == "14587482219061166430"
+    assert by_asset["USDC"]["promotional_units"] == str(10 * USDC)
+
+
+def test_balance__name_the_account_one_way__unknown_key_and_wallet_one_line(ledger: Ledger) -> None:
+    for args in ([], ["--account", "1", "--wallet", "0x" + "11" * 20]):
+        refused = run("balance", *args)
+        assert refused.exit_code == 1 and "name the account one way" in refused.stderr
+    assert "no such API key" in run("balance", "--key", "px-nope").stderr
+    assert "no account is bound to" in run("balance", "--wallet", "0x" + "22" * 20).stderr
+
+
+def test_usage__rows_totals_per_model_and_day__since_and_csv(ledger: Ledger, monkeypatch) -> None:
+    buyer = ledger.create_account(AccountKind.USER).id
+    fund(ledger, buyer, "USDC", 50 * USDC)
+    clock = {"now": 1_796_000_000}  # 2026-11-30 00:53 UTC
+    ledger.clock = lambda: clock["now"]
+    spend(ledger, buyer, "USDC", 1_250_000, "req-a", "gpt-4o")
+    clock["now"] += 86_400
+    spend(ledger, buyer, "USDC", 750_000, "req-b", "gpt-4o")
+    clock["now"] += 1
+    spend(ledger, buyer, "USDC", 3_000, "req-c", "gpt-4o-mini")
+
+    table = run("usage", "--account", str(buyer))
+    assert table.exit_code == 0, table.output
+    assert "2026-11-30 00:53" in table.stdout and "req-a" in table.stdout and "1,234/56" in table.stdout
+    per_model = table.stdout.split("per model:")[1].split("per day:")[0]
+    assert re.search(r"gpt-4o\s+2 requests\s+2\.00 USDC", per_model)
+    assert re.search(r"gpt-4o-mini\s+1 requests\s+0\.003 USDC", per_model)
+    per_day = table.stdout.split("per day:")[1]
+    assert re.search(r"2026-11-30\s+1\.25 USDC", per_day) and re.search(r"2026-12-01\s+0\.753 USDC", per_day)
+
+    since = run("usage", "--account", str(buyer), "--since", "2026-12-01")
+    assert "req-a" not in since.stdout and "req-b" in since.stdout
+
+    rows = list(csv.DictReader(io.StringIO(run("usage", "--account", str(buyer), "--csv").stdout)))
+    assert [r["request_id"] for r in rows] == ["req-a", "req-b", "req-c"]
+    assert rows[0]["cost"] == "1.25" and rows[0]["cost_units"] == "1250000" and rows[0]["time_utc"].startswith("2026")
+
+    bad = run("usage", "--account", str(buyer), "--since", "last tuesday")
+    assert bad.exit_code == 1 and "give a date" in bad.stderr
+
+
+def test_org_create__owner_bound_only_by_its_signature__named_members(ledger: Ledger, tmp_path, monkeypatch) -> None:
+    from eth_account import Account
+
+    monkeypatch.chdir(tmp_path)
+    owner, stranger = Account.create(), Account.create()
+    made = run_root("org", "create", "acme", "--owner-wallet", owner.address)
+    assert made.exit_code == 0, made.output
+    org = int(made.stdout.split("account ")[1].split()[0])
+    assert ledger.account(org).kind == AccountKind.ORG and ledger.wallets(org) == []  # not bound yet
+
+    monkeypatch.setenv("STRANGER_KEY", stranger.key.hex())
+    forged = run("bind", "--challenge", "org-binding-challenge.json", "--sign-with-env", "STRANGER_KEY")
+    assert forged.exit_code == 1 and ledger.wallets(org) == []  # another wallet's signature binds nothing
+    monkeypatch.setenv("OWNER_KEY", owner.key.hex())
+    bound = run("bind", "--challenge", "org-binding-challenge.json", "--sign-with-env", "OWNER_KEY")
+    assert bound.exit_code == 0, bound.output
+    assert ledger.wallets(org) == [owner.address] and ledger.budget(ledger.treasury().id, org, "USDC") is None
+
+    again = run_root("org", "create", "acme", "--owner-wallet", owner.address)
+    assert again.exit_code == 1 and f"an org named 'acme' exists (account {org})" in again.stderr
+    bad = run_root("org", "create", "beta", "--owner-wallet", "0x123")
+    assert bad.exit_code == 1 and "is not a wallet address" in bad.stderr
+    with ledger.engine.connect() as conn:
+        from promptex.ledger.accounts import account_by_name
+
+        assert account_by_name(conn, AccountKind.ORG, "beta") is None  # refused before anything is made
+
+    member = run("org-key", "--org", "acme", "--name", "alice", "--budget", "USDC=25")
+    assert member.exit_code == 0 and "(alice)" in member.stdout
+    account = int(member.stdout.split("member account ")[1].split()[0])
+    assert ledger.account(account).name == "alice" and ledger.budget(org, account, "USDC").remaining == 25 * USDC
+
+
+def run_root(*args: str):
+    return CliRunner(mix_stderr=False).invoke(main, list(args))
