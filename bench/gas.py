@@ -6,7 +6,9 @@
 Each measurement is a function registered with `@measurement`: it gets a fresh
 deployment (a chain snapshot is restored after it) and returns {key: (label, gas)}.
 Later issues add their rows in sibling modules `bench/gas_<area>.py`, which register
-their functions with `from gas import measurement`; this script imports them all.
+their functions with `from gas import measurement`; this script imports them all. The
+scenarios they measure are in promptex.chain.gas, where the contract tests' gas pins
+run them too.
 """
 
 from __future__ import annotations
@@ -45,19 +47,6 @@ class Context:
 
 Measurement = Callable[[Context], dict[str, tuple[str, int]]]
 MEASUREMENTS: list[Measurement] = []
-
-
-def whole_gas(receipt: Any) -> int:
-    """Whole-transaction gasUsed: what the tables print."""
-    return int(receipt.gas_used)
-
-
-def address_neutral_gas(receipt: Any) -> int:
-    """gasUsed as if every calldata byte were non-zero (+12 per zero byte). Calldata carries
-    addresses and signatures that differ between runs (a test chain's deployer nonce depends
-    on which tests ran before); this is what tests pin, so that only contract changes move it."""
-    data = bytes(receipt.transaction.data)
-    return int(receipt.gas_used) + 12 * data.count(0)
 
 
 def measurement(fn: Measurement) -> Measurement:

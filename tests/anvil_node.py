@@ -38,6 +38,15 @@ def wait_for_rpc(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> Non
     raise RuntimeError(f"anvil did not answer on {url}")
 
 
+def rpc(url: str, method: str, *params: object) -> object:
+    """One JSON-RPC call to the node at `url`: its result (an error answer raises)."""
+    answer = requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}, timeout=30)
+    body = answer.json()
+    if "error" in body:
+        raise RuntimeError(f"{method}: {body['error']}")
+    return body["result"]
+
+
 @contextlib.contextmanager
 def running_anvil(*args: str) -> Iterator[str]:
     """Start an anvil on a free loopback port with extra `args`; yield its URL; stop it."""

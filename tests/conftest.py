@@ -1,4 +1,4 @@
-"""Shared test settings: hypothesis profiles.
+"""Shared test settings: hypothesis profiles, and the shared fixture plugins (tests/fixtures/).
 
 The default profile is what CI runs (30 examples x 50 steps per state machine, which
 keeps the whole suite inside CI's time budget); `HYPOTHESIS_PROFILE=deep` runs 1,000 x 50
@@ -9,6 +9,18 @@ import os
 import tempfile
 
 from hypothesis import HealthCheck, settings
+
+# Fixtures shared by several test modules or directories. pytest imports these modules
+# itself, from tests/fixtures/: tests/ is not a package, so pytest's default import mode
+# ("prepend") puts this conftest's directory first on sys.path.
+pytest_plugins = [
+    "fixtures.anvil",
+    "fixtures.ledger",
+    "fixtures.dex",
+    "fixtures.options",
+    "fixtures.perp",
+    "fixtures.redemption",
+]
 
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=30, stateful_step_count=50, deadline=None, suppress_health_check=_SLOW_OK)

@@ -1,8 +1,8 @@
 """Pins the DEX's gas, as Uniswap v2-core pins its pair's swap, so a regression shows.
 
 Measured through ape on its default test chain (py-evm, today's EVM rules: Prague)
-with the very functions bench/gas.py runs on anvil (bench/gas_dex.py), which give
-the same figures there. The scenarios are described in bench/gas_dex.py: v2-core's
+with the very functions bench/gas.py runs on anvil (promptex/chain/gas/dex.py), which
+give the same figures there. The scenarios are described there: v2-core's
 swap:gas scenario for the direct pool swap (whole-transaction gasUsed, plain
 ERC-20s, recipient already holding the output token, accumulators already
 non-zero, the swap in a new block); the same conditions for the router.
@@ -11,14 +11,8 @@ A changed figure is a changed contract (or compiler): look at it, then update th
 pin deliberately.
 """
 
-import sys
-from pathlib import Path
-
-from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from gas import address_neutral_gas, whole_gas  # noqa: E402
-from gas_dex import UNISWAP_V2_SWAP_GAS, measure_pool_swap, measure_router  # noqa: E402
+from promptex.chain.gas.dex import UNISWAP_V2_SWAP_GAS, measure_pool_swap, measure_router
+from promptex.chain.gas.measure import address_neutral_gas, whole_gas
 
 POOL_SWAP_GAS = 63_441
 # As if every calldata byte were non-zero (`address_neutral_gas`): the test tokens' addresses

@@ -3,7 +3,6 @@ registry, fee tiers and their admin, and every revert."""
 
 import ape
 import pytest
-from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 from eth_utils import keccak
 
 from promptex.chain.dex import pool_at, pool_init_code_hash

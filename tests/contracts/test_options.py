@@ -8,9 +8,8 @@ from math import isqrt
 
 import ape
 import pytest
-from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
-from options_fixtures import CALL_CAP, CALL_COLLATERAL, CALL_SIZE, CALL_STRIKE, CLD_SPOT, GPT_SPOT, PUT_COLLATERAL
 
+from fixtures.options import CALL_CAP, CALL_COLLATERAL, CALL_SIZE, CALL_STRIKE, CLD_SPOT, GPT_SPOT, PUT_COLLATERAL
 from promptex.chain.options import read_observations, settle
 from promptex.protocol import options as helpers
 from promptex.protocol.dex import DEFAULT_FEE

@@ -9,9 +9,8 @@ Options sends it units."""
 
 import ape
 import pytest
-from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
-from options_fixtures import CALL_COLLATERAL, CALL_SIZE
 
+from fixtures.options import CALL_COLLATERAL, CALL_SIZE
 from promptex.chain.options import read_observations, settle
 from promptex.protocol import options as helpers
 from promptex.protocol.dex import LOCAL_ORACLE_PERIOD as PERIOD

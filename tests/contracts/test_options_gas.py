@@ -1,19 +1,13 @@
 """Pins Options' gas (whole-transaction gasUsed) so a regression shows.
 
 Measured through ape on its default test chain with the very function bench/gas.py
-runs on anvil (bench/gas_options.py, which describes the scenario). A changed
+runs on anvil (promptex/chain/gas/options.py, which describes the scenario). A changed
 figure is a changed contract (or compiler): look at it, then update the pin
 deliberately.
 """
 
-import sys
-from pathlib import Path
-
-from options_fixtures import *  # noqa: F403  (the DEX and options fixtures)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from gas import address_neutral_gas  # noqa: E402
-from gas_options import measure_options  # noqa: E402
+from promptex.chain.gas.measure import address_neutral_gas
+from promptex.chain.gas.options import measure_options
 
 # As if every calldata byte were non-zero (`address_neutral_gas`): calldata carries addresses
 # that depend on which tests ran before on the worker's chain. bench/gas.py prints whole gas.

@@ -5,9 +5,8 @@ window that is not yet covered, and a spot price manipulated in the last block
 
 import ape
 import pytest
-from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
-from dex_fixtures import CLD_PRICE
 
+from fixtures.dex import CLD_PRICE
 from promptex.protocol.dex import DEFAULT_FEE, LOCAL_ORACLE_PERIOD
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 

@@ -6,9 +6,8 @@ mirror in `promptex.protocol.perp`. Attacks are in test_perp_attacks.py."""
 
 import ape
 import pytest
-from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
-from perp_fixtures import CLD_MARKET, GPT_MARKET, POOL_DEPOSIT, tx_at
 
+from fixtures.perp import CLD_MARKET, GPT_MARKET, POOL_DEPOSIT, tx_at
 from promptex.chain.perp import add_market, deploy_perp, refresh_bounds, side_positions
 from promptex.protocol import perp as m
 from promptex.protocol.perp import DEFAULT_INSURANCE_FEE_BPS as INSURANCE_FEE_BPS

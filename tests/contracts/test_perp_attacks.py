@@ -13,9 +13,8 @@ pump against $25k pools paid against Perp LPs)."""
 
 import ape
 import pytest
-from perp_fixtures import *  # noqa: F403  (the DEX and perp fixtures)
-from perp_fixtures import GPT_MARKET, tx_at
 
+from fixtures.perp import GPT_MARKET, tx_at
 from promptex.chain.perp import add_market
 from promptex.protocol import perp as m
 from promptex.protocol.dex import DEFAULT_FEE

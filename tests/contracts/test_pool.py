@@ -8,7 +8,6 @@ from math import isqrt
 
 import ape
 import pytest
-from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 
 from promptex.chain.dex import pool_at
 from promptex.protocol.dex import DEFAULT_FEE, MINIMUM_LIQUIDITY, amount_out

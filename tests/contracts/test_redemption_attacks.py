@@ -13,8 +13,8 @@ the provider's receipt, or re-enter the escrow."""
 import ape
 import pytest
 from eth_account import Account
-from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
-from redemption_fixtures import (
+
+from fixtures.redemption import (
     ACCOUNT,
     ANTHROPIC,
     CLD_DAILY,
@@ -24,7 +24,6 @@ from redemption_fixtures import (
     USD20,
     cover_twap,
 )
-
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW

@@ -6,8 +6,8 @@ an agent can try are in test_redemption_attacks.py."""
 
 import ape
 import pytest
-from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
-from redemption_fixtures import (
+
+from fixtures.redemption import (
     ACCOUNT,
     ANTHROPIC,
     BILLING,
@@ -18,7 +18,6 @@ from redemption_fixtures import (
     SLIPPAGE_BPS,
     USD20,
 )
-
 from promptex.protocol import redemption as helpers
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY

@@ -1,19 +1,13 @@
 """Pins the RedemptionEscrow's gas (whole-transaction gasUsed) so a regression shows.
 
 Measured through ape on its default test chain with the very function bench/gas.py
-runs on anvil (bench/gas_redemption.py, which describes the scenario). A changed
+runs on anvil (promptex/chain/gas/redemption.py, which describes the scenario). A changed
 figure is a changed contract (or compiler): look at it, then update the pin
 deliberately.
 """
 
-import sys
-from pathlib import Path
-
-from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from gas import address_neutral_gas  # noqa: E402
-from gas_redemption import measure_redemption  # noqa: E402
+from promptex.chain.gas.measure import address_neutral_gas
+from promptex.chain.gas.redemption import measure_redemption
 
 # As if every calldata byte were non-zero (`address_neutral_gas`): addresses and receipt
 # signatures depend on which tests ran before on the worker's chain.

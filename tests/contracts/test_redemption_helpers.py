@@ -8,9 +8,8 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
-from redemption_fixtures import *  # noqa: F403  (the DEX and redemption fixtures)
-from redemption_fixtures import ACCOUNT, ANTHROPIC, BILLING_REF
 
+from fixtures.redemption import ACCOUNT, ANTHROPIC, BILLING_REF
 from promptex.chain.deploy import contract_at
 from promptex.chain.redemption import deploy_redemption, redemption_record
 from promptex.protocol import redemption as helpers

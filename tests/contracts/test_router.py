@@ -5,7 +5,6 @@ pools untouched) and a sandwich bounded by min_out."""
 
 import ape
 import pytest
-from dex_fixtures import *  # noqa: F403  (the DEX fixtures)
 
 from promptex.chain.dex import pool_at
 from promptex.protocol.dex import DEFAULT_FEE, amount_out

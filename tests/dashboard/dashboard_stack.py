@@ -1,5 +1,5 @@
-"""The whole local market for the dashboard's browser tests, in this process: anvil,
-`ape run deploy` (with the fake billing signer) + `ape run seed_market`, a listed OpenAI
+"""The whole local market for the dashboard's browser tests, in this process: the worker's
+market anvil (`ape run deploy` with the fake billing signer + `ape run seed_market`), a listed OpenAI
 lot opened through the gateway's own seller path, the fake upstream, the fake Anthropic
 billing API, the gateway, the indexer, the coordinator and the redemption agent (stepped
 in background threads) and the dashboard server; `seed_org` adds an org with a member
@@ -20,7 +20,7 @@ import httpx
 from eth_account import Account
 from web3 import Web3
 
-from anvil_node import ROOT, ape_env, ape_run, running_anvil
+from anvil_node import ROOT
 from promptex.agent.billing import HttpBilling
 from promptex.agent.chain import Web3AgentChain
 from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
@@ -133,79 +133,71 @@ def open_listed_lot(stack: Stack, ledger: Ledger, keys: Any, upstream_url: str) 
 
 
 @contextlib.contextmanager
-def market_stack(work: Path) -> Iterator[Stack]:
-    deployments = work / "deployments"
-    with running_anvil() as anvil_url:
-        env = ape_env(anvil_url, deployments)
-        signer = Account.from_key(LOCAL_BILLING_SIGNER_KEY).address
-        attestor = Account.from_key(LOCAL_ATTESTOR_KEY).address  # the dashboard's, as in `promptex up`
-        deploy = ("deploy", "--billing-signer", f"anthropic={signer}", "--extra-attestor", attestor)
-        for script in (deploy, ("seed_market",)):
-            done = ape_run(env, *script)
-            assert done.returncode == 0, f"ape run {script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-        deployment = load_deployment("local", deployments)
-        settings = Settings(
-            deployments_dir=deployments,
-            ledger_url=f"sqlite:///{work / 'ledger.sqlite3'}",
-            gateway_master_key_file=work / "master.key",
-            welcome_credit_amount=0,
-            gateway_default_max_tokens=512,
-            gateway_lot_refresh_seconds=0.5,
-            indexer_rpc_url=anvil_url,
-            coordinator_rpc_url=anvil_url,
-            attestor_private_key=LOCAL_ATTESTOR_KEY,
-        )
-        w3 = Web3(Web3.HTTPProvider(anvil_url))
-        ledger = Ledger.from_settings(settings)
-        billing_config = FakeBillingConfig(
-            signer_key=LOCAL_BILLING_SIGNER_KEY, chain_id=deployment.chain_id,
-            escrow=deployment.address("RedemptionEscrow"), credentials={},
+def market_stack(work: Path, market: tuple[str, Path]) -> Iterator[Stack]:
+    """Everything around `market`, the worker's market anvil (`seeded_anvil`: deployed with
+    the fake billing signer and the dashboard's attestor, as `promptex up` deploys, and seeded)."""
+    anvil_url, deployments = market
+    deployment = load_deployment("local", deployments)
+    settings = Settings(
+        deployments_dir=deployments,
+        ledger_url=f"sqlite:///{work / 'ledger.sqlite3'}",
+        gateway_master_key_file=work / "master.key",
+        welcome_credit_amount=0,
+        gateway_default_max_tokens=512,
+        gateway_lot_refresh_seconds=0.5,
+        indexer_rpc_url=anvil_url,
+        coordinator_rpc_url=anvil_url,
+        attestor_private_key=LOCAL_ATTESTOR_KEY,
+    )
+    w3 = Web3(Web3.HTTPProvider(anvil_url))
+    ledger = Ledger.from_settings(settings)
+    billing_config = FakeBillingConfig(
+        signer_key=LOCAL_BILLING_SIGNER_KEY, chain_id=deployment.chain_id,
+        escrow=deployment.address("RedemptionEscrow"), credentials={},
+    )  # fmt: skip
+    upstream_config = FakeUpstreamConfig(output_tokens=40, api_keys=UPSTREAM_KEYS)
+    with (
+        ServerThread(create_fake_upstream(upstream_config)) as upstream,
+        ServerThread(create_fake_billing(billing_config)) as billing,
+    ):
+        stack = Stack(anvil_url, "", "", deployment, w3, settings, upstream.url, billing=billing_config, ledger=ledger)
+        keys = load_master_keys(None, settings.gateway_master_key_file)
+        open_listed_lot(stack, ledger, keys, upstream.url)
+        # The indexer and the coordinator each get their own ledger connection, as separate processes would.
+        indexer_ledger, coordinator_ledger = Ledger.from_settings(settings), Ledger.from_settings(settings)
+        agent_ledger = Ledger.from_settings(settings)
+        stack.agent = Agent(
+            agent_ledger.engine, Web3AgentChain(anvil_url, deployment, LOCAL_AGENT_KEY), HttpBilling(timeout=10),
+            keys, billing_url=billing.url, tx_timeout=30, rules_interval=0.5,
         )  # fmt: skip
-        upstream_config = FakeUpstreamConfig(output_tokens=40, api_keys=UPSTREAM_KEYS)
+        indexer = Indexer(indexer_ledger, RpcClient(anvil_url), Followed.from_deployment(deployment))
+        coordinator = Coordinator(coordinator_ledger.engine, Web3Chain(anvil_url, deployment, ANVIL_KEY_0))
         with (
-            ServerThread(create_fake_upstream(upstream_config)) as upstream,
-            ServerThread(create_fake_billing(billing_config)) as billing,
+            ServerThread(create_gateway(settings, ledger=ledger)) as gateway,
+            Stepper("indexer", indexer.catch_up, 0.3) as indexing,
+            Stepper("coordinator", coordinator.run_once, 0.5) as settling,
+            Stepper("agent", stack.agent.run_once, 0.5) as redeeming,
         ):
-            stack = Stack(
-                anvil_url, "", "", deployment, w3, settings, upstream.url, billing=billing_config, ledger=ledger
+            options = DashboardOptions(
+                rpc_url=anvil_url,
+                network="local",
+                gateway_url=gateway.url,
+                dist=DIST,
+                deployments_dir=deployments,
             )
-            keys = load_master_keys(None, settings.gateway_master_key_file)
-            open_listed_lot(stack, ledger, keys, upstream.url)
-            # The indexer and the coordinator each get their own ledger connection, as separate processes would.
-            indexer_ledger, coordinator_ledger = Ledger.from_settings(settings), Ledger.from_settings(settings)
-            agent_ledger = Ledger.from_settings(settings)
-            stack.agent = Agent(
-                agent_ledger.engine, Web3AgentChain(anvil_url, deployment, LOCAL_AGENT_KEY), HttpBilling(timeout=10),
-                keys, billing_url=billing.url, tx_timeout=30, rules_interval=0.5,
-            )  # fmt: skip
-            indexer = Indexer(indexer_ledger, RpcClient(anvil_url), Followed.from_deployment(deployment))
-            coordinator = Coordinator(coordinator_ledger.engine, Web3Chain(anvil_url, deployment, ANVIL_KEY_0))
-            with (
-                ServerThread(create_gateway(settings, ledger=ledger)) as gateway,
-                Stepper("indexer", indexer.catch_up, 0.3) as indexing,
-                Stepper("coordinator", coordinator.run_once, 0.5) as settling,
-                Stepper("agent", stack.agent.run_once, 0.5) as redeeming,
-            ):
-                options = DashboardOptions(
-                    rpc_url=anvil_url,
-                    network="local",
-                    gateway_url=gateway.url,
-                    dist=DIST,
-                    deployments_dir=deployments,
-                )
-                dashboard_settings = settings.model_copy(
-                    update={"agent_billing_url": billing.url, "dashboard_seller_base_urls": [upstream.url + "/v1"]}
-                )
-                with ServerThread(create_app(dashboard_settings, options, ledger=ledger)) as dashboard:
-                    stack.dashboard_url, stack.gateway_url = dashboard.url, gateway.url
-                    stack.errors = {  # type: ignore[attr-defined]
-                        "indexer": indexing.errors, "coordinator": settling.errors, "agent": redeeming.errors,
-                    }  # fmt: skip
-                    yield stack
-            indexer_ledger.close()
-            coordinator_ledger.close()
-            agent_ledger.close()
-        ledger.close()
+            dashboard_settings = settings.model_copy(
+                update={"agent_billing_url": billing.url, "dashboard_seller_base_urls": [upstream.url + "/v1"]}
+            )
+            with ServerThread(create_app(dashboard_settings, options, ledger=ledger)) as dashboard:
+                stack.dashboard_url, stack.gateway_url = dashboard.url, gateway.url
+                stack.errors = {  # type: ignore[attr-defined]
+                    "indexer": indexing.errors, "coordinator": settling.errors, "agent": redeeming.errors,
+                }  # fmt: skip
+                yield stack
+        indexer_ledger.close()
+        coordinator_ledger.close()
+        agent_ledger.close()
+    ledger.close()
 
 
 def open_billing_account(stack: Stack, account_id: str, usd_micro: int) -> str:

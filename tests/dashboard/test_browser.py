@@ -76,9 +76,9 @@ def front_end_abi_drift(stack) -> list[str]:
     return problems
 
 
-def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(browser_parts, tmp_path):
+def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(browser_parts, tmp_path, seeded_anvil):
     shots = os.environ.get("PROMPTEX_SCREENSHOTS") or str(tmp_path / "screenshots")
-    with market_stack(tmp_path) as stack:
+    with market_stack(tmp_path, seeded_anvil) as stack:
         # Accounts 8 and 9 are the redemption agent's and the fake billing signer's keys.
         user, other, owner = (stack.w3.eth.accounts[i] for i in (3, 5, 6))
         credential = open_billing_account(stack, "acct_dashboard_user", 5 * USD)

@@ -149,8 +149,8 @@ class World:
 
 
 @pytest.fixture
-def world(deployed_anvil, tmp_path):
-    url, deployments = deployed_anvil
+def world(seeded_anvil, tmp_path):
+    url, deployments = seeded_anvil
     w3 = Web3(Web3.HTTPProvider(url))
     snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
     w = World(url, deployments, tmp_path)

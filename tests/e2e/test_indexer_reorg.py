@@ -55,8 +55,8 @@ def _contract(w3: Web3, deployment: Deployment, name: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def world(deployed_anvil: tuple[str, Path]) -> World:
-    url, root = deployed_anvil
+def world(seeded_anvil: tuple[str, Path]) -> World:
+    url, root = seeded_anvil
     w3 = Web3(HTTPProvider(url))
     deployment = load_deployment("local", root)
     vault = _contract(w3, deployment, "CreditsVault")

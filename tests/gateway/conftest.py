@@ -1,10 +1,9 @@
 """Gateway fixtures: a real fake upstream and a real gateway, each a uvicorn server on a
 free 127.0.0.1 port in a thread, over a real ledger (SQLite; PostgreSQL where a test
-asks for `any_ledger`). The PostgreSQL fixtures are the ledger tests' own."""
+asks for `gw_any`). `ledger_url` and `postgres` come from the plugin fixtures/ledger.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import secrets
 import time
@@ -30,15 +29,6 @@ from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import MasterKeys, load_master_keys
 from promptex.sellers import Capacity, SellerStore
 from promptex.serving import ServerThread
-
-_spec = importlib.util.spec_from_file_location(
-    "promptex_offchain_fixtures", Path(__file__).parents[1] / "offchain" / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_offchain = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_offchain)
-postgres = _offchain.postgres
-ledger_url = _offchain.ledger_url  # parametrized: sqlite and postgresql
 
 CATALOG = Path(__file__).with_name("catalog.toml")
 SELLER_KEY = "sk-fake-" + "seller"  # an obviously fake upstream key
