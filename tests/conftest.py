@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 pytest_plugins = [
     "fixtures.anvil",
     "fixtures.ledger",
+    "fixtures.market",
     "fixtures.dex",
     "fixtures.options",
     "fixtures.perp",

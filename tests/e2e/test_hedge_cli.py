@@ -1,117 +1,82 @@
-"""`promptex hedge …` against a deployed and seeded anvil: a dealer writes and offers capped
+"""`promptex hedge …` on the deployed and seeded market: a dealer writes and offers capped
 calls, a buyer takes them and a perpetual long, the price rises, the buyer closes the long
-and claims the settled call; the P&L printed is what the contracts paid."""
+and claims the settled call; the P&L printed is what the contracts paid. Run in this
+process (click's CliRunner) on ape's test chain; one smoke test runs the console script in
+its own process against an anvil."""
 
 import json
 import re
 import subprocess
-import sys
 from decimal import Decimal
-from pathlib import Path
 
-import pytest
-import requests
-from eth_utils.crypto import keccak
-
-from anvil_node import ROOT, ape_env, ape_run, running_anvil
+from anvil_node import ROOT, ape_env, rpc
+from promptex.chain.deploy import contract_at
 
 DEALER, BUYER, TRADER = "TEST::1", "TEST::2", "TEST::3"
-
-
-def rpc(url, method, *params):
-    answer = requests.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}, timeout=10)
-    return answer.json().get("result")
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hedge")
-    with running_anvil() as url:
-        env = ape_env(url, root / "deployments")
-        for script in ("deploy", "seed_market"):
-            result = ape_run(env, script)
-            assert result.returncode == 0, result.stderr[-3000:]
-        yield url, env
-
-
-def promptex(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "promptex.cli", "hedge", *args], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
+USD = 10**6
 
 
 def ok(result):
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return result.stdout
+    assert result.exit_code == 0, result.output[-3000:]
+    return result.output
 
 
-def faucet(env, grants):
-    """MockUSDC for each (account, dollars), in one process."""
-    code = (
-        "import sys\nfrom ape import networks\nfrom promptex.chain.accounts import resolve_account\n"
-        "from promptex.chain.deploy import contract_at, live_deployment\n"
-        "with networks.parse_network_choice('ethereum:local:foundry'):\n"
-        "    usdc = contract_at(live_deployment('local'), 'USDC')\n"
-        "    for alias, dollars in zip(sys.argv[1::2], sys.argv[2::2]):\n"
-        "        a = resolve_account(alias)\n"
-        "        usdc.mint(a, int(dollars) * 10**6, sender=a)\n"
-    )
-    args = [str(item) for grant in grants for item in grant]
-    made = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert made.returncode == 0, made.stderr[-2000:]
+def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(promptex_cli, chain_market, accounts, chain):
+    deployment, _ = chain_market
+    usdc, oracle, gpt = (contract_at(deployment, name) for name in ("USDC", "Oracle", "token:GPT"))
+    for account, dollars in ((accounts[1], 2_000_000), (accounts[2], 100_000), (accounts[3], 20_000)):
+        usdc.mint(account, dollars * USD, sender=account)  # MockUSDC is an open faucet
 
+    def keeper(jump, updates):
+        """Move chain time forward `jump` seconds, then Oracle.update(GPT) `updates` times a minute apart."""
+        at = chain.pending_timestamp + jump
+        for _ in range(updates):
+            chain.pending_timestamp = at
+            oracle.update(gpt, sender=accounts[0])
+            at += 61
+        chain.mine(timestamp=at)
 
-def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(market):
-    url, env = market
-    faucet(env, [(DEALER, 2_000_000), (BUYER, 100_000), (TRADER, 20_000)])
+    hedge = lambda *args: promptex_cli("hedge", *args)  # noqa: E731
     # The GPT pool is seeded at $3.695; a 1-day capped call 3.70 → 4.50 on 1,000 GPT a unit.
-    written = ok(promptex(env, "write", "--token", "GPT", "--kind", "call", "--strike", "3.70", "--bound", "4.50",
-                          "--days", "1", "--units", "10", "--premium", "100", "--account", DEALER,
-                          "--yes"))  # fmt: skip
+    written = ok(hedge("write", "--token", "GPT", "--kind", "call", "--strike", "3.70", "--bound", "4.50",
+                       "--days", "1", "--units", "10", "--premium", "100", "--account", DEALER))  # fmt: skip
     assert "collateral 8,000 USDC" in written and "offer 1: 10 units at 100 USDC each" in written
     series, expiry = re.search(r"series (\d+): wrote 10 units expiring at (\d+)", written).groups()
-    assert "bought 10 units" in ok(promptex(env, "buy", "--offer", "1", "--units", "10", "--account", BUYER, "--yes"))
+    assert "bought 10 units" in ok(hedge("buy", "--offer", "1", "--units", "10", "--account", BUYER))
 
-    keeper(url, env, jump=700, updates=1)  # the perpetual prices on a 600-s TWAP: cover it
-    no_shares = promptex(env, "withdraw-liquidity", "--account", BUYER, "--yes")
-    assert no_shares.returncode == 1 and "no pool shares to withdraw" in no_shares.stderr
-    assert "provided 1,000,000 USDC" in ok(
-        promptex(env, "provide", "--amount", "1000000", "--account", DEALER, "--yes")
-    )
-    too_much = promptex(env, "open", "--token", "GPT", "--side", "long", "--margin", "100", "--notional", "5000",
-                        "--account", BUYER, "--yes")  # fmt: skip
-    assert too_much.returncode == 1 and "perp: leverage too high" in too_much.stderr
-    assert "Traceback" not in too_much.stderr
+    keeper(jump=700, updates=1)  # the perpetual prices on a 600-s TWAP: cover it
+    no_shares = hedge("withdraw-liquidity", "--account", BUYER)
+    assert no_shares.exit_code == 1 and "no pool shares to withdraw" in no_shares.output
+    assert "provided 1,000,000 USDC" in ok(hedge("provide", "--amount", "1000000", "--account", DEALER))
+    too_much = hedge("open", "--token", "GPT", "--side", "long", "--margin", "100", "--notional", "5000",
+                     "--account", BUYER)  # fmt: skip
+    assert too_much.exit_code == 1 and "perp: leverage too high" in too_much.output
+    assert "Traceback" not in too_much.output
     # At most 10 % of the $25k GPT/USDC pool a side (the Oracle's pool depth caps open interest).
-    opened = ok(promptex(env, "open", "--token", "GPT", "--side", "long", "--margin", "400", "--notional", "2000",
-                         "--account", BUYER, "--yes"))  # fmt: skip
+    opened = ok(hedge("open", "--token", "GPT", "--side", "long", "--margin", "400", "--notional", "2000",
+                      "--account", BUYER))  # fmt: skip
     position = re.search(r"position (\d+): long", opened).group(1)
 
     # GPT rises: a trader buys $5,000 of it; a keeper updates the Oracle across the expiry.
-    swap = subprocess.run([sys.executable, "-m", "promptex.cli", "wallet", "swap", "--from", "USDC", "--to", "GPT",
-                           "--amount", "5000", "--slippage", "5", "--account", TRADER, "--yes"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert swap.returncode == 0, swap.stderr[-2000:]
-    now = int(rpc(url, "eth_getBlockByNumber", "latest", False)["timestamp"], 16)
-    keeper(url, env, jump=int(expiry) - 900 - now, updates=20)  # Oracle updates from 15 min before expiry
+    ok(promptex_cli("wallet", "swap", "--from", "USDC", "--to", "GPT", "--amount", "5000", "--slippage", "5",
+                    "--account", TRADER))  # fmt: skip
+    keeper(jump=int(expiry) - 900 - chain.blocks.head.timestamp, updates=20)  # from 15 min before expiry
 
-    shown = ok(promptex(env, "show", "--account", BUYER))
+    shown = ok(hedge("show", "--account", BUYER))
     long_row = next(line for line in shown.splitlines() if line.split()[:2] == [position, "long"])
     assert long_row.split()[-1].startswith("+")  # the long gained (P&L column)
     assert "call" in shown and " 10 " in shown  # the 10 call units held
 
-    closed = ok(promptex(env, "close", "--position", position, "--account", BUYER, "--yes"))
+    closed = ok(hedge("close", "--position", position, "--account", BUYER))
     pnl = Decimal(re.search(r"P&L ([+−][\d,.]+) USDC", closed).group(1).replace("−", "-").replace(",", ""))
     assert pnl > 0
 
-    settled = ok(promptex(env, "settle", "--series", series, "--account", TRADER, "--yes"))
+    settled = ok(hedge("settle", "--series", series, "--account", TRADER))
     payout = amount(r": ([\d,.]+) USDC a unit", settled)
     assert 0 < payout <= 800  # capped at (4.50 − 3.70) × 1,000
-    claimed = ok(promptex(env, "claim", "--series", series, "--account", BUYER, "--yes"))
+    claimed = ok(hedge("claim", "--series", series, "--account", BUYER))
     assert amount(r"claimed ([\d,.]+) USDC", claimed) == payout * 10
-    reclaimed = ok(promptex(env, "reclaim", "--series", series, "--account", DEALER, "--yes"))
+    reclaimed = ok(hedge("reclaim", "--series", series, "--account", DEALER))
     assert amount(r"reclaimed ([\d,.]+) USDC", reclaimed) == 8_000 - payout * 10  # the writer keeps the rest
 
 
@@ -119,15 +84,15 @@ def amount(pattern, text):
     return Decimal(re.search(pattern, text).group(1).replace(",", ""))
 
 
-def keeper(url, env, jump, updates):
-    """Move chain time forward `jump` seconds, then Oracle.update(GPT) `updates` times a minute apart."""
-    deployment = json.loads((Path(env["PROMPTEX_DEPLOYMENTS_DIR"]) / "local.json").read_text())
-    oracle, gpt = deployment["contracts"]["Oracle"]["address"], deployment["contracts"]["token:GPT"]["address"]
-    update = "0x" + keccak(text="update(address)")[:4].hex() + "00" * 12 + gpt[2:].lower()
-    sender = rpc(url, "eth_accounts")[0]
-    rpc(url, "evm_increaseTime", jump)
-    for _ in range(updates):
-        rpc(url, "evm_mine")
-        rpc(url, "eth_sendTransaction", {"from": sender, "to": oracle, "data": update})
-        rpc(url, "evm_increaseTime", 61)
-    rpc(url, "evm_mine")
+def test_console_script__hedge_on_anvil__provides_liquidity_signed_by_a_test_account(seeded_anvil):
+    url, deployments = seeded_anvil
+    dealer = rpc(url, "eth_accounts")[1]  # TEST::1; anvil's development accounts are unlocked
+    usdc = json.loads((deployments / "local.json").read_text())["contracts"]["USDC"]["address"]
+    mint = "0x40c10f19" + dealer[2:].lower().rjust(64, "0") + hex(1_000 * USD)[2:].rjust(64, "0")  # mint(to, amount)
+    rpc(url, "eth_sendTransaction", {"from": dealer, "to": usdc, "data": mint})
+    provided = subprocess.run(
+        [str(ROOT / ".venv/bin/promptex"), "hedge", "provide", "--amount", "1000", "--account", DEALER, "--yes"],
+        env=ape_env(url, deployments), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert provided.returncode == 0, provided.stdout[-2000:] + provided.stderr[-2000:]
+    assert "provided 1,000 USDC" in provided.stdout
