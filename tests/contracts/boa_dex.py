@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import boa
+from boa_partial import LazyPartial
 from eth_utils import keccak
 
 from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
-POOL = boa.load_partial("contracts/Pool.vy")
-FACTORY = boa.load_partial("contracts/Factory.vy")
-ROUTER = boa.load_partial("contracts/Router.vy")
-ORACLE = boa.load_partial("contracts/Oracle.vy")
+USDC = LazyPartial("contracts/test/MockUSDC.vy")
+TOKEN = LazyPartial("contracts/test/MockERC20.vy")
+POOL = LazyPartial("contracts/Pool.vy")
+FACTORY = LazyPartial("contracts/Factory.vy")
+ROUTER = LazyPartial("contracts/Router.vy")
+ORACLE = LazyPartial("contracts/Oracle.vy")
 
 FEE, PERIOD = 30, 60  # the pools' fee tier (0.30 %) and the Oracle's period
 

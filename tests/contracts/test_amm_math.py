@@ -7,6 +7,7 @@ least input the pool's K check accepts.
 """
 
 import boa
+from boa_partial import LazyPartial
 from eth_utils import keccak
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,10 +15,10 @@ from hypothesis import strategies as st
 from promptex.protocol.dex import FEE_DENOMINATOR as D
 from promptex.protocol.dex import MAX_RESERVE, MINIMUM_LIQUIDITY, amount_in, amount_out
 
-TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
-POOL = boa.load_partial("contracts/Pool.vy")
-FACTORY = boa.load_partial("contracts/Factory.vy")
-ROUTER = boa.load_partial("contracts/Router.vy")
+TOKEN = LazyPartial("contracts/test/MockERC20.vy")
+POOL = LazyPartial("contracts/Pool.vy")
+FACTORY = LazyPartial("contracts/Factory.vy")
+ROUTER = LazyPartial("contracts/Router.vy")
 
 
 # ── the reference ────────────────────────────────────────────────────────────

@@ -21,6 +21,7 @@ the contract must agree with the model and:
 from dataclasses import dataclass
 
 import boa
+from boa_partial import LazyPartial
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -44,10 +45,10 @@ BPS = 10_000
 UNIT = 10**18
 NOT_OWNER = "ownable: caller is not the owner"
 
-TOKEN = boa.load_partial("contracts/ComputeToken.vy")
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
-TIMELOCK = boa.load_partial("contracts/Timelock.vy")
+TOKEN = LazyPartial("contracts/ComputeToken.vy")
+USDC = LazyPartial("contracts/test/MockUSDC.vy")
+ESCROW = LazyPartial("contracts/CreditEscrow.vy")
+TIMELOCK = LazyPartial("contracts/Timelock.vy")
 FACE_VALUES = {"CLD": 4_218, "GPT": 3_695_000}
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import boa
 from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
+from boa_partial import LazyPartial
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -41,7 +42,7 @@ from promptex.protocol import options as helpers
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
 
-OPTIONS = boa.load_partial("contracts/Options.vy")
+OPTIONS = LazyPartial("contracts/Options.vy")
 
 WINDOW = 600
 PRICES = (USD // 2, 2 * USD)  # USDC units per whole token

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import boa
 from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
+from boa_partial import LazyPartial
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -46,7 +47,7 @@ from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
 
-PERP = boa.load_partial("contracts/Perp.vy")
+PERP = LazyPartial("contracts/Perp.vy")
 ZERO = "0x" + "00" * 20
 
 PRICES = (2 * USD, USD // 2)  # USDC units per whole token

@@ -11,6 +11,7 @@ implies non-zero reserves.
 from dataclasses import dataclass, field
 
 import boa
+from boa_partial import LazyPartial
 from eth_utils import keccak
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -20,9 +21,9 @@ from promptex.protocol.dex import FEE_DENOMINATOR as D
 from promptex.protocol.dex import MAX_RESERVE, MINIMUM_LIQUIDITY, amount_out
 from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
-TOKEN = boa.load_partial("contracts/test/MockERC20.vy")
-POOL = boa.load_partial("contracts/Pool.vy")
-FACTORY = boa.load_partial("contracts/Factory.vy")
+TOKEN = LazyPartial("contracts/test/MockERC20.vy")
+POOL = LazyPartial("contracts/Pool.vy")
+FACTORY = LazyPartial("contracts/Factory.vy")
 
 
 def isqrt(n: int) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import boa
 from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
+from boa_partial import LazyPartial
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import event
@@ -54,8 +55,8 @@ from promptex.protocol.units import DAY, MAX_UINT256
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
 
-ESCROW = boa.load_partial("contracts/RedemptionEscrow.vy")
-TIMELOCK = boa.load_partial("contracts/Timelock.vy")
+ESCROW = LazyPartial("contracts/RedemptionEscrow.vy")
+TIMELOCK = LazyPartial("contracts/Timelock.vy")
 
 SLIPPAGE_BPS = 150
 DAILY = 2_000 * UNIT  # per (user, token); a token trades at $0.50 or $2

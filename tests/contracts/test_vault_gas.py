@@ -9,14 +9,15 @@ measures the same batch on anvil.
 """
 
 import boa
+from boa_partial import LazyPartial
 from eth_utils import keccak
 
 from promptex.protocol.vault import pack_debits, pack_lot_amount
 
-TOKEN = boa.load_partial("contracts/ComputeToken.vy")
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
-VAULT = boa.load_partial("contracts/CreditsVault.vy")
+TOKEN = LazyPartial("contracts/ComputeToken.vy")
+USDC = LazyPartial("contracts/test/MockUSDC.vy")
+ESCROW = LazyPartial("contracts/CreditEscrow.vy")
+VAULT = LazyPartial("contracts/CreditsVault.vy")
 
 ENTRIES = 500
 CEILING_PER_ENTRY = 8_000  # the issue's target

@@ -28,6 +28,7 @@ to its accomplice's listed lot. After every step:
 from dataclasses import dataclass, field
 
 import boa
+from boa_partial import LazyPartial
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import event
@@ -47,13 +48,13 @@ from promptex.protocol.vault import (
     sign_spend_cap,
 )
 
-TOKEN = boa.load_partial("contracts/ComputeToken.vy")
-USDC = boa.load_partial("contracts/test/MockUSDC.vy")
-ESCROW = boa.load_partial("contracts/CreditEscrow.vy")
-VAULT = boa.load_partial("contracts/CreditsVault.vy")
-MARKET = boa.load_partial("contracts/test/MockExitMarket.vy")
-TIMELOCK = boa.load_partial("contracts/Timelock.vy")
-REVERTER = boa.load_partial("contracts/test/RevertingExitMarket.vy")
+TOKEN = LazyPartial("contracts/ComputeToken.vy")
+USDC = LazyPartial("contracts/test/MockUSDC.vy")
+ESCROW = LazyPartial("contracts/CreditEscrow.vy")
+VAULT = LazyPartial("contracts/CreditsVault.vy")
+MARKET = LazyPartial("contracts/test/MockExitMarket.vy")
+TIMELOCK = LazyPartial("contracts/Timelock.vy")
+REVERTER = LazyPartial("contracts/test/RevertingExitMarket.vy")
 
 EPOCH = 60
 MAX_PAUSE = 2 * EPOCH
