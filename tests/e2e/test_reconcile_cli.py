@@ -36,9 +36,9 @@ def _contract(w3: Web3, root: Path, name: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def market(deployed_anvil: tuple[str, Path]) -> tuple[str, Path, Web3]:
-    """Two users deposited USDC into the vault."""
-    url, root = deployed_anvil
+def market(seeded_anvil: tuple[str, Path]) -> tuple[str, Path, Web3]:
+    """The worker's seeded market; two users deposited USDC into the vault."""
+    url, root = seeded_anvil
     w3 = Web3(HTTPProvider(url))
     vault, usdc = _contract(w3, root, "CreditsVault"), _contract(w3, root, "USDC")
     for user, amount in ((w3.eth.accounts[1], 500), (w3.eth.accounts[2], 300)):

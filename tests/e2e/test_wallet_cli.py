@@ -65,7 +65,9 @@ def test_wallet__test_account__mints_deposits_swaps_withdraws(promptex_cli, chai
     assert "CLD/USDC" in status.output and "lots: 4" in status.output
 
 
-def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itself(promptex_cli, chain_market, accounts, chain):
+def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itself(
+    promptex_cli, chain_market, accounts, chain
+):
     # The trustless exit's fallback: a provider token taken to the wallet instead of sold.
     deployment, _ = chain_market
     buyer = accounts[2]
