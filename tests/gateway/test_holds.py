@@ -19,13 +19,14 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from fixtures.ledger import Clock
 from promptex import metering
 from promptex.config import Settings
 from promptex.ledger.schema import holds
 from promptex.metering import load_catalog
 from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import CATALOG, Fake, Harness, _harness, _offchain
+from .conftest import CATALOG, Fake, Harness, _harness
 
 HELLO = [{"role": "user", "content": "hello world"}]
 HELLO_TOKENS = 3 + 2  # the fake's count: per-message overhead + words
@@ -45,7 +46,7 @@ def chat(gw: Harness, key: str, body: dict[str, object]) -> httpx.Response:
 
 @pytest.fixture
 def clock() -> object:
-    return _offchain.Clock(int(time.time()))
+    return Clock(int(time.time()))
 
 
 @pytest.fixture
