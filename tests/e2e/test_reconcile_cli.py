@@ -42,10 +42,14 @@ def market(seeded_anvil: tuple[str, Path]) -> tuple[str, Path, Web3]:
     w3 = Web3(HTTPProvider(url))
     vault, usdc = _contract(w3, root, "CreditsVault"), _contract(w3, root, "USDC")
     for user, amount in ((w3.eth.accounts[1], 500), (w3.eth.accounts[2], 300)):
-        usdc.functions.mint(user, amount * USD_MICRO).transact({"from": user})
-        usdc.functions.approve(vault.address, 2**256 - 1).transact({"from": user})
-        sent = vault.functions.deposit(usdc.address, amount * USD_MICRO).transact({"from": user})
-        assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
+        # Each mined before the next is estimated (anvil may answer before it mines).
+        for call in (
+            usdc.functions.mint(user, amount * USD_MICRO),
+            usdc.functions.approve(vault.address, 2**256 - 1),
+            vault.functions.deposit(usdc.address, amount * USD_MICRO),
+        ):
+            sent = call.transact({"from": user})
+            assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
     return url, root, w3
 
 
