@@ -40,14 +40,14 @@ def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(prompt
     # The GPT pool is seeded at $3.695; a 1-day capped call 3.70 → 4.50 on 1,000 GPT a unit.
     written = ok(hedge("write", "--token", "GPT", "--kind", "call", "--strike", "3.70", "--bound", "4.50",
                        "--days", "1", "--units", "10", "--premium", "100", "--account", DEALER))  # fmt: skip
-    assert "collateral 8,000 USDC" in written and "offer 1: 10 units at 100 USDC each" in written
+    assert "collateral 8,000.00 USDC" in written and "offer 1: 10 units at 100.00 USDC each" in written
     series, expiry = re.search(r"series (\d+): wrote 10 units expiring at (\d+)", written).groups()
     assert "bought 10 units" in ok(hedge("buy", "--offer", "1", "--units", "10", "--account", BUYER))
 
     keeper(jump=700, updates=1)  # the perpetual prices on a 600-s TWAP: cover it
     no_shares = hedge("withdraw-liquidity", "--account", BUYER)
     assert no_shares.exit_code == 1 and "no pool shares to withdraw" in no_shares.output
-    assert "provided 1,000,000 USDC" in ok(hedge("provide", "--amount", "1000000", "--account", DEALER))
+    assert "provided 1,000,000.00 USDC" in ok(hedge("provide", "--amount", "1000000", "--account", DEALER))
     too_much = hedge("open", "--token", "GPT", "--side", "long", "--margin", "100", "--notional", "5000",
                      "--account", BUYER)  # fmt: skip
     assert too_much.exit_code == 1 and "perp: leverage too high" in too_much.output
@@ -95,4 +95,4 @@ def test_console_script__hedge_on_anvil__provides_liquidity_signed_by_a_test_acc
         env=ape_env(url, deployments), cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert provided.returncode == 0, provided.stdout[-2000:] + provided.stderr[-2000:]
-    assert "provided 1,000 USDC" in provided.stdout
+    assert "provided 1,000.00 USDC" in provided.stdout
