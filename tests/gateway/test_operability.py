@@ -65,15 +65,17 @@ def test_metrics__by_model_and_status_on_the_operator_address__no_key_or_account
         unknown = post(gw, key, {**HELLO, "model": "no-such-model-" + key[-6:]})
         too_big = post(gw, key, {**HELLO, "max_tokens": 10**6})
         odd = post(gw, key, {**HELLO, "model": ["not", "a", "name"]})  # not a label, not a 500
+        streamed = post(gw, key, {**HELLO, "stream": True})
     assert (served.status_code, unknown.status_code, too_big.status_code, odd.status_code) == (200, 404, 400, 400)
     assert "upstream;dur=" in served.headers["server-timing"] and "gateway;dur=" in served.headers["server-timing"]
 
     metrics = operator(gw, "/metrics").text
-    assert sample(metrics, 'promptex_gateway_requests_total{model="fake-flat",status="200"}') == 1
+    assert streamed.status_code == 200 and "[DONE]" in streamed.text
+    assert sample(metrics, 'promptex_gateway_requests_total{model="fake-flat",status="200"}') == 2
     assert sample(metrics, 'promptex_gateway_requests_total{model="fake-flat",status="400"}') == 1
     assert sample(metrics, 'promptex_gateway_requests_total{model="other",status="404"}') == 1  # not its name
     assert sample(metrics, 'promptex_gateway_requests_total{model="other",status="400"}') == 1
-    assert sample(metrics, "promptex_gateway_added_latency_seconds_count") == 1
+    assert sample(metrics, "promptex_gateway_added_latency_seconds_count") == 2  # the stream's up to its first byte
     assert sample(metrics, "promptex_gateway_holds_open") == 0
     assert sample(metrics, "promptex_gateway_shed_total") == 0
     assert sample(metrics, "promptex_gateway_ledger_wait_seconds_count") > 0
@@ -93,7 +95,7 @@ def test_metrics__by_model_and_status_on_the_operator_address__no_key_or_account
     assert answer.text == "shedding load\n"
     gw.gateway.s = calm
 
-    ids = [answer.headers["x-request-id"] for answer in (served, unknown, too_big, odd)]
+    ids = [answer.headers["x-request-id"] for answer in (served, unknown, too_big, odd, streamed)]
     access = [r for r in caplog.records if r.name == "promptex.gateway.access"]
     assert [r.request_id for r in access] == ids  # type: ignore[attr-defined]
     line = json.loads(JsonFormatter().format(access[0]))

@@ -9,8 +9,8 @@ never a key, an account or anything from a prompt — and a model outside the ca
 counted as "other", so no client can grow the label set.
 
 Metrics (all prefixed `promptex_gateway_`): `requests_total{model,status}`,
-`added_latency_seconds` (time in the gateway less the upstream's, per answered
-non-streamed request), `upstream_errors_total{lot,status}`, `ledger_wait_seconds` (a
+`added_latency_seconds` (time in the gateway less the upstream's: a whole answer's,
+or a stream's up to its first byte), `upstream_errors_total{lot,status}`, `ledger_wait_seconds` (a
 ledger call waiting for its thread), `holds_open`, `requests_in_flight`, `shed_total`
 (refused for overload), `in_flight_refused_total` (a key's or address's share reached),
 `connections_refused_total` (per address), `timeouts_total` (headers or body too slow),
@@ -50,7 +50,7 @@ class GatewayMetrics:
         )
         self.added = Histogram(
             "promptex_gateway_added_latency_seconds",
-            "Time a non-streamed request spent in the gateway, less the upstream's.",
+            "Time a request spent in the gateway less the upstream's (a stream: up to its first byte).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

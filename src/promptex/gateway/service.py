@@ -554,8 +554,10 @@ class Gateway:
         await self.reserve(key, priced, request_id)
         stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
         try:
-            if stream:
-                return await self._stream(endpoint, key, priced, upstream_body, request_id, output)
+            if stream:  # added before the stream starts: the gateway's part of its first byte
+                metered = await self._stream(endpoint, key, priced, upstream_body, request_id, output)
+                self.metrics.added.observe(time.perf_counter() - start - priced.upstream_seconds)
+                return metered
             response = await self._once(endpoint, key, priced, upstream_body, request_id, output)
             upstream = priced.upstream_seconds
             added = time.perf_counter() - start - upstream
@@ -676,7 +678,8 @@ class Gateway:
                     upstream.close()
                     self._failed(lot, str(status), failures, status)
                     continue
-                self.health.succeeded(lot.id, time.perf_counter() - began)  # to its first byte
+                priced.upstream_seconds = elapsed = time.perf_counter() - began  # to its response's head
+                self.health.succeeded(lot.id, elapsed)
                 if status >= 400:
                     await upstream.read()
                     raise _client_error(upstream, lot)
