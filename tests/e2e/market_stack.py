@@ -280,11 +280,11 @@ class Services:
 
     # ─── The CLI, as a seller would run it ───────────────────────────────────
 
-    def cli(self, *args: str) -> tuple[int, str]:
-        """`promptex ARGS` in this process with the services' settings."""
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+        """`promptex ARGS` in this process with the services' settings (and `env`)."""
         settings.cache_clear()
         try:
-            result = CliRunner().invoke(cli_main, list(args), env=self.env)
+            result = CliRunner().invoke(cli_main, list(args), env={**self.env, **(env or {})})
         finally:
             settings.cache_clear()
         return result.exit_code, result.output + (repr(result.exception) if result.exception else "")
