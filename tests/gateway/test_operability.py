@@ -66,6 +66,12 @@ def test_metrics__by_model_and_status_on_the_operator_address__no_key_or_account
         too_big = post(gw, key, {**HELLO, "max_tokens": 10**6})
         odd = post(gw, key, {**HELLO, "model": ["not", "a", "name"]})  # not a label, not a 500
         streamed = post(gw, key, {**HELLO, "stream": True})
+        # A request is logged and counted once its response is sent, which a client may see
+        # finish (a stream's last event) a moment before.
+        deadline = time.monotonic() + 60
+        while len([r for r in caplog.records if r.name == "promptex.gateway.access"]) < 5:
+            assert time.monotonic() < deadline, "never logged"
+            time.sleep(0.01)
     assert (served.status_code, unknown.status_code, too_big.status_code, odd.status_code) == (200, 404, 400, 400)
     assert "upstream;dur=" in served.headers["server-timing"] and "gateway;dur=" in served.headers["server-timing"]
 
