@@ -1,22 +1,28 @@
-"""`ape run deploy` as a user runs it, against a real anvil."""
+"""`ape run deploy` as a user runs it, against a real anvil. The run on a fresh anvil is
+the one that deployed the worker's market anvil (fixtures/anvil.py: `ape run deploy
+--billing-signer anthropic=… --extra-attestor …`, then `ape run seed_market`); these tests
+read its output and its record instead of deploying the market once more."""
 
 import json
+import shutil
 from pathlib import Path
 
 from web3 import Web3
 
+from anvil_node import ape_env as make_ape_env
+from anvil_node import ape_run as run_ape
+from fixtures.anvil import BILLING_SIGNER as SIGNER
 from promptex.protocol.redemption import provider_id
 
-SIGNER = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
 
-
-def test_deploy__fresh_anvil__records_every_contract(ape_run, anvil_url, tmp_path):
-    bad = ape_run("deploy", "--billing-signer", "anthropic")
+def test_deploy__fresh_anvil__records_every_contract(ape_run, tmp_path, market_anvil, seeded_anvil):
+    bad = ape_run("deploy", "--billing-signer", "anthropic")  # on a fresh anvil of its own
     assert bad.returncode != 0 and "expected PROVIDER=0xADDRESS" in bad.stderr + bad.stdout
     assert not (tmp_path / "deployments/local.json").exists()  # nothing deployed or recorded
-    result = ape_run("deploy", "--billing-signer", f"anthropic={SIGNER}")
+    result = market_anvil.runs["deploy"]  # on the worker's fresh market anvil
     assert result.returncode == 0, result.stderr
-    record = json.loads((tmp_path / "deployments/local.json").read_text())
+    anvil_url, deployments = seeded_anvil
+    record = json.loads((deployments / "local.json").read_text())
     assert record["chain_id"] == 31337
     assert record["block_number"] > 0
     names = ("USDC", "CreditEscrow", "CreditsVault", "Router", "RedemptionEscrow", "token:CLD", "token:LLM")
@@ -39,17 +45,20 @@ def test_deploy__fresh_anvil__records_every_contract(ape_run, anvil_url, tmp_pat
         assert escrow.functions.token_provider(token).call() == provider_id(provider)
 
 
-def test_deploy__live_deployment_recorded__refuses_with_one_line(ape_run, tmp_path):
-    assert ape_run("deploy").returncode == 0
-    first = json.loads((tmp_path / "deployments/local.json").read_text())
+def test_deploy__live_deployment_recorded__refuses_with_one_line(seeded_anvil, tmp_path):
+    anvil_url, market = seeded_anvil
+    deployments = tmp_path / "deployments"
+    shutil.copytree(market, deployments)  # the market's live record; only this copy may be rewritten
+    env = make_ape_env(anvil_url, deployments)
+    first = json.loads((deployments / "local.json").read_text())
 
-    again = ape_run("deploy")
+    again = run_ape(env, "deploy")
     assert again.returncode == 1
     assert "a live deployment is recorded for 'local'" in again.stderr
     assert "Traceback" not in again.stderr + again.stdout
-    assert json.loads((tmp_path / "deployments/local.json").read_text()) == first  # untouched
+    assert json.loads((deployments / "local.json").read_text()) == first  # untouched
 
-    forced = ape_run("deploy", "--force")
+    forced = run_ape(env, "deploy", "--force")  # new contracts beside the market's (reverted after the module)
     assert forced.returncode == 0, forced.stderr
-    replaced = json.loads((tmp_path / "deployments/local.json").read_text())
+    replaced = json.loads((deployments / "local.json").read_text())
     assert replaced["contracts"]["CreditEscrow"]["address"] != first["contracts"]["CreditEscrow"]["address"]
