@@ -97,10 +97,15 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         depositor = w3.eth.accounts[3]
         with Ledger.open(ledger_url) as ledger:
             in_vault = ledger.system_balance("vault", "USDC")  # the treasury's deposit, the bonds' are not
-        usdc.functions.mint(depositor, 7 * USD_MICRO).transact({"from": depositor})
-        usdc.functions.approve(vault.address, 7 * USD_MICRO).transact({"from": depositor})
-        sent = vault.functions.deposit(usdc.address, 7 * USD_MICRO).transact({"from": depositor})
-        assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
+        # Each mined before the next is sent: the next one's gas estimate reads its effect
+        # (under load, anvil answered the deposit's estimate before the approve was mined).
+        for call in (
+            usdc.functions.mint(depositor, 7 * USD_MICRO),
+            usdc.functions.approve(vault.address, 7 * USD_MICRO),
+            vault.functions.deposit(usdc.address, 7 * USD_MICRO),
+        ):
+            sent = call.transact({"from": depositor})
+            assert w3.eth.wait_for_transaction_receipt(sent, timeout=30)["status"] == 1
         lots = escrow.functions.lot_count().call()
         assert lots > 0
         with Ledger.open(ledger_url) as ledger:
