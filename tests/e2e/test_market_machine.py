@@ -61,7 +61,7 @@ from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.ledger.schema import holds, usage_records
-from promptex.metering import load_catalog, message_cost, usdc_rates
+from promptex.metering import load_catalog, message_cost, provider_token_rates, usdc_rates
 from promptex.protocol.escrow import listed_credit
 from promptex.reconcile import reconcile, summary
 from promptex.reconcile.chain import Web3ChainView
@@ -89,9 +89,11 @@ STATS: Counter[str] = Counter()  # what the runs did, printed at the end (pytest
 PRICE = load_catalog(CATALOG).price(MODEL)
 
 
-def exact_cost(output_tokens: int) -> int:
-    """What a complete answer of `output_tokens` to PROMPT costs in USDC (µ), as metered."""
-    return message_cost(usdc_rates(PRICE, RATE_BPS, FEE_BPS), chat_input_tokens(PROMPT), output_tokens)
+def exact_cost(output_tokens: int, asset: str = "USDC") -> int:
+    """What a complete answer of `output_tokens` to PROMPT costs, as metered: in µUSDC on a
+    listed lot, or in GPT's smallest units (the model's own provider token) on a tokenized one."""
+    rates = usdc_rates(PRICE, RATE_BPS, FEE_BPS) if asset == "USDC" else provider_token_rates(PRICE)
+    return message_cost(rates, chat_input_tokens(PROMPT), output_tokens)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Buyer:
     account: int | None = None  # None: never bound
     key: str | None = None
     deposited: int = 0  # net: deposits − what exits took out
+    asset: str = "USDC"  # what it deposits and pays in: USDC (listed lots) or GPT (tokenized)
     exited: bool = False  # an exit may have raced its usage (a settlement may fall short, a debt)
     orphaned: bool = False  # a reorg took away a deposit it had spent (a debt, explained)
 
@@ -121,6 +124,7 @@ class Model:
     lots: dict[int, int] = field(default_factory=dict)  # chain lot id → capacity (USD micro at list)
     sellers: dict[int, LocalAccount] = field(default_factory=dict)  # chain lot id → its seller's wallet
     closing: set[int] = field(default_factory=set)  # lots whose close was requested
+    token_lots: dict[int, int] = field(default_factory=dict)  # tokenized GPT lot id → face value (µUSD)
     refused_opens: int = 0
     may_quarantine: bool = False  # an answer longer than asked may overdraw a lot (quarantined, explained)
 
@@ -164,6 +168,36 @@ class MarketMachine(RuleBasedStateMachine):
     @initialize(target=buyers, amount=st.integers(100, 600))
     def first_buyer(self, amount: int) -> Buyer:
         return self.new_buyer(amount, bind=True, cap=10**12)
+
+    @initialize(target=buyers, face=st.integers(300, 900), share=st.integers(20, 100))
+    def token_market(self, face: int, share: int) -> Buyer:
+        """A tokenized GPT lot of `face` µUSD (its tokens minted to the seller, less the mint
+        fee) and a buyer who bought `share` % of them, deposited them and pays in GPT."""
+        self.token_seller = seller = self.chain.wallet()
+        bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
+        self.chain.send(seller, self.usdc.functions.mint(seller.address, bond))
+        self.chain.send(seller, self.usdc.functions.approve(self.escrow.address, MAX_UINT))
+        before = self.escrow.functions.lot_count().call()
+        code, output = self.services.cli(
+            "seller", "add-capacity", "--provider", "openai", "--base-url", self.fake.url, "--api-key", "sk-fake",
+            "--face-value", f"{face / 1e6:.6f}", "--kind", "tokenized", "--expires", "30d",
+            "--seller-address", seller.address, "--bond", f"{bond / 1e6:.6f}", "--declare-resale-permitted",
+        )  # fmt: skip
+        assert code == 0, output
+        lot = self.escrow.functions.lot_count().call()
+        assert lot == before + 1
+        self.model.token_lots[lot] = face
+        buyer = Buyer(self.chain.wallet(), asset="GPT")
+        minted = self.chain.asset("GPT").functions.balanceOf(seller.address).call()
+        self.deposit(buyer, minted * share // 100)
+        gpt = self.chain.asset("GPT").address
+        self.chain.send(
+            buyer.wallet, self.vault.functions.set_spend_cap(gpt, MAX_UINT, 10**30, self.chain.now() + 30 * 86_400)
+        )
+        self.bind(buyer)
+        self.model.buyers.append(buyer)
+        STATS["token buyers"] += 1
+        return buyer
 
     @rule(face=st.integers(100, 400), bond_approved=st.booleans())
     def add_lot(self, face: int, bond_approved: bool) -> None:
@@ -209,20 +243,30 @@ class MarketMachine(RuleBasedStateMachine):
         self.model.buyers.append(buyer)
         return buyer
 
-    def deposit(self, buyer: Buyer, amount: int) -> None:
+    def deposit(self, buyer: Buyer, amount: int) -> int:
+        """Deposit up to `amount` for `buyer`; returns what was deposited."""
         if not amount:
-            return
-        self.chain.send(buyer.wallet, self.usdc.functions.mint(buyer.wallet.address, amount))
-        self.chain.send(buyer.wallet, self.usdc.functions.approve(self.vault.address, amount))
-        self.chain.send(buyer.wallet, self.vault.functions.deposit(self.usdc.address, amount))
+            return 0
+        token = self.chain.asset(buyer.asset)
+        if buyer.asset == "USDC":
+            self.chain.send(buyer.wallet, self.usdc.functions.mint(buyer.wallet.address, amount))
+        else:  # provider tokens exist only as minted for a lot: bought from its seller
+            amount = min(amount, token.functions.balanceOf(self.token_seller.address).call())
+            self.chain.send(self.token_seller, token.functions.transfer(buyer.wallet.address, amount))
+        if not amount:
+            return 0
+        self.chain.send(buyer.wallet, token.functions.approve(self.vault.address, amount))
+        self.chain.send(buyer.wallet, self.vault.functions.deposit(token.address, amount))
         buyer.deposited += amount
+        return amount
 
     def bind(self, buyer: Buyer) -> None:
         account = self.ledger.create_account().id
         message = self.ledger.issue_binding_challenge(account, buyer.wallet.address)
         self.ledger.bind_wallet(message, sign(message, buyer.wallet.key))
         key = new_api_key()
-        self.store.add_api_key(hash_key(key), key[:10], account, self.chain.now())
+        asset = None if buyer.asset == "USDC" else buyer.asset
+        self.store.add_api_key(hash_key(key), key[:10], account, self.chain.now(), default_asset=asset)
         buyer.account, buyer.key = account, key
 
     @rule(buyer=buyers, amount=st.integers(1, 400))
@@ -262,7 +306,9 @@ class MarketMachine(RuleBasedStateMachine):
     def traffic(self, picks: list[tuple[Buyer, int, bool]], exact: bool) -> list[Sent]:
         out: list[Sent] = []
         threads = [
-            threading.Thread(target=self._request, args=(b, m, s, exact_cost(min(m, 16)) if exact else None, out))
+            threading.Thread(
+                target=self._request, args=(b, m, s, exact_cost(min(m, 16), b.asset) if exact else None, out)
+            )
             for b, m, s in picks
         ]
         for thread in threads:
@@ -396,6 +442,8 @@ class MarketMachine(RuleBasedStateMachine):
     def request_exit(self, buyer: Buyer, percent: int, racing: bool) -> None:
         """A trustless exit of part of the vault balance, possibly while the buyer's requests are in flight."""
         STATS["rule request_exit"] += 1
+        if buyer.asset != "USDC":
+            return
         w, usdc = buyer.wallet.address, self.usdc.address
         balance = self.vault.functions.balance_of(w, usdc).call()
         if not balance or self.vault.functions.pending_exits(w, usdc).call()[0]:
@@ -413,6 +461,8 @@ class MarketMachine(RuleBasedStateMachine):
     def finish_exit(self, buyer: Buyer, complete: bool) -> None:
         """Cancel a pending exit, or complete it once thawed (anvil time moves on)."""
         STATS["rule finish_exit"] += 1
+        if buyer.asset != "USDC":
+            return
         w, usdc = buyer.wallet.address, self.usdc.address
         pending, unlock_at = self.vault.functions.pending_exits(w, usdc).call()[:2]
         if not pending:
@@ -432,7 +482,7 @@ class MarketMachine(RuleBasedStateMachine):
         """`promptex coordinator release` co-signs an instant exit only of funds free of
         unsettled usage; the wallet sends it, possibly while its requests are in flight."""
         STATS["rule instant_exit"] += 1
-        if buyer.account is None:
+        if buyer.account is None or buyer.asset != "USDC":
             return
         w, usdc = buyer.wallet.address, self.usdc.address
         amount = max(1, self.vault.functions.balance_of(w, usdc).call() * percent // 100)
@@ -473,7 +523,7 @@ class MarketMachine(RuleBasedStateMachine):
         try:
             fork = self.chain.snapshot()
             start = self.chain.head()
-            self.deposit(buyer, amount)
+            orphaned = self.deposit(buyer, amount)
             head = self.chain.head()
             until(lambda: (indexed_block(self.ledger) or 0) >= head, f"the indexer reached block {head}", 60)
             if spend and buyer.key:
@@ -485,7 +535,7 @@ class MarketMachine(RuleBasedStateMachine):
                 STATS["settlements orphaned"] += 1
             head = self.chain.head()
             self.chain.revert(fork)
-            buyer.deposited -= amount
+            buyer.deposited -= orphaned
             self.deposit(buyer, other)
             while self.chain.head() <= head:
                 self.chain.rpc("evm_mine")
@@ -574,20 +624,21 @@ class MarketMachine(RuleBasedStateMachine):
         for r in rows:
             if r.status == "settled" and r.request_id not in refunded:
                 charged[r.account_id] += int(r.charged)
-        shortfalls: defaultdict[str, int] = defaultdict(int)
+        shortfalls: defaultdict[tuple[str, str], int] = defaultdict(int)
         for log in self.vault.events.ShortfallRecorded().get_logs(from_block=0):
-            if log["args"]["asset"] == self.usdc.address:
-                shortfalls[log["args"]["account"]] += int(log["args"]["amount"])
+            shortfalls[(log["args"]["account"], log["args"]["asset"])] += int(log["args"]["amount"])
         debtors = {debt.account for debt in self.ledger.open_debts()}
         unsettled = {by_id[r.request_id].account_id for r in quarantined}
         for buyer in self.model.buyers:
             address = buyer.wallet.address
-            on_chain = self.vault.functions.balance_of(address, self.usdc.address).call()
+            token = self.chain.asset(buyer.asset).address
+            on_chain = self.vault.functions.balance_of(address, token).call()
+            short = shortfalls[(address, token)]
             if buyer.account is None:
                 assert on_chain == buyer.deposited
                 continue
             if not (buyer.exited or buyer.orphaned):
-                assert not shortfalls[address], (buyer, shortfalls[address])
+                assert not short, (buyer, short)
             if not (buyer.orphaned or buyer.exited):  # an exit that took charged funds leaves a debt
                 assert buyer.account not in debtors, (buyer, self.ledger.open_debts())
                 if not self.model.may_quarantine:
@@ -600,8 +651,8 @@ class MarketMachine(RuleBasedStateMachine):
                     assert not unexpected, (buyer, unexpected)
             if buyer.account in unsettled or buyer.account in debtors:
                 continue
-            posted = self.ledger.balance(buyer.account, "USDC").posted
-            expected = buyer.deposited - charged[buyer.account] + shortfalls[address]
+            posted = self.ledger.balance(buyer.account, buyer.asset).posted
+            expected = buyer.deposited - charged[buyer.account] + short
             assert posted == on_chain == expected, (buyer.account, posted, on_chain, expected)
 
         # Lots: never consumed beyond capacity, on chain or in the ledger; each seller
@@ -631,9 +682,28 @@ class MarketMachine(RuleBasedStateMachine):
                 owed[seller] += listed_credit(0, consumed, rate)
                 claimable[seller] = self.vault.functions.claimable(seller, self.usdc.address).call()
         assert claimable == owed
+        faces = {**self.model.lots, **self.model.token_lots}
         for lot_id, capacity in self.ledger.lot_capacities().items():
             if capacity.chain_lot_id is not None and not self.model.may_quarantine:
-                assert capacity.used <= self.model.lots[capacity.chain_lot_id], (lot_id, capacity)
+                assert capacity.used <= faces[capacity.chain_lot_id], (lot_id, capacity)
+
+        # Per token: Σ burned by settlements == Σ its tokenized lots' draws == Σ what its
+        # payers were charged and the chain debited; the supply is what the lots have left.
+        gpt = self.chain.asset("GPT")
+        drawn = sum(self.escrow.functions.lots(lot).call()[9] for lot in self.model.token_lots)
+        left = sum(
+            self.escrow.functions.lots(lot).call()[7] - self.escrow.functions.lots(lot).call()[9]
+            for lot in self.model.token_lots
+        )
+        token_payers = {b.account for b in self.model.buyers if b.asset == "GPT"}
+        settled_gpt = sum(
+            int(by_id[r.request_id].charged)
+            for r in records
+            if r.status == "batched" and by_id[r.request_id].account_id in token_payers
+        )
+        token_short = sum(v for (_, asset), v in shortfalls.items() if asset == gpt.address)
+        assert drawn == settled_gpt - token_short, (drawn, settled_gpt, token_short)
+        assert gpt.functions.totalSupply().call() == left, (gpt.functions.totalSupply().call(), left)
 
     def teardown(self) -> None:
         try:
