@@ -424,10 +424,11 @@ def closing_panel(options: UpOptions, ready: Ready) -> str:
             "  print(answer.choices[0].message.content)",
             "",
             "Next:",
-            "  promptex status                         # vault, lots, pools",
-            f"  promptex buyer debts --account {ready.buyer_account}           # what the demo buyer owes",
-            "  promptex wallet balances --account TEST::6   # the demo buyer's wallet",
-            "  promptex reconcile                      # the books against the chain",
+            f"  promptex buyer balance --account {ready.buyer_account}    # what the demo buyer can spend",
+            f"  promptex buyer usage --account {ready.buyer_account}      # what it spent, per model and day",
+            "  promptex status                       # vault, lots, pools",
+            "  promptex seller lots                  # the lots and their state",
+            "  promptex reconcile                    # the books against the chain",
             "",
         ]
     )

@@ -4,6 +4,7 @@ lots and deployment kept, nothing rewound, the books still reconciling."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,11 @@ import httpx
 from web3 import HTTPProvider, Web3
 
 from anvil_node import ANVIL, ROOT, free_port
+from human_units import assert_human
 from promptex.indexer import store as indexer_store
 from promptex.ledger import Ledger
 from promptex.protocol.units import USD_MICRO
+from quickstarts import quickstarts, run_quickstart
 
 
 class Up:
@@ -118,6 +121,7 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         # key, paid by its $10 of promotional credit from the funded treasury; a tokenized
         # and a listed lot per provider; a day of TWAP history.
         assert "The market is ready." in log and "10.00 USDC of promotional credit" in log
+        assert_human(log, "promptex up's output")
         ready = json.loads((tmp_path / "market" / "ready.json").read_text())
         assert f'api_key="{ready["buyer_key"]}"' in log  # on one line: it copies and pastes
         from openai import OpenAI
@@ -141,11 +145,26 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         assert json.loads((tmp_path / "market" / "profile.json").read_text())["settings"]["rpc_url"] == chain
         bare = {k: v for k, v in env.items() if not k.startswith("PROMPTEX_") and k != "APE_FOUNDRY_HOST"}
         bare["PROMPTEX_UP_STATE_DIR"] = str(tmp_path / "market")
-        for command, expected in ((["status"], "chain 31337, vault 0x"), (["reconcile"], "books reconcile")):
+        # (the tokenized lots' seller, anvil account 1, holds every provider token: in dollars at the TWAP)
+        seller = ["wallet", "balances", "--account", "TEST::1"]
+        commands = ((["status"], "chain 31337, vault 0x"), (["reconcile"], "books reconcile"), (seller, "total: $"))
+        for command, expected in commands:
             done = subprocess.run([sys.executable, "-m", "promptex.cli", *command], cwd=ROOT, env=bare,
                                   capture_output=True, text=True, timeout=300)  # fmt: skip
             assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
             assert "Warning" not in done.stderr, done.stderr
+            assert_human(done.stdout, " ".join(command))
+            if command == seller:
+                assert re.search(r"CLD \(\$[\d,.]+\)", done.stdout) and "not counted" not in done.stdout
+
+        # The README's quick-starts, as written, with what a user has after `promptex up`:
+        # the venv's commands on PATH and (this market's folder not being the default) its place.
+        found = quickstarts(ROOT / "README.md")
+        assert [qs.name for qs in found] == ["buyer", "seller", "org"]
+        workdir = tmp_path / "user"
+        workdir.mkdir()
+        for qs in found:
+            assert_human(run_quickstart(qs, bare, workdir), f"quick-start {qs.name}")
         up.stop()
     finally:
         up.kill()

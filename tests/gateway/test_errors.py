@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from human_units import assert_human
 from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
 
@@ -92,6 +93,7 @@ def test_chat__balance_below_upper_bound__402_should_not_retry(gw: Harness, fake
     before = gw.ledger.balance(account, "USDC")
     response = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 100})
     assert_openai_error(response, 402)
+    assert_human(response.json()["error"]["message"], "the 402's message")
     assert response.headers["x-should-retry"] == "false"
     assert gw.ledger.balance(account, "USDC") == before
     assert fake.config.requests == 0

@@ -12,6 +12,7 @@ import pytest
 from agent_fakes import PAYEE, TOKENS, USER
 from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, billing_config
 
+from human_units import assert_human
 from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
 from promptex.agent.machine import CRASH_STEPS
@@ -44,6 +45,8 @@ def test_redeem__happy_path__sold_bought_released_once_and_user_notified(world):
     assert world.chain.s.tokens[(USER, CLD)] == before - r.tokens_in
     notes = world.agent().store.notifications()
     assert [n.kind for n in notes] == ["receipt"] and "$20.00" in notes[0].subject
+    assert " CLD for $20.00 of credits" in notes[0].body
+    assert_human(notes[0].subject + notes[0].body, "the receipt email")
 
 
 def test_link_account__credential__sealed_at_rest_and_opens(world):

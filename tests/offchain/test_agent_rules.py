@@ -13,6 +13,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from anvil_node import free_port
+from human_units import assert_human
 from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.store import PENDING, RELEASED, SENT_MAIL, UNSENT
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
@@ -70,6 +71,7 @@ def test_rule__market_or_grant_cannot_deliver__not_fired_user_notified_once(worl
         assert report.fired == [] and message in next(iter(report.skipped.values()))
     notes = agent.store.notifications()
     assert [n.kind for n in notes] == ["rule_skipped"] and message in notes[0].body
+    assert_human(notes[0].body, "the rule's email")
     assert world.chain.sent == [] and world.billing.purchases == {}
 
 

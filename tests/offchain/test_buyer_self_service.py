@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from ledger_helpers import fund
 
+from human_units import assert_human
 from promptex.cli import main
 from promptex.config import settings
 from promptex.ledger import AccountKind, Ledger
@@ -61,7 +62,7 @@ def test_balance__spendable_held_cap_promotional_in_whole_units(ledger: Ledger) 
     assert usdc.split() == ["USDC", "47.50", "USDC", "2.50", "USDC", "0.00", "USDC", "37.50", "USDC", "10.00", "USDC"]
     cld = next(line for line in lines if line.startswith("CLD"))
     assert "14.59 CLD" in cld
-    assert not re.search(r"\b\d{10,}\b", shown.stdout)  # never smallest units for people (hex addresses aside)
+    assert_human(shown.stdout, "buyer balance")
 
     exact = json.loads(run("balance", "--account", str(buyer), "--json").stdout)
     by_asset = {row["asset"]: row for row in exact["balances"]}
@@ -91,6 +92,7 @@ def test_usage__rows_totals_per_model_and_day__since_and_csv(ledger: Ledger, mon
     table = run("usage", "--account", str(buyer))
     assert table.exit_code == 0, table.output
     assert "2026-11-30 00:53" in table.stdout and "req-a" in table.stdout and "1,234/56" in table.stdout
+    assert_human(table.stdout, "buyer usage")
     per_model = table.stdout.split("per model:")[1].split("per day:")[0]
     assert re.search(r"gpt-4o\s+2 requests\s+2\.00 USDC", per_model)
     assert re.search(r"gpt-4o-mini\s+1 requests\s+0\.003 USDC", per_model)

@@ -16,6 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from human_units import assert_human
 from promptex.cli import main
 from promptex.config import settings
 
@@ -85,6 +86,7 @@ def assert_one_line_failure(result: click.testing.Result, args: list[str]) -> No
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), f"{shown}:\n{result.stderr}"
     assert "Traceback" not in result.stderr and not HEX.search(result.stderr), f"{shown}:\n{result.stderr}"
+    assert_human(result.stderr, shown)
 
 
 def test_walk_finds_the_whole_tree() -> None:

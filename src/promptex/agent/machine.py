@@ -51,6 +51,7 @@ from promptex.chain import txlog
 from promptex.chain.sender import Call
 from promptex.chain.txlog import StoredTx
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
+from promptex.protocol.units import money, usd_text
 from promptex.sealing.envelope import MasterKeys
 
 log = logging.getLogger("promptex.agent")
@@ -246,7 +247,7 @@ class RedemptionMachine:
         if receipt.provider != provider_id(account.provider) or receipt.account_ref != account.account_ref:
             return "the receipt names another provider or account"
         if receipt.usd_micro < r.usd_micro:
-            return f"the receipt is for {receipt.usd_micro} USD micro-units, below the {r.usd_micro} due"
+            return f"the receipt is for {usd_text(receipt.usd_micro)}, below the {usd_text(r.usd_micro)} due"
         if len(receipt.signature) != 65:
             return "the receipt's signature is not 65 bytes"
         return None
@@ -283,11 +284,11 @@ class RedemptionMachine:
         return None
 
     def _released(self, r: Redemption, from_: str) -> Redemption:
-        usd = f"${r.usd_micro / 1_000_000:,.2f}"
+        usd, sold = f"${r.usd_micro / 1_000_000:,.2f}", money(r.tokens_in or 0, r.token)
         after = self.store.move(
             r.id, (from_,), RELEASED, self.clock(), error=None,
             notify=self._notice(r, "receipt", f"{usd} of {r.provider} credits added",
-                                f"Redemption {r.chain_redemption_id}: sold {r.tokens_in} {r.token} units for {usd} "
+                                f"Redemption {r.chain_redemption_id}: sold {sold} for {usd} "
                                 f"of credits on your {r.provider} account (billing receipt "
                                 f"0x{(r.billing_ref or b'').hex()})."),
         )  # fmt: skip

@@ -22,7 +22,7 @@ from promptex.agent.store import OPEN_STATUSES, AgentStore, LinkedAccount, Redem
 from promptex.chain.txlog import TxPending
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.redemption import account_ref, provider_id
-from promptex.protocol.units import DAY
+from promptex.protocol.units import DAY, money
 from promptex.sealing.envelope import MasterKeys
 
 log = logging.getLogger("promptex.agent")
@@ -157,7 +157,7 @@ class Agent:
                 rule.user, f"rule:{rule.id}:{exc.code}:{day}", "rule_skipped",
                 f"Auto-topup of {rule.provider} did not run",
                 f"Your rule '{rule.provider} below ${rule.below_usd_micro / 1e6:,.2f} → add "
-                f"${rule.add_usd_micro / 1e6:,.2f}, selling at most {rule.max_tokens_in} {rule.token} units' "
+                f"${rule.add_usd_micro / 1e6:,.2f}, selling at most {money(rule.max_tokens_in, rule.token)}' "
                 f"did not fire: {exc}.", self.clock(),
             )  # fmt: skip
             return f"not fired: {exc}"

@@ -40,6 +40,7 @@ class RootGroup(OneLineErrors, LazyGroup):
         "dashboard": "promptex.cli.dashboard:dashboard",
         "hedge": "promptex.cli.hedge:hedge",
         "org": "promptex.cli.org:org",
+        "market": "promptex.cli.market_info:market",
         "up": "promptex.cli.up:up_command",
         "reconcile": "promptex.cli.reconcile:reconcile",
     },

@@ -28,7 +28,7 @@ from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
-from promptex.protocol.units import MAX_UINT256, money
+from promptex.protocol.units import MAX_UINT256, money, usd_text, usd_value
 from promptex.protocol.vault import UNLIMITED, per_epoch_at_least
 
 LOCAL_NODE = "ethereum:local:foundry"
@@ -90,6 +90,17 @@ def cap_text(value: int | None, symbol: str) -> str:
     return UNLIMITED_WORD if value is None else money(value, symbol)
 
 
+TWAP_WINDOW = 1_800  # the USD beside provider tokens: the Oracle's half-hour TWAP
+
+
+def twap_of(session: Session, token: Any) -> int | None:
+    """The Oracle's TWAP of `token`, or None while it has no history over the window."""
+    try:
+        return int(session.contract("Oracle").consult(token, TWAP_WINDOW))
+    except Exception:  # not tracked yet, or the window not covered: shown without dollars
+        return None
+
+
 def chain_time() -> int:
     """The next block's time: deadlines and expiries are checked against it, not the wall clock."""
     from ape import chain
@@ -148,14 +159,23 @@ def balances(network: Any, alias: str | None, yes: bool) -> None:
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
         click.echo(f"account {session.account.address} on {network.name}")
-        click.echo(f"{'asset':<6} {'wallet':>24} {'vault':>24} {'withdrawing':>24}")
+        click.echo(f"{'asset':<6} {'wallet':>34} {'vault':>34} {'withdrawing':>24}")
+        total, priced = 0, True
         for symbol in ["USDC", *session.deployment.token_symbols()]:
             token = session.token(symbol)
-            pending = vault.pending_exits(session.account, token)
+            twap = None if symbol == "USDC" else twap_of(session, token)
+            held, in_vault = token.balanceOf(session.account), vault.balance_of(session.account, token)
+            pending = vault.pending_exits(session.account, token).amount
+            for amount in (held, in_vault, pending):
+                value = usd_value(amount, symbol, twap)
+                total += value or 0
+                priced = priced and (value is not None or amount == 0)
             click.echo(
-                f"{symbol:<6} {whole(token.balanceOf(session.account), symbol):>24} "
-                f"{whole(vault.balance_of(session.account, token), symbol):>24} {whole(pending.amount, symbol):>24}"
+                f"{symbol:<6} {money(held, symbol, twap=twap):>34} {money(in_vault, symbol, twap=twap):>34} "
+                f"{money(pending, symbol, twap=twap):>24}"
             )
+        unknown = "" if priced else " (provider tokens without a TWAP yet not counted)"
+        click.echo(f"total: {usd_text(total)} at the Oracle's {TWAP_WINDOW // 60}-minute TWAP{unknown}")
 
 
 @wallet_command("deposit")
