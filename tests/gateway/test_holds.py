@@ -214,7 +214,7 @@ def _active(gw: Harness) -> set[str]:
 
 
 def _in_flight(gw: Harness, key: str, body: dict[str, object]) -> tuple[threading.Thread, list[httpx.Response], str]:
-    """Send a request in a thread; return once its hold exists (the fake answers slowly)."""
+    """Send a request in a thread; return once its hold exists (the fake holds its answer)."""
     answers: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: answers.append(chat(gw, key, body)))
     before = _active(gw)
@@ -229,7 +229,7 @@ def _in_flight(gw: Harness, key: str, body: dict[str, object]) -> tuple[threadin
 
 def test_answer_metered_after_its_hold_was_swept__still_charged(gw_clocked: Harness, fake: Fake, clock) -> None:  # noqa: ANN001
     gw = gw_clocked
-    fake.config.latency_ms = 1_500
+    fake.config.gate = threading.Event()  # in flight until the test lets it answer
     lot = gw.add_lot(fake)
     account, key = gw.buyer(amount=10 * USDC)
     thread, answers, request_id = _in_flight(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 8})
@@ -237,6 +237,7 @@ def test_answer_metered_after_its_hold_was_swept__still_charged(gw_clocked: Harn
     clock.advance(gw.settings.gateway_hold_ttl_seconds + 1)
     assert gw.ledger.sweep_expired() == 1
     assert gw.ledger.balance(account, "USDC").held == 0 and gw.ledger.lot_capacities()[lot].reserved == 0
+    fake.config.gate.set()
     thread.join(60)
     assert answers[0].status_code == 200
     hold = gw.ledger.hold(request_id)
@@ -252,7 +253,7 @@ def test_running_gateway__extends_its_holds_in_flight_instead_of_sweeping_them(
     gw_clocked: Harness, fake: Fake, clock
 ) -> None:  # noqa: ANN001
     gw = gw_clocked
-    fake.config.latency_ms = 1_500
+    fake.config.gate = threading.Event()  # in flight until the test lets it answer
     gw.add_lot(fake)
     account, key = gw.buyer(amount=10 * USDC)
     thread, answers, request_id = _in_flight(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 8})
@@ -261,6 +262,7 @@ def test_running_gateway__extends_its_holds_in_flight_instead_of_sweeping_them(
     hold = gw.ledger.hold(request_id)
     assert hold is not None and hold.status == "active"
     assert hold.expires_at == clock() + gw.settings.gateway_hold_ttl_seconds
+    fake.config.gate.set()
     thread.join(60)
     assert answers[0].status_code == 200
     settled = gw.ledger.hold(request_id)

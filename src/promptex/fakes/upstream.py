@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,12 +36,14 @@ from starlette.routing import Route
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
 PER_MESSAGE_TOKENS = 3  # what a chat message costs beyond its words
 DEFAULT_OUTPUT_TOKENS = 16
+GATE_WAIT_SECONDS = 60  # a gated answer goes out anyway after this long (a test that failed first)
 EMBEDDING_DIMENSIONS = 8
 
 
 @dataclass
 class FakeUpstreamConfig:
     latency_ms: float = 0.0  # before the first byte of every answer
+    gate: threading.Event | None = None  # when set here, answers wait until it is set (tests: a request held in flight)
     chunk_delay_ms: float = 0.0  # between streamed chunks
     output_tokens: int = DEFAULT_OUTPUT_TOKENS  # what a request without max_tokens produces
     fail_status: int | None = None  # answer this status instead of serving…
@@ -122,6 +125,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
             return None, _error(401, "invalid x-api-key" if anthropic else "Incorrect API key provided", anthropic)
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
+        if cfg.gate is not None:
+            await asyncio.to_thread(cfg.gate.wait, GATE_WAIT_SECONDS)
         if cfg.fail_status is not None and cfg.requests % max(1, cfg.fail_every) == 0:
             return None, _error(cfg.fail_status, f"injected failure {cfg.fail_status}", anthropic)
         if request.method == "GET":
