@@ -7,6 +7,7 @@ its own process against an anvil."""
 import json
 import re
 import subprocess
+import time
 from decimal import Decimal
 
 from anvil_node import ROOT, ape_env, rpc
@@ -42,7 +43,11 @@ def test_hedge__write_buy_open_close_settle_claim__pnl_from_the_contracts(prompt
                        "--days", "1", "--units", "10", "--premium", "100", "--account", DEALER))  # fmt: skip
     assert "collateral 8,000.00 USDC" in written and "offer 1: 10 units at 100.00 USDC each" in written
     series, expiry = re.search(r"series (\d+): wrote 10 units expiring at (\d+)", written).groups()
+    listed = ok(hedge("offers", "--account", BUYER))  # the series by a short name, not its 77-digit id
+    day = time.strftime("%Y-%m-%d", time.gmtime(int(expiry)))
+    assert f"offer 1: GPT call $3.70–$4.50 {day}, 10 units at 100.00 USDC each" in listed
     assert "bought 10 units" in ok(hedge("buy", "--offer", "1", "--units", "10", "--account", BUYER))
+    assert "no open offers" in ok(hedge("offers", "--account", BUYER))
 
     keeper(jump=700, updates=1)  # the perpetual prices on a 600-s TWAP: cover it
     no_shares = hedge("withdraw-liquidity", "--account", BUYER)

@@ -53,6 +53,22 @@ def shown_price(value: int) -> str:
     return f"${value / PRICE_UNIT:,.6f}"
 
 
+def short_price(value: int) -> str:
+    """A price for a name: "$3.70", "$0.004218" (no more decimals than it has, at least 2)."""
+    text = f"{value / PRICE_UNIT:,.6f}".rstrip("0")
+    whole_part, _, decimals = text.partition(".")
+    return f"${whole_part}.{decimals.ljust(2, '0')}"
+
+
+def series_name(s: Any, symbol: str) -> str:
+    """A series by a short name instead of its 77-digit id: "GPT call $3.70–$4.50 2026-12-06"."""
+    import time
+
+    kind = "call" if s.kind == CALL else "put"
+    day = time.strftime("%Y-%m-%d", time.gmtime(int(s.expiry)))
+    return f"{symbol} {kind} {short_price(s.strike)}–{short_price(s.bound)} {day}"
+
+
 def _session(network: Any, alias: str | None, yes: bool) -> tuple[Session, Any, Any]:
     session = Session(network, alias, yes)
     for name in ("Options", "Perp"):
@@ -248,6 +264,28 @@ def reclaim(network: Any, alias: str | None, yes: bool, series_id: int) -> None:
 # ─── Showing P&L ─────────────────────────────────────────────────────────────
 
 
+@hedge_command("offers")
+def offers(network: Any, alias: str | None, yes: bool) -> None:
+    """Open option offers: the series by name, units left, premium a unit, the writer."""
+    with readable_errors():
+        session, options, _perp = _session(network, alias, yes)
+        symbols = {str(session.token(s).address): s for s in session.deployment.token_symbols()}
+        shown = 0
+        for offer_id in range(1, int(options.offer_count()) + 1):
+            offer = options.offers(offer_id)
+            if int(offer.units) == 0:
+                continue
+            s = options.series(offer.series_id)
+            click.echo(
+                f"offer {offer_id}: {series_name(s, symbols.get(s.token, '?'))}, {offer.units} units at "
+                f"{whole(offer.premium_per_unit, 'USDC')} each (collateral {whole(s.collateral_per_unit, 'USDC')} "
+                f"a unit), from {offer.seller}"
+            )
+            shown += 1
+        if not shown:
+            click.echo("no open offers: write one with `promptex hedge write`")
+
+
 @hedge_command("show")
 def show(network: Any, alias: str | None, yes: bool) -> None:
     """Your open perpetual positions and option holdings, with P&L now."""
@@ -277,9 +315,7 @@ def show(network: Any, alias: str | None, yes: bool) -> None:
         head = chain.blocks.head.number + 1
         for log in options.Bought.range(session.deployment.block_number, head, search_topics={"buyer": me}):
             held[log.series_id] = held.get(log.series_id, 0) + log.units
-        click.echo(
-            f"{'series':<12} {'kind':<5} {'token':<5} {'strike':>12} {'bound':>12} {'units':>7} {'value now':>14}"
-        )
+        click.echo(f"{'series':<34} {'strike':>12} {'bound':>12} {'units':>7} {'value now':>14}")
         for series_id in held:
             units_now = int(options.balanceOf(me, series_id))
             if units_now == 0:
@@ -291,7 +327,6 @@ def show(network: Any, alias: str | None, yes: bool) -> None:
             else:
                 value = terms.payout_per_unit(int(oracle.consult(s.token, window))) * units_now
             click.echo(
-                f"{str(series_id)[:10] + '…':<12} {'call' if s.kind == CALL else 'put':<5} "
-                f"{symbols.get(s.token, '?'):<5} {shown_price(s.strike):>12} {shown_price(s.bound):>12} "
-                f"{units_now:>7} {whole(value, 'USDC'):>14}"
+                f"{series_name(s, symbols.get(s.token, '?')):<34} {shown_price(s.strike):>12} "
+                f"{shown_price(s.bound):>12} {units_now:>7} {whole(value, 'USDC'):>14}"
             )
