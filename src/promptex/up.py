@@ -556,8 +556,8 @@ def up(options: UpOptions) -> int:
         reconcile_status(rpc_url, network, supervisor.stopping)
         console.print("Ctrl-C stops everything.")
         return supervisor.watch()
-    except UpError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except UpError as exc:  # one line on stderr, as every command's failure
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         supervisor.stop_all()

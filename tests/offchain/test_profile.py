@@ -141,3 +141,11 @@ def test_cli__rpc_url_flag_beats_the_profile(market: Path) -> None:
     written(market, rpc_url="http://127.0.0.1:1")
     dead = f"http://127.0.0.1:{free_port()}"
     one_line_error(CliRunner().invoke(main, ["wallet", "balances", "--rpc-url", dead]), f"no node answers at {dead}")
+
+
+def test_up__no_node_at_rpc_url__one_line_on_stderr_exit_1(market: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PROMPTEX_UP_STATE_DIR", str(market))  # up sets it for its services: restored after
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner(mix_stderr=False).invoke(main, ["up", "--rpc-url", dead])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"Error: no JSON-RPC node answers on {dead}"]
