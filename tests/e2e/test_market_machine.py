@@ -605,7 +605,7 @@ class MarketMachine(RuleBasedStateMachine):
 
         # No hold outlives its lifetime (plus the sweeper's period and a slack for a busy machine).
         wall = int(time.time())
-        stale = [r.request_id for r in rows if r.status == "active" and r.expires_at + SWEEP_SECONDS + 5 < wall]
+        stale = [r.request_id for r in rows if r.status == "active" and r.expires_at + SWEEP_SECONDS + 10 < wall]
         assert not stale, f"active holds past their lifetime ({HOLD_TTL_SECONDS} s): {stale}"
 
         # Per account: the ledger == the vault == net deposits − charges + what settlements
