@@ -141,7 +141,8 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         assert oracle.functions.consult(cld, 86_400).call() > 0  # a day's TWAP, at once
 
         # Other commands follow the market's profile alone: no chain, ledger or deployment
-        # in their environment (only the folder is named), and no warning noise.
+        # in their environment (only the folder is named), run outside the checkout (the
+        # ape-signed ones read the ABIs the deployment recorded), and no warning noise.
         assert json.loads((tmp_path / "market" / "profile.json").read_text())["settings"]["rpc_url"] == chain
         bare = {k: v for k, v in env.items() if not k.startswith("PROMPTEX_") and k != "APE_FOUNDRY_HOST"}
         bare["PROMPTEX_UP_STATE_DIR"] = str(tmp_path / "market")
@@ -149,7 +150,7 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         seller = ["wallet", "balances", "--account", "TEST::1"]
         commands = ((["status"], "chain 31337, vault 0x"), (["reconcile"], "books reconcile"), (seller, "total: $"))
         for command, expected in commands:
-            done = subprocess.run([sys.executable, "-m", "promptex.cli", *command], cwd=ROOT, env=bare,
+            done = subprocess.run([sys.executable, "-m", "promptex.cli", *command], cwd=tmp_path, env=bare,
                                   capture_output=True, text=True, timeout=300)  # fmt: skip
             assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
             assert "Warning" not in done.stderr, done.stderr

@@ -16,6 +16,7 @@ from promptex.chain.deployments import (
     Deployment,
     abi_of,
     deployment_path,
+    deployments_root,
     load_deployment,
     save_deployment,
     write_abi,
@@ -245,7 +246,22 @@ def deploy_all(
 
 
 def contract_at(deployment: Deployment, name: str) -> Any:
-    """An ape contract object for a recorded contract ("CreditEscrow", "Router", "token:CLD", ...)."""
+    """An ape contract object for a recorded contract ("CreditEscrow", "Router", "token:CLD", ...):
+    from the checkout's compiled contracts, or — run outside the checkout, where ape has no
+    project — from the ABI the deployment recorded."""
+    try:
+        return _project_contract_at(deployment, name)
+    except AttributeError:  # ape's ApeAttributeError: no such contract in the current project
+        if name not in deployment.contracts:
+            raise
+        record = deployment.contracts[name]
+        abi = Path(record.abi)
+        if not abi.is_absolute():  # recorded relative to the checkout: it sits in the deployments folder
+            abi = deployments_root() / "abi" / abi.name
+        return chain.contracts.instance_at(record.address, abi=abi, fetch_from_explorer=False)
+
+
+def _project_contract_at(deployment: Deployment, name: str) -> Any:
     if name.startswith("token:"):
         return project.ComputeToken.at(deployment.address(name))
     containers = {

@@ -67,8 +67,17 @@ def dex_records(dex: dict[str, Any], root: Path | None = None) -> dict[str, Depl
 
 
 def pool_at(address: str) -> Any:
-    """An ape contract object for a Pool."""
-    return project.Pool.at(address)
+    """An ape contract object for a Pool (outside the checkout: with the Factory's recorded
+    pool ABI, `abi/Pool.json` in the deployments folder)."""
+    try:
+        return project.Pool.at(address)
+    except AttributeError:  # ape's ApeAttributeError: no project here
+        from ape import chain
+
+        from promptex.chain.deployments import deployments_root
+
+        abi = deployments_root() / "abi" / "Pool.json"
+        return chain.contracts.instance_at(address, abi=abi, fetch_from_explorer=False)
 
 
 def create_pool_at_price(

@@ -456,15 +456,19 @@ def status(network: Any) -> None:
             )
         kinds, states = {1: "tokenized", 2: "listed"}, {1: "open", 2: "closed", 3: "expired", 4: "slashed"}
         now = chain_time()
+        by_address = {deployment.address(f"token:{s}").lower(): s for s in deployment.token_symbols()}
         click.echo(f"lots: {escrow.lot_count()}")
         for lot_id in range(1, escrow.lot_count() + 1):
             lot = escrow.lots(lot_id)
+            # tokenized: capacity in the provider's tokens; listed: in USD micro (its face value)
+            unit = by_address.get(str(lot.token).lower(), "?") if lot.kind == 1 else "USDC"
+            used = f"{money(lot.consumed, unit)} of {money(lot.capacity, unit)}" if unit != "?" else "?"
             state = states.get(lot.status, lot.status)
             if lot.status == 1 and lot.close_at:  # open but no longer routed: a close was requested
                 state = f"closing ({'finalizable' if now >= lot.close_at else f'from {lot.close_at}'})"
             click.echo(
                 f"  #{lot_id} {kinds.get(lot.kind, lot.kind)} {state} "
-                f"face ${lot.face_value / 10**6:,.2f}, consumed {lot.consumed}/{lot.capacity}, "
+                f"face ${lot.face_value / 10**6:,.2f}, consumed {used}, "
                 f"bond {whole(lot.bond, 'USDC')}"
             )
         click.echo("pools:")
