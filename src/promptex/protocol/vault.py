@@ -47,6 +47,25 @@ RELEASE_TYPE = [
     {"name": "nonce", "type": "uint256"},
     {"name": "expiry", "type": "uint256"},
 ]
+# Signed mode (issue 23). A wallet authorizes a session key once; the session key then
+# signs one cumulative ceiling per lane and request. `session` in a Voucher is the
+# SessionKey's nonce, so a voucher of an earlier session never counts in a later one.
+SESSION_KEY_TYPE = [
+    {"name": "account", "type": "address"},
+    {"name": "asset", "type": "address"},
+    {"name": "key", "type": "address"},
+    {"name": "lanes", "type": "uint256"},
+    {"name": "maximum", "type": "uint256"},
+    {"name": "expiry", "type": "uint256"},
+    {"name": "nonce", "type": "uint256"},
+]
+VOUCHER_TYPE = [
+    {"name": "account", "type": "address"},
+    {"name": "asset", "type": "address"},
+    {"name": "session", "type": "uint256"},
+    {"name": "lane", "type": "uint256"},
+    {"name": "ceiling", "type": "uint256"},
+]
 
 
 # ─── Settlement words ────────────────────────────────────────────────────────
@@ -119,6 +138,11 @@ SPEND_CAP_TYPEHASH = keccak(
     text="SpendCap(address account,address asset,uint256 per_epoch,uint256 total,uint256 expiry,uint256 nonce)"
 )
 RELEASE_TYPEHASH = keccak(text="Release(address account,address asset,uint256 amount,uint256 nonce,uint256 expiry)")
+SESSION_KEY_TYPEHASH = keccak(
+    text="SessionKey(address account,address asset,address key,uint256 lanes,uint256 maximum,uint256 expiry,"
+    "uint256 nonce)"
+)
+VOUCHER_TYPEHASH = keccak(text="Voucher(address account,address asset,uint256 session,uint256 lane,uint256 ceiling)")
 
 
 def domain_separator(chain_id: int, vault: str) -> bytes:
@@ -155,9 +179,50 @@ def release_digest(
     return _digest(chain_id, vault, struct_hash)
 
 
+def session_key_digest(
+    *,
+    chain_id: int,
+    vault: str,
+    account: str,
+    asset: str,
+    key: str,
+    lanes: int,
+    maximum: int,
+    expiry: int,
+    nonce: int,
+) -> bytes:
+    """The EIP-712 digest a wallet signs to authorize a session key (signed mode)."""
+    struct_hash = keccak(
+        encode(
+            ["bytes32", "address", "address", "address", "uint256", "uint256", "uint256", "uint256"],
+            [SESSION_KEY_TYPEHASH, account, asset, key, lanes, maximum, expiry, nonce],
+        )
+    )
+    return _digest(chain_id, vault, struct_hash)
+
+
+def voucher_digest(
+    *, chain_id: int, vault: str, account: str, asset: str, session: int, lane: int, ceiling: int
+) -> bytes:
+    """The EIP-712 digest a session key signs: lane `lane` of `account` in session
+    `session` may be charged at most `ceiling` of `asset` in total."""
+    struct_hash = keccak(
+        encode(
+            ["bytes32", "address", "address", "uint256", "uint256", "uint256"],
+            [VOUCHER_TYPEHASH, account, asset, session, lane, ceiling],
+        )
+    )
+    return _digest(chain_id, vault, struct_hash)
+
+
 def typed_data(primary: str, *, chain_id: int, vault: str, message: dict[str, Any]) -> dict[str, Any]:
     """The same messages as EIP-712 JSON (what a wallet's eth_signTypedData_v4 shows)."""
-    fields = {"SpendCap": SPEND_CAP_TYPE, "Release": RELEASE_TYPE}[primary]
+    fields = {
+        "SpendCap": SPEND_CAP_TYPE,
+        "Release": RELEASE_TYPE,
+        "SessionKey": SESSION_KEY_TYPE,
+        "Voucher": VOUCHER_TYPE,
+    }[primary]
     return {
         "types": {"EIP712Domain": EIP712_DOMAIN_TYPE, primary: fields},
         "primaryType": primary,
@@ -179,3 +244,13 @@ def sign_spend_cap(private_key: Any, **fields: Any) -> bytes:
 def sign_release(private_key: Any, **fields: Any) -> bytes:
     """A coordinator's 65-byte signature of a Release (fields as in `release_digest`)."""
     return eip712.sign_digest(private_key, release_digest(**fields))
+
+
+def sign_session_key(private_key: Any, **fields: Any) -> bytes:
+    """A wallet's 65-byte signature of a SessionKey (fields as in `session_key_digest`)."""
+    return eip712.sign_digest(private_key, session_key_digest(**fields))
+
+
+def sign_voucher(private_key: Any, **fields: Any) -> bytes:
+    """A session key's 65-byte signature of a Voucher (fields as in `voucher_digest`)."""
+    return eip712.sign_digest(private_key, voucher_digest(**fields))
