@@ -34,10 +34,10 @@ from promptex.gateway.adapters import (
 )
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
+from promptex.gateway.requests import PER_REQUEST
 from promptex.metering import TokenUsage
 
 MESSAGES = "messages"
-PER_REQUEST = 3
 IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
 TOOLS_TOKENS = 1_000  # the system prompt Anthropic adds when tools are given (~350)
 # What a request may carry (the Messages API's parameters that are priced per token as the

@@ -10,8 +10,10 @@ from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError, bad_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# The input-token estimate behind every hold (upper bound: one token per UTF-8 byte),
+# shared by the chat, responses and messages fronts.
 PER_MESSAGE = 4  # tokens a message may cost beyond its text
-PER_REQUEST = 3
+PER_REQUEST = 3  # tokens a request may cost beyond its messages
 MESSAGE_FLOOR = 3  # tokens a chat message costs at least beyond its words (OpenAI's format)
 LIMITS = ("max_tokens", "max_completion_tokens")  # the output limits a request may name
 

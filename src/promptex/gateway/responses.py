@@ -20,11 +20,10 @@ import orjson
 from promptex.gateway.adapters import CHAT, Adapter, ChatTranslation, StreamTranslator, UpstreamCall
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
+from promptex.gateway.requests import PER_MESSAGE, PER_REQUEST
 from promptex.metering import TokenUsage
 
 RESPONSES = "responses"
-PER_MESSAGE = 4
-PER_REQUEST = 3
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
 _STATEFUL = ("previous_response_id", "conversation", "background", "prompt")
