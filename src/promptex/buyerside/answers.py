@@ -1,0 +1,151 @@
+"""Each answer checked before the next voucher is signed: its price × tokens exactly, its
+token counts within the bounds its request and its own text give.
+
+No tokenizer ships offline (tiktoken downloads its vocabularies), so a token count is
+checked against bounds the gateway's own request parser computes (`gateway.requests`):
+
+- input tokens ≥ the prompt's words + 3 per chat message (no BPE token spans a space), and
+  ≤ the prompt's UTF-8 bytes + 4 per message + 3 (no token is shorter than a byte);
+- visible output tokens (output minus reported reasoning) ≤ the answer's UTF-8 bytes,
+  read from the answer's JSON (a stream's text is not kept: its output is bounded by the
+  hold alone), and output tokens ≤ the request's own max_tokens when it named one.
+
+That is the stated tolerance: within these bounds a dishonest count goes unseen, so the
+buyer can lose at most the hold of each lane plus the difference between the bounds
+and the true counts. Reasoning tokens cannot be seen at all: only the hold bounds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+from promptex import metering
+from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, openai_usage
+from promptex.gateway.errors import GatewayError
+from promptex.gateway.requests import PER_MESSAGE, prompt_floor, validate
+from promptex.metering import TokenUsage
+
+MESSAGES = "messages"  # Anthropic's Messages API
+ENDPOINTS = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
+    "/v1/messages": MESSAGES,
+}
+PER_MILLION = 1_000  # /v1/models prices are per million tokens; rates are per 1,000
+
+
+class AnswerRefused(Exception):
+    """An answer outside what its request allows: signing stops, with this reason."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a request's body allows an honest answer to report."""
+
+    model: str
+    input_floor: int
+    input_bound: int
+    output_limit: int | None  # the request's own max_tokens, if it named one
+
+
+def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
+    """A request's token bounds (raises ValueError for a body the gateway would refuse)."""
+    try:
+        if endpoint == MESSAGES:  # Anthropic: chat-shaped messages plus a separate system
+            model, bound, limit = validate(CHAT, {k: v for k, v in body.items() if k != "system"})
+            system = body.get("system")
+            bound += PER_MESSAGE + len(orjson.dumps(system)) if system is not None else 0
+        else:
+            model, bound, limit = validate(endpoint, body)
+    except GatewayError as exc:
+        raise ValueError(exc.message) from None
+    return Bounds(model, prompt_floor(endpoint if endpoint != MESSAGES else CHAT, body), bound, limit)
+
+
+def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
+    """The usage an answer reports (OpenAI's or Anthropic's shape)."""
+    usage = answer.get("usage") if isinstance(answer, dict) else None
+    return anthropic_usage_of(usage) if endpoint == MESSAGES else openai_usage(usage)
+
+
+def visible_bytes(endpoint: str, answer: Any) -> int | None:
+    """The UTF-8 bytes of what an answer produced (None: it produced nothing countable)."""
+    if not isinstance(answer, dict):
+        return None
+    if endpoint == MESSAGES:
+        produced: Any = answer.get("content")
+    elif endpoint == EMBEDDINGS:
+        return None
+    else:
+        produced = [
+            {k: v for k, v in choice.items() if k in ("message", "text")}
+            for choice in answer.get("choices") or []
+            if isinstance(choice, dict)
+        ]
+    return len(orjson.dumps(produced))
+
+
+def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -> None:
+    if not bound.input_floor <= usage.input_tokens <= bound.input_bound:
+        raise AnswerRefused(
+            f"{usage.input_tokens} input tokens reported for a prompt of {bound.input_floor}–{bound.input_bound}"
+        )
+    if bound.output_limit is not None and usage.output_tokens > bound.output_limit:
+        raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
+    visible = usage.output_tokens - usage.reasoning_tokens
+    if produced_bytes is not None and visible > produced_bytes:
+        raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer")
+
+
+def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> None:
+    expected = metering.usage_cost(rates, usage)
+    if cost_units != expected:
+        raise AnswerRefused(
+            f"charged {cost_units} units for {usage.input_tokens} input + {usage.output_tokens} output tokens; "
+            f"the rate gives {expected}"
+        )
+
+
+class RateBook:
+    """The rates this side expects per (model, asset): the gateway's advertised ones
+    (`/v1/models` pricing), exact when they have at most 12 decimals per million tokens."""
+
+    def __init__(self, rates: dict[tuple[str, str], metering.Rates] | None = None) -> None:
+        self.rates = dict(rates or {})
+
+    def get(self, model: str, asset: str) -> metering.Rates | None:
+        return self.rates.get((model, asset.upper()))
+
+    @classmethod
+    def from_models(cls, body: Any, catalog: metering.Catalog | None = None) -> RateBook:
+        """Rates from a /v1/models answer ({"data": [{"id", "pricing": {ASSET: {"input_per_million",
+        "output_per_million"}}}]}, whole units per million tokens). With the model in the
+        local `catalog`, its cache rates follow at the same factor over list price (the
+        pricing rule scales every rate alike), so cached prompts are checked exactly too."""
+        book: dict[tuple[str, str], metering.Rates] = {}
+        for model in body.get("data", []) if isinstance(body, dict) else []:
+            for symbol, price in (model.get("pricing") or {}).items():
+                try:
+                    unit = metering.asset(symbol).unit
+                    per_1k = [
+                        Fraction(Decimal(price[f"{side}_per_million"])) * unit / PER_MILLION
+                        for side in ("input", "output")
+                    ]
+                except (KeyError, TypeError, InvalidOperation, ValueError, metering.UnknownAsset):
+                    continue
+                rates = metering.Rates(symbol.upper(), per_1k[0], per_1k[1])
+                if catalog is not None and model.get("id") in {p.model for p in catalog}:
+                    listed = metering.list_rates(catalog.price(model["id"]))
+                    if listed.input_per_1k:
+                        factor = per_1k[0] / listed.input_per_1k
+                        scaled = listed.scaled(symbol.upper(), factor)
+                        if scaled.output_per_1k == per_1k[1]:
+                            rates = scaled
+                book[(model["id"], symbol.upper())] = rates
+        return cls(book)

@@ -1,0 +1,65 @@
+"""The lane book: which lane is free, what each lane was charged so far, and the highest
+ceiling signed on it.
+
+A lane carries one request at a time (the gateway refuses a second with 409 lane_busy);
+concurrency comes from several lanes. What a lane was charged is known exactly from the
+gateway's answers; after a lost answer (a dropped connection, a crash) it is only known
+to be at most the last ceiling signed, and the lane says so (`exact` False) until the
+next answer tells the figure again.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+
+class NoFreeLane(RuntimeError):
+    """Every lane is carrying a request."""
+
+
+@dataclass
+class Lane:
+    index: int
+    charged: int = 0  # exact, or (exact False) an upper bound: the last ceiling signed
+    exact: bool = True
+    signed: int = 0  # the highest ceiling signed on this lane in this session
+    busy: bool = False
+
+
+class LaneBook:
+    """Lanes of one session; thread-safe (the httpx transport may be used from threads)."""
+
+    def __init__(self, session: int, lanes: int, maximum: int) -> None:
+        if lanes < 1:
+            raise ValueError("a session has at least one lane")
+        self.session = session
+        self.maximum = maximum
+        self.lanes = [Lane(i) for i in range(lanes)]
+        self._free = threading.Condition()
+
+    def acquire(self, timeout: float | None = None) -> Lane:
+        """A free lane, marked busy; waits up to `timeout` seconds for one (None: for ever)."""
+        with self._free:
+            if not self._free.wait_for(lambda: any(not lane.busy for lane in self.lanes), timeout):
+                raise NoFreeLane(f"all {len(self.lanes)} lanes are carrying a request")
+            # An exactly known lane first: its next check compares exact figures.
+            lane = min((lane for lane in self.lanes if not lane.busy), key=lambda lane: (not lane.exact, lane.index))
+            lane.busy = True
+            return lane
+
+    def release(self, lane: Lane) -> None:
+        with self._free:
+            lane.busy = False
+            self._free.notify()
+
+    def exposure(self, lane: Lane | None = None, ceiling: int = 0) -> int:
+        """What every lane's highest voucher allows in total, with `lane` signed up to `ceiling`:
+        the most a session's vouchers can let be settled."""
+        return sum(max(other.signed, ceiling) if other is lane else other.signed for other in self.lanes)
+
+    def signed_total(self) -> int:
+        return sum(lane.signed for lane in self.lanes)
+
+    def charged_total(self) -> int:
+        return sum(lane.charged for lane in self.lanes)

@@ -1,0 +1,80 @@
+"""The lane book after a crash: from the chain's lane totals, the gateway's account of
+each lane (whose voucher must be one this session key signed) and the voucher log.
+
+Per lane, what was charged so far is:
+- the gateway's `charged_units`, when its voucher verifies, covers that figure and the
+  lane has no request in flight (exact);
+- else the most that can have been charged: the highest ceiling known to be signed (the
+  log's, a verified gateway voucher's, or the chain's settled total), marked inexact; the
+  next answer on the lane tells the figure again.
+Nothing is trusted that is not covered by a voucher of this key: an unverifiable gateway
+report is ignored and said so in the notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from promptex.buyerside.lanes import LaneBook
+from promptex.buyerside.signer import voucher_signer
+from promptex.buyerside.voucherlog import Identity, VoucherLog
+from promptex.buyerside.wire import LaneReport
+
+
+@dataclass(frozen=True)
+class ChainSession:
+    """The vault's `session_key(account, asset)` view, the parts recovery needs."""
+
+    key: str
+    session: int
+    lanes: int
+    maximum: int
+    settled: int  # the session's total settled
+    lane_settled: tuple[int, ...]  # `lane_settled(account, asset, lane)` per lane
+
+
+@dataclass
+class Recovered:
+    book: LaneBook
+    notes: list[str] = field(default_factory=list)
+
+
+def recover(
+    identity: Identity, chain: ChainSession, reports: list[LaneReport] | None, voucher_log: VoucherLog
+) -> Recovered:
+    """The lane book of the chain's current session (see the module's rule)."""
+    if chain.key.lower() != identity.key.lower():
+        raise ValueError(f"the vault's session key for this account is {chain.key}, not {identity.key}")
+    book = LaneBook(chain.session, chain.lanes, chain.maximum)
+    out = Recovered(book)
+    by_lane: dict[int, LaneReport] = {}
+    for report in reports or []:
+        if report.session != chain.session or not 0 <= report.lane < chain.lanes:
+            out.notes.append(f"ignored the gateway's report of session {report.session} lane {report.lane}")
+        elif report.voucher is None:
+            if report.charged:
+                out.notes.append(f"lane {report.lane}: the gateway says {report.charged} charged, with no voucher")
+        elif report.voucher.session != chain.session or report.voucher.lane != report.lane:
+            out.notes.append(f"lane {report.lane}: the gateway's voucher is for another session or lane")
+        elif voucher_signer(identity, report.voucher) != identity.key.lower():
+            out.notes.append(f"lane {report.lane}: the gateway's voucher is not signed by this session key")
+        elif report.charged > report.voucher.ceiling:
+            out.notes.append(
+                f"lane {report.lane}: the gateway says {report.charged} charged, "
+                f"above its voucher's {report.voucher.ceiling}"
+            )
+        else:
+            by_lane[report.lane] = report
+    for lane in book.lanes:
+        settled = chain.lane_settled[lane.index] if lane.index < len(chain.lane_settled) else 0
+        logged = voucher_log.ceiling(chain.session, lane.index)
+        found = by_lane.get(lane.index)
+        reported = found.voucher.ceiling if found is not None and found.voucher is not None else 0
+        if reported > logged:
+            out.notes.append(f"lane {lane.index}: the gateway holds a voucher for {reported}, above the log's {logged}")
+        lane.signed = max(logged, reported, settled)
+        if found is not None and not found.in_flight and found.charged >= settled:
+            lane.charged, lane.exact = found.charged, True
+        else:
+            lane.charged, lane.exact = lane.signed, lane.signed == 0
+    return out

@@ -1,0 +1,379 @@
+"""The signer: one object that decides each request's hold, picks a lane, signs the lane's
+new ceiling, writes it to the voucher log (fsync'd) and only then lets the request go; and
+that checks each answer against what was signed, stopping — saying why — when one is
+beyond what its request allows.
+
+    ticket = signer.begin("/v1/chat/completions", body)     # raises Refused
+    headers[VOUCHER_HEADER] = ticket.voucher.header()
+    … send …
+    signer.finish(ticket, status, headers, content)         # or signer.lost(ticket)
+
+The transport (`transport`) and the local proxy (`proxy`) are thin layers over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from eth_account import Account
+
+from promptex import metering
+from promptex.buyerside import answers
+from promptex.buyerside.answers import AnswerRefused, Bounds, RateBook
+from promptex.buyerside.lanes import Lane, LaneBook, NoFreeLane
+from promptex.buyerside.voucherlog import Identity, VoucherLog
+from promptex.buyerside.wire import (
+    COST_UNITS_HEADER,
+    LANE_CHARGED_HEADER,
+    LANE_HEADER,
+    VOUCHER_HEADER,
+    Voucher,
+    WireError,
+    voucher_of,
+)
+from promptex.protocol.vault import sign_voucher, voucher_digest
+
+log = logging.getLogger("promptex.buyerside")
+DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is held for
+CACHE_CONTROL = b'"cache_control"'
+
+
+class Refused(Exception):
+    """This side will not sign the request. `status` and `code` shape the error answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Ticket:
+    """One signed request on its way."""
+
+    endpoint: str
+    lane: Lane
+    voucher: Voucher
+    hold: int
+    bounds: Bounds
+    rates: metering.Rates
+    charged_before: int  # what the lane was charged before it (an upper bound unless exact_before)
+    exact_before: bool
+    done: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class Session:
+    """The session key and the session it signs for."""
+
+    identity: Identity
+    private_key: str  # the session key's (bounded by the session maximum; see the README)
+    session: int
+    lanes: int
+    maximum: int
+    asset_symbol: str
+
+
+def voucher_signer(identity: Identity, voucher: Voucher) -> str:
+    """Who signed a voucher for `identity`'s account and asset (lowercase address)."""
+    digest = voucher_digest(
+        chain_id=identity.chain_id,
+        vault=identity.vault,
+        account=identity.account,
+        asset=identity.asset,
+        session=voucher.session,
+        lane=voucher.lane,
+        ceiling=voucher.ceiling,
+    )
+    try:
+        return str(Account._recover_hash(digest, signature=voucher.signature)).lower()
+    except Exception:  # eth_keys' BadSignature and friends: not a signature of anyone here
+        return ""
+
+
+class Signer:
+    """Signs, logs and checks the requests of one session; thread-safe."""
+
+    def __init__(
+        self,
+        session: Session,
+        book: LaneBook,
+        voucher_log: VoucherLog,
+        rates: RateBook,
+        *,
+        max_hold: int | None = None,
+        default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
+        lane_wait_seconds: float | None = 30.0,
+    ) -> None:
+        self.session = session
+        self.book = book
+        self.log = voucher_log
+        self.rates = rates
+        self.max_hold = max_hold
+        self.default_output_tokens = default_output_tokens
+        self.lane_wait_seconds = lane_wait_seconds
+        self.stopped: str | None = None  # why signing stopped, once it has
+        self._sign = threading.Lock()
+
+    # ─── Before a request ────────────────────────────────────────────────────
+
+    def stop(self, reason: str) -> None:
+        if self.stopped is None:
+            self.stopped = reason
+            log.error("signing stopped: %s", reason)
+
+    def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
+        try:
+            bound = answers.bounds(endpoint, body)
+        except ValueError as exc:
+            raise Refused(400, "invalid_request", str(exc)) from None
+        rates = self.rates.get(bound.model, self.session.asset_symbol)
+        if rates is None:
+            raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")
+        output = bound.output_limit if bound.output_limit is not None else self.default_output_tokens
+        hold = metering.upper_bound(
+            rates,
+            bound.input_bound,
+            0 if endpoint == answers.ENDPOINTS["/v1/embeddings"] else output,
+            cache_writes=CACHE_CONTROL in raw,
+        )
+        if self.max_hold is not None and hold > self.max_hold:
+            raise Refused(
+                402,
+                "hold_above_limit",
+                f"this request may cost {hold} units, above the per-request limit {self.max_hold}",
+            )
+        return hold, bound, rates
+
+    def begin(self, path: str, body: dict[str, Any], raw: bytes = b"") -> Ticket:
+        """Sign a request's voucher, durably logged; raises Refused instead."""
+        if self.stopped is not None:
+            raise Refused(402, "signing_stopped", f"signing stopped: {self.stopped}")
+        endpoint = answers.ENDPOINTS.get(path)
+        if endpoint is None:
+            raise Refused(404, "not_metered", f"{path} is not a metered path")
+        hold, bound, rates = self.hold_for(endpoint, body, raw)
+        try:
+            lane = self.book.acquire(self.lane_wait_seconds)
+        except NoFreeLane as exc:
+            raise Refused(429, "no_free_lane", str(exc)) from None
+        try:
+            ceiling = lane.charged + hold
+            s = self.session
+            with self._sign:
+                exposure = self.book.exposure(lane, ceiling)
+                if exposure > self.book.maximum:
+                    raise Refused(
+                        402,
+                        "session_maximum",
+                        f"signing {ceiling} on lane {lane.index} would let {exposure} be settled, "
+                        f"above the session maximum {self.book.maximum}",
+                    )
+                signature = sign_voucher(
+                    s.private_key,
+                    chain_id=s.identity.chain_id,
+                    vault=s.identity.vault,
+                    account=s.identity.account,
+                    asset=s.identity.asset,
+                    session=s.session,
+                    lane=lane.index,
+                    ceiling=ceiling,
+                )
+                voucher = Voucher(s.session, lane.index, ceiling, signature)
+                self.log.write(voucher)  # on disk before the request may leave
+                lane.signed = max(lane.signed, ceiling)
+        except BaseException:
+            self.book.release(lane)
+            raise
+        return Ticket(endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact)
+
+    # ─── After it ────────────────────────────────────────────────────────────
+
+    def _release(self, ticket: Ticket) -> None:
+        if not ticket.done:
+            ticket.done = True
+            self.book.release(ticket.lane)
+
+    def lost(self, ticket: Ticket) -> None:
+        """No answer came back: the lane may have been charged up to the ceiling signed."""
+        lane = ticket.lane
+        lane.charged, lane.exact = max(lane.charged, ticket.voucher.ceiling), False
+        self._release(ticket)
+
+    def _ours(self, raw: Any, ticket: Ticket) -> Voucher | None:
+        """A voucher the gateway returned, if it is one this key signed for this lane."""
+        if raw is None:
+            return None
+        try:
+            voucher = voucher_of(raw, session=ticket.voucher.session, lane=ticket.lane.index)
+        except WireError:
+            return None
+        if voucher.session != self.session.session or voucher.lane != ticket.lane.index:
+            return None
+        if voucher_signer(self.session.identity, voucher) != self.session.identity.key.lower():
+            return None
+        return voucher
+
+    def _adopt(self, ticket: Ticket, charged: int, ceiling: int) -> None:
+        """The lane's charged figure as told by the gateway, within a voucher of ours."""
+        lane = ticket.lane
+        if charged > ceiling:
+            self.stop(f"the gateway says lane {lane.index} was charged {charged}, above the ceiling {ceiling} signed")
+            lane.charged, lane.exact = ceiling, False
+            return
+        if lane.exact and charged < lane.charged:  # charged totals never go down
+            self.stop(
+                f"the gateway says lane {lane.index} was charged {charged}, below the {lane.charged} it said before"
+            )
+        lane.charged, lane.exact = charged, True
+
+    def finish(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        """Check a complete answer and update its lane; stops signing when it is beyond
+        what the request allows (the lane is freed either way)."""
+        try:
+            if status == 200:
+                self._answer(ticket, headers, content)
+            else:
+                self._refusal(ticket, headers, content)
+        finally:
+            self._release(ticket)
+
+    def _answer(self, ticket: Ticket, headers: Mapping[str, str], content: bytes) -> None:
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            body = None
+        cost, after = headers.get(COST_UNITS_HEADER), headers.get(LANE_CHARGED_HEADER)
+        if cost is None or after is None or not cost.isdigit() or not after.isdigit():
+            self.lost(ticket)
+            self.stop("an answer came without its cost and lane total (is this gateway in signed mode?)")
+            return
+        self._charged(ticket, int(cost), int(after), headers.get(LANE_HEADER), headers.get(VOUCHER_HEADER))
+        self._check(
+            ticket, int(cost), answers.usage_of(ticket.endpoint, body), answers.visible_bytes(ticket.endpoint, body)
+        )
+
+    def _charged(self, ticket: Ticket, cost: int, after: int, lane_text: str | None, returned: Any) -> None:
+        lane = ticket.lane
+        if lane_text is not None and lane_text != str(lane.index):
+            self.stop(f"an answer on lane {lane.index} names lane {lane_text}")
+        if returned is not None and self._ours(returned, ticket) is None:
+            self.stop(f"the voucher returned on lane {lane.index} is not one this session key signed")
+        ceiling = ticket.voucher.ceiling
+        before = after - cost
+        if before < 0 or (ticket.exact_before and before != ticket.charged_before):
+            self.stop(
+                f"lane {lane.index} was charged {ticket.charged_before} before this answer, but the gateway's "
+                f"total {after} less the cost {cost} is {before}"
+            )
+        elif not ticket.exact_before and before > ticket.charged_before:
+            self.stop(f"lane {lane.index} had at most {ticket.charged_before} charged, the gateway says {before}")
+        self._adopt(ticket, after, ceiling)
+
+    def _check(self, ticket: Ticket, cost: int, usage: metering.TokenUsage | None, produced: int | None) -> None:
+        if usage is None:
+            self.stop(f"an answer on lane {ticket.lane.index} reports no usage: its cost {cost} cannot be checked")
+            return
+        try:
+            answers.check_cost(ticket.rates, usage, cost)
+            answers.check_counts(ticket.bounds, usage, produced)
+        except AnswerRefused as exc:
+            self.stop(str(exc))
+
+    def _refusal(self, ticket: Ticket, headers: Mapping[str, str], content: bytes) -> None:
+        """An error answer: the gateway may name the lane's total and its stored voucher
+        (voucher refusals); else the lane may have been charged up to the ceiling."""
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        found = [d for d in (error, body) if isinstance(d, dict) and "lane_charged_units" in d]
+        text = found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER)
+        if text is None or not str(text).isdigit():
+            self.lost(ticket)
+            return
+        charged = int(text)
+        stored = self._ours(found[0].get("voucher"), ticket) if found else None
+        ceiling = max(ticket.lane.signed, stored.ceiling if stored else 0)
+        if stored is not None and stored.ceiling > ticket.lane.signed:
+            # Signed by this key but missing here: another process shares the key.
+            self.stop(
+                f"the gateway holds a voucher of lane {ticket.lane.index} for {stored.ceiling}, above any signed here"
+            )
+        self._adopt(ticket, charged, ceiling)
+
+    def finish_stream(self, ticket: Ticket, headers: Mapping[str, str], watch: StreamWatch) -> None:
+        """Check a streamed answer from what its events said."""
+        try:
+            if watch.cost is None:
+                self.lost(ticket)  # cut short before its last event: charged at most its ceiling
+                return
+            after = watch.lane_charged
+            if after is None:
+                after = ticket.charged_before + watch.cost
+                if not ticket.exact_before:
+                    lane = ticket.lane
+                    lane.charged, lane.exact = min(after, ticket.voucher.ceiling), False
+                    self._check(ticket, watch.cost, watch.usage(ticket.endpoint), None)
+                    return
+            self._charged(ticket, watch.cost, after, headers.get(LANE_HEADER), watch.voucher)
+            self._check(ticket, watch.cost, watch.usage(ticket.endpoint), None)
+        finally:
+            self._release(ticket)
+
+
+class StreamWatch:
+    """Reads a stream's server-sent events as they pass, for the gateway's last-event
+    `promptex` field (the exact cost) and the usage the events report."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self.cost: int | None = None
+        self.lane_charged: int | None = None
+        self.voucher: Any = None
+        self._usage: dict[str, Any] = {}
+
+    def feed(self, chunk: bytes) -> None:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        for line in lines:
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            try:
+                event = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                continue  # [DONE]
+            if isinstance(event, dict):
+                self._event(event)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        for holder in (event, event.get("message"), event.get("response")):
+            usage = holder.get("usage") if isinstance(holder, dict) else None
+            if isinstance(usage, dict):
+                self._usage.update({k: v for k, v in usage.items() if v is not None})
+        extra = event.get("promptex")
+        if isinstance(extra, dict):
+            cost = extra.get("cost_units")
+            if isinstance(cost, (str, int)) and str(cost).isdigit():
+                self.cost = int(cost)
+            charged = extra.get("lane_charged_units")
+            if isinstance(charged, (str, int)) and str(charged).isdigit():
+                self.lane_charged = int(charged)
+            self.voucher = extra.get("voucher", self.voucher)
+
+    def usage(self, endpoint: str) -> metering.TokenUsage | None:
+        return answers.usage_of(endpoint, {"usage": self._usage})
+
+
+def error_body(path: str, refused: Refused) -> bytes:
+    """A refusal in the API's own error shape (OpenAI's, or Anthropic's on /v1/messages)."""
+    if path == "/v1/messages":
+        return orjson.dumps({"type": "error", "error": {"type": refused.code, "message": refused.message}})
+    return orjson.dumps(
+        {"error": {"message": refused.message, "type": "promptex_signing", "param": None, "code": refused.code}}
+    )

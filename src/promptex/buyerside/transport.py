@@ -1,0 +1,108 @@
+"""An httpx transport that signs: the same as `promptex proxy` without a separate process.
+
+    signer = load_signer(...)   # see promptex.cli.proxy, or build a `Signer` yourself
+    client = OpenAI(base_url=GATEWAY, api_key=KEY,
+                    http_client=httpx.Client(transport=PromptexSigningTransport(signer)))
+
+Every metered POST gets a voucher (fsync'd to the log first); other requests pass as
+they are. A request this side will not sign is answered here, without reaching the
+gateway, with the API's own error shape (so the SDK raises its usual error) and one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import httpx
+import orjson
+
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body
+from promptex.buyerside.wire import VOUCHER_HEADER
+
+log = logging.getLogger("promptex.buyerside")
+
+
+def metered_path(path: str) -> str:
+    """The /v1 path of a request (a base URL may carry a prefix before /v1)."""
+    at = path.find("/v1/")
+    return path[at:] if at >= 0 else path
+
+
+def refusal(path: str, refused: Refused) -> httpx.Response:
+    log.warning("refused %s: %s", path, refused.message)
+    return httpx.Response(
+        refused.status, content=error_body(path, refused), headers={"content-type": "application/json"}
+    )
+
+
+class _WatchedStream(httpx.SyncByteStream):
+    """A streamed answer passed through while its events are read; the lane is settled
+    when the stream ends or is closed."""
+
+    def __init__(self, signer: Signer, ticket: Ticket, response: httpx.Response) -> None:
+        self.signer, self.ticket, self.response = signer, ticket, response
+        self.watch = StreamWatch()
+
+    def __iter__(self) -> Iterator[bytes]:
+        # The transport-level stream: raw bytes as the gateway sent them (not decoded here;
+        # the headers are passed on, so the client decodes them).
+        stream = self.response.stream
+        assert isinstance(stream, httpx.SyncByteStream)
+        for chunk in stream:
+            self.watch.feed(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            self.response.close()
+        finally:
+            self.signer.finish_stream(self.ticket, self.response.headers, self.watch)
+
+
+class PromptexSigningTransport(httpx.BaseTransport):
+    def __init__(self, signer: Signer, inner: httpx.BaseTransport | None = None) -> None:
+        self.signer = signer
+        self.inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path = metered_path(request.url.path)
+        if request.method != "POST" or not path.startswith("/v1/"):
+            return self.inner.handle_request(request)
+        raw = request.read()
+        try:
+            body = orjson.loads(raw)
+            if not isinstance(body, dict):
+                raise Refused(400, "invalid_request", "the request body is not a JSON object")
+            ticket = self.signer.begin(path, body, raw)
+        except orjson.JSONDecodeError:
+            return refusal(path, Refused(400, "invalid_request", "the request body is not JSON"))
+        except Refused as refused:
+            return refusal(path, refused)
+        request.headers[VOUCHER_HEADER] = ticket.voucher.header()
+        try:
+            response = self.inner.handle_request(request)
+        except BaseException:
+            self.signer.lost(ticket)
+            raise
+        if body.get("stream") is True and response.status_code == 200:
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=_WatchedStream(self.signer, ticket, response),
+                extensions=response.extensions,
+            )
+        try:
+            content = response.read()
+        except BaseException:
+            self.signer.lost(ticket)
+            raise
+        finally:
+            response.close()
+        self.signer.finish(ticket, response.status_code, response.headers, content)
+        # The content is decoded now: its encoding and length headers no longer describe it.
+        headers = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
+        return httpx.Response(response.status_code, headers=headers, content=content, extensions=response.extensions)
+
+    def close(self) -> None:
+        self.inner.close()

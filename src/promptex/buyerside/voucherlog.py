@@ -1,0 +1,120 @@
+"""Every voucher signed, on disk before its request leaves: an append-only file of JSON
+lines, each voucher written and `os.fsync`'d before the caller may send it.
+
+Why a file and not SQLite: one writer appends and nothing is ever updated, so a line per
+voucher plus fsync is the whole need. A kill -9 can leave at most the last line torn, and
+a torn line is a voucher whose fsync never returned, so its request was never sent: it is
+skipped on reading (and cut off before the next append).
+
+The first line names what the vouchers are for (chain, vault, account, asset, session
+key); a log opened for another identity is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from promptex.buyerside.wire import Voucher
+
+
+class VoucherLogError(RuntimeError):
+    """The log belongs to another identity, or cannot be written."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a session key signs for: the vault's domain, the account and the asset."""
+
+    chain_id: int
+    vault: str
+    account: str
+    asset: str
+    key: str  # the session key's address
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "t": "identity",
+            "chain_id": self.chain_id,
+            "vault": self.vault.lower(),
+            "account": self.account.lower(),
+            "asset": self.asset.lower(),
+            "key": self.key.lower(),
+        }
+
+
+class VoucherLog:
+    """Append vouchers durably; read back the highest ceiling signed per (session, lane)."""
+
+    def __init__(self, path: Path | str, identity: Identity) -> None:
+        self.path = Path(path)
+        self.identity = identity
+        self._lock = threading.Lock()
+        self.highest: dict[tuple[int, int], Voucher] = {}
+        records = self._read()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_APPEND: each write lands at the end even after a torn line was cut off below.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if not records:
+            self._append(identity.record())
+        elif records[0] != identity.record():
+            os.close(self._fd)
+            raise VoucherLogError(f"{self.path} is the voucher log of another session key or account: {records[0]}")
+        for record in records[1:]:
+            if record.get("t") == "voucher":
+                self._remember(_voucher(record))
+
+    def _read(self) -> list[dict[str, Any]]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        complete, _, torn = raw.rpartition(b"\n")
+        if torn:  # never fsync'd whole: its request was not sent; cut it off
+            with self.path.open("r+b") as f:
+                f.truncate(len(complete) + 1 if complete else 0)
+                os.fsync(f.fileno())
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+    def _append(self, record: dict[str, Any]) -> None:
+        os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        os.fsync(self._fd)
+
+    def _remember(self, voucher: Voucher) -> None:
+        key = (voucher.session, voucher.lane)
+        if key not in self.highest or voucher.ceiling > self.highest[key].ceiling:
+            self.highest[key] = voucher
+
+    def write(self, voucher: Voucher) -> None:
+        """Record a voucher durably; return only once it is on disk."""
+        record = {
+            "t": "voucher",
+            "session": voucher.session,
+            "lane": voucher.lane,
+            "ceiling": str(voucher.ceiling),  # a string: 18-decimal totals exceed JSON's safe integers
+            "sig": "0x" + voucher.signature.hex(),
+        }
+        with self._lock:
+            try:
+                self._append(record)
+            except OSError as exc:
+                raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
+            self._remember(voucher)
+
+    def ceiling(self, session: int, lane: int) -> int:
+        """The highest ceiling signed for a lane of a session (0: none)."""
+        voucher = self.highest.get((session, lane))
+        return 0 if voucher is None else voucher.ceiling
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _voucher(record: dict[str, Any]) -> Voucher:
+    return Voucher(
+        int(record["session"]), int(record["lane"]), int(record["ceiling"]), bytes.fromhex(record["sig"][2:])
+    )

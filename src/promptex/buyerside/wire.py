@@ -1,0 +1,134 @@
+"""The signed-mode wire between a buyer's side and the gateway (see the signed-mode spec).
+
+request   x-promptex-voucher: session=<n>;lane=<l>;ceiling=<units>;sig=0x<65 bytes hex>
+answer    x-promptex-lane, x-promptex-lane-charged-units, x-promptex-voucher (the stored
+          voucher covering it), besides the cost headers (`x-promptex-cost-units`)
+refusal   an error body with `lane_charged_units` and the stored voucher
+GET /v1/promptex/lanes   per lane: session, lane, charged_units, settled_units,
+          voucher {ceiling, sig}, in_flight
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+VOUCHER_HEADER = "x-promptex-voucher"
+LANE_HEADER = "x-promptex-lane"
+LANE_CHARGED_HEADER = "x-promptex-lane-charged-units"
+COST_UNITS_HEADER = "x-promptex-cost-units"
+ASSET_HEADER = "x-promptex-asset"
+LANES_PATH = "/v1/promptex/lanes"
+SIGNATURE_BYTES = 65
+
+
+class WireError(ValueError):
+    """A voucher or lane report that does not follow the wire format."""
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """A session key's signed ceiling for one lane (account and asset come from the key)."""
+
+    session: int
+    lane: int
+    ceiling: int
+    signature: bytes
+
+    def header(self) -> str:
+        return f"session={self.session};lane={self.lane};ceiling={self.ceiling};sig=0x{self.signature.hex()}"
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise WireError(f"{name} is not a count")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise WireError(f"{name} is not a count: {value!r}") from None
+    if number < 0 or (isinstance(value, str) and not value.isdigit()):
+        raise WireError(f"{name} is not a count: {value!r}")
+    return number
+
+
+def _signature(text: Any) -> bytes:
+    if not isinstance(text, str) or not text.startswith("0x"):
+        raise WireError("a voucher's sig is 0x-prefixed hex")
+    try:
+        raw = bytes.fromhex(text[2:])
+    except ValueError:
+        raise WireError("a voucher's sig is not hex") from None
+    if len(raw) != SIGNATURE_BYTES:
+        raise WireError(f"a voucher's sig has {len(raw)} bytes, not {SIGNATURE_BYTES}")
+    return raw
+
+
+def parse_voucher(text: str) -> Voucher:
+    """A voucher from its header form."""
+    fields: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if not sep or name in fields:
+            raise WireError(f"not a voucher: {text!r}")
+        fields[name] = value
+    if set(fields) != {"session", "lane", "ceiling", "sig"}:
+        raise WireError(f"a voucher has session, lane, ceiling and sig: {text!r}")
+    return Voucher(
+        _count(fields["session"], "session"),
+        _count(fields["lane"], "lane"),
+        _count(fields["ceiling"], "ceiling"),
+        _signature(fields["sig"]),
+    )
+
+
+def voucher_of(value: Any, *, session: int | None = None, lane: int | None = None) -> Voucher:
+    """A voucher from a JSON body: its header string, or {ceiling, sig[, session, lane]}
+    (session and lane then default to the lane report's own)."""
+    if isinstance(value, str):
+        return parse_voucher(value)
+    if not isinstance(value, dict):
+        raise WireError("a voucher is a header string or an object")
+    got_session = value.get("session", session)
+    got_lane = value.get("lane", lane)
+    return Voucher(
+        _count(got_session, "session"),
+        _count(got_lane, "lane"),
+        _count(value.get("ceiling"), "ceiling"),
+        _signature(value.get("sig", value.get("signature"))),
+    )
+
+
+@dataclass(frozen=True)
+class LaneReport:
+    """The gateway's account of one lane (GET /v1/promptex/lanes)."""
+
+    session: int
+    lane: int
+    charged: int
+    settled: int
+    voucher: Voucher | None
+    in_flight: bool
+
+
+def lane_reports(body: Any) -> list[LaneReport]:
+    """The lanes of a GET /v1/promptex/lanes answer ({"data": [...]}, {"lanes": [...]} or a list)."""
+    rows = body.get("data", body.get("lanes")) if isinstance(body, dict) else body
+    if not isinstance(rows, list):
+        raise WireError("the lanes answer holds no list of lanes")
+    out = []
+    for row in rows:
+        if not isinstance(row, dict):
+            raise WireError("a lane report is an object")
+        session, lane = _count(row.get("session"), "session"), _count(row.get("lane"), "lane")
+        raw = row.get("voucher")
+        out.append(
+            LaneReport(
+                session,
+                lane,
+                _count(row.get("charged_units", 0), "charged_units"),
+                _count(row.get("settled_units", 0), "settled_units"),
+                None if raw is None else voucher_of(raw, session=session, lane=lane),
+                bool(row.get("in_flight", False)),
+            )
+        )
+    return out

@@ -1,0 +1,171 @@
+"""A fake signed-mode gateway following the wire in the signed-mode spec, for the buyer's
+side's tests: it checks each voucher as the real one must (signer, session, lane, lane in
+flight, ceiling ≥ charged so far), caps the output to the hold, charges price × tokens and
+answers with the lane's total and the stored voucher. It keeps its own true-cost log, and
+can misbehave on request (overcharge, inflate counts, drop the connection after charging).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import httpx
+import orjson
+from eth_account import Account
+
+from promptex import metering
+from promptex.buyerside.answers import RateBook
+from promptex.buyerside.lanes import LaneBook
+from promptex.buyerside.signer import Session, Signer, voucher_signer
+from promptex.buyerside.voucherlog import Identity, VoucherLog
+from promptex.buyerside.wire import (
+    COST_UNITS_HEADER,
+    LANE_CHARGED_HEADER,
+    LANE_HEADER,
+    LANES_PATH,
+    VOUCHER_HEADER,
+    Voucher,
+    WireError,
+    parse_voucher,
+)
+
+MODEL = "fake-model"
+ASSET = "USDC"
+RATES = metering.Rates(ASSET, Fraction(3_000), Fraction(6_000))  # smallest units per 1,000 tokens
+WORDS = ("alpha", "bravo", "charlie", "delta")
+SESSION_KEY = "0x" + "5e" * 32
+WALLET = "0x000000000000000000000000000000000000bEEF"
+IDENTITY = Identity(
+    chain_id=31337,
+    vault="0x00000000000000000000000000000000000000aa",
+    account=WALLET,
+    asset="0x00000000000000000000000000000000000000cc",
+    key=Account.from_key(SESSION_KEY).address,
+)
+
+
+@dataclass
+class FakeLane:
+    charged: int = 0
+    voucher: Voucher | None = None
+    in_flight: bool = False
+
+
+@dataclass
+class FakeSignedGateway:
+    session: int = 1
+    lanes: int = 4
+    output_tokens: int = 16  # what a request naming no max_tokens produces
+    overcharge: int = 0  # units charged beyond price × tokens
+    inflate_output: int = 0  # tokens reported beyond those produced
+    drop_after_charge: bool = False  # charge, then drop the connection
+    book: dict[int, FakeLane] = field(default_factory=dict)
+    received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
+    true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.book = {i: FakeLane() for i in range(self.lanes)}
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def _error(self, status: int, code: str, lane: FakeLane | None = None) -> httpx.Response:
+        error: dict[str, Any] = {"message": code, "type": "invalid_request_error", "code": code}
+        if lane is not None:
+            error["lane_charged_units"] = str(lane.charged)
+            error["voucher"] = None if lane.voucher is None else lane.voucher.header()
+        return httpx.Response(status, json={"error": error})
+
+    def lanes_report(self) -> dict[str, Any]:
+        return {
+            "data": [
+                {
+                    "session": self.session,
+                    "lane": i,
+                    "charged_units": str(lane.charged),
+                    "settled_units": "0",
+                    "voucher": None
+                    if lane.voucher is None
+                    else {"ceiling": str(lane.voucher.ceiling), "sig": "0x" + lane.voucher.signature.hex()},
+                    "in_flight": lane.in_flight,
+                }
+                for i, lane in self.book.items()
+            ]
+        }
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == LANES_PATH:
+            return httpx.Response(200, json=self.lanes_report())
+        try:
+            voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        except (KeyError, WireError):
+            return self._error(402, "voucher_required")
+        if voucher_signer(IDENTITY, voucher) != IDENTITY.key.lower() or voucher.session != self.session:
+            return self._error(402, "voucher_invalid")
+        if voucher.lane >= self.lanes:
+            return self._error(402, "voucher_invalid")
+        lane = self.book[voucher.lane]
+        with self.lock:
+            self.received.append(voucher)
+            if lane.in_flight:
+                return self._error(409, "lane_busy", lane)
+            if voucher.ceiling < lane.charged:
+                return self._error(402, "voucher_below_charged", lane)
+            lane.in_flight = True
+        try:
+            return self._serve(request, voucher, lane)
+        finally:
+            lane.in_flight = False
+
+    def _serve(self, request: httpx.Request, voucher: Voucher, lane: FakeLane) -> httpx.Response:
+        body = orjson.loads(request.content)
+        messages = body["messages"]
+        input_tokens = sum(3 + len(str(m["content"]).split()) for m in messages)
+        asked = body.get("max_tokens") or body.get("max_completion_tokens") or self.output_tokens
+        output = metering.largest_output(RATES, input_tokens, voucher.ceiling - lane.charged, asked)
+        if output < 0:
+            return self._error(402, "hold_too_small", lane)
+        # A gateway inflating counts charges for them too (it must: the buyer checks price × tokens).
+        cost = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output + self.inflate_output))
+        with self.lock:
+            self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output)))
+            lane.charged += cost + self.overcharge
+            lane.voucher = voucher
+        if self.drop_after_charge:
+            raise httpx.ReadError("connection dropped after charging")
+        text = " ".join(WORDS[i % len(WORDS)] for i in range(output))
+        reported = {"prompt_tokens": input_tokens, "completion_tokens": output + self.inflate_output}
+        headers = {
+            COST_UNITS_HEADER: str(cost + self.overcharge),
+            LANE_HEADER: str(voucher.lane),
+            LANE_CHARGED_HEADER: str(lane.charged),
+            VOUCHER_HEADER: voucher.header(),
+        }
+        promptex = {"cost_units": str(cost + self.overcharge), "lane_charged_units": str(lane.charged)}
+        if body.get("stream"):
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+            events = [
+                {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]},
+                {**chunk, "choices": [], "usage": reported, "promptex": promptex},
+            ]
+            sse = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+            return httpx.Response(200, content=sse, headers={**headers, "content-type": "text/event-stream"})
+        answer = {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {**reported, "total_tokens": input_tokens + reported["completion_tokens"]},
+        }
+        return httpx.Response(200, json=answer, headers=headers)
+
+
+def make_signer(log_path: Any, *, lanes: int = 4, maximum: int = 10**12, session: int = 1, **kwargs: Any) -> Signer:
+    book = LaneBook(session, lanes, maximum)
+    s = Session(IDENTITY, SESSION_KEY, session, lanes, maximum, ASSET)
+    return Signer(s, book, VoucherLog(log_path, IDENTITY), RateBook({(MODEL, ASSET): RATES}), **kwargs)

@@ -1,0 +1,315 @@
+"""The buyer's side of signed mode against a fake gateway that follows the wire: every
+voucher is on disk before its request leaves (also across kill -9), answers are checked
+exactly and signing stops, saying why, beyond what a request allows; lanes recover from
+the gateway's verified vouchers, the chain and the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from buyerside_fakes import IDENTITY, MODEL, RATES, SESSION_KEY, FakeSignedGateway, make_signer
+
+from promptex.buyerside.answers import ENDPOINTS, RateBook
+from promptex.buyerside.lanes import LaneBook, NoFreeLane
+from promptex.buyerside.recovery import ChainSession, recover
+from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.buyerside.voucherlog import Identity, VoucherLog, VoucherLogError
+from promptex.buyerside.wire import Voucher, WireError, lane_reports, parse_voucher
+from promptex.protocol.vault import sign_voucher
+
+HERE = Path(__file__).resolve().parent
+
+
+def _client(gateway: FakeSignedGateway, signer: object) -> openai.OpenAI:
+    transport = PromptexSigningTransport(signer, inner=gateway.transport())  # type: ignore[arg-type]
+    return openai.OpenAI(
+        base_url="http://gateway.test/v1",
+        api_key="sk-test",
+        max_retries=0,
+        http_client=httpx.Client(transport=transport),
+    )
+
+
+def _ask(client: openai.OpenAI, words: int = 5, **kwargs: object) -> openai.types.chat.ChatCompletion:
+    prompt = " ".join(["hello"] * words)
+    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+def _logged(path: Path) -> set[tuple[int, int, int, str]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {(r["session"], r["lane"], int(r["ceiling"]), r["sig"]) for r in rows if r["t"] == "voucher"}
+
+
+def _key(v: Voucher) -> tuple[int, int, int, str]:
+    return (v.session, v.lane, v.ceiling, "0x" + v.signature.hex())
+
+
+# ─── The wire and the log ────────────────────────────────────────────────────
+
+
+def test_voucher_header__round_trip_and_malformed__parsed_or_refused() -> None:
+    voucher = Voucher(3, 1, 10**30, bytes(range(65)))
+    assert parse_voucher(voucher.header()) == voucher
+    for bad in ("session=1;lane=0;ceiling=5", "session=1;lane=0;ceiling=-5;sig=0x" + "00" * 65, "sig=0x00"):
+        with pytest.raises(WireError):
+            parse_voucher(bad)
+    with pytest.raises(WireError):
+        lane_reports({"data": [{"session": 1, "lane": 0, "voucher": {"ceiling": "5", "sig": "0x00"}}]})
+
+
+def test_voucher_log__torn_last_line_and_reopen__highest_kept_torn_cut(tmp_path: Path) -> None:
+    path = tmp_path / "vouchers.log"
+    log = VoucherLog(path, IDENTITY)
+    log.write(Voucher(1, 0, 100, b"\x01" * 65))
+    log.write(Voucher(1, 0, 250, b"\x02" * 65))
+    log.write(Voucher(1, 2, 70, b"\x03" * 65))
+    log.close()
+    with path.open("ab") as f:
+        f.write(b'{"t":"voucher","session":1,"lane":0,"ceil')  # a kill -9 mid-write
+    reopened = VoucherLog(path, IDENTITY)
+    assert (reopened.ceiling(1, 0), reopened.ceiling(1, 2), reopened.ceiling(1, 1), reopened.ceiling(2, 0)) == (
+        250,
+        70,
+        0,
+        0,
+    )
+    reopened.write(Voucher(1, 1, 5, b"\x04" * 65))
+    reopened.close()
+    assert len(_logged(path)) == 4  # the torn line is gone, the new one whole
+
+
+def test_voucher_log__another_identity__refused(tmp_path: Path) -> None:
+    path = tmp_path / "vouchers.log"
+    VoucherLog(path, IDENTITY).close()
+    other = Identity(IDENTITY.chain_id, IDENTITY.vault, IDENTITY.account, IDENTITY.vault, IDENTITY.key)
+    with pytest.raises(VoucherLogError, match="another session key or account"):
+        VoucherLog(path, other)
+
+
+def test_lane_book__all_busy__no_free_lane_and_exposure_counts_highest() -> None:
+    book = LaneBook(1, 2, 1_000)
+    a, b = book.acquire(0), book.acquire(0)
+    assert {a.index, b.index} == {0, 1}
+    with pytest.raises(NoFreeLane):
+        book.acquire(0)
+    a.signed, b.signed = 300, 200
+    assert book.exposure(a, 250) == 500 and book.exposure(a, 400) == 600
+    book.release(a)
+    assert book.acquire(0) is a
+
+
+# ─── Signing through the transport ───────────────────────────────────────────
+
+
+def test_transport__requests_over_lanes_from_threads__every_voucher_logged_and_charges_exact(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=3)
+    signer = make_signer(tmp_path / "v.log", lanes=3)
+    client = _client(gateway, signer)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda n: _ask(client, 1 + n % 7, max_tokens=1 + n % 5), range(30)))
+    assert all(a.usage is not None for a in answers)
+    assert signer.stopped is None
+    assert {_key(v) for v in gateway.received} <= _logged(tmp_path / "v.log")
+    assert len(gateway.received) == 30  # no request met a busy lane
+    assert [lane.charged for lane in signer.book.lanes] == [gateway.book[i].charged for i in range(3)]
+    assert signer.book.charged_total() == sum(gateway.true_costs)
+    # Every ceiling exceeds what its lane was charged by at most one hold.
+    assert all(lane.signed >= lane.charged for lane in signer.book.lanes)
+
+
+def test_transport__stream__cost_checked_and_lane_updated(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    chunks = list(_ask(client, 4, max_tokens=6, stream=True, stream_options={"include_usage": True}))
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == "alpha bravo charlie delta alpha bravo"
+    )
+    assert signer.stopped is None
+    assert signer.book.lanes[0].charged == gateway.book[0].charged == sum(gateway.true_costs) > 0
+    assert signer.book.lanes[0].exact
+
+
+@pytest.mark.parametrize(
+    ("misbehaviour", "max_tokens", "reason"),
+    [
+        ({"overcharge": 1}, None, "the rate gives"),
+        ({"inflate_output": 3}, 4, "above max_tokens 4"),
+        ({"inflate_output": 200}, None, "bytes of answer"),
+    ],
+)
+def test_transport__answer_beyond_request__signing_stops_with_reason(
+    tmp_path: Path, misbehaviour: dict[str, int], max_tokens: int | None, reason: str
+) -> None:
+    gateway = FakeSignedGateway(lanes=2, **misbehaviour)
+    signer = make_signer(tmp_path / "v.log", lanes=2)
+    client = _client(gateway, signer)
+    _ask(client, 3, **({} if max_tokens is None else {"max_tokens": max_tokens}))
+    assert signer.stopped is not None and reason in signer.stopped
+    received = len(gateway.received)
+    with pytest.raises(openai.APIStatusError, match="signing stopped") as refused:
+        _ask(client, 3)
+    assert refused.value.status_code == 402
+    assert len(gateway.received) == received  # nothing more was signed or sent
+
+
+def test_transport__dropped_after_charge__lane_inexact_then_resynced(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=1, drop_after_charge=True)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    with pytest.raises(openai.APIConnectionError):
+        _ask(client, 3, max_tokens=4)
+    lane = signer.book.lanes[0]
+    assert not lane.exact and lane.charged == gateway.received[0].ceiling >= gateway.book[0].charged
+    gateway.drop_after_charge = False
+    _ask(client, 3, max_tokens=4)
+    assert signer.stopped is None
+    assert lane.exact and lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
+
+
+def test_transport__session_maximum__refused_before_signing(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=2)
+    signer = make_signer(tmp_path / "v.log", lanes=2)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello hello hello"}], "max_tokens": 4}
+    hold = signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0]
+    signer.book.maximum = hold * 2
+    client = _client(gateway, signer)
+    served = 0
+    with pytest.raises(openai.APIStatusError, match="above the session maximum"):
+        for _ in range(100):
+            _ask(client, 3, max_tokens=4)
+            served += 1
+    assert served >= 2 and len(gateway.received) == served and signer.stopped is None
+    assert (
+        signer.book.exposure() <= hold * 2 < signer.book.exposure() + hold
+    )  # refused only when the next would not fit
+
+
+def test_transport__lane_busy_refusal__lane_total_adopted_from_verified_voucher(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    _ask(client, 3, max_tokens=4)
+    gateway.book[0].in_flight = True  # e.g. a request of a crashed proxy still running
+    with pytest.raises(openai.APIStatusError) as busy:
+        _ask(client, 3, max_tokens=4)
+    assert busy.value.status_code == 409
+    lane = signer.book.lanes[0]
+    assert lane.exact and lane.charged == gateway.book[0].charged and signer.stopped is None
+
+
+# ─── Recovery ────────────────────────────────────────────────────────────────
+
+
+def test_recover__gateway_chain_and_log__exact_where_verified_bounded_elsewhere(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=3)
+    first = make_signer(tmp_path / "v.log", lanes=3)
+    client = _client(gateway, first)
+    for n in range(6):  # two requests per lane: the others kept busy
+        for lane in first.book.lanes:
+            lane.busy = lane.index != n // 2
+        _ask(client, 2 + n, max_tokens=3)
+    first.log.close()
+    report = gateway.lanes_report()
+    forged = sign_voucher(
+        "0x" + "77" * 32,
+        chain_id=1,
+        vault=IDENTITY.vault,
+        account=IDENTITY.account,
+        asset=IDENTITY.asset,
+        session=1,
+        lane=2,
+        ceiling=10**9,
+    )
+    report["data"][2]["voucher"] = {"ceiling": str(10**9), "sig": "0x" + forged.hex()}
+    report["data"][1]["in_flight"] = True
+    log = VoucherLog(tmp_path / "v.log", IDENTITY)
+    chain = ChainSession(IDENTITY.key, 1, 3, 10**12, 0, (0, 0, 0))
+    got = recover(IDENTITY, chain, lane_reports(report), log)
+    lanes = got.book.lanes
+    assert lanes[0].exact and lanes[0].charged == gateway.book[0].charged
+    assert not lanes[1].exact and lanes[1].charged == log.ceiling(1, 1) >= gateway.book[1].charged
+    assert not lanes[2].exact and lanes[2].charged == log.ceiling(1, 2)  # the forged voucher was not believed
+    assert any("not signed by this session key" in note for note in got.notes)
+    # Without the gateway: every lane at most its highest ceiling (the log's or the chain's).
+    alone = recover(IDENTITY, ChainSession(IDENTITY.key, 1, 3, 10**12, 0, (0, 0, 10**6)), None, log)
+    assert [lane.charged for lane in alone.book.lanes] == [log.ceiling(1, 0), log.ceiling(1, 1), 10**6]
+    with pytest.raises(ValueError, match="session key"):
+        recover(IDENTITY, ChainSession(IDENTITY.vault, 1, 3, 10**12, 0, (0, 0, 0)), None, log)
+
+
+def test_recover__resumed_signer__next_answer_checks_and_continues(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=2)
+    client = _client(gateway, make_signer(tmp_path / "v.log", lanes=2))
+    for n in range(4):
+        _ask(client, 2 + n, max_tokens=3)
+    resumed = make_signer(tmp_path / "v2.log", lanes=2)  # a fresh log, recovered from the gateway alone
+    chain = ChainSession(IDENTITY.key, 1, 2, 10**12, 0, (0, 0))
+    resumed.book = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), resumed.log).book
+    client = _client(gateway, resumed)
+    for n in range(4):
+        _ask(client, 2 + n, max_tokens=3)
+    assert resumed.stopped is None
+    assert resumed.book.charged_total() == sum(gateway.true_costs)
+
+
+# ─── kill -9 ─────────────────────────────────────────────────────────────────
+
+CHILD = """
+import os, sys
+sys.path.insert(0, {here!r})
+import httpx
+from buyerside_fakes import FakeSignedGateway, make_signer
+from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.buyerside.wire import VOUCHER_HEADER
+
+gateway = FakeSignedGateway(lanes=2)
+
+def sent(request):
+    # What the gateway received, out of this process at once: the parent counts it.
+    os.write(1, (request.headers[VOUCHER_HEADER] + "\\n").encode())
+    return gateway.handle(request)
+
+transport = PromptexSigningTransport(make_signer({log!r}, lanes=2), inner=httpx.MockTransport(sent))
+client = httpx.Client(transport=transport, base_url="http://gateway.test")
+while True:
+    client.post("/v1/chat/completions", json={{"model": "fake-model", "max_tokens": 2,
+                "messages": [{{"role": "user", "content": "hi there"}}]}})
+"""
+
+
+def test_voucher_log__kill_9_mid_stream__every_sent_voucher_on_disk(tmp_path: Path) -> None:
+    log = tmp_path / "v.log"
+    code = textwrap.dedent(CHILD.format(here=str(HERE), log=str(log)))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert child.stdout is not None
+    sent = []
+    try:
+        for _ in range(40):  # kill at once after the 40th voucher left: mid-run, between any two steps
+            line = child.stdout.readline()
+            assert line, "the child stopped before sending 40 requests"
+            sent.append(parse_voucher(line.decode().strip()))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert {_key(v) for v in sent} <= _logged(log)
+    assert VoucherLog(log, IDENTITY).ceiling(1, 0) > 0  # and the log still opens
+
+
+def test_rate_book__models_pricing__exact_rates() -> None:
+    book = RateBook.from_models(
+        {"data": [{"id": MODEL, "pricing": {"USDC": {"input_per_million": "3", "output_per_million": "6"}}}]}
+    )
+    assert book.get(MODEL, "usdc") == RATES
+    assert book.get(MODEL, "CLD") is None and SESSION_KEY
