@@ -350,3 +350,46 @@ def test_coordinator__settlement_orphaned_by_a_reorg__its_records_settle_again_o
     assert {store.record(r).status for r in [*first, later]} == {"batched"}
     on_chain = world.vault.functions.balance_of(address, world.usdc.address).call()
     assert on_chain == 20 * USDC_UNIT - 7_000 == world.ledger.balance(account, "USDC").posted
+
+
+def test_coordinator__reorg_orphans_two_settlements_and_a_cap__each_resolved_books_match(world):
+    """The open bug of issue 20, made deterministic: a reorg below two settlements and the
+    spend cap registered between them (three of the coordinator's nonces), and on the new
+    branch another transaction of the coordinator's key takes the first nonce. Before the
+    fix the coordinator replayed what its confirmed batches named but not the cap, so the
+    second settle waited behind the cap's free nonce for good. Now every orphaned receipt
+    is resolved again in nonce order: the first settle is dropped (its nonce taken), the
+    cap registered again, the second settle refused (its epoch is no longer next) and all
+    three records settle once on the new branch."""
+    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    assert world.coordinator().run_once().caps == 1
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    first = world.spend(account, "USDC", 1_000)
+    world.next_window()
+    assert world.coordinator().run_once().confirmed == [("USDC", 1)]
+    world.submit_cap(anvil_account(2), "USDC", 30 * USDC_UNIT)  # a new cap, registered between the settles
+    second = world.spend(account, "USDC", 2_000)
+    world.next_window()
+    assert world.coordinator().run_once().confirmed == [("USDC", 2)]
+    cap_nonce = world.vault.functions.cap_nonce(address, world.usdc.address).call()
+
+    world.w3.provider.make_request("evm_revert", [fork])  # both settles and the cap are gone
+    world.send(ADMIN, world.usdc.functions.approve(SELLER.address, 1))  # the coordinator's key, the first nonce
+    later = world.spend(account, "USDC", 4_000)
+    world.next_window()
+    reports = []
+    for _ in range(3):
+        reports.append(world.coordinator().run_once())
+        world.next_window()
+
+    assert all(r.waiting is None for r in reports), reports
+    store = world.coordinator().store
+    assert not store.open_txs() and store.open_batch("USDC") is None
+    confirmed = store.batches("USDC", "confirmed")
+    assert [b.epoch for b in confirmed] == world.settled_events("USDC") == [1]
+    assert world.chain.usage_root("USDC", 1) == confirmed[0].usage_root
+    assert sorted(r.request_id for r in store.batch_records(confirmed[0].id)) == sorted([first, second, later])
+    assert world.vault.functions.cap_nonce(address, world.usdc.address).call() == cap_nonce  # registered again
+    assert [c.status for c in store.spend_caps(("registered",))] == ["registered", "registered"]
+    on_chain = world.vault.functions.balance_of(address, world.usdc.address).call()
+    assert on_chain == 20 * USDC_UNIT - 7_000 == world.ledger.balance(account, "USDC").posted

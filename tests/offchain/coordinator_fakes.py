@@ -273,6 +273,9 @@ class FakeChain:
     def receipt(self, tx_hash: str) -> Receipt | None:
         return self.receipts.get(tx_hash)
 
+    def head(self) -> int:
+        return self.block
+
     def wait(self, tx_hash: str, timeout: float) -> Receipt | None:
         return self.receipts.get(tx_hash)
 

@@ -17,7 +17,7 @@ from typing import Any
 from eth_account import Account
 from eth_typing import HexStr
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import BlockNotFound, ContractLogicError, TransactionNotFound, Web3RPCError
 
 from promptex.chain.deployments import Deployment
 from promptex.chain.node import DEFAULT_TIMEOUT, connect, deployed_contract
@@ -118,11 +118,24 @@ class Web3Sender:
                 raise
 
     def receipt(self, tx_hash: str) -> Receipt | None:
+        """The transaction's receipt, if the canonical chain holds it: a receipt counts only
+        while its block is the chain's block at that height (a node may still serve one from
+        a branch a reorg orphaned)."""
         try:
             r = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         except TransactionNotFound:
             return None
-        return Receipt(ok=r["status"] == 1, block_number=int(r["blockNumber"]))
+        number = int(r["blockNumber"])
+        try:
+            canonical = self.w3.eth.get_block(number)["hash"]
+        except BlockNotFound:
+            return None
+        if bytes(canonical) != bytes(r["blockHash"]):
+            return None
+        return Receipt(ok=r["status"] == 1, block_number=number)
+
+    def head(self) -> int:
+        return int(self.w3.eth.block_number)
 
     def wait(self, tx_hash: str, timeout: float) -> Receipt | None:
         deadline = time.monotonic() + timeout

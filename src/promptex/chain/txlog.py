@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    or_,
     select,
     update,
 )
@@ -71,6 +72,11 @@ class StoredTx:
     tx_hash: str
     raw: str
     status: str
+    block: int | None = None  # the block its receipt named, once closed
+
+
+def _stored(m: Any) -> StoredTx:
+    return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"], m["block_number"])
 
 
 class SignedTxStore:
@@ -95,14 +101,30 @@ class SignedTxStore:
 
     def tx(self, tx_id: int) -> StoredTx:
         with self._tx() as conn:
-            m = conn.execute(select(self.txs_table).where(self.txs_table.c.id == tx_id)).one()._mapping
-        return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"])
+            return _stored(conn.execute(select(self.txs_table).where(self.txs_table.c.id == tx_id)).one()._mapping)
 
     def open_txs(self) -> list[StoredTx]:
         t = self.txs_table
         with self._tx() as conn:
             rows = conn.execute(select(t).where(t.c.status == SENT).order_by(t.c.nonce)).all()
-        return [StoredTx(r.id, r.purpose, r.nonce, r.tx_hash, r.raw_tx, r.status) for r in rows]
+        return [_stored(r._mapping) for r in rows]
+
+    def landed_txs(self, from_block: int, from_nonce: int) -> list[StoredTx]:
+        """Closed transactions a reorg may have orphaned: mined (succeeded or reverted) in
+        `from_block` or later, or with a nonce at or past `from_nonce` (the sender's nonce on
+        the canonical chain: such a transaction cannot be on it)."""
+        t = self.txs_table
+        landed = t.c.status.in_((SUCCEEDED, REVERTED))
+        recent = or_(t.c.block_number >= from_block, t.c.nonce >= from_nonce)
+        with self._tx() as conn:
+            rows = conn.execute(select(t).where(landed, recent).order_by(t.c.nonce)).all()
+        return [_stored(r._mapping) for r in rows]
+
+    def _reopen_tx(self, conn: Connection, tx_id: int) -> None:
+        """Back to "sent": its receipt was on a branch the chain no longer has. The next
+        resolution re-sends the same signed bytes, or finds its nonce went to another."""
+        t = self.txs_table
+        conn.execute(update(t).where(t.c.id == tx_id).values(status=SENT, block_number=None, closed_at=None))
 
     def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
         t = self.txs_table

@@ -53,6 +53,7 @@ from promptex.ledger.usage import PENDING, StoredUsage
 log = logging.getLogger("promptex.coordinator")
 
 CRASH_ENV = "PROMPTEX_COORDINATOR_CRASH_AT"  # test hook: SIGKILL this process at the named step
+REORG_WINDOW = 128  # blocks: receipts this recent are checked still canonical each pass
 MAX_PENDING_READ = 20_000  # records read per asset per pass (the rest wait for the next)
 # Reverts caused by particular entries (their payers or lots), not by timing or roles.
 ENTRY_REVERTS = (
@@ -102,6 +103,7 @@ class Coordinator:
         release_expiry: int = 600,
         quarantine_retry: int = 600,
         quarantine_refund: int = 86_400,
+        reorg_window: int = REORG_WINDOW,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.store = CoordinatorStore(engine)
@@ -112,6 +114,7 @@ class Coordinator:
         self.release_expiry = release_expiry
         self.quarantine_retry = quarantine_retry  # seconds between retries of a quarantined record
         self.quarantine_refund = quarantine_refund  # seconds after its settlement it is refunded at the latest
+        self.reorg_window = reorg_window  # blocks back within which a mined transaction is checked still canonical
         self.clock = clock or _wall_clock
         self._report = PassReport()
         self._lots: dict[int, LotInfo] = {}  # the lots of the batch being planned, as the chain has them
@@ -126,9 +129,10 @@ class Coordinator:
             log.info("another coordinator holds the lease; standing by")
             return report
         try:
+            self._recheck_orphaned_txs()
             for asset in self.chain.assets():
                 self._recheck_confirmed(asset)
-            for tx in self.store.open_txs():
+            for tx in self.store.open_txs():  # in nonce order: a reorg's orphans are re-sent as the network would
                 self._resolve_tx(tx)
             self._register_spend_caps()
             self._quarantine_unknown_assets()
@@ -174,8 +178,8 @@ class Coordinator:
         )
 
     def _settle_asset(self, asset: str) -> None:
-        batch = self.store.open_batch(asset)
-        if batch is not None:
+        # Several batches can be open at once after a reorg reopened them: oldest first.
+        while (batch := self.store.open_batch(asset)) is not None:
             if batch.status == PLANNED:
                 self._submit(batch)
                 return
@@ -202,6 +206,29 @@ class Coordinator:
             )
             return True
         return False
+
+    def _recheck_orphaned_txs(self) -> None:
+        """A receipt counts only while the canonical chain holds it. A reorg can orphan any
+        number of the coordinator's transactions (settlements, spend caps, in any order):
+        each is unresolved again with what it decided (`store.reopen_tx`), and the pass then
+        re-sends them all in nonce order with the same signed bytes (what the network does
+        with an orphaned block's transactions), so none waits for good behind a nonce that
+        only an orphaned transaction held. A transaction whose nonce another one took is
+        found dropped, and its batch fails (its records back to pending)."""
+        nonce = self.chain.nonce()
+        for tx in self.store.landed_txs(self.chain.head() - self.reorg_window, nonce):
+            if tx.nonce < nonce:
+                receipt = self.chain.receipt(tx.tx_hash)  # only a canonical one (see Web3Sender.receipt)
+                if receipt is not None and receipt.block_number == tx.block:
+                    continue
+            what = self.store.reopen_tx(tx)
+            log.warning(
+                "%s tx %s (nonce %d) is no longer on chain (a reorg): %s resolved again",
+                tx.purpose,
+                tx.tx_hash,
+                tx.nonce,
+                what,
+            )
 
     def _recheck_confirmed(self, asset: str) -> None:
         """A settlement is confirmed only while the chain holds it: a reorg can orphan a

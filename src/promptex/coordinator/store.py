@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, insert, or_, select, update
 
 from promptex.chain.sender import SignedTx
-from promptex.chain.txlog import SENT, SignedTxStore
+from promptex.chain.txlog import SignedTxStore, StoredTx
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -263,7 +263,6 @@ class CoordinatorStore(SignedTxStore):
         submitted again with its transaction unresolved, so that the next pass rebroadcasts
         the same signed bytes, or fails the batch (its records back to pending) when that
         transaction can no longer land."""
-        t = self.txs_table
         with self._tx() as conn:
             done = conn.execute(
                 update(settlement_batches)
@@ -271,8 +270,32 @@ class CoordinatorStore(SignedTxStore):
                 .values(status=SUBMITTED, closed_at=None)
             ).rowcount
             if done and batch.tx_id is not None:
-                unresolved = {"status": SENT, "block_number": None, "closed_at": None}
-                conn.execute(update(t).where(t.c.id == batch.tx_id).values(**unresolved))
+                self._reopen_tx(conn, batch.tx_id)
+
+    def reopen_tx(self, tx: StoredTx) -> str:
+        """A transaction whose receipt a reorg orphaned, unresolved again with what it
+        decided: a confirmed settlement is submitted again, a registered (or refused) spend
+        cap submitted again; a failed batch stays failed (its records are pending or in a
+        later batch already). Returns what it reopened, for the log."""
+        batches, caps = settlement_batches, spend_cap_submissions
+        with self._tx() as conn:
+            self._reopen_tx(conn, tx.id)
+            reopened = conn.execute(
+                update(batches)
+                .where(batches.c.tx_id == tx.id, batches.c.status == CONFIRMED)
+                .values(status=SUBMITTED, closed_at=None)
+            ).rowcount
+            if reopened:
+                return "its confirmed settlement"
+            failed = conn.execute(select(batches.c.id).where(batches.c.tx_id == tx.id)).first()
+            if failed is not None:
+                return f"the settlement of failed batch {failed.id} (left failed)"
+            capped = conn.execute(
+                update(caps)
+                .where(caps.c.tx_id == tx.id, caps.c.status.in_((REGISTERED, REJECTED)))
+                .values(status=SUBMITTED, error=None)
+            ).rowcount
+            return "its spend cap" if capped else "it"
 
     def fail(self, batch: Batch, reason: str, now: int) -> None:
         """The batch can never land: close it and put its records back to pending."""
