@@ -354,6 +354,21 @@ class Settings(BaseSettings):
         "https://generativelanguage.googleapis.com/v1beta/openai",
     ]
 
+    # ─── Buyer's proxy (signed mode) ─────────────────────────────────────────
+    # `promptex proxy`: the local endpoint (always on the loopback address), the gateway it
+    # forwards to (None: http://gateway_host:gateway_port) with the buyer's API key (None:
+    # the local market's demo buyer), the session grant `promptex session create` wrote
+    # (None: <market folder>/session.json; the voucher logs go beside it), the output a
+    # request naming no max_tokens is held for, the most one request may hold (None: no
+    # limit but the session maximum), and how long a request waits for a free lane.
+    proxy_port: int = 8788
+    proxy_gateway_url: str | None = None
+    proxy_api_key: SecretStr | None = None
+    proxy_session_file: Path | None = None
+    proxy_default_output_tokens: int = 1_024
+    proxy_max_hold_units: int | None = None
+    proxy_lane_wait_seconds: float = 30.0
+
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:

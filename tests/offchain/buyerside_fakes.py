@@ -100,6 +100,9 @@ class FakeSignedGateway:
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET" and request.url.path == LANES_PATH:
             return httpx.Response(200, json=self.lanes_report())
+        if request.method == "GET" and request.url.path == "/v1/models":  # RATES, per million tokens in whole USDC
+            pricing = {ASSET: {"input_per_million": "3", "output_per_million": "6"}}
+            return httpx.Response(200, json={"object": "list", "data": [{"id": MODEL, "pricing": pricing}]})
         try:
             voucher = parse_voucher(request.headers[VOUCHER_HEADER])
         except (KeyError, WireError):

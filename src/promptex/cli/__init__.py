@@ -43,6 +43,8 @@ class RootGroup(OneLineErrors, LazyGroup):
         "market": "promptex.cli.market_info:market",
         "up": "promptex.cli.up:up_command",
         "reconcile": "promptex.cli.reconcile:reconcile",
+        "proxy": "promptex.cli.proxy:proxy",
+        "session": "promptex.cli.session:session",
     },
 )
 @click.version_option(__version__, prog_name="promptex")

@@ -47,3 +47,11 @@ def usd_micro(text: str) -> int:
 def token_units(text: str) -> int:
     """Whole tokens ("5000", "0.5") to 18-decimal units, exactly."""
     return _positive(text, TOKEN_UNIT, "token amount", 18)
+
+
+def asset_units(text: str, symbol: str) -> int:
+    """Whole units of an asset ("12.5" USDC) to its smallest units, exactly."""
+    from promptex.metering import asset
+
+    decimals = asset(symbol).decimals
+    return _positive(text, 10**decimals, f"{symbol} amount", decimals)

@@ -1,0 +1,133 @@
+"""`promptex proxy`'s app: a local OpenAI- and Anthropic-compatible endpoint that forwards
+every request to the gateway with the buyer's API key, signing each metered request's
+voucher first (`Signer`), and checking each answer on its way back.
+
+    OPENAI_BASE_URL=http://127.0.0.1:8788/v1     ANTHROPIC_BASE_URL=http://127.0.0.1:8788
+
+Clients may send any API key (the proxy holds the real one). A request this side will not
+sign is answered here in the API's own error shape, with one log line saying why.
+`GET /promptex/status` shows the lanes and, once signing stopped, why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, error_body
+from promptex.buyerside.transport import metered_path
+from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
+
+log = logging.getLogger("promptex.proxy")
+# Request headers a client's SDK sets that the gateway should see (its key is replaced).
+PASSED = ("content-type", "accept", "anthropic-version", "anthropic-beta", "x-request-id")
+# Hop-by-hop or no longer true once the proxy re-frames the body.
+DROPPED = frozenset({"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"})
+JSON = "application/json"
+
+
+def _headers(response: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() not in DROPPED}
+
+
+def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
+    """The app; `gateway` has the gateway's base URL (without /v1) and the buyer's API key."""
+
+    def refuse(path: str, refused: Refused) -> Response:
+        log.warning("refused %s: %s", path, refused.message)
+        return Response(error_body(path, refused), status_code=refused.status, media_type=JSON)
+
+    def outgoing(request: Request) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED}
+        headers[ASSET_HEADER] = signer.session.asset_symbol
+        headers["accept-encoding"] = "identity"  # what passes through is what is checked
+        return headers
+
+    async def forward(request: Request) -> Response:
+        path = metered_path(request.url.path)
+        raw = await request.body()
+        headers = outgoing(request)
+        if request.method != "POST":
+            answer = await gateway.request(request.method, path, params=request.query_params, headers=headers)
+            return Response(answer.content, status_code=answer.status_code, headers=_headers(answer))
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return refuse(path, Refused(400, "invalid_request", "the request body is not JSON"))
+        if not isinstance(body, dict):
+            return refuse(path, Refused(400, "invalid_request", "the request body is not a JSON object"))
+        try:
+            ticket = await anyio.to_thread.run_sync(signer.begin, path, body, raw)  # may wait for a lane
+        except Refused as refused:
+            return refuse(path, refused)
+        headers[VOUCHER_HEADER] = ticket.voucher.header()
+        try:
+            answer = await gateway.send(gateway.build_request("POST", path, content=raw, headers=headers), stream=True)
+        except httpx.HTTPError as exc:
+            signer.lost(ticket)
+            log.warning("the gateway did not answer %s: %s", path, exc)
+            return refuse(path, Refused(502, "gateway_unreachable", f"the gateway did not answer: {exc}"))
+        if body.get("stream") is True and answer.status_code == 200:
+            watch = StreamWatch()
+
+            async def relay() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in answer.aiter_bytes():  # identity-encoded: the bytes sent
+                        watch.feed(chunk)
+                        yield chunk
+                finally:
+                    await answer.aclose()
+                    signer.finish_stream(ticket, answer.headers, watch)
+
+            return StreamingResponse(relay(), status_code=200, headers=_headers(answer))
+        try:
+            content = await answer.aread()
+        except httpx.HTTPError:
+            signer.lost(ticket)
+            return refuse(path, Refused(502, "gateway_unreachable", "the gateway's answer broke off"))
+        finally:
+            await answer.aclose()
+        signer.finish(ticket, answer.status_code, answer.headers, content)
+        return Response(content, status_code=answer.status_code, headers=_headers(answer))
+
+    async def status(request: Request) -> Response:
+        book = signer.book
+        lanes: list[dict[str, Any]] = [
+            {
+                "lane": lane.index,
+                "charged_units": str(lane.charged),
+                "exact": lane.exact,
+                "signed_units": str(lane.signed),
+                "busy": lane.busy,
+            }
+            for lane in book.lanes
+        ]
+        return Response(
+            orjson.dumps(
+                {
+                    "session": book.session,
+                    "asset": signer.session.asset_symbol,
+                    "maximum_units": str(book.maximum),
+                    "exposure_units": str(book.exposure()),
+                    "stopped": signer.stopped,
+                    "lanes": lanes,
+                }
+            ),
+            media_type=JSON,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/promptex/status", status, methods=["GET"]),
+            Route("/v1/{rest:path}", forward, methods=["GET", "POST"]),
+        ]
+    )

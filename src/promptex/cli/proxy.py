@@ -1,0 +1,126 @@
+"""`promptex proxy`: signed mode's local endpoint — point an unchanged OpenAI or Anthropic
+SDK at it (`OPENAI_BASE_URL=http://127.0.0.1:8788/v1`) and every request carries a voucher
+of your session key, written to disk before it leaves; each answer is checked."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from promptex.config import market_dir, settings
+
+if TYPE_CHECKING:
+    from promptex.buyerside.recovery import ChainSession
+    from promptex.buyerside.sessions import SessionGrant
+
+LOOPBACK = "127.0.0.1"
+GRANT_FILE = "session.json"
+
+session_file_option = click.option("--session", "session_file", help="the grant file [default: <market>/session.json]")
+
+
+def grant_path(option: str | None) -> Path:
+    """--session, else PROMPTEX_PROXY_SESSION_FILE, else <market folder>/session.json."""
+    if option:
+        return Path(option)
+    return settings().proxy_session_file or market_dir() / GRANT_FILE
+
+
+def _api_key(option: str | None) -> str:
+    s = settings()
+    if option:
+        return option
+    if s.proxy_api_key is not None:
+        return s.proxy_api_key.get_secret_value()
+    from promptex.ready import read_ready
+
+    ready = read_ready(market_dir())
+    if ready is None or not ready.buyer_key:
+        raise click.ClickException("no API key: pass --api-key or set PROMPTEX_PROXY_API_KEY")
+    return ready.buyer_key
+
+
+def _chain(grant: SessionGrant) -> ChainSession | None:
+    """The vault's session views, when a chain and a signed-mode vault are at hand."""
+    from promptex.buyerside.opening import chain_session
+    from promptex.chain.deployments import load_deployment
+    from promptex.chain.node import connect, deployed_contract
+
+    s = settings()
+    url = s.optional_rpc_url("indexer")
+    if url is None:
+        return None
+    try:
+        w3 = connect(url, timeout=5.0)
+        vault = deployed_contract(w3, load_deployment(s.indexer_network, s.deployments_dir), "CreditsVault")
+        return chain_session(vault, grant)
+    except Exception as exc:  # no node, no deployment, a vault without session views: recovered without it
+        click.echo(f"the chain was not read ({type(exc).__name__}: {str(exc)[:120]})", err=True)
+        return None
+
+
+@click.command("proxy")
+@click.option("--port", type=int, help="[default: PROMPTEX_PROXY_PORT, 8788]")
+@click.option("--gateway", "gateway_url", help="the gateway [default: PROMPTEX_PROXY_GATEWAY_URL, the local one]")
+@click.option("--api-key", help="your gateway API key [default: PROMPTEX_PROXY_API_KEY, the demo buyer's]")
+@click.option("--max-hold", help="the most one request may hold, whole units [default: the session maximum]")
+@session_file_option
+def proxy(
+    port: int | None, gateway_url: str | None, api_key: str | None, max_hold: str | None, session_file: str | None
+) -> None:
+    """Serve a signing OpenAI/Anthropic-compatible endpoint on 127.0.0.1."""
+    import httpx
+    import uvicorn
+
+    from promptex.buyerside.opening import open_signer
+    from promptex.buyerside.proxy import create_proxy
+    from promptex.buyerside.sessions import GrantError, load
+    from promptex.cli.amounts import asset_units
+    from promptex.metering import load_catalog
+    from promptex.protocol.units import money
+
+    s = settings()
+    path = grant_path(session_file)
+    try:
+        grant = load(path)
+    except GrantError as exc:
+        raise click.ClickException(str(exc)) from None
+    base = (gateway_url or s.proxy_gateway_url or f"http://{s.gateway_host}:{s.gateway_port}").rstrip("/")
+    base = base.removesuffix("/v1")
+    auth = {"authorization": f"Bearer {_api_key(api_key)}"}
+    hold = asset_units(max_hold, grant.asset_symbol) if max_hold else s.proxy_max_hold_units
+    chain = _chain(grant)
+    try:
+        with httpx.Client(base_url=base, headers=auth, timeout=10.0) as client:
+            opened = open_signer(
+                grant,
+                client,
+                path.parent,
+                chain=chain,
+                catalog=load_catalog(s.model_catalog),
+                max_hold=hold,
+                default_output_tokens=s.proxy_default_output_tokens,
+                lane_wait_seconds=s.proxy_lane_wait_seconds,
+            )
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(f"cannot open the session at {base}: {exc}") from None
+    for note in opened.notes:
+        click.echo(note, err=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))  # one line per refusal
+    for name in ("promptex.proxy", "promptex.buyerside"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    port = port or s.proxy_port
+    gateway = httpx.AsyncClient(base_url=base, headers=auth, timeout=httpx.Timeout(600.0, connect=10.0))
+    app = create_proxy(opened.signer, gateway)
+    click.echo(
+        f"signing for session {grant.session} ({grant.lanes} lanes, at most {money(grant.maximum, grant.asset_symbol)} "
+        f"{grant.asset_symbol}) → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "
+        f"ANTHROPIC_BASE_URL=http://{LOOPBACK}:{port}"
+    )
+    uvicorn.run(app, host=LOOPBACK, port=port, log_config=None, access_log=False)

@@ -1,0 +1,155 @@
+"""`promptex session create|show|revoke`: the session key of signed mode (issue 23).
+
+`create` makes a fresh session key, has the wallet sign its EIP-712 SessionKey through the
+ape account (`--account`, like `promptex wallet`) and writes the grant file `promptex proxy`
+reads; the coordinator relays the signed SessionKey to the vault (`register_session_key`),
+or `--direct` has the wallet register it itself (`set_session_key`, a transaction).
+`show` reads the grant and its voucher logs; `revoke` ends the session on chain (at the
+close of the next window).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from ape.cli import network_option
+
+from promptex.buyerside.sessions import GrantError, SessionGrant, WalletSigner, load, new_grant, save
+from promptex.buyerside.voucherlog import VoucherLog
+from promptex.cli.errors import readable_errors
+from promptex.cli.market import market_command_class, rpc_url_option
+from promptex.cli.proxy import grant_path, session_file_option
+from promptex.cli.wallet import LOCAL_NODE, Session, account_option, chain_time, units, whole, yes_option
+
+
+def ape_signer(account: Any) -> WalletSigner:
+    """EIP-712 typed data signed by an ape account (a keyfile asks for its passphrase)."""
+    from eth_account.messages import encode_typed_data
+
+    def sign(typed: dict[str, Any]) -> bytes:
+        signature = account.sign_message(encode_typed_data(full_message=typed))
+        if signature is None:
+            raise click.ClickException("the wallet did not sign the SessionKey")
+        return bytes(signature.encode_rsv())
+
+    return sign
+
+
+def _vault_with_sessions(session: Session) -> Any:
+    vault = session.contract("CreditsVault")
+    if not hasattr(vault, "session_nonce"):
+        raise click.ClickException("this vault has no session keys: signed mode's CreditsVault is not deployed here")
+    return vault
+
+
+@click.group("session")
+def session() -> None:
+    """Signed mode's session key: create (the wallet signs it), show, revoke."""
+
+
+def _command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A `promptex session` subcommand with ape's --network, and --account/--yes/--session."""
+
+    def decorate(fn: Callable[..., None]) -> click.Command:
+        fn = rpc_url_option(yes_option(account_option(session_file_option(fn))))
+        fn = network_option(default=LOCAL_NODE)(fn)
+        command: click.Command = session.command(name, cls=market_command_class())(fn)
+        return command
+
+    return decorate
+
+
+@_command("create")
+@click.option("--asset", "symbol", default="USDC", show_default=True, help="the asset the session spends")
+@click.option("--lanes", default=8, show_default=True, type=click.IntRange(1, 64), help="requests in flight at once")
+@click.option("--maximum", required=True, help="the most the session key can ever let be taken (whole units)")
+@click.option("--days", default=1, show_default=True, type=click.IntRange(1, 365), help="the session's lifetime")
+@click.option("--direct", is_flag=True, help="the wallet registers it itself (a transaction) instead of the relay")
+def session_create(
+    network: Any,
+    alias: str | None,
+    yes: bool,
+    session_file: str | None,
+    symbol: str,
+    lanes: int,
+    maximum: str,
+    days: int,
+    direct: bool,
+) -> None:
+    """A new session key, authorized by your wallet's signature; written for `promptex proxy`."""
+    from ape import chain
+
+    path = grant_path(session_file)
+    with readable_errors():
+        wallet = Session(network, alias, yes)
+        vault = _vault_with_sessions(wallet)
+        token = wallet.token(symbol)
+        grant = new_grant(
+            ape_signer(wallet.account),
+            chain_id=int(chain.chain_id),
+            vault=str(vault.address),
+            account=str(wallet.account.address),
+            asset=str(token.address),
+            asset_symbol=symbol,
+            lanes=lanes,
+            maximum=units(maximum, symbol),
+            expiry=chain_time() + days * 86_400,
+            nonce=int(vault.session_nonce(wallet.account, token)),
+        )
+        save(grant, path)
+        if direct:
+            vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)
+    click.echo(describe(grant))
+    click.echo(f"written to {path} (the session key's private key: keep it like the maximum it can spend)")
+    if not direct:
+        click.echo("signed, not registered yet: the coordinator's relay registers it (or create it with --direct)")
+
+
+def describe(grant: SessionGrant) -> str:
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(grant.expiry))
+    return (
+        f"session {grant.session} of {grant.account} for {grant.asset_symbol}: key {grant.key}, {grant.lanes} lanes, "
+        f"at most {whole(grant.maximum, grant.asset_symbol)} {grant.asset_symbol}, until {until}"
+    )
+
+
+@session.command("show")
+@session_file_option
+def session_show(session_file: str | None) -> None:
+    """The session grant and what its vouchers allow so far (from the voucher log)."""
+    from promptex.buyerside.opening import log_path
+
+    path = grant_path(session_file)
+    try:
+        grant = load(path)
+    except GrantError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(describe(grant))
+    log_file = log_path(path.parent, grant)
+    if not log_file.exists():
+        click.echo("no voucher signed yet")
+        return
+    log = VoucherLog(log_file, grant.identity())
+    try:
+        ceilings = [log.ceiling(grant.session, lane) for lane in range(grant.lanes)]
+    finally:
+        log.close()
+    exposure = sum(ceilings)
+    click.echo(
+        f"vouchers signed allow {whole(exposure, grant.asset_symbol)} {grant.asset_symbol} in total "
+        f"({sum(1 for c in ceilings if c)} of {grant.lanes} lanes used)"
+    )
+
+
+@_command("revoke")
+@click.option("--asset", "symbol", default="USDC", show_default=True)
+def session_revoke(network: Any, alias: str | None, yes: bool, session_file: str | None, symbol: str) -> None:
+    """End your session key on chain (its vouchers settle until the close of the next window)."""
+    with readable_errors():
+        wallet = Session(network, alias, yes)
+        vault = _vault_with_sessions(wallet)
+        vault.revoke_session_key(wallet.token(symbol), sender=wallet.account)
+    click.echo(f"{symbol.upper()} session key revoked: it ends at the close of the next window")

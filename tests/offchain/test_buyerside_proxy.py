@@ -1,0 +1,147 @@
+"""`promptex proxy`'s app and the session grant, in-process: an unchanged OpenAI SDK
+through the proxy to a fake signed-mode gateway, refusals in each API's own error shape,
+and the wallet's SessionKey signature through an ape account."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, make_signer
+from eth_account import Account
+
+from promptex.buyerside.opening import log_path, open_signer
+from promptex.buyerside.proxy import create_proxy
+from promptex.buyerside.sessions import GrantError, SessionGrant, load, new_grant, save
+from promptex.protocol.eip712 import sign_digest
+
+WALLET_KEY = "0x" + "a1" * 32
+
+
+def _run_through_proxy(gateway: FakeSignedGateway, signer: object, requests: int) -> list[object]:
+    async def main() -> list[object]:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        app = create_proxy(signer, upstream)  # type: ignore[arg-type]
+        local = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8788")
+        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:8788/v1", api_key="anything", http_client=local)
+        messages = [{"role": "user", "content": "hello there"}]
+        asks = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3) for _ in range(requests)]
+        done: list[object] = list(await asyncio.gather(*asks))
+        stream = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, stream=True)
+        done.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
+        done.append((await local.get("/promptex/status")).json())
+        return done
+
+    return asyncio.run(main())
+
+
+def test_proxy__openai_sdk_concurrent_and_stream__signed_checked_and_status(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=3)
+    signer = make_signer(tmp_path / "v.log", lanes=3)
+    *answers, streamed, status = _run_through_proxy(gateway, signer, 8)
+    assert len(answers) == 8 and streamed == "alpha bravo"
+    assert signer.stopped is None and len(gateway.received) == 9
+    assert status["stopped"] is None  # type: ignore[index]
+    assert sum(int(lane["charged_units"]) for lane in status["lanes"]) == sum(gateway.true_costs)  # type: ignore[index]
+
+
+def test_proxy__signing_stopped__each_api_refused_in_its_own_shape(tmp_path: Path) -> None:
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    signer.stop("test: an answer was beyond its request")
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        upstream = httpx.AsyncClient(transport=FakeSignedGateway().transport(), base_url="http://gateway.test")
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        return await local.post("/v1/chat/completions", json=body), await local.post("/v1/messages", json=body)
+
+    chat, messages = asyncio.run(main())
+    assert chat.status_code == messages.status_code == 402
+    assert "beyond its request" in chat.json()["error"]["message"]
+    assert messages.json()["type"] == "error" and messages.json()["error"]["type"] == "signing_stopped"
+
+
+def _grant(**overrides: object) -> SessionGrant:
+    wallet = Account.from_key(WALLET_KEY)
+    fields = {
+        "chain_id": IDENTITY.chain_id,
+        "vault": IDENTITY.vault,
+        "account": wallet.address,
+        "asset": IDENTITY.asset,
+        "asset_symbol": "usdc",
+        "lanes": 4,
+        "maximum": 5_000_000,
+        "expiry": 2_000_000_000,
+        "nonce": 7,
+        **overrides,
+    }
+    sign = lambda typed: Account.sign_typed_data(WALLET_KEY, full_message=typed).signature  # noqa: E731
+    return new_grant(sign, **fields)  # type: ignore[arg-type]
+
+
+def test_session_grant__signed_saved_loaded__owner_only_and_checked(tmp_path: Path) -> None:
+    grant = _grant()
+    assert grant.asset_symbol == "USDC" and grant.session == 7
+    # The wallet signed exactly the SessionKey digest the vault hashes.
+    assert grant.signature == "0x" + sign_digest(WALLET_KEY, grant.digest()).hex()
+    path = tmp_path / "session.json"
+    save(grant, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load(path) == grant
+    assert "private_key" not in grant.registration()
+    tampered = json.loads(path.read_text())
+    tampered["maximum"] = str(grant.maximum * 10)  # a grant edited after the wallet signed it
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(GrantError, match="not by the account"):
+        load(path)
+    with pytest.raises(GrantError, match="1 to 64 lanes"):
+        _grant(lanes=65)
+
+
+def test_session_grant__ape_account_signs__the_wallet_is_the_signer() -> None:
+    from ape import accounts
+
+    from promptex.cli.session import ape_signer
+
+    wallet = accounts.test_accounts[0]
+    grant = new_grant(
+        ape_signer(wallet),
+        chain_id=IDENTITY.chain_id,
+        vault=IDENTITY.vault,
+        account=wallet.address,
+        asset=IDENTITY.asset,
+        asset_symbol="USDC",
+        lanes=2,
+        maximum=10**6,
+        expiry=2_000_000_000,
+        nonce=0,
+    )
+    grant.check()  # recovers to the ape account's address
+
+
+def test_open_signer__fake_gateway__rates_from_models_and_lanes_recovered(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=2)
+    first = make_signer(tmp_path / "old.log", lanes=2)
+    with httpx.Client(transport=gateway.transport(), base_url="http://gateway.test") as client:
+        body = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi there"}]}
+        from promptex.buyerside.transport import PromptexSigningTransport
+
+        with httpx.Client(transport=PromptexSigningTransport(first, gateway.transport())) as signing:
+            for _ in range(3):
+                assert signing.post("http://gateway.test/v1/chat/completions", json=body).status_code == 200
+        grant = SessionGrant(
+            IDENTITY.chain_id, IDENTITY.vault, IDENTITY.account, IDENTITY.asset, "USDC", IDENTITY.key,
+            "0x" + "5e" * 32, 2, 10**12, 2_000_000_000, 1, "",
+        )  # fmt: skip
+        opened = open_signer(grant, client, tmp_path)
+    assert opened.signer.rates.get(MODEL, "USDC") == first.rates.get(MODEL, "USDC")
+    assert [lane.charged for lane in opened.signer.book.lanes] == [gateway.book[0].charged, 0]
+    assert opened.signer.book.lanes[0].exact and log_path(tmp_path, grant).exists()
+    assert any("chain was not read" in note for note in opened.notes)
