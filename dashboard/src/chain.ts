@@ -20,6 +20,7 @@ import {
 } from "viem";
 import type { AssetInfo, Config } from "./api";
 import { short } from "./format";
+import { setFaceValues } from "./money";
 import { h, notice } from "./ui";
 
 declare global {
@@ -47,6 +48,7 @@ export function makeCtx(config: Config): Ctx {
   });
   const client = createPublicClient({ chain, transport: http(rpc), pollingInterval: 500 }) as PublicClient;
   const bySymbol = new Map(config.assets.map((a) => [a.symbol, a]));
+  setFaceValues(config.assets.map((a) => [a.symbol, a.face_value_usd_micro]));
   return {
     config,
     chain,

@@ -28,6 +28,10 @@ mkdirSync(SHOTS, { recursive: true });
 
 const result = { steps: [] };
 const started = Date.now();
+result.texts = {}; // page name → its text, for the smallest-units scan (tests/human_units.py)
+async function grab(name, from = page) {
+  result.texts[name] = await from.innerText("body");
+}
 function step(name, extra = {}) {
   result.steps.push({ name, at_ms: Date.now() - started, ...extra });
   console.error(`  ✓ ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
@@ -177,7 +181,7 @@ try {
 
   // ─── Portfolio: faucet, deposit, errors ──────────────────────────────────
   await page.click("#faucet");
-  await waitText("tr[data-asset=USDC] [data-balance=wallet]", /^1,000$/);
+  await waitText("tr[data-asset=USDC] [data-balance=wallet]", /^1,000\.00$/);
   const before = { wallet: await walletUsdc(), vault: await vaultUsdc() };
 
   await page.fill("input[data-amount=USDC]", "5000");
@@ -194,7 +198,7 @@ try {
   });
   await page.fill("input[data-amount=USDC]", "100");
   await page.click("button[data-action=deposit][data-asset=USDC]");
-  await waitText("tr[data-asset=USDC] [data-balance=vault]", /^100$/);
+  await waitText("tr[data-asset=USDC] [data-balance=vault]", /^100\.00$/);
   const states = await page.evaluate(() => window.__states);
   if (!states.includes("pending") || !states.includes("ok")) throw new Error(`deposit states: ${states}`);
   if ((await vaultUsdc()) !== 100_000_000n) throw new Error("vault does not hold 100 USDC");
@@ -292,15 +296,17 @@ try {
   await page.fill("#cap-total", "50");
   await page.click("#allow-spending");
   await waitText("#cap-status", /Spend cap recorded/, 60_000);
-  await waitText("[data-spendable=USDC]", /^100$/, 60_000);
+  await waitText("[data-spendable=USDC]", /^100\.00$/, 60_000);
   await page.click("#send-prompt");
   await waitText("#metered-cost", /\d.* USDC/, 60_000);
   const metered = await status("#metered-cost");
+  result.metered_units = await page.locator("#metered-cost").getAttribute("data-units");
   const balanceAfter = await status("#balance-after");
   const requestId = await status("#request-id");
   const output = await status("#output");
   if (!output.trim()) throw new Error("no streamed text");
   await page.screenshot({ path: join(SHOTS, "utilize.png"), fullPage: true });
+  await grab("utilize");
   step("prompt: estimate, stream, metered cost, balance after", { estimate, metered, balanceAfter, requestId });
   result.request_id = requestId;
   result.metered = metered;
@@ -321,6 +327,7 @@ try {
   await waitText(`[data-verify="${requestId}"]`, /Verified/);
   const verified = await status(`[data-verify="${requestId}"]`);
   await page.screenshot({ path: join(SHOTS, "usage.png"), fullPage: true });
+  await grab("usage");
   step("verify usage proof against the root on chain", { verified });
 
   // ─── Withdrawal: too much refused; request; thaw; complete ───────────────
@@ -339,6 +346,7 @@ try {
   await waitText("[data-countdown=USDC]", /thawing: .* left/);
   const countdown = await status("[data-countdown=USDC]");
   await page.screenshot({ path: join(SHOTS, "portfolio.png"), fullPage: true });
+  await grab("portfolio (withdrawing)");
   step("request withdrawal: thaw countdown", { countdown });
 
   await rpc("evm_increaseTime", [60]);
@@ -382,7 +390,7 @@ try {
   step("rejected signature (grant): readable, no grant", { message: await status("#grant-status") });
   await page.fill("#grant-limit", "10000");
   await page.click("#grant-button");
-  await waitText("[data-grant-limit=CLD]", /^10,000$/);
+  await waitText("[data-grant-limit=CLD]", /^10,000\.00\b/);
   await waitText("[data-grant-state]", /active/);
   if ((await grantPayee()).toLowerCase() !== AGENT.toLowerCase()) throw new Error("the grant is not on chain");
   step("grant the agent 10,000 CLD a day (signed by the wallet, escrow approved)");
@@ -418,6 +426,7 @@ try {
   await waitText("[data-balance=anthropic]", /^\$25(\.00)?$/);
   await waitText("[data-grant-spent=CLD]", /[1-9]/);
   await page.screenshot({ path: join(SHOTS, "redemption.png"), fullPage: true });
+  await grab("redemption");
   step("auto-topup rule fired: redemption released with its receipt; balance $25", receipt);
   result.redemption = receipt;
   const ruleId = await page.locator("tr[data-rule]").first().getAttribute("data-rule");
@@ -458,6 +467,7 @@ try {
   if (!keysShown.includes(memberKey.slice(0, 10)) || keysShown.includes(memberKey)) throw new Error("the desk must show key prefixes only");
   await page.evaluate(() => { const k = document.querySelector("#member-key"); if (k) k.textContent = "px-…(shown once)"; });
   await page.screenshot({ path: join(SHOTS, "enterprise.png"), fullPage: true });
+  await grab("enterprise (org owner)");
   step("enterprise desk: org vault, members, key prefixes, budgets, usage; a new member key", {
     vault: await status("[data-org-spendable=USDC]"),
   });
@@ -535,6 +545,7 @@ try {
   await waitText(`[data-value="${seriesId}"]`, /USDC at the TWAP/);
   if ((await call(optionsAddress, OPTIONS, "balanceOf", [USER, BigInt(seriesId)])) !== 2n) throw new Error("the bought units are not the wallet's");
   await page.screenshot({ path: join(SHOTS, "hedge.png"), fullPage: true });
+  await grab("hedge");
   step("buy 2 units: the holding with its value at the TWAP", { value: await status(`[data-value="${seriesId}"]`) });
 
   const beforeClose = await walletUsdc();
@@ -580,6 +591,7 @@ try {
   if ((await page.inputValue("#seller-api-key")) !== "") throw new Error("the page kept the seller's key");
   if ((await page.content()).includes("sk-browser-seller")) throw new Error("the seller's key is in the page");
   await page.screenshot({ path: join(SHOTS, "sell.png"), fullPage: true });
+  await grab("sell");
   step("sell: onboarding opened a listed lot at 50 % of list (key sealed on the server)", { lot: sellerLot });
   result.seller_lot = sellerLot;
   result.bond_paid = String(bondBefore - (await walletUsdc()));
@@ -598,6 +610,38 @@ try {
   await page.screenshot({ path: join(SHOTS, "market.png"), fullPage: true });
   step("market: TWAP chart from the Oracle's observations", { points: chartPoints });
   result.chart_points = chartPoints;
+  await grab("market");
+
+  // ─── Phone width: every page at 390 px, no horizontal scroll; its text for the scan ─
+  await page.setViewportSize({ width: 390, height: 844 });
+  const PHONE_PAGES = {
+    portfolio: "#portfolio-total",
+    market: "#lp-position [data-lp], #lp-balance",
+    utilize: "#model",
+    usage: "#usage-table",
+    hedge: "[data-twap=GPT]",
+    sell: "#lot-table",
+    redemption: "tr[data-redemption]",
+    enterprise: "#desk-error, #desk .notice, #key-box",
+  };
+  const tooWide = [];
+  for (const [name, ready] of Object.entries(PHONE_PAGES)) {
+    await page.goto(`${DASHBOARD}/#/${name}`);
+    await page.waitForSelector(`section[data-page=${name}]`, { timeout: T });
+    await page.waitForSelector(ready, { timeout: T });
+    const width = await page.evaluate(() => {
+      const wide = [...document.querySelectorAll("body *")]
+        .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 0.5 && !el.closest("table"))
+        .slice(0, 3)
+        .map((el) => `${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""}.${el.className}`);
+      return { scroll: document.documentElement.scrollWidth, wide };
+    });
+    if (width.scroll > 390) tooWide.push(`${name}: ${width.scroll} px (${width.wide.join(", ")})`);
+    await grab(`${name} (390 px)`);
+    if (name === "portfolio") await page.screenshot({ path: join(SHOTS, "phone-portfolio.png"), fullPage: true });
+  }
+  if (tooWide.length) throw new Error(`wider than a 390 px phone: ${tooWide.join("; ")}`);
+  step("phone: every page at 390 px without horizontal scroll", { pages: Object.keys(PHONE_PAGES).length });
 
   result.ok = true;
   console.log("RESULT " + JSON.stringify(result));

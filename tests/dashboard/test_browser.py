@@ -23,10 +23,12 @@ import httpx
 from dashboard_stack import market_stack, open_billing_account, seed_org
 
 from anvil_node import ROOT
+from human_units import assert_human
 from promptex.gateway.schema import api_keys
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import money
 from promptex.sealing.envelope import load_master_keys
 
 SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"
@@ -114,6 +116,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             "enterprise desk:",
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
             "sell: onboarding opened a listed lot", "market: TWAP chart",
+            "phone: every page at 390 px without horizontal scroll",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
@@ -125,15 +128,20 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         for error in errors:
             assert any(n.startswith(error) for n in names), (error, names)
 
-        # The cost the page showed is the ledger's metered cost for that request, in USDC.
+        # The cost the page showed is the ledger's metered cost for that request, in USDC: exact in the
+        # page's machine field, and in the words the Python formatter gives it (the two formatters agree).
         ledger = Ledger.from_settings(stack.settings)
         try:
             record = ledger.usage_record(result["request_id"])
             assert record is not None and record.asset == "USDC" and record.cost > 0
-            shown = Decimal(result["metered"].split()[0].replace(",", ""))
-            assert shown * 10**6 == record.cost
+            assert int(result["metered_units"]) == record.cost
+            assert result["metered"] == money(record.cost, "USDC")
         finally:
             ledger.close()
+        # Every page's text (in the flow and at 390 px): no amount in smallest units.
+        assert {f"{name} (390 px)" for name in ("portfolio", "market", "usage", "enterprise")} <= set(result["texts"])
+        for name, text in result["texts"].items():
+            assert_human(text, f"the {name} page")
 
         # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending.
         vault, usdc = stack.contract("CreditsVault"), stack.deployment.address("USDC")

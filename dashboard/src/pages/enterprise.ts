@@ -3,7 +3,7 @@
 // once). Only the org's owner sees it: a key of the org account itself, obtained by
 // signing with the wallet bound to the org.
 import { api, apiKey, type OrgDesk } from "../api";
-import { fmt } from "../format";
+import { loadPrices } from "../prices";
 import type { App, Page } from "../main";
 import { clear, h, notice } from "../ui";
 import { drawKey } from "./utilize";
@@ -32,24 +32,25 @@ async function draw(box: HTMLElement, app: App, status: HTMLElement): Promise<vo
     box.append(h("div#desk-error.notice.error", { "data-state": "error" }, `The desk is not available: ${(err as Error).message}`));
     return;
   }
-  const decimals = (symbol: string) => app.ctx.assets.find((a) => a.symbol === symbol)?.decimals ?? 18;
-  const amount = (value: string, symbol: string) => `${fmt(BigInt(value), decimals(symbol))} ${symbol}`;
+  const prices = await loadPrices(app.ctx);
+  const amount = (value: string, symbol: string) => prices.money(value, symbol);
   const vaultRows = Object.entries(org.vault)
     .filter(([, b]) => b.posted !== "0" || b.held !== "0")
     .map(([symbol, b]) =>
-      h("tr", { "data-org-asset": symbol }, h("th", {}, symbol), h("td.num", { "data-org-spendable": symbol }, fmt(BigInt(b.spendable), decimals(symbol))), h("td.num", {}, fmt(BigInt(b.held), decimals(symbol)))),
+      h("tr", { "data-org-asset": symbol }, h("th", {}, symbol), h("td.num", { "data-org-spendable": symbol, "data-units": b.spendable }, prices.money(b.spendable, symbol, { symbol: false })), h("td.num", {}, prices.money(b.held, symbol, { symbol: false }))),
     );
+  const total = prices.total(Object.entries(org.vault).map(([symbol, b]) => ({ amount: BigInt(b.posted), symbol })));
   const memberRows = org.members.map((m) =>
     h(
       "tr",
       { "data-member": String(m.account) },
-      h("td", {}, `${m.account}`, m.name ? h("small", {}, ` ${m.name}`) : ""),
+      h("td", {}, m.name ?? `account ${m.account}`, h("small", {}, ` #${m.account}`)),
       h("td", { "data-member-keys": String(m.account) }, ...m.keys.map((k) => h("div", {}, h("code", {}, `${k.prefix}…`), k.revoked ? " (revoked)" : "", k.budget_remaining !== null ? ` key budget ${amount(k.budget_remaining, k.budget_asset ?? "USDC")}` : ""))),
       h("td", { "data-member-budget": String(m.account) }, m.budgets.length ? m.budgets.map((b) => `${amount(b.remaining, b.asset)} left`).join(", ") : "org balance"),
       h(
         "td.num",
         { "data-member-usage": String(m.account) },
-        m.usage.length ? m.usage.map((u) => `${u.requests} req · ${u.tokens} tokens · ${amount(u.cost, u.asset)}`).join("; ") : "—",
+        m.usage.length ? m.usage.map((u) => `${u.requests} req · ${u.tokens.toLocaleString("en-US")} tokens · ${amount(u.cost, u.asset)}`).join("; ") : "—",
       ),
     ),
   );
@@ -71,7 +72,7 @@ async function draw(box: HTMLElement, app: App, status: HTMLElement): Promise<vo
     h("p", {}, "Org ", h("strong#org-name", {}, org.name ?? `#${org.org}`), ` (account ${org.org})`, org.wallets.length ? h("span.muted", {}, ` · wallet ${org.wallets.join(", ")}`) : ""),
     h("h2", {}, "Org vault"),
     vaultRows.length
-      ? h("table#org-vault", {}, h("thead", {}, h("tr", {}, h("th", {}, "Asset"), h("th", {}, "Spendable"), h("th", {}, "Held by running requests"))), h("tbody", {}, ...vaultRows))
+      ? h("table#org-vault", {}, h("thead", {}, h("tr", {}, h("th", {}, "Asset"), h("th", {}, "Spendable"), h("th", {}, "Held by running requests"))), h("tbody", {}, ...vaultRows), h("tfoot", {}, h("tr", {}, h("th", {}, "Total"), h("td#org-total", { colspan: 2, "data-usd-micro": total.usd.toString() }, total.text))))
       : h("p.muted", {}, "Nothing deposited yet: deposit from the org's wallet on the Portfolio page."),
     h("h2", {}, "Members, keys, budgets and usage"),
     memberRows.length

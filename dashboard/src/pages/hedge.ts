@@ -7,7 +7,8 @@ import { formatUnits, type Address } from "viem";
 import { erc20Abi, optionsAbi, oracleAbi, perpAbi } from "../abi";
 import type { AssetInfo } from "../api";
 import { explain, send, type Ctx } from "../chain";
-import { fmt, parseAmount } from "../format";
+import { parseAmount } from "../format";
+import { amountText, money, usdText, USDC_DECIMALS } from "../money";
 import type { App, Page } from "../main";
 import { h, notice } from "../ui";
 import { walletGate } from "../wallet";
@@ -20,9 +21,9 @@ const PUT = 2;
 const MAX_ROWS = 200n;
 const SHARE_DECIMALS = 18; // Perp mints 10**12 shares per USDC unit: one share per dollar at the start
 
-/** A dollar price per whole token from Oracle units. */
-const dollars = (price: bigint) => `$${fmt(price, PRICE_DECIMALS, 6)}`;
-const usd = (amount: bigint) => fmt(amount, 6, 2);
+/** A dollar price per whole token from Oracle units (to the micro-dollar, rounded down). */
+const dollars = (price: bigint) => usdText(price / 10n ** BigInt(PRICE_DECIMALS - USDC_DECIMALS), "down");
+const usd = (amount: bigint) => amountText(amount, USDC_DECIMALS, 2);
 const signedUsd = (amount: bigint) => (amount < 0n ? `−${usd(-amount)}` : `+${usd(amount)}`);
 
 /** Whole USDC typed by the user → USDC units (an Error with a readable message otherwise). */
@@ -49,7 +50,7 @@ async function ensureAllowance(app: App, status: HTMLElement, asset: AssetInfo, 
   const account = wallet.account!;
   const allowance = await ctx.client.readContract({ address: asset.address, abi: erc20Abi, functionName: "allowance", args: [account, spender] });
   if (allowance >= amount) return true;
-  return Boolean(await send(ctx, wallet.client!, account, status, `Approve ${fmt(amount, asset.decimals)} ${asset.symbol}`, { address: asset.address, abi: erc20Abi, functionName: "approve", args: [spender, amount] }));
+  return Boolean(await send(ctx, wallet.client!, account, status, `Approve ${money(amount, asset.symbol)}`, { address: asset.address, abi: erc20Abi, functionName: "approve", args: [spender, amount] }));
 }
 
 /** Checks the wallet holds `amount` USDC; shows why not (and returns false) otherwise. */
@@ -304,7 +305,7 @@ export const hedgePage: Page = (root, app) => {
     const amount = h("input#perp-provide-amount", { inputmode: "decimal", placeholder: "USDC", size: 10 });
     const burn = h("input#perp-withdraw-shares", { size: 14, value: formatUnits(shares, SHARE_DECIMALS) });
     lpBox.replaceChildren(
-      h("p", {}, "Your pool shares: ", h("strong#perp-shares", { "data-shares": shares.toString() }, fmt(shares, SHARE_DECIMALS, 4)), worth === null ? "" : ` — worth about ${usd(worth)} USDC now`),
+      h("p", {}, "Your pool shares: ", h("strong#perp-shares", { "data-shares": shares.toString() }, amountText(shares, SHARE_DECIMALS, 4)), worth === null ? "" : ` — worth about ${usd(worth)} USDC now`),
       h("div.row", {}, h("label", {}, "Provide ", amount, " USDC"), h("button#perp-provide", { onclick: () => void provide(amount.value) }, "Provide liquidity")),
       h("div.row", {}, h("label", {}, "Withdraw ", burn, " shares"), h("button.secondary#perp-withdraw", { onclick: () => void withdraw(burn.value) }, "Withdraw")),
     );
@@ -341,7 +342,7 @@ export const hedgePage: Page = (root, app) => {
       ctx.client.readContract({ ...perp, functionName: "pool_value", args: [false] }),
     ]);
     const min = total ? ((shares * value) / total) * 99n / 100n : 0n;
-    const ok = await send(ctx, wallet.client!, wallet.account!, perpStatus, `Withdraw ${fmt(shares, SHARE_DECIMALS, 4)} pool shares`, { ...perp, functionName: "withdraw", args: [shares, min] });
+    const ok = await send(ctx, wallet.client!, wallet.account!, perpStatus, `Withdraw ${amountText(shares, SHARE_DECIMALS, 4)} pool shares`, { ...perp, functionName: "withdraw", args: [shares, min] });
     if (ok) void reloadPerp();
   }
 
@@ -373,7 +374,7 @@ export const hedgePage: Page = (root, app) => {
     h("td.num", {}, dollars(s.strike)),
     h("td.num", {}, s.kind === PUT && s.bound === 0n ? "none" : dollars(s.bound)),
     h("td", {}, new Date(Number(s.expiry) * 1000).toISOString().slice(0, 16).replace("T", " ")),
-    h("td.num", {}, `${fmt(s.size, 18)} tokens`),
+    h("td.num", {}, `${amountText(s.size, 18, 2)} tokens`),
   ];
 
   async function drawOffers(): Promise<void> {

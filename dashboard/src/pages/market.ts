@@ -6,7 +6,9 @@ import type { Address } from "viem";
 import { erc20Abi, poolAbi, routerAbi } from "../abi";
 import { api, type AssetInfo, type Pool } from "../api";
 import { explain, send, type Ctx } from "../chain";
-import { fmt, parseAmount } from "../format";
+import { parseAmount } from "../format";
+import { amountText, money, usdText } from "../money";
+import { loadPrices, type Prices } from "../prices";
 import type { App, Page } from "../main";
 import { h, notice } from "../ui";
 import { walletGate } from "../wallet";
@@ -41,10 +43,12 @@ function sparkline(points: { t: number; price: string }[]): SVGSVGElement | stri
   return svg;
 }
 
+/** A price the server sends as a decimal string of dollars per whole token, in dollars
+ *  (to the micro-dollar, rounded down: string arithmetic, no float). */
 function price(text: string | null | undefined): string {
   if (!text) return "—";
-  const n = Number(text);
-  return n >= 1 ? `$${n.toFixed(4)}` : `$${n.toPrecision(4)}`;
+  const [whole, frac = ""] = text.split(".");
+  return usdText(parseAmount(`${whole}.${frac.slice(0, 6).padEnd(6, "0")}`, 6, "USD", true));
 }
 
 function change(p: Pool): string {
@@ -91,9 +95,8 @@ export const marketPage: Page = (root, app) => {
   const swapBox = h("div.card#swap");
   const liquidityBox = h("div.card#liquidity");
   root.append(h("h1", {}, "Market"), poolsBox, h("h2", {}, "Swap"), swapBox, h("h2", {}, "Liquidity"), liquidityBox);
-  void api
-    .pools()
-    .then((pools) => {
+  void Promise.all([api.pools(), loadPrices(app.ctx)])
+    .then(([pools, prices]) => {
       poolsBox.replaceChildren(
         h(
           "table#pool-table",
@@ -111,20 +114,20 @@ export const marketPage: Page = (root, app) => {
                 h("td.num", {}, price(p.twap["300"])),
                 h("td.num", {}, price(p.twap["3600"])),
                 h("td.num", {}, change(p)),
-                h("td.num", {}, `${fmt(BigInt(p.token_reserve), 18, 0)} ${p.symbol} / ${fmt(BigInt(p.usdc_reserve), 6, 0)} USDC`),
+                h("td.num", {}, `${prices.plain(p.token_reserve, p.symbol)} / ${prices.plain(p.usdc_reserve, "USDC")}`),
                 h("td", {}, sparkline(p.history)),
               ),
             ),
           ),
         ),
       );
-      drawSwap(swapBox, app, pools);
-      drawLiquidity(liquidityBox, app, pools);
+      drawSwap(swapBox, app, pools, prices);
+      drawLiquidity(liquidityBox, app, pools, prices);
     })
     .catch((err) => notice(poolsBox, "error", `Cannot read the pools: ${err.message}`));
 };
 
-function drawSwap(box: HTMLElement, app: App, pools: Pool[]): void {
+function drawSwap(box: HTMLElement, app: App, pools: Pool[], prices: Prices): void {
   const { ctx, wallet } = app;
   const gate = walletGate(wallet, ctx);
   const params = new URLSearchParams(location.hash.split("?")[1] ?? "");
@@ -167,9 +170,9 @@ function drawSwap(box: HTMLElement, app: App, pools: Pool[]): void {
         quoteBox,
         "info",
         h("div", {}, "Route: ", h("strong#quote-route", {}, route), q.path.length === 3 ? " (two hops)" : ""),
-        h("div", {}, "You receive about ", h("strong#quote-out", {}, `${fmt(q.amountOut, to.decimals)} ${to.symbol}`)),
+        h("div", {}, "You receive about ", h("strong#quote-out", { "data-units": q.amountOut.toString() }, prices.money(q.amountOut, to.symbol))),
         h("div", { class: q.impact > 0.05 ? "warn" : "" }, "Price impact: ", h("span#quote-impact", {}, `${(q.impact * 100).toFixed(2)} %`)),
-        h("div", {}, `Minimum received at ${(Number(bps) / 100).toFixed(2)} % slippage: `, h("span#quote-min", {}, `${fmt(q.minOut, to.decimals)} ${to.symbol}`)),
+        h("div", {}, `Minimum received at ${(Number(bps) / 100).toFixed(2)} % slippage: `, h("span#quote-min", { "data-units": q.minOut.toString() }, prices.money(q.minOut, to.symbol, { rounding: "down" }))),
       );
     } catch (err) {
       if (mine === seq) notice(quoteBox, "error", `No quote: ${explain(err)}`);
@@ -183,7 +186,7 @@ function drawSwap(box: HTMLElement, app: App, pools: Pool[]): void {
     if (!q || !account || !client) return;
     const balance = await ctx.client.readContract({ address: q.from.address, abi: erc20Abi, functionName: "balanceOf", args: [account] });
     if (balance < q.amountIn) {
-      return notice(status, "error", `Insufficient balance: your wallet holds ${fmt(balance, q.from.decimals)} ${q.from.symbol}. Nothing was sent.`);
+      return notice(status, "error", `Insufficient balance: your wallet holds ${money(balance, q.from.symbol, { rounding: "down" })}. Nothing was sent.`);
     }
     const router = ctx.config.contracts.Router;
     const allowance = await ctx.client.readContract({ address: q.from.address, abi: erc20Abi, functionName: "allowance", args: [account, router] });
@@ -193,7 +196,7 @@ function drawSwap(box: HTMLElement, app: App, pools: Pool[]): void {
     }
     const block = await ctx.client.getBlock({ blockTag: "latest" });
     const deadline = BigInt(Math.max(Number(block.timestamp), Math.floor(Date.now() / 1000))) + 600n;
-    const hash = await send(ctx, client, account, status, `Swap ${fmt(q.amountIn, q.from.decimals)} ${q.from.symbol} for ${q.to.symbol}`, {
+    const hash = await send(ctx, client, account, status, `Swap ${money(q.amountIn, q.from.symbol)} for ${q.to.symbol}`, {
       address: router,
       abi: routerAbi,
       functionName: "swap_exact_in",
@@ -229,7 +232,7 @@ async function deadline(ctx: Ctx): Promise<bigint> {
 }
 
 /** Add liquidity at the pool's ratio (the USDC side follows the token amount) and remove a share of the LP units. */
-function drawLiquidity(box: HTMLElement, app: App, initial: Pool[]): void {
+function drawLiquidity(box: HTMLElement, app: App, initial: Pool[], prices: Prices): void {
   const { ctx, wallet } = app;
   const gate = walletGate(wallet, ctx);
   if (gate) return void box.replaceChildren(gate);
@@ -266,8 +269,8 @@ function drawLiquidity(box: HTMLElement, app: App, initial: Pool[]): void {
     notice(
       position,
       "info",
-      h("div", {}, "Your LP units: ", h("strong#lp-balance", { "data-lp": lp.toString() }, fmt(lp, 18)), ` (${(Number(share) / 10_000).toFixed(4)} % of the pool)`),
-      h("div", {}, "Worth about ", h("span#lp-worth", {}, `${fmt(tokenPart, 18, 2)} ${p.symbol} + ${fmt(usdcPart, 6, 2)} USDC`), " at current reserves"),
+      h("div", {}, "Your LP units: ", h("strong#lp-balance", { "data-lp": lp.toString() }, amountText(lp, 18, 6)), ` (${(Number(share) / 10_000).toFixed(4)} % of the pool)`),
+      h("div", {}, "Worth about ", h("span#lp-worth", {}, `${prices.plain(tokenPart, p.symbol)} + ${prices.plain(usdcPart, "USDC")}`), ` at current reserves (${prices.total([{ amount: tokenPart, symbol: p.symbol }, { amount: usdcPart, symbol: "USDC" }]).text})`),
     );
   }
 
@@ -279,7 +282,7 @@ function drawLiquidity(box: HTMLElement, app: App, initial: Pool[]): void {
   function drawSide(): void {
     try {
       const amount = parseAmount(tokenAmount.value, 18, pool().symbol);
-      usdcSide.textContent = `+ ${fmt(usdcFor(pool(), amount), 6)} USDC at the pool's ratio`;
+      usdcSide.textContent = `+ ${money(usdcFor(pool(), amount), "USDC")} at the pool's ratio`;
     } catch {
       usdcSide.textContent = "";
     }
@@ -302,7 +305,7 @@ function drawLiquidity(box: HTMLElement, app: App, initial: Pool[]): void {
     for (const [asset, need] of [[token, amountToken], [ctx.usdc, amountUsdc]] as const) {
       const have = await ctx.client.readContract({ address: asset.address, abi: erc20Abi, functionName: "balanceOf", args: [account] });
       if (have < need) {
-        return notice(status, "error", `Insufficient balance: adding needs ${fmt(need, asset.decimals)} ${asset.symbol}; your wallet holds ${fmt(have, asset.decimals)}. Nothing was sent.`);
+        return notice(status, "error", `Insufficient balance: adding needs ${money(need, asset.symbol, { rounding: "up" })}; your wallet holds ${money(have, asset.symbol, { rounding: "down" })}. Nothing was sent.`);
       }
     }
     for (const [asset, need] of [[token, amountToken], [ctx.usdc, amountUsdc]] as const) {
@@ -310,7 +313,7 @@ function drawLiquidity(box: HTMLElement, app: App, initial: Pool[]): void {
       if (allowance < need && !(await send(ctx, client, account, status, `Approve ${asset.symbol}`, { address: asset.address, abi: erc20Abi, functionName: "approve", args: [router, need] }))) return;
     }
     const min = (x: bigint) => (x * (10_000n - slip)) / 10_000n;
-    const ok = await send(ctx, client, account, status, `Add ${fmt(amountToken, 18)} ${token.symbol} + ${fmt(amountUsdc, 6)} USDC`, {
+    const ok = await send(ctx, client, account, status, `Add ${money(amountToken, token.symbol)} + ${money(amountUsdc, "USDC")}`, {
       address: router,
       abi: routerAbi,
       functionName: "add_liquidity",

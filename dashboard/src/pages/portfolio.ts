@@ -4,7 +4,9 @@ import type { Address } from "viem";
 import { erc20Abi, mockUsdcAbi, vaultAbi } from "../abi";
 import type { AssetInfo } from "../api";
 import { send, type Ctx } from "../chain";
-import { duration, fmt, parseAmount } from "../format";
+import { duration, parseAmount } from "../format";
+import { money } from "../money";
+import { loadPrices } from "../prices";
 import type { App, Page } from "../main";
 import { h, notice } from "../ui";
 import { walletGate } from "../wallet";
@@ -72,7 +74,7 @@ async function draw(
   const account = wallet.account!;
   const client = wallet.client!;
   const vault = ctx.config.contracts.CreditsVault;
-  const [rows, now] = await Promise.all([readRows(ctx, account), chainNow(ctx)]);
+  const [rows, now, prices] = await Promise.all([readRows(ctx, account), chainNow(ctx), loadPrices(ctx)]);
   // The chain's clock may run ahead of ours (a dev chain that skipped time); count down in chain time.
   const offset = Math.max(0, now - Date.now() / 1000);
   const tx = (label: string, write: Parameters<typeof send>[5]) => send(ctx, client, account, status, label, write);
@@ -88,7 +90,7 @@ async function draw(
       return notice(
         status,
         "error",
-        `Insufficient balance: your wallet holds ${fmt(walletBalance, asset.decimals)} ${asset.symbol}; you asked to deposit ${fmt(amount, asset.decimals)}. Nothing was sent.`,
+        `Insufficient balance: your wallet holds ${money(walletBalance, asset.symbol, { rounding: "down" })}; you asked to deposit ${money(amount, asset.symbol, { rounding: "up" })}. Nothing was sent.`,
       );
     }
     const allowance = await ctx.client.readContract({
@@ -101,7 +103,7 @@ async function draw(
       const ok = await tx(`Approve ${asset.symbol}`, { address: asset.address, abi: erc20Abi, functionName: "approve", args: [vault, amount] });
       if (!ok) return;
     }
-    if (await tx(`Deposit ${fmt(amount, asset.decimals)} ${asset.symbol}`, { address: vault, abi: vaultAbi, functionName: "deposit", args: [asset.address, amount] }))
+    if (await tx(`Deposit ${money(amount, asset.symbol)}`, { address: vault, abi: vaultAbi, functionName: "deposit", args: [asset.address, amount] }))
       reload();
   }
 
@@ -112,7 +114,7 @@ async function draw(
     } catch (err) {
       return notice(status, "error", (err as Error).message);
     }
-    if (await tx(`Request withdrawal of ${fmt(amount, asset.decimals)} ${asset.symbol}`, { address: vault, abi: vaultAbi, functionName: "request_exit", args: [asset.address, amount] }))
+    if (await tx(`Request withdrawal of ${money(amount, asset.symbol)}`, { address: vault, abi: vaultAbi, functionName: "request_exit", args: [asset.address, amount] }))
       reload();
   }
 
@@ -159,7 +161,7 @@ async function draw(
       };
       tick();
       timers.push(window.setInterval(tick, 1000));
-      exitCell.append(`${fmt(row.exit.amount, asset.decimals)} ${asset.symbol} `, countdown, " ", complete, " ", ...(take ? [take, " "] : []), cancel);
+      exitCell.append(`${prices.money(row.exit.amount, asset.symbol)} `, countdown, " ", complete, " ", ...(take ? [take, " "] : []), cancel);
     } else {
       exitCell.append("—");
     }
@@ -168,16 +170,19 @@ async function draw(
         "tr",
         { "data-asset": asset.symbol },
         h("th", {}, asset.symbol, asset.provider ? h("small", {}, ` ${asset.provider}`) : null),
-        h("td.num", { "data-balance": "wallet" }, fmt(row.wallet, asset.decimals)),
-        h("td.num", { "data-balance": "vault" }, fmt(row.vault, asset.decimals)),
+        h("td.num", { "data-balance": "wallet", "data-units": row.wallet.toString() }, prices.money(row.wallet, asset.symbol, { symbol: false })),
+        h("td.num", { "data-balance": "vault", "data-units": row.vault.toString() }, prices.money(row.vault, asset.symbol, { symbol: false })),
         exitCell,
         actions,
       ),
     );
   }
+  // Everything the wallet holds, in the vault or on its way out, in dollars (tokens at the TWAP).
+  const total = prices.total(rows.flatMap((r) => [r.wallet, r.vault, r.exit.amount].map((amount) => ({ amount, symbol: r.asset.symbol }))));
   table.replaceChildren(
     h("thead", {}, h("tr", {}, h("th", {}, "Asset"), h("th", {}, "Wallet"), h("th", {}, "Vault"), h("th", {}, "Pending withdrawal"), h("th", {}, ""))),
     body,
+    h("tfoot", {}, h("tr", {}, h("th", {}, "Total"), h("td#portfolio-total", { colspan: 4, "data-usd-micro": total.usd.toString() }, total.text))),
   );
   if (ctx.chain.id === 31337) {
     const usdc = ctx.usdc;

@@ -5,8 +5,10 @@
 import { maxUint256, zeroAddress, type Address, type Hex } from "viem";
 import { erc20Abi, redemptionAbi } from "../abi";
 import { api, apiKey, type AssetInfo, type LinkedAccount, type RedemptionView } from "../api";
-import { send, type Ctx } from "../chain";
-import { fmt, parseAmount, short } from "../format";
+import { send } from "../chain";
+import { parseAmount, short } from "../format";
+import { money, usdText } from "../money";
+import { loadPrices } from "../prices";
 import type { App, Page } from "../main";
 import { clear, h, notice } from "../ui";
 import { walletGate } from "../wallet";
@@ -15,7 +17,7 @@ import { drawKey } from "./utilize";
 const DAY = 86_400n;
 
 function usd(micro: number | null | undefined): string {
-  return micro === null || micro === undefined ? "—" : `$${fmt(BigInt(micro), 6, 2)}`;
+  return micro === null || micro === undefined ? "—" : usdText(BigInt(micro));
 }
 
 function when(seconds: number | bigint): string {
@@ -41,7 +43,7 @@ export const redemptionPage: Page = (root, app) => {
 };
 
 async function draw(body: HTMLElement, app: App, escrow: Address): Promise<void> {
-  const { ctx, wallet } = app;
+  const { wallet } = app;
   const account = wallet.account!;
   let view: RedemptionView;
   try {
@@ -76,9 +78,9 @@ async function draw(body: HTMLElement, app: App, escrow: Address): Promise<void>
   drawRules(rulesBox, app, view, reload);
   const refreshHistory = async (): Promise<void> => {
     const fresh = await api.redemption(account).catch(() => null);
-    if (fresh) drawHistory(historyBox, ctx, fresh, refreshHistory);
+    if (fresh) drawHistory(historyBox, fresh, refreshHistory);
   };
-  drawHistory(historyBox, ctx, view, refreshHistory);
+  drawHistory(historyBox, view, refreshHistory);
 }
 
 async function drawAccounts(box: HTMLElement, app: App, escrow: Address, accounts: LinkedAccount[], reload: () => void): Promise<void> {
@@ -173,11 +175,12 @@ async function drawGrant(box: HTMLElement, app: App, escrow: Address, agent: Add
   const account = wallet.account!;
   const client = wallet.client!;
   const tokens = ctx.assets.filter((a) => a.kind === "provider");
-  const [grant, limits, spent, block] = await Promise.all([
+  const [grant, limits, spent, block, prices] = await Promise.all([
     ctx.client.readContract({ address: escrow, abi: redemptionAbi, functionName: "grant", args: [account, agent] }),
     Promise.all(tokens.map((t) => ctx.client.readContract({ address: escrow, abi: redemptionAbi, functionName: "daily_limit", args: [account, agent, t.address] }))),
     Promise.all(tokens.map((t) => ctx.client.readContract({ address: escrow, abi: redemptionAbi, functionName: "spent_today", args: [account, agent, t.address] }))),
     ctx.client.getBlock({ blockTag: "latest" }),
+    loadPrices(ctx),
   ]);
   const [payee, expiry, slippageBps, version] = grant;
   const live = payee !== zeroAddress;
@@ -198,9 +201,8 @@ async function drawGrant(box: HTMLElement, app: App, escrow: Address, agent: Add
     let days: bigint;
     try {
       limit = parseAmount(limitIn.value, token.decimals, token.symbol);
-      const pct = Number(slippageIn.value);
-      if (!(pct >= 0 && pct <= 50)) throw new Error("Slippage is a percentage between 0 and 50");
-      bps = BigInt(Math.round(pct * 100));
+      bps = parseAmount(slippageIn.value, 2, "Slippage (%)", true); // percent to two decimals: exactly basis points
+      if (bps > 5_000n) throw new Error("Slippage is a percentage between 0 and 50");
       const d = Number(daysIn.value);
       if (!(Number.isInteger(d) && d >= 1 && d <= 3650)) throw new Error("The grant lasts 1 to 3650 days");
       days = BigInt(d);
@@ -208,7 +210,7 @@ async function drawGrant(box: HTMLElement, app: App, escrow: Address, agent: Add
       return notice(status, "error", (err as Error).message);
     }
     const now = (await ctx.client.getBlock({ blockTag: "latest" })).timestamp;
-    const ok = await send(ctx, client, account, status, `Grant the agent ${fmt(limit, token.decimals)} ${token.symbol} a day`, {
+    const ok = await send(ctx, client, account, status, `Grant the agent ${money(limit, token.symbol)} a day`, {
       address: escrow,
       abi: redemptionAbi,
       functionName: "set_grant",
@@ -268,9 +270,9 @@ async function drawGrant(box: HTMLElement, app: App, escrow: Address, agent: Add
                 "tr",
                 { "data-grant": g.token.symbol },
                 h("th", {}, g.token.symbol),
-                h("td.num", { "data-grant-limit": g.token.symbol }, fmt(g.limit, 18, 2)),
-                h("td.num", { "data-grant-spent": g.token.symbol }, fmt(g.spent, 18, 2)),
-                h("td.num", {}, fmt(g.limit > g.spent ? g.limit - g.spent : 0n, 18, 2)),
+                h("td.num", { "data-grant-limit": g.token.symbol }, prices.money(g.limit, g.token.symbol, { symbol: false })),
+                h("td.num", { "data-grant-spent": g.token.symbol }, prices.money(g.spent, g.token.symbol, { symbol: false })),
+                h("td.num", {}, prices.money(g.limit > g.spent ? g.limit - g.spent : 0n, g.token.symbol, { symbol: false })),
               ),
             ),
           ),
@@ -305,7 +307,7 @@ function drawRules(box: HTMLElement, app: App, view: RedemptionView, reload: () 
       "tr",
       { "data-rule": String(r.id) },
       h("td", {}, String(r.id)),
-      h("td", {}, `${r.provider} below ${usd(r.below_usd_micro)} → add ${usd(r.add_usd_micro)}, selling at most ${fmt(BigInt(r.max_tokens_in), 18, 2)} ${r.token}`),
+      h("td", {}, `${r.provider} below ${usd(r.below_usd_micro)} → add ${usd(r.add_usd_micro)}, selling at most ${money(BigInt(r.max_tokens_in), r.token)}`),
       h("td", { "data-rule-state": String(r.id) }, r.enabled ? "on" : "off"),
       h("td.muted", { "data-rule-outcome": String(r.id) }, r.last_outcome ?? "not checked yet"),
       h("td", {}, h("button.secondary", { "data-action": "switch-rule", "data-rule": String(r.id), onclick: () => void switchRule(r.id, !r.enabled) }, r.enabled ? "Switch off" : "Switch on")),
@@ -353,8 +355,7 @@ function drawRules(box: HTMLElement, app: App, view: RedemptionView, reload: () 
   );
 }
 
-function drawHistory(box: HTMLElement, ctx: Ctx, view: RedemptionView, refresh: () => Promise<void>): void {
-  const token = (symbol: string) => ctx.assets.find((a) => a.symbol === symbol);
+function drawHistory(box: HTMLElement, view: RedemptionView, refresh: () => Promise<void>): void {
   const txLink = (hash: Hex | null, label: string) => (hash ? h("div", {}, `${label} `, h("code", { title: hash }, short(hash, 8, 6))) : null);
   const rows = view.redemptions.map((r) =>
     h(
@@ -362,7 +363,7 @@ function drawHistory(box: HTMLElement, ctx: Ctx, view: RedemptionView, refresh: 
       { "data-redemption": String(r.id) },
       h("td", {}, String(r.id)),
       h("td", {}, when(r.created_at)),
-      h("td.num", { "data-sold": String(r.id) }, r.tokens_in === null ? "—" : `${fmt(BigInt(r.tokens_in), token(r.token)?.decimals ?? 18, 2)} ${r.token}`),
+      h("td.num", { "data-sold": String(r.id) }, r.tokens_in === null ? "—" : money(BigInt(r.tokens_in), r.token)),
       h("td", {}, r.provider, r.rule_id ? h("small", {}, ` (rule ${r.rule_id})`) : ""),
       h("td.num", { "data-usd": String(r.id) }, usd(r.receipt_usd_micro ?? r.usd_micro)),
       h("td", { "data-redemption-status": String(r.id), title: r.error ?? "" }, r.status, r.error && r.status !== "released" ? h("div.muted", {}, r.error) : null),

@@ -4,7 +4,8 @@
 import { erc20Abi, escrowAbi, vaultAbi } from "../abi";
 import { api, apiKey, type LotHealth } from "../api";
 import { readable, send, type Ctx } from "../chain";
-import { fmt, parseAmount, short } from "../format";
+import { parseAmount, short } from "../format";
+import { money, usdText } from "../money";
 import type { App, Page } from "../main";
 import { field, h, notice } from "../ui";
 import { walletGate } from "../wallet";
@@ -80,10 +81,10 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
       bondLine.dataset.bond = String(minimum);
       bondLine.dataset.approved = String(allowance >= minimum);
       bondLine.replaceChildren(
-        "Bond: ", h("strong", {}, `${fmt(minimum, 6, 2)} USDC`),
+        "Bond: ", h("strong", {}, money(minimum, "USDC")),
         " — the escrow's minimum for this face value, taken from your wallet when the lot opens and released as it is consumed or closes. ",
-        allowance >= minimum ? "Approved." : `Approve it first (approved now: ${fmt(allowance, 6, 2)} USDC).`,
-        held < minimum ? ` Your wallet holds only ${fmt(held, 6, 2)} USDC.` : "",
+        allowance >= minimum ? "Approved." : `Approve it first (approved now: ${money(allowance, "USDC", { rounding: "down" })}).`,
+        held < minimum ? ` Your wallet holds only ${money(held, "USDC", { rounding: "down" })}.` : "",
       );
     } catch (err) {
       bondLine.dataset.approved = "false";
@@ -105,8 +106,9 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
   const open = h("button#open-lot", { onclick: async () => {
     let request;
     try {
-      const percent = Number(rate.value);
-      if (kind.value === "listed" && !(percent > 0 && percent <= 100)) throw new Error("The rate is a share of list price: more than 0 and at most 100 %.");
+      // The rate in percent with at most two decimals is exactly basis points (no float).
+      const rateBps = kind.value === "listed" ? Number(parseAmount(rate.value, 2, "The rate (%)", true)) : 0;
+      if (kind.value === "listed" && !(rateBps > 0 && rateBps <= 10_000)) throw new Error("The rate is a share of list price: more than 0 and at most 100 %.");
       const lifetime = BigInt(days.value.trim() || "0");
       if (lifetime <= 0n) throw new Error("Enter how many days the capacity stays valid.");
       if (!key.value.trim()) throw new Error("Paste the API key the capacity is sold from.");
@@ -119,7 +121,7 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
         api_key: key.value.trim(),
         face_value_usd_micro: String(faceMicro()),
         kind: kind.value as "listed" | "tokenized",
-        rate_bps: kind.value === "listed" ? Math.round(percent * 100) : 0,
+        rate_bps: rateBps,
         expires_at: Number(now + lifetime * DAY),
         bond: String(bond),
         declare_resale_permitted: declare.checked,
@@ -168,7 +170,7 @@ async function drawEarnings(box: HTMLElement, app: App): Promise<void> {
   const status = h("div.notice#claim-status");
   box.replaceChildren(
     h("h2", {}, "Earnings"),
-    h("p", {}, "USDC earned from listed lots, claimable from the vault: ", h("strong#claimable", {}, `${fmt(claimable, 6)} USDC`), " "),
+    h("p", {}, "USDC earned from listed lots, claimable from the vault: ", h("strong#claimable", { "data-units": claimable.toString() }, money(claimable, "USDC")), " "),
     h("button#claim", { disabled: claimable === 0n, onclick: async () => {
       if (await send(ctx, wallet.client!, account, status, "Claim USDC", { address: ctx.config.contracts.CreditsVault, abi: vaultAbi, functionName: "claim", args: [ctx.usdc.address] })) void drawEarnings(box, app);
     } }, "Claim"),
@@ -216,9 +218,9 @@ async function drawLots(box: HTMLElement, app: App): Promise<void> {
             h("td", {}, token?.symbol ?? lot.token),
             h("td", {}, tokenized ? "tokenized" : `listed at ${lot.rate_bps / 100} % of list`),
             h("td", { "data-lot-status": status }, status),
-            h("td.num", {}, `$${fmt(lot.face_value, 6, 2)}`),
-            h("td.num", {}, tokenized ? `${fmt(remaining, 18, 2)} ${token?.symbol ?? ""}` : `$${fmt(remaining, 6, 2)}`),
-            h("td.num", {}, `${fmt(lot.bond, 6, 2)} (${fmt(lot.bond_released, 6, 2)}) USDC`),
+            h("td.num", {}, usdText(lot.face_value)),
+            h("td.num", {}, tokenized ? money(remaining, token?.symbol ?? "tokens") : usdText(remaining)),
+            h("td.num", {}, `${money(lot.bond, "USDC")} (${money(lot.bond_released, "USDC", { symbol: false })})`),
             h("td", {}, new Date(Number(lot.expiry) * 1000).toISOString().slice(0, 10)),
             h("td", { "data-lot-health": String(id) }, healthText(health.get(String(id)))),
           );

@@ -3,9 +3,10 @@
 // the root the CreditsVault holds on chain (the server's root is not trusted).
 import { vaultAbi } from "../abi";
 import { api, apiKey, type Epoch, type UsageRecord } from "../api";
-import { fmt, short } from "../format";
+import { short } from "../format";
 import type { App, Page } from "../main";
 import { leafHash, verify } from "../merkle";
+import { loadPrices, type Prices } from "../prices";
 import { h, notice } from "../ui";
 
 export const usagePage: Page = (root, app) => {
@@ -13,18 +14,15 @@ export const usagePage: Page = (root, app) => {
   const epochs = h("div#epochs");
   const refresh = h("button.secondary#refresh-usage", { onclick: () => load() }, "Refresh");
   root.append(h("h1", {}, "Usage and settlement"), h("h2", {}, "Your usage records ", refresh), records, h("h2", {}, "Settlement epochs"), epochs);
-  const load = () => {
-    void drawRecords(records, app);
-    void drawEpochs(epochs, app);
-  };
+  const load = () =>
+    void loadPrices(app.ctx).then((prices) => {
+      void drawRecords(records, app, prices);
+      void drawEpochs(epochs, prices);
+    });
   load();
 };
 
-function decimalsOf(app: App, symbol: string): number {
-  return app.ctx.assets.find((a) => a.symbol === symbol)?.decimals ?? 18;
-}
-
-async function drawRecords(box: HTMLElement, app: App): Promise<void> {
+async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<void> {
   if (!apiKey()) return notice(box, "info", "Use an API key (Utilize page) to see its usage records.");
   let list: UsageRecord[];
   try {
@@ -52,7 +50,7 @@ async function drawRecords(box: HTMLElement, app: App): Promise<void> {
             h("td", {}, h("code", {}, short(r.request_id, 8, 4))),
             h("td", {}, r.model),
             h("td.num", {}, `${r.input_tokens} / ${r.output_tokens}`),
-            h("td.num", {}, `${fmt(BigInt(r.cost), decimalsOf(app, r.asset), 9)} ${r.asset}`),
+            h("td.num", { "data-cost": r.request_id, "data-units": r.cost }, prices.money(r.cost, r.asset)),
             h("td", { "data-settlement": r.request_id, "data-status": r.status }, r.settlement),
             h("td", {}, r.tx_hash ? h("code", { title: r.tx_hash }, short(r.tx_hash, 8, 6)) : "—"),
             h("td", {}, button, result),
@@ -88,7 +86,7 @@ async function check(app: App, r: UsageRecord, out: HTMLElement): Promise<void> 
   }
 }
 
-async function drawEpochs(box: HTMLElement, app: App): Promise<void> {
+async function drawEpochs(box: HTMLElement, prices: Prices): Promise<void> {
   let list: Epoch[];
   try {
     list = await api.epochs();
@@ -113,7 +111,7 @@ async function drawEpochs(box: HTMLElement, app: App): Promise<void> {
             h("td.num", {}, e.epoch),
             h("td", {}, e.status, e.error ? h("small", {}, ` ${e.error}`) : null),
             h("td.num", {}, e.records),
-            h("td.num", {}, fmt(BigInt(e.total), decimalsOf(app, e.asset), 9)),
+            h("td.num", { "data-units": e.total }, prices.money(e.total, e.asset)),
             h("td", {}, h("code", { title: e.usage_root }, short(e.usage_root, 10, 6))),
             h("td", {}, e.tx_hash ? h("code", { title: e.tx_hash }, short(e.tx_hash, 10, 6)) : "—"),
           ),

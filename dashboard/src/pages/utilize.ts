@@ -6,7 +6,9 @@ import { maxUint256, type Hex } from "viem";
 import { vaultAbi } from "../abi";
 import { api, apiKey, setApiKey, type AccountView } from "../api";
 import { explain, send } from "../chain";
-import { fmt, parseAmount, short } from "../format";
+import { parseAmount, short } from "../format";
+import { money } from "../money";
+import { loadPrices } from "../prices";
 import type { App, Page } from "../main";
 import { clear, h, notice } from "../ui";
 
@@ -26,8 +28,14 @@ async function models(): Promise<ModelInfo[]> {
   return body.data as ModelInfo[];
 }
 
-function perMillion(rate: string, tokens: number): number {
-  return (Number(rate) * tokens) / 1_000_000;
+const MAX_CAP_TOTAL = 2n ** 96n - 1n; // CreditsVault.MAX_CAP_TOTAL: a total cap this large is no limit
+const RATE_DECIMALS = 12; // /v1/models' rates: whole units per million tokens, at most 12 decimals
+
+/** Smallest units that `tokens` cost at `rate` (whole units per million tokens), rounded up: exact integers. */
+function perMillion(rate: string, tokens: number, decimals: number): bigint {
+  const scaled = parseAmount(rate, RATE_DECIMALS, "rate", true) * BigInt(tokens) * 10n ** BigInt(decimals);
+  const divisor = 10n ** BigInt(RATE_DECIMALS + 6);
+  return (scaled + divisor - 1n) / divisor;
 }
 
 export const utilizePage: Page = (root, app) => {
@@ -110,22 +118,22 @@ async function drawAccount(box: HTMLElement, app: App): Promise<AccountView | nu
     return null;
   }
   box.className = "card";
+  const prices = await loadPrices(app.ctx);
   const rows = app.ctx.assets.map((a) => {
     const b = view.balances[a.symbol];
     return h(
       "tr",
       { "data-ledger": a.symbol },
       h("th", {}, a.symbol),
-      h("td.num", { "data-spendable": a.symbol }, fmt(BigInt(b?.spendable ?? "0"), a.decimals)),
-      h("td.num", {}, fmt(BigInt(b?.held ?? "0"), a.decimals)),
-      h("td.num", { "data-cap": a.symbol }, BigInt(b?.cap_remaining ?? "0") >= 2n ** 95n ? "no limit" : fmt(BigInt(b?.cap_remaining ?? "0"), a.decimals)),
+      h("td.num", { "data-spendable": a.symbol, "data-units": b?.spendable ?? "0" }, prices.money(b?.spendable ?? "0", a.symbol, { symbol: false })),
+      h("td.num", {}, prices.money(b?.held ?? "0", a.symbol, { symbol: false })),
+      h("td.num", { "data-cap": a.symbol }, money(BigInt(b?.cap_remaining ?? "0"), a.symbol, { symbol: false, unlimited: MAX_CAP_TOTAL / 2n })),
     );
   });
   // An open debt: a debit the balance could not cover (e.g. a reorg removed a deposit already
   // spent). The gateway serves nothing in that asset until a deposit repays it: say so.
   const debts = (view.debts ?? []).map((d) => {
-    const asset = app.ctx.assets.find((a) => a.symbol === d.asset);
-    const owed = asset ? `${fmt(BigInt(d.outstanding), asset.decimals)} ${d.asset}` : `${d.outstanding} ${d.asset} (smallest units)`;
+    const owed = prices.money(d.outstanding, d.asset, { rounding: "up" });
     return h("p.notice.error", { "data-debt": String(d.id) }, `You owe ${owed} (debt ${d.id}: ${d.reason}). Requests paid in ${d.asset} are refused until a deposit repays it; deposits repay it first.`);
   });
   clear(
@@ -176,13 +184,15 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     const out = Math.max(1, Number(maxTokens.value) || 0);
     const typicalIn = Math.ceil(bytes / 4) + PER_MESSAGE;
     const boundIn = bytes + PER_REQUEST + PER_MESSAGE;
-    const typical = perMillion(rates.input_per_million, typicalIn) + perMillion(rates.output_per_million, out);
-    const most = perMillion(rates.input_per_million, boundIn) + perMillion(rates.output_per_million, out);
+    const cost = (inputs: number) =>
+      perMillion(rates.input_per_million, inputs, asset.decimals) + perMillion(rates.output_per_million, out, asset.decimals);
+    const typical = cost(typicalIn);
+    const most = cost(boundIn);
     notice(
       estimate,
       "info",
-      h("div", {}, "Estimated cost: about ", h("strong#estimate-cost", {}, `${typical.toPrecision(4)} ${symbol}`), ` (≈${typicalIn} input + up to ${out} output tokens)`),
-      h("div.muted", {}, `At most ${most.toPrecision(4)} ${symbol} is held while it runs; you pay only what is metered. Rates: ${rates.input_per_million} in / ${rates.output_per_million} out per million tokens.`),
+      h("div", {}, "Estimated cost: about ", h("strong#estimate-cost", {}, money(typical, symbol)), ` (≈${typicalIn} input + up to ${out} output tokens)`),
+      h("div.muted", {}, `At most ${money(most, symbol, { rounding: "up" })} is held while it runs; you pay only what is metered. Rates: ${rates.input_per_million} in / ${rates.output_per_million} out per million tokens.`),
     );
   }
 
@@ -199,7 +209,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     }
     const block = await ctx.client.getBlock({ blockTag: "latest" });
     const expiry = block.timestamp + 30n * 86_400n;
-    const ok = await send(ctx, client, account, capStatus, `Allow the vault to charge up to ${fmt(total, asset.decimals)} ${asset.symbol}`, {
+    const ok = await send(ctx, client, account, capStatus, `Allow the vault to charge up to ${money(total, asset.symbol)}`, {
       address: ctx.config.contracts.CreditsVault,
       abi: vaultAbi,
       functionName: "set_spend_cap",
@@ -210,7 +220,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
       for (let i = 0; i < 60; i++) {
         const view = await api.account().catch(() => null);
         if (view && BigInt(view.balances[asset.symbol]?.cap_remaining ?? "0") > 0n) {
-          notice(capStatus, "ok", `Spend cap recorded: up to ${fmt(total, asset.decimals)} ${asset.symbol}.`);
+          notice(capStatus, "ok", `Spend cap recorded: up to ${money(total, asset.symbol)}.`);
           void drawAccount(accountBox, app);
           return;
         }
@@ -222,7 +232,6 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
 
   async function run(): Promise<void> {
     const symbol = assetSel.value;
-    const asset = ctx.asset(symbol);
     output.textContent = "";
     notice(result, "pending", "Sending…");
     sendBtn.disabled = true;
@@ -278,9 +287,9 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
       notice(
         result,
         "ok",
-        h("div", {}, "Metered cost: ", h("strong#metered-cost", {}, record ? `${fmt(BigInt(record.cost), asset.decimals, asset.decimals)} ${symbol}` : "not recorded yet")),
+        h("div", {}, "Metered cost: ", h("strong#metered-cost", { "data-units": record?.cost ?? "" }, record ? money(BigInt(record.cost), symbol) : "not recorded yet")),
         h("div", {}, usage ? `${usage.prompt_tokens} input + ${usage.completion_tokens} output tokens · ` : "", "request ", h("code#request-id", {}, requestId)),
-        h("div", {}, "Balance after: ", h("strong#balance-after", {}, after === null ? "—" : `${fmt(after, asset.decimals, asset.decimals)} ${symbol} spendable`)),
+        h("div", {}, "Balance after: ", h("strong#balance-after", { "data-units": after?.toString() ?? "" }, after === null ? "—" : `${money(after, symbol)} spendable`)),
       );
     } catch (err) {
       notice(result, "error", `The request failed: ${(err as Error).message}`);
