@@ -164,6 +164,66 @@ def test_usage__quarantined_then_refunded__each_row_says_where_its_charge_stands
     ledger.check()
 
 
+def test_usage__totals_and_csv__per_model_and_per_day_exact_refunds_not_counted(dashboard):
+    import csv
+    import io
+
+    from promptex.coordinator.store import CoordinatorStore
+    from promptex.ledger import UsageRecord
+    from promptex.ledger.schema import usage_records
+
+    wallet = Account.create()
+    issued = obtain_key(dashboard, wallet).json()
+    headers = {"authorization": f"Bearer {issued['key']}"}
+    ledger, account = dashboard.ledger, issued["account"]
+    ledger.credit_deposit("0xt1:0", wallet.address, "USDC", 10_000_000)
+    ledger.set_spend_cap(account, "USDC", 10_000_000)
+    spent = {
+        "req-a": ("gpt-4o", 1_234_567),
+        "req-b": ("gpt-4o", 1),
+        "req-c": ("gpt-4o-mini", 300),
+        "req-r": ("gpt-4o", 5),
+    }
+    for request_id, (model, cost) in spent.items():
+        ledger.reserve(account, "USDC", cost, request_id, ttl=60)
+        ledger.settle(request_id, cost, record=UsageRecord(model, 10, 5, cost, lot_kind="listed", fee_bps=500))
+    store = CoordinatorStore(ledger.engine)
+    store.quarantine({"req-r": "no on-chain lot id"}, 0)
+    assert store.refund("req-r", "never served", 0)  # nothing charged in the end: not counted
+    day = 86_400
+    with ledger.engine.begin() as conn:  # req-a was yesterday (UTC) at 23:59:59, the rest today at noon
+        today = int(time.time()) // day * day
+        for request_id, at in (("req-a", today - 1), ("req-b", today + day // 2), ("req-c", today + day // 2)):
+            conn.execute(usage_records.update().where(usage_records.c.request_id == request_id).values(settled_at=at))
+    yesterday, today_text = (time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (today - 1, today))
+
+    totals = dashboard.get("/api/usage-totals", headers=headers).json()
+    assert totals["records"] == 4 and totals["complete"]
+    assert totals["per_model"] == [
+        {"model": "gpt-4o", "asset": "USDC", "requests": 2, "tokens": 30, "cost": "1234568"},
+        {"model": "gpt-4o-mini", "asset": "USDC", "requests": 1, "tokens": 15, "cost": "300"},
+    ]
+    assert totals["per_day"] == [
+        {"day": today_text, "asset": "USDC", "requests": 2, "cost": "301"},
+        {"day": yesterday, "asset": "USDC", "requests": 1, "cost": "1234567"},
+    ]
+
+    answer = dashboard.get("/api/usage.csv", headers=headers)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    assert f"promptex-usage-{account}.csv" in answer.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert [r["request_id"] for r in rows[:1]] == ["req-a"]  # oldest first
+    a = rows[0]
+    assert (a["time_utc"], a["model"], a["cost"], a["cost_units"]) == (
+        f"{yesterday} 23:59:59",
+        "gpt-4o",
+        "1.234567",
+        "1234567",
+    )
+    assert {r["request_id"]: r["status"] for r in rows}["req-r"] == "refunded"
+    assert dashboard.get("/api/usage.csv").status_code == 401  # the key's own records only
+
+
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):
     issued = obtain_key(dashboard, Account.create(), signer=Account.create())
     assert issued.status_code == 400

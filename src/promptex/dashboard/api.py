@@ -43,7 +43,9 @@ def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 
     async def endpoint(request: Request) -> Response:
         try:
-            return json_response(await handler(request))
+            result = await handler(request)
+            # A handler that answers something else than JSON (the usage CSV) returns its Response.
+            return result if isinstance(result, Response) else json_response(result)
         except ApiError as exc:
             return json_response({"error": exc.message}, exc.status)
         except views.NotFound as exc:

@@ -3,6 +3,10 @@ usage records, settlement epochs with their transactions, and a record's Merkle 
 
 from __future__ import annotations
 
+import csv
+import io
+from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -14,9 +18,12 @@ from promptex.ledger import Ledger
 from promptex.ledger import usage as _usage
 from promptex.ledger.usage import StoredUsage
 from promptex.metering import ASSETS, CREDIT_SYMBOL
+from promptex.metering import asset as asset_of
 from promptex.proofs import ProofError, build_proof
+from promptex.protocol.units import whole_units
 
-USAGE_LIMIT = 200
+USAGE_LIMIT = 200  # rows the Usage page's table shows (newest first)
+TOTALS_LIMIT = 100_000  # records its totals and CSV read at most (as `promptex buyer usage`)
 
 
 class NotFound(LookupError):
@@ -116,6 +123,69 @@ def usage_view(engine: Engine, key: ApiKey, limit: int = USAGE_LIMIT) -> list[di
     """The key's account's usage records (spent by it, or paid by it as an org), newest first."""
     with engine.connect() as conn:
         return _usage_rows(conn, _usage.records_of(conn, key.account, limit))
+
+
+def _utc(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def usage_totals_view(engine: Engine, key: ApiKey, limit: int = TOTALS_LIMIT) -> dict[str, Any]:
+    """What the key's account spent, per model and per day (UTC), per asset: the Usage page's
+    totals, over every record (up to `limit`), not only the newest rows the table shows.
+    Amounts are exact smallest units as strings; the page formats them."""
+    with engine.connect() as conn:
+        records = _usage.records_of(conn, key.account, limit)
+    per_model: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    per_day: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        if r.status == "refunded":  # nothing was charged for it
+            continue
+        model = per_model[(r.model, r.asset)]
+        model[0] += 1
+        model[1] += int(r.input_tokens) + int(r.output_tokens)
+        model[2] += int(r.cost)
+        day = per_day[(f"{_utc(int(r.settled_at)):%Y-%m-%d}", r.asset)]
+        day[0] += 1
+        day[1] += int(r.cost)
+    return {
+        "records": len(records),
+        "complete": len(records) < limit,
+        "per_model": [
+            {"model": model, "asset": asset, "requests": n, "tokens": tokens, "cost": str(cost)}
+            for (model, asset), (n, tokens, cost) in sorted(per_model.items())
+        ],
+        "per_day": [
+            {"day": day, "asset": asset, "requests": n, "cost": str(cost)}
+            for (day, asset), (n, cost) in sorted(per_day.items(), reverse=True)
+        ],
+    }
+
+
+CSV_COLUMNS = (
+    "time_utc", "request_id", "account", "model", "input_tokens", "output_tokens", "asset", "cost", "cost_units",
+    "status", "settlement",
+)  # fmt: skip
+
+
+def usage_csv(engine: Engine, key: ApiKey, limit: int = TOTALS_LIMIT) -> str:
+    """Every usage record of the key's account, oldest first, as CSV: the columns of
+    `promptex buyer usage --csv` (cost in whole units and exact smallest units) and where
+    the charge stands."""
+    with engine.connect() as conn:
+        records = _usage.records_of(conn, key.account, limit)
+        rows = _usage_rows(conn, records)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r, row in zip(reversed(records), reversed(rows), strict=True):
+        writer.writerow(
+            [
+                f"{_utc(int(r.settled_at)):%Y-%m-%d %H:%M:%S}", r.request_id, r.account, r.model, r.input_tokens,
+                r.output_tokens, r.asset, whole_units(int(r.cost), asset_of(r.asset).decimals), r.cost, r.status,
+                row["settlement"],
+            ]
+        )  # fmt: skip
+    return out.getvalue()
 
 
 def usage_record_view(engine: Engine, key: ApiKey, request_id: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Usage: a key's metered requests and their Merkle proofs.
 
 GET  /api/usage        (Bearer key) its usage records, newest first, with epoch and tx
+GET  /api/usage-totals (Bearer key) what it spent per model and per day (UTC), per asset
+GET  /api/usage.csv    (Bearer key) every record as CSV, oldest first
 GET  /api/usage/{id}   (Bearer key) one record;  …/{id}/proof  its Merkle proof
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from promptex.dashboard import views
@@ -23,6 +26,16 @@ def routes(ctx: Context) -> list[BaseRoute]:
         key = await ctx.run(ctx.key_of, request)
         return await ctx.run(views.usage_view, engine, key)
 
+    async def totals(request: Request) -> Any:
+        key = await ctx.run(ctx.key_of, request)
+        return await ctx.run(views.usage_totals_view, engine, key)
+
+    async def usage_csv(request: Request) -> Any:
+        key = await ctx.run(ctx.key_of, request)
+        text = await ctx.run(views.usage_csv, engine, key)
+        disposition = f'attachment; filename="promptex-usage-{key.account}.csv"'
+        return Response(text, media_type="text/csv", headers={"content-disposition": disposition})
+
     async def usage_record(request: Request) -> Any:
         key = await ctx.run(ctx.key_of, request)
         return await ctx.run(views.usage_record_view, engine, key, request.path_params["request_id"])
@@ -33,6 +46,8 @@ def routes(ctx: Context) -> list[BaseRoute]:
 
     return [
         Route("/api/usage", guarded(usage), methods=["GET"]),
+        Route("/api/usage-totals", guarded(totals), methods=["GET"]),
+        Route("/api/usage.csv", guarded(usage_csv), methods=["GET"]),
         Route("/api/usage/{request_id}", guarded(usage_record), methods=["GET"]),
         Route("/api/usage/{request_id}/proof", guarded(proof), methods=["GET"]),
     ]
