@@ -196,7 +196,7 @@ def test_transport__session_maximum__refused_before_signing(tmp_path: Path) -> N
     )  # refused only when the next would not fit
 
 
-def test_transport__lane_busy_refusal__lane_total_adopted_from_verified_voucher(tmp_path: Path) -> None:
+def test_transport__lane_busy_refusal__lane_bounded_then_exact_again(tmp_path: Path) -> None:
     gateway = FakeSignedGateway(lanes=1)
     signer = make_signer(tmp_path / "v.log", lanes=1)
     client = _client(gateway, signer)
@@ -206,7 +206,11 @@ def test_transport__lane_busy_refusal__lane_total_adopted_from_verified_voucher(
         _ask(client, 3, max_tokens=4)
     assert busy.value.status_code == 409
     lane = signer.book.lanes[0]
-    assert lane.exact and lane.charged == gateway.book[0].charged and signer.stopped is None
+    # Busy: what is in flight there will add to the total, so it is known only as a bound.
+    assert not lane.exact and lane.charged == lane.signed >= gateway.book[0].charged and signer.stopped is None
+    gateway.book[0].in_flight = False
+    _ask(client, 3, max_tokens=4)
+    assert lane.exact and lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
 
 
 # ─── Recovery ────────────────────────────────────────────────────────────────
@@ -313,3 +317,19 @@ def test_rate_book__models_pricing__exact_rates() -> None:
     )
     assert book.get(MODEL, "usdc") == RATES
     assert book.get(MODEL, "CLD") is None and SESSION_KEY
+
+
+def test_transport__voucher_below_charged__lane_total_adopted_from_verified_voucher(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    for _ in range(3):
+        _ask(client, 3, max_tokens=4)
+    lane = signer.book.lanes[0]
+    lane.charged = 0  # this side's book behind the gateway's: its next ceiling is too low
+    with pytest.raises(openai.APIStatusError) as below:
+        _ask(client, 3, max_tokens=4)
+    assert below.value.status_code == 402 and signer.stopped is None
+    assert lane.exact and lane.charged == gateway.book[0].charged  # its stored voucher is this key's
+    _ask(client, 3, max_tokens=4)
+    assert lane.charged == gateway.book[0].charged == sum(gateway.true_costs)

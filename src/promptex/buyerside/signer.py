@@ -40,6 +40,8 @@ from promptex.protocol.vault import sign_voucher, voucher_digest
 
 log = logging.getLogger("promptex.buyerside")
 DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is held for
+LANE_BUSY = 409
+MAX_CEILING = 2**128 - 1  # a settle_signed entry packs the ceiling in 128 bits
 CACHE_CONTROL = b'"cache_control"'
 
 
@@ -163,6 +165,8 @@ class Signer:
             raise Refused(429, "no_free_lane", str(exc)) from None
         try:
             ceiling = lane.charged + hold
+            if ceiling > MAX_CEILING:
+                raise Refused(402, "ceiling_too_large", f"lane {lane.index} would need a ceiling of {ceiling}")
             s = self.session
             with self._sign:
                 exposure = self.book.exposure(lane, ceiling)
@@ -238,7 +242,7 @@ class Signer:
             if status == 200:
                 self._answer(ticket, headers, content)
             else:
-                self._refusal(ticket, headers, content)
+                self._refusal(ticket, status, headers, content)
         finally:
             self._release(ticket)
 
@@ -284,7 +288,7 @@ class Signer:
         except AnswerRefused as exc:
             self.stop(str(exc))
 
-    def _refusal(self, ticket: Ticket, headers: Mapping[str, str], content: bytes) -> None:
+    def _refusal(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """An error answer: the gateway may name the lane's total and its stored voucher
         (voucher refusals); else the lane may have been charged up to the ceiling."""
         try:
@@ -298,6 +302,10 @@ class Signer:
             self.lost(ticket)
             return
         charged = int(text)
+        if status == LANE_BUSY:  # a request still in flight there (e.g. of a crashed proxy) will add to it
+            lane = ticket.lane
+            lane.charged, lane.exact = max(lane.signed, charged, lane.charged), False
+            return
         stored = self._ours(found[0].get("voucher"), ticket) if found else None
         ceiling = max(ticket.lane.signed, stored.ceiling if stored else 0)
         if stored is not None and stored.ceiling > ticket.lane.signed:
