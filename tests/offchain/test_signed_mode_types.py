@@ -7,7 +7,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from promptex.protocol.vault import sign_session_key, sign_voucher, typed_data
+from promptex.protocol.vault import recover_voucher_signer, sign_session_key, sign_voucher, typed_data
 
 WALLET = Account.from_key("0x" + "11" * 32)
 SESSION = Account.from_key("0x" + "22" * 32)
@@ -49,3 +49,16 @@ def test_voucher__changing_any_field__changes_the_signature():
         assert sign_voucher(SESSION.key, **DOMAIN, **fields) != signed
     assert sign_voucher(SESSION.key, chain_id=1, vault=DOMAIN["vault"], **base) != signed
     assert sign_voucher(SESSION.key, chain_id=31_337, vault="0x" + "ac" * 20, **base) != signed
+
+
+def test_recover_voucher_signer__the_session_key__none_for_a_malleated_or_broken_signature():
+    fields = {"account": WALLET.address, "asset": ASSET, "session": 3, "lane": 2, "ceiling": 1_000}
+    signature = sign_voucher(SESSION.key, **DOMAIN, **fields)
+    assert recover_voucher_signer(signature, **DOMAIN, **fields) == SESSION.address
+    assert recover_voucher_signer(signature, **DOMAIN, **{**fields, "ceiling": 1_001}) != SESSION.address
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    s = int.from_bytes(signature[32:64], "big")
+    high_s = signature[:32] + (n - s).to_bytes(32, "big") + bytes([55 - signature[64]])  # the same, malleated
+    assert recover_voucher_signer(high_s, **DOMAIN, **fields) is None
+    assert recover_voucher_signer(b"\x00" * 65, **DOMAIN, **fields) is None
+    assert recover_voucher_signer(signature[:64], **DOMAIN, **fields) is None

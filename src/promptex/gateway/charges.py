@@ -16,6 +16,8 @@ library keeps working: headers are ignored, and unknown fields are kept as extra
     x-promptex-chain-lot    that lot's CreditEscrow id (only when opened on chain)
     x-promptex-epoch        the settlement epoch it is expected to settle in
     x-promptex-hold[-units|-usd]   on streams: the hold, in the same three forms
+    x-promptex-lane, x-promptex-lane-charged-units, x-promptex-voucher
+                            signed mode (issue 23): see `gateway.vouchers`
 """
 
 from __future__ import annotations
@@ -30,7 +32,26 @@ ASSET = "x-promptex-asset"
 LOT = "x-promptex-lot"
 CHAIN_LOT = "x-promptex-chain-lot"
 EPOCH = "x-promptex-epoch"
+LANE = "x-promptex-lane"
+LANE_CHARGED = "x-promptex-lane-charged-units"
+VOUCHER = "x-promptex-voucher"
 FIELD = "promptex"  # the extension field of a stream's last event
+
+
+@dataclass(frozen=True)
+class SignedLane:
+    """Where a signed-mode request is charged: its lane, the lane's total after it (None
+    while unknown: a stream's hold), and the voucher that covers it (its header form)."""
+
+    lane: int
+    charged: int | None
+    voucher: str
+
+    def headers(self) -> list[tuple[str, str]]:
+        out = [(LANE, str(self.lane)), (VOUCHER, self.voucher)]
+        if self.charged is not None:
+            out.append((LANE_CHARGED, str(self.charged)))
+        return out
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,7 @@ class Charge:
     lot: int  # the gateway lot
     chain_lot: int | None
     epoch: int
+    signed: SignedLane | None = None  # signed mode: the lane and voucher it is charged on
 
     @property
     def whole(self) -> str:
@@ -57,6 +79,8 @@ class Charge:
         out = [(ASSET, self.asset), (LOT, str(self.lot)), (EPOCH, str(self.epoch))]
         if self.chain_lot is not None:
             out.append((CHAIN_LOT, str(self.chain_lot)))
+        if self.signed is not None:
+            out.extend(self.signed.headers())
         return out
 
     def cost_headers(self) -> list[tuple[str, str]]:
@@ -80,6 +104,15 @@ class Charge:
             "lot": self.lot,
             "chain_lot": self.chain_lot,
             "epoch": self.epoch,
+            **(
+                {}
+                if self.signed is None
+                else {
+                    "lane": self.signed.lane,
+                    "lane_charged_units": None if self.signed.charged is None else str(self.signed.charged),
+                    "voucher": self.signed.voucher,
+                }
+            ),
         }
 
 

@@ -14,6 +14,8 @@ A message never contains an upstream secret: upstream bodies are not echoed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from starlette.responses import Response
 
@@ -36,11 +38,11 @@ class GatewayError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        self.extra: dict[str, Any] = {}  # more fields of the error object (signed mode's resync state)
 
     def body(self) -> bytes:
-        return orjson.dumps(
-            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        )
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code, **self.extra}
+        return orjson.dumps({"error": error})
 
     def response(self, request_id: str) -> Response:
         headers = {"x-request-id": request_id, **self.headers}
@@ -52,7 +54,7 @@ class GatewayError(Exception):
     def anthropic_body(self, request_id: str) -> bytes:
         fallback = "api_error" if self.status >= 500 else "invalid_request_error"
         kind = ANTHROPIC_TYPES.get(self.anthropic_status(), fallback)
-        error = {"type": kind, "message": self.message}
+        error = {"type": kind, "message": self.message, **self.extra}
         return orjson.dumps({"type": "error", "error": error, "request_id": request_id})
 
     def anthropic_response(self, request_id: str) -> Response:

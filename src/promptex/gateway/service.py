@@ -40,10 +40,10 @@ from starlette.types import Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import ConfigurationError, Settings
-from promptex.gateway import errors, fronts, limits
+from promptex.gateway import errors, fronts, limits, vouchers
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
 from promptex.gateway.admission import Admission
-from promptex.gateway.charges import Charge, raw_headers
+from promptex.gateway.charges import Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
@@ -75,10 +75,21 @@ from promptex.ledger import (
     Sweeper,
     UsageRecord,
 )
+from promptex.ledger.lanes import NAME as LANES
+from promptex.ledger.lanes import (
+    CeilingBelowCharged,
+    LaneBusy,
+    LaneRefusal,
+    SessionClosed,
+    Voucher,
+    VoucherAboveBalance,
+)
+from promptex.ledger.usage import SIGNED
 from promptex.metering import TokenUsage
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money
+from promptex.protocol.vault import recover_voucher_signer
 
 ASSET_HEADER = "x-promptex-asset"
 AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
@@ -141,6 +152,8 @@ class Priced:
     lot_id: int | None = None  # the lot whose capacity the hold has (set at reserve)
     upstream_seconds: float = 0.0  # the answering upstream call's time (non-streamed)
     claims: list[LotClaim] = field(default_factory=list)
+    voucher: Voucher | None = None  # signed mode: the voucher its hold is (ceiling − lane_charged)
+    lane_charged: int = 0  # signed mode: the lane's total charged before it
 
 
 class Gateway:
@@ -182,6 +195,7 @@ class Gateway:
         self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
         self._list_rates = lru_cache(maxsize=1024)(lambda model: metering.list_rates(self.catalog.price(model)))
         self.epochs: dict[str, int] = {}  # asset → the epoch a charge settled now is expected in
+        self._modes: dict[tuple[int, str], tuple[bool, float]] = {}  # (payer, asset) → signed mode?, until
 
     # ─── Setup ───────────────────────────────────────────────────────────────
 
@@ -334,6 +348,149 @@ class Gateway:
         )
         return priced, output
 
+    # ─── Signed mode (issue 23; the wire is `gateway.vouchers`) ───────────────
+
+    async def signed_mode(self, request: Request, key: ApiKey, priced: Priced) -> Priced:
+        """Check the request's voucher against the account's current session and lane and
+        hold exactly ceiling − charged, lowering the output limit so the cost fits. An
+        account without a session key in the asset is served in capped mode, unchanged;
+        one with a session key is never served without a voucher."""
+        header = request.headers.get(vouchers.VOUCHER_HEADER)
+        payer = key.payer if key.payer is not None else key.account
+        if header is None:
+            if await self._in_signed_mode(payer, priced.asset):
+                raise vouchers.refusal(
+                    402,
+                    "voucher_required",
+                    f"This account pays in {priced.asset} in signed mode: each request carries a voucher "
+                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy`.",
+                )
+            return priced
+        voucher = vouchers.parse(header)
+        session, lane = await self._thread(self.ledger.signed_state, payer, priced.asset, voucher.lane)
+        now = self.ledger.clock()
+        if session is None:
+            raise vouchers.refusal(
+                403, "session_unknown", f"This account has no session key in {priced.asset}: send no voucher."
+            )
+        if voucher.session != session.session:
+            raise vouchers.refusal(
+                409,
+                "session_not_current",
+                f"The voucher names session {voucher.session}; the account's current session is {session.session}.",
+                session=session.session,
+            )
+        ended = session.ended_why(now)
+        if ended is not None:
+            raise vouchers.refusal(403, "session_ended", f"The voucher's {ended}.", session=session.session)
+        if lane is None:
+            raise vouchers.refusal(
+                400,
+                "lane_out_of_range",
+                f"Lane {voucher.lane} is not one of session {session.session}'s {session.lanes} lanes.",
+                lanes=session.lanes,
+            )
+        signer = recover_voucher_signer(
+            vouchers.signature_bytes(voucher),
+            chain_id=session.chain_id,
+            vault=session.vault,
+            account=session.address,
+            asset=session.asset_address,
+            session=voucher.session,
+            lane=voucher.lane,
+            ceiling=voucher.ceiling,
+        )
+        if signer is None or signer.lower() != session.key.lower():
+            raise vouchers.refusal(
+                403, "voucher_bad_signature", "The voucher is not signed by this account's session key.", lane
+            )
+        if lane.inflight is not None:
+            raise vouchers.refusal(409, "lane_busy", f"Lane {voucher.lane} has a request in flight.", lane)
+        if voucher.ceiling < lane.charged:
+            raise vouchers.refusal(
+                409,
+                "ceiling_below_charged",
+                f"The voucher's ceiling {voucher.ceiling} is below the {lane.charged} lane {voucher.lane} was charged.",
+                lane,
+            )
+        hold = voucher.ceiling - lane.charged
+        p, cache = priced.price, priced.cache_writes
+        if priced.output:
+            most = min(
+                metering.largest_output(rates, priced.input_bound, hold, priced.output, cache_writes=cache)
+                for rates in priced.rates.values()
+            )
+            output = most
+        else:  # embeddings: no output to lower
+            most = 1 if hold >= priced.hold else -1
+            output = 0
+        if most < 1:
+            need = max(
+                metering.upper_bound(rates, priced.input_bound, 1 if priced.output else 0, cache_writes=cache)
+                for rates in priced.rates.values()
+            )
+            refusal = vouchers.refusal(
+                402,
+                "voucher_below_input",
+                f"The voucher holds {self.human(priced.asset, hold)} (ceiling − charged), less than this request's "
+                f"input alone may cost: hold at least {need} units.",
+                lane,
+                minimum_hold_units=str(need),
+            )
+            refusal.headers[AFFORDABLE_HEADER] = "0"
+            raise refusal
+        bound = max(1, metering.upper_bound(self._list_rates(p.model), priced.input_bound, output, cache_writes=cache))
+        return dataclasses.replace(
+            priced,
+            hold=hold,
+            output=output,
+            capacity=bound,
+            claims=[LotClaim(lot.id, bound) for lot in priced.lots],
+            voucher=voucher,
+            lane_charged=lane.charged,
+        )
+
+    async def _in_signed_mode(self, payer: int, asset: str) -> bool:
+        """Whether the account has a session key in `asset` (cached like API keys: a new
+        registration is seen within `gateway_key_cache_seconds`)."""
+        now = time.monotonic()
+        cached = self._modes.get((payer, asset))
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        found = await self._thread(self.ledger.session, payer, asset)
+        if len(self._modes) > 100_000:
+            self._modes.clear()
+        self._modes[(payer, asset)] = (found is not None, now + self.s.gateway_key_cache_seconds)
+        return found is not None
+
+    async def _lane_refused(self, key: ApiKey, priced: Priced, exc: LedgerError) -> GatewayError:
+        """The ledger refused a voucher's hold: say why, with the lane as it is now."""
+        voucher = priced.voucher
+        assert voucher is not None
+        payer = key.payer if key.payer is not None else key.account
+        lane = await self._thread(self.ledger.lane, payer, priced.asset, voucher.session, voucher.lane)
+        if isinstance(exc, LaneBusy):
+            return vouchers.refusal(409, "lane_busy", f"Lane {voucher.lane}: {exc}.", lane)
+        if isinstance(exc, CeilingBelowCharged):
+            return vouchers.refusal(409, "ceiling_below_charged", f"{exc}.", lane)
+        if isinstance(exc, SessionClosed):
+            return vouchers.refusal(403, "session_ended", f"{exc}.", lane)
+        if isinstance(exc, SpendCapExceeded):
+            return vouchers.refusal(402, "session_maximum_reached", f"The session's maximum is spent: {exc}.", lane)
+        available = exc.available if isinstance(exc, VoucherAboveBalance) else None
+        if isinstance(exc, InsufficientFunds):  # the hold itself is more than is spendable, and
+            _, lanes = await self._thread(self.ledger.lanes, payer, priced.asset)  # idle lanes keep their slack
+            slack = sum(
+                other.voucher.ceiling - other.charged
+                for other in lanes
+                if other.lane != voucher.lane and other.inflight is None and other.voucher is not None
+            )
+            available = lane.charged + max(0, (exc.available or 0) - slack)
+        extra = {} if available is None else {"available_units": str(available)}
+        return vouchers.refusal(
+            402, "voucher_above_balance", f"The voucher's ceiling is too high: {exc}.", lane, **extra
+        )
+
     # ─── Money ───────────────────────────────────────────────────────────────
 
     def _reserve(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
@@ -356,11 +513,14 @@ class Gateway:
             tokens = priced.input_bound + priced.output
             self.counters.plan(request_id, Plan(limited, tokens))
             extras = (ExtraTake(limits.NAME, tokens),)
+        if priced.voucher is not None:  # its lane, taken in the hold's transaction (`ledger.lanes`)
+            self.ledger.vouchers.plan(request_id, priced.voucher)
+            extras = (*extras, ExtraTake(LANES, priced.voucher.ceiling))
         mine = Reservation(
             request_id, key.account, asset, amount, ttl, payer=key.payer, lots=priced.claims, extras=extras
         )
         try:
-            if key.payer is not None:
+            if key.payer is not None or priced.voucher is not None:  # a voucher is the account's own: no promotions
                 return holds.reserve(mine)
             try:
                 return holds.reserve(mine)
@@ -378,6 +538,8 @@ class Gateway:
         finally:
             if limited:
                 self.counters.plan(request_id, None)
+            if priced.voucher is not None:
+                self.ledger.vouchers.plan(request_id, None)
 
     def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord) -> Hold:
         self.holding.pop(request_id, None)
@@ -401,6 +563,10 @@ class Gateway:
             raise self._refused(priced, exc) from None
         except LimitExceeded as exc:
             raise errors.rate_limited(str(exc), exc.retry_after) from None
+        except (LaneRefusal, InsufficientFunds, SpendCapExceeded) as exc:
+            if priced.voucher is None:
+                raise self._refused(priced, exc) from None
+            raise await self._lane_refused(key, priced, exc) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
             raise self._refused(priced, exc) from None
         priced.lot_id = hold.lot_id
@@ -457,6 +623,9 @@ class Gateway:
         list value: the lot's usage, with its cached and reasoning tokens) is written in the
         same ledger transaction, for the coordinator."""
         cost = metering.usage_cost(priced.rates[lot.id], usage)
+        voucher = priced.voucher
+        if voucher is not None:  # never beyond the voucher (the output limit sent makes it fit)
+            cost = min(cost, priced.hold)
         p = priced.price
         usd = metering.usage_cost(self._list_rates(p.model), usage)
         record = UsageRecord(
@@ -473,9 +642,21 @@ class Gateway:
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
         )
+        if voucher is not None:
+            record = dataclasses.replace(
+                record,
+                mode=SIGNED,
+                voucher_session=voucher.session,
+                voucher_lane=voucher.lane,
+                voucher_ceiling=voucher.ceiling,
+            )
         hold: Hold = await self._thread(self._settle, key, request_id, cost, record)
         self.registry.used(lot, usd)
-        return self.charge(request_id, priced.asset, cost if hold.charged is None else hold.charged, lot)
+        charged = cost if hold.charged is None else hold.charged
+        signed = None
+        if voucher is not None:
+            signed = SignedLane(voucher.lane, priced.lane_charged + charged, voucher.header())
+        return self.charge(request_id, priced.asset, charged, lot, signed)
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
         await self._thread(self._release, key, request_id, priced.hold)
@@ -502,10 +683,11 @@ class Gateway:
         value = units * per_token / TOKEN_UNIT
         return -(-value.numerator // value.denominator)
 
-    def charge(self, request_id: str, asset: str, units: int, lot: LiveLot) -> Charge:
+    def charge(self, request_id: str, asset: str, units: int, lot: LiveLot, signed: SignedLane | None = None) -> Charge:
         """`units` of `asset` (a charge, or a hold) as told to the buyer (`gateway.charges`)."""
         epoch = self.epochs.get(asset, 1)
-        return Charge(request_id, asset, units, self.usd_micro(asset, units), lot.id, lot.chain_lot_id, epoch)
+        usd = self.usd_micro(asset, units)
+        return Charge(request_id, asset, units, usd, lot.id, lot.chain_lot_id, epoch, signed)
 
     # ─── Serving ─────────────────────────────────────────────────────────────
 
@@ -550,6 +732,8 @@ class Gateway:
         # makes the hold larger; inside a string the quotes are escaped and do not match.
         priced, output = self.price(request, key, endpoint, body, cache_writes=CACHE_CONTROL in raw)
         priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
+        priced = await self.signed_mode(request, key, priced)
+        output = priced.output
         upstream_body = fronts.upstream_body(endpoint, body, output)
         await self.reserve(key, priced, request_id)
         stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
@@ -884,7 +1068,9 @@ class MeteredStream:
         self.disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hold = self.gateway.charge(self.request_id, self.priced.asset, self.priced.hold, self.lot)
+        voucher = self.priced.voucher
+        signed = None if voucher is None else SignedLane(voucher.lane, None, voucher.header())
+        hold = self.gateway.charge(self.request_id, self.priced.asset, self.priced.hold, self.lot, signed)
         headers = [
             (b"content-type", b"text/event-stream"),
             (b"cache-control", b"no-cache"),

@@ -22,7 +22,9 @@ from promptex.ledger import accounts as _accounts
 from promptex.ledger import chain_facts as _chain
 from promptex.ledger import debts as _debts
 from promptex.ledger import identity as _identity
+from promptex.ledger import lanes as _lanes
 from promptex.ledger import lots as _lots
+from promptex.ledger import sessions as _sessions
 from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
@@ -93,6 +95,10 @@ class Ledger:
             self.holds = PostgresHolds(access, url, slice_size=capacity_slice)
         else:
             self.holds = SqliteHolds(access)
+        # Signed mode's lanes, taken with holds: every process registers them, so any
+        # process's sweeper frees the lanes of one that died.
+        self.vouchers = _lanes.VoucherLanes()
+        self.holds.register(self.vouchers)
 
     @classmethod
     def open(
@@ -362,6 +368,49 @@ class Ledger:
     def unwind_chain_fact(self, chain_event_id: str) -> bool:
         """Undo a chain fact a reorg orphaned (reversing entries); see `chain_facts.unwind_fact`."""
         return self.apply_chain_facts(lambda facts: facts.unwind(chain_event_id))
+
+    # ─── Signed mode: session keys and lanes (issue 23) ──────────────────────
+
+    def register_session(self, chain_event_id: str, **fields: Any) -> _sessions.SessionKey:
+        """The chain registered a session key (fields as `sessions.register` names them)."""
+        return self._write(lambda conn: _sessions.register(conn, chain_event_id, now=self.clock(), **fields))
+
+    def revoke_session(
+        self, chain_event_id: str, *, address: str, asset: str, session: int, ends_at: int
+    ) -> _sessions.SessionKey | None:
+        return self._write(
+            lambda conn: _sessions.revoke(
+                conn, chain_event_id, address=address, asset=asset, session=session, ends_at=ends_at, now=self.clock()
+            )
+        )
+
+    def session(self, account: int, asset: str) -> _sessions.SessionKey | None:
+        """The account's current session key in `asset` (ended or not); None: capped mode."""
+        with self._read() as conn:
+            return _sessions.current(conn, account, asset)
+
+    def lane(self, account: int, asset: str, session: int, lane: int) -> _lanes.Lane:
+        with self._read() as conn:
+            return _lanes.lane(conn, account, asset, session, lane)
+
+    def lanes(self, account: int, asset: str) -> tuple[_sessions.SessionKey | None, list[_lanes.Lane]]:
+        """The current session and each of its lanes, read together."""
+        with self._read() as conn:
+            found = _sessions.current(conn, account, asset)
+            if found is None:
+                return None, []
+            return found, _lanes.lanes(conn, account, asset, found.session, found.lanes)
+
+    def signed_state(
+        self, account: int, asset: str, lane: int | None
+    ) -> tuple[_sessions.SessionKey | None, _lanes.Lane | None]:
+        """The current session and, if it has it, lane `lane`, read together (the gateway's
+        one read per request that names a voucher, or asks whether one is required)."""
+        with self._read() as conn:
+            found = _sessions.current(conn, account, asset)
+            if found is None or lane is None or not 0 <= lane < found.lanes:
+                return found, None
+            return found, _lanes.lane(conn, account, asset, found.session, lane)
 
     def apply_chain_facts(self, work: Callable[[_chain.ChainBatch], T]) -> T:
         """Run `work` on a `ChainBatch` in one write transaction, committed with whatever

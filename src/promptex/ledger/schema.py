@@ -231,6 +231,12 @@ usage_records = Table(
     # ledger (the vault never debited it), with the reason shown to the payer (migration 0012).
     Column("refund_reason", String(REASON), nullable=True),
     Column("refunded_at", BigInteger, nullable=True),
+    # Signed mode (issue 23, migration 0013): 'capped' (debited under the signed spend cap)
+    # or 'signed' (covered by the ceiling voucher named here: session, lane, ceiling).
+    Column("mode", String(8), nullable=False, server_default="capped"),
+    Column("voucher_session", BigInteger, nullable=True),
+    Column("voucher_lane", Integer, nullable=True),
+    Column("voucher_ceiling", Amount, nullable=True),
     Index(None, "status", "asset"),
     Index(None, "asset", "epoch"),  # the newest epoch per asset (`usage.next_epoch`; migration 0007)
 )
@@ -358,4 +364,55 @@ lot_states = Table(
     Column("close_at", BigInteger, nullable=True),  # closing: finalize_close from then on
     Column("updated_at", BigInteger, nullable=False),
     Index(None, "state"),
+)
+
+# Signed mode (issue 23): the session keys the chain registered (`ledger.sessions`), one
+# current session per (account, asset) — the newest; `session` is the vault's session
+# nonce. Vouchers are EIP-712 messages of the vault named here (chain id, address), for
+# the asset's address. A revoked session ends at `ends_at` on chain; the gateway takes no
+# voucher of it from the revocation on.
+session_keys = Table(
+    "session_keys",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    Column("asset", String(ASSET), primary_key=True),
+    Column("session", BigInteger, primary_key=True, autoincrement=False),
+    Column("address", String(ADDRESS), nullable=False),  # the wallet that signed it
+    Column("asset_address", String(ADDRESS), nullable=False),
+    Column("chain_id", BigInteger, nullable=False),
+    Column("vault", String(ADDRESS), nullable=False),
+    Column("key", String(ADDRESS), nullable=False),  # the session key vouchers are signed by
+    Column("lanes", Integer, nullable=False),
+    Column("maximum", Amount, nullable=False),
+    Column("expiry", BigInteger, nullable=False),
+    Column("signed_from", BigInteger, nullable=False),  # the first window settled in signed mode
+    Column("ends_at", BigInteger, nullable=True),  # revoked: when the chain ends it
+    Column("revoked_at", BigInteger, nullable=True),
+    Column("event_id", String(REF), nullable=False, unique=True),
+    Column("revoke_event", String(REF), nullable=True, unique=True),
+    Column("previous_cap", Amount, nullable=False),  # the cap it replaced (a reorg restores it)
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# Per lane of a session: what the ledger charged, what the chain settled, the highest
+# voucher the gateway accepted (the most the lane can ever be debited), and the request
+# in flight on it, if any, with its hold and voucher (`ledger.lanes`). One request at a
+# time per lane: `inflight` is set in the hold's transaction and cleared when it ends.
+voucher_lanes = Table(
+    "voucher_lanes",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    Column("asset", String(ASSET), primary_key=True),
+    Column("session", BigInteger, primary_key=True, autoincrement=False),
+    Column("lane", Integer, primary_key=True, autoincrement=False),
+    Column("charged", Amount, nullable=False),
+    Column("settled", Amount, nullable=False),
+    Column("ceiling", Amount, nullable=False),
+    Column("signature", String(132), nullable=True),
+    Column("inflight", String(REF), nullable=True),
+    Column("inflight_hold", Amount, nullable=True),
+    Column("inflight_ceiling", Amount, nullable=True),
+    Column("inflight_signature", String(132), nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    *(non_negative(column) for column in ("charged", "settled", "ceiling")),
 )

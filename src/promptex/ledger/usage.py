@@ -25,6 +25,7 @@ from promptex.ledger.models import Hold, HoldStatus
 from promptex.ledger.schema import balances, budgets, holds, usage_records
 
 PENDING, BATCHED, QUARANTINED, REFUNDED = "pending", "batched", "quarantined", "refunded"
+CAPPED, SIGNED = "capped", "signed"  # a record's mode (issue 23)
 TOKEN_DETAILS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
 
 
@@ -45,6 +46,11 @@ class UsageRecord:
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    # Signed mode (issue 23): the ceiling voucher that covers it; capped: none.
+    mode: str = CAPPED
+    voucher_session: int | None = None
+    voucher_lane: int | None = None
+    voucher_ceiling: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class StoredUsage:
     reasoning_tokens: int = 0
     refund_reason: str | None = None  # refunded: why the chain could never settle it
     quarantined_at: int | None = None  # when it was last set aside
+    mode: str = "capped"  # capped | signed (issue 23)
+    voucher_session: int | None = None  # signed: the covering voucher's session, lane, ceiling
+    voucher_lane: int | None = None
+    voucher_ceiling: int | None = None
 
 
 def stored_usage(row: Any) -> StoredUsage:
@@ -107,6 +117,10 @@ def stored_usage(row: Any) -> StoredUsage:
         **{name: m[name] for name in TOKEN_DETAILS},
         refund_reason=m["refund_reason"],
         quarantined_at=m["quarantined_at"],
+        mode=m["mode"],
+        voucher_session=m["voucher_session"],
+        voucher_lane=m["voucher_lane"],
+        voucher_ceiling=m["voucher_ceiling"],
     )
 
 
@@ -115,6 +129,10 @@ def check_record(record: UsageRecord) -> None:
     details = [getattr(record, name) for name in TOKEN_DETAILS]
     if min(record.input_tokens, record.output_tokens, record.list_usd_micro, *details) < 0:
         raise ValueError("token counts and list value cannot be negative")
+    if record.mode not in (CAPPED, SIGNED):
+        raise ValueError(f"a usage record's mode is {CAPPED!r} or {SIGNED!r}, not {record.mode!r}")
+    if (record.mode == SIGNED) != (record.voucher_session is not None):
+        raise ValueError("a signed-mode record names its voucher, and only a signed-mode record does")
     if (
         record.cache_read_tokens + record.cache_write_tokens > record.input_tokens
         or record.cache_write_1h_tokens > record.cache_write_tokens
@@ -140,6 +158,10 @@ def record_values(record: UsageRecord) -> dict[str, Any]:
         "list_usd_micro": record.list_usd_micro,
         "fee_bps": record.fee_bps,
         "status": PENDING,
+        "mode": record.mode,
+        "voucher_session": record.voucher_session,
+        "voucher_lane": record.voucher_lane,
+        "voucher_ceiling": record.voucher_ceiling,
     }
 
 
@@ -179,16 +201,17 @@ def next_epoch(conn: Connection, asset: str) -> int:
 
 
 def pending_assets(conn: Connection) -> list[str]:
-    return list(
-        conn.execute(select(usage_records.c.asset).where(usage_records.c.status == PENDING).distinct()).scalars()
-    )
+    """Assets with capped-mode records not yet in a batch (signed-mode records settle by
+    lane, through `settle_signed`, not in the capped batches)."""
+    stmt = select(usage_records.c.asset).where(usage_records.c.status == PENDING, usage_records.c.mode == CAPPED)
+    return list(conn.execute(stmt.distinct()).scalars())
 
 
 def pending_records(conn: Connection, asset: str, limit: int) -> list[StoredUsage]:
-    """The asset's records not yet in a batch, oldest settlement first."""
+    """The asset's capped-mode records not yet in a batch, oldest settlement first."""
     rows = conn.execute(
         select(usage_records)
-        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset)
+        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset, usage_records.c.mode == CAPPED)
         .order_by(usage_records.c.settled_at, usage_records.c.request_id)
         .limit(limit)
     ).all()

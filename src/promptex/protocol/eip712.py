@@ -8,7 +8,10 @@ from typing import Any
 
 from eth_abi.abi import encode
 from eth_account import Account
+from eth_keys.datatypes import Signature
+from eth_keys.exceptions import BadSignature
 from eth_utils.crypto import keccak
+from eth_utils.exceptions import ValidationError
 
 EIP712_DOMAIN_TYPE = [
     {"name": "name", "type": "string"},
@@ -41,3 +44,24 @@ def _signer(private_key: Any) -> Any:
 def sign_digest(private_key: Any, digest: bytes) -> bytes:
     """A 65-byte signature (r ‖ s ‖ v) of an EIP-712 digest."""
     return bytes(_signer(private_key).unsafe_sign_hash(digest).signature)
+
+
+SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
+
+
+def recover_digest(digest: bytes, signature: bytes) -> str | None:
+    """The checksummed signer of a 65-byte signature of `digest`, or None when it recovers
+    no key. A high-s signature is refused as the contracts' ecrecover wrappers do, so a
+    signature has one form only (a malleated copy is not a second voucher)."""
+    if len(signature) != 65:
+        return None
+    v = signature[64]
+    v = v - 27 if v >= 27 else v
+    s = int.from_bytes(signature[32:64], "big")
+    if v not in (0, 1) or not 0 < s <= SECP256K1_HALF_N:
+        return None
+    try:
+        public = Signature(signature_bytes=signature[:64] + bytes([v])).recover_public_key_from_msg_hash(digest)
+    except (BadSignature, ValidationError, ValueError):
+        return None
+    return str(public.to_checksum_address())

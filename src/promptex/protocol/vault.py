@@ -254,3 +254,15 @@ def sign_session_key(private_key: Any, **fields: Any) -> bytes:
 def sign_voucher(private_key: Any, **fields: Any) -> bytes:
     """A session key's 65-byte signature of a Voucher (fields as in `voucher_digest`)."""
     return eip712.sign_digest(private_key, voucher_digest(**fields))
+
+
+def recover_voucher_signer(
+    signature: bytes, *, chain_id: int, vault: str, account: str, asset: str, session: int, lane: int, ceiling: int
+) -> str | None:
+    """The checksummed address that signed this Voucher (65 bytes r ‖ s ‖ v, v 27/28 or
+    0/1), or None for a signature that recovers no key. A wrong field recovers some other
+    address, never an error: compare the result with the session key."""
+    digest = voucher_digest(
+        chain_id=chain_id, vault=vault, account=account, asset=asset, session=session, lane=lane, ceiling=ceiling
+    )
+    return eip712.recover_digest(digest, signature)

@@ -1,0 +1,212 @@
+"""Signed mode at the gateway (issue 23): each request of an account with a session key
+carries a ceiling voucher; the gateway holds ceiling − charged on its lane, lowers the
+output limit so the cost fits, charges at most that and says the lane's total; every
+refusal names the lane's state so a proxy can resync. Sessions are inserted in the
+ledger directly, as the indexer would record the vault's event (no chain here)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from eth_account import Account
+
+from promptex.gateway.vouchers import VOUCHER_HEADER, parse
+from promptex.ledger import Reservation
+from promptex.ledger.holds import ExtraTake
+from promptex.ledger.lanes import NAME, Voucher
+from promptex.protocol.units import USD_MICRO as USDC
+from promptex.protocol.vault import sign_voucher
+
+from .conftest import Fake, Harness
+
+HELLO = [{"role": "user", "content": "hello world"}]
+VAULT = "0x" + "ab" * 20
+USDC_TOKEN = "0x" + "cd" * 20
+CHAIN_ID = 31_337
+_events = itertools.count(10_000)
+
+
+@dataclass
+class Signer:
+    """A signed-mode buyer: its account, API key, wallet, session key and session."""
+
+    gw: Harness
+    account: int
+    key: str
+    wallet: str
+    session_key: Any
+    session: int = 1
+
+    def voucher(self, lane: int, ceiling: int, *, session: int | None = None, signer: Any = None) -> str:
+        session = self.session if session is None else session
+        signature = sign_voucher(
+            (signer or self.session_key).key,
+            chain_id=CHAIN_ID,
+            vault=VAULT,
+            account=self.wallet,
+            asset=USDC_TOKEN,
+            session=session,
+            lane=lane,
+            ceiling=ceiling,
+        )
+        return f"session={session};lane={lane};ceiling={ceiling};sig=0x{signature.hex()}"
+
+    def post(self, voucher: str | None, path: str = "/v1/chat/completions", **body: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {self.key}"}
+        if voucher is not None:
+            headers[VOUCHER_HEADER] = voucher
+        payload = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 8, **body}
+        return httpx.post(self.gw.url + path, json=payload, headers=headers, timeout=30)
+
+    def charged(self, lane: int) -> int:
+        return self.gw.ledger.lane(self.account, "USDC", self.session, lane).charged
+
+
+def signed_buyer(gw: Harness, *, amount: int = 10 * USDC, lanes: int = 2, maximum: int = 100 * USDC) -> Signer:
+    account, key = gw.buyer(amount=amount)
+    wallet = gw.ledger.wallets(account)[0]
+    session_key = Account.create()
+    gw.ledger.register_session(
+        f"0x{next(_events):064x}:0",
+        address=wallet,
+        asset="USDC",
+        asset_address=USDC_TOKEN,
+        chain_id=CHAIN_ID,
+        vault=VAULT,
+        key=session_key.address,
+        session=1,
+        lanes=lanes,
+        maximum=maximum,
+        expiry=gw.now() + 86_400,
+        signed_from=2,
+    )
+    return Signer(gw, account, key, wallet, session_key)
+
+
+def error(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = orjson.loads(response.content)["error"]
+    return body
+
+
+def test_signed__answers__charge_the_lane_and_say_its_total(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    buyer = signed_buyer(gw)
+    first = buyer.post(buyer.voucher(0, 1_000))
+    assert first.status_code == 200, first.text
+    h = first.headers
+    cost = int(h["x-promptex-cost-units"])
+    assert 0 < cost <= 1_000
+    assert (h["x-promptex-lane"], h["x-promptex-lane-charged-units"]) == ("0", str(cost))
+    assert parse(h[VOUCHER_HEADER]) == parse(buyer.voucher(0, 1_000))
+    record = gw.ledger.usage_record(h["x-request-id"])
+    assert record is not None
+    assert (record.mode, record.voucher_session, record.voucher_lane, record.voucher_ceiling) == ("signed", 1, 0, 1_000)
+
+    second = buyer.post(buyer.voucher(0, cost + 1_000))  # ceiling = charged so far + this hold
+    assert second.status_code == 200, second.text
+    total = cost + int(second.headers["x-promptex-cost-units"])
+    assert second.headers["x-promptex-lane-charged-units"] == str(total) == str(buyer.charged(0))
+    lane = gw.ledger.lane(buyer.account, "USDC", 1, 0)
+    assert lane.voucher is not None and lane.voucher.ceiling == cost + 1_000 and lane.inflight is None
+
+    # A hold too small for the output asked: the output sent upstream is lowered to fit.
+    small = buyer.post(buyer.voucher(1, 30), max_tokens=1_000)
+    assert small.status_code == 200, small.text
+    sent = fake.config.last_body
+    assert sent is not None and 0 < sent["max_tokens"] < 1_000
+    assert int(small.headers["x-promptex-cost-units"]) <= 30
+
+
+def test_signed__refusals__each_with_its_code_and_the_lane_to_resync(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    buyer = signed_buyer(gw, amount=USDC)
+    ok = buyer.post(buyer.voucher(0, 500))
+    assert ok.status_code == 200, ok.text
+    charged = buyer.charged(0)
+
+    def refused(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+        assert (response.status_code, error(response)["code"]) == (status, code), response.text
+        return error(response)
+
+    refused(buyer.post(None), 402, "voucher_required")
+    refused(buyer.post("session=1;lane=0;ceiling=abc;sig=0x00"), 400, "voucher_malformed")
+    refused(buyer.post(buyer.voucher(0, charged + 500, signer=Account.create())), 403, "voucher_bad_signature")
+    other = signed_buyer(gw)  # another account's session key signing for this account
+    body = refused(buyer.post(buyer.voucher(0, charged + 500, signer=other.session_key)), 403, "voucher_bad_signature")
+    assert body["lane_charged_units"] == str(charged) and body["voucher"]["ceiling"] == "500"
+    assert refused(buyer.post(buyer.voucher(0, 500, session=2)), 409, "session_not_current")["session"] == 1
+    refused(buyer.post(buyer.voucher(2, 500)), 400, "lane_out_of_range")
+    body = refused(buyer.post(buyer.voucher(0, charged - 1)), 409, "ceiling_below_charged")
+    assert body["lane_charged_units"] == str(charged)
+    refused(buyer.post(buyer.voucher(1, 2)), 402, "voucher_below_input")  # not even the input fits
+    # Ceilings beyond the balance: lane 0 keeps its slack (500 − charged) exposed.
+    body = refused(buyer.post(buyer.voucher(1, USDC)), 402, "voucher_above_balance")
+    assert int(body["available_units"]) == USDC - charged - (500 - charged)
+
+    # A lane with a request in flight (held directly, as another gateway process would).
+    gw.ledger.vouchers.plan("elsewhere", Voucher(1, 1, 100, "0x" + "11" * 65))
+    gw.ledger.holds.reserve(Reservation("elsewhere", buyer.account, "USDC", 100, 60, extras=(ExtraTake(NAME, 100),)))
+    gw.ledger.vouchers.plan("elsewhere", None)
+    assert refused(buyer.post(buyer.voucher(1, 300)), 409, "lane_busy")["lane"] == 1
+    gw.ledger.holds.release("elsewhere")
+    assert buyer.post(buyer.voucher(1, 300)).status_code == 200
+
+    capped_account, capped_key = gw.buyer()  # a capped account: a voucher is refused, none is needed
+    capped = Signer(gw, capped_account, capped_key, gw.ledger.wallets(capped_account)[0], Account.create())
+    refused(capped.post(capped.voucher(0, 500)), 403, "session_unknown")
+    assert capped.post(None).status_code == 200
+
+    gw.ledger.revoke_session(f"0x{next(_events):064x}:0", address=buyer.wallet, asset="USDC", session=1, ends_at=0)
+    refused(buyer.post(buyer.voucher(0, buyer.charged(0) + 500)), 403, "session_ended")
+    assert gw.ledger.balance(buyer.account, "USDC").held == 0  # no refusal kept a hold
+
+
+def test_signed__stream_and_messages__carry_the_lane(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    buyer = signed_buyer(gw)
+    client = gw.client(buyer.key)
+    with client.chat.completions.with_streaming_response.create(
+        model="fake-gpt",
+        messages=HELLO,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={VOUCHER_HEADER: buyer.voucher(0, 1_000)},
+    ) as raw:
+        assert (raw.headers["x-promptex-lane"], raw.headers["x-promptex-hold-units"]) == ("0", "1000")
+        last = [chunk for chunk in raw.parse() if chunk.usage is not None][-1]
+    charge = last.model_extra["promptex"]  # type: ignore[index]
+    assert charge["lane"] == 0 and charge["lane_charged_units"] == str(buyer.charged(0)) == charge["cost_units"]
+
+    answer = gw.anthropic(buyer.key).messages.with_raw_response.create(
+        model="fake-claude",
+        max_tokens=4,
+        messages=HELLO,  # type: ignore[arg-type]
+        extra_headers={VOUCHER_HEADER: buyer.voucher(1, 1_000)},
+    )
+    assert answer.headers["x-promptex-lane-charged-units"] == answer.headers["x-promptex-cost-units"]
+    assert int(answer.headers["x-promptex-cost-units"]) == buyer.charged(1) > 0
+
+
+def test_signed__concurrent_requests_on_one_lane__one_is_served(gw: Harness, fake: Fake) -> None:
+    gw.add_lot(fake)
+    buyer = signed_buyer(gw)
+    fake.config.gate = gate = threading.Event()
+    results: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: results.append(buyer.post(buyer.voucher(0, 1_000))))
+    first.start()
+    try:
+        while gw.ledger.lane(buyer.account, "USDC", 1, 0).inflight is None:  # held: now in flight upstream
+            first.join(0.01)
+        busy = buyer.post(buyer.voucher(0, 1_000))
+        assert (busy.status_code, error(busy)["code"]) == (409, "lane_busy")
+    finally:
+        gate.set()
+        first.join()
+    assert results[0].status_code == 200
