@@ -162,12 +162,19 @@ def revoke_role(role: bytes32, account: address):
     @notice Takes one of the timelock's own roles from `account` at once
             (a leaked proposer or executor key, a rogue guardian).
     @dev Guardian only; never the self-administration role, so the timelock
-         can always change its roles through its own operations.
+         can always change its roles through its own operations, and never
+         the executor role of the zero address (anyone may execute): it is no
+         key that can leak, and taking it would stop every operation for
+         good, the one granting an executor back included. Limit: taking the
+         last proposer stops scheduling for good (deploy with two or more).
     @param role PROPOSER_ROLE, EXECUTOR_ROLE, CANCELLER_ROLE or GUARDIAN_ROLE.
     @param account The holder.
     """
     access_control._check_role(GUARDIAN_ROLE, msg.sender)
     assert role != access_control.DEFAULT_ADMIN_ROLE, "timelock: admin role is timelocked"
+    assert not (
+        role == timelock_controller.EXECUTOR_ROLE and account == empty(address)
+    ), "timelock: the open executor role is timelocked"
     assert access_control.hasRole[role][account], "timelock: account lacks role"
     access_control._revoke_role(role, account)
 

@@ -1,0 +1,281 @@
+"""Round 2 of issue 19's attacks: every "cannot" of the README's trust table tried again,
+as an attacker holding each role key in turn (the Timelock's proposer, executor and
+guardian, the attestor, the pausers, a seller gaming its bond), through titanoboa.
+
+Each world is built once per module (a module fixture; titanoboa's pytest plugin runs
+every test inside a snapshot it reverts afterwards), so each test starts from it. Every
+test asserts the promise holds: the attack reverts or moves nothing it must not.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import boa
+import pytest
+from boa_dex import deploy_dex, seed_pools
+from boa_partial import LazyPartial
+from eth_utils import keccak
+
+from promptex.protocol import perp as perp_params
+from promptex.protocol.escrow import KIND_LISTED as LISTED
+from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
+from promptex.protocol.escrow import MIN_LOT_VALIDITY
+from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
+from promptex.protocol.timelock import MIN_DELAY
+from promptex.protocol.units import MAX_UINT256 as MAX_UINT
+from promptex.protocol.units import TOKEN_UNIT as UNIT
+from promptex.protocol.units import USD_MICRO as USD
+
+TOKEN = LazyPartial("contracts/ComputeToken.vy")
+USDC = LazyPartial("contracts/test/MockUSDC.vy")
+ESCROW = LazyPartial("contracts/CreditEscrow.vy")
+TIMELOCK = LazyPartial("contracts/Timelock.vy")
+PERP = LazyPartial("contracts/Perp.vy")
+REDEMPTION = LazyPartial("contracts/RedemptionEscrow.vy")
+
+ZERO = "0x" + "00" * 20
+SALT = b"\x00" * 32
+TERMS = keccak(text="seller declares its provider agreement permits resale")
+DAY = 86_400
+WINDOW = 60  # the vault's epoch length; a close waits two
+CLD_FACE = 4_218  # USD micro per whole CLD
+FACE = 10_000 * USD
+
+
+def selector(signature: str) -> bytes:
+    return keccak(text=signature)[:4]
+
+
+def now() -> int:
+    return boa.env.evm.patch.timestamp
+
+
+# ─── The escrow under its Timelock ───────────────────────────────────────────
+
+
+@dataclass
+class EscrowWorld:
+    usdc: Any
+    escrow: Any
+    cld: Any
+    timelock: Any
+    deployer: str
+    attestor: str
+    vault: str  # stands in for the CreditsVault: the escrow's only drawer, a token burner
+    treasury: str
+    proposer: str
+    guardian: str
+    sellers: list[str]
+    holder: str
+    attacker: str
+
+    def open(self, seller: str, kind: int = TOKENIZED, face: int = FACE, bond: int | None = None,
+             lifetime: int = 30 * DAY, rate_bps: int = 0) -> int:  # fmt: skip
+        """The attestor opens a lot for `seller`, who holds and approved exactly its bond."""
+        bond = self.escrow.min_bond(face) if bond is None else bond
+        self.usdc.mint(seller, bond)
+        self.usdc.approve(self.escrow.address, bond, sender=seller)
+        expiry = now() + lifetime
+        return self.escrow.open_lot(seller, self.cld.address, kind, face, expiry, bond, TERMS, rate_bps,
+                                    sender=self.attestor)  # fmt: skip
+
+    def tender(self, who: str, amount: int) -> int:
+        """`who` sells `amount` of its CLD to the insurance fund; returns the USDC it got."""
+        before = self.usdc.balanceOf(who)
+        self.cld.approve(self.escrow.address, amount, sender=who)
+        self.escrow.buy_back_unbacked(self.cld.address, amount, sender=who)
+        return self.usdc.balanceOf(who) - before
+
+    def through_timelock(self, target: str, data: bytes) -> None:
+        """The proposer schedules `data` on `target`; anyone executes it after MIN_DELAY."""
+        self.timelock.schedule(target, 0, data, SALT, SALT, MIN_DELAY, sender=self.proposer)
+        boa.env.time_travel(seconds=MIN_DELAY)
+        self.timelock.execute(target, 0, data, SALT, SALT)
+
+
+@pytest.fixture(scope="module")
+def ew() -> EscrowWorld:
+    a = boa.env.generate_address
+    deployer, attestor, vault, treasury = a("deployer"), a("attestor"), a("vault"), a("treasury")
+    proposer, guardian, holder, attacker = a("proposer"), a("guardian"), a("holder"), a("attacker")
+    sellers = [a(f"seller{i}") for i in range(3)]
+    with boa.env.prank(deployer):
+        usdc = USDC.deploy()
+        escrow = ESCROW.deploy(usdc.address, treasury, WINDOW)
+        cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", CLD_FACE, escrow.address, vault)
+        escrow.add_provider(cld.address)
+        escrow.grant_attestor(attestor)
+        escrow.set_vault(vault)
+        revocations = [(escrow.address, selector("revoke_attestor(address)"))]
+        timelock = TIMELOCK.deploy(MIN_DELAY, [proposer], [ZERO], [guardian], revocations)
+        escrow.transfer_ownership(timelock.address)
+    timelock.accept_ownership(escrow.address)
+    return EscrowWorld(usdc, escrow, cld, timelock, deployer, attestor, vault, treasury, proposer, guardian,
+                       sellers, holder, attacker)  # fmt: skip
+
+
+# ─── A seller gaming its bond ────────────────────────────────────────────────
+
+
+def test_seller__sells_half_lets_its_lot_expire_undrawn_and_tenders_first__same_rate_as_its_buyer(ew):
+    """The baseline the findings below break: a lot left to expire forfeits its whole
+    bond to the fund; its seller, tendering its own tokens first, gets the buyer's rate
+    (the floor share of face value) and back at most what it posted."""
+    seller, holder = ew.sellers[0], ew.holder
+    lot = ew.open(seller, lifetime=MIN_LOT_VALIDITY)
+    posted = ew.escrow.lots(lot).bond
+    ew.cld.transfer(holder, ew.cld.balanceOf(seller) // 2, sender=seller)
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + GRACE + 1)
+    ew.escrow.expire(lot)
+    assert ew.usdc.balanceOf(seller) == 0  # nothing of the bond came back at expiry
+    mine, theirs = ew.cld.balanceOf(seller), ew.cld.balanceOf(holder)
+    seller_got = ew.tender(seller, mine)
+    holder_got = ew.tender(holder, theirs)
+    assert seller_got + holder_got <= posted
+    assert holder_got * UNIT // theirs >= seller_got * UNIT // mine  # tendering first gained nothing
+    assert holder_got >= theirs * CLD_FACE // UNIT // 10 - 1  # the 10 % floor of face value
+
+
+def test_seller__its_listed_lot_slashed_while_closing__the_bond_is_lost_to_it(ew):
+    seller = ew.sellers[0]
+    lot = ew.open(seller, LISTED, rate_bps=5_000)
+    ew.escrow.request_close(lot, sender=seller)
+    ew.escrow.slash(lot, sender=ew.attestor)
+    boa.env.time_travel(seconds=2 * WINDOW)
+    with boa.reverts("escrow: lot not open"):
+        ew.escrow.finalize_close(lot, sender=seller)
+    assert ew.usdc.balanceOf(seller) == 0
+
+
+# ─── The Timelock's guardian and proposer ────────────────────────────────────
+
+
+def test_guardian__revokes_the_open_executor_role__refused_operations_still_execute(ew):
+    """Deploy opens execution to anyone (the executor role of the zero address). The
+    guardian's `revoke_role` took it: no operation could ever execute again, including the
+    one that would grant an executor back: every lever frozen for good."""
+    executor = ew.timelock.EXECUTOR_ROLE()
+    with boa.reverts("timelock: the open executor role is timelocked"):
+        ew.timelock.revoke_role(executor, ZERO, sender=ew.guardian)
+    assert ew.timelock.hasRole(executor, ZERO)
+    ew.through_timelock(ew.escrow.address, ew.escrow.set_mint_fee_bps.prepare_calldata(7))
+    assert ew.escrow.mint_fee_bps() == 7  # a stranger executed it after the delay
+
+
+def test_guardian__revokes_every_proposer__governance_stops_but_no_value_moves(ew):
+    """A documented limit, not a fix: the guardian may take a leaked proposer key at once,
+    even the last one; then nothing can be scheduled again (deploy with two proposers).
+    What it cannot do is move value or grant anything."""
+    proposer_role = ew.timelock.PROPOSER_ROLE()
+    ew.timelock.revoke_role(proposer_role, ew.proposer, sender=ew.guardian)
+    data = ew.escrow.grant_attestor.prepare_calldata(ew.guardian)
+    with boa.reverts("access_control: account is missing role"):
+        ew.timelock.schedule(ew.escrow.address, 0, data, SALT, SALT, MIN_DELAY, sender=ew.proposer)
+    for grant in (data, ew.escrow.set_min_bond_bps.prepare_calldata(10_000)):
+        with boa.reverts("timelock: not a registered revocation"):
+            ew.timelock.revoke(ew.escrow.address, grant, sender=ew.guardian)
+    assert not ew.escrow.is_attestor(ew.guardian) and ew.usdc.balanceOf(ew.guardian) == 0
+
+
+def test_proposer__calls_the_guardians_instant_path_through_an_operation__refused(ew):
+    """An operation runs as the Timelock, which holds no guardian role: the proposer cannot
+    borrow `revoke` (nor `revoke_role`) to skip the guardian."""
+    inner = ew.escrow.revoke_attestor.prepare_calldata(ew.attestor)
+    data = ew.timelock.revoke.prepare_calldata(ew.escrow.address, inner)
+    ew.timelock.schedule(ew.timelock.address, 0, data, SALT, SALT, MIN_DELAY, sender=ew.proposer)
+    boa.env.time_travel(seconds=MIN_DELAY)
+    with boa.reverts():
+        ew.timelock.execute(ew.timelock.address, 0, data, SALT, SALT)
+    assert ew.escrow.is_attestor(ew.attestor)
+
+
+def test_proposer__registers_a_grant_as_a_revocation__announced_a_whole_delay_before_use(ew):
+    """A limit: `set_revocation` cannot tell a revocation from a grant, so an operation
+    registering `grant_attestor` would let the guardian grant at once afterwards. It is an
+    operation like any other: announced, and unusable for MIN_DELAY (users can leave first)."""
+    grant = selector("grant_attestor(address)")
+    data = ew.timelock.set_revocation.prepare_calldata(ew.escrow.address, grant, True)
+    ew.timelock.schedule(ew.timelock.address, 0, data, SALT, SALT, MIN_DELAY, sender=ew.proposer)
+    payload = ew.escrow.grant_attestor.prepare_calldata(ew.attacker)
+    boa.env.time_travel(seconds=MIN_DELAY - 1)
+    with boa.reverts("timelock: not a registered revocation"):
+        ew.timelock.revoke(ew.escrow.address, payload, sender=ew.guardian)
+    with boa.reverts("timelock_controller: operation is not ready"):
+        ew.timelock.execute(ew.timelock.address, 0, data, SALT, SALT)
+    assert not ew.escrow.is_attestor(ew.attacker)
+
+
+# ─── Pausers: what a pause can freeze ────────────────────────────────────────
+
+
+@dataclass
+class PerpWorld:
+    usdc: Any
+    gpt: Any
+    perp: Any
+    admin: str
+    pauser: str
+    lp: str
+    trader: str
+
+
+@pytest.fixture(scope="module")
+def pw() -> PerpWorld:
+    a = boa.env.generate_address
+    admin, pauser, maker, lp, trader = a("perp admin"), a("perp pauser"), a("maker"), a("lp"), a("trader")
+    dex = deploy_dex(admin)
+    twap_window = perp_params.LOCAL_TWAP_WINDOW
+    with boa.env.prank(admin):
+        perp = PERP.deploy(dex.usdc.address, dex.oracle.address, twap_window, perp_params.DEFAULT_INSURANCE_FEE_BPS)
+        perp.add_market(dex.tokens[0].address, *perp_params.MarketParams().as_args())
+        perp.grant_pauser(pauser)
+    seed_pools(dex, maker, (2 * USD, USD // 2), 300_000 * USD, twap_window)
+    for who in (lp, trader):
+        dex.usdc.mint(who, 10**12)
+        dex.usdc.approve(perp.address, MAX_UINT, sender=who)
+    perp.deposit(100_000 * USD, 0, sender=lp)
+    return PerpWorld(dex.usdc, dex.tokens[0], perp, admin, pauser, lp, trader)
+
+
+def test_perp_pauser__pauses_for_a_year__freezes_opens_only_never_a_close_margin_or_lp_withdrawal(pw):
+    """The perp's pause has no time bound (a pauser may pause again right after an unpause;
+    only the guardian's `revoke_pauser` ends that), but all it stops is new positions."""
+    perp, trader, lp = pw.perp, pw.trader, pw.lp
+    kept = perp.open_position(pw.gpt.address, True, 100 * USD, 500 * USD, sender=trader)
+    closed = perp.open_position(pw.gpt.address, False, 100 * USD, 500 * USD, sender=trader)
+    perp.pause(sender=pw.pauser)
+    boa.env.time_travel(seconds=365 * DAY)
+    assert perp.paused()
+    with boa.reverts("pausable: contract is paused"):
+        perp.open_position(pw.gpt.address, True, 100 * USD, 500 * USD, sender=trader)
+    perp.add_margin(kept, 10 * USD, sender=trader)
+    perp.remove_margin(kept, 10 * USD, sender=trader)
+    assert perp.close_position(closed, 0, sender=trader) > 0
+    assert perp.close_position(kept, 0, sender=trader) > 0
+    before = pw.usdc.balanceOf(lp)
+    perp.withdraw(perp.shares_of(lp) // 2, 0, sender=lp)
+    assert pw.usdc.balanceOf(lp) > before
+    perp.deposit(USD, 0, sender=lp)
+    perp.unpause(sender=pw.admin)
+    perp.pause(sender=pw.pauser)  # at once again: no bound, no cool-down
+    assert perp.paused()
+
+
+# ─── The vault's existing roles (report only: the vault is being extended) ───
+
+
+def test_vault_guardian__revokes_a_role_never_held__succeeds_and_moves_nothing(ew):
+    """Confirmed (reported to the lead, not fixed here): the vault's `revoke_coordinator`
+    and `revoke_pauser` do not check that the account held the role, unlike every other
+    revocation; the call logs a revocation that changed nothing. No role or value moves."""
+    vault = LazyPartial("contracts/CreditsVault.vy").deploy(
+        ew.usdc.address, ew.escrow.address, WINDOW, 2 * WINDOW, sender=ew.deployer
+    )
+    stranger, coordinator = ew.attacker, ew.sellers[2]
+    vault.grant_coordinator(coordinator, sender=ew.deployer)
+    vault.revoke_coordinator(stranger, sender=ew.deployer)
+    vault.revoke_pauser(stranger, sender=ew.deployer)
+    logs = vault.get_logs()
+    assert [type(e).__name__ for e in logs] == ["RolePauserChanged"]  # the last call's
+    assert not vault.is_coordinator(stranger) and not vault.is_pauser(stranger)
+    assert vault.is_coordinator(coordinator)  # the one who holds it still does
