@@ -8,6 +8,7 @@ can misbehave on request (overcharge, inflate counts, drop the connection after 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -56,12 +57,14 @@ class FakeLane:
 
 @dataclass
 class FakeSignedGateway:
+    identity: Identity = IDENTITY
     session: int = 1
     lanes: int = 4
     output_tokens: int = 16  # what a request naming no max_tokens produces
     overcharge: int = 0  # units charged beyond price × tokens
     inflate_output: int = 0  # tokens reported beyond those produced
     drop_after_charge: bool = False  # charge, then drop the connection
+    latency: float = 0.0  # seconds a request stays in flight (the upstream's time)
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -107,7 +110,7 @@ class FakeSignedGateway:
             voucher = parse_voucher(request.headers[VOUCHER_HEADER])
         except (KeyError, WireError):
             return self._error(402, "voucher_required")
-        if voucher_signer(IDENTITY, voucher) != IDENTITY.key.lower() or voucher.session != self.session:
+        if voucher_signer(self.identity, voucher) != self.identity.key.lower() or voucher.session != self.session:
             return self._error(402, "voucher_invalid")
         if voucher.lane >= self.lanes:
             return self._error(402, "voucher_invalid")
@@ -126,6 +129,8 @@ class FakeSignedGateway:
 
     def _serve(self, request: httpx.Request, voucher: Voucher, lane: FakeLane) -> httpx.Response:
         body = orjson.loads(request.content)
+        if self.latency:
+            time.sleep(self.latency)  # the upstream answering (this runs in a server's worker thread)
         messages = body["messages"]
         input_tokens = sum(3 + len(str(m["content"]).split()) for m in messages)
         asked = body.get("max_tokens") or body.get("max_completion_tokens") or self.output_tokens
@@ -166,6 +171,25 @@ class FakeSignedGateway:
             "usage": {**reported, "total_tokens": input_tokens + reported["completion_tokens"]},
         }
         return httpx.Response(200, json=answer, headers=headers)
+
+
+def asgi_app(gateway: FakeSignedGateway) -> Any:
+    """The fake served over HTTP (for a `promptex proxy` process in front of it)."""
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def serve(request: Request) -> Response:
+        call = httpx.Request(
+            request.method, str(request.url), headers=request.headers.raw, content=await request.body()
+        )
+        answer = await anyio.to_thread.run_sync(gateway.handle, call)
+        headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-encoding")}
+        return Response(answer.content, status_code=answer.status_code, headers=headers)
+
+    return Starlette(routes=[Route("/v1/{rest:path}", serve, methods=["GET", "POST"])])
 
 
 def make_signer(log_path: Any, *, lanes: int = 4, maximum: int = 10**12, session: int = 1, **kwargs: Any) -> Signer:
