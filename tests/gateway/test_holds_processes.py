@@ -2,7 +2,7 @@
 its own interpreter: two processes on PostgreSQL share a lot's capacity exactly; one
 process per SQLite file (a second refuses to start); a gateway killed with requests in
 flight leaves holds that a restarted gateway sweeps once their lifetime ends, and the
-funds are spendable again."""
+funds are spendable again (and a signed-mode lane in flight is free again)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,11 +28,13 @@ from sqlalchemy import func, select
 from promptex.fakes import FakeUpstreamConfig
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.store import GatewayStore
+from promptex.gateway.vouchers import VOUCHER_HEADER
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
+from promptex.protocol.vault import sign_voucher
 from promptex.sealing.envelope import load_master_keys
 from promptex.sellers import Capacity, SellerStore
 from promptex.serving import free_port
@@ -134,6 +136,30 @@ def _market(ledger: Ledger, tmp_path: Path, fake: Fake, face_value: int, funds: 
     return lot, account, key
 
 
+def _signed_buyer(ledger: Ledger, funds: int) -> tuple[int, str, Callable[[int, int], str]]:
+    """A signed-mode buyer (issue 23): (account, API key, voucher(lane, ceiling) → header)."""
+    account = ledger.create_account().id
+    wallet, session_key = Account.create(), Account.create()
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    ledger.credit_deposit(event_id(), wallet.address, "USDC", funds)
+    domain = {"chain_id": 31_337, "vault": "0x" + "ab" * 20}
+    token = "0x" + "cd" * 20
+    ledger.register_session(
+        event_id(), address=wallet.address, asset="USDC", asset_address=token, key=session_key.address, session=1,
+        lanes=1, maximum=funds, expiry=int(time.time()) + 3_600, signed_from=1, **domain,
+    )  # fmt: skip
+
+    def voucher(lane: int, ceiling: int) -> str:
+        fields = {"account": wallet.address, "asset": token, "session": 1, "lane": lane, "ceiling": ceiling}
+        signature = sign_voucher(session_key.key, **domain, **fields)
+        return f"session=1;lane={lane};ceiling={ceiling};sig=0x{signature.hex()}"
+
+    key = new_api_key()
+    GatewayStore(ledger.engine).add_api_key(hash_key(key), key[:10], account, int(time.time()))
+    return account, key, voucher
+
+
 def _holds_by_status(ledger: Ledger) -> dict[str, int]:
     with ledger.engine.connect() as conn:
         rows = conn.execute(select(holds.c.status, func.count()).group_by(holds.c.status)).all()
@@ -188,13 +214,14 @@ def test_two_gateway_processes_on_postgresql__lot_covering_k__exactly_k_served_e
         postgres.drop_database(url.rsplit("/", 1)[1])
 
 
-def test_gateway_killed_with_20_requests_in_flight__restarted_one_sweeps_them__funds_spendable_again(
+def test_gateway_killed_with_21_requests_in_flight__restarted_one_sweeps_them__funds_and_lane_free_again(
     tmp_path: Path, slow_fake: Fake
 ) -> None:
     url = f"sqlite:///{tmp_path}/ledger.sqlite3"
     ledger = Ledger.open(url, sqlite_synchronous="NORMAL")
     try:
         lot, account, key = _market(ledger, tmp_path, slow_fake, face_value=1_000 * USDC, funds=10 * USDC)
+        signer, signer_key, voucher = _signed_buyer(ledger, USDC)  # one request on a signed lane too
         # Holds live 7 s: the upstream's 1 s to connect and 5 s to answer, and a 1 s margin.
         env = _env(
             tmp_path, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=5,
@@ -215,21 +242,28 @@ def test_gateway_killed_with_20_requests_in_flight__restarted_one_sweeps_them__f
                 with contextlib.suppress(httpx.HTTPError):  # the gateway is killed under it
                     httpx.post(base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
 
-            senders = [threading.Thread(target=send) for _ in range(20)]
+            def send_signed() -> None:
+                body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+                headers = {"authorization": f"Bearer {signer_key}", VOUCHER_HEADER: voucher(0, FLAT_OUT)}
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.post(base + "/v1/chat/completions", headers=headers, json=body)
+
+            senders = [threading.Thread(target=send) for _ in range(20)] + [threading.Thread(target=send_signed)]
             for sender in senders:
                 sender.start()
-            _until(lambda: slow_fake.config.requests == 20, "20 requests reached the upstream")
-            assert _holds_by_status(ledger) == {"active": 20}
+            _until(lambda: slow_fake.config.requests == 21, "21 requests reached the upstream")
+            assert _holds_by_status(ledger) == {"active": 21}
+            assert ledger.lane(signer, "USDC", 1, 0).inflight is not None
             held = ledger.balance(account, "USDC").held
             assert held > 0 and ledger.lot_capacities()[lot].reserved > 0
             first.send_signal(signal.SIGKILL)
             first.wait()
         for sender in senders:
             sender.join()
-        assert _holds_by_status(ledger) == {"active": 20}  # nobody ended them: their gateway died
+        assert _holds_by_status(ledger) == {"active": 21}  # nobody ended them: their gateway died
         slow_fake.config.latency_ms = 0
         with gateway(env) as (_, base):  # the same file again: the dead one's lock went with it
-            _until(lambda: _holds_by_status(ledger) == {"expired": 20}, "the restarted gateway swept them")
+            _until(lambda: _holds_by_status(ledger) == {"expired": 21}, "the restarted gateway swept them")
             with ledger.engine.connect() as conn:
                 swept = conn.execute(select(holds.c.expires_at, holds.c.closed_at)).all()
             assert all(closed >= expires for expires, closed in swept)  # not before their lifetime ended
@@ -239,6 +273,12 @@ def test_gateway_killed_with_20_requests_in_flight__restarted_one_sweeps_them__f
             body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
             answer = httpx.post(base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
             assert answer.status_code == 200
+            # The signed lane is free again, nothing charged on it: the same ceiling is served.
+            assert ledger.lane(signer, "USDC", 1, 0).inflight is None
+            headers = {"authorization": f"Bearer {signer_key}", VOUCHER_HEADER: voucher(0, FLAT_OUT)}
+            answer = httpx.post(base + "/v1/chat/completions", headers=headers, json=body)
+            assert answer.status_code == 200
+            assert answer.headers["x-promptex-lane-charged-units"] == answer.headers["x-promptex-cost-units"]
         ledger.check()
     finally:
         ledger.close()

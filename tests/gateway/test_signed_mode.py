@@ -20,7 +20,7 @@ from promptex.ledger import Reservation
 from promptex.ledger.holds import ExtraTake
 from promptex.ledger.lanes import NAME, Voucher
 from promptex.protocol.units import USD_MICRO as USDC
-from promptex.protocol.vault import sign_voucher
+from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 from .conftest import Fake, Harness
 
@@ -120,6 +120,24 @@ def test_signed__answers__charge_the_lane_and_say_its_total(gw: Harness, fake: F
     sent = fake.config.last_body
     assert sent is not None and 0 < sent["max_tokens"] < 1_000
     assert int(small.headers["x-promptex-cost-units"]) <= 30
+
+    # What a proxy recovers from: each lane's totals and its stored voucher, signed by its own key.
+    auth = {"authorization": f"Bearer {buyer.key}"}
+    lanes = httpx.get(gw.url + "/v1/promptex/lanes", headers=auth, params={"asset": "usdc"}).json()
+    assert (lanes["asset"], lanes["session"], lanes["lanes"], lanes["open"]) == ("USDC", 1, 2, True)
+    first_lane = lanes["data"][0]
+    assert (first_lane["lane"], first_lane["charged_units"], first_lane["settled_units"]) == (0, str(total), "0")
+    assert first_lane["in_flight"] is False and first_lane["voucher"]["ceiling"] == str(cost + 1_000)
+    signature = bytes.fromhex(first_lane["voucher"]["sig"][2:])
+    fields = {"account": buyer.wallet, "asset": USDC_TOKEN, "session": 1, "lane": 0, "ceiling": cost + 1_000}
+    assert recover_voucher_signer(signature, chain_id=CHAIN_ID, vault=VAULT, **fields) == buyer.session_key.address
+    assert lanes["data"][1]["charged_units"] == str(buyer.charged(1))
+    _, capped_key = gw.buyer()
+    capped = httpx.get(gw.url + "/v1/promptex/lanes", headers={"authorization": f"Bearer {capped_key}"}).json()
+    assert (capped["session"], capped["data"]) == (None, [])
+    wrong = httpx.get(gw.url + "/v1/promptex/lanes", headers=auth, params={"asset": "XYZ"})
+    assert wrong.status_code == 400
+    assert httpx.get(gw.url + "/v1/promptex/lanes").status_code == 401
 
 
 def test_signed__refusals__each_with_its_code_and_the_lane_to_resync(gw: Harness, fake: Fake) -> None:

@@ -304,6 +304,14 @@ def create_app(
             return exc.response(request_id)
         return Response(gateway().models(), media_type="application/json", headers={"x-request-id": request_id})
 
+    async def lanes(request: Request) -> Response:
+        request_id = _request_id(request)
+        try:
+            content = await gateway().lanes(request)
+        except GatewayError as exc:
+            return exc.response(request_id)
+        return Response(content, media_type="application/json", headers={"x-request-id": request_id})
+
     async def healthz(request: Request) -> Response:
         return Response(b"ok\n", media_type="text/plain")
 
@@ -334,6 +342,7 @@ def create_app(
             Route("/v1/embeddings", endpoint(EMBEDDINGS), methods=["POST"]),
             *(Route(path, endpoint(name), methods=["POST"]) for path, name in API_ROUTES.items()),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/promptex/lanes", lanes, methods=["GET"]),
             Route("/openapi.json", schema, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

@@ -159,5 +159,13 @@ def openapi_schema() -> dict[str, Any]:
                     "responses": {"200": {"description": "OK", "content": {"application/json": {}}}, **_ERRORS},
                 }
             },
+            "/v1/promptex/lanes": {
+                "get": {
+                    "summary": "Signed mode: the current session's lanes (charged, settled, stored voucher, in flight)",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "asset", "in": "query", "required": False, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK", "content": {"application/json": {}}}, **_ERRORS},
+                }
+            },
         },
     }

@@ -450,6 +450,30 @@ class Gateway:
             lane_charged=lane.charged,
         )
 
+    async def lanes(self, request: Request) -> bytes:
+        """`GET /v1/promptex/lanes[?asset=]`: the paying account's current session in the
+        asset and each of its lanes — charged (ledger), settled (chain), the highest
+        voucher stored, whether a request is in flight — for a proxy to recover from."""
+        key = await self.authenticate(request)
+        wanted = request.query_params.get("asset") or key.default_asset or self.s.gateway_default_asset
+        asset = wanted.upper()
+        if asset != USDC_SYMBOL and token_by_symbol(asset) is None:
+            raise errors.bad_request(f"No asset {wanted!r}: USDC or a provider token's symbol.", param="asset")
+        payer = key.payer if key.payer is not None else key.account
+        session, lanes = await self._thread(self.ledger.lanes, payer, asset)
+        body: dict[str, Any] = {"object": "list", "asset": asset, "session": None, "data": []}
+        if session is not None:
+            body.update(
+                session=session.session,
+                key=session.key,
+                lanes=session.lanes,
+                maximum=str(session.maximum),
+                expiry=session.expiry,
+                open=session.open_at(self.ledger.clock()),
+                data=[lane.fields() for lane in lanes],
+            )
+        return orjson.dumps(body)
+
     async def _in_signed_mode(self, payer: int, asset: str) -> bool:
         """Whether the account has a session key in `asset` (cached like API keys: a new
         registration is seen within `gateway_key_cache_seconds`)."""
