@@ -132,7 +132,7 @@ class FakeSignedGateway:
         if self.latency:
             time.sleep(self.latency)  # the upstream answering (this runs in a server's worker thread)
         messages = body["messages"]
-        input_tokens = sum(3 + len(str(m["content"]).split()) for m in messages)
+        input_tokens = sum(3 + len(str(m["content"]).split()) for m in messages) + len(body.get("system", "").split())
         asked = body.get("max_tokens") or body.get("max_completion_tokens") or self.output_tokens
         output = metering.largest_output(RATES, input_tokens, voucher.ceiling - lane.charged, asked)
         if output < 0:
@@ -154,6 +154,18 @@ class FakeSignedGateway:
             VOUCHER_HEADER: voucher.header(),
         }
         promptex = {"cost_units": str(cost + self.overcharge), "lane_charged_units": str(lane.charged)}
+        if request.url.path.endswith("/messages"):  # Anthropic's Messages API
+            answer = {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": MODEL,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": reported["completion_tokens"]},
+            }
+            return httpx.Response(200, json=answer, headers=headers)
         if body.get("stream"):
             chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
             events = [

@@ -50,6 +50,29 @@ def test_proxy__openai_sdk_concurrent_and_stream__signed_checked_and_status(tmp_
     assert sum(int(lane["charged_units"]) for lane in status["lanes"]) == sum(gateway.true_costs)  # type: ignore[index]
 
 
+def test_proxy__anthropic_sdk__messages_signed_and_checked(tmp_path: Path) -> None:
+    import anthropic
+    import httpx2  # the anthropic SDK's own fork of httpx
+
+    gateway = FakeSignedGateway(lanes=2)
+    signer = make_signer(tmp_path / "v.log", lanes=2)
+
+    async def main() -> object:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        local = httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        client = anthropic.AsyncAnthropic(base_url="http://127.0.0.1:8788", api_key="anything", http_client=local)
+        return await client.messages.create(
+            model=MODEL, max_tokens=5, system="be brief", messages=[{"role": "user", "content": "hello there you"}]
+        )
+
+    message = asyncio.run(main())
+    assert message.usage.output_tokens == 5  # type: ignore[attr-defined]
+    assert signer.stopped is None and len(gateway.received) == 1
+    assert signer.book.charged_total() == sum(gateway.true_costs) > 0
+
+
 def test_proxy__signing_stopped__each_api_refused_in_its_own_shape(tmp_path: Path) -> None:
     signer = make_signer(tmp_path / "v.log", lanes=1)
     signer.stop("test: an answer was beyond its request")
