@@ -110,17 +110,19 @@ class FakeSignedGateway:
             voucher = parse_voucher(request.headers[VOUCHER_HEADER])
         except (KeyError, WireError):
             return self._error(402, "voucher_required")
-        if voucher_signer(self.identity, voucher) != self.identity.key.lower() or voucher.session != self.session:
-            return self._error(402, "voucher_invalid")
+        if voucher.session != self.session:
+            return self._error(409, "session_not_current")
+        if voucher_signer(self.identity, voucher) != self.identity.key.lower():
+            return self._error(403, "voucher_bad_signature")
         if voucher.lane >= self.lanes:
-            return self._error(402, "voucher_invalid")
+            return self._error(403, "voucher_bad_signature")
         lane = self.book[voucher.lane]
         with self.lock:
             self.received.append(voucher)
             if lane.in_flight:
                 return self._error(409, "lane_busy", lane)
             if voucher.ceiling < lane.charged:
-                return self._error(402, "voucher_below_charged", lane)
+                return self._error(409, "ceiling_below_charged", lane)
             lane.in_flight = True
         try:
             return self._serve(request, voucher, lane)

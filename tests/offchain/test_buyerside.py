@@ -329,7 +329,19 @@ def test_transport__voucher_below_charged__lane_total_adopted_from_verified_vouc
     lane.charged = 0  # this side's book behind the gateway's: its next ceiling is too low
     with pytest.raises(openai.APIStatusError) as below:
         _ask(client, 3, max_tokens=4)
-    assert below.value.status_code == 402 and signer.stopped is None
+    assert below.value.status_code == 409 and signer.stopped is None
     assert lane.exact and lane.charged == gateway.book[0].charged  # its stored voucher is this key's
     _ask(client, 3, max_tokens=4)
     assert lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
+
+
+def test_transport__session_no_longer_current__signing_stops_saying_so(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=2, session=2)  # the wallet registered a newer session
+    signer = make_signer(tmp_path / "v.log", lanes=2)
+    client = _client(gateway, signer)
+    with pytest.raises(openai.APIStatusError):
+        _ask(client, 3, max_tokens=4)
+    assert signer.stopped is not None and "session_not_current" in signer.stopped
+    with pytest.raises(openai.APIStatusError, match="signing stopped"):
+        _ask(client, 3, max_tokens=4)
+    assert len(gateway.received) == 0  # the fake checks the session before recording

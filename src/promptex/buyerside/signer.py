@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from eth_account import Account
 
 from promptex import metering
 from promptex.buyerside import answers
@@ -36,11 +35,16 @@ from promptex.buyerside.wire import (
     WireError,
     voucher_of,
 )
-from promptex.protocol.vault import sign_voucher, voucher_digest
+from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
 DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is held for
-LANE_BUSY = 409
+LANE_BUSY = "lane_busy"
+# Refusals no later voucher of this grant can pass (the gateway's codes, gateway.vouchers).
+HOPELESS = frozenset(
+    {"session_unknown", "session_ended", "session_not_current", "voucher_bad_signature", "voucher_malformed",
+     "lane_out_of_range", "voucher_required"}
+)  # fmt: skip
 MAX_CEILING = 2**128 - 1  # a settle_signed entry packs the ceiling in 128 bits
 CACHE_CONTROL = b'"cache_control"'
 
@@ -81,8 +85,9 @@ class Session:
 
 
 def voucher_signer(identity: Identity, voucher: Voucher) -> str:
-    """Who signed a voucher for `identity`'s account and asset (lowercase address)."""
-    digest = voucher_digest(
+    """Who signed a voucher for `identity`'s account and asset (lowercase address; "" for none)."""
+    signer = recover_voucher_signer(
+        voucher.signature,
         chain_id=identity.chain_id,
         vault=identity.vault,
         account=identity.account,
@@ -91,10 +96,7 @@ def voucher_signer(identity: Identity, voucher: Voucher) -> str:
         lane=voucher.lane,
         ceiling=voucher.ceiling,
     )
-    try:
-        return str(Account._recover_hash(digest, signature=voucher.signature)).lower()
-    except Exception:  # eth_keys' BadSignature and friends: not a signature of anyone here
-        return ""
+    return "" if signer is None else signer.lower()
 
 
 class Signer:
@@ -296,13 +298,18 @@ class Signer:
         except orjson.JSONDecodeError:
             body = None
         error = body.get("error") if isinstance(body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        if code in HOPELESS:  # no voucher of this grant can pass: say why, once
+            self.lost(ticket)
+            self.stop(f"the gateway refuses this session's vouchers: {code} ({error.get('message')})")  # type: ignore[union-attr]
+            return
         found = [d for d in (error, body) if isinstance(d, dict) and "lane_charged_units" in d]
         text = found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER)
         if text is None or not str(text).isdigit():
             self.lost(ticket)
             return
         charged = int(text)
-        if status == LANE_BUSY:  # a request still in flight there (e.g. of a crashed proxy) will add to it
+        if code == LANE_BUSY:  # a request still in flight there (e.g. of a crashed proxy) will add to it
             lane = ticket.lane
             lane.charged, lane.exact = max(lane.signed, charged, lane.charged), False
             return
