@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body
-from promptex.buyerside.wire import VOUCHER_HEADER
+from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.buyerside")
 
@@ -80,6 +80,7 @@ class PromptexSigningTransport(httpx.BaseTransport):
         except Refused as refused:
             return refusal(path, refused)
         request.headers[VOUCHER_HEADER] = ticket.voucher.header()
+        request.headers[ASSET_HEADER] = self.signer.session.asset_symbol  # the asset the voucher is in
         try:
             response = self.inner.handle_request(request)
         except BaseException:
