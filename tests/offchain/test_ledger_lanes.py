@@ -6,9 +6,15 @@ releasing or sweeping the hold frees the lane. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import pytest
+from eth_account import Account
+from eth_utils.address import to_checksum_address
 from ledger_helpers import event_id, fund
 
+from promptex.indexer import effects
+from promptex.indexer.decode import Event
+from promptex.indexer.followed import VAULT as VAULT_SOURCE
 from promptex.ledger import Ledger, Reservation, UsageRecord
+from promptex.ledger.binding import sign
 from promptex.ledger.holds import ExtraTake
 from promptex.ledger.lanes import (
     NAME,
@@ -25,6 +31,7 @@ ASSET = "USDC"
 VAULT = "0x" + "ab" * 20
 TOKEN = "0x" + "cd" * 20
 KEY = "0x" + "ef" * 20
+VAULT_CHECKSUM, TOKEN_CHECKSUM, KEY_CHECKSUM = (to_checksum_address(a) for a in (VAULT, TOKEN, KEY))
 
 
 def _signed(ledger: Ledger, *, balance: int = 10 * USDC, lanes: int = 2, maximum: int = 100 * USDC) -> int:
@@ -119,3 +126,40 @@ def test_lane__revoked_or_other_session__refused(ledger: Ledger):
     with pytest.raises(SessionClosed):
         _hold(ledger, account, "y", 0, USDC)
     assert ledger.balance(account, ASSET).held == 0  # nothing of a refused hold stays
+
+
+def _event(name: str, args: dict[str, object], log_index: int) -> Event:
+    return Event(VAULT_SOURCE, name, VAULT_CHECKSUM, 7, "0x" + "77" * 32, "0x" + "88" * 32, log_index, args)
+
+
+def test_indexer_effects__session_events__registered_revoked_unwound_and_carried_to_the_bound_account(
+    ledger: Ledger,
+):
+    wallet = Account.create()
+    symbol = {TOKEN_CHECKSUM: ASSET}.__getitem__
+    registered = _event(
+        "SessionKeyRegistered",
+        {"account": wallet.address, "asset": TOKEN_CHECKSUM, "key": KEY_CHECKSUM, "session": 3, "lanes": 4,
+         "maximum": 7 * USDC, "expiry": ledger.clock() + 3_600, "signed_from": 9},
+        0,
+    )  # fmt: skip
+    revoked = _event(
+        "SessionKeyRevoked", {"account": wallet.address, "asset": TOKEN_CHECKSUM, "session": 3, "ends_at": 99}, 1
+    )
+    for event in (registered, revoked):
+        assert ledger.apply_chain_facts(lambda facts, e=event: effects.apply(facts, e, f"{e.log_index}", symbol, "", 5))
+    account = ledger.create_account().id  # bound after the events: the session follows its wallet
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    session = ledger.session(account, ASSET)
+    assert session is not None
+    assert (session.session, session.lanes, session.chain_id, session.vault, session.key) == (
+        3, 4, 5, VAULT_CHECKSUM, KEY_CHECKSUM
+    )  # fmt: skip
+    assert (session.ends_at, session.signed_from, session.open_at(ledger.clock())) == (99, 9, False)
+    assert ledger.balance(account, ASSET).cap_remaining == 7 * USDC
+    assert ledger.unwind_chain_fact("1")  # a reorg orphaned the revocation: open again
+    assert ledger.session(account, ASSET).open_at(ledger.clock())
+    assert ledger.unwind_chain_fact("0")  # and the registration: capped mode, its cap back
+    assert ledger.session(account, ASSET) is None
+    assert ledger.balance(account, ASSET).cap_remaining == 0

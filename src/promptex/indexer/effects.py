@@ -13,6 +13,10 @@
                         An approximation: the per-epoch limit and expiry are not
                         mirrored, and an unbound address's cap is not seen.
     SpendCapRevoked     remaining cap := 0 (no new usage once a user revokes)
+    SessionKeyRegistered  signed mode (issue 23): the account's session key in the asset,
+                        with the vault and chain its vouchers are signed for; its remaining
+                        cap := the session's maximum (`ledger.sessions`)
+    SessionKeyRevoked   the gateway takes no voucher of the session from now on
 
 Every other followed event (settlements, seller credits, claims, lots, pools) is stored
 for other services and has no ledger effect.
@@ -37,12 +41,30 @@ def fact_id(event: Event, rewinds: int) -> str:
     return f"{event.tx_hash}:{event.log_index}#{rewinds}"
 
 
-def apply(facts: ChainBatch, event: Event, fact: str, symbol: Symbol, usdc: str) -> bool:
-    """Apply `event`'s ledger effect under the id `fact`; False when it has none."""
+def apply(facts: ChainBatch, event: Event, fact: str, symbol: Symbol, usdc: str, chain_id: int = 0) -> bool:
+    """Apply `event`'s ledger effect under the id `fact`; False when it has none.
+    `chain_id`: the chain followed (a session key's vouchers are signed for it)."""
     if event.source != VAULT:
         return False
     args = event.args
     name = event.name
+    if name == "SessionKeyRegistered":
+        return facts.register_session(
+            fact,
+            address=args["account"],
+            asset=symbol(args["asset"]),
+            asset_address=args["asset"],
+            chain_id=chain_id,
+            vault=event.contract,
+            key=args["key"],
+            session=args["session"],
+            lanes=args["lanes"],
+            maximum=args["maximum"],
+            expiry=args["expiry"],
+            signed_from=args["signed_from"],
+        )
+    if name == "SessionKeyRevoked":
+        return facts.revoke_session(fact, args["account"], symbol(args["asset"]), args["session"], args["ends_at"])
     if name == "Sold":
         if not args["proceeds"]:
             return False

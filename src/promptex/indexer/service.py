@@ -231,7 +231,7 @@ class Indexer:
 
     def _commit(self, facts: ChainBatch, cursor: store.Cursor, events: list[Event], headers: list[Header]) -> int:
         fresh = store.new_events(facts.conn, events)
-        facts_ids = [self._apply(facts, event, cursor.rewinds) for event in fresh]
+        facts_ids = [self._apply(facts, event, cursor) for event in fresh]
         facts.flush()
         store.save_events(facts.conn, fresh, facts_ids)
         lots.refold(facts.conn, lots.touched(fresh), facts.now)
@@ -239,9 +239,10 @@ class Indexer:
         store.move_cursor(facts.conn, headers[-1].number, headers[-1].hash, facts.now)
         return len(fresh)
 
-    def _apply(self, facts: ChainBatch, event: Event, rewinds: int) -> str | None:
-        fact = effects.fact_id(event, rewinds)
-        return fact if effects.apply(facts, event, fact, self._symbol, self.followed.usdc) else None
+    def _apply(self, facts: ChainBatch, event: Event, cursor: store.Cursor) -> str | None:
+        fact = effects.fact_id(event, cursor.rewinds)
+        applied = effects.apply(facts, event, fact, self._symbol, self.followed.usdc, cursor.chain_id)
+        return fact if applied else None
 
     def _symbol(self, token: str) -> str:
         """The ledger's name for an asset: from the deployment, or the token's symbol()."""

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from promptex.ledger import accounts as _accounts
 from promptex.ledger import debts as _debts
+from promptex.ledger import sessions as _sessions
 from promptex.ledger.amounts import add
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.errors import ChainEventConflict
@@ -279,6 +280,8 @@ def unwind_fact(conn: Connection, event_id: str, *, now: int, system: Container[
         conn.execute(delete(exits).where(exits.c.event_id == event_id))
         undone = True
 
+    undone |= _sessions.unwind(conn, event_id)  # a session key registered or revoked (signed mode)
+
     cap = conn.execute(select(chain_spend_caps).where(chain_spend_caps.c.event_id == event_id)).first()
     if cap is not None:
         # Keep what settled holds counted down since: current − (set − previous), never below 0.
@@ -397,6 +400,18 @@ class ChainBatch:
         }
         if insert_ignore(self.conn, chain_spend_caps, row) is not None:
             _accounts.set_cap_remaining(self.conn, account, asset, remaining)
+        return True
+
+    def register_session(self, event_id: str, **fields: Any) -> bool:
+        """The chain registered a session key (signed mode; fields as `sessions.register`)."""
+        _sessions.register(self.conn, event_id, now=self.now, **fields)
+        return True
+
+    def revoke_session(self, event_id: str, address: str, asset: str, session: int, ends_at: int) -> bool:
+        """The wallet revoked its session key; the chain ends the session at `ends_at`."""
+        _sessions.revoke(
+            self.conn, event_id, address=address, asset=asset, session=session, ends_at=ends_at, now=self.now
+        )
         return True
 
     def unwind(self, event_id: str) -> bool:

@@ -15,7 +15,15 @@ from promptex.ledger.binding import BindingMessage, checksum_address, verify
 from promptex.ledger.errors import InvalidSignature, NonceReplayed, UnknownNonce, WalletAlreadyBound
 from promptex.ledger.journal import Line, ensure_balance, post_entry
 from promptex.ledger.models import AccountKind, ExitStatus
-from promptex.ledger.schema import balances, binding_challenges, chain_spend_caps, exits, wallets
+from promptex.ledger.schema import (
+    balances,
+    binding_challenges,
+    chain_spend_caps,
+    exits,
+    session_keys,
+    voucher_lanes,
+    wallets,
+)
 
 
 def bound_account(conn: Connection, address: str) -> int | None:
@@ -170,7 +178,13 @@ def _claim(conn: Connection, address: str, account: int, *, now: int, system: Co
             ).scalars()
         )
         caps = {row.asset: row.cap_remaining for row in rows}
-        for asset in capped:
+        # Signed mode's sessions (and their lanes) registered before the binding too.
+        signed: list[str] = list(
+            conn.execute(select(session_keys.c.asset).where(session_keys.c.account_id == unclaimed)).scalars()
+        )
+        for table in (session_keys, voucher_lanes):
+            conn.execute(update(table).where(table.c.account_id == unclaimed).values(account_id=account))
+        for asset in {*capped, *signed}:
             set_cap_remaining(conn, account, asset, caps.get(asset, 0))
     debts.transfer(conn, unclaimed, account, now=now)  # what the address owes, the account now owes
     conn.execute(
