@@ -63,6 +63,7 @@ class State:
     roots: dict[tuple[str, int], bytes] = field(default_factory=dict)
     settlements: list[tuple[str, int]] = field(default_factory=list)  # EpochSettled
     caps: list[tuple[str, str, int]] = field(default_factory=list)
+    session_keys: dict[tuple[str, str], tuple[str, int, int, int, int]] = field(default_factory=dict)  # signed mode
     release_nonce: dict[str, int] = field(default_factory=dict)
     nonce: int = 0
 
@@ -218,6 +219,13 @@ class FakeChain:
         if signature == b"bad":
             raise Revert("vault: bad cap signature")
         s.caps.append((account, self._symbol(asset), total))
+
+    def _register_session_key(self, s: State, account, asset, key, lanes, maximum, expiry, nonce, signature) -> None:  # noqa: ANN001
+        if signature == b"bad":
+            raise Revert("vault: bad session key signature")
+        if (account, self._symbol(asset)) in s.session_keys:
+            raise Revert("vault: session not ended")
+        s.session_keys[(account, self._symbol(asset))] = (key, lanes, maximum, expiry, nonce)
 
     def simulate(self, call: Call) -> str | None:
         try:

@@ -73,6 +73,27 @@ spend_cap_submissions = Table(
     UniqueConstraint("address", "asset", "nonce"),
 )
 
+# Signed mode (issue 23, migration 0014): wallet-signed SessionKeys the coordinator relays
+# to the vault (`register_session_key`), as it relays spend caps.
+session_key_submissions = Table(
+    "session_key_submissions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS), nullable=False),
+    Column("asset", String(ASSET), nullable=False),
+    Column("key", String(ADDRESS), nullable=False),
+    Column("lanes", Integer, nullable=False),
+    Column("maximum", Amount, nullable=False),
+    Column("expiry", BigInteger, nullable=False),
+    Column("nonce", BigInteger, nullable=False),
+    Column("signature", String(132), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
+    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+    Column("error", String(REASON), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("address", "asset", "nonce"),
+)
+
 # Leader lease: one coordinator posts at a time (a row, so SQLite and PostgreSQL alike).
 coordinator_lease = Table(
     "coordinator_lease",

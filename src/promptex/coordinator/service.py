@@ -26,13 +26,14 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy import Engine
 
 from promptex.chain import txlog
-from promptex.chain.sender import Call
+from promptex.chain.sender import Call, SignedTx
 from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
@@ -70,6 +71,19 @@ ENTRY_REVERTS = (
 )
 
 
+class Relayed(Protocol):
+    """A stored user-signed message waiting to be registered (a spend cap, a session key)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def tx_id(self) -> int | None: ...
+
+
 def crash_point(step: str) -> None:
     """Die here, as kill -9 would, when the test hook names this step."""
     txlog.crash_point(CRASH_ENV, step)
@@ -84,6 +98,7 @@ class PassReport:
     requeued: int = 0  # quarantined records back to pending, their cause fixed
     refunded: int = 0  # quarantined records refunded to their payers
     caps: int = 0
+    session_keys: int = 0  # SessionKeys registered on chain this pass
     waiting: str | None = None
 
 
@@ -135,6 +150,7 @@ class Coordinator:
             for tx in self.store.open_txs():  # in nonce order: a reorg's orphans are re-sent as the network would
                 self._resolve_tx(tx)
             self._register_spend_caps()
+            self._register_session_keys()
             self._quarantine_unknown_assets()
             self._resolve_quarantine()
             for asset in self.chain.assets():
@@ -437,39 +453,89 @@ class Coordinator:
         )
 
     def _register_spend_caps(self) -> None:
-        for cap in self.store.spend_caps():
-            if cap.status == SUBMITTED:
-                assert cap.tx_id is not None
-                status = self._resolve_tx(self.store.tx(cap.tx_id))
+        caps = self.store.spend_caps()
+        self._report.caps += self._relay(
+            "register_spend_cap",
+            caps,
+            lambda cap: (
+                cap.address,
+                self.chain.asset_address(cap.asset),
+                cap.per_epoch,
+                cap.total,
+                cap.expiry,
+                cap.nonce,
+                bytes.fromhex(cap.signature[2:]),
+            ),  # fmt: skip
+            self.store.submit_spend_cap,
+            self.store.close_spend_cap,
+        )
+
+    # ─── Session keys (signed mode, issue 23) ────────────────────────────────
+
+    def submit_session_key(
+        self, address: str, asset: str, key: str, lanes: int, maximum: int, expiry: int, nonce: int, signature: bytes
+    ) -> int:
+        """Queue a wallet-signed SessionKey; it is registered on chain (gaslessly for the
+        wallet) on the next pass, like a spend cap. The vault moves the account's asset to
+        signed mode from the next window; the indexer then records the session."""
+        self.chain.asset_address(asset)  # a known asset, or KeyError
+        return self.store.add_session_key(
+            checksum_address(address), asset, checksum_address(key), lanes, maximum, expiry, nonce,
+            "0x" + signature.hex(), self.clock(),
+        )  # fmt: skip
+
+    def _register_session_keys(self) -> None:
+        self._report.session_keys += self._relay(
+            "register_session_key",
+            self.store.session_keys(),
+            lambda k: (
+                k.address,
+                self.chain.asset_address(k.asset),
+                k.key,
+                k.lanes,
+                k.maximum,
+                k.expiry,
+                k.nonce,
+                bytes.fromhex(k.signature[2:]),
+            ),  # fmt: skip
+            self.store.submit_session_key,
+            self.store.close_session_key,
+        )
+
+    def _relay(
+        self,
+        function: str,
+        submissions: Sequence[Relayed],
+        args: Callable[[Any], tuple[Any, ...]],
+        submit: Callable[[int, SignedTx, str, int], int],
+        close: Callable[..., None],
+    ) -> int:
+        """Send each user-signed message the vault registers for anyone (`function`), its
+        signed transaction stored first; returns how many were registered. One the vault
+        refuses is rejected with the reason; one still unresolved waits for the next pass."""
+        registered = 0
+        for item in submissions:
+            if item.status == SUBMITTED:
+                assert item.tx_id is not None
+                status = self._resolve_tx(self.store.tx(item.tx_id))
             else:
-                call = Call(
-                    "vault",
-                    "register_spend_cap",
-                    (
-                        cap.address,
-                        self.chain.asset_address(cap.asset),
-                        cap.per_epoch,
-                        cap.total,
-                        cap.expiry,
-                        cap.nonce,
-                        bytes.fromhex(cap.signature[2:]),
-                    ),
-                )
+                call = Call("vault", function, args(item))
                 reason = self.chain.simulate(call)
                 if reason is not None:
-                    self.store.close_spend_cap(cap.id, REJECTED, reason)
-                    log.warning("spend cap %d of %s refused: %s", cap.id, cap.address, reason)
+                    close(item.id, REJECTED, reason)
+                    log.warning("%s %d of %s refused: %s", function, item.id, item.address, reason)
                     continue
                 signed = self.chain.sign(call, self.chain.pending_nonce())
-                tx_id = self.store.submit_spend_cap(cap.id, signed, self.chain.sender, self.clock())
+                tx_id = submit(item.id, signed, self.chain.sender, self.clock())
                 status = self._broadcast(tx_id)
             if status == SUCCEEDED:
-                self.store.close_spend_cap(cap.id, REGISTERED)
-                self._report.caps += 1
+                close(item.id, REGISTERED)
+                registered += 1
             elif status == REVERTED:
-                self.store.close_spend_cap(cap.id, REJECTED, "register_spend_cap reverted on chain")
+                close(item.id, REJECTED, f"{function} reverted on chain")
             else:
-                self.store.close_spend_cap(cap.id, PENDING)
+                close(item.id, PENDING)
+        return registered
 
     # ─── Instant-exit releases ───────────────────────────────────────────────
 

@@ -18,6 +18,7 @@ from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
     coordinator_txs,
+    session_key_submissions,
     settlement_batches,
     spend_cap_submissions,
 )
@@ -61,6 +62,23 @@ class CapSubmission:
     asset: str
     per_epoch: int
     total: int
+    expiry: int
+    nonce: int
+    signature: str
+    status: str
+    tx_id: int | None
+
+
+@dataclass(frozen=True)
+class SessionKeySubmission:
+    """A wallet-signed SessionKey waiting to be relayed (signed mode, issue 23)."""
+
+    id: int
+    address: str
+    asset: str
+    key: str
+    lanes: int
+    maximum: int
     expiry: int
     nonce: int
     signature: str
@@ -295,7 +313,15 @@ class CoordinatorStore(SignedTxStore):
                 .where(caps.c.tx_id == tx.id, caps.c.status.in_((REGISTERED, REJECTED)))
                 .values(status=SUBMITTED, error=None)
             ).rowcount
-            return "its spend cap" if capped else "it"
+            if capped:
+                return "its spend cap"
+            keys = session_key_submissions
+            relayed = conn.execute(
+                update(keys)
+                .where(keys.c.tx_id == tx.id, keys.c.status.in_((REGISTERED, REJECTED)))
+                .values(status=SUBMITTED, error=None)
+            ).rowcount
+            return "its session key" if relayed else "it"
 
     def fail(self, batch: Batch, reason: str, now: int) -> None:
         """The batch can never land: close it and put its records back to pending."""
@@ -340,6 +366,73 @@ class CoordinatorStore(SignedTxStore):
                 )
             ).scalar_one()
         return int(row)
+
+    def add_session_key(
+        self,
+        address: str,
+        asset: str,
+        key: str,
+        lanes: int,
+        maximum: int,
+        expiry: int,
+        nonce: int,
+        signature: str,
+        now: int,
+    ) -> int:
+        """Queue a wallet-signed SessionKey for the vault (idempotent per address, asset, nonce)."""
+        if lanes < 1 or maximum < 0:
+            raise ValueError("a session key has at least one lane and no negative maximum")
+        keys = session_key_submissions
+        with self._tx() as conn:
+            insert_ignore(
+                conn,
+                keys,
+                {
+                    "address": address,
+                    "asset": asset,
+                    "key": key,
+                    "lanes": lanes,
+                    "maximum": maximum,
+                    "expiry": expiry,
+                    "nonce": nonce,
+                    "signature": signature,
+                    "status": PENDING,
+                    "created_at": now,
+                },
+            )
+            row: int = conn.execute(
+                select(keys.c.id).where(keys.c.address == address, keys.c.asset == asset, keys.c.nonce == nonce)
+            ).scalar_one()
+        return int(row)
+
+    def session_keys(self, statuses: Sequence[str] = (PENDING, SUBMITTED)) -> list[SessionKeySubmission]:
+        keys = session_key_submissions
+        with self._tx() as conn:
+            rows = conn.execute(select(keys).where(keys.c.status.in_(tuple(statuses))).order_by(keys.c.id)).all()
+        return [
+            SessionKeySubmission(
+                r.id, r.address, r.asset, r.key, r.lanes, r.maximum, r.expiry, r.nonce, r.signature, r.status, r.tx_id
+            )
+            for r in rows
+        ]
+
+    def submit_session_key(self, submission_id: int, signed: SignedTx, sender: str, now: int) -> int:
+        with self._tx() as conn:
+            tx_id = self._store_tx(conn, "session_key", signed, sender, now)
+            conn.execute(
+                update(session_key_submissions)
+                .where(session_key_submissions.c.id == submission_id)
+                .values(status=SUBMITTED, tx_id=tx_id)
+            )
+        return tx_id
+
+    def close_session_key(self, submission_id: int, status: str, error: str | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(session_key_submissions)
+                .where(session_key_submissions.c.id == submission_id)
+                .values(status=status, error=None if error is None else error[:REASON])
+            )
 
     def spend_caps(self, statuses: Sequence[str] = (PENDING, SUBMITTED)) -> list[CapSubmission]:
         with self._tx() as conn:
