@@ -168,3 +168,19 @@ def test_open_signer__fake_gateway__rates_from_models_and_lanes_recovered(tmp_pa
     assert [lane.charged for lane in opened.signer.book.lanes] == [gateway.book[0].charged, 0]
     assert opened.signer.book.lanes[0].exact and log_path(tmp_path, grant).exists()
     assert any("chain was not read" in note for note in opened.notes)
+
+
+def test_session_grant__relayed__queued_for_the_coordinator_once(tmp_path: Path) -> None:
+    from promptex.coordinator.store import CoordinatorStore
+    from promptex.ledger import Ledger
+
+    grant = _grant()
+    with Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", sqlite_synchronous="NORMAL") as ledger:
+        store = CoordinatorStore(ledger.engine)
+        grant.relay(store, 1_000)
+        grant.relay(store, 1_001)  # again: idempotent per (account, asset, nonce)
+        (queued,) = store.session_keys()
+    assert (queued.address, queued.asset, queued.key, queued.lanes, queued.maximum, queued.nonce) == (
+        grant.account, "USDC", grant.key, grant.lanes, grant.maximum, grant.session,
+    )  # fmt: skip
+    assert queued.signature == grant.signature

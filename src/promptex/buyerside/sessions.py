@@ -82,6 +82,15 @@ class SessionGrant:
         """What the coordinator relays to `register_session_key` (no private key)."""
         return {**self.message(), "chain_id": self.chain_id, "vault": self.vault, "signature": self.signature}
 
+    def relay(self, store: Any, now: int) -> int:
+        """Queue the wallet-signed SessionKey with the coordinator (`CoordinatorStore`), which
+        registers it on chain on its next pass, gaslessly for the wallet; idempotent."""
+        added: int = store.add_session_key(
+            self.account, self.asset_symbol, self.key, self.lanes, self.maximum, self.expiry, self.session,
+            self.signature, now,
+        )  # fmt: skip
+        return added
+
 
 def new_grant(
     sign: WalletSigner,

@@ -23,6 +23,7 @@ from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.cli.proxy import grant_path, session_file_option
 from promptex.cli.wallet import LOCAL_NODE, Session, account_option, chain_time, units, whole, yes_option
+from promptex.config import settings
 
 
 def ape_signer(account: Any) -> WalletSigner:
@@ -102,10 +103,19 @@ def session_create(
         save(grant, path)
         if direct:
             vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)
+        else:
+            from promptex.coordinator import factory
+            from promptex.coordinator.store import CoordinatorStore
+
+            grant.relay(CoordinatorStore(factory.ledger_engine(settings())), int(time.time()))
     click.echo(describe(grant))
     click.echo(f"written to {path} (the session key's private key: keep it like the maximum it can spend)")
-    if not direct:
-        click.echo("signed, not registered yet: the coordinator's relay registers it (or create it with --direct)")
+    if direct:
+        click.echo("registered by your wallet: signed mode from the next window")
+    else:
+        click.echo(
+            "queued for the coordinator: it registers it on chain on its next pass (signed mode from the window after)"
+        )
 
 
 def describe(grant: SessionGrant) -> str:
