@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from promptex.gateway import vouchers as gateway_vouchers
+from promptex.gateway.errors import GatewayError
+
 VOUCHER_HEADER = "x-promptex-voucher"
 LANE_HEADER = "x-promptex-lane"
 LANE_CHARGED_HEADER = "x-promptex-lane-charged-units"
@@ -64,21 +67,12 @@ def _signature(text: Any) -> bytes:
 
 
 def parse_voucher(text: str) -> Voucher:
-    """A voucher from its header form."""
-    fields: dict[str, str] = {}
-    for part in text.split(";"):
-        name, sep, value = part.strip().partition("=")
-        if not sep or name in fields:
-            raise WireError(f"not a voucher: {text!r}")
-        fields[name] = value
-    if set(fields) != {"session", "lane", "ceiling", "sig"}:
-        raise WireError(f"a voucher has session, lane, ceiling and sig: {text!r}")
-    return Voucher(
-        _count(fields["session"], "session"),
-        _count(fields["lane"], "lane"),
-        _count(fields["ceiling"], "ceiling"),
-        _signature(fields["sig"]),
-    )
+    """A voucher from its header form (the gateway's own parser: one reading of the header)."""
+    try:
+        parsed = gateway_vouchers.parse(text)
+    except GatewayError as exc:
+        raise WireError(exc.message) from None
+    return Voucher(parsed.session, parsed.lane, parsed.ceiling, bytes.fromhex(parsed.signature[2:]))
 
 
 def voucher_of(value: Any, *, session: int | None = None, lane: int | None = None) -> Voucher:
