@@ -12,21 +12,14 @@ branches have not landed); the settled side is the ledger's lane totals they wil
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
-import orjson
 import pytest
 from eth_account import Account
 from sqlalchemy import select
@@ -45,6 +38,7 @@ from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import load_master_keys
 from promptex.sellers import Capacity, SellerStore
 from promptex.serving import ServerThread, free_port
+from signed_traffic import CLI, Process, Served, drive, logged_vouchers, most_held, proxy_process
 
 from .conftest import CATALOG, CHAIN_LOTS, SELLER_KEY, event_id
 
@@ -55,62 +49,6 @@ CLIENTS = 4
 LANES = 3
 MODEL = "fake-gpt"
 VAULT, TOKEN, CHAIN_ID = "0x" + "ab" * 20, "0x" + "cd" * 20, 31_337
-
-
-class Served:
-    """The fake upstream's own log: the usage of every answer it sent (whether or not
-    anyone received it), read from its responses as they leave."""
-
-    def __init__(self, app: Any) -> None:
-        self.app, self.usages, self.lock = app, [], threading.Lock()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        body = bytearray()
-
-        async def keep(message: Any) -> None:
-            if message["type"] == "http.response.body":
-                body.extend(message.get("body", b""))
-                if not message.get("more_body"):
-                    usage = orjson.loads(bytes(body)).get("usage")
-                    if usage:
-                        with self.lock:
-                            self.usages.append(usage)
-            await send(message)
-
-        await self.app(scope, receive, keep)
-
-
-class Process:
-    """A restartable `promptex …` server process on one port."""
-
-    def __init__(self, args: list[str], env: dict[str, str], port: int, ready: str, out: Path) -> None:
-        self.args, self.env, self.port, self.out = args, env, port, out
-        self.url = f"http://127.0.0.1:{port}"
-        self.ready = ready
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.up = threading.Event()
-
-    def start(self) -> None:
-        with self.out.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=out)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.out.read_text()[-3000:]
-            try:
-                if httpx.get(self.url + self.ready, timeout=2).status_code < 500:
-                    self.up.set()
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise AssertionError(f"{self.args[3]} did not start")
-
-    def kill(self) -> None:
-        self.up.clear()
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def _market(ledger: Ledger, tmp_path: Path, upstream: str) -> tuple[int, str, Any]:
@@ -185,70 +123,26 @@ def test_proxy_and_gateway_sigkilled__settleable_within_true_cost_plus_a_hold_pe
         )  # fmt: skip
     save(grant, tmp_path / "session.json")
     env = _env(tmp_path, ledger_url)
-    cli = [sys.executable, "-m", "promptex.cli"]
-    gateway_port, proxy_port = free_port(), free_port()
-    gateway = Process([*cli, "gateway", "serve", "--port", str(gateway_port)], env, gateway_port, "/healthz",
+    gateway_port = free_port()
+    gateway = Process([*CLI, "gateway", "serve", "--port", str(gateway_port)], env, gateway_port, "/healthz",
                       tmp_path / "gateway.out")  # fmt: skip
-    proxy = Process(
-        [*cli, "proxy", "--port", str(proxy_port), "--gateway", gateway.url, "--api-key", api_key,
-         "--session", str(tmp_path / "session.json")],
-        env, proxy_port, "/promptex/status", tmp_path / "proxy.out",
-    )  # fmt: skip
-    done: list[int] = []
-    lock = threading.Lock()
-
-    def client() -> None:
-        sdk = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-        local = random.Random(rng.random())
-        while True:
-            with lock:
-                if len(done) >= REQUESTS:
-                    return
-            prompt = " ".join(["word"] * local.randint(1, 30))
-            try:
-                sdk.chat.completions.create(
-                    model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=local.randint(1, 16)
-                )
-            except openai.APIError:  # a kill under it, or a lane a killed gateway still holds: again
-                gateway.up.wait(120)
-                proxy.up.wait(120)
-                time.sleep(0.05)
-                continue
-            with lock:
-                done.append(1)
-
+    proxy = proxy_process(gateway.url, api_key, tmp_path / "session.json", env, free_port(), tmp_path / "proxy.out")
     try:
         gateway.start()
         proxy.start()
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        for at in sorted(rng.sample(range(10, REQUESTS - 10), KILLS)):
-            while len(done) < at and any(t.is_alive() for t in threads):
-                time.sleep(0.005)
-            time.sleep(rng.random() * 0.05)  # mid-request, or between two
-            victim = rng.choice([gateway, proxy])
-            victim.kill()
-            victim.start()
-        for thread in threads:
-            thread.join(300)
+        answered = drive(proxy, [gateway], model=MODEL, requests=REQUESTS, kills=KILLS, clients=CLIENTS, rng=rng)
         status = httpx.get(proxy.url + "/promptex/status", timeout=10).json()
     finally:
         proxy.kill()
         gateway.kill()
-    assert len(done) >= REQUESTS, f"seed {seed}"
+    assert answered >= REQUESTS, f"seed {seed}"
     assert status["stopped"] is None, f"seed {seed}: {status['stopped']}"
 
     rates = metering.rates_for(
         metering.load_catalog(CATALOG).price(MODEL), "USDC", lot_rate_bps=6000, fee_bps=Settings().protocol_fee_bps
     )
-    true_cost = sum(
-        metering.usage_cost(rates, metering.TokenUsage(u["prompt_tokens"], u["completion_tokens"]))
-        for u in upstream.usages
-    )
-    most_held = metering.upper_bound(rates, 3 + 4 + len(" ".join(["word"] * 30)), 16)  # the largest request's hold
-    rows = [json.loads(line) for line in log_path(tmp_path, grant).read_text().splitlines()]
-    logged = {(r["lane"], int(r["ceiling"]), r["sig"]) for r in rows if r["t"] == "voucher"}
+    true_cost, held = upstream.true_cost(rates), most_held(rates)
+    logged = logged_vouchers(log_path(tmp_path, grant))
     with Ledger.open(ledger_url, sqlite_synchronous="NORMAL") as ledger:
         _, lanes = ledger.lanes(account, "USDC")
         with ledger.engine.connect() as conn:
@@ -258,12 +152,12 @@ def test_proxy_and_gateway_sigkilled__settleable_within_true_cost_plus_a_hold_pe
                 )
             ).all()
     settleable = sum(lane.charged for lane in lanes)
-    assert settleable <= true_cost + LANES * most_held, f"seed {seed}"
+    assert settleable <= true_cost + LANES * held, f"seed {seed}"
     for lane in lanes:  # each lane's total is what its highest voucher, on the buyer's disk, allows
         assert lane.voucher is not None and lane.charged <= lane.voucher.ceiling, f"seed {seed}"
         assert (lane.lane, lane.voucher.ceiling, lane.voucher.signature) in logged, f"seed {seed}"
     ceilings = {(lane, ceiling) for lane, ceiling, _sig in logged}
     assert all((lane, ceiling) in ceilings for lane, ceiling, _cost in covering), f"seed {seed}"
     assert sum(cost for _l, _c, cost in covering) == settleable, f"seed {seed}"
-    print(f"seed {seed}: {len(done)} answered, {len(upstream.usages)} served upstream, true cost {true_cost}, "
-          f"settleable {settleable}, at most {LANES} × {most_held} above")  # fmt: skip
+    print(f"seed {seed}: {answered} answered, {len(upstream.usages)} served upstream, true cost {true_cost}, "
+          f"settleable {settleable}, at most {LANES} × {held} above")  # fmt: skip
