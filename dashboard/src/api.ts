@@ -56,6 +56,14 @@ export interface UsageRecord {
   refund_reason: string | null;
 }
 
+// What the key's account spent per model and per UTC day (GET /api/usage-totals), exact units.
+export interface UsageTotals {
+  records: number;
+  complete: boolean; // false: more records than the server reads for totals
+  per_model: { model: string; asset: string; requests: number; tokens: number; cost: string }[];
+  per_day: { day: string; asset: string; requests: number; cost: string }[];
+}
+
 export interface Epoch {
   id: number;
   asset: string;
@@ -290,6 +298,19 @@ export const api = {
     }),
   account: () => call<AccountView>("/api/account", {}, true),
   usage: () => call<UsageRecord[]>("/api/usage", {}, true),
+  usageTotals: () => call<UsageTotals>("/api/usage-totals", {}, true),
+  /** Every usage record as CSV text (the key's own), for a download. */
+  usageCsv: async (): Promise<{ text: string; filename: string }> => {
+    const key = apiKey();
+    if (!key) throw new ApiError("Use an API key first.", 401);
+    const response = await fetch("/api/usage.csv", { headers: { authorization: `Bearer ${key}` } });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new ApiError(String(body?.error ?? response.statusText), response.status);
+    }
+    const filename = /filename="([^"]+)"/.exec(response.headers.get("content-disposition") ?? "")?.[1] ?? "promptex-usage.csv";
+    return { text: await response.text(), filename };
+  },
   usageRecord: (id: string) => call<UsageRecord>(`/api/usage/${encodeURIComponent(id)}`, {}, true),
   redemption: (wallet: Address) => call<RedemptionView>(`/api/redemption?wallet=${wallet}`, {}, true),
   addRule: (rule: NewRule) =>

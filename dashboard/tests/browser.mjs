@@ -9,7 +9,7 @@
 //      CHROMIUM (default /usr/bin/chromium),
 //      SCREENSHOTS (a folder; the pages' screenshots go there). playwright gives each launch a
 //      fresh temporary user-data-dir (it refuses --user-data-dir in args), removed on close.
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -329,6 +329,16 @@ try {
   await page.screenshot({ path: join(SHOTS, "usage.png"), fullPage: true });
   await grab("usage");
   step("verify usage proof against the root on chain", { verified });
+
+  // The same page: the record's date, its model's and its day's totals, and the CSV export.
+  await waitText(`[data-time="${requestId}"]`, /^\d{4}-\d\d-\d\d \d\d:\d\d$/);
+  const modelTotal = await page.locator('[data-model-total="gpt-4o:USDC"] [data-units]').getAttribute("data-units");
+  const dayTotals = await page.locator("[data-day-total] [data-units]").count();
+  if (modelTotal !== result.metered_units || dayTotals !== 1) throw new Error(`usage totals: gpt-4o ${modelTotal} (metered ${result.metered_units}), ${dayTotals} days`);
+  const [download] = await Promise.all([page.waitForEvent("download", { timeout: T }), page.click("#usage-csv")]);
+  result.usage_csv = readFileSync(await download.path(), "utf8");
+  if (!result.usage_csv.includes(requestId)) throw new Error("the CSV export lacks the request");
+  step("usage: date, totals per model and per day, CSV export", { file: download.suggestedFilename() });
 
   // ─── Withdrawal: too much refused; request; thaw; complete ───────────────
   await page.goto(`${DASHBOARD}/#/portfolio`);

@@ -12,6 +12,8 @@ and the chain.
 Screenshots go to a temporary folder, or to PROMPTEX_SCREENSHOTS (docs/screenshots to
 refresh the README's)."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -116,7 +118,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             "enterprise desk:",
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
             "sell: onboarding opened a listed lot", "market: TWAP chart",
-            "phone: every page at 390 px without horizontal scroll",
+            "phone: every page at 390 px without horizontal scroll", "usage: date, totals per model and per day, CSV",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
@@ -136,6 +138,11 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             assert record is not None and record.asset == "USDC" and record.cost > 0
             assert int(result["metered_units"]) == record.cost
             assert result["metered"] == money(record.cost, "USDC")
+            # The Usage page's CSV export: that record, exact units beside whole ones.
+            [row] = [
+                r for r in csv.DictReader(io.StringIO(result["usage_csv"])) if r["request_id"] == record.request_id
+            ]
+            assert (row["model"], row["asset"], int(row["cost_units"])) == ("gpt-4o", "USDC", record.cost)
         finally:
             ledger.close()
         # Every page's text (in the flow and at 390 px): no amount in smallest units.

@@ -1,8 +1,9 @@
-// Usage and settlement: the key's usage records, every settlement epoch with its
+// Usage and settlement: the key's usage records with their dates (UTC), what it spent per
+// model and per day, a CSV export of every record, every settlement epoch with its
 // transaction, and "verify": the record's Merkle proof checked in this browser against
 // the root the CreditsVault holds on chain (the server's root is not trusted).
 import { vaultAbi } from "../abi";
-import { api, apiKey, type Epoch, type UsageRecord } from "../api";
+import { api, apiKey, type Epoch, type UsageRecord, type UsageTotals } from "../api";
 import { short } from "../format";
 import type { App, Page } from "../main";
 import { leafHash, verify } from "../merkle";
@@ -11,16 +12,103 @@ import { h, notice } from "../ui";
 
 export const usagePage: Page = (root, app) => {
   const records = h("div#records");
+  const totals = h("div#usage-totals");
   const epochs = h("div#epochs");
+  const csvStatus = h("div#csv-status.notice", { role: "status" });
   const refresh = h("button.secondary#refresh-usage", { onclick: () => load() }, "Refresh");
-  root.append(h("h1", {}, "Usage and settlement"), h("h2", {}, "Your usage records ", refresh), records, h("h2", {}, "Settlement epochs"), epochs);
+  const csv = h("button.secondary#usage-csv", { onclick: () => void download(csvStatus) }, "Export CSV");
+  root.append(
+    h("h1", {}, "Usage and settlement"),
+    h("h2", {}, "What you spent"),
+    totals,
+    h("h2", {}, "Your usage records ", refresh, " ", csv),
+    csvStatus,
+    records,
+    h("h2", {}, "Settlement epochs"),
+    epochs,
+  );
   const load = () =>
     void loadPrices(app.ctx).then((prices) => {
+      void drawTotals(totals, prices);
       void drawRecords(records, app, prices);
       void drawEpochs(epochs, prices);
     });
   load();
 };
+
+/** A time in seconds as "2026-12-05 18:41 UTC". */
+export function utc(seconds: number): string {
+  return `${new Date(seconds * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC`;
+}
+
+async function download(status: HTMLElement): Promise<void> {
+  if (!apiKey()) return notice(status, "error", "Use an API key (Utilize page) to export its usage.");
+  try {
+    const { text, filename } = await api.usageCsv();
+    const link = h("a", { href: URL.createObjectURL(new Blob([text], { type: "text/csv" })), download: filename });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+    notice(status, "ok", `Exported ${Math.max(0, text.trim().split("\n").length - 1)} records to ${filename}.`);
+  } catch (err) {
+    notice(status, "error", `Could not export: ${(err as Error).message}`);
+  }
+}
+
+/** Per model and per day (UTC), with each asset's amount and its dollars (provider tokens at the TWAP). */
+async function drawTotals(box: HTMLElement, prices: Prices): Promise<void> {
+  if (!apiKey()) return notice(box, "info", "Use an API key (Utilize page) to see what it spent.");
+  let totals: UsageTotals;
+  try {
+    totals = await api.usageTotals();
+  } catch (err) {
+    return notice(box, "error", (err as Error).message);
+  }
+  box.className = "";
+  if (!totals.per_model.length) return notice(box, "info", "Nothing spent yet.");
+  const overall = prices.total(totals.per_model.map((m) => ({ amount: BigInt(m.cost), symbol: m.asset })));
+  box.replaceChildren(
+    h("p", {}, "In all: ", h("strong#usage-total", { "data-usd-micro": overall.usd.toString() }, overall.text), totals.complete ? "" : h("small", {}, ` (the newest ${totals.records} records)`), h("small.muted", {}, " · refunded requests are not counted")),
+    h(
+      "table#usage-per-model.model-totals",
+      {},
+      h("thead", {}, h("tr", {}, ...["Model", "Requests", "Tokens", "Cost"].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        ...totals.per_model.map((m) =>
+          h(
+            "tr",
+            { "data-model-total": `${m.model}:${m.asset}` },
+            h("td", {}, m.model),
+            h("td.num", {}, m.requests.toLocaleString("en-US")),
+            h("td.num", {}, m.tokens.toLocaleString("en-US")),
+            h("td.num", { "data-units": m.cost }, prices.money(m.cost, m.asset)),
+          ),
+        ),
+      ),
+    ),
+    h(
+      "table#usage-per-day.day-totals",
+      {},
+      h("thead", {}, h("tr", {}, ...["Day (UTC)", "Requests", "Cost"].map((t) => h("th", {}, t)))),
+      h(
+        "tbody",
+        {},
+        ...totals.per_day.map((d) =>
+          h(
+            "tr",
+            { "data-day-total": `${d.day}:${d.asset}` },
+            h("td", {}, d.day),
+            h("td.num", {}, d.requests.toLocaleString("en-US")),
+            h("td.num", { "data-units": d.cost }, prices.money(d.cost, d.asset)),
+          ),
+        ),
+      ),
+    ),
+  );
+}
 
 async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<void> {
   if (!apiKey()) return notice(box, "info", "Use an API key (Utilize page) to see its usage records.");
@@ -36,7 +124,7 @@ async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<
     h(
       "table#usage-table",
       {},
-      h("thead", {}, h("tr", {}, ...["Request", "Model", "Tokens in/out", "Cost", "Settlement", "Transaction", ""].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["Time (UTC)", "Request", "Model", "Tokens in/out", "Cost", "Settlement", "Transaction", ""].map((t) => h("th", {}, t)))),
       h(
         "tbody",
         {},
@@ -47,9 +135,10 @@ async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<
           return h(
             "tr",
             { "data-request": r.request_id },
+            h("td", { "data-time": r.request_id }, utc(r.settled_at).replace(" UTC", "")),
             h("td", {}, h("code", {}, short(r.request_id, 8, 4))),
             h("td", {}, r.model),
-            h("td.num", {}, `${r.input_tokens} / ${r.output_tokens}`),
+            h("td.num", {}, `${r.input_tokens.toLocaleString("en-US")} / ${r.output_tokens.toLocaleString("en-US")}`),
             h("td.num", { "data-cost": r.request_id, "data-units": r.cost }, prices.money(r.cost, r.asset)),
             h("td", { "data-settlement": r.request_id, "data-status": r.status }, r.settlement),
             h("td", {}, r.tx_hash ? h("code", { title: r.tx_hash }, short(r.tx_hash, 8, 6)) : "—"),
@@ -99,7 +188,7 @@ async function drawEpochs(box: HTMLElement, prices: Prices): Promise<void> {
     h(
       "table#epoch-table",
       {},
-      h("thead", {}, h("tr", {}, ...["Asset", "Epoch", "Status", "Records", "Total", "Usage root", "Transaction"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["Posted (UTC)", "Asset", "Epoch", "Status", "Records", "Total", "Usage root", "Transaction"].map((t) => h("th", {}, t)))),
       h(
         "tbody",
         {},
@@ -107,6 +196,7 @@ async function drawEpochs(box: HTMLElement, prices: Prices): Promise<void> {
           h(
             "tr",
             { "data-epoch": `${e.asset}:${e.epoch}` },
+            h("td", {}, utc(e.created_at).replace(" UTC", "")),
             h("td", {}, e.asset),
             h("td.num", {}, e.epoch),
             h("td", {}, e.status, e.error ? h("small", {}, ` ${e.error}`) : null),
