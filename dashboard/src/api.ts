@@ -54,6 +54,10 @@ export interface UsageRecord {
   // the next settlement, held back (and why), or refunded (and why).
   settlement: string;
   refund_reason: string | null;
+  // capped: charged under the signed spend cap; signed (issue 23): covered by the session
+  // key's ceiling voucher for its lane (the lane's total charged never exceeds `ceiling`).
+  mode?: "capped" | "signed";
+  voucher?: { session: number; lane: number; ceiling: string } | null;
 }
 
 // What the key's account spent per model and per UTC day (GET /api/usage-totals), exact units.

@@ -332,6 +332,7 @@ try {
 
   // The same page: the record's date, its model's and its day's totals, and the CSV export.
   await waitText(`[data-time="${requestId}"]`, /^\d{4}-\d\d-\d\d \d\d:\d\d$/);
+  await waitText(`[data-mode="${requestId}"]`, /^capped$/); // under the spend cap, no voucher
   const modelTotal = await page.locator('[data-model-total="gpt-4o:USDC"] [data-units]').getAttribute("data-units");
   const dayTotals = await page.locator("[data-day-total] [data-units]").count();
   if (modelTotal !== result.metered_units || dayTotals !== 1) throw new Error(`usage totals: gpt-4o ${modelTotal} (metered ${result.metered_units}), ${dayTotals} days`);
@@ -553,6 +554,7 @@ try {
   const seriesId = await page.locator("tr[data-holding]").first().getAttribute("data-holding");
   await waitText(`[data-units="${seriesId}"]`, /^2$/);
   await waitText(`[data-value="${seriesId}"]`, /USDC at the TWAP/);
+  await waitText(`[data-series-name="${seriesId}"]`, /^GPT-\d\d[A-Z]{3}\d\d-3\.5\/4\.5-C$/); // a short name, not the id
   if ((await call(optionsAddress, OPTIONS, "balanceOf", [USER, BigInt(seriesId)])) !== 2n) throw new Error("the bought units are not the wallet's");
   await page.screenshot({ path: join(SHOTS, "hedge.png"), fullPage: true });
   await grab("hedge");

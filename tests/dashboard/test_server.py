@@ -221,7 +221,36 @@ def test_usage__totals_and_csv__per_model_and_per_day_exact_refunds_not_counted(
         "1234567",
     )
     assert {r["request_id"]: r["status"] for r in rows}["req-r"] == "refunded"
+    assert {r["mode"] for r in rows} == {"capped"} and {r["voucher_session"] for r in rows} == {""}
     assert dashboard.get("/api/usage.csv").status_code == 401  # the key's own records only
+
+
+def test_usage__signed_mode_record__its_mode_and_voucher_in_the_rows_and_the_csv(dashboard):
+    import csv
+    import io
+
+    from promptex.ledger import UsageRecord
+    from promptex.ledger.schema import usage_records
+
+    wallet = Account.create()
+    issued = obtain_key(dashboard, wallet).json()
+    headers = {"authorization": f"Bearer {issued['key']}"}
+    ledger, account = dashboard.ledger, issued["account"]
+    ledger.credit_deposit("0xs1:0", wallet.address, "USDC", 1_000_000)
+    ledger.set_spend_cap(account, "USDC", 1_000_000)
+    ledger.reserve(account, "USDC", 400, "req-s", ttl=60)
+    ledger.settle("req-s", 400, record=UsageRecord("gpt-4o", 10, 5, 400))
+    # As the gateway records a request a voucher covered (its hold's lane takes the ledger's general path).
+    with ledger.engine.begin() as conn:
+        voucher = {"mode": "signed", "voucher_session": 3, "voucher_lane": 1, "voucher_ceiling": 12_345}
+        conn.execute(usage_records.update().where(usage_records.c.request_id == "req-s").values(**voucher))
+
+    (row,) = dashboard.get("/api/usage", headers=headers).json()
+    assert (row["mode"], row["voucher"]) == ("signed", {"session": 3, "lane": 1, "ceiling": "12345"})
+    (line,) = csv.DictReader(io.StringIO(dashboard.get("/api/usage.csv", headers=headers).text))
+    assert (line["mode"], line["voucher_session"], line["voucher_lane"], line["voucher_ceiling_units"]) == (
+        "signed", "3", "1", "12345",
+    )  # fmt: skip
 
 
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):

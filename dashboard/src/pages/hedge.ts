@@ -368,6 +368,17 @@ export const hedgePage: Page = (root, app) => {
     return (intrinsic * s.size) / PRICE_SCALE;
   }
 
+  /** A series by a short name, as exchanges write them: GPT-06DEC26-3.5/4.5-C (token, expiry in
+   *  UTC, strike and cap or floor in dollars, C or P); its 77-digit id stays in a tooltip. */
+  const seriesName = (s: { token: Address; kind: number; strike: bigint; bound: bigint; expiry: bigint }) => {
+    const day = new Date(Number(s.expiry) * 1000);
+    const month = day.toLocaleString("en-US", { month: "short", timeZone: "UTC" }).toUpperCase();
+    const date = `${String(day.getUTCDate()).padStart(2, "0")}${month}${String(day.getUTCFullYear()).slice(2)}`;
+    const price = (p: bigint) => dollars(p).replace("$", "").replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
+    const bound = s.kind === PUT && s.bound === 0n ? "" : `/${price(s.bound)}`;
+    return `${sym(s.token)}-${date}-${price(s.strike)}${bound}-${s.kind === CALL ? "C" : "P"}`;
+  };
+
   const termsCells = (s: { token: Address; kind: number; strike: bigint; bound: bigint; expiry: bigint; size: bigint }) => [
     h("td", {}, kindName(s.kind)),
     h("td", {}, sym(s.token)),
@@ -401,7 +412,7 @@ export const hedgePage: Page = (root, app) => {
             return h(
               "tr",
               { "data-offer": String(id) },
-              h("td", {}, String(id)),
+              h("td", { title: `series ${o.series_id}` }, `${id}: ${seriesName(s)}`),
               ...termsCells(s),
               h("td.num", {}, String(o.units)),
               h("td.num", {}, `${usd(o.premium_per_unit)} USDC`),
@@ -468,7 +479,7 @@ export const hedgePage: Page = (root, app) => {
             return h(
               "tr",
               { "data-holding": key },
-              h("td", { title: key }, `${key.slice(0, 8)}…`),
+              h("td", { title: `series ${key}`, "data-series-name": key }, seriesName(s)),
               ...termsCells(s),
               h("td.num", { "data-units": key }, String(held)),
               h("td.num", {}, String(written)),

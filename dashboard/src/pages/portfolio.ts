@@ -182,11 +182,13 @@ async function draw(
   table.replaceChildren(
     h("thead", {}, h("tr", {}, h("th", {}, "Asset"), h("th", {}, "Wallet"), h("th", {}, "Vault"), h("th", {}, "Pending withdrawal"), h("th", {}, ""))),
     body,
-    h("tfoot", {}, h("tr", {}, h("th", {}, "Total"), h("td#portfolio-total", { colspan: 4, "data-usd-micro": total.usd.toString() }, total.text))),
   );
+  // Outside the table, so a phone shows it whole while the table scrolls in its box.
+  const totalLine = h("p.total", {}, "Total: ", h("strong#portfolio-total", { "data-usd-micro": total.usd.toString() }, total.text));
+  faucet.replaceChildren(totalLine);
   if (ctx.chain.id === 31337) {
     const usdc = ctx.usdc;
-    faucet.replaceChildren(
+    faucet.append(
       h(
         "p.faucet",
         {},

@@ -110,6 +110,12 @@ async function drawTotals(box: HTMLElement, prices: Prices): Promise<void> {
   );
 }
 
+/** "capped", or "signed: session 3, lane 1, ceiling 0.50 USDC" (the voucher that covers it). */
+function modeText(r: UsageRecord, prices: Prices): string {
+  if (r.mode !== "signed" || !r.voucher) return r.mode ?? "capped";
+  return `signed: session ${r.voucher.session}, lane ${r.voucher.lane}, ceiling ${prices.plain(r.voucher.ceiling, r.asset)}`;
+}
+
 async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<void> {
   if (!apiKey()) return notice(box, "info", "Use an API key (Utilize page) to see its usage records.");
   let list: UsageRecord[];
@@ -124,7 +130,7 @@ async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<
     h(
       "table#usage-table",
       {},
-      h("thead", {}, h("tr", {}, ...["Time (UTC)", "Request", "Model", "Tokens in/out", "Cost", "Settlement", "Transaction", ""].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["Time (UTC)", "Request", "Model", "Tokens in/out", "Cost", "Mode", "Settlement", "Transaction", ""].map((t) => h("th", {}, t)))),
       h(
         "tbody",
         {},
@@ -140,6 +146,7 @@ async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<
             h("td", {}, r.model),
             h("td.num", {}, `${r.input_tokens.toLocaleString("en-US")} / ${r.output_tokens.toLocaleString("en-US")}`),
             h("td.num", { "data-cost": r.request_id, "data-units": r.cost }, prices.money(r.cost, r.asset)),
+            h("td", { "data-mode": r.request_id }, modeText(r, prices)),
             h("td", { "data-settlement": r.request_id, "data-status": r.status }, r.settlement),
             h("td", {}, r.tx_hash ? h("code", { title: r.tx_hash }, short(r.tx_hash, 8, 6)) : "—"),
             h("td", {}, button, result),

@@ -114,6 +114,12 @@ def _usage_rows(conn: Connection, records: list[StoredUsage]) -> list[dict[str, 
                 # back (and why), or refunded (and why): the Usage page shows it as is
                 "settlement": _usage.settlement_note(r, batch_status),
                 "refund_reason": r.refund_reason,
+                # capped (under the signed spend cap) or signed (issue 23: covered by the
+                # session key's ceiling voucher for that lane)
+                "mode": r.mode,
+                "voucher": None
+                if r.voucher_session is None
+                else {"session": r.voucher_session, "lane": r.voucher_lane, "ceiling": str(r.voucher_ceiling)},
             }
         )
     return rows
@@ -163,14 +169,18 @@ def usage_totals_view(engine: Engine, key: ApiKey, limit: int = TOTALS_LIMIT) ->
 
 CSV_COLUMNS = (
     "time_utc", "request_id", "account", "model", "input_tokens", "output_tokens", "asset", "cost", "cost_units",
-    "status", "settlement",
+    "status", "settlement", "mode", "voucher_session", "voucher_lane", "voucher_ceiling_units",
 )  # fmt: skip
+
+
+def _blank(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def usage_csv(engine: Engine, key: ApiKey, limit: int = TOTALS_LIMIT) -> str:
     """Every usage record of the key's account, oldest first, as CSV: the columns of
-    `promptex buyer usage --csv` (cost in whole units and exact smallest units) and where
-    the charge stands."""
+    `promptex buyer usage --csv` (cost in whole units and exact smallest units), where the
+    charge stands, and its mode with the covering voucher (signed mode)."""
     with engine.connect() as conn:
         records = _usage.records_of(conn, key.account, limit)
         rows = _usage_rows(conn, records)
@@ -182,7 +192,7 @@ def usage_csv(engine: Engine, key: ApiKey, limit: int = TOTALS_LIMIT) -> str:
             [
                 f"{_utc(int(r.settled_at)):%Y-%m-%d %H:%M:%S}", r.request_id, r.account, r.model, r.input_tokens,
                 r.output_tokens, r.asset, whole_units(int(r.cost), asset_of(r.asset).decimals), r.cost, r.status,
-                row["settlement"],
+                row["settlement"], r.mode, _blank(r.voucher_session), _blank(r.voucher_lane), _blank(r.voucher_ceiling),
             ]
         )  # fmt: skip
     return out.getvalue()
