@@ -1,0 +1,117 @@
+// Signed mode in the browser (issue 23): the EIP-712 messages the playground signs, mirrored
+// from promptex/protocol/vault.py (tests/dashboard/test_signed.py checks digests and
+// signatures against it), and the x-promptex-voucher header of the gateway's wire.
+//
+// The wallet signs one SessionKey: an ephemeral key made in this tab may sign vouchers for
+// `account` in `asset`, at most `maximum` in all (default $5), until `expiry` (at most 24 h).
+// The session key then signs, per request, a Voucher: lane `lane` of the session may be
+// charged at most `ceiling` in total (what was charged on the lane so far + this request's
+// hold). The buyer's loss is bounded by the session's maximum whatever the page does.
+import { hashTypedData, type Address, type Hex, type LocalAccount } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
+import { PRICE_SCALE, USDC_SYMBOL } from "./money";
+
+export const DOMAIN_NAME = "PROMPTEX CreditsVault";
+export const DOMAIN_VERSION = "1";
+export const SESSION_DEFAULT_USD_MICRO = 5_000_000n; // the playground's default session maximum: $5
+export const SESSION_MAX_SECONDS = 86_400n; // the playground's sessions last at most 24 h
+export const VOUCHER_HEADER = "x-promptex-voucher";
+
+export const SESSION_KEY_TYPES = {
+  SessionKey: [
+    { name: "account", type: "address" },
+    { name: "asset", type: "address" },
+    { name: "key", type: "address" },
+    { name: "lanes", type: "uint256" },
+    { name: "maximum", type: "uint256" },
+    { name: "expiry", type: "uint256" },
+    { name: "nonce", type: "uint256" },
+  ],
+} as const;
+
+export const VOUCHER_TYPES = {
+  Voucher: [
+    { name: "account", type: "address" },
+    { name: "asset", type: "address" },
+    { name: "session", type: "uint256" },
+    { name: "lane", type: "uint256" },
+    { name: "ceiling", type: "uint256" },
+  ],
+} as const;
+
+export interface SessionTerms {
+  account: Address;
+  asset: Address;
+  key: Address; // the session key's address (its private key stays in this tab)
+  lanes: bigint;
+  maximum: bigint; // smallest units of `asset`, in all
+  expiry: bigint; // unix seconds
+  nonce: bigint; // the vault's session_nonce(account, asset): also the session's id
+}
+
+export interface VoucherTerms {
+  account: Address;
+  asset: Address;
+  session: bigint;
+  lane: bigint;
+  ceiling: bigint; // smallest units the lane may be charged in total
+}
+
+export function vaultDomain(chainId: number, vault: Address) {
+  return { name: DOMAIN_NAME, version: DOMAIN_VERSION, chainId, verifyingContract: vault } as const;
+}
+
+/** What the wallet is asked to sign (eth_signTypedData_v4): it shows the maximum and the expiry. */
+export function sessionKeyTypedData(chainId: number, vault: Address, terms: SessionTerms) {
+  return { domain: vaultDomain(chainId, vault), types: SESSION_KEY_TYPES, primaryType: "SessionKey" as const, message: terms };
+}
+
+export function voucherTypedData(chainId: number, vault: Address, terms: VoucherTerms) {
+  return { domain: vaultDomain(chainId, vault), types: VOUCHER_TYPES, primaryType: "Voucher" as const, message: terms };
+}
+
+export function sessionKeyDigest(chainId: number, vault: Address, terms: SessionTerms): Hex {
+  return hashTypedData(sessionKeyTypedData(chainId, vault, terms));
+}
+
+export function voucherDigest(chainId: number, vault: Address, terms: VoucherTerms): Hex {
+  return hashTypedData(voucherTypedData(chainId, vault, terms));
+}
+
+/** A session key: a fresh one, or the one this tab made (its private key never leaves the tab). */
+export function sessionAccount(privateKey: Hex = generatePrivateKey()): LocalAccount {
+  return privateKeyToAccount(privateKey);
+}
+
+/** The session key's signature of a voucher (65 bytes, r ‖ s ‖ v). */
+export function signVoucher(key: LocalAccount, chainId: number, vault: Address, terms: VoucherTerms): Promise<Hex> {
+  return key.signTypedData(voucherTypedData(chainId, vault, terms));
+}
+
+/** The request header: session=<n>;lane=<l>;ceiling=<units>;sig=0x<65 bytes hex>. */
+export function voucherHeader(terms: Pick<VoucherTerms, "session" | "lane" | "ceiling">, signature: Hex): string {
+  return `session=${terms.session};lane=${terms.lane};ceiling=${terms.ceiling};sig=${signature.toLowerCase()}`;
+}
+
+/** The session's maximum in `symbol`'s smallest units: `usdMicro` dollars' worth — USDC 1:1, a
+ *  provider token at its TWAP (rounded down: the bound is never above what the buyer chose);
+ *  null without a TWAP. */
+export function sessionMaximum(symbol: string, usdMicro: bigint, twap: bigint | null): bigint | null {
+  if (symbol.toUpperCase() === USDC_SYMBOL) return usdMicro;
+  if (twap === null || twap <= 0n) return null;
+  return (usdMicro * PRICE_SCALE) / twap;
+}
+
+/** A session's expiry: `hours` from the chain's now, never more than 24 h. */
+export function sessionExpiry(chainNow: bigint, hours: number): bigint {
+  const seconds = BigInt(Math.max(1, Math.floor(hours * 3600)));
+  return chainNow + (seconds < SESSION_MAX_SECONDS ? seconds : SESSION_MAX_SECONDS);
+}
+
+/** The next voucher's ceiling: the lane's charged total plus this request's hold, never above
+ *  what the session has left (`maximum − charged on every lane`); null when nothing is left. */
+export function nextCeiling(laneCharged: bigint, hold: bigint, maximum: bigint, sessionCharged: bigint): bigint | null {
+  const left = maximum - sessionCharged;
+  if (left <= 0n) return null;
+  return laneCharged + (hold < left ? hold : left);
+}
