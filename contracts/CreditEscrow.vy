@@ -251,16 +251,20 @@ def open_lot(
 ) -> uint256:
     """
     @notice Opens a lot of verified API credit and pulls the seller's bond.
-    @dev Attestor only. The seller must have approved `bond` USDC to this
-         contract. A tokenized lot mints face_value ÷ the token's face value
-         (rounded down); the fee share (rounded up) goes to the treasury.
+    @dev Attestor only. The seller must have approved exactly `bond` USDC
+         to this contract: an allowance of any other amount (a standing one
+         included) opens nothing, so an attestor cannot open, and then slash,
+         a lot its seller never put a bond up for. A tokenized lot mints
+         face_value ÷ the token's face value (rounded down); the fee share
+         (rounded up) goes to the treasury.
     @param seller The seller; receives tokens and, later, the bond back.
     @param token A registered provider token.
     @param kind KIND_TOKENIZED or KIND_LISTED.
     @param face_value USD micro-units of credit in the lot (the seller's word).
     @param expiry Unix time after which the lot stops serving; at least
            MIN_LOT_VALIDITY from now.
-    @param bond USDC (6 decimals) posted; at least `min_bond_bps` of face value.
+    @param bond USDC (6 decimals) posted; at least `min_bond_bps` of face
+           value, and exactly the seller's allowance to this contract.
     @param terms_hash Hash of the seller's signed resale-permitted declaration.
     @param rate_bps Listed lots: price as a fraction of list (1..10000); tokenized: 0.
     @return uint256 The new lot id (ids start at 1).
@@ -309,6 +313,8 @@ def open_lot(
     if kind == KIND_TOKENIZED:
         self._link(lot_id, token, expiry)
 
+    # The seller's consent to this lot: an allowance of exactly its bond.
+    assert staticcall IERC20(usdc).allowance(seller, self) == bond, "escrow: bond not approved for this lot"
     assert extcall IERC20(usdc).transferFrom(seller, self, bond, default_return_value=True), "escrow: bond transfer failed"
     if seller_amount > 0:
         extcall IComputeToken(token).mint(seller, seller_amount)

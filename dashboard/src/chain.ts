@@ -105,6 +105,7 @@ const REASONS: [RegExp, string][] = [
   [/escrow: face value too small to mint/, "That face value is too small to mint any tokens. No lot was opened."],
   [/escrow: expiry in the past/, "The lot's expiry is in the past on chain. No lot was opened."],
   [/escrow: bond transfer failed/, "The escrow could not take the bond: approve it first (and hold that much USDC). No lot was opened."],
+  [/escrow: bond not approved for this lot/, "The escrow takes a bond only against an allowance of exactly that amount: approve it first. No lot was opened."],
   [/exceeds balance|insufficient balance/, "Insufficient balance in your wallet. Nothing was sent."],
   [/exceeds allowance|insufficient allowance/, "The contract is not approved to move this much; approve first."],
   [/expired|deadline/, "The transaction's deadline passed before it was mined. Nothing changed."],

@@ -123,16 +123,23 @@ def fund_treasury(rpc_url: str, deployment: Deployment) -> str:
 
 def bond_for(rpc_url: str, deployment: Deployment, seller: str, face_value_usd_micro: int, lots: int) -> int:
     """The escrow's minimum bond for a lot of this face value (USDC units), with `lots` of
-    them minted to the seller and the escrow allowed to take them (anvil's accounts are
-    unlocked): what a demo seller needs before `promptex seller add-capacity --bond`."""
+    them minted to the seller (anvil's accounts are unlocked): what a demo seller needs
+    before `promptex seller add-capacity --bond`, each lot's bond approved by
+    `approve_bond` first."""
     w3 = connect(rpc_url, timeout=30)
     usdc, escrow = deployed_contract(w3, deployment, "USDC"), deployed_contract(w3, deployment, "CreditEscrow")
     bond = int(escrow.functions.min_bond(face_value_usd_micro).call())
     if bond:
-        seller = Web3.to_checksum_address(seller)
-        _send(w3, usdc.functions.mint(seller, bond * lots), seller)
-        _send(w3, usdc.functions.approve(escrow.address, bond * lots), seller)
+        _send(w3, usdc.functions.mint(Web3.to_checksum_address(seller), bond * lots), Web3.to_checksum_address(seller))
     return bond
+
+
+def approve_bond(rpc_url: str, deployment: Deployment, seller: str, bond: int) -> None:
+    """The demo seller (an unlocked anvil account) approves exactly one lot's bond to the
+    escrow, which opens a lot only against an allowance of exactly its bond."""
+    w3 = connect(rpc_url, timeout=30)
+    usdc, escrow = deployed_contract(w3, deployment, "USDC"), deployed_contract(w3, deployment, "CreditEscrow")
+    _send(w3, usdc.functions.approve(escrow.address, bond), Web3.to_checksum_address(seller))
 
 
 def _bind(ledger: Any, account: int, key: str) -> str:

@@ -376,16 +376,16 @@ DEMO_FACE_VALUE_USD = "500"
 
 def open_demo_lots(supervisor: Supervisor, options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
     from promptex.protocol.units import USD_MICRO, whole_units
-    from promptex.ready import bond_for
+    from promptex.ready import approve_bond, bond_for
 
     upstream = f"http://127.0.0.1:{options.upstream_port}/v1"
     face = int(DEMO_FACE_VALUE_USD) * USD_MICRO
-    bonds = {
-        kind: whole_units(bond_for(rpc_url, deployment, seller, face, len(DEMO_PROVIDERS)), 6)
-        for kind, seller in DEMO_SELLERS.items()
-    }
+    lots = len(DEMO_PROVIDERS)
+    units = {kind: bond_for(rpc_url, deployment, seller, face, lots) for kind, seller in DEMO_SELLERS.items()}
+    bonds = {kind: whole_units(bond, 6) for kind, bond in units.items()}
     for provider in DEMO_PROVIDERS:
         for kind, seller in DEMO_SELLERS.items():
+            approve_bond(rpc_url, deployment, seller, units[kind])  # exactly this lot's bond
             supervisor.run_step(
                 f"{kind} {provider} lot",
                 promptex_argv(

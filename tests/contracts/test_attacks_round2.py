@@ -114,6 +114,28 @@ def ew() -> EscrowWorld:
                        sellers, holder, attacker)  # fmt: skip
 
 
+# ─── Attestor ────────────────────────────────────────────────────────────────
+
+
+def test_attestor__opens_and_slashes_a_lot_a_seller_never_asked_for__the_bond_stays_with_the_seller(ew):
+    """Found: a rogue attestor used a seller's standing USDC approval to open a lot the
+    seller never asked for, then slashed it: the seller's USDC went to the insurance fund.
+    Now the escrow opens a lot only against an allowance of exactly its bond."""
+    seller = ew.sellers[0]
+    ew.usdc.mint(seller, FACE)
+    expiry = now() + 30 * DAY
+    for standing in (MAX_UINT, FACE, FACE // 2):  # unlimited, larger, or another lot's bond
+        ew.usdc.approve(ew.escrow.address, standing, sender=seller)
+        with boa.reverts("escrow: bond not approved for this lot"):
+            ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 4, TERMS, 0, sender=ew.attestor)
+    assert ew.usdc.balanceOf(seller) == FACE and ew.escrow.lot_count() == 0
+    # The lot the seller did approve opens, once: the allowance is spent.
+    lot = ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 2, TERMS, 0, sender=ew.attestor)
+    assert ew.escrow.lots(lot).bond == FACE // 2 and ew.usdc.allowance(seller, ew.escrow.address) == 0
+    with boa.reverts("escrow: bond not approved for this lot"):
+        ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 2, TERMS, 0, sender=ew.attestor)
+
+
 # ─── A seller gaming its bond ────────────────────────────────────────────────
 
 

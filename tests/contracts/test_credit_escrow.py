@@ -347,9 +347,11 @@ def test_open_lot__tokenized_with_rate__reverts(escrow, attestor, open_args):
         _open(escrow, attestor, open_args, rate_bps=8_000)
 
 
-def test_open_lot__bond_not_approved__reverts(escrow, usdc, seller, attestor, open_args):
-    usdc.approve(escrow, open_args["bond"] - 1, sender=seller)
-    with ape.reverts("erc20: insufficient allowance"):
+@pytest.mark.parametrize("allowance", [0, -1, +1, 2**256 - 1])
+def test_open_lot__allowance_not_exactly_the_bond__reverts(escrow, usdc, seller, attestor, open_args, allowance):
+    # Less, more, or a standing approval: only an allowance of exactly the bond opens a lot.
+    usdc.approve(escrow, allowance if allowance in (0, 2**256 - 1) else open_args["bond"] + allowance, sender=seller)
+    with ape.reverts("escrow: bond not approved for this lot"):
         _open(escrow, attestor, open_args)
     assert escrow.lot_count() == 0
 

@@ -108,8 +108,6 @@ class World:
             )
             self.escrow.transfer_ownership(self.timelock.address)
         self.timelock.accept_ownership(self.escrow.address)
-        for who in (*self.sellers, self.attacker):
-            self.usdc.approve(self.escrow.address, 2**256 - 1, sender=who)
         for who in (*self.sellers, self.attacker, self.buyer, self.treasury, self.settler):
             for token in self.tokens.values():
                 token.approve(self.escrow.address, 2**256 - 1, sender=who)
@@ -198,6 +196,7 @@ class EscrowMachine(RuleBasedStateMachine):
         token = self.tokens[sym]
         bond = ceil_div(face_value * self.min_bond_bps, BPS) + extra_bond
         self.usdc.mint(seller, bond)
+        self.usdc.approve(self.escrow.address, bond, sender=seller)  # the escrow takes exactly this allowance
         kind = TOKENIZED if tokenized else LISTED
         expiry = self.now() + lifetime
         args = (seller, token.address, kind, face_value, expiry, bond, TERMS, 0 if tokenized else rate_bps)

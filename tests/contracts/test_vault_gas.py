@@ -49,7 +49,7 @@ def measure_settle(n: int) -> int:
         escrow.set_vault(vault.address)
         vault.grant_coordinator(admin)
     usdc.mint(seller, 10**12)
-    usdc.approve(escrow.address, 10**12, sender=seller)
+    usdc.approve(escrow.address, 10**11, sender=seller)  # exactly the lot's bond
     expiry = boa.env.evm.patch.timestamp + 30 * 86_400
     lot = escrow.open_lot(seller, cld.address, 2, 10**12, expiry, 10**11, b"\x11" * 32, 6_000, sender=admin)
 

@@ -131,20 +131,21 @@ class World:
         # One tokenized lot (CLD draws) and two listed lots (USDC credits): the honest
         # seller's and the accomplice's, all long-lived.
         self.usdc.mint(self.seller, 10**15)
-        self.usdc.approve(self.escrow.address, 2**256 - 1, sender=self.seller)
         self.usdc.mint(self.attacker, 10**15)
-        self.usdc.approve(self.escrow.address, 2**256 - 1, sender=self.attacker)
         expiry = boa.env.evm.patch.timestamp + 10 * 365 * 86_400
-        with boa.env.prank(self.admin):
-            self.tokenized_lot = self.escrow.open_lot(
-                self.seller, self.cld.address, TOKENIZED, 10**14, expiry, 10**13, TERMS, 0
-            )
-            self.listed_lot = self.escrow.open_lot(
-                self.seller, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, RATE_BPS
-            )
-            self.accomplice_lot = self.escrow.open_lot(
-                self.attacker, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, 10_000
-            )
+        # The escrow takes exactly the allowance each lot's seller gave for its bond.
+        self.usdc.approve(self.escrow.address, 10**13, sender=self.seller)
+        self.tokenized_lot = self.escrow.open_lot(
+            self.seller, self.cld.address, TOKENIZED, 10**14, expiry, 10**13, TERMS, 0, sender=self.admin
+        )
+        self.usdc.approve(self.escrow.address, 10**12, sender=self.seller)
+        self.listed_lot = self.escrow.open_lot(
+            self.seller, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, RATE_BPS, sender=self.admin
+        )
+        self.usdc.approve(self.escrow.address, 10**12, sender=self.attacker)
+        self.accomplice_lot = self.escrow.open_lot(
+            self.attacker, self.cld.address, LISTED, 10**13, expiry, 10**12, TERMS, 10_000, sender=self.admin
+        )
         # The Timelock administers the vault; its guardian may revoke the two roles at once.
         revocations = [
             (self.vault.address, self.vault.revoke_coordinator.prepare_calldata(self.coordinator)[:4]),

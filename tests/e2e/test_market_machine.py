@@ -179,7 +179,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.token_seller = seller = self.chain.wallet()
         bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
         self.chain.send(seller, self.usdc.functions.mint(seller.address, bond))
-        self.chain.send(seller, self.usdc.functions.approve(self.escrow.address, MAX_UINT))
+        self.chain.send(seller, self.usdc.functions.approve(self.escrow.address, bond))  # exactly this lot's
         before = self.escrow.functions.lot_count().call()
         code, output = self.services.cli(
             "seller", "add-capacity", "--provider", "openai", "--base-url", self.fake.url, "--api-key", "sk-fake",
@@ -211,7 +211,7 @@ class MarketMachine(RuleBasedStateMachine):
         bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
         if bond_approved:
             self.chain.send(seller, self.usdc.functions.mint(seller.address, bond))
-            self.chain.send(seller, self.usdc.functions.approve(self.escrow.address, MAX_UINT))
+            self.chain.send(seller, self.usdc.functions.approve(self.escrow.address, bond))  # exactly this lot's
         before = self.escrow.functions.lot_count().call()
         code, output = self.services.cli(
             "seller", "add-capacity", "--provider", "openai", "--base-url", self.fake.url, "--api-key", "sk-fake",

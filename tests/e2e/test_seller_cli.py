@@ -234,6 +234,24 @@ def test_add_capacity__bond_not_approved__one_line_and_nothing_stored_or_sent(ma
         assert GatewayStore(ledger.engine).lots() == [] and ledger.lot_states() == {}
 
 
+def test_add_capacity__standing_approval__refused_without_the_key_approved_exactly_with_it(market: Market) -> None:
+    # The escrow opens a lot only against an allowance of exactly its bond (so no attestor can
+    # use a standing approval for a lot the seller never asked for): the path says so, or,
+    # with the seller's key, approves exactly the bond.
+    usdc, escrow = market.contract("USDC"), market.escrow()
+    market.send(SELLER, usdc.functions.mint(SELLER.address, BOND))
+    market.send(SELLER, usdc.functions.approve(escrow.address, 2**256 - 1))
+
+    refused = market.add_capacity(seller_key=False)
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    assert "approve it first (exactly that amount" in refused.output
+
+    opened = market.add_capacity()
+    assert opened.exit_code == 0, opened.output
+    assert "bond: 25.00 USDC (approved in 0x" in opened.output
+    assert usdc.functions.allowance(SELLER.address, escrow.address).call() == 0
+
+
 def test_add_capacity__seller_holds_no_bond_or_bond_below_minimum__one_line_each(market: Market) -> None:
     broke = market.add_capacity()
     assert (

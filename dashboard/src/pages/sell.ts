@@ -79,7 +79,8 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
       ]);
       bond = minimum;
       bondLine.dataset.bond = String(minimum);
-      bondLine.dataset.approved = String(allowance >= minimum);
+      // The escrow opens a lot only against an allowance of exactly its bond.
+      bondLine.dataset.approved = String(allowance === minimum);
       bondLine.replaceChildren(
         "Bond: ", h("strong", {}, money(minimum, "USDC")),
         " — the escrow's minimum for this face value, taken from your wallet when the lot opens and released as it is consumed or closes. ",

@@ -4,7 +4,7 @@ dashboard's onboarding (`POST /api/seller/capacity`).
 Everything that can be refused is checked before anything is stored or sent, and said in
 one line (CapacityRefused): the terms, the key (one minimal upstream call), the attestor's
 role, the bond (at least the escrow's minimum, held by the seller, approved to the escrow
-— approved here when the seller's key is given), a lot that would stop being routed at
+for exactly that amount — approved here when the seller's key is given), a lot that would stop being routed at
 once, and open_lot itself (simulated). Then:
 
     record the lot with its sealed key            state requested (serves nothing)
@@ -175,19 +175,22 @@ class Onboarding:
         return expires_at - stop
 
     def _fund_bond(self, seller: str, bond: int) -> str | None:
-        """The seller holds the bond and has approved it to the escrow; approves it with the
+        """The seller holds the bond and has approved exactly it to the escrow (the escrow
+        opens a lot only against an allowance of exactly its bond, so no attestor can use a
+        standing approval for a lot the seller never asked for); approves it with the
         seller's key when that is given. Returns the approval's tx hash, if one was sent."""
         held = self.chain.usdc_balance(seller)
         if held < bond:
             raise CapacityRefused(f"the seller {seller} holds {_usdc(held)}, the bond is {_usdc(bond)}")
         approved = self.chain.allowance(seller)
-        if approved >= bond:
+        if approved == bond:
             return None
         signer = self.chain.seller
         if signer is None or signer.sender.lower() != seller.lower():
             raise CapacityRefused(
                 f"the seller {seller} has approved {_usdc(approved)} of the {_usdc(bond)} bond "
-                f"to CreditEscrow {self.chain.escrow_address()}: approve it first, {self.approve_hint}"
+                f"to CreditEscrow {self.chain.escrow_address()}: approve it first (exactly that amount: "
+                f"an allowance of any other amount opens nothing), {self.approve_hint}"
             )
         call = self.chain.approve_call(bond)
         reason = signer.simulate(call)
