@@ -15,7 +15,8 @@
           stands behind it in the worst case.
         - Every token that stops being backed by open capacity brings its
           share of the lot's bond to the provider's insurance fund: all of
-          the unreleased bond on `slash`; bond × remaining ÷ capacity
+          the unreleased bond on `slash` (a listed lot's slashed bond, which
+          no token needs, is forfeited for good instead); bond × remaining ÷ capacity
           (rounded up) on `expire`; the fee share's part on `finalize_close`.
           The seller gets back only the bond of capacity it delivered or
           returned.
@@ -124,6 +125,12 @@ bonds_held: public(uint256)
 # @notice Forfeited and slashed USDC per provider token, paid to holders of
 #         its unbacked tokens at one common rate (`buy_back_unbacked`).
 insurance_fund: public(HashMap[address, uint256])
+# @notice Slashed bonds of listed lots, per provider token: held here for good
+#         and paid to no one. A listed lot leaves no unbacked token to make good,
+#         and in the insurance fund its bond was anyone's to claim: the next
+#         failing tokenized lot's seller sold its own tokens to it and won the
+#         slashed bond back.
+forfeited: public(HashMap[address, uint256])
 # @notice Tokens in circulation whose lot stopped serving before they were
 #         consumed (expired, slashed, or the fee share of a closed lot).
 unbacked: public(HashMap[address, uint256])
@@ -495,10 +502,13 @@ def expire(lot_id: uint256):
 def slash(lot_id: uint256):
     """
     @notice Slashes a lot whose capacity failed (key revoked, credit gone).
-    @dev Attestor only; also during a requested close. The unreleased bond
-         moves to the provider's insurance fund; unconsumed tokens of a
-         tokenized lot are recorded as unbacked, which holders can sell to
-         that fund (`buy_back_unbacked`), which burns them. No tokens move here.
+    @dev Attestor only; also during a requested close. A tokenized lot's
+         unreleased bond moves to the provider's insurance fund and its
+         unconsumed tokens are recorded as unbacked, which holders can sell to
+         that fund (`buy_back_unbacked`), which burns them. A listed lot's
+         unreleased bond is forfeited for good (`forfeited`): no token needs
+         it, and no one, the attestor included, can ever take it. No tokens
+         move here.
     @param lot_id An open lot.
     """
     assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
@@ -515,7 +525,10 @@ def slash(lot_id: uint256):
     self.lots[lot_id].bond_released = lot.bond
     self._unlink(lot_id, lot.token)
     self.bonds_held -= slashed
-    self.insurance_fund[lot.token] += slashed
+    if lot.kind == KIND_TOKENIZED:
+        self.insurance_fund[lot.token] += slashed
+    else:
+        self.forfeited[lot.token] += slashed
     log LotSlashed(lot_id=lot_id, token=lot.token, slashed=slashed, unbacked=newly_unbacked)
 
 

@@ -169,6 +169,30 @@ def test_seller__its_listed_lot_slashed_while_closing__the_bond_is_lost_to_it(ew
     assert ew.usdc.balanceOf(seller) == 0
 
 
+def test_seller__its_listed_lot_slashed__cannot_win_the_bond_back_with_a_tokenized_lot_left_to_expire(ew):
+    """Found: a listed lot's slashed bond went to the token's insurance fund, where no
+    unbacked token claimed it; the same seller (any address) then opened a tokenized lot at
+    the minimum bond, let it expire undrawn and sold its own tokens to the fund at up to
+    face value: $1,999 back for the $1,000 it posted, the slashed bond recovered. A listed
+    lot's slashed bond is now forfeited for good."""
+    failed, alias = ew.sellers[0], ew.sellers[1]
+    listed = ew.open(failed, LISTED, rate_bps=10_000)
+    ew.escrow.slash(listed, sender=ew.attestor)  # its key failed
+    slashed = ew.escrow.lots(listed).bond
+    lot = ew.open(alias, lifetime=MIN_LOT_VALIDITY)
+    posted = ew.escrow.lots(lot).bond
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + GRACE + 1)
+    ew.escrow.expire(lot)
+    got = ew.tender(alias, ew.cld.balanceOf(alias))
+    # At most its own tokenized lot's forfeit comes back (its unsold tokens harmed no one).
+    assert got <= posted and ew.usdc.balanceOf(failed) == 0
+    assert (
+        ew.escrow.forfeited(ew.cld.address)
+        == slashed
+        == ew.usdc.balanceOf(ew.escrow.address) - ew.escrow.insurance_fund(ew.cld.address)
+    )
+
+
 # ─── The Timelock's guardian and proposer ────────────────────────────────────
 
 

@@ -12,7 +12,8 @@ the contract must agree with the model and:
 - backing: per token, supply == open lots' unconsumed capacity + unbacked tokens, and
   the insurance fund pays every unbacked token at least the floor bond share of its
   face value (MIN_BOND_FLOOR_BPS), at one common rate;
-- the escrow holds exactly the open lots' unreleased bonds plus the insurance funds;
+- the escrow holds exactly the open lots' unreleased bonds plus the insurance funds plus
+  the listed lots' forfeited bonds;
 - no value reaches anyone the rules do not give it: each account's USDC is exactly its
   bond releases and buy-back payouts, the treasury's tokens exactly the mint fees, and
   the Timelock and the former admin hold nothing.
@@ -135,6 +136,7 @@ class EscrowMachine(RuleBasedStateMachine):
         self.burned = {sym: 0 for sym in FACE_VALUES}
         self.unbacked = {sym: 0 for sym in FACE_VALUES}
         self.insurance = {sym: 0 for sym in FACE_VALUES}
+        self.forfeited = {sym: 0 for sym in FACE_VALUES}  # listed lots' slashed bonds, paid to no one
         self.paid_to: dict[str, int] = {}  # USDC sent by the escrow to each account
         self.unspent: dict[str, int] = {}  # faucet USDC a refused lot left with its seller
         self.pending: dict[bytes, tuple[str, int, str, bytes, int]] = {}  # op id → (kind, arg, target, data, ready)
@@ -370,9 +372,11 @@ class EscrowMachine(RuleBasedStateMachine):
                 self.escrow.slash(lot_id, sender=attestor)
             return
         self.escrow.slash(lot_id, sender=attestor)
-        self.insurance[lot.token] += lot.bond - lot.released
         if lot.kind == TOKENIZED:
+            self.insurance[lot.token] += lot.bond - lot.released
             self.unbacked[lot.token] += lot.remaining
+        else:  # a listed lot's bond is forfeited for good: no token needs it
+            self.forfeited[lot.token] += lot.bond - lot.released
         lot.released, lot.status = lot.bond, SLASHED
 
     # ── holders ──────────────────────────────────────────────────────────────
@@ -526,6 +530,7 @@ class EscrowMachine(RuleBasedStateMachine):
             assert token.totalSupply() == self.minted[sym] - self.burned[sym] == open_capacity + self.unbacked[sym]
             assert self.escrow.unbacked(token.address) == self.unbacked[sym]
             assert self.escrow.insurance_fund(token.address) == self.insurance[sym]
+            assert self.escrow.forfeited(token.address) == self.forfeited[sym]
             # fund ÷ unbacked ≥ the floor share of face value, per token unit.
             assert self.insurance[sym] * BPS * UNIT >= self.unbacked[sym] * FACE_VALUES[sym] * FLOOR_BPS
 
@@ -533,7 +538,8 @@ class EscrowMachine(RuleBasedStateMachine):
     def escrow_holds_exactly_open_bonds_and_funds(self):
         open_bonds = sum(m.bond - m.released for m in self.lots.values() if m.status == OPEN)
         assert self.escrow.bonds_held() == open_bonds
-        assert self.usdc.balanceOf(self.escrow.address) == open_bonds + sum(self.insurance.values())
+        held = open_bonds + sum(self.insurance.values()) + sum(self.forfeited.values())
+        assert self.usdc.balanceOf(self.escrow.address) == held
 
     @invariant()
     def no_value_reaches_anyone_the_rules_do_not_give_it(self):

@@ -47,7 +47,8 @@ def run_escrow_machine(world: World) -> None:
         return usdc.functions.balanceOf(escrow.address).call()
 
     def owed() -> int:
-        return escrow.functions.bonds_held().call() + escrow.functions.insurance_fund(cld.address).call()
+        funds = escrow.functions.insurance_fund(cld.address).call() + escrow.functions.forfeited(cld.address).call()
+        return escrow.functions.bonds_held().call() + funds
 
     class EscrowOnFork(RuleBasedStateMachine):
         lots = Bundle("lots")
