@@ -84,6 +84,34 @@
      always holds exactly balances + claimables + reserve. Any other
      uncovered debit (an empty account, an exit too old, more than it took,
      an instant exit the coordinator itself co-signed) reverts the batch.
+
+     Signed mode (issue 23): a wallet registers a session key (EIP-712
+     `SessionKey`: key, lanes, maximum, expiry; nonce = session id); the key
+     signs, per request, a `Voucher` "lane L of account A in session S may
+     be charged at most C in total". `settle_signed` debits each lane at
+     most up to its highest voucher and the session at most its maximum, so
+     the coordinator can take no more than the buyer's key signed for; any
+     number of batches per window, numbered in the same sequence as
+     `settle` (`last_epoch`). Registered in window w, `settle` still debits
+     the account under an active cap until the close of w + 1 and never
+     after; `settle_signed` accepts it from `signed_from` (w + 1, or w + 2
+     if a cap was active). A session ends at expiry or at the close of the
+     window after `revoke_session_key`; its vouchers settle until the close
+     of the window after it ended; the next session may be registered from
+     then on (lanes start at 0 again). In signed mode the account slot is
+
+         bits   0..103  balance       uint104
+         bits 104..199  maximum left  uint96   what the session may still take
+         bits 200..223  session id    uint24
+         bits 224..255  last window   uint32   the last window its vouchers settle in
+
+     and one lane slot per (session, lane) holds key << 96 | settled: a lane
+     debit reads and writes two slots and checks one signature. The last
+     window is a window index (< genesis), never a timestamp, so `settle`'s
+     expiry check refuses a signed-mode slot at no extra gas. Spend caps,
+     session keys and signed entries run from `signed_module` (a
+     CreditsVaultSigned, immutable) by delegatecall on this storage: this
+     contract alone would pass EIP-170's 24,576-byte code limit.
 """
 
 from ethereum.ercs import IERC20
@@ -162,6 +190,26 @@ _ALLOWANCE_MASK: constant(uint256) = 2**192 - 1
 SPEND_CAP_TYPEHASH: public(constant(bytes32)) = keccak256(
     "SpendCap(address account,address asset,uint256 per_epoch,uint256 total,uint256 expiry,uint256 nonce)"
 )
+# @notice Signed mode: lanes a session may have (vouchers name lanes 0 .. lanes − 1).
+MAX_LANES: public(constant(uint256)) = 64
+# @notice Signed mode: entries per `settle_signed` batch. 512 entries of 128
+#         bytes keep a batch's calldata far below the 128 KiB a node relays.
+MAX_SIGNED_ENTRIES: public(constant(uint256)) = 512
+
+# @dev Signed mode's use of the account slot (see the contract @dev).
+_SESSION_SHIFT: constant(uint256) = 200
+_SESSION_MASK: constant(uint256) = 2**24 - 1
+_LAST_WINDOW_SHIFT: constant(uint256) = 224
+# @dev A signed entry's head: account << 96 | lane << 80; its sort key is head >> 80.
+_ENTRY_KEY_SHIFT: constant(uint256) = 80
+_LANE_MASK: constant(uint256) = 2**16 - 1
+# @dev A signed entry's amounts: ceiling << 128 | amount.
+_CEILING_SHIFT: constant(uint256) = 128
+_AMOUNT_MASK: constant(uint256) = 2**128 - 1
+# @dev A lane word: session key << 96 | settled (uint96).
+_LANE_KEY_SHIFT: constant(uint256) = 96
+_SETTLED_MASK: constant(uint256) = 2**96 - 1
+
 # @notice EIP-712 type of a coordinator's statement that `amount` is free of
 #         unsettled usage and may leave the vault at once.
 RELEASE_TYPEHASH: public(constant(bytes32)) = keccak256(
@@ -181,6 +229,28 @@ struct PendingExit:
     market: address
 
 
+# @dev A session key as registered (signed mode). `last_window` is the last
+#      epoch window in which the session's vouchers may be settled.
+struct Session:
+    key: address
+    session: uint256
+    lanes: uint256
+    maximum: uint256
+    expiry: uint256
+    signed_from: uint256
+    last_window: uint256
+
+
+# @notice One `settle_signed` entry (128 bytes of calldata):
+#         head = account << 96 | lane << 80, amounts = ceiling << 128 | amount,
+#         and the voucher's EIP-2098 compact signature (r, vs).
+struct SignedEntry:
+    head: uint256
+    amounts: uint256
+    r: uint256
+    vs: uint256
+
+
 # @notice USDC: always listed withdrawable; what spend-only exits are paid in
 #         and the only asset whose settlements credit listed lots.
 usdc: public(immutable(address))
@@ -193,6 +263,11 @@ genesis: public(immutable(uint256))
 # @notice Longest a pause lasts; also the most a trustless exit is delayed
 #         by pauses (1 .. MAX_THAW_PERIOD, and never above the thaw).
 MAX_PAUSE: public(immutable(uint256))
+
+# @notice The CreditsVaultSigned whose code runs spend caps, session keys and
+#         signed settlement's entries on this vault's storage (delegatecall);
+#         fixed at deployment: replacing it would be replacing the vault.
+signed_module: public(immutable(address))
 
 # @notice Seconds of unpaused time between `request_exit` and `complete_exit`
 #         (≥ 2 × epoch_length and ≥ MAX_PAUSE).
@@ -240,6 +315,16 @@ _pause_start: uint256
 _pause_end: uint256
 # @dev Seconds paused before the current or last pause.
 _paused_before: uint256
+
+# Signed mode. CreditsVaultSigned runs by delegatecall on this storage and
+# declares every variable above and these in the same order (a test compares
+# the two layouts slot by slot): add new variables only after these.
+# @notice account → asset → the nonce the next SessionKey must carry (= its session id).
+session_nonce: public(HashMap[address, HashMap[address, uint256]])
+# @dev asset → account → the last registered session key.
+_sessions: HashMap[address, HashMap[address, Session]]
+# @dev asset → account → session << 16 | lane → the lane word (see _LANE_KEY_SHIFT).
+_lanes: HashMap[address, HashMap[address, HashMap[uint256, uint256]]]
 
 
 # ─── Events ──────────────────────────────────────────────────────────────────
@@ -306,6 +391,29 @@ event EpochSettled:
     total: uint256
     entries: uint256
 
+event SessionKeyRegistered:
+    account: indexed(address)
+    asset: indexed(address)
+    key: address
+    session: uint256
+    lanes: uint256
+    maximum: uint256
+    expiry: uint256
+    signed_from: uint256
+
+event SessionKeyRevoked:
+    account: indexed(address)
+    asset: indexed(address)
+    session: uint256
+    ends_at: uint256
+
+event SignedBatchSettled:
+    asset: indexed(address)
+    batch: indexed(uint256)
+    usage_root: bytes32
+    total: uint256
+    entries: uint256
+
 event SellerCredited:
     epoch: indexed(uint256)
     asset: indexed(address)
@@ -367,7 +475,9 @@ event ExitMarketChanged:
 
 
 @deploy
-def __init__(usdc_: address, escrow_: address, epoch_length_: uint256, max_pause_: uint256):
+def __init__(
+    usdc_: address, escrow_: address, epoch_length_: uint256, max_pause_: uint256, signed_module_: address
+):
     """
     @notice Deploys the vault; the deployer becomes the admin. USDC is listed
             withdrawable; the thaw starts at max(2 × `epoch_length_`, `max_pause_`).
@@ -376,9 +486,12 @@ def __init__(usdc_: address, escrow_: address, epoch_length_: uint256, max_pause
     @param epoch_length_ Seconds per epoch, 1 .. MAX_EPOCH_LENGTH (600 in
            production, a few seconds on a demo chain).
     @param max_pause_ Longest pause, 1 .. MAX_THAW_PERIOD seconds.
+    @param signed_module_ A CreditsVaultSigned: the code of spend caps,
+           session keys and signed settlement, run on this vault's storage.
     """
     assert usdc_ != empty(address), "vault: zero address"
     assert escrow_ != empty(address), "vault: zero address"
+    assert signed_module_.is_contract, "vault: signed module is not a contract"
     assert epoch_length_ > 0 and epoch_length_ <= MAX_EPOCH_LENGTH, "vault: epoch length out of range"
     assert max_pause_ > 0 and max_pause_ <= MAX_THAW_PERIOD, "vault: max pause out of range"
     ownable.__init__()
@@ -389,6 +502,7 @@ def __init__(usdc_: address, escrow_: address, epoch_length_: uint256, max_pause
     epoch_length = epoch_length_
     genesis = block.timestamp
     MAX_PAUSE = max_pause_
+    signed_module = signed_module_
     self.thaw_period = max(2 * epoch_length_, max_pause_)
     self._list(usdc_, POLICY_WITHDRAWABLE)
 
@@ -481,11 +595,7 @@ def register_spend_cap(
     @param nonce Must equal `cap_nonce(account, asset)`.
     @param signature The 65-byte secp256k1 signature of `account`.
     """
-    digest: bytes32 = eip712._hash_typed_data_v4(
-        keccak256(abi_encode(SPEND_CAP_TYPEHASH, account, asset, per_epoch, total, expiry, nonce))
-    )
-    assert ecdsa._recover_sig(digest, signature) == account, "vault: bad cap signature"
-    self._set_cap(account, asset, per_epoch, total, expiry, nonce)
+    self._run_signed()
 
 
 @external
@@ -500,7 +610,7 @@ def set_spend_cap(asset: address, per_epoch: uint256, total: uint256, expiry: ui
     @param total Most all settlements under this cap may debit; max_value(uint256) = no limit.
     @param expiry Unix time after which no settlement may use the cap.
     """
-    self._set_cap(msg.sender, asset, per_epoch, total, expiry, self.cap_nonce[msg.sender][asset])
+    self._run_signed()
 
 
 @external
@@ -513,18 +623,71 @@ def revoke_spend_cap(asset: address):
          nonce, voiding signed caps not yet registered.
     @param asset The asset of the cap.
     """
-    slot: uint256 = self._accounts[asset][msg.sender]
-    deadline: uint256 = genesis + (self._window() + 2) * epoch_length - 1
-    expiry: uint256 = slot >> _EXPIRY_SHIFT
-    if expiry > deadline:
-        expiry = deadline
-        self._accounts[asset][msg.sender] = (slot & (2**_EXPIRY_SHIFT - 1)) | (deadline << _EXPIRY_SHIFT)
-    nonce: uint256 = self.cap_nonce[msg.sender][asset]
-    self.cap_nonce[msg.sender][asset] = nonce + 1
-    log SpendCapRevoked(account=msg.sender, asset=asset, expiry=expiry, nonce=nonce)
+    self._run_signed()
 
 
-# ─── Leaving the vault ───────────────────────────────────────────────────────
+@external
+def register_session_key(
+    account: address,
+    asset: address,
+    key: address,
+    lanes: uint256,
+    maximum: uint256,
+    expiry: uint256,
+    nonce: uint256,
+    signature: Bytes[65],
+):
+    """
+    @notice Registers a session key signed by `account` (EIP-712
+            `SessionKey`), moving the account's `asset` to signed mode: from
+            then on it is debited only by `settle_signed`, within vouchers
+            the session key signed. Anyone may submit it (the coordinator,
+            gaslessly, like a spend cap).
+    @dev Registered in window w: a spend cap active now stays usable by
+         `settle` until the close of window w + 1 (the usage of window w)
+         and `settle_signed` accepts the account from window w + 2; without
+         an active cap, from window w + 1. `settle` never debits the account
+         again while it is in signed mode; spend caps are refused until the
+         session is over. Refused while the account's previous session for
+         `asset` still accepts settlement (rotate: revoke, wait, register).
+    @param account The signer and buyer.
+    @param asset A listed asset.
+    @param key The session key (signs vouchers); not the zero address.
+    @param lanes Vouchers' lanes are 0 .. lanes − 1; 1 .. MAX_LANES.
+    @param maximum Most all the session's debits may take (clamped to 2**96 − 1).
+    @param expiry Unix time the session ends; its vouchers settle until the
+           close of the window after the one it ends in. In the future.
+    @param nonce Must equal `session_nonce(account, asset)`; the session's id.
+    @param signature The 65-byte secp256k1 signature of `account`.
+    """
+    self._run_signed()
+
+
+@external
+def set_session_key(asset: address, key: address, lanes: uint256, maximum: uint256, expiry: uint256):
+    """
+    @notice Registers a session key for the caller without a signature (for
+            contract accounts); same rules as `register_session_key`.
+    @param asset A listed asset.
+    @param key The session key; not the zero address.
+    @param lanes 1 .. MAX_LANES.
+    @param maximum Most all the session's debits may take.
+    @param expiry Unix time the session ends; in the future.
+    """
+    self._run_signed()
+
+
+@external
+def revoke_session_key(asset: address):
+    """
+    @notice Ends the caller's session for `asset` at the close of the next
+            window: until then a stolen session key can take at most what
+            is left of the session maximum; vouchers settle no later.
+    @dev Also uses up the session nonce, voiding SessionKeys signed but not
+         yet registered. Never paused.
+    @param asset The asset of the session.
+    """
+    self._run_signed()
 
 
 @external
@@ -711,22 +874,10 @@ def settle(
     @param fee The protocol fee, added to the reserve.
     @param usage_root Merkle root of the usage records behind the batch.
     """
-    self._require_not_paused()
-    assert self.is_coordinator[msg.sender], "vault: caller is not a coordinator"
-    policy: uint8 = self.asset_policy[asset]
-    assert policy != 0, "vault: asset not listed"
-    assert epoch == self.last_epoch[asset] + 1, "vault: epoch not consecutive"
+    self._begin_settlement(epoch, asset, len(credits), burn, usage_root)
     window: uint256 = self._window()
     assert window >= self._settled_window[asset], "vault: epoch window already settled"
-    if policy == POLICY_SPEND_ONLY:
-        assert len(credits) == 0, "vault: credits on a spend-only asset"
-    else:
-        assert burn == 0, "vault: burn on a withdrawable asset"
-        assert len(credits) == 0 or asset == usdc, "vault: credits are paid in usdc"
-
-    self.last_epoch[asset] = epoch
     self._settled_window[asset] = window + 1
-    self.usage_roots[asset][epoch] = usage_root
 
     # Debits: one slot read and at most one write per entry.
     now: uint256 = block.timestamp
@@ -752,38 +903,56 @@ def settle(
         requested = unsafe_add(requested, amount)
         charged = unsafe_add(charged, take)
 
-    # Listed lots: the escrow draws each and prices the seller's credit.
-    paid_out: uint256 = fee
-    previous = 0
-    for word: uint256 in credits:
-        lot_id: uint256 = word >> 160
-        assert lot_id > previous, "vault: credits not sorted by lot"
-        previous = lot_id
-        consumed: uint256 = word & _LOT_AMOUNT_MASK
-        seller: address = empty(address)
-        credit: uint256 = 0
-        seller, credit = extcall ICreditEscrow(escrow).consume(lot_id, consumed, epoch)
-        self.claimable[seller][asset] += credit
-        paid_out += credit
-        log SellerCredited(epoch=epoch, asset=asset, seller=seller, lot_id=lot_id, amount=credit, consumed=consumed)
-    assert requested == paid_out + burn, "vault: debits do not balance"
-
-    missing: uint256 = requested - charged
-    if missing > 0:
-        available: uint256 = self.reserve[asset] + fee
-        assert available >= missing, "vault: shortfall exceeds reserve"
-        self.reserve[asset] = available - missing
-        self.shortfall[asset] += missing
-    elif fee > 0:
-        self.reserve[asset] += fee
-
-    if burn > 0:
-        extcall ICreditEscrow(escrow).draw(asset, burn, epoch)
-        extcall IComputeToken(asset).burn(burn)
+    self._pay_settlement(epoch, asset, credits, burn, fee, requested, charged)
     log EpochSettled(epoch=epoch, asset=asset, usage_root=usage_root, total=charged, entries=len(debits))
 
 
-# ─── Protocol reserve ────────────────────────────────────────────────────────
+@external
+@nonreentrant
+def settle_signed(
+    epoch: uint256,
+    asset: address,
+    entries: DynArray[SignedEntry, MAX_SIGNED_ENTRIES],
+    credits: DynArray[uint256, MAX_LOTS],
+    burn: uint256,
+    fee: uint256,
+    usage_root: bytes32,
+):
+    """
+    @notice Settles a batch of signed-mode usage of one asset: each entry
+            debits one lane of one account within the highest voucher the
+            account's session key signed for it, drawing the escrow's lots in
+            the same call exactly as `settle` does.
+    @dev Coordinator only; stopped by pause. Any number of batches per window:
+         a batch takes the next number of the asset's settlement sequence
+         (`epoch` = `last_epoch(asset) + 1`, shared with `settle`, whose
+         one-per-window pacing is unchanged), so a batch sent twice fails.
+         Per entry, else the batch reverts: the voucher (account, asset,
+         the account's current session, lane, ceiling; this chain and vault)
+         is signed by the session's key (low-s); lane < the session's lanes;
+         the session accepts settlement in this window (from `signed_from`
+         to the close of the window after it ended); lane settled + amount
+         ≤ ceiling; session settled + amount ≤ its maximum. Entries are
+         sorted by strictly increasing (account, lane), so each lane is
+         debited, and its signature checked, at most once per batch. The
+         part of a debit above the balance follows `settle`'s shortfall rule.
+         Gas: a lane already used in the session costs its account slot and
+         its lane slot (two cold slots) and one ecrecover; a lane's first
+         debit in a session also reads the session and creates the slot.
+    @param epoch `last_epoch(asset) + 1`: this batch's number.
+    @param asset A listed asset.
+    @param entries `SignedEntry`s, (account, lane) strictly increasing.
+    @param credits As in `settle` (USDC only).
+    @param burn As in `settle` (spend-only assets only).
+    @param fee The protocol fee, added to the reserve.
+    @param usage_root Merkle root of the usage records behind the batch.
+    """
+    self._begin_settlement(epoch, asset, len(credits), burn, usage_root)
+    requested: uint256 = 0
+    charged: uint256 = 0
+    requested, charged = abi_decode(self._run_signed(), (uint256, uint256))
+    self._pay_settlement(epoch, asset, credits, burn, fee, requested, charged)
+    log SignedBatchSettled(asset=asset, batch=epoch, usage_root=usage_root, total=charged, entries=len(entries))
 
 
 @external
@@ -1000,6 +1169,8 @@ def spend_cap(account: address, asset: address) -> (uint256, uint256, uint256):
     @return (uint256, uint256, uint256) Most per epoch, total left, expiry.
     """
     slot: uint256 = self._accounts[asset][account]
+    if slot >> _EXPIRY_SHIFT < genesis:
+        return 0, 0, 0  # no cap, or the signed layout
     return self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK), (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, slot >> _EXPIRY_SHIFT
 
 
@@ -1017,6 +1188,57 @@ def debitable(account: address, asset: address) -> uint256:
     if block.timestamp > slot >> _EXPIRY_SHIFT:
         return 0
     return min(slot & MAX_BALANCE, min((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)))
+
+
+@external
+@view
+def session_key(
+    account: address, asset: address
+) -> (address, uint256, uint256, uint256, uint256, uint256, uint256, uint256):
+    """
+    @notice The account's last registered session key for `asset`.
+    @param account The account.
+    @param asset The asset.
+    @return (address, uint256, uint256, uint256, uint256, uint256, uint256, uint256)
+            key, session id, lanes, maximum (as enforced), settled so far,
+            expiry, ends_at (the last second its vouchers may be settled)
+            and signed_from (the first window `settle_signed` accepts it).
+            All zero if none was ever registered.
+    """
+    session: Session = self._sessions[asset][account]
+    if session.key == empty(address):
+        return empty(address), 0, 0, 0, 0, 0, 0, 0
+    slot: uint256 = self._accounts[asset][account]
+    settled: uint256 = 0
+    if self._holds_session(slot, session.session):
+        settled = session.maximum - ((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL)
+    return (
+        session.key,
+        session.session,
+        session.lanes,
+        session.maximum,
+        settled,
+        session.expiry,
+        self._window_end(session.last_window),
+        session.signed_from,
+    )
+
+
+@external
+@view
+def lane_settled(account: address, asset: address, lane: uint256) -> uint256:
+    """
+    @notice What `settle_signed` has debited from a lane in the account's
+            last registered session (lanes start at 0 in every session).
+    @param account The account.
+    @param asset The asset.
+    @param lane The lane.
+    @return uint256 Smallest units.
+    """
+    if lane > _LANE_MASK:
+        return 0
+    session: uint256 = self._sessions[asset][account].session
+    return self._lanes[asset][account][(session << 16) | lane] & _SETTLED_MASK
 
 
 @external
@@ -1159,37 +1381,90 @@ def _take(account: address, asset: address, amount: uint256):
 
 
 @internal
-def _set_cap(account: address, asset: address, per_epoch: uint256, total: uint256, expiry: uint256, nonce: uint256):
-    assert self.asset_policy[asset] != 0, "vault: asset not listed"
-    assert nonce == self.cap_nonce[account][asset], "vault: bad nonce"
-    assert per_epoch > 0 and total > 0, "vault: empty cap"
-    assert per_epoch < max_value(uint256) or total < max_value(uint256), "vault: cap sets no limit"
-    assert expiry > block.timestamp, "vault: cap expired"
-    encoded: uint256 = self._encode(per_epoch)
-    new_per_epoch: uint256 = self._decode(encoded)
-    new_total: uint256 = min(total, MAX_CAP_TOTAL)
-    new_expiry: uint256 = min(expiry, MAX_CAP_EXPIRY)
+def _begin_settlement(epoch: uint256, asset: address, credit_count: uint256, burn: uint256, usage_root: bytes32):
+    # What both settlements check first, and the sequence number they take.
+    self._require_not_paused()
+    assert self.is_coordinator[msg.sender], "vault: caller is not a coordinator"
+    policy: uint8 = self.asset_policy[asset]
+    assert policy != 0, "vault: asset not listed"
+    assert epoch == self.last_epoch[asset] + 1, "vault: epoch not consecutive"
+    if policy == POLICY_SPEND_ONLY:
+        assert credit_count == 0, "vault: credits on a spend-only asset"
+    else:
+        assert burn == 0, "vault: burn on a withdrawable asset"
+        assert credit_count == 0 or asset == usdc, "vault: credits are paid in usdc"
+    self.last_epoch[asset] = epoch
+    self.usage_roots[asset][epoch] = usage_root
 
-    slot: uint256 = self._accounts[asset][account]
-    old_expiry: uint256 = slot >> _EXPIRY_SHIFT
-    if block.timestamp <= old_expiry:
-        # An active cap: only widen it, so usage already served under it stays payable.
-        assert (
-            new_per_epoch >= self._decode((slot >> _PER_EPOCH_SHIFT) & _FLOAT_MASK)
-            and new_total >= (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL
-            and new_expiry >= old_expiry
-        ), "vault: new cap lowers the active cap"
 
-    self.cap_nonce[account][asset] = nonce + 1
-    self._accounts[asset][account] = (
-        (slot & MAX_BALANCE)
-        | (new_total << _CAP_SHIFT)
-        | (encoded << _PER_EPOCH_SHIFT)
-        | (new_expiry << _EXPIRY_SHIFT)
+@internal
+def _pay_settlement(
+    epoch: uint256,
+    asset: address,
+    credits: DynArray[uint256, MAX_LOTS],
+    burn: uint256,
+    fee: uint256,
+    requested: uint256,
+    charged: uint256,
+):
+    # Both settlements' value side: `requested` was debited (`charged` of it
+    # from balances, the rest booked as shortfall); it goes to the listed
+    # lots' sellers (the escrow draws each and prices the credit), the burn
+    # and the fee. The shortfall is paid from the fee, then the reserve.
+    paid_out: uint256 = fee
+    previous: uint256 = 0
+    for word: uint256 in credits:
+        lot_id: uint256 = word >> 160
+        assert lot_id > previous, "vault: credits not sorted by lot"
+        previous = lot_id
+        consumed: uint256 = word & _LOT_AMOUNT_MASK
+        seller: address = empty(address)
+        credit: uint256 = 0
+        seller, credit = extcall ICreditEscrow(escrow).consume(lot_id, consumed, epoch)
+        self.claimable[seller][asset] += credit
+        paid_out += credit
+        log SellerCredited(epoch=epoch, asset=asset, seller=seller, lot_id=lot_id, amount=credit, consumed=consumed)
+    assert requested == paid_out + burn, "vault: debits do not balance"
+
+    missing: uint256 = requested - charged
+    if missing > 0:
+        available: uint256 = self.reserve[asset] + fee
+        assert available >= missing, "vault: shortfall exceeds reserve"
+        self.reserve[asset] = available - missing
+        self.shortfall[asset] += missing
+    elif fee > 0:
+        self.reserve[asset] += fee
+
+    if burn > 0:
+        extcall ICreditEscrow(escrow).draw(asset, burn, epoch)
+        extcall IComputeToken(asset).burn(burn)
+
+
+@internal
+def _run_signed() -> Bytes[64]:
+    # Runs this call's signed-mode code (CreditsVaultSigned, same calldata)
+    # on this vault's storage; its reverts are passed on as they are.
+    return raw_call(signed_module, msg.data, max_outsize=64, is_delegate_call=True)
+
+
+@internal
+@view
+def _holds_session(slot: uint256, session: uint256) -> bool:
+    # Whether an account slot is in the signed layout of `session`: its top
+    # field is then a window index (1 .. genesis − 1), never a cap expiry.
+    last_window: uint256 = slot >> _LAST_WINDOW_SHIFT
+    return (
+        last_window != 0
+        and last_window < genesis
+        and (slot >> _SESSION_SHIFT) & _SESSION_MASK == session
     )
-    log SpendCapRegistered(
-        account=account, asset=asset, per_epoch=new_per_epoch, total=new_total, expiry=new_expiry, nonce=nonce
-    )
+
+
+@internal
+@view
+def _window_end(window: uint256) -> uint256:
+    # The last second of an epoch window.
+    return genesis + (window + 1) * epoch_length - 1
 
 
 @internal

@@ -163,10 +163,11 @@ def test_deploy__deploy_all__lists_assets_and_wires_roles(vault, usdc, cld, gpt,
         (1, "0x" + "00" * 20, "vault: zero address"),
         (3, 0, "vault: max pause out of range"),
         (3, 86_401, "vault: max pause out of range"),
+        (4, "0x" + "00" * 20, "vault: signed module is not a contract"),
     ],
 )
-def test_constructor__bad_argument__reverts(project, admin, usdc, escrow, args_index, value, reason):
-    args = [usdc.address, escrow.address, 600, 1_200]
+def test_constructor__bad_argument__reverts(project, admin, usdc, escrow, vault, args_index, value, reason):
+    args = [usdc.address, escrow.address, 600, 1_200, vault.signed_module()]
     args[args_index] = value
     with ape.reverts(reason):
         admin.deploy(project.CreditsVault, *args)
@@ -337,7 +338,7 @@ def test_register_spend_cap__other_chain__reverts(vault, buyer, coordinator, sig
 
 
 def test_register_spend_cap__other_vault__reverts(project, vault, admin, usdc, escrow, buyer, coordinator, signed_cap):
-    other = admin.deploy(project.CreditsVault, usdc, escrow, 10, 20)
+    other = admin.deploy(project.CreditsVault, usdc, escrow, 10, 20, vault.signed_module())
     args = signed_cap(buyer, verifying=other.address)
     other.register_spend_cap(*args, sender=coordinator)  # valid where it was signed for
     with ape.reverts("vault: bad cap signature"):
@@ -817,7 +818,7 @@ def test_exit_instant__release_for_another_chain__reverts(vault, usdc, fund, buy
 def test_exit_instant__release_for_another_vault__reverts(
     project, vault, usdc, escrow, fund, buyer, release, admin, coordinator
 ):
-    other = admin.deploy(project.CreditsVault, usdc, escrow, 10, 20)
+    other = admin.deploy(project.CreditsVault, usdc, escrow, 10, 20, vault.signed_module())
     other.grant_coordinator(coordinator, sender=admin)
     fund(buyer, 100 * USD)
     nonce, expiry, signature = release(buyer, 10 * USD, verifying=other.address)
@@ -1280,8 +1281,9 @@ def test_pause__non_pauser__reverts(vault, attacker, coordinator):
             vault.pause(sender=account)
 
 
-def test_set_thaw_period__below_max_pause__reverts(project, admin, usdc, escrow):
-    other = admin.deploy(project.CreditsVault, usdc, escrow, 5, 30)  # the thaw starts at MAX_PAUSE
+def test_set_thaw_period__below_max_pause__reverts(project, admin, usdc, escrow, vault):
+    # The thaw starts at MAX_PAUSE.
+    other = admin.deploy(project.CreditsVault, usdc, escrow, 5, 30, vault.signed_module())
     assert other.thaw_period() == 30
     with ape.reverts("vault: thaw period out of range"):
         other.set_thaw_period(29, sender=admin)

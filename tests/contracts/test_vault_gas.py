@@ -18,10 +18,13 @@ TOKEN = LazyPartial("contracts/ComputeToken.vy")
 USDC = LazyPartial("contracts/test/MockUSDC.vy")
 ESCROW = LazyPartial("contracts/CreditEscrow.vy")
 VAULT = LazyPartial("contracts/CreditsVault.vy")
+SIGNED = LazyPartial("contracts/CreditsVaultSigned.vy")
 
 ENTRIES = 500
 CEILING_PER_ENTRY = 8_000  # the issue's target
-PINNED_TOTAL = 3_281_883  # 6,564 per entry; update deliberately when the contract changes
+PINNED_TOTAL = 3_283_113  # 6,566 per entry; update deliberately when the contract changes
+# (3,281,883 before issue 23: +1,230 per batch, not per entry, for the value side shared with
+# settle_signed as one internal function)
 
 
 def intrinsic_gas(calldata: bytes) -> int:
@@ -42,7 +45,7 @@ def measure_settle(n: int) -> int:
     with boa.env.prank(admin):
         usdc = USDC.deploy()
         escrow = ESCROW.deploy(usdc.address, admin, 60)
-        vault = VAULT.deploy(usdc.address, escrow.address, 60, 120)
+        vault = VAULT.deploy(usdc.address, escrow.address, 60, 120, SIGNED.deploy().address)
         cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218, escrow.address, vault.address)
         escrow.add_provider(cld.address)
         escrow.grant_attestor(admin)

@@ -146,7 +146,18 @@ def deploy_all(
     )
     token_abi = write_abi("ComputeToken", abi_of(project.ComputeToken), root)
 
-    vault = deployer.deploy(project.CreditsVault, usdc, escrow.address, epoch_length, vault_max_pause(epoch_length))
+    # Spend caps, session keys and signed settlement's entries run from a second contract on
+    # the vault's storage (the vault alone would pass EIP-170's 24 KiB code limit).
+    signed_module = deployer.deploy(project.CreditsVaultSigned)
+    log(f"VaultSigned   {signed_module.address}")
+    vault = deployer.deploy(
+        project.CreditsVault,
+        usdc,
+        escrow.address,
+        epoch_length,
+        vault_max_pause(epoch_length),
+        signed_module.address,
+    )
     log(f"CreditsVault  {vault.address}")
     contracts["CreditsVault"] = DeployedContract(
         address=str(vault.address), abi=write_abi("CreditsVault", abi_of(project.CreditsVault), root)

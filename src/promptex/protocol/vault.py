@@ -7,6 +7,7 @@ benchmarks. See `contracts/CreditsVault.vy` for the layouts' reasons.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from eth_abi.abi import encode
@@ -23,6 +24,9 @@ POLICY_SPEND_ONLY = 2
 UNLIMITED = MAX_UINT256  # a SpendCap's per_epoch or total with no limit
 MAX_ENTRIES = 1_024  # CreditsVault.MAX_ENTRIES: debits per settlement
 MAX_LOTS = 128  # CreditsVault.MAX_LOTS: credits or lot draws per settlement
+MAX_LANES = 64  # CreditsVault.MAX_LANES: lanes per session (signed mode)
+MAX_SIGNED_ENTRIES = 512  # CreditsVault.MAX_SIGNED_ENTRIES: entries per settle_signed batch
+MAX_SESSION_ID = 2**24 - 1  # CreditsVault.MAX_SESSION_ID: session ids (= SessionKey nonces)
 
 DEBIT_AMOUNT_BITS = 96
 LOT_AMOUNT_BITS = 160
@@ -99,6 +103,89 @@ def pack_lot_amount(lot_id: int, amount: int) -> int:
 
 def unpack_debit(word: int) -> tuple[str, int]:
     return to_checksum_address(f"0x{word >> DEBIT_AMOUNT_BITS:040x}"), word & (2**DEBIT_AMOUNT_BITS - 1)
+
+
+# ─── Signed-mode entries ─────────────────────────────────────────────────────
+# A `settle_signed` entry is four words (128 bytes of calldata):
+#   head    = account << 96 | lane << 80     (sorted by head >> 80: account, then lane)
+#   amounts = ceiling << 128 | amount
+#   r, vs   = the voucher's EIP-2098 compact signature (vs = s | yParity << 255)
+
+ENTRY_KEY_SHIFT = 80
+CEILING_SHIFT = 128
+SIGNED_AMOUNT_BITS = 128
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+SignedEntryWords = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class SignedDebit:
+    """One lane's debit in a `settle_signed` batch, covered by the voucher (session,
+    lane, ceiling) whose 65-byte signature it carries."""
+
+    account: str
+    lane: int
+    ceiling: int
+    amount: int
+    signature: bytes
+
+
+def compact_signature(signature: bytes) -> tuple[int, int]:
+    """A 65-byte r‖s‖v signature as EIP-2098 (r, vs). High-s signatures are refused:
+    the vault rejects them (eth_account and eth_keys only produce low-s ones)."""
+    if len(signature) != 65:
+        raise ValueError(f"a signature is 65 bytes, not {len(signature)}")
+    r = int.from_bytes(signature[:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    v = signature[64]
+    if v < 27:
+        v += 27
+    if v not in (27, 28):
+        raise ValueError(f"bad signature v {signature[64]}")
+    if s > SECP256K1_N // 2:
+        raise ValueError("high-s signature: the vault accepts only low-s (EIP-2)")
+    return r, s | (v - 27) << 255
+
+
+def expand_signature(r: int, vs: int) -> bytes:
+    """The 65-byte r‖s‖v signature of an EIP-2098 (r, vs) pair."""
+    s = vs & (2**255 - 1)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([27 + (vs >> 255)])
+
+
+def pack_signed_entry(debit: SignedDebit) -> SignedEntryWords:
+    """One `settle_signed` entry (a `SignedEntry` tuple)."""
+    if not 0 <= debit.lane < MAX_LANES:
+        raise ValueError(f"lane {debit.lane} is not in 0 .. {MAX_LANES - 1}")
+    if not 0 <= debit.amount < 2**SIGNED_AMOUNT_BITS or not 0 <= debit.ceiling < 2**CEILING_SHIFT:
+        raise ValueError("ceiling and amount must fit in 128 bits")
+    r, vs = compact_signature(debit.signature)
+    head = int(debit.account, 16) << DEBIT_AMOUNT_BITS | debit.lane << ENTRY_KEY_SHIFT
+    return head, debit.ceiling << CEILING_SHIFT | debit.amount, r, vs
+
+
+def pack_signed_entries(debits: Iterable[SignedDebit]) -> list[SignedEntryWords]:
+    """Entries sorted by (account, lane) as `settle_signed` requires; a lane may appear
+    once per batch, and a batch holds at most MAX_SIGNED_ENTRIES."""
+    entries = sorted(pack_signed_entry(debit) for debit in debits)
+    keys = [entry[0] >> ENTRY_KEY_SHIFT for entry in entries]
+    if len(set(keys)) != len(keys):
+        raise ValueError("a lane appears twice in one batch")
+    if len(entries) > MAX_SIGNED_ENTRIES:
+        raise ValueError(f"{len(entries)} entries: a batch holds at most {MAX_SIGNED_ENTRIES}")
+    return entries
+
+
+def unpack_signed_entry(entry: SignedEntryWords) -> SignedDebit:
+    head, amounts, r, vs = entry
+    return SignedDebit(
+        account=to_checksum_address(f"0x{head >> DEBIT_AMOUNT_BITS:040x}"),
+        lane=(head >> ENTRY_KEY_SHIFT) & 0xFFFF,
+        ceiling=amounts >> CEILING_SHIFT,
+        amount=amounts & (2**SIGNED_AMOUNT_BITS - 1),
+        signature=expand_signature(r, vs),
+    )
 
 
 # ─── Spend caps ──────────────────────────────────────────────────────────────
