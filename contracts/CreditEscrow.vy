@@ -87,7 +87,7 @@ SETTLEMENT_GRACE: public(constant(uint256)) = 7_200
 MAX_WINDOW_LENGTH: public(constant(uint256)) = 3_600
 # @notice Most lots one `draw` walks (drawn or skipped); `drawable` counts the same.
 MAX_DRAW_LOTS: public(constant(uint256)) = 256
-# @notice Most later-expiring lots an `open_lot` walks past to keep its token's
+# @notice Most lots an `open_lot` walks past, from each end, to keep its token's
 #         draw order (a new lot usually expires last: no walk at all).
 MAX_INSERT_WALK: public(constant(uint256)) = 256
 
@@ -873,7 +873,12 @@ def _draw_lot(lot_id: uint256, lot: ICreditEscrow.Lot, amount: uint256, epoch: u
 @internal
 def _link(lot_id: uint256, token: address, expiry: uint64):
     # Inserts a tokenized lot in its token's draw order, walking back from the
-    # tail past lots that expire later (equal expiry: after them, by id).
+    # tail past lots that expire later (equal expiry: after them, by id). If
+    # more than MAX_INSERT_WALK lots expire later, it walks forward from the
+    # head past lots that expire no later instead: 257 dust lots expiring far
+    # out (a micro-dollar of bond each) no longer block every lot expiring
+    # sooner; blocking one now also takes as many lots expiring no later,
+    # which are drawn first.
     after: uint256 = self._last_lot[token]
     before: uint256 = 0
     for _: uint256 in range(MAX_INSERT_WALK):
@@ -881,7 +886,15 @@ def _link(lot_id: uint256, token: address, expiry: uint64):
             break
         before = after
         after = self._prev_lot[after]
-    assert after == 0 or self.lots[after].expiry <= expiry, "escrow: too many lots expire later"
+    if after != 0 and self.lots[after].expiry > expiry:
+        after = 0
+        before = self._first_lot[token]
+        for _: uint256 in range(MAX_INSERT_WALK):
+            if before == 0 or self.lots[before].expiry > expiry:
+                break
+            after = before
+            before = self._next_lot[before]
+        assert before == 0 or self.lots[before].expiry > expiry, "escrow: too many lots expire later"
     self._prev_lot[lot_id] = after
     self._next_lot[lot_id] = before
     if after == 0:

@@ -136,6 +136,20 @@ def test_attestor__opens_and_slashes_a_lot_a_seller_never_asked_for__the_bond_st
         ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 2, TERMS, 0, sender=ew.attestor)
 
 
+def test_seller__257_dust_lots_expiring_last__cannot_block_lots_that_expire_sooner(ew):
+    """Found: 257 one-micro-dollar lots expiring 20 years out (a micro-USDC of bond each,
+    opened through the ordinary onboarding) filled the walk `open_lot` makes from the tail
+    to keep the draw order: every later lot expiring sooner reverted. It now walks from
+    the head when the tail is crowded."""
+    for _ in range(257):
+        ew.open(ew.attacker, face=1, lifetime=20 * 365 * DAY)
+    honest = ew.open(ew.sellers[0], lifetime=30 * DAY)
+    sooner = ew.open(ew.sellers[1], lifetime=10 * DAY)
+    later = ew.open(ew.sellers[2], lifetime=60 * DAY)
+    assert ew.escrow.draw_order(ew.cld.address, 3) == [sooner, honest, later]
+    assert ew.escrow.drawable(ew.cld.address) >= 3 * ew.escrow.lots(honest).capacity * 9 // 10
+
+
 # ─── A seller gaming its bond ────────────────────────────────────────────────
 
 
