@@ -105,6 +105,16 @@ def test_usage__rows_totals_per_model_and_day__since_and_csv(ledger: Ledger, mon
     rows = list(csv.DictReader(io.StringIO(run("usage", "--account", str(buyer), "--csv").stdout)))
     assert [r["request_id"] for r in rows] == ["req-a", "req-b", "req-c"]
     assert rows[0]["cost"] == "1.25" and rows[0]["cost_units"] == "1250000" and rows[0]["time_utc"].startswith("2026")
+    assert (rows[0]["mode"], rows[0]["voucher"]) == ("capped", "")
+
+    # A signed-mode record (issue 23) says so, with the voucher that covers it.
+    clock["now"] += 1
+    ledger.reserve(buyer, "USDC", 5_000, "req-d", ttl=60)
+    signed = UsageRecord("gpt-4o", 10, 5, 1, mode="signed", voucher_session=3, voucher_lane=1, voucher_ceiling=9_000)
+    ledger.settle("req-d", 4_000, record=signed)
+    assert re.search(r"signed lane 1\s+req-d", run("usage", "--account", str(buyer)).stdout)
+    rows = list(csv.DictReader(io.StringIO(run("usage", "--account", str(buyer), "--csv").stdout)))
+    assert (rows[-1]["mode"], rows[-1]["voucher"]) == ("signed", "session=3;lane=1;ceiling=9000")
 
     bad = run("usage", "--account", str(buyer), "--since", "last tuesday")
     assert bad.exit_code == 1 and "give a date" in bad.stderr

@@ -163,3 +163,24 @@ def test_indexer_effects__session_events__registered_revoked_unwound_and_carried
     assert ledger.unwind_chain_fact("0")  # and the registration: capped mode, its cap back
     assert ledger.session(account, ASSET) is None
     assert ledger.balance(account, ASSET).cap_remaining == 0
+
+
+def test_usage_record__mode_and_voucher__kept_on_every_settle_path(ledger: Ledger):
+    account = ledger.create_account().id
+    fund(ledger, account, "CLD", 10**20)
+    ceiling = 3 * 10**19  # beyond 2**63: an exact amount on both databases
+    ledger.holds.reserve(Reservation("plain", account, "CLD", 10**18, 60))  # no extras: the fast paths
+    record = UsageRecord("m", 1, 1, 1, mode=SIGNED, voucher_session=5, voucher_lane=3, voucher_ceiling=ceiling)
+    ledger.holds.settle("plain", 10**17, record=record)
+    stored = ledger.usage_record("plain")
+    assert stored is not None
+    assert (stored.mode, stored.voucher_session, stored.voucher_lane, stored.voucher_ceiling) == (
+        "signed",
+        5,
+        3,
+        ceiling,
+    )
+    ledger.holds.reserve(Reservation("bad", account, "CLD", 10**18, 60))
+    with pytest.raises(ValueError):  # a signed record names its voucher
+        ledger.holds.settle("bad", 1, record=UsageRecord("m", 1, 1, 1, mode=SIGNED))
+    ledger.holds.release("bad")

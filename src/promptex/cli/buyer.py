@@ -3,11 +3,16 @@ binding, org member keys, what accounts owe, and limits per key, member and org.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from promptex import metering
 from promptex.cli.amounts import decimal_of
 from promptex.config import settings
+
+if TYPE_CHECKING:
+    from promptex.ledger.usage import StoredUsage
 
 
 @click.group()
@@ -326,6 +331,13 @@ def _since(text: str | None) -> int | None:
 USAGE_LIMIT = 100_000  # records read at most (newest first)
 
 
+def _voucher(record: StoredUsage) -> str:
+    """A signed-mode record's covering voucher (session, lane, ceiling in smallest units); capped: empty."""
+    if record.voucher_session is None:
+        return ""
+    return f"session={record.voucher_session};lane={record.voucher_lane};ceiling={record.voucher_ceiling}"
+
+
 @buyer.command("usage")
 @whose_options
 @click.option("--since", help="from this date/time (UTC) or span back (7d, 12h) [default: everything]")
@@ -354,21 +366,23 @@ def buyer_usage(account_id: int | None, wallet: str | None, key: str | None, sin
     if as_csv:
         out = csv.writer(sys.stdout, lineterminator="\n")
         out.writerow(["time_utc", "request_id", "account", "model", "input_tokens", "output_tokens", "asset",
-                      "cost", "cost_units", "status"])  # fmt: skip
+                      "cost", "cost_units", "status", "mode", "voucher"])  # fmt: skip
         for r in records:
             out.writerow([when(r).strftime("%Y-%m-%d %H:%M:%S"), r.request_id, r.account, r.model, r.input_tokens,
                           r.output_tokens, r.asset, whole_units(r.cost, metering.asset(r.asset).decimals), r.cost,
-                          r.status])  # fmt: skip
+                          r.status, r.mode, _voucher(r)])  # fmt: skip
         return
     if not records:
         click.echo(f"account {account}: no usage" + (f" since {since}" if since else ""))
         return
-    click.echo(f"{'time (UTC)':<17} {'model':<22} {'tokens in/out':>15} {'cost':>18}  request")
+    click.echo(f"{'time (UTC)':<17} {'model':<22} {'tokens in/out':>15} {'cost':>18}  {'mode':<14} request")
     per_model: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     per_day: dict[tuple[str, str], int] = defaultdict(int)
     for r in records:
         tokens = f"{r.input_tokens:,}/{r.output_tokens:,}"
-        click.echo(f"{when(r):%Y-%m-%d %H:%M} {r.model:<22} {tokens:>15} {money(r.cost, r.asset):>18}  {r.request_id}")
+        mode = r.mode if r.voucher_lane is None else f"{r.mode} lane {r.voucher_lane}"
+        shown = money(r.cost, r.asset)
+        click.echo(f"{when(r):%Y-%m-%d %H:%M} {r.model:<22} {tokens:>15} {shown:>18}  {mode:<14} {r.request_id}")
         per_model[(r.model, r.asset)][0] += 1
         per_model[(r.model, r.asset)][1] += r.cost
         per_day[(f"{when(r):%Y-%m-%d}", r.asset)] += r.cost

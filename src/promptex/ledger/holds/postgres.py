@@ -92,10 +92,12 @@ WITH h AS (
 _PG_SETTLE_USAGE = """, u AS (
     INSERT INTO usage_records (request_id, account_id, payer_id, asset, model, input_tokens, output_tokens,
         cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, cost,
-        gateway_lot_id, chain_lot_id, lot_kind, list_usd_micro, fee_bps, settled_at, status)
+        gateway_lot_id, chain_lot_id, lot_kind, list_usd_micro, fee_bps, settled_at, status,
+        mode, voucher_session, voucher_lane, voucher_ceiling)
     SELECT %(request_id)s, h.account_id, h.payer_id, h.asset, %(model)s, %(input_tokens)s, %(output_tokens)s,
         %(cache_read_tokens)s, %(cache_write_tokens)s, %(cache_write_1h_tokens)s, %(reasoning_tokens)s, %(cost)s,
-        %(gateway_lot_id)s, %(chain_lot_id)s, %(lot_kind)s, %(list_usd_micro)s, %(fee_bps)s, %(now)s, %(status)s
+        %(gateway_lot_id)s, %(chain_lot_id)s, %(lot_kind)s, %(list_usd_micro)s, %(fee_bps)s, %(now)s, %(status)s,
+        %(mode)s, %(voucher_session)s, %(voucher_lane)s, %(voucher_ceiling)s
     FROM h
     ON CONFLICT DO NOTHING
     RETURNING 1

@@ -88,6 +88,10 @@ _USAGE_KEYS = (
     "fee_bps",
     "settled_at",
     "status",
+    "mode",
+    "voucher_session",
+    "voucher_lane",
+    "voucher_ceiling",
 )
 _INSERT_HOLD = sqlite.insert(holds).on_conflict_do_nothing().returning(holds.c.request_id)
 _INSERT_ENTRY = sqlite.insert(journal_entries).on_conflict_do_nothing().returning(journal_entries.c.id)
@@ -221,7 +225,8 @@ class SqliteHolds(GeneralHolds):
             _run(cur, conn, _CONSUME, {"p_lot": lot_id, "p_reserved": lot_amount, "p_usage": usage})
         if record is not None:
             values = usage_row(hold, record, now)
-            for name in ("cost", "list_usd_micro"):
-                values[name] = str(values[name])
+            for name in ("cost", "list_usd_micro", "voucher_ceiling"):  # Amount columns: canonical text
+                if values[name] is not None:
+                    values[name] = str(values[name])
             _run(cur, conn, _INSERT_USAGE, values, _USAGE_KEYS)
         return hold
