@@ -21,11 +21,12 @@ from eth_utils.crypto import keccak
 from promptex.chain.sender import Call, Receipt, SignedTx
 from promptex.coordinator.chain import LotInfo
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN, listed_credit
-from promptex.protocol.vault import unpack_debit
+from promptex.protocol.vault import ENTRY_KEY_SHIFT, recover_voucher_signer, unpack_debit, unpack_signed_entry
 
 COORDINATOR = "0x000000000000000000000000000000000000C0DE"
 ADDRESSES = {"USDC": "0x00000000000000000000000000000000000005DC", "CLD": "0x0000000000000000000000000000000000000C1D"}
 EPOCH = 10
+CHAIN_ID, VAULT = 31_337, "0x" + "0a" * 20  # the domain vouchers are signed for
 FAR = 2_000_000_000  # a lot expiry far past the fake clock
 
 
@@ -64,6 +65,8 @@ class State:
     settlements: list[tuple[str, int]] = field(default_factory=list)  # EpochSettled
     caps: list[tuple[str, str, int]] = field(default_factory=list)
     session_keys: dict[tuple[str, str], tuple[str, int, int, int, int]] = field(default_factory=dict)  # signed mode
+    sessions: dict[tuple[str, str], tuple[str, int, int, int]] = field(default_factory=dict)  # key, id, lanes, max
+    lane_settled: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (account, asset, lane)
     release_nonce: dict[str, int] = field(default_factory=dict)
     nonce: int = 0
 
@@ -153,6 +156,9 @@ class FakeChain:
         lots = self._draw_order(self.s, ADDRESSES[asset])
         return sum(self.s.lots[i].capacity - self.s.consumed.get(i, 0) for i in lots)
 
+    def lane_settled(self, address: str, asset: str, lane: int) -> int:
+        return self.s.lane_settled.get((address, asset, lane), 0)
+
     def release_nonce(self, address: str) -> int:
         return self.s.release_nonce.get(address, 0)
 
@@ -173,12 +179,59 @@ class FakeChain:
         requested = charged = 0
         for word in debits:
             account, amount = unpack_debit(word)
-            take = min(amount, s.balances.get((account, asset), 0))
-            if amount - take > s.allowance.get((account, asset), 0):
-                raise Revert("vault: uncovered debit")
-            s.balances[(account, asset)] = s.balances.get((account, asset), 0) - take
+            charged += self._debit(s, account, asset, amount)
             requested += amount
-            charged += take
+        self._value_side(s, epoch, asset, asset_address, window, requested, charged, credits, burn, fee, root)
+
+    def _debit(self, s: State, account: str, asset: str, amount: int) -> int:
+        """Take `amount` from the balance; what it lacks only within an exit's allowance."""
+        take = min(amount, s.balances.get((account, asset), 0))
+        if amount - take > s.allowance.get((account, asset), 0):
+            raise Revert("vault: uncovered debit")
+        s.balances[(account, asset)] = s.balances.get((account, asset), 0) - take
+        return take
+
+    def _settle_signed(self, s: State, epoch: int, asset_address: str, entries, credits, burn, fee, root) -> None:  # noqa: ANN001
+        """Signed mode: any number of batches per window; each lane within its highest voucher."""
+        asset = self._symbol(asset_address)
+        if epoch != s.last_epoch.get(asset, 0) + 1:
+            raise Revert("vault: epoch not consecutive")
+        keys = [entry[0] >> ENTRY_KEY_SHIFT for entry in entries]
+        if keys != sorted(set(keys)):
+            raise Revert("vault: entries not sorted by account and lane")
+        requested = charged = 0
+        for entry in entries:
+            debit = unpack_signed_entry(entry)
+            session = s.sessions.get((debit.account, asset))
+            if session is None:
+                raise Revert("vault: account not in signed mode")
+            key, number, lanes, maximum = session
+            signer = recover_voucher_signer(
+                debit.signature, chain_id=CHAIN_ID, vault=VAULT, account=debit.account, asset=asset_address,
+                session=number, lane=debit.lane, ceiling=debit.ceiling,
+            )  # fmt: skip
+            if signer != key:
+                raise Revert("vault: voucher not signed by the session key")
+            if debit.lane >= lanes:
+                raise Revert("vault: lane out of range")
+            lane = (debit.account, asset, debit.lane)
+            if s.lane_settled.get(lane, 0) + debit.amount > debit.ceiling:
+                raise Revert("vault: debit above the voucher")
+            total = sum(v for (a, t, _), v in s.lane_settled.items() if (a, t) == (debit.account, asset))
+            if total + debit.amount > maximum:
+                raise Revert("vault: debit above the session maximum")
+            s.lane_settled[lane] = s.lane_settled.get(lane, 0) + debit.amount
+            charged += self._debit(s, debit.account, asset, debit.amount)
+            requested += debit.amount
+        window = self.time // EPOCH
+        self._value_side(s, epoch, asset, asset_address, window, requested, charged, credits, burn, fee, root,
+                         signed=True)  # fmt: skip
+
+    def _value_side(  # noqa: ANN001 (the vault's arguments, as `settle` takes them)
+        self, s: State, epoch, asset, asset_address, window, requested, charged, credits, burn, fee, root,  # noqa: ANN001
+        signed: bool = False,
+    ) -> None:  # fmt: skip
+        """What `settle` and `settle_signed` share: credits, burn, fee, the shortfall rule."""
         paid = fee
         for word in credits:
             lot_id, amount = word >> 160, word & (2**160 - 1)
@@ -211,7 +264,8 @@ class FakeChain:
             s.burned[asset] = s.burned.get(asset, 0) + burn
         s.reserve[asset] = available - missing
         s.last_epoch[asset] = epoch
-        s.settled_window[asset] = window + 1
+        if not signed:  # one capped settlement per window; signed batches any time
+            s.settled_window[asset] = window + 1
         s.roots[(asset, epoch)] = bytes(root)
         s.settlements.append((asset, epoch))
 
@@ -226,6 +280,7 @@ class FakeChain:
         if (account, self._symbol(asset)) in s.session_keys:
             raise Revert("vault: session not ended")
         s.session_keys[(account, self._symbol(asset))] = (key, lanes, maximum, expiry, nonce)
+        s.sessions[(account, self._symbol(asset))] = (key, nonce, lanes, maximum)
 
     def simulate(self, call: Call) -> str | None:
         try:

@@ -1,17 +1,31 @@
 """The coordinator's part of signed mode (issue 23), against the in-memory vault: it relays
-wallet-signed SessionKeys as it relays spend caps, each signed transaction stored first."""
+wallet-signed SessionKeys as it relays spend caps, each signed transaction stored first,
+and settles signed-mode usage with `settle_signed` batches — per lane, what the ledger
+charged beyond what the chain settled, within the lane's highest voucher; several batches
+a window; a lane the vault refuses held back alone; a lost batch planned again."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from coordinator_fakes import FakeChain
+from coordinator_fakes import ADDRESSES, CHAIN_ID, VAULT, FakeChain
 from eth_account import Account
+from ledger_helpers import event_id, fund
 
 from promptex.coordinator.service import Coordinator
-from promptex.ledger import Ledger
+from promptex.ledger import Ledger, Reservation, UsageRecord
+from promptex.ledger.holds import ExtraTake
+from promptex.ledger.lanes import NAME, Voucher
+from promptex.ledger.usage import SIGNED
+from promptex.protocol.escrow import KIND_LISTED
+from promptex.protocol.vault import sign_voucher
+
+LOT = 2
+_requests = itertools.count()
 
 
 @pytest.fixture
@@ -37,3 +51,82 @@ def test_session_keys__relayed_once__refused_one_rejected__sent_again_after_a_lo
     statuses = {k.id: k.status for k in coord.store.session_keys(("registered", "rejected"))}
     assert statuses == {good: "registered", bad: "rejected"}
     assert coord.run_once().session_keys == 0  # nothing sent twice
+
+
+class SignedBuyer:
+    """An account in signed mode: registered on the fake vault and in the ledger (as the
+    indexer records it), charged lane by lane as the gateway charges."""
+
+    def __init__(self, book: Ledger, chain: FakeChain, funds: int, lanes: int = 2, maximum: int = 10**9) -> None:
+        self.book, self.account = book, book.create_account().id
+        self.address = fund(book, self.account, "USDC", funds)
+        chain.s.balances[(self.address, "USDC")] = funds
+        self.key = Account.create()
+        chain.s.sessions[(self.address, "USDC")] = (self.key.address, 1, lanes, maximum)
+        book.register_session(
+            event_id(), address=self.address, asset="USDC", asset_address=ADDRESSES["USDC"], chain_id=CHAIN_ID,
+            vault=VAULT, key=self.key.address, session=1, lanes=lanes, maximum=maximum, expiry=book.clock() + 86_400,
+            signed_from=0,
+        )  # fmt: skip
+
+    def spend(self, lane: int, cost: int, hold: int = 1_000, signer: Any = None) -> str:
+        charged = self.book.lane(self.account, "USDC", 1, lane).charged
+        ceiling = charged + hold
+        fields = {"account": self.address, "asset": ADDRESSES["USDC"], "session": 1, "lane": lane, "ceiling": ceiling}
+        signature = sign_voucher((signer or self.key).key, chain_id=CHAIN_ID, vault=VAULT, **fields)
+        request_id = f"sig_{next(_requests)}"
+        self.book.vouchers.plan(request_id, Voucher(1, lane, ceiling, "0x" + signature.hex()))
+        self.book.holds.reserve(
+            Reservation(request_id, self.account, "USDC", hold, 60, extras=(ExtraTake(NAME, ceiling),))
+        )
+        self.book.vouchers.plan(request_id, None)
+        record = UsageRecord(
+            "gpt-4o", 100, 10, cost // 3 + 1, gateway_lot_id=9, chain_lot_id=LOT, lot_kind="listed", fee_bps=500,
+            mode=SIGNED, voucher_session=1, voucher_lane=lane, voucher_ceiling=ceiling,
+        )  # fmt: skip
+        self.book.holds.settle(request_id, cost, record=record)
+        return request_id
+
+
+def test_settle_signed__lanes_within_their_vouchers__several_batches_a_window__bad_lane_alone_held(
+    book: Ledger,
+) -> None:
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    coord = Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0)
+    a, b = SignedBuyer(book, chain, 10_000), SignedBuyer(book, chain, 10_000)
+    a.spend(0, 300), a.spend(0, 200), a.spend(1, 50), b.spend(0, 400)
+    report = coord.run_once()
+    assert report.confirmed == [("USDC", 1)] and chain.s.settlements == [("USDC", 1)]
+    assert chain.lane_settled(a.address, "USDC", 0) == 500 and chain.lane_settled(a.address, "USDC", 1) == 50
+    assert chain.balance_of(a.address, "USDC") == 10_000 - 550 and chain.balance_of(b.address, "USDC") == 9_600
+    assert book.lane(a.account, "USDC", 1, 0).settled == 500  # what GET /v1/promptex/lanes reports
+    assert coord.run_once().confirmed == []  # nothing twice
+
+    a.spend(0, 100)  # the same window: signed batches are not one per window
+    bad = b.spend(1, 70, signer=Account.create())  # a voucher the vault refuses: its lane alone waits
+    assert coord.run_once().confirmed == [("USDC", 2)]
+    assert chain.lane_settled(a.address, "USDC", 0) == 600 and chain.lane_settled(b.address, "USDC", 1) == 0
+    held = book.usage_record(bad)
+    assert (
+        held is not None
+        and held.status == "quarantined"
+        and "not signed by the session key" in (held.quarantine_reason or "")
+    )
+
+
+def test_settle_signed__lost_batch__its_records_planned_again_nothing_lost(book: Ledger) -> None:
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    coord = Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0)
+    a = SignedBuyer(book, chain, 10_000)
+    first = a.spend(0, 300)
+    chain.lose = True  # broadcast, never mined: the batch cannot land
+    coord.run_once()
+    chain.burn_nonce()  # its nonce goes to another transaction: the batch fails, its records back to pending
+    chain.lose = False
+    coord.run_once()
+    coord.run_once()
+    assert chain.lane_settled(a.address, "USDC", 0) == 300  # settled once, under a later epoch
+    record = book.usage_record(first)
+    assert record is not None and record.status == "batched"

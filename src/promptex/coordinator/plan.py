@@ -71,6 +71,9 @@ class Payload:
     credits: dict[int, int] = field(default_factory=dict)  # listed lot → capacity drawn, USD micro at list price
     burn: int = 0  # provider token: burned, and drawn from its tokenized lots
     fee: int = 0
+    # Signed mode (`settle_signed`, issue 23): per lane, (wallet, lane, ceiling, amount,
+    # 0x voucher signature); `debits` then holds each wallet's total over its lanes.
+    signed: list[tuple[str, int, int, int, str]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -83,15 +86,15 @@ class Payload:
         )
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "debits": self.debits,
-                "credits": {str(k): v for k, v in self.credits.items()},
-                "burn": self.burn,
-                "fee": self.fee,
-            },
-            sort_keys=True,
-        )
+        body: dict[str, object] = {
+            "debits": self.debits,
+            "credits": {str(k): v for k, v in self.credits.items()},
+            "burn": self.burn,
+            "fee": self.fee,
+        }
+        if self.signed:
+            body["signed"] = [list(lane) for lane in self.signed]
+        return json.dumps(body, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Payload:
@@ -106,6 +109,9 @@ class Payload:
             credits={int(k): v for k, v in credits.items()},
             burn=burn,
             fee=int(d["fee"]),
+            signed=[
+                (str(a), int(lane), int(c), int(amount), str(sig)) for a, lane, c, amount, sig in d.get("signed", [])
+            ],
         )
 
 

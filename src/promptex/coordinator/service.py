@@ -38,6 +38,7 @@ from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPendi
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
+from promptex.coordinator.signed_plan import LaneDebit, LaneVoucher, Signed, SignedBatch, next_batch
 from promptex.coordinator.store import (
     PLANNED,
     REGISTERED,
@@ -50,12 +51,14 @@ from promptex.coordinator.store import (
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, StoredUsage
+from promptex.protocol.vault import SignedDebit, pack_signed_entries
 
 log = logging.getLogger("promptex.coordinator")
 
 CRASH_ENV = "PROMPTEX_COORDINATOR_CRASH_AT"  # test hook: SIGKILL this process at the named step
 REORG_WINDOW = 128  # blocks: receipts this recent are checked still canonical each pass
 MAX_PENDING_READ = 20_000  # records read per asset per pass (the rest wait for the next)
+MAX_SIGNED_BATCHES_PER_PASS = 16  # settle_signed batches per asset per pass (the rest: the next pass)
 # Reverts caused by particular entries (their payers or lots), not by timing or roles.
 ENTRY_REVERTS = (
     "vault: shortfall exceeds reserve",
@@ -69,6 +72,18 @@ ENTRY_REVERTS = (
     "escrow: draw exceeds drawable capacity",
     "escrow: epoch already consumed",
 )
+# Reverts of `settle_signed` caused by particular lanes (their vouchers, sessions or balances).
+SIGNED_ENTRY_REVERTS = (
+    "vault: debit above the voucher",
+    "vault: debit above the session maximum",
+    "vault: voucher not signed by the session key",
+    "vault: lane out of range",
+    "vault: session ended",
+    "vault: account not in signed mode",
+    "vault: signed mode not started",
+    "vault: no active session",
+)
+SIGNED_NOT_YET = "vault: signed mode not started"  # the lane waits (pending) for the next window
 
 
 class Relayed(Protocol):
@@ -176,6 +191,12 @@ class Coordinator:
     def _call(self, batch_asset: str, epoch: int, payload: Payload, root: bytes) -> Call:
         debits, credits = payload.words()
         asset = self.chain.asset_address(batch_asset)
+        if payload.signed:  # signed mode: one entry per lane, with the voucher that covers it
+            entries = pack_signed_entries(
+                SignedDebit(address, lane, ceiling, amount, bytes.fromhex(sig[2:]))
+                for address, lane, ceiling, amount, sig in payload.signed
+            )
+            return Call("vault", "settle_signed", (epoch, asset, entries, credits, payload.burn, payload.fee, root))
         return Call("vault", "settle", (epoch, asset, debits, credits, payload.burn, payload.fee, root))
 
     def _batch_call(self, batch: Batch) -> Call:
@@ -195,13 +216,22 @@ class Coordinator:
 
     def _settle_asset(self, asset: str) -> None:
         # Several batches can be open at once after a reorg reopened them: oldest first.
+        if not self._close_open(asset):
+            return
+        self._plan(asset)
+        for _ in range(MAX_SIGNED_BATCHES_PER_PASS):  # signed mode: as many batches as it takes
+            if not self._close_open(asset) or not self._plan_signed(asset):
+                return
+
+    def _close_open(self, asset: str) -> bool:
+        """Resolve the asset's batches in flight; whether none is left open."""
         while (batch := self.store.open_batch(asset)) is not None:
             if batch.status == PLANNED:
                 self._submit(batch)
-                return
+                return False
             if not self._finish_submitted(batch):
-                return
-        self._plan(asset)
+                return False
+        return True
 
     def _finish_submitted(self, batch: Batch) -> bool:
         """Close a submitted batch if its transaction's fate is known; False while it is not."""
@@ -261,6 +291,7 @@ class Coordinator:
 
     def _confirm(self, batch: Batch) -> None:
         self.store.confirm(batch, self.clock())
+        self._lanes_settled(batch)
         self._report.confirmed.append((batch.asset, batch.epoch))
         log.info(
             "%s epoch %d settled: %d records, %d debited, root 0x%s",
@@ -313,6 +344,118 @@ class Coordinator:
         log.info("%s epoch %d planned: %d records, %d payers", asset, epoch, len(entries), len(payload.debits))
         crash_point("planned")
         self._submit(batch)
+
+    # ─── Signed mode (issue 23) ──────────────────────────────────────────────
+
+    def _plan_signed(self, asset: str) -> bool:
+        """Plan and submit the next `settle_signed` batch of the asset's signed-mode records
+        (any number per window; see `signed_plan`); whether one was submitted."""
+        records = self.store.pending_signed_records(asset, MAX_PENDING_READ)
+        if not records:
+            return False
+        chain = self.chain
+        spend_only = chain.is_spend_only(asset)
+        self._lots = {}
+        by_id = {record.request_id: record for record in records}
+        entries = self._prepare(asset, records, spend_only)
+        drawable = chain.drawable(asset) if spend_only else 0
+        entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable, asset=asset)
+        self._quarantine(over)
+        signed: list[Signed] = []
+        for e in entries:
+            record = by_id[e.request_id]
+            assert record.voucher_session is not None and record.voucher_lane is not None
+            signed.append(Signed(e, record.voucher_session, record.voucher_lane))
+        planned, held = next_batch(signed, self._lane_vouchers(asset, signed))
+        self._quarantine(held)
+        if planned is None:
+            return False
+        planned = self._fit_signed(asset, planned, spend_only)
+        if planned is None:
+            return False
+        epoch = chain.last_epoch(asset) + 1
+        payload = aggregate(planned.entries, spend_only=spend_only, lots=self._lots)
+        payload.signed = [(d.address, d.lane, d.ceiling, d.amount, "0x" + d.signature.hex()) for d in planned.debits]
+        batch = self.store.plan(asset, epoch, planned.entries, payload, usage_tree(planned.entries).root, self.clock())
+        log.info("%s epoch %d planned (signed): %d records, %d lanes", asset, epoch, len(planned.entries),
+                 len(planned.debits))  # fmt: skip
+        crash_point("planned")
+        self._submit(batch)
+        return True
+
+    def _lane_vouchers(self, asset: str, signed: list[Signed]) -> dict[tuple[str, int], LaneVoucher]:
+        """Per (wallet, lane) the records name: the lane's highest stored voucher of the
+        account's current session, and what the chain settled on it (read from the vault)."""
+        wanted: dict[int, set[int]] = defaultdict(set)
+        wallets: dict[int, str] = {}
+        for item in signed:
+            wanted[item.entry.payer].add(item.lane)
+            wallets[item.entry.payer] = item.entry.address
+        found: dict[tuple[str, int], LaneVoucher] = {}
+        for account, numbers in wanted.items():
+            session, lanes = self.store.session_lanes(account, asset)
+            wallet = wallets[account]
+            if session is None or session.address.lower() != wallet.lower():
+                continue  # its records are held: no voucher of the wallet debited covers them
+            for lane in lanes:
+                if lane.lane in numbers and lane.voucher is not None:
+                    settled = self.chain.lane_settled(wallet, asset, lane.lane)
+                    signature = bytes.fromhex(lane.voucher.signature[2:])
+                    found[(wallet, lane.lane)] = LaneVoucher(
+                        wallet, session.session, lane.lane, lane.voucher.ceiling, signature, settled
+                    )
+        return found
+
+    def _fit_signed(self, asset: str, batch: SignedBatch, spend_only: bool) -> SignedBatch | None:
+        """The batch the vault accepts, found by eth_call: when it reverts for a reason its
+        entries cause, each lane is tried alone and the refused ones' records quarantined."""
+        epoch = self.chain.last_epoch(asset) + 1
+        reason = self.chain.simulate(self._signed_call(asset, epoch, batch, spend_only))
+        if reason is None:
+            return batch
+        if not reason.startswith(ENTRY_REVERTS + SIGNED_ENTRY_REVERTS):
+            log.warning("%s: the vault refuses the signed batch (%s); trying again next pass", asset, reason)
+            return None
+        ids = {e.request_id: e for e in batch.entries}
+        reasons: dict[str, str] = {}
+        kept: list[LaneDebit] = []
+        waiting: set[str] = set()
+        for debit in batch.debits:
+            alone = SignedBatch([debit], [ids[r] for r in debit.request_ids])
+            refused = self.chain.simulate(self._signed_call(asset, epoch, alone, spend_only))
+            if refused is None:
+                kept.append(debit)
+            elif refused.startswith(SIGNED_NOT_YET):  # registered this window: settles from the next
+                waiting.update(debit.request_ids)
+            else:
+                for request_id in debit.request_ids:
+                    reasons[request_id] = f"vault refuses lane {debit.lane} of {debit.address}: {refused}"
+        self._quarantine(reasons)
+        if not kept:
+            return None
+        rest = SignedBatch(kept, [e for e in batch.entries if e.request_id not in reasons | dict.fromkeys(waiting)])
+        if self.chain.simulate(self._signed_call(asset, epoch, rest, spend_only)) is not None:
+            return None  # refused together (a shared reserve): the next pass tries again
+        return rest
+
+    def _signed_call(self, asset: str, epoch: int, batch: SignedBatch, spend_only: bool) -> Call:
+        payload = aggregate(batch.entries, spend_only=spend_only, lots=self._lots)
+        payload.signed = [(d.address, d.lane, d.ceiling, d.amount, "0x" + d.signature.hex()) for d in batch.debits]
+        return self._call(asset, epoch, payload, usage_tree(batch.entries).root)
+
+    def _lanes_settled(self, batch: Batch) -> None:
+        """After a signed batch landed: each lane's settled total, as the vault has it, into
+        the ledger (what `GET /v1/promptex/lanes` reports)."""
+        if not batch.payload.signed:
+            return
+        for address, lane, _ceiling, _amount, _sig in batch.payload.signed:
+            account = self.store.account_of(address)
+            if account is None:
+                continue
+            session, _ = self.store.session_lanes(account, batch.asset)
+            if session is not None:
+                settled = self.chain.lane_settled(address, batch.asset, lane)
+                self.store.set_lane_settled(account, batch.asset, session.session, lane, settled, self.clock())
 
     def _prepare(self, asset: str, records: list[StoredUsage], spend_only: bool) -> list[Entry]:
         """Records as entries; those that cannot be settled are quarantined with their reason."""

@@ -20,10 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from promptex.coordinator.plan import Entry
-from promptex.protocol.vault import MAX_LOTS
-
-# CreditsVault.MAX_SIGNED_ENTRIES: lanes per settle_signed batch.
-MAX_SIGNED_ENTRIES = 512
+from promptex.protocol.vault import MAX_LOTS, MAX_SIGNED_ENTRIES
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,19 @@ from promptex.coordinator.schema import (
     spend_cap_submissions,
 )
 from promptex.ledger import accounts as _accounts
+from promptex.ledger import lanes as _lanes
 from promptex.ledger import lots as _lots
 from promptex.ledger import releases as _releases
+from promptex.ledger import sessions as _sessions
 from promptex.ledger import usage as _usage
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.errors import InsufficientFunds
 from promptex.ledger.journal import insert_ignore
+from promptex.ledger.lanes import Lane
 from promptex.ledger.lots import LotState
 from promptex.ledger.metadata import REASON
 from promptex.ledger.releases import Release
+from promptex.ledger.sessions import SessionKey
 from promptex.ledger.usage import PENDING, StoredUsage
 from promptex.protocol.merkle import LEAF_V1, LEAF_VERSION
 from promptex.protocol.vault import UNLIMITED
@@ -142,6 +146,23 @@ class CoordinatorStore(SignedTxStore):
     def pending_records(self, asset: str, limit: int) -> list[StoredUsage]:
         with self._tx() as conn:
             return _usage.pending_records(conn, asset, limit)
+
+    def pending_signed_records(self, asset: str, limit: int) -> list[StoredUsage]:
+        with self._tx() as conn:
+            return _usage.pending_signed(conn, asset, limit)
+
+    def session_lanes(self, account: int, asset: str) -> tuple[SessionKey | None, list[Lane]]:
+        """The account's current session in `asset` and its lanes, as the ledger has them."""
+        with self._tx() as conn:
+            found = _sessions.current(conn, account, asset)
+            if found is None:
+                return None, []
+            return found, _lanes.lanes(conn, account, asset, found.session, found.lanes)
+
+    def set_lane_settled(self, account: int, asset: str, session: int, lane: int, settled: int, now: int) -> None:
+        """What the chain has settled on the lane (read from the vault once a batch landed)."""
+        with self._tx() as conn:
+            _lanes.set_settled(conn, account, asset, session, lane, settled, now)
 
     def account_of(self, address: str) -> int | None:
         with self._tx() as conn:

@@ -218,6 +218,17 @@ def pending_records(conn: Connection, asset: str, limit: int) -> list[StoredUsag
     return [stored_usage(row) for row in rows]
 
 
+def pending_signed(conn: Connection, asset: str, limit: int) -> list[StoredUsage]:
+    """The asset's signed-mode records not yet in a batch, oldest first (`settle_signed`)."""
+    rows = conn.execute(
+        select(usage_records)
+        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset, usage_records.c.mode == SIGNED)
+        .order_by(usage_records.c.settled_at, usage_records.c.request_id)
+        .limit(limit)
+    ).all()
+    return [stored_usage(row) for row in rows]
+
+
 def quarantine(conn: Connection, reasons: Mapping[str, str], now: int) -> int:
     """Set pending records aside with their reason (they stay visible; nothing is deleted);
     a reason must fit the column (500 characters). Returns how many were pending."""
