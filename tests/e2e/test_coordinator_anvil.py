@@ -21,14 +21,19 @@ from promptex.cli.usage import usage_verify
 from promptex.coordinator import factory, service
 from promptex.coordinator.chain import Web3Chain
 from promptex.coordinator.service import Coordinator
-from promptex.ledger import Ledger, UsageRecord
+from promptex.indexer import effects
+from promptex.indexer.followed import VAULT, Followed
+from promptex.ledger import Ledger, Reservation, UsageRecord
 from promptex.ledger.binding import sign
+from promptex.ledger.holds import ExtraTake
+from promptex.ledger.lanes import NAME, Voucher
+from promptex.ledger.usage import SIGNED
 from promptex.proofs import leaf_of
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
 from promptex.protocol.merkle import MerkleTree
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC_UNIT
-from promptex.protocol.vault import UNLIMITED, sign_spend_cap
+from promptex.protocol.vault import UNLIMITED, sign_session_key, sign_spend_cap, sign_voucher
 
 MNEMONIC = " ".join(["test"] * 11 + ["junk"])  # anvil's public development mnemonic
 EPOCH = 10  # the local deploy's epoch length
@@ -393,3 +398,66 @@ def test_coordinator__reorg_orphans_two_settlements_and_a_cap__each_resolved_boo
     assert [c.status for c in store.spend_caps(("registered",))] == ["registered", "registered"]
     on_chain = world.vault.functions.balance_of(address, world.usdc.address).call()
     assert on_chain == 20 * USDC_UNIT - 7_000 == world.ledger.balance(account, "USDC").posted
+
+
+def test_coordinator__signed_mode__session_relayed_then_lanes_settled_within_their_vouchers(world):
+    """Issue 23 on the real vault: the coordinator relays a wallet-signed SessionKey, and from
+    the next window settles each lane's charges with settle_signed, within its voucher."""
+    wallet = anvil_account(3)
+    account, address = world.buyer(3, "USDC", 5 * USDC_UNIT)
+    asset, key = world.chain.asset_address("USDC"), Account.create()
+    domain = {"chain_id": world.deployment.chain_id, "vault": world.vault.address}
+    nonce = world.vault.functions.session_nonce(address, asset).call()
+    grant = {"account": address, "asset": asset, "key": key.address, "lanes": 2, "maximum": 2 * USDC_UNIT,
+             "expiry": world.chain.now() + 86_400, "nonce": nonce}  # fmt: skip
+    signature = sign_session_key(wallet.key, **domain, **grant)
+    coordinator = world.coordinator()
+    coordinator.submit_session_key(address, "USDC", key.address, 2, 2 * USDC_UNIT, grant["expiry"], grant["nonce"],
+                                   signature)  # fmt: skip
+    assert coordinator.run_once().session_keys == 1
+    # The indexer's decoding and effect of the vault's event, on its real log.
+    followed = Followed.from_deployment(world.deployment)
+    raw = world.w3.provider.make_request("eth_getLogs", [{"address": world.vault.address, "fromBlock": "0x0"}])
+    decoded = [followed.decoder.decode(VAULT, log) for log in raw["result"]]
+    registered = [e for e in decoded if e is not None and e.name == "SessionKeyRegistered"][-1]
+    assert world.ledger.apply_chain_facts(
+        lambda facts: effects.apply(facts, registered, "sk:0", followed.symbol, "", world.deployment.chain_id)
+    )
+    event = registered.args
+    session = world.ledger.session(account, "USDC")
+    assert session is not None and (session.key, session.vault) == (key.address, world.vault.address)
+
+    def spend(lane, cost, hold=100_000):
+        charged = world.ledger.lane(account, "USDC", event["session"], lane).charged
+        ceiling = charged + hold
+        voucher = {"account": address, "asset": asset, "session": event["session"], "lane": lane, "ceiling": ceiling}
+        sig = sign_voucher(key.key, **domain, **voucher)
+        request_id = f"req_{next(_requests)}"
+        world.ledger.vouchers.plan(request_id, Voucher(event["session"], lane, ceiling, "0x" + sig.hex()))
+        world.ledger.holds.reserve(
+            Reservation(request_id, account, "USDC", hold, 600, extras=(ExtraTake(NAME, ceiling),))
+        )
+        world.ledger.vouchers.plan(request_id, None)
+        record = UsageRecord(
+            model="gpt-4o", input_tokens=1_000, output_tokens=100, list_usd_micro=cost // 2 + 1, gateway_lot_id=1,
+            chain_lot_id=world.usdc_lot, lot_kind="listed", fee_bps=500, mode=SIGNED,
+            voucher_session=event["session"], voucher_lane=lane, voucher_ceiling=ceiling,
+        )  # fmt: skip
+        world.ledger.holds.settle(request_id, cost, record=record)
+        return request_id
+
+    spent = [spend(0, 30_000), spend(0, 20_000), spend(1, 45_000)]
+    before = world.vault.functions.balance_of(address, asset).call()
+    # Its spend cap still serves this window and the next: the lanes wait, not quarantined.
+    assert coordinator.run_once().quarantined == 0
+    world.next_window()
+    world.next_window()
+    assert coordinator.run_once().quarantined == 0
+    assert world.vault.functions.lane_settled(address, asset, 0).call() == 50_000
+    assert world.vault.functions.lane_settled(address, asset, 1).call() == 45_000
+    assert world.vault.functions.balance_of(address, asset).call() == before - 95_000
+    assert [coordinator.store.record(r).status for r in spent] == ["batched"] * 3
+    assert world.ledger.lane(account, "USDC", event["session"], 0).settled == 50_000
+    spend(0, 10_000)  # several batches a window
+    assert len(coordinator.run_once().confirmed) == 1
+    assert world.vault.functions.lane_settled(address, asset, 0).call() == 60_000
