@@ -328,8 +328,9 @@ def test_vault_guardian__revokes_a_role_never_held__succeeds_and_moves_nothing(e
     """Confirmed (reported to the lead, not fixed here): the vault's `revoke_coordinator`
     and `revoke_pauser` do not check that the account held the role, unlike every other
     revocation; the call logs a revocation that changed nothing. No role or value moves."""
+    signed = LazyPartial("contracts/CreditsVaultSigned.vy").deploy()
     vault = LazyPartial("contracts/CreditsVault.vy").deploy(
-        ew.usdc.address, ew.escrow.address, WINDOW, 2 * WINDOW, sender=ew.deployer
+        ew.usdc.address, ew.escrow.address, WINDOW, 2 * WINDOW, signed.address, sender=ew.deployer
     )
     stranger, coordinator = ew.attacker, ew.sellers[2]
     vault.grant_coordinator(coordinator, sender=ew.deployer)
