@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, insert, or_, select, update
+from sqlalchemy import Select, Table, insert, or_, select, update
 
 from promptex.chain.sender import SignedTx
 from promptex.chain.txlog import SignedTxStore, StoredTx
@@ -149,7 +149,7 @@ class CoordinatorStore(SignedTxStore):
 
     def pending_signed_records(self, asset: str, limit: int) -> list[StoredUsage]:
         with self._tx() as conn:
-            return _usage.pending_signed(conn, asset, limit)
+            return _usage.pending_records(conn, asset, limit, _usage.SIGNED)
 
     def session_lanes(self, account: int, asset: str) -> tuple[SessionKey | None, list[Lane]]:
         """The account's current session in `asset` and its lanes, as the ledger has them."""
@@ -438,22 +438,10 @@ class CoordinatorStore(SignedTxStore):
         ]
 
     def submit_session_key(self, submission_id: int, signed: SignedTx, sender: str, now: int) -> int:
-        with self._tx() as conn:
-            tx_id = self._store_tx(conn, "session_key", signed, sender, now)
-            conn.execute(
-                update(session_key_submissions)
-                .where(session_key_submissions.c.id == submission_id)
-                .values(status=SUBMITTED, tx_id=tx_id)
-            )
-        return tx_id
+        return self._submit_relayed(session_key_submissions, "session_key", submission_id, signed, sender, now)
 
     def close_session_key(self, submission_id: int, status: str, error: str | None = None) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                update(session_key_submissions)
-                .where(session_key_submissions.c.id == submission_id)
-                .values(status=status, error=None if error is None else error[:REASON])
-            )
+        self._close_relayed(session_key_submissions, submission_id, status, error)
 
     def spend_caps(self, statuses: Sequence[str] = (PENDING, SUBMITTED)) -> list[CapSubmission]:
         with self._tx() as conn:
@@ -470,20 +458,23 @@ class CoordinatorStore(SignedTxStore):
         ]
 
     def submit_spend_cap(self, cap_id: int, signed: SignedTx, sender: str, now: int) -> int:
-        with self._tx() as conn:
-            tx_id = self._store_tx(conn, "spend_cap", signed, sender, now)
-            conn.execute(
-                update(spend_cap_submissions)
-                .where(spend_cap_submissions.c.id == cap_id)
-                .values(status=SUBMITTED, tx_id=tx_id)
-            )
-        return tx_id
+        return self._submit_relayed(spend_cap_submissions, "spend_cap", cap_id, signed, sender, now)
 
     def close_spend_cap(self, cap_id: int, status: str, error: str | None = None) -> None:
+        self._close_relayed(spend_cap_submissions, cap_id, status, error)
+
+    def _submit_relayed(self, table: Table, purpose: str, row_id: int, signed: SignedTx, sender: str, now: int) -> int:
+        """A relayed message's transaction, stored (before its broadcast) with the message it sends."""
+        with self._tx() as conn:
+            tx_id = self._store_tx(conn, purpose, signed, sender, now)
+            conn.execute(update(table).where(table.c.id == row_id).values(status=SUBMITTED, tx_id=tx_id))
+        return tx_id
+
+    def _close_relayed(self, table: Table, row_id: int, status: str, error: str | None) -> None:
         with self._tx() as conn:
             conn.execute(
-                update(spend_cap_submissions)
-                .where(spend_cap_submissions.c.id == cap_id)
+                update(table)
+                .where(table.c.id == row_id)
                 .values(status=status, error=None if error is None else error[:REASON])
             )
 

@@ -207,22 +207,12 @@ def pending_assets(conn: Connection) -> list[str]:
     return list(conn.execute(stmt.distinct()).scalars())
 
 
-def pending_records(conn: Connection, asset: str, limit: int) -> list[StoredUsage]:
-    """The asset's capped-mode records not yet in a batch, oldest settlement first."""
+def pending_records(conn: Connection, asset: str, limit: int, mode: str = CAPPED) -> list[StoredUsage]:
+    """The asset's records of `mode` not yet in a batch, oldest settlement first (capped:
+    for `settle`; signed: for `settle_signed`)."""
     rows = conn.execute(
         select(usage_records)
-        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset, usage_records.c.mode == CAPPED)
-        .order_by(usage_records.c.settled_at, usage_records.c.request_id)
-        .limit(limit)
-    ).all()
-    return [stored_usage(row) for row in rows]
-
-
-def pending_signed(conn: Connection, asset: str, limit: int) -> list[StoredUsage]:
-    """The asset's signed-mode records not yet in a batch, oldest first (`settle_signed`)."""
-    rows = conn.execute(
-        select(usage_records)
-        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset, usage_records.c.mode == SIGNED)
+        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset, usage_records.c.mode == mode)
         .order_by(usage_records.c.settled_at, usage_records.c.request_id)
         .limit(limit)
     ).all()
