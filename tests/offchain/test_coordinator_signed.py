@@ -43,13 +43,14 @@ def test_session_keys__relayed_once__refused_one_rejected__sent_again_after_a_lo
     good = coord.submit_session_key(wallet, *args, 0, b"sig")
     assert coord.submit_session_key(wallet, *args, 0, b"sig") == good  # idempotent per (wallet, asset, nonce)
     bad = coord.submit_session_key(Account.create().address, *args, 0, b"bad")
+    unknown = coord.store.add_session_key(wallet, "XYZ", key, 4, 5, chain.now() + 60, 0, "0x00", book.clock())
     chain.lose = True  # the first broadcast vanishes: the same signed bytes go again
     assert coord.run_once().session_keys == 0
     chain.lose = False
     assert coord.run_once().session_keys == 1
     assert chain.s.session_keys == {(wallet, "USDC"): (key, 4, 5_000_000, chain.now() + 86_400, 0)}
     statuses = {k.id: k.status for k in coord.store.session_keys(("registered", "rejected"))}
-    assert statuses == {good: "registered", bad: "rejected"}
+    assert statuses == {good: "registered", bad: "rejected", unknown: "rejected"}
     assert coord.run_once().session_keys == 0  # nothing sent twice
 
 

@@ -662,7 +662,11 @@ class Coordinator:
                 assert item.tx_id is not None
                 status = self._resolve_tx(self.store.tx(item.tx_id))
             else:
-                call = Call("vault", function, args(item))
+                try:
+                    call = Call("vault", function, args(item))
+                except KeyError as exc:  # queued straight into the store for an asset not deployed
+                    close(item.id, REJECTED, f"unknown asset {exc}")
+                    continue
                 reason = self.chain.simulate(call)
                 if reason is not None:
                     close(item.id, REJECTED, reason)
