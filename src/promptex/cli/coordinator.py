@@ -51,6 +51,7 @@ def coordinator(ctx: click.Context, once: bool) -> None:
                     "requeued": report.requeued,
                     "refunded": report.refunded,
                     "spend_caps": report.caps,
+                    "session_keys": report.session_keys,
                     "waiting": report.waiting,
                 }
             )
