@@ -513,3 +513,84 @@ def test_quarantine__cause_fixed__settled_in_a_later_epoch(market: Market) -> No
     assert "settled on chain in epoch" in status.output, status.output
     vault = market.contract("CreditsVault").functions.balance_of(BUYER.address, market.deployment.address("USDC"))
     assert vault.call() == 5 * USD - 1_000
+
+
+# ─── Loose ends of a lot's life: remaining, finalize by itself, expire ───────
+
+
+def _remaining_of(market: Market, chain_lot: int) -> str:
+    listed = market.cli("seller", "lots")
+    assert listed.exit_code == 0, listed.output
+    row = next(line.split() for line in listed.output.splitlines()[1:] if line.split()[1] == str(chain_lot))
+    return row[6]  # lot, chain, provider, kind, state, face value, remaining
+
+
+def test_seller_lots__usage_served_not_yet_settled__remaining_less_it_once(market: Market) -> None:
+    market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, BOND))
+    assert market.add_capacity().exit_code == 0
+    with market.ledger() as ledger:
+        (state,) = ledger.lot_states().values()
+    assert state.chain_lot_id is not None
+    assert _remaining_of(market, state.chain_lot_id) == "$250.00"
+    account, _key = market.buyer(5 * USD)
+    _charge(market, account, 2 * USD, gateway_lot=state.lot_id, chain_lot=state.chain_lot_id)  # $1 at list
+
+    assert _remaining_of(market, state.chain_lot_id) == "$249.00"  # served, not yet drawn on chain
+
+    market.next_window()
+    assert market.cli("coordinator", "--once").exit_code == 0
+    assert _lot(market, state.chain_lot_id)["consumed"] == 1 * USD  # the settlement drew it
+    assert _remaining_of(market, state.chain_lot_id) == "$249.00"  # counted once, not twice
+
+
+def test_seller_finalize__before_the_delay_nothing__after_it_closed_by_itself_bond_back(market: Market) -> None:
+    market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, BOND))
+    assert market.add_capacity().exit_code == 0
+    with market.ledger() as ledger:
+        (state,) = ledger.lot_states().values()
+    chain_lot = state.chain_lot_id
+    assert chain_lot is not None
+    no_key = market.cli("seller", "finalize")
+    assert no_key.exit_code == 1 and "PROMPTEX_SELLER_PRIVATE_KEY" in no_key.output
+    assert market.cli("seller", "close", str(chain_lot), seller_key=True).exit_code == 0
+
+    early = market.cli("seller", "finalize", seller_key=True)
+
+    assert early.exit_code == 0, early.output
+    assert "no close is due to finalize; the next is due from" in early.output
+    assert _lot(market, chain_lot)["status"] == 1 and market.usdc_of(SELLER.address) == 0
+
+    market.next_window(2 * EPOCH)  # the escrow's close delay
+    done = market.cli("seller", "finalize", seller_key=True)
+
+    assert done.exit_code == 0, done.output
+    assert f"lot {chain_lot}: closed in 0x" in done.output and "bond released to the seller: 25.00 USDC" in done.output
+    assert _lot(market, chain_lot)["status"] == 2 and market.usdc_of(SELLER.address) == BOND
+    again = market.cli("seller", "finalize", seller_key=True)
+    assert again.exit_code == 0 and again.output.strip() == "no close is due to finalize"
+    assert market.usdc_of(SELLER.address) == BOND
+
+
+def test_coordinator__lot_past_expiry__expired_only_after_the_grace_bond_back_ledger_follows(market: Market) -> None:
+    market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, BOND))
+    assert market.add_capacity(expires="8d").exit_code == 0
+    with market.ledger() as ledger:
+        (state,) = ledger.lot_states().values()
+    chain_lot = state.chain_lot_id
+    assert chain_lot is not None
+    grace = market.escrow().functions.SETTLEMENT_GRACE().call()
+    now = int(market.w3.eth.get_block("latest")["timestamp"])
+
+    market.next_window(_lot(market, chain_lot)["expiry"] - now + 1)  # expired, but settlements may still draw it
+    assert market.cli("coordinator", "--once").exit_code == 0
+    assert _lot(market, chain_lot)["status"] == 1 and market.usdc_of(SELLER.address) == 0
+
+    market.next_window(grace)  # the grace is over
+    assert market.cli("coordinator", "--once").exit_code == 0
+
+    assert _lot(market, chain_lot)["status"] == 3  # expired
+    assert market.usdc_of(SELLER.address) == BOND  # a listed lot returns its whole bond
+    assert market.cli("indexer", "--once").exit_code == 0
+    with market.ledger() as ledger:
+        assert ledger.lot_states()[state.lot_id].state == "expired"
+    assert market.cli("coordinator", "--once").exit_code == 0  # nothing more to do

@@ -14,6 +14,7 @@ from web3 import Web3
 
 from anvil_node import ROOT, ape_env, rpc
 from promptex.chain.deploy import contract_at
+from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.redemption import provider_id
 from promptex.protocol.vault import sign_release
 
@@ -182,6 +183,46 @@ def test_wallet__redemption_grant_link_revoke__signed_by_the_user(promptex_cli, 
     no_refund = promptex_cli("wallet", "refund", "--redemption", "7", "--account", STRANGER)
     assert no_refund.exit_code == 1 and "redemption: not open" in no_refund.output
     assert "Traceback" not in no_refund.output
+
+
+def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_than_unbacked_refused(
+    promptex_cli, chain_market, accounts, chain
+):
+    deployment, _ = chain_market
+    attestor, holder = accounts[0], accounts[6]  # the deployer is an attestor locally; STRANGER holds the tokens
+    escrow, usdc, cld = (contract_at(deployment, n) for n in ("CreditEscrow", "USDC", "token:CLD"))
+    nothing = promptex_cli("wallet", "buy-back", "--token", "CLD", "--amount", "1", "--account", STRANGER)
+    assert nothing.exit_code == 1 and "no CLD is unbacked" in nothing.output
+
+    face = 100 * USD  # a tokenized lot, its tokens minted to the holder as its seller, then slashed
+    bond = escrow.min_bond(face)
+    usdc.mint(holder, bond, sender=holder)
+    usdc.approve(escrow, bond, sender=holder)
+    expiry = chain.pending_timestamp + 30 * 86_400
+    escrow.open_lot(holder, cld, KIND_TOKENIZED, face, expiry, bond, b"\x11" * 32, 0, sender=attestor)
+    escrow.slash(escrow.lot_count(), sender=attestor)
+    unbacked, held, fund = escrow.unbacked(cld), cld.balanceOf(holder), escrow.insurance_fund(cld)
+    assert unbacked > held > 10 * 10**18 and fund > 0
+    usdc_before = usdc.balanceOf(holder)
+
+    beyond = promptex_cli(
+        "wallet", "buy-back", "--token", "CLD", "--amount", str(unbacked // 10**18 + 1), "--account", STRANGER
+    )
+    assert beyond.exit_code == 1 and "is unbacked; sell at most" in beyond.output
+    greedy = promptex_cli(
+        "wallet", "buy-back", "--token", "CLD", "--amount", "10", "--min-out", "1000", "--account", STRANGER
+    )
+    assert greedy.exit_code == 1 and "below --min-out" in greedy.output
+    assert (escrow.unbacked(cld), cld.balanceOf(holder), usdc.balanceOf(holder)) == (unbacked, held, usdc_before)
+
+    quote = escrow.quote_buy_back(cld, 10 * 10**18)
+    sold = promptex_cli("wallet", "buy-back", "--token", "CLD", "--amount", "10", "--account", STRANGER)
+
+    assert sold.exit_code == 0, sold.output
+    assert quote > 0 and usdc.balanceOf(holder) - usdc_before == quote
+    assert cld.balanceOf(holder) == held - 10 * 10**18 and escrow.unbacked(cld) == unbacked - 10 * 10**18
+    assert escrow.insurance_fund(cld) == fund - quote
+    assert "sold 10" in sold.output and "to the insurance fund for" in sold.output
 
 
 # ─── The console script, in its own process, with a keyfile account ─────────

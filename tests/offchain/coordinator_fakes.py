@@ -5,7 +5,7 @@ debits cut to the balance only within an exit's allowance (else a revert) with t
 shortfall paid from fee + reserve, the escrow's draws inside `settle` (a listed lot's
 capacity and its seller's credit at the lot's rate; a token's burn from its tokenized
 lots, nearest expiry first), sender nonces, a mempool that can hold or lose broadcasts,
-receipts.
+receipts, and the escrow's `expire` (anyone may call it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from eth_utils.crypto import keccak
 
 from promptex.chain.sender import Call, Receipt, SignedTx
 from promptex.coordinator.chain import LotInfo
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_CLOSED, STATUS_OPEN, listed_credit
+from promptex.protocol.escrow import (
+    KIND_LISTED,
+    KIND_TOKENIZED,
+    STATUS_CLOSED,
+    STATUS_EXPIRED,
+    STATUS_OPEN,
+    listed_credit,
+)
 from promptex.protocol.vault import ENTRY_KEY_SHIFT, recover_voucher_signer, unpack_debit, unpack_signed_entry
 
 COORDINATOR = "0x000000000000000000000000000000000000C0DE"
@@ -28,6 +35,7 @@ ADDRESSES = {"USDC": "0x00000000000000000000000000000000000005DC", "CLD": "0x000
 EPOCH = 10
 CHAIN_ID, VAULT = 31_337, "0x" + "0a" * 20  # the domain vouchers are signed for
 FAR = 2_000_000_000  # a lot expiry far past the fake clock
+GRACE = 7_200  # CreditEscrow.SETTLEMENT_GRACE
 
 
 class Revert(Exception):
@@ -68,6 +76,7 @@ class State:
     sessions: dict[tuple[str, str], tuple[str, int, int, int]] = field(default_factory=dict)  # key, id, lanes, max
     lane_settled: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (account, asset, lane)
     release_nonce: dict[str, int] = field(default_factory=dict)
+    expired: list[int] = field(default_factory=list)  # LotExpired
     nonce: int = 0
 
 
@@ -162,12 +171,27 @@ class FakeChain:
     def release_nonce(self, address: str) -> int:
         return self.s.release_nonce.get(address, 0)
 
+    def settlement_grace(self) -> int:
+        return GRACE
+
     # ─── Execution ───────────────────────────────────────────────────────────
 
     def _execute(self, s: State, call: Call) -> None:
+        if call.contract == "escrow" and call.function == "expire":  # anyone may
+            self._expire(s, *call.args)
+            return
         if call.contract != "vault":  # the coordinator holds no escrow role
             raise Revert(f"{call.contract}: caller has no role")
         getattr(self, f"_{call.function}")(s, *call.args)
+
+    def _expire(self, s: State, lot_id: int) -> None:
+        lot = s.lots.get(lot_id)
+        if lot is None or lot.status != STATUS_OPEN:
+            raise Revert("escrow: lot not open")
+        if self.time <= lot.expiry + GRACE:
+            raise Revert("escrow: lot not expired")
+        s.lots[lot_id] = dataclasses.replace(lot, status=STATUS_EXPIRED)
+        s.expired.append(lot_id)
 
     def _settle(self, s: State, epoch: int, asset_address: str, debits, credits, burn, fee, root) -> None:  # noqa: ANN001
         asset = self._symbol(asset_address)

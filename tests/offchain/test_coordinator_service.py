@@ -676,3 +676,38 @@ def test_proofs__cached_and_reasoning_tokens__committed_by_the_version_2_leaf(bo
         )
     with pytest.raises(proofs.MalformedProof):
         proofs.verify_proof({**proof, "leaf_version": 3}, chain)
+
+
+def test_expire__lot_past_expiry_and_grace__expired_once__within_grace_or_not_ours_untouched(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """The coordinator ends the market's lots past their expiry and the escrow's settlement
+    grace (`CreditEscrow.expire`, which anyone may call); a lot still inside the grace is
+    left to be drawn, and an escrow lot no gateway lot of this ledger opened is not ours."""
+    import dataclasses
+
+    from coordinator_fakes import GRACE
+
+    from promptex.ledger import lots
+    from promptex.protocol.escrow import STATUS_EXPIRED, STATUS_OPEN
+
+    now = chain.time
+    due, in_grace = now - GRACE - 1, now - 10
+    for chain_lot, expiry in ((USDC_LOT, due), (OTHER_USDC_LOT, in_grace), (CLD_LOT, due)):
+        chain.s.lots[chain_lot] = dataclasses.replace(chain.s.lots[chain_lot], expiry=expiry)
+    with book.engine.begin() as conn:  # gateway lots 11 and 12; CLD_LOT is no lot of this market's
+        for lot_id, expiry in ((11, due), (12, in_grace)):
+            lots.request(conn, lot_id, expires_at=expiry, route_until=expiry - 600, now=book.clock())
+    book.confirm_lot_open(11, USDC_LOT)
+    book.confirm_lot_open(12, OTHER_USDC_LOT)
+    coord = coordinator(book, chain)
+
+    assert coord.run_once().expired == [USDC_LOT]
+    assert chain.s.expired == [USDC_LOT] and chain.lot(USDC_LOT).status == STATUS_EXPIRED
+    assert chain.lot(OTHER_USDC_LOT).status == STATUS_OPEN and chain.lot(CLD_LOT).status == STATUS_OPEN
+    assert coord.run_once().expired == []  # the chain says it ended (before the indexer tells the ledger)
+    assert [tx.purpose for tx in coord.store.landed_txs(0, 0)] == ["expire"]
+
+    chain.time += GRACE  # the second lot's grace is over too
+    assert coord.run_once().expired == [OTHER_USDC_LOT]
+    assert chain.s.expired == [USDC_LOT, OTHER_USDC_LOT] and chain.lot(CLD_LOT).status == STATUS_OPEN

@@ -1,4 +1,4 @@
-"""`promptex seller add-capacity|lots|close|rotate-master-key`: a lot's life on the one
+"""`promptex seller add-capacity|lots|close|finalize|rotate-master-key`: a lot's life on the one
 tokenize/list path (`promptex.sellers`), and rotating the sealing master key."""
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def seller_add_capacity(
 @rpc_url_option
 def seller_lots(seller_address: str | None) -> None:
     """This gateway's lots: id, provider, kind, state, face value, remaining, expiry, and
-    why each is or is not routed (the chain's word: read now)."""
+    why each is or is not routed (the chain's word: read now). Remaining is what the lot
+    can still serve: the chain's capacity less what settlements drew and less the usage it
+    served (or holds for requests in flight) that no settlement has drawn yet."""
     import time
 
     from promptex.protocol.units import usd_text
@@ -178,7 +180,7 @@ def seller_lots(seller_address: str | None) -> None:
 def seller_close(lot: int) -> None:
     """Close escrow lot LOT (signed with PROMPTEX_SELLER_PRIVATE_KEY): request_close stops
     its routing at once; run it again once the close delay is over to finalize_close and
-    take back the rest of the bond."""
+    take back the rest of the bond (or leave `promptex seller finalize --watch` running)."""
     from promptex.sellers import CloseRefused, factory
 
     s = settings()
@@ -188,6 +190,46 @@ def seller_close(lot: int) -> None:
         except CloseRefused as exc:
             raise click.ClickException(str(exc)) from None
     click.echo("\n".join(lines))
+
+
+@seller.command("finalize")
+@click.option("--watch", type=click.FloatRange(min=1), help="keep finalizing every SECONDS until stopped (Ctrl-C)")
+@rpc_url_option
+def seller_finalize(watch: float | None) -> None:
+    """Finalize every one of your lots whose close delay is over (signed with
+    PROMPTEX_SELLER_PRIVATE_KEY): the rest of each bond comes back. With --watch it keeps
+    running, so a close requested with `promptex seller close` finishes by itself."""
+    import logging
+    import time
+
+    from promptex.sellers import CloseRefused, factory
+
+    s = settings()
+    while True:
+        try:
+            with _seller_session(s) as (ledger, chain):
+                lines, next_due = factory.make_closing(s, ledger, chain).finalize_due()
+        except CloseRefused as exc:
+            raise click.ClickException(str(exc)) from None
+        except click.ClickException as exc:  # no node answers: said once, or tried again when watching
+            if watch is None:
+                raise
+            logging.getLogger("promptex.sellers").warning("finalize: %s; trying again", exc.message)
+            lines, next_due = [], None
+        for line in lines:
+            click.echo(line)
+        if watch is None:
+            if not lines:
+                due = "" if next_due is None else f"; the next is due from {_when(next_due)}"
+                click.echo(f"no close is due to finalize{due}")
+            return
+        time.sleep(watch)  # the seller's own long-running process: its period is theirs to choose
+
+
+def _when(moment: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(moment))
 
 
 @seller.command("rotate-master-key")

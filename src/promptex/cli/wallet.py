@@ -137,7 +137,8 @@ class Session:
 
 @click.group()
 def wallet() -> None:
-    """Your balances, deposits, swaps, withdrawals, seller claims and redemption grants (ape accounts)."""
+    """Your balances, deposits, swaps, withdrawals, seller claims, buy-backs of unbacked
+    tokens and redemption grants (ape accounts)."""
 
 
 def wallet_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
@@ -351,6 +352,47 @@ def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> None:
             raise click.ClickException(f"nothing to claim in {symbol.upper()}")
         vault.claim(token, sender=session.account)
         click.echo(f"claimed {whole(amount, symbol)}")
+
+
+@wallet_command("buy-back")
+@click.option("--token", "symbol", required=True, help="the provider token (CLD, GPT, GEM, LLM)")
+@click.option("--amount", required=True, help="whole tokens to sell, at most what is unbacked")
+@click.option("--min-out", default=None, help="refuse if the fund's quote now is below this much USDC")
+def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: str, min_out: str | None) -> None:
+    """Holders: sell provider tokens left unbacked (their lot slashed, expired or closed
+    short) to the provider's insurance fund, which burns them. Every token gets the same
+    rate, min(face value, fund ÷ unbacked): waiting or going first gains nothing."""
+    if symbol.upper() == "USDC":
+        raise click.BadParameter("only provider tokens are bought back", param_hint="--token")
+    value = units(amount, symbol)
+    least = None if min_out is None else units(min_out, "USDC")
+    with readable_errors():
+        session = Session(network, alias, yes)
+        escrow, token, usdc = session.contract("CreditEscrow"), session.token(symbol), session.token("USDC")
+        unbacked = escrow.unbacked(token)
+        if unbacked == 0:
+            raise click.ClickException(f"no {symbol.upper()} is unbacked: the insurance fund buys nothing back")
+        if value > unbacked:
+            raise click.ClickException(
+                f"only {whole(unbacked, symbol)} is unbacked; sell at most that (--amount {whole(value, symbol)})"
+            )
+        held = token.balanceOf(session.account)
+        if held < value:
+            raise click.ClickException(
+                f"{session.account.address} holds {whole(held, symbol)}, not {whole(value, symbol)}"
+            )
+        quote = escrow.quote_buy_back(token, value)
+        if quote == 0:
+            raise click.ClickException(f"the insurance fund would pay nothing for {whole(value, symbol)}")
+        if least is not None and quote < least:
+            raise click.ClickException(
+                f"the fund pays {whole(quote, 'USDC')} now, below --min-out {whole(least, 'USDC')}"
+            )
+        session.approve(token, escrow.address, value)
+        before = usdc.balanceOf(session.account)
+        escrow.buy_back_unbacked(token, value, sender=session.account)
+        paid = usdc.balanceOf(session.account) - before
+        click.echo(f"sold {whole(value, symbol)} to the insurance fund for {whole(paid, 'USDC')} (burned)")
 
 
 # ─── Redemption: the user's side (grant the agent, link an account, refund) ──

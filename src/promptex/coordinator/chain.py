@@ -44,6 +44,7 @@ class Chain(Protocol):
     def asset_address(self, asset: str) -> str: ...
     def lot(self, lot_id: int) -> LotInfo: ...
     def drawable(self, asset: str) -> int: ...
+    def settlement_grace(self) -> int: ...
     def release_nonce(self, address: str) -> int: ...
     def lane_settled(self, address: str, asset: str, lane: int) -> int: ...
     def simulate(self, call: Call) -> str | None: ...
@@ -64,8 +65,10 @@ class Web3Chain(Web3Sender):
     ) -> None:
         super().__init__(rpc_url, deployment, private_key, timeout=timeout)
         self.vault = self.contract("CreditsVault", calls="vault")
-        self.escrow = self.contract("CreditEscrow")  # read only: the coordinator holds no escrow role
+        # No escrow role: it reads lots, and calls only what anyone may (`expire`).
+        self.escrow = self.contract("CreditEscrow", calls="escrow")
         self._policy: dict[str, int] = {}
+        self._grace: int | None = None
 
     # ─── Views ───────────────────────────────────────────────────────────────
 
@@ -123,6 +126,12 @@ class Web3Chain(Web3Sender):
     def lane_settled(self, address: str, asset: str, lane: int) -> int:
         """What `settle_signed` has debited from the lane in the account's current session."""
         return int(self.vault.functions.lane_settled(address, self.asset_address(asset), lane).call())
+
+    def settlement_grace(self) -> int:
+        """Seconds after a lot's expiry during which settlements still draw it (a constant)."""
+        if self._grace is None:
+            self._grace = int(self.escrow.functions.SETTLEMENT_GRACE().call())
+        return self._grace
 
     # ─── Releases ───────────────────────────────────────────────────────────
 

@@ -12,7 +12,8 @@ mined and its nonce is still free, the SAME signed bytes are broadcast again. No
 new is signed while one is unresolved. So an epoch is posted once, and a record is in
 at most one confirmed batch or quarantined, never lost.
 
-The coordinator holds no escrow role: the vault's `settle` draws the lots itself (a
+The coordinator holds no escrow role (it calls only `expire`, which anyone may, for the
+market's lots past their expiry and settlement grace): the vault's `settle` draws the lots itself (a
 provider token's burn from its tokenized lots, nearest expiry first; each listed lot it
 credits, at list price). Planning caps every draw at what the chain says the lot (or the
 token) has left, and quarantines the records past it.
@@ -40,6 +41,7 @@ from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capaci
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
 from promptex.coordinator.signed_plan import LaneDebit, LaneVoucher, Signed, SignedBatch, next_batch
 from promptex.coordinator.store import (
+    FAILED,
     PLANNED,
     REGISTERED,
     REJECTED,
@@ -49,8 +51,10 @@ from promptex.coordinator.store import (
     ReleaseRefused,
 )
 from promptex.ledger.binding import checksum_address
+from promptex.ledger.lots import CLOSING, OPEN
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, StoredUsage
+from promptex.protocol.escrow import STATUS_OPEN
 from promptex.protocol.vault import SignedDebit, pack_signed_entries
 
 log = logging.getLogger("promptex.coordinator")
@@ -114,6 +118,7 @@ class PassReport:
     refunded: int = 0  # quarantined records refunded to their payers
     caps: int = 0
     session_keys: int = 0  # SessionKeys registered on chain this pass
+    expired: list[int] = field(default_factory=list)  # escrow lots this pass expired
     waiting: str | None = None
 
 
@@ -163,13 +168,15 @@ class Coordinator:
             for asset in self.chain.assets():
                 self._recheck_confirmed(asset)
             for tx in self.store.open_txs():  # in nonce order: a reorg's orphans are re-sent as the network would
-                self._resolve_tx(tx)
+                if self._resolve_tx(tx) == SUCCEEDED and tx.purpose == "settle":
+                    self._check_not_failed(tx)
             self._register_spend_caps()
             self._register_session_keys()
             self._quarantine_unknown_assets()
             self._resolve_quarantine()
             for asset in self.chain.assets():
                 self._settle_asset(asset)
+            self._expire_lots()
             self._sweep_releases()
         except TxPending as exc:
             report.waiting = str(exc)
@@ -274,6 +281,21 @@ class Coordinator:
                 tx.tx_hash,
                 tx.nonce,
                 what,
+            )
+
+    def _check_not_failed(self, tx: StoredTx) -> None:
+        """A settle that reverted on a branch a reorg orphaned is re-sent with the rest (the
+        network would re-include it too); should it succeed now, the records of its failed
+        batch, back to pending or in a later batch, may settle twice. Said loudly: nothing
+        here undoes it (see the README's "Not built yet")."""
+        batch = self.store.batch_of_tx(tx.id)
+        if batch is not None and batch.status == FAILED:
+            log.error(
+                "%s epoch %d: settle %s succeeded after a reorg though its batch had failed: "
+                "its records may be settled twice; run `promptex reconcile`",
+                batch.asset,
+                batch.epoch,
+                tx.tx_hash,
             )
 
     def _recheck_confirmed(self, asset: str) -> None:
@@ -583,6 +605,42 @@ class Coordinator:
             if asset not in known:
                 records = self.store.pending_records(asset, MAX_PENDING_READ)
                 self._quarantine({r.request_id: f"asset {asset!r} is not in the deployment" for r in records})
+
+    # ─── Lots past their expiry ──────────────────────────────────────────────
+
+    def _expire_lots(self) -> None:
+        """End the market's lots past their expiry and the escrow's settlement grace with
+        `CreditEscrow.expire` (anyone may call it): the seller gets its bond back and, for
+        a tokenized lot, the bond share of the unconsumed capacity goes to the insurance
+        fund that buys back the tokens left unbacked. The coordinator does it because it
+        already runs the market's periodic chain work with a crash-safe, reorg-checked log
+        of what it signs, and it settles a lot's last usage (due before the grace ends:
+        the gateway stops routing a lot an epoch and a margin before its expiry) in the
+        same passes, first. The indexer then sees LotExpired and the ledger follows."""
+        states = [s for s in self.store.lot_states().values() if s.state in (OPEN, CLOSING) and s.chain_lot_id]
+        if not states:
+            return
+        now, grace = self.chain.now(), self.chain.settlement_grace()
+        for state in states:
+            if now <= state.expires_at + grace:
+                continue  # the ledger's expiry is the one the lot was opened with
+            assert state.chain_lot_id is not None
+            lot = self.chain.lot(state.chain_lot_id)
+            if lot.status != STATUS_OPEN or now <= lot.expiry + grace:
+                continue  # ended already (the indexer has not said so yet), or not due
+            call = Call("escrow", "expire", (state.chain_lot_id,))
+            reason = self.chain.simulate(call)
+            if reason is not None:
+                log.warning("lot %d: expire refused (%s); trying again next pass", state.chain_lot_id, reason)
+                continue
+            signed = self.chain.sign(call, self.chain.pending_nonce())
+            tx_id = self.store.store_expire(signed, self.chain.sender, self.clock())
+            if self._broadcast(tx_id) == SUCCEEDED:
+                self._report.expired.append(state.chain_lot_id)
+                log.info("lot %d expired on chain in %s", state.chain_lot_id, signed.tx_hash)
+            else:
+                log.warning("lot %d: expire %s did not succeed; trying again next pass", state.chain_lot_id,
+                            signed.tx_hash)  # fmt: skip
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 

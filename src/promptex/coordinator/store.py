@@ -222,6 +222,11 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return _batch(conn.execute(select(settlement_batches).where(settlement_batches.c.id == batch_id)).one())
 
+    def batch_of_tx(self, tx_id: int) -> Batch | None:
+        with self._tx() as conn:
+            row = conn.execute(select(settlement_batches).where(settlement_batches.c.tx_id == tx_id)).first()
+        return None if row is None else _batch(row)
+
     def batches(self, asset: str | None = None, status: str | None = None) -> list[Batch]:
         stmt = select(settlement_batches).order_by(settlement_batches.c.id)
         if asset is not None:
@@ -273,6 +278,11 @@ class CoordinatorStore(SignedTxStore):
                 .values(status=SUBMITTED, tx_id=tx_id)
             )
         return tx_id
+
+    def store_expire(self, signed: SignedTx, sender: str, now: int) -> int:
+        """Store a signed `CreditEscrow.expire` (no batch or spend cap owns it) before it is broadcast."""
+        with self._tx() as conn:
+            return self._store_tx(conn, "expire", signed, sender, now)
 
     def confirm(self, batch: Batch, now: int) -> None:
         """The batch is on chain (its settlement drew its lots in the same call): close it."""
@@ -326,9 +336,10 @@ class CoordinatorStore(SignedTxStore):
             ).rowcount
             if reopened:
                 return "its confirmed settlement"
-            failed = conn.execute(select(batches.c.id).where(batches.c.tx_id == tx.id)).first()
-            if failed is not None:
-                return f"the settlement of failed batch {failed.id} (left failed)"
+            other = conn.execute(select(batches.c.id, batches.c.status).where(batches.c.tx_id == tx.id)).first()
+            if other is not None:
+                left = " (left failed)" if other.status == FAILED else ""
+                return f"the settlement of {other.status} batch {other.id}{left}"
             capped = conn.execute(
                 update(caps)
                 .where(caps.c.tx_id == tx.id, caps.c.status.in_((REGISTERED, REJECTED)))

@@ -385,6 +385,25 @@ def unsettled(conn: Connection, payer: int, asset: str, confirmed_batches: Selec
     return sum(held) + sum(owed)
 
 
+def unsettled_by_lot(conn: Connection, confirmed_batches: Select[Any]) -> dict[int, int]:
+    """Per gateway lot, the list value (USD micro) of the usage it served that the chain
+    has not drawn from it yet as far as `confirmed_batches` says: pending, quarantined, or
+    in a batch not among them (a refunded record will never be drawn). Summed here,
+    exactly (see `unsettled`)."""
+    stmt = select(usage_records.c.gateway_lot_id, usage_records.c.list_usd_micro).where(
+        usage_records.c.gateway_lot_id.is_not(None),
+        or_(
+            usage_records.c.status.in_((PENDING, QUARANTINED)),
+            and_(usage_records.c.status == BATCHED, usage_records.c.batch_id.not_in(confirmed_batches)),
+        ),
+    )
+    owed: dict[int, int] = {}
+    for row in conn.execute(stmt).all():
+        lot_id: int = row.gateway_lot_id
+        owed[lot_id] = owed.get(lot_id, 0) + int(row.list_usd_micro)
+    return owed
+
+
 def unsettled_records(conn: Connection, confirmed_batches: Select[Any]) -> list[StoredUsage]:
     """Every charge the chain has not debited as far as `confirmed_batches` (ids of the
     coordinator's batches confirmed on chain) says: pending, quarantined, or in a batch

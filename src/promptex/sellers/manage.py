@@ -2,7 +2,8 @@
 one (`promptex seller close LOT`): `request_close` on chain, which stops routing at once
 (the lot is `closing` from the moment the signed transaction is stored), then, once the
 escrow's close delay (two vault windows) has passed, `finalize_close`, which returns the
-rest of the bond (a tokenized lot's seller first hands back its token share).
+rest of the bond (a tokenized lot's seller first hands back its token share): by
+`promptex seller close LOT` again, or by itself with `promptex seller finalize --watch`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class LotRow:
     seller: str
     state: str
     face_value_usd_micro: int
-    remaining: str  # in the lot's unit, for a person ("—" when not on chain)
+    remaining: str  # in the lot's unit, less usage not yet settled, for a person ("—" when not on chain)
     expires_at: int
     why: str  # why it is not routed, or until when it is
 
@@ -48,8 +49,14 @@ def _when(moment: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
 
 
-def _remaining(chain: SellerChain, lot: ChainLot) -> str:
+def _remaining(chain: SellerChain, lot: ChainLot, unsettled_usd: int) -> str:
+    """What the lot can still serve: the chain's capacity less what settlements drew, less
+    what it served or holds for requests in flight that no settlement has drawn yet (list
+    value, in the lot's unit: a tokenized lot's capacity is tokens, capacity ÷ face value
+    per USD micro, rounded up: never more than it can serve)."""
     left = lot.capacity - lot.consumed if lot.status == 1 else 0
+    if left and unsettled_usd and lot.face_value:
+        left = max(0, left - -(-unsettled_usd * lot.capacity // lot.face_value))
     if lot.kind == 1:  # KIND_TOKENIZED: tokens
         symbol = next(
             (n.split(":", 1)[1] for n, c in chain.deployment.contracts.items()
@@ -74,6 +81,7 @@ def lot_rows(store: SellerStore, chain: SellerChain | None, now: int, *, seller:
     """Every lot of this gateway (or of `seller`), its state as the chain says it (read
     now when `chain` is given) and why it is or is not routed."""
     states = store.states()
+    unsettled = store.unsettled() if chain is not None else {}
     rows = []
     for lot in store.gateway.lots():
         if seller is not None and lot.seller.lower() != seller.lower():
@@ -83,7 +91,7 @@ def lot_rows(store: SellerStore, chain: SellerChain | None, now: int, *, seller:
         if state is not None and state.chain_lot_id is not None and chain is not None:
             on_chain = chain.lot(state.chain_lot_id)
             state = _sync(store, state, on_chain, now)
-            remaining = _remaining(chain, on_chain)
+            remaining = _remaining(chain, on_chain, unsettled.get(lot.id, 0))
         if state is None:
             name, why = "requested", "interrupted before open_lot was sent; it serves nothing"
         else:
@@ -163,6 +171,37 @@ class Closing:
             return self._finalize(signer, lot)
         raise CloseRefused(f"lot {chain_lot_id} is {lot.state} already")
 
+    def finalize_due(self) -> tuple[list[str], int | None]:
+        """Finalize every lot of the signer (PROMPTEX_SELLER_PRIVATE_KEY) whose close delay
+        is over, so a close finishes without the seller coming back for it (`promptex
+        seller finalize --watch` runs this every few seconds). Returns what happened, in
+        lines for a person (a lot refused is said and the others still run), and when the
+        next closing lot is due (None: none is closing)."""
+        signer = self.chain.seller
+        if signer is None:
+            raise CloseRefused("set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key: finalizing is the seller's")
+        if not self.chain.closes_in_two_steps():
+            return [], None
+        me = Web3.to_checksum_address(signer.sender)
+        lines: list[str] = []
+        next_due: int | None = None
+        now = self.chain.now()
+        for state in self.store.states().values():
+            if state.chain_lot_id is None or state.state not in (OPEN, CLOSING):
+                continue  # never opened, or ended (the chain said so)
+            lot = self.chain.lot(state.chain_lot_id)
+            if Web3.to_checksum_address(lot.seller) != me or lot.state != CLOSING:
+                continue
+            _sync(self.store, state, lot, self.clock())
+            if now < lot.close_at:
+                next_due = lot.close_at if next_due is None else min(next_due, lot.close_at)
+                continue
+            try:
+                lines += self._finalize(signer, lot)
+            except CloseRefused as exc:
+                lines.append(f"lot {lot.lot_id}: not finalized: {exc}")
+        return lines, next_due
+
     def _request(self, signer: Web3Sender, state: LotState, chain_lot_id: int) -> list[str]:
         call = self.chain.request_close_call(chain_lot_id)
         reason = signer.simulate(call)
@@ -183,7 +222,7 @@ class Closing:
         return [
             f"lot {chain_lot_id}: close requested in {tx.tx_hash}; it is no longer routed",
             f"finalize_close is due from {_when(close_at)}: run `promptex seller close {chain_lot_id}` again "
-            "then to take back the rest of the bond",
+            "then to take back the rest of the bond (or leave `promptex seller finalize --watch` running)",
         ]
 
     def _finalize(self, signer: Web3Sender, lot: ChainLot) -> list[str]:

@@ -10,9 +10,12 @@ from sqlalchemy import Engine
 
 from promptex.chain.sender import SignedTx
 from promptex.chain.txlog import SignedTxStore, StoredTx
+from promptex.coordinator.store import CoordinatorStore
 from promptex.gateway.routing import LISTED
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import lots as _lots
+from promptex.ledger import usage as _usage
+from promptex.ledger.holds import capacity as _capacity
 from promptex.ledger.lots import CLOSING, LotState
 from promptex.protocol.units import BPS
 from promptex.sealing.envelope import MasterKeys
@@ -101,6 +104,17 @@ class SellerStore(SignedTxStore):
             found = _lots.confirm_open(conn, chain_lot_id, lot_id=lot_id, now=now)
         assert found is not None  # by lot id: found, or LotStateError
         return found
+
+    def unsettled(self) -> dict[int, int]:
+        """Per gateway lot, what it served or holds for requests in flight that the chain has
+        not drawn from it yet, in USD micro at list price: the capacity its active holds
+        reserve, and its usage outside the coordinator's confirmed batches."""
+        with self._tx() as conn:
+            owed = _usage.unsettled_by_lot(conn, CoordinatorStore.confirmed_by(None))
+            for lot_id, capacity in _capacity.capacities(conn).items():
+                if capacity.reserved > 0:
+                    owed[lot_id] = owed.get(lot_id, 0) + capacity.reserved
+        return owed
 
     def set_chain_state(
         self, chain_lot_id: int, state: str, now: int, *, close_at: int | None = None, reason: str | None = None
