@@ -119,8 +119,8 @@ def proxy(
     gateway = httpx.AsyncClient(base_url=base, headers=auth, timeout=httpx.Timeout(600.0, connect=10.0))
     app = create_proxy(opened.signer, gateway)
     click.echo(
-        f"signing for session {grant.session} ({grant.lanes} lanes, at most {money(grant.maximum, grant.asset_symbol)} "
-        f"{grant.asset_symbol}) → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "
+        f"signing for session {grant.session} ({grant.lanes} lanes, at most {money(grant.maximum, grant.asset_symbol)}"
+        f") → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "
         f"ANTHROPIC_BASE_URL=http://{LOOPBACK}:{port}"
     )
     uvicorn.run(app, host=LOOPBACK, port=port, log_config=None, access_log=False)

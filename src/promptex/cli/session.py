@@ -122,7 +122,7 @@ def describe(grant: SessionGrant) -> str:
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(grant.expiry))
     return (
         f"session {grant.session} of {grant.account} for {grant.asset_symbol}: key {grant.key}, {grant.lanes} lanes, "
-        f"at most {whole(grant.maximum, grant.asset_symbol)} {grant.asset_symbol}, until {until}"
+        f"at most {whole(grant.maximum, grant.asset_symbol)}, until {until}"
     )
 
 
@@ -149,7 +149,7 @@ def session_show(session_file: str | None) -> None:
         log.close()
     exposure = sum(ceilings)
     click.echo(
-        f"vouchers signed allow {whole(exposure, grant.asset_symbol)} {grant.asset_symbol} in total "
+        f"vouchers signed allow {whole(exposure, grant.asset_symbol)} in total "
         f"({sum(1 for c in ceilings if c)} of {grant.lanes} lanes used)"
     )
 
