@@ -512,14 +512,18 @@ class MarketMachine(RuleBasedStateMachine):
     # ─── Reorgs ──────────────────────────────────────────────────────────────
 
     @rule(
-        buyer=buyers, amount=st.integers(1, 300), spend=st.booleans(), settle=st.booleans(), other=st.integers(0, 300)
+        buyer=buyers,
+        amount=st.integers(1, 300),
+        spend=st.booleans(),
+        settles=st.integers(0, 2),
+        other=st.integers(0, 300),
     )
-    def shallow_reorg(self, buyer: Buyer, amount: int, spend: bool, settle: bool, other: int) -> None:
+    def shallow_reorg(self, buyer: Buyer, amount: int, spend: bool, settles: int, other: int) -> None:
         """A deposit the indexer applied (and the buyer maybe spent) is orphaned: anvil
         reverts to before it and mines another branch (a deposit of `other`, or nothing),
         at least as long. Whatever the coordinator sent meanwhile (any number of
-        settlements) is orphaned with it; with `settle`, an epoch closes on the doomed branch
-        and the coordinator settles it there."""
+        settlements) is orphaned with it; `settles` epochs close on the doomed branch, and
+        the coordinator settles each there."""
         STATS["rule shallow_reorg"] += 1
         fork = self.chain.snapshot()
         start = self.chain.head()
@@ -529,10 +533,14 @@ class MarketMachine(RuleBasedStateMachine):
         if spend and buyer.key:
             self.traffic([(buyer, 8, False)] * 3, exact=False)
             buyer.orphaned = True  # the spent deposit is gone: a debt, explained by reconcile
-        if settle and SETTLES_SURVIVE_REORGS:
+        for window in range(settles if SETTLES_SURVIVE_REORGS else 0):
+            if window and spend and buyer.key:  # usage for the next settlement on the doomed branch
+                self.traffic([(buyer, 8, False)], exact=False)
             self.chain.advance(self.vault.functions.epoch_length().call() + 1)
             self.quiesce()
             STATS["settlements orphaned (asked)"] += 1
+        if settles > 1:
+            STATS["reorgs orphaning two settlement windows"] += 1
         head = self.chain.head()
         self.chain.revert(fork)
         buyer.deposited -= orphaned
@@ -743,21 +751,27 @@ def test_market__random_actions_failures_and_restarts__books_never_diverge(marke
 
 
 def test_market__settlement_orphaned_by_a_reorg__settled_again_books_reconcile(market) -> None:
-    """One sequence the machine found, run by hand: an epoch settled on a branch that a
-    reorg then orphans; the coordinator settles those records again on the new branch and
-    the books reconcile (ledger == vault per account, lots and sellers exact)."""
+    """Sequences the machine found, run by hand: two epochs settled on a branch that a
+    reorg then orphans (one orphaned settlement was the first bug; a second one left the
+    coordinator stuck or a balance unexplained); the coordinator settles those records
+    again on the new branch and the books reconcile (ledger == vault per account, lots and
+    sellers exact)."""
     MarketMachine.chain, MarketMachine.fake, MarketMachine.base = market
     machine = MarketMachine()
     try:
         machine.first_lot(face=400)
         buyer = machine.first_buyer(amount=500)
         machine.traffic([(buyer, 8, False), (buyer, 16, True)], exact=True)
-        machine.shallow_reorg(buyer, amount=50, spend=False, settle=True, other=20)
+        machine.shallow_reorg(buyer, amount=50, spend=True, settles=2, other=20)
         machine.traffic([(buyer, 4, False)], exact=True)
         machine.settle()
         with machine.ledger.engine.connect() as conn:
             statuses = conn.execute(select(usage_records.c.status)).scalars().all()
         assert statuses and set(statuses) == {"batched"}
-        assert STATS["settlements orphaned (asked)"] >= 1
+        assert STATS["settlements orphaned (asked)"] >= 2
+        log = machine.services.log_tail("coordinator", 10**6)
+        assert log.count("is no longer on chain (a reorg)") >= 2, log[-3000:]  # both settlements were orphaned
+        epochs = [b.epoch for b in CoordinatorStore(machine.ledger.engine).batches("USDC", "confirmed")]
+        assert len(epochs) == len(set(epochs))  # each epoch confirmed once (quiesce: each on chain with its root)
     finally:
         machine.teardown()
