@@ -44,7 +44,10 @@ class Served:
             if message["type"] == "http.response.body":
                 body.extend(message.get("body", b""))
                 if not message.get("more_body"):
-                    usage = orjson.loads(bytes(body)).get("usage")
+                    try:
+                        usage = orjson.loads(bytes(body)).get("usage")
+                    except orjson.JSONDecodeError:  # an error page (the caller hung up before its body came)
+                        usage = None
                     if usage:
                         with self.lock:
                             self.usages.append(usage)
