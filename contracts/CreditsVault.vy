@@ -323,8 +323,8 @@ _paused_before: uint256
 session_nonce: public(HashMap[address, HashMap[address, uint256]])
 # @dev asset → account → the last registered session key.
 _sessions: HashMap[address, HashMap[address, Session]]
-# @dev asset → account → session << 16 | lane → the lane word (see _LANE_KEY_SHIFT).
-_lanes: HashMap[address, HashMap[address, HashMap[uint256, uint256]]]
+# @dev asset → account << 96 | session << 16 | lane → the lane word (see _LANE_KEY_SHIFT).
+_lanes: HashMap[address, HashMap[uint256, uint256]]
 
 
 # ─── Events ──────────────────────────────────────────────────────────────────
@@ -1238,7 +1238,7 @@ def lane_settled(account: address, asset: address, lane: uint256) -> uint256:
     if lane > _LANE_MASK:
         return 0
     session: uint256 = self._sessions[asset][account].session
-    return self._lanes[asset][account][(session << 16) | lane] & _SETTLED_MASK
+    return self._lanes[asset][(convert(account, uint256) << 96) | (session << 16) | lane] & _SETTLED_MASK
 
 
 @external

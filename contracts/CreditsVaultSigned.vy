@@ -48,6 +48,9 @@ _CEILING_SHIFT: constant(uint256) = 128
 _AMOUNT_MASK: constant(uint256) = 2**128 - 1
 _LANE_KEY_SHIFT: constant(uint256) = 96
 _SETTLED_MASK: constant(uint256) = 2**96 - 1
+_S_MASK: constant(uint256) = 2**255 - 1
+# secp256k1's order ÷ 2: a larger s is the malleated twin of a valid signature.
+_HALF_ORDER: constant(uint256) = 57_896_044_618_658_097_711_785_492_504_343_953_926_418_782_139_537_452_191_302_581_570_759_080_747_168
 _ALLOWANCE_SHIFT: constant(uint256) = 192
 _ALLOWANCE_MASK: constant(uint256) = 2**192 - 1
 
@@ -127,7 +130,7 @@ _pause_end: uint256
 _paused_before: uint256
 session_nonce: HashMap[address, HashMap[address, uint256]]
 _sessions: HashMap[address, HashMap[address, Session]]
-_lanes: HashMap[address, HashMap[address, HashMap[uint256, uint256]]]
+_lanes: HashMap[address, HashMap[uint256, uint256]]
 
 
 # ─── Events (the vault's) ────────────────────────────────────────────────────
@@ -292,6 +295,8 @@ def settle_signed(
          vault's business.
     """
     clock: Clock = self._clock()
+    genesis: uint256 = clock.genesis
+    window: uint256 = clock.window
     domain: bytes32 = staticcall IVaultClock(self).DOMAIN_SEPARATOR()
     requested: uint256 = 0
     charged: uint256 = 0
@@ -307,12 +312,15 @@ def settle_signed(
 
         slot: uint256 = self._accounts[asset][account]
         last_window: uint256 = slot >> _LAST_WINDOW_SHIFT
-        if last_window == 0 or last_window >= clock.genesis or clock.window > last_window:
+        if last_window == 0 or last_window >= genesis or window > last_window:
             # Not (yet) in the signed layout for a session open to settlement.
             slot = self._open_session(account, asset, slot, clock)
         session: uint256 = (slot >> _SESSION_SHIFT) & _SESSION_MASK
 
-        signer: address = ecdsa._try_recover_r_vs(
+        # EIP-2098 (r, vs); low s only (EIP-2), so no signature has a malleated twin.
+        s: uint256 = entry.vs & _S_MASK
+        assert s <= _HALF_ORDER, "vault: high-s signature"
+        signer: address = ecrecover(
             keccak256(
                 concat(
                     x"1901",
@@ -320,19 +328,22 @@ def settle_signed(
                     keccak256(abi_encode(VOUCHER_TYPEHASH, account, asset, session, lane, ceiling)),
                 )
             ),
+            unsafe_add(entry.vs >> 255, 27),
             entry.r,
-            entry.vs,
+            s,
         )
-        lane_id: uint256 = (session << 16) | lane
-        lane_word: uint256 = self._lanes[asset][account][lane_id]
+        # A lane of a session: account << 96 | session << 16 | lane (one slot per asset).
+        lane_id: uint256 = ((key >> 16) << 96) | (session << 16) | lane
+        lane_word: uint256 = self._lanes[asset][lane_id]
         if lane_word == 0:
+            # (ecrecover's zero address for an invalid signature never equals a key.)
             lane_word = self._bind_lane(account, asset, lane, signer)
         else:
-            assert convert(convert(lane_word >> _LANE_KEY_SHIFT, uint160), address) == signer, "vault: voucher not signed by the session key"
+            assert lane_word >> _LANE_KEY_SHIFT == convert(signer, uint256), "vault: voucher not signed by the session key"
         assert (lane_word & _SETTLED_MASK) + amount <= ceiling, "vault: debit above the voucher"
         assert amount <= (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, "vault: debit above the session maximum"
         # settled ≤ Σ of the session's debits ≤ its maximum < 2**96: no carry into the key.
-        self._lanes[asset][account][lane_id] = unsafe_add(lane_word, amount)
+        self._lanes[asset][lane_id] = unsafe_add(lane_word, amount)
 
         take: uint256 = min(amount, slot & MAX_BALANCE)
         self._accounts[asset][account] = unsafe_sub(slot, unsafe_add(take, amount << _CAP_SHIFT))

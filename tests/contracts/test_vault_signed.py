@@ -279,7 +279,7 @@ def test_settle_signed__high_s_signature__refused(w, buyer, live):
     head, amounts, r, vs = pack_signed_entry(debit)
     parity = vs >> 255
     for high in (SECP256K1_N // 2 + 1, 2**255 - 1):
-        with boa.reverts("ecdsa: invalid signature `s` value"):
+        with boa.reverts("vault: high-s signature"):
             w.settle_signed(None, entries=[(head, amounts, r, high | parity << 255)])
     w.settle_signed(None, entries=[(head, amounts, r, vs)])
 

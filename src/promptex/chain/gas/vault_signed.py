@@ -1,0 +1,143 @@
+"""Signed mode's gas scenario (issue 23): `settle_signed` batches of `n` distinct accounts,
+one lane each (the worst case: no slot shared between entries), on titanoboa.
+
+Whole-transaction gas: execution with every slot cold and its value committed before the
+call (as in a real transaction), plus the intrinsic 21,000 and the calldata (EIP-2028).
+Two batches: a lane's first in its session (creates the lane's slot, reads the session)
+and a later one (the steady state). tests/contracts/test_vault_signed_gas.py pins them;
+bench/gas_signed.py prints them with a breakdown. Gas is deterministic: py-evm and anvil
+charge the same for the same code, state and calldata (Cancun rules).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import boa
+from eth_account import Account
+from eth_utils.crypto import keccak
+
+from promptex.protocol.vault import SignedDebit, pack_lot_amount, pack_signed_entries, sign_voucher
+
+CONTRACTS = Path(__file__).resolve().parents[4] / "contracts"
+
+
+@cache
+def _partial(name: str) -> Any:
+    return boa.load_partial(str(CONTRACTS / name))
+
+
+def intrinsic_gas(calldata: bytes) -> int:
+    return 21_000 + sum(16 if byte else 4 for byte in calldata)
+
+
+def users(n: int) -> list[str]:
+    """Fixed addresses, so the calldata (and its cost) never varies."""
+    return ["0x" + keccak(text=f"vault signed gas user {i}")[-20:].hex() for i in range(n)]
+
+
+def measure_settle_signed(n: int) -> dict[str, int]:
+    """Whole-transaction gas of two USDC `settle_signed` batches of `n` accounts, one lane
+    each (the lane's first batch, then a later one), and the calldata bytes of the later."""
+    admin, seller = users(n + 2)[n:]
+    with boa.env.prank(admin):
+        usdc = _partial("test/MockUSDC.vy").deploy()
+        escrow = _partial("CreditEscrow.vy").deploy(usdc.address, admin, 60)
+        vault = _partial("CreditsVault.vy").deploy(
+            usdc.address, escrow.address, 60, 120, _partial("CreditsVaultSigned.vy").deploy().address
+        )
+        cld = _partial("ComputeToken.vy").deploy("CLD credit", "CLD", "Anthropic", 4_218, escrow.address, vault.address)
+        escrow.add_provider(cld.address)
+        escrow.grant_attestor(admin)
+        escrow.set_vault(vault.address)
+        vault.grant_coordinator(admin)
+    usdc.mint(seller, 10**12)
+    usdc.approve(escrow.address, 10**11, sender=seller)  # exactly the lot's bond
+    expiry = boa.env.evm.patch.timestamp + 30 * 86_400
+    lot = escrow.open_lot(seller, cld.address, 2, 10**12, expiry, 10**11, b"\x11" * 32, 10_000, sender=admin)
+
+    accounts = users(n)
+    keys = [keccak(text=f"vault signed gas session {i}") for i in range(n)]
+    usdc.mint(admin, 10**9 * n)
+    usdc.approve(vault.address, 2**256 - 1, sender=admin)
+    session_expiry = boa.env.evm.patch.timestamp + 86_400
+    for account, key in zip(accounts, keys, strict=True):
+        vault.deposit_for(account, usdc.address, 10**9, sender=admin)
+        vault.set_session_key(usdc.address, Account.from_key(key).address, 4, 10**9, session_expiry, sender=account)
+    chain_id = vault.eip712Domain()[3]
+    boa.env.time_travel(seconds=60)
+
+    def batch(ceiling: int, amount: int) -> tuple[int, bytes]:
+        debits = [
+            SignedDebit(
+                account,
+                0,
+                ceiling,
+                amount,
+                sign_voucher(
+                    key,
+                    chain_id=chain_id,
+                    vault=vault.address,
+                    account=account,
+                    asset=usdc.address,
+                    session=0,
+                    lane=0,
+                    ceiling=ceiling,
+                ),
+            )
+            for account, key in zip(accounts, keys, strict=True)
+        ]
+        epoch = vault.last_epoch(usdc.address) + 1
+        args = (
+            epoch,
+            usdc.address,
+            pack_signed_entries(debits),
+            [pack_lot_amount(lot, amount * n)],
+            0,
+            0,
+            keccak(text=f"batch {epoch}"),
+        )
+        calldata = vault.settle_signed.prepare_calldata(*args)
+        boa.env.evm.vm.state.lock_changes()
+        boa.env.reset_gas_used()
+        vault.settle_signed(*args, sender=admin)
+        return boa.env.get_gas_used() + intrinsic_gas(calldata), calldata
+
+    first, _ = batch(1_234_567, 1_234_567)
+    steady, calldata = batch(3_580_245, 2_345_678)
+    return {
+        "first": first,
+        "steady": steady,
+        "calldata_bytes": len(calldata),
+        "calldata_gas": intrinsic_gas(calldata) - 21_000,
+    }
+
+
+# Per entry in the steady state, by the gas schedule (EIP-2929, EIP-2200): the account slot
+# and the lane slot, each read cold (2,100) and rewritten non-zero to non-zero (2,900); one
+# ecrecover (3,000) through a call to a warm precompile (100).
+STORAGE_PER_ENTRY = 2 * (2_100 + 2_900)
+ECRECOVER_PER_ENTRY = 3_000 + 100
+
+
+def breakdown(gas: dict[str, int], n: int) -> dict[str, int]:
+    """The steady batch's gas per entry: storage and signature recovery by the schedule,
+    calldata as measured, and the rest (hashing, checks, the batch's fixed part / n)."""
+    per_entry = gas["steady"] // n
+    calldata = gas["calldata_gas"] // n
+    return {
+        "total": per_entry,
+        "storage": STORAGE_PER_ENTRY,
+        "ecrecover": ECRECOVER_PER_ENTRY,
+        "calldata": calldata,
+        "rest": per_entry - STORAGE_PER_ENTRY - ECRECOVER_PER_ENTRY - calldata,
+    }
+
+
+def measure(n: int) -> dict[str, int]:
+    """`measure_settle_signed` in a private titanoboa environment (committing state must not
+    touch the snapshots a test's isolation keeps in the shared one)."""
+    with boa.swap_env(boa.Env()):
+        return measure_settle_signed(n)
