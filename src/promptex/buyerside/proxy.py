@@ -74,8 +74,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             answer = await gateway.send(gateway.build_request("POST", path, content=raw, headers=headers), stream=True)
         except httpx.HTTPError as exc:
             signer.lost(ticket)
-            log.warning("the gateway did not answer %s: %s", path, exc)
-            return refuse(path, Refused(502, "gateway_unreachable", f"the gateway did not answer: {exc}"))
+            return refuse(path, Refused(502, "gateway_unreachable", f"the gateway did not answer: {exc!r}"))
         if body.get("stream") is True and answer.status_code == 200:
             watch = StreamWatch()
 
