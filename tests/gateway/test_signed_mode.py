@@ -153,6 +153,7 @@ def test_signed__refusals__each_with_its_code_and_the_lane_to_resync(gw: Harness
 
     refused(buyer.post(None), 402, "voucher_required")
     refused(buyer.post("session=1;lane=0;ceiling=abc;sig=0x00"), 400, "voucher_malformed")
+    refused(buyer.post(buyer.voucher(0, 2**128)), 400, "voucher_malformed")  # the vault could never settle it
     refused(buyer.post(buyer.voucher(0, charged + 500, signer=Account.create())), 403, "voucher_bad_signature")
     other = signed_buyer(gw)  # another account's session key signing for this account
     body = refused(buyer.post(buyer.voucher(0, charged + 500, signer=other.session_key)), 403, "voucher_bad_signature")

@@ -47,6 +47,7 @@ from typing import Any
 from promptex.gateway.charges import VOUCHER
 from promptex.gateway.errors import GatewayError
 from promptex.ledger.lanes import Lane, Voucher
+from promptex.protocol.vault import CEILING_SHIFT
 
 VOUCHER_HEADER = VOUCHER  # the request's, and the answer's (`charges`)
 MAX_LANE = 2**16 - 1
@@ -71,7 +72,9 @@ def parse(header: str) -> Voucher:
         if not text.isdigit() or len(text) > 78:
             raise malformed(f"{name} must be a non-negative integer, not {text!r}")
         numbers[name] = int(text)
-    if numbers["ceiling"] >= 2**256 or numbers["session"] >= 2**64 or numbers["lane"] > MAX_LANE:
+    # The vault packs a ceiling in 128 bits (`protocol.vault.pack_signed_entry`): a larger
+    # one could never be settled, so it is refused here rather than break a batch later.
+    if numbers["ceiling"] >= 2**CEILING_SHIFT or numbers["session"] >= 2**64 or numbers["lane"] > MAX_LANE:
         raise malformed("a number is out of range")
     if _SIG.match(fields["sig"]) is None:
         raise malformed("sig must be 0x and 65 bytes of hex")
