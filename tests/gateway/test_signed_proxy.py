@@ -107,3 +107,23 @@ def test_signing_transport__real_gateway__answers_checked_books_agree_and_recove
     assert again.stopped is None
     total = sum(gw.ledger.lane(account, "USDC", 1, i).charged for i in range(LANES))
     assert total == sum(costs) + sum(more)
+
+
+def test_signing_transport__responses_api__checked_exactly(gw: Harness, fake: Fake, tmp_path: Path) -> None:
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    sdk = openai.OpenAI(
+        base_url=gw.url + "/v1", api_key=api_key, max_retries=0,
+        http_client=httpx.Client(transport=PromptexSigningTransport(signer)),
+    )  # fmt: skip
+    plain = sdk.responses.create(
+        model="fake-gpt", instructions="be brief", input="hello there", max_output_tokens=5, store=False
+    )
+    assert plain.usage is not None and plain.usage.output_tokens == 5
+    streamed = list(sdk.responses.create(model="fake-gpt", input="hello again", max_output_tokens=3, store=False,
+                                         stream=True))  # fmt: skip
+    assert streamed[-1].type in ("response.completed", "response.incomplete")  # incomplete: max_output_tokens met
+    assert signer.stopped is None
+    total = sum(gw.ledger.lane(account, "USDC", 1, i).charged for i in range(LANES))
+    assert signer.book.charged_total() == total > 0 and all(lane.exact for lane in signer.book.lanes)

@@ -28,6 +28,7 @@ from promptex import metering
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, openai_usage
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import PER_MESSAGE, prompt_floor, validate
+from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
 
 MESSAGES = "messages"  # Anthropic's Messages API
@@ -36,6 +37,7 @@ ENDPOINTS = {
     "/v1/completions": COMPLETIONS,
     "/v1/embeddings": EMBEDDINGS,
     "/v1/messages": MESSAGES,
+    "/v1/responses": RESPONSES,
 }
 PER_MILLION = 1_000  # /v1/models prices are per million tokens; rates are per 1,000
 
@@ -57,6 +59,9 @@ class Bounds:
 def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
     """A request's token bounds (raises ValueError for a body the gateway would refuse)."""
     try:
+        if endpoint == RESPONSES:  # OpenAI's Responses API: instructions and input items
+            model, bound, limit = validate_responses(body)
+            return Bounds(model, prompt_floor(CHAT, {"messages": _response_messages(body)}), bound, limit)
         if endpoint == MESSAGES:  # Anthropic: chat-shaped messages plus a separate system
             model, bound, limit = validate(CHAT, {k: v for k, v in body.items() if k != "system"})
             system = body.get("system")
@@ -68,10 +73,34 @@ def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
     return Bounds(model, prompt_floor(endpoint if endpoint != MESSAGES else CHAT, body), bound, limit)
 
 
+def _response_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses request's instructions and input as chat-shaped messages (for the floor)."""
+    given = body.get("input")
+    items = [{"content": given}] if isinstance(given, str) else [i for i in given or [] if isinstance(i, dict)]
+    instructions = body.get("instructions")
+    return [{"content": instructions}, *items] if isinstance(instructions, str) else items
+
+
 def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
-    """The usage an answer reports (OpenAI's or Anthropic's shape)."""
+    """The usage an answer reports (OpenAI's chat or Responses shape, or Anthropic's)."""
     usage = answer.get("usage") if isinstance(answer, dict) else None
-    return anthropic_usage_of(usage) if endpoint == MESSAGES else openai_usage(usage)
+    if endpoint == MESSAGES:
+        return anthropic_usage_of(usage)
+    if endpoint == RESPONSES:
+        return _responses_usage(usage)
+    return openai_usage(usage)
+
+
+def _responses_usage(usage: Any) -> TokenUsage | None:
+    if not isinstance(usage, dict) or type(usage.get("input_tokens")) is not int:
+        return None
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+    try:
+        return TokenUsage(usage["input_tokens"], usage.get("output_tokens") or 0, cache_read_tokens=cached,
+                          reasoning_tokens=reasoning)  # fmt: skip
+    except ValueError:
+        return None
 
 
 def visible_bytes(endpoint: str, answer: Any) -> int | None:
@@ -80,6 +109,8 @@ def visible_bytes(endpoint: str, answer: Any) -> int | None:
         return None
     if endpoint == MESSAGES:
         produced: Any = answer.get("content")
+    elif endpoint == RESPONSES:
+        produced = answer.get("output")
     elif endpoint == EMBEDDINGS:
         return None
     else:
