@@ -133,16 +133,21 @@ def test_account__open_debt__shown_with_its_reason_until_a_deposit_repays_it(das
     assert dashboard.get("/api/account", headers=headers).json()["debts"] == []
 
 
+def spender(dashboard, deposit: int, ref: str) -> tuple[dict[str, str], int]:
+    """A wallet's key (its bearer header) and account, with `deposit` USDC units in the vault under an equal cap."""
+    wallet = Account.create()
+    issued = obtain_key(dashboard, wallet).json()
+    dashboard.ledger.credit_deposit(ref, wallet.address, "USDC", deposit)
+    dashboard.ledger.set_spend_cap(issued["account"], "USDC", deposit)
+    return {"authorization": f"Bearer {issued['key']}"}, issued["account"]
+
+
 def test_usage__quarantined_then_refunded__each_row_says_where_its_charge_stands(dashboard):
     from promptex.coordinator.store import CoordinatorStore
     from promptex.ledger import UsageRecord
 
-    wallet = Account.create()
-    issued = obtain_key(dashboard, wallet).json()
-    headers = {"authorization": f"Bearer {issued['key']}"}
-    ledger, account = dashboard.ledger, issued["account"]
-    ledger.credit_deposit("0xu1:0", wallet.address, "USDC", 1_000)
-    ledger.set_spend_cap(account, "USDC", 1_000)
+    headers, account = spender(dashboard, 1_000, "0xu1:0")
+    ledger = dashboard.ledger
     ledger.reserve(account, "USDC", 300, "req-q", ttl=60)
     ledger.settle("req-q", 300, record=UsageRecord("gpt-4o-mini", 10, 5, 150, lot_kind="listed", fee_bps=500))
 
@@ -172,12 +177,8 @@ def test_usage__totals_and_csv__per_model_and_per_day_exact_refunds_not_counted(
     from promptex.ledger import UsageRecord
     from promptex.ledger.schema import usage_records
 
-    wallet = Account.create()
-    issued = obtain_key(dashboard, wallet).json()
-    headers = {"authorization": f"Bearer {issued['key']}"}
-    ledger, account = dashboard.ledger, issued["account"]
-    ledger.credit_deposit("0xt1:0", wallet.address, "USDC", 10_000_000)
-    ledger.set_spend_cap(account, "USDC", 10_000_000)
+    headers, account = spender(dashboard, 10_000_000, "0xt1:0")
+    ledger = dashboard.ledger
     spent = {
         "req-a": ("gpt-4o", 1_234_567),
         "req-b": ("gpt-4o", 1),
@@ -232,12 +233,8 @@ def test_usage__signed_mode_record__its_mode_and_voucher_in_the_rows_and_the_csv
     from promptex.ledger import UsageRecord
     from promptex.ledger.schema import usage_records
 
-    wallet = Account.create()
-    issued = obtain_key(dashboard, wallet).json()
-    headers = {"authorization": f"Bearer {issued['key']}"}
-    ledger, account = dashboard.ledger, issued["account"]
-    ledger.credit_deposit("0xs1:0", wallet.address, "USDC", 1_000_000)
-    ledger.set_spend_cap(account, "USDC", 1_000_000)
+    headers, account = spender(dashboard, 1_000_000, "0xs1:0")
+    ledger = dashboard.ledger
     ledger.reserve(account, "USDC", 400, "req-s", ttl=60)
     ledger.settle("req-s", 400, record=UsageRecord("gpt-4o", 10, 5, 400))
     # As the gateway records a request a voucher covered (its hold's lane takes the ledger's general path).
@@ -251,6 +248,61 @@ def test_usage__signed_mode_record__its_mode_and_voucher_in_the_rows_and_the_csv
     assert (line["mode"], line["voucher_session"], line["voucher_lane"], line["voucher_ceiling_units"]) == (
         "signed", "3", "1", "12345",
     )  # fmt: skip
+
+
+def session_form(dashboard, wallet: Account, signer: Account | None = None, **change) -> dict:
+    """A playground SessionKey for `wallet` in USDC, signed by `signer` (default: the wallet)."""
+    from promptex.protocol.vault import sign_session_key
+
+    terms = {"account": wallet.address, "key": Account.create().address, "lanes": 1, "maximum": 5_000_000}
+    terms |= {"expiry": 2_000_000_000, "nonce": 0, **change}
+    usdc = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+    signature = sign_session_key((signer or wallet).key, chain_id=31337, vault=VAULT, asset=usdc, **terms)
+    return {**terms, "asset": "USDC", "signature": "0x" + signature.hex()}
+
+
+def test_session_keys__signed_by_the_bound_wallet__queued_for_the_relay_once(dashboard):
+    from promptex.coordinator.store import CoordinatorStore
+
+    wallet = Account.create()
+    headers = {"authorization": f"Bearer {obtain_key(dashboard, wallet).json()['key']}"}
+    form = session_form(dashboard, wallet)
+    for _ in range(2):  # idempotent: the same SessionKey twice is one submission
+        answer = dashboard.post("/api/session-keys", headers=headers, json=form)
+        assert answer.status_code == 200, answer.text
+    [queued] = CoordinatorStore(dashboard.ledger.engine).session_keys()
+    assert (queued.address, queued.asset, queued.key, queued.maximum, queued.nonce) == (
+        wallet.address, "USDC", form["key"], 5_000_000, 0,
+    )  # fmt: skip
+    assert answer.json()["queued"] == queued.id
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("another signer", 400, "was signed by"),
+        ("a wallet not bound to the key", 403, "not bound to this key's account"),
+        ("no lanes", 400, "1 to 64 lanes"),
+        ("an unknown asset", 400, "asset must be one of"),
+        ("a maximum of zero", 400, "above zero"),
+    ],
+)
+def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, status, message):
+    from promptex.coordinator.store import CoordinatorStore
+
+    wallet = Account.create()
+    headers = {"authorization": f"Bearer {obtain_key(dashboard, wallet).json()['key']}"}
+    stranger = Account.create()
+    form = {
+        "another signer": lambda: session_form(dashboard, wallet, signer=stranger),
+        "a wallet not bound to the key": lambda: session_form(dashboard, stranger),
+        "no lanes": lambda: session_form(dashboard, wallet, lanes=0),
+        "an unknown asset": lambda: {**session_form(dashboard, wallet), "asset": "XYZ"},
+        "a maximum of zero": lambda: session_form(dashboard, wallet, maximum=0),
+    }[case]()
+    answer = dashboard.post("/api/session-keys", headers=headers, json=form)
+    assert answer.status_code == status and message in answer.json()["error"], answer.text
+    assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
 
 
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):

@@ -1,12 +1,13 @@
 """The dashboard's ASGI app: `create_app(settings)` assembles the routes of each area
 (`dashboard/routes/`: market, keys, portfolio, usage, redemption, enterprise, sellers,
-then the RPC and gateway proxies and the front end) over one shared `Context`.
+sessions, then the RPC and gateway proxies and the front end) over one shared `Context`.
 
 Everything under /api is read-only except the key endpoints, which issue a key only to
 the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`),
 and writes that act only for what that key owns: a rule (added or switched) or a linked
 AI account for a wallet bound to the key's account, a member key for the org the key is,
-a lot whose seller is a wallet bound to the key's account. Billing credentials and API keys
+a lot whose seller is a wallet bound to the key's account, a SessionKey that wallet signed
+(queued for the coordinator's relay). Billing credentials and API keys
 other than a new member's (shown once to its org's owner) never leave the server.
 """
 
@@ -27,14 +28,24 @@ from promptex.dashboard.context import Context
 from promptex.dashboard.market import Market
 from promptex.dashboard.options import DashboardOptions
 from promptex.dashboard.redemption import RedemptionReader, master_keys
-from promptex.dashboard.routes import enterprise, keys, market, passthrough, portfolio, redemption, sellers, usage
+from promptex.dashboard.routes import (
+    enterprise,
+    keys,
+    market,
+    passthrough,
+    portfolio,
+    redemption,
+    sellers,
+    sessions,
+    usage,
+)
 from promptex.dashboard.sellers import Onboarding
 from promptex.dashboard.throttle import Throttle
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.sellers import SellerStore
 
-AREAS = (market, keys, portfolio, usage, redemption, enterprise, sellers, passthrough)  # passthrough last
+AREAS = (market, keys, portfolio, usage, redemption, enterprise, sellers, sessions, passthrough)  # passthrough last
 
 
 def create_app(
