@@ -302,6 +302,9 @@ export const api = {
     }),
   account: () => call<AccountView>("/api/account", {}, true),
   usage: () => call<UsageRecord[]>("/api/usage", {}, true),
+  /** Queue a wallet-signed SessionKey with the coordinator's relay (signed mode, issue 23). */
+  sessionKey: (form: { account: Address; asset: string; key: Address; lanes: number; maximum: string; expiry: string; nonce: string; signature: Hex }) =>
+    call<{ queued: number; account: Address; asset: string; nonce: number }>("/api/session-keys", { method: "POST", body: JSON.stringify(form) }, true),
   usageTotals: () => call<UsageTotals>("/api/usage-totals", {}, true),
   /** Every usage record as CSV text (the key's own), for a download. */
   usageCsv: async (): Promise<{ text: string; filename: string }> => {

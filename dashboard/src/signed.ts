@@ -115,3 +115,69 @@ export function nextCeiling(laneCharged: bigint, hold: bigint, maximum: bigint, 
   if (left <= 0n) return null;
   return laneCharged + (hold < left ? hold : left);
 }
+
+// ─── This tab's session (sessionStorage: gone when the tab closes, as the API key) ───────
+
+export interface TabSession {
+  chainId: number;
+  vault: Address;
+  account: Address;
+  asset: Address;
+  symbol: string;
+  privateKey: Hex; // the session key's: never sent anywhere
+  key: Address;
+  session: string; // the vault's session_nonce when signed: the session's id
+  lanes: number;
+  maximum: string; // smallest units
+  expiry: string; // unix seconds
+}
+
+const storageName = (account: Address, symbol: string) => `promptex.session.${account.toLowerCase()}.${symbol.toUpperCase()}`;
+
+export function tabSession(account: Address, symbol: string): TabSession | null {
+  const saved = sessionStorage.getItem(storageName(account, symbol));
+  return saved ? (JSON.parse(saved) as TabSession) : null;
+}
+
+export function keepTabSession(session: TabSession): void {
+  sessionStorage.setItem(storageName(session.account, session.symbol), JSON.stringify(session));
+}
+
+export function forgetTabSession(account: Address, symbol: string): void {
+  sessionStorage.removeItem(storageName(account, symbol));
+}
+
+/** One lane of the current session, as `GET /v1/promptex/lanes` reports it. */
+export interface LaneReport {
+  session: number;
+  lane: number;
+  charged_units: string;
+  settled_units: string;
+  in_flight: boolean;
+}
+
+export interface LanesReport {
+  asset: string;
+  session: number | null;
+  key?: Address;
+  maximum?: string;
+  open?: boolean;
+  data: LaneReport[];
+}
+
+/** The voucher header for the next request paid from `tab`'s session, whose hold is at most
+ *  `hold`; null while the chain has not registered this session (the request goes capped),
+ *  an Error when the session cannot cover any more. */
+export async function voucherFor(tab: TabSession, report: LanesReport, hold: bigint): Promise<string | null> {
+  if (report.session === null || String(report.session) !== tab.session || report.key?.toLowerCase() !== tab.key.toLowerCase()) return null;
+  if (report.open === false) throw new Error("This tab's session has ended (revoked or expired): start a new one.");
+  const lanes = Array.from({ length: tab.lanes }, (_, lane) => report.data.find((l) => l.lane === lane) ?? { lane, charged_units: "0", in_flight: false });
+  const free = lanes.find((l) => !l.in_flight);
+  if (!free) throw new Error("Every lane of this session has a request in flight: wait for one to finish.");
+  const sessionCharged = lanes.reduce((sum, l) => sum + BigInt(l.charged_units), 0n);
+  const ceiling = nextCeiling(BigInt(free.charged_units), hold, BigInt(tab.maximum), sessionCharged);
+  if (ceiling === null) throw new Error("This session's maximum is spent: start a new session (or send without one once it ends).");
+  const terms = { account: tab.account, asset: tab.asset, session: BigInt(tab.session), lane: BigInt(free.lane), ceiling };
+  const signature = await signVoucher(sessionAccount(tab.privateKey), tab.chainId, tab.vault, terms);
+  return voucherHeader(terms, signature);
+}

@@ -655,6 +655,27 @@ try {
   if (tooWide.length) throw new Error(`wider than a 390 px phone: ${tooWide.join("; ")}`);
   step("phone: every page at 390 px without horizontal scroll", { pages: Object.keys(PHONE_PAGES).length });
 
+  // ─── Signed mode: a session key made in the tab, signed by the wallet, relayed; a signed request ─
+  await page.goto(`${DASHBOARD}/#/utilize`);
+  await page.waitForSelector("#start-session", { timeout: T });
+  await page.selectOption("#model", "gpt-4o");
+  await page.selectOption("#pay-with", "USDC");
+  await page.click("#start-session");
+  await waitText("#session-status", /Session \d+ requested: at most 5\.00 USDC in all/, 60_000);
+  const bearer = { authorization: `Bearer ${await page.evaluate(() => sessionStorage.getItem("promptex.apiKey"))}` };
+  const registeredBy = Date.now() + 60_000; // the coordinator relays it, the indexer records it
+  for (;;) {
+    const lanes = await (await fetch(`${DASHBOARD}/v1/promptex/lanes?asset=USDC`, { headers: bearer })).json();
+    if (lanes.session !== null && lanes.session !== undefined) break;
+    if (Date.now() > registeredBy) throw new Error(`the session was not registered: ${JSON.stringify(lanes)}`);
+    await page.waitForTimeout(500);
+  }
+  await page.click("#send-prompt");
+  await waitText("#signed-note", /Signed by this tab's session key on lane 0/, 60_000);
+  await waitText("#metered-cost", /\d.* USDC/, 60_000);
+  result.signed_request_id = await status("#request-id");
+  step("signed mode: a session key signed by the wallet, relayed, and a request signed in the tab", { note: await status("#signed-note") });
+
   result.ok = true;
   console.log("RESULT " + JSON.stringify(result));
 } catch (err) {

@@ -9,6 +9,15 @@ const cases = JSON.parse(readFileSync(0, "utf8"));
 const big = (o) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, typeof v === "string" && /^\d+$/.test(v) ? BigInt(v) : v]));
 const answers = [];
 for (const c of cases) {
+  if (c.kind === "next") {
+    // The playground's next voucher from a lanes report (GET /v1/promptex/lanes).
+    try {
+      answers.push({ header: await m.voucherFor(c.tab, c.report, BigInt(c.hold)) });
+    } catch (err) {
+      answers.push({ error: err.message });
+    }
+    continue;
+  }
   const terms = big(c.terms);
   if (c.kind === "session") {
     answers.push({ digest: m.sessionKeyDigest(c.chain_id, c.vault, terms) });

@@ -26,6 +26,7 @@ from dashboard_stack import market_stack, open_billing_account, seed_org
 
 from anvil_node import ROOT
 from human_units import assert_human
+from promptex.coordinator.store import CoordinatorStore
 from promptex.gateway.schema import api_keys
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
@@ -119,6 +120,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
             "sell: onboarding opened a listed lot", "market: TWAP chart",
             "phone: every page at 390 px without horizontal scroll", "usage: date, totals per model and per day, CSV",
+            "signed mode: a session key signed by the wallet, relayed, and a request signed",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
@@ -150,10 +152,20 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         for name, text in result["texts"].items():
             assert_human(text, f"the {name} page")
 
-        # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending.
+        # Signed mode: the session the tab made was relayed to the vault once; the request it signed is a
+        # signed-mode record, covered by a voucher within the session's $5.
         vault, usdc = stack.contract("CreditsVault"), stack.deployment.address("USDC")
+        assert CoordinatorStore(stack.ledger.engine).session_keys() == []  # none pending: registered
+        assert vault.functions.session_nonce(user, usdc).call() == 1
+        signed = stack.ledger.usage_record(result["signed_request_id"])
+        assert signed is not None and (signed.mode, signed.voucher_session, signed.voucher_lane) == ("signed", 0, 0)
+        assert 0 < signed.cost <= signed.voucher_ceiling <= 5 * USD
+
+        # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending; the capped request settled,
+        # the signed one settled too or not yet (its lane settles in a later window).
         assert vault.functions.pending_exits(user, usdc).call()[0] == 0
-        assert vault.functions.balance_of(user, usdc).call() == 90 * 10**6 - record.cost
+        left = vault.functions.balance_of(user, usdc).call()
+        assert left in (90 * 10**6 - record.cost, 90 * 10**6 - record.cost - signed.cost)
         assert stack.errors == {"indexer": [], "coordinator": [], "agent": []}  # type: ignore[attr-defined]
 
         # Redemption: the rule's purchase reached the (fake) billing API once; the escrow released it.

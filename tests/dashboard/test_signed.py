@@ -46,27 +46,37 @@ def cases() -> list[dict]:
     return out
 
 
-def test_signed__front_end_messages__same_digests_signatures_and_header_as_python(tmp_path):
+@pytest.fixture(scope="module")
+def front_end(tmp_path_factory):
+    """Runs cases through dashboard/src/signed.ts (bundled once per module)."""
     if shutil.which("node") is None or not ESBUILD.exists():
         pytest.skip("needs node and dashboard/node_modules (make setup)")
-    module = tmp_path / "signed.mjs"
+    module = tmp_path_factory.mktemp("signed") / "signed.mjs"
     subprocess.run(
         [str(ESBUILD), str(DASHBOARD / "src" / "signed.ts"), "--bundle", "--format=esm", "--platform=node",
          f"--outfile={module}", "--log-level=error"],
         check=True, timeout=120, cwd=DASHBOARD,
     )  # fmt: skip
+
+    def run(cases: list[dict]) -> list[dict]:
+        answer = subprocess.run(
+            ["node", str(DASHBOARD / "tests" / "signed_cases.mjs")],
+            input=json.dumps(cases),
+            env={**os.environ, "SIGNED_MODULE": str(module)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(answer.stdout)  # type: ignore[no-any-return]
+
+    return run
+
+
+def test_signed__front_end_messages__same_digests_signatures_and_header_as_python(front_end):
     given = cases()
     wire = [{**c, "terms": {k: str(v) if isinstance(v, int) else v for k, v in c["terms"].items()}} for c in given]
-    run = subprocess.run(
-        ["node", str(DASHBOARD / "tests" / "signed_cases.mjs")],
-        input=json.dumps(wire),
-        env={**os.environ, "SIGNED_MODULE": str(module)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    answers = json.loads(run.stdout)
+    answers = front_end(wire)
     assert len(answers) == len(given) == 24
     for case, answer in zip(given, answers, strict=True):
         place = {"chain_id": case["chain_id"], "vault": case["vault"]}
@@ -81,3 +91,37 @@ def test_signed__front_end_messages__same_digests_signatures_and_header_as_pytho
         assert (voucher.session, voucher.lane, voucher.ceiling) == (terms["session"], terms["lane"], terms["ceiling"])
         signer = recover_voucher_signer(voucher.signature, **place, **terms)
         assert signer == answer["key"] == Account.from_key(case["private_key"]).address
+
+
+def test_signed__next_voucher__lane_total_plus_hold_within_the_session_maximum(front_end):
+    key = Account.create()
+    account, usdc, vault = address(random.Random(1)), address(random.Random(2)), address(random.Random(3))
+    tab = {"chainId": 31337, "vault": vault, "account": account, "asset": usdc, "symbol": "USDC",
+           "privateKey": "0x" + bytes(key.key).hex(), "key": key.address, "session": "4", "lanes": 2,
+           "maximum": "5000000", "expiry": "2000000000"}  # fmt: skip
+
+    def report(charged: tuple[int, int], busy: tuple[bool, bool] = (False, False), **change) -> dict:
+        lanes = [{"session": 4, "lane": i, "charged_units": str(c), "settled_units": "0", "in_flight": b}
+                 for i, (c, b) in enumerate(zip(charged, busy, strict=True))]  # fmt: skip
+        return {"asset": "USDC", "session": 4, "key": key.address, "maximum": "5000000", "open": True,
+                "data": lanes, **change}  # fmt: skip
+
+    given = [
+        {"kind": "next", "tab": tab, "report": report((1_000, 0)), "hold": "300"},  # lane 0: 1,000 + 300
+        {"kind": "next", "tab": tab, "report": report((1_000, 0), (True, False)), "hold": "300"},  # lane 1: 0 + 300
+        {"kind": "next", "tab": tab, "report": report((4_000_000, 900_000)), "hold": "500000"},  # only 100,000 left
+        {"kind": "next", "tab": tab, "report": report((4_000_000, 1_000_000)), "hold": "1"},  # spent
+        {"kind": "next", "tab": tab, "report": report((0, 0), (True, True)), "hold": "1"},  # both lanes busy
+        {"kind": "next", "tab": tab, "report": report((0, 0), session=None, key=None), "hold": "1"},  # not registered
+        {"kind": "next", "tab": tab, "report": report((0, 0), open=False), "hold": "1"},  # ended
+    ]
+    answers = front_end(given)
+    place = {"chain_id": 31337, "vault": vault, "account": account, "asset": usdc, "session": 4}
+    for answer, (lane, ceiling) in zip(answers[:3], [(0, 1_300), (1, 300), (0, 4_100_000)], strict=True):
+        voucher = parse_voucher(answer["header"])
+        assert (voucher.session, voucher.lane, voucher.ceiling) == (4, lane, ceiling), answer
+        assert recover_voucher_signer(voucher.signature, **place, lane=lane, ceiling=ceiling) == key.address
+    assert "maximum is spent" in answers[3]["error"]
+    assert "in flight" in answers[4]["error"]
+    assert answers[5] == {"header": None}  # the request goes capped until the chain registers it
+    assert "has ended" in answers[6]["error"]

@@ -9,6 +9,12 @@ import { explain, send } from "../chain";
 import { parseAmount, short } from "../format";
 import { money } from "../money";
 import { loadPrices } from "../prices";
+import {
+  forgetTabSession, keepTabSession, sessionAccount, sessionExpiry, sessionKeyTypedData, sessionMaximum, SESSION_DEFAULT_USD_MICRO,
+  tabSession, voucherFor, VOUCHER_HEADER, type LanesReport,
+} from "../signed";
+import { generatePrivateKey } from "viem/accounts";
+import { parseAbi } from "viem";
 import type { App, Page } from "../main";
 import { clear, h, notice } from "../ui";
 
@@ -28,6 +34,9 @@ async function models(): Promise<ModelInfo[]> {
   return body.data as ModelInfo[];
 }
 
+// Signed mode's vault views (issue 23), outside abi.ts until the contract is on main (the
+// browser test checks abi.ts against the compiled contracts).
+const sessionAbi = parseAbi(["function session_nonce(address account, address asset) view returns (uint256)"]);
 const MAX_CAP_TOTAL = 2n ** 96n - 1n; // CreditsVault.MAX_CAP_TOTAL: a total cap this large is no limit
 const RATE_DECIMALS = 12; // /v1/models' rates: whole units per million tokens, at most 12 decimals
 
@@ -166,6 +175,10 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
   const capStatus = h("div#cap-status.notice", { role: "status" });
   const capTotal = h("input#cap-total", { value: "50", size: 8, inputmode: "decimal" });
   const sendBtn = h("button#send-prompt", {}, "Send");
+  const sessionUsd = h("input#session-usd", { value: (SESSION_DEFAULT_USD_MICRO / 1_000_000n).toString(), size: 5, inputmode: "decimal" });
+  const sessionHours = h("input#session-hours", { value: "24", size: 3, inputmode: "numeric" });
+  const sessionStatus = h("div#session-status.notice", { role: "status" });
+  let holdBound = 0n; // the estimate's upper bound on this request's cost: a voucher's hold
 
   const model = () => list.find((m) => m.id === modelSel.value)!;
   function fillAssets(): void {
@@ -188,6 +201,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
       perMillion(rates.input_per_million, inputs, asset.decimals) + perMillion(rates.output_per_million, out, asset.decimals);
     const typical = cost(typicalIn);
     const most = cost(boundIn);
+    holdBound = most;
     notice(
       estimate,
       "info",
@@ -230,15 +244,74 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     }
   }
 
+  /** Signed mode: the wallet authorizes a session key made in this tab, bounded by a maximum
+   *  (default $5) and an expiry (at most 24 h), both shown in the wallet's prompt; the
+   *  coordinator registers it on chain. From then on this tab signs each request's voucher. */
+  async function startSession(): Promise<void> {
+    const account = wallet.account;
+    const client = wallet.client;
+    if (!account || !client) return notice(sessionStatus, "error", "Connect your wallet first: it signs the session key.");
+    const asset = ctx.asset(assetSel.value);
+    const vault = ctx.config.contracts.CreditsVault;
+    let nonce: bigint;
+    try {
+      nonce = await ctx.client.readContract({ address: vault, abi: sessionAbi, functionName: "session_nonce", args: [account, asset.address] });
+    } catch {
+      return notice(sessionStatus, "error", "This chain's CreditsVault has no session keys (signed mode's vault is not deployed here). Requests use your spend cap. Nothing was signed.");
+    }
+    let usd: bigint;
+    const hours = Number(sessionHours.value);
+    try {
+      usd = parseAmount(sessionUsd.value, 6, "USD");
+      if (!(Number.isInteger(hours) && hours >= 1 && hours <= 24)) throw new Error("A playground session lasts 1 to 24 hours.");
+    } catch (err) {
+      return notice(sessionStatus, "error", (err as Error).message);
+    }
+    const prices = await loadPrices(ctx);
+    const maximum = sessionMaximum(asset.symbol, usd, prices.twap(asset.symbol));
+    if (maximum === null || maximum === 0n) return notice(sessionStatus, "error", `${asset.symbol} has no TWAP yet: its session maximum cannot be set in dollars. Nothing was signed.`);
+    const now = (await ctx.client.getBlock({ blockTag: "latest" })).timestamp;
+    const expiry = sessionExpiry(now, hours);
+    const privateKey = generatePrivateKey();
+    const key = sessionAccount(privateKey);
+    const terms = { account, asset: asset.address, key: key.address, lanes: 1n, maximum, expiry, nonce };
+    const bound = `${prices.money(maximum, asset.symbol)} in all, until ${new Date(Number(expiry) * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC`;
+    try {
+      notice(sessionStatus, "pending", `Sign in your wallet: a session key of this tab may spend at most ${bound} (no transaction, no gas).`);
+      const signature = await client.signTypedData({ account, ...sessionKeyTypedData(ctx.chain.id, vault, terms) });
+      await api.sessionKey({ account, asset: asset.symbol, key: key.address, lanes: 1, maximum: maximum.toString(), expiry: expiry.toString(), nonce: nonce.toString(), signature });
+      keepTabSession({ chainId: ctx.chain.id, vault, account, asset: asset.address, symbol: asset.symbol, privateKey, key: key.address, session: nonce.toString(), lanes: 1, maximum: maximum.toString(), expiry: expiry.toString() });
+      notice(sessionStatus, "ok", `Session ${nonce} requested: at most ${bound}. The coordinator registers it on chain; once registered, this tab signs each ${asset.symbol} request's voucher (the Usage page shows it).`);
+    } catch (err) {
+      notice(sessionStatus, "error", explain(err).replace("The transaction would fail: ", "Could not start a session: "));
+    }
+  }
+
+  /** The voucher for this request if this tab holds a registered session in `symbol`. */
+  async function voucherHeaders(symbol: string): Promise<Record<string, string>> {
+    const account = wallet.account;
+    const tab = account ? tabSession(account, symbol) : null;
+    if (!tab) return {};
+    if (BigInt(tab.expiry) * 1000n < BigInt(Date.now())) {
+      forgetTabSession(tab.account, symbol);
+      return {};
+    }
+    const response = await fetch(`/v1/promptex/lanes?asset=${symbol}`, { headers: { authorization: `Bearer ${apiKey()}` } });
+    if (!response.ok) return {};
+    const header = await voucherFor(tab, (await response.json()) as LanesReport, holdBound);
+    return header ? { [VOUCHER_HEADER]: header } : {};
+  }
+
   async function run(): Promise<void> {
     const symbol = assetSel.value;
     output.textContent = "";
     notice(result, "pending", "Sending…");
     sendBtn.disabled = true;
     try {
+      const voucher = await voucherHeaders(symbol);
       const response = await fetch("/v1/chat/completions", {
         method: "POST",
-        headers: { authorization: `Bearer ${apiKey()}`, "content-type": "application/json", "x-promptex-asset": symbol },
+        headers: { authorization: `Bearer ${apiKey()}`, "content-type": "application/json", "x-promptex-asset": symbol, ...voucher },
         body: JSON.stringify({
           model: modelSel.value,
           messages: [{ role: "user", content: prompt.value }],
@@ -248,6 +321,9 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
         }),
       });
       const requestId = response.headers.get("x-request-id") ?? "";
+      // Signed mode: the lane it was charged on (a stream's lane total comes in its last event).
+      const lane = response.headers.get("x-promptex-lane");
+      let laneCharged = response.headers.get("x-promptex-lane-charged-units");
       if (!response.ok || !response.body) {
         const body = await response.json().catch(() => ({}));
         return notice(result, "error", `The gateway refused: ${body?.error?.message ?? response.statusText}. Nothing was charged.`);
@@ -273,9 +349,14 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
             const delta = chunk.choices?.[0]?.delta?.content;
             if (delta) output.textContent += delta;
             if (chunk.usage) usage = chunk.usage;
+            if (chunk.promptex?.lane_charged_units) laneCharged = String(chunk.promptex.lane_charged_units);
           }
         }
       }
+      const signedNote =
+        lane === null
+          ? null
+          : `Signed by this tab's session key on lane ${lane}` + (laneCharged === null ? "." : `; charged on it so far: ${money(BigInt(laneCharged), symbol)}.`);
       notice(result, "pending", "Metering…");
       let record = null;
       for (let i = 0; i < 40 && !record; i++) {
@@ -289,6 +370,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
         "ok",
         h("div", {}, "Metered cost: ", h("strong#metered-cost", { "data-units": record?.cost ?? "" }, record ? money(BigInt(record.cost), symbol) : "not recorded yet")),
         h("div", {}, usage ? `${usage.prompt_tokens} input + ${usage.completion_tokens} output tokens · ` : "", "request ", h("code#request-id", {}, requestId)),
+        signedNote ? h("div#signed-note", {}, signedNote) : null,
         h("div", {}, "Balance after: ", h("strong#balance-after", { "data-units": after?.toString() ?? "" }, after === null ? "—" : `${money(after, symbol)} spendable`)),
       );
     } catch (err) {
@@ -312,6 +394,8 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     estimate,
     h("div.row", {}, sendBtn, h("span.muted", {}, "Needs a deposit in the vault and a spend cap for the paying asset:"), h("label", {}, "cap ", capTotal), h("button.secondary#allow-spending", { onclick: () => void allowSpending() }, "Allow spending")),
     capStatus,
+    h("div.row", {}, h("span.muted", {}, "Or signed mode: a session key in this tab signs each request, bounded by"), h("label", {}, "$ ", sessionUsd), h("label", {}, "for hours ", sessionHours), h("button.secondary#start-session", { onclick: () => void startSession() }, "Start a session")),
+    sessionStatus,
     output,
     result,
   );

@@ -35,8 +35,12 @@ READ_METHODS = frozenset(
 )
 MAX_RPC_BATCH = 50
 MAX_RPC_BODY = 256 * 1024
-REQUEST_HEADERS = ("authorization", "content-type", "accept", "x-promptex-asset")
-RESPONSE_HEADERS = ("content-type", "x-request-id", "x-promptex-lot", "retry-after", "cache-control")
+# Signed mode (issue 23): the playground's voucher goes up; the lane it was charged on comes back.
+REQUEST_HEADERS = ("authorization", "content-type", "accept", "x-promptex-asset", "x-promptex-voucher")
+RESPONSE_HEADERS = (
+    "content-type", "x-request-id", "x-promptex-lot", "retry-after", "cache-control",
+    "x-promptex-lane", "x-promptex-lane-charged-units", "x-promptex-voucher",
+)  # fmt: skip
 
 
 def _rpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
