@@ -81,8 +81,14 @@ MIN_BOND_FLOOR_BPS: public(constant(uint256)) = 1_000
 #         so nearest-expiry-first routing has time to draw it.
 MIN_LOT_VALIDITY: public(constant(uint256)) = 7 * 86_400
 # @notice After a lot's expiry, usage it served may still be settled for this
-#         long (two of the vault's longest epochs) before `expire` may run.
-SETTLEMENT_GRACE: public(constant(uint256)) = 7_200
+#         long before `expire` may run: the window holding the expiry, the
+#         longest pause any vault may have (its MAX_THAW_PERIOD, one day) and
+#         two windows to post (a vault pause cannot be renewed until two
+#         windows after it ended), windows at their longest (MAX_WINDOW_LENGTH).
+#         Found: with two hours, a pause of two one-hour windows from the end
+#         of the expiry's window let a keeper expire a listed lot before its
+#         last window settled; that usage's seller was never paid.
+SETTLEMENT_GRACE: public(constant(uint256)) = 3 * 3_600 + 86_400
 # @notice Longest vault window the escrow accepts (the vault's MAX_EPOCH_LENGTH).
 MAX_WINDOW_LENGTH: public(constant(uint256)) = 3_600
 # @notice Most lots one `draw` walks (drawn or skipped); `drawable` counts the same.

@@ -25,6 +25,7 @@ from promptex.protocol.timelock import MIN_DELAY
 from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.vault import pack_debits, pack_lot_amount
 
 TOKEN = LazyPartial("contracts/ComputeToken.vy")
 USDC = LazyPartial("contracts/test/MockUSDC.vy")
@@ -340,3 +341,47 @@ def test_vault_guardian__revokes_a_role_never_held__succeeds_and_moves_nothing(e
     assert [type(e).__name__ for e in logs] == ["RolePauserChanged"]  # the last call's
     assert not vault.is_coordinator(stranger) and not vault.is_pauser(stranger)
     assert vault.is_coordinator(coordinator)  # the one who holds it still does
+
+
+def test_vault_pauser__pauses_as_a_listed_lots_last_window_ends__a_keeper_cannot_expire_it_before_it_settles(ew):
+    """Found: with one-hour windows (the longest the escrow accepts) and the vault's pause
+    of two windows (deploy's rule), a pause from the end of the window holding a listed
+    lot's expiry outlasted the two-hour settlement grace: a keeper expired the lot and the
+    window's credit could never be posted ("escrow: lot not drawable"), its seller unpaid.
+    The grace now covers the expiry's window, the longest pause and two windows to post."""
+    w = 3_600
+    admin, seller, buyer, pauser, keeper = ew.deployer, ew.sellers[0], ew.holder, ew.sellers[1], ew.attacker
+    with boa.env.prank(admin):
+        escrow = ESCROW.deploy(ew.usdc.address, ew.treasury, w)
+        signed = LazyPartial("contracts/CreditsVaultSigned.vy").deploy()
+        vault = LazyPartial("contracts/CreditsVault.vy").deploy(
+            ew.usdc.address, escrow.address, w, 2 * w, signed.address
+        )
+        cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", CLD_FACE, escrow.address, vault.address)
+        escrow.add_provider(cld.address)
+        escrow.grant_attestor(admin)
+        escrow.set_vault(vault.address)
+        vault.grant_coordinator(admin)
+        vault.grant_pauser(pauser)
+    bond = escrow.min_bond(FACE)
+    ew.usdc.mint(seller, bond)
+    ew.usdc.approve(escrow.address, bond, sender=seller)
+    genesis = vault.genesis()
+    window_end = genesis + ((now() - genesis) // w + 8 * 24 + 1) * w  # a window end ~8 days out
+    lot = escrow.open_lot(seller, cld.address, LISTED, FACE, window_end - 1, bond, TERMS, 10_000, sender=admin)
+    ew.usdc.mint(buyer, 100 * USD)
+    ew.usdc.approve(vault.address, 100 * USD, sender=buyer)
+    vault.deposit(ew.usdc.address, 100 * USD, sender=buyer)
+    vault.set_spend_cap(ew.usdc.address, 100 * USD, 100 * USD, window_end + 10 * DAY, sender=buyer)
+    # The lot served $10 in its last window; the window ends; the pauser moves first.
+    boa.env.time_travel(seconds=window_end - now())
+    vault.pause(sender=pauser)
+    boa.env.time_travel(seconds=2 * w)  # the pause ends by itself
+    with boa.reverts("escrow: lot not expired"):
+        escrow.expire(lot, sender=keeper)
+    epoch = vault.last_epoch(ew.usdc.address) + 1
+    debits, credits = pack_debits({buyer: 10 * USD}), [pack_lot_amount(lot, 10 * USD)]
+    vault.settle(epoch, ew.usdc.address, debits, credits, 0, 0, b"\x22" * 32, sender=admin)
+    assert escrow.lots(lot).consumed == 10 * USD  # the seller is credited for what it served
+    boa.env.time_travel(seconds=GRACE)
+    escrow.expire(lot, sender=keeper)  # and the lot still ends, a day later

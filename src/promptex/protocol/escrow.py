@@ -11,8 +11,10 @@ STATUS_CLOSED = 2
 STATUS_EXPIRED = 3
 STATUS_SLASHED = 4
 
-# Seconds after a lot's expiry during which usage it served may still be settled.
-SETTLEMENT_GRACE = 7_200
+# Seconds after a lot's expiry during which usage it served may still be settled: the
+# expiry's window, the longest vault pause (one day) and two windows to post, windows at
+# their longest (one hour), so no pause lets a keeper expire a lot before it settles.
+SETTLEMENT_GRACE = 3 * 3_600 + 86_400
 MAX_MINT_FEE_BPS = 100
 # The immutable floor of the minimum bond (10 % of face value) and the shortest validity
 # a lot may open with (7 days).
