@@ -23,6 +23,7 @@ from promptex.coordinator.chain import LotInfo
 from promptex.protocol.escrow import (
     KIND_LISTED,
     KIND_TOKENIZED,
+    SETTLEMENT_GRACE,
     STATUS_CLOSED,
     STATUS_EXPIRED,
     STATUS_OPEN,
@@ -35,7 +36,7 @@ ADDRESSES = {"USDC": "0x00000000000000000000000000000000000005DC", "CLD": "0x000
 EPOCH = 10
 CHAIN_ID, VAULT = 31_337, "0x" + "0a" * 20  # the domain vouchers are signed for
 FAR = 2_000_000_000  # a lot expiry far past the fake clock
-GRACE = 7_200  # CreditEscrow.SETTLEMENT_GRACE
+GRACE = SETTLEMENT_GRACE  # CreditEscrow.SETTLEMENT_GRACE, through its mirror
 
 
 class Revert(Exception):
