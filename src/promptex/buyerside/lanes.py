@@ -24,6 +24,11 @@ class Lane:
     charged: int = 0  # exact, or (exact False) an upper bound: the last ceiling signed
     exact: bool = True
     signed: int = 0  # the highest ceiling signed on this lane in this session
+    # The highest ceiling the gateway may have ACCEPTED: `signed` less the vouchers it
+    # refused (a refusal says the voucher covers nothing). A refusal naming a lane total
+    # above it is a lie; counting refused ceilings as charged would let a gateway that
+    # refuses forever walk the lane up one hold per refusal.
+    live: int = 0
     busy: bool = False
 
 

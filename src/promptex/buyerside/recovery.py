@@ -73,6 +73,7 @@ def recover(
         if reported > logged:
             out.notes.append(f"lane {lane.index}: the gateway holds a voucher for {reported}, above the log's {logged}")
         lane.signed = max(logged, reported, settled)
+        lane.live = lane.signed  # which of the logged vouchers were refused is not known
         if found is not None and not found.in_flight and found.charged >= settled:
             lane.charged, lane.exact = found.charged, True
         else:

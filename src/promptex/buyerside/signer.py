@@ -70,6 +70,7 @@ class Ticket:
     charged_before: int  # what the lane was charged before it (an upper bound unless exact_before)
     exact_before: bool
     done: bool = field(default=False)
+    live_before: int = 0  # the lane's `live` before this voucher (restored if it is refused)
 
 
 @dataclass(frozen=True)
@@ -191,11 +192,13 @@ class Signer:
                 )
                 voucher = Voucher(s.session, lane.index, ceiling, signature)
                 self.log.write(voucher)  # on disk before the request may leave
+                live_before = lane.live
                 lane.signed = max(lane.signed, ceiling)
+                lane.live = max(lane.live, ceiling)
         except BaseException:
             self.book.release(lane)
             raise
-        return Ticket(endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact)
+        return Ticket(endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before)
 
     # ─── After it ────────────────────────────────────────────────────────────
 
@@ -309,18 +312,31 @@ class Signer:
             self.lost(ticket)
             return
         charged = int(text)
-        if code == LANE_BUSY:  # a request still in flight there (e.g. of a crashed proxy) will add to it
-            lane = ticket.lane
-            lane.charged, lane.exact = max(lane.signed, charged, lane.charged), False
+        # A voucher refusal: this voucher covers nothing, so the lane's total is within the
+        # vouchers the gateway accepted before it (`live`), never the refused ceiling.
+        lane = ticket.lane
+        lane.live = ticket.live_before
+        if charged > lane.live:
+            self.stop(
+                f"the gateway refused lane {lane.index}'s voucher yet says the lane was charged {charged}, "
+                f"above the {lane.live} of every voucher it accepted"
+            )
+            return
+        if code == LANE_BUSY:
+            # A request still in flight there (e.g. of a crashed proxy) adds at most up to the
+            # accepted vouchers, which an inexact `charged` already bounds. An exactly known
+            # lane has nothing of this side in flight: the lane keeps its figure, so a gateway
+            # answering lane_busy forever gets the same ceiling again, not one hold more each time.
+            if not ticket.exact_before:
+                lane.charged = max(lane.charged, charged)
             return
         stored = self._ours(found[0].get("voucher"), ticket) if found else None
-        ceiling = max(ticket.lane.signed, stored.ceiling if stored else 0)
-        if stored is not None and stored.ceiling > ticket.lane.signed:
-            # Signed by this key but missing here: another process shares the key.
-            self.stop(
-                f"the gateway holds a voucher of lane {ticket.lane.index} for {stored.ceiling}, above any signed here"
-            )
-        self._adopt(ticket, charged, ceiling)
+        if stored is not None and stored.ceiling > lane.live:
+            # Signed by this key but not accepted here: the refused voucher itself, or
+            # another process shares the key.
+            self.stop(f"the gateway holds a voucher of lane {lane.index} for {stored.ceiling}, above any it accepted")
+            return
+        self._adopt(ticket, charged, lane.live)
 
     def finish_stream(self, ticket: Ticket, headers: Mapping[str, str], watch: StreamWatch) -> None:
         """Check a streamed answer from what its events said."""

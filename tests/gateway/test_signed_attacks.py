@@ -1,0 +1,150 @@
+"""Attacks of a dishonest gateway operator on a buyer's signing proxy (signed mode, issue
+23), in-process through the httpx signing transport and the fake signed gateway: the
+promise is that the buyer signs at most one hold per lane beyond the true cost of what
+was served. Each test drives a lane with a gateway that lies in one way and asserts the
+highest ceiling it ever received stays within true cost + one hold (or signing stops,
+saying why, before it gets further).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
+from buyerside_fakes import MODEL, FakeSignedGateway, make_signer  # noqa: E402
+
+from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
+from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
+from promptex.buyerside.wire import VOUCHER_HEADER, parse_voucher  # noqa: E402
+
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello hello hello"}], "max_tokens": 4}
+TRIES = 12
+
+
+def _client(gateway: FakeSignedGateway, signer: object) -> openai.OpenAI:
+    transport = PromptexSigningTransport(signer, inner=gateway.transport())  # type: ignore[arg-type]
+    return openai.OpenAI(
+        base_url="http://gateway.test/v1",
+        api_key="sk-test",
+        max_retries=0,
+        http_client=httpx.Client(transport=transport),
+    )
+
+
+def _ask(client: openai.OpenAI) -> bool:
+    """One request; whether it was served."""
+    try:
+        client.chat.completions.create(**BODY)  # type: ignore[call-overload]
+    except (openai.APIStatusError, openai.APIConnectionError):
+        return False
+    return True
+
+
+class RefusingGateway(FakeSignedGateway):
+    """Serves honestly until `refusing`, then refuses every voucher with `code`, naming as
+    the lane's total either the truth or (`claim_refused`) the refused voucher's own
+    ceiling, and returning that voucher as the lane's stored one."""
+
+    refusing: bool = False
+    code: str = "lane_busy"
+    claim_refused: bool = False
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if not self.refusing or VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        lane = self.book[voucher.lane]
+        self.received.append(voucher)
+        charged = voucher.ceiling if self.claim_refused else lane.charged
+        stored = voucher if self.claim_refused else lane.voucher
+        error: dict[str, Any] = {
+            "message": self.code,
+            "type": "conflict_error",
+            "code": self.code,
+            "lane_charged_units": str(charged),
+            "voucher": None if stored is None else stored.header(),
+        }
+        return httpx.Response(409, json={"error": error})
+
+
+def _hold(signer: Any) -> int:
+    return int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], BODY)[0])
+
+
+@pytest.mark.parametrize(
+    ("code", "claim_refused"),
+    [
+        ("lane_busy", False),  # "409 forever": an honest-looking total, the lane never free
+        ("lane_busy", True),  # ... claiming the refused voucher's ceiling as charged
+        ("ceiling_below_charged", True),  # a refusal claiming the refused voucher was charged in full
+    ],
+)
+def test_attack__gateway_refuses_forever__ceilings_within_one_hold_of_true_cost(
+    tmp_path: Path, code: str, claim_refused: bool
+) -> None:
+    gateway = RefusingGateway(lanes=1)
+    gateway.code, gateway.claim_refused = code, claim_refused
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    assert _ask(client) and _ask(client)
+    gateway.refusing = True
+    refused = [_ask(client) for _ in range(TRIES)]
+    assert not any(refused)
+    true_cost = sum(gateway.true_costs)
+    highest = max(v.ceiling for v in gateway.received)
+    # One hold beyond the true cost at most, whatever the gateway says after refusing.
+    assert highest <= true_cost + _hold(signer), (highest, true_cost, _hold(signer), signer.stopped)
+    assert signer.book.exposure() <= true_cost + _hold(signer)
+
+
+def test_lane_busy_after_a_lost_answer__lane_stays_bounded_then_exact_again(tmp_path: Path) -> None:
+    """The fix's other side: a request really in flight (its answer lost) keeps the lane
+    bounded by its ceiling through a lane_busy refusal, and the next answer makes it exact."""
+    gateway = FakeSignedGateway(lanes=1, drop_after_charge=True)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    assert not _ask(client)
+    lane = signer.book.lanes[0]
+    bound = gateway.received[0].ceiling
+    assert not lane.exact and lane.charged == bound
+    gateway.drop_after_charge = False
+    gateway.book[0].in_flight = True
+    assert not _ask(client)
+    assert not lane.exact and lane.charged == bound >= gateway.book[0].charged and signer.stopped is None
+    gateway.book[0].in_flight = False
+    assert _ask(client)
+    assert lane.exact and lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
+    assert signer.stopped is None
+
+
+def test_attack__gateway_overstates_the_lane_in_an_answer__signing_stops(tmp_path: Path) -> None:
+    """An answer whose lane total exceeds the previous total plus its own cost (the
+    gateway padding the lane between requests): signing stops before another voucher."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    assert _ask(client)
+    gateway.book[0].charged += 1  # padded between requests, not on any answer's cost
+    _ask(client)
+    assert signer.stopped is not None and "charged" in signer.stopped
+    sent = len(gateway.received)
+    assert not _ask(client)
+    assert len(gateway.received) == sent
+    assert max(v.ceiling for v in gateway.received) <= sum(gateway.true_costs) + 1 + _hold(signer)
+
+
+def test_attack__gateway_overcharges_within_the_hold__signing_stops(tmp_path: Path) -> None:
+    """Price × tokens is checked exactly: one unit over the rate stops signing at once."""
+    gateway = FakeSignedGateway(lanes=2, overcharge=1)
+    signer = make_signer(tmp_path / "v.log", lanes=2)
+    client = _client(gateway, signer)
+    _ask(client)
+    assert signer.stopped is not None
+    sent = len(gateway.received)
+    assert not _ask(client) and len(gateway.received) == sent
