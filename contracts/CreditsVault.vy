@@ -321,8 +321,9 @@ _paused_before: uint256
 # the two layouts slot by slot): add new variables only after these.
 # @notice account → asset → the nonce the next SessionKey must carry (= its session id).
 session_nonce: public(HashMap[address, HashMap[address, uint256]])
-# @dev asset → account → the last registered session key.
-_sessions: HashMap[address, HashMap[address, Session]]
+# @dev asset → account → the last registered session key, packed in two words (_session_of).
+_session_keys: HashMap[address, HashMap[address, uint256]]
+_session_terms: HashMap[address, HashMap[address, uint256]]
 # @dev asset → account << 96 | session << 16 | lane → the lane word (see _LANE_KEY_SHIFT).
 _lanes: HashMap[address, HashMap[uint256, uint256]]
 
@@ -1205,7 +1206,7 @@ def session_key(
             and signed_from (the first window `settle_signed` accepts it).
             All zero if none was ever registered.
     """
-    session: Session = self._sessions[asset][account]
+    session: Session = self._session_of(asset, account)
     if session.key == empty(address):
         return empty(address), 0, 0, 0, 0, 0, 0, 0
     slot: uint256 = self._accounts[asset][account]
@@ -1237,7 +1238,7 @@ def lane_settled(account: address, asset: address, lane: uint256) -> uint256:
     """
     if lane > _LANE_MASK:
         return 0
-    session: uint256 = self._sessions[asset][account].session
+    session: uint256 = self._session_of(asset, account).session
     return self._lanes[asset][(convert(account, uint256) << 96) | (session << 16) | lane] & _SETTLED_MASK
 
 
@@ -1445,6 +1446,24 @@ def _run_signed() -> Bytes[64]:
     # Runs this call's signed-mode code (CreditsVaultSigned, same calldata)
     # on this vault's storage; its reverts are passed on as they are.
     return raw_call(signed_module, msg.data, max_outsize=64, is_delegate_call=True)
+
+
+@internal
+@view
+def _session_of(asset: address, account: address) -> Session:
+    # The session as two packed words: keys = key | lanes << 160 | signed_from << 168 |
+    # last_window << 200; terms = maximum | session << 96 | expiry << 120.
+    keys: uint256 = self._session_keys[asset][account]
+    terms: uint256 = self._session_terms[asset][account]
+    return Session(
+        key=convert(convert(keys & (2**160 - 1), uint160), address),
+        session=(terms >> 96) & _SESSION_MASK,
+        lanes=(keys >> 160) & 255,
+        maximum=terms & MAX_CAP_TOTAL,
+        expiry=terms >> 120,
+        signed_from=(keys >> 168) & (2**32 - 1),
+        last_window=keys >> 200,
+    )
 
 
 @internal

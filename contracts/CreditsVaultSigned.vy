@@ -129,7 +129,8 @@ _pause_start: uint256
 _pause_end: uint256
 _paused_before: uint256
 session_nonce: HashMap[address, HashMap[address, uint256]]
-_sessions: HashMap[address, HashMap[address, Session]]
+_session_keys: HashMap[address, HashMap[address, uint256]]
+_session_terms: HashMap[address, HashMap[address, uint256]]
 _lanes: HashMap[address, HashMap[uint256, uint256]]
 
 
@@ -256,14 +257,15 @@ def set_session_key(asset: address, key: address, lanes: uint256, maximum: uint2
 @external
 def revoke_session_key(asset: address):
     """@dev See CreditsVault."""
-    session: Session = self._sessions[asset][msg.sender]
+    session: Session = self._session_of(asset, msg.sender)
     clock: Clock = self._clock()
     window: uint256 = clock.window
     assert session.key != empty(address) and window <= session.last_window, "vault: no active session"
     self.session_nonce[msg.sender][asset] += 1
     last_window: uint256 = max(window + 1, session.signed_from)
     if last_window < session.last_window:
-        self._sessions[asset][msg.sender].last_window = last_window
+        keys: uint256 = self._session_keys[asset][msg.sender]
+        self._session_keys[asset][msg.sender] = (keys & (2**200 - 1)) | (last_window << 200)
         slot: uint256 = self._accounts[asset][msg.sender]
         if self._holds_session(slot, session.session, clock.genesis):
             self._accounts[asset][msg.sender] = (slot & (2**_LAST_WINDOW_SHIFT - 1)) | (last_window << _LAST_WINDOW_SHIFT)
@@ -378,8 +380,8 @@ def _set_cap(account: address, asset: address, per_epoch: uint256, total: uint25
     assert self.asset_policy[asset] != 0, "vault: asset not listed"
     assert nonce == self.cap_nonce[account][asset], "vault: bad nonce"
     assert (
-        self._sessions[asset][account].key == empty(address)
-        or self._clock().window > self._sessions[asset][account].last_window
+        self._session_keys[asset][account] == 0
+        or self._clock().window > self._session_of(asset, account).last_window
     ), "vault: account in signed mode"
     assert per_epoch > 0 and total > 0, "vault: empty cap"
     assert per_epoch < max_value(uint256) or total < max_value(uint256), "vault: cap sets no limit"
@@ -448,7 +450,7 @@ def _register_session(
     assert expiry > block.timestamp, "vault: session expired"
     clock: Clock = self._clock()
     window: uint256 = clock.window
-    previous: Session = self._sessions[asset][account]
+    previous: Session = self._session_of(asset, account)
     assert previous.key == empty(address) or window > previous.last_window, "vault: session not ended"
 
     signed_from: uint256 = window + 1
@@ -468,15 +470,10 @@ def _register_session(
 
     self.session_nonce[account][asset] = nonce + 1
     bounded: uint256 = min(maximum, MAX_CAP_TOTAL)
-    self._sessions[asset][account] = Session(
-        key=key,
-        session=nonce,
-        lanes=lanes,
-        maximum=bounded,
-        expiry=expiry,
-        signed_from=signed_from,
-        last_window=last_window,
+    self._session_keys[asset][account] = (
+        convert(key, uint256) | (lanes << 160) | (signed_from << 168) | (last_window << 200)
     )
+    self._session_terms[asset][account] = bounded | (nonce << 96) | (min(expiry, 2**64 - 1) << 120)
     log SessionKeyRegistered(
         account=account,
         asset=asset,
@@ -495,18 +492,37 @@ def _open_session(account: address, asset: address, slot: uint256, clock: Clock)
     # The account slot in the signed layout of the registered session, which
     # must accept settlement in `window`; reverts otherwise. A slot already
     # in this session's layout is kept (its maximum left is never reset).
-    assert self._sessions[asset][account].key != empty(address), "vault: account not in signed mode"
-    assert clock.window >= self._sessions[asset][account].signed_from, "vault: signed mode not started"
-    last_window: uint256 = self._sessions[asset][account].last_window
+    registered: Session = self._session_of(asset, account)
+    assert registered.key != empty(address), "vault: account not in signed mode"
+    assert clock.window >= registered.signed_from, "vault: signed mode not started"
+    last_window: uint256 = registered.last_window
     assert clock.window <= last_window, "vault: session ended"
-    session: uint256 = self._sessions[asset][account].session
+    session: uint256 = registered.session
     if self._holds_session(slot, session, clock.genesis):
         return slot
     return (
         (slot & MAX_BALANCE)
-        | (self._sessions[asset][account].maximum << _CAP_SHIFT)
+        | (registered.maximum << _CAP_SHIFT)
         | (session << _SESSION_SHIFT)
         | (last_window << _LAST_WINDOW_SHIFT)
+    )
+
+
+@internal
+@view
+def _session_of(asset: address, account: address) -> Session:
+    # The session as two packed words: keys = key | lanes << 160 | signed_from << 168 |
+    # last_window << 200; terms = maximum | session << 96 | expiry << 120.
+    keys: uint256 = self._session_keys[asset][account]
+    terms: uint256 = self._session_terms[asset][account]
+    return Session(
+        key=convert(convert(keys & (2**160 - 1), uint160), address),
+        session=(terms >> 96) & _SESSION_MASK,
+        lanes=(keys >> 160) & 255,
+        maximum=terms & MAX_CAP_TOTAL,
+        expiry=terms >> 120,
+        signed_from=(keys >> 168) & (2**32 - 1),
+        last_window=keys >> 200,
     )
 
 
@@ -529,8 +545,9 @@ def _bind_lane(account: address, asset: address, lane: uint256, signer: address)
     # A lane's first debit in a session: the signer must be the session's
     # key. The lane word then carries the key, so later debits of this lane
     # in this session need no read of the session.
-    assert signer == self._sessions[asset][account].key, "vault: voucher not signed by the session key"
-    assert lane < self._sessions[asset][account].lanes, "vault: lane out of range"
+    keys: uint256 = self._session_keys[asset][account]
+    assert convert(signer, uint256) == keys & (2**160 - 1), "vault: voucher not signed by the session key"
+    assert lane < (keys >> 160) & 255, "vault: lane out of range"
     return convert(signer, uint256) << _LANE_KEY_SHIFT
 
 
