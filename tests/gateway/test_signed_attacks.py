@@ -103,6 +103,42 @@ def test_attack__gateway_refuses_forever__ceilings_within_one_hold_of_true_cost(
     assert signer.book.exposure() <= true_cost + _hold(signer)
 
 
+class AlternatingGateway(FakeSignedGateway):
+    """Serves a request honestly, then refuses the next voucher with 409
+    ceiling_below_charged, claiming the lane was charged the whole ceiling of the voucher
+    it ACCEPTED last (returned as the stored one: it verifies), and so on."""
+
+    turn: int = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        self.turn += 1
+        if self.turn % 2:
+            return super().handle(request)
+        self.received.append(parse_voucher(request.headers[VOUCHER_HEADER]))
+        lane = self.book[0]
+        assert lane.voucher is not None
+        lane.charged = lane.voucher.ceiling  # the lie, kept in its books too
+        error = {"message": "below", "type": "conflict_error", "code": "ceiling_below_charged",
+                 "lane_charged_units": str(lane.charged), "voucher": lane.voucher.header()}  # fmt: skip
+        return httpx.Response(409, json={"error": error})
+
+
+def test_attack__refusal_claims_the_last_accepted_ceiling__at_most_once(tmp_path: Path) -> None:
+    """Served, then refused claiming the served request used its whole hold: the lane was
+    known exactly, so the claim is a lie and signing stops (else, alternating, the gateway
+    would take the full hold of every request)."""
+    gateway = AlternatingGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    for _ in range(TRIES):
+        _ask(client)
+    assert signer.stopped is not None
+    highest = max(v.ceiling for v in gateway.received)
+    assert highest <= sum(gateway.true_costs) + _hold(signer), (highest, sum(gateway.true_costs))
+
+
 def test_lane_busy_after_a_lost_answer__lane_stays_bounded_then_exact_again(tmp_path: Path) -> None:
     """The fix's other side: a request really in flight (its answer lost) keeps the lane
     bounded by its ceiling through a lane_busy refusal, and the next answer makes it exact."""

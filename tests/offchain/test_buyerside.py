@@ -329,13 +329,19 @@ def test_transport__voucher_below_charged__lane_total_adopted_from_verified_vouc
     for _ in range(3):
         _ask(client, 3, max_tokens=4)
     lane = signer.book.lanes[0]
-    lane.charged = 0  # this side's book behind the gateway's: its next ceiling is too low
+    lane.charged, lane.exact = 0, False  # this side's book behind (a bound too low): its next ceiling is too low
     with pytest.raises(openai.APIStatusError) as below:
         _ask(client, 3, max_tokens=4)
     assert below.value.status_code == 409 and signer.stopped is None
     assert lane.exact and lane.charged == gateway.book[0].charged  # its stored voucher is this key's
     _ask(client, 3, max_tokens=4)
     assert lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
+    # An EXACT book the gateway claims to be behind: every request was answered, so the
+    # claim is a lie (test_signed_attacks: serve, then refuse claiming the whole hold).
+    lane.charged = 0
+    with pytest.raises(openai.APIStatusError):
+        _ask(client, 3, max_tokens=4)
+    assert signer.stopped is not None and "every request signed on it was answered" in signer.stopped
 
 
 def test_transport__session_no_longer_current__signing_stops_saying_so(tmp_path: Path) -> None:

@@ -322,6 +322,15 @@ class Signer:
                 f"above the {lane.live} of every voucher it accepted"
             )
             return
+        if ticket.exact_before and charged > ticket.charged_before:
+            # Every request signed on the lane was answered, the last saying the total: more
+            # now is a lie (or another process signing with this key). Adopting it would let a
+            # gateway that serves, then refuses claiming the whole hold, take every hold.
+            self.stop(
+                f"the gateway says lane {lane.index} was charged {charged}, but every request signed on it was "
+                f"answered, the last leaving it at {ticket.charged_before}"
+            )
+            return
         if code == LANE_BUSY:
             # A request still in flight there (e.g. of a crashed proxy) adds at most up to the
             # accepted vouchers, which an inexact `charged` already bounds. An exactly known
