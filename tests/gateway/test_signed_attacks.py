@@ -17,11 +17,12 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
-from buyerside_fakes import MODEL, FakeSignedGateway, make_signer  # noqa: E402
+from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, make_signer  # noqa: E402
 
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
+from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
-from promptex.buyerside.wire import VOUCHER_HEADER, parse_voucher  # noqa: E402
+from promptex.buyerside.wire import VOUCHER_HEADER, lane_reports, parse_voucher  # noqa: E402
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello hello hello"}], "max_tokens": 4}
 TRIES = 12
@@ -184,3 +185,31 @@ def test_attack__gateway_overcharges_within_the_hold__signing_stops(tmp_path: Pa
     assert signer.stopped is not None
     sent = len(gateway.received)
     assert not _ask(client) and len(gateway.received) == sent
+
+
+def test_attack__lanes_endpoint_inflated_on_restart__within_one_hold(tmp_path: Path) -> None:
+    """Every answer arrived; the proxy restarts cleanly (same voucher log) and
+    /v1/promptex/lanes reports the lane charged up to its stored voucher's ceiling (the
+    last hold "used in full", in the gateway's books too). The log's last told total wins,
+    so the inflated books show at the next answer and signing stops: never a ceiling beyond
+    true cost + one hold (before: one more hold per restart)."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    assert _ask(client) and _ask(client)
+    signer.log.close()
+    lane = gateway.book[0]
+    assert lane.voucher is not None
+    lane.charged = lane.voucher.ceiling  # the lie
+    resumed = make_signer(tmp_path / "v.log", lanes=1)
+    chain = ChainSession(IDENTITY.key, 1, 1, 10**12, 0, (0,))
+    recovered = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), resumed.log)
+    resumed.book = recovered.book
+    assert resumed.book.lanes[0].exact and resumed.book.lanes[0].charged == sum(gateway.true_costs)
+    assert any("its last answer" in note for note in recovered.notes)
+    client = _client(gateway, resumed)
+    for _ in range(3):
+        _ask(client)
+    assert resumed.stopped is not None
+    highest = max(v.ceiling for v in gateway.received)
+    assert highest <= sum(gateway.true_costs) + _hold(resumed), (highest, sum(gateway.true_costs))

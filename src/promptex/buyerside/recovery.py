@@ -2,6 +2,8 @@
 each lane (whose voucher must be one this session key signed) and the voucher log.
 
 Per lane, what was charged so far is:
+- the total the last answer told, when the log holds it and every voucher it holds for the
+  lane was answered (exact: the gateway's report may not raise it);
 - the gateway's `charged_units`, when its voucher verifies, covers that figure and the
   lane has no request in flight (exact);
 - else the most that can have been charged: the highest ceiling known to be signed (the
@@ -74,6 +76,14 @@ def recover(
             out.notes.append(f"lane {lane.index}: the gateway holds a voucher for {reported}, above the log's {logged}")
         lane.signed = max(logged, reported, settled)
         lane.live = lane.signed  # which of the logged vouchers were refused is not known
+        told = voucher_log.charged(chain.session, lane.index)
+        if told is not None and logged >= lane.signed and told >= settled:
+            # Every voucher in the log was answered, the last telling the total: that figure,
+            # whatever the gateway says now (else it could inflate each lane on every restart).
+            if found is not None and found.charged != told:
+                out.notes.append(f"lane {lane.index}: the gateway says {found.charged} charged, its last answer {told}")
+            lane.charged, lane.exact = told, True
+            continue
         if found is not None and not found.in_flight and found.charged >= settled:
             lane.charged, lane.exact = found.charged, True
         else:

@@ -239,6 +239,8 @@ class Signer:
                 f"the gateway says lane {lane.index} was charged {charged}, below the {lane.charged} it said before"
             )
         lane.charged, lane.exact = charged, True
+        if self.stopped is None:  # for recovery: what the gateway may not inflate on a restart
+            self.log.write_charged(self.session.session, lane.index, charged)
 
     def finish(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """Check a complete answer and update its lane; stops signing when it is beyond

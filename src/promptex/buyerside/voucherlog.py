@@ -55,6 +55,8 @@ class VoucherLog:
         self.identity = identity
         self._lock = threading.Lock()
         self.highest: dict[tuple[int, int], Voucher] = {}
+        # Per lane, the total the last answer told, when no voucher was signed after it.
+        self.answered: dict[tuple[int, int], int] = {}
         records = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND: each write lands at the end even after a torn line was cut off below.
@@ -67,6 +69,8 @@ class VoucherLog:
         for record in records[1:]:
             if record.get("t") == "voucher":
                 self._remember(_voucher(record))
+            elif record.get("t") == "charged":
+                self.answered[(int(record["session"]), int(record["lane"]))] = int(record["charged"])
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -86,6 +90,7 @@ class VoucherLog:
 
     def _remember(self, voucher: Voucher) -> None:
         key = (voucher.session, voucher.lane)
+        self.answered.pop(key, None)  # this voucher's outcome is not known yet
         if key not in self.highest or voucher.ceiling > self.highest[key].ceiling:
             self.highest[key] = voucher
 
@@ -104,6 +109,22 @@ class VoucherLog:
             except OSError as exc:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
             self._remember(voucher)
+
+    def write_charged(self, session: int, lane: int, charged: int) -> None:
+        """Record a lane's total as an answer told it, every voucher of the lane answered.
+        Not fsync'd (the next voucher's fsync carries it): losing it only leaves recovery to
+        the gateway's word, as before; keeping it stops a gateway inflating a lane on restart."""
+        record = {"t": "charged", "session": session, "lane": lane, "charged": str(charged)}
+        with self._lock:
+            try:
+                os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+            except OSError:
+                return
+            self.answered[(session, lane)] = charged
+
+    def charged(self, session: int, lane: int) -> int | None:
+        """The lane's total as the last answer told it, if no voucher was signed since."""
+        return self.answered.get((session, lane))
 
     def ceiling(self, session: int, lane: int) -> int:
         """The highest ceiling signed for a lane of a session (0: none)."""
