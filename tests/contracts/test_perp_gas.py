@@ -13,11 +13,15 @@ from promptex.chain.gas.perp import measure_perp
 # Issue 19: the side's book (margins, reserve, count, LP-pricing bounds) and the depth cap
 # (the Oracle's pool read at each open) cost an open ~52k and a close ~13k; Perp is
 # compiled by venom for code size (the legacy pipeline passed EIP-170's 24,576 bytes).
+# Round 2, session 3: +5 / −10 / −10 with no change to Perp, Pool, Router, Oracle or
+# ComputeToken since the last pin, once the test deployment gained contracts (the vault's
+# signed module): the tokens' addresses moved, and with them, we believe, the pool's token
+# order (GPT sorts after USDC now; not checked for the old pin). Measured alone and in CI.
 PINNED = {
     "perp_lp_deposit": 83_791,
-    "perp_open": 407_911,
-    "perp_close": 143_844,
-    "perp_liquidate": 176_614,
+    "perp_open": 407_916,
+    "perp_close": 143_834,
+    "perp_liquidate": 176_604,
 }
 
 
