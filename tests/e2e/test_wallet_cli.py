@@ -16,7 +16,7 @@ from anvil_node import ROOT, ape_env, rpc
 from promptex.chain.deploy import contract_at
 from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.redemption import provider_id
-from promptex.protocol.vault import sign_release
+from promptex.protocol.vault import UNLIMITED, sign_release
 
 BUYER, STRANGER = "TEST::2", "TEST::6"
 USD = 10**6
@@ -60,6 +60,17 @@ def test_wallet__test_account__mints_deposits_swaps_withdraws(promptex_cli, chai
     usdc_line = next(line for line in balances.output.splitlines() if line.startswith("USDC"))
     # wallet 1,000 − 250.5 − 10 (swapped) + 10 (instant exit); vault 250.5 − 10; withdrawing 50
     assert usdc_line.split() == ["USDC", "749.50", "USDC", "240.50", "USDC", "50.00", "USDC"]
+    # --json: the same in exact smallest units, nothing else on stdout.
+    as_json = promptex_cli("wallet", "balances", "--account", BUYER, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.output)
+    row = next(r for r in report["balances"] if r["asset"] == "USDC")
+    assert (report["account"], row["wallet_units"], row["vault_units"], row["withdrawing_units"]) == (
+        buyer.address,
+        "749500000",
+        "240500000",
+        "50000000",
+    )
 
     status = promptex_cli("status")
     assert status.exit_code == 0, status.output
@@ -79,9 +90,16 @@ def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itse
     held = cld.balanceOf(buyer)
     amount = held // 10**18 // 2
     assert amount > 0
-    for args in (("deposit", "--amount", str(amount)), ("withdraw", "--amount", str(amount))):
-        done = promptex_cli("wallet", args[0], "--asset", "CLD", *args[1:], "--account", BUYER)
+    deposited = promptex_cli("wallet", "deposit", "--asset", "CLD", "--amount", str(amount), "--account", BUYER,
+                             "--json")  # fmt: skip
+    assert deposited.exit_code == 0, deposited.output
+    assert json.loads(deposited.output)["amount_units"] == str(amount * 10**18)
+    for args in (("withdraw",), ("cancel-withdraw", "--json"), ("withdraw",)):
+        done = promptex_cli("wallet", *args, *(["--amount", str(amount)] if args[0] == "withdraw" else []),
+                            "--asset", "CLD", "--account", BUYER)  # fmt: skip
         assert done.exit_code == 0, done.output
+        if args[0] == "cancel-withdraw":  # nothing moved: the amount stays spendable
+            assert json.loads(done.output)["amount_units"] == str(amount * 10**18)
     chain.pending_timestamp += 3_600  # past any thaw and pause
 
     both = promptex_cli("wallet", "complete-withdraw", "--asset", "CLD", "--take-token", "--min-out", "1",
@@ -90,6 +108,8 @@ def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itse
     taken = promptex_cli("wallet", "complete-withdraw", "--asset", "CLD", "--take-token", "--account", BUYER)
     assert taken.exit_code == 0, taken.output
     assert f"withdrew {amount:,}.00 CLD (to your wallet)" in taken.output
+    again = promptex_cli("wallet", "complete-withdraw", "--asset", "CLD", "--json", "--account", BUYER)
+    assert again.exit_code == 1 and "vault: no pending exit" in again.output  # errors stay one line under --json
     assert cld.balanceOf(buyer) == held  # all of it back as the token itself
 
 
@@ -147,6 +167,12 @@ def test_wallet__spend_cap__unlimited_for_one__both_refused_before_any_transacti
                                        "--total", "12.5", "--account", STRANGER)  # fmt: skip
     assert "CLD cap: unlimited per epoch, 12.50 CLD in total" in per_epoch_unlimited.output
     assert vault.spend_cap(user, cld)[1] == 12_500_000_000_000_000_000
+    raw = promptex_cli("wallet", "spend-cap", "--asset", "CLD", "--per-epoch", "unlimited", "--total", "12.5",
+                       "--account", STRANGER, "--json")  # fmt: skip
+    signed = json.loads(raw.output)  # asked (null: unlimited) and as the vault holds it
+    assert (signed["per_epoch_units"], signed["total_units"]) == (None, "12500000000000000000")
+    assert signed["signed_per_epoch_units"] == str(UNLIMITED)  # the sentinel the vault stores its own way
+    assert int(signed["signed_total_units"]) == vault.spend_cap(user, cld)[1]
 
 
 def test_wallet__redemption_grant_link_revoke__signed_by_the_user(promptex_cli, chain_market, accounts):
@@ -202,7 +228,7 @@ def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_tha
     escrow.open_lot(holder, cld, KIND_TOKENIZED, face, expiry, bond, b"\x11" * 32, 0, sender=attestor)
     escrow.slash(escrow.lot_count(), sender=attestor)
     unbacked, held, fund = escrow.unbacked(cld), cld.balanceOf(holder), escrow.insurance_fund(cld)
-    assert unbacked > held > 10 * 10**18 and fund > 0
+    assert unbacked > held > 11 * 10**18 and fund > 0
     usdc_before = usdc.balanceOf(holder)
 
     beyond = promptex_cli(
@@ -216,13 +242,18 @@ def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_tha
     assert (escrow.unbacked(cld), cld.balanceOf(holder), usdc.balanceOf(holder)) == (unbacked, held, usdc_before)
 
     quote = escrow.quote_buy_back(cld, 10 * 10**18)
-    sold = promptex_cli("wallet", "buy-back", "--token", "CLD", "--amount", "10", "--account", STRANGER)
+    sold = promptex_cli("wallet", "buy-back", "--token", "CLD", "--amount", "10", "--account", STRANGER, "--json")
 
     assert sold.exit_code == 0, sold.output
     assert quote > 0 and usdc.balanceOf(holder) - usdc_before == quote
-    assert cld.balanceOf(holder) == held - 10 * 10**18 and escrow.unbacked(cld) == unbacked - 10 * 10**18
-    assert escrow.insurance_fund(cld) == fund - quote
-    assert "sold 10" in sold.output and "to the insurance fund for" in sold.output
+    assert json.loads(sold.output) | {"tx": None} == {
+        "token": "CLD", "amount_units": str(10 * 10**18), "paid_units": str(quote),
+        "unbacked_before_units": str(unbacked), "tx": None,
+    }  # fmt: skip
+    one = promptex_cli("wallet", "buy-back", "--token", "CLD", "--amount", "1", "--account", STRANGER)
+    assert one.exit_code == 0 and "sold 1.00 CLD to the insurance fund for" in one.output, one.output
+    assert cld.balanceOf(holder) == held - 11 * 10**18 and escrow.unbacked(cld) == unbacked - 11 * 10**18
+    assert escrow.insurance_fund(cld) == fund - quote - (usdc.balanceOf(holder) - usdc_before - quote)
 
 
 # ─── The console script, in its own process, with a keyfile account ─────────

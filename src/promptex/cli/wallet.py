@@ -7,13 +7,17 @@ at `--rpc-url`, APE_FOUNDRY_HOST, PROMPTEX_RPC_URL or the profile `promptex up` 
 for its passphrase and confirms every transaction unless `--yes` is given; its passphrase
 can come from `APE_ACCOUNTS_<alias>_PASSPHRASE` for non-interactive use. Amounts are whole
 units of the asset ("12.5" USDC), converted exactly; too many decimals are refused.
+`--json` prints what a command did in exact smallest units (decimal strings, `*_units`)
+instead of the lines for people; errors stay one line on stderr either way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -141,26 +145,57 @@ def wallet() -> None:
     tokens and redemption grants (ape accounts)."""
 
 
-def wallet_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
-    """A `promptex wallet` subcommand with ape's --network, and --account/--yes."""
+@dataclass
+class Done:
+    """What a wallet command did: lines for people, and the same facts for `--json` (amounts
+    in exact smallest units as decimal strings, so no JSON reader rounds them)."""
 
-    def decorate(fn: Callable[..., None]) -> click.Command:
-        fn = rpc_url_option(yes_option(account_option(fn)))
-        fn = network_option(default=LOCAL_NODE)(fn)
-        command: click.Command = wallet.command(name, cls=market_command_class())(fn)
+    lines: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def tx_hash(receipt: Any) -> str:
+    return str(receipt.txn_hash)
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="what was done in exact smallest units, as JSON (no lines for people)"
+)
+
+
+def wallet_command(name: str) -> Callable[[Callable[..., Done]], click.Command]:
+    """A `promptex wallet` subcommand with ape's --network, --account/--yes and --json; the
+    command returns what it did (`Done`) and this prints it one way or the other."""
+
+    def decorate(fn: Callable[..., Done]) -> click.Command:
+        @functools.wraps(fn)  # (ape reads the wrapped signature to pass `network`)
+        def run(*args: Any, as_json: bool, **kwargs: Any) -> None:
+            done = fn(*args, **kwargs)
+            if as_json:
+                click.echo(json.dumps(done.data, indent=2))
+            else:
+                for line in done.lines:
+                    click.echo(line)
+
+        command_fn = rpc_url_option(yes_option(account_option(json_option(run))))
+        command_fn = network_option(default=LOCAL_NODE)(command_fn)
+        command: click.Command = wallet.command(name, cls=market_command_class())(command_fn)
         return command
 
     return decorate
 
 
 @wallet_command("balances")
-def balances(network: Any, alias: str | None, yes: bool) -> None:
+def balances(network: Any, alias: str | None, yes: bool) -> Done:
     """USDC and every provider token: in the wallet, in the vault, and any pending withdrawal."""
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
-        click.echo(f"account {session.account.address} on {network.name}")
-        click.echo(f"{'asset':<6} {'wallet':>34} {'vault':>34} {'withdrawing':>24}")
+        lines = [
+            f"account {session.account.address} on {network.name}",
+            f"{'asset':<6} {'wallet':>34} {'vault':>34} {'withdrawing':>24}",
+        ]
+        rows: list[dict[str, Any]] = []
         total, priced = 0, True
         for symbol in ["USDC", *session.deployment.token_symbols()]:
             token = session.token(symbol)
@@ -171,28 +206,36 @@ def balances(network: Any, alias: str | None, yes: bool) -> None:
                 value = usd_value(amount, symbol, twap)
                 total += value or 0
                 priced = priced and (value is not None or amount == 0)
-            click.echo(
+            lines.append(
                 f"{symbol:<6} {money(held, symbol, twap=twap):>34} {money(in_vault, symbol, twap=twap):>34} "
                 f"{money(pending, symbol, twap=twap):>24}"
             )
+            rows.append({"asset": symbol, "wallet_units": str(held), "vault_units": str(in_vault),
+                         "withdrawing_units": str(pending), "twap": None if twap is None else str(twap)})  # fmt: skip
         unknown = "" if priced else " (provider tokens without a TWAP yet not counted)"
-        click.echo(f"total: {usd_text(total)} at the Oracle's {TWAP_WINDOW // 60}-minute TWAP{unknown}")
+        lines.append(f"total: {usd_text(total)} at the Oracle's {TWAP_WINDOW // 60}-minute TWAP{unknown}")
+        data = {"account": session.account.address, "network": network.name, "balances": rows,
+                "total_usdc_units": str(total), "twap_window_seconds": TWAP_WINDOW, "all_priced": priced}  # fmt: skip
+        return Done(lines, data)
 
 
 @wallet_command("deposit")
 @click.option("--asset", "symbol", required=True, help="USDC or a provider token (CLD, GPT, GEM, LLM)")
 @click.option("--amount", required=True, help="whole units, e.g. 100 or 12.5")
-def deposit(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> None:
+def deposit(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> Done:
     """Deposit into the credits vault (approves the vault first if needed)."""
     value = units(amount, symbol)
     with readable_errors():
         session = Session(network, alias, yes)
         vault, token = session.contract("CreditsVault"), session.token(symbol)
         session.approve(token, vault.address, value)
-        vault.deposit(token, value, sender=session.account)
-        click.echo(
-            f"deposited {whole(value, symbol)}; vault balance {whole(vault.balance_of(session.account, token), symbol)}"
-        )
+        receipt = vault.deposit(token, value, sender=session.account)
+        balance = vault.balance_of(session.account, token)
+        return Done(
+            [f"deposited {whole(value, symbol)}; vault balance {whole(balance, symbol)}"],
+            {"asset": symbol.upper(), "amount_units": str(value), "vault_balance_units": str(balance),
+             "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("swap")
@@ -203,7 +246,7 @@ def deposit(network: Any, alias: str | None, yes: bool, symbol: str, amount: str
 @click.option("--fee-bps", default=DEFAULT_FEE, show_default=True, type=int, help="the pools' fee tier")
 def swap(
     network: Any, alias: str | None, yes: bool, sell: str, buy: str, amount: str, slippage: str, fee_bps: int
-) -> None:
+) -> Done:
     """Swap through the Router: exact input, output at least the quote minus --slippage. Routes
     between two provider tokens go through USDC."""
     value = units(amount, sell)
@@ -229,16 +272,20 @@ def swap(
         bought = session.token(buy)
         before = bought.balanceOf(session.account)
         deadline = chain_time() + 600
-        router.swap_exact_in(value, min_out, path, fees, session.account, deadline, sender=session.account)
+        receipt = router.swap_exact_in(value, min_out, path, fees, session.account, deadline, sender=session.account)
         got = bought.balanceOf(session.account) - before
         route = " → ".join(symbols)
-        click.echo(f"swapped {whole(value, sell)} via {route} for {whole(got, buy)} (quoted {whole(quote, buy)})")
+        return Done(
+            [f"swapped {whole(value, sell)} via {route} for {whole(got, buy)} (quoted {whole(quote, buy)})"],
+            {"route": symbols, "amount_in_units": str(value), "amount_out_units": str(got),
+             "quoted_units": str(quote), "min_out_units": str(min_out), "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("withdraw")
 @click.option("--asset", "symbol", required=True)
 @click.option("--amount", required=True, help="whole units")
-def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> None:
+def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: str) -> Done:
     """Start a trustless withdrawal: it completes after the thaw, with nobody's consent.
     A provider token is sold for USDC on completion through the exit market fixed now, or
     taken as the token itself (`complete-withdraw --take-token`) if that market cannot sell."""
@@ -246,14 +293,19 @@ def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
-        vault.request_exit(session.token(symbol), value, sender=session.account)
+        receipt = vault.request_exit(session.token(symbol), value, sender=session.account)
         unlock_at = vault.exit_unlocks_at(session.account, session.token(symbol))
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlock_at))
-        click.echo(
-            f"withdrawal of {whole(value, symbol)} requested; complete it from {stamp} "
-            f"(a pause delays it by at most {vault.MAX_PAUSE()} s)"
-        )
-        click.echo(f"then: promptex wallet complete-withdraw --asset {symbol.upper()} (same --network/--account)")
+        max_pause = vault.MAX_PAUSE()
+        return Done(
+            [
+                f"withdrawal of {whole(value, symbol)} requested; complete it from {stamp} "
+                f"(a pause delays it by at most {max_pause} s)",
+                f"then: promptex wallet complete-withdraw --asset {symbol.upper()} (same --network/--account)",
+            ],
+            {"asset": symbol.upper(), "amount_units": str(value), "unlocks_at": int(unlock_at),
+             "max_pause_seconds": int(max_pause), "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("complete-withdraw")
@@ -267,7 +319,7 @@ def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
 )
 def complete_withdraw(
     network: Any, alias: str | None, yes: bool, symbol: str, min_out: str | None, take_token: bool
-) -> None:
+) -> Done:
     """Complete a thawed withdrawal: USDC to your wallet; a provider token sold for USDC
     (credited in the vault), or with --take-token sent to your wallet as the token."""
     if take_token and min_out:
@@ -279,7 +331,12 @@ def complete_withdraw(
         receipt = vault.complete_exit(session.token(symbol), least, not take_token, sender=session.account)
         event = next(iter(receipt.events.filter(vault.ExitCompleted)))
         paid = f"sold for {whole(event.proceeds, 'USDC')}, credited in the vault" if event.sold else "to your wallet"
-        click.echo(f"withdrew {whole(event.amount, symbol)} ({paid})")
+        return Done(
+            [f"withdrew {whole(event.amount, symbol)} ({paid})"],
+            {"asset": symbol.upper(), "requested_units": str(event.requested), "amount_units": str(event.amount),
+             "sold": bool(event.sold), "proceeds_units": str(event.proceeds), "min_out_units": str(least),
+             "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("exit-instant")
@@ -287,7 +344,7 @@ def complete_withdraw(
     "--release", "release_file", required=True, type=click.File(), help="the JSON of `promptex coordinator release`"
 )
 @click.option("--min-out", default=None, help="provider tokens: least USDC to accept for the sale")
-def exit_instant(network: Any, alias: str | None, yes: bool, release_file: Any, min_out: str | None) -> None:
+def exit_instant(network: Any, alias: str | None, yes: bool, release_file: Any, min_out: str | None) -> Done:
     """Leave the vault at once with a release the coordinator co-signed (no thaw)."""
     try:
         release = json.load(release_file)
@@ -302,18 +359,29 @@ def exit_instant(network: Any, alias: str | None, yes: bool, release_file: Any, 
         if str(release.get("address", "")).lower() != session.account.address.lower():
             raise ValueError(f"this release is for {release.get('address')}, not {session.account.address}")
         vault = session.contract("CreditsVault")
-        vault.exit_instant(session.token(symbol), amount, least, nonce, expiry, signature, sender=session.account)
-        click.echo(f"left the vault with {whole(amount, symbol)} at once")
+        receipt = vault.exit_instant(
+            session.token(symbol), amount, least, nonce, expiry, signature, sender=session.account
+        )
+        return Done(
+            [f"left the vault with {whole(amount, symbol)} at once"],
+            {"asset": symbol.upper(), "amount_units": str(amount), "nonce": nonce, "min_out_units": str(least),
+             "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("cancel-withdraw")
 @click.option("--asset", "symbol", required=True)
-def cancel_withdraw(network: Any, alias: str | None, yes: bool, symbol: str) -> None:
+def cancel_withdraw(network: Any, alias: str | None, yes: bool, symbol: str) -> Done:
     """Cancel a pending withdrawal; the amount stays spendable."""
     with readable_errors():
         session = Session(network, alias, yes)
-        session.contract("CreditsVault").cancel_exit(session.token(symbol), sender=session.account)
-        click.echo(f"pending {symbol.upper()} withdrawal cancelled")
+        vault = session.contract("CreditsVault")
+        receipt = vault.cancel_exit(session.token(symbol), sender=session.account)
+        event = next(iter(receipt.events.filter(vault.ExitCancelled)))
+        return Done(
+            [f"pending {symbol.upper()} withdrawal cancelled"],
+            {"asset": symbol.upper(), "amount_units": str(event.amount), "tx": tx_hash(receipt)},
+        )
 
 
 @wallet_command("spend-cap")
@@ -321,7 +389,7 @@ def cancel_withdraw(network: Any, alias: str | None, yes: bool, symbol: str) -> 
 @click.option("--per-epoch", required=True, help="most one settlement may debit (whole units), or 'unlimited'")
 @click.option("--total", required=True, help="most all settlements may debit (whole units), or 'unlimited'")
 @click.option("--days", default=30, show_default=True, type=click.IntRange(1, 3650), help="the cap's lifetime")
-def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch: str, total: str, days: int) -> None:
+def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch: str, total: str, days: int) -> Done:
     """Set the most settlements may debit from your vault balance (from your own wallet)."""
 
     asked_per, asked_total = cap_limit(per_epoch, symbol, "--per-epoch"), cap_limit(total, symbol, "--total")
@@ -330,19 +398,26 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
         expiry = chain_time() + days * 86_400
-        vault.set_spend_cap(session.token(symbol), signed_per, signed_total, expiry, sender=session.account)
+        receipt = vault.set_spend_cap(session.token(symbol), signed_per, signed_total, expiry, sender=session.account)
         until = vault.spend_cap(session.account, session.token(symbol))[2]
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(until))
         # As entered: the vault stores a per-epoch limit as m × 2**e, at least the one asked.
-        click.echo(
-            f"{symbol.upper()} cap: {cap_text(asked_per, symbol)} per epoch, {cap_text(asked_total, symbol)} "
-            f"in total, until {stamp}"
-        )
+        return Done(
+            [
+                f"{symbol.upper()} cap: {cap_text(asked_per, symbol)} per epoch, {cap_text(asked_total, symbol)} "
+                f"in total, until {stamp}"
+            ],
+            # Asked (null: unlimited) and what the vault holds (its sentinel for unlimited).
+            {"asset": symbol.upper(), "per_epoch_units": None if asked_per is None else str(asked_per),
+             "total_units": None if asked_total is None else str(asked_total),
+             "signed_per_epoch_units": str(signed_per), "signed_total_units": str(signed_total),
+             "expiry": int(until), "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("claim")
 @click.option("--asset", "symbol", default="USDC", show_default=True)
-def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> None:
+def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> Done:
     """Sellers: receive what settlements credited you in the vault."""
     with readable_errors():
         session = Session(network, alias, yes)
@@ -350,15 +425,18 @@ def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> None:
         amount = vault.claimable(session.account, token)
         if amount == 0:
             raise click.ClickException(f"nothing to claim in {symbol.upper()}")
-        vault.claim(token, sender=session.account)
-        click.echo(f"claimed {whole(amount, symbol)}")
+        receipt = vault.claim(token, sender=session.account)
+        return Done(
+            [f"claimed {whole(amount, symbol)}"],
+            {"asset": symbol.upper(), "amount_units": str(amount), "tx": tx_hash(receipt)},
+        )
 
 
 @wallet_command("buy-back")
 @click.option("--token", "symbol", required=True, help="the provider token (CLD, GPT, GEM, LLM)")
 @click.option("--amount", required=True, help="whole tokens to sell, at most what is unbacked")
 @click.option("--min-out", default=None, help="refuse if the fund's quote now is below this much USDC")
-def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: str, min_out: str | None) -> None:
+def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: str, min_out: str | None) -> Done:
     """Holders: sell provider tokens left unbacked (their lot slashed, expired or closed
     short) to the provider's insurance fund, which burns them. Every token gets the same
     rate, min(face value, fund ÷ unbacked): waiting or going first gains nothing."""
@@ -390,9 +468,13 @@ def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
             )
         session.approve(token, escrow.address, value)
         before = usdc.balanceOf(session.account)
-        escrow.buy_back_unbacked(token, value, sender=session.account)
+        receipt = escrow.buy_back_unbacked(token, value, sender=session.account)
         paid = usdc.balanceOf(session.account) - before
-        click.echo(f"sold {whole(value, symbol)} to the insurance fund for {whole(paid, 'USDC')} (burned)")
+        return Done(
+            [f"sold {whole(value, symbol)} to the insurance fund for {whole(paid, 'USDC')} (burned)"],
+            {"token": symbol.upper(), "amount_units": str(value), "paid_units": str(paid),
+             "unbacked_before_units": str(unbacked), "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 # ─── Redemption: the user's side (grant the agent, link an account, refund) ──
@@ -407,7 +489,7 @@ def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
 def grant_agent(
     network: Any, alias: str | None, yes: bool, agent: str, limits: tuple[str, ...], slippage: str, payee: str | None,
     days: int,
-) -> None:  # fmt: skip
+) -> Done:  # fmt: skip
     """Let an agent sell up to a daily limit of your tokens into redemptions (and approve the escrow)."""
     try:
         slippage_bps = int(Decimal(slippage) * 100)
@@ -424,7 +506,7 @@ def grant_agent(
         escrow = session.contract("RedemptionEscrow")
         tokens = [session.token(symbol) for symbol, _ in pairs]
         expiry = chain_time() + days * 86_400
-        escrow.set_grant(
+        receipt = escrow.set_grant(
             agent, payee or agent, expiry, slippage_bps, tokens, [limit for _, limit in pairs], sender=session.account
         )
         # The escrow, not the agent, pulls the tokens; the grant's daily limits bound it.
@@ -432,24 +514,29 @@ def grant_agent(
             session.approve(token, escrow.address, MAX_UINT256)
         shown = ", ".join(f"{whole(limit, symbol)} a day" for symbol, limit in pairs)
         until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expiry))
-        click.echo(f"granted {agent}: {shown}, ≤ {slippage} % under the TWAP, until {until}")
+        return Done(
+            [f"granted {agent}: {shown}, ≤ {slippage} % under the TWAP, until {until}"],
+            {"agent": agent, "payee": payee or agent, "slippage_bps": slippage_bps, "expiry": expiry,
+             "daily_limits": [{"token": symbol, "limit_units": str(limit)} for symbol, limit in pairs],
+             "tx": tx_hash(receipt)},
+        )  # fmt: skip
 
 
 @wallet_command("revoke-agent")
 @click.option("--agent", required=True, help="the redemption agent's address")
-def revoke_agent(network: Any, alias: str | None, yes: bool, agent: str) -> None:
+def revoke_agent(network: Any, alias: str | None, yes: bool, agent: str) -> Done:
     """Revoke your grant to an agent at once (open redemptions still release or refund)."""
     with readable_errors():
         session = Session(network, alias, yes)
-        session.contract("RedemptionEscrow").revoke_grant(agent, sender=session.account)
-        click.echo(f"grant to {agent} revoked")
+        receipt = session.contract("RedemptionEscrow").revoke_grant(agent, sender=session.account)
+        return Done([f"grant to {agent} revoked"], {"agent": agent, "tx": tx_hash(receipt)})
 
 
 @wallet_command("link-account")
 # (not `provider`: ape's ConnectedProviderCommand passes its provider under that name)
 @click.option("--provider", "provider_name", required=True, help="anthropic, openai, …")
 @click.option("--account-ref", required=True, help="0x… bytes32 that `promptex agent link` printed")
-def link_account(network: Any, alias: str | None, yes: bool, provider_name: str, account_ref: str) -> None:
+def link_account(network: Any, alias: str | None, yes: bool, provider_name: str, account_ref: str) -> Done:
     """Record which of your provider accounts redemptions may credit."""
     from promptex.protocol.redemption import provider_id
 
@@ -461,20 +548,28 @@ def link_account(network: Any, alias: str | None, yes: bool, provider_name: str,
         raise click.BadParameter(f"{account_ref!r} is not a 32-byte hex value", param_hint="--account-ref")
     with readable_errors():
         session = Session(network, alias, yes)
-        session.contract("RedemptionEscrow").link_account(provider_id(provider_name), ref, sender=session.account)
-        click.echo(f"{provider_name} account {account_ref} linked")
+        receipt = session.contract("RedemptionEscrow").link_account(
+            provider_id(provider_name), ref, sender=session.account
+        )
+        return Done(
+            [f"{provider_name} account {account_ref} linked"],
+            {"provider": provider_name, "account_ref": "0x" + ref.hex(), "tx": tx_hash(receipt)},
+        )
 
 
 @wallet_command("refund")
 @click.option("--redemption", "redemption_id", required=True, type=click.IntRange(1), help="the escrow's id")
-def refund(network: Any, alias: str | None, yes: bool, redemption_id: int) -> None:
+def refund(network: Any, alias: str | None, yes: bool, redemption_id: int) -> Done:
     """Take back an unreleased redemption's USDC after its deadline."""
     with readable_errors():
         session = Session(network, alias, yes)
         escrow = session.contract("RedemptionEscrow")
         amount = escrow.redemptions(redemption_id).usdc
-        escrow.refund(redemption_id, sender=session.account)
-        click.echo(f"redemption {redemption_id} refunded: {whole(amount, 'USDC')}")
+        receipt = escrow.refund(redemption_id, sender=session.account)
+        return Done(
+            [f"redemption {redemption_id} refunded: {whole(amount, 'USDC')}"],
+            {"redemption": redemption_id, "amount_units": str(amount), "tx": tx_hash(receipt)},
+        )
 
 
 @click.command("status", cls=market_command_class())
