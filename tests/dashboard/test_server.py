@@ -18,7 +18,6 @@ from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.store import AgentStore
 from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
-from promptex.dashboard.throttle import Throttle
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
@@ -26,6 +25,7 @@ from promptex.ledger.binding import BindingMessage, sign
 from promptex.ledger.schema import accounts
 from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
+from promptex.throttle import Throttle
 
 VAULT = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
 SECRET_RPC = "http://127.0.0.1:{port}/secret-provider-key"

@@ -391,7 +391,7 @@ def test_release__above_free_balance__refused_within__locked_until_used_or_expir
     book.reserve(account, "USDC", 5, "req_open", ttl=60)  # a request in flight
     coord = coordinator(book, chain)
 
-    with pytest.raises(ReleaseRefused, match="only 65 USDC"):  # 100 on chain − 30 settled − 5 held
+    with pytest.raises(ReleaseRefused, match="only 0.000065 USDC"):  # 100 on chain − 30 settled − 5 held
         coord.sign_release(address, "USDC", 66)
     release = coord.sign_release(address, "USDC", 65)
     assert book.balance(account, "USDC").locked == 65
@@ -542,7 +542,7 @@ def test_cli__release__signed_within_free_balance_refused_beyond(
 
     release_cmd = ["release", "--address", address, "--asset"]
     refused = runner.invoke(coordinator_cli.coordinator, [*release_cmd, "usdc", "--amount", "101"])
-    assert refused.exit_code == 1 and "release refused: only 100 USDC" in refused.output
+    assert refused.exit_code == 1 and "release refused: only 0.0001 USDC" in refused.output
     signed = runner.invoke(coordinator_cli.coordinator, [*release_cmd, "USDC", "--amount", "60"])
     assert signed.exit_code == 0, signed.output
     release = json.loads(signed.output)

@@ -94,6 +94,17 @@ session_key_submissions = Table(
     UniqueConstraint("address", "asset", "nonce"),
 )
 
+# The door's per-wallet request nonce (issue 21, migration 0015): an instant-exit request
+# signed by a wallet must carry the wallet's next nonce, taken once it is verified, so a
+# signed request is answered at most once, across restarts too (a replay is refused).
+door_nonces = Table(
+    "door_nonces",
+    metadata,
+    Column("address", String(ADDRESS), primary_key=True),
+    Column("next_nonce", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
 # Leader lease: one coordinator posts at a time (a row, so SQLite and PostgreSQL alike).
 coordinator_lease = Table(
     "coordinator_lease",

@@ -55,6 +55,7 @@ from promptex.ledger.lots import CLOSING, OPEN
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, StoredUsage
 from promptex.protocol.escrow import STATUS_OPEN
+from promptex.protocol.units import money
 from promptex.protocol.vault import SignedDebit, pack_signed_entries
 
 log = logging.getLogger("promptex.coordinator")
@@ -750,23 +751,36 @@ class Coordinator:
         + what is already locked). The amount stays locked in the ledger until the release
         is used or expires. Raises ReleaseRefused (the trustless exit remains open)."""
         if amount <= 0:
-            raise ReleaseRefused("a release must be for a positive amount")
+            raise ReleaseRefused("a release must be for a positive amount", "bad_amount")
         address = checksum_address(address)
         account = self.store.account_of(address)
         if account is None:
-            raise ReleaseRefused(f"{address} is not bound to an account")
+            raise ReleaseRefused(
+                f"{address} is not bound to an account: bind it (sign in with it on the dashboard) first", "not_bound"
+            )
         outstanding = self.store.active_releases(address)
         if outstanding:
-            raise ReleaseRefused(f"a release for {address} is outstanding until {outstanding[0].expiry}")
+            raise ReleaseRefused(
+                f"a release for {address} is outstanding until {outstanding[0].expiry} (chain time): "
+                "use it or let it expire first",
+                "release_outstanding",
+                expiry=outstanding[0].expiry,
+            )
         on_chain = self.chain.balance_of(address, asset)
         owed = self.store.unsettled(account, asset)
         locked = self.store.locked(account, asset)
         free = on_chain - owed - locked
         if amount > free:
             raise ReleaseRefused(
-                f"only {max(0, free)} {asset} of {address} is free of unsettled usage "
-                f"(vault balance {on_chain}, unsettled {owed}, locked {locked}); "
-                "use the trustless exit (request_exit) for the rest"
+                f"only {money(max(0, free), asset, rounding='down')} of {address} is free of unsettled usage "
+                f"(vault balance {money(on_chain, asset, rounding='down')}, unsettled {money(owed, asset)}, "
+                f"locked {money(locked, asset)}); use the trustless exit (request_exit) for the rest",
+                "unsettled_usage",
+                free_units=str(max(0, free)),
+                balance_units=str(on_chain),
+                unsettled_units=str(owed),
+                locked_units=str(locked),
+                asked_units=str(amount),
             )
         nonce = self.chain.release_nonce(address)
         expiry = self.chain.now() + self.release_expiry

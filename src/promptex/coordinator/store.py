@@ -18,6 +18,7 @@ from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
     coordinator_txs,
+    door_nonces,
     session_key_submissions,
     settlement_batches,
     spend_cap_submissions,
@@ -107,7 +108,12 @@ def _batch(row: Any) -> Batch:
 
 
 class ReleaseRefused(ValueError):
-    """The amount is not free of unsettled usage: the user must take the trustless exit."""
+    """The amount is not free of unsettled usage: the user must take the trustless exit.
+    `code` and `fields` (exact smallest units) are for machines; the message for people."""
+
+    def __init__(self, message: str, code: str = "release_refused", **fields: Any) -> None:
+        super().__init__(message)
+        self.code, self.fields = code, fields
 
 
 class CoordinatorStore(SignedTxStore):
@@ -534,6 +540,26 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return _releases.active_releases(conn, address)
 
+    def door_nonce(self, address: str) -> int:
+        """The nonce the wallet's next request to the door must carry (0 at first)."""
+        with self._tx() as conn:
+            found = conn.execute(select(door_nonces.c.next_nonce).where(door_nonces.c.address == address)).scalar()
+        return int(found or 0)
+
+    def take_door_nonce(self, address: str, nonce: int, now: int) -> bool:
+        """Use the wallet's request nonce `nonce` if it is the next one (atomically: of two
+        requests with the same nonce, one wins); False if it is not (a replay, or ahead)."""
+        n = door_nonces.c
+        with self._tx() as conn:
+            if nonce == 0:
+                insert_ignore(conn, door_nonces, {"address": address, "next_nonce": 0, "updated_at": now})
+            taken = conn.execute(
+                update(door_nonces)
+                .where(n.address == address, n.next_nonce == nonce)
+                .values(next_nonce=nonce + 1, updated_at=now)
+            ).rowcount
+        return bool(taken == 1)
+
     def add_release(
         self, account: int, address: str, asset: str, amount: int, nonce: int, expiry: int, signature: str, now: int
     ) -> Release:
@@ -543,7 +569,7 @@ class CoordinatorStore(SignedTxStore):
             with self._tx() as conn:
                 return _releases.lock_release(conn, account, address, asset, amount, nonce, expiry, signature, now)
         except InsufficientFunds as exc:
-            raise ReleaseRefused(str(exc)) from None
+            raise ReleaseRefused(str(exc), "ledger_short") from None
 
     def close_release(self, release: Release, status: str, now: int) -> None:
         """The release was used or expired: unlock its amount (once)."""

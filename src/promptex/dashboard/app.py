@@ -40,10 +40,10 @@ from promptex.dashboard.routes import (
     usage,
 )
 from promptex.dashboard.sellers import Onboarding
-from promptex.dashboard.throttle import Throttle
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.sellers import SellerStore
+from promptex.throttle import Throttle
 
 AREAS = (market, keys, portfolio, usage, redemption, enterprise, sellers, sessions, passthrough)  # passthrough last
 

@@ -18,11 +18,11 @@ from promptex.dashboard.market import Market
 from promptex.dashboard.options import DashboardOptions
 from promptex.dashboard.redemption import RedemptionReader
 from promptex.dashboard.sellers import Onboarding
-from promptex.dashboard.throttle import Throttle
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import checksum_address
+from promptex.throttle import Throttle
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,17 @@ RELEASE_TYPE = [
     {"name": "nonce", "type": "uint256"},
     {"name": "expiry", "type": "uint256"},
 ]
+# An instant exit the buyer asks for (issue 21): the wallet signs this to the coordinator's
+# door, which answers with a Release if the amount is free of unsettled usage. The vault
+# never sees it; it shares the vault's domain so a request names its chain and vault, and
+# its own type name, so it is never a Release (which the coordinator signs).
+EXIT_REQUEST_TYPE = [
+    {"name": "account", "type": "address"},
+    {"name": "asset", "type": "address"},
+    {"name": "amount", "type": "uint256"},
+    {"name": "nonce", "type": "uint256"},
+    {"name": "expiry", "type": "uint256"},
+]
 # Signed mode (issue 23). A wallet authorizes a session key once; the session key then
 # signs one cumulative ceiling per lane and request. `session` in a Voucher is the
 # SessionKey's nonce, so a voucher of an earlier session never counts in a later one.
@@ -225,6 +236,9 @@ SPEND_CAP_TYPEHASH = keccak(
     text="SpendCap(address account,address asset,uint256 per_epoch,uint256 total,uint256 expiry,uint256 nonce)"
 )
 RELEASE_TYPEHASH = keccak(text="Release(address account,address asset,uint256 amount,uint256 nonce,uint256 expiry)")
+EXIT_REQUEST_TYPEHASH = keccak(
+    text="ExitRequest(address account,address asset,uint256 amount,uint256 nonce,uint256 expiry)"
+)
 SESSION_KEY_TYPEHASH = keccak(
     text="SessionKey(address account,address asset,address key,uint256 lanes,uint256 maximum,uint256 expiry,"
     "uint256 nonce)"
@@ -261,6 +275,20 @@ def release_digest(
         encode(
             ["bytes32", "address", "address", "uint256", "uint256", "uint256"],
             [RELEASE_TYPEHASH, account, asset, amount, nonce, expiry],
+        )
+    )
+    return _digest(chain_id, vault, struct_hash)
+
+
+def exit_request_digest(
+    *, chain_id: int, vault: str, account: str, asset: str, amount: int, nonce: int, expiry: int
+) -> bytes:
+    """The EIP-712 digest a wallet signs to ask the coordinator's door for an instant exit
+    (`nonce` is the door's per-wallet request nonce, not the vault's release nonce)."""
+    struct_hash = keccak(
+        encode(
+            ["bytes32", "address", "address", "uint256", "uint256", "uint256"],
+            [EXIT_REQUEST_TYPEHASH, account, asset, amount, nonce, expiry],
         )
     )
     return _digest(chain_id, vault, struct_hash)
@@ -307,6 +335,7 @@ def typed_data(primary: str, *, chain_id: int, vault: str, message: dict[str, An
     fields = {
         "SpendCap": SPEND_CAP_TYPE,
         "Release": RELEASE_TYPE,
+        "ExitRequest": EXIT_REQUEST_TYPE,
         "SessionKey": SESSION_KEY_TYPE,
         "Voucher": VOUCHER_TYPE,
     }[primary]
@@ -331,6 +360,22 @@ def sign_spend_cap(private_key: Any, **fields: Any) -> bytes:
 def sign_release(private_key: Any, **fields: Any) -> bytes:
     """A coordinator's 65-byte signature of a Release (fields as in `release_digest`)."""
     return eip712.sign_digest(private_key, release_digest(**fields))
+
+
+def sign_exit_request(private_key: Any, **fields: Any) -> bytes:
+    """A wallet's 65-byte signature of an ExitRequest (fields as in `exit_request_digest`)."""
+    return eip712.sign_digest(private_key, exit_request_digest(**fields))
+
+
+def recover_exit_request_signer(
+    signature: bytes, *, chain_id: int, vault: str, account: str, asset: str, amount: int, nonce: int, expiry: int
+) -> str | None:
+    """The checksummed address that signed this ExitRequest, or None for a signature that
+    recovers no key (a wrong field recovers some other address: compare with `account`)."""
+    digest = exit_request_digest(
+        chain_id=chain_id, vault=vault, account=account, asset=asset, amount=amount, nonce=nonce, expiry=expiry
+    )
+    return eip712.recover_digest(digest, signature)
 
 
 def sign_session_key(private_key: Any, **fields: Any) -> bytes:

@@ -1,7 +1,12 @@
 """Signed mode's session keys from the browser (issue 23).
 
 POST /api/session-keys  (Bearer key) a SessionKey signed by a wallet bound to the key's
-                        account: checked and queued with the coordinator's relay
+                        account: checked and queued with the coordinator's relay, which
+                        registers it on chain on its next pass (gaslessly for the wallet)
+
+The checks are the coordinator's door's own (`coordinator.requests`): one verification for
+both entrances. The session key's private key never reaches the server: only its address
+and the wallet's signature do.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
-from promptex.dashboard import sessions
+from promptex.coordinator.requests import Place, Refused, parse_session_key, queue_session_key
+from promptex.coordinator.store import CoordinatorStore
 from promptex.dashboard.api import ApiError, guarded, read_body
 from promptex.dashboard.context import Context
 
@@ -22,14 +28,12 @@ def routes(ctx: Context) -> list[BaseRoute]:
         body = await read_body(request)
         deployment = await ctx.run(ctx.market.deployment)
         try:
-            asked = sessions.parse(body, ["USDC", *deployment.token_symbols()])
-        except sessions.SessionRefused as exc:
-            raise ApiError(400, str(exc)) from None
+            asked = parse_session_key(body, Place.of(deployment))
+        except Refused as exc:
+            raise ApiError(400, exc.message) from None
         wallet = await ctx.run(ctx.wallet_of, key, asked.account)  # 403 unless bound to this key's account
-        try:
-            queued = await ctx.run(sessions.queue, ctx.ledger.engine, deployment, asked, ctx.clock())
-        except sessions.SessionRefused as exc:
-            raise ApiError(400, str(exc)) from None
+        store = CoordinatorStore(ctx.ledger.engine)
+        queued = await ctx.run(queue_session_key, store, asked, ctx.clock())
         return {"queued": queued, "account": wallet, "asset": asked.asset, "nonce": asked.nonce}
 
     return [Route("/api/session-keys", guarded(session_key), methods=["POST"])]

@@ -1,4 +1,5 @@
-"""A sliding-window count per client: how the dashboard caps new accounts per address.
+"""A sliding-window count per key: how the dashboard caps new accounts per client address,
+and the coordinator's door the requests of each wallet.
 
 A binding challenge for a wallet nobody has bound yet creates an (empty) account for it
 to sign for; without a cap, a script could create accounts without end. A wallet asking
@@ -34,3 +35,12 @@ class Throttle:
             if len(self._events) > 10_000:  # forget clients that have gone quiet
                 self._events = {k: v for k, v in self._events.items() if v and v[-1] > now - self.window}
             return True
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until `key` may count one more event (0 when it may now)."""
+        now = self.clock()
+        with self._lock:
+            events = self._events.get(key)
+            if not events or len(events) < self.limit:
+                return 0.0
+            return max(0.0, events[-self.limit] + self.window - now)

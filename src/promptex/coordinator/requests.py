@@ -1,0 +1,178 @@
+"""What a wallet may ask the coordinator for by signature alone, checked in one place for
+every entrance (the coordinator's HTTP door, the dashboard's routes): an instant exit
+(EIP-712 ExitRequest, issue 21) and a session key to relay (EIP-712 SessionKey, issue 23).
+
+Each parser takes a JSON object and answers a typed request or raises `Refused` with an
+HTTP status, a machine code, the reason for a person (amounts in whole units) and exact
+machine fields (smallest units). Nothing here writes, except `queue_session_key`, after
+every check passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from promptex.chain.deployments import Deployment
+from promptex.coordinator.store import CoordinatorStore
+from promptex.ledger.binding import checksum_address
+from promptex.protocol.eip712 import recover_digest
+from promptex.protocol.units import MAX_UINT256
+from promptex.protocol.vault import MAX_LANES, exit_request_digest, session_key_digest
+
+MAX_EXIT_REQUEST_SECONDS = 3_600  # a signed request is answered only this close to its expiry (chain time)
+
+
+class Refused(ValueError):
+    """A request refused: `status` (4xx), `code` (machine), the message (for people), `fields` (exact)."""
+
+    def __init__(self, status: int, code: str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.fields}}
+
+
+@dataclass(frozen=True)
+class Place:
+    """Which market a signature is for: the vault's EIP-712 domain and its assets."""
+
+    chain_id: int
+    vault: str
+    assets: dict[str, str] = field(default_factory=dict)  # symbol → address
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> Place:
+        symbols = deployment.asset_symbols()
+        return cls(deployment.chain_id, deployment.address("CreditsVault"),
+                   {s: deployment.asset_address(s) for s in symbols})  # fmt: skip
+
+    def asset(self, value: object) -> tuple[str, str]:
+        """(symbol, address) of an asset named by symbol or address; Refused when unknown."""
+        text = str(value or "")
+        for symbol, address in self.assets.items():
+            if text.upper() == symbol or text.lower() == address.lower():
+                return symbol, address
+        raise Refused(400, "unknown_asset", f"asset must be one of {', '.join(self.assets)} (not {text!r})", asset=text)
+
+
+def _number(body: dict[str, Any], name: str) -> int:
+    """A whole number 0 ≤ n < 2**256, as JSON number or decimal string."""
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise Refused(400, f"bad_{name}", f"{name} must be a whole number (smallest units for amounts)", field=name)
+    number = int(value)
+    if number > MAX_UINT256:
+        raise Refused(400, f"bad_{name}", f"{name} does not fit in 256 bits", field=name)
+    return number
+
+
+def _address(body: dict[str, Any], name: str) -> str:
+    try:
+        return checksum_address(str(body.get(name)))
+    except ValueError:
+        raise Refused(400, f"bad_{name}", f"{name} must be an address (0x and 40 hex digits)", field=name) from None
+
+
+def _signature(body: dict[str, Any]) -> bytes:
+    try:
+        signature = bytes.fromhex(str(body.get("signature", "")).removeprefix("0x"))
+    except ValueError:
+        signature = b""
+    if len(signature) != 65:
+        raise Refused(400, "bad_signature", "signature must be 65 bytes of 0x hex (r ‖ s ‖ v)")
+    return signature
+
+
+def _signed_by(account: str, digest: bytes, signature: bytes, what: str) -> None:
+    signer = recover_digest(digest, signature)
+    if signer is None:
+        raise Refused(401, "bad_signature", f"the signature does not recover: sign the {what} with your wallet")
+    if signer != account:
+        raise Refused(403, "wrong_signer", f"the {what} was signed by {signer}, not by {account}", signer=signer)
+
+
+# ─── Instant exits ───────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class ExitRequest:
+    account: str
+    asset: str  # symbol
+    asset_address: str
+    amount: int  # smallest units
+    nonce: int  # the door's request nonce for this wallet
+    expiry: int  # chain time
+    signature: bytes
+
+
+def parse_exit_request(body: dict[str, Any], place: Place, now: int) -> ExitRequest:
+    """An ExitRequest signed by the wallet it names, for a positive amount, not expired and
+    not signed for later than MAX_EXIT_REQUEST_SECONDS from `now` (the chain's time).
+    Its nonce is checked by the caller, which keeps the wallet's nonces."""
+    account = _address(body, "account")
+    symbol, asset = place.asset(body.get("asset"))
+    amount, nonce, expiry = _number(body, "amount"), _number(body, "nonce"), _number(body, "expiry")
+    if amount == 0:
+        raise Refused(400, "bad_amount", "an exit must be for a positive amount", field="amount")
+    signature = _signature(body)
+    if expiry <= now:
+        raise Refused(400, "expired", f"the request expired (at {expiry}; the chain's time is {now}): sign a new one",
+                      expiry=expiry, now=now)  # fmt: skip
+    if expiry > now + MAX_EXIT_REQUEST_SECONDS:
+        raise Refused(400, "expiry_too_far",
+                      f"a request may be signed for at most {MAX_EXIT_REQUEST_SECONDS} s ahead of the chain's time",
+                      expiry=expiry, now=now)  # fmt: skip
+    digest = exit_request_digest(
+        chain_id=place.chain_id, vault=place.vault, account=account, asset=asset, amount=amount, nonce=nonce,
+        expiry=expiry,
+    )  # fmt: skip
+    _signed_by(account, digest, signature, "ExitRequest")
+    return ExitRequest(account, symbol, asset, amount, nonce, expiry, signature)
+
+
+# ─── Session keys ────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    account: str  # the wallet that signed
+    asset: str  # symbol
+    asset_address: str
+    key: str
+    lanes: int
+    maximum: int
+    expiry: int
+    nonce: int
+    signature: bytes
+
+
+def parse_session_key(body: dict[str, Any], place: Place) -> SessionRequest:
+    """A SessionKey signed by the wallet it names, with 1..MAX_LANES lanes and a positive
+    maximum. Its expiry is the vault's to check (after its time) and a page's to bound:
+    one that has expired fails at the relay, which records why."""
+    symbol, asset = place.asset(body.get("asset"))
+    account, key = _address(body, "account"), _address(body, "key")
+    lanes, maximum = _number(body, "lanes"), _number(body, "maximum")
+    expiry, nonce = _number(body, "expiry"), _number(body, "nonce")
+    if not 1 <= lanes <= MAX_LANES:
+        raise Refused(400, "bad_lanes", f"a session has 1 to {MAX_LANES} lanes", field="lanes")
+    if maximum == 0:
+        raise Refused(400, "bad_maximum", "a session's maximum must be above zero", field="maximum")
+    signature = _signature(body)
+    digest = session_key_digest(
+        chain_id=place.chain_id, vault=place.vault, account=account, asset=asset, key=key, lanes=lanes,
+        maximum=maximum, expiry=expiry, nonce=nonce,
+    )  # fmt: skip
+    _signed_by(account, digest, signature, "SessionKey")
+    return SessionRequest(account, symbol, asset, key, lanes, maximum, expiry, nonce, signature)
+
+
+def queue_session_key(store: CoordinatorStore, request: SessionRequest, now: int) -> int:
+    """Queue a checked SessionKey with the coordinator's relay, which registers it on chain on
+    its next pass (gaslessly for the wallet); idempotent per (account, asset, nonce)."""
+    return store.add_session_key(
+        request.account, request.asset, request.key, request.lanes, request.maximum, request.expiry, request.nonce,
+        "0x" + request.signature.hex(), now,
+    )  # fmt: skip
