@@ -461,3 +461,80 @@ def test_coordinator__signed_mode__session_relayed_then_lanes_settled_within_the
     spend(0, 10_000)  # several batches a window
     assert len(coordinator.run_once().confirmed) == 1
     assert world.vault.functions.lane_settled(address, asset, 0).call() == 60_000
+
+
+class _ExitRacesTheSettle(Web3Chain):
+    """The chain as the coordinator sees it, with one race staged: right before the first
+    settle it broadcasts, the buyer takes its whole balance out with an instant exit (the
+    settle then reverts: an uncovered debit) and, once the settle has reverted, deposits
+    it back and uses the market again (the records the re-planned batch adds)."""
+
+    def __init__(self, world, wallet, account):
+        super().__init__(world.url, world.deployment, ADMIN.key.hex())
+        self.world, self.wallet, self.account = world, wallet, account
+        self.raced: str | None = None  # the settle that reverted
+        self.spent_after: str | None = None
+
+    def broadcast(self, raw):
+        if self.raced is not None or self.world.w3.eth.get_transaction_count(ADMIN.address) != self._armed_at:
+            return super().broadcast(raw)
+        w, wallet, usdc = self.world, self.wallet, self.world.usdc
+        balance = w.vault.functions.balance_of(wallet.address, usdc.address).call()
+        nonce, expiry = w.vault.functions.release_nonce(wallet.address).call(), self.now() + 600
+        release = self.sign_release(wallet.address, "USDC", balance, nonce, expiry)
+        w.send(wallet, w.vault.functions.exit_instant(usdc.address, balance, 0, nonce, expiry, release))
+        super().broadcast(raw)
+        self.raced = Web3.keccak(hexstr=raw).to_0x_hex()
+        assert w.w3.eth.wait_for_transaction_receipt(self.raced)["status"] == 0  # reverted on this branch
+        w.send(wallet, usdc.functions.approve(w.vault.address, balance))
+        w.send(wallet, w.vault.functions.deposit(usdc.address, balance))
+        self.spent_after = w.spend(self.account, "USDC", 2_000)
+        return None
+
+    def arm(self):
+        self._armed_at = self.world.w3.eth.get_transaction_count(ADMIN.address)
+
+
+def test_coordinator__settle_reverted_then_orphaned__never_lands_once_its_records_were_replanned(world):
+    """Issue 20's open money bug, made deterministic. On branch A a settle reverts (the
+    buyer's instant exit raced it); its batch fails, its records go back to pending and are
+    planned again with newer ones into a second settle that lands, for the same epoch (the
+    first never moved `last_epoch`). A reorg then orphans both. Re-sent in nonce order with
+    the same bytes, the first settle now succeeds (the exit is gone), takes the epoch, the
+    second is refused (`epoch not consecutive`), fails, and its records — the first's among
+    them — are planned a third time: the first's usage debited twice. The vault refuses an
+    epoch twice, not the same records under two epochs; the coordinator must not let a
+    transaction whose records were re-planned land."""
+    wallet = anvil_account(2)
+    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    assert world.coordinator().run_once().caps == 1
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    first = world.spend(account, "USDC", 1_000)
+    world.next_window()
+    raced = _ExitRacesTheSettle(world, wallet, account)
+    raced.arm()
+    assert world.coordinator(chain=raced).run_once().failed == [("USDC", 1)]  # reverted: its record back to pending
+    assert raced.raced is not None and raced.spent_after is not None
+    assert world.coordinator().run_once().confirmed == [("USDC", 1)]  # re-planned with the newer one, same epoch
+    store = world.coordinator().store
+    assert [len(store.batch_records(b.id)) for b in store.batches("USDC")] == [0, 2]  # the first's record re-planned
+
+    world.w3.provider.make_request("evm_revert", [fork])  # both settles (and the exit) are gone
+    for _ in range(3):
+        world.coordinator().run_once()
+        world.next_window()
+
+    store = world.coordinator().store
+    assert not store.open_txs() and store.open_batch("USDC") is None
+    failed = store.tx(store.batches("USDC", "failed")[0].tx_id)
+    assert failed.tx_hash == raced.raced and failed.status == "dropped"
+    assert world.chain.receipt(failed.tx_hash) is None  # never landed on the new branch: a no-op took its nonce
+    noop = [tx for tx in store.landed_txs(0, 0) if tx.purpose == "noop"]
+    assert [tx.nonce for tx in noop] == [failed.nonce]
+    confirmed = store.batches("USDC", "confirmed")
+    assert [b.epoch for b in confirmed] == world.settled_events("USDC") == [1]  # each settlement a confirmed batch
+    for batch in confirmed:
+        assert world.chain.usage_root("USDC", batch.epoch) == batch.usage_root
+    assert {store.record(r).status for r in (first, raced.spent_after)} == {"batched"}
+    on_chain = world.vault.functions.balance_of(address, world.usdc.address).call()
+    assert on_chain == 20 * USDC_UNIT - 3_000 == world.ledger.balance(account, "USDC").posted  # each debited once

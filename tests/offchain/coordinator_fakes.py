@@ -320,6 +320,10 @@ class FakeChain:
         raw = json.dumps({"c": call.contract, "f": call.function, "a": _encode(call.args), "n": nonce})
         return SignedTx("0x" + keccak(text=raw).hex(), raw, nonce)
 
+    def sign_noop(self, nonce: int, replacing: str | None = None) -> SignedTx:
+        raw = json.dumps({"noop": True, "n": nonce})
+        return SignedTx("0x" + keccak(text=raw).hex(), raw, nonce)
+
     def nonce(self) -> int:
         return self.s.nonce
 
@@ -340,10 +344,10 @@ class FakeChain:
             d = json.loads(raw)
             if d["n"] != self.s.nonce:
                 continue  # nonce too low (dropped) or a gap
-            call = Call(d["c"], d["f"], tuple(_decode(a) for a in d["a"]))
             trial = copy.deepcopy(self.s)
             try:
-                self._execute(trial, call)
+                if not d.get("noop"):
+                    self._execute(trial, Call(d["c"], d["f"], tuple(_decode(a) for a in d["a"])))
                 ok = True
             except Revert:
                 trial = copy.deepcopy(self.s)

@@ -103,6 +103,29 @@ class Web3Sender:
         signed = self._account.sign_transaction(tx)
         return SignedTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce)
 
+    def sign_noop(self, nonce: int, replacing: str | None = None) -> SignedTx:
+        """A 0-value transfer to ourselves at `nonce`: it fills a nonce whose signed
+        transaction must never land (see `Coordinator._recheck_orphaned_txs`). Priced at
+        least twice what `replacing` offered if the node still has it (a pool replaces a
+        pending transaction only for a higher fee), and at least today's suggestion."""
+        priority = int(self.w3.eth.max_priority_fee)
+        base = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0))
+        max_fee = 2 * base + priority
+        if replacing is not None:
+            try:
+                old = self.w3.eth.get_transaction(replacing)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                old = None
+            if old is not None:
+                priority = max(priority, 2 * int(old.get("maxPriorityFeePerGas", old.get("gasPrice", 0))))
+                max_fee = max(max_fee, 2 * int(old.get("maxFeePerGas", old.get("gasPrice", 0))))
+        tx = {
+            "from": self.sender, "to": self.sender, "value": 0, "gas": 21_000, "nonce": nonce,
+            "chainId": self.chain_id, "maxFeePerGas": max(max_fee, priority), "maxPriorityFeePerGas": priority,
+        }  # fmt: skip
+        signed = self._account.sign_transaction(tx)
+        return SignedTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce)
+
     def nonce(self) -> int:
         return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(self.sender), "latest"))
 

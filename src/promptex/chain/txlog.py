@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the sender imports web3; a store (and the migrations) need 
 log = logging.getLogger(__name__)
 
 SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"
+NOOP = "noop"  # the purpose of a 0-value self-transfer filling the nonce of a transaction that must never land
 DROP_GRACE_SECONDS = 3.0
 CloseTx = Callable[[int, str, "int | None", int], None]  # (tx id, status, block, now)
 
@@ -125,6 +126,22 @@ class SignedTxStore:
         resolution re-sends the same signed bytes, or finds its nonce went to another."""
         t = self.txs_table
         conn.execute(update(t).where(t.c.id == tx_id).values(status=SENT, block_number=None, closed_at=None))
+
+    def replace_tx(self, tx: StoredTx, noop: SignedTx, sender: str, now: int) -> int:
+        """`tx` must never land: closed as dropped and, in the same database transaction,
+        the no-op signed for its nonce stored (before its broadcast); returns the no-op's id."""
+        t = self.txs_table
+        with self._tx() as conn:
+            conn.execute(update(t).where(t.c.id == tx.id).values(status=DROPPED, block_number=None, closed_at=now))
+            return self._store_tx(conn, NOOP, noop, sender, now)
+
+    def dropped_at(self, nonce: int) -> list[StoredTx]:
+        """The transactions closed as dropped at `nonce`: replaced by a no-op, or their nonce
+        taken by another transaction."""
+        t = self.txs_table
+        with self._tx() as conn:
+            rows = conn.execute(select(t).where(t.c.nonce == nonce, t.c.status == DROPPED).order_by(t.c.id)).all()
+        return [_stored(r._mapping) for r in rows]
 
     def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
         t = self.txs_table

@@ -4,8 +4,9 @@ records not yet in a batch, as a crash-safe state machine persisted per (asset, 
     planned    records assigned, payload and Merkle root stored       (one DB transaction)
     submitted  signed raw transaction and its hash stored             (before broadcast)
     confirmed  receipt ok, or the chain's usage_roots(asset, epoch) is ours
-    failed     it can never land (reverted, or its nonce went to another transaction):
-               its records go back to pending and are planned again under a new epoch
+    failed     it can never land (reverted, or its nonce went to another transaction;
+               orphaned by a reorg, its nonce is filled with a no-op, never re-sent):
+               its records go back to pending and are planned again
 
 On restart every stored transaction still "sent" is looked up by hash; if it is not
 mined and its nonce is still free, the SAME signed bytes are broadcast again. Nothing
@@ -35,7 +36,7 @@ from sqlalchemy import Engine
 
 from promptex.chain import txlog
 from promptex.chain.sender import Call, SignedTx
-from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, StoredTx, TxPending
+from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SUCCEEDED, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
@@ -169,8 +170,8 @@ class Coordinator:
             for asset in self.chain.assets():
                 self._recheck_confirmed(asset)
             for tx in self.store.open_txs():  # in nonce order: a reorg's orphans are re-sent as the network would
-                if self._resolve_tx(tx) == SUCCEEDED and tx.purpose == "settle":
-                    self._check_not_failed(tx)
+                if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
+                    self._check_replaced(tx)
             self._register_spend_caps()
             self._register_session_keys()
             self._quarantine_unknown_assets()
@@ -268,13 +269,29 @@ class Coordinator:
         re-sends them all in nonce order with the same signed bytes (what the network does
         with an orphaned block's transactions), so none waits for good behind a nonce that
         only an orphaned transaction held. A transaction whose nonce another one took is
-        found dropped, and its batch fails (its records back to pending)."""
+        found dropped, and its batch fails (its records back to pending).
+
+        One exception keeps a record in at most one settlement: the settle of a batch that
+        had FAILED (it reverted on the orphaned branch, so its records went back to pending
+        and may sit in a later batch already) is never re-sent. Its nonce is filled with a
+        no-op instead (`_replace`). Re-sent, it could succeed on the new branch: it would take
+        its epoch (the vault's `last_epoch` moved only with the batch planned after it, for
+        the same epoch number), the vault would then refuse that later batch as "epoch not
+        consecutive", and its records (the failed batch's among them) would be planned a
+        third time: the failed batch's usage debited twice. The vault refuses an epoch
+        twice, not the same records under two epochs. So: a transaction re-sent with its
+        bytes keeps its records (a confirmed batch is submitted again); a transaction whose
+        records were let go never lands."""
         nonce = self.chain.nonce()
         for tx in self.store.landed_txs(self.chain.head() - self.reorg_window, nonce):
             if tx.nonce < nonce:
                 receipt = self.chain.receipt(tx.tx_hash)  # only a canonical one (see Web3Sender.receipt)
                 if receipt is not None and receipt.block_number == tx.block:
                     continue
+            batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
+            if batch is not None and batch.status == FAILED:
+                self._replace(tx, batch)
+                continue
             what = self.store.reopen_tx(tx)
             log.warning(
                 "%s tx %s (nonce %d) is no longer on chain (a reorg): %s resolved again",
@@ -284,20 +301,38 @@ class Coordinator:
                 what,
             )
 
-    def _check_not_failed(self, tx: StoredTx) -> None:
-        """A settle that reverted on a branch a reorg orphaned is re-sent with the rest (the
-        network would re-include it too); should it succeed now, the records of its failed
-        batch, back to pending or in a later batch, may settle twice. Said loudly: nothing
-        here undoes it (see the README's "Not built yet")."""
-        batch = self.store.batch_of_tx(tx.id)
-        if batch is not None and batch.status == FAILED:
-            log.error(
-                "%s epoch %d: settle %s succeeded after a reorg though its batch had failed: "
-                "its records may be settled twice; run `promptex reconcile`",
-                batch.asset,
-                batch.epoch,
-                tx.tx_hash,
-            )
+    def _replace(self, tx: StoredTx, batch: Batch) -> None:
+        """Fill the nonce of a failed batch's orphaned settle with a no-op, stored before it
+        is sent (the pass sends it in nonce order with the rest). On anvil and on a chain
+        whose pools honour replacement by fee the old bytes can then never land; should a
+        node include them anyway, the no-op is found dropped and `_check_replaced` says so."""
+        noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
+        self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
+        log.warning(
+            "%s epoch %d: its failed settle %s (nonce %d) is no longer on chain (a reorg); its records "
+            "were let go, so its nonce is filled with the no-op %s, never the old bytes",
+            batch.asset,
+            batch.epoch,
+            tx.tx_hash,
+            tx.nonce,
+            noop.tx_hash,
+        )
+
+    def _check_replaced(self, noop: StoredTx) -> None:
+        """The no-op lost its nonce: to the settle it replaced (a node re-included the
+        orphaned bytes first) or to another transaction of this key. The first would settle
+        the failed batch's records twice; said loudly (see the README's "Not built yet")."""
+        for old in self.store.dropped_at(noop.nonce):
+            receipt = self.chain.receipt(old.tx_hash) if old.purpose == "settle" else None
+            batch = self.store.batch_of_tx(old.id)
+            if receipt is not None and receipt.ok and batch is not None:
+                log.error(
+                    "%s epoch %d: settle %s landed after a reorg though its batch had failed: "
+                    "its records may be settled twice; run `promptex reconcile`",
+                    batch.asset,
+                    batch.epoch,
+                    old.tx_hash,
+                )
 
     def _recheck_confirmed(self, asset: str) -> None:
         """A settlement is confirmed only while the chain holds it: a reorg can orphan a
