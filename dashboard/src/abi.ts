@@ -28,12 +28,15 @@ export const vaultAbi = parseAbi([
   "function thaw_period() view returns (uint256)",
   "function epoch_length() view returns (uint256)",
   "function usage_roots(address arg0, uint256 arg1) view returns (bytes32)",
+  "function session_nonce(address account, address asset) view returns (uint256)",
+  "function revoke_session_key(address asset)",
 ]);
 
 export const routerAbi = parseAbi([
   "function get_amounts_out(uint256 amount_in, address[] path, uint256[] fees) view returns (uint256[])",
   "function swap_exact_in(uint256 amount_in, uint256 min_out, address[] path, uint256[] fees, address to, uint256 deadline) returns (uint256)",
   "function FEE_DENOMINATOR() view returns (uint256)",
+  "function EXIT_FEE() view returns (uint256)",
   "function add_liquidity(address token_a, address token_b, uint256 fee, uint256 amount_a_desired, uint256 amount_b_desired, uint256 amount_a_min, uint256 amount_b_min, address to, uint256 deadline) returns (uint256, uint256, uint256)",
   "function remove_liquidity(address token_a, address token_b, uint256 fee, uint256 liquidity, uint256 amount_a_min, uint256 amount_b_min, address to, uint256 deadline) returns (uint256, uint256)",
 ]);
@@ -62,6 +65,10 @@ export const redemptionAbi = parseAbi([
 export const escrowAbi = parseAbi([
   "function lot_count() view returns (uint256)",
   "function min_bond(uint256 face_value) view returns (uint256)",
+  "function unbacked(address arg0) view returns (uint256)",
+  "function insurance_fund(address arg0) view returns (uint256)",
+  "function quote_buy_back(address token, uint256 amount) view returns (uint256)",
+  "function buy_back_unbacked(address token, uint256 amount) returns (uint256)",
   "function lots(uint256 arg0) view returns ((address seller, address token, uint8 kind, uint8 status, uint16 rate_bps, uint64 expiry, uint256 face_value, uint256 capacity, uint256 seller_minted, uint256 consumed, uint256 last_epoch, uint256 bond, uint256 bond_released, bytes32 terms_hash, uint256 close_at))",
 ]);
 

@@ -81,6 +81,7 @@ const REASONS: [RegExp, string][] = [
   [/vault: exit still thawing/, "This withdrawal is still thawing; wait for the countdown to end."],
   [/vault: no pending exit/, "There is no pending withdrawal of this asset."],
   [/vault: cap expired/, "The spend cap's expiry is in the past."],
+  [/vault: no active session/, "There is no active session for this asset on chain (not registered yet, ended or already revoked). Nothing changed."],
   [/perp: leverage too high/, "Leverage too high: the margin left after the open fee, times the market's maximum leverage, must cover the notional. Nothing was sent — add margin or lower the notional."],
   [/perp: margin below fee/, "The margin does not even cover the open fee. Nothing was sent."],
   [/perp: notional too small/, "The notional is below the market's minimum (1 USDC). Nothing was sent."],

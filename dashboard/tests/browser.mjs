@@ -352,6 +352,15 @@ try {
   if (pendingAmount !== 0n) throw new Error("a refused withdrawal left an exit pending");
   step("withdraw more than the vault balance: readable, nothing changed", { message: tooMuch });
 
+  // A provider token sold from the vault: the trustless exit, through the exit market fixed at request.
+  await page.fill("input[data-amount=CLD]", "10");
+  await page.click("button[data-action=deposit][data-asset=CLD]");
+  await waitText("tr[data-asset=CLD] [data-balance=vault]", /^10(\.0+)?$/);
+  await page.fill("input[data-amount=CLD]", "10");
+  await page.click("button[data-action=request-exit][data-asset=CLD]");
+  await waitText("[data-exit-quote=CLD]", /quote [\d.,]+ USDC \(\$[\d.,]+\), at least [\d.,]+ USDC \(\$[\d.,]+\)/);
+  step("sell CLD from the vault: requested, quote and minimum out in USDC and USD", { quote: await status("[data-exit-quote=CLD]") });
+
   await page.fill("input[data-amount=USDC]", "10");
   await page.click("button[data-action=request-exit][data-asset=USDC]");
   await waitText("[data-countdown=USDC]", /thawing: .* left/);
@@ -369,6 +378,30 @@ try {
   await waitText("#portfolio-status", /Complete withdrawal of USDC: confirmed/);
   if ((await walletUsdc()) - walletBeforeExit !== 10_000_000n) throw new Error("the withdrawal did not pay 10 USDC");
   step("complete withdrawal after the thaw");
+
+  await waitText("[data-exit=USDC]", /^—$/); // redrawn after the withdrawal
+  await waitText("[data-countdown=CLD]", /ready to complete/);
+  const minOut = BigInt(await page.locator("[data-exit-quote=CLD]").getAttribute("data-min-out-units"));
+  const vaultBeforeSale = await vaultUsdc();
+  await page.click("button[data-action=complete-exit][data-asset=CLD]");
+  await waitText("#portfolio-status", /Sell 10.* CLD for at least [\d.,]+ USDC: confirmed/);
+  const proceeds = (await vaultUsdc()) - vaultBeforeSale;
+  if (minOut === 0n || proceeds < minOut) throw new Error(`the sale from the vault paid ${proceeds}, minimum ${minOut}`);
+  result.exit_sale = { proceeds: String(proceeds), min_out: String(minOut) };
+  step("sold 10 CLD from the vault for USDC in the vault, at least the minimum shown", result.exit_sale);
+
+  // The buy-back: the test slashed a GEM lot whose tokens this wallet holds.
+  await waitText("[data-exit=CLD]", /^—$/); // redrawn after the sale (a form filled before would be replaced)
+  await waitText("[data-buyback=GEM]", /insurance fund buys it back at \$[\d.,]+ per GEM/);
+  await page.fill("input[data-buyback-amount=GEM]", "1000000");
+  await page.click("button[data-action=buy-back][data-asset=GEM]");
+  await waitText("#portfolio-status", /The fund buys back at most .* GEM of yours.*Nothing was sent/);
+  step("buy-back beyond what is unbacked: readable, nothing sent", { message: await status("#portfolio-status") });
+  await page.fill("input[data-buyback-amount=GEM]", "2");
+  await page.click("button[data-action=buy-back][data-asset=GEM]");
+  await waitText("#portfolio-status", /Sell 2.* GEM to the insurance fund for [\d.,]+ USDC: confirmed/);
+  result.buy_back_rate = await page.locator("[data-buyback=GEM]").getAttribute("data-rate-units");
+  step("buy-back: 2 unbacked GEM sold to the insurance fund at its rate in USD", { rate: await status("[data-buyback-rate=GEM]") });
 
   // ─── Redemption: link on chain, grant (rejected, then signed), rule, history, revoke ─
   const escrowAddress = config.contracts.RedemptionEscrow;
@@ -675,6 +708,11 @@ try {
   await waitText("#metered-cost", /\d.* USDC/, 60_000);
   result.signed_request_id = await status("#request-id");
   step("signed mode: a session key signed by the wallet, relayed, and a request signed in the tab", { note: await status("#signed-note") });
+
+  await page.click("#revoke-session");
+  await waitText("#session-status", /Revoked session \d+ in USDC/);
+  if (await page.evaluate(() => Object.keys(sessionStorage).some((k) => k.startsWith("promptex.session.")))) throw new Error("the tab kept the revoked session's key");
+  step("signed mode: the session revoked from the page (the wallet sends revoke_session_key)");
 
   result.ok = true;
   console.log("RESULT " + JSON.stringify(result));

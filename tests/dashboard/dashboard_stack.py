@@ -41,6 +41,7 @@ from promptex.indexer.rpc import RpcClient
 from promptex.indexer.service import Indexer
 from promptex.ledger import AccountKind, Ledger
 from promptex.metering import load_catalog
+from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.units import DAY
 from promptex.protocol.units import USD_MICRO as USD
 from promptex.sealing.envelope import load_master_keys
@@ -234,6 +235,26 @@ def seed_org(stack: Stack, owner: str, name: str = "Acme Research") -> NewKey:
     )
     assert answer.status_code == 200, answer.text
     return member
+
+
+def leave_unbacked(stack: Stack, holder: str, symbol: str = "GEM", face: int = 100 * USD) -> int:
+    """A tokenized lot of `symbol` opened for anvil's account 4 (its bond approved exactly),
+    its tokens handed to `holder`, then slashed by the attestor: what `holder` holds is
+    unbacked, and the lot's bond is in the provider's insurance fund. Returns the tokens."""
+    w3 = stack.w3
+    seller, attestor = w3.eth.accounts[4], Account.from_key(LOCAL_ATTESTOR_KEY).address
+    usdc, escrow, token = stack.contract("USDC"), stack.contract("CreditEscrow"), stack.contract(f"token:{symbol}")
+    bond = escrow.functions.min_bond(face).call()
+    transact(w3, usdc.functions.mint(seller, bond), seller)
+    transact(w3, usdc.functions.approve(escrow.address, bond), seller)
+    expiry = int(w3.eth.get_block("latest")["timestamp"]) + 30 * DAY
+    before = token.functions.balanceOf(seller).call()
+    opened = escrow.functions.open_lot(seller, token.address, KIND_TOKENIZED, face, expiry, bond, b"\x11" * 32, 0)
+    transact(w3, opened, attestor)
+    minted = token.functions.balanceOf(seller).call() - before
+    transact(w3, token.functions.transfer(holder, minted), seller)
+    transact(w3, escrow.functions.slash(escrow.functions.lot_count().call()), attestor)
+    return int(minted)
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:

@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from dashboard_stack import market_stack, open_billing_account, seed_org
+from dashboard_stack import leave_unbacked, market_stack, open_billing_account, seed_org
 
 from anvil_node import ROOT
 from human_units import assert_human
@@ -88,6 +88,9 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         user, other, owner = (stack.w3.eth.accounts[i] for i in (3, 5, 6))
         credential = open_billing_account(stack, "acct_dashboard_user", 5 * USD)
         member = seed_org(stack, owner)
+        gem, lots_escrow = stack.contract("token:GEM"), stack.contract("CreditEscrow")
+        unbacked_gem = leave_unbacked(stack, user, "GEM")  # the Portfolio offers its buy-back
+        unbacked_before = lots_escrow.functions.unbacked(gem.address).call()
         env = dict(
             os.environ,
             DASHBOARD_URL=stack.dashboard_url,
@@ -115,12 +118,14 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         names = [s["name"] for s in result["steps"]]
         expected_steps = (
             "connect", "deposit", "swap", "add liquidity:", "remove half", "prompt", "verify usage proof",
-            "request withdrawal", "grant the agent", "auto-topup rule fired", "switch the rule off", "revoke the grant",
+            "request withdrawal", "sell CLD from the vault", "sold 10 CLD from the vault", "buy-back: 2 unbacked GEM",
+            "grant the agent", "auto-topup rule fired", "switch the rule off", "revoke the grant",
             "enterprise desk:",
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
             "sell: onboarding opened a listed lot", "market: TWAP chart",
             "phone: every page at 390 px without horizontal scroll", "usage: date, totals per model and per day, CSV",
             "signed mode: a session key signed by the wallet, relayed, and a request signed",
+            "signed mode: the session revoked from the page",
         )  # fmt: skip
         for expected in expected_steps:
             assert any(expected in n for n in names), (expected, names)
@@ -128,6 +133,7 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             "rejected signature", "insufficient balance", "slippage exceeded", "add liquidity beyond", "bad rule",
             "rejected signature (grant)", "enterprise desk refused", "leverage too high",
             "link with a refused credential", "sell: a key the provider refuses", "sell: bond not approved",
+            "buy-back beyond what is unbacked",
         )  # fmt: skip
         for error in errors:
             assert any(n.startswith(error) for n in names), (error, names)
@@ -156,16 +162,31 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         # signed-mode record, covered by a voucher within the session's $5.
         vault, usdc = stack.contract("CreditsVault"), stack.deployment.address("USDC")
         assert CoordinatorStore(stack.ledger.engine).session_keys() == []  # none pending: registered
-        assert vault.functions.session_nonce(user, usdc).call() == 1
+        assert vault.functions.session_nonce(user, usdc).call() == 2  # registered (1), then revoked in the page
         signed = stack.ledger.usage_record(result["signed_request_id"])
         assert signed is not None and (signed.mode, signed.voucher_session, signed.voucher_lane) == ("signed", 0, 0)
         assert 0 < signed.cost <= signed.voucher_ceiling <= 5 * USD
 
-        # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending; the capped request settled,
-        # the signed one settled too or not yet (its lane settles in a later window).
-        assert vault.functions.pending_exits(user, usdc).call()[0] == 0
-        left = vault.functions.balance_of(user, usdc).call()
+        # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending; 10 CLD sold from the vault
+        # for at least the minimum the page showed, credited in USDC; the capped request settled, the signed
+        # one settled too or not yet (its lane settles in a later window).
+        cld = stack.deployment.address("token:CLD")
+        assert (
+            vault.functions.pending_exits(user, usdc).call()[0]
+            == vault.functions.pending_exits(user, cld).call()[0]
+            == 0
+        )
+        assert vault.functions.balance_of(user, cld).call() == 0
+        proceeds = int(result["exit_sale"]["proceeds"])
+        assert proceeds >= int(result["exit_sale"]["min_out"]) > 0
+        left = vault.functions.balance_of(user, usdc).call() - proceeds
         assert left in (90 * 10**6 - record.cost, 90 * 10**6 - record.cost - signed.cost)
+
+        # The buy-back: 2 of the unbacked GEM the user held sold to the fund in the page, and burned, at the
+        # rate the page showed for one whole token.
+        assert gem.functions.balanceOf(user).call() == unbacked_gem - 2 * 10**18
+        assert lots_escrow.functions.unbacked(gem.address).call() == unbacked_before - 2 * 10**18
+        assert int(result["buy_back_rate"]) == lots_escrow.functions.quote_buy_back(gem.address, 10**18).call() > 0
         assert stack.errors == {"indexer": [], "coordinator": [], "agent": []}  # type: ignore[attr-defined]
 
         # Redemption: the rule's purchase reached the (fake) billing API once; the escrow released it.

@@ -14,7 +14,6 @@ import {
   tabSession, voucherFor, VOUCHER_HEADER, type LanesReport,
 } from "../signed";
 import { generatePrivateKey } from "viem/accounts";
-import { parseAbi } from "viem";
 import type { App, Page } from "../main";
 import { clear, h, notice } from "../ui";
 
@@ -34,9 +33,6 @@ async function models(): Promise<ModelInfo[]> {
   return body.data as ModelInfo[];
 }
 
-// Signed mode's vault views (issue 23), outside abi.ts until the contract is on main (the
-// browser test checks abi.ts against the compiled contracts).
-const sessionAbi = parseAbi(["function session_nonce(address account, address asset) view returns (uint256)"]);
 const MAX_CAP_TOTAL = 2n ** 96n - 1n; // CreditsVault.MAX_CAP_TOTAL: a total cap this large is no limit
 const RATE_DECIMALS = 12; // /v1/models' rates: whole units per million tokens, at most 12 decimals
 
@@ -255,7 +251,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     const vault = ctx.config.contracts.CreditsVault;
     let nonce: bigint;
     try {
-      nonce = await ctx.client.readContract({ address: vault, abi: sessionAbi, functionName: "session_nonce", args: [account, asset.address] });
+      nonce = await ctx.client.readContract({ address: vault, abi: vaultAbi, functionName: "session_nonce", args: [account, asset.address] });
     } catch {
       return notice(sessionStatus, "error", "This chain's CreditsVault has no session keys (signed mode's vault is not deployed here). Requests use your spend cap. Nothing was signed.");
     }
@@ -284,6 +280,28 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
       notice(sessionStatus, "ok", `Session ${nonce} requested: at most ${bound}. The coordinator registers it on chain; once registered, this tab signs each ${asset.symbol} request's voucher (the Usage page shows it).`);
     } catch (err) {
       notice(sessionStatus, "error", explain(err).replace("The transaction would fail: ", "Could not start a session: "));
+    }
+  }
+
+  /** Ends the wallet's session for the selected asset (a transaction: `revoke_session_key`):
+   *  the vault settles its vouchers no later than the end of the next window, and a
+   *  SessionKey signed but not yet registered is void. This tab forgets its key. */
+  async function revokeSession(): Promise<void> {
+    const account = wallet.account;
+    const client = wallet.client;
+    if (!account || !client) return notice(sessionStatus, "error", "Connect your wallet first: it sends the revocation.");
+    const asset = ctx.asset(assetSel.value);
+    const tab = tabSession(account, asset.symbol);
+    const which = tab ? `session ${tab.session}` : "the session";
+    const hash = await send(ctx, client, account, sessionStatus, `Revoke ${which} in ${asset.symbol}`, {
+      address: ctx.config.contracts.CreditsVault,
+      abi: vaultAbi,
+      functionName: "revoke_session_key",
+      args: [asset.address],
+    });
+    if (hash) {
+      forgetTabSession(account, asset.symbol);
+      notice(sessionStatus, "ok", `Revoked ${which} in ${asset.symbol}: its vouchers settle no later than the end of the next settlement window, and this tab signs no more. Requests use your spend cap again.`);
     }
   }
 
@@ -394,7 +412,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     estimate,
     h("div.row", {}, sendBtn, h("span.muted", {}, "Needs a deposit in the vault and a spend cap for the paying asset:"), h("label", {}, "cap ", capTotal), h("button.secondary#allow-spending", { onclick: () => void allowSpending() }, "Allow spending")),
     capStatus,
-    h("div.row", {}, h("span.muted", {}, "Or signed mode: a session key in this tab signs each request, bounded by"), h("label", {}, "$ ", sessionUsd), h("label", {}, "for hours ", sessionHours), h("button.secondary#start-session", { onclick: () => void startSession() }, "Start a session")),
+    h("div.row", {}, h("span.muted", {}, "Or signed mode: a session key in this tab signs each request, bounded by"), h("label", {}, "$ ", sessionUsd), h("label", {}, "for hours ", sessionHours), h("button.secondary#start-session", { onclick: () => void startSession() }, "Start a session"), h("button.secondary#revoke-session", { onclick: () => void revokeSession() }, "Revoke")),
     sessionStatus,
     output,
     result,
