@@ -360,7 +360,9 @@ class Settings(BaseSettings):
     # the local market's demo buyer), the session grant `promptex session create` wrote
     # (None: <market folder>/session.json; the voucher logs go beside it), the output a
     # request naming no max_tokens is held for, the most one request may hold (None: no
-    # limit but the session maximum), and how long a request waits for a free lane.
+    # limit but the session maximum), how long a request waits for a free lane, and how many
+    # answers in a row on one lane may come without the lane's total (an error, a stream
+    # without its last event) before signing stops (each may have cost its whole hold).
     proxy_port: int = 8788
     proxy_gateway_url: str | None = None
     proxy_api_key: SecretStr | None = None
@@ -368,6 +370,7 @@ class Settings(BaseSettings):
     proxy_default_output_tokens: int = 1_024
     proxy_max_hold_units: int | None = None
     proxy_lane_wait_seconds: float = 30.0
+    proxy_stop_after_errors: int = 3
 
 
 @lru_cache(maxsize=1)

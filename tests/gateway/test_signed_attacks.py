@@ -213,3 +213,59 @@ def test_attack__lanes_endpoint_inflated_on_restart__within_one_hold(tmp_path: P
     assert resumed.stopped is not None
     highest = max(v.ceiling for v in gateway.received)
     assert highest <= sum(gateway.true_costs) + _hold(resumed), (highest, sum(gateway.true_costs))
+
+
+def _asks(client: openai.OpenAI, gateway: FakeSignedGateway, pattern: str) -> int:
+    """Requests answered as `pattern` says ("e": an error without the lane's figures, "a":
+    an answer); the cost of the answers the buyer received."""
+    received = 0
+    for turn in pattern:
+        gateway.error_status = 500 if turn == "e" else 0
+        before = sum(gateway.true_costs)
+        if _ask(client):
+            received += sum(gateway.true_costs) - before
+    return received
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_attack__gateway_answers_errors_forever__signing_stops_within_n_holds_per_lane(
+    tmp_path: Path, lanes: int
+) -> None:
+    """500 without the lane's figures, after charging, forever: each such answer may have
+    cost its whole hold, so after `stop_after_errors` (3) of them on a lane signing stops,
+    saying why, instead of walking the lane up one hold per request."""
+    gateway = FakeSignedGateway(lanes=lanes, charge_errors=True)
+    signer = make_signer(tmp_path / "v.log", lanes=lanes)
+    client = _client(gateway, signer)
+    received = _asks(client, gateway, "aa" + "e" * TRIES)
+    assert signer.stopped is not None and "3 answers on lane" in signer.stopped, signer.stopped
+    errors = len(gateway.received) - 2
+    assert errors <= lanes * 2 + 1  # the third on any lane stops it
+    assert signer.book.exposure() <= received + lanes * 3 * _hold(signer)
+    assert not _ask(client) and len(gateway.received) == errors + 2  # nothing more signed
+
+
+def test_attack__charged_errors_between_answers__not_forgiven__signing_stops(tmp_path: Path) -> None:
+    """Two charged errors, then an honest answer, and again: the answer's lane total shows
+    the errors were charged, so it does not restart the count ("N−1 errors, one answer"
+    forever would otherwise walk the lane two holds per answer)."""
+    gateway = FakeSignedGateway(lanes=1, charge_errors=True)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    received = _asks(client, gateway, "a" + "eea" * 4)
+    assert signer.stopped is not None and "3 answers on lane 0" in signer.stopped, signer.stopped
+    assert len(gateway.received) == 1 + 4  # a, e, e, a, e: stopped at the third charged error
+    assert signer.book.exposure() <= received + 3 * _hold(signer)
+
+
+def test_errors_that_cost_nothing__forgiven_by_the_next_answer__never_stops(tmp_path: Path) -> None:
+    """An honest gateway's errors (a rate limit, an upstream failure: nothing charged) as
+    often as two in three requests: each answer shows the lane unchanged by them, the count
+    restarts, signing goes on and the lane is exact after each answer."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    _asks(client, gateway, "eea" * 4)
+    lane = signer.book.lanes[0]
+    assert signer.stopped is None and lane.errors == 0
+    assert lane.exact and lane.charged == gateway.book[0].charged == sum(gateway.true_costs)

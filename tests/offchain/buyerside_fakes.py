@@ -2,7 +2,8 @@
 side's tests: it checks each voucher as the real one must (signer, session, lane, lane in
 flight, ceiling ≥ charged so far), caps the output to the hold, charges price × tokens and
 answers with the lane's total and the stored voucher. It keeps its own true-cost log, and
-can misbehave on request (overcharge, inflate counts, drop the connection after charging).
+can misbehave on request (overcharge, inflate counts, drop the connection after charging,
+answer an error without the lane's figures, before or after charging).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class FakeSignedGateway:
     inflate_output: int = 0  # tokens reported beyond those produced
     drop_after_charge: bool = False  # charge, then drop the connection
     latency: float = 0.0  # seconds a request stays in flight (the upstream's time)
+    error_status: int = 0  # answer this status, without the lane's figures (0: answer)
+    charge_errors: bool = False  # ... after charging the request (else before anything)
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -130,6 +133,9 @@ class FakeSignedGateway:
             lane.in_flight = False
 
     def _serve(self, request: httpx.Request, voucher: Voucher, lane: FakeLane) -> httpx.Response:
+        failed = httpx.Response(self.error_status or 500, json={"error": {"message": "upstream failed", "code": None}})
+        if self.error_status and not self.charge_errors:
+            return failed
         body = orjson.loads(request.content)
         if self.latency:
             time.sleep(self.latency)  # the upstream answering (this runs in a server's worker thread)
@@ -147,6 +153,8 @@ class FakeSignedGateway:
             lane.voucher = voucher
         if self.drop_after_charge:
             raise httpx.ReadError("connection dropped after charging")
+        if self.error_status:
+            return failed
         text = " ".join(WORDS[i % len(WORDS)] for i in range(output))
         reported = {"prompt_tokens": input_tokens, "completion_tokens": output + self.inflate_output}
         headers = {

@@ -362,3 +362,26 @@ def test_transport__session_no_longer_current__signing_stops_saying_so(tmp_path:
     with pytest.raises(openai.APIStatusError, match="signing stopped"):
         _ask(client, 3, max_tokens=4)
     assert len(gateway.received) == 0  # the fake checks the session before recording
+
+
+def test_signer__stopped__stays_stopped_on_reopen_until_resumed(tmp_path: Path) -> None:
+    """A stop is in the voucher log (fsync'd like a voucher): a signer reopened on the log
+    refuses to sign, saying the same reason, until `resume` writes that the user looked."""
+    gateway = FakeSignedGateway(lanes=1, overcharge=1)
+    first = make_signer(tmp_path / "v.log", lanes=1)
+    _ask(_client(gateway, first), 3, max_tokens=2)
+    assert first.stopped is not None and "the rate gives" in first.stopped
+    first.log.close()
+    again = make_signer(tmp_path / "v.log", lanes=1)
+    assert again.stopped == first.stopped and again.log.stopped is not None and again.log.stopped.lane == 0
+    with pytest.raises(openai.APIStatusError, match="signing stopped"):
+        _ask(_client(gateway, again), 3, max_tokens=2)
+    assert len(gateway.received) == 1
+    cleared = again.resume()
+    assert cleared is not None and cleared.reason == first.stopped and again.stopped is None
+    again.log.close()
+    third = make_signer(tmp_path / "v.log", lanes=1)
+    assert third.stopped is None
+    honest = FakeSignedGateway(lanes=1)  # (a fresh lane book: recovery is tested above)
+    _ask(_client(honest, third), 3, max_tokens=2)
+    assert len(honest.received) == 1 and third.stopped is None

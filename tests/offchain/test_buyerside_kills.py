@@ -1,7 +1,8 @@
 """`promptex proxy` killed with SIGKILL at random points while an unchanged openai SDK
 sends requests over several lanes, and restarted: it recovers its lanes from the gateway's
 lane report (vouchers verified as its own) and its voucher log, never stops signing an
-honest gateway, and every voucher the gateway ever received is on disk.
+honest gateway, and every voucher the gateway ever received is on disk. And a proxy that
+stopped signing, killed and restarted, stays stopped until `--resume` (in CI).
 
 The gateway here is the fake that follows the signed-mode wire (`buyerside_fakes`), its
 own log of true costs standing for the fake upstream's. Deep profile only
@@ -10,7 +11,9 @@ instead (tests/gateway/test_signed_proxy_kills.py). PROMPTEX_PROXY_KILLS_SEED re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -19,14 +22,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from buyerside_fakes import MODEL, FakeSignedGateway, asgi_app
+from click.testing import CliRunner
 from eth_account import Account
 
-from promptex.buyerside.sessions import new_grant, save
+from promptex.buyerside.sessions import SessionGrant, new_grant, save
+from promptex.cli import main
 from promptex.serving import ServerThread, free_port
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
@@ -49,9 +55,9 @@ class Proxy:
         self.process: subprocess.Popen[bytes] | None = None
         self.up = threading.Event()
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         with self.output.open("ab") as out:
-            self.process = subprocess.Popen(self.args, stdout=out, stderr=out)
+            self.process = subprocess.Popen([*self.args, *extra], stdout=out, stderr=out)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.output.read_text()[-2000:]
@@ -71,6 +77,65 @@ class Proxy:
 
     def status(self) -> dict[str, object]:
         return dict(httpx.get(self.url + "/promptex/status", timeout=5).json())
+
+
+def _grant(folder: Path, lanes: int) -> SessionGrant:
+    wallet = Account.from_key(WALLET_KEY)
+    grant = new_grant(
+        lambda typed: bytes(Account.sign_typed_data(WALLET_KEY, full_message=typed).signature),
+        chain_id=31337, vault="0x" + "aa" * 20, account=wallet.address, asset="0x" + "cc" * 20, asset_symbol="USDC",
+        lanes=lanes, maximum=10**15, expiry=2_000_000_000, nonce=1,
+    )  # fmt: skip
+    save(grant, folder / "session.json")
+    return grant
+
+
+def _vouchers_logged(folder: Path, grant: SessionGrant) -> int:
+    rows = (folder / f"vouchers-31337-{grant.account.lower()}-USDC-1.log").read_text().splitlines()
+    return sum(1 for line in rows if json.loads(line)["t"] == "voucher")
+
+
+def test_proxy__stopped_then_sigkilled__restart_signs_nothing_until_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway answering 500 without the lane's total stops the proxy (the third such
+    answer on the lane); kill -9 right after; the restarted proxy says it is stopped, why,
+    and how to resume, and signs no voucher; `promptex proxy --resume` (in-process, to
+    spare a third start) signs again."""
+    grant = _grant(tmp_path, 1)
+    gateway = FakeSignedGateway(identity=grant.identity(), lanes=1, error_status=500)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+    with ServerThread(asgi_app(gateway)) as server:
+        proxy = Proxy(server.url + "/v1", tmp_path / "session.json", tmp_path / "proxy.out")
+        proxy.start()
+        for _ in range(3):
+            assert httpx.post(proxy.url + "/v1/chat/completions", json=ask, timeout=10).status_code == 500
+        stopped = proxy.status()["stopped"]
+        assert isinstance(stopped, str) and "3 answers on lane 0" in stopped
+        proxy.kill()
+        gateway.error_status = 0  # an honest gateway now: only the user's resume may sign again
+        signed, received = _vouchers_logged(tmp_path, grant), len(gateway.received)
+        proxy.start()
+        assert proxy.status()["stopped"] == stopped
+        refused = httpx.post(proxy.url + "/v1/chat/completions", json=ask, timeout=10)
+        assert refused.status_code == 402 and "signing stopped" in refused.json()["error"]["message"]
+        assert (_vouchers_logged(tmp_path, grant), len(gateway.received)) == (signed, received)
+        said = (tmp_path / "proxy.out").read_text()
+        assert "signing stopped" in said and "3 answers on lane 0" in said and "promptex proxy --resume" in said
+        proxy.kill()
+        served: list[Any] = []
+        monkeypatch.setattr("uvicorn.run", lambda app, **_: served.append(app))
+        for name in ("promptex.proxy", "promptex.buyerside"):  # the command adds a handler to each
+            monkeypatch.setattr(logging.getLogger(name), "handlers", [])
+        result = CliRunner().invoke(main, [*proxy.args[3:], "--resume"])
+        assert result.exit_code == 0 and "resumed: signing stopped" in result.output, result.output
+
+        async def once() -> int:
+            local = httpx.AsyncClient(transport=httpx.ASGITransport(app=served[0]), base_url="http://127.0.0.1")
+            return (await local.post("/v1/chat/completions", json=ask)).status_code
+
+        assert asyncio.run(once()) == 200
+        assert len(gateway.received) == received + 1
 
 
 @pytest.mark.skipif(not DEEP, reason="deep profile only (HYPOTHESIS_PROFILE=deep)")

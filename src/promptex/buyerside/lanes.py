@@ -30,6 +30,10 @@ class Lane:
     # refuses forever walk the lane up one hold per refusal.
     live: int = 0
     busy: bool = False
+    # Answers without the lane's figures not yet shown free (`Signer.stop_after_errors`),
+    # and the lane's total (or bound) before the first of them.
+    errors: int = 0
+    errors_from: int = 0
 
 
 class LaneBook:

@@ -83,6 +83,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                     async for chunk in answer.aiter_bytes():  # identity-encoded: the bytes sent
                         watch.feed(chunk)
                         yield chunk
+                    watch.ended = True
                 finally:
                     await answer.aclose()
                     signer.finish_stream(ticket, answer.headers, watch)
@@ -107,6 +108,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                 "exact": lane.exact,
                 "signed_units": str(lane.signed),
                 "busy": lane.busy,
+                "answers_without_figures": lane.errors,
             }
             for lane in book.lanes
         ]

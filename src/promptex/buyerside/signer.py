@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from promptex import metering
 from promptex.buyerside import answers
 from promptex.buyerside.answers import AnswerRefused, Bounds, RateBook
 from promptex.buyerside.lanes import Lane, LaneBook, NoFreeLane
-from promptex.buyerside.voucherlog import Identity, VoucherLog
+from promptex.buyerside.voucherlog import Identity, Stop, VoucherLog, VoucherLogError
 from promptex.buyerside.wire import (
     COST_UNITS_HEADER,
     LANE_CHARGED_HEADER,
@@ -39,6 +40,12 @@ from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
 DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is held for
+# Answers on one lane without the lane's figures (an error naming no lane total, a stream
+# ending without its last event) before signing stops: each may have cost its whole hold
+# and cannot be checked, so a gateway answering errors forever would otherwise walk the lane
+# up one hold per request. The count restarts only when an answer with the figures shows
+# those answers cost nothing (else "N−1 errors, one answer" forever would walk it too).
+STOP_AFTER_ERRORS = 3
 LANE_BUSY = "lane_busy"
 # Refusals no later voucher of this grant can pass (the gateway's codes, gateway.vouchers).
 HOPELESS = frozenset(
@@ -113,7 +120,10 @@ class Signer:
         max_hold: int | None = None,
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
         lane_wait_seconds: float | None = 30.0,
+        stop_after_errors: int = STOP_AFTER_ERRORS,
     ) -> None:
+        if stop_after_errors < 1:
+            raise ValueError("stop_after_errors is at least 1")
         self.session = session
         self.book = book
         self.log = voucher_log
@@ -121,15 +131,34 @@ class Signer:
         self.max_hold = max_hold
         self.default_output_tokens = default_output_tokens
         self.lane_wait_seconds = lane_wait_seconds
-        self.stopped: str | None = None  # why signing stopped, once it has
+        self.stop_after_errors = stop_after_errors
+        # Why signing stopped, once it has: a stop is on disk (the voucher log), so a
+        # restarted signer stays stopped until `resume` (`promptex proxy --resume`).
+        recorded = voucher_log.stopped
+        self.stopped: str | None = None if recorded is None else recorded.reason
         self._sign = threading.Lock()
 
     # ─── Before a request ────────────────────────────────────────────────────
 
-    def stop(self, reason: str) -> None:
-        if self.stopped is None:
-            self.stopped = reason
-            log.error("signing stopped: %s", reason)
+    def stop(self, reason: str, lane: int | None = None) -> None:
+        """Stop signing, saying why in one line; the stop is written to the voucher log
+        (fsync'd) so that a restart does not sign again."""
+        if self.stopped is not None:
+            return
+        self.stopped = reason
+        log.error("signing stopped: %s", reason)
+        try:
+            self.log.write_stop(Stop(reason, lane, int(time.time())))
+        except VoucherLogError as exc:  # stopped here all the same; a restart cannot know
+            log.error("the stop is not on disk: %s", exc)
+
+    def resume(self) -> Stop | None:
+        """Sign again after a stop (the user looked at why); returns the stop cleared."""
+        cleared = self.log.resume(int(time.time()))
+        self.stopped = None
+        for lane in self.book.lanes:
+            lane.errors = 0
+        return cleared
 
     def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
         try:
@@ -207,6 +236,22 @@ class Signer:
             ticket.done = True
             self.book.release(ticket.lane)
 
+    def _without_figures(self, ticket: Ticket, what: str) -> None:
+        """An answer that does not tell the lane's total: the lane is bounded by the ceiling
+        (`lost`), and after `stop_after_errors` of them in a row on the lane signing stops."""
+        lane = ticket.lane
+        if lane.errors == 0:
+            lane.errors_from = ticket.charged_before
+        lane.errors += 1
+        errors = lane.errors
+        self.lost(ticket)
+        if errors >= self.stop_after_errors:
+            self.stop(
+                f"{errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
+                f"none shown to be free by a later answer: each may have cost its whole hold",
+                lane.index,
+            )
+
     def lost(self, ticket: Ticket) -> None:
         """No answer came back: the lane may have been charged up to the ceiling signed."""
         lane = ticket.lane
@@ -231,12 +276,16 @@ class Signer:
         """The lane's charged figure as told by the gateway, within a voucher of ours."""
         lane = ticket.lane
         if charged > ceiling:
-            self.stop(f"the gateway says lane {lane.index} was charged {charged}, above the ceiling {ceiling} signed")
+            self.stop(
+                f"the gateway says lane {lane.index} was charged {charged}, above the ceiling {ceiling} signed",
+                lane.index,
+            )
             lane.charged, lane.exact = ceiling, False
             return
         if lane.exact and charged < lane.charged:  # charged totals never go down
             self.stop(
-                f"the gateway says lane {lane.index} was charged {charged}, below the {lane.charged} it said before"
+                f"the gateway says lane {lane.index} was charged {charged}, below the {lane.charged} it said before",
+                lane.index,
             )
         lane.charged, lane.exact = charged, True
         if self.stopped is None:  # for recovery: what the gateway may not inflate on a restart
@@ -261,7 +310,9 @@ class Signer:
         cost, after = headers.get(COST_UNITS_HEADER), headers.get(LANE_CHARGED_HEADER)
         if cost is None or after is None or not cost.isdigit() or not after.isdigit():
             self.lost(ticket)
-            self.stop("an answer came without its cost and lane total (is this gateway in signed mode?)")
+            self.stop(
+                "an answer came without its cost and lane total (is this gateway in signed mode?)", ticket.lane.index
+            )
             return
         self._charged(ticket, int(cost), int(after), headers.get(LANE_HEADER), headers.get(VOUCHER_HEADER))
         self._check(
@@ -271,29 +322,37 @@ class Signer:
     def _charged(self, ticket: Ticket, cost: int, after: int, lane_text: str | None, returned: Any) -> None:
         lane = ticket.lane
         if lane_text is not None and lane_text != str(lane.index):
-            self.stop(f"an answer on lane {lane.index} names lane {lane_text}")
+            self.stop(f"an answer on lane {lane.index} names lane {lane_text}", lane.index)
         if returned is not None and self._ours(returned, ticket) is None:
-            self.stop(f"the voucher returned on lane {lane.index} is not one this session key signed")
+            self.stop(f"the voucher returned on lane {lane.index} is not one this session key signed", lane.index)
         ceiling = ticket.voucher.ceiling
         before = after - cost
         if before < 0 or (ticket.exact_before and before != ticket.charged_before):
             self.stop(
                 f"lane {lane.index} was charged {ticket.charged_before} before this answer, but the gateway's "
-                f"total {after} less the cost {cost} is {before}"
+                f"total {after} less the cost {cost} is {before}",
+                lane.index,
             )
         elif not ticket.exact_before and before > ticket.charged_before:
-            self.stop(f"lane {lane.index} had at most {ticket.charged_before} charged, the gateway says {before}")
+            self.stop(
+                f"lane {lane.index} had at most {ticket.charged_before} charged, the gateway says {before}", lane.index
+            )
+        if before <= lane.errors_from:  # the answers without figures since then cost nothing
+            lane.errors = 0
         self._adopt(ticket, after, ceiling)
 
     def _check(self, ticket: Ticket, cost: int, usage: metering.TokenUsage | None, produced: int | None) -> None:
         if usage is None:
-            self.stop(f"an answer on lane {ticket.lane.index} reports no usage: its cost {cost} cannot be checked")
+            self.stop(
+                f"an answer on lane {ticket.lane.index} reports no usage: its cost {cost} cannot be checked",
+                ticket.lane.index,
+            )
             return
         try:
             answers.check_cost(ticket.rates, usage, cost)
             answers.check_counts(ticket.bounds, usage, produced)
         except AnswerRefused as exc:
-            self.stop(str(exc))
+            self.stop(str(exc), ticket.lane.index)
 
     def _refusal(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """An error answer: the gateway may name the lane's total and its stored voucher
@@ -311,7 +370,7 @@ class Signer:
         found = [d for d in (error, body) if isinstance(d, dict) and "lane_charged_units" in d]
         text = found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER)
         if text is None or not str(text).isdigit():
-            self.lost(ticket)
+            self._without_figures(ticket, f"{status} {code or 'without an error code'}")
             return
         charged = int(text)
         # A voucher refusal: this voucher covers nothing, so the lane's total is within the
@@ -321,7 +380,8 @@ class Signer:
         if charged > lane.live:
             self.stop(
                 f"the gateway refused lane {lane.index}'s voucher yet says the lane was charged {charged}, "
-                f"above the {lane.live} of every voucher it accepted"
+                f"above the {lane.live} of every voucher it accepted",
+                lane.index,
             )
             return
         if ticket.exact_before and charged > ticket.charged_before:
@@ -330,7 +390,8 @@ class Signer:
             # gateway that serves, then refuses claiming the whole hold, take every hold.
             self.stop(
                 f"the gateway says lane {lane.index} was charged {charged}, but every request signed on it was "
-                f"answered, the last leaving it at {ticket.charged_before}"
+                f"answered, the last leaving it at {ticket.charged_before}",
+                lane.index,
             )
             return
         if code == LANE_BUSY:
@@ -345,15 +406,21 @@ class Signer:
         if stored is not None and stored.ceiling > lane.live:
             # Signed by this key but not accepted here: the refused voucher itself, or
             # another process shares the key.
-            self.stop(f"the gateway holds a voucher of lane {lane.index} for {stored.ceiling}, above any it accepted")
+            self.stop(
+                f"the gateway holds a voucher of lane {lane.index} for {stored.ceiling}, above any it accepted",
+                lane.index,
+            )
             return
         self._adopt(ticket, charged, lane.live)
 
     def finish_stream(self, ticket: Ticket, headers: Mapping[str, str], watch: StreamWatch) -> None:
         """Check a streamed answer from what its events said."""
         try:
-            if watch.cost is None:
-                self.lost(ticket)  # cut short before its last event: charged at most its ceiling
+            if watch.cost is None:  # cut short before its last event: charged at most its ceiling
+                if watch.ended:  # the gateway ended it so, not the client nor the connection
+                    self._without_figures(ticket, "a stream that ended without its last event")
+                else:
+                    self.lost(ticket)
                 return
             after = watch.lane_charged
             if after is None:
@@ -378,6 +445,7 @@ class StreamWatch:
         self.cost: int | None = None
         self.lane_charged: int | None = None
         self.voucher: Any = None
+        self.ended = False  # the gateway's stream ran to its end (not cut by a client or a drop)
         self._usage: dict[str, Any] = {}
 
     def feed(self, chunk: bytes) -> None:

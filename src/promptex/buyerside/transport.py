@@ -5,8 +5,11 @@
                     http_client=httpx.Client(transport=PromptexSigningTransport(signer)))
 
 Every metered POST gets a voucher (fsync'd to the log first); other requests pass as
-they are. A request this side will not sign is answered here, without reaching the
-gateway, with the API's own error shape (so the SDK raises its usual error) and one log line.
+they are. Signing stops (and stays stopped in the log until `Signer.resume`) at an answer
+beyond its request, or after `stop_after_errors` answers on a lane without the lane's
+total (`open_signer(..., stop_after_errors=N)`; default 3). A request this side will
+not sign is answered here, without reaching the gateway, with the API's own error shape
+(so the SDK raises its usual error) and one log line.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class _WatchedStream(httpx.SyncByteStream):
         for chunk in stream:
             self.watch.feed(chunk)
             yield chunk
+        self.watch.ended = True
 
     def close(self) -> None:
         try:

@@ -8,6 +8,11 @@ skipped on reading (and cut off before the next append).
 
 The first line names what the vouchers are for (chain, vault, account, asset, session
 key); a log opened for another identity is refused rather than mixed.
+
+A stop of signing is written here too, fsync'd like a voucher (`stopped`: reason, lane,
+time), so a restarted proxy stays stopped until the user resumes it (`resumed`): the
+reason a signer stopped is a reason not to trust the gateway, and a restart changes
+nothing about it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from promptex.buyerside.wire import Voucher
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why signing stopped, on which lane (None: not one lane's), and when (unix seconds)."""
+
+    reason: str
+    lane: int | None
+    at: int
 
 
 class VoucherLogError(RuntimeError):
@@ -57,6 +71,7 @@ class VoucherLog:
         self.highest: dict[tuple[int, int], Voucher] = {}
         # Per lane, the total the last answer told, when no voucher was signed after it.
         self.answered: dict[tuple[int, int], int] = {}
+        self.stopped: Stop | None = None  # the last stop not resumed since
         records = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND: each write lands at the end even after a torn line was cut off below.
@@ -71,6 +86,11 @@ class VoucherLog:
                 self._remember(_voucher(record))
             elif record.get("t") == "charged":
                 self.answered[(int(record["session"]), int(record["lane"]))] = int(record["charged"])
+            elif record.get("t") == "stopped":
+                lane = record.get("lane")
+                self.stopped = Stop(str(record["reason"]), None if lane is None else int(lane), int(record["at"]))
+            elif record.get("t") == "resumed":
+                self.stopped = None
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -121,6 +141,25 @@ class VoucherLog:
             except OSError:
                 return
             self.answered[(session, lane)] = charged
+
+    def write_stop(self, stop: Stop) -> None:
+        """Record that signing stopped; return only once it is on disk."""
+        record = {"t": "stopped", "reason": stop.reason, "lane": stop.lane, "at": stop.at}
+        with self._lock:
+            try:
+                self._append(record)
+            except OSError as exc:
+                raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
+            self.stopped = stop
+
+    def resume(self, at: int) -> Stop | None:
+        """Clear a recorded stop (the user looked at it); returns the stop cleared, if any."""
+        with self._lock:
+            cleared = self.stopped
+            if cleared is not None:
+                self._append({"t": "resumed", "at": at})
+                self.stopped = None
+            return cleared
 
     def charged(self, session: int, lane: int) -> int | None:
         """The lane's total as the last answer told it, if no voucher was signed since."""

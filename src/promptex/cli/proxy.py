@@ -1,11 +1,16 @@
 """`promptex proxy`: signed mode's local endpoint — point an unchanged OpenAI or Anthropic
 SDK at it (`OPENAI_BASE_URL=http://127.0.0.1:8788/v1`) and every request carries a voucher
-of your session key, written to disk before it leaves; each answer is checked."""
+of your session key, written to disk before it leaves; each answer is checked.
+
+Once signing stopped (an answer beyond its request, a gateway answering errors without the
+lane's total again and again, …) the stop is in the voucher log: a restarted proxy says so
+and refuses every request until `promptex proxy --resume`, after you looked at why."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +21,7 @@ from promptex.config import market_dir, settings
 if TYPE_CHECKING:
     from promptex.buyerside.recovery import ChainSession
     from promptex.buyerside.sessions import SessionGrant
+    from promptex.buyerside.voucherlog import Stop
 
 LOOPBACK = "127.0.0.1"
 GRANT_FILE = "session.json"
@@ -63,14 +69,27 @@ def _chain(grant: SessionGrant) -> ChainSession | None:
         return None
 
 
+def describe_stop(stop: Stop) -> str:
+    """A recorded stop in one line: when, on which lane, why."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stop.at))
+    where = "" if stop.lane is None else f" on lane {stop.lane}"
+    return f"signing stopped {when}{where}: {stop.reason}"
+
+
 @click.command("proxy")
 @click.option("--port", type=int, help="[default: PROMPTEX_PROXY_PORT, 8788]")
 @click.option("--gateway", "gateway_url", help="the gateway [default: PROMPTEX_PROXY_GATEWAY_URL, the local one]")
 @click.option("--api-key", help="your gateway API key [default: PROMPTEX_PROXY_API_KEY, the demo buyer's]")
 @click.option("--max-hold", help="the most one request may hold, whole units [default: the session maximum]")
+@click.option("--resume", is_flag=True, help="sign again after a stop (say why it stopped first: see the log)")
 @session_file_option
 def proxy(
-    port: int | None, gateway_url: str | None, api_key: str | None, max_hold: str | None, session_file: str | None
+    port: int | None,
+    gateway_url: str | None,
+    api_key: str | None,
+    max_hold: str | None,
+    resume: bool,
+    session_file: str | None,
 ) -> None:
     """Serve a signing OpenAI/Anthropic-compatible endpoint on 127.0.0.1."""
     import httpx
@@ -105,11 +124,25 @@ def proxy(
                 max_hold=hold,
                 default_output_tokens=s.proxy_default_output_tokens,
                 lane_wait_seconds=s.proxy_lane_wait_seconds,
+                stop_after_errors=s.proxy_stop_after_errors,
             )
     except (httpx.HTTPError, ValueError) as exc:
         raise click.ClickException(f"cannot open the session at {base}: {exc}") from None
     for note in opened.notes:
         click.echo(note, err=True)
+    signer = opened.signer
+    recorded = signer.log.stopped
+    if recorded is not None and resume:
+        signer.resume()
+        click.echo(f"resumed: {describe_stop(recorded)}", err=True)
+    elif recorded is not None:
+        click.echo(
+            f"{describe_stop(recorded)}\n  every request is refused until you restart with `promptex proxy --resume` "
+            f"(check the gateway first: `promptex session show`, GET /promptex/status)",
+            err=True,
+        )
+    elif resume:
+        click.echo("signing was not stopped: nothing to resume", err=True)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))  # one line per refusal
     for name in ("promptex.proxy", "promptex.buyerside"):
@@ -117,7 +150,7 @@ def proxy(
         logging.getLogger(name).setLevel(logging.INFO)
     port = port or s.proxy_port
     gateway = httpx.AsyncClient(base_url=base, headers=auth, timeout=httpx.Timeout(600.0, connect=10.0))
-    app = create_proxy(opened.signer, gateway)
+    app = create_proxy(signer, gateway)
     click.echo(
         f"signing for session {grant.session} ({grant.lanes} lanes, at most {money(grant.maximum, grant.asset_symbol)}"
         f") → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "

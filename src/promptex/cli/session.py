@@ -21,7 +21,7 @@ from promptex.buyerside.sessions import GrantError, SessionGrant, WalletSigner, 
 from promptex.buyerside.voucherlog import VoucherLog
 from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
-from promptex.cli.proxy import grant_path, session_file_option
+from promptex.cli.proxy import describe_stop, grant_path, session_file_option
 from promptex.cli.wallet import LOCAL_NODE, Session, account_option, chain_time, units, whole, yes_option
 from promptex.config import settings
 
@@ -145,6 +145,7 @@ def session_show(session_file: str | None) -> None:
     log = VoucherLog(log_file, grant.identity())
     try:
         ceilings = [log.ceiling(grant.session, lane) for lane in range(grant.lanes)]
+        stopped = log.stopped
     finally:
         log.close()
     exposure = sum(ceilings)
@@ -152,6 +153,8 @@ def session_show(session_file: str | None) -> None:
         f"vouchers signed allow {whole(exposure, grant.asset_symbol)} in total "
         f"({sum(1 for c in ceilings if c)} of {grant.lanes} lanes used)"
     )
+    if stopped is not None:
+        click.echo(f"{describe_stop(stopped)} (`promptex proxy --resume` signs again)")
 
 
 @_command("revoke")
