@@ -230,3 +230,30 @@ def test_signed__concurrent_requests_on_one_lane__one_is_served(gw_any: Harness,
         gate.set()
         first.join()
     assert results[0].status_code == 200
+
+
+def test_signed__epoch_header__the_next_signed_batch_after_a_waiting_capped_one(gw: Harness, fake: Fake) -> None:
+    """`x-promptex-epoch` on a signed answer names the next `settle_signed` batch: the next
+    epoch, or the one after when the asset's capped records wait for the capped batch a
+    coordinator pass plans first (signed and capped batches share one sequence)."""
+    from sqlalchemy import update
+
+    from promptex.ledger.schema import usage_records
+
+    gw.add_lot(fake)
+    buyer = signed_buyer(gw)
+    first = buyer.post(buyer.voucher(0, 1_000))
+    assert first.status_code == 200 and first.headers["x-promptex-epoch"] == "1"
+    with gw.ledger.engine.begin() as conn:  # the coordinator batched it as epoch 4
+        conn.execute(update(usage_records).values(status="batched", epoch=4))
+    capped_account, capped_key = gw.buyer()
+    capped = Signer(gw, capped_account, capped_key, gw.ledger.wallets(capped_account)[0], Account.create())
+    assert capped.post(None).status_code == 200  # a capped record now waits for epoch 5
+    gw.gateway.refresh_epochs()  # with the lots' refresh
+    signed = buyer.post(buyer.voucher(0, buyer.charged(0) + 1_000))
+    assert (capped.post(None).headers["x-promptex-epoch"], signed.headers["x-promptex-epoch"]) == ("5", "6")
+    with gw.ledger.engine.begin() as conn:  # the capped batch (epoch 5) went first
+        conn.execute(update(usage_records).where(usage_records.c.mode == "capped").values(status="batched", epoch=5))
+    gw.gateway.refresh_epochs()
+    again = buyer.post(buyer.voucher(0, buyer.charged(0) + 1_000))
+    assert again.headers["x-promptex-epoch"] == "6"

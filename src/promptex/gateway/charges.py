@@ -14,7 +14,8 @@ library keeps working: headers are ignored, and unknown fields are kept as extra
                             Oracle TWAP when the gateway reads one, else at its face value)
     x-promptex-lot          the gateway lot that served it
     x-promptex-chain-lot    that lot's CreditEscrow id (only when opened on chain)
-    x-promptex-epoch        the settlement epoch it is expected to settle in
+    x-promptex-epoch        the settlement epoch it is expected to settle in (signed mode:
+                            the next settle_signed batch, `ledger.usage.next_signed_epoch`)
     x-promptex-hold[-units|-usd]   on streams: the hold, in the same three forms
     x-promptex-lane, x-promptex-lane-charged-units, x-promptex-voucher
                             signed mode (issue 23): see `gateway.vouchers`

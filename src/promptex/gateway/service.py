@@ -195,6 +195,7 @@ class Gateway:
         self._rates = lru_cache(maxsize=4096)(self._rates_uncached)
         self._list_rates = lru_cache(maxsize=1024)(lambda model: metering.list_rates(self.catalog.price(model)))
         self.epochs: dict[str, int] = {}  # asset → the epoch a charge settled now is expected in
+        self.signed_epochs: dict[str, int] = {}  # ... a signed-mode charge (the next settle_signed batch)
         self._modes: dict[tuple[int, str], tuple[bool, float]] = {}  # (payer, asset) → signed mode?, until
 
     # ─── Setup ───────────────────────────────────────────────────────────────
@@ -212,6 +213,7 @@ class Gateway:
         """Read each asset's expected settlement epoch (blocking; with the lots' refresh)."""
         assets = [USDC_SYMBOL, *(token.symbol for token in PROVIDER_TOKENS)]
         self.epochs = {symbol: self.ledger.next_epoch(symbol) for symbol in assets}
+        self.signed_epochs = {symbol: self.ledger.next_signed_epoch(symbol) for symbol in assets}
 
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self.threads.run(fn, *args)
@@ -709,7 +711,7 @@ class Gateway:
 
     def charge(self, request_id: str, asset: str, units: int, lot: LiveLot, signed: SignedLane | None = None) -> Charge:
         """`units` of `asset` (a charge, or a hold) as told to the buyer (`gateway.charges`)."""
-        epoch = self.epochs.get(asset, 1)
+        epoch = (self.epochs if signed is None else self.signed_epochs).get(asset, 1)
         usd = self.usd_micro(asset, units)
         return Charge(request_id, asset, units, usd, lot.id, lot.chain_lot_id, epoch, signed)
 

@@ -297,6 +297,12 @@ class Ledger:
         with self._read() as conn:
             return _records.next_epoch(conn, asset)
 
+    def next_signed_epoch(self, asset: str) -> int:
+        """The settlement epoch a signed-mode record of `asset` settled now is expected in
+        (see `ledger.usage.next_signed_epoch`)."""
+        with self._read() as conn:
+            return _records.next_signed_epoch(conn, asset)
+
     def release(self, request_id: str) -> Hold:
         """Drop the hold without a charge (idempotent)."""
         return self.holds.release(request_id)

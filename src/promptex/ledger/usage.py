@@ -197,6 +197,21 @@ def next_epoch(conn: Connection, asset: str) -> int:
     return int(latest or 0) + 1
 
 
+def next_signed_epoch(conn: Connection, asset: str) -> int:
+    """The epoch a signed-mode record of `asset` settled now is expected to settle in: the
+    next `settle_signed` batch. Signed batches are numbered in the same sequence as capped
+    ones, any number per window, planned by each coordinator pass AFTER the pass's capped
+    batch: so the next epoch, or the one after when capped records of the asset wait for
+    theirs. Expected, not promised (a capped batch not yet due this window, more lanes than
+    fit one batch, or a refused batch moves it); the record's `epoch` says where it went."""
+    waiting = conn.execute(
+        select(usage_records.c.request_id)
+        .where(usage_records.c.status == PENDING, usage_records.c.asset == asset, usage_records.c.mode == CAPPED)
+        .limit(1)
+    ).first()
+    return next_epoch(conn, asset) + (1 if waiting is not None else 0)
+
+
 # ─── The coordinator's side: batching and quarantine ─────────────────────────
 
 
