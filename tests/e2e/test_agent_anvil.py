@@ -26,11 +26,11 @@ from promptex.agent.chain import Web3AgentChain
 from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import Agent
-from promptex.agent.store import RELEASED
+from promptex.agent.store import RECEIPTED, RELEASED
 from promptex.chain.deployments import load_deployment
 from promptex.ledger import Ledger
 from promptex.protocol.dex import DEFAULT_FEE
-from promptex.protocol.redemption import provider_id, sign_receipt
+from promptex.protocol.redemption import STATUS_OPEN, STATUS_RELEASED, provider_id, sign_receipt
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USD
 from promptex.sealing.envelope import MasterKeys
@@ -236,3 +236,28 @@ def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(wor
     assert len(world.events("Released")) == released + 1
     assert balance(billing) == credits + 20 * USD
     assert all(r.status == RELEASED for r in world.agent(billing).store.redemptions())
+
+
+def test_agent__release_orphaned_by_a_reorg__released_again_on_the_new_branch(world, billing, linked):
+    """A reorg below the release (the credits bought, the sale still on chain) left the
+    agent's redemption "released" while the escrow held it open again: the user could
+    refund its USDC after the deadline and keep the credits. The agent rechecks its
+    receipts each pass and re-sends the release; nothing is bought twice."""
+    world.twap_catches_up()
+    assert os.WIFSIGNALED(_run(world, billing, "receipted"))  # sold and bought, not yet released
+    agent = world.agent(billing)
+    (r,) = agent.store.redemptions([RECEIPTED])
+    credits, released = balance(billing), len(world.events("Released"))
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    agent.run_once(check_rules=False)
+    assert agent.store.get(r.id).status == RELEASED and len(world.events("Released")) == released + 1
+
+    world.w3.provider.make_request("evm_revert", [fork])  # the release is gone: the escrow holds it open again
+    world.warp(1)
+    assert agent.chain.redemption(r.chain_redemption_id).status == STATUS_OPEN
+    agent.run_once(check_rules=False)
+
+    assert agent.store.get(r.id).status == RELEASED
+    assert agent.chain.redemption(r.chain_redemption_id).status == STATUS_RELEASED  # released on the new branch
+    assert len(world.events("Released")) == released + 1
+    assert balance(billing) == credits  # bought once

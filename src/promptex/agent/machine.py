@@ -16,7 +16,9 @@
 Restart rules. A stored tx still "sent" is looked up by hash; not mined and its nonce
 free → the SAME bytes are broadcast again; its nonce taken by another tx → it never ran
 (redeem: back to planned; release: back to receipted). Nothing new is signed while a tx
-is unresolved. add_credits is idempotent by key, so calling it again after a crash or a
+is unresolved. A mined tx a reorg orphaned is "sent" again with the step it decided
+(released → releasing; escrowed or failed → selling), and re-sent the same way.
+add_credits is idempotent by key, so calling it again after a crash or a
 timeout returns the first receipt and buys nothing. So a redemption sells once, buys
 once, releases once.
 """
@@ -62,6 +64,7 @@ CRASH_STEPS = (
     "release_signed", "release_broadcast", "released",
 )  # fmt: skip
 OPEN_STEPS = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
+REORG_WINDOW = 128  # blocks: receipts this recent are checked still canonical each pass
 
 
 def crash_point(step: str) -> None:
@@ -88,6 +91,7 @@ class RedemptionMachine:
         retry_seconds: int = 5,
         retry_max_seconds: int = 300,
         purchase_margin: int = 600,
+        reorg_window: int = REORG_WINDOW,
     ) -> None:
         self.store, self.chain, self.billing, self.keys = store, chain, billing, keys
         self.clock = clock
@@ -95,12 +99,29 @@ class RedemptionMachine:
         self.swap_deadline = swap_deadline
         self.retry_seconds, self.retry_max_seconds = retry_seconds, retry_max_seconds
         self.purchase_margin = purchase_margin
+        self.reorg_window = reorg_window  # blocks back within which a mined transaction is checked still canonical
 
     # ─── Transactions (the coordinator's rules, for the agent's key) ─────────
 
     def resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
         return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
+
+    def recheck_orphaned_txs(self) -> None:
+        """A receipt counts only while the canonical chain holds it (the coordinator's rule,
+        `Coordinator._recheck_orphaned_txs`): each transaction mined in the last
+        `reorg_window` blocks, or past the key's canonical nonce, whose receipt the chain no
+        longer holds at its block is resolved again with the step it decided
+        (`AgentStore.reopen_tx`); `resolve_open_txs` then re-sends them in nonce order."""
+        nonce = self.chain.nonce()
+        for tx in self.store.landed_txs(self.chain.head() - self.reorg_window, nonce):
+            if tx.nonce < nonce:
+                receipt = self.chain.receipt(tx.tx_hash)
+                if receipt is not None and receipt.block_number == tx.block:
+                    continue
+            what = self.store.reopen_tx(tx, self.clock())
+            log.warning("%s tx %s (nonce %d) is no longer on chain (a reorg): %s resolved again", tx.purpose,
+                        tx.tx_hash, tx.nonce, what)  # fmt: skip
 
     def resolve_open_txs(self) -> None:
         for tx in self.store.open_txs():

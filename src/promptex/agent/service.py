@@ -112,6 +112,7 @@ class Agent:
     def run_once(self, *, check_rules: bool | None = None) -> PassReport:
         report = PassReport()
         try:
+            self.machine.recheck_orphaned_txs()
             self.machine.resolve_open_txs()
             due = time.monotonic() >= self._rules_due if check_rules is None else check_rules
             if due:

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemptions, agent_rules, agent_txs, agent_users
 from promptex.chain.sender import SignedTx
-from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore
+from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, SignedTxStore, StoredTx
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.metadata import REASON
 from promptex.sealing.envelope import Sealed
@@ -336,6 +336,35 @@ class AgentStore(SignedTxStore):
             tx_id = self._store_tx(conn, purpose, signed, sender, now)
             self._move(conn, redemption_id, (from_,), now, status=to, **{column: tx_id})
         return tx_id
+
+    def reopen_tx(self, tx: StoredTx, now: int) -> str:
+        """A transaction whose receipt a reorg orphaned, unresolved again (the next pass
+        re-sends its bytes in nonce order) with the step it decided: a release that
+        released (or was rejected on its revert) is releasing again, so the escrow's USDC
+        is released on the new branch too, for the credits already bought; a redeem that
+        escrowed (nothing bought yet) or failed on its revert is selling again, its escrow
+        redemption id read anew from its next receipt. A redeem orphaned after the purchase
+        keeps its step: re-sent before the release (a later nonce), it escrows the same id
+        unless another redemption took it meanwhile (then the release is refused and the
+        redemption rejected). Returns what it reopened, for the log."""
+        r = agent_redemptions.c
+        with self._tx() as conn:
+            self._reopen_tx(conn, tx.id)
+            if tx.purpose == "release":
+                moved = conn.execute(
+                    update(agent_redemptions)
+                    .where(r.release_tx_id == tx.id, r.status.in_((RELEASED, REJECTED)))
+                    .values(status=RELEASING, error=None, updated_at=now)
+                ).rowcount
+                return "its redemption's release" if moved else "it"
+            moved = conn.execute(
+                update(agent_redemptions)
+                .where(r.redeem_tx_id == tx.id, r.status.in_((ESCROWED, FAILED)))
+                .values(
+                    status=SELLING, chain_redemption_id=None, tokens_in=None, deadline=None, error=None, updated_at=now
+                )  # fmt: skip
+            ).rowcount
+            return "its redemption's sale" if moved else "it"
 
     def record_attempt(self, redemption_id: int, error: str, next_at: int, now: int) -> None:
         r = agent_redemptions.c
