@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     # a hot balance row, and CPU when the database shares the gateway's core (bench: 8
     # threads cost PostgreSQL ~15 % more CPU a request than 3).
     gateway_ledger_threads: int = 3
+    # Group commit on SQLite: holds, settles and releases that queue for the ledger thread
+    # while it is busy commit together, up to this many (`gateway.ledger_threads`); 1: off.
+    gateway_ledger_group_max: int = 64
     # Paying a model in another provider's token converts through the Oracle's TWAP of the
     # paying token, read over this JSON-RPC endpoint (None, the default: no payment across
     # tokens — experimental: the coordinator quarantines such records, it cannot settle

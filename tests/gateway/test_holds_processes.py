@@ -284,6 +284,70 @@ def test_gateway_killed_with_21_requests_in_flight__restarted_one_sweeps_them__f
         ledger.close()
 
 
+def test_gateway_killed_mid_traffic__group_commits_in_flight__every_acknowledged_charge_is_in_the_ledger(
+    tmp_path: Path, fake: Fake
+) -> None:
+    """Group commit (SQLite): writes queued together commit together, and a caller hears
+    of its write only once that commit is done — so a kill -9 in the middle of a group
+    loses nothing a client was told: each answer with its cost headers is a settled hold
+    at that cost with its usage record, and the books balance."""
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    ledger = Ledger.open(url, sqlite_synchronous="NORMAL")
+    try:
+        _, account, key = _market(ledger, tmp_path, fake, face_value=1_000 * USDC, funds=10 * USDC)
+        metrics = free_port()
+        env = _env(tmp_path, url, gateway_metrics_port=metrics)
+        answered: dict[str, int] = {}  # request id → the cost the client was told
+        groups: list[float] = []
+        with gateway(env) as (proc, base):
+
+            async def traffic() -> None:
+                stop = asyncio.Event()
+                async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as client:
+
+                    async def buyer() -> None:
+                        body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+                        while not stop.is_set():
+                            try:
+                                answer = await client.post(
+                                    base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body
+                                )
+                            except httpx.HTTPError:  # killed under it
+                                return
+                            if answer.status_code == 200:
+                                answered[answer.headers["x-request-id"]] = int(answer.headers["x-promptex-cost-units"])
+
+                    async def killer() -> None:
+                        while len(answered) < 80:
+                            await asyncio.sleep(0.01)
+                        scraped = (await client.get(f"http://127.0.0.1:{metrics}/metrics")).text
+                        groups.extend(
+                            float(line.split()[-1])
+                            for line in scraped.splitlines()
+                            if line.startswith("promptex_gateway_ledger_group_commits_total")
+                        )
+                        proc.send_signal(signal.SIGKILL)  # buyers are still sending: groups in flight
+                        proc.wait()
+                        stop.set()
+
+                    await asyncio.gather(killer(), *(buyer() for _ in range(32)))
+
+            asyncio.run(traffic())
+        assert groups and groups[0] > 0  # writes did commit in groups before the kill
+        for request_id, cost in answered.items():
+            hold = ledger.holds.get(request_id)
+            assert hold is not None and (hold.status.value, hold.charged) == ("settled", cost), request_id
+            assert ledger.usage_record(request_id) is not None
+        statuses = _holds_by_status(ledger)
+        assert set(statuses) <= {"active", "settled"} and statuses["settled"] >= len(answered)
+        with ledger.engine.connect() as conn:
+            charged = conn.execute(select(func.sum(holds.c.charged)).where(holds.c.status == "settled")).scalar_one()
+        assert ledger.balance(account, "USDC").posted == 10 * USDC - int(charged)  # each settled hold charged once
+        ledger.check()
+    finally:
+        ledger.close()
+
+
 # ─── promptex gateway serve --workers N ──────────────────────────────────────
 
 

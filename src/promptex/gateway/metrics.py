@@ -14,7 +14,9 @@ or a stream's up to its first byte), `upstream_errors_total{lot,status}`, `ledge
 ledger call waiting for its thread), `holds_open`, `requests_in_flight`, `shed_total`
 (refused for overload), `in_flight_refused_total` (a key's or address's share reached),
 `connections_refused_total` (per address), `timeouts_total` (headers or body too slow),
-and `lot_open{lot}` (the circuit breaker: 1 while a lot is skipped).
+`lot_open{lot}` (the circuit breaker: 1 while a lot is skipped), and
+`ledger_group_commits_total` / `ledger_grouped_writes_total` (group commits of more than
+one ledger write, and the writes in them: writes ÷ commits is the mean group).
 """
 
 from __future__ import annotations
@@ -105,6 +107,14 @@ class _State(Collector):
                 "Connections refused: their address had its share open.",
                 value=self._guard.refused,
             )
+        yield CounterMetricFamily(
+            "promptex_gateway_ledger_group_commits",
+            "Group commits of more than one ledger write.",
+            value=gw.threads.groups,
+        )
+        yield CounterMetricFamily(
+            "promptex_gateway_ledger_grouped_writes", "Ledger writes committed in a group.", value=gw.threads.grouped
+        )
         lots = GaugeMetricFamily("promptex_gateway_lot_open", "1 while a lot's circuit is open.", labels=["lot"])
         for lot, is_open in gw.health.circuits():
             lots.add_metric([str(lot)], 1 if is_open else 0)

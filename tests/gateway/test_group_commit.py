@@ -1,0 +1,137 @@
+"""Group commit on the SQLite ledger (`LedgerThreads.run_grouped` with `Ledger.group`):
+writes queued while the ledger thread is busy share one transaction, each in a savepoint
+of its own — a balance covering K holds still holds exactly K, one write that raises is
+rolled back alone, and a group whose commit fails leaves nothing and runs each write
+alone. (A gateway killed with groups in flight: `test_holds_processes.py`.)"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from sqlalchemy import Connection
+
+from promptex.gateway.ledger_threads import LedgerThreads
+from promptex.ledger import Ledger
+from promptex.ledger.binding import sign
+from promptex.ledger.errors import InsufficientFunds
+from promptex.ledger.holds import ExtraTake, Reservation
+from promptex.ledger.models import Hold, HoldStatus
+from promptex.ledger.usage import UsageRecord
+
+from .conftest import event_id
+
+HOLD, K, QUEUED = 1_000, 10, 30
+BOOM = "boom"
+
+
+class Boom:
+    """An extra counter that fails after the hold took the payer's funds."""
+
+    name = BOOM
+
+    def take(self, conn: Connection, hold: Hold, amount: int) -> None:
+        raise RuntimeError("the extra failed after the funds were taken")
+
+    def settle(self, conn: Connection, hold: Hold, record: UsageRecord | None, late: bool) -> None: ...
+
+    def give_back(self, conn: Connection, hold: Hold) -> None: ...
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Iterator[tuple[Ledger, int]]:
+    """A SQLite ledger and an account whose balance covers exactly K holds."""
+    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", sqlite_synchronous="NORMAL")
+    ledger.holds.register(Boom())
+    account = ledger.create_account().id
+    wallet = Account.create()
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    ledger.credit_deposit(event_id(), wallet.address, "USDC", K * HOLD)
+    ledger.set_spend_cap(account, "USDC", K * HOLD)
+    yield ledger, account
+    ledger.check()
+    ledger.close()
+
+
+def _queued_together(
+    ledger: Ledger, account: int, grouper: Callable[[], AbstractContextManager[Any]]
+) -> tuple[LedgerThreads, list[object]]:
+    """QUEUED reserves (the 6th with the failing extra) queued while the one ledger thread
+    is held busy, so they reach it together; their outcomes in order."""
+    threads = LedgerThreads(1, grouper=grouper)
+    busy, free = threading.Event(), threading.Event()
+
+    def hold_the_thread() -> None:
+        busy.set()
+        free.wait(30)
+
+    async def run() -> list[object]:
+        blocker = asyncio.ensure_future(threads.run(hold_the_thread))
+        await asyncio.get_running_loop().run_in_executor(None, busy.wait, 30)
+        reserves = [
+            asyncio.ensure_future(
+                threads.run_grouped(
+                    ledger.holds.reserve,
+                    Reservation(f"req-{i}", account, "USDC", HOLD, 900, extras=(ExtraTake(BOOM, 1),) if i == 5 else ()),
+                )
+            )
+            for i in range(QUEUED)
+        ]
+        await asyncio.sleep(0)  # each is queued behind the busy thread now
+        free.set()
+        await blocker
+        return list(await asyncio.gather(*reserves, return_exceptions=True))
+
+    try:
+        return threads, asyncio.run(run())
+    finally:
+        threads.close()
+
+
+def _exactly_k_held(ledger: Ledger, account: int, outcomes: list[object]) -> None:
+    held = [o for o in outcomes if isinstance(o, Hold)]
+    assert [h.request_id for h in held] == [f"req-{i}" for i in (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)]
+    assert all(h.status == HoldStatus.ACTIVE for h in held)
+    assert isinstance(outcomes[5], RuntimeError)  # rolled back alone: its funds are not held
+    assert all(isinstance(o, InsufficientFunds) for o in outcomes[11:])
+    assert ledger.balance(account, "USDC").held == K * HOLD
+    assert ledger.holds.get("req-5") is None and ledger.holds.get("req-11") is None
+
+
+def test_group_commit__queued_reserves_share_one_commit__exactly_k_held__a_failing_one_rolled_back_alone(
+    book: tuple[Ledger, int],
+) -> None:
+    ledger, account = book
+    threads, outcomes = _queued_together(ledger, account, ledger.group)
+    assert (threads.groups, threads.grouped) == (1, QUEUED)  # one transaction for all of them
+    _exactly_k_held(ledger, account, outcomes)
+
+
+def test_group_commit__commit_fails__nothing_of_it_stays__each_runs_alone(book: tuple[Ledger, int]) -> None:
+    ledger, account = book
+    attempts = 0
+
+    @contextmanager
+    def failing_commit() -> Iterator[None]:
+        nonlocal attempts
+        attempts += 1
+        with ledger.group():
+            yield
+            raise OSError("disk full")  # inside the transaction: it rolls back
+
+    threads, outcomes = _queued_together(ledger, account, failing_commit)
+    assert (attempts, threads.groups) == (1, 0)
+    _exactly_k_held(ledger, account, outcomes)  # as if it had never been grouped: no hold twice
+
+
+def test_group_commit__groups_do_not_nest(book: tuple[Ledger, int]) -> None:
+    ledger, _ = book
+    with ledger.group(), pytest.raises(RuntimeError, match="do not nest"), ledger.group():
+        pass
