@@ -57,6 +57,7 @@ class Service:
     argv: list[str]
     url: str = ""
     ready: Callable[[], bool] | None = None  # None: running is ready
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
     process: subprocess.Popen[str] | None = field(default=None, repr=False)
 
 
@@ -143,7 +144,12 @@ class Supervisor:
     def start(self, service: Service, timeout: float = 60.0) -> None:
         console.print(f"[bold]▶ starting {service.name}[/bold]")
         service.process = subprocess.Popen(
-            service.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            service.argv,
+            env={**self.env, **service.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
         )
         self.services.append(service)
         threading.Thread(target=self._pipe, args=(service.name, service.process.stdout), daemon=True).start()
@@ -372,6 +378,26 @@ DEMO_SELLERS = {
     "listed": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
 }
 DEMO_FACE_VALUE_USD = "500"
+# Their keys: anvil's public development accounts 1 and 2, for their `seller finalize --watch`.
+DEMO_SELLER_KEYS = {
+    "tokenized": "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "listed": "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+}
+FINALIZE_WATCH_SECONDS = 30  # a close's delay is hours: a check every half minute is plenty
+
+
+def demo_finalizers() -> list[Service]:
+    """`promptex seller finalize --watch` for each demo seller, so a lot closed with
+    `promptex seller close` (or the dashboard) gives its bond back once the close delay is
+    over, as a seller's own long-running finalizer would."""
+    return [
+        Service(
+            f"finalize {kind}",
+            promptex_argv("seller", "finalize", "--watch", str(FINALIZE_WATCH_SECONDS)),
+            env={"PROMPTEX_SELLER_PRIVATE_KEY": DEMO_SELLER_KEYS[kind]},
+        )
+        for kind in DEMO_SELLERS
+    ]
 
 
 def open_demo_lots(supervisor: Supervisor, options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
@@ -544,6 +570,8 @@ def up(options: UpOptions) -> int:
             open_demo_lots(supervisor, options, rpc_url, load_deployment(network))
         made = None
         if ready:
+            for finalizer in demo_finalizers():  # the demo sellers' keys are anvil's
+                supervisor.start(finalizer)
             deployment = load_deployment(network)
             s = Settings()
             made = make_ready(rpc_url, deployment, options.state_dir, welcome_asset=s.welcome_credit_asset,

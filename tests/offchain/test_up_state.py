@@ -4,12 +4,24 @@ record before starting clean (a PostgreSQL ledger is refused: nothing to move)."
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from eth_account import Account
 
-from promptex.up import ANVIL_STATE, UpError, anvil_state_args, archive_market
+from promptex.up import (
+    ANVIL_STATE,
+    DEMO_SELLERS,
+    Service,
+    Supervisor,
+    UpError,
+    anvil_state_args,
+    archive_market,
+    demo_finalizers,
+)
 
 NOW = datetime(2026, 12, 6, 13, 45, 7, tzinfo=UTC)
 
@@ -59,3 +71,23 @@ def test_archive_market__postgresql_ledger__refused_before_moving_anything(tmp_p
     with pytest.raises(UpError, match="--fresh archives a SQLite ledger; this market's is postgresql"):
         archive_market(tmp_path / "market", "postgresql://u@h/db", tmp_path / "d.json", NOW)
     assert (tmp_path / "market").exists()
+
+
+def test_demo_finalizers__one_per_demo_seller_with_its_own_key_in_its_environment(tmp_path: Path) -> None:
+    """`promptex up` runs `seller finalize --watch` for each demo seller, signed with that
+    seller's key, which reaches the process and no other service."""
+    finalizers = demo_finalizers()
+    keys = {Account.from_key(f.env["PROMPTEX_SELLER_PRIVATE_KEY"]).address for f in finalizers}
+    assert keys == set(DEMO_SELLERS.values())
+    assert all(f.argv[-4:-1] == ["seller", "finalize", "--watch"] for f in finalizers)
+    out = tmp_path / "seen"
+    seen = "os.environ.get('PROMPTEX_SELLER_PRIVATE_KEY', '-')"
+    probe = f"import os, pathlib; pathlib.Path({str(out)!r}).write_text({seen})"
+    supervisor = Supervisor({"PATH": os.environ["PATH"]})
+    try:
+        supervisor.start(Service("probe", [sys.executable, "-c", probe], env=finalizers[0].env))
+        assert supervisor.services[0].process is not None and supervisor.services[0].process.wait(30) == 0
+    finally:
+        supervisor.stop_all()
+    assert out.read_text() == finalizers[0].env["PROMPTEX_SELLER_PRIVATE_KEY"]
+    assert "PROMPTEX_SELLER_PRIVATE_KEY" not in supervisor.env
