@@ -17,6 +17,7 @@ from eth_account import Account
 from web3 import Web3
 
 from promptex.chain.deployments import load_deployment
+from promptex.chain.sender import Call
 from promptex.cli.usage import usage_verify
 from promptex.coordinator import factory, service
 from promptex.coordinator.chain import Web3Chain
@@ -538,3 +539,6 @@ def test_coordinator__settle_reverted_then_orphaned__never_lands_once_its_record
     assert {store.record(r).status for r in (first, raced.spent_after)} == {"batched"}
     on_chain = world.vault.functions.balance_of(address, world.usdc.address).call()
     assert on_chain == 20 * USDC_UNIT - 3_000 == world.ledger.balance(account, "USDC").posted  # each debited once
+    # What the vault itself refuses: an epoch settled twice (any root), however it is sent.
+    again = Call("vault", "settle", (1, world.usdc.address, [], [], 0, 0, b"\x01" * 32))
+    assert world.chain.simulate(again) == "vault: epoch not consecutive"

@@ -515,8 +515,10 @@ class MarketMachine(RuleBasedStateMachine):
         buyer=buyers,
         amount=st.integers(1, 300),
         spend=st.booleans(),
-        # Two windows on a doomed branch only in the deep profile: the deep run on 0e0b844
-        # found a GPT balance the chain debited beyond the books after one (flaky, open).
+        # Two windows on a doomed branch only in the deep profile (CI's time): the deep run
+        # on 0e0b844 found a GPT balance the chain debited beyond the books after one: a
+        # settle that reverted on the doomed branch was re-sent and landed after its records
+        # were planned again. Fixed (coordinator: `_replace`; test_coordinator_anvil.py).
         settles=st.integers(0, 2 if DEEP else 1),
         other=st.integers(0, 300),
     )
