@@ -281,6 +281,15 @@ class Settings(BaseSettings):
     coordinator_poll_seconds: float = 2.0
     # How long a co-signed instant-exit release stays usable (seconds).
     coordinator_release_expiry_seconds: int = 600
+    # The coordinator's HTTP door (promptex.coordinator.door: wallet-signed instant exits and
+    # SessionKeys): where `promptex coordinator` serves it (port 0: not served; a port taken
+    # is logged and settlement goes on), how many requests a wallet may have answered per
+    # hour, and the URL commands and the dashboard post to (None: no door known — `promptex
+    # up` writes its door's URL into the market's profile).
+    coordinator_door_host: str = "127.0.0.1"
+    coordinator_door_port: int = 8086
+    coordinator_door_requests_per_hour: int = 6
+    coordinator_door_url: str | None = None
     # Leader lease: how long a pass's lease lasts, and this instance's name (None: host:pid).
     # A restarted instance with the same name takes its lease back at once.
     coordinator_lease_seconds: int = 30

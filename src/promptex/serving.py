@@ -50,13 +50,24 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """`with ServerThread(app) as server:` serves `app` on 127.0.0.1 until the block ends."""
+    """`with ServerThread(app) as server:` serves `app` (on 127.0.0.1 by default) until the block ends."""
 
-    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
-        self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", **options)
+    def __init__(
+        self,
+        app: Any,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        sockets: list[socket.socket] | None = None,
+        **options: Any,
+    ) -> None:
+        # Sockets bound beforehand (`listening_sockets`): a port already taken is the caller's
+        # OSError at once, not a uvicorn thread exiting on its own.
+        self.host = host
+        self.port = int(sockets[0].getsockname()[1]) if sockets else port or free_port()
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=lambda: self.server.run(sockets=sockets), daemon=True)
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -73,4 +84,4 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"

@@ -211,6 +211,7 @@ class UpOptions:
     dashboard_port: int = 8090
     state_dir: Path = Path("promptex-market")
     fresh: bool = False
+    door_port: int = 8086  # the coordinator's HTTP door (wallet-signed instant exits, SessionKeys)
 
 
 # ─── The market's state across restarts ──────────────────────────────────────
@@ -284,6 +285,7 @@ def market_profile(options: UpOptions, rpc_url: str, env: dict[str, str]) -> dic
             "dashboard_seller_base_urls": json.loads(env["PROMPTEX_DASHBOARD_SELLER_BASE_URLS"]),
             "agent_billing_url": env["PROMPTEX_AGENT_BILLING_URL"],
             "agent_fake_billing_port": options.billing_port,
+            "coordinator_door_url": door_url(options),
             # The local treasury is funded with test dollars (promptex.ready): $10 a new wallet.
             "welcome_credit_amount": LOCAL_WELCOME_CREDIT,
         },
@@ -293,8 +295,14 @@ def market_profile(options: UpOptions, rpc_url: str, env: dict[str, str]) -> dic
             "dashboard": f"http://{options.gateway_host}:{options.dashboard_port}/",
             "upstream": f"http://127.0.0.1:{options.upstream_port}/v1",
             "billing": f"http://127.0.0.1:{options.billing_port}",
+            "door": door_url(options),
         },
     }
+
+
+def door_url(options: UpOptions) -> str:
+    """The coordinator's door, on the loopback address (it signs releases: never public by default)."""
+    return f"http://127.0.0.1:{options.door_port}"
 
 
 def write_profile(state_dir: Path, profile: dict[str, object]) -> Path:
@@ -470,7 +478,12 @@ def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
     dashboard = f"http://{options.gateway_host}:{options.dashboard_port}"
     return [
         Service("indexer", promptex_argv("indexer"), url=rpc_url),
-        Service("coordinator", promptex_argv("coordinator"), url=rpc_url),
+        Service(
+            "coordinator",
+            promptex_argv("coordinator"),
+            url=door_url(options),
+            ready=lambda: http_answers(f"{door_url(options)}/v1/health"),
+        ),
         Service(
             "upstream",
             promptex_argv("fake-upstream", "--port", str(options.upstream_port)),
@@ -545,6 +558,10 @@ def up(options: UpOptions) -> int:
         env["PROMPTEX_DASHBOARD_SELLER_BASE_URLS"] = json.dumps([*Settings().dashboard_seller_base_urls, fake])
         env["PROMPTEX_DASHBOARD_GATEWAY_URL"] = f"http://127.0.0.1:{options.gateway_port}"
         env["APE_FOUNDRY_HOST"] = rpc_url
+        if http_answers(f"{door_url(options)}/v1/health"):
+            raise UpError(f"something already answers on {door_url(options)}: pass --door-port")
+        env["PROMPTEX_COORDINATOR_DOOR_HOST"] = "127.0.0.1"
+        env["PROMPTEX_COORDINATOR_DOOR_PORT"] = str(options.door_port)
         # RedemptionEscrow trusts the local fake billing API's key for anthropic receipts.
         signer = f"anthropic={local_billing_signer()}"
         attestor = local_attestor(env)

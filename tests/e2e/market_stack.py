@@ -213,6 +213,7 @@ class Services:
             "PROMPTEX_COORDINATOR_POLL_SECONDS": "0.2",
             "PROMPTEX_COORDINATOR_TX_TIMEOUT_SECONDS": "10",
             "PROMPTEX_COORDINATOR_LEASE_SECONDS": "2",  # a killed coordinator's lease ends soon
+            "PROMPTEX_COORDINATOR_DOOR_PORT": "0",  # no HTTP door: stacks run side by side
         }
         env.update(values)
         return env

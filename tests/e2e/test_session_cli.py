@@ -1,6 +1,7 @@
 """`promptex session create|show|revoke` on the test chain, the wallet a test account
-signing through ape: `--direct` registers the session key from the wallet, the default
-queues the wallet-signed SessionKey with the coordinator's relay; `revoke` ends it."""
+signing through ape: `--direct` registers the session key from the wallet; `revoke` ends it.
+The default, posting the wallet-signed SessionKey to the coordinator's door, is in
+test_door_cli.py."""
 
 from pathlib import Path
 
@@ -9,8 +10,6 @@ from click.testing import CliRunner
 from promptex.buyerside.sessions import load
 from promptex.chain.deploy import contract_at
 from promptex.cli import main
-from promptex.coordinator.store import CoordinatorStore
-from promptex.ledger import Ledger
 
 DIRECT, RELAYED = "TEST::3", "TEST::4"
 
@@ -37,23 +36,3 @@ def test_session__create_direct_show_revoke__on_chain(promptex_cli, chain_market
     revoked = promptex_cli("session", "revoke", "--asset", "USDC", "--account", DIRECT)
     assert revoked.exit_code == 0, revoked.output
     assert vault.session_key(accounts[3], usdc)[6] > 0  # ends_at: the close of the next window
-
-
-def test_session__create__queued_with_the_coordinators_relay(
-    promptex_cli, chain_market, accounts, tmp_path: Path, monkeypatch
-) -> None:
-    ledger_url = f"sqlite:///{tmp_path}/ledger.sqlite3"
-    with Ledger.open(ledger_url, sqlite_synchronous="NORMAL"):
-        pass  # migrated
-    monkeypatch.setenv("PROMPTEX_LEDGER_URL", ledger_url)
-    created = promptex_cli(
-        "session", "create", "--maximum", "2.5", "--session", str(tmp_path / "s.json"), "--account", RELAYED
-    )
-    assert created.exit_code == 0, created.output
-    assert "queued for the coordinator" in created.output
-    grant = load(tmp_path / "s.json")
-    with Ledger.open(ledger_url, sqlite_synchronous="NORMAL") as ledger:
-        (queued,) = CoordinatorStore(ledger.engine).session_keys()
-    assert (queued.address, queued.key, queued.maximum, queued.signature) == (
-        accounts[4].address, grant.key, 2_500_000, grant.signature,
-    )  # fmt: skip

@@ -32,7 +32,8 @@ class Up:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "promptex.cli", "up", "--chain-port", str(ports["chain"]),
              "--gateway-port", str(ports["gateway"]), "--upstream-port", str(ports["upstream"]),
-             "--billing-port", str(ports["billing"]), "--dashboard-port", str(ports["dashboard"]), *extra],
+             "--billing-port", str(ports["billing"]), "--dashboard-port", str(ports["dashboard"]),
+             "--door-port", str(ports["door"]), *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         threading.Thread(target=lambda: self.output.extend(self.process.stdout), daemon=True).start()  # type: ignore[arg-type]
@@ -60,7 +61,7 @@ def _contract(w3: Web3, root: Path, name: str) -> Any:
 
 
 def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts_on_the_same_chain(tmp_path):
-    ports = {name: free_port() for name in ("chain", "gateway", "upstream", "billing", "dashboard")}
+    ports = {name: free_port() for name in ("chain", "gateway", "upstream", "billing", "dashboard", "door")}
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     env = dict(os.environ)
     env.update(
@@ -91,6 +92,9 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         config = httpx.get(f"{dashboard}/api/config", timeout=5).json()
         assert config["chain_id"] == 31337 and f":{ports['chain']}" not in json.dumps(config)  # node URL kept back
         assert "<title>" in httpx.get(f"{dashboard}/", timeout=5).text  # the built front end
+        door = f"http://127.0.0.1:{ports['door']}"  # the coordinator's door, in the profile for every command
+        assert httpx.get(f"{door}/v1/health", timeout=5).json() == {"ok": True}
+        assert json.loads((tmp_path / "market/profile.json").read_text())["settings"]["coordinator_door_url"] == door
         up.wait_for("agent address 0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f", 60)  # anvil account 8, running
 
         # A deposit the indexer credits, and the seeded lots: both must outlive a restart.

@@ -1,5 +1,6 @@
 """`promptex coordinator [--once]` and `promptex coordinator release`: the settlement
-service (built by `coordinator.factory` from the settings) and its instant-exit co-signature."""
+service (built by `coordinator.factory` from the settings), with its HTTP door for wallets
+(`coordinator.door`, served beside the passes), and its instant-exit co-signature."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, settings
 
 if TYPE_CHECKING:
+    from promptex.coordinator.door import Door
     from promptex.coordinator.service import Coordinator
 
 
@@ -23,6 +25,12 @@ def _coordinator() -> Coordinator:
         return factory.make_coordinator(settings())
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def factory_door(coord: Coordinator) -> Door:
+    from promptex.coordinator import factory
+
+    return factory.make_door(settings(), coord)
 
 
 @click.group("coordinator", invoke_without_command=True)
@@ -57,7 +65,16 @@ def coordinator(ctx: click.Context, once: bool) -> None:
             )
         )
         return
-    serve(coord, s.coordinator_poll_seconds)
+    door = None
+    if s.coordinator_door_port:
+        from promptex.coordinator.door import serve_door
+
+        door = serve_door(factory_door(coord), s.coordinator_door_host, s.coordinator_door_port)
+    try:
+        serve(coord, s.coordinator_poll_seconds)
+    finally:
+        if door is not None:
+            door.__exit__()
 
 
 @coordinator.command("release")

@@ -2,8 +2,9 @@
 
 `create` makes a fresh session key, has the wallet sign its EIP-712 SessionKey through the
 ape account (`--account`, like `promptex wallet`) and writes the grant file `promptex proxy`
-reads; the coordinator relays the signed SessionKey to the vault (`register_session_key`),
-or `--direct` has the wallet register it itself (`set_session_key`, a transaction).
+reads; the signed SessionKey is posted to the coordinator's door (its URL is in the market's
+profile), whose relay registers it on the vault (`register_session_key`), or `--direct` has
+the wallet register it itself (`set_session_key`, a transaction).
 `show` reads the grant and its voucher logs; `revoke` ends the session on chain (at the
 close of the next window).
 """
@@ -19,24 +20,16 @@ from ape.cli import network_option
 
 from promptex.buyerside.sessions import GrantError, SessionGrant, WalletSigner, load, new_grant, save
 from promptex.buyerside.voucherlog import VoucherLog
+from promptex.cli import door
 from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.cli.proxy import describe_stop, grant_path, session_file_option
 from promptex.cli.wallet import LOCAL_NODE, Session, account_option, chain_time, units, whole, yes_option
-from promptex.config import settings
 
 
 def ape_signer(account: Any) -> WalletSigner:
     """EIP-712 typed data signed by an ape account (a keyfile asks for its passphrase)."""
-    from eth_account.messages import encode_typed_data
-
-    def sign(typed: dict[str, Any]) -> bytes:
-        signature = account.sign_message(encode_typed_data(full_message=typed))
-        if signature is None:
-            raise click.ClickException("the wallet did not sign the SessionKey")
-        return bytes(signature.encode_rsv())
-
-    return sign
+    return lambda typed: door.sign_typed_data(account, typed)
 
 
 def _vault_with_sessions(session: Session) -> Any:
@@ -85,6 +78,8 @@ def session_create(
 
     path = grant_path(session_file)
     with readable_errors():
+        if not direct:
+            door.door_url()  # the relay's door is known, before the wallet signs anything
         wallet = Session(network, alias, yes)
         vault = _vault_with_sessions(wallet)
         token = wallet.token(symbol)
@@ -104,10 +99,7 @@ def session_create(
         if direct:
             vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)
         else:
-            from promptex.coordinator import factory
-            from promptex.coordinator.store import CoordinatorStore
-
-            grant.relay(CoordinatorStore(factory.ledger_engine(settings())), int(time.time()))
+            door.submit_session_key(grant.message(), grant.signature)
     click.echo(describe(grant))
     click.echo(f"written to {path} (the session key's private key: keep it like the maximum it can spend)")
     if direct:

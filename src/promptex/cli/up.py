@@ -15,6 +15,13 @@ import click
 @click.option("--upstream-port", default=9000, show_default=True, type=int, help="the fake upstreams' port")
 @click.option("--billing-port", default=9100, show_default=True, type=int, help="the fake billing API's port")
 @click.option("--dashboard-port", default=8090, show_default=True, type=int, help="the web dashboard's port")
+@click.option(
+    "--door-port",
+    default=8086,
+    show_default=True,
+    type=int,
+    help="the coordinator's door (exits, sessions)",
+)
 @click.option("--no-seed", is_flag=True, help="do not open the seed pools")
 @click.option(
     "--state",
@@ -34,6 +41,7 @@ def up_command(
     upstream_port: int,
     billing_port: int,
     dashboard_port: int,
+    door_port: int,
     no_seed: bool,
     state_dir: Path | None,
     fresh: bool,
@@ -45,6 +53,6 @@ def up_command(
 
     options = UpOptions(
         rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed, billing_port=billing_port,
-        dashboard_port=dashboard_port, state_dir=state_dir or settings().up_state_dir, fresh=fresh,
+        dashboard_port=dashboard_port, state_dir=state_dir or settings().up_state_dir, fresh=fresh, door_port=door_port,
     )  # fmt: skip
     raise SystemExit(up(options))

@@ -340,31 +340,57 @@ def complete_withdraw(
 
 
 @wallet_command("exit-instant")
+@click.argument("symbol", required=False)
+@click.argument("amount", required=False)
 @click.option(
-    "--release", "release_file", required=True, type=click.File(), help="the JSON of `promptex coordinator release`"
-)
+    "--release", "release_file", default=None, type=click.File(),
+    help="use this release (the JSON of `promptex coordinator release`) instead of asking the coordinator's door",
+)  # fmt: skip
 @click.option("--min-out", default=None, help="provider tokens: least USDC to accept for the sale")
-def exit_instant(network: Any, alias: str | None, yes: bool, release_file: Any, min_out: str | None) -> Done:
-    """Leave the vault at once with a release the coordinator co-signed (no thaw)."""
-    try:
-        release = json.load(release_file)
-        symbol, amount = str(release["asset"]), int(release["amount"])
-        nonce, expiry = int(release["nonce"]), int(release["expiry"])
-        signature = bytes.fromhex(str(release["signature"]).removeprefix("0x"))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise click.BadParameter(f"not a release: {exc}", param_hint="--release") from None
+def exit_instant(
+    network: Any, alias: str | None, yes: bool, symbol: str | None, amount: str | None, release_file: Any,
+    min_out: str | None,
+) -> Done:  # fmt: skip
+    """Leave the vault at once (no thaw): your wallet signs a request for AMOUNT (whole units)
+    of SYMBOL to the coordinator's door, which co-signs a release if the amount is free of
+    unsettled usage; the release is used at once. Or use a release FILE (--release)."""
+    if (release_file is None) == (symbol is None) or (symbol is None) != (amount is None):
+        raise click.UsageError("give SYMBOL AMOUNT (e.g. `exit-instant USDC 12.5`) or --release FILE, not both")
+    asked = units(amount, symbol) if symbol and amount else 0
+    release: dict[str, Any] = {}
+    if release_file is not None:
+        try:
+            release = json.load(release_file)
+        except ValueError as exc:
+            raise click.BadParameter(f"not a release: {exc}", param_hint="--release") from None
     least = units(min_out, "USDC") if min_out else 0
     with readable_errors():
         session = Session(network, alias, yes)
+        vault = session.contract("CreditsVault")
+        if symbol is not None:
+            from ape import chain
+
+            from promptex.cli import door
+
+            token = session.token(symbol)
+            release = door.request_exit(
+                session.account, chain_id=int(chain.chain_id), vault=str(vault.address), asset=str(token.address),
+                amount=asked, chain_now=chain_time(),
+            )  # fmt: skip
+        try:
+            symbol, released = str(release["asset"]), int(release["amount"])
+            nonce, expiry = int(release["nonce"]), int(release["expiry"])
+            signature = bytes.fromhex(str(release["signature"]).removeprefix("0x"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise click.BadParameter(f"not a release: {exc}", param_hint="--release") from None
         if str(release.get("address", "")).lower() != session.account.address.lower():
             raise ValueError(f"this release is for {release.get('address')}, not {session.account.address}")
-        vault = session.contract("CreditsVault")
         receipt = vault.exit_instant(
-            session.token(symbol), amount, least, nonce, expiry, signature, sender=session.account
+            session.token(symbol), released, least, nonce, expiry, signature, sender=session.account
         )
         return Done(
-            [f"left the vault with {whole(amount, symbol)} at once"],
-            {"asset": symbol.upper(), "amount_units": str(amount), "nonce": nonce, "min_out_units": str(least),
+            [f"left the vault with {whole(released, symbol)} at once"],
+            {"asset": symbol.upper(), "amount_units": str(released), "nonce": nonce, "min_out_units": str(least),
              "tx": tx_hash(receipt)},
         )  # fmt: skip
 

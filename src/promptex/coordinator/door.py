@@ -42,6 +42,7 @@ from promptex.coordinator.service import Coordinator
 from promptex.coordinator.store import ReleaseRefused
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.units import money
+from promptex.serving import ServerThread, listening_sockets
 from promptex.throttle import Throttle
 
 log = logging.getLogger("promptex.coordinator.door")
@@ -189,3 +190,17 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Refused(400, "malformed_json", "the body must be a JSON object")
     return data
+
+
+def serve_door(door: Door, host: str, port: int) -> ServerThread | None:
+    """Serve the door in a background thread of this process; None (logged) when its port is
+    taken: the coordinator's settlement must not stop for its door."""
+    try:
+        sockets = listening_sockets(host, port, 1)
+    except OSError as exc:
+        log.error("the door cannot listen on %s:%d (%s): no instant exits or SessionKeys by HTTP", host, port, exc)
+        return None
+    server = ServerThread(door.app(), host=host, sockets=sockets)
+    server.__enter__()
+    log.info("door on %s (POST /v1/exits, POST /v1/session-keys)", server.url)
+    return server

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from promptex.coordinator.chain import Web3Chain
+    from promptex.coordinator.door import Door
     from promptex.coordinator.service import Coordinator
 
 ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev account 0
@@ -69,3 +70,13 @@ def make_coordinator(s: Settings) -> Coordinator:
         quarantine_retry=s.coordinator_quarantine_retry_seconds,
         quarantine_refund=s.coordinator_quarantine_refund_seconds,
     )
+
+
+def make_door(s: Settings, coordinator: Coordinator) -> Door:
+    """The coordinator's HTTP door over `coordinator`, for the deployment it settles on."""
+    from promptex.chain.deployments import load_deployment
+    from promptex.coordinator.door import WINDOW_SECONDS, Door
+    from promptex.coordinator.requests import Place
+
+    place = Place.of(load_deployment(s.coordinator_network))
+    return Door(coordinator, place, limit=s.coordinator_door_requests_per_hour, window=WINDOW_SECONDS)

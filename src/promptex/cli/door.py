@@ -1,0 +1,80 @@
+"""How commands reach the coordinator's HTTP door (`promptex.coordinator.door`): its URL
+from the settings (the market's profile: `promptex up` writes it), the wallet's EIP-712
+signature through its ape account, and each refusal as one line (a ValueError, which
+`readable_errors` prints as the door worded it: amounts in whole units)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from promptex.config import settings
+
+NO_DOOR = (
+    "no coordinator door known: run `promptex up` (it starts one and writes its URL into the market's profile) "
+    "or set PROMPTEX_COORDINATOR_DOOR_URL to a running `promptex coordinator`'s door"
+)
+EXIT_REQUEST_SECONDS = 300  # a signed ExitRequest is answered until then (chain time)
+
+
+class DoorError(ValueError):
+    """The door refused, or did not answer; the message says why and what to do."""
+
+
+def door_url() -> str:
+    url = settings().coordinator_door_url
+    if not url:
+        raise DoorError(NO_DOOR)
+    return url.rstrip("/")
+
+
+def call(method: str, path: str, *, body: dict[str, Any] | None = None, params: dict[str, str] | None = None) -> Any:
+    """The door's JSON answer, or DoorError with its reason."""
+    url = door_url()
+    try:
+        answer = httpx.request(method, f"{url}{path}", json=body, params=params, timeout=30.0)
+    except httpx.HTTPError:
+        raise DoorError(
+            f"the coordinator's door does not answer at {url}: is `promptex up` (or `promptex coordinator`) running?"
+        ) from None
+    try:
+        data = answer.json()
+    except ValueError:
+        data = None
+    if answer.status_code >= 400:
+        error = data.get("error") if isinstance(data, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        raise DoorError(f"the coordinator refused: {message or f'HTTP {answer.status_code}'}")
+    return data
+
+
+def sign_typed_data(account: Any, typed: dict[str, Any]) -> bytes:
+    """EIP-712 typed data signed by an ape account (a keyfile asks for its passphrase)."""
+    from eth_account.messages import encode_typed_data
+
+    signature = account.sign_message(encode_typed_data(full_message=typed))
+    if signature is None:
+        raise DoorError(f"the wallet did not sign the {typed['primaryType']}")
+    return bytes(signature.encode_rsv())
+
+
+def request_exit(account: Any, *, chain_id: int, vault: str, asset: str, amount: int, chain_now: int) -> Any:
+    """Ask the door for an instant exit of `amount` of `asset` (an address), signed by the
+    wallet `account`: its release (`promptex coordinator release`'s JSON)."""
+    from promptex.protocol.vault import typed_data
+
+    address = str(account.address)
+    nonce = int(call("GET", "/v1/exits/nonce", params={"account": address})["nonce"])
+    message = {"account": address, "asset": asset, "amount": amount, "nonce": nonce,
+               "expiry": chain_now + EXIT_REQUEST_SECONDS}  # fmt: skip
+    signature = sign_typed_data(account, typed_data("ExitRequest", chain_id=chain_id, vault=vault, message=message))
+    answer = call("POST", "/v1/exits", body={**message, "amount": str(amount), "signature": "0x" + signature.hex()})
+    return answer["release"]
+
+
+def submit_session_key(message: dict[str, Any], signature: str) -> Any:
+    """Queue a wallet-signed SessionKey with the coordinator's relay through its door."""
+    return call(
+        "POST", "/v1/session-keys", body={**message, "maximum": str(message["maximum"]), "signature": signature}
+    )
