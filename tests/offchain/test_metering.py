@@ -335,3 +335,19 @@ def test_split_usdc_charge__any_total__parts_sum_to_total(total, fee_bps):
     assert seller + fee == total
     assert seller >= 0 and fee >= 0
     assert seller * (BPS + fee_bps) <= total * BPS
+
+
+@given(rate, rate, st.one_of(st.none(), rate), st.one_of(st.none(), rate), st.one_of(st.none(), rate), usages)
+def test_usage_cost_and_upper_bound__integer_form__equal_to_the_fractions(i, o, read, write, hour, usage):
+    """Costs are computed in integers over one denominator (the gateway's hot path): the
+    same numbers as the exact rationals, rounded up once."""
+    rates = Rates("CREDIT", i, o, read, write, hour)
+    exact = exact_usage_cost(rates, usage)
+    assert usage_cost(rates, usage) == -(-exact.numerator // exact.denominator)
+    for writes in (False, True):
+        rate_in = max(rates.input_per_1k, rates.cache_read)
+        if writes:
+            rate_in = max(rate_in, rates.cache_write, rates.cache_write_1h)
+        bound = (rate_in * usage.input_tokens + o * usage.output_tokens) / 1_000
+        expected = -(-bound.numerator // bound.denominator)
+        assert upper_bound(rates, usage.input_tokens, usage.output_tokens, cache_writes=writes) == expected

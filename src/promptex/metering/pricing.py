@@ -20,9 +20,11 @@ cost` quotes it, so a quote is what settles.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 from promptex.metering.assets import asset, provider_token, token_by_symbol
 from promptex.metering.catalog import ModelPrice
@@ -62,6 +64,17 @@ class Rates:
             times(self.cache_write_per_1k),
             times(self.cache_write_1h_per_1k),
         )
+
+    @cached_property
+    def over_common_denominator(self) -> tuple[int, int, int, int, int, int]:
+        """(input, output, cache read, cache write, 1-hour cache write, denominator): every
+        rate as an integer over one denominator, so a cost is integer arithmetic and one
+        division, exactly the same as with the fractions (which cost a request ~0.1 ms
+        of CPU in the gateway's profile). Computed once per `Rates` (the gateway keeps them)."""
+        rates = (self.input_per_1k, self.output_per_1k, self.cache_read, self.cache_write, self.cache_write_1h)
+        denominator = math.lcm(*(rate.denominator for rate in rates))
+        i, o, r, w, w1h = (rate.numerator * (denominator // rate.denominator) for rate in rates)
+        return i, o, r, w, w1h, denominator
 
     @property
     def cache_read(self) -> Fraction:
@@ -113,8 +126,17 @@ def exact_usage_cost(rates: Rates, usage: TokenUsage) -> Fraction:
 
 
 def usage_cost(rates: Rates, usage: TokenUsage) -> int:
-    """`exact_usage_cost` rounded up once, in smallest units."""
-    return _round_up(exact_usage_cost(rates, usage))
+    """`exact_usage_cost` rounded up once, in smallest units (in integers: see
+    `Rates.over_common_denominator`)."""
+    i, o, r, w, w1h, denominator = rates.over_common_denominator
+    total = (
+        i * usage.uncached_input_tokens
+        + r * usage.cache_read_tokens
+        + w * usage.cache_write_5m_tokens
+        + w1h * usage.cache_write_1h_tokens
+        + o * usage.output_tokens
+    )
+    return -(-total // (denominator * TOKENS_PER_RATE))
 
 
 def upper_bound(rates: Rates, input_tokens: int, output_tokens: int, *, cache_writes: bool = False) -> int:
@@ -125,10 +147,9 @@ def upper_bound(rates: Rates, input_tokens: int, output_tokens: int, *, cache_wr
     is meant to be below the input rate, but the bound does not rely on it)."""
     if input_tokens < 0 or output_tokens < 0:
         raise PricingError("token counts cannot be negative")
-    input_rate = max(rates.input_per_1k, rates.cache_read)
-    if cache_writes:
-        input_rate = max(input_rate, rates.cache_write, rates.cache_write_1h)
-    return _round_up((input_rate * input_tokens + rates.output_per_1k * output_tokens) / TOKENS_PER_RATE)
+    i, o, r, w, w1h, denominator = rates.over_common_denominator  # integers: as exact as the fractions
+    input_rate = max(i, w, w1h, r) if cache_writes else max(i, r)
+    return -(-(input_rate * input_tokens + o * output_tokens) // (denominator * TOKENS_PER_RATE))
 
 
 def list_rates(price: ModelPrice) -> Rates:
