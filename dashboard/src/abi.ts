@@ -15,6 +15,7 @@ export const mockUsdcAbi = parseAbi(["function mint(address owner, uint256 amoun
 export const vaultAbi = parseAbi([
   "function deposit(address asset, uint256 amount)",
   "function request_exit(address asset, uint256 amount) returns (uint256)",
+  "function exit_instant(address asset, uint256 amount, uint256 min_out, uint256 nonce, uint256 expiry, bytes signature) returns (uint256)",
   "function cancel_exit(address asset)",
   "function complete_exit(address asset, uint256 min_out, bool sell) returns (uint256)",
   "function claim(address asset) returns (uint256)",

@@ -1,5 +1,6 @@
 // The dashboard server's JSON endpoints, and the user's API key (kept in this tab only).
 import type { Address, Hex } from "viem";
+import type { Release } from "./exit";
 
 export interface AssetInfo {
   symbol: string;
@@ -305,6 +306,11 @@ export const api = {
   /** Queue a wallet-signed SessionKey with the coordinator's relay (signed mode, issue 23). */
   sessionKey: (form: { account: Address; asset: string; key: Address; lanes: number; maximum: string; expiry: string; nonce: string; signature: Hex }) =>
     call<{ queued: number; account: Address; asset: string; nonce: number }>("/api/session-keys", { method: "POST", body: JSON.stringify(form) }, true),
+  /** The coordinator's door, through this server (issue 21): the wallet's next ExitRequest nonce, and a
+   *  wallet-signed ExitRequest → the release the coordinator co-signed. No API key: the signature is the credential. */
+  exitNonce: (account: Address) => call<{ account: Address; nonce: number }>(`/api/exits/nonce?account=${account}`),
+  requestExit: (body: Record<string, string>) =>
+    call<{ release: Release; message: string }>("/api/exits", { method: "POST", body: JSON.stringify(body) }),
   usageTotals: () => call<UsageTotals>("/api/usage-totals", {}, true),
   /** Every usage record as CSV text (the key's own), for a download. */
   usageCsv: async (): Promise<{ text: string; filename: string }> => {

@@ -403,6 +403,18 @@ try {
   result.buy_back_rate = await page.locator("[data-buyback=GEM]").getAttribute("data-rate-units");
   step("buy-back: 2 unbacked GEM sold to the insurance fund at its rate in USD", { rate: await status("[data-buyback-rate=GEM]") });
 
+  // Instant exit: the wallet signs a request, the coordinator's door co-signs a release of an
+  // amount free of unsettled usage, the wallet sends it (no thaw). A fresh page: the form is
+  // not redrawn under the typing.
+  await page.reload();
+  await waitText("tr[data-asset=USDC] [data-balance=vault]", /\d/);
+  await page.fill("input[data-amount=USDC]", "1");
+  const walletBeforeInstant = await walletUsdc();
+  await page.click("button[data-action=instant-exit][data-asset=USDC]");
+  await waitText("#portfolio-status", /Instant exit of 1\.00 USDC: confirmed/);
+  if ((await walletUsdc()) - walletBeforeInstant !== 1_000_000n) throw new Error("the instant exit did not pay 1 USDC");
+  step("instant exit: the wallet's request, the coordinator's release, sent");
+
   // ─── Redemption: link on chain, grant (rejected, then signed), rule, history, revoke ─
   const escrowAddress = config.contracts.RedemptionEscrow;
   await page.goto(`${DASHBOARD}/#/redemption`);

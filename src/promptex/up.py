@@ -58,6 +58,7 @@ class Service:
     url: str = ""
     ready: Callable[[], bool] | None = None  # None: running is ready
     env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
+    deferred: bool = False  # ready is awaited after the later services started (`await_ready`)
     process: subprocess.Popen[str] | None = field(default=None, repr=False)
 
 
@@ -153,6 +154,11 @@ class Supervisor:
         )
         self.services.append(service)
         threading.Thread(target=self._pipe, args=(service.name, service.process.stdout), daemon=True).start()
+        if not service.deferred:
+            self.await_ready(service, timeout)
+
+    def await_ready(self, service: Service, timeout: float = 60.0) -> None:
+        assert service.process is not None
         deadline = time.monotonic() + timeout
         while service.ready is not None and not service.ready():
             if service.process.poll() is not None:
@@ -478,11 +484,12 @@ def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
     dashboard = f"http://{options.gateway_host}:{options.dashboard_port}"
     return [
         Service("indexer", promptex_argv("indexer"), url=rpc_url),
-        Service(
+        Service(  # its door is awaited once the rest started (its chain check runs meanwhile)
             "coordinator",
             promptex_argv("coordinator"),
             url=door_url(options),
             ready=lambda: http_answers(f"{door_url(options)}/v1/health"),
+            deferred=True,
         ),
         Service(
             "upstream",
@@ -581,8 +588,12 @@ def up(options: UpOptions) -> int:
         if new_market:
             console.print("[bold]▶ a day of TWAP history (the local clock advanced with Oracle updates)[/bold]")
             seed_twap_history(rpc_url, load_deployment(network))
-        for service in plan_services(options, rpc_url):
+        services = plan_services(options, rpc_url)
+        for service in services:
             supervisor.start(service)
+        for service in services:
+            if service.deferred:
+                supervisor.await_ready(service)
         if new_market:
             open_demo_lots(supervisor, options, rpc_url, load_deployment(network))
         made = None

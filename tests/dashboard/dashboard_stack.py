@@ -29,7 +29,9 @@ from promptex.agent.service import Agent
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.config import Settings
 from promptex.coordinator.chain import Web3Chain
+from promptex.coordinator.door import Door
 from promptex.coordinator.factory import ANVIL_KEY_0
+from promptex.coordinator.requests import Place
 from promptex.coordinator.service import Coordinator
 from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
@@ -177,6 +179,8 @@ def market_stack(work: Path, market: tuple[str, Path]) -> Iterator[Stack]:
             ServerThread(create_gateway(settings, ledger=ledger)) as gateway,
             Stepper("indexer", indexer.catch_up, 0.3) as indexing,
             Stepper("coordinator", coordinator.run_once, 0.5) as settling,
+            # The coordinator's door, served beside its passes as `promptex coordinator` does.
+            ServerThread(Door(coordinator, Place.of(deployment)).app()) as door,
             Stepper("agent", stack.agent.run_once, 0.5) as redeeming,
         ):
             options = DashboardOptions(
@@ -187,7 +191,11 @@ def market_stack(work: Path, market: tuple[str, Path]) -> Iterator[Stack]:
                 deployments_dir=deployments,
             )
             dashboard_settings = settings.model_copy(
-                update={"agent_billing_url": billing.url, "dashboard_seller_base_urls": [upstream.url + "/v1"]}
+                update={
+                    "agent_billing_url": billing.url,
+                    "dashboard_seller_base_urls": [upstream.url + "/v1"],
+                    "coordinator_door_url": door.url,
+                }
             )
             with ServerThread(create_app(dashboard_settings, options, ledger=ledger)) as dashboard:
                 stack.dashboard_url, stack.gateway_url = dashboard.url, gateway.url

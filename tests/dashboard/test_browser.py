@@ -4,7 +4,8 @@ forwarding to anvil's unlocked accounts. The script (dashboard/tests/browser.mjs
 (after a wrong network), deposits, swaps (and a multi-hop quote), obtains an API key by
 signing, sets a spend cap, runs a streamed prompt and reads its metered cost, verifies the
 usage record's Merkle proof against the root on chain, requests, then completes, a
-withdrawal, and onboards a seller's capacity as a lot the gateway then routes through; a
+withdrawal, leaves with an instant exit the coordinator's door co-signed, and onboards a
+seller's capacity as a lot the gateway then routes through; a
 rejected signature, an insufficient balance, exceeded slippage, a refused upstream key and
 an unapproved bond each show a readable message and change nothing. Here the outcome is checked again from the ledger
 and the chain.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 from dashboard_stack import leave_unbacked, market_stack, open_billing_account, seed_org
+from sqlalchemy import select
 
 from anvil_node import ROOT
 from human_units import assert_human
@@ -30,6 +32,7 @@ from promptex.coordinator.store import CoordinatorStore
 from promptex.gateway.schema import api_keys
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
+from promptex.ledger.schema import releases
 from promptex.protocol.units import USD_MICRO as USD
 from promptex.protocol.units import money
 from promptex.sealing.envelope import load_master_keys
@@ -119,7 +122,8 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         expected_steps = (
             "connect", "deposit", "swap", "add liquidity:", "remove half", "prompt", "verify usage proof",
             "request withdrawal", "sell CLD from the vault", "sold 10 CLD from the vault", "buy-back: 2 unbacked GEM",
-            "grant the agent", "auto-topup rule fired", "switch the rule off", "revoke the grant",
+            "instant exit: the wallet's request", "grant the agent", "auto-topup rule fired", "switch the rule off",
+            "revoke the grant",
             "enterprise desk:",
             "hedge: provide", "open a long", "a second account writes", "buy 2 units", "close the long",
             "sell: onboarding opened a listed lot", "market: TWAP chart",
@@ -167,7 +171,8 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         assert signed is not None and (signed.mode, signed.voucher_session, signed.voucher_lane) == ("signed", 0, 0)
         assert 0 < signed.cost <= signed.voucher_ceiling <= 5 * USD
 
-        # On chain: 100 deposited, 10 withdrawn after the thaw, nothing pending; 10 CLD sold from the vault
+        # On chain: 100 deposited, 10 withdrawn after the thaw, 1 at once with the release the coordinator's
+        # door co-signed, nothing pending; 10 CLD sold from the vault
         # for at least the minimum the page showed, credited in USDC; the capped request settled, the signed
         # one settled too or not yet (its lane settles in a later window).
         cld = stack.deployment.address("token:CLD")
@@ -180,7 +185,12 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
         proceeds = int(result["exit_sale"]["proceeds"])
         assert proceeds >= int(result["exit_sale"]["min_out"]) > 0
         left = vault.functions.balance_of(user, usdc).call() - proceeds
-        assert left in (90 * 10**6 - record.cost, 90 * 10**6 - record.cost - signed.cost)
+        assert left in (89 * 10**6 - record.cost, 89 * 10**6 - record.cost - signed.cost)
+        assert vault.functions.release_nonce(user).call() == 1
+        with stack.ledger.engine.connect() as conn:  # the release: locked until the coordinator sees it used
+            [(amount, state)] = conn.execute(select(releases.c.amount, releases.c.status).where(
+                releases.c.address == user)).all()  # fmt: skip
+        assert int(amount) == 10**6 and state in ("active", "used")
 
         # The buy-back: 2 of the unbacked GEM the user held sold to the fund in the page, and burned, at the
         # rate the page showed for one whole token.

@@ -758,3 +758,32 @@ def test_seller_health__own_lots_only__errors_latency_and_a_refused_key_shown(da
     assert (view["lot"], view["requests"], view["errors"], view["mean_latency_ms"]) == (mine, 3, 2, 120)
     assert view["last_error"] == "401" and view["key_refused_at"] is not None and view["circuit_open"] is True
     assert dashboard.get("/api/seller/health").status_code == 401
+
+
+def test_exits__forwarded_to_the_coordinators_door_as_answered__without_a_door_503(dashboard):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    no_door = dashboard.post("/api/exits", json={"account": "0x" + "11" * 20})
+    assert no_door.status_code == 503 and "promptex up" in no_door.json()["error"]["message"]
+    seen = []
+
+    async def exits(request):
+        seen.append(await request.json())
+        body = {"error": {"code": "rate_limited", "message": "try again in 60 s", "retry_after_seconds": 60}}
+        return JSONResponse(body, 429, headers={"retry-after": "60"})
+
+    async def nonce(request):
+        return JSONResponse({"account": request.query_params["account"], "nonce": 3})
+
+    door = Starlette(routes=[Route("/v1/exits", exits, methods=["POST"]), Route("/v1/exits/nonce", nonce)])
+    with ServerThread(door) as server:
+        settings = dashboard.settings.model_copy(update={"coordinator_door_url": server.url})
+        with TestClient(create_app(settings, dashboard.options, ledger=dashboard.ledger)) as client:
+            wallet = "0x" + "22" * 20
+            assert client.get("/api/exits/nonce", params={"account": wallet}).json() == {"account": wallet, "nonce": 3}
+            answer = client.post("/api/exits", json={"account": wallet, "amount": "5"})
+    assert seen == [{"account": wallet, "amount": "5"}]  # the body as the browser sent it
+    assert answer.status_code == 429 and answer.headers["retry-after"] == "60"
+    assert answer.json()["error"]["message"] == "try again in 60 s"

@@ -6,8 +6,9 @@
 // fund's one rate.
 import type { Address } from "viem";
 import { erc20Abi, escrowAbi, mockUsdcAbi, routerAbi, vaultAbi } from "../abi";
-import type { AssetInfo } from "../api";
-import { send, type Ctx } from "../chain";
+import { api, type AssetInfo } from "../api";
+import { explain, isRejection, send, type Ctx } from "../chain";
+import { EXIT_REQUEST_SECONDS, exitRequestBody, exitRequestTypedData } from "../exit";
 import { duration, parseAmount } from "../format";
 import { money, usdText } from "../money";
 import { loadPrices } from "../prices";
@@ -194,6 +195,32 @@ async function draw(
       reload();
   }
 
+  // Instant exit (no thaw): the wallet signs an ExitRequest; the coordinator's door co-signs a
+  // release if the amount is free of unsettled usage (locked for it until used or expired);
+  // the wallet then sends the release to the vault.
+  async function instantExit(asset: AssetInfo, input: HTMLInputElement): Promise<void> {
+    let amount: bigint;
+    try {
+      amount = parseAmount(input.value, asset.decimals, asset.symbol);
+    } catch (err) {
+      return notice(status, "error", (err as Error).message);
+    }
+    let release;
+    try {
+      const { nonce } = await api.exitNonce(account);
+      const terms = { account, asset: asset.address, amount, nonce: BigInt(nonce), expiry: BigInt(await chainNow(ctx)) + EXIT_REQUEST_SECONDS };
+      notice(status, "pending", `Sign in your wallet: a request to leave the vault with ${money(amount, asset.symbol)} at once (no transaction, no gas).`);
+      const signature = await client.signTypedData({ account, ...exitRequestTypedData(ctx.chain.id, vault, terms) });
+      ({ release } = await api.requestExit(exitRequestBody(terms, signature)));
+    } catch (err) {
+      // The door's refusal says why in whole units ("only 12.50 USDC is free of unsettled usage …").
+      return notice(status, "error", isRejection(err) ? explain(err) : `Instant exit refused: ${(err as Error).message}`);
+    }
+    const args = [asset.address, BigInt(release.amount), 0n, BigInt(release.nonce), BigInt(release.expiry), release.signature] as const;
+    if (await tx(`Instant exit of ${money(BigInt(release.amount), asset.symbol)}`, { address: vault, abi: vaultAbi, functionName: "exit_instant", args }))
+      reload();
+  }
+
   const body = h("tbody");
   const buyBacks = h("div#buybacks");
   for (const row of rows) {
@@ -202,6 +229,7 @@ async function draw(
     const actions = h("td.actions", {}, input, " ", h("button", { "data-action": "deposit", "data-asset": asset.symbol, onclick: () => void deposit(asset, input, row.wallet) }, "Deposit"));
     if (asset.kind === "usdc") {
       actions.append(" ", h("button", { "data-action": "request-exit", "data-asset": asset.symbol, onclick: () => void requestExit(asset, input) }, "Request withdrawal"));
+      actions.append(" ", h("button.secondary", { "data-action": "instant-exit", "data-asset": asset.symbol, onclick: () => void instantExit(asset, input) }, "Instant exit"));
     } else {
       actions.append(
         " ",

@@ -1,6 +1,7 @@
 """The dashboard's ASGI app: `create_app(settings)` assembles the routes of each area
-(`dashboard/routes/`: market, keys, portfolio, usage, redemption, enterprise, sellers,
-sessions, then the RPC and gateway proxies and the front end) over one shared `Context`.
+(`dashboard/routes/`: market, keys, portfolio, exits (forwarded to the coordinator's door),
+usage, redemption, enterprise, sellers, sessions, then the RPC and gateway proxies and the
+front end) over one shared `Context`.
 
 Everything under /api is read-only except the key endpoints, which issue a key only to
 the holder of the wallet that signed (the same EIP-712 binding as `promptex buyer bind`),
@@ -30,6 +31,7 @@ from promptex.dashboard.options import DashboardOptions
 from promptex.dashboard.redemption import RedemptionReader, master_keys
 from promptex.dashboard.routes import (
     enterprise,
+    exits,
     keys,
     market,
     passthrough,
@@ -45,7 +47,18 @@ from promptex.ledger import Ledger
 from promptex.sellers import SellerStore
 from promptex.throttle import Throttle
 
-AREAS = (market, keys, portfolio, usage, redemption, enterprise, sellers, sessions, passthrough)  # passthrough last
+AREAS = (
+    market,
+    keys,
+    portfolio,
+    exits,
+    usage,
+    redemption,
+    enterprise,
+    sellers,
+    sessions,
+    passthrough,
+)  # passthrough last
 
 
 def create_app(
