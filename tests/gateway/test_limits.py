@@ -25,9 +25,9 @@ from sqlalchemy import select
 from promptex.config import Settings
 from promptex.gateway import limits
 from promptex.gateway.buyers import member_key
-from promptex.gateway.limits import LimitCounters, LimitExceeded, Limits, Plan
+from promptex.gateway.limits import KeyBudgetExceeded, LimitCounters, LimitExceeded, Limits, Plan
 from promptex.gateway.schema import limit_counters, limit_takes
-from promptex.gateway.store import ApiKey
+from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, ExtraTake, Ledger, Reservation
 from promptex.ledger.binding import sign
 from promptex.protocol.units import USD_MICRO as USDC
@@ -207,3 +207,53 @@ def test_limits__none_set__no_extra_taken(gw: Harness, fake: Fake) -> None:
     )
     assert answer.status_code == 200
     assert counters(gw) == {}
+
+
+# ─── An API key's budget, taken with the hold ────────────────────────────────
+
+
+def test_key_budget__taken_with_the_hold__a_swept_hold_gives_it_back__a_late_charge_takes_it_again(
+    ledger_url: str,
+) -> None:
+    """Found by test_breaker_holds: a key's budget was taken in its own transaction before
+    the hold and given back only by the process that made it, so every request in flight
+    when a gateway was killed kept its share of the key's budget for good."""
+    clock = [NOW]
+    book = Ledger.open(ledger_url, clock=lambda: clock[0], sqlite_synchronous="NORMAL")
+    counters = LimitCounters()
+    book.holds.register(counters)
+    try:
+        account = fund(book, 10 * USDC)
+        key = GatewayStore(book.engine).add_api_key("h" * 64, "px-budget", account, NOW, budget=("USDC", 2 * HOLD))
+
+        def reserve(request_id: str) -> None:
+            counters.plan(request_id, Plan([], TOKENS, key.id))
+            try:
+                book.holds.reserve(
+                    Reservation(request_id, account, "USDC", HOLD, 60, extras=(ExtraTake(limits.NAME, TOKENS),))
+                )
+            finally:
+                counters.plan(request_id, None)
+
+        def left() -> int:
+            found = GatewayStore(book.engine).key_by_id(key.id)
+            assert found is not None and found.budget_remaining is not None
+            return found.budget_remaining
+
+        reserve("a")
+        reserve("b")
+        with pytest.raises(KeyBudgetExceeded):
+            reserve("c")  # nothing of the hold is kept
+        assert left() == 0 and book.balance(account, "USDC").held == 2 * HOLD
+        book.holds.settle("a", HOLD // 4)
+        assert left() == HOLD - HOLD // 4  # the rest of the hold given back
+        clock[0] += 61
+        assert book.holds.sweep() == 1  # "b": its process died
+        assert left() == 2 * HOLD - HOLD // 4
+        book.holds.settle("b", HOLD // 2)  # its answer, metered after all
+        assert left() == 2 * HOLD - HOLD // 4 - HOLD // 2
+        with book.engine.connect() as conn:
+            assert conn.execute(select(limit_takes)).all() == []
+        book.check()
+    finally:
+        book.close()

@@ -12,6 +12,12 @@ charge with the hold; a released or expired hold gives them back. A request coun
 against requests per minute once admitted, whatever its end; a concurrent slot is
 given back when it ends.
 
+An API key's budget (a lifetime cost limit, on the key's own row) is taken here too, at
+the hold's amount, settled to the charge and given back with the hold: a key's budget is
+never left taken by a request nobody will end (its process killed: the sweeper gives it
+back), and a late answer's charge, metered after its hold expired, is taken from it again
+(down to zero, never below: the answer was served).
+
 Windows are fixed: the minute (ledger clock) for requests and tokens, `cost_window_seconds`
 for cost; a refusal's retry-after is the time left in the window that refused (1 s for
 requests in flight). The subjects: `key:ID`, `member:ORG:ACCOUNT` (a member key's
@@ -26,16 +32,17 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
 
-from promptex.gateway.schema import limit_counters, limit_takes, limits
+from promptex.gateway.schema import api_keys, limit_counters, limit_takes, limits
 from promptex.gateway.store import ApiKey
 from promptex.ledger import Refusal
 from promptex.ledger.amounts import Amount, add, ge, sub
 from promptex.ledger.journal import insert_ignore
-from promptex.ledger.models import Hold
+from promptex.ledger.models import Hold, HoldStatus
 from promptex.ledger.usage import UsageRecord
 
 NAME = "limits"
 REQUESTS, TOKENS, CONCURRENT, COST = "requests", "tokens", "concurrent", "cost"
+BUDGET = "budget"  # an API key's budget: its take's row names the key (`key:ID`), window 0
 MINUTE = 60
 WHAT = {
     REQUESTS: "requests per minute",
@@ -76,6 +83,10 @@ class LimitExceeded(Refusal):
     def __init__(self, message: str, *, available: int, retry_after: int) -> None:
         super().__init__(message, available=available)
         self.retry_after = retry_after
+
+
+class KeyBudgetExceeded(Refusal):
+    """The API key's own budget does not cover the hold."""
 
 
 def key_subject(key: ApiKey) -> str:
@@ -145,14 +156,25 @@ _TAKE = (
 )
 _GIVE = update(limit_counters).where(_KEY).values(used=sub(limit_counters.c.used, _AMOUNT))
 _USED = select(limit_counters.c.used).where(_KEY)
+_KEY_ID = api_keys.c.id == bindparam("p_key")
+_TAKE_KEY_BUDGET = (
+    update(api_keys)
+    .where(_KEY_ID, ge(api_keys.c.budget_remaining, _AMOUNT))
+    .values(budget_remaining=sub(api_keys.c.budget_remaining, _AMOUNT))
+)
+_GIVE_KEY_BUDGET = update(api_keys).where(_KEY_ID).values(budget_remaining=add(api_keys.c.budget_remaining, _AMOUNT))
+_KEY_BUDGET = select(api_keys.c.budget_remaining).where(_KEY_ID)
+_EMPTY_KEY_BUDGET = update(api_keys).where(_KEY_ID).values(budget_remaining=0)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one request counts against: its subjects' limits, and its token bound."""
+    """What one request counts against: its subjects' limits, its token bound, and the
+    API key whose budget it takes (None: the key has none)."""
 
     limits: Sequence[tuple[str, Limits]]
     tokens: int
+    budget_key: int | None = None
 
 
 class LimitCounters:
@@ -204,36 +226,71 @@ class LimitCounters:
                         request_id=hold.request_id, subject=subject, kind=kind, window_start=window, amount=take
                     )
                 )
+        if plan.budget_key is not None:  # after the counters: one lock order with `_end`
+            params = {"p_key": plan.budget_key, "p_amount": hold.amount}
+            if conn.execute(_TAKE_KEY_BUDGET, params).rowcount != 1:
+                left = conn.execute(_KEY_BUDGET, params).scalar()
+                raise KeyBudgetExceeded("this API key's budget is spent", available=int(left or 0))
+            conn.execute(
+                insert(limit_takes).values(
+                    request_id=hold.request_id, subject=f"key:{plan.budget_key}", kind=BUDGET, window_start=0,
+                    amount=hold.amount,
+                )
+            )  # fmt: skip
 
     def settle(self, conn: Connection, hold: Hold, record: UsageRecord | None, late: bool) -> None:
         """Keep what was used: the request, the tokens it processed, what it was charged."""
         used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0}
         if record is not None:
             used[TOKENS] = record.input_tokens + record.output_tokens
-        used[COST] = hold.charged if hold.charged is not None else hold.cost
+        used[COST] = used[BUDGET] = hold.charged if hold.charged is not None else hold.cost
         self._end(conn, hold.request_id, used)
 
     def give_back(self, conn: Connection, hold: Hold) -> None:
-        """Nothing was served: every counter back but the request itself."""
-        self._end(conn, hold.request_id, {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0})
+        """Nothing was served: every counter back but the request itself. An expired hold
+        keeps its budget row (at zero) so that a late answer's charge is taken again."""
+        used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0, BUDGET: 0}
+        self._end(conn, hold.request_id, used, keep_budget=hold.status == HoldStatus.EXPIRED)
 
     @staticmethod
-    def _end(conn: Connection, request_id: str, used: dict[str, int | None]) -> None:
+    def _end(conn: Connection, request_id: str, used: dict[str, int | None], *, keep_budget: bool = False) -> None:
         rows = conn.execute(
             select(limit_takes)
             .where(limit_takes.c.request_id == request_id)
             .order_by(limit_takes.c.subject, limit_takes.c.kind)
         ).all()
+        budget = None
         for row in rows:
             kept = used.get(row.kind)
+            if row.kind == BUDGET:
+                budget = row  # last: the key's row is locked after the counters', as in `take`
+                continue
             if kept is None:
                 continue  # the request itself stays counted; tokens without a record: as held
             back = row.amount - min(row.amount, kept)
             if back:
                 params = {"p_subject": row.subject, "p_kind": row.kind, "p_window": row.window_start}
                 conn.execute(_GIVE, {**params, "p_amount": back})
-        if rows:
+        if budget is not None:
+            key = int(budget.subject.split(":", 1)[1])
+            _settle_key_budget(conn, key, budget.amount, used.get(BUDGET) or 0)
+        if keep_budget and budget is not None:
+            conn.execute(
+                delete(limit_takes).where(limit_takes.c.request_id == request_id, limit_takes.c.kind != BUDGET)
+            )
+            conn.execute(update(limit_takes).where(limit_takes.c.request_id == request_id).values(amount=0))
+        elif rows:
             conn.execute(delete(limit_takes).where(limit_takes.c.request_id == request_id))
+
+
+def _settle_key_budget(conn: Connection, key: int, taken: int, charged: int) -> None:
+    """The key's budget keeps `charged` of the `taken` it gave the hold: the rest back, or
+    more taken (a charge beyond the hold: an answer metered late), down to zero at most."""
+    params = {"p_key": key, "p_amount": abs(taken - charged)}
+    if taken > charged:
+        conn.execute(_GIVE_KEY_BUDGET, params)
+    elif charged > taken and conn.execute(_TAKE_KEY_BUDGET, params).rowcount != 1:
+        conn.execute(_EMPTY_KEY_BUDGET, params)
 
 
 def _wanted(lim: Limits, hold: Hold, tokens: int, now: int) -> list[tuple[str, int, int, int, int]]:

@@ -48,7 +48,7 @@ from promptex.gateway.errors import GatewayError
 from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
-from promptex.gateway.limits import LimitExceeded, Plan
+from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
 from promptex.gateway.messages import MESSAGES
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
@@ -116,10 +116,6 @@ def presented_key(request: Request, endpoint: str) -> str | None:
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
-
-
-class KeyBudgetExceeded(Refusal):
-    """The API key's own budget does not cover the hold."""
 
 
 def check_hold_lifetime(settings: Settings) -> None:
@@ -535,21 +531,16 @@ class Gateway:
         """Hold the upper bound and the lot capacity: from the key's org, else the account's
         own balance, else its promotional credit; and from the key's own budget, if it has one."""
         asset, amount = priced.asset, priced.hold
-        if key.budget_asset is not None:
-            if key.budget_asset != asset:
-                raise KeyBudgetExceeded(f"this API key may only spend {key.budget_asset}", available=0)
-            if not self.store.take_key_budget(key.id, amount):
-                left = self.store.key_by_id(key.id)
-                raise KeyBudgetExceeded(
-                    "this API key's budget is spent", available=left.budget_remaining if left else 0
-                )
+        if key.budget_asset is not None and key.budget_asset != asset:
+            raise KeyBudgetExceeded(f"this API key may only spend {key.budget_asset}", available=0)
         holds = self.ledger.holds
         ttl = self.s.gateway_hold_ttl_seconds
         limited = self._limits.get(key.id, ())
+        budgeted = key.budget_asset is not None
         extras: tuple[ExtraTake, ...] = ()
-        if limited:  # taken in the hold's own transaction (`gateway.limits`)
+        if limited or budgeted:  # taken in the hold's own transaction (`gateway.limits`), swept with it
             tokens = priced.input_bound + priced.output
-            self.counters.plan(request_id, Plan(limited, tokens))
+            self.counters.plan(request_id, Plan(limited, tokens, key.id if budgeted else None))
             extras = (ExtraTake(limits.NAME, tokens),)
         if priced.voucher is not None:  # its lane, taken in the hold's transaction (`ledger.lanes`)
             self.ledger.vouchers.plan(request_id, priced.voucher)
@@ -569,28 +560,19 @@ class Gateway:
                     if isinstance(other, Refusal) and (other.available or 0) > (own.available or 0):
                         own.available = other.available  # the most either could pay
                     raise own from None
-        except BaseException:
-            if key.budget_asset is not None:
-                self.store.return_key_budget(key.id, amount)
-            raise
         finally:
-            if limited:
+            if limited or budgeted:
                 self.counters.plan(request_id, None)
             if priced.voucher is not None:
                 self.ledger.vouchers.plan(request_id, None)
 
     def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord) -> Hold:
         self.holding.pop(request_id, None)
-        hold = self.ledger.holds.settle(request_id, cost, record=record)
-        if key.budget_asset is not None:
-            self.store.return_key_budget(key.id, max(0, hold.amount - (hold.charged or 0)))
-        return hold
+        return self.ledger.holds.settle(request_id, cost, record=record)
 
     def _release(self, key: ApiKey, request_id: str, amount: int) -> None:
         self.holding.pop(request_id, None)
         self.ledger.holds.release(request_id)
-        if key.budget_asset is not None:
-            self.store.return_key_budget(key.id, amount)
 
     async def reserve(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
         try:
