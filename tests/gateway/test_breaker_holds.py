@@ -1,0 +1,386 @@
+"""Attacks on the money promises of holds, limits and budgets, against REAL gateway
+processes (`promptex gateway serve`) sharing one PostgreSQL ledger.
+
+- Overdraw: one volley of concurrent requests, split over two processes, against every
+  constraint at once (a balance, a spend cap, an API key's budget, requests per minute,
+  tokens per minute, requests in flight, cost per window), each covering exactly K. The
+  upstream holds every admitted request until the volley is decided, so nothing admitted
+  ends (and frees its share) while the others race: exactly K each, each hold its cost.
+- kill -9: requests in flight on both processes, one killed by PID; the other finishes
+  its own; once restarted, the dead one's holds are swept after their lifetime, the
+  buyer's balance, budget and limits are whole again, and every answer a client received
+  was charged exactly once. (Found: an API key's budget was taken outside the hold's
+  transaction and given back only by the process that took it; every request in flight
+  in a killed process kept its share of the key's budget for good.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account import Account
+from sqlalchemy import func, select
+
+from promptex.fakes import FakeUpstreamConfig
+from promptex.gateway import fronts, limits
+from promptex.gateway.adapters import CHAT
+from promptex.gateway.keys import hash_key, new_api_key
+from promptex.gateway.limits import Limits
+from promptex.gateway.schema import api_keys, limit_counters
+from promptex.gateway.store import GatewayStore
+from promptex.ledger import Ledger
+from promptex.ledger.binding import sign
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.schema import holds, usage_records
+from promptex.protocol.units import USD_MICRO as USDC
+
+from .conftest import SELLER_KEY, Fake, _start_fake, event_id
+from .test_holds_processes import _env, _market, gateway
+
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+K = 23
+PER_ATTACK = 1_000 if DEEP else 200
+OUT = 16  # fake-flat prices output only, and answers the whole limit: each hold is its exact cost
+BODY = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": OUT}
+CONNECTIONS = 400  # more than every attack's K at once (they stay open, gated), fewer than a process refuses
+# Nothing shed or refused for load: every request meets the ledger's arbiters.
+UNSHED = {
+    "gateway_max_connections_per_address": 10_000,
+    "gateway_shed_accept_backlog": 10_000,
+    "gateway_shed_min_inflight": 10_000,
+}
+TOKENS = fronts.validate(CHAT, BODY)[1] + OUT  # the token bound a request takes from tokens per minute
+
+
+@dataclass
+class Buyer:
+    account: int
+    key: str
+    key_id: int
+    funds: int
+
+
+def _buyer(ledger: Ledger, funds: int, cap: int | None = None, budget: int | None = None) -> Buyer:
+    account = ledger.create_account().id
+    wallet = Account.create()
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    ledger.credit_deposit(event_id(), wallet.address, "USDC", funds)
+    ledger.set_spend_cap(account, "USDC", funds if cap is None else cap)
+    key = new_api_key()
+    record = GatewayStore(ledger.engine).add_api_key(
+        hash_key(key), key[:10], account, int(time.time()), budget=None if budget is None else ("USDC", budget)
+    )
+    return Buyer(account, key, record.id, funds)
+
+
+def _until(condition: object, what: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
+        time.sleep(0.05)
+
+
+def _active(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(holds.c.status == "active")).scalar_one())
+
+
+def _key_budget(ledger: Ledger, key_id: int) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(select(api_keys.c.budget_remaining).where(api_keys.c.id == key_id)).scalar_one())
+
+
+def _counters(ledger: Ledger, subject: str) -> dict[str, list[int]]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(limit_counters).where(limit_counters.c.subject == subject)).all()
+    found: dict[str, list[int]] = {}
+    for row in rows:
+        found.setdefault(row.kind, []).append(int(row.used))
+    return found
+
+
+def _settled(ledger: Ledger, account: int) -> list[tuple[str, int, int]]:
+    """(request id, hold, charged) of the account's settled holds."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(holds.c.request_id, holds.c.amount, holds.c.charged).where(
+                holds.c.account_id == account, holds.c.status == "settled"
+            )
+        ).all()
+    return [(r.request_id, int(r.amount), int(r.charged)) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def gated() -> Iterator[Fake]:
+    yield from _start_fake(FakeUpstreamConfig(api_keys=frozenset({SELLER_KEY})))
+
+
+@pytest.fixture(scope="module")
+def pg_ledger(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ledger, Path]]:
+    """One PostgreSQL ledger for the module's worlds, and the folder of its master key."""
+    url = postgres.create_database(f"breaker_{os.getpid()}_{time.monotonic_ns()}", template="ledger_template")
+    ledger = Ledger.open(url)
+    try:
+        yield url, ledger, tmp_path_factory.mktemp("breaker")
+    finally:
+        ledger.close()
+        postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+# ─── Overdraw ────────────────────────────────────────────────────────────────
+
+
+def _hold(base: str, key: str) -> int:
+    """One request's hold (its exact cost: fake-flat answers its whole output limit)."""
+    answer = httpx.post(base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=BODY)
+    assert answer.status_code == 200, answer.text
+    return int(answer.headers["x-promptex-cost-units"])
+
+
+def _volley(
+    bases: list[str], attackers: dict[str, Buyer], ledger: Ledger, gate: threading.Event
+) -> tuple[dict[str, Counter[int]], int]:
+    """PER_ATTACK requests of each attacker at once, alternating between the processes; the
+    gate opens once every request is either answered (refused) or holding. Returns each
+    attacker's statuses, and how many minutes (windows of the per-minute limits) the
+    requests were admitted in."""
+    total = PER_ATTACK * len(attackers)
+    finished: list[int] = []
+    started = int(time.time())
+    decided: list[int] = []
+
+    async def run() -> tuple[dict[str, Counter[int]], int]:
+        # No connection kept alive: one the server closed as idle (5 s, a loaded machine) is never reused.
+        client_limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=0)
+        connections = asyncio.Semaphore(CONNECTIONS)
+        async with httpx.AsyncClient(timeout=180, limits=client_limits) as client:
+
+            async def one(base: str, buyer: Buyer) -> int:
+                async with connections:  # none waits in httpx's pool (it scans its queue per request)
+                    answer = await client.post(
+                        base + "/v1/chat/completions", headers={"authorization": f"Bearer {buyer.key}"}, json=BODY
+                    )
+                finished.append(answer.status_code)
+                return answer.status_code
+
+            async def opener() -> None:
+                while len(finished) + await asyncio.to_thread(_active, ledger) < total:
+                    await asyncio.sleep(0.05)
+                decided.append(int(time.time()))
+                gate.set()
+
+            jobs = [
+                (name, one(bases[i % len(bases)], buyer))
+                for i in range(PER_ATTACK)
+                for name, buyer in attackers.items()
+            ]
+            waiter = asyncio.ensure_future(opener())
+            results = await asyncio.gather(*(job for _, job in jobs))
+            await waiter
+            outcomes: dict[str, Counter[int]] = {name: Counter() for name in attackers}
+            for (name, _), status in zip(jobs, results, strict=True):
+                outcomes[name][status] += 1
+            return outcomes, decided[0] // 60 - started // 60 + 1
+
+    return asyncio.run(run())
+
+
+def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactly_k_each_hold_its_cost(
+    pg_ledger: tuple[str, Ledger, Path], gated: Fake
+) -> None:
+    url, ledger, tmp = pg_ledger
+    _, _, probe = _market(ledger, tmp, gated, face_value=1_000 * USDC, funds=USDC)  # the lot, a probing buyer
+    env = _env(tmp, url, **UNSHED)
+    gate = threading.Event()
+    with gateway(env) as (_, first), gateway(env) as (_, second):
+        hold = _hold(first, probe)
+        plenty = 10 * USDC
+        attackers = {
+            "balance": _buyer(ledger, K * hold + hold - 1),
+            "spend cap": _buyer(ledger, plenty, cap=K * hold + hold - 1),
+            "key budget": _buyer(ledger, plenty, budget=K * hold + hold - 1),
+            "requests/min": _buyer(ledger, plenty),
+            "tokens/min": _buyer(ledger, plenty),
+            "in flight": _buyer(ledger, plenty),
+            "cost/window": _buyer(ledger, plenty),
+        }
+        token_limit = K * TOKENS + TOKENS - 1
+        per_key = {
+            "requests/min": Limits(requests_per_minute=K),
+            "tokens/min": Limits(tokens_per_minute=token_limit),
+            "in flight": Limits(concurrent=K),
+            "cost/window": Limits(cost=K * hold + hold - 1, cost_asset="USDC", cost_window_seconds=86_400),
+        }
+        for name, subject_limits in per_key.items():
+            limits.set_limits(ledger.engine, f"key:{attackers[name].key_id}", subject_limits, int(time.time()))
+        gated.config.gate = gate  # every admitted request stays in flight until the volley is decided
+        try:
+            outcomes, minutes = _volley([first, second], attackers, ledger, gate)
+        finally:
+            gate.set()
+            gated.config.gate = None
+    expected = dict.fromkeys(attackers, K)
+    # A volley admitted over a minute boundary (a slow machine) met more than one window of
+    # requests and tokens per minute: at most K in each, and K in the first.
+    for name in ("requests/min", "tokens/min"):
+        if minutes > 1:
+            expected[name] = outcomes[name][200]
+            assert K <= expected[name] <= K * minutes, (name, minutes)
+    refusal = {"balance": 402, "spend cap": 402, "key budget": 402}
+    for name, buyer in attackers.items():
+        served = outcomes[name][200]
+        assert outcomes[name] == Counter({200: expected[name], refusal.get(name, 429): PER_ATTACK - served}), name
+        settled = _settled(ledger, buyer.account)
+        assert len(settled) == served and all(amount == charged == hold for _, amount, charged in settled), name
+        balance = ledger.balance(buyer.account, "USDC")
+        assert balance.held == 0 and balance.posted == buyer.funds - served * hold >= 0, name
+    assert ledger.balance(attackers["balance"].account, "USDC").posted == hold - 1
+    assert ledger.balance(attackers["spend cap"].account, "USDC").cap_remaining == hold - 1
+    assert _key_budget(ledger, attackers["key budget"].key_id) == hold - 1
+    assert _counters(ledger, f"key:{attackers['in flight'].key_id}")["concurrent"] == [0]
+    assert sum(_counters(ledger, f"key:{attackers['cost/window'].key_id}")["cost"]) == K * hold
+    ledger.check()
+
+
+# ─── kill -9 ─────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class Seen:
+    """What the clients were told: request id → the cost it was acknowledged with."""
+
+    charged: dict[str, int] = field(default_factory=dict)
+    broken: int = 0  # calls that ended without an answer (their gateway was killed)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, base: str, key: str, stream: bool) -> None:
+        body = {**BODY, "stream": stream}
+        try:
+            with httpx.stream(
+                "POST", base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body, timeout=60
+            ) as answer:
+                text = answer.read().decode()
+                if answer.status_code != 200:
+                    return
+                request_id = answer.headers["x-request-id"]
+                if not stream:
+                    cost = int(answer.headers["x-promptex-cost-units"])
+                else:
+                    events = [line[6:] for line in text.splitlines() if line.startswith("data: {")]
+                    last = [e for e in events if '"promptex"' in e]
+                    if not text.rstrip().endswith("data: [DONE]") or not last:
+                        raise httpx.ReadError("the stream ended before its charge")
+                    cost = int(json.loads(last[-1])["promptex"]["cost_units"])
+        except httpx.HTTPError:
+            with self.lock:
+                self.broken += 1
+            return
+        with self.lock:
+            self.charged[request_id] = cost
+
+
+def _kill(proc: object) -> None:
+    proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+    proc.wait()  # type: ignore[attr-defined]
+
+
+def test_kill_9__one_process_mid_flight_then_the_other_mid_load__acknowledged_charged_once_the_rest_swept_whole(
+    pg_ledger: tuple[str, Ledger, Path], gated: Fake
+) -> None:
+    url, ledger, tmp = pg_ledger
+    _, _, probe = _market(ledger, tmp, gated, face_value=1_000 * USDC, funds=USDC)
+    # Holds live 10 s: the upstream's 1 s to connect and 8 s to answer, and a 1 s margin.
+    env = _env(
+        tmp, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=8,
+        gateway_hold_margin_seconds=1, gateway_hold_ttl_seconds=10, gateway_sweep_seconds=0.2, **UNSHED,
+    )  # fmt: skip
+    funds, budget = 10 * USDC, 5 * USDC
+    buyer = _buyer(ledger, funds, budget=budget)
+    subject = f"key:{buyer.key_id}"
+    limits.set_limits(
+        ledger.engine, subject,
+        Limits(requests_per_minute=100_000, tokens_per_minute=10**9, concurrent=10_000, cost=funds, cost_asset="USDC"),
+        int(time.time()),
+    )  # fmt: skip
+    seen = Seen()
+    gate = threading.Event()
+    with gateway(env) as (victim, first), gateway(env) as (survivor, second):
+        _hold(first, probe)
+        # 1. Twenty requests in flight on each process (plain and streamed), held at the
+        # upstream; the first process is killed; the second finishes its own.
+        gated.config.gate = gate
+        try:
+            senders = [
+                threading.Thread(target=seen.send, args=(base, buyer.key, i % 2 == 1))
+                for i in range(20)
+                for base in (first, second)
+            ]
+            for sender in senders:
+                sender.start()
+            _until(lambda: _active(ledger) == 40, "40 requests holding")
+            _kill(victim)
+        finally:
+            gate.set()
+            gated.config.gate = None
+        for sender in senders:
+            sender.join()
+        assert (len(seen.charged), seen.broken) == (20, 20)
+        assert _active(ledger) == 20  # the dead process's: nobody ended them
+        # 2. Load on the second process and the first, restarted; the second is killed
+        # mid-load, wherever it is (reserving, upstream, settling, streaming).
+        with gateway(env) as (_, restarted):
+            stop = threading.Event()
+
+            def load(base: str, stream: bool) -> None:
+                while not stop.is_set():
+                    seen.send(base, buyer.key, stream)
+
+            loaders = [
+                threading.Thread(target=load, args=(base, s)) for base in (restarted, second) for s in (False, True)
+            ]
+            for loader in loaders:
+                loader.start()
+            try:
+                _until(lambda: len(seen.charged) >= 60, "load served")
+                _kill(survivor)
+            finally:
+                stop.set()
+                for loader in loaders:
+                    loader.join()
+            # 3. The survivor sweeps every dead process's hold once its lifetime ended.
+            _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
+            seen.send(restarted, buyer.key, False)  # the buyer spends again
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(holds.c.request_id, holds.c.status, holds.c.charged, holds.c.expires_at, holds.c.closed_at).where(
+                holds.c.account_id == buyer.account
+            )
+        ).all()
+        records = Counter(r.request_id for r in conn.execute(select(usage_records.c.request_id)).all())
+    status = {r.request_id: r.status for r in rows}
+    charged = {r.request_id: int(r.charged) for r in rows if r.status == "settled"}
+    for request_id, cost in seen.charged.items():  # every acknowledged answer charged what it said
+        assert (status.get(request_id), charged.get(request_id)) == ("settled", cost), request_id
+    assert all(records[request_id] == 1 for request_id in charged)  # and charged once
+    assert {r.status for r in rows} <= {"settled", "expired", "released"}
+    assert all(r.closed_at >= r.expires_at for r in rows if r.status == "expired")
+    spent = sum(charged.values())
+    balance = ledger.balance(buyer.account, "USDC")
+    assert (balance.posted, balance.held, balance.spendable) == (funds - spent, 0, funds - spent)
+    used = _counters(ledger, subject)
+    assert used["concurrent"] == [0] and sum(used["cost"]) == spent
+    assert _key_budget(ledger, buyer.key_id) == budget - spent  # the dead processes' takes given back
+    ledger.check()
