@@ -38,6 +38,11 @@ from promptex.cli.errors import readable_errors
     multiple=True,
     help="an address that cancels Timelock operations and revokes roles at once (repeatable; default: the deployer)",
 )
+@click.option(
+    "--live-parameters",
+    is_flag=True,
+    help="on a local chain, the live network's Oracle period and TWAP windows (what `promptex up` deploys)",
+)
 @click.option("--force", is_flag=True, help="replace a live deployment recorded for this network")
 @click.option("--keep-existing", is_flag=True, help="if a live deployment is recorded, keep it and succeed")
 def cli(
@@ -51,6 +56,7 @@ def cli(
     billing_signers,
     proposers,
     guardians,
+    live_parameters,
     force,
     keep_existing,
 ):
@@ -77,6 +83,7 @@ def cli(
             billing_signers=signers or None,
             proposers=proposers,
             guardians=guardians,
+            live_parameters=live_parameters,
             force=force,
             log=click.echo,
         )

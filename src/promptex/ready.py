@@ -80,10 +80,23 @@ def seed_twap_history(rpc_url: str, deployment: Deployment, hours: int = HISTORY
     return recorded
 
 
-class OracleKeeper:
-    """Calls `Oracle.update` for every provider token each period (a no-op call inside one)."""
+def is_local_chain(rpc_url: str) -> bool:
+    """anvil (it answers anvil_nodeInfo): test dollars can be minted, its clock moved, and
+    its development accounts sign unlocked."""
+    import httpx
 
-    def __init__(self, rpc_url: str, deployment: Deployment, period: int, stop: threading.Event) -> None:
+    try:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "anvil_nodeInfo", "params": []}
+        return "result" in httpx.post(rpc_url, json=body, timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+class OracleKeeper:
+    """Calls `Oracle.update` for every provider token each period (a no-op call inside one);
+    `promptex keeper` runs it as its own process."""
+
+    def __init__(self, rpc_url: str, deployment: Deployment, period: float, stop: threading.Event) -> None:
         self.rpc_url, self.deployment, self.period, self.stop = rpc_url, deployment, period, stop
 
     def run(self) -> None:
@@ -96,11 +109,6 @@ class OracleKeeper:
                         _send(w3, oracle.functions.update(token), KEEPER)
                 except Exception as exc:  # a keeper keeps going; the next period tries again
                     log.warning("oracle keeper: %s", exc)
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="oracle-keeper", daemon=True)
-        thread.start()
-        return thread
 
 
 def fund_treasury(rpc_url: str, deployment: Deployment) -> str:

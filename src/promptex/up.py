@@ -3,7 +3,8 @@
 Starts a local anvil (unless an RPC URL is given), deploys with the ape deploy script
 (unless a live deployment is recorded), checks that the ledger mirrors this chain, seeds
 the market, then runs the long-lived services (indexer, coordinator, fake upstreams,
-gateway, fake billing API, redemption agent, web dashboard) as child processes with their
+gateway, fake billing API, redemption agent, web dashboard; on a new local market also the
+Oracle keeper and the demo sellers' `seller finalize --watch`) as child processes with their
 output prefixed by name, prints a status table and `promptex reconcile`'s verdict, and
 stops everything on Ctrl-C / SIGTERM — or as soon as any service dies, so a broken market
 never looks alive.
@@ -375,23 +376,16 @@ def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
         console.print(f"[red]  unexplained:[/red] {row.section} of {row.subject}: {row.shown(row.unexplained)}")
 
 
-def is_local_chain(rpc_url: str) -> bool:
-    """anvil (it answers anvil_nodeInfo): test dollars can be minted and its clock moved."""
-    try:
-        body = {"jsonrpc": "2.0", "id": 1, "method": "anvil_nodeInfo", "params": []}
-        return "result" in httpx.post(rpc_url, json=body, timeout=5).json()
-    except (httpx.HTTPError, ValueError):
-        return False
-
-
 # One tokenized and one listed lot per provider, served by the fake upstreams, opened
-# through the sellers' own path (`promptex seller add-capacity`). Sellers: anvil accounts 1, 2.
+# through the sellers' own path (`promptex seller add-capacity`'s function, in this process:
+# eight processes of their own cost ~25 s of start-up). Sellers: anvil accounts 1 and 2.
 DEMO_PROVIDERS = ("anthropic", "openai", "google", "meta")
 DEMO_SELLERS = {
     "tokenized": "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
     "listed": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
 }
-DEMO_FACE_VALUE_USD = "500"
+DEMO_FACE_VALUE_USD = 500
+DEMO_LOT_DAYS = 30
 # Their keys: anvil's public development accounts 1 and 2, for their `seller finalize --watch`.
 DEMO_SELLER_KEYS = {
     "tokenized": "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -414,27 +408,41 @@ def demo_finalizers() -> list[Service]:
     ]
 
 
-def open_demo_lots(supervisor: Supervisor, options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
-    from promptex.protocol.units import USD_MICRO, whole_units
-    from promptex.ready import approve_bond, bond_for
+def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
+    """The demo lots, one after the other in this process, each bond approved exactly before its lot."""
+    import click
 
+    from promptex.cli.seller import open_capacity
+    from promptex.config import Settings
+    from promptex.protocol.units import USD_MICRO
+    from promptex.ready import approve_bond, bond_for
+    from promptex.sellers import Capacity
+
+    console.print(f"[bold]▶ {len(DEMO_PROVIDERS) * len(DEMO_SELLERS)} demo lots[/bold]")
     upstream = f"http://127.0.0.1:{options.upstream_port}/v1"
-    face = int(DEMO_FACE_VALUE_USD) * USD_MICRO
+    face = DEMO_FACE_VALUE_USD * USD_MICRO
     lots = len(DEMO_PROVIDERS)
-    units = {kind: bond_for(rpc_url, deployment, seller, face, lots) for kind, seller in DEMO_SELLERS.items()}
-    bonds = {kind: whole_units(bond, 6) for kind, bond in units.items()}
-    for provider in DEMO_PROVIDERS:
-        for kind, seller in DEMO_SELLERS.items():
-            approve_bond(rpc_url, deployment, seller, units[kind])  # exactly this lot's bond
-            supervisor.run_step(
-                f"{kind} {provider} lot",
-                promptex_argv(
-                    "seller", "add-capacity", "--provider", provider, "--base-url", upstream,
-                    "--api-key", f"demo-{provider}-key", "--face-value", DEMO_FACE_VALUE_USD, "--kind", kind,
-                    "--expires", "30d", "--seller-address", seller, "--bond", bonds[kind],
-                    "--declare-resale-permitted",
-                ),
-            )  # fmt: skip
+    bonds = {kind: bond_for(rpc_url, deployment, seller, face, lots) for kind, seller in DEMO_SELLERS.items()}
+    expires = int(time.time()) + DEMO_LOT_DAYS * 86_400
+    capacities = [
+        Capacity(
+            provider=provider, api="anthropic" if provider == "anthropic" else "openai", base_url=upstream,
+            api_key=f"demo-{provider}-key", face_value_usd_micro=face, kind=kind, rate_bps=6_000,
+            expires_at=expires, seller=seller, resale_permitted=True, bond_usdc=bonds[kind],
+        )
+        for provider in DEMO_PROVIDERS
+        for kind, seller in DEMO_SELLERS.items()
+    ]  # fmt: skip
+
+    def approve(capacity: Capacity) -> None:  # exactly this lot's bond
+        approve_bond(rpc_url, deployment, capacity.seller, capacity.bond_usdc)
+
+    try:
+        for opened in open_capacity(Settings(), capacities, before_each=approve):
+            for line in opened.summary():
+                console.print(f"[dim]{'demo lots':>11} │[/dim] {line}", soft_wrap=True)
+    except click.ClickException as exc:
+        raise UpError(f"a demo lot was refused: {exc.message}") from None
 
 
 def closing_panel(options: UpOptions, ready: Ready) -> str:
@@ -474,10 +482,11 @@ def closing_panel(options: UpOptions, ready: Ready) -> str:
     )
 
 
-def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
+def plan_services(options: UpOptions, rpc_url: str, *, local_market: bool = False) -> list[Service]:
     """The long-lived services after the chain: the indexer and the coordinator (which follow
     the chain), the fake upstreams, the gateway, the fake billing API and the redemption
-    agent that buys credits from it, then the web dashboard."""
+    agent that buys credits from it, then the web dashboard; on a seeded local market also
+    the Oracle keeper (it signs with an anvil development account)."""
     upstream = f"http://127.0.0.1:{options.upstream_port}"
     gateway = f"http://{options.gateway_host}:{options.gateway_port}"
     billing = f"http://127.0.0.1:{options.billing_port}"
@@ -516,7 +525,13 @@ def plan_services(options: UpOptions, rpc_url: str) -> list[Service]:
             url=f"{dashboard}/",
             ready=lambda: http_answers(f"{dashboard}/api/config"),
         ),
+        *(local_services(rpc_url) if local_market else []),
     ]
+
+
+def local_services(rpc_url: str) -> list[Service]:
+    """The Oracle keeper: it signs with anvil's development account 3."""
+    return [Service("keeper", promptex_argv("keeper"), url=rpc_url)]
 
 
 def up(options: UpOptions) -> int:
@@ -528,9 +543,8 @@ def up(options: UpOptions) -> int:
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     try:
         from promptex.chain.deployments import deployment_path, load_deployment
-        from promptex.chain.node import connect, deployed_contract
         from promptex.config import DEFAULT_MARKET_DIR, Settings
-        from promptex.ready import OracleKeeper, make_ready, read_ready, seed_twap_history
+        from promptex.ready import is_local_chain, make_ready, read_ready, seed_twap_history
 
         network = Settings().indexer_network
         if options.fresh:
@@ -572,9 +586,20 @@ def up(options: UpOptions) -> int:
         # RedemptionEscrow trusts the local fake billing API's key for anthropic receipts.
         signer = f"anthropic={local_billing_signer()}"
         attestor = local_attestor(env)
+        # This process opens the demo lots itself, with the settings its children get.
+        os.environ.update(env)
         supervisor.run_step(
             "deploy",
-            ape_argv("deploy", "--keep-existing", "--billing-signer", signer, "--extra-attestor", attestor),
+            # The live network's Oracle period and TWAP windows: the history seeded below covers them.
+            ape_argv(
+                "deploy",
+                "--keep-existing",
+                "--billing-signer",
+                signer,
+                "--extra-attestor",
+                attestor,
+                "--live-parameters",
+            ),  # fmt: skip
         )
         console.print(f"[bold]▶ the ledger follows {check_chain_identity(rpc_url, network)}[/bold]")
         profile = write_profile(options.state_dir, market_profile(options, rpc_url, env))
@@ -588,14 +613,14 @@ def up(options: UpOptions) -> int:
         if new_market:
             console.print("[bold]▶ a day of TWAP history (the local clock advanced with Oracle updates)[/bold]")
             seed_twap_history(rpc_url, load_deployment(network))
-        services = plan_services(options, rpc_url)
+        services = plan_services(options, rpc_url, local_market=ready)
         for service in services:
             supervisor.start(service)
         for service in services:
             if service.deferred:
                 supervisor.await_ready(service)
         if new_market:
-            open_demo_lots(supervisor, options, rpc_url, load_deployment(network))
+            open_demo_lots(options, rpc_url, load_deployment(network))
         made = None
         if ready:
             for finalizer in demo_finalizers():  # the demo sellers' keys are anvil's
@@ -604,8 +629,6 @@ def up(options: UpOptions) -> int:
             s = Settings()
             made = make_ready(rpc_url, deployment, options.state_dir, welcome_asset=s.welcome_credit_asset,
                               welcome_amount=LOCAL_WELCOME_CREDIT, treasury=s.welcome_credit_treasury)  # fmt: skip
-            period = int(deployed_contract(connect(rpc_url), deployment, "Oracle").functions.period().call())
-            OracleKeeper(rpc_url, deployment, period, supervisor.stopping).start()
         console.print(supervisor.status_table())
         if made is not None:  # unwrapped: the snippet must copy and paste as printed
             console.print(closing_panel(options, made), soft_wrap=True)

@@ -20,6 +20,10 @@ from anvil_node import ANVIL, ROOT, free_port
 from human_units import assert_human
 from promptex.indexer import store as indexer_store
 from promptex.ledger import Ledger
+from promptex.protocol.dex import LIVE_ORACLE_PERIOD
+from promptex.protocol.options import LIVE_TWAP_WINDOW as OPTIONS_WINDOW
+from promptex.protocol.perp import LIVE_TWAP_WINDOW as PERP_WINDOW
+from promptex.protocol.redemption import LIVE_TWAP_WINDOW as REDEMPTION_WINDOW
 from promptex.protocol.units import USD_MICRO
 from quickstarts import quickstarts, run_quickstart
 
@@ -143,6 +147,16 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         oracle = _contract(w3, tmp_path / "deployments", "Oracle")
         cld = json.loads((tmp_path / "deployments/local.json").read_text())["contracts"]["token:CLD"]["address"]
         assert oracle.functions.consult(cld, 86_400).call() > 0  # a day's TWAP, at once
+        # The live network's Oracle period and TWAP windows (the seeded history covers them), kept
+        # current by the keeper, a supervised service of its own like the demo sellers' finalizers.
+        assert oracle.functions.period().call() == LIVE_ORACLE_PERIOD
+        windows = {name: _contract(w3, root, name).functions.twap_window().call()
+                   for name in ("RedemptionEscrow", "Perp", "Options")}  # fmt: skip
+        assert windows == {"RedemptionEscrow": REDEMPTION_WINDOW, "Perp": PERP_WINDOW, "Options": OPTIONS_WINDOW}
+        assert oracle.functions.consult(cld, OPTIONS_WINDOW).call() > 0
+        assert f"oracle keeper: Oracle.update for CLD, GPT, GEM, LLM every {LIVE_ORACLE_PERIOD} s" in log
+        services = ("keeper", "finalize tokenized", "finalize listed")
+        assert all(re.search(rf"│ {name} +│ \d+", log) for name in services), log[-3000:]
 
         # Other commands follow the market's profile alone: no chain, ledger or deployment
         # in their environment (only the folder is named), run outside the checkout (the

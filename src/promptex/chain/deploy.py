@@ -92,6 +92,7 @@ def deploy_all(
     guardians: Sequence[str] = (),
     timelock_delay: int = MIN_DELAY,
     hand_over: bool = True,
+    live_parameters: bool = False,
     force: bool = False,
     root: Path | None = None,
     log: Callable[[str], None] = print,
@@ -106,6 +107,10 @@ def deploy_all(
     withdrawable and each provider token spend-only. Its longest pause is its default
     thaw (two epochs). `epoch_length` defaults to
     DEMO_EPOCH_LENGTH on a local chain and LIVE_EPOCH_LENGTH elsewhere. The
+    Oracle's period and the TWAP windows of RedemptionEscrow, Options and Perp are the
+    short local ones on a local chain (tests move the clock through them), the live
+    network's elsewhere or with `live_parameters` (what `promptex up` deploys, its TWAP
+    history seeded at start-up, so a local market behaves as a live one). The
     RedemptionEscrow redeems each provider token into its provider's credits only and
     trusts `billing_signers` (provider name → address) for receipts; the admin can add
     or revoke signers later (timelocked; revoking at once).
@@ -186,18 +191,18 @@ def deploy_all(
     # A pauser that can act at once (the admin's own pause waits the Timelock's delay).
     vault.grant_pauser(deployer.address, sender=deployer)
 
-    oracle_period = LOCAL_ORACLE_PERIOD if is_local(network_name) else LIVE_ORACLE_PERIOD
+    local = is_local(network_name) and not live_parameters  # (the TWAP parameters; MockUSDC, epochs stay local)
+    oracle_period = LOCAL_ORACLE_PERIOD if local else LIVE_ORACLE_PERIOD
     dex = deploy_dex(deployer, log, quote_token=usdc, oracle_period=oracle_period)
     contracts.update(dex_records(dex, root))
     # The vault sells spend-only tokens for USDC on exit through the Router.
     vault.set_exit_market(dex["Router"].address, sender=deployer)
 
-    local = is_local(network_name)
     redemption = deploy_redemption(
         deployer,
         {"USDC": usdc, "Oracle": dex["Oracle"]},
         twap_window=LOCAL_TWAP_WINDOW if local else LIVE_TWAP_WINDOW,
-        refund_delay=LOCAL_REFUND_DELAY if local else LIVE_REFUND_DELAY,
+        refund_delay=LOCAL_REFUND_DELAY if is_local(network_name) else LIVE_REFUND_DELAY,
         token_providers={contracts[f"token:{spec.symbol}"].address: spec.provider for spec in PROVIDER_TOKENS},
         billing_signers=billing_signers,
         pausers=[deployer.address],

@@ -34,6 +34,7 @@ class RootGroup(OneLineErrors, LazyGroup):
         "status": "promptex.cli.wallet:status",
         "coordinator": "promptex.cli.coordinator:coordinator",
         "indexer": "promptex.cli.indexer:indexer",
+        "keeper": "promptex.cli.keeper:keeper",
         "agent": "promptex.cli.agent:agent",
         "redeem": "promptex.cli.agent:redeem",
         "redemptions": "promptex.cli.agent:redemptions",

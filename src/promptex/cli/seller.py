@@ -3,7 +3,7 @@ tokenize/list path (`promptex.sellers`), and rotating the sealing master key."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from promptex.config import ConfigurationError, Settings, settings
 
 if TYPE_CHECKING:
     from promptex.ledger import Ledger
-    from promptex.sellers import SellerChain
+    from promptex.sellers import Capacity, Onboarded, SellerChain
 
 
 @click.group()
@@ -70,6 +70,42 @@ def _seller_session(s: Settings) -> Iterator[tuple[Ledger, SellerChain]]:
         ) from None
 
 
+def open_capacity(
+    s: Settings,
+    capacities: Sequence[Capacity],
+    *,
+    verify: bool = True,
+    before_each: Callable[[Capacity], None] | None = None,
+) -> list[Onboarded]:
+    """Open each capacity as a lot on the one tokenize/list path, in one session (one
+    database and chain connection, the onboarding's pending work resumed once): what
+    `promptex seller add-capacity` runs for its one lot and `promptex up` for its demo
+    lots. `before_each` runs before each lot is opened (`up` approves that lot's exact
+    bond). The first refusal stops it, in one line (ClickException)."""
+    from promptex.sellers import CapacityRefused, LotNotOpened, LotPending, factory
+
+    opened = []
+    with _seller_session(s) as (ledger, chain):
+        onboarding = factory.make_onboarding(s, ledger, chain)
+        onboarding.resume()
+        for capacity in capacities:
+            if before_each is not None:
+                before_each(capacity)
+            try:
+                opened.append(onboarding.add(capacity, verify=verify))
+            except (CapacityRefused, LotNotOpened, LotPending) as exc:
+                raise click.ClickException(str(exc)) from None
+    return opened
+
+
+def seller_address_of(s: Settings) -> str | None:
+    """The address of PROMPTEX_SELLER_PRIVATE_KEY, the seller's own key (None without one)."""
+    from eth_account import Account
+
+    key = s.seller_private_key
+    return None if key is None else str(Account.from_key(key.get_secret_value()).address)
+
+
 @seller.command("add-capacity")
 @click.option("--provider", required=True, help="provider as in the catalog: anthropic, openai, google, meta")
 @click.option("--api", type=click.Choice(["openai", "anthropic"]), help="upstream API [default: by provider]")
@@ -108,36 +144,30 @@ def seller_add_capacity(
     import json
 
     from promptex.ledger.binding import checksum_address
-    from promptex.sellers import Capacity, CapacityRefused, LotNotOpened, LotPending, factory
+    from promptex.sellers import Capacity
 
     s = settings()
-    with _seller_session(s) as (ledger, chain):
-        signer = chain.seller.sender if chain.seller is not None else None
-        if seller_address is None and signer is None:
-            raise click.ClickException("give --seller-address, or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key")
-        try:
-            address = checksum_address(seller_address or str(signer))
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        capacity = Capacity(
-            provider=provider.lower(),
-            api=api or ("anthropic" if provider.lower() == "anthropic" else "openai"),
-            base_url=base_url,
-            api_key=api_key,
-            face_value_usd_micro=_dollars("--face-value", face_value),
-            kind=kind,
-            rate_bps=int(decimal_of("--rate", rate) * 10_000),
-            expires_at=_expiry(expires),
-            seller=address,
-            resale_permitted=declare_resale_permitted,
-            bond_usdc=_dollars("--bond", bond) if bond is not None else 0,
-        )
-        onboarding = factory.make_onboarding(s, ledger, chain)
-        onboarding.resume()
-        try:
-            opened = onboarding.add(capacity, verify=not no_verify)
-        except (CapacityRefused, LotNotOpened, LotPending) as exc:
-            raise click.ClickException(str(exc)) from None
+    signer = seller_address_of(s)
+    if seller_address is None and signer is None:
+        raise click.ClickException("give --seller-address, or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key")
+    try:
+        address = checksum_address(seller_address or str(signer))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    capacity = Capacity(
+        provider=provider.lower(),
+        api=api or ("anthropic" if provider.lower() == "anthropic" else "openai"),
+        base_url=base_url,
+        api_key=api_key,
+        face_value_usd_micro=_dollars("--face-value", face_value),
+        kind=kind,
+        rate_bps=int(decimal_of("--rate", rate) * 10_000),
+        expires_at=_expiry(expires),
+        seller=address,
+        resale_permitted=declare_resale_permitted,
+        bond_usdc=_dollars("--bond", bond) if bond is not None else 0,
+    )
+    [opened] = open_capacity(s, [capacity], verify=not no_verify)
     if as_json:
         click.echo(json.dumps(opened.as_json(), indent=2))
     else:
