@@ -172,3 +172,16 @@ def test_door__session_key__queued_when_signed_by_a_bound_wallet(world: World) -
     (queued,) = world.coordinator.store.session_keys()
     assert (queued.id, queued.address, queued.key, queued.maximum) == (answer["queued"], wallet.address, key.address,
                                                                         5 * USDC)  # fmt: skip
+
+
+def test_door__a_standby_coordinator__503_and_nothing_locked_or_used(world: World) -> None:
+    account, wallet = world.buyer(20 * USDC)
+    leader = Coordinator(world.book.engine, world.chain, holder="leader", clock=world.book.clock, tx_timeout=0)
+    world.coordinator.store.release_lease("door")
+    assert leader.store.acquire_lease("leader", world.book.clock(), 30)
+
+    got, answer = world.post(world.request(wallet, USDC))
+
+    assert got == 503 and answer["error"]["code"] == "standby"
+    assert world.book.balance(account, "USDC").locked == 0
+    assert world.client.get("/v1/exits/nonce", params={"account": wallet.address}).json()["nonce"] == 0

@@ -11,7 +11,8 @@ Served by the coordinator process (`promptex coordinator`, on 127.0.0.1 by defau
 release is signed by the one process that holds the coordinator's key. No API key: the
 wallet's signature is the credential. Each refusal is a 4xx JSON body `{"error": {"code",
 "message", …exact fields}}` that moves and locks nothing; a request answered (released or
-refused by the coordinator) uses its nonce, so a signed request is answered once.
+refused by the coordinator) uses its nonce, so a signed request is answered once. Only the
+coordinator holding the leader lease answers an exit (a standby's door: 503).
 Per wallet, at most `limit` answered requests per `window` seconds (429 with Retry-After):
 a script cannot make the coordinator sign, lock or relay without end.
 """
@@ -85,6 +86,11 @@ class Door:
         coordinator = self.coordinator
         request = parse_exit_request(body, self.place, coordinator.chain.now())
         with self._lock:
+            # Only the leader signs releases: two coordinators' doors never both read the same
+            # amount as free (a standby's passes settle nothing either).
+            if not coordinator.store.acquire_lease(coordinator.holder, coordinator.clock(), coordinator.lease_seconds):
+                message = "this coordinator is standing by (another holds the lease): ask the leader's door"
+                raise Refused(503, "standby", message)
             expected = coordinator.store.door_nonce(request.account)
             if request.nonce != expected:
                 raise Refused(
