@@ -109,11 +109,14 @@ export function sessionExpiry(chainNow: bigint, hours: number): bigint {
 }
 
 /** The next voucher's ceiling: the lane's charged total plus this request's hold, never above
- *  what the session has left (`maximum − charged on every lane`); null when nothing is left. */
-export function nextCeiling(laneCharged: bigint, hold: bigint, maximum: bigint, sessionCharged: bigint): bigint | null {
+ *  what the session has left (`maximum − charged on every lane`); null when nothing is left.
+ *  Above the lane's highest accepted ceiling (`accepted`): the gateway serves a voucher once
+ *  (409 voucher_used), so ceilings rise strictly per lane. */
+export function nextCeiling(laneCharged: bigint, hold: bigint, maximum: bigint, sessionCharged: bigint, accepted = 0n): bigint | null {
   const left = maximum - sessionCharged;
   if (left <= 0n) return null;
-  return laneCharged + (hold < left ? hold : left);
+  const ceiling = laneCharged + (hold < left ? hold : left);
+  return ceiling > accepted ? ceiling : accepted + 1n;
 }
 
 // ─── This tab's session (sessionStorage: gone when the tab closes, as the API key) ───────
@@ -154,6 +157,7 @@ export interface LaneReport {
   charged_units: string;
   settled_units: string;
   in_flight: boolean;
+  voucher?: { ceiling: string } | null; // the highest voucher the lane accepted
 }
 
 export interface LanesReport {
@@ -171,11 +175,11 @@ export interface LanesReport {
 export async function voucherFor(tab: TabSession, report: LanesReport, hold: bigint): Promise<string | null> {
   if (report.session === null || String(report.session) !== tab.session || report.key?.toLowerCase() !== tab.key.toLowerCase()) return null;
   if (report.open === false) throw new Error("This tab's session has ended (revoked or expired): start a new one.");
-  const lanes = Array.from({ length: tab.lanes }, (_, lane) => report.data.find((l) => l.lane === lane) ?? { lane, charged_units: "0", in_flight: false });
+  const lanes = Array.from({ length: tab.lanes }, (_, lane) => report.data.find((l) => l.lane === lane) ?? { lane, charged_units: "0", in_flight: false, voucher: null });
   const free = lanes.find((l) => !l.in_flight);
   if (!free) throw new Error("Every lane of this session has a request in flight: wait for one to finish.");
   const sessionCharged = lanes.reduce((sum, l) => sum + BigInt(l.charged_units), 0n);
-  const ceiling = nextCeiling(BigInt(free.charged_units), hold, BigInt(tab.maximum), sessionCharged);
+  const ceiling = nextCeiling(BigInt(free.charged_units), hold, BigInt(tab.maximum), sessionCharged, BigInt(free.voucher?.ceiling ?? "0"));
   if (ceiling === null) throw new Error("This session's maximum is spent: start a new session (or send without one once it ends).");
   const terms = { account: tab.account, asset: tab.asset, session: BigInt(tab.session), lane: BigInt(free.lane), ceiling };
   const signature = await signVoucher(sessionAccount(tab.privateKey), tab.chainId, tab.vault, terms);

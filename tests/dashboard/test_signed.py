@@ -106,6 +106,8 @@ def test_signed__next_voucher__lane_total_plus_hold_within_the_session_maximum(f
         return {"asset": "USDC", "session": 4, "key": key.address, "maximum": "5000000", "open": True,
                 "data": lanes, **change}  # fmt: skip
 
+    accepted = report((1_000, 0))  # lane 0 accepted a voucher of 2,000 (ceilings rise strictly per lane)
+    accepted["data"][0]["voucher"] = {"session": 4, "lane": 0, "ceiling": "2000", "sig": "0x" + "00" * 65}
     given = [
         {"kind": "next", "tab": tab, "report": report((1_000, 0)), "hold": "300"},  # lane 0: 1,000 + 300
         {"kind": "next", "tab": tab, "report": report((1_000, 0), (True, False)), "hold": "300"},  # lane 1: 0 + 300
@@ -114,6 +116,7 @@ def test_signed__next_voucher__lane_total_plus_hold_within_the_session_maximum(f
         {"kind": "next", "tab": tab, "report": report((0, 0), (True, True)), "hold": "1"},  # both lanes busy
         {"kind": "next", "tab": tab, "report": report((0, 0), session=None, key=None), "hold": "1"},  # not registered
         {"kind": "next", "tab": tab, "report": report((0, 0), open=False), "hold": "1"},  # ended
+        {"kind": "next", "tab": tab, "report": accepted, "hold": "300"},  # above lane 0's accepted 2,000
     ]
     answers = front_end(given)
     place = {"chain_id": 31337, "vault": vault, "account": account, "asset": usdc, "session": 4}
@@ -125,3 +128,4 @@ def test_signed__next_voucher__lane_total_plus_hold_within_the_session_maximum(f
     assert "in flight" in answers[4]["error"]
     assert answers[5] == {"header": None}  # the request goes capped until the chain registers it
     assert "has ended" in answers[6]["error"]
+    assert parse_voucher(answers[7]["header"]).ceiling == 2_001

@@ -273,9 +273,10 @@ def test_gateway_killed_with_21_requests_in_flight__restarted_one_sweeps_them__f
             body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
             answer = httpx.post(base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body)
             assert answer.status_code == 200
-            # The signed lane is free again, nothing charged on it: the same ceiling is served.
+            # The signed lane is free again, nothing charged on it: a voucher above the swept
+            # one's ceiling is served (ceilings rise strictly per lane: a voucher serves once).
             assert ledger.lane(signer, "USDC", 1, 0).inflight is None
-            headers = {"authorization": f"Bearer {signer_key}", VOUCHER_HEADER: voucher(0, FLAT_OUT)}
+            headers = {"authorization": f"Bearer {signer_key}", VOUCHER_HEADER: voucher(0, FLAT_OUT + 1)}
             answer = httpx.post(base + "/v1/chat/completions", headers=headers, json=body)
             assert answer.status_code == 200
             assert answer.headers["x-promptex-lane-charged-units"] == answer.headers["x-promptex-cost-units"]

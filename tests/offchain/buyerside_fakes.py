@@ -126,6 +126,8 @@ class FakeSignedGateway:
                 return self._error(409, "lane_busy", lane)
             if voucher.ceiling < lane.charged:
                 return self._error(409, "ceiling_below_charged", lane)
+            if lane.voucher is not None and voucher.ceiling <= lane.voucher.ceiling:
+                return self._error(409, "voucher_used", lane)  # ceilings rise strictly: a voucher serves once
             lane.in_flight = True
         try:
             return self._serve(request, voucher, lane)

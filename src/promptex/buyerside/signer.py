@@ -196,7 +196,10 @@ class Signer:
         except NoFreeLane as exc:
             raise Refused(429, "no_free_lane", str(exc)) from None
         try:
-            ceiling = lane.charged + hold
+            # Ceilings rise strictly per lane (the gateway serves a voucher once: 409
+            # voucher_used): above every ceiling the gateway may have accepted (`live`), even
+            # when this request's hold is smaller than the last one's less its cost.
+            ceiling = max(lane.charged + hold, lane.live + 1)
             if ceiling > MAX_CEILING:
                 raise Refused(402, "ceiling_too_large", f"lane {lane.index} would need a ceiling of {ceiling}")
             s = self.session

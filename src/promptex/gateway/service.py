@@ -83,6 +83,7 @@ from promptex.ledger.lanes import (
     SessionClosed,
     Voucher,
     VoucherAboveBalance,
+    VoucherUsed,
 )
 from promptex.ledger.usage import SIGNED
 from promptex.metering import TokenUsage
@@ -423,6 +424,14 @@ class Gateway:
                 f"The voucher's ceiling {voucher.ceiling} is below the {lane.charged} lane {voucher.lane} was charged.",
                 lane,
             )
+        if lane.voucher is not None and voucher.ceiling <= lane.voucher.ceiling:
+            raise vouchers.refusal(  # (checked again in the hold's transaction: `ledger.lanes`)
+                409,
+                "voucher_used",
+                f"The voucher's ceiling {voucher.ceiling} is not above the {lane.voucher.ceiling} lane {voucher.lane} "
+                f"accepted before: each voucher is good for one request, sign a higher one.",
+                lane,
+            )
         hold = voucher.ceiling - lane.charged
         p, cache = priced.price, priced.cache_writes
         if priced.output:
@@ -505,6 +514,8 @@ class Gateway:
         lane = await self._thread(self.ledger.lane, payer, priced.asset, voucher.session, voucher.lane)
         if isinstance(exc, LaneBusy):
             return vouchers.refusal(409, "lane_busy", f"Lane {voucher.lane}: {exc}.", lane)
+        if isinstance(exc, VoucherUsed):
+            return vouchers.refusal(409, "voucher_used", f"{exc}.", lane)
         if isinstance(exc, CeilingBelowCharged):
             return vouchers.refusal(409, "ceiling_below_charged", f"{exc}.", lane)
         if isinstance(exc, SessionClosed):

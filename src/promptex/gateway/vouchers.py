@@ -36,6 +36,8 @@ Refusals (OpenAI's error body; its `error` object also carries `lane_charged_uni
     403 voucher_bad_signature   not signed by the session's key (e.g. another account's)
     409 session_not_current     the voucher names another session (`session`: the current)
     409 lane_busy               the lane has a request in flight (or was charged since)
+    409 voucher_used            ceiling ≤ the highest ceiling the lane accepted before:
+                                ceilings rise strictly per lane, a voucher serves once
     409 ceiling_below_charged   ceiling < what the lane was charged
 """
 

@@ -7,6 +7,9 @@ extra counter `VoucherLanes` (see `holds.extras`), so in the hold's own transact
 
 - the session is still the account's current one and open;
 - the lane has no request in flight (else `LaneBusy`), and is marked as this request's;
+- C is above every ceiling accepted on the lane before (else `VoucherUsed`): ceilings rise
+  strictly per lane, so a voucher is good for one request, whichever process it is
+  replayed to (a replayed voucher would otherwise be served again, up to its ceiling);
 - C ≥ what the lane was charged (else `CeilingBelowCharged`), and the hold is exactly
   C − charged (a lane charged meanwhile: `LaneBusy`, so the client resyncs);
 - what the vault could ever debit the account on this session's lanes stays within its
@@ -88,6 +91,11 @@ class LaneRefusal(Refusal):
 
 class LaneBusy(LaneRefusal):
     """The lane has a request in flight, or was charged since the voucher was checked."""
+
+
+class VoucherUsed(LaneRefusal):
+    """The voucher's ceiling is not above the lane's highest accepted one: it (or a higher
+    one) was used already."""
 
 
 class CeilingBelowCharged(LaneRefusal):
@@ -216,6 +224,12 @@ class VoucherLanes:
                 f"the voucher's ceiling {voucher.ceiling} is below the {charged} lane {voucher.lane} was charged",
                 available=charged,
             )
+        if voucher.ceiling <= int(mine.ceiling):
+            raise VoucherUsed(
+                f"the voucher's ceiling {voucher.ceiling} is not above the {int(mine.ceiling)} lane {voucher.lane} "
+                f"accepted before",
+                available=charged,
+            )
         if hold.amount != voucher.ceiling - charged:
             raise LaneBusy(
                 f"lane {voucher.lane} was charged {charged} since the voucher was checked", available=charged
@@ -244,8 +258,7 @@ class VoucherLanes:
             "inflight_signature": voucher.signature,
             "updated_at": now,
         }
-        if voucher.ceiling >= int(mine.ceiling):
-            values.update(ceiling=voucher.ceiling, signature=voucher.signature)
+        values.update(ceiling=voucher.ceiling, signature=voucher.signature)  # above the stored one (checked)
         conn.execute(
             update(voucher_lanes).where(*_where(account, asset, voucher.session), c.lane == voucher.lane).values(values)
         )
