@@ -250,14 +250,16 @@ def test_usage__signed_mode_record__its_mode_and_voucher_in_the_rows_and_the_csv
     )  # fmt: skip
 
 
+USDC_TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
 def session_form(dashboard, wallet: Account, signer: Account | None = None, **change) -> dict:
     """A playground SessionKey for `wallet` in USDC, signed by `signer` (default: the wallet)."""
     from promptex.protocol.vault import sign_session_key
 
     terms = {"account": wallet.address, "key": Account.create().address, "lanes": 1, "maximum": 5_000_000}
     terms |= {"expiry": 2_000_000_000, "nonce": 0, **change}
-    usdc = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-    signature = sign_session_key((signer or wallet).key, chain_id=31337, vault=VAULT, asset=usdc, **terms)
+    signature = sign_session_key((signer or wallet).key, chain_id=31337, vault=VAULT, asset=USDC_TOKEN, **terms)
     return {**terms, "asset": "USDC", "signature": "0x" + signature.hex()}
 
 
@@ -285,6 +287,11 @@ def test_session_keys__signed_by_the_bound_wallet__queued_for_the_relay_once(das
         ("no lanes", 400, "1 to 64 lanes"),
         ("an unknown asset", 400, "asset must be one of"),
         ("a maximum of zero", 400, "above zero"),
+        # What the vault would refuse or cut, refused at once (nothing stored to fail at the relay):
+        ("a replayed SessionKey", 400, "already registered"),
+        ("an expiry already past", 400, "expired"),
+        ("an expiry beyond the vault's range", 400, "beyond the vault's range"),
+        ("a maximum beyond the vault's", 400, "beyond what the vault holds"),
     ],
 )
 def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, status, message):
@@ -299,7 +306,20 @@ def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, sta
         "no lanes": lambda: session_form(dashboard, wallet, lanes=0),
         "an unknown asset": lambda: {**session_form(dashboard, wallet), "asset": "XYZ"},
         "a maximum of zero": lambda: session_form(dashboard, wallet, maximum=0),
+        "a replayed SessionKey": lambda: session_form(dashboard, wallet),  # nonce 0: registered below
+        "an expiry already past": lambda: session_form(dashboard, wallet, expiry=int(time.time()) - 1),
+        "an expiry beyond the vault's range": lambda: session_form(dashboard, wallet, expiry=2**32),
+        "a maximum beyond the vault's": lambda: {
+            **session_form(dashboard, wallet, maximum=2**96),
+            "maximum": str(2**96),
+        },
     }[case]()
+    if case == "a replayed SessionKey":  # the chain registered session 0 (as the indexer records it)
+        dashboard.ledger.register_session(
+            f"0x{time.monotonic_ns():064x}:0", address=wallet.address, asset="USDC",
+            asset_address=USDC_TOKEN, chain_id=31337, vault=VAULT, key=form["key"], session=0, lanes=1,
+            maximum=5_000_000, expiry=2_000_000_000, signed_from=1,
+        )  # fmt: skip
     answer = dashboard.post("/api/session-keys", headers=headers, json=form)
     assert answer.status_code == status and message in answer.json()["error"], answer.text
     assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
