@@ -287,11 +287,6 @@ def test_session_keys__signed_by_the_bound_wallet__queued_for_the_relay_once(das
         ("no lanes", 400, "1 to 64 lanes"),
         ("an unknown asset", 400, "asset must be one of"),
         ("a maximum of zero", 400, "above zero"),
-        # What the vault would refuse or cut, refused at once (nothing stored to fail at the relay):
-        ("a replayed SessionKey", 400, "already registered"),
-        ("an expiry already past", 400, "expired"),
-        ("an expiry beyond the vault's range", 400, "beyond the vault's range"),
-        ("a maximum beyond the vault's", 400, "beyond what the vault holds"),
     ],
 )
 def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, status, message):
@@ -306,23 +301,38 @@ def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, sta
         "no lanes": lambda: session_form(dashboard, wallet, lanes=0),
         "an unknown asset": lambda: {**session_form(dashboard, wallet), "asset": "XYZ"},
         "a maximum of zero": lambda: session_form(dashboard, wallet, maximum=0),
-        "a replayed SessionKey": lambda: session_form(dashboard, wallet),  # nonce 0: registered below
-        "an expiry already past": lambda: session_form(dashboard, wallet, expiry=int(time.time()) - 1),
-        "an expiry beyond the vault's range": lambda: session_form(dashboard, wallet, expiry=2**32),
-        "a maximum beyond the vault's": lambda: {
-            **session_form(dashboard, wallet, maximum=2**96),
-            "maximum": str(2**96),
-        },
     }[case]()
-    if case == "a replayed SessionKey":  # the chain registered session 0 (as the indexer records it)
-        dashboard.ledger.register_session(
-            f"0x{time.monotonic_ns():064x}:0", address=wallet.address, asset="USDC",
-            asset_address=USDC_TOKEN, chain_id=31337, vault=VAULT, key=form["key"], session=0, lanes=1,
-            maximum=5_000_000, expiry=2_000_000_000, signed_from=1,
-        )  # fmt: skip
     answer = dashboard.post("/api/session-keys", headers=headers, json=form)
     assert answer.status_code == status and message in answer.json()["error"], answer.text
     assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
+
+
+def test_session_keys__what_the_vault_would_refuse_or_cut__400_and_nothing_queued(dashboard):
+    """Refused at once rather than stored to fail at the relay (or be cut by the vault): a
+    replayed SessionKey (its nonce's session is registered), an expiry past or beyond the
+    vault's range, a maximum beyond what the vault holds. (One test: one dashboard.)"""
+    from promptex.coordinator.store import CoordinatorStore
+
+    wallet = Account.create()
+    headers = {"authorization": f"Bearer {obtain_key(dashboard, wallet).json()['key']}"}
+    replayed = session_form(dashboard, wallet)  # nonce 0, registered on chain below
+    dashboard.ledger.register_session(
+        f"0x{time.monotonic_ns():064x}:0", address=wallet.address, asset="USDC", asset_address=USDC_TOKEN,
+        chain_id=31337, vault=VAULT, key=replayed["key"], session=0, lanes=1, maximum=5_000_000,
+        expiry=2_000_000_000, signed_from=1,
+    )  # fmt: skip
+    huge = {**session_form(dashboard, wallet, nonce=1, maximum=2**96), "maximum": str(2**96)}  # a JSON-safe string
+    for form, message in [
+        (replayed, "already registered"),
+        (session_form(dashboard, wallet, nonce=1, expiry=int(time.time()) - 1), "expired"),
+        (session_form(dashboard, wallet, nonce=1, expiry=2**32), "beyond the vault's range"),
+        (huge, "beyond what the vault holds"),
+    ]:
+        answer = dashboard.post("/api/session-keys", headers=headers, json=form)
+        assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
+    fresh = dashboard.post("/api/session-keys", headers=headers, json=session_form(dashboard, wallet, nonce=1))
+    assert fresh.status_code == 200, fresh.text
 
 
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):
