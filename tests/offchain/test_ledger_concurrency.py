@@ -163,3 +163,24 @@ def test_members_reserve_settle_release__concurrently_on_one_org__budgets_and_bo
     assert (balance.held, balance.posted) == (0, 300 * 1_000_000 - sum(charged.values()))
     assert balance.posted >= 0
     assert ledger.problems() == []
+
+
+def test_sqlite_write__file_locked_by_another_writer__sqlalchemys_operational_error_after_the_busy_timeout(tmp_path):
+    """BEGIN IMMEDIATE runs on the driver (the hot path's saving): a write lock held
+    elsewhere still surfaces as SQLAlchemy's error type, which callers catch."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger.open(f"sqlite:///{path}", busy_timeout_ms=50, sqlite_synchronous="NORMAL")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="database is locked"):
+            ledger.create_account()
+        other.execute("ROLLBACK")
+        assert ledger.create_account().id > 0  # the lock gone, the same ledger writes again
+    finally:
+        other.close()
+        ledger.close()
