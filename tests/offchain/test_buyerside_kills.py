@@ -123,6 +123,8 @@ def test_proxy__stopped_then_sigkilled__restart_signs_nothing_until_resume(
         said = (tmp_path / "proxy.out").read_text()
         assert "signing stopped" in said and "3 answers on lane 0" in said and "promptex proxy --resume" in said
         proxy.kill()
+        shown = CliRunner().invoke(main, ["session", "show", "--session", str(tmp_path / "session.json")])
+        assert "3 answers on lane 0" in shown.output and "promptex proxy --resume" in shown.output, shown.output
         served: list[Any] = []
         monkeypatch.setattr("uvicorn.run", lambda app, **_: served.append(app))
         for name in ("promptex.proxy", "promptex.buyerside"):  # the command adds a handler to each
