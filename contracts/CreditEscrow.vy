@@ -10,9 +10,15 @@
         from the seller, released pro rata as the lot is consumed.
 
         What the bond promises token holders:
-        - A lot's face value is the seller's word; its bond (at least
-          MIN_BOND_FLOOR_BPS of face value, an immutable floor) is what
-          stands behind it in the worst case.
+        - A lot's face value is the seller's word; its bond is what stands
+          behind it in the worst case. Every tokenized lot of a token is
+          bonded at exactly that token's share of face value,
+          `token_bond_bps` (fixed when the provider is added, never below
+          MIN_BOND_FLOOR_BPS, an immutable floor), so every token of a
+          provider carries the same bond share and pooling its failures is
+          fair: a failed seller tendering its own tokens recovers at most
+          what it posted for them. Listed lots mint nothing and are never
+          pooled: their bond is at least `min_bond_bps` of face value.
         - Every token that stops being backed by open capacity brings its
           share of the lot's bond to the provider's insurance fund: all of
           the unreleased bond on `slash` (a listed lot's slashed bond, which
@@ -20,9 +26,11 @@
           (rounded up) on `expire`; the fee share's part on `finalize_close`.
           The seller gets back only the bond of capacity it delivered or
           returned.
-        - `buy_back_unbacked` pays every tendered token the same rate,
-          min(face value, insurance fund ÷ unbacked tokens), so order,
-          timing and identity gain nothing.
+        - `buy_back_unbacked` pays every tendered token the same fixed rate,
+          its bond share (face value × token_bond_bps ÷ 10,000, rounded
+          down), which the insurance fund always holds for every unbacked
+          token: order, timing, identity and other lots' failures gain
+          nothing.
         - Closing takes two steps: `request_close` stops routing (and
           drawing) at once; for `close_delay` (two vault windows) the lot
           stays open: a listed lot is still credited for the usage it served,
@@ -74,8 +82,8 @@ exports: (
 BPS: constant(uint256) = 10_000
 # @notice Hard cap on the mint fee: 1 %.
 MAX_MINT_FEE_BPS: public(constant(uint256)) = 100
-# @notice The minimum bond can never go below 10 % of face value: a failed
-#         lot's unbacked tokens recover at least this much per dollar of face.
+# @notice No bond share can ever go below 10 % of face value: a failed lot's
+#         unbacked tokens recover at least this much per dollar of face.
 MIN_BOND_FLOOR_BPS: public(constant(uint256)) = 1_000
 # @notice A lot must be valid for at least this long when it opens (7 days),
 #         so nearest-expiry-first routing has time to draw it.
@@ -114,7 +122,8 @@ close_delay: public(immutable(uint256))
 
 treasury: public(address)
 mint_fee_bps: public(uint256)
-# @notice Minimum bond as a share of face value; never below MIN_BOND_FLOOR_BPS.
+# @notice Listed lots' minimum bond as a share of face value; never below
+#         MIN_BOND_FLOOR_BPS. Tokenized lots are bonded at `token_bond_bps`.
 min_bond_bps: public(uint256)
 
 # @notice The CreditsVault: the only caller of `consume` and `draw`; set once.
@@ -122,6 +131,14 @@ vault: public(address)
 
 is_attestor: public(HashMap[address, bool])
 is_provider_token: public(HashMap[address, bool])
+# @notice Per provider token, the bond share (basis points of face value) of
+#         every tokenized lot of it: set once by `add_provider`, never changed.
+#         One share per token, because tokens are fungible and their failures
+#         are pooled: with unequal shares, a seller failing at a low share
+#         tendered its own tokens at a rate an earlier, better-bonded failure
+#         had raised (found: a lot bonded 100 % slashed, then one at 10 % left
+#         to expire: its seller got $5,497 for the $1,000 it posted).
+token_bond_bps: public(HashMap[address, uint256])
 
 lots: public(HashMap[uint256, ICreditEscrow.Lot])
 lot_count: public(uint256)
@@ -205,6 +222,7 @@ event UnbackedBoughtBack:
 
 event ProviderAdded:
     token: indexed(address)
+    bond_bps: uint256
 
 event RoleAttestorChanged:
     account: indexed(address)
@@ -276,8 +294,10 @@ def open_lot(
     @param face_value USD micro-units of credit in the lot (the seller's word).
     @param expiry Unix time after which the lot stops serving; at least
            MIN_LOT_VALIDITY from now.
-    @param bond USDC (6 decimals) posted; at least `min_bond_bps` of face
-           value, and exactly the seller's allowance to this contract.
+    @param bond USDC (6 decimals) posted, exactly the seller's allowance to
+           this contract. Tokenized: exactly `tokenized_bond(token,
+           face_value)` (one bond share per token: more is refused too);
+           listed: at least `min_bond(face_value)`.
     @param terms_hash Hash of the seller's signed resale-permitted declaration.
     @param rate_bps Listed lots: price as a fraction of list (1..10000); tokenized: 0.
     @return uint256 The new lot id (ids start at 1).
@@ -287,7 +307,6 @@ def open_lot(
     assert self.is_provider_token[token], "escrow: unknown token"
     assert face_value > 0, "escrow: zero face value"
     assert convert(expiry, uint256) >= block.timestamp + MIN_LOT_VALIDITY, "escrow: expiry too soon"
-    assert bond >= self._min_bond(face_value), "escrow: bond below minimum"
     assert terms_hash != empty(bytes32), "escrow: resale not declared"
 
     capacity: uint256 = face_value
@@ -295,11 +314,14 @@ def open_lot(
     fee: uint256 = 0
     if kind == KIND_TOKENIZED:
         assert rate_bps == 0, "escrow: rate on tokenized lot"
+        # Exactly the token's share, neither less nor more: its tokens are pooled.
+        assert bond == self._tokenized_bond(token, face_value), "escrow: bond not the token's share"
         capacity, seller_amount, fee = self._quote_mint(token, face_value)
         # Too small a lot would hand the whole (rounded-up) fee the lot's capacity.
         assert seller_amount > 0, "escrow: face value too small to mint"
     elif kind == KIND_LISTED:
         assert rate_bps > 0 and convert(rate_bps, uint256) <= BPS, "escrow: bad rate"
+        assert bond >= self._min_bond(face_value), "escrow: bond below minimum"
     else:
         raise "escrow: bad kind"
 
@@ -545,10 +567,13 @@ def buy_back_unbacked(token: address, amount: uint256) -> uint256:
     @notice Sells `amount` of the caller's `token` to that provider's insurance
             fund; the tokens are burned, restoring the backing of what remains
             in circulation.
-    @dev Every tendered token gets the same rate, min(face value, insurance
-         fund ÷ unbacked), rounded down against the caller; a sale never
-         lowers the rate of the unbacked tokens left, so order, timing and
-         identity gain nothing. Approve the tokens first.
+    @dev Every tendered token gets the same fixed rate, its bond share:
+         face value × token_bond_bps ÷ 10,000, rounded down against the
+         caller. Every unbacked token brought at least that share to the
+         fund (each lot is bonded at exactly the token's share; its
+         forfeits round up), so the fund pays every unbacked token at this
+         rate whatever the order; it is never pooled with any other money,
+         so no failure raises another's recovery. Approve the tokens first.
     @param token A registered provider token with unbacked supply.
     @param amount Tokens (10**-18 units); non-zero, at most `unbacked[token]`.
     @return uint256 USDC paid (10**-6 units).
@@ -557,8 +582,10 @@ def buy_back_unbacked(token: address, amount: uint256) -> uint256:
     assert amount > 0, "escrow: zero amount"
     outstanding: uint256 = self.unbacked[token]
     assert amount <= outstanding, "escrow: more than unbacked"
-    payout: uint256 = self._buy_back_quote(token, amount, outstanding)
+    payout: uint256 = self._buy_back_quote(token, amount)
     assert payout > 0, "escrow: nothing to pay"
+    # Never fails: the fund holds at least the share of every unbacked token.
+    assert payout <= self.insurance_fund[token], "escrow: insurance fund short"
 
     self.unbacked[token] = outstanding - amount
     self.insurance_fund[token] -= payout
@@ -595,20 +622,33 @@ def quote_buy_back(token: address, amount: uint256) -> uint256:
     @param amount Tokens (10**-18 units); at most `unbacked[token]`.
     @return uint256 USDC (10**-6 units).
     """
-    outstanding: uint256 = self.unbacked[token]
-    assert amount <= outstanding, "escrow: more than unbacked"
-    return self._buy_back_quote(token, amount, outstanding)
+    assert amount <= self.unbacked[token], "escrow: more than unbacked"
+    return self._buy_back_quote(token, amount)
 
 
 @external
 @view
 def min_bond(face_value: uint256) -> uint256:
     """
-    @notice The smallest bond accepted for a lot of `face_value`.
+    @notice The smallest bond accepted for a listed lot of `face_value`.
     @param face_value USD micro-units.
     @return uint256 USDC in 10**-6 units (rounded up).
     """
     return self._min_bond(face_value)
+
+
+@external
+@view
+def tokenized_bond(token: address, face_value: uint256) -> uint256:
+    """
+    @notice The bond of a tokenized lot of `token` of `face_value`: the only
+            bond accepted, the token's share of face value.
+    @param token A registered provider token.
+    @param face_value USD micro-units.
+    @return uint256 USDC in 10**-6 units (rounded up, against the seller).
+    """
+    assert self.is_provider_token[token], "escrow: unknown token"
+    return self._tokenized_bond(token, face_value)
 
 
 @external
@@ -683,20 +723,27 @@ def draw_order(token: address, count: uint256) -> DynArray[uint256, MAX_DRAW_LOT
 
 
 @external
-def add_provider(token: address):
+def add_provider(token: address, bond_bps: uint256):
     """
-    @notice Registers a provider token that lots may name.
-    @dev Admin only. The token must make this contract its minter and a burner.
+    @notice Registers a provider token that lots may name, with the bond
+            share of every tokenized lot of it, for good.
+    @dev Admin only, once per token. The token must make this contract its
+         minter and a burner. A provider needing another share needs a new
+         token: a share that moved would pool lots bonded unequally.
     @param token The ComputeToken.
+    @param bond_bps Basis points of face value, MIN_BOND_FLOOR_BPS..10,000.
     """
     ownable._check_owner()
     assert token != empty(address), "escrow: zero address"
     assert not self.is_provider_token[token], "escrow: provider already added"
+    assert bond_bps >= MIN_BOND_FLOOR_BPS, "escrow: bond share below floor"
+    assert bond_bps <= BPS, "escrow: bond share above 100%"
     assert staticcall IComputeToken(token).face_value_usd_micro() > 0, "escrow: not a compute token"
     assert staticcall IComputeToken(token).is_minter(self), "escrow: not the token's minter"
     assert staticcall IComputeToken(token).is_burner(self), "escrow: not the token's burner"
     self.is_provider_token[token] = True
-    log ProviderAdded(token=token)
+    self.token_bond_bps[token] = bond_bps
+    log ProviderAdded(token=token, bond_bps=bond_bps)
 
 
 @external
@@ -757,7 +804,8 @@ def set_mint_fee_bps(new_bps: uint256):
 @external
 def set_min_bond_bps(new_bps: uint256):
     """
-    @notice Sets the minimum bond, as a share of face value, for new lots.
+    @notice Sets the minimum bond, as a share of face value, for new listed
+            lots (tokenized lots are bonded at their token's fixed share).
     @dev Admin only; between the immutable MIN_BOND_FLOOR_BPS and 100 %.
     @param new_bps Basis points of face value.
     """
@@ -801,14 +849,19 @@ def _min_bond(face_value: uint256) -> uint256:
 
 @internal
 @view
-def _buy_back_quote(token: address, amount: uint256, outstanding: uint256) -> uint256:
-    # min(face, fund ÷ unbacked) per token, rounded down: what a sale pays can
-    # never lower the fund-per-unbacked-token of those still outstanding.
-    if outstanding == 0:
-        return 0
-    at_face: uint256 = amount * staticcall IComputeToken(token).face_value_usd_micro() // 10**18
-    pro_rata: uint256 = amount * self.insurance_fund[token] // outstanding
-    return min(at_face, pro_rata)
+def _tokenized_bond(token: address, face_value: uint256) -> uint256:
+    return self._ceil_div(face_value * self.token_bond_bps[token], BPS)
+
+
+@internal
+@view
+def _buy_back_quote(token: address, amount: uint256) -> uint256:
+    # The token's bond share of the tendered face value, rounded down: every
+    # unbacked token brought at least bond ÷ capacity ≥ this rate to the fund
+    # (bond rounded up, capacity down, forfeits up), so a sale never leaves
+    # the tokens still outstanding less than their share.
+    face: uint256 = staticcall IComputeToken(token).face_value_usd_micro()
+    return amount * face * self.token_bond_bps[token] // (10**18 * BPS)
 
 
 @internal

@@ -70,6 +70,7 @@ export const escrowAbi = parseAbi([
   "function insurance_fund(address arg0) view returns (uint256)",
   "function quote_buy_back(address token, uint256 amount) view returns (uint256)",
   "function buy_back_unbacked(address token, uint256 amount) returns (uint256)",
+  "function tokenized_bond(address token, uint256 face_value) view returns (uint256)",
   "function lots(uint256 arg0) view returns ((address seller, address token, uint8 kind, uint8 status, uint16 rate_bps, uint64 expiry, uint256 face_value, uint256 capacity, uint256 seller_minted, uint256 consumed, uint256 last_epoch, uint256 bond, uint256 bond_released, bytes32 terms_hash, uint256 close_at))",
 ]);
 

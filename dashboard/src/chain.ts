@@ -103,6 +103,7 @@ const REASONS: [RegExp, string][] = [
   [/options: window start not retained/, "The Oracle no longer holds the observation this settlement needs: too late to settle."],
   [/escrow: caller is not an attestor/, "This server's attestor key does not hold the escrow's attestor role on this chain. No lot was opened."],
   [/escrow: bond below minimum/, "The bond is below the escrow's minimum for this face value. No lot was opened."],
+  [/escrow: bond not the token's share/, "A tokenized lot's bond is exactly its token's share of the face value, no more and no less. No lot was opened."],
   [/escrow: face value too small to mint/, "That face value is too small to mint any tokens. No lot was opened."],
   [/escrow: expiry in the past/, "The lot's expiry is in the past on chain. No lot was opened."],
   [/escrow: bond transfer failed/, "The escrow could not take the bond: approve it first (and hold that much USDC). No lot was opened."],

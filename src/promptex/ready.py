@@ -129,14 +129,20 @@ def fund_treasury(rpc_url: str, deployment: Deployment) -> str:
     return str(wallet)
 
 
-def bond_for(rpc_url: str, deployment: Deployment, seller: str, face_value_usd_micro: int, lots: int) -> int:
-    """The escrow's minimum bond for a lot of this face value (USDC units), with `lots` of
-    them minted to the seller (anvil's accounts are unlocked): what a demo seller needs
-    before `promptex seller add-capacity --bond`, each lot's bond approved by
-    `approve_bond` first."""
+def bond_for(
+    rpc_url: str, deployment: Deployment, seller: str, face_value_usd_micro: int, lots: int, token: str | None = None
+) -> int:
+    """The escrow's bond for a lot of this face value (USDC units) — a tokenized lot of
+    `token`'s: its token's share, the only one accepted; a listed lot's (no token): the
+    minimum — with `lots` of them minted to the seller (anvil's accounts are unlocked):
+    what a demo seller needs before `promptex seller add-capacity --bond`, each lot's bond
+    approved by `approve_bond` first."""
     w3 = connect(rpc_url, timeout=30)
     usdc, escrow = deployed_contract(w3, deployment, "USDC"), deployed_contract(w3, deployment, "CreditEscrow")
-    bond = int(escrow.functions.min_bond(face_value_usd_micro).call())
+    if token is None:
+        bond = int(escrow.functions.min_bond(face_value_usd_micro).call())
+    else:
+        bond = int(escrow.functions.tokenized_bond(Web3.to_checksum_address(token), face_value_usd_micro).call())
     if bond:
         _send(w3, usdc.functions.mint(Web3.to_checksum_address(seller), bond * lots), Web3.to_checksum_address(seller))
     return bond

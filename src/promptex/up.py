@@ -414,6 +414,7 @@ def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> 
 
     from promptex.cli.seller import open_capacity
     from promptex.config import Settings
+    from promptex.metering import provider_token
     from promptex.protocol.units import USD_MICRO
     from promptex.ready import approve_bond, bond_for
     from promptex.sellers import Capacity
@@ -421,14 +422,26 @@ def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> 
     console.print(f"[bold]▶ {len(DEMO_PROVIDERS) * len(DEMO_SELLERS)} demo lots[/bold]")
     upstream = f"http://127.0.0.1:{options.upstream_port}/v1"
     face = DEMO_FACE_VALUE_USD * USD_MICRO
-    lots = len(DEMO_PROVIDERS)
-    bonds = {kind: bond_for(rpc_url, deployment, seller, face, lots) for kind, seller in DEMO_SELLERS.items()}
+    # A tokenized lot's bond is its token's share (the only one the escrow takes), a listed
+    # lot's the minimum; each seller is minted the bond of every lot it opens.
+    bonds = {
+        (provider, kind): bond_for(
+            rpc_url,
+            deployment,
+            seller,
+            face,
+            1,
+            deployment.address(f"token:{provider_token(provider).symbol}") if kind == "tokenized" else None,
+        )
+        for provider in DEMO_PROVIDERS
+        for kind, seller in DEMO_SELLERS.items()
+    }
     expires = int(time.time()) + DEMO_LOT_DAYS * 86_400
     capacities = [
         Capacity(
             provider=provider, api="anthropic" if provider == "anthropic" else "openai", base_url=upstream,
             api_key=f"demo-{provider}-key", face_value_usd_micro=face, kind=kind, rate_bps=6_000,
-            expires_at=expires, seller=seller, resale_permitted=True, bond_usdc=bonds[kind],
+            expires_at=expires, seller=seller, resale_permitted=True, bond_usdc=bonds[provider, kind],
         )
         for provider in DEMO_PROVIDERS
         for kind, seller in DEMO_SELLERS.items()

@@ -93,10 +93,13 @@ def expiry(chain):
 
 @pytest.fixture
 def open_lot(escrow, usdc, attestor, expiry):
-    """Open a lot for `seller`, funding and approving its minimum bond."""
+    """Open a lot for `seller`, funding and approving its bond: a tokenized lot's (its
+    token's share, the only one accepted), a listed lot's minimum."""
 
     def _open(seller, token, kind=KIND_TOKENIZED, face_value=10_000 * USD_MICRO, rate_bps=0, bond=None):
-        bond = escrow.min_bond(face_value) if bond is None else bond
+        if bond is None:
+            tokenized = kind == KIND_TOKENIZED
+            bond = escrow.tokenized_bond(token, face_value) if tokenized else escrow.min_bond(face_value)
         usdc.mint(seller, bond, sender=seller)
         usdc.approve(escrow, bond, sender=seller)
         escrow.open_lot(seller, token, kind, face_value, expiry, bond, TERMS, rate_bps, sender=attestor)

@@ -72,8 +72,11 @@ class EscrowWorld:
 
     def open(self, seller: str, kind: int = TOKENIZED, face: int = FACE, bond: int | None = None,
              lifetime: int = 30 * DAY, rate_bps: int = 0) -> int:  # fmt: skip
-        """The attestor opens a lot for `seller`, who holds and approved exactly its bond."""
-        bond = self.escrow.min_bond(face) if bond is None else bond
+        """The attestor opens a lot for `seller`, who holds and approved exactly its bond
+        (a tokenized lot's is its token's share, the only one accepted)."""
+        if bond is None:
+            tokenized = kind == TOKENIZED
+            bond = self.escrow.tokenized_bond(self.cld.address, face) if tokenized else self.escrow.min_bond(face)
         self.usdc.mint(seller, bond)
         self.usdc.approve(self.escrow.address, bond, sender=seller)
         expiry = now() + lifetime
@@ -104,7 +107,7 @@ def ew() -> EscrowWorld:
         usdc = USDC.deploy()
         escrow = ESCROW.deploy(usdc.address, treasury, WINDOW)
         cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", CLD_FACE, escrow.address, vault)
-        escrow.add_provider(cld.address)
+        escrow.add_provider(cld.address, 1_000)
         escrow.grant_attestor(attestor)
         escrow.set_vault(vault)
         revocations = [(escrow.address, selector("revoke_attestor(address)"))]
@@ -125,16 +128,18 @@ def test_attestor__opens_and_slashes_a_lot_a_seller_never_asked_for__the_bond_st
     seller = ew.sellers[0]
     ew.usdc.mint(seller, FACE)
     expiry = now() + 30 * DAY
-    for standing in (MAX_UINT, FACE, FACE // 2):  # unlimited, larger, or another lot's bond
+    bond = ew.escrow.tokenized_bond(ew.cld.address, FACE)
+    for standing in (MAX_UINT, FACE, 2 * bond):  # unlimited, larger, or another lot's bond
         ew.usdc.approve(ew.escrow.address, standing, sender=seller)
         with boa.reverts("escrow: bond not approved for this lot"):
-            ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 4, TERMS, 0, sender=ew.attestor)
+            ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, bond, TERMS, 0, sender=ew.attestor)
     assert ew.usdc.balanceOf(seller) == FACE and ew.escrow.lot_count() == 0
     # The lot the seller did approve opens, once: the allowance is spent.
-    lot = ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 2, TERMS, 0, sender=ew.attestor)
-    assert ew.escrow.lots(lot).bond == FACE // 2 and ew.usdc.allowance(seller, ew.escrow.address) == 0
+    ew.usdc.approve(ew.escrow.address, bond, sender=seller)
+    lot = ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, bond, TERMS, 0, sender=ew.attestor)
+    assert ew.escrow.lots(lot).bond == bond and ew.usdc.allowance(seller, ew.escrow.address) == 0
     with boa.reverts("escrow: bond not approved for this lot"):
-        ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, FACE // 2, TERMS, 0, sender=ew.attestor)
+        ew.escrow.open_lot(seller, ew.cld.address, TOKENIZED, FACE, expiry, bond, TERMS, 0, sender=ew.attestor)
 
 
 def test_seller__257_dust_lots_expiring_last__cannot_block_lots_that_expire_sooner(ew):
@@ -171,6 +176,83 @@ def test_seller__sells_half_lets_its_lot_expire_undrawn_and_tenders_first__same_
     assert seller_got + holder_got <= posted
     assert holder_got * UNIT // theirs >= seller_got * UNIT // mine  # tendering first gained nothing
     assert holder_got >= theirs * CLD_FACE // UNIT // 10 - 1  # the 10 % floor of face value
+
+
+def test_seller__fails_at_the_share_after_a_better_bonded_failure__no_profit_first_holders_keep_their_rate(ew):
+    """Found (round 2): one pooled rate over failures of unequal bond shares. A lot bonded
+    100 % was slashed; a seller then opened a lot at the 10 % minimum, kept its tokens, let
+    it expire and tendered them at the pooled rate: $5,497 back for the $1,000 it posted,
+    the first lot's holders 55 % of face instead of 100 %. Now every tokenized lot of a
+    token is bonded at exactly the token's share (more is refused, and the Timelock's
+    minimum bond moves listed lots only), and a buy-back pays that share, fixed: the
+    breaker's sequence replayed gains the failing seller nothing and costs the first
+    lot's holders nothing."""
+    honest, breaker, holder = ew.sellers[0], ew.attacker, ew.holder
+    share = ew.escrow.tokenized_bond(ew.cld.address, FACE)
+    assert share == FACE // 10
+    # The first step of the breaker's world is refused: no tokenized lot bonded above its share.
+    ew.usdc.mint(honest, FACE)
+    ew.usdc.approve(ew.escrow.address, FACE, sender=honest)
+    with boa.reverts("escrow: bond not the token's share"):
+        ew.escrow.open_lot(honest, ew.cld.address, TOKENIZED, FACE, now() + 30 * DAY, FACE, TERMS, 0,
+                           sender=ew.attestor)  # fmt: skip
+    ew.usdc.approve(ew.escrow.address, 0, sender=honest)
+    # Nor through the Timelock: a minimum bond raised to 100 % binds listed lots only.
+    ew.through_timelock(ew.escrow.address, ew.escrow.set_min_bond_bps.prepare_calldata(10_000))
+    assert ew.escrow.min_bond(FACE) == FACE and ew.escrow.tokenized_bond(ew.cld.address, FACE) == share
+    first = ew.open(honest, face=10 * FACE)
+    ew.cld.transfer(holder, ew.cld.balanceOf(honest), sender=honest)  # all sold to a holder
+    ew.escrow.slash(first, sender=ew.attestor)
+    held = ew.cld.balanceOf(holder)
+    rate_before = ew.escrow.quote_buy_back(ew.cld.address, held)
+    # The breaker opens a lot, keeps every token, lets it expire undrawn and tenders them all.
+    lot = ew.open(breaker, face=10 * FACE, lifetime=MIN_LOT_VALIDITY)
+    posted = ew.escrow.lots(lot).bond
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + GRACE + 1)
+    ew.escrow.expire(lot)
+    got = ew.usdc.balanceOf(breaker) + ew.tender(breaker, ew.cld.balanceOf(breaker))
+    assert got <= posted  # before: $5,497 for $1,000; now less than it posted (the fee tokens' share)
+    assert ew.escrow.quote_buy_back(ew.cld.address, held) == rate_before  # the failure diluted nothing
+    paid = ew.tender(holder, held)
+    assert paid == rate_before == held * CLD_FACE * 1_000 // (UNIT * 10_000)  # the share of face, fixed
+    # Whatever else is left unbacked (the fee tokens) is still fully payable at the share.
+    fund, left = ew.escrow.insurance_fund(ew.cld.address), ew.escrow.unbacked(ew.cld.address)
+    assert fund * UNIT * 10_000 >= left * CLD_FACE * 1_000
+
+
+def test_seller__every_way_out_after_partial_use__recovers_no_more_than_it_posted_plus_what_was_drawn(ew):
+    """Slash, expire and a finalized close, each after part of the lot was drawn (a burn
+    elsewhere), fee tokens included: the seller's USDC (bond released, paid at the end,
+    and its own tokens tendered) never exceeds its bond, and every other holder of a
+    failed lot is paid the same share per token."""
+    holder = ew.holder
+    market = ew.open(ew.attacker, face=10 * FACE, lifetime=60 * DAY)  # drawn last: expires last
+    ew.cld.transfer(holder, ew.escrow.lots(market).seller_minted, sender=ew.attacker)
+    for seller, end in zip(ew.sellers, ("slash", "expire", "close"), strict=True):
+        lot = ew.open(seller, face=FACE + 13, lifetime=MIN_LOT_VALIDITY)
+        posted, capacity = ew.escrow.lots(lot).bond, ew.escrow.lots(lot).capacity
+        # It sells a third (less one unit: a close needs ⌈its share of what remains⌉ back).
+        ew.cld.transfer(holder, ew.escrow.lots(lot).seller_minted // 3 - 1, sender=seller)
+        # A third of the lot is drawn (nearest expiry first): the vault burns the holder's tokens.
+        ew.cld.transfer(ew.vault, capacity // 3, sender=holder)
+        ew.cld.burn(capacity // 3, sender=ew.vault)
+        ew.escrow.draw(ew.cld.address, capacity // 3, 1, sender=ew.vault)
+        if end == "slash":
+            ew.escrow.slash(lot, sender=ew.attestor)
+        elif end == "expire":
+            boa.env.time_travel(seconds=MIN_LOT_VALIDITY + GRACE + 1)
+            ew.escrow.expire(lot)
+        else:
+            ew.escrow.request_close(lot, sender=seller)
+            boa.env.time_travel(seconds=2 * WINDOW)
+            ew.cld.approve(ew.escrow.address, ew.cld.balanceOf(seller), sender=seller)
+            ew.escrow.finalize_close(lot, sender=seller)
+        mine = ew.cld.balanceOf(seller)
+        got = ew.usdc.balanceOf(seller) + (ew.tender(seller, mine) if mine else 0)
+        assert got <= posted, end
+        fees = ew.cld.balanceOf(ew.treasury)  # every lot's fee share, some of it unbacked
+        tendered = min(fees, ew.escrow.unbacked(ew.cld.address))
+        assert ew.tender(ew.treasury, tendered) == tendered * CLD_FACE * 1_000 // (UNIT * 10_000), end
 
 
 def test_seller__its_listed_lot_slashed_while_closing__the_bond_is_lost_to_it(ew):
@@ -358,7 +440,7 @@ def test_vault_pauser__pauses_as_a_listed_lots_last_window_ends__a_keeper_cannot
             ew.usdc.address, escrow.address, w, 2 * w, signed.address
         )
         cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", CLD_FACE, escrow.address, vault.address)
-        escrow.add_provider(cld.address)
+        escrow.add_provider(cld.address, 1_000)
         escrow.grant_attestor(admin)
         escrow.set_vault(vault.address)
         vault.grant_coordinator(admin)

@@ -21,6 +21,7 @@ from promptex.protocol.escrow import (
     STATUS_EXPIRED,
     STATUS_OPEN,
     STATUS_SLASHED,
+    buy_back_payout,
 )
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
 from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO, ZERO_ADDRESS
@@ -81,8 +82,8 @@ def assert_conserved(usdc, escrow, provider_tokens):
 
 @pytest.fixture
 def open_args(escrow, usdc, seller, cld, expiry):
-    """Arguments of a valid tokenized CLD lot, with the minimum bond funded and approved."""
-    bond = escrow.min_bond(FACE)
+    """Arguments of a valid tokenized CLD lot, with its bond (CLD's share) funded and approved."""
+    bond = escrow.tokenized_bond(cld, FACE)
     _fund_bond(usdc, escrow, seller, bond)
     return {
         "seller": seller,
@@ -221,10 +222,26 @@ def test_open_lot__tokenized__emits_lot_opened(escrow, cld, seller, open_args, a
     ]
 
 
-def test_open_lot__bond_above_minimum__holds_whole_bond(escrow, usdc, seller, open_args, attestor, assert_conserved):
-    bond = 3 * open_args["bond"]
+@pytest.mark.parametrize("delta", [-1, +1, None])
+def test_open_lot__tokenized_bond_not_the_tokens_share__reverts(escrow, usdc, seller, open_args, attestor, delta):
+    # One bond share per token (its tokens are pooled): less is refused, and so is more.
+    share = open_args["bond"]
+    assert share == escrow.tokenized_bond(open_args["token"], FACE) == _ceil_div(FACE * 1_000, 10_000)
+    bond = 3 * share if delta is None else share + delta
+    usdc.mint(seller, 2 * share, sender=seller)  # the fixture funded `share`: every bond tried is held
+    usdc.approve(escrow, bond, sender=seller)
+    with ape.reverts("escrow: bond not the token's share"):
+        _open(escrow, attestor, open_args, bond=bond)
+    assert escrow.lot_count() == 0
+
+
+def test_open_lot__listed_bond_above_minimum__holds_whole_bond(
+    escrow, usdc, seller, open_args, attestor, assert_conserved
+):
+    # Listed lots mint nothing and are never pooled: their sellers may bond more.
+    bond = 3 * escrow.min_bond(FACE)
     _fund_bond(usdc, escrow, seller, bond)
-    _open(escrow, attestor, open_args, bond=bond)
+    _open(escrow, attestor, open_args, kind=KIND_LISTED, rate_bps=8_000, bond=bond)
     assert escrow.lots(1).bond == bond
     assert escrow.bonds_held() == bond
     assert_conserved()
@@ -328,6 +345,8 @@ def test_open_lot__shorter_than_minimum_validity__reverts_until_exactly_it(escro
 
 def test_open_lot__bond_below_minimum__reverts(escrow, attestor, open_args):
     with ape.reverts("escrow: bond below minimum"):
+        _open(escrow, attestor, open_args, kind=KIND_LISTED, rate_bps=8_000, bond=escrow.min_bond(FACE) - 1)
+    with ape.reverts("escrow: bond not the token's share"):
         _open(escrow, attestor, open_args, bond=open_args["bond"] - 1)
 
 
@@ -360,7 +379,7 @@ def test_open_lot__allowance_not_exactly_the_bond__reverts(escrow, usdc, seller,
 def test_open_lot__face_value_below_one_token_unit__reverts(escrow, vault, admin, attestor, open_args):
     # A token worth more than 10**18 USD micro-units each: 1 micro-unit buys less than 10**-18.
     pricey = admin.deploy(project.ComputeToken, "Pricey Credit", "PRC", "Pricey", 2 * TOKEN_UNIT, escrow, vault)
-    escrow.add_provider(pricey, sender=admin)
+    escrow.add_provider(pricey, 1_000, sender=admin)
     with ape.reverts("escrow: face value too small to mint"):
         _open(escrow, attestor, open_args, token=pricey, face_value=1, bond=1)
 
@@ -368,7 +387,7 @@ def test_open_lot__face_value_below_one_token_unit__reverts(escrow, vault, admin
 def test_open_lot__capacity_all_fee__reverts(escrow, vault, admin, attestor, open_args):
     # Capacity of 1 unit: the rounded-up 5 bps fee would take all of it, leaving the seller nothing.
     unit = admin.deploy(project.ComputeToken, "Unit Credit", "UNT", "Unit", TOKEN_UNIT, escrow, vault)
-    escrow.add_provider(unit, sender=admin)
+    escrow.add_provider(unit, 1_000, sender=admin)
     assert escrow.quote_mint(unit, 1) == (1, 0, 1)
     with ape.reverts("escrow: face value too small to mint"):
         _open(escrow, attestor, open_args, token=unit, face_value=1, bond=1)
@@ -781,9 +800,10 @@ def test_buy_back_unbacked__after_slash__burns_tokens_and_pays_the_common_rate(
     _slashed_cld_lot(escrow, cld, seller, attestor, open_lot)
     fund, unbacked, supply = escrow.insurance_fund(cld), escrow.unbacked(cld), cld.totalSupply()
     amount = 100_000 * TOKEN_UNIT + 123  # $421.80… of CLD at face; the fund holds the 10 % bond
-    payout = amount * fund // unbacked  # fund ÷ unbacked is below face value: that rate
-    assert payout < amount * 4_218 // TOKEN_UNIT
-    assert amount * fund % unbacked != 0  # the payout rounds down, against the seller of tokens
+    payout = amount * 4_218 * 1_000 // (TOKEN_UNIT * 10_000)  # CLD's bond share of face value
+    assert payout == buy_back_payout(amount, 4_218) == 42_180_000
+    assert amount * 4_218 * 1_000 % (TOKEN_UNIT * 10_000) != 0  # rounded down, against the seller of tokens
+    assert fund * TOKEN_UNIT * 10_000 >= unbacked * 4_218 * 1_000  # the fund holds every unbacked token's share
     assert escrow.quote_buy_back(cld, amount) == payout
     cld.approve(escrow, amount, sender=seller)
 
@@ -799,19 +819,22 @@ def test_buy_back_unbacked__after_slash__burns_tokens_and_pays_the_common_rate(
     assert_conserved()
 
 
-def test_buy_back_unbacked__fund_above_face__pays_face_value(
-    escrow, usdc, cld, seller, attestor, open_lot, assert_conserved
+def test_buy_back_unbacked__every_unbacked_token_paid_its_share__the_fund_keeps_only_rounding(
+    escrow, usdc, cld, seller, treasury, attestor, open_lot, assert_conserved
 ):
-    # A seller may bond more than face value; the fund then pays face value and keeps the rest.
-    lot_id = open_lot(seller, cld, bond=2 * FACE)
+    # Seller and treasury tender every unbacked token: each at the share, and the fund
+    # never runs short (it keeps the rounding of the bond, up, and of each payout, down).
+    lot_id = open_lot(seller, cld, face_value=FACE + 7)
     escrow.slash(lot_id, sender=attestor)
-    amount = cld.balanceOf(seller)  # all unbacked tokens but the treasury's fee share
-    assert escrow.insurance_fund(cld) > escrow.unbacked(cld) * 4_218 // TOKEN_UNIT
-    cld.approve(escrow, amount, sender=seller)
-    paid_before = usdc.balanceOf(seller)
-    escrow.buy_back_unbacked(cld, amount, sender=seller)
-    assert usdc.balanceOf(seller) - paid_before == amount * 4_218 // TOKEN_UNIT
-    assert escrow.unbacked(cld) == escrow.lots(lot_id).capacity - amount
+    paid = 0
+    for who in (seller, treasury):
+        amount = cld.balanceOf(who)
+        cld.approve(escrow, amount, sender=who)
+        escrow.buy_back_unbacked(cld, amount, sender=who)
+        assert usdc.balanceOf(who) == buy_back_payout(amount, 4_218)
+        paid += usdc.balanceOf(who)
+    assert escrow.unbacked(cld) == 0 and cld.totalSupply() == 0
+    assert 0 <= escrow.insurance_fund(cld) == escrow.lots(lot_id).bond - paid <= 2
     assert_conserved()
 
 
@@ -880,14 +903,20 @@ def test_set_mint_fee_bps__non_admin__reverts(escrow, attacker):
         escrow.set_mint_fee_bps(0, sender=attacker)
 
 
-def test_set_min_bond_bps__raised__rejects_old_minimum(escrow, attestor, admin, open_args):
+def test_set_min_bond_bps__raised__rejects_old_minimum_for_listed_lots_only(
+    escrow, cld, usdc, seller, attestor, admin, open_args
+):
     old_min = open_args["bond"]
     tx = escrow.set_min_bond_bps(2_000, sender=admin)
     assert escrow.min_bond_bps() == 2_000
     assert escrow.min_bond(FACE) == 2 * old_min
     assert tx.events == [escrow.MinBondChanged(old_bps=1_000, new_bps=2_000)]
     with ape.reverts("escrow: bond below minimum"):
-        _open(escrow, attestor, open_args)
+        _open(escrow, attestor, open_args, kind=KIND_LISTED, rate_bps=8_000)
+    # A tokenized lot stays at its token's fixed share: a 10 % and a 20 % lot never pool.
+    assert escrow.tokenized_bond(cld, FACE) == old_min
+    _open(escrow, attestor, open_args)
+    assert escrow.lots(1).bond == old_min
 
 
 @pytest.mark.parametrize("bps", [0, MIN_BOND_FLOOR_BPS - 1])
@@ -1002,26 +1031,47 @@ def new_token(admin, escrow, vault):
 
 
 def test_add_provider__new_token__registers_it_for_lots(escrow, new_token, seller, admin, open_lot):
-    tx = escrow.add_provider(new_token, sender=admin)
+    tx = escrow.add_provider(new_token, 2_500, sender=admin)
     assert escrow.is_provider_token(new_token) is True
-    assert tx.events == [escrow.ProviderAdded(token=new_token)]
+    assert escrow.token_bond_bps(new_token) == 2_500
+    assert tx.events == [escrow.ProviderAdded(token=new_token, bond_bps=2_500)]
     lot_id = open_lot(seller, new_token)
     assert escrow.lots(lot_id).capacity == _capacity(FACE, 500)
+    assert escrow.lots(lot_id).bond == escrow.tokenized_bond(new_token, FACE) == FACE // 4
+
+
+@pytest.mark.parametrize(
+    ("bps", "reason"),
+    [
+        (0, "escrow: bond share below floor"),
+        (MIN_BOND_FLOOR_BPS - 1, "escrow: bond share below floor"),
+        (10_001, "escrow: bond share above 100%"),
+    ],
+)
+def test_add_provider__bond_share_out_of_range__reverts(escrow, new_token, admin, bps, reason):
+    with ape.reverts(reason):
+        escrow.add_provider(new_token, bps, sender=admin)
+    assert escrow.is_provider_token(new_token) is False
+
+
+def test_tokenized_bond__unknown_token__reverts(escrow, usdc):
+    with ape.reverts("escrow: unknown token"):
+        escrow.tokenized_bond(usdc, FACE)
 
 
 def test_add_provider__duplicate__reverts(escrow, cld, admin):
     with ape.reverts("escrow: provider already added"):
-        escrow.add_provider(cld, sender=admin)
+        escrow.add_provider(cld, 1_000, sender=admin)
 
 
 def test_add_provider__zero_address__reverts(escrow, admin):
     with ape.reverts("escrow: zero address"):
-        escrow.add_provider(ZERO_ADDRESS, sender=admin)
+        escrow.add_provider(ZERO_ADDRESS, 1_000, sender=admin)
 
 
 def test_add_provider__not_a_compute_token__reverts(escrow, usdc, admin):
     with ape.reverts():  # USDC has no face_value_usd_micro(); the static call fails
-        escrow.add_provider(usdc, sender=admin)
+        escrow.add_provider(usdc, 1_000, sender=admin)
     assert escrow.is_provider_token(usdc) is False
 
 
@@ -1029,13 +1079,13 @@ def test_add_provider__token_minted_by_someone_else__reverts(escrow, vault, admi
     # A token whose minter is another key could be minted without any lot behind it.
     rogue = admin.deploy(project.ComputeToken, "Rogue Credit", "RGE", "Rogue", 500, attacker, vault)
     with ape.reverts("escrow: not the token's minter"):
-        escrow.add_provider(rogue, sender=admin)
+        escrow.add_provider(rogue, 1_000, sender=admin)
     assert escrow.is_provider_token(rogue) is False
 
 
 def test_add_provider__non_admin__reverts(escrow, new_token, attacker):
     with ape.reverts(NOT_OWNER):
-        escrow.add_provider(new_token, sender=attacker)
+        escrow.add_provider(new_token, 1_000, sender=attacker)
     assert escrow.is_provider_token(new_token) is False
 
 
@@ -1083,7 +1133,7 @@ def test_open_lot__expiry_far_ahead__serves_until_then(escrow, chain, attestor, 
     assert escrow.lots(1).consumed == 1_000
 
 
-def test_constants__python_mirror__match_contract(escrow):
+def test_constants__python_mirror__match_contract(escrow, cld):
     from promptex.protocol import escrow as mirror
 
     assert (escrow.KIND_TOKENIZED(), escrow.KIND_LISTED()) == (mirror.KIND_TOKENIZED, mirror.KIND_LISTED)
@@ -1097,3 +1147,5 @@ def test_constants__python_mirror__match_contract(escrow):
     assert escrow.MAX_MINT_FEE_BPS() == mirror.MAX_MINT_FEE_BPS
     assert escrow.MIN_BOND_FLOOR_BPS() == mirror.MIN_BOND_FLOOR_BPS
     assert escrow.MIN_LOT_VALIDITY() == mirror.MIN_LOT_VALIDITY
+    assert escrow.token_bond_bps(cld) == mirror.TOKEN_BOND_BPS  # what deploy gives every provider
+    assert escrow.tokenized_bond(cld, 10_001) == mirror.tokenized_bond(10_001) == 1_001  # rounded up

@@ -16,7 +16,7 @@ import pytest
 from promptex.chain.timelock import Call, deploy_timelock, selector
 from promptex.chain.timelock import execute as execute_call
 from promptex.chain.timelock import schedule as schedule_call
-from promptex.protocol.escrow import KIND_LISTED, MIN_BOND_FLOOR_BPS, MIN_LOT_VALIDITY, STATUS_OPEN
+from promptex.protocol.escrow import KIND_LISTED, MIN_BOND_FLOOR_BPS, MIN_LOT_VALIDITY, STATUS_OPEN, buy_back_payout
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
 from promptex.protocol.timelock import MIN_DELAY
 from promptex.protocol.units import TOKEN_UNIT, USD_MICRO
@@ -68,7 +68,7 @@ def test_attack__seller_sells_its_own_tokens_to_the_fund_first_after_a_slash(
     theirs = cld.balanceOf(holder)
     holder_paid = _tender(escrow, usdc, cld, holder, theirs)
 
-    assert seller_paid == mine * lot.bond // lot.capacity  # fund ÷ unbacked, not face value
+    assert seller_paid == buy_back_payout(mine, CLD_FACE)  # CLD's bond share of face, not face value
     assert seller_paid < lot.bond // 2 + 1  # the seller did not take its bond back
     assert _rate_bound(holder_paid, theirs) >= _rate_bound(seller_paid, mine)  # coming second costs nothing
     assert usdc.balanceOf(seller) == seller_paid and usdc.balanceOf(holder) == holder_paid
@@ -103,7 +103,8 @@ def test_attack__buying_tokens_after_a_slash_gets_no_priority(
     bought = cld.balanceOf(seller) // 4
     cld.transfer(attacker, bought, sender=seller)
     paid = _tender(escrow, usdc, cld, attacker, bought)
-    assert paid == bought * fund // unbacked  # the common rate, never face value
+    assert paid == buy_back_payout(bought, CLD_FACE)  # the common rate, never face value
+    assert fund * TOKEN_UNIT * 10_000 >= unbacked * CLD_FACE * 1_000  # the fund holds every share
     assert paid < bought * CLD_FACE // TOKEN_UNIT
 
 
@@ -278,8 +279,8 @@ def test_attack__min_bond_to_zero_self_attestor_unbonded_mint(
     usdc.mint(attacker, FACE, sender=attacker)
     usdc.approve(escrow, FACE, sender=attacker)
     expiry = chain.pending_timestamp + 30 * DAY
-    for bond in (0, escrow.min_bond(FACE) - 1):
-        with ape.reverts("escrow: bond below minimum"):
+    for bond in (0, escrow.tokenized_bond(cld, FACE) - 1):
+        with ape.reverts("escrow: bond not the token's share"):
             escrow.open_lot(attacker, cld, 1, FACE, expiry, bond, b"\x11" * 32, 0, sender=attacker)
     assert cld.totalSupply() == supply
     assert escrow.min_bond_bps() == MIN_BOND_FLOOR_BPS

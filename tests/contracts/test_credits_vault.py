@@ -1414,7 +1414,7 @@ def test_complete_exit__transfer_returns_false__reverts_and_keeps_the_exit(vault
 
 def test_exit_instant__spend_only_approve_returns_false__reverts(project, vault, escrow, admin, buyer, market, release):
     token = admin.deploy(project.FalseReturningToken)
-    escrow.add_provider(token, sender=admin)
+    escrow.add_provider(token, 1_000, sender=admin)
     vault.list_asset(token, POLICY_SPEND_ONLY, sender=admin)
     token.mint(buyer, 10, sender=buyer)
     token.approve(vault, 10, sender=buyer)

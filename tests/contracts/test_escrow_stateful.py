@@ -10,8 +10,13 @@ slash, an attacker-attestor opening its own lots and slashing others'. After eve
 the contract must agree with the model and:
 
 - backing: per token, supply == open lots' unconsumed capacity + unbacked tokens, and
-  the insurance fund pays every unbacked token at least the floor bond share of its
-  face value (MIN_BOND_FLOOR_BPS), at one common rate;
+  the insurance fund holds every unbacked token's bond share (its token's fixed
+  `token_bond_bps` of face value, at least MIN_BOND_FLOOR_BPS), the one rate every
+  buy-back pays, exactly;
+- no seller profits by failing: each account's USDC from the escrow is at most the bonds
+  it posted plus the bond share of the capacity its lots delivered and of the tokens it
+  received from others (a market, or the treasury's fees); a seller tendering its own
+  tokens recovers at most what it posted for them, whoever failed before it;
 - the escrow holds exactly the open lots' unreleased bonds plus the insurance funds plus
   the listed lots' forfeited bonds;
 - no value reaches anyone the rules do not give it: each account's USDC is exactly its
@@ -51,6 +56,8 @@ USDC = LazyPartial("contracts/test/MockUSDC.vy")
 ESCROW = LazyPartial("contracts/CreditEscrow.vy")
 TIMELOCK = LazyPartial("contracts/Timelock.vy")
 FACE_VALUES = {"CLD": 4_218, "GPT": 3_695_000}
+# Each token's bond share, fixed when added: two different ones, never pooled together.
+SHARES = {"CLD": 1_000, "GPT": 2_500}
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -99,8 +106,8 @@ class World:
                 sym: TOKEN.deploy(f"{sym} credit", sym, sym, fv, self.escrow.address, self.settler)
                 for sym, fv in FACE_VALUES.items()
             }
-            for token in self.tokens.values():
-                self.escrow.add_provider(token.address)
+            for sym, token in self.tokens.items():
+                self.escrow.add_provider(token.address, SHARES[sym])
             self.escrow.grant_attestor(self.attestor)
             self.escrow.set_vault(self.settler)
             revoke = self.escrow.revoke_attestor.prepare_calldata(self.attestor)[:4]
@@ -138,6 +145,8 @@ class EscrowMachine(RuleBasedStateMachine):
         self.insurance = {sym: 0 for sym in FACE_VALUES}
         self.forfeited = {sym: 0 for sym in FACE_VALUES}  # listed lots' slashed bonds, paid to no one
         self.paid_to: dict[str, int] = {}  # USDC sent by the escrow to each account
+        self.posted: dict[str, int] = {}  # bonds each account posted
+        self.received: dict[str, dict[str, int]] = {}  # tokens each got from others (trades, fees)
         self.unspent: dict[str, int] = {}  # faucet USDC a refused lot left with its seller
         self.pending: dict[bytes, tuple[str, int, str, bytes, int]] = {}  # op id → (kind, arg, target, data, ready)
         self.touched: int | None = None  # the lot the last step acted on
@@ -168,6 +177,10 @@ class EscrowMachine(RuleBasedStateMachine):
     def pay(self, who: str, amount: int) -> None:
         self.paid_to[who] = self.paid_to.get(who, 0) + amount
 
+    def receive(self, who: str, sym: str, amount: int) -> None:
+        per_token = self.received.setdefault(who, dict.fromkeys(FACE_VALUES, 0))
+        per_token[sym] += amount
+
     def holders(self) -> list[str]:
         w = self.w
         return [*w.sellers, w.attacker, w.buyer, self.treasury]
@@ -187,7 +200,7 @@ class EscrowMachine(RuleBasedStateMachine):
         sym=st.sampled_from(sorted(FACE_VALUES)),
         tokenized=st.booleans(),
         face_value=st.integers(1, 10**13),
-        extra_bond=st.integers(0, 10**9),
+        extra_bond=st.one_of(st.just(0), st.integers(-3, 10**9)),
         rate_bps=st.integers(1, 10_000),
         lifetime=st.integers(MIN_LOT_VALIDITY - DAY, 90 * DAY),
     )
@@ -196,7 +209,9 @@ class EscrowMachine(RuleBasedStateMachine):
         seller = w.attacker if who == 3 else w.sellers[who]
         attestor = w.attacker if by_attacker else w.attestor
         token = self.tokens[sym]
-        bond = ceil_div(face_value * self.min_bond_bps, BPS) + extra_bond
+        share = ceil_div(face_value * SHARES[sym], BPS)  # a tokenized lot's only bond
+        minimum = ceil_div(face_value * self.min_bond_bps, BPS)  # a listed lot's least
+        bond = max((share if tokenized else minimum) + extra_bond, 0)
         self.usdc.mint(seller, bond)
         self.usdc.approve(self.escrow.address, bond, sender=seller)  # the escrow takes exactly this allowance
         kind = TOKENIZED if tokenized else LISTED
@@ -214,13 +229,21 @@ class EscrowMachine(RuleBasedStateMachine):
         elif lifetime < MIN_LOT_VALIDITY:
             with boa.reverts("escrow: expiry too soon"):
                 self.escrow.open_lot(*args, sender=attestor)
+        elif tokenized and bond != share:  # one share per token: less and more refused
+            with boa.reverts("escrow: bond not the token's share"):
+                self.escrow.open_lot(*args, sender=attestor)
         elif tokenized and seller_minted == 0:
             with boa.reverts("escrow: face value too small to mint"):
+                self.escrow.open_lot(*args, sender=attestor)
+        elif not tokenized and bond < minimum:
+            with boa.reverts("escrow: bond below minimum"):
                 self.escrow.open_lot(*args, sender=attestor)
         else:
             lot_id = self.escrow.open_lot(*args, sender=attestor)
             self.lots[lot_id] = ModelLot(seller, sym, kind, capacity, seller_minted, bond, expiry)
             self.minted[sym] += capacity if tokenized else 0
+            self.posted[seller] = self.posted.get(seller, 0) + bond
+            self.receive(self.treasury, sym, fee)
             to_treasury = fee + (seller_minted if seller == self.treasury else 0)
             assert token.balanceOf(self.treasury) - fee_before == to_treasury  # the fee, no more
             self.touched = lot_id
@@ -390,21 +413,22 @@ class EscrowMachine(RuleBasedStateMachine):
         amount = int(token.balanceOf(src_addr) * frac)
         if amount:
             token.transfer(dst_addr, amount, sender=src_addr)
+            if dst_addr != src_addr:
+                self.receive(dst_addr, sym, amount)
 
     @rule(holder=st.integers(0, 6), sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.0))
     def buy_back_unbacked(self, holder, sym, fraction):
         holders = self.holders()
         who, token = holders[holder % len(holders)], self.tokens[sym]
         amount = min(int(self.unbacked[sym] * fraction), token.balanceOf(who))
-        fund, outstanding = self.insurance[sym], self.unbacked[sym]
-        payout = min(amount * FACE_VALUES[sym] // UNIT, amount * fund // outstanding) if outstanding else 0
+        # One fixed rate for every tendered token: its bond share of face, rounded down.
+        payout = amount * FACE_VALUES[sym] * SHARES[sym] // (UNIT * BPS)
         if amount == 0 or payout == 0:
-            with boa.reverts():
+            with boa.reverts("escrow: zero amount" if amount == 0 else "escrow: nothing to pay"):
                 self.escrow.buy_back_unbacked(token.address, amount, sender=who)
             return
+        assert self.escrow.quote_buy_back(token.address, amount) == payout
         assert self.escrow.buy_back_unbacked(token.address, amount, sender=who) == payout
-        # The common rate: a sale never leaves the tokens still outstanding a lower fund per token.
-        assert (fund - payout) * outstanding >= fund * (outstanding - amount)
         self.unbacked[sym] -= amount
         self.insurance[sym] -= payout
         self.burned[sym] += amount
@@ -522,7 +546,7 @@ class EscrowMachine(RuleBasedStateMachine):
         assert lot.consumed <= lot.capacity  # never consumed beyond face value
 
     @invariant()
-    def every_token_is_backed_or_payable_at_the_floor(self):
+    def every_token_is_backed_or_payable_at_its_share(self):
         for sym, token in self.tokens.items():
             open_capacity = sum(
                 m.remaining for m in self.lots.values() if m.token == sym and m.kind == TOKENIZED and m.status == OPEN
@@ -531,8 +555,24 @@ class EscrowMachine(RuleBasedStateMachine):
             assert self.escrow.unbacked(token.address) == self.unbacked[sym]
             assert self.escrow.insurance_fund(token.address) == self.insurance[sym]
             assert self.escrow.forfeited(token.address) == self.forfeited[sym]
-            # fund ÷ unbacked ≥ the floor share of face value, per token unit.
-            assert self.insurance[sym] * BPS * UNIT >= self.unbacked[sym] * FACE_VALUES[sym] * FLOOR_BPS
+            # The fund holds the token's share of every unbacked token's face value (≥ the floor).
+            assert SHARES[sym] >= FLOOR_BPS and self.escrow.token_bond_bps(token.address) == SHARES[sym]
+            assert self.insurance[sym] * BPS * UNIT >= self.unbacked[sym] * FACE_VALUES[sym] * SHARES[sym]
+
+    @invariant()
+    def no_seller_profits_by_failing(self):
+        # USDC from the escrow ≤ bonds posted + the bond share of what its lots delivered and
+        # of the tokens others gave it. Found on the pooled rate: a lot bonded at 100 %
+        # slashed, a seller at 10 % letting its own expire got $5,497 for the $1,000 posted.
+        for who in self.holders():
+            earned = 0  # micro-USDC × UNIT × BPS
+            received = self.received.get(who, {})
+            for sym, face in FACE_VALUES.items():
+                delivered = sum(
+                    m.consumed for m in self.lots.values() if m.seller == who and m.token == sym and m.kind == TOKENIZED
+                )
+                earned += (delivered + received.get(sym, 0)) * face * SHARES[sym]
+            assert self.paid_to.get(who, 0) * UNIT * BPS <= self.posted.get(who, 0) * UNIT * BPS + earned
 
     @invariant()
     def escrow_holds_exactly_open_bonds_and_funds(self):

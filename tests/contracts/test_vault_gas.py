@@ -47,7 +47,7 @@ def measure_settle(n: int) -> int:
         escrow = ESCROW.deploy(usdc.address, admin, 60)
         vault = VAULT.deploy(usdc.address, escrow.address, 60, 120, SIGNED.deploy().address)
         cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218, escrow.address, vault.address)
-        escrow.add_provider(cld.address)
+        escrow.add_provider(cld.address, 1_000)
         escrow.grant_attestor(admin)
         escrow.set_vault(vault.address)
         vault.grant_coordinator(admin)

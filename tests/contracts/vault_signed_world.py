@@ -55,7 +55,7 @@ class SignedWorld:
             self.escrow = ESCROW.deploy(self.usdc.address, self.admin, EPOCH)
             self.vault = VAULT.deploy(self.usdc.address, self.escrow.address, EPOCH, MAX_PAUSE, SIGNED.deploy().address)
             self.cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218, self.escrow.address, self.vault.address)
-            self.escrow.add_provider(self.cld.address)
+            self.escrow.add_provider(self.cld.address, 1_000)
             self.escrow.grant_attestor(self.admin)
             self.escrow.set_vault(self.vault.address)
             self.vault.list_asset(self.cld.address, 2)

@@ -83,10 +83,12 @@ class World:
 
     def open_lot(self, provider, kind, rate_bps):
         face = 1_000_000 * USDC_UNIT
-        bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
+        token = self.contract("token:CLD" if provider == "anthropic" else "token:GPT").address
+        # A tokenized lot's only bond is its token's share; a listed lot's least is the minimum.
+        bonds = self.escrow.functions
+        bond = (bonds.tokenized_bond(token, face) if kind == KIND_TOKENIZED else bonds.min_bond(face)).call()
         self.send(SELLER, self.usdc.functions.mint(SELLER.address, bond))
         self.send(SELLER, self.usdc.functions.approve(self.escrow.address, bond))
-        token = self.contract("token:CLD" if provider == "anthropic" else "token:GPT").address
         expiry = self.chain.now() + 30 * 86_400
         self.send(
             ADMIN,

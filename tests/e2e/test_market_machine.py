@@ -177,7 +177,8 @@ class MarketMachine(RuleBasedStateMachine):
         """A tokenized GPT lot of `face` µUSD (its tokens minted to the seller, less the mint
         fee) and a buyer who bought `share` % of them, deposited them and pays in GPT."""
         self.token_seller = seller = self.chain.wallet()
-        bond = -(-face * self.escrow.functions.min_bond_bps().call() // 10_000)
+        gpt_token = self.chain.asset("GPT").address
+        bond = self.escrow.functions.tokenized_bond(gpt_token, face).call()  # GPT's share: the only bond it takes
         self.chain.send(seller, self.usdc.functions.mint(seller.address, bond))
         self.chain.send(seller, self.usdc.functions.approve(self.escrow.address, bond))  # exactly this lot's
         before = self.escrow.functions.lot_count().call()

@@ -259,6 +259,10 @@ def test_add_capacity__seller_holds_no_bond_or_bond_below_minimum__one_line_each
     )
     low = market.add_capacity("--bond", "10")
     assert low.exit_code == 1 and "the bond must be at least 25.00 USDC" in low.output
+    # A tokenized lot takes exactly its token's bond share: more is refused too (its tokens pool).
+    for bond in ("10", "30"):
+        off = market.add_capacity("--bond", bond, kind="tokenized")
+        assert off.exit_code == 1 and "a tokenized lot's bond is exactly 25.00 USDC" in off.output, off.output
     soon = market.add_capacity(expires="6d")  # the escrow refuses it: said before anything is sent
     assert soon.exit_code == 1 and "a lot must be valid for at least 7 days" in soon.output
     with market.ledger() as ledger:

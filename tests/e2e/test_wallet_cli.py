@@ -14,7 +14,7 @@ from web3 import Web3
 
 from anvil_node import ROOT, ape_env, rpc
 from promptex.chain.deploy import contract_at
-from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_TOKENIZED, buy_back_payout
 from promptex.protocol.redemption import provider_id
 from promptex.protocol.vault import UNLIMITED, sign_release
 
@@ -221,7 +221,7 @@ def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_tha
     assert nothing.exit_code == 1 and "no CLD is unbacked" in nothing.output
 
     face = 100 * USD  # a tokenized lot, its tokens minted to the holder as its seller, then slashed
-    bond = escrow.min_bond(face)
+    bond = escrow.tokenized_bond(cld, face)  # the token's share: the only bond a tokenized lot takes
     usdc.mint(holder, bond, sender=holder)
     usdc.approve(escrow, bond, sender=holder)
     expiry = chain.pending_timestamp + 30 * 86_400
@@ -245,6 +245,7 @@ def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_tha
     sold = promptex_cli("wallet", "buy-back", "--token", "CLD", "--amount", "10", "--account", STRANGER, "--json")
 
     assert sold.exit_code == 0, sold.output
+    assert quote == buy_back_payout(10 * 10**18, cld.face_value_usd_micro())  # CLD's bond share of face
     assert quote > 0 and usdc.balanceOf(holder) - usdc_before == quote
     assert json.loads(sold.output) | {"tx": None} == {
         "token": "CLD", "amount_units": str(10 * 10**18), "paid_units": str(quote),

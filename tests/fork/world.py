@@ -43,7 +43,12 @@ class World:
 def open_lot(chain: ForkChain, roles: Roles, escrow: Any, token: Any, kind: int, face_value: int, expiry: int) -> int:
     """Open a lot for the test seller (who approves exactly the bond: the escrow opens a
     lot only against an allowance of exactly its bond); returns its id."""
-    bond = escrow.functions.min_bond(face_value).call()
+    tokenized = kind != KIND_LISTED  # a tokenized lot's only bond is its token's share
+    bond = (
+        escrow.functions.tokenized_bond(token.address, face_value).call()
+        if tokenized
+        else escrow.functions.min_bond(face_value).call()
+    )
     chain.send(chain.contract("USDC").functions.approve(escrow.address, bond), roles.seller)
     rate = 6_000 if kind == KIND_LISTED else 0
     call = escrow.functions.open_lot(roles.seller, token.address, kind, face_value, expiry, bond, TERMS, rate)

@@ -72,8 +72,16 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
     bond = null;
     try {
       const value = faceMicro();
+      // A tokenized lot's only bond is its token's share (every token of a provider carries the
+      // same share, so their failures pool fairly); a listed lot's is at least the minimum.
+      const token = providers.find((a) => a.provider!.toLowerCase() === provider.value)?.address;
+      const tokenized = kind.value === "tokenized";
+      if (tokenized && !token) throw new Error("Choose a provider first.");
+      const bondRead = tokenized
+        ? ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "tokenized_bond", args: [token!, value] })
+        : ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "min_bond", args: [value] });
       const [minimum, allowance, held] = await Promise.all([
-        ctx.client.readContract({ address: escrow, abi: escrowAbi, functionName: "min_bond", args: [value] }),
+        bondRead,
         ctx.client.readContract({ address: ctx.usdc.address, abi: erc20Abi, functionName: "allowance", args: [account, escrow] }),
         ctx.client.readContract({ address: ctx.usdc.address, abi: erc20Abi, functionName: "balanceOf", args: [account] }),
       ]);
@@ -83,7 +91,9 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
       bondLine.dataset.approved = String(allowance === minimum);
       bondLine.replaceChildren(
         "Bond: ", h("strong", {}, money(minimum, "USDC")),
-        " — the escrow's minimum for this face value, taken from your wallet when the lot opens and released as it is consumed or closes. ",
+        tokenized
+          ? " — the token's bond share of this face value (a tokenized lot takes exactly this), taken from your wallet when the lot opens and released as it is consumed or closes. "
+          : " — the escrow's minimum for this face value, taken from your wallet when the lot opens and released as it is consumed or closes. ",
         allowance >= minimum ? "Approved." : `Approve it first (approved now: ${money(allowance, "USDC", { rounding: "down" })}).`,
         held < minimum ? ` Your wallet holds only ${money(held, "USDC", { rounding: "down" })}.` : "",
       );
@@ -92,9 +102,9 @@ function drawOnboarding(box: HTMLElement, app: App, opened: () => void): void {
       bondLine.textContent = (err as Error).message;
     }
   };
-  provider.addEventListener("change", setProvider);
+  provider.addEventListener("change", () => { setProvider(); void refreshBond(); });
   face.addEventListener("input", () => void refreshBond());
-  kind.addEventListener("change", () => { rate.disabled = kind.value === "tokenized"; });
+  kind.addEventListener("change", () => { rate.disabled = kind.value === "tokenized"; void refreshBond(); });
   setProvider();
   void refreshBond();
 

@@ -27,6 +27,7 @@ from promptex.chain.perp import deploy_perp, perp_record
 from promptex.chain.redemption import deploy_redemption, redemption_record
 from promptex.chain.timelock import deploy_timelock, selector
 from promptex.protocol.dex import LIVE_ORACLE_PERIOD, LOCAL_ORACLE_PERIOD
+from promptex.protocol.escrow import TOKEN_BOND_BPS
 from promptex.protocol.perp import DEFAULT_MARKET
 from promptex.protocol.perp import LIVE_TWAP_WINDOW as PERP_LIVE_TWAP_WINDOW
 from promptex.protocol.perp import LOCAL_TWAP_WINDOW as PERP_LOCAL_TWAP_WINDOW
@@ -179,7 +180,7 @@ def deploy_all(
             escrow.address,
             vault.address,
         )
-        escrow.add_provider(token.address, sender=deployer)
+        escrow.add_provider(token.address, TOKEN_BOND_BPS, sender=deployer)
         vault.list_asset(token.address, POLICY_SPEND_ONLY, sender=deployer)
         contracts[f"token:{spec.symbol}"] = DeployedContract(address=str(token.address), abi=token_abi)
         log(f"{spec.symbol:<13} {token.address}")

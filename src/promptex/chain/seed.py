@@ -78,7 +78,7 @@ def mint_tokens(escrow: Any, usdc: Any, token: Any, maker: Any, amount: int) -> 
     face_value = short * token.face_value_usd_micro() // TOKEN_UNIT + 1
     while escrow.quote_mint(token, face_value)[1] < short:  # the seller's share, net of the mint fee
         face_value += face_value // 1_000 + 1
-    bond = escrow.min_bond(face_value)
+    bond = escrow.tokenized_bond(token, face_value)  # its token's share: the only bond accepted
     usdc.mint(maker, bond, sender=maker)
     usdc.approve(escrow, bond, sender=maker)
     expiry = chain.pending_timestamp + LOT_LIFETIME

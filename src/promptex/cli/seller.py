@@ -116,7 +116,11 @@ def seller_address_of(s: Settings) -> str | None:
 @click.option("--rate", default="0.6", show_default=True, help="listed: price as a fraction of list")
 @click.option("--expires", required=True, help="unix seconds, ISO date, or 30d / 12h from now")
 @click.option("--seller-address", help="the seller's wallet [default: PROMPTEX_SELLER_PRIVATE_KEY's address]")
-@click.option("--bond", help="USDC bond posted with the lot [default: the escrow's minimum]")
+@click.option(
+    "--bond",
+    help="USDC bond posted with the lot [default: a tokenized lot's only bond, its token's share of face "
+    "value; a listed lot's minimum, which may be exceeded]",
+)
 @click.option("--declare-resale-permitted", is_flag=True, help="your agreement with the provider permits resale")
 @click.option("--no-verify", is_flag=True, help="skip the minimal upstream call that verifies the key")
 @click.option("--json", "as_json", is_flag=True, help="print the opened lot as JSON")

@@ -465,7 +465,8 @@ def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> Done:
 def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: str, min_out: str | None) -> Done:
     """Holders: sell provider tokens left unbacked (their lot slashed, expired or closed
     short) to the provider's insurance fund, which burns them. Every token gets the same
-    rate, min(face value, fund ÷ unbacked): waiting or going first gains nothing."""
+    fixed rate, its token's bond share of its face value (10 % as deployed): waiting or
+    going first gains nothing, and no other lot's failure lowers it."""
     if symbol.upper() == "USDC":
         raise click.BadParameter("only provider tokens are bought back", param_hint="--token")
     value = units(amount, symbol)

@@ -20,6 +20,11 @@ MAX_MINT_FEE_BPS = 100
 # a lot may open with (7 days).
 MIN_BOND_FLOOR_BPS = 1_000
 MIN_LOT_VALIDITY = 7 * 86_400
+# The bond share deploy gives every provider token (`add_provider`): every tokenized lot
+# of a token is bonded at exactly its token's share, fixed for good, so pooling the
+# token's failures is fair (a failed seller tendering its own tokens recovers at most
+# what it posted for them), and an unbacked token buys back at this share of its face.
+TOKEN_BOND_BPS = 1_000
 
 
 def listed_credit(consumed_before: int, amount: int, rate_bps: int) -> int:
@@ -27,3 +32,15 @@ def listed_credit(consumed_before: int, amount: int, rate_bps: int) -> int:
     capacity (USD micro at list price): the step of floor(rate × consumed), so per lot
     Σ credits == rate × Σ consumed, rounded down once, however the draws are split."""
     return (consumed_before + amount) * rate_bps // BPS - consumed_before * rate_bps // BPS
+
+
+def tokenized_bond(face_value_usd_micro: int, bond_bps: int = TOKEN_BOND_BPS) -> int:
+    """The only bond `CreditEscrow.open_lot` accepts for a tokenized lot (USDC units):
+    its token's share of face value, rounded up against the seller."""
+    return -(-face_value_usd_micro * bond_bps // BPS)
+
+
+def buy_back_payout(amount: int, token_face_value_usd_micro: int, bond_bps: int = TOKEN_BOND_BPS) -> int:
+    """What `CreditEscrow.buy_back_unbacked` pays for `amount` tokens (10**-18 units):
+    the token's bond share of their face value, rounded down against the holder."""
+    return amount * token_face_value_usd_micro * bond_bps // (10**18 * BPS)

@@ -119,7 +119,12 @@ class SellerChain:
         return bool(self.escrow.functions.is_attestor(Web3.to_checksum_address(address)).call())
 
     def min_bond(self, face_value: int) -> int:
+        """A listed lot's least bond."""
         return int(self.escrow.functions.min_bond(face_value).call())
+
+    def tokenized_bond(self, token: str, face_value: int) -> int:
+        """A tokenized lot's only bond: its token's fixed share of face value."""
+        return int(self.escrow.functions.tokenized_bond(Web3.to_checksum_address(token), face_value).call())
 
     def usdc_balance(self, address: str) -> int:
         return int(self.usdc.functions.balanceOf(Web3.to_checksum_address(address)).call())

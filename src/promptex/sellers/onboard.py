@@ -30,6 +30,7 @@ from promptex import metering
 from promptex.chain import txlog
 from promptex.chain.sender import Web3Sender
 from promptex.chain.txlog import DROPPED, REVERTED, SUCCEEDED, TxPending
+from promptex.gateway.routing import TOKENIZED
 from promptex.ledger.lots import OPENING
 from promptex.protocol.escrow import KIND_TOKENIZED
 from promptex.protocol.units import USDC_SYMBOL, money, usd_text
@@ -155,6 +156,17 @@ class Onboarding:
         return attestor
 
     def _bond(self, capacity: Capacity) -> int:
+        if capacity.kind == TOKENIZED:
+            # Every token of a provider carries the same bond share (its failures are pooled),
+            # so a tokenized lot's bond is exactly its token's share: no more, no less.
+            token = self.chain.token_address(attestation(capacity)["token"])
+            share = self.chain.tokenized_bond(token, capacity.face_value_usd_micro)
+            if capacity.bond_usdc not in (0, share):
+                raise CapacityRefused(
+                    f"a tokenized lot's bond is exactly {_usdc(share)} for this face value (its token's "
+                    "bond share; leave --bond out to post it)"
+                )
+            return share
         minimum = self.chain.min_bond(capacity.face_value_usd_micro)
         bond = capacity.bond_usdc or minimum
         if bond < minimum:

@@ -49,7 +49,7 @@ def measure_settle_signed(n: int) -> dict[str, int]:
             usdc.address, escrow.address, 60, 120, _partial("CreditsVaultSigned.vy").deploy().address
         )
         cld = _partial("ComputeToken.vy").deploy("CLD credit", "CLD", "Anthropic", 4_218, escrow.address, vault.address)
-        escrow.add_provider(cld.address)
+        escrow.add_provider(cld.address, 1_000)
         escrow.grant_attestor(admin)
         escrow.set_vault(vault.address)
         vault.grant_coordinator(admin)
