@@ -252,7 +252,7 @@ def leave_unbacked(stack: Stack, holder: str, symbol: str = "GEM", face: int = 1
     w3 = stack.w3
     seller, attestor = w3.eth.accounts[4], Account.from_key(LOCAL_ATTESTOR_KEY).address
     usdc, escrow, token = stack.contract("USDC"), stack.contract("CreditEscrow"), stack.contract(f"token:{symbol}")
-    bond = escrow.functions.min_bond(face).call()
+    bond = escrow.functions.tokenized_bond(token.address, face).call()  # its token's share: the only bond taken
     transact(w3, usdc.functions.mint(seller, bond), seller)
     transact(w3, usdc.functions.approve(escrow.address, bond), seller)
     expiry = int(w3.eth.get_block("latest")["timestamp"]) + 30 * DAY

@@ -159,11 +159,11 @@ def run_escrow_machine(world: World) -> None:
 
         @rule(percent=PERCENT)
         def buy_back(self, percent: int) -> None:
-            fund = escrow.functions.insurance_fund(cld.address).call()
             face = cld.functions.face_value_usd_micro().call()
+            share = escrow.functions.token_bond_bps(cld.address).call()
             amount = min(self.unbacked, cld.functions.balanceOf(roles.seller).call()) * percent // 100
-            # One rate for every token: min(face value, fund ÷ unbacked).
-            if amount == 0 or min(amount * face // 10**18, amount * fund // self.unbacked) == 0:
+            # One fixed rate for every token: its token's bond share of face value.
+            if amount == 0 or amount * face * share // (10**18 * 10_000) == 0:
                 return
             chain.send(escrow.functions.buy_back_unbacked(cld.address, amount), roles.seller)  # approved in world.py
             self.supply -= amount

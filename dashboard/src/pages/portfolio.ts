@@ -3,7 +3,7 @@
 // "sell from the vault": the trustless exit sold for USDC through the exit market fixed at
 // request, its quote and minimum out shown before completing. When a provider's lots left
 // tokens unbacked, its holders may sell them to the insurance fund (the buy-back) at the
-// fund's one rate.
+// token's fixed bond share of face value, one rate for all.
 import type { Address } from "viem";
 import { erc20Abi, escrowAbi, mockUsdcAbi, routerAbi, vaultAbi } from "../abi";
 import { api, type AssetInfo } from "../api";
@@ -239,7 +239,7 @@ async function draw(
       );
     }
     if (row.unbacked > 0n) {
-      // The fund pays every unbacked token the same rate: min(face value, fund ÷ unbacked).
+      // The fund pays every unbacked token the same fixed rate: its token's bond share of face value.
       const rate = row.buyBackRate;
       const sellInput = h("input", { "data-buyback-amount": asset.symbol, inputmode: "decimal", placeholder: "amount", size: 8 });
       buyBacks.append(
