@@ -107,3 +107,37 @@ def test_hot_path__refused_or_overage__general_path_answers(book: Ledger) -> Non
     hold = book.settle("req-a", 900)  # above the hold, and the balance covers it
     assert (hold.cost, hold.charged) == (900, 900)
     assert book.balance(account, "USDC").posted == 100
+
+
+def test_pg_one_statement_reserve__applied_whole_or_rolled_back_whole(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's reserve is one statement in autocommit: taking the funds without room
+    in the process's lease (no lease yet, a lease used up) or a request id held already
+    fails it on purpose and nothing of it stays; the general path then decides."""
+    if not ledger_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's one-statement reserve")
+    ledger = Ledger.open(ledger_url, capacity_slice=2 * CLAIM.amount)  # a lease holds two claims
+    fast: list[bool] = []
+    one_statement = pg_holds.PgOneStatement.reserve
+
+    def spied(self: pg_holds.PgOneStatement, *args: object) -> object:
+        hold = one_statement(self, *args)  # type: ignore[arg-type]
+        fast.append(hold is not None)
+        return hold
+
+    monkeypatch.setattr(pg_holds.PgOneStatement, "reserve", spied)
+    try:
+        with ledger.engine.begin() as conn:
+            ledger.open_lot_capacity(conn, LOT, 100_000, chain_lot_id=9)
+        account = funded(ledger)
+        for i in range(4):
+            assert ledger.reserve(account, "USDC", 1_000, f"req-{i}", 900, lots=[CLAIM]).lot_id == LOT
+        assert ledger.reserve(account, "USDC", 1_000, "req-1", 900, lots=[CLAIM]).status.value == "active"
+        # no lease yet, room, lease used up, room, and the held request id: rolled back whole each time
+        assert fast == [False, True, False, True, False]
+        assert ledger.balance(account, "USDC").held == 4 * 1_000  # not one taken twice
+        assert ledger.lot_capacities()[LOT].reserved == 4 * CLAIM.amount
+        ledger.check()
+    finally:
+        ledger.close()

@@ -4,12 +4,14 @@ leases (`holds.capacity`), and one statement per hot operation.
 On PostgreSQL the hot path's cost was round trips (pool pre-ping, BEGIN, each statement,
 COMMIT: about fifteen per request). Here each operation is one statement whose
 data-modifying CTEs do all of it, on a connection per ledger thread kept outside the
-pool: a settle runs alone in autocommit (one statement is atomic), a reserve in a
-pipelined transaction that commits only if it took the funds, took room in this
-process's lease of the lot and inserted the hold. A statement that matches nothing
-changes nothing and the general path runs; so does any error (the connection is
-dropped): both operations are idempotent, so a retry after an ambiguous commit finds
-what the first attempt did.
+pool, in autocommit (one statement is atomic, one round trip). A reserve applies whole
+or not at all: had it taken the funds but found no room in this process's lease of the
+lot (or the other way round, or the request id held already), its last expression
+fails on purpose (`PARTIAL`) and the statement is rolled back whole — a transaction
+around it cost as much CPU again in round trips. A statement that matches nothing
+changes nothing, and the general path runs; so does any error (an unexpected one drops
+the connection): both operations are idempotent, so a retry after an ambiguous commit
+finds what the first attempt did.
 """
 
 from __future__ import annotations
@@ -38,27 +40,35 @@ _TAKE_FUNDS = """
       AND posted - held - locked >= %(amount)s AND cap_remaining - held >= %(amount)s
     RETURNING account_id
 """
-PG_RESERVE = f"""
-WITH taken AS ({_TAKE_FUNDS})
-INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at)
-SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s FROM taken
-ON CONFLICT DO NOTHING
-RETURNING request_id
+# A reserve that changed something but inserted no hold fails here, so autocommit rolls
+# it back whole: the cast of this text to an integer is evaluated only in that case.
+PARTIAL = "promptex: partial reserve, rolled back"
+_PARTIAL_CHECK = f"""
+SELECT (SELECT request_id FROM inserted),
+    CASE WHEN NOT EXISTS (SELECT 1 FROM inserted) AND ({{changed}})
+        THEN ('{PARTIAL} ' || (SELECT count(*) FROM taken))::int END
 """
+PG_RESERVE = f"""
+WITH taken AS ({_TAKE_FUNDS}), inserted AS (
+    INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at)
+    SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s FROM taken
+    ON CONFLICT DO NOTHING
+    RETURNING request_id
+)""" + _PARTIAL_CHECK.format(changed="EXISTS (SELECT 1 FROM taken)")
 PG_RESERVE_LEASED = f"""
 WITH taken AS ({_TAKE_FUNDS}), leased AS (
     UPDATE capacity_leases SET reserved = reserved + %(lot_amount)s, expires_at = GREATEST(expires_at, %(expires)s)
     WHERE lot_id = %(lot)s AND holder = %(holder)s AND amount - reserved - used >= %(lot_amount)s
     RETURNING id
-)
-INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at,
-    lot_id, lot_amount, lease_id)
-SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s,
-    %(lot)s, %(lot_amount)s, leased.id
-FROM taken, leased
-ON CONFLICT DO NOTHING
-RETURNING request_id
-"""
+), inserted AS (
+    INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at,
+        lot_id, lot_amount, lease_id)
+    SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s,
+        %(lot)s, %(lot_amount)s, leased.id
+    FROM taken, leased
+    ON CONFLICT DO NOTHING
+    RETURNING request_id
+)""" + _PARTIAL_CHECK.format(changed="EXISTS (SELECT 1 FROM taken) OR EXISTS (SELECT 1 FROM leased)")
 
 _PG_SETTLE_HEAD = """
 WITH h AS (
@@ -173,13 +183,13 @@ class PgOneStatement:
         }
         if claim is not None:
             params.update(lot=claim.lot_id, lot_amount=claim.amount, holder=holder)
-        done = False
-        with contextlib.suppress(psycopg.Rollback), conn.pipeline(), conn.transaction():
+        try:
             row = conn.execute(PG_RESERVE if claim is None else PG_RESERVE_LEASED, params).fetchone()
-            if row is None:
-                raise psycopg.Rollback()
-            done = True
-        if not done:
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            if PARTIAL not in str(exc):
+                raise
+            return None  # rolled back whole (see PARTIAL); the connection is fine in autocommit
+        if row is None or row[0] is None:
             return None
         return Hold(
             r.request_id,
