@@ -498,16 +498,21 @@ class _ExitRacesTheSettle(Web3Chain):
         self._armed_at = self.world.w3.eth.get_transaction_count(ADMIN.address)
 
 
-def test_coordinator__settle_reverted_then_orphaned__never_lands_once_its_records_were_replanned(world):
+@pytest.mark.parametrize("network", ["quiet", "reincludes"])
+def test_coordinator__settle_reverted_then_orphaned__its_records_settled_once(world, network):
     """Issue 20's open money bug, made deterministic. On branch A a settle reverts (the
     buyer's instant exit raced it); its batch fails, its records go back to pending and are
     planned again with newer ones into a second settle that lands, for the same epoch (the
     first never moved `last_epoch`). A reorg then orphans both. Re-sent in nonce order with
-    the same bytes, the first settle now succeeds (the exit is gone), takes the epoch, the
-    second is refused (`epoch not consecutive`), fails, and its records — the first's among
-    them — are planned a third time: the first's usage debited twice. The vault refuses an
-    epoch twice, not the same records under two epochs; the coordinator must not let a
-    transaction whose records were re-planned land."""
+    the same bytes, the first settle succeeded (the exit is gone), took the epoch, the
+    second was refused (`epoch not consecutive`), failed, and its records — the first's
+    among them — were planned a third time: the first's usage debited twice. The vault
+    refuses an epoch twice, not the same records under two epochs.
+
+    Now the failed batch's settle is never re-sent: a no-op takes its nonce ("quiet").
+    Should the network re-include the orphaned bytes before the coordinator can stop them
+    ("reincludes"), the failed batch landed after all: its records, proven by its root, go
+    back to it from the batch planned for the same epoch, and the rest settle next."""
     wallet = anvil_account(2)
     account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
     assert world.coordinator().run_once().caps == 1
@@ -523,19 +528,28 @@ def test_coordinator__settle_reverted_then_orphaned__never_lands_once_its_record
     assert [len(store.batch_records(b.id)) for b in store.batches("USDC")] == [0, 2]  # the first's record re-planned
 
     world.w3.provider.make_request("evm_revert", [fork])  # both settles (and the exit) are gone
+    failed = store.tx(store.batches("USDC", "failed")[0].tx_id)
+    if network == "reincludes":  # a node re-includes the orphaned settle on the new branch first
+        world.chain.broadcast(failed.raw)
+        assert world.w3.eth.wait_for_transaction_receipt(failed.tx_hash)["status"] == 1
     for _ in range(3):
         world.coordinator().run_once()
         world.next_window()
 
     store = world.coordinator().store
     assert not store.open_txs() and store.open_batch("USDC") is None
-    failed = store.tx(store.batches("USDC", "failed")[0].tx_id)
-    assert failed.tx_hash == raced.raced and failed.status == "dropped"
-    assert world.chain.receipt(failed.tx_hash) is None  # never landed on the new branch: a no-op took its nonce
-    noop = [tx for tx in store.landed_txs(0, 0) if tx.purpose == "noop"]
-    assert [tx.nonce for tx in noop] == [failed.nonce]
+    assert failed.tx_hash == raced.raced
     confirmed = store.batches("USDC", "confirmed")
-    assert [b.epoch for b in confirmed] == world.settled_events("USDC") == [1]  # each settlement a confirmed batch
+    if network == "quiet":
+        assert store.tx(failed.id).status == "dropped"
+        assert world.chain.receipt(failed.tx_hash) is None  # never landed on the new branch: a no-op took its nonce
+        assert [tx.nonce for tx in store.landed_txs(0, 0) if tx.purpose == "noop"] == [failed.nonce]
+        assert [b.epoch for b in confirmed] == world.settled_events("USDC") == [1]
+    else:
+        assert store.tx(failed.id).status == "succeeded"
+        assert [b.epoch for b in confirmed] == world.settled_events("USDC") == [1, 2]
+        assert [r.request_id for r in store.batch_records(confirmed[0].id)] == [first]  # back in its first batch
+        assert [r.request_id for r in store.batch_records(confirmed[1].id)] == [raced.spent_after]
     for batch in confirmed:
         assert world.chain.usage_root("USDC", batch.epoch) == batch.usage_root
     assert {store.record(r).status for r in (first, raced.spent_after)} == {"batched"}

@@ -143,6 +143,12 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(t.c.nonce == nonce, t.c.status == DROPPED).order_by(t.c.id)).all()
         return [_stored(r._mapping) for r in rows]
 
+    def move_tx(self, tx: StoredTx, status: str, block: int, now: int) -> None:
+        """A mined transaction found again in another block (a reorg, then re-included)."""
+        t = self.txs_table
+        with self._tx() as conn:
+            conn.execute(update(t).where(t.c.id == tx.id).values(status=status, block_number=block, closed_at=now))
+
     def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
         t = self.txs_table
         with self._tx() as conn:

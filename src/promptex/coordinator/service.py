@@ -281,16 +281,24 @@ class Coordinator:
         third time: the failed batch's usage debited twice. The vault refuses an epoch
         twice, not the same records under two epochs. So: a transaction re-sent with its
         bytes keeps its records (a confirmed batch is submitted again); a transaction whose
-        records were let go never lands."""
+        records were let go never lands. Where the network got there first (the orphaned
+        settle is already on the new branch, in another block), the failed batch landed
+        after all and takes its records back (`_reattach`)."""
         nonce = self.chain.nonce()
         for tx in self.store.landed_txs(self.chain.head() - self.reorg_window, nonce):
+            receipt = None
             if tx.nonce < nonce:
                 receipt = self.chain.receipt(tx.tx_hash)  # only a canonical one (see Web3Sender.receipt)
                 if receipt is not None and receipt.block_number == tx.block:
                     continue
             batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
             if batch is not None and batch.status == FAILED:
-                self._replace(tx, batch)
+                if receipt is None:
+                    self._replace(tx, batch)
+                elif receipt.ok:  # the network re-included it on the new branch before we could stop it
+                    self._reattach(batch, receipt.block_number)
+                else:  # re-included and reverted again: its records stay let go; its new block noted
+                    self.store.move_tx(tx, REVERTED, receipt.block_number, self.clock())
                 continue
             what = self.store.reopen_tx(tx)
             log.warning(
@@ -305,7 +313,8 @@ class Coordinator:
         """Fill the nonce of a failed batch's orphaned settle with a no-op, stored before it
         is sent (the pass sends it in nonce order with the rest). On anvil and on a chain
         whose pools honour replacement by fee the old bytes can then never land; should a
-        node include them anyway, the no-op is found dropped and `_check_replaced` says so."""
+        node include them anyway, the no-op is found dropped and `_check_replaced` gives
+        the failed batch its records back."""
         noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
         self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
         log.warning(
@@ -319,20 +328,44 @@ class Coordinator:
         )
 
     def _check_replaced(self, noop: StoredTx) -> None:
-        """The no-op lost its nonce: to the settle it replaced (a node re-included the
-        orphaned bytes first) or to another transaction of this key. The first would settle
-        the failed batch's records twice; said loudly (see the README's "Not built yet")."""
+        """The no-op lost its nonce: to another transaction of this key, or to the settle it
+        replaced (a node re-included the orphaned bytes first). In the second case the
+        failed batch landed after all: its records go back to it (`_reattach`)."""
         for old in self.store.dropped_at(noop.nonce):
             receipt = self.chain.receipt(old.tx_hash) if old.purpose == "settle" else None
             batch = self.store.batch_of_tx(old.id)
-            if receipt is not None and receipt.ok and batch is not None:
-                log.error(
-                    "%s epoch %d: settle %s landed after a reorg though its batch had failed: "
-                    "its records may be settled twice; run `promptex reconcile`",
-                    batch.asset,
-                    batch.epoch,
-                    old.tx_hash,
-                )
+            if receipt is not None and receipt.ok and batch is not None and batch.status == FAILED:
+                self._reattach(batch, receipt.block_number)
+
+    def _reattach(self, batch: Batch, block: int) -> None:
+        """A failed batch whose settle landed after all holds its records again, so that
+        none is settled twice: they are its asset's oldest records pending or in the batch
+        now planned for the same epoch (which can no longer land), as `plan` took them, and
+        the chain's root for the epoch proves it. Should the root not match (records
+        quarantined or refunded meanwhile), nothing is moved and it is said loudly."""
+        records = self.store.reattach_candidates(batch)
+        spend_only = self.chain.is_spend_only(batch.asset)
+        wallets = {r.payer: self.store.wallet_of(r.payer) for r in records}
+        entries = [prepare(r, wallets[r.payer], spend_only=spend_only) for r in records]
+        found = [e for e in entries if isinstance(e, Entry)]
+        proven = self._landed(batch) and len(found) == batch.records and usage_tree(found).root == batch.usage_root
+        if not proven:
+            log.error(
+                "%s epoch %d: its failed settle landed after a reorg and its records cannot be proven "
+                "by its root: they may be settled twice; run `promptex reconcile`",
+                batch.asset,
+                batch.epoch,
+            )
+            return
+        self.store.reattach(batch, found, block, self.clock())
+        self._report.confirmed.append((batch.asset, batch.epoch))
+        log.warning(
+            "%s epoch %d: its failed settle landed after a reorg (the network re-included it); "
+            "its %d records are back in it, confirmed",
+            batch.asset,
+            batch.epoch,
+            batch.records,
+        )
 
     def _recheck_confirmed(self, asset: str) -> None:
         """A settlement is confirmed only while the chain holds it: a reorg can orphan a

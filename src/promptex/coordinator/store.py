@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Select, Table, insert, or_, select, update
 
 from promptex.chain.sender import SignedTx
-from promptex.chain.txlog import SignedTxStore, StoredTx
+from promptex.chain.txlog import SUCCEEDED, SignedTxStore, StoredTx
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -371,6 +371,53 @@ class CoordinatorStore(SignedTxStore):
             ).rowcount
             if done:
                 _usage.return_to_pending(conn, batch.id)
+
+    def reattach_candidates(self, batch: Batch) -> list[StoredUsage]:
+        """Where the records of `batch` (failed, its records let go) are now if it landed
+        after all: its asset's oldest records of its mode pending or in a batch of its
+        epoch not confirmed (which can no longer land: the chain holds `batch` at that
+        epoch), as many as `batch` held. The caller proves the membership by the root."""
+        b = settlement_batches.c
+        open_at_epoch = select(b.id).where(
+            b.asset == batch.asset, b.epoch == batch.epoch, b.status.in_((PLANNED, SUBMITTED)), b.id != batch.id
+        )
+        mode = _usage.SIGNED if batch.payload.signed else _usage.CAPPED
+        with self._tx() as conn:
+            return _usage.oldest_unconfirmed(conn, batch.asset, mode, open_at_epoch, batch.records)
+
+    def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> None:
+        """The failed `batch` landed after all (its settle, re-included by the network, won
+        its nonce): its records (`entries`, proven by its root) go back to it from pending
+        or from the batch of the same epoch holding them (failed: it can no longer land),
+        its transaction is succeeded at `block`, the batch confirmed. One transaction: all
+        or nothing (RuntimeError if a record cannot be moved)."""
+        b = settlement_batches.c
+        with self._tx() as conn:
+            for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
+                failed = conn.execute(
+                    update(settlement_batches)
+                    .where(b.id == holder, b.epoch == batch.epoch, b.status.in_((PLANNED, SUBMITTED)))
+                    .values(status=FAILED, closed_at=now, error=f"epoch {batch.epoch} went to batch {batch.id}")
+                ).rowcount
+                if failed:
+                    _usage.return_to_pending(conn, holder)
+            for e in entries:
+                if not _usage.assign_to_batch(
+                    conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,
+                    seller_share=e.seller_share, fee=e.fee,
+                ):  # fmt: skip
+                    raise RuntimeError(f"usage record {e.request_id!r} cannot go back to batch {batch.id}")
+            conn.execute(
+                update(settlement_batches)
+                .where(b.id == batch.id, b.status == FAILED)
+                .values(status=CONFIRMED, closed_at=now, error=None)
+            )
+            t = self.txs_table.c
+            conn.execute(
+                update(self.txs_table)
+                .where(t.id == batch.tx_id)
+                .values(status=SUCCEEDED, block_number=block, closed_at=now)
+            )
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 

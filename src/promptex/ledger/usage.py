@@ -339,6 +339,34 @@ def batch_records(conn: Connection, batch_id: int) -> list[StoredUsage]:
     return [stored_usage(row) for row in rows]
 
 
+def oldest_unconfirmed(
+    conn: Connection, asset: str, mode: str, open_batches: Select[Any], limit: int
+) -> list[StoredUsage]:
+    """The asset's `limit` oldest records of `mode` (by settlement, as `pending_records`
+    orders them) that are pending or in one of `open_batches` (ids of batches not landed):
+    where the records of a batch that failed, then landed after all, now are."""
+    c = usage_records.c
+    held = or_(c.status == PENDING, and_(c.status == BATCHED, c.batch_id.in_(open_batches)))
+    rows = conn.execute(
+        select(usage_records)
+        .where(c.asset == asset, c.mode == mode, held)
+        .order_by(c.settled_at, c.request_id)
+        .limit(limit)
+    ).all()
+    return [stored_usage(row) for row in rows]
+
+
+def batches_holding(conn: Connection, request_ids: Sequence[str]) -> set[int]:
+    """The batches the records are assigned to now."""
+    c = usage_records.c
+    found: Sequence[Any] = (
+        conn.execute(select(c.batch_id).where(c.request_id.in_(list(request_ids)), c.batch_id.is_not(None)))
+        .scalars()
+        .all()
+    )
+    return {int(batch_id) for batch_id in found}
+
+
 def assign_to_batch(
     conn: Connection,
     request_id: str,
