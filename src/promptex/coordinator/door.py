@@ -135,7 +135,11 @@ class Door:
         request = parse_session_key(body, self.place)
         store = self.coordinator.store
         if store.account_of(request.account) is None:
-            raise Refused(403, "not_bound", f"{request.account} is not bound to an account: bind it first")
+            raise Refused(
+                403, "not_bound",
+                f"{request.account} is not bound to an account: bind it first (get an API key by signing with it "
+                "on the dashboard, or `promptex buyer signup --wallet` then `promptex buyer bind`)",
+            )  # fmt: skip
         self._limit(request.account)
         queued = queue_session_key(store, request, self.coordinator.clock())
         return {"queued": queued, "account": request.account, "asset": request.asset, "nonce": request.nonce}

@@ -824,7 +824,9 @@ class Coordinator:
         account = self.store.account_of(address)
         if account is None:
             raise ReleaseRefused(
-                f"{address} is not bound to an account: bind it (sign in with it on the dashboard) first", "not_bound"
+                f"{address} is not bound to an account: bind it first (get an API key by signing with it on the "
+                "dashboard, or `promptex buyer signup --wallet` then `promptex buyer bind`)",
+                "not_bound",
             )
         outstanding = self.store.active_releases(address)
         if outstanding:
