@@ -728,6 +728,9 @@ class MarketMachine(RuleBasedStateMachine):
             if sys.exc_info()[1] is None:  # a last quiescent check, unless a step already failed
                 self.settle()
         finally:
+            log = self.services.log_tail("coordinator", 10**7)
+            STATS["settles reverted"] += log.count("settle reverted; its")
+            STATS["failed settles orphaned, nonce given to a no-op"] += log.count("is filled with the no-op")
             self.services.stop_all()
             self.ledger.close()
             self.chain.revert(self.snapshot)
