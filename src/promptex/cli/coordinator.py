@@ -75,6 +75,8 @@ def coordinator(ctx: click.Context, once: bool) -> None:
     finally:
         if door is not None:
             door.__exit__()
+            # A request answered while the passes stopped may have renewed the lease: free it.
+            coord.store.release_lease(coord.holder)
 
 
 @coordinator.command("release")
