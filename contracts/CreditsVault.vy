@@ -1046,9 +1046,10 @@ def revoke_coordinator(account: address):
     """
     @notice Revokes the coordinator role.
     @dev Admin only; the Timelock's guardian may call it at once.
-    @param account The coordinator.
+    @param account A current coordinator.
     """
     ownable._check_owner()
+    assert self.is_coordinator[account], "vault: not a coordinator"
     self.is_coordinator[account] = False
     log RoleCoordinatorChanged(account=account, status=False)
 
@@ -1071,9 +1072,10 @@ def revoke_pauser(account: address):
     """
     @notice Revokes the pauser role.
     @dev Admin only; the Timelock's guardian may call it at once.
-    @param account The pauser.
+    @param account A current pauser.
     """
     ownable._check_owner()
+    assert self.is_pauser[account], "vault: not a pauser"
     self.is_pauser[account] = False
     log RolePauserChanged(account=account, status=False)
 

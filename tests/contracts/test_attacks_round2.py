@@ -404,25 +404,31 @@ def test_perp_pauser__pauses_for_a_year__freezes_opens_only_never_a_close_margin
     assert perp.paused()
 
 
-# ─── The vault's existing roles (report only: the vault is being extended) ───
+# ─── The vault's roles ───────────────────────────────────────────────────────
 
 
-def test_vault_guardian__revokes_a_role_never_held__succeeds_and_moves_nothing(ew):
-    """Confirmed (reported to the lead, not fixed here): the vault's `revoke_coordinator`
-    and `revoke_pauser` do not check that the account held the role, unlike every other
-    revocation; the call logs a revocation that changed nothing. No role or value moves."""
+def test_vault_guardian__revokes_a_role_never_held__refused_and_nothing_logged(ew):
+    """Found (round 2): the vault's `revoke_coordinator` and `revoke_pauser` accepted an
+    account that never held the role, unlike every other revocation, and logged a
+    revocation that changed nothing (an indexer or a reader of the guardian's log was told
+    a role ended that never existed). Both now refuse it; the holder's revocation works."""
     signed = LazyPartial("contracts/CreditsVaultSigned.vy").deploy()
     vault = LazyPartial("contracts/CreditsVault.vy").deploy(
         ew.usdc.address, ew.escrow.address, WINDOW, 2 * WINDOW, signed.address, sender=ew.deployer
     )
-    stranger, coordinator = ew.attacker, ew.sellers[2]
+    stranger, coordinator, pauser = ew.attacker, ew.sellers[2], ew.sellers[1]
     vault.grant_coordinator(coordinator, sender=ew.deployer)
-    vault.revoke_coordinator(stranger, sender=ew.deployer)
-    vault.revoke_pauser(stranger, sender=ew.deployer)
-    logs = vault.get_logs()
-    assert [type(e).__name__ for e in logs] == ["RolePauserChanged"]  # the last call's
-    assert not vault.is_coordinator(stranger) and not vault.is_pauser(stranger)
-    assert vault.is_coordinator(coordinator)  # the one who holds it still does
+    vault.grant_pauser(pauser, sender=ew.deployer)
+    with boa.reverts("vault: not a coordinator"):
+        vault.revoke_coordinator(stranger, sender=ew.deployer)
+    with boa.reverts("vault: not a pauser"):
+        vault.revoke_pauser(stranger, sender=ew.deployer)
+    assert vault.is_coordinator(coordinator) and vault.is_pauser(pauser)  # the holders still do
+    vault.revoke_coordinator(coordinator, sender=ew.deployer)
+    vault.revoke_pauser(pauser, sender=ew.deployer)
+    assert not vault.is_coordinator(coordinator) and not vault.is_pauser(pauser)
+    with boa.reverts("vault: not a coordinator"):  # and not twice
+        vault.revoke_coordinator(coordinator, sender=ew.deployer)
 
 
 def test_vault_pauser__pauses_as_a_listed_lots_last_window_ends__a_keeper_cannot_expire_it_before_it_settles(ew):

@@ -1242,6 +1242,15 @@ def test_role__grant_and_revoke__updates_and_emits(vault, admin, attacker, role)
     assert [(e.account, e.status) for e in logs(receipt, event)] == [(attacker.address, False)]
 
 
+@pytest.mark.parametrize(
+    ("role", "reason"), [("coordinator", "vault: not a coordinator"), ("pauser", "vault: not a pauser")]
+)
+def test_revoke_role__account_never_held_it__reverts(vault, admin, attacker, role, reason):
+    # Like every other revocation: a revocation that changes nothing is refused, not logged.
+    with ape.reverts(reason):
+        getattr(vault, f"revoke_{role}")(attacker, sender=admin)
+
+
 @pytest.mark.parametrize("role", ["coordinator", "pauser"])
 def test_grant_role__zero_address__reverts(vault, admin, role):
     with ape.reverts("vault: zero address"):

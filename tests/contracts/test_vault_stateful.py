@@ -725,6 +725,13 @@ class VaultMachine(RuleBasedStateMachine):
         if how == "grant":
             self.vault.grant_coordinator(self.coordinator, sender=self.timelock.address)
             self.coordinators.add(self.coordinator)
+        elif self.coordinator not in self.coordinators:  # a role never held: refused, nothing logged
+            with boa.reverts("vault: not a coordinator"):
+                if how == "revoke":
+                    self.vault.revoke_coordinator(self.coordinator, sender=self.timelock.address)
+                else:
+                    calldata = self.vault.revoke_coordinator.prepare_calldata(self.coordinator)
+                    self.timelock.revoke(self.vault.address, calldata, sender=self.guardian)
         elif how == "revoke":
             self.vault.revoke_coordinator(self.coordinator, sender=self.timelock.address)
             self.coordinators.discard(self.coordinator)
