@@ -532,6 +532,8 @@ def test_coordinator__settle_reverted_then_orphaned__its_records_settled_once(wo
     if network == "reincludes":  # a node re-includes the orphaned settle on the new branch first
         world.chain.broadcast(failed.raw)
         assert world.w3.eth.wait_for_transaction_receipt(failed.tx_hash)["status"] == 1
+        world.coordinator().run_once()
+        assert store.record(first).batch_id == store.batch_of_tx(failed.id).id  # at once, before any planning
     for _ in range(3):
         world.coordinator().run_once()
         world.next_window()

@@ -339,10 +339,11 @@ class Coordinator:
 
     def _reattach(self, batch: Batch, block: int) -> None:
         """A failed batch whose settle landed after all holds its records again, so that
-        none is settled twice: they are its asset's oldest records pending or in the batch
-        now planned for the same epoch (which can no longer land), as `plan` took them, and
-        the chain's root for the epoch proves it. Should the root not match (records
-        quarantined or refunded meanwhile), nothing is moved and it is said loudly."""
+        none is settled twice: they are its asset's oldest records pending or in another
+        batch of the same epoch (which can no longer land), as `plan` took them, and the
+        chain's root for the epoch proves it. Done before anything is planned in the pass.
+        Should the root not match (records quarantined or refunded meanwhile), nothing is
+        moved and it is said loudly."""
         records = self.store.reattach_candidates(batch)
         spend_only = self.chain.is_spend_only(batch.asset)
         wallets = {r.payer: self.store.wallet_of(r.payer) for r in records}

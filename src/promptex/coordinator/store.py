@@ -44,6 +44,8 @@ from promptex.protocol.vault import UNLIMITED
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
 REJECTED, REGISTERED = "rejected", "registered"
 LEASE = "coordinator"
+# The batches a landed failed batch takes its records back from: another of its epoch.
+_AT_EPOCH = (PLANNED, SUBMITTED, CONFIRMED)
 
 
 @dataclass(frozen=True)
@@ -374,12 +376,13 @@ class CoordinatorStore(SignedTxStore):
 
     def reattach_candidates(self, batch: Batch) -> list[StoredUsage]:
         """Where the records of `batch` (failed, its records let go) are now if it landed
-        after all: its asset's oldest records of its mode pending or in a batch of its
-        epoch not confirmed (which can no longer land: the chain holds `batch` at that
-        epoch), as many as `batch` held. The caller proves the membership by the root."""
+        after all: its asset's oldest records of its mode pending or in another batch of
+        its epoch (planned, submitted, or confirmed on a branch a reorg orphaned: none can
+        land, the chain holds `batch` at that epoch), as many as `batch` held. The caller
+        proves the membership by the root."""
         b = settlement_batches.c
         open_at_epoch = select(b.id).where(
-            b.asset == batch.asset, b.epoch == batch.epoch, b.status.in_((PLANNED, SUBMITTED)), b.id != batch.id
+            b.asset == batch.asset, b.epoch == batch.epoch, b.status.in_(_AT_EPOCH), b.id != batch.id
         )
         mode = _usage.SIGNED if batch.payload.signed else _usage.CAPPED
         with self._tx() as conn:
@@ -388,7 +391,8 @@ class CoordinatorStore(SignedTxStore):
     def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> None:
         """The failed `batch` landed after all (its settle, re-included by the network, won
         its nonce): its records (`entries`, proven by its root) go back to it from pending
-        or from the batch of the same epoch holding them (failed: it can no longer land),
+        or from the batch of the same epoch holding them (failed: it can no longer land; its
+        own transaction, if a reorg orphaned it, is then never re-sent),
         its transaction is succeeded at `block`, the batch confirmed. One transaction: all
         or nothing (RuntimeError if a record cannot be moved)."""
         b = settlement_batches.c
@@ -396,7 +400,7 @@ class CoordinatorStore(SignedTxStore):
             for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
                 failed = conn.execute(
                     update(settlement_batches)
-                    .where(b.id == holder, b.epoch == batch.epoch, b.status.in_((PLANNED, SUBMITTED)))
+                    .where(b.id == holder, b.epoch == batch.epoch, b.status.in_(_AT_EPOCH))
                     .values(status=FAILED, closed_at=now, error=f"epoch {batch.epoch} went to batch {batch.id}")
                 ).rowcount
                 if failed:
