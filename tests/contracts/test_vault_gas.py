@@ -9,16 +9,10 @@ measures the same batch on anvil.
 """
 
 import boa
-from boa_partial import LazyPartial
 from eth_utils import keccak
 
+from promptex.chain.gas.vault import build_vault_world, intrinsic_gas
 from promptex.protocol.vault import pack_debits, pack_lot_amount
-
-TOKEN = LazyPartial("contracts/ComputeToken.vy")
-USDC = LazyPartial("contracts/test/MockUSDC.vy")
-ESCROW = LazyPartial("contracts/CreditEscrow.vy")
-VAULT = LazyPartial("contracts/CreditsVault.vy")
-SIGNED = LazyPartial("contracts/CreditsVaultSigned.vy")
 
 ENTRIES = 500
 CEILING_PER_ENTRY = 8_000  # the issue's target
@@ -27,40 +21,20 @@ PINNED_TOTAL = 3_283_113  # 6,566 per entry; update deliberately when the contra
 # settle_signed as one internal function)
 
 
-def intrinsic_gas(calldata: bytes) -> int:
-    return 21_000 + sum(16 if byte else 4 for byte in calldata)
-
-
-def users(n: int) -> list[str]:
-    """Fixed addresses, so the calldata (and its cost) never varies."""
-    return ["0x" + keccak(text=f"vault gas user {i}")[-20:].hex() for i in range(n)]
-
-
 def measure_settle(n: int) -> int:
     """Whole-transaction gas of a USDC settlement debiting `n` users (steady state:
-    every user was already debited in the previous epoch)."""
-    # Fixed addresses (titanoboa's generated ones depend on what ran before), so
-    # contract addresses, calldata and gas are the same in every run.
-    admin, seller = users(n + 2)[n:]
-    with boa.env.prank(admin):
-        usdc = USDC.deploy()
-        escrow = ESCROW.deploy(usdc.address, admin, 60)
-        vault = VAULT.deploy(usdc.address, escrow.address, 60, 120, SIGNED.deploy().address)
-        cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", 4_218, escrow.address, vault.address)
-        escrow.add_provider(cld.address, 1_000)
-        escrow.grant_attestor(admin)
-        escrow.set_vault(vault.address)
-        vault.grant_coordinator(admin)
-    usdc.mint(seller, 10**12)
-    usdc.approve(escrow.address, 10**11, sender=seller)  # exactly the lot's bond
-    expiry = boa.env.evm.patch.timestamp + 30 * 86_400
-    lot = escrow.open_lot(seller, cld.address, 2, 10**12, expiry, 10**11, b"\x11" * 32, 6_000, sender=admin)
-
-    accounts = users(n)
-    usdc.mint(admin, 10**9 * n)
-    usdc.approve(vault.address, 2**256 - 1, sender=admin)
+    every user was already debited in the previous epoch). The world is signed mode's
+    gas world (one builder, promptex.chain.gas.vault) with a listed lot at 60 % of list."""
+    world = build_vault_world("vault gas user", n, 6_000)
+    admin, usdc, escrow, vault, lot, accounts = (
+        world.admin,
+        world.usdc,
+        world.escrow,
+        world.vault,
+        world.lot,
+        world.accounts,
+    )
     for account in accounts:
-        vault.deposit_for(account, usdc.address, 10**9, sender=admin)
         vault.set_spend_cap(usdc.address, 10**8, 10**12, 2**32 - 1, sender=account)
 
     def settle(epoch: int, amount: int) -> int:

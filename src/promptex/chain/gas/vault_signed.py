@@ -11,61 +11,31 @@ charge the same for the same code, state and calldata (Cancun rules).
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-from typing import Any
-
 import boa
 from eth_account import Account
 from eth_utils.crypto import keccak
 
+from promptex.chain.gas.vault import BALANCE, build_vault_world, intrinsic_gas
+from promptex.chain.gas.vault import users as gas_users
 from promptex.protocol.vault import SignedDebit, pack_lot_amount, pack_signed_entries, sign_voucher
 
-CONTRACTS = Path(__file__).resolve().parents[4] / "contracts"
-
-
-@cache
-def _partial(name: str) -> Any:
-    return boa.load_partial(str(CONTRACTS / name))
-
-
-def intrinsic_gas(calldata: bytes) -> int:
-    return 21_000 + sum(16 if byte else 4 for byte in calldata)
+LABEL = "vault signed gas user"
 
 
 def users(n: int) -> list[str]:
     """Fixed addresses, so the calldata (and its cost) never varies."""
-    return ["0x" + keccak(text=f"vault signed gas user {i}")[-20:].hex() for i in range(n)]
+    return gas_users(LABEL, n)
 
 
 def measure_settle_signed(n: int) -> dict[str, int]:
     """Whole-transaction gas of two USDC `settle_signed` batches of `n` accounts, one lane
     each (the lane's first batch, then a later one), and the calldata bytes of the later."""
-    admin, seller = users(n + 2)[n:]
-    with boa.env.prank(admin):
-        usdc = _partial("test/MockUSDC.vy").deploy()
-        escrow = _partial("CreditEscrow.vy").deploy(usdc.address, admin, 60)
-        vault = _partial("CreditsVault.vy").deploy(
-            usdc.address, escrow.address, 60, 120, _partial("CreditsVaultSigned.vy").deploy().address
-        )
-        cld = _partial("ComputeToken.vy").deploy("CLD credit", "CLD", "Anthropic", 4_218, escrow.address, vault.address)
-        escrow.add_provider(cld.address, 1_000)
-        escrow.grant_attestor(admin)
-        escrow.set_vault(vault.address)
-        vault.grant_coordinator(admin)
-    usdc.mint(seller, 10**12)
-    usdc.approve(escrow.address, 10**11, sender=seller)  # exactly the lot's bond
-    expiry = boa.env.evm.patch.timestamp + 30 * 86_400
-    lot = escrow.open_lot(seller, cld.address, 2, 10**12, expiry, 10**11, b"\x11" * 32, 10_000, sender=admin)
-
-    accounts = users(n)
+    world = build_vault_world(LABEL, n, 10_000)
+    admin, usdc, vault, lot, accounts = world.admin, world.usdc, world.vault, world.lot, world.accounts
     keys = [keccak(text=f"vault signed gas session {i}") for i in range(n)]
-    usdc.mint(admin, 10**9 * n)
-    usdc.approve(vault.address, 2**256 - 1, sender=admin)
     session_expiry = boa.env.evm.patch.timestamp + 86_400
     for account, key in zip(accounts, keys, strict=True):
-        vault.deposit_for(account, usdc.address, 10**9, sender=admin)
-        vault.set_session_key(usdc.address, Account.from_key(key).address, 4, 10**9, session_expiry, sender=account)
+        vault.set_session_key(usdc.address, Account.from_key(key).address, 4, BALANCE, session_expiry, sender=account)
     chain_id = vault.eip712Domain()[3]
     boa.env.time_travel(seconds=60)
 
