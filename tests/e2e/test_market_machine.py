@@ -602,7 +602,7 @@ class MarketMachine(RuleBasedStateMachine):
 
         with self.ledger.engine.connect() as conn:
             rows = conn.execute(select(holds.c.request_id, holds.c.status, holds.c.charged, holds.c.cost,
-                                       holds.c.account_id, holds.c.expires_at)).all()  # fmt: skip
+                                       holds.c.amount, holds.c.account_id, holds.c.expires_at)).all()  # fmt: skip
             records = conn.execute(
                 select(usage_records.c.request_id, usage_records.c.status, usage_records.c.chain_lot_id,
                        usage_records.c.list_usd_micro, usage_records.c.quarantine_reason,
@@ -684,7 +684,9 @@ class MarketMachine(RuleBasedStateMachine):
             if r.status == "batched" and r.chain_lot_id is not None:
                 settled_list[int(r.chain_lot_id)] += int(r.list_usd_micro)
                 hold = by_id[r.request_id]
-                if hold.cost is not None and int(hold.charged) < int(hold.cost):
+                # (A gateway charges at most the hold: one charged its whole hold may have cost more.)
+                paid = int(hold.charged or 0)
+                if hold.cost is not None and (paid < int(hold.cost) or paid == int(hold.amount)):
                     short.add(int(r.chain_lot_id))
         claimable: defaultdict[str, int] = defaultdict(int)
         owed: defaultdict[str, int] = defaultdict(int)

@@ -653,10 +653,12 @@ class Gateway:
         """Settle the hold at the metered cost; the usage record (which lot served, at what
         list value: the lot's usage, with its cached and reasoning tokens) is written in the
         same ledger transaction, for the coordinator."""
-        cost = metering.usage_cost(priced.rates[lot.id], usage)
+        # Never beyond the hold (and so the voucher): it is the bound the buyer agreed to. An
+        # upstream that answers past the output limit sent, or reports more input than the
+        # body can hold (a seller's own endpoint may), costs the buyer nothing more; the
+        # record still draws the lot its whole list value.
+        cost = min(metering.usage_cost(priced.rates[lot.id], usage), priced.hold)
         voucher = priced.voucher
-        if voucher is not None:  # never beyond the voucher (the output limit sent makes it fit)
-            cost = min(cost, priced.hold)
         p = priced.price
         usd = metering.usage_cost(self._list_rates(p.model), usage)
         record = UsageRecord(
