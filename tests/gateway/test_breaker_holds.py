@@ -6,20 +6,25 @@ processes (`promptex gateway serve`) sharing one PostgreSQL ledger.
   tokens per minute, requests in flight, cost per window), each covering exactly K. The
   upstream holds every admitted request until the volley is decided, so nothing admitted
   ends (and frees its share) while the others race: exactly K each, each hold its cost.
-- kill -9: requests in flight on both processes, one killed by PID; the other finishes
-  its own; once restarted, the dead one's holds are swept after their lifetime, the
-  buyer's balance, budget and limits are whole again, and every answer a client received
-  was charged exactly once. (Found: an API key's budget was taken outside the hold's
-  transaction and given back only by the process that took it; every request in flight
-  in a killed process kept its share of the key's budget for good.)
+- kill -9: requests in flight on both processes, one killed by PID, the other finishing
+  its own; then both killed at once mid-load; once a process runs again, the dead ones'
+  holds are swept after their lifetime, the buyer's balance, key budget and limits are
+  whole again, and every answer a client received was charged once, what it said.
+  (Found: an API key's budget was taken outside the hold's transaction and given back
+  only by the process that took it: each request in flight in a killed process kept its
+  share of the key's budget for good.)
+- Starvation: slow bodies and idle connections from one address and an unfunded key on
+  both processes; a funded buyer is served every time on each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -76,8 +81,9 @@ def _buyer(ledger: Ledger, funds: int, cap: int | None = None, budget: int | Non
     wallet = Account.create()
     message = ledger.issue_binding_challenge(account, wallet.address)
     ledger.bind_wallet(message, sign(message, wallet.key))
-    ledger.credit_deposit(event_id(), wallet.address, "USDC", funds)
-    ledger.set_spend_cap(account, "USDC", funds if cap is None else cap)
+    if funds:
+        ledger.credit_deposit(event_id(), wallet.address, "USDC", funds)
+        ledger.set_spend_cap(account, "USDC", funds if cap is None else cap)
     key = new_api_key()
     record = GatewayStore(ledger.engine).add_api_key(
         hash_key(key), key[:10], account, int(time.time()), budget=None if budget is None else ("USDC", budget)
@@ -297,7 +303,7 @@ def _kill(proc: object) -> None:
     proc.wait()  # type: ignore[attr-defined]
 
 
-def test_kill_9__one_process_mid_flight_then_the_other_mid_load__acknowledged_charged_once_the_rest_swept_whole(
+def test_kill_9__one_process_mid_flight_then_both_mid_load__acknowledged_charged_once_the_rest_swept_whole(
     pg_ledger: tuple[str, Ledger, Path], gated: Fake
 ) -> None:
     url, ledger, tmp = pg_ledger
@@ -339,9 +345,9 @@ def test_kill_9__one_process_mid_flight_then_the_other_mid_load__acknowledged_ch
             sender.join()
         assert (len(seen.charged), seen.broken) == (20, 20)
         assert _active(ledger) == 20  # the dead process's: nobody ended them
-        # 2. Load on the second process and the first, restarted; the second is killed
-        # mid-load, wherever it is (reserving, upstream, settling, streaming).
-        with gateway(env) as (_, restarted):
+        # 2. Load on the second process and the first, restarted; both are killed at once
+        # mid-load, wherever each is (reserving, upstream, settling, streaming).
+        with gateway(env) as (restarted_proc, restarted):
             stop = threading.Event()
 
             def load(base: str, stream: bool) -> None:
@@ -355,14 +361,18 @@ def test_kill_9__one_process_mid_flight_then_the_other_mid_load__acknowledged_ch
                 loader.start()
             try:
                 _until(lambda: len(seen.charged) >= 60, "load served")
-                _kill(survivor)
+                for proc in (survivor, restarted_proc):
+                    proc.send_signal(signal.SIGKILL)
+                for proc in (survivor, restarted_proc):
+                    proc.wait()
             finally:
                 stop.set()
                 for loader in loaders:
                     loader.join()
-            # 3. The survivor sweeps every dead process's hold once its lifetime ended.
-            _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
-            seen.send(restarted, buyer.key, False)  # the buyer spends again
+    # 3. A new process sweeps every dead process's hold once its lifetime ended.
+    with gateway(env) as (_, third):
+        _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
+        seen.send(third, buyer.key, False)  # the buyer spends again
     with ledger.engine.connect() as conn:
         rows = conn.execute(
             select(holds.c.request_id, holds.c.status, holds.c.charged, holds.c.expires_at, holds.c.closed_at).where(
@@ -383,4 +393,61 @@ def test_kill_9__one_process_mid_flight_then_the_other_mid_load__acknowledged_ch
     used = _counters(ledger, subject)
     assert used["concurrent"] == [0] and sum(used["cost"]) == spent
     assert _key_budget(ledger, buyer.key_id) == budget - spent  # the dead processes' takes given back
+    ledger.check()
+
+
+# ─── Starvation across processes ─────────────────────────────────────────────
+
+ATTACKER = "127.0.0.2"  # a loopback address other than the buyer's
+SLOTS = 4
+
+
+def _trickle(base: str, key: str) -> socket.socket:
+    """A connection from ATTACKER that sends a request's headers announcing a 1,000-byte
+    body, and one byte of it."""
+    host, port = base.rsplit("/", 1)[1].split(":")
+    conn = socket.create_connection((host, int(port)), timeout=30, source_address=(ATTACKER, 0))
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {key}\r\ncontent-length: 1000\r\n\r\n{{"
+    )
+    with contextlib.suppress(OSError):  # refused at connect: its share of connections is taken
+        conn.sendall(head.encode())
+    return conn
+
+
+def test_starvation__slow_bodies_and_idle_connections_on_both_processes__funded_buyer_served_on_each(
+    pg_ledger: tuple[str, Ledger, Path], gated: Fake
+) -> None:
+    url, ledger, tmp = pg_ledger
+    _, _, funded = _market(ledger, tmp, gated, face_value=1_000 * USDC, funds=USDC)
+    broke = _buyer(ledger, 0)  # a valid key without a balance
+    env = _env(
+        tmp, url, gateway_max_inflight=SLOTS, gateway_max_inflight_per_key=3, gateway_max_inflight_per_address=5,
+        gateway_max_connections_per_address=8, gateway_header_timeout_seconds=120, gateway_body_timeout_seconds=120,
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    with gateway(env) as (_, first), gateway(env) as (_, second):
+        try:
+            # On each process: 12 trickling bodies and 10 idle connections from one address,
+            # more than its share (and than the process's slots) of both.
+            for base in (first, second):
+                held += [_trickle(base, broke.key) for _ in range(12)]
+                host, port = base.rsplit("/", 1)[1].split(":")
+                held += [
+                    socket.create_connection((host, int(port)), timeout=30, source_address=(ATTACKER, 0))
+                    for _ in range(10)
+                ]
+            for base in (first, second):  # more requests than the process has slots, each served
+                with httpx.Client(base_url=base) as client:
+                    statuses = [
+                        client.post(
+                            "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {funded}"}
+                        ).status_code
+                        for _ in range(3 * SLOTS)
+                    ]
+                assert statuses == [200] * (3 * SLOTS), base
+        finally:
+            for conn in held:  # before the processes stop: they wait for open connections
+                conn.close()
     ledger.check()
