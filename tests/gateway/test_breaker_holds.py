@@ -2,10 +2,11 @@
 processes (`promptex gateway serve`) sharing one PostgreSQL ledger.
 
 - Overdraw: one volley of concurrent requests, split over two processes, against every
-  constraint at once (a balance, a spend cap, an API key's budget, requests per minute,
-  tokens per minute, requests in flight, cost per window), each covering exactly K. The
-  upstream holds every admitted request until the volley is decided, so nothing admitted
-  ends (and frees its share) while the others race: exactly K each, each hold its cost.
+  constraint at once (a balance, a spend cap, an API key's budget, an org member's
+  budget, requests per minute, tokens per minute, requests in flight, cost per window),
+  each covering exactly K. The upstream holds every admitted request until the volley is
+  decided, so nothing admitted ends (and frees its share) while the others race: exactly
+  K each, each hold its cost.
 - kill -9: requests in flight on both processes, one killed by PID, the other finishing
   its own; then both killed at once mid-load; once a process runs again, the dead ones'
   holds are swept after their lifetime, the buyer's balance, key budget and limits are
@@ -40,11 +41,12 @@ from sqlalchemy import func, select
 from promptex.fakes import FakeUpstreamConfig
 from promptex.gateway import fronts, limits
 from promptex.gateway.adapters import CHAT
+from promptex.gateway.buyers import member_key
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.limits import Limits
 from promptex.gateway.schema import api_keys, limit_counters
 from promptex.gateway.store import GatewayStore
-from promptex.ledger import Ledger
+from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.binding import sign
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.schema import holds, usage_records
@@ -73,11 +75,25 @@ class Buyer:
     account: int
     key: str
     key_id: int
-    funds: int
+    funds: int  # of its payer
+    payer: int = 0  # whose balance pays (0: its own)
+
+    @property
+    def paying(self) -> int:
+        return self.payer or self.account
 
 
-def _buyer(ledger: Ledger, funds: int, cap: int | None = None, budget: int | None = None) -> Buyer:
-    account = ledger.create_account().id
+def _member(ledger: Ledger, funds: int, budget: int) -> Buyer:
+    """A member of a funded org, spending from it within a budget there."""
+    org = _buyer(ledger, funds, kind=AccountKind.ORG).account
+    new = member_key(ledger, GatewayStore(ledger.engine), org, int(time.time()), budget=("USDC", budget))
+    return Buyer(new.account, new.key, new.record.id, funds, org)
+
+
+def _buyer(
+    ledger: Ledger, funds: int, cap: int | None = None, budget: int | None = None, kind: AccountKind = AccountKind.USER
+) -> Buyer:
+    account = ledger.create_account(kind).id
     wallet = Account.create()
     message = ledger.issue_binding_challenge(account, wallet.address)
     ledger.bind_wallet(message, sign(message, wallet.key))
@@ -218,6 +234,7 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
             "balance": _buyer(ledger, K * hold + hold - 1),
             "spend cap": _buyer(ledger, plenty, cap=K * hold + hold - 1),
             "key budget": _buyer(ledger, plenty, budget=K * hold + hold - 1),
+            "member budget": _member(ledger, plenty, budget=K * hold + hold - 1),
             "requests/min": _buyer(ledger, plenty),
             "tokens/min": _buyer(ledger, plenty),
             "in flight": _buyer(ledger, plenty),
@@ -245,17 +262,20 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
         if minutes > 1:
             expected[name] = outcomes[name][200]
             assert K <= expected[name] <= K * minutes, (name, minutes)
-    refusal = {"balance": 402, "spend cap": 402, "key budget": 402}
+    refusal = {"balance": 402, "spend cap": 402, "key budget": 402, "member budget": 402}
     for name, buyer in attackers.items():
         served = outcomes[name][200]
         assert outcomes[name] == Counter({200: expected[name], refusal.get(name, 429): PER_ATTACK - served}), name
         settled = _settled(ledger, buyer.account)
         assert len(settled) == served and all(amount == charged == hold for _, amount, charged in settled), name
-        balance = ledger.balance(buyer.account, "USDC")
+        balance = ledger.balance(buyer.paying, "USDC")
         assert balance.held == 0 and balance.posted == buyer.funds - served * hold >= 0, name
     assert ledger.balance(attackers["balance"].account, "USDC").posted == hold - 1
     assert ledger.balance(attackers["spend cap"].account, "USDC").cap_remaining == hold - 1
     assert _key_budget(ledger, attackers["key budget"].key_id) == hold - 1
+    member = attackers["member budget"]
+    left = ledger.budget(member.payer, member.account, "USDC")
+    assert left is not None and (left.remaining, left.held) == (hold - 1, 0)
     assert _counters(ledger, f"key:{attackers['in flight'].key_id}")["concurrent"] == [0]
     assert sum(_counters(ledger, f"key:{attackers['cost/window'].key_id}")["cost"]) == K * hold
     ledger.check()
