@@ -79,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.orphaned = False  # given back before its answer ended: pooled once it does
@@ -125,6 +126,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # Now, not later: once the message is complete the parser starts over for the next
+        # one, and asked then it says the connection cannot be kept (every upstream call
+        # opened a new connection: a TCP and TLS handshake each against a real provider).
+        self.keep_alive = self.parser.should_keep_alive()
         if self.orphaned:
             self.loop.call_soon(self.done, self.max_idle)
         self._wake()
@@ -198,7 +203,7 @@ class _Connection(asyncio.Protocol):
 
     def done(self, max_idle: int) -> None:
         """The response was consumed: back to the pool if the connection may be reused."""
-        if self.complete and not self.closed and self.parser.should_keep_alive() and len(self.pool) < max_idle:
+        if self.complete and not self.closed and self.keep_alive and len(self.pool) < max_idle:
             self._reset()
             self.idle_since = time.monotonic()
             self.pool.append(self)
