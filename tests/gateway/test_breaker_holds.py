@@ -323,6 +323,33 @@ def _kill(proc: object) -> None:
     proc.wait()  # type: ignore[attr-defined]
 
 
+def _whole_after_kills(ledger: Ledger, buyer: Buyer, seen: Seen, budget: int, subject: str) -> None:
+    """Once every hold ended: each answer a client received charged once, at what it said;
+    the rest swept after their lifetime; balance, key budget and limits whole; the books check."""
+    funds = buyer.funds
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(holds.c.request_id, holds.c.status, holds.c.charged, holds.c.expires_at, holds.c.closed_at).where(
+                holds.c.account_id == buyer.account
+            )
+        ).all()
+        records = Counter(r.request_id for r in conn.execute(select(usage_records.c.request_id)).all())
+    status = {r.request_id: r.status for r in rows}
+    charged = {r.request_id: int(r.charged) for r in rows if r.status == "settled"}
+    for request_id, cost in seen.charged.items():  # every acknowledged answer charged what it said
+        assert (status.get(request_id), charged.get(request_id)) == ("settled", cost), request_id
+    assert all(records[request_id] == 1 for request_id in charged)  # and charged once
+    assert {r.status for r in rows} <= {"settled", "expired", "released"}
+    assert all(r.closed_at >= r.expires_at for r in rows if r.status == "expired")
+    spent = sum(charged.values())
+    balance = ledger.balance(buyer.account, "USDC")
+    assert (balance.posted, balance.held, balance.spendable) == (funds - spent, 0, funds - spent)
+    used = _counters(ledger, subject)
+    assert used["concurrent"] == [0] and sum(used["cost"]) == spent
+    assert _key_budget(ledger, buyer.key_id) == budget - spent  # the dead processes' takes given back
+    ledger.check()
+
+
 def test_kill_9__one_process_mid_flight_then_both_mid_load__acknowledged_charged_once_the_rest_swept_whole(
     pg_ledger: tuple[str, Ledger, Path], gated: Fake
 ) -> None:
@@ -393,27 +420,7 @@ def test_kill_9__one_process_mid_flight_then_both_mid_load__acknowledged_charged
     with gateway(env) as (_, third):
         _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
         seen.send(third, buyer.key, False)  # the buyer spends again
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(
-            select(holds.c.request_id, holds.c.status, holds.c.charged, holds.c.expires_at, holds.c.closed_at).where(
-                holds.c.account_id == buyer.account
-            )
-        ).all()
-        records = Counter(r.request_id for r in conn.execute(select(usage_records.c.request_id)).all())
-    status = {r.request_id: r.status for r in rows}
-    charged = {r.request_id: int(r.charged) for r in rows if r.status == "settled"}
-    for request_id, cost in seen.charged.items():  # every acknowledged answer charged what it said
-        assert (status.get(request_id), charged.get(request_id)) == ("settled", cost), request_id
-    assert all(records[request_id] == 1 for request_id in charged)  # and charged once
-    assert {r.status for r in rows} <= {"settled", "expired", "released"}
-    assert all(r.closed_at >= r.expires_at for r in rows if r.status == "expired")
-    spent = sum(charged.values())
-    balance = ledger.balance(buyer.account, "USDC")
-    assert (balance.posted, balance.held, balance.spendable) == (funds - spent, 0, funds - spent)
-    used = _counters(ledger, subject)
-    assert used["concurrent"] == [0] and sum(used["cost"]) == spent
-    assert _key_budget(ledger, buyer.key_id) == budget - spent  # the dead processes' takes given back
-    ledger.check()
+    _whole_after_kills(ledger, buyer, seen, budget, subject)
 
 
 # ─── Starvation across processes ─────────────────────────────────────────────
@@ -471,3 +478,48 @@ def test_starvation__slow_bodies_and_idle_connections_on_both_processes__funded_
             for conn in held:  # before the processes stop: they wait for open connections
                 conn.close()
     ledger.check()
+
+
+def test_kill_9__sqlite_gateway_mid_load__acknowledged_charged_once_the_rest_swept_whole(
+    tmp_path: Path, gated: Fake
+) -> None:
+    """One process per SQLite file: killed mid-load, restarted on the same file. Every
+    answer a client received was durable before it was sent (a commit grouped with
+    others, or deferred, must not be acknowledged first)."""
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    ledger = Ledger.open(url, sqlite_synchronous="NORMAL")
+    try:
+        _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=USDC)
+        # Holds live 5 s: the upstream's 1 s to connect and 3 s to answer, and a 1 s margin.
+        env = _env(
+            tmp_path, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=3,
+            gateway_hold_margin_seconds=1, gateway_hold_ttl_seconds=5, gateway_sweep_seconds=0.2, **UNSHED,
+        )  # fmt: skip
+        budget = 5 * USDC
+        buyer = _buyer(ledger, 10 * USDC, budget=budget)
+        subject = f"key:{buyer.key_id}"
+        limits.set_limits(ledger.engine, subject, Limits(concurrent=10_000, cost=USDC, cost_asset="USDC"), 0)
+        seen = Seen()
+        with gateway(env) as (proc, base):
+            stop = threading.Event()
+
+            def load(stream: bool) -> None:
+                while not stop.is_set():
+                    seen.send(base, buyer.key, stream)
+
+            loaders = [threading.Thread(target=load, args=(s,)) for s in (False, True, False, True)]
+            for loader in loaders:
+                loader.start()
+            try:
+                _until(lambda: len(seen.charged) >= 40, "load served")
+                _kill(proc)
+            finally:
+                stop.set()
+                for loader in loaders:
+                    loader.join()
+        with gateway(env) as (_, base):
+            _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
+            seen.send(base, buyer.key, False)  # the buyer spends again
+        _whole_after_kills(ledger, buyer, seen, budget, subject)
+    finally:
+        ledger.close()
