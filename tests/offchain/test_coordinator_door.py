@@ -166,8 +166,22 @@ def test_door__session_key__queued_when_signed_by_a_bound_wallet(world: World) -
     refused = world.post(body(stranger, account=stranger.address), "/v1/session-keys")
     assert refused[0] == 403 and refused[1]["error"]["code"] == "not_bound"
     assert world.post(body(wallet, lanes=65), "/v1/session-keys")[1]["error"]["code"] == "bad_lanes"
+    # What the vault would refuse or cut, refused by the same check as the dashboard's route:
+    # an expiry past (chain time) or beyond its range, a maximum beyond what it holds, a replay.
+    world.book.register_session(
+        f"0x{1:064x}:0", address=wallet.address, asset="USDC", asset_address=ADDRESSES["USDC"], chain_id=CHAIN_ID,
+        vault=VAULT, key=key.address, session=0, lanes=4, maximum=5 * USDC, expiry=terms["expiry"], signed_from=1,
+    )  # fmt: skip
+    for change, code in [
+        ({"nonce": 0}, "replayed"),
+        ({"nonce": 1, "expiry": world.chain.now()}, "expired"),
+        ({"nonce": 1, "expiry": 2**32}, "bad_expiry"),
+        ({"nonce": 1, "maximum": 2**96}, "bad_maximum"),
+    ]:
+        status, refusal = world.post(body(wallet, **change), "/v1/session-keys")
+        assert (status, refusal["error"]["code"]) == (400, code), refusal
     assert world.coordinator.store.session_keys() == []
-    got, answer = world.post(body(wallet), "/v1/session-keys")
+    got, answer = world.post(body(wallet, nonce=1), "/v1/session-keys")
     assert got == 200 and answer["account"] == wallet.address
     (queued,) = world.coordinator.store.session_keys()
     assert (queued.id, queued.address, queued.key, queued.maximum) == (answer["queued"], wallet.address, key.address,

@@ -226,8 +226,6 @@ def buyer_limits(
 
 # ─── Self-service: what an account has and what it spent ────────────────────
 
-MAX_CAP_TOTAL = 2**96 - 1  # CreditsVault.MAX_CAP_TOTAL: a total cap this large is no limit
-
 
 def _whose(account_id: int | None, wallet: str | None, key: str | None) -> int:
     """The account named by exactly one of --account, --wallet, --key."""
@@ -269,6 +267,7 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
     from promptex.ledger import Ledger
     from promptex.metering.assets import ASSETS
     from promptex.protocol.units import money
+    from promptex.protocol.vault import MAX_CAP_TOTAL
 
     s = settings()
     account = _whose(account_id, wallet, key)

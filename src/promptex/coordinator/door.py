@@ -35,6 +35,7 @@ from starlette.routing import Route
 from promptex.coordinator.requests import (
     Place,
     Refused,
+    check_session_key_fresh,
     parse_exit_request,
     parse_session_key,
     queue_session_key,
@@ -134,12 +135,15 @@ class Door:
         """Queue a SessionKey signed by a wallet bound to an account (the relay pays its gas)."""
         request = parse_session_key(body, self.place)
         store = self.coordinator.store
-        if store.account_of(request.account) is None:
+        account = store.account_of(request.account)
+        if account is None:
             raise Refused(
                 403, "not_bound",
                 f"{request.account} is not bound to an account: bind it first (get an API key by signing with it "
                 "on the dashboard, or `promptex buyer signup --wallet` then `promptex buyer bind`)",
             )  # fmt: skip
+        latest, _lanes = store.session_lanes(account, request.asset)
+        check_session_key_fresh(request, self.coordinator.chain.now(), None if latest is None else latest.session)
         self._limit(request.account)
         queued = queue_session_key(store, request, self.coordinator.clock())
         return {"queued": queued, "account": request.account, "asset": request.asset, "nonce": request.nonce}

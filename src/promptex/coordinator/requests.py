@@ -18,7 +18,7 @@ from promptex.coordinator.store import CoordinatorStore
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.eip712 import recover_digest
 from promptex.protocol.units import MAX_UINT256
-from promptex.protocol.vault import MAX_LANES, exit_request_digest, session_key_digest
+from promptex.protocol.vault import MAX_CAP_EXPIRY, MAX_CAP_TOTAL, MAX_LANES, exit_request_digest, session_key_digest
 
 MAX_EXIT_REQUEST_SECONDS = 3_600  # a signed request is answered only this close to its expiry (chain time)
 
@@ -167,6 +167,27 @@ def parse_session_key(body: dict[str, Any], place: Place) -> SessionRequest:
     )  # fmt: skip
     _signed_by(account, digest, signature, "SessionKey")
     return SessionRequest(account, symbol, asset, key, lanes, maximum, expiry, nonce, signature)
+
+
+def check_session_key_fresh(request: SessionRequest, now: int, latest_session: int | None) -> None:
+    """Refuse (400) what the relay would only learn from the vault's refusal or cut: an expiry
+    already past (at `now`) or beyond the vault's range, a maximum beyond what the vault holds,
+    a nonce not above the latest session the ledger knows for the account (a replayed
+    SessionKey). Nothing is stored for a refused key."""
+    if request.expiry <= now:
+        raise Refused(400, "expired", f"this SessionKey expired (at {request.expiry}; now {now}): sign a new one",
+                      field="expiry")  # fmt: skip
+    if request.expiry > MAX_CAP_EXPIRY:
+        raise Refused(400, "bad_expiry", f"expiry {request.expiry} is beyond the vault's range "
+                      f"(at most {MAX_CAP_EXPIRY})", field="expiry")  # fmt: skip
+    if request.maximum > MAX_CAP_TOTAL:
+        raise Refused(400, "bad_maximum", f"maximum {request.maximum} is beyond what the vault holds "
+                      f"(at most {MAX_CAP_TOTAL})", field="maximum")  # fmt: skip
+    if latest_session is not None and request.nonce <= latest_session:
+        raise Refused(
+            400, "replayed", f"nonce {request.nonce} is of a session already registered (the latest is "
+            f"{latest_session}): sign a SessionKey with nonce {latest_session + 1}", field="nonce",
+        )  # fmt: skip
 
 
 def queue_session_key(store: CoordinatorStore, request: SessionRequest, now: int) -> int:

@@ -27,6 +27,8 @@ MAX_LOTS = 128  # CreditsVault.MAX_LOTS: credits or lot draws per settlement
 MAX_LANES = 64  # CreditsVault.MAX_LANES: lanes per session (signed mode)
 MAX_SIGNED_ENTRIES = 512  # CreditsVault.MAX_SIGNED_ENTRIES: entries per settle_signed batch
 MAX_SESSION_ID = 2**24 - 1  # CreditsVault.MAX_SESSION_ID: session ids (= SessionKey nonces)
+MAX_CAP_TOTAL = 2**96 - 1  # CreditsVault.MAX_CAP_TOTAL: a larger total (or session maximum) is cut to it
+MAX_CAP_EXPIRY = 2**32 - 1  # CreditsVault.MAX_CAP_EXPIRY: a later expiry is cut to it
 
 DEBIT_AMOUNT_BITS = 96
 LOT_AMOUNT_BITS = 160
