@@ -57,7 +57,8 @@ def measurement(fn: Measurement) -> Measurement:
 
 def open_lot(ctx: Context, seller: Any, token: Any, kind: int, face_value: int, rate_bps: int = 0) -> Any:
     usdc, escrow = ctx.contract("USDC"), ctx.contract("CreditEscrow")
-    bond = escrow.min_bond(face_value)
+    # A tokenized lot's only bond is its token's share; a listed lot's least is the minimum.
+    bond = escrow.tokenized_bond(token, face_value) if kind == KIND_TOKENIZED else escrow.min_bond(face_value)
     usdc.mint(seller, bond, sender=seller)
     usdc.approve(escrow, bond, sender=seller)
     expiry = ctx.chain.pending_timestamp + 30 * 86_400
