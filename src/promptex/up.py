@@ -410,14 +410,12 @@ def demo_finalizers() -> list[Service]:
 
 def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
     """The demo lots, one after the other in this process, each bond approved exactly before its lot."""
-    import click
-
-    from promptex.cli.seller import open_capacity
-    from promptex.config import Settings
+    from promptex.config import ConfigurationError, Settings
     from promptex.metering import provider_token
     from promptex.protocol.units import USD_MICRO
     from promptex.ready import approve_bond, bond_for
-    from promptex.sellers import Capacity
+    from promptex.sellers import Capacity, CapacityRefused, LotNotOpened, LotPending
+    from promptex.sellers.factory import open_capacity
 
     console.print(f"[bold]▶ {len(DEMO_PROVIDERS) * len(DEMO_SELLERS)} demo lots[/bold]")
     upstream = f"http://127.0.0.1:{options.upstream_port}/v1"
@@ -454,8 +452,8 @@ def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> 
         for opened in open_capacity(Settings(), capacities, before_each=approve):
             for line in opened.summary():
                 console.print(f"[dim]{'demo lots':>11} │[/dim] {line}", soft_wrap=True)
-    except click.ClickException as exc:
-        raise UpError(f"a demo lot was refused: {exc.message}") from None
+    except (ConfigurationError, CapacityRefused, LotNotOpened, LotPending) as exc:
+        raise UpError(f"a demo lot was refused: {exc}") from None
 
 
 def closing_panel(options: UpOptions, ready: Ready) -> str:

@@ -3,12 +3,11 @@ tokenize/list path (`promptex.sellers`), and rotating the sealing master key."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import click
-import requests
 
 from promptex.cli.amounts import decimal_of, usd_micro
 from promptex.cli.market import rpc_url_option
@@ -54,47 +53,23 @@ def _dollars(option: str, text: str) -> int:
 @contextmanager
 def _seller_session(s: Settings) -> Iterator[tuple[Ledger, SellerChain]]:
     """The database (checked to mirror the chain) and the chain; any refusal in one line."""
-    from promptex.ledger import Ledger
     from promptex.sellers import factory
 
     try:
-        chain = factory.make_chain(s)
-        with Ledger.from_settings(s) as ledger:
-            factory.check_ledger_chain(s, ledger)
-            yield ledger, chain
+        with factory.seller_session(s) as pair:
+            yield pair
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
-    except requests.ConnectionError:
-        raise click.ClickException(
-            f"no JSON-RPC node answers at {s.optional_rpc_url('attestor')}: start it or fix the URL"
-        ) from None
 
 
-def open_capacity(
-    s: Settings,
-    capacities: Sequence[Capacity],
-    *,
-    verify: bool = True,
-    before_each: Callable[[Capacity], None] | None = None,
-) -> list[Onboarded]:
-    """Open each capacity as a lot on the one tokenize/list path, in one session (one
-    database and chain connection, the onboarding's pending work resumed once): what
-    `promptex seller add-capacity` runs for its one lot and `promptex up` for its demo
-    lots. `before_each` runs before each lot is opened (`up` approves that lot's exact
-    bond). The first refusal stops it, in one line (ClickException)."""
+def open_capacity(s: Settings, capacity: Capacity, *, verify: bool = True) -> Onboarded:
+    """Open one lot (`promptex.sellers.factory.open_capacity`); a refusal in one line."""
     from promptex.sellers import CapacityRefused, LotNotOpened, LotPending, factory
 
-    opened = []
-    with _seller_session(s) as (ledger, chain):
-        onboarding = factory.make_onboarding(s, ledger, chain)
-        onboarding.resume()
-        for capacity in capacities:
-            if before_each is not None:
-                before_each(capacity)
-            try:
-                opened.append(onboarding.add(capacity, verify=verify))
-            except (CapacityRefused, LotNotOpened, LotPending) as exc:
-                raise click.ClickException(str(exc)) from None
+    try:
+        [opened] = factory.open_capacity(s, [capacity], verify=verify)
+    except (ConfigurationError, CapacityRefused, LotNotOpened, LotPending) as exc:
+        raise click.ClickException(str(exc)) from None
     return opened
 
 
@@ -171,7 +146,7 @@ def seller_add_capacity(
         resale_permitted=declare_resale_permitted,
         bond_usdc=_dollars("--bond", bond) if bond is not None else 0,
     )
-    [opened] = open_capacity(s, [capacity], verify=not no_verify)
+    opened = open_capacity(s, capacity, verify=not no_verify)
     if as_json:
         click.echo(json.dumps(opened.as_json(), indent=2))
     else:

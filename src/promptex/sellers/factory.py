@@ -4,6 +4,9 @@ the catalog. Raises config.ConfigurationError (a one-line CLI error) for what to
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
 from pydantic import SecretStr
 
 from promptex import metering
@@ -11,8 +14,9 @@ from promptex.config import ConfigurationError, Settings
 from promptex.ledger import Ledger
 from promptex.sellers.chain import SellerChain
 from promptex.sellers.manage import Closing
-from promptex.sellers.onboard import Onboarding
+from promptex.sellers.onboard import Onboarded, Onboarding
 from promptex.sellers.store import SellerStore
+from promptex.sellers.terms import Capacity
 
 # On the local network without PROMPTEX_ATTESTOR_PRIVATE_KEY: anvil's public development
 # accounts that `ape run deploy` makes attestors — account 7 (`promptex up`'s
@@ -72,3 +76,44 @@ def make_onboarding(s: Settings, ledger: Ledger, chain: SellerChain) -> Onboardi
 
 def make_closing(s: Settings, ledger: Ledger, chain: SellerChain) -> Closing:
     return Closing(SellerStore(ledger.engine), chain, tx_timeout=s.seller_tx_timeout_seconds)
+
+
+@contextmanager
+def seller_session(s: Settings) -> Iterator[tuple[Ledger, SellerChain]]:
+    """The database (checked to mirror the chain) and the chain; ConfigurationError (one
+    line) when either cannot be used, a node that does not answer included."""
+    import requests
+
+    try:
+        chain = make_chain(s)
+        with Ledger.from_settings(s) as ledger:
+            check_ledger_chain(s, ledger)
+            yield ledger, chain
+    except requests.ConnectionError:
+        raise ConfigurationError(
+            f"no JSON-RPC node answers at {s.optional_rpc_url('attestor')}: start it or fix the URL"
+        ) from None
+
+
+def open_capacity(
+    s: Settings,
+    capacities: Sequence[Capacity],
+    *,
+    verify: bool = True,
+    before_each: Callable[[Capacity], None] | None = None,
+) -> list[Onboarded]:
+    """Open each capacity as a lot on the one tokenize/list path, in one session (one
+    database and chain connection, the onboarding's pending work resumed once): what
+    `promptex seller add-capacity` runs for its one lot and `promptex up` for its demo
+    lots. `before_each` runs before each lot is opened (`up` approves that lot's exact
+    bond). The first refusal stops it (CapacityRefused, LotNotOpened, LotPending or
+    ConfigurationError: one line each)."""
+    opened = []
+    with seller_session(s) as (ledger, chain):
+        onboarding = make_onboarding(s, ledger, chain)
+        onboarding.resume()
+        for capacity in capacities:
+            if before_each is not None:
+                before_each(capacity)
+            opened.append(onboarding.add(capacity, verify=verify))
+    return opened
