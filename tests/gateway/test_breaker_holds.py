@@ -60,6 +60,7 @@ K = 23
 PER_ATTACK = 1_000 if DEEP else 200
 OUT = 16  # fake-flat prices output only, and answers the whole limit: each hold is its exact cost
 BODY = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": OUT}
+LOST = -1  # a request whose connection broke before its answer
 CONNECTIONS = 400  # more than every attack's K at once (they stay open, gated), fewer than a process refuses
 # Nothing shed or refused for load: every request meets the ledger's arbiters.
 UNSHED = {
@@ -192,11 +193,15 @@ def _volley(
 
             async def one(base: str, buyer: Buyer) -> int:
                 async with connections:  # none waits in httpx's pool (it scans its queue per request)
-                    answer = await client.post(
-                        base + "/v1/chat/completions", headers={"authorization": f"Bearer {buyer.key}"}, json=BODY
-                    )
-                finished.append(answer.status_code)
-                return answer.status_code
+                    try:
+                        answer = await client.post(
+                            base + "/v1/chat/completions", headers={"authorization": f"Bearer {buyer.key}"}, json=BODY
+                        )
+                        status = answer.status_code
+                    except httpx.TransportError:  # seen once in 8,000 (deep, load 14): counted by the ledger
+                        status = LOST
+                finished.append(status)
+                return status
 
             async def opener() -> None:
                 while len(finished) + await asyncio.to_thread(_active, ledger) < total:
@@ -258,16 +263,20 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
     expected = dict.fromkeys(attackers, K)
     # A volley admitted over a minute boundary (a slow machine) met more than one window of
     # requests and tokens per minute: at most K in each, and K in the first.
-    for name in ("requests/min", "tokens/min"):
-        if minutes > 1:
-            expected[name] = outcomes[name][200]
-            assert K <= expected[name] <= K * minutes, (name, minutes)
     refusal = {"balance": 402, "spend cap": 402, "key budget": 402, "member budget": 402}
+    _until(lambda: _active(ledger) == 0, "every request ended")
     for name, buyer in attackers.items():
-        served = outcomes[name][200]
-        assert outcomes[name] == Counter({200: expected[name], refusal.get(name, 429): PER_ATTACK - served}), name
+        # What the ledger served is exact; a client whose connection broke (LOST) may or
+        # may not have been served, and nothing else.
         settled = _settled(ledger, buyer.account)
-        assert len(settled) == served and all(amount == charged == hold for _, amount, charged in settled), name
+        served, lost = len(settled), outcomes[name][LOST]
+        if name in ("requests/min", "tokens/min") and minutes > 1:
+            expected[name] = served
+            assert K <= served <= K * minutes, (name, minutes)
+        assert served == expected[name], (name, outcomes[name])
+        assert outcomes[name][200] <= served <= outcomes[name][200] + lost, (name, outcomes[name])
+        assert sum(outcomes[name].values()) == PER_ATTACK and set(outcomes[name]) <= {200, refusal.get(name, 429), LOST}
+        assert all(amount == charged == hold for _, amount, charged in settled), name
         balance = ledger.balance(buyer.paying, "USDC")
         assert balance.held == 0 and balance.posted == buyer.funds - served * hold >= 0, name
     assert ledger.balance(attackers["balance"].account, "USDC").posted == hold - 1
