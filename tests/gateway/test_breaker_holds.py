@@ -39,6 +39,7 @@ from eth_account import Account
 from sqlalchemy import func, select
 
 from promptex.fakes import FakeUpstreamConfig
+from promptex.fakes import upstream as fake_upstream
 from promptex.gateway import fronts, limits
 from promptex.gateway.adapters import CHAT
 from promptex.gateway.buyers import member_key
@@ -60,6 +61,7 @@ K = 23
 PER_ATTACK = 1_000 if DEEP else 200
 OUT = 16  # fake-flat prices output only, and answers the whole limit: each hold is its exact cost
 BODY = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": OUT}
+VOLLEY_SECONDS = 1_200  # the longest a volley may take to be decided
 LOST = -1  # a request whose connection broke before its answer
 CONNECTIONS = 400  # more than every attack's K at once (they stay open, gated), fewer than a process refuses
 # Nothing shed or refused for load: every request meets the ledger's arbiters.
@@ -189,7 +191,7 @@ def _volley(
         # No connection kept alive: one the server closed as idle (5 s, a loaded machine) is never reused.
         client_limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=0)
         connections = asyncio.Semaphore(CONNECTIONS)
-        async with httpx.AsyncClient(timeout=180, limits=client_limits) as client:
+        async with httpx.AsyncClient(timeout=VOLLEY_SECONDS, limits=client_limits) as client:
 
             async def one(base: str, buyer: Buyer) -> int:
                 async with connections:  # none waits in httpx's pool (it scans its queue per request)
@@ -226,11 +228,17 @@ def _volley(
 
 
 def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactly_k_each_hold_its_cost(
-    pg_ledger: tuple[str, Ledger, Path], gated: Fake
+    pg_ledger: tuple[str, Ledger, Path], gated: Fake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, ledger, tmp = pg_ledger
     _, _, probe = _market(ledger, tmp, gated, face_value=1_000 * USDC, funds=USDC)  # the lot, a probing buyer
-    env = _env(tmp, url, **UNSHED)
+    # The first request admitted waits at the gate for the whole volley (minutes, deep, on a
+    # loaded machine): neither the gateway nor the gate may give up on it meanwhile.
+    monkeypatch.setattr(fake_upstream, "GATE_WAIT_SECONDS", VOLLEY_SECONDS)
+    env = _env(
+        tmp, url, gateway_upstream_timeout_seconds=VOLLEY_SECONDS, gateway_hold_ttl_seconds=VOLLEY_SECONDS + 100,
+        **UNSHED,
+    )  # fmt: skip
     gate = threading.Event()
     with gateway(env) as (_, first), gateway(env) as (_, second):
         hold = _hold(first, probe)
