@@ -256,3 +256,43 @@ def test_timelock_levers__fee_bond_treasury_attestor_share__leave_existing_holde
         if mine:
             assert w.tender(who, mine) == buy_back_payout(mine, CLD_FACE, SHARE_BPS)
     assert w.usdc.balanceOf(w.attacker) <= esc.lots(own).bond  # its own bond back at most
+
+
+@pytest.mark.parametrize("how", ["slash", "expire", "close"])
+def test_lots_of_capacity_two__a_token_worth_ten_micro_dollars_a_unit__every_unit_paid_its_share(world, how):
+    """The smallest lots: a token whose 10**-18 unit is worth $0.00001 (added through the
+    Timelock at the 10 % share), lots of two units (one the seller's, one the fee). Every
+    unit left unbacked is paid its share, one micro-dollar, by whoever tenders first or
+    last; the seller recovers at most its own unit's share of the two it posted."""
+    w = world
+    face = 10**19  # USD micro per whole token: 10 per unit
+    with boa.env.prank(w.deployer):
+        tiny = TOKEN.deploy("Tiny credit", "TNY", "Tiny", face, w.escrow.address, w.vault)
+    w.through_timelock(w.escrow.address, w.escrow.add_provider.prepare_calldata(tiny.address, SHARE_BPS))
+    seller = w.sellers[0]
+    bond = w.escrow.tokenized_bond(tiny.address, 20)
+    assert bond == 2 and w.escrow.quote_mint(tiny.address, 20) == (2, 1, 1)
+    w.usdc.mint(seller, bond)
+    w.usdc.approve(w.escrow.address, bond, sender=seller)
+    lot = w.escrow.open_lot(seller, tiny.address, 1, 20, now() + MIN_LOT_VALIDITY, bond, b"\x11" * 32, 0,
+                            sender=w.attestor)  # fmt: skip
+    if how == "slash":
+        w.escrow.slash(lot, sender=w.attestor)
+    elif how == "expire":
+        boa.env.time_travel(seconds=MIN_LOT_VALIDITY + GRACE + 1)
+        w.escrow.expire(lot)
+    else:
+        w.escrow.request_close(lot, sender=seller)
+        boa.env.time_travel(seconds=2 * WINDOW)
+        tiny.approve(w.escrow.address, 1, sender=seller)
+        w.escrow.finalize_close(lot, sender=seller)  # burns its one unit; the fee's unit is unbacked
+    paid = 0
+    for who in (w.treasury, seller):  # the fee's unit first, then the seller's (if still out)
+        if tiny.balanceOf(who) and w.escrow.unbacked(tiny.address):
+            tiny.approve(w.escrow.address, 1, sender=who)
+            w.escrow.buy_back_unbacked(tiny.address, 1, sender=who)
+            paid += 1
+            assert w.usdc.balanceOf(who) >= 1  # a micro-dollar per unit: the share, not rounded away
+    assert w.escrow.unbacked(tiny.address) == 0 and w.escrow.insurance_fund(tiny.address) == 0
+    assert w.usdc.balanceOf(seller) <= bond - 1  # the fee unit's share went to the treasury's unit
+    _books_balance(w)
