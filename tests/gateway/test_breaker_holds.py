@@ -231,6 +231,25 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
     pg_ledger: tuple[str, Ledger, Path], gated: Fake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, ledger, tmp = pg_ledger
+    _overdraw(url, ledger, tmp, gated, monkeypatch, processes=2)
+
+
+def test_overdraw__one_volley_one_sqlite_process__grouped_commits__exactly_k_each_hold_its_cost(
+    tmp_path: Path, gated: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite commits the writes queued while its ledger thread is busy in one group
+    (f066eec): here accepted and refused holds of every kind arrive in the same groups."""
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    ledger = Ledger.open(url, sqlite_synchronous="NORMAL")
+    try:
+        _overdraw(url, ledger, tmp_path, gated, monkeypatch, processes=1)
+    finally:
+        ledger.close()
+
+
+def _overdraw(
+    url: str, ledger: Ledger, tmp: Path, gated: Fake, monkeypatch: pytest.MonkeyPatch, *, processes: int
+) -> None:
     _, _, probe = _market(ledger, tmp, gated, face_value=1_000 * USDC, funds=USDC)  # the lot, a probing buyer
     # The first request admitted waits at the gate for the whole volley (minutes, deep, on a
     # loaded machine): neither the gateway nor the gate may give up on it meanwhile.
@@ -240,8 +259,9 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
         **UNSHED,
     )  # fmt: skip
     gate = threading.Event()
-    with gateway(env) as (_, first), gateway(env) as (_, second):
-        hold = _hold(first, probe)
+    with contextlib.ExitStack() as running:
+        bases = [running.enter_context(gateway(env))[1] for _ in range(processes)]
+        hold = _hold(bases[0], probe)
         plenty = 10 * USDC
         attackers = {
             "balance": _buyer(ledger, K * hold + hold - 1),
@@ -264,7 +284,7 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
             limits.set_limits(ledger.engine, f"key:{attackers[name].key_id}", subject_limits, int(time.time()))
         gated.config.gate = gate  # every admitted request stays in flight until the volley is decided
         try:
-            outcomes, minutes = _volley([first, second], attackers, ledger, gate)
+            outcomes, minutes = _volley(bases, attackers, ledger, gate)
         finally:
             gate.set()
             gated.config.gate = None
