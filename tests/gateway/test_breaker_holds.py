@@ -234,6 +234,7 @@ def test_overdraw__one_volley_two_processes__every_constraint_covering_k__exactl
     _overdraw(url, ledger, tmp, gated, monkeypatch, processes=2)
 
 
+@pytest.mark.skipif(not DEEP, reason="deep profile only (HYPOTHESIS_PROFILE=deep): CI's share is 45 s")
 def test_overdraw__one_volley_one_sqlite_process__grouped_commits__exactly_k_each_hold_its_cost(
     tmp_path: Path, gated: Fake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,6 +481,7 @@ def _trickle(base: str, key: str) -> socket.socket:
     return conn
 
 
+@pytest.mark.skipif(not DEEP, reason="deep profile only (HYPOTHESIS_PROFILE=deep): CI's share is 45 s")
 def test_starvation__slow_bodies_and_idle_connections_on_both_processes__funded_buyer_served_on_each(
     pg_ledger: tuple[str, Ledger, Path], gated: Fake
 ) -> None:
@@ -517,6 +519,7 @@ def test_starvation__slow_bodies_and_idle_connections_on_both_processes__funded_
     ledger.check()
 
 
+@pytest.mark.skipif(not DEEP, reason="deep profile only (HYPOTHESIS_PROFILE=deep): CI's share is 45 s")
 def test_kill_9__sqlite_gateway_mid_load__acknowledged_charged_once_the_rest_swept_whole(
     tmp_path: Path, gated: Fake
 ) -> None:
