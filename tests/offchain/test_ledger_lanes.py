@@ -23,6 +23,7 @@ from promptex.ledger.lanes import (
     SessionClosed,
     Voucher,
     VoucherAboveBalance,
+    VoucherUsed,
 )
 from promptex.ledger.usage import SIGNED
 from promptex.protocol.units import USD_MICRO as USDC
@@ -112,7 +113,9 @@ def test_lane__swept_hold__frees_the_lane(ledger: Ledger, clock):
     clock.advance(61)
     assert ledger.sweep_expired() == 1
     assert ledger.lane(account, ASSET, 1, 0).inflight is None
-    _hold(ledger, account, "next", 0, USDC)
+    with pytest.raises(VoucherUsed):  # a voucher serves once: the swept one's ceiling is spent
+        _hold(ledger, account, "again", 0, USDC)
+    _hold(ledger, account, "next", 0, USDC + 1)
     ledger.holds.release("next")
 
 
