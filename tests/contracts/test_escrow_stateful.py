@@ -25,6 +25,7 @@ the contract must agree with the model and:
 """
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import boa
 from boa_partial import LazyPartial
@@ -259,7 +260,7 @@ class EscrowMachine(RuleBasedStateMachine):
         drawable = sum(self.lots[i].remaining for i in order)
         assert self.escrow.drawable(token.address) == drawable
         held = {who: token.balanceOf(who) for who in self.holders()}
-        amount = min(int(drawable * fraction), sum(held.values()))
+        amount = min(int(drawable * Fraction(fraction)), sum(held.values()))  # exact (floats round above 2**53)
         self.epoch += 1
         if amount == 0:
             with boa.reverts("escrow: zero amount"):
@@ -312,7 +313,7 @@ class EscrowMachine(RuleBasedStateMachine):
         lot_id = data.draw(st.sampled_from([i for i in self.open_lots() if self.lots[i].kind == LISTED]))
         lot = self.lots[lot_id]
         self.touched = lot_id
-        amount = int(lot.capacity * fraction)
+        amount = int(lot.capacity * Fraction(fraction))
         self.epoch += 1
         if self.now() > lot.expiry + GRACE:
             with boa.reverts("escrow: lot not drawable"):
@@ -420,7 +421,7 @@ class EscrowMachine(RuleBasedStateMachine):
     def buy_back_unbacked(self, holder, sym, fraction):
         holders = self.holders()
         who, token = holders[holder % len(holders)], self.tokens[sym]
-        amount = min(int(self.unbacked[sym] * fraction), token.balanceOf(who))
+        amount = min(int(self.unbacked[sym] * Fraction(fraction)), token.balanceOf(who))
         # One fixed rate for every tendered token: its bond share of face, rounded down.
         payout = amount * FACE_VALUES[sym] * SHARES[sym] // (UNIT * BPS)
         if amount == 0 or payout == 0:

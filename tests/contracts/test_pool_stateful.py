@@ -9,6 +9,7 @@ implies non-zero reserves.
 """
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import boa
 from boa_partial import LazyPartial
@@ -131,7 +132,9 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(data=st.data(), fraction=st.floats(0.0, 1.0))
     def remove_liquidity(self, data, fraction):
         who = data.draw(st.sampled_from([a for a in self.actors if self.m.lp.get(a, 0)]))
-        liquidity = int(self.m.lp.get(who, 0) * fraction)
+        liquidity = int(
+            self.m.lp.get(who, 0) * Fraction(fraction)
+        )  # exact: a float product of 2**53+ may round above the balance
         if liquidity:
             self.pool.transfer(self.pool.address, liquidity, sender=who)
             self.m.lp[who] -= liquidity
