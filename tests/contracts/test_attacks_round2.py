@@ -97,8 +97,9 @@ class EscrowWorld:
         self.timelock.execute(target, 0, data, SALT, SALT)
 
 
-@pytest.fixture(scope="module")
-def ew() -> EscrowWorld:
+def build_escrow_world(share_bps: int = 1_000) -> EscrowWorld:
+    """Round 2's world: the escrow (CLD at `share_bps`) handed to a Timelock (also the
+    share attacks' world)."""
     a = boa.env.generate_address
     deployer, attestor, vault, treasury = a("deployer"), a("attestor"), a("vault"), a("treasury")
     proposer, guardian, holder, attacker = a("proposer"), a("guardian"), a("holder"), a("attacker")
@@ -107,7 +108,7 @@ def ew() -> EscrowWorld:
         usdc = USDC.deploy()
         escrow = ESCROW.deploy(usdc.address, treasury, WINDOW)
         cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", CLD_FACE, escrow.address, vault)
-        escrow.add_provider(cld.address, 1_000)
+        escrow.add_provider(cld.address, share_bps)
         escrow.grant_attestor(attestor)
         escrow.set_vault(vault)
         revocations = [(escrow.address, selector("revoke_attestor(address)"))]
@@ -116,6 +117,11 @@ def ew() -> EscrowWorld:
     timelock.accept_ownership(escrow.address)
     return EscrowWorld(usdc, escrow, cld, timelock, deployer, attestor, vault, treasury, proposer, guardian,
                        sellers, holder, attacker)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ew() -> EscrowWorld:
+    return build_escrow_world()
 
 
 # ─── Attestor ────────────────────────────────────────────────────────────────

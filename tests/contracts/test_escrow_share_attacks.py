@@ -20,17 +20,13 @@ import pytest
 from test_attacks_round2 import (
     CLD_FACE,
     DAY,
-    ESCROW,
     FACE,
     GRACE,
-    TIMELOCK,
     TOKEN,
-    USDC,
     WINDOW,
-    ZERO,
     EscrowWorld,
+    build_escrow_world,
     now,
-    selector,
 )  # fmt: skip
 
 from promptex.protocol.escrow import MIN_LOT_VALIDITY, buy_back_payout
@@ -43,23 +39,7 @@ LOTS = 24
 @pytest.fixture(scope="module")
 def world() -> EscrowWorld:
     """Round 2's world: the escrow (CLD at a 10 % share) handed to a Timelock."""
-    a = boa.env.generate_address
-    deployer, attestor, vault, treasury = a("deployer"), a("attestor"), a("vault"), a("treasury")
-    proposer, guardian, holder, attacker = a("proposer"), a("guardian"), a("holder"), a("attacker")
-    sellers = [a(f"seller{i}") for i in range(3)]
-    with boa.env.prank(deployer):
-        usdc = USDC.deploy()
-        escrow = ESCROW.deploy(usdc.address, treasury, WINDOW)
-        cld = TOKEN.deploy("CLD credit", "CLD", "Anthropic", CLD_FACE, escrow.address, vault)
-        escrow.add_provider(cld.address, SHARE_BPS)
-        escrow.grant_attestor(attestor)
-        escrow.set_vault(vault)
-        revocations = [(escrow.address, selector("revoke_attestor(address)"))]
-        timelock = TIMELOCK.deploy(MIN_DELAY, [proposer], [ZERO], [guardian], revocations)
-        escrow.transfer_ownership(timelock.address)
-    timelock.accept_ownership(escrow.address)
-    return EscrowWorld(usdc, escrow, cld, timelock, deployer, attestor, vault, treasury, proposer, guardian,
-                       sellers, holder, attacker)  # fmt: skip
+    return build_escrow_world(SHARE_BPS)
 
 
 def _draw(w: EscrowWorld, payer: str, amount: int, epoch: int) -> None:
