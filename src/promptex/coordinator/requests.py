@@ -17,7 +17,7 @@ from promptex.chain.deployments import Deployment
 from promptex.coordinator.store import CoordinatorStore
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.eip712 import recover_digest
-from promptex.protocol.units import MAX_UINT256
+from promptex.protocol.units import MAX_UINT256, money
 from promptex.protocol.vault import MAX_CAP_EXPIRY, MAX_CAP_TOTAL, MAX_LANES, exit_request_digest, session_key_digest
 
 MAX_EXIT_REQUEST_SECONDS = 3_600  # a signed request is answered only this close to its expiry (chain time)
@@ -181,8 +181,9 @@ def check_session_key_fresh(request: SessionRequest, now: int, latest_session: i
         raise Refused(400, "bad_expiry", f"expiry {request.expiry} is beyond the vault's range "
                       f"(at most {MAX_CAP_EXPIRY})", field="expiry")  # fmt: skip
     if request.maximum > MAX_CAP_TOTAL:
-        raise Refused(400, "bad_maximum", f"maximum {request.maximum} is beyond what the vault holds "
-                      f"(at most {MAX_CAP_TOTAL})", field="maximum")  # fmt: skip
+        raise Refused(400, "bad_maximum", f"a maximum of {money(request.maximum, request.asset)} is beyond what "
+                      f"the vault holds (at most {money(MAX_CAP_TOTAL, request.asset)})", field="maximum",
+                      maximum=str(request.maximum))  # fmt: skip
     if latest_session is not None and request.nonce <= latest_session:
         raise Refused(
             400, "replayed", f"nonce {request.nonce} is of a session already registered (the latest is "
