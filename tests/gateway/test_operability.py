@@ -19,6 +19,7 @@ from promptex.config import Settings
 from promptex.config import settings as cached_settings
 from promptex.gateway.health import LotHealth, reports
 from promptex.gateway.logs import JsonFormatter, RequestIdFilter, bind, unbind
+from promptex.sellers.attestor import Thresholds, open_reports, review
 from promptex.serving import free_port
 
 from .conftest import Fake, Harness, _harness
@@ -158,6 +159,32 @@ def test_breaker__failing_lot_skipped_after_two_failures__seller_sees_errors_and
     assert "(circuit open)" in result.output
     assert "refused this lot's API key" in result.output
     assert f"lot {good} (openai): 3 calls, 0.0% errors" in result.output
+
+    # The attestor's review: the failing lot and the refused key are reported, the good lot
+    # not; nothing is slashed, a person resolves each report.
+    now = int(time.time())
+    found = review(gw.ledger.engine, now, Thresholds(min_requests=2))
+    assert {r.lot_id: r.reasons for r in found} == {
+        failing: "2 of 2 upstream calls failed; its circuit is open (the gateway skips it)",
+        refused: "2 of 2 upstream calls failed; the provider refused the lot's API key (revoked upstream?); "
+        "its circuit is open (the gateway skips it)",
+    }
+    again = review(gw.ledger.engine, now + 1, Thresholds(min_requests=2))  # nothing new but the open circuits
+    assert [(r.id, r.reasons, r.requests) for r in again] == [
+        (r.id, "its circuit is open (the gateway skips it)", 2) for r in found
+    ]
+    cached_settings.cache_clear()
+    try:
+        listed = CliRunner().invoke(main, ["attestor", "reports"])
+        report = next(r.id for r in found if r.lot_id == failing)
+        resolved = CliRunner().invoke(main, ["attestor", "resolve", str(report), "dismissed", "--note", "outage"])
+        twice = CliRunner().invoke(main, ["attestor", "resolve", str(report), "slashed", "--note", "0xabc"])
+    finally:
+        cached_settings.cache_clear()
+    assert listed.exit_code == 0 and listed.output.count("report ") == 2 and f"lot {failing} " in listed.output
+    assert resolved.exit_code == 0 and "dismissed" in resolved.output and "outage" in resolved.output
+    assert twice.exit_code == 1 and "is dismissed already" in twice.output
+    assert [r.lot_id for r in open_reports(gw.ledger.engine)] == [refused]
 
 
 def test_breaker__half_open__one_probe_then_closed_on_success_or_open_again_on_failure() -> None:

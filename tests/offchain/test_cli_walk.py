@@ -25,7 +25,7 @@ from promptex.config import settings
 NOT_WITH_REQUIRED_ONLY = {
     ("up",), ("gateway", "serve"), ("fake-upstream",), ("fake-billing",),
     ("buyer", "debts"), ("buyer", "signup"), ("buyer", "org-key"), ("buyer", "limits"), ("indexer", "reorgs"),
-    ("redemptions",), ("seller", "rotate-master-key"),
+    ("redemptions",), ("seller", "rotate-master-key"), ("attestor", "reports"), ("attestor", "review"),
 }  # fmt: skip
 HEX = re.compile(r"0x[0-9a-fA-F]{16,}")
 

@@ -40,7 +40,7 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0015"
+HEAD = "0016"
 NEVER_OPENED = "recorded before lots were tracked, and never opened on chain"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
@@ -315,6 +315,7 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
         assert after.pop("session_keys") == [] and after.pop("voucher_lanes") == []
         assert after.pop("session_key_submissions") == []  # 0014: nothing to relay yet
         assert after.pop("door_nonces") == []  # 0015: no wallet has asked the door yet
+        assert after.pop("attestor_lot_reviews") == [] and after.pop("attestor_reports") == []  # 0016: none yet
         assert [row[-4:] for row in after["usage_records"]] == [("capped", None, None, None)]
         after["usage_records"] = [row[:-4] for row in after["usage_records"]]
         assert [row[-2:] for row in after["usage_records"]] == [(None, None)]

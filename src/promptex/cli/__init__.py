@@ -29,6 +29,7 @@ class RootGroup(OneLineErrors, LazyGroup):
         "fake-billing": "promptex.cli.fakes:fake_billing",
         "gateway": "promptex.cli.gateway:gateway",
         "seller": "promptex.cli.seller:seller",
+        "attestor": "promptex.cli.attestor:attestor",
         "buyer": "promptex.cli.buyer:buyer",
         "wallet": "promptex.cli.wallet:wallet",
         "status": "promptex.cli.wallet:status",
