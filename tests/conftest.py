@@ -3,6 +3,9 @@
 The default profile is what CI runs (30 examples x 50 steps per state machine, which
 keeps the whole suite inside CI's time budget); `HYPOTHESIS_PROFILE=deep` runs 1,000 x 50
 before a contract change lands; `HYPOTHESIS_PROFILE=quick` is for iterating locally.
+`HYPOTHESIS_PROFILE=deep_part` is one part of a deep run (`scripts/deep_parts.sh`): the
+deep profile's steps, `PROMPTEX_DEEP_PART_EXAMPLES` examples (100: a tenth of it), no
+example database, so that a part is named by its `--hypothesis-seed` alone.
 """
 
 import os
@@ -27,6 +30,16 @@ _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=30, stateful_step_count=50, deadline=None, suppress_health_check=_SLOW_OK)
 settings.register_profile(
     "deep", max_examples=1_000, stateful_step_count=50, deadline=None, suppress_health_check=_SLOW_OK
+)
+# A part replays from its seed, not from a local database (a failure prints its blob too).
+settings.register_profile(
+    "deep_part",
+    max_examples=int(os.environ.get("PROMPTEX_DEEP_PART_EXAMPLES", "100")),
+    stateful_step_count=50,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=_SLOW_OK,
 )
 settings.register_profile("quick", max_examples=20, stateful_step_count=20, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -18,7 +18,8 @@ caught up, waited for with bounded polls) and at the end:
 - Σ seller claimables == Σ listed credit on the metered usage each lot settled.
 
 Profiles (tests/conftest.py's, read here): CI runs a few short sequences on one deployed
-market reset by anvil snapshots between examples; HYPOTHESIS_PROFILE=deep runs 200.
+market reset by anvil snapshots between examples; HYPOTHESIS_PROFILE=deep runs 200, and
+HYPOTHESIS_PROFILE=deep_part 10 of them per `--hypothesis-seed` (scripts/deep_parts.sh).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ from promptex.reconcile import reconcile, summary
 from promptex.reconcile.chain import Web3ChainView
 from promptex.reconcile.run import indexed_block
 
-DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+# A part of a deep run (scripts/deep_parts.sh) draws the same sequences as the deep profile.
+DEEP = PROFILE in ("deep", "deep_part")
 MODEL = "fake-gpt"
 RATE_BPS = 6_000
 FEE_BPS = 500  # the protocol fee (settings' default)
@@ -749,7 +752,8 @@ def test_market__random_actions_failures_and_restarts__books_never_diverge(marke
     chain, fake, base = market
     MarketMachine.chain, MarketMachine.fake, MarketMachine.base = chain, fake, base
     profile = settings(
-        max_examples=int(os.environ.get("PROMPTEX_MARKET_EXAMPLES", 200 if DEEP else 3)),
+        # deep: 200 sequences; a part of them: 10; CI: 3.
+        max_examples=int(os.environ.get("PROMPTEX_MARKET_EXAMPLES", {"deep": 200, "deep_part": 10}.get(PROFILE, 3))),
         stateful_step_count=int(os.environ.get("PROMPTEX_MARKET_STEPS", 12 if DEEP else 8)),
         deadline=None,
         # Shrinking replays whole markets: minutes per step. On by request (a failure's seed replays it).
