@@ -2,7 +2,8 @@
 writes queued while the ledger thread is busy share one transaction, each in a savepoint
 of its own — a balance covering K holds still holds exactly K, one write that raises is
 rolled back alone, and a group whose commit fails leaves nothing and runs each write
-alone. (A gateway killed with groups in flight: `test_holds_processes.py`.)"""
+alone; all of it on the ledger thread's pinned connection, as in the gateway. (A gateway
+killed with groups in flight: `test_holds_processes.py`.)"""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _queued_together(
 ) -> tuple[LedgerThreads, list[object]]:
     """QUEUED reserves (the 6th with the failing extra) queued while the one ledger thread
     is held busy, so they reach it together; their outcomes in order."""
-    threads = LedgerThreads(1, grouper=grouper)
+    threads = LedgerThreads(1, grouper=grouper, per_thread=ledger.pinned_connection)  # as the gateway's
     busy, free = threading.Event(), threading.Event()
 
     def hold_the_thread() -> None:
@@ -135,3 +136,21 @@ def test_group_commit__groups_do_not_nest(book: tuple[Ledger, int]) -> None:
     ledger, _ = book
     with ledger.group(), pytest.raises(RuntimeError, match="do not nest"), ledger.group():
         pass
+
+
+def test_pinned_connection__reused_by_the_threads_writes__a_failed_one_rolled_back__a_dropped_one_replaced(
+    book: tuple[Ledger, int],
+) -> None:
+    ledger, account = book
+    with ledger.pinned_connection():
+        pinned = ledger._pinned.conn
+        with pytest.raises(RuntimeError):
+            ledger.holds.reserve(Reservation("boom", account, "USDC", HOLD, 900, extras=(ExtraTake(BOOM, 1),)))
+        assert ledger.holds.get("boom") is None and ledger.balance(account, "USDC").held == 0  # rolled back
+        ledger.holds.reserve(Reservation("a", account, "USDC", HOLD, 900))
+        assert ledger._pinned.conn is pinned and not pinned.in_transaction()  # committed, connection kept
+        pinned.invalidate()  # the database dropped it
+        ledger.holds.reserve(Reservation("b", account, "USDC", HOLD, 900))
+        assert ledger._pinned.conn is not pinned
+    assert ledger._pinned.conn is None
+    assert ledger.balance(account, "USDC").held == 2 * HOLD  # read through the pool: both committed

@@ -50,7 +50,10 @@ class LedgerThreads:
         observe: Callable[[float], None] | None = None,
         grouper: Callable[[], AbstractContextManager[Any]] | None = None,
         max_group: int = MAX_GROUP,
+        per_thread: Callable[[], AbstractContextManager[Any]] | None = None,
     ) -> None:
+        # `per_thread`: entered by each thread for as long as it lives (`Ledger.pinned_connection`).
+        self._per_thread = per_thread or contextlib.nullcontext
         self._observe = observe  # each call's wait for a thread (the metrics)
         self._grouper = grouper if max_group > 1 else None
         self._max_group = max_group
@@ -119,6 +122,10 @@ class LedgerThreads:
                 future.set_exception(value)
 
     def _work(self) -> None:
+        with self._per_thread():
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:

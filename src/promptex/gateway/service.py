@@ -180,6 +180,7 @@ class Gateway:
             # Group commit (SQLite: PostgreSQL's one-statement fast paths commit on their own).
             grouper=ledger.group if sqlite else None,
             max_group=settings.gateway_ledger_group_max,
+            per_thread=ledger.pinned_connection,
         )
         self.shed = 0  # requests refused for overload
         self.inflight = 0
