@@ -74,6 +74,9 @@ class Payload:
     # Signed mode (`settle_signed`, issue 23): per lane, (wallet, lane, ceiling, amount,
     # 0x voucher signature); `debits` then holds each wallet's total over its lanes.
     signed: list[tuple[str, int, int, int, str]] = field(default_factory=list)
+    # A FAILED batch's request ids, kept when its records are let go: should its settle land
+    # after all (a reorg, then the network re-includes it), exactly these go back to it.
+    members: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -94,6 +97,8 @@ class Payload:
         }
         if self.signed:
             body["signed"] = [list(lane) for lane in self.signed]
+        if self.members:
+            body["members"] = self.members
         return json.dumps(body, sort_keys=True)
 
     @classmethod
@@ -112,6 +117,7 @@ class Payload:
             signed=[
                 (str(a), int(lane), int(c), int(amount), str(sig)) for a, lane, c, amount, sig in d.get("signed", [])
             ],
+            members=[str(r) for r in d.get("members", [])],
         )
 
 

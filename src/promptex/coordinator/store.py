@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Table, insert, or_, select, update
+from sqlalchemy import Connection, Select, Table, insert, or_, select, update
 
 from promptex.chain.sender import SignedTx
 from promptex.chain.txlog import SUCCEEDED, SignedTxStore, StoredTx
@@ -107,6 +107,30 @@ def _batch(row: Any) -> Batch:
         m["error"],
         m["leaf_version"],
     )
+
+
+def _let_go(
+    conn: Connection, batch_id: int, statuses: Sequence[str], reason: str, now: int, epoch: int | None = None
+) -> bool:
+    """Fail the batch if it is in one of `statuses` (and of `epoch`, if given): its records
+    back to pending, their request ids kept in its payload (`Payload.members`), so that if
+    its settle lands after all (a reorg, then the network re-includes it) exactly they go
+    back to it (`reattach`). Whether it was failed here."""
+    b = settlement_batches.c
+    where = [b.id == batch_id, b.status.in_(tuple(statuses))] + ([] if epoch is None else [b.epoch == epoch])
+    row = conn.execute(select(b.payload).where(*where)).first()
+    if row is None:
+        return False
+    payload = Payload.from_json(row.payload)
+    payload.members = _usage.batch_member_ids(conn, batch_id)
+    done = conn.execute(
+        update(settlement_batches)
+        .where(*where)
+        .values(status=FAILED, closed_at=now, error=reason[:REASON], payload=payload.to_json())
+    ).rowcount
+    if done:
+        _usage.return_to_pending(conn, batch_id)
+    return bool(done)
 
 
 class ReleaseRefused(ValueError):
@@ -366,13 +390,7 @@ class CoordinatorStore(SignedTxStore):
     def fail(self, batch: Batch, reason: str, now: int) -> None:
         """The batch can never land: close it and put its records back to pending."""
         with self._tx() as conn:
-            done = conn.execute(
-                update(settlement_batches)
-                .where(settlement_batches.c.id == batch.id, settlement_batches.c.status.in_((PLANNED, SUBMITTED)))
-                .values(status=FAILED, closed_at=now, error=reason[:REASON])
-            ).rowcount
-            if done:
-                _usage.return_to_pending(conn, batch.id)
+            _let_go(conn, batch.id, (PLANNED, SUBMITTED), reason, now)
 
     def reattach_candidates(self, batch: Batch) -> list[StoredUsage]:
         """Where the records of `batch` (failed, its records let go) are now if it landed
@@ -386,6 +404,10 @@ class CoordinatorStore(SignedTxStore):
         )
         mode = _usage.SIGNED if batch.payload.signed else _usage.CAPPED
         with self._tx() as conn:
+            if batch.payload.members:  # kept when it failed: exactly its records
+                return _usage.members_unconfirmed(conn, batch.payload.members, open_at_epoch)
+            # Failed before its members were kept: the oldest, as `plan` took them (a record
+            # settled later in the same second, or requeued meanwhile, can be taken instead).
             return _usage.oldest_unconfirmed(conn, batch.asset, mode, open_at_epoch, batch.records)
 
     def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> None:
@@ -398,13 +420,7 @@ class CoordinatorStore(SignedTxStore):
         b = settlement_batches.c
         with self._tx() as conn:
             for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
-                failed = conn.execute(
-                    update(settlement_batches)
-                    .where(b.id == holder, b.epoch == batch.epoch, b.status.in_(_AT_EPOCH))
-                    .values(status=FAILED, closed_at=now, error=f"epoch {batch.epoch} went to batch {batch.id}")
-                ).rowcount
-                if failed:
-                    _usage.return_to_pending(conn, holder)
+                _let_go(conn, holder, _AT_EPOCH, f"epoch {batch.epoch} went to batch {batch.id}", now, batch.epoch)
             for e in entries:
                 if not _usage.assign_to_batch(
                     conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,

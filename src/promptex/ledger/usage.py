@@ -356,6 +356,28 @@ def oldest_unconfirmed(
     return [stored_usage(row) for row in rows]
 
 
+def batch_member_ids(conn: Connection, batch_id: int) -> list[str]:
+    """The request ids of the records in a batch now."""
+    c = usage_records.c
+    found: Sequence[Any] = (
+        conn.execute(select(c.request_id).where(c.batch_id == batch_id).order_by(c.request_id)).scalars().all()
+    )
+    return [str(request_id) for request_id in found]
+
+
+def members_unconfirmed(conn: Connection, request_ids: Sequence[str], open_batches: Select[Any]) -> list[StoredUsage]:
+    """Of the records named, those pending or in one of `open_batches` (ids of batches not
+    landed), oldest settlement first (read in slices: a batch may name thousands)."""
+    c = usage_records.c
+    held = or_(c.status == PENDING, and_(c.status == BATCHED, c.batch_id.in_(open_batches)))
+    rows: list[Any] = []
+    for start in range(0, len(request_ids), 500):
+        chunk = list(request_ids[start : start + 500])
+        rows += conn.execute(select(usage_records).where(c.request_id.in_(chunk), held)).all()
+    rows.sort(key=lambda row: (row.settled_at, row.request_id))
+    return [stored_usage(row) for row in rows]
+
+
 def batches_holding(conn: Connection, request_ids: Sequence[str]) -> set[int]:
     """The batches the records are assigned to now."""
     c = usage_records.c
