@@ -27,10 +27,13 @@ ifeq ($(PG_INITDB),)
 	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq postgresql >/dev/null
 endif
 
+# The lock is installed by uv (pinned in the lock itself, bootstrapped with pip): the same
+# exact versions as `pip install -r`, in seconds instead of a minute, from uv's cache when warm.
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check $$(grep -x 'uv==[0-9.]*' requirements.lock)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
