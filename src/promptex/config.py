@@ -373,8 +373,9 @@ class Settings(BaseSettings):
     # (None: <market folder>/session.json; the voucher logs go beside it), the output a
     # request naming no max_tokens is held for, the most one request may hold (None: no
     # limit but the session maximum), how long a request waits for a free lane, and how many
-    # answers in a row on one lane may come without the lane's total (an error, a stream
-    # without its last event) before signing stops (each may have cost its whole hold).
+    # answers on one lane may come without the lane's total (an error, a stream without its
+    # last event, a connection dropped after the request left), not shown free, before
+    # signing stops (each may have cost its whole hold: the buyer's bound, N holds per lane).
     proxy_port: int = 8788
     proxy_gateway_url: str | None = None
     proxy_api_key: SecretStr | None = None

@@ -2,8 +2,8 @@
 side's tests: it checks each voucher as the real one must (signer, session, lane, lane in
 flight, ceiling ≥ charged so far), caps the output to the hold, charges price × tokens and
 answers with the lane's total and the stored voucher. It keeps its own true-cost log, and
-can misbehave on request (overcharge, inflate counts, drop the connection after charging,
-answer an error without the lane's figures, before or after charging).
+can misbehave on request (overcharge, inflate counts, drop the connection before or after
+charging, answer an error without the lane's figures, before or after charging).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class FakeSignedGateway:
     overcharge: int = 0  # units charged beyond price × tokens
     inflate_output: int = 0  # tokens reported beyond those produced
     drop_after_charge: bool = False  # charge, then drop the connection
+    drop_before_charge: bool = False  # drop it before charging (a killed gateway: its hold is swept)
     latency: float = 0.0  # seconds a request stays in flight (the upstream's time)
     error_status: int = 0  # answer this status, without the lane's figures (0: answer)
     charge_errors: bool = False  # ... after charging the request (else before anything)
@@ -138,6 +139,8 @@ class FakeSignedGateway:
         failed = httpx.Response(self.error_status or 500, json={"error": {"message": "upstream failed", "code": None}})
         if self.error_status and not self.charge_errors:
             return failed
+        if self.drop_before_charge:
+            raise httpx.ReadError("connection dropped: the gateway died before charging")
         body = orjson.loads(request.content)
         if self.latency:
             time.sleep(self.latency)  # the upstream answering (this runs in a server's worker thread)

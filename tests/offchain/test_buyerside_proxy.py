@@ -91,6 +91,52 @@ def test_proxy__signing_stopped__each_api_refused_in_its_own_shape(tmp_path: Pat
     assert messages.json()["type"] == "error" and messages.json()["error"]["type"] == "signing_stopped"
 
 
+class _BrokenStream(httpx.AsyncByteStream):
+    """A charged stream whose connection drops after its first bytes."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        yield self.content[:20]
+        raise httpx.ReadError("connection dropped mid-stream")
+
+
+def test_proxy__gateway_charges_then_drops__the_third_drop_stops_signing(tmp_path: Path) -> None:
+    """Two answers dropped after charging, then a stream whose connection drops before its
+    last event: each counts like an answer without the lane's figures, so the third stops
+    signing, saying why, and the next request is refused here without a voucher."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = gateway.handle(request)
+        if request.method == "POST" and json.loads(request.content).get("stream"):
+            return httpx.Response(200, headers=answer.headers, stream=_BrokenStream(answer.content))
+        raise httpx.ReadError("connection dropped after charging")
+
+    async def main() -> list[httpx.Response]:
+        upstream = httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="http://gateway.test")
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        out = [await local.post("/v1/chat/completions", json=body) for _ in range(2)]
+        with pytest.raises(httpx.HTTPError):  # the proxy cuts its own answer short too
+            await local.post("/v1/chat/completions", json={**body, "stream": True})
+        out.append(await local.post("/v1/chat/completions", json=body))
+        out.append(await local.get("/promptex/status"))
+        return out
+
+    first, second, after, status = asyncio.run(main())
+    assert first.status_code == second.status_code == 502
+    assert after.status_code == 402 and "signing stopped" in after.json()["error"]["message"]
+    stopped = status.json()["stopped"]
+    assert "3 answers on lane 0" in stopped and "connection dropped" in stopped, stopped
+    assert status.json()["lanes"][0]["answers_without_figures"] == 3
+    assert len(gateway.received) == 3 and gateway.book[0].charged <= signer.book.exposure()
+
+
 def _grant(**overrides: object) -> SessionGrant:
     wallet = Account.from_key(WALLET_KEY)
     fields = {

@@ -23,6 +23,10 @@ class Lane:
     index: int
     charged: int = 0  # exact, or (exact False) an upper bound: the last ceiling signed
     exact: bool = True
+    # The lane's last exactly known total (`charged` when exact): what a new ceiling is
+    # built on. Built on the upper bound instead, each answer without figures would add a
+    # hold to the highest ceiling for good (ceilings rise strictly), even one shown free.
+    floor: int = 0
     signed: int = 0  # the highest ceiling signed on this lane in this session
     # The highest ceiling the gateway may have ACCEPTED: `signed` less the vouchers it
     # refused (a refusal says the voucher covers nothing). A refusal naming a lane total
@@ -30,10 +34,15 @@ class Lane:
     # refuses forever walk the lane up one hold per refusal.
     live: int = 0
     busy: bool = False
-    # Answers without the lane's figures not yet shown free (`Signer.stop_after_errors`),
-    # and the lane's total (or bound) before the first of them.
+    # Answers without the lane's figures (an error naming no total, a dropped connection)
+    # not shown free (`Signer.stop_after_errors`): `pending` of them since the lane's
+    # total `errors_from` (exactly known, or a bound: `errors_from_exact`), not yet told
+    # about by a later figure, and the rest shown charged by one (they count for good).
     errors: int = 0
     errors_from: int = 0
+    errors_from_exact: bool = True
+    pending: int = 0
+    pending_hold: int = 0  # the largest hold among them
 
 
 class LaneBook:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, error_body
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, error_body, failed
 from promptex.buyerside.transport import metered_path
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
@@ -73,8 +73,11 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
         try:
             answer = await gateway.send(gateway.build_request("POST", path, content=raw, headers=headers), stream=True)
         except httpx.HTTPError as exc:
-            signer.lost(ticket)
+            failed(signer, ticket, exc)
             return refuse(path, Refused(502, "gateway_unreachable", f"the gateway did not answer: {exc!r}"))
+        except BaseException:
+            signer.lost(ticket)
+            raise
         if body.get("stream") is True and answer.status_code == 200:
             watch = StreamWatch()
 
@@ -84,6 +87,9 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                         watch.feed(chunk)
                         yield chunk
                     watch.ended = True
+                except httpx.TransportError:
+                    watch.broken = True  # the gateway's side broke (not our client leaving)
+                    raise
                 finally:
                     await answer.aclose()
                     signer.finish_stream(ticket, answer.headers, watch)
@@ -91,9 +97,12 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             return StreamingResponse(relay(), status_code=200, headers=_headers(answer))
         try:
             content = await answer.aread()
-        except httpx.HTTPError:
-            signer.lost(ticket)
+        except httpx.HTTPError as exc:
+            failed(signer, ticket, exc)
             return refuse(path, Refused(502, "gateway_unreachable", "the gateway's answer broke off"))
+        except BaseException:
+            signer.lost(ticket)
+            raise
         finally:
             await answer.aclose()
         signer.finish(ticket, answer.status_code, answer.headers, content)

@@ -82,10 +82,13 @@ def recover(
             # whatever the gateway says now (else it could inflate each lane on every restart).
             if found is not None and found.charged != told:
                 out.notes.append(f"lane {lane.index}: the gateway says {found.charged} charged, its last answer {told}")
-            lane.charged, lane.exact = told, True
+            lane.charged, lane.exact, lane.floor = told, True, told
             continue
         if found is not None and not found.in_flight and found.charged >= settled:
-            lane.charged, lane.exact = found.charged, True
+            lane.charged, lane.exact, lane.floor = found.charged, True, found.charged
         else:
             lane.charged, lane.exact = lane.signed, lane.signed == 0
+            # What new ceilings are built on: the chain's settled total, or the gateway's
+            # verified report (within its voucher: never more than the ceilings it holds).
+            lane.floor = max(settled, found.charged if found is not None else 0)
     return out

@@ -6,7 +6,9 @@ beyond what its request allows.
     ticket = signer.begin("/v1/chat/completions", body)     # raises Refused
     headers[VOUCHER_HEADER] = ticket.voucher.header()
     … send …
-    signer.finish(ticket, status, headers, content)         # or signer.lost(ticket)
+    signer.finish(ticket, status, headers, content)
+    # or, when no answer came: signer.unsent(ticket) (no connection was made),
+    # signer.dropped(ticket) (the connection broke after the request left), signer.lost(ticket)
 
 The transport (`transport`) and the local proxy (`proxy`) are thin layers over it.
 """
@@ -20,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 
 from promptex import metering
@@ -41,10 +44,13 @@ from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 log = logging.getLogger("promptex.buyerside")
 DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is held for
 # Answers on one lane without the lane's figures (an error naming no lane total, a stream
-# ending without its last event) before signing stops: each may have cost its whole hold
-# and cannot be checked, so a gateway answering errors forever would otherwise walk the lane
-# up one hold per request. The count restarts only when an answer with the figures shows
-# those answers cost nothing (else "N−1 errors, one answer" forever would walk it too).
+# ending without its last event, a connection dropped after the request left) before
+# signing stops: each may have cost its whole hold and cannot be checked, so a gateway
+# answering errors, or charging and dropping every connection, would otherwise walk the
+# lane up one hold per request. Those answers are forgiven only when the next figure of
+# the lane, measured from an exactly known total, shows they cost nothing (a killed
+# gateway's swept hold); shown charged, they count for good (else "N−1 errors, one
+# answer" forever would walk it too). So a lane gives at most N holds beyond its true cost.
 STOP_AFTER_ERRORS = 3
 LANE_BUSY = "lane_busy"
 # Refusals no later voucher of this grant can pass (the gateway's codes, gateway.vouchers).
@@ -107,6 +113,23 @@ def voucher_signer(identity: Identity, voucher: Voucher) -> str:
     return "" if signer is None else signer.lower()
 
 
+def never_left(exc: BaseException) -> bool:
+    """Whether a send failed before any of the request could reach the gateway (no
+    connection was made, or none was free): its voucher was never seen."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def failed(signer: Signer, ticket: Ticket, exc: BaseException) -> None:
+    """A request whose send or read raised `exc`: never sent, dropped by the connection, or
+    abandoned by the caller (anything else: a cancellation, an interrupt)."""
+    if never_left(exc):
+        signer.unsent(ticket)
+    elif isinstance(exc, httpx.TransportError):
+        signer.dropped(ticket)
+    else:
+        signer.lost(ticket)
+
+
 class Signer:
     """Signs, logs and checks the requests of one session; thread-safe."""
 
@@ -157,7 +180,7 @@ class Signer:
         cleared = self.log.resume(int(time.time()))
         self.stopped = None
         for lane in self.book.lanes:
-            lane.errors = 0
+            lane.errors = lane.pending = 0
         return cleared
 
     def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
@@ -198,8 +221,12 @@ class Signer:
         try:
             # Ceilings rise strictly per lane (the gateway serves a voucher once: 409
             # voucher_used): above every ceiling the gateway may have accepted (`live`), even
-            # when this request's hold is smaller than the last one's less its cost.
-            ceiling = max(lane.charged + hold, lane.live + 1)
+            # when this request's hold is smaller than the last one's less its cost. Built on
+            # the last exactly known total (`floor`), not on an upper bound after an answer
+            # without figures: what such an answer charged comes out of this request's hold
+            # (the gateway caps the output to what is left, or refuses with the lane's
+            # total), so the highest ceiling never runs more than a hold ahead of a known total.
+            ceiling = max(lane.floor + hold, lane.live + 1)
             if ceiling > MAX_CEILING:
                 raise Refused(402, "ceiling_too_large", f"lane {lane.index} would need a ceiling of {ceiling}")
             s = self.session
@@ -241,10 +268,14 @@ class Signer:
 
     def _without_figures(self, ticket: Ticket, what: str) -> None:
         """An answer that does not tell the lane's total: the lane is bounded by the ceiling
-        (`lost`), and after `stop_after_errors` of them in a row on the lane signing stops."""
+        (`lost`), and after `stop_after_errors` of them on the lane not shown free signing
+        stops."""
         lane = ticket.lane
-        if lane.errors == 0:
-            lane.errors_from = ticket.charged_before
+        if lane.pending == 0:
+            lane.errors_from, lane.errors_from_exact = ticket.charged_before, ticket.exact_before
+            lane.pending_hold = 0
+        lane.pending += 1
+        lane.pending_hold = max(lane.pending_hold, ticket.hold)
         lane.errors += 1
         errors = lane.errors
         self.lost(ticket)
@@ -255,10 +286,42 @@ class Signer:
                 lane.index,
             )
 
+    def _told(self, lane: Lane, before: int) -> None:
+        """A figure of the lane: `before`, its total before the request now answered. From
+        an exactly known total `errors_from`, the answers without figures since then cost
+        `before − errors_from` together: as many of them count for good as that takes of
+        their largest hold (none when it did not grow), the others are forgiven. So the
+        counted ones cover what they may have taken: at most the largest hold each. From
+        a bound, a total within it proves nothing (its slack may be their charge): all count."""
+        if lane.pending == 0:
+            return
+        if lane.errors_from_exact:
+            grown = max(0, before - lane.errors_from)
+            charged = min(lane.pending, -(-grown // max(1, lane.pending_hold)))
+            lane.errors -= lane.pending - charged
+        lane.pending = 0
+
     def lost(self, ticket: Ticket) -> None:
-        """No answer came back: the lane may have been charged up to the ceiling signed."""
+        """No answer came back (a client that closed its stream, a crash): the lane may have
+        been charged up to the ceiling signed. Not counted towards the stop: the gateway did
+        not choose it (`dropped` is for a connection the gateway's side broke)."""
         lane = ticket.lane
         lane.charged, lane.exact = max(lane.charged, ticket.voucher.ceiling), False
+        self._release(ticket)
+
+    def dropped(self, ticket: Ticket, what: str = "a connection dropped after the request left") -> None:
+        """The connection broke after the request left, before its answer was complete: the
+        gateway may have charged it and cannot be checked, so it counts like an answer
+        without the lane's figures (a gateway that charges, then drops every connection,
+        would otherwise walk the lane one hold per request). A killed gateway's hold is
+        swept with nothing charged, and the lane's next figure shows it free."""
+        self._without_figures(ticket, what)
+
+    def unsent(self, ticket: Ticket) -> None:
+        """The request never left (no connection could be made): the gateway never saw
+        this voucher, so the lane keeps its figure and the voucher counts for nothing."""
+        if not ticket.done:
+            ticket.lane.live = ticket.live_before
         self._release(ticket)
 
     def _ours(self, raw: Any, ticket: Ticket) -> Voucher | None:
@@ -290,7 +353,7 @@ class Signer:
                 f"the gateway says lane {lane.index} was charged {charged}, below the {lane.charged} it said before",
                 lane.index,
             )
-        lane.charged, lane.exact = charged, True
+        lane.charged, lane.exact, lane.floor = charged, True, charged
         if self.stopped is None:  # for recovery: what the gateway may not inflate on a restart
             self.log.write_charged(self.session.session, lane.index, charged)
 
@@ -340,8 +403,7 @@ class Signer:
             self.stop(
                 f"lane {lane.index} had at most {ticket.charged_before} charged, the gateway says {before}", lane.index
             )
-        if before <= lane.errors_from:  # the answers without figures since then cost nothing
-            lane.errors = 0
+        self._told(lane, before)
         self._adopt(ticket, after, ceiling)
 
     def _check(self, ticket: Ticket, cost: int, usage: metering.TokenUsage | None, produced: int | None) -> None:
@@ -414,6 +476,7 @@ class Signer:
                 lane.index,
             )
             return
+        self._told(lane, charged)  # the refused request took nothing: this was the total before it
         self._adopt(ticket, charged, lane.live)
 
     def finish_stream(self, ticket: Ticket, headers: Mapping[str, str], watch: StreamWatch) -> None:
@@ -422,7 +485,9 @@ class Signer:
             if watch.cost is None:  # cut short before its last event: charged at most its ceiling
                 if watch.ended:  # the gateway ended it so, not the client nor the connection
                     self._without_figures(ticket, "a stream that ended without its last event")
-                else:
+                elif watch.broken:  # the connection broke under it
+                    self.dropped(ticket, "a stream whose connection dropped before its last event")
+                else:  # the client closed it
                     self.lost(ticket)
                 return
             after = watch.lane_charged
@@ -449,6 +514,7 @@ class StreamWatch:
         self.lane_charged: int | None = None
         self.voucher: Any = None
         self.ended = False  # the gateway's stream ran to its end (not cut by a client or a drop)
+        self.broken = False  # reading it failed: the connection dropped (not the client's close)
         self._usage: dict[str, Any] = {}
 
     def feed(self, chunk: bytes) -> None:

@@ -7,7 +7,8 @@
 Every metered POST gets a voucher (fsync'd to the log first); other requests pass as
 they are. Signing stops (and stays stopped in the log until `Signer.resume`) at an answer
 beyond its request, or after `stop_after_errors` answers on a lane without the lane's
-total (`open_signer(..., stop_after_errors=N)`; default 3). A request this side will
+total, a connection dropped after the request left counting as one
+(`open_signer(..., stop_after_errors=N)`; default 3). A request this side will
 not sign is answered here, without reaching the gateway, with the API's own error shape
 (so the SDK raises its usual error) and one log line.
 """
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body, failed
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.buyerside")
@@ -52,9 +53,13 @@ class _WatchedStream(httpx.SyncByteStream):
         # the headers are passed on, so the client decodes them).
         stream = self.response.stream
         assert isinstance(stream, httpx.SyncByteStream)
-        for chunk in stream:
-            self.watch.feed(chunk)
-            yield chunk
+        try:
+            for chunk in stream:
+                self.watch.feed(chunk)
+                yield chunk
+        except httpx.TransportError:
+            self.watch.broken = True
+            raise
         self.watch.ended = True
 
     def close(self) -> None:
@@ -87,8 +92,8 @@ class PromptexSigningTransport(httpx.BaseTransport):
         request.headers[ASSET_HEADER] = self.signer.session.asset_symbol  # the asset the voucher is in
         try:
             response = self.inner.handle_request(request)
-        except BaseException:
-            self.signer.lost(ticket)
+        except BaseException as exc:
+            failed(self.signer, ticket, exc)
             raise
         if body.get("stream") is True and response.status_code == 200:
             return httpx.Response(
@@ -99,8 +104,8 @@ class PromptexSigningTransport(httpx.BaseTransport):
             )
         try:
             content = response.read()
-        except BaseException:
-            self.signer.lost(ticket)
+        except BaseException as exc:
+            failed(self.signer, ticket, exc)
             raise
         finally:
             response.close()
