@@ -40,6 +40,16 @@
         - Tokenized lots are drawn nearest-expiry first (`draw`), and a lot
           must be valid for at least MIN_LOT_VALIDITY when it opens, so
           minting, selling and letting a lot expire undrawn does not pay.
+        - No lots anyone opens, or lets expire, keep a draw from routable
+          capacity: a tokenized lot's face value is at least
+          MIN_TOKENIZED_FACE ($10), so the MAX_DRAW_LOTS (256) lots one draw
+          walks always hold at least $2,550 of routable capacity, drawn in
+          order; lots past their expiry are unlinked from the head of the
+          draw order without counting against that walk (MAX_PRUNE_LOTS of
+          them inside every draw, any number through the permissionless
+          `prune`). Found: 256 lots of one micro-dollar expiring soonest
+          filled the walk; every larger burn reverted and an honest lot
+          behind them, never drawn, forfeited its bond at expiry.
           Limit: the draw follows expiry, not whose key served; a lot whose
           key failed is drawn (its seller paid the bond share) until the
           attestor slashes it, so the attestor slashes a failing lot at once.
@@ -99,8 +109,28 @@ MIN_LOT_VALIDITY: public(constant(uint256)) = 7 * 86_400
 SETTLEMENT_GRACE: public(constant(uint256)) = 3 * 3_600 + 86_400
 # @notice Longest vault window the escrow accepts (the vault's MAX_EPOCH_LENGTH).
 MAX_WINDOW_LENGTH: public(constant(uint256)) = 3_600
-# @notice Most lots one `draw` walks (drawn or skipped); `drawable` counts the same.
+# @notice Most routable lots one `draw` walks; `drawable` counts the same.
 MAX_DRAW_LOTS: public(constant(uint256)) = 256
+# @notice Most lots past their expiry one `draw` (and one `prune`) unlinks from
+#         the head of a token's draw order before it walks: they are not counted
+#         against MAX_DRAW_LOTS. About 12.6k gas each before refunds (a draw
+#         pruning 256: 3.38 M gas instead of 94k; test_escrow_dust_attacks);
+#         opening one costs an attacker ~390k gas and $1 of bond, so undoing a
+#         crowd of them costs whoever prunes ~3 % of the attacker's gas.
+MAX_PRUNE_LOTS: public(constant(uint256)) = 256
+# @notice Smallest face value of a tokenized lot: $10 (USD micro-units).
+#         Chosen from the dust-lot attack's arithmetic: one draw walks
+#         MAX_DRAW_LOTS lots in expiry order and every lot it walks is drained
+#         before the next (only the head can be partly drawn), so a full walk
+#         draws at least 255 × $10 = $2,550 of capacity in one settlement, and
+#         an attacker filling it posts 256 × $1 of bond (10 % share) and pays
+#         ~120 M gas for lots that are drawn in turn (real capacity); the next
+#         settlement walks on. Listed lots are not in the draw order.
+MIN_TOKENIZED_FACE: public(constant(uint256)) = 10 * 10**6
+# @notice Largest face value, capacity and bond of a lot (2**128 - 1): every
+#         product of two of them (bond × capacity in the pro rata releases and
+#         forfeits, seller_minted × remaining in `finalize_close`) fits 256 bits.
+MAX_LOT_AMOUNT: public(constant(uint256)) = 2**128 - 1
 # @notice Most lots an `open_lot` walks past, from each end, to keep its token's
 #         draw order (a new lot usually expires last: no walk at all).
 MAX_INSERT_WALK: public(constant(uint256)) = 256
@@ -208,6 +238,11 @@ event LotExpired:
     bond_released: uint256
     bond_forfeited: uint256
 
+event LotsPruned:
+    token: indexed(address)
+    count: uint256
+    first_lot: uint256
+
 event LotSlashed:
     lot_id: indexed(uint256)
     token: indexed(address)
@@ -291,7 +326,8 @@ def open_lot(
     @param seller The seller; receives tokens and, later, the bond back.
     @param token A registered provider token.
     @param kind KIND_TOKENIZED or KIND_LISTED.
-    @param face_value USD micro-units of credit in the lot (the seller's word).
+    @param face_value USD micro-units of credit in the lot (the seller's word);
+           tokenized: at least MIN_TOKENIZED_FACE; at most MAX_LOT_AMOUNT.
     @param expiry Unix time after which the lot stops serving; at least
            MIN_LOT_VALIDITY from now.
     @param bond USDC (6 decimals) posted, exactly the seller's allowance to
@@ -306,6 +342,7 @@ def open_lot(
     assert seller != empty(address), "escrow: zero address"
     assert self.is_provider_token[token], "escrow: unknown token"
     assert face_value > 0, "escrow: zero face value"
+    assert face_value <= MAX_LOT_AMOUNT and bond <= MAX_LOT_AMOUNT, "escrow: amount too large"
     assert convert(expiry, uint256) >= block.timestamp + MIN_LOT_VALIDITY, "escrow: expiry too soon"
     assert terms_hash != empty(bytes32), "escrow: resale not declared"
 
@@ -314,9 +351,11 @@ def open_lot(
     fee: uint256 = 0
     if kind == KIND_TOKENIZED:
         assert rate_bps == 0, "escrow: rate on tokenized lot"
+        assert face_value >= MIN_TOKENIZED_FACE, "escrow: face value below minimum"
         # Exactly the token's share, neither less nor more: its tokens are pooled.
         assert bond == self._tokenized_bond(token, face_value), "escrow: bond not the token's share"
         capacity, seller_amount, fee = self._quote_mint(token, face_value)
+        assert capacity <= MAX_LOT_AMOUNT, "escrow: amount too large"
         # Too small a lot would hand the whole (rounded-up) fee the lot's capacity.
         assert seller_amount > 0, "escrow: face value too small to mint"
     elif kind == KIND_LISTED:
@@ -408,16 +447,19 @@ def draw(token: address, amount: uint256, epoch: uint256):
             first, releasing each drawn lot's bond share to its seller.
     @dev Vault only, inside the settlement that burns exactly `amount`
          of `token`, so per token Σ burned == Σ draw-downs. Only lots that
-         still route are drawn (open, no close requested, not past expiry):
-         the others are skipped and unlinked, so a seller closing its lot, or
-         one whose lot expired, is never paid bond for usage other sellers'
-         keys served; lots it empties are closed and unlinked.
+         still route are drawn (open, no close requested, not past expiry),
+         so a seller closing its lot, or one whose lot expired, is never paid
+         bond for usage other sellers' keys served; lots it empties are
+         closed and unlinked. First it unlinks up to MAX_PRUNE_LOTS lots past
+         their expiry from the head of the draw order (see `prune`); they do
+         not count against the MAX_DRAW_LOTS it then walks.
     @param token A provider token.
     @param amount Tokens (10**-18 units); non-zero; at most `drawable(token)`.
     @param epoch The vault's settlement epoch of `token`.
     """
     assert msg.sender == self.vault, "escrow: caller is not the vault"
     assert amount > 0, "escrow: zero amount"
+    self._prune(token, MAX_PRUNE_LOTS)
     left: uint256 = amount
     lot_id: uint256 = self._first_lot[token]
     for _: uint256 in range(MAX_DRAW_LOTS):
@@ -434,6 +476,31 @@ def draw(token: address, amount: uint256, epoch: uint256):
         self._unlink(lot_id, token)
         lot_id = following
     assert left == 0, "escrow: draw exceeds drawable capacity"
+
+
+@external
+def prune(token: address, max_lots: uint256) -> uint256:
+    """
+    @notice Unlinks up to `max_lots` lots past their expiry from the head of
+            `token`'s draw order, so they stop taking room in the walk of
+            `draw` and `drawable`; anyone may call.
+    @dev No money moves and no lot changes: a pruned lot stays open until
+         `expire` (after SETTLEMENT_GRACE) ends it with the same payouts,
+         and can still be slashed. Lots past expiry are always the head of
+         the draw order (it is ordered by expiry, and every lot that stops
+         routing for another reason is unlinked when it does), so this pops
+         them in order. `draw` prunes up to MAX_PRUNE_LOTS itself; a longer
+         crowd needs a call here per MAX_PRUNE_LOTS lots (the coordinator
+         sends it when the head of a token it settles is past expiry).
+    @param token A provider token.
+    @param max_lots Most lots to unlink; at most MAX_PRUNE_LOTS.
+    @return uint256 Lots unlinked.
+    """
+    assert max_lots <= MAX_PRUNE_LOTS, "escrow: too many lots to prune"
+    count: uint256 = self._prune(token, max_lots)
+    if count > 0:
+        log LotsPruned(token=token, count=count, first_lot=self._first_lot[token])
+    return count
 
 
 @external
@@ -683,12 +750,18 @@ def drawable(token: address) -> uint256:
     """
     @notice What one `draw` of `token` could take now: the remaining capacity
             of its tokenized lots that still route (the first MAX_DRAW_LOTS in
-            draw order).
+            draw order after the up to MAX_PRUNE_LOTS lots past expiry at its
+            head, which the draw unlinks first). With MIN_TOKENIZED_FACE, at
+            least min(the routable capacity, 255 lots of $10).
     @param token A provider token.
     @return uint256 Tokens (10**-18 units).
     """
     total: uint256 = 0
     lot_id: uint256 = self._first_lot[token]
+    for _: uint256 in range(MAX_PRUNE_LOTS):
+        if lot_id == 0 or block.timestamp <= convert(self.lots[lot_id].expiry, uint256):
+            break
+        lot_id = self._next_lot[lot_id]
     for _: uint256 in range(MAX_DRAW_LOTS):
         if lot_id == 0:
             break
@@ -964,6 +1037,31 @@ def _link(lot_id: uint256, token: address, expiry: uint64):
         self._last_lot[token] = lot_id
     else:
         self._prev_lot[before] = lot_id
+
+
+@internal
+def _prune(token: address, max_lots: uint256) -> uint256:
+    # Pops the lots past expiry off the head of the draw order (they are its
+    # prefix: it is sorted by expiry). A popped lot's links are zeroed, so a
+    # later `_unlink` of it (expire, slash, close) is a no-op.
+    lot_id: uint256 = self._first_lot[token]
+    count: uint256 = 0
+    for _: uint256 in range(max_lots, bound=MAX_PRUNE_LOTS):
+        if lot_id == 0 or block.timestamp <= convert(self.lots[lot_id].expiry, uint256):
+            break
+        following: uint256 = self._next_lot[lot_id]
+        if count > 0:
+            self._prev_lot[lot_id] = 0  # the head's is 0 already
+        self._next_lot[lot_id] = 0
+        lot_id = following
+        count += 1
+    if count > 0:
+        self._first_lot[token] = lot_id
+        if lot_id == 0:
+            self._last_lot[token] = 0
+        else:
+            self._prev_lot[lot_id] = 0
+    return count
 
 
 @internal

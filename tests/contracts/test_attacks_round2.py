@@ -19,7 +19,7 @@ from eth_utils import keccak
 from promptex.protocol import perp as perp_params
 from promptex.protocol.escrow import KIND_LISTED as LISTED
 from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
-from promptex.protocol.escrow import MIN_LOT_VALIDITY
+from promptex.protocol.escrow import MIN_LOT_VALIDITY, MIN_TOKENIZED_FACE
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
 from promptex.protocol.timelock import MIN_DELAY
 from promptex.protocol.units import MAX_UINT256 as MAX_UINT
@@ -152,9 +152,9 @@ def test_seller__257_dust_lots_expiring_last__cannot_block_lots_that_expire_soon
     """Found: 257 one-micro-dollar lots expiring 20 years out (a micro-USDC of bond each,
     opened through the ordinary onboarding) filled the walk `open_lot` makes from the tail
     to keep the draw order: every later lot expiring sooner reverted. It now walks from
-    the head when the tail is crowded."""
+    the head when the tail is crowded (the crowd here: the smallest lots allowed, $10)."""
     for _ in range(257):
-        ew.open(ew.attacker, face=1, lifetime=20 * 365 * DAY)
+        ew.open(ew.attacker, face=MIN_TOKENIZED_FACE, lifetime=20 * 365 * DAY)
     honest = ew.open(ew.sellers[0], lifetime=30 * DAY)
     sooner = ew.open(ew.sellers[1], lifetime=10 * DAY)
     later = ew.open(ew.sellers[2], lifetime=60 * DAY)

@@ -17,6 +17,7 @@ from promptex.protocol.escrow import (
     KIND_TOKENIZED,
     MIN_BOND_FLOOR_BPS,
     MIN_LOT_VALIDITY,
+    MIN_TOKENIZED_FACE,
     STATUS_CLOSED,
     STATUS_EXPIRED,
     STATUS_OPEN,
@@ -377,20 +378,22 @@ def test_open_lot__allowance_not_exactly_the_bond__reverts(escrow, usdc, seller,
 
 
 def test_open_lot__face_value_below_one_token_unit__reverts(escrow, vault, admin, attestor, open_args):
-    # A token worth more than 10**18 USD micro-units each: 1 micro-unit buys less than 10**-18.
-    pricey = admin.deploy(project.ComputeToken, "Pricey Credit", "PRC", "Pricey", 2 * TOKEN_UNIT, escrow, vault)
+    # A token worth more than $10 per 10**-18: the smallest lot ($10) buys less than one unit.
+    pricey = admin.deploy(project.ComputeToken, "Pricey Credit", "PRC", "Pricey", 2 * MIN_TOKENIZED_FACE * TOKEN_UNIT,
+                          escrow, vault)  # fmt: skip
     escrow.add_provider(pricey, 1_000, sender=admin)
     with ape.reverts("escrow: face value too small to mint"):
-        _open(escrow, attestor, open_args, token=pricey, face_value=1, bond=1)
+        _open(escrow, attestor, open_args, token=pricey, face_value=MIN_TOKENIZED_FACE, bond=MIN_TOKENIZED_FACE // 10)
 
 
 def test_open_lot__capacity_all_fee__reverts(escrow, vault, admin, attestor, open_args):
     # Capacity of 1 unit: the rounded-up 5 bps fee would take all of it, leaving the seller nothing.
-    unit = admin.deploy(project.ComputeToken, "Unit Credit", "UNT", "Unit", TOKEN_UNIT, escrow, vault)
+    unit = admin.deploy(project.ComputeToken, "Unit Credit", "UNT", "Unit", MIN_TOKENIZED_FACE * TOKEN_UNIT, escrow,
+                        vault)  # fmt: skip
     escrow.add_provider(unit, 1_000, sender=admin)
-    assert escrow.quote_mint(unit, 1) == (1, 0, 1)
+    assert escrow.quote_mint(unit, MIN_TOKENIZED_FACE) == (1, 0, 1)
     with ape.reverts("escrow: face value too small to mint"):
-        _open(escrow, attestor, open_args, token=unit, face_value=1, bond=1)
+        _open(escrow, attestor, open_args, token=unit, face_value=MIN_TOKENIZED_FACE, bond=MIN_TOKENIZED_FACE // 10)
     assert escrow.lot_count() == 0
 
 
@@ -1147,5 +1150,8 @@ def test_constants__python_mirror__match_contract(escrow, cld):
     assert escrow.MAX_MINT_FEE_BPS() == mirror.MAX_MINT_FEE_BPS
     assert escrow.MIN_BOND_FLOOR_BPS() == mirror.MIN_BOND_FLOOR_BPS
     assert escrow.MIN_LOT_VALIDITY() == mirror.MIN_LOT_VALIDITY
+    assert escrow.MIN_TOKENIZED_FACE() == mirror.MIN_TOKENIZED_FACE
+    assert (escrow.MAX_DRAW_LOTS(), escrow.MAX_PRUNE_LOTS()) == (mirror.MAX_DRAW_LOTS, mirror.MAX_PRUNE_LOTS)
+    assert escrow.MAX_LOT_AMOUNT() == mirror.MAX_LOT_AMOUNT
     assert escrow.token_bond_bps(cld) == mirror.TOKEN_BOND_BPS  # what deploy gives every provider
     assert escrow.tokenized_bond(cld, 10_001) == mirror.tokenized_bond(10_001) == 1_001  # rounded up

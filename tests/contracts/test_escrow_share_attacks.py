@@ -30,6 +30,7 @@ from test_attacks_round2 import (
 )  # fmt: skip
 
 from promptex.protocol.escrow import MIN_LOT_VALIDITY, buy_back_payout
+from promptex.protocol.escrow import MIN_TOKENIZED_FACE as MIN_FACE
 from promptex.protocol.timelock import MIN_DELAY
 
 SHARE_BPS = 1_000  # the world's CLD share
@@ -75,7 +76,7 @@ def _books_balance(w: EscrowWorld) -> None:
 
 
 @pytest.mark.parametrize("how", ["slash", "expire", "close"])
-@pytest.mark.parametrize("face", [1, 7, FACE + 13, 10**21 + 1])
+@pytest.mark.parametrize("face", [MIN_FACE, MIN_FACE + 7, FACE + 13, 10**21 + 1])
 def test_seller_and_friend__every_end_at_tiny_and_huge_face__recover_at_most_what_it_posted(world, how, face):
     """The seller gives its friend half its tokens; a third of its lot is drawn by a
     stranger's usage (the vault burns the stranger's tokens from another, later lot);
@@ -121,7 +122,7 @@ def test_fund__two_dozen_lots_of_every_size_end_every_way__every_holder_paid_the
     rounding."""
     w = world
     holders = [w.holder, w.sellers[2], w.treasury]
-    sizes = [1, 2, 3, 5, 9, 11, 999, 4_219, FACE + 1, 10**21 + 7]
+    sizes = [MIN_FACE + n for n in (0, 1, 2, 5, 9, 11, 999, 4_219)] + [FACE + 1, 10**21 + 7]
     lots = []
     for i in range(LOTS):
         seller = w.sellers[i % 2]
@@ -240,21 +241,22 @@ def test_timelock_levers__fee_bond_treasury_attestor_share__leave_existing_holde
 
 @pytest.mark.parametrize("how", ["slash", "expire", "close"])
 def test_lots_of_capacity_two__a_token_worth_ten_micro_dollars_a_unit__every_unit_paid_its_share(world, how):
-    """The smallest lots: a token whose 10**-18 unit is worth $0.00001 (added through the
-    Timelock at the 10 % share), lots of two units (one the seller's, one the fee). Every
-    unit left unbacked is paid its share, one micro-dollar, by whoever tenders first or
-    last; the seller recovers at most its own unit's share of the two it posted."""
+    """The smallest lots: a token whose 10**-18 unit is worth $5 (added through the
+    Timelock at the 10 % share), lots of the smallest face, $10: two units (one the
+    seller's, one the fee). Every unit left unbacked is paid its share, $0.50, by whoever
+    tenders first or last; the seller recovers at most its own unit's share of the two
+    it posted."""
     w = world
-    face = 10**19  # USD micro per whole token: 10 per unit
+    face = MIN_FACE * 10**18 // 2  # USD micro per whole token: $5 per unit
     with boa.env.prank(w.deployer):
         tiny = TOKEN.deploy("Tiny credit", "TNY", "Tiny", face, w.escrow.address, w.vault)
     w.through_timelock(w.escrow.address, w.escrow.add_provider.prepare_calldata(tiny.address, SHARE_BPS))
     seller = w.sellers[0]
-    bond = w.escrow.tokenized_bond(tiny.address, 20)
-    assert bond == 2 and w.escrow.quote_mint(tiny.address, 20) == (2, 1, 1)
+    bond = w.escrow.tokenized_bond(tiny.address, MIN_FACE)
+    assert bond == MIN_FACE // 10 and w.escrow.quote_mint(tiny.address, MIN_FACE) == (2, 1, 1)
     w.usdc.mint(seller, bond)
     w.usdc.approve(w.escrow.address, bond, sender=seller)
-    lot = w.escrow.open_lot(seller, tiny.address, 1, 20, now() + MIN_LOT_VALIDITY, bond, b"\x11" * 32, 0,
+    lot = w.escrow.open_lot(seller, tiny.address, 1, MIN_FACE, now() + MIN_LOT_VALIDITY, bond, b"\x11" * 32, 0,
                             sender=w.attestor)  # fmt: skip
     if how == "slash":
         w.escrow.slash(lot, sender=w.attestor)
@@ -272,7 +274,7 @@ def test_lots_of_capacity_two__a_token_worth_ten_micro_dollars_a_unit__every_uni
             tiny.approve(w.escrow.address, 1, sender=who)
             w.escrow.buy_back_unbacked(tiny.address, 1, sender=who)
             paid += 1
-            assert w.usdc.balanceOf(who) >= 1  # a micro-dollar per unit: the share, not rounded away
+            assert w.usdc.balanceOf(who) >= bond // 2  # $0.50 per unit: the share, not rounded away
     assert w.escrow.unbacked(tiny.address) == 0 and w.escrow.insurance_fund(tiny.address) == 0
-    assert w.usdc.balanceOf(seller) <= bond - 1  # the fee unit's share went to the treasury's unit
+    assert w.usdc.balanceOf(seller) <= bond // 2  # the fee unit's share went to the treasury's unit
     _books_balance(w)

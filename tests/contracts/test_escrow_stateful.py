@@ -1,8 +1,9 @@
 """CreditEscrow against a plain-Python model, driven through titanoboa, with adversaries.
 
-Honest rules open, settle (burn + draw, nearest expiry first), close (request, then
-finalize), expire and slash lots, and holders trade and sell unbacked tokens to the
-insurance fund. Adversarial rules act against users: anyone but the vault drawing, the
+Honest rules open (tokenized: $10 of face at least), settle (burn + draw, nearest expiry
+first), close (request, then finalize), expire and slash lots, anyone prunes lots past
+expiry off the draw order, and holders trade and sell unbacked tokens to the insurance
+fund. Adversarial rules act against users: anyone but the vault drawing, the
 vault drawing more than routable lots hold, a former admin calling levers directly, the
 Timelock's proposer scheduling parameter changes and grants (an attacker as attestor or
 treasury), its guardian cancelling and revoking at once, a seller closing to dodge a
@@ -19,6 +20,9 @@ the contract must agree with the model and:
   tokens recovers at most what it posted for them, whoever failed before it;
 - the escrow holds exactly the open lots' unreleased bonds plus the insurance funds plus
   the listed lots' forfeited bonds;
+- the draw order is exactly the model's (expiry, id) order of the lots that have not
+  stopped routing for good, less those a draw or `prune` unlinked past expiry, and
+  `drawable` is all of the routable capacity whatever lots past expiry lead it;
 - no value reaches anyone the rules do not give it: each account's USDC is exactly its
   bond releases and buy-back payouts, the treasury's tokens exactly the mint fees, and
   the Timelock and the former admin hold nothing.
@@ -34,8 +38,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from promptex.protocol.escrow import KIND_LISTED as LISTED
 from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
+from promptex.protocol.escrow import MAX_PRUNE_LOTS, MIN_LOT_VALIDITY, listed_credit
 from promptex.protocol.escrow import MIN_BOND_FLOOR_BPS as FLOOR_BPS
-from promptex.protocol.escrow import MIN_LOT_VALIDITY, listed_credit
+from promptex.protocol.escrow import MIN_TOKENIZED_FACE as MIN_FACE
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
 from promptex.protocol.escrow import STATUS_CLOSED as CLOSED
 from promptex.protocol.escrow import STATUS_EXPIRED as EXPIRED
@@ -151,6 +156,7 @@ class EscrowMachine(RuleBasedStateMachine):
         self.unspent: dict[str, int] = {}  # faucet USDC a refused lot left with its seller
         self.pending: dict[bytes, tuple[str, int, str, bytes, int]] = {}  # op id → (kind, arg, target, data, ready)
         self.touched: int | None = None  # the lot the last step acted on
+        self.unlinked: set[int] = set()  # lots past expiry a draw or `prune` took off the draw order
 
     # ── helpers ──────────────────────────────────────────────────────────────
 
@@ -174,6 +180,26 @@ class EscrowMachine(RuleBasedStateMachine):
             and now <= lot.expiry
         ]
         return sorted(lots, key=lambda i: (self.lots[i].expiry, i))
+
+    def linked(self, sym: str) -> list[int]:
+        """The token's draw order as the escrow keeps it: (expiry, id), every tokenized lot
+        that has not stopped routing for good (open, no close, capacity left), past expiry
+        or not, until a draw or `prune` unlinks it. Those past expiry lead it."""
+        lots = [
+            i
+            for i, lot in self.lots.items()
+            if lot.token == sym
+            and lot.kind == TOKENIZED
+            and lot.status == OPEN
+            and lot.close_at == 0
+            and lot.remaining > 0
+            and i not in self.unlinked
+        ]
+        return sorted(lots, key=lambda i: (self.lots[i].expiry, i))
+
+    def expired_head(self, sym: str) -> list[int]:
+        now = self.now()
+        return [i for i in self.linked(sym) if now > self.lots[i].expiry]
 
     def pay(self, who: str, amount: int) -> None:
         self.paid_to[who] = self.paid_to.get(who, 0) + amount
@@ -200,7 +226,7 @@ class EscrowMachine(RuleBasedStateMachine):
         by_attacker=st.booleans(),
         sym=st.sampled_from(sorted(FACE_VALUES)),
         tokenized=st.booleans(),
-        face_value=st.integers(1, 10**13),
+        face_value=st.one_of(st.integers(1, 2 * MIN_FACE), st.integers(MIN_FACE, 10**13)),
         extra_bond=st.one_of(st.just(0), st.integers(-3, 10**9)),
         rate_bps=st.integers(1, 10_000),
         lifetime=st.integers(MIN_LOT_VALIDITY - DAY, 90 * DAY),
@@ -229,6 +255,9 @@ class EscrowMachine(RuleBasedStateMachine):
                 self.escrow.open_lot(*args, sender=attestor)
         elif lifetime < MIN_LOT_VALIDITY:
             with boa.reverts("escrow: expiry too soon"):
+                self.escrow.open_lot(*args, sender=attestor)
+        elif tokenized and face_value < MIN_FACE:  # dust lots would crowd the draw's walk
+            with boa.reverts("escrow: face value below minimum"):
                 self.escrow.open_lot(*args, sender=attestor)
         elif tokenized and bond != share:  # one share per token: less and more refused
             with boa.reverts("escrow: bond not the token's share"):
@@ -278,6 +307,7 @@ class EscrowMachine(RuleBasedStateMachine):
                 left -= take
         token.burn(amount, sender=self.w.settler)
         self.burned[sym] += amount
+        self.unlinked.update(self.expired_head(sym))  # the draw prunes first (fewer than MAX_PRUNE_LOTS here)
         self.escrow.draw(token.address, amount, self.epoch, sender=self.w.settler)
         for lot_id in order:
             if amount == 0:
@@ -295,6 +325,19 @@ class EscrowMachine(RuleBasedStateMachine):
         lot.released = released
         if lot.consumed == lot.capacity:
             lot.status = CLOSED
+
+    @rule(sym=st.sampled_from(sorted(FACE_VALUES)), count=st.integers(0, MAX_PRUNE_LOTS + 1))
+    def prune(self, sym, count):
+        """Anyone takes lots past expiry off the head of the draw order: no money moves,
+        no lot changes (the invariants check both), the draw order keeps the rest."""
+        token = self.tokens[sym]
+        if count > MAX_PRUNE_LOTS:
+            with boa.reverts("escrow: too many lots to prune"):
+                self.escrow.prune(token.address, count, sender=self.w.buyer)
+            return
+        head = self.expired_head(sym)[:count]
+        assert self.escrow.prune(token.address, count, sender=self.w.buyer) == len(head)
+        self.unlinked.update(head)
 
     @rule(sym=st.sampled_from(sorted(FACE_VALUES)), who=st.sampled_from(["attacker", "attestor", "deployer"]))
     def draw_without_being_the_vault(self, sym, who):
@@ -597,9 +640,12 @@ class EscrowMachine(RuleBasedStateMachine):
 
     @invariant()
     def drawable_capacity_matches_model(self):
-        # What a settlement may draw: the unconsumed capacity of lots that still route.
+        # What a settlement may draw: the unconsumed capacity of lots that still route, all
+        # of it (fewer lots than one walk here; the walk's floor with more is
+        # test_escrow_dust_attacks'), whatever lots past expiry still lead the draw order.
         for sym, token in self.tokens.items():
             assert self.escrow.drawable(token.address) == sum(self.lots[i].remaining for i in self.routable(sym))
+            assert self.escrow.draw_order(token.address, 256) == self.linked(sym)
 
 
 TestEscrowMachine = EscrowMachine.TestCase

@@ -77,6 +77,7 @@ def test_attestation__tokenized__without_rate(fake: Fake) -> None:
         ({"expires_at": 1}, "at least 7 days"),
         ({"expires_at": int(time.time()) + 6 * 86_400}, "at least 7 days"),
         ({"face_value_usd_micro": 0}, "positive"),
+        ({"kind": "tokenized", "face_value_usd_micro": 9_999_999}, r"tokenized lot's face value is at least \$10\.00"),
     ],
 )
 def test_record_lot__bad_key_or_terms__refused_and_nothing_stored(

@@ -16,7 +16,7 @@ from promptex.chain.deploy import contract_at
 from promptex.chain.deployments import Deployment
 from promptex.chain.dex import create_pool_at_price, pool_at
 from promptex.protocol.dex import DEFAULT_FEE, quote_amount_at_price
-from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_TOKENIZED, MIN_TOKENIZED_FACE
 from promptex.protocol.providers import REFERENCE_PRICES
 from promptex.protocol.units import DAY, TOKEN_UNIT, USD_MICRO
 
@@ -75,7 +75,8 @@ def mint_tokens(escrow: Any, usdc: Any, token: Any, maker: Any, amount: int) -> 
     short = amount - token.balanceOf(maker)
     if short <= 0:
         return
-    face_value = short * token.face_value_usd_micro() // TOKEN_UNIT + 1
+    # At least the smallest tokenized lot the escrow opens (a top-up may be smaller).
+    face_value = max(short * token.face_value_usd_micro() // TOKEN_UNIT + 1, MIN_TOKENIZED_FACE)
     while escrow.quote_mint(token, face_value)[1] < short:  # the seller's share, net of the mint fee
         face_value += face_value // 1_000 + 1
     bond = escrow.tokenized_bond(token, face_value)  # its token's share: the only bond accepted

@@ -20,6 +20,16 @@ MAX_MINT_FEE_BPS = 100
 # a lot may open with (7 days).
 MIN_BOND_FLOOR_BPS = 1_000
 MIN_LOT_VALIDITY = 7 * 86_400
+# The smallest face value of a tokenized lot ($10, USD micro): one draw walks at most
+# MAX_DRAW_LOTS lots in expiry order, so a full walk always draws at least 255 x $10 and a
+# crowd of lots expiring soonest cannot hold the draw away from honest capacity for long.
+MIN_TOKENIZED_FACE = 10 * 10**6
+# Lots one draw walks (routable ones), and lots past expiry it, or one `prune`, unlinks
+# from the head of a token's draw order first (not counted against the walk).
+MAX_DRAW_LOTS = 256
+MAX_PRUNE_LOTS = 256
+# The largest face value, capacity or bond of a lot (products of two fit 256 bits).
+MAX_LOT_AMOUNT = 2**128 - 1
 # The bond share deploy gives every provider token (`add_provider`): every tokenized lot
 # of a token is bonded at exactly its token's share, fixed for good, so pooling the
 # token's failures is fair (a failed seller tendering its own tokens recovers at most

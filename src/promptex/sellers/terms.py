@@ -14,8 +14,8 @@ import httpx
 from promptex import metering
 from promptex.gateway.adapters import adapter_for
 from promptex.gateway.routing import KINDS, LISTED, TOKENIZED
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MIN_LOT_VALIDITY
-from promptex.protocol.units import BPS
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MIN_LOT_VALIDITY, MIN_TOKENIZED_FACE
+from promptex.protocol.units import BPS, usd_text
 
 APIS = ("openai", "anthropic")
 DECLARATION = "I declare that my agreement with {provider} permits the resale of this API capacity."
@@ -54,6 +54,12 @@ def check_terms(capacity: Capacity, now: int) -> None:
         raise CapacityRefused(f"--kind is one of {', '.join(KINDS)}")
     if capacity.face_value_usd_micro <= 0:
         raise CapacityRefused("the face value must be positive")
+    if capacity.kind == TOKENIZED and capacity.face_value_usd_micro < MIN_TOKENIZED_FACE:
+        # The escrow refuses smaller tokenized lots: a crowd of them would hold up the draw.
+        raise CapacityRefused(
+            f"a tokenized lot's face value is at least {usd_text(MIN_TOKENIZED_FACE)} "
+            f"(this one: {usd_text(capacity.face_value_usd_micro)}); list smaller capacity instead"
+        )
     if capacity.kind == LISTED and not 0 < capacity.rate_bps <= BPS:
         raise CapacityRefused("a listed lot's rate is a fraction of list price in (0, 1]")
     if capacity.expires_at < now + MIN_LOT_VALIDITY:
