@@ -5,7 +5,8 @@ debits cut to the balance only within an exit's allowance (else a revert) with t
 shortfall paid from fee + reserve, the escrow's draws inside `settle` (a listed lot's
 capacity and its seller's credit at the lot's rate; a token's burn from its tokenized
 lots, nearest expiry first), sender nonces, a mempool that can hold or lose broadcasts,
-receipts, and the escrow's `expire` (anyone may call it).
+receipts, the escrow's `expire` and `prune` (anyone may call them) and its draw's walk
+(MAX_PRUNE_LOTS lots past expiry unlinked from the head, then MAX_DRAW_LOTS lots).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from promptex.coordinator.chain import LotInfo
 from promptex.protocol.escrow import (
     KIND_LISTED,
     KIND_TOKENIZED,
+    MAX_DRAW_LOTS,
+    MAX_PRUNE_LOTS,
     SETTLEMENT_GRACE,
     STATUS_CLOSED,
     STATUS_EXPIRED,
@@ -78,6 +81,8 @@ class State:
     lane_settled: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (account, asset, lane)
     release_nonce: dict[str, int] = field(default_factory=dict)
     expired: list[int] = field(default_factory=list)  # LotExpired
+    unlinked: set[int] = field(default_factory=set)  # lots past expiry a draw or `prune` took off the draw order
+    pruned: int = 0  # lots unlinked by `prune` calls
     nonce: int = 0
 
 
@@ -157,14 +162,35 @@ class FakeChain:
             (
                 i
                 for i, lot in s.lots.items()
-                if lot.kind == KIND_TOKENIZED and lot.token == asset_address and lot.status == STATUS_OPEN
+                if lot.kind == KIND_TOKENIZED
+                and lot.token == asset_address
+                and lot.status == STATUS_OPEN
+                and lot.capacity > s.consumed.get(i, 0)
+                and i not in s.unlinked
             ),
             key=lambda i: (s.lots[i].expiry, i),
         )
 
+    def _expired_head(self, s: State, asset_address: str, most: int) -> list[int]:
+        head = []
+        for i in self._draw_order(s, asset_address)[:most]:
+            if self.time <= s.lots[i].expiry:
+                break
+            head.append(i)
+        return head
+
+    def _walk(self, s: State, asset_address: str) -> list[int]:
+        """The lots one draw may take, in order: past the expired head it unlinks first."""
+        order = self._draw_order(s, asset_address)
+        skip = len(self._expired_head(s, asset_address, MAX_PRUNE_LOTS))
+        return [i for i in order[skip : skip + MAX_DRAW_LOTS] if self.time <= s.lots[i].expiry]
+
     def drawable(self, asset: str) -> int:
-        lots = self._draw_order(self.s, ADDRESSES[asset])
+        lots = self._walk(self.s, ADDRESSES[asset])
         return sum(self.s.lots[i].capacity - self.s.consumed.get(i, 0) for i in lots)
+
+    def prunable(self, asset: str) -> bool:
+        return bool(self._expired_head(self.s, ADDRESSES[asset], 1))
 
     def lane_settled(self, address: str, asset: str, lane: int) -> int:
         return self.s.lane_settled.get((address, asset, lane), 0)
@@ -180,6 +206,14 @@ class FakeChain:
     def _execute(self, s: State, call: Call) -> None:
         if call.contract == "escrow" and call.function == "expire":  # anyone may
             self._expire(s, *call.args)
+            return
+        if call.contract == "escrow" and call.function == "prune":  # anyone may
+            token, most = call.args
+            if most > MAX_PRUNE_LOTS:
+                raise Revert("escrow: too many lots to prune")
+            head = self._expired_head(s, token, most)
+            s.unlinked.update(head)
+            s.pruned += len(head)
             return
         if call.contract != "vault":  # the coordinator holds no escrow role
             raise Revert(f"{call.contract}: caller has no role")
@@ -279,7 +313,10 @@ class FakeChain:
         if missing > available:
             raise Revert("vault: shortfall exceeds reserve")
         left = burn
-        for lot_id in self._draw_order(s, asset_address):
+        walk = self._walk(s, asset_address) if burn else []
+        if burn:
+            s.unlinked.update(self._expired_head(s, asset_address, MAX_PRUNE_LOTS))
+        for lot_id in walk:
             take = min(left, s.lots[lot_id].capacity - s.consumed.get(lot_id, 0))
             s.consumed[lot_id] = s.consumed.get(lot_id, 0) + take
             left -= take

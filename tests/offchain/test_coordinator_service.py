@@ -30,7 +30,7 @@ from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, Ledger, UsageRecord
 from promptex.ledger.schema import balances, usage_records
 from promptex.proofs import leaf_of
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MAX_PRUNE_LOTS, listed_credit
 from promptex.protocol.merkle import LEAF_V2, MerkleTree
 
 CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
@@ -603,6 +603,35 @@ def test_capacity__token_draws_past_its_tokenized_lots__quarantined_rest_settled
     assert chain.s.consumed == {9: 2 * 10**18, CLD_LOT: 4 * 10**18}  # nearest expiry first
     [record] = coord.store.quarantined()
     assert record.request_id == over and "drawable capacity" in (record.quarantine_reason or "")
+    assert all(coord.store.record(r).status == "batched" for r in kept)  # type: ignore[union-attr]
+
+
+def test_capacity__a_crowd_of_lots_past_expiry_leads_the_draw_order__pruned_first_nothing_quarantined(
+    book: Ledger,
+    chain: FakeChain,
+    clock,  # noqa: ANN001
+) -> None:
+    """The dust-lot freeze (issue 19) at the coordinator: 600 lots past their expiry lead
+    CLD's draw order, more than one draw unlinks by itself, so `drawable` reads 0 while an
+    honest lot holds 5 CLD. The coordinator sends `CreditEscrow.prune` (anyone may) before
+    it sizes the batch, and the records settle against the honest lot: none quarantined
+    (before: every one, "the token's drawable capacity ($0 left)")."""
+    a, _ = buyer(book, chain, "CLD", 10**21)
+    chain.open_lot(CLD_LOT, KIND_TOKENIZED, "CLD", capacity=5 * 10**18)
+    for i in range(600):
+        chain.open_lot(100 + i, KIND_TOKENIZED, "CLD", capacity=10**18, expiry=chain.now() - 1)
+    assert chain.drawable("CLD") == 0 and chain.prunable("CLD")
+    kept = []
+    for cost in (2 * 10**18, 10**18):
+        kept.append(spend(book, a, "CLD", cost, CLD_LOT))
+        clock.advance(1)
+    coord = coordinator(book, chain)
+
+    report = coord.run_once()
+
+    assert report.confirmed == [("CLD", 1)] and report.quarantined == 0
+    assert chain.s.pruned == MAX_PRUNE_LOTS  # one prune, then the settle's own draw unlinked more
+    assert chain.s.consumed == {CLD_LOT: 3 * 10**18} and chain.s.burned == {"CLD": 3 * 10**18}
     assert all(coord.store.record(r).status == "batched" for r in kept)  # type: ignore[union-attr]
 
 

@@ -55,7 +55,7 @@ from promptex.ledger.binding import checksum_address
 from promptex.ledger.lots import CLOSING, OPEN
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, StoredUsage
-from promptex.protocol.escrow import STATUS_OPEN
+from promptex.protocol.escrow import MAX_PRUNE_LOTS, STATUS_OPEN
 from promptex.protocol.units import money
 from promptex.protocol.vault import SignedDebit, pack_signed_entries
 
@@ -423,7 +423,7 @@ class Coordinator:
         self._lots = {}
         entries = self._prepare(asset, records, spend_only)
         entries, _later = fit(entries)
-        drawable = chain.drawable(asset) if spend_only else 0
+        drawable = self._drawable(asset, entries) if spend_only else 0
         entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable, asset=asset)
         self._quarantine(over)
         entries = self._fit_chain(asset, entries, spend_only)
@@ -450,7 +450,7 @@ class Coordinator:
         self._lots = {}
         by_id = {record.request_id: record for record in records}
         entries = self._prepare(asset, records, spend_only)
-        drawable = chain.drawable(asset) if spend_only else 0
+        drawable = self._drawable(asset, entries) if spend_only else 0
         entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable, asset=asset)
         self._quarantine(over)
         signed: list[Signed] = []
@@ -711,6 +711,28 @@ class Coordinator:
             else:
                 log.warning("lot %d: expire %s did not succeed; trying again next pass", state.chain_lot_id,
                             signed.tx_hash)  # fmt: skip
+
+    def _drawable(self, asset: str, entries: list[Entry]) -> int:
+        """What one settlement of the provider token may burn. When the entries need more
+        and lots past their expiry lead the escrow's draw order (more than one draw unlinks
+        by itself: a crowd left to expire), the coordinator first sends
+        `CreditEscrow.prune` (anyone may) so that their records are not quarantined for
+        room the walk lacks, not capacity."""
+        drawable = self.chain.drawable(asset)
+        if sum(e.cost for e in entries) <= drawable or not self.chain.prunable(asset):
+            return drawable
+        call = Call("escrow", "prune", (self.chain.asset_address(asset), MAX_PRUNE_LOTS))
+        reason = self.chain.simulate(call)
+        if reason is not None:
+            log.warning("%s: prune refused (%s); trying again next pass", asset, reason)
+            return drawable
+        signed = self.chain.sign(call, self.chain.pending_nonce())
+        tx_id = self.store.store_prune(signed, self.chain.sender, self.clock())
+        if self._broadcast(tx_id) != SUCCEEDED:
+            log.warning("%s: prune %s did not succeed; trying again next pass", asset, signed.tx_hash)
+            return drawable
+        log.info("%s: lots past expiry pruned from the draw order in %s", asset, signed.tx_hash)
+        return self.chain.drawable(asset)
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 

@@ -316,6 +316,11 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return self._store_tx(conn, "expire", signed, sender, now)
 
+    def store_prune(self, signed: SignedTx, sender: str, now: int) -> int:
+        """Store a signed `CreditEscrow.prune` (no batch owns it) before it is broadcast."""
+        with self._tx() as conn:
+            return self._store_tx(conn, "prune", signed, sender, now)
+
     def confirm(self, batch: Batch, now: int) -> None:
         """The batch is on chain (its settlement drew its lots in the same call): close it."""
         with self._tx() as conn:
