@@ -152,7 +152,9 @@ class Fake:
 
     def __init__(self) -> None:
         self.config = FakeUpstreamConfig()
-        self._server = ServerThread(create_fake_upstream(self.config))
+        # Answers still waiting out a racing rule's latency (30 s) for a gateway killed under
+        # them are cancelled 1 s into the shutdown, not awaited.
+        self._server = ServerThread(create_fake_upstream(self.config), timeout_graceful_shutdown=1)
 
     def __enter__(self) -> Fake:
         self._server.__enter__()
