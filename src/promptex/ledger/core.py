@@ -73,9 +73,34 @@ def _in_savepoint(conn: Connection, work: Callable[[Connection], T]) -> T:
 
 @contextmanager
 def _transaction(conn: Connection) -> Iterator[Connection]:
-    """`conn` in a transaction: committed when the block ends, rolled back if it raises."""
-    with conn.begin():
+    """A write transaction on a pinned SQLite connection, begun and ended on the driver:
+    committed when the block ends, rolled back if it raises. Why: SQLAlchemy's transaction
+    object and events cost about as much CPU as the hot path's own statements. A statement
+    the block runs through SQLAlchemy (the general path) joins the driver's transaction
+    (`db._on_begin` emits no second BEGIN) and SQLAlchemy's state then ends with it."""
+    _driver(conn, "BEGIN IMMEDIATE")
+    try:
         yield conn
+        if conn.in_transaction():
+            conn.commit()
+        else:
+            _driver(conn, "COMMIT")
+    except BaseException:
+        if conn.in_transaction():
+            conn.rollback()
+        elif conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            _driver(conn, "ROLLBACK")  # (a failed COMMIT may have ended it already)
+        raise
+
+
+def _driver(conn: Connection, statement: str) -> None:
+    """`statement` on the driver; its errors as SQLAlchemy would raise them (callers catch its types)."""
+    dbapi = conn.connection.dbapi_connection
+    try:
+        dbapi.execute(statement)  # type: ignore[union-attr]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        error = conn.dialect.loaded_dbapi.Error
+        raise DBAPIError.instance(statement, (), exc, error, dialect=conn.dialect) from exc
 
 
 def _wall_clock() -> int:

@@ -78,6 +78,8 @@ def _sqlite_engine(url: str, busy_timeout_ms: int, synchronous: str) -> Engine:
     def _on_begin(conn: Connection) -> None:
         statement = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
         dbapi = conn.connection.dbapi_connection
+        if dbapi.in_transaction:  # type: ignore[union-attr]
+            return  # begun on the driver already (`Ledger`'s pinned connection): join it
         try:
             # On the driver: SQLAlchemy's execution machinery for this one fixed statement
             # was a fifth of a hot-path transaction's CPU.
