@@ -7,8 +7,8 @@ checked against bounds the gateway's own request parser computes (`gateway.reque
 - input tokens ≥ the prompt's words + 3 per chat message (no BPE token spans a space), and
   ≤ the prompt's UTF-8 bytes + 4 per message + 3 (no token is shorter than a byte);
 - visible output tokens (output minus reported reasoning) ≤ the answer's UTF-8 bytes,
-  read from the answer's JSON (a stream's text is not kept: its output is bounded by the
-  hold alone), and output tokens ≤ the request's own max_tokens when it named one.
+  read from the answer's JSON (a stream's from its events as they pass:
+  `signer.StreamWatch`), and output tokens ≤ the request's own max_tokens when it named one.
 
 That is the stated tolerance: within these bounds a dishonest count goes unseen, so the
 buyer can lose at most the hold of each lane plus the difference between the bounds
@@ -27,7 +27,8 @@ import orjson
 from promptex import metering
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, openai_usage
 from promptex.gateway.errors import GatewayError
-from promptex.gateway.requests import PER_MESSAGE, prompt_floor, validate
+from promptex.gateway.messages import validate_messages
+from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
 
@@ -62,10 +63,8 @@ def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
         if endpoint == RESPONSES:  # OpenAI's Responses API: instructions and input items
             model, bound, limit = validate_responses(body)
             return Bounds(model, prompt_floor(CHAT, {"messages": _response_messages(body)}), bound, limit)
-        if endpoint == MESSAGES:  # Anthropic: chat-shaped messages plus a separate system
-            model, bound, limit = validate(CHAT, {k: v for k, v in body.items() if k != "system"})
-            system = body.get("system")
-            bound += PER_MESSAGE + len(orjson.dumps(system)) if system is not None else 0
+        if endpoint == MESSAGES:  # Anthropic: the gateway's own bound (system, tools, images)
+            model, bound, limit = validate_messages(body)
         else:
             model, bound, limit = validate(endpoint, body)
     except GatewayError as exc:

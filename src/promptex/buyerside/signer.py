@@ -496,17 +496,19 @@ class Signer:
                 if not ticket.exact_before:
                     lane = ticket.lane
                     lane.charged, lane.exact = min(after, ticket.voucher.ceiling), False
-                    self._check(ticket, watch.cost, watch.usage(ticket.endpoint), None)
+                    self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced())
                     return
             self._charged(ticket, watch.cost, after, headers.get(LANE_HEADER), watch.voucher)
-            self._check(ticket, watch.cost, watch.usage(ticket.endpoint), None)
+            self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced())
         finally:
             self._release(ticket)
 
 
 class StreamWatch:
     """Reads a stream's server-sent events as they pass, for the gateway's last-event
-    `promptex` field (the exact cost) and the usage the events report."""
+    `promptex` field (the exact cost), the usage the events report and the UTF-8 bytes of
+    what the answer produced (its output tokens are checked against them, as a plain
+    answer's are: else a stream could report any output up to its hold, every time)."""
 
     def __init__(self) -> None:
         self._pending = b""
@@ -516,6 +518,8 @@ class StreamWatch:
         self.ended = False  # the gateway's stream ran to its end (not cut by a client or a drop)
         self.broken = False  # reading it failed: the connection dropped (not the client's close)
         self._usage: dict[str, Any] = {}
+        self._produced = 0  # bytes of the chat and Messages events' produced parts, summed
+        self._completed: int | None = None  # a Responses stream: its final output's bytes
 
     def feed(self, chunk: bytes) -> None:
         *lines, self._pending = (self._pending + chunk).split(b"\n")
@@ -531,6 +535,7 @@ class StreamWatch:
                 self._event(event)
 
     def _event(self, event: dict[str, Any]) -> None:
+        self._count(event)
         for holder in (event, event.get("message"), event.get("response")):
             usage = holder.get("usage") if isinstance(holder, dict) else None
             if isinstance(usage, dict):
@@ -544,6 +549,26 @@ class StreamWatch:
             if isinstance(charged, (str, int)) and str(charged).isdigit():
                 self.lane_charged = int(charged)
             self.voucher = extra.get("voucher", self.voucher)
+
+    def _count(self, event: dict[str, Any]) -> None:
+        """Add what the event produced, counted as `answers.visible_bytes` counts a plain
+        answer: chat and completions choices' delta or text, Anthropic's content blocks and
+        their deltas, a Responses stream's final output."""
+        for choice in event.get("choices") or []:
+            if isinstance(choice, dict):
+                self._produced += len(orjson.dumps({k: v for k, v in choice.items() if k in ("delta", "text")}))
+        kind = event.get("type")
+        if kind == "content_block_start":
+            self._produced += len(orjson.dumps(event.get("content_block")))
+        elif kind == "content_block_delta":
+            self._produced += len(orjson.dumps(event.get("delta")))
+        response = event.get("response")
+        if isinstance(response, dict) and response.get("output"):
+            self._completed = answers.visible_bytes(answers.ENDPOINTS["/v1/responses"], response)
+
+    def produced(self) -> int:
+        """The UTF-8 bytes the answer produced, as its events showed them."""
+        return self._completed if self._completed is not None else self._produced
 
     def usage(self, endpoint: str) -> metering.TokenUsage | None:
         return answers.usage_of(endpoint, {"usage": self._usage})
