@@ -54,7 +54,9 @@
      Hot path: each (asset, account) has ONE storage slot, read once and
      written once per settlement entry:
 
-         bits   0..103  balance       uint104  (≤ MAX_BALANCE)
+         bits   0..95   balance       uint96   (≤ MAX_BALANCE: 2**96 − 1 smallest
+                                               units, 79 billion tokens of 18 decimals)
+         bits  96..103  zero          (signed mode's lane tag, below)
          bits 104..199  cap left      uint96   remaining total of the spend cap
          bits 200..223  per epoch     float24  17-bit mantissa m, 7-bit exponent e:
                                                m × 2**e, rounded DOWN from the signed value
@@ -100,13 +102,19 @@
      of the window after it ended; the next session may be registered from
      then on (lanes start at 0 again). In signed mode the account slot is
 
-         bits   0..103  balance       uint104
+         bits   0..95   balance       uint96
+         bits  96..103  lane tag      uint8    0: no lane debited yet this session;
+                                               1 + l: lane l only; 255: several lanes
          bits 104..199  maximum left  uint96   what the session may still take
          bits 200..223  session id    uint24
          bits 224..255  last window   uint32   the last window its vouchers settle in
 
-     and one lane slot per (session, lane) holds key << 96 | settled: a lane
-     debit reads and writes two slots and checks one signature. The last
+     While the session has debited one lane, that lane's total is the
+     session's (maximum − maximum left): its entry reads and writes the
+     account slot and reads the session's hot word (key | maximum << 160),
+     one cold write and one cold read. From an account's second lane in a
+     session on, each lane has a slot, key << 96 | settled (the first lane's
+     total moves there then), read and written with the account slot. The last
      window is a window index (< genesis), never a timestamp, so `settle`'s
      expiry check refuses a signed-mode slot at no extra gas. Spend caps,
      session keys and signed entries run from `signed_module` (a
@@ -163,7 +171,7 @@ MAX_ENTRIES: public(constant(uint256)) = 1_024
 MAX_LOTS: public(constant(uint256)) = 128
 
 # @notice Bounds of the packed slot (see the contract @dev).
-MAX_BALANCE: public(constant(uint256)) = 2**104 - 1
+MAX_BALANCE: public(constant(uint256)) = 2**96 - 1
 MAX_CAP_TOTAL: public(constant(uint256)) = 2**96 - 1
 MAX_CAP_EXPIRY: public(constant(uint256)) = 2**32 - 1
 
@@ -209,6 +217,14 @@ _AMOUNT_MASK: constant(uint256) = 2**128 - 1
 # @dev A lane word: session key << 96 | settled (uint96).
 _LANE_KEY_SHIFT: constant(uint256) = 96
 _SETTLED_MASK: constant(uint256) = 2**96 - 1
+# @dev The account slot's lane tag (signed layout): 1 + lane while one lane is debited.
+_LANE_TAG_SHIFT: constant(uint256) = 96
+_SEVERAL_LANES: constant(uint256) = 255
+# @dev A session's hot word: key | maximum << 160; its terms: session | lanes << 24 |
+#      signed_from << 32 | last_window << 96 | expiry << 160.
+_KEY_MASK: constant(uint256) = 2**160 - 1
+_MAXIMUM_SHIFT: constant(uint256) = 160
+_WORD64: constant(uint256) = 2**64 - 1
 
 # @notice EIP-712 type of a coordinator's statement that `amount` is free of
 #         unsettled usage and may leave the vault at once.
@@ -937,9 +953,11 @@ def settle_signed(
          sorted by strictly increasing (account, lane), so each lane is
          debited, and its signature checked, at most once per batch. The
          part of a debit above the balance follows `settle`'s shortfall rule.
-         Gas: a lane already used in the session costs its account slot and
-         its lane slot (two cold slots) and one ecrecover; a lane's first
-         debit in a session also reads the session and creates the slot.
+         Gas: an account that has debited one lane in the session costs its
+         account slot (read and written) and the session's hot word (read)
+         and one ecrecover; from its second lane on, each lane costs the
+         account slot and the lane's slot (both read and written); a second
+         lane's first debit also creates the first lane's slot.
     @param epoch `last_epoch(asset) + 1`: this batch's number.
     @param asset A listed asset.
     @param entries `SignedEntry`s, (account, lane) strictly increasing.
@@ -1240,8 +1258,16 @@ def lane_settled(account: address, asset: address, lane: uint256) -> uint256:
     """
     if lane > _LANE_MASK:
         return 0
-    session: uint256 = self._session_of(asset, account).session
-    return self._lanes[asset][(convert(account, uint256) << 96) | (session << 16) | lane] & _SETTLED_MASK
+    session: Session = self._session_of(asset, account)
+    slot: uint256 = self._accounts[asset][account]
+    if self._holds_session(slot, session.session):
+        tag: uint256 = (slot >> _LANE_TAG_SHIFT) & 255
+        if tag != _SEVERAL_LANES:
+            # One lane (or none) debited: its total is the session's.
+            if tag == lane + 1:
+                return session.maximum - ((slot >> _CAP_SHIFT) & MAX_CAP_TOTAL)
+            return 0
+    return self._lanes[asset][(convert(account, uint256) << 96) | (session.session << 16) | lane] & _SETTLED_MASK
 
 
 @external
@@ -1453,18 +1479,17 @@ def _run_signed() -> Bytes[64]:
 @internal
 @view
 def _session_of(asset: address, account: address) -> Session:
-    # The session as two packed words: keys = key | lanes << 160 | signed_from << 168 |
-    # last_window << 200; terms = maximum | session << 96 | expiry << 120.
+    # The session's two words (see _KEY_MASK): the hot word and the terms.
     keys: uint256 = self._session_keys[asset][account]
     terms: uint256 = self._session_terms[asset][account]
     return Session(
-        key=convert(convert(keys & (2**160 - 1), uint160), address),
-        session=(terms >> 96) & _SESSION_MASK,
-        lanes=(keys >> 160) & 255,
-        maximum=terms & MAX_CAP_TOTAL,
-        expiry=terms >> 120,
-        signed_from=(keys >> 168) & (2**32 - 1),
-        last_window=keys >> 200,
+        key=convert(convert(keys & _KEY_MASK, uint160), address),
+        session=terms & _SESSION_MASK,
+        lanes=(terms >> 24) & 255,
+        maximum=keys >> _MAXIMUM_SHIFT,
+        expiry=(terms >> 160) & _WORD64,
+        signed_from=(terms >> 32) & _WORD64,
+        last_window=(terms >> 96) & _WORD64,
     )
 
 

@@ -34,7 +34,7 @@ MAX_LANES: constant(uint256) = 64
 MAX_SIGNED_ENTRIES: constant(uint256) = 512
 MAX_SESSION_ID: constant(uint256) = 2**24 - 1
 MAX_LOTS: constant(uint256) = 128
-MAX_BALANCE: constant(uint256) = 2**104 - 1
+MAX_BALANCE: constant(uint256) = 2**96 - 1
 MAX_CAP_TOTAL: constant(uint256) = 2**96 - 1
 MAX_CAP_EXPIRY: constant(uint256) = 2**32 - 1
 _CAP_SHIFT: constant(uint256) = 104
@@ -48,6 +48,20 @@ _CEILING_SHIFT: constant(uint256) = 128
 _AMOUNT_MASK: constant(uint256) = 2**128 - 1
 _LANE_KEY_SHIFT: constant(uint256) = 96
 _SETTLED_MASK: constant(uint256) = 2**96 - 1
+# The account slot's lane tag (signed layout, bits 96..103): 0 no lane debited
+# yet in the session, 1 + l only lane l, _SEVERAL_LANES more than one.
+_LANE_TAG_SHIFT: constant(uint256) = 96
+_LANE_TAG_MASK: constant(uint256) = 255
+_SEVERAL_LANES: constant(uint256) = 255
+# The session's hot word (read by every entry of a one-lane account): key | maximum << 160.
+_KEY_MASK: constant(uint256) = 2**160 - 1
+_MAXIMUM_SHIFT: constant(uint256) = 160
+# The session's terms word: session | lanes << 24 | signed_from << 32 | last_window << 96 | expiry << 160.
+_TERMS_LANES_SHIFT: constant(uint256) = 24
+_TERMS_FROM_SHIFT: constant(uint256) = 32
+_TERMS_LAST_SHIFT: constant(uint256) = 96
+_TERMS_EXPIRY_SHIFT: constant(uint256) = 160
+_WORD64: constant(uint256) = 2**64 - 1
 _S_MASK: constant(uint256) = 2**255 - 1
 # secp256k1's order ÷ 2: a larger s is the malleated twin of a valid signature.
 _HALF_ORDER: constant(uint256) = 57_896_044_618_658_097_711_785_492_504_343_953_926_418_782_139_537_452_191_302_581_570_759_080_747_168
@@ -264,8 +278,8 @@ def revoke_session_key(asset: address):
     self.session_nonce[msg.sender][asset] += 1
     last_window: uint256 = max(window + 1, session.signed_from)
     if last_window < session.last_window:
-        keys: uint256 = self._session_keys[asset][msg.sender]
-        self._session_keys[asset][msg.sender] = (keys & (2**200 - 1)) | (last_window << 200)
+        terms: uint256 = self._session_terms[asset][msg.sender]
+        self._session_terms[asset][msg.sender] = (terms & ~(_WORD64 << _TERMS_LAST_SHIFT)) | (last_window << _TERMS_LAST_SHIFT)
         slot: uint256 = self._accounts[asset][msg.sender]
         if self._holds_session(slot, session.session, clock.genesis):
             self._accounts[asset][msg.sender] = (slot & (2**_LAST_WINDOW_SHIFT - 1)) | (last_window << _LAST_WINDOW_SHIFT)
@@ -334,18 +348,45 @@ def settle_signed(
             entry.r,
             s,
         )
-        # A lane of a session: account << 96 | session << 16 | lane (one slot per asset).
-        lane_id: uint256 = ((key >> 16) << 96) | (session << 16) | lane
-        lane_word: uint256 = self._lanes[asset][lane_id]
-        if lane_word == 0:
+        # While an account has debited one lane of the session, that lane's
+        # total is the session's (maximum − maximum left): the entry needs its
+        # account slot and the session's hot word (key, maximum), read only.
+        # From its second lane on, each lane has its own word (key, settled).
+        maximum_left: uint256 = (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL
+        tag: uint256 = (slot >> _LANE_TAG_SHIFT) & _LANE_TAG_MASK
+        several: bool = tag == _SEVERAL_LANES
+        if not several:
+            hot: uint256 = self._session_keys[asset][account]
             # (ecrecover's zero address for an invalid signature never equals a key.)
-            lane_word = self._bind_lane(account, asset, lane, signer)
-        else:
-            assert lane_word >> _LANE_KEY_SHIFT == convert(signer, uint256), "vault: voucher not signed by the session key"
-        assert (lane_word & _SETTLED_MASK) + amount <= ceiling, "vault: debit above the voucher"
-        assert amount <= (slot >> _CAP_SHIFT) & MAX_CAP_TOTAL, "vault: debit above the session maximum"
-        # settled ≤ Σ of the session's debits ≤ its maximum < 2**96: no carry into the key.
-        self._lanes[asset][lane_id] = unsafe_add(lane_word, amount)
+            assert convert(signer, uint256) == hot & _KEY_MASK, "vault: voucher not signed by the session key"
+            if tag == unsafe_add(lane, 1):
+                # settled = maximum − maximum left ≤ maximum < 2**96, amount < 2**128: exact.
+                assert unsafe_add(unsafe_sub(hot >> _MAXIMUM_SHIFT, maximum_left), amount) <= ceiling, "vault: debit above the voucher"
+            elif tag == 0:
+                # The session's first debit of the account.
+                assert lane < (self._session_terms[asset][account] >> _TERMS_LANES_SHIFT) & 255, "vault: lane out of range"
+                assert amount <= ceiling, "vault: debit above the voucher"
+                slot = slot | (unsafe_add(lane, 1) << _LANE_TAG_SHIFT)
+            else:
+                # A second lane: the first one's total moves to its own word.
+                first_id: uint256 = ((key >> 16) << 96) | (session << 16) | unsafe_sub(tag, 1)
+                self._lanes[asset][first_id] = ((hot & _KEY_MASK) << _LANE_KEY_SHIFT) | unsafe_sub(hot >> _MAXIMUM_SHIFT, maximum_left)
+                slot = slot | (_SEVERAL_LANES << _LANE_TAG_SHIFT)
+                several = True
+        if several:
+            # A lane's own word: key << 96 | settled, keyed account << 96 | session << 16 | lane.
+            lane_id: uint256 = ((key >> 16) << 96) | (session << 16) | lane
+            lane_word: uint256 = self._lanes[asset][lane_id]
+            if lane_word == 0:
+                # The lane's first debit in the session.
+                self._check_first_lane(account, asset, lane, signer)
+                lane_word = convert(signer, uint256) << _LANE_KEY_SHIFT
+            else:
+                assert lane_word >> _LANE_KEY_SHIFT == convert(signer, uint256), "vault: voucher not signed by the session key"
+            assert unsafe_add(lane_word & _SETTLED_MASK, amount) <= ceiling, "vault: debit above the voucher"
+            # settled ≤ Σ of the session's debits ≤ its maximum < 2**96: no carry into the key.
+            self._lanes[asset][lane_id] = unsafe_add(lane_word, amount)
+        assert amount <= maximum_left, "vault: debit above the session maximum"
 
         take: uint256 = min(amount, slot & MAX_BALANCE)
         self._accounts[asset][account] = unsafe_sub(slot, unsafe_add(take, amount << _CAP_SHIFT))
@@ -470,10 +511,14 @@ def _register_session(
 
     self.session_nonce[account][asset] = nonce + 1
     bounded: uint256 = min(maximum, MAX_CAP_TOTAL)
-    self._session_keys[asset][account] = (
-        convert(key, uint256) | (lanes << 160) | (signed_from << 168) | (last_window << 200)
+    self._session_keys[asset][account] = convert(key, uint256) | (bounded << _MAXIMUM_SHIFT)
+    self._session_terms[asset][account] = (
+        nonce
+        | (lanes << _TERMS_LANES_SHIFT)
+        | (signed_from << _TERMS_FROM_SHIFT)
+        | (last_window << _TERMS_LAST_SHIFT)
+        | (min(expiry, _WORD64) << _TERMS_EXPIRY_SHIFT)
     )
-    self._session_terms[asset][account] = bounded | (nonce << 96) | (min(expiry, 2**64 - 1) << 120)
     log SessionKeyRegistered(
         account=account,
         asset=asset,
@@ -511,18 +556,18 @@ def _open_session(account: address, asset: address, slot: uint256, clock: Clock)
 @internal
 @view
 def _session_of(asset: address, account: address) -> Session:
-    # The session as two packed words: keys = key | lanes << 160 | signed_from << 168 |
-    # last_window << 200; terms = maximum | session << 96 | expiry << 120.
+    # The session as two packed words: the hot word key | maximum << 160 (what
+    # a one-lane account's entry reads), and the terms (see _TERMS_*).
     keys: uint256 = self._session_keys[asset][account]
     terms: uint256 = self._session_terms[asset][account]
     return Session(
-        key=convert(convert(keys & (2**160 - 1), uint160), address),
-        session=(terms >> 96) & _SESSION_MASK,
-        lanes=(keys >> 160) & 255,
-        maximum=terms & MAX_CAP_TOTAL,
-        expiry=terms >> 120,
-        signed_from=(keys >> 168) & (2**32 - 1),
-        last_window=keys >> 200,
+        key=convert(convert(keys & _KEY_MASK, uint160), address),
+        session=terms & _SESSION_MASK,
+        lanes=(terms >> _TERMS_LANES_SHIFT) & 255,
+        maximum=keys >> _MAXIMUM_SHIFT,
+        expiry=(terms >> _TERMS_EXPIRY_SHIFT) & _WORD64,
+        signed_from=(terms >> _TERMS_FROM_SHIFT) & _WORD64,
+        last_window=(terms >> _TERMS_LAST_SHIFT) & _WORD64,
     )
 
 
@@ -541,14 +586,10 @@ def _holds_session(slot: uint256, session: uint256, genesis: uint256) -> bool:
 
 @internal
 @view
-def _bind_lane(account: address, asset: address, lane: uint256, signer: address) -> uint256:
-    # A lane's first debit in a session: the signer must be the session's
-    # key. The lane word then carries the key, so later debits of this lane
-    # in this session need no read of the session.
-    keys: uint256 = self._session_keys[asset][account]
-    assert convert(signer, uint256) == keys & (2**160 - 1), "vault: voucher not signed by the session key"
-    assert lane < (keys >> 160) & 255, "vault: lane out of range"
-    return convert(signer, uint256) << _LANE_KEY_SHIFT
+def _check_first_lane(account: address, asset: address, lane: uint256, signer: address):
+    # A lane's first debit in a session: signed by the session's key, a lane it has.
+    assert convert(signer, uint256) == self._session_keys[asset][account] & _KEY_MASK, "vault: voucher not signed by the session key"
+    assert lane < (self._session_terms[asset][account] >> _TERMS_LANES_SHIFT) & 255, "vault: lane out of range"
 
 
 @internal

@@ -30,7 +30,7 @@ from promptex.protocol.vault import (
 
 ROOT = keccak(text="usage records")
 USD = USD_MICRO
-MAX_BALANCE = 2**104 - 1
+MAX_BALANCE = 2**96 - 1
 
 
 # ─── helpers ─────────────────────────────────────────────────────────────────

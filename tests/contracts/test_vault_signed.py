@@ -263,6 +263,67 @@ def test_settle_signed__lane_beyond_lanes__refused(w, buyer, live):
         w.settle_signed([w.debit(live, buyer, 4, USD, USD)])
 
 
+def test_settle_signed__one_lane_then_a_second__the_first_lanes_total_kept_and_bounded(w, buyer, live):
+    """While one lane is debited its total is the session's (no lane slot); the second
+    lane's first debit moves that total to the first lane's own slot, where its voucher
+    still bounds it."""
+    w.settle_signed([w.debit(live, buyer, 1, 5 * USD, 3 * USD)])
+    lanes = [w.vault.lane_settled(buyer.address, w.usdc.address, lane) for lane in range(4)]
+    assert lanes == [0, 3 * USD, 0, 0]
+    with boa.reverts("vault: debit above the voucher"):  # the first lane's 3 are carried over
+        w.settle_signed([w.debit(live, buyer, 0, 2 * USD, 2 * USD), w.debit(live, buyer, 1, 5 * USD, 3 * USD)])
+    w.settle_signed([w.debit(live, buyer, 0, 2 * USD, 2 * USD), w.debit(live, buyer, 1, 5 * USD, 2 * USD)])
+    lanes = [w.vault.lane_settled(buyer.address, w.usdc.address, lane) for lane in range(4)]
+    assert lanes == [2 * USD, 5 * USD, 0, 0]
+    with boa.reverts("vault: debit above the voucher"):
+        w.settle_signed([w.debit(live, buyer, 1, 5 * USD, 1)])
+    with boa.reverts("vault: debit above the voucher"):
+        w.settle_signed([w.debit(live, buyer, 0, 2 * USD, 1)])
+    w.settle_signed([w.debit(live, buyer, 3, USD, USD)])
+    assert w.vault.session_key(buyer.address, w.usdc.address)[4] == 8 * USD
+    assert w.vault.balance_of(buyer.address, w.usdc.address) == 992 * USD
+
+
+def test_settle_signed__any_lanes_debited_before__a_stranger_or_a_lane_beyond_refused(w, buyer, live):
+    """Every path an entry can take (the account's first lane, its only lane so far, a
+    second lane, one of several) checks the signer and the lane number; lane 254 is the
+    one whose tag (255) means "several lanes"."""
+    thief = keccak(text="not the session key")
+    for before in ([], [1], [1, 2]):
+        for debit in before:
+            w.settle_signed([w.debit(live, buyer, debit, 10 * USD, USD)])
+        for lane in (1, 3):
+            with boa.reverts("vault: voucher not signed by the session key"):
+                w.settle_signed([w.debit(thief, buyer, lane, 20 * USD, USD)])
+        for lane in (4, 63, 64, 254, 255):
+            debit = w.debit(live, buyer, lane, 20 * USD, USD)
+            r, vs = compact_signature(debit.signature)  # (the packer refuses lanes ≥ MAX_LANES)
+            entry = (int(buyer.address, 16) << 96 | lane << 80, 20 * USD << 128 | USD, r, vs)
+            with boa.reverts("vault: lane out of range"):
+                w.settle_signed(None, entries=[entry])
+    lanes = [w.vault.lane_settled(buyer.address, w.usdc.address, lane) for lane in (0, 1, 2, 254)]
+    assert lanes == [0, 2 * USD, USD, 0]
+
+
+def test_settle_signed__balance_at_its_bound__lane_totals_untouched(w, buyer, live):
+    """The balance (96 bits) sits under the lane tag in the account slot: a deposit up to
+    MAX_BALANCE leaves the lanes' totals as they were, one unit more is refused."""
+    w.settle_signed([w.debit(live, buyer, 2, 5 * USD, 3 * USD)])
+    bound = w.vault.MAX_BALANCE()
+    assert bound == 2**96 - 1
+    top_up = bound - w.vault.balance_of(buyer.address, w.usdc.address)
+    w.usdc.mint(buyer.address, top_up + 1)
+    w.usdc.approve(w.vault.address, top_up + 1, sender=buyer.address)
+    w.vault.deposit(w.usdc.address, top_up, sender=buyer.address)
+    with boa.reverts("vault: balance above bound"):
+        w.vault.deposit(w.usdc.address, 1, sender=buyer.address)
+    assert w.vault.balance_of(buyer.address, w.usdc.address) == bound
+    assert w.vault.lane_settled(buyer.address, w.usdc.address, 2) == 3 * USD
+    w.settle_signed([w.debit(live, buyer, 2, 6 * USD, 3 * USD)])
+    assert w.vault.lane_settled(buyer.address, w.usdc.address, 2) == 6 * USD
+    assert w.vault.balance_of(buyer.address, w.usdc.address) == bound - 3 * USD
+
+
 def test_settle_signed__session_maximum__reached_not_exceeded(w, buyer):
     key = w.open_session(buyer, maximum=10 * USD)
     w.next_window()
