@@ -32,7 +32,7 @@ dir=${DEEP_PARTS_DIR:-.deep-parts}
 mkdir -p "$dir"
 # anvil from npm (as `make setup` installs it) for the machines that start one.
 export PATH=$PWD/node_modules/@foundry-rs/anvil-linux-amd64/bin:$PWD/.venv/bin:$PATH
-export PYTHONWARNINGS=ignore::UserWarning:pydantic_settings.main
+export PYTHONWARNINGS=ignore::UserWarning:pydantic_settings.main,ignore::UserWarning:pydantic_settings.sources.utils
 export HYPOTHESIS_PROFILE=deep_part
 
 commit=$(git rev-parse --short HEAD)
