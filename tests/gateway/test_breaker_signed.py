@@ -7,6 +7,7 @@ most the answer's UTF-8 bytes — before the check stops signing.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import httpx
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
-from buyerside_fakes import MODEL, RATES, FakeSignedGateway, make_signer  # noqa: E402
+from buyerside_fakes import IDENTITY, MODEL, RATES, FakeSignedGateway, make_signer  # noqa: E402
 
 from promptex import metering  # noqa: E402
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
+from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
+from promptex.buyerside.wire import VOUCHER_HEADER, lane_reports, parse_voucher  # noqa: E402
 
 from .conftest import Fake, Harness  # noqa: E402
 from .test_signed_proxy import LANES, _session, _signer  # noqa: E402
@@ -84,3 +87,40 @@ def test_breaker__honest_anthropic_stream_through_the_real_gateway__checked_with
         assert signer.stopped is None, signer.stopped
     total = sum(gw.ledger.lane(account, "USDC", 1, i).charged for i in range(LANES))
     assert signer.book.charged_total() == total > 0 and all(lane.exact for lane in signer.book.lanes)
+
+
+class ClaimAndDrop(FakeSignedGateway):
+    """Serves nothing: takes each voucher, books the lane charged its whole ceiling (its
+    stored voucher covers that, so its lane report verifies), then drops the connection."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        with self.lock:
+            self.received.append(voucher)
+            lane = self.book[voucher.lane]
+            lane.charged, lane.voucher = voucher.ceiling, voucher
+        raise httpx.ReadError("connection dropped after charging")
+
+
+def test_breaker__charge_and_drop_across_proxy_restarts__within_n_holds_per_lane(tmp_path: Path) -> None:
+    """The stop rule counts answers without figures per lane; a restart (`promptex proxy`
+    started again, the voucher log kept) recovers the lanes from the chain, the gateway's
+    verified report and the log. A gateway that only ever charges and drops gets one drop
+    per lane per run: the count must survive the restart, else each restart gives it a
+    hold more, forever (the README's buyer row: at most N = 3 holds per lane)."""
+    gateway = ClaimAndDrop(lanes=1)
+    chain = ChainSession(IDENTITY.key, 1, 1, 10**12, 0, (0,))
+    hold = 0
+    for _ in range(6):  # six runs of the proxy, one request each
+        signer = make_signer(tmp_path / "v.log", lanes=1)
+        signer.book = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), signer.log).book
+        hold = max(hold, signer.hold_for(ENDPOINTS["/v1/chat/completions"], {"model": MODEL, "messages": PROMPT})[0])
+        with contextlib.suppress(openai.APIStatusError, openai.APIConnectionError):  # dropped, or refused
+            _client(gateway, signer).chat.completions.create(model=MODEL, messages=PROMPT)  # type: ignore[call-overload]
+        signer.log.close()
+    taken = gateway.book[0].charged  # what settle_signed could take: nothing was served
+    assert taken <= 3 * hold, (taken, hold, len(gateway.received), signer.stopped)
+    assert len(gateway.received) == 3  # the third drop stopped signing, and the stop outlives restarts
+    assert signer.stopped is not None and "3 answers on lane 0 came without the lane's total" in signer.stopped

@@ -68,6 +68,11 @@ def recover(
         else:
             by_lane[report.lane] = report
     for lane in book.lanes:
+        counted = voucher_log.error_state(chain.session, lane.index)
+        if counted is not None:  # the stop rule's count goes on across restarts
+            lane.errors, lane.pending = int(counted["errors"]), int(counted["pending"])
+            lane.errors_from, lane.errors_from_exact = int(counted["from"]), bool(counted["from_exact"])
+            lane.pending_hold = int(counted["hold"])
         settled = chain.lane_settled[lane.index] if lane.index < len(chain.lane_settled) else 0
         logged = voucher_log.ceiling(chain.session, lane.index)
         found = by_lane.get(lane.index)

@@ -279,6 +279,7 @@ class Signer:
         lane.errors += 1
         errors = lane.errors
         self.lost(ticket)
+        self._save_errors(lane)
         if errors >= self.stop_after_errors:
             self.stop(
                 f"{errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
@@ -300,6 +301,16 @@ class Signer:
             charged = min(lane.pending, -(-grown // max(1, lane.pending_hold)))
             lane.errors -= lane.pending - charged
         lane.pending = 0
+        self._save_errors(lane)
+
+    def _save_errors(self, lane: Lane) -> None:
+        """The lane's count on disk (the voucher log): a restart recovers it (`recovery`)."""
+        state = {"errors": lane.errors, "pending": lane.pending, "from": str(lane.errors_from),
+                 "from_exact": lane.errors_from_exact, "hold": str(lane.pending_hold)}  # fmt: skip
+        try:
+            self.log.write_errors(self.session.session, lane.index, state)
+        except VoucherLogError as exc:  # a restart could not go on counting: stop here instead
+            self.stop(f"the lane's count of answers without figures is not on disk: {exc}", lane.index)
 
     def lost(self, ticket: Ticket) -> None:
         """No answer came back (a client that closed its stream, a crash): the lane may have

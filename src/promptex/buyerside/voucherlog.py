@@ -72,6 +72,10 @@ class VoucherLog:
         # Per lane, the total the last answer told, when no voucher was signed after it.
         self.answered: dict[tuple[int, int], int] = {}
         self.stopped: Stop | None = None  # the last stop not resumed since
+        # Per lane, its answers without the lane's figures as `Signer` last counted them
+        # (its stop rule): a restart goes on counting, else each restart would give a
+        # gateway that charges and drops every connection one hold more per lane.
+        self.errors: dict[tuple[int, int], dict[str, Any]] = {}
         records = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND: each write lands at the end even after a torn line was cut off below.
@@ -89,8 +93,11 @@ class VoucherLog:
             elif record.get("t") == "stopped":
                 lane = record.get("lane")
                 self.stopped = Stop(str(record["reason"]), None if lane is None else int(lane), int(record["at"]))
+            elif record.get("t") == "errors":
+                self.errors[(int(record["session"]), int(record["lane"]))] = record
             elif record.get("t") == "resumed":
                 self.stopped = None
+                self.errors.clear()
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -152,13 +159,30 @@ class VoucherLog:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
             self.stopped = stop
 
+    def write_errors(self, session: int, lane: int, state: dict[str, Any]) -> None:
+        """Record a lane's count of answers without figures (`Signer`'s stop rule), on disk
+        before the lane's next voucher can be signed."""
+        record = {"t": "errors", "session": session, "lane": lane, **state}
+        with self._lock:
+            try:
+                self._append(record)
+            except OSError as exc:
+                raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
+            self.errors[(session, lane)] = record
+
+    def error_state(self, session: int, lane: int) -> dict[str, Any] | None:
+        """A lane's count of answers without figures as last recorded (None: none since a resume)."""
+        return self.errors.get((session, lane))
+
     def resume(self, at: int) -> Stop | None:
-        """Clear a recorded stop (the user looked at it); returns the stop cleared, if any."""
+        """Clear a recorded stop (the user looked at it), and the lanes' counts of answers
+        without figures with it; returns the stop cleared, if any."""
         with self._lock:
             cleared = self.stopped
-            if cleared is not None:
+            if cleared is not None or self.errors:
                 self._append({"t": "resumed", "at": at})
                 self.stopped = None
+                self.errors.clear()
             return cleared
 
     def charged(self, session: int, lane: int) -> int | None:
