@@ -11,6 +11,7 @@ example database, so that a part is named by its `--hypothesis-seed` alone.
 import os
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # Fixtures shared by several test modules or directories. pytest imports these modules
@@ -48,3 +49,32 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # writes promptex-market/profile.json): commands under test follow an empty market folder
 # unless a test points PROMPTEX_UP_STATE_DIR elsewhere (subprocesses inherit it).
 os.environ["PROMPTEX_UP_STATE_DIR"] = os.path.join(tempfile.mkdtemp(prefix="promptex-tests-"), "no-market")
+
+
+# Test modules that need neither ape's compiled project nor its chain (titanoboa compiles
+# what they deploy), the longest first. They run first: under `make test`'s xdist the first
+# worker starts with these minutes of state machines while the second starts on the ape
+# contract tests, so ape compiles the project (about 45 s on a fresh clone) in one worker
+# only; with the default order both workers compiled it at once.
+RUN_FIRST = [
+    f"tests/contracts/{name}.py"
+    for name in (
+        "test_perp_stateful",
+        "test_vault_stateful",
+        "test_escrow_stateful",
+        "test_redemption_stateful",
+        "test_options_stateful",
+        "test_vault_signed_stateful",
+        "test_pool_stateful",
+        "test_attacks_round2",
+        "test_escrow_share_attacks",
+        "test_escrow_dust_attacks",
+        "test_amm_math",
+    )
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: i for i, module in enumerate(RUN_FIRST)}
+    # A stable sort: every other module, and the tests within each module, keep their order.
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(RUN_FIRST)))
