@@ -137,8 +137,8 @@ def main(accounts: int, lanes: int) -> None:
 
     console = Console(width=110)
     console.print(f"measuring batches of {SMALL} and {MAX_SIGNED_ENTRIES} entries on titanoboa …")
-    batch_gas = measure(MAX_SIGNED_ENTRIES)["steady"]
-    small_gas = measure(SMALL)["steady"]
+    batch_gas = measure(MAX_SIGNED_ENTRIES, many_lanes=False)["steady"]
+    small_gas = measure(SMALL, many_lanes=False)["steady"]
     per_entry = batch_gas / MAX_SIGNED_ENTRIES
     marginal = (batch_gas - small_gas) / (MAX_SIGNED_ENTRIES - SMALL)
     fixed = small_gas - SMALL * marginal

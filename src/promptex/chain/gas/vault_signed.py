@@ -35,9 +35,9 @@ SEVERAL_ACCOUNTS = 62
 LANES = 8
 
 
-def measure_settle_signed(n: int) -> dict[str, int]:
-    """Whole-transaction gas of four USDC `settle_signed` batches (see the module's doc)
-    and the calldata bytes of the one-lane steady batch."""
+def measure_settle_signed(n: int, many_lanes: bool = True) -> dict[str, int]:
+    """Whole-transaction gas of four USDC `settle_signed` batches (see the module's doc;
+    the last two only if `many_lanes`) and the calldata bytes of the one-lane steady batch."""
     world = build_vault_world(LABEL, n, 10_000)
     admin, usdc, vault, lot, accounts = world.admin, world.usdc, world.vault, world.lot, world.accounts
     keys = [keccak(text=f"vault signed gas session {i}") for i in range(n)]
@@ -87,18 +87,18 @@ def measure_settle_signed(n: int) -> dict[str, int]:
 
     first, _ = batch(1_234_567, 1_234_567)
     steady, calldata = batch(3_580_245, 2_345_678)
-    several = min(n, SEVERAL_ACCOUNTS)
-    several_first, _ = batch(6_000_000, 1_000_000, several, LANES)
-    several_steady, _ = batch(8_000_000, 1_000_000, several, LANES)
-    return {
+    gas = {
         "first": first,
         "steady": steady,
-        "several_entries": several * LANES,
-        "several_first": several_first,
-        "several_steady": several_steady,
         "calldata_bytes": len(calldata),
         "calldata_gas": intrinsic_gas(calldata) - 21_000,
     }
+    if many_lanes:
+        several = min(n, SEVERAL_ACCOUNTS)
+        gas["several_entries"] = several * LANES
+        gas["several_first"], _ = batch(6_000_000, 1_000_000, several, LANES)
+        gas["several_steady"], _ = batch(8_000_000, 1_000_000, several, LANES)
+    return gas
 
 
 # Per entry in the steady state, by the gas schedule (EIP-2929, EIP-2200): the account slot
@@ -122,8 +122,8 @@ def breakdown(gas: dict[str, int], n: int) -> dict[str, int]:
     }
 
 
-def measure(n: int) -> dict[str, int]:
+def measure(n: int, many_lanes: bool = True) -> dict[str, int]:
     """`measure_settle_signed` in a private titanoboa environment (committing state must not
     touch the snapshots a test's isolation keeps in the shared one)."""
     with boa.swap_env(boa.Env()):
-        return measure_settle_signed(n)
+        return measure_settle_signed(n, many_lanes)
