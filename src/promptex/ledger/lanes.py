@@ -196,6 +196,11 @@ class VoucherLanes:
             else:
                 self._plans[request_id] = voucher
 
+    def planned(self, request_id: str) -> Voucher | None:
+        """The voucher `plan` named for a request (None: none)."""
+        with self._lock:
+            return self._plans.get(request_id)
+
     def take(self, conn: Connection, hold: Hold, amount: int) -> None:
         with self._lock:
             voucher = self._plans.get(hold.request_id)

@@ -2,7 +2,8 @@
 two hot operations.
 
 `reserve_in` and `settle_in` do what the general path does for the common case — a new
-hold, a payer with the funds, a lot with room, a cost within the hold — with the same
+hold, a payer with the funds, a lot with room, a cost within the hold, and in signed mode
+a voucher the lane takes (`holds.lanes_sqlite`) — with the same
 statements, compiled once and run on the DBAPI cursor of the caller's transaction
 (SQLAlchemy's per-statement work was most of the ledger's cost in a profile of the
 gateway). Every other case goes to the general path in the same transaction. One
@@ -18,40 +19,21 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import DBAPIError
 
 from promptex.ledger.errors import HoldConflict
-from promptex.ledger.holds import capacity, general
+from promptex.ledger.holds import capacity, general, lanes_sqlite
 from promptex.ledger.holds.api import Reservation
 from promptex.ledger.holds.book import GeneralHolds
+from promptex.ledger.holds.capacity import LotClaim
+from promptex.ledger.holds.extras import names
+from promptex.ledger.holds.sqlite_statements import cursor, run
+from promptex.ledger.lanes import NAME as LANES
+from promptex.ledger.lanes import VoucherLanes
 from promptex.ledger.models import Hold, HoldStatus
 from promptex.ledger.schema import holds, journal_entries, journal_lines, lot_capacity, usage_records
 from promptex.ledger.usage import UsageRecord, usage_row
 
-_NAMED = sqlite.dialect(paramstyle="named")
-_COMPILED: dict[int, tuple[str, dict[str, Any]]] = {}
-
-
-def _run(cur: Any, conn: Connection, stmt: Any, params: dict[str, Any], keys: Sequence[str] | None = None) -> None:
-    """Execute `stmt` on the raw cursor, compiled once (with its literal values)."""
-    compiled = _COMPILED.get(id(stmt))
-    if compiled is None:
-        done = stmt.compile(dialect=_NAMED, column_keys=list(keys) if keys else None)
-        defaults = {
-            name: value for name, value in done.params.items() if name not in (keys or ()) and value is not None
-        }
-        compiled = _COMPILED[id(stmt)] = (str(done), defaults)
-    text, defaults = compiled
-    args = {**defaults, **params} if defaults else params
-    try:
-        cur.execute(text, args)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        # As SQLAlchemy would: its exception types (callers catch IntegrityError).
-        raise DBAPIError.instance(text, args, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
-
-
-def _cursor(conn: Connection) -> Any:
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+_run, _cursor = run, cursor  # the raw statements (`holds.sqlite_statements`)
 
 
 _HOLD_KEYS = (
@@ -94,6 +76,8 @@ _USAGE_KEYS = (
     "voucher_ceiling",
 )
 _INSERT_HOLD = sqlite.insert(holds).on_conflict_do_nothing().returning(holds.c.request_id)
+_SIGNED_HOLD_KEYS = (*_HOLD_KEYS, "extras")
+_INSERT_SIGNED_HOLD = sqlite.insert(holds).on_conflict_do_nothing().returning(holds.c.request_id)
 _INSERT_ENTRY = sqlite.insert(journal_entries).on_conflict_do_nothing().returning(journal_entries.c.id)
 _INSERT_USAGE = sqlite.insert(usage_records).on_conflict_do_nothing()
 _INSERT_LINE = insert(journal_lines)
@@ -121,31 +105,35 @@ _CONSUME = (
 
 
 class SqliteHolds(GeneralHolds):
+    def _lanes(self, names: Sequence[str]) -> VoucherLanes | None:
+        """The lanes extra when it is the only one taken (signed mode's fast path)."""
+        extra = self.extras.get(LANES) if list(names) == [LANES] else None
+        return extra if isinstance(extra, VoucherLanes) else None
+
     def reserve_in(self, conn: Connection, r: Reservation, now: int) -> Hold:
         payer = r.account if r.payer is None else r.payer
-        if r.extras:
+        lanes = self._lanes([take.name for take in r.extras]) if r.extras else None
+        if r.extras and lanes is None:
             return super().reserve_in(conn, r, now)
         general.check_reservation(r.amount, r.ttl, r.request_id)
         first = r.lots[0] if r.lots else None
         cur = _cursor(conn)
-        _run(
-            cur,
-            conn,
-            _INSERT_HOLD,
-            {
-                "request_id": r.request_id,
-                "account_id": r.account,
-                "payer_id": payer,
-                "asset": r.asset,
-                "amount": str(r.amount),
-                "status": HoldStatus.ACTIVE.value,
-                "created_at": now,
-                "expires_at": now + r.ttl,
-                "lot_id": first.lot_id if first else None,
-                "lot_amount": first.amount if first else None,
-            },
-            _HOLD_KEYS,
-        )
+        row = {
+            "request_id": r.request_id,
+            "account_id": r.account,
+            "payer_id": payer,
+            "asset": r.asset,
+            "amount": str(r.amount),
+            "status": HoldStatus.ACTIVE.value,
+            "created_at": now,
+            "expires_at": now + r.ttl,
+            "lot_id": first.lot_id if first else None,
+            "lot_amount": first.amount if first else None,
+        }
+        if lanes is None:
+            _run(cur, conn, _INSERT_HOLD, row, _HOLD_KEYS)
+        else:  # the lane's name with the hold, so any process's sweeper frees the lane
+            _run(cur, conn, _INSERT_SIGNED_HOLD, {**row, "extras": LANES}, _SIGNED_HOLD_KEYS)
         if not cur.fetchall():  # this request id holds already: the general path answers
             return super().reserve_in(conn, r, now)
         if payer != r.account:
@@ -154,8 +142,13 @@ class SqliteHolds(GeneralHolds):
         if cur.rowcount != 1:
             general.raise_refusal(conn, payer, r.asset, r.amount)
         hold = Hold(r.request_id, r.account, payer, r.asset, r.amount, HoldStatus.ACTIVE, now, now + r.ttl)
-        if first is None:
-            return hold
+        if first is not None:
+            hold = self._capacity(conn, cur, r, hold, first, now)
+        if lanes is not None:
+            lanes_sqlite.take(lanes, conn, hold, r.extras[0].amount)
+        return hold
+
+    def _capacity(self, conn: Connection, cur: Any, r: Reservation, hold: Hold, first: LotClaim, now: int) -> Hold:
         if first.amount > 0:
             _run(cur, conn, capacity.TAKE_DIRECT, {"p_lot": first.lot_id, "p_amount": first.amount})
             if cur.rowcount == 1:
@@ -170,7 +163,15 @@ class SqliteHolds(GeneralHolds):
         cur = _cursor(conn)
         _run(cur, conn, _SELECT_HOLD_ROW, {"p_request_id": request_id})
         row = cur.fetchone()
-        if row is None or row[4] != HoldStatus.ACTIVE.value or cost < 0 or cost > int(row[3]) or row[9] or row[10]:
+        lanes = self._lanes(names(row[10])) if row is not None and row[10] else None
+        if (
+            row is None
+            or row[4] != HoldStatus.ACTIVE.value
+            or cost < 0
+            or cost > int(row[3])
+            or row[9]
+            or (row[10] and lanes is None)
+        ):
             return super().settle_in(conn, request_id, cost, record, now)
         lot_id, lot_amount = row[7], int(row[8] or 0)
         usage = 0 if record is None else record.list_usd_micro
@@ -229,4 +230,6 @@ class SqliteHolds(GeneralHolds):
                 if values[name] is not None:
                     values[name] = str(values[name])
             _run(cur, conn, _INSERT_USAGE, values, _USAGE_KEYS)
+        if lanes is not None:
+            lanes_sqlite.settle(conn, hold, record)
         return hold
