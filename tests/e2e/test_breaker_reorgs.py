@@ -17,6 +17,7 @@ from test_coordinator_anvil import ADMIN, World, anvil_account
 from web3 import Web3
 
 from promptex.coordinator.chain import Web3Chain
+from promptex.coordinator.service import Coordinator
 from promptex.ledger import UsageRecord
 from promptex.protocol.units import USD_MICRO as USDC_UNIT
 
@@ -73,8 +74,8 @@ class ExitRacesNextSettle(Web3Chain):
         self.after = lambda: None
         self.raced: list[str] = []  # the settles that reverted, in order
 
-    def arm(self, after):
-        self.armed, self.after = True, after
+    def arm(self, after, redeposit=True):
+        self.armed, self.after, self.redeposit = True, after, redeposit
 
     def broadcast(self, raw):
         if not self.armed:
@@ -89,8 +90,9 @@ class ExitRacesNextSettle(Web3Chain):
         tx_hash = Web3.keccak(hexstr=raw).to_0x_hex()
         assert w.w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 0  # reverted on this branch
         self.raced.append(tx_hash)
-        w.send(wallet, usdc.functions.approve(w.vault.address, balance))
-        w.send(wallet, w.vault.functions.deposit(usdc.address, balance))
+        if self.redeposit:
+            w.send(wallet, usdc.functions.approve(w.vault.address, balance))
+            w.send(wallet, w.vault.functions.deposit(usdc.address, balance))
         self.after()
         return None
 
@@ -191,6 +193,40 @@ def test_breaker__two_failed_settles_of_two_windows_reincluded__each_takes_back_
     store = world.coordinator().store
     epochs = {b.epoch: [r.request_id for r in store.batch_records(b.id)] for b in store.batches("USDC", "confirmed")}
     assert epochs[1] == ["req_w1"] and epochs[2] == ["req_w2"]  # each failed batch took back its own
+
+
+def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__taken_back_not_settled_again(world):
+    """Quarantine in between: the settle fails (the buyer's exit raced it) and the buyer
+    stays out, so the next pass quarantines the record (its payer is short on chain). A
+    reorg then orphans the exit and the network re-includes the failed settle: it debits
+    the record on chain. The quarantined record must go back to that batch, not be
+    requeued (its cause is gone on the new branch) and settled a second time."""
+    world.ledger.clock = Clock(world.chain.now())
+    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    assert world.coordinator().run_once().caps == 1
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    spent = {spend(world, account, 1_000, "req_q1"): 1_000}
+    world.next_window()
+    racer = ExitRacesNextSettle(world, anvil_account(2))
+    racer.arm(lambda: None, redeposit=False)
+    assert world.coordinator(chain=racer).run_once().failed == [("USDC", 1)]
+    assert world.coordinator().run_once().quarantined == 1  # the payer has nothing left on this branch
+    store = world.coordinator().store
+    assert store.record("req_q1").status == "quarantined"
+
+    world.w3.provider.make_request("evm_revert", [fork])
+    world.chain.broadcast(_raw(world, racer.raced[0]))  # a node re-includes the failed settle
+    world.chain.wait(racer.raced[0], 10)
+    world.next_window()  # the next settlement is due in the very pass that first sees the re-inclusion
+    retrying = Coordinator(world.ledger.engine, world.chain, holder="e2e", tx_timeout=10, lease_seconds=600,
+                           quarantine_retry=0)  # fmt: skip
+    for _ in range(3):
+        retrying.run_once()
+        world.next_window()
+
+    _assert_each_debited_once(world, account, address, spent)
+    epochs = {b.epoch: [r.request_id for r in store.batch_records(b.id)] for b in store.batches("USDC", "confirmed")}
+    assert epochs == {1: ["req_q1"]}
 
 
 def _raw(world, tx_hash):

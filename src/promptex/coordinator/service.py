@@ -342,8 +342,10 @@ class Coordinator:
         none is settled twice: they are its asset's oldest records pending or in another
         batch of the same epoch (which can no longer land), as `plan` took them, and the
         chain's root for the epoch proves it. Done before anything is planned in the pass.
-        Should the root not match (records quarantined or refunded meanwhile), nothing is
-        moved and it is said loudly."""
+        With its members kept (`Payload.members`) they are exactly its records, wherever
+        they are: a record quarantined meanwhile goes back to it too; one refunded meanwhile
+        cannot (it is said loudly: the chain took what the ledger gave back). Without them
+        (failed before they were kept), should the root not match nothing is moved."""
         records = self.store.reattach_candidates(batch)
         spend_only = self.chain.is_spend_only(batch.asset)
         wallets = {r.payer: self.store.wallet_of(r.payer) for r in records}
@@ -358,7 +360,15 @@ class Coordinator:
                 batch.epoch,
             )
             return
-        self.store.reattach(batch, found, block, self.clock())
+        left = self.store.reattach(batch, found, block, self.clock())
+        if left:
+            log.error(
+                "%s epoch %d: its failed settle landed after a reorg and debited %s on chain, which the ledger "
+                "cannot take back (refunded meanwhile, or in another batch): run `promptex reconcile`",
+                batch.asset,
+                batch.epoch,
+                ", ".join(left),
+            )
         self._report.confirmed.append((batch.asset, batch.epoch))
         log.warning(
             "%s epoch %d: its failed settle landed after a reorg (the network re-included it); "

@@ -409,29 +409,31 @@ class CoordinatorStore(SignedTxStore):
         )
         mode = _usage.SIGNED if batch.payload.signed else _usage.CAPPED
         with self._tx() as conn:
-            if batch.payload.members:  # kept when it failed: exactly its records
-                return _usage.members_unconfirmed(conn, batch.payload.members, open_at_epoch)
+            if batch.payload.members:  # kept when it failed: exactly its records, wherever they are
+                return _usage.records_named(conn, batch.payload.members)
             # Failed before its members were kept: the oldest, as `plan` took them (a record
             # settled later in the same second, or requeued meanwhile, can be taken instead).
             return _usage.oldest_unconfirmed(conn, batch.asset, mode, open_at_epoch, batch.records)
 
-    def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> None:
+    def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> list[str]:
         """The failed `batch` landed after all (its settle, re-included by the network, won
-        its nonce): its records (`entries`, proven by its root) go back to it from pending
-        or from the batch of the same epoch holding them (failed: it can no longer land; its
-        own transaction, if a reorg orphaned it, is then never re-sent),
-        its transaction is succeeded at `block`, the batch confirmed. One transaction: all
-        or nothing (RuntimeError if a record cannot be moved)."""
+        its nonce): its records (`entries`, proven by its root) go back to it from pending,
+        from quarantine, or from the batch of the same epoch holding them (failed: it can no
+        longer land; its own transaction, if a reorg orphaned it, is then never re-sent),
+        its transaction is succeeded at `block`, the batch confirmed. One transaction.
+        Returns the records that could not go back (refunded meanwhile: the chain took them
+        but the ledger gave them back; `promptex reconcile` shows them)."""
         b = settlement_batches.c
+        left: list[str] = []
         with self._tx() as conn:
             for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
                 _let_go(conn, holder, _AT_EPOCH, f"epoch {batch.epoch} went to batch {batch.id}", now, batch.epoch)
             for e in entries:
                 if not _usage.assign_to_batch(
                     conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,
-                    seller_share=e.seller_share, fee=e.fee,
+                    seller_share=e.seller_share, fee=e.fee, quarantined=True,
                 ):  # fmt: skip
-                    raise RuntimeError(f"usage record {e.request_id!r} cannot go back to batch {batch.id}")
+                    left.append(e.request_id)
             conn.execute(
                 update(settlement_batches)
                 .where(b.id == batch.id, b.status == FAILED)
@@ -443,6 +445,7 @@ class CoordinatorStore(SignedTxStore):
                 .where(t.id == batch.tx_id)
                 .values(status=SUCCEEDED, block_number=block, closed_at=now)
             )
+        return left
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 

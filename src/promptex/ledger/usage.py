@@ -365,15 +365,14 @@ def batch_member_ids(conn: Connection, batch_id: int) -> list[str]:
     return [str(request_id) for request_id in found]
 
 
-def members_unconfirmed(conn: Connection, request_ids: Sequence[str], open_batches: Select[Any]) -> list[StoredUsage]:
-    """Of the records named, those pending or in one of `open_batches` (ids of batches not
-    landed), oldest settlement first (read in slices: a batch may name thousands)."""
+def records_named(conn: Connection, request_ids: Sequence[str]) -> list[StoredUsage]:
+    """The records named, whatever their status, oldest settlement first (read in slices:
+    a batch may name thousands)."""
     c = usage_records.c
-    held = or_(c.status == PENDING, and_(c.status == BATCHED, c.batch_id.in_(open_batches)))
     rows: list[Any] = []
     for start in range(0, len(request_ids), 500):
         chunk = list(request_ids[start : start + 500])
-        rows += conn.execute(select(usage_records).where(c.request_id.in_(chunk), held)).all()
+        rows += conn.execute(select(usage_records).where(c.request_id.in_(chunk))).all()
     rows.sort(key=lambda row: (row.settled_at, row.request_id))
     return [stored_usage(row) for row in rows]
 
@@ -398,13 +397,25 @@ def assign_to_batch(
     address: str,
     seller_share: int | None,
     fee: int | None,
+    quarantined: bool = False,
 ) -> bool:
     """Put a pending record in the coordinator's batch, with the wallet it debits and the
-    split it was planned with; False if it is no longer pending."""
+    split it was planned with; False if it is no longer pending (`quarantined`: or set
+    aside, taken out of quarantine: a batch that landed after all holds it)."""
+    statuses = (PENDING, QUARANTINED) if quarantined else (PENDING,)
+    values: dict[str, Any] = {"quarantine_reason": None, "quarantined_at": None} if quarantined else {}
     assigned = conn.execute(
         update(usage_records)
-        .where(usage_records.c.request_id == request_id, usage_records.c.status == PENDING)
-        .values(status=BATCHED, batch_id=batch_id, epoch=epoch, address=address, seller_share=seller_share, fee=fee)
+        .where(usage_records.c.request_id == request_id, usage_records.c.status.in_(statuses))
+        .values(
+            status=BATCHED,
+            batch_id=batch_id,
+            epoch=epoch,
+            address=address,
+            seller_share=seller_share,
+            fee=fee,
+            **values,
+        )  # fmt: skip
     ).rowcount
     return bool(assigned == 1)
 
