@@ -229,6 +229,42 @@ def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__take
     assert epochs == {1: ["req_q1"]}
 
 
+def test_breaker__the_noop_orphaned_and_the_old_settle_reincluded_in_its_place__its_records_taken_back_once(world):
+    """Two reorgs: the first orphans a failed settle and its re-planned batch (the failed
+    one's nonce goes to a no-op, the re-planned one is re-sent and lands); the second
+    orphans the no-op and the re-sent batch, and the network puts the failed settle's OLD
+    bytes in the no-op's place. The failed batch landed after all: its record goes back to
+    it, the re-planned batch cannot land, and nothing is debited twice."""
+    world.ledger.clock = Clock(world.chain.now())
+    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    assert world.coordinator().run_once().caps == 1
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    spent = {spend(world, account, 1_000, "req_n1"): 1_000}
+    world.next_window()
+    racer = ExitRacesNextSettle(world, anvil_account(2))
+    racer.arm(lambda: spent.update({spend(world, account, 2_000, "req_n2"): 2_000}))
+    assert world.coordinator(chain=racer).run_once().failed == [("USDC", 1)]
+    assert world.coordinator().run_once().confirmed == [("USDC", 1)]
+
+    world.w3.provider.make_request("evm_revert", [fork])  # reorg 1: both gone
+    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    world.next_window()
+    world.coordinator().run_once()  # the no-op takes the failed settle's nonce; the re-planned batch is re-sent
+    store = world.coordinator().store
+    noops = [tx for tx in store.landed_txs(0, 0) if tx.purpose == "noop"]
+    assert len(noops) == 1 and world.settled_events("USDC") == [1]
+
+    world.w3.provider.make_request("evm_revert", [fork])  # reorg 2: the no-op and the re-sent batch gone
+    world.chain.broadcast(_raw(world, racer.raced[0]))  # ... and the old settle in the no-op's place
+    world.chain.wait(racer.raced[0], 10)
+    world.next_window()
+    _settle_until_quiet(world)
+
+    _assert_each_debited_once(world, account, address, spent)
+    epochs = {b.epoch: [r.request_id for r in store.batch_records(b.id)] for b in store.batches("USDC", "confirmed")}
+    assert epochs == {1: ["req_n1"], 2: ["req_n2"]}
+
+
 def _raw(world, tx_hash):
     store = world.coordinator().store
     return next(store.tx(b.tx_id).raw for b in store.batches("USDC") if store.tx(b.tx_id).tx_hash == tx_hash)
