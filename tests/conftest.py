@@ -8,6 +8,7 @@ deep profile's steps, `PROMPTEX_DEEP_PART_EXAMPLES` examples (100: a tenth of it
 example database, so that a part is named by its `--hypothesis-seed` alone.
 """
 
+import json
 import os
 import tempfile
 
@@ -78,3 +79,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {module: i for i, module in enumerate(RUN_FIRST)}
     # A stable sort: every other module, and the tests within each module, keep their order.
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(RUN_FIRST)))
+
+
+# ape reads the compiled project (.build/__local__.json) once, when the process starts: a
+# worker that started before the other one compiled it would compile it all again on its
+# first contract test. Each worker therefore takes the other's compilation from disk the
+# first time a test starts after it was written (a manifest ape cannot read is left to
+# ape: it compiles, as before). ape still recompiles any source that changed since.
+_compiled_read = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _compiled_read
+    if _compiled_read or "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    from ape import project
+
+    if project.manifest.contract_types:
+        _compiled_read = True
+        return
+    try:
+        json.loads(project.manifest_path.read_text(encoding="utf8"))  # written whole (ape rewrites it in place)
+    except (OSError, ValueError):
+        return  # not compiled yet
+    _compiled_read = bool(project.load_manifest().contract_types)
