@@ -45,9 +45,11 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 # The contracts, compiled once here into ape's .build/ (the tests and `promptex up` reuse it;
-# a fresh clone's first `promptex up` would otherwise spend ~40 s compiling).
+# a fresh clone's first `promptex up` would otherwise spend ~40 s compiling). --force: this
+# runs only when a contract changed, and ape's incremental compile can keep a stale ABI then
+# (seen after the vault's re-pack: deploy refused "number of the given arguments").
 .build/.compiled: $(VENV)/.installed ape-config.yaml $(shell find contracts -name '*.vy' -o -name '*.vyi')
-	$(BIN)/ape compile -v WARNING
+	$(BIN)/ape compile --force -v WARNING
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
