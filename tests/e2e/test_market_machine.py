@@ -62,7 +62,7 @@ from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.ledger.schema import holds, usage_records
 from promptex.metering import load_catalog, message_cost, provider_token_rates, usdc_rates
-from promptex.protocol.escrow import listed_credit
+from promptex.protocol.escrow import MIN_TOKENIZED_FACE, listed_credit
 from promptex.reconcile import reconcile, summary
 from promptex.reconcile.chain import Web3ChainView
 from promptex.reconcile.run import indexed_block
@@ -175,10 +175,14 @@ class MarketMachine(RuleBasedStateMachine):
     def first_buyer(self, amount: int) -> Buyer:
         return self.new_buyer(amount, bind=True, cap=10**12)
 
-    @initialize(target=buyers, face=st.integers(300, 900), share=st.integers(20, 100))
+    @initialize(
+        target=buyers, face=st.integers(MIN_TOKENIZED_FACE, MIN_TOKENIZED_FACE + 900), share=st.integers(20, 100)
+    )
     def token_market(self, face: int, share: int) -> Buyer:
-        """A tokenized GPT lot of `face` µUSD (its tokens minted to the seller, less the mint
-        fee) and a buyer who bought `share` % of them, deposited them and pays in GPT."""
+        """A tokenized GPT lot of `face` µUSD (at least the escrow's $10: its tokens minted
+        to the seller, less the mint fee) and a buyer who bought `share` % of 900 µUSD worth
+        of them, deposited them and pays in GPT (a small balance keeps the buyer's side
+        under pressure; the lot itself outlasts a sequence)."""
         self.token_seller = seller = self.chain.wallet()
         gpt_token = self.chain.asset("GPT").address
         bond = self.escrow.functions.tokenized_bond(gpt_token, face).call()  # GPT's share: the only bond it takes
@@ -196,7 +200,7 @@ class MarketMachine(RuleBasedStateMachine):
         self.model.token_lots[lot] = face
         buyer = Buyer(self.chain.wallet(), asset="GPT")
         minted = self.chain.asset("GPT").functions.balanceOf(seller.address).call()
-        self.deposit(buyer, minted * share // 100)
+        self.deposit(buyer, minted * 900 * share // (100 * face))
         gpt = self.chain.asset("GPT").address
         self.chain.send(
             buyer.wallet, self.vault.functions.set_spend_cap(gpt, MAX_UINT, 10**30, self.chain.now() + 30 * 86_400)
