@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, null, select, update
+from sqlalchemy.exc import NoResultFound
 
 from promptex.ledger.holds.sqlite_statements import cursor, run
 from promptex.ledger.lanes import VoucherLanes
@@ -158,8 +159,9 @@ def settle(conn: Connection, hold: Hold, record: UsageRecord | None) -> None:
              "p_lane": record.voucher_lane}  # fmt: skip
     run(cur, conn, _CHARGED, where)
     row = cur.fetchone()
-    if row is None:  # as VoucherLanes.settle: its `.one()` raises
-        raise LookupError(f"no lane {record.voucher_lane} of session {record.voucher_session} for {hold.request_id!r}")
+    if row is None:  # as VoucherLanes.settle: its `.one()` raises this very kind
+        named = f"lane {record.voucher_lane} of session {record.voucher_session}"
+        raise NoResultFound(f"no {named} for {hold.request_id!r}")
     was, highest = int(row[0]), int(row[1])
     charged = min(was + (hold.charged or 0), max(highest, was))
     statement = _CHARGE_AND_FREE if row[2] == hold.request_id else _CHARGE
