@@ -74,7 +74,10 @@ def test_metrics__by_model_and_status_on_the_operator_address__no_key_or_account
             assert time.monotonic() < deadline, "never logged"
             time.sleep(0.01)
     assert (served.status_code, unknown.status_code, too_big.status_code, odd.status_code) == (200, 404, 400, 400)
-    assert "upstream;dur=" in served.headers["server-timing"] and "gateway;dur=" in served.headers["server-timing"]
+    phases = dict(part.strip().split(";dur=") for part in served.headers["server-timing"].split(","))
+    assert set(phases) == {"upstream", "gateway", "hold", "settle"}
+    # The ledger's waits are the gateway's: inside its part, never beyond it.
+    assert float(phases["hold"]) + float(phases["settle"]) <= float(phases["gateway"])
 
     metrics = operator(gw, "/metrics").text
     assert streamed.status_code == 200 and "[DONE]" in streamed.text

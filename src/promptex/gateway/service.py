@@ -148,6 +148,8 @@ class Priced:
     endpoint: str = ""
     lot_id: int | None = None  # the lot whose capacity the hold has (set at reserve)
     upstream_seconds: float = 0.0  # the answering upstream call's time (non-streamed)
+    hold_seconds: float = 0.0  # the loop's wait for its hold (ledger thread, commit)
+    settle_seconds: float = 0.0  # and for its settle: both in `server-timing`
     claims: list[LotClaim] = field(default_factory=list)
     voucher: Voucher | None = None  # signed mode: the voucher its hold is (ceiling − lane_charged)
     lane_charged: int = 0  # signed mode: the lane's total charged before it
@@ -587,6 +589,7 @@ class Gateway:
         self.ledger.holds.release(request_id)
 
     async def reserve(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
+        began = time.perf_counter()
         try:
             hold: Hold = await self._money(key, self._reserve, priced, request_id)
         except LotCapacityExceeded as exc:
@@ -601,6 +604,7 @@ class Gateway:
             raise await self._lane_refused(key, priced, exc) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
             raise self._refused(priced, exc) from None
+        priced.hold_seconds = time.perf_counter() - began
         priced.lot_id = hold.lot_id
         self.holding[request_id] = hold.expires_at
         return hold
@@ -684,7 +688,9 @@ class Gateway:
                 voucher_lane=voucher.lane,
                 voucher_ceiling=voucher.ceiling,
             )
+        began = time.perf_counter()
         hold: Hold = await self._money(key, self._settle, request_id, cost, record)
+        priced.settle_seconds = time.perf_counter() - began
         self.registry.used(lot, usd)
         charged = cost if hold.charged is None else hold.charged
         signed = None
@@ -780,7 +786,11 @@ class Gateway:
             upstream = priced.upstream_seconds
             added = time.perf_counter() - start - upstream
             self.metrics.added.observe(added)
-            timing = f"upstream;dur={upstream * 1000:.3f}, gateway;dur={added * 1000:.3f}"
+            # The gateway's part, and of it the waits for the ledger's hold and settle.
+            timing = (
+                f"upstream;dur={upstream * 1000:.3f}, gateway;dur={added * 1000:.3f}, "
+                f"hold;dur={priced.hold_seconds * 1000:.3f}, settle;dur={priced.settle_seconds * 1000:.3f}"
+            )
             response.raw_headers.append((b"server-timing", timing.encode()))
             return response
         except BaseException:
