@@ -408,20 +408,44 @@ def cpu_seconds(pid: int) -> float:
     return sum(spent.get(p, 0) for p in tree) / tick
 
 
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of `pid`, by its name (`/proc/PID/task`; the
+    main thread, which runs the event loop, as "loop"; same-named threads summed)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = "loop" if task.name == str(pid) else (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return spent
+
+
 def cpu_per_request(
     pid: int, url: str, headers: dict[str, str], rate: int, seconds: float, timings: str | None = None
 ) -> dict[str, float]:
     """The server's CPU milliseconds per request served at a fixed rate (process CPU ÷
-    requests served), and net of what the idle process spends over the same time."""
+    requests served), and net of what the idle process spends over the same time; also
+    per thread of the server's own process (`thread_ms_<name>`)."""
     warm(url, headers)
     idle_start = cpu_seconds(pid)
     time.sleep(seconds)
     idle_cpu = cpu_seconds(pid) - idle_start
     start = cpu_seconds(pid)
+    threads_start = thread_seconds(pid)
     step = uvloop.run(open_loop(url, headers, rate, seconds, timeout=10, timings_url=timings))
     busy = cpu_seconds(pid) - start
+    threads = thread_seconds(pid)
     served = step.sent - step.errors
+    per_thread = {
+        f"thread_ms_{name}": round(1000 * (spent - threads_start.get(name, 0.0)) / max(1, served), 3)
+        for name, spent in threads.items()
+        if spent > threads_start.get(name, 0.0)
+    }
     return {
+        **per_thread,
         "rate": rate,
         "served": served,
         "errors": step.errors,
