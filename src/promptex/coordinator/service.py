@@ -118,6 +118,7 @@ class PassReport:
     quarantined: int = 0
     requeued: int = 0  # quarantined records back to pending, their cause fixed
     refunded: int = 0  # quarantined records refunded to their payers
+    taken_back: int = 0  # refunds taken back: the chain debited those records after all (a reorg)
     caps: int = 0
     session_keys: int = 0  # SessionKeys registered on chain this pass
     expired: list[int] = field(default_factory=list)  # escrow lots this pass expired
@@ -344,8 +345,9 @@ class Coordinator:
         chain's root for the epoch proves it. Done before anything is planned in the pass.
         With its members kept (`Payload.members`) they are exactly its records, wherever
         they are: a record quarantined meanwhile goes back to it too; one refunded meanwhile
-        cannot (it is said loudly: the chain took what the ledger gave back). Without them
-        (failed before they were kept), should the root not match nothing is moved."""
+        goes back with its refund taken back (the chain took what the ledger gave back: the
+        payer is debited again, a debt for what its balance lacks). Without them (failed
+        before they were kept), should the root not match nothing is moved."""
         records = self.store.reattach_candidates(batch)
         spend_only = self.chain.is_spend_only(batch.asset)
         wallets = {r.payer: self.store.wallet_of(r.payer) for r in records}
@@ -360,14 +362,23 @@ class Coordinator:
                 batch.epoch,
             )
             return
-        left = self.store.reattach(batch, found, block, self.clock())
-        if left:
-            log.error(
-                "%s epoch %d: its failed settle landed after a reorg and debited %s on chain, which the ledger "
-                "cannot take back (refunded meanwhile, or in another batch): run `promptex reconcile`",
+        done = self.store.reattach(batch, found, block, self.clock())
+        self._report.taken_back += len(done.taken_back)
+        for request_id in done.taken_back:
+            log.warning(
+                "%s epoch %d: usage %s was refunded, then debited on chain by this settle: the refund is "
+                "taken back (a debt for what the payer's balance lacks)",
                 batch.asset,
                 batch.epoch,
-                ", ".join(left),
+                request_id,
+            )
+        if done.left:
+            log.error(
+                "%s epoch %d: its failed settle landed after a reorg and debited %s on chain, which another "
+                "landed batch holds too: run `promptex reconcile`",
+                batch.asset,
+                batch.epoch,
+                ", ".join(done.left),
             )
         self._report.confirmed.append((batch.asset, batch.epoch))
         log.warning(
@@ -921,10 +932,12 @@ def serve(coordinator: Coordinator, poll_seconds: float, stop: threading.Event |
     while not stop.is_set():
         try:
             report = coordinator.run_once()
-            if report.confirmed or report.failed or report.quarantined or report.requeued or report.refunded:
+            moved = report.quarantined or report.requeued or report.refunded or report.taken_back
+            if report.confirmed or report.failed or moved:
                 log.info(
-                    "pass: settled %s, failed %s, quarantined %d, requeued %d, refunded %d",
+                    "pass: settled %s, failed %s, quarantined %d, requeued %d, refunded %d, refunds taken back %d",
                     report.confirmed, report.failed, report.quarantined, report.requeued, report.refunded,
+                    report.taken_back,
                 )  # fmt: skip
         except Exception:  # an RPC or database hiccup: the state machine resumes next pass
             log.exception("coordinator pass failed")

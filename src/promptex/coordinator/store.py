@@ -7,7 +7,7 @@ it signs. Each method is one transaction, so every state change is all or nothin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table, insert, or_, select, update
@@ -60,6 +60,14 @@ class Batch:
     tx_id: int | None
     error: str | None
     leaf_version: int = LEAF_V1  # of the leaves under usage_root
+
+
+@dataclass
+class Reattached:
+    """What `reattach` did with a landed failed batch's records beyond putting them back."""
+
+    taken_back: list[str] = field(default_factory=list)  # refunded meanwhile: the refund taken back
+    left: list[str] = field(default_factory=list)  # in a batch of another epoch: the chain debited them twice
 
 
 @dataclass(frozen=True)
@@ -415,25 +423,33 @@ class CoordinatorStore(SignedTxStore):
             # settled later in the same second, or requeued meanwhile, can be taken instead).
             return _usage.oldest_unconfirmed(conn, batch.asset, mode, open_at_epoch, batch.records)
 
-    def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> list[str]:
+    def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> Reattached:
         """The failed `batch` landed after all (its settle, re-included by the network, won
         its nonce): its records (`entries`, proven by its root) go back to it from pending,
         from quarantine, or from the batch of the same epoch holding them (failed: it can no
         longer land; its own transaction, if a reorg orphaned it, is then never re-sent),
-        its transaction is succeeded at `block`, the batch confirmed. One transaction.
-        Returns the records that could not go back (refunded meanwhile: the chain took them
-        but the ledger gave them back; `promptex reconcile` shows them)."""
+        its transaction is succeeded at `block`, the batch confirmed. A record refunded
+        meanwhile goes back too, its refund taken back (`ledger.usage.take_back_refund`:
+        the chain debited it; a debt for what the payer's balance lacks). One transaction,
+        so a crash books all of it or none, and a second call finds nothing refunded."""
         b = settlement_batches.c
-        left: list[str] = []
+        done = Reattached()
         with self._tx() as conn:
             for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
                 _let_go(conn, holder, _AT_EPOCH, f"epoch {batch.epoch} went to batch {batch.id}", now, batch.epoch)
             for e in entries:
-                if not _usage.assign_to_batch(
+                if _usage.assign_to_batch(
                     conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,
                     seller_share=e.seller_share, fee=e.fee, quarantined=True,
                 ):  # fmt: skip
-                    left.append(e.request_id)
+                    continue
+                if _usage.take_back_refund(
+                    conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,
+                    seller_share=e.seller_share, fee=e.fee, now=now,
+                ):  # fmt: skip
+                    done.taken_back.append(e.request_id)
+                else:
+                    done.left.append(e.request_id)
             conn.execute(
                 update(settlement_batches)
                 .where(b.id == batch.id, b.status == FAILED)
@@ -445,7 +461,7 @@ class CoordinatorStore(SignedTxStore):
                 .where(t.id == batch.tx_id)
                 .values(status=SUCCEEDED, block_number=block, closed_at=now)
             )
-        return left
+        return done
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 

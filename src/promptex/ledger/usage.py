@@ -6,7 +6,9 @@ with a reason) through the functions below, in its own transactions; nothing her
 a record. A quarantined record ends one of two ways: back to pending once its cause is
 fixed (`requeue`: it settles in a later epoch), or refunded to its payer in the ledger
 when the chain can never settle it (`refund`: the vault never debited it), with the
-reason kept for the payer to read. `settlement_note` says which, in words.
+reason kept for the payer to read. `settlement_note` says which, in words. Should the
+chain debit a refunded record after all (a reorg, then the network re-includes the
+settle of the batch it failed out of), the refund is taken back (`take_back_refund`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from promptex.ledger.amounts import add
 from promptex.ledger.journal import insert_ignore, post_entry
 from promptex.ledger.metadata import REASON
 from promptex.ledger.models import Hold, HoldStatus
-from promptex.ledger.schema import balances, budgets, holds, usage_records
+from promptex.ledger.schema import balances, budgets, holds, journal_entries, usage_records
 
 PENDING, BATCHED, QUARANTINED, REFUNDED = "pending", "batched", "quarantined", "refunded"
 CAPPED, SIGNED = "capped", "signed"  # a record's mode (issue 23)
+REFUND, UNREFUND = "refund", "unrefund"  # journal entry kinds: a refund, and a refund taken back
 TOKEN_DETAILS = ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reasoning_tokens")
 
 
@@ -289,8 +292,8 @@ def refund(conn: Connection, request_id: str, reason: str, *, now: int) -> bool:
         system = system_account_ids(conn)
         post_entry(
             conn,
-            ref=f"refund:{request_id}",
-            kind="refund",
+            ref=_ref(REFUND, request_id, _taken_back(conn, request_id) + 1),
+            kind=REFUND,
             lines=[(system["usage"], record.asset, -amount), (record.payer, record.asset, amount)],
             now=now,
             system_accounts=frozenset(system.values()),
@@ -313,6 +316,112 @@ def refund(conn: Connection, request_id: str, reason: str, *, now: int) -> bool:
                 .values(remaining=add(budgets.c.remaining, amount))
             )
     return True
+
+
+def _ref(kind: str, request_id: str, nth: int) -> str:
+    """The journal ref of a record's `nth` refund (or refund taken back): a record refunded
+    again after its refund was taken back (a later reorg orphaned that settlement too) gets
+    a new entry, never the first one's ref, which would book nothing."""
+    return f"{kind}:{request_id}" if nth == 1 else f"{kind}:{request_id}#{nth}"
+
+
+def _taken_back(conn: Connection, request_id: str) -> int:
+    """How many times the record's refund was taken back (each is one journal entry)."""
+    nth = 0  # almost always none or one: a record refunded again is a reorg after a reorg
+    entry = select(journal_entries.c.id)
+    while conn.execute(entry.where(journal_entries.c.ref == _ref(UNREFUND, request_id, nth + 1))).first():
+        nth += 1
+    return nth
+
+
+def take_back_refund(
+    conn: Connection,
+    request_id: str,
+    *,
+    batch_id: int,
+    epoch: int,
+    address: str,
+    seller_share: int | None,
+    fee: int | None,
+    now: int,
+) -> bool:
+    """The chain debited a refunded record after all: the failed batch it was let go from
+    landed (a reorg, then the network re-included its settle), so the vault took from the
+    payer the charge the ledger had given back. The refund is reversed ("unrefund" entry:
+    the payer debited, settled usage credited again) with the spend cap and any member
+    budget it had restored (limits, not money: they stop at zero), and the record is that
+    batch's again with the split the chain paid its seller (`seller_share`, `fee`). A
+    balance short of the charge (the refund was spent meanwhile) is never taken below
+    zero: the rest is a debt with its reason, repaid by the payer's next credits (see
+    `ledger.debts`). False if the record was not refunded (taken back already)."""
+    record = get_usage(conn, request_id)
+    if record is None or record.status != REFUNDED:
+        return False
+    changed = conn.execute(
+        update(usage_records)
+        .where(usage_records.c.request_id == request_id, usage_records.c.status == REFUNDED)
+        .values(
+            status=BATCHED,
+            batch_id=batch_id,
+            epoch=epoch,
+            address=address,
+            seller_share=seller_share,
+            fee=fee,
+            refund_reason=None,
+            refunded_at=None,
+            quarantine_reason=None,
+            quarantined_at=None,
+        )  # fmt: skip
+    ).rowcount
+    if changed != 1:
+        return False
+    amount = int(record.cost)
+    if not amount:
+        return True
+    if record.payer != record.account:  # the budget first: every transaction locks budgets before balances
+        budget = and_(
+            budgets.c.org_id == record.payer, budgets.c.member_id == record.account, budgets.c.asset == record.asset
+        )
+        remaining = conn.execute(select(budgets.c.remaining).where(budget).with_for_update()).scalar()
+        if remaining is not None:
+            conn.execute(update(budgets).where(budget).values(remaining=max(0, int(remaining) - amount)))
+    where = and_(balances.c.account_id == record.payer, balances.c.asset == record.asset)
+    cap = conn.execute(select(balances.c.cap_remaining).where(where).with_for_update()).scalar()
+    if cap is not None:
+        conn.execute(update(balances).where(where).values(cap_remaining=max(0, int(cap) - amount)))
+    system = system_account_ids(conn)
+    post_entry(
+        conn,
+        ref=_ref(UNREFUND, request_id, _taken_back(conn, request_id) + 1),
+        kind=UNREFUND,
+        lines=[(record.payer, record.asset, -amount), (system["usage"], record.asset, amount)],
+        now=now,
+        system_accounts=frozenset(system.values()),
+        reason=(
+            f"request {request_id} was refunded, then debited on chain in epoch {epoch} after all "
+            f"(a reorg re-included its settlement): the refund of {amount} {record.asset} is taken back"
+        ),
+    )
+    return True
+
+
+def refunds_taken_back(conn: Connection) -> list[str]:
+    """The request ids whose refund was taken back (`take_back_refund`), oldest first."""
+    refs: Sequence[str] = (
+        conn.execute(
+            select(journal_entries.c.ref).where(journal_entries.c.kind == UNREFUND).order_by(journal_entries.c.id)
+        )
+        .scalars()
+        .all()
+    )
+    found: list[str] = []
+    for ref in refs:
+        request_id = ref.removeprefix(f"{UNREFUND}:")
+        base, mark, nth = request_id.rpartition("#")
+        request_id = base if mark and nth.isdigit() else request_id
+        if request_id not in found:
+            found.append(request_id)
+    return found
 
 
 def settlement_note(record: StoredUsage, batch_status: str | None = None) -> str:

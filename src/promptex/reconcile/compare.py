@@ -27,7 +27,7 @@ from promptex.agent import store as agent_store
 from promptex.agent.store import AgentStore
 from promptex.coordinator.store import CoordinatorStore
 from promptex.indexer import store as indexer_store
-from promptex.ledger import Ledger, chain_facts, debts, wallets
+from promptex.ledger import Ledger, chain_facts, debts, usage, wallets
 from promptex.ledger import accounts as ledger_accounts
 from promptex.ledger.db import READ_ONLY
 from promptex.ledger.models import AccountKind
@@ -64,6 +64,14 @@ def reconcile(ledger: Ledger, chain: ChainView, *, agent: bool = True) -> Report
         _redemptions(AgentStore(ledger.engine), chain, report)
     with ledger.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
         rewound = indexer_store.reorgs(conn, limit=1_000)
+        taken_back = usage.refunds_taken_back(conn)
+    if taken_back:
+        shown = ", ".join(taken_back[:10]) + (f" and {len(taken_back) - 10} more" if len(taken_back) > 10 else "")
+        report.notes.append(
+            f"{len(taken_back)} refund(s) taken back, resolved: a reorg re-included the failed settlement that "
+            f"debited them on chain, so the ledger debited their payers again (a debt where a balance was short): "
+            f"{shown}"
+        )
     if rewound:
         opened = sum(r.debts_opened for r in rewound)
         report.notes.append(
