@@ -195,12 +195,17 @@ def test_breaker__two_failed_settles_of_two_windows_reincluded__each_takes_back_
     assert epochs[1] == ["req_w1"] and epochs[2] == ["req_w2"]  # each failed batch took back its own
 
 
-def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__taken_back_not_settled_again(world):
+@pytest.mark.parametrize("between", ["quarantined", "refunded"])
+def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__taken_back_not_settled_again(
+    world, between
+):
     """Quarantine in between: the settle fails (the buyer's exit raced it) and the buyer
     stays out, so the next pass quarantines the record (its payer is short on chain). A
     reorg then orphans the exit and the network re-includes the failed settle: it debits
     the record on chain. The quarantined record must go back to that batch, not be
-    requeued (its cause is gone on the new branch) and settled a second time."""
+    requeued (its cause is gone on the new branch) and settled a second time. Refunded
+    in between ("refunded": past its deadline), the record goes back too and its refund
+    is taken back: the ledger debits the payer again, as the chain did."""
     world.ledger.clock = Clock(world.chain.now())
     account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
     assert world.coordinator().run_once().caps == 1
@@ -213,6 +218,11 @@ def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__take
     assert world.coordinator().run_once().quarantined == 1  # the payer has nothing left on this branch
     store = world.coordinator().store
     assert store.record("req_q1").status == "quarantined"
+    if between == "refunded":  # its deadline passed: the ledger gives the charge back
+        refunding = Coordinator(world.ledger.engine, world.chain, holder="e2e", tx_timeout=10, lease_seconds=600,
+                                quarantine_refund=0, clock=world.chain.now)  # fmt: skip
+        assert refunding.run_once().refunded == 1
+        assert world.ledger.balance(account, "USDC").posted == 20 * USDC_UNIT
 
     world.w3.provider.make_request("evm_revert", [fork])
     world.chain.broadcast(_raw(world, racer.raced[0]))  # a node re-includes the failed settle
@@ -220,9 +230,11 @@ def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__take
     world.next_window()  # the next settlement is due in the very pass that first sees the re-inclusion
     retrying = Coordinator(world.ledger.engine, world.chain, holder="e2e", tx_timeout=10, lease_seconds=600,
                            quarantine_retry=0)  # fmt: skip
+    taken_back = 0
     for _ in range(3):
-        retrying.run_once()
+        taken_back += retrying.run_once().taken_back
         world.next_window()
+    assert taken_back == (1 if between == "refunded" else 0)
 
     _assert_each_debited_once(world, account, address, spent)
     epochs = {b.epoch: [r.request_id for r in store.batch_records(b.id)] for b in store.batches("USDC", "confirmed")}
