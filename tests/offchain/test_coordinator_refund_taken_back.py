@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from coordinator_fakes import ADDRESSES, FakeChain, State
@@ -30,16 +28,6 @@ from promptex.reconcile.chain import LotState, RedemptionState
 
 LOT, USDC = 2, "USDC"
 _requests = itertools.count()
-
-
-@pytest.fixture
-def book(tmp_path: Path, clock) -> Iterator[Ledger]:  # noqa: ANN001
-    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", clock=clock, sqlite_synchronous="NORMAL")
-    yield ledger
-    try:
-        ledger.check()
-    finally:
-        ledger.close()
 
 
 @dataclass

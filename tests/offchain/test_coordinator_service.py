@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,16 +38,6 @@ _requests = itertools.count()
 
 class Crash(BaseException):
     """Stands in for kill -9 at a named step."""
-
-
-@pytest.fixture
-def book(tmp_path: Path, clock) -> Iterator[Ledger]:  # noqa: ANN001
-    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", clock=clock, sqlite_synchronous="NORMAL")
-    yield ledger
-    try:
-        ledger.check()
-    finally:
-        ledger.close()
 
 
 @pytest.fixture

@@ -7,11 +7,8 @@ a window; a lane the vault refuses held back alone; a lost batch planned again."
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from coordinator_fakes import ADDRESSES, CHAIN_ID, VAULT, FakeChain
 from eth_account import Account
 from ledger_helpers import event_id, fund
@@ -26,13 +23,6 @@ from promptex.protocol.vault import sign_voucher
 
 LOT = 2
 _requests = itertools.count()
-
-
-@pytest.fixture
-def book(tmp_path: Path, clock) -> Iterator[Ledger]:  # noqa: ANN001
-    ledger = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", clock=clock, sqlite_synchronous="NORMAL")
-    yield ledger
-    ledger.close()
 
 
 def test_session_keys__relayed_once__refused_one_rejected__sent_again_after_a_lost_broadcast(book: Ledger) -> None:

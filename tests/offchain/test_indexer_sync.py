@@ -44,16 +44,6 @@ from promptex.ledger.schema import accounts, journal_entries
 
 
 @pytest.fixture
-def sqlite_ledger(tmp_path: Path, clock) -> Iterator[Ledger]:
-    book = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", clock=clock, sqlite_synchronous="NORMAL")
-    yield book
-    try:
-        book.check()
-    finally:
-        book.close()
-
-
-@pytest.fixture
 def node() -> FakeNode:
     return FakeNode()
 

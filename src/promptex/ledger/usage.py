@@ -357,23 +357,11 @@ def take_back_refund(
     record = get_usage(conn, request_id)
     if record is None or record.status != REFUNDED:
         return False
-    changed = conn.execute(
-        update(usage_records)
-        .where(usage_records.c.request_id == request_id, usage_records.c.status == REFUNDED)
-        .values(
-            status=BATCHED,
-            batch_id=batch_id,
-            epoch=epoch,
-            address=address,
-            seller_share=seller_share,
-            fee=fee,
-            refund_reason=None,
-            refunded_at=None,
-            quarantine_reason=None,
-            quarantined_at=None,
-        )  # fmt: skip
-    ).rowcount
-    if changed != 1:
+    placed = assign_to_batch(
+        conn, request_id, batch_id=batch_id, epoch=epoch, address=address, seller_share=seller_share, fee=fee,
+        refunded=True,
+    )  # fmt: skip
+    if not placed:
         return False
     amount = int(record.cost)
     if not amount:
@@ -507,12 +495,16 @@ def assign_to_batch(
     seller_share: int | None,
     fee: int | None,
     quarantined: bool = False,
+    refunded: bool = False,
 ) -> bool:
     """Put a pending record in the coordinator's batch, with the wallet it debits and the
     split it was planned with; False if it is no longer pending (`quarantined`: or set
-    aside, taken out of quarantine: a batch that landed after all holds it)."""
-    statuses = (PENDING, QUARANTINED) if quarantined else (PENDING,)
-    values: dict[str, Any] = {"quarantine_reason": None, "quarantined_at": None} if quarantined else {}
+    aside, taken out of quarantine: a batch that landed after all holds it). `refunded`:
+    only a refunded record, its refund being taken back (`take_back_refund` moves the money)."""
+    statuses = (REFUNDED,) if refunded else (PENDING, QUARANTINED) if quarantined else (PENDING,)
+    values: dict[str, Any] = {"quarantine_reason": None, "quarantined_at": None} if quarantined or refunded else {}
+    if refunded:
+        values |= {"refund_reason": None, "refunded_at": None}
     assigned = conn.execute(
         update(usage_records)
         .where(usage_records.c.request_id == request_id, usage_records.c.status.in_(statuses))
