@@ -149,7 +149,8 @@ class GatewayApp:
         presented = presented_key(request, endpoint)
         client = scope.get("client")
         address = client[0] if client else ""
-        entry = gateway.admission.enter(hash_key(presented) if presented else "", address)
+        digest = hash_key(presented) if presented else ""
+        entry = gateway.admission.enter(digest, address)
         status = 429
         try:
             if entry is None:  # this key or address has its share in flight: before its body is read
@@ -157,7 +158,7 @@ class GatewayApp:
                 return
             response: Any
             try:
-                response = await gateway.serve(endpoint, request, request_id)
+                response = await gateway.serve(endpoint, request, request_id, digest)
             except GatewayError as exc:
                 response = fronts.error_response(endpoint, exc, request_id)
             except Exception as exc:

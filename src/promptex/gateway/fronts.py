@@ -78,5 +78,16 @@ def id_headers(endpoint: str, request_id: str) -> dict[str, str]:
     return {"x-request-id": request_id}
 
 
+_RAW_ID = b"x-request-id"
+
+
+def raw_id_headers(endpoint: str, request_id: str) -> list[tuple[bytes, bytes]]:
+    """`id_headers` as an ASGI header list."""
+    raw = request_id.encode()
+    if endpoint == MESSAGES:
+        return [(_RAW_ID, raw), (b"request-id", raw)]
+    return [(_RAW_ID, raw)]
+
+
 def error_response(endpoint: str, exc: GatewayError, request_id: str) -> Response:
     return exc.anthropic_response(request_id) if endpoint == MESSAGES else exc.response(request_id)
