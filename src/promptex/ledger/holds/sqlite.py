@@ -14,7 +14,6 @@ the lot's row itself, no leases.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -49,7 +48,6 @@ _HOLD_KEYS = (
     "lot_amount",
 )
 _ENTRY_KEYS = ("ref", "kind", "created_at")
-_LINE_KEYS = ("entry_id", "account_id", "asset", "amount")
 _USAGE_KEYS = (
     "request_id",
     "account_id",
@@ -75,12 +73,29 @@ _USAGE_KEYS = (
     "voucher_lane",
     "voucher_ceiling",
 )
-_INSERT_HOLD = sqlite.insert(holds).on_conflict_do_nothing().returning(holds.c.request_id)
+# Inserted or not (the request id holds already): `rowcount` says, no RETURNING to fetch.
+_INSERT_HOLD = sqlite.insert(holds).on_conflict_do_nothing()
 _SIGNED_HOLD_KEYS = (*_HOLD_KEYS, "extras")
-_INSERT_SIGNED_HOLD = sqlite.insert(holds).on_conflict_do_nothing().returning(holds.c.request_id)
-_INSERT_ENTRY = sqlite.insert(journal_entries).on_conflict_do_nothing().returning(journal_entries.c.id)
+_INSERT_SIGNED_HOLD = sqlite.insert(holds).on_conflict_do_nothing()
+_INSERT_ENTRY = sqlite.insert(journal_entries).on_conflict_do_nothing()  # its id: `lastrowid`
+# A settle's two lines in one statement.
+_INSERT_LINES = insert(journal_lines).values(
+    [
+        {
+            "entry_id": bindparam("p_entry"),
+            "account_id": bindparam("p_payer"),
+            "asset": bindparam("p_asset"),
+            "amount": bindparam("p_debit"),
+        },
+        {
+            "entry_id": bindparam("p_entry"),
+            "account_id": bindparam("p_usage_account"),
+            "asset": bindparam("p_asset"),
+            "amount": bindparam("p_cost"),
+        },
+    ]
+)
 _INSERT_USAGE = sqlite.insert(usage_records).on_conflict_do_nothing()
-_INSERT_LINE = insert(journal_lines)
 _HOLD_COLUMNS = (
     "account_id",
     "payer_id",
@@ -94,6 +109,8 @@ _HOLD_COLUMNS = (
     "lease_id",
     "extras",
 )
+# Read, then ended by `general.END_HOLD`: measured, an UPDATE … RETURNING with the fast
+# path's conditions in its WHERE cost more than the two (SQLite buffers RETURNING rows).
 _SELECT_HOLD_ROW = select(*(holds.c[name] for name in _HOLD_COLUMNS)).where(
     holds.c.request_id == bindparam("p_request_id")
 )
@@ -134,30 +151,33 @@ class SqliteHolds(GeneralHolds):
             _run(cur, conn, _INSERT_HOLD, row, _HOLD_KEYS)
         else:  # the lane's name with the hold, so any process's sweeper frees the lane
             _run(cur, conn, _INSERT_SIGNED_HOLD, {**row, "extras": LANES}, _SIGNED_HOLD_KEYS)
-        if not cur.fetchall():  # this request id holds already: the general path answers
+        if cur.rowcount != 1:  # this request id holds already: the general path answers
             return super().reserve_in(conn, r, now)
         if payer != r.account:
             general.hold_budget(conn, payer, r.account, r.asset, r.amount)
-        _run(cur, conn, general.TAKE, {"p_payer": payer, "p_asset": r.asset, "p_amount": str(r.amount)})
+        _run(cur, conn, general.TAKE, {"p_payer": payer, "p_asset": r.asset, "p_amount": row["amount"]})
         if cur.rowcount != 1:
             general.raise_refusal(conn, payer, r.asset, r.amount)
-        hold = Hold(r.request_id, r.account, payer, r.asset, r.amount, HoldStatus.ACTIVE, now, now + r.ttl)
-        if first is not None:
-            hold = self._capacity(conn, cur, r, hold, first, now)
+        lot_id, lot_amount = (None, 0) if first is None else self._capacity(conn, cur, r, first, now)
+        hold = Hold(
+            r.request_id, r.account, payer, r.asset, r.amount, HoldStatus.ACTIVE, now, now + r.ttl,
+            lot_id=lot_id, lot_amount=lot_amount,
+        )  # fmt: skip
         if lanes is not None:
             lanes_sqlite.take(lanes, conn, hold, r.extras[0].amount)
         return hold
 
-    def _capacity(self, conn: Connection, cur: Any, r: Reservation, hold: Hold, first: LotClaim, now: int) -> Hold:
+    def _capacity(self, conn: Connection, cur: Any, r: Reservation, first: LotClaim, now: int) -> tuple[int, int]:
+        """The lot capacity the hold takes: (lot id, amount)."""
         if first.amount > 0:
             _run(cur, conn, capacity.TAKE_DIRECT, {"p_lot": first.lot_id, "p_amount": first.amount})
             if cur.rowcount == 1:
-                return replace(hold, lot_id=first.lot_id, lot_amount=first.amount)
+                return first.lot_id, first.amount
         claim, _ = capacity.take(conn, r.lots, holder=None, expires=now + r.ttl, slice_size=0)
         conn.execute(
             update(holds).where(holds.c.request_id == r.request_id).values(lot_id=claim.lot_id, lot_amount=claim.amount)
         )
-        return replace(hold, lot_id=claim.lot_id, lot_amount=claim.amount)
+        return claim.lot_id, claim.amount
 
     def settle_in(self, conn: Connection, request_id: str, cost: int, record: UsageRecord | None, now: int) -> Hold:
         cur = _cursor(conn)
@@ -188,26 +208,16 @@ class SqliteHolds(GeneralHolds):
             "p_payer": payer,
             "p_account": account,
             "p_asset": asset,
-            "p_held": str(amount),
+            "p_held": row[3],
         }
         _run(cur, conn, general.END_HOLD, params)
         if payer != account:
             _run(cur, conn, general.SETTLE_BUDGET, params)
         _run(cur, conn, general.SETTLE_BALANCE, params)
         hold = Hold(
-            request_id,
-            account,
-            payer,
-            asset,
-            amount,
-            HoldStatus.SETTLED,
-            int(row[5]),
-            int(row[6]),
-            cost,
-            cost,
-            lot_id,
-            lot_amount,
-        )
+            request_id, account, payer, asset, amount, HoldStatus.SETTLED, int(row[5]), int(row[6]),
+            cost, cost, lot_id, lot_amount,
+        )  # fmt: skip
         if cost:
             _run(
                 cur,
@@ -216,12 +226,14 @@ class SqliteHolds(GeneralHolds):
                 {"ref": f"settle:{request_id}", "kind": "settle", "created_at": now},
                 _ENTRY_KEYS,
             )
-            entry = cur.fetchall()
-            if not entry:  # pragma: no cover - the ref is the active hold's, settled only here
+            if cur.rowcount != 1:  # pragma: no cover - the ref is the active hold's, settled only here
                 raise HoldConflict(f"request {request_id!r} has a settle entry already")
-            line = {"entry_id": int(entry[0][0]), "asset": asset}
-            _run(cur, conn, _INSERT_LINE, {**line, "account_id": payer, "amount": str(-cost)}, _LINE_KEYS)
-            _run(cur, conn, _INSERT_LINE, {**line, "account_id": self.ledger.usage, "amount": str(cost)}, _LINE_KEYS)
+            params["p_entry"], params["p_debit"], params["p_usage_account"] = (
+                cur.lastrowid,
+                str(-cost),
+                self.ledger.usage,
+            )
+            _run(cur, conn, _INSERT_LINES, params)
         if lot_id is not None:
             _run(cur, conn, _CONSUME, {"p_lot": lot_id, "p_reserved": lot_amount, "p_usage": usage})
         if record is not None:
