@@ -166,36 +166,26 @@ class EscrowMachine(RuleBasedStateMachine):
     def open_lots(self) -> list[int]:
         return [i for i, lot in self.lots.items() if lot.status == OPEN]
 
+    def routing(self, sym: str) -> list[int]:
+        """The token's tokenized lots that have not stopped routing for good (open, no close,
+        capacity left), past expiry or not, in draw order: (expiry, id)."""
+        lots = [
+            i
+            for i, lot in self.lots.items()
+            if lot.token == sym and lot.kind == TOKENIZED and lot.status == OPEN and lot.close_at == 0
+            and lot.remaining > 0
+        ]  # fmt: skip
+        return sorted(lots, key=lambda i: (self.lots[i].expiry, i))
+
     def routable(self, sym: str) -> list[int]:
         """The token's lots a draw may take, in the order it takes them: (expiry, id)."""
         now = self.now()
-        lots = [
-            i
-            for i, lot in self.lots.items()
-            if lot.token == sym
-            and lot.kind == TOKENIZED
-            and lot.status == OPEN
-            and lot.close_at == 0
-            and lot.remaining > 0
-            and now <= lot.expiry
-        ]
-        return sorted(lots, key=lambda i: (self.lots[i].expiry, i))
+        return [i for i in self.routing(sym) if now <= self.lots[i].expiry]
 
     def linked(self, sym: str) -> list[int]:
-        """The token's draw order as the escrow keeps it: (expiry, id), every tokenized lot
-        that has not stopped routing for good (open, no close, capacity left), past expiry
-        or not, until a draw or `prune` unlinks it. Those past expiry lead it."""
-        lots = [
-            i
-            for i, lot in self.lots.items()
-            if lot.token == sym
-            and lot.kind == TOKENIZED
-            and lot.status == OPEN
-            and lot.close_at == 0
-            and lot.remaining > 0
-            and i not in self.unlinked
-        ]
-        return sorted(lots, key=lambda i: (self.lots[i].expiry, i))
+        """The token's draw order as the escrow keeps it: every lot still routing, past
+        expiry or not, until a draw or `prune` unlinks it. Those past expiry lead it."""
+        return [i for i in self.routing(sym) if i not in self.unlinked]
 
     def expired_head(self, sym: str) -> list[int]:
         now = self.now()
