@@ -1,0 +1,145 @@
+"""Breaker attack on the gateway's group commit (`gateway.ledger_threads`): kill -9 a real
+`promptex gateway serve` under 200 concurrent requests at a random point, restart it on the
+same ledger, again and again — on SQLite (writes grouped) and PostgreSQL.
+
+After each kill, read from the ledger with the gateway dead: every request whose client
+received cost headers is a settled hold charged exactly that cost, with its usage record;
+the payer's balance fell by exactly the settled charges (each charged once) and the books
+balance (`ledger.check()`). At the end a restarted gateway's sweeper releases every hold
+of a request that got no answer: nothing stays held, no lot capacity stays reserved.
+
+(The gateway names request ids itself — a client's retry is a new request, charged as
+one; a signed client's retry with the same voucher is refused: test_signed_processes.py.)
+Cycles: 1 in CI on SQLite (where writes are grouped; ~12 s); HYPOTHESIS_PROFILE=deep: 10 on
+each database (seeded, PROMPTEX_KILL_SEED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from promptex.ledger import Ledger
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.schema import holds
+from promptex.protocol.units import USD_MICRO as USDC
+
+from .conftest import Fake
+from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _until, gateway
+
+CONCURRENT = 200
+CYCLES = 10 if DEEP else 1
+FUNDS = 10 * USDC
+SEED = int(os.environ.get("PROMPTEX_KILL_SEED", "7"))
+
+
+async def _traffic(base: str, key: str, kill_after: int, proc: object, answered: dict[str, int]) -> int:
+    """200 buyers sending until the gateway is killed, after `kill_after` answers (at least);
+    returns how many requests were cut off (no answer)."""
+    stop = asyncio.Event()
+    cut = 0
+    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def buyer() -> None:
+            nonlocal cut
+            body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+            while not stop.is_set():
+                try:
+                    answer = await client.post(
+                        base + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body
+                    )
+                except httpx.HTTPError:  # killed under it
+                    cut += 1
+                    return
+                if answer.status_code == 200:
+                    answered[answer.headers["x-request-id"]] = int(answer.headers["x-promptex-cost-units"])
+
+        async def killer() -> None:
+            start = len(answered)
+            while len(answered) - start < kill_after:
+                await asyncio.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
+            await asyncio.to_thread(proc.wait)  # type: ignore[attr-defined]
+            stop.set()
+
+        await asyncio.gather(killer(), *(buyer() for _ in range(CONCURRENT)))
+    return cut
+
+
+def _settled_total(ledger: Ledger) -> tuple[int, int]:
+    with ledger.engine.connect() as conn:
+        count, total = conn.execute(
+            select(func.count(), func.coalesce(func.sum(holds.c.charged), 0)).where(holds.c.status == "settled")
+        ).one()
+    return int(count), int(total)
+
+
+def _check_after_kill(ledger: Ledger, account: int, answered: dict[str, int]) -> int:
+    """Every answer the clients got is charged once, at its header's cost; returns how
+    many holds were charged without their client hearing of it (cut off after the commit)."""
+    for request_id, cost in answered.items():
+        hold = ledger.holds.get(request_id)
+        assert hold is not None and (hold.status.value, hold.charged) == ("settled", cost), request_id
+        assert ledger.usage_record(request_id) is not None, request_id
+    count, total = _settled_total(ledger)
+    assert count >= len(answered)
+    assert ledger.balance(account, "USDC").posted == FUNDS - total  # each settled hold charged once
+    ledger.check()
+    return count - len(answered)
+
+
+def test_gateway_kill9_under_200_concurrent__sqlite__restarted_again_and_again__answers_charged_once__rest_swept(
+    tmp_path: Path, fake: Fake
+) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    _attack("sqlite", Ledger.open(url, sqlite_synchronous="NORMAL"), url, tmp_path, fake, None)
+
+
+@pytest.mark.skipif(not DEEP, reason="HYPOTHESIS_PROFILE=deep: PostgreSQL writes are not grouped (CI: ~20 s)")
+def test_gateway_kill9_under_200_concurrent__postgresql__restarted_again_and_again__answers_charged_once__rest_swept(
+    postgres: LocalPostgres, tmp_path: Path, fake: Fake
+) -> None:
+    url = postgres.create_database(f"kills_{os.getpid()}_{time.monotonic_ns()}", template="ledger_template")
+    _attack("postgresql", Ledger.open(url), url, tmp_path, fake, postgres)
+
+
+def _attack(
+    database: str, ledger: Ledger, url: str, tmp_path: Path, fake: Fake, postgres: LocalPostgres | None
+) -> None:
+    fake.config.latency_ms = 5  # answers overlap: many holds in flight at every kill
+    rng = random.Random(SEED)
+    try:
+        lot, account, key = _market(ledger, tmp_path, fake, face_value=1_000 * USDC, funds=FUNDS)
+        # Holds live 4 s (1 s to connect, 2 s to answer, 1 s margin): a restart sweeps them soon.
+        env = _env(
+            tmp_path, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=2,
+            gateway_hold_margin_seconds=1, gateway_hold_ttl_seconds=4, gateway_sweep_seconds=0.2,
+        )  # fmt: skip
+        answered: dict[str, int] = {}
+        unheard = cut = 0
+        for _ in range(CYCLES):
+            kill_after = rng.randrange(1, 400)
+            with gateway(env) as (proc, base):
+                cut += asyncio.run(_traffic(base, key, kill_after, proc, answered))
+            unheard = _check_after_kill(ledger, account, answered)
+        assert cut > 0  # requests were in flight at the kills
+        with gateway(env):  # the last restart: its sweeper ends what the kills left
+            _until(lambda: "active" not in _holds_by_status(ledger), "the restarted gateway swept every hold")
+        assert _check_after_kill(ledger, account, answered) == unheard
+        balance = ledger.balance(account, "USDC")
+        assert balance.held == 0 and balance.posted == FUNDS - _settled_total(ledger)[1]
+        assert ledger.lot_capacities()[lot].reserved == 0
+        print(f"{database}: {len(answered)} answered, {unheard} charged unheard, {cut} cut off")  # noqa: T201
+    finally:
+        ledger.close()
+        if postgres is not None:
+            postgres.drop_database(url.rsplit("/", 1)[1])
