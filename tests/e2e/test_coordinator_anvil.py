@@ -560,3 +560,52 @@ def test_coordinator__settle_reverted_then_orphaned__its_records_settled_once(wo
     # What the vault itself refuses: an epoch settled twice (any root), however it is sent.
     again = Call("vault", "settle", (1, world.usdc.address, [], [], 0, 0, b"\x01" * 32))
     assert world.chain.simulate(again) == "vault: epoch not consecutive"
+
+
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") in ("deep", "deep_part")
+
+
+@pytest.mark.parametrize("crowd", [1, pytest.param(512, marks=pytest.mark.skipif(not DEEP, reason="deep only"))])
+def test_coordinator__lots_past_expiry_lead_the_draw_order__pruned_and_the_batch_settles(world, crowd):
+    """The prune-before-batch (0b1875d) on a real chain: `crowd` smallest tokenized lots
+    ($10) expiring soonest, left to pass their expiry ahead of the world's CLD lot. With
+    one, `drawable` skips it and the draw unlinks it; with 512 (deep), `drawable` is 0
+    (256 skipped, 256 more fill the walk) until the coordinator sends `prune`, then its
+    own draw unlinks the other 256. Either way the CLD batch settles, nothing quarantined,
+    drawn from the world's lot, and the crowd's lots are untouched (open, undrawn)."""
+    escrow, token = world.escrow.functions, world.cld.address
+    face = 10 * USDC_UNIT
+    bond = escrow.tokenized_bond(token, face).call()
+    world.send(SELLER, world.usdc.functions.mint(SELLER.address, crowd * bond))
+    expiry = world.chain.now() + 7 * 86_400 + 60
+    gas_price = 10 * world.w3.eth.gas_price  # above any base fee the crowd's blocks reach: mined in order
+    first = escrow.lot_count().call() + 1
+    for _ in range(crowd):  # anvil's unlocked dev accounts; one block per transaction, in order
+        world.usdc.functions.approve(world.escrow.address, bond).transact(
+            {"from": SELLER.address, "gas": 80_000, "gasPrice": gas_price}
+        )
+        tx = escrow.open_lot(SELLER.address, token, KIND_TOKENIZED, face, expiry, bond, b"\x11" * 32, 0).transact(
+            {"from": ADMIN.address, "gas": 900_000, "gasPrice": gas_price}
+        )
+        receipt = world.w3.eth.wait_for_transaction_receipt(tx, poll_latency=0.01)
+        assert receipt["status"] == 1, receipt
+    assert escrow.lot_count().call() == first + crowd - 1 and first in escrow.draw_order(token, 256).call()
+    world.w3.provider.make_request("evm_increaseTime", [7 * 86_400 + 120])
+    world.w3.provider.make_request("evm_mine", [])
+    drawable = escrow.drawable(token).call()
+    assert drawable >= escrow.remaining(world.cld_lot).call() if crowd <= 256 else drawable == 0
+    consumed = {lot: escrow.lots(lot).call()[9] for lot in escrow.draw_order(token, 256).call()[-3:]}
+    b, _ = world.buyer(3, "CLD", 5_000 * TOKEN)
+    spent = world.spend(b, "CLD", 7 * TOKEN)
+    world.next_window()
+
+    report = world.coordinator().run_once()
+
+    assert report.confirmed == [("CLD", 1)] and report.quarantined == 0, report
+    assert world.coordinator().store.record(spent).status == "batched"
+    # Drawn from the live lots behind the crowd (the seeded market's, nearest expiry first).
+    head = escrow.draw_order(token, 1).call()[0]
+    assert escrow.lots(head).call()[5] >= world.chain.now() and escrow.lots(head).call()[9] > consumed.get(head, 0)
+    assert first not in escrow.draw_order(token, 256).call()  # the crowd unlinked
+    for lot in (first, first + crowd - 1):
+        assert escrow.lots(lot).call()[3] == 1 and escrow.lots(lot).call()[9] == 0  # open, undrawn
