@@ -4,9 +4,12 @@ same ledger, again and again — on SQLite (writes grouped) and PostgreSQL.
 
 After each kill, read from the ledger with the gateway dead: every request whose client
 received cost headers is a settled hold charged exactly that cost, with its usage record;
-the payer's balance fell by exactly the settled charges (each charged once) and the books
+each payer's balance fell by exactly its settled charges (each charged once) and the books
 balance (`ledger.check()`). At the end a restarted gateway's sweeper releases every hold
-of a request that got no answer: nothing stays held, no lot capacity stays reserved.
+of a request that got no answer: nothing stays held, no lot capacity stays reserved, and
+the limits of a second buyer's key (half the traffic; its holds take them in the same
+transaction, on the general path) are back: no request in flight counted, its cost
+counter exactly what it was charged, no take left.
 
 (The gateway names request ids itself — a client's retry is a new request, charged as
 one; a signed client's retry with the same voucher is refused: test_signed_processes.py.)
@@ -25,14 +28,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from eth_account import Account
 from sqlalchemy import func, select
 
+from promptex.gateway import limits
+from promptex.gateway.keys import hash_key, new_api_key
+from promptex.gateway.limits import Limits
+from promptex.gateway.schema import limit_counters, limit_takes
+from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
+from promptex.ledger.binding import sign
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
 
-from .conftest import Fake
+from .conftest import Fake, event_id
 from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _until, gateway
 
 CONCURRENT = 200
@@ -41,15 +51,15 @@ FUNDS = 10 * USDC
 SEED = int(os.environ.get("PROMPTEX_KILL_SEED", "7"))
 
 
-async def _traffic(base: str, key: str, kill_after: int, proc: object, answered: dict[str, int]) -> int:
-    """200 buyers sending until the gateway is killed, after `kill_after` answers (at least);
-    returns how many requests were cut off (no answer)."""
+async def _traffic(base: str, keys: list[str], kill_after: int, proc: object, answered: dict[str, int]) -> int:
+    """200 buyers (spread over `keys`) sending until the gateway is killed, after
+    `kill_after` answers (at least); returns how many requests were cut off (no answer)."""
     stop = asyncio.Event()
     cut = 0
     limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
-        async def buyer() -> None:
+        async def buyer(key: str) -> None:
             nonlocal cut
             body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
             while not stop.is_set():
@@ -71,28 +81,61 @@ async def _traffic(base: str, key: str, kill_after: int, proc: object, answered:
             await asyncio.to_thread(proc.wait)  # type: ignore[attr-defined]
             stop.set()
 
-        await asyncio.gather(killer(), *(buyer() for _ in range(CONCURRENT)))
+        await asyncio.gather(killer(), *(buyer(keys[i % len(keys)]) for i in range(CONCURRENT)))
     return cut
 
 
-def _settled_total(ledger: Ledger) -> tuple[int, int]:
+def _settled_total(ledger: Ledger, account: int | None = None) -> tuple[int, int]:
+    where = [holds.c.status == "settled"] + ([] if account is None else [holds.c.account_id == account])
     with ledger.engine.connect() as conn:
         count, total = conn.execute(
-            select(func.count(), func.coalesce(func.sum(holds.c.charged), 0)).where(holds.c.status == "settled")
+            select(func.count(), func.coalesce(func.sum(holds.c.charged), 0)).where(*where)
         ).one()
     return int(count), int(total)
 
 
-def _check_after_kill(ledger: Ledger, account: int, answered: dict[str, int]) -> int:
+def _limited_buyer(ledger: Ledger) -> tuple[int, str, str]:
+    """A second buyer whose key has limits (its holds take them: the general path, the
+    counters given back by whichever process sweeps): (account, key, subject)."""
+    account = ledger.create_account().id
+    wallet = Account.create()
+    message = ledger.issue_binding_challenge(account, wallet.address)
+    ledger.bind_wallet(message, sign(message, wallet.key))
+    ledger.credit_deposit(event_id(), wallet.address, "USDC", FUNDS)
+    ledger.set_spend_cap(account, "USDC", FUNDS)
+    key = new_api_key()
+    store = GatewayStore(ledger.engine)
+    store.add_api_key(hash_key(key), key[:10], account, int(time.time()))
+    found = store.api_key(hash_key(key))
+    assert found is not None
+    subject = f"key:{found.id}"
+    wide = Limits(concurrent=10**6, tokens_per_minute=10**9, cost=10**15, cost_asset="USDC", cost_window_seconds=3_600)
+    limits.set_limits(ledger.engine, subject, wide, int(time.time()))
+    return account, key, subject
+
+
+def _counters(ledger: Ledger, subject: str) -> dict[str, int]:
+    """What the subject's counters hold, per kind (summed over windows)."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(limit_counters.c.kind, func.sum(limit_counters.c.used))
+            .where(limit_counters.c.subject == subject)
+            .group_by(limit_counters.c.kind)
+        ).all()
+    return {kind: int(used) for kind, used in rows}
+
+
+def _check_after_kill(ledger: Ledger, accounts: list[int], answered: dict[str, int]) -> int:
     """Every answer the clients got is charged once, at its header's cost; returns how
     many holds were charged without their client hearing of it (cut off after the commit)."""
     for request_id, cost in answered.items():
         hold = ledger.holds.get(request_id)
         assert hold is not None and (hold.status.value, hold.charged) == ("settled", cost), request_id
         assert ledger.usage_record(request_id) is not None, request_id
-    count, total = _settled_total(ledger)
+    count, _ = _settled_total(ledger)
     assert count >= len(answered)
-    assert ledger.balance(account, "USDC").posted == FUNDS - total  # each settled hold charged once
+    for account in accounts:  # each settled hold charged once
+        assert ledger.balance(account, "USDC").posted == FUNDS - _settled_total(ledger, account)[1]
     ledger.check()
     return count - len(answered)
 
@@ -119,6 +162,8 @@ def _attack(
     rng = random.Random(SEED)
     try:
         lot, account, key = _market(ledger, tmp_path, fake, face_value=1_000 * USDC, funds=FUNDS)
+        limited, limited_key, subject = _limited_buyer(ledger)
+        accounts = [account, limited]
         # Holds live 4 s (1 s to connect, 2 s to answer, 1 s margin): a restart sweeps them soon.
         env = _env(
             tmp_path, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=2,
@@ -129,15 +174,19 @@ def _attack(
         for _ in range(CYCLES):
             kill_after = rng.randrange(1, 400)
             with gateway(env) as (proc, base):
-                cut += asyncio.run(_traffic(base, key, kill_after, proc, answered))
-            unheard = _check_after_kill(ledger, account, answered)
+                cut += asyncio.run(_traffic(base, [key, limited_key], kill_after, proc, answered))
+            unheard = _check_after_kill(ledger, accounts, answered)
         assert cut > 0  # requests were in flight at the kills
         with gateway(env):  # the last restart: its sweeper ends what the kills left
             _until(lambda: "active" not in _holds_by_status(ledger), "the restarted gateway swept every hold")
-        assert _check_after_kill(ledger, account, answered) == unheard
-        balance = ledger.balance(account, "USDC")
-        assert balance.held == 0 and balance.posted == FUNDS - _settled_total(ledger)[1]
+        assert _check_after_kill(ledger, accounts, answered) == unheard
+        assert [ledger.balance(a, "USDC").held for a in accounts] == [0, 0]
         assert ledger.lot_capacities()[lot].reserved == 0
+        # The limited key's counters: no slot left in flight, its cost exactly what it was charged.
+        counted = _counters(ledger, subject)
+        assert counted["concurrent"] == 0 and counted["cost"] == _settled_total(ledger, limited)[1]
+        with ledger.engine.connect() as conn:
+            assert conn.execute(select(limit_takes)).all() == []
         print(f"{database}: {len(answered)} answered, {unheard} charged unheard, {cut} cut off")  # noqa: T201
     finally:
         ledger.close()
