@@ -161,6 +161,13 @@ def test_timeouts__no_headers_half_headers_an_http09_line_or_a_short_body__answe
         conn.sendall(partial)
         answer = read_all(conn)  # ends: the connection is closed
         assert answer.split(b" ", 2)[1] in (b"400", b"408"), answer
+    kept = connect(gw, "127.0.0.1")  # kept alive: its next request's headers have the deadline too
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    first = b""
+    while not first.endswith(b"ok\n"):
+        first += kept.recv(65536)
+    kept.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+    assert read_all(kept).startswith(b"HTTP/1.1 408 ")
     short = connect(gw, "127.0.0.1")
     short.sendall(slow_request(key, body_sent=json.dumps(HELLO).encode()))  # fewer bytes than announced
     answer = read_all(short)

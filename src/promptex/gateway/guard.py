@@ -13,7 +13,14 @@ httptools protocol with two guards:
   counted: its clients are told apart by X-Forwarded-For, in `admission`.
 
 The body has its own deadline, in the app (`Gateway.read`), where a 408 can be answered
-in the API's error shape.
+in the API's error shape; a request whose whole body came with its headers (nearly all)
+is marked in its scope (`BODY_RECEIVED`), and the app then sets no timer for it.
+
+Why timers only for what is still missing: a timer set and cancelled costs the loop
+microseconds on every request, and almost every request's headers (and body) arrive in
+the one read that begins it. So the header deadline is armed at the end of a read that
+leaves a request's headers incomplete — the same moment as at its first byte, give or
+take the parsing of that one read.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ def _status(line: bytes, text: bytes) -> bytes:
     return b"HTTP/1.1 " + line + b"\r\n" + _CLOSE + b"content-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
 
 
+BODY_RECEIVED = "promptex.body_received"  # in a request's scope: its whole body is in memory
 HEADER_TIMEOUT = _status(b"408 Request Timeout", b"The request's headers did not arrive in time.")
 TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", b"Too many connections from this address.")
 
@@ -92,13 +100,25 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 self._address = None
             super().connection_lost(exc)
 
+        _reading_headers = False
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._reading_headers:  # a request begun in this read whose headers are still to come
+                self._arm()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._arm()
+            self._reading_headers = True
 
         def on_headers_complete(self) -> None:
+            self._reading_headers = False
             self._disarm()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
 
         def _arm(self) -> None:
             if self._deadline is None:

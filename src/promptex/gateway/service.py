@@ -44,6 +44,7 @@ from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
 from promptex.gateway.admission import Admission
 from promptex.gateway.charges import Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
+from promptex.gateway.guard import BODY_RECEIVED
 from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
@@ -754,7 +755,10 @@ class Gateway:
 
     async def read(self, request: Request) -> bytes:
         """The whole body, or 408 (and the connection closed) if it takes longer than the body
-        timeout. (asyncio's timeout: half the CPU of anyio's cancel scope, on every request.)"""
+        timeout. (asyncio's timeout: half the CPU of anyio's cancel scope; and none at all
+        for a body the server has whole already, `guard.BODY_RECEIVED`: nothing to wait for.)"""
+        if request.scope.get(BODY_RECEIVED):
+            return await read_body(request, self.s.gateway_max_body_bytes)
         try:
             async with asyncio.timeout(self.s.gateway_body_timeout_seconds):
                 return await read_body(request, self.s.gateway_max_body_bytes)
