@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, settings
 # ("prepend") puts this conftest's directory first on sys.path.
 pytest_plugins = [
     "fixtures.anvil",
+    "fixtures.coordinator",
     "fixtures.ledger",
     "fixtures.market",
     "fixtures.dex",

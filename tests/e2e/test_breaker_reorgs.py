@@ -13,9 +13,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from test_coordinator_anvil import ADMIN, World, anvil_account
 from web3 import Web3
 
+from fixtures.coordinator import ADMIN, anvil_account
 from promptex.coordinator.chain import Web3Chain
 from promptex.coordinator.service import Coordinator
 from promptex.ledger import UsageRecord
@@ -25,16 +25,8 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-def world(seeded_anvil, tmp_path):
-    url, deployments = seeded_anvil
-    w3 = Web3(Web3.HTTPProvider(url))
-    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
-    w = World(url, deployments, tmp_path)
-    try:
-        yield w
-    finally:
-        w.ledger.close()
-        w3.provider.make_request("evm_revert", [snapshot])
+def world(coordinator_world):
+    return coordinator_world
 
 
 class Clock:

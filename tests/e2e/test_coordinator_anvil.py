@@ -3,170 +3,39 @@ record on chain, a batch the vault refuses is cut down to the entries at fault, 
 at random points over many runs posts each epoch once and loses no usage."""
 
 import contextlib
-import itertools
 import json
 import os
 import random
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
 from web3 import Web3
 
-from promptex.chain.deployments import load_deployment
+from fixtures.coordinator import ADMIN, SELLER, anvil_account, next_request_id
 from promptex.chain.sender import Call
 from promptex.cli.usage import usage_verify
 from promptex.coordinator import factory, service
 from promptex.coordinator.chain import Web3Chain
-from promptex.coordinator.service import Coordinator
 from promptex.indexer import effects
 from promptex.indexer.followed import VAULT, Followed
 from promptex.ledger import Ledger, Reservation, UsageRecord
-from promptex.ledger.binding import sign
 from promptex.ledger.holds import ExtraTake
 from promptex.ledger.lanes import NAME, Voucher
 from promptex.ledger.usage import SIGNED
 from promptex.proofs import leaf_of
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, listed_credit
+from promptex.protocol.escrow import listed_credit
 from promptex.protocol.merkle import MerkleTree
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC_UNIT
-from promptex.protocol.vault import UNLIMITED, sign_session_key, sign_spend_cap, sign_voucher
-
-MNEMONIC = " ".join(["test"] * 11 + ["junk"])  # anvil's public development mnemonic
-EPOCH = 10  # the local deploy's epoch length
-_requests = itertools.count()
-_events = itertools.count()
-
-
-def anvil_account(index):
-    Account.enable_unaudited_hdwallet_features()
-    return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-
-
-ADMIN, SELLER = anvil_account(0), anvil_account(1)  # the deploy's coordinator/attestor is account 0
-
-
-class World:
-    """The deployment, a ledger mirroring the chain's deposits, two open lots, funded buyers."""
-
-    def __init__(self, url, deployments, tmp_path):
-        self.url = url
-        self.w3 = Web3(Web3.HTTPProvider(url))
-        self.deployment = load_deployment("local", deployments)
-        self.chain = Web3Chain(url, self.deployment, ADMIN.key.hex())
-        self.vault, self.escrow = self.chain.vault, self.chain.escrow
-        self.usdc = self.contract("USDC")
-        self.cld = self.contract("token:CLD")
-        self.db = f"sqlite:///{tmp_path}/ledger.sqlite3"
-        self.ledger = Ledger.open(self.db, sqlite_synchronous="NORMAL")
-        self.cld_lot = self.open_lot("anthropic", KIND_TOKENIZED, 0)
-        self.usdc_lot = self.open_lot("openai", KIND_LISTED, 6000)
-        self.deposits = {}
-
-    def contract(self, name):
-        record = self.deployment.contracts[name]
-        abi = json.loads(Path(record.abi).read_text())
-        return self.w3.eth.contract(address=Web3.to_checksum_address(record.address), abi=abi)
-
-    def send(self, account, call):
-        tx = call.build_transaction(
-            {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address)}
-        )
-        receipt = self.w3.eth.wait_for_transaction_receipt(
-            self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-        )
-        assert receipt["status"] == 1
-
-    def open_lot(self, provider, kind, rate_bps):
-        face = 1_000_000 * USDC_UNIT
-        token = self.contract("token:CLD" if provider == "anthropic" else "token:GPT").address
-        # A tokenized lot's only bond is its token's share; a listed lot's least is the minimum.
-        bonds = self.escrow.functions
-        bond = (bonds.tokenized_bond(token, face) if kind == KIND_TOKENIZED else bonds.min_bond(face)).call()
-        self.send(SELLER, self.usdc.functions.mint(SELLER.address, bond))
-        self.send(SELLER, self.usdc.functions.approve(self.escrow.address, bond))
-        expiry = self.chain.now() + 30 * 86_400
-        self.send(
-            ADMIN,
-            self.escrow.functions.open_lot(SELLER.address, token, kind, face, expiry, bond, b"\x11" * 32, rate_bps),
-        )
-        return self.escrow.functions.lot_count().call()
-
-    def buyer(self, index, asset, amount, *, deposit=True):
-        """A ledger account bound to anvil account `index`, with `amount` deposited (and
-        mirrored in the ledger as the indexer would) under a signed spend cap the
-        coordinator registers."""
-        wallet = anvil_account(index)
-        account = self.ledger.create_account().id
-        message = self.ledger.issue_binding_challenge(account, wallet.address)
-        self.ledger.bind_wallet(message, sign(message, wallet.key))
-        if deposit:
-            token = self.usdc if asset == "USDC" else self.cld
-            if asset == "USDC":
-                self.send(wallet, self.usdc.functions.mint(wallet.address, amount))
-            else:
-                self.send(SELLER, self.cld.functions.transfer(wallet.address, amount))
-            self.send(wallet, token.functions.approve(self.vault.address, amount))
-            self.send(wallet, self.vault.functions.deposit(token.address, amount))
-            self.deposits[(wallet.address, asset)] = amount
-        self.ledger.credit_deposit(f"0x{next(_events):064x}:0", wallet.address, asset, amount)
-        self.ledger.set_spend_cap(account, asset, amount)
-        self.submit_cap(wallet, asset, amount)
-        return account, wallet.address
-
-    def submit_cap(self, wallet, asset, total):
-        """Sign a SpendCap as `wallet` at its current on-chain nonce; the coordinator registers it."""
-        expiry = self.chain.now() + 86_400 + next(_events)
-        nonce = self.vault.functions.cap_nonce(wallet.address, self.chain.asset_address(asset)).call()
-        fields = {
-            "account": wallet.address, "asset": self.chain.asset_address(asset), "per_epoch": UNLIMITED,
-            "total": total, "expiry": expiry, "nonce": nonce,
-        }  # fmt: skip
-        signature = sign_spend_cap(wallet.key, chain_id=self.deployment.chain_id, vault=self.vault.address, **fields)
-        self.coordinator().submit_spend_cap(wallet.address, asset, UNLIMITED, total, expiry, nonce, signature)
-
-    def spend(self, account, asset, cost):
-        request_id = f"req_{next(_requests)}"
-        lot = self.usdc_lot if asset == "USDC" else self.cld_lot
-        self.ledger.reserve(account, asset, cost, request_id, ttl=600)
-        record = UsageRecord(
-            model="gpt-4o" if asset == "USDC" else "claude-sonnet-4-5", input_tokens=1_000, output_tokens=100,
-            list_usd_micro=cost // 2 + 1, gateway_lot_id=1, chain_lot_id=lot,
-            lot_kind="listed" if asset == "USDC" else "tokenized", fee_bps=500 if asset == "USDC" else None,
-        )  # fmt: skip
-        self.ledger.settle(request_id, cost, record=record)
-        return request_id
-
-    def coordinator(self, ledger=None, chain=None):
-        return Coordinator(
-            (ledger or self.ledger).engine, chain or self.chain, holder="e2e", tx_timeout=10, lease_seconds=600
-        )
-
-    def next_window(self):
-        self.w3.provider.make_request("evm_increaseTime", [EPOCH])
-        self.w3.provider.make_request("evm_mine", [])
-
-    def settled_events(self, asset):
-        address = self.chain.asset_address(asset)
-        logs = self.vault.events.EpochSettled().get_logs(from_block=0)
-        return [log["args"]["epoch"] for log in logs if log["args"]["asset"] == address]
+from promptex.protocol.vault import sign_session_key, sign_voucher
 
 
 @pytest.fixture
-def world(seeded_anvil, tmp_path):
-    url, deployments = seeded_anvil
-    w3 = Web3(Web3.HTTPProvider(url))
-    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
-    w = World(url, deployments, tmp_path)
-    try:
-        yield w
-    finally:
-        w.ledger.close()
-        w3.provider.make_request("evm_revert", [snapshot])
+def world(coordinator_world):
+    return coordinator_world
 
 
 def test_coordinator__usage_in_usdc_and_cld__chain_matches_ledger_and_proofs_verify(world, monkeypatch):
@@ -435,7 +304,7 @@ def test_coordinator__signed_mode__session_relayed_then_lanes_settled_within_the
         ceiling = charged + hold
         voucher = {"account": address, "asset": asset, "session": event["session"], "lane": lane, "ceiling": ceiling}
         sig = sign_voucher(key.key, **domain, **voucher)
-        request_id = f"req_{next(_requests)}"
+        request_id = next_request_id()
         world.ledger.vouchers.plan(request_id, Voucher(event["session"], lane, ceiling, "0x" + sig.hex()))
         world.ledger.holds.reserve(
             Reservation(request_id, account, "USDC", hold, 600, extras=(ExtraTake(NAME, ceiling),))
