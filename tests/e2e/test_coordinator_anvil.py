@@ -26,7 +26,7 @@ from promptex.ledger.holds import ExtraTake
 from promptex.ledger.lanes import NAME, Voucher
 from promptex.ledger.usage import SIGNED
 from promptex.proofs import leaf_of
-from promptex.protocol.escrow import listed_credit
+from promptex.protocol.escrow import KIND_TOKENIZED, listed_credit
 from promptex.protocol.merkle import MerkleTree
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC_UNIT
