@@ -624,6 +624,30 @@ def test_capacity__a_crowd_of_lots_past_expiry_leads_the_draw_order__pruned_firs
     assert all(coord.store.record(r).status == "batched" for r in kept)  # type: ignore[union-attr]
 
 
+def test_capacity__a_crowd_of_1500_lots_past_expiry__pruned_until_the_walk_reaches_capacity(
+    book: Ledger,
+    chain: FakeChain,
+    clock,  # noqa: ANN001
+) -> None:
+    """The crowd sibling (session 6's breaker): 1,500 lots past expiry. One prune leaves
+    1,244, still more than one draw's prune and walk (512), so `drawable` stayed 0 and the
+    pass quarantined every record. The coordinator now prunes until the walk reaches
+    capacity (4 prunes here, at most MAX_PRUNES_PER_PASS) and the batch settles."""
+    a, _ = buyer(book, chain, "CLD", 10**21)
+    chain.open_lot(CLD_LOT, KIND_TOKENIZED, "CLD", capacity=5 * 10**18)
+    for i in range(1_500):
+        chain.open_lot(100 + i, KIND_TOKENIZED, "CLD", capacity=10**18, expiry=chain.now() - 1)
+    kept = spend(book, a, "CLD", 2 * 10**18, CLD_LOT)
+    coord = coordinator(book, chain)
+
+    report = coord.run_once()
+
+    assert report.confirmed == [("CLD", 1)] and report.quarantined == 0
+    assert chain.s.pruned == 4 * MAX_PRUNE_LOTS
+    assert chain.s.consumed == {CLD_LOT: 2 * 10**18}
+    assert coord.store.record(kept).status == "batched"  # type: ignore[union-attr]
+
+
 # ─── Leaf versions: old epochs still verify ──────────────────────────────────
 
 

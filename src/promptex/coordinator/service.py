@@ -65,6 +65,9 @@ CRASH_ENV = "PROMPTEX_COORDINATOR_CRASH_AT"  # test hook: SIGKILL this process a
 REORG_WINDOW = 128  # blocks: receipts this recent are checked still canonical each pass
 MAX_PENDING_READ = 20_000  # records read per asset per pass (the rest wait for the next)
 MAX_SIGNED_BATCHES_PER_PASS = 16  # settle_signed batches per asset per pass (the rest: the next pass)
+# `CreditEscrow.prune` calls per token per pass when lots past expiry crowd the draw's walk
+# (MAX_PRUNE_LOTS each, ~3.4 M gas: 2,048 lots, which cost their opener ~800 M gas).
+MAX_PRUNES_PER_PASS = 8
 # Reverts caused by particular entries (their payers or lots), not by timing or roles.
 ENTRY_REVERTS = (
     "vault: shortfall exceeds reserve",
@@ -738,22 +741,27 @@ class Coordinator:
         and lots past their expiry lead the escrow's draw order (more than one draw unlinks
         by itself: a crowd left to expire), the coordinator first sends
         `CreditEscrow.prune` (anyone may) so that their records are not quarantined for
-        room the walk lacks, not capacity."""
+        room the walk lacks, not capacity: as many as it takes, up to
+        MAX_PRUNES_PER_PASS. (Found: one prune a pass left a crowd of 769+ lots filling
+        the walk, and that pass quarantined every record of the token.)"""
         drawable = self.chain.drawable(asset)
-        if sum(e.cost for e in entries) <= drawable or not self.chain.prunable(asset):
-            return drawable
-        call = Call("escrow", "prune", (self.chain.asset_address(asset), MAX_PRUNE_LOTS))
-        reason = self.chain.simulate(call)
-        if reason is not None:
-            log.warning("%s: prune refused (%s); trying again next pass", asset, reason)
-            return drawable
-        signed = self.chain.sign(call, self.chain.pending_nonce())
-        tx_id = self.store.store_prune(signed, self.chain.sender, self.clock())
-        if self._broadcast(tx_id) != SUCCEEDED:
-            log.warning("%s: prune %s did not succeed; trying again next pass", asset, signed.tx_hash)
-            return drawable
-        log.info("%s: lots past expiry pruned from the draw order in %s", asset, signed.tx_hash)
-        return self.chain.drawable(asset)
+        needed = sum(e.cost for e in entries)
+        for _ in range(MAX_PRUNES_PER_PASS):
+            if needed <= drawable or not self.chain.prunable(asset):
+                break
+            call = Call("escrow", "prune", (self.chain.asset_address(asset), MAX_PRUNE_LOTS))
+            reason = self.chain.simulate(call)
+            if reason is not None:
+                log.warning("%s: prune refused (%s); trying again next pass", asset, reason)
+                break
+            signed = self.chain.sign(call, self.chain.pending_nonce())
+            tx_id = self.store.store_prune(signed, self.chain.sender, self.clock())
+            if self._broadcast(tx_id) != SUCCEEDED:
+                log.warning("%s: prune %s did not succeed; trying again next pass", asset, signed.tx_hash)
+                break
+            log.info("%s: lots past expiry pruned from the draw order in %s", asset, signed.tx_hash)
+            drawable = self.chain.drawable(asset)
+        return drawable
 
     # ─── Spend caps ──────────────────────────────────────────────────────────
 
