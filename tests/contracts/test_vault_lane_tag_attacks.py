@@ -7,10 +7,10 @@ several). Promise: no account is debited beyond its signed ceiling per lane or i
 session's maximum, no debit is lost when the first lane's total moves to its own word,
 and the vault holds exactly balances + claimables + reserve. The attacks: a second lane
 after the first in one batch and across batches, lane 0 after lane 1, a session ended
-and a new one registered in the very next window (and after a revoke), a balance at
-2**96 - 1 under the tag, a trustless exit between two signed batches, and a seeded
-random replay of all of it against a Python model (every voucher ever signed kept and
-re-posted by a rogue coordinator).
+and a new one registered in the very next window (never in its last one; also after a
+revoke), a balance at 2**96 - 1 under the tag, a trustless exit between two signed
+batches, and a seeded random replay of all of it against a Python model (every voucher
+ever signed kept and re-posted by a rogue coordinator).
 """
 
 import os
@@ -83,7 +83,10 @@ def test_session_ended_new_one_in_the_next_window__tag_reset_old_vouchers_dead_n
     if revoke:
         w.vault.revoke_session_key(w.usdc.address, sender=buyer.address)
     ends_at = w.vault.session_key(buyer.address, w.usdc.address)[6]
-    boa.env.time_travel(seconds=ends_at + 1 - w.now())  # the first second after it ends
+    boa.env.time_travel(seconds=ends_at - w.now())  # its last second: no new session in its window
+    with boa.reverts("vault: session not ended"):
+        w.open_session(buyer, lanes=4, maximum=20 * USD, tag="early")
+    boa.env.time_travel(seconds=1)  # the first second after it ends
     with boa.reverts("vault: session ended"):
         w.settle_signed([w.debit(old, buyer, 2, 90 * USD, 1)])
     new = w.open_session(buyer, lanes=4, maximum=20 * USD, tag="new")
