@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import orjson
 from sqlalchemy.exc import IntegrityError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from promptex import metering
@@ -1086,17 +1086,26 @@ async def read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise GatewayError(413, f"The request body exceeds {limit} bytes.", code="request_too_large")
+    # The ASGI messages themselves, as Starlette's `Request.stream` reads them, without its
+    # async generator (a few microseconds a request); nothing reads the body after this.
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.disconnect":
+            raise GatewayError(400, "The client disconnected before sending the whole body.")
+        if kind != "http.request":
+            continue
+        chunk = message.get("body", b"")
+        if chunk:
             size += len(chunk)
             if size > limit:
                 raise GatewayError(413, f"The request body exceeds {limit} bytes.", code="request_too_large")
             chunks.append(chunk)
-    except ClientDisconnect:
-        raise GatewayError(400, "The client disconnected before sending the whole body.") from None
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class PlainAnswer:
