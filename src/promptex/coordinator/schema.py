@@ -7,6 +7,8 @@ records it batches and the releases it signs are the ledger's (`ledger.usage`,
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint
 
 from promptex.chain.txlog import signed_txs
@@ -54,44 +56,44 @@ lot_consumptions = Table(
     Column("error", String(REASON), nullable=True),
 )
 
+
+def _relayed(name: str, *signed: Column[Any]) -> Table:
+    """A table of wallet-signed messages the coordinator relays to the vault: who signed,
+    for which asset, the message's own fields (`signed`), its expiry, nonce and signature,
+    and the relay's state (pending → submitted → registered, or rejected) with its
+    transaction. One submission per (address, asset, nonce)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("address", String(ADDRESS), nullable=False),
+        Column("asset", String(ASSET), nullable=False),
+        *signed,
+        Column("expiry", BigInteger, nullable=False),
+        Column("nonce", BigInteger, nullable=False),
+        Column("signature", String(132), nullable=False),
+        Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
+        Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
+        Column("error", String(REASON), nullable=True),
+        Column("created_at", BigInteger, nullable=False),
+        UniqueConstraint("address", "asset", "nonce"),
+    )
+
+
 # User-signed EIP-712 spend caps waiting for the coordinator to register them on chain.
-spend_cap_submissions = Table(
+spend_cap_submissions = _relayed(
     "spend_cap_submissions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(ADDRESS), nullable=False),
-    Column("asset", String(ASSET), nullable=False),
     Column("per_epoch", Amount, nullable=False),
     Column("total", Amount, nullable=False),
-    Column("expiry", BigInteger, nullable=False),
-    Column("nonce", BigInteger, nullable=False),
-    Column("signature", String(132), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
-    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("error", String(REASON), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    UniqueConstraint("address", "asset", "nonce"),
 )
 
 # Signed mode (issue 23, migration 0014): wallet-signed SessionKeys the coordinator relays
 # to the vault (`register_session_key`), as it relays spend caps.
-session_key_submissions = Table(
+session_key_submissions = _relayed(
     "session_key_submissions",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(ADDRESS), nullable=False),
-    Column("asset", String(ASSET), nullable=False),
     Column("key", String(ADDRESS), nullable=False),
     Column("lanes", Integer, nullable=False),
     Column("maximum", Amount, nullable=False),
-    Column("expiry", BigInteger, nullable=False),
-    Column("nonce", BigInteger, nullable=False),
-    Column("signature", String(132), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | submitted | registered | rejected
-    Column("tx_id", Integer, ForeignKey("coordinator_txs.id"), nullable=True),
-    Column("error", String(REASON), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    UniqueConstraint("address", "asset", "nonce"),
 )
 
 # The door's per-wallet request nonce (issue 21, migration 0015): an instant-exit request

@@ -471,30 +471,8 @@ class CoordinatorStore(SignedTxStore):
         """Queue a user-signed SpendCap for registration (idempotent per address, asset, nonce)."""
         if min(per_epoch, total) <= 0 or max(per_epoch, total) > UNLIMITED:
             raise ValueError("a spend cap's limits are 1 .. 2**256 - 1")
-        with self._tx() as conn:
-            insert_ignore(
-                conn,
-                spend_cap_submissions,
-                {
-                    "address": address,
-                    "asset": asset,
-                    "per_epoch": per_epoch,
-                    "total": total,
-                    "expiry": expiry,
-                    "nonce": nonce,
-                    "signature": signature,
-                    "status": PENDING,
-                    "created_at": now,
-                },
-            )
-            row: int = conn.execute(
-                select(spend_cap_submissions.c.id).where(
-                    spend_cap_submissions.c.address == address,
-                    spend_cap_submissions.c.asset == asset,
-                    spend_cap_submissions.c.nonce == nonce,
-                )
-            ).scalar_one()
-        return int(row)
+        signed = {"per_epoch": per_epoch, "total": total}
+        return self._add_relayed(spend_cap_submissions, address, asset, signed, expiry, nonce, signature, now)
 
     def add_session_key(
         self,
@@ -511,28 +489,8 @@ class CoordinatorStore(SignedTxStore):
         """Queue a wallet-signed SessionKey for the vault (idempotent per address, asset, nonce)."""
         if lanes < 1 or maximum < 0:
             raise ValueError("a session key has at least one lane and no negative maximum")
-        keys = session_key_submissions
-        with self._tx() as conn:
-            insert_ignore(
-                conn,
-                keys,
-                {
-                    "address": address,
-                    "asset": asset,
-                    "key": key,
-                    "lanes": lanes,
-                    "maximum": maximum,
-                    "expiry": expiry,
-                    "nonce": nonce,
-                    "signature": signature,
-                    "status": PENDING,
-                    "created_at": now,
-                },
-            )
-            row: int = conn.execute(
-                select(keys.c.id).where(keys.c.address == address, keys.c.asset == asset, keys.c.nonce == nonce)
-            ).scalar_one()
-        return int(row)
+        signed = {"key": key, "lanes": lanes, "maximum": maximum}
+        return self._add_relayed(session_key_submissions, address, asset, signed, expiry, nonce, signature, now)
 
     def session_keys(self, statuses: Sequence[str] = (PENDING, SUBMITTED)) -> list[SessionKeySubmission]:
         keys = session_key_submissions
@@ -570,6 +528,28 @@ class CoordinatorStore(SignedTxStore):
 
     def close_spend_cap(self, cap_id: int, status: str, error: str | None = None) -> None:
         self._close_relayed(spend_cap_submissions, cap_id, status, error)
+
+    def _add_relayed(
+        self,
+        table: Table,
+        address: str,
+        asset: str,
+        signed: Mapping[str, Any],
+        expiry: int,
+        nonce: int,
+        signature: str,
+        now: int,
+    ) -> int:
+        """Queue a wallet-signed message (its own fields: `signed`) for the vault; the id of
+        the submission, the first one's if this (address, asset, nonce) was queued before."""
+        values = {"address": address, "asset": asset, **signed, "expiry": expiry, "nonce": nonce,
+                  "signature": signature, "status": PENDING, "created_at": now}  # fmt: skip
+        with self._tx() as conn:
+            insert_ignore(conn, table, values)
+            row: int = conn.execute(
+                select(table.c.id).where(table.c.address == address, table.c.asset == asset, table.c.nonce == nonce)
+            ).scalar_one()
+        return int(row)
 
     def _submit_relayed(self, table: Table, purpose: str, row_id: int, signed: SignedTx, sender: str, now: int) -> int:
         """A relayed message's transaction, stored (before its broadcast) with the message it sends."""
