@@ -89,6 +89,16 @@ class ExitRacesNextSettle(Web3Chain):
         return None
 
 
+def _buyer_then_fork(world):
+    """The ledger on a clock the test sets, a USDC buyer (anvil account 2, 20 USDC, its
+    spend cap registered), then the fork point a reorg goes back to: (clock, account,
+    address, snapshot id)."""
+    clock = world.ledger.clock = Clock(world.chain.now())
+    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
+    assert world.coordinator().run_once().caps == 1
+    return clock, account, address, world.w3.provider.make_request("evm_snapshot", [])["result"]
+
+
 def _settle_until_quiet(world, passes=4):
     for _ in range(passes):
         world.coordinator().run_once()
@@ -114,11 +124,7 @@ def test_breaker__failed_settle_reincluded__a_same_second_request_with_a_lower_i
     """A request settled in the same second as the failed batch's record, after it was
     planned, with a request id sorting before it (the gateway's ids are random hex): the
     re-included failed settle must take back ITS record, not the other one."""
-    clock = Clock(world.chain.now())
-    world.ledger.clock = clock
-    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
-    assert world.coordinator().run_once().caps == 1
-    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    clock, account, address, fork = _buyer_then_fork(world)
     spent = {spend(world, account, 1_000, "req_f1"): 1_000}
     world.next_window()
     racer = ExitRacesNextSettle(world, anvil_account(2))
@@ -143,11 +149,7 @@ def test_breaker__two_failed_settles_of_two_windows_reincluded__each_takes_back_
     all four signed transactions in nonce order: both failed settles land (epochs 1 and 2),
     both re-planned ones revert. The second failed batch's records must not be planned a
     third time."""
-    clock = Clock(world.chain.now())
-    world.ledger.clock = clock
-    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
-    assert world.coordinator().run_once().caps == 1
-    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    clock, account, address, fork = _buyer_then_fork(world)
     racer = ExitRacesNextSettle(world, anvil_account(2))
 
     def later(cost):
@@ -198,10 +200,7 @@ def test_breaker__failed_settles_record_quarantined_before_the_reinclusion__take
     requeued (its cause is gone on the new branch) and settled a second time. Refunded
     in between ("refunded": past its deadline), the record goes back too and its refund
     is taken back: the ledger debits the payer again, as the chain did."""
-    world.ledger.clock = Clock(world.chain.now())
-    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
-    assert world.coordinator().run_once().caps == 1
-    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    _, account, address, fork = _buyer_then_fork(world)
     spent = {spend(world, account, 1_000, "req_q1"): 1_000}
     world.next_window()
     racer = ExitRacesNextSettle(world, anvil_account(2))
@@ -239,10 +238,7 @@ def test_breaker__the_noop_orphaned_and_the_old_settle_reincluded_in_its_place__
     orphans the no-op and the re-sent batch, and the network puts the failed settle's OLD
     bytes in the no-op's place. The failed batch landed after all: its record goes back to
     it, the re-planned batch cannot land, and nothing is debited twice."""
-    world.ledger.clock = Clock(world.chain.now())
-    account, address = world.buyer(2, "USDC", 20 * USDC_UNIT)
-    assert world.coordinator().run_once().caps == 1
-    fork = world.w3.provider.make_request("evm_snapshot", [])["result"]
+    _, account, address, fork = _buyer_then_fork(world)
     spent = {spend(world, account, 1_000, "req_n1"): 1_000}
     world.next_window()
     racer = ExitRacesNextSettle(world, anvil_account(2))
