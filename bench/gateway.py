@@ -410,16 +410,22 @@ def cpu_seconds(pid: int) -> float:
 
 def thread_seconds(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of `pid`, by its name (`/proc/PID/task`; the
-    main thread, which runs the event loop, as "loop"; same-named threads summed)."""
+    main thread, which runs the event loop, as "loop"; same-named threads summed), and
+    each one's context switches ("<name>_switches": voluntary, i.e. wake-ups, plus forced)."""
     tick = os.sysconf("SC_CLK_TCK")
     spent: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             name = "loop" if task.name == str(pid) else (task / "comm").read_text().strip()
+            status = (task / "status").read_text().splitlines()
         except OSError:
             continue
         spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        switches = sum(
+            int(line.split()[1]) for line in status if line.endswith("ctxt_switches") or "ctxt_switches:" in line
+        )
+        spent[f"{name}_switches"] = spent.get(f"{name}_switches", 0.0) + switches
     return spent
 
 
@@ -440,7 +446,9 @@ def cpu_per_request(
     threads = thread_seconds(pid)
     served = step.sent - step.errors
     per_thread = {
-        f"thread_ms_{name}": round(1000 * (spent - threads_start.get(name, 0.0)) / max(1, served), 3)
+        f"thread_{name}" if name.endswith("_switches") else f"thread_ms_{name}": round(
+            (1 if name.endswith("_switches") else 1000) * (spent - threads_start.get(name, 0.0)) / max(1, served), 3
+        )
         for name, spent in threads.items()
         if spent > threads_start.get(name, 0.0)
     }

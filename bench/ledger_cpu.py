@@ -3,6 +3,7 @@
     python bench/ledger_cpu.py                      # a table
     python bench/ledger_cpu.py --json --pairs 2000 --runs 3
     python bench/ledger_cpu.py --count              # also: statements a pair runs, by kind
+    python bench/ledger_cpu.py --postgresql         # PostgreSQL's fast path: client and server CPU
 
 One thread does what the gateway's ledger thread does for one request: on its pinned
 connection (`Ledger.pinned_connection`), a reserve of a hold with a lot claim, then the
@@ -11,13 +12,17 @@ group commit (`Ledger.group`, a savepoint a write), as the thread does when N re
 queued meanwhile. CPU is the thread's own (`time.thread_time`), so what the machine's
 other processes do moves it little; the wall time is printed too. Both `synchronous`
 settings: FULL (the ledger's default: a commit survives power loss) and NORMAL (what the
-gateway benchmark runs with). No network; bounded by `--pairs`.
+gateway benchmark runs with). No network; bounded by `--pairs`. With --postgresql: a
+throwaway local server with its durable defaults, one statement a reserve and a settle in
+autocommit (no groups there), the client thread's CPU and the server's (every process of
+the cluster, from /proc) a pair.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -55,8 +60,8 @@ class Result:
     wall_us_per_pair: float
 
 
-def _ledger(path: Path, synchronous: str) -> tuple[Ledger, int]:
-    ledger = Ledger.open(f"sqlite:///{path}", sqlite_synchronous=synchronous)
+def _ledger(path: Path, synchronous: str, url: str | None = None) -> tuple[Ledger, int]:
+    ledger = Ledger.open(url or f"sqlite:///{path}", sqlite_synchronous=synchronous)
     with ledger.engine.begin() as conn:
         ledger.open_lot_capacity(conn, LOT, 10**15, chain_lot_id=1)
     account = ledger.create_account().id
@@ -145,14 +150,60 @@ def run(tmp: Path, synchronous: str, group: int, pairs: int, runs: int, count: b
     )
 
 
+def _cluster_seconds(postmaster: int) -> float:
+    """CPU seconds so far of a PostgreSQL cluster: its postmaster and every child."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def run_postgresql(pairs: int, runs: int) -> dict[str, float]:
+    from promptex.ledger.local_postgres import LocalPostgres
+
+    with LocalPostgres(durable=True) as pg:
+        url = pg.create_database("bench_cpu")
+        postmaster = int((Path(str(pg.root)) / "data" / "postmaster.pid").read_text().split()[0])
+        ledger, account = _ledger(Path(), "FULL", url)
+        try:
+            _batch(ledger, account, "warm", 200, 1)
+            client, server = [], []
+            for r in range(runs):
+                cluster = _cluster_seconds(postmaster)
+                reserve_cpu, settle_cpu = _batch(ledger, account, f"run{r}", pairs, 1)
+                server.append((_cluster_seconds(postmaster) - cluster) / pairs)
+                client.append((reserve_cpu + settle_cpu) / pairs)
+            ledger.check()
+        finally:
+            ledger.close()
+    return {
+        "client_us_a_pair": round(statistics.median(client) * 1e6, 1),
+        "client_us_a_pair_min": round(min(client) * 1e6, 1),
+        "server_us_a_pair": round(statistics.median(server) * 1e6, 1),
+    }
+
+
 @click.command()
 @click.option("--pairs", default=2_000, show_default=True, help="pairs a run")
 @click.option("--runs", default=3, show_default=True, help="runs a setting (the median is reported)")
 @click.option("--group", "groups", default="1,8", show_default=True, help="group commit sizes to run")
 @click.option("--synchronous", "syncs", default="NORMAL,FULL", show_default=True)
 @click.option("--count", is_flag=True, help="also count the statements a pair runs")
+@click.option("--postgresql", is_flag=True, help="PostgreSQL instead (a local throwaway server)")
 @click.option("--json", "as_json", is_flag=True)
-def main(pairs: int, runs: int, groups: str, syncs: str, count: bool, as_json: bool) -> None:
+def main(pairs: int, runs: int, groups: str, syncs: str, count: bool, postgresql: bool, as_json: bool) -> None:
+    if postgresql:
+        figures = run_postgresql(pairs, runs)
+        print(json.dumps(figures) if as_json else f"PostgreSQL, a reserve+settle pair: {figures}")
+        return
     results: list[Result] = []
     statements: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="promptex-ledger-cpu-") as tmp:

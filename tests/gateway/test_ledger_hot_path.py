@@ -81,8 +81,9 @@ def test_hot_path__same_rows_as_general_path__and_idempotent(book: Ledger, monke
     book.release("req-warm")
     fast = served(book, account, "req-fast")
     if book.engine.dialect.name == "postgresql":  # force the general path by breaking the one statement
-        monkeypatch.setattr(pg_holds, "PG_RESERVE_LEASED", "SELECT broken_on_purpose")
-        monkeypatch.setattr(pg_holds, "PG_SETTLE_WITH_USAGE", "SELECT broken_on_purpose")
+        broken = pg_holds.Prepared("promptex_broken_on_purpose", "SELECT broken_on_purpose")
+        monkeypatch.setattr(pg_holds, "_RESERVE_LEASED", broken)
+        monkeypatch.setattr(pg_holds, "_SETTLE_WITH_USAGE", broken)
     else:  # SQLite: the general path itself
         monkeypatch.setattr(SqliteHolds, "reserve_in", GeneralHolds.reserve_in)
         monkeypatch.setattr(SqliteHolds, "settle_in", GeneralHolds.settle_in)
@@ -119,14 +120,21 @@ def test_pg_one_statement_reserve__applied_whole_or_rolled_back_whole(
         pytest.skip("PostgreSQL's one-statement reserve")
     ledger = Ledger.open(ledger_url, capacity_slice=2 * CLAIM.amount)  # a lease holds two claims
     fast: list[bool] = []
-    one_statement = pg_holds.PgOneStatement.reserve
+    settled_fast: list[bool] = []
+    one_statement, one_settle = pg_holds.PgOneStatement.reserve, pg_holds.PgOneStatement.settle
 
     def spied(self: pg_holds.PgOneStatement, *args: object) -> object:
         hold = one_statement(self, *args)  # type: ignore[arg-type]
         fast.append(hold is not None)
         return hold
 
+    def spied_settle(self: pg_holds.PgOneStatement, *args: object, **kw: object) -> object:
+        hold = one_settle(self, *args, **kw)  # type: ignore[arg-type]
+        settled_fast.append(hold is not None)
+        return hold
+
     monkeypatch.setattr(pg_holds.PgOneStatement, "reserve", spied)
+    monkeypatch.setattr(pg_holds.PgOneStatement, "settle", spied_settle)
     try:
         with ledger.engine.begin() as conn:
             ledger.open_lot_capacity(conn, LOT, 100_000, chain_lot_id=9)
@@ -138,6 +146,11 @@ def test_pg_one_statement_reserve__applied_whole_or_rolled_back_whole(
         assert fast == [False, True, False, True, False]
         assert ledger.balance(account, "USDC").held == 4 * 1_000  # not one taken twice
         assert ledger.lot_capacities()[LOT].reserved == 4 * CLAIM.amount
+        # the settle's one statement (prepared on libpq) answers, the record written with it
+        assert ledger.settle("req-1", 700, record=RECORD).charged == 700
+        assert settled_fast == [True]
+        usage = ledger.usage_record("req-1")
+        assert usage is not None and (usage.cost, usage.list_usd_micro, usage.gateway_lot_id) == (700, 37, LOT)
         ledger.check()
     finally:
         ledger.close()
