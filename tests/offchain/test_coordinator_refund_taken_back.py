@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from promptex.chain.sender import Receipt
 from promptex.coordinator.service import Coordinator
-from promptex.ledger import Ledger, UsageRecord, debts
+from promptex.ledger import AccountKind, Ledger, UsageRecord, debts
 from promptex.ledger.errors import AccountInDebt
 from promptex.ledger.schema import journal_entries
 from promptex.protocol.escrow import KIND_LISTED
@@ -84,9 +84,9 @@ class View:
         return None
 
 
-def spend(book: Ledger, account: int, cost: int) -> str:
+def spend(book: Ledger, account: int, cost: int, payer: int | None = None) -> str:
     request_id = f"req_back_{next(_requests)}"
-    book.reserve(account, USDC, cost, request_id, ttl=60)
+    book.reserve(account, USDC, cost, request_id, ttl=60, payer=payer)
     record = UsageRecord("gpt-4o", 1_000, 200, cost // 3 + 1, gateway_lot_id=9, chain_lot_id=LOT,
                          lot_kind="listed", fee_bps=500)  # fmt: skip
     book.settle(request_id, cost, record=record)
@@ -96,26 +96,33 @@ def spend(book: Ledger, account: int, cost: int) -> str:
 @dataclass
 class Refunded:
     coord: Coordinator
-    account: int
+    account: int  # the payer
     address: str
     request_id: str
+    member: int | None  # the org member who spent it, from a budget of 5,000
     fork: Branch  # before the failed settle mined: its exit not yet made
     raw: str  # the failed settle's signed bytes, as a node may re-include them
 
 
 def settle_fails_then_refunded(
-    book: Ledger, chain: FakeChain, coord: Coordinator, prior: Refunded | None = None
+    book: Ledger, chain: FakeChain, coord: Coordinator, prior: Refunded | None = None, *, org: bool = False
 ) -> Refunded:
-    """The buyer (10,000 µUSDC on chain and in the ledger) spends 1,000; the settle is sent,
-    then its exit takes everything out first: the settle reverts, its batch fails, the record
-    is quarantined (short on chain), then refunded (`quarantine_refund=0`)."""
+    """The buyer (10,000 µUSDC on chain and in the ledger; `org`: an org whose member spends
+    from a budget) spends 1,000; the settle is sent, then its exit takes everything out
+    first: the settle reverts, its batch fails, the record is quarantined (short on chain),
+    then refunded (`quarantine_refund=0`)."""
     if prior is None:
-        account = book.create_account().id
+        account = book.create_account(AccountKind.ORG if org else AccountKind.USER).id
         address = fund(book, account, USDC, 10_000)
         chain.s.balances[(address, USDC)] = 10_000
-        request_id = spend(book, account, 1_000)
+        member = None
+        if org:
+            member = book.create_account().id
+            book.add_member(account, member)
+            book.set_member_budget(account, member, USDC, 5_000)
+        request_id = spend(book, member or account, 1_000, payer=account if org else None)
     else:  # the record again, confirmed: a second reorg orphans its settle
-        account, address, request_id = prior.account, prior.address, prior.request_id
+        account, address, request_id, member = prior.account, prior.address, prior.request_id, prior.member
     chain.hold = True
     assert coord.run_once().waiting is not None  # sent, not mined
     fork = Branch.of(chain)
@@ -127,7 +134,7 @@ def settle_fails_then_refunded(
     assert coord.run_once().refunded == 1
     assert coord.store.record(request_id).status == "refunded"
     failed = coord.store.batches(USDC, "failed")[-1]
-    return Refunded(coord, account, address, request_id, fork, coord.store.tx(failed.tx_id).raw)
+    return Refunded(coord, account, address, request_id, member, fork, coord.store.tx(failed.tx_id).raw)
 
 
 def reincluded(chain: FakeChain, case: Refunded) -> None:
@@ -152,10 +159,15 @@ def _coordinator(book: Ledger, chain: FakeChain) -> Coordinator:
     return Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_refund=0)
 
 
-def test_refunded_member__chain_debits_it_after_all__refund_taken_back_once(book: Ledger, chain: FakeChain) -> None:
+@pytest.mark.parametrize("org", [False, True], ids=["own", "org member"])
+def test_refunded_member__chain_debits_it_after_all__refund_taken_back_once(
+    book: Ledger, chain: FakeChain, org: bool
+) -> None:
     coord = _coordinator(book, chain)
-    case = settle_fails_then_refunded(book, chain, coord)
+    case = settle_fails_then_refunded(book, chain, coord, org=org)
     assert book.balance(case.account, USDC).posted == 10_000  # refunded: the ledger gave the charge back
+    if case.member is not None:
+        assert book.budget(case.account, case.member, USDC).remaining == 5_000  # and the member's budget
     reincluded(chain, case)
     assert chain.s.balances[(case.address, USDC)] == 9_000  # the chain debited it after all
 
@@ -168,6 +180,8 @@ def test_refunded_member__chain_debits_it_after_all__refund_taken_back_once(book
     assert record.seller_share is not None and record.seller_share + record.fee == 1_000  # as the chain paid it
     balance = book.balance(case.account, USDC)
     assert (balance.posted, balance.cap_remaining) == (9_000, 9_000)  # as before the refund
+    if case.member is not None:
+        assert book.budget(case.account, case.member, USDC).remaining == 4_000
     with book.engine.connect() as conn:
         assert debts.open_debts(conn) == []
     result = reconcile(book, View(chain), agent=False)
