@@ -5,6 +5,7 @@
     python bench/gateway.py --only promptex    # skip LiteLLM (no 740 MB install)
     python bench/gateway.py --json             # promptex_rps, litellm_rps, *_p99_added_ms, …
     python bench/gateway.py --cpu              # only idle added latency and CPU per request (200 RPS)
+    python bench/gateway.py --floor            # also the floor: bench/forwarder.py in the gateway's place
 
 Open-loop load at a fixed arrival rate: request i is due at t0 + i/rate and its latency
 is measured from when it was due, so a slow server cannot slow the generator down
@@ -600,7 +601,7 @@ def litellm_config(workdir: Path, fake_url: str) -> Path:
 
 
 @click.command()
-@click.option("--only", type=click.Choice(["promptex", "litellm"]), help="measure one side only")
+@click.option("--only", type=click.Choice(["promptex", "litellm", "floor"]), help="measure one side only")
 @click.option(
     "--ledger", "ledger_kind", type=click.Choice(["sqlite", "postgresql"]), default="sqlite", show_default=True
 )
@@ -612,6 +613,10 @@ def litellm_config(workdir: Path, fake_url: str) -> Path:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--cpu", "cpu_only", is_flag=True, help="only idle added latency and CPU per request (no sweep)")
 @click.option("--attack", default=0, show_default=True, help="also measure under N slow-body connections (promptex)")
+@click.option(
+    "--floor", "floor_too", is_flag=True,
+    help="also measure the floor: bench/forwarder.py (the gateway's server and upstream client, nothing else)",
+)  # fmt: skip
 def main(
     only: str | None,
     ledger_kind: str,
@@ -623,6 +628,7 @@ def main(
     as_json: bool,
     cpu_only: bool,
     attack: int,
+    floor_too: bool,
 ) -> None:
     try:
         steps = tuple(sorted(int(r) for r in rates.split(",")))
@@ -647,6 +653,17 @@ def main(
             os.sched_setaffinity(0, {1})
         with process(fake_args, dict(os.environ), fake_url + "/models", fake_headers):
             base_ttfb = uvloop.run(ttfb(fake_url + "/chat/completions", fake_headers))
+
+            if floor_too or only == "floor":  # idle, CPU and added latency at the fixed rate: no sweep
+                port = free_port()
+                url = f"http://127.0.0.1:{port}/v1"
+                forward = [
+                    *server_core, sys.executable, str(ROOT / "bench" / "forwarder.py"), "--port", str(port),
+                    "--upstream", fake_url,
+                ]  # fmt: skip
+                with process(forward, dict(os.environ), url + "/models") as floor:
+                    click.echo("floor (bench/forwarder.py):", err=True)
+                    sides["floor"] = measure(url + "/chat/completions", {}, floor.pid, args, timings, sweep_too=False)
 
             if only in (None, "promptex"):
                 postgres = None
