@@ -23,6 +23,8 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,11 +38,13 @@ from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.limits import Limits
 from promptex.gateway.schema import limit_counters, limit_takes
 from promptex.gateway.store import GatewayStore
+from promptex.gateway.workers import CRASH_LOOP_SECONDS
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
+from promptex.serving import free_port
 
 from .conftest import Fake, event_id
 from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _until, gateway
@@ -192,3 +196,109 @@ def _attack(
         ledger.close()
         if postgres is not None:
             postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+def _age(pid: int) -> float:
+    """Seconds since the process started."""
+    with open(f"/proc/{pid}/stat") as stat, open("/proc/uptime") as uptime:
+        started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return float(uptime.read().split()[0]) - started
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+@pytest.mark.skipif(not DEEP, reason="HYPOTHESIS_PROFILE=deep: two workers on PostgreSQL (~30 s)")
+def test_workers_postgresql__one_worker_kill9_under_200_concurrent__others_sweep_its_holds__answers_charged_once(
+    postgres: LocalPostgres, tmp_path: Path, fake: Fake
+) -> None:
+    """`--workers 2` on PostgreSQL: kill -9 one worker at a random point (again and again:
+    the parent starts it again), the other keeps serving; the holds of the dead worker's
+    requests are ended by a live worker's sweeper, every answer charged once."""
+    url = postgres.create_database(f"wkills_{os.getpid()}_{time.monotonic_ns()}", template="ledger_template")
+    ledger = Ledger.open(url)
+    fake.config.latency_ms = 5
+    rng = random.Random(SEED)
+    try:
+        lot, account, key = _market(ledger, tmp_path, fake, face_value=1_000 * USDC, funds=FUNDS)
+        limited, limited_key, subject = _limited_buyer(ledger)
+        accounts = [account, limited]
+        metrics = free_port()
+        env = _env(
+            tmp_path, url, gateway_upstream_connect_timeout_seconds=1, gateway_upstream_timeout_seconds=2,
+            gateway_hold_margin_seconds=1, gateway_hold_ttl_seconds=4, gateway_sweep_seconds=0.2,
+            gateway_metrics_port=metrics,
+        )  # fmt: skip
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "gateway.log").open("w"), text=True,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        answered: dict[str, int] = {}
+        cut = 0
+        try:
+
+            def serving() -> bool:
+                assert proc.poll() is None
+                try:
+                    up = httpx.get(base + "/v1/models", timeout=2).status_code < 500
+                except httpx.HTTPError:
+                    return False
+                workers = _children(proc.pid)
+                # past the parent's crash-loop window: a worker killed sooner stops them all
+                return up and len(workers) == 2 and min(_age(pid) for pid in workers) > CRASH_LOOP_SECONDS + 1
+
+            for _ in range(CYCLES):
+                _until(serving, "two workers serving")
+                victim = _VictimOf(proc.pid, rng)
+                cut += asyncio.run(_traffic(base, [key, limited_key], rng.randrange(1, 400), victim, answered))
+            _check_after_kill(ledger, accounts, answered)
+            _until(lambda: "active" not in _holds_by_status(ledger), "a live worker swept the dead one's holds")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        unheard = _check_after_kill(ledger, accounts, answered)
+        assert [ledger.balance(a, "USDC").held for a in accounts] == [0, 0]
+        assert ledger.lot_capacities()[lot].reserved == 0
+        counted = _counters(ledger, subject)
+        with ledger.engine.connect() as conn:  # settled after their hold's lifetime: swept first, then charged
+            late = conn.execute(
+                select(func.count(), func.coalesce(func.sum(holds.c.charged), 0)).where(
+                    holds.c.account_id == limited, holds.c.status == "settled", holds.c.closed_at > holds.c.expires_at
+                )
+            ).one()
+        assert counted["concurrent"] == 0
+        # FINDING (/work/briefs/findings/test_zz_gbreak_late_cost_finding.py): an answer settled
+        # after another worker swept its hold is charged but not counted against the cost
+        # window (seen once here under load: 22 answers, 242 units). Every other charge is.
+        charged = _settled_total(ledger, limited)[1]
+        assert charged - int(late[1]) <= counted["cost"] <= charged, ("late", tuple(late))
+        print(f"workers: {len(answered)} answered, {unheard} charged unheard, {cut} cut off")  # noqa: T201
+        ledger.check()
+    finally:
+        ledger.close()
+        postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+class _VictimOf:
+    """One of the parent's workers, killed as `_traffic` kills a gateway (SIGKILL, then wait)."""
+
+    def __init__(self, parent: int, rng: random.Random) -> None:
+        self.pid = rng.choice(sorted(_children(parent)))
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self) -> None:
+        while True:  # reaped by its parent, not by us: gone from the parent's children
+            try:
+                with open(f"/proc/{self.pid}/stat") as stat:
+                    if stat.read().split()[2] == "Z":
+                        time.sleep(0.01)
+                        continue
+            except (FileNotFoundError, ProcessLookupError):  # (the latter: read while it is reaped)
+                return
+            time.sleep(0.01)
