@@ -141,7 +141,7 @@ class Priced:
     hold: int
     output: int = 0  # the output limit held for (and sent upstream); 0: embeddings
     input_bound: int = 0  # the input tokens held for (an upper bound from the body's size)
-    prompt_floor: int = 0  # a lower bound of the input tokens (for an answer cut short)
+    prompt_floor: int = 0  # a lower bound of the input tokens (for a stream cut short; 0 otherwise)
     capacity: int = 0  # the lot capacity held (USD micro at list price)
     limit_param: str | None = None  # the output limit the client named, if any
     cache_writes: bool = False  # it may write to a prompt cache (held at the write rate)
@@ -356,7 +356,9 @@ class Gateway:
             max(hold, 1),
             output=output,
             input_bound=input_estimate,
-            prompt_floor=prompt_floor(endpoint, body),
+            # Read only when a stream is cut short (`stream_done`): a plain answer is metered
+            # from its usage or not at all, and counting a long prompt's words costs.
+            prompt_floor=prompt_floor(endpoint, body) if body.get("stream") else 0,
             capacity=bound,
             limit_param=limit_param,
             cache_writes=cache_writes,
