@@ -131,9 +131,13 @@ MIN_TOKENIZED_FACE: public(constant(uint256)) = 10 * 10**6
 #         product of two of them (bond × capacity in the pro rata releases and
 #         forfeits, seller_minted × remaining in `finalize_close`) fits 256 bits.
 MAX_LOT_AMOUNT: public(constant(uint256)) = 2**128 - 1
-# @notice Most lots an `open_lot` walks past, from each end, to keep its token's
-#         draw order (a new lot usually expires last: no walk at all).
+# @notice Most lots an `open_lot` walks past, forward from its hint and (without
+#         a usable hint) from each end, to keep its token's draw order (a new lot
+#         usually expires last: no walk at all).
 MAX_INSERT_WALK: public(constant(uint256)) = 256
+# @notice Most lots one `insert_hint` call walks (~4.2k gas each: a page of 1,024
+#         is ~4.5 M gas of eth_call); longer draw orders are paged.
+MAX_HINT_STEPS: public(constant(uint256)) = 1024
 
 KIND_TOKENIZED: public(constant(uint8)) = 1
 KIND_LISTED: public(constant(uint8)) = 2
@@ -314,6 +318,7 @@ def open_lot(
     bond: uint256,
     terms_hash: bytes32,
     rate_bps: uint16,
+    hint: uint256 = 0,
 ) -> uint256:
     """
     @notice Opens a lot of verified API credit and pulls the seller's bond.
@@ -336,6 +341,15 @@ def open_lot(
            listed: at least `min_bond(face_value)`.
     @param terms_hash Hash of the seller's signed resale-permitted declaration.
     @param rate_bps Listed lots: price as a fraction of list (1..10000); tokenized: 0.
+    @param hint Tokenized lots, optional: a lot of `token` in its draw order
+           expiring no later than `expiry` (`insert_hint` finds one); the new
+           lot is linked after it and the up to MAX_INSERT_WALK lots that
+           follow it expiring no later (opened since the hint was read). 0, or
+           a hint not usable when mined (another token's lot, unlinked, expiring
+           later, or more than MAX_INSERT_WALK lots opened after it): the walks
+           from the tail and the head, as without one. A hint never refuses a
+           lot that opens without it; with a usable one no crowd of lots of any
+           size refuses it.
     @return uint256 The new lot id (ids start at 1).
     """
     assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
@@ -385,7 +399,7 @@ def open_lot(
     )
     self.bonds_held += bond
     if kind == KIND_TOKENIZED:
-        self._link(lot_id, token, expiry)
+        self._link(lot_id, token, expiry, hint)
 
     # The seller's consent to this lot: an allowance of exactly its bond.
     assert staticcall IERC20(usdc).allowance(seller, self) == bond, "escrow: bond not approved for this lot"
@@ -792,6 +806,41 @@ def draw_order(token: address, count: uint256) -> DynArray[uint256, MAX_DRAW_LOT
     return ids
 
 
+@external
+@view
+def insert_hint(token: address, expiry: uint64, start: uint256, max_steps: uint256) -> (uint256, uint256):
+    """
+    @notice Finds `open_lot`'s hint for a lot of `token` expiring at `expiry`:
+            the last lot in draw order expiring no later, walking back from
+            `start` (0: the tail) past at most `max_steps` lots expiring later.
+            Page through a long draw order by calling again from `next_start`.
+    @dev For the attestor, off chain (eth_call). A new lot usually expires last:
+         found at the first step.
+    @param token A provider token.
+    @param expiry The new lot's expiry.
+    @param start 0, or a `next_start` from the previous call (it must still be
+           in the draw order: "escrow: start not in the draw order" otherwise;
+           start again from 0).
+    @param max_steps Most lots to walk past (1..MAX_HINT_STEPS).
+    @return (uint256, uint256) (hint, next_start): found: (the lot, 0), or
+            (0, 0) when every lot expires later (the new lot goes first: no hint
+            needed); not found within `max_steps`: (0, the lot to start from).
+    """
+    assert max_steps > 0, "escrow: zero steps"
+    lot_id: uint256 = start
+    if start == 0:
+        lot_id = self._last_lot[token]
+    else:
+        assert self._is_linked(start, token), "escrow: start not in the draw order"
+    for _: uint256 in range(max_steps, bound=MAX_HINT_STEPS):
+        if lot_id == 0 or self.lots[lot_id].expiry <= expiry:
+            return lot_id, 0
+        lot_id = self._prev_lot[lot_id]
+    if lot_id == 0 or self.lots[lot_id].expiry <= expiry:
+        return lot_id, 0
+    return 0, lot_id
+
+
 # ─── Admin (the Timelock after deploy) ───────────────────────────────────────
 
 
@@ -1003,30 +1052,46 @@ def _draw_lot(lot_id: uint256, lot: ICreditEscrow.Lot, amount: uint256, epoch: u
 
 
 @internal
-def _link(lot_id: uint256, token: address, expiry: uint64):
-    # Inserts a tokenized lot in its token's draw order, walking back from the
-    # tail past lots that expire later (equal expiry: after them, by id). If
-    # more than MAX_INSERT_WALK lots expire later, it walks forward from the
-    # head past lots that expire no later instead: 257 dust lots expiring far
-    # out (a micro-dollar of bond each) no longer block every lot expiring
-    # sooner; blocking one now also takes as many lots expiring no later,
-    # which are drawn first.
-    after: uint256 = self._last_lot[token]
+def _link(lot_id: uint256, token: address, expiry: uint64, hint: uint256):
+    # Inserts a tokenized lot in its token's draw order, sorted by (expiry, lot
+    # id): after every lot expiring no later. With a usable hint it walks
+    # forward from the hint, so the draw order's length never refuses a lot.
+    # Without one it walks back from the tail past lots that expire later, and
+    # if more than MAX_INSERT_WALK do, forward from the head past lots that
+    # expire no later: 257 lots expiring far out plus 257 at the minimum
+    # validity refuse every lot expiring between them (found: session 6) —
+    # which a hint cures. An unusable hint falls back to the walks instead of
+    # reverting: the hint is read off chain a block or more before the open
+    # is mined, and a draw, close, slash or prune in between may unlink it.
+    after: uint256 = 0
     before: uint256 = 0
-    for _: uint256 in range(MAX_INSERT_WALK):
-        if after == 0 or self.lots[after].expiry <= expiry:
-            break
-        before = after
-        after = self._prev_lot[after]
-    if after != 0 and self.lots[after].expiry > expiry:
-        after = 0
-        before = self._first_lot[token]
+    found: bool = False
+    if hint != 0 and self._is_linked(hint, token) and self.lots[hint].expiry <= expiry:
+        after = hint
+        before = self._next_lot[hint]
         for _: uint256 in range(MAX_INSERT_WALK):
             if before == 0 or self.lots[before].expiry > expiry:
                 break
             after = before
             before = self._next_lot[before]
-        assert before == 0 or self.lots[before].expiry > expiry, "escrow: too many lots expire later"
+        found = before == 0 or self.lots[before].expiry > expiry
+    if not found:
+        after = self._last_lot[token]
+        before = 0
+        for _: uint256 in range(MAX_INSERT_WALK):
+            if after == 0 or self.lots[after].expiry <= expiry:
+                break
+            before = after
+            after = self._prev_lot[after]
+        if after != 0 and self.lots[after].expiry > expiry:
+            after = 0
+            before = self._first_lot[token]
+            for _: uint256 in range(MAX_INSERT_WALK):
+                if before == 0 or self.lots[before].expiry > expiry:
+                    break
+                after = before
+                before = self._next_lot[before]
+            assert before == 0 or self.lots[before].expiry > expiry, "escrow: too many lots expire later"
     self._prev_lot[lot_id] = after
     self._next_lot[lot_id] = before
     if after == 0:
@@ -1037,6 +1102,16 @@ def _link(lot_id: uint256, token: address, expiry: uint64):
         self._last_lot[token] = lot_id
     else:
         self._prev_lot[before] = lot_id
+
+
+@internal
+@view
+def _is_linked(lot_id: uint256, token: address) -> bool:
+    # In `token`'s draw order: `_unlink` and `_prune` zero an unlinked lot's
+    # links, so only the head has no previous lot. A listed lot is never linked.
+    return self.lots[lot_id].token == token and (
+        self._prev_lot[lot_id] != 0 or (lot_id != 0 and self._first_lot[token] == lot_id)
+    )
 
 
 @internal

@@ -1152,6 +1152,7 @@ def test_constants__python_mirror__match_contract(escrow, cld):
     assert escrow.MIN_LOT_VALIDITY() == mirror.MIN_LOT_VALIDITY
     assert escrow.MIN_TOKENIZED_FACE() == mirror.MIN_TOKENIZED_FACE
     assert (escrow.MAX_DRAW_LOTS(), escrow.MAX_PRUNE_LOTS()) == (mirror.MAX_DRAW_LOTS, mirror.MAX_PRUNE_LOTS)
+    assert (escrow.MAX_INSERT_WALK(), escrow.MAX_HINT_STEPS()) == (mirror.MAX_INSERT_WALK, mirror.MAX_HINT_STEPS)
     assert escrow.MAX_LOT_AMOUNT() == mirror.MAX_LOT_AMOUNT
     assert escrow.token_bond_bps(cld) == mirror.TOKEN_BOND_BPS  # what deploy gives every provider
     assert escrow.tokenized_bond(cld, 10_001) == mirror.tokenized_bond(10_001) == 1_001  # rounded up

@@ -38,7 +38,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from promptex.protocol.escrow import KIND_LISTED as LISTED
 from promptex.protocol.escrow import KIND_TOKENIZED as TOKENIZED
-from promptex.protocol.escrow import MAX_PRUNE_LOTS, MIN_LOT_VALIDITY, listed_credit
+from promptex.protocol.escrow import MAX_HINT_STEPS, MAX_PRUNE_LOTS, MIN_LOT_VALIDITY, listed_credit
 from promptex.protocol.escrow import MIN_BOND_FLOOR_BPS as FLOOR_BPS
 from promptex.protocol.escrow import MIN_TOKENIZED_FACE as MIN_FACE
 from promptex.protocol.escrow import SETTLEMENT_GRACE as GRACE
@@ -220,8 +220,10 @@ class EscrowMachine(RuleBasedStateMachine):
         extra_bond=st.one_of(st.just(0), st.integers(-3, 10**9)),
         rate_bps=st.integers(1, 10_000),
         lifetime=st.integers(MIN_LOT_VALIDITY - DAY, 90 * DAY),
+        hint=st.sampled_from(["none", "found", "linked", "junk"]),
+        pick=st.integers(0, 10**6),
     )
-    def open_lot(self, who, by_attacker, sym, tokenized, face_value, extra_bond, rate_bps, lifetime):
+    def open_lot(self, who, by_attacker, sym, tokenized, face_value, extra_bond, rate_bps, lifetime, hint, pick):
         w = self.w
         seller = w.attacker if who == 3 else w.sellers[who]
         attestor = w.attacker if by_attacker else w.attestor
@@ -234,6 +236,20 @@ class EscrowMachine(RuleBasedStateMachine):
         kind = TOKENIZED if tokenized else LISTED
         expiry = self.now() + lifetime
         args = (seller, token.address, kind, face_value, expiry, bond, TERMS, 0 if tokenized else rate_bps)
+        # The insertion hint: the one `insert_hint` finds (checked against the model), any
+        # lot linked in either token's draw order (another token's, or expiring later), or
+        # any id at all (listed, ended, unlinked, never opened). The draw-order invariant
+        # holds whichever: an unusable hint falls back to the walks.
+        if hint == "found":
+            found = self.escrow.insert_hint(token.address, expiry, 0, MAX_HINT_STEPS)
+            earlier = [i for i in self.linked(sym) if self.lots[i].expiry <= expiry]
+            assert found == ((earlier[-1] if earlier else 0), 0)
+            args = (*args, found[0])
+        elif hint == "linked":
+            every = [i for other in sorted(FACE_VALUES) for i in self.linked(other)]
+            args = (*args, every[pick % len(every)] if every else 0)
+        elif hint == "junk":
+            args = (*args, pick % (len(self.lots) + 3))
         capacity, seller_minted, fee = face_value, 0, 0
         if tokenized:
             capacity = face_value * UNIT // FACE_VALUES[sym]

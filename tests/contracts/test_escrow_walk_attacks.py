@@ -16,9 +16,11 @@ and asserts the amounts that must not move:
 - the largest lot (2**128 - 1 units) slashed and bought back, and closed unused.
 
 The insertion walk both ways (257 lots expiring later and 257 no later than a victim)
-blocks an opening: the test here proves its bound (the crowd at the head is drawn
-first; a lot at the tail's expiry still opens); the attack itself is a finding, kept out
-of the suite (/work/briefs/findings/, README trust table).
+blocked every opening between them (cbreak's finding, session 6). `open_lot`'s hint
+cures it: the 514-lot crowd opens nothing less with a hint (deep profile: 514 lots); in
+CI, a hint inserts with no walk whatever expires later, a stale one walks forward to the
+right place, every unusable one (another token's, listed, pruned, closing, expired,
+drained, expiring later, never opened) falls back to the walks, and `insert_hint` pages.
 
 Round 2's escrow world, built once per module; titanoboa runs each test in a snapshot.
 """
@@ -31,6 +33,7 @@ from test_attacks_round2 import (
     DAY,
     GRACE,
     TERMS,
+    TOKEN,
     TOKENIZED,
     WINDOW,
     EscrowWorld,
@@ -39,9 +42,13 @@ from test_attacks_round2 import (
 )  # fmt: skip
 from test_escrow_share_attacks import _draw
 
-from promptex.protocol.escrow import MAX_DRAW_LOTS, MIN_LOT_VALIDITY, MIN_TOKENIZED_FACE
-
-MAX_INSERT_WALK = 256  # CreditEscrow.MAX_INSERT_WALK (no Python caller needs it)
+from promptex.protocol.escrow import (
+    MAX_DRAW_LOTS,
+    MAX_HINT_STEPS,
+    MAX_INSERT_WALK,
+    MIN_LOT_VALIDITY,
+    MIN_TOKENIZED_FACE,
+)
 
 OPEN, CLOSED, EXPIRED, SLASHED = 1, 2, 3, 4
 # The two tests that open 513-515 lots (~30 s each on a loaded 2-core machine) run with
@@ -291,28 +298,179 @@ def _crowd_face(w: EscrowWorld, face: int) -> int:
                              sender=w.attestor)  # fmt: skip
 
 
-# ─── The insertion walk both ways: its bound ─────────────────────────────────
+# ─── The insertion walk both ways, and the hint that cures it ────────────────
+
+
+def _open_hinted(
+    w: EscrowWorld, who: str, expiry: int, hint: int | None, face: int = MIN_TOKENIZED_FACE
+) -> tuple[int, int]:
+    """One tokenized lot of `who` opened with `hint` (None: the 8-argument call, no hint);
+    returns (its id, the open's gas)."""
+    bond = w.escrow.tokenized_bond(w.cld.address, face)
+    w.usdc.mint(who, bond)
+    w.usdc.approve(w.escrow.address, bond, sender=who)
+    args = (who, w.cld.address, TOKENIZED, face, expiry, bond, TERMS, 0)
+    if hint is None:
+        lot = w.escrow.open_lot(*args, sender=w.attestor)
+    else:
+        lot = w.escrow.open_lot(*args, hint, sender=w.attestor)
+    return lot, w.escrow._computation.get_gas_used()
+
+
+def _hint(w: EscrowWorld, expiry: int, page: int = MAX_HINT_STEPS) -> int:
+    """The attestor's search (sellers.chain.SellerChain.insert_hint): page back from the tail."""
+    hint, start = w.escrow.insert_hint(w.cld.address, expiry, 0, page)
+    while start != 0:
+        hint, start = w.escrow.insert_hint(w.cld.address, expiry, start, page)
+    return hint
+
+
+def _full_order(w: EscrowWorld) -> list[int]:
+    """The whole draw order (draw_order stops at MAX_DRAW_LOTS), walked back from the
+    tail by `insert_hint` one lot a page: every lot expires later than time 0."""
+    tail, _ = w.escrow.insert_hint(w.cld.address, 2**64 - 1, 0, 1)
+    order, start = [], tail
+    while start != 0:
+        order.append(start)
+        _, start = w.escrow.insert_hint(w.cld.address, 0, start, 1)
+    return order[::-1]
 
 
 @deep_only
-def test_insertion_walk_both_ways__the_bound__head_crowd_drawn_first_and_the_tails_expiry_still_opens(world):
-    """257 lots expiring later than a victim and 257 no later block its opening (the
-    finding, kept out of the suite). What bounds it: a lot at the tail crowd's own expiry
-    still opens (ties go after); the head crowd is real capacity drawn first, and once
-    one draw has taken 2 of it the victim opens; the crowd's bond is $1 a lot."""
+def test_insertion_walk_both_ways__514_dollar_lots_block_nothing_with_a_hint(world):
+    """The finding (cbreak, session 6): 257 lots expiring far out and 257 at the minimum
+    validity ($514 of bond) made every new lot of the token expiring between them revert
+    "too many lots expire later". With the hint `insert_hint` finds, each opens in its
+    place and the whole order stays sorted; without one (or with a hint the crowd has
+    since buried under 257 lots) the old walks still refuse it: the hint is the cure."""
     w = world
     assert w.escrow.MAX_INSERT_WALK() == MAX_INSERT_WALK == 256
-    far = now() + 10 * 365 * DAY
-    _crowd(w, MAX_INSERT_WALK + 1, far)  # the tail
+    far = now() + 20 * 365 * DAY
+    tail = _crowd(w, MAX_INSERT_WALK + 1, far)
     head = _crowd(w, MAX_INSERT_WALK + 1, now() + MIN_LOT_VALIDITY)
     bond = w.escrow.tokenized_bond(w.cld.address, MIN_TOKENIZED_FACE)
     assert w.usdc.balanceOf(w.escrow.address) == 2 * (MAX_INSERT_WALK + 1) * bond == 514 * 10**6
     victim = w.sellers[0]
     with boa.reverts("escrow: too many lots expire later"):
-        _crowd(w, 1, now() + 30 * DAY, victim)
-    at_tail = _crowd(w, 1, far, victim)[0]
-    assert w.escrow.lots(at_tail).status == OPEN
-    cap = w.escrow.lots(head[0]).capacity
-    _draw(w, w.attacker, cap, 1)  # the first head lot drained: 256 left, the walk fits
-    ok = _crowd(w, 1, now() + 30 * DAY, victim)[0]
-    assert w.escrow.lots(ok).status == OPEN and _order(w) == head[1:]  # then `ok`, then the tail
+        _open_hinted(w, victim, now() + 30 * DAY, None)
+    with boa.env.anchor():  # a hint 256 lots stale (all of them expire no later) still opens
+        lot, _ = _open_hinted(w, victim, now() + 30 * DAY, head[0])
+        assert w.escrow.insert_hint(w.cld.address, now() + 30 * DAY, 0, MAX_HINT_STEPS) == (lot, 0)
+    opened, gas = [], []
+    for days in (7, 8, 30, 365, 19 * 365, 20 * 365):
+        expiry = now() + days * DAY
+        hint = _hint(w, expiry)
+        lot, used = _open_hinted(w, victim, expiry, hint, face=10_000 * 10**6)
+        assert w.escrow.lots(lot).status == OPEN
+        opened.append(lot)
+        gas.append(used)
+    order = _full_order(w)
+    # 7 days: after the head crowd (same expiry, by id); 20 years: ties the tail's expiry.
+    assert order == [*head, *opened[:5], *tail, opened[5]]
+    assert max(gas) < 400_000  # no walk: the ordinary open's gas (~390k with a mint)
+
+
+def test_hint__inserts_in_one_step_whatever_expires_later__equal_expiries_go_after_by_id(world):
+    """A usable hint costs the same gas with 3 or 40 lots expiring later (no walk); the
+    new lot goes after every lot of its own expiry (ties by id) and before the rest."""
+    w = world
+    base = now() + 30 * DAY
+    near = _crowd(w, 3, base)
+    gas = []
+    for later in (3, 40):
+        with boa.env.anchor():
+            crowd = _crowd(w, later, base + 365 * DAY)
+            hint = _hint(w, base)
+            assert hint == near[-1]
+            lot, used = _open_hinted(w, w.sellers[0], base, hint)
+            assert _order(w) == [*near, lot, *crowd]
+            gas.append(used)
+    assert gas[0] == gas[1]
+
+
+def test_hint__stale_after_opens_in_between__walks_forward_to_the_right_place(world):
+    """The hint was read before three lots expiring no later (one of them at the new
+    lot's own expiry) and one expiring later opened: the lot still lands in order."""
+    w = world
+    base = now() + 30 * DAY
+    first = _crowd(w, 2, base)
+    hint = _hint(w, base + DAY)
+    assert hint == first[-1]
+    between = [_crowd(w, 1, base + t)[0] for t in (1, DAY, DAY)]
+    later = _crowd(w, 1, base + 2 * DAY)[0]
+    lot, _ = _open_hinted(w, w.sellers[0], base + DAY, hint)
+    assert _order(w) == [*first, *between, lot, later]
+
+
+@pytest.mark.parametrize("how", ["other_token", "listed", "pruned", "closing", "expired", "drained", "later", "junk"])
+def test_hint__not_usable__falls_back_to_the_walks_and_opens_in_order(world, how):
+    """Every unusable hint (another token's lot, a listed lot, one pruned, closing,
+    expired and unlinked, drawn empty, one expiring later, an id never opened): the
+    lot opens in its place by the ordinary walks, as with no hint, never reverting."""
+    w = world
+    e, start = w.escrow, now()
+    soon = _crowd(w, 1, start + MIN_LOT_VALIDITY, w.sellers[1])[0]
+    mid = _crowd(w, 2, start + 20 * DAY)
+    last = _crowd(w, 1, start + 60 * DAY)[0]
+    expiry = start + 30 * DAY
+    if how == "other_token":
+        other = TOKEN.deploy("GPT credit", "GPT", "OpenAI", 5_000, e.address, w.vault)
+        with boa.env.prank(w.timelock.address):
+            e.add_provider(other.address, 1_000)
+        bond = e.tokenized_bond(other.address, MIN_TOKENIZED_FACE)
+        w.usdc.mint(w.attacker, bond)
+        w.usdc.approve(e.address, bond, sender=w.attacker)
+        hint = e.open_lot(w.attacker, other.address, TOKENIZED, MIN_TOKENIZED_FACE, start + 20 * DAY, bond, TERMS, 0,
+                          sender=w.attestor)  # fmt: skip
+    elif how == "listed":
+        hint = w.open(w.attacker, kind=2, lifetime=20 * DAY, rate_bps=9_000)
+    elif how in ("pruned", "expired"):
+        hint = soon
+        boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+        expiry = now() + 30 * DAY
+        if how == "pruned":
+            assert e.prune(w.cld.address, 256) == 1
+        else:
+            boa.env.time_travel(seconds=GRACE)
+            e.prune(w.cld.address, 256)
+            e.expire(soon)
+    elif how == "closing":
+        hint = mid[1]
+        e.request_close(hint, sender=w.attacker)
+    elif how == "drained":
+        hint = soon
+        w.cld.transfer(w.attacker, w.cld.balanceOf(w.sellers[1]), sender=w.sellers[1])
+        _draw(w, w.attacker, e.lots(soon).capacity, 1)
+        assert e.lots(soon).status == CLOSED
+    elif how == "later":
+        hint = last
+    else:
+        hint = e.lot_count() + 7
+    assert hint not in _order(w) or e.lots(hint).expiry > expiry
+    with boa.env.anchor():
+        plain, _ = _open_hinted(w, w.sellers[0], expiry, None)
+        expected = _order(w)
+    lot, _ = _open_hinted(w, w.sellers[0], expiry, hint)
+    assert lot == plain and _order(w) == expected
+    assert expected.index(lot) == expected.index(last) - 1
+
+
+def test_insert_hint__pages_back_from_the_tail_and_refuses_a_stale_start(world):
+    """`insert_hint` in pages of 2: (0, next) until found, then (the lot, 0); (0, 0)
+    when every lot expires later; a start no longer in the order is refused."""
+    w = world
+    e, token, base = w.escrow, w.cld.address, now() + 30 * DAY
+    lots = [_crowd(w, 1, base + i * DAY)[0] for i in range(6)]
+    assert e.insert_hint(token, base + 9 * DAY, 0, 1) == (lots[5], 0)  # usually: the tail, at once
+    assert e.insert_hint(token, base + DAY, 0, 2) == (0, lots[3])  # walked past lots[5], lots[4]
+    assert e.insert_hint(token, base + DAY, lots[3], 2) == (lots[1], 0)  # past lots[3], lots[2]
+    assert e.insert_hint(token, base + DAY, lots[3], 1) == (0, lots[2])
+    assert e.insert_hint(token, base - 1, 0, MAX_HINT_STEPS) == (0, 0)  # goes first: no hint needed
+    assert _hint(w, base + 2 * DAY, page=1) == lots[2]
+    e.request_close(lots[3], sender=w.attacker)
+    with boa.reverts("escrow: start not in the draw order"):
+        e.insert_hint(token, base + DAY, lots[3], 2)
+    with boa.reverts("escrow: zero steps"):
+        e.insert_hint(token, base + DAY, 0, 0)
+    with boa.reverts():
+        e.insert_hint(token, base + DAY, 0, MAX_HINT_STEPS + 1)

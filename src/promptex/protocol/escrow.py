@@ -28,6 +28,10 @@ MIN_TOKENIZED_FACE = 10 * 10**6
 # from the head of a token's draw order first (not counted against the walk).
 MAX_DRAW_LOTS = 256
 MAX_PRUNE_LOTS = 256
+# Lots `open_lot` walks past forward from its hint (and, without a usable one, from each
+# end of the draw order); lots one `insert_hint` call walks (the attestor pages longer orders).
+MAX_INSERT_WALK = 256
+MAX_HINT_STEPS = 1024
 # The largest face value, capacity or bond of a lot (products of two fit 256 bits).
 MAX_LOT_AMOUNT = 2**128 - 1
 # The bond share deploy gives every provider token (`add_provider`): every tokenized lot
