@@ -12,16 +12,21 @@ from functools import cached_property
 from typing import Any
 
 from web3 import Web3
+from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 
 from promptex.chain.deployments import Deployment
 from promptex.chain.node import DEFAULT_TIMEOUT, connect, deployed_contract
 from promptex.chain.sender import Call, Receipt, SignedTx, Web3Sender
-from promptex.protocol.escrow import KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_TOKENIZED, MAX_HINT_STEPS
 
 ESCROW, USDC = "escrow", "usdc"
 # The escrow's lot statuses (CreditEscrow.STATUS_*).
 STATUS_NAMES = {1: "open", 2: "closed", 3: "expired", 4: "slashed"}
+# `insert_hint` pages: CreditEscrow.MAX_HINT_STEPS lots a call (~4.5 M gas of eth_call), and
+# at most this many calls (a million lots) before the open goes without a hint.
+HINT_PAGE = MAX_HINT_STEPS
+MAX_HINT_PAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,27 @@ class SellerChain:
             int(f.get("close_at", 0)),
         )
 
+    def insert_hint(self, token: str, expiry: int) -> int:
+        """open_lot's hint for a tokenized lot of `token` expiring at `expiry`: the last lot
+        in the token's draw order expiring no later (0: none, or an escrow without hints).
+        Paged back from the tail, HINT_PAGE lots an eth_call, so any length of draw order
+        is searched (a new lot usually expires last: one call). Without the hint, 257 lots
+        expiring later and 257 no later refuse the open; a hint made stale by lots opened
+        or ended before the open is mined still works or falls back on chain."""
+        if not any(f.get("type") == "function" and f.get("name") == "insert_hint" for f in self.escrow.abi):
+            return 0
+        address = Web3.to_checksum_address(token)
+        hint, start = 0, 0
+        for _ in range(MAX_HINT_PAGES):
+            try:
+                hint, start = self.escrow.functions.insert_hint(address, expiry, start, HINT_PAGE).call()
+            except ContractLogicError:  # `start` left the draw order between two pages: again
+                start = 0
+                continue
+            if start == 0:
+                return int(hint)
+        return 0  # the walks without a hint: right for any draw order they can pass
+
     def closes_in_two_steps(self) -> bool:
         """Whether this deployment's escrow has `request_close`/`finalize_close` (older
         deployments close in one step, `close_lot`, which `seller close` does not send)."""
@@ -194,21 +220,20 @@ class SellerChain:
     # ─── Calls ───────────────────────────────────────────────────────────────
 
     @staticmethod
-    def open_lot_call(attestation: dict[str, Any], token: str) -> Call:
-        return Call(
-            ESCROW,
-            "open_lot",
-            (
-                Web3.to_checksum_address(attestation["seller"]),
-                Web3.to_checksum_address(token),
-                attestation["kind"],
-                attestation["face_value"],
-                attestation["expiry"],
-                attestation["bond"],
-                bytes.fromhex(str(attestation["terms_hash"]).removeprefix("0x")),
-                attestation["rate_bps"],
-            ),
+    def open_lot_call(attestation: dict[str, Any], token: str, hint: int = 0) -> Call:
+        """The attestor's open_lot; `hint` (tokenized lots, from `insert_hint`) is sent only
+        when non-zero, so an escrow without hints takes the same call."""
+        args: tuple[Any, ...] = (
+            Web3.to_checksum_address(attestation["seller"]),
+            Web3.to_checksum_address(token),
+            attestation["kind"],
+            attestation["face_value"],
+            attestation["expiry"],
+            attestation["bond"],
+            bytes.fromhex(str(attestation["terms_hash"]).removeprefix("0x")),
+            attestation["rate_bps"],
         )
+        return Call(ESCROW, "open_lot", (*args, hint) if hint else args)
 
     def approve_call(self, amount: int) -> Call:
         return Call(USDC, "approve", (self.escrow.address, amount))

@@ -234,7 +234,11 @@ class Onboarding:
         route_until = self.route_until(capacity.expires_at, now)
         capacity = replace(capacity, bond_usdc=bond)
         att = attestation(capacity)
-        call = self.chain.open_lot_call(att, self.chain.token_address(att["token"]))
+        token = self.chain.token_address(att["token"])
+        # Tokenized lots join the token's draw order: the hint keeps any crowd of lots from
+        # refusing the open (listed lots are not in it).
+        hint = self.chain.insert_hint(token, int(att["expiry"])) if att["kind"] == KIND_TOKENIZED else 0
+        call = self.chain.open_lot_call(att, token, hint)
         approve_tx = self._fund_bond(capacity.seller, bond)
         reason = attestor.simulate(call)
         if reason is not None:
