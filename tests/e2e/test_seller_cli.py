@@ -391,6 +391,26 @@ def test_tokenized__summary_in_whole_tokens__close_takes_back_the_sellers_share_
     assert _lot(market, chain_lot)["status"] == 2
 
 
+def test_tokenized__lot_expiring_between_two_others__opened_with_the_insertion_hint_in_its_place(
+    market: Market,
+) -> None:
+    """The attestor's path sends open_lot's hint (the lot before it in the token's draw
+    order, found by paging `insert_hint`): the 35-day lot goes between the 30- and 40-day
+    ones. Without a hint a crowd of 514 lots would refuse it (test_escrow_walk_attacks)."""
+    market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, 3 * BOND))
+    escrow, gpt = market.escrow(), market.contract("token:GPT")
+    ids = []
+    for expires in ("30d", "40d", "35d"):
+        opened = market.add_capacity(kind="tokenized", expires=expires)
+        assert opened.exit_code == 0, opened.output
+        ids.append(escrow.functions.lot_count().call())
+    order = escrow.functions.draw_order(gpt.address, 256).call()
+    assert order.index(ids[0]) < order.index(ids[2]) < order.index(ids[1])
+    log = escrow.events.LotOpened().get_logs(from_block=0, argument_filters={"lot_id": ids[2]})[0]
+    _, params = escrow.decode_function_input(market.w3.eth.get_transaction(log["transactionHash"])["input"])
+    assert params["hint"] == order[order.index(ids[2]) - 1] != 0
+
+
 def _lot(market: Market, chain_lot: int) -> dict[str, Any]:
     escrow = market.escrow()
     return dict(zip([c["name"] for c in _lot_abi(escrow)], escrow.functions.lots(chain_lot).call(), strict=True))
