@@ -130,7 +130,9 @@ def test_limits_two_workers_postgresql__200_concurrent_lying_upstream__exactly_k
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
-            env=_env(tmp_path, url, gateway_metrics_port=metrics), stdout=subprocess.DEVNULL,
+            # deep: 1,000 connections from one address (the per-address guard's 256 would close some)
+            env=_env(tmp_path, url, gateway_metrics_port=metrics, gateway_max_connections_per_address=100_000),
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
