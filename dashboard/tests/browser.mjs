@@ -315,12 +315,14 @@ try {
   // ─── Usage: the record settles on chain; verify its Merkle proof ─────────
   await page.goto(`${DASHBOARD}/#/usage`);
   const verifyButton = `button[data-action=verify][data-request="${requestId}"]`;
+  await page.waitForSelector("#records:not([data-loading])", { timeout: T });
   await page.waitForSelector(verifyButton, { timeout: T });
   const deadline = Date.now() + 90_000;
   while (await page.locator(verifyButton).isDisabled()) {
     if (Date.now() > deadline) throw new Error(`record ${requestId} was not settled in time`);
     await page.waitForTimeout(1000);
     await page.click("#refresh-usage");
+    await page.waitForSelector("#records:not([data-loading])", { timeout: T }); // this refresh drawn
     await page.waitForSelector(verifyButton, { timeout: T });
   }
   await page.click(verifyButton);

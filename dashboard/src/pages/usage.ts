@@ -27,12 +27,24 @@ export const usagePage: Page = (root, app) => {
     h("h2", {}, "Settlement epochs"),
     epochs,
   );
-  const load = () =>
-    void loadPrices(app.ctx).then((prices) => {
-      void drawTotals(totals, prices);
-      void drawRecords(records, app, prices);
-      void drawEpochs(epochs, prices);
-    });
+  // Only the newest load draws: a refresh clicked while an older one is still in flight
+  // must not have the older answer drawn over it (nor over a verify result shown since).
+  // `data-loading` on the records is set while a load is in flight.
+  let generation = 0;
+  const load = () => {
+    const mine = ++generation;
+    records.dataset.loading = "1";
+    void loadPrices(app.ctx)
+      .then(async (prices) => {
+        if (mine !== generation) return;
+        void drawTotals(totals, prices);
+        void drawEpochs(epochs, prices);
+        await drawRecords(records, app, prices, () => mine === generation);
+      })
+      .finally(() => {
+        if (mine === generation) delete records.dataset.loading;
+      });
+  };
   load();
 };
 
@@ -116,14 +128,16 @@ function modeText(r: UsageRecord, prices: Prices): string {
   return `signed: session ${r.voucher.session}, lane ${r.voucher.lane}, ceiling ${prices.plain(r.voucher.ceiling, r.asset)}`;
 }
 
-async function drawRecords(box: HTMLElement, app: App, prices: Prices): Promise<void> {
+async function drawRecords(box: HTMLElement, app: App, prices: Prices, current: () => boolean): Promise<void> {
   if (!apiKey()) return notice(box, "info", "Use an API key (Utilize page) to see its usage records.");
   let list: UsageRecord[];
   try {
     list = await api.usage();
   } catch (err) {
-    return notice(box, "error", (err as Error).message);
+    if (current()) notice(box, "error", (err as Error).message);
+    return;
   }
+  if (!current()) return; // a newer load draws instead
   box.className = "";
   if (!list.length) return notice(box, "info", "No usage yet: run a prompt on the Utilize page.");
   box.replaceChildren(
