@@ -28,8 +28,9 @@ from promptex.gateway.buyers import member_key
 from promptex.gateway.limits import KeyBudgetExceeded, LimitCounters, LimitExceeded, Limits, Plan
 from promptex.gateway.schema import limit_counters, limit_takes
 from promptex.gateway.store import ApiKey, GatewayStore
-from promptex.ledger import AccountKind, ExtraTake, Ledger, Reservation
+from promptex.ledger import AccountKind, ExtraTake, Ledger, Reservation, UsageRecord
 from promptex.ledger.binding import sign
+from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
 
 from .conftest import Fake, Harness, _harness, event_id
@@ -252,6 +253,72 @@ def test_key_budget__taken_with_the_hold__a_swept_hold_gives_it_back__a_late_cha
         assert left() == 2 * HOLD - HOLD // 4
         book.holds.settle("b", HOLD // 2)  # its answer, metered after all
         assert left() == 2 * HOLD - HOLD // 4 - HOLD // 2
+        with book.engine.connect() as conn:
+            assert conn.execute(select(limit_takes)).all() == []
+        book.check()
+    finally:
+        book.close()
+
+
+# ─── A swept hold's tokens and cost, kept for its late answer ─────────────────
+
+
+def test_tokens_and_cost__a_swept_hold_keeps_them_for_its_late_answer__the_window_never_overshoots(
+    ledger_url: str,
+) -> None:
+    """Found by the gateway breaker (Session 6): the sweeper gave an expired hold's tokens
+    and cost back, the room admitted other requests, and the late answer — charged whole,
+    it was served — then counted against nothing: 2,000 charged in a window limited to
+    1,000. Now an expired hold gives back only its slot in flight; its tokens and cost stay
+    taken until its answer settles them to the actual, or their window ends (trim)."""
+    clock = [NOW]
+    book = Ledger.open(ledger_url, clock=lambda: clock[0], sqlite_synchronous="NORMAL")
+    counters = LimitCounters()
+    book.holds.register(counters)
+    subject = "key:late"
+    lim = Limits(tokens_per_minute=2 * TOKENS, concurrent=2, cost=HOLD, cost_asset="USDC", cost_window_seconds=3_600)
+    try:
+        account = fund(book, 10 * USDC)
+
+        def reserve(request_id: str, amount: int) -> None:
+            counters.plan(request_id, Plan([(subject, lim)], TOKENS))
+            try:
+                book.holds.reserve(
+                    Reservation(request_id, account, "USDC", amount, 10, extras=(ExtraTake(limits.NAME, TOKENS),))
+                )
+            finally:
+                counters.plan(request_id, None)
+
+        def used() -> dict[str, int]:
+            with book.engine.connect() as conn:
+                rows = conn.execute(select(limit_counters).where(limit_counters.c.subject == subject)).all()
+            return {r.kind: int(r.used) for r in rows}
+
+        reserve("a", HOLD)  # the whole window's cost
+        clock[0] += 11  # its gateway hangs past the hold's lifetime (same minute, same hour)
+        assert book.holds.sweep() == 1
+        assert used() == {"tokens": TOKENS, "cost": HOLD, "concurrent": 0}  # only the slot given back
+        with pytest.raises(LimitExceeded, match="cost per window"):
+            reserve("b", 1)  # no room: "a" may still be answered
+        book.holds.settle("a", HOLD // 2, record=UsageRecord("m", 40, 60, 0))  # its late answer
+        assert used() == {"tokens": 100, "cost": HOLD // 2, "concurrent": 0}  # settled to the actual
+        reserve("b", HOLD // 2)  # the room the actual left
+        with pytest.raises(LimitExceeded, match="cost per window"):
+            reserve("c", 1)
+        book.holds.settle("b", HOLD // 2, record=UsageRecord("m", 40, 60, 0))
+        with book.engine.connect() as conn:
+            charged = sum(int(h.charged or 0) for h in conn.execute(select(holds)).all())
+        assert charged == HOLD  # never above the window's limit
+
+        # A late answer that never comes: its takes go with their windows.
+        clock[0] = NOW + 3_600  # the next hour (and minute)
+        reserve("d", HOLD)
+        clock[0] += 11
+        assert book.holds.sweep() == 1
+        with book.engine.connect() as conn:
+            assert {r.kind for r in conn.execute(select(limit_takes)).all()} == {"tokens", "cost"}
+        clock[0] = NOW + 2 * 3_600 + 5
+        limits.trim(book.engine, clock[0])
         with book.engine.connect() as conn:
             assert conn.execute(select(limit_takes)).all() == []
         book.check()

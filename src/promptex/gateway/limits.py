@@ -8,7 +8,8 @@ never take a counter past its limit, in one process or many sharing PostgreSQL (
 conditional UPDATE on the counter's row is the one arbiter). Tokens and cost are taken
 at their upper bound when the hold is made (the input bound from the body's size plus
 the output limit sent upstream; the hold's amount) and settled to the actual usage and
-charge with the hold; a released or expired hold gives them back. A request counts
+charge with the hold; a released hold gives them back, an expired one keeps them in their
+windows for a late answer (`LimitCounters.give_back`). A request counts
 against requests per minute once admitted, whatever its end; a concurrent slot is
 given back when it ends.
 
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, insert, select, update
 
 from promptex.gateway.schema import api_keys, limit_counters, limit_takes, limits
 from promptex.gateway.store import ApiKey
@@ -247,13 +248,25 @@ class LimitCounters:
         self._end(conn, hold.request_id, used)
 
     def give_back(self, conn: Connection, hold: Hold) -> None:
-        """Nothing was served: every counter back but the request itself. An expired hold
-        keeps its budget row (at zero) so that a late answer's charge is taken again."""
-        used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0, BUDGET: 0}
-        self._end(conn, hold.request_id, used, keep_budget=hold.status == HoldStatus.EXPIRED)
+        """Nothing was served: every counter back but the request itself. An EXPIRED hold
+        may still be answered late (its process hung, or was killed after its upstream call)
+        and that answer is charged whole: so its tokens and cost stay taken in their windows
+        until it settles (then to the actual) or the window ends — were they given back,
+        the room would admit other requests and the late charge would overshoot the limit.
+        Its request-in-flight slot is given back, and its key's budget too (a lifetime
+        limit must not stay taken by a request nobody will end), keeping the budget's row
+        at zero so that a late answer's charge is taken from it again."""
+        if hold.status == HoldStatus.EXPIRED:
+            used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0, TOKENS: None, COST: None, BUDGET: 0}
+            self._end(conn, hold.request_id, used, keep=(TOKENS, COST, BUDGET))
+        else:
+            used = {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0, BUDGET: 0}
+            self._end(conn, hold.request_id, used)
 
     @staticmethod
-    def _end(conn: Connection, request_id: str, used: dict[str, int | None], *, keep_budget: bool = False) -> None:
+    def _end(conn: Connection, request_id: str, used: dict[str, int | None], *, keep: Sequence[str] = ()) -> None:
+        """Each take settled to what `used` keeps of it (None: all of it). `keep`: the kinds
+        whose take rows stay for a late answer (the budget's at zero, the others as they are)."""
         rows = conn.execute(
             select(limit_takes)
             .where(limit_takes.c.request_id == request_id)
@@ -274,11 +287,10 @@ class LimitCounters:
         if budget is not None:
             key = int(budget.subject.split(":", 1)[1])
             _settle_key_budget(conn, key, budget.amount, used.get(BUDGET) or 0)
-        if keep_budget and budget is not None:
-            conn.execute(
-                delete(limit_takes).where(limit_takes.c.request_id == request_id, limit_takes.c.kind != BUDGET)
-            )
-            conn.execute(update(limit_takes).where(limit_takes.c.request_id == request_id).values(amount=0))
+        if keep and rows:
+            mine = limit_takes.c.request_id == request_id
+            conn.execute(delete(limit_takes).where(mine, limit_takes.c.kind.not_in(keep)))
+            conn.execute(update(limit_takes).where(mine, limit_takes.c.kind == BUDGET).values(amount=0))
         elif rows:
             conn.execute(delete(limit_takes).where(limit_takes.c.request_id == request_id))
 
@@ -311,7 +323,15 @@ def _wanted(lim: Limits, hold: Hold, tokens: int, now: int) -> list[tuple[str, i
 
 def trim(engine: Engine, now: int) -> int:
     """Delete counters of windows that ended (a request still in flight that took from one
-    gives back nothing there: the window is over). Returns how many."""
+    gives back nothing there: the window is over), and the takes in them (an expired
+    hold's, kept for a late answer that never came). Returns how many counters."""
     with engine.begin() as conn:
         done = delete(limit_counters).where(limit_counters.c.kind != CONCURRENT, limit_counters.c.ends_at < now)
-        return int(conn.execute(done).rowcount or 0)
+        count = int(conn.execute(done).rowcount or 0)
+        counted = exists().where(
+            limit_counters.c.subject == limit_takes.c.subject,
+            limit_counters.c.kind == limit_takes.c.kind,
+            limit_counters.c.window_start == limit_takes.c.window_start,
+        )
+        conn.execute(delete(limit_takes).where(limit_takes.c.kind.in_((REQUESTS, TOKENS, COST)), ~counted))
+        return count
