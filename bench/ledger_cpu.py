@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 import click
 from eth_account import Account
 
+from gateway import cpu_seconds  # bench/gateway.py: a process tree's CPU (the cluster's)
 from promptex.ledger import Ledger, LotClaim, UsageRecord
 from promptex.ledger.binding import sign
 
@@ -150,22 +150,6 @@ def run(tmp: Path, synchronous: str, group: int, pairs: int, runs: int, count: b
     )
 
 
-def _cluster_seconds(postmaster: int) -> float:
-    """CPU seconds so far of a PostgreSQL cluster: its postmaster and every child."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
 def run_postgresql(pairs: int, runs: int) -> dict[str, float]:
     from promptex.ledger.local_postgres import LocalPostgres
 
@@ -177,9 +161,9 @@ def run_postgresql(pairs: int, runs: int) -> dict[str, float]:
             _batch(ledger, account, "warm", 200, 1)
             client, server = [], []
             for r in range(runs):
-                cluster = _cluster_seconds(postmaster)
+                cluster = cpu_seconds(postmaster)
                 reserve_cpu, settle_cpu = _batch(ledger, account, f"run{r}", pairs, 1)
-                server.append((_cluster_seconds(postmaster) - cluster) / pairs)
+                server.append((cpu_seconds(postmaster) - cluster) / pairs)
                 client.append((reserve_cpu + settle_cpu) / pairs)
             ledger.check()
         finally:
