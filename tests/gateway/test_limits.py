@@ -440,6 +440,28 @@ def test_late_answer__same_request_id_reserved_again_after_the_sweep__takes_noth
         t.close()
 
 
+def test_late_answer__charged_above_its_hold__counted_whole__the_window_admits_only_what_is_left(
+    ledger_url: str,
+) -> None:
+    """A late answer is charged whole (it was served), the key's budget takes all of it;
+    the window's cost counter kept only the hold's take, so it admitted the overage again."""
+    t = _Late(ledger_url, cost=3 * HOLD)
+    try:
+        t.reserve("a")
+        t.clock[0] += 11
+        assert t.books[0].holds.sweep() == 1
+        t.books[0].holds.settle("a", 2 * HOLD, record=UsageRecord("m", 40, 60, 0))
+        assert t.charged() == 2 * HOLD and t.budget_left() == 8 * HOLD
+        assert t.used() == [2 * HOLD] * 3  # counted whole, as charged
+        t.reserve("b")  # the room left
+        with pytest.raises(LimitExceeded, match="cost per window"):
+            t.reserve("c", 1)
+        t.books[0].holds.settle("b", HOLD)
+        assert t.charged() == 3 * HOLD  # == the window's limit
+    finally:
+        t.close()
+
+
 def test_late_answer__one_ledger_sweeps_while_the_other_settles_late__counters_exact(ledger_url: str) -> None:
     n = 12
     t = _Late(ledger_url, cost=n * HOLD, books=2, budget=n * HOLD, room=n)

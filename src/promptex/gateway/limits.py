@@ -156,6 +156,7 @@ _TAKE = (
     .values(used=add(limit_counters.c.used, _AMOUNT))
 )
 _GIVE = update(limit_counters).where(_KEY).values(used=sub(limit_counters.c.used, _AMOUNT))
+_COUNT = update(limit_counters).where(_KEY).values(used=add(limit_counters.c.used, _AMOUNT))  # no limit: served
 _USED = select(limit_counters.c.used).where(_KEY)
 _KEY_ID = api_keys.c.id == bindparam("p_key")
 _TAKE_KEY_BUDGET = (
@@ -280,10 +281,15 @@ class LimitCounters:
                 continue
             if kept is None:
                 continue  # the request itself stays counted; tokens without a record: as held
+            params = {"p_subject": row.subject, "p_kind": row.kind, "p_window": row.window_start}
             back = row.amount - min(row.amount, kept)
             if back:
-                params = {"p_subject": row.subject, "p_kind": row.kind, "p_window": row.window_start}
                 conn.execute(_GIVE, {**params, "p_amount": back})
+            elif row.kind == COST and kept > row.amount:
+                # Charged above its take (a late answer, charged whole; or a covered overage):
+                # counted whole in its window, past the limit if need be (it was served), so
+                # the window admits only what is left of it.
+                conn.execute(_COUNT, {**params, "p_amount": kept - row.amount})
         if budget is not None:
             key = int(budget.subject.split(":", 1)[1])
             _settle_key_budget(conn, key, budget.amount, used.get(BUDGET) or 0)
