@@ -474,3 +474,105 @@ def test_insert_hint__pages_back_from_the_tail_and_refuses_a_stale_start(world):
         e.insert_hint(token, base + DAY, 0, 0)
     with boa.reverts():
         e.insert_hint(token, base + DAY, 0, MAX_HINT_STEPS + 1)
+
+
+# ─── The hint attacked (hbreak, session 6) ───────────────────────────────────
+
+
+def _links_whole(w: EscrowWorld) -> list[int]:
+    """The draw order read forward (next links) equals it read back (prev links, by
+    `insert_hint`), sorted by (expiry, id); returns it."""
+    order = _order(w)
+    assert order == _full_order(w)
+    keys = [(w.escrow.lots(x).expiry, x) for x in order]
+    assert keys == sorted(keys)
+    return order
+
+
+@pytest.mark.parametrize("how", ["own_id", "pruned_second", "listed_same_expiry"])
+def test_hint__own_future_id_a_pruned_non_head_lot_a_listed_lot__fall_back_as_without(world, how):
+    """The new lot's own id (its Lot is written before `_link` reads the hint: not yet
+    linked), the second lot a prune popped (its prev link zeroed, `_first_lot` moved past
+    it), a listed lot of the same token expiring at the new lot's expiry: each opens the
+    lot where the plain walks put it."""
+    w = world
+    e, start = w.escrow, now()
+    soon = _crowd(w, 2, start + MIN_LOT_VALIDITY, w.sellers[1])
+    mid = _crowd(w, 2, start + 20 * DAY)
+    last = _crowd(w, 1, start + 60 * DAY)[0]
+    expiry = start + 30 * DAY
+    if how == "own_id":
+        hint = e.lot_count() + 1
+    elif how == "pruned_second":
+        boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+        expiry = now() + 30 * DAY
+        assert e.prune(w.cld.address, 256) == 2
+        hint = soon[1]
+    else:
+        hint = w.open(w.attacker, kind=2, lifetime=30 * DAY, rate_bps=9_000)
+        expiry = e.lots(hint).expiry
+    with boa.env.anchor():
+        plain, _ = _open_hinted(w, w.sellers[0], expiry, None)
+        expected = _links_whole(w)
+    lot, _ = _open_hinted(w, w.sellers[0], expiry, hint)
+    assert lot == plain and _links_whole(w) == expected
+    assert expected.index(lot) == expected.index(last) - 1 and (hint == lot or hint not in expected)
+
+
+def test_hint__the_head_after_a_prune_and_equal_expiries__links_whole_for_every_later_end(world):
+    """Hint = the head a prune left (no prev link: linked only as `_first_lot`), at the
+    new lot's very expiry: the lot goes after every equal lot (ties by id), before the
+    later one. Then a pruned lot as hint, a slash of the head, a close, a draw, a hint at
+    the tail's equal expiry, a prune and an expiry: the order read forward and back stays
+    whole and sorted after each."""
+    w = world
+    e, token, start = w.escrow, w.cld.address, now()
+    old = _crowd(w, 2, start + MIN_LOT_VALIDITY)
+    mid = _crowd(w, 2, start + 20 * DAY)
+    last = _crowd(w, 1, start + 60 * DAY)[0]
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+    assert e.prune(token, 256) == 2 and _links_whole(w) == [*mid, last]
+    lot, _ = _open_hinted(w, w.sellers[0], start + 20 * DAY, mid[0])
+    assert _links_whole(w) == [*mid, lot, last]
+    lot2, _ = _open_hinted(w, w.sellers[1], start + 20 * DAY, old[0])  # pruned head: falls back
+    assert _links_whole(w) == [*mid, lot, lot2, last]
+    e.slash(mid[0], sender=w.attestor)
+    assert _links_whole(w) == [mid[1], lot, lot2, last]
+    e.request_close(lot2, sender=w.sellers[1])
+    assert _links_whole(w) == [mid[1], lot, last]
+    cap = e.lots(mid[1]).capacity
+    _draw(w, w.attacker, cap + 1, 1)
+    assert e.lots(mid[1]).status == CLOSED and e.lots(lot).consumed == 1
+    assert _links_whole(w) == [lot, last]
+    tail, _ = _open_hinted(w, w.sellers[1], start + 60 * DAY, lot)  # walks past `last` (equal)
+    assert _links_whole(w) == [lot, last, tail]
+    boa.env.time_travel(seconds=start + 20 * DAY + 1 - now())
+    assert e.prune(token, 256) == 1 and _links_whole(w) == [last, tail]
+    boa.env.time_travel(seconds=GRACE)
+    e.expire(lot)
+    assert e.lots(lot).status == EXPIRED and _links_whole(w) == [last, tail]
+    _draw(w, w.attacker, e.lots(last).capacity + 1, 2)
+    assert e.lots(last).status == CLOSED and e.lots(tail).consumed == 1 and _links_whole(w) == [tail]
+
+
+def test_insert_hint__start_pruned_listed_or_another_tokens__refused_start_0_and_the_new_head_page(world):
+    """`insert_hint`'s start: a pruned lot (links zeroed), a listed lot of the token and
+    the token's lot asked for under another token are refused; 0 is the tail; the head
+    left by a prune (no prev link) is a valid start and ends the walk: (0, 0) or itself."""
+    w = world
+    e, token, start = w.escrow, w.cld.address, now()
+    old = _crowd(w, 2, start + MIN_LOT_VALIDITY)
+    mid = _crowd(w, 2, start + 20 * DAY)
+    listed = w.open(w.attacker, kind=2, lifetime=20 * DAY, rate_bps=9_000)
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+    assert e.prune(token, 256) == 2
+    for bad in (old[0], old[1], listed):
+        with boa.reverts("escrow: start not in the draw order"):
+            e.insert_hint(token, start + 30 * DAY, bad, 2)
+    with boa.reverts("escrow: start not in the draw order"):
+        e.insert_hint(w.usdc.address, start + 30 * DAY, mid[1], 2)
+    assert e.insert_hint(token, start + 30 * DAY, 0, 1) == (mid[1], 0)
+    assert e.insert_hint(token, start + 20 * DAY - 1, mid[0], 5) == (0, 0)  # goes first
+    assert e.insert_hint(token, start + 20 * DAY, mid[0], 1) == (mid[0], 0)
+    assert e.insert_hint(token, start + 20 * DAY - 1, 0, 1) == (0, mid[0])  # page ends at the head
+    assert e.insert_hint(token, start + 20 * DAY - 1, mid[0], 1) == (0, 0)
