@@ -593,9 +593,9 @@ def test_hint__256_and_257_lots_behind_0_with_a_huge_list__and_the_hint_closed_b
     `insert_hint` returns is the attacker's last crowd lot; its seller front-runs the open
     with `request_close` (its own call, no attestor needed): the hint is unlinked, the open
     falls back and is refused; one closed lot refuses one open (258 = 257 + 1 refusal),
-    not the 257 front-run lots the README states; the next hint then opens. This pins
-    today's behaviour (saved as /work/briefs/findings/test_zz_hbreak_hint_closed_finding.py):
-    a fix makes the refused open succeed; change that assertion then."""
+    not the 257 front-run lots the README stated; the next hint then opens. This pins
+    today's behaviour (README: the hint's limit, not fixed): a fix makes the refused open
+    succeed; change that assertion then."""
     w = world
     e, start = w.escrow, now()
     head = _crowd(w, MAX_INSERT_WALK + 2, start + MIN_LOT_VALIDITY + 10)

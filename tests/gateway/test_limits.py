@@ -412,7 +412,7 @@ def test_late_answer__after_trim_removed_its_window__or_in_the_next_window__char
         assert t.books[0].holds.sweep() == 1
         t.clock[0] = NOW + 3 * 3_600 + 5
         limits.trim(t.book.engine, t.clock[0])
-        assert t.takes() == [("budget", 0)]  # "c"'s key budget row waits for its late answer (see findings)
+        assert t.takes() == [("budget", 0)]  # "c"'s key budget row waits for a late answer (never trimmed)
         t.reserve("d")  # a window untouched by "c"
         t.books[0].holds.settle("c", HOLD // 4, record=UsageRecord("m", 40, 60, 0))
         assert t.used() == [HOLD] * 3
