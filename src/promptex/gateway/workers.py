@@ -6,32 +6,52 @@ connections, metrics address at port + its index) accepting from that one socket
 kernel hands each new connection to one of them. They share money and capacity only
 through the PostgreSQL ledger, as separate machines would (SQLite takes one process per
 file: `--workers` > 1 is refused there). The parent only supervises: SIGTERM and SIGINT
-are passed on to every worker, and a worker that dies is started again — unless it died
-within `CRASH_LOOP_SECONDS` of its start, then the others are stopped too and the
-command fails (a configuration error would otherwise loop forever).
+are passed on to every worker, and a worker that dies is started again. A worker that
+EXITS within `CRASH_LOOP_SECONDS` of its start (a configuration error: it would loop
+forever) stops the others and fails the command; one KILLED by a signal that young (an
+operator, the OOM killer) is started again, up to `MAX_YOUNG_KILLS` times in a row.
+On Linux a worker whose parent dies (even by kill -9) gets SIGTERM and stops as it would
+on the parent's: its requests in flight finish and settle, and no orphan keeps serving.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger("promptex.gateway")
 CRASH_LOOP_SECONDS = 5.0
+MAX_YOUNG_KILLS = 5  # a worker killed this many times in a row just after it started: stop
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux only; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("gateway worker: prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _start(index: int, serve: Callable[[int], None]) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         code = 0
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _stop_with_parent(parent)
             serve(index)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
@@ -46,6 +66,7 @@ def _start(index: int, serve: Callable[[int], None]) -> int:
 def run_workers(count: int, serve: Callable[[int], None]) -> int:
     """Run `serve(i)` in `count` forked workers until they are stopped; the exit code."""
     children: dict[int, tuple[int, float]] = {}  # pid → (index, started)
+    young_kills = [0] * count  # per worker index: killed just after starting, in a row
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -69,7 +90,10 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
         exited = os.waitstatus_to_exitcode(status)
         if stopping:
             continue
-        if time.monotonic() - started < CRASH_LOOP_SECONDS:
+        young = time.monotonic() - started < CRASH_LOOP_SECONDS
+        killed = exited < 0  # by a signal, not its own exit
+        young_kills[index] = young_kills[index] + 1 if young and killed else 0
+        if young and (not killed or young_kills[index] >= MAX_YOUNG_KILLS):
             log.error("gateway worker %d exited (%d) just after it started: stopping the others", index, exited)
             code = 1
             stop(signal.SIGTERM, None)

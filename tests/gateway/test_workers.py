@@ -1,0 +1,135 @@
+"""`gateway/workers.py`'s supervision, without a gateway: workers that only sleep.
+
+Each test runs `run_workers` in its own Python process (it installs signal handlers and
+forks), loading workers.py by path so the process starts in a fraction of a second. A
+worker writes its pid to a file named after its index and start, then sleeps until a
+signal ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import promptex.gateway.workers as workers
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + PR_SET_PDEATHSIG: Linux")
+
+SUPERVISOR = """
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("workers", {path!r})
+workers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workers)
+workers.CRASH_LOOP_SECONDS = {young}
+out = {out!r}
+
+def serve(index):
+    with open(os.path.join(out, f"{{index}}-{{time.monotonic_ns()}}"), "w") as f:
+        f.write(str(os.getpid()))
+    if {exit_at_start}:
+        raise SystemExit(3)
+    while True:
+        time.sleep(60)
+
+sys.exit(workers.run_workers(2, serve))
+"""
+
+
+def _supervise(tmp_path: Path, *, young: float = 30.0, exit_at_start: bool = False) -> subprocess.Popen[str]:
+    script = SUPERVISOR.format(path=workers.__file__, young=young, out=str(tmp_path), exit_at_start=exit_at_start)
+    return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+
+
+def _until(check, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pids(tmp_path: Path) -> dict[int, list[int]]:
+    """Worker index → the pids it has had, in start order."""
+    started: dict[int, list[tuple[int, int]]] = {}
+    for f in tmp_path.iterdir():
+        text = f.read_text()
+        if text:
+            index, at = f.name.split("-")
+            started.setdefault(int(index), []).append((int(at), int(text)))
+    return {i: [pid for _, pid in sorted(runs)] for i, runs in started.items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie nobody reaped yet has stopped too
+
+
+def test_parent_killed_9__every_worker_gets_sigterm_and_stops__no_orphan_serves(tmp_path: Path) -> None:
+    proc = _supervise(tmp_path)
+    try:
+        pids = _until(lambda: (p := _pids(tmp_path)) and len(p) == 2 and p, "two workers")
+        workers_now = [runs[-1] for runs in pids.values()]
+        assert all(_alive(pid) for pid in workers_now)
+        proc.kill()
+        proc.wait(timeout=10)
+        _until(lambda: not any(_alive(pid) for pid in workers_now), "the orphaned workers to stop")
+    finally:
+        for runs in _pids(tmp_path).values():
+            for pid in runs:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_worker_killed_just_after_start__started_again__until_max_young_kills_in_a_row(tmp_path: Path) -> None:
+    proc = _supervise(tmp_path)
+    try:
+        _until(lambda: len(_pids(tmp_path)) == 2, "two workers")
+        for kill in range(1, workers.MAX_YOUNG_KILLS + 1):
+            victim = _pids(tmp_path)[0][-1]
+            os.kill(victim, signal.SIGKILL)
+            if kill < workers.MAX_YOUNG_KILLS:
+                _until(lambda k=kill: len(_pids(tmp_path)[0]) == k + 1, f"worker 0 restarted ({kill})")
+                assert proc.poll() is None
+        # the fifth young kill in a row reads as a crash loop: the others stop, the command fails
+        assert proc.wait(timeout=20) == 1
+        assert len(_pids(tmp_path)[0]) == workers.MAX_YOUNG_KILLS
+        assert not any(_alive(pid) for runs in _pids(tmp_path).values() for pid in runs)
+        assert "just after it started: stopping the others" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_worker_killed_after_its_young_period__restarted_and_the_count_starts_again(tmp_path: Path) -> None:
+    proc = _supervise(tmp_path, young=0.2)
+    try:
+        _until(lambda: len(_pids(tmp_path)) == 2, "two workers")
+        for kill in range(1, workers.MAX_YOUNG_KILLS + 2):  # more kills than the young limit
+            time.sleep(0.25)  # past its young period: each kill is an ordinary death
+            os.kill(_pids(tmp_path)[0][-1], signal.SIGKILL)
+            _until(lambda k=kill: len(_pids(tmp_path)[0]) == k + 1, f"worker 0 restarted ({kill})")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_worker_exiting_on_its_own_at_start__a_configuration_error__stops_the_command(tmp_path: Path) -> None:
+    proc = _supervise(tmp_path, exit_at_start=True)
+    assert proc.wait(timeout=20) == 1
+    assert "just after it started: stopping the others" in (proc.stderr.read() if proc.stderr else "")
