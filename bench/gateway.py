@@ -268,9 +268,12 @@ def sustainable(steps: list[Step], max_p99_ms: float) -> Step | None:
     return good[-1] if good else None
 
 
-def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[str, str], str, str]:
+def setup_promptex(
+    workdir: Path, ledger_url: str, fake_url: str, synchronous: str = "NORMAL"
+) -> tuple[dict[str, str], str, str]:
     """A ledger with a rich buyer, a buyer with nothing, and one listed lot on the fake
-    upstream; returns (env, the rich key, the broke key)."""
+    upstream; returns (env, the rich key, the broke key). `synchronous`: SQLite's (the
+    bench's NORMAL; FULL is the ledger's default, each commit waiting for the disk)."""
     from eth_account import Account
 
     from promptex.config import Settings
@@ -284,7 +287,7 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
     env = {
         **os.environ,
         "PROMPTEX_LEDGER_URL": ledger_url,
-        "PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS": "NORMAL",
+        "PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS": synchronous,
         "PROMPTEX_GATEWAY_MASTER_KEY_FILE": str(workdir / "master.key"),
         "PROMPTEX_GATEWAY_LOT_MAX_INFLIGHT": "100000",
         # One key from one address is the whole load here: its shares (no starvation) must not bind.
@@ -295,7 +298,7 @@ def setup_promptex(workdir: Path, ledger_url: str, fake_url: str) -> tuple[dict[
     }
     s = Settings(ledger_url=ledger_url, gateway_master_key_file=workdir / "master.key")
     now = int(time.time())
-    with Ledger.open(ledger_url, sqlite_synchronous="NORMAL") as ledger:
+    with Ledger.open(ledger_url, sqlite_synchronous=synchronous) as ledger:
         store = GatewayStore(ledger.engine)
         capacity = Capacity(
             "openai",
@@ -363,7 +366,12 @@ def measure(url: str, headers: dict[str, str], pid: int, args: Args, timings: st
         # Last: a fixed rate above what a side sustains leaves it a backlog that would fail the next step.
         time.sleep(2)
         cpu = cpu_per_request(pid, url, headers, args.cpu_rate, args.seconds, timings)
-        click.echo(f"  CPU at {args.cpu_rate} RPS: {cpu['cpu_ms_per_request']:.2f} ms a request ({cpu})", err=True)
+        loop, ledger = wakeups(cpu)
+        click.echo(
+            f"  CPU at {args.cpu_rate} RPS: {cpu['cpu_ms_per_request']:.2f} ms a request, "
+            f"wake-ups a request loop / ledger {loop:.2f} / {ledger:.2f} ({cpu})",
+            err=True,
+        )
         return cpu
 
     if not sweep_too:
@@ -412,22 +420,29 @@ def cpu_seconds(pid: int) -> float:
 def thread_seconds(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of `pid`, by its name (`/proc/PID/task`; the
     main thread, which runs the event loop, as "loop"; same-named threads summed), and
-    each one's context switches ("<name>_switches": voluntary, i.e. wake-ups, plus forced)."""
+    each one's context switches: "<name>_wakeups" (voluntary: the thread slept, and
+    something had to wake it — the unit that does not depend on the machine's load) and
+    "<name>_preempted" (involuntary: another task took the CPU, which grows with load)."""
     tick = os.sysconf("SC_CLK_TCK")
     spent: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             name = "loop" if task.name == str(pid) else (task / "comm").read_text().strip()
-            status = (task / "status").read_text().splitlines()
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
         except OSError:
             continue
         spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-        switches = sum(
-            int(line.split()[1]) for line in status if line.endswith("ctxt_switches") or "ctxt_switches:" in line
-        )
-        spent[f"{name}_switches"] = spent.get(f"{name}_switches", 0.0) + switches
+        for key, kind in (("voluntary_ctxt_switches", "wakeups"), ("nonvoluntary_ctxt_switches", "preempted")):
+            spent[f"{name}_{kind}"] = spent.get(f"{name}_{kind}", 0.0) + int(status.get(key, "0"))
     return spent
+
+
+def wakeups(cpu: dict[str, float]) -> tuple[float, float]:
+    """Wake-ups a request of the event loop and of the ledger threads together."""
+    loop = cpu.get("thread_loop_wakeups", 0.0)
+    ledger = sum(v for k, v in cpu.items() if k.startswith("thread_ledger-") and k.endswith("_wakeups"))
+    return loop, ledger
 
 
 def cpu_per_request(
@@ -435,7 +450,8 @@ def cpu_per_request(
 ) -> dict[str, float]:
     """The server's CPU milliseconds per request served at a fixed rate (process CPU ÷
     requests served), and net of what the idle process spends over the same time; also
-    per thread of the server's own process (`thread_ms_<name>`)."""
+    per thread of the server's own process (`thread_ms_<name>`, and its wake-ups and
+    preemptions a request, `thread_<name>_wakeups` / `_preempted`)."""
     warm(url, headers)
     idle_start = cpu_seconds(pid)
     time.sleep(seconds)
@@ -446,9 +462,10 @@ def cpu_per_request(
     busy = cpu_seconds(pid) - start
     threads = thread_seconds(pid)
     served = step.sent - step.errors
+    counts = ("_wakeups", "_preempted")
     per_thread = {
-        f"thread_{name}" if name.endswith("_switches") else f"thread_ms_{name}": round(
-            (1 if name.endswith("_switches") else 1000) * (spent - threads_start.get(name, 0.0)) / max(1, served), 3
+        f"thread_{name}" if name.endswith(counts) else f"thread_ms_{name}": round(
+            (1 if name.endswith(counts) else 1000) * (spent - threads_start.get(name, 0.0)) / max(1, served), 3
         )
         for name, spent in threads.items()
         if spent > threads_start.get(name, 0.0)
@@ -463,6 +480,7 @@ def cpu_per_request(
         "p50_ms": step.p50_ms,
         "p99_ms": step.p99_ms,
         "added_p99_ms": step.added_p99_ms if step.added_p99_ms is not None else float("nan"),
+        "load_average": round(os.getloadavg()[0], 2),  # CPU a request moves with it; wake-ups hardly
     }
 
 
@@ -570,6 +588,9 @@ def summarize(sides: dict[str, Side], base_ttfb: float, seconds: float) -> dict[
             "ttfb_added_ms": side.ttfb_ms - base_ttfb if side.ttfb_ms == side.ttfb_ms else None,  # NaN: not run
             "idle_added_p50_ms": side.idle_added_p50_ms,
             "cpu_ms_per_request": side.cpu["cpu_ms_per_request"] if side.cpu else None,
+            "wakeups_loop": wakeups(side.cpu)[0] if side.cpu else None,
+            "wakeups_ledger": wakeups(side.cpu)[1] if side.cpu else None,
+            "cpu_load_average": side.cpu["load_average"] if side.cpu else None,
             "overload_offered_rps": over.rate if over else None,
             "overload_served_rps": (over.sent - over.errors) / seconds if over else None,
             "overload_429_share": over.shed / over.sent if over else None,
@@ -612,6 +633,10 @@ def litellm_config(workdir: Path, fake_url: str) -> Path:
 @click.option("--cpu-rate", default=200, show_default=True, help="the fixed rate CPU per request is measured at")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--cpu", "cpu_only", is_flag=True, help="only idle added latency and CPU per request (no sweep)")
+@click.option(
+    "--sqlite-synchronous", type=click.Choice(["NORMAL", "FULL"]), default="NORMAL", show_default=True,
+    help="the SQLite ledger's synchronous (FULL, the ledger's default, waits for the disk at each commit)",
+)  # fmt: skip
 @click.option("--attack", default=0, show_default=True, help="also measure under N slow-body connections (promptex)")
 @click.option(
     "--floor", "floor_too", is_flag=True,
@@ -627,6 +652,7 @@ def main(
     cpu_rate: int,
     as_json: bool,
     cpu_only: bool,
+    sqlite_synchronous: str,
     attack: int,
     floor_too: bool,
 ) -> None:
@@ -676,7 +702,7 @@ def main(
                 else:
                     ledger_url = f"sqlite:///{workdir}/ledger.sqlite3"
                 try:
-                    env, key, broke = setup_promptex(workdir, ledger_url, fake_url)
+                    env, key, broke = setup_promptex(workdir, ledger_url, fake_url, sqlite_synchronous)
                     port = free_port()
                     url = f"http://127.0.0.1:{port}/v1"
                     headers = {"authorization": f"Bearer {key}"}
@@ -781,6 +807,22 @@ def main(
                 ratio = a / b if better == "up" else b / a
             cells.append(f"{ratio:.1f}×" if ratio else "—")
         table.add_row(label, *cells)
+        if name == "cpu_ms_per_request":  # next to it: the wake-ups, which the load hardly moves
+            table.add_row(
+                f"wake-ups a request at {cpu_rate} RPS, loop / ledger",
+                *(
+                    f"{results[side]['wakeups_loop']:.2f} / {results[side]['wakeups_ledger']:.2f}"
+                    if results[side]["wakeups_loop"] is not None
+                    else "—"
+                    for side in results
+                ),
+                *(["—"] if both else []),
+            )
+            table.add_row(
+                "load average during the CPU measure",
+                *(f"{results[side]['cpu_load_average'] or '—'}" for side in results),
+                *(["—"] if both else []),
+            )
     Console().print(table)
     if under:
         click.echo(f"under attack: {under}")
