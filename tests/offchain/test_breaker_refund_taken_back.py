@@ -1,0 +1,181 @@
+"""Breaking the refund take-back (issue 20's last reorg gap) on the fake chain: a crash in
+the middle of it, a failed batch of several payers (some refunded, some settled again in
+the retry batch), a second refund cycle on top of a debt, and the record the chain debited
+twice (settled again under a later epoch before the old settle was re-included).
+Every promise checked against the chain: the books equal it (`reconcile`), `ledger.check()`
+holds (the fixture), a second pass books nothing."""
+
+from __future__ import annotations
+
+import pytest
+from coordinator_fakes import FakeChain
+from ledger_helpers import event_id, fund
+from test_coordinator_refund_taken_back import (
+    LOT,
+    USDC,
+    Branch,
+    View,
+    _coordinator,
+    entries,
+    reincluded,
+    settle_fails_then_refunded,
+    spend,
+)
+
+from promptex.coordinator import store as coordinator_store
+from promptex.ledger import AccountKind, Ledger, debts
+from promptex.ledger.usage import refunds_taken_back
+from promptex.protocol.escrow import KIND_LISTED
+from promptex.reconcile import reconcile
+
+
+@pytest.fixture
+def chain() -> FakeChain:
+    fake = FakeChain()
+    fake.open_lot(LOT, KIND_LISTED)
+    return fake
+
+
+def _open_debts(book: Ledger) -> list[debts.Debt]:
+    with book.engine.connect() as conn:
+        return debts.open_debts(conn)
+
+
+def test_take_back__crash_after_the_unrefund_entry__nothing_half_written_then_retry_converges(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies inside `store.reattach` after the unrefund entry is posted and the
+    record moved, before the batch is confirmed: the database transaction rolls all of it
+    back (the refund stands, the batch failed, no entry, no debt); the next pass takes the
+    refund back exactly once. SQLite and PostgreSQL."""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED)
+    coord = _coordinator(ledger, chain)
+    case = settle_fails_then_refunded(ledger, chain, coord)
+    spend(ledger, case.account, 9_500)  # the refund spent: the take-back opens a debt, which must roll back too
+    reincluded(chain, case)
+    booked = entries(ledger)
+    real = coordinator_store._usage.take_back_refund
+
+    def dies_after(*args: object, **kwargs: object) -> bool:
+        assert real(*args, **kwargs)  # type: ignore[arg-type]
+        raise RuntimeError("killed between the unrefund entry and the batch update")
+
+    monkeypatch.setattr(coordinator_store._usage, "take_back_refund", dies_after)
+    with pytest.raises(RuntimeError, match="killed"):
+        coord.run_once()
+    monkeypatch.undo()
+
+    assert entries(ledger) == booked and _open_debts(ledger) == []
+    assert coord.store.record(case.request_id).status == "refunded"
+    assert [b.epoch for b in coord.store.batches(USDC, "failed")] == [1]
+    assert ledger.balance(case.account, USDC).posted == 500
+    with ledger.engine.connect() as conn:
+        assert refunds_taken_back(conn) == []
+
+    report = coord.run_once()  # the retry: the lease is still ours, the same landed settle found again
+
+    assert report.taken_back == 1 and report.confirmed == [(USDC, 1)]
+    assert coord.store.record(case.request_id).status == "batched"
+    (debt,) = _open_debts(ledger)
+    assert (debt.account, debt.outstanding) == (case.account, 500)
+    assert ledger.balance(case.account, USDC).posted == 0
+    booked = entries(ledger)
+    assert coord.run_once().taken_back == 0 and entries(ledger) == booked
+    assert reconcile(ledger, View(chain), agent=False).ok
+
+
+def _payer(book: Ledger, chain: FakeChain, amount: int = 10_000) -> tuple[int, str]:
+    account = book.create_account(AccountKind.USER).id
+    address = fund(book, account, USDC, amount)
+    chain.s.balances[(address, USDC)] = amount
+    return account, address
+
+
+def test_take_back__several_payers_one_refunded_one_resettled_in_the_retry__each_debited_once(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """Batch A holds X's and Y's records; X's exit makes A revert; in the same pass the retry
+    batch B (the same epoch) settles Y alone and lands, X is quarantined, then refunded.
+    A reorg orphans B and A's old bytes are re-included: A holds X's and Y's records again
+    (B failed, its re-sent bytes never land), X's refund is taken back, Y is not charged a
+    second time, the seller is credited once for each, and the books equal the chain."""
+    coord = _coordinator(book, chain)
+    x, x_address = _payer(book, chain)
+    y, y_address = _payer(book, chain)
+    x_request, y_request = spend(book, x, 1_000), spend(book, y, 2_000)
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.s.balances[(x_address, USDC)] = 0  # X's instant exit, mined first
+    chain.hold = False
+    chain.mine()
+    report = coord.run_once()
+    assert report.failed == [(USDC, 1)] and report.quarantined == 1 and report.confirmed == [(USDC, 1)]
+    (retry,) = coord.store.batches(USDC, "confirmed")
+    assert coord.store.record(y_request).batch_id == retry.id
+    assert coord.run_once().refunded == 1
+    (failed,) = coord.store.batches(USDC, "failed")
+    assert book.balance(x, USDC).posted == 10_000 and chain.s.claimable[(LOT, USDC)] > 0
+
+    fork.reorg_to(chain)  # B orphaned with A's revert; A's bytes first on the new branch
+    chain.broadcast(coord.store.tx(failed.tx_id).raw)
+    report = coord.run_once()
+
+    assert report.taken_back == 1 and (USDC, 1) in report.confirmed
+    assert {b.id for b in coord.store.batches(USDC, "confirmed")} == {failed.id}
+    assert coord.store.batch(retry.id).status == "failed"
+    for request_id in (x_request, y_request):
+        record = coord.store.record(request_id)
+        assert (record.status, record.batch_id) == ("batched", failed.id)
+    assert (book.balance(x, USDC).posted, book.balance(y, USDC).posted) == (9_000, 8_000)
+    assert (chain.s.balances[(x_address, USDC)], chain.s.balances[(y_address, USDC)]) == (9_000, 8_000)
+    assert _open_debts(book) == []
+    result = reconcile(book, View(chain), agent=False)  # claimable: the seller credited once for each
+    assert result.ok and result.differences == [], result.unexplained
+    booked = entries(book)
+    again = coord.run_once()
+    assert (again.taken_back, again.confirmed, entries(book)) == (0, [], booked)
+    assert (chain.s.balances[(x_address, USDC)], chain.s.balances[(y_address, USDC)]) == (9_000, 8_000)
+
+
+def test_take_back__second_cycle_after_a_debt__the_debt_repaid_once_books_equal_the_chain(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """The refund is spent and taken back (a debt of 500); a later reorg orphans the landed
+    settle and the race repeats, the spent 9,500 caught in it too: both are refunded (the
+    500 debt repaid from them first, once), then the re-included settle takes back the
+    record's second refund only. The payer ends where the chain has it (9,000), owing
+    nothing, the first debt repaid exactly once."""
+    coord = _coordinator(book, chain)
+    first = settle_fails_then_refunded(book, chain, coord)
+    spend(book, first.account, 9_500)
+    reincluded(chain, first)
+    assert coord.run_once().taken_back == 1
+    (debt,) = _open_debts(book)
+    assert debt.outstanding == 500
+
+    first.fork.reorg_to(chain)  # the landed settle orphaned; re-sent, and raced again by the exit
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.s.balances[(first.address, USDC)] = 0
+    chain.hold = False
+    chain.mine()
+    assert coord.run_once().failed == [(USDC, 1)]  # the later 9,500 quarantined with it: the chain has 0
+    assert coord.run_once().refunded == 2
+    assert _open_debts(book) == [] and book.balance(first.account, USDC).posted == 10_000  # 10,500 back, 500 repaid
+    fork.reorg_to(chain)
+    chain.broadcast(coord.store.tx(coord.store.batches(USDC, "failed")[0].tx_id).raw)
+    assert coord.run_once().taken_back == 1
+
+    assert book.balance(first.account, USDC).posted == 9_000 == chain.s.balances[(first.address, USDC)]
+    with book.engine.connect() as conn:
+        (repaid,) = debts.debts_of(conn, first.account)
+    assert (repaid.id, repaid.status, repaid.repaid) == (debt.id, "repaid", 500)
+    assert reconcile(book, View(chain), agent=False).ok
+    booked = entries(book)
+    book.credit_deposit(event_id(), first.address, USDC, 700)  # nothing owed: all of it spendable
+    chain.s.balances[(first.address, USDC)] += 700
+    assert book.balance(first.account, USDC).posted == 9_700 and entries(book) == booked + 1
+    assert coord.run_once().taken_back == 0 and entries(book) == booked + 1
