@@ -21,8 +21,10 @@ from test_coordinator_refund_taken_back import (
     settle_fails_then_refunded,
     spend,
 )
+from test_coordinator_signed import SignedBuyer
 
 from promptex.coordinator import store as coordinator_store
+from promptex.coordinator.service import Coordinator
 from promptex.ledger import AccountKind, Ledger, debts
 from promptex.ledger.usage import refunds_taken_back
 from promptex.protocol.escrow import KIND_LISTED
@@ -179,3 +181,77 @@ def test_take_back__second_cycle_after_a_debt__the_debt_repaid_once_books_equal_
     chain.s.balances[(first.address, USDC)] += 700
     assert book.balance(first.account, USDC).posted == 9_700 and entries(book) == booked + 1
     assert coord.run_once().taken_back == 0 and entries(book) == booked + 1
+
+
+def test_take_back__record_settled_again_under_a_later_epoch__old_settle_reincluded__debited_once(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """Batch A (epoch 1) holds X's and Y's records and reverts (X's exit); the retry C takes
+    epoch 1 with Y alone; X is funded again on chain, its record requeued and settled in D,
+    epoch 2, next window. A reorg orphans everything since A was sent and a node re-includes
+    A's old bytes: the chain debited X's record in A, so A holds it again and D (not on the
+    new branch) is let go, its nonce filled with a no-op. Before, D kept the record, its
+    re-sent bytes reverted, the record went back to pending and was settled a third time:
+    X debited twice on chain, once in the books."""
+    coord = Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_retry=0)
+    x, x_address = _payer(book, chain)
+    y, y_address = _payer(book, chain)
+    x_request, y_request = spend(book, x, 1_000), spend(book, y, 2_000)
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.s.balances[(x_address, USDC)] = 0
+    chain.hold = False
+    chain.mine()
+    report = coord.run_once()
+    assert report.failed == [(USDC, 1)] and report.quarantined == 1 and report.confirmed == [(USDC, 1)]
+    (failed,) = coord.store.batches(USDC, "failed")
+    chain.s.balances[(x_address, USDC)] = 10_000  # X funded again on chain: the quarantine's cause is gone
+    chain.next_window()
+    report = coord.run_once()
+    assert (report.requeued, report.confirmed) == (1, [(USDC, 2)])
+    later = coord.store.batch(coord.store.record(x_request).batch_id)
+    assert later.epoch == 2
+
+    fork.reorg_to(chain)
+    chain.broadcast(coord.store.tx(failed.tx_id).raw)
+    coord.run_once()
+    chain.next_window()
+    coord.run_once()  # the next window's settlement: nothing of X's left to settle
+
+    x_debited = 10_000 - chain.s.balances[(x_address, USDC)]
+    y_debited = 10_000 - chain.s.balances[(y_address, USDC)]
+    assert (x_debited, y_debited) == (1_000, 2_000), "the chain debited a record twice"
+    assert coord.store.batch(later.id).status == "failed" and chain.last_epoch(USDC) == 1
+    assert {coord.store.record(r).batch_id for r in (x_request, y_request)} == {failed.id}
+    assert (book.balance(x, USDC).posted, book.balance(y, USDC).posted) == (9_000, 8_000)
+    result = reconcile(book, View(chain), agent=False)
+    assert result.ok and result.differences == [], result.unexplained
+
+
+def test_take_back__signed_batch_reincluded__its_lanes_settled_at_once_refund_taken_back(book: Ledger) -> None:
+    """Signed mode: the failed `settle_signed` batch lands after all. Its record's refund is
+    taken back and the lane's settled total is read from the vault in the same pass (before,
+    `_reattach` left it stale until the next batch confirmed)."""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    coord = _coordinator(book, chain)
+    buyer = SignedBuyer(book, chain, 10_000)
+    request_id = buyer.spend(0, 300)
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.s.balances[(buyer.address, USDC)] = 0  # the exit first: the settle reverts
+    chain.hold = False
+    chain.mine()
+    assert coord.run_once().failed == [(USDC, 1)]
+    assert coord.run_once().refunded == 1 and book.balance(buyer.account, USDC).posted == 10_000
+    fork.reorg_to(chain)
+    chain.broadcast(coord.store.tx(coord.store.batches(USDC, "failed")[0].tx_id).raw)
+
+    report = coord.run_once()
+
+    assert report.taken_back == 1 and chain.lane_settled(buyer.address, USDC, 0) == 300
+    assert book.lane(buyer.account, USDC, 1, 0).settled == 300  # what GET /v1/promptex/lanes reports
+    assert coord.store.record(request_id).status == "batched"
+    assert book.balance(buyer.account, USDC).posted == 9_700 == chain.s.balances[(buyer.address, USDC)]

@@ -42,6 +42,7 @@ from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capaci
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
 from promptex.coordinator.signed_plan import LaneDebit, LaneVoucher, Signed, SignedBatch, next_batch
 from promptex.coordinator.store import (
+    CONFIRMED,
     FAILED,
     PLANNED,
     REGISTERED,
@@ -365,7 +366,18 @@ class Coordinator:
                 batch.epoch,
             )
             return
-        done = self.store.reattach(batch, found, block, self.clock())
+        # A record settled again meanwhile under a later epoch (requeued after the failure,
+        # in a batch a reorg orphaned with this one's revert): that batch must never land
+        # as well, or the chain debits the record twice (and, should its bytes revert, the
+        # record would go back to pending and be settled a third time). It is let go like
+        # the batches of this epoch; its settle's nonce is then filled with a no-op.
+        orphaned = set()
+        for held in {r.batch_id for r in records if r.batch_id is not None and r.batch_id != batch.id}:
+            holder = self.store.batch(held)
+            if holder.epoch != batch.epoch and holder.status == CONFIRMED and not self._landed(holder):
+                orphaned.add(holder.id)
+        done = self.store.reattach(batch, found, block, self.clock(), orphaned=orphaned)
+        self._lanes_settled(batch)  # a signed batch: its lanes as the vault now has them, as `_confirm` does
         self._report.taken_back += len(done.taken_back)
         for request_id in done.taken_back:
             log.warning(

@@ -6,7 +6,7 @@ it signs. Each method is one transaction, so every state change is all or nothin
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -423,7 +423,9 @@ class CoordinatorStore(SignedTxStore):
             # settled later in the same second, or requeued meanwhile, can be taken instead).
             return _usage.oldest_unconfirmed(conn, batch.asset, mode, open_at_epoch, batch.records)
 
-    def reattach(self, batch: Batch, entries: Sequence[Entry], block: int, now: int) -> Reattached:
+    def reattach(
+        self, batch: Batch, entries: Sequence[Entry], block: int, now: int, *, orphaned: Collection[int] = ()
+    ) -> Reattached:
         """The failed `batch` landed after all (its settle, re-included by the network, won
         its nonce): its records (`entries`, proven by its root) go back to it from pending,
         from quarantine, or from the batch of the same epoch holding them (failed: it can no
@@ -431,12 +433,20 @@ class CoordinatorStore(SignedTxStore):
         its transaction is succeeded at `block`, the batch confirmed. A record refunded
         meanwhile goes back too, its refund taken back (`ledger.usage.take_back_refund`:
         the chain debited it; a debt for what the payer's balance lacks). One transaction,
-        so a crash books all of it or none, and a second call finds nothing refunded."""
+        so a crash books all of it or none, and a second call finds nothing refunded.
+        `orphaned`: batches of other epochs holding some of the records (settled again
+        after the failure), confirmed in the books but no longer on chain (the caller
+        checked): let go as well (failed, their other records back to pending), so that the
+        caller fills their settle's nonce with a no-op and the chain debits nothing twice."""
         b = settlement_batches.c
         done = Reattached()
         with self._tx() as conn:
             for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
-                _let_go(conn, holder, _AT_EPOCH, f"epoch {batch.epoch} went to batch {batch.id}", now, batch.epoch)
+                if holder in orphaned:
+                    why = f"its records were debited on chain by batch {batch.id} (epoch {batch.epoch}) after a reorg"
+                    _let_go(conn, holder, (CONFIRMED,), why, now)
+                else:
+                    _let_go(conn, holder, _AT_EPOCH, f"epoch {batch.epoch} went to batch {batch.id}", now, batch.epoch)
             for e in entries:
                 if _usage.assign_to_batch(
                     conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,
