@@ -255,3 +255,47 @@ def test_take_back__signed_batch_reincluded__its_lanes_settled_at_once_refund_ta
     assert book.lane(buyer.account, USDC, 1, 0).settled == 300  # what GET /v1/promptex/lanes reports
     assert coord.store.record(request_id).status == "batched"
     assert book.balance(buyer.account, USDC).posted == 9_700 == chain.s.balances[(buyer.address, USDC)]
+
+
+def test_take_back__later_epoch_batch_reopened_first__old_settle_beats_its_noop__debited_once(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """As above, but the coordinator saw the reorg before the old settle came back: it filled
+    A's nonce with a no-op and reopened C and D (submitted again, their bytes to re-send).
+    Then a node includes A's old bytes in the no-op's place: A landed after all, with X's
+    record, which D (epoch 2, not on the new branch) holds too. D must not be re-sent."""
+    coord = Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_retry=0)
+    x, x_address = _payer(book, chain)
+    y, y_address = _payer(book, chain)
+    x_request, y_request = spend(book, x, 1_000), spend(book, y, 2_000)
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.s.balances[(x_address, USDC)] = 0
+    chain.hold = False
+    chain.mine()
+    assert coord.run_once().failed == [(USDC, 1)]
+    (failed,) = coord.store.batches(USDC, "failed")
+    chain.s.balances[(x_address, USDC)] = 10_000
+    chain.next_window()
+    assert coord.run_once().confirmed == [(USDC, 2)]
+    later = coord.store.batch(coord.store.record(x_request).batch_id)
+
+    fork.reorg_to(chain)
+    chain.hold = True  # the coordinator's no-op waits in the mempool
+    assert coord.run_once().waiting is not None
+    assert coord.store.batch(later.id).status == "submitted"  # reopened: its bytes to go again
+    chain.mempool.clear()  # the network drops the no-op and includes A's old bytes instead
+    chain.hold = False
+    chain.broadcast(coord.store.tx(failed.tx_id).raw)
+    for _ in range(3):
+        coord.run_once()
+    chain.next_window()
+    coord.run_once()
+
+    x_debited = 10_000 - chain.s.balances[(x_address, USDC)]
+    y_debited = 10_000 - chain.s.balances[(y_address, USDC)]
+    assert (x_debited, y_debited) == (1_000, 2_000), "the chain debited a record twice"
+    assert {coord.store.record(r).batch_id for r in (x_request, y_request)} == {failed.id}
+    result = reconcile(book, View(chain), agent=False)
+    assert result.ok and result.differences == [], result.unexplained

@@ -130,10 +130,13 @@ class SignedTxStore:
     def replace_tx(self, tx: StoredTx, noop: SignedTx, sender: str, now: int) -> int:
         """`tx` must never land: closed as dropped and, in the same database transaction,
         the no-op signed for its nonce stored (before its broadcast); returns the no-op's id."""
-        t = self.txs_table
         with self._tx() as conn:
-            conn.execute(update(t).where(t.c.id == tx.id).values(status=DROPPED, block_number=None, closed_at=now))
-            return self._store_tx(conn, NOOP, noop, sender, now)
+            return self._replace_tx(conn, tx.id, noop, sender, now)
+
+    def _replace_tx(self, conn: Connection, tx_id: int, noop: SignedTx, sender: str, now: int) -> int:
+        t = self.txs_table
+        conn.execute(update(t).where(t.c.id == tx_id).values(status=DROPPED, block_number=None, closed_at=now))
+        return self._store_tx(conn, NOOP, noop, sender, now)
 
     def dropped_at(self, nonce: int) -> list[StoredTx]:
         """The transactions closed as dropped at `nonce`: replaced by a no-op, or their nonce

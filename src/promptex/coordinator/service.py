@@ -36,7 +36,7 @@ from sqlalchemy import Engine
 
 from promptex.chain import txlog
 from promptex.chain.sender import Call, SignedTx
-from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SUCCEEDED, StoredTx, TxPending
+from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SENT, SUCCEEDED, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
@@ -175,6 +175,7 @@ class Coordinator:
             for asset in self.chain.assets():
                 self._recheck_confirmed(asset)
             for tx in self.store.open_txs():  # in nonce order: a reorg's orphans are re-sent as the network would
+                tx = self.store.tx(tx.id)  # as it is now: a reattach earlier in this loop may have replaced it
                 if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
                     self._check_replaced(tx)
             self._register_spend_caps()
@@ -370,13 +371,34 @@ class Coordinator:
         # in a batch a reorg orphaned with this one's revert): that batch must never land
         # as well, or the chain debits the record twice (and, should its bytes revert, the
         # record would go back to pending and be settled a third time). It is let go like
-        # the batches of this epoch; its settle's nonce is then filled with a no-op.
-        orphaned = set()
-        for held in {r.batch_id for r in records if r.batch_id is not None and r.batch_id != batch.id}:
+        # the batches of this epoch, and its settle's nonce filled with a no-op: here if it
+        # is still to be sent (reopened by an earlier pass), else by the orphaned-transaction
+        # check that comes to it later in this pass (its nonce is higher).
+        orphaned: list[Batch] = []
+        for held in sorted({r.batch_id for r in records if r.batch_id is not None and r.batch_id != batch.id}):
             holder = self.store.batch(held)
-            if holder.epoch != batch.epoch and holder.status == CONFIRMED and not self._landed(holder):
-                orphaned.add(holder.id)
-        done = self.store.reattach(batch, found, block, self.clock(), orphaned=orphaned)
+            unlanded = holder.status in (PLANNED, SUBMITTED, CONFIRMED) and not self._landed(holder)
+            if holder.epoch != batch.epoch and unlanded:
+                orphaned.append(holder)
+        noops: list[tuple[StoredTx, SignedTx]] = []  # stored with the rest: a crash cannot leave one to re-send
+        for holder in orphaned:
+            tx = self.store.tx(holder.tx_id) if holder.tx_id is not None else None
+            if tx is not None and tx.status == SENT:
+                noops.append((tx, self.chain.sign_noop(tx.nonce, tx.tx_hash)))
+        done = self.store.reattach(
+            batch, found, block, self.clock(), orphaned={b.id for b in orphaned},
+            noops=[(tx.id, noop) for tx, noop in noops], sender=self.chain.sender,
+        )  # fmt: skip
+        for tx, noop in noops:
+            log.warning(
+                "%s epoch %d: settle %s (nonce %d) of a later batch holding its records is never re-sent: "
+                "its nonce is filled with the no-op %s",
+                batch.asset,
+                batch.epoch,
+                tx.tx_hash,
+                tx.nonce,
+                noop.tx_hash,
+            )
         self._lanes_settled(batch)  # a signed batch: its lanes as the vault now has them, as `_confirm` does
         self._report.taken_back += len(done.taken_back)
         for request_id in done.taken_back:

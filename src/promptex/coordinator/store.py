@@ -424,7 +424,15 @@ class CoordinatorStore(SignedTxStore):
             return _usage.oldest_unconfirmed(conn, batch.asset, mode, open_at_epoch, batch.records)
 
     def reattach(
-        self, batch: Batch, entries: Sequence[Entry], block: int, now: int, *, orphaned: Collection[int] = ()
+        self,
+        batch: Batch,
+        entries: Sequence[Entry],
+        block: int,
+        now: int,
+        *,
+        orphaned: Collection[int] = (),
+        noops: Sequence[tuple[int, SignedTx]] = (),
+        sender: str = "",
     ) -> Reattached:
         """The failed `batch` landed after all (its settle, re-included by the network, won
         its nonce): its records (`entries`, proven by its root) go back to it from pending,
@@ -435,18 +443,22 @@ class CoordinatorStore(SignedTxStore):
         the chain debited it; a debt for what the payer's balance lacks). One transaction,
         so a crash books all of it or none, and a second call finds nothing refunded.
         `orphaned`: batches of other epochs holding some of the records (settled again
-        after the failure), confirmed in the books but no longer on chain (the caller
-        checked): let go as well (failed, their other records back to pending), so that the
-        caller fills their settle's nonce with a no-op and the chain debits nothing twice."""
+        after the failure), planned, submitted or confirmed in the books but not on chain
+        (the caller checked): let go as well (failed, their other records back to pending),
+        their settle's nonce filled with a no-op so that the chain debits nothing twice:
+        `noops` (transaction id, the no-op from `sender`) for those not yet re-sent, replaced
+        here in the same transaction; the others the orphaned-transaction check replaces."""
         b = settlement_batches.c
         done = Reattached()
         with self._tx() as conn:
             for holder in _usage.batches_holding(conn, [e.request_id for e in entries]):
                 if holder in orphaned:
                     why = f"its records were debited on chain by batch {batch.id} (epoch {batch.epoch}) after a reorg"
-                    _let_go(conn, holder, (CONFIRMED,), why, now)
+                    _let_go(conn, holder, _AT_EPOCH, why, now)
                 else:
                     _let_go(conn, holder, _AT_EPOCH, f"epoch {batch.epoch} went to batch {batch.id}", now, batch.epoch)
+            for tx_id, noop in noops:
+                self._replace_tx(conn, tx_id, noop, sender, now)
             for e in entries:
                 if _usage.assign_to_batch(
                     conn, e.request_id, batch_id=batch.id, epoch=batch.epoch, address=e.address,
