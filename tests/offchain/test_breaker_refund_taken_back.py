@@ -258,16 +258,17 @@ def test_take_back__signed_batch_reincluded__its_lanes_settled_at_once_refund_ta
 
 
 def test_take_back__later_epoch_batch_reopened_first__old_settle_beats_its_noop__debited_once(
-    book: Ledger, chain: FakeChain
+    ledger: Ledger, chain: FakeChain
 ) -> None:
     """As above, but the coordinator saw the reorg before the old settle came back: it filled
     A's nonce with a no-op and reopened C and D (submitted again, their bytes to re-send).
     Then a node includes A's old bytes in the no-op's place: A landed after all, with X's
-    record, which D (epoch 2, not on the new branch) holds too. D must not be re-sent."""
-    coord = Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_retry=0)
-    x, x_address = _payer(book, chain)
-    y, y_address = _payer(book, chain)
-    x_request, y_request = spend(book, x, 1_000), spend(book, y, 2_000)
+    record, which D (epoch 2, not on the new branch) holds too. D must not be re-sent.
+    SQLite and PostgreSQL."""
+    coord = Coordinator(ledger.engine, chain, holder="t", clock=ledger.clock, tx_timeout=0, quarantine_retry=0)
+    x, x_address = _payer(ledger, chain)
+    y, y_address = _payer(ledger, chain)
+    x_request, y_request = spend(ledger, x, 1_000), spend(ledger, y, 2_000)
     chain.hold = True
     assert coord.run_once().waiting is not None
     fork = Branch.of(chain)
@@ -297,5 +298,5 @@ def test_take_back__later_epoch_batch_reopened_first__old_settle_beats_its_noop_
     y_debited = 10_000 - chain.s.balances[(y_address, USDC)]
     assert (x_debited, y_debited) == (1_000, 2_000), "the chain debited a record twice"
     assert {coord.store.record(r).batch_id for r in (x_request, y_request)} == {failed.id}
-    result = reconcile(book, View(chain), agent=False)
+    result = reconcile(ledger, View(chain), agent=False)
     assert result.ok and result.differences == [], result.unexplained
