@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     # Upstream timeouts: connecting, and the whole answer (or between streamed chunks).
     gateway_upstream_connect_timeout_seconds: float = 5.0
     gateway_upstream_timeout_seconds: float = 120.0
+    # The longest a request is served, from its arrival (the openai SDK's own default
+    # timeout): past it a request not yet answered is cancelled (504, its hold released)
+    # and a stream is cut off (charged as cut short). An expired hold's late answer is
+    # settled until this plus gateway_hold_margin_seconds after its hold was made — its
+    # late-answer horizon, until which it keeps its key's budget — and refused after it.
+    gateway_request_deadline_seconds: float = 600.0
     # Requests served at once by this process, and per lot; beyond them: fast 429s.
     gateway_max_inflight: int = 512
     gateway_lot_max_inflight: int = 128

@@ -391,7 +391,8 @@ def _whole_after_kills(ledger: Ledger, buyer: Buyer, seen: Seen, budget: int, su
     # An expired hold's cost stays taken in its window for a late answer (none came here).
     waiting = sum(int(r.amount) for r in rows if r.status == "expired")
     assert used["concurrent"] == [0] and sum(used["cost"]) == spent + waiting
-    assert _key_budget(ledger, buyer.key_id) == budget - spent  # the dead processes' takes given back
+    # And its key budget, until the late-answer horizon (none passed here).
+    assert _key_budget(ledger, buyer.key_id) == budget - spent - waiting
     ledger.check()
 
 

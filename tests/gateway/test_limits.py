@@ -25,12 +25,22 @@ from sqlalchemy import select
 from promptex.config import Settings
 from promptex.gateway import limits
 from promptex.gateway.buyers import member_key
-from promptex.gateway.limits import KeyBudgetExceeded, LimitCounters, LimitExceeded, Limits, Plan
+from promptex.gateway.limits import (
+    LATE_SECONDS as LATE,
+)
+from promptex.gateway.limits import (
+    KeyBudgetExceeded,
+    LateAnswerRefused,
+    LimitCounters,
+    LimitExceeded,
+    Limits,
+    Plan,
+)
 from promptex.gateway.schema import limit_counters, limit_takes
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, ExtraTake, Ledger, Reservation, UsageRecord
 from promptex.ledger.binding import sign
-from promptex.ledger.schema import holds
+from promptex.ledger.schema import holds, usage_records
 from promptex.protocol.units import USD_MICRO as USDC
 
 from .conftest import Fake, Harness, _harness, event_id
@@ -69,7 +79,7 @@ def test_limit__200_concurrent_holds_from_two_ledgers__exactly_k_admitted_nothin
     ledger_url: str, subject_limits: Limits
 ) -> None:
     books = [Ledger.open(ledger_url, clock=lambda: NOW, sqlite_synchronous="NORMAL") for _ in range(2)]
-    counters = [LimitCounters() for _ in books]
+    counters = [LimitCounters(book.clock) for book in books]
     for book, extra in zip(books, counters, strict=True):
         book.holds.register(extra)
     try:
@@ -213,7 +223,7 @@ def test_limits__none_set__no_extra_taken(gw: Harness, fake: Fake) -> None:
 # ─── An API key's budget, taken with the hold ────────────────────────────────
 
 
-def test_key_budget__taken_with_the_hold__a_swept_hold_gives_it_back__a_late_charge_takes_it_again(
+def test_key_budget__taken_with_the_hold__a_swept_hold_keeps_it__its_late_charge_settles_it(
     ledger_url: str,
 ) -> None:
     """Found by test_breaker_holds: a key's budget was taken in its own transaction before
@@ -221,7 +231,7 @@ def test_key_budget__taken_with_the_hold__a_swept_hold_gives_it_back__a_late_cha
     when a gateway was killed kept its share of the key's budget for good."""
     clock = [NOW]
     book = Ledger.open(ledger_url, clock=lambda: clock[0], sqlite_synchronous="NORMAL")
-    counters = LimitCounters()
+    counters = LimitCounters(book.clock)
     book.holds.register(counters)
     try:
         account = fund(book, 10 * USDC)
@@ -249,9 +259,9 @@ def test_key_budget__taken_with_the_hold__a_swept_hold_gives_it_back__a_late_cha
         book.holds.settle("a", HOLD // 4)
         assert left() == HOLD - HOLD // 4  # the rest of the hold given back
         clock[0] += 61
-        assert book.holds.sweep() == 1  # "b": its process died
-        assert left() == 2 * HOLD - HOLD // 4
-        book.holds.settle("b", HOLD // 2)  # its answer, metered after all
+        assert book.holds.sweep() == 1  # "b": its process died (or hung)
+        assert left() == HOLD - HOLD // 4  # kept for its late answer, until its horizon
+        book.holds.settle("b", HOLD // 2)  # its answer, metered after all: the rest back
         assert left() == 2 * HOLD - HOLD // 4 - HOLD // 2
         with book.engine.connect() as conn:
             assert conn.execute(select(limit_takes)).all() == []
@@ -273,7 +283,7 @@ def test_tokens_and_cost__a_swept_hold_keeps_them_for_its_late_answer__the_windo
     taken until its answer settles them to the actual, or their window ends (trim)."""
     clock = [NOW]
     book = Ledger.open(ledger_url, clock=lambda: clock[0], sqlite_synchronous="NORMAL")
-    counters = LimitCounters()
+    counters = LimitCounters(book.clock)
     book.holds.register(counters)
     subject = "key:late"
     lim = Limits(tokens_per_minute=2 * TOKENS, concurrent=2, cost=HOLD, cost_asset="USDC", cost_window_seconds=3_600)
@@ -334,10 +344,12 @@ class _Late:
     subjects (key, org member, org) each limited to `cost` per hour, `room` requests in
     flight and `room` * TOKENS a minute."""
 
-    def __init__(self, url: str, cost: int = HOLD, books: int = 1, budget: int = 10 * HOLD, room: int = 2) -> None:
+    def __init__(
+        self, url: str, cost: int = HOLD, books: int = 1, budget: int = 10 * HOLD, room: int = 2, late: int = LATE
+    ) -> None:
         self.clock = [NOW]
         self.books = [Ledger.open(url, clock=lambda: self.clock[0], sqlite_synchronous="NORMAL") for _ in range(books)]
-        self.counters = [LimitCounters() for _ in self.books]
+        self.counters = [LimitCounters(book.clock, late) for book in self.books]
         for book, extra in zip(self.books, self.counters, strict=True):
             book.holds.register(extra)
         self.book = self.books[0]
@@ -390,14 +402,14 @@ class _Late:
 def test_late_answer__after_trim_removed_its_window__or_in_the_next_window__charges_the_old_window_only(
     ledger_url: str,
 ) -> None:
-    t = _Late(ledger_url)
+    t = _Late(ledger_url, late=4 * 3_600)  # late answers hours later: a horizon beyond them
     try:
         t.reserve("a")
         t.clock[0] += 11
         assert t.books[0].holds.sweep() == 1
         assert t.books[0].holds.sweep() == 0  # sweep twice: nothing more given back
         assert t.books[0].holds.release("a").status.value == "expired"  # release of an expired hold: nothing
-        assert t.used() == [HOLD] * 3 and t.used("concurrent") == [0] * 3 and t.budget_left() == 10 * HOLD
+        assert t.used() == [HOLD] * 3 and t.used("concurrent") == [0] * 3 and t.budget_left() == 9 * HOLD
         # The next hour: a new window with its own room; the late answer settles in the old one.
         t.clock[0] = NOW + 3_600
         t.reserve("b")
@@ -412,7 +424,7 @@ def test_late_answer__after_trim_removed_its_window__or_in_the_next_window__char
         assert t.books[0].holds.sweep() == 1
         t.clock[0] = NOW + 3 * 3_600 + 5
         limits.trim(t.book.engine, t.clock[0])
-        assert t.takes() == [("budget", 0)]  # "c"'s key budget row waits for a late answer (never trimmed)
+        assert t.takes() == [("budget", HOLD)]  # "c"'s key budget waits for its late answer (its horizon)
         t.reserve("d")  # a window untouched by "c"
         t.books[0].holds.settle("c", HOLD // 4, record=UsageRecord("m", 40, 60, 0))
         assert t.used() == [HOLD] * 3
@@ -430,7 +442,7 @@ def test_late_answer__same_request_id_reserved_again_after_the_sweep__takes_noth
         t.clock[0] += 11
         assert t.books[0].holds.sweep() == 1
         t.reserve("a")  # the same request again (a retry with its id): the expired hold, nothing taken
-        assert t.used() == [HOLD] * 3 and t.used("concurrent") == [0] * 3 and t.budget_left() == 10 * HOLD
+        assert t.used() == [HOLD] * 3 and t.used("concurrent") == [0] * 3 and t.budget_left() == 9 * HOLD
         t.books[0].holds.settle("a", HOLD, record=UsageRecord("m", 40, 60, 0))
         assert t.used() == [HOLD] * 3 and t.budget_left() == 9 * HOLD and t.takes() == []
     finally:
@@ -487,3 +499,188 @@ def test_late_answer__one_ledger_sweeps_while_the_other_settles_late__counters_e
         assert t.budget_left() == n * HOLD // 2 and t.takes() == []
     finally:
         t.close()
+
+
+# ─── A key's budget and late answers: kept until the horizon (issue 22) ──────
+
+
+def _budget_takes(t: _Late) -> list[tuple[str, int, int]]:
+    with t.book.engine.connect() as conn:
+        rows = conn.execute(select(limit_takes).where(limit_takes.c.kind == "budget")).all()
+    return sorted((r.request_id, int(r.amount), int(r.window_start)) for r in rows)
+
+
+def test_key_budget__swept_hold_keeps_it__others_refused__late_answer_never_overshoots(ledger_url: str) -> None:
+    """lbreak's finding (session 6): the sweep gave an expired hold's key budget back, the
+    budget admitted others, the late answer was charged whole and the budget stopped at
+    zero: 3,000 charged against a budget of 2,000. Now the expired hold keeps its take."""
+    t = _Late(ledger_url, cost=10 * HOLD, budget=2 * HOLD, room=4)
+    try:
+        t.reserve("a")
+        t.clock[0] += 11
+        assert t.books[0].holds.sweep() == 1
+        assert t.budget_left() == HOLD  # kept for the late answer (given back at the sweep before)
+        t.reserve("b")
+        with pytest.raises(KeyBudgetExceeded):
+            t.reserve("c")  # what "a" may still be charged is not admitted again
+        t.books[0].holds.settle("b", HOLD)
+        t.books[0].holds.settle("a", HOLD, record=UsageRecord("m", 40, 60, 0))  # the late answer
+        with t.book.engine.connect() as conn:
+            charged = sum(int(h.charged or 0) for h in conn.execute(select(holds)).all())
+        assert charged <= 2 * HOLD, f"the key's budget is {2 * HOLD}, its requests were charged {charged}"
+        assert t.budget_left() == 0 and _budget_takes(t) == []
+    finally:
+        t.close()
+
+
+def test_key_budget__never_answered__back_exactly_at_the_horizon__row_deleted__later_answer_refused(
+    ledger_url: str,
+) -> None:
+    t = _Late(ledger_url, cost=10 * HOLD, budget=2 * HOLD, room=4)
+    try:
+        t.reserve("a")  # made at NOW
+        t.clock[0] += 11
+        assert t.books[0].holds.sweep() == 1
+        horizon = NOW + LATE
+        assert _budget_takes(t) == [("a", HOLD, horizon)]
+        t.clock[0] = horizon
+        limits.trim(t.book.engine, horizon)
+        assert t.budget_left() == HOLD and len(_budget_takes(t)) == 1  # at the horizon: still kept
+        t.clock[0] = horizon + 1
+        limits.trim(t.book.engine, horizon + 1)
+        assert t.budget_left() == 2 * HOLD and _budget_takes(t) == []  # past it: back, the row deleted
+        with pytest.raises(LateAnswerRefused):
+            t.books[0].holds.settle("a", HOLD, record=UsageRecord("m", 40, 60, 0))  # its answer, too late
+        assert t.charged() == 0 and t.budget_left() == 2 * HOLD
+        assert t.books[0].holds.release("a").status.value == "expired"  # nothing was charged or recorded
+        # A hold swept only after its horizon (every gateway was down): its budget back at once.
+        t.reserve("b")  # made at horizon + 1
+        t.clock[0] += LATE + 1
+        assert t.books[0].holds.sweep() == 1
+        assert t.budget_left() == 2 * HOLD and _budget_takes(t) == []
+    finally:
+        t.close()
+
+
+def test_key_budget__late_answers_at_the_horizon__settle_to_their_charge__budget_never_overshot(
+    ledger_url: str,
+) -> None:
+    t = _Late(ledger_url, cost=10 * HOLD, budget=2 * HOLD, room=4)
+    try:
+        t.reserve("a")
+        t.reserve("b")
+        t.clock[0] += 11
+        assert t.books[0].holds.sweep() == 2
+        t.clock[0] = NOW + LATE  # the last second a late answer settles
+        limits.trim(t.book.engine, t.clock[0])
+        with pytest.raises(KeyBudgetExceeded):
+            t.reserve("c")
+        t.books[0].holds.settle("a", HOLD // 2, record=UsageRecord("m", 40, 60, 0))
+        assert t.budget_left() == HOLD // 2  # its charge kept, the rest back
+        t.reserve("c", HOLD // 2)
+        t.books[0].holds.settle("b", HOLD, record=UsageRecord("m", 40, 60, 0))
+        t.books[0].holds.settle("c", HOLD // 2)
+        assert t.charged() == 2 * HOLD and t.budget_left() == 0 and _budget_takes(t) == []
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_key_budget__200_concurrent_from_two_ledgers__late_answers_meanwhile__charged_within_the_budget(
+    ledger_url: str,
+) -> None:
+    """Two ledgers on one database (two gateway processes): a few holds expire, then 200
+    requests race for the key's budget while the expired holds' late answers settle from
+    the other ledger: every charge within the budget, the budget exactly what is left."""
+    late = 5
+    t = _Late(ledger_url, books=2, budget=K * HOLD)
+    t.plan = Plan([], TOKENS, t.key.id)  # the key's budget alone
+    try:
+        for i in range(late):
+            t.reserve(f"late{i}", i=i % 2)
+        t.clock[0] += 11
+        assert t.books[0].holds.sweep() == late
+        assert t.budget_left() == (K - late) * HOLD
+        start = threading.Barrier(51)
+
+        def reserve(i: int) -> str:
+            if i < 50:
+                start.wait()
+            try:
+                t.reserve(f"req-{i}", i=i % 2)
+                return "held"
+            except KeyBudgetExceeded:
+                return "refused"
+
+        def answer_late() -> int:
+            start.wait()
+            for i in range(late):  # charged half their hold: the rest back, admitted again
+                t.books[1].holds.settle(f"late{i}", HOLD // 2, record=UsageRecord("m", 40, 60, 0))
+            return late
+
+        with ThreadPoolExecutor(51) as pool:
+            answered = pool.submit(answer_late)
+            results = list(pool.map(reserve, range(REQUESTS)))
+            assert answered.result() == late
+        held = results.count("held")
+        assert K - late <= held <= K - late + late // 2 and results.count("refused") == REQUESTS - held
+        for i, outcome in enumerate(results):
+            if outcome == "held":
+                t.books[i % 2].holds.settle(f"req-{i}", HOLD)
+        charged = t.charged()
+        assert charged <= K * HOLD and t.budget_left() == K * HOLD - charged
+        assert _budget_takes(t) == []
+    finally:
+        t.close()
+
+
+# ─── The request deadline the horizon rests on ───────────────────────────────
+
+
+@pytest.fixture
+def gw_deadline(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    short = settings.model_copy(update={"gateway_request_deadline_seconds": 0.5})
+    yield from _harness(short, f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+def test_deadline__unanswered_request_cancelled_504_hold_released__stream_cut_off_charged_as_cut(
+    gw_deadline: Harness, fake: Fake
+) -> None:
+    """No live gateway settles a request after its deadline (+ the margin for the settle):
+    the premise of the late-answer horizon. An answer not in by then is not served (504,
+    its hold released, nothing charged); a stream still running is cut off there and
+    charged what it streamed."""
+    gw = gw_deadline
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    gate = threading.Event()
+    fake.config.gate = gate  # the upstream never answers
+    try:
+        answer = httpx.post(
+            gw.url + "/v1/chat/completions",
+            json={"model": "fake-flat", "messages": HELLO, "max_tokens": 16},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    finally:
+        gate.set()
+        fake.config.gate = None
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "request_deadline"
+    balance = gw.ledger.balance(account, "USDC")
+    assert (balance.posted, balance.held) == (10 * USDC, 0)
+    with gw.ledger.engine.connect() as conn:
+        assert [h.status for h in conn.execute(select(holds)).all()] == ["released"]
+
+    fake.config.chunk_delay_ms = 40  # 64 words: 2.5 s
+    with httpx.stream(
+        "POST",
+        gw.url + "/v1/chat/completions",
+        json={"model": "fake-flat", "messages": HELLO, "max_tokens": 64, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+    ) as streamed:
+        assert streamed.status_code == 200
+        body = streamed.read()
+    assert b'"cost_units"' in body  # ended by the gateway with its charge, not broken off
+    with gw.ledger.engine.connect() as conn:
+        cut = conn.execute(select(holds).where(holds.c.status == "settled")).one()
+        output = conn.execute(select(usage_records.c.output_tokens)).scalar_one()
+    assert 0 < int(cut.charged) < int(cut.amount) and 0 < output < 64  # cut short, charged as such

@@ -134,6 +134,15 @@ def price_unavailable(symbol: str, own: str) -> GatewayError:
     )
 
 
+def deadline_passed(seconds: float) -> GatewayError:
+    return GatewayError(
+        504,
+        f"The request was not answered within its deadline of {seconds:g} seconds.",
+        type="server_error",
+        code="request_deadline",
+    )
+
+
 def upstream_failed(timeout: bool) -> GatewayError:
     if timeout:
         return GatewayError(504, "The upstream provider timed out.", type="server_error", code="upstream_timeout")

@@ -14,10 +14,15 @@ against requests per minute once admitted, whatever its end; a concurrent slot i
 given back when it ends.
 
 An API key's budget (a lifetime cost limit, on the key's own row) is taken here too, at
-the hold's amount, settled to the charge and given back with the hold: a key's budget is
-never left taken by a request nobody will end (its process killed: the sweeper gives it
-back), and a late answer's charge, metered after its hold expired, is taken from it again
-(down to zero, never below: the answer was served).
+the hold's amount, settled to the charge and given back with a released hold. An EXPIRED
+hold keeps it taken until its late answer settles it (the charge kept, the rest back) or
+until its late-answer horizon — `late_seconds` after the hold was made: the gateway's
+request deadline plus its margin, past which no live gateway settles a request — then
+`trim` gives it back and deletes its row. A late answer metered after the horizon is
+refused (`LateAnswerRefused`: nothing charged, the hold stays expired). So every charge is
+settled against a take the budget's conditional UPDATE admitted, and a key's requests are
+never charged beyond its budget; the price is a killed gateway's requests holding their
+key's budget until their horizon.
 
 Windows are fixed: the minute (ledger clock) for requests and tokens, `cost_window_seconds`
 for cost; a refusal's retry-after is the time left in the window that refused (1 s for
@@ -28,14 +33,14 @@ account at its org) and `org:ORG` (every member's requests together).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, insert, select, update
 
 from promptex.gateway.schema import api_keys, limit_counters, limit_takes, limits
 from promptex.gateway.store import ApiKey
-from promptex.ledger import Refusal
+from promptex.ledger import HoldConflict, Refusal
 from promptex.ledger.amounts import Amount, add, ge, sub
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.models import Hold, HoldStatus
@@ -44,7 +49,12 @@ from promptex.ledger.usage import UsageRecord
 NAME = "limits"
 REQUESTS, TOKENS, CONCURRENT, COST = "requests", "tokens", "concurrent", "cost"
 BUDGET = "budget"  # an API key's budget: its take's row names the key (`key:ID`), window 0
+# (an expired hold's kept take: its late-answer horizon)
 MINUTE = 60
+# Seconds after a hold was made that its late answer is still settled: the gateway's
+# defaults, a request deadline of 600 s plus a 60 s margin (`Gateway` passes its own).
+LATE_SECONDS = 660
+TRIM_BATCH = 1_000  # expired holds' budget takes given back per `trim`
 WHAT = {
     REQUESTS: "requests per minute",
     TOKENS: "tokens per minute",
@@ -88,6 +98,11 @@ class LimitExceeded(Refusal):
 
 class KeyBudgetExceeded(Refusal):
     """The API key's own budget does not cover the hold."""
+
+
+class LateAnswerRefused(HoldConflict):
+    """An expired hold's answer metered after its late-answer horizon: its request is over
+    (its limits and its key's budget were given back), so it is not charged."""
 
 
 def key_subject(key: ApiKey) -> str:
@@ -188,7 +203,14 @@ class LimitCounters:
 
     name = NAME
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int], late_seconds: int = LATE_SECONDS) -> None:
+        """`clock`: the ledger's (read again inside a late settle, once its takes are locked:
+        a `trim` that gave them back committed before it). `late_seconds`: how long after a
+        hold was made its late answer is still settled; every process the same."""
+        if late_seconds < 0:
+            raise ValueError("a late-answer horizon is not negative")
+        self.clock = clock
+        self.late_seconds = late_seconds
         self._plans: dict[str, Plan] = {}
         self._lock = threading.Lock()
 
@@ -241,7 +263,19 @@ class LimitCounters:
             )  # fmt: skip
 
     def settle(self, conn: Connection, hold: Hold, record: UsageRecord | None, late: bool) -> None:
-        """Keep what was used: the request, the tokens it processed, what it was charged."""
+        """Keep what was used: the request, the tokens it processed, what it was charged.
+        A late answer past its horizon is refused (the whole settle rolls back)."""
+        if late:
+            # Its takes locked first: a `trim` giving them back either waits for this settle
+            # or committed before it — and then the clock, read now, is past the horizon.
+            conn.execute(
+                select(limit_takes.c.kind).where(limit_takes.c.request_id == hold.request_id).with_for_update()
+            )
+            horizon = hold.created_at + self.late_seconds
+            if self.clock() > horizon:
+                raise LateAnswerRefused(
+                    f"request {hold.request_id!r} was answered after its late-answer horizon ({horizon}): not charged"
+                )
         used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0}
         if record is not None:
             used[TOKENS] = record.input_tokens + record.output_tokens
@@ -252,22 +286,30 @@ class LimitCounters:
         """Nothing was served: every counter back but the request itself. An EXPIRED hold
         may still be answered late (its process hung, or was killed after its upstream call)
         and that answer is charged whole: so its tokens and cost stay taken in their windows
-        until it settles (then to the actual) or the window ends — were they given back,
-        the room would admit other requests and the late charge would overshoot the limit.
-        Its request-in-flight slot is given back, and its key's budget too (a lifetime
-        limit must not stay taken by a request nobody will end), keeping the budget's row
-        at zero so that a late answer's charge is taken from it again."""
+        until it settles (then to the actual) or the window ends, and its key's budget until
+        it settles or its horizon passes (`trim`) — were they given back, the room or the
+        budget would admit other requests and the late charge would overshoot the limit.
+        Its request-in-flight slot is given back. A hold swept after its horizon gives its
+        budget back at once."""
         if hold.status == HoldStatus.EXPIRED:
-            used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0, TOKENS: None, COST: None, BUDGET: 0}
-            self._end(conn, hold.request_id, used, keep=(TOKENS, COST, BUDGET))
+            horizon = hold.created_at + self.late_seconds
+            waits = hold.closed_at is None or hold.closed_at <= horizon
+            used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0, TOKENS: None, COST: None}
+            used[BUDGET] = None if waits else 0
+            self._end(
+                conn, hold.request_id, used, keep=(TOKENS, COST, BUDGET) if waits else (TOKENS, COST), until=horizon
+            )
         else:
             used = {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0, BUDGET: 0}
             self._end(conn, hold.request_id, used)
 
     @staticmethod
-    def _end(conn: Connection, request_id: str, used: dict[str, int | None], *, keep: Sequence[str] = ()) -> None:
+    def _end(
+        conn: Connection, request_id: str, used: dict[str, int | None], *, keep: Sequence[str] = (), until: int = 0
+    ) -> None:
         """Each take settled to what `used` keeps of it (None: all of it). `keep`: the kinds
-        whose take rows stay for a late answer (the budget's at zero, the others as they are)."""
+        whose take rows stay for a late answer, as they are (the budget's marked with its
+        horizon, `until`)."""
         rows = conn.execute(
             select(limit_takes)
             .where(limit_takes.c.request_id == request_id)
@@ -290,13 +332,14 @@ class LimitCounters:
                 # counted whole in its window, past the limit if need be (it was served), so
                 # the window admits only what is left of it.
                 conn.execute(_COUNT, {**params, "p_amount": kept - row.amount})
-        if budget is not None:
+        if budget is not None and used.get(BUDGET) is not None:
             key = int(budget.subject.split(":", 1)[1])
             _settle_key_budget(conn, key, budget.amount, used.get(BUDGET) or 0)
         if keep and rows:
             mine = limit_takes.c.request_id == request_id
             conn.execute(delete(limit_takes).where(mine, limit_takes.c.kind.not_in(keep)))
-            conn.execute(update(limit_takes).where(mine, limit_takes.c.kind == BUDGET).values(amount=0))
+            if BUDGET in keep and budget is not None:
+                conn.execute(update(limit_takes).where(mine, limit_takes.c.kind == BUDGET).values(window_start=until))
         elif rows:
             conn.execute(delete(limit_takes).where(limit_takes.c.request_id == request_id))
 
@@ -330,7 +373,8 @@ def _wanted(lim: Limits, hold: Hold, tokens: int, now: int) -> list[tuple[str, i
 def trim(engine: Engine, now: int) -> int:
     """Delete counters of windows that ended (a request still in flight that took from one
     gives back nothing there: the window is over), and the takes in them (an expired
-    hold's, kept for a late answer that never came). Returns how many counters."""
+    hold's, kept for a late answer that never came); give back the key budget expired holds
+    kept past their horizon, deleting their takes. Returns how many counters."""
     with engine.begin() as conn:
         done = delete(limit_counters).where(limit_counters.c.kind != CONCURRENT, limit_counters.c.ends_at < now)
         count = int(conn.execute(done).rowcount or 0)
@@ -340,4 +384,32 @@ def trim(engine: Engine, now: int) -> int:
             limit_counters.c.window_start == limit_takes.c.window_start,
         )
         conn.execute(delete(limit_takes).where(limit_takes.c.kind.in_((REQUESTS, TOKENS, COST)), ~counted))
+        _past_horizon(conn, now)  # after the counters: a settle locks counters, then keys
         return count
+
+
+def _past_horizon(conn: Connection, now: int) -> None:
+    """Expired holds' budget takes whose horizon passed (an active hold's is at 0): given
+    back to their keys, deleted. Rows a late settle has locked are skipped: it settles or
+    refuses them itself."""
+    rows = conn.execute(
+        select(limit_takes.c.request_id, limit_takes.c.subject, limit_takes.c.amount)
+        .where(limit_takes.c.kind == BUDGET, limit_takes.c.window_start > 0, limit_takes.c.window_start < now)
+        .order_by(limit_takes.c.request_id)
+        .limit(TRIM_BATCH)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return
+    conn.execute(
+        delete(limit_takes).where(
+            limit_takes.c.kind == BUDGET, limit_takes.c.request_id.in_([r.request_id for r in rows])
+        )
+    )
+    back: dict[int, int] = {}
+    for row in rows:
+        key = int(row.subject.split(":", 1)[1])
+        back[key] = back.get(key, 0) + int(row.amount)
+    for key, amount in sorted(back.items()):  # one lock order on the keys' rows
+        if amount:
+            conn.execute(_GIVE_KEY_BUDGET, {"p_key": key, "p_amount": amount})

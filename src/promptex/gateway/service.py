@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -124,6 +125,8 @@ def check_hold_lifetime(settings: Settings) -> None:
     after its funds and capacity were given to others."""
     margin = settings.gateway_hold_margin_seconds
     needed = settings.gateway_upstream_connect_timeout_seconds + settings.gateway_upstream_timeout_seconds + margin
+    if settings.gateway_request_deadline_seconds <= 0:
+        raise ConfigurationError("PROMPTEX_GATEWAY_REQUEST_DEADLINE_SECONDS must be positive")
     if margin < 0 or settings.gateway_hold_ttl_seconds < needed:
         raise ConfigurationError(
             f"PROMPTEX_GATEWAY_HOLD_TTL_SECONDS is {settings.gateway_hold_ttl_seconds}: a hold must live at least "
@@ -153,6 +156,7 @@ class Priced:
     claims: list[LotClaim] = field(default_factory=list)
     voucher: Voucher | None = None  # signed mode: the voucher its hold is (ceiling − lane_charged)
     lane_charged: int = 0  # signed mode: the lane's total charged before it
+    deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
 
 
 class Gateway:
@@ -189,7 +193,10 @@ class Gateway:
         self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
         self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
         self.overloaded = False  # set by `watch_load`
-        self.counters = limits.LimitCounters()
+        # An expired hold's late answer is settled until its horizon: the request deadline
+        # (past which this process answers nothing) plus the margin for its settle.
+        late = math.ceil(settings.gateway_request_deadline_seconds + settings.gateway_hold_margin_seconds)
+        self.counters = limits.LimitCounters(ledger.clock, late)
         ledger.holds.register(self.counters)
         self._limits: dict[int, list[tuple[str, limits.Limits]]] = {}  # key id → its subjects' limits
         self.admission = Admission(settings.gateway_max_inflight_per_key, settings.gateway_max_inflight_per_address)
@@ -694,7 +701,10 @@ class Gateway:
                 voucher_ceiling=voucher.ceiling,
             )
         began = time.perf_counter()
-        hold: Hold = await self._money(key, self._settle, request_id, cost, record)
+        try:
+            hold: Hold = await self._money(key, self._settle, request_id, cost, record)
+        except limits.LateAnswerRefused:  # metered past its horizon (this process stalled): not served
+            raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
         priced.settle_seconds = time.perf_counter() - began
         self.registry.used(lot, usd)
         charged = cost if hold.charged is None else hold.charged
@@ -786,6 +796,10 @@ class Gateway:
         priced = await self.signed_mode(request, key, priced)
         output = priced.output
         upstream_body = fronts.upstream_body(endpoint, body, output)
+        # The deadline counts from the request's arrival (before its hold is made, so it
+        # ends before its hold's late-answer horizon: `limits.LimitCounters`).
+        loop_now = asyncio.get_running_loop().time()
+        priced.deadline = loop_now - (time.perf_counter() - start) + self.s.gateway_request_deadline_seconds
         await self.reserve(key, priced, request_id)
         stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
         try:
@@ -866,14 +880,17 @@ class Gateway:
             lot.inflight += 1
             began = time.perf_counter()
             try:
-                answer = await self.client.post(call.url, call.headers, call.content)
-                await answer.read()
+                async with asyncio.timeout_at(priced.deadline):
+                    answer = await self.client.post(call.url, call.headers, call.content)
+                    await answer.read()
             except UpstreamTimeout:
                 self._failed(lot, "timeout", failures)
                 continue
             except UpstreamError:
                 self._failed(lot, "error", failures)
                 continue
+            except TimeoutError:  # the request's deadline (not the lot's failure): no failover
+                raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
             finally:
                 lot.inflight -= 1
             priced.upstream_seconds = elapsed = time.perf_counter() - began
@@ -909,7 +926,8 @@ class Gateway:
             handed_over = False
             began = time.perf_counter()
             try:
-                upstream = await self.client.post(call.url, call.headers, call.content)
+                async with asyncio.timeout_at(priced.deadline):
+                    upstream = await self.client.post(call.url, call.headers, call.content)
                 status = upstream.status_code
                 if status in FAILOVER_STATUSES or status >= 500:
                     upstream.close()
@@ -927,6 +945,8 @@ class Gateway:
                 self._failed(lot, "timeout", failures)
             except UpstreamError:
                 self._failed(lot, "error", failures)
+            except TimeoutError:  # the request's deadline, before the stream began
+                raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
             finally:
                 if not handed_over:
                     lot.inflight -= 1
@@ -1166,7 +1186,8 @@ class MeteredStream:
         metered = False
         try:
             async with anyio.create_task_group() as tg:
-                reading = anyio.CancelScope()
+                # Cut off at the request's deadline like a client that left: metered as it is.
+                reading = anyio.CancelScope(deadline=self.priced.deadline)
 
                 async def watch() -> None:
                     while True:

@@ -3,7 +3,7 @@ times are unix seconds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -80,6 +80,10 @@ class Hold:
     charged: int | None = None  # what was debited (cost, or the hold when the overage was not covered)
     lot_id: int | None = None  # the lot whose capacity the hold reserved
     lot_amount: int = 0  # that capacity, in USD micro at list price
+    # When it ended (ledger clock; None while active, or where a fast path did not say):
+    # what an extra needs to tell a late answer's lateness (`gateway.limits`). Not part of
+    # a hold's identity: the same hold read back compares equal without it.
+    closed_at: int | None = field(default=None, compare=False)
 
     @property
     def shortfall(self) -> int:

@@ -66,6 +66,7 @@ def hold_of(row: Row[tuple[object, ...]]) -> Hold:
         charged=m["charged"],
         lot_id=m["lot_id"],
         lot_amount=int(m["lot_amount"] or 0),
+        closed_at=m["closed_at"],
     )
 
 
@@ -401,7 +402,7 @@ def settle(
         lot_usage = record.list_usd_micro if record is not None else 0
         reserved = 0 if late else hold.lot_amount
         over = capacity.consume(conn, hold.lot_id, row._mapping["lease_id"], reserved, lot_usage)
-    settled = replace(hold, status=HoldStatus.SETTLED, cost=cost, charged=charged)
+    settled = replace(hold, status=HoldStatus.SETTLED, cost=cost, charged=charged, closed_at=now)
     for name in names(row._mapping["extras"]):
         _extra(registered, name).settle(conn, settled, record, late)
     if record is not None:
