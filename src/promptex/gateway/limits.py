@@ -266,11 +266,12 @@ class LimitCounters:
         """Keep what was used: the request, the tokens it processed, what it was charged.
         A late answer past its horizon is refused (the whole settle rolls back)."""
         if late:
-            # Its takes locked first: a `trim` giving them back either waits for this settle
-            # or committed before it — and then the clock, read now, is past the horizon.
-            conn.execute(
-                select(limit_takes.c.kind).where(limit_takes.c.request_id == hold.request_id).with_for_update()
-            )
+            # Its budget take locked first: a `trim` giving it back either skips it (and this
+            # settle settles it) or committed before — and then the clock, read now, is past
+            # the horizon. Only that row: trim deletes ended windows' takes while it holds
+            # their counters, which this settle updates next.
+            mine = (limit_takes.c.request_id == hold.request_id, limit_takes.c.kind == BUDGET)
+            conn.execute(select(limit_takes.c.kind).where(*mine).with_for_update())
             horizon = hold.created_at + self.late_seconds
             if self.clock() > horizon:
                 raise LateAnswerRefused(
