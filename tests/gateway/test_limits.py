@@ -668,3 +668,52 @@ def test_deadline__unanswered_request_cancelled_504_hold_released__stream_cut_of
         cut = conn.execute(select(holds).where(holds.c.status == "settled")).one()
         output = conn.execute(select(usage_records.c.output_tokens)).scalar_one()
     assert 0 < int(cut.charged) < int(cut.amount) and 0 < output < 64  # cut short, charged as such
+
+
+@pytest.fixture
+def gw_stalled(settings: Settings, tmp_path: Path) -> Iterator[tuple[Harness, list[int]]]:
+    """A gateway on a ledger clock the test moves, whose own sweep pass runs only at start."""
+    clock = [NOW]
+    quiet = settings.model_copy(update={"gateway_sweep_seconds": 3_600})
+    harness = _harness(quiet, f"sqlite:///{tmp_path}/ledger.sqlite3", clock=lambda: clock[0])
+    yield next(harness), clock
+    next(harness, None)
+
+
+def test_deadline__answer_metered_past_its_horizon__refused_not_served__budget_back(
+    gw_stalled: tuple[Harness, list[int]], fake: Fake
+) -> None:
+    """A gateway that stalls past a request's horizon while another process sweeps its
+    hold (and gives its key's budget back): the answer, when it comes, is not served (504),
+    nothing is charged — so the budget given back is never spent twice."""
+    gw, clock = gw_stalled
+    gw.add_lot(fake)
+    account, key = gw.buyer(budget=("USDC", USDC))
+    gate = threading.Event()
+    fake.config.gate = gate
+    answers: list[httpx.Response] = []
+    body = {"model": "fake-flat", "messages": HELLO, "max_tokens": 16}
+    sender = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+        )
+    )
+    sender.start()
+    try:
+        waited = time.monotonic() + 30
+        while not gw.ledger.balance(account, "USDC").held:
+            assert time.monotonic() < waited, "the request never held"
+            time.sleep(0.01)
+        clock[0] = NOW + LATE + 1  # the gateway stalled past the horizon; another one sweeps
+        assert gw.ledger.holds.sweep() == 1
+        assert key_of(gw, key).budget_remaining == USDC  # past its horizon: given back at once
+    finally:
+        gate.set()
+        fake.config.gate = None
+    sender.join()
+    assert answers[0].status_code == 504 and answers[0].json()["error"]["code"] == "request_deadline"
+    with gw.ledger.engine.connect() as conn:
+        assert [(h.status, h.charged) for h in conn.execute(select(holds)).all()] == [("expired", None)]
+        assert conn.execute(select(usage_records)).all() == []
+    balance = gw.ledger.balance(account, "USDC")
+    assert (balance.posted, balance.held) == (10 * USDC, 0) and key_of(gw, key).budget_remaining == USDC
