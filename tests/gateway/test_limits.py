@@ -680,7 +680,7 @@ def gw_stalled(settings: Settings, tmp_path: Path) -> Iterator[tuple[Harness, li
     next(harness, None)
 
 
-def test_deadline__answer_metered_past_its_horizon__refused_not_served__budget_back(
+def test_deadline__answer_metered_past_its_horizon__refused_not_served__stream_uncharged__budget_back(
     gw_stalled: tuple[Harness, list[int]], fake: Fake
 ) -> None:
     """A gateway that stalls past a request's horizon while another process sweeps its
@@ -717,3 +717,36 @@ def test_deadline__answer_metered_past_its_horizon__refused_not_served__budget_b
         assert conn.execute(select(usage_records)).all() == []
     balance = gw.ledger.balance(account, "USDC")
     assert (balance.posted, balance.held) == (10 * USDC, 0) and key_of(gw, key).budget_remaining == USDC
+
+    # A stream, likewise: its chunks were sent, its settle is refused — it ends without its
+    # charge event, uncharged (the residual the README names), the budget whole.
+    gate = threading.Event()
+    fake.config.gate = gate
+    streamed: list[bytes] = []
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            gw.url + "/v1/chat/completions",
+            json={**body, "stream": True},
+            headers={"authorization": f"Bearer {key}"},
+        ) as answer:
+            streamed.append(answer.read())
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    try:
+        while not gw.ledger.balance(account, "USDC").held:
+            assert time.monotonic() < waited, "the stream never held"
+            time.sleep(0.01)
+        clock[0] += LATE + 1
+        assert gw.ledger.holds.sweep() == 1
+    finally:
+        gate.set()
+        fake.config.gate = None
+    sender.join()
+    assert b'"content"' in streamed[0] and b'"cost_units"' not in streamed[0]
+    with gw.ledger.engine.connect() as conn:
+        assert {h.status for h in conn.execute(select(holds)).all()} == {"expired"}
+        assert conn.execute(select(usage_records)).all() == []
+    assert gw.ledger.balance(account, "USDC").posted == 10 * USDC and key_of(gw, key).budget_remaining == USDC

@@ -1214,8 +1214,14 @@ class MeteredStream:
                 # and a client that saw the end sees the charge in its balance.
                 with anyio.CancelScope(shield=True):
                     metered = True
-                    charge = await self.gateway.stream_done(self)
-                tail = b"" if self.disconnected else b"".join(self.translator.finish(charge))
+                    try:
+                        charge: Charge | None = await self.gateway.stream_done(self)
+                    except GatewayError as exc:  # its settle refused: past its late-answer horizon
+                        log.warning("stream %s ended uncharged: %s", self.request_id, exc.message)
+                        charge = None
+                # Uncharged, it ends without its charge event (the client sees no charge).
+                ended = self.disconnected or charge is None
+                tail = b"" if ended else b"".join(self.translator.finish(charge))
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
