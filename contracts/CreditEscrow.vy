@@ -341,15 +341,19 @@ def open_lot(
            listed: at least `min_bond(face_value)`.
     @param terms_hash Hash of the seller's signed resale-permitted declaration.
     @param rate_bps Listed lots: price as a fraction of list (1..10000); tokenized: 0.
-    @param hint Tokenized lots, optional: a lot of `token` in its draw order
-           expiring no later than `expiry` (`insert_hint` finds one); the new
-           lot is linked after it and the up to MAX_INSERT_WALK lots that
-           follow it expiring no later (opened since the hint was read). 0, or
-           a hint not usable when mined (another token's lot, unlinked, expiring
-           later, or more than MAX_INSERT_WALK lots opened after it): the walks
-           from the tail and the head, as without one. A hint never refuses a
-           lot that opens without it; with a usable one no crowd of lots of any
-           size refuses it.
+    @param hint Tokenized lots, optional: a tokenized lot of `token` expiring
+           no later than `expiry`, in its draw order when read (`insert_hint`
+           finds one). If it left the order since (closed, slashed, ended,
+           drawn empty, pruned), its tombstones (each lot's predecessor as it
+           left) lead back to a linked lot or the head in at most
+           MAX_INSERT_WALK steps. The new lot is linked after that and the up
+           to MAX_INSERT_WALK lots after it expiring no later (opened since the
+           read). 0, an unusable hint (another token's lot, listed, expiring
+           later, never opened), or one with more than MAX_INSERT_WALK lots
+           unlinked on its tombstone chain, or opened after it, between the
+           read and the open: the walks from the tail and the head, as without
+           one (refused only with over MAX_INSERT_WALK lots expiring later and
+           as many no later). A hint never refuses a lot that opens without it.
     @return uint256 The new lot id (ids start at 1).
     """
     assert self.is_attestor[msg.sender], "escrow: caller is not an attestor"
@@ -1059,22 +1063,43 @@ def _link(lot_id: uint256, token: address, expiry: uint64, hint: uint256):
     # Without one it walks back from the tail past lots that expire later, and
     # if more than MAX_INSERT_WALK do, forward from the head past lots that
     # expire no later: 257 lots expiring far out plus 257 at the minimum
-    # validity refuse every lot expiring between them (found: session 6) —
-    # which a hint cures. An unusable hint falls back to the walks instead of
-    # reverting: the hint is read off chain a block or more before the open
-    # is mined, and a draw, close, slash or prune in between may unlink it.
+    # validity refuse every lot expiring between them (found: session 6).
+    # The hint cures that, and an unlinked hint still serves: read off chain a
+    # block or more before the open is mined, it may have been closed, slashed,
+    # drawn empty or pruned since (its seller closing it in front of the open:
+    # found, session 6). An unlinked lot keeps its predecessor as it left (a
+    # tombstone; 0 = it was the head), which expires no later than it, so the
+    # tombstones lead from the hint to a linked lot (or the head) where the walk
+    # may start. Only more than MAX_INSERT_WALK lots unlinked on that chain, or
+    # opened after the start expiring no later, between the read and the open
+    # make the hint fall back to the walks, which never revert for a hint.
     after: uint256 = 0
     before: uint256 = 0
     found: bool = False
-    if hint != 0 and self._is_linked(hint, token) and self.lots[hint].expiry <= expiry:
-        after = hint
-        before = self._next_lot[hint]
+    if (
+        hint != 0
+        and self.lots[hint].token == token
+        and self.lots[hint].kind == KIND_TOKENIZED
+        and self.lots[hint].expiry <= expiry
+    ):
+        # Every lot on the tombstone chain sorts before the hint (a lot is linked
+        # once, never again), so any linked one the chain reaches is a valid start.
+        start: uint256 = hint
         for _: uint256 in range(MAX_INSERT_WALK):
-            if before == 0 or self.lots[before].expiry > expiry:
+            if start == 0 or self._in_order(start, token):
                 break
-            after = before
-            before = self._next_lot[before]
-        found = before == 0 or self.lots[before].expiry > expiry
+            start = self._prev_lot[start]
+        if start == 0 or self._in_order(start, token):
+            after = start
+            before = self._first_lot[token]
+            if start != 0:
+                before = self._next_lot[start]
+            for _: uint256 in range(MAX_INSERT_WALK):
+                if before == 0 or self.lots[before].expiry > expiry:
+                    break
+                after = before
+                before = self._next_lot[before]
+            found = before == 0 or self.lots[before].expiry > expiry
     if not found:
         after = self._last_lot[token]
         before = 0
@@ -1106,19 +1131,28 @@ def _link(lot_id: uint256, token: address, expiry: uint64, hint: uint256):
 
 @internal
 @view
+def _in_order(lot_id: uint256, token: address) -> bool:
+    # Whether a lot of `token` (non-zero) is in its draw order, decided on the
+    # next side: `_unlink` and `_prune` zero an unlinked lot's next link, and
+    # the tail, the one linked lot without one, is `_last_lot` (unlinking the
+    # tail moves it). The prev link of an unlinked lot is its tombstone.
+    return self._next_lot[lot_id] != 0 or self._last_lot[token] == lot_id
+
+
+@internal
+@view
 def _is_linked(lot_id: uint256, token: address) -> bool:
-    # In `token`'s draw order: `_unlink` and `_prune` zero an unlinked lot's
-    # links, so only the head has no previous lot. A listed lot is never linked.
-    return self.lots[lot_id].token == token and (
-        self._prev_lot[lot_id] != 0 or (lot_id != 0 and self._first_lot[token] == lot_id)
-    )
+    # In `token`'s draw order. A listed lot, another token's, or an id never
+    # opened is never linked (`_last_lot` holds only linked lots' ids).
+    return lot_id != 0 and self.lots[lot_id].token == token and self._in_order(lot_id, token)
 
 
 @internal
 def _prune(token: address, max_lots: uint256) -> uint256:
     # Pops the lots past expiry off the head of the draw order (they are its
-    # prefix: it is sorted by expiry). A popped lot's links are zeroed, so a
-    # later `_unlink` of it (expire, slash, close) is a no-op.
+    # prefix: it is sorted by expiry). A popped lot's links are zeroed: so a
+    # later `_unlink` of it (expire, slash, close) is a no-op, and as a
+    # tombstone it says "was at the head" (every lot before it is popped too).
     lot_id: uint256 = self._first_lot[token]
     count: uint256 = 0
     for _: uint256 in range(max_lots, bound=MAX_PRUNE_LOTS):
@@ -1142,11 +1176,13 @@ def _prune(token: address, max_lots: uint256) -> uint256:
 @internal
 def _unlink(lot_id: uint256, token: address):
     # Removes a lot from its token's draw order; a no-op for a lot not in it
-    # (a listed lot, or one already unlinked).
+    # (a listed lot, or one already unlinked). The lot keeps its prev link, its
+    # predecessor as it left, as a tombstone for an open whose hint it is (see
+    # `_link`); only its next link is zeroed, which marks it unlinked.
+    if not self._in_order(lot_id, token):
+        return
     after: uint256 = self._prev_lot[lot_id]
     before: uint256 = self._next_lot[lot_id]
-    if after == 0 and self._first_lot[token] != lot_id:
-        return
     if after == 0:
         self._first_lot[token] = before
     else:
@@ -1155,8 +1191,7 @@ def _unlink(lot_id: uint256, token: address):
         self._last_lot[token] = after
     else:
         self._prev_lot[before] = after
-    self._prev_lot[lot_id] = 0
-    self._next_lot[lot_id] = 0
+        self._next_lot[lot_id] = 0
 
 
 @internal

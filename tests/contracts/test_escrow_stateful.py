@@ -21,8 +21,11 @@ the contract must agree with the model and:
 - the escrow holds exactly the open lots' unreleased bonds plus the insurance funds plus
   the listed lots' forfeited bonds;
 - the draw order is exactly the model's (expiry, id) order of the lots that have not
-  stopped routing for good, less those a draw or `prune` unlinked past expiry, and
-  `drawable` is all of the routable capacity whatever lots past expiry lead it;
+  stopped routing for good, less those a draw or `prune` unlinked past expiry, linked
+  whole both ways, and `drawable` is all of the routable capacity whatever lots past
+  expiry lead it; every lot that left the order keeps a tombstone chain (its predecessor
+  as it left, and theirs) strictly decreasing in (expiry, id) to a linked lot or 0, and
+  opens sometimes pass such a lot as their hint;
 - no value reaches anyone the rules do not give it: each account's USDC is exactly its
   bond releases and buy-back payouts, the treasury's tokens exactly the mint fees, and
   the Timelock and the former admin hold nothing.
@@ -220,7 +223,7 @@ class EscrowMachine(RuleBasedStateMachine):
         extra_bond=st.one_of(st.just(0), st.integers(-3, 10**9)),
         rate_bps=st.integers(1, 10_000),
         lifetime=st.integers(MIN_LOT_VALIDITY - DAY, 90 * DAY),
-        hint=st.sampled_from(["none", "found", "linked", "junk"]),
+        hint=st.sampled_from(["none", "found", "front_run", "linked", "unlinked", "junk"]),
         pick=st.integers(0, 10**6),
     )
     def open_lot(self, who, by_attacker, sym, tokenized, face_value, extra_bond, rate_bps, lifetime, hint, pick):
@@ -236,18 +239,34 @@ class EscrowMachine(RuleBasedStateMachine):
         kind = TOKENIZED if tokenized else LISTED
         expiry = self.now() + lifetime
         args = (seller, token.address, kind, face_value, expiry, bond, TERMS, 0 if tokenized else rate_bps)
-        # The insertion hint: the one `insert_hint` finds (checked against the model), any
-        # lot linked in either token's draw order (another token's, or expiring later), or
-        # any id at all (listed, ended, unlinked, never opened). The draw-order invariant
-        # holds whichever: an unusable hint falls back to the walks.
+        # The insertion hint: the one `insert_hint` finds (checked against the model); the
+        # one found, then closed by its seller in front of the open with up to 2 lots
+        # before it, the hint first (hbreak's front-run: a chain of tombstones); any lot
+        # linked in either token's draw order (another token's, or expiring later); a lot
+        # of the token unlinked since (closed, slashed, expired, drawn empty, pruned: a
+        # hint read before that); or any id at all (listed, ended, never opened). The
+        # draw-order invariant holds whichever: an unusable hint falls back to the walks.
         if hint == "found":
             found = self.escrow.insert_hint(token.address, expiry, 0, MAX_HINT_STEPS)
             earlier = [i for i in self.linked(sym) if self.lots[i].expiry <= expiry]
             assert found == ((earlier[-1] if earlier else 0), 0)
             args = (*args, found[0])
+        elif hint == "front_run":
+            found = self.escrow.insert_hint(token.address, expiry, 0, MAX_HINT_STEPS)[0]
+            if found:
+                order = self.linked(sym)
+                for lot_id in order[: order.index(found) + 1][::-1][: 1 + pick % 3]:
+                    ahead = self.lots[lot_id]
+                    ahead.close_at = self.escrow.request_close(lot_id, sender=ahead.seller)
+            args = (*args, found)
         elif hint == "linked":
             every = [i for other in sorted(FACE_VALUES) for i in self.linked(other)]
             args = (*args, every[pick % len(every)] if every else 0)
+        elif hint == "unlinked":
+            linked = set(self.linked(sym))
+            gone = [i for i, m in self.lots.items() if m.token == sym and m.kind == TOKENIZED and i not in linked]
+            usable = [i for i in gone if self.lots[i].expiry <= expiry] or gone
+            args = (*args, usable[-1 - pick % min(len(usable), 3)] if usable else 0)  # the recent ones
         elif hint == "junk":
             args = (*args, pick % (len(self.lots) + 3))
         capacity, seller_minted, fee = face_value, 0, 0
@@ -285,6 +304,27 @@ class EscrowMachine(RuleBasedStateMachine):
             self.touched = lot_id
             return
         self.unspent[seller] = self.unspent.get(seller, 0) + bond
+
+    @rule(
+        who=st.integers(0, 3),
+        sym=st.sampled_from(sorted(FACE_VALUES)),
+        crowd=st.lists(st.integers(MIN_LOT_VALIDITY, 90 * DAY), max_size=2),
+        face_value=st.integers(MIN_FACE, 10**10),
+        lifetime=st.integers(MIN_LOT_VALIDITY, 90 * DAY),
+        closes=st.integers(1, 3),
+    )
+    def open_behind_a_front_run(self, who, sym, crowd, face_value, lifetime, closes):
+        """hbreak's front-run as a rule (the open rule alone makes few tokenized lots):
+        up to two honest lots of `sym` open, the attestor reads the victim's hint, and
+        the sellers of the hint and of up to 2 lots before it close them in front of
+        the open, the hint first; the victim's lot opens through their tombstones."""
+        if self.w.attestor not in self.attestors:
+            return
+        for life in crowd:
+            self.open_lot(3, False, sym, True, MIN_FACE, 0, 1, life, "found", 0)
+        count = self.escrow.lot_count()
+        self.open_lot(who, False, sym, True, face_value, 0, 1, lifetime, "front_run", closes - 1)
+        assert self.escrow.lot_count() == count + 1 and self.lots[count + 1].status == OPEN
 
     @rule(sym=st.sampled_from(sorted(FACE_VALUES)), fraction=st.floats(0.0, 1.2))
     def settle_tokenized(self, sym, fraction):
@@ -652,6 +692,35 @@ class EscrowMachine(RuleBasedStateMachine):
         for sym, token in self.tokens.items():
             assert self.escrow.drawable(token.address) == sum(self.lots[i].remaining for i in self.routable(sym))
             assert self.escrow.draw_order(token.address, 256) == self.linked(sym)
+
+    @invariant()
+    def links_whole_and_every_tombstone_leads_back_to_the_order(self):
+        # Read from storage (no getter): the linked lots' prev links are the model's order
+        # read back, `_first_lot`/`_last_lot` its ends; every unlinked tokenized lot has no
+        # next link, and its tombstone chain (prev links, kept when it left) is strictly
+        # decreasing in (expiry, id) and ends at a linked lot or 0, so an open whose hint
+        # it is starts where the order is still sorted.
+        store = self.escrow._storage
+        prev, following = store._prev_lot.get(), store._next_lot.get()
+        first, last = store._first_lot.get(), store._last_lot.get()
+        for sym, token in self.tokens.items():
+            order = self.linked(sym)
+            assert first.get(token.address, 0) == (order[0] if order else 0)
+            assert last.get(token.address, 0) == (order[-1] if order else 0)
+            assert [prev.get(i, 0) for i in order] == [0, *order][: len(order)]
+            assert [following.get(i, 0) for i in order] == [*order[1:], 0][: len(order)]
+            linked = set(order)
+            for lot_id, lot in self.lots.items():
+                if lot.token == sym and lot.kind == LISTED:  # never linked
+                    assert prev.get(lot_id, 0) == following.get(lot_id, 0) == 0
+                if lot.token != sym or lot.kind != TOKENIZED or lot_id in linked:
+                    continue
+                assert following.get(lot_id, 0) == 0
+                x = lot_id
+                while x != 0 and x not in linked:
+                    before = prev.get(x, 0)
+                    assert before == 0 or (self.lots[before].expiry, before) < (self.lots[x].expiry, x)
+                    x = before
 
 
 TestEscrowMachine = EscrowMachine.TestCase

@@ -25,8 +25,16 @@ drained, expiring later, never opened) falls back to the walks, and `insert_hint
 hbreak (session 6) attacked the hint: the new lot's own future id, a non-head pruned lot,
 a listed lot at the same expiry, the head a prune left, equal expiries, starts refused or
 at the head; all hold (order sorted, links whole forward and back, later ends work). Deep:
-256 lots behind a hint still open, 257 fall back; the hint's seller closing it in front of
-the open refuses one open per close while the crowd both ways stands (a finding).
+256 lots behind a hint still open, 257 fall back. Its finding: the hint's seller closing
+it in front of the open refused one open per close while the crowd both ways stood.
+
+Tombstone links cure it (session 7): an unlinked lot keeps its predecessor as it left,
+and an open whose hint was closed, slashed, ended, drawn empty or pruned since it was read
+follows them back to a linked lot (or the head) and opens in place: chains of 1 to 6 in
+CI, either order of closes, one reaching the head; `insert_hint` refuses a tombstone as
+its start; a second end of an unlinked lot moves no link. Deep: the finding opens; 256
+lots unlinked on the hint's chain still open, 257 fall back and are refused while the
+crowd both ways (257 lots each side) stands.
 
 Round 2's escrow world, built once per module; titanoboa runs each test in a snapshot.
 """
@@ -584,18 +592,213 @@ def test_insert_hint__start_pruned_listed_or_another_tokens__refused_start_0_and
     assert e.insert_hint(token, start + 20 * DAY - 1, mid[0], 1) == (0, 0)
 
 
+# ─── Tombstones: a hint unlinked before the open still serves (hint2, session 7) ──
+
+
+def _tombstones_whole(w: EscrowWorld) -> list[int]:
+    """CLD's draw order, read from storage at once (fast enough to check after every
+    step): next links from `_first_lot` equal prev links from `_last_lot` reversed,
+    sorted by (expiry, id), the contract's `draw_order` agreeing; every unlinked tokenized
+    lot of CLD has no next link and keeps a tombstone chain (its prev link, and theirs)
+    strictly decreasing in (expiry, id) that ends at a linked lot or 0. Returns the order."""
+    token, store = w.cld.address, w.escrow._storage
+    prev, following, lots = store._prev_lot.get(), store._next_lot.get(), store.lots.get()
+    forward, x = [], store._first_lot.get().get(token, 0)
+    while x != 0:
+        forward.append(x)
+        x = following.get(x, 0)
+    back, x = [], store._last_lot.get().get(token, 0)
+    while x != 0:
+        back.append(x)
+        x = prev.get(x, 0)
+    key = {x: (lot["expiry"], x) for x, lot in lots.items()}
+    assert forward == back[::-1] and [key[x] for x in forward] == sorted(key[x] for x in forward)
+    assert forward[:MAX_DRAW_LOTS] == _order(w)
+    linked = set(forward)
+    for lot_id, lot in lots.items():
+        if lot_id in linked or lot["token"] != token or lot["kind"] != TOKENIZED:
+            continue
+        assert following.get(lot_id, 0) == 0
+        x = lot_id
+        while x != 0 and x not in linked:
+            assert prev.get(x, 0) == 0 or key[prev[x]] < key[x]
+            x = prev.get(x, 0)
+    return forward
+
+
+def _chain(w: EscrowWorld, lot: int) -> list[int]:
+    """The unlinked lots from `lot` along its tombstones, and where they lead (a linked lot or 0)."""
+    prev, linked = w.escrow._storage._prev_lot.get(), set(_tombstones_whole(w))
+    chain = [lot]
+    while chain[-1] != 0 and chain[-1] not in linked:
+        chain.append(prev.get(chain[-1], 0))
+    return chain
+
+
+def _plain_then_hinted(w: EscrowWorld, expiry: int, hint: int) -> tuple[int, int, int]:
+    """Opens the victim's lot without a hint (undone) and with `hint`: the same id in the
+    same place, links and tombstones whole; returns (the lot, gas without, gas with)."""
+    with boa.env.anchor():
+        plain, plain_gas = _open_hinted(w, w.sellers[0], expiry, None)
+        expected = _tombstones_whole(w)
+    lot, gas = _open_hinted(w, w.sellers[0], expiry, hint)
+    assert lot == plain and _tombstones_whole(w) == expected
+    return lot, plain_gas, gas
+
+
+# Lots expiring after the victim's that the walk from the tail passes without a usable
+# hint: titanoboa charges each step ~390 gas (its storage stays warm), a tombstone step
+# ~670, so a hint that serves through up to 6 tombstones saves over LATER * 250 gas.
+LATER = 40
+
+
+def test_tombstone__hint_unlinked_by_close_slash_expire_draw_or_prune__still_serves(world):
+    """The attestor read the hint (the last lot expiring no later); before its open was
+    mined the hint left the draw order: its seller closed it, the attestor slashed it, it
+    expired and someone ended it, a draw emptied it, or a prune popped it. Its tombstone
+    (its predecessor as it left; 0 after a draw or prune at the head) leads to where the
+    walk starts: the lot opens where the plain walks put it, without their walk past the
+    40 lots expiring later (the gas shows which path ran). One crowd, each case undone."""
+    w = world
+    e, start = w.escrow, now()
+    early = _crowd(w, 3, start + MIN_LOT_VALIDITY, w.sellers[1])
+    mid = _crowd(w, 2, start + 20 * DAY)
+    _crowd(w, LATER, start + 365 * DAY)
+    expiry = start + 19 * DAY
+    hint = _hint(w, expiry)
+    assert hint == early[-1]
+    for how in ("closed", "slashed", "expired_and_ended", "drained", "pruned"):
+        with boa.env.anchor():
+            if how == "closed":
+                e.request_close(hint, sender=w.sellers[1])
+            elif how == "slashed":
+                e.slash(hint, sender=w.attestor)
+            elif how == "expired_and_ended":
+                boa.env.time_travel(seconds=MIN_LOT_VALIDITY + GRACE + 1)
+                e.expire(hint)
+                assert e.lots(hint).status == EXPIRED and _order(w)[:2] == early[:2]  # not pruned: linked
+            elif how == "drained":
+                _draw(w, w.attacker, sum(e.lots(x).capacity for x in early), 1)
+                assert [e.lots(x).status for x in early] == [CLOSED] * 3
+            else:
+                boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+                assert e.prune(w.cld.address, 256) == 3
+            at_head = how in ("drained", "pruned")
+            assert _chain(w, hint) == ([hint, 0] if at_head else [hint, early[1]]), how
+            lot, plain_gas, gas = _plain_then_hinted(w, expiry, hint)
+            assert _order(w)[: 2 if at_head else 4] == ([lot, mid[0]] if at_head else [*early[:2], lot, mid[0]])
+            assert gas + LATER * 250 < plain_gas, (how, gas, plain_gas)
+
+
+def test_tombstone__chains_of_2_and_5_closes_in_either_order_and_one_to_the_head(world):
+    """The hint's seller closes the hint and the lots before it (2 or 5), the hint first
+    (each tombstone points at the next closed lot: a chain of 2 or 5) or last (every one
+    points at the first linked lot: a chain of 1); or every lot before the hint (the
+    chain ends at 0: the head). Each time the lot opens in its place without the walks."""
+    w = world
+    e, base = w.escrow, now() + 30 * DAY
+    lots = [_crowd(w, 1, base + i * DAY)[0] for i in range(7)]
+    later = _crowd(w, LATER, base + 365 * DAY)
+    expiry = base + 6 * DAY + 5
+    assert _hint(w, expiry) == lots[-1]
+    for closing, chain in (
+        (lots[-1:-3:-1], [lots[6], lots[5], lots[4]]),  # hint first: 2 closed on the chain
+        (lots[5:], [lots[6], lots[4]]),  # hint last: each points at lots[4]
+        (lots[-1:-6:-1], [*lots[6:0:-1]]),  # hint first, 5: the chain ends at lots[1]
+        (lots[2:], [lots[6], lots[1]]),
+        (lots[::-1], [*lots[::-1], 0]),  # every lot before the hint: the chain reaches the head
+    ):
+        with boa.env.anchor():
+            for x in closing:
+                e.request_close(x, sender=w.attacker)
+            assert _chain(w, lots[-1]) == chain
+            lot, plain_gas, gas = _plain_then_hinted(w, expiry, lots[-1])
+            assert _order(w) == [*(x for x in lots if x not in closing), lot, *later]
+            assert gas + LATER * 250 < plain_gas, (closing, gas, plain_gas)
+
+
+def test_tombstone__order_links_and_tombstones_whole_after_every_later_draw_prune_close_slash_expire(world):
+    """After an open through a chain of tombstones: a close of the new lot's predecessor,
+    a slash, a draw that empties the head, a prune, an expiry of a pruned lot, a close at
+    the tail and opens through each fresh tombstone: after every step the order is sorted,
+    whole both ways, and every tombstone chain decreases to a linked lot or 0."""
+    w = world
+    e, token, start = w.escrow, w.cld.address, now()
+    soon = _crowd(w, 3, start + MIN_LOT_VALIDITY, w.sellers[1])
+    mid = _crowd(w, 4, start + 20 * DAY)
+    last = _crowd(w, 2, start + 60 * DAY)
+    for x in (mid[3], mid[2]):  # the hint first: a chain of two
+        e.request_close(x, sender=w.attacker)
+    lot, _ = _open_hinted(w, w.sellers[0], start + 20 * DAY, mid[3])
+    assert _tombstones_whole(w) == [*soon, mid[0], mid[1], lot, *last]
+    e.request_close(mid[1], sender=w.attacker)  # the new lot's predecessor
+    assert _tombstones_whole(w) == [*soon, mid[0], lot, *last] and _chain(w, mid[1]) == [mid[1], mid[0]]
+    e.slash(mid[0], sender=w.attestor)
+    assert _tombstones_whole(w) == [*soon, lot, *last]
+    assert _chain(w, mid[3]) == [mid[3], mid[2], mid[1], mid[0], soon[2]]
+    _draw(w, w.sellers[1], e.lots(soon[0]).capacity + 1, 1)  # empties the head, draws 1 of the next
+    assert _tombstones_whole(w) == [soon[1], soon[2], lot, *last] and _chain(w, soon[0]) == [soon[0], 0]
+    lot2, _ = _open_hinted(w, w.sellers[1], start + 20 * DAY, mid[3])  # 4 tombstones to soon[2]
+    assert _tombstones_whole(w) == [soon[1], soon[2], lot, lot2, *last]
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+    assert e.prune(token, 1) == 1 and _chain(w, soon[1]) == [soon[1], 0]
+    assert _tombstones_whole(w) == [soon[2], lot, lot2, *last]
+    boa.env.time_travel(seconds=GRACE)
+    e.expire(soon[1])  # pruned: its end unlinks nothing
+    e.expire(soon[2])  # still linked (the expired head): unlinked now, tombstone 0
+    assert _tombstones_whole(w) == [lot, lot2, *last] and _chain(w, mid[3])[-1] == 0
+    lot3, _ = _open_hinted(w, w.sellers[2], start + 20 * DAY, mid[3])  # the chain reaches the head
+    assert _tombstones_whole(w) == [lot, lot2, lot3, *last]
+    e.request_close(last[1], sender=w.attacker)  # the tail: `_last_lot` moves back
+    assert _tombstones_whole(w) == [lot, lot2, lot3, last[0]] and _chain(w, last[1]) == [last[1], last[0]]
+    tail, _ = _open_hinted(w, w.sellers[0], start + 60 * DAY, last[1])
+    assert _tombstones_whole(w) == [lot, lot2, lot3, last[0], tail]
+
+
+def test_tombstone__insert_hint_refuses_one_as_start_and_a_second_unlink_moves_no_link(world):
+    """A tombstone (closed in the middle, closed at the tail, slashed) is not a start for
+    `insert_hint`. Ending an unlinked lot again (expire after a close, slash after a
+    prune, slash during a close) leaves every link and tombstone as it was."""
+    w = world
+    e, token, start = w.escrow, w.cld.address, now()
+    soon = _crowd(w, 2, start + MIN_LOT_VALIDITY)
+    mid = _crowd(w, 3, start + 20 * DAY)
+    e.request_close(mid[1], sender=w.attacker)
+    e.request_close(mid[2], sender=w.attacker)
+    e.slash(soon[1], sender=w.attestor)
+    for tomb in (mid[1], mid[2], soon[1]):
+        with boa.reverts("escrow: start not in the draw order"):
+            e.insert_hint(token, start + 30 * DAY, tomb, 2)
+    assert e.insert_hint(token, start + 30 * DAY, mid[0], 2) == (mid[0], 0)
+
+    def links():
+        s = e._storage
+        return s._prev_lot.get(), s._next_lot.get(), s._first_lot.get(), s._last_lot.get()
+
+    before = links()
+    e.slash(mid[1], sender=w.attestor)  # slash during the close
+    assert links() == before
+    boa.env.time_travel(seconds=MIN_LOT_VALIDITY + 1)
+    assert e.prune(token, 256) == 1  # soon[0]
+    before = links()
+    e.slash(soon[0], sender=w.attestor)  # slash after the prune
+    boa.env.time_travel(seconds=20 * DAY)
+    e.expire(mid[2])  # expire after the close
+    assert links() == before and e.lots(mid[2]).status == EXPIRED
+    assert _tombstones_whole(w) == [mid[0]] and _chain(w, mid[2]) == [mid[2], mid[0]]
+
+
 @deep_only
 def test_hint__256_and_257_lots_behind_0_with_a_huge_list__and_the_hint_closed_by_its_seller(world):
     """257 lots far out and 258 at the minimum validity (the attacker's): hint = 0 for a
     lot expiring first opens at the head (the tail walk gives up, the head walk finds it at
     once); a hint with 256 lots after it expiring no later opens, with 257 it falls back
-    and is refused exactly as without a hint. The finding (hbreak): the hint
-    `insert_hint` returns is the attacker's last crowd lot; its seller front-runs the open
-    with `request_close` (its own call, no attestor needed): the hint is unlinked, the open
-    falls back and is refused; one closed lot refuses one open (258 = 257 + 1 refusal),
-    not the 257 front-run lots the README stated; the next hint then opens. This pins
-    today's behaviour (README: the hint's limit, not fixed): a fix makes the refused open
-    succeed; change that assertion then."""
+    and is refused exactly as without a hint. hbreak's finding (session 6): the hint
+    `insert_hint` returns is the attacker's last crowd lot, and its seller front-ran the
+    open with `request_close`, which unlinked the hint: the open fell back and was refused,
+    one closed lot per refused open. Now the closed hint's tombstone (its predecessor as
+    it left) leads the open to head[-2]: it opens in place while the same open without
+    the hint is still refused (257 crowd lots on each side)."""
     w = world
     e, start = w.escrow, now()
     head = _crowd(w, MAX_INSERT_WALK + 2, start + MIN_LOT_VALIDITY + 10)
@@ -614,10 +817,58 @@ def test_hint__256_and_257_lots_behind_0_with_a_huge_list__and_the_hint_closed_b
     assert hint == head[-1]
     e.request_close(hint, sender=w.attacker)  # the front-run: one tx of the hint's seller
     with boa.reverts("escrow: too many lots expire later"):
-        _open_hinted(w, victim, expiry, hint)
-    hint = _hint(w, expiry)
-    assert hint == head[-2]
-    e.request_close(hint, sender=w.attacker)  # 256 crowd lots left: the fallback walks through
+        _open_hinted(w, victim, expiry, None)  # 257 crowd lots still on each side
     lot, _ = _open_hinted(w, victim, expiry, hint)
-    full = _full_order(w)
-    assert full == [*head[:-2], lot, *tail]
+    assert _tombstones_whole(w) == _full_order(w) == [*head[:-1], lot, *tail]
+
+
+@deep_only
+def test_hint__the_seller_closes_the_hint_and_255_lots_before_it__opens__256_falls_back(world):
+    """The bound that remains, in numbers: the attacker owns 257 lots expiring far out and
+    514 at the minimum validity; the attestor's hint is its last. Between the read and the
+    open it closes the hint, then each lot before it in turn (closing them the other way
+    round leaves every tombstone pointing at the first lot still linked: a chain of one).
+    256 lots unlinked on the hint's chain (the hint and 255 before it): the open goes
+    through them and opens. 257: over MAX_INSERT_WALK, the hint falls back and the walks
+    refuse it, the 257 lots on each side still standing. Each refused open costs 257
+    `request_close`s of the attacker's own lots, which never rejoin the order."""
+    w = world
+    e, start = w.escrow, now()
+    head = _crowd(w, 2 * (MAX_INSERT_WALK + 1), start + MIN_LOT_VALIDITY + 10)
+    tail = _crowd(w, MAX_INSERT_WALK + 1, start + 20 * 365 * DAY)
+    victim, expiry = w.sellers[0], start + 30 * DAY
+    hint = _hint(w, expiry)
+    assert hint == head[-1]
+    for x in head[: -MAX_INSERT_WALK - 1 : -1]:  # the hint first, then back: 256 closes
+        e.request_close(x, sender=w.attacker)
+    chain = _chain(w, hint)
+    assert len(chain) == MAX_INSERT_WALK + 1 and chain[-1] == head[-MAX_INSERT_WALK - 1]
+    with boa.env.anchor():
+        lot, gas = _open_hinted(w, victim, expiry, hint)
+        assert gas < 330_000 + MAX_INSERT_WALK * 1_000  # titanoboa's gas: ~670 a tombstone
+        assert e.insert_hint(w.cld.address, expiry, 0, MAX_HINT_STEPS) == (lot, 0)
+        assert _full_order(w) == [*head[: MAX_INSERT_WALK + 2], lot, *tail]
+    e.request_close(head[-MAX_INSERT_WALK - 1], sender=w.attacker)  # the 257th
+    assert len(_chain(w, hint)) == MAX_INSERT_WALK + 2
+    for h in (hint, None):
+        with boa.reverts("escrow: too many lots expire later"):
+            _open_hinted(w, victim, expiry, h)
+
+
+@deep_only
+def test_finding_hbreak__the_hints_seller_closes_it_in_front_of_the_open__it_opens(world):
+    """hbreak's finding (session 6), as it was reported: the attacker owns the crowd both
+    ways (258 lots at the minimum validity, 257 far out), so the attestor's hint is its
+    lot; it `request_close`s the hint in front of the open. The open (refused before the
+    tombstones) goes through the hint's tombstone and opens after head[-2]."""
+    w = world
+    start = now()
+    head = _crowd(w, MAX_INSERT_WALK + 2, start + MIN_LOT_VALIDITY + 10)
+    _crowd(w, MAX_INSERT_WALK + 1, start + 20 * 365 * DAY)
+    expiry = start + 30 * DAY
+    hint, more = w.escrow.insert_hint(w.cld.address, expiry, 0, MAX_HINT_STEPS)
+    assert (hint, more) == (head[-1], 0)
+    w.escrow.request_close(hint, sender=w.attacker)  # the front-run: one tx, the hint's seller
+    lot, _ = _open_hinted(w, w.sellers[0], expiry, hint)
+    assert w.escrow.lots(lot).status == OPEN and _chain(w, hint) == [hint, head[-2]]
+    assert _full_order(w)[MAX_INSERT_WALK : MAX_INSERT_WALK + 2] == [head[-2], lot]
