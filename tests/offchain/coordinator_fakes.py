@@ -395,6 +395,10 @@ class FakeChain:
             self.receipts[tx_hash] = Receipt(ok, self.block)
         self.mempool.clear()
 
+    def mine_blocks(self, count: int) -> None:
+        """Blocks without the coordinator's transactions (others' traffic): its receipts sink deeper."""
+        self.block += count
+
     def burn_nonce(self) -> None:
         """Another transaction of the coordinator's key takes the next nonce."""
         self.s.nonce += 1

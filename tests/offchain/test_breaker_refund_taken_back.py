@@ -2,6 +2,10 @@
 the middle of it, a failed batch of several payers (some refunded, some settled again in
 the retry batch), a second refund cycle on top of a debt, and the record the chain debited
 twice (settled again under a later epoch before the old settle was re-included).
+Since a failed batch's records are refunded, or planned under a later epoch, only once the
+failure is `reorg_window` blocks deep (`Coordinator._plannable`), each attack here is a
+reorg deeper than that window (`beyond_the_window`): the take-back and the later batch let
+go are the defence in depth behind the rule.
 Every promise checked against the chain: the books equal it (`reconcile`), `ledger.check()`
 holds (the fixture), a second pass books nothing."""
 
@@ -16,6 +20,7 @@ from test_coordinator_refund_taken_back import (
     Branch,
     View,
     _coordinator,
+    beyond_the_window,
     entries,
     reincluded,
     settle_fails_then_refunded,
@@ -116,7 +121,8 @@ def test_take_back__several_payers_one_refunded_one_resettled_in_the_retry__each
     assert report.failed == [(USDC, 1)] and report.quarantined == 1 and report.confirmed == [(USDC, 1)]
     (retry,) = coord.store.batches(USDC, "confirmed")
     assert coord.store.record(y_request).batch_id == retry.id
-    assert coord.run_once().refunded == 1
+    with beyond_the_window(coord, {x_request}):
+        assert coord.run_once().refunded == 1
     (failed,) = coord.store.batches(USDC, "failed")
     assert book.balance(x, USDC).posted == 10_000 and chain.s.claimable[(LOT, USDC)] > 0
 
@@ -165,7 +171,9 @@ def test_take_back__second_cycle_after_a_debt__the_debt_repaid_once_books_equal_
     chain.hold = False
     chain.mine()
     assert coord.run_once().failed == [(USDC, 1)]  # the later 9,500 quarantined with it: the chain has 0
-    assert coord.run_once().refunded == 2
+    # The 9,500, in no failed batch (quarantined when the retry was planned), is refunded at once.
+    with beyond_the_window(coord, {first.request_id}, refunded=1):
+        assert coord.run_once().refunded == 1
     assert _open_debts(book) == [] and book.balance(first.account, USDC).posted == 10_000  # 10,500 back, 500 repaid
     fork.reorg_to(chain)
     chain.broadcast(coord.store.tx(coord.store.batches(USDC, "failed")[0].tx_id).raw)
@@ -208,8 +216,9 @@ def test_take_back__record_settled_again_under_a_later_epoch__old_settle_reinclu
     (failed,) = coord.store.batches(USDC, "failed")
     chain.s.balances[(x_address, USDC)] = 10_000  # X funded again on chain: the quarantine's cause is gone
     chain.next_window()
-    report = coord.run_once()
-    assert (report.requeued, report.confirmed) == (1, [(USDC, 2)])
+    with beyond_the_window(coord, {x_request}):  # requeued: held from epoch 2 while A's failure is not final
+        report = coord.run_once()
+    assert (report.requeued, report.confirmed) == (0, [(USDC, 2)])
     later = coord.store.batch(coord.store.record(x_request).batch_id)
     assert later.epoch == 2
 
@@ -245,7 +254,8 @@ def test_take_back__signed_batch_reincluded__its_lanes_settled_at_once_refund_ta
     chain.hold = False
     chain.mine()
     assert coord.run_once().failed == [(USDC, 1)]
-    assert coord.run_once().refunded == 1 and book.balance(buyer.account, USDC).posted == 10_000
+    with beyond_the_window(coord, {request_id}):
+        assert coord.run_once().refunded == 1 and book.balance(buyer.account, USDC).posted == 10_000
     fork.reorg_to(chain)
     chain.broadcast(coord.store.tx(coord.store.batches(USDC, "failed")[0].tx_id).raw)
 
@@ -279,7 +289,8 @@ def test_take_back__later_epoch_batch_reopened_first__old_settle_beats_its_noop_
     (failed,) = coord.store.batches(USDC, "failed")
     chain.s.balances[(x_address, USDC)] = 10_000
     chain.next_window()
-    assert coord.run_once().confirmed == [(USDC, 2)]
+    with beyond_the_window(coord, {x_request}):
+        assert coord.run_once().confirmed == [(USDC, 2)]
     later = coord.store.batch(coord.store.record(x_request).batch_id)
 
     fork.reorg_to(chain)

@@ -121,6 +121,25 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(landed, recent).order_by(t.c.nonce)).all()
         return [_stored(r._mapping) for r in rows]
 
+    def final_nonce(self, deep: int) -> int:
+        """The sender's nonces below this one are final: taken in block `deep` or earlier, as
+        far as the log knows (a transaction it holds mined there, succeeded or reverted;
+        nonces are taken in order, so every lower one was taken no later). Whatever held
+        such a nonce, or tried to, can never land once `deep` is as far below the head as
+        the service's reorg window, which stops re-checking receipts there."""
+        t = self.txs_table
+        top = -1
+        with self._tx() as conn:
+            for status in (SUCCEEDED, REVERTED):  # one each: the (status, nonce) index read from the top down
+                found = conn.execute(
+                    select(t.c.nonce)
+                    .where(t.c.status == status, t.c.block_number <= deep)
+                    .order_by(t.c.nonce.desc())
+                    .limit(1)
+                ).scalar()
+                top = max(top, -1 if found is None else int(found))
+        return top + 1
+
     def _reopen_tx(self, conn: Connection, tx_id: int) -> None:
         """Back to "sent": its receipt was on a branch the chain no longer has. The next
         resolution re-sends the same signed bytes, or finds its nonce went to another."""

@@ -58,6 +58,7 @@ def coordinator(ctx: click.Context, once: bool) -> None:
                     "quarantined": report.quarantined,
                     "requeued": report.requeued,
                     "refunded": report.refunded,
+                    "held": len(report.held),  # records of a failed batch waiting for its failure to be final
                     "spend_caps": report.caps,
                     "session_keys": report.session_keys,
                     "waiting": report.waiting,

@@ -6,7 +6,9 @@ records not yet in a batch, as a crash-safe state machine persisted per (asset, 
     confirmed  receipt ok, or the chain's usage_roots(asset, epoch) is ours
     failed     it can never land (reverted, or its nonce went to another transaction;
                orphaned by a reorg, its nonce is filled with a no-op, never re-sent):
-               its records go back to pending and are planned again
+               its records go back to pending and are planned again, at once at its
+               epoch, under a later one (or refunded) only once the failure is
+               `reorg_window` blocks deep (`_plannable`)
 
 On restart every stored transaction still "sent" is looked up by hash; if it is not
 mined and its nonce is still free, the SAME signed bytes are broadcast again. Nothing
@@ -123,6 +125,7 @@ class PassReport:
     requeued: int = 0  # quarantined records back to pending, their cause fixed
     refunded: int = 0  # quarantined records refunded to their payers
     taken_back: int = 0  # refunds taken back: the chain debited those records after all (a reorg)
+    held: set[str] = field(default_factory=set)  # records of a failed batch waiting for its failure to be final
     caps: int = 0
     session_keys: int = 0  # SessionKeys registered on chain this pass
     expired: list[int] = field(default_factory=list)  # escrow lots this pass expired
@@ -160,6 +163,7 @@ class Coordinator:
         self.clock = clock or _wall_clock
         self._report = PassReport()
         self._lots: dict[int, LotInfo] = {}  # the lots of the batch being planned, as the chain has them
+        self._said_held: dict[str, set[str]] = {}  # what waits, logged once: asset (or "refund") → request ids
 
     # ─── One pass ────────────────────────────────────────────────────────────
 
@@ -477,6 +481,9 @@ class Coordinator:
         records = self.store.pending_records(asset, MAX_PENDING_READ)
         if not records or chain.now() < chain.next_settlement_at(asset):
             return  # nothing to settle, or this window's settlement is posted already
+        records = self._plannable(asset, chain.last_epoch(asset) + 1, records)
+        if not records:
+            return
         spend_only = chain.is_spend_only(asset)
         self._lots = {}
         entries = self._prepare(asset, records, spend_only)
@@ -495,15 +502,59 @@ class Coordinator:
         crash_point("planned")
         self._submit(batch)
 
+    # ─── A failed batch's records, until its failure is final ────────────────
+
+    def _unfinal_failures(self, asset: str | None = None) -> list[Batch]:
+        """The failed batches a reorg could still undo the failure of: their settle's nonce
+        is not yet taken in a block `reorg_window` deep (by its revert, or by what took it:
+        a no-op, another transaction). Until it is, the old bytes can come back (a node
+        re-includes an orphaned block's transactions) and the batch lands after all."""
+        final = self.store.final_nonce(self.chain.head() - self.reorg_window)
+        return self.store.unfinal_failures(final, asset)
+
+    def _plannable(self, asset: str, epoch: int, records: list[StoredUsage]) -> list[StoredUsage]:
+        """The records that may be planned at `epoch`. A record of a failed batch may be
+        planned again at once at the SAME epoch (the vault takes an epoch once: of the
+        failed batch and the retry, at most one ever lands), under a later epoch only once
+        the failure is final. Before, should a reorg orphan the revert and the network
+        re-include the old settle and the later batch both, the chain would debit the record
+        twice, and nothing on chain stops it (the vault refuses an epoch twice, never one
+        record under two epochs): rbreak's finding. On a real chain the wait is
+        `reorg_window` blocks (128: ~26 min at 12 s) after the revert."""
+        held: dict[str, Batch] = {}
+        for batch in self._unfinal_failures(asset):
+            if batch.epoch != epoch:
+                held.update(dict.fromkeys(batch.payload.members, batch))
+        said = self._said_held.setdefault(asset, set())
+        said.intersection_update(held)  # forget what no longer waits, so that it is said again should it wait again
+        if not held:
+            return records
+        kept: list[StoredUsage] = []
+        for record in records:
+            failed = held.get(record.request_id)
+            if failed is None:
+                kept.append(record)
+                continue
+            self._report.held.add(record.request_id)
+            if record.request_id not in said:
+                said.add(record.request_id)
+                log.info(
+                    "usage %s waits: its batch %d (epoch %d) failed, and until that failure is %d blocks deep a "
+                    "reorg could still land it; it may be settled again at epoch %d at once, under epoch %d then",
+                    record.request_id, failed.id, failed.epoch, self.reorg_window, failed.epoch, epoch,
+                )  # fmt: skip
+        return kept
+
     # ─── Signed mode (issue 23) ──────────────────────────────────────────────
 
     def _plan_signed(self, asset: str) -> bool:
         """Plan and submit the next `settle_signed` batch of the asset's signed-mode records
         (any number per window; see `signed_plan`); whether one was submitted."""
+        chain = self.chain
         records = self.store.pending_signed_records(asset, MAX_PENDING_READ)
+        records = self._plannable(asset, chain.last_epoch(asset) + 1, records) if records else records
         if not records:
             return False
-        chain = self.chain
         spend_only = chain.is_spend_only(asset)
         self._lots = {}
         by_id = {record.request_id: record for record in records}
@@ -697,6 +748,11 @@ class Coordinator:
         known = set(self.chain.assets())
         states = self.store.lot_states()
         lots: dict[int, LotInfo] = {}
+        # A record of a failed batch is refunded only once the failure is final: should the
+        # batch land after all, the refund would be taken back (`_reattach`).
+        unfinal = {r: b for b in self._unfinal_failures() for r in b.payload.members}
+        said = self._said_held.setdefault("refund", set())
+        said.intersection_update(unfinal)
         now, chain_now = self.clock(), self.chain.now()
         for record in records:
             asset_known = record.asset in known
@@ -722,6 +778,14 @@ class Coordinator:
                 self._report.requeued += 1
                 log.info("usage %s back to pending: %s is resolved or worth a retry", record.request_id,
                          record.quarantine_reason)  # fmt: skip
+            elif verdict.action == REFUND and record.request_id in unfinal:
+                self._report.held.add(record.request_id)
+                if record.request_id not in said:
+                    said.add(record.request_id)
+                    failed = unfinal[record.request_id]
+                    log.info("usage %s: its refund waits until the failure of its batch %d (epoch %d) is %d blocks "
+                             "deep (%s)", record.request_id, failed.id, failed.epoch, self.reorg_window,
+                             verdict.reason)  # fmt: skip
             elif verdict.action == REFUND and verdict.reason is not None:
                 if self.store.refund(record.request_id, verdict.reason, self.clock()):
                     self._report.refunded += 1
@@ -977,9 +1041,10 @@ def serve(coordinator: Coordinator, poll_seconds: float, stop: threading.Event |
             moved = report.quarantined or report.requeued or report.refunded or report.taken_back
             if report.confirmed or report.failed or moved:
                 log.info(
-                    "pass: settled %s, failed %s, quarantined %d, requeued %d, refunded %d, refunds taken back %d",
+                    "pass: settled %s, failed %s, quarantined %d, requeued %d, refunded %d, refunds taken back %d, "
+                    "%d records waiting for a failure to be final",
                     report.confirmed, report.failed, report.quarantined, report.requeued, report.refunded,
-                    report.taken_back,
+                    report.taken_back, len(report.held),
                 )  # fmt: skip
         except Exception:  # an RPC or database hiccup: the state machine resumes next pass
             log.exception("coordinator pass failed")

@@ -405,6 +405,23 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             _let_go(conn, batch.id, (PLANNED, SUBMITTED), reason, now)
 
+    def unfinal_failures(self, final_nonce: int, asset: str | None = None) -> list[Batch]:
+        """The failed batches whose settle could still land after a reorg: signed at a nonce
+        not yet final (`SignedTxStore.final_nonce`), whatever became of it since (reverted,
+        dropped, its nonce given to a no-op). A batch refused before signing is not among
+        them: nothing of it was ever sent."""
+        b, t = settlement_batches.c, coordinator_txs.c
+        stmt = (
+            select(settlement_batches)
+            .join(coordinator_txs, t.id == b.tx_id)
+            .where(b.status == FAILED, t.nonce >= final_nonce)
+            .order_by(b.id)
+        )
+        if asset is not None:
+            stmt = stmt.where(b.asset == asset)
+        with self._tx() as conn:
+            return [_batch(row) for row in conn.execute(stmt).all()]
+
     def reattach_candidates(self, batch: Batch) -> list[StoredUsage]:
         """Where the records of `batch` (failed, its records let go) are now if it landed
         after all: its asset's oldest records of its mode pending or in another batch of
