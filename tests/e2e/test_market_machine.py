@@ -54,6 +54,7 @@ from market_stack import (
 )
 from sqlalchemy import select
 
+from promptex.coordinator.service import REORG_WINDOW
 from promptex.coordinator.store import CoordinatorStore
 from promptex.fakes.upstream import chat_input_tokens
 from promptex.gateway.keys import hash_key, new_api_key
@@ -549,7 +550,7 @@ class MarketMachine(RuleBasedStateMachine):
             if window and spend and buyer.key:  # usage for the next settlement on the doomed branch
                 self.traffic([(buyer, 8, False)], exact=False)
             self.chain.advance(self.vault.functions.epoch_length().call() + 1)
-            self.quiesce()
+            self.quiesce(doomed=True)
             STATS["settlements orphaned (asked)"] += 1
         if settles > 1:
             STATS["reorgs orphaning two settlement windows"] += 1
@@ -577,19 +578,36 @@ class MarketMachine(RuleBasedStateMachine):
         self.dirty = False
         STATS["quiescent checks"] += 1
 
-    def quiesce(self) -> None:
+    def quiesce(self, doomed: bool = False) -> None:
+        """Wait until the coordinator settled every pending record (and the indexer caught
+        up). A record of a failed batch is settled under a later epoch only once the failure
+        is `REORG_WINDOW` blocks deep (the coordinator logs that it waits): here that many
+        blocks are mined and the next epoch closed for it; on a `doomed` branch (a reorg is
+        coming) it is left pending, since mining the window there would make that reorg
+        deeper than the coordinator looks."""
         coordinator = CoordinatorStore(self.ledger.engine)
 
         def settled() -> bool:
             self.services.check_alive()
             with self.ledger.engine.connect() as conn:
-                pending = conn.execute(
-                    select(usage_records.c.request_id).where(usage_records.c.status == "pending").limit(1)
-                ).first()
-            if pending is not None or coordinator.open_txs():
+                query = select(usage_records.c.request_id).where(usage_records.c.status == "pending")
+                pending = set(conn.execute(query).scalars())
+            if coordinator.open_txs():
                 return False
             if any(coordinator.open_batch(asset) is not None for asset in ("USDC", "GPT")):
                 return False
+            if pending:
+                failed = {m for b in coordinator.batches(status="failed") for m in b.payload.members}
+                if not pending <= failed:
+                    return False
+                log = self.services.log_tail("coordinator", 10**7)
+                if not all(f"usage {r} waits" in log for r in pending):
+                    return False  # not held: the coordinator has yet to plan it again (at its epoch, at once)
+                if not doomed:
+                    STATS["windows mined for a failed batch's records"] += 1
+                    self.chain.rpc("anvil_mine", hex(REORG_WINDOW))
+                    self.chain.advance(self.vault.functions.epoch_length().call() + 1)
+                    return False
             # Caught up with any reorg too: every batch it calls confirmed is on chain.
             return all(
                 self.vault.functions.usage_roots(self.chain.asset(b.asset).address, b.epoch).call() == b.usage_root
