@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -504,13 +504,13 @@ class Coordinator:
 
     # ─── A failed batch's records, until its failure is final ────────────────
 
-    def _unfinal_failures(self, asset: str | None = None) -> list[Batch]:
-        """The failed batches a reorg could still undo the failure of: their settle's nonce
-        is not yet taken in a block `reorg_window` deep (by its revert, or by what took it:
-        a no-op, another transaction). Until it is, the old bytes can come back (a node
-        re-includes an orphaned block's transactions) and the batch lands after all."""
+    def _unfinal_failures(self, assets: Collection[str]) -> list[Batch]:
+        """The failed batches (of `assets`) a reorg could still undo the failure of: their
+        settle's nonce is not yet taken in a block `reorg_window` deep (by its revert, or by
+        what took it: a no-op, another transaction). Until it is, the old bytes can come
+        back (a node re-includes an orphaned block's transactions) and the batch lands."""
         final = self.store.final_nonce(self.chain.head() - self.reorg_window)
-        return self.store.unfinal_failures(final, asset)
+        return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, final)]
 
     def _plannable(self, asset: str, epoch: int, records: list[StoredUsage]) -> list[StoredUsage]:
         """The records that may be planned at `epoch`. A record of a failed batch may be
@@ -522,7 +522,7 @@ class Coordinator:
         record under two epochs): rbreak's finding. On a real chain the wait is
         `reorg_window` blocks (128: ~26 min at 12 s) after the revert."""
         held: dict[str, Batch] = {}
-        for batch in self._unfinal_failures(asset):
+        for batch in self._unfinal_failures([asset]):
             if batch.epoch != epoch:
                 held.update(dict.fromkeys(batch.payload.members, batch))
         said = self._said_held.setdefault(asset, set())
@@ -750,7 +750,8 @@ class Coordinator:
         lots: dict[int, LotInfo] = {}
         # A record of a failed batch is refunded only once the failure is final: should the
         # batch land after all, the refund would be taken back (`_reattach`).
-        unfinal = {r: b for b in self._unfinal_failures() for r in b.payload.members}
+        failures = self._unfinal_failures({record.asset for record in records})
+        unfinal = {request_id: batch for batch in failures for request_id in batch.payload.members}
         said = self._said_held.setdefault("refund", set())
         said.intersection_update(unfinal)
         now, chain_now = self.clock(), self.chain.now()

@@ -405,20 +405,18 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             _let_go(conn, batch.id, (PLANNED, SUBMITTED), reason, now)
 
-    def unfinal_failures(self, final_nonce: int, asset: str | None = None) -> list[Batch]:
-        """The failed batches whose settle could still land after a reorg: signed at a nonce
-        not yet final (`SignedTxStore.final_nonce`), whatever became of it since (reverted,
-        dropped, its nonce given to a no-op). A batch refused before signing is not among
-        them: nothing of it was ever sent."""
+    def unfinal_failures(self, asset: str, final_nonce: int) -> list[Batch]:
+        """The asset's failed batches whose settle could still land after a reorg: signed at
+        a nonce not yet final (`SignedTxStore.final_nonce`), whatever became of it since
+        (reverted, dropped, its nonce given to a no-op). A batch refused before signing is
+        not among them: nothing of it was ever sent. (Read by the (asset, status) index.)"""
         b, t = settlement_batches.c, coordinator_txs.c
         stmt = (
             select(settlement_batches)
             .join(coordinator_txs, t.id == b.tx_id)
-            .where(b.status == FAILED, t.nonce >= final_nonce)
+            .where(b.asset == asset, b.status == FAILED, t.nonce >= final_nonce)
             .order_by(b.id)
         )
-        if asset is not None:
-            stmt = stmt.where(b.asset == asset)
         with self._tx() as conn:
             return [_batch(row) for row in conn.execute(stmt).all()]
 
