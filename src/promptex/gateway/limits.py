@@ -320,7 +320,7 @@ class LimitCounters:
         for row in rows:
             kept = used.get(row.kind)
             if row.kind == BUDGET:
-                budget = row  # last: the key's row is locked after the counters', as in `take`
+                budget = row  # last: the key's row is locked after the counters' (and the takes')
                 continue
             if kept is None:
                 continue  # the request itself stays counted; tokens without a record: as held
@@ -333,9 +333,9 @@ class LimitCounters:
                 # counted whole in its window, past the limit if need be (it was served), so
                 # the window admits only what is left of it.
                 conn.execute(_COUNT, {**params, "p_amount": kept - row.amount})
-        if budget is not None and used.get(BUDGET) is not None:
-            key = int(budget.subject.split(":", 1)[1])
-            _settle_key_budget(conn, key, budget.amount, used.get(BUDGET) or 0)
+        # The takes before the key's row, as `trim` locks them: a settle holding the key's
+        # row while it waited for a take a trim deleted (that trim then waiting for the
+        # key's row to give an expired hold's budget back) deadlocked on PostgreSQL.
         if keep and rows:
             mine = limit_takes.c.request_id == request_id
             conn.execute(delete(limit_takes).where(mine, limit_takes.c.kind.not_in(keep)))
@@ -343,6 +343,9 @@ class LimitCounters:
                 conn.execute(update(limit_takes).where(mine, limit_takes.c.kind == BUDGET).values(window_start=until))
         elif rows:
             conn.execute(delete(limit_takes).where(limit_takes.c.request_id == request_id))
+        if budget is not None and used.get(BUDGET) is not None:
+            key = int(budget.subject.split(":", 1)[1])
+            _settle_key_budget(conn, key, budget.amount, used.get(BUDGET) or 0)
 
 
 def _settle_key_budget(conn: Connection, key: int, taken: int, charged: int) -> None:
@@ -385,7 +388,7 @@ def trim(engine: Engine, now: int) -> int:
             limit_counters.c.window_start == limit_takes.c.window_start,
         )
         conn.execute(delete(limit_takes).where(limit_takes.c.kind.in_((REQUESTS, TOKENS, COST)), ~counted))
-        _past_horizon(conn, now)  # after the counters: a settle locks counters, then keys
+        _past_horizon(conn, now)  # after the counters and takes: a settle locks counters, takes, then keys
         return count
 
 
