@@ -210,6 +210,16 @@ class Settings(BaseSettings):
     # Group commit on SQLite: holds, settles and releases that queue for the ledger thread
     # while it is busy commit together, up to this many (`gateway.ledger_threads`); 1: off.
     gateway_ledger_group_max: int = 64
+    # A hold's, settle's or release's write that finds the SQLite ledger idle (nothing
+    # queued for the ledger thread, the write lock free at once, such writes coming less
+    # often than one each `gateway_ledger_inline_gap_ms` on average) runs on the event loop
+    # itself instead of waking the ledger thread and then being woken by it
+    # (`gateway.ledger_threads`). "normal": only where commits do not wait for the disk
+    # (synchronous NORMAL); "always": with FULL too (the loop then waits for each
+    # commit's fsync: 0.05-8 ms measured, not for production); "off" (the default
+    # until a quiet A/B shows it pays, see the README's "Where it goes now"): never.
+    gateway_ledger_inline: Literal["off", "normal", "always"] = "off"
+    gateway_ledger_inline_gap_ms: float = 1.0
     # Paying a model in another provider's token converts through the Oracle's TWAP of the
     # paying token, read over this JSON-RPC endpoint (None, the default: no payment across
     # tokens — experimental: the coordinator quarantines such records, it cannot settle

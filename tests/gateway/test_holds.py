@@ -97,6 +97,35 @@ def test_lot_with_room_for_less__402_names_the_largest_max_tokens_it_covers(gw: 
     assert chat(gw, key, {"model": "fake-flat", "messages": HELLO, "max_tokens": 10}).status_code == 200
 
 
+@pytest.fixture
+def gw_inline(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
+    """A gateway whose ledger writes run on its event loop whenever the ledger is idle."""
+    inline = settings.model_copy(update={"gateway_ledger_inline": "normal", "gateway_ledger_inline_gap_ms": 0.0})
+    yield from _harness(inline, f"sqlite:///{tmp_path}/ledger.sqlite3")
+
+
+def test_inline_ledger_writes__hold_and_charge_on_the_loop__a_refused_hold_moves_nothing(
+    gw_inline: Harness, fake: Fake
+) -> None:
+    gw = gw_inline
+    lot = gw.add_lot(fake)
+    account, key = gw.buyer(amount=10 * USDC)
+    poor, poor_key = gw.buyer(amount=1)  # 1 µUSDC: less than any hold
+    body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+    answer = chat(gw, key, body)
+    assert answer.status_code == 200
+    assert gw.gateway.threads.inlined == 2  # its hold and its charge: neither woke the ledger thread
+    hold = gw.ledger.hold(answer.headers["x-request-id"])
+    assert hold is not None and hold.status.value == "settled"
+    assert hold.charged == int(answer.headers["x-promptex-cost-units"])  # durable before the headers left
+    refused = chat(gw, poor_key, body)  # refused by the ledger, on the loop
+    assert refused.status_code == 402 and gw.gateway.threads.inlined == 3
+    assert fake.config.requests == 1
+    assert (gw.ledger.balance(poor, "USDC").posted, gw.ledger.balance(poor, "USDC").held) == (1, 0)
+    assert gw.ledger.balance(account, "USDC").posted == 10 * USDC - hold.charged
+    assert gw.ledger.lot_capacities()[lot].used == FLAT_OUT
+
+
 # ─── A hold is a true upper bound ────────────────────────────────────────────
 
 

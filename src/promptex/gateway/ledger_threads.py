@@ -19,6 +19,14 @@ calls share) serves them all. No wait is added to form a group: a call that find
 thread idle runs alone, so groups grow with the load, where they pay. A call that raises
 is rolled back alone and raises to its caller; if the group's commit fails, nothing of
 it happened and each call runs again alone (every grouped call is idempotent).
+
+Inline (`inline`, such as `Ledger.try_writes`): a grouped call that finds the ledger idle —
+nothing queued, grouped calls coming less often than one each `inline_gap` on average,
+the write lock free at once — runs on the event loop itself, its writes committed before
+its caller hears of it, exactly as on the thread. Why: at a low rate every call woke the
+sleeping ledger thread and then the loop, and on an idle virtual machine a wake-up from
+sleep costs more CPU than the call's SQL. At a high rate calls still go to the thread,
+where they queue and share group commits.
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ from typing import Any, TypeVar
 
 import anyio
 
+from promptex.ledger.errors import WriterBusy
+
 T = TypeVar("T")
 _Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], float, bool]
 _Result = tuple[asyncio.Future[Any], bool, Any]
 MAX_GROUP = 64  # calls in one group commit at most (a bound on how long its first waits)
+INLINE_GAP = 0.001  # seconds: grouped calls closer than this on average go to the thread
 
 
 class LedgerThreads:
@@ -52,7 +63,15 @@ class LedgerThreads:
         grouper: Callable[[], AbstractContextManager[Any]] | None = None,
         max_group: int = MAX_GROUP,
         per_thread: Callable[[], AbstractContextManager[Any]] | None = None,
+        inline: Callable[[], AbstractContextManager[Any] | None] | None = None,
+        inline_gap: float = INLINE_GAP,
     ) -> None:
+        # `inline`: the caller's writes begun at once, or None (`Ledger.try_writes`; `_inline`).
+        self._inline_group = inline if grouper is not None and max_group > 1 else None
+        self._inline_gap = inline_gap
+        self._last_grouped = 0.0  # when the last grouped call was submitted
+        self._gap = 0.0  # seconds between grouped calls, smoothed (`_inline`): none yet, as if fast
+        self.inlined = 0  # grouped calls run on the event loop itself
         # `per_thread`: entered by each thread for as long as it lives (`Ledger.pinned_connection`).
         self._per_thread = per_thread or contextlib.nullcontext
         self._observe = observe  # each call's wait for a thread (the metrics)
@@ -85,6 +104,13 @@ class LedgerThreads:
         return await self._submit(fn, args, self._grouper is not None)
 
     async def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], grouped: bool) -> T:
+        if grouped and self._inline_group is not None:
+            outcome = self._inline(fn, args)
+            if outcome is not None:
+                ok, value = outcome
+                if ok:
+                    return value  # type: ignore[no-any-return]
+                raise value
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None:
@@ -96,6 +122,35 @@ class LedgerThreads:
         with anyio.CancelScope(shield=True):
             result = await future
         return result
+
+    def _inline(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any] | None:
+        """`fn(*args)` on the caller's thread while the ledger is idle (see the module's
+        docstring): (True, its result) or (False, what it raised), its writes committed or
+        rolled back as on the thread; None when the ledger is not idle, or a write found
+        SQLite's lock taken by another process (nothing of it done: the thread runs it).
+        It runs to its end on the loop, so a cancelled caller cannot leave it half done."""
+        now = time.perf_counter()
+        # The mean gap between grouped calls, smoothed: below `inline_gap` they come fast
+        # enough to queue on the thread and share its group commits. Each gap counts at
+        # most 4 × `inline_gap`, so that after a pause a burst reaches the thread within
+        # a dozen calls.
+        self._gap = 0.9 * self._gap + 0.1 * min(now - self._last_grouped, 4 * self._inline_gap)
+        self._last_grouped = now
+        if self._gap < self._inline_gap or not self._queue.empty() or self._inline_group is None:
+            return None
+        writes = self._inline_group()
+        if writes is None:
+            return None
+        self._waited(now)  # it waited for no thread (the overload watch reads these waits)
+        with writes:
+            try:
+                outcome: tuple[bool, Any] = (True, fn(*args))
+            except WriterBusy:
+                return None
+            except Exception as exc:  # rolled back; the caller's, as on the thread
+                outcome = (False, exc)
+        self.inlined += 1
+        return outcome
 
     def close(self) -> None:
         for _ in self._threads:

@@ -16,7 +16,8 @@ ledger call waiting for its thread), `holds_open`, `requests_in_flight`, `shed_t
 `connections_refused_total` (per address), `timeouts_total` (headers or body too slow),
 `lot_open{lot}` (the circuit breaker: 1 while a lot is skipped), and
 `ledger_group_commits_total` / `ledger_grouped_writes_total` (group commits of more than
-one ledger write, and the writes in them: writes ÷ commits is the mean group).
+one ledger write, and the writes in them: writes ÷ commits is the mean group),
+`ledger_inline_writes_total` (writes run on the event loop while the ledger was idle).
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ class _State(Collector):
         )
         yield CounterMetricFamily(
             "promptex_gateway_ledger_grouped_writes", "Ledger writes committed in a group.", value=gw.threads.grouped
+        )
+        yield CounterMetricFamily(
+            "promptex_gateway_ledger_inline_writes",
+            "Ledger writes run on the event loop while the ledger was idle.",
+            value=gw.threads.inlined,
         )
         lots = GaugeMetricFamily("promptex_gateway_lot_open", "1 while a lot's circuit is open.", labels=["lot"])
         for lot, is_open in gw.health.circuits():

@@ -180,6 +180,8 @@ class Gateway:
         sqlite = ledger.engine.dialect.name == "sqlite"  # one writer at a time: one thread
         self.metrics = GatewayMetrics(price.model for price in catalog)
         self.health = LotHealth(settings.gateway_lot_breaker_failures, settings.gateway_lot_breaker_cooldown_seconds)
+        mode = settings.gateway_ledger_inline
+        inline = sqlite and (mode == "always" or (mode == "normal" and not ledger.commits_wait_for_disk))
         self.threads = LedgerThreads(
             1 if sqlite else settings.gateway_ledger_threads,
             observe=self.metrics.ledger_wait.observe,
@@ -187,6 +189,9 @@ class Gateway:
             grouper=ledger.group if sqlite else None,
             max_group=settings.gateway_ledger_group_max,
             per_thread=ledger.pinned_connection,
+            # Writes that find the ledger idle run on the loop (`LedgerThreads._inline`).
+            inline=ledger.try_writes if inline else None,
+            inline_gap=settings.gateway_ledger_inline_gap_ms / 1000,
         )
         self.shed = 0  # requests refused for overload
         self.inflight = 0

@@ -30,7 +30,7 @@ from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
 from promptex.ledger.db import READ_ONLY, create_ledger_engine, upgrade
-from promptex.ledger.errors import LedgerInconsistent, UnknownAccount
+from promptex.ledger.errors import LedgerInconsistent, UnknownAccount, WriterBusy
 from promptex.ledger.holds import capacity as _capacity
 from promptex.ledger.holds import general as _general
 from promptex.ledger.holds.api import Reservation
@@ -72,13 +72,15 @@ def _in_savepoint(conn: Connection, work: Callable[[Connection], T]) -> T:
 
 
 @contextmanager
-def _transaction(conn: Connection) -> Iterator[Connection]:
+def _transaction(conn: Connection, begun: bool = False) -> Iterator[Connection]:
     """A write transaction on a pinned SQLite connection, begun and ended on the driver:
     committed when the block ends, rolled back if it raises. Why: SQLAlchemy's transaction
     object and events cost about as much CPU as the hot path's own statements. A statement
     the block runs through SQLAlchemy (the general path) joins the driver's transaction
-    (`db._on_begin` emits no second BEGIN) and SQLAlchemy's state then ends with it."""
-    _driver(conn, "BEGIN IMMEDIATE")
+    (`db._on_begin` emits no second BEGIN) and SQLAlchemy's state then ends with it.
+    `begun`: the caller began it already (`Ledger.try_writes`)."""
+    if not begun:
+        _driver(conn, "BEGIN IMMEDIATE")
     try:
         yield conn
         if conn.in_transaction():
@@ -103,6 +105,19 @@ def _driver(conn: Connection, statement: str) -> None:
         raise DBAPIError.instance(statement, (), exc, error, dialect=conn.dialect) from exc
 
 
+def _sqlite_file_pragmas(engine: Engine) -> tuple[int, int] | None:
+    """A SQLite file ledger's `synchronous` level (1 NORMAL, 2 FULL) and busy timeout (ms),
+    as every connection of `engine` sets them; None for PostgreSQL or a database in memory."""
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith("file::memory:"):
+        return None
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        level = dbapi.execute("PRAGMA synchronous").fetchone()  # type: ignore[union-attr]
+        busy = dbapi.execute("PRAGMA busy_timeout").fetchone()  # type: ignore[union-attr]
+    return int(level[0]), int(busy[0])
+
+
 def _wall_clock() -> int:
     return int(time.time())
 
@@ -123,11 +138,18 @@ class Ledger:
         self.clock: Clock = clock or _wall_clock
         # SQLite has one writer at a time: threads of this process queue on a lock instead
         # of polling the database file's lock (other processes still wait in busy_timeout).
+        self._writer_lock = threading.Lock()
         self._writer: AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+            self._writer_lock if engine.dialect.name == "sqlite" else nullcontext()
         )
+        self._file = _sqlite_file_pragmas(engine)  # (synchronous, busy ms) of a SQLite file, for `try_writes`
+        # A commit waits for the disk (SQLite FULL; PostgreSQL's own, not ours to know: True).
+        self.commits_wait_for_disk = self._file is None or self._file[0] >= 2
+        self._inline_conn: Connection | None = None  # `try_writes`'s own, until a thread pins one
+        self._writer_conn: Connection | None = None  # the last connection a thread pinned (SQLite: one writer)
         self._grouped = threading.local()  # .conn: the transaction of this thread's open `group`
         self._pinned = threading.local()  # .conn: this thread's own connection (`pinned_connection`)
+        self._trying = threading.local()  # .conn: the connection of this thread's open `try_writes`
         with self._read() as conn:
             rows: Sequence[Any] = conn.execute(
                 select(accounts.c.name, accounts.c.id).where(accounts.c.kind == AccountKind.SYSTEM.value)
@@ -189,6 +211,8 @@ class Ledger:
         )
 
     def close(self) -> None:
+        if self._inline_conn is not None:
+            self._inline_conn.close()
         self.holds.close()
         self.engine.dispose()
 
@@ -209,7 +233,7 @@ class Ledger:
         file cannot be made inside (they would wait for this transaction's write lock)."""
         if self.engine.dialect.name != "sqlite":
             raise RuntimeError("ledger write groups are for SQLite")
-        if getattr(self._grouped, "conn", None) is not None:
+        if getattr(self._grouped, "conn", None) is not None or getattr(self._trying, "conn", None) is not None:
             raise RuntimeError("ledger write groups do not nest")
         with self._writer, self._begin() as conn:
             self._grouped.conn = conn
@@ -217,6 +241,56 @@ class Ledger:
                 yield
             finally:
                 self._grouped.conn = None
+
+    def try_writes(self) -> AbstractContextManager[None] | None:
+        """The calling thread's writes inside the block, each its own transaction as on a
+        ledger thread, or None if that would wait now: another thread of this process is
+        writing (SQLite: one writer). For an event loop that runs a write itself while the
+        ledger is idle, rather than waking a ledger thread and then being woken by it (two
+        wake-ups a write: on an idle virtual machine more CPU than the write's SQL). A
+        write in the block whose BEGIN finds SQLite's write lock held by another process
+        raises `WriterBusy` at once instead of waiting (nothing of it done). On the
+        connection the ledger thread writes on (its page cache stays warm: two connections
+        taking turns would each re-read what the other wrote), or one of its own before a
+        thread pinned one. A SQLite file only (one in memory has a single connection for
+        everyone). If a commit waits for the disk (FULL), the caller waits for it too:
+        `commits_wait_for_disk` tells. Not a group: no savepoints (a write's savepoint, in
+        a transaction of its own, cost as much CPU as the write)."""
+        if self._file is None or getattr(self._grouped, "conn", None) is not None:
+            return None
+        if not self._writer_lock.acquire(blocking=False):
+            return None
+        return self._trying_writes()
+
+    @contextmanager
+    def _trying_writes(self) -> Iterator[None]:
+        try:
+            conn = self._writer_conn
+            if conn is None or conn.invalidated or conn.closed:
+                conn = self._inline_conn
+                if conn is None or conn.invalidated or conn.closed:
+                    conn = self._inline_conn = self.engine.connect()
+            self._trying.conn = conn
+            try:
+                yield
+            finally:
+                self._trying.conn = None
+        finally:
+            self._writer_lock.release()
+
+    def _try_write(self, conn: Connection, work: Callable[[Connection], T]) -> T:
+        """`work` in a transaction of its own on `conn` (`try_writes`: the lock is ours) —
+        begun only if SQLite's write lock is free now."""
+        assert self._file is not None
+        _driver(conn, "PRAGMA busy_timeout=0")
+        try:
+            _driver(conn, "BEGIN IMMEDIATE")
+        except DBAPIError as exc:  # another process holds the write lock
+            raise WriterBusy("SQLite's write lock is taken") from exc
+        finally:
+            _driver(conn, f"PRAGMA busy_timeout={self._file[1]}")
+        with _transaction(conn, begun=True):
+            return work(conn)
 
     @contextmanager
     def pinned_connection(self) -> Iterator[None]:
@@ -228,7 +302,7 @@ class Ledger:
         if self.engine.dialect.name != "sqlite" or getattr(self._pinned, "conn", None) is not None:
             yield
             return
-        self._pinned.conn = self.engine.connect()
+        self._pinned.conn = self._writer_conn = self.engine.connect()
         try:
             yield
         finally:
@@ -243,7 +317,7 @@ class Ledger:
             return self.engine.begin()
         if pinned.invalidated or pinned.closed:
             pinned.close()
-            pinned = self._pinned.conn = self.engine.connect()
+            pinned = self._pinned.conn = self._writer_conn = self.engine.connect()
         return _transaction(pinned)
 
     def _write(self, work: Callable[[Connection], T]) -> T:
@@ -254,6 +328,9 @@ class Ledger:
         grouped: Connection | None = getattr(self._grouped, "conn", None)
         if grouped is not None:
             return _in_savepoint(grouped, work)
+        trying: Connection | None = getattr(self._trying, "conn", None)
+        if trying is not None:
+            return self._try_write(trying, work)
         for attempt in range(1, RETRIES + 1):
             try:
                 with self._writer, self._begin() as conn:

@@ -94,3 +94,9 @@ class LedgerInconsistent(LedgerError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__(f"{len(problems)} problem(s) in the books: " + "; ".join(problems[:10]))
         self.problems = problems
+
+
+class WriterBusy(Exception):
+    """A write inside `Ledger.try_writes` found SQLite's write lock taken by another
+    process: nothing of that write was done. Not a refusal: the caller runs it again where
+    it may wait (the gateway: on its ledger thread)."""
