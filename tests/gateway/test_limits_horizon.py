@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from promptex.gateway import limits
 from promptex.gateway.limits import KeyBudgetExceeded, LateAnswerRefused, Limits, Plan
+from promptex.gateway.schema import limit_takes
 from promptex.ledger import UsageRecord
 
 from .test_limits import HOLD, LATE, NOW, TOKENS, _budget_takes, _Late
@@ -195,3 +196,53 @@ def test_horizon__trim_gives_back_while_a_settle_ends_a_request_of_the_same_key_
 
 
 _WAITING = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+
+
+SKEW = 2  # seconds the settling process's clock is behind the one that gives the budget back
+
+
+@pytest.mark.parametrize("gives_back", ["trim", "sweep"])
+def test_horizon__clocks_skewed__budget_given_back_ahead__late_answer_behind_refused__no_overshoot(
+    ledger_url: str, gives_back: str
+) -> None:
+    """bbreak's finding: the horizon is judged on each process's own clock. One running 2 s
+    ahead gave an expired hold's budget back (trim past the horizon, or a sweep after it);
+    the budget admitted two more; the late answer reached a process still before the
+    horizon by its clock: charged against nothing — 3,000 on a budget of 2,000. The take's
+    row now leaves a mark when it is given back, and a late settle that finds it is refused
+    whatever its own clock says."""
+    t = _Late(ledger_url, cost=10 * HOLD, books=2, budget=2 * HOLD, room=4)
+    behind = lambda: t.clock[0] - SKEW  # noqa: E731
+    t.books[1].clock = behind
+    t.counters[1].clock = behind
+    try:
+        t.reserve("a")  # made at NOW: horizon NOW + LATE
+        if gives_back == "trim":
+            t.clock[0] += 11
+            assert t.books[0].holds.sweep() == 1
+            t.clock[0] = NOW + LATE + 1  # ahead: past the horizon; behind: 1 s before it
+            limits.trim(t.book.engine, t.clock[0])
+        else:
+            t.clock[0] = NOW + LATE + 1  # swept only now, past its horizon: given back at once
+            assert t.books[0].holds.sweep() == 1
+        assert t.budget_left() == 2 * HOLD  # given back
+        t.reserve("b")
+        t.reserve("c")
+        t.books[0].holds.settle("b", HOLD)
+        t.books[0].holds.settle("c", HOLD)
+        with pytest.raises(LateAnswerRefused):
+            t.books[1].holds.settle("a", HOLD, record=USAGE)  # the late answer, on the clock behind
+        assert t.charged() == 2 * HOLD
+        assert t.budget_left() == 0
+        assert _marks(t) == ["a"]
+        t.clock[0] += limits.BUDGET_BACK_KEPT + 1
+        limits.trim(t.book.engine, t.clock[0])
+        assert _marks(t) == []  # the mark ends too
+    finally:
+        t.close()
+
+
+def _marks(t: _Late) -> list[str]:
+    with t.book.engine.connect() as conn:
+        rows = conn.execute(select(limit_takes.c.request_id).where(limit_takes.c.kind == limits.BUDGET_BACK))
+        return sorted(rows.scalars())

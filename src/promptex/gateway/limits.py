@@ -18,7 +18,8 @@ the hold's amount, settled to the charge and given back with a released hold. An
 hold keeps it taken until its late answer settles it (the charge kept, the rest back) or
 until its late-answer horizon — `late_seconds` after the hold was made: the gateway's
 request deadline plus its margin, past which no live gateway settles a request — then
-`trim` gives it back and deletes its row. A late answer metered after the horizon is
+`trim` gives it back, leaving a mark on its row. A late answer metered after the horizon,
+or once its row carries the mark (a process whose clock runs ahead gave it back), is
 refused (`LateAnswerRefused`: nothing charged, the hold stays expired). So every charge is
 settled against a take the budget's conditional UPDATE admitted, and a key's requests are
 never charged beyond its budget; the price is a killed gateway's requests holding their
@@ -36,7 +37,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, exists, insert, literal, select, update
 
 from promptex.gateway.schema import api_keys, limit_counters, limit_takes, limits
 from promptex.gateway.store import ApiKey
@@ -50,6 +51,11 @@ NAME = "limits"
 REQUESTS, TOKENS, CONCURRENT, COST = "requests", "tokens", "concurrent", "cost"
 BUDGET = "budget"  # an API key's budget: its take's row names the key (`key:ID`), window 0
 # (an expired hold's kept take: its late-answer horizon)
+# The mark a budget take leaves when it is given back past its horizon (amount 0; window:
+# when `trim` deletes it). A late settle that finds it is refused whatever its own clock
+# says: the budget went back, so a charge now would count against nothing.
+BUDGET_BACK = "budget_back"
+BUDGET_BACK_KEPT = 86_400  # seconds the mark stays: processes' clocks within a day agree
 MINUTE = 60
 # Seconds after a hold was made that its late answer is still settled: the gateway's
 # defaults, a request deadline of 600 s plus a 60 s margin (`Gateway` passes its own).
@@ -270,10 +276,12 @@ class LimitCounters:
             # settle settles it) or committed before — and then the clock, read now, is past
             # the horizon. Only that row: trim deletes ended windows' takes while it holds
             # their counters, which this settle updates next.
-            mine = (limit_takes.c.request_id == hold.request_id, limit_takes.c.kind == BUDGET)
-            conn.execute(select(limit_takes.c.kind).where(*mine).with_for_update())
+            # A mark instead of the take: given back by a process whose clock or horizon
+            # ran ahead of this one's — refused whatever this clock says.
+            mine = (limit_takes.c.request_id == hold.request_id, limit_takes.c.kind.in_((BUDGET, BUDGET_BACK)))
+            kinds = conn.execute(select(limit_takes.c.kind).where(*mine).with_for_update()).scalars().all()
             horizon = hold.created_at + self.late_seconds
-            if self.clock() > horizon:
+            if self.clock() > horizon or BUDGET_BACK in kinds:
                 raise LateAnswerRefused(
                     f"request {hold.request_id!r} was answered after its late-answer horizon ({horizon}): not charged"
                 )
@@ -297,9 +305,10 @@ class LimitCounters:
             waits = hold.closed_at is None or hold.closed_at <= horizon
             used: dict[str, int | None] = {REQUESTS: None, CONCURRENT: 0, TOKENS: None, COST: None}
             used[BUDGET] = None if waits else 0
-            self._end(
-                conn, hold.request_id, used, keep=(TOKENS, COST, BUDGET) if waits else (TOKENS, COST), until=horizon
-            )
+            if not waits:  # its budget back at once, a mark left in its take's place
+                _mark_given_back(conn, [hold.request_id], self.clock())
+            keep = (TOKENS, COST, BUDGET) if waits else (TOKENS, COST, BUDGET_BACK)
+            self._end(conn, hold.request_id, used, keep=keep, until=horizon)
         else:
             used = {REQUESTS: None, CONCURRENT: 0, TOKENS: 0, COST: 0, BUDGET: 0}
             self._end(conn, hold.request_id, used)
@@ -388,14 +397,15 @@ def trim(engine: Engine, now: int) -> int:
             limit_counters.c.window_start == limit_takes.c.window_start,
         )
         conn.execute(delete(limit_takes).where(limit_takes.c.kind.in_((REQUESTS, TOKENS, COST)), ~counted))
+        conn.execute(delete(limit_takes).where(limit_takes.c.kind == BUDGET_BACK, limit_takes.c.window_start < now))
         _past_horizon(conn, now)  # after the counters and takes: a settle locks counters, takes, then keys
         return count
 
 
 def _past_horizon(conn: Connection, now: int) -> None:
     """Expired holds' budget takes whose horizon passed (an active hold's is at 0): given
-    back to their keys, deleted. Rows a late settle has locked are skipped: it settles or
-    refuses them itself."""
+    back to their keys, each row left as a mark (`BUDGET_BACK`). Rows a late settle has
+    locked are skipped: it settles or refuses them itself."""
     rows = conn.execute(
         select(limit_takes.c.request_id, limit_takes.c.subject, limit_takes.c.amount)
         .where(limit_takes.c.kind == BUDGET, limit_takes.c.window_start > 0, limit_takes.c.window_start < now)
@@ -405,11 +415,9 @@ def _past_horizon(conn: Connection, now: int) -> None:
     ).all()
     if not rows:
         return
-    conn.execute(
-        delete(limit_takes).where(
-            limit_takes.c.kind == BUDGET, limit_takes.c.request_id.in_([r.request_id for r in rows])
-        )
-    )
+    given = [r.request_id for r in rows]
+    _mark_given_back(conn, given, now)
+    conn.execute(delete(limit_takes).where(limit_takes.c.kind == BUDGET, limit_takes.c.request_id.in_(given)))
     back: dict[int, int] = {}
     for row in rows:
         key = int(row.subject.split(":", 1)[1])
@@ -417,3 +425,20 @@ def _past_horizon(conn: Connection, now: int) -> None:
     for key, amount in sorted(back.items()):  # one lock order on the keys' rows
         if amount:
             conn.execute(_GIVE_KEY_BUDGET, {"p_key": key, "p_amount": amount})
+
+
+def _mark_given_back(conn: Connection, request_ids: Sequence[str], now: int) -> None:
+    """A mark beside each of these requests' budget take, which is being given back (the
+    caller deletes the take); `trim` deletes the mark `BUDGET_BACK_KEPT` seconds on."""
+    conn.execute(
+        insert(limit_takes).from_select(
+            ["request_id", "subject", "kind", "window_start", "amount"],
+            select(
+                limit_takes.c.request_id,
+                limit_takes.c.subject,
+                literal(BUDGET_BACK),
+                literal(now + BUDGET_BACK_KEPT),
+                literal(0),
+            ).where(limit_takes.c.kind == BUDGET, limit_takes.c.request_id.in_(request_ids)),
+        )
+    )
