@@ -279,7 +279,8 @@ class LimitCounters:
             # A mark instead of the take: given back by a process whose clock or horizon
             # ran ahead of this one's — refused whatever this clock says.
             mine = (limit_takes.c.request_id == hold.request_id, limit_takes.c.kind.in_((BUDGET, BUDGET_BACK)))
-            kinds = conn.execute(select(limit_takes.c.kind).where(*mine).with_for_update()).scalars().all()
+            locked = conn.execute(select(limit_takes.c.kind).where(*mine).with_for_update())
+            kinds: Sequence[str] = locked.scalars().all()
             horizon = hold.created_at + self.late_seconds
             if self.clock() > horizon or BUDGET_BACK in kinds:
                 raise LateAnswerRefused(
