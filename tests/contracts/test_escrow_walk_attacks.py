@@ -36,6 +36,17 @@ its start; a second end of an unlinked lot moves no link. Deep: the finding open
 lots unlinked on the hint's chain still open, 257 fall back and are refused while the
 crowd both ways (257 lots each side) stands.
 
+tbreak (session 7) attacked the tombstones: a tail closed and then its tombstone's prev
+(the new tail) closed, the first closed tail as hint; finalize, slash and expiry of
+unlinked lots whose stale prev is the tail, the head, a pruned lot or gone; a chain
+through four tombstones to the head of an emptied order; and a seeded interleaving over
+two tokens (60 steps in CI, 1,500 deep) of opens with adversarial hints (found, found and
+front-run by up to 3 closes/slashes/prunes along its chain, a tombstone, a chain's end,
+any lot of either token or kind, the own id, a junk id, 0), closes, finalized closes,
+slashes, expiries, prunes, draws and time: both orders stay whole and sorted, every
+routable lot linked, no tombstone linked or `_last_lot`, every hinted open lands where
+the unhinted one does, every draw takes exactly `drawable`; all hold.
+
 Round 2's escrow world, built once per module; titanoboa runs each test in a snapshot.
 """
 
@@ -872,3 +883,236 @@ def test_finding_hbreak__the_hints_seller_closes_it_in_front_of_the_open__it_ope
     lot, _ = _open_hinted(w, w.sellers[0], expiry, hint)
     assert w.escrow.lots(lot).status == OPEN and _chain(w, hint) == [hint, head[-2]]
     assert _full_order(w)[MAX_INSERT_WALK : MAX_INSERT_WALK + 2] == [head[-2], lot]
+
+
+# ─── Tombstones attacked (tbreak, session 7) ─────────────────────────────────
+
+
+def _whole(w: EscrowWorld, token: str) -> list[int]:
+    """`_tombstones_whole` for any token: `token`'s order forward equals it backward, sorted
+    by (expiry, id); `_first_lot`/`_last_lot` are linked lots of `token` (or 0 both); every
+    other tokenized lot of `token` has no next link, is not `_last_lot`, and its tombstone
+    chain decreases in (expiry, id) to a linked lot or 0. Returns the order."""
+    s = w.escrow._storage
+    prev, following, lots = s._prev_lot.get(), s._next_lot.get(), s.lots.get()
+    first, last = s._first_lot.get().get(token, 0), s._last_lot.get().get(token, 0)
+    return _whole_in(token, prev, following, lots, first, last, w.escrow)
+
+
+def _whole_in(token: str, prev: dict, following: dict, lots: dict, first: int, last: int, e) -> list[int]:
+    forward, x = [], first
+    while x != 0:
+        assert lots[x]["token"] == token and len(forward) <= len(lots)
+        forward.append(x)
+        x = following.get(x, 0)
+    back, x = [], last
+    while x != 0:
+        back.append(x)
+        x = prev.get(x, 0)
+    key = {x: (lot["expiry"], x) for x, lot in lots.items()}
+    assert forward == back[::-1] and [key[x] for x in forward] == sorted(key[x] for x in forward)
+    assert (first == 0) == (last == 0) and prev.get(first, 0) == 0
+    assert forward[:MAX_DRAW_LOTS] == list(e.draw_order(token, MAX_DRAW_LOTS))
+    linked = set(forward)
+    for lot_id, lot in lots.items():
+        if lot["token"] != token or lot["kind"] != TOKENIZED:
+            continue
+        routable = lot["status"] == OPEN and lot["close_at"] == 0 and lot["consumed"] < lot["capacity"]
+        if routable and lot["expiry"] >= now():
+            assert lot_id in linked, lot_id  # a routable lot is never lost from the order
+        if lot_id in linked:
+            continue
+        assert following.get(lot_id, 0) == 0 and lot_id != last
+        x = lot_id
+        while x != 0 and x not in linked:
+            assert prev.get(x, 0) == 0 or key[prev[x]] < key[x]
+            x = prev.get(x, 0)
+    return forward
+
+
+def _links(w: EscrowWorld) -> tuple[dict, ...]:
+    s = w.escrow._storage
+    return s._prev_lot.get(), s._next_lot.get(), s._first_lot.get(), s._last_lot.get()
+
+
+def test_tombstone__tail_tombstones_a_tail_hint_and_ends_of_unlinked_lots_through_stale_prevs(world):
+    """The tail closed (its tombstone is the new tail), then that tail closed (a chain of
+    two ending at a linked lot), the hint = the first closed tail: the lot opens last with
+    no walk. Then every lot before the chain goes (the chain's end becomes the head, then
+    0), and each closed lot is finalized, slashed or expired while its stale prev is the
+    tail, the head, a pruned lot or gone: no link, `_first_lot` or `_last_lot` moves, and
+    no tombstone is ever `_last_lot` or linked again."""
+    w = world
+    e, token, start = w.escrow, w.cld.address, now()
+    a = _crowd(w, 3, start + 20 * DAY, w.sellers[1])
+    b = _crowd(w, 2, start + 40 * DAY)
+    e.request_close(b[1], sender=w.attacker)  # the tail: `_last_lot` = b[0]
+    assert _whole(w, token) == [*a, b[0]] and _chain(w, b[1]) == [b[1], b[0]]
+    e.request_close(b[0], sender=w.attacker)  # the tombstone's prev leaves too
+    assert _whole(w, token) == a and _chain(w, b[1]) == [b[1], b[0], a[2]]
+    lot, _plain, _gas = _plain_then_hinted(w, start + 50 * DAY, b[1])
+    assert _whole(w, token) == [*a, lot]
+    e.request_close(lot, sender=w.sellers[0])  # a tail whose prev is a live lot
+    before = _links(w)
+    boa.env.time_travel(seconds=2 * WINDOW)
+    for x, seller in ((b[1], w.attacker), (b[0], w.attacker), (lot, w.sellers[0])):
+        w.cld.approve(e.address, 2**256 - 1, sender=seller)
+        e.finalize_close(x, sender=seller)  # stale prevs: b[0] (unlinked), a[2] (the tail)
+        assert _links(w) == before
+    e.slash(a[0], sender=w.attestor)  # the head: a[1] is the head now
+    e.request_close(a[2], sender=w.sellers[1])  # the tail: a[1] is head and tail
+    before = _links(w)
+    e.slash(a[2], sender=w.attestor)  # closing: unlinked, prev = a[1] (head and tail)
+    assert _links(w) == before and _whole(w, token) == [a[1]]
+    boa.env.time_travel(seconds=20 * DAY + 1 - (now() - start))
+    assert e.prune(token, 5) == 1 and _whole(w, token) == []  # a[1] pruned: the order empty
+    before = _links(w)
+    boa.env.time_travel(seconds=GRACE)
+    e.expire(a[1])
+    assert _links(w) == before and _chain(w, b[1]) == [b[1], b[0], a[2], a[1], 0]
+    again, _plain, _gas = _plain_then_hinted(w, now() + 30 * DAY, b[1])  # through 4 to the head
+    assert _whole(w, token) == [again]
+
+
+# Steps of the interleaving below: 60 in CI (~1.5 s), 1,500 with the deep profile.
+STEPS = 1_500 if os.environ.get("HYPOTHESIS_PROFILE") in ("deep", "deep_part") else 60
+STEP_MIX = ("open",) * 4 + ("close", "final", "slash", "expire", "expire", "prune", "draw", "time", "time")
+# Adversarial hints of the interleaving below (the attestor's found hint is one of them).
+HINTS = ("found", "found_front_run", "tombstone", "chain_end", "any_lot", "own_id", "junk", "zero")
+
+
+def test_tombstone__random_interleaving_of_everything_with_adversarial_hints__orders_whole(world):
+    """A seeded interleaving over two tokens of opens (equal and minimum expiries; the hint
+    found, found then closed/slashed/pruned in front, a tombstone, the end of a chain,
+    any lot of either token or kind, the new lot's own id, an id never opened, 0), closes,
+    finalized closes, slashes, expiries, prunes, draws and time passing. After each step
+    both orders are whole and sorted and every tombstone chain decreases to a linked lot or
+    0; every hinted open lands where the same open without a hint lands; every draw takes
+    exactly `drawable` (one unit more reverts); ending an unlinked lot moves no link."""
+    import random
+
+    w = world
+    e, cld = w.escrow, w.cld.address
+    gpt_token = TOKEN.deploy("GPT credit", "GPT", "OpenAI", 5_000, e.address, w.vault)
+    with boa.env.prank(w.timelock.address):
+        e.add_provider(gpt_token.address, 1_000)
+    gpt = gpt_token.address
+    tokens = (cld, cld, cld, gpt)
+    rng = random.Random(19_7)
+    people = [w.attacker, *w.sellers]
+    for who in people:
+        w.cld.approve(e.address, 2**256 - 1, sender=who)
+        gpt_token.approve(e.address, 2**256 - 1, sender=who)
+    epoch, opened, counts = 0, [], dict.fromkeys(("open", "hinted", "close", "final", "slash", "expire", "prune",
+                                                  "draw", "time"), 0)  # fmt: skip
+
+    def open_(token: str, who: str, expiry: int, hint: int | None) -> int:
+        bond = e.tokenized_bond(token, MIN_TOKENIZED_FACE)
+        w.usdc.mint(who, bond)
+        w.usdc.approve(e.address, bond, sender=who)
+        args = (who, token, TOKENIZED, MIN_TOKENIZED_FACE, expiry, bond, TERMS, 0)
+        return e.open_lot(*args, sender=w.attestor) if hint is None else e.open_lot(*args, hint, sender=w.attestor)
+
+    for step in range(STEPS):
+        op = rng.choice(STEP_MIX)
+        token = rng.choice(tokens)
+        lots = e._storage.lots.get()
+        open_lots = [x for x in opened if lots[x]["status"] == OPEN]
+        if op == "open" or not open_lots:
+            counts["open"] += 1
+            who = rng.choice(people)
+            expiry = now() + MIN_LOT_VALIDITY + rng.choice((0, 0, DAY, 5 * DAY, 20 * DAY, 20 * DAY, 60 * DAY))
+            how = rng.choice(HINTS)
+            hint = 0
+            if how in ("found", "found_front_run"):
+                hint = _hint_of(e, token, expiry)
+                target = hint
+                for _ in range(rng.randint(1, 3) if how == "found_front_run" else 0):
+                    lot = e.lots(target)  # the hint, then what its tombstone names
+                    if target == 0 or lot.status != OPEN or lot.close_at != 0:
+                        break
+                    kind = rng.choice(("close", "slash", "prune"))
+                    if kind == "close":
+                        e.request_close(target, sender=lot.seller)
+                    elif kind == "slash":
+                        e.slash(target, sender=w.attestor)
+                    else:
+                        e.prune(token, 3)
+                    _whole(w, token)
+                    target = e._storage._prev_lot.get().get(target, 0)
+            elif how in ("tombstone", "chain_end"):
+                mine = [x for x in opened if lots[x]["token"] == token]
+                dead = [x for x in mine if x not in set(_whole(w, token))]
+                if dead:
+                    hint = rng.choice(dead)
+                    if how == "chain_end":
+                        hint = _chain(w, hint)[-1] if token == cld else hint
+            elif how == "any_lot" and opened:
+                hint = rng.choice(opened)
+            elif how == "own_id":
+                hint = e.lot_count() + 1
+            elif how == "junk":
+                hint = e.lot_count() + 1 + rng.randint(1, 9)
+            with boa.env.anchor():
+                plain = open_(token, who, expiry, None)
+                expected = _whole(w, token)
+            lot = open_(token, who, expiry, hint)
+            assert lot == plain and _whole(w, token) == expected, (step, how, hint)
+            counts["hinted"] += hint != 0
+            opened.append(lot)
+        elif op == "close":
+            cands = [x for x in open_lots if lots[x]["close_at"] == 0]
+            if cands:
+                x = rng.choice(cands)
+                e.request_close(x, sender=e.lots(x).seller)
+                counts["close"] += 1
+        elif op == "final":
+            cands = [x for x in open_lots if 0 < lots[x]["close_at"] <= now()]
+            if cands:
+                x = rng.choice(cands)
+                before = _links(w)
+                e.finalize_close(x, sender=e.lots(x).seller)
+                assert _links(w) == before  # a closing lot is unlinked already
+                counts["final"] += 1
+        elif op == "slash":
+            x = rng.choice(open_lots)
+            linked = x in _whole(w, lots[x]["token"])
+            before = _links(w)
+            e.slash(x, sender=w.attestor)
+            assert linked or _links(w) == before
+            counts["slash"] += 1
+        elif op == "expire":
+            cands = [x for x in open_lots if lots[x]["expiry"] + GRACE < now()]
+            if cands:
+                x = rng.choice(cands)
+                linked = x in _whole(w, lots[x]["token"])
+                before = _links(w)
+                e.expire(x)
+                assert linked or _links(w) == before
+                counts["expire"] += 1
+        elif op == "prune":
+            counts["prune"] += 1
+            e.prune(token, rng.randint(0, 3))
+        elif op == "draw":
+            can = e.drawable(token)
+            epoch += 1
+            if can > 0:
+                with boa.env.anchor(), boa.reverts("escrow: draw exceeds drawable capacity"):
+                    e.draw(token, can + 1, epoch, sender=w.vault)
+                e.draw(token, rng.choice((can, can, rng.randint(1, can))), epoch, sender=w.vault)
+                counts["draw"] += 1
+        else:
+            counts["time"] += 1
+            boa.env.time_travel(seconds=rng.choice((3_600, DAY, 8 * DAY, 20 * DAY, 40 * DAY)))
+        st = e._storage
+        prev, following, lots = st._prev_lot.get(), st._next_lot.get(), st.lots.get()
+        for t in (cld, gpt):
+            _whole_in(t, prev, following, lots, st._first_lot.get().get(t, 0), st._last_lot.get().get(t, 0), e)
+    assert min(counts.values()) >= 1, sorted(counts.items())  # every kind of step ran
+
+
+def _hint_of(e, token: str, expiry: int) -> int:
+    hint, start = e.insert_hint(token, expiry, 0, MAX_HINT_STEPS)
+    while start != 0:
+        hint, start = e.insert_hint(token, expiry, start, MAX_HINT_STEPS)
+    return hint
