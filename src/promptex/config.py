@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -318,6 +318,11 @@ class Settings(BaseSettings):
     # once when the chain can never settle it: its lot never opened, or ended).
     coordinator_quarantine_retry_seconds: int = 600
     coordinator_quarantine_refund_seconds: int = 86_400
+    # Blocks after which a mined transaction is final to the coordinator: receipts this
+    # recent are re-checked each pass, and a failed batch's records settle under a later
+    # epoch (or are refunded) only once its failure is this deep. Lower it only on a chain
+    # whose reorgs are shallower (a local anvil has none, and mines only as it is sent to).
+    coordinator_reorg_window_blocks: int = Field(default=128, ge=1)
 
     # ─── Redemption agent ────────────────────────────────────────────────────
     # The chain it redeems on: the JSON-RPC endpoint and the deployment (deployments/<network>.json).

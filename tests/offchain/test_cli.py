@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from promptex.chain.deployments import DeployedContract, Deployment, save_deployment
 from promptex.cli import main
 from promptex.cli.amounts import token_units, usd_micro
+from promptex.config import settings
 
 
 def test_deployment_show__missing_network__one_line_error_and_nonzero_exit(tmp_path, monkeypatch):
@@ -57,3 +58,24 @@ def test_amounts__whole_units__exact_smallest_units(parse, text, expected):
 def test_amounts__not_positive_or_too_precise__refused(parse, text, message):
     with pytest.raises(click.BadParameter, match=message):
         parse(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("PROMPTEX_COORDINATOR_REORG_WINDOW_BLOCKS", "0", "greater than or equal to 1"),
+        ("PROMPTEX_GATEWAY_PORT", "abc", "valid integer"),
+    ],
+)
+def test_bad_setting__named_as_it_is_set__one_line_and_exit_1(tmp_path, monkeypatch, name, value, says):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    settings.cache_clear()  # read the environment again
+    try:
+        result = CliRunner(mix_stderr=False).invoke(main, ["coordinator", "--once"])
+    finally:
+        settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: bad setting {name}={value!r}: ")
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -53,6 +53,20 @@ def _is_connection(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError)
 
 
+def _bad_setting(exc: BaseException) -> str:
+    """A setting the environment (or .env) gave a value it refuses: named as it is set."""
+    loaded = sys.modules.get("pydantic")
+    if loaded is None or not isinstance(exc, loaded.ValidationError) or exc.title != "Settings":
+        return ""
+    errors = exc.errors()
+    if not errors:
+        return ""
+    first = errors[0]
+    name = "PROMPTEX_" + "_".join(str(part) for part in first.get("loc", ())).upper()
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"bad setting {name}={first.get('input')!r}: {first.get('msg', 'refused')}{more}"
+
+
 def describe(exc: BaseException) -> str:
     """One line saying what happened (and, for the unexpected, how to see more)."""
     from promptex.config import ConfigurationError
@@ -61,6 +75,9 @@ def describe(exc: BaseException) -> str:
         return f"reverted: {revert_reason(exc)}"
     if isinstance(exc, ConfigurationError | FileNotFoundError | PermissionError):
         return first_line(str(exc)) or type(exc).__name__
+    setting = _bad_setting(exc)
+    if setting:
+        return setting
     if _is_connection(exc):
         return f"cannot reach a service: {first_line(str(exc)) or type(exc).__name__} (is `promptex up` running?)"
     if _is_ape(exc):

@@ -69,6 +69,7 @@ def make_coordinator(s: Settings) -> Coordinator:
         release_expiry=s.coordinator_release_expiry_seconds,
         quarantine_retry=s.coordinator_quarantine_retry_seconds,
         quarantine_refund=s.coordinator_quarantine_refund_seconds,
+        reorg_window=s.coordinator_reorg_window_blocks,
     )
 
 
