@@ -11,6 +11,8 @@ holds (the fixture), a second pass books nothing."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 from coordinator_fakes import FakeChain
 from ledger_helpers import event_id, fund
@@ -97,6 +99,40 @@ def _payer(book: Ledger, chain: FakeChain, amount: int = 10_000) -> tuple[int, s
     address = fund(book, account, USDC, amount)
     chain.s.balances[(address, USDC)] = amount
     return account, address
+
+
+class XFailsYRetried(NamedTuple):
+    x: int
+    x_address: str
+    x_request: str
+    y: int
+    y_address: str
+    y_request: str
+    fork: Branch
+
+
+def x_fails_y_retried(
+    book: Ledger, chain: FakeChain, coord: Coordinator, x_cost: int = 1_000, y_cost: int = 2_000
+) -> XFailsYRetried:
+    """Batch A (epoch 1) holds X's and Y's records and reverts (X's exit, mined first); in
+    the same pass the retry C takes epoch 1 with Y alone (the same epoch: at once) and X's
+    record is quarantined. X is then funded again on chain (10,000). `fork`: the chain as it
+    stood before A mined."""
+    x, x_address = _payer(book, chain)
+    y, y_address = _payer(book, chain)
+    x_request, y_request = spend(book, x, x_cost), spend(book, y, y_cost)
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.s.balances[(x_address, USDC)] = 0
+    chain.hold = False
+    chain.mine()
+    report = coord.run_once()
+    assert report.failed == [(USDC, 1)] and report.confirmed == [(USDC, 1)] and report.quarantined == 1
+    (retry,) = coord.store.batches(USDC, "confirmed")
+    assert (retry.epoch, coord.store.record(y_request).batch_id) == (1, retry.id)
+    chain.s.balances[(x_address, USDC)] = 10_000  # X funded again on chain: the quarantine's cause is gone
+    return XFailsYRetried(x, x_address, x_request, y, y_address, y_request, fork)
 
 
 def test_take_back__several_payers_one_refunded_one_resettled_in_the_retry__each_debited_once(
@@ -202,19 +238,8 @@ def test_take_back__record_settled_again_under_a_later_epoch__old_settle_reinclu
     re-sent bytes reverted, the record went back to pending and was settled a third time:
     X debited twice on chain, once in the books."""
     coord = Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_retry=0)
-    x, x_address = _payer(book, chain)
-    y, y_address = _payer(book, chain)
-    x_request, y_request = spend(book, x, 1_000), spend(book, y, 2_000)
-    chain.hold = True
-    assert coord.run_once().waiting is not None
-    fork = Branch.of(chain)
-    chain.s.balances[(x_address, USDC)] = 0
-    chain.hold = False
-    chain.mine()
-    report = coord.run_once()
-    assert report.failed == [(USDC, 1)] and report.quarantined == 1 and report.confirmed == [(USDC, 1)]
+    x, x_address, x_request, y, y_address, y_request, fork = x_fails_y_retried(book, chain, coord)
     (failed,) = coord.store.batches(USDC, "failed")
-    chain.s.balances[(x_address, USDC)] = 10_000  # X funded again on chain: the quarantine's cause is gone
     chain.next_window()
     with beyond_the_window(coord, {x_request}):  # requeued: held from epoch 2 while A's failure is not final
         report = coord.run_once()
@@ -276,18 +301,8 @@ def test_take_back__later_epoch_batch_reopened_first__old_settle_beats_its_noop_
     record, which D (epoch 2, not on the new branch) holds too. D must not be re-sent.
     SQLite and PostgreSQL."""
     coord = Coordinator(ledger.engine, chain, holder="t", clock=ledger.clock, tx_timeout=0, quarantine_retry=0)
-    x, x_address = _payer(ledger, chain)
-    y, y_address = _payer(ledger, chain)
-    x_request, y_request = spend(ledger, x, 1_000), spend(ledger, y, 2_000)
-    chain.hold = True
-    assert coord.run_once().waiting is not None
-    fork = Branch.of(chain)
-    chain.s.balances[(x_address, USDC)] = 0
-    chain.hold = False
-    chain.mine()
-    assert coord.run_once().failed == [(USDC, 1)]
+    _, x_address, x_request, _, y_address, y_request, fork = x_fails_y_retried(ledger, chain, coord)
     (failed,) = coord.store.batches(USDC, "failed")
-    chain.s.balances[(x_address, USDC)] = 10_000
     chain.next_window()
     with beyond_the_window(coord, {x_request}):
         assert coord.run_once().confirmed == [(USDC, 2)]

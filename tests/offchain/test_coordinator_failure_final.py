@@ -15,8 +15,8 @@ import logging
 
 import pytest
 from coordinator_fakes import FakeChain
-from test_breaker_refund_taken_back import _payer
-from test_coordinator_refund_taken_back import LOT, USDC, Branch, View, spend
+from test_breaker_refund_taken_back import _payer, x_fails_y_retried
+from test_coordinator_refund_taken_back import LOT, USDC, View, spend
 
 from promptex.coordinator.service import REORG_WINDOW, Coordinator, PassReport
 from promptex.ledger import Ledger
@@ -35,29 +35,6 @@ def _coordinator(book: Ledger, chain: FakeChain, **knobs: int) -> Coordinator:
     coord = Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_retry=0, **knobs)
     assert coord.reorg_window == REORG_WINDOW  # the default, as on a real chain: no rule weakened for tests
     return coord
-
-
-def _x_fails_y_retried(book: Ledger, chain: FakeChain, coord: Coordinator) -> tuple[int, str, str, str, Branch]:
-    """Batch A (epoch 1) holds X's and Y's records and reverts (X's exit, mined first); in
-    the same pass the retry C takes epoch 1 with Y alone (the same epoch: at once) and X's
-    record is quarantined. X is then funded again on chain. Returns X's account, X's and
-    Y's request ids, X's address, and the chain as it stood before A mined."""
-    x, x_address = _payer(book, chain)
-    y, _ = _payer(book, chain)
-    # List prices (cost // 3 + 1) whose seller credit at 60 % is whole (as in rbreak's finding).
-    x_request, y_request = spend(book, x, 1_002), spend(book, y, 2_007)
-    chain.hold = True
-    assert coord.run_once().waiting is not None
-    fork = Branch.of(chain)
-    chain.s.balances[(x_address, USDC)] = 0
-    chain.hold = False
-    chain.mine()
-    report = coord.run_once()
-    assert report.failed == [(USDC, 1)] and report.confirmed == [(USDC, 1)] and report.quarantined == 1
-    (retry,) = coord.store.batches(USDC, "confirmed")
-    assert (retry.epoch, coord.store.record(y_request).batch_id) == (1, retry.id)
-    chain.s.balances[(x_address, USDC)] = 10_000
-    return x, x_request, y_request, x_address, fork
 
 
 def _mine_to(chain: FakeChain, head: int) -> None:
@@ -79,7 +56,8 @@ def test_finding__both_old_settles_reincluded__the_record_debited_once(ledger: L
     chain = FakeChain()
     chain.open_lot(LOT, KIND_LISTED)
     coord = _coordinator(ledger, chain)
-    x, x_request, y_request, x_address, fork = _x_fails_y_retried(ledger, chain, coord)
+    # List prices (cost // 3 + 1) whose seller credit at 60 % is whole (as in rbreak's finding).
+    x, x_address, x_request, _, _, y_request, fork = x_fails_y_retried(ledger, chain, coord, 1_002, 2_007)
     failed, retry = coord.store.batches(USDC, "failed")[0], coord.store.batches(USDC, "confirmed")[0]
     chain.next_window()
     assert _waits(coord.run_once(), x_request)  # requeued, but not planned under epoch 2
@@ -109,7 +87,7 @@ def test_failed_record__under_a_later_epoch_only_once_its_revert_is_reorg_window
     waits at epoch 2 until A's revert is `reorg_window` blocks below the head, logged once
     at INFO however many passes it waits, then is planned and settled."""
     coord = _coordinator(book, chain)
-    _, x_request, _, x_address, _ = _x_fails_y_retried(book, chain, coord)
+    _, x_address, x_request, *_ = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
     (failed,) = coord.store.batches(USDC, "failed")
     reverted_in = coord.store.tx(failed.tx_id).block
     assert reverted_in is not None
@@ -160,7 +138,7 @@ def test_failed_settle_replaced_by_a_noop__waits_for_the_noop_to_be_deep_not_the
     re-sends C. A's failure is final only once that no-op is `reorg_window` deep: the old
     revert's depth no longer counts (it is not on the chain)."""
     coord = _coordinator(book, chain)
-    _, x_request, _, _, fork = _x_fails_y_retried(book, chain, coord)
+    _, _, x_request, _, _, _, fork = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
     (failed,) = coord.store.batches(USDC, "failed")
     old_revert = coord.store.tx(failed.tx_id).block
     assert old_revert is not None
