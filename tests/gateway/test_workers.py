@@ -19,6 +19,8 @@ import pytest
 
 import promptex.gateway.workers as workers
 
+from .test_starvation import until
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + PR_SET_PDEATHSIG: Linux")
 
 SUPERVISOR = """
@@ -46,16 +48,6 @@ def _supervise(tmp_path: Path, *, young: float = 30.0, exit_at_start: bool = Fal
     return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
 
 
-def _until(check, what: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _pids(tmp_path: Path) -> dict[int, list[int]]:
     """Worker index → the pids it has had, in start order."""
     started: dict[int, list[tuple[int, int]]] = {}
@@ -78,12 +70,12 @@ def _alive(pid: int) -> bool:
 def test_parent_killed_9__every_worker_gets_sigterm_and_stops__no_orphan_serves(tmp_path: Path) -> None:
     proc = _supervise(tmp_path)
     try:
-        pids = _until(lambda: (p := _pids(tmp_path)) and len(p) == 2 and p, "two workers")
-        workers_now = [runs[-1] for runs in pids.values()]
+        until(lambda: len(_pids(tmp_path)) == 2, "two workers")
+        workers_now = [runs[-1] for runs in _pids(tmp_path).values()]
         assert all(_alive(pid) for pid in workers_now)
         proc.kill()
         proc.wait(timeout=10)
-        _until(lambda: not any(_alive(pid) for pid in workers_now), "the orphaned workers to stop")
+        until(lambda: not any(_alive(pid) for pid in workers_now), "the orphaned workers to stop")
     finally:
         for runs in _pids(tmp_path).values():
             for pid in runs:
@@ -96,12 +88,12 @@ def test_parent_killed_9__every_worker_gets_sigterm_and_stops__no_orphan_serves(
 def test_worker_killed_just_after_start__started_again__until_max_young_kills_in_a_row(tmp_path: Path) -> None:
     proc = _supervise(tmp_path)
     try:
-        _until(lambda: len(_pids(tmp_path)) == 2, "two workers")
+        until(lambda: len(_pids(tmp_path)) == 2, "two workers")
         for kill in range(1, workers.MAX_YOUNG_KILLS + 1):
             victim = _pids(tmp_path)[0][-1]
             os.kill(victim, signal.SIGKILL)
             if kill < workers.MAX_YOUNG_KILLS:
-                _until(lambda k=kill: len(_pids(tmp_path)[0]) == k + 1, f"worker 0 restarted ({kill})")
+                until(lambda k=kill: len(_pids(tmp_path)[0]) == k + 1, f"worker 0 restarted ({kill})")
                 assert proc.poll() is None
         # the fifth young kill in a row reads as a crash loop: the others stop, the command fails
         assert proc.wait(timeout=20) == 1
@@ -116,11 +108,11 @@ def test_worker_killed_just_after_start__started_again__until_max_young_kills_in
 def test_worker_killed_after_its_young_period__restarted_and_the_count_starts_again(tmp_path: Path) -> None:
     proc = _supervise(tmp_path, young=0.2)
     try:
-        _until(lambda: len(_pids(tmp_path)) == 2, "two workers")
+        until(lambda: len(_pids(tmp_path)) == 2, "two workers")
         for kill in range(1, workers.MAX_YOUNG_KILLS + 2):  # more kills than the young limit
             time.sleep(0.25)  # past its young period: each kill is an ordinary death
             os.kill(_pids(tmp_path)[0][-1], signal.SIGKILL)
-            _until(lambda k=kill: len(_pids(tmp_path)[0]) == k + 1, f"worker 0 restarted ({kill})")
+            until(lambda k=kill: len(_pids(tmp_path)[0]) == k + 1, f"worker 0 restarted ({kill})")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
