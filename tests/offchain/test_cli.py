@@ -65,6 +65,7 @@ def test_amounts__not_positive_or_too_precise__refused(parse, text, message):
     [
         ("PROMPTEX_COORDINATOR_REORG_WINDOW_BLOCKS", "0", "greater than or equal to 1"),
         ("PROMPTEX_GATEWAY_PORT", "abc", "valid integer"),
+        ("PROMPTEX_GATEWAY_KEY_CACHE_SECONDS", "s3cret-looking", "valid number"),
     ],
 )
 def test_bad_setting__named_as_it_is_set__one_line_and_exit_1(tmp_path, monkeypatch, name, value, says):
@@ -76,6 +77,8 @@ def test_bad_setting__named_as_it_is_set__one_line_and_exit_1(tmp_path, monkeypa
     finally:
         settings.cache_clear()
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"Error: bad setting {name}={value!r}: ")
+    shown = "" if "KEY" in name else f"={value!r}"  # a setting that may hold a secret: never echoed
+    assert result.stderr.startswith(f"Error: bad setting {name}{shown}: ")
+    assert "KEY" not in name or value not in result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

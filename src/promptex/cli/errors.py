@@ -15,6 +15,7 @@ import click
 
 DEBUG_FLAG = "--debug"
 HEX_DATA = re.compile(r"0x[0-9a-fA-F]{16,}")
+SECRET_SETTING = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|URL|MNEMONIC", re.IGNORECASE)
 
 
 def first_line(text: str) -> str:
@@ -64,7 +65,9 @@ def _bad_setting(exc: BaseException) -> str:
     first = errors[0]
     name = "PROMPTEX_" + "_".join(str(part) for part in first.get("loc", ())).upper()
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"bad setting {name}={first.get('input')!r}: {first.get('msg', 'refused')}{more}"
+    # A value that may carry a secret (a key, a password in a URL) is never echoed.
+    shown = "" if SECRET_SETTING.search(name) else f"={first.get('input')!r}"
+    return f"bad setting {name}{shown}: {first.get('msg', 'refused')}{more}"
 
 
 def describe(exc: BaseException) -> str:
