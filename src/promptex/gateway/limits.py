@@ -281,6 +281,13 @@ class LimitCounters:
             mine = (limit_takes.c.request_id == hold.request_id, limit_takes.c.kind.in_((BUDGET, BUDGET_BACK)))
             locked = conn.execute(select(limit_takes.c.kind).where(*mine).with_for_update())
             kinds: Sequence[str] = locked.scalars().all()
+            if BUDGET not in kinds:
+                # No take to settle: a trim may have given it back while this read waited for
+                # its lock — on PostgreSQL that read's snapshot predates the trim's commit, so
+                # it saw the take vanish but not the mark the trim left. Read again (a new
+                # statement, a new snapshot): else this clock alone would judge, and a process
+                # behind the trimming one charged the answer against a budget already back.
+                kinds = conn.execute(select(limit_takes.c.kind).where(*mine)).scalars().all()
             horizon = hold.created_at + self.late_seconds
             if self.clock() > horizon or BUDGET_BACK in kinds:
                 raise LateAnswerRefused(
