@@ -21,6 +21,7 @@ from eth_account import Account
 from web3 import Web3
 
 from anvil_node import ROOT
+from polling import until
 from promptex.agent.billing import HttpBilling
 from promptex.agent.chain import Web3AgentChain
 from promptex.agent.factory import LOCAL_AGENT_KEY, LOCAL_BILLING_SIGNER_KEY
@@ -232,7 +233,7 @@ def seed_org(stack: Stack, owner: str, name: str = "Acme Research") -> NewKey:
     transact(w3, vault.functions.deposit(usdc.address, 200 * USD), owner)
     expiry = int(w3.eth.get_block("latest")["timestamp"]) + 30 * DAY
     transact(w3, vault.functions.set_spend_cap(usdc.address, 2**256 - 1, 100 * USD, expiry), owner)
-    wait_for(lambda: ledger.balance(org, "USDC").cap_remaining > 0, what="the org's deposit and cap indexed")
+    until(lambda: ledger.balance(org, "USDC").cap_remaining > 0, "the org's deposit and cap indexed", 30, every=0.2)
     store, now = GatewayStore(ledger.engine), int(time.time())
     member = member_key(ledger, store, org, now, name="ada", budget=("USDC", 25 * USD))
     answer = httpx.post(
@@ -263,13 +264,3 @@ def leave_unbacked(stack: Stack, holder: str, symbol: str = "GEM", face: int = 1
     transact(w3, token.functions.transfer(holder, minted), seller)
     transact(w3, escrow.functions.slash(escrow.functions.lot_count().call()), attestor)
     return int(minted)
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -18,8 +18,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from anvil_node import ANVIL, ROOT, ape_env, ape_run, free_port
+from polling import until
 from promptex.chain.deployments import Deployment, load_deployment
 from promptex.cli import main as cli_main
 from promptex.config import settings
@@ -49,19 +49,6 @@ SWEEP_SECONDS = 0.5
 
 class StackError(AssertionError):
     """The stack did not reach the state a step waits for (the message says which)."""
-
-
-def until(condition: Callable[[], Any], what: str, seconds: float = 60.0, every: float = 0.05) -> Any:
-    """Poll `condition` until it returns something truthy (returned), or StackError after
-    `seconds`: a bounded wait, never a fixed sleep."""
-    deadline = time.monotonic() + seconds
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise StackError(f"never: {what} (waited {seconds:.0f} s)")
-        time.sleep(every)
 
 
 @dataclass

@@ -50,10 +50,10 @@ from market_stack import (
     Fake,
     Services,
     deployed_market,
-    until,
 )
 from sqlalchemy import select
 
+from polling import until
 from promptex.coordinator.service import REORG_WINDOW
 from promptex.coordinator.store import CoordinatorStore
 from promptex.fakes.upstream import chat_input_tokens

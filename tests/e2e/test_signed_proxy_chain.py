@@ -18,8 +18,9 @@ from types import SimpleNamespace
 
 import httpx
 from eth_account import Account
-from market_stack import Services, deployed_market, until
+from market_stack import Services, deployed_market
 
+from polling import until
 from promptex import metering
 from promptex.buyerside.opening import log_path
 from promptex.buyerside.sessions import new_grant, save

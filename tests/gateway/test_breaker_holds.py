@@ -38,6 +38,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import func, select
 
+from polling import until
 from promptex.fakes import FakeUpstreamConfig
 from promptex.fakes import upstream as fake_upstream
 from promptex.gateway import fronts, limits
@@ -108,14 +109,6 @@ def _buyer(
         hash_key(key), key[:10], account, int(time.time()), budget=None if budget is None else ("USDC", budget)
     )
     return Buyer(account, key, record.id, funds)
-
-
-def _until(condition: object, what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never: {what}")
-        time.sleep(0.05)
 
 
 def _active(ledger: Ledger) -> int:
@@ -293,7 +286,7 @@ def _overdraw(
     # A volley admitted over a minute boundary (a slow machine) met more than one window of
     # requests and tokens per minute: at most K in each, and K in the first.
     refusal = {"balance": 402, "spend cap": 402, "key budget": 402, "member budget": 402}
-    _until(lambda: _active(ledger) == 0, "every request ended")
+    until(lambda: _active(ledger) == 0, "every request ended", 120)
     for name, buyer in attackers.items():
         # What the ledger served is exact; a client whose connection broke (LOST) may or
         # may not have been served, and nothing else.
@@ -429,7 +422,7 @@ def test_kill_9__one_process_mid_flight_then_both_mid_load__acknowledged_charged
             ]
             for sender in senders:
                 sender.start()
-            _until(lambda: _active(ledger) == 40, "40 requests holding")
+            until(lambda: _active(ledger) == 40, "40 requests holding", 120)
             _kill(victim)
         finally:
             gate.set()
@@ -453,7 +446,7 @@ def test_kill_9__one_process_mid_flight_then_both_mid_load__acknowledged_charged
             for loader in loaders:
                 loader.start()
             try:
-                _until(lambda: len(seen.charged) >= 60, "load served")
+                until(lambda: len(seen.charged) >= 60, "load served", 120)
                 for proc in (survivor, restarted_proc):
                     proc.send_signal(signal.SIGKILL)
                 for proc in (survivor, restarted_proc):
@@ -464,7 +457,7 @@ def test_kill_9__one_process_mid_flight_then_both_mid_load__acknowledged_charged
                     loader.join()
     # 3. A new process sweeps every dead process's hold once its lifetime ended.
     with gateway(env) as (_, third):
-        _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
+        until(lambda: _active(ledger) == 0, "every hold swept", 60)
         seen.send(third, buyer.key, False)  # the buyer spends again
     _whole_after_kills(ledger, buyer, seen, budget, subject)
 
@@ -559,14 +552,14 @@ def test_kill_9__sqlite_gateway_mid_load__acknowledged_charged_once_the_rest_swe
             for loader in loaders:
                 loader.start()
             try:
-                _until(lambda: len(seen.charged) >= 40, "load served")
+                until(lambda: len(seen.charged) >= 40, "load served", 120)
                 _kill(proc)
             finally:
                 stop.set()
                 for loader in loaders:
                     loader.join()
         with gateway(env) as (_, base):
-            _until(lambda: _active(ledger) == 0, "every hold swept", seconds=60)
+            until(lambda: _active(ledger) == 0, "every hold swept", 60)
             seen.send(base, buyer.key, False)  # the buyer spends again
         _whole_after_kills(ledger, buyer, seen, budget, subject)
     finally:

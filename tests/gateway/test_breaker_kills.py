@@ -33,6 +33,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import func, select
 
+from polling import until
 from promptex.gateway import limits
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.limits import Limits
@@ -47,7 +48,7 @@ from promptex.protocol.units import USD_MICRO as USDC
 from promptex.serving import free_port
 
 from .conftest import Fake, event_id
-from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _until, gateway
+from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, gateway
 
 CONCURRENT = 200
 CYCLES = 10 if DEEP else 1
@@ -194,7 +195,7 @@ def _attack(
             unheard = _check_after_kill(ledger, accounts, answered)
         assert cut > 0  # requests were in flight at the kills
         with gateway(env):  # the last restart: its sweeper ends what the kills left
-            _until(lambda: "active" not in _holds_by_status(ledger), "the restarted gateway swept every hold")
+            until(lambda: "active" not in _holds_by_status(ledger), "the restarted gateway swept every hold", 90)
         assert _check_after_kill(ledger, accounts, answered) == unheard
         assert [ledger.balance(a, "USDC").held for a in accounts] == [0, 0]
         assert ledger.lot_capacities()[lot].reserved == 0
@@ -265,11 +266,11 @@ def test_workers_postgresql__one_worker_kill9_under_200_concurrent__others_sweep
                 return up and len(workers) == 2 and min(_age(pid) for pid in workers) > CRASH_LOOP_SECONDS + 1
 
             for _ in range(CYCLES):
-                _until(serving, "two workers serving")
+                until(serving, "two workers serving", 90)
                 victim = _VictimOf(proc.pid, rng)
                 cut += asyncio.run(_traffic(base, [key, limited_key], rng.randrange(1, 400), victim, answered))
             _check_after_kill(ledger, accounts, answered)
-            _until(lambda: "active" not in _holds_by_status(ledger), "a live worker swept the dead one's holds")
+            until(lambda: "active" not in _holds_by_status(ledger), "a live worker swept the dead one's holds", 90)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

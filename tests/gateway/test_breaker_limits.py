@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
+from polling import until
 from promptex.gateway import limits
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.limits import Limits
@@ -42,7 +43,7 @@ from promptex.protocol.units import USD_MICRO as USDC
 from promptex.serving import free_port
 
 from .conftest import Fake
-from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _market, _until
+from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _market
 
 REQUESTS = 1_000 if DEEP else 200
 K = 23
@@ -87,7 +88,7 @@ def _burst(base: str, key: str, fake: Fake) -> tuple[Counter[int], list[dict[str
             async def opener() -> None:
                 start = fake.config.requests
                 await asyncio.to_thread(
-                    _until, lambda: refused + fake.config.requests - start >= REQUESTS, "every request placed"
+                    until, lambda: refused + fake.config.requests - start >= REQUESTS, "every request placed", 90
                 )
                 gate.set()
 
@@ -148,7 +149,7 @@ def test_limits_two_workers_postgresql__200_concurrent_lying_upstream__exactly_k
                 except httpx.HTTPError:
                     return False
 
-            _until(ready, "both workers ready")
+            until(ready, "both workers ready", 90)
             # One answer tells the tokens a request reserves (its counter keeps the bound: the
             # lie is above it) and what it is charged (the hold: the lie is above it too).
             first = httpx.post(

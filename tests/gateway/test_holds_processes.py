@@ -25,6 +25,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import func, select
 
+from polling import until
 from promptex.fakes import FakeUpstreamConfig
 from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.store import GatewayStore
@@ -166,14 +167,6 @@ def _holds_by_status(ledger: Ledger) -> dict[str, int]:
     return {status: int(count) for status, count in rows}
 
 
-def _until(condition: object, what: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never: {what}")
-        time.sleep(0.05)
-
-
 def test_two_gateway_processes_on_postgresql__lot_covering_k__exactly_k_served_each_hold_its_cost(
     postgres: LocalPostgres, tmp_path: Path, fake: Fake
 ) -> None:
@@ -251,7 +244,7 @@ def test_gateway_killed_with_21_requests_in_flight__restarted_one_sweeps_them__f
             senders = [threading.Thread(target=send) for _ in range(20)] + [threading.Thread(target=send_signed)]
             for sender in senders:
                 sender.start()
-            _until(lambda: slow_fake.config.requests == 21, "21 requests reached the upstream")
+            until(lambda: slow_fake.config.requests == 21, "21 requests reached the upstream", 90)
             assert _holds_by_status(ledger) == {"active": 21}
             assert ledger.lane(signer, "USDC", 1, 0).inflight is not None
             held = ledger.balance(account, "USDC").held
@@ -263,7 +256,7 @@ def test_gateway_killed_with_21_requests_in_flight__restarted_one_sweeps_them__f
         assert _holds_by_status(ledger) == {"active": 21}  # nobody ended them: their gateway died
         slow_fake.config.latency_ms = 0
         with gateway(env) as (_, base):  # the same file again: the dead one's lock went with it
-            _until(lambda: _holds_by_status(ledger) == {"expired": 21}, "the restarted gateway swept them")
+            until(lambda: _holds_by_status(ledger) == {"expired": 21}, "the restarted gateway swept them", 90)
             with ledger.engine.connect() as conn:
                 swept = conn.execute(select(holds.c.expires_at, holds.c.closed_at)).all()
             assert all(closed >= expires for expires, closed in swept)  # not before their lifetime ended
@@ -381,7 +374,7 @@ def test_workers__two_processes_on_postgresql__both_ready_every_request_served_o
                 except httpx.HTTPError:
                     return False
 
-            _until(ready, "both workers ready")
+            until(ready, "both workers ready", 90)
             body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
             statuses = [
                 httpx.post(

@@ -14,13 +14,14 @@ import httpx
 import orjson
 from sqlalchemy import func, select
 
+from polling import until
 from promptex.gateway.vouchers import VOUCHER_HEADER
 from promptex.ledger import Ledger
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.schema import holds
 
 from .conftest import Fake
-from .test_holds_processes import HELLO, _env, _market, _signed_buyer, _until, gateway
+from .test_holds_processes import HELLO, _env, _market, _signed_buyer, gateway
 
 BODY = {"model": "fake-flat", "messages": HELLO, "max_tokens": 4}
 
@@ -55,7 +56,7 @@ def test_two_processes_on_postgresql__one_request_per_lane__a_replayed_voucher_r
             held = threading.Thread(target=lambda: answers.append(post(first, voucher(0, 1_000))))
             held.start()
             try:
-                _until(lambda: ledger.lane(account, "USDC", 1, 0).inflight is not None, "the lane taken")
+                until(lambda: ledger.lane(account, "USDC", 1, 0).inflight is not None, "the lane taken", 90)
                 # The other process: the same voucher, a higher one, both refused while it is in flight.
                 assert _code(post(second, voucher(0, 1_000))) == (409, "lane_busy")
                 assert _code(post(second, voucher(0, 2_000))) == (409, "lane_busy")

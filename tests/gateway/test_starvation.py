@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import select
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from polling import until
 from promptex.config import Settings
 
 from .conftest import Fake, Harness, _harness
@@ -26,6 +26,7 @@ ATTACKER = "127.0.0.2"  # loopback addresses: a client from another address than
 OTHER_ATTACKER = "127.0.0.3"
 HELLO = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 SLOTS = 4
+POLL = 0.005  # the server runs in this process: a 5 ms poll keeps the 22-connection attack loop quick
 
 
 @pytest.fixture
@@ -47,14 +48,6 @@ def guarded(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
 def quick(settings: Settings, tmp_path: Path) -> Iterator[Harness]:
     limits = settings.model_copy(update={"gateway_header_timeout_seconds": 0.3, "gateway_body_timeout_seconds": 0.3})
     yield from _harness(limits, f"sqlite:///{tmp_path}/ledger.sqlite3")
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for the server to reach a state (no timing is asserted: a minute is plenty)."""
-    deadline = time.monotonic() + 60
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.005)
 
 
 def connect(gw: Harness, source: str) -> socket.socket:
@@ -110,7 +103,9 @@ def test_slow_bodies_from_an_unfunded_key__funded_buyer_served_every_time__attac
                 refused.append(read_all(conn))
                 conn.close()
                 continue
-            until(lambda c=conn, n=before: answered(c) or in_flight(gw) > n, "the request admitted or refused")
+            until(
+                lambda c=conn, n=before: answered(c) or in_flight(gw) > n, "the request admitted or refused", every=POLL
+            )
             if answered(conn):
                 refused.append(read_all(conn))
                 conn.close()
@@ -143,7 +138,7 @@ def test_slow_bodies_from_an_unfunded_key__funded_buyer_served_every_time__attac
 
     for conn in held:
         conn.close()
-    until(lambda: in_flight(gw) == 0 and not gw.gateway.admission.keys, "the attackers' shares given back")
+    until(lambda: in_flight(gw) == 0 and not gw.gateway.admission.keys, "the attackers' shares given back", every=POLL)
     with httpx.Client(base_url=gw.url, transport=httpx.HTTPTransport(local_address=ATTACKER)) as client:
         answer = client.post("/v1/chat/completions", json=HELLO, headers={"authorization": f"Bearer {broke}"})
     assert answer.status_code == 402  # its own refusal again, once it holds nothing
@@ -225,9 +220,9 @@ def test_client_address__x_forwarded_for_believed_only_from_a_trusted_proxy(
             head = slow_request(key).replace(b"\r\n\r\n", f"\r\nx-forwarded-for: {forwarded}\r\n\r\n".encode(), 1)
             conn.sendall(head)
             held.append(conn)
-        until(lambda gw=gw: in_flight(gw) == 2, "both requests admitted")
+        until(lambda gw=gw: in_flight(gw) == 2, "both requests admitted", every=POLL)
         expected = {"10.0.0.1": 1, "10.0.0.2": 1} if trusted else {"127.0.0.1": 2}
         assert gw.gateway.admission.addresses == expected
         for conn in held:
             conn.close()
-        until(lambda gw=gw: in_flight(gw) == 0, "the shares given back")
+        until(lambda gw=gw: in_flight(gw) == 0, "the shares given back", every=POLL)

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 import promptex.gateway.workers as workers
-
-from .test_starvation import until
+from polling import until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + PR_SET_PDEATHSIG: Linux")
 
