@@ -5,6 +5,7 @@ contract side (what the hint does on chain) is tests/contracts/test_escrow_walk_
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from web3.exceptions import ContractLogicError
@@ -15,58 +16,80 @@ from promptex.sellers.chain import SellerChain
 TOKEN = "0x" + "11" * 20
 
 
-class _Call:
-    def __init__(self, result: Any) -> None:
-        self.result = result
-
-    def call(self) -> Any:
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-
 class FakeEscrow:
-    """A token's draw order as (lot id, expiry) pairs, sorted; after `unlink_after` calls
-    the lot `unlinked` leaves it (closed between two pages)."""
+    """A token's draw order as (lot id, expiry) pairs, sorted, at each block (the list's
+    index: the last is the head), and the node (`eth.block_number`). After `open_after`
+    calls the lot `opened` opens: a new block. After `unlink_after` calls the lot
+    `unlinked` leaves it, and the node answers every block from that state (it forgot the
+    block the search pinned)."""
 
     def __init__(
-        self, order: list[tuple[int, int]], *, has_hint: bool = True, unlink_after: int | None = None, unlinked: int = 0
+        self,
+        order: list[tuple[int, int]],
+        *,
+        has_hint: bool = True,
+        unlink_after: int | None = None,
+        unlinked: int = 0,
+        open_after: int | None = None,
+        opened: tuple[int, int] = (0, 0),
     ) -> None:
-        self.order = order
+        self.blocks = [order]
         self.abi = [{"type": "function", "name": "insert_hint"}] if has_hint else []
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int, int]] = []  # (start, max_steps, block)
         self.unlink_after, self.unlinked = unlink_after, unlinked
+        self.open_after, self.opened = open_after, opened
         self.functions = self
+        self.eth = self
 
-    def insert_hint(self, token: str, expiry: int, start: int, max_steps: int) -> _Call:
+    @property
+    def order(self) -> list[tuple[int, int]]:
+        return self.blocks[-1]
+
+    @property
+    def block_number(self) -> int:
+        return len(self.blocks) - 1
+
+    def insert_hint(self, token: str, expiry: int, start: int, max_steps: int) -> Any:
         assert 0 < max_steps <= MAX_HINT_STEPS and token.lower() == TOKEN
-        self.calls.append((start, max_steps))
-        if self.unlink_after is not None and len(self.calls) > self.unlink_after:
-            self.order = [lot for lot in self.order if lot[0] != self.unlinked]
+        return SimpleNamespace(
+            call=lambda block_identifier="latest": self._page(expiry, start, max_steps, block_identifier)
+        )
+
+    def _page(self, expiry: int, start: int, max_steps: int, block: int | str) -> tuple[int, int]:
+        if self.open_after is not None and len(self.calls) >= self.open_after:
+            # By (expiry, id): after every lot expiring no later, as the escrow links it.
+            self.blocks.append(sorted([*self.order, self.opened], key=lambda lot: (lot[1], lot[0])))
+            self.open_after = None
+        if self.unlink_after is not None and len(self.calls) >= self.unlink_after:
+            self.blocks = [[lot for lot in order if lot[0] != self.unlinked] for order in self.blocks]
             self.unlink_after = None
-        ids = [lot for lot, _ in self.order]
+        number = self.block_number if block == "latest" else int(block)
+        self.calls.append((start, max_steps, number))
+        order = self.blocks[number]
+        ids = [lot for lot, _ in order]
         if start and start not in ids:
-            return _Call(ContractLogicError("execution reverted: escrow: start not in the draw order"))
+            raise ContractLogicError("execution reverted: escrow: start not in the draw order")
         i = ids.index(start) if start else len(ids) - 1
         for _ in range(max_steps):
-            if i < 0 or self.order[i][1] <= expiry:
-                return _Call((ids[i] if i >= 0 else 0, 0))
+            if i < 0 or order[i][1] <= expiry:
+                return (ids[i] if i >= 0 else 0, 0)
             i -= 1
-        if i < 0 or self.order[i][1] <= expiry:
-            return _Call((ids[i] if i >= 0 else 0, 0))
-        return _Call((0, ids[i]))
+        if i < 0 or order[i][1] <= expiry:
+            return (ids[i] if i >= 0 else 0, 0)
+        return (0, ids[i])
 
 
 def _chain(escrow: FakeEscrow) -> SellerChain:
-    chain = SellerChain.__new__(SellerChain)  # no node: `escrow` is the only thing it reads
+    chain = SellerChain.__new__(SellerChain)  # no node: the fake escrow is its node too
     chain.__dict__["escrow"] = escrow
+    chain.w3 = escrow  # type: ignore[assignment]
     return chain
 
 
 def test_insert_hint__new_lot_expiring_last__one_call_returns_the_tail() -> None:
     escrow = FakeEscrow([(i, 1_000 + i) for i in range(1, 5_001)])
     assert _chain(escrow).insert_hint(TOKEN, 10**9) == 5_000
-    assert escrow.calls == [(0, MAX_HINT_STEPS)]
+    assert escrow.calls == [(0, MAX_HINT_STEPS, 0)]
 
 
 def test_insert_hint__5000_lots_expiring_later__paged_to_the_lot_before_them() -> None:
@@ -76,12 +99,23 @@ def test_insert_hint__5000_lots_expiring_later__paged_to_the_lot_before_them() -
     assert _chain(FakeEscrow(escrow.order)).insert_hint(TOKEN, 10) == 0  # goes first: no hint
 
 
-def test_insert_hint__start_closed_between_pages__searches_again_from_the_tail() -> None:
+def test_insert_hint__lot_opened_between_two_pages__same_answer_every_page_at_one_block() -> None:
+    """The search pins the block it started at: a lot opened at the new lot's expiry
+    after the first page (it would be the hint at "latest") changes nothing."""
+    order = [(i, 1_000 + i) for i in range(1, 3_001)]
+    escrow = FakeEscrow(order, open_after=1, opened=(3_001, 1_000 + 7))
+    assert _chain(escrow).insert_hint(TOKEN, 1_000 + 7) == 7
+    assert escrow.block_number == 1  # it did open, during the search
+    assert len(escrow.calls) == 3 and {block for *_, block in escrow.calls} == {0}
+    assert _chain(escrow).insert_hint(TOKEN, 1_000 + 7) == 3_001  # searched again: the head's order
+
+
+def test_insert_hint__start_gone_from_a_node_that_forgot_the_block__searches_again_from_the_tail() -> None:
     order = [(i, 1_000 + i) for i in range(1, 3_001)]
     page_2 = 3_000 - MAX_HINT_STEPS  # where the first page stops
     escrow = FakeEscrow(order, unlink_after=1, unlinked=page_2)
     assert _chain(escrow).insert_hint(TOKEN, 1_000 + 7) == 7
-    assert [start for start, _ in escrow.calls[:3]] == [0, page_2, 0]  # refused, then again
+    assert [start for start, *_ in escrow.calls[:3]] == [0, page_2, 0]  # refused, then again
 
 
 def test_insert_hint__escrow_without_it__no_hint_and_the_eight_argument_call() -> None:

@@ -179,16 +179,24 @@ class SellerChain:
         Paged back from the tail, HINT_PAGE lots an eth_call, so any length of draw order
         is searched (a new lot usually expires last: one call). Without the hint, 257 lots
         expiring later and 257 no later refuse the open; a hint made stale by lots opened
-        or ended before the open is mined still works or falls back on chain."""
+        or ended before the open is mined still works or falls back on chain.
+
+        Every page reads one block (the head when the search starts): at "latest", a lot
+        opened or ended between two pages would make them pages of two draw orders."""
         if not any(f.get("type") == "function" and f.get("name") == "insert_hint" for f in self.escrow.abi):
             return 0
         address = Web3.to_checksum_address(token)
+        block = self.w3.eth.block_number
         hint, start = 0, 0
         for _ in range(MAX_HINT_PAGES):
             try:
-                hint, start = self.escrow.functions.insert_hint(address, expiry, start, HINT_PAGE).call()
-            except ContractLogicError:  # `start` left the draw order between two pages: again
-                start = 0
+                page = self.escrow.functions.insert_hint(address, expiry, start, HINT_PAGE)
+                hint, start = page.call(block_identifier=block)
+            except ContractLogicError:
+                # `start` left the draw order: only a node that answered from another block
+                # than the pinned one (one that forgot it, behind a load balancer) says so.
+                # Again from the tail, at the head now.
+                block, start = self.w3.eth.block_number, 0
                 continue
             if start == 0:
                 return int(hint)
