@@ -327,7 +327,7 @@ def test_tokens_and_cost__a_swept_hold_keeps_them_for_its_late_answer__the_windo
         assert book.holds.sweep() == 1
         with book.engine.connect() as conn:
             assert {r.kind for r in conn.execute(select(limit_takes)).all()} == {"tokens", "cost"}
-        clock[0] = NOW + 2 * 3_600 + 5
+        clock[0] = NOW + 2 * 3_600 + 5 + limits.WINDOW_KEPT_SECONDS  # the hour over, and trim's grace after it
         limits.trim(book.engine, clock[0])
         with book.engine.connect() as conn:
             assert conn.execute(select(limit_takes)).all() == []
@@ -422,7 +422,7 @@ def test_late_answer__after_trim_removed_its_window__or_in_the_next_window__char
         t.reserve("c")
         t.clock[0] += 11
         assert t.books[0].holds.sweep() == 1
-        t.clock[0] = NOW + 3 * 3_600 + 5
+        t.clock[0] = NOW + 3 * 3_600 + 5 + limits.WINDOW_KEPT_SECONDS  # "c"'s hour over, and trim's grace
         limits.trim(t.book.engine, t.clock[0])
         assert t.takes() == [("budget", HOLD)]  # "c"'s key budget waits for its late answer (its horizon)
         t.reserve("d")  # a window untouched by "c"
@@ -497,6 +497,52 @@ def test_late_answer__one_ledger_sweeps_while_the_other_settles_late__counters_e
         assert t.used() == [n * HOLD // 2] * 3 and t.used("concurrent") == [0] * 3
         assert t.used("tokens") == [n * 100] * 3
         assert t.budget_left() == n * HOLD // 2 and t.takes() == []
+    finally:
+        t.close()
+
+
+# ─── A window's end: trim keeps its counter past it (session 8, mbreak) ──────
+
+
+@pytest.mark.parametrize("kind", ["cost", "tokens"])
+def test_window_end__trim_ahead_of_a_reserve_still_in_the_window__limit_admitted_once__counter_gone_after_the_grace(
+    ledger_url: str, kind: str
+) -> None:
+    """mbreak's finding (session 8): `trim` deleted a window's counter as soon as ITS clock
+    passed the window's end, and a reserve whose clock was still inside the window (read
+    before the trim committed, or on a process behind the trimming one) created the counter
+    afresh at 0: the window admitted its limit twice (2,000 charged in a cost window of
+    1,000; a minute's tokens twice). Now trim keeps an ended window's counter
+    `WINDOW_KEPT_SECONDS` past its end."""
+    hour = kind == "cost"
+    t = _Late(ledger_url, cost=HOLD if hour else 10 * HOLD, room=4)  # tokens: 4 * TOKENS a minute
+    t.plan = Plan(t.plan.limits, TOKENS, None)
+    length = 3_600 if hour else 60
+    window_end = NOW - 5 + length  # NOW is 5 s into the hour (and the minute)
+    try:
+        for i in range(1 if hour else 4):  # the hour's whole cost, or the minute's whole tokens
+            t.reserve(f"a{i}")
+            t.books[0].holds.settle(f"a{i}", HOLD)  # no usage record: its tokens kept at the bound
+        with pytest.raises(LimitExceeded, match=limits.WHAT[kind]):
+            t.reserve("early")  # full, as it should be
+        limits.trim(t.book.engine, window_end + 1)  # a sweep pass 2 s ahead (or committed first)
+        t.clock[0] = window_end - 1  # the reserve's clock: the window's last second
+        with pytest.raises(LimitExceeded, match=limits.WHAT[kind]):
+            t.reserve("b")  # was admitted: its counter recreated at 0
+        assert t.used(kind) == [HOLD if hour else 4 * TOKENS] * 3
+
+        def kept() -> int:
+            with t.book.engine.connect() as conn:
+                found = select(limit_counters).where(
+                    limit_counters.c.kind == kind, limit_counters.c.ends_at == window_end
+                )
+                return len(conn.execute(found).all())
+
+        limits.trim(t.book.engine, window_end + limits.WINDOW_KEPT_SECONDS)
+        assert kept() == 3  # the grace's last second: kept
+        limits.trim(t.book.engine, window_end + limits.WINDOW_KEPT_SECONDS + 1)
+        assert kept() == 0  # past it: the window's counters deleted
+        assert t.charged() == (HOLD if hour else 4 * HOLD)
     finally:
         t.close()
 

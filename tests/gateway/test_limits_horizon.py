@@ -29,7 +29,8 @@ def test_horizon__key_with_rate_and_cost_limits_only__refused_late_answer_leaves
     ledger_url: str,
 ) -> None:
     """No budget: the late settle finds no budget take to lock and is refused on the clock
-    alone; the cost and tokens it kept stay until their windows end, then every row ends."""
+    alone; the cost and tokens it kept stay until their windows end (and trim's grace after
+    them), then every row ends."""
     t = _Late(ledger_url, cost=10 * HOLD, room=4)
     t.plan = Plan(t.plan.limits, TOKENS, None)  # rate, tokens, in-flight and cost limits; no budget
     try:
@@ -44,7 +45,7 @@ def test_horizon__key_with_rate_and_cost_limits_only__refused_late_answer_leaves
         assert t.used() == [HOLD] * 3  # its cost window (the hour) still counts what it might have been
         assert t.books[0].holds.release("a").status.value == "expired"
         t.book.check()
-        t.clock[0] = NOW + 3_600 + 5  # the hour over: its counters and takes end
+        t.clock[0] = NOW + 3_600 + 5 + limits.WINDOW_KEPT_SECONDS  # the hour and its grace over: its rows end
         limits.trim(t.book.engine, t.clock[0])
         assert t.takes() == [] and t.used() == [0] * 3
     finally:
@@ -172,8 +173,7 @@ def test_horizon__trim_gives_back_while_a_settle_ends_a_request_of_the_same_key_
         t.reserve("expired")  # made at NOW: its horizon NOW + LATE
         t.clock[0] += 11
         assert t.books[0].holds.sweep() == 1
-        t.clock[0] = NOW + LATE - 100
-        t.reserve("long")  # its requests-per-minute window ends before the horizon
+        t.reserve("long")  # made at NOW + 11: its minute's window, and trim's grace after it, end before the horizon
         assert t.books[0].holds.extend(["long"], 1_000) == 1  # still running: renewed
         t.clock[0] = NOW + LATE + 1
         with ThreadPoolExecutor(2) as pool:

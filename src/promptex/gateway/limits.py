@@ -56,6 +56,10 @@ BUDGET = "budget"  # an API key's budget: its take's row names the key (`key:ID`
 # says: the budget went back, so a charge now would count against nothing.
 BUDGET_BACK = "budget_back"
 BUDGET_BACK_KEPT = 86_400  # seconds the mark stays: processes' clocks within a day agree
+# Seconds an ended window's counter (and its takes) outlives the window before `trim` deletes
+# it: longer than any clock skew between processes we defend and any reserve's wait for its
+# transaction — a reserve still inside the window would recreate a deleted counter at 0.
+WINDOW_KEPT_SECONDS = 600
 MINUTE = 60
 # Seconds after a hold was made that its late answer is still settled: the gateway's
 # defaults, a request deadline of 600 s plus a 60 s margin (`Gateway` passes its own).
@@ -303,7 +307,7 @@ class LimitCounters:
         """Nothing was served: every counter back but the request itself. An EXPIRED hold
         may still be answered late (its process hung, or was killed after its upstream call)
         and that answer is charged whole: so its tokens and cost stay taken in their windows
-        until it settles (then to the actual) or the window ends, and its key's budget until
+        until it settles (then to the actual) or `trim` drops its window, and its key's budget until
         it settles or its horizon passes (`trim`) — were they given back, the room or the
         budget would admit other requests and the late charge would overshoot the limit.
         Its request-in-flight slot is given back. A hold swept after its horizon gives its
@@ -392,12 +396,16 @@ def _wanted(lim: Limits, hold: Hold, tokens: int, now: int) -> list[tuple[str, i
 
 
 def trim(engine: Engine, now: int) -> int:
-    """Delete counters of windows that ended (a request still in flight that took from one
-    gives back nothing there: the window is over), and the takes in them (an expired
-    hold's, kept for a late answer that never came); give back the key budget expired holds
-    kept past their horizon, deleting their takes. Returns how many counters."""
+    """Delete counters of windows that ended `WINDOW_KEPT_SECONDS` ago (a request still in
+    flight that took from one gives back nothing there: the window is over), and the takes
+    in them (an expired hold's, kept for a late answer that never came); give back the key
+    budget expired holds kept past their horizon, deleting their takes. Returns how many
+    counters. Not at the window's end: a reserve whose clock was read inside the window
+    (before this trim committed, or on a process behind this one) would then create the
+    window's counter afresh at 0, and the window would admit its limit twice (mbreak)."""
     with engine.begin() as conn:
-        done = delete(limit_counters).where(limit_counters.c.kind != CONCURRENT, limit_counters.c.ends_at < now)
+        ended = limit_counters.c.ends_at < now - WINDOW_KEPT_SECONDS
+        done = delete(limit_counters).where(limit_counters.c.kind != CONCURRENT, ended)
         count = int(conn.execute(done).rowcount or 0)
         counted = exists().where(
             limit_counters.c.subject == limit_takes.c.subject,
