@@ -149,6 +149,7 @@ def market_stack(work: Path, market: tuple[str, Path]) -> Iterator[Stack]:
         welcome_credit_amount=0,
         gateway_default_max_tokens=512,
         gateway_lot_refresh_seconds=0.5,
+        gateway_metrics_port=0,  # no metrics/health port: not 9464, which another test may hold
         indexer_rpc_url=anvil_url,
         coordinator_rpc_url=anvil_url,
         attestor_private_key=LOCAL_ATTESTOR_KEY,

@@ -194,6 +194,7 @@ class Services:
             "PROMPTEX_GATEWAY_HOLD_MARGIN_SECONDS": "1",
             "PROMPTEX_GATEWAY_HOLD_TTL_SECONDS": str(HOLD_TTL_SECONDS),
             "PROMPTEX_GATEWAY_SWEEP_SECONDS": str(SWEEP_SECONDS),
+            "PROMPTEX_GATEWAY_METRICS_PORT": "0",  # no metrics/health port: stacks run side by side
             "PROMPTEX_ATTESTOR_RPC_URL": self.chain.url,
             "PROMPTEX_ATTESTOR_PRIVATE_KEY": LOCAL_ATTESTOR_KEY,
             "PROMPTEX_INDEXER_RPC_URL": self.chain.url,

@@ -70,6 +70,7 @@ class Market:
             "PROMPTEX_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
             "PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS": "NORMAL",
             "PROMPTEX_GATEWAY_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+            "PROMPTEX_GATEWAY_METRICS_PORT": "0",  # its gateway serves no metrics/health port (not 9464)
             "PROMPTEX_ATTESTOR_RPC_URL": url,
             "PROMPTEX_ATTESTOR_PRIVATE_KEY": DEPLOYER.key.hex(),
             "PROMPTEX_INDEXER_RPC_URL": url,

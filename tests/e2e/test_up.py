@@ -74,6 +74,7 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         PROMPTEX_LEDGER_URL=ledger_url,
         PROMPTEX_GATEWAY_MASTER_KEY_FILE=str(tmp_path / "master.key"),
         PROMPTEX_UP_STATE_DIR=str(tmp_path / "market"),
+        PROMPTEX_GATEWAY_METRICS_PORT="0",  # its gateway: no metrics/health port (not 9464, maybe taken)
     )
     chain = f"http://127.0.0.1:{ports['chain']}"
     up = Up(env, ports)

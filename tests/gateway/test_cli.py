@@ -30,6 +30,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("PROMPTEX_LEDGER_URL", url)
     monkeypatch.setenv("PROMPTEX_GATEWAY_MASTER_KEY_FILE", str(tmp_path / "master.key"))
     monkeypatch.setenv("PROMPTEX_LEDGER_SQLITE_SYNCHRONOUS", "NORMAL")
+    monkeypatch.setenv("PROMPTEX_GATEWAY_METRICS_PORT", "0")  # the served gateways: no metrics port (not 9464)
     monkeypatch.chdir(tmp_path)
     settings.cache_clear()
     yield url
