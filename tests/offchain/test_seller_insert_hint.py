@@ -86,10 +86,12 @@ def _chain(escrow: FakeEscrow) -> SellerChain:
     return chain
 
 
-def test_insert_hint__new_lot_expiring_last__one_call_returns_the_tail() -> None:
+def test_insert_hint__new_lot_expiring_last__no_hint_the_escrow_finds_the_tail_cheaper() -> None:
     escrow = FakeEscrow([(i, 1_000 + i) for i in range(1, 5_001)])
-    assert _chain(escrow).insert_hint(TOKEN, 10**9) == 5_000
-    assert escrow.calls == [(0, MAX_HINT_STEPS, 0)]
+    assert _chain(escrow).insert_hint(TOKEN, 10**9) == 0
+    assert _chain(escrow).insert_hint(TOKEN, 1_000 + 5_000) == 0  # ties the tail: goes after it, last
+    assert escrow.calls[:2] == [(0, MAX_HINT_STEPS, 0), (0, 1, 0)]  # the page, then the tail
+    assert _chain(escrow).insert_hint(TOKEN, 1_000 + 4_999) == 4_999  # just before the tail: its hint
 
 
 def test_insert_hint__5000_lots_expiring_later__paged_to_the_lot_before_them() -> None:

@@ -175,11 +175,17 @@ class SellerChain:
 
     def insert_hint(self, token: str, expiry: int) -> int:
         """open_lot's hint for a tokenized lot of `token` expiring at `expiry`: the last lot
-        in the token's draw order expiring no later (0: none, or an escrow without hints).
-        Paged back from the tail, HINT_PAGE lots an eth_call, so any length of draw order
-        is searched (a new lot usually expires last: one call). Without the hint, 257 lots
-        expiring later and 257 no later refuse the open; a hint made stale by lots opened
-        or ended before the open is mined still works or falls back on chain.
+        in the token's draw order expiring no later (0: none, an escrow without hints, or
+        the new lot expires last). Paged back from the tail, HINT_PAGE lots an eth_call, so
+        any length of draw order is searched. Without the hint, 257 lots expiring later and
+        257 no later refuse the open; a hint made stale by lots opened or ended before the
+        open is mined still works or falls back on chain.
+
+        A new lot usually expires last, and then no hint is sent: the escrow's walk from the
+        tail finds its place in one step, and the tail as hint costs 7,444 gas more (cold
+        reads of the hint's token, kind and links; anvil, 376,481 against 383,925). Only
+        over 256 lots opened between this read and the open, expiring later, could refuse
+        it then; the attestor opens every lot.
 
         Every page reads one block (the head when the search starts): at "latest", a lot
         opened or ended between two pages would make them pages of two draw orders."""
@@ -189,6 +195,7 @@ class SellerChain:
         block = self.w3.eth.block_number
         hint, start = 0, 0
         for _ in range(MAX_HINT_PAGES):
+            from_tail = start == 0
             try:
                 page = self.escrow.functions.insert_hint(address, expiry, start, HINT_PAGE)
                 hint, start = page.call(block_identifier=block)
@@ -199,8 +206,16 @@ class SellerChain:
                 block, start = self.w3.eth.block_number, 0
                 continue
             if start == 0:
+                if hint and from_tail and int(hint) == self._tail(address, block):
+                    return 0  # expires last: cheaper without (see above)
                 return int(hint)
         return 0  # the walks without a hint: right for any draw order they can pass
+
+    def _tail(self, address: str, block: int) -> int:
+        """The last lot of the token's draw order at `block`: every lot expires no later
+        than the largest expiry, so `insert_hint` stops at the tail, in one step."""
+        tail, _ = self.escrow.functions.insert_hint(address, 2**64 - 1, 0, 1).call(block_identifier=block)
+        return int(tail)
 
     def closes_in_two_steps(self) -> bool:
         """Whether this deployment's escrow has `request_close`/`finalize_close` (older
