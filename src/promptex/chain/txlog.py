@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     or_,
     select,
@@ -120,6 +121,15 @@ class SignedTxStore:
         with self._tx() as conn:
             rows = conn.execute(select(t).where(landed, recent).order_by(t.c.nonce)).all()
         return [_stored(r._mapping) for r in rows]
+
+    def newest_block(self) -> int | None:
+        """The highest block a mined transaction of the log was found in (None: none yet):
+        the service last checked its receipts at a head no lower than that."""
+        t = self.txs_table
+        with self._tx() as conn:
+            newest = select(func.max(t.c.block_number)).where(t.c.status.in_((SUCCEEDED, REVERTED)))
+            found = conn.execute(newest).scalar()
+        return None if found is None else int(found)
 
     def final_nonce(self, deep: int) -> int:
         """The sender's nonces below this one are final: taken in block `deep` or earlier, as

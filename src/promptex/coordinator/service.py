@@ -136,6 +136,25 @@ def _wall_clock() -> int:
     return int(time.time())
 
 
+def _waiting(failures: Sequence[Batch], records: Sequence[StoredUsage]) -> dict[str, Batch]:
+    """Which of `records` wait for which of the unfinal `failures`: a failed batch's
+    members (kept in its payload when it failed). A batch that failed before failed
+    batches kept them (an upgraded database) could hold any of its asset's records: all
+    of them wait for it (its reattach finds them by age, `store.reattach_candidates`)."""
+    waits: dict[str, Batch] = {}
+    blind: dict[str, Batch] = {}
+    for batch in failures:
+        if batch.payload.members:
+            waits.update(dict.fromkeys(batch.payload.members, batch))
+        else:
+            blind.setdefault(batch.asset, batch)
+    if blind:
+        for record in records:
+            if record.asset in blind and record.request_id not in waits:
+                waits[record.request_id] = blind[record.asset]
+    return waits
+
+
 class Coordinator:
     def __init__(
         self,
@@ -164,6 +183,9 @@ class Coordinator:
         self._report = PassReport()
         self._lots: dict[int, LotInfo] = {}  # the lots of the batch being planned, as the chain has them
         self._said_held: dict[str, set[str]] = {}  # what waits, logged once: asset (or "refund") → request ids
+        # The head at which this process last re-checked its receipts (None: not yet): the
+        # next re-check reaches back a window below it, and finality is read at it.
+        self._checked_head: int | None = None
 
     # ─── One pass ────────────────────────────────────────────────────────────
 
@@ -295,11 +317,20 @@ class Coordinator:
         settle is already on the new branch, in another block), the failed batch landed
         after all and takes its records back (`_reattach`)."""
         nonce = self.chain.nonce()
-        for tx in self.store.landed_txs(self.chain.head() - self.reorg_window, nonce):
+        head = self.chain.head()
+        # Back a window below the head the receipts were last checked at, not the head now:
+        # a reorg within the window while this process was down (or between two passes)
+        # can orphan blocks below `head - reorg_window` by now. After a restart the newest
+        # block the log has stands for that head (the last one checked was no lower).
+        checked = self._checked_head if self._checked_head is not None else self.store.newest_block()
+        since = (head if checked is None else min(head, checked)) - self.reorg_window
+        for tx in self.store.landed_txs(since, nonce):
             receipt = None
             if tx.nonce < nonce:
                 receipt = self.chain.receipt(tx.tx_hash)  # only a canonical one (see Web3Sender.receipt)
-                if receipt is not None and receipt.block_number == tx.block:
+                # The same block number is not the same block: a reorg at that height may
+                # hold the transaction with another outcome (a settle that now lands).
+                if receipt is not None and receipt.block_number == tx.block and receipt.ok == (tx.status == SUCCEEDED):
                     continue
             batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
             if batch is not None and batch.status == FAILED:
@@ -318,6 +349,7 @@ class Coordinator:
                 tx.nonce,
                 what,
             )
+        self._checked_head = head
 
     def _replace(self, tx: StoredTx, batch: Batch) -> None:
         """Fill the nonce of a failed batch's orphaned settle with a no-op, stored before it
@@ -508,8 +540,12 @@ class Coordinator:
         """The failed batches (of `assets`) a reorg could still undo the failure of: their
         settle's nonce is not yet taken in a block `reorg_window` deep (by its revert, or by
         what took it: a no-op, another transaction). Until it is, the old bytes can come
-        back (a node re-includes an orphaned block's transactions) and the batch lands."""
-        final = self.store.final_nonce(self.chain.head() - self.reorg_window)
+        back (a node re-includes an orphaned block's transactions) and the batch lands.
+        Read at the head the pass re-checked its receipts at, never a later one: a reorg
+        after that check could have orphaned a block the later head counts as deep."""
+        if self._checked_head is None:  # receipts not yet re-checked: nothing is final
+            return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, 0)]
+        final = self.store.final_nonce(self._checked_head - self.reorg_window)
         return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, final)]
 
     def _plannable(self, asset: str, epoch: int, records: list[StoredUsage]) -> list[StoredUsage]:
@@ -521,10 +557,8 @@ class Coordinator:
         twice, and nothing on chain stops it (the vault refuses an epoch twice, never one
         record under two epochs): rbreak's finding. On a real chain the wait is
         `reorg_window` blocks (128: ~26 min at 12 s) after the revert."""
-        held: dict[str, Batch] = {}
-        for batch in self._unfinal_failures([asset]):
-            if batch.epoch != epoch:
-                held.update(dict.fromkeys(batch.payload.members, batch))
+        failures = [batch for batch in self._unfinal_failures([asset]) if batch.epoch != epoch]
+        held = _waiting(failures, records)
         said = self._said_held.setdefault(asset, set())
         said.intersection_update(held)  # forget what no longer waits, so that it is said again should it wait again
         if not held:
@@ -538,10 +572,11 @@ class Coordinator:
             self._report.held.add(record.request_id)
             if record.request_id not in said:
                 said.add(record.request_id)
+                whose = "its batch" if failed.payload.members else "a batch that kept no member list (may hold it):"
                 log.info(
-                    "usage %s waits: its batch %d (epoch %d) failed, and until that failure is %d blocks deep a "
+                    "usage %s waits: %s %d (epoch %d) failed, and until that failure is %d blocks deep a "
                     "reorg could still land it; it may be settled again at epoch %d at once, under epoch %d then",
-                    record.request_id, failed.id, failed.epoch, self.reorg_window, failed.epoch, epoch,
+                    record.request_id, whose, failed.id, failed.epoch, self.reorg_window, failed.epoch, epoch,
                 )  # fmt: skip
         return kept
 
@@ -750,8 +785,7 @@ class Coordinator:
         lots: dict[int, LotInfo] = {}
         # A record of a failed batch is refunded only once the failure is final: should the
         # batch land after all, the refund would be taken back (`_reattach`).
-        failures = self._unfinal_failures({record.asset for record in records})
-        unfinal = {request_id: batch for batch in failures for request_id in batch.payload.members}
+        unfinal = _waiting(self._unfinal_failures({record.asset for record in records}), records)
         said = self._said_held.setdefault("refund", set())
         said.intersection_update(unfinal)
         now, chain_now = self.clock(), self.chain.now()

@@ -420,6 +420,23 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return [_batch(row) for row in conn.execute(stmt).all()]
 
+    def failed_batch_naming(self, request_id: str, asset: str) -> Batch | None:
+        """The newest failed batch of `asset` whose settle was sent with this record among
+        its kept members (what a pending or quarantined record may wait for to be final).
+        Members live in the payload's JSON: the match by text is checked on the parsed list."""
+        b = settlement_batches.c
+        stmt = (
+            select(settlement_batches)
+            .where(b.asset == asset, b.status == FAILED, b.tx_id.is_not(None), b.payload.contains(f'"{request_id}"'))
+            .order_by(b.id.desc())
+        )
+        with self._tx() as conn:
+            for row in conn.execute(stmt):
+                batch = _batch(row)
+                if request_id in batch.payload.members:
+                    return batch
+        return None
+
     def reattach_candidates(self, batch: Batch) -> list[StoredUsage]:
         """Where the records of `batch` (failed, its records let go) are now if it landed
         after all: its asset's oldest records of its mode pending or in another batch of
