@@ -280,6 +280,10 @@ def create_app(
                 operator.server_close()
             with contextlib.suppress(Exception):  # the last counts, if the database still answers
                 await anyio.to_thread.run_sync(state["gateway"].health.flush, book.engine)
+            # Its requests are done: its leases' idle room back to the lots now, not when the
+            # leases expire (a hold's lifetime on) and some other gateway happens to trim them.
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(book.holds.maintain)
             state["gateway"].close()
             if checkpointing:
                 await anyio.to_thread.run_sync(checkpoints.checkpoint, book.engine)
