@@ -150,6 +150,30 @@ def _ledger_op() -> str:
     return "other ledger SQL"
 
 
+_statement_names: dict[int, str] = {}
+
+
+def _by_statement(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The SQL rows one per statement (`PROMPTEX_PROFILE_STATEMENTS=1`): `_run(cur, conn,
+    stmt, …)` and `_driver(conn, text)`, named by their first words (named once: the
+    naming is outside the meter)."""
+
+    @functools.wraps(fn)
+    def metered(*args: Any, **kwargs: Any) -> Any:
+        stmt = args[2] if len(args) > 2 else args[1]
+        name = _statement_names.get(id(stmt))
+        if name is None:
+            words = " ".join(str(stmt).split())
+            name = _statement_names[id(stmt)] = "SQL: " + (words[:60] if isinstance(stmt, str) else words[:60])
+        _enter(f"{_ledger_op().split(':')[0]} {name}")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _leave()
+
+    return metered
+
+
 # Each row: the functions whose exclusive CPU it is (module, attribute path).
 LOOP_ROWS: dict[str, list[tuple[str, str, str]]] = {
     # (module, "Class.method" or "function", "sync" | "async")
@@ -291,7 +315,10 @@ def install() -> None:
             else:
                 setattr(owner, attr, wrap(row, fn))
     owner, attr, fn = _resolve(*SQL)
-    setattr(owner, attr, _sync(_ledger_op, fn))
+    setattr(owner, attr, _by_statement(fn) if os.environ.get("PROMPTEX_PROFILE_STATEMENTS") else _sync(_ledger_op, fn))
+    if os.environ.get("PROMPTEX_PROFILE_STATEMENTS"):
+        owner, attr, fn = _resolve("promptex.ledger.core", "_driver")
+        setattr(owner, attr, _by_statement(fn))
     # The guard's subclass of uvicorn's protocol: its own lines are the HTTP server's too.
     from promptex.gateway import guard
 
