@@ -39,7 +39,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -92,16 +92,17 @@ class LedgerThreads:
         for thread in self._threads:
             thread.start()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` on a ledger thread. The call runs to its end even if the caller is
-        cancelled meanwhile (and the caller waits for it): money that moved is known."""
-        return await self._submit(fn, args, False)
+    def run(self, fn: Callable[..., T], *args: Any) -> Coroutine[Any, Any, T]:
+        """`fn(*args)` on a ledger thread, when awaited. The call runs to its end even if the
+        caller is cancelled meanwhile (and the caller waits for it): money that moved is
+        known. (`_submit`'s own coroutine: one frame fewer to resume at every wait.)"""
+        return self._submit(fn, args, False)
 
-    async def run_grouped(self, fn: Callable[..., T], *args: Any) -> T:
+    def run_grouped(self, fn: Callable[..., T], *args: Any) -> Coroutine[Any, Any, T]:
         """As `run`, but `fn` may share a group commit with other calls queued meanwhile.
         Only for idempotent ledger writes that write nothing outside the ledger's own
         transaction (see `Ledger.group`)."""
-        return await self._submit(fn, args, self._grouper is not None)
+        return self._submit(fn, args, self._grouper is not None)
 
     async def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], grouped: bool) -> T:
         if grouped and self._inline_group is not None:

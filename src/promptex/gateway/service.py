@@ -26,7 +26,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -231,16 +231,19 @@ class Gateway:
         self.epochs = {symbol: self.ledger.next_epoch(symbol) for symbol in assets}
         self.signed_epochs = {symbol: self.ledger.next_signed_epoch(symbol) for symbol in assets}
 
-    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.threads.run(fn, *args)
+    # Not coroutines themselves: each hands back the ledger call's own coroutine, so an
+    # await of it resumes one frame fewer at every suspension (profile: a ledger call went
+    # through three coroutines before it reached `LedgerThreads._submit`).
+    def _thread(self, fn: Callable[..., Any], *args: Any) -> Coroutine[Any, Any, Any]:
+        return self.threads.run(fn, *args)
 
-    async def _money(self, key: ApiKey, fn: Callable[..., Any], *args: Any) -> Any:
+    def _money(self, key: ApiKey, fn: Callable[..., Any], *args: Any) -> Coroutine[Any, Any, Any]:
         """A hold's reserve, settle or release on a ledger thread, in a group commit with
         others queued meanwhile — unless the key has a budget of its own (kept in the
         gateway's store: a write outside the ledger's transaction)."""
         if key.budget_asset is not None:
-            return await self.threads.run(fn, key, *args)
-        return await self.threads.run_grouped(fn, key, *args)
+            return self.threads.run(fn, key, *args)
+        return self.threads.run_grouped(fn, key, *args)
 
     def close(self) -> None:
         self.threads.close()
