@@ -42,6 +42,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from polling import until
 from promptex.config import Settings
 from promptex.ledger import Ledger
 from promptex.ledger.local_postgres import LocalPostgres
@@ -51,7 +52,7 @@ from promptex.serving import free_port
 
 from .conftest import Fake, _harness
 from .test_breaker_kills import _age, _children
-from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _until
+from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork + PR_SET_PDEATHSIG: Linux")
 deep = pytest.mark.skipif(
@@ -165,12 +166,12 @@ def test_parent_kill9_with_50_in_flight__new_workers_2_at_once_on_the_port__orph
         first = _command(env, port, log)
         second: subprocess.Popen[str] | None = None
         try:
-            _until(lambda: _serving(first, port, log), "the first command serving")
+            until(lambda: _serving(first, port, log), "the first command serving", 90)
             orphans = _children(first.pid)
             clients = [Client(port, key, stream=i % 2 == 1) for i in range(50)]
             for c in clients:
                 c.start()
-            _until(lambda: _holds_by_status(ledger).get("active", 0) == 50, "50 holds in flight")
+            until(lambda: _holds_by_status(ledger).get("active", 0) == 50, "50 holds in flight", 90)
             first.kill()
             first.wait()
             second = _command(env, port, log)  # at once, on the same port
@@ -179,8 +180,8 @@ def test_parent_kill9_with_50_in_flight__new_workers_2_at_once_on_the_port__orph
             heard = [(c.status, c.whole, c.error) for c in clients]
             # the orphans finished every request they had (SIGTERM from the kernel: graceful)
             assert heard == [(200, True, "")] * 50, heard
-            _until(lambda: not any(_alive(pid) for pid in orphans), "the orphans stopped")
-            _until(lambda: _serving(second, port, log), "the new command serving on the same port")
+            until(lambda: not any(_alive(pid) for pid in orphans), "the orphans stopped", 90)
+            until(lambda: _serving(second, port, log), "the new command serving on the same port", 90)
             assert not set(orphans) & set(_children(second.pid))
             again = [Client(port, key, stream=i % 2 == 1) for i in range(10)]
             for c in again:
@@ -225,14 +226,14 @@ def test_worker_kill9_mid_stream_each_start__restart_budget_stops_the_command__o
                     c.join(timeout=60)
 
         try:
-            _until(lambda: _serving(proc, port, log), "the command serving")
+            until(lambda: _serving(proc, port, log), "the command serving", 90)
             survivor, victim = sorted(_children(proc.pid))
             pump = threading.Thread(target=traffic, daemon=True)
             pump.start()
             kills = 0
             while proc.poll() is None and kills < MAX_YOUNG_KILLS + 1:
                 # serving streams a while (its share of the 8), yet young: a kill counts toward the budget
-                _until(lambda: proc.poll() is not None or _age(victim) >= CRASH_LOOP_SECONDS - 1.5, "streams")
+                until(lambda: proc.poll() is not None or _age(victim) >= CRASH_LOOP_SECONDS - 1.5, "streams", 90)
                 if proc.poll() is not None:
                     break
                 os.kill(victim, signal.SIGKILL)
@@ -247,7 +248,7 @@ def test_worker_kill9_mid_stream_each_start__restart_budget_stops_the_command__o
                         victim = now[0]
                     return bool(now)
 
-                _until(restarted, f"worker restarted after kill {kills}")
+                until(restarted, f"worker restarted after kill {kills}", 90)
             assert proc.wait(timeout=60) == 1, log.read_text()
             stop.set()
             pump.join(timeout=60)
@@ -262,8 +263,8 @@ def test_worker_kill9_mid_stream_each_start__restart_budget_stops_the_command__o
         # A new command's sweeper ends what the kills left.
         proc = _command(env, port, log)
         try:
-            _until(lambda: _serving(proc, port, log), "the restarted command serving")
-            _until(lambda: "active" not in _holds_by_status(ledger), "the dead worker's holds swept")
+            until(lambda: _serving(proc, port, log), "the restarted command serving", 90)
+            until(lambda: "active" not in _holds_by_status(ledger), "the dead worker's holds swept", 90)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
@@ -284,11 +285,11 @@ def test_sigterm_parent_with_streams_that_never_end__the_request_deadline_ends_t
         port = free_port()
         proc = _command(env, port, log)
         try:
-            _until(lambda: _serving(proc, port, log), "the command serving")
+            until(lambda: _serving(proc, port, log), "the command serving", 90)
             clients = [Client(port, key, stream=True, max_tokens=10_000) for _ in range(6)]
             for c in clients:
                 c.start()
-            _until(lambda: _holds_by_status(ledger).get("active", 0) == 6, "6 endless streams")
+            until(lambda: _holds_by_status(ledger).get("active", 0) == 6, "6 endless streams", 90)
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, log.read_text()
@@ -319,15 +320,15 @@ def test_worker_sigstopped__the_other_serves_and_sweeps_its_holds__continued_it_
         proc = _command(env, port, log)
         stopped = 0
         try:
-            _until(lambda: _serving(proc, port, log), "the command serving")
+            until(lambda: _serving(proc, port, log), "the command serving", 90)
             clients = [Client(port, key, stream=i % 2 == 1) for i in range(20)]
             for c in clients:
                 c.start()
-            _until(lambda: _holds_by_status(ledger).get("active", 0) == 20, "20 holds in flight")
+            until(lambda: _holds_by_status(ledger).get("active", 0) == 20, "20 holds in flight", 90)
             stopped = sorted(_children(proc.pid))[0]
             os.kill(stopped, signal.SIGSTOP)
             # its holds are no longer kept: they expire and the other worker sweeps them
-            _until(lambda: _holds_by_status(ledger).get("active", 0) == 0, "the stopped worker's holds swept", 30)
+            until(lambda: _holds_by_status(ledger).get("active", 0) == 0, "the stopped worker's holds swept", 30)
             assert _holds_by_status(ledger).get("expired", 0) > 0
             # the other worker serves new connections from the one listening socket
             more = [Client(port, key, stream=False) for _ in range(6)]
@@ -402,11 +403,11 @@ def test_parent_killed_between_fork_and_pdeathsig__the_worker_sees_it_and_never_
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     forked: list[int] = []
     try:
-        _until(lambda: len(list(tmp_path.glob("forked-*"))) == 2, "two workers forked", 30)
+        until(lambda: len(list(tmp_path.glob("forked-*"))) == 2, "two workers forked", 30)
         forked = [int(f.name.split("-")[1]) for f in tmp_path.glob("forked-*")]
         proc.kill()  # while both sleep before their prctl
         proc.wait(timeout=10)
-        _until(lambda: not any(_alive(pid) for pid in forked), "the orphans stopped", 30)
+        until(lambda: not any(_alive(pid) for pid in forked), "the orphans stopped", 30)
         assert list(tmp_path.glob("served-*")) == []
     finally:
         for pid in forked:
