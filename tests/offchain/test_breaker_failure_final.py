@@ -254,6 +254,57 @@ def test_reorg_during_a_pass_after_its_receipt_recheck__finality_read_at_the_rec
     assert _debited(chain, x_address) == 1_002  # by A, re-included; no epoch 2 batch debited it again
 
 
+class _LandsMidPlan(FakeChain):
+    """A chain on which the network re-includes a failed settle while the coordinator plans:
+    at its first read of whether the asset is spend-only (`on_plan`, once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_plan: list[Callable[[], None]] = []
+
+    def is_spend_only(self, asset: str) -> bool:
+        while self.on_plan:
+            self.on_plan.pop(0)()
+        return super().is_spend_only(asset)
+
+
+def test_failed_settle_lands_while_its_epoch_is_planned_again__the_retry_keeps_that_epoch(book: Ledger) -> None:
+    """A (X) reverts; in the same pass X may go again at A's epoch 1, at once. While that
+    retry is planned, a reorg re-includes A (it lands at epoch 1, in a block of the
+    window before). Should the plan read the vault's epoch again, the retry becomes epoch
+    2 and X is debited twice; read once, the retry is refused at epoch 1 (taken) and the
+    next pass gives X back to A."""
+    chain = _LandsMidPlan()
+    chain.open_lot(LOT, KIND_LISTED)
+    coord = _coordinator(book, chain)
+    x, x_address = _payer(book, chain)
+    x_request = spend(book, x, 1_002)
+    chain.hold = True
+    assert coord.run_once().waiting is not None
+    fork = Branch.of(chain)
+    (failed,) = coord.store.batches(USDC)
+    raw = coord.store.tx(failed.tx_id).raw
+    chain.s.balances[(x_address, USDC)] = 0  # X's exit, mined first: A reverts
+    chain.mine()
+    chain.s.balances[(x_address, USDC)] = 10_000
+    chain.hold = False
+
+    def reorg() -> None:
+        fork.reorg_to(chain)
+        chain.broadcast(raw)  # A lands at epoch 1
+        chain.next_window()  # (its new block in the window before the retry's)
+
+    chain.on_plan = [reorg]
+    report = coord.run_once()
+    assert chain.on_plan == [] and report.failed == [(USDC, 1)]
+    coord.run_once()
+
+    assert _debited(chain, x_address) == 1_002 and chain.last_epoch(USDC) == 1
+    assert coord.store.record(x_request).batch_id == failed.id and coord.store.batch(failed.id).status == "confirmed"
+    assert book.balance(x, USDC).posted == 8_998
+    assert reconcile(book, View(chain), agent=False).differences == []
+
+
 # ─── 4. Restarted, or killed mid-pass, while a record waits ──────────────────
 
 
@@ -481,10 +532,12 @@ def test_usage_status_of_a_waiting_record__says_it_waits_for_its_failed_batch_to
 ) -> None:
     """X's record, pending while A's failure is not final, was said to be "waiting for the
     next settlement": it may wait ~26 minutes past it. Status now names the failed batch and
-    the wait; Y's record, settled again at A's epoch, is unchanged."""
+    the wait; Y's record, settled again at A's epoch, is unchanged. And a pass between two
+    windows reported nothing held (`coordinator --once`): it does now."""
     coord = _coordinator(book, chain)
     _, _, x_request, _, _, y_request, _ = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
     (failed,) = coord.store.batches(USDC, "failed")
+    assert _waits(coord.run_once(), x_request)  # `held` in `coordinator --once` between windows too
     chain.next_window()
     assert _waits(coord.run_once(), x_request)
     monkeypatch.chdir(tmp_path)

@@ -194,6 +194,7 @@ class Coordinator:
         self._report = report = PassReport()
         if not self.store.acquire_lease(self.holder, self.clock(), self.lease_seconds):
             report.leader = False
+            self._checked_head = None  # as after a restart: the leader checks receipts meanwhile
             log.info("another coordinator holds the lease; standing by")
             return report
         try:
@@ -511,11 +512,17 @@ class Coordinator:
     def _plan(self, asset: str) -> None:
         chain = self.chain
         records = self.store.pending_records(asset, MAX_PENDING_READ)
-        if not records or chain.now() < chain.next_settlement_at(asset):
-            return  # nothing to settle, or this window's settlement is posted already
-        records = self._plannable(asset, chain.last_epoch(asset) + 1, records)
         if not records:
             return
+        # The epoch is read once: the records are chosen for it (`_plannable`: a failed batch's
+        # record goes at once only at that batch's epoch), the batch is simulated and planned
+        # at it. Read again, a failed settle re-included meanwhile (a reorg) would have taken
+        # it, and the retry of its records, moved to the next epoch, would debit them twice.
+        # Chosen before the window is checked, so that every pass reports what waits (`held`).
+        epoch = chain.last_epoch(asset) + 1
+        records = self._plannable(asset, epoch, records)
+        if not records or chain.now() < chain.next_settlement_at(asset):
+            return  # nothing to settle, or this window's settlement is posted already
         spend_only = chain.is_spend_only(asset)
         self._lots = {}
         entries = self._prepare(asset, records, spend_only)
@@ -523,10 +530,9 @@ class Coordinator:
         drawable = self._drawable(asset, entries) if spend_only else 0
         entries, over = fit_capacity(entries, spend_only=spend_only, lots=self._lots, drawable=drawable, asset=asset)
         self._quarantine(over)
-        entries = self._fit_chain(asset, entries, spend_only)
+        entries = self._fit_chain(asset, epoch, entries, spend_only)
         if not entries:
             return
-        epoch = chain.last_epoch(asset) + 1
         payload = aggregate(entries, spend_only=spend_only, lots=self._lots)
         root = usage_tree(entries).root
         batch = self.store.plan(asset, epoch, entries, payload, root, self.clock())
@@ -587,7 +593,8 @@ class Coordinator:
         (any number per window; see `signed_plan`); whether one was submitted."""
         chain = self.chain
         records = self.store.pending_signed_records(asset, MAX_PENDING_READ)
-        records = self._plannable(asset, chain.last_epoch(asset) + 1, records) if records else records
+        epoch = chain.last_epoch(asset) + 1  # read once, as in `_plan`
+        records = self._plannable(asset, epoch, records) if records else records
         if not records:
             return False
         spend_only = chain.is_spend_only(asset)
@@ -606,10 +613,9 @@ class Coordinator:
         self._quarantine(held)
         if planned is None:
             return False
-        planned = self._fit_signed(asset, planned, spend_only)
+        planned = self._fit_signed(asset, epoch, planned, spend_only)
         if planned is None:
             return False
-        epoch = chain.last_epoch(asset) + 1
         payload = aggregate(planned.entries, spend_only=spend_only, lots=self._lots)
         payload.signed = [(d.address, d.lane, d.ceiling, d.amount, "0x" + d.signature.hex()) for d in planned.debits]
         batch = self.store.plan(asset, epoch, planned.entries, payload, usage_tree(planned.entries).root, self.clock())
@@ -642,10 +648,9 @@ class Coordinator:
                     )
         return found
 
-    def _fit_signed(self, asset: str, batch: SignedBatch, spend_only: bool) -> SignedBatch | None:
+    def _fit_signed(self, asset: str, epoch: int, batch: SignedBatch, spend_only: bool) -> SignedBatch | None:
         """The batch the vault accepts, found by eth_call: when it reverts for a reason its
         entries cause, each lane is tried alone and the refused ones' records quarantined."""
-        epoch = self.chain.last_epoch(asset) + 1
         reason = self.chain.simulate(self._signed_call(asset, epoch, batch, spend_only))
         if reason is None:
             return batch
@@ -727,14 +732,13 @@ class Coordinator:
         for request_id, reason in reasons.items():
             log.error("usage %s quarantined: %s", request_id, reason)
 
-    def _fit_chain(self, asset: str, entries: list[Entry], spend_only: bool) -> list[Entry]:
+    def _fit_chain(self, asset: str, epoch: int, entries: list[Entry], spend_only: bool) -> list[Entry]:
         """The entries the vault accepts, found by eth_call: when the whole batch reverts for
         a reason entries cause, each (payer, lot) group is tried alone and refused groups are
         quarantined; if the rest still reverts together (a shared reserve falls short), payers
         are set aside largest on-chain shortfall first."""
         if not entries:
             return entries
-        epoch = self.chain.last_epoch(asset) + 1
         reason = self.chain.simulate(self._entries_call(asset, epoch, entries, spend_only))
         if reason is None:
             return entries
