@@ -10,19 +10,24 @@ the books check); a restarted `--workers` command serves again on the same port.
 - one worker killed with kill -9 mid-stream, again each time it is started, until the
   restart budget stops the command;
 - SIGTERM to the parent while streams never end (the request deadline bounds the wait);
-- a worker stopped with SIGSTOP (the other serves and sweeps its holds; it settles late
-  when continued).
-
+- a worker stopped with SIGSTOP (the other serves and sweeps its holds; continued, its
+  clients get 504 and nothing is charged twice);
+- Ctrl-C at a terminal: SIGINT to the parent and every worker at once;
 - the parent killed between fork and PR_SET_PDEATHSIG (the race prctl(2) warns of), without
   a gateway as test_workers.py does (in CI, ~1 s).
 
-The four gateway attacks need 15-50 s of processes each: behind HYPOTHESIS_PROFILE=deep.
+The five gateway attacks need 5-50 s of processes each: behind HYPOTHESIS_PROFILE=deep.
 
 Found: a gateway stopped gracefully (SIGTERM; streams that never end cut at the request
 deadline) left its capacity leases' idle room reserved on the lot (39,849 of a lot here)
 until the leases expired a hold's lifetime later and another gateway trimmed them — with no
 gateway running, never. A stopping gateway now trims its own leases; the cheap test below
 (in CI) shows it in-process.
+
+Found: Ctrl-C at a terminal (SIGINT to the whole process group) cut streams off mid-way
+(2 of 10 here), unsettled until their holds expired: each worker got the terminal's SIGINT
+and the parent's copy of it, and uvicorn takes a second SIGINT as "force quit". The parent
+now passes any stop on as SIGTERM (a cheap test in CI, the deep one with a gateway).
 """
 
 from __future__ import annotations
@@ -426,3 +431,77 @@ def test_parent_killed_between_fork_and_pdeathsig__the_worker_sees_it_and_never_
                 os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+@deep
+def test_ctrl_c_at_the_terminal__sigint_to_the_process_group__workers_finish_their_streams(
+    postgres: LocalPostgres, tmp_path: Path, fake: Fake
+) -> None:
+    fake.config.chunk_delay_ms = 150  # a stream of 16 words lasts ~2.4 s
+    log = tmp_path / "gateway.log"
+    with _database(postgres) as (ledger, url):
+        lot, account, key = _market(ledger, tmp_path, fake, face_value=1_000 * USDC, funds=FUNDS)
+        env = _env(tmp_path, url, gateway_sweep_seconds=0.2)
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log.open("a"), text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            until(lambda: _serving(proc, port, log), "the command serving", 90)
+            clients = [Client(port, key, stream=True) for _ in range(10)]
+            for c in clients:
+                c.start()
+            until(lambda: _holds_by_status(ledger).get("active", 0) == 10, "10 streams in flight", 90)
+            os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the parent and every worker
+            assert proc.wait(timeout=60) == 0, log.read_text()
+            for c in clients:
+                c.join(timeout=30)
+            heard = [(c.status, c.whole, c.error) for c in clients]
+            assert heard == [(200, True, "")] * 10, heard
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _books(ledger, account, lot, clients)
+
+
+SIGNALS = """
+import importlib.util, os, signal, sys, time
+spec = importlib.util.spec_from_file_location("workers", {path!r})
+workers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(workers)
+out = {out!r}
+
+def serve(index):
+    def note(signum, _frame):
+        with open(os.path.join(out, str(os.getpid())), "a") as f:
+            f.write(signal.Signals(signum).name + " ")
+    signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGTERM, note)
+    open(os.path.join(out, str(os.getpid())), "a").close()
+    while True:
+        time.sleep(60)
+
+sys.exit(workers.run_workers(2, serve))
+"""
+
+
+def test_ctrl_c__sigint_to_the_process_group__each_worker_gets_one_sigint_and_a_sigterm_never_two_sigints(
+    tmp_path: Path,
+) -> None:
+    """uvicorn force-quits on a second SIGINT (streams cut off unsettled): the parent passes
+    a stop on as SIGTERM. Without a gateway (the deep test above shows it with one)."""
+    import promptex.gateway.workers as workers
+
+    script = SIGNALS.format(path=workers.__file__, out=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        until(lambda: len(list(tmp_path.iterdir())) == 2, "two workers", 30)
+        os.killpg(proc.pid, signal.SIGINT)
+        heard = lambda: {f.name: sorted(f.read_text().split()) for f in tmp_path.iterdir()}  # noqa: E731
+        until(lambda: all(len(v) == 2 for v in heard().values()), "each worker heard both", 30)
+        assert list(heard().values()) == [["SIGINT", "SIGTERM"]] * 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

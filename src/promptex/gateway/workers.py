@@ -6,7 +6,7 @@ connections, metrics address at port + its index) accepting from that one socket
 kernel hands each new connection to one of them. They share money and capacity only
 through the PostgreSQL ledger, as separate machines would (SQLite takes one process per
 file: `--workers` > 1 is refused there). The parent only supervises: SIGTERM and SIGINT
-are passed on to every worker, and a worker that dies is started again. A worker that
+reach every worker as SIGTERM (a graceful stop), and a worker that dies is started again. A worker that
 EXITS within `CRASH_LOOP_SECONDS` of its start (a configuration error: it would loop
 forever) stops the others and fails the command; one KILLED by a signal that young (an
 operator, the OOM killer) is started again, up to `MAX_YOUNG_KILLS` times in a row.
@@ -69,12 +69,14 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
     young_kills = [0] * count  # per worker index: killed just after starting, in a row
     stopping = False
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        # SIGTERM whichever signal came: a terminal's Ctrl-C sends SIGINT to every worker
+        # too, and uvicorn takes a second SIGINT as "force quit" (streams cut off unsettled).
         nonlocal stopping
         stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+                os.kill(pid, signal.SIGTERM)
 
     for i in range(count):
         children[_start(i, serve)] = (i, time.monotonic())
