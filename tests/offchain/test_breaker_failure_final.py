@@ -29,6 +29,8 @@ from promptex.coordinator.plan import Payload
 from promptex.coordinator.schema import settlement_batches
 from promptex.coordinator.service import REORG_WINDOW, PassReport
 from promptex.coordinator.store import ReleaseRefused
+from promptex.dashboard.views import usage_record_view
+from promptex.gateway.store import ApiKey
 from promptex.ledger import Ledger
 from promptex.protocol.escrow import KIND_LISTED
 from promptex.reconcile import reconcile
@@ -532,10 +534,11 @@ def test_usage_status_of_a_waiting_record__says_it_waits_for_its_failed_batch_to
 ) -> None:
     """X's record, pending while A's failure is not final, was said to be "waiting for the
     next settlement": it may wait ~26 minutes past it. Status now names the failed batch and
-    the wait; Y's record, settled again at A's epoch, is unchanged. And a pass between two
+    the wait (the dashboard's Usage page too); Y's record, settled again at A's epoch, is
+    unchanged. And a pass between two
     windows reported nothing held (`coordinator --once`): it does now."""
     coord = _coordinator(book, chain)
-    _, _, x_request, _, _, y_request, _ = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
+    x, _, x_request, _, _, y_request, _ = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
     (failed,) = coord.store.batches(USDC, "failed")
     assert _waits(coord.run_once(), x_request)  # `held` in `coordinator --once` between windows too
     chain.next_window()
@@ -555,3 +558,5 @@ def test_usage_status_of_a_waiting_record__says_it_waits_for_its_failed_batch_to
         in said[x_request].output
     )
     assert said[y_request].output.strip().endswith("settled on chain in epoch 1")
+    shown = usage_record_view(book.engine, ApiKey(1, x, None, USDC, None, None, "pk"), x_request)["settlement"]
+    assert shown == said[x_request].output.strip().split(" — ", 1)[1]  # the dashboard's Usage page: the same words

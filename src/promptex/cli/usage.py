@@ -145,7 +145,7 @@ def usage_status(request_id: str) -> None:
     waiting for the next settlement, held back (and why), or refunded to the payer (and why)."""
     from promptex.coordinator import factory
     from promptex.coordinator.store import CoordinatorStore
-    from promptex.ledger.usage import PENDING, QUARANTINED, settlement_note
+    from promptex.ledger.usage import settlement_note
 
     store = CoordinatorStore(factory.ledger_engine(settings()))
     record = store.record(request_id)
@@ -153,14 +153,13 @@ def usage_status(request_id: str) -> None:
         raise click.ClickException(f"no usage record for request {request_id!r}")
     batch = store.batch(record.batch_id).status if record.batch_id is not None else None
     cost = whole(record.cost, metering.asset(record.asset).decimals)
-    note = settlement_note(record, batch)
-    failed = store.failed_batch_naming(request_id, record.asset) if record.status in (PENDING, QUARANTINED) else None
-    if failed is not None:  # it may wait longer than the next settlement: say so, and until when
-        again = "settled again" if record.status == PENDING else "settled again, or refunded,"
-        note += (
-            f"; its batch {failed.id} (epoch {failed.epoch}) failed, so it is {again} under a later epoch only once "
-            f"that failure is final: its settle's nonce taken {settings().coordinator_reorg_window_blocks} blocks deep"
-        )
+    failed = store.failed_batches_naming([record]).get(request_id)  # it may wait past the next settlement
+    note = settlement_note(
+        record,
+        batch,
+        failed=None if failed is None else (failed.id, failed.epoch),
+        depth=settings().coordinator_reorg_window_blocks,
+    )
     click.echo(f"{request_id}: {record.model}, {cost} {record.asset} — {note}")
 
 

@@ -141,6 +141,40 @@ def _let_go(
     return bool(done)
 
 
+# A failed batch failed after its records were settled; the margin covers the clocks of
+# the gateway that settled them and the coordinator that closed the batch.
+_CLOCK_MARGIN = 3_600
+
+
+def failed_batches_naming(conn: Connection, records: Sequence[StoredUsage]) -> dict[str, Batch]:
+    """For each pending or quarantined record of `records`: the newest failed batch whose
+    settle was sent with it among its kept members (`Payload.members`): what it may wait
+    for to be final before it is settled under a later epoch, or refunded. Read from the
+    failed batches of their assets closed since the oldest of them was settled."""
+    waiting = {r.request_id: r for r in records if r.status in (_usage.PENDING, _usage.QUARANTINED)}
+    if not waiting:
+        return {}
+    b = settlement_batches.c
+    since = min(r.settled_at for r in waiting.values()) - _CLOCK_MARGIN
+    rows = conn.execute(
+        select(settlement_batches)
+        .where(
+            b.asset.in_(sorted({r.asset for r in waiting.values()})),
+            b.status == FAILED,
+            b.tx_id.is_not(None),
+            b.closed_at >= since,
+        )
+        .order_by(b.id)
+    ).all()
+    found: dict[str, Batch] = {}
+    for row in rows:
+        batch = _batch(row)
+        for request_id in batch.payload.members:
+            if request_id in waiting:
+                found[request_id] = batch  # the newest wins
+    return found
+
+
 class ReleaseRefused(ValueError):
     """The amount is not free of unsettled usage: the user must take the trustless exit.
     `code` and `fields` (exact smallest units) are for machines; the message for people."""
@@ -420,22 +454,10 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return [_batch(row) for row in conn.execute(stmt).all()]
 
-    def failed_batch_naming(self, request_id: str, asset: str) -> Batch | None:
-        """The newest failed batch of `asset` whose settle was sent with this record among
-        its kept members (what a pending or quarantined record may wait for to be final).
-        Members live in the payload's JSON: the match by text is checked on the parsed list."""
-        b = settlement_batches.c
-        stmt = (
-            select(settlement_batches)
-            .where(b.asset == asset, b.status == FAILED, b.tx_id.is_not(None), b.payload.contains(f'"{request_id}"'))
-            .order_by(b.id.desc())
-        )
+    def failed_batches_naming(self, records: Sequence[StoredUsage]) -> dict[str, Batch]:
+        """See `failed_batches_naming`."""
         with self._tx() as conn:
-            for row in conn.execute(stmt):
-                batch = _batch(row)
-                if request_id in batch.payload.members:
-                    return batch
-        return None
+            return failed_batches_naming(conn, records)
 
     def reattach_candidates(self, batch: Batch) -> list[StoredUsage]:
         """Where the records of `batch` (failed, its records let go) are now if it landed

@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
+from promptex.config import settings
 from promptex.coordinator.schema import coordinator_txs, settlement_batches
-from promptex.coordinator.store import CoordinatorStore
+from promptex.coordinator.store import CoordinatorStore, failed_batches_naming
 from promptex.gateway.store import ApiKey
 from promptex.ledger import Ledger
 from promptex.ledger import usage as _usage
@@ -88,9 +89,13 @@ def _batch_states(conn: Connection, batch_ids: set[int]) -> dict[int, tuple[str,
 
 def _usage_rows(conn: Connection, records: list[StoredUsage]) -> list[dict[str, Any]]:
     batches = _batch_states(conn, {r.batch_id for r in records if r.batch_id is not None})
+    failures = failed_batches_naming(conn, records)  # what waiting records wait for
+    depth = settings().coordinator_reorg_window_blocks
     rows = []
     for r in records:
         batch_status, tx_hash = batches.get(r.batch_id, (None, None)) if r.batch_id is not None else (None, None)
+        failed = failures.get(r.request_id)
+        waits_for = None if failed is None else (failed.id, failed.epoch)
         rows.append(
             {
                 "request_id": r.request_id,
@@ -112,7 +117,7 @@ def _usage_rows(conn: Connection, records: list[StoredUsage]) -> list[dict[str, 
                 "tx_hash": tx_hash,
                 # where its charge stands, in words: settled, in a batch, waiting, held
                 # back (and why), or refunded (and why): the Usage page shows it as is
-                "settlement": _usage.settlement_note(r, batch_status),
+                "settlement": _usage.settlement_note(r, batch_status, failed=waits_for, depth=depth),
                 "refund_reason": r.refund_reason,
                 # capped (under the signed spend cap) or signed (issue 23: covered by the
                 # session key's ceiling voucher for that lane)

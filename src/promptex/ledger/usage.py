@@ -412,9 +412,24 @@ def refunds_taken_back(conn: Connection) -> list[str]:
     return found
 
 
-def settlement_note(record: StoredUsage, batch_status: str | None = None) -> str:
+def settlement_note(
+    record: StoredUsage, batch_status: str | None = None, *, failed: tuple[int, int] | None = None, depth: int = 0
+) -> str:
     """Where a record's charge stands, in words for the payer (the dashboard's Usage page
-    and the CLI say the same): `batch_status` is its batch's, if it is in one."""
+    and the CLI say the same): `batch_status` is its batch's, if it is in one; `failed`,
+    (batch id, epoch) of a failed batch a pending or quarantined record waits for until
+    that failure is `depth` blocks deep (the coordinator's reorg window)."""
+    note = _settlement_note(record, batch_status)
+    if failed is not None and record.status in (PENDING, QUARANTINED):
+        again = "settled again" if record.status == PENDING else "settled again, or refunded,"
+        note += (
+            f"; its batch {failed[0]} (epoch {failed[1]}) failed, so it is {again} under a later epoch only once "
+            f"that failure is final: its settle's nonce taken {depth} blocks deep"
+        )
+    return note
+
+
+def _settlement_note(record: StoredUsage, batch_status: str | None) -> str:
     if record.status == REFUNDED:
         return f"refunded: {record.refund_reason}"
     if record.status == QUARANTINED:
