@@ -119,7 +119,7 @@ class _Steps:
         self.name, self.coro = name, coro
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value, error = self.coro, None, None
+        coro, value, error = self.coro.__await__(), None, None  # a coroutine's, or another awaitable's
         while True:
             _enter(self.name)
             try:
@@ -236,8 +236,6 @@ LOOP_ROWS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "hand-off to the ledger thread (future, queue.put, shield)": [
         ("promptex.gateway.ledger_threads", "LedgerThreads._submit", "async"),
-        ("promptex.gateway.service", "Gateway._money", "async"),
-        ("promptex.gateway.service", "Gateway._thread", "async"),
     ],
     "hand-off back (pipe read, futures' results)": [
         ("promptex.gateway.ledger_threads", "LedgerThreads._drain", "sync"),
