@@ -448,8 +448,9 @@ def _table(before: dict[str, Any], after: dict[str, Any], served: int, plain: di
         )
         for row, v in sorted(rows.items(), key=lambda kv: -kv[1]):
             n = calls.get((thread, row), 0) / served
+            inner = nested.get((thread, row), 0) / served
             scaled = f"{v * scale / served / 1000:7.1f}" if scale == scale else "      —"
-            lines.append(f"  {v / served / 1000:7.1f} {scaled}  {n:5.1f}×  {row}")
+            lines.append(f"  {v / served / 1000:7.1f} {scaled}  {n:5.1f}× {inner:5.1f}  {row}")
     others = {
         name: ms for name, ms in plain.items()
         if name.startswith("thread_ms_") and name[10:] not in order[:2] and name[10:] != "loop"
@@ -527,7 +528,10 @@ def main(rate: int, seconds: float, sqlite_synchronous: str, plain: bool) -> Non
         f"{rate} RPS for {seconds:g} s, SQLite {sqlite_synchronous}: served {served}, errors {step.errors}, "
         f"load {os.getloadavg()[0]:.2f}"
     )
-    click.echo("µs a request (exclusive CPU: metered net, then scaled to the plain run), calls a request, component:")
+    click.echo(
+        "µs a request (exclusive CPU: metered net, then scaled to the plain run), calls a request, meters nested "
+        "in it a request (a row with many carries more of the meters' residual cost), component:"
+    )
     for line in _table(before, after, served, plain_cpu):
         click.echo(line)
 
