@@ -4,6 +4,7 @@ failures and timeouts retried without buying twice, forged and replayed receipts
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 
@@ -15,9 +16,10 @@ from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, billing_config
 from human_units import assert_human
 from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
-from promptex.agent.machine import CRASH_STEPS
+from promptex.agent.machine import CRASH_STEPS, REORG_WINDOW
 from promptex.agent.schema import agent_accounts
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
+from promptex.chain.sender import Receipt
 from promptex.chain.txlog import TxPending
 from promptex.protocol.units import USD_MICRO as USD
 
@@ -230,3 +232,54 @@ def test_redeem__not_linked_on_chain__refused_before_anything_is_signed(world):
     with pytest.raises(Exception, match="not the one the user linked"):
         world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
     assert world.chain.sent == [] and world.agent().store.redemptions() == []
+
+
+def _redeem_reverted_then_reorged_to_success(world, *, later: int) -> tuple[int, int]:
+    """The redeem reverts in block B (the user revoked first) and the agent records it
+    failed; then a reorg back to before B: the new branch holds no revoke and re-includes
+    the redeem `later` blocks after B (0: a competing block at the same height), where it
+    succeeds: the user's tokens are escrowed. Returns (redemption id, B)."""
+    chain = world.chain
+    chain.hold = True
+    agent = world.agent()
+    with pytest.raises(TxPending):
+        agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    fork = copy.deepcopy(chain.s), dict(chain.receipts)
+    chain.s.grants[USER] = ("0x" + "0" * 40, 0, 0, 2)  # revoked before it is mined
+    chain.mine()
+    chain.hold = False
+    agent.run_once(check_rules=False)
+    r = agent.store.get(1)
+    tx = agent.store.tx(r.redeem_tx_id)
+    assert r.status == FAILED and tx.block is not None
+    chain.s, chain.receipts = copy.deepcopy(fork[0]), dict(fork[1])  # the reorg
+    chain.block = tx.block - 1 + later
+    chain.broadcast(tx.raw)  # the network re-includes the orphaned block's transaction
+    assert chain.receipt(tx.tx_hash) == Receipt(True, tx.block + later)
+    return r.id, tx.block
+
+
+def test_reorg__same_height_block_flips_the_redeem_from_reverted_to_escrowed__the_agent_sees_it(world):
+    """A receipt at the stored block number is not the stored receipt: the competing block
+    at that height holds the redeem succeeded. Trusting the number, the agent kept it failed
+    while the escrow held the user's tokens (no credits bought, refundable only after the
+    deadline); comparing the outcome too, it resolves the sale again and completes it."""
+    rid, _ = _redeem_reverted_then_reorged_to_success(world, later=0)
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    assert agent.store.get(rid).status == RELEASED
+    _assert_once(world)
+
+
+def test_reorg__while_the_agent_was_down__rechecked_after_restart_past_the_window(world):
+    """The agent is down when a reorg one block deep (well within the window) moves its
+    reverted redeem to the next block, succeeded; it restarts a window and more later, its
+    stored receipt below `head - reorg_window` (and below the canonical nonce). A re-check
+    bounded by the head now never reads it again; it re-checks back a window below the
+    newest block its log holds, and completes the sale."""
+    rid, _ = _redeem_reverted_then_reorged_to_success(world, later=1)
+    world.chain.mine_blocks(REORG_WINDOW + 2)
+    agent = world.agent()  # restarted
+    agent.run_once(check_rules=False)
+    assert agent.store.get(rid).status == RELEASED
+    _assert_once(world)

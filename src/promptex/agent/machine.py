@@ -100,6 +100,9 @@ class RedemptionMachine:
         self.retry_seconds, self.retry_max_seconds = retry_seconds, retry_max_seconds
         self.purchase_margin = purchase_margin
         self.reorg_window = reorg_window  # blocks back within which a mined transaction is checked still canonical
+        # The head at which this process last re-checked its receipts (None: not yet): the
+        # next re-check reaches back a window below it, so a reorg between passes is seen.
+        self._checked_head: int | None = None
 
     # ─── Transactions (the coordinator's rules, for the agent's key) ─────────
 
@@ -108,20 +111,19 @@ class RedemptionMachine:
         return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
 
     def recheck_orphaned_txs(self) -> None:
-        """A receipt counts only while the canonical chain holds it (the coordinator's rule,
-        `Coordinator._recheck_orphaned_txs`): each transaction mined in the last
-        `reorg_window` blocks, or past the key's canonical nonce, whose receipt the chain no
-        longer holds at its block is resolved again with the step it decided
+        """A receipt counts only while the canonical chain holds it as stored (the
+        coordinator's rule, `Coordinator._recheck_orphaned_txs`, one piece of code:
+        `txlog.orphaned_txs`): each transaction mined within `reorg_window` blocks below the
+        head this process last checked at (after a restart: below the newest block its log
+        holds), or past the key's canonical nonce, whose receipt the chain no longer holds at
+        its block with its outcome, is resolved again with the step it decided
         (`AgentStore.reopen_tx`); `resolve_open_txs` then re-sends them in nonce order."""
-        nonce = self.chain.nonce()
-        for tx in self.store.landed_txs(self.chain.head() - self.reorg_window, nonce):
-            if tx.nonce < nonce:
-                receipt = self.chain.receipt(tx.tx_hash)
-                if receipt is not None and receipt.block_number == tx.block:
-                    continue
+        head, orphaned = txlog.orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head)
+        for tx, _ in orphaned:
             what = self.store.reopen_tx(tx, self.clock())
-            log.warning("%s tx %s (nonce %d) is no longer on chain (a reorg): %s resolved again", tx.purpose,
-                        tx.tx_hash, tx.nonce, what)  # fmt: skip
+            log.warning("%s tx %s (nonce %d) is no longer on chain as stored (a reorg): %s resolved again",
+                        tx.purpose, tx.tx_hash, tx.nonce, what)  # fmt: skip
+        self._checked_head = head
 
     def resolve_open_txs(self) -> None:
         for tx in self.store.open_txs():

@@ -200,6 +200,47 @@ class TxChain(Protocol):
     def wait(self, tx_hash: str, timeout: float) -> Receipt | None: ...
 
 
+class HeadChain(TxChain, Protocol):
+    """What re-checking stored receipts after a reorg needs: also the canonical head."""
+
+    def head(self) -> int: ...
+
+
+def still_ours(tx: StoredTx, receipt: Receipt | None) -> bool:
+    """The canonical chain still holds `tx` as the log stored it: a receipt (only a canonical
+    one is served, see `Web3Sender.receipt`) in the stored block number AND with the stored
+    outcome. The same number is not the same block: a competing block at that height may
+    hold the transaction reverted where it succeeded, or the reverse."""
+    return receipt is not None and receipt.block_number == tx.block and receipt.ok == (tx.status == SUCCEEDED)
+
+
+def orphaned_txs(
+    store: SignedTxStore, chain: HeadChain, window: int, checked: int | None
+) -> tuple[int, list[tuple[StoredTx, Receipt | None]]]:
+    """The head read, and the log's mined transactions the canonical chain no longer holds as
+    stored (a reorg), each with its canonical receipt (None: none, or its nonce not yet
+    taken again). Re-checked: every transaction mined within `window` blocks below the head
+    the caller LAST checked at (`checked`; None after a restart: the newest block the log
+    holds stands for it, the last head checked was no lower), not below the head now: a
+    reorg within the window while the service was down, or between two passes, can orphan
+    blocks that are below `head - window` by now. And any past the sender's canonical nonce.
+    The caller records the returned head as checked once it has acted on what was found."""
+    nonce = chain.nonce()
+    head = chain.head()
+    if checked is None:
+        checked = store.newest_block()
+    since = (head if checked is None else min(head, checked)) - window
+    found: list[tuple[StoredTx, Receipt | None]] = []
+    for tx in store.landed_txs(since, nonce):
+        receipt = None
+        if tx.nonce < nonce:
+            receipt = chain.receipt(tx.tx_hash)
+            if still_ours(tx, receipt):
+                continue
+        found.append((tx, receipt))
+    return head, found
+
+
 class TxPending(Exception):
     """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
 

@@ -317,22 +317,11 @@ class Coordinator:
         records were let go never lands. Where the network got there first (the orphaned
         settle is already on the new branch, in another block), the failed batch landed
         after all and takes its records back (`_reattach`)."""
-        nonce = self.chain.nonce()
-        head = self.chain.head()
-        # Back a window below the head the receipts were last checked at, not the head now:
-        # a reorg within the window while this process was down (or between two passes)
-        # can orphan blocks below `head - reorg_window` by now. After a restart the newest
-        # block the log has stands for that head (the last one checked was no lower).
-        checked = self._checked_head if self._checked_head is not None else self.store.newest_block()
-        since = (head if checked is None else min(head, checked)) - self.reorg_window
-        for tx in self.store.landed_txs(since, nonce):
-            receipt = None
-            if tx.nonce < nonce:
-                receipt = self.chain.receipt(tx.tx_hash)  # only a canonical one (see Web3Sender.receipt)
-                # The same block number is not the same block: a reorg at that height may
-                # hold the transaction with another outcome (a settle that now lands).
-                if receipt is not None and receipt.block_number == tx.block and receipt.ok == (tx.status == SUCCEEDED):
-                    continue
+        # Back a window below the head last checked at, and the outcome compared too
+        # (`txlog.orphaned_txs`): a reorg while this process was down or between passes,
+        # and a competing block at the stored height, are both seen.
+        head, orphaned = txlog.orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head)
+        for tx, receipt in orphaned:
             batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
             if batch is not None and batch.status == FAILED:
                 if receipt is None:
