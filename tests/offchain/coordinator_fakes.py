@@ -98,6 +98,7 @@ class FakeChain:
         self.lose = False  # broadcasts vanish
         self.sent: list[str] = []  # every broadcast, in order
         self.block = 0
+        self.mined = 0  # blocks mined with a transaction, across every branch
 
     # ─── Test setup ──────────────────────────────────────────────────────────
 
@@ -392,7 +393,8 @@ class FakeChain:
             trial.nonce += 1
             self.s = trial
             self.block += 1
-            self.receipts[tx_hash] = Receipt(ok, self.block)
+            self.mined += 1  # each block mined has its own hash: a same-height reorg's block differs
+            self.receipts[tx_hash] = Receipt(ok, self.block, f"0x{self.mined:064x}")
         self.mempool.clear()
 
     def mine_blocks(self, count: int) -> None:

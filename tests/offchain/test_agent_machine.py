@@ -19,8 +19,8 @@ from promptex.agent.billing import BillingReceipt
 from promptex.agent.machine import CRASH_STEPS, REORG_WINDOW
 from promptex.agent.schema import agent_accounts
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
-from promptex.chain.sender import Receipt
 from promptex.chain.txlog import TxPending
+from promptex.protocol.redemption import STATUS_RELEASED
 from promptex.protocol.units import USD_MICRO as USD
 
 CLD = TOKENS["CLD"]
@@ -255,7 +255,8 @@ def _redeem_reverted_then_reorged_to_success(world, *, later: int) -> tuple[int,
     chain.s, chain.receipts = copy.deepcopy(fork[0]), dict(fork[1])  # the reorg
     chain.block = tx.block - 1 + later
     chain.broadcast(tx.raw)  # the network re-includes the orphaned block's transaction
-    assert chain.receipt(tx.tx_hash) == Receipt(True, tx.block + later)
+    receipt = chain.receipt(tx.tx_hash)
+    assert receipt is not None and (receipt.ok, receipt.block_number) == (True, tx.block + later)
     return r.id, tx.block
 
 
@@ -283,3 +284,42 @@ def test_reorg__while_the_agent_was_down__rechecked_after_restart_past_the_windo
     agent.run_once(check_rules=False)
     assert agent.store.get(rid).status == RELEASED
     _assert_once(world)
+
+
+def test_reorg__same_height_block_same_outcome_another_redemption_id__the_sale_is_read_again(world):
+    """The redeem escrowed (id 1) in block B, billing not yet answered; a reorg's competing
+    block at the same height holds another user's redeem first and ours succeeded after it:
+    same number, same outcome, but the escrow holds our tokens under id 2. Trusting number
+    and outcome, the agent bought credits for id 1 and its release was refused (rejected;
+    the user refunds the tokens after the deadline and keeps the credits). Comparing the
+    block hash, it reads the sale again and releases id 2."""
+    chain = world.chain
+    world.billing.fail_status, world.billing.fail_times = 503, 1
+    chain.hold = True
+    agent = world.agent()
+    with pytest.raises(TxPending):
+        agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    fork = copy.deepcopy(chain.s), dict(chain.receipts)
+    chain.mine()
+    chain.hold = False
+    agent.run_once(check_rules=False)
+    r = agent.store.get(1)
+    tx = agent.store.tx(r.redeem_tx_id)
+    assert (r.status, r.chain_redemption_id) == (ESCROWED, 1) and tx.block is not None
+    old, ours = chain.receipt(tx.tx_hash), chain.s.records[1]
+    chain.s, chain.receipts = copy.deepcopy(fork[0]), dict(fork[1])  # the reorg
+    chain.s.redeems += 1  # another user's redeem, earlier in the competing block, took id 1
+    chain.s.records[1] = dict(ours, user="0x" + "22" * 20, hash=b"\x22" * 32)
+    chain.block = tx.block - 1
+    chain.broadcast(tx.raw)
+    new = chain.receipt(tx.tx_hash)
+    assert old is not None and new is not None and (new.ok, new.block_number) == (old.ok, old.block_number)
+
+    chain.time += 10  # billing's retry due
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+
+    r = agent.store.get(1)
+    assert (r.status, r.chain_redemption_id) == (RELEASED, 2)
+    assert chain.s.records[2]["status"] == STATUS_RELEASED and chain.s.releases == 1
+    assert len(world.billing.purchases) == 1 and world.billing.balances[ACCOUNT] == 25 * USD

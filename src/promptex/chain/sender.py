@@ -45,6 +45,10 @@ class SignedTx:
 class Receipt:
     ok: bool
     block_number: int
+    # The block's hash (0x hex; None where a chain gives none): the same number is not the
+    # same block, and a competing block at that height can give the same outcome other
+    # effects (the escrow's redemption id, when another redeem came first).
+    block_hash: str | None = None
 
 
 _REASON = re.compile(r"(?:execution reverted:?\s*)?(.*)", re.S)
@@ -155,7 +159,7 @@ class Web3Sender:
             return None
         if bytes(canonical) != bytes(r["blockHash"]):
             return None
-        return Receipt(ok=r["status"] == 1, block_number=number)
+        return Receipt(ok=r["status"] == 1, block_number=number, block_hash="0x" + bytes(canonical).hex())
 
     def head(self) -> int:
         return int(self.w3.eth.block_number)

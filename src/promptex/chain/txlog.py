@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 SENT, SUCCEEDED, REVERTED, DROPPED = "sent", "succeeded", "reverted", "dropped"
 NOOP = "noop"  # the purpose of a 0-value self-transfer filling the nonce of a transaction that must never land
 DROP_GRACE_SECONDS = 3.0
-CloseTx = Callable[[int, str, "int | None", int], None]  # (tx id, status, block, now)
+
+
+class CloseTx(Protocol):
+    def __call__(self, tx_id: int, status: str, block: int | None, now: int, block_hash: str | None = None) -> None: ...
 
 
 def signed_txs(name: str) -> Table:
@@ -60,6 +63,7 @@ def signed_txs(name: str) -> Table:
         Column("raw_tx", Text, nullable=False),
         Column("status", String(16), nullable=False),  # sent | succeeded | reverted | dropped
         Column("block_number", BigInteger, nullable=True),
+        Column("block_hash", String(66), nullable=True),  # of that block (None: closed before it was kept)
         Column("created_at", BigInteger, nullable=False),
         Column("closed_at", BigInteger, nullable=True),
         Index(None, "status", "nonce"),
@@ -75,10 +79,13 @@ class StoredTx:
     raw: str
     status: str
     block: int | None = None  # the block its receipt named, once closed
+    block_hash: str | None = None  # that block's hash (None: not known)
 
 
 def _stored(m: Any) -> StoredTx:
-    return StoredTx(m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"], m["block_number"])
+    return StoredTx(
+        m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"], m["block_number"], m["block_hash"]
+    )
 
 
 class SignedTxStore:
@@ -154,7 +161,9 @@ class SignedTxStore:
         """Back to "sent": its receipt was on a branch the chain no longer has. The next
         resolution re-sends the same signed bytes, or finds its nonce went to another."""
         t = self.txs_table
-        conn.execute(update(t).where(t.c.id == tx_id).values(status=SENT, block_number=None, closed_at=None))
+        conn.execute(
+            update(t).where(t.c.id == tx_id).values(status=SENT, block_number=None, block_hash=None, closed_at=None)
+        )
 
     def replace_tx(self, tx: StoredTx, noop: SignedTx, sender: str, now: int) -> int:
         """`tx` must never land: closed as dropped and, in the same database transaction,
@@ -164,7 +173,9 @@ class SignedTxStore:
 
     def _replace_tx(self, conn: Connection, tx_id: int, noop: SignedTx, sender: str, now: int) -> int:
         t = self.txs_table
-        conn.execute(update(t).where(t.c.id == tx_id).values(status=DROPPED, block_number=None, closed_at=now))
+        conn.execute(
+            update(t).where(t.c.id == tx_id).values(status=DROPPED, block_number=None, block_hash=None, closed_at=now)
+        )
         return self._store_tx(conn, NOOP, noop, sender, now)
 
     def dropped_at(self, nonce: int) -> list[StoredTx]:
@@ -175,19 +186,20 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(t.c.nonce == nonce, t.c.status == DROPPED).order_by(t.c.id)).all()
         return [_stored(r._mapping) for r in rows]
 
-    def move_tx(self, tx: StoredTx, status: str, block: int, now: int) -> None:
+    def move_tx(self, tx: StoredTx, status: str, receipt: Receipt, now: int) -> None:
         """A mined transaction found again in another block (a reorg, then re-included)."""
         t = self.txs_table
+        values = {"block_number": receipt.block_number, "block_hash": receipt.block_hash}
         with self._tx() as conn:
-            conn.execute(update(t).where(t.c.id == tx.id).values(status=status, block_number=block, closed_at=now))
+            conn.execute(update(t).where(t.c.id == tx.id).values(status=status, **values, closed_at=now))
 
-    def close_tx(self, tx_id: int, status: str, block: int | None, now: int) -> None:
+    def close_tx(self, tx_id: int, status: str, block: int | None, now: int, block_hash: str | None = None) -> None:
         t = self.txs_table
         with self._tx() as conn:
             conn.execute(
                 update(t)
                 .where(t.c.id == tx_id, t.c.status == SENT)
-                .values(status=status, block_number=block, closed_at=now)
+                .values(status=status, block_number=block, block_hash=block_hash, closed_at=now)
             )
 
 
@@ -208,10 +220,15 @@ class HeadChain(TxChain, Protocol):
 
 def still_ours(tx: StoredTx, receipt: Receipt | None) -> bool:
     """The canonical chain still holds `tx` as the log stored it: a receipt (only a canonical
-    one is served, see `Web3Sender.receipt`) in the stored block number AND with the stored
-    outcome. The same number is not the same block: a competing block at that height may
-    hold the transaction reverted where it succeeded, or the reverse."""
-    return receipt is not None and receipt.block_number == tx.block and receipt.ok == (tx.status == SUCCEEDED)
+    one is served, see `Web3Sender.receipt`) in the stored block number, with the stored
+    outcome, and in the stored block (its hash, where both are known: a transaction closed
+    before the log kept hashes is compared by number and outcome). The same number is not
+    the same block: a competing block at that height may hold the transaction reverted
+    where it succeeded, or the reverse, or succeeded with other effects (the escrow's
+    redemption id, when another redeem came first in it)."""
+    if receipt is None or receipt.block_number != tx.block or receipt.ok != (tx.status == SUCCEEDED):
+        return False
+    return tx.block_hash is None or receipt.block_hash is None or receipt.block_hash == tx.block_hash
 
 
 def orphaned_txs(
@@ -271,7 +288,7 @@ def resolve_tx(tx: StoredTx, chain: TxChain, close_tx: CloseTx, now: Callable[[]
     if receipt is None:
         raise TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce})")
     status = SUCCEEDED if receipt.ok else REVERTED
-    close_tx(tx.id, status, receipt.block_number, now())
+    close_tx(tx.id, status, receipt.block_number, now(), receipt.block_hash)
     return status
 
 

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from promptex.chain import txlog
-from promptex.chain.sender import Call, SignedTx
+from promptex.chain.sender import Call, Receipt, SignedTx
 from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SENT, SUCCEEDED, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
@@ -327,9 +327,9 @@ class Coordinator:
                 if receipt is None:
                     self._replace(tx, batch)
                 elif receipt.ok:  # the network re-included it on the new branch before we could stop it
-                    self._reattach(batch, receipt.block_number)
+                    self._reattach(batch, receipt)
                 else:  # re-included and reverted again: its records stay let go; its new block noted
-                    self.store.move_tx(tx, REVERTED, receipt.block_number, self.clock())
+                    self.store.move_tx(tx, REVERTED, receipt, self.clock())
                 continue
             what = self.store.reopen_tx(tx)
             log.warning(
@@ -367,9 +367,9 @@ class Coordinator:
             receipt = self.chain.receipt(old.tx_hash) if old.purpose == "settle" else None
             batch = self.store.batch_of_tx(old.id)
             if receipt is not None and receipt.ok and batch is not None and batch.status == FAILED:
-                self._reattach(batch, receipt.block_number)
+                self._reattach(batch, receipt)
 
-    def _reattach(self, batch: Batch, block: int) -> None:
+    def _reattach(self, batch: Batch, receipt: Receipt) -> None:
         """A failed batch whose settle landed after all holds its records again, so that
         none is settled twice: they are its asset's oldest records pending or in another
         batch of the same epoch (which can no longer land), as `plan` took them, and the
@@ -412,7 +412,7 @@ class Coordinator:
             if tx is not None and tx.status == SENT:
                 noops.append((tx, self.chain.sign_noop(tx.nonce, tx.tx_hash)))
         done = self.store.reattach(
-            batch, found, block, self.clock(), orphaned={b.id for b in orphaned},
+            batch, found, receipt, self.clock(), orphaned={b.id for b in orphaned},
             noops=[(tx.id, noop) for tx, noop in noops], sender=self.chain.sender,
         )  # fmt: skip
         for tx, noop in noops:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, Table, insert, or_, select, update
 
-from promptex.chain.sender import SignedTx
+from promptex.chain.sender import Receipt, SignedTx
 from promptex.chain.txlog import SUCCEEDED, SignedTxStore, StoredTx
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
@@ -481,7 +481,7 @@ class CoordinatorStore(SignedTxStore):
         self,
         batch: Batch,
         entries: Sequence[Entry],
-        block: int,
+        receipt: Receipt,
         now: int,
         *,
         orphaned: Collection[int] = (),
@@ -492,7 +492,7 @@ class CoordinatorStore(SignedTxStore):
         its nonce): its records (`entries`, proven by its root) go back to it from pending,
         from quarantine, or from the batch of the same epoch holding them (failed: it can no
         longer land; its own transaction, if a reorg orphaned it, is then never re-sent),
-        its transaction is succeeded at `block`, the batch confirmed. A record refunded
+        its transaction is succeeded in `receipt`'s block, the batch confirmed. A record refunded
         meanwhile goes back too, its refund taken back (`ledger.usage.take_back_refund`:
         the chain debited it; a debt for what the payer's balance lacks). One transaction,
         so a crash books all of it or none, and a second call finds nothing refunded.
@@ -535,7 +535,9 @@ class CoordinatorStore(SignedTxStore):
             conn.execute(
                 update(self.txs_table)
                 .where(t.id == batch.tx_id)
-                .values(status=SUCCEEDED, block_number=block, closed_at=now)
+                .values(
+                    status=SUCCEEDED, block_number=receipt.block_number, block_hash=receipt.block_hash, closed_at=now
+                )
             )
         return done
 
