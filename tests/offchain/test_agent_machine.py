@@ -323,3 +323,21 @@ def test_reorg__same_height_block_same_outcome_another_redemption_id__the_sale_i
     assert (r.status, r.chain_redemption_id) == (RELEASED, 2)
     assert chain.s.records[2]["status"] == STATUS_RELEASED and chain.s.releases == 1
     assert len(world.billing.purchases) == 1 and world.billing.balances[ACCOUNT] == 25 * USD
+
+
+def test_rotated_key__old_keys_fresh_txs__the_new_key_sends_nothing_until_they_are_a_window_deep(world):
+    """The agent's log is read as the coordinator's (`txlog`): after its key is rotated,
+    nothing is sent while the old key's transactions are less than `reorg_window` deep
+    (the new key's nonces say nothing of them); then the redemption goes on."""
+    chain = world.chain
+    assert world.agent().redeem(USER, "CLD", 20 * USD, "anthropic").status == RELEASED
+    newest = world.agent().store.newest_block()
+    chain.sender, chain.s.nonce = "0x000000000000000000000000000000000000bEEF", 0  # restarted with a new key
+    agent, sent = world.agent(), len(chain.sent)
+    final = newest + REORG_WINDOW
+    with pytest.raises(TxPending, match=f"final at {final}\\): waiting; let that key's agent finish them"):
+        agent.redeem(USER, "CLD", 10 * USD, "anthropic")
+    assert agent.run_once(check_rules=False).waiting is not None and len(chain.sent) == sent
+    chain.mine_blocks(final - chain.head())
+    assert agent.run_once(check_rules=False).waiting is None
+    assert agent.store.get(2).status == RELEASED and len(chain.sent) > sent

@@ -126,8 +126,14 @@ class RedemptionMachine:
         self._checked_head = head
 
     def resolve_open_txs(self) -> None:
-        for tx in self.store.open_txs():
+        for tx in self.store.open_txs(self.chain.sender):
             self.resolve_tx(tx)
+
+    def wait_for_other_keys(self) -> None:
+        """Raises `txlog.OtherKeyPending` while the log holds another key's transactions not
+        yet final (the coordinator's rule, `txlog.wait_for_other_keys`): after the agent's
+        key is rotated, nothing is sent until the old key's last one is a window deep."""
+        txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent")
 
     def _send(self, r: Redemption, purpose: str, call: Call) -> str:
         signed = self.chain.sign(call, self.chain.pending_nonce())

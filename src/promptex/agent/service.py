@@ -112,6 +112,7 @@ class Agent:
     def run_once(self, *, check_rules: bool | None = None) -> PassReport:
         report = PassReport()
         try:
+            self.machine.wait_for_other_keys()
             self.machine.recheck_orphaned_txs()
             self.machine.resolve_open_txs()
             due = time.monotonic() >= self._rules_due if check_rules is None else check_rules
@@ -190,6 +191,7 @@ class Agent:
         self.quote(account, token, usd_micro, max_tokens_in)
         r = self.store.create(account, token, usd_micro, max_tokens_in, None, self.clock())
         crash_point("planned")
+        self.machine.wait_for_other_keys()
         self.machine.resolve_open_txs()
         return self.machine.advance(r)
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 
@@ -112,34 +113,39 @@ class SignedTxStore:
         with self._tx() as conn:
             return _stored(conn.execute(select(self.txs_table).where(self.txs_table.c.id == tx_id)).one()._mapping)
 
-    def open_txs(self) -> list[StoredTx]:
+    def _of(self, sender: str | None) -> Any:
+        """The rows of one key (None: of every key, for a reader of the whole log): nonces
+        of two accounts are never compared (a rotated key, a standby with its own key)."""
+        return true() if sender is None else self.txs_table.c.sender == sender
+
+    def open_txs(self, sender: str | None = None) -> list[StoredTx]:
         t = self.txs_table
         with self._tx() as conn:
-            rows = conn.execute(select(t).where(t.c.status == SENT).order_by(t.c.nonce)).all()
+            rows = conn.execute(select(t).where(t.c.status == SENT, self._of(sender)).order_by(t.c.nonce)).all()
         return [_stored(r._mapping) for r in rows]
 
-    def landed_txs(self, from_block: int, from_nonce: int) -> list[StoredTx]:
+    def landed_txs(self, from_block: int, from_nonce: int, sender: str | None = None) -> list[StoredTx]:
         """Closed transactions a reorg may have orphaned: mined (succeeded or reverted) in
         `from_block` or later, or with a nonce at or past `from_nonce` (the sender's nonce on
-        the canonical chain: such a transaction cannot be on it)."""
+        the canonical chain: such a transaction cannot be on it), of `sender`."""
         t = self.txs_table
         landed = t.c.status.in_((SUCCEEDED, REVERTED))
         recent = or_(t.c.block_number >= from_block, t.c.nonce >= from_nonce)
         with self._tx() as conn:
-            rows = conn.execute(select(t).where(landed, recent).order_by(t.c.nonce)).all()
+            rows = conn.execute(select(t).where(landed, recent, self._of(sender)).order_by(t.c.nonce)).all()
         return [_stored(r._mapping) for r in rows]
 
-    def newest_block(self) -> int | None:
-        """The highest block a mined transaction of the log was found in (None: none yet):
+    def newest_block(self, sender: str | None = None) -> int | None:
+        """The highest block a mined transaction of `sender` was found in (None: none yet):
         the service last checked its receipts at a head no lower than that."""
         t = self.txs_table
         with self._tx() as conn:
-            newest = select(func.max(t.c.block_number)).where(t.c.status.in_((SUCCEEDED, REVERTED)))
+            newest = select(func.max(t.c.block_number)).where(t.c.status.in_((SUCCEEDED, REVERTED)), self._of(sender))
             found = conn.execute(newest).scalar()
         return None if found is None else int(found)
 
-    def final_nonce(self, deep: int) -> int:
-        """The sender's nonces below this one are final: taken in block `deep` or earlier, as
+    def final_nonce(self, deep: int, sender: str | None = None) -> int:
+        """`sender`'s nonces below this one are final: taken in block `deep` or earlier, as
         far as the log knows (a transaction it holds mined there, succeeded or reverted;
         nonces are taken in order, so every lower one was taken no later). Whatever held
         such a nonce, or tried to, can never land once `deep` is as far below the head as
@@ -150,7 +156,7 @@ class SignedTxStore:
             for status in (SUCCEEDED, REVERTED):  # one each: the (status, nonce) index read from the top down
                 found = conn.execute(
                     select(t.c.nonce)
-                    .where(t.c.status == status, t.c.block_number <= deep)
+                    .where(t.c.status == status, t.c.block_number <= deep, self._of(sender))
                     .order_by(t.c.nonce.desc())
                     .limit(1)
                 ).scalar()
@@ -178,12 +184,13 @@ class SignedTxStore:
         )
         return self._store_tx(conn, NOOP, noop, sender, now)
 
-    def dropped_at(self, nonce: int) -> list[StoredTx]:
-        """The transactions closed as dropped at `nonce`: replaced by a no-op, or their nonce
-        taken by another transaction."""
+    def dropped_at(self, nonce: int, sender: str | None = None) -> list[StoredTx]:
+        """The transactions of `sender` closed as dropped at `nonce`: replaced by a no-op, or
+        their nonce taken by another transaction."""
         t = self.txs_table
         with self._tx() as conn:
-            rows = conn.execute(select(t).where(t.c.nonce == nonce, t.c.status == DROPPED).order_by(t.c.id)).all()
+            at = (t.c.nonce == nonce, t.c.status == DROPPED, self._of(sender))
+            rows = conn.execute(select(t).where(*at).order_by(t.c.id)).all()
         return [_stored(r._mapping) for r in rows]
 
     def move_tx(self, tx: StoredTx, status: str, receipt: Receipt, now: int) -> None:
@@ -213,9 +220,51 @@ class TxChain(Protocol):
 
 
 class HeadChain(TxChain, Protocol):
-    """What re-checking stored receipts after a reorg needs: also the canonical head."""
+    """What re-checking stored receipts after a reorg needs: also the canonical head, and
+    the key in use (the log may hold another key's transactions: a rotation, a standby)."""
 
+    @property
+    def sender(self) -> str: ...
     def head(self) -> int: ...
+
+
+class TxPending(Exception):
+    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
+
+
+class OtherKeyPending(TxPending):
+    """The log holds another key's transactions not yet final: this key waits for them."""
+
+
+def wait_for_other_keys(store: SignedTxStore, chain: HeadChain, window: int, service: str) -> None:
+    """Raises OtherKeyPending (logged once, at WARNING) while the log holds a transaction of
+    another key that is open or mined less than `window` blocks below the head: after a key
+    rotation, or at a change of leader between keys. This key cannot resolve, re-check or
+    fill such a transaction's nonce (its nonces are another account's), and a failure of
+    it is not final until that key's nonce is deep: only that key's service can finish
+    them. Once `window` deep they are history (a deeper reorg is reconcile's)."""
+    t = store.txs_table
+    others = (t.c.sender != chain.sender, t.c.status.in_((SENT, SUCCEEDED, REVERTED)))
+    with store._tx() as conn:
+        if conn.execute(select(t.c.id).where(*others).limit(1)).first() is None:
+            return  # the common case, without reading the head
+        deep = chain.head() - window
+        unfinal = or_(t.c.status == SENT, t.c.block_number > deep)
+        stmt = select(t.c.sender, func.count(), func.max(t.c.block_number), func.count(t.c.block_number))
+        rows = conn.execute(stmt.where(*others, unfinal).group_by(t.c.sender).order_by(t.c.sender)).all()
+    if not rows:
+        return
+    said = []
+    for row in rows:
+        sender, count, newest, mined = str(row[0]), int(row[1]), int(row[2] or 0), int(row[3])
+        when = f"newest at block {newest}, final at {newest + window}" if mined == count else "some not yet mined"
+        said.append(
+            f"the log holds {count} transactions of key {sender} not yet final ({when}): waiting; "
+            f"let that key's {service} finish them"
+        )
+    message = "; ".join(said)
+    log.warning("%s", message)
+    raise OtherKeyPending(message)
 
 
 def still_ours(tx: StoredTx, receipt: Receipt | None) -> bool:
@@ -241,14 +290,15 @@ def orphaned_txs(
     holds stands for it, the last head checked was no lower), not below the head now: a
     reorg within the window while the service was down, or between two passes, can orphan
     blocks that are below `head - window` by now. And any past the sender's canonical nonce.
-    The caller records the returned head as checked once it has acted on what was found."""
+    The caller records the returned head as checked once it has acted on what was found.
+    Only the chain's key's own transactions: its nonce says nothing of another key's."""
     nonce = chain.nonce()
     head = chain.head()
     if checked is None:
-        checked = store.newest_block()
+        checked = store.newest_block(chain.sender)
     since = (head if checked is None else min(head, checked)) - window
     found: list[tuple[StoredTx, Receipt | None]] = []
-    for tx in store.landed_txs(since, nonce):
+    for tx in store.landed_txs(since, nonce, chain.sender):
         receipt = None
         if tx.nonce < nonce:
             receipt = chain.receipt(tx.tx_hash)
@@ -256,10 +306,6 @@ def orphaned_txs(
                 continue
         found.append((tx, receipt))
     return head, found
-
-
-class TxPending(Exception):
-    """A signed transaction is neither mined nor provably dropped yet: wait for the next pass."""
 
 
 def crash_point(env_var: str, step: str) -> None:

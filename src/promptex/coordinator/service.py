@@ -38,7 +38,7 @@ from sqlalchemy import Engine
 
 from promptex.chain import txlog
 from promptex.chain.sender import Call, Receipt, SignedTx
-from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SENT, SUCCEEDED, StoredTx, TxPending
+from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SENT, SUCCEEDED, OtherKeyPending, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
@@ -198,10 +198,21 @@ class Coordinator:
             log.info("another coordinator holds the lease; standing by")
             return report
         try:
+            # Another key's transactions not yet final (a rotated key, a standby with its
+            # own key): nothing is planned, sent or re-checked, and the lease goes back so
+            # that key's coordinator can take it and finish them.
+            txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "coordinator")
+        except OtherKeyPending as exc:
+            self.store.release_lease(self.holder)
+            report.leader, report.waiting = False, str(exc)
+            self._checked_head = None
+            return report
+        try:
             self._recheck_orphaned_txs()
             for asset in self.chain.assets():
                 self._recheck_confirmed(asset)
-            for tx in self.store.open_txs():  # in nonce order: a reorg's orphans are re-sent as the network would
+            # In nonce order: a reorg's orphans are re-sent as the network would.
+            for tx in self.store.open_txs(self.chain.sender):
                 tx = self.store.tx(tx.id)  # as it is now: a reattach earlier in this loop may have replaced it
                 if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
                     self._check_replaced(tx)
@@ -363,7 +374,7 @@ class Coordinator:
         """The no-op lost its nonce: to another transaction of this key, or to the settle it
         replaced (a node re-included the orphaned bytes first). In the second case the
         failed batch landed after all: its records go back to it (`_reattach`)."""
-        for old in self.store.dropped_at(noop.nonce):
+        for old in self.store.dropped_at(noop.nonce, self.chain.sender):
             receipt = self.chain.receipt(old.tx_hash) if old.purpose == "settle" else None
             batch = self.store.batch_of_tx(old.id)
             if receipt is not None and receipt.ok and batch is not None and batch.status == FAILED:
@@ -537,11 +548,14 @@ class Coordinator:
         what took it: a no-op, another transaction). Until it is, the old bytes can come
         back (a node re-includes an orphaned block's transactions) and the batch lands.
         Read at the head the pass re-checked its receipts at, never a later one: a reorg
-        after that check could have orphaned a block the later head counts as deep."""
+        after that check could have orphaned a block the later head counts as deep.
+        Of this key's settles, at this key's nonces: another key's are final once a pass runs
+        at all (`txlog.wait_for_other_keys`)."""
+        sender = self.chain.sender
         if self._checked_head is None:  # receipts not yet re-checked: nothing is final
-            return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, 0)]
-        final = self.store.final_nonce(self._checked_head - self.reorg_window)
-        return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, final)]
+            return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, 0, sender)]
+        final = self.store.final_nonce(self._checked_head - self.reorg_window, sender)
+        return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, final, sender)]
 
     def _plannable(self, asset: str, epoch: int, records: list[StoredUsage]) -> list[StoredUsage]:
         """The records that may be planned at `epoch`. A record of a failed batch may be

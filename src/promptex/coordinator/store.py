@@ -439,16 +439,17 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             _let_go(conn, batch.id, (PLANNED, SUBMITTED), reason, now)
 
-    def unfinal_failures(self, asset: str, final_nonce: int) -> list[Batch]:
+    def unfinal_failures(self, asset: str, final_nonce: int, sender: str) -> list[Batch]:
         """The asset's failed batches whose settle could still land after a reorg: signed at
         a nonce not yet final (`SignedTxStore.final_nonce`), whatever became of it since
         (reverted, dropped, its nonce given to a no-op). A batch refused before signing is
-        not among them: nothing of it was ever sent. (Read by the (asset, status) index.)"""
+        not among them: nothing of it was ever sent. Only `sender`'s: `final_nonce` is its
+        nonce, never another key's. (Read by the (asset, status) index.)"""
         b, t = settlement_batches.c, coordinator_txs.c
         stmt = (
             select(settlement_batches)
             .join(coordinator_txs, t.id == b.tx_id)
-            .where(b.asset == asset, b.status == FAILED, t.nonce >= final_nonce)
+            .where(b.asset == asset, b.status == FAILED, t.sender == sender, t.nonce >= final_nonce)
             .order_by(b.id)
         )
         with self._tx() as conn:
