@@ -68,6 +68,7 @@ def signed_txs(name: str) -> Table:
         Column("created_at", BigInteger, nullable=False),
         Column("closed_at", BigInteger, nullable=True),
         Index(None, "status", "nonce"),
+        Index(None, "sender", "status", "nonce"),  # one key's nonces (a rotated key's rows may sit above)
     )
 
 
