@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from coordinator_fakes import FakeChain
 from sqlalchemy import select, update
-from test_breaker_refund_taken_back import _payer, x_fails_y_retried
+from test_breaker_refund_taken_back import _payer, failed_and_retry, x_fails_y_retried
 from test_coordinator_failure_final import _coordinator, _mine_to, _waits
 from test_coordinator_refund_taken_back import LOT, USDC, Branch, View, spend
 
@@ -159,12 +159,8 @@ def test_failed_revert_reorged_and_remined_later__the_wait_counts_from_its_new_b
     the NEW block is `reorg_window` deep, not the old one."""
     coord = _coordinator(book, chain)
     _, x_address, x_request, _, y_address, _, fork = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
-    (failed,) = coord.store.batches(USDC, "failed")
-    (retry,) = coord.store.batches(USDC, "confirmed")
-    old = coord.store.tx(failed.tx_id).block
-    assert old is not None
+    failed, retry, old, raws = failed_and_retry(coord)
     chain.mine_blocks(100)
-    raws = [coord.store.tx(b.tx_id).raw for b in (failed, retry)]
     _reorged_and_reincluded(chain, fork, raws, x_address, at=None, exit_first=True)
     chain.next_window()
     assert _held(coord.run_once(), x_request)  # (C, re-included, is confirmed again)
@@ -237,11 +233,7 @@ def test_reorg_during_a_pass_after_its_receipt_recheck__finality_read_at_the_rec
     chain.open_lot(LOT, KIND_LISTED)
     coord = _coordinator(book, chain)
     _, x_address, x_request, _, _, _, fork = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
-    (failed,) = coord.store.batches(USDC, "failed")
-    (retry,) = coord.store.batches(USDC, "confirmed")
-    reverted_in = coord.store.tx(failed.tx_id).block
-    assert reverted_in is not None
-    raws = [coord.store.tx(b.tx_id).raw for b in (failed, retry)]
+    failed, retry, reverted_in, raws = failed_and_retry(coord)
     chain.next_window()
     _mine_to(chain, reverted_in + REORG_WINDOW - 1)
     chain.on_plan = [
@@ -384,11 +376,7 @@ def test_down_across_a_shallow_reorg_until_its_stale_receipts_are_past_the_windo
     block the log has seen (the last head it checked is no lower)."""
     coord = _coordinator(book, chain)
     x, x_address, x_request, y, y_address, y_request, fork = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
-    (failed,) = coord.store.batches(USDC, "failed")
-    (retry,) = coord.store.batches(USDC, "confirmed")
-    old = coord.store.tx(failed.tx_id).block
-    assert old is not None
-    raws = [coord.store.tx(b.tx_id).raw for b in (failed, retry)]
+    failed, retry, old, raws = failed_and_retry(coord)
     _reorged_and_reincluded(chain, fork, raws, x_address, at=old + 1, exit_first=False)
     chain.next_window()
     _mine_to(chain, old + 2 + REORG_WINDOW)

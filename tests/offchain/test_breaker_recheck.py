@@ -21,7 +21,7 @@ import pytest
 from coordinator_fakes import FakeChain
 from eth_utils import keccak
 from test_breaker_failure_final import _debited, _forget_members, _reorged_and_reincluded
-from test_breaker_refund_taken_back import _payer, x_fails_y_retried
+from test_breaker_refund_taken_back import _payer, failed_and_retry, x_fails_y_retried
 from test_coordinator_failure_final import _coordinator, _mine_to, _waits
 from test_coordinator_refund_taken_back import LOT, USDC, View, spend
 
@@ -96,11 +96,7 @@ def test_reorg_shortens_the_chain_below_the_head_last_checked__the_failed_settle
     failure's finality is read at the new, lower head. X and Y are debited once, by A."""
     coord = _coordinator(book, chain)
     x, x_address, x_request, y, y_address, y_request, fork = x_fails_y_retried(book, chain, coord, 1_002, 2_007)
-    (failed,) = coord.store.batches(USDC, "failed")
-    (retry,) = coord.store.batches(USDC, "confirmed")
-    old = coord.store.tx(failed.tx_id).block
-    assert old is not None
-    raws = [coord.store.tx(b.tx_id).raw for b in (failed, retry)]
+    failed, retry, old, raws = failed_and_retry(coord)
     chain.next_window()
     _mine_to(chain, old + REORG_WINDOW - 1)
     assert _waits(coord.run_once(), x_request)
@@ -137,11 +133,7 @@ def test_leader_and_standby_swap_around_a_reorg__each_rechecks_back_from_what_it
     b = Coordinator(book.engine, chain, holder="b", clock=book.clock, tx_timeout=0, quarantine_retry=0)
     x, x_address, x_request, y, y_address, y_request, fork = x_fails_y_retried(book, chain, t, 1_002, 2_007)
     assert b.run_once().leader is False
-    (failed,) = t.store.batches(USDC, "failed")
-    (retry,) = t.store.batches(USDC, "confirmed")
-    old = t.store.tx(failed.tx_id).block
-    assert old is not None
-    raws = [t.store.tx(bt.tx_id).raw for bt in (failed, retry)]
+    failed, retry, old, raws = failed_and_retry(t)
     chain.next_window()
     _mine_to(chain, old + REORG_WINDOW - 1)
     assert _waits(t.run_once(), x_request)

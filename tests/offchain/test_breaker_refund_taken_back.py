@@ -32,6 +32,7 @@ from test_coordinator_signed import SignedBuyer
 
 from promptex.coordinator import store as coordinator_store
 from promptex.coordinator.service import Coordinator
+from promptex.coordinator.store import Batch
 from promptex.ledger import AccountKind, Ledger, debts
 from promptex.ledger.usage import refunds_taken_back
 from promptex.protocol.escrow import KIND_LISTED
@@ -99,6 +100,23 @@ def _payer(book: Ledger, chain: FakeChain, amount: int = 10_000) -> tuple[int, s
     address = fund(book, account, USDC, amount)
     chain.s.balances[(address, USDC)] = amount
     return account, address
+
+
+class FailedAndRetry(NamedTuple):
+    failed: Batch  # A: reverted at epoch 1
+    retry: Batch  # C: epoch 1 again, landed
+    reverted_in: int  # A's block
+    raws: list[bytes]  # A's and C's signed bytes, for a branch to re-include
+
+
+def failed_and_retry(coord: Coordinator) -> FailedAndRetry:
+    """After `x_fails_y_retried`: the failed batch A, its retry C, A's block and both
+    transactions' bytes."""
+    (failed,) = coord.store.batches(USDC, "failed")
+    (retry,) = coord.store.batches(USDC, "confirmed")
+    reverted_in = coord.store.tx(failed.tx_id).block
+    assert reverted_in is not None
+    return FailedAndRetry(failed, retry, reverted_in, [coord.store.tx(b.tx_id).raw for b in (failed, retry)])
 
 
 class XFailsYRetried(NamedTuple):
