@@ -84,7 +84,7 @@ def test_sender_in_another_case__the_rule_waits_rather_than_proceeds(book: Ledge
     assert coord.run_once().waiting is not None  # its settle open
     chain.sender = COORDINATOR.lower()
     with pytest.raises(OtherKeyPending, match="some not yet mined"):
-        txlog.wait_for_other_keys(coord.store, chain, REORG_WINDOW, "coordinator")
+        txlog.wait_for_other_keys(coord.store, chain, REORG_WINDOW, "coordinator", book.clock)
 
 
 def test_row_without_a_sender__refused_by_the_schema(book: Ledger, chain: FakeChain) -> None:
@@ -132,36 +132,66 @@ def test_leader_and_standby_of_two_keys_taking_turns_every_pass__settlement_goes
     _books_equal_chain(book, chain)
 
 
-def test_old_keys_coordinator_died_with_an_open_settle__the_way_out_is_that_key_once(
-    book: Ledger, chain: FakeChain
-) -> None:
-    """The old key's coordinator died with its settle open (the network mined it after).
-    The new key waits for it (only that key's coordinator resolves it); running the old
-    key's coordinator once (`promptex coordinator --once` with the old key) closes it,
-    and a window later the new key settles. (Without that run it waits for good: the
-    finding, kept in the briefs.)"""
+def _old_key_dies_with_its_settle_open(
+    book: Ledger, chain: FakeChain, *, mined: bool
+) -> tuple[str, str, Coordinator, _Keys]:
+    """The old key's coordinator sends its settle of Z and dies before resolving it (the
+    network mines it, or loses it); the new key's coordinator starts with Y's spend
+    pending. Returns Z's and Y's addresses, the old key's coordinator and the keys."""
     keys = _Keys(chain)
     old = _coordinator(book, chain, "old")
     z, z_address = _payer(book, chain)
     spend(book, z, 3_012)
     chain.next_window()
-    chain.hold = True
-    assert old.run_once().waiting is not None  # sent, then the process dies
+    chain.hold, chain.lose = True, not mined
+    assert old.run_once().waiting is not None  # sent; then the process dies
     old.store.release_lease("old")
-    chain.hold = False
-    chain.mine()  # the network mines it
+    chain.hold = chain.lose = False
+    chain.mine()
     keys.use(NEW_KEY)
-    new = _coordinator(book, chain, "new")
     y, y_address = _payer(book, chain)
     spend(book, y, 2_007)
     chain.next_window()
+    return z_address, y_address, old, keys
+
+
+def test_old_keys_coordinator_died_with_an_open_settle_the_chain_mined__closed_by_its_receipt_settled_a_window_later(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """xbreak's finding (fixed): the row stayed open for good, so the new key waited for
+    good, though anyone can read that receipt. Now the new key closes it with its receipt
+    (`txlog.wait_for_other_keys`), waits until it is a window deep, then confirms the old
+    key's batch and settles its own: each debited once."""
+    z_address, y_address, _, _ = _old_key_dies_with_its_settle_open(book, chain, mined=True)
+    new = _coordinator(book, chain, "new")
+    report = new.run_once()
+    (tx,) = new.store.landed_txs(0, 0)
+    assert tx.status == SUCCEEDED and tx.block is not None
+    assert report.waiting is not None and f"newest at block {tx.block}," in report.waiting
+    chain.mine_blocks(tx.block + REORG_WINDOW - chain.head())
+    report = new.run_once()
+    assert report.waiting is None and len(report.confirmed) == 2
+    assert _debited(chain, z_address) == 3_012 and _debited(chain, y_address) == 2_007
+    _books_equal_chain(book, chain)
+
+
+def test_old_keys_open_settle_never_mined__the_new_key_waits__the_way_out_is_that_key_once(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """The old key's settle was lost (never mined): only that key can prove it dropped or
+    send it again (its nonce, its account), so the new key waits, saying so; running the
+    old key's coordinator once (`promptex coordinator --once` with the old key, as the
+    README says) resolves it, and a window later the new key settles."""
+    z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
+    new = _coordinator(book, chain, "new")
     chain.mine_blocks(2 * REORG_WINDOW)
     assert "some not yet mined" in (new.run_once().waiting or "")
     keys.use(COORDINATOR)
-    assert old.run_once().confirmed  # the way out: it resolves its settle (and settles what is pending)
+    assert old.run_once().confirmed  # the way out: it sends its same bytes again
     old.store.release_lease("old")
     keys.use(NEW_KEY)
     chain.mine_blocks(REORG_WINDOW + 1)
+    chain.next_window()
     assert new.run_once().waiting is None
     assert _debited(chain, z_address) == 3_012 and _debited(chain, y_address) == 2_007
     _books_equal_chain(book, chain)

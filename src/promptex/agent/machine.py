@@ -133,7 +133,7 @@ class RedemptionMachine:
         """Raises `txlog.OtherKeyPending` while the log holds another key's transactions not
         yet final (the coordinator's rule, `txlog.wait_for_other_keys`): after the agent's
         key is rotated, nothing is sent until the old key's last one is a window deep."""
-        txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent")
+        txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent", self.clock)
 
     def _send(self, r: Redemption, purpose: str, call: Call) -> str:
         signed = self.chain.sign(call, self.chain.pending_nonce())

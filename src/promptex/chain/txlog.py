@@ -237,18 +237,30 @@ class OtherKeyPending(TxPending):
     """The log holds another key's transactions not yet final: this key waits for them."""
 
 
-def wait_for_other_keys(store: SignedTxStore, chain: HeadChain, window: int, service: str) -> None:
+def wait_for_other_keys(
+    store: SignedTxStore, chain: HeadChain, window: int, service: str, now: Callable[[], int]
+) -> None:
     """Raises OtherKeyPending (logged once, at WARNING) while the log holds a transaction of
     another key that is open or mined less than `window` blocks below the head: after a key
-    rotation, or at a change of leader between keys. This key cannot resolve, re-check or
-    fill such a transaction's nonce (its nonces are another account's), and a failure of
-    it is not final until that key's nonce is deep: only that key's service can finish
-    them. Once `window` deep they are history (a deeper reorg is reconcile's)."""
+    rotation, or at a change of leader between keys. This key cannot re-check, re-send as
+    dropped or fill such a transaction's nonce (its nonces are another account's), and a
+    failure of it is not final until that key's nonce is deep: only that key's service can
+    finish them. Once `window` deep they are history (a deeper reorg is reconcile's).
+    One thing any key can do: an open one the canonical chain serves a receipt for is
+    closed with it, as its own service would (which may have died before it could: the
+    old key retired, maybe lost), so that it counts by its depth, not as open for good."""
     t = store.txs_table
     others = (t.c.sender != chain.sender, t.c.status.in_((SENT, SUCCEEDED, REVERTED)))
     with store._tx() as conn:
         if conn.execute(select(t.c.id).where(*others).limit(1)).first() is None:
             return  # the common case, without reading the head
+        open_ = conn.execute(select(t.c.id, t.c.tx_hash).where(t.c.sender != chain.sender, t.c.status == SENT)).all()
+    for row in open_:
+        receipt = chain.receipt(str(row.tx_hash))
+        if receipt is not None:  # closed only while still open (`close_tx`): its own service may race
+            status = SUCCEEDED if receipt.ok else REVERTED
+            store.close_tx(int(row.id), status, receipt.block_number, now(), receipt.block_hash)
+    with store._tx() as conn:
         deep = chain.head() - window
         unfinal = or_(t.c.status == SENT, t.c.block_number > deep)
         stmt = select(t.c.sender, func.count(), func.max(t.c.block_number), func.count(t.c.block_number))

@@ -201,7 +201,7 @@ class Coordinator:
             # Another key's transactions not yet final (a rotated key, a standby with its
             # own key): nothing is planned, sent or re-checked, and the lease goes back so
             # that key's coordinator can take it and finish them.
-            txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "coordinator")
+            txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "coordinator", self.clock)
         except OtherKeyPending as exc:
             self.store.release_lease(self.holder)
             report.leader, report.waiting = False, str(exc)
