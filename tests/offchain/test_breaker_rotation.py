@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import _payer
-from test_coordinator_refund_taken_back import LOT, spend
+from test_coordinator_failure_final import _mine_to
+from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
 
 from promptex.chain import txlog
 from promptex.chain.deployments import Deployment
@@ -194,6 +195,54 @@ def test_old_keys_open_settle_never_mined__the_new_key_waits__the_way_out_is_tha
     chain.next_window()
     assert new.run_once().waiting is None
     assert _debited(chain, z_address) == 3_012 and _debited(chain, y_address) == 2_007
+    _books_equal_chain(book, chain)
+
+
+def test_old_keys_settle_orphaned_while_the_new_key_waits__reopened__never_called_dropped_by_the_new_keys_nonce(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """xbreak's second finding (fixed): the old key's last settle (its nonce 0) is orphaned
+    while the new key (at nonce 3) waits out its window, and not re-included. After the
+    window the epoch is gone: the batch is reopened. Resolved with the NEW key's nonce, 3 >
+    0 closed it dropped ("nonce went to another") though the old account's nonce 0 was
+    never taken (its bytes valid for any node), and its records were planned again at once
+    (another key's failure reads final). Now its bytes are sent again and it stays open
+    until its receipt: the network includes them, the new key waits a window, confirms."""
+    keys = _Keys(chain)
+    keys.nonces[NEW_KEY] = 3  # the new key has sent before (a standby that led once, say)
+    old = _coordinator(book, chain, "old")
+    z, z_address = _payer(book, chain)
+    spend(book, z, 3_012)
+    chain.next_window()
+    chain.hold = True
+    assert old.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.hold = False
+    chain.mine()
+    assert old.run_once().confirmed
+    old.store.release_lease("old")
+    (tx,) = old.store.landed_txs(0, 0)
+    keys.use(NEW_KEY)
+    fork.reorg_to(chain)  # orphaned while the new key waits; not re-included
+    chain.s.nonce = keys.nonces[NEW_KEY]
+    _mine_to(chain, (tx.block or 0) + REORG_WINDOW + 1)
+    new = _coordinator(book, chain, "new")
+    sent = len(chain.sent)
+
+    report = new.run_once()
+
+    assert report.failed == [] and "of key" in (report.waiting or "") and chain.sent[sent:] == [tx.tx_hash]
+    assert new.store.tx(tx.id).status == SENT
+    chain.s.nonce = 0  # the old account's nonce: the network includes the re-sent bytes
+    chain.broadcast(tx.raw)
+    chain.s.nonce = keys.nonces[NEW_KEY]
+    (block,) = {r.block_number for h, r in chain.receipts.items() if h == tx.tx_hash}
+    assert f"newest at block {block}," in (new.run_once().waiting or "")
+    _mine_to(chain, block + REORG_WINDOW)
+    chain.next_window()
+    report = new.run_once()
+    assert report.waiting is None and (USDC, 1) in report.confirmed
+    assert _debited(chain, z_address) == 3_012
     _books_equal_chain(book, chain)
 
 

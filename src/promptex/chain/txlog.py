@@ -82,12 +82,14 @@ class StoredTx:
     status: str
     block: int | None = None  # the block its receipt named, once closed
     block_hash: str | None = None  # that block's hash (None: not known)
+    sender: str | None = None  # the key that signed it (None: not read)
 
 
 def _stored(m: Any) -> StoredTx:
     return StoredTx(
-        m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"], m["block_number"], m["block_hash"]
-    )
+        m["id"], m["purpose"], m["nonce"], m["tx_hash"], m["raw_tx"], m["status"], m["block_number"], m["block_hash"],
+        m["sender"],
+    )  # fmt: skip
 
 
 class SignedTxStore:

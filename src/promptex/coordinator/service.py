@@ -289,7 +289,15 @@ class Coordinator:
     def _finish_submitted(self, batch: Batch) -> bool:
         """Close a submitted batch if its transaction's fate is known; False while it is not."""
         assert batch.tx_id is not None
-        status = self._resolve_tx(self.store.tx(batch.tx_id))
+        tx = self.store.tx(batch.tx_id)
+        if tx.status == SENT and tx.sender not in (None, self.chain.sender) and self.chain.receipt(tx.tx_hash) is None:
+            # Another key's settle (a rotated key's batch a reorg reopened): its nonce is that
+            # account's, never compared with this key's (it is not dropped because this key's
+            # nonce passed it). Its bytes are sent again (anyone may), and it stays open
+            # until the chain serves its receipt (`txlog.wait_for_other_keys` closes it then).
+            self.chain.broadcast(tx.raw)
+            raise TxPending(f"{tx.purpose} tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
+        status = self._resolve_tx(tx)
         if status == SUCCEEDED or self._landed(batch):
             self._confirm(batch)
             return True
