@@ -6,9 +6,14 @@ Attacked: the sender stored and compared in different case; a row without a send
 leader and a standby of different keys taking turns at every pass; rows closed before the
 log kept block hashes next to rows after it; a receipt first served from a block that was
 not yet canonical (same height and outcome, another hash); the agent's `redeem` while the
-rule makes it wait. All held. The finding (an old key's coordinator dead with an open
-transaction the chain has since mined: the new key waits for good) is kept apart, in the
-briefs' findings, with the operator's way out tested here."""
+rule makes it wait: all held. Two succeeded, fixed: the old key's coordinator died with an
+open settle the chain then mined; the row stayed open, so the new key waited for good (now
+any key closes another key's open transaction with its canonical receipt; one never mined
+still waits for its own key: the operator's way out, tested). And an old key's settle a
+reorg orphaned during the wait, reopened, was closed dropped by the NEW key's nonce (now
+re-sent and kept open until its receipt). Not fixed (kept in the briefs' findings): nobody
+re-checks the old key's receipts during the wait, so a reorg then that re-includes its
+failed settle, now landing, goes unseen and its records are settled again."""
 
 from __future__ import annotations
 
