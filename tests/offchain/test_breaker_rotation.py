@@ -11,9 +11,10 @@ open settle the chain then mined; the row stayed open, so the new key waited for
 any key closes another key's open transaction with its canonical receipt; one never mined
 still waits for its own key: the operator's way out, tested). And an old key's settle a
 reorg orphaned during the wait, reopened, was closed dropped by the NEW key's nonce (now
-re-sent and kept open until its receipt). Not fixed (kept in the briefs' findings): nobody
-re-checks the old key's receipts during the wait, so a reorg then that re-includes its
-failed settle, now landing, goes unseen and its records are settled again."""
+re-sent and kept open until its receipt). And, third: nobody re-checked the old key's
+receipts during the wait, so a reorg then that re-included its failed settle, now landing,
+went unseen and its records were settled again (now the new key re-checks the old key's
+mined rows every pass, the coordinator's and the agent's)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
-from test_breaker_refund_taken_back import _payer
+from test_breaker_refund_taken_back import _payer, failed_and_retry, x_fails_y_retried
 from test_coordinator_failure_final import _mine_to
 from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
 
@@ -323,3 +324,114 @@ def test_agent_redeem_while_the_rule_waits__a_clear_refusal_nothing_sent_then_do
     chain.mine_blocks(final - chain.head())
     assert agent.run_once(check_rules=False).advanced == {2: RELEASED}
     assert (chain.s.redeems, chain.s.releases, len(world.billing.purchases)) == (2, 2, purchases + 1)
+
+
+def test_agent_old_keys_failed_redeem_flipped_by_a_reorg_before_the_rotation__the_new_key_sees_it__sold_once(
+    agent_world,  # noqa: ANN001
+) -> None:
+    """The agent's side of xbreak's third finding: the old key's redeem reverted in block B
+    (recorded failed), then a reorg its stopped agent never saw holds it succeeded at B
+    (the user's tokens escrowed); the key is rotated. Unwatched, the failure counted as
+    final after the window (tokens escrowed, no credits bought). The new key re-checks the
+    old key's receipts while it waits: the sale is resolved again, completed once."""
+    from test_agent_machine import _assert_once, _redeem_reverted_then_reorged_to_success
+
+    from promptex.agent.machine import REORG_WINDOW as AGENT_WINDOW
+    from promptex.agent.store import RELEASED
+
+    world, chain = agent_world, agent_world.chain
+    rid, block = _redeem_reverted_then_reorged_to_success(world, later=0)
+    chain.sender, chain.s.nonce = NEW_KEY, 0  # restarted with a new key
+    agent = world.agent()
+    redeem = agent.store.tx(agent.store.get(rid).redeem_tx_id or 0)
+
+    assert f"final at {block + AGENT_WINDOW}" in (agent.run_once(check_rules=False).waiting or "")
+    assert (agent.store.tx(redeem.id).status, agent.store.tx(redeem.id).block) == (SUCCEEDED, block)
+    chain.mine_blocks(block + AGENT_WINDOW - chain.head())
+    agent.run_once(check_rules=False)
+    assert agent.store.get(rid).status == RELEASED
+    _assert_once(world)
+
+
+def test_old_keys_failed_settle_reincluded_during_the_wait__seen_by_the_new_key__each_record_debited_once(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """xbreak's third finding (fixed): nobody re-checked the old key's receipts while the
+    new key waited out its window. The old key's settle A (X, Y) reverted in block b, its
+    retry C settled Y at epoch 1, X's record quarantined; the old coordinator stopped, the
+    key rotated. A reorg during the wait re-includes A (X and Y debited at epoch 1) and C
+    reverts. Unwatched, the log said A reverted, C succeeded: at b + window the new key took
+    A's failure as final and X and Y were debited twice. Now the new key re-checks the old
+    key's mined rows every pass, waiting or not: A landed after all (its records back in
+    it), C is let go; each debited once, the books equal the chain."""
+    keys = _Keys(chain)
+    old = _coordinator(book, chain, "old")
+    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
+    fr = failed_and_retry(old)
+    old.store.release_lease("old")  # stopped, no open transaction: as the README says
+    keys.use(NEW_KEY)
+    new = _coordinator(book, chain, "new")
+    chain.mine_blocks(3)
+    assert new.run_once().waiting is not None
+    s.fork.reorg_to(chain)  # a few blocks deep, within the window
+    for raw in fr.raws:
+        chain.broadcast(raw)  # the network re-includes A (lands: X, Y) then C (reverts)
+    chain.s.nonce = keys.nonces[NEW_KEY]
+    _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
+    for _ in range(3):
+        chain.next_window()
+        new.run_once()
+
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+    _books_equal_chain(book, chain)
+
+
+def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_that_keys_no_op__each_debited_once(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same reorg during the wait, but nothing re-included: A (failed, its records let
+    go) is off the chain with its bytes still valid for the old account's nonce. The new key
+    cannot fill another account's nonce: it waits, past A's window too, saying how to end
+    it (that key's coordinator, once); C's bytes are sent again at once. The old key's
+    pass fills A's nonce with a no-op and lands C; after C's window the new key goes on:
+    X and Y each debited once. Past that window the old key's rows are no longer read."""
+    keys = _Keys(chain)
+    old = _coordinator(book, chain, "old")
+    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
+    fr = failed_and_retry(old)
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    new = _coordinator(book, chain, "new")
+    chain.mine_blocks(3)
+    assert new.run_once().waiting is not None
+    s.fork.reorg_to(chain)  # A and C orphaned, neither re-included
+    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
+    chain.s.balances[(s.x_address, USDC)] = 10_000  # X's exit was on the orphaned branch too
+    sent = len(chain.sent)
+    _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
+    for _ in range(2):
+        chain.next_window()
+        report = new.run_once()
+        assert "coordinator --once" in (report.waiting or "") and report.leader is False
+
+    retry_tx = old.store.tx(fr.retry.tx_id or 0)
+    assert chain.sent[sent:] == [retry_tx.tx_hash] and retry_tx.status == SENT  # sent again once, left open
+    assert _debited(chain, s.x_address) == _debited(chain, s.y_address) == 0
+    keys.use(COORDINATOR)  # the operator's way out: the old key's coordinator, once
+    assert old.run_once().confirmed == [(USDC, 1)]  # C landed again; A's nonce went to the no-op
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    _mine_to(chain, chain.head() + REORG_WINDOW + 1)
+    for _ in range(3):
+        chain.next_window()
+        report = new.run_once()
+        assert report.leader and report.waiting is None
+
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+    _books_equal_chain(book, chain)
+    olds = {tx.tx_hash for tx in old.store.landed_txs(0, 0) if tx.sender == COORDINATOR}
+    reads: list[str] = []
+    real = chain.receipt
+    monkeypatch.setattr(chain, "receipt", lambda tx_hash: reads.append(tx_hash) or real(tx_hash))
+    new.run_once()
+    assert olds and not olds & set(reads)

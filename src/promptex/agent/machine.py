@@ -132,7 +132,18 @@ class RedemptionMachine:
     def wait_for_other_keys(self) -> None:
         """Raises `txlog.OtherKeyPending` while the log holds another key's transactions not
         yet final (the coordinator's rule, `txlog.wait_for_other_keys`): after the agent's
-        key is rotated, nothing is sent until the old key's last one is a window deep."""
+        key is rotated, nothing is sent until the old key's last one is a window deep.
+        First, every time, another key's mined transactions are re-checked by receipt
+        (`txlog.others_orphaned_txs`, as the coordinator does): the old key's agent may be
+        stopped, and a reorg within its window must be seen before the window ends. One
+        no longer on chain as stored is reopened as this key's own are and its bytes sent
+        again at once (this key's pass re-sends only its own nonces); the wait then holds
+        until the chain serves its receipt."""
+        for tx, _ in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
+            what = self.store.reopen_tx(tx, self.clock())
+            log.warning("%s tx %s (nonce %d) of key %s is no longer on chain as stored (a reorg): %s resolved again",
+                        tx.purpose, tx.tx_hash, tx.nonce, tx.sender, what)  # fmt: skip
+            self.chain.broadcast(tx.raw)
         txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent", self.clock)
 
     def _send(self, r: Redemption, purpose: str, call: Call) -> str:

@@ -127,13 +127,16 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(t.c.status == SENT, self._of(sender)).order_by(t.c.nonce)).all()
         return [_stored(r._mapping) for r in rows]
 
-    def landed_txs(self, from_block: int, from_nonce: int, sender: str | None = None) -> list[StoredTx]:
+    def landed_txs(self, from_block: int, from_nonce: int | None, sender: str | None = None) -> list[StoredTx]:
         """Closed transactions a reorg may have orphaned: mined (succeeded or reverted) in
         `from_block` or later, or with a nonce at or past `from_nonce` (the sender's nonce on
-        the canonical chain: such a transaction cannot be on it), of `sender`."""
+        the canonical chain: such a transaction cannot be on it; None: not known, another
+        key's), of `sender`."""
         t = self.txs_table
         landed = t.c.status.in_((SUCCEEDED, REVERTED))
-        recent = or_(t.c.block_number >= from_block, t.c.nonce >= from_nonce)
+        recent = t.c.block_number >= from_block
+        if from_nonce is not None:
+            recent = or_(recent, t.c.nonce >= from_nonce)
         with self._tx() as conn:
             rows = conn.execute(select(t).where(landed, recent, self._of(sender)).order_by(t.c.nonce)).all()
         return [_stored(r._mapping) for r in rows]
@@ -146,6 +149,15 @@ class SignedTxStore:
             newest = select(func.max(t.c.block_number)).where(t.c.status.in_((SUCCEEDED, REVERTED)), self._of(sender))
             found = conn.execute(newest).scalar()
         return None if found is None else int(found)
+
+    def other_senders(self, sender: str) -> dict[str, int]:
+        """Every key but `sender` with a mined transaction in the log, and the highest block
+        one of them was found in (`newest_block` for each)."""
+        t = self.txs_table
+        mined = (t.c.sender != sender, t.c.status.in_((SUCCEEDED, REVERTED)))
+        with self._tx() as conn:
+            rows = conn.execute(select(t.c.sender, func.max(t.c.block_number)).where(*mined).group_by(t.c.sender)).all()
+        return {str(r[0]): int(r[1]) for r in rows if r[1] is not None}
 
     def final_nonce(self, deep: int, sender: str | None = None) -> int:
         """`sender`'s nonces below this one are final: taken in block `deep` or earlier, as
@@ -312,15 +324,43 @@ def orphaned_txs(
     if checked is None:
         checked = store.newest_block(chain.sender)
     since = (head if checked is None else min(head, checked)) - window
+    return head, _not_as_stored(store.landed_txs(since, nonce, chain.sender), chain, nonce)
+
+
+def others_orphaned_txs(
+    store: SignedTxStore, chain: HeadChain, window: int, checked: int | None
+) -> list[tuple[StoredTx, Receipt | None]]:
+    """`orphaned_txs` for every OTHER key's mined transactions (a rotated key, a standby's):
+    while this key waits out their window (`wait_for_other_keys`) their service may be
+    stopped, so this key watches them, or a reorg within the window that flips one's
+    outcome goes unseen and the stale outcome counts as final at the window's end. Each
+    key's rows mined within `window` blocks below its newest stored block (or below the
+    head this key last checked, `checked`, if lower) are compared by receipt only (number,
+    outcome, hash: `still_ours`), never by nonce: this key's nonce says nothing of theirs.
+    Every key's in its nonce order, as the caller handles them. A key whose newest row was
+    already a window deep at the head last checked is skipped: its rows were final then
+    (a deeper reorg is reconcile's), so a retired key costs no receipt reads for good."""
     found: list[tuple[StoredTx, Receipt | None]] = []
-    for tx in store.landed_txs(since, nonce, chain.sender):
+    for sender, newest in sorted(store.other_senders(chain.sender).items()):
+        if checked is not None and newest < checked - window:
+            continue
+        since = (newest if checked is None else min(newest, checked)) - window
+        found += _not_as_stored(store.landed_txs(since, None, sender), chain, None)
+    return found
+
+
+def _not_as_stored(txs: list[StoredTx], chain: HeadChain, nonce: int | None) -> list[tuple[StoredTx, Receipt | None]]:
+    """Those of `txs` the canonical chain no longer holds as stored, each with its canonical
+    receipt; one at or past `nonce` (its key's canonical nonce, where known) without one."""
+    found: list[tuple[StoredTx, Receipt | None]] = []
+    for tx in txs:
         receipt = None
-        if tx.nonce < nonce:
+        if nonce is None or tx.nonce < nonce:
             receipt = chain.receipt(tx.tx_hash)
             if still_ours(tx, receipt):
                 continue
         found.append((tx, receipt))
-    return head, found
+    return found
 
 
 def crash_point(env_var: str, step: str) -> None:

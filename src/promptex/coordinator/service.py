@@ -198,9 +198,13 @@ class Coordinator:
             log.info("another coordinator holds the lease; standing by")
             return report
         try:
+            # Another key's mined transactions are re-checked first, every pass, this one
+            # waiting or not: their own coordinator may be stopped (a rotated key), and a
+            # reorg within their window must be seen before the window ends.
+            self._recheck_other_keys_txs()
             # Another key's transactions not yet final (a rotated key, a standby with its
-            # own key): nothing is planned, sent or re-checked, and the lease goes back so
-            # that key's coordinator can take it and finish them.
+            # own key): nothing is planned or sent, this key's receipts are not re-checked,
+            # and the lease goes back so that key's coordinator can take it and finish them.
             txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "coordinator", self.clock)
         except OtherKeyPending as exc:
             self.store.release_lease(self.holder)
@@ -341,24 +345,56 @@ class Coordinator:
         # and a competing block at the stored height, are both seen.
         head, orphaned = txlog.orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head)
         for tx, receipt in orphaned:
-            batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
-            if batch is not None and batch.status == FAILED:
-                if receipt is None:
-                    self._replace(tx, batch)
-                elif receipt.ok:  # the network re-included it on the new branch before we could stop it
-                    self._reattach(batch, receipt)
-                else:  # re-included and reverted again: its records stay let go; its new block noted
-                    self.store.move_tx(tx, REVERTED, receipt, self.clock())
-                continue
-            what = self.store.reopen_tx(tx)
-            log.warning(
-                "%s tx %s (nonce %d) is no longer on chain (a reorg): %s resolved again",
-                tx.purpose,
-                tx.tx_hash,
-                tx.nonce,
-                what,
-            )
+            self._orphaned(tx, receipt)
         self._checked_head = head
+
+    def _recheck_other_keys_txs(self) -> None:
+        """The same re-check for another key's mined transactions (`txlog.others_orphaned_txs`:
+        by receipt only, never by this key's nonce), each handled as this key's own are
+        (`_orphaned`), except that this key can neither fill another key's nonce with a
+        no-op nor wait for it to be taken: a reopened one's bytes are sent again at once
+        (anyone may), and a failed settle off the chain and not re-included makes this key
+        wait (raises OtherKeyPending) until that key's coordinator fills its nonce."""
+        off: list[str] = []
+        for tx, receipt in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
+            if not self._orphaned(tx, receipt):
+                off.append(f"{tx.purpose} tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
+        if off:
+            message = (
+                f"failed settles no longer on chain (a reorg), their records let go: {', '.join(off)}; "
+                "only their key can fill their nonces: run that key's coordinator --once"
+            )
+            log.warning("%s", message)
+            raise OtherKeyPending(message)
+
+    def _orphaned(self, tx: StoredTx, receipt: Receipt | None) -> bool:
+        """Handle one transaction the canonical chain no longer holds as stored (`receipt`:
+        its canonical one, if any); False when it is another key's failed settle that only
+        that key can keep off the chain (left as stored)."""
+        ours = tx.sender in (None, self.chain.sender)
+        batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
+        if batch is not None and batch.status == FAILED:
+            if receipt is None:
+                if not ours:
+                    return False
+                self._replace(tx, batch)
+            elif receipt.ok:  # the network re-included it on the new branch before we could stop it
+                self._reattach(batch, receipt)
+            else:  # re-included and reverted again: its records stay let go; its new block noted
+                self.store.move_tx(tx, REVERTED, receipt, self.clock())
+            return True
+        what = self.store.reopen_tx(tx)
+        log.warning(
+            "%s tx %s (nonce %d) of key %s is no longer on chain (a reorg): %s resolved again",
+            tx.purpose,
+            tx.tx_hash,
+            tx.nonce,
+            tx.sender,
+            what,
+        )
+        if not ours:  # this key's pass re-sends only its own nonces: another key's bytes go now
+            self.chain.broadcast(tx.raw)
+        return True
 
     def _replace(self, tx: StoredTx, batch: Batch) -> None:
         """Fill the nonce of a failed batch's orphaned settle with a no-op, stored before it
@@ -428,7 +464,7 @@ class Coordinator:
         noops: list[tuple[StoredTx, SignedTx]] = []  # stored with the rest: a crash cannot leave one to re-send
         for holder in orphaned:
             tx = self.store.tx(holder.tx_id) if holder.tx_id is not None else None
-            if tx is not None and tx.status == SENT:
+            if tx is not None and tx.status == SENT and tx.sender in (None, self.chain.sender):
                 noops.append((tx, self.chain.sign_noop(tx.nonce, tx.tx_hash)))
         done = self.store.reattach(
             batch, found, receipt, self.clock(), orphaned={b.id for b in orphaned},
