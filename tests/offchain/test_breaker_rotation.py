@@ -14,7 +14,11 @@ reorg orphaned during the wait, reopened, was closed dropped by the NEW key's no
 re-sent and kept open until its receipt). And, third: nobody re-checked the old key's
 receipts during the wait, so a reorg then that re-included its failed settle, now landing,
 went unseen and its records were settled again (now the new key re-checks the old key's
-mined rows every pass, the coordinator's and the agent's)."""
+mined rows every pass, the coordinator's and the agent's). And a fourth, found by reattach
+(a7e5e1b's open note): the new key reattached a failed batch's records and let go the old
+key's later batch holding them, whose settle was open; the old key's coordinator, run once
+as the README says, re-sent those bytes (X debited twice). Now a let-go batch's open
+settle is never re-sent by its key: its nonce goes to a no-op."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import _payer, failed_and_retry, x_fails_y_retried
 from test_coordinator_failure_final import _mine_to
-from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
+from test_coordinator_refund_taken_back import LOT, USDC, Branch, beyond_the_window, spend
 
 from promptex.chain import txlog
 from promptex.chain.deployments import Deployment
@@ -435,3 +439,64 @@ def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_t
     monkeypatch.setattr(chain, "receipt", lambda tx_hash: reads.append(tx_hash) or real(tx_hash))
     new.run_once()
     assert olds and not olds & set(reads)
+
+
+def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_old_keys_once_never_resends_it(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """reattach's check of a7e5e1b's open note. The old key's A (X, Y) reverts at epoch 1,
+    its retry C settles Y, D settles X at epoch 2 (the window modelled as passed); the old
+    coordinator stops, the key rotates. A reorg orphans A, C and D; the new key reopens C
+    and D and sends their bytes again, which the network loses; then it re-includes A
+    (landing: X and Y) and C (reverting). The new key reattaches X and Y to A and lets D go,
+    but cannot fill the old key's nonce: D's settle stays open and the new key waits for
+    that key. The operator runs the old key's coordinator once (README): its open-
+    transaction loop must not send D's bytes again (they would land at epoch 2: X debited
+    twice), but fill D's nonce with its own no-op. Each debited once; the books equal the chain."""
+    keys = _Keys(chain)
+    old = _coordinator(book, chain, "old")
+    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
+    fr = failed_and_retry(old)
+    chain.next_window()
+    with beyond_the_window(old, {s.x_request}):
+        assert old.run_once().confirmed == [(USDC, 2)]
+    later = old.store.batch(old.store.record(s.x_request).batch_id or 0)
+    assert later.epoch == 2 and later.tx_id is not None
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    new = _coordinator(book, chain, "new")
+    chain.mine_blocks(3)
+    assert new.run_once().waiting is not None
+
+    s.fork.reorg_to(chain)  # A, C and D orphaned
+    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
+    chain.hold = True
+    assert "coordinator --once" in (new.run_once().waiting or "")  # C and D reopened, their bytes sent
+    assert old.store.batch(later.id).status == "submitted" and old.store.tx(later.tx_id).status == SENT
+    chain.mempool.clear()  # the network loses them, and re-includes A (lands) and C (reverts)
+    chain.hold = False
+    chain.s.nonce = keys.nonces[COORDINATOR]
+    for raw in fr.raws:
+        chain.broadcast(raw)
+    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+
+    assert "some not yet mined" in (new.run_once().waiting or "")  # A reattached, D let go, its settle open
+    assert old.store.batch(fr.failed.id).status == "confirmed" and old.store.batch(later.id).status == "failed"
+    keys.use(COORDINATOR)  # the operator's way out: the old key's coordinator, once
+    chain.next_window()  # a settlement window later: D's bytes would be valid again
+    sent = len(chain.sent)
+    assert old.run_once().waiting is None
+    (noop,) = [tx for tx in old.store.open_txs() + old.store.landed_txs(0, 0) if tx.purpose == "noop"]
+    assert old.store.tx(later.tx_id).status == "dropped" and (noop.nonce, noop.status) == (2, SUCCEEDED)
+    assert chain.sent[sent:] == [noop.tx_hash]  # D's bytes never sent again: its nonce went to the no-op
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    _mine_to(chain, chain.head() + REORG_WINDOW + 1)
+    for _ in range(3):
+        chain.next_window()
+        assert new.run_once().waiting is None
+
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+    assert chain.last_epoch(USDC) == 1
+    _books_equal_chain(book, chain)

@@ -218,6 +218,8 @@ class Coordinator:
             # In nonce order: a reorg's orphans are re-sent as the network would.
             for tx in self.store.open_txs(self.chain.sender):
                 tx = self.store.tx(tx.id)  # as it is now: a reattach earlier in this loop may have replaced it
+                if (failed := self._let_go_settle(tx)) is not None:
+                    tx = self.store.tx(self._replace(tx, failed))  # its no-op goes now, in its nonce's turn
                 if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
                     self._check_replaced(tx)
             self._register_spend_caps()
@@ -396,14 +398,30 @@ class Coordinator:
             self.chain.broadcast(tx.raw)
         return True
 
-    def _replace(self, tx: StoredTx, batch: Batch) -> None:
+    def _let_go_settle(self, tx: StoredTx) -> Batch | None:
+        """The failed batch of this key's open settle `tx`, if it was let go while the settle
+        was open and neither mined nor passed by this key's nonce (None otherwise): another
+        key's `_reattach` lets go a later batch holding the reattached records but cannot
+        fill this key's nonce, so the settle is left open. Its bytes are never sent again
+        (they would debit those records a second time): its nonce goes to a no-op, as for
+        this key's own let-go batches."""
+        if tx.status != SENT or tx.purpose != "settle":
+            return None
+        batch = self.store.batch_of_tx(tx.id)
+        if batch is None or batch.status != FAILED:
+            return None
+        if self.chain.receipt(tx.tx_hash) is not None or self.chain.nonce() > tx.nonce:
+            return None  # mined, or its nonce gone: resolved as it is, never sent again
+        return batch
+
+    def _replace(self, tx: StoredTx, batch: Batch) -> int:
         """Fill the nonce of a failed batch's orphaned settle with a no-op, stored before it
-        is sent (the pass sends it in nonce order with the rest). On anvil and on a chain
-        whose pools honour replacement by fee the old bytes can then never land; should a
-        node include them anyway, the no-op is found dropped and `_check_replaced` gives
-        the failed batch its records back."""
+        is sent (the pass sends it in nonce order with the rest); returns the no-op's id. On
+        anvil and on a chain whose pools honour replacement by fee the old bytes can then
+        never land; should a node include them anyway, the no-op is found dropped and
+        `_check_replaced` gives the failed batch its records back."""
         noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
-        self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
+        noop_id = self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
         log.warning(
             "%s epoch %d: its failed settle %s (nonce %d) is no longer on chain (a reorg); its records "
             "were let go, so its nonce is filled with the no-op %s, never the old bytes",
@@ -413,6 +431,7 @@ class Coordinator:
             tx.nonce,
             noop.tx_hash,
         )
+        return noop_id
 
     def _check_replaced(self, noop: StoredTx) -> None:
         """The no-op lost its nonce: to another transaction of this key, or to the settle it
