@@ -159,6 +159,28 @@ class SignedTxStore:
             rows = conn.execute(select(t.c.sender, func.max(t.c.block_number)).where(*mined).group_by(t.c.sender)).all()
         return {str(r[0]): int(r[1]) for r in rows if r[1] is not None}
 
+    def others_open(self, sender: str) -> list[StoredTx] | None:
+        """Other keys' open transactions; None when the log holds no open or mined
+        transaction of another key at all (the common case, in one indexed read)."""
+        t = self.txs_table
+        with self._tx() as conn:
+            others = (t.c.sender != sender, t.c.status.in_((SENT, SUCCEEDED, REVERTED)))
+            if conn.execute(select(t.c.id).where(*others).limit(1)).first() is None:
+                return None
+            rows = conn.execute(select(t).where(t.c.sender != sender, t.c.status == SENT).order_by(t.c.nonce)).all()
+        return [_stored(r._mapping) for r in rows]
+
+    def others_unfinal(self, sender: str, deep: int) -> list[tuple[str, int, int, int]]:
+        """Per other key, its transactions open or mined above block `deep`: (key, how many,
+        the newest block among them or 0, how many of them are mined), by key."""
+        t = self.txs_table
+        others = (t.c.sender != sender, t.c.status.in_((SENT, SUCCEEDED, REVERTED)))
+        unfinal = or_(t.c.status == SENT, t.c.block_number > deep)
+        stmt = select(t.c.sender, func.count(), func.max(t.c.block_number), func.count(t.c.block_number))
+        with self._tx() as conn:
+            rows = conn.execute(stmt.where(*others, unfinal).group_by(t.c.sender).order_by(t.c.sender)).all()
+        return [(str(r[0]), int(r[1]), int(r[2] or 0), int(r[3])) for r in rows]
+
     def final_nonce(self, deep: int, sender: str | None = None) -> int:
         """`sender`'s nonces below this one are final: taken in block `deep` or earlier, as
         far as the log knows (a transaction it holds mined there, succeeded or reverted;
@@ -263,27 +285,19 @@ def wait_for_other_keys(
     One thing any key can do: an open one the canonical chain serves a receipt for is
     closed with it, as its own service would (which may have died before it could: the
     old key retired, maybe lost), so that it counts by its depth, not as open for good."""
-    t = store.txs_table
-    others = (t.c.sender != chain.sender, t.c.status.in_((SENT, SUCCEEDED, REVERTED)))
-    with store._tx() as conn:
-        if conn.execute(select(t.c.id).where(*others).limit(1)).first() is None:
-            return  # the common case, without reading the head
-        open_ = conn.execute(select(t.c.id, t.c.tx_hash).where(t.c.sender != chain.sender, t.c.status == SENT)).all()
+    open_ = store.others_open(chain.sender)
+    if open_ is None:
+        return  # the common case, without reading the head
     for row in open_:
-        receipt = chain.receipt(str(row.tx_hash))
+        receipt = chain.receipt(row.tx_hash)
         if receipt is not None:  # closed only while still open (`close_tx`): its own service may race
             status = SUCCEEDED if receipt.ok else REVERTED
-            store.close_tx(int(row.id), status, receipt.block_number, now(), receipt.block_hash)
-    with store._tx() as conn:
-        deep = chain.head() - window
-        unfinal = or_(t.c.status == SENT, t.c.block_number > deep)
-        stmt = select(t.c.sender, func.count(), func.max(t.c.block_number), func.count(t.c.block_number))
-        rows = conn.execute(stmt.where(*others, unfinal).group_by(t.c.sender).order_by(t.c.sender)).all()
+            store.close_tx(row.id, status, receipt.block_number, now(), receipt.block_hash)
+    rows = store.others_unfinal(chain.sender, chain.head() - window)
     if not rows:
         return
     said = []
-    for row in rows:
-        sender, count, newest, mined = str(row[0]), int(row[1]), int(row[2] or 0), int(row[3])
+    for sender, count, newest, mined in rows:
         when = f"newest at block {newest}, final at {newest + window}" if mined == count else "some not yet mined"
         said.append(
             f"the log holds {count} transactions of key {sender} not yet final ({when}): waiting; "
