@@ -125,7 +125,9 @@ def drive(
                 sdk.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": prompt}], max_tokens=own.randint(1, MAX_TOKENS)
                 )
-            except openai.APIError:
+            except openai.APIError as exc:
+                if exc.code == "signing_stopped":
+                    return  # for good: the caller reads why from the proxy's status
                 for process in (proxy, *victims):
                     process.up.wait(120)
                 time.sleep(0.05)
@@ -143,8 +145,9 @@ def drive(
         victim = rng.choice([proxy, *victims])
         victim.kill()
         victim.start()
+    deadline = time.monotonic() + 300
     for thread in threads:
-        thread.join(300)
+        thread.join(max(0.0, deadline - time.monotonic()))
     return len(done)
 
 

@@ -96,7 +96,7 @@ def test_attack__gateway_refuses_forever__ceilings_within_one_hold_of_true_cost(
 ) -> None:
     gateway = RefusingGateway(lanes=1)
     gateway.code, gateway.claim_refused = code, claim_refused
-    signer = make_signer(tmp_path / "v.log", lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1, lane_busy_rest_seconds=0.01)  # its one lane, tried again at once
     client = _client(gateway, signer)
     assert _ask(client) and _ask(client)
     gateway.refusing = True

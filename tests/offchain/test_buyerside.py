@@ -216,6 +216,33 @@ def test_transport__lane_busy_refusal__lane_bounded_then_exact_again(tmp_path: P
     assert lane.exact and lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
 
 
+def test_transport__lane_busy__lane_rests_and_requests_go_to_the_other_lanes(tmp_path: Path) -> None:
+    """A lane still busy at the gateway (a crashed gateway's hold, until it expires) is not
+    tried again at once: every request sent there meanwhile is one more answer that may be
+    lost if a connection drops (the third such on a lane stops signing; seen on CI: a lane
+    retried in a tight loop through three gateway kills). The next requests take the other
+    lanes; with none, a request waits out the rest, never longer than lane_wait_seconds."""
+    gateway = FakeSignedGateway(lanes=2)
+    signer = make_signer(tmp_path / "v.log", lanes=2, lane_busy_rest_seconds=60, lane_wait_seconds=0)
+    client = _client(gateway, signer)
+    _ask(client, 3, max_tokens=4)  # on lane 0 (exact lanes first, lowest index)
+    gateway.book[0].in_flight = True
+    with pytest.raises(openai.APIStatusError) as busy:
+        _ask(client, 3, max_tokens=4)
+    assert (busy.value.status_code, len(gateway.received)) == (409, 2)
+    for _ in range(3):
+        _ask(client, 3, max_tokens=4)
+    assert [v.lane for v in gateway.received[2:]] == [1, 1, 1]  # lane 0 rests
+    signer.book.lanes[1].busy = True  # lane 1 carrying a request: no lane can be used now
+    with pytest.raises(openai.APIStatusError) as none:
+        _ask(client, 3, max_tokens=4)
+    assert (none.value.status_code, len(gateway.received)) == (429, 5)
+    signer.book.lanes[0].rests_until = 0.0  # the rest is over
+    gateway.book[0].in_flight = False
+    _ask(client, 3, max_tokens=4)
+    assert gateway.received[-1].lane == 0 and signer.stopped is None
+
+
 # ─── Recovery ────────────────────────────────────────────────────────────────
 
 

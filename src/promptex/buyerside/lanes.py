@@ -11,6 +11,7 @@ next answer tells the figure again.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -34,6 +35,11 @@ class Lane:
     # refuses forever walk the lane up one hold per refusal.
     live: int = 0
     busy: bool = False
+    # Not tried again before this (time.monotonic()): the gateway answered lane_busy, a
+    # request still in flight there (often a crashed gateway's, until its hold expires).
+    # Each request sent on such a lane risks a hold if its connection drops, so it is
+    # probed now and then, not sent every request.
+    rests_until: float = 0.0
     # Answers without the lane's figures (an error naming no total, a dropped connection)
     # not shown free (`Signer.stop_after_errors`): `pending` of them since the lane's
     # total `errors_from` (exactly known, or a bound: `errors_from_exact`), not yet told
@@ -57,14 +63,32 @@ class LaneBook:
         self._free = threading.Condition()
 
     def acquire(self, timeout: float | None = None) -> Lane:
-        """A free lane, marked busy; waits up to `timeout` seconds for one (None: for ever)."""
+        """A free lane, marked busy; waits up to `timeout` seconds for one (None: for ever).
+        A resting lane (`rest`) is free only once its rest is over."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._free:
-            if not self._free.wait_for(lambda: any(not lane.busy for lane in self.lanes), timeout):
-                raise NoFreeLane(f"all {len(self.lanes)} lanes are carrying a request")
-            # An exactly known lane first: its next check compares exact figures.
-            lane = min((lane for lane in self.lanes if not lane.busy), key=lambda lane: (not lane.exact, lane.index))
-            lane.busy = True
-            return lane
+            while True:
+                now = time.monotonic()
+                idle = [lane for lane in self.lanes if not lane.busy]
+                ready = [lane for lane in idle if lane.rests_until <= now]
+                if ready:
+                    # An exactly known lane first: its next check compares exact figures.
+                    lane = min(ready, key=lambda lane: (not lane.exact, lane.index))
+                    lane.busy = True
+                    return lane
+                if deadline is not None and now >= deadline:
+                    raise NoFreeLane(
+                        f"all {len(self.lanes)} lanes are carrying a request or waiting for one still in flight"
+                    )
+                wake = min((lane.rests_until for lane in idle), default=None)
+                if deadline is not None:
+                    wake = deadline if wake is None else min(wake, deadline)
+                self._free.wait(None if wake is None else max(0.0, wake - now))
+
+    def rest(self, lane: Lane, seconds: float) -> None:
+        """The gateway says `lane` is still busy: not tried again for `seconds`."""
+        with self._free:
+            lane.rests_until = time.monotonic() + seconds
 
     def release(self, lane: Lane) -> None:
         with self._free:

@@ -53,6 +53,10 @@ DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is he
 # answer" forever would walk it too). So a lane gives at most N holds beyond its true cost.
 STOP_AFTER_ERRORS = 3
 LANE_BUSY = "lane_busy"
+# A lane the gateway answered lane_busy on is not tried again for this long: a crashed
+# gateway's hold keeps it busy until the hold expires, and every request sent on it meanwhile
+# is one more answer that may be lost (and counted) if a connection drops again.
+LANE_BUSY_REST_SECONDS = 1.0
 # Refusals no later voucher of this grant can pass (the gateway's codes, gateway.vouchers).
 HOPELESS = frozenset(
     {"session_unknown", "session_ended", "session_not_current", "voucher_bad_signature", "voucher_malformed",
@@ -144,6 +148,7 @@ class Signer:
         default_output_tokens: int = DEFAULT_OUTPUT_TOKENS,
         lane_wait_seconds: float | None = 30.0,
         stop_after_errors: int = STOP_AFTER_ERRORS,
+        lane_busy_rest_seconds: float = LANE_BUSY_REST_SECONDS,
     ) -> None:
         if stop_after_errors < 1:
             raise ValueError("stop_after_errors is at least 1")
@@ -154,6 +159,7 @@ class Signer:
         self.max_hold = max_hold
         self.default_output_tokens = default_output_tokens
         self.lane_wait_seconds = lane_wait_seconds
+        self.lane_busy_rest_seconds = lane_busy_rest_seconds
         self.stop_after_errors = stop_after_errors
         # Why signing stopped, once it has: a stop is on disk (the voucher log), so a
         # restarted signer stays stopped until `resume` (`promptex proxy --resume`).
@@ -471,6 +477,7 @@ class Signer:
             )
             return
         if code == LANE_BUSY:
+            self.book.rest(lane, self.lane_busy_rest_seconds)
             # A request still in flight there (e.g. of a crashed proxy) adds at most up to the
             # accepted vouchers, which an inexact `charged` already bounds. An exactly known
             # lane has nothing of this side in flight: the lane keeps its figure, so a gateway
