@@ -60,3 +60,30 @@ def test_request__fail_every_second__every_second_request_fails(fake: Fake) -> N
         except openai.InternalServerError:
             outcomes.append("fail")
     assert outcomes == ["ok", "fail", "ok", "fail"]
+
+
+def test_chat__caller_gone_before_its_body__answered_499_not_an_exception() -> None:
+    """A killed gateway's request: the connection closes before the body arrives. The fake
+    answers 499 to nobody instead of raising (an "Exception in ASGI application" traceback
+    in every kill test's output)."""
+    import anyio
+
+    from promptex.fakes import create_fake_upstream
+
+    app = create_fake_upstream()
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+        "headers": [(b"authorization", f"Bearer {SELLER_KEY}".encode()), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499

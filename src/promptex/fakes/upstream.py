@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -135,6 +135,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
             return None, _error(400, "invalid JSON", anthropic)
+        except ClientDisconnect:  # the caller went away (a killed gateway): nobody to answer
+            return None, _error(499, "client closed the request", anthropic)
         if not isinstance(body, dict):
             return None, _error(400, "body must be an object", anthropic)
         cfg.last_body = body
