@@ -18,7 +18,15 @@ from promptex.agent.chain import AgentChain
 from promptex.agent.machine import RedemptionMachine, crash_point
 from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.quote import QuoteRefused, check_redemption
-from promptex.agent.store import OPEN_STATUSES, AgentStore, LinkedAccount, Redemption, Rule
+from promptex.agent.store import (
+    OPEN_STATUSES,
+    AgentStore,
+    LinkedAccount,
+    Redemption,
+    Rule,
+    StaleTransition,
+    StillOpen,
+)
 from promptex.chain.txlog import TxPending
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.redemption import account_ref, provider_id
@@ -55,6 +63,14 @@ def link_account(
         user, provider.strip().lower(), account_id, salt, account_ref(account_id, salt), billing_url, sealed, now
     )
     return store.account(linked)
+
+
+class RedemptionPending(TxPending):
+    """A redemption waits for a transaction to be mined (its own, or one before it)."""
+
+    def __init__(self, redemption: Redemption, waiting: TxPending) -> None:
+        self.redemption, self.waiting = redemption, waiting
+        super().__init__(f"redemption {redemption.id} ({redemption.status}) waits for {waiting}")
 
 
 def _wall_clock() -> int:
@@ -181,19 +197,40 @@ class Agent:
     def redeem(
         self, user: str, token: str, usd_micro: int, provider: str, max_tokens_in: int | None = None
     ) -> Redemption:
-        """Start a redemption now (checked first) and advance it as far as it goes."""
+        """Start a redemption now (checked first) and advance it as far as it goes.
+
+        Idempotent: while the user's redemption for that provider with the same token,
+        amount and maximum input is open (an earlier run's, its transaction still pending),
+        it is that one that is advanced, not a second sale (and not quoted again: its own
+        sale may already count against the daily limit). One with other terms is refused
+        (StillOpen). Raises RedemptionPending, naming the redemption, while its transaction
+        (or another key's) is not mined yet."""
         user, token, provider = checksum_address(user), token.upper(), provider.strip().lower()
         account = self.store.account_for(user, provider)
         if account is None:
             raise QuoteRefused("not_linked", f"{user} has no linked {provider} account")
         if max_tokens_in is None:  # the grant's slippage bound is the ceiling
             max_tokens_in = 2**256 - 1
-        self.quote(account, token, usd_micro, max_tokens_in)
-        r = self.store.create(account, token, usd_micro, max_tokens_in, None, self.clock())
-        crash_point("planned")
-        self.machine.wait_for_other_keys()
-        self.machine.resolve_open_txs()
-        return self.machine.advance(r)
+        terms = (token, usd_micro, max_tokens_in)
+        try:
+            r = next(o for o in self.store.redemptions(OPEN_STATUSES, user=user) if o.provider == provider)
+        except StopIteration:
+            self.quote(account, token, usd_micro, max_tokens_in)
+            try:
+                r = self.store.create(account, token, usd_micro, max_tokens_in, None, self.clock())
+            except StillOpen as exc:  # another run created it meanwhile
+                r = exc.redemption
+            crash_point("planned")
+        if (r.token, r.usd_micro, r.max_tokens_in) != terms:
+            raise StillOpen(r)
+        try:
+            self.machine.wait_for_other_keys()
+            self.machine.resolve_open_txs()
+            return self.machine.advance(r)
+        except TxPending as exc:
+            raise RedemptionPending(self.store.get(r.id), exc) from exc
+        except StaleTransition:  # another process (`promptex agent run`) moved it meanwhile
+            return self.store.get(r.id)
 
     def _billing_account(self, a: LinkedAccount) -> BillingAccount:
         credential = self.keys.open(a.sealed).decode()

@@ -145,6 +145,14 @@ class StaleTransition(RuntimeError):
     """The redemption was no longer in the status a step expected (another pass moved it)."""
 
 
+class StillOpen(ValueError):
+    """The user already has a redemption open for that provider (one at a time)."""
+
+    def __init__(self, redemption: Redemption) -> None:
+        self.redemption = redemption
+        super().__init__(f"redemption {redemption.id} for {redemption.provider} is still open ({redemption.status})")
+
+
 class AgentStore(SignedTxStore):
     txs_table = agent_txs
 
@@ -258,16 +266,20 @@ class AgentStore(SignedTxStore):
     def create(
         self, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int, rule_id: int | None, now: int
     ) -> Redemption:
-        """A planned redemption; refused while the user has one open for that provider."""
+        """A planned redemption; refused (StillOpen) while the user has one open for that
+        provider. The linked account's row is locked first, so two creates at once (two
+        `promptex redeem` runs, a rule's pass) queue on PostgreSQL too (SQLite's writers
+        queue on BEGIN IMMEDIATE) and the second sees the first's row."""
         r = agent_redemptions.c
         with self._tx() as conn:
+            conn.execute(select(agent_accounts.c.id).where(agent_accounts.c.id == account.id).with_for_update())
             busy = conn.execute(
-                select(r.id).where(
+                select(agent_redemptions).where(
                     r.user_address == account.user, r.provider == account.provider, r.status.in_(OPEN_STATUSES)
                 )
             ).first()
             if busy is not None:
-                raise ValueError(f"redemption {busy.id} for {account.provider} is still open")
+                raise StillOpen(_redemption(busy))
             new_id: int = conn.execute(
                 insert(agent_redemptions)
                 .values(

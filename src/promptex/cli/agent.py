@@ -19,6 +19,7 @@ from promptex.protocol.units import USD_MICRO
 
 if TYPE_CHECKING:
     from promptex.agent.service import Agent
+    from promptex.agent.store import Redemption
 
 
 def make_agent() -> Agent:
@@ -129,20 +130,38 @@ def agent_rule(user: str, provider: str, token: str, below: str, add: str, max_t
 def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | None) -> None:
     """Sell tokens into the escrow and buy credits on the user's linked account now."""
     from promptex.agent.quote import QuoteRefused
-    from promptex.agent.store import RELEASED
+    from promptex.agent.service import RedemptionPending
+    from promptex.agent.store import RELEASED, StillOpen
     from promptex.chain.txlog import TxPending
 
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)
     try:
         r = make_agent().redeem(user, token, usd_micro(usd), provider, limit)
+    except StillOpen as exc:
+        raise click.ClickException(
+            f"redemption refused: {_named(exc.redemption)} is still open ({exc.redemption.status}), one at a time "
+            f"per provider; `promptex agent run --once` finishes it, `promptex redemptions` shows it"
+        ) from None
     except (QuoteRefused, ValueError, KeyError) as exc:
         raise click.ClickException(f"redemption refused: {exc}") from None
+    except RedemptionPending as exc:
+        raise click.ClickException(
+            f"{_named(exc.redemption)} is {exc.redemption.status}, waiting for {exc.waiting} to be mined; "
+            f"run this same command again, or `promptex agent run --once`, to finish it (it sells once)"
+        ) from None
     except TxPending as exc:
         raise click.ClickException(f"waiting for {exc}; `promptex agent run` finishes it") from None
     click.echo(f"redemption {r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
     if r.status != RELEASED and r.status in ("failed", "rejected", "abandoned", "refunded"):
         raise SystemExit(1)
+
+
+def _named(r: Redemption) -> str:
+    """ "redemption 3 ($20.00 of anthropic credits for CLD)": the one a person looks for."""
+    from promptex.protocol.units import usd_text
+
+    return f"redemption {r.id} ({usd_text(r.usd_micro)} of {r.provider} credits for {r.token})"
 
 
 @click.command("redemptions")

@@ -1,0 +1,181 @@
+"""A redemption whose transaction is still pending when `promptex redeem` gives up
+waiting: the message names the redemption and what to run next, and the same command
+run again (or twice at once) finishes that one instead of starting a second sale."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+from agent_fakes import PAYEE, USER
+from click.testing import CliRunner
+
+from human_units import assert_human
+from promptex.agent.service import RedemptionPending
+from promptex.agent.store import RELEASED, SELLING, AgentStore, LinkedAccount, StillOpen
+from promptex.cli import agent as cli_agent
+from promptex.ledger.db import create_ledger_engine
+from promptex.protocol.units import USD_MICRO as USD
+
+
+@pytest.fixture
+def world(agent_world):
+    return agent_world
+
+
+def _assert_sold_once(world, usd=20 * USD):
+    s = world.chain.s
+    assert s.redeems == 1 and s.releases == 1 and len(world.billing.purchases) == 1
+    assert s.usdc[PAYEE] == usd
+
+
+def test_redeem__tx_pending_then_run_again__the_same_redemption_finishes_one_sale(world):
+    world.chain.hold = True  # mined only at `mine()`: the agent's wait times out
+    with pytest.raises(RedemptionPending) as first:
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert (first.value.redemption.id, first.value.redemption.status) == (1, SELLING)
+    with pytest.raises(RedemptionPending) as again:  # still not mined: the same one, nothing signed anew
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert again.value.redemption.id == 1 and len(world.chain.mempool) == 1
+    world.chain.mine()
+    world.chain.hold = False
+    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert (r.id, r.status) == (1, RELEASED)
+    assert [x.id for x in world.agent().store.redemptions()] == [1]
+    _assert_sold_once(world)
+
+
+def test_redeem__sale_mined_but_unseen_and_it_fills_the_daily_limit__run_again_is_not_refused(world):
+    """The pending sale itself counts against the day's limit once mined: quoting the
+    same redemption again would refuse it ("daily limit") though it only needs finishing."""
+    world.chain.s.limits[(USER, world.chain.token_address("CLD"))] = 5_000 * 10**18  # one $20 sale fits, two do not
+    world.chain.hold = True
+    with pytest.raises(RedemptionPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    world.chain.mine()
+    world.chain.hold = False
+    assert world.agent().redeem(USER, "CLD", 20 * USD, "anthropic").status == RELEASED
+    _assert_sold_once(world)
+
+
+def test_redeem__other_terms_while_one_is_open__refused_naming_the_open_one(world):
+    world.chain.hold = True
+    with pytest.raises(RedemptionPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    with pytest.raises(StillOpen) as refused:
+        world.agent().redeem(USER, "CLD", 30 * USD, "anthropic")
+    assert refused.value.redemption.id == 1 and len(world.chain.mempool) == 1
+
+
+def _cli(world, monkeypatch, usd: str) -> tuple[int, str]:
+    monkeypatch.setattr(cli_agent, "make_agent", world.agent)
+    result = CliRunner().invoke(cli_agent.redeem, ["--user", USER, "--token", "CLD", "--usd", usd, "--to", "anthropic"])
+    assert_human(result.output, "promptex redeem")
+    return result.exit_code, result.output
+
+
+def test_cli_redeem__pending__names_the_redemption_and_the_next_command_then_the_rerun_finishes_it(world, monkeypatch):
+    world.chain.hold = True
+    code, out = _cli(world, monkeypatch, "20")
+    assert code == 1 and out.count("\n") == 1
+    assert "redemption 1 ($20.00 of anthropic credits for CLD) is selling, waiting for redeem tx 0x" in out
+    assert "run this same command again, or `promptex agent run --once`, to finish it" in out
+    code, out = _cli(world, monkeypatch, "25")
+    assert code == 1 and out.count("\n") == 1
+    assert "redemption refused: redemption 1 ($20.00 of anthropic credits for CLD) is still open (selling)" in out
+    world.chain.mine()
+    world.chain.hold = False
+    code, out = _cli(world, monkeypatch, "20")
+    assert (code, out) == (0, "redemption 1: released\n")
+    _assert_sold_once(world)
+
+
+def test_store_create__two_at_once_on_postgresql__the_second_sees_the_first(postgres, world):
+    """Two `promptex redeem` runs at once on PostgreSQL (READ COMMITTED): each checked for
+    an open redemption before the other's insert committed, and both inserted: two sales
+    for one need. The first create is held just before its insert until the second has
+    either finished (the race) or waits on a lock (the fix: the account row is locked)."""
+    from sqlalchemy import event, text
+
+    db = f"agent_two_creates_{os.getpid()}"
+    url = postgres.create_database(db, template="ledger_template")
+    engine = create_ledger_engine(url)
+    watcher = create_ledger_engine(url)
+    try:
+        store = AgentStore(engine)
+        a = world.account
+        linked = store.link_account(
+            a.user, a.provider, a.account_id, a.account_salt, a.account_ref, a.billing_url, a.sealed, 0
+        )  # fmt: skip
+        account = LinkedAccount(
+            linked, a.user, a.provider, a.account_id, a.account_salt, a.account_ref, a.billing_url, a.sealed, None
+        )  # fmt: skip
+        first_at_insert, second_done = threading.Event(), threading.Event()
+        held: set[int] = set()
+
+        def hold_first_insert(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+            if statement.lstrip().upper().startswith("INSERT INTO AGENT_REDEMPTIONS") and not held:
+                held.add(1)
+                first_at_insert.set()
+                while not second_done.is_set():  # until the second finished, or waits on a lock
+                    with watcher.connect() as w:
+                        waiting = w.execute(
+                            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                        ).scalar()
+                    if waiting:
+                        break
+                    second_done.wait(0.05)
+
+        event.listen(engine, "before_cursor_execute", hold_first_insert)
+        results: dict[str, object] = {}
+
+        def create(name: str) -> None:
+            try:
+                results[name] = store.create(account, "CLD", 20 * USD, 10**24, None, 1)
+            except StillOpen as exc:
+                results[name] = exc
+            finally:
+                if name == "second":
+                    second_done.set()
+
+        first = threading.Thread(target=create, args=("first",))
+        first.start()
+        assert first_at_insert.wait(30)
+        second = threading.Thread(target=create, args=("second",))
+        second.start()
+        first.join(60)
+        second.join(60)
+        assert not first.is_alive() and not second.is_alive()
+        assert len(store.redemptions()) == 1
+        assert isinstance(results["second"], StillOpen) and results["second"].redemption.id == results["first"].id
+    finally:
+        engine.dispose()
+        watcher.dispose()
+        postgres.drop_database(db)
+
+
+def test_redeem__run_again_while_the_agent_moves_it__returns_where_it_is_without_a_traceback(world):
+    """`promptex redeem` run again while `promptex agent run` advances the same redemption:
+    the agent's pass buys first, the command's own step then finds the status moved (its
+    conditional update refused) and reports where the redemption is."""
+    world.chain.hold = True
+    with pytest.raises(RedemptionPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    world.chain.mine()
+    world.chain.hold = False
+    rerun = world.agent()
+    real = rerun.machine.billing
+
+    class AgentPassFirst:
+        def balance(self, account):
+            return real.balance(account)
+
+        def add_credits(self, account, usd_micro, key, *, redemption_id):
+            world.agent().run_once(check_rules=False)  # the agent's pass, meanwhile: bought and released
+            return real.add_credits(account, usd_micro, key, redemption_id=redemption_id)
+
+    rerun.machine.billing = AgentPassFirst()
+    r = rerun.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert (r.id, r.status) == (1, RELEASED)
+    _assert_sold_once(world)
