@@ -17,7 +17,11 @@ Restart rules. A stored tx still "sent" is looked up by hash; not mined and its 
 free → the SAME bytes are broadcast again; its nonce taken by another tx → it never ran
 (redeem: back to planned; release: back to receipted). Nothing new is signed while a tx
 is unresolved. A mined tx a reorg orphaned is "sent" again with the step it decided
-(released → releasing; escrowed or failed → selling), and re-sent the same way.
+(released → releasing; escrowed or failed → selling), and re-sent the same way. A
+redeem orphaned after the purchase keeps its step; where the escrow then refuses or
+lacks the receipt's redemption, the re-sent redeem is read (`_sale_moved`): reverted or
+dropped → failed (nothing sold, the credits bought named), another escrow id → rejected
+under that id (the user's USDC is there, refundable after its deadline).
 add_credits is idempotent by key, so calling it again after a crash or a
 timeout returns the first receipt and buys nothing. So a redemption sells once, buys
 once, releases once.
@@ -25,6 +29,7 @@ once, releases once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -257,7 +262,7 @@ class RedemptionMachine:
         call = self._release_call(r)
         reason = self.chain.simulate(call)
         if reason is not None:
-            return self._reject(r, RECEIPTED, f"the escrow refuses the receipt: {reason}")
+            return self._sale_moved(r) or self._reject(r, RECEIPTED, f"the escrow refuses the receipt: {reason}")
         self._send(r, "release", call)
         return self.store.get(r.id)
 
@@ -271,7 +276,7 @@ class RedemptionMachine:
         if closed is not None:
             return closed
         if status == REVERTED:
-            return self._reject(r, RELEASING, f"release tx {tx.tx_hash} reverted")
+            return self._sale_moved(r) or self._reject(r, RELEASING, f"release tx {tx.tx_hash} reverted")
         return self.store.move(r.id, (RELEASING,), RECEIPTED, self.clock(), release_tx_id=None)  # dropped
 
     # ─── Helpers ─────────────────────────────────────────────────────────────
@@ -312,9 +317,15 @@ class RedemptionMachine:
         )  # fmt: skip
 
     def _closed_on_chain(self, r: Redemption) -> Redemption | None:
-        """Released or refunded on chain (by anyone): record it."""
+        """Released or refunded on chain (by anyone): record it. Not the user's, or not
+        there, after the purchase: the sale may have moved (`_sale_moved`)."""
         assert r.chain_redemption_id is not None
-        status = self.chain.redemption(r.chain_redemption_id).status
+        state = self.chain.redemption(r.chain_redemption_id)
+        status = state.status
+        if status not in (STATUS_OPEN, STATUS_RELEASED, STATUS_REFUNDED) or state.user.lower() != r.user.lower():
+            moved = self._sale_moved(r)
+            if moved is not None:
+                return moved
         if status == STATUS_RELEASED:
             return self._released(r, r.status)
         if status == STATUS_REFUNDED:
@@ -322,6 +333,40 @@ class RedemptionMachine:
         if status != STATUS_OPEN:
             raise RuntimeError(f"escrow redemption {r.chain_redemption_id} does not exist")
         return None
+
+    def _sale_moved(self, r: Redemption) -> Redemption | None:
+        """Credits bought for escrow redemption N, and then the redeem that escrowed N
+        orphaned by a reorg and re-sent with its step kept (`AgentStore.reopen_tx`). On
+        the new branch it may revert or lose its nonce (nothing sold: failed, the credits
+        bought named; nothing to refund) or escrow another id (another redeem came first:
+        the receipt names N, so the escrow never releases it; rejected under the id that
+        holds the user's USDC, which the user refunds after its deadline). None: the sale
+        is still N's, or nothing was bought yet (a sale orphaned before the purchase is
+        read again from the selling step). Called where the escrow refuses or lacks N."""
+        if r.redeem_tx_id is None or r.billing_ref is None or r.chain_redemption_id is None:
+            return None
+        tx = self.store.tx(r.redeem_tx_id)
+        status = self.resolve_tx(tx)  # re-sent and still pending: TxPending, the next pass sees it
+        usd = usd_text(r.usd_micro)
+        if status == SUCCEEDED:
+            event = self.chain.redeemed(tx.tx_hash)
+            if event is None or event.redemption_id == r.chain_redemption_id:
+                return None
+            moved = dataclasses.replace(
+                r, chain_redemption_id=event.redemption_id, tokens_in=event.tokens_in, deadline=event.deadline
+            )
+            return self._reject(
+                moved, r.status, f"a chain reorganisation moved the sale to escrow redemption {event.redemption_id} "
+                f"after {usd} of credits were bought for redemption {r.chain_redemption_id}, which the receipt names",
+                chain_redemption_id=event.redemption_id, tokens_in=event.tokens_in, deadline=event.deadline,
+            )  # fmt: skip
+        log.error("redemption %d: its sale was undone by a reorg after the purchase (redeem tx %s %s)",
+                  r.id, tx.tx_hash, status)  # fmt: skip
+        return self._fail(
+            r, r.status, f"a chain reorganisation undid the sale (escrow redemption {r.chain_redemption_id}) after "
+            f"{usd} of credits were bought: its redeem tx {tx.tx_hash} {status} on the new chain",
+            chain_redemption_id=None, tokens_in=None, deadline=None,
+        )  # fmt: skip
 
     def _released(self, r: Redemption, from_: str) -> Redemption:
         usd, sold = f"${r.usd_micro / 1_000_000:,.2f}", money(r.tokens_in or 0, r.token)
@@ -339,17 +384,17 @@ class RedemptionMachine:
     def _notice(self, r: Redemption, kind: str, subject: str, body: str) -> tuple[str, str, str, str]:
         return (f"redemption:{r.id}:{kind}", kind, subject, body)
 
-    def _fail(self, r: Redemption, from_: str, reason: str) -> Redemption:
+    def _fail(self, r: Redemption, from_: str, reason: str, **values: object) -> Redemption:
         log.warning("redemption %d failed: %s", r.id, reason)
         return self.store.move(
-            r.id, (from_,), FAILED, self.clock(), error=reason,
+            r.id, (from_,), FAILED, self.clock(), error=reason, **values,
             notify=self._notice(r, "failed", "Redemption failed: nothing was sold", reason),
         )  # fmt: skip
 
-    def _reject(self, r: Redemption, from_: str, reason: str) -> Redemption:
+    def _reject(self, r: Redemption, from_: str, reason: str, **values: object) -> Redemption:
         log.error("redemption %d: receipt rejected: %s", r.id, reason)
         return self.store.move(
-            r.id, (from_,), REJECTED, self.clock(), error=reason,
+            r.id, (from_,), REJECTED, self.clock(), error=reason, **values,
             notify=self._notice(r, "rejected", "Redemption receipt rejected: refund available",
                                 f"{reason}. After the deadline ({r.deadline}) you can refund redemption "
                                 f"{r.chain_redemption_id} from the escrow."),

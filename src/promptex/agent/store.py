@@ -357,8 +357,9 @@ class AgentStore(SignedTxStore):
         escrowed (nothing bought yet) or failed on its revert is selling again, its escrow
         redemption id read anew from its next receipt. A redeem orphaned after the purchase
         keeps its step: re-sent before the release (a later nonce), it escrows the same id
-        unless another redemption took it meanwhile (then the release is refused and the
-        redemption rejected). Returns what it reopened, for the log."""
+        unless another redemption took it meanwhile (the release is refused: rejected under
+        the id it escrowed) or it reverts on the new branch (failed, the credits bought:
+        `RedemptionMachine._sale_moved`). Returns what it reopened, for the log."""
         r = agent_redemptions.c
         with self._tx() as conn:
             self._reopen_tx(conn, tx.id)

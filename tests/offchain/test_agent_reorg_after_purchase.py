@@ -1,0 +1,92 @@
+"""A redeem a reorg orphans after its credits were bought keeps its step
+(`AgentStore.reopen_tx`) and is re-sent in nonce order before its release. On the new
+branch it may escrow the same id (released again, bought once), revert (the user revoked
+first: nothing sold, the credits bought) or escrow another id (another redeem came first:
+the receipt names the old one). Each ends named, with no second purchase, never a pass
+that raises for good."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from agent_fakes import PAYEE, TOKENS, USER
+
+from human_units import assert_human
+from promptex.agent.store import FAILED, REJECTED, RELEASED
+from promptex.protocol.redemption import STATUS_OPEN
+from promptex.protocol.units import TOKEN_UNIT as TOKEN
+from promptex.protocol.units import USD_MICRO as USD
+
+CLD = TOKENS["CLD"]
+OTHER = "0x" + "22" * 20
+
+
+@pytest.fixture
+def world(agent_world):
+    return agent_world
+
+
+def _released_then_reorged(world):
+    """Redemption 1 sold (escrow id 1), bought and released; then a reorg back to before
+    its sale: the chain holds neither its redeem nor its release."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert (r.status, r.chain_redemption_id) == (RELEASED, 1) and len(world.billing.purchases) == 1
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2]
+    return r
+
+
+def test_reorg__redeem_orphaned_after_the_purchase__re_sent_same_id_released_again_bought_once(world):
+    r = _released_then_reorged(world)
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(r.id)
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 1)
+    s = world.chain.s
+    assert s.redeems == 1 and s.releases == 1 and s.usdc[PAYEE] == 20 * USD
+    assert len(world.billing.purchases) == 1
+
+
+def test_reorg__redeem_orphaned_after_the_purchase_reverts_on_the_new_branch__failed_named_not_stalled(world):
+    """The user's revoke lands before the re-sent redeem: it reverts, nothing is sold and
+    escrow id 1 does not exist. The agent raised "escrow redemption 1 does not exist" on
+    every pass (no other redemption advanced, no notification went out); now the
+    redemption fails naming what happened, and the next pass runs."""
+    r = _released_then_reorged(world)
+    world.chain.s.grants[USER] = ("0x" + "0" * 40, 0, 0, 2)  # revoked first on the new branch
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(r.id)
+    assert after.status == FAILED and after.chain_redemption_id is None
+    assert "reorg" in (after.error or "") and "$20.00 of credits were bought" in (after.error or "")
+    assert world.chain.s.redeems == 0 and world.chain.s.tokens[(USER, CLD)] == 100_000 * TOKEN
+    assert len(world.billing.purchases) == 1  # not bought again
+    note = [n for n in agent.store.notifications() if n.kind == "failed"]
+    assert len(note) == 1 and "nothing was sold" in note[0].subject
+    assert_human(note[0].subject + note[0].body, "the reorg notice")
+    assert agent.run_once(check_rules=False).advanced == {}  # the next pass runs
+
+
+def test_reorg__redeem_orphaned_after_the_purchase_escrows_another_id__rejected_naming_that_id(world):
+    """Another user's redeem comes first on the new branch and takes escrow id 1; ours is
+    escrowed as id 2. The receipt names id 1, so the escrow refuses the release. The agent
+    rejected it naming id 1 (another user's: the user told to refund it could not, and the
+    USDC under id 2 was in nobody's books); now it records id 2 and names it."""
+    r = _released_then_reorged(world)
+    chain = world.chain
+    chain.s.redeems += 1  # another user's redeem, earlier on the new branch, took id 1
+    chain.s.records[1] = {
+        "user": OTHER, "payee": PAYEE, "usdc": 5 * USD, "deadline": chain.time + 3_600, "status": STATUS_OPEN,
+        "hash": b"\x22" * 32,
+    }  # fmt: skip
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(r.id)
+    assert (after.status, after.chain_redemption_id) == (REJECTED, 2)
+    assert after.deadline == chain.s.records[2]["deadline"] and chain.s.records[2]["user"] == USER
+    assert len(world.billing.purchases) == 1 and chain.s.releases == 0
+    note = [n for n in agent.store.notifications() if n.kind == "rejected"]
+    assert len(note) == 1 and "refund redemption 2 " in note[0].body
+    assert_human(note[0].subject + note[0].body, "the reorg notice")
