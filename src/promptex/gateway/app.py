@@ -229,6 +229,17 @@ def create_app(
             if ledger is None:
                 book.close()
             raise
+        if single.serve(claimed):  # alone on an SQLite ledger: every active hold is a dead process's
+            try:
+                ended = await anyio.to_thread.run_sync(book.expire_orphans)
+            except BaseException:
+                single.unserve(claimed)
+                single.release(claimed)
+                if ledger is None:
+                    book.close()
+                raise
+            if ended:
+                log.warning("ended %d holds a stopped gateway process left (nothing charged)", ended)
         checkpointing = settings.gateway_sqlite_checkpoint_seconds > 0 and checkpoints.take_over(book.engine)
         store = GatewayStore(book.engine)
         secret = settings.gateway_master_key.get_secret_value() if settings.gateway_master_key else None
@@ -287,6 +298,7 @@ def create_app(
             state["gateway"].close()
             if checkpointing:
                 await anyio.to_thread.run_sync(checkpoints.checkpoint, book.engine)
+        single.unserve(claimed)
         single.release(claimed)
         if ledger is None:
             book.close()

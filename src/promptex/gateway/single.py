@@ -7,6 +7,12 @@ in one line, instead of queueing every request on the file's write lock: it cann
 the exclusive lock (`flock`) on `<database>.gateway-lock`, which the first holds until it
 exits — also when it is killed, since the kernel drops the lock with the process.
 Within one process the claim is counted, so the CLI and the app it serves may both take it.
+
+So a gateway app that starts serving an SQLite ledger while no other app of its process
+serves it (`serve`) knows every active hold there is a dead process's: it ends them at once
+(`Ledger.expire_orphans`) instead of leaving the crashed gateway's holds — their funds,
+their lots' capacity, a signed lane busy (`409 lane_busy`) — until they expire, up to
+`gateway_hold_ttl_seconds` (300 s) after the crash.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from promptex.config import ConfigurationError
 
 LOCK_SUFFIX = ".gateway-lock"
 _held: dict[Path, tuple[int, int]] = {}  # lock file → (descriptor, claims in this process)
+_serving: dict[Path, int] = {}  # lock file → gateway apps of this process serving its ledger
 _lock = threading.Lock()
 
 
@@ -63,6 +70,33 @@ def claim(url: str) -> Path | None:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _held[path] = (fd, 1)
     return path
+
+
+def serve(path: Path | None) -> bool:
+    """A gateway app of this process starts serving the claimed ledger (`claim`'s path);
+    True when it is the only one: no live process can then have a hold on that ledger in
+    flight (no other process holds the lock, none of this one serves), so every active
+    hold there is a dead process's (`Ledger.expire_orphans`). False without a lock
+    (PostgreSQL, an in-memory database). `unserve` when it stops."""
+    if path is None:
+        return False
+    with _lock:
+        if path not in _held:
+            raise RuntimeError(f"{path} is not claimed by this process")
+        count = _serving.get(path, 0)
+        _serving[path] = count + 1
+        return count == 0
+
+
+def unserve(path: Path | None) -> None:
+    if path is None:
+        return
+    with _lock:
+        count = _serving.get(path, 0)
+        if count <= 1:
+            _serving.pop(path, None)
+        else:
+            _serving[path] = count - 1
 
 
 def release(path: Path | None) -> None:

@@ -494,6 +494,21 @@ class Ledger:
         """End up to `limit` holds past their expiry (status "expired"); returns how many."""
         return self.holds.sweep(limit)
 
+    def expire_orphans(self) -> int:
+        """End every active hold now, as the sweeper ends an expired one (nothing charged);
+        returns how many. Only for a caller that knows no live process holds any: a gateway
+        starting on an SQLite ledger whose one-process lock it holds (`gateway.single`) —
+        every hold then is a dead process's, which no late answer can settle, and would
+        otherwise keep its funds, capacity and signed lane busy for the hold's lifetime."""
+        now = self.clock()
+        self._write(lambda conn: _general.expire_at_once(conn, now))
+        total = 0
+        while True:
+            swept = self.holds.sweep()
+            total += swept
+            if swept == 0:
+                return total
+
     # ─── Lot capacity ────────────────────────────────────────────────────────
 
     def open_lot_capacity(

@@ -539,6 +539,19 @@ def expire(conn: Connection, now: int, limit: int, registered: Mapping[str, Extr
     return len(ended)
 
 
+def expire_at_once(conn: Connection, now: int) -> int:
+    """Every active hold expires now (a sweep then ends it as any expired hold: nothing
+    charged, funds, capacity and extras back); returns how many. Only for holds no live
+    process can settle: see `Ledger.expire_orphans`."""
+    return int(
+        conn.execute(
+            update(holds)
+            .where(holds.c.status == HoldStatus.ACTIVE.value, holds.c.expires_at > now)
+            .values(expires_at=now)
+        ).rowcount
+    )
+
+
 def extend(conn: Connection, request_ids: Sequence[str], expires: int) -> int:
     """Active holds among `request_ids` expire no sooner than `expires`; returns how many."""
     if not request_ids:
