@@ -132,6 +132,11 @@ class PassReport:
     waiting: str | None = None
 
 
+class LeaseLost(TxPending):
+    """The pass outlived its lease (a slow RPC, a receipt waited for): another coordinator
+    may have run a pass since, past the key rule's check, so this one signs nothing more."""
+
+
 def _wall_clock() -> int:
     return int(time.time())
 
@@ -206,7 +211,7 @@ class Coordinator:
             # own key): nothing is planned or sent, this key's receipts are not re-checked,
             # and the lease goes back so that key's coordinator can take it and finish them.
             txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "coordinator", self.clock)
-        except OtherKeyPending as exc:
+        except (OtherKeyPending, LeaseLost) as exc:  # a reattach here holds the lease first
             self.store.release_lease(self.holder)
             report.leader, report.waiting = False, str(exc)
             self._checked_head = None
@@ -222,18 +227,35 @@ class Coordinator:
                     tx = self.store.tx(self._replace(tx, failed))  # its no-op goes now, in its nonce's turn
                 if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
                     self._check_replaced(tx)
+            self._hold_lease()  # renewed between steps too: only one step longer than the lease stops a pass
             self._register_spend_caps()
             self._register_session_keys()
             self._quarantine_unknown_assets()
             self._resolve_quarantine()
             for asset in self.chain.assets():
+                self._hold_lease()
                 self._settle_asset(asset)
             self._expire_lots()
             self._sweep_releases()
+        except LeaseLost as exc:
+            report.leader, report.waiting = False, str(exc)
+            self._checked_head = None
+            log.warning("%s", exc)
         except TxPending as exc:
             report.waiting = str(exc)
             log.info("waiting for %s", exc)
         return report
+
+    def _hold_lease(self) -> None:
+        """Before each transaction this pass signs and each batch it plans: the lease still
+        held without a break, renewed; else LeaseLost. The rule that a key waits for
+        another key's fresh transactions is checked once, at the pass's start, and holds
+        only while no other coordinator (another key: a standby) runs a pass meanwhile."""
+        if not self.store.hold_lease(self.holder, self.clock(), self.lease_seconds):
+            raise LeaseLost(
+                f"the lease of {self.holder} ran out during the pass (longer than {self.lease_seconds} s): "
+                "nothing more is signed; standing by"
+            )
 
     # ─── Transactions ────────────────────────────────────────────────────────
 
@@ -420,6 +442,7 @@ class Coordinator:
         anvil and on a chain whose pools honour replacement by fee the old bytes can then
         never land; should a node include them anyway, the no-op is found dropped and
         `_check_replaced` gives the failed batch its records back."""
+        self._hold_lease()
         noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
         noop_id = self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
         log.warning(
@@ -480,6 +503,7 @@ class Coordinator:
             unlanded = holder.status in (PLANNED, SUBMITTED, CONFIRMED) and not self._landed(holder)
             if holder.epoch != batch.epoch and unlanded:
                 orphaned.append(holder)
+        self._hold_lease()
         noops: list[tuple[StoredTx, SignedTx]] = []  # stored with the rest: a crash cannot leave one to re-send
         for holder in orphaned:
             tx = self.store.tx(holder.tx_id) if holder.tx_id is not None else None
@@ -566,6 +590,7 @@ class Coordinator:
                 reason,
             )
             return
+        self._hold_lease()
         signed = self.chain.sign(call, self.chain.pending_nonce())
         tx_id = self.store.submit(batch.id, signed, self.chain.sender, self.clock())
         log.info("%s epoch %d: settle sent as %s", batch.asset, batch.epoch, signed.tx_hash)
@@ -598,6 +623,7 @@ class Coordinator:
             return
         payload = aggregate(entries, spend_only=spend_only, lots=self._lots)
         root = usage_tree(entries).root
+        self._hold_lease()
         batch = self.store.plan(asset, epoch, entries, payload, root, self.clock())
         log.info("%s epoch %d planned: %d records, %d payers", asset, epoch, len(entries), len(payload.debits))
         crash_point("planned")
@@ -684,6 +710,7 @@ class Coordinator:
             return False
         payload = aggregate(planned.entries, spend_only=spend_only, lots=self._lots)
         payload.signed = [(d.address, d.lane, d.ceiling, d.amount, "0x" + d.signature.hex()) for d in planned.debits]
+        self._hold_lease()
         batch = self.store.plan(asset, epoch, planned.entries, payload, usage_tree(planned.entries).root, self.clock())
         log.info("%s epoch %d planned (signed): %d records, %d lanes", asset, epoch, len(planned.entries),
                  len(planned.debits))  # fmt: skip
@@ -930,6 +957,7 @@ class Coordinator:
             if reason is not None:
                 log.warning("lot %d: expire refused (%s); trying again next pass", state.chain_lot_id, reason)
                 continue
+            self._hold_lease()
             signed = self.chain.sign(call, self.chain.pending_nonce())
             tx_id = self.store.store_expire(signed, self.chain.sender, self.clock())
             if self._broadcast(tx_id) == SUCCEEDED:
@@ -957,6 +985,7 @@ class Coordinator:
             if reason is not None:
                 log.warning("%s: prune refused (%s); trying again next pass", asset, reason)
                 break
+            self._hold_lease()
             signed = self.chain.sign(call, self.chain.pending_nonce())
             tx_id = self.store.store_prune(signed, self.chain.sender, self.clock())
             if self._broadcast(tx_id) != SUCCEEDED:
@@ -1054,6 +1083,7 @@ class Coordinator:
                     close(item.id, REJECTED, reason)
                     log.warning("%s %d of %s refused: %s", function, item.id, item.address, reason)
                     continue
+                self._hold_lease()
                 signed = self.chain.sign(call, self.chain.pending_nonce())
                 tx_id = submit(item.id, signed, self.chain.sender, self.clock())
                 status = self._broadcast(tx_id)

@@ -203,6 +203,18 @@ class CoordinatorStore(SignedTxStore):
             ).rowcount
         return bool(taken == 1)
 
+    def hold_lease(self, holder: str, now: int, ttl: int) -> bool:
+        """Renew the lease only if `holder` has held it without a break (ours, not yet
+        expired): False once it ran out, whether or not another coordinator took it since."""
+        with self._tx() as conn:
+            lease = coordinator_lease.c
+            held = conn.execute(
+                update(coordinator_lease)
+                .where(lease.name == LEASE, lease.holder == holder, lease.expires_at >= now)
+                .values(expires_at=now + ttl)
+            ).rowcount
+        return bool(held == 1)
+
     def release_lease(self, holder: str) -> None:
         with self._tx() as conn:
             conn.execute(
