@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-SYMBOLS = "USDC|CLD|GPT|GEM|LLM|units|smallest units|USD micro"
+SYMBOLS = "USDC|CLD|GPT|GEM|LLM|units|smallest units|token units|USD micro"
 RAW = re.compile(
     rf"(?<![\w.,])(?:\d{{10,}}|\d{{1,3}}(?:,\d{{3}}){{3,}})(?:\.\d+)?(?![\w.,])\s*(?:\(?(?:{SYMBOLS})\b)",
 )

@@ -8,6 +8,9 @@ def test_scan__finds_the_issue_s_raw_amounts() -> None:
     assert raw_amounts("sold 4698712441181960321565 CLD units") == ["4698712441181960321565 CLD"]
     assert raw_amounts("79,228,162,514,264,337,593,543.95 USDC in total") == ["79,228,162,514,264,337,593,543.95 USDC"]
     assert raw_amounts("a cost of 1234567890 units") == ["1234567890 units"]
+    assert raw_amounts("the daily limit leaves 240341030143964715662 token units") == [
+        "240341030143964715662 token units"
+    ]
 
 
 def test_scan__leaves_whole_units_addresses_and_hashes() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from promptex.agent.chain import AgentChain
 from promptex.protocol.redemption import slippage_limit
+from promptex.protocol.units import money
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,14 @@ class QuoteRefused(Exception):
 
 
 def check_redemption(
-    chain: AgentChain, user: str, provider: bytes, account_ref: bytes, token: str, usd_micro: int, max_tokens_in: int
-) -> Quote:
+    chain: AgentChain, user: str, provider: bytes, account_ref: bytes, token: str, usd_micro: int, max_tokens_in: int,
+    *, symbol: str,
+) -> Quote:  # fmt: skip
+    """`symbol` names `token` in the messages (whole tokens for people)."""
+
+    def tokens(amount: int) -> str:
+        return money(amount, symbol)
+
     if usd_micro <= 0:
         raise QuoteRefused("amount", "the USD amount must be positive")
     grant = chain.grant(user)
@@ -64,21 +71,25 @@ def check_redemption(
     tokens_in, honest = quoted
     if tokens_in > max_tokens_in:
         raise QuoteRefused(
-            "above_max", f"the market needs {tokens_in} token units, above the maximum of {max_tokens_in}"
+            "above_max", f"the market needs {tokens(tokens_in)}, above the maximum of {tokens(max_tokens_in)}"
         )
     if tokens_in > honest:
         raise QuoteRefused(
-            "price", f"the pool's price is off its TWAP by more than the 0.5 % the escrow allows ({tokens_in} token "
-            f"units now, at most {honest}); try again once the TWAP has caught up",
+            "price", f"the pool's price is off its TWAP by more than the 0.5 % the escrow allows ({tokens(tokens_in)} "
+            f"now, at most {tokens(honest)}); try again once the TWAP has caught up",
         )  # fmt: skip
     bound = slippage_limit(usd_micro, price, grant.max_slippage_bps)
     if tokens_in > bound:
         raise QuoteRefused(
-            "slippage", f"selling {tokens_in} token units is beyond the grant's slippage (at most {bound} at the TWAP)"
+            "slippage",
+            f"selling {tokens(tokens_in)} is beyond the grant's slippage (at most {tokens(bound)} at the TWAP)",
         )
     left = limit - chain.spent_today(user, token)
     if tokens_in > left:
-        raise QuoteRefused("daily_limit", f"the grant's daily limit leaves {max(0, left)} token units, not {tokens_in}")
+        raise QuoteRefused(
+            "daily_limit", f"the grant's daily limit leaves {tokens(max(0, left))} today, not the {tokens(tokens_in)} "
+            f"the sale needs",
+        )  # fmt: skip
     if chain.token_balance(user, token) < tokens_in:
         raise QuoteRefused("balance", "the user's wallet holds fewer tokens than the sale needs")
     if chain.allowance(user, token) < tokens_in:

@@ -190,7 +190,7 @@ class Agent:
         """Tokens the redemption would sell now; QuoteRefused says why it cannot go through."""
         q = check_redemption(
             self.chain, account.user, provider_id(account.provider), account.account_ref,
-            self.chain.token_address(token), usd_micro, max_tokens_in,
+            self.chain.token_address(token), usd_micro, max_tokens_in, symbol=token,
         )  # fmt: skip
         return q.tokens_in
 
