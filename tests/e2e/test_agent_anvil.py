@@ -205,7 +205,7 @@ def _child(world, billing, step):
     agent = world.agent(billing)
     if step is None:
         agent.run_once(check_rules=False)
-    else:
+    else:  # also "again": the same command run again, crash hook unset
         agent.redeem(USER.address, "CLD", 20 * USD, "anthropic", 6_000 * TOKEN)
 
 
@@ -236,6 +236,23 @@ def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(wor
     assert len(world.events("Released")) == released + 1
     assert balance(billing) == credits + 20 * USD
     assert all(r.status == RELEASED for r in world.agent(billing).store.redemptions())
+
+
+@pytest.mark.parametrize("step", ["redeem_signed", "redeem_broadcast", "billing_answered", "release_broadcast"])
+def test_redeem__kill_9_then_the_same_command_again__the_one_redemption_finishes(world, billing, linked, step):
+    """`promptex redeem` killed mid-way, then run again (not the agent's pass): it finds
+    its open redemption and finishes it; no second sale."""
+    redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
+    credits, count = balance(billing), len(world.agent(billing).store.redemptions())
+    world.twap_catches_up()
+    status = _run(world, billing, step)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert os.WIFEXITED(status := _run(world, billing, "again")) and os.WEXITSTATUS(status) == 0
+    assert len(world.events("Redeemed")) == redeemed + 1
+    assert len(world.events("Released")) == released + 1
+    assert balance(billing) == credits + 20 * USD
+    rows = world.agent(billing).store.redemptions()
+    assert len(rows) == count + 1 and all(r.status == RELEASED for r in rows)
 
 
 def test_agent__release_orphaned_by_a_reorg__released_again_on_the_new_branch(world, billing, linked):
