@@ -13,7 +13,8 @@ import pytest
 from agent_fakes import PAYEE, TOKENS, USER
 
 from human_units import assert_human
-from promptex.agent.store import FAILED, REJECTED, RELEASED
+from promptex.agent import machine
+from promptex.agent.store import FAILED, PURCHASED, REJECTED, RELEASED
 from promptex.protocol.redemption import STATUS_OPEN
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USD
@@ -27,15 +28,37 @@ def world(agent_world):
     return agent_world
 
 
-def _released_then_reorged(world):
-    """Redemption 1 sold (escrow id 1), bought and released; then a reorg back to before
-    its sale: the chain holds neither its redeem nor its release."""
+class Crash(BaseException):
+    pass
+
+
+def _released_then_reorged(world, monkeypatch=None):
+    """Redemption 1 sold (escrow id 1), bought and released (or, given `monkeypatch`,
+    stopped by a crash just after the purchase); then a reorg back to before its sale:
+    the chain holds neither its redeem nor its release."""
     chain = world.chain
     fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
-    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
-    assert (r.status, r.chain_redemption_id) == (RELEASED, 1) and len(world.billing.purchases) == 1
+    if monkeypatch is None:
+        r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+        assert (r.status, r.chain_redemption_id) == (RELEASED, 1)
+    else:
+
+        def crash(at):
+            if at == "purchased":
+                raise Crash(at)
+
+        monkeypatch.setattr(machine, "crash_point", crash)
+        with pytest.raises(Crash):
+            world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+        monkeypatch.setattr(machine, "crash_point", lambda at: None)
+        r = world.agent().store.get(1)
+        assert (r.status, r.chain_redemption_id) == (PURCHASED, 1)
+    assert len(world.billing.purchases) == 1
     chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2]
     return r
+
+
+AT = pytest.mark.parametrize("at", ["released", "purchased"])
 
 
 def test_reorg__redeem_orphaned_after_the_purchase__re_sent_same_id_released_again_bought_once(world):
@@ -49,12 +72,15 @@ def test_reorg__redeem_orphaned_after_the_purchase__re_sent_same_id_released_aga
     assert len(world.billing.purchases) == 1
 
 
-def test_reorg__redeem_orphaned_after_the_purchase_reverts_on_the_new_branch__failed_named_not_stalled(world):
+@AT
+def test_reorg__redeem_orphaned_after_the_purchase_reverts_on_the_new_branch__failed_named_not_stalled(
+    world, monkeypatch, at
+):
     """The user's revoke lands before the re-sent redeem: it reverts, nothing is sold and
     escrow id 1 does not exist. The agent raised "escrow redemption 1 does not exist" on
     every pass (no other redemption advanced, no notification went out); now the
     redemption fails naming what happened, and the next pass runs."""
-    r = _released_then_reorged(world)
+    r = _released_then_reorged(world, monkeypatch if at == "purchased" else None)
     world.chain.s.grants[USER] = ("0x" + "0" * 40, 0, 0, 2)  # revoked first on the new branch
     agent = world.agent()
     agent.run_once(check_rules=False)
@@ -69,12 +95,13 @@ def test_reorg__redeem_orphaned_after_the_purchase_reverts_on_the_new_branch__fa
     assert agent.run_once(check_rules=False).advanced == {}  # the next pass runs
 
 
-def test_reorg__redeem_orphaned_after_the_purchase_escrows_another_id__rejected_naming_that_id(world):
+@AT
+def test_reorg__redeem_orphaned_after_the_purchase_escrows_another_id__rejected_naming_that_id(world, monkeypatch, at):
     """Another user's redeem comes first on the new branch and takes escrow id 1; ours is
     escrowed as id 2. The receipt names id 1, so the escrow refuses the release. The agent
     rejected it naming id 1 (another user's: the user told to refund it could not, and the
     USDC under id 2 was in nobody's books); now it records id 2 and names it."""
-    r = _released_then_reorged(world)
+    r = _released_then_reorged(world, monkeypatch if at == "purchased" else None)
     chain = world.chain
     chain.s.redeems += 1  # another user's redeem, earlier on the new branch, took id 1
     chain.s.records[1] = {
