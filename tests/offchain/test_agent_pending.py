@@ -93,6 +93,16 @@ def test_cli_redeem__pending__names_the_redemption_and_the_next_command_then_the
     _assert_sold_once(world)
 
 
+def test_cli_redeem__after_a_key_rotation__says_it_waits_for_the_old_keys_transactions(world, monkeypatch):
+    code, out = _cli(world, monkeypatch, "20")
+    assert code == 0
+    world.chain.sender, world.chain.s.nonce = "0x000000000000000000000000000000000000bEEF", 0  # a new key
+    code, out = _cli(world, monkeypatch, "10")
+    assert code == 1 and out.count("\n") == 1
+    assert "redemption 2 ($10.00 of anthropic credits for CLD) is planned, waiting: the log holds 2 transactions" in out
+    assert "let that key's agent finish them; run this same command again" in out
+
+
 def test_store_create__two_at_once_on_postgresql__the_second_sees_the_first(postgres, world):
     """Two `promptex redeem` runs at once on PostgreSQL (READ COMMITTED): each checked for
     an open redemption before the other's insert committed, and both inserted: two sales

@@ -132,7 +132,7 @@ def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | Non
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.service import RedemptionPending
     from promptex.agent.store import RELEASED, StillOpen
-    from promptex.chain.txlog import TxPending
+    from promptex.chain.txlog import OtherKeyPending
 
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)
@@ -146,12 +146,15 @@ def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | Non
     except (QuoteRefused, ValueError, KeyError) as exc:
         raise click.ClickException(f"redemption refused: {exc}") from None
     except RedemptionPending as exc:
+        waiting = (
+            f"waiting: {exc.waiting}"  # the old key's transactions after a rotation
+            if isinstance(exc.waiting, OtherKeyPending)
+            else f"waiting for {exc.waiting} to be mined"
+        )
         raise click.ClickException(
-            f"{_named(exc.redemption)} is {exc.redemption.status}, waiting for {exc.waiting} to be mined; "
+            f"{_named(exc.redemption)} is {exc.redemption.status}, {waiting}; "
             f"run this same command again, or `promptex agent run --once`, to finish it (it sells once)"
         ) from None
-    except TxPending as exc:
-        raise click.ClickException(f"waiting for {exc}; `promptex agent run` finishes it") from None
     click.echo(f"redemption {r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
     if r.status != RELEASED and r.status in ("failed", "rejected", "abandoned", "refunded"):
         raise SystemExit(1)
