@@ -186,19 +186,42 @@ def test_old_keys_coordinator_died_with_an_open_settle_the_chain_mined__closed_b
     _books_equal_chain(book, chain)
 
 
-def test_old_keys_open_settle_never_mined__the_new_key_waits__the_way_out_is_that_key_once(
-    book: Ledger, chain: FakeChain
+def on_its_own_nonce(chain: FakeChain, keys: _Keys, key: str, raws: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake chain keeps one nonce (the key in use's): `key`'s bytes in `raws`, sent by
+    anyone, are mined against `key`'s account nonce instead, as a real chain does."""
+    real = chain.broadcast
+
+    def broadcast(raw: str) -> None:
+        if raw not in raws or keys.current == key:
+            return real(raw)
+        in_use, chain.s.nonce = chain.s.nonce, keys.nonces[key]
+        real(raw)
+        keys.nonces[key], chain.s.nonce = chain.s.nonce, in_use
+
+    monkeypatch.setattr(chain, "broadcast", broadcast)
+
+
+def test_old_keys_open_settle_never_mined_its_nonce_taken__the_new_key_waits__the_way_out_is_that_key_once(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The old key's settle was lost (never mined): only that key can prove it dropped or
-    send it again (its nonce, its account), so the new key waits, saying so; running the
-    old key's coordinator once (`promptex coordinator --once` with the old key, as the
-    README says) resolves it, and a window later the new key settles."""
+    """The old key's settle was lost (never mined) and its nonce then taken by a
+    transaction outside the log (a wallet's cancel): the new key sends its bytes again
+    (anyone may), the chain refuses them, and only that key can prove it dropped (its
+    account's nonce), so the new key waits, saying so; running the old key's coordinator
+    once (`promptex coordinator --once` with the old key, as the README says) closes it
+    dropped and settles Z again, and a window later the new key settles."""
     z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
+    (z_tx,) = old.store.open_txs()
+    keys.nonces[COORDINATOR] += 1  # the cancel, mined at the old account's nonce
+    on_its_own_nonce(chain, keys, COORDINATOR, {z_tx.raw}, monkeypatch)
     new = _coordinator(book, chain, "new")
     chain.mine_blocks(2 * REORG_WINDOW)
+    sent = len(chain.sent)
     assert "some not yet mined" in (new.run_once().waiting or "")
+    assert chain.sent[sent:] == [z_tx.tx_hash]  # sent again, refused: its nonce is taken
     keys.use(COORDINATOR)
-    assert old.run_once().confirmed  # the way out: it sends its same bytes again
+    assert old.run_once().confirmed  # the way out: Z's settle closed dropped, Z settled again
+    assert old.store.tx(z_tx.id).status == "dropped"
     old.store.release_lease("old")
     keys.use(NEW_KEY)
     chain.mine_blocks(REORG_WINDOW + 1)
@@ -241,7 +264,7 @@ def test_old_keys_settle_orphaned_while_the_new_key_waits__reopened__never_calle
 
     report = new.run_once()
 
-    assert report.failed == [] and "of key" in (report.waiting or "") and chain.sent[sent:] == [tx.tx_hash]
+    assert report.failed == [] and "of key" in (report.waiting or "") and set(chain.sent[sent:]) == {tx.tx_hash}
     assert new.store.tx(tx.id).status == SENT
     chain.s.nonce = 0  # the old account's nonce: the network includes the re-sent bytes
     chain.broadcast(tx.raw)

@@ -12,6 +12,12 @@ waiting for the other, and a failed settle of each that a reorg takes off the ch
 stops settlement for good (each key's pass stops at the other's before its own no-op).
 Now a pass holds its lease before every transaction it signs and every batch it plans,
 and stops (standing by) once another coordinator has held the lease since.
+
+Second finding: the old key's coordinator died between storing its settle and sending it,
+and the key was rotated because it was lost: the new key waited "some not yet mined" for
+good, though the signed bytes were in the log for anyone to send. Now the new key sends
+them (all but a let-go batch's settle). Held: a rotation back and forth (A→B→A) with B's
+failed settle flipped by a reorg during A's wait.
 """
 
 from __future__ import annotations
@@ -84,3 +90,81 @@ def test_lease_runs_out_mid_pass__a_standby_of_another_key_takes_it__the_old_lea
     keys.use(NEW_KEY)
     assert b.run_once().confirmed == [("CLD", 1)]
     assert chain.s.settlements == [("USDC", 1), ("CLD", 1)]
+
+
+def test_rotation_back_and_forth__a_b_a__the_failed_settle_of_b_flipped_during_as_wait__each_debited_once(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """A→B→A: A settles and stops; B (after A's window) has a settle A1 (X, Y) revert and
+    its retry C settle Y at the same epoch, X quarantined; B stops and the operator goes
+    back to A (a new process, its own rows long deep). A reorg within B's window re-includes
+    A1 (landing) and C (reverting). A, waiting for B's rows, must see it as B would have:
+    X and Y each debited once; the books equal the chain."""
+    from test_breaker_failure_final import _debited
+    from test_breaker_recheck import _books_equal_chain
+    from test_breaker_refund_taken_back import failed_and_retry, x_fails_y_retried
+    from test_coordinator_failure_final import _mine_to
+
+    from promptex.coordinator.service import REORG_WINDOW
+
+    keys = _Keys(chain)
+    old = _coordinator(book, chain, "a")
+    w, _ = buyer(book, chain, "CLD", 10**20)
+    spend(book, w, "CLD", 5, CLD_LOT)
+    chain.next_window()
+    assert old.run_once().confirmed == [("CLD", 1)]
+    old.store.release_lease("a")
+    keys.use(NEW_KEY)
+    b = _coordinator(book, chain, "b")
+    chain.mine_blocks(REORG_WINDOW + 1)
+    chain.next_window()
+    s = x_fails_y_retried(book, chain, b, 1_002, 2_007)
+    fr = failed_and_retry(b)
+    b.store.release_lease("b")
+    keys.use(COORDINATOR)  # back to the first key: a new process
+    a = _coordinator(book, chain, "a2")
+    chain.mine_blocks(3)
+    assert a.run_once().waiting is not None
+    s.fork.reorg_to(chain)  # within B's window
+    for raw in fr.raws:
+        chain.broadcast(raw)  # the network re-includes A1 (lands: X, Y) then C (reverts)
+    chain.s.nonce = keys.nonces[COORDINATOR]
+    _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
+    for _ in range(3):
+        chain.next_window()
+        a.run_once()
+
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+    assert chain.s.settlements.count(("CLD", 1)) == 1
+    _books_equal_chain(book, chain)
+
+
+def test_old_key_died_between_storing_its_settle_and_sending_it__key_lost__the_new_key_sends_its_bytes_settles(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old key's coordinator stored its settle of Z and died before the broadcast (or
+    the network lost it); the key is rotated because it is lost, so its coordinator can
+    never be run again (the README's way out). Its signed bytes are in the log and valid
+    for its account's free nonce: anyone may send them. The new key waited "some not yet
+    mined" for good (only that key's coordinator re-sent them). Now it sends them, they
+    land, and a window later it settles Y: each debited once."""
+    from test_breaker_failure_final import _debited
+    from test_breaker_recheck import _books_equal_chain
+    from test_breaker_rotation import _old_key_dies_with_its_settle_open, on_its_own_nonce
+    from test_coordinator_failure_final import _mine_to
+
+    from promptex.coordinator.service import REORG_WINDOW
+
+    z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
+    (z_tx,) = old.store.open_txs()
+    on_its_own_nonce(chain, keys, COORDINATOR, {z_tx.raw}, monkeypatch)
+    new = _coordinator(book, chain, "new")
+    assert new.run_once().waiting is not None
+    block = new.store.tx(z_tx.id).block
+    assert block is not None  # its bytes sent by the new key, mined, closed by their receipt
+    _mine_to(chain, block + REORG_WINDOW)
+    chain.next_window()
+    report = new.run_once()
+    assert report.waiting is None and len(report.confirmed) == 2
+    assert _debited(chain, z_address) == 3_012 and _debited(chain, y_address) == 2_007
+    _books_equal_chain(book, chain)

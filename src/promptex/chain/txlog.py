@@ -274,7 +274,12 @@ class OtherKeyPending(TxPending):
 
 
 def wait_for_other_keys(
-    store: SignedTxStore, chain: HeadChain, window: int, service: str, now: Callable[[], int]
+    store: SignedTxStore,
+    chain: HeadChain,
+    window: int,
+    service: str,
+    now: Callable[[], int],
+    resend: Callable[[StoredTx], bool] = lambda tx: True,
 ) -> None:
     """Raises OtherKeyPending (logged once, at WARNING) while the log holds a transaction of
     another key that is open or mined less than `window` blocks below the head: after a key
@@ -284,12 +289,20 @@ def wait_for_other_keys(
     finish them. Once `window` deep they are history (a deeper reorg is reconcile's).
     One thing any key can do: an open one the canonical chain serves a receipt for is
     closed with it, as its own service would (which may have died before it could: the
-    old key retired, maybe lost), so that it counts by its depth, not as open for good."""
+    old key retired, maybe lost), so that it counts by its depth, not as open for good.
+    And one not mined is sent again, its same signed bytes (anyone may send them; its own
+    service would): its key's service may have died between storing and sending it, and
+    the key be lost. Unless `resend` says no (the coordinator: a let-go batch's settle,
+    which only its key's no-op may take the nonce of). One whose nonce another transaction
+    took is never mined: only its key's service can prove it dropped."""
     open_ = store.others_open(chain.sender)
     if open_ is None:
         return  # the common case, without reading the head
     for row in open_:
         receipt = chain.receipt(row.tx_hash)
+        if receipt is None and resend(row):
+            chain.broadcast(row.raw)  # the same bytes: idempotent; refused if its nonce is taken
+            receipt = chain.receipt(row.tx_hash)
         if receipt is not None:  # closed only while still open (`close_tx`): its own service may race
             status = SUCCEEDED if receipt.ok else REVERTED
             store.close_tx(row.id, status, receipt.block_number, now(), receipt.block_hash)

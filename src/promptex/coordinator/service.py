@@ -210,7 +210,9 @@ class Coordinator:
             # Another key's transactions not yet final (a rotated key, a standby with its
             # own key): nothing is planned or sent, this key's receipts are not re-checked,
             # and the lease goes back so that key's coordinator can take it and finish them.
-            txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "coordinator", self.clock)
+            txlog.wait_for_other_keys(
+                self.store, self.chain, self.reorg_window, "coordinator", self.clock, self._may_resend
+            )
         except (OtherKeyPending, LeaseLost) as exc:  # a reattach here holds the lease first
             self.store.release_lease(self.holder)
             report.leader, report.waiting = False, str(exc)
@@ -419,6 +421,12 @@ class Coordinator:
         if not ours:  # this key's pass re-sends only its own nonces: another key's bytes go now
             self.chain.broadcast(tx.raw)
         return True
+
+    def _may_resend(self, tx: StoredTx) -> bool:
+        """Whether another key's open transaction's bytes may be sent again by this key: all
+        but the settle of a let-go (failed) batch, whose nonce only its key's no-op may take."""
+        batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
+        return batch is None or batch.status != FAILED
 
     def _let_go_settle(self, tx: StoredTx) -> Batch | None:
         """The failed batch of this key's open settle `tx`, if it was let go while the settle
