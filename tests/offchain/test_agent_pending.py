@@ -217,3 +217,24 @@ def test_redeem__killed_at_every_step_then_the_same_command_again__sold_bought_r
     r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
     assert (r.id, r.status) == (1, RELEASED) and [x.id for x in world.agent().store.redemptions()] == [1]
     _assert_sold_once(world)
+
+
+def test_rule__the_command_creates_one_between_the_rules_check_and_its_create__skipped_not_a_failed_pass(world):
+    """`promptex redeem` creates the user's redemption while the agent's rule check is
+    between its "one in flight?" read and its create: the rule's create is refused
+    (StillOpen), which aborted the whole pass (nothing advanced, the outbox not sent);
+    now the rule is skipped as "in flight" and the pass goes on."""
+    world.agent().add_rule(USER, "anthropic", "CLD", 20 * USD, 20 * USD, 10_000 * 10**18)
+    agent = world.agent()
+    real = agent.billing
+
+    class CommandMeanwhile:
+        def balance(self, account):  # read between the rule's in-flight check and its create
+            store = world.agent().store
+            store.create(store.account_for(USER, "anthropic"), "CLD", 7 * USD, 10**24, None, 0)
+            return real.balance(account)
+
+    agent.billing = CommandMeanwhile()
+    report = agent.run_once(check_rules=True)
+    assert report.fired == [] and "in flight" in next(iter(report.skipped.values()))
+    assert report.advanced == {1: RELEASED} and world.chain.s.redeems == 1

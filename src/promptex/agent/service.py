@@ -179,7 +179,10 @@ class Agent:
                 f"did not fire: {exc}.", self.clock(),
             )  # fmt: skip
             return f"not fired: {exc}"
-        r = self.store.create(account, rule.token, rule.add_usd_micro, rule.max_tokens_in, rule.id, self.clock())
+        try:
+            r = self.store.create(account, rule.token, rule.add_usd_micro, rule.max_tokens_in, rule.id, self.clock())
+        except StillOpen:  # `promptex redeem` created one since the check above
+            return "a redemption is already in flight"
         log.info("rule %d fired: redemption %d (%s, %d USD micro)", rule.id, r.id, rule.provider, r.usd_micro)
         crash_point("planned")
         return f"fired: redemption {r.id}"
