@@ -204,7 +204,7 @@ def test_transport__lane_busy_refusal__lane_bounded_then_exact_again(tmp_path: P
     gateway.book[0].in_flight = True  # e.g. a request of a crashed proxy still running
     with pytest.raises(openai.APIStatusError) as busy:
         _ask(client, 3, max_tokens=4)
-    assert busy.value.status_code == 409
+    assert (busy.value.status_code, busy.value.code) == (429, "no_free_lane")  # its one lane: come back later
     lane = signer.book.lanes[0]
     # Busy, but nothing this side signed is in flight (its lane is known exactly): the lane
     # keeps its figure and the refused voucher counts for nothing (else a gateway answering
@@ -217,30 +217,56 @@ def test_transport__lane_busy_refusal__lane_bounded_then_exact_again(tmp_path: P
 
 
 def test_transport__lane_busy__lane_rests_and_requests_go_to_the_other_lanes(tmp_path: Path) -> None:
-    """A lane still busy at the gateway (a crashed gateway's hold, until it expires) is not
+    """A lane still busy at the gateway (a crashed gateway's hold, until it ends) is not
     tried again at once: every request sent there meanwhile is one more answer that may be
     lost if a connection drops (the third such on a lane stops signing; seen on CI: a lane
-    retried in a tight loop through three gateway kills). The next requests take the other
-    lanes; with none, a request waits out the rest, never longer than lane_wait_seconds."""
+    retried in a tight loop through three gateway kills). The refused request itself is sent
+    again on another lane (the refusal took nothing), so the client never sees a lane it did
+    not choose; the next requests take the other lanes; with none free, 429."""
     gateway = FakeSignedGateway(lanes=2)
     signer = make_signer(tmp_path / "v.log", lanes=2, lane_busy_rest_seconds=60, lane_wait_seconds=0)
     client = _client(gateway, signer)
     _ask(client, 3, max_tokens=4)  # on lane 0 (exact lanes first, lowest index)
     gateway.book[0].in_flight = True
-    with pytest.raises(openai.APIStatusError) as busy:
-        _ask(client, 3, max_tokens=4)
-    assert (busy.value.status_code, len(gateway.received)) == (409, 2)
+    _ask(client, 3, max_tokens=4)  # refused lane_busy on lane 0, answered on lane 1
+    assert [v.lane for v in gateway.received] == [0, 0, 1]
     for _ in range(3):
         _ask(client, 3, max_tokens=4)
-    assert [v.lane for v in gateway.received[2:]] == [1, 1, 1]  # lane 0 rests
+    assert [v.lane for v in gateway.received[3:]] == [1, 1, 1]  # lane 0 rests
     signer.book.lanes[1].busy = True  # lane 1 carrying a request: no lane can be used now
     with pytest.raises(openai.APIStatusError) as none:
         _ask(client, 3, max_tokens=4)
-    assert (none.value.status_code, len(gateway.received)) == (429, 5)
+    assert (none.value.status_code, len(gateway.received)) == (429, 6)
     signer.book.lanes[0].rests_until = 0.0  # the rest is over
     gateway.book[0].in_flight = False
     _ask(client, 3, max_tokens=4)
     assert gateway.received[-1].lane == 0 and signer.stopped is None
+    assert all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
+
+
+def test_transport__every_lane_busy_at_the_gateway__429_no_free_lane_with_retry_after__each_lane_tried_once(
+    tmp_path: Path,
+) -> None:
+    """Every lane held at the gateway (a crashed gateway's holds on PostgreSQL, until they
+    expire): the client gets 429 no_free_lane saying when to come back (Retry-After), not a
+    409 about a lane it never chose; each lane is tried once, nothing is counted against it."""
+    gateway = FakeSignedGateway(lanes=3)
+    signer = make_signer(tmp_path / "v.log", lanes=3, lane_busy_rest_seconds=2.5, lane_wait_seconds=0)
+    client = _client(gateway, signer)
+    _ask(client, 3, max_tokens=4)
+    for held in gateway.book.values():
+        held.in_flight = True
+    with pytest.raises(openai.RateLimitError) as busy:
+        _ask(client, 3, max_tokens=4)
+    assert busy.value.code == "no_free_lane" and busy.value.response.headers["retry-after"] == "3"
+    assert [v.lane for v in gateway.received] == [0, 0, 1, 2]
+    assert signer.stopped is None and all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
+    for held in gateway.book.values():
+        held.in_flight = False
+    for lane in signer.book.lanes:
+        lane.rests_until = 0.0
+    _ask(client, 3, max_tokens=4)
+    assert signer.book.lanes[0].charged == gateway.book[0].charged == sum(gateway.true_costs)
 
 
 # ─── Recovery ────────────────────────────────────────────────────────────────

@@ -91,6 +91,34 @@ def test_proxy__signing_stopped__each_api_refused_in_its_own_shape(tmp_path: Pat
     assert messages.json()["type"] == "error" and messages.json()["error"]["type"] == "signing_stopped"
 
 
+def test_proxy__lane_busy__sent_again_on_another_lane__none_free_429_with_retry_after(tmp_path: Path) -> None:
+    """The proxy as the transport: a request the gateway refuses 409 lane_busy (it took
+    nothing) is signed again on a lane that is free; with none, 429 no_free_lane with
+    Retry-After instead of the gateway's 409 about a lane the client never chose."""
+    gateway = FakeSignedGateway(lanes=2)
+    signer = make_signer(tmp_path / "v.log", lanes=2, lane_busy_rest_seconds=60, lane_wait_seconds=0)
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def main() -> list[httpx.Response]:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        answers = [await local.post("/v1/chat/completions", json=body)]
+        gateway.book[0].in_flight = True
+        answers.append(await local.post("/v1/chat/completions", json=body))  # lane 0 refused: on lane 1
+        gateway.book[1].in_flight = True
+        signer.book.lanes[0].rests_until = 0.0
+        answers.append(await local.post("/v1/chat/completions", json=body))  # both refused
+        return answers
+
+    first, moved, none = asyncio.run(main())
+    assert (first.status_code, moved.status_code) == (200, 200)
+    assert (none.status_code, none.json()["error"]["code"], none.headers["retry-after"]) == (429, "no_free_lane", "60")
+    assert [v.lane for v in gateway.received] == [0, 0, 1, 0, 1]
+    assert signer.stopped is None
+
+
 class _BrokenStream(httpx.AsyncByteStream):
     """A charged stream whose connection drops after its first bytes."""
 

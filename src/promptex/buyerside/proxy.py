@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, error_body, failed
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body, failed
 from promptex.buyerside.transport import metered_path
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
@@ -44,7 +44,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
 
     def refuse(path: str, refused: Refused) -> Response:
         log.warning("refused %s: %s", path, refused.message)
-        return Response(error_body(path, refused), status_code=refused.status, media_type=JSON)
+        return Response(error_body(path, refused), status_code=refused.status, headers=refused.headers())
 
     def outgoing(request: Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() in PASSED}
@@ -69,6 +69,20 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             ticket = await anyio.to_thread.run_sync(signer.begin, path, body, raw)  # may wait for a lane
         except Refused as refused:
             return refuse(path, refused)
+        while True:
+            response = await send(path, raw, body, headers, ticket)
+            if not ticket.lane_busy:
+                return response
+            # Refused lane_busy (it took nothing): sent again on another lane, if one is free.
+            try:
+                again = await anyio.to_thread.run_sync(signer.again, ticket, path, body, raw)  # never waits for a lane
+            except Refused as refused:
+                return refuse(path, refused)
+            if again is None:
+                return response
+            ticket = again
+
+    async def send(path: str, raw: bytes, body: dict[str, Any], headers: dict[str, str], ticket: Ticket) -> Response:
         headers[VOUCHER_HEADER] = ticket.voucher.header()
         try:
             answer = await gateway.send(gateway.build_request("POST", path, content=raw, headers=headers), stream=True)

@@ -16,6 +16,7 @@ The transport (`transport`) and the local proxy (`proxy`) are thin layers over i
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -67,11 +68,17 @@ CACHE_CONTROL = b'"cache_control"'
 
 
 class Refused(Exception):
-    """This side will not sign the request. `status` and `code` shape the error answer."""
+    """This side will not sign the request. `status` and `code` shape the error answer;
+    `retry_after` (seconds), when set, goes out as its Retry-After header."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"content-type": "application/json"} | (
+            {} if self.retry_after is None else {"retry-after": str(self.retry_after)}
+        )
 
 
 @dataclass
@@ -88,6 +95,10 @@ class Ticket:
     exact_before: bool
     done: bool = field(default=False)
     live_before: int = 0  # the lane's `live` before this voucher (restored if it is refused)
+    # The gateway refused it 409 lane_busy (checked: the lane's total within what it
+    # accepted): it took nothing, so the request may be signed again on another lane (`again`).
+    lane_busy: bool = False
+    tries: int = 1  # lanes this request was signed on so far
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,36 @@ class Signer:
 
     def begin(self, path: str, body: dict[str, Any], raw: bytes = b"") -> Ticket:
         """Sign a request's voucher, durably logged; raises Refused instead."""
+        return self._begin(path, body, raw, self.lane_wait_seconds)
+
+    def again(self, ticket: Ticket, path: str, body: dict[str, Any], raw: bytes = b"") -> Ticket | None:
+        """The request of `ticket`, which the gateway refused 409 lane_busy (it took
+        nothing), signed on another lane that is free now; None when it was not refused so.
+        The refused lane rests, so the next is another; raises Refused (429 no_free_lane,
+        Retry-After) when none is free now or every lane was tried: the client is told to
+        come back, not that a lane it never chose is busy. Never waits for a lane."""
+        if not ticket.lane_busy:
+            return None
+        rest = max(1, math.ceil(self.lane_busy_rest_seconds))
+        busy = Refused(
+            429,
+            "no_free_lane",
+            f"the gateway says lane {ticket.lane.index} is busy (a request still in flight there, e.g. a crashed "
+            f"gateway's until its hold ends) and no other lane is free now: retry in {rest} s",
+            retry_after=rest,
+        )
+        if ticket.tries >= len(self.book.lanes):
+            raise busy
+        try:
+            again = self._begin(path, body, raw, 0.0)
+        except Refused as refused:
+            if refused.code != "no_free_lane":
+                raise
+            raise busy from None
+        again.tries = ticket.tries + 1
+        return again
+
+    def _begin(self, path: str, body: dict[str, Any], raw: bytes, wait: float | None) -> Ticket:
         if self.stopped is not None:
             raise Refused(402, "signing_stopped", f"signing stopped: {self.stopped}")
         endpoint = answers.ENDPOINTS.get(path)
@@ -221,7 +262,7 @@ class Signer:
             raise Refused(404, "not_metered", f"{path} is not a metered path")
         hold, bound, rates = self.hold_for(endpoint, body, raw)
         try:
-            lane = self.book.acquire(self.lane_wait_seconds)
+            lane = self.book.acquire(wait)
         except NoFreeLane as exc:
             raise Refused(429, "no_free_lane", str(exc)) from None
         try:
@@ -478,6 +519,7 @@ class Signer:
             return
         if code == LANE_BUSY:
             self.book.rest(lane, self.lane_busy_rest_seconds)
+            ticket.lane_busy = True
             # A request still in flight there (e.g. of a crashed proxy) adds at most up to the
             # accepted vouchers, which an inexact `charged` already bounds. An exactly known
             # lane has nothing of this side in flight: the lane keeps its figure, so a gateway

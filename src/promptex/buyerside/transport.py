@@ -35,9 +35,7 @@ def metered_path(path: str) -> str:
 
 def refusal(path: str, refused: Refused) -> httpx.Response:
     log.warning("refused %s: %s", path, refused.message)
-    return httpx.Response(
-        refused.status, content=error_body(path, refused), headers={"content-type": "application/json"}
-    )
+    return httpx.Response(refused.status, content=error_body(path, refused), headers=refused.headers())
 
 
 class _WatchedStream(httpx.SyncByteStream):
@@ -88,6 +86,20 @@ class PromptexSigningTransport(httpx.BaseTransport):
             return refusal(path, Refused(400, "invalid_request", "the request body is not JSON"))
         except Refused as refused:
             return refusal(path, refused)
+        while True:
+            response = self._send(request, ticket, body)
+            if not ticket.lane_busy:
+                return response
+            # Refused lane_busy (it took nothing): sent again on another lane, if one is free.
+            try:
+                again = self.signer.again(ticket, path, body, raw)
+            except Refused as refused:
+                return refusal(path, refused)
+            if again is None:
+                return response
+            ticket = again
+
+    def _send(self, request: httpx.Request, ticket: Ticket, body: dict[str, object]) -> httpx.Response:
         request.headers[VOUCHER_HEADER] = ticket.voucher.header()
         request.headers[ASSET_HEADER] = self.signer.session.asset_symbol  # the asset the voucher is in
         try:
