@@ -214,7 +214,9 @@ def test_billing__down_until_the_purchase_margin__abandoned_user_refunds(world):
     agent.run_once(check_rules=False)
     r = agent.store.get(r.id)
     assert r.status == ABANDONED and world.billing.balances[ACCOUNT] == 5 * USD
-    assert "abandoned" in [n.kind for n in agent.store.notifications()]
+    notes = [n for n in agent.store.notifications() if n.kind == "abandoned"]
+    assert len(notes) == 1 and str(r.deadline) not in notes[0].body  # the deadline as a date, not unix time
+    assert "UTC (its deadline)" in notes[0].body and "`promptex wallet refund --redemption 1`" in notes[0].body
 
 
 def test_refunded_on_chain__while_escrowed__recorded_as_refunded(world):

@@ -116,4 +116,6 @@ def test_reorg__redeem_orphaned_after_the_purchase_escrows_another_id__rejected_
     assert len(world.billing.purchases) == 1 and chain.s.releases == 0
     note = [n for n in agent.store.notifications() if n.kind == "rejected"]
     assert len(note) == 1 and "refund redemption 2 " in note[0].body
+    assert "(its deadline)" in note[0].body and str(after.deadline) not in note[0].body  # a date, not unix time
+    assert "`promptex wallet refund --redemption 2`" in note[0].body
     assert_human(note[0].subject + note[0].body, "the reorg notice")

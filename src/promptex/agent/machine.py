@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from eth_account import Account
@@ -70,6 +71,15 @@ CRASH_STEPS = (
 )  # fmt: skip
 OPEN_STEPS = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
 REORG_WINDOW = 128  # blocks: receipts this recent are checked still canonical each pass
+
+
+def _utc(unix: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
+
+
+def _refund_command(r: Redemption) -> str:
+    rid = r.chain_redemption_id
+    return f"`promptex wallet refund --redemption {rid}` (RedemptionEscrow.refund({rid}) from your wallet)"
 
 
 def crash_point(step: str) -> None:
@@ -216,8 +226,8 @@ class RedemptionMachine:
                 error=f"no purchase before the refund deadline ({r.error or 'billing unavailable'})",
                 notify=self._notice(r, "abandoned", "Redemption not completed: refund available",
                                     f"The agent could not buy credits for redemption {r.chain_redemption_id}. "
-                                    f"After {r.deadline} (unix time) you can refund its USDC with "
-                                    f"RedemptionEscrow.refund({r.chain_redemption_id})."),
+                                    f"After {_utc(r.deadline)} (its deadline) you can refund its USDC: "
+                                    f"{_refund_command(r)}."),
             )  # fmt: skip
         if self.clock() < r.next_attempt_at:
             return None
@@ -396,6 +406,6 @@ class RedemptionMachine:
         return self.store.move(
             r.id, (from_,), REJECTED, self.clock(), error=reason, **values,
             notify=self._notice(r, "rejected", "Redemption receipt rejected: refund available",
-                                f"{reason}. After the deadline ({r.deadline}) you can refund redemption "
-                                f"{r.chain_redemption_id} from the escrow."),
+                                f"{reason}. After {_utc(r.deadline or 0)} (its deadline) you can refund "
+                                f"redemption {r.chain_redemption_id} from the escrow: {_refund_command(r)}."),
         )  # fmt: skip
