@@ -52,6 +52,7 @@ from promptex.coordinator.store import (
     SUBMITTED,
     Batch,
     CoordinatorStore,
+    LeaseLost,
     ReleaseRefused,
 )
 from promptex.ledger.binding import checksum_address
@@ -132,13 +133,38 @@ class PassReport:
     waiting: str | None = None
 
 
-class LeaseLost(TxPending):
-    """The pass outlived its lease (a slow RPC, a receipt waited for): another coordinator
-    may have run a pass since, past the key rule's check, so this one signs nothing more."""
-
-
 def _wall_clock() -> int:
     return int(time.time())
+
+
+class _Leased:
+    """The chain as a pass resolves its transactions through it (`txlog.resolve_tx`): the
+    lease renewed before each broadcast and between slices of a wait (a third of the lease
+    each), so a leader waiting up to `tx_timeout` for a receipt keeps it, and one that lost
+    it (stopped past it, another took it) sends nothing: LeaseLost."""
+
+    def __init__(self, chain: Chain, keep: Callable[[], None], slice_seconds: float) -> None:
+        self._chain, self._keep, self._slice = chain, keep, slice_seconds
+
+    def receipt(self, tx_hash: str) -> Receipt | None:
+        return self._chain.receipt(tx_hash)
+
+    def nonce(self) -> int:
+        return self._chain.nonce()
+
+    def broadcast(self, raw: str) -> None:
+        self._keep()
+        self._chain.broadcast(raw)
+
+    def wait(self, tx_hash: str, timeout: float) -> Receipt | None:
+        left = timeout
+        while True:
+            self._keep()
+            step = min(left, self._slice)
+            receipt = self._chain.wait(tx_hash, step)
+            left -= step
+            if receipt is not None or left <= 0:
+                return receipt
 
 
 def _waiting(failures: Sequence[Batch], records: Sequence[StoredUsage]) -> dict[str, Batch]:
@@ -202,6 +228,12 @@ class Coordinator:
             self._checked_head = None  # as after a restart: the leader checks receipts meanwhile
             log.info("another coordinator holds the lease; standing by")
             return report
+        # Fenced: each database transaction of the pass first checks the lease, locked, so a
+        # step after it ran out (a wait, a stopped process) writes nothing (LeaseLost).
+        with self.store.fenced(self.holder, self.clock, self.lease_seconds):
+            return self._pass(report)
+
+    def _pass(self, report: PassReport) -> PassReport:
         try:
             # Another key's mined transactions are re-checked first, every pass, this one
             # waiting or not: their own coordinator may be stopped (a rotated key), and a
@@ -249,8 +281,10 @@ class Coordinator:
         return report
 
     def _hold_lease(self) -> None:
-        """Before each transaction this pass signs and each batch it plans: the lease still
-        held without a break, renewed; else LeaseLost. The rule that a key waits for
+        """Before each transaction this pass signs and each batch it plans, each broadcast
+        and each slice of a receipt's wait (`_Leased`): the lease still held without a
+        break, renewed; else LeaseLost. (The pass's database transactions check it too,
+        locked: `CoordinatorStore.fenced`.) The rule that a key waits for
         another key's fresh transactions is checked once, at the pass's start, and holds
         only while no other coordinator (another key: a standby) runs a pass meanwhile."""
         if not self.store.hold_lease(self.holder, self.clock(), self.lease_seconds):
@@ -261,13 +295,20 @@ class Coordinator:
 
     # ─── Transactions ────────────────────────────────────────────────────────
 
+    def _leased(self) -> _Leased:
+        return _Leased(self.chain, self._hold_lease, max(1.0, self.lease_seconds / 3))
+
+    def _send(self, raw: str) -> None:
+        self._hold_lease()
+        self.chain.broadcast(raw)
+
     def _resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
-        return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
+        return txlog.resolve_tx(tx, self._leased(), self.store.close_tx, self.clock, self.tx_timeout)
 
     def _broadcast(self, tx_id: int) -> str:
         tx = self.store.tx(tx_id)
-        return txlog.broadcast_stored(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, crash_point)
+        return txlog.broadcast_stored(tx, self._leased(), self.store.close_tx, self.clock, self.tx_timeout, crash_point)
 
     # ─── Settlement ──────────────────────────────────────────────────────────
 
@@ -325,7 +366,7 @@ class Coordinator:
             # account's, never compared with this key's (it is not dropped because this key's
             # nonce passed it). Its bytes are sent again (anyone may), and it stays open
             # until the chain serves its receipt (`txlog.wait_for_other_keys` closes it then).
-            self.chain.broadcast(tx.raw)
+            self._send(tx.raw)
             raise TxPending(f"{tx.purpose} tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
         status = self._resolve_tx(tx)
         if status == SUCCEEDED or self._landed(batch):
@@ -419,7 +460,7 @@ class Coordinator:
             what,
         )
         if not ours:  # this key's pass re-sends only its own nonces: another key's bytes go now
-            self.chain.broadcast(tx.raw)
+            self._send(tx.raw)
         return True
 
     def _may_resend(self, tx: StoredTx) -> bool:

@@ -6,14 +6,17 @@ it signs. Each method is one transaction, so every state change is all or nothin
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Select, Table, insert, or_, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from promptex.chain.sender import Receipt, SignedTx
-from promptex.chain.txlog import SUCCEEDED, SignedTxStore, StoredTx
+from promptex.chain.txlog import SUCCEEDED, SignedTxStore, StoredTx, TxPending
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -30,6 +33,7 @@ from promptex.ledger import releases as _releases
 from promptex.ledger import sessions as _sessions
 from promptex.ledger import usage as _usage
 from promptex.ledger import wallets as _wallets
+from promptex.ledger.db import READ_ONLY
 from promptex.ledger.errors import InsufficientFunds
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.lanes import Lane
@@ -44,6 +48,7 @@ from promptex.protocol.vault import UNLIMITED
 PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "failed"
 REJECTED, REGISTERED = "rejected", "registered"
 LEASE = "coordinator"
+LEASE_LOCK_TIMEOUT = "2s"  # how long taking the lease waits for a leader's fenced transaction
 # The batches a landed failed batch takes its records back from: another of its epoch.
 _AT_EPOCH = (PLANNED, SUBMITTED, CONFIRMED)
 
@@ -175,6 +180,18 @@ def failed_batches_naming(conn: Connection, records: Sequence[StoredUsage]) -> d
     return found
 
 
+def _hold_lease(conn: Connection, holder: str, clock: Callable[[], int], ttl: int) -> None:
+    """The fence (`CoordinatorStore.fenced`), inside the caller's transaction."""
+    lease = coordinator_lease.c
+    row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE).with_for_update()).first()
+    now = clock()
+    if row is None or row.holder != holder or row.expires_at < now:
+        whose = "no one's" if row is None else f"{row.holder}'s" if row.holder != holder else "expired"
+        raise LeaseLost(f"the lease of {holder} ran out during the pass (now {whose}): nothing more is written")
+    if row.expires_at - now < ttl / 2:
+        conn.execute(update(coordinator_lease).where(lease.name == LEASE).values(expires_at=now + ttl))
+
+
 class ReleaseRefused(ValueError):
     """The amount is not free of unsettled usage: the user must take the trustless exit.
     `code` and `fields` (exact smallest units) are for machines; the message for people."""
@@ -184,29 +201,78 @@ class ReleaseRefused(ValueError):
         self.code, self.fields = code, fields
 
 
+class LeaseLost(TxPending):
+    """The pass outlived its lease (a slow RPC, a receipt waited for, a stopped process):
+    another coordinator may have run a pass since, past the key rule's check, so this one
+    writes, signs and sends nothing more."""
+
+
 class CoordinatorStore(SignedTxStore):
     txs_table = coordinator_txs
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._fence = threading.local()  # this thread's pass: (holder, clock, ttl), or None
+
+    @contextmanager
+    def fenced(self, holder: str, clock: Callable[[], int], ttl: int) -> Iterator[None]:
+        """Within: every transaction of this thread first reads the lease row, locked, and
+        raises LeaseLost (rolled back: nothing written) unless `holder` has held it without
+        a break (ours, not expired; renewed here once half of `ttl` is spent), so a pass
+        that outlived its lease (a long wait, a stopped process) writes nothing once another
+        may have taken it. Locked: on PostgreSQL the row FOR UPDATE, on SQLite every
+        transaction holds the write lock from its BEGIN IMMEDIATE, so no one takes the lease
+        between the check and the commit: a check-then-act that a stop between the two
+        defeats. Other threads (the door's) are not fenced."""
+        self._fence.lease = (holder, clock, ttl)
+        try:
+            yield
+        finally:
+            self._fence.lease = None
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            lease = getattr(self._fence, "lease", None)
+            if lease is not None:
+                _hold_lease(conn, *lease)
+            yield conn
 
     # ─── Lease ───────────────────────────────────────────────────────────────
 
     def acquire_lease(self, holder: str, now: int, ttl: int) -> bool:
-        """Take or renew the leader lease: free, expired, or already ours."""
-        with self._tx() as conn:
-            insert_ignore(conn, coordinator_lease, {"name": LEASE, "holder": holder, "expires_at": now + ttl})
-            taken = conn.execute(
-                update(coordinator_lease)
-                .where(
-                    coordinator_lease.c.name == LEASE,
-                    or_(coordinator_lease.c.holder == holder, coordinator_lease.c.expires_at < now),
-                )
-                .values(holder=holder, expires_at=now + ttl)
-            ).rowcount
+        """Take or renew the leader lease: free, expired, or already ours. False, too, when
+        the row stays locked past LEASE_LOCK_TIMEOUT (PostgreSQL): a leader inside a fenced
+        transaction holds it, and one stopped there (SIGSTOP) would hold it for good.
+        Ours with more than half of `ttl` left: True without a write (or a wait for that row)."""
+        lease = coordinator_lease.c
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+            row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+        if row is not None and row.holder == holder and row.expires_at - now > ttl / 2:
+            return True  # no one may take it before it expires
+        try:
+            with self.engine.begin() as conn:  # never fenced: it is how a lease is taken
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{LEASE_LOCK_TIMEOUT}'"))
+                insert_ignore(conn, coordinator_lease, {"name": LEASE, "holder": holder, "expires_at": now + ttl})
+                taken = conn.execute(
+                    update(coordinator_lease)
+                    .where(
+                        coordinator_lease.c.name == LEASE,
+                        or_(coordinator_lease.c.holder == holder, coordinator_lease.c.expires_at < now),
+                    )
+                    .values(holder=holder, expires_at=now + ttl)
+                ).rowcount
+        except OperationalError as exc:
+            if "lock timeout" not in str(exc):
+                raise
+            return False
         return bool(taken == 1)
 
     def hold_lease(self, holder: str, now: int, ttl: int) -> bool:
         """Renew the lease only if `holder` has held it without a break (ours, not yet
         expired): False once it ran out, whether or not another coordinator took it since."""
-        with self._tx() as conn:
+        with self.engine.begin() as conn:  # a lease operation: never fenced
             lease = coordinator_lease.c
             held = conn.execute(
                 update(coordinator_lease)
@@ -216,7 +282,7 @@ class CoordinatorStore(SignedTxStore):
         return bool(held == 1)
 
     def release_lease(self, holder: str) -> None:
-        with self._tx() as conn:
+        with self.engine.begin() as conn:
             conn.execute(
                 update(coordinator_lease)
                 .where(coordinator_lease.c.name == LEASE, coordinator_lease.c.holder == holder)
