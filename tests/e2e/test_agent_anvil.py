@@ -255,6 +255,35 @@ def test_redeem__kill_9_then_the_same_command_again__the_one_redemption_finishes
     assert len(rows) == count + 1 and all(r.status == RELEASED for r in rows)
 
 
+def test_redeem__the_same_command_twice_at_once__one_redemption_one_sale(world, billing, linked):
+    """Two `promptex redeem` processes with the same terms at once (a double click, a
+    retry while the first still runs): one redemption, sold, bought and released once."""
+    redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
+    credits, count = balance(billing), len(world.agent(billing).store.redemptions())
+    world.twap_catches_up()
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _child(world, billing, "again")
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    assert all(os.WIFEXITED(s) and os.WEXITSTATUS(s) == 0 for s in statuses)
+    assert os.WIFEXITED(_run(world, billing, None))  # a pass finishes whatever the two left
+    assert len(world.events("Redeemed")) == redeemed + 1
+    assert len(world.events("Released")) == released + 1
+    assert balance(billing) == credits + 20 * USD
+    rows = world.agent(billing).store.redemptions()
+    assert len(rows) == count + 1 and all(r.status == RELEASED for r in rows)
+
+
 def test_agent__release_orphaned_by_a_reorg__released_again_on_the_new_branch(world, billing, linked):
     """A reorg below the release (the credits bought, the sale still on chain) left the
     agent's redemption "released" while the escrow held it open again: the user could
