@@ -17,7 +17,9 @@ Restart rules. A stored tx still "sent" is looked up by hash; not mined and its 
 free → the SAME bytes are broadcast again; its nonce taken by another tx → it never ran
 (redeem: back to planned; release: back to receipted). Nothing new is signed while a tx
 is unresolved. A mined tx a reorg orphaned is "sent" again with the step it decided
-(released → releasing; escrowed or failed → selling), and re-sent the same way. A
+(released → releasing; escrowed, or failed and re-included, → selling), and re-sent the
+same way; a failed redemption's redeem off the chain is never sent again (the user was
+told nothing was sold): its nonce goes to a no-op. A
 redeem orphaned after the purchase keeps its step; where the escrow then refuses or
 lacks the receipt's redemption, the re-sent redeem is read (`_sale_moved`): reverted or
 dropped → failed (nothing sold, the credits bought named), another escrow id → rejected
@@ -57,7 +59,7 @@ from promptex.agent.store import (
 )
 from promptex.chain import txlog
 from promptex.chain.sender import Call
-from promptex.chain.txlog import StoredTx
+from promptex.chain.txlog import DROPPED, NOOP, StoredTx
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
 from promptex.protocol.units import money, usd_text
 from promptex.sealing.envelope import MasterKeys
@@ -134,7 +136,10 @@ class RedemptionMachine:
         its block with its outcome, is resolved again with the step it decided
         (`AgentStore.reopen_tx`); `resolve_open_txs` then re-sends them in nonce order."""
         head, orphaned = txlog.orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head)
-        for tx, _ in orphaned:
+        for tx, receipt in orphaned:
+            if receipt is None and self._failed_sale(tx) is not None:
+                self._replace(tx)  # the user was told nothing was sold, and may have redeemed again
+                continue
             what = self.store.reopen_tx(tx, self.clock())
             log.warning("%s tx %s (nonce %d) is no longer on chain as stored (a reorg): %s resolved again",
                         tx.purpose, tx.tx_hash, tx.nonce, what)  # fmt: skip
@@ -142,7 +147,34 @@ class RedemptionMachine:
 
     def resolve_open_txs(self) -> None:
         for tx in self.store.open_txs(self.chain.sender):
-            self.resolve_tx(tx)
+            if self.resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
+                self._check_replaced(tx)
+
+    def _failed_sale(self, tx: StoredTx) -> Redemption | None:
+        """The failed redemption whose redeem `tx` is (None: another transaction)."""
+        r = self.store.redemption_of_redeem(tx.id) if tx.purpose == "redeem" else None
+        return r if r is not None and r.status == FAILED else None
+
+    def _replace(self, tx: StoredTx) -> None:
+        """A failed redemption's redeem the chain no longer holds (a reorg orphaned its
+        revert) is never sent again, as the coordinator never re-sends a failed batch's
+        settle: the user was told nothing was sold and may have redeemed again (a rule
+        fires again), so its bytes, landing now, would sell twice for one need. Its nonce
+        goes to a no-op, stored before it is sent (`resolve_open_txs` sends it in its
+        nonce's turn); the redemption stays failed. Should a node include the old bytes
+        first, the no-op is found dropped and the sale is read again (`_check_replaced`)."""
+        noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
+        self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
+        log.warning("redeem tx %s (nonce %d) of a failed redemption is no longer on chain (a reorg): never sent "
+                    "again, its nonce is filled with the no-op %s", tx.tx_hash, tx.nonce, noop.tx_hash)  # fmt: skip
+
+    def _check_replaced(self, noop: StoredTx) -> None:
+        """The no-op lost its nonce: if to the failed redemption's redeem it replaced (a node
+        re-included the old bytes), the sale happened after all: read again from its receipt."""
+        for old in self.store.dropped_at(noop.nonce, self.chain.sender):
+            if self._failed_sale(old) is not None and self.chain.receipt(old.tx_hash) is not None:
+                what = self.store.reopen_tx(old, self.clock())
+                log.warning("redeem tx %s landed before its no-op: %s resolved again", old.tx_hash, what)
 
     def wait_for_other_keys(self) -> None:
         """Raises `txlog.OtherKeyPending` while the log holds another key's transactions not
@@ -154,11 +186,22 @@ class RedemptionMachine:
         no longer on chain as stored is reopened as this key's own are and its bytes sent
         again at once (this key's pass re-sends only its own nonces); the wait then holds
         until the chain serves its receipt."""
-        for tx, _ in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
+        off: list[str] = []
+        for tx, receipt in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
+            if receipt is None and self._failed_sale(tx) is not None:  # only its key may fill its nonce
+                off.append(f"redeem tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
+                continue
             what = self.store.reopen_tx(tx, self.clock())
             log.warning("%s tx %s (nonce %d) of key %s is no longer on chain as stored (a reorg): %s resolved again",
                         tx.purpose, tx.tx_hash, tx.nonce, tx.sender, what)  # fmt: skip
             self.chain.broadcast(tx.raw)
+        if off:
+            message = (
+                f"failed redemptions' redeems no longer on chain (a reorg), never to be sent again: {', '.join(off)}; "
+                "only their key can fill their nonces: run that key's agent once (`promptex agent run --once`)"
+            )
+            log.warning("%s", message)
+            raise txlog.OtherKeyPending(message)
         txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent", self.clock)
 
     def _send(self, r: Redemption, purpose: str, call: Call) -> str:

@@ -349,6 +349,12 @@ class AgentStore(SignedTxStore):
             self._move(conn, redemption_id, (from_,), now, status=to, **{column: tx_id})
         return tx_id
 
+    def redemption_of_redeem(self, tx_id: int) -> Redemption | None:
+        """The redemption whose redeem transaction is `tx_id`, if any."""
+        with self._tx() as conn:
+            row = conn.execute(select(agent_redemptions).where(agent_redemptions.c.redeem_tx_id == tx_id)).first()
+        return None if row is None else _redemption(row)
+
     def reopen_tx(self, tx: StoredTx, now: int) -> str:
         """A transaction whose receipt a reorg orphaned, unresolved again (the next pass
         re-sends its bytes in nonce order) with the step it decided: a release that
