@@ -5,7 +5,7 @@ on its settle lost the lease at 30 s and the standby ran its own pass during the
 leader stopped (SIGSTOP) past its lease, resumed, went on planning, signing and sending
 beside the standby ("two coordinators never post together" did not hold). rbreak's fix
 (4ff0be1, landed meanwhile) checks the lease before each signed transaction and planned
-batch: a check, then an act, which a stop between the two defeats (the fifth test), and no
+batch: a check, then an act, which a stop between the two defeats (the fourth test), and no
 renewal while a receipt is waited for (the first). Now, besides: a pass renews the lease
 before each broadcast and between slices of a wait, and every database transaction of a
 pass first reads the lease row, locked, and raises LeaseLost once it ran out: a step after
