@@ -75,6 +75,17 @@ def test_rule__market_or_grant_cannot_deliver__not_fired_user_notified_once(worl
     assert world.chain.sent == [] and world.billing.purchases == {}
 
 
+def test_rule__grant_expired__the_email_gives_the_expiry_as_a_date(world):
+    _rule(world)
+    payee = world.chain.grant(USER).payee
+    world.chain.s.grants[USER] = (payee, world.chain.time - 3_600, 100, 1)  # expired an hour ago
+    agent = world.agent()
+    agent.run_once(check_rules=True)
+    (note,) = agent.store.notifications()
+    assert "the user's grant expired at 2027-01-15 07:00:00 UTC" in note.body, note.body
+    assert str(world.chain.time - 3_600) not in note.body
+
+
 def test_rule__redemption_in_flight__does_not_fire_again(world):
     _rule(world)
     world.billing.fail_after_apply = 1  # the purchase's answer is lost: it stays escrowed until the retry

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 
 from eth_account import Account
@@ -61,7 +60,7 @@ from promptex.chain import txlog
 from promptex.chain.sender import Call
 from promptex.chain.txlog import DROPPED, NOOP, StoredTx
 from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
-from promptex.protocol.units import money, usd_text
+from promptex.protocol.units import money, usd_text, utc_text
 from promptex.sealing.envelope import MasterKeys
 
 log = logging.getLogger("promptex.agent")
@@ -73,10 +72,6 @@ CRASH_STEPS = (
 )  # fmt: skip
 OPEN_STEPS = (PLANNED, SELLING, ESCROWED, PURCHASED, RECEIPTED, RELEASING)
 REORG_WINDOW = 128  # blocks: receipts this recent are checked still canonical each pass
-
-
-def _utc(unix: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
 
 def _refund_command(r: Redemption) -> str:
@@ -269,7 +264,7 @@ class RedemptionMachine:
                 error=f"no purchase before the refund deadline ({r.error or 'billing unavailable'})",
                 notify=self._notice(r, "abandoned", "Redemption not completed: refund available",
                                     f"The agent could not buy credits for redemption {r.chain_redemption_id}. "
-                                    f"After {_utc(r.deadline)} (its deadline) you can refund its USDC: "
+                                    f"After {utc_text(r.deadline)} (its deadline) you can refund its USDC: "
                                     f"{_refund_command(r)}."),
             )  # fmt: skip
         if self.clock() < r.next_attempt_at:
@@ -449,6 +444,6 @@ class RedemptionMachine:
         return self.store.move(
             r.id, (from_,), REJECTED, self.clock(), error=reason, **values,
             notify=self._notice(r, "rejected", "Redemption receipt rejected: refund available",
-                                f"{reason}. After {_utc(r.deadline or 0)} (its deadline) you can refund "
+                                f"{reason}. After {utc_text(r.deadline or 0)} (its deadline) you can refund "
                                 f"redemption {r.chain_redemption_id} from the escrow: {_refund_command(r)}."),
         )  # fmt: skip

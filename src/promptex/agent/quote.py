@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from promptex.agent.chain import AgentChain
 from promptex.protocol.redemption import slippage_limit
-from promptex.protocol.units import money
+from promptex.protocol.units import money, utc_text
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def check_redemption(
     if not grant.live:
         raise QuoteRefused("no_grant", "the user has not granted this agent (or revoked the grant)")
     if chain.now() > grant.expiry:
-        raise QuoteRefused("grant_expired", f"the user's grant expired at {grant.expiry}")
+        raise QuoteRefused("grant_expired", f"the user's grant expired at {utc_text(grant.expiry)}")
     limit = chain.daily_limit(user, token)
     if limit == 0:
         raise QuoteRefused("token_not_granted", "the user's grant does not name this token")

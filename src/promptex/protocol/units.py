@@ -5,6 +5,7 @@ USD micro-unit), every provider token 18. Oracle prices are USDC units per 10**1
 token units as an 18-decimal fixed-point number, so PRICE_SCALE converts.
 """
 
+import time
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Literal
 
@@ -107,6 +108,11 @@ def usd_value(amount: int, symbol: str, twap: int | None) -> int | None:
         return None
     value = abs(amount) * twap // PRICE_SCALE
     return -value if amount < 0 else value
+
+
+def utc_text(unix: int) -> str:
+    """A moment for people: "2027-01-15 08:00:00 UTC" (a deadline, an expiry), not unix time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
 
 def usd_text(usd_micro: int, rounding: Rounding = "nearest") -> str:
