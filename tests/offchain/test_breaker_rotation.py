@@ -465,7 +465,7 @@ def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_t
 
 
 def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_old_keys_once_never_resends_it(
-    book: Ledger, chain: FakeChain
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
 ) -> None:
     """reattach's check of a7e5e1b's open note. The old key's A (X, Y) reverts at epoch 1,
     its retry C settles Y, D settles X at epoch 2 (the window modelled as passed); the old
@@ -505,6 +505,9 @@ def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_ol
     assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
 
     assert "some not yet mined" in (new.run_once().waiting or "")  # A reattached, D let go, its settle open
+    said = [r.getMessage() for r in caplog.records if "is let go and never sent again" in r.getMessage()]
+    assert len(said) == 1 and f"of key {COORDINATOR}" in said[0] and "--once" in said[0]  # which key, what to run
+    caplog.clear()
     assert old.store.batch(fr.failed.id).status == "confirmed" and old.store.batch(later.id).status == "failed"
     keys.use(COORDINATOR)  # the operator's way out: the old key's coordinator, once
     chain.next_window()  # a settlement window later: D's bytes would be valid again
@@ -513,6 +516,8 @@ def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_ol
     (noop,) = [tx for tx in old.store.open_txs() + old.store.landed_txs(0, 0) if tx.purpose == "noop"]
     assert old.store.tx(later.tx_id).status == "dropped" and (noop.nonce, noop.status) == (2, SUCCEEDED)
     assert chain.sent[sent:] == [noop.tx_hash]  # D's bytes never sent again: its nonce went to the no-op
+    said = [r.getMessage() for r in caplog.records if noop.tx_hash in r.getMessage()]
+    assert len(said) == 1 and "was let go while open" in said[0] and "a reorg" not in said[0]
     old.store.release_lease("old")
     keys.use(NEW_KEY)
     _mine_to(chain, chain.head() + REORG_WINDOW + 1)

@@ -258,7 +258,8 @@ class Coordinator:
             for tx in self.store.open_txs(self.chain.sender):
                 tx = self.store.tx(tx.id)  # as it is now: a reattach earlier in this loop may have replaced it
                 if (failed := self._let_go_settle(tx)) is not None:
-                    tx = self.store.tx(self._replace(tx, failed))  # its no-op goes now, in its nonce's turn
+                    let_go = "was let go while open (another key's reattach took its records)"
+                    tx = self.store.tx(self._replace(tx, failed, let_go))  # its no-op goes now, in its nonce's turn
                 if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
                     self._check_replaced(tx)
             self._hold_lease()  # renewed between steps too: only one step longer than the lease stops a pass
@@ -485,7 +486,7 @@ class Coordinator:
             return None  # mined, or its nonce gone: resolved as it is, never sent again
         return batch
 
-    def _replace(self, tx: StoredTx, batch: Batch) -> int:
+    def _replace(self, tx: StoredTx, batch: Batch, why: str = "is no longer on chain (a reorg)") -> int:
         """Fill the nonce of a failed batch's orphaned settle with a no-op, stored before it
         is sent (the pass sends it in nonce order with the rest); returns the no-op's id. On
         anvil and on a chain whose pools honour replacement by fee the old bytes can then
@@ -495,12 +496,13 @@ class Coordinator:
         noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
         noop_id = self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
         log.warning(
-            "%s epoch %d: its failed settle %s (nonce %d) is no longer on chain (a reorg); its records "
-            "were let go, so its nonce is filled with the no-op %s, never the old bytes",
+            "%s epoch %d: its failed settle %s (nonce %d) %s; its records were let go, so its nonce is "
+            "filled with the no-op %s, never the old bytes",
             batch.asset,
             batch.epoch,
             tx.tx_hash,
             tx.nonce,
+            why,
             noop.tx_hash,
         )
         return noop_id
@@ -572,6 +574,18 @@ class Coordinator:
                 tx.nonce,
                 noop.tx_hash,
             )
+        for holder in orphaned:  # another key's open settle: only that key may take its nonce
+            tx = self.store.tx(holder.tx_id) if holder.tx_id is not None else None
+            if tx is not None and tx.status == SENT and tx.sender not in (None, self.chain.sender):
+                log.warning(
+                    "%s epoch %d: settle %s (nonce %d) of key %s, of a later batch holding its records, is let go "
+                    "and never sent again; only that key can fill its nonce: run that key's coordinator --once",
+                    batch.asset,
+                    batch.epoch,
+                    tx.tx_hash,
+                    tx.nonce,
+                    tx.sender,
+                )
         self._lanes_settled(batch)  # a signed batch: its lanes as the vault now has them, as `_confirm` does
         self._report.taken_back += len(done.taken_back)
         for request_id in done.taken_back:
