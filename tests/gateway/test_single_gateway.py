@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from promptex.gateway import single
+from promptex.config import Settings
+from promptex.gateway import create_app, limits, single
+from promptex.gateway.limits import LimitCounters, Plan
+from promptex.gateway.store import GatewayStore
+from promptex.ledger import ExtraTake, Ledger, Reservation
+from promptex.protocol.units import USD_MICRO as USDC
+from promptex.serving import ServerThread
+
+from .test_limits import HOLD, TOKENS, fund
 
 
 def test_serve__only_the_first_app_of_the_lock_holder_is_alone__none_without_a_lock(tmp_path: Path) -> None:
@@ -34,3 +42,39 @@ def test_serve__only_the_first_app_of_the_lock_holder_is_alone__none_without_a_l
     assert single.claim("postgresql://u@127.0.0.1/ledger") is None
     assert single.serve(None) is False
     assert single.serve(single.claim("sqlite://")) is False
+
+
+def test_restarted_gateway__a_dead_ones_hold_took_a_keys_limits__it_starts_and_ends_the_hold(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Found by gbreak (session 9): a starting gateway ended a dead one's holds
+    (`expire_orphans`) before it had registered its limits counter (`LimitCounters`, made by
+    `Gateway`): a hold that took a key's budget or limits could not be ended ("a hold took
+    the extra counter 'limits', which this process has not registered") and the gateway did
+    not start — nor any restart after it, the hold already marked expired and never swept."""
+    url = f"sqlite:///{tmp_path}/ledger.sqlite3"
+    dead = Ledger.open(url, sqlite_synchronous="NORMAL")  # the killed gateway's view
+    counters = LimitCounters(dead.clock)
+    dead.holds.register(counters)
+    try:
+        account = fund(dead, 10 * USDC)
+        key = GatewayStore(dead.engine).add_api_key(
+            "h" * 64, "px-limited", account, dead.clock(), budget=("USDC", 2 * HOLD)
+        )
+        counters.plan("in-flight", Plan([], TOKENS, key.id))
+        dead.holds.reserve(
+            Reservation("in-flight", account, "USDC", HOLD, 300, extras=(ExtraTake(limits.NAME, TOKENS),))
+        )
+        counters.plan("in-flight", None)
+    finally:
+        dead.close()
+    book = Ledger.open(url, sqlite_synchronous="NORMAL")
+    try:
+        app = create_app(settings, ledger=book)
+        with ServerThread(app, **app.uvicorn_options()):
+            hold = book.hold("in-flight")
+            assert hold is not None and hold.status.value == "expired"  # long before its 300 s
+            assert book.balance(account, "USDC").held == 0
+        book.check()
+    finally:
+        book.close()

@@ -229,17 +229,6 @@ def create_app(
             if ledger is None:
                 book.close()
             raise
-        if single.serve(claimed):  # alone on an SQLite ledger: every active hold is a dead process's
-            try:
-                ended = await anyio.to_thread.run_sync(book.expire_orphans)
-            except BaseException:
-                single.unserve(claimed)
-                single.release(claimed)
-                if ledger is None:
-                    book.close()
-                raise
-            if ended:
-                log.warning("ended %d holds a stopped gateway process left (nothing charged)", ended)
         checkpointing = settings.gateway_sqlite_checkpoint_seconds > 0 and checkpoints.take_over(book.engine)
         store = GatewayStore(book.engine)
         secret = settings.gateway_master_key.get_secret_value() if settings.gateway_master_key else None
@@ -254,6 +243,20 @@ def create_app(
             state["gateway"] = _app.state.gateway = Gateway(
                 settings, book, store, registry, metering.load_catalog(settings.model_catalog), client, twaps
             )
+            # Alone on an SQLite ledger: every active hold is a dead process's. Ended once the
+            # Gateway registered its extras (its limits counter): a dead hold may have taken them.
+            if single.serve(claimed):
+                try:
+                    ended = await anyio.to_thread.run_sync(book.expire_orphans)
+                except BaseException:
+                    state["gateway"].close()
+                    single.unserve(claimed)
+                    single.release(claimed)
+                    if ledger is None:
+                        book.close()
+                    raise
+                if ended:
+                    log.warning("ended %d holds a stopped gateway process left (nothing charged)", ended)
 
             await anyio.to_thread.run_sync(_app.state.gateway.treasury)
             await anyio.to_thread.run_sync(_app.state.gateway.refresh_epochs)
