@@ -168,3 +168,43 @@ def test_old_key_died_between_storing_its_settle_and_sending_it__key_lost__the_n
     assert report.waiting is None and len(report.confirmed) == 2
     assert _debited(chain, z_address) == 3_012 and _debited(chain, y_address) == 2_007
     _books_equal_chain(book, chain)
+
+
+def test_old_keys_once_while_the_new_keys_door_holds_the_lease__says_it_stood_by_and_why(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's way out, followed literally: the new key waits for the old key's open
+    settle (its nonce taken outside the log: only that key can prove it dropped) and the
+    operator runs the old key's `coordinator --once`. Meanwhile a wallet's instant exit at
+    the new coordinator's door took the lease (the door answers only as leader). The old
+    key's pass stands by, and its report said nothing (`waiting` null: the operator takes
+    the way out as done while the new key waits on). Now it says why and what to do."""
+    from coordinator_fakes import ADDRESSES, CHAIN_ID, VAULT
+    from test_breaker_rotation import _old_key_dies_with_its_settle_open, on_its_own_nonce
+
+    from promptex.coordinator.door import Door, Refused
+    from promptex.coordinator.requests import Place
+
+    _, _, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
+    (z_tx,) = old.store.open_txs()
+    keys.nonces[COORDINATOR] += 1  # the old account's nonce taken outside the log
+    on_its_own_nonce(chain, keys, COORDINATOR, {z_tx.raw}, monkeypatch)
+    new = _coordinator(book, chain, "new")
+    assert "some not yet mined" in (new.run_once().waiting or "")
+    door = Door(new, Place(CHAIN_ID, VAULT, ADDRESSES))
+    monkeypatch.setattr("promptex.coordinator.door.parse_exit_request", lambda *a: _Request())
+    with pytest.raises(Refused, match="not bound"):  # an exit request (here refused) takes the lease first
+        door.exit({})
+    keys.use(COORDINATOR)
+
+    report = old.run_once()  # the operator's `promptex coordinator --once` with the old key
+
+    assert report.leader is False and old.store.tx(z_tx.id).status == "sent"
+    assert "lease" in (report.waiting or "") and "again" in (report.waiting or "")
+
+
+class _Request:
+    account = "0x" + "12" * 20
+    asset = "USDC"
+    amount = 1
+    nonce = 0

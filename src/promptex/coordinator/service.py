@@ -226,6 +226,12 @@ class Coordinator:
         if not self.store.acquire_lease(self.holder, self.clock(), self.lease_seconds):
             report.leader = False
             self._checked_head = None  # as after a restart: the leader checks receipts meanwhile
+            # Said in the report too: `--once` stood by and did nothing (the README's way out
+            # after a rotation, run while the other coordinator's pass or door held the lease).
+            report.waiting = (
+                "another coordinator holds the lease (its pass, or its door answering an instant exit): "
+                "this one stood by and did nothing; it tries again next pass (with --once: run it again)"
+            )
             log.info("another coordinator holds the lease; standing by")
             return report
         # Fenced: each database transaction of the pass first checks the lease, locked, so a
