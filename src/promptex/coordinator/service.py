@@ -237,7 +237,18 @@ class Coordinator:
         # Fenced: each database transaction of the pass first checks the lease, locked, so a
         # step after it ran out (a wait, a stopped process) writes nothing (LeaseLost).
         with self.store.fenced(self.holder, self.clock, self.lease_seconds):
-            return self._pass(report)
+            try:
+                return self._pass(report)
+            except Exception:
+                # A pass that failed (its node down, a database error) gives the lease back:
+                # else a leader whose every pass fails keeps it for good and a standby with a
+                # working node never leads. Alone, this coordinator takes it again next pass.
+                self._checked_head = None
+                try:
+                    self.store.release_lease(self.holder)
+                except Exception:  # the database itself: the lease runs out by itself
+                    log.warning("the lease of %s could not be given back after a failed pass", self.holder)
+                raise
 
     def _pass(self, report: PassReport) -> PassReport:
         try:
