@@ -208,3 +208,30 @@ class _Request:
     asset = "USDC"
     amount = 1
     nonce = 0
+
+
+def test_old_keys_open_settle_sent_again__the_node_refuses_it__the_new_key_waits_as_before_no_error(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new key sends the old key's open bytes again (21af1c0); a node may refuse them
+    for a reason the sender does not take as done (the old account drained after the
+    rotation: no gas). The pass must not fail with it (every pass an error, `--once` a
+    traceback): it waits, as before, saying so."""
+    from test_breaker_rotation import _old_key_dies_with_its_settle_open
+
+    _, _, old, _ = _old_key_dies_with_its_settle_open(book, chain, mined=False)
+    (z_tx,) = old.store.open_txs()
+    real = chain.broadcast
+
+    def broadcast(raw: str) -> None:
+        if raw == z_tx.raw:
+            raise ValueError("insufficient funds for gas * price + value")
+        real(raw)
+
+    monkeypatch.setattr(chain, "broadcast", broadcast)
+    new = _coordinator(book, chain, "new")
+
+    report = new.run_once()
+
+    assert report.leader is False and "some not yet mined" in (report.waiting or "")
+    assert old.store.tx(z_tx.id).status == "sent"

@@ -301,7 +301,11 @@ def wait_for_other_keys(
     for row in open_:
         receipt = chain.receipt(row.tx_hash)
         if receipt is None and resend(row):
-            chain.broadcast(row.raw)  # the same bytes: idempotent; refused if its nonce is taken
+            try:
+                chain.broadcast(row.raw)  # the same bytes: idempotent; refused if its nonce is taken
+            except Exception as exc:  # noqa: BLE001 (a best effort: e.g. that account no longer pays gas)
+                log.warning("%s tx %s of key %s not sent again: the node refused it (%s)", row.purpose,
+                            row.tx_hash, row.sender, exc)  # fmt: skip
             receipt = chain.receipt(row.tx_hash)
         if receipt is not None:  # closed only while still open (`close_tx`): its own service may race
             status = SUCCEEDED if receipt.ok else REVERTED
