@@ -224,30 +224,15 @@ def _run(world, billing, step):
     return status
 
 
-@pytest.mark.parametrize("step", CRASH_STEPS)
-def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(world, billing, linked, step):
-    redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
-    credits = balance(billing)
-    world.twap_catches_up()
-    status = _run(world, billing, step)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # it did die there
-    assert os.WIFEXITED(_run(world, billing, None))  # the restart finishes it
-    assert len(world.events("Redeemed")) == redeemed + 1
-    assert len(world.events("Released")) == released + 1
-    assert balance(billing) == credits + 20 * USD
-    assert all(r.status == RELEASED for r in world.agent(billing).store.redemptions())
+def _before(world, billing):
+    """What one more redemption is counted against: events, the payee's credits, rows."""
+    return (len(world.events("Redeemed")), len(world.events("Released")), balance(billing),
+            len(world.agent(billing).store.redemptions()))  # fmt: skip
 
 
-@pytest.mark.parametrize("step", ["redeem_signed", "redeem_broadcast", "billing_answered", "release_broadcast"])
-def test_redeem__kill_9_then_the_same_command_again__the_one_redemption_finishes(world, billing, linked, step):
-    """`promptex redeem` killed mid-way, then run again (not the agent's pass): it finds
-    its open redemption and finishes it; no second sale."""
-    redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
-    credits, count = balance(billing), len(world.agent(billing).store.redemptions())
-    world.twap_catches_up()
-    status = _run(world, billing, step)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    assert os.WIFEXITED(status := _run(world, billing, "again")) and os.WEXITSTATUS(status) == 0
+def _assert_one_more_released(world, billing, before) -> None:
+    """Exactly one more redemption: sold once, released once, $20 of credits bought once."""
+    redeemed, released, credits, count = before
     assert len(world.events("Redeemed")) == redeemed + 1
     assert len(world.events("Released")) == released + 1
     assert balance(billing) == credits + 20 * USD
@@ -255,11 +240,32 @@ def test_redeem__kill_9_then_the_same_command_again__the_one_redemption_finishes
     assert len(rows) == count + 1 and all(r.status == RELEASED for r in rows)
 
 
+@pytest.mark.parametrize("step", CRASH_STEPS)
+def test_agent__kill_9_at_each_step__one_redemption_one_purchase_one_release(world, billing, linked, step):
+    before = _before(world, billing)
+    world.twap_catches_up()
+    status = _run(world, billing, step)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # it did die there
+    assert os.WIFEXITED(_run(world, billing, None))  # the restart finishes it
+    _assert_one_more_released(world, billing, before)
+
+
+@pytest.mark.parametrize("step", ["redeem_signed", "redeem_broadcast", "billing_answered", "release_broadcast"])
+def test_redeem__kill_9_then_the_same_command_again__the_one_redemption_finishes(world, billing, linked, step):
+    """`promptex redeem` killed mid-way, then run again (not the agent's pass): it finds
+    its open redemption and finishes it; no second sale."""
+    before = _before(world, billing)
+    world.twap_catches_up()
+    status = _run(world, billing, step)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert os.WIFEXITED(status := _run(world, billing, "again")) and os.WEXITSTATUS(status) == 0
+    _assert_one_more_released(world, billing, before)
+
+
 def test_redeem__the_same_command_twice_at_once__one_redemption_one_sale(world, billing, linked):
     """Two `promptex redeem` processes with the same terms at once (a double click, a
     retry while the first still runs): one redemption, sold, bought and released once."""
-    redeemed, released = len(world.events("Redeemed")), len(world.events("Released"))
-    credits, count = balance(billing), len(world.agent(billing).store.redemptions())
+    before = _before(world, billing)
     world.twap_catches_up()
     pids = []
     for _ in range(2):
@@ -277,11 +283,7 @@ def test_redeem__the_same_command_twice_at_once__one_redemption_one_sale(world, 
     statuses = [os.waitpid(pid, 0)[1] for pid in pids]
     assert all(os.WIFEXITED(s) and os.WEXITSTATUS(s) == 0 for s in statuses)
     assert os.WIFEXITED(_run(world, billing, None))  # a pass finishes whatever the two left
-    assert len(world.events("Redeemed")) == redeemed + 1
-    assert len(world.events("Released")) == released + 1
-    assert balance(billing) == credits + 20 * USD
-    rows = world.agent(billing).store.redemptions()
-    assert len(rows) == count + 1 and all(r.status == RELEASED for r in rows)
+    _assert_one_more_released(world, billing, before)
 
 
 def test_agent__release_orphaned_by_a_reorg__released_again_on_the_new_branch(world, billing, linked):

@@ -17,6 +17,7 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 from starlette.applications import Starlette
 
+from promptex.agent import machine, service
 from promptex.agent.chain import ChainRedemption, Grant, Redeemed
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.chain.sender import Call
@@ -251,3 +252,24 @@ def serving_billing(config: FakeBillingConfig) -> Iterator[tuple[str, Starlette]
     app = create_fake_billing(config)
     with ServerThread(app) as server:
         yield server.url, app
+
+
+class Crash(BaseException):
+    """The agent killed (kill -9) at one of its steps (`crash_point`)."""
+
+
+@contextlib.contextmanager
+def crashing_at(monkeypatch: Any, step: str) -> Iterator[None]:
+    """Within: the agent dies (`Crash`) when it reaches `step`; after: it runs on."""
+
+    def crash(at: str) -> None:
+        if at == step:
+            raise Crash(at)
+
+    for module in (machine, service):
+        monkeypatch.setattr(module, "crash_point", crash)
+    try:
+        yield
+    finally:
+        for module in (machine, service):
+            monkeypatch.setattr(module, "crash_point", lambda at: None)

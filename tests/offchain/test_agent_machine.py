@@ -10,11 +10,10 @@ import time
 
 import httpx
 import pytest
-from agent_fakes import PAYEE, TOKENS, USER
+from agent_fakes import PAYEE, TOKENS, USER, Crash, crashing_at
 from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, billing_config
 
 from human_units import assert_human
-from promptex.agent import machine, service
 from promptex.agent.billing import BillingReceipt
 from promptex.agent.machine import CRASH_STEPS, REORG_WINDOW
 from promptex.agent.schema import agent_accounts
@@ -58,22 +57,10 @@ def test_link_account__credential__sealed_at_rest_and_opens(world):
     assert world.keys.open(world.account.sealed).decode() == CREDENTIAL
 
 
-class Crash(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("step", CRASH_STEPS)
 def test_crash__at_every_step__restart_sells_once_buys_once_releases_once(world, monkeypatch, step):
-    def crash(at):
-        if at == step:
-            raise Crash(at)
-
-    monkeypatch.setattr(machine, "crash_point", crash)
-    monkeypatch.setattr(service, "crash_point", crash)
-    with pytest.raises(Crash):
+    with crashing_at(monkeypatch, step), pytest.raises(Crash):
         world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
-    monkeypatch.setattr(machine, "crash_point", lambda at: None)
-    monkeypatch.setattr(service, "crash_point", lambda at: None)
     agent = world.agent()
     agent.run_once(check_rules=False)
     assert [r.status for r in agent.store.redemptions()] == [RELEASED]

@@ -8,11 +8,10 @@ import os
 import threading
 
 import pytest
-from agent_fakes import PAYEE, USER
+from agent_fakes import PAYEE, USER, Crash, crashing_at
 from click.testing import CliRunner
 
 from human_units import assert_human
-from promptex.agent import machine, service
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import RedemptionPending
 from promptex.agent.store import RELEASED, SELLING, AgentStore, LinkedAccount, StillOpen
@@ -193,27 +192,14 @@ def test_redeem__run_again_while_the_agent_moves_it__returns_where_it_is_without
     _assert_sold_once(world)
 
 
-class Crash(BaseException):
-    pass
-
-
 # Killed at "released" the redemption has ended: the same command then starts another
 # (the command has no key of its own to tell a retry from a second need).
 @pytest.mark.parametrize("step", [s for s in CRASH_STEPS if s != "released"])
 def test_redeem__killed_at_every_step_then_the_same_command_again__sold_bought_released_once(world, monkeypatch, step):
     """kill -9 of `promptex redeem` at each step, then the same command again (not the
     agent's pass): it resumes the one redemption and ends it once."""
-
-    def crash(at):
-        if at == step:
-            raise Crash(at)
-
-    monkeypatch.setattr(machine, "crash_point", crash)
-    monkeypatch.setattr(service, "crash_point", crash)
-    with pytest.raises(Crash):
+    with crashing_at(monkeypatch, step), pytest.raises(Crash):
         world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
-    monkeypatch.setattr(machine, "crash_point", lambda at: None)
-    monkeypatch.setattr(service, "crash_point", lambda at: None)
     r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
     assert (r.id, r.status) == (1, RELEASED) and [x.id for x in world.agent().store.redemptions()] == [1]
     _assert_sold_once(world)

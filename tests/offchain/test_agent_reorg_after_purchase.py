@@ -10,10 +10,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-from agent_fakes import PAYEE, TOKENS, USER
+from agent_fakes import PAYEE, TOKENS, USER, Crash, crashing_at
 
 from human_units import assert_human
-from promptex.agent import machine
 from promptex.agent.store import FAILED, PURCHASED, REJECTED, RELEASED
 from promptex.protocol.redemption import STATUS_OPEN
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
@@ -28,10 +27,6 @@ def world(agent_world):
     return agent_world
 
 
-class Crash(BaseException):
-    pass
-
-
 def _released_then_reorged(world, monkeypatch=None):
     """Redemption 1 sold (escrow id 1), bought and released (or, given `monkeypatch`,
     stopped by a crash just after the purchase); then a reorg back to before its sale:
@@ -42,15 +37,8 @@ def _released_then_reorged(world, monkeypatch=None):
         r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
         assert (r.status, r.chain_redemption_id) == (RELEASED, 1)
     else:
-
-        def crash(at):
-            if at == "purchased":
-                raise Crash(at)
-
-        monkeypatch.setattr(machine, "crash_point", crash)
-        with pytest.raises(Crash):
+        with crashing_at(monkeypatch, "purchased"), pytest.raises(Crash):
             world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
-        monkeypatch.setattr(machine, "crash_point", lambda at: None)
         r = world.agent().store.get(1)
         assert (r.status, r.chain_redemption_id) == (PURCHASED, 1)
     assert len(world.billing.purchases) == 1
