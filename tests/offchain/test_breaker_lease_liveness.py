@@ -86,3 +86,49 @@ def test_a_lone_coordinator_whose_pass_failed__takes_the_lease_again_next_pass(l
     report = coord.run_once()
     assert report.leader and report.confirmed == [(USDC, 1)]
     assert chain.s.balances[(x_address, USDC)] == 10_000 - 1_002
+
+
+# ─── The door: it reads the lease, never takes or renews it ─────────────────
+
+
+def _door(ledger: Ledger) -> tuple[Any, Any, Any]:
+    from test_coordinator_door import World
+
+    world = World(ledger, FakeChain())
+    _account, wallet = world.buyer(20 * 10**6)
+    assert world.post(world.request(wallet, 10**6))[0] == 200  # the leader's door answers; nonce 0 used
+    return world, wallet, world.request(wallet, 10**6)  # that request again: a replay anyone can post
+
+
+def test_a_replayed_exit_request__never_takes_the_lease_a_pass_gave_back(ledger: Ledger) -> None:
+    """A pass gives the lease back so that another coordinator leads (another key's open
+    transactions, `OtherKeyPending`; or a failed pass). Before, the door's answer began by
+    taking the lease: a replayed exit request (answered 409 bad_nonce, after the take),
+    posted by anyone every second, pinned the lease to this process and the other never led."""
+    world, _wallet, replay = _door(ledger)
+    other = Coordinator(ledger.engine, world.chain, holder="other", clock=ledger.clock)
+    world.coordinator.store.release_lease("door")  # its pass gave it back
+
+    for _ in range(3):
+        got, answer = world.post(replay)
+        assert (got, answer["error"]["code"]) == (503, "standby")
+    assert other.run_once().leader
+
+
+def test_a_process_whose_passes_are_stuck__its_door_neither_takes_nor_keeps_the_lease(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """The pass thread hangs (a call that never returns) while the door's thread answers.
+    Before, each exit request renewed or re-took the lease under the process's name: with
+    requests coming in, the lease never ran out, the standby never led, and the stuck pass,
+    once it returned, passed the fence again with what it read before (the lease's 2nd
+    left-open item, ABA). Now the door answers 503 once the passes stopped renewing it."""
+    world, _wallet, replay = _door(ledger)
+    standby = Coordinator(ledger.engine, world.chain, holder="standby", clock=ledger.clock)
+    led = []
+    for _ in range(60 // POLL):  # a minute of requests to the stuck process's door
+        clock.advance(POLL)
+        world.post(replay)
+        led.append(standby.run_once().leader)
+    assert any(led)
+    assert not world.coordinator.store.holds_lease("door", ledger.clock())

@@ -175,8 +175,8 @@ def test_old_keys_once_while_the_new_keys_door_holds_the_lease__says_it_stood_by
 ) -> None:
     """The README's way out, followed literally: the new key waits for the old key's open
     settle (its nonce taken outside the log: only that key can prove it dropped) and the
-    operator runs the old key's `coordinator --once`. Meanwhile a wallet's instant exit at
-    the new coordinator's door took the lease (the door answers only as leader). The old
+    operator runs the old key's `coordinator --once`. Meanwhile the new coordinator's next
+    pass took the lease (an exit at its door took it too, before lbreak's 2nd fix). The old
     key's pass stands by, and its report said nothing (`waiting` null: the operator takes
     the way out as done while the new key waits on). Now it says why and what to do."""
     from coordinator_fakes import ADDRESSES, CHAIN_ID, VAULT
@@ -193,8 +193,9 @@ def test_old_keys_once_while_the_new_keys_door_holds_the_lease__says_it_stood_by
     assert "some not yet mined" in (new.run_once().waiting or "")
     door = Door(new, Place(CHAIN_ID, VAULT, ADDRESSES))
     monkeypatch.setattr("promptex.coordinator.door.parse_exit_request", lambda *a: _Request())
-    with pytest.raises(Refused, match="not bound"):  # an exit request (here refused) takes the lease first
+    with pytest.raises(Refused, match="standing by"):  # the door no longer takes the lease its pass gave back
         door.exit({})
+    assert new.store.acquire_lease("new", book.clock(), 30)  # the new key's pass, as it runs again meanwhile
     keys.use(COORDINATOR)
 
     report = old.run_once()  # the operator's `promptex coordinator --once` with the old key

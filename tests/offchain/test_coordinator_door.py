@@ -32,6 +32,7 @@ class World:
         self.book, self.chain = book, chain
         self.coordinator = Coordinator(book.engine, chain, holder="door", clock=book.clock, tx_timeout=0)
         self.door = Door(self.coordinator, PLACE, throttle=throttle)
+        assert self.coordinator.store.acquire_lease("door", book.clock(), 30)  # as its first pass takes it
         self.client = TestClient(self.door.app())
 
     def buyer(self, on_chain: int, unsettled: int = 0) -> tuple[int, Any]:

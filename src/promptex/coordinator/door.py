@@ -12,7 +12,8 @@ release is signed by the one process that holds the coordinator's key. No API ke
 wallet's signature is the credential. Each refusal is a 4xx JSON body `{"error": {"code",
 "message", …exact fields}}` that moves and locks nothing; a request answered (released or
 refused by the coordinator) uses its nonce, so a signed request is answered once. Only the
-coordinator holding the leader lease answers an exit (a standby's door: 503).
+coordinator holding the leader lease answers an exit (a standby's door: 503); the door
+only reads the lease, taken and renewed by the process's passes.
 Per wallet, at most `limit` answered requests per `window` seconds (429 with Retry-After):
 a script cannot make the coordinator sign, lock or relay without end.
 """
@@ -88,9 +89,15 @@ class Door:
         request = parse_exit_request(body, self.place, coordinator.chain.now())
         with self._lock:
             # Only the leader signs releases: two coordinators' doors never both read the same
-            # amount as free (a standby's passes settle nothing either).
-            if not coordinator.store.acquire_lease(coordinator.holder, coordinator.clock(), coordinator.lease_seconds):
-                message = "this coordinator is standing by (another holds the lease): ask the leader's door"
+            # amount as free (a standby's passes settle nothing either). The door only reads
+            # the lease, its passes take and renew it: a request (any wallet's, even a replay)
+            # never takes a lease a pass gave back for another key's coordinator, nor keeps
+            # one for a process whose passes are stuck.
+            if not coordinator.store.holds_lease(coordinator.holder, coordinator.clock()):
+                message = (
+                    "this coordinator is standing by (another holds the lease, or its own passes do not run): "
+                    "ask the leader's door"
+                )
                 raise Refused(503, "standby", message)
             expected = coordinator.store.door_nonce(request.account)
             if request.nonce != expected:

@@ -269,6 +269,14 @@ class CoordinatorStore(SignedTxStore):
             return False
         return bool(taken == 1)
 
+    def holds_lease(self, holder: str, now: int) -> bool:
+        """Whether `holder` holds the lease now (ours, not expired): a read that neither
+        takes nor renews it. Only passes take and renew it (the door asks this)."""
+        lease = coordinator_lease.c
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+            row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+        return row is not None and row.holder == holder and row.expires_at >= now
+
     def hold_lease(self, holder: str, now: int, ttl: int) -> bool:
         """Renew the lease only if `holder` has held it without a break (ours, not yet
         expired): False once it ran out, whether or not another coordinator took it since."""
