@@ -13,9 +13,12 @@ from promptex.gateway import create_app, limits, single
 from promptex.gateway.limits import LimitCounters, Plan
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import ExtraTake, Ledger, Reservation
+from promptex.ledger.holds.capacity import LotClaim
 from promptex.protocol.units import USD_MICRO as USDC
+from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
 
+from .conftest import Fake, Harness
 from .test_limits import HOLD, TOKENS, fund
 
 
@@ -75,6 +78,30 @@ def test_restarted_gateway__a_dead_ones_hold_took_a_keys_limits__it_starts_and_e
             hold = book.hold("in-flight")
             assert hold is not None and hold.status.value == "expired"  # long before its 300 s
             assert book.balance(account, "USDC").held == 0
+        book.check()
+    finally:
+        book.close()
+
+
+def test_restarted_gateway__a_dead_ones_hold_took_a_lots_whole_capacity__the_lot_serves_at_once(
+    settings: Settings, tmp_path: Path, fake: Fake
+) -> None:
+    """The lots a starting gateway routes to are read after it ended the dead process's
+    holds (or read again): read before, a lot the dead holds had filled was not served until
+    the next refresh (`gateway_lot_refresh_seconds`), though its capacity was back."""
+    book = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", sqlite_synchronous="NORMAL")
+    try:
+        keys = load_master_keys(None, settings.gateway_master_key_file)
+        dead = Harness(book, GatewayStore(book.engine), keys, settings, "", None)
+        dead.refresh = lambda: None  # type: ignore[method-assign]  # no gateway serves yet
+        lot = dead.add_lot(fake, face_value=10 * USDC)
+        headroom = book.lot_capacities()[lot].headroom
+        account = fund(book, 10 * USDC)
+        book.holds.reserve(Reservation("in-flight", account, "USDC", HOLD, 300, lots=(LotClaim(lot, headroom),)))
+        assert book.lot_capacities()[lot].headroom == 0  # the killed gateway's request filled it
+        app = create_app(settings, ledger=book)
+        with ServerThread(app, **app.uvicorn_options()):
+            assert [live.id for live in app.state.gateway.registry.candidates("openai", "listed")] == [lot]
         book.check()
     finally:
         book.close()

@@ -244,7 +244,8 @@ def create_app(
                 settings, book, store, registry, metering.load_catalog(settings.model_catalog), client, twaps
             )
             # Alone on an SQLite ledger: every active hold is a dead process's. Ended once the
-            # Gateway registered its extras (its limits counter): a dead hold may have taken them.
+            # Gateway registered its extras (its limits counter): a dead hold may have taken them;
+            # then the lots are read again.
             if single.serve(claimed):
                 try:
                     ended = await anyio.to_thread.run_sync(book.expire_orphans)
@@ -257,6 +258,7 @@ def create_app(
                     raise
                 if ended:
                     log.warning("ended %d holds a stopped gateway process left (nothing charged)", ended)
+                    await anyio.to_thread.run_sync(registry.refresh)  # their lots' capacity is back
 
             await anyio.to_thread.run_sync(_app.state.gateway.treasury)
             await anyio.to_thread.run_sync(_app.state.gateway.refresh_epochs)
