@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from human_units import assert_human
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import RedemptionPending
-from promptex.agent.store import RELEASED, SELLING, AgentStore, LinkedAccount, StillOpen
+from promptex.agent.store import RELEASED, SELLING, AgentStore, LinkedAccount, StaleTransition, StillOpen
+from promptex.chain.sender import SignedTx
 from promptex.cli import agent as cli_agent
 from promptex.ledger.db import create_ledger_engine
 from promptex.protocol.units import USD_MICRO as USD
@@ -224,3 +225,17 @@ def test_rule__the_command_creates_one_between_the_rules_check_and_its_create__s
     report = agent.run_once(check_rules=True)
     assert report.fired == [] and "in flight" in next(iter(report.skipped.values()))
     assert report.advanced == {1: RELEASED} and world.chain.s.redeems == 1
+
+
+def test_store_submit__the_same_step_by_two_processes__the_second_is_stale_not_a_duplicate_hash_error(world):
+    """Two `promptex redeem` runs at once, both at the planned step, sign the same call
+    with the same nonce: the same bytes. The second's store must see the redemption moved
+    (StaleTransition: it reports where the redemption is), not fail on the log's unique
+    hash with a traceback (seen on anvil: test_agent_anvil's two commands at once, 1 in 9)."""
+    store = world.agent().store
+    r = store.create(store.account_for(USER, "anthropic"), "CLD", 7 * USD, 10**24, None, 0)
+    signed, sender = SignedTx("0x" + "ab" * 32, "0x02aa", 5), "0x" + "11" * 20
+    store.submit(r.id, "redeem", signed, sender, 1)
+    with pytest.raises(StaleTransition):
+        store.submit(r.id, "redeem", signed, sender, 2)
+    assert store.get(r.id).status == SELLING and [t.tx_hash for t in store.open_txs()] == [signed.tx_hash]

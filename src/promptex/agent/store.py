@@ -340,13 +340,19 @@ class AgentStore(SignedTxStore):
         return self.get(redemption_id)
 
     def submit(self, redemption_id: int, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
-        """Store the signed transaction and move the redemption on: before broadcast."""
+        """Store the signed transaction and move the redemption on: before broadcast. The
+        move comes first: a second process advancing the same redemption (two `promptex
+        redeem` runs at once sign the same call with the same nonce: the same bytes) gets
+        StaleTransition, not the log's duplicate-hash error."""
         from_, to, column = (
             (PLANNED, SELLING, "redeem_tx_id") if purpose == "redeem" else (RECEIPTED, RELEASING, "release_tx_id")
         )
         with self._tx() as conn:
+            self._move(conn, redemption_id, (from_,), now, status=to)
             tx_id = self._store_tx(conn, purpose, signed, sender, now)
-            self._move(conn, redemption_id, (from_,), now, status=to, **{column: tx_id})
+            conn.execute(
+                update(agent_redemptions).where(agent_redemptions.c.id == redemption_id).values({column: tx_id})
+            )
         return tx_id
 
     def redemption_of_redeem(self, tx_id: int) -> Redemption | None:
