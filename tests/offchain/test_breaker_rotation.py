@@ -22,6 +22,8 @@ settle is never re-sent by its key: its nonce goes to a no-op."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from coordinator_fakes import COORDINATOR, FakeChain
 from sqlalchemy import insert
@@ -380,6 +382,21 @@ def test_agent_old_keys_failed_redeem_flipped_by_a_reorg_before_the_rotation__th
     _assert_once(world)
 
 
+def reincluded_while_waiting(chain: FakeChain, keys: _Keys, key: str, s: Any, fr: Any, waiting: Coordinator) -> None:
+    """While `waiting` (signing with `key`) waits for the old key's rows: a reorg a few blocks
+    deep, within the window, takes back `x_fails_y_retried`'s settles; the network
+    re-includes the first (X and Y land) then the retry (reverts); the chain is mined past
+    the window and three windows pass, each with a pass of `waiting`."""
+    s.fork.reorg_to(chain)
+    for raw in fr.raws:
+        chain.broadcast(raw)
+    chain.s.nonce = keys.nonces[key]
+    _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
+    for _ in range(3):
+        chain.next_window()
+        waiting.run_once()
+
+
 def test_old_keys_failed_settle_reincluded_during_the_wait__seen_by_the_new_key__each_record_debited_once(
     book: Ledger, chain: FakeChain
 ) -> None:
@@ -400,14 +417,7 @@ def test_old_keys_failed_settle_reincluded_during_the_wait__seen_by_the_new_key_
     new = _coordinator(book, chain, "new")
     chain.mine_blocks(3)
     assert new.run_once().waiting is not None
-    s.fork.reorg_to(chain)  # a few blocks deep, within the window
-    for raw in fr.raws:
-        chain.broadcast(raw)  # the network re-includes A (lands: X, Y) then C (reverts)
-    chain.s.nonce = keys.nonces[NEW_KEY]
-    _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
-    for _ in range(3):
-        chain.next_window()
-        new.run_once()
+    reincluded_while_waiting(chain, keys, NEW_KEY, s, fr, new)
 
     assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
     _books_equal_chain(book, chain)

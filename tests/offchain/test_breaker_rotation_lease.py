@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import pytest
 from coordinator_fakes import COORDINATOR, FakeChain
-from test_breaker_rotation import NEW_KEY, _Keys
+from test_breaker_rotation import NEW_KEY, _Keys, reincluded_while_waiting
 from test_coordinator_service import CLD_LOT, USDC_LOT, buyer, spend
 
 from promptex.coordinator.service import Coordinator
@@ -103,7 +103,6 @@ def test_rotation_back_and_forth__a_b_a__the_failed_settle_of_b_flipped_during_a
     from test_breaker_failure_final import _debited
     from test_breaker_recheck import _books_equal_chain
     from test_breaker_refund_taken_back import failed_and_retry, x_fails_y_retried
-    from test_coordinator_failure_final import _mine_to
 
     from promptex.coordinator.service import REORG_WINDOW
 
@@ -125,14 +124,7 @@ def test_rotation_back_and_forth__a_b_a__the_failed_settle_of_b_flipped_during_a
     a = _coordinator(book, chain, "a2")
     chain.mine_blocks(3)
     assert a.run_once().waiting is not None
-    s.fork.reorg_to(chain)  # within B's window
-    for raw in fr.raws:
-        chain.broadcast(raw)  # the network re-includes A1 (lands: X, Y) then C (reverts)
-    chain.s.nonce = keys.nonces[COORDINATOR]
-    _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
-    for _ in range(3):
-        chain.next_window()
-        a.run_once()
+    reincluded_while_waiting(chain, keys, COORDINATOR, s, fr, a)  # within B's window
 
     assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
     assert chain.s.settlements.count(("CLD", 1)) == 1
