@@ -538,3 +538,79 @@ def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_ol
     assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
     assert chain.last_epoch(USDC) == 1
     _books_equal_chain(book, chain)
+
+
+def _let_go_settle_mined_anyway(
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
+) -> tuple[Coordinator, Coordinator, _Keys, Any, Any]:
+    """The scenario above up to D let go with its settle open (its key's no-op not yet sent);
+    then D's bytes, still in a node's pool, are mined at the old key's nonce anyway: no reorg
+    beyond the window, only the pool's copy beating the no-op. X is debited twice on chain.
+    Returns both coordinators, the keys, the x_fails_y_retried scenario and D."""
+    keys = _Keys(chain)
+    old = _coordinator(book, chain, "old")
+    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
+    fr = failed_and_retry(old)
+    chain.next_window()
+    with beyond_the_window(old, {s.x_request}):
+        assert old.run_once().confirmed == [(USDC, 2)]
+    later = old.store.batch(old.store.record(s.x_request).batch_id or 0)
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    new = _coordinator(book, chain, "new")
+    chain.mine_blocks(3)
+    assert new.run_once().waiting is not None
+    s.fork.reorg_to(chain)
+    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
+    chain.hold = True
+    new.run_once()
+    chain.mempool.clear()
+    chain.hold = False
+    chain.s.nonce = keys.nonces[COORDINATOR]
+    for raw in fr.raws:
+        chain.broadcast(raw)
+    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
+    assert "some not yet mined" in (new.run_once().waiting or "")  # A reattached, D let go, its settle open
+    assert old.store.batch(later.id).status == "failed" and old.store.tx(later.tx_id or 0).status == SENT
+    chain.next_window()
+    chain.s.nonce = keys.nonces[COORDINATOR]
+    chain.broadcast(old.store.tx(later.tx_id or 0).raw)  # the pool's copy, mined before the no-op
+    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
+    assert chain.receipt(old.store.tx(later.tx_id or 0).tx_hash) is not None
+    assert _debited(chain, s.x_address) == 2 * 1_002  # on chain: beyond the books' reach
+    caplog.clear()
+    return old, new, keys, s, later
+
+
+def _said_reconcile(caplog: pytest.LogCaptureFixture, batch_epoch: int) -> list[str]:
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    return [m for m in said if "promptex reconcile" in m and f"epoch {batch_epoch}" in m]
+
+
+def test_let_go_settle_of_another_key_mined_anyway__the_new_key_says_so_loudly_not_closed_silently(
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rbreak's item 5, reachable within the window: D's settle (let go by the new key's
+    reattach, its nonce due the old key's no-op) mined anyway from a pool. Before, the new
+    key's `wait_for_other_keys` closed it succeeded with D failed: no reattach, no error.
+    Now it is handled as the old key's own `_check_replaced` would: D landed after all
+    (`_reattach`), which finds X held by A, landed too, and says to run reconcile."""
+    old, new, _, _, later = _let_go_settle_mined_anyway(book, chain, caplog)
+    new.run_once()
+    assert len(_said_reconcile(caplog, later.epoch)) == 1
+    assert old.store.batch(later.id).status == "confirmed"  # the chain holds it at its epoch
+    assert old.store.tx(later.tx_id or 0).status == SUCCEEDED
+
+
+def test_let_go_settle_mined_anyway__its_own_keys_once_says_so_loudly_not_closed_silently(
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same, found first by the old key's coordinator run once (README's way out):
+    `_let_go_settle` saw a receipt and left it to `_resolve_tx`, which closed it succeeded
+    with D failed, silently. Now the same handling: reattach, and reconcile said."""
+    old, _, keys, _, later = _let_go_settle_mined_anyway(book, chain, caplog)
+    keys.use(COORDINATOR)
+    old.run_once()
+    assert len(_said_reconcile(caplog, later.epoch)) == 1
+    assert old.store.batch(later.id).status == "confirmed"
+    assert old.store.tx(later.tx_id or 0).status == SUCCEEDED

@@ -256,6 +256,8 @@ class Coordinator:
             # waiting or not: their own coordinator may be stopped (a rotated key), and a
             # reorg within their window must be seen before the window ends.
             self._recheck_other_keys_txs()
+            for tx in self.store.others_open(self.chain.sender) or []:
+                self._let_go_landed(tx)  # before `wait_for_other_keys` closes it without its batch
             # Another key's transactions not yet final (a rotated key, a standby with its
             # own key): nothing is planned or sent, this key's receipts are not re-checked,
             # and the lease goes back so that key's coordinator can take it and finish them.
@@ -274,6 +276,8 @@ class Coordinator:
             # In nonce order: a reorg's orphans are re-sent as the network would.
             for tx in self.store.open_txs(self.chain.sender):
                 tx = self.store.tx(tx.id)  # as it is now: a reattach earlier in this loop may have replaced it
+                if self._let_go_landed(tx):
+                    continue
                 if (failed := self._let_go_settle(tx)) is not None:
                     let_go = "was let go while open (another key's reattach took its records)"
                     tx = self.store.tx(self._replace(tx, failed, let_go))  # its no-op goes now, in its nonce's turn
@@ -486,6 +490,25 @@ class Coordinator:
         but the settle of a let-go (failed) batch, whose nonce only its key's no-op may take."""
         batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
         return batch is None or batch.status != FAILED
+
+    def _let_go_landed(self, tx: StoredTx) -> bool:
+        """An open settle (this key's or another's) of a let-go (failed) batch that the
+        chain holds succeeded: its bytes, still in a node's pool, were mined before its
+        key's no-op took the nonce (no reorg needed). Closed as such it would leave the batch
+        failed, silently, while the chain debited its records (maybe twice: the batch that
+        took them since may have landed too). It landed after all, as `_check_replaced`
+        finds for this key's own no-op: `_reattach` (its records back to it where they can
+        go; an error naming reconcile where another landed batch holds them). Whether it was."""
+        if tx.status != SENT or tx.purpose != "settle":
+            return False
+        batch = self.store.batch_of_tx(tx.id)
+        if batch is None or batch.status != FAILED:
+            return False
+        receipt = self.chain.receipt(tx.tx_hash)
+        if receipt is None or not receipt.ok:
+            return False
+        self._reattach(batch, receipt)
+        return True
 
     def _let_go_settle(self, tx: StoredTx) -> Batch | None:
         """The failed batch of this key's open settle `tx`, if it was let go while the settle
