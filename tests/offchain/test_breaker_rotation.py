@@ -614,3 +614,102 @@ def test_let_go_settle_mined_anyway__its_own_keys_once_says_so_loudly_not_closed
     assert len(_said_reconcile(caplog, later.epoch)) == 1
     assert old.store.batch(later.id).status == "confirmed"
     assert old.store.tx(later.tx_id or 0).status == SUCCEEDED
+
+
+def _refused(chain: Any, raws: set[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A node refusing `raws` as a drained account's (no gas); returns the raws it refused."""
+    real, refused = chain.broadcast, []
+
+    def broadcast(raw: str) -> None:
+        if raw in raws:
+            refused.append(raw)
+            raise ValueError("insufficient funds for gas * price + value")
+        real(raw)
+
+    monkeypatch.setattr(chain, "broadcast", broadcast)
+    return refused
+
+
+def _old_keys_settle_orphaned(book: Ledger, chain: FakeChain) -> tuple[StoredTx, Coordinator]:
+    """The old key's settle mined, then orphaned by a reorg and not re-included, the new key
+    in use a window later (as in the test above); returns that settle and the new key's."""
+    keys = _Keys(chain)
+    keys.nonces[NEW_KEY] = 3
+    old = _coordinator(book, chain, "old")
+    z, _ = _payer(book, chain)
+    spend(book, z, 3_012)
+    chain.next_window()
+    chain.hold = True
+    assert old.run_once().waiting is not None
+    fork = Branch.of(chain)
+    chain.hold = False
+    chain.mine()
+    assert old.run_once().confirmed
+    old.store.release_lease("old")
+    (tx,) = old.store.landed_txs(0, 0)
+    keys.use(NEW_KEY)
+    fork.reorg_to(chain)
+    chain.s.nonce = keys.nonces[NEW_KEY]
+    _mine_to(chain, (tx.block or 0) + REORG_WINDOW + 1)
+    return tx, _coordinator(book, chain, "new")
+
+
+def test_old_keys_orphaned_settle_sent_again__the_node_refuses_it__the_pass_waits_no_error(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rbreak's item 8, `_orphaned`: another key's reopened settle's bytes are sent at once;
+    a node refusing them (the old account drained: no gas) raised out of the pass (every
+    pass an error, `--once` a traceback). Now logged (`txlog.send_others`): the pass waits."""
+    tx, new = _old_keys_settle_orphaned(book, chain)
+    refused = _refused(chain, {tx.raw}, monkeypatch)
+
+    report = new.run_once()
+
+    assert refused and report.leader is False and "of key" in (report.waiting or "")
+    assert new.store.tx(tx.id).status == SENT
+
+
+def test_old_keys_reopened_settle_in_finish_submitted__the_node_refuses_it__waits_no_error(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same refusal at `_finish_submitted`'s re-send of another key's open settle (its
+    batch reopened by a reorg): waits (TxPending), not the node's error."""
+    tx, new = _old_keys_settle_orphaned(book, chain)
+    new.run_once()  # reopened: its batch submitted again, its settle open
+    batch = new.store.batch_of_tx(tx.id)
+    assert batch is not None and batch.status == "submitted" and new.store.tx(tx.id).status == SENT
+    refused = _refused(chain, {tx.raw}, monkeypatch)
+    assert new.store.acquire_lease("new", book.clock(), new.lease_seconds)  # as a pass takes it
+
+    with pytest.raises(txlog.TxPending, match="of key"):
+        new._finish_submitted(batch)
+    assert refused == [tx.raw]
+
+
+def test_agent_old_keys_orphaned_txs_sent_again__the_node_refuses_them__the_pass_waits_no_error(
+    agent_world,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The agent's place (`RedemptionMachine.wait_for_other_keys`): the old key's redeem and
+    release orphaned by a reorg after the rotation, their bytes refused by the node (no gas):
+    the pass waits for that key, no error."""
+    import copy
+
+    from agent_fakes import USER
+
+    from promptex.agent.store import RELEASED
+    from promptex.protocol.units import USD_MICRO as USD
+
+    world, chain = agent_world, agent_world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    assert world.agent().redeem(USER, "CLD", 20 * USD, "anthropic").status == RELEASED
+    old = world.agent().store
+    raws = {tx.raw for tx in old.landed_txs(0, 0)}
+    chain.sender, chain.s.nonce = NEW_KEY, 0  # restarted with a new key
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2]  # the reorg
+    chain.s.nonce = 0
+    refused = _refused(chain, raws, monkeypatch)
+
+    report = world.agent().run_once(check_rules=False)
+
+    assert refused and "of key" in (report.waiting or "")

@@ -189,7 +189,7 @@ class RedemptionMachine:
             what = self.store.reopen_tx(tx, self.clock())
             log.warning("%s tx %s (nonce %d) of key %s is no longer on chain as stored (a reorg): %s resolved again",
                         tx.purpose, tx.tx_hash, tx.nonce, tx.sender, what)  # fmt: skip
-            self.chain.broadcast(tx.raw)
+            txlog.send_others(self.chain, tx)
         if off:
             message = (
                 f"failed redemptions' redeems no longer on chain (a reorg), never to be sent again: {', '.join(off)}; "

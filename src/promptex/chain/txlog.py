@@ -273,6 +273,21 @@ class OtherKeyPending(TxPending):
     """The log holds another key's transactions not yet final: this key waits for them."""
 
 
+def send_others(chain: TxChain, tx: StoredTx) -> bool:
+    """Send another key's stored bytes again, as anyone may: a best effort, whether the node
+    took them. A refusal the chain's `broadcast` does not take as done ("already known",
+    "nonce too low") is logged, not raised: that account may no longer pay gas (drained
+    after a rotation), and only its key's service can finish such a transaction. Raised,
+    every pass would fail with it instead of waiting for that key (`--once` a traceback)."""
+    try:
+        chain.broadcast(tx.raw)
+    except Exception as exc:  # noqa: BLE001 (a best effort: e.g. that account no longer pays gas)
+        log.warning("%s tx %s (nonce %d) of key %s not sent again: the node refused it (%s)", tx.purpose,
+                    tx.tx_hash, tx.nonce, tx.sender, exc)  # fmt: skip
+        return False
+    return True
+
+
 def wait_for_other_keys(
     store: SignedTxStore,
     chain: HeadChain,
@@ -301,11 +316,7 @@ def wait_for_other_keys(
     for row in open_:
         receipt = chain.receipt(row.tx_hash)
         if receipt is None and resend(row):
-            try:
-                chain.broadcast(row.raw)  # the same bytes: idempotent; refused if its nonce is taken
-            except Exception as exc:  # noqa: BLE001 (a best effort: e.g. that account no longer pays gas)
-                log.warning("%s tx %s of key %s not sent again: the node refused it (%s)", row.purpose,
-                            row.tx_hash, row.sender, exc)  # fmt: skip
+            send_others(chain, row)  # the same bytes: idempotent; refused if its nonce is taken
             receipt = chain.receipt(row.tx_hash)
         if receipt is not None:  # closed only while still open (`close_tx`): its own service may race
             status = SUCCEEDED if receipt.ok else REVERTED

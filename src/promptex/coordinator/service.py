@@ -320,10 +320,6 @@ class Coordinator:
     def _leased(self) -> _Leased:
         return _Leased(self.chain, self._hold_lease, max(1.0, self.lease_seconds / 3))
 
-    def _send(self, raw: str) -> None:
-        self._hold_lease()
-        self.chain.broadcast(raw)
-
     def _resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined."""
         return txlog.resolve_tx(tx, self._leased(), self.store.close_tx, self.clock, self.tx_timeout)
@@ -388,7 +384,8 @@ class Coordinator:
             # account's, never compared with this key's (it is not dropped because this key's
             # nonce passed it). Its bytes are sent again (anyone may), and it stays open
             # until the chain serves its receipt (`txlog.wait_for_other_keys` closes it then).
-            self._send(tx.raw)
+            self._hold_lease()
+            txlog.send_others(self.chain, tx)
             raise TxPending(f"{tx.purpose} tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
         status = self._resolve_tx(tx)
         if status == SUCCEEDED or self._landed(batch):
@@ -482,7 +479,8 @@ class Coordinator:
             what,
         )
         if not ours:  # this key's pass re-sends only its own nonces: another key's bytes go now
-            self._send(tx.raw)
+            self._hold_lease()
+            txlog.send_others(self.chain, tx)
         return True
 
     def _may_resend(self, tx: StoredTx) -> bool:
