@@ -233,18 +233,12 @@ def test_old_keys_open_settle_never_mined_its_nonce_taken__the_new_key_waits__th
     _books_equal_chain(book, chain)
 
 
-def test_old_keys_settle_orphaned_while_the_new_key_waits__reopened__never_called_dropped_by_the_new_keys_nonce(
-    book: Ledger, chain: FakeChain
-) -> None:
-    """xbreak's second finding (fixed): the old key's last settle (its nonce 0) is orphaned
-    while the new key (at nonce 3) waits out its window, and not re-included. After the
-    window the epoch is gone: the batch is reopened. Resolved with the NEW key's nonce, 3 >
-    0 closed it dropped ("nonce went to another") though the old account's nonce 0 was
-    never taken (its bytes valid for any node), and its records were planned again at once
-    (another key's failure reads final). Now its bytes are sent again and it stays open
-    until its receipt: the network includes them, the new key waits a window, confirms."""
+def _old_keys_settle_orphaned(book: Ledger, chain: FakeChain) -> tuple[StoredTx, Coordinator, str, _Keys]:
+    """The old key's last settle (its nonce 0; the new key at nonce 3, a standby that led
+    once, say) mined, then orphaned by a reorg and not re-included, the new key in use a
+    window later; returns that settle, the new key's coordinator, the payer's address, the keys."""
     keys = _Keys(chain)
-    keys.nonces[NEW_KEY] = 3  # the new key has sent before (a standby that led once, say)
+    keys.nonces[NEW_KEY] = 3
     old = _coordinator(book, chain, "old")
     z, z_address = _payer(book, chain)
     spend(book, z, 3_012)
@@ -261,7 +255,20 @@ def test_old_keys_settle_orphaned_while_the_new_key_waits__reopened__never_calle
     fork.reorg_to(chain)  # orphaned while the new key waits; not re-included
     chain.s.nonce = keys.nonces[NEW_KEY]
     _mine_to(chain, (tx.block or 0) + REORG_WINDOW + 1)
-    new = _coordinator(book, chain, "new")
+    return tx, _coordinator(book, chain, "new"), z_address, keys
+
+
+def test_old_keys_settle_orphaned_while_the_new_key_waits__reopened__never_called_dropped_by_the_new_keys_nonce(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """xbreak's second finding (fixed): the old key's last settle (its nonce 0) is orphaned
+    while the new key (at nonce 3) waits out its window, and not re-included. After the
+    window the epoch is gone: the batch is reopened. Resolved with the NEW key's nonce, 3 >
+    0 closed it dropped ("nonce went to another") though the old account's nonce 0 was
+    never taken (its bytes valid for any node), and its records were planned again at once
+    (another key's failure reads final). Now its bytes are sent again and it stays open
+    until its receipt: the network includes them, the new key waits a window, confirms."""
+    tx, new, z_address, keys = _old_keys_settle_orphaned(book, chain)
     sent = len(chain.sent)
 
     report = new.run_once()
@@ -474,6 +481,22 @@ def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_t
     assert olds and not olds & set(reads)
 
 
+def _x_settled_again_at_epoch_2(book: Ledger, chain: FakeChain) -> tuple[_Keys, Coordinator, Any, Any, Any]:
+    """The old key's A (X, Y) reverts at epoch 1, its retry C settles Y, and D settles X at
+    epoch 2 (A's failure modelled as final: `beyond_the_window`, i.e. a reorg deeper than
+    the window is what later brings A back). Returns the keys, the old key's coordinator,
+    the x_fails_y_retried scenario, A's and C's bytes (failed_and_retry) and D's batch."""
+    keys = _Keys(chain)
+    old = _coordinator(book, chain, "old")
+    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
+    fr = failed_and_retry(old)
+    chain.next_window()
+    with beyond_the_window(old, {s.x_request}):
+        assert old.run_once().confirmed == [(USDC, 2)]
+    later = old.store.batch(old.store.record(s.x_request).batch_id or 0)
+    return keys, old, s, fr, later
+
+
 def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_old_keys_once_never_resends_it(
     book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -486,14 +509,7 @@ def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_ol
     that key. The operator runs the old key's coordinator once (README): its open-
     transaction loop must not send D's bytes again (they would land at epoch 2: X debited
     twice), but fill D's nonce with its own no-op. Each debited once; the books equal the chain."""
-    keys = _Keys(chain)
-    old = _coordinator(book, chain, "old")
-    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
-    fr = failed_and_retry(old)
-    chain.next_window()
-    with beyond_the_window(old, {s.x_request}):
-        assert old.run_once().confirmed == [(USDC, 2)]
-    later = old.store.batch(old.store.record(s.x_request).batch_id or 0)
+    keys, old, s, fr, later = _x_settled_again_at_epoch_2(book, chain)
     assert later.epoch == 2 and later.tx_id is not None
     old.store.release_lease("old")
     keys.use(NEW_KEY)
@@ -544,17 +560,12 @@ def _let_go_settle_mined_anyway(
     book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
 ) -> tuple[Coordinator, Coordinator, _Keys, Any, Any]:
     """The scenario above up to D let go with its settle open (its key's no-op not yet sent);
-    then D's bytes, still in a node's pool, are mined at the old key's nonce anyway: no reorg
-    beyond the window, only the pool's copy beating the no-op. X is debited twice on chain.
+    then D's bytes, still in a node's pool, are mined at the old key's nonce anyway, the
+    pool's copy beating the no-op. X is debited twice on chain — reached only because D was
+    planned as if A's failure were final (`beyond_the_window`: a reorg deeper than the
+    window brings A back), the case the README puts outside the promise.
     Returns both coordinators, the keys, the x_fails_y_retried scenario and D."""
-    keys = _Keys(chain)
-    old = _coordinator(book, chain, "old")
-    s = x_fails_y_retried(book, chain, old, 1_002, 2_007)
-    fr = failed_and_retry(old)
-    chain.next_window()
-    with beyond_the_window(old, {s.x_request}):
-        assert old.run_once().confirmed == [(USDC, 2)]
-    later = old.store.batch(old.store.record(s.x_request).batch_id or 0)
+    keys, old, s, fr, later = _x_settled_again_at_epoch_2(book, chain)
     old.store.release_lease("old")
     keys.use(NEW_KEY)
     new = _coordinator(book, chain, "new")
@@ -590,7 +601,7 @@ def _said_reconcile(caplog: pytest.LogCaptureFixture, batch_epoch: int) -> list[
 def test_let_go_settle_of_another_key_mined_anyway__the_new_key_says_so_loudly_not_closed_silently(
     book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """rbreak's item 5, reachable within the window: D's settle (let go by the new key's
+    """rbreak's item 5 (after a reorg deeper than the window, see the helper): D's settle (let go by the new key's
     reattach, its nonce due the old key's no-op) mined anyway from a pool. Before, the new
     key's `wait_for_other_keys` closed it succeeded with D failed: no reattach, no error.
     Now it is handled as the old key's own `_check_replaced` would: D landed after all
@@ -630,37 +641,13 @@ def _refused(chain: Any, raws: set[str], monkeypatch: pytest.MonkeyPatch) -> lis
     return refused
 
 
-def _old_keys_settle_orphaned(book: Ledger, chain: FakeChain) -> tuple[StoredTx, Coordinator]:
-    """The old key's settle mined, then orphaned by a reorg and not re-included, the new key
-    in use a window later (as in the test above); returns that settle and the new key's."""
-    keys = _Keys(chain)
-    keys.nonces[NEW_KEY] = 3
-    old = _coordinator(book, chain, "old")
-    z, _ = _payer(book, chain)
-    spend(book, z, 3_012)
-    chain.next_window()
-    chain.hold = True
-    assert old.run_once().waiting is not None
-    fork = Branch.of(chain)
-    chain.hold = False
-    chain.mine()
-    assert old.run_once().confirmed
-    old.store.release_lease("old")
-    (tx,) = old.store.landed_txs(0, 0)
-    keys.use(NEW_KEY)
-    fork.reorg_to(chain)
-    chain.s.nonce = keys.nonces[NEW_KEY]
-    _mine_to(chain, (tx.block or 0) + REORG_WINDOW + 1)
-    return tx, _coordinator(book, chain, "new")
-
-
 def test_old_keys_orphaned_settle_sent_again__the_node_refuses_it__the_pass_waits_no_error(
     book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """rbreak's item 8, `_orphaned`: another key's reopened settle's bytes are sent at once;
     a node refusing them (the old account drained: no gas) raised out of the pass (every
     pass an error, `--once` a traceback). Now logged (`txlog.send_others`): the pass waits."""
-    tx, new = _old_keys_settle_orphaned(book, chain)
+    tx, new, _, _ = _old_keys_settle_orphaned(book, chain)
     refused = _refused(chain, {tx.raw}, monkeypatch)
 
     report = new.run_once()
@@ -674,7 +661,7 @@ def test_old_keys_reopened_settle_in_finish_submitted__the_node_refuses_it__wait
 ) -> None:
     """The same refusal at `_finish_submitted`'s re-send of another key's open settle (its
     batch reopened by a reorg): waits (TxPending), not the node's error."""
-    tx, new = _old_keys_settle_orphaned(book, chain)
+    tx, new, _, _ = _old_keys_settle_orphaned(book, chain)
     new.run_once()  # reopened: its batch submitted again, its settle open
     batch = new.store.batch_of_tx(tx.id)
     assert batch is not None and batch.status == "submitted" and new.store.tx(tx.id).status == SENT
