@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from promptex.config import market_dir, settings
+from promptex.protocol.units import utc_text
 
 if TYPE_CHECKING:
     from promptex.buyerside.recovery import ChainSession
@@ -71,7 +71,7 @@ def _chain(grant: SessionGrant) -> ChainSession | None:
 
 def describe_stop(stop: Stop) -> str:
     """A recorded stop in one line: when, on which lane, why."""
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stop.at))
+    when = utc_text(stop.at)
     where = "" if stop.lane is None else f" on lane {stop.lane}"
     return f"signing stopped {when}{where}: {stop.reason}"
 

@@ -236,9 +236,9 @@ def seller_finalize(watch: float | None) -> None:
 
 
 def _when(moment: int) -> str:
-    import time
+    from promptex.protocol.units import utc_text
 
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(moment))
+    return utc_text(moment)
 
 
 @seller.command("rotate-master-key")
@@ -264,14 +264,11 @@ def seller_health(lot_id: int | None, seller_address: str | None) -> None:
     """Each lot's upstream health as the gateways saw it: calls, error rate, mean latency,
     the last error, whether its circuit is open (skipped for a cool-down), and whether
     the provider refused the lot's key (revoked upstream?). Health moves no money."""
-    import datetime
 
     from promptex.gateway.health import reports
     from promptex.gateway.store import GatewayStore
     from promptex.ledger import Ledger
-
-    def when(unix: int) -> str:
-        return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from promptex.protocol.units import utc_text as when
 
     with Ledger.from_settings(settings()) as ledger:
         lots = GatewayStore(ledger.engine).lots()

@@ -32,7 +32,7 @@ from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
-from promptex.protocol.units import MAX_UINT256, money, usd_text, usd_value
+from promptex.protocol.units import MAX_UINT256, money, usd_text, usd_value, utc_text
 from promptex.protocol.vault import UNLIMITED, per_epoch_at_least
 
 LOCAL_NODE = "ethereum:local:foundry"
@@ -295,7 +295,7 @@ def withdraw(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
         vault = session.contract("CreditsVault")
         receipt = vault.request_exit(session.token(symbol), value, sender=session.account)
         unlock_at = vault.exit_unlocks_at(session.account, session.token(symbol))
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlock_at))
+        stamp = utc_text(unlock_at)
         max_pause = vault.MAX_PAUSE()
         return Done(
             [

@@ -240,14 +240,18 @@ class CoordinatorStore(SignedTxStore):
 
     # ─── Lease ───────────────────────────────────────────────────────────────
 
+    def _lease_row(self) -> Any:
+        """The lease's (holder, expires_at) as it is now, read without a lock; None before any."""
+        lease = coordinator_lease.c
+        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
+            return conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+
     def acquire_lease(self, holder: str, now: int, ttl: int) -> bool:
         """Take or renew the leader lease: free, expired, or already ours. False, too, when
         the row stays locked past LEASE_LOCK_TIMEOUT (PostgreSQL): a leader inside a fenced
         transaction holds it, and one stopped there (SIGSTOP) would hold it for good.
         Ours with more than half of `ttl` left: True without a write (or a wait for that row)."""
-        lease = coordinator_lease.c
-        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-            row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+        row = self._lease_row()
         if row is not None and row.holder == holder and row.expires_at - now > ttl / 2:
             return True  # no one may take it before it expires
         try:
@@ -272,9 +276,7 @@ class CoordinatorStore(SignedTxStore):
     def holds_lease(self, holder: str, now: int) -> bool:
         """Whether `holder` holds the lease now (ours, not expired): a read that neither
         takes nor renews it. Only passes take and renew it (the door asks this)."""
-        lease = coordinator_lease.c
-        with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-            row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+        row = self._lease_row()
         return row is not None and row.holder == holder and row.expires_at >= now
 
     def hold_lease(self, holder: str, now: int, ttl: int) -> bool:
