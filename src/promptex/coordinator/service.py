@@ -489,18 +489,23 @@ class Coordinator:
         batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
         return batch is None or batch.status != FAILED
 
+    def _failed_batch_of_open_settle(self, tx: StoredTx) -> Batch | None:
+        """The batch of `tx` when `tx` is an open settle whose batch was let go (failed)."""
+        if tx.status != SENT or tx.purpose != "settle":
+            return None
+        batch = self.store.batch_of_tx(tx.id)
+        return batch if batch is not None and batch.status == FAILED else None
+
     def _let_go_landed(self, tx: StoredTx) -> bool:
         """An open settle (this key's or another's) of a let-go (failed) batch that the
         chain holds succeeded: its bytes, still in a node's pool, were mined before its
-        key's no-op took the nonce (no reorg needed). Closed as such it would leave the batch
+        key's no-op took the nonce. Closed as such it would leave the batch
         failed, silently, while the chain debited its records (maybe twice: the batch that
         took them since may have landed too). It landed after all, as `_check_replaced`
         finds for this key's own no-op: `_reattach` (its records back to it where they can
         go; an error naming reconcile where another landed batch holds them). Whether it was."""
-        if tx.status != SENT or tx.purpose != "settle":
-            return False
-        batch = self.store.batch_of_tx(tx.id)
-        if batch is None or batch.status != FAILED:
+        batch = self._failed_batch_of_open_settle(tx)
+        if batch is None:
             return False
         receipt = self.chain.receipt(tx.tx_hash)
         if receipt is None or not receipt.ok:
@@ -515,10 +520,8 @@ class Coordinator:
         fill this key's nonce, so the settle is left open. Its bytes are never sent again
         (they would debit those records a second time): its nonce goes to a no-op, as for
         this key's own let-go batches."""
-        if tx.status != SENT or tx.purpose != "settle":
-            return None
-        batch = self.store.batch_of_tx(tx.id)
-        if batch is None or batch.status != FAILED:
+        batch = self._failed_batch_of_open_settle(tx)
+        if batch is None:
             return None
         if self.chain.receipt(tx.tx_hash) is not None or self.chain.nonce() > tx.nonce:
             return None  # mined, or its nonce gone: resolved as it is, never sent again
