@@ -49,6 +49,7 @@ PLANNED, SUBMITTED, CONFIRMED, FAILED = "planned", "submitted", "confirmed", "fa
 REJECTED, REGISTERED = "rejected", "registered"
 LEASE = "coordinator"
 LEASE_LOCK_TIMEOUT = "2s"  # how long taking the lease waits for a leader's fenced transaction
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout runs out
 # The batches a landed failed batch takes its records back from: another of its epoch.
 _AT_EPOCH = (PLANNED, SUBMITTED, CONFIRMED)
 
@@ -268,7 +269,7 @@ class CoordinatorStore(SignedTxStore):
                     .values(holder=holder, expires_at=now + ttl)
                 ).rowcount
         except OperationalError as exc:
-            if "lock timeout" not in str(exc):
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
             return False
         return bool(taken == 1)
