@@ -82,7 +82,7 @@ def test_cli_redeem__pending__names_the_redemption_and_the_next_command_then_the
     code, out = _cli(world, monkeypatch, "20")
     assert code == 1 and out.count("\n") == 1
     assert "redemption 1 ($20.00 of anthropic credits for CLD) is selling, waiting for redeem tx 0x" in out
-    assert "run this same command again, or `promptex agent run --once`, to finish it" in out
+    assert "to finish it run this same command again with --resume 1 (it sells once" in out
     code, out = _cli(world, monkeypatch, "25")
     assert code == 1 and out.count("\n") == 1
     assert "redemption refused: redemption 1 ($20.00 of anthropic credits for CLD) is still open (selling)" in out
@@ -100,7 +100,7 @@ def test_cli_redeem__after_a_key_rotation__says_it_waits_for_the_old_keys_transa
     code, out = _cli(world, monkeypatch, "10")
     assert code == 1 and out.count("\n") == 1
     assert "redemption 2 ($10.00 of anthropic credits for CLD) is planned, waiting: the log holds 2 transactions" in out
-    assert "let that key's agent finish them; run this same command again" in out
+    assert "let that key's agent finish them; to finish it run this same command again with --resume 2" in out
 
 
 def test_store_create__two_at_once_on_postgresql__the_second_sees_the_first(postgres, world):

@@ -198,8 +198,9 @@ class Agent:
         return q.tokens_in
 
     def redeem(
-        self, user: str, token: str, usd_micro: int, provider: str, max_tokens_in: int | None = None
-    ) -> Redemption:
+        self, user: str, token: str, usd_micro: int, provider: str, max_tokens_in: int | None = None,
+        *, resume: int | None = None,
+    ) -> Redemption:  # fmt: skip
         """Start a redemption now (checked first) and advance it as far as it goes.
 
         Idempotent: while the user's redemption for that provider with the same token,
@@ -207,7 +208,12 @@ class Agent:
         it is that one that is advanced, not a second sale (and not quoted again: its own
         sale may already count against the daily limit). One with other terms is refused
         (StillOpen). Raises RedemptionPending, naming the redemption, while its transaction
-        (or another key's) is not mined yet."""
+        (or another key's) is not mined yet.
+
+        `resume`: only that redemption (the one RedemptionPending named), never a new sale.
+        Once it has ended (`promptex agent run` may finish it meanwhile) it is returned as
+        it ended: a retry without `resume` would find nothing open and sell again, and the
+        command cannot tell such a retry from a second need."""
         user, token, provider = checksum_address(user), token.upper(), provider.strip().lower()
         account = self.store.account_for(user, provider)
         if account is None:
@@ -215,6 +221,11 @@ class Agent:
         if max_tokens_in is None:  # the grant's slippage bound is the ceiling
             max_tokens_in = 2**256 - 1
         terms = (token, usd_micro, max_tokens_in)
+        if resume is not None:
+            r = self._resumed(resume, user, provider, terms)
+            if r.status not in OPEN_STATUSES:
+                return r
+            return self._advance_one(r)
         try:
             r = next(o for o in self.store.redemptions(OPEN_STATUSES, user=user) if o.provider == provider)
         except StopIteration:
@@ -226,6 +237,19 @@ class Agent:
             crash_point("planned")
         if (r.token, r.usd_micro, r.max_tokens_in) != terms:
             raise StillOpen(r)
+        return self._advance_one(r)
+
+    def _resumed(self, redemption_id: int, user: str, provider: str, terms: tuple[str, int, int]) -> Redemption:
+        """The user's redemption `redemption_id` for that provider with those terms, or ValueError."""
+        found = [o for o in self.store.redemptions(user=user) if o.id == redemption_id and o.provider == provider]
+        if not found:
+            raise ValueError(f"{user} has no redemption {redemption_id} for {provider}")
+        r = found[0]
+        if (r.token, r.usd_micro, r.max_tokens_in) != terms:
+            raise ValueError(f"redemption {redemption_id} has other terms (token, USD or maximum tokens)")
+        return r
+
+    def _advance_one(self, r: Redemption) -> Redemption:
         try:
             self.machine.wait_for_other_keys()
             self.machine.resolve_open_txs()

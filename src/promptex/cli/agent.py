@@ -127,7 +127,11 @@ def agent_rule(user: str, provider: str, token: str, below: str, add: str, max_t
 @click.option("--usd", required=True, help="USD of credits to buy")
 @click.option("--to", "provider", required=True, help="the provider whose linked account gets them")
 @click.option("--max-tokens", default=None, help="whole tokens: sell at most this many (default: the grant's bound)")
-def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | None) -> None:
+@click.option(
+    "--resume", type=int, default=None, metavar="ID",
+    help="only finish redemption ID (the one a pending run named): never a new sale",
+)  # fmt: skip
+def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | None, resume: int | None) -> None:
     """Sell tokens into the escrow and buy credits on the user's linked account now."""
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.service import RedemptionPending
@@ -137,7 +141,7 @@ def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | Non
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)
     try:
-        r = make_agent().redeem(user, token, usd_micro(usd), provider, limit)
+        r = make_agent().redeem(user, token, usd_micro(usd), provider, limit, resume=resume)
     except StillOpen as exc:
         raise click.ClickException(
             f"redemption refused: {_named(exc.redemption)} is still open ({exc.redemption.status}), one at a time "
@@ -152,8 +156,9 @@ def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | Non
             else f"waiting for {exc.waiting} to be mined"
         )
         raise click.ClickException(
-            f"{_named(exc.redemption)} is {exc.redemption.status}, {waiting}; "
-            f"run this same command again, or `promptex agent run --once`, to finish it (it sells once)"
+            f"{_named(exc.redemption)} is {exc.redemption.status}, {waiting}; to finish it run this same command "
+            f"again with --resume {exc.redemption.id} (it sells once, and not again should the agent finish it "
+            f"first), or `promptex agent run --once`"
         ) from None
     click.echo(f"redemption {r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
     if r.status != RELEASED and r.status in ("failed", "rejected", "abandoned", "refunded"):
