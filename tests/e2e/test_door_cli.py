@@ -61,7 +61,7 @@ def door(chain_market, accounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     book = Ledger.open(f"sqlite:///{tmp_path}/ledger.sqlite3", sqlite_synchronous="NORMAL")
     coordinator = Coordinator(book.engine, ApeChain(deployment, accounts[0]), holder="door")  # type: ignore[arg-type]
     # The door answers only while its process's passes hold the lease: as if they ran for the test's length.
-    assert coordinator.store.acquire_lease("door", coordinator.clock(), 3_600)
+    assert coordinator.store.acquire_lease("door", 3_600)
     with ServerThread(Door(coordinator, Place.of(deployment)).app()) as server:
         monkeypatch.setenv("PROMPTEX_COORDINATOR_DOOR_URL", server.url)
         settings.cache_clear()

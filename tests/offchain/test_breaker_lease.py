@@ -239,7 +239,7 @@ def test_leader_stopped_inside_a_transaction_of_its_pass__the_standby_stands_by_
     t, b = _coordinator(ledger, chain, "t"), _coordinator(ledger, chain, "b")
     assert t.run_once().leader
     answers: list[bool] = []
-    with t.store.fenced("t", ledger.clock, LEASE), t.store._tx():  # t stopped inside a transaction
+    with t.store.fenced("t", LEASE), t.store._tx():  # t stopped inside a transaction
         clock.advance(10 * LEASE)
         standby = threading.Thread(target=lambda: answers.append(b.run_once().leader), daemon=True)
         standby.start()

@@ -8,15 +8,20 @@ takes it again at its next pass."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from coordinator_fakes import FakeChain
+from sqlalchemy import select
 from test_breaker_refund_taken_back import _payer
 from test_coordinator_refund_taken_back import LOT, USDC, spend
 
 from fixtures.ledger import Clock
+from promptex.coordinator.schema import coordinator_lease
 from promptex.coordinator.service import Coordinator
+from promptex.coordinator.store import DATABASE_NOW
 from promptex.ledger import Ledger
 from promptex.protocol.escrow import KIND_LISTED
 
@@ -131,4 +136,91 @@ def test_a_process_whose_passes_are_stuck__its_door_neither_takes_nor_keeps_the_
         world.post(replay)
         led.append(standby.run_once().leader)
     assert any(led)
-    assert not world.coordinator.store.holds_lease("door", ledger.clock())
+    assert not world.coordinator.store.holds_lease("door")
+
+
+# ─── Clock skew: the lease's times are the database's clock (lbreak's item 3) ─
+#
+# Before, each process wrote the lease's expiry in its own clock and compared another's
+# expiry with its own. `ledger.clock` stands for the database's clock in the first two
+# tests (the lease's clock, `lease_clock`, one for every coordinator); each coordinator's
+# own clock (`clock`) is skewed. The last two are the production path: no clock given,
+# on PostgreSQL, whose server's clock the lease uses.
+
+DAY = 86_400
+
+
+def _ahead(ledger: Ledger, seconds: int) -> Callable[[], int]:
+    """A coordinator's own clock, `seconds` ahead of the one standing for the database's."""
+    return lambda: ledger.clock() + seconds
+
+
+def test_a_killed_coordinator_whose_clock_ran_a_day_ahead__a_standby_leads_after_the_lease(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """lbreak's repro (a): `fast` (its host's clock a day ahead) runs one pass and is
+    killed (-9: the lease is not given back). Before, it wrote an expiry a day away and
+    `right` stood by for the whole hour, settling nothing."""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED)
+    fast = Coordinator(ledger.engine, chain, holder="fast", clock=_ahead(ledger, DAY), lease_clock=ledger.clock)
+    right = Coordinator(ledger.engine, chain, holder="right", clock=ledger.clock, lease_clock=ledger.clock)
+    assert fast.run_once().leader  # then kill -9
+    x, x_address = _payer(ledger, chain)
+    spend(ledger, x, 1_002)
+
+    assert not right.run_once().leader  # fast's lease (30 s), fresh
+    clock.advance(fast.lease_seconds + 1)  # before: a day and the lease
+    assert right.run_once().leader
+    assert chain.s.settlements == [(USDC, 1)] and chain.s.balances[(x_address, USDC)] == 10_000 - 1_002
+
+
+def test_a_standby_whose_clock_runs_a_minute_ahead__never_takes_a_held_lease(ledger: Ledger, clock: Clock) -> None:
+    """lbreak's repro (b): before, `fast` (its clock 60 s ahead, more than the lease) took
+    the lease right after `slow` renewed it; the leader's unfenced instant between its
+    renewal and its RPC send then needed no stop at all."""
+    chain = FakeChain()
+    slow = Coordinator(ledger.engine, chain, holder="slow", clock=ledger.clock, lease_clock=ledger.clock)
+    fast = Coordinator(ledger.engine, chain, holder="fast", clock=_ahead(ledger, 60), lease_clock=ledger.clock)
+    assert slow.run_once().leader and slow.store.hold_lease("slow", 30)
+    for _ in range(5):
+        assert not fast.run_once().leader
+        clock.advance(10)
+        assert slow.run_once().leader  # renewed by each pass
+    assert not fast.store.holds_lease("fast") and slow.store.holds_lease("slow")
+
+
+def _database_now(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(DATABASE_NOW).scalar_one())
+
+
+def _host_clock(seconds_ahead: int) -> Callable[[], int]:
+    """A host's clock `seconds_ahead` of the real one (the database server's)."""
+    return lambda: int(time.time()) + seconds_ahead
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_on_postgresql__no_clock_given__the_expiry_is_the_servers_clock_not_the_hosts(ledger: Ledger) -> None:
+    """The production path of (a): `fast`'s host clock a day ahead; the expiry it writes is
+    the server's clock plus the lease (before: its own clock plus the lease, a day away)."""
+    fast = Coordinator(ledger.engine, FakeChain(), holder="fast")
+    fast.clock = _host_clock(DAY)
+    before = _database_now(ledger)
+    assert fast.run_once().leader
+    with ledger.engine.connect() as conn:
+        expires_at = conn.execute(select(coordinator_lease.c.expires_at)).scalar_one()
+    assert before + fast.lease_seconds <= expires_at <= _database_now(ledger) + fast.lease_seconds
+
+
+@pytest.mark.parametrize("ledger_url", ["postgresql"], indirect=True)
+def test_on_postgresql__no_clock_given__a_standby_a_minute_ahead_stands_by(ledger: Ledger) -> None:
+    """The production path of (b): before, the standby's own clock (60 s ahead) read the
+    leader's fresh expiry as past and took the lease at once."""
+    chain = FakeChain()
+    slow = Coordinator(ledger.engine, chain, holder="slow")
+    fast = Coordinator(ledger.engine, chain, holder="fast")
+    fast.clock = _host_clock(60)
+    assert slow.run_once().leader
+    assert not fast.run_once().leader
+    assert slow.store.holds_lease("slow") and slow.run_once().leader

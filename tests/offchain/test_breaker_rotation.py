@@ -666,7 +666,7 @@ def test_old_keys_reopened_settle_in_finish_submitted__the_node_refuses_it__wait
     batch = new.store.batch_of_tx(tx.id)
     assert batch is not None and batch.status == "submitted" and new.store.tx(tx.id).status == SENT
     refused = _refused(chain, {tx.raw}, monkeypatch)
-    assert new.store.acquire_lease("new", book.clock(), new.lease_seconds)  # as a pass takes it
+    assert new.store.acquire_lease("new", new.lease_seconds)  # as a pass takes it
 
     with pytest.raises(txlog.TxPending, match="of key"):
         new._finish_submitted(batch)

@@ -187,7 +187,7 @@ def test_old_keys_once_while_the_new_keys_door_holds_the_lease__says_it_stood_by
     monkeypatch.setattr("promptex.coordinator.door.parse_exit_request", lambda *a: _Request())
     with pytest.raises(Refused, match="standing by"):  # the door no longer takes the lease its pass gave back
         door.exit({})
-    assert new.store.acquire_lease("new", book.clock(), 30)  # the new key's pass, as it runs again meanwhile
+    assert new.store.acquire_lease("new", 30)  # the new key's pass, as it runs again meanwhile
     keys.use(COORDINATOR)
 
     report = old.run_once()  # the operator's `promptex coordinator --once` with the old key

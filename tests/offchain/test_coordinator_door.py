@@ -32,7 +32,7 @@ class World:
         self.book, self.chain = book, chain
         self.coordinator = Coordinator(book.engine, chain, holder="door", clock=book.clock, tx_timeout=0)
         self.door = Door(self.coordinator, PLACE, throttle=throttle)
-        assert self.coordinator.store.acquire_lease("door", book.clock(), 30)  # as its first pass takes it
+        assert self.coordinator.store.acquire_lease("door", 30)  # as its first pass takes it
         self.client = TestClient(self.door.app())
 
     def buyer(self, on_chain: int, unsettled: int = 0) -> tuple[int, Any]:
@@ -193,7 +193,7 @@ def test_door__a_standby_coordinator__503_and_nothing_locked_or_used(world: Worl
     account, wallet = world.buyer(20 * USDC)
     leader = Coordinator(world.book.engine, world.chain, holder="leader", clock=world.book.clock, tx_timeout=0)
     world.coordinator.store.release_lease("door")
-    assert leader.store.acquire_lease("leader", world.book.clock(), 30)
+    assert leader.store.acquire_lease("leader", 30)
 
     got, answer = world.post(world.request(wallet, USDC))
 

@@ -142,7 +142,7 @@ def test_rotated__old_keys_fresh_settle__the_new_key_waits_until_it_is_a_window_
     assert (report.leader, report.waiting, report.confirmed) == (False, said, [])
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [said]
     assert chain.s.nonce == 0 and coord.store.open_txs() == [] and _debited(chain, y_address) == 0
-    assert coord.store.acquire_lease("old-key", book.clock(), 30)  # free for the old key's coordinator
+    assert coord.store.acquire_lease("old-key", 30)  # free for the old key's coordinator
     coord.store.release_lease("old-key")
     chain.mine_blocks(1)  # the old settle is a window deep: history
     report = coord.run_once()

@@ -93,7 +93,7 @@ class Door:
             # the lease, its passes take and renew it: a request (any wallet's, even a replay)
             # never takes a lease a pass gave back for another key's coordinator, nor keeps
             # one for a process whose passes are stuck.
-            if not coordinator.store.holds_lease(coordinator.holder, coordinator.clock()):
+            if not coordinator.store.holds_lease(coordinator.holder):
                 message = (
                     "this coordinator is standing by (another holds the lease, or its own passes do not run): "
                     "ask the leader's door"

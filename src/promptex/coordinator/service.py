@@ -200,8 +200,12 @@ class Coordinator:
         quarantine_refund: int = 86_400,
         reorg_window: int = REORG_WINDOW,
         clock: Callable[[], int] | None = None,
+        lease_clock: Callable[[], int] | None = None,
     ) -> None:
-        self.store = CoordinatorStore(engine)
+        # The lease's times are the database's clock (`store._lease_now`: PostgreSQL's,
+        # SQLite's host's), never this process's: coordinators on other hosts compare them.
+        # Tests: `lease_clock`, a clock standing for the database's; given only `clock`, that.
+        self.store = CoordinatorStore(engine, lease_clock=lease_clock or clock)
         self.chain = chain
         self.holder = holder or f"{os.uname().nodename}:{os.getpid()}"
         self.lease_seconds = lease_seconds
@@ -223,7 +227,7 @@ class Coordinator:
     def run_once(self) -> PassReport:
         """Resolve what is in flight, register spend caps, settle each asset (drawing its lots)."""
         self._report = report = PassReport()
-        if not self.store.acquire_lease(self.holder, self.clock(), self.lease_seconds):
+        if not self.store.acquire_lease(self.holder, self.lease_seconds):
             report.leader = False
             self._checked_head = None  # as after a restart: the leader checks receipts meanwhile
             # Said in the report too: `--once` stood by and did nothing (the README's way out
@@ -236,7 +240,7 @@ class Coordinator:
             return report
         # Fenced: each database transaction of the pass first checks the lease, locked, so a
         # step after it ran out (a wait, a stopped process) writes nothing (LeaseLost).
-        with self.store.fenced(self.holder, self.clock, self.lease_seconds):
+        with self.store.fenced(self.holder, self.lease_seconds):
             try:
                 return self._pass(report)
             except Exception:
@@ -309,7 +313,7 @@ class Coordinator:
         locked: `CoordinatorStore.fenced`.) The rule that a key waits for
         another key's fresh transactions is checked once, at the pass's start, and holds
         only while no other coordinator (another key: a standby) runs a pass meanwhile."""
-        if not self.store.hold_lease(self.holder, self.clock(), self.lease_seconds):
+        if not self.store.hold_lease(self.holder, self.lease_seconds):
             raise LeaseLost(
                 f"the lease of {self.holder} ran out during the pass (longer than {self.lease_seconds} s): "
                 "nothing more is signed; standing by"

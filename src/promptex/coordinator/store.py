@@ -7,6 +7,7 @@ it signs. Each method is one transaction, so every state change is all or nothin
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ REJECTED, REGISTERED = "rejected", "registered"
 LEASE = "coordinator"
 LEASE_LOCK_TIMEOUT = "2s"  # how long taking the lease waits for a leader's fenced transaction
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout runs out
+# PostgreSQL's clock, in unix seconds: the server's now (not its transaction's start).
+DATABASE_NOW = text("SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)")
 # The batches a landed failed batch takes its records back from: another of its epoch.
 _AT_EPOCH = (PLANNED, SUBMITTED, CONFIRMED)
 
@@ -181,11 +184,34 @@ def failed_batches_naming(conn: Connection, records: Sequence[StoredUsage]) -> d
     return found
 
 
-def _hold_lease(conn: Connection, holder: str, clock: Callable[[], int], ttl: int) -> None:
+def _lease_now(conn: Connection, clock: Callable[[], int] | None) -> int:
+    """The lease's clock, read in `conn`'s transaction: ONE clock for every coordinator on
+    the database, whose expiries each writes and the others compare (lbreak's item 3: with
+    each process's own, a killed coordinator whose clock ran a day ahead left an expiry no
+    other reached for a day, and a standby whose clock ran ahead took the lease right after
+    the leader renewed it). PostgreSQL's own (`clock_timestamp()`: the server's, now, not
+    the transaction's start); SQLite's database is one host's, so that host's clock.
+    `clock` (tests): a clock standing for the database's, shared by the coordinators."""
+    if clock is not None:
+        return clock()
+    if conn.dialect.name == "postgresql":
+        return int(conn.execute(DATABASE_NOW).scalar_one())
+    return int(time.time())
+
+
+def _locked_lease(conn: Connection) -> Any:
+    """The lease row (holder, expires_at), locked for the transaction (FOR UPDATE on
+    PostgreSQL; SQLite's write transactions hold the database's lock from BEGIN IMMEDIATE):
+    read before the lease's clock, so a wait for a leader's transaction comes first."""
+    lease = coordinator_lease.c
+    return conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE).with_for_update()).first()
+
+
+def _hold_lease(conn: Connection, holder: str, clock: Callable[[], int] | None, ttl: int) -> None:
     """The fence (`CoordinatorStore.fenced`), inside the caller's transaction."""
     lease = coordinator_lease.c
-    row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE).with_for_update()).first()
-    now = clock()
+    row = _locked_lease(conn)
+    now = _lease_now(conn, clock)
     if row is None or row.holder != holder or row.expires_at < now:
         whose = "no one's" if row is None else f"{row.holder}'s" if row.holder != holder else "expired"
         raise LeaseLost(f"the lease of {holder} ran out during the pass (now {whose}): nothing more is written")
@@ -211,12 +237,14 @@ class LeaseLost(TxPending):
 class CoordinatorStore(SignedTxStore):
     txs_table = coordinator_txs
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, lease_clock: Callable[[], int] | None = None) -> None:
         super().__init__(engine)
-        self._fence = threading.local()  # this thread's pass: (holder, clock, ttl), or None
+        # The lease's times: None, the database's clock (`_lease_now`); tests give a shared one.
+        self.lease_clock = lease_clock
+        self._fence = threading.local()  # this thread's pass: (holder, ttl), or None
 
     @contextmanager
-    def fenced(self, holder: str, clock: Callable[[], int], ttl: int) -> Iterator[None]:
+    def fenced(self, holder: str, ttl: int) -> Iterator[None]:
         """Within: every transaction of this thread first reads the lease row, locked, and
         raises LeaseLost (rolled back: nothing written) unless `holder` has held it without
         a break (ours, not expired; renewed here once half of `ttl` is spent), so a pass
@@ -225,7 +253,7 @@ class CoordinatorStore(SignedTxStore):
         transaction holds the write lock from its BEGIN IMMEDIATE, so no one takes the lease
         between the check and the commit: a check-then-act that a stop between the two
         defeats. Other threads (the door's) are not fenced."""
-        self._fence.lease = (holder, clock, ttl)
+        self._fence.lease = (holder, ttl)
         try:
             yield
         finally:
@@ -236,29 +264,35 @@ class CoordinatorStore(SignedTxStore):
         with self.engine.begin() as conn:
             lease = getattr(self._fence, "lease", None)
             if lease is not None:
-                _hold_lease(conn, *lease)
+                holder, ttl = lease
+                _hold_lease(conn, holder, self.lease_clock, ttl)
             yield conn
 
     # ─── Lease ───────────────────────────────────────────────────────────────
 
-    def _lease_row(self) -> Any:
-        """The lease's (holder, expires_at) as it is now, read without a lock; None before any."""
+    def _lease_row(self) -> tuple[Any, int]:
+        """The lease's (holder, expires_at) as it is now, read without a lock (None before
+        any), and the lease's clock (`_lease_now`) read in the same transaction."""
         lease = coordinator_lease.c
         with self.engine.connect().execution_options(**{READ_ONLY: True}) as conn, conn.begin():
-            return conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+            row = conn.execute(select(lease.holder, lease.expires_at).where(lease.name == LEASE)).first()
+            return row, _lease_now(conn, self.lease_clock)
 
-    def acquire_lease(self, holder: str, now: int, ttl: int) -> bool:
+    def acquire_lease(self, holder: str, ttl: int) -> bool:
         """Take or renew the leader lease: free, expired, or already ours. False, too, when
         the row stays locked past LEASE_LOCK_TIMEOUT (PostgreSQL): a leader inside a fenced
         transaction holds it, and one stopped there (SIGSTOP) would hold it for good.
-        Ours with more than half of `ttl` left: True without a write (or a wait for that row)."""
-        row = self._lease_row()
+        Ours with more than half of `ttl` left: True without a write (or a wait for that row).
+        Its times are the lease's clock (`_lease_now`: the database's), never the caller's."""
+        row, now = self._lease_row()
         if row is not None and row.holder == holder and row.expires_at - now > ttl / 2:
             return True  # no one may take it before it expires
         try:
             with self.engine.begin() as conn:  # never fenced: it is how a lease is taken
                 if conn.dialect.name == "postgresql":
                     conn.execute(text(f"SET LOCAL lock_timeout = '{LEASE_LOCK_TIMEOUT}'"))
+                _locked_lease(conn)  # the wait for a leader's fenced transaction, before the clock is read
+                now = _lease_now(conn, self.lease_clock)
                 insert_ignore(conn, coordinator_lease, {"name": LEASE, "holder": holder, "expires_at": now + ttl})
                 taken = conn.execute(
                     update(coordinator_lease)
@@ -274,17 +308,19 @@ class CoordinatorStore(SignedTxStore):
             return False
         return bool(taken == 1)
 
-    def holds_lease(self, holder: str, now: int) -> bool:
+    def holds_lease(self, holder: str) -> bool:
         """Whether `holder` holds the lease now (ours, not expired): a read that neither
         takes nor renews it. Only passes take and renew it (the door asks this)."""
-        row = self._lease_row()
+        row, now = self._lease_row()
         return row is not None and row.holder == holder and row.expires_at >= now
 
-    def hold_lease(self, holder: str, now: int, ttl: int) -> bool:
+    def hold_lease(self, holder: str, ttl: int) -> bool:
         """Renew the lease only if `holder` has held it without a break (ours, not yet
         expired): False once it ran out, whether or not another coordinator took it since."""
         with self.engine.begin() as conn:  # a lease operation: never fenced
             lease = coordinator_lease.c
+            _locked_lease(conn)
+            now = _lease_now(conn, self.lease_clock)
             held = conn.execute(
                 update(coordinator_lease)
                 .where(lease.name == LEASE, lease.holder == holder, lease.expires_at >= now)
