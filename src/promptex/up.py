@@ -60,6 +60,7 @@ class Service:
     ready: Callable[[], bool] | None = None  # None: running is ready
     env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
     deferred: bool = False  # ready is awaited after the later services started (`await_ready`)
+    stops_last: bool = False  # the chain: the others finish their passes against it first
     process: subprocess.Popen[str] | None = field(default=None, repr=False)
 
 
@@ -182,12 +183,20 @@ class Supervisor:
         self.stopping.set()
 
     def stop_all(self) -> None:
-        """SIGTERM in reverse start order, then SIGKILL whatever outlives the grace period."""
-        for service in reversed(self.services):
+        """SIGTERM in reverse start order, then SIGKILL whatever outlives the grace period; the
+        chain only once the services using it are gone (a pass cut off mid-call printed a
+        connection-reset traceback on every Ctrl-C)."""
+        users = [service for service in reversed(self.services) if not service.stops_last]
+        self._stop(users)
+        self._stop([service for service in reversed(self.services) if service.stops_last])
+
+    @staticmethod
+    def _stop(services: list[Service]) -> None:
+        for service in services:
             if service.process is not None and service.process.poll() is None:
                 service.process.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for service in reversed(self.services):
+        for service in services:
             if service.process is None:
                 continue
             try:
@@ -497,7 +506,9 @@ def plan_services(options: UpOptions, rpc_url: str, *, local_market: bool = Fals
     """The long-lived services after the chain: the indexer and the coordinator (which follow
     the chain), the fake upstreams, the gateway, the fake billing API and the redemption
     agent that buys credits from it, then the web dashboard; on a seeded local market also
-    the Oracle keeper (it signs with an anvil development account)."""
+    the Oracle keeper (it signs with an anvil development account). None needs another to be
+    ready to start (each reaches the others per request or pass), so all start at once and are
+    awaited together: their imports overlap on the cores."""
     upstream = f"http://127.0.0.1:{options.upstream_port}"
     gateway = f"http://{options.gateway_host}:{options.gateway_port}"
     billing = f"http://127.0.0.1:{options.billing_port}"
@@ -516,18 +527,21 @@ def plan_services(options: UpOptions, rpc_url: str, *, local_market: bool = Fals
             promptex_argv("fake-upstream", "--port", str(options.upstream_port)),
             url=f"{upstream}/v1",
             ready=lambda: http_answers(f"{upstream}/v1/models"),
+            deferred=True,
         ),
         Service(
             "gateway",
             promptex_argv("gateway", "serve", "--host", options.gateway_host, "--port", str(options.gateway_port)),
             url=f"{gateway}/v1",
             ready=lambda: http_answers(f"{gateway}/v1/models"),
+            deferred=True,
         ),
         Service(
             "billing",
             promptex_argv("fake-billing", "--port", str(options.billing_port)),
             url=billing,
             ready=lambda: http_answers(f"{billing}/v1/accounts/probe/balance"),
+            deferred=True,
         ),
         Service("agent", promptex_argv("agent", "run"), url=rpc_url),
         Service(
@@ -535,6 +549,7 @@ def plan_services(options: UpOptions, rpc_url: str, *, local_market: bool = Fals
             promptex_argv("dashboard", "--host", options.gateway_host, "--port", str(options.dashboard_port)),
             url=f"{dashboard}/",
             ready=lambda: http_answers(f"{dashboard}/api/config"),
+            deferred=True,
         ),
         *(local_services(rpc_url) if local_market else []),
     ]
@@ -576,6 +591,7 @@ def up(options: UpOptions) -> int:
                     [anvil_binary(), "--host", "127.0.0.1", "--port", str(options.chain_port), "--silent", *state],
                     url=rpc_url,
                     ready=lambda: rpc_answers(rpc_url),
+                    stops_last=True,
                 )
             )
         elif not rpc_answers(rpc_url):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -91,3 +92,32 @@ def test_demo_finalizers__one_per_demo_seller_with_its_own_key_in_its_environmen
         supervisor.stop_all()
     assert out.read_text() == finalizers[0].env["PROMPTEX_SELLER_PRIVATE_KEY"]
     assert "PROMPTEX_SELLER_PRIVATE_KEY" not in supervisor.env
+
+
+def test_stop_all__the_chain_stops_after_every_service_that_uses_it(tmp_path: Path) -> None:
+    """Ctrl-C: a coordinator or agent mid-pass must not lose its node under it (it printed a
+    connection-reset traceback on every stop): the chain gets SIGTERM only once the others exited."""
+    gone = tmp_path / "user-gone"
+    seen = tmp_path / "chain-saw"
+    # The user takes a second to finish its pass after SIGTERM; the chain notes whether it had.
+    user = (
+        "import pathlib, signal, sys, time\n"
+        f"def stop(*_): time.sleep(1); pathlib.Path({str(gone)!r}).write_text('x'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    chain = (
+        "import pathlib, signal, sys, time\n"
+        f"def stop(*_):\n    pathlib.Path({str(seen)!r}).write_text(str(pathlib.Path({str(gone)!r}).exists()))\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "while True: time.sleep(0.05)\n"
+    )
+    supervisor = Supervisor({"PATH": os.environ["PATH"]})
+    try:
+        supervisor.start(Service("anvil", [sys.executable, "-c", chain], stops_last=True))
+        supervisor.start(Service("coordinator", [sys.executable, "-c", user]))
+        time.sleep(0.5)  # both installed their handlers
+    finally:
+        supervisor.stop_all()
+    assert seen.read_text() == "True"
