@@ -4,15 +4,19 @@ may take every active hold for a dead process's and end it (`Ledger.expire_orpha
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from promptex.config import Settings
 from promptex.gateway import create_app, limits, single
 from promptex.gateway.limits import LimitCounters, Plan
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import ExtraTake, Ledger, Reservation
+from promptex.ledger.db import create_ledger_engine
 from promptex.ledger.holds.capacity import LotClaim
 from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import load_master_keys
@@ -45,6 +49,73 @@ def test_serve__only_the_first_app_of_the_lock_holder_is_alone__none_without_a_l
     assert single.claim("postgresql://u@127.0.0.1/ledger") is None
     assert single.serve(None) is False
     assert single.serve(single.claim("sqlite://")) is False
+
+
+def _opened(url: str) -> Path | None:
+    """The file SQLite itself opened for `url` (PRAGMA database_list), None in memory."""
+    engine = create_ledger_engine(url, sqlite_synchronous="NORMAL")
+    try:
+        with engine.connect() as conn:
+            name = next(row[2] for row in conn.execute(text("PRAGMA database_list")) if row[1] == "main")
+    finally:
+        engine.dispose()
+    return Path(name).resolve() if name else None
+
+
+def _held_elsewhere(lock: Path) -> bool:
+    """Another open of the lock file cannot take it (flock is per open file: as another
+    process would find it)."""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "sqlite:///~/ledger.db",  # the home folder, as the lock always read it (gbreak 1)
+        "sqlite:///./~/ledger.db",  # a folder named `~` in the working directory
+        "sqlite:///data/ledger.db",
+        "sqlite:///file:data/ledger.db?uri=true",  # URI filenames took no lock (gbreak 2)
+        "sqlite:///file:data/ledger.db?mode=rwc&uri=true",
+        "sqlite:///file://localhost/{cwd}/data/b%20c.db?uri=true",
+        "sqlite:///file:/{cwd}/data/b%20c.db?uri=true&cache=shared",
+    ],
+)
+def test_claim__each_form_of_an_sqlite_url__locks_the_file_sqlite_opens(
+    form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gbreak (session 9): the lock expanded `~`, SQLite opened `./~/…` (with such a folder in
+    the working directory, `sqlite:///~/x.db` and `sqlite:////srv/~/x.db` were one database
+    with two locks: a second gateway started and ended the first's live holds); a URI
+    filename took no lock at all. Now the lock, the engine and the folder made for it agree."""
+    home, cwd = tmp_path / "home", tmp_path / "srv"
+    (cwd / "~").mkdir(parents=True)
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    url = form.format(cwd=str(cwd).lstrip("/"))
+    lock = single.claim(url)
+    try:
+        opened = _opened(url)
+        assert lock is not None and opened is not None
+        assert lock == opened.with_name(opened.name + single.LOCK_SUFFIX) and _held_elsewhere(lock)
+        assert opened.is_relative_to(home if "///~" in form else cwd)
+    finally:
+        single.release(lock)
+
+
+def test_claim__sqlite_urls_in_memory__no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?uri=true",
+                "sqlite:///file:mem?mode=memory&cache=shared&uri=true"):  # fmt: skip
+        assert single.claim(url) is None and _opened(url) is None, url
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_restarted_gateway__a_dead_ones_hold_took_a_keys_limits__it_starts_and_ends_the_hold(

@@ -18,14 +18,15 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import Engine, event
 
+from promptex.ledger.db import sqlite_path
+
 log = logging.getLogger("promptex.gateway")
 
 
 def take_over(engine: Engine) -> bool:
     """Turn off automatic checkpoints on `engine`'s connections (a file-backed SQLite
     ledger only); True if the caller must now run `checkpoints`."""
-    database = engine.url.database or ""
-    if engine.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith("file::memory:"):
+    if sqlite_path(engine.url) is None:
         return False
 
     @event.listens_for(engine, "connect")

@@ -23,9 +23,8 @@ import os
 import threading
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from promptex.config import ConfigurationError
+from promptex.ledger.db import sqlite_path
 
 LOCK_SUFFIX = ".gateway-lock"
 _held: dict[Path, tuple[int, int]] = {}  # lock file → (descriptor, claims in this process)
@@ -34,12 +33,10 @@ _lock = threading.Lock()
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The ledger's SQLite file, or None (PostgreSQL, an in-memory database)."""
-    parsed = make_url(url)
-    database = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
-        return None
-    return Path(database).expanduser().resolve()
+    """The ledger's SQLite file, as its engine opens it (`ledger.db.sqlite_path`: a leading
+    `~` is the home folder, a URI filename is read as SQLite reads it), or None (PostgreSQL,
+    an in-memory database)."""
+    return sqlite_path(url)
 
 
 def claim(url: str) -> Path | None:

@@ -29,7 +29,7 @@ from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
-from promptex.ledger.db import READ_ONLY, create_ledger_engine, upgrade
+from promptex.ledger.db import READ_ONLY, create_ledger_engine, sqlite_path, upgrade
 from promptex.ledger.errors import LedgerInconsistent, UnknownAccount, WriterBusy
 from promptex.ledger.holds import capacity as _capacity
 from promptex.ledger.holds import general as _general
@@ -108,8 +108,7 @@ def _driver(conn: Connection, statement: str) -> None:
 def _sqlite_file_pragmas(engine: Engine) -> tuple[int, int] | None:
     """A SQLite file ledger's `synchronous` level (1 NORMAL, 2 FULL) and busy timeout (ms),
     as every connection of `engine` sets them; None for PostgreSQL or a database in memory."""
-    database = engine.url.database or ""
-    if engine.dialect.name != "sqlite" or database in ("", ":memory:") or database.startswith("file::memory:"):
+    if sqlite_path(engine.url) is None:
         return None
     with engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection

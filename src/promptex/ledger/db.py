@@ -9,16 +9,20 @@ lock and re-checks its WHERE clause on the latest version.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import asbool
 
 from promptex.ledger.amounts import register_sqlite_functions
 
@@ -50,17 +54,53 @@ def create_ledger_engine(
     raise ValueError(f"the ledger runs on SQLite or PostgreSQL, not {backend!r} ({parsed.render_as_string()})")
 
 
-def _sqlite_engine(url: str, busy_timeout_ms: int, synchronous: str) -> Engine:
+def _sqlite_url(url: str | URL) -> URL:
+    """An SQLite URL as the ledger opens it: a plain path's leading `~` is the home folder
+    (SQLite and SQLAlchemy would open a folder named `~` in the working directory), so the
+    file the engine opens, the folder made for it and the gateway's lock (`sqlite_path`)
+    are one. A URI filename (`?uri=true`) is SQLite's to read: no `~` there."""
     parsed = make_url(url)
     database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    uri = parsed.query.get("uri", "false")
+    if database.startswith("~") and not asbool(uri if isinstance(uri, str) else uri[-1]):
+        parsed = parsed.set(database=os.path.expanduser(database))
+    return parsed
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file an SQLite URL's engine opens, resolved (symlinks, `..`): None for PostgreSQL
+    and an in-memory database. The filename is SQLAlchemy's own (its pysqlite dialect's
+    connect arguments: a relative path against the working directory); a URI filename
+    (`sqlite:///file:path?uri=true`) is read as SQLite reads one (`file:` then an optional
+    empty or `localhost` authority, the path percent-decoded; `mode=memory` or `:memory:`
+    is in memory). What the gateway's one-process lock guards (`gateway.single`)."""
+    parsed = _sqlite_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    args, options = SQLiteDialect_pysqlite().create_connect_args(parsed)
+    filename = str(args[0])
+    if options.get("uri") and filename.startswith("file:"):
+        parts = urlsplit(filename)
+        query = parse_qs(parts.query)
+        if parts.netloc not in ("", "localhost") or "memory" in query.get("mode", ()):
+            return None  # a remote authority SQLite refuses to open, or in memory
+        filename = unquote(parts.path)
+    if filename in ("", ":memory:"):
+        return None
+    return Path(filename).resolve()
+
+
+def _sqlite_engine(url: str, busy_timeout_ms: int, synchronous: str) -> Engine:
+    parsed = _sqlite_url(url)
+    database = sqlite_path(parsed)
+    in_memory = database is None
     connect_args: dict[str, Any] = {"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
-    if in_memory:
+    if database is None:
         # One connection, or every connection would see its own empty database.
-        engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
+        engine = create_engine(parsed, connect_args=connect_args, poolclass=StaticPool)
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args=connect_args, pool_size=5, max_overflow=59)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args=connect_args, pool_size=5, max_overflow=59)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
