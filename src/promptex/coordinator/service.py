@@ -262,6 +262,7 @@ class Coordinator:
             self._recheck_other_keys_txs()
             for tx in self.store.others_open(self.chain.sender) or []:
                 self._let_go_landed(tx)  # before `wait_for_other_keys` closes it without its batch
+            self._dropped_landed()  # any key's: waiting or not, before anything is planned
             # Another key's transactions not yet final (a rotated key, a standby with its
             # own key): nothing is planned or sent, this key's receipts are not re-checked,
             # and the lease goes back so that key's coordinator can take it and finish them.
@@ -516,6 +517,34 @@ class Coordinator:
             return False
         self._reattach(batch, receipt)
         return True
+
+    def _dropped_landed(self) -> None:
+        """A failed batch whose settle was closed dropped (its nonce seen taken, no receipt)
+        while that nonce is not final: its bytes may be on chain after all. Taken by a
+        transaction outside the log (a wallet's cancel of a stuck settle), the nonce goes
+        back to them should a reorg within the window orphan that transaction; or the node
+        served the nonce before the receipt for longer than the grace. Nothing else reads
+        a dropped settle again (`_check_replaced` only where a no-op of the log took the
+        nonce), so its records, back to pending, were settled again under a later epoch
+        once the next nonce was deep: debited twice. Each pass, every key's such settle is
+        read by receipt; landed, the batch takes its records back (`_reattach`)."""
+        head = self.chain.head() if self._checked_head is None else self._checked_head
+        for sender in [self.chain.sender, *sorted(self.store.other_senders(self.chain.sender))]:
+            final = self.store.final_nonce(head - self.reorg_window, sender)
+            for asset in sorted(self.chain.assets()):
+                for batch in self.store.unfinal_failures(asset, final, sender):
+                    assert batch.tx_id is not None  # joined on it
+                    tx = self.store.tx(batch.tx_id)
+                    if tx.status != DROPPED or self.store.batch(batch.id).status != FAILED:
+                        continue
+                    receipt = self.chain.receipt(tx.tx_hash)
+                    if receipt is None or not receipt.ok:
+                        continue
+                    log.warning(
+                        "%s epoch %d: its settle %s (nonce %d, key %s), closed dropped, is on chain after all: "
+                        "its batch takes its records back", batch.asset, batch.epoch, tx.tx_hash, tx.nonce, tx.sender,
+                    )  # fmt: skip
+                    self._reattach(batch, receipt)
 
     def _let_go_settle(self, tx: StoredTx) -> Batch | None:
         """The failed batch of this key's open settle `tx`, if it was let go while the settle
