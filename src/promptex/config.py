@@ -393,10 +393,11 @@ class Settings(BaseSettings):
     # the local market's demo buyer), the session grant `promptex session create` wrote
     # (None: <market folder>/session.json; the voucher logs go beside it), the output a
     # request naming no max_tokens is held for, the most one request may hold (None: no
-    # limit but the session maximum), how long a request waits for a free lane, and how many
-    # answers on one lane may come without the lane's total (an error, a stream without its
-    # last event, a connection dropped after the request left), not shown free, before
-    # signing stops (each may have cost its whole hold: the buyer's bound, N holds per lane).
+    # limit but the session maximum), how long a request waits for a free lane, and N, the
+    # buyer's bound: signing stops when answers on one lane without the lane's total (an
+    # error, a stream without its last event, a connection dropped after the request left)
+    # may have cost more than N − 1 of the lane's largest hold (each its hold until a later
+    # answer's total shows what it charged: then that), so at most N holds per lane.
     proxy_port: int = 8788
     proxy_gateway_url: str | None = None
     proxy_api_key: SecretStr | None = None

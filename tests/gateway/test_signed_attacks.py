@@ -365,10 +365,12 @@ def test_dropped_after_an_inexact_total__not_forgiven(tmp_path: Path) -> None:
     assert lane.errors == 1 and lane.pending == 0  # counted for good
 
 
-# What one request meets: "a" an answer; "D" charged, then the connection dropped; "d"
-# dropped before charging (a killed gateway: its hold is swept); "E" charged, then a 500
-# without the lane's figures; "e" a 500 that charged nothing.
-BEHAVIOURS = "aDdEe"
+# What one request meets: "a" an answer; "D" charged its cost, then the connection
+# dropped (an honest gateway killed after its settle committed); "d" dropped before
+# charging (a killed gateway: its hold is swept); "E" charged, then a 500 without the
+# lane's figures; "e" a 500 that charged nothing; "X" and "F": as "D" and "E" but the
+# lane booked charged its voucher's whole ceiling (a dishonest gateway's most).
+BEHAVIOURS = "aDdEeXF"
 
 
 @given(pattern=st.text(alphabet=BEHAVIOURS, min_size=1, max_size=24), sizes=st.lists(st.sampled_from([1, 4, 24])))
@@ -378,9 +380,11 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
 ) -> None:
     """Whatever mix of answers, charged or free drops and errors a gateway serves, the most
     it can settle on a lane (its highest voucher: the chain refuses any debit beyond it) is
-    at most the true cost of the answers the buyer received plus N of its largest holds
-    (N = `stop_after_errors`; requests of several sizes); an honest mix (free drops and errors, an answer at least after
-    every N − 1 of them) never stops signing."""
+    at most the true cost of the answers the buyer received plus N of the largest holds
+    signed (N = `stop_after_errors`; requests of several sizes, so drops of small requests
+    after large ones, signed just above the large ones' ceilings, weigh what those allow);
+    an honest mix (free drops and errors, an answer at least after every N − 1 of them)
+    never stops signing."""
     with tempfile.TemporaryDirectory() as folder:
         gateway = FakeSignedGateway(lanes=1)
         signer = make_signer(Path(folder) / "v.log", lanes=1)
@@ -388,19 +392,117 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
         received, largest = 0, 0
         for n, turn in enumerate(pattern):
             body = {**BODY, "max_tokens": sizes[n % len(sizes)] if sizes else 4}
-            largest = max(largest, int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0]))
-            gateway.drop_after_charge, gateway.drop_before_charge = turn == "D", turn == "d"
-            gateway.error_status, gateway.charge_errors = (500 if turn in "Ee" else 0), turn == "E"
-            before = sum(gateway.true_costs)
+            hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0])
+            gateway.drop_after_charge, gateway.drop_before_charge = turn in "DX", turn == "d"
+            gateway.error_status, gateway.charge_errors = (500 if turn in "EeF" else 0), turn in "EF"
+            gateway.claim_ceiling = turn in "XF"
+            before, sent = sum(gateway.true_costs), len(gateway.received)
             try:
                 answer = client.post("http://gateway.test/v1/chat/completions", json=body)
             except httpx.TransportError:
                 continue
+            finally:
+                if len(gateway.received) > sent:  # signed (not refused for a stop)
+                    largest = max(largest, hold)
             if answer.status_code == 200:
                 received += sum(gateway.true_costs) - before
         highest = max((v.ceiling for v in gateway.received), default=0)
         assert highest <= received + signer.stop_after_errors * largest, (highest, received, signer.stopped)
         assert gateway.book[0].charged <= highest
         runs = pattern.split("a")
-        if not set(pattern) & set("DE") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
+        if not set(pattern) & set("DEXF") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
             assert signer.stopped is None or len(runs[-1]) >= signer.stop_after_errors, signer.stopped
+
+
+# One long word: held for its bytes, charged for one token — an answer costs under a quarter of its hold.
+QUARTER = {"model": MODEL, "messages": [{"role": "user", "content": "w" * 40}], "max_tokens": 4}
+
+
+def _crash_after_charge(client: httpx.Client, gateway: FakeSignedGateway) -> None:
+    """An honest gateway killed after its settle committed, before the answer left."""
+    gateway.drop_after_charge = True
+    try:
+        with pytest.raises(httpx.TransportError):
+            client.post("http://gateway.test/v1/chat/completions", json=QUARTER)
+    finally:
+        gateway.drop_after_charge = False
+
+
+def test_honest_crashes_after_charging__weigh_what_they_charged__not_a_hold_each(tmp_path: Path) -> None:
+    """An honest gateway killed now and then after a settle commits and before its answer
+    leaves: the next answer shows each drop charged (under a quarter of a hold), and it
+    counts for good. Counted as events, the third such drop stopped signing for the
+    session's life; weighed in units, three crashes weigh three quarters of a hold and
+    signing goes on, until they and a drop not yet told about weigh more than N − 1 holds
+    (the N-th hold: the next request's). What the gateway can settle stays within N holds."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], QUARTER)[0])
+    assert client.post("http://gateway.test/v1/chat/completions", json=QUARTER).status_code == 200
+    cost = gateway.true_costs[0]
+    assert 4 * cost <= hold
+    lane = signer.book.lanes[0]
+    for crash in range(1, 4):
+        _crash_after_charge(client, gateway)
+        assert signer.stopped is None, signer.stopped  # the event count stopped at the third drop
+        assert client.post("http://gateway.test/v1/chat/completions", json=QUARTER).status_code == 200
+        assert (lane.errors, lane.pending) == (crash, 0)
+    assert lane.lost == 3 * cost
+    assert lane.exact and lane.charged == gateway.book[0].charged == sum(gateway.true_costs)
+    # The rule still stops: once what the drops charged, plus a hold for one not yet told
+    # about, is more than N − 1 holds.
+    crashes = 3
+    while signer.stopped is None:
+        _crash_after_charge(client, gateway)
+        crashes += 1
+        if signer.stopped is None:
+            assert client.post("http://gateway.test/v1/chat/completions", json=QUARTER).status_code == 200
+    n = signer.stop_after_errors
+    assert (crashes - 1) * cost + hold > (n - 1) * hold >= (crashes - 2) * cost + hold, (crashes, cost, hold)
+    assert "came without the lane's total" in signer.stopped and "dropped" in signer.stopped, signer.stopped
+    received = sum(gateway.true_costs) - crashes * cost
+    assert max(v.ceiling for v in gateway.received) <= received + n * hold
+
+
+def test_voucher_log_of_the_event_count__read_by_the_units_rule__old_counts_a_hold_each(tmp_path: Path) -> None:
+    """A session's voucher log written before the rule weighed units (vouchers without
+    their holds, a lane's count without `lost`) is read on: what it counted for good weighs
+    a largest hold each, so the next drop stops as the old count would have (2 + 1 = 3);
+    a log of the units rule keeps its units across the restart."""
+    import json
+
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], QUARTER)[0])
+    for _ in range(2):
+        _crash_after_charge(client, gateway)
+        assert client.post("http://gateway.test/v1/chat/completions", json=QUARTER).status_code == 200
+    lane = signer.book.lanes[0]
+    assert (lane.errors, lane.lost) == (2, 2 * gateway.true_costs[0])
+    signer.log.close()
+    chain = ChainSession(IDENTITY.key, 1, 1, 10**12, 0, (0,))
+
+    def restarted() -> Any:
+        again = make_signer(tmp_path / "v.log", lanes=1)
+        again.book = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), again.log).book
+        return again
+
+    units = restarted()  # the units rule's own log: the same weight after a restart
+    assert (units.book.lanes[0].lost, units.book.lanes[0].largest_hold) == (lane.lost, hold)
+    assert units.weight(units.book.lanes[0]) == lane.lost
+    units.log.close()
+    lines = [json.loads(line) for line in (tmp_path / "v.log").read_text().splitlines()]
+    for record in lines:  # as the event count's code wrote it
+        for key in ("hold",) if record["t"] == "voucher" else ("lost", "lost_holds"):
+            record.pop(key, None)
+    (tmp_path / "v.log").write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in lines))
+    old = restarted()
+    migrated = old.book.lanes[0]
+    assert (migrated.errors, migrated.pending, migrated.lost, migrated.lost_holds) == (2, 0, 0, 2)
+    assert migrated.largest_hold == hold and old.weight(migrated) == 2 * hold
+    assert old.stopped is None
+    client = httpx.Client(transport=PromptexSigningTransport(old, inner=gateway.transport()))
+    _crash_after_charge(client, gateway)
+    assert old.stopped is not None and "3 answers on lane 0" in old.stopped, old.stopped

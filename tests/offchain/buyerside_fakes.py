@@ -69,6 +69,9 @@ class FakeSignedGateway:
     latency: float = 0.0  # seconds a request stays in flight (the upstream's time)
     error_status: int = 0  # answer this status, without the lane's figures (0: answer)
     charge_errors: bool = False  # ... after charging the request (else before anything)
+    # A charged drop or error books the lane charged its voucher's whole ceiling, not the
+    # cost (a dishonest gateway: the most its voucher lets it settle).
+    claim_ceiling: bool = False
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -153,9 +156,12 @@ class FakeSignedGateway:
         # A gateway inflating counts charges for them too (it must: the buyer checks price × tokens).
         cost = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output + self.inflate_output))
         with self.lock:
-            self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output)))
-            lane.charged += cost + self.overcharge
-            lane.voucher = voucher
+            if self.claim_ceiling and (self.drop_after_charge or self.error_status):
+                lane.charged, lane.voucher = voucher.ceiling, voucher  # nothing served
+            else:
+                self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output)))
+                lane.charged += cost + self.overcharge
+                lane.voucher = voucher
         if self.drop_after_charge:
             raise httpx.ReadError("connection dropped after charging")
         if self.error_status:

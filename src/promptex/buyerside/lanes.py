@@ -41,14 +41,21 @@ class Lane:
     # probed now and then, not sent every request.
     rests_until: float = 0.0
     # Answers without the lane's figures (an error naming no total, a dropped connection)
-    # not shown free (`Signer.stop_after_errors`): `pending` of them since the lane's
-    # total `errors_from` (exactly known, or a bound: `errors_from_exact`), not yet told
-    # about by a later figure, and the rest shown charged by one (they count for good).
+    # not shown free: `pending` of them since the lane's total `errors_from` (exactly
+    # known, or a bound: `errors_from_exact`), not yet told about by a later figure, and
+    # the rest shown charged by one (`errors` counts both, as events: for saying why).
     errors: int = 0
     errors_from: int = 0
     errors_from_exact: bool = True
     pending: int = 0
     pending_hold: int = 0  # the largest hold among them
+    # What the stop rule weighs (`Signer.stop_after_errors`, in units): `lost`, the units
+    # later figures showed such answers charged (they count for good: the buyer paid for
+    # answers it never received), and `lost_holds`, answers counted for good by a voucher
+    # log written before the rule counted units (one largest hold each).
+    lost: int = 0
+    lost_holds: int = 0
+    largest_hold: int = 0  # the largest hold signed on the lane in this session
 
 
 class LaneBook:

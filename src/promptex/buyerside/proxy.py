@@ -132,6 +132,9 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                 "signed_units": str(lane.signed),
                 "busy": lane.busy,
                 "answers_without_figures": lane.errors,
+                # What they may have cost, as the stop rule weighs them (against N − 1 of:)
+                "without_figures_units": str(signer.weight(lane)),
+                "largest_hold_units": str(lane.largest_hold),
             }
             for lane in book.lanes
         ]

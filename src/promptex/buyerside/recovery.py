@@ -68,11 +68,17 @@ def recover(
         else:
             by_lane[report.lane] = report
     for lane in book.lanes:
+        lane.largest_hold = voucher_log.largest_hold(chain.session, lane.index)
         counted = voucher_log.error_state(chain.session, lane.index)
         if counted is not None:  # the stop rule's count goes on across restarts
             lane.errors, lane.pending = int(counted["errors"]), int(counted["pending"])
             lane.errors_from, lane.errors_from_exact = int(counted["from"]), bool(counted["from_exact"])
             lane.pending_hold = int(counted["hold"])
+            lane.largest_hold = max(lane.largest_hold, lane.pending_hold)
+            if "lost" in counted:
+                lane.lost, lane.lost_holds = int(counted["lost"]), int(counted["lost_holds"])
+            else:  # written before the stop rule weighed units: what it counted for good, a hold each
+                lane.lost_holds = lane.errors - lane.pending
         settled = chain.lane_settled[lane.index] if lane.index < len(chain.lane_settled) else 0
         logged = voucher_log.ceiling(chain.session, lane.index)
         found = by_lane.get(lane.index)

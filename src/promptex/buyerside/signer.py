@@ -44,14 +44,18 @@ from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
 DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is held for
-# Answers on one lane without the lane's figures (an error naming no lane total, a stream
-# ending without its last event, a connection dropped after the request left) before
-# signing stops: each may have cost its whole hold and cannot be checked, so a gateway
-# answering errors, or charging and dropping every connection, would otherwise walk the
-# lane up one hold per request. Those answers are forgiven only when the next figure of
-# the lane, measured from an exactly known total, shows they cost nothing (a killed
-# gateway's swept hold); shown charged, they count for good (else "N−1 errors, one
-# answer" forever would walk it too). So a lane gives at most N holds beyond its true cost.
+# N: the holds a lane may give beyond the true cost of the answers received, in the worst
+# case, before signing stops. Answers without the lane's figures (an error naming no lane
+# total, a stream ending without its last event, a connection dropped after the request
+# left) cannot be checked, so a gateway answering errors, or charging and dropping every
+# connection, would otherwise walk the lane up one hold per request. Such an answer weighs
+# its whole hold until a later figure of the lane, measured from an exactly known total,
+# tells what it charged: then exactly that, for good (a killed gateway's swept hold: 0,
+# forgiven; a gateway killed after its settle committed: what it charged; "N−1 errors, one
+# answer" forever adds up too). Signing stops when they weigh more than N − 1 of the
+# lane's largest hold: with the hold of the request in flight, N holds. So N answers
+# without figures in a row stop it, as N charged in full do; an honest gateway's crash
+# that charged a quarter of a hold uses a quarter.
 STOP_AFTER_ERRORS = 3
 LANE_BUSY = "lane_busy"
 # A lane the gateway answered lane_busy on is not tried again for this long: a crashed
@@ -197,7 +201,7 @@ class Signer:
         cleared = self.log.resume(int(time.time()))
         self.stopped = None
         for lane in self.book.lanes:
-            lane.errors = lane.pending = 0
+            lane.errors = lane.pending = lane.lost = lane.lost_holds = 0
         return cleared
 
     def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
@@ -297,10 +301,11 @@ class Signer:
                     ceiling=ceiling,
                 )
                 voucher = Voucher(s.session, lane.index, ceiling, signature)
-                self.log.write(voucher)  # on disk before the request may leave
+                self.log.write(voucher, hold)  # on disk before the request may leave
                 live_before = lane.live
                 lane.signed = max(lane.signed, ceiling)
                 lane.live = max(lane.live, ceiling)
+                lane.largest_hold = max(lane.largest_hold, hold)
         except BaseException:
             self.book.release(lane)
             raise
@@ -315,8 +320,8 @@ class Signer:
 
     def _without_figures(self, ticket: Ticket, what: str) -> None:
         """An answer that does not tell the lane's total: the lane is bounded by the ceiling
-        (`lost`), and after `stop_after_errors` of them on the lane not shown free signing
-        stops."""
+        (`lost`), and once such answers on the lane weigh more than N − 1 of its largest
+        hold (`weight`) signing stops."""
         lane = ticket.lane
         if lane.pending == 0:
             lane.errors_from, lane.errors_from_exact = ticket.charged_before, ticket.exact_before
@@ -324,36 +329,56 @@ class Signer:
         lane.pending += 1
         lane.pending_hold = max(lane.pending_hold, ticket.hold)
         lane.errors += 1
-        errors = lane.errors
         self.lost(ticket)
         self._save_errors(lane)
-        if errors >= self.stop_after_errors:
+        weight, hold = self.weight(lane), max(1, lane.largest_hold)
+        if weight > (self.stop_after_errors - 1) * hold:
             self.stop(
-                f"{errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
-                f"none shown to be free by a later answer: each may have cost its whole hold",
+                f"{lane.errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
+                f"none shown to be free by a later answer: they may have cost {weight} units ({lane.lost} shown "
+                f"charged by later answers), with the next request's hold more than {self.stop_after_errors} of "
+                f"the lane's largest hold, {hold}",
                 lane.index,
             )
+
+    def weight(self, lane: Lane) -> int:
+        """What the lane's answers without figures may have cost, for the stop rule: the
+        units later figures showed them to charge (`lost`; a voucher log of the old rule's
+        counted answers: a largest hold each), and for those not yet told about each its
+        largest hold, or all the lane's accepted ceilings allow above the total they were
+        measured from when that is more (a small request after a larger one is signed just
+        above the larger one's ceiling: ceilings rise strictly)."""
+        pending = lane.pending * lane.pending_hold
+        if lane.pending and lane.errors_from_exact:
+            pending = max(pending, lane.live - lane.errors_from)
+        return lane.lost + lane.lost_holds * max(1, lane.largest_hold) + pending
 
     def _told(self, lane: Lane, before: int) -> None:
         """A figure of the lane: `before`, its total before the request now answered. From
         an exactly known total `errors_from`, the answers without figures since then cost
-        `before − errors_from` together: as many of them count for good as that takes of
-        their largest hold (none when it did not grow), the others are forgiven. So the
-        counted ones cover what they may have taken: at most the largest hold each. From
-        a bound, a total within it proves nothing (its slack may be their charge): all count."""
+        `before − errors_from` together: exactly that weighs for good (`lost`; nothing when
+        it did not grow), and as many of them count as charged (`errors`, for saying why)
+        as that takes of their largest hold, the others forgiven. From a bound, a total
+        within it proves nothing (its slack may be their charge): each weighs its hold. So
+        a figure never makes them weigh more than they did (`weight`: at most the ceilings
+        above `errors_from`), and the stop is decided when they happen."""
         if lane.pending == 0:
             return
         if lane.errors_from_exact:
             grown = max(0, before - lane.errors_from)
             charged = min(lane.pending, -(-grown // max(1, lane.pending_hold)))
             lane.errors -= lane.pending - charged
+            lane.lost += grown
+        else:
+            lane.lost += lane.pending * lane.pending_hold
         lane.pending = 0
         self._save_errors(lane)
 
     def _save_errors(self, lane: Lane) -> None:
         """The lane's count on disk (the voucher log): a restart recovers it (`recovery`)."""
         state = {"errors": lane.errors, "pending": lane.pending, "from": str(lane.errors_from),
-                 "from_exact": lane.errors_from_exact, "hold": str(lane.pending_hold)}  # fmt: skip
+                 "from_exact": lane.errors_from_exact, "hold": str(lane.pending_hold),
+                 "lost": str(lane.lost), "lost_holds": lane.lost_holds}  # fmt: skip
         try:
             self.log.write_errors(self.session.session, lane.index, state)
         except VoucherLogError as exc:  # a restart could not go on counting: stop here instead

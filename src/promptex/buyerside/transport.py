@@ -6,9 +6,10 @@
 
 Every metered POST gets a voucher (fsync'd to the log first); other requests pass as
 they are. Signing stops (and stays stopped in the log until `Signer.resume`) at an answer
-beyond its request, or after `stop_after_errors` answers on a lane without the lane's
-total, a connection dropped after the request left counting as one
-(`open_signer(..., stop_after_errors=N)`; default 3). A request this side will
+beyond its request, or when answers on a lane without the lane's total (a connection
+dropped after the request left is one) may have cost more than N − 1 of the lane's
+largest hold (`open_signer(..., stop_after_errors=N)`; default 3: N holds per lane with
+the request in flight; see `signer.STOP_AFTER_ERRORS`). A request this side will
 not sign is answered here, without reaching the gateway, with the API's own error shape
 (so the SDK raises its usual error) and one log line.
 """

@@ -69,6 +69,9 @@ class VoucherLog:
         self.identity = identity
         self._lock = threading.Lock()
         self.highest: dict[tuple[int, int], Voucher] = {}
+        # Per lane, the largest hold a voucher was signed for (vouchers written before holds
+        # were logged name none): what the stop rule measures in.
+        self.holds: dict[tuple[int, int], int] = {}
         # Per lane, the total the last answer told, when no voucher was signed after it.
         self.answered: dict[tuple[int, int], int] = {}
         self.stopped: Stop | None = None  # the last stop not resumed since
@@ -87,7 +90,7 @@ class VoucherLog:
             raise VoucherLogError(f"{self.path} is the voucher log of another session key or account: {records[0]}")
         for record in records[1:]:
             if record.get("t") == "voucher":
-                self._remember(_voucher(record))
+                self._remember(_voucher(record), int(record.get("hold", 0)))
             elif record.get("t") == "charged":
                 self.answered[(int(record["session"]), int(record["lane"]))] = int(record["charged"])
             elif record.get("t") == "stopped":
@@ -115,27 +118,30 @@ class VoucherLog:
         os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
         os.fsync(self._fd)
 
-    def _remember(self, voucher: Voucher) -> None:
+    def _remember(self, voucher: Voucher, hold: int) -> None:
         key = (voucher.session, voucher.lane)
         self.answered.pop(key, None)  # this voucher's outcome is not known yet
+        self.holds[key] = max(self.holds.get(key, 0), hold)
         if key not in self.highest or voucher.ceiling > self.highest[key].ceiling:
             self.highest[key] = voucher
 
-    def write(self, voucher: Voucher) -> None:
-        """Record a voucher durably; return only once it is on disk."""
+    def write(self, voucher: Voucher, hold: int = 0) -> None:
+        """Record a voucher, signed for a request held at `hold`, durably; return only once
+        it is on disk."""
         record = {
             "t": "voucher",
             "session": voucher.session,
             "lane": voucher.lane,
             "ceiling": str(voucher.ceiling),  # a string: 18-decimal totals exceed JSON's safe integers
             "sig": "0x" + voucher.signature.hex(),
+            "hold": str(hold),
         }
         with self._lock:
             try:
                 self._append(record)
             except OSError as exc:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
-            self._remember(voucher)
+            self._remember(voucher, hold)
 
     def write_charged(self, session: int, lane: int, charged: int) -> None:
         """Record a lane's total as an answer told it, every voucher of the lane answered.
@@ -188,6 +194,10 @@ class VoucherLog:
     def charged(self, session: int, lane: int) -> int | None:
         """The lane's total as the last answer told it, if no voucher was signed since."""
         return self.answered.get((session, lane))
+
+    def largest_hold(self, session: int, lane: int) -> int:
+        """The largest hold a voucher of the lane was logged for (0: none logged one)."""
+        return self.holds.get((session, lane), 0)
 
     def ceiling(self, session: int, lane: int) -> int:
         """The highest ceiling signed for a lane of a session (0: none)."""
