@@ -80,6 +80,7 @@ def test_schemas__each_package__declares_its_own_tables_on_one_metadata():
         "accounts", "balances", "members", "budgets", "grants", "holds", "journal_entries", "journal_lines",
         "wallets", "binding_challenges", "deposits", "exits", "chain_spend_caps", "usage_records", "releases",
         "debts", "chain_identity", "lot_capacity", "capacity_leases", "lot_states", "session_keys", "voucher_lanes",
+        "ledger_processes",
     }  # fmt: skip
     assert owners["seller_txs"] == "promptex.sellers.schema"
     assert owners["gateway_lots"] == "promptex.gateway.schema"

@@ -40,7 +40,7 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0018"
+HEAD = "0019"
 NEVER_OPENED = "recorded before lots were tracked, and never opened on chain"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
@@ -292,9 +292,11 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
         assert "gateway_schema_version" not in after
         del before["gateway_schema_version"]
         # 0009: holds gain their lot capacity columns (empty), each lot its capacity row
-        # (round 1's remaining as the chain's), nothing reserved or used; no lease.
-        assert [row[-4:] for row in after["holds"]] == [(None,) * 4] * 2
-        after["holds"] = [row[:-4] for row in after["holds"]]
+        # (round 1's remaining as the chain's), nothing reserved or used; no lease. 0019: no
+        # hold names a gateway process, none is registered.
+        assert [row[-5:] for row in after["holds"]] == [(None,) * 5] * 2
+        after["holds"] = [row[:-5] for row in after["holds"]]
+        assert after.pop("ledger_processes") == []
         assert [row[:-1] for row in after.pop("lot_capacity")] == [
             (1, 7 if gateway_version >= 2 else None, 99_000_000, 0, 0, 0)
         ]

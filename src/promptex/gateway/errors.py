@@ -134,6 +134,16 @@ def price_unavailable(symbol: str, own: str) -> GatewayError:
     )
 
 
+def hold_ended() -> GatewayError:
+    return GatewayError(
+        503,
+        "This gateway process lost its ledger session while the request ran, and its hold was ended: "
+        "the answer is not served and nothing is charged; retry.",
+        type="server_error",
+        code="hold_ended",
+    )
+
+
 def deadline_passed(seconds: float) -> GatewayError:
     return GatewayError(
         504,

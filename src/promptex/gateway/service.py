@@ -64,6 +64,7 @@ from promptex.ledger import (
     BudgetExceeded,
     ExtraTake,
     Hold,
+    HoldOrphaned,
     InsufficientFunds,
     Ledger,
     LedgerError,
@@ -713,6 +714,8 @@ class Gateway:
             hold: Hold = await self._money(key, self._settle, request_id, cost, record)
         except limits.LateAnswerRefused:  # metered past its horizon (this process stalled): not served
             raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
+        except HoldOrphaned:  # a sweeper found this process's ledger lock free and ended the hold
+            raise errors.hold_ended() from None
         priced.settle_seconds = time.perf_counter() - began
         self.registry.used(lot, usd)
         charged = cost if hold.charged is None else hold.charged
@@ -869,7 +872,10 @@ class Gateway:
         """Move the hold's capacity to `lot` before failing over to it; False if it has no room."""
         if priced.lot_id == lot.id:
             return True
-        moved = await self._thread(self.ledger.holds.move, request_id, LotClaim(lot.id, priced.capacity))
+        try:
+            moved = await self._thread(self.ledger.holds.move, request_id, LotClaim(lot.id, priced.capacity))
+        except HoldOrphaned:
+            raise errors.hold_ended() from None
         if moved is None:
             return False
         priced.lot_id = lot.id

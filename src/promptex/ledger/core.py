@@ -493,6 +493,13 @@ class Ledger:
         """End up to `limit` holds past their expiry (status "expired"); returns how many."""
         return self.holds.sweep(limit)
 
+    def end_dead_processes(self) -> int:
+        """End early the active holds of gateway processes whose ledger lock is free
+        (PostgreSQL, `ledger.processes`: dead, or cut off from the database) as "orphaned":
+        nothing charged, a late answer refused; returns how many. Nothing on SQLite (see
+        `expire_orphans`)."""
+        return self.holds.end_dead()
+
     def expire_orphans(self) -> int:
         """End every active hold now, as the sweeper ends an expired one (nothing charged);
         returns how many. Only for a caller that knows no live process holds any: a gateway

@@ -55,6 +55,11 @@ class HoldConflict(LedgerError):
     """A request id reused with other terms, or a hold that can no longer be settled."""
 
 
+class HoldOrphaned(HoldConflict):
+    """A hold a sweeper ended early because its gateway process's lock was free (the process
+    died, or lost its lock connection): its answer is not charged (`HoldStatus.ORPHANED`)."""
+
+
 class ChainEventConflict(LedgerError):
     """A chain event id seen again with different facts."""
 

@@ -22,7 +22,10 @@ class HoldStatus(StrEnum):
     ACTIVE = "active"
     SETTLED = "settled"
     RELEASED = "released"
-    EXPIRED = "expired"  # released by the sweeper
+    EXPIRED = "expired"  # released by the sweeper; a late answer is still charged
+    # Ended early by a sweeper that took its process's lock (PostgreSQL: that process's lock
+    # session is gone, `ledger.processes`): a late answer is refused, never charged.
+    ORPHANED = "orphaned"
 
 
 class ExitStatus(StrEnum):

@@ -105,7 +105,23 @@ holds = Table(
     Column("lot_amount", BigInteger, nullable=True),
     Column("lease_id", Integer, nullable=True),
     Column("extras", String(REF), nullable=True),  # extra counters taken with it (`holds.extras`)
+    # The registered gateway process that made it (PostgreSQL; none on SQLite): a sweeper
+    # that can take that process's lock ends it early, as "orphaned" (migration 0019).
+    Column("process_id", Integer, nullable=True),
     Index(None, "status", "expires_at"),
+)
+
+# Gateway processes on PostgreSQL (`ledger.processes`): each registers a row and holds a
+# session advisory lock named by its id for as long as it lives; `holder` names its
+# capacity leases. A row whose lock another session can take is a dead process's.
+ledger_processes = Table(
+    "ledger_processes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("holder", String(64), nullable=False),
+    Column("host", String(64), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
 )
 
 journal_entries = Table(

@@ -1,4 +1,5 @@
-"""The sweeper: releases holds whose request never settled before the hold expired."""
+"""The sweeper: releases holds whose request never settled before the hold expired, and
+(PostgreSQL) the holds of gateway processes whose lock is free (`ledger.processes`)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ class Sweeper:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """Release every expired hold, a batch per transaction, then trim capacity leases
-        (PostgreSQL: idle room back, dead processes' leases given back); returns how many
-        holds."""
+        """Release every expired hold, a batch per transaction, end the holds of dead
+        processes (PostgreSQL: status "orphaned"), then trim capacity leases (PostgreSQL:
+        idle room back, dead processes' leases given back); returns how many holds."""
         total = 0
         while True:
             released = self.ledger.sweep_expired(self.batch)
             total += released
             if released < self.batch:
                 break
+        total += self.ledger.end_dead_processes()
         self.ledger.holds.maintain()
         self.swept += total
         self.passed.set()

@@ -75,6 +75,12 @@ class Holds(Protocol):
         extras back. Returns how many."""
         ...
 
+    def end_dead(self) -> int:
+        """End early (status "orphaned": a late answer is refused) the active holds of
+        gateway processes whose lock is free — dead, or cut off from the database
+        (PostgreSQL; nothing on SQLite). Returns how many."""
+        ...
+
     def maintain(self) -> None:
         """Give back idle capacity this process leased, and capacity leased by processes
         that died (PostgreSQL; nothing to do on SQLite)."""

@@ -65,7 +65,13 @@ class GeneralHolds:
             registered=self.extras,
             holder=self.holder,
             slice_size=self.slice_size,
+            process=self.process(),
         )
+
+    def process(self) -> int | None:
+        """The registered process id holds made now record (PostgreSQL; None on SQLite,
+        where one process serves a file: `gateway.single`)."""
+        return None
 
     def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None) -> Hold:
         if record is not None:
@@ -121,6 +127,11 @@ class GeneralHolds:
     def sweep(self, limit: int = SWEEP_BATCH) -> int:
         now = self.ledger.clock()
         return self.ledger.write(lambda conn: general.expire(conn, now, limit, self.extras))  # type: ignore[no-any-return]
+
+    def end_dead(self) -> int:
+        """End early the active holds of gateway processes whose lock is free (PostgreSQL:
+        `ledger.processes`); returns how many. SQLite has none to find."""
+        return 0
 
     def maintain(self) -> None:
         """Trim leases: this book's own (idle room back, usage folded into the lots) and

@@ -32,6 +32,7 @@ from promptex.ledger.errors import (
     BudgetExceeded,
     HoldConflict,
     HoldNotFound,
+    HoldOrphaned,
     InsufficientFunds,
     LedgerError,
     NotAMember,
@@ -170,9 +171,11 @@ def reserve(
     registered: Mapping[str, Extra] | None = None,
     holder: str | None = None,
     slice_size: int = 0,
+    process: int | None = None,
 ) -> Hold:
     """Hold `amount` of the payer's funds and the capacity of the first of `lots` with room
-    (on the lot's row, or from `holder`'s lease of it), and take `extras`: all or nothing."""
+    (on the lot's row, or from `holder`'s lease of it), and take `extras`: all or nothing.
+    `process`: the registered gateway process making it (`ledger.processes`), if any."""
     check_reservation(amount, ttl, request_id)
     fresh = insert_ignore(
         conn,
@@ -186,6 +189,7 @@ def reserve(
             "status": HoldStatus.ACTIVE.value,
             "created_at": now,
             "expires_at": now + ttl,
+            "process_id": process,
         },
     )
     if not fresh:
@@ -304,6 +308,8 @@ def move(
     if row is None:
         raise HoldNotFound(f"no hold for request {request_id!r}")
     hold = hold_of(row)
+    if hold.status == HoldStatus.ORPHANED:
+        raise HoldOrphaned(f"request {request_id!r} was ended: its gateway process's ledger lock was lost")
     if hold.status != HoldStatus.ACTIVE:
         raise HoldConflict(f"request {request_id!r} was {hold.status.value}: its capacity cannot move")
     if hold.lot_id == claim.lot_id and hold.lot_amount >= claim.amount:
@@ -360,6 +366,10 @@ def settle(
         if hold.cost == cost:
             return hold
         raise HoldConflict(f"request {request_id!r} was settled at {hold.cost}, not {cost}")
+    if hold.status == HoldStatus.ORPHANED:  # its process's lock was free: it may have been reused
+        raise HoldOrphaned(
+            f"request {request_id!r} was ended when its gateway process's ledger lock was found free: not charged"
+        )
     if hold.status not in (HoldStatus.ACTIVE, HoldStatus.EXPIRED):
         raise HoldConflict(f"request {request_id!r} was {hold.status.value} before it was settled")
     late = hold.status == HoldStatus.EXPIRED
@@ -533,6 +543,33 @@ def expire(conn: Connection, now: int, limit: int, registered: Mapping[str, Extr
         update(holds)
         .where(holds.c.request_id.in_(ids), holds.c.status == HoldStatus.ACTIVE.value)
         .values(status=HoldStatus.EXPIRED.value, closed_at=now)
+        .returning(*holds.c)
+    ).all()
+    _end(conn, ended, registered)
+    return len(ended)
+
+
+def orphan(conn: Connection, processes: Sequence[int], now: int, registered: Mapping[str, Extra] | None = None) -> int:
+    """End the active holds of `processes` (whose locks the caller holds: dead lock
+    sessions, `ledger.processes.dead`) as "orphaned": nothing charged, funds, capacity and
+    extras back, and a late answer refused. Holds being settled right now are skipped
+    (SKIP LOCKED): a settle that commits first charges legitimately. Returns how many."""
+    if not processes:
+        return 0
+    ids: list[str] = list(
+        conn.execute(
+            select(holds.c.request_id)
+            .where(holds.c.process_id.in_(list(processes)), holds.c.status == HoldStatus.ACTIVE.value)
+            .order_by(holds.c.request_id)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    ended: Sequence[Any] = conn.execute(
+        update(holds)
+        .where(holds.c.request_id.in_(ids), holds.c.status == HoldStatus.ACTIVE.value)
+        .values(status=HoldStatus.ORPHANED.value, closed_at=now)
         .returning(*holds.c)
     ).all()
     _end(conn, ended, registered)

@@ -25,7 +25,11 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy import Connection
+
+from promptex.ledger import processes
 from promptex.ledger.errors import LedgerError, LotCapacityExceeded
+from promptex.ledger.holds import general
 from promptex.ledger.holds.api import Reservation
 from promptex.ledger.holds.book import GeneralHolds, LedgerAccess
 from promptex.ledger.holds.capacity import LotClaim
@@ -51,8 +55,9 @@ SELECT (SELECT request_id FROM inserted),
 """
 PG_RESERVE = f"""
 WITH taken AS ({_TAKE_FUNDS}), inserted AS (
-    INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at)
-    SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s FROM taken
+    INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at, process_id)
+    SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s,
+        %(process)s FROM taken
     ON CONFLICT DO NOTHING
     RETURNING request_id
 )""" + _PARTIAL_CHECK.format(changed="EXISTS (SELECT 1 FROM taken)")
@@ -63,9 +68,9 @@ WITH taken AS ({_TAKE_FUNDS}), leased AS (
     RETURNING id
 ), inserted AS (
     INSERT INTO holds (request_id, account_id, payer_id, asset, amount, status, created_at, expires_at,
-        lot_id, lot_amount, lease_id)
+        lot_id, lot_amount, lease_id, process_id)
     SELECT %(request_id)s, %(account)s, %(payer)s, %(asset)s, %(amount)s, 'active', %(now)s, %(expires)s,
-        %(lot)s, %(lot_amount)s, leased.id
+        %(lot)s, %(lot_amount)s, leased.id, %(process)s
     FROM taken, leased
     ON CONFLICT DO NOTHING
     RETURNING request_id
@@ -225,7 +230,7 @@ class PgOneStatement:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def reserve(self, r: Reservation, claim: LotClaim | None, holder: str, now: int) -> Hold | None:
+    def reserve(self, r: Reservation, claim: LotClaim | None, holder: str, now: int, process: int) -> Hold | None:
         """The hold, or None: nothing changed, the general path decides (a refusal, a lease
         without room, a request id seen before, a payer other than the account, bad arguments)."""
         if (
@@ -246,6 +251,7 @@ class PgOneStatement:
             "amount": r.amount,
             "now": now,
             "expires": now + r.ttl,
+            "process": process,
         }
         if claim is not None:
             params.update(lot=claim.lot_id, lot_amount=claim.amount, holder=holder)
@@ -345,6 +351,21 @@ class PostgresHolds(GeneralHolds):
         self.holder = holder_name()
         self._one = PgOneStatement(url)
         self._dry: dict[int, float] = {}  # lot id → until when the fast path skips it
+        self.lock = processes.ProcessLock(url, self.holder, ledger.clock)  # registered at the first reserve
+
+    def process(self) -> int:
+        return self.lock.current()
+
+    def end_dead(self) -> int:
+        now = self.ledger.clock()
+
+        def work(conn: Connection) -> int:
+            gone = processes.dead(conn)
+            ended = general.orphan(conn, gone, now, self.extras)
+            processes.forget(conn, gone, now)
+            return ended
+
+        return self.ledger.write(work)  # type: ignore[no-any-return]
 
     def _fast_claim(self, r: Reservation) -> LotClaim | None:
         now = time.monotonic()
@@ -357,8 +378,9 @@ class PostgresHolds(GeneralHolds):
         claim = self._fast_claim(reservation) if reservation.lots else None
         holder = self.holder
         assert holder is not None
+        process = self.process()  # first: a lost lock connection registers again
         try:
-            fast = self._one.reserve(reservation, claim, holder, self.ledger.clock())
+            fast = self._one.reserve(reservation, claim, holder, self.ledger.clock(), process)
         except Exception:  # the connection's state is unknown: drop it; the general path decides
             self._one.drop()
             fast = None
@@ -390,3 +412,4 @@ class PostgresHolds(GeneralHolds):
 
     def close(self) -> None:
         self._one.close()
+        self.lock.close()

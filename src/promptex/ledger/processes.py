@@ -1,0 +1,182 @@
+"""Gateway processes on PostgreSQL: each registers itself and holds a lock that tells the
+others whether it still lives, so a dead process's holds end at once, not after their
+lifetime.
+
+A process that reserves registers first (`ProcessLock.current`): on a connection of its own,
+in one transaction, it inserts a `ledger_processes` row (its id, its capacity leases'
+holder name, host and pid) and takes the session advisory lock named by that id, which it
+keeps for as long as it lives and never uses the connection for anything else. Every hold
+it makes records that id (`holds.process_id`). PostgreSQL drops a session's locks when its
+backend ends, and the kernel closes a killed process's socket at once: so a sweeper that
+can take the lock (`dead`: `pg_try_advisory_xact_lock`, released with its transaction)
+knows the process's lock session is gone, and ends its active holds as "orphaned" —
+funds, lot capacity, extras (limits, a signed lane) back — and gives its leases back.
+
+A free lock proves that the lock SESSION ended, not that the process did: a database
+restart or a cut connection frees it under a live process. So an orphaned hold's late
+answer is refused (`HoldOrphaned`, nothing charged: as if its process had died after the
+upstream call), unlike an expired one's, and a process whose lock connection is gone
+registers again, under a new id, before its next reserve (a lost connection is seen as its
+socket turning readable: the server's goodbye, or end of file; client keepalives find a
+silent cut). The lock is a session lock: the ledger must not be reached through a
+transaction-pooling proxy (pgbouncer in transaction mode), where a session is not a
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, union, update
+from sqlalchemy import select as select_
+
+from promptex.ledger.schema import capacity_leases, holds, ledger_processes
+
+log = logging.getLogger("promptex.ledger")
+
+LOCK_SPACE = 0x70726F63  # the advisory locks' first key ("proc"); the second is the process id
+_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+
+
+class ProcessLock:
+    """This process's registration and its lock connection (PostgreSQL)."""
+
+    def __init__(self, url: str, holder: str, clock: Any) -> None:
+        self.url = url
+        self.holder = holder
+        self.clock = clock
+        self.registrations = 0  # how many times this process registered (again after a lost lock)
+        self._conn: Any = None
+        self._id: int | None = None
+        self._pid = 0  # the pid that registered (a forked child registers again)
+        self._mutex = threading.Lock()
+
+    def current(self) -> int:
+        """This process's id, registering (again) first if it has none or its lock
+        connection is gone. One poll of the socket when all is well."""
+        process = self._id
+        if process is not None and self._pid == os.getpid() and not _readable(self._conn):
+            return process
+        with self._mutex:
+            if self._id is None or self._pid != os.getpid() or self._lost():
+                self._register()
+            assert self._id is not None
+            return self._id
+
+    @property
+    def id(self) -> int | None:
+        """The id registered now (None before the first reserve)."""
+        return self._id
+
+    def _lost(self) -> bool:
+        """The lock connection is gone (called with the mutex): something arrived on a
+        connection that never asks anything — the server's goodbye or end of file, or a
+        notice (read and dropped: the connection is still good)."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return True
+        if not _readable(conn):
+            return False
+        from psycopg import pq
+
+        pgconn = conn.pgconn
+        try:
+            pgconn.consume_input()
+            while not pgconn.is_busy() and pgconn.get_result() is not None:
+                pass
+        except Exception:
+            return True
+        return bool(pgconn.status != pq.ConnStatus.OK or _readable(conn))
+
+    def _register(self) -> None:
+        import psycopg
+
+        old = self._id
+        self._drop()
+        conn = psycopg.connect(self.url, autocommit=False, **_KEEPALIVES)
+        try:
+            host = socket.gethostname()[:64]
+            row = conn.execute(
+                "INSERT INTO ledger_processes (holder, host, pid, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
+                (self.holder, host, os.getpid(), int(self.clock())),
+            ).fetchone()
+            assert row is not None
+            process = int(row[0])
+            # Taken before the row is visible: no one ever sees a row whose lock is free
+            # while its process lives.
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, process))
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        self._conn, self._id, self._pid = conn, process, os.getpid()
+        self.registrations += 1
+        if old is not None:
+            log.warning("ledger lock connection of process %d was lost: registered again as %d", old, process)
+
+    def _drop(self) -> None:
+        conn, self._conn, self._id = self._conn, None, None
+        if conn is not None and self._pid == os.getpid():  # never a forked parent's connection
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Unregister (the lock goes with the connection); sweepers then end what this
+        process left active."""
+        with self._mutex:
+            self._drop()
+
+
+def _readable(conn: Any) -> bool:
+    """Something arrived on `conn`'s socket (or it is closed): never on a healthy idle one."""
+    if conn is None or conn.closed:
+        return True
+    try:
+        ready, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
+
+
+def dead(conn: Connection) -> list[int]:
+    """The registered processes (and those active holds name) whose lock this transaction
+    could take: their lock sessions are gone. The locks are held until the transaction ends."""
+    candidates = union(
+        select_(ledger_processes.c.id.label("p")),
+        select_(holds.c.process_id.label("p")).where(holds.c.status == "active", holds.c.process_id.is_not(None)),
+    ).subquery()
+    free = select_(candidates.c.p).where(func.pg_try_advisory_xact_lock(LOCK_SPACE, candidates.c.p))
+    found: list[Any] = list(conn.execute(free.order_by(candidates.c.p)).scalars())
+    return sorted(int(p) for p in found)
+
+
+def forget(conn: Connection, processes: Sequence[int], now: int) -> None:
+    """Dead processes' rows deleted; their capacity leases due now (the next lease trim
+    gives their idle room back to the lots)."""
+    if not processes:
+        return
+    holders = select_(ledger_processes.c.holder).where(ledger_processes.c.id.in_(list(processes)))
+    conn.execute(
+        update(capacity_leases)
+        .where(capacity_leases.c.holder.in_(holders), capacity_leases.c.expires_at >= now)
+        .values(expires_at=now - 1)
+    )
+    conn.execute(delete(ledger_processes).where(ledger_processes.c.id.in_(list(processes))))
+
+
+def registered(conn: Connection, host: str, pid: int) -> bool:
+    """A process `pid` on `host` is still registered."""
+    return (
+        conn.execute(
+            select_(ledger_processes.c.id).where(ledger_processes.c.host == host[:64], ledger_processes.c.pid == pid)
+        ).first()
+        is not None
+    )

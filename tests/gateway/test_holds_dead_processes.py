@@ -1,0 +1,255 @@
+"""A dead gateway process's holds on PostgreSQL (`ledger.processes`): each process holds a
+lock named by its registered id, every hold names it, and another process's sweeper that
+can take that lock ends the holds at once (status "orphaned") — the buyer's funds, the
+lot's capacity and a signed lane back long before the holds' 300 s lifetime. A process that
+merely lost its lock connection (a database restart, a cut) lives on: its late answers on
+holds ended so are refused — nothing charged, the lane's total unchanged — and it
+registers again before its next reserve."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from polling import until
+from promptex.config import Settings
+from promptex.fakes import FakeUpstreamConfig
+from promptex.gateway.vouchers import VOUCHER_HEADER
+from promptex.ledger import Ledger
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.schema import holds, ledger_processes
+from promptex.protocol.units import USD_MICRO as USDC
+from promptex.serving import free_port
+
+from .conftest import SELLER_KEY, Fake, _harness, _start_fake
+from .test_holds_processes import FLAT_OUT, HELLO, _env, _holds_by_status, _market, _signed_buyer, gateway
+
+_databases = itertools.count()
+BODY = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+
+
+@pytest.fixture
+def gated() -> Iterator[Fake]:
+    """A fake upstream whose answers wait until the test opens its gate."""
+    yield from _start_fake(FakeUpstreamConfig(api_keys=frozenset({SELLER_KEY}), gate=threading.Event()))
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> Iterator[str]:
+    name = f"dead_{os.getpid()}_{next(_databases)}"
+    yield postgres.create_database(name, template="ledger_template")
+    postgres.drop_database(name)
+
+
+def _lock_backend_terminated(ledger: Ledger, process: int) -> None:
+    """The database ends `process`'s lock session, as a restart or a cut connection would."""
+    with ledger.engine.begin() as conn:
+        done = conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :p"),
+            {"p": process},
+        ).scalars()
+        assert list(done) == [True]
+
+
+def _post(
+    base: str, key: str, out: dict[str, httpx.Response], name: str, headers: dict[str, str] | None = None
+) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # a killed gateway drops it
+        out[name] = httpx.post(
+            base + "/v1/chat/completions", json=BODY, timeout=120,
+            headers={"authorization": f"Bearer {key}", **(headers or {})},
+        )  # fmt: skip
+
+
+def test_lock_connection_cut_with_requests_in_flight__holds_orphaned__late_answers_refused_nothing_charged(
+    settings: Settings, pg_url: str, gated: Fake
+) -> None:
+    mine = settings.model_copy(update={"gateway_sweep_seconds": 3_600})  # the test sweeps
+    with contextlib.contextmanager(_harness)(mine, pg_url) as gw:
+        other = Ledger.open(pg_url)  # another gateway process's books
+        try:
+            gw.add_lot(gated)
+            account, key = gw.buyer()
+            signer, signer_key, voucher = _signed_buyer(gw.ledger, USDC)
+            answers: dict[str, httpx.Response] = {}
+            senders = [
+                threading.Thread(target=_post, args=(gw.url, key, answers, "plain")),
+                threading.Thread(
+                    target=_post, args=(gw.url, signer_key, answers, "signed", {VOUCHER_HEADER: voucher(0, FLAT_OUT)})
+                ),
+            ]
+            for sender in senders:
+                sender.start()
+            until(lambda: gated.config.requests == 2, "both requests reached the upstream", 30)
+            process = gw.ledger.holds.lock.id
+            assert process is not None and _holds_by_status(gw.ledger) == {"active": 2}
+            assert other.end_dead_processes() == 0  # its lock is held: nothing ends
+
+            _lock_backend_terminated(other, process)
+            assert other.end_dead_processes() == 2
+            assert _holds_by_status(gw.ledger) == {"orphaned": 2}
+            assert gw.ledger.balance(account, "USDC").held == 0
+            assert gw.ledger.lane(signer, "USDC", 1, 0).inflight is None
+
+            assert gated.config.gate is not None
+            gated.config.gate.set()  # the upstream answers: late, on holds already ended
+            for sender in senders:
+                sender.join()
+            for name in ("plain", "signed"):
+                assert answers[name].status_code == 503, answers[name].text
+                assert answers[name].json()["error"]["code"] == "hold_ended"
+                assert "x-promptex-lane-charged-units" not in answers[name].headers
+            for who in (account, signer):  # nothing charged
+                balance = gw.ledger.balance(who, "USDC")
+                assert (balance.posted, balance.held) == (10 * USDC if who == account else USDC, 0)
+            lane = gw.ledger.lane(signer, "USDC", 1, 0)
+            assert (lane.charged, lane.inflight) == (0, None)
+            with gw.ledger.engine.connect() as conn:
+                assert conn.execute(select(holds.c.request_id).where(holds.c.status == "settled")).first() is None
+
+            # The process registered again: the lane's next request is served and charged from
+            # the same total (0), not from a total that jumped.
+            headers = {"authorization": f"Bearer {signer_key}", VOUCHER_HEADER: voucher(0, FLAT_OUT + 1)}
+            answer = httpx.post(gw.url + "/v1/chat/completions", headers=headers, json=BODY, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-promptex-lane-charged-units"] == answer.headers["x-promptex-cost-units"]
+            again = gw.ledger.holds.lock.id
+            assert again is not None and again != process
+            assert other.end_dead_processes() == 0
+            other.check()
+        finally:
+            other.close()
+
+
+def test_two_gateway_processes__one_killed_with_requests_in_flight__the_other_ends_its_holds_at_once(
+    pg_url: str, tmp_path: Path, gated: Fake
+) -> None:
+    ledger = Ledger.open(pg_url)
+    try:
+        lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
+        signer, signer_key, voucher = _signed_buyer(ledger, USDC)
+        # Holds live 300 s (the default); the survivor sweeps every 0.5 s.
+        env = _env(tmp_path, pg_url, gateway_sweep_seconds=0.5, gateway_upstream_timeout_seconds=120)
+        answers: dict[str, httpx.Response] = {}
+        with gateway(env) as (doomed, first), gateway(env) as (_, second):
+            senders = [threading.Thread(target=_post, args=(first, key, answers, f"p{i}")) for i in range(4)]
+            senders.append(
+                threading.Thread(
+                    target=_post, args=(first, signer_key, answers, "signed", {VOUCHER_HEADER: voucher(0, FLAT_OUT)})
+                )
+            )
+            for sender in senders:
+                sender.start()
+            until(lambda: gated.config.requests == 5, "5 requests reached the upstream", 60)
+            assert _holds_by_status(ledger) == {"active": 5}
+            with ledger.engine.connect() as conn:
+                lifetimes = dict(conn.execute(select(holds.c.request_id, holds.c.expires_at)).all())
+                assert len(set(conn.execute(select(holds.c.process_id)).scalars())) == 1  # all the first's
+            assert ledger.balance(account, "USDC").held > 0 and ledger.lot_capacities()[lot].reserved > 0
+
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+            for sender in senders:
+                sender.join()
+            assert not answers
+            # The survivor's next sweeps end them, long before their lifetime: funds, the lot's
+            # capacity and the signed lane back.
+            until(lambda: _holds_by_status(ledger) == {"orphaned": 5}, "the dead process's holds ended", 60)
+            with ledger.engine.connect() as conn:
+                ended = dict(conn.execute(select(holds.c.request_id, holds.c.closed_at)).all())
+            assert ended.keys() == lifetimes.keys() and all(ended[r] < lifetimes[r] - 200 for r in ended)
+            until(lambda: ledger.lot_capacities()[lot].reserved == 0, "the dead process's lease given back", 60)
+            balance = ledger.balance(account, "USDC")
+            assert (balance.held, balance.spendable) == (0, 10 * USDC)
+            assert ledger.lane(signer, "USDC", 1, 0).inflight is None
+
+            assert gated.config.gate is not None
+            gated.config.gate.set()
+            answer = httpx.post(second + "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            headers = {"authorization": f"Bearer {signer_key}", VOUCHER_HEADER: voucher(0, FLAT_OUT + 1)}
+            answer = httpx.post(second + "/v1/chat/completions", headers=headers, json=BODY)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-promptex-lane-charged-units"] == answer.headers["x-promptex-cost-units"]
+        assert ledger.balance(account, "USDC").held == 0
+        ledger.check()
+    finally:
+        ledger.close()
+
+
+def test_workers__one_killed_with_requests_in_flight__the_worker_started_in_its_place_ends_its_holds(
+    pg_url: str, tmp_path: Path, gated: Fake
+) -> None:
+    """`--workers 2`, no sweeps but each worker's first (hourly): the parent starts a killed
+    worker again at once, and the new worker's first sweep ends the dead one's holds; the
+    live worker's holds stay."""
+    ledger = Ledger.open(pg_url)
+    try:
+        lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
+        env = _env(tmp_path, pg_url, gateway_sweep_seconds=3_600, gateway_upstream_timeout_seconds=120)
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+
+            def two_workers_hold() -> bool:
+                # A new connection per request (the kernel hands each to one worker), until
+                # both workers have requests in flight.
+                assert proc.poll() is None
+                threading.Thread(target=_post, args=(base, key, {}, "x", {"connection": "close"})).start()
+                with ledger.engine.connect() as conn:
+                    return len(set(conn.execute(select(holds.c.process_id)).scalars())) == 2
+
+            def up() -> bool:
+                assert proc.poll() is None
+                with contextlib.suppress(httpx.HTTPError):
+                    return httpx.get(base + "/healthz", timeout=2).status_code == 200
+                return False
+
+            until(up, "the workers listen", 90)
+            until(two_workers_hold, "both workers hold requests in flight", 90, every=0.2)
+            with ledger.engine.connect() as conn:
+                rows = conn.execute(select(ledger_processes.c.id, ledger_processes.c.pid)).all()
+            assert len(rows) == 2
+            (doomed_id, doomed_pid), (live_id, _) = rows
+            doomed_holds = _process_holds(ledger, doomed_id)
+            assert doomed_holds and set(doomed_holds.values()) == {"active"}
+            os.kill(doomed_pid, signal.SIGKILL)
+            until(
+                lambda: set(_process_holds(ledger, doomed_id).values()) == {"orphaned"},
+                "the dead worker's holds ended by the one started in its place", 60,
+            )  # fmt: skip
+            assert set(_process_holds(ledger, live_id).values()) == {"active"}  # the live worker's stay
+            with ledger.engine.connect() as conn:
+                assert {pid for _, pid in conn.execute(select(ledger_processes.c.id, ledger_processes.c.pid))} - {
+                    doomed_pid
+                }  # the new worker registered
+            assert gated.config.gate is not None
+            gated.config.gate.set()
+            until(lambda: _holds_by_status(ledger).get("active", 0) == 0, "the live worker's requests settled", 60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        assert ledger.balance(account, "USDC").held == 0
+        ledger.check()
+    finally:
+        ledger.close()
+
+
+def _process_holds(ledger: Ledger, process: int) -> dict[str, str]:
+    with ledger.engine.connect() as conn:
+        return dict(conn.execute(select(holds.c.request_id, holds.c.status).where(holds.c.process_id == process)).all())

@@ -1,0 +1,121 @@
+"""Gateway processes on PostgreSQL (`ledger.processes`): a process registers and holds its
+lock for as long as it lives, every hold names it, and a sweeper that can take a process's
+lock ends that process's active holds at once as "orphaned" — funds, lot capacity and a
+signed lane back, its leases given back — whose late answer is refused (nothing charged).
+A process whose lock connection was cut registers again before its next reserve."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from ledger_helpers import fund
+from sqlalchemy import select, text
+from test_ledger_lanes import ASSET, _hold, _record, _signed
+
+from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, Sweeper, UsageRecord
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.schema import capacity_leases, holds, ledger_processes
+from promptex.protocol.units import USD_MICRO as USDC
+
+_databases = itertools.count()
+LOT = 7
+
+
+@pytest.fixture
+def two(postgres: LocalPostgres, clock) -> Iterator[tuple[Ledger, Ledger]]:  # noqa: ANN001
+    """Two ledgers (two gateway processes' books) on one fresh PostgreSQL database."""
+    name = f"processes_{next(_databases)}"
+    url = postgres.create_database(name, template="ledger_template")
+    first, second = Ledger.open(url, clock=clock), Ledger.open(url, clock=clock)
+    try:
+        yield first, second
+        first.check()
+    finally:
+        first.close()
+        second.close()
+        postgres.drop_database(name)
+
+
+def _cut(ledger: Ledger, process: int) -> None:
+    """The database ends `process`'s lock session (as a restart or a network cut would)."""
+    with ledger.engine.begin() as conn:
+        killed = (
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND objid = :p AND granted"
+                ),
+                {"p": process},
+            )
+            .scalars()
+            .all()
+        )
+    assert killed == [True]
+
+
+def _status(ledger: Ledger, request_id: str) -> str:
+    hold = ledger.hold(request_id)
+    assert hold is not None
+    return hold.status.value
+
+
+def test_process_lock_cut__other_sweeps_its_holds_orphaned__late_settle_refused_nothing_charged(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    alive, sweeper = two
+    with alive.engine.begin() as conn:
+        alive.open_lot_capacity(conn, LOT, 1_000 * USDC)
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    signer = _signed(alive)
+    alive.holds.reserve(Reservation("plain", account, ASSET, USDC, 300, lots=[LotClaim(LOT, 2 * USDC)]))
+    _hold(alive, signer, "signed", 0, USDC)
+    process = alive.holds.lock.id
+    assert process is not None
+    with alive.engine.connect() as conn:
+        assert set(conn.execute(select(holds.c.process_id)).scalars()) == {process}
+    assert sweeper.end_dead_processes() == 0  # its lock is held: a live process's holds stay
+    assert alive.end_dead_processes() == 0
+
+    _cut(alive, process)
+    assert sweeper.end_dead_processes() == 2  # long before their 300 s lifetime
+    assert (_status(alive, "plain"), _status(alive, "signed")) == ("orphaned", "orphaned")
+    assert alive.balance(account, ASSET).held == 0 and alive.balance(signer, ASSET).held == 0
+    assert alive.lane(signer, ASSET, 1, 0).inflight is None
+    sweeper.holds.maintain()  # the dead lock's leases given back to the lot
+    assert alive.lot_capacities()[LOT].reserved == 0
+    with sweeper.engine.connect() as conn:
+        assert conn.execute(select(ledger_processes.c.id).where(ledger_processes.c.id == process)).first() is None
+        assert conn.execute(select(capacity_leases.c.id)).first() is None
+
+    # The process lived on: its answers come late, and are refused — nothing charged, the lane's
+    # total does not move under a lane already free for the next request.
+    usage = UsageRecord("m", 1, 1, 2 * USDC, gateway_lot_id=LOT)
+    with pytest.raises(HoldOrphaned):
+        alive.holds.settle("plain", USDC // 2, record=usage)
+    with pytest.raises(HoldOrphaned):
+        alive.holds.settle("signed", USDC // 2, record=_record(0, USDC))
+    assert alive.balance(account, ASSET).posted == 10 * USDC and alive.balance(signer, ASSET).posted == 10 * USDC
+    assert alive.lane(signer, ASSET, 1, 0).charged == 0
+    assert alive.usage_record("plain") is None and alive.usage_record("signed") is None
+    assert alive.holds.release("plain").status == HoldStatus.ORPHANED  # a release changes nothing
+
+    # Its next reserve registers again first: a new id, a lock held again.
+    alive.holds.reserve(Reservation("after", account, ASSET, USDC, 300, lots=[LotClaim(LOT, USDC)]))
+    again = alive.holds.lock.id
+    assert again is not None and again != process and alive.holds.lock.registrations == 2
+    assert sweeper.end_dead_processes() == 0
+    alive.holds.settle("after", USDC // 2, record=UsageRecord("m", 1, 1, USDC // 2, gateway_lot_id=LOT))
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 2
+
+
+def test_closed_process__its_leftover_holds_orphaned_by_a_sweep(two: tuple[Ledger, Ledger]) -> None:
+    first, second = two
+    account = first.create_account().id
+    fund(first, account, ASSET, 10 * USDC)
+    first.holds.reserve(Reservation("left", account, ASSET, USDC, 300))
+    first.holds.lock.close()  # as a process that exits (or dies) does: its lock goes with it
+    assert Sweeper(second).run_once() == 1
+    assert _status(first, "left") == "orphaned" and first.balance(account, ASSET).held == 0
