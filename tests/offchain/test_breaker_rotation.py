@@ -435,8 +435,9 @@ def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_t
 ) -> None:
     """The same reorg during the wait, but nothing re-included: A (failed, its records let
     go) is off the chain with its bytes still valid for the old account's nonce. The new key
-    cannot fill another account's nonce: it waits, past A's window too, saying how to end
-    it (that key's coordinator, once); C's bytes are sent again at once. The old key's
+    cannot fill another account's nonce: it sends A's bytes again (test_breaker_rotation_lost_key),
+    which the node refuses here (the old account drained), and waits, past A's window too,
+    saying how to end it (that key's coordinator, once); C's bytes are sent again at once. The old key's
     pass fills A's nonce with a no-op and lands C; after C's window the new key goes on:
     X and Y each debited once. Past that window the old key's rows are no longer read."""
     keys = _Keys(chain)
@@ -451,6 +452,7 @@ def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_t
     s.fork.reorg_to(chain)  # A and C orphaned, neither re-included
     keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     chain.s.balances[(s.x_address, USDC)] = 10_000  # X's exit was on the orphaned branch too
+    _refused(chain, {old.store.tx(fr.failed.tx_id or 0).raw}, monkeypatch)  # A's bytes, sent again: no gas
     sent = len(chain.sent)
     _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
     for _ in range(2):

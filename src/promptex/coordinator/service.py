@@ -58,7 +58,7 @@ from promptex.coordinator.store import (
 from promptex.ledger.binding import checksum_address
 from promptex.ledger.lots import CLOSING, OPEN
 from promptex.ledger.releases import EXPIRED, USED, Release
-from promptex.ledger.usage import PENDING, StoredUsage
+from promptex.ledger.usage import PENDING, QUARANTINED, StoredUsage
 from promptex.protocol.escrow import MAX_PRUNE_LOTS, STATUS_OPEN
 from promptex.protocol.units import money
 from promptex.protocol.vault import SignedDebit, pack_signed_entries
@@ -445,7 +445,8 @@ class Coordinator:
         (`_orphaned`), except that this key can neither fill another key's nonce with a
         no-op nor wait for it to be taken: a reopened one's bytes are sent again at once
         (anyone may), and a failed settle off the chain and not re-included makes this key
-        wait (raises OtherKeyPending) until that key's coordinator fills its nonce."""
+        wait (raises OtherKeyPending) until that key's coordinator fills its nonce, its own
+        bytes (sent again) land, or its epoch is taken deep (`_others_failed_settle_off_chain`)."""
         off: list[str] = []
         for tx, receipt in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
             if not self._orphaned(tx, receipt):
@@ -467,7 +468,7 @@ class Coordinator:
         if batch is not None and batch.status == FAILED:
             if receipt is None:
                 if not ours:
-                    return False
+                    return self._others_failed_settle_off_chain(tx, batch)
                 self._replace(tx, batch)
             elif receipt.ok:  # the network re-included it on the new branch before we could stop it
                 self._reattach(batch, receipt)
@@ -486,6 +487,61 @@ class Coordinator:
         if not ours:  # this key's pass re-sends only its own nonces: another key's bytes go now
             self._hold_lease()
             txlog.send_others(self.chain, tx)
+        return True
+
+    def _others_failed_settle_off_chain(self, tx: StoredTx, batch: Batch) -> bool:
+        """Another key's failed settle the chain no longer holds (a reorg) nor re-included:
+        only its key can fill its nonce with a no-op, and that key may be lost (rbreak's
+        item 1: the wait was then for good). Whether this key may stop waiting for it:
+        its epoch taken on chain by another batch whose settle is `reorg_window` blocks
+        deep, it can never debit, wherever its bytes go (the vault takes an epoch once).
+        Until then its own bytes are sent again (anyone may), while each of its records is
+        pending, quarantined or in a batch of its epoch: of it and that batch at most one
+        lands, and it landing is `_reattach`'s (re-checked next pass). With its key lost
+        they are the one transaction that frees its nonce, behind which that key's later
+        transactions (its retry, at the next nonce) wait."""
+        taken = self._epoch_taken_deep(batch)
+        if taken is not None:
+            holder, block = taken
+            log.warning(
+                "%s epoch %d: failed settle %s (nonce %d) of key %s is off the chain (a reorg), and batch %d took "
+                "its epoch in block %d, %d blocks deep or more: it can never debit; no longer waited for",
+                batch.asset, batch.epoch, tx.tx_hash, tx.nonce, tx.sender, holder.id, block, self.reorg_window,
+            )  # fmt: skip
+            return True
+        if self._only_at_its_epoch(batch):
+            self._hold_lease()
+            txlog.send_others(self.chain, tx)
+        return False
+
+    def _epoch_taken_deep(self, batch: Batch) -> tuple[Batch, int] | None:
+        """The batch whose settle holds `batch`'s epoch on the chain (its root), and the block
+        of that settle's canonical receipt, when it is `reorg_window` blocks deep: a settle
+        of that epoch can then never land. None otherwise."""
+        chain = self.chain
+        if chain.last_epoch(batch.asset) < batch.epoch:
+            return None
+        root = chain.usage_root(batch.asset, batch.epoch)
+        deep = chain.head() - self.reorg_window
+        for other in self.store.batches_at(batch.asset, batch.epoch):
+            if other.id == batch.id or other.usage_root != root or other.tx_id is None:
+                continue
+            receipt = chain.receipt(self.store.tx(other.tx_id).tx_hash)
+            if receipt is not None and receipt.ok and receipt.block_number <= deep:
+                return other, receipt.block_number
+        return None
+
+    def _only_at_its_epoch(self, batch: Batch) -> bool:
+        """Whether each record of the failed `batch` (its kept members) is pending,
+        quarantined, or in a batch of its epoch: its settle landing then debits none twice."""
+        if not batch.payload.members:
+            return False  # failed before members were kept: where its records are is not known
+        for record in self.store.reattach_candidates(batch):
+            if record.batch_id is None:
+                if record.status not in (PENDING, QUARANTINED):
+                    return False  # refunded meanwhile
+            elif record.batch_id != batch.id and self.store.batch(record.batch_id).epoch != batch.epoch:
+                return False
         return True
 
     def _may_resend(self, tx: StoredTx) -> bool:

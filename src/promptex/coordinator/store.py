@@ -421,6 +421,13 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return _batch(conn.execute(select(settlement_batches).where(settlement_batches.c.id == batch_id)).one())
 
+    def batches_at(self, asset: str, epoch: int) -> list[Batch]:
+        """The asset's batches of `epoch`, whatever their status."""
+        b = settlement_batches.c
+        with self._tx() as conn:
+            rows = conn.execute(select(settlement_batches).where(b.asset == asset, b.epoch == epoch).order_by(b.id))
+            return [_batch(row) for row in rows.all()]
+
     def batch_of_tx(self, tx_id: int) -> Batch | None:
         with self._tx() as conn:
             row = conn.execute(select(settlement_batches).where(settlement_batches.c.tx_id == tx_id)).first()
