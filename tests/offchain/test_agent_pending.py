@@ -70,9 +70,10 @@ def test_redeem__other_terms_while_one_is_open__refused_naming_the_open_one(worl
     assert refused.value.redemption.id == 1 and len(world.chain.mempool) == 1
 
 
-def _cli(world, monkeypatch, usd: str) -> tuple[int, str]:
+def _cli(world, monkeypatch, usd: str, *extra: str) -> tuple[int, str]:
     monkeypatch.setattr(cli_agent, "make_agent", world.agent)
-    result = CliRunner().invoke(cli_agent.redeem, ["--user", USER, "--token", "CLD", "--usd", usd, "--to", "anthropic"])
+    args = ["--user", USER, "--token", "CLD", "--usd", usd, "--to", "anthropic", *extra]
+    result = CliRunner().invoke(cli_agent.redeem, args)
     assert_human(result.output, "promptex redeem")
     return result.exit_code, result.output
 
@@ -193,17 +194,55 @@ def test_redeem__run_again_while_the_agent_moves_it__returns_where_it_is_without
     _assert_sold_once(world)
 
 
-# Killed at "released" the redemption has ended: the same command then starts another
-# (the command has no key of its own to tell a retry from a second need).
-@pytest.mark.parametrize("step", [s for s in CRASH_STEPS if s != "released"])
+@pytest.mark.parametrize("step", CRASH_STEPS)
 def test_redeem__killed_at_every_step_then_the_same_command_again__sold_bought_released_once(world, monkeypatch, step):
-    """kill -9 of `promptex redeem` at each step, then the same command again (not the
-    agent's pass): it resumes the one redemption and ends it once."""
+    """kill -9 of `promptex redeem --request-id` at each step, then the same command again
+    (not the agent's pass): it resumes the one redemption and ends it once. Killed at
+    "released" (ended, its outcome never printed) the request id finds it: nothing sold again."""
     with crashing_at(monkeypatch, step), pytest.raises(Crash):
-        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
-    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic", request_id="topup-7")
+    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic", request_id="topup-7")
     assert (r.id, r.status) == (1, RELEASED) and [x.id for x in world.agent().store.redemptions()] == [1]
     _assert_sold_once(world)
+
+
+def test_redeem_request_id__ended__a_retry_sells_nothing_a_new_id_sells_again_other_terms_refused(world, monkeypatch):
+    """Without a request id a run after the redemption ended is a new need (as before); with
+    one, the retry prints the ended one, a new id is a new need, and the id is the user's
+    own (another user's same id is theirs)."""
+    agent = world.agent()
+    assert agent.redeem(USER, "CLD", 20 * USD, "anthropic", request_id="a").status == RELEASED
+    code, out = _cli(world, monkeypatch, "20", "--request-id", "a")
+    assert (code, out) == (0, "redemption 1: released\n")
+    _assert_sold_once(world)
+    code, out = _cli(world, monkeypatch, "25", "--request-id", "a")
+    assert code == 1 and "redemption refused: request id 'a' is redemption 1 ($20.00 of anthropic" in out
+    assert "a new need takes a new request id" in out and len(agent.store.redemptions()) == 1
+    assert agent.redeem(USER, "CLD", 20 * USD, "anthropic", request_id="b").id == 2  # a new need
+    assert agent.redeem(USER, "CLD", 20 * USD, "anthropic").id == 3  # no id: as before, a new sale
+    assert world.chain.s.redeems == 3 and len(world.billing.purchases) == 3
+
+
+def test_redeem_request_id__another_open_redemption__refused_not_taken_over(world):
+    """An open redemption started without the id (or by a rule) is another need: the run
+    with a request id is refused (one at a time), it does not advance that one as its own."""
+    world.chain.hold = True
+    with pytest.raises(RedemptionPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    with pytest.raises(StillOpen) as refused:
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic", request_id="c")
+    assert refused.value.redemption.id == 1 and world.agent().store.by_request(USER, "c") is None
+
+
+def test_store_create__the_same_request_id_twice__the_first_redemption_not_a_second(world):
+    """Two runs with one request id at once: the second create (queued on the account's row)
+    finds the first's redemption by its id, not a unique-index error, even once it ended."""
+    store = world.agent().store
+    account = store.account_for(USER, "anthropic")
+    first = store.create(account, "CLD", 7 * USD, 10**24, None, 0, request_id="x")
+    store.move(first.id, ("planned",), "failed", 1, error="refused")
+    assert store.create(account, "CLD", 7 * USD, 10**24, None, 2, request_id="x").id == first.id
+    assert [r.id for r in store.redemptions()] == [first.id]
 
 
 def test_rule__the_command_creates_one_between_the_rules_check_and_its_create__skipped_not_a_failed_pass(world):

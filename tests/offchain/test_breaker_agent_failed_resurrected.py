@@ -85,3 +85,45 @@ def test_failed_redeem_orphaned__a_node_includes_its_old_bytes_before_the_no_op_
 
     r1 = agent.store.get(1)
     assert (r1.status, r1.chain_redemption_id) == (RELEASED, 1) and chain.redemption(1).status != STATUS_OPEN
+
+
+def test_rotated_key__the_old_keys_failed_redeem_orphaned__waits_only_until_its_swap_deadline(
+    agent_world,  # noqa: ANN001
+) -> None:
+    """rbreak (session 9, item 2): after a rotation, the old key's failed redeem that a reorg
+    took off the chain held the new key's agent for good ("only their key can fill their
+    nonces: run that key's agent once"), the old key perhaps lost. Its bytes were signed
+    with a swap deadline: past it they can only revert, so the new key sends them again
+    like any other of that key's (they fill its nonce, fail again, sell nothing) and goes on."""
+    from promptex.chain.txlog import OtherKeyPending  # noqa: PLC0415
+
+    world, chain = agent_world, agent_world.chain
+    chain.hold = True
+    with pytest.raises(TxPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    fork = copy.deepcopy(chain.s), dict(chain.receipts)
+    grant = chain.s.grants[USER]
+    chain.s.grants[USER] = ("0x" + "0" * 40, 0, 0, 2)  # revoked before it is mined: it reverts
+    chain.mine()
+    chain.hold = False
+    world.agent().run_once(check_rules=False)
+    r1 = world.agent().store.get(1)
+    assert r1.status == FAILED and r1.swap_deadline == chain.time + 300
+    chain.sender = "0x000000000000000000000000000000000000bEEF"  # the agent's key rotated (the old one lost)
+    head = chain.block
+    chain.s, chain.receipts = copy.deepcopy(fork[0]), dict(fork[1])  # a reorg: the revert orphaned
+    chain.s.grants[USER] = grant  # on this branch the grant stands: R1's bytes, before the deadline, would sell
+    chain.block = head + 1
+
+    agent = world.agent()
+    with pytest.raises(OtherKeyPending, match=r"run that key's agent once"):
+        agent.machine.wait_for_other_keys()  # its bytes could still sell: only its key may fill its nonce
+    assert chain.s.redeems == 0 and r1.swap_deadline is not None
+    chain.time = r1.swap_deadline + 1  # past it those bytes revert ("deadline passed")
+    for _ in range(2):
+        agent.run_once(check_rules=False)  # sent again by the new key: mined, reverted; then its window
+    chain.mine_blocks(128)
+    assert agent.run_once(check_rules=False).waiting is None
+    assert agent.store.get(1).status == FAILED and chain.s.redeems == 0  # nothing sold for R1
+    r2 = agent.redeem(USER, "CLD", 20 * USD, "anthropic")  # the new key's agent works again
+    assert (r2.id, r2.status) == (2, RELEASED) and chain.s.redeems == 1 and len(world.billing.purchases) == 1

@@ -19,7 +19,9 @@ free → the SAME bytes are broadcast again; its nonce taken by another tx → i
 is unresolved. A mined tx a reorg orphaned is "sent" again with the step it decided
 (released → releasing; escrowed, or failed and re-included, → selling), and re-sent the
 same way; a failed redemption's redeem off the chain is never sent again (the user was
-told nothing was sold): its nonce goes to a no-op. A
+told nothing was sold): its nonce goes to a no-op (another key's is waited for, until the
+swap deadline it was signed with, stored with it, has passed: then those bytes can only
+revert, and they are sent like any other). A
 redeem orphaned after the purchase keeps its step; where the escrow then refuses or
 lacks the receipt's redemption, the re-sent redeem is read (`_sale_moved`): reverted or
 dropped → failed (nothing sold, the credits bought named), another escrow id → rejected
@@ -180,10 +182,14 @@ class RedemptionMachine:
         stopped, and a reorg within its window must be seen before the window ends. One
         no longer on chain as stored is reopened as this key's own are and its bytes sent
         again at once (this key's pass re-sends only its own nonces); the wait then holds
-        until the chain serves its receipt."""
+        until the chain serves its receipt. Except a failed redemption's redeem, whose
+        bytes could still sell (never sent again, `_replace`): this key waits for that
+        key's agent to fill its nonce, but only until the redeem's swap deadline, after
+        which they can only fail (`_past_swap_deadline`)."""
         off: list[str] = []
         for tx, receipt in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
-            if receipt is None and self._failed_sale(tx) is not None:  # only its key may fill its nonce
+            failed = self._failed_sale(tx) if receipt is None else None
+            if failed is not None and not self._past_swap_deadline(failed):  # only its key may fill its nonce
                 off.append(f"redeem tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
                 continue
             what = self.store.reopen_tx(tx, self.clock())
@@ -193,15 +199,26 @@ class RedemptionMachine:
         if off:
             message = (
                 f"failed redemptions' redeems no longer on chain (a reorg), never to be sent again: {', '.join(off)}; "
-                "only their key can fill their nonces: run that key's agent once (`promptex agent run --once`)"
+                "only their key can fill their nonces before their swap deadlines: run that key's agent once "
+                "(`promptex agent run --once`)"
             )
             log.warning("%s", message)
             raise txlog.OtherKeyPending(message)
         txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent", self.clock)
 
-    def _send(self, r: Redemption, purpose: str, call: Call) -> str:
+    def _past_swap_deadline(self, r: Redemption) -> bool:
+        """The redemption's redeem was signed with a swap deadline the chain has passed: its
+        bytes, mined now, revert ("deadline passed") and sell nothing. So another key's
+        failed redeem a reorg took off the chain is, past it, as any other transaction of
+        that key: sent again (it fills its key's nonce, which that key's later transactions
+        wait on, and fails again), not waited for until its key's agent fills the nonce,
+        which a lost key never does. Unknown (signed before the deadline was stored):
+        False."""
+        return r.swap_deadline is not None and self.chain.now() > r.swap_deadline
+
+    def _send(self, r: Redemption, purpose: str, call: Call, **values: object) -> str:
         signed = self.chain.sign(call, self.chain.pending_nonce())
-        tx_id = self.store.submit(r.id, purpose, signed, self.chain.sender, self.clock())
+        tx_id = self.store.submit(r.id, purpose, signed, self.chain.sender, self.clock(), **values)
         log.info("redemption %d: %s sent as %s", r.id, purpose, signed.tx_hash)
         tx = self.store.tx(tx_id)
         return txlog.broadcast_stored(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, crash_point)
@@ -225,13 +242,12 @@ class RedemptionMachine:
         # into a redemption for another provider's account than the one planned.
         if self.chain.token_provider(token) != provider_id(account.provider):
             return self._fail(r, PLANNED, f"{r.token} does not redeem into {account.provider} credits")
-        call = Call(
-            "redemption", "redeem", (r.user, token, r.usd_micro, r.max_tokens_in, self.chain.now() + self.swap_deadline)
-        )
+        deadline = self.chain.now() + self.swap_deadline
+        call = Call("redemption", "redeem", (r.user, token, r.usd_micro, r.max_tokens_in, deadline))
         reason = self.chain.simulate(call)
         if reason is not None:
             return self._fail(r, PLANNED, f"the escrow refuses the redemption: {reason}")
-        self._send(r, "redeem", call)
+        self._send(r, "redeem", call, swap_deadline=deadline)
         return self.store.get(r.id)
 
     def _selling(self, r: Redemption) -> Redemption:
@@ -251,7 +267,9 @@ class RedemptionMachine:
             return after
         if status == REVERTED:
             return self._fail(r, SELLING, f"redeem tx {tx.tx_hash} reverted; no tokens were sold")
-        return self.store.move(r.id, (SELLING,), PLANNED, self.clock(), redeem_tx_id=None)  # dropped: never ran
+        return self.store.move(
+            r.id, (SELLING,), PLANNED, self.clock(), redeem_tx_id=None, swap_deadline=None
+        )  # dropped
 
     def _escrowed(self, r: Redemption) -> Redemption | None:
         assert r.chain_redemption_id is not None and r.deadline is not None

@@ -101,8 +101,13 @@ agent_redemptions = Table(
     Column("error", String(REASON), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # `promptex redeem --request-id`: a retry finds its redemption, ended or not (0020).
+    Column("request_id", String(REF), nullable=True),
+    # The swap deadline the redeem was signed with: past it those bytes only revert (0020).
+    Column("swap_deadline", BigInteger, nullable=True),
     Index(None, "status"),
     Index(None, "user_address", "provider"),
+    Index(None, "user_address", "request_id", unique=True),
 )
 
 # Notifications to users, written in the same transaction as what they report; a

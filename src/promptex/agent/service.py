@@ -23,6 +23,7 @@ from promptex.agent.store import (
     AgentStore,
     LinkedAccount,
     Redemption,
+    RequestIdTaken,
     Rule,
     StaleTransition,
     StillOpen,
@@ -199,7 +200,7 @@ class Agent:
 
     def redeem(
         self, user: str, token: str, usd_micro: int, provider: str, max_tokens_in: int | None = None,
-        *, resume: int | None = None,
+        *, resume: int | None = None, request_id: str | None = None,
     ) -> Redemption:  # fmt: skip
         """Start a redemption now (checked first) and advance it as far as it goes.
 
@@ -213,7 +214,14 @@ class Agent:
         `resume`: only that redemption (the one RedemptionPending named), never a new sale.
         Once it has ended (`promptex agent run` may finish it meanwhile) it is returned as
         it ended: a retry without `resume` would find nothing open and sell again, and the
-        command cannot tell such a retry from a second need."""
+        command cannot tell such a retry from a second need.
+
+        `request_id` (the user's own, unique per user) tells a retry from a new need before
+        any redemption id was seen (a run killed before it printed one): the user's
+        redemption started with it is returned as it ended (released, failed, …), nothing
+        sold again, or advanced while open; with other terms it is refused (RequestIdTaken).
+        An open redemption of that provider started without it, or with another, is another
+        need (StillOpen)."""
         user, token, provider = checksum_address(user), token.upper(), provider.strip().lower()
         account = self.store.account_for(user, provider)
         if account is None:
@@ -223,21 +231,34 @@ class Agent:
         terms = (token, usd_micro, max_tokens_in)
         if resume is not None:
             r = self._resumed(resume, user, provider, terms)
-            if r.status not in OPEN_STATUSES:
-                return r
-            return self._advance_one(r)
+            if request_id is not None and r.request_id != request_id:
+                raise ValueError(f"redemption {resume} was not started with request id {request_id!r}")
+        else:
+            retried = None if request_id is None else self.store.by_request(user, request_id)
+            r = retried or self._open_or_new(account, terms, request_id)
+            if (r.provider, r.token, r.usd_micro, r.max_tokens_in) != (provider, *terms):
+                raise RequestIdTaken(r) if request_id is not None and r.request_id == request_id else StillOpen(r)
+            if request_id is not None and r.request_id != request_id:
+                raise StillOpen(r)  # open, started by another request (or by a rule)
+        if r.status not in OPEN_STATUSES:
+            return r  # resumed, or retried by its request id, after it ended: nothing sold again
+        return self._advance_one(r)
+
+    def _open_or_new(self, account: LinkedAccount, terms: tuple[str, int, int], request_id: str | None) -> Redemption:
+        """The user's open redemption for the account's provider, or a new one (quoted first)."""
+        token, usd_micro, max_tokens_in = terms
         try:
-            r = next(o for o in self.store.redemptions(OPEN_STATUSES, user=user) if o.provider == provider)
+            return next(
+                o for o in self.store.redemptions(OPEN_STATUSES, user=account.user) if o.provider == account.provider
+            )
         except StopIteration:
             self.quote(account, token, usd_micro, max_tokens_in)
-            try:
-                r = self.store.create(account, token, usd_micro, max_tokens_in, None, self.clock())
-            except StillOpen as exc:  # another run created it meanwhile
-                r = exc.redemption
-            crash_point("planned")
-        if (r.token, r.usd_micro, r.max_tokens_in) != terms:
-            raise StillOpen(r)
-        return self._advance_one(r)
+        try:
+            r = self.store.create(account, token, usd_micro, max_tokens_in, None, self.clock(), request_id=request_id)
+        except StillOpen as exc:  # another run created it meanwhile
+            r = exc.redemption
+        crash_point("planned")
+        return r
 
     def _resumed(self, redemption_id: int, user: str, provider: str, terms: tuple[str, int, int]) -> Redemption:
         """The user's redemption `redemption_id` for that provider with those terms, or ValueError."""

@@ -83,6 +83,8 @@ class Redemption:
     error: str | None
     created_at: int
     updated_at: int
+    request_id: str | None = None  # `promptex redeem --request-id`
+    swap_deadline: int | None = None  # the redeem's, as signed (None: not signed yet, or before 0020)
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,20 @@ def _redemption(row: Any) -> Redemption:
         int(m["max_tokens_in"]), m["rule_id"], m["status"], m["redeem_tx_id"], m["release_tx_id"],
         m["chain_redemption_id"], _int(m["tokens_in"]), m["deadline"], m["billing_attempts"], m["next_attempt_at"],
         _b(m["billing_ref"]), _int(m["receipt_usd_micro"]), _b(m["receipt_signature"]), m["error"],
-        m["created_at"], m["updated_at"],
+        m["created_at"], m["updated_at"], m["request_id"], m["swap_deadline"],
     )  # fmt: skip
 
 
 class StaleTransition(RuntimeError):
     """The redemption was no longer in the status a step expected (another pass moved it)."""
+
+
+class RequestIdTaken(ValueError):
+    """The user's request id names a redemption with other terms (another need)."""
+
+    def __init__(self, redemption: Redemption) -> None:
+        self.redemption = redemption
+        super().__init__(f"request id {redemption.request_id!r} is redemption {redemption.id}, with other terms")
 
 
 class StillOpen(ValueError):
@@ -264,15 +274,29 @@ class AgentStore(SignedTxStore):
     # ─── Redemptions ─────────────────────────────────────────────────────────
 
     def create(
-        self, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int, rule_id: int | None, now: int
-    ) -> Redemption:
+        self, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int, rule_id: int | None, now: int,
+        *, request_id: str | None = None,
+    ) -> Redemption:  # fmt: skip
         """A planned redemption; refused (StillOpen) while the user has one open for that
         provider. The linked account's row is locked first, so two creates at once (two
         `promptex redeem` runs, a rule's pass) queue on PostgreSQL too (SQLite's writers
-        queue on BEGIN IMMEDIATE) and the second sees the first's row."""
+        queue on BEGIN IMMEDIATE) and the second sees the first's row. A `request_id` is
+        the user's one (`by_request`): one already taken returns that redemption, whatever
+        its status (a retry), or RequestIdTaken if its terms differ."""
         r = agent_redemptions.c
         with self._tx() as conn:
             conn.execute(select(agent_accounts.c.id).where(agent_accounts.c.id == account.id).with_for_update())
+            if request_id is not None:
+                found = conn.execute(
+                    select(agent_redemptions).where(r.user_address == account.user, r.request_id == request_id)
+                ).first()
+                if found is not None:
+                    taken = _redemption(found)
+                    if (taken.provider, taken.token, taken.usd_micro, taken.max_tokens_in) != (
+                        account.provider, token, usd_micro, max_tokens_in,
+                    ):  # fmt: skip
+                        raise RequestIdTaken(taken)
+                    return taken
             busy = conn.execute(
                 select(agent_redemptions).where(
                     r.user_address == account.user, r.provider == account.provider, r.status.in_(OPEN_STATUSES)
@@ -290,6 +314,7 @@ class AgentStore(SignedTxStore):
                     usd_micro=usd_micro,
                     max_tokens_in=max_tokens_in,
                     rule_id=rule_id,
+                    request_id=request_id,
                     status=PLANNED,
                     billing_attempts=0,
                     next_attempt_at=0,
@@ -299,6 +324,15 @@ class AgentStore(SignedTxStore):
                 .returning(r.id)
             ).scalar_one()
             return _redemption(conn.execute(select(agent_redemptions).where(r.id == new_id)).one())
+
+    def by_request(self, user: str, request_id: str) -> Redemption | None:
+        """The user's redemption started with `request_id`, whatever its status."""
+        r = agent_redemptions.c
+        with self._tx() as conn:
+            row = conn.execute(
+                select(agent_redemptions).where(r.user_address == user, r.request_id == request_id)
+            ).first()
+        return None if row is None else _redemption(row)
 
     def get(self, redemption_id: int) -> Redemption:
         with self._tx() as conn:
@@ -339,16 +373,17 @@ class AgentStore(SignedTxStore):
                 self._notify(conn, user, *notify, now=now)
         return self.get(redemption_id)
 
-    def submit(self, redemption_id: int, purpose: str, signed: SignedTx, sender: str, now: int) -> int:
-        """Store the signed transaction and move the redemption on: before broadcast. The
-        move comes first: a second process advancing the same redemption (two `promptex
-        redeem` runs at once sign the same call with the same nonce: the same bytes) gets
-        StaleTransition, not the log's duplicate-hash error."""
+    def submit(self, redemption_id: int, purpose: str, signed: SignedTx, sender: str, now: int, **values: Any) -> int:
+        """Store the signed transaction and move the redemption on (with `values`: the
+        redeem's swap deadline): before broadcast. The move comes first: a second process
+        advancing the same redemption (two `promptex redeem` runs at once sign the same call
+        with the same nonce: the same bytes) gets StaleTransition, not the log's
+        duplicate-hash error."""
         from_, to, column = (
             (PLANNED, SELLING, "redeem_tx_id") if purpose == "redeem" else (RECEIPTED, RELEASING, "release_tx_id")
         )
         with self._tx() as conn:
-            self._move(conn, redemption_id, (from_,), now, status=to)
+            self._move(conn, redemption_id, (from_,), now, status=to, **values)
             tx_id = self._store_tx(conn, purpose, signed, sender, now)
             conn.execute(
                 update(agent_redemptions).where(agent_redemptions.c.id == redemption_id).values({column: tx_id})

@@ -131,17 +131,32 @@ def agent_rule(user: str, provider: str, token: str, below: str, add: str, max_t
     "--resume", type=int, default=None, metavar="ID",
     help="only finish redemption ID (the one a pending run named): never a new sale",
 )  # fmt: skip
-def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | None, resume: int | None) -> None:
+@click.option(
+    "--request-id", default=None, metavar="TEXT",
+    help="your own id for this need, unique per user: the same command run again with it (killed, timed out, "
+    "or after it ended) finishes or prints that one redemption and never sells twice",
+)  # fmt: skip
+def redeem(
+    user: str, token: str, usd: str, provider: str, max_tokens: str | None, resume: int | None, request_id: str | None
+) -> None:
     """Sell tokens into the escrow and buy credits on the user's linked account now."""
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.service import RedemptionPending
-    from promptex.agent.store import RELEASED, StillOpen
+    from promptex.agent.store import RELEASED, RequestIdTaken, StillOpen
     from promptex.chain.txlog import OtherKeyPending
+    from promptex.ledger.metadata import REF
 
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)
+    if request_id is not None and not 0 < len(request_id) <= REF:
+        raise click.ClickException(f"a request id is 1 to {REF} characters")
     try:
-        r = make_agent().redeem(user, token, usd_micro(usd), provider, limit, resume=resume)
+        r = make_agent().redeem(user, token, usd_micro(usd), provider, limit, resume=resume, request_id=request_id)
+    except RequestIdTaken as exc:
+        raise click.ClickException(
+            f"redemption refused: request id {request_id!r} is {_named(exc.redemption)}, "
+            f"with other terms ({exc.redemption.status}); a new need takes a new request id"
+        ) from None
     except StillOpen as exc:
         raise click.ClickException(
             f"redemption refused: {_named(exc.redemption)} is still open ({exc.redemption.status}), one at a time "
@@ -155,10 +170,11 @@ def redeem(user: str, token: str, usd: str, provider: str, max_tokens: str | Non
             if isinstance(exc.waiting, OtherKeyPending)
             else f"waiting for {exc.waiting} to be mined"
         )
+        again = "" if request_id is not None or resume is not None else f" with --resume {exc.redemption.id}"
         raise click.ClickException(
             f"{_named(exc.redemption)} is {exc.redemption.status}, {waiting}; to finish it run this same command "
-            f"again with --resume {exc.redemption.id} (it sells once, and not again should the agent finish it "
-            f"first), or `promptex agent run --once`"
+            f"again{again} (it sells once, and not again should the agent finish it first), or "
+            "`promptex agent run --once`"
         ) from None
     click.echo(f"redemption {r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
     if r.status != RELEASED and r.status in ("failed", "rejected", "abandoned", "refunded"):
