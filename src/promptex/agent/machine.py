@@ -142,6 +142,42 @@ class RedemptionMachine:
                         tx.purpose, tx.tx_hash, tx.nonce, what)  # fmt: skip
         self._checked_head = head
 
+    def recheck_dropped_redeems(self) -> None:
+        """A redeem closed dropped (its nonce seen taken, no receipt within the grace) is
+        taken never to have run, and its redemption is sold again. It may have run after
+        all while its nonce is not final: the node served the nonce before the receipt for
+        longer than the grace, or what took the nonce (a transaction outside the log, a
+        wallet's cancel) was orphaned by a reorg within the window and the bytes landed.
+        Then the user sold twice for one purchase, and the first sale's USDC sits in the
+        escrow under an id no redemption names (nor `promptex reconcile`). Each pass such
+        a redeem is read by receipt; landed with an escrow redemption the agent does not
+        know, the user is told (once) what was sold and how to refund it, and it is logged."""
+        head = self.chain.head() if self._checked_head is None else self._checked_head
+        final = self.store.final_nonce(head - self.reorg_window, self.chain.sender)
+        for tx in self.store.dropped_txs("redeem", final, self.chain.sender):
+            receipt = self.chain.receipt(tx.tx_hash)
+            if receipt is None or not receipt.ok:
+                continue
+            if self.store.redemption_of_redeem(tx.id) is not None:
+                continue  # a failed redemption's, replaced by a no-op: `_check_replaced` reads it again
+            event = self.chain.redeemed(tx.tx_hash)
+            key = f"stray:{tx.tx_hash}"
+            if event is None or self.store.sale_known(event.redemption_id) or self.store.notified(key):
+                continue
+            state = self.chain.redemption(event.redemption_id)
+            rid = event.redemption_id
+            log.error("redeem tx %s (nonce %d), closed dropped, ran after all: escrow redemption %d holds %s of %s's "
+                      "sale, which no redemption names (its need was sold again); the user is told to refund it",
+                      tx.tx_hash, tx.nonce, rid, usd_text(event.usdc), state.user)  # fmt: skip
+            self.store.notify(
+                state.user, key, "stray_sale", "A sale the agent took for dropped went through: refund available",
+                f"Escrow redemption {rid} sold tokens of yours for {usd_text(event.usdc)} of USDC, besides the "
+                f"sale that bought your credits (the agent took this one for dropped and sold again). The USDC "
+                f"is held for you: after {utc_text(event.deadline)} (its deadline) refund it: "
+                f"`promptex wallet refund --redemption {rid}` (RedemptionEscrow.refund({rid}) from your wallet).",
+                self.clock(),
+            )  # fmt: skip
+
     def resolve_open_txs(self) -> None:
         for tx in self.store.open_txs(self.chain.sender):
             if self.resolve_tx(tx) == DROPPED and tx.purpose == NOOP:

@@ -131,6 +131,7 @@ class Agent:
         try:
             self.machine.wait_for_other_keys()
             self.machine.recheck_orphaned_txs()
+            self.machine.recheck_dropped_redeems()
             self.machine.resolve_open_txs()
             due = time.monotonic() >= self._rules_due if check_rules is None else check_rules
             if due:

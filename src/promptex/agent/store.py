@@ -456,6 +456,18 @@ class AgentStore(SignedTxStore):
         with self._tx() as conn:
             self._notify(conn, user, key, kind, subject, body, now=now)
 
+    def notified(self, key: str) -> bool:
+        """Whether a notification with this dedupe key was written."""
+        with self._tx() as conn:
+            found = conn.execute(select(agent_outbox.c.id).where(agent_outbox.c.dedupe_key == key[:200])).first()
+        return found is not None
+
+    def sale_known(self, chain_redemption_id: int) -> bool:
+        """Whether one of the agent's redemptions is (or was) escrow redemption `chain_redemption_id`."""
+        r = agent_redemptions.c
+        with self._tx() as conn:
+            return conn.execute(select(r.id).where(r.chain_redemption_id == chain_redemption_id)).first() is not None
+
     def notifications(self, statuses: Sequence[str] | None = None) -> list[Notification]:
         o = agent_outbox.c
         stmt = select(agent_outbox).order_by(o.id)

@@ -230,6 +230,14 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(*at).order_by(t.c.id)).all()
         return [_stored(r._mapping) for r in rows]
 
+    def dropped_txs(self, purpose: str, from_nonce: int, sender: str) -> list[StoredTx]:
+        """`sender`'s transactions of `purpose` closed as dropped at `from_nonce` or above."""
+        t = self.txs_table
+        at = (t.c.purpose == purpose, t.c.status == DROPPED, t.c.nonce >= from_nonce, self._of(sender))
+        with self._tx() as conn:
+            rows = conn.execute(select(t).where(*at).order_by(t.c.nonce, t.c.id)).all()
+        return [_stored(r._mapping) for r in rows]
+
     def move_tx(self, tx: StoredTx, status: str, receipt: Receipt, now: int) -> None:
         """A mined transaction found again in another block (a reorg, then re-included)."""
         t = self.txs_table
