@@ -8,6 +8,7 @@ saying why, before it gets further).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -506,3 +507,58 @@ def test_voucher_log_of_the_event_count__read_by_the_units_rule__old_counts_a_ho
     client = httpx.Client(transport=PromptexSigningTransport(old, inner=gateway.transport()))
     _crash_after_charge(client, gateway)
     assert old.stopped is not None and "3 answers on lane 0" in old.stopped, old.stopped
+
+
+class HidingGateway(FakeSignedGateway):
+    """Books each voucher charged its whole ceiling and drops the connection; refuses the
+    next 409 ceiling_below_charged naming as the lane's total the one its last answer told
+    (hiding what it booked since), with its stored voucher (it verifies); and again. The
+    buyer's lane is only bounded after a drop, so the refusal's total is adopted and the
+    drop before it looks free."""
+
+    told: int = 0
+    hiding: bool = False
+    turn: int = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if not self.hiding or VOUCHER_HEADER not in request.headers:
+            response = super().handle(request)
+            self.told = self.book[0].charged
+            return response
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        self.received.append(voucher)
+        lane = self.book[0]
+        assert lane.voucher is not None
+        self.turn += 1
+        if self.turn % 2 and voucher.ceiling > lane.voucher.ceiling:  # a voucher it can settle: booked in full
+            lane.charged, lane.voucher = voucher.ceiling, voucher
+            raise httpx.ReadError("connection dropped after charging")
+        error = {"message": "below", "type": "conflict_error", "code": "ceiling_below_charged",
+                 "lane_charged_units": str(self.told), "voucher": lane.voucher.header()}  # fmt: skip
+        return httpx.Response(409, json={"error": error})
+
+
+def test_attack__charged_drops_hidden_by_refusals_naming_the_old_total__within_n_holds(tmp_path: Path) -> None:
+    """Each drop is followed by a refusal naming the lane's last told total: the drop looks
+    free, and the next voucher, a small request's, is signed just above the dropped one's
+    ceiling (ceilings rise strictly), which the gateway books again. Counted as events, the
+    count never passed 1 and the lane walked a unit per two requests, beyond N holds, for as
+    long as the buyer sent; weighed, a drop not yet told about weighs what the accepted
+    ceilings allow above the total it was measured from, and signing stops within N holds."""
+    gateway = HidingGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    small = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], small)[0])
+    assert client.post("http://gateway.test/v1/chat/completions", json=small).status_code == 200
+    received = sum(gateway.true_costs)
+    gateway.hiding = True
+    n = signer.stop_after_errors
+    for _ in range(2 * (n + 1) * hold):  # a unit per two requests: past N holds, were it not stopped
+        with contextlib.suppress(httpx.TransportError):  # its drops
+            client.post("http://gateway.test/v1/chat/completions", json=small)
+        if signer.stopped is not None:
+            break
+    settleable = gateway.book[0].charged  # within its highest voucher
+    assert settleable <= max(v.ceiling for v in gateway.received) <= received + n * hold, (settleable, received, hold)
+    assert signer.stopped is not None and "came without the lane's total" in signer.stopped
