@@ -283,17 +283,20 @@ class Onboarding:
 
     def resume(self) -> int:
         """Finish lots left `opening` (a crash, or a receipt not seen in time) from their
-        stored open_lot: open, failed, or still opening. Returns how many changed."""
-        attestor = self.chain.attestor
+        stored open_lot: open, failed, or still opening. Returns how many changed. One
+        another attestor key signed (the attestor rotated since) is finished too: its
+        receipt read, its stored bytes sent again if the chain has none (anyone may send
+        them, `txlog.send_others`); only that key's nonce could prove it dropped, so such a
+        lot stays `opening` (serving nothing) until its receipt, or that key's `resume`."""
         changed = 0
         for lot in self.store.states().values():
             if lot.state != OPENING:
                 continue
-            tx = None if attestor is None else self.store.open_tx_of(lot, attestor.sender)
-            if tx is None or attestor is None:
+            tx = self.store.open_tx_of(lot)
+            if tx is None:
                 continue
             try:
-                status = txlog.resolve_tx(tx, attestor, self.store.close_tx, self.clock, self.tx_timeout)
+                status = self._resolve_open(tx)
             except TxPending:
                 continue
             if status == SUCCEEDED:
@@ -304,3 +307,21 @@ class Onboarding:
                 self.store.fail(lot.lot_id, f"open_lot {status} in {tx.tx_hash}", self.clock())
             changed += 1
         return changed
+
+    def _resolve_open(self, tx: txlog.StoredTx) -> str:
+        """A stored open_lot's final status; TxPending while it has none (or no key is
+        given to reach the chain with)."""
+        attestor = self.chain.attestor
+        if attestor is not None and (tx.sender or "").lower() == attestor.sender.lower():
+            return txlog.resolve_tx(tx, attestor, self.store.close_tx, self.clock, self.tx_timeout)
+        door = attestor or self.chain.seller  # another key's: any sender reads and sends
+        if door is None:
+            raise TxPending(f"open_lot tx {tx.tx_hash} of key {tx.sender}")
+        receipt = door.receipt(tx.tx_hash)
+        if receipt is None and txlog.send_others(door, tx):
+            receipt = door.wait(tx.tx_hash, self.tx_timeout)
+        if receipt is None:
+            raise TxPending(f"open_lot tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
+        status = SUCCEEDED if receipt.ok else REVERTED
+        self.store.close_tx(tx.id, status, receipt.block_number, self.clock(), receipt.block_hash)
+        return status

@@ -6,7 +6,7 @@ with its open_lot, `closing` with its request_close), before it is broadcast.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from promptex.chain.sender import SignedTx
 from promptex.chain.txlog import SignedTxStore, StoredTx
@@ -71,15 +71,14 @@ class SellerStore(SignedTxStore):
             _lots.set_chain_state(conn, chain_lot_id, CLOSING, reason=f"close requested in {signed.tx_hash}", now=now)
         return self.tx(tx_id)
 
-    def open_tx_of(self, lot: LotState, sender: str) -> StoredTx | None:
-        """The stored open_lot of a lot in `opening`, if `sender` signed it."""
+    def open_tx_of(self, lot: LotState) -> StoredTx | None:
+        """The stored open_lot of a lot in `opening`, whichever attestor key signed it (its
+        `sender`)."""
         if lot.open_tx is None:
             return None
         with self._tx() as conn:
-            row = conn.execute(seller_txs.select().where(seller_txs.c.tx_hash == lot.open_tx)).first()
-        if row is None or row.sender.lower() != sender.lower():
-            return None
-        return StoredTx(row.id, row.purpose, row.nonce, row.tx_hash, row.raw_tx, row.status)
+            found = conn.execute(select(seller_txs.c.id).where(seller_txs.c.tx_hash == lot.open_tx)).scalar()
+        return None if found is None else self.tx(int(found))
 
     # ─── The ledger's lot states ─────────────────────────────────────────────
 
