@@ -16,6 +16,7 @@ from test_ledger_lanes import ASSET, _hold, _record, _signed
 
 from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, Sweeper, UsageRecord
 from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.processes import LOCK_SPACE
 from promptex.ledger.schema import capacity_leases, holds, ledger_processes
 from promptex.protocol.units import USD_MICRO as USDC
 
@@ -44,10 +45,10 @@ def _cut(ledger: Ledger, process: int) -> None:
         killed = (
             conn.execute(
                 text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
-                    " WHERE locktype = 'advisory' AND objid = :p AND granted"
+                    "SELECT pg_terminate_backend(pid, 30000) FROM pg_locks"  # waits until it has ended
+                    " WHERE locktype = 'advisory' AND classid = :space AND objid = :p AND granted"
                 ),
-                {"p": process},
+                {"space": LOCK_SPACE, "p": process},
             )
             .scalars()
             .all()
