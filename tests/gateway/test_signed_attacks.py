@@ -370,8 +370,9 @@ def test_dropped_after_an_inexact_total__not_forgiven(tmp_path: Path) -> None:
 # dropped (an honest gateway killed after its settle committed); "d" dropped before
 # charging (a killed gateway: its hold is swept); "E" charged, then a 500 without the
 # lane's figures; "e" a 500 that charged nothing; "X" and "F": as "D" and "E" but the
-# lane booked charged its voucher's whole ceiling (a dishonest gateway's most).
-BEHAVIOURS = "aDdEeXF"
+# lane booked charged its voucher's whole ceiling (a dishonest gateway's most); "R" a 409
+# naming the lane's total as the last answer told it (hiding what was booked since).
+BEHAVIOURS = "aDdEeXFR"
 
 
 @given(pattern=st.text(alphabet=BEHAVIOURS, min_size=1, max_size=24), sizes=st.lists(st.sampled_from([1, 4, 24])))
@@ -383,7 +384,8 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
     it can settle on a lane (its highest voucher: the chain refuses any debit beyond it) is
     at most the true cost of the answers the buyer received plus N of the largest holds
     signed (N = `stop_after_errors`; requests of several sizes, so drops of small requests
-    after large ones, signed just above the large ones' ceilings, weigh what those allow);
+    after large ones, signed just above the large ones' ceilings, weigh what those allow;
+    refusals hiding what drops booked);
     an honest mix (free drops and errors, an answer at least after every N − 1 of them)
     never stops signing."""
     with tempfile.TemporaryDirectory() as folder:
@@ -396,7 +398,7 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
             hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0])
             gateway.drop_after_charge, gateway.drop_before_charge = turn in "DX", turn == "d"
             gateway.error_status, gateway.charge_errors = (500 if turn in "EeF" else 0), turn in "EF"
-            gateway.claim_ceiling = turn in "XF"
+            gateway.claim_ceiling, gateway.hide_total = turn in "XF", turn == "R"
             before, sent = sum(gateway.true_costs), len(gateway.received)
             try:
                 answer = client.post("http://gateway.test/v1/chat/completions", json=body)
@@ -411,7 +413,7 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
         assert highest <= received + signer.stop_after_errors * largest, (highest, received, signer.stopped)
         assert gateway.book[0].charged <= highest
         runs = pattern.split("a")
-        if not set(pattern) & set("DEXF") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
+        if not set(pattern) & set("DEXFR") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
             assert signer.stopped is None or len(runs[-1]) >= signer.stop_after_errors, signer.stopped
 
 

@@ -54,6 +54,7 @@ class FakeLane:
     charged: int = 0
     voucher: Voucher | None = None
     in_flight: bool = False
+    told: int = 0  # the total its last answer told the buyer
 
 
 @dataclass
@@ -72,6 +73,9 @@ class FakeSignedGateway:
     # A charged drop or error books the lane charged its voucher's whole ceiling, not the
     # cost (a dishonest gateway: the most its voucher lets it settle).
     claim_ceiling: bool = False
+    # Refuse the voucher 409 ceiling_below_charged naming as the lane's total the one its
+    # last answer told (hiding what was booked since), with the stored voucher (a lie).
+    hide_total: bool = False
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -128,6 +132,10 @@ class FakeSignedGateway:
             self.received.append(voucher)
             if lane.in_flight:
                 return self._error(409, "lane_busy", lane)
+            if self.hide_total and lane.voucher is not None:
+                hidden = self._error(409, "ceiling_below_charged", lane)
+                error = orjson.loads(hidden.content)["error"]
+                return httpx.Response(409, json={"error": {**error, "lane_charged_units": str(lane.told)}})
             if voucher.ceiling < lane.charged:
                 return self._error(409, "ceiling_below_charged", lane)
             if lane.voucher is not None and voucher.ceiling <= lane.voucher.ceiling:
@@ -166,6 +174,7 @@ class FakeSignedGateway:
             raise httpx.ReadError("connection dropped after charging")
         if self.error_status:
             return failed
+        lane.told = lane.charged
         text = " ".join(WORDS[i % len(WORDS)] for i in range(output))
         reported = {"prompt_tokens": input_tokens, "completion_tokens": output + self.inflate_output}
         headers = {
