@@ -11,10 +11,11 @@ batch takes its records back (`_reattach`), as a no-op found dropped does."""
 from __future__ import annotations
 
 import pytest
-from coordinator_fakes import FakeChain
+from coordinator_fakes import COORDINATOR, FakeChain
 from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import _payer
+from test_breaker_rotation import NEW_KEY, _coordinator, _old_key_dies_with_its_settle_open, on_its_own_nonce
 from test_coordinator_failure_final import _mine_to
 from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
 
@@ -60,4 +61,41 @@ def test_settle_dropped_by_a_cancel_a_reorg_then_orphans__its_bytes_land__each_r
         _mine_to(chain, chain.head() + REORG_WINDOW + 1)
 
     assert (_debited(chain, x_address), _debited(chain, y_address)) == (1_002, 2_007)
+    _books_equal_chain(book, chain)
+
+
+def test_old_keys_settle_dropped_by_its_cancel__the_cancel_orphaned__its_bytes_land__the_new_key_reattaches(
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same after a key rotation, through the README's way out: the old key's settle Z
+    lost, its nonce taken by a wallet's cancel; the old key's coordinator run once closes Z
+    dropped and settles Z's and Y's records at epoch 1 (Z2). A reorg within the window
+    orphans the cancel and Z2; Z's bytes land, Z2's revert. The new key (any key's dropped
+    settle is read) gives Z its record back and lets Z2 go: Z and Y each debited once."""
+    z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
+    (z,) = old.store.open_txs()
+    raws = {z.raw}
+    on_its_own_nonce(chain, keys, COORDINATOR, raws, monkeypatch)
+    fork, old_nonce = Branch.of(chain), keys.nonces[COORDINATOR]
+    chain.mine_blocks(1)
+    keys.nonces[COORDINATOR] += 1  # the wallet's cancel, at the old account's nonce
+    new = _coordinator(book, chain, "new")
+    assert "some not yet mined" in (new.run_once().waiting or "")
+    keys.use(COORDINATOR)
+    assert old.run_once().confirmed == [(USDC, 1)]  # Z dropped; Z2 (Z's and Y's records) at epoch 1
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    (z2,) = [tx for tx in old.store.landed_txs(0, 0) if tx.purpose == "settle"]
+    raws.add(z2.raw)
+
+    chain.mine_blocks(3)
+    fork.reorg_to(chain)  # the cancel and Z2 orphaned, within the window
+    keys.nonces[COORDINATOR] = old_nonce
+    chain.broadcast(z.raw)  # a pool's copy of Z lands at its nonce: Z's record debited at epoch 1
+    for _ in range(3):
+        chain.next_window()
+        new.run_once()
+        _mine_to(chain, chain.head() + REORG_WINDOW + 1)
+
+    assert (_debited(chain, z_address), _debited(chain, y_address)) == (3_012, 2_007)
     _books_equal_chain(book, chain)
