@@ -120,3 +120,28 @@ def test_closed_process__its_leftover_holds_orphaned_by_a_sweep(two: tuple[Ledge
     first.holds.lock.close()  # as a process that exits (or dies) does: its lock goes with it
     assert Sweeper(second).run_once() == 1
     assert _status(first, "left") == "orphaned" and first.balance(account, ASSET).held == 0
+
+
+def test_process_lock_cut__it_registers_again_before_a_sweep__its_holds_in_flight_kept_and_charged(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    alive, sweeper = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    signer = _signed(alive)
+    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
+    _hold(alive, signer, "signed", 0, USDC)
+    process = alive.holds.lock.id
+    assert process is not None
+    _cut(alive, process)
+    alive.holds.reserve(Reservation("next", account, ASSET, USDC, 300))  # registers again first
+    again = alive.holds.lock.id
+    assert again is not None and again != process
+    with alive.engine.connect() as conn:
+        assert set(conn.execute(select(holds.c.process_id)).scalars()) == {again}  # taken along
+    assert sweeper.end_dead_processes() == 0  # nothing left under the lost id, its new lock held
+    alive.holds.settle("in-flight", USDC // 4)
+    alive.holds.settle("signed", USDC // 4, record=_record(0, USDC))
+    alive.holds.release("next")
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
+    assert alive.lane(signer, ASSET, 1, 0).charged == USDC // 4

@@ -18,9 +18,11 @@ answer is refused (`HoldOrphaned`, nothing charged: as if its process had died a
 upstream call), unlike an expired one's, and a process whose lock connection is gone
 registers again, under a new id, before its next reserve (a lost connection is seen as its
 socket turning readable: the server's goodbye, or end of file; client keepalives find a
-silent cut). The lock is a session lock: the ledger must not be reached through a
-transaction-pooling proxy (pgbouncer in transaction mode), where a session is not a
-connection.
+silent cut), and takes its holds still active under the old id along (those a sweeper has
+not ended first: either way each hold is ended or kept, never both). The lock is a
+session lock: the ledger must not be reached through a transaction-pooling proxy
+(pgbouncer in transaction mode), where a session is not a connection; nor may the server
+end idle sessions (`idle_session_timeout`) for the gateway's role.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class ProcessLock:
     def _register(self) -> None:
         import psycopg
 
-        old = self._id
+        old = self._id if self._pid == os.getpid() else None  # a forked child adopts nothing
         self._drop()
         conn = psycopg.connect(self.url, autocommit=False, **_KEEPALIVES)
         try:
@@ -112,6 +114,14 @@ class ProcessLock:
             # Taken before the row is visible: no one ever sees a row whose lock is free
             # while its process lives.
             conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, process))
+            adopted = 0
+            if old is not None:
+                # This process's holds still active under its lost id, now under the new one's
+                # lock: a sweeper that took the old lock first has made them orphaned already
+                # (this waits for it, then skips them), else it will not (it ends the old id's).
+                adopted = conn.execute(
+                    "UPDATE holds SET process_id = %s WHERE process_id = %s AND status = 'active'", (process, old)
+                ).rowcount
             conn.commit()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -120,7 +130,10 @@ class ProcessLock:
         self._conn, self._id, self._pid = conn, process, os.getpid()
         self.registrations += 1
         if old is not None:
-            log.warning("ledger lock connection of process %d was lost: registered again as %d", old, process)
+            log.warning(
+                "ledger lock connection of process %d was lost: registered again as %d (%d holds in flight kept)",
+                old, process, adopted,
+            )  # fmt: skip
 
     def _drop(self) -> None:
         conn, self._conn, self._id = self._conn, None, None
