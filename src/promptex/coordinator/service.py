@@ -465,6 +465,18 @@ class Coordinator:
         that key can keep off the chain (left as stored)."""
         ours = tx.sender in (None, self.chain.sender)
         batch = self.store.batch_of_tx(tx.id) if tx.purpose == "settle" else None
+        if batch is not None and batch.status == CONFIRMED and receipt is None and self._holds_elsewhere(batch):
+            # A let-go batch that landed anyway (`_reattach` left records in another landed
+            # batch): its bytes debit those again. Re-sent as a confirmed batch's are, they
+            # would; it is let go again and handled as any failed settle off the chain.
+            reason = "no longer on chain (a reorg); its settle debits records another landed batch holds"
+            if self.store.let_go_confirmed(batch, reason, self.clock()):
+                log.warning(
+                    "%s epoch %d: settle %s (nonce %d) of key %s is no longer on chain (a reorg); it landed after "
+                    "its batch was let go and other batches hold some of its records: it is never sent again",
+                    batch.asset, batch.epoch, tx.tx_hash, tx.nonce, tx.sender,
+                )  # fmt: skip
+            batch = self.store.batch(batch.id)
         if batch is not None and batch.status == FAILED:
             if receipt is None:
                 if not ours:
@@ -488,6 +500,15 @@ class Coordinator:
             self._hold_lease()
             txlog.send_others(self.chain, tx)
         return True
+
+    def _holds_elsewhere(self, batch: Batch) -> bool:
+        """Whether some of the records a let-go batch was sent with (its kept members) are
+        now in another batch: it landed after all, and `_reattach` left them where another
+        landed batch held them (a double debit, reconcile's)."""
+        if not batch.payload.members:
+            return False  # never let go: its records are its own
+        held = {record.request_id for record in self.store.batch_records(batch.id)}
+        return not held.issuperset(batch.payload.members)
 
     def _others_failed_settle_off_chain(self, tx: StoredTx, batch: Batch) -> bool:
         """Another key's failed settle the chain no longer holds (a reorg) nor re-included:
@@ -735,13 +756,14 @@ class Coordinator:
                 ", ".join(done.left),
             )
         self._report.confirmed.append((batch.asset, batch.epoch))
-        log.warning(
-            "%s epoch %d: its failed settle landed after a reorg (the network re-included it); "
-            "its %d records are back in it, confirmed",
-            batch.asset,
-            batch.epoch,
-            batch.records,
-        )
+        if back := len(found) - len(done.left):  # none when every one is held elsewhere (the error above)
+            log.warning(
+                "%s epoch %d: its failed settle landed after a reorg (the network re-included it); "
+                "its %d records are back in it, confirmed",
+                batch.asset,
+                batch.epoch,
+                back,
+            )
 
     def _recheck_confirmed(self, asset: str) -> None:
         """A settlement is confirmed only while the chain holds it: a reorg can orphan a

@@ -571,6 +571,23 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             _let_go(conn, batch.id, (PLANNED, SUBMITTED), reason, now)
 
+    def let_go_confirmed(self, batch: Batch, reason: str, now: int) -> bool:
+        """A confirmed batch the chain no longer holds (a reorg) whose settle must never land
+        again (it debits records another batch holds): failed, the records it holds back to
+        pending. Its kept members (`Payload.members`, from when it was first let go) stay as
+        they are, all of them: should it land after all, `reattach` finds and proves them.
+        Whether it was confirmed (and is failed now)."""
+        b = settlement_batches.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(settlement_batches)
+                .where(b.id == batch.id, b.status == CONFIRMED)
+                .values(status=FAILED, closed_at=now, error=reason[:REASON])
+            ).rowcount
+            if done:
+                _usage.return_to_pending(conn, batch.id)
+        return bool(done)
+
     def unfinal_failures(self, asset: str, final_nonce: int, sender: str) -> list[Batch]:
         """The asset's failed batches whose settle could still land after a reorg: signed at
         a nonce not yet final (`SignedTxStore.final_nonce`), whatever became of it since
