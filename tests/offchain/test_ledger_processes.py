@@ -145,3 +145,19 @@ def test_process_lock_cut__it_registers_again_before_a_sweep__its_holds_in_fligh
     alive.holds.release("next")
     assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
     assert alive.lane(signer, ASSET, 1, 0).charged == USDC // 4
+
+
+def test_process_lock_cut__its_own_sweep_registers_again_first__keeps_its_holds(two: tuple[Ledger, Ledger]) -> None:
+    alive, other = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
+    process = alive.holds.lock.id
+    assert process is not None
+    _cut(alive, process)
+    assert Sweeper(alive).run_once() == 0  # its own sweep: registered again before it probes
+    again = alive.holds.lock.id
+    assert again is not None and again != process and _status(alive, "in-flight") == "active"
+    assert other.end_dead_processes() == 0
+    alive.holds.settle("in-flight", USDC // 4)
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4

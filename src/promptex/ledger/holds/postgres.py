@@ -357,6 +357,8 @@ class PostgresHolds(GeneralHolds):
         return self.lock.current()
 
     def end_dead(self) -> int:
+        if self.lock.id is not None:  # registered: first again if its lock was lost, its holds along
+            self.lock.current()
         now = self.ledger.clock()
 
         def work(conn: Connection) -> int:
