@@ -107,3 +107,48 @@ def test_reorg__redeem_orphaned_after_the_purchase_escrows_another_id__rejected_
     assert "(its deadline)" in note[0].body and str(after.deadline) not in note[0].body  # a date, not unix time
     assert "`promptex wallet refund --redemption 2`" in note[0].body
     assert_human(note[0].subject + note[0].body, "the reorg notice")
+
+
+def test_reorg__another_users_redemption_takes_our_escrow_id__it_buys_its_own_credits_not_our_receipt(world):
+    """s9-agent item 3: the billing purchase's idempotency key was (chain, escrow, escrow
+    redemption id). A reorg undid redemption 1's sale (escrow id 1, bought, released) and
+    another user's redemption, sold first on the new branch, took id 1: its purchase
+    under the same key got redemption 1's receipt back (the first user's account), was
+    rejected, and its user left to refund. The key now names the redeem transaction too
+    (stored with the step that escrowed it), so it buys its own credits and is released."""
+    from agent_world import ANTHROPIC  # noqa: PLC0415
+
+    _released_then_reorged(world)
+    user2, account2, credential2 = "0x" + "33" * 20, "acct_user_2", "sk-billing-user-2"
+    world.billing.credentials[account2] = credential2
+    chain = world.chain
+    chain.user_setup(user2, "CLD", 100_000 * TOKEN, limit=20_000 * TOKEN, slippage=200)
+    linked = world.agent().link_account(user2, "anthropic", account2, credential2)
+    chain.s.linked[(linked.user, ANTHROPIC)] = linked.account_ref
+    r2 = world.agent().redeem(linked.user, "CLD", 20 * USD, "anthropic")  # signed at redemption 1's nonce
+    assert (r2.id, r2.chain_redemption_id, r2.status, r2.error) == (2, 1, RELEASED, None)
+    assert world.billing.balances[account2] == 20 * USD and len(world.billing.purchases) == 2
+
+
+def test_billing_key__a_redemption_escrowed_before_keys_named_the_redeem__keeps_the_id_alone_bought_once(
+    world, monkeypatch
+):
+    """A redemption escrowed before migration 0021 stored no key, and may have bought under
+    the id alone (the old key): after the upgrade it is asked again under that key, not a
+    new one that would buy a second time."""
+    from sqlalchemy import update  # noqa: PLC0415
+
+    from promptex.agent.machine import idempotency_key  # noqa: PLC0415
+    from promptex.agent.schema import agent_redemptions  # noqa: PLC0415
+
+    with crashing_at(monkeypatch, "billing_answered"), pytest.raises(Crash):  # bought, the answer not stored
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    agent = world.agent()
+    r = agent.store.get(1)
+    assert r.billing_key is not None and r.billing_key.endswith(agent.store.tx(r.redeem_tx_id or 0).tx_hash)
+    legacy = idempotency_key(world.chain.chain_id, world.chain.escrow_address, 1)
+    world.billing.purchases = {legacy: world.billing.purchases[r.billing_key]}  # as the old code bought it
+    with world.ledger.engine.begin() as conn:
+        conn.execute(update(agent_redemptions).where(agent_redemptions.c.id == 1).values(billing_key=None))
+    assert agent.redeem(USER, "CLD", 20 * USD, "anthropic").status == RELEASED
+    assert list(world.billing.purchases) == [legacy] and world.chain.s.usdc[PAYEE] == 20 * USD

@@ -26,8 +26,9 @@ redeem orphaned after the purchase keeps its step; where the escrow then refuses
 lacks the receipt's redemption, the re-sent redeem is read (`_sale_moved`): reverted or
 dropped → failed (nothing sold, the credits bought named), another escrow id → rejected
 under that id (the user's USDC is there, refundable after its deadline).
-add_credits is idempotent by key, so calling it again after a crash or a
-timeout returns the first receipt and buys nothing. So a redemption sells once, buys
+add_credits is idempotent by key (the escrow redemption and the redeem tx that escrowed
+it, stored with the escrowed step), so calling it again after a crash or a timeout
+returns the first receipt and buys nothing. So a redemption sells once, buys
 once, releases once.
 """
 
@@ -86,9 +87,14 @@ def crash_point(step: str) -> None:
     txlog.crash_point(CRASH_ENV, step)
 
 
-def idempotency_key(chain_id: int, escrow: str, redemption_id: int) -> str:
-    """The billing purchase's key: the escrow redemption, unique across chains and escrows."""
-    return f"promptex:{chain_id}:{escrow.lower()}:{redemption_id}"
+def idempotency_key(chain_id: int, escrow: str, redemption_id: int, redeem_tx: str | None = None) -> str:
+    """The billing purchase's key: the escrow redemption, unique across chains and escrows,
+    and the redeem transaction that escrowed it (None: a redemption escrowed before keys
+    named it, which may have bought under the id alone). The id alone is not one sale: a
+    reorg can give it to another redemption, whose purchase would get this one's receipt
+    back; the same redeem re-mined under the same id keeps its key (bought once)."""
+    key = f"promptex:{chain_id}:{escrow.lower()}:{redemption_id}"
+    return key if redeem_tx is None else f"{key}:{redeem_tx.lower()}"
 
 
 class RedemptionMachine:
@@ -294,9 +300,10 @@ class RedemptionMachine:
             event = self.chain.redeemed(tx.tx_hash)
             if event is None:
                 raise RuntimeError(f"redeem tx {tx.tx_hash} succeeded without a Redeemed event")
+            key = idempotency_key(self.chain.chain_id, self.chain.escrow_address, event.redemption_id, tx.tx_hash)
             after = self.store.move(
                 r.id, (SELLING,), ESCROWED, self.clock(), chain_redemption_id=event.redemption_id,
-                tokens_in=event.tokens_in, deadline=event.deadline,
+                tokens_in=event.tokens_in, deadline=event.deadline, billing_key=key,
             )  # fmt: skip
             log.info("redemption %d escrowed as %d: %d %s sold", r.id, event.redemption_id, event.tokens_in, r.token)
             crash_point("escrowed")
@@ -324,7 +331,7 @@ class RedemptionMachine:
         if self.clock() < r.next_attempt_at:
             return None
         account = self._billing_account(r.account_id)
-        key = idempotency_key(self.chain.chain_id, self.chain.escrow_address, r.chain_redemption_id)
+        key = r.billing_key or idempotency_key(self.chain.chain_id, self.chain.escrow_address, r.chain_redemption_id)
         try:
             receipt = self.billing.add_credits(account, r.usd_micro, key, redemption_id=r.chain_redemption_id)
         except BillingError as exc:

@@ -105,6 +105,8 @@ agent_redemptions = Table(
     Column("request_id", String(REF), nullable=True),
     # The swap deadline the redeem was signed with: past it those bytes only revert (0020).
     Column("swap_deadline", BigInteger, nullable=True),
+    # The billing purchase's idempotency key, set with the escrowed step (0021; None before).
+    Column("billing_key", String(REF), nullable=True),
     Index(None, "status"),
     Index(None, "user_address", "provider"),
     Index(None, "user_address", "request_id", unique=True),

@@ -85,6 +85,7 @@ class Redemption:
     updated_at: int
     request_id: str | None = None  # `promptex redeem --request-id`
     swap_deadline: int | None = None  # the redeem's, as signed (None: not signed yet, or before 0020)
+    billing_key: str | None = None  # the purchase's idempotency key (None: not escrowed, or before 0021)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _redemption(row: Any) -> Redemption:
         int(m["max_tokens_in"]), m["rule_id"], m["status"], m["redeem_tx_id"], m["release_tx_id"],
         m["chain_redemption_id"], _int(m["tokens_in"]), m["deadline"], m["billing_attempts"], m["next_attempt_at"],
         _b(m["billing_ref"]), _int(m["receipt_usd_micro"]), _b(m["receipt_signature"]), m["error"],
-        m["created_at"], m["updated_at"], m["request_id"], m["swap_deadline"],
+        m["created_at"], m["updated_at"], m["request_id"], m["swap_deadline"], m["billing_key"],
     )  # fmt: skip
 
 
@@ -421,7 +422,13 @@ class AgentStore(SignedTxStore):
                 update(agent_redemptions)
                 .where(r.redeem_tx_id == tx.id, r.status.in_((ESCROWED, FAILED)))
                 .values(
-                    status=SELLING, chain_redemption_id=None, tokens_in=None, deadline=None, error=None, updated_at=now
+                    status=SELLING,
+                    chain_redemption_id=None,
+                    tokens_in=None,
+                    deadline=None,
+                    billing_key=None,
+                    error=None,
+                    updated_at=now,
                 )  # fmt: skip
             ).rowcount
             return "its redemption's sale" if moved else "it"
