@@ -69,3 +69,28 @@ def test_redeem_resume__another_users_or_other_terms_or_unknown__refused_nothing
     code, out = _cli(world, monkeypatch, "--resume", "7")
     assert code == 1 and "redemption refused:" in out and "no redemption 7 for anthropic" in out
     assert _sold_once(world) and len(world.agent().store.redemptions()) == 1
+
+
+def test_cli_redeem__the_node_refuses_its_stored_redeem__named_pending_not_a_traceback__sold_once(world, monkeypatch):
+    """`agent run` (same key) signed another redemption's transaction at the same nonce a
+    moment before: the node refuses this one's broadcast ("replacement transaction
+    underpriced"). Its redeem is stored, so the next pass resolves it (dropped: the nonce
+    went to the other) and sells it: the command said nothing of that, only a traceback."""
+    from web3.exceptions import Web3RPCError
+
+    real = world.chain.broadcast
+    refused: list[str] = []
+
+    def broadcast(raw: str) -> None:
+        if not refused:
+            refused.append(raw)
+            world.chain.burn_nonce()  # the other process's transaction holds the nonce
+            raise Web3RPCError("replacement transaction underpriced")
+        real(raw)
+
+    monkeypatch.setattr(world.chain, "broadcast", broadcast)
+    code, out = _cli(world, monkeypatch)
+    assert code == 1 and out.startswith("Error: redemption 1 ($20.00 of anthropic credits for CLD) is selling")
+    assert "which the node did not take (replacement transaction underpriced)" in out and "--resume 1" in out
+    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}  # dropped, signed again, sold
+    assert _sold_once(world) and len(world.agent().store.redemptions()) == 1

@@ -20,6 +20,8 @@ from promptex.agent.outbox import SmtpConfig, deliver
 from promptex.agent.quote import QuoteRefused, check_redemption
 from promptex.agent.store import (
     OPEN_STATUSES,
+    RELEASING,
+    SELLING,
     AgentStore,
     LinkedAccount,
     Redemption,
@@ -280,6 +282,20 @@ class Agent:
             raise RedemptionPending(self.store.get(r.id), exc) from exc
         except StaleTransition:  # another process (`promptex agent run`) moved it meanwhile
             return self.store.get(r.id)
+        except Exception as exc:
+            # Its transaction stored, then the node refused the broadcast (`promptex agent run`,
+            # with the same key, signed another redemption's at the same nonce a moment before:
+            # "replacement transaction underpriced"), or the node failed. The sale or release
+            # is in flight all the same (the next pass resolves it: dropped, it is signed
+            # again): said so, naming it, not a traceback the user reads as "nothing happened".
+            now = self.store.get(r.id)
+            tx_id = {SELLING: now.redeem_tx_id, RELEASING: now.release_tx_id}.get(now.status)
+            if tx_id is None:
+                raise
+            tx = self.store.tx(tx_id)
+            log.warning("redemption %d: %s tx %s did not go out (%s)", r.id, tx.purpose, tx.tx_hash, exc, exc_info=True)
+            waiting = TxPending(f"{tx.purpose} tx {tx.tx_hash} (nonce {tx.nonce}), which the node did not take ({exc})")
+            raise RedemptionPending(now, waiting) from exc
 
     def _billing_account(self, a: LinkedAccount) -> BillingAccount:
         credential = self.keys.open(a.sealed).decode()
