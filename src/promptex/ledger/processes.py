@@ -149,14 +149,17 @@ class ProcessLock:
 
 
 def _readable(conn: Any) -> bool:
-    """Something arrived on `conn`'s socket (or it is closed): never on a healthy idle one."""
+    """Something arrived on `conn`'s socket (or it is closed): never on a healthy idle one.
+    poll(), not select(): select() refuses a descriptor of 1024 or more, which a busy
+    gateway's lock socket may well be, and every reserve would then register again."""
     if conn is None or conn.closed:
         return True
     try:
-        ready, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        poller = select.poll()
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(ready)
 
 
 def dead(conn: Connection) -> list[int]:

@@ -1,0 +1,82 @@
+"""Breaking the gateway processes' ledger locks on PostgreSQL (`ledger.processes`): a live
+process must keep its holds, whatever its lock connection's file descriptor."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import resource
+from collections.abc import Iterator
+
+import pytest
+from ledger_helpers import fund
+from test_ledger_lanes import ASSET
+
+from promptex.ledger import HoldStatus, Ledger, Reservation
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.protocol.units import USD_MICRO as USDC
+
+_databases = itertools.count()
+HIGH_FD = 1100  # past select()'s FD_SETSIZE (1024)
+
+
+@pytest.fixture
+def two(postgres: LocalPostgres, clock) -> Iterator[tuple[Ledger, Ledger]]:  # noqa: ANN001
+    """Two ledgers (two gateway processes' books) on one fresh PostgreSQL database."""
+    name = f"lock_breaker_{next(_databases)}"
+    url = postgres.create_database(name, template="ledger_template")
+    first, second = Ledger.open(url, clock=clock), Ledger.open(url, clock=clock)
+    try:
+        yield first, second
+        first.check()
+    finally:
+        first.close()
+        second.close()
+        postgres.drop_database(name)
+
+
+@contextlib.contextmanager
+def _low_fds_taken() -> Iterator[None]:
+    """Every file descriptor below HIGH_FD in use, so the next socket opened lands above it
+    (a busy gateway: thousands of client and upstream connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < HIGH_FD + 64:
+        if hard != resource.RLIM_INFINITY and hard < HIGH_FD + 64:
+            pytest.skip(f"the hard limit of open files ({hard}) is below {HIGH_FD + 64}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (HIGH_FD + 64, hard))
+    taken: list[int] = []
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            taken.append(fd)
+            if fd >= HIGH_FD:
+                break
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_lock_socket_above_fd_1024__live_process_keeps_one_id__its_holds_not_orphaned(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """select() refuses a descriptor of 1024 or more (ValueError): the lock's health check
+    took that for a lost connection, so every reserve registered again, closing the lock
+    its earlier holds named — the next sweep ended a live process's holds in flight."""
+    alive, sweeper = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    with _low_fds_taken():
+        alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))  # registers: a high socket
+    lock = alive.holds.lock
+    assert lock.id is not None and lock._conn.pgconn.socket >= HIGH_FD
+    process = lock.id
+    alive.holds.reserve(Reservation("second", account, ASSET, USDC, 300))
+    assert (lock.id, lock.registrations) == (process, 1)
+    assert sweeper.end_dead_processes() == 0
+    alive.holds.settle("first", USDC // 4)
+    hold = alive.holds.settle("second", USDC // 4)
+    assert hold.status == HoldStatus.SETTLED
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 2
