@@ -230,12 +230,6 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(*at).order_by(t.c.id)).all()
         return [_stored(r._mapping) for r in rows]
 
-    def senders(self) -> list[str]:
-        """Every key with a transaction in the log (read off the (sender, status, nonce) index)."""
-        t = self.txs_table
-        with self._tx() as conn:
-            return sorted(str(r[0]) for r in conn.execute(select(t.c.sender).distinct()).all())
-
     def dropped_txs(self, purpose: str, from_nonce: int, sender: str) -> list[StoredTx]:
         """`sender`'s transactions of `purpose` closed as dropped at `from_nonce` or above."""
         t = self.txs_table

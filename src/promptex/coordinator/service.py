@@ -606,7 +606,7 @@ class Coordinator:
         once the next nonce was deep: debited twice. Each pass, every key's such settle is
         read by receipt; landed, the batch takes its records back (`_reattach`)."""
         head = self.chain.head() if self._checked_head is None else self._checked_head
-        for sender in self.store.senders():  # with no mined row too: a reorg may have reopened them all
+        for sender in self.store.dropped_failure_senders():  # any key's, mined rows or not (a reorg reopens them)
             final = self.store.final_nonce(head - self.reorg_window, sender)
             for asset in sorted(self.chain.assets()):
                 for batch in self.store.unfinal_failures(asset, final, sender):

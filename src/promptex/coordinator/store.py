@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, Select, Table, insert, or_, select, t
 from sqlalchemy.exc import OperationalError
 
 from promptex.chain.sender import Receipt, SignedTx
-from promptex.chain.txlog import SUCCEEDED, SignedTxStore, StoredTx, TxPending
+from promptex.chain.txlog import DROPPED, SUCCEEDED, SignedTxStore, StoredTx, TxPending
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -603,6 +603,20 @@ class CoordinatorStore(SignedTxStore):
         )
         with self._tx() as conn:
             return [_batch(row) for row in conn.execute(stmt).all()]
+
+    def dropped_failure_senders(self) -> list[str]:
+        """The keys with a failed batch whose settle was closed dropped (by the batches'
+        (asset, status) index: failed batches are few)."""
+        b, t = settlement_batches.c, coordinator_txs.c
+        stmt = (
+            select(t.sender)
+            .select_from(settlement_batches)
+            .join(coordinator_txs, t.id == b.tx_id)
+            .where(b.status == FAILED, t.status == DROPPED)
+            .distinct()
+        )
+        with self._tx() as conn:
+            return sorted(str(r[0]) for r in conn.execute(stmt).all())
 
     def failed_batches_naming(self, records: Sequence[StoredUsage]) -> dict[str, Batch]:
         """See `failed_batches_naming`."""
