@@ -355,11 +355,16 @@ class FakeChain:
     def sign(self, call: Call, nonce: int) -> SignedTx:
         if self.simulate(call) is not None:
             raise Revert("gas estimation failed")
-        raw = json.dumps({"c": call.contract, "f": call.function, "a": _encode(call.args), "n": nonce})
+        raw = json.dumps(
+            {"c": call.contract, "f": call.function, "a": _encode(call.args), "n": nonce, "s": self.sender}
+        )
         return SignedTx("0x" + keccak(text=raw).hex(), raw, nonce)
 
     def sign_noop(self, nonce: int, replacing: str | None = None) -> SignedTx:
-        raw = json.dumps({"noop": True, "n": nonce})
+        """A 0-value self-transfer at `nonce`, signed by the key in use: two keys' no-ops at
+        one nonce are two transactions (rbreak: the hash ignored the sender, and an A→B→A
+        test replacing at equal nonces met the log's unique tx_hash)."""
+        raw = json.dumps({"noop": True, "n": nonce, "s": self.sender})
         return SignedTx("0x" + keccak(text=raw).hex(), raw, nonce)
 
     def nonce(self) -> int:
