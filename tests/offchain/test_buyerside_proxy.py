@@ -161,7 +161,10 @@ def test_proxy__gateway_charges_then_drops__the_third_drop_stops_signing(tmp_pat
     assert after.status_code == 402 and "signing stopped" in after.json()["error"]["message"]
     stopped = status.json()["stopped"]
     assert "3 answers on lane 0" in stopped and "connection dropped" in stopped, stopped
-    assert status.json()["lanes"][0]["answers_without_figures"] == 3
+    lane = status.json()["lanes"][0]
+    assert lane["answers_without_figures"] == 3
+    # Three not yet told about weigh a hold each (the same request): above N − 1 = 2 holds.
+    assert int(lane["without_figures_units"]) == 3 * int(lane["largest_hold_units"]) > 0
     assert len(gateway.received) == 3 and gateway.book[0].charged <= signer.book.exposure()
 
 
