@@ -223,6 +223,20 @@ def test_redeem_request_id__ended__a_retry_sells_nothing_a_new_id_sells_again_ot
     assert world.chain.s.redeems == 3 and len(world.billing.purchases) == 3
 
 
+def test_cli_redeem_request_id__pending__the_same_command_again_finishes_it_and_again_prints_it(world, monkeypatch):
+    """With a request id the pending line says to run the same command again (the id finds
+    the one redemption, open or ended), not --resume; each rerun sells nothing more."""
+    world.chain.hold = True
+    code, out = _cli(world, monkeypatch, "20", "--request-id", "r-1")
+    assert code == 1 and "is selling, waiting for redeem tx 0x" in out
+    assert "to finish it run this same command again (it sells once" in out and "--resume" not in out
+    world.chain.mine()
+    world.chain.hold = False
+    for _ in range(2):
+        assert _cli(world, monkeypatch, "20", "--request-id", "r-1") == (0, "redemption 1: released\n")
+    _assert_sold_once(world)
+
+
 def test_redeem_request_id__another_open_redemption__refused_not_taken_over(world):
     """An open redemption started without the id (or by a rule) is another need: the run
     with a request id is refused (one at a time), it does not advance that one as its own."""
