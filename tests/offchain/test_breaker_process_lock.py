@@ -7,10 +7,12 @@ import contextlib
 import itertools
 import os
 import resource
+import time
 from collections.abc import Iterator
 
 import pytest
 from ledger_helpers import fund
+from sqlalchemy import text
 from test_ledger_lanes import ASSET
 
 from promptex.ledger import HoldStatus, Ledger, Reservation
@@ -80,3 +82,32 @@ def test_lock_socket_above_fd_1024__live_process_keeps_one_id__its_holds_not_orp
     hold = alive.holds.settle("second", USDC // 4)
     assert hold.status == HoldStatus.SETTLED
     assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 2
+
+
+def test_server_ends_idle_sessions__the_lock_session_is_exempt__live_holds_kept(
+    postgres: LocalPostgres,
+    clock,  # noqa: ANN001
+) -> None:
+    """A server (or the gateway's role) with `idle_session_timeout` ends every session idle
+    that long, and the lock connection is idle for its whole life: each process lost its
+    lock that often, and a sweep before its next reserve ended its holds in flight (a long
+    stream: served, then refused). The lock session turns the timeout off for itself."""
+    name = f"lock_breaker_{next(_databases)}"
+    url = postgres.create_database(name, template="ledger_template")
+    with contextlib.closing(Ledger.open(url, clock=clock)) as admin, admin.engine.begin() as conn:
+        conn.execute(text(f"ALTER DATABASE {name} SET idle_session_timeout = '100ms'"))
+    alive, sweeper = Ledger.open(url, clock=clock), Ledger.open(url, clock=clock)
+    try:
+        account = alive.create_account().id
+        fund(alive, account, ASSET, 10 * USDC)
+        alive.holds.reserve(Reservation("long", account, ASSET, USDC, 300))
+        process = alive.holds.lock.id
+        time.sleep(0.5)  # the stream runs on; idle sessions past 100 ms are ended meanwhile
+        assert sweeper.end_dead_processes() == 0
+        assert alive.holds.settle("long", USDC // 4).status == HoldStatus.SETTLED
+        assert (alive.holds.lock.id, alive.holds.lock.registrations) == (process, 1)
+        alive.check()
+    finally:
+        alive.close()
+        sweeper.close()
+        postgres.drop_database(name)

@@ -21,8 +21,9 @@ socket turning readable: the server's goodbye, or end of file; client keepalives
 silent cut), and takes its holds still active under the old id along (those a sweeper has
 not ended first: either way each hold is ended or kept, never both). The lock is a
 session lock: the ledger must not be reached through a transaction-pooling proxy
-(pgbouncer in transaction mode), where a session is not a connection; nor may the server
-end idle sessions (`idle_session_timeout`) for the gateway's role.
+(pgbouncer in transaction mode), where a session is not a connection. The lock session
+turns `idle_session_timeout` off for itself (a server or role may set it: the session is
+idle for its whole life).
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ class ProcessLock:
         self._drop()
         conn = psycopg.connect(self.url, autocommit=False, **_KEEPALIVES)
         try:
+            if conn.info.server_version >= 140000:
+                # Idle for its whole life by design: a server (or role) that ends idle
+                # sessions would end this one, and its process's holds with it.
+                conn.execute("SET idle_session_timeout = 0")
             host = socket.gethostname()[:64]
             row = conn.execute(
                 "INSERT INTO ledger_processes (holder, host, pid, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
