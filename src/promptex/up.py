@@ -249,15 +249,21 @@ def archive_market(state_dir: Path, ledger_url: str, deployment: Path, now: date
     A PostgreSQL ledger cannot be archived by moving a file: UpError."""
     from sqlalchemy.engine import make_url
 
+    from promptex.ledger.db import sqlite_path
+
     url = make_url(ledger_url)
     if url.get_backend_name() != "sqlite":
         raise UpError(
             f"--fresh archives a SQLite ledger; this market's is {url.get_backend_name()}: "
             "point PROMPTEX_LEDGER_URL at a new database instead"
         )
-    database = Path(url.database or "")
-    ledger_files = [database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")]
-    present = [path for path in (state_dir, *ledger_files, deployment) if str(path) and path.exists()]
+    database = sqlite_path(url)  # the file the ledger's engine opens (`~`, a URI filename)
+    ledger_files = (
+        []
+        if database is None
+        else [database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")]
+    )
+    present = [path for path in (state_dir, *ledger_files, deployment) if path.exists()]
     if not present:
         return None
     archive = state_dir.with_name(f"{state_dir.name}.archived-{now.strftime('%Y%m%dT%H%M%SZ')}")
@@ -269,13 +275,11 @@ def archive_market(state_dir: Path, ledger_url: str, deployment: Path, now: date
 
 
 def absolute_ledger_url(ledger_url: str) -> str:
-    """A SQLite ledger's URL with an absolute path (a command run elsewhere finds the same file)."""
-    from sqlalchemy.engine import make_url
+    """A SQLite ledger's URL with an absolute path (a command run elsewhere finds the same
+    file, the one this process's engine opens: `ledger.db.absolute_sqlite_url`)."""
+    from promptex.ledger.db import absolute_sqlite_url
 
-    url = make_url(ledger_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return ledger_url
-    return url.set(database=str(Path(url.database).resolve())).render_as_string(hide_password=False)
+    return absolute_sqlite_url(ledger_url)
 
 
 def market_profile(options: UpOptions, rpc_url: str, env: dict[str, str]) -> dict[str, object]:

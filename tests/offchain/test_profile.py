@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from promptex.cli import main
 from promptex.config import NO_MARKET, PROFILE_FILE, ConfigurationError, Settings, settings
+from promptex.ledger.db import sqlite_path
 from promptex.serving import free_port
 from promptex.up import UpOptions, absolute_ledger_url, market_profile, write_profile
 
@@ -107,6 +108,25 @@ def test_up_s_profile__read_back__follows_the_market_from_another_directory(
 def test_absolute_ledger_url__postgresql_and_memory_unchanged() -> None:
     assert absolute_ledger_url("postgresql://u:p@h/db") == "postgresql://u:p@h/db"
     assert absolute_ledger_url("sqlite:///:memory:") == "sqlite:///:memory:"
+
+
+@pytest.mark.parametrize("form", ["sqlite:///~/ledger.db", "sqlite:///file:data/l%20x.db?mode=rwc&uri=true"])
+def test_absolute_ledger_url__home_or_uri_filename__names_the_file_the_engine_opens(
+    form: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile's URL (what every command of the market opens) names the file `promptex
+    up`'s own engine opened: a leading `~` is the home folder for both (it named `./~/`), and
+    a URI filename stays a URI, made absolute."""
+    home, cwd = tmp_path / "home", tmp_path / "srv"
+    home.mkdir()
+    (cwd / "data").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    url = absolute_ledger_url(form)
+    opened = sqlite_path(form)
+    assert opened is not None and opened.parent == (home if "~" in form else cwd / "data")
+    monkeypatch.chdir(tmp_path)  # a command run elsewhere
+    assert sqlite_path(url) == opened
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from alembic import command
 from alembic.config import Config
@@ -61,10 +61,27 @@ def _sqlite_url(url: str | URL) -> URL:
     are one. A URI filename (`?uri=true`) is SQLite's to read: no `~` there."""
     parsed = make_url(url)
     database = parsed.database or ""
-    uri = parsed.query.get("uri", "false")
-    if database.startswith("~") and not asbool(uri if isinstance(uri, str) else uri[-1]):
+    if database.startswith("~") and not _uri(parsed):
         parsed = parsed.set(database=os.path.expanduser(database))
     return parsed
+
+
+def _uri(parsed: URL) -> bool:
+    """`?uri=true`: the filename is SQLite's URI (as SQLAlchemy's pysqlite dialect reads it)."""
+    uri = parsed.query.get("uri", "false")
+    return bool(asbool(uri if isinstance(uri, str) else uri[-1]))
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """An SQLite URL naming the file its engine opens (`sqlite_path`) by an absolute path,
+    so a process started in another folder, or by another user, opens the same file; a URI
+    filename keeps its parameters. Other URLs (PostgreSQL, in memory) unchanged."""
+    parsed = _sqlite_url(url)
+    path = sqlite_path(parsed)
+    if path is None:
+        return url
+    uri = (parsed.database or "").startswith("file:") and _uri(parsed)
+    return parsed.set(database=f"file:{quote(str(path))}" if uri else str(path)).render_as_string(hide_password=False)
 
 
 def sqlite_path(url: str | URL) -> Path | None:
