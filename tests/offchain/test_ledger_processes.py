@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from ledger_helpers import fund
 from sqlalchemy import select, text
@@ -158,6 +159,36 @@ def test_process_lock_cut__its_own_sweep_registers_again_first__keeps_its_holds(
     assert Sweeper(alive).run_once() == 0  # its own sweep: registered again before it probes
     again = alive.holds.lock.id
     assert again is not None and again != process and _status(alive, "in-flight") == "active"
+    assert other.end_dead_processes() == 0
+    alive.holds.settle("in-flight", USDC // 4)
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
+
+
+def test_process_lock_cut__registering_again_fails_once__the_next_registration_still_keeps_its_holds(
+    two: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is down a moment after the cut: the first registration fails, the next
+    one (the database back) still takes along the holds the lost id named."""
+    alive, other = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
+    process = alive.holds.lock.id
+    assert process is not None
+    _cut(alive, process)
+    real = psycopg.connect
+
+    def down(*args: object, **kwargs: object) -> object:
+        raise psycopg.OperationalError("connection refused (the database restarts)")
+
+    monkeypatch.setattr(psycopg, "connect", down)
+    with pytest.raises(psycopg.OperationalError):
+        alive.holds.lock.current()
+    monkeypatch.setattr(psycopg, "connect", real)
+    again = alive.holds.lock.current()
+    assert again != process
+    with alive.engine.connect() as conn:
+        assert set(conn.execute(select(holds.c.process_id)).scalars()) == {again}
     assert other.end_dead_processes() == 0
     alive.holds.settle("in-flight", USDC // 4)
     assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4

@@ -59,6 +59,7 @@ class ProcessLock:
         self._conn: Any = None
         self._id: int | None = None
         self._pid = 0  # the pid that registered (a forked child registers again)
+        self._previous: int | None = None  # the id lost, whose holds the next registration takes along
         self._mutex = threading.Lock()
 
     def current(self) -> int:
@@ -101,7 +102,11 @@ class ProcessLock:
     def _register(self) -> None:
         import psycopg
 
-        old = self._id if self._pid == os.getpid() else None  # a forked child adopts nothing
+        if self._pid != os.getpid():  # a forked child adopts nothing of its parent's
+            self._id = self._previous = None
+        elif self._id is not None:  # kept until a registration succeeds (the database may be down now)
+            self._previous = self._id
+        old = self._previous
         self._drop()
         conn = psycopg.connect(self.url, autocommit=False, **_KEEPALIVES)
         try:
@@ -132,7 +137,7 @@ class ProcessLock:
             with contextlib.suppress(Exception):
                 conn.close()
             raise
-        self._conn, self._id, self._pid = conn, process, os.getpid()
+        self._conn, self._id, self._pid, self._previous = conn, process, os.getpid(), None
         self.registrations += 1
         if old is not None:
             log.warning(
