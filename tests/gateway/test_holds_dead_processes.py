@@ -81,7 +81,7 @@ def test_lock_connection_cut_with_requests_in_flight__holds_orphaned__late_answe
 ) -> None:
     mine = settings.model_copy(update={"gateway_sweep_seconds": 3_600})  # the test sweeps
     with contextlib.contextmanager(_harness)(mine, pg_url) as gw:
-        other = Ledger.open(pg_url)  # another gateway process's books
+        other = Ledger.open(pg_url, migrate=False)  # another gateway process's books
         try:
             gw.add_lot(gated)
             account, key = gw.buyer()
@@ -142,7 +142,7 @@ def test_gateway_killed_with_requests_in_flight__another_process_first_sweep_end
     """A `promptex gateway serve` SIGKILLed with 5 requests in flight (one signed); this
     test's ledger stands for another gateway process: its first sweep after the kill ends
     them all (the kernel closed the dead process's lock connection), long before their 300 s."""
-    ledger = Ledger.open(pg_url)
+    ledger = Ledger.open(pg_url, migrate=False)
     try:
         lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
         signer, signer_key, voucher = _signed_buyer(ledger, USDC)
@@ -198,7 +198,7 @@ def test_workers__one_killed_with_requests_in_flight__the_worker_started_in_its_
     """`--workers 2`, no sweeps but each worker's first (hourly): the parent starts a killed
     worker again at once, and the new worker's first sweep ends the dead one's holds; the
     live worker's holds stay."""
-    ledger = Ledger.open(pg_url)
+    ledger = Ledger.open(pg_url, migrate=False)
     try:
         lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
         env = _env(tmp_path, pg_url, gateway_sweep_seconds=3_600, gateway_upstream_timeout_seconds=120)
