@@ -17,6 +17,7 @@ from test_ledger_lanes import ASSET
 
 from promptex.ledger import HoldStatus, Ledger, Reservation
 from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.processes import LOCK_SPACE
 from promptex.protocol.units import USD_MICRO as USDC
 
 _databases = itertools.count()
@@ -111,3 +112,50 @@ def test_server_ends_idle_sessions__the_lock_session_is_exempt__live_holds_kept(
         alive.close()
         sweeper.close()
         postgres.drop_database(name)
+
+
+def test_reserve_whose_id_was_lost_meanwhile__committed_after_the_new_registration__its_hold_follows(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """Thread A reads the process's id, the lock connection is cut, thread B's reserve
+    registers again and takes the old id's holds along, then A's reserve commits under the
+    old id: its hold was left under a dead id and the next sweep ended it (A's answer
+    refused, 503 hold_ended) although the process lived and held its new lock."""
+    alive, sweeper = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
+    lock = alive.holds.lock
+    lost = lock.current()
+    registered = lock.current
+    cut = False
+
+    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
+        nonlocal cut
+        if not cut:
+            cut = True
+            _cut(alive, lost)
+            alive.holds.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
+            return lost
+        return registered()
+
+    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
+    alive.holds.reserve(Reservation("a", account, ASSET, USDC, 300))
+    assert lock.id != lost
+    assert sweeper.end_dead_processes() == 0
+    for request_id in ("first", "a", "b"):
+        assert alive.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
+    assert alive.balance(account, ASSET).posted == 10 * USDC - 3 * (USDC // 4)
+
+
+def _cut(ledger: Ledger, process: int) -> None:
+    """The database ends `process`'s lock session (as a restart or a network cut would)."""
+    with ledger.engine.begin() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid, 30000) FROM pg_locks"  # waits until it has ended
+                " WHERE locktype = 'advisory' AND classid = :space AND objid = :p AND granted"
+            ),
+            {"space": LOCK_SPACE, "p": process},
+        ).scalars()
+        assert list(killed) == [True]

@@ -61,6 +61,7 @@ class ProcessLock:
         self._pid = 0  # the pid that registered (a forked child registers again)
         self._previous: int | None = None  # the id lost, whose holds the next registration takes along
         self._mutex = threading.Lock()
+        self.started = 0  # registrations begun (`moved_on`)
 
     def current(self) -> int:
         """This process's id, registering (again) first if it has none or its lock
@@ -72,6 +73,17 @@ class ProcessLock:
             if self._id is None or self._pid != os.getpid() or self._lost():
                 self._register()
             assert self._id is not None
+            return self._id
+
+    def moved_on(self, started: int) -> int | None:
+        """The id registered now if a registration began since `started` was read (each
+        reserve reads it before `current`), else None. A reserve whose id was lost while it
+        ran may commit after the new registration took the old id's holds along: its hold
+        must follow (`PostgresHolds.reserve`), or a sweep ends a live process's request.
+        Read after the hold is committed: a registration not begun by then takes it along."""
+        if self.started == started:
+            return None
+        with self._mutex:  # one under way: its id once it is done
             return self._id
 
     @property
@@ -102,6 +114,7 @@ class ProcessLock:
     def _register(self) -> None:
         import psycopg
 
+        self.started += 1
         if self._pid != os.getpid():  # a forked child adopts nothing of its parent's
             self._id = self._previous = None
         elif self._id is not None:  # kept until a registration succeeds (the database may be down now)

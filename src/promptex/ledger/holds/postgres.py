@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 
 from promptex.ledger import processes
 from promptex.ledger.errors import LedgerError, LotCapacityExceeded
@@ -35,6 +35,7 @@ from promptex.ledger.holds.book import GeneralHolds, LedgerAccess
 from promptex.ledger.holds.capacity import LotClaim
 from promptex.ledger.holds.general import MAX_REQUEST_ID
 from promptex.ledger.models import Hold, HoldStatus
+from promptex.ledger.schema import holds
 from promptex.ledger.usage import UsageRecord, check_record, record_values
 
 DRY_SECONDS = 1.0  # a lot whose room ran out is skipped by the fast path this long
@@ -380,6 +381,7 @@ class PostgresHolds(GeneralHolds):
         claim = self._fast_claim(reservation) if reservation.lots else None
         holder = self.holder
         assert holder is not None
+        started = self.lock.started  # before the id is read (`ProcessLock.moved_on`)
         process = self.process()  # first: a lost lock connection registers again
         try:
             fast = self._one.reserve(reservation, claim, holder, self.ledger.clock(), process)
@@ -387,7 +389,7 @@ class PostgresHolds(GeneralHolds):
             self._one.drop()
             fast = None
         if fast is not None:
-            return fast
+            return self._follow(fast, started)
         try:
             hold = super().reserve(reservation)
         except LotCapacityExceeded:
@@ -396,6 +398,26 @@ class PostgresHolds(GeneralHolds):
             raise
         if claim is not None and hold.lot_id != claim.lot_id:
             self._dry[claim.lot_id] = time.monotonic() + DRY_SECONDS
+        return self._follow(hold, started)
+
+    def _follow(self, hold: Hold, started: int) -> Hold:
+        """`hold`, moved under the id registered now if this process registered again while
+        it was made (its id lost meanwhile, the old id's holds taken along before it was
+        committed). Unless a sweeper ended it first: then its answer is refused, as any
+        hold's under a lost lock."""
+        now = self.lock.moved_on(started)
+        if now is not None:
+            self.ledger.write(
+                lambda conn: conn.execute(
+                    update(holds)
+                    .where(
+                        holds.c.request_id == hold.request_id,
+                        holds.c.status == HoldStatus.ACTIVE.value,
+                        holds.c.process_id != now,
+                    )
+                    .values(process_id=now)
+                )
+            )
         return hold
 
     def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None) -> Hold:
