@@ -3,7 +3,7 @@ earlier attestor key signed (rbreak, session 9, item 6): it skipped those (`open
 attestor.sender)`), so after an attestor rotation a lot whose open_lot was stored but never
 sent (a crash between store and broadcast) stayed `opening` for good, serving nothing, its
 seller's bond approved. Anyone may send another key's stored bytes (as the coordinator and
-the agent do, `txlog.send_others`) or read its receipt."""
+the agent do, `txlog.send_others`), read its receipt, or read that account's nonce."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Node:
     receipts: dict[str, Receipt] = field(default_factory=dict)
     refuse: bool = False
     sent: list[str] = field(default_factory=list)
+    nonces: dict[str, int] = field(default_factory=dict)  # each account's canonical nonce
 
 
 @dataclass
@@ -53,7 +54,10 @@ class Door:
         return self.receipt(tx_hash)
 
     def nonce(self) -> int:
-        return 0
+        return self.nonce_of(self.sender)
+
+    def nonce_of(self, address: str) -> int:
+        return self.node.nonces.get(address, 0)
 
 
 @dataclass
@@ -111,3 +115,18 @@ def test_resume__a_rotated_keys_open_lot_the_node_refuses__still_opening_then_mi
     assert _onboarding(store, keys, Chain(None, seller=Door(node, "0x" + "5e" * 20))).resume() == 1
     state = sqlite_ledger.lot_state(lot)
     assert state is not None and state.state == "failed" and tx_hash in (state.reason or "")
+
+
+def test_resume__a_rotated_keys_open_lot_whose_nonce_that_key_used_elsewhere__failed_dropped_not_sent(
+    sqlite_ledger: Ledger,
+) -> None:
+    """The old key's nonce 3 went to another of its transactions (a wallet's cancel): the
+    stored open_lot can never be mined; that account's nonce proves it, so the lot fails
+    (serving nothing, saying why) instead of staying `opening` for good, its bytes not sent."""
+    keys = MasterKeys({"k1": os.urandom(32)}, "k1")
+    store, lot, tx_hash = _opening(sqlite_ledger, keys)
+    node = Node(nonces={OLD: 4})
+    assert _onboarding(store, keys, Chain(Door(node, NEW))).resume() == 1
+    state = sqlite_ledger.lot_state(lot)
+    assert state is not None and state.state == "failed" and f"open_lot dropped in {tx_hash}" == state.reason
+    assert node.sent == [] and store.tx(1).status == "dropped"

@@ -131,7 +131,11 @@ class Web3Sender:
         return SignedTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce)
 
     def nonce(self) -> int:
-        return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(self.sender), "latest"))
+        return self.nonce_of(self.sender)
+
+    def nonce_of(self, address: str) -> int:
+        """Any account's canonical nonce: how many of its transactions the chain holds."""
+        return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(address), "latest"))
 
     def pending_nonce(self) -> int:
         return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(self.sender), "pending"))

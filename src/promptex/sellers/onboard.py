@@ -286,8 +286,9 @@ class Onboarding:
         stored open_lot: open, failed, or still opening. Returns how many changed. One
         another attestor key signed (the attestor rotated since) is finished too: its
         receipt read, its stored bytes sent again if the chain has none (anyone may send
-        them, `txlog.send_others`); only that key's nonce could prove it dropped, so such a
-        lot stays `opening` (serving nothing) until its receipt, or that key's `resume`."""
+        them, `txlog.send_others`), or found dropped by that account's nonce (its nonce went
+        to another transaction: failed, serving nothing). One the node refuses (that account
+        out of gas) stays `opening`, serving nothing, until its receipt."""
         changed = 0
         for lot in self.store.states().values():
             if lot.state != OPENING:
@@ -318,6 +319,13 @@ class Onboarding:
         if door is None:
             raise TxPending(f"open_lot tx {tx.tx_hash} of key {tx.sender}")
         receipt = door.receipt(tx.tx_hash)
+        if receipt is None and tx.sender is not None and door.nonce_of(tx.sender) > tx.nonce:
+            # Its nonce went to another transaction of that key, or it was mined a moment ago:
+            # a short grace for the receipt, then dropped (that account's nonce proves it).
+            receipt = door.wait(tx.tx_hash, min(self.tx_timeout, txlog.DROP_GRACE_SECONDS))
+            if receipt is None:
+                self.store.close_tx(tx.id, DROPPED, None, self.clock())
+                return DROPPED
         if receipt is None and txlog.send_others(door, tx):
             receipt = door.receipt(tx.tx_hash)  # read at once, not waited for: that key may hold a gap before it
         if receipt is None:
