@@ -605,8 +605,11 @@ class Coordinator:
         nonce), so its records, back to pending, were settled again under a later epoch
         once the next nonce was deep: debited twice. Each pass, every key's such settle is
         read by receipt; landed, the batch takes its records back (`_reattach`)."""
+        senders = self.store.dropped_failure_senders()  # any key's, mined rows or not (a reorg reopens them)
+        if not senders:
+            return  # the common case, without reading the head
         head = self.chain.head() if self._checked_head is None else self._checked_head
-        for sender in self.store.dropped_failure_senders():  # any key's, mined rows or not (a reorg reopens them)
+        for sender in senders:
             final = self.store.final_nonce(head - self.reorg_window, sender)
             for asset in sorted(self.chain.assets()):
                 for batch in self.store.unfinal_failures(asset, final, sender):
