@@ -23,6 +23,7 @@ from promptex.agent.store import FAILED, RELEASED
 from promptex.chain.txlog import TxPending
 from promptex.protocol.redemption import STATUS_OPEN
 from promptex.protocol.units import USD_MICRO as USD
+from promptex.protocol.units import utc_text
 
 
 def _failed_then_retried_then_reorged(world):  # noqa: ANN001, ANN202
@@ -116,12 +117,15 @@ def test_rotated_key__the_old_keys_failed_redeem_orphaned__waits_only_until_its_
     chain.block = head + 1
 
     agent = world.agent()
-    with pytest.raises(OtherKeyPending, match=r"run that key's agent once"):
+    assert r1.swap_deadline is not None
+    with pytest.raises(OtherKeyPending, match=r"run that key's agent once") as waiting:
         agent.machine.wait_for_other_keys()  # its bytes could still sell: only its key may fill its nonce
-    assert chain.s.redeems == 0 and r1.swap_deadline is not None
+    assert f"it can sell until {utc_text(r1.swap_deadline)}" in str(waiting.value) and chain.s.redeems == 0
     chain.time = r1.swap_deadline + 1  # past it those bytes revert ("deadline passed")
     for _ in range(2):
         agent.run_once(check_rules=False)  # sent again by the new key: mined, reverted; then its window
+        assert agent.store.get(1).status == FAILED  # never "selling" again meanwhile
+    assert agent.store.tx(r1.redeem_tx_id or 0).status == "reverted"
     chain.mine_blocks(128)
     assert agent.run_once(check_rules=False).waiting is None
     assert agent.store.get(1).status == FAILED and chain.s.redeems == 0  # nothing sold for R1

@@ -227,12 +227,21 @@ class RedemptionMachine:
         until the chain serves its receipt. Except a failed redemption's redeem, whose
         bytes could still sell (never sent again, `_replace`): this key waits for that
         key's agent to fill its nonce, but only until the redeem's swap deadline, after
-        which they can only fail (`_past_swap_deadline`)."""
+        which they can only fail (`_past_swap_deadline`): then its bytes are sent again and
+        its redemption stays failed."""
         off: list[str] = []
         for tx, receipt in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
             failed = self._failed_sale(tx) if receipt is None else None
             if failed is not None and not self._past_swap_deadline(failed):  # only its key may fill its nonce
-                off.append(f"redeem tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
+                until = "" if failed.swap_deadline is None else f"; it can sell until {utc_text(failed.swap_deadline)}"
+                off.append(f"redeem tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce}{until})")
+                continue
+            if failed is not None:  # past its swap deadline: it can only fail again, its redemption stays failed
+                self.store.resend_tx(tx)
+                log.warning("redeem tx %s (nonce %d) of key %s, of failed redemption %d, is no longer on chain (a "
+                            "reorg) and past its swap deadline: sent again to fill that key's nonce (it reverts)",
+                            tx.tx_hash, tx.nonce, tx.sender, failed.id)  # fmt: skip
+                txlog.send_others(self.chain, tx)
                 continue
             what = self.store.reopen_tx(tx, self.clock())
             log.warning("%s tx %s (nonce %d) of key %s is no longer on chain as stored (a reorg): %s resolved again",
@@ -240,7 +249,8 @@ class RedemptionMachine:
             txlog.send_others(self.chain, tx)
         if off:
             message = (
-                f"failed redemptions' redeems no longer on chain (a reorg), never to be sent again: {', '.join(off)}; "
+                "failed redemptions' redeems no longer on chain (a reorg), not sent again while they can sell: "
+                f"{', '.join(off)}; "
                 "only their key can fill their nonces before their swap deadlines: run that key's agent once "
                 "(`promptex agent run --once`)"
             )

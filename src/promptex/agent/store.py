@@ -433,6 +433,13 @@ class AgentStore(SignedTxStore):
             ).rowcount
             return "its redemption's sale" if moved else "it"
 
+    def resend_tx(self, tx: StoredTx) -> None:
+        """A transaction a reorg orphaned, unresolved again (sent again) with no redemption's
+        step changed: a failed redemption's redeem past its swap deadline, which can only
+        revert again."""
+        with self._tx() as conn:
+            self._reopen_tx(conn, tx.id)
+
     def record_attempt(self, redemption_id: int, error: str, next_at: int, now: int) -> None:
         r = agent_redemptions.c
         with self._tx() as conn:
