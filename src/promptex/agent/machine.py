@@ -21,7 +21,7 @@ is unresolved. A mined tx a reorg orphaned is "sent" again with the step it deci
 same way; a failed redemption's redeem off the chain is never sent again (the user was
 told nothing was sold): its nonce goes to a no-op (another key's is waited for, until the
 swap deadline it was signed with, stored with it, has passed: then those bytes can only
-revert, and they are sent like any other). A
+revert: they are sent again to fill that key's nonce, the redemption staying failed). A
 redeem orphaned after the purchase keeps its step; where the escrow then refuses or
 lacks the receipt's redemption, the re-sent redeem is read (`_sale_moved`): reverted or
 dropped → failed (nothing sold, the credits bought named), another escrow id → rejected
