@@ -25,16 +25,20 @@ from sqlalchemy import select, text
 from polling import until
 from promptex.config import Settings
 from promptex.fakes import FakeUpstreamConfig
+from promptex.gateway import create_app
+from promptex.gateway.store import GatewayStore
 from promptex.gateway.vouchers import VOUCHER_HEADER
-from promptex.ledger import Ledger, Sweeper
+from promptex.ledger import Ledger, LotClaim, Reservation, Sweeper
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.processes import LOCK_SPACE
 from promptex.ledger.schema import holds, ledger_processes
 from promptex.protocol.units import USD_MICRO as USDC
-from promptex.serving import free_port
+from promptex.sealing.envelope import load_master_keys
+from promptex.serving import ServerThread, free_port
 
-from .conftest import SELLER_KEY, Fake, _harness, _start_fake
+from .conftest import SELLER_KEY, Fake, Harness, _harness, _start_fake
 from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _signed_buyer, gateway
+from .test_limits import HOLD, fund
 
 _databases = itertools.count()
 BODY = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
@@ -257,3 +261,32 @@ def test_workers__one_killed_with_requests_in_flight__the_worker_started_in_its_
 def _process_holds(ledger: Ledger, process: int) -> dict[str, str]:
     with ledger.engine.connect() as conn:
         return dict(conn.execute(select(holds.c.request_id, holds.c.status).where(holds.c.process_id == process)).all())
+
+
+def test_dead_process_filled_a_lot__the_sweep_that_ends_its_hold_routes_to_the_lot_at_once(
+    settings: Settings, pg_url: str, fake: Fake
+) -> None:
+    """A dead process's hold took a lot's whole room: the gateway's sweep that ends it reads
+    the lots again, so the lot serves now, not at the next refresh (hourly here)."""
+    dead_book = Ledger.open(pg_url, migrate=False)
+    book = Ledger.open(pg_url, migrate=False)
+    try:
+        keys = load_master_keys(None, settings.gateway_master_key_file)
+        dead = Harness(dead_book, GatewayStore(dead_book.engine), keys, settings, "", None)
+        dead.refresh = lambda: None  # type: ignore[method-assign]  # no gateway serves yet
+        lot = dead.add_lot(fake, face_value=10 * USDC)
+        headroom = dead_book.lot_capacities()[lot].headroom
+        account = fund(dead_book, 10 * USDC)
+        dead_book.holds.reserve(Reservation("in-flight", account, "USDC", HOLD, 300, lots=(LotClaim(lot, headroom),)))
+        assert dead_book.lot_capacities()[lot].headroom == 0  # its request filled the lot
+        dead_book.holds.lock.close()  # the process dies: its lock session ends
+        mine = settings.model_copy(update={"gateway_sweep_seconds": 3_600, "gateway_lot_refresh_seconds": 3_600})
+        app = create_app(mine, ledger=book)
+        with ServerThread(app, **app.uvicorn_options()):
+            registry = app.state.gateway.registry
+            until(lambda: [live.id for live in registry.candidates("openai", "listed")] == [lot], "the lot routed", 30)
+            assert _holds_by_status(book) == {"orphaned": 1}
+        book.check()
+    finally:
+        book.close()
+        dead_book.close()

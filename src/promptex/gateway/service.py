@@ -1013,7 +1013,8 @@ class Gateway:
         """`maintain_holds` every `gateway_sweep_seconds`, for as long as the gateway serves."""
         while True:
             try:
-                await self._thread(self.maintain_holds)
+                if await self._thread(self.maintain_holds):  # their lots' capacity is back: routed to
+                    await anyio.to_thread.run_sync(self.registry.refresh)  # now, not at the next refresh
             except Exception as exc:  # a database hiccup: the next pass catches up
                 log.warning("sweeping holds failed: %s", type(exc).__name__)
             await anyio.sleep(self.s.gateway_sweep_seconds)
