@@ -243,13 +243,15 @@ def _active(gw: Harness) -> set[str]:
 
 
 def _in_flight(gw: Harness, key: str, body: dict[str, object]) -> tuple[threading.Thread, list[httpx.Response], str]:
-    """Send a request in a thread; return once its hold exists (the fake holds its answer)."""
+    """Send a request in a thread; return once its hold exists and the gateway counts it in
+    flight (the fake holds its answer). Not at the row alone: on a loaded machine the event
+    loop had not yet recorded it, and a `maintain_holds` then did not extend it."""
     answers: list[httpx.Response] = []
     thread = threading.Thread(target=lambda: answers.append(chat(gw, key, body)))
     before = _active(gw)
     thread.start()
     for _ in range(3_000):
-        new = _active(gw) - before
+        new = {rid for rid in _active(gw) - before if rid in gw.gateway.holding}
         if new:
             return thread, answers, new.pop()
         time.sleep(0.01)
