@@ -157,15 +157,23 @@ class RedemptionMachine:
         Then the user sold twice for one purchase, and the first sale's USDC sits in the
         escrow under an id no redemption names (nor `promptex reconcile`). Each pass such
         a redeem is read by receipt; landed with an escrow redemption the agent does not
-        know, the user is told (once) what was sold and how to refund it, and it is logged."""
+        know, the user is told (once) what was sold and how to refund it, and it is logged.
+        A failed redemption's own redeem (its sale undone by a reorg after the purchase, the
+        re-sent bytes then found dropped) that landed is read again instead: the sale went
+        through after all, its purchase is reused (same key), and it is released."""
         head = self.chain.head() if self._checked_head is None else self._checked_head
         final = self.store.final_nonce(head - self.reorg_window, self.chain.sender)
         for tx in self.store.dropped_txs("redeem", final, self.chain.sender):
             receipt = self.chain.receipt(tx.tx_hash)
             if receipt is None or not receipt.ok:
                 continue
-            if self.store.redemption_of_redeem(tx.id) is not None:
-                continue  # a failed redemption's, replaced by a no-op: `_check_replaced` reads it again
+            linked = self.store.redemption_of_redeem(tx.id)
+            if linked is not None:  # a failed redemption's (its sale undone, or replaced by a no-op)
+                if linked.status == FAILED:  # it sold after all: read again, as `_check_replaced` does
+                    what = self.store.reopen_tx(tx, self.clock())
+                    log.warning("redeem tx %s (nonce %d), closed dropped, ran after all: %s resolved again",
+                                tx.tx_hash, tx.nonce, what)  # fmt: skip
+                continue
             event = self.chain.redeemed(tx.tx_hash)
             key = f"stray:{tx.tx_hash}"
             if event is None or self.store.sale_known(event.redemption_id) or self.store.notified(key):
