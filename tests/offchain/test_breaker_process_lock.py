@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import resource
+import threading
 import time
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ from ledger_helpers import fund
 from sqlalchemy import text
 from test_ledger_lanes import ASSET
 
-from promptex.ledger import HoldStatus, Ledger, Reservation
+from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, UsageRecord
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.processes import LOCK_SPACE
 from promptex.protocol.units import USD_MICRO as USDC
@@ -159,3 +160,58 @@ def _cut(ledger: Ledger, process: int) -> None:
             {"space": LOCK_SPACE, "p": process},
         ).scalars()
         assert list(killed) == [True]
+
+
+def _sweep_once(sweeper: Ledger, start: threading.Barrier, ended: list[int | BaseException]) -> None:
+    start.wait()
+    try:
+        ended.append(sweeper.end_dead_processes())
+    except BaseException as exc:  # the test thread asserts on it
+        ended.append(exc)
+
+
+def test_settle_racing_a_sweep_after_a_lock_cut__charged_or_ended_never_both(two: tuple[Ledger, Ledger]) -> None:
+    """Round after round, a live process's lock is cut while it settles a request (through
+    the one-statement path, or the general one with lot capacity) and another process
+    sweeps at the same moment: the hold ends exactly one way — settled and charged, or
+    orphaned and refused with nothing charged — and the books balance."""
+    alive, sweeper = two
+    with alive.engine.begin() as conn:
+        alive.open_lot_capacity(conn, 7, 1_000 * USDC)
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 100 * USDC)
+    outcomes: dict[str, str] = {}
+    for i in range(10):
+        request_id = f"r{i}"
+        lots = [LotClaim(7, USDC)] if i % 2 else []
+        alive.holds.reserve(Reservation(request_id, account, ASSET, USDC, 300, lots=lots))  # registers again
+        process = alive.holds.lock.id
+        assert process is not None
+        _cut(alive, process)
+        start = threading.Barrier(2)
+        ended: list[int | BaseException] = []
+
+        sweeping = threading.Thread(target=_sweep_once, args=(sweeper, start, ended))
+        sweeping.start()
+        record = UsageRecord("m", 1, 1, USDC // 2, gateway_lot_id=7) if i % 2 else None
+        start.wait()
+        try:
+            alive.holds.settle(request_id, USDC // 4, record=record)
+            outcomes[request_id] = "settled"
+        except HoldOrphaned:
+            outcomes[request_id] = "refused"
+        sweeping.join()
+        ended.append(sweeper.end_dead_processes())
+        assert all(isinstance(n, int) for n in ended), ended
+        status = alive.hold(request_id).status  # type: ignore[union-attr]
+        if outcomes[request_id] == "settled":
+            assert status == HoldStatus.SETTLED and sum(ended) == 0  # type: ignore[arg-type]
+        else:
+            assert status == HoldStatus.ORPHANED and sum(ended) == 1  # type: ignore[arg-type]
+            assert alive.usage_record(request_id) is None
+    settled = sum(1 for outcome in outcomes.values() if outcome == "settled")
+    balance = alive.balance(account, ASSET)
+    assert (balance.posted, balance.held) == (100 * USDC - settled * (USDC // 4), 0)
+    sweeper.holds.maintain()
+    alive.holds.maintain()
+    assert alive.lot_capacities()[7].reserved == 0
