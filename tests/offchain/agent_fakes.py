@@ -74,13 +74,13 @@ def amount_in(reserve_in: int, reserve_out: int, amount_out: int) -> int | None:
 
 
 class FakeAgentChain(FakeChain):
-    sender = AGENT
     chain_id = CHAIN_ID
     escrow_address = ESCROW
 
     def __init__(self) -> None:
         super().__init__()
         self.s: EscrowState = EscrowState()
+        self.sender = AGENT
         self.raws: dict[str, str] = {}
 
     # ─── Setup ───────────────────────────────────────────────────────────────

@@ -4,7 +4,7 @@ It models what the coordinator relies on: consecutive epochs, one settlement per
 debits cut to the balance only within an exit's allowance (else a revert) with the
 shortfall paid from fee + reserve, the escrow's draws inside `settle` (a listed lot's
 capacity and its seller's credit at the lot's rate; a token's burn from its tokenized
-lots, nearest expiry first), sender nonces, a mempool that can hold or lose broadcasts,
+lots, nearest expiry first), each key's account nonce, a mempool that can hold or lose broadcasts,
 receipts, the escrow's `expire` and `prune` (anyone may call them) and its draw's walk
 (MAX_PRUNE_LOTS lots past expiry unlinked from the head, then MAX_DRAW_LOTS lots).
 """
@@ -83,13 +83,22 @@ class State:
     expired: list[int] = field(default_factory=list)  # LotExpired
     unlinked: set[int] = field(default_factory=set)  # lots past expiry a draw or `prune` took off the draw order
     pruned: int = 0  # lots unlinked by `prune` calls
-    nonce: int = 0
+    nonces: dict[str, int] = field(default_factory=dict)  # each key's account nonce (a reorg takes all back)
+    key: str = COORDINATOR  # the key in use, whose nonce `nonce` is (FakeChain keeps it so)
+
+    @property
+    def nonce(self) -> int:
+        """The account nonce of the key in use (`key`)."""
+        return self.nonces.get(self.key, 0)
+
+    @nonce.setter
+    def nonce(self, value: int) -> None:
+        self.nonces[self.key] = value
 
 
 class FakeChain:
-    sender = COORDINATOR
-
     def __init__(self) -> None:
+        self._sender = COORDINATOR
         self.s = State()
         self.time = 1_800_000_000
         self.receipts: dict[str, Receipt] = {}
@@ -99,6 +108,27 @@ class FakeChain:
         self.sent: list[str] = []  # every broadcast, in order
         self.block = 0
         self.mined = 0  # blocks mined with a transaction, across every branch
+
+    # ─── The key in use, and the state a reorg may swap ─────────────────────
+
+    @property
+    def sender(self) -> str:
+        """The key the coordinator signs with; each key has its own account nonce."""
+        return self._sender
+
+    @sender.setter
+    def sender(self, key: str) -> None:
+        self._sender = key
+        self._s.key = key
+
+    @property
+    def s(self) -> State:
+        return self._s
+
+    @s.setter
+    def s(self, state: State) -> None:  # a branch's state (a reorg) or a subclass's
+        state.key = self._sender
+        self._s = state
 
     # ─── Test setup ──────────────────────────────────────────────────────────
 
@@ -371,7 +401,10 @@ class FakeChain:
         return self.s.nonce
 
     def pending_nonce(self) -> int:
-        return self.s.nonce + len(self.mempool)
+        return self.s.nonce + sum(1 for raw in self.mempool.values() if self._signer(raw) == self.sender)
+
+    def _signer(self, raw: str) -> str:
+        return str(json.loads(raw).get("s", self.sender))  # bytes written by hand: the key in use's
 
     def broadcast(self, raw: str) -> None:
         tx_hash = "0x" + keccak(text=raw).hex()
@@ -384,19 +417,21 @@ class FakeChain:
 
     def mine(self) -> None:
         for tx_hash, raw in sorted(self.mempool.items(), key=lambda kv: json.loads(kv[1])["n"]):
-            d = json.loads(raw)
-            if d["n"] != self.s.nonce:
-                continue  # nonce too low (dropped) or a gap
+            d, signer = json.loads(raw), self._signer(raw)
+            if d["n"] != self.s.nonces.get(signer, 0):
+                continue  # nonce too low (dropped) or a gap, on its signer's account
             trial = copy.deepcopy(self.s)
+            trial.key = signer  # executed as its signer's (`nonce` is that account's meanwhile)
             try:
                 if not d.get("noop"):
                     self._execute(trial, Call(d["c"], d["f"], tuple(_decode(a) for a in d["a"])))
                 ok = True
             except Revert:
                 trial = copy.deepcopy(self.s)
+                trial.key = signer
                 ok = False
             trial.nonce += 1
-            self.s = trial
+            self.s = trial  # the key in use again
             self.block += 1
             self.mined += 1  # each block mined has its own hash: a same-height reorg's block differs
             self.receipts[tx_hash] = Receipt(ok, self.block, f"0x{self.mined:064x}")

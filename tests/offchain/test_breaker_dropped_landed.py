@@ -15,7 +15,7 @@ from coordinator_fakes import COORDINATOR, FakeChain
 from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import _payer
-from test_breaker_rotation import NEW_KEY, _coordinator, _old_key_dies_with_its_settle_open, on_its_own_nonce
+from test_breaker_rotation import NEW_KEY, _coordinator, _old_key_dies_with_its_settle_open
 from test_coordinator_failure_final import _mine_to
 from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
 
@@ -75,7 +75,6 @@ def test_old_keys_settle_dropped_by_its_cancel__the_cancel_orphaned__its_bytes_l
     z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
     (z,) = old.store.open_txs()
     raws = {z.raw}
-    on_its_own_nonce(chain, keys, COORDINATOR, raws, monkeypatch)
     fork, old_nonce = Branch.of(chain), keys.nonces[COORDINATOR]
     chain.mine_blocks(1)
     keys.nonces[COORDINATOR] += 1  # the wallet's cancel, at the old account's nonce

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from coordinator_fakes import FakeChain
+from coordinator_fakes import COORDINATOR, FakeChain
 from sqlalchemy import select
 from test_breaker_refund_taken_back import _payer
 from test_coordinator_refund_taken_back import LOT, USDC, spend
@@ -31,7 +31,7 @@ POLL = 2  # the default coordinator_poll_seconds
 class DeadNode:
     """The leader's node: down (every call raises, as web3 does on a refused connection)."""
 
-    sender = FakeChain.sender
+    sender = COORDINATOR
 
     def __getattr__(self, name: str) -> Any:
         def down(*_args: Any, **_kwargs: Any) -> Any:

@@ -58,17 +58,22 @@ def _coordinator(book: Ledger, chain: FakeChain, holder: str) -> Coordinator:
 
 
 class _Keys:
-    """Two keys on the fake chain's one account state: each its own nonce, swapped in
-    with the sender before each of its passes."""
+    """Two keys on the fake chain, each its own account nonce (`FakeChain` keeps them, and
+    a reorg takes each back to the fork): the sender swapped in before each of its passes."""
 
     def __init__(self, chain: FakeChain) -> None:
         self.chain = chain
-        self.nonces = {COORDINATOR: chain.s.nonce, NEW_KEY: 0}
+        chain.s.nonces.setdefault(COORDINATOR, chain.s.nonce)
+        chain.s.nonces.setdefault(NEW_KEY, 0)
         self.current = COORDINATOR
 
+    @property
+    def nonces(self) -> dict[str, int]:
+        """Each key's account nonce on the chain as it is now."""
+        return self.chain.s.nonces
+
     def use(self, key: str) -> None:
-        self.nonces[self.current] = self.chain.s.nonce
-        self.chain.sender, self.chain.s.nonce, self.current = key, self.nonces[key], key
+        self.chain.sender, self.current = key, key
 
 
 def test_sender_in_another_case__never_stored__every_sender_is_the_keys_checksum_address() -> None:
@@ -188,21 +193,6 @@ def test_old_keys_coordinator_died_with_an_open_settle_the_chain_mined__closed_b
     _books_equal_chain(book, chain)
 
 
-def on_its_own_nonce(chain: FakeChain, keys: _Keys, key: str, raws: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake chain keeps one nonce (the key in use's): `key`'s bytes in `raws`, sent by
-    anyone, are mined against `key`'s account nonce instead, as a real chain does."""
-    real = chain.broadcast
-
-    def broadcast(raw: str) -> None:
-        if raw not in raws or keys.current == key:
-            return real(raw)
-        in_use, chain.s.nonce = chain.s.nonce, keys.nonces[key]
-        real(raw)
-        keys.nonces[key], chain.s.nonce = chain.s.nonce, in_use
-
-    monkeypatch.setattr(chain, "broadcast", broadcast)
-
-
 def test_old_keys_open_settle_never_mined_its_nonce_taken__the_new_key_waits__the_way_out_is_that_key_once(
     book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,7 +205,6 @@ def test_old_keys_open_settle_never_mined_its_nonce_taken__the_new_key_waits__th
     z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
     (z_tx,) = old.store.open_txs()
     keys.nonces[COORDINATOR] += 1  # the cancel, mined at the old account's nonce
-    on_its_own_nonce(chain, keys, COORDINATOR, {z_tx.raw}, monkeypatch)
     new = _coordinator(book, chain, "new")
     chain.mine_blocks(2 * REORG_WINDOW)
     sent = len(chain.sent)
@@ -253,7 +242,6 @@ def _old_keys_settle_orphaned(book: Ledger, chain: FakeChain) -> tuple[StoredTx,
     (tx,) = old.store.landed_txs(0, 0)
     keys.use(NEW_KEY)
     fork.reorg_to(chain)  # orphaned while the new key waits; not re-included
-    chain.s.nonce = keys.nonces[NEW_KEY]
     _mine_to(chain, (tx.block or 0) + REORG_WINDOW + 1)
     return tx, _coordinator(book, chain, "new"), z_address, keys
 
@@ -268,16 +256,16 @@ def test_old_keys_settle_orphaned_while_the_new_key_waits__reopened__never_calle
     never taken (its bytes valid for any node), and its records were planned again at once
     (another key's failure reads final). Now its bytes are sent again and it stays open
     until its receipt: the network includes them, the new key waits a window, confirms."""
-    tx, new, z_address, keys = _old_keys_settle_orphaned(book, chain)
+    tx, new, z_address, _ = _old_keys_settle_orphaned(book, chain)
     sent = len(chain.sent)
+    chain.hold = True  # the re-sent bytes wait in the pool
 
     report = new.run_once()
 
     assert report.failed == [] and "of key" in (report.waiting or "") and set(chain.sent[sent:]) == {tx.tx_hash}
     assert new.store.tx(tx.id).status == SENT
-    chain.s.nonce = 0  # the old account's nonce: the network includes the re-sent bytes
-    chain.broadcast(tx.raw)
-    chain.s.nonce = keys.nonces[NEW_KEY]
+    chain.hold = False
+    chain.mine()  # the network includes them, at the old account's nonce
     (block,) = {r.block_number for h, r in chain.receipts.items() if h == tx.tx_hash}
     assert f"newest at block {block}," in (new.run_once().waiting or "")
     _mine_to(chain, block + REORG_WINDOW)
@@ -397,7 +385,6 @@ def reincluded_while_waiting(chain: FakeChain, keys: _Keys, key: str, s: Any, fr
     s.fork.reorg_to(chain)
     for raw in fr.raws:
         chain.broadcast(raw)
-    chain.s.nonce = keys.nonces[key]
     _mine_to(chain, fr.reverted_in + REORG_WINDOW + 1)
     for _ in range(3):
         chain.next_window()
@@ -450,7 +437,6 @@ def test_old_keys_failed_settle_orphaned_not_reincluded__the_new_key_waits_for_t
     chain.mine_blocks(3)
     assert new.run_once().waiting is not None
     s.fork.reorg_to(chain)  # A and C orphaned, neither re-included
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     chain.s.balances[(s.x_address, USDC)] = 10_000  # X's exit was on the orphaned branch too
     _refused(chain, {old.store.tx(fr.failed.tx_id or 0).raw}, monkeypatch)  # A's bytes, sent again: no gas
     sent = len(chain.sent)
@@ -520,16 +506,13 @@ def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_ol
     assert new.run_once().waiting is not None
 
     s.fork.reorg_to(chain)  # A, C and D orphaned
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     chain.hold = True
     assert "coordinator --once" in (new.run_once().waiting or "")  # C and D reopened, their bytes sent
     assert old.store.batch(later.id).status == "submitted" and old.store.tx(later.tx_id).status == SENT
     chain.mempool.clear()  # the network loses them, and re-includes A (lands) and C (reverts)
     chain.hold = False
-    chain.s.nonce = keys.nonces[COORDINATOR]
     for raw in fr.raws:
         chain.broadcast(raw)
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
 
     assert "some not yet mined" in (new.run_once().waiting or "")  # A reattached, D let go, its settle open
@@ -574,21 +557,16 @@ def _let_go_settle_mined_anyway(
     chain.mine_blocks(3)
     assert new.run_once().waiting is not None
     s.fork.reorg_to(chain)
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     chain.hold = True
     new.run_once()
     chain.mempool.clear()
     chain.hold = False
-    chain.s.nonce = keys.nonces[COORDINATOR]
     for raw in fr.raws:
         chain.broadcast(raw)
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     assert "some not yet mined" in (new.run_once().waiting or "")  # A reattached, D let go, its settle open
     assert old.store.batch(later.id).status == "failed" and old.store.tx(later.tx_id or 0).status == SENT
     chain.next_window()
-    chain.s.nonce = keys.nonces[COORDINATOR]
     chain.broadcast(old.store.tx(later.tx_id or 0).raw)  # the pool's copy, mined before the no-op
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     assert chain.receipt(old.store.tx(later.tx_id or 0).tx_hash) is not None
     assert _debited(chain, s.x_address) == 2 * 1_002  # on chain: beyond the books' reach
     caplog.clear()
@@ -664,6 +642,7 @@ def test_old_keys_reopened_settle_in_finish_submitted__the_node_refuses_it__wait
     """The same refusal at `_finish_submitted`'s re-send of another key's open settle (its
     batch reopened by a reorg): waits (TxPending), not the node's error."""
     tx, new, _, _ = _old_keys_settle_orphaned(book, chain)
+    chain.hold = True  # the re-sent bytes wait in the pool
     new.run_once()  # reopened: its batch submitted again, its settle open
     batch = new.store.batch_of_tx(tx.id)
     assert batch is not None and batch.status == "submitted" and new.store.tx(tx.id).status == SENT

@@ -142,14 +142,13 @@ def test_old_key_died_between_storing_its_settle_and_sending_it__key_lost__the_n
     land, and a window later it settles Y: each debited once."""
     from test_breaker_failure_final import _debited
     from test_breaker_recheck import _books_equal_chain
-    from test_breaker_rotation import _old_key_dies_with_its_settle_open, on_its_own_nonce
+    from test_breaker_rotation import _old_key_dies_with_its_settle_open
     from test_coordinator_failure_final import _mine_to
 
     from promptex.coordinator.service import REORG_WINDOW
 
     z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
     (z_tx,) = old.store.open_txs()
-    on_its_own_nonce(chain, keys, COORDINATOR, {z_tx.raw}, monkeypatch)
     new = _coordinator(book, chain, "new")
     assert new.run_once().waiting is not None
     block = new.store.tx(z_tx.id).block
@@ -172,7 +171,7 @@ def test_old_keys_once_while_the_new_keys_door_holds_the_lease__says_it_stood_by
     key's pass stands by, and its report said nothing (`waiting` null: the operator takes
     the way out as done while the new key waits on). Now it says why and what to do."""
     from coordinator_fakes import ADDRESSES, CHAIN_ID, VAULT
-    from test_breaker_rotation import _old_key_dies_with_its_settle_open, on_its_own_nonce
+    from test_breaker_rotation import _old_key_dies_with_its_settle_open
 
     from promptex.coordinator.door import Door, Refused
     from promptex.coordinator.requests import Place
@@ -180,7 +179,6 @@ def test_old_keys_once_while_the_new_keys_door_holds_the_lease__says_it_stood_by
     _, _, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
     (z_tx,) = old.store.open_txs()
     keys.nonces[COORDINATOR] += 1  # the old account's nonce taken outside the log
-    on_its_own_nonce(chain, keys, COORDINATOR, {z_tx.raw}, monkeypatch)
     new = _coordinator(book, chain, "new")
     assert "some not yet mined" in (new.run_once().waiting or "")
     door = Door(new, Place(CHAIN_ID, VAULT, ADDRESSES))

@@ -17,7 +17,7 @@ from coordinator_fakes import COORDINATOR, FakeChain
 from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import failed_and_retry, x_fails_y_retried
-from test_breaker_rotation import NEW_KEY, _coordinator, _Keys, on_its_own_nonce
+from test_breaker_rotation import NEW_KEY, _coordinator, _Keys
 from test_coordinator_failure_final import _mine_to
 from test_coordinator_refund_taken_back import LOT, USDC
 
@@ -51,11 +51,9 @@ def test_old_key_lost__its_failed_settle_off_chain__its_epoch_taken_deep__the_ne
     assert new.run_once().waiting is not None
 
     s.fork.reorg_to(chain)  # A and C orphaned; on the new branch:
-    chain.burn_nonce()  # A's nonce taken by the old account's cancel
+    keys.nonces[COORDINATOR] += 1  # A's nonce taken by the old account's cancel
     chain.broadcast(fr.raws[1])  # C re-included: Y debited at epoch 1
     assert chain.last_epoch(USDC) == 1 and chain.receipt(old.store.tx(fr.retry.tx_id or 0).tx_hash) is not None
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
-    on_its_own_nonce(chain, keys, COORDINATOR, set(fr.raws), monkeypatch)  # A's bytes: its nonce is taken
     c_block = chain.head()
 
     chain.mine_blocks(REORG_WINDOW - 1)
@@ -93,9 +91,7 @@ def test_old_key_lost__its_failed_settle_and_retry_off_chain__the_new_key_sends_
     assert new.run_once().waiting is not None
 
     s.fork.reorg_to(chain)  # A and C orphaned, neither re-included
-    keys.nonces[COORDINATOR], chain.s.nonce = chain.s.nonce, keys.nonces[NEW_KEY]
     chain.s.balances[(s.x_address, USDC)] = 10_000  # X's exit was on the orphaned branch too
-    on_its_own_nonce(chain, keys, COORDINATOR, set(fr.raws), monkeypatch)  # each mined at the old account's nonce
     a_tx = old.store.tx(fr.failed.tx_id or 0)
     sent = len(chain.sent)
 

@@ -31,7 +31,7 @@ def chain() -> FakeChain:
 
 def _rotate(chain: FakeChain) -> None:
     """The coordinator restarts with a new key: its own account, its own nonces from 0 (the
-    fake chain has one nonce: the old key's transactions stay mined, with their receipts)."""
+    old key's transactions stay mined, with their receipts)."""
     chain.sender = NEW_KEY
     chain.s.nonce = 0
 
