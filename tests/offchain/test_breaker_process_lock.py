@@ -215,3 +215,20 @@ def test_settle_racing_a_sweep_after_a_lock_cut__charged_or_ended_never_both(two
     sweeper.holds.maintain()
     alive.holds.maintain()
     assert alive.lot_capacities()[7].reserved == 0
+
+
+def test_ids_sequence_went_back__registration_moves_past_the_ids_in_use(two: tuple[Ledger, Ledger]) -> None:
+    """After a failover to a logical replica (sequences are not copied) or a data-only
+    restore, the next id may be one a row has: the registration failed on the duplicate key,
+    and so did the reserve behind it, one request per id in use."""
+    first, second = two
+    account = first.create_account().id
+    fund(first, account, ASSET, 10 * USDC)
+    first.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
+    with first.engine.begin() as conn:
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('ledger_processes', 'id'), 1, false)"))
+    second.holds.reserve(Reservation("second", account, ASSET, USDC, 300))
+    assert second.holds.lock.id not in (None, first.holds.lock.id)
+    assert second.end_dead_processes() == 0 and first.end_dead_processes() == 0
+    for request_id in ("first", "second"):
+        assert first.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED

@@ -45,6 +45,9 @@ from promptex.ledger.schema import capacity_leases, holds, ledger_processes
 log = logging.getLogger("promptex.ledger")
 
 LOCK_SPACE = 0x70726F63  # the advisory locks' first key ("proc"); the second is the process id
+_REGISTER = "INSERT INTO ledger_processes (holder, host, pid, started_at) VALUES (%s, %s, %s, %s) RETURNING id"
+_PAST_IDS = """SELECT setval(pg_get_serial_sequence('ledger_processes', 'id'), GREATEST(
+    (SELECT coalesce(max(id), 0) FROM ledger_processes), nextval(pg_get_serial_sequence('ledger_processes', 'id'))))"""
 _KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 
 
@@ -128,10 +131,15 @@ class ProcessLock:
                 # sessions would end this one, and its process's holds with it.
                 conn.execute("SET idle_session_timeout = 0")
             host = socket.gethostname()[:64]
-            row = conn.execute(
-                "INSERT INTO ledger_processes (holder, host, pid, started_at) VALUES (%s, %s, %s, %s) RETURNING id",
-                (self.holder, host, os.getpid(), int(self.clock())),
-            ).fetchone()
+            args = (self.holder, host, os.getpid(), int(self.clock()))
+            try:
+                with conn.transaction():  # a savepoint
+                    row = conn.execute(_REGISTER, args).fetchone()
+            except psycopg.errors.UniqueViolation:
+                # The ids' sequence went back (a failover to a logical replica, which does not
+                # copy sequences; a data-only restore): on past the ids in use, never back.
+                conn.execute(_PAST_IDS)
+                row = conn.execute(_REGISTER, args).fetchone()
             assert row is not None
             process = int(row[0])
             # Taken before the row is visible: no one ever sees a row whose lock is free
