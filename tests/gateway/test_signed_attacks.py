@@ -22,12 +22,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
-from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, make_signer  # noqa: E402
+from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, UnreadableGateway, make_signer  # noqa: E402
 
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
 from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
-from promptex.buyerside.wire import VOUCHER_HEADER, lane_reports, parse_voucher  # noqa: E402
+from promptex.buyerside.wire import (  # noqa: E402
+    COST_UNITS_HEADER,
+    LANE_CHARGED_HEADER,
+    LANE_HEADER,
+    VOUCHER_HEADER,
+    lane_reports,
+    parse_voucher,
+)
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello hello hello"}], "max_tokens": 4}
 TRIES = 12
@@ -347,8 +354,6 @@ def test_dropped_after_an_inexact_total__not_forgiven(tmp_path: Path) -> None:
     forgiven by a later total within that bound: the bound's slack may be the drop's charge."""
     import orjson
 
-    from promptex.buyerside.wire import COST_UNITS_HEADER, LANE_CHARGED_HEADER
-
     signer = make_signer(tmp_path / "v.log", lanes=1)
     body = dict(BODY)
     path = "/v1/chat/completions"
@@ -564,3 +569,64 @@ def test_attack__charged_drops_hidden_by_refusals_naming_the_old_total__within_n
     settleable = gateway.book[0].charged  # within its highest voucher
     assert settleable <= max(v.ceiling for v in gateway.received) <= received + n * hold, (settleable, received, hold)
     assert signer.stopped is not None and "came without the lane's total" in signer.stopped
+
+
+@pytest.mark.parametrize("mode", ["gzip", "gzip-stream", "digit", "shape"])
+def test_attack__booked_in_full_then_answered_unreadably__within_n_holds(tmp_path: Path, mode: str) -> None:
+    """An answer this side cannot read is the gateway's doing, and weighs like one without
+    the lane's figures. Before, a body not decoding as its content-encoding said (httpx's
+    DecodingError is no TransportError) and a stream event whose reading raised ("²" as a
+    cost, `choices` an integer) were read as the client abandoning the request: the lane
+    only bounded by the voucher, nothing weighed, and the refusal after it naming the
+    booked total adopted. The lane walked a hold per two requests for as long as the buyer
+    sent (60 requests of a 60-unit hold: 1,836 settleable for 36 received, never stopped)."""
+    gateway = UnreadableGateway(lanes=1)
+    gateway.mode = mode
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    body = {**BODY, "stream": mode != "gzip"}
+    hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0])
+    n = signer.stop_after_errors
+    for _ in range(2 * (n + 2)):  # a hold per two requests: past N holds, were it not stopped
+        with contextlib.suppress(httpx.HTTPError):
+            client.post("http://gateway.test/v1/chat/completions", json=body).read()
+        if signer.stopped is not None:
+            break
+    received = sum(gateway.true_costs)
+    assert max(v.ceiling for v in gateway.received) <= received + n * hold, (gateway.received[-1], received, hold)
+    assert signer.stopped is not None and "came without the lane's total" in signer.stopped, signer.stopped
+
+
+class ShapelessGateway(FakeSignedGateway):
+    """Books each voucher charged its whole ceiling and answers 200 with the lane's figures
+    (consistent: the cost is all that was left of the hold) and a nominal usage, its
+    `choices` not a list: reading the answer's produced bytes raised before its cost was
+    checked, after its total was adopted."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        self.received.append(voucher)
+        lane = self.book[voucher.lane]
+        cost = voucher.ceiling - lane.charged
+        lane.charged, lane.voucher = voucher.ceiling, voucher
+        headers = {COST_UNITS_HEADER: str(cost), LANE_CHARGED_HEADER: str(lane.charged),
+                   LANE_HEADER: str(voucher.lane), VOUCHER_HEADER: voucher.header()}  # fmt: skip
+        answer = {"choices": True, "usage": {"prompt_tokens": 4, "completion_tokens": 1}}
+        return httpx.Response(200, json=answer, headers=headers)
+
+
+def test_attack__an_answer_whose_reading_raises__not_adopted_unchecked__signing_stops(tmp_path: Path) -> None:
+    """An answer of a shape no check foresaw stops signing. Before, the reading raised out
+    of the signer after the lane's total was adopted and before the cost was checked (the
+    client saw a TypeError): 20 requests, 20 whole holds charged, nothing served, never
+    stopped."""
+    gateway = ShapelessGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    for _ in range(TRIES):
+        with contextlib.suppress(Exception):
+            client.post("http://gateway.test/v1/chat/completions", json=BODY)
+    assert signer.stopped is not None and len(gateway.received) == 1, signer.stopped
+    assert gateway.book[0].charged <= _hold(signer)

@@ -215,6 +215,46 @@ class FakeSignedGateway:
         return httpx.Response(200, json=answer, headers=headers)
 
 
+class UnreadableGateway(FakeSignedGateway):
+    """Serves one request honestly; then books each voucher charged its whole ceiling and
+    answers it in a way this side cannot read (`mode`), and refuses the next voucher 409
+    ceiling_below_charged naming the total it booked (within the vouchers it accepted, with
+    its stored voucher: it verifies); and again. `mode`: "gzip" a 200 whose body is not
+    the gzip its content-encoding says; "gzip-stream" the same for a stream; "digit" a
+    stream whose last event's cost is "²" (`str.isdigit` passes it, `int` raises); "shape"
+    a stream whose last event's `choices` is not a list."""
+
+    mode: str = "gzip"
+    turn: int = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        self.turn += 1
+        if self.turn == 1:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        self.received.append(voucher)
+        lane = self.book[voucher.lane]
+        assert lane.voucher is not None
+        if self.turn % 2 == 0 and voucher.ceiling > lane.voucher.ceiling:
+            lane.charged, lane.voucher = voucher.ceiling, voucher  # booked in full, nothing served
+            cost = "\u00b2" if self.mode == "digit" else "1"
+            figures = {"cost_units": cost, "lane_charged_units": str(lane.charged)}
+            event = {"choices": 1 if self.mode == "shape" else [], "promptex": figures}
+            sse = b"data: " + orjson.dumps(event) + b"\n\ndata: [DONE]\n\n"
+            if self.mode.startswith("gzip"):
+                sse, kind = (
+                    b"not gzip at all",
+                    ("text/event-stream" if self.mode == "gzip-stream" else "application/json"),
+                )
+                return httpx.Response(200, content=sse, headers={"content-encoding": "gzip", "content-type": kind})
+            return httpx.Response(200, content=sse, headers={"content-type": "text/event-stream"})
+        error = {"message": "below", "type": "conflict_error", "code": "ceiling_below_charged",
+                 "lane_charged_units": str(lane.charged), "voucher": lane.voucher.header()}  # fmt: skip
+        return httpx.Response(409, json={"error": error})
+
+
 def asgi_app(gateway: FakeSignedGateway) -> Any:
     """The fake served over HTTP (for a `promptex proxy` process in front of it)."""
     import anyio

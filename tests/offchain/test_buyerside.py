@@ -10,18 +10,23 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from buyerside_fakes import IDENTITY, MODEL, RATES, SESSION_KEY, FakeSignedGateway, make_signer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from promptex.buyerside.answers import ENDPOINTS, RateBook
 from promptex.buyerside.lanes import LaneBook, NoFreeLane
 from promptex.buyerside.recovery import ChainSession, recover
+from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.buyerside.voucherlog import Identity, VoucherLog, VoucherLogError
 from promptex.buyerside.wire import Voucher, WireError, lane_reports, parse_voucher
@@ -450,3 +455,71 @@ def test_signer__stopped__stays_stopped_on_reopen_until_resumed(tmp_path: Path) 
     honest = FakeSignedGateway(lanes=1)  # (a fresh lane book: recovery is tested above)
     _ask(_client(honest, third), 3, max_tokens=2)
     assert len(honest.received) == 1 and third.stopped is None
+
+
+# ─── Answers this side cannot read ───────────────────────────────────────────
+
+_ODD_FIGURES = ["1", "\u00b2", "\u0661\u0662", "-1", "", "7e2"]  # "²" and "١٢" pass str.isdigit
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from(_ODD_FIGURES), st.text(max_size=4)
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+_FIGURE = st.one_of(_SCALARS, st.builds(str, st.integers(0, 2_000)))
+
+
+def _anything_like(shape: dict[str, Any]) -> Any:
+    """A strategy of `shape`'s keys (each maybe missing) holding a figure or any JSON."""
+    return st.fixed_dictionaries({}, optional={k: st.one_of(v, _JSON) for k, v in shape.items()})
+
+
+@given(
+    kind=st.sampled_from(["answer", "refusal", "stream"]),
+    status=st.sampled_from([402, 409, 429, 500]),
+    headers=st.dictionaries(
+        st.sampled_from(["x-promptex-cost-units", "x-promptex-lane-charged-units", "x-promptex-lane"]),
+        st.one_of(st.builds(str, st.integers(0, 2_000)), st.sampled_from([*_ODD_FIGURES, "1.0", " 3", "9" * 4301])),
+    ),
+    body=_anything_like(
+        {
+            "usage": _anything_like({"prompt_tokens": _FIGURE, "completion_tokens": _FIGURE}),
+            "choices": _JSON,
+            "error": _anything_like(
+                {
+                    "code": st.sampled_from(["lane_busy", "voucher_used", "session_ended"]),
+                    "lane_charged_units": _FIGURE,
+                    "voucher": _JSON,
+                }
+            ),
+            "promptex": _anything_like({"cost_units": _FIGURE, "lane_charged_units": _FIGURE, "voucher": _JSON}),
+            "type": st.sampled_from(["content_block_start", "content_block_delta"]),
+            "response": _JSON,
+        }
+    ),  # fmt: skip
+)
+def test_signer__any_answer__read_without_raising__checked_weighed_or_stopped(
+    kind: str, status: int, headers: dict[str, str], body: dict[str, Any]
+) -> None:
+    """Whatever an answer's figures and JSON hold, reading it never raises, and its voucher
+    is accounted for: the lane exact (checked), or weighing an answer without its figures,
+    or signing stopped. Before, "²" as a figure (`str.isdigit` passes it, `int` raises), an
+    error code that is a list, or a stream event's `choices` an integer raised out of the
+    reading: a stream so read was taken for its client's close (its charge weighed
+    nothing), a plain answer left its lane exact at the total before it."""
+    with tempfile.TemporaryDirectory() as folder:
+        signer = make_signer(Path(folder) / "v.log", lanes=1)
+        ticket = signer.begin("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        content = json.dumps(body).encode()  # integers beyond 64 bits too
+        if kind == "stream":
+            watch = StreamWatch()
+            watch.feed(b"data: " + content + b"\n\ndata: [DONE]\n\n")
+            watch.ended = True
+            signer.finish_stream(ticket, headers, watch)
+        else:
+            signer.finish(ticket, 200 if kind == "answer" else status, headers, content)
+        lane = signer.book.lanes[0]
+        assert signer.stopped is not None or lane.exact or lane.pending == 1, (lane, signer.stopped)
+        assert not lane.busy

@@ -5,6 +5,7 @@ and the wallet's SessionKey signature through an ape account."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import stat
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, make_signer
+from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, UnreadableGateway, make_signer
 from eth_account import Account
 
 from promptex.buyerside.opening import log_path, open_signer
@@ -166,6 +167,34 @@ def test_proxy__gateway_charges_then_drops__the_third_drop_stops_signing(tmp_pat
     # Three not yet told about weigh a hold each (the same request): above N − 1 = 2 holds.
     assert int(lane["without_figures_units"]) == 3 * int(lane["largest_hold_units"]) > 0
     assert len(gateway.received) == 3 and gateway.book[0].charged <= signer.book.exposure()
+
+
+@pytest.mark.parametrize("mode", ["gzip", "gzip-stream", "digit", "shape"])
+def test_proxy__booked_in_full_then_answered_unreadably__within_n_holds(tmp_path: Path, mode: str) -> None:
+    """Through the proxy: an answer it cannot read (a body not decoding as its
+    content-encoding says, a stream event whose reading raises) weighs like one without
+    the lane's figures, so signing stops within N holds. Before, each was taken for the
+    client leaving: nothing weighed, a hold per two requests for as long as it sent."""
+    gateway = UnreadableGateway(lanes=1)
+    gateway.mode = mode
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], "stream": mode != "gzip"}
+
+    async def main() -> None:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        for _ in range(2 * (signer.stop_after_errors + 2)):
+            with contextlib.suppress(httpx.HTTPError):  # the proxy cuts its own answer short
+                await local.post("/v1/chat/completions", json=body)
+            if signer.stopped is not None:
+                break
+
+    asyncio.run(main())
+    hold = signer.book.lanes[0].largest_hold
+    assert max(v.ceiling for v in gateway.received) <= sum(gateway.true_costs) + signer.stop_after_errors * hold
+    assert signer.stopped is not None and "came without the lane's total" in signer.stopped, signer.stopped
 
 
 def _grant(**overrides: object) -> SessionGrant:

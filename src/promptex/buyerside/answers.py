@@ -113,9 +113,10 @@ def visible_bytes(endpoint: str, answer: Any) -> int | None:
     elif endpoint == EMBEDDINGS:
         return None
     else:
+        choices = answer.get("choices")
         produced = [
             {k: v for k, v in choice.items() if k in ("message", "text")}
-            for choice in answer.get("choices") or []
+            for choice in (choices if isinstance(choices, list) else [])
             if isinstance(choice, dict)
         ]
     return len(orjson.dumps(produced))

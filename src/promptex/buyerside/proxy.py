@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body, failed
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, broke, error_body, failed
 from promptex.buyerside.transport import metered_path
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
@@ -101,8 +101,10 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                         watch.feed(chunk)
                         yield chunk
                     watch.ended = True
-                except httpx.TransportError:
-                    watch.broken = True  # the gateway's side broke (not our client leaving)
+                except Exception as exc:
+                    # The gateway's side broke, or sent bytes its content-encoding does not
+                    # decode (not our client leaving: that is a cancellation).
+                    watch.broken = broke(exc)
                     raise
                 finally:
                     await answer.aclose()

@@ -38,6 +38,7 @@ from promptex.buyerside.wire import (
     VOUCHER_HEADER,
     Voucher,
     WireError,
+    units,
     voucher_of,
 )
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
@@ -138,12 +139,22 @@ def never_left(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
+def broke(exc: BaseException) -> bool:
+    """Whether reading an answer failed on the gateway's side: its connection broke, or its
+    bytes cannot be decoded as its own content-encoding says (`httpx.DecodingError` is no
+    `TransportError`: read as the caller's own abandoning, a gateway that booked the whole
+    hold and answered a garbled gzip body walked the lane a hold per two requests, weighing
+    nothing)."""
+    return isinstance(exc, (httpx.TransportError, httpx.DecodingError))
+
+
 def failed(signer: Signer, ticket: Ticket, exc: BaseException) -> None:
-    """A request whose send or read raised `exc`: never sent, dropped by the connection, or
-    abandoned by the caller (anything else: a cancellation, an interrupt)."""
+    """A request whose send or read raised `exc`: never sent, dropped by the connection (or
+    answered with undecodable bytes), or abandoned by the caller (anything else: a
+    cancellation, an interrupt)."""
     if never_left(exc):
         signer.unsent(ticket)
-    elif isinstance(exc, httpx.TransportError):
+    elif broke(exc):
         signer.dropped(ticket)
     else:
         signer.lost(ticket)
@@ -448,25 +459,35 @@ class Signer:
                 self._answer(ticket, headers, content)
             else:
                 self._refusal(ticket, status, headers, content)
+        except Exception as exc:
+            self._unreadable(ticket, exc)
         finally:
             self._release(ticket)
+
+    def _unreadable(self, ticket: Ticket, exc: Exception) -> None:
+        """An answer whose reading raised: a shape no check foresaw, the gateway's doing.
+        Not checked, so signing stops (the lane bounded by its ceiling). Raised out of
+        `finish` instead, a 200 whose `choices` was `true` had its total adopted and its
+        cost never checked: a hold per request, never stopped."""
+        log.exception("an answer on lane %s this side cannot read", ticket.lane.index)
+        self.lost(ticket)
+        lane = ticket.lane.index
+        self.stop(f"an answer on lane {lane} this side cannot read ({exc!r}): not checked", lane)
 
     def _answer(self, ticket: Ticket, headers: Mapping[str, str], content: bytes) -> None:
         try:
             body = orjson.loads(content)
         except orjson.JSONDecodeError:
             body = None
-        cost, after = headers.get(COST_UNITS_HEADER), headers.get(LANE_CHARGED_HEADER)
-        if cost is None or after is None or not cost.isdigit() or not after.isdigit():
+        cost, after = units(headers.get(COST_UNITS_HEADER)), units(headers.get(LANE_CHARGED_HEADER))
+        if cost is None or after is None:
             self.lost(ticket)
             self.stop(
                 "an answer came without its cost and lane total (is this gateway in signed mode?)", ticket.lane.index
             )
             return
-        self._charged(ticket, int(cost), int(after), headers.get(LANE_HEADER), headers.get(VOUCHER_HEADER))
-        self._check(
-            ticket, int(cost), answers.usage_of(ticket.endpoint, body), answers.visible_bytes(ticket.endpoint, body)
-        )
+        self._charged(ticket, cost, after, headers.get(LANE_HEADER), headers.get(VOUCHER_HEADER))
+        self._check(ticket, cost, answers.usage_of(ticket.endpoint, body), answers.visible_bytes(ticket.endpoint, body))
 
     def _charged(self, ticket: Ticket, cost: int, after: int, lane_text: str | None, returned: Any) -> None:
         lane = ticket.lane
@@ -511,16 +532,16 @@ class Signer:
             body = None
         error = body.get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
+        code = code if isinstance(code, str) else None
         if code in HOPELESS:  # no voucher of this grant can pass: say why, once
             self.lost(ticket)
             self.stop(f"the gateway refuses this session's vouchers: {code} ({error.get('message')})")  # type: ignore[union-attr]
             return
         found = [d for d in (error, body) if isinstance(d, dict) and "lane_charged_units" in d]
-        text = found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER)
-        if text is None or not str(text).isdigit():
+        charged = units(found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER))
+        if charged is None:
             self._without_figures(ticket, f"{status} {code or 'without an error code'}")
             return
-        charged = int(text)
         # A voucher refusal: this voucher covers nothing, so the lane's total is within the
         # vouchers the gateway accepted before it (`live`), never the refused ceiling.
         lane = ticket.lane
@@ -585,6 +606,8 @@ class Signer:
                     return
             self._charged(ticket, watch.cost, after, headers.get(LANE_HEADER), watch.voucher)
             self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced())
+        except Exception as exc:
+            self._unreadable(ticket, exc)
         finally:
             self._release(ticket)
 
@@ -617,7 +640,12 @@ class StreamWatch:
             except orjson.JSONDecodeError:
                 continue  # [DONE]
             if isinstance(event, dict):
-                self._event(event)
+                try:
+                    self._event(event)
+                except (TypeError, ValueError, AttributeError):
+                    # An event of another shape than its API's: passed on, not read (a cost
+                    # in it is not known, so the stream counts as one without its figures).
+                    log.warning("a stream event this side cannot read: %s", line[:200])
 
     def _event(self, event: dict[str, Any]) -> None:
         self._count(event)
@@ -627,12 +655,11 @@ class StreamWatch:
                 self._usage.update({k: v for k, v in usage.items() if v is not None})
         extra = event.get("promptex")
         if isinstance(extra, dict):
-            cost = extra.get("cost_units")
-            if isinstance(cost, (str, int)) and str(cost).isdigit():
-                self.cost = int(cost)
-            charged = extra.get("lane_charged_units")
-            if isinstance(charged, (str, int)) and str(charged).isdigit():
-                self.lane_charged = int(charged)
+            cost, charged = units(extra.get("cost_units")), units(extra.get("lane_charged_units"))
+            if cost is not None:
+                self.cost = cost
+            if charged is not None:
+                self.lane_charged = charged
             self.voucher = extra.get("voucher", self.voucher)
 
     def _count(self, event: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, error_body, failed
+from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, broke, error_body, failed
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.buyerside")
@@ -48,16 +48,17 @@ class _WatchedStream(httpx.SyncByteStream):
         self.watch = StreamWatch()
 
     def __iter__(self) -> Iterator[bytes]:
-        # The transport-level stream: raw bytes as the gateway sent them (not decoded here;
-        # the headers are passed on, so the client decodes them).
-        stream = self.response.stream
-        assert isinstance(stream, httpx.SyncByteStream)
+        # Decoded here, as its content-encoding says (the client gets them without it): what
+        # passes is what is read, and bytes that cannot be decoded break the stream here.
+        # Passed on raw, a garbled gzip stream failed in the client's decoder, which closed
+        # it: read as the client's own close, the stream's charge weighed nothing.
         try:
-            for chunk in stream:
+            for chunk in self.response.iter_bytes():
                 self.watch.feed(chunk)
                 yield chunk
-        except httpx.TransportError:
-            self.watch.broken = True
+        except Exception as exc:
+            if broke(exc):
+                self.watch.broken = True
             raise
         self.watch.ended = True
 
@@ -108,10 +109,12 @@ class PromptexSigningTransport(httpx.BaseTransport):
         except BaseException as exc:
             failed(self.signer, ticket, exc)
             raise
+        # The content is decoded here: its encoding and length headers no longer describe it.
+        headers = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
         if body.get("stream") is True and response.status_code == 200:
             return httpx.Response(
                 response.status_code,
-                headers=response.headers,
+                headers=headers,
                 stream=_WatchedStream(self.signer, ticket, response),
                 extensions=response.extensions,
             )
@@ -123,8 +126,6 @@ class PromptexSigningTransport(httpx.BaseTransport):
         finally:
             response.close()
         self.signer.finish(ticket, response.status_code, response.headers, content)
-        # The content is decoded now: its encoding and length headers no longer describe it.
-        headers = [(k, v) for k, v in response.headers.items() if k not in ("content-encoding", "content-length")]
         return httpx.Response(response.status_code, headers=headers, content=content, extensions=response.extensions)
 
     def close(self) -> None:

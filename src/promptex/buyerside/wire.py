@@ -42,6 +42,20 @@ class Voucher:
         return f"session={self.session};lane={self.lane};ceiling={self.ceiling};sig=0x{self.signature.hex()}"
 
 
+def units(value: Any) -> int | None:
+    """A count of units as the gateway writes one (ASCII digits, or a JSON integer not below
+    0); None for anything else. `str.isdigit` alone also passes "²" and other scripts'
+    digits, on which `int` raises or reads another number."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        return None
+    try:
+        return int(value)
+    except ValueError:  # beyond int's digits limit: no count a voucher can cover
+        return None
+
+
 def _count(value: Any, name: str) -> int:
     if isinstance(value, bool):
         raise WireError(f"{name} is not a count")
