@@ -75,6 +75,8 @@ def test_redeem_tx__lost_and_its_nonce_taken__signed_again_sold_once(world):
     assert agent.store.redemptions()[0].status == SELLING
     world.chain.lose = False
     world.chain.burn_nonce()  # another transaction of the agent's key took that nonce
+    assert world.agent().run_once(check_rules=False).advanced == {}  # not dropped before that is final
+    world.chain.mine_blocks(world.agent().machine.reorg_window)
     assert list(world.agent().run_once(check_rules=False).advanced.values()) == [RELEASED]
     _assert_once(world)
 

@@ -13,7 +13,7 @@ import pytest
 from agent_fakes import USER
 
 from promptex.agent.service import RedemptionPending
-from promptex.agent.store import RELEASED
+from promptex.agent.store import RELEASED, SELLING
 from promptex.protocol.units import USD_MICRO as USD
 
 
@@ -22,9 +22,11 @@ def world(agent_world):
     return agent_world
 
 
-def test_redeem_mined_its_receipt_served_after_the_grace__sold_again__the_user_is_told_of_the_first_sale(
-    world, monkeypatch
-):
+def test_redeem_mined_its_receipt_served_after_the_grace__not_sold_again__one_sale(world, monkeypatch):
+    """The node serves the redeem's nonce taken, not yet its receipt (past the 3 s grace):
+    nothing the log holds took the nonce, so the redeem is not dropped before that is a
+    window deep; the receipt comes meanwhile and the sale is the redemption's own. Before:
+    dropped, sold again (redeems == 2), the first sale stray."""
     world.chain.hold = True
     with pytest.raises(RedemptionPending):
         world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
@@ -35,25 +37,69 @@ def test_redeem_mined_its_receipt_served_after_the_grace__sold_again__the_user_i
     monkeypatch.setattr(world.chain, "wait", lambda h, timeout: world.chain.receipt(h))
     world.chain.mine()
     world.chain.hold = False
-    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}  # sold again, released
-    assert world.agent().store.tx(tx.id).status == "dropped" and world.chain.s.redeems == 2
-    lagging.clear()  # the node catches up: the first sale is escrow redemption 1, which nothing names
-    for _ in range(2):
-        world.agent().run_once(check_rules=False)
+    report = world.agent().run_once(check_rules=False)
+    assert report.advanced == {} and "not taken for dropped (nor the tokens sold again) before block" in (
+        report.waiting or ""
+    )
+    assert world.agent().store.get(1).status == SELLING and world.chain.s.redeems == 1
+    lagging.clear()  # the node catches up: the first sale is the redemption's own
+    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
 
-    (stray,) = [n for n in world.agent().store.notifications() if n.kind == "stray_sale"]
-    assert stray.user == USER and "Escrow redemption 1 sold tokens of yours for $20.00" in stray.body
-    assert "`promptex wallet refund --redemption 1`" in stray.body
-    assert world.chain.s.releases == 1 and len(world.billing.purchases) == 1
+    assert world.agent().store.tx(tx.id).status == "succeeded" and world.agent().store.get(1).chain_redemption_id == 1
+    assert [n for n in world.agent().store.notifications() if n.kind == "stray_sale"] == []
+    assert world.chain.s.redeems == 1 and world.chain.s.releases == 1 and len(world.billing.purchases) == 1
 
 
-def test_sale_undone_after_the_purchase_its_redeem_dropped__then_it_lands__read_again_released_not_failed(world):
+def test_redeem_nonce_taken_by_a_cancel_that_stays__sold_again_only_once_it_is_a_window_deep(world):
+    """A wallet's cancel takes the redeem's nonce (outside the log) and stays: the
+    redemption waits, selling, until the head at which that was first seen is reorg_window
+    blocks deep, then sells again, once (a restart keeps the head: a new agent each pass)."""
+    world.chain.lose = True
+    with pytest.raises(RedemptionPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    world.chain.lose = False
+    world.chain.burn_nonce()  # the cancel
+    seen = world.chain.head()
+    window = world.agent().machine.reorg_window
+    report = world.agent().run_once(check_rules=False)
+    assert f"(seen at block {seen})" in (report.waiting or "") and f"before block {seen + window}, {window} blocks" in (
+        report.waiting or ""
+    )
+    world.chain.mine_blocks(window - 1)
+    assert world.agent().run_once(check_rules=False).advanced == {}
+    assert world.agent().store.get(1).status == SELLING and world.chain.s.redeems == 0
+    world.chain.mine_blocks(1)
+    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
+    assert world.chain.s.redeems == 1 and world.chain.s.releases == 1 and len(world.billing.purchases) == 1
+
+
+def test_cli_redeem__nonce_taken_outside_the_log__prints_the_waiting_line_not_a_traceback(world, monkeypatch):
+    from test_agent_pending import _cli
+
+    world.chain.lose = True
+    code, out = _cli(world, monkeypatch, "20")
+    assert code == 1 and "is selling, waiting for redeem tx 0x" in out
+    world.chain.lose = False
+    world.chain.burn_nonce()  # a wallet's cancel
+    code, out = _cli(world, monkeypatch, "20", "--resume", "1")
+    assert code == 1 and out.count("\n") == 1 and "Traceback" not in out
+    assert "redemption 1 ($20.00 of anthropic credits for CLD) is selling, waiting: redeem tx 0x" in out
+    assert f"not taken for dropped (nor the tokens sold again) before block {world.chain.head() + 128}" in out
+    world.chain.mine_blocks(128)
+    assert _cli(world, monkeypatch, "20", "--resume", "1") == (0, "redemption 1: released\n")
+    assert world.chain.s.redeems == 1
+
+
+@pytest.mark.parametrize("window", [128, 2], ids=["waits-selling", "window-passed-failed"])
+def test_sale_undone_after_the_purchase_its_redeem_dropped__then_it_lands__read_again_released_not_failed(
+    world, window
+):
     """A reorg undid redemption 1's sale after the purchase; on the new branch the redeem's
-    nonce went to a transaction outside the log (a wallet's cancel): the redeem closed
-    dropped, the redemption failed ("nothing was sold"). A second reorg within the window
-    orphans the cancel and the redeem lands (escrow id 1, the user's tokens sold), and its
-    release with it. The books said failed while the chain sold and released; now the sale
-    is read again: released, bought once."""
+    nonce went to a transaction outside the log (a wallet's cancel). The redeem is not
+    dropped before that is a window deep: the redemption waits (releasing). Were the window
+    passed (a short one here), the redeem closed dropped and the redemption failed ("nothing
+    was sold"). A second reorg orphans the cancel and the redeem lands (escrow id 1, the
+    user's tokens sold), and its release with it: released, bought once, either way."""
     import copy
 
     from test_agent_reorg_after_purchase import _released_then_reorged
@@ -63,13 +109,17 @@ def test_sale_undone_after_the_purchase_its_redeem_dropped__then_it_lands__read_
     raws = [world.agent().store.tx(i).raw for i in (r.redeem_tx_id, r.release_tx_id)]
     fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
     chain.burn_nonce()  # the cancel takes the redeem's nonce on this branch
-    world.agent().run_once(check_rules=False)
-    assert world.agent().store.get(r.id).status == "failed"
+    world.agent(reorg_window=window).run_once(check_rules=False)
+    assert world.agent().store.get(r.id).status == "releasing"  # waits, its redeem not dropped
+    if window == 2:
+        chain.mine_blocks(window)
+        world.agent(reorg_window=window).run_once(check_rules=False)
+        assert world.agent().store.get(r.id).status == "failed"
     chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2] + 3
     for raw in raws:
         chain.broadcast(raw)  # a pool's copies: the redeem (escrow id 1) and the release land
     for _ in range(2):
-        world.agent().run_once(check_rules=False)
+        world.agent(reorg_window=window).run_once(check_rules=False)
 
     after = world.agent().store.get(r.id)
     assert (after.status, after.chain_redemption_id) == (RELEASED, 1)

@@ -97,6 +97,11 @@ def idempotency_key(chain_id: int, escrow: str, redemption_id: int, redeem_tx: s
     return key if redeem_tx is None else f"{key}:{redeem_tx.lower()}"
 
 
+class NonceTakenPending(txlog.TxPending):
+    """A redeem's nonce went to a transaction the agent's log does not hold, not yet a
+    reorg window deep: the redeem may still sell, so its redemption waits (selling)."""
+
+
 class RedemptionMachine:
     def __init__(
         self,
@@ -127,8 +132,33 @@ class RedemptionMachine:
     # ─── Transactions (the coordinator's rules, for the agent's key) ─────────
 
     def resolve_tx(self, tx: StoredTx) -> str:
-        """The final status of a stored transaction, rebroadcasting it if it is not mined."""
-        return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
+        """The final status of a stored transaction, rebroadcasting it if it is not mined
+        (a redeem whose nonce went elsewhere: not dropped before `_hold_dropped_redeem` says)."""
+        hold = self._hold_dropped_redeem if tx.purpose == "redeem" else None
+        return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, hold)
+
+    def _hold_dropped_redeem(self, tx: StoredTx) -> None:
+        """A redeem whose nonce went to a transaction the log does not hold (no row of its
+        key at its nonce: a wallet's cancel, or a node serving the nonce before the receipt)
+        is not taken for dropped, and its redemption not sold again, until the head at which
+        that was first seen (stored, `AgentStore.nonce_taken_since`) is `reorg_window`
+        blocks deep: before, a reorg may orphan what took the nonce and the redeem land, or
+        the lagging node serve its receipt, and a second sale would sell twice for one
+        purchase. Raises NonceTakenPending meanwhile (the redemption stays selling). The
+        coordinator's rule is unchanged (its `_dropped_landed` reattaches a late settle)."""
+        head = self.chain.head()
+        since = self.store.nonce_taken_since(tx, head)
+        if since is None or head >= since + self.reorg_window:
+            return  # another of the log's transactions took it, or what took it is final: dropped
+        until = since + self.reorg_window
+        message = (
+            f"redeem tx {tx.tx_hash} (nonce {tx.nonce}), whose nonce a transaction the agent did not sign took "
+            f"(seen at block {since}): should a reorg undo that, or a lagging node serve the redeem's receipt, it "
+            f"sold after all, so it is not taken for dropped (nor the tokens sold again) before block {until}, "
+            f"{until - head} blocks from now"
+        )
+        log.warning("%s", message)
+        raise NonceTakenPending(message)
 
     def recheck_orphaned_txs(self) -> None:
         """A receipt counts only while the canonical chain holds it as stored (the

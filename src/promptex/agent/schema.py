@@ -71,8 +71,10 @@ agent_rules = Table(
     Index(None, "enabled"),
 )
 
-# Raw transactions the agent signed, stored before broadcast (as coordinator_txs).
-agent_txs = signed_txs("agent_txs")
+# Raw transactions the agent signed, stored before broadcast (as coordinator_txs); a redeem
+# whose nonce went to a transaction the log does not hold keeps the head at which that was
+# first seen (0022): it is not taken for dropped until then + the reorg window.
+agent_txs = signed_txs("agent_txs", Column("nonce_taken_head", BigInteger, nullable=True))
 
 # One redemption: planned → selling → escrowed → purchased → receipted → releasing →
 # released (or failed / rejected / abandoned / refunded); see promptex.agent.machine.

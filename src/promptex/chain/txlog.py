@@ -50,9 +50,9 @@ class CloseTx(Protocol):
     def __call__(self, tx_id: int, status: str, block: int | None, now: int, block_hash: str | None = None) -> None: ...
 
 
-def signed_txs(name: str) -> Table:
+def signed_txs(name: str, *extra: Column[Any]) -> Table:
     """A log of signed transactions, one per signer service (each checks its own nonces),
-    on the ledger's one MetaData (its migrations build it)."""
+    on the ledger's one MetaData (its migrations build it); `extra`: a service's own columns."""
     return Table(
         name,
         metadata,
@@ -69,6 +69,7 @@ def signed_txs(name: str) -> Table:
         Column("closed_at", BigInteger, nullable=True),
         Index(None, "status", "nonce"),
         Index(None, "sender", "status", "nonce"),  # one key's nonces (a rotated key's rows may sit above)
+        *extra,
     )
 
 
@@ -419,9 +420,18 @@ def crash_point(env_var: str, step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def resolve_tx(tx: StoredTx, chain: TxChain, close_tx: CloseTx, now: Callable[[], int], timeout: float) -> str:
+def resolve_tx(
+    tx: StoredTx,
+    chain: TxChain,
+    close_tx: CloseTx,
+    now: Callable[[], int],
+    timeout: float,
+    before_dropped: Callable[[StoredTx], None] | None = None,
+) -> str:
     """The final status of a stored transaction, rebroadcasting it if it is not mined.
-    Raises TxPending while it is neither mined nor dropped (its nonce went to another)."""
+    Raises TxPending while it is neither mined nor dropped (its nonce went to another).
+    `before_dropped` (the agent's redeems) is called before it is closed dropped, and may
+    raise TxPending to keep it open a while longer (its nonce not yet final)."""
     if tx.status != SENT:
         return tx.status
     receipt = chain.receipt(tx.tx_hash)
@@ -430,6 +440,8 @@ def resolve_tx(tx: StoredTx, chain: TxChain, close_tx: CloseTx, now: Callable[[]
         # before it serves the receipt: give the receipt a short grace before calling it dropped.
         receipt = chain.wait(tx.tx_hash, min(timeout, DROP_GRACE_SECONDS))
         if receipt is None:
+            if before_dropped is not None:
+                before_dropped(tx)
             log.warning("%s tx %s: nonce %d went to another transaction", tx.purpose, tx.tx_hash, tx.nonce)
             close_tx(tx.id, DROPPED, None, now())
             return DROPPED

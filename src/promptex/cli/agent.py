@@ -140,6 +140,7 @@ def redeem(
     user: str, token: str, usd: str, provider: str, max_tokens: str | None, resume: int | None, request_id: str | None
 ) -> None:
     """Sell tokens into the escrow and buy credits on the user's linked account now."""
+    from promptex.agent.machine import NonceTakenPending
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.service import RedemptionPending
     from promptex.agent.store import RELEASED, RequestIdTaken, StillOpen
@@ -166,8 +167,8 @@ def redeem(
         raise click.ClickException(f"redemption refused: {exc}") from None
     except RedemptionPending as exc:
         waiting = (
-            f"waiting: {exc.waiting}"  # the old key's transactions after a rotation
-            if isinstance(exc.waiting, OtherKeyPending)
+            f"waiting: {exc.waiting}"  # the old key's transactions after a rotation, or a redeem's taken nonce
+            if isinstance(exc.waiting, (OtherKeyPending, NonceTakenPending))
             else f"waiting for {exc.waiting} to be mined"
         )
         again = "" if request_id is not None or resume is not None else f" with --resume {exc.redemption.id}"
