@@ -22,15 +22,22 @@ def world(agent_world):
     return agent_world
 
 
-def test_redeem_mined_its_receipt_served_after_the_grace__not_sold_again__one_sale(world, monkeypatch):
+@pytest.mark.parametrize("sibling", [False, True], ids=["alone", "a-refused-sibling-at-its-nonce"])
+def test_redeem_mined_its_receipt_served_after_the_grace__not_sold_again__one_sale(world, monkeypatch, sibling):
     """The node serves the redeem's nonce taken, not yet its receipt (past the 3 s grace):
     nothing the log holds took the nonce, so the redeem is not dropped before that is a
     window deep; the receipt comes meanwhile and the sale is the redemption's own. Before:
-    dropped, sold again (redeems == 2), the first sale stray."""
+    dropped, sold again (redeems == 2), the first sale stray. A sibling the log holds at
+    that nonce without a receipt (another process's redeem the node refused) took nothing."""
     world.chain.hold = True
     with pytest.raises(RedemptionPending):
         world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
     (tx,) = world.agent().store.open_txs()
+    if sibling:
+        store, refused = world.agent().store, world.chain.sign_noop(tx.nonce, tx.tx_hash)
+        with store._tx() as conn:
+            sibling_id = store._store_tx(conn, "redeem", refused, world.chain.sender, 0)
+        store.close_tx(sibling_id, "dropped", None, 0)
     lagging = {tx.tx_hash}  # the node serves the nonce, not yet the receipt
     real = world.chain.receipts.get
     monkeypatch.setattr(world.chain, "receipt", lambda h: None if h in lagging else real(h))

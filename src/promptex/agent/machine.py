@@ -140,16 +140,20 @@ class RedemptionMachine:
     def _hold_dropped_redeem(self, tx: StoredTx) -> None:
         """A redeem whose nonce went to a transaction the log does not hold (no row of its
         key at its nonce: a wallet's cancel, or a node serving the nonce before the receipt)
-        is not taken for dropped, and its redemption not sold again, until the head at which
+        (none with a receipt: a sibling the node refused counts for nothing) is not taken for
+        dropped, and its redemption not sold again, until the head at which
         that was first seen (stored, `AgentStore.nonce_taken_since`) is `reorg_window`
         blocks deep: before, a reorg may orphan what took the nonce and the redeem land, or
         the lagging node serve its receipt, and a second sale would sell twice for one
         purchase. Raises NonceTakenPending meanwhile (the redemption stays selling). The
         coordinator's rule is unchanged (its `_dropped_landed` reattaches a late settle)."""
+        for other in self.store.others_at_nonce(tx):  # one the log holds took it (its receipt seen): dropped
+            if other.status in (SUCCEEDED, REVERTED) or self.chain.receipt(other.tx_hash) is not None:
+                return
         head = self.chain.head()
         since = self.store.nonce_taken_since(tx, head)
-        if since is None or head >= since + self.reorg_window:
-            return  # another of the log's transactions took it, or what took it is final: dropped
+        if head >= since + self.reorg_window:
+            return  # what took it is final: dropped
         until = since + self.reorg_window
         message = (
             f"redeem tx {tx.tx_hash} (nonce {tx.nonce}), whose nonce a transaction the agent did not sign took "

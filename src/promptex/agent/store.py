@@ -397,15 +397,11 @@ class AgentStore(SignedTxStore):
             row = conn.execute(select(agent_redemptions).where(agent_redemptions.c.redeem_tx_id == tx_id)).first()
         return None if row is None else _redemption(row)
 
-    def nonce_taken_since(self, tx: StoredTx, head: int) -> int | None:
+    def nonce_taken_since(self, tx: StoredTx, head: int) -> int:
         """The head at which `tx`'s nonce was first seen taken by a transaction this log
-        does not hold (`head`, stored, the first time asked); None: the log holds another
-        transaction of its key at its nonce (a no-op, another redeem), which took it."""
+        does not hold: `head`, stored, the first time asked."""
         t = agent_txs.c
         with self._tx() as conn:
-            others = select(t.id).where(t.sender == tx.sender, t.nonce == tx.nonce, t.id != tx.id).limit(1)
-            if conn.execute(others).first() is not None:
-                return None
             first = update(agent_txs).where(t.id == tx.id, t.nonce_taken_head.is_(None))
             conn.execute(first.values(nonce_taken_head=head))
             return int(conn.execute(select(t.nonce_taken_head).where(t.id == tx.id)).scalar_one())

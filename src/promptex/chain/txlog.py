@@ -231,6 +231,14 @@ class SignedTxStore:
             rows = conn.execute(select(t).where(*at).order_by(t.c.id)).all()
         return [_stored(r._mapping) for r in rows]
 
+    def others_at_nonce(self, tx: StoredTx) -> list[StoredTx]:
+        """The log's other transactions of `tx`'s key at its nonce (a no-op, another redeem)."""
+        t = self.txs_table
+        with self._tx() as conn:
+            at = (t.c.sender == tx.sender, t.c.nonce == tx.nonce, t.c.id != tx.id)
+            rows = conn.execute(select(t).where(*at).order_by(t.c.id)).all()
+        return [_stored(r._mapping) for r in rows]
+
     def dropped_txs(self, purpose: str, from_nonce: int, sender: str) -> list[StoredTx]:
         """`sender`'s transactions of `purpose` closed as dropped at `from_nonce` or above."""
         t = self.txs_table
