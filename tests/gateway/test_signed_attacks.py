@@ -376,8 +376,9 @@ def test_dropped_after_an_inexact_total__not_forgiven(tmp_path: Path) -> None:
 # charging (a killed gateway: its hold is swept); "E" charged, then a 500 without the
 # lane's figures; "e" a 500 that charged nothing; "X" and "F": as "D" and "E" but the
 # lane booked charged its voucher's whole ceiling (a dishonest gateway's most); "R" a 409
-# naming the lane's total as the last answer told it (hiding what was booked since).
-BEHAVIOURS = "aDdEeXFR"
+# naming the lane's total as the last answer told it (hiding what was booked since); "G"
+# a 200 whose body does not decode as its content-encoding says, the whole ceiling booked.
+BEHAVIOURS = "aDdEeXFRG"
 
 
 @given(pattern=st.text(alphabet=BEHAVIOURS, min_size=1, max_size=24), sizes=st.lists(st.sampled_from([1, 4, 24])))
@@ -403,11 +404,11 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
             hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0])
             gateway.drop_after_charge, gateway.drop_before_charge = turn in "DX", turn == "d"
             gateway.error_status, gateway.charge_errors = (500 if turn in "EeF" else 0), turn in "EF"
-            gateway.claim_ceiling, gateway.hide_total = turn in "XF", turn == "R"
+            gateway.claim_ceiling, gateway.hide_total, gateway.garble = turn in "XFG", turn == "R", turn == "G"
             before, sent = sum(gateway.true_costs), len(gateway.received)
             try:
                 answer = client.post("http://gateway.test/v1/chat/completions", json=body)
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError):
                 continue
             finally:
                 if len(gateway.received) > sent:  # signed (not refused for a stop)
@@ -418,7 +419,7 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
         assert highest <= received + signer.stop_after_errors * largest, (highest, received, signer.stopped)
         assert gateway.book[0].charged <= highest
         runs = pattern.split("a")
-        if not set(pattern) & set("DEXFR") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
+        if not set(pattern) & set("DEXFRG") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
             assert signer.stopped is None or len(runs[-1]) >= signer.stop_after_errors, signer.stopped
 
 

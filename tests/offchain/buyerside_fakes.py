@@ -76,6 +76,8 @@ class FakeSignedGateway:
     # Refuse the voucher 409 ceiling_below_charged naming as the lane's total the one its
     # last answer told (hiding what was booked since), with the stored voucher (a lie).
     hide_total: bool = False
+    # Charge, then answer 200 with a body that does not decode as its content-encoding says.
+    garble: bool = False
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -164,7 +166,7 @@ class FakeSignedGateway:
         # A gateway inflating counts charges for them too (it must: the buyer checks price × tokens).
         cost = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output + self.inflate_output))
         with self.lock:
-            if self.claim_ceiling and (self.drop_after_charge or self.error_status):
+            if self.claim_ceiling and (self.drop_after_charge or self.error_status or self.garble):
                 lane.charged, lane.voucher = voucher.ceiling, voucher  # nothing served
             else:
                 self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output)))
@@ -172,6 +174,8 @@ class FakeSignedGateway:
                 lane.voucher = voucher
         if self.drop_after_charge:
             raise httpx.ReadError("connection dropped after charging")
+        if self.garble:
+            return httpx.Response(200, content=b"not gzip", headers={"content-encoding": "gzip"})
         if self.error_status:
             return failed
         lane.told = lane.charged
