@@ -23,7 +23,7 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, Connection, Row, Select, and_, bindparam, select, update
 
 from promptex.ledger import debts as _debts
 from promptex.ledger.amounts import Amount, add, ge, sub
@@ -528,25 +528,9 @@ def expire(conn: Connection, now: int, limit: int, registered: Mapping[str, Extr
     PostgreSQL; SQLite has one writer at a time), so concurrent sweepers and settles
     never wait on one another in a cycle.
     """
-    ids: list[str] = list(
-        conn.execute(
-            select(holds.c.request_id)
-            .where(holds.c.status == HoldStatus.ACTIVE.value, holds.c.expires_at <= now)
-            .order_by(holds.c.expires_at, holds.c.request_id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
-    if not ids:
-        return 0
-    ended: Sequence[Any] = conn.execute(
-        update(holds)
-        .where(holds.c.request_id.in_(ids), holds.c.status == HoldStatus.ACTIVE.value)
-        .values(status=HoldStatus.EXPIRED.value, closed_at=now)
-        .returning(*holds.c)
-    ).all()
-    _end(conn, ended, registered)
-    return len(ended)
+    due = select(holds.c.request_id).where(holds.c.expires_at <= now)
+    return _end_active(conn, due.order_by(holds.c.expires_at, holds.c.request_id).limit(limit),
+                       HoldStatus.EXPIRED, now, registered)  # fmt: skip
 
 
 def orphan(conn: Connection, processes: Sequence[int], now: int, registered: Mapping[str, Extra] | None = None) -> int:
@@ -556,12 +540,18 @@ def orphan(conn: Connection, processes: Sequence[int], now: int, registered: Map
     (SKIP LOCKED): a settle that commits first charges legitimately. Returns how many."""
     if not processes:
         return 0
+    theirs = select(holds.c.request_id).where(holds.c.process_id.in_(list(processes)))
+    return _end_active(conn, theirs.order_by(holds.c.request_id), HoldStatus.ORPHANED, now, registered)
+
+
+def _end_active(
+    conn: Connection, chosen: Select[Any], status: HoldStatus, now: int, registered: Mapping[str, Extra] | None
+) -> int:
+    """End the still-active holds among `chosen` (a query of request ids) with `status`,
+    skipping those another transaction has locked (a settle in progress); returns how many."""
     ids: list[str] = list(
         conn.execute(
-            select(holds.c.request_id)
-            .where(holds.c.process_id.in_(list(processes)), holds.c.status == HoldStatus.ACTIVE.value)
-            .order_by(holds.c.request_id)
-            .with_for_update(skip_locked=True)
+            chosen.where(holds.c.status == HoldStatus.ACTIVE.value).with_for_update(skip_locked=True)
         ).scalars()
     )
     if not ids:
@@ -569,7 +559,7 @@ def orphan(conn: Connection, processes: Sequence[int], now: int, registered: Map
     ended: Sequence[Any] = conn.execute(
         update(holds)
         .where(holds.c.request_id.in_(ids), holds.c.status == HoldStatus.ACTIVE.value)
-        .values(status=HoldStatus.ORPHANED.value, closed_at=now)
+        .values(status=status.value, closed_at=now)
         .returning(*holds.c)
     ).all()
     _end(conn, ended, registered)
