@@ -74,8 +74,10 @@ def test_redeem_resume__another_users_or_other_terms_or_unknown__refused_nothing
 def test_cli_redeem__the_node_refuses_its_stored_redeem__named_pending_not_a_traceback__sold_once(world, monkeypatch):
     """`agent run` (same key) signed another redemption's transaction at the same nonce a
     moment before: the node refuses this one's broadcast ("replacement transaction
-    underpriced"). Its redeem is stored, so the next pass resolves it (dropped: the nonce
-    went to the other) and sells it: the command said nothing of that, only a traceback."""
+    underpriced"). Its redeem is stored, so a later pass resolves it (dropped: the nonce
+    went to the other — once that is a reorg window deep, 7cb91ee, as the fake's burnt nonce
+    is no transaction of the log) and sells it: the command said nothing of that, only a
+    traceback."""
     from web3.exceptions import Web3RPCError
 
     real = world.chain.broadcast
@@ -92,5 +94,7 @@ def test_cli_redeem__the_node_refuses_its_stored_redeem__named_pending_not_a_tra
     code, out = _cli(world, monkeypatch)
     assert code == 1 and out.startswith("Error: redemption 1 ($20.00 of anthropic credits for CLD) is selling")
     assert "which the node did not take (replacement transaction underpriced)" in out and "--resume 1" in out
+    assert world.agent().run_once(check_rules=False).advanced == {}  # selling: its nonce's taker not yet deep
+    world.chain.mine_blocks(world.agent().machine.reorg_window)
     assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}  # dropped, signed again, sold
     assert _sold_once(world) and len(world.agent().store.redemptions()) == 1
