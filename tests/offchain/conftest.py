@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
 
 from promptex.ledger import Ledger
+from promptex.ledger.local_postgres import LocalPostgres
 
 # ─── Redemption agent ────────────────────────────────────────────────────────
 
@@ -46,3 +48,25 @@ def agent_world(agent_db_template: str, agent_billing: tuple[str, object], tmp_p
     world = make_world(db, url, config)
     yield world
     world.ledger.close()
+
+
+# ─── Gateway processes on PostgreSQL ─────────────────────────────────────────
+
+_process_databases = itertools.count()
+
+
+@pytest.fixture
+def two(postgres: LocalPostgres, clock) -> Iterator[tuple[Ledger, Ledger]]:  # noqa: ANN001
+    """Two ledgers (two gateway processes' books) on one fresh PostgreSQL database."""
+    name = f"processes_{next(_process_databases)}"
+    url = postgres.create_database(name, template="ledger_template")
+    # The template is migrated: no migration check (it took a second a ledger on a busy machine).
+    first = Ledger.open(url, clock=clock, migrate=False)
+    second = Ledger.open(url, clock=clock, migrate=False)
+    try:
+        yield first, second
+        first.check()
+    finally:
+        first.close()
+        second.close()
+        postgres.drop_database(name)

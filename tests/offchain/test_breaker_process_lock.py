@@ -25,21 +25,6 @@ _databases = itertools.count()
 HIGH_FD = 1100  # past select()'s FD_SETSIZE (1024)
 
 
-@pytest.fixture
-def two(postgres: LocalPostgres, clock) -> Iterator[tuple[Ledger, Ledger]]:  # noqa: ANN001
-    """Two ledgers (two gateway processes' books) on one fresh PostgreSQL database."""
-    name = f"lock_breaker_{next(_databases)}"
-    url = postgres.create_database(name, template="ledger_template")
-    first, second = Ledger.open(url, clock=clock), Ledger.open(url, clock=clock)
-    try:
-        yield first, second
-        first.check()
-    finally:
-        first.close()
-        second.close()
-        postgres.drop_database(name)
-
-
 @contextlib.contextmanager
 def _low_fds_taken() -> Iterator[None]:
     """Every file descriptor below HIGH_FD in use, so the next socket opened lands above it

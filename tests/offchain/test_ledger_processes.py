@@ -6,9 +6,6 @@ A process whose lock connection was cut registers again before its next reserve.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from ledger_helpers import fund
@@ -16,30 +13,11 @@ from sqlalchemy import select, text
 from test_ledger_lanes import ASSET, _hold, _record, _signed
 
 from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, Sweeper, UsageRecord
-from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.processes import LOCK_SPACE
 from promptex.ledger.schema import capacity_leases, holds, ledger_processes
 from promptex.protocol.units import USD_MICRO as USDC
 
-_databases = itertools.count()
 LOT = 7
-
-
-@pytest.fixture
-def two(postgres: LocalPostgres, clock) -> Iterator[tuple[Ledger, Ledger]]:  # noqa: ANN001
-    """Two ledgers (two gateway processes' books) on one fresh PostgreSQL database."""
-    name = f"processes_{next(_databases)}"
-    url = postgres.create_database(name, template="ledger_template")
-    # The template is migrated: no migration check (it took a second a ledger on a busy machine).
-    first = Ledger.open(url, clock=clock, migrate=False)
-    second = Ledger.open(url, clock=clock, migrate=False)
-    try:
-        yield first, second
-        first.check()
-    finally:
-        first.close()
-        second.close()
-        postgres.drop_database(name)
 
 
 def _cut(ledger: Ledger, process: int) -> None:
