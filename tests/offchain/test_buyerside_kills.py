@@ -205,3 +205,21 @@ def test_proxy__sigkill_at_random_points__recovers_and_every_sent_voucher_logged
         assert book.voucher is None or book.charged <= book.voucher.ceiling
         assert book.charged <= max((ceiling for (at, ceiling, _sig) in logged if at == lane), default=0)
     assert sum(b.charged for b in gateway.book.values()) == sum(gateway.true_costs)
+
+
+def test_proxy__resume_without_a_recorded_stop__says_nothing_to_resume__exit_1_nothing_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`promptex proxy --resume` when the voucher log records no stop: one line saying
+    there is nothing to resume, exit 1, nothing served (before: a line, then it served as
+    if started without --resume, so a proxy always started so cleared every stop unread)."""
+    grant = _grant(tmp_path, 1)
+    gateway = FakeSignedGateway(identity=grant.identity(), lanes=1)
+    served: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **_: served.append(app))
+    with ServerThread(asgi_app(gateway)) as server:
+        args = ["proxy", "--gateway", server.url + "/v1", "--api-key", "sk-buyer", "--session",
+                str(tmp_path / "session.json")]  # fmt: skip
+        result = CliRunner().invoke(main, [*args, "--resume"])
+    assert result.exit_code == 1, result.output
+    assert "nothing to resume: signing is not stopped" in result.output and not served, result.output

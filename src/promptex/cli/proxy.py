@@ -81,7 +81,11 @@ def describe_stop(stop: Stop) -> str:
 @click.option("--gateway", "gateway_url", help="the gateway [default: PROMPTEX_PROXY_GATEWAY_URL, the local one]")
 @click.option("--api-key", help="your gateway API key [default: PROMPTEX_PROXY_API_KEY, the demo buyer's]")
 @click.option("--max-hold", help="the most one request may hold, whole units [default: the session maximum]")
-@click.option("--resume", is_flag=True, help="sign again after a stop (say why it stopped first: see the log)")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="sign again after a stop (see why it stopped first); without a recorded stop: exit 1, nothing served",
+)
 @session_file_option
 def proxy(
     port: int | None,
@@ -142,7 +146,12 @@ def proxy(
             err=True,
         )
     elif resume:
-        click.echo("signing was not stopped: nothing to resume", err=True)
+        # Nothing was resumed, so nothing is served: a proxy always started with --resume
+        # would clear every stop unread; this says so the first time instead.
+        click.echo(
+            "nothing to resume: signing is not stopped (no stop in the voucher log); start without --resume", err=True
+        )
+        sys.exit(1)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))  # one line per refusal
     for name in ("promptex.proxy", "promptex.buyerside"):
