@@ -152,3 +152,65 @@ def test_billing_key__a_redemption_escrowed_before_keys_named_the_redeem__keeps_
         conn.execute(update(agent_redemptions).where(agent_redemptions.c.id == 1).values(billing_key=None))
     assert agent.redeem(USER, "CLD", 20 * USD, "anthropic").status == RELEASED
     assert list(world.billing.purchases) == [legacy] and world.chain.s.usdc[PAYEE] == 20 * USD
+
+
+def _escrowed_then_reorged_to_another_id(world, monkeypatch, *, bought: bool):
+    """Redemption 1 sold (escrow id 1) and its purchase asked: bought with the answer lost
+    (the agent killed as the answer came: `bought`), or refused before anything was
+    bought. Then a reorg back to before the sale, where another user's redeem takes escrow
+    id 1 first: the re-sent redeem escrows id 2."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    if bought:
+        with crashing_at(monkeypatch, "billing_answered"), pytest.raises(Crash):
+            world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    else:
+        world.billing.fail_status, world.billing.fail_times = 503, 1
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")  # escrowed, its purchase to be retried
+    r = world.agent().store.get(1)
+    assert (r.status, r.chain_redemption_id) == ("escrowed", 1)
+    assert len(world.billing.purchases) == int(bought)
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2]
+    chain.s.redeems += 1  # another user's redeem, earlier on the new branch, took id 1
+    chain.s.records[1] = {
+        "user": OTHER, "payee": PAYEE, "usdc": 5 * USD, "deadline": chain.time + 3_600, "status": STATUS_OPEN,
+        "hash": b"\x22" * 32,
+    }  # fmt: skip
+    return r
+
+
+def test_reorg__sale_orphaned_after_a_purchase_whose_answer_was_lost__escrows_another_id__never_bought_twice(
+    world, monkeypatch
+):
+    """The purchase for escrow id 1 was made, its answer lost (the agent killed, or a
+    timeout); a reorg then orphaned the sale (still escrowed: nothing recorded as bought)
+    and the re-sent redeem escrowed id 2. The key was made anew for id 2, so the billing
+    API bought a second time: $40 of credits for one $20 sale (two top-ups for one
+    redemption). The key stays the one first asked under: the billing API refuses it for
+    id 2 (it bought under it for id 1), and the redemption is rejected at once, naming
+    both ids, the user told to refund id 2 (as when the purchase was recorded)."""
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=True)
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert len(world.billing.purchases) == 1 and world.billing.balances["acct_user_1"] == 25 * USD
+    assert (after.status, after.chain_redemption_id) == (REJECTED, 2)
+    assert world.chain.s.records[2]["user"] == USER and world.chain.s.releases == 0
+    note = [n for n in agent.store.notifications() if n.kind == "rejected"]
+    assert len(note) == 1 and "`promptex wallet refund --redemption 2`" in note[0].body
+    assert "escrow redemption 1" in note[0].body
+    assert_human(note[0].subject + note[0].body, "the reorg notice")
+    assert agent.run_once(check_rules=False).advanced == {}  # the next pass runs
+
+
+def test_reorg__sale_orphaned_before_anything_was_bought__escrows_another_id__bought_once_released(world, monkeypatch):
+    """The same reorg when the billing API had bought nothing (it failed): the purchase is
+    made once, for id 2, under the key first asked under, and id 2 is released."""
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
+    world.chain.time += 5  # the purchase's retry is due
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 2)
+    assert len(world.billing.purchases) == 1 and world.chain.s.releases == 1
+    assert world.chain.s.usdc[PAYEE] == 20 * USD

@@ -28,8 +28,11 @@ dropped â†’ failed (nothing sold, the credits bought named), another escrow id â
 under that id (the user's USDC is there, refundable after its deadline).
 add_credits is idempotent by key (the escrow redemption and the redeem tx that escrowed
 it, stored with the escrowed step), so calling it again after a crash or a timeout
-returns the first receipt and buys nothing. So a redemption sells once, buys
-once, releases once.
+returns the first receipt and buys nothing. The key stays the one first asked under for
+the redemption's life: a reorg that moves a sale escrowed (a purchase asked, its answer
+lost) to another escrow id asks under it again, for the new id: bought once, or, refused
+(the billing API bought under it for the old id), rejected at once for the user to refund.
+So a redemption sells once, buys once, releases once.
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ def idempotency_key(chain_id: int, escrow: str, redemption_id: int, redeem_tx: s
     and the redeem transaction that escrowed it (None: a redemption escrowed before keys
     named it, which may have bought under the id alone). The id alone is not one sale: a
     reorg can give it to another redemption, whose purchase would get this one's receipt
-    back; the same redeem re-mined under the same id keeps its key (bought once)."""
+    back; the same redeem re-mined under the same id keeps its key (bought once), and a
+    redemption keeps the key its sale first escrowed under (see the module's docstring)."""
     key = f"promptex:{chain_id}:{escrow.lower()}:{redemption_id}"
     return key if redeem_tx is None else f"{key}:{redeem_tx.lower()}"
 
@@ -352,7 +356,9 @@ class RedemptionMachine:
             event = self.chain.redeemed(tx.tx_hash)
             if event is None:
                 raise RuntimeError(f"redeem tx {tx.tx_hash} succeeded without a Redeemed event")
-            key = idempotency_key(self.chain.chain_id, self.chain.escrow_address, event.redemption_id, tx.tx_hash)
+            # The key first asked under, if a reorg undid the sale it was made for: a purchase
+            # under it may have bought (its answer lost), and a new key would buy again.
+            key = r.billing_key or self._key(event.redemption_id, tx.tx_hash)
             after = self.store.move(
                 r.id, (SELLING,), ESCROWED, self.clock(), chain_redemption_id=event.redemption_id,
                 tokens_in=event.tokens_in, deadline=event.deadline, billing_key=key,
@@ -387,6 +393,14 @@ class RedemptionMachine:
         try:
             receipt = self.billing.add_credits(account, r.usd_micro, key, redemption_id=r.chain_redemption_id)
         except BillingError as exc:
+            asked = None if exc.retryable or r.billing_key is None else self._moved_key(r, r.billing_key)
+            if asked is not None:
+                return self._reject(
+                    r, ESCROWED, f"the billing API refuses to buy credits for escrow redemption "
+                    f"{r.chain_redemption_id} under the key first asked for escrow redemption {asked}, whose sale "
+                    f"a chain reorganisation moved ({exc}): it may have bought them for {asked}, so they are not "
+                    "bought again",
+                )  # fmt: skip
             delay = min(self.retry_max_seconds, self.retry_seconds * 2 ** min(r.billing_attempts, 16))
             self.store.record_attempt(r.id, str(exc), self.clock() + delay, self.clock())
             log.warning("redemption %d: billing failed (%s); retrying in %d s", r.id, exc, delay)
@@ -401,6 +415,17 @@ class RedemptionMachine:
         )  # fmt: skip
         crash_point("purchased")
         return after
+
+    def _key(self, chain_redemption_id: int, redeem_tx: str) -> str:
+        return idempotency_key(self.chain.chain_id, self.chain.escrow_address, chain_redemption_id, redeem_tx)
+
+    def _moved_key(self, r: Redemption, key: str) -> int | None:
+        """The escrow redemption `key` was made for, where that is not this sale (a reorg
+        moved the sale to another id, or its redeem was signed again): None if it is."""
+        assert r.redeem_tx_id is not None and r.chain_redemption_id is not None
+        if key == self._key(r.chain_redemption_id, self.store.tx(r.redeem_tx_id).tx_hash):
+            return None
+        return int(key.split(":")[3])
 
     def _purchased(self, r: Redemption) -> Redemption:
         assert r.receipt_signature is not None

@@ -412,7 +412,8 @@ class AgentStore(SignedTxStore):
         released (or was rejected on its revert) is releasing again, so the escrow's USDC
         is released on the new branch too, for the credits already bought; a redeem that
         escrowed (nothing bought yet) or failed on its revert is selling again, its escrow
-        redemption id read anew from its next receipt. A redeem orphaned after the purchase
+        redemption id read anew from its next receipt (its purchase key kept: a purchase
+        asked under it may have bought, its answer lost). A redeem orphaned after the purchase
         keeps its step: re-sent before the release (a later nonce), it escrows the same id
         unless another redemption took it meanwhile (the release is refused: rejected under
         the id it escrowed) or it reverts on the new branch (failed, the credits bought:
@@ -435,7 +436,6 @@ class AgentStore(SignedTxStore):
                     chain_redemption_id=None,
                     tokens_in=None,
                     deadline=None,
-                    billing_key=None,
                     error=None,
                     updated_at=now,
                 )  # fmt: skip
