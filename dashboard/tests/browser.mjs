@@ -474,7 +474,9 @@ try {
   await page.waitForSelector("tr[data-rule]", { timeout: T });
   const redeemed = Date.now() + 60_000;
   for (;;) {
-    const state = await page.locator("[data-redemption-status]").first().innerText().catch(() => "");
+    // No wait for the row: innerText() would wait its default 30 s for one not drawn yet.
+    const rows = page.locator("[data-redemption-status]");
+    const state = (await rows.count()) ? await rows.first().innerText() : "";
     if (/^released/.test(state)) break;
     if (Date.now() > redeemed) throw new Error(`the rule's redemption did not release (status: ${state || "none"}; rule: ${await page.locator("[data-rule-outcome]").first().innerText()})`);
     await page.waitForTimeout(500);
