@@ -9,6 +9,8 @@ what was sold and how to refund it."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from agent_fakes import USER
 
@@ -132,3 +134,38 @@ def test_sale_undone_after_the_purchase_its_redeem_dropped__then_it_lands__read_
     assert (after.status, after.chain_redemption_id) == (RELEASED, 1)
     s = chain.s
     assert s.redeems == 1 and s.releases == 1 and len(world.billing.purchases) == 1
+
+
+def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_from_the_second(world):
+    """rbreak (session 11): a wallet's cancel took the redeem's nonce (seen at block H,
+    stored); a reorg within the window orphaned it, and the agent sent the redeem's bytes
+    again (its nonce free, the bytes waiting in the pool); then a second cancel took the
+    nonce at block H + window. The stored head was still H: the redeem was taken for
+    dropped at once and the tokens sold again while what took its nonce was one block
+    deep (a reorg of it, the redeem landing, would sell twice for one purchase). A nonce
+    seen free forgets the head: the window counts from the second cancel."""
+    chain = world.chain
+    window = world.agent().machine.reorg_window
+    chain.lose = True
+    with pytest.raises(RedemptionPending):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    chain.lose = False
+    free = copy.deepcopy(chain.s)  # the branch without the first cancel
+    chain.burn_nonce()  # the first cancel
+    first = chain.head()
+    assert f"(seen at block {first})" in (world.agent().run_once(check_rules=False).waiting or "")
+    chain.mine_blocks(window - 1)
+    chain.s, chain.hold = copy.deepcopy(free), True  # a reorg orphans it: the nonce is free
+    assert "redeem tx" in (world.agent().run_once(check_rules=False).waiting or "")  # sent again, in the pool
+    chain.mempool.clear()  # the second cancel replaces the redeem's bytes in the pool, and is mined
+    chain.hold = False
+    chain.burn_nonce()
+    chain.mine_blocks(1)
+    second = chain.head()
+    assert second == first + window
+    report = world.agent().run_once(check_rules=False)
+    assert report.advanced == {} and f"(seen at block {second})" in (report.waiting or "")
+    assert world.agent().store.get(1).status == SELLING and chain.s.redeems == 0
+    chain.mine_blocks(window)
+    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
+    assert chain.s.redeems == 1 and chain.s.releases == 1 and len(world.billing.purchases) == 1

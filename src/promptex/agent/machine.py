@@ -138,15 +138,28 @@ class RedemptionMachine:
     def resolve_tx(self, tx: StoredTx) -> str:
         """The final status of a stored transaction, rebroadcasting it if it is not mined
         (a redeem whose nonce went elsewhere: not dropped before `_hold_dropped_redeem` says)."""
-        hold = self._hold_dropped_redeem if tx.purpose == "redeem" else None
-        return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, hold)
+        if tx.purpose != "redeem":
+            return txlog.resolve_tx(tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout)
+        try:
+            return txlog.resolve_tx(
+                tx, self.chain, self.store.close_tx, self.clock, self.tx_timeout, self._hold_dropped_redeem
+            )
+        except NonceTakenPending:
+            raise
+        except txlog.TxPending:
+            # Its nonce was free (the bytes sent again, not mined yet): what took it before was
+            # orphaned. Should another transaction outside the log take it now (a second cancel),
+            # its window counts from then, not from the first one's head (`_hold_dropped_redeem`).
+            self.store.nonce_free_again(tx)
+            raise
 
     def _hold_dropped_redeem(self, tx: StoredTx) -> None:
         """A redeem whose nonce went to a transaction the log does not hold (no row of its
         key at its nonce: a wallet's cancel, or a node serving the nonce before the receipt)
         (none with a receipt: a sibling the node refused counts for nothing) is not taken for
         dropped, and its redemption not sold again, until the head at which
-        that was first seen (stored, `AgentStore.nonce_taken_since`) is `reorg_window`
+        that was first seen (stored, `AgentStore.nonce_taken_since`; forgotten once the nonce
+        is seen free again, `resolve_tx`) is `reorg_window`
         blocks deep: before, a reorg may orphan what took the nonce and the redeem land, or
         the lagging node serve its receipt, and a second sale would sell twice for one
         purchase. Raises NonceTakenPending meanwhile (the redemption stays selling). The

@@ -406,6 +406,15 @@ class AgentStore(SignedTxStore):
             conn.execute(first.values(nonce_taken_head=head))
             return int(conn.execute(select(t.nonce_taken_head).where(t.id == tx.id)).scalar_one())
 
+    def nonce_free_again(self, tx: StoredTx) -> None:
+        """`tx`'s nonce was seen free again (what took it orphaned by a reorg): the head at
+        which it was first seen taken is forgotten, so a later taking counts from its own."""
+        t = agent_txs.c
+        with self._tx() as conn:
+            conn.execute(
+                update(agent_txs).where(t.id == tx.id, t.nonce_taken_head.is_not(None)).values(nonce_taken_head=None)
+            )
+
     def reopen_tx(self, tx: StoredTx, now: int) -> str:
         """A transaction whose receipt a reorg orphaned, unresolved again (the next pass
         re-sends its bytes in nonce order) with the step it decided: a release that
