@@ -31,7 +31,7 @@ from promptex.gateway.vouchers import VOUCHER_HEADER
 from promptex.ledger import Ledger, LotClaim, Reservation, Sweeper
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.processes import LOCK_SPACE
-from promptex.ledger.schema import holds, ledger_processes
+from promptex.ledger.schema import holds, ledger_processes, usage_records
 from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread, free_port
@@ -135,6 +135,66 @@ def test_lock_connection_cut_with_requests_in_flight__holds_orphaned__late_answe
             again = gw.ledger.holds.lock.id
             assert again is not None and again != process
             assert other.end_dead_processes() == 0
+            other.check()
+        finally:
+            other.close()
+
+
+@pytest.fixture
+def trickle() -> Iterator[Fake]:
+    """A fake upstream streaming a word every 50 ms: an answer of 2,000 words takes 100 s."""
+    yield from _start_fake(FakeUpstreamConfig(api_keys=frozenset({SELLER_KEY}), chunk_delay_ms=50, output_tokens=2_000))
+
+
+def test_lock_connection_cut_under_a_stream__the_next_pass_cuts_the_stream__nothing_charged(
+    settings: Settings, pg_url: str, trickle: Fake
+) -> None:
+    """A false-positive orphan of a STREAM (pbreak Open 2): another process's sweep ended
+    its hold while it streamed, so its settle will be refused. The process's next
+    `maintain_holds` pass cuts it there (no [DONE], no charge event) instead of serving
+    the rest of it — minutes here — for nothing."""
+    mine = settings.model_copy(update={"gateway_sweep_seconds": 3_600})  # the test sweeps
+    with contextlib.contextmanager(_harness)(mine, pg_url) as gw:
+        other = Ledger.open(pg_url, migrate=False)  # another gateway process's books
+        try:
+            gw.add_lot(trickle)
+            account, key = gw.buyer()
+            lines: list[str] = []
+            ended = threading.Event()
+
+            def read() -> None:
+                body = {**BODY, "max_tokens": 2_000, "stream": True}
+                with contextlib.suppress(httpx.HTTPError), httpx.stream(
+                    "POST", gw.url + "/v1/chat/completions", json=body, timeout=120,
+                    headers={"authorization": f"Bearer {key}"},
+                ) as answer:  # fmt: skip
+                    assert answer.status_code == 200
+                    lines.extend(line for line in answer.iter_lines() if line)
+                ended.set()
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            gateway = gw.app.state.gateway
+            until(lambda: gateway.streams, "the stream is read", 30)
+            assert gateway.maintain_holds() == 0 and not ended.is_set()  # its hold is active: it streams on
+
+            process = gw.ledger.holds.lock.id
+            assert process is not None
+            _lock_backend_terminated(other, process)
+            assert other.end_dead_processes() == 1
+            assert _holds_by_status(gw.ledger) == {"orphaned": 1}
+            assert gateway.maintain_holds() == 0  # this pass learns it: the stream is cut
+            until(ended.is_set, "the stream was cut", 30)
+            reader.join()
+            assert lines and "data: [DONE]" not in lines  # ended as a refused stream ends
+            assert not any('"promptex":' in line for line in lines)  # no charge event
+            assert sum(line.startswith("data: ") for line in lines) < 1_000  # far from its 2,000 words
+            assert not gateway.streams
+            balance = gw.ledger.balance(account, "USDC")
+            assert (balance.posted, balance.held) == (10 * USDC, 0)  # nothing charged
+            assert _holds_by_status(gw.ledger) == {"orphaned": 1}
+            with gw.ledger.engine.connect() as conn:
+                assert conn.execute(select(usage_records.c.request_id)).first() is None
             other.check()
         finally:
             other.close()

@@ -21,6 +21,7 @@ uses the Oracle TWAP cached by `twap` (read in the background).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -197,6 +198,7 @@ class Gateway:
         self.shed = 0  # requests refused for overload
         self.inflight = 0
         self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
+        self.streams: dict[str, MeteredStream] = {}  # request id → its stream, while it is read
         self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
         self.overloaded = False  # set by `watch_load`
         # An expired hold's late answer is settled until its horizon: the request deadline
@@ -1007,7 +1009,25 @@ class Gateway:
                 if rid in self.holding:
                     self.holding[rid] = now + ttl
         limits.trim(self.ledger.engine, now)
-        return self.sweeper.run_once()
+        swept = self.sweeper.run_once()
+        self.cut_orphaned_streams()
+        return swept
+
+    def cut_orphaned_streams(self) -> int:
+        """Cut at once the streams whose hold another process's sweeper ended as orphaned
+        (PostgreSQL: it found this process's lock free — a database restart, a cut lock
+        connection): their settle will be refused, so what they would still stream (for
+        minutes, maybe) is served for nothing. Read after this pass's own sweep, which first
+        registers this process again, taking along its holds no one has ended. A cut stream
+        ends as a refused one does (no charge event, no [DONE]). Blocking (a ledger read,
+        PostgreSQL only, while streams are in flight); returns how many were cut."""
+        streams = dict(self.streams)
+        if not streams:
+            return 0
+        ended = self.ledger.holds.orphaned(list(streams))
+        for request_id in ended:
+            streams[request_id].cut()
+        return len(ended)
 
     async def keep_holds(self) -> None:
         """`maintain_holds` every `gateway_sweep_seconds`, for as long as the gateway serves."""
@@ -1187,6 +1207,19 @@ class MeteredStream:
         self.translator = translator
         self.broken = False
         self.disconnected = False
+        self.orphaned = False  # cut: its hold was ended under it (`Gateway.cut_orphaned_streams`)
+        self._cut: Callable[[], object] | None = None  # cancels its reading, from any thread
+
+    def cut(self) -> None:
+        """Stop reading the upstream at once (safe from any thread): the hold was ended as
+        orphaned, so the answer would not be charged. Metered as a stream cut short, whose
+        settle is then refused."""
+        self.orphaned = True
+        log.warning("stream %s cut: its hold was ended under it (this process's ledger lock was lost)", self.request_id)
+        cut = self._cut
+        if cut is not None:
+            with contextlib.suppress(RuntimeError):  # its loop closed: the stream is over
+                cut()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         voucher = self.priced.voucher
@@ -1215,6 +1248,9 @@ class MeteredStream:
                             return
 
                 tg.start_soon(watch)
+                loop = asyncio.get_running_loop()
+                self._cut = lambda: loop.call_soon_threadsafe(reading.cancel)
+                self.gateway.streams[self.request_id] = self  # from now on `cut` may stop it
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 with reading:
                     try:
@@ -1240,6 +1276,7 @@ class MeteredStream:
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
                 tg.cancel_scope.cancel()
         finally:
+            self.gateway.streams.pop(self.request_id, None)
             if not metered:
                 with anyio.CancelScope(shield=True):
                     await self.gateway.stream_done(self)

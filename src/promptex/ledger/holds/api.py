@@ -70,6 +70,12 @@ class Holds(Protocol):
         """Keep requests still in flight held for `ttl` more seconds; returns how many."""
         ...
 
+    def orphaned(self, request_ids: Sequence[str]) -> list[str]:
+        """Those of `request_ids` (this process's requests in flight) whose hold a sweeper
+        ended as "orphaned" (its process's lock was found free: PostgreSQL), so their
+        answers will be refused; nothing on SQLite, where one live process serves a file."""
+        ...
+
     def sweep(self, limit: int = 1_000) -> int:
         """End up to `limit` holds past their expiry (status "expired"): funds, capacity and
         extras back. Returns how many."""

@@ -124,6 +124,11 @@ class GeneralHolds:
 
         return self.ledger.write(work)  # type: ignore[no-any-return]
 
+    def orphaned(self, request_ids: Sequence[str]) -> list[str]:
+        """None on SQLite: a live gateway's holds there are never orphaned (only a starting
+        one ends a dead one's, `Ledger.expire_orphans`). PostgreSQL reads them."""
+        return []
+
     def sweep(self, limit: int = SWEEP_BATCH) -> int:
         now = self.ledger.clock()
         return self.ledger.write(lambda conn: general.expire(conn, now, limit, self.extras))  # type: ignore[no-any-return]

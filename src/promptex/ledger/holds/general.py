@@ -579,6 +579,14 @@ def expire_at_once(conn: Connection, now: int) -> int:
     )
 
 
+def orphaned_among(conn: Connection, request_ids: Sequence[str]) -> list[str]:
+    """Those of `request_ids` whose hold a sweeper ended as "orphaned" (`orphan`)."""
+    if not request_ids:
+        return []
+    chosen = holds.c.request_id.in_(list(request_ids)), holds.c.status == HoldStatus.ORPHANED.value
+    return sorted(conn.execute(select(holds.c.request_id).where(*chosen)).scalars())
+
+
 def extend(conn: Connection, request_ids: Sequence[str], expires: int) -> int:
     """Active holds among `request_ids` expire no sooner than `expires`; returns how many."""
     if not request_ids:

@@ -23,6 +23,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, update
@@ -369,6 +370,12 @@ class PostgresHolds(GeneralHolds):
             return ended
 
         return self.ledger.write(work)  # type: ignore[no-any-return]
+
+    def orphaned(self, request_ids: Sequence[str]) -> list[str]:
+        if not request_ids:
+            return []
+        with self.ledger.read() as conn:
+            return general.orphaned_among(conn, request_ids)
 
     def _fast_claim(self, r: Reservation) -> LotClaim | None:
         now = time.monotonic()
