@@ -542,13 +542,14 @@ def test_reattached_records_later_batch_of_the_old_key_left_open__let_go__the_ol
 
 
 def _let_go_settle_mined_anyway(
-    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture, *, mined: bool = True
 ) -> tuple[Coordinator, Coordinator, _Keys, Any, Any]:
     """The scenario above up to D let go with its settle open (its key's no-op not yet sent);
     then D's bytes, still in a node's pool, are mined at the old key's nonce anyway, the
     pool's copy beating the no-op. X is debited twice on chain — reached only because D was
     planned as if A's failure were final (`beyond_the_window`: a reorg deeper than the
-    window brings A back), the case the README puts outside the promise.
+    window brings A back), the case the README puts outside the promise. With `mined`
+    False, D's bytes are left to the caller (a settlement window later, not yet mined).
     Returns both coordinators, the keys, the x_fails_y_retried scenario and D."""
     keys, old, s, fr, later = _x_settled_again_at_epoch_2(book, chain)
     old.store.release_lease("old")
@@ -566,9 +567,10 @@ def _let_go_settle_mined_anyway(
     assert "some not yet mined" in (new.run_once().waiting or "")  # A reattached, D let go, its settle open
     assert old.store.batch(later.id).status == "failed" and old.store.tx(later.tx_id or 0).status == SENT
     chain.next_window()
-    chain.broadcast(old.store.tx(later.tx_id or 0).raw)  # the pool's copy, mined before the no-op
-    assert chain.receipt(old.store.tx(later.tx_id or 0).tx_hash) is not None
-    assert _debited(chain, s.x_address) == 2 * 1_002  # on chain: beyond the books' reach
+    if mined:
+        chain.broadcast(old.store.tx(later.tx_id or 0).raw)  # the pool's copy, mined before the no-op
+        assert chain.receipt(old.store.tx(later.tx_id or 0).tx_hash) is not None
+        assert _debited(chain, s.x_address) == 2 * 1_002  # on chain: beyond the books' reach
     caplog.clear()
     return old, new, keys, s, later
 

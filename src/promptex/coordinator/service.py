@@ -38,7 +38,7 @@ from sqlalchemy import Engine
 
 from promptex.chain import txlog
 from promptex.chain.sender import Call, Receipt, SignedTx
-from promptex.chain.txlog import DROPPED, NOOP, REVERTED, SENT, SUCCEEDED, OtherKeyPending, StoredTx, TxPending
+from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, OtherKeyPending, StoredTx, TxPending
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
@@ -260,9 +260,10 @@ class Coordinator:
             # waiting or not: their own coordinator may be stopped (a rotated key), and a
             # reorg within their window must be seen before the window ends.
             self._recheck_other_keys_txs()
-            for tx in self.store.others_open(self.chain.sender) or []:
-                self._let_go_landed(tx)  # before `wait_for_other_keys` closes it without its batch
-            self._dropped_landed()  # any key's: waiting or not, before anything is planned
+            # Any key's failed batch whose settle is on chain after all: waiting or not,
+            # before `wait_for_other_keys` closes another key's open one without its batch,
+            # and before anything is planned.
+            self._landed_after_all()
             # Another key's transactions not yet final (a rotated key, a standby with its
             # own key): nothing is planned or sent, this key's receipts are not re-checked,
             # and the lease goes back so that key's coordinator can take it and finish them.
@@ -281,13 +282,10 @@ class Coordinator:
             # In nonce order: a reorg's orphans are re-sent as the network would.
             for tx in self.store.open_txs(self.chain.sender):
                 tx = self.store.tx(tx.id)  # as it is now: a reattach earlier in this loop may have replaced it
-                if self._let_go_landed(tx):
-                    continue
                 if (failed := self._let_go_settle(tx)) is not None:
                     let_go = "was let go while open (another key's reattach took its records)"
                     tx = self.store.tx(self._replace(tx, failed, let_go))  # its no-op goes now, in its nonce's turn
-                if self._resolve_tx(tx) == DROPPED and tx.purpose == NOOP:
-                    self._check_replaced(tx)
+                self._resolve_tx(tx)
             self._hold_lease()  # renewed between steps too: only one step longer than the lease stops a pass
             self._register_spend_caps()
             self._register_session_keys()
@@ -578,53 +576,44 @@ class Coordinator:
         batch = self.store.batch_of_tx(tx.id)
         return batch if batch is not None and batch.status == FAILED else None
 
-    def _let_go_landed(self, tx: StoredTx) -> bool:
-        """An open settle (this key's or another's) of a let-go (failed) batch that the
-        chain holds succeeded: its bytes, still in a node's pool, were mined before its
-        key's no-op took the nonce. Closed as such it would leave the batch
-        failed, silently, while the chain debited its records (maybe twice: the batch that
-        took them since may have landed too). It landed after all, as `_check_replaced`
-        finds for this key's own no-op: `_reattach` (its records back to it where they can
-        go; an error naming reconcile where another landed batch holds them). Whether it was."""
-        batch = self._failed_batch_of_open_settle(tx)
-        if batch is None:
-            return False
-        receipt = self.chain.receipt(tx.tx_hash)
-        if receipt is None or not receipt.ok:
-            return False
-        self._reattach(batch, receipt)
-        return True
+    def _landed_after_all(self) -> None:
+        """The one check for "a failed batch's settle landed after all": every failed (let-go)
+        batch whose settle, any key's, whatever the log says of it (open, dropped, reverted,
+        succeeded), may still be on chain unseen is read by receipt; an ok one on the
+        canonical chain means the batch holds its records again (`_reattach`: back to it
+        where they can go; an error naming reconcile where another landed batch holds them).
+        Its ways there: bytes still in a node's pool mined before their key's no-op took the
+        nonce (the no-op then found dropped), or before another key's let-go settle left
+        open was closed by its receipt (`txlog.wait_for_other_keys` would close it without
+        its batch); a nonce taken by a transaction outside the log (a wallet's cancel of a
+        stuck settle, closed dropped) that a reorg within the window orphans, or a node that
+        served the nonce before the receipt for longer than the grace; a revert a reorg
+        undid and the network re-included as a success. Left failed, its records, back to
+        pending, would be settled again under a later epoch once the failure is final:
+        debited twice, the books saying once.
 
-    def _dropped_landed(self) -> None:
-        """A failed batch whose settle was closed dropped (its nonce seen taken, no receipt)
-        while that nonce is not final: its bytes may be on chain after all. Taken by a
-        transaction outside the log (a wallet's cancel of a stuck settle), the nonce goes
-        back to them should a reorg within the window orphan that transaction; or the node
-        served the nonce before the receipt for longer than the grace. Nothing else reads
-        a dropped settle again (`_check_replaced` only where a no-op of the log took the
-        nonce), so its records, back to pending, were settled again under a later epoch
-        once the next nonce was deep: debited twice. Each pass, every key's such settle is
-        read by receipt; landed, the batch takes its records back (`_reattach`)."""
-        senders = self.store.dropped_failure_senders()  # any key's, mined rows or not (a reorg reopens them)
-        if not senders:
-            return  # the common case, without reading the head
-        head = self.chain.head() if self._checked_head is None else self._checked_head
-        for sender in senders:
-            final = self.store.final_nonce(head - self.reorg_window, sender)
-            for asset in sorted(self.chain.assets()):
-                for batch in self.store.unfinal_failures(asset, final, sender):
-                    assert batch.tx_id is not None  # joined on it
-                    tx = self.store.tx(batch.tx_id)
-                    if tx.status != DROPPED or self.store.batch(batch.id).status != FAILED:
-                        continue
-                    receipt = self.chain.receipt(tx.tx_hash)
-                    if receipt is None or not receipt.ok:
-                        continue
-                    log.warning(
-                        "%s epoch %d: its settle %s (nonce %d, key %s), closed dropped, is on chain after all: "
-                        "its batch takes its records back", batch.asset, batch.epoch, tx.tx_hash, tx.nonce, tx.sender,
-                    )  # fmt: skip
-                    self._reattach(batch, receipt)
+        Read while the settle's nonce is not final (`final_nonce`: a later transaction of
+        its key in the log mined `reorg_window` deep below the head this process last
+        re-checked receipts at; after a restart, below the newest block its key's rows
+        hold, as `txlog.orphaned_txs` reaches back), and while it is open at any nonce.
+        Past that, whatever took its nonce is history: had the settle itself, an earlier
+        pass read it landed (a deeper reorg is reconcile's). The common pass, with no failed
+        batch at all, costs one indexed read; one without an unfinal failure no receipt."""
+        for sender in self.store.failure_senders():
+            base = self._checked_head if self._checked_head is not None else self.store.newest_block(sender)
+            final = 0 if base is None else self.store.final_nonce(base - self.reorg_window, sender)
+            for batch, tx in self.store.failed_settles(sender, final):
+                if self.store.batch(batch.id).status != FAILED:
+                    continue  # an earlier reattach in this loop took it back
+                receipt = self.chain.receipt(tx.tx_hash)
+                if receipt is None or not receipt.ok:
+                    continue
+                log.warning(
+                    "%s epoch %d: its failed batch's settle %s (nonce %d, key %s, %s in the log) is on chain "
+                    "after all: its batch takes its records back",
+                    batch.asset, batch.epoch, tx.tx_hash, tx.nonce, tx.sender, tx.status,
+                )  # fmt: skip
+                self._reattach(self.store.batch(batch.id), receipt)
 
     def _let_go_settle(self, tx: StoredTx) -> Batch | None:
         """The failed batch of this key's open settle `tx`, if it was let go while the settle
@@ -645,7 +634,7 @@ class Coordinator:
         is sent (the pass sends it in nonce order with the rest); returns the no-op's id. On
         anvil and on a chain whose pools honour replacement by fee the old bytes can then
         never land; should a node include them anyway, the no-op is found dropped and
-        `_check_replaced` gives the failed batch its records back."""
+        `_landed_after_all` gives the failed batch its records back."""
         self._hold_lease()
         noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
         noop_id = self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
@@ -660,16 +649,6 @@ class Coordinator:
             noop.tx_hash,
         )
         return noop_id
-
-    def _check_replaced(self, noop: StoredTx) -> None:
-        """The no-op lost its nonce: to another transaction of this key, or to the settle it
-        replaced (a node re-included the orphaned bytes first). In the second case the
-        failed batch landed after all: its records go back to it (`_reattach`)."""
-        for old in self.store.dropped_at(noop.nonce, self.chain.sender):
-            receipt = self.chain.receipt(old.tx_hash) if old.purpose == "settle" else None
-            batch = self.store.batch_of_tx(old.id)
-            if receipt is not None and receipt.ok and batch is not None and batch.status == FAILED:
-                self._reattach(batch, receipt)
 
     def _reattach(self, batch: Batch, receipt: Receipt) -> None:
         """A failed batch whose settle landed after all holds its records again, so that

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, Select, Table, insert, or_, select, t
 from sqlalchemy.exc import OperationalError
 
 from promptex.chain.sender import Receipt, SignedTx
-from promptex.chain.txlog import DROPPED, SUCCEEDED, SignedTxStore, StoredTx, TxPending
+from promptex.chain.txlog import SENT, SUCCEEDED, SignedTxStore, StoredTx, TxPending
 from promptex.coordinator.plan import Entry, Payload
 from promptex.coordinator.schema import (
     coordinator_lease,
@@ -604,19 +604,35 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return [_batch(row) for row in conn.execute(stmt).all()]
 
-    def dropped_failure_senders(self) -> list[str]:
-        """The keys with a failed batch whose settle was closed dropped (by the batches'
-        (asset, status) index: failed batches are few)."""
+    def failure_senders(self) -> list[str]:
+        """The keys that signed the settle of some failed batch (by the batches' (asset,
+        status) index: failed batches are few; one refused before signing has no settle)."""
         b, t = settlement_batches.c, coordinator_txs.c
         stmt = (
             select(t.sender)
             .select_from(settlement_batches)
             .join(coordinator_txs, t.id == b.tx_id)
-            .where(b.status == FAILED, t.status == DROPPED)
+            .where(b.status == FAILED)
             .distinct()
         )
         with self._tx() as conn:
             return sorted(str(r[0]) for r in conn.execute(stmt).all())
+
+    def failed_settles(self, sender: str, final_nonce: int) -> list[tuple[Batch, StoredTx]]:
+        """`sender`'s failed batches whose settle may be on chain unseen, with that settle,
+        whatever the log says of it (open, dropped, reverted, even succeeded): signed at a
+        nonce not yet final (`SignedTxStore.final_nonce`), or still open at any nonce. In
+        batch order. (Read by the (asset, status) index: failed batches are few.)"""
+        b, t = settlement_batches.c, coordinator_txs.c
+        stmt = (
+            select(settlement_batches, coordinator_txs.c.id.label("settle_id"))
+            .join(coordinator_txs, t.id == b.tx_id)
+            .where(b.status == FAILED, t.sender == sender, or_(t.nonce >= final_nonce, t.status == SENT))
+            .order_by(b.id)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(stmt).all()
+        return [(_batch(row), self.tx(int(row.settle_id))) for row in rows]
 
     def failed_batches_naming(self, records: Sequence[StoredUsage]) -> dict[str, Batch]:
         """See `failed_batches_naming`."""

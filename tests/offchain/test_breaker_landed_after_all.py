@@ -1,0 +1,57 @@
+"""reattach (session 11): one check for "a failed batch's settle landed after all"
+(`Coordinator._landed_after_all`), in place of three entry points (`_let_go_landed` for an
+open settle, `_check_replaced` for a no-op found dropped, `_dropped_landed` for a settle
+closed dropped). Each read the settle in one status only, so a settle whose status moved
+between two reads of one pass was never read again: here D (a let-go batch's settle, see
+test_breaker_rotation's `_let_go_settle_mined_anyway`) is mined right after the pass's
+first read of its receipt found none; the pass then closed it succeeded by that receipt
+(`txlog.wait_for_other_keys` for the new key, `_resolve_tx` for its own key), its batch
+left failed, and no later pass read it: X debited twice on chain, silently. Now every
+failed batch's settle, whatever its status, is read while its nonce is not final."""
+
+from __future__ import annotations
+
+import pytest
+from coordinator_fakes import COORDINATOR, FakeChain
+from test_breaker_rotation import _let_go_settle_mined_anyway, _said_reconcile
+from test_coordinator_refund_taken_back import LOT
+
+from promptex.chain.sender import Receipt
+from promptex.chain.txlog import SUCCEEDED
+from promptex.ledger import Ledger
+from promptex.protocol.escrow import KIND_LISTED
+
+
+@pytest.fixture
+def chain() -> FakeChain:
+    fake = FakeChain()
+    fake.open_lot(LOT, KIND_LISTED)
+    return fake
+
+
+@pytest.mark.parametrize("whose", ["new key", "its own key"])
+def test_let_go_settle_mined_right_after_the_pass_read_no_receipt__closed_succeeded__reattached_next_pass(
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, whose: str
+) -> None:
+    old, new, keys, _, later = _let_go_settle_mined_anyway(book, chain, caplog, mined=False)
+    d = old.store.tx(later.tx_id or 0)
+    real = chain.receipt
+
+    def receipt(tx_hash: str) -> Receipt | None:
+        found = real(tx_hash)
+        if tx_hash == d.tx_hash and found is None:
+            chain.broadcast(d.raw)  # a pool's copy, mined right after this read
+        return found
+
+    monkeypatch.setattr(chain, "receipt", receipt)
+    coordinator = new
+    if whose == "its own key":
+        keys.use(COORDINATOR)
+        coordinator = old
+    coordinator.run_once()
+    assert old.store.tx(d.id).status == SUCCEEDED  # closed by its receipt, its batch still failed
+    assert old.store.batch(later.id).status == "failed" and _said_reconcile(caplog, later.epoch) == []
+
+    coordinator.run_once()
+    assert len(_said_reconcile(caplog, later.epoch)) == 1  # X held by A too: the double debit said
+    assert old.store.batch(later.id).status == "confirmed"  # the chain holds D at its epoch
