@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import pytest
 from coordinator_fakes import COORDINATOR, FakeChain
+from test_breaker_failure_final import _debited
+from test_breaker_letgo_orphaned import _forks
 from test_breaker_rotation import _let_go_settle_mined_anyway, _said_reconcile
+from test_coordinator_failure_final import _mine_to
 from test_coordinator_refund_taken_back import LOT
 
 from promptex.chain.sender import Receipt
 from promptex.chain.txlog import SUCCEEDED
+from promptex.coordinator.service import REORG_WINDOW
 from promptex.ledger import Ledger
 from promptex.protocol.escrow import KIND_LISTED
 
@@ -55,3 +59,35 @@ def test_let_go_settle_mined_right_after_the_pass_read_no_receipt__closed_succee
     coordinator.run_once()
     assert len(_said_reconcile(caplog, later.epoch)) == 1  # X held by A too: the double debit said
     assert old.store.batch(later.id).status == "confirmed"  # the chain holds D at its epoch
+
+
+def test_let_go_settle_of_another_key_landed_anyway__orphaned_past_the_recheck_window__never_sent_again(
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """coord.md's "Not done" 2 (letgo item 2 found only by `_recheck_confirmed`): D, the old
+    key's let-go settle that landed anyway, is confirmed by the new key's reattach with X
+    left in A. The new key then runs on a window past D, so the old key's rows are no longer
+    re-checked by receipt; a reorg deeper than that orphans D's block (X's second debit
+    undone). `_recheck_confirmed` finds D's root gone: before, it reopened D and the pass
+    sent its bytes again (anyone may), X debited twice once more. Now D is let go again
+    and its bytes are not sent: the pass waits for the old key's coordinator (its nonce)."""
+    forks = _forks(chain, monkeypatch)
+    old, new, _, s, later = _let_go_settle_mined_anyway(book, chain, caplog)
+    new.run_once()  # D found landed: reattached, X left in A
+    d = old.store.tx(later.tx_id or 0)
+    assert old.store.batch(later.id).status == "confirmed" and old.store.batch_records(later.id) == []
+    _mine_to(chain, (d.block or 0) + REORG_WINDOW + 1)
+    new.run_once()  # the old key's rows final: not re-checked by receipt from here on
+
+    forks[d.raw].reorg_to(chain)  # deeper than the new key's re-check reaches back
+    assert _debited(chain, s.x_address) == 1_002
+    sent = len(chain.sent)
+    reports = []
+    for _ in range(3):
+        chain.next_window()
+        reports.append(new.run_once())
+
+    assert d.tx_hash not in chain.sent[sent:]
+    assert old.store.batch(later.id).status == "failed"
+    assert "coordinator --once" in (reports[0].waiting or "")
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)

@@ -750,15 +750,29 @@ class Coordinator:
     def _recheck_confirmed(self, asset: str) -> None:
         """A settlement is confirmed only while the chain holds it: a reorg can orphan a
         mined settle. Its batch is reopened (`store.reopen`) before anything is planned, so
-        its records are neither lost (charged, never debited) nor settled twice."""
+        its records are neither lost (charged, never debited) nor settled twice.
+        A let-go batch that landed anyway (`_reattach` left some of its records in another
+        landed batch) is never reopened: its bytes, re-sent, would debit those records again.
+        It is handled as the receipt re-check handles it (`_orphaned`), which finds it first
+        while its row is within the re-check's window; found only here (its row past that
+        window: another key's retired rows, or a reorg deeper than the window), it is let go
+        again, its own key's nonce filled with a no-op, another key's bytes not sent (that
+        key's coordinator fills its nonce: this pass waits, saying so)."""
         for batch in self.store.confirmed_from(asset, self.chain.last_epoch(asset)):
-            if not self._landed(batch):
-                log.warning(
-                    "%s epoch %d: its settlement is no longer on chain (a reorg); resolving it again",
-                    asset,
-                    batch.epoch,
-                )
-                self.store.reopen(batch)
+            if self._landed(batch):
+                continue
+            log.warning("%s epoch %d: its settlement is no longer on chain (a reorg); resolving it again",
+                        asset, batch.epoch)  # fmt: skip
+            if batch.tx_id is not None and self._holds_elsewhere(batch):
+                tx = self.store.tx(batch.tx_id)
+                if not self._orphaned(tx, self.chain.receipt(tx.tx_hash)):
+                    raise OtherKeyPending(
+                        f"{asset} epoch {batch.epoch}: settle {tx.tx_hash} (nonce {tx.nonce}) of key {tx.sender} "
+                        "landed after its batch was let go and is no longer on chain; it is never sent again: "
+                        "only its key can fill its nonce: run that key's coordinator --once"
+                    )
+                continue
+            self.store.reopen(batch)
 
     def _confirm(self, batch: Batch) -> None:
         self.store.confirm(batch, self.clock())
