@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     ledger_url: str = "sqlite:///promptex-ledger.sqlite3"
     # Connections per process (PostgreSQL; as many again may overflow).
     ledger_pool_size: int = 10
+    # PostgreSQL: how long a new connection (the pool's, a process's lock connection, a
+    # ledger thread's) may take before it fails; libpq's least is 2. Without it, a database
+    # host that drops packets held a reserve for the OS's connect timeout (minutes). A URL's
+    # own `connect_timeout` wins.
+    ledger_connect_timeout_seconds: int = Field(default=5, ge=2)
     # How long a SQLite writer waits for the write lock before giving up.
     ledger_busy_timeout_ms: int = 30_000
     # SQLite: FULL makes every commit survive power loss; NORMAL only a process crash (faster).

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 
 from polling import until
 from promptex.config import Settings
@@ -28,7 +30,9 @@ from promptex.fakes import FakeUpstreamConfig
 from promptex.gateway import create_app
 from promptex.gateway.store import GatewayStore
 from promptex.gateway.vouchers import VOUCHER_HEADER
-from promptex.ledger import Ledger, LotClaim, Reservation, Sweeper
+from promptex.ledger import Ledger, LotClaim, Reservation, Sweeper, processes
+from promptex.ledger.db import create_ledger_engine
+from promptex.ledger.holds.postgres import PostgresHolds
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.processes import LOCK_SPACE
 from promptex.ledger.schema import holds, ledger_processes, usage_records
@@ -198,6 +202,111 @@ def test_lock_connection_cut_under_a_stream__the_next_pass_cuts_the_stream__noth
             other.check()
         finally:
             other.close()
+
+
+class _Proxy:
+    """A TCP proxy to a PostgreSQL server that can go dark: connections made then are
+    accepted and never answered (a database host dropping packets), those made before
+    keep working; one the server ends is ended on the client's side too."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.dark = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            if self.dark.is_set():
+                continue  # never answered
+            upstream = socket.create_connection(self.target)
+            self._sockets.append(upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65_536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+        for end in self._sockets:
+            end.close()
+
+
+def test_ledger_unreachable_when_a_process_registers_again__reserve_fails_within_the_connect_timeout__503_nothing_held(
+    settings: Settings, pg_url: str, fake: Fake
+) -> None:
+    """pgholds 4: a process whose lock connection was lost registers again at its next
+    reserve; with the database host dropping packets that connect waited for the OS's
+    connect timeout (psycopg's default: 130 s) while holding the lock's mutex. Now it fails
+    within the URL's connect_timeout (here 2 s; `PROMPTEX_LEDGER_CONNECT_TIMEOUT_SECONDS`,
+    5 by default): a clear 503, nothing held or charged; once the host answers again the
+    next request registers again and is served."""
+    proxy = _Proxy(make_url(pg_url).port or 0)
+    url = make_url(pg_url).set(port=proxy.port).update_query_dict({"connect_timeout": "2"})
+    mine = settings.model_copy(update={"gateway_sweep_seconds": 3_600})  # the test sweeps
+    try:
+        with contextlib.contextmanager(_harness)(mine, url.render_as_string(hide_password=False)) as gw:
+            other = Ledger.open(pg_url, migrate=False)  # straight to the server
+            try:
+                gw.add_lot(fake)
+                account, key = gw.buyer()
+                headers = {"authorization": f"Bearer {key}"}
+                served = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30)
+                assert served.status_code == 200, served.text
+                spent = 10 * USDC - gw.ledger.balance(account, "USDC").posted
+                lock = gw.ledger.holds.lock
+                process = lock.id
+                assert process is not None
+
+                proxy.dark.set()  # the host drops new connections
+                _lock_backend_terminated(other, process)
+                until(lambda: processes._readable(lock._conn), "the process sees its lock connection gone", 30)
+                # Well within the client's 30 s: without a connect timeout the reserve waits 130 s.
+                refused = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30)
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["error"]["code"] == "ledger_unavailable"
+                assert lock.failures == 1 and lock.id is None
+                balance = gw.ledger.balance(account, "USDC")
+                assert (balance.posted, balance.held) == (10 * USDC - spent, 0)  # nothing held or charged
+                assert _holds_by_status(other) == {"settled": 1}
+
+                proxy.dark.clear()  # the host answers again: the next reserve registers again
+                again = httpx.post(gw.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30)
+                assert again.status_code == 200, again.text
+                assert lock.id is not None and lock.id != process
+                assert _holds_by_status(other) == {"settled": 2}
+                other.check()
+            finally:
+                other.close()
+    finally:
+        proxy.close()
+
+
+def test_connect_timeout__default_setting_or_the_urls_own__in_every_connection_the_ledger_makes(pg_url: str) -> None:
+    """The pool's connections and those the holds open themselves (the lock's, the ledger
+    threads') are made from the engine's URL: the timeout is in it."""
+    assert create_ledger_engine(pg_url).url.query["connect_timeout"] == "5"  # the default
+    assert create_ledger_engine(pg_url + "?connect_timeout=3").url.query["connect_timeout"] == "3"  # the URL's own
+    with Ledger.from_settings(Settings(ledger_url=pg_url, ledger_connect_timeout_seconds=7)) as ledger:
+        assert ledger.engine.url.query["connect_timeout"] == "7"
+        holds_ = ledger.holds
+        assert isinstance(holds_, PostgresHolds)
+        assert make_url(holds_.lock.url).query["connect_timeout"] == "7"
+        assert make_url(holds_._one.url).query["connect_timeout"] == "7"
 
 
 def test_gateway_killed_with_requests_in_flight__another_process_first_sweep_ends_its_holds(

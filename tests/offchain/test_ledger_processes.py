@@ -6,14 +6,18 @@ A process whose lock connection was cut registers again before its next reserve.
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
 from ledger_helpers import fund
 from sqlalchemy import select, text
 from test_ledger_lanes import ASSET, _hold, _record, _signed
 
+from polling import until
 from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, Sweeper, UsageRecord
-from promptex.ledger.processes import LOCK_SPACE
+from promptex.ledger.errors import LedgerUnavailable
+from promptex.ledger.processes import LOCK_SPACE, ProcessLock
 from promptex.ledger.schema import capacity_leases, holds, ledger_processes
 from promptex.protocol.units import USD_MICRO as USDC
 
@@ -162,7 +166,7 @@ def test_process_lock_cut__registering_again_fails_once__the_next_registration_s
         raise psycopg.OperationalError("connection refused (the database restarts)")
 
     monkeypatch.setattr(psycopg, "connect", down)
-    with pytest.raises(psycopg.OperationalError):
+    with pytest.raises(LedgerUnavailable):  # the gateway's 503 ledger_unavailable
         alive.holds.lock.current()
     monkeypatch.setattr(psycopg, "connect", real)
     again = alive.holds.lock.current()
@@ -172,3 +176,62 @@ def test_process_lock_cut__registering_again_fails_once__the_next_registration_s
     assert other.end_dead_processes() == 0
     alive.holds.settle("in-flight", USDC // 4)
     assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
+
+
+class _CountedMutex:
+    """A lock that counts who asked for it (before waiting)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.asked = 0
+
+    def __enter__(self) -> bool:
+        self.asked += 1
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.__exit__(*exc)
+
+
+def test_register__database_unreachable__fails_as_unavailable__a_reserve_queued_behind_it_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registration that cannot connect (within the URL's connect_timeout) raises
+    LedgerUnavailable, and a caller that waited on the mutex for it fails at once instead of
+    trying again: each reserve waits for one connect timeout at most, not one per reserve
+    queued before it. No database: psycopg's connect is a stand-in that hangs, then fails."""
+    connecting, fail = threading.Event(), threading.Event()
+    attempts: list[str] = []
+
+    def connect(url: str, **_: object) -> None:
+        attempts.append(url)
+        connecting.set()
+        fail.wait(30)
+        raise psycopg.OperationalError("connection timeout expired")
+
+    monkeypatch.setattr(psycopg, "connect", connect)
+    lock = ProcessLock("postgresql://nowhere/db?connect_timeout=2", "holder", lambda: 0)
+    mutex = lock._mutex = _CountedMutex()  # type: ignore[assignment]
+    outcomes: list[BaseException | int] = []
+
+    def reserve() -> None:
+        try:
+            outcomes.append(lock.current())
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=reserve)
+    first.start()
+    assert connecting.wait(30)  # the first reserve's registration hangs in its connect
+    second = threading.Thread(target=reserve)
+    second.start()
+    until(lambda: mutex.asked == 2, "the second reserve waits for the mutex", 30)
+    fail.set()  # the connect times out
+    first.join(30)
+    second.join(30)
+    assert len(outcomes) == 2 and all(isinstance(o, LedgerUnavailable) for o in outcomes), outcomes
+    assert len(attempts) == 1 and lock.failures == 1 and lock.id is None  # one attempt, not one each
+
+    with pytest.raises(LedgerUnavailable):  # a reserve that arrives later tries again
+        lock.current()
+    assert len(attempts) == 2 and lock.failures == 2

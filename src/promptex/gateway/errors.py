@@ -144,6 +144,18 @@ def hold_ended() -> GatewayError:
     )
 
 
+def ledger_unavailable() -> GatewayError:
+    """The ledger's database did not take this request's hold (unreachable within its connect
+    timeout, or failing): nothing was served or charged."""
+    return GatewayError(
+        503,
+        "The gateway could not reach its ledger to hold this request's funds: it was not served and "
+        "nothing is charged; retry shortly.",
+        type="server_error",
+        code="ledger_unavailable",
+    )
+
+
 def deadline_passed(seconds: float) -> GatewayError:
     return GatewayError(
         504,

@@ -69,6 +69,7 @@ from promptex.ledger import (
     InsufficientFunds,
     Ledger,
     LedgerError,
+    LedgerUnavailable,
     LotCapacityExceeded,
     LotClaim,
     NotAMember,
@@ -627,6 +628,9 @@ class Gateway:
             raise await self._lane_refused(key, priced, exc) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
             raise self._refused(priced, exc) from None
+        except LedgerUnavailable as exc:
+            log.warning("a reserve failed, the ledger unreachable: %s", exc)
+            raise errors.ledger_unavailable() from None
         priced.hold_seconds = time.perf_counter() - began
         priced.lot_id = hold.lot_id
         self.holding[request_id] = hold.expires_at

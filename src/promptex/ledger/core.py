@@ -29,7 +29,7 @@ from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
-from promptex.ledger.db import READ_ONLY, create_ledger_engine, sqlite_path, upgrade
+from promptex.ledger.db import CONNECT_TIMEOUT, READ_ONLY, create_ledger_engine, sqlite_path, upgrade
 from promptex.ledger.errors import LedgerInconsistent, UnknownAccount, WriterBusy
 from promptex.ledger.holds import capacity as _capacity
 from promptex.ledger.holds import general as _general
@@ -184,10 +184,15 @@ class Ledger:
         binding_ttl: int = 600,
         clock: Clock | None = None,
         capacity_slice: int = DEFAULT_CAPACITY_SLICE,
+        connect_timeout: int = CONNECT_TIMEOUT,
     ) -> Ledger:
         """Connect to the ledger at `url`, bringing its schema up to date unless `migrate` is False."""
         engine = create_ledger_engine(
-            url, pool_size=pool_size, busy_timeout_ms=busy_timeout_ms, sqlite_synchronous=sqlite_synchronous
+            url,
+            pool_size=pool_size,
+            busy_timeout_ms=busy_timeout_ms,
+            sqlite_synchronous=sqlite_synchronous,
+            connect_timeout=connect_timeout,
         )
         if migrate:
             upgrade(engine)
@@ -207,6 +212,7 @@ class Ledger:
             binding_ttl=s.wallet_binding_ttl_seconds,
             clock=clock,
             capacity_slice=s.ledger_capacity_slice_usd_micro,
+            connect_timeout=s.ledger_connect_timeout_seconds,
         )
 
     def close(self) -> None:

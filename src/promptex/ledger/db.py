@@ -30,16 +30,26 @@ READ_ONLY = "promptex_read_only"  # execution option: a SQLite transaction that 
 VERSION_TABLE = "ledger_schema_version"
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 _MIGRATION_LOCK = 0x70726F6D  # PostgreSQL advisory lock key: one migrating process at a time
+CONNECT_TIMEOUT = 5  # seconds a new PostgreSQL connection may take (`Settings.ledger_connect_timeout_seconds`)
 
 
 def create_ledger_engine(
-    url: str, *, pool_size: int = 10, busy_timeout_ms: int = 30_000, sqlite_synchronous: str = "FULL"
+    url: str,
+    *,
+    pool_size: int = 10,
+    busy_timeout_ms: int = 30_000,
+    sqlite_synchronous: str = "FULL",
+    connect_timeout: int = CONNECT_TIMEOUT,
 ) -> Engine:
     """An engine for a `sqlite:///…` or `postgresql://…` URL, set up for the ledger.
 
     `sqlite_synchronous` FULL syncs the WAL on every commit (a commit survives power
     loss); NORMAL syncs at checkpoints only (a commit survives a crash of the process
     but may be lost with power): much faster, and what the tests use.
+
+    `connect_timeout` (PostgreSQL, seconds) goes into the engine's URL unless the URL sets
+    its own, so every connection made from that URL has it: the pool's, and those the
+    holds open themselves (a process's lock connection, the ledger threads').
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
@@ -50,6 +60,8 @@ def create_ledger_engine(
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        if "connect_timeout" not in parsed.query:
+            parsed = parsed.update_query_dict({"connect_timeout": str(connect_timeout)})
         return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     raise ValueError(f"the ledger runs on SQLite or PostgreSQL, not {backend!r} ({parsed.render_as_string()})")
 

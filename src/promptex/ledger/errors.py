@@ -11,6 +11,11 @@ class UnknownAccount(LedgerError):
     pass
 
 
+class LedgerUnavailable(LedgerError):
+    """The ledger's database could not be reached (PostgreSQL: no connection within its
+    connect timeout, or one lost): nothing was done; the caller may retry."""
+
+
 class Refusal(LedgerError):
     """A hold refused for want of something; `available` is how much of it there was
     (what a smaller request could still have: the gateway names it), None if unknown."""

@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, union, update
 from sqlalchemy import select as select_
 
+from promptex.ledger.errors import LedgerUnavailable
 from promptex.ledger.schema import capacity_leases, holds, ledger_processes
 
 log = logging.getLogger("promptex.ledger")
@@ -65,15 +66,22 @@ class ProcessLock:
         self._previous: int | None = None  # the id lost, whose holds the next registration takes along
         self._mutex = threading.Lock()
         self.started = 0  # registrations begun (`moved_on`)
+        self.failures = 0  # registrations that could not reach the database
 
     def current(self) -> int:
         """This process's id, registering (again) first if it has none or its lock
-        connection is gone. One poll of the socket when all is well."""
+        connection is gone. One poll of the socket when all is well. Raises
+        LedgerUnavailable if the database cannot be reached within the URL's connect timeout
+        — at once for a caller that waited on a registration that failed so (each reserve
+        waits for one attempt at most, not for each of those queued before it)."""
         process = self._id
         if process is not None and self._pid == os.getpid() and not _readable(self._conn):
             return process
+        failures = self.failures
         with self._mutex:
             if self._id is None or self._pid != os.getpid() or self._lost():
+                if self.failures != failures:
+                    raise LedgerUnavailable("the ledger's database could not be reached (registering this process)")
                 self._register()
             assert self._id is not None
             return self._id
@@ -124,7 +132,11 @@ class ProcessLock:
             self._previous = self._id
         old = self._previous
         self._drop()
-        conn = psycopg.connect(self.url, autocommit=False, **_KEEPALIVES)
+        try:
+            conn = psycopg.connect(self.url, autocommit=False, **_KEEPALIVES)
+        except psycopg.OperationalError as exc:  # within the URL's connect_timeout (`ledger.db`)
+            self.failures += 1
+            raise LedgerUnavailable(f"the ledger's database could not be reached: {exc}") from exc
         try:
             if conn.info.server_version >= 140000:
                 # Idle for its whole life by design: a server (or role) that ends idle

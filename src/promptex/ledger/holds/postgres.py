@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, update
+from sqlalchemy.exc import OperationalError
 
 from promptex.ledger import processes
-from promptex.ledger.errors import LedgerError, LotCapacityExceeded
+from promptex.ledger.errors import LedgerError, LedgerUnavailable, LotCapacityExceeded
 from promptex.ledger.holds import general
 from promptex.ledger.holds.api import Reservation
 from promptex.ledger.holds.book import GeneralHolds, LedgerAccess
@@ -399,6 +400,8 @@ class PostgresHolds(GeneralHolds):
             return self._follow(fast, started)
         try:
             hold = super().reserve(reservation)
+        except OperationalError as exc:  # no connection within the URL's connect_timeout, or one lost
+            raise LedgerUnavailable(f"the ledger's database failed the reserve: {exc.orig}") from exc
         except LotCapacityExceeded:
             if claim is not None:
                 self._dry[claim.lot_id] = time.monotonic() + DRY_SECONDS
