@@ -18,14 +18,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
 from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, UnreadableGateway, make_signer  # noqa: E402
 
+from promptex import metering  # noqa: E402
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
 from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
+from promptex.buyerside.signer import CLOSE_SLACK_TOKENS, StreamWatch  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
 from promptex.buyerside.wire import (  # noqa: E402
     COST_UNITS_HEADER,
@@ -371,14 +373,116 @@ def test_dropped_after_an_inexact_total__not_forgiven(tmp_path: Path) -> None:
     assert lane.errors == 1 and lane.pending == 0  # counted for good
 
 
+def _close_after(client: httpx.Client, body: dict[str, Any], events: int) -> int | None:
+    """A streamed request whose client reads `events` chunks and closes it; the allowance
+    the signer gives it (its input bound, the relayed bytes as output tokens plus the slack,
+    at most its hold), None when it ran to its end or was not a stream."""
+    watch = StreamWatch()
+    with client.stream("POST", "http://gateway.test/v1/chat/completions", json=body) as answer:
+        if answer.status_code != 200:
+            answer.read()
+            return None
+        chunks = answer.iter_bytes()
+        for _ in range(events):
+            chunk = next(chunks, None)
+            if chunk is None:
+                return None
+            watch.feed(chunk)
+        if watch.cost is not None:  # its last event came: an answer
+            return None
+    signer = client._transport.signer  # type: ignore[attr-defined]
+    hold, bound, rates = signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)
+    output = min(body.get("max_tokens") or signer.default_output_tokens, watch.produced() + CLOSE_SLACK_TOKENS)
+    return min(int(hold), metering.upper_bound(rates, bound.input_bound, output))
+
+
+class StallingGateway(FakeSignedGateway):
+    """ubreak's Open A: books each stream's whole ceiling, sends one event and stalls until
+    the client gives up and closes it; then refuses the next voucher 409
+    ceiling_below_charged naming the booked total (with its stored voucher: it verifies)."""
+
+    turn: int = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        self.turn += 1
+        lane = self.book[0]
+        if self.turn % 2 or lane.voucher is None:
+            return super().handle(request)
+        self.received.append(parse_voucher(request.headers[VOUCHER_HEADER]))
+        error = {"message": "below", "type": "conflict_error", "code": "ceiling_below_charged",
+                 "lane_charged_units": str(lane.charged), "voucher": lane.voucher.header()}  # fmt: skip
+        return httpx.Response(409, json={"error": error})
+
+
+def test_attack__streams_booked_in_full_then_stalled_until_the_client_closes__stopped_within_n_holds(
+    tmp_path: Path,
+) -> None:
+    """A stream its client closes is an answer without figures with an allowance (what its
+    relayed bytes allow). Before, it weighed nothing: a gateway that booked the whole
+    ceiling, sent one event and stalled until the client closed, then refused the next
+    voucher naming the booked total (adopted as exact), walked the lane a hold per two
+    requests, never stopped. Now only what it booked above the allowance weighs, and the
+    third such close stops signing."""
+    gateway = StallingGateway(lanes=1, lazy_stream=True, close_books_ceiling=True)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    body = {**BODY, "max_tokens": 1024, "stream": True}
+    hold = int(signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0])
+    n = signer.stop_after_errors
+    allowed = 0
+    for _ in range(2 * (n + 2)):  # a hold per two requests: past N holds, were it not stopped
+        allowance = _close_after(client, body, 1)
+        allowed += allowance or 0
+        if signer.stopped is not None:
+            break
+    assert signer.stopped is not None and "a stream its client closed" in signer.stopped, signer.stopped
+    assert 4 * allowed < n * hold  # the relayed bytes allow little: the bound below is about holds
+    settleable = gateway.book[0].charged
+    assert settleable <= max(v.ceiling for v in gateway.received) <= allowed + n * hold, (settleable, allowed, hold)
+
+
+@given(
+    pattern=st.lists(st.tuples(st.sampled_from("asc"), st.integers(1, 6)), min_size=1, max_size=16),
+    sizes=st.lists(st.sampled_from([4, 64, 1024]), min_size=1),
+)
+@example(pattern=[("c", 1)] * 5 + [("a", 1)], sizes=[1024])  # five closes in a row
+@settings(max_examples=40 if DEEP else 8)
+def test_honest_gateway__streams_closed_by_their_client__never_stop(
+    pattern: list[tuple[str, int]], sizes: list[int]
+) -> None:
+    """An honest gateway charges a stream its client closed its input and what it streamed
+    (a chunk more than the buyer relayed: the one in flight): within the allowance, so
+    however many streams are closed, in a row or between answers, signing never stops and
+    the lane is exact again after each answer. (Weighing each close its hold less its
+    allowance until a figure came, as first decided, stops the explicit example: the third
+    close in a row of a 1,024-token request closed after its first word.)"""
+    with tempfile.TemporaryDirectory() as folder:
+        gateway = FakeSignedGateway(lanes=1, lazy_stream=True)
+        signer = make_signer(Path(folder) / "v.log", lanes=1)
+        client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+        lane = signer.book.lanes[0]
+        for n, (turn, events) in enumerate(pattern):
+            body = {**BODY, "max_tokens": sizes[n % len(sizes)], "stream": turn != "a"}
+            if turn == "c":
+                _close_after(client, body, events)
+            else:
+                assert client.post("http://gateway.test/v1/chat/completions", json=body).status_code == 200
+                assert lane.exact and lane.charged == gateway.book[0].charged, (lane, gateway.book[0])
+            assert signer.stopped is None, signer.stopped
+
+
 # What one request meets: "a" an answer; "D" charged its cost, then the connection
 # dropped (an honest gateway killed after its settle committed); "d" dropped before
 # charging (a killed gateway: its hold is swept); "E" charged, then a 500 without the
 # lane's figures; "e" a 500 that charged nothing; "X" and "F": as "D" and "E" but the
 # lane booked charged its voucher's whole ceiling (a dishonest gateway's most); "R" a 409
 # naming the lane's total as the last answer told it (hiding what was booked since); "G"
-# a 200 whose body does not decode as its content-encoding says, the whole ceiling booked.
-BEHAVIOURS = "aDdEeXFRG"
+# a 200 whose body does not decode as its content-encoding says, the whole ceiling booked;
+# "c" a stream its client closed after its first event (an honest gateway charges what it
+# streamed), "C" the same, the gateway booking the voucher's whole ceiling.
+BEHAVIOURS = "aDdEeXFRGcC"
 
 
 @given(pattern=st.text(alphabet=BEHAVIOURS, min_size=1, max_size=24), sizes=st.lists(st.sampled_from([1, 4, 24])))
@@ -395,7 +499,7 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
     an honest mix (free drops and errors, an answer at least after every N − 1 of them)
     never stops signing."""
     with tempfile.TemporaryDirectory() as folder:
-        gateway = FakeSignedGateway(lanes=1)
+        gateway = FakeSignedGateway(lanes=1, lazy_stream=True)
         signer = make_signer(Path(folder) / "v.log", lanes=1)
         client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
         received, largest = 0, 0
@@ -405,8 +509,13 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
             gateway.drop_after_charge, gateway.drop_before_charge = turn in "DX", turn == "d"
             gateway.error_status, gateway.charge_errors = (500 if turn in "EeF" else 0), turn in "EF"
             gateway.claim_ceiling, gateway.hide_total, gateway.garble = turn in "XFG", turn == "R", turn == "G"
+            gateway.close_books_ceiling = turn == "C"
             before, sent = sum(gateway.true_costs), len(gateway.received)
             try:
+                if turn in "cC":  # what the relayed bytes allow counts as received
+                    allowance = _close_after(client, {**body, "stream": True}, 1)
+                    received += sum(gateway.true_costs) - before if allowance is None else allowance
+                    continue
                 answer = client.post("http://gateway.test/v1/chat/completions", json=body)
             except (httpx.TransportError, httpx.DecodingError):
                 continue
@@ -418,8 +527,8 @@ def test_any_gateway_behaviour__highest_ceiling_within_n_holds_of_what_was_recei
         highest = max((v.ceiling for v in gateway.received), default=0)
         assert highest <= received + signer.stop_after_errors * largest, (highest, received, signer.stopped)
         assert gateway.book[0].charged <= highest
-        runs = pattern.split("a")
-        if not set(pattern) & set("DEXFRG") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
+        runs = pattern.replace("c", "").split("a")  # an honest gateway's closed streams: never a stop
+        if not set(pattern) & set("DEXFRGC") and all(len(run) < signer.stop_after_errors for run in runs[:-1]):
             assert signer.stopped is None or len(runs[-1]) >= signer.stop_after_errors, signer.stopped
 
 

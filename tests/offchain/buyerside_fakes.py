@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -78,6 +79,13 @@ class FakeSignedGateway:
     hide_total: bool = False
     # Charge, then answer 200 with a body that does not decode as its content-encoding says.
     garble: bool = False
+    # Stream an answer a word an event, lazily, so that its client can close it before the
+    # end. Closed: an honest gateway charges its input and the words streamed so far plus
+    # one (the chunk the real one holds back, or one in flight: `gateway.service.stream_done`
+    # counts it, the buyer never relayed it); `close_books_ceiling` books the voucher's
+    # whole ceiling instead (a dishonest one).
+    lazy_stream: bool = False
+    close_books_ceiling: bool = False
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -178,7 +186,7 @@ class FakeSignedGateway:
             return httpx.Response(200, content=b"not gzip", headers={"content-encoding": "gzip"})
         if self.error_status:
             return failed
-        lane.told = lane.charged
+        told, lane.told = lane.told, lane.charged
         text = " ".join(WORDS[i % len(WORDS)] for i in range(output))
         reported = {"prompt_tokens": input_tokens, "completion_tokens": output + self.inflate_output}
         headers = {
@@ -200,6 +208,10 @@ class FakeSignedGateway:
                 "usage": {"input_tokens": input_tokens, "output_tokens": reported["completion_tokens"]},
             }
             return httpx.Response(200, json=answer, headers=headers)
+        if body.get("stream") and self.lazy_stream:
+            events = self._lazy(lane, voucher, input_tokens, output, told, reported, promptex)
+            stream = _ClosingStream(events)
+            return httpx.Response(200, stream=stream, headers={**headers, "content-type": "text/event-stream"})
         if body.get("stream"):
             chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
             events = [
@@ -217,6 +229,48 @@ class FakeSignedGateway:
             "usage": {**reported, "total_tokens": input_tokens + reported["completion_tokens"]},
         }
         return httpx.Response(200, json=answer, headers=headers)
+
+    def _lazy(
+        self, lane: FakeLane, voucher: Voucher, input_tokens: int, output: int, told: int,
+        reported: dict[str, int], promptex: dict[str, str],
+    ) -> Generator[bytes, None, None]:  # fmt: skip
+        """A stream, a word an event; its client may close it before the end."""
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+        sent = 0
+        try:
+            for i in range(output):
+                word = ("" if i == 0 else " ") + WORDS[i % len(WORDS)]
+                event = {**chunk, "choices": [{"index": 0, "delta": {"content": word}}]}
+                sent += 1
+                yield b"data: " + orjson.dumps(event) + b"\n\n"
+        except GeneratorExit:  # its client closed it: told nothing
+            with self.lock:
+                lane.told = told
+                full = self.true_costs.pop()
+                lane.charged -= int(promptex["cost_units"])
+                if self.close_books_ceiling:
+                    lane.charged = voucher.ceiling
+                else:
+                    partial = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, min(output, sent + 1)))
+                    assert partial <= full
+                    self.true_costs.append(partial)
+                    lane.charged += partial
+            raise
+        last = {**chunk, "choices": [], "usage": reported, "promptex": promptex}
+        yield b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n"
+
+
+class _ClosingStream(httpx.SyncByteStream):
+    """A generator's bytes; closing the stream closes the generator (the client left)."""
+
+    def __init__(self, events: Generator[bytes, None, None]) -> None:
+        self.events = events
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.events
+
+    def close(self) -> None:
+        self.events.close()
 
 
 class UnreadableGateway(FakeSignedGateway):

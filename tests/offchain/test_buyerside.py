@@ -523,3 +523,12 @@ def test_signer__any_answer__read_without_raising__checked_weighed_or_stopped(
         lane = signer.book.lanes[0]
         assert signer.stopped is not None or lane.exact or lane.pending == 1, (lane, signer.stopped)
         assert not lane.busy
+
+
+def test_stream_watch__responses_text_deltas__counted_as_produced() -> None:
+    """A Responses stream's text deltas count as produced bytes (before its last event
+    gives the whole output): a stream its client closes is allowed what its relayed bytes
+    allow, and a Responses stream closed early was allowed none of its text."""
+    watch = StreamWatch()
+    watch.feed(b'data: {"type":"response.output_text.delta","delta":"hello"}\n\n')
+    assert watch.produced() == len(b'"hello"')

@@ -49,6 +49,13 @@ class Lane:
     errors_from_exact: bool = True
     pending: int = 0
     pending_hold: int = 0  # the largest hold among them
+    # Streams their own client closed (`Signer.closed`) since `errors_from`, not yet told
+    # about: `closed` of them, `allowance` what the bytes relayed of them allow (their input
+    # bound, the output their bytes allow and a slack: an honest charge), and
+    # `closed_weight` the sum of each one's hold less its allowance.
+    closed: int = 0
+    allowance: int = 0
+    closed_weight: int = 0
     # What the stop rule weighs (`Signer.stop_after_errors`, in units): `lost`, the units
     # later figures showed such answers charged (they count for good: the buyer paid for
     # answers it never received), and `lost_holds`, answers counted for good by a voucher

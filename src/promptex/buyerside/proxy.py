@@ -90,7 +90,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             failed(signer, ticket, exc)
             return refuse(path, Refused(502, "gateway_unreachable", f"the gateway did not answer: {exc!r}"))
         except BaseException:
-            signer.lost(ticket)
+            signer.closed(ticket, None)
             raise
         if body.get("stream") is True and answer.status_code == 200:
             watch = StreamWatch()
@@ -117,7 +117,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             failed(signer, ticket, exc)
             return refuse(path, Refused(502, "gateway_unreachable", "the gateway's answer broke off"))
         except BaseException:
-            signer.lost(ticket)
+            signer.closed(ticket, None)
             raise
         finally:
             await answer.aclose()

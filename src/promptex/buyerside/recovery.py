@@ -75,6 +75,9 @@ def recover(
             lane.errors_from, lane.errors_from_exact = int(counted["from"]), bool(counted["from_exact"])
             lane.pending_hold = int(counted["hold"])
             lane.largest_hold = max(lane.largest_hold, lane.pending_hold)
+            # Written before closed streams had an allowance: none pending.
+            lane.closed, lane.allowance = int(counted.get("closed", 0)), int(counted.get("allowance", 0))
+            lane.closed_weight = int(counted.get("closed_weight", 0))
             if "lost" in counted:
                 lane.lost, lane.lost_holds = int(counted["lost"]), int(counted["lost_holds"])
             else:  # written before the stop rule weighed units: what it counted for good, a hold each

@@ -8,7 +8,8 @@ beyond what its request allows.
     … send …
     signer.finish(ticket, status, headers, content)
     # or, when no answer came: signer.unsent(ticket) (no connection was made),
-    # signer.dropped(ticket) (the connection broke after the request left), signer.lost(ticket)
+    # signer.dropped(ticket) (the connection broke after the request left), signer.closed(ticket,
+    # bytes relayed) (the client left before the end)
 
 The transport (`transport`) and the local proxy (`proxy`) are thin layers over it.
 """
@@ -58,6 +59,15 @@ DEFAULT_OUTPUT_TOKENS = 1_024  # the output a request naming no max_tokens is he
 # without figures in a row stop it, as N charged in full do; an honest gateway's crash
 # that charged a quarter of a hold uses a quarter.
 STOP_AFTER_ERRORS = 3
+# A stream its own client closed was charged, by an honest gateway, its input and the output
+# it streamed so far (`gateway.service.Gateway.stream_done`: at least a token per content
+# chunk). This side saw the bytes it relayed; what the gateway sent and counted that this
+# side never relayed — the chunk it holds back for its charge, chunks in the socket between
+# the two when the close reached the gateway — is a few chunks, a token or so each. So a
+# closed stream's allowance (what it may honestly have cost) is its input bound and its
+# relayed bytes as output tokens plus this many. Each close a gateway can induce (stall until
+# the client gives up) gives it at most this slack's output cost, never a hold.
+CLOSE_SLACK_TOKENS = 32
 LANE_BUSY = "lane_busy"
 # A lane the gateway answered lane_busy on is not tried again for this long: a crashed
 # gateway's hold keeps it busy until the hold expires, and every request sent on it meanwhile
@@ -104,6 +114,8 @@ class Ticket:
     # accepted): it took nothing, so the request may be signed again on another lane (`again`).
     lane_busy: bool = False
     tries: int = 1  # lanes this request was signed on so far
+    output: int = 0  # the output tokens its hold is for
+    cache_writes: bool = False  # held at the prompt cache's write rates
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,7 @@ def failed(signer: Signer, ticket: Ticket, exc: BaseException) -> None:
     elif broke(exc):
         signer.dropped(ticket)
     else:
-        signer.lost(ticket)
+        signer.closed(ticket, None)
 
 
 class Signer:
@@ -213,6 +225,7 @@ class Signer:
         self.stopped = None
         for lane in self.book.lanes:
             lane.errors = lane.pending = lane.lost = lane.lost_holds = 0
+            lane.closed = lane.allowance = lane.closed_weight = 0
         return cleared
 
     def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
@@ -223,12 +236,8 @@ class Signer:
         rates = self.rates.get(bound.model, self.session.asset_symbol)
         if rates is None:
             raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")
-        output = bound.output_limit if bound.output_limit is not None else self.default_output_tokens
         hold = metering.upper_bound(
-            rates,
-            bound.input_bound,
-            0 if endpoint == answers.ENDPOINTS["/v1/embeddings"] else output,
-            cache_writes=CACHE_CONTROL in raw,
+            rates, bound.input_bound, self._output(endpoint, bound), cache_writes=CACHE_CONTROL in raw
         )
         if self.max_hold is not None and hold > self.max_hold:
             raise Refused(
@@ -237,6 +246,12 @@ class Signer:
                 f"this request may cost {hold} units, above the per-request limit {self.max_hold}",
             )
         return hold, bound, rates
+
+    def _output(self, endpoint: str, bound: Bounds) -> int:
+        """The output tokens a request's hold is for."""
+        if endpoint == answers.ENDPOINTS["/v1/embeddings"]:
+            return 0
+        return bound.output_limit if bound.output_limit is not None else self.default_output_tokens
 
     def begin(self, path: str, body: dict[str, Any], raw: bytes = b"") -> Ticket:
         """Sign a request's voucher, durably logged; raises Refused instead."""
@@ -320,7 +335,10 @@ class Signer:
         except BaseException:
             self.book.release(lane)
             raise
-        return Ticket(endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before)
+        return Ticket(
+            endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before,
+            output=self._output(endpoint, bound), cache_writes=CACHE_CONTROL in raw,
+        )  # fmt: skip
 
     # ─── After it ────────────────────────────────────────────────────────────
 
@@ -329,16 +347,22 @@ class Signer:
             ticket.done = True
             self.book.release(ticket.lane)
 
-    def _without_figures(self, ticket: Ticket, what: str) -> None:
+    def _without_figures(self, ticket: Ticket, what: str, allowance: int | None = None) -> None:
         """An answer that does not tell the lane's total: the lane is bounded by the ceiling
         (`lost`), and once such answers on the lane weigh more than N − 1 of its largest
-        hold (`weight`) signing stops."""
+        hold (`weight`) signing stops. With an `allowance`, a stream its client closed
+        (`closed`): what it may honestly have cost does not weigh."""
         lane = ticket.lane
-        if lane.pending == 0:
+        if lane.pending == 0 and lane.closed == 0:
             lane.errors_from, lane.errors_from_exact = ticket.charged_before, ticket.exact_before
-            lane.pending_hold = 0
-        lane.pending += 1
-        lane.pending_hold = max(lane.pending_hold, ticket.hold)
+            lane.pending_hold = lane.allowance = lane.closed_weight = 0
+        if allowance is None:
+            lane.pending += 1
+            lane.pending_hold = max(lane.pending_hold, ticket.hold)
+        else:
+            lane.closed += 1
+            lane.allowance += allowance
+            lane.closed_weight += max(0, ticket.hold - allowance)
         lane.errors += 1
         self.lost(ticket)
         self._save_errors(lane)
@@ -358,10 +382,19 @@ class Signer:
         counted answers: a largest hold each), and for those not yet told about each its
         largest hold, or all the lane's accepted ceilings allow above the total they were
         measured from when that is more (a small request after a larger one is signed just
-        above the larger one's ceiling: ceilings rise strictly)."""
+        above the larger one's ceiling: ceilings rise strictly).
+
+        Streams their client closed are not the gateway's choice, so they add no hold each:
+        from an exactly known total they weigh only what the accepted ceilings allow above
+        it beyond their allowances (new ceilings are built on that total, so closes in a row
+        move the highest ceiling a unit each, and an honest gateway's closes weigh nothing
+        however many); from a bound, each its hold less its allowance."""
         pending = lane.pending * lane.pending_hold
-        if lane.pending and lane.errors_from_exact:
-            pending = max(pending, lane.live - lane.errors_from)
+        if lane.pending or lane.closed:
+            if lane.errors_from_exact:
+                pending = max(pending, lane.live - lane.errors_from - lane.allowance)
+            else:
+                pending += lane.closed_weight
         return lane.lost + lane.lost_holds * max(1, lane.largest_hold) + pending
 
     def _told(self, lane: Lane, before: int) -> None:
@@ -373,35 +406,61 @@ class Signer:
         within it proves nothing (its slack may be their charge): each weighs its hold. So
         a figure never makes them weigh more than they did (`weight`: at most the ceilings
         above `errors_from`), and the stop is decided when they happen."""
-        if lane.pending == 0:
+        events = lane.pending + lane.closed
+        if events == 0:
             return
         if lane.errors_from_exact:
-            grown = max(0, before - lane.errors_from)
-            charged = min(lane.pending, -(-grown // max(1, lane.pending_hold)))
-            lane.errors -= lane.pending - charged
+            # Closed streams' allowances are what they may honestly have cost: only growth
+            # beyond them weighs (an honest gateway charging what it streamed: nothing).
+            grown = max(0, before - lane.errors_from - lane.allowance)
+            charged = min(events, -(-grown // max(1, lane.pending_hold or lane.largest_hold)))
+            lane.errors -= events - charged
             lane.lost += grown
         else:
-            lane.lost += lane.pending * lane.pending_hold
-        lane.pending = 0
+            lane.lost += lane.pending * lane.pending_hold + lane.closed_weight
+        lane.pending = lane.closed = lane.allowance = lane.closed_weight = 0
         self._save_errors(lane)
 
     def _save_errors(self, lane: Lane) -> None:
         """The lane's count on disk (the voucher log): a restart recovers it (`recovery`)."""
         state = {"errors": lane.errors, "pending": lane.pending, "from": str(lane.errors_from),
                  "from_exact": lane.errors_from_exact, "hold": str(lane.pending_hold),
-                 "lost": str(lane.lost), "lost_holds": lane.lost_holds}  # fmt: skip
+                 "lost": str(lane.lost), "lost_holds": lane.lost_holds, "closed": lane.closed,
+                 "allowance": str(lane.allowance), "closed_weight": str(lane.closed_weight)}  # fmt: skip
         try:
             self.log.write_errors(self.session.session, lane.index, state)
         except VoucherLogError as exc:  # a restart could not go on counting: stop here instead
             self.stop(f"the lane's count of answers without figures is not on disk: {exc}", lane.index)
 
     def lost(self, ticket: Ticket) -> None:
-        """No answer came back (a client that closed its stream, a crash): the lane may have
-        been charged up to the ceiling signed. Not counted towards the stop: the gateway did
-        not choose it (`dropped` is for a connection the gateway's side broke)."""
+        """No answer this side can use (one it cannot read, a refusal of the whole grant: both
+        stop signing): the lane may have been charged up to the ceiling signed. A client
+        leaving is `closed`; a connection the gateway's side broke is `dropped`."""
         lane = ticket.lane
         lane.charged, lane.exact = max(lane.charged, ticket.voucher.ceiling), False
         self._release(ticket)
+
+    def closed(self, ticket: Ticket, produced: int | None) -> None:
+        """The client left before the answer was complete: it closed a stream after
+        `produced` bytes of answer were relayed (as `StreamWatch.produced` counts them), or
+        gave up a plain answer (None: it may have been served whole, so it is allowed its
+        hold). A gateway can bring this about (stall until the client's deadline), so it is
+        an answer without figures, but with an ALLOWANCE: what its relayed bytes allow (its
+        input bound, its bytes as output tokens, the bound `answers.check_counts` uses, plus
+        `CLOSE_SLACK_TOKENS`), never more than its hold. Taken for the client's doing
+        alone, it weighed nothing, and a gateway that booked each such stream's whole
+        ceiling and then refused the next voucher naming the booked total walked the lane
+        a hold per two requests (ubreak's Open A)."""
+        if produced is None:
+            allowance = ticket.hold
+        else:
+            output = min(ticket.output, produced + CLOSE_SLACK_TOKENS)
+            bound = metering.upper_bound(
+                ticket.rates, ticket.bounds.input_bound, output, cache_writes=ticket.cache_writes
+            )
+            allowance = min(ticket.hold, bound)
+        what = "a plain answer its client gave up" if produced is None else "a stream its client closed"
+        self._without_figures(ticket, f"{what} ({allowance} of its {ticket.hold} allowed)", allowance)
 
     def dropped(self, ticket: Ticket, what: str = "a connection dropped after the request left") -> None:
         """The connection broke after the request left, before its answer was complete: the
@@ -594,7 +653,7 @@ class Signer:
                 elif watch.broken:  # the connection broke under it
                     self.dropped(ticket, "a stream whose connection dropped before its last event")
                 else:  # the client closed it
-                    self.lost(ticket)
+                    self.closed(ticket, watch.produced())
                 return
             after = watch.lane_charged
             if after is None:
@@ -672,7 +731,7 @@ class StreamWatch:
         kind = event.get("type")
         if kind == "content_block_start":
             self._produced += len(orjson.dumps(event.get("content_block")))
-        elif kind == "content_block_delta":
+        elif kind in ("content_block_delta", "response.output_text.delta"):  # (Responses: text so far)
             self._produced += len(orjson.dumps(event.get("delta")))
         response = event.get("response")
         if isinstance(response, dict) and response.get("output"):
