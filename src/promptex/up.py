@@ -17,6 +17,7 @@ folder, ledger and deployment record into an archive and starts a new market.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +51,10 @@ console = rich.console.Console(highlight=False)
 
 class UpError(RuntimeError):
     """A step of `promptex up` failed; the message says which and why."""
+
+
+class UpStopped(UpError):
+    """A stop was asked for (Ctrl-C, SIGTERM, SIGHUP) before the market was ready."""
 
 
 @dataclass
@@ -123,28 +128,63 @@ def ape_argv(*args: str) -> list[str]:
 
 
 class Supervisor:
-    """Runs child processes, prefixes their output, and stops them all together."""
+    """Runs child processes, prefixes their output, and stops them all together. Each runs
+    in its own process group: a terminal's Ctrl-C (SIGINT to its foreground group) reaches
+    `promptex up` alone, which stops the services in order, the chain last (`stop_all`)."""
 
     def __init__(self, env: dict[str, str]):
         self.env = env
         self.services: list[Service] = []
         self.stopping = threading.Event()
+        self._step: subprocess.Popen[str] | None = None  # the one-shot step running (deploy, seed)
+
+    def handle_signals(self) -> None:
+        """Ctrl-C, SIGTERM and a closed terminal (SIGHUP: the services, in their own process
+        groups, no longer get it from the terminal) all ask for a stop."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self.request_stop)
+
+    def check(self) -> None:
+        """UpStopped once a stop was asked for; UpError naming a service that died."""
+        if self.stopping.is_set():
+            raise UpStopped("stopped before the market was ready")
+        for service in self.services:
+            assert service.process is not None
+            if service.process.poll() is not None:
+                raise UpError(f"{service.name} exited with code {service.process.returncode} while starting")
+
+    def halted(self) -> bool:
+        """A stop was asked for, or a service died: nothing more to wait for."""
+        dead = any(service.process is not None and service.process.poll() is not None for service in self.services)
+        return dead or self.stopping.is_set()
 
     def _pipe(self, name: str, stream: object) -> None:
         for line in stream:  # type: ignore[attr-defined]
             console.print(f"[dim]{name:>11} │[/dim] {line.rstrip()}", markup=True, soft_wrap=True)
 
     def run_step(self, name: str, argv: Sequence[str], timeout: float = 900.0) -> None:
-        """A one-shot step (deploy, seed): its output streamed, a non-zero exit is an error."""
+        """A one-shot step (deploy, seed): its output streamed, a non-zero exit is an error; a
+        stop asked for meanwhile stops it (`request_stop`) and raises UpStopped."""
+        self.check()
         console.print(f"[bold]▶ {name}[/bold]")
         proc = subprocess.Popen(
-            list(argv), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        self._pipe(name, proc.stdout)
-        if proc.wait(timeout=timeout) != 0:
-            raise UpError(f"{name} failed (exit {proc.returncode}); its output is above")
+            list(argv), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            start_new_session=True,
+        )  # fmt: skip
+        self._step = proc
+        try:
+            if self.stopping.is_set():  # asked for between the check and now
+                _signal_group(proc, signal.SIGTERM)
+            self._pipe(name, proc.stdout)
+            code = proc.wait(timeout=timeout)
+        finally:
+            self._step = None
+        self.check()
+        if code != 0:
+            raise UpError(f"{name} failed (exit {code}); its output is above")
 
     def start(self, service: Service, timeout: float = 60.0) -> None:
+        self.check()
         console.print(f"[bold]▶ starting {service.name}[/bold]")
         service.process = subprocess.Popen(
             service.argv,
@@ -153,6 +193,7 @@ class Supervisor:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=True,  # its own process group: a terminal's Ctrl-C reaches `up` alone
         )
         self.services.append(service)
         threading.Thread(target=self._pipe, args=(service.name, service.process.stdout), daemon=True).start()
@@ -160,14 +201,16 @@ class Supervisor:
             self.await_ready(service, timeout)
 
     def await_ready(self, service: Service, timeout: float = 60.0) -> None:
+        """Until `service` is ready; UpError at once should any service die meanwhile (not
+        this one's timeout), UpStopped should a stop be asked for."""
         assert service.process is not None
         deadline = time.monotonic() + timeout
         while service.ready is not None and not service.ready():
-            if service.process.poll() is not None:
-                raise UpError(f"{service.name} exited with code {service.process.returncode} while starting")
+            self.check()
             if time.monotonic() > deadline:
                 raise UpError(f"{service.name} was not ready within {timeout:.0f} s")
-            time.sleep(0.2)
+            self.stopping.wait(0.2)
+        self.check()
 
     def watch(self) -> int:
         """Block until a stop signal (exit 0) or a service dying (exit 1)."""
@@ -181,6 +224,9 @@ class Supervisor:
 
     def request_stop(self, *_args: object) -> None:
         self.stopping.set()
+        step = self._step
+        if step is not None:  # a deploy or seed runs for minutes: not to its end
+            _signal_group(step, signal.SIGTERM)
 
     def stop_all(self) -> None:
         """SIGTERM in reverse start order, then SIGKILL whatever outlives the grace period; the
@@ -202,7 +248,7 @@ class Supervisor:
             try:
                 service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                service.process.kill()
+                _signal_group(service.process, signal.SIGKILL)  # with whatever it started
                 service.process.wait()
 
     def status_table(self) -> rich.table.Table:
@@ -213,6 +259,14 @@ class Supervisor:
             assert service.process is not None
             table.add_row(service.name, str(service.process.pid), service.url)
         return table
+
+
+def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """`sig` to the process group `process` leads (started with start_new_session)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+        os.killpg(process.pid, sig)
 
 
 @dataclass
@@ -353,9 +407,10 @@ def check_chain_identity(rpc_url: str, network: str) -> str:
     return identity.short()
 
 
-def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
+def reconcile_status(rpc_url: str, network: str, halted: Callable[[], bool]) -> None:
     """Once the indexer has reached the head: `promptex reconcile`'s verdict, and every
-    difference it cannot explain."""
+    difference it cannot explain. Not waited for once `halted` (a stop, or a service dead:
+    a dead indexer never reaches the head)."""
     from promptex.config import ConfigurationError, Settings
     from promptex.ledger import Ledger
     from promptex.reconcile import summary
@@ -373,8 +428,9 @@ def reconcile_status(rpc_url: str, network: str, stop: threading.Event) -> None:
             # Caught up: at or past the head seen now, and not past the chain's (after a crash
             # lost the last blocks, the indexer first rewinds what it had indexed of them).
             while not first <= (indexed_block(ledger) or -1) <= head() and time.monotonic() < deadline:
-                if stop.wait(0.5):
+                if halted():
                     return
+                time.sleep(0.5)
         except (httpx.HTTPError, ValueError, KeyError) as exc:  # a status line: the market keeps running
             console.print(f"[red]reconcile skipped:[/red] cannot read the head at {rpc_url} ({exc})")
             return
@@ -569,8 +625,7 @@ def up(options: UpOptions) -> int:
     os.environ["PROMPTEX_UP_STATE_DIR"] = str(options.state_dir)
     env = dict(os.environ)
     supervisor = Supervisor(env)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    supervisor.handle_signals()
     try:
         from promptex.chain.deployments import deployment_path, load_deployment
         from promptex.config import DEFAULT_MARKET_DIR, Settings
@@ -643,6 +698,7 @@ def up(options: UpOptions) -> int:
         new_market = ready and read_ready(options.state_dir) is None
         if new_market:
             console.print("[bold]▶ a day of TWAP history (the local clock advanced with Oracle updates)[/bold]")
+            supervisor.check()
             seed_twap_history(rpc_url, load_deployment(network))
         services = plan_services(options, rpc_url, local_market=ready)
         for service in services:
@@ -651,6 +707,7 @@ def up(options: UpOptions) -> int:
             if service.deferred:
                 supervisor.await_ready(service)
         if new_market:
+            supervisor.check()
             open_demo_lots(options, rpc_url, load_deployment(network))
         made = None
         if ready:
@@ -658,14 +715,18 @@ def up(options: UpOptions) -> int:
                 supervisor.start(finalizer)
             deployment = load_deployment(network)
             s = Settings()
+            supervisor.check()
             made = make_ready(rpc_url, deployment, options.state_dir, welcome_asset=s.welcome_credit_asset,
                               welcome_amount=LOCAL_WELCOME_CREDIT, treasury=s.welcome_credit_treasury)  # fmt: skip
         console.print(supervisor.status_table())
         if made is not None:  # unwrapped: the snippet must copy and paste as printed
             console.print(closing_panel(options, made), soft_wrap=True)
-        reconcile_status(rpc_url, network, supervisor.stopping)
+        reconcile_status(rpc_url, network, supervisor.halted)
         console.print("Ctrl-C stops everything.")
         return supervisor.watch()
+    except UpStopped:  # asked for: nothing failed
+        console.print("[bold]▶ stopped before the market was ready[/bold]")
+        return 0
     except UpError as exc:  # one line on stderr, as every command's failure
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return 1

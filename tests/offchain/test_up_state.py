@@ -121,3 +121,97 @@ def test_stop_all__the_chain_stops_after_every_service_that_uses_it(tmp_path: Pa
     finally:
         supervisor.stop_all()
     assert seen.read_text() == "True"
+
+
+def _stopping_script(gone: Path, ready: Path, *, seen: Path | None = None) -> str:
+    """A service that stops a second after SIGINT or SIGTERM (it finishes its pass), noting
+    that it is gone; or, given `seen`, the chain, which notes whether the service was gone
+    when it got its own signal. Each says it is ready once its handlers are in place."""
+    if seen is None:
+        stop = f"time.sleep(1); pathlib.Path({str(gone)!r}).write_text('x'); sys.exit(0)"
+    else:
+        stop = f"pathlib.Path({str(seen)!r}).write_text(str(pathlib.Path({str(gone)!r}).exists())); sys.exit(0)"
+    return (
+        "import pathlib, signal, sys, time\n"
+        f"def stop(*_): {stop}\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "signal.signal(signal.SIGINT, stop)\n"
+        f"pathlib.Path({str(ready)!r}).write_text('x')\n"
+        "while True: time.sleep(0.05)\n"
+    )
+
+
+def test_ctrl_c_in_the_terminal__the_chain_still_stops_after_the_services_that_use_it(tmp_path: Path) -> None:
+    """rbreak (session 11): Ctrl-C sends SIGINT to the terminal's whole foreground process
+    group, and `promptex up` started its services in its own: anvil got SIGINT and stopped
+    at the same moment as the coordinator and the agent, mid-pass (4fb94ca's order held only
+    for a SIGTERM to `up` alone). Each service now runs in its own process group: only `up`
+    gets the terminal's signal, and stops the chain last."""
+    import signal
+    import subprocess
+
+    from polling import until
+
+    gone, seen = tmp_path / "user-gone", tmp_path / "chain-saw"
+    ready = [tmp_path / "chain-ready", tmp_path / "user-ready"]
+    chain = _stopping_script(gone, ready[0], seen=seen)
+    user = _stopping_script(gone, ready[1])
+    up = (  # `promptex up`'s supervision alone, as the terminal's foreground job
+        "import os, signal, sys\n"
+        "from promptex.up import Service, Supervisor\n"
+        "supervisor = Supervisor(dict(os.environ))\n"
+        "signal.signal(signal.SIGINT, supervisor.request_stop)\n"
+        "signal.signal(signal.SIGTERM, supervisor.request_stop)\n"
+        "try:\n"
+        f"    supervisor.start(Service('anvil', [sys.executable, '-c', {chain!r}], stops_last=True))\n"
+        f"    supervisor.start(Service('coordinator', [sys.executable, '-c', {user!r}]))\n"
+        "    supervisor.watch()\n"
+        "finally:\n"
+        "    supervisor.stop_all()\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", up], start_new_session=True)  # a process group, as a shell's job
+    try:
+        until(lambda: all(path.exists() for path in ready), "both services started")
+        os.killpg(job.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert job.wait(timeout=60) == 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert seen.read_text() == "True"
+
+
+def test_await_ready__another_service_dead__says_so_at_once_not_the_awaited_ones_timeout(tmp_path: Path) -> None:
+    """A service that dies while another is being awaited (the indexer, with no readiness
+    check, exiting at start while the gateway starts): up waited out the gateway's timeout
+    and then blamed the gateway ("not ready within 60 s"). Now the wait names the dead one."""
+    supervisor = Supervisor({"PATH": os.environ["PATH"]})
+    try:
+        supervisor.start(Service("indexer", [sys.executable, "-c", "import sys; sys.exit(3)"]))
+        slow = Service("gateway", [sys.executable, "-c", "import time; time.sleep(60)"], ready=lambda: False)
+        with pytest.raises(UpError, match="indexer exited with code 3"):
+            supervisor.start(slow, timeout=20)
+    finally:
+        supervisor.stop_all()
+
+
+def test_stop_requested_during_a_step__the_step_is_stopped_and_up_stops_starting(tmp_path: Path) -> None:
+    """SIGTERM to `up` while it deploys or seeds (a step, minutes long on a slow machine):
+    the stop was only noted and `up` went on deploying, seeding and starting every service
+    before it stopped them. Now the step is stopped and `up` goes no further."""
+    import threading
+
+    from promptex.up import UpStopped
+
+    supervisor = Supervisor({"PATH": os.environ["PATH"]})
+    step = [sys.executable, "-c", "import time; print('deploying', flush=True); time.sleep(30)"]
+    timer = threading.Timer(0.5, supervisor.request_stop)
+    timer.start()
+    try:
+        with pytest.raises(UpStopped):
+            supervisor.run_step("deploy", step)
+        with pytest.raises(UpStopped):
+            supervisor.start(Service("indexer", [sys.executable, "-c", "import time; time.sleep(30)"]))
+        assert supervisor.services == []
+    finally:
+        timer.cancel()
+        supervisor.stop_all()
