@@ -109,7 +109,9 @@ def test_reorg__redeem_orphaned_after_the_purchase_escrows_another_id__rejected_
     assert_human(note[0].subject + note[0].body, "the reorg notice")
 
 
-def test_reorg__another_users_redemption_takes_our_escrow_id__it_buys_its_own_credits_not_our_receipt(world):
+def test_reorg__another_users_redemption_takes_our_escrow_id__it_buys_its_own_credits_not_our_receipt(
+    world, monkeypatch
+):
     """s9-agent item 3: the billing purchase's idempotency key was (chain, escrow, escrow
     redemption id). A reorg undid redemption 1's sale (escrow id 1, bought, released) and
     another user's redemption, sold first on the new branch, took id 1: its purchase
@@ -125,7 +127,11 @@ def test_reorg__another_users_redemption_takes_our_escrow_id__it_buys_its_own_cr
     chain.user_setup(user2, "CLD", 100_000 * TOKEN, limit=20_000 * TOKEN, slippage=200)
     linked = world.agent().link_account(user2, "anthropic", account2, credential2)
     chain.s.linked[(linked.user, ANTHROPIC)] = linked.account_ref
-    r2 = world.agent().redeem(linked.user, "CLD", 20 * USD, "anthropic")  # signed at redemption 1's nonce
+    agent = world.agent()
+    # The reorg landed just after this run re-checked its receipts: redemption 2 is signed at
+    # redemption 1's nonce, before anything re-sends redemption 1's redeem.
+    monkeypatch.setattr(agent.machine, "recheck_orphaned_txs", lambda: None)
+    r2 = agent.redeem(linked.user, "CLD", 20 * USD, "anthropic")  # signed at redemption 1's nonce
     assert (r2.id, r2.chain_redemption_id, r2.status, r2.error) == (2, 1, RELEASED, None)
     assert world.billing.balances[account2] == 20 * USD and len(world.billing.purchases) == 2
 
@@ -214,3 +220,21 @@ def test_reorg__sale_orphaned_before_anything_was_bought__escrows_another_id__bo
     assert (after.status, after.chain_redemption_id) == (RELEASED, 2)
     assert len(world.billing.purchases) == 1 and world.chain.s.releases == 1
     assert world.chain.s.usdc[PAYEE] == 20 * USD
+
+
+def test_cli_rerun__sale_orphaned_while_escrowed__read_again_before_buying_not_bought_for_another_users_id(
+    world, monkeypatch
+):
+    """rbreak (session 11): `promptex redeem` run again (the same command, its purchase
+    failed the first time) after a reorg undid its sale, no `promptex agent run` pass in
+    between: the run re-checked no receipt, took the stale escrow id 1 (another user's on
+    the new branch) for its own, bought credits for it and was rejected naming id 1 (not
+    the user's to refund), while its re-sent redeem escrowed the user's USDC as id 2, which
+    no redemption named. The run now re-checks its receipts first, as a pass does: the sale
+    is read again (id 2), bought once for it and released."""
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
+    world.chain.time += 5  # the purchase's retry is due
+    after = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 2)
+    assert len(world.billing.purchases) == 1 and world.chain.s.releases == 1
+    assert world.chain.s.usdc[PAYEE] == 20 * USD and world.chain.s.records[1]["user"] == OTHER

@@ -131,10 +131,7 @@ class Agent:
     def run_once(self, *, check_rules: bool | None = None) -> PassReport:
         report = PassReport()
         try:
-            self.machine.wait_for_other_keys()
-            self.machine.recheck_orphaned_txs()
-            self.machine.recheck_dropped_redeems()
-            self.machine.resolve_open_txs()
+            self._resolve_txs()
             due = time.monotonic() >= self._rules_due if check_rules is None else check_rules
             if due:
                 self._rules_due = time.monotonic() + self.rules_interval
@@ -146,6 +143,15 @@ class Agent:
             log.info("waiting for %s", exc)
         report.notified = deliver(self.store, self.smtp, self.clock())
         return report
+
+    def _resolve_txs(self) -> None:
+        """What every pass, and `promptex redeem`, does before advancing a redemption: the
+        old key's transactions waited for, receipts re-checked (a reorg), dropped redeems
+        read again, open transactions resolved. Raises TxPending while one is pending."""
+        self.machine.wait_for_other_keys()
+        self.machine.recheck_orphaned_txs()
+        self.machine.recheck_dropped_redeems()
+        self.machine.resolve_open_txs()
 
     def check_rules(self, report: PassReport | None = None) -> PassReport:
         report = report or PassReport()
@@ -274,9 +280,12 @@ class Agent:
         return r
 
     def _advance_one(self, r: Redemption) -> Redemption:
+        """Advance `r` as a pass would: its receipts re-checked first (a reorg may have undone
+        a sale; a run that advanced on the stale receipt bought credits for an escrow id no
+        longer the user's: `test_agent_reorg_after_purchase.py`)."""
         try:
-            self.machine.wait_for_other_keys()
-            self.machine.resolve_open_txs()
+            self._resolve_txs()
+            r = self.store.get(r.id)
             return self.machine.advance(r)
         except TxPending as exc:
             raise RedemptionPending(self.store.get(r.id), exc) from exc
