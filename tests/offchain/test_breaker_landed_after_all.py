@@ -15,12 +15,13 @@ import pytest
 from coordinator_fakes import COORDINATOR, FakeChain
 from test_breaker_failure_final import _debited
 from test_breaker_letgo_orphaned import _forks
-from test_breaker_rotation import _let_go_settle_mined_anyway, _said_reconcile
+from test_breaker_recheck import _books_equal_chain
+from test_breaker_rotation import NEW_KEY, _let_go_settle_mined_anyway, _said_reconcile
 from test_coordinator_failure_final import _mine_to
 from test_coordinator_refund_taken_back import LOT
 
 from promptex.chain.sender import Receipt
-from promptex.chain.txlog import SUCCEEDED
+from promptex.chain.txlog import DROPPED, NOOP, SENT, SUCCEEDED
 from promptex.coordinator.service import REORG_WINDOW
 from promptex.ledger import Ledger
 from promptex.protocol.escrow import KIND_LISTED
@@ -70,9 +71,10 @@ def test_let_go_settle_of_another_key_landed_anyway__orphaned_past_the_recheck_w
     re-checked by receipt; a reorg deeper than that orphans D's block (X's second debit
     undone). `_recheck_confirmed` finds D's root gone: before, it reopened D and the pass
     sent its bytes again (anyone may), X debited twice once more. Now D is let go again
-    and its bytes are not sent: the pass waits for the old key's coordinator (its nonce)."""
+    and its bytes are not sent: every pass waits for the old key's coordinator (its nonce),
+    whose --once fills D's nonce with a no-op; then the new key goes on."""
     forks = _forks(chain, monkeypatch)
-    old, new, _, s, later = _let_go_settle_mined_anyway(book, chain, caplog)
+    old, new, keys, s, later = _let_go_settle_mined_anyway(book, chain, caplog)
     new.run_once()  # D found landed: reattached, X left in A
     d = old.store.tx(later.tx_id or 0)
     assert old.store.batch(later.id).status == "confirmed" and old.store.batch_records(later.id) == []
@@ -88,6 +90,20 @@ def test_let_go_settle_of_another_key_landed_anyway__orphaned_past_the_recheck_w
         reports.append(new.run_once())
 
     assert d.tx_hash not in chain.sent[sent:]
-    assert old.store.batch(later.id).status == "failed"
+    assert old.store.batch(later.id).status == "failed" and old.store.tx(d.id).status == SENT
     assert "coordinator --once" in (reports[0].waiting or "")
+    assert all(r.waiting and "not yet mined" in r.waiting for r in reports[1:])  # for that key, every pass
     assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+
+    keys.use(COORDINATOR)  # the way out: the old key's coordinator, once
+    old.run_once()
+    (noop,) = [tx for tx in old.store.landed_txs(0, 0) if tx.purpose == NOOP and tx.nonce == d.nonce]
+    assert noop.status == SUCCEEDED and old.store.tx(d.id).status == DROPPED
+    old.store.release_lease("old")
+    keys.use(NEW_KEY)
+    _mine_to(chain, chain.head() + REORG_WINDOW + 1)
+    chain.next_window()
+    assert new.run_once().waiting is None
+    assert d.tx_hash not in chain.sent[sent:]
+    assert (_debited(chain, s.x_address), _debited(chain, s.y_address)) == (1_002, 2_007)
+    _books_equal_chain(book, chain)

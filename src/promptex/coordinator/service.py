@@ -757,7 +757,10 @@ class Coordinator:
         while its row is within the re-check's window; found only here (its row past that
         window: another key's retired rows, or a reorg deeper than the window), it is let go
         again, its own key's nonce filled with a no-op, another key's bytes not sent (that
-        key's coordinator fills its nonce: this pass waits, saying so)."""
+        key's coordinator fills its nonce). Another key's is then unresolved again in the
+        log (open, its batch failed: never sent again, `_may_resend`), so that every pass
+        waits for that key as in the window (`txlog.wait_for_other_keys`) and reads it by
+        receipt (`_landed_after_all`): its row, stale past the window, is re-checked no more."""
         for batch in self.store.confirmed_from(asset, self.chain.last_epoch(asset)):
             if self._landed(batch):
                 continue
@@ -766,6 +769,7 @@ class Coordinator:
             if batch.tx_id is not None and self._holds_elsewhere(batch):
                 tx = self.store.tx(batch.tx_id)
                 if not self._orphaned(tx, self.chain.receipt(tx.tx_hash)):
+                    self.store.reopen_tx(tx)
                     raise OtherKeyPending(
                         f"{asset} epoch {batch.epoch}: settle {tx.tx_hash} (nonce {tx.nonce}) of key {tx.sender} "
                         "landed after its batch was let go and is no longer on chain; it is never sent again: "
