@@ -292,3 +292,18 @@ def test_store_submit__the_same_step_by_two_processes__the_second_is_stale_not_a
     with pytest.raises(StaleTransition):
         store.submit(r.id, "redeem", signed, sender, 2)
     assert store.get(r.id).status == SELLING and [t.tx_hash for t in store.open_txs()] == [signed.tx_hash]
+
+
+def test_cli_redeem__rejected__says_which_escrow_redemption_holds_the_usdc_and_how_to_refund_it(world, monkeypatch):
+    """rbreak (session 11): a run that ended rejected (or abandoned) printed its status and
+    reason alone: which escrow redemption holds the user's USDC, until when, and the refund
+    command went only to the outbox, which nobody reads where SMTP is not set (the local
+    market's default): the sale was sold, never released, and the command did not say where
+    the money is. Now it says so (a date, dollars, the command)."""
+    world.billing.forge = True
+    code, out = _cli(world, monkeypatch, "20")
+    r = world.agent().store.get(1)
+    assert code == 1 and r.status == "rejected" and out.startswith("redemption 1: rejected (")
+    assert f"escrow redemption {r.chain_redemption_id} holds $20.00 of USDC for {USER}" in out
+    assert f"`promptex wallet refund --redemption {r.chain_redemption_id}`" in out
+    assert str(r.deadline) not in out and "(its deadline)" in out

@@ -146,6 +146,7 @@ def redeem(
     from promptex.agent.store import RELEASED, RequestIdTaken, StillOpen
     from promptex.chain.txlog import OtherKeyPending
     from promptex.ledger.metadata import REF
+    from promptex.protocol.units import usd_text, utc_text
 
     _logging()
     limit = None if max_tokens is None else token_units(max_tokens)
@@ -178,6 +179,13 @@ def redeem(
             "`promptex agent run --once`"
         ) from None
     click.echo(f"redemption {r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
+    rid = r.chain_redemption_id
+    if r.status in ("rejected", "abandoned") and rid is not None and r.deadline is not None:
+        # Sold, never released: where the user's USDC is (the outbox may never be sent).
+        click.echo(
+            f"escrow redemption {rid} holds {usd_text(r.usd_micro)} of USDC for {r.user}: after "
+            f"{utc_text(r.deadline)} (its deadline) the user refunds it: `promptex wallet refund --redemption {rid}`"
+        )
     if r.status != RELEASED and r.status in ("failed", "rejected", "abandoned", "refunded"):
         raise SystemExit(1)
 
