@@ -402,7 +402,10 @@ class Settings(BaseSettings):
     # buyer's bound: signing stops when answers on one lane without the lane's total (an
     # error, a stream without its last event, a connection dropped after the request left)
     # may have cost more than N − 1 of the lane's largest hold (each its hold until a later
-    # answer's total shows what it charged: then that), so at most N holds per lane.
+    # answer's total shows what it charged: then that), so at most N holds per lane; and
+    # its tolerance, in basis points of the lane's exactly checked units, allowed beyond the
+    # N − 1 holds (100: 1 %; 0: none) so an honest gateway's small losses (a crash after a
+    # settle) do not add up to a stop over a long session.
     proxy_port: int = 8788
     proxy_gateway_url: str | None = None
     proxy_api_key: SecretStr | None = None
@@ -411,6 +414,7 @@ class Settings(BaseSettings):
     proxy_max_hold_units: int | None = None
     proxy_lane_wait_seconds: float = 30.0
     proxy_stop_after_errors: int = 3
+    proxy_stop_tolerance_bp: int = Field(default=100, ge=0, le=10_000)
 
 
 @lru_cache(maxsize=1)

@@ -63,6 +63,9 @@ class Lane:
     lost: int = 0
     lost_holds: int = 0
     largest_hold: int = 0  # the largest hold signed on the lane in this session
+    # The units of the lane's answers whose cost was checked exactly (price × tokens within
+    # the bounds): the stop rule allows a tolerance of them (`Signer.tolerance_bp`).
+    verified: int = 0
 
 
 class LaneBook:

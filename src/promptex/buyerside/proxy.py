@@ -137,6 +137,8 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                 # What they may have cost, as the stop rule weighs them (against N − 1 of:)
                 "without_figures_units": str(signer.weight(lane)),
                 "largest_hold_units": str(lane.largest_hold),
+                "checked_units": str(lane.verified),  # of answers checked exactly; the stop rule
+                "tolerated_units": str(signer.tolerated(lane)),  # tolerates this share beyond N − 1 holds
             }
             for lane in book.lanes
         ]

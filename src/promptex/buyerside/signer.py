@@ -68,6 +68,15 @@ STOP_AFTER_ERRORS = 3
 # relayed bytes as output tokens plus this many. Each close a gateway can induce (stall until
 # the client gives up) gives it at most this slack's output cost, never a hold.
 CLOSE_SLACK_TOKENS = 32
+# The stop rule's tolerance, in basis points of the lane's exactly checked units
+# (`Lane.verified`): the threshold is N − 1 largest holds plus this share of them. Without
+# it the weight never decays: an honest gateway killed now and then after a settle commits
+# (a real loss each, of what it charged) stops a long session's lane once those add up to
+# N − 2 holds. With it, such small losses may add up to 1 % of what the lane's checked
+# answers cost before they count against the holds; a dishonest gateway gains at most that
+# 1 % beyond the N holds. 0: no tolerance (the rule before it).
+STOP_TOLERANCE_BP = 100
+BASIS_POINTS = 10_000
 LANE_BUSY = "lane_busy"
 # A lane the gateway answered lane_busy on is not tried again for this long: a crashed
 # gateway's hold keeps it busy until the hold expires, and every request sent on it meanwhile
@@ -187,9 +196,13 @@ class Signer:
         lane_wait_seconds: float | None = 30.0,
         stop_after_errors: int = STOP_AFTER_ERRORS,
         lane_busy_rest_seconds: float = LANE_BUSY_REST_SECONDS,
+        tolerance_bp: int = STOP_TOLERANCE_BP,
     ) -> None:
         if stop_after_errors < 1:
             raise ValueError("stop_after_errors is at least 1")
+        if not 0 <= tolerance_bp <= BASIS_POINTS:
+            raise ValueError("tolerance_bp is 0–10,000 basis points")
+        self.tolerance_bp = tolerance_bp
         self.session = session
         self.book = book
         self.log = voucher_log
@@ -366,15 +379,20 @@ class Signer:
         lane.errors += 1
         self.lost(ticket)
         self._save_errors(lane)
-        weight, hold = self.weight(lane), max(1, lane.largest_hold)
-        if weight > (self.stop_after_errors - 1) * hold:
+        weight, hold, tolerated = self.weight(lane), max(1, lane.largest_hold), self.tolerated(lane)
+        if weight > (self.stop_after_errors - 1) * hold + tolerated:
             self.stop(
                 f"{lane.errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
                 f"none shown to be free by a later answer: they may have cost {weight} units ({lane.lost} shown "
                 f"charged by later answers), with the next request's hold more than {self.stop_after_errors} of "
-                f"the lane's largest hold, {hold}",
+                f"the lane's largest hold, {hold}, and the {tolerated} tolerated of its {lane.verified} checked",
                 lane.index,
             )
+
+    def tolerated(self, lane: Lane) -> int:
+        """What the stop rule lets answers without figures weigh beyond N − 1 holds: the
+        tolerance's share of the lane's exactly checked units."""
+        return self.tolerance_bp * lane.verified // BASIS_POINTS
 
     def weight(self, lane: Lane) -> int:
         """What the lane's answers without figures may have cost, for the stop rule: the
@@ -508,7 +526,9 @@ class Signer:
             )
         lane.charged, lane.exact, lane.floor = charged, True, charged
         if self.stopped is None:  # for recovery: what the gateway may not inflate on a restart
-            self.log.write_charged(self.session.session, lane.index, charged)
+            # (and the checked units so far: this answer's own are added once it is checked,
+            # so a restart may forget one answer's: the tolerance only smaller)
+            self.log.write_charged(self.session.session, lane.index, charged, lane.verified)
 
     def finish(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """Check a complete answer and update its lane; stops signing when it is beyond
@@ -581,6 +601,8 @@ class Signer:
             answers.check_counts(ticket.bounds, usage, produced)
         except AnswerRefused as exc:
             self.stop(str(exc), ticket.lane.index)
+            return
+        ticket.lane.verified += cost
 
     def _refusal(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """An error answer: the gateway may name the lane's total and its stored voucher

@@ -74,6 +74,9 @@ class VoucherLog:
         self.holds: dict[tuple[int, int], int] = {}
         # Per lane, the total the last answer told, when no voucher was signed after it.
         self.answered: dict[tuple[int, int], int] = {}
+        # Per lane, the units of its answers checked exactly (the stop rule's tolerance is a
+        # share of them), as the last `charged` record says (older logs: none).
+        self.verified: dict[tuple[int, int], int] = {}
         self.stopped: Stop | None = None  # the last stop not resumed since
         # Per lane, its answers without the lane's figures as `Signer` last counted them
         # (its stop rule): a restart goes on counting, else each restart would give a
@@ -92,7 +95,9 @@ class VoucherLog:
             if record.get("t") == "voucher":
                 self._remember(_voucher(record), int(record.get("hold", 0)))
             elif record.get("t") == "charged":
-                self.answered[(int(record["session"]), int(record["lane"]))] = int(record["charged"])
+                key = (int(record["session"]), int(record["lane"]))
+                self.answered[key] = int(record["charged"])
+                self.verified[key] = int(record.get("verified", self.verified.get(key, 0)))
             elif record.get("t") == "stopped":
                 lane = record.get("lane")
                 self.stopped = Stop(str(record["reason"]), None if lane is None else int(lane), int(record["at"]))
@@ -143,17 +148,19 @@ class VoucherLog:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
             self._remember(voucher, hold)
 
-    def write_charged(self, session: int, lane: int, charged: int) -> None:
-        """Record a lane's total as an answer told it, every voucher of the lane answered.
+    def write_charged(self, session: int, lane: int, charged: int, verified: int = 0) -> None:
+        """Record a lane's total as an answer told it, every voucher of the lane answered,
+        and the lane's units checked exactly so far (`verified`).
         Not fsync'd (the next voucher's fsync carries it): losing it only leaves recovery to
         the gateway's word, as before; keeping it stops a gateway inflating a lane on restart."""
-        record = {"t": "charged", "session": session, "lane": lane, "charged": str(charged)}
+        record = {"t": "charged", "session": session, "lane": lane, "charged": str(charged), "verified": str(verified)}
         with self._lock:
             try:
                 os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
             except OSError:
                 return
             self.answered[(session, lane)] = charged
+            self.verified[(session, lane)] = verified
 
     def write_stop(self, stop: Stop) -> None:
         """Record that signing stopped; return only once it is on disk."""
@@ -194,6 +201,10 @@ class VoucherLog:
     def charged(self, session: int, lane: int) -> int | None:
         """The lane's total as the last answer told it, if no voucher was signed since."""
         return self.answered.get((session, lane))
+
+    def checked(self, session: int, lane: int) -> int:
+        """The lane's units checked exactly, as last recorded (0: none, or an older log)."""
+        return self.verified.get((session, lane), 0)
 
     def largest_hold(self, session: int, lane: int) -> int:
         """The largest hold a voucher of the lane was logged for (0: none logged one)."""

@@ -129,6 +129,7 @@ def proxy(
                 default_output_tokens=s.proxy_default_output_tokens,
                 lane_wait_seconds=s.proxy_lane_wait_seconds,
                 stop_after_errors=s.proxy_stop_after_errors,
+                tolerance_bp=s.proxy_stop_tolerance_bp,
             )
     except (httpx.HTTPError, ValueError) as exc:
         raise click.ClickException(f"cannot open the session at {base}: {exc}") from None
