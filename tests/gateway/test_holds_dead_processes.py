@@ -27,7 +27,8 @@ from sqlalchemy.engine import make_url
 from polling import until
 from promptex.config import Settings
 from promptex.fakes import FakeUpstreamConfig
-from promptex.gateway import create_app
+from promptex.gateway import create_app, limits
+from promptex.gateway.service import end_dead_workers
 from promptex.gateway.store import GatewayStore
 from promptex.gateway.vouchers import VOUCHER_HEADER
 from promptex.ledger import Ledger, LotClaim, Reservation, Sweeper, processes
@@ -42,7 +43,7 @@ from promptex.serving import ServerThread, free_port
 
 from .conftest import SELLER_KEY, Fake, Harness, _harness, _start_fake
 from .test_holds_processes import DEEP, FLAT_OUT, HELLO, _env, _holds_by_status, _market, _signed_buyer, gateway
-from .test_limits import HOLD, fund
+from .test_limits import HOLD, counters, fund, key_of
 
 _databases = itertools.count()
 BODY = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
@@ -309,6 +310,43 @@ def test_connect_timeout__default_setting_or_the_urls_own__in_every_connection_t
         assert make_url(holds_._one.url).query["connect_timeout"] == "7"
 
 
+def test_end_dead_workers__a_reaped_workers_holds_ended_at_once_with_its_limits__nothing_charged(
+    settings: Settings, pg_url: str, gated: Fake
+) -> None:
+    """pgholds 1: `gateway serve --workers`' parent, after reaping a worker, ends its holds
+    itself (`end_dead_workers`, on a ledger it opens and closes), so a worker nothing
+    replaces leaves none behind. Here this process's gateway stands for the worker: its
+    lock closed as a death closes it, its request in flight holds funds, the lot and a
+    concurrency limit; the parent's call ends it (orphaned), gives all of them back and
+    forgets the worker's registration."""
+    mine = settings.model_copy(update={"gateway_sweep_seconds": 3_600, "ledger_url": pg_url})  # no sweeps of its own
+    with contextlib.contextmanager(_harness)(mine, pg_url) as gw:
+        lot = gw.add_lot(gated)
+        account, key = gw.buyer()
+        subject = limits.key_subject(key_of(gw, key))
+        limits.set_limits(gw.ledger.engine, subject, limits.Limits(concurrent=1), gw.now())
+        answers: dict[str, httpx.Response] = {}
+        sender = threading.Thread(target=_post, args=(gw.url, key, answers, "plain"))
+        sender.start()
+        until(lambda: gated.config.requests == 1, "the request reached the upstream", 30)
+        assert _holds_by_status(gw.ledger) == {"active": 1} and gw.ledger.lot_capacities()[lot].reserved > 0
+        assert end_dead_workers(mine, [os.getpid()], wait=0) == 0  # its lock is held: nothing ends
+
+        gw.ledger.holds.lock.close()  # the worker dies: its lock session ends
+        assert end_dead_workers(mine, [os.getpid()]) == 1
+        assert _holds_by_status(gw.ledger) == {"orphaned": 1}
+        assert gw.ledger.balance(account, "USDC").held == 0 and gw.ledger.lot_capacities()[lot].reserved == 0
+        assert counters(gw)[(subject, "concurrent")] == 0  # the limit's slot given back
+        with gw.ledger.engine.connect() as conn:
+            assert not processes.registered(conn, socket.gethostname(), os.getpid())  # forgotten
+
+        assert gated.config.gate is not None
+        gated.config.gate.set()
+        sender.join()
+        assert answers["plain"].status_code == 503 and answers["plain"].json()["error"]["code"] == "hold_ended"
+        assert gw.ledger.balance(account, "USDC").posted == 10 * USDC  # nothing charged
+
+
 def test_gateway_killed_with_requests_in_flight__another_process_first_sweep_ends_its_holds(
     pg_url: str, tmp_path: Path, gated: Fake
 ) -> None:
@@ -422,6 +460,65 @@ def test_workers__one_killed_with_requests_in_flight__the_worker_started_in_its_
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
         assert ledger.balance(account, "USDC").held == 0
+        ledger.check()
+    finally:
+        ledger.close()
+
+
+@pytest.mark.skipif(not DEEP, reason="deep profile only (~10 s): CI runs end_dead_workers on one process above")
+def test_workers__one_killed_while_the_command_stops__the_parent_ends_its_holds_nothing_replaces_it(
+    pg_url: str, tmp_path: Path, gated: Fake
+) -> None:
+    """`--workers 2`, sweeps hourly, both workers with requests in flight: SIGTERM to the
+    command, then a worker killed while it stops. Nothing starts in its place (the command
+    is stopping) and the live worker does not sweep again: the parent's hook ends the dead
+    worker's holds while the live one still finishes its requests."""
+    ledger = Ledger.open(pg_url, migrate=False)
+    try:
+        lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
+        env = _env(tmp_path, pg_url, gateway_sweep_seconds=3_600, gateway_upstream_timeout_seconds=120)
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+
+            def two_workers_hold() -> bool:
+                assert proc.poll() is None
+                threading.Thread(target=_post, args=(base, key, {}, "x", {"connection": "close"})).start()
+                with ledger.engine.connect() as conn:
+                    return len(set(conn.execute(select(holds.c.process_id)).scalars())) == 2
+
+            def up() -> bool:
+                assert proc.poll() is None
+                with contextlib.suppress(httpx.HTTPError):
+                    return httpx.get(base + "/healthz", timeout=2).status_code == 200
+                return False
+
+            until(up, "the workers listen", 90)
+            until(two_workers_hold, "both workers hold requests in flight", 90, every=0.2)
+            with ledger.engine.connect() as conn:
+                rows = conn.execute(select(ledger_processes.c.id, ledger_processes.c.pid)).all()
+            (doomed_id, doomed_pid), (live_id, _) = rows
+            assert set(_process_holds(ledger, doomed_id).values()) == {"active"}
+            proc.send_signal(signal.SIGTERM)  # the command stops: the workers finish their requests
+            os.kill(doomed_pid, signal.SIGKILL)
+            until(
+                lambda: set(_process_holds(ledger, doomed_id).values()) == {"orphaned"},
+                "the parent ended the killed worker's holds", 30,
+            )  # fmt: skip
+            assert proc.poll() is None  # still stopping: the live worker's requests are in flight
+            assert set(_process_holds(ledger, live_id).values()) == {"active"}
+            assert gated.config.gate is not None
+            gated.config.gate.set()
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert set(_process_holds(ledger, live_id).values()) == {"settled"}
+        assert ledger.balance(account, "USDC").held == 0 and ledger.lot_capacities()[lot].reserved == 0
         ledger.check()
     finally:
         ledger.close()

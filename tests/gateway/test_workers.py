@@ -38,12 +38,22 @@ def serve(index):
     while True:
         time.sleep(60)
 
-sys.exit(workers.run_workers(2, serve))
+def reaped(pids):
+    with open({reaped!r}, "a") as f:
+        f.write("".join(f"{{pid}}\\n" for pid in pids))
+    raise RuntimeError("the ledger is down")  # logged; the command goes on
+
+sys.exit(workers.run_workers(2, serve, reaped) if {reaped!r} else workers.run_workers(2, serve))
 """
 
 
-def _supervise(tmp_path: Path, *, young: float = 30.0, exit_at_start: bool = False) -> subprocess.Popen[str]:
-    script = SUPERVISOR.format(path=workers.__file__, young=young, out=str(tmp_path), exit_at_start=exit_at_start)
+def _supervise(
+    tmp_path: Path, *, young: float = 30.0, exit_at_start: bool = False, reaped: Path | None = None
+) -> subprocess.Popen[str]:
+    script = SUPERVISOR.format(
+        path=workers.__file__, young=young, out=str(tmp_path), exit_at_start=exit_at_start,
+        reaped=str(reaped) if reaped else "",
+    )  # fmt: skip
     return subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
 
 
@@ -124,3 +134,30 @@ def test_worker_exiting_on_its_own_at_start__a_configuration_error__stops_the_co
     proc = _supervise(tmp_path, exit_at_start=True)
     assert proc.wait(timeout=20) == 1
     assert "just after it started: stopping the others" in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_reaped_hook__every_worker_reaped_passed_to_it__killed_or_stopped__a_failing_hook_stops_nothing(
+    tmp_path: Path,
+) -> None:
+    """The parent's hook (`gateway serve --workers` ends a reaped worker's holds there:
+    `service.end_dead_workers`) gets every reaped worker's pid: one killed (and started
+    again), and those stopped with the command, which nothing replaces. A hook that fails
+    is logged; the worker is started again all the same and the command stops cleanly."""
+    out, log = tmp_path / "pids", tmp_path / "reaped"
+    out.mkdir()
+    proc = _supervise(out, reaped=log)
+    try:
+        until(lambda: len(_pids(out)) == 2, "two workers")
+        victim = _pids(out)[0][-1]
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: log.exists() and log.read_text().split() == [str(victim)], "the killed worker passed to the hook")
+        until(lambda: len(_pids(out)[0]) == 2, "worker 0 started again")  # the hook's failure stopped nothing
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        every = sorted(pid for runs in _pids(out).values() for pid in runs)
+        assert sorted(int(pid) for pid in log.read_text().split()) == every and len(every) == 3
+        assert "ending gateway worker 0's holds failed" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -27,7 +27,7 @@ def gateway_serve(host: str | None, port: int | None, workers: int) -> None:
 
     from promptex.chain.identity import check_chain
     from promptex.gateway import create_app, logs, single
-    from promptex.gateway.service import check_hold_lifetime
+    from promptex.gateway.service import check_hold_lifetime, end_dead_workers
     from promptex.gateway.workers import run_workers
     from promptex.ledger import Ledger
     from promptex.serving import listening_sockets
@@ -71,7 +71,9 @@ def gateway_serve(host: str | None, port: int | None, workers: int) -> None:
         if workers == 1:
             serve(0)
         else:
-            code = run_workers(workers, serve)
+            # A reaped worker's holds end at once (not at a replacement's first sweep, which
+            # never comes when the command is stopping or gave up restarting it).
+            code = run_workers(workers, serve, lambda pids: end_dead_workers(s, pids))
             if code:
                 raise SystemExit(code)
     finally:

@@ -26,8 +26,9 @@ import dataclasses
 import logging
 import math
 import secrets
+import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -78,6 +79,7 @@ from promptex.ledger import (
     SpendCapExceeded,
     Sweeper,
     UsageRecord,
+    processes,
 )
 from promptex.ledger.lanes import NAME as LANES
 from promptex.ledger.lanes import (
@@ -121,6 +123,49 @@ def presented_key(request: Request, endpoint: str) -> str | None:
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
+
+
+def register_extras(settings: Settings, ledger: Ledger) -> limits.LimitCounters:
+    """Register with `ledger`'s holds the extras a gateway's holds take (its limits; the
+    ledger registers signed lanes itself): every process that ends holds, a sweeper of
+    another process's too, gives back through them."""
+    # An expired hold's late answer is settled until its horizon: the request deadline
+    # (past which this process answers nothing) plus the margin for its settle.
+    late = math.ceil(settings.gateway_request_deadline_seconds + settings.gateway_hold_margin_seconds)
+    counters = limits.LimitCounters(ledger.clock, late)
+    ledger.holds.register(counters)
+    return counters
+
+
+def end_dead_workers(settings: Settings, pids: Sequence[int], *, wait: float = 5.0) -> int:
+    """`--workers`' parent, after reaping `pids`: end the holds of dead gateway processes
+    (the reaped ones', and any other's) as any process's sweep does — nothing charged,
+    funds, capacity, limits and signed lanes back, their leases given back — on a ledger
+    opened and closed here (no connection outlives the call, none is kept across a fork).
+    A reaped worker's lock session ends when PostgreSQL reads its closed socket: until
+    then (up to `wait` seconds) the sweep is tried again. Returns how many holds ended.
+    So a worker that nothing replaces (the command stopping, or the last of its young
+    kills) leaves no holds for the next gateway's first sweep or their lifetime."""
+    host = socket.gethostname()
+    ended = 0
+    with Ledger.open(
+        settings.ledger_url, migrate=False, pool_size=1, connect_timeout=settings.ledger_connect_timeout_seconds
+    ) as ledger:
+        if ledger.engine.dialect.name != "postgresql":  # one process per SQLite file: no workers
+            return 0
+        register_extras(settings, ledger)
+        give_up = time.monotonic() + wait
+        while True:
+            ended += ledger.end_dead_processes()
+            with ledger.engine.connect() as conn:
+                left = [pid for pid in pids if processes.registered(conn, host, pid)]
+            if not left or time.monotonic() >= give_up:
+                break
+            time.sleep(0.05)
+        ledger.holds.maintain()  # their leases' idle room back to the lots
+    if left:
+        log.warning("gateway workers %s still hold their ledger locks: their holds wait for a sweep", left)
+    return ended
 
 
 def check_hold_lifetime(settings: Settings) -> None:
@@ -204,9 +249,7 @@ class Gateway:
         self.overloaded = False  # set by `watch_load`
         # An expired hold's late answer is settled until its horizon: the request deadline
         # (past which this process answers nothing) plus the margin for its settle.
-        late = math.ceil(settings.gateway_request_deadline_seconds + settings.gateway_hold_margin_seconds)
-        self.counters = limits.LimitCounters(ledger.clock, late)
-        ledger.holds.register(self.counters)
+        self.counters = register_extras(settings, ledger)
         self._limits: dict[int, list[tuple[str, limits.Limits]]] = {}  # key id → its subjects' limits
         self.admission = Admission(settings.gateway_max_inflight_per_key, settings.gateway_max_inflight_per_address)
         self.timed_out = 0  # bodies that did not arrive within the body timeout

@@ -12,6 +12,9 @@ forever) stops the others and fails the command; one KILLED by a signal that you
 operator, the OOM killer) is started again, up to `MAX_YOUNG_KILLS` times in a row.
 On Linux a worker whose parent dies (even by kill -9) gets SIGTERM and stops as it would
 on the parent's: its requests in flight finish and settle, and no orphan keeps serving.
+After reaping a worker the parent calls `reaped` (`service.end_dead_workers`: the dead
+worker's holds ended at once, on a ledger opened and closed for it), also when nothing
+replaces the worker (the command stopping, or the last young kill).
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ def _start(index: int, serve: Callable[[int], None]) -> int:
     return pid
 
 
-def run_workers(count: int, serve: Callable[[int], None]) -> int:
-    """Run `serve(i)` in `count` forked workers until they are stopped; the exit code."""
+def run_workers(count: int, serve: Callable[[int], None], reaped: Callable[[list[int]], object] | None = None) -> int:
+    """Run `serve(i)` in `count` forked workers until they are stopped; the exit code.
+    `reaped(pids)` runs in this process after each worker is reaped (and started again,
+    if it is): a failure there is logged, never stops the command. It must not leave a
+    connection open: workers forked later would share it."""
     children: dict[int, tuple[int, float]] = {}  # pid → (index, started)
     young_kills = [0] * count  # per worker index: killed just after starting, in a row
     stopping = False
@@ -90,16 +96,20 @@ def run_workers(count: int, serve: Callable[[int], None]) -> int:
             break
         index, started = children.pop(pid)
         exited = os.waitstatus_to_exitcode(status)
-        if stopping:
-            continue
-        young = time.monotonic() - started < CRASH_LOOP_SECONDS
-        killed = exited < 0  # by a signal, not its own exit
-        young_kills[index] = young_kills[index] + 1 if young and killed else 0
-        if young and (not killed or young_kills[index] >= MAX_YOUNG_KILLS):
-            log.error("gateway worker %d exited (%d) just after it started: stopping the others", index, exited)
-            code = 1
-            stop(signal.SIGTERM, None)
-            continue
-        log.error("gateway worker %d exited (%d): starting it again", index, exited)
-        children[_start(index, serve)] = (index, time.monotonic())
+        if not stopping:
+            young = time.monotonic() - started < CRASH_LOOP_SECONDS
+            killed = exited < 0  # by a signal, not its own exit
+            young_kills[index] = young_kills[index] + 1 if young and killed else 0
+            if young and (not killed or young_kills[index] >= MAX_YOUNG_KILLS):
+                log.error("gateway worker %d exited (%d) just after it started: stopping the others", index, exited)
+                code = 1
+                stop(signal.SIGTERM, None)
+            else:
+                log.error("gateway worker %d exited (%d): starting it again", index, exited)
+                children[_start(index, serve)] = (index, time.monotonic())
+        if reaped is not None:  # after its replacement is started: no connection across that fork
+            try:
+                reaped([pid])
+            except Exception:
+                log.exception("ending gateway worker %d's holds failed: the next sweep will", index)
     return code
