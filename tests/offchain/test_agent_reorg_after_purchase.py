@@ -238,3 +238,21 @@ def test_cli_rerun__sale_orphaned_while_escrowed__read_again_before_buying_not_b
     assert (after.status, after.chain_redemption_id) == (RELEASED, 2)
     assert len(world.billing.purchases) == 1 and world.chain.s.releases == 1
     assert world.chain.s.usdc[PAYEE] == 20 * USD and world.chain.s.records[1]["user"] == OTHER
+
+
+def test_reorg__sale_moved_to_another_id__a_refusal_other_than_the_keys_conflict__retried_not_rejected(
+    world, monkeypatch
+):
+    """Only the billing API's 409 (the key already bought another purchase) tells that it
+    bought under the key for the old id; another refusal (401: a credential being
+    rotated) under the moved key is retried as ever, and the purchase made once later."""
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
+    world.chain.time += 5  # the purchase's retry is due
+    world.billing.fail_status, world.billing.fail_times = 401, 1
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    assert agent.store.get(1).status == "escrowed" and world.billing.purchases == {}
+    world.chain.time += 60
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 2) and len(world.billing.purchases) == 1

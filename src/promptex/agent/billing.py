@@ -2,7 +2,8 @@
 
 `add_credits` is idempotent by key: calling it again with the same key returns the
 first purchase's receipt and buys nothing, which is what makes a retry after a crash
-or a timeout safe. The receipt carries exactly the fields RedemptionEscrow.release
+or a timeout safe; the same key with another purchase (another escrow redemption id or
+amount) is refused 409 and buys nothing. The receipt carries exactly the fields RedemptionEscrow.release
 checks, signed (EIP-712) by the provider's billing signer.
 """
 
@@ -37,11 +38,16 @@ class BillingReceipt:
 
 
 class BillingError(Exception):
-    """The billing API failed, timed out or refused; `retryable` says whether to try again."""
+    """The billing API failed, timed out or refused; `retryable` says whether to try again,
+    `status` is the HTTP status it answered (None: no answer, or an unreadable one)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
+
+
+KEY_CONFLICT = 409  # the idempotency key already bought another purchase
 
 
 class BillingAdapter(Protocol):
@@ -89,8 +95,9 @@ class HttpBilling:
         if response.status_code >= 400:
             retryable = response.status_code >= 500 or response.status_code == 429
             raise BillingError(
-                f"billing API answered {response.status_code}: {response.text[:200]}", retryable=retryable
-            )
+                f"billing API answered {response.status_code}: {response.text[:200]}", retryable=retryable,
+                status=response.status_code,
+            )  # fmt: skip
         try:
             body: dict[str, Any] = response.json()
         except ValueError:

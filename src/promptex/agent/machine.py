@@ -31,7 +31,7 @@ it, stored with the escrowed step), so calling it again after a crash or a timeo
 returns the first receipt and buys nothing. The key stays the one first asked under for
 the redemption's life: a reorg that moves a sale escrowed (a purchase asked, its answer
 lost) to another escrow id asks under it again, for the new id: bought once, or, refused
-(the billing API bought under it for the old id), rejected at once for the user to refund.
+409 (the billing API bought under it for the old id), rejected at once for the user to refund.
 So a redemption sells once, buys once, releases once.
 """
 
@@ -43,7 +43,7 @@ from collections.abc import Callable
 
 from eth_account import Account
 
-from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError, BillingReceipt
+from promptex.agent.billing import KEY_CONFLICT, BillingAccount, BillingAdapter, BillingError, BillingReceipt
 from promptex.agent.chain import AgentChain
 from promptex.agent.store import (
     ABANDONED,
@@ -406,12 +406,14 @@ class RedemptionMachine:
         try:
             receipt = self.billing.add_credits(account, r.usd_micro, key, redemption_id=r.chain_redemption_id)
         except BillingError as exc:
-            asked = None if exc.retryable or r.billing_key is None else self._moved_key(r, r.billing_key)
-            if asked is not None:
+            asked = None
+            if exc.status == KEY_CONFLICT and r.billing_key is not None:
+                asked = self._moved_key(r, r.billing_key)
+            if asked is not None:  # it bought under the key for the sale's old id: not again
                 return self._reject(
                     r, ESCROWED, f"the billing API refuses to buy credits for escrow redemption "
-                    f"{r.chain_redemption_id} under the key first asked for escrow redemption {asked}, whose sale "
-                    f"a chain reorganisation moved ({exc}): it may have bought them for {asked}, so they are not "
+                    f"{r.chain_redemption_id} under the key first asked for escrow redemption {asked} ({exc}): it "
+                    f"bought them for {asked}, before a chain reorganisation moved the sale, and they are not "
                     "bought again",
                 )  # fmt: skip
             delay = min(self.retry_max_seconds, self.retry_seconds * 2 ** min(r.billing_attempts, 16))
