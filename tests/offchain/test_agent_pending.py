@@ -307,3 +307,19 @@ def test_cli_redeem__rejected__says_which_escrow_redemption_holds_the_usdc_and_h
     assert f"escrow redemption {r.chain_redemption_id} holds $20.00 of USDC for {USER}" in out
     assert f"`promptex wallet refund --redemption {r.chain_redemption_id}`" in out
     assert str(r.deadline) not in out and "(its deadline)" in out
+
+
+def test_cli_redeem__its_purchase_to_be_retried__not_finished_exit_1_then_the_rerun_finishes_it(world, monkeypatch):
+    """rbreak (session 11): a run whose purchase failed (the billing API down) printed
+    "redemption 1: escrowed (…)" and exited 0, as a finished one: a script took the user's
+    tokens sold and no credits bought for done. Now it says the redemption is not finished
+    and what finishes it, exit 1; the same command again finishes it."""
+    world.billing.fail_status, world.billing.fail_times = 503, 1
+    code, out = _cli(world, monkeypatch, "20")
+    assert code == 1 and out.count("\n") == 1
+    named = "redemption 1 ($20.00 of anthropic credits for CLD)"
+    assert f"{named} is escrowed, not finished (billing API answered 503" in out
+    assert "run this same command again with --resume 1" in out
+    world.chain.time += 5  # the purchase's retry is due
+    assert _cli(world, monkeypatch, "20", "--resume", "1") == (0, "redemption 1: released\n")
+    _assert_sold_once(world)

@@ -143,7 +143,7 @@ def redeem(
     from promptex.agent.machine import NonceTakenPending
     from promptex.agent.quote import QuoteRefused
     from promptex.agent.service import RedemptionPending
-    from promptex.agent.store import RELEASED, RequestIdTaken, StillOpen
+    from promptex.agent.store import OPEN_STATUSES, RELEASED, RequestIdTaken, StillOpen
     from promptex.chain.txlog import OtherKeyPending
     from promptex.ledger.metadata import REF
     from promptex.protocol.units import usd_text, utc_text
@@ -178,6 +178,12 @@ def redeem(
             f"again{again} (it sells once, and not again should the agent finish it first), or "
             "`promptex agent run --once`"
         ) from None
+    if r.status in OPEN_STATUSES:  # its purchase to be retried, or another process advancing it
+        again = "" if request_id is not None or resume is not None else f" with --resume {r.id}"
+        raise click.ClickException(
+            f"{_named(r)} is {r.status}, not finished" + (f" ({r.error})" if r.error else "")
+            + f"; `promptex agent run` finishes it, or run this same command again{again}"
+        )  # fmt: skip
     click.echo(f"redemption {r.id}: {r.status}" + (f" ({r.error})" if r.error else ""))
     rid = r.chain_redemption_id
     if r.status in ("rejected", "abandoned") and rid is not None and r.deadline is not None:
