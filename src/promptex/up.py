@@ -140,8 +140,11 @@ class Supervisor:
 
     def handle_signals(self) -> None:
         """Ctrl-C, SIGTERM and a closed terminal (SIGHUP: the services, in their own process
-        groups, no longer get it from the terminal) all ask for a stop."""
+        groups, no longer get it from the terminal) all ask for a stop; a SIGHUP ignored
+        when `up` started (`nohup promptex up &`) stays ignored, as its services' was."""
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             signal.signal(sig, self.request_stop)
 
     def check(self) -> None:

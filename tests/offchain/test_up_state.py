@@ -215,3 +215,23 @@ def test_stop_requested_during_a_step__the_step_is_stopped_and_up_stops_starting
     finally:
         timer.cancel()
         supervisor.stop_all()
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["terminal", "nohup"])
+def test_handle_signals__a_closed_terminal_stops_the_market__unless_started_under_nohup(nohup: bool) -> None:
+    """The services no longer get the terminal's SIGHUP (their own process groups), so `up`
+    takes it as a stop; under `nohup` (SIGHUP ignored from the start) it stays ignored, or
+    a hangup would stop a market its user meant to outlive the terminal."""
+    import subprocess
+
+    script = (
+        "import signal\n"
+        + ("signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" if nohup else "")
+        + "from promptex.up import Supervisor\n"
+        "supervisor = Supervisor({})\n"
+        "supervisor.handle_signals()\n"
+        "print(signal.getsignal(signal.SIGHUP) == supervisor.request_stop, "
+        "signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == (["False", "True"] if nohup else ["True", "False"])
