@@ -27,7 +27,7 @@ from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, UnreadableGatewa
 from promptex import metering  # noqa: E402
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
 from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
-from promptex.buyerside.signer import CLOSE_SLACK_TOKENS, StreamWatch  # noqa: E402
+from promptex.buyerside.signer import CLOSE_SLACK_TOKENS, Refused, StreamWatch  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
 from promptex.buyerside.wire import (  # noqa: E402
     COST_UNITS_HEADER,
@@ -668,6 +668,77 @@ def test_voucher_log_of_the_event_count__read_by_the_units_rule__old_counts_a_ho
     client = httpx.Client(transport=PromptexSigningTransport(old, inner=gateway.transport()))
     _crash_after_charge(client, gateway)
     assert old.stopped is not None and "3 answers on lane 0" in old.stopped, old.stopped
+
+
+def _restarted(path: Path, gateway: FakeSignedGateway) -> Any:
+    """A proxy started again on the same voucher log: the lane book recovered from it and
+    the gateway's lane report."""
+    signer = make_signer(path, lanes=1)
+    chain = ChainSession(IDENTITY.key, 1, 1, 10**12, 0, (0,))
+    signer.book = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), signer.log).book
+    return signer
+
+
+def _killed_in_flight(signer: Any, gateway: FakeSignedGateway) -> None:
+    """A request signed and sent, and the proxy killed before its answer came back."""
+    ticket = signer.begin("/v1/chat/completions", BODY)
+    request = httpx.Request(
+        "POST", "http://gateway.test/v1/chat/completions", json=BODY,
+        headers={VOUCHER_HEADER: ticket.voucher.header()},
+    )  # fmt: skip
+    with contextlib.suppress(httpx.TransportError):
+        gateway.handle(request)
+    signer.log.close()
+
+
+def test_attack__proxy_killed_with_a_request_in_flight__booked_in_full__weighed_after_restart(tmp_path: Path) -> None:
+    """ubreak's Open B: a request in flight when the proxy died left a voucher with no
+    outcome in the log; the restart adopted the gateway's report (verified, not in flight)
+    as exact, so a gateway that booked that voucher's whole ceiling kept it, weighing
+    nothing: a hold per restart, never stopped. Now it is an answer without figures after
+    the restart: the third such stops signing, within N holds."""
+    gateway = FakeSignedGateway(lanes=1)
+    path = tmp_path / "v.log"
+    signer = make_signer(path, lanes=1)
+    assert _ask(_client(gateway, signer))
+    received = sum(gateway.true_costs)
+    gateway.drop_after_charge = gateway.claim_ceiling = True  # books the whole ceiling, answers nothing
+    n, hold = signer.stop_after_errors, _hold(signer)
+    for _ in range(2 * n):
+        try:
+            _killed_in_flight(signer, gateway)
+        except Refused:
+            break
+        signer = _restarted(path, gateway)
+        assert not signer.book.lanes[0].exact
+    assert signer.stopped is not None and "in flight" in signer.stopped, signer.stopped
+    assert gateway.book[0].charged <= max(v.ceiling for v in gateway.received) <= received + n * hold
+
+
+def test_proxy_killed_with_a_request_in_flight__honest_gateway__its_cost_weighs__lane_exact_again(
+    tmp_path: Path,
+) -> None:
+    """An honest gateway charged a request whose answer the proxy never read (killed): after
+    the restart the lane is bounded, the request pending; the next answer tells the lane's
+    total, the request weighs what it charged, and the lane is exact again. A lane_busy
+    refusal or a request that never left is an outcome too: no request in flight after them."""
+    gateway = FakeSignedGateway(lanes=1)
+    path = tmp_path / "v.log"
+    signer = make_signer(path, lanes=1)
+    assert _ask(_client(gateway, signer))
+    _killed_in_flight(signer, gateway)
+    signer = _restarted(path, gateway)
+    lane = signer.book.lanes[0]
+    assert (lane.pending, lane.exact) == (1, False)
+    assert _ask(_client(gateway, signer)) and signer.stopped is None
+    assert (lane.pending, lane.lost, lane.exact) == (0, gateway.true_costs[1], True)
+    assert lane.charged == gateway.book[0].charged
+    gateway.book[0].in_flight = True  # lane_busy
+    assert not _ask(_client(gateway, signer))
+    gateway.book[0].in_flight = False
+    signer.log.close()
+    signer = _restarted(path, gateway)
+    assert signer.book.lanes[0].pending == 0 and signer.book.lanes[0].exact
 
 
 class HidingGateway(FakeSignedGateway):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 
 class NoFreeLane(RuntimeError):
@@ -66,6 +67,25 @@ class Lane:
     # The units of the lane's answers whose cost was checked exactly (price × tokens within
     # the bounds): the stop rule allows a tolerance of them (`Signer.tolerance_bp`).
     verified: int = 0
+
+    def count_state(self) -> dict[str, Any]:
+        """The stop rule's count of the lane, as the voucher log keeps it (`errors` lines)."""
+        return {"errors": self.errors, "pending": self.pending, "from": str(self.errors_from),
+                "from_exact": self.errors_from_exact, "hold": str(self.pending_hold), "lost": str(self.lost),
+                "lost_holds": self.lost_holds, "closed": self.closed, "allowance": str(self.allowance),
+                "closed_weight": str(self.closed_weight)}  # fmt: skip
+
+    def in_flight(self, hold: int, base: int | None) -> None:
+        """A request whose outcome never came (it was in flight when the proxy stopped),
+        signed for `hold` on the exactly known total `base` (None: a bound): counted as an
+        answer without figures (`Signer._without_figures`), the lane bounded by its ceiling."""
+        if self.pending == 0 and self.closed == 0:
+            self.errors_from, self.errors_from_exact = (self.floor, False) if base is None else (base, True)
+            self.pending_hold = self.allowance = self.closed_weight = 0
+        self.pending += 1
+        self.pending_hold = max(self.pending_hold, hold)
+        self.errors += 1
+        self.charged, self.exact = max(self.charged, self.signed), False
 
 
 class LaneBook:

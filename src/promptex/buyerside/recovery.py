@@ -4,6 +4,9 @@ each lane (whose voucher must be one this session key signed) and the voucher lo
 Per lane, what was charged so far is:
 - the total the last answer told, when the log holds it and every voucher it holds for the
   lane was answered (exact: the gateway's report may not raise it);
+- when the log holds no outcome of the lane's last voucher (in flight when the proxy
+  stopped), at most its highest ceiling, that request counted as an answer without
+  figures (weighed by the stop rule until the lane's next figure: `Lane.in_flight`);
 - the gateway's `charged_units`, when its voucher verifies, covers that figure and the
   lane has no request in flight (exact);
 - else the most that can have been charged: the highest ceiling known to be signed (the
@@ -98,6 +101,23 @@ def recover(
             if found is not None and found.charged != told:
                 out.notes.append(f"lane {lane.index}: the gateway says {found.charged} charged, its last answer {told}")
             lane.charged, lane.exact, lane.floor = told, True, told
+            continue
+        unanswered = voucher_log.unanswered(chain.session, lane.index)
+        if unanswered is not None:
+            # Its last request was in flight when the proxy stopped (no outcome in the log):
+            # an answer without figures, weighed until the lane's next figure tells what it
+            # charged. Adopting the gateway's report as exact instead, a gateway that booked
+            # that voucher's whole ceiling kept it, weighing nothing (ubreak's Open B).
+            hold, base = unanswered
+            lane.floor = max(settled, base or 0, found.charged if found is not None else 0)
+            hold = hold or max(0, logged - lane.floor)  # a voucher logged before holds were
+            lane.largest_hold = max(lane.largest_hold, hold)
+            lane.in_flight(hold, base)
+            voucher_log.write_errors(chain.session, lane.index, lane.count_state())  # its outcome, now
+            out.notes.append(
+                f"lane {lane.index}: its last request was in flight when the proxy stopped: weighed as an answer "
+                f"without figures until the lane's next figure"
+            )
             continue
         if found is not None and not found.in_flight and found.charged >= settled:
             lane.charged, lane.exact, lane.floor = found.charged, True, found.charged

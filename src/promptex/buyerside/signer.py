@@ -309,6 +309,15 @@ class Signer:
         except NoFreeLane as exc:
             raise Refused(429, "no_free_lane", str(exc)) from None
         try:
+            if self.weight(lane) > self._threshold(lane):  # e.g. after a restart: requests in flight then
+                self.stop(
+                    f"answers on lane {lane.index} without the lane's total (of them {lane.pending} in flight or "
+                    f"dropped, not yet told about) may have cost {self.weight(lane)} units: with the next "
+                    f"request's hold more than {self.stop_after_errors} of the lane's largest hold, "
+                    f"{max(1, lane.largest_hold)}, and the {self.tolerated(lane)} tolerated",
+                    lane.index,
+                )
+                raise Refused(402, "signing_stopped", f"signing stopped: {self.stopped}")
             # Ceilings rise strictly per lane (the gateway serves a voucher once: 409
             # voucher_used): above every ceiling the gateway may have accepted (`live`), even
             # when this request's hold is smaller than the last one's less its cost. Built on
@@ -340,7 +349,7 @@ class Signer:
                     ceiling=ceiling,
                 )
                 voucher = Voucher(s.session, lane.index, ceiling, signature)
-                self.log.write(voucher, hold)  # on disk before the request may leave
+                self.log.write(voucher, hold, lane.charged if lane.exact else None)  # on disk before it may leave
                 live_before = lane.live
                 lane.signed = max(lane.signed, ceiling)
                 lane.live = max(lane.live, ceiling)
@@ -380,7 +389,7 @@ class Signer:
         self.lost(ticket)
         self._save_errors(lane)
         weight, hold, tolerated = self.weight(lane), max(1, lane.largest_hold), self.tolerated(lane)
-        if weight > (self.stop_after_errors - 1) * hold + tolerated:
+        if weight > self._threshold(lane):
             self.stop(
                 f"{lane.errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
                 f"none shown to be free by a later answer: they may have cost {weight} units ({lane.lost} shown "
@@ -388,6 +397,10 @@ class Signer:
                 f"the lane's largest hold, {hold}, and the {tolerated} tolerated of its {lane.verified} checked",
                 lane.index,
             )
+
+    def _threshold(self, lane: Lane) -> int:
+        """What answers without figures on the lane may weigh before signing stops."""
+        return (self.stop_after_errors - 1) * max(1, lane.largest_hold) + self.tolerated(lane)
 
     def tolerated(self, lane: Lane) -> int:
         """What the stop rule lets answers without figures weigh beyond N − 1 holds: the
@@ -439,14 +452,19 @@ class Signer:
         lane.pending = lane.closed = lane.allowance = lane.closed_weight = 0
         self._save_errors(lane)
 
+    def _outcome(self, lane: Lane) -> None:
+        """The lane's last voucher was answered without changing what the lane counts (a
+        lane_busy refusal, a request that never left, a stream whose cost alone was told):
+        written, so a restart does not take it for a request in flight then (`recovery`)."""
+        if lane.exact and self.stopped is None:
+            self.log.write_charged(self.session.session, lane.index, lane.charged, lane.verified)
+        else:
+            self._save_errors(lane)
+
     def _save_errors(self, lane: Lane) -> None:
         """The lane's count on disk (the voucher log): a restart recovers it (`recovery`)."""
-        state = {"errors": lane.errors, "pending": lane.pending, "from": str(lane.errors_from),
-                 "from_exact": lane.errors_from_exact, "hold": str(lane.pending_hold),
-                 "lost": str(lane.lost), "lost_holds": lane.lost_holds, "closed": lane.closed,
-                 "allowance": str(lane.allowance), "closed_weight": str(lane.closed_weight)}  # fmt: skip
         try:
-            self.log.write_errors(self.session.session, lane.index, state)
+            self.log.write_errors(self.session.session, lane.index, lane.count_state())
         except VoucherLogError as exc:  # a restart could not go on counting: stop here instead
             self.stop(f"the lane's count of answers without figures is not on disk: {exc}", lane.index)
 
@@ -493,6 +511,7 @@ class Signer:
         this voucher, so the lane keeps its figure and the voucher counts for nothing."""
         if not ticket.done:
             ticket.lane.live = ticket.live_before
+            self._outcome(ticket.lane)
         self._release(ticket)
 
     def _ours(self, raw: Any, ticket: Ticket) -> Voucher | None:
@@ -653,6 +672,7 @@ class Signer:
             # answering lane_busy forever gets the same ceiling again, not one hold more each time.
             if not ticket.exact_before:
                 lane.charged = max(lane.charged, charged)
+            self._outcome(lane)
             return
         stored = self._ours(found[0].get("voucher"), ticket) if found else None
         if stored is not None and stored.ceiling > lane.live:
@@ -684,6 +704,7 @@ class Signer:
                     lane = ticket.lane
                     lane.charged, lane.exact = min(after, ticket.voucher.ceiling), False
                     self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced())
+                    self._outcome(lane)
                     return
             self._charged(ticket, watch.cost, after, headers.get(LANE_HEADER), watch.voucher)
             self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced())

@@ -82,6 +82,10 @@ class VoucherLog:
         # (its stop rule): a restart goes on counting, else each restart would give a
         # gateway that charges and drops every connection one hold more per lane.
         self.errors: dict[tuple[int, int], dict[str, Any]] = {}
+        # Per lane, its last voucher's (hold, the exact total it was signed on or None) while
+        # no outcome of it is written (a `charged` or `errors` line after it): a request in
+        # flight, or in flight when the process stopped (`recovery` weighs it).
+        self.open: dict[tuple[int, int], tuple[int, int | None]] = {}
         records = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND: each write lands at the end even after a torn line was cut off below.
@@ -93,16 +97,19 @@ class VoucherLog:
             raise VoucherLogError(f"{self.path} is the voucher log of another session key or account: {records[0]}")
         for record in records[1:]:
             if record.get("t") == "voucher":
-                self._remember(_voucher(record), int(record.get("hold", 0)))
+                base = record.get("from")  # written since a request in flight is weighed on restart
+                self._remember(_voucher(record), int(record.get("hold", 0)), None if base is None else int(base))
             elif record.get("t") == "charged":
                 key = (int(record["session"]), int(record["lane"]))
                 self.answered[key] = int(record["charged"])
                 self.verified[key] = int(record.get("verified", self.verified.get(key, 0)))
+                self.open.pop(key, None)
             elif record.get("t") == "stopped":
                 lane = record.get("lane")
                 self.stopped = Stop(str(record["reason"]), None if lane is None else int(lane), int(record["at"]))
             elif record.get("t") == "errors":
                 self.errors[(int(record["session"]), int(record["lane"]))] = record
+                self.open.pop((int(record["session"]), int(record["lane"])), None)
             elif record.get("t") == "resumed":
                 self.stopped = None
                 self.errors.clear()
@@ -123,16 +130,17 @@ class VoucherLog:
         os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
         os.fsync(self._fd)
 
-    def _remember(self, voucher: Voucher, hold: int) -> None:
+    def _remember(self, voucher: Voucher, hold: int, base: int | None) -> None:
         key = (voucher.session, voucher.lane)
         self.answered.pop(key, None)  # this voucher's outcome is not known yet
+        self.open[key] = (hold, base)
         self.holds[key] = max(self.holds.get(key, 0), hold)
         if key not in self.highest or voucher.ceiling > self.highest[key].ceiling:
             self.highest[key] = voucher
 
-    def write(self, voucher: Voucher, hold: int = 0) -> None:
-        """Record a voucher, signed for a request held at `hold`, durably; return only once
-        it is on disk."""
+    def write(self, voucher: Voucher, hold: int = 0, base: int | None = None) -> None:
+        """Record a voucher, signed for a request held at `hold` on the lane's exactly known
+        total `base` (None: only a bound was known), durably; return only once it is on disk."""
         record = {
             "t": "voucher",
             "session": voucher.session,
@@ -141,12 +149,14 @@ class VoucherLog:
             "sig": "0x" + voucher.signature.hex(),
             "hold": str(hold),
         }
+        if base is not None:
+            record["from"] = str(base)
         with self._lock:
             try:
                 self._append(record)
             except OSError as exc:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
-            self._remember(voucher, hold)
+            self._remember(voucher, hold, base)
 
     def write_charged(self, session: int, lane: int, charged: int, verified: int = 0) -> None:
         """Record a lane's total as an answer told it, every voucher of the lane answered,
@@ -161,6 +171,7 @@ class VoucherLog:
                 return
             self.answered[(session, lane)] = charged
             self.verified[(session, lane)] = verified
+            self.open.pop((session, lane), None)
 
     def write_stop(self, stop: Stop) -> None:
         """Record that signing stopped; return only once it is on disk."""
@@ -182,6 +193,12 @@ class VoucherLog:
             except OSError as exc:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
             self.errors[(session, lane)] = record
+            self.open.pop((session, lane), None)
+
+    def unanswered(self, session: int, lane: int) -> tuple[int, int | None] | None:
+        """The lane's last voucher's (hold, exact total it was signed on, or None) if no
+        outcome of it was written: its request was in flight when the log was last written."""
+        return self.open.get((session, lane))
 
     def error_state(self, session: int, lane: int) -> dict[str, Any] | None:
         """A lane's count of answers without figures as last recorded (None: none since a resume)."""
