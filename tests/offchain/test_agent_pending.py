@@ -12,6 +12,7 @@ from agent_fakes import PAYEE, USER, Crash, crashing_at
 from click.testing import CliRunner
 
 from human_units import assert_human
+from polling import until
 from promptex.agent.machine import CRASH_STEPS
 from promptex.agent.service import RedemptionPending
 from promptex.agent.store import RELEASED, SELLING, AgentStore, LinkedAccount, StaleTransition, StillOpen
@@ -323,3 +324,61 @@ def test_cli_redeem__its_purchase_to_be_retried__not_finished_exit_1_then_the_re
     world.chain.time += 5  # the purchase's retry is due
     assert _cli(world, monkeypatch, "20", "--resume", "1") == (0, "redemption 1: released\n")
     _assert_sold_once(world)
+
+
+def test_store_create__one_request_id_for_two_providers_at_once_on_postgresql__refused_by_name(postgres, world):
+    """rbreak (session 11): two `promptex redeem` runs at once with one request id for two
+    providers lock two linked accounts' rows, so neither waits for the other; the later
+    insert met the (user, request id) unique index: a duplicate-key database error, not
+    RequestIdTaken naming the redemption that holds the id. The first create is held just
+    before its insert until the second has committed."""
+    from sqlalchemy import event
+
+    from promptex.agent.store import RequestIdTaken
+
+    db = f"agent_request_id_race_{os.getpid()}"
+    url = postgres.create_database(db, template="ledger_template")
+    engine = create_ledger_engine(url)
+    try:
+        store = AgentStore(engine)
+        a = world.account
+        accounts = {}
+        for provider in ("anthropic", "openai"):
+            linked = store.link_account(
+                a.user, provider, a.account_id, a.account_salt, a.account_ref, a.billing_url, a.sealed, 0
+            )  # fmt: skip
+            accounts[provider] = LinkedAccount(
+                linked, a.user, provider, a.account_id, a.account_salt, a.account_ref, a.billing_url, a.sealed, None
+            )  # fmt: skip
+        second_done = threading.Event()
+        held: set[int] = set()
+
+        def hold_first_insert(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+            if statement.lstrip().upper().startswith("INSERT INTO AGENT_REDEMPTIONS") and not held:
+                held.add(1)
+                assert second_done.wait(30)
+
+        event.listen(engine, "before_cursor_execute", hold_first_insert)
+        results: dict[str, object] = {}
+
+        def create(name: str, provider: str, token: str) -> None:
+            try:
+                results[name] = store.create(accounts[provider], token, 20 * USD, 10**24, None, 1, request_id="r1")
+            except Exception as exc:  # noqa: BLE001 (what the run would have shown)
+                results[name] = exc
+            finally:
+                if name == "second":
+                    second_done.set()
+
+        first = threading.Thread(target=create, args=("first", "anthropic", "CLD"))
+        first.start()
+        until(lambda: held, "the first create held at its insert")
+        create("second", "openai", "GPT")
+        first.join(60)
+        assert not first.is_alive()
+        (only,) = store.redemptions()
+        assert results["second"] == only and only.provider == "openai"
+        assert isinstance(results["first"], RequestIdTaken) and results["first"].redemption == only
+    finally:
+        engine.dispose()
+        postgres.drop_database(db)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemptions, agent_rules, agent_txs, agent_users
 from promptex.chain.sender import SignedTx
@@ -156,6 +157,16 @@ class RequestIdTaken(ValueError):
         super().__init__(f"request id {redemption.request_id!r} is redemption {redemption.id}, with other terms")
 
 
+def _retried(taken: Redemption, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int) -> Redemption:
+    """The redemption a request id already names, asked for again: itself with the same
+    terms, else RequestIdTaken."""
+    if (taken.provider, taken.token, taken.usd_micro, taken.max_tokens_in) != (
+        account.provider, token, usd_micro, max_tokens_in,
+    ):  # fmt: skip
+        raise RequestIdTaken(taken)
+    return taken
+
+
 class StillOpen(ValueError):
     """The user already has a redemption open for that provider (one at a time)."""
 
@@ -283,7 +294,21 @@ class AgentStore(SignedTxStore):
         `promptex redeem` runs, a rule's pass) queue on PostgreSQL too (SQLite's writers
         queue on BEGIN IMMEDIATE) and the second sees the first's row. A `request_id` is
         the user's one (`by_request`): one already taken returns that redemption, whatever
-        its status (a retry), or RequestIdTaken if its terms differ."""
+        its status (a retry), or RequestIdTaken if its terms differ; so is one another run
+        took meanwhile for another provider (another account's row locked: the insert meets
+        the unique index)."""
+        try:
+            return self._create(account, token, usd_micro, max_tokens_in, rule_id, now, request_id)
+        except IntegrityError:
+            taken = None if request_id is None else self.by_request(account.user, request_id)
+            if taken is None:
+                raise
+            return _retried(taken, account, token, usd_micro, max_tokens_in)
+
+    def _create(
+        self, account: LinkedAccount, token: str, usd_micro: int, max_tokens_in: int, rule_id: int | None, now: int,
+        request_id: str | None,
+    ) -> Redemption:  # fmt: skip
         r = agent_redemptions.c
         with self._tx() as conn:
             conn.execute(select(agent_accounts.c.id).where(agent_accounts.c.id == account.id).with_for_update())
@@ -292,12 +317,7 @@ class AgentStore(SignedTxStore):
                     select(agent_redemptions).where(r.user_address == account.user, r.request_id == request_id)
                 ).first()
                 if found is not None:
-                    taken = _redemption(found)
-                    if (taken.provider, taken.token, taken.usd_micro, taken.max_tokens_in) != (
-                        account.provider, token, usd_micro, max_tokens_in,
-                    ):  # fmt: skip
-                        raise RequestIdTaken(taken)
-                    return taken
+                    return _retried(_redemption(found), account, token, usd_micro, max_tokens_in)
             busy = conn.execute(
                 select(agent_redemptions).where(
                     r.user_address == account.user, r.provider == account.provider, r.status.in_(OPEN_STATUSES)
