@@ -123,6 +123,11 @@ def test_lock_connection_cut_with_requests_in_flight__holds_orphaned__late_answe
                 assert answers[name].status_code == 503, answers[name].text
                 assert answers[name].json()["error"]["code"] == "hold_ended"
                 assert "x-promptex-lane-charged-units" not in answers[name].headers
+            # The signed refusal names its lane's total (unchanged: nothing charged) and its
+            # voucher (accepted), so a buyer's side keeps the lane exact (pbreak's Open 3).
+            error = answers["signed"].json()["error"]
+            assert (error["lane"], error["lane_charged_units"], error["voucher"]["ceiling"]) == (0, "0", str(FLAT_OUT))
+            assert "lane_charged_units" not in answers["plain"].json()["error"]
             for who in (account, signer):  # nothing charged
                 balance = gw.ledger.balance(who, "USDC")
                 assert (balance.posted, balance.held) == (10 * USDC if who == account else USDC, 0)

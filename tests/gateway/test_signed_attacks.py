@@ -855,3 +855,49 @@ def test_attack__an_answer_whose_reading_raises__not_adopted_unchecked__signing_
             client.post("http://gateway.test/v1/chat/completions", json=BODY)
     assert signer.stopped is not None and len(gateway.received) == 1, signer.stopped
     assert gateway.book[0].charged <= _hold(signer)
+
+
+class HoldEndedGateway(FakeSignedGateway):
+    """On `ending`, accepts the voucher, then ends its hold uncharged (a gateway process
+    that lost its ledger session): 503 hold_ended naming the lane's unchanged total and the
+    accepted voucher, as `errors.hold_ended` does (`claim` instead names this total)."""
+
+    ending: bool = False
+    claim: int | None = None
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if not self.ending or VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        self.received.append(voucher)
+        lane = self.book[voucher.lane]
+        lane.voucher = voucher  # accepted: the lane's highest; nothing charged
+        total = lane.charged if self.claim is None else self.claim
+        error = {"message": "hold ended", "type": "server_error", "code": "hold_ended", "lane": voucher.lane,
+                 "lane_charged_units": str(total), "voucher": voucher.header()}  # fmt: skip
+        return httpx.Response(503, json={"error": error})
+
+
+def test_hold_ended_naming_the_lane_total__lane_stays_exact__voucher_kept_as_accepted(tmp_path: Path) -> None:
+    """pbreak's Open 3: a 503 hold_ended named no lane total, so it weighed as an answer
+    without figures (after a database restart a busy lane could stop for answers all free).
+    It now names the lane's total and its voucher: the lane stays exact, nothing weighs, and
+    the voucher counts as accepted (read as a voucher refusal, `live` went back below it and
+    the next request was signed at the same ceiling: refused 409 voucher_used). A total
+    above the one before it, every request answered, still stops signing."""
+    gateway = HoldEndedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    assert _ask(client)
+    lane = signer.book.lanes[0]
+    for _ in range(2 * signer.stop_after_errors):
+        gateway.ending = True
+        assert not _ask(client)
+        accepted = gateway.received[-1].ceiling
+        assert (lane.exact, lane.charged, lane.errors, lane.pending) == (True, gateway.book[0].charged, 0, 0)
+        assert lane.live == accepted and signer.stopped is None
+        gateway.ending, sent = False, len(gateway.received)
+        assert _ask(client) and len(gateway.received) == sent + 1  # served at once: no voucher_used
+    gateway.ending, gateway.claim = True, gateway.book[0].charged + 1  # a charge it says it did not make
+    assert not _ask(client)
+    assert signer.stopped is not None and "every request signed on it was answered" in signer.stopped

@@ -78,6 +78,10 @@ CLOSE_SLACK_TOKENS = 32
 STOP_TOLERANCE_BP = 100
 BASIS_POINTS = 10_000
 LANE_BUSY = "lane_busy"
+# A 503 after the gateway accepted the voucher and then ended its hold uncharged (its process
+# lost its ledger session): it names the lane's total, unchanged, and the voucher stays the
+# lane's highest accepted one (not a voucher refusal: `live` keeps it).
+HOLD_ENDED = "hold_ended"
 # A lane the gateway answered lane_busy on is not tried again for this long: a crashed
 # gateway's hold keeps it busy until the hold expires, and every request sent on it meanwhile
 # is one more answer that may be lost (and counted) if a connection drops again.
@@ -643,9 +647,11 @@ class Signer:
             self._without_figures(ticket, f"{status} {code or 'without an error code'}")
             return
         # A voucher refusal: this voucher covers nothing, so the lane's total is within the
-        # vouchers the gateway accepted before it (`live`), never the refused ceiling.
+        # vouchers the gateway accepted before it (`live`), never the refused ceiling. (A
+        # hold ended uncharged: the voucher was accepted, and its request took nothing.)
         lane = ticket.lane
-        lane.live = ticket.live_before
+        if code != HOLD_ENDED:
+            lane.live = ticket.live_before
         if charged > lane.live:
             self.stop(
                 f"the gateway refused lane {lane.index}'s voucher yet says the lane was charged {charged}, "

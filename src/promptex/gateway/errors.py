@@ -134,14 +134,20 @@ def price_unavailable(symbol: str, own: str) -> GatewayError:
     )
 
 
-def hold_ended() -> GatewayError:
-    return GatewayError(
+def hold_ended(signed: dict[str, Any] | None = None) -> GatewayError:
+    """The request's hold was ended under it (`HoldOrphaned`): nothing served or charged. A
+    signed request's refusal names its lane, the lane's total (the one before it: the hold
+    was given back uncharged) and its voucher (accepted, the lane's highest), so a buyer's
+    side keeps the lane exact instead of weighing the request as an answer without figures."""
+    error = GatewayError(
         503,
         "This gateway process lost its ledger session while the request ran, and its hold was ended: "
         "the answer is not served and nothing is charged; retry.",
         type="server_error",
         code="hold_ended",
     )
+    error.extra = dict(signed or {})
+    return error
 
 
 def ledger_unavailable() -> GatewayError:

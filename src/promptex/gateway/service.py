@@ -206,6 +206,17 @@ class Priced:
     lane_charged: int = 0  # signed mode: the lane's total charged before it
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
 
+    def lane_state(self) -> dict[str, Any] | None:
+        """Signed mode: its lane, the lane's total before it and its voucher, for a refusal
+        after its hold was ended uncharged (`errors.hold_ended`)."""
+        if self.voucher is None:
+            return None
+        return {
+            "lane": self.voucher.lane,
+            "lane_charged_units": str(self.lane_charged),
+            "voucher": self.voucher.fields(),
+        }
+
 
 class Gateway:
     def __init__(
@@ -764,7 +775,7 @@ class Gateway:
         except limits.LateAnswerRefused:  # metered past its horizon (this process stalled): not served
             raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
         except HoldOrphaned:  # a sweeper found this process's ledger lock free and ended the hold
-            raise errors.hold_ended() from None
+            raise errors.hold_ended(priced.lane_state()) from None
         priced.settle_seconds = time.perf_counter() - began
         self.registry.used(lot, usd)
         charged = cost if hold.charged is None else hold.charged
@@ -924,7 +935,7 @@ class Gateway:
         try:
             moved = await self._thread(self.ledger.holds.move, request_id, LotClaim(lot.id, priced.capacity))
         except HoldOrphaned:
-            raise errors.hold_ended() from None
+            raise errors.hold_ended(priced.lane_state()) from None
         if moved is None:
             return False
         priced.lot_id = lot.id
