@@ -853,13 +853,23 @@ class Coordinator:
         back (a node re-includes an orphaned block's transactions) and the batch lands.
         Read at the head the pass re-checked its receipts at, never a later one: a reorg
         after that check could have orphaned a block the later head counts as deep.
-        Of this key's settles, at this key's nonces: another key's are final once a pass runs
-        at all (`txlog.wait_for_other_keys`)."""
-        sender = self.chain.sender
-        if self._checked_head is None:  # receipts not yet re-checked: nothing is final
-            return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, 0, sender)]
-        final = self.store.final_nonce(self._checked_head - self.reorg_window, sender)
-        return [batch for asset in sorted(assets) for batch in self.store.unfinal_failures(asset, final, sender)]
+        Each key's settles at that key's nonces (two accounts' nonces are never compared).
+        Another key's failure is also final once its epoch is taken on chain by a settle
+        `reorg_window` deep (`_epoch_taken_deep`: it can never land then): its key may be
+        retired, so nothing of it is ever mined past that nonce. Not only this key's: one
+        that failed DROPPED (its nonce taken by a transaction outside the log, a wallet's
+        cancel) leaves no row of its key open or mined, so `txlog.wait_for_other_keys` does
+        not wait for it (cbreak's finding: its records went under a later epoch at once)."""
+        sender, head = self.chain.sender, self._checked_head
+        found: list[Batch] = []
+        for key in sorted({sender, *self.store.failure_senders()}):
+            # Receipts not yet re-checked: nothing is final.
+            final = 0 if head is None else self.store.final_nonce(head - self.reorg_window, key)
+            for asset in assets:
+                for batch in self.store.unfinal_failures(asset, final, key):
+                    if key == sender or self._epoch_taken_deep(batch) is None:
+                        found.append(batch)
+        return sorted(found, key=lambda batch: (batch.asset, batch.id))
 
     def _plannable(self, asset: str, epoch: int, records: list[StoredUsage]) -> list[StoredUsage]:
         """The records that may be planned at `epoch`. A record of a failed batch may be
