@@ -532,3 +532,16 @@ def test_stream_watch__responses_text_deltas__counted_as_produced() -> None:
     watch = StreamWatch()
     watch.feed(b'data: {"type":"response.output_text.delta","delta":"hello"}\n\n')
     assert watch.produced() == len(b'"hello"')
+
+
+def test_signer_again__a_ticket_not_refused_lane_busy__refused_not_signed(tmp_path: Path) -> None:
+    """`Signer.again` signs again only a request the gateway refused lane_busy (it took
+    nothing); any other ticket's voucher may have been charged, so signing it again on
+    another lane is refused (before: it returned None, which both callers' loops never
+    reached, having checked lane_busy first; their branches for it are gone)."""
+    signer = make_signer(tmp_path / "v.log", lanes=2)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    ticket = signer.begin("/v1/chat/completions", body)
+    with pytest.raises(ValueError, match="lane_busy"):
+        signer.again(ticket, "/v1/chat/completions", body)
+    assert len(signer.log.highest) == 1  # nothing more signed

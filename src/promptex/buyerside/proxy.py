@@ -75,12 +75,9 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                 return response
             # Refused lane_busy (it took nothing): sent again on another lane, if one is free.
             try:
-                again = await anyio.to_thread.run_sync(signer.again, ticket, path, body, raw)  # never waits for a lane
+                ticket = await anyio.to_thread.run_sync(signer.again, ticket, path, body, raw)  # never waits for a lane
             except Refused as refused:
                 return refuse(path, refused)
-            if again is None:
-                return response
-            ticket = again
 
     async def send(path: str, raw: bytes, body: dict[str, Any], headers: dict[str, str], ticket: Ticket) -> Response:
         headers[VOUCHER_HEADER] = ticket.voucher.header()

@@ -274,14 +274,15 @@ class Signer:
         """Sign a request's voucher, durably logged; raises Refused instead."""
         return self._begin(path, body, raw, self.lane_wait_seconds)
 
-    def again(self, ticket: Ticket, path: str, body: dict[str, Any], raw: bytes = b"") -> Ticket | None:
+    def again(self, ticket: Ticket, path: str, body: dict[str, Any], raw: bytes = b"") -> Ticket:
         """The request of `ticket`, which the gateway refused 409 lane_busy (it took
-        nothing), signed on another lane that is free now; None when it was not refused so.
-        The refused lane rests, so the next is another; raises Refused (429 no_free_lane,
-        Retry-After) when none is free now or every lane was tried: the client is told to
-        come back, not that a lane it never chose is busy. Never waits for a lane."""
+        nothing), signed on another lane that is free now (ValueError for a ticket not
+        refused so: its voucher may have been charged). The refused lane rests, so the next
+        is another; raises Refused (429 no_free_lane, Retry-After) when none is free now or
+        every lane was tried: the client is told to come back, not that a lane it never
+        chose is busy. Never waits for a lane."""
         if not ticket.lane_busy:
-            return None
+            raise ValueError("only a request refused lane_busy is signed again")
         rest = max(1, math.ceil(self.lane_busy_rest_seconds))
         busy = Refused(
             429,

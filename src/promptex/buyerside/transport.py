@@ -94,12 +94,9 @@ class PromptexSigningTransport(httpx.BaseTransport):
                 return response
             # Refused lane_busy (it took nothing): sent again on another lane, if one is free.
             try:
-                again = self.signer.again(ticket, path, body, raw)
+                ticket = self.signer.again(ticket, path, body, raw)
             except Refused as refused:
                 return refusal(path, refused)
-            if again is None:
-                return response
-            ticket = again
 
     def _send(self, request: httpx.Request, ticket: Ticket, body: dict[str, object]) -> httpx.Response:
         request.headers[VOUCHER_HEADER] = ticket.voucher.header()
