@@ -221,6 +221,7 @@ class Coordinator:
         # The head at which this process last re-checked its receipts (None: not yet): the
         # next re-check reaches back a window below it, and finality is read at it.
         self._checked_head: int | None = None
+        self._taken_deep: set[int] = set()  # other keys' failed batches whose epoch a deep settle took
 
     # ─── One pass ────────────────────────────────────────────────────────────
 
@@ -603,8 +604,8 @@ class Coordinator:
             base = self._checked_head if self._checked_head is not None else self.store.newest_block(sender)
             final = 0 if base is None else self.store.final_nonce(base - self.reorg_window, sender)
             for batch, tx in self.store.failed_settles(sender, final):
-                if self.store.batch(batch.id).status != FAILED:
-                    continue  # an earlier reattach in this loop took it back
+                if self.store.batch(batch.id).status != FAILED or batch.id in self._taken_deep:
+                    continue  # an earlier reattach in this loop took it back; its epoch another's, deep
                 receipt = self.chain.receipt(tx.tx_hash)
                 if receipt is None or not receipt.ok:
                     continue
@@ -853,13 +854,14 @@ class Coordinator:
         back (a node re-includes an orphaned block's transactions) and the batch lands.
         Read at the head the pass re-checked its receipts at, never a later one: a reorg
         after that check could have orphaned a block the later head counts as deep.
-        Each key's settles at that key's nonces (two accounts' nonces are never compared).
-        Another key's failure is also final once its epoch is taken on chain by a settle
-        `reorg_window` deep (`_epoch_taken_deep`: it can never land then): its key may be
-        retired, so nothing of it is ever mined past that nonce. Not only this key's: one
-        that failed DROPPED (its nonce taken by a transaction outside the log, a wallet's
-        cancel) leaves no row of its key open or mined, so `txlog.wait_for_other_keys` does
-        not wait for it (cbreak's finding: its records went under a later epoch at once)."""
+        Each key's settles at that key's nonces (two accounts' nonces are never compared),
+        other keys' too: one whose settle was closed DROPPED (its nonce taken by a
+        transaction outside the log, a wallet's cancel) leaves no row of its key open or
+        mined, so `txlog.wait_for_other_keys` never waits for it (cbreak's finding: its
+        records went under a later epoch at once). Its key may be retired, nothing of it
+        ever mined past that nonce: another key's failure is also final once its epoch is
+        taken on chain by a settle `reorg_window` deep (`_epoch_taken_deep`: it can never
+        land then; remembered, a deeper reorg being reconcile's)."""
         sender, head = self.chain.sender, self._checked_head
         found: list[Batch] = []
         for key in sorted({sender, *self.store.failure_senders()}):
@@ -867,7 +869,9 @@ class Coordinator:
             final = 0 if head is None else self.store.final_nonce(head - self.reorg_window, key)
             for asset in assets:
                 for batch in self.store.unfinal_failures(asset, final, key):
-                    if key == sender or self._epoch_taken_deep(batch) is None:
+                    if key != sender and batch.id not in self._taken_deep and self._epoch_taken_deep(batch):
+                        self._taken_deep.add(batch.id)
+                    if key == sender or batch.id not in self._taken_deep:
                         found.append(batch)
         return sorted(found, key=lambda batch: (batch.asset, batch.id))
 
