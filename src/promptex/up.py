@@ -190,7 +190,7 @@ class Supervisor:
         self.check()
         console.print(f"[bold]▶ starting {service.name}[/bold]")
         service.process = subprocess.Popen(
-            service.argv,
+            [*_dies_with_parent(), *service.argv],
             env={**self.env, **service.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -262,6 +262,15 @@ class Supervisor:
             assert service.process is not None
             table.add_row(service.name, str(service.process.pid), service.url)
         return table
+
+
+def _dies_with_parent() -> list[str]:
+    """A prefix that has a service sent SIGTERM should `up` itself die without stopping it
+    (kill -9, the OOM killer): util-linux's `setpriv --pdeathsig`, which execs the service
+    (its own pid). Otherwise every service ran on for good, anvil holding the chain's port
+    and the next `up` refusing it. Where there is no setpriv (not Linux): nothing."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [] if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:

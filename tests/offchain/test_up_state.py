@@ -4,6 +4,7 @@ record before starting clean (a PostgreSQL ledger is refused: nothing to move)."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -235,3 +236,41 @@ def test_handle_signals__a_closed_terminal_stops_the_market__unless_started_unde
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == (["False", "True"] if nohup else ["True", "False"])
+
+
+def test_up_killed_with_kill_9__its_services_get_sigterm_not_left_running(tmp_path: Path) -> None:
+    """rbreak (session 11): `promptex up` killed with kill -9 (or by the OOM killer) cannot
+    stop its services: they ran on for good (anvil holding the chain's port, the next `up`
+    refusing to start). Each now gets SIGTERM when `up` dies (setpriv --pdeathsig)."""
+    import signal
+    import subprocess
+
+    from polling import until
+
+    ready, termed, pid = tmp_path / "ready", tmp_path / "termed", tmp_path / "pid"
+    service = (
+        "import os, pathlib, signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (pathlib.Path({str(termed)!r}).write_text('x'), sys.exit(0)))\n"
+        f"pathlib.Path({str(pid)!r}).write_text(str(os.getpid()))\n"
+        f"pathlib.Path({str(ready)!r}).write_text('x')\n"
+        "time.sleep(120)\n"
+    )
+    up = (
+        "import os, sys, time\n"
+        "from promptex.up import Service, Supervisor\n"
+        "supervisor = Supervisor(dict(os.environ))\n"
+        f"supervisor.start(Service('agent', [sys.executable, '-c', {service!r}]))\n"
+        "time.sleep(120)\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", up])
+    try:
+        until(ready.exists, "the service started")
+        job.kill()
+        job.wait(timeout=30)
+        until(termed.exists, "the service got SIGTERM once up died", seconds=20)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        if pid.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid.read_text()), signal.SIGKILL)
