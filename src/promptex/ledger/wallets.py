@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Container, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from promptex.ledger import debts
 from promptex.ledger.accounts import get_or_create_account, owned_account, set_cap_remaining
@@ -75,9 +75,23 @@ def first_bound(conn: Connection, account: int) -> str | None:
     ).scalar()
 
 
+ADDRESS_LOCKS = 0x61646472  # PostgreSQL advisory locks' first key ("addr"); the second, the address's hash
+
+
+def _lock_address(conn: Connection, address: str) -> None:
+    """Until this transaction ends, no other binds `address` or credits it (PostgreSQL; SQLite
+    has one writer at a time). Without it, at READ COMMITTED, a deposit read as unbound while a
+    binding was under way went to the unclaimed account after the binding had moved what that
+    account held: the buyer's funds stranded there, the bound account at zero."""
+    if conn.dialect.name == "postgresql":
+        key = func.hashtext(checksum_address(address))
+        conn.execute(select(func.pg_advisory_xact_lock(ADDRESS_LOCKS, key)))
+
+
 def account_for_address(conn: Connection, address: str, now: int) -> int:
     """The account an address's funds belong to: its bound account, or else its own
     unclaimed account (credited to no one until the address is bound)."""
+    _lock_address(conn, address)
     account = bound_account(conn, address)
     if account is not None:
         return account
@@ -140,6 +154,7 @@ def bind(
     if not used:
         raise NonceReplayed("this binding message was used already; ask for a new one")
     address = checksum_address(message.wallet)
+    _lock_address(conn, address)
     current = bound_account(conn, address)
     if current is not None:
         if current != message.account:
