@@ -6,12 +6,20 @@ lanes, and SIGKILLs of the proxy and of the gateway at random points (seeded;
 PROMPTEX_SIGNED_CHAIN_SEED replays). Then, once the coordinator has settled every lane
 with `settle_signed`, against the fake upstream's own log: Σ settled on chain ≤ Σ true
 cost + one hold per lane, and every lane's settled total is covered by a voucher on the
-buyer's disk. CI: 120 requests, 3 kills; HYPOTHESIS_PROFILE=deep: 1,000 and 12."""
+buyer's disk. CI: 120 requests, 3 kills; HYPOTHESIS_PROFILE=deep: 1,000 and 12.
+
+PROMPTEX_SIGNED_CHAIN_WORKERS=N (N > 1; opt-in, not in CI): the ledger on PostgreSQL and
+`gateway serve --workers N`; the kills then also hit single workers (SIGKILL: its parent
+starts it again and ends its holds, the other workers' sweeps too) besides the whole command
+(its workers finish their requests) and the proxy."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +27,7 @@ from types import SimpleNamespace
 import httpx
 from eth_account import Account
 from market_stack import Services, deployed_market
+from sqlalchemy import func, select
 
 from polling import until
 from promptex import metering
@@ -31,16 +40,50 @@ from promptex.gateway.keys import hash_key, new_api_key
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.binding import sign
+from promptex.ledger.local_postgres import LocalPostgres
+from promptex.ledger.schema import holds
 from promptex.serving import ServerThread, free_port
 from signed_traffic import CLI, Process, Served, drive, logged_vouchers, most_held, proxy_process
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 REQUESTS = 1_000 if DEEP else 120
 KILLS = 12 if DEEP else 3
+WORKERS = int(os.environ.get("PROMPTEX_SIGNED_CHAIN_WORKERS") or 1)
 LANES = 3
 MODEL = "fake-gpt"
 RATE_BPS = 6_000
 USD = 10**6
+
+
+class _Worker:
+    """A victim for `drive`: one worker of a `--workers` gateway, SIGKILLed; its parent
+    starts another in its place (`start` waits for it, and for the gateway to answer)."""
+
+    def __init__(self, gateway: Process, rng: random.Random) -> None:
+        self.gateway, self.rng = gateway, rng
+        self.up = threading.Event()
+        self.up.set()
+        self.kills = 0
+
+    def _workers(self) -> list[int]:
+        proc = self.gateway.proc
+        if proc is None or proc.poll() is not None:
+            return []
+        with contextlib.suppress(FileNotFoundError):
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            return sorted(int(pid) for pid in children)
+        return []
+
+    def kill(self) -> None:
+        workers = self._workers()
+        if len(workers) == WORKERS:
+            self.up.clear()
+            os.kill(self.rng.choice(workers), signal.SIGKILL)
+            self.kills += 1
+
+    def start(self) -> None:
+        until(lambda: len(self._workers()) == WORKERS or not self._workers(), "the parent started a worker again", 60)
+        self.up.set()
 
 
 def test_signed_mode_on_chain__proxy_and_gateway_sigkilled__settled_within_true_cost_plus_a_hold_per_lane(
@@ -49,13 +92,26 @@ def test_signed_mode_on_chain__proxy_and_gateway_sigkilled__settled_within_true_
     seed = int(os.environ.get("PROMPTEX_SIGNED_CHAIN_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
     upstream = Served(create_fake_upstream(FakeUpstreamConfig(latency_ms=20)))
-    with deployed_market(tmp_path) as chain, ServerThread(upstream) as fake_server:
+    with contextlib.ExitStack() as stack:
+        chain = stack.enter_context(deployed_market(tmp_path))
+        fake_server = stack.enter_context(ServerThread(upstream))
         fake = SimpleNamespace(url=fake_server.url + "/v1")
         services = Services(chain, tmp_path, fake)  # type: ignore[arg-type]
+        serve = [*CLI, "gateway", "serve", "--port", str(services.gateway_port)]
+        if WORKERS > 1:  # a PostgreSQL server of its own (not the session's fixture: ape's teardown)
+            postgres = LocalPostgres().start()
+            stack.callback(postgres.stop)
+            services.ledger_url = postgres.create_database("signed_chain")  # migrated by Ledger.open below
+            services.env["PROMPTEX_LEDGER_URL"] = services.ledger_url
+            serve += ["--workers", str(WORKERS)]
         ledger = Ledger.open(services.ledger_url, sqlite_synchronous="NORMAL")
         vault, usdc, escrow = chain.contract("CreditsVault"), chain.asset("USDC"), chain.contract("CreditEscrow")
-        gateway = Process([*CLI, "gateway", "serve", "--port", str(services.gateway_port)], services.env,
-                          services.gateway_port, "/healthz", tmp_path / "gateway.out")  # fmt: skip
+        gateway = Process(serve, services.env, services.gateway_port, "/healthz", tmp_path / "gateway.out")
+        # With workers, a kill hits a single worker three times in five (the proxy and the whole
+        # command one each): a killed worker's holds are a dead process's, which the parent and
+        # the other workers' sweeps end (orphaned) while the lane's next request is signed.
+        worker = _Worker(gateway, rng)
+        victims: list[Process | _Worker] = [gateway] if WORKERS == 1 else [gateway, worker, worker, worker]
         proxy = None
         try:
             services.start("indexer")
@@ -103,7 +159,7 @@ def test_signed_mode_on_chain__proxy_and_gateway_sigkilled__settled_within_true_
             proxy = proxy_process(gateway.url, api_key, tmp_path / "session.json", services.env, free_port(),
                                   tmp_path / "proxy.out")  # fmt: skip
             proxy.start()
-            answered = drive(proxy, [gateway], model=MODEL, requests=REQUESTS, kills=KILLS, clients=4, rng=rng)
+            answered = drive(proxy, victims, model=MODEL, requests=REQUESTS, kills=KILLS, clients=4, rng=rng)  # type: ignore[arg-type]
             status = httpx.get(proxy.url + "/promptex/status", timeout=10).json()
 
             def settled() -> list[int]:
@@ -123,6 +179,11 @@ def test_signed_mode_on_chain__proxy_and_gateway_sigkilled__settled_within_true_
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; on chain {seen}") from None
             on_chain = settled()
+            kills = (proxy.kills, gateway.kills, worker.kills)
+            with ledger.engine.connect() as conn:
+                holds_seen = dict(
+                    conn.execute(select(holds.c.status, func.count()).group_by(holds.c.status)).tuples().all()
+                )
         finally:
             if proxy is not None:
                 proxy.kill()
@@ -140,4 +201,5 @@ def test_signed_mode_on_chain__proxy_and_gateway_sigkilled__settled_within_true_
     for lane, total in enumerate(on_chain):  # each settled debit within a voucher the buyer signed
         assert total <= max((c for at, c, _sig in logged if at == lane), default=0), f"seed {seed}"
     print(f"seed {seed}: {answered} answered, {len(upstream.usages)} served, true cost {true_cost}, "
-          f"settled on chain {sum(on_chain)}, at most {LANES} × {held} above")  # fmt: skip
+          f"settled on chain {sum(on_chain)}, at most {LANES} × {held} above; kills (proxy, gateway, "
+          f"worker): {kills}; holds {holds_seen}")  # fmt: skip
