@@ -103,11 +103,11 @@ def test_old_keys_only_settle_dropped_by_a_cancel__its_records_wait_until_its_ep
 
 
 def test_old_keys_only_settle_dropped_by_a_cancel__no_reorg__its_records_settle_once_its_epoch_is_deep(
-    book: Ledger, chain: FakeChain
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without the reorg the wait ends: once G1 (epoch 1) is `reorg_window` deep, Z can never
-    land; X's record goes under epoch 2, debited once."""
-    _, x_address, x_request, y, y_address, _, _ = _old_keys_only_settle_dropped_by_a_cancel(book, chain)
+    land; X's record goes under epoch 2, debited once, and Z is no longer read."""
+    _, x_address, x_request, y, y_address, z, _ = _old_keys_only_settle_dropped_by_a_cancel(book, chain)
     new = _coordinator(book, chain, "new")
     spend(book, y, 2_007)
     assert new.run_once().confirmed == [(USDC, 1)]
@@ -123,3 +123,10 @@ def test_old_keys_only_settle_dropped_by_a_cancel__no_reorg__its_records_settle_
     assert report.held == set() and report.confirmed == [(USDC, 2)]
     assert (_debited(chain, x_address), _debited(chain, y_address)) == (1_002, 2_007)
     _books_equal_chain(book, chain)
+
+    read: list[str] = []
+    real = chain.receipt
+    monkeypatch.setattr(chain, "receipt", lambda tx_hash: read.append(tx_hash) or real(tx_hash))
+    chain.next_window()
+    new.run_once()
+    assert z.tx_hash not in read  # Z can never land: no pass reads it again (its key's nonce never final)
