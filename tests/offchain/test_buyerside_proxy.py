@@ -290,3 +290,35 @@ def test_session_grant__relayed__queued_for_the_coordinator_once(tmp_path: Path)
         grant.account, "USDC", grant.key, grant.lanes, grant.maximum, grant.session,
     )  # fmt: skip
     assert queued.signature == grant.signature
+
+
+def test_proxy__client_gives_up_a_plain_request__answer_still_read_and_checked(tmp_path: Path) -> None:
+    """A client that gives up waiting for a plain (not streamed) answer does not make the
+    proxy give it up: it reads the gateway's answer to its end and checks it, so the lane
+    stays exact and nothing weighs (a gateway stalling until clients leave gets no
+    unweighed hold: it meets the proxy's own read timeout, a dropped connection)."""
+    import time
+
+    from buyerside_fakes import asgi_app
+
+    from promptex.serving import ServerThread
+
+    gateway = FakeSignedGateway(lanes=1, latency=0.5)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with ServerThread(asgi_app(gateway)) as upstream:
+        app = create_proxy(signer, httpx.AsyncClient(base_url=upstream.url, timeout=30))  # type: ignore[arg-type]
+        with ServerThread(app, timeout_graceful_shutdown=1) as proxy:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"http://127.0.0.1:{proxy.port}/v1/chat/completions", json=body, timeout=0.1)
+            lane = signer.book.lanes[0]
+            deadline = time.monotonic() + 10
+            while lane.busy and time.monotonic() < deadline:
+                time.sleep(0.02)
+    assert not lane.busy and (lane.exact, lane.charged, lane.errors, lane.closed) == (
+        True,
+        gateway.book[0].charged,
+        0,
+        0,
+    )
+    assert lane.charged > 0 and signer.stopped is None
