@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Generator
 from pathlib import Path
 
 import httpx
 import openai
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
-from buyerside_fakes import IDENTITY, MODEL, RATES, FakeSignedGateway, make_signer  # noqa: E402
+from buyerside_fakes import IDENTITY, MODEL, RATES, FakeSignedGateway, _ClosingStream, make_signer  # noqa: E402
 
 from promptex import metering  # noqa: E402
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
@@ -124,3 +126,108 @@ def test_breaker__charge_and_drop_across_proxy_restarts__within_n_holds_per_lane
     assert taken <= 3 * hold, (taken, hold, len(gateway.received), signer.stopped)
     assert len(gateway.received) == 3  # the third drop stopped signing, and the stop outlives restarts
     assert signer.stopped is not None and "3 answers on lane 0 came without the lane's total" in signer.stopped
+
+
+class PaddingGateway(FakeSignedGateway):
+    """Streams a two-byte answer ("hi") and then `pad` events whose delta is empty (`{}`:
+    no text, 12 bytes of JSON each), reporting and charging as output the most the stream's
+    JSON would allow (up to max_tokens). `stall`: it never ends the stream, so the client
+    closes it after the padding; the lane is then booked its voucher's whole ceiling, and
+    the next voucher refused 409 ceiling_below_charged naming that total (with the stored
+    voucher: it verifies)."""
+
+    pad: int = 100
+    stall: bool = False
+    turn: int = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        lane = self.book[voucher.lane]
+        self.received.append(voucher)
+        self.turn += 1
+        if self.stall and self.turn % 2 == 0:
+            assert lane.voucher is not None
+            error = {"message": "below", "type": "conflict_error", "code": "ceiling_below_charged",
+                     "lane_charged_units": str(lane.charged), "voucher": lane.voucher.header()}  # fmt: skip
+            return httpx.Response(409, json={"error": error})
+        body = orjson.loads(request.content)
+        prompt = sum(3 + len(str(m["content"]).split()) for m in body["messages"])
+        self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(prompt, 1)))  # "hi": a token
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+        events = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]}]
+        events += [{**chunk, "choices": [{"index": 0, "delta": {}}]}] * self.pad
+        framed = sum(len(orjson.dumps({"delta": e["choices"][0]["delta"]})) for e in events)
+        output = min(body["max_tokens"], framed)
+        cost = metering.usage_cost(RATES, metering.TokenUsage(prompt, output))
+        assert lane.charged + cost <= voucher.ceiling
+        sse = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events]
+        if self.stall:
+
+            def stalled() -> Generator[bytes, None, None]:
+                try:
+                    yield from sse
+                    yield b""  # then nothing, until the client gives up
+                except GeneratorExit:
+                    lane.charged, lane.voucher = voucher.ceiling, voucher
+                    raise
+
+            return httpx.Response(200, stream=_ClosingStream(stalled()), headers={"content-type": "text/event-stream"})
+        lane.charged += cost
+        lane.voucher = voucher
+        figures = {"cost_units": str(cost), "lane_charged_units": str(lane.charged), "voucher": voucher.header()}
+        usage = {"prompt_tokens": prompt, "completion_tokens": output}
+        sse.append(b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage, "promptex": figures}) + b"\n\n")
+        sse.append(b"data: [DONE]\n\n")
+        return httpx.Response(200, content=b"".join(sse), headers={"content-type": "text/event-stream"})
+
+
+PADDED = {"model": MODEL, "messages": PROMPT, "max_tokens": 1024, "stream": True}
+
+
+def test_breaker__stream_padded_with_empty_events__output_checked_against_its_text__signing_stops(
+    tmp_path: Path,
+) -> None:
+    """A stream's output tokens are checked against the bytes it produced; those were its
+    events' JSON (`{"delta":{}}`: 12 bytes each), so a gateway that streamed "hi" and 100
+    empty events reported and charged 1,024 output tokens, checked, every request (20
+    requests: 123,120 units for 360, never stopped). Now only text counts (and a plain
+    answer's frame once): the first such answer stops signing."""
+    gateway = PaddingGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    hold = signer.hold_for(ENDPOINTS["/v1/chat/completions"], PADDED)[0]
+    for _ in range(TRIES):
+        client.post("http://gateway.test/v1/chat/completions", json=PADDED).read()
+        if signer.stopped is not None:
+            break
+    assert signer.stopped is not None and "bytes of answer" in signer.stopped, signer.stopped
+    assert len(gateway.received) == 1 and gateway.book[0].charged - sum(gateway.true_costs) <= hold
+
+
+def test_breaker__stream_padded_then_stalled_until_the_client_closes__allowed_its_text__stopped_within_n_holds(
+    tmp_path: Path,
+) -> None:
+    """A stream its client closes is allowed what its relayed bytes allow (input, output
+    as many tokens as bytes, a slack). Counted with their JSON, 100 empty events allowed
+    the whole hold: a gateway that padded, stalled until the client closed, booked the
+    ceiling and refused the next voucher naming it took a hold per two requests, never
+    stopped. Now the closes weigh their holds less the text's allowance: stopped within N."""
+    gateway = PaddingGateway(lanes=1)
+    gateway.stall = True
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    hold, n = signer.hold_for(ENDPOINTS["/v1/chat/completions"], PADDED)[0], signer.stop_after_errors
+    for _ in range(2 * (n + 2)):
+        with client.stream("POST", "http://gateway.test/v1/chat/completions", json=PADDED) as answer:
+            if answer.status_code == 200:
+                chunks = answer.iter_bytes()
+                for _ in range(1 + gateway.pad):  # the client reads what came, then gives up
+                    next(chunks)
+            else:
+                answer.read()
+        if signer.stopped is not None:
+            break
+    assert signer.stopped is not None and "a stream its client closed" in signer.stopped, signer.stopped
+    assert gateway.book[0].charged <= max(v.ceiling for v in gateway.received) <= n * hold

@@ -531,7 +531,7 @@ def test_stream_watch__responses_text_deltas__counted_as_produced() -> None:
     allow, and a Responses stream closed early was allowed none of its text."""
     watch = StreamWatch()
     watch.feed(b'data: {"type":"response.output_text.delta","delta":"hello"}\n\n')
-    assert watch.produced() == len(b'"hello"')
+    assert watch.produced() == len(b"hello")
 
 
 def test_signer_again__a_ticket_not_refused_lane_busy__refused_not_signed(tmp_path: Path) -> None:
