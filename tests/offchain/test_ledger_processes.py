@@ -178,6 +178,38 @@ def test_process_lock_cut__registering_again_fails_once__the_next_registration_s
     assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
 
 
+def test_process_lock_cut__registering_again_fails__its_own_sweep_next_still_registers_first__keeps_its_holds(
+    two: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgbreak: after a registration that failed (the database down a moment after the cut)
+    the process has no id, only the lost one. Its own next sweep must still register again
+    first, taking its holds along: it found its OWN lost id's lock free and ended its live
+    requests' holds as orphaned (their answers refused, a stream cut), where the same sweep
+    without the failed attempt keeps them."""
+    alive, other = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
+    process = alive.holds.lock.id
+    assert process is not None
+    _cut(alive, process)
+    real = psycopg.connect
+
+    def down(*args: object, **kwargs: object) -> object:
+        raise psycopg.OperationalError("connection refused (the database restarts)")
+
+    monkeypatch.setattr(psycopg, "connect", down)
+    with pytest.raises(LedgerUnavailable):  # a reserve meanwhile: the gateway's 503 ledger_unavailable
+        alive.holds.lock.current()
+    monkeypatch.setattr(psycopg, "connect", real)
+    assert Sweeper(alive).run_once() == 0  # its own sweep, the database back
+    again = alive.holds.lock.id
+    assert again is not None and again != process and _status(alive, "in-flight") == "active"
+    assert other.end_dead_processes() == 0
+    alive.holds.settle("in-flight", USDC // 4)
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
+
+
 class _CountedMutex:
     """A lock that counts who asked for it (before waiting)."""
 

@@ -102,6 +102,13 @@ class ProcessLock:
         """The id registered now (None before the first reserve)."""
         return self._id
 
+    @property
+    def registered_before(self) -> bool:
+        """This process has registered: an id now, or one lost whose holds the next
+        registration takes along (a registration after the loss failed: the id is None then,
+        yet this process's sweep must register again first, or it ends its own holds)."""
+        return self._id is not None or self._previous is not None
+
     def _lost(self) -> bool:
         """The lock connection is gone (called with the mutex): something arrived on a
         connection that never asks anything — the server's goodbye or end of file, or a

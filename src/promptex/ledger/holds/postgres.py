@@ -360,7 +360,10 @@ class PostgresHolds(GeneralHolds):
         return self.lock.current()
 
     def end_dead(self) -> int:
-        if self.lock.id is not None:  # registered: first again if its lock was lost, its holds along
+        # Registered before: first again if its lock was lost, its holds along — also after a
+        # registration that failed (no id now), else this sweep finds its own lost id's lock
+        # free and ends its live requests' holds.
+        if self.lock.registered_before:
             self.lock.current()
         now = self.ledger.clock()
 
