@@ -418,34 +418,9 @@ def test_workers__one_killed_with_requests_in_flight__the_worker_started_in_its_
     try:
         lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
         env = _env(tmp_path, pg_url, gateway_sweep_seconds=3_600, gateway_upstream_timeout_seconds=120)
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
+        proc = _two_workers(env)
         try:
-
-            def two_workers_hold() -> bool:
-                # A new connection per request (the kernel hands each to one worker), until
-                # both workers have requests in flight.
-                assert proc.poll() is None
-                threading.Thread(target=_post, args=(base, key, {}, "x", {"connection": "close"})).start()
-                with ledger.engine.connect() as conn:
-                    return len(set(conn.execute(select(holds.c.process_id)).scalars())) == 2
-
-            def up() -> bool:
-                assert proc.poll() is None
-                with contextlib.suppress(httpx.HTTPError):
-                    return httpx.get(base + "/healthz", timeout=2).status_code == 200
-                return False
-
-            until(up, "the workers listen", 90)
-            until(two_workers_hold, "both workers hold requests in flight", 90, every=0.2)
-            with ledger.engine.connect() as conn:
-                rows = conn.execute(select(ledger_processes.c.id, ledger_processes.c.pid)).all()
-            assert len(rows) == 2
-            (doomed_id, doomed_pid), (live_id, _) = rows
+            (doomed_id, doomed_pid), (live_id, _) = _both_hold(ledger, proc, key)
             doomed_holds = _process_holds(ledger, doomed_id)
             assert doomed_holds and set(doomed_holds.values()) == {"active"}
             os.kill(doomed_pid, signal.SIGKILL)
@@ -482,31 +457,9 @@ def test_workers__one_killed_while_the_command_stops__the_parent_ends_its_holds_
     try:
         lot, account, key = _market(ledger, tmp_path, gated, face_value=1_000 * USDC, funds=10 * USDC)
         env = _env(tmp_path, pg_url, gateway_sweep_seconds=3_600, gateway_upstream_timeout_seconds=120)
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(port), "--workers", "2"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
+        proc = _two_workers(env)
         try:
-
-            def two_workers_hold() -> bool:
-                assert proc.poll() is None
-                threading.Thread(target=_post, args=(base, key, {}, "x", {"connection": "close"})).start()
-                with ledger.engine.connect() as conn:
-                    return len(set(conn.execute(select(holds.c.process_id)).scalars())) == 2
-
-            def up() -> bool:
-                assert proc.poll() is None
-                with contextlib.suppress(httpx.HTTPError):
-                    return httpx.get(base + "/healthz", timeout=2).status_code == 200
-                return False
-
-            until(up, "the workers listen", 90)
-            until(two_workers_hold, "both workers hold requests in flight", 90, every=0.2)
-            with ledger.engine.connect() as conn:
-                rows = conn.execute(select(ledger_processes.c.id, ledger_processes.c.pid)).all()
-            (doomed_id, doomed_pid), (live_id, _) = rows
+            (doomed_id, doomed_pid), (live_id, _) = _both_hold(ledger, proc, key)
             assert set(_process_holds(ledger, doomed_id).values()) == {"active"}
             proc.send_signal(signal.SIGTERM)  # the command stops: the workers finish their requests
             os.kill(doomed_pid, signal.SIGKILL)
@@ -527,6 +480,41 @@ def test_workers__one_killed_while_the_command_stops__the_parent_ends_its_holds_
         ledger.check()
     finally:
         ledger.close()
+
+
+def _two_workers(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`promptex gateway serve --workers 2` on a free port (`proc.args[-3]`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "promptex.cli", "gateway", "serve", "--port", str(free_port()), "--workers", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _both_hold(ledger: Ledger, proc: subprocess.Popen[bytes], key: str) -> list[tuple[int, int]]:
+    """Once both workers listen, requests until both have some in flight; the workers'
+    (registered id, pid)."""
+    base = f"http://127.0.0.1:{proc.args[-3]}"  # type: ignore[index]
+
+    def up() -> bool:
+        assert proc.poll() is None
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(base + "/healthz", timeout=2).status_code == 200
+        return False
+
+    def two_workers_hold() -> bool:
+        # A new connection per request (the kernel hands each to one worker), until both
+        # workers have requests in flight.
+        assert proc.poll() is None
+        threading.Thread(target=_post, args=(base, key, {}, "x", {"connection": "close"})).start()
+        with ledger.engine.connect() as conn:
+            return len(set(conn.execute(select(holds.c.process_id)).scalars())) == 2
+
+    until(up, "the workers listen", 90)
+    until(two_workers_hold, "both workers hold requests in flight", 90, every=0.2)
+    with ledger.engine.connect() as conn:
+        rows = [(int(i), int(p)) for i, p in conn.execute(select(ledger_processes.c.id, ledger_processes.c.pid))]
+    assert len(rows) == 2
+    return rows
 
 
 def _process_holds(ledger: Ledger, process: int) -> dict[str, str]:
