@@ -545,3 +545,26 @@ def test_signer_again__a_ticket_not_refused_lane_busy__refused_not_signed(tmp_pa
     with pytest.raises(ValueError, match="lane_busy"):
         signer.again(ticket, "/v1/chat/completions", body)
     assert len(signer.log.highest) == 1  # nothing more signed
+
+
+def test_voucher_log__unanswered_voucher__new_lines_only(tmp_path: Path) -> None:
+    """A voucher line with no outcome line after it is a request in flight when the log
+    was last written (weighed on a restart) only when it names the total it was signed on
+    ("from", null for a bound): a line written before that (no "from") may lack its outcome
+    (a lane_busy refusal wrote none), so an older log is read as before."""
+    path = tmp_path / "v.log"
+    log = VoucherLog(path, IDENTITY)
+    log.write(Voucher(1, 0, 100, b"\x01" * 65), 60, 40)
+    log.write(Voucher(1, 1, 90, b"\x02" * 65), 90, None)
+    assert (log.unanswered(1, 0), log.unanswered(1, 1)) == ((60, 40), (90, None))
+    log.write_charged(1, 0, 70, 70)
+    assert log.unanswered(1, 0) is None
+    log.close()
+    again = VoucherLog(path, IDENTITY)
+    assert (again.unanswered(1, 0), again.unanswered(1, 1), again.checked(1, 0)) == (None, (90, None), 70)
+    again.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "from"}) + "\n" for r in rows))
+    older = VoucherLog(path, IDENTITY)
+    assert older.unanswered(1, 1) is None and older.ceiling(1, 1) == 90
+    older.close()

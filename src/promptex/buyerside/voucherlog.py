@@ -97,8 +97,13 @@ class VoucherLog:
             raise VoucherLogError(f"{self.path} is the voucher log of another session key or account: {records[0]}")
         for record in records[1:]:
             if record.get("t") == "voucher":
-                base = record.get("from")  # written since a request in flight is weighed on restart
-                self._remember(_voucher(record), int(record.get("hold", 0)), None if base is None else int(base))
+                # "from" (null: only a bound) is written since a request in flight is weighed
+                # on a restart; a line without it is older: its outcome was not always
+                # written (a lane_busy refusal), so it is not taken for one in flight.
+                base = record.get("from")
+                self._remember(
+                    _voucher(record), int(record.get("hold", 0)), None if base is None else int(base), "from" in record
+                )
             elif record.get("t") == "charged":
                 key = (int(record["session"]), int(record["lane"]))
                 self.answered[key] = int(record["charged"])
@@ -130,10 +135,13 @@ class VoucherLog:
         os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
         os.fsync(self._fd)
 
-    def _remember(self, voucher: Voucher, hold: int, base: int | None) -> None:
+    def _remember(self, voucher: Voucher, hold: int, base: int | None, outcome_written: bool = True) -> None:
         key = (voucher.session, voucher.lane)
         self.answered.pop(key, None)  # this voucher's outcome is not known yet
-        self.open[key] = (hold, base)
+        if outcome_written:
+            self.open[key] = (hold, base)
+        else:
+            self.open.pop(key, None)
         self.holds[key] = max(self.holds.get(key, 0), hold)
         if key not in self.highest or voucher.ceiling > self.highest[key].ceiling:
             self.highest[key] = voucher
@@ -148,9 +156,8 @@ class VoucherLog:
             "ceiling": str(voucher.ceiling),  # a string: 18-decimal totals exceed JSON's safe integers
             "sig": "0x" + voucher.signature.hex(),
             "hold": str(hold),
+            "from": None if base is None else str(base),
         }
-        if base is not None:
-            record["from"] = str(base)
         with self._lock:
             try:
                 self._append(record)
