@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import orjson
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
 from buyerside_fakes import IDENTITY, MODEL, RATES, FakeSignedGateway, _ClosingStream, make_signer  # noqa: E402
@@ -23,7 +24,14 @@ from promptex import metering  # noqa: E402
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
 from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
-from promptex.buyerside.wire import VOUCHER_HEADER, lane_reports, parse_voucher  # noqa: E402
+from promptex.buyerside.wire import (  # noqa: E402
+    COST_UNITS_HEADER,
+    LANE_CHARGED_HEADER,
+    LANE_HEADER,
+    VOUCHER_HEADER,
+    lane_reports,
+    parse_voucher,
+)
 
 from .conftest import Fake, Harness  # noqa: E402
 from .test_signed_proxy import LANES, _session, _signer  # noqa: E402
@@ -231,3 +239,59 @@ def test_breaker__stream_padded_then_stalled_until_the_client_closes__allowed_it
             break
     assert signer.stopped is not None and "a stream its client closed" in signer.stopped, signer.stopped
     assert gateway.book[0].charged <= max(v.ceiling for v in gateway.received) <= n * hold
+
+
+class PaddedAnswerGateway(FakeSignedGateway):
+    """Answers "hi" (a token) in a plain answer padded with JSON of no text — 100 empty
+    choices (`{"message":{}}`) or 400 empty objects in its message — and reports (and
+    charges) 1,024 output tokens."""
+
+    padding: str = "choices"
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if VOUCHER_HEADER not in request.headers:
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        lane = self.book[voucher.lane]
+        self.received.append(voucher)
+        body = orjson.loads(request.content)
+        prompt = sum(3 + len(str(m["content"]).split()) for m in body["messages"])
+        self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(prompt, 1)))
+        message: dict[str, object] = {"role": "assistant", "content": "hi"}
+        choices: list[dict[str, object]] = [{"index": 0, "message": message, "finish_reason": "stop"}]
+        if self.padding == "choices":
+            choices += [{"message": {}}] * 100
+        else:
+            message["annotations"] = [{}] * 400
+        output = body["max_tokens"]
+        cost = metering.usage_cost(RATES, metering.TokenUsage(prompt, output))
+        lane.charged, lane.voucher = lane.charged + cost, voucher
+        usage = {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+        answer = {"id": "c1", "object": "chat.completion", "created": 0, "model": MODEL, "choices": choices,
+                  "usage": usage}  # fmt: skip
+        figures = {COST_UNITS_HEADER: str(cost), LANE_HEADER: str(voucher.lane),
+                   LANE_CHARGED_HEADER: str(lane.charged), VOUCHER_HEADER: voucher.header()}  # fmt: skip
+        return httpx.Response(200, json=answer, headers=figures)
+
+
+@pytest.mark.parametrize("padding", ["choices", "objects"])
+def test_breaker__plain_answer_padded_with_json_of_no_text__output_checked_against_its_text__signing_stops(
+    tmp_path: Path, padding: str
+) -> None:
+    """A plain answer's output tokens were checked against its produced parts' JSON, so
+    syntax the gateway adds at will counted as answer bytes: "hi" with 100 empty choices or
+    400 empty objects in its message passed for 1,024 output tokens, every request (20
+    requests: 123,120 units for 360, never stopped). Now only text counts, and the frame
+    once: the first such answer stops signing."""
+    gateway = PaddedAnswerGateway(lanes=1)
+    gateway.padding = padding
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    body = {"model": MODEL, "messages": PROMPT, "max_tokens": 1024}
+    hold = signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0]
+    for _ in range(TRIES):
+        client.post("http://gateway.test/v1/chat/completions", json=body).read()
+        if signer.stopped is not None:
+            break
+    assert signer.stopped is not None and "bytes of answer" in signer.stopped, signer.stopped
+    assert len(gateway.received) == 1 and gateway.book[0].charged - sum(gateway.true_costs) <= hold

@@ -6,9 +6,10 @@ checked against bounds the gateway's own request parser computes (`gateway.reque
 
 - input tokens ≥ the prompt's words + 3 per chat message (no BPE token spans a space), and
   ≤ the prompt's UTF-8 bytes + 4 per message + 3 (no token is shorter than a byte);
-- visible output tokens (output minus reported reasoning) ≤ the answer's UTF-8 bytes,
-  read from the answer's JSON (a stream's from its events as they pass:
-  `signer.StreamWatch`), and output tokens ≤ the request's own max_tokens when it named one.
+- visible output tokens (output minus reported reasoning) ≤ the UTF-8 bytes of the
+  answer's text (its strings, not its JSON syntax: `text_bytes`) plus a frame once per
+  answer (`ANSWER_FRAME_BYTES`), a stream's from its events as they pass
+  (`signer.StreamWatch`), and output tokens ≤ the request's own max_tokens when it named one.
 
 That is the stated tolerance: within these bounds a dishonest count goes unseen, so the
 buyer can lose at most the hold of each lane plus the difference between the bounds
@@ -21,8 +22,6 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
-
-import orjson
 
 from promptex import metering
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, openai_usage
@@ -103,7 +102,11 @@ def _responses_usage(usage: Any) -> TokenUsage | None:
 
 
 def visible_bytes(endpoint: str, answer: Any) -> int | None:
-    """The UTF-8 bytes of what an answer produced (None: it produced nothing countable)."""
+    """The UTF-8 bytes of what an answer produced (None: it produced nothing countable): the
+    text of its choices' message or text, its content blocks, its output items
+    (`text_bytes`), and its frame once (`ANSWER_FRAME_BYTES`). Not its JSON: counted as
+    JSON, an answer "hi" with 100 empty choices (`{"message":{}}`, 14 bytes each) or 400
+    empty objects in its message passed the check for 1,024 output tokens, every time."""
     if not isinstance(answer, dict):
         return None
     if endpoint == MESSAGES:
@@ -115,11 +118,37 @@ def visible_bytes(endpoint: str, answer: Any) -> int | None:
     else:
         choices = answer.get("choices")
         produced = [
-            {k: v for k, v in choice.items() if k in ("message", "text")}
+            [v for k, v in choice.items() if k in ("message", "text")]
             for choice in (choices if isinstance(choices, list) else [])
             if isinstance(choice, dict)
         ]
-    return len(orjson.dumps(produced))
+    return text_bytes(produced) + ANSWER_FRAME_BYTES
+
+
+# Keys of an answer's message, delta or content block that name its kind or place, not text
+# produced (a stream's event per token could repeat them: counted, each event would add
+# bytes of no answer).
+NOT_TEXT = frozenset({"type", "role", "id", "index"})
+# What an answer's output tokens may exceed its text's bytes by, once per answer (plain or
+# streamed, however many choices or events): the frame a plain chat answer's JSON count
+# gave before (`[{"message":{"role":"assistant","content":""}}]`, 46 bytes) — room for
+# tokens beyond the text (a tool call's syntax, an end token), never per event or choice.
+ANSWER_FRAME_BYTES = 48
+
+
+def text_bytes(value: Any) -> int:
+    """The UTF-8 bytes of the strings in an answer's produced parts (any depth, read
+    iteratively), leaving out `NOT_TEXT` keys: JSON syntax, numbers and nulls count nothing."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item.encode())
+        elif isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k not in NOT_TEXT)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
 
 
 def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -> None:

@@ -774,59 +774,33 @@ class StreamWatch:
     def _count(self, event: dict[str, Any]) -> None:
         """Add what the event produced: the UTF-8 bytes of the text in chat and completions
         choices' delta or text, Anthropic's content blocks and their deltas, a Responses
-        stream's text deltas (`_text`), and a Responses stream's final output as
+        stream's text deltas (`answers.text_bytes`), and a Responses stream's final output as
         `answers.visible_bytes` counts a plain answer. Only text counts, never an event's
         JSON frame: the gateway chooses how many events carry an answer, so counted per
         event (`{"delta":{}}`: 12 bytes of nothing), an answer "hi" padded with empty
         events passed the check for a whole hold of output, every time."""
         for choice in event.get("choices") or []:
             if isinstance(choice, dict):
-                self._produced += _text([v for k, v in choice.items() if k in ("delta", "text")])
+                self._produced += answers.text_bytes([v for k, v in choice.items() if k in ("delta", "text")])
         kind = event.get("type")
         if kind == "content_block_start":
-            self._produced += _text(event.get("content_block"))
+            self._produced += answers.text_bytes(event.get("content_block"))
         elif kind in ("content_block_delta", "response.output_text.delta"):  # (Responses: text so far)
-            self._produced += _text(event.get("delta"))
+            self._produced += answers.text_bytes(event.get("delta"))
         response = event.get("response")
         if isinstance(response, dict) and response.get("output"):
             self._completed = answers.visible_bytes(answers.ENDPOINTS["/v1/responses"], response)
 
     def produced(self, framed: bool = False) -> int:
         """The UTF-8 bytes of text the answer produced, as its events showed them; `framed`:
-        with a plain answer's JSON frame once (`STREAM_FRAME_BYTES`: the bound a complete
+        with a plain answer's JSON frame once (`answers.ANSWER_FRAME_BYTES`: the bound a complete
         answer's output tokens are checked against)."""
         if self._completed is not None:
             return self._completed
-        return self._produced + (STREAM_FRAME_BYTES if framed else 0)
+        return self._produced + (answers.ANSWER_FRAME_BYTES if framed else 0)
 
     def usage(self, endpoint: str) -> metering.TokenUsage | None:
         return answers.usage_of(endpoint, {"usage": self._usage})
-
-
-# Keys of a stream's delta or content block that name its kind or place, not text produced
-# (an event per token could repeat them: counted, each event would add bytes of no answer).
-NOT_TEXT = frozenset({"type", "role", "id", "index"})
-# What a plain answer's byte count holds beyond its text, counted once per streamed answer
-# instead (`StreamWatch.produced(framed=True)`): the frame of its message
-# (`[{"message":{"role":"assistant","content":""}}]`, 46 bytes) — room for the tokens an
-# answer reports beyond its text's bytes (a tool call's syntax, an end token), as a plain
-# answer has, once, never per event.
-STREAM_FRAME_BYTES = 48
-
-
-def _text(value: Any) -> int:
-    """The UTF-8 bytes of the strings in an event's delta, content block or text (any
-    depth, iteratively), leaving out `NOT_TEXT` keys."""
-    total, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item.encode())
-        elif isinstance(item, dict):
-            stack.extend(v for k, v in item.items() if k not in NOT_TEXT)
-        elif isinstance(item, list):
-            stack.extend(item)
-    return total
 
 
 def error_body(path: str, refused: Refused) -> bytes:
