@@ -256,3 +256,54 @@ def test_reorg__sale_moved_to_another_id__a_refusal_other_than_the_keys_conflict
     agent.run_once(check_rules=False)
     after = agent.store.get(1)
     assert (after.status, after.chain_redemption_id) == (RELEASED, 2) and len(world.billing.purchases) == 1
+
+
+def test_reorg_twice__sale_moved_back_to_the_id_it_bought_for__released_not_left_under_an_id_no_row_names(
+    world, monkeypatch
+):
+    """abreak: id 1 -> 2 -> 1. The purchase for escrow id 1 bought, its answer lost; a reorg
+    moved the sale to id 2 and the billing API's 409 rejected it naming id 2. A second reorg
+    then drops the other user's redeem: ours, re-sent, escrows id 1 again, the id its
+    credits were bought for. The redemption stayed rejected naming id 2 (not the user's:
+    the refund it names fails), and the user's USDC sat under id 1, which no row named."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=True)
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    assert (agent.store.get(1).status, agent.store.get(1).chain_redemption_id) == (REJECTED, 2)
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2]  # the other redeem gone
+    chain.block += 3
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert chain.s.records[1]["user"] == USER and 2 not in chain.s.records
+    assert after.chain_redemption_id == 1, (after.status, after.chain_redemption_id, after.error)
+    assert (after.status, chain.s.releases, len(world.billing.purchases)) == (RELEASED, 1, 1)
+
+
+def test_reorg_twice__rejected_sale_moved_to_a_third_id__rejected_again_naming_it_the_user_told(world, monkeypatch):
+    """abreak: id 1 -> 2 -> 3. After the 409 rejected the sale naming id 2, a second reorg
+    gives ids 1 and 2 to other users' redeems: ours escrows id 3. The row kept naming id 2
+    (another user's: its refund fails) and id 3 was in no row; now it is rejected again
+    naming id 3, and the user gets a second notice with id 3's refund command."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=True)
+    world.agent().run_once(check_rules=False)
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2] + 3
+    chain.s.redeems += 2  # two other users' redeems, earlier on this branch, took ids 1 and 2
+    for rid in (1, 2):
+        chain.s.records[rid] = {
+            "user": OTHER, "payee": PAYEE, "usdc": 5 * USD, "deadline": chain.time + 3_600, "status": STATUS_OPEN,
+            "hash": bytes([rid]) * 32,
+        }  # fmt: skip
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert chain.s.records[3]["user"] == USER
+    assert (after.status, after.chain_redemption_id) == (REJECTED, 3)
+    assert len(world.billing.purchases) == 1 and chain.s.releases == 0
+    note = [n for n in agent.store.notifications() if n.kind == "rejected"]
+    assert len(note) == 2 and "`promptex wallet refund --redemption 3`" in note[1].body

@@ -582,8 +582,11 @@ class RedemptionMachine:
         crash_point("released")
         return after
 
-    def _notice(self, r: Redemption, kind: str, subject: str, body: str) -> tuple[str, str, str, str]:
-        return (f"redemption:{r.id}:{kind}", kind, subject, body)
+    def _notice(
+        self, r: Redemption, kind: str, subject: str, body: str, *, per: int | None = None
+    ) -> tuple[str, str, str, str]:
+        """A notification written once per redemption and kind (and `per`: once per escrow id)."""
+        return (f"redemption:{r.id}:{kind}" + ("" if per is None else f":{per}"), kind, subject, body)
 
     def _fail(self, r: Redemption, from_: str, reason: str, **values: object) -> Redemption:
         log.warning("redemption %d failed: %s", r.id, reason)
@@ -598,5 +601,6 @@ class RedemptionMachine:
             r.id, (from_,), REJECTED, self.clock(), error=reason, **values,
             notify=self._notice(r, "rejected", "Redemption receipt rejected: refund available",
                                 f"{reason}. After {utc_text(r.deadline or 0)} (its deadline) you can refund "
-                                f"redemption {r.chain_redemption_id} from the escrow: {_refund_command(r)}."),
+                                f"redemption {r.chain_redemption_id} from the escrow: {_refund_command(r)}.",
+                                per=r.chain_redemption_id),  # a reorg may move a rejected sale (`reopen_tx`)
         )  # fmt: skip

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemptions, agent_rules, agent_txs, agent_users
@@ -440,9 +440,12 @@ class AgentStore(SignedTxStore):
         re-sends its bytes in nonce order) with the step it decided: a release that
         released (or was rejected on its revert) is releasing again, so the escrow's USDC
         is released on the new branch too, for the credits already bought; a redeem that
-        escrowed (nothing bought yet) or failed on its revert is selling again, its escrow
-        redemption id read anew from its next receipt (its purchase key kept: a purchase
-        asked under it may have bought, its answer lost). A redeem orphaned after the purchase
+        escrowed (nothing bought yet), failed on its revert, or was rejected with nothing
+        recorded as bought (the billing API's 409 after an earlier reorg moved the sale, or
+        a receipt refused) is selling again, its escrow redemption id read anew from its
+        next receipt (its purchase key kept: a purchase asked under it may have bought, its
+        answer lost): a rejection names the id the user refunds, and a second reorg may move
+        the sale back to the id the key bought for (released) or to a third. A redeem orphaned after the purchase
         keeps its step: re-sent before the release (a later nonce), it escrows the same id
         unless another redemption took it meanwhile (the release is refused: rejected under
         the id it escrowed) or it reverts on the new branch (failed, the credits bought:
@@ -459,7 +462,10 @@ class AgentStore(SignedTxStore):
                 return "its redemption's release" if moved else "it"
             moved = conn.execute(
                 update(agent_redemptions)
-                .where(r.redeem_tx_id == tx.id, r.status.in_((ESCROWED, FAILED)))
+                .where(
+                    r.redeem_tx_id == tx.id,
+                    or_(r.status.in_((ESCROWED, FAILED)), and_(r.status == REJECTED, r.billing_ref.is_(None))),
+                )
                 .values(
                     status=SELLING,
                     chain_redemption_id=None,
