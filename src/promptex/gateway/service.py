@@ -66,6 +66,7 @@ from promptex.ledger import (
     BudgetExceeded,
     ExtraTake,
     Hold,
+    HoldNotFound,
     HoldOrphaned,
     InsufficientFunds,
     Ledger,
@@ -255,6 +256,9 @@ class Gateway:
         self.shed = 0  # requests refused for overload
         self.inflight = 0
         self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
+        # Reserves answered 503 ledger_unavailable: a hold may exist all the same (its COMMIT's
+        # outcome unknown); the next `maintain_holds` releases it, nothing charged.
+        self.abandoned: set[str] = set()
         self.streams: dict[str, MeteredStream] = {}  # request id → its stream, while it is read
         self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
         self.overloaded = False  # set by `watch_load`
@@ -684,6 +688,7 @@ class Gateway:
             raise self._refused(priced, exc) from None
         except LedgerUnavailable as exc:
             log.warning("a reserve failed, the ledger unreachable: %s", exc)
+            self.abandoned.add(request_id)
             raise errors.ledger_unavailable() from None
         priced.hold_seconds = time.perf_counter() - began
         priced.lot_id = hold.lot_id
@@ -1066,10 +1071,33 @@ class Gateway:
             for rid in due:
                 if rid in self.holding:
                     self.holding[rid] = now + ttl
+        self.release_abandoned()
         limits.trim(self.ledger.engine, now)
         swept = self.sweeper.run_once()
         self.cut_orphaned_streams()
         return swept
+
+    def release_abandoned(self) -> int:
+        """Release the holds of reserves answered 503 ledger_unavailable (`abandoned`): one
+        whose transaction failed at its COMMIT may have been made all the same, and nothing
+        else would end it before its lifetime — its funds, lot capacity and signed lane (409
+        lane_busy) held for `gateway_hold_ttl_seconds`. None was made: nothing to do. With
+        the database still unreachable the pass stops at the first failure and the next tries
+        again. Blocking; returns how many holds it found (released now, or ended before)."""
+        released = 0
+        for request_id in list(self.abandoned):
+            try:
+                hold = self.ledger.holds.release(request_id)
+            except HoldNotFound:  # the reserve made none: the usual case
+                hold = None
+            except Exception as exc:  # the database still unreachable: the next pass tries them again
+                log.warning("releasing the hold of %s (its reserve failed) failed: %s", request_id, type(exc).__name__)
+                break  # (not one connect timeout per request id)
+            self.abandoned.discard(request_id)
+            if hold is not None:  # it was made: released now (or ended before, by a sweep)
+                released += 1
+                log.warning("released the hold of %s, whose reserve was answered ledger_unavailable", request_id)
+        return released
 
     def cut_orphaned_streams(self) -> int:
         """Cut at once the streams whose hold another process's sweeper ended as orphaned
