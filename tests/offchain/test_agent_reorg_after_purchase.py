@@ -307,3 +307,30 @@ def test_reorg_twice__rejected_sale_moved_to_a_third_id__rejected_again_naming_i
     assert len(world.billing.purchases) == 1 and chain.s.releases == 0
     note = [n for n in agent.store.notifications() if n.kind == "rejected"]
     assert len(note) == 2 and "`promptex wallet refund --redemption 3`" in note[1].body
+
+
+def test_reorg_twice__bought_sale_rejected_at_another_id_moved_back_to_the_receipts_id__released(world, monkeypatch):
+    """abreak: id 1 -> 2 -> 1 after the purchase was recorded. Bought for id 1 (the agent
+    stopped before the release); a reorg moved the sale to id 2 and it was rejected naming
+    id 2 (the receipt names 1). A second reorg drops the other user's redeem: ours escrows
+    id 1 again, the id the receipt names. The row stayed rejected naming id 2 (gone: the
+    refund it names fails) and the user's USDC sat under id 1, which no row named; now the
+    sale is read anew and id 1 released, bought once."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    _released_then_reorged(world, monkeypatch)
+    chain.s.redeems += 1  # another user's redeem, earlier on the new branch, took id 1
+    chain.s.records[1] = {
+        "user": OTHER, "payee": PAYEE, "usdc": 5 * USD, "deadline": chain.time + 3_600, "status": STATUS_OPEN,
+        "hash": b"\x22" * 32,
+    }  # fmt: skip
+    world.agent().run_once(check_rules=False)
+    assert (world.agent().store.get(1).status, world.agent().store.get(1).chain_redemption_id) == (REJECTED, 2)
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2] + 3  # the other redeem gone
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert chain.s.records[1]["user"] == USER and 2 not in chain.s.records
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 1)
+    assert chain.s.releases == 1 and len(world.billing.purchases) == 1 and chain.s.usdc[PAYEE] == 20 * USD

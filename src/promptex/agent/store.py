@@ -440,12 +440,13 @@ class AgentStore(SignedTxStore):
         re-sends its bytes in nonce order) with the step it decided: a release that
         released (or was rejected on its revert) is releasing again, so the escrow's USDC
         is released on the new branch too, for the credits already bought; a redeem that
-        escrowed (nothing bought yet), failed on its revert, or was rejected with nothing
-        recorded as bought (the billing API's 409 after an earlier reorg moved the sale, or
-        a receipt refused) is selling again, its escrow redemption id read anew from its
-        next receipt (its purchase key kept: a purchase asked under it may have bought, its
-        answer lost): a rejection names the id the user refunds, and a second reorg may move
-        the sale back to the id the key bought for (released) or to a third. A redeem orphaned after the purchase
+        escrowed (nothing bought yet), failed on its revert, or was rejected before any release
+        was sent (the billing API's 409 or `_sale_moved` after an earlier reorg moved the
+        sale, or a receipt refused) is selling again, its escrow redemption id read anew from
+        its next receipt (its purchase key kept: a purchase asked under it may have bought,
+        its answer lost; asked again it returns that receipt, or 409 for another id): a
+        rejection names the id the user refunds, and a second reorg may move the sale back to
+        the id the key bought for (released) or to a third. A redeem orphaned after the purchase
         keeps its step: re-sent before the release (a later nonce), it escrows the same id
         unless another redemption took it meanwhile (the release is refused: rejected under
         the id it escrowed) or it reverts on the new branch (failed, the credits bought:
@@ -464,7 +465,7 @@ class AgentStore(SignedTxStore):
                 update(agent_redemptions)
                 .where(
                     r.redeem_tx_id == tx.id,
-                    or_(r.status.in_((ESCROWED, FAILED)), and_(r.status == REJECTED, r.billing_ref.is_(None))),
+                    or_(r.status.in_((ESCROWED, FAILED)), and_(r.status == REJECTED, r.release_tx_id.is_(None))),
                 )
                 .values(
                     status=SELLING,
