@@ -11,6 +11,7 @@ import contextlib
 import sys
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -23,6 +24,7 @@ from buyerside_fakes import IDENTITY, MODEL, RATES, FakeSignedGateway, _ClosingS
 from promptex import metering  # noqa: E402
 from promptex.buyerside.answers import ENDPOINTS  # noqa: E402
 from promptex.buyerside.recovery import ChainSession, recover  # noqa: E402
+from promptex.buyerside.signer import CLOSE_SLACK_TOKENS  # noqa: E402
 from promptex.buyerside.transport import PromptexSigningTransport  # noqa: E402
 from promptex.buyerside.wire import (  # noqa: E402
     COST_UNITS_HEADER,
@@ -295,3 +297,66 @@ def test_breaker__plain_answer_padded_with_json_of_no_text__output_checked_again
             break
     assert signer.stopped is not None and "bytes of answer" in signer.stopped, signer.stopped
     assert len(gateway.received) == 1 and gateway.book[0].charged - sum(gateway.true_costs) <= hold
+
+
+class SlackTaker(FakeSignedGateway):
+    """Sends a streamed request's first word, then stalls until its client closes it, and
+    books it charged its whole allowance (its input bound and its relayed text's bytes as
+    output tokens plus CLOSE_SLACK_TOKENS) — an honest gateway charges its input and the
+    word sent plus the one held back; plain requests it serves honestly."""
+
+    signer: Any = None
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content) if request.content else {}
+        if VOUCHER_HEADER not in request.headers or not body.get("stream"):
+            return super().handle(request)
+        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+        lane = self.book[voucher.lane]
+        self.received.append(voucher)
+        hold, bound, rates = self.signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)
+        prompt = sum(3 + len(str(m["content"]).split()) for m in body["messages"])
+        event = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+                 "choices": [{"index": 0, "delta": {"content": "alpha"}}]}  # fmt: skip
+        first = b"data: " + orjson.dumps(event) + b"\n\n"
+        output = min(body["max_tokens"], len(b"alpha") + CLOSE_SLACK_TOKENS)
+        allowance = min(hold, metering.upper_bound(rates, bound.input_bound, output))
+
+        def stalled() -> Generator[bytes, None, None]:
+            try:
+                yield first
+                yield b""  # then nothing, until the client gives up
+            except GeneratorExit:
+                lane.charged, lane.voucher = lane.charged + allowance, voucher
+                self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(prompt, 2)))
+                raise
+
+        return httpx.Response(200, stream=_ClosingStream(stalled()), headers={"content-type": "text/event-stream"})
+
+
+def test_breaker__closes_booked_their_whole_allowance__the_slack_weighs__stopped_within_n_holds_and_the_tolerance(
+    tmp_path: Path,
+) -> None:
+    """A closed stream's allowance has a slack (CLOSE_SLACK_TOKENS output tokens) for
+    chunks in flight at the close. Free, it was a gift per close, unbounded in count: a
+    gateway that stalled every stream until its client closed it after one word and booked
+    the whole allowance, an honest plain answer between, took 234 units a close beyond the
+    honest charge (100 closes: 23,400, 3.8 holds of 6,180, against a tolerance of 36),
+    never stopped. Now what a figure shows charged into the slack weighs for good: stopped
+    within N holds and the tolerance."""
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    gateway = SlackTaker(lanes=1)
+    gateway.signer = signer
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    stream = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1024, "stream": True}
+    plain = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    hold, n = signer.hold_for(ENDPOINTS["/v1/chat/completions"], stream)[0], signer.stop_after_errors
+    for _ in range(100):
+        with client.stream("POST", "http://gateway.test/v1/chat/completions", json=stream) as answer:
+            next(answer.iter_bytes(), None)
+        client.post("http://gateway.test/v1/chat/completions", json=plain).read()
+        if signer.stopped is not None:
+            break
+    assert signer.stopped is not None and "a stream its client closed" in signer.stopped, signer.stopped
+    tolerated = signer.tolerated(signer.book.lanes[0])
+    assert max(v.ceiling for v in gateway.received) <= sum(gateway.true_costs) + n * hold + tolerated

@@ -52,10 +52,12 @@ class Lane:
     pending_hold: int = 0  # the largest hold among them
     # Streams their own client closed (`Signer.closed`) since `errors_from`, not yet told
     # about: `closed` of them, `allowance` what the bytes relayed of them allow (their input
-    # bound, the output their bytes allow and a slack: an honest charge), and
-    # `closed_weight` the sum of each one's hold less its allowance.
+    # bound, the output their bytes allow and a slack: an honest charge), `slack` the part
+    # of it the slack gives (`Signer.closed`: charged, it weighs), and `closed_weight` the
+    # sum of each one's hold less its allowance without the slack.
     closed: int = 0
     allowance: int = 0
+    slack: int = 0
     closed_weight: int = 0
     # What the stop rule weighs (`Signer.stop_after_errors`, in units): `lost`, the units
     # later figures showed such answers charged (they count for good: the buyer paid for
@@ -73,7 +75,7 @@ class Lane:
         return {"errors": self.errors, "pending": self.pending, "from": str(self.errors_from),
                 "from_exact": self.errors_from_exact, "hold": str(self.pending_hold), "lost": str(self.lost),
                 "lost_holds": self.lost_holds, "closed": self.closed, "allowance": str(self.allowance),
-                "closed_weight": str(self.closed_weight)}  # fmt: skip
+                "closed_weight": str(self.closed_weight), "slack": str(self.slack)}  # fmt: skip
 
     def in_flight(self, hold: int, base: int | None) -> None:
         """A request whose outcome never came (it was in flight when the proxy stopped),
@@ -81,7 +83,7 @@ class Lane:
         answer without figures (`Signer._without_figures`), the lane bounded by its ceiling."""
         if self.pending == 0 and self.closed == 0:
             self.errors_from, self.errors_from_exact = (self.floor, False) if base is None else (base, True)
-            self.pending_hold = self.allowance = self.closed_weight = 0
+            self.pending_hold = self.allowance = self.slack = self.closed_weight = 0
         self.pending += 1
         self.pending_hold = max(self.pending_hold, hold)
         self.errors += 1

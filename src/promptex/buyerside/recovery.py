@@ -82,6 +82,7 @@ def recover(
             # Written before closed streams had an allowance: none pending.
             lane.closed, lane.allowance = int(counted.get("closed", 0)), int(counted.get("allowance", 0))
             lane.closed_weight = int(counted.get("closed_weight", 0))
+            lane.slack = int(counted.get("slack", 0))  # written before the slack weighed: none
             if "lost" in counted:
                 lane.lost, lane.lost_holds = int(counted["lost"]), int(counted["lost_holds"])
             else:  # written before the stop rule weighed units: what it counted for good, a hold each
