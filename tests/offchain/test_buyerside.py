@@ -23,7 +23,7 @@ from buyerside_fakes import IDENTITY, MODEL, RATES, SESSION_KEY, FakeSignedGatew
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptex.buyerside.answers import ENDPOINTS, RateBook
+from promptex.buyerside.answers import ANSWER_FRAME_BYTES, ENDPOINTS, RateBook, visible_bytes
 from promptex.buyerside.lanes import LaneBook, NoFreeLane
 from promptex.buyerside.recovery import ChainSession, recover
 from promptex.buyerside.signer import StreamWatch
@@ -568,3 +568,18 @@ def test_voucher_log__unanswered_voucher__new_lines_only(tmp_path: Path) -> None
     older = VoucherLog(path, IDENTITY)
     assert older.unanswered(1, 1) is None and older.ceiling(1, 1) == 90
     older.close()
+
+
+def test_visible_bytes__parallel_tool_calls__ids_count__json_syntax_does_not() -> None:
+    """An answer's output is checked against the bytes of its strings, not of its JSON (a
+    gateway padding with empty choices or events passed for any output), but every string
+    counts but the protocol's kind names (type, role): 20 parallel tool calls of `f({})`,
+    about 8 tokens each with their syntax, are 60 bytes of name and arguments — an honest
+    answer stopped had their ids (29 bytes each) not counted too."""
+    calls = [
+        {"id": f"call_{i:024d}", "type": "function", "function": {"name": "f", "arguments": "{}"}} for i in range(20)
+    ]
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": calls}}]}
+    assert visible_bytes(ENDPOINTS["/v1/chat/completions"], answer) >= 20 * 8
+    padded = {"choices": [{"message": {"content": "hi"}}] + [{"message": {}}] * 100}
+    assert visible_bytes(ENDPOINTS["/v1/chat/completions"], padded) == 2 + ANSWER_FRAME_BYTES

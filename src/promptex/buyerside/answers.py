@@ -125,10 +125,12 @@ def visible_bytes(endpoint: str, answer: Any) -> int | None:
     return text_bytes(produced) + ANSWER_FRAME_BYTES
 
 
-# Keys of an answer's message, delta or content block that name its kind or place, not text
-# produced (a stream's event per token could repeat them: counted, each event would add
-# bytes of no answer).
-NOT_TEXT = frozenset({"type", "role", "id", "index"})
+# Keys of an answer's message, delta or content block that name its kind, not text produced:
+# the protocol has every event carry them (Anthropic's `"type":"text_delta"`), so counted, each
+# event the gateway chose to send would add bytes of no answer. (Other strings count, ids
+# too: a tool call's id is room for its syntax tokens, and the gateway could as well pad a
+# text it sends.)
+NOT_TEXT = frozenset({"type", "role"})
 # What an answer's output tokens may exceed its text's bytes by, once per answer (plain or
 # streamed, however many choices or events): the frame a plain chat answer's JSON count
 # gave before (`[{"message":{"role":"assistant","content":""}}]`, 46 bytes) — room for
