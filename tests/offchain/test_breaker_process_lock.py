@@ -217,3 +217,31 @@ def test_ids_sequence_went_back__registration_moves_past_the_ids_in_use(two: tup
     assert second.end_dead_processes() == 0 and first.end_dead_processes() == 0
     for request_id in ("first", "second"):
         assert first.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
+
+
+def test_ids_sequence_went_back__an_id_only_active_holds_still_name__not_taken_again(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """pgbreak's remaining 4 (pbreak Open 1): a dead process's row was forgotten while a hold
+    of it stayed active (a sweep skipped it, locked), then the ids' sequence went back. The
+    next registration took that id (no row: no duplicate key), its live lock made the dead
+    hold look live, and it waited for its lifetime. Now the registration moves past it and
+    the next sweep ends it."""
+    dead, live = two
+    account = dead.create_account().id
+    fund(dead, account, ASSET, 10 * USDC)
+    dead.holds.reserve(Reservation("left-behind", account, ASSET, USDC, 300))
+    gone = dead.holds.lock.id
+    assert gone is not None
+    dead.holds.lock.close()  # the process dies
+    with dead.engine.begin() as conn:  # its row forgotten, its hold not; the sequence back to its id
+        conn.execute(text("DELETE FROM ledger_processes WHERE id = :p"), {"p": gone})
+        conn.execute(text("SELECT setval(pg_get_serial_sequence('ledger_processes', 'id'), :p, false)"), {"p": gone})
+    live.holds.reserve(Reservation("live", account, ASSET, USDC, 300))
+    assert live.holds.lock.id not in (None, gone)
+    assert live.end_dead_processes() == 1  # the dead process's hold, not the live one's
+    with live.engine.connect() as conn:
+        statuses = dict(conn.execute(text("SELECT request_id, status FROM holds")).all())
+    assert statuses == {"left-behind": "orphaned", "live": "active"}
+    live.holds.settle("live", USDC // 4)
+    assert live.balance(account, ASSET).held == 0

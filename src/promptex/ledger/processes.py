@@ -48,7 +48,10 @@ log = logging.getLogger("promptex.ledger")
 LOCK_SPACE = 0x70726F63  # the advisory locks' first key ("proc"); the second is the process id
 _REGISTER = "INSERT INTO ledger_processes (holder, host, pid, started_at) VALUES (%s, %s, %s, %s) RETURNING id"
 _PAST_IDS = """SELECT setval(pg_get_serial_sequence('ledger_processes', 'id'), GREATEST(
-    (SELECT coalesce(max(id), 0) FROM ledger_processes), nextval(pg_get_serial_sequence('ledger_processes', 'id'))))"""
+    (SELECT coalesce(max(id), 0) FROM ledger_processes),
+    (SELECT coalesce(max(process_id), 0) FROM holds WHERE status = 'active'),
+    nextval(pg_get_serial_sequence('ledger_processes', 'id'))))"""
+_NAMED = "SELECT 1 FROM holds WHERE status = 'active' AND process_id = %s LIMIT 1"
 _KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 
 
@@ -157,6 +160,14 @@ class ProcessLock:
             except psycopg.errors.UniqueViolation:
                 # The ids' sequence went back (a failover to a logical replica, which does not
                 # copy sequences; a data-only restore): on past the ids in use, never back.
+                conn.execute(_PAST_IDS)
+                row = conn.execute(_REGISTER, args).fetchone()
+            assert row is not None
+            if conn.execute(_NAMED, (row[0],)).fetchone() is not None:
+                # Active holds name this id: a dead process's whose row a sweep forgot while
+                # skipping a hold it found locked, the sequence gone back since. Its lock is
+                # free, so the next sweep ends them; this process takes an id past them.
+                conn.execute("DELETE FROM ledger_processes WHERE id = %s", (row[0],))
                 conn.execute(_PAST_IDS)
                 row = conn.execute(_REGISTER, args).fetchone()
             assert row is not None
