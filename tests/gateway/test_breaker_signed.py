@@ -36,6 +36,7 @@ from promptex.buyerside.wire import (  # noqa: E402
 )
 
 from .conftest import Fake, Harness  # noqa: E402
+from .test_signed_attacks import HoldEndedGateway  # noqa: E402
 from .test_signed_proxy import LANES, _session, _signer  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "hello hello hello"}]
@@ -360,3 +361,27 @@ def test_breaker__closes_booked_their_whole_allowance__the_slack_weighs__stopped
     assert signer.stopped is not None and "a stream its client closed" in signer.stopped, signer.stopped
     tolerated = signer.tolerated(signer.book.lanes[0])
     assert max(v.ceiling for v in gateway.received) <= sum(gateway.true_costs) + n * hold + tolerated
+
+
+def test_breaker__hold_ended_naming_a_total_above_the_vouchers_before_it__signing_stops(tmp_path: Path) -> None:
+    """A 503 hold_ended says the request's hold ended uncharged and names the lane's total:
+    the one before it, so within the vouchers accepted before it. After a drop (the lane
+    only bounded) it was checked against the ceilings including its own voucher, so a
+    gateway could name this voucher's whole ceiling as the total before it — a charge for
+    a request it says took nothing — and the lie was only weighed, never named. Now it
+    stops signing."""
+    gateway = HoldEndedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = _client(gateway, signer)
+    assert client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=4)  # type: ignore[call-overload]
+    gateway.drop_before_charge = True
+    with contextlib.suppress(openai.APIConnectionError):
+        client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=4)  # type: ignore[call-overload]
+    lane = signer.book.lanes[0]
+    assert not lane.exact and lane.pending == 1 and signer.stopped is None
+    before = lane.live
+    gateway.drop_before_charge, gateway.ending, gateway.claim = False, True, before + 1
+    with contextlib.suppress(openai.APIStatusError):
+        client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=4)  # type: ignore[call-overload]
+    assert gateway.received[-1].ceiling > before
+    assert signer.stopped is not None and "hold ended uncharged" in signer.stopped, signer.stopped

@@ -671,6 +671,13 @@ class Signer:
         lane = ticket.lane
         if code != HOLD_ENDED:
             lane.live = ticket.live_before
+        elif charged > ticket.live_before:  # the total before it: within the vouchers accepted before it
+            self.stop(
+                f"the gateway says lane {lane.index}'s hold ended uncharged yet names the lane's total {charged}, "
+                f"above the {ticket.live_before} of every voucher it accepted before it",
+                lane.index,
+            )
+            return
         if charged > lane.live:
             self.stop(
                 f"the gateway refused lane {lane.index}'s voucher yet says the lane was charged {charged}, "
