@@ -36,6 +36,7 @@ from fractions import Fraction
 
 import boa
 from boa_partial import LazyPartial
+from ci_share import ci_share
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -726,3 +727,4 @@ class EscrowMachine(RuleBasedStateMachine):
 
 
 TestEscrowMachine = EscrowMachine.TestCase
+ci_share(TestEscrowMachine, max_examples=20)  # 30 in CI took ~45-58 s of the budget

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 import boa
 from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
 from boa_partial import LazyPartial
+from ci_share import ci_share
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -679,3 +680,4 @@ class PerpMachine(RuleBasedStateMachine):
 
 
 TestPerpMachine = PerpMachine.TestCase
+ci_share(TestPerpMachine, max_examples=20)  # 30 in CI took ~45-58 s of the budget

@@ -16,13 +16,13 @@ step:
 CI runs the default hypothesis profile; HYPOTHESIS_PROFILE=deep for long runs.
 """
 
-import os
 from dataclasses import dataclass, field
 
 import boa
+from ci_share import ci_share
 from eth_account import Account
 from eth_utils import keccak
-from hypothesis import event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from vault_signed_world import EPOCH, USD, SignedWorld
@@ -267,6 +267,4 @@ class SignedVaultMachine(RuleBasedStateMachine):
 
 
 TestSignedVaultMachine = SignedVaultMachine.TestCase
-if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci":
-    # CI's share of the suite's budget; HYPOTHESIS_PROFILE=deep runs the profile's full size.
-    TestSignedVaultMachine.settings = settings(settings.default, max_examples=12, stateful_step_count=40)
+ci_share(TestSignedVaultMachine, max_examples=12, stateful_step_count=40)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import boa
 from boa_partial import LazyPartial
+from ci_share import ci_share
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import event
@@ -885,3 +886,4 @@ class VaultMachine(RuleBasedStateMachine):
 
 
 TestVaultMachine = VaultMachine.TestCase
+ci_share(TestVaultMachine, max_examples=20)  # 30 in CI took ~45-58 s of the budget
