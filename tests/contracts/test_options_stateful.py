@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import boa
 from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
 from boa_partial import LazyPartial
+from ci_share import ci_share
 from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -518,3 +519,4 @@ class OptionsMachine(RuleBasedStateMachine):
 
 
 TestOptionsMachine = OptionsMachine.TestCase
+ci_share(TestOptionsMachine, max_examples=20)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import boa
 from boa_dex import FEE, PERIOD, deploy_dex, seed_pools
 from boa_partial import LazyPartial
+from ci_share import ci_share
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import event
@@ -473,3 +474,4 @@ class RedemptionMachine(RuleBasedStateMachine):
 
 
 TestRedemptionMachine = RedemptionMachine.TestCase
+ci_share(TestRedemptionMachine, max_examples=20)
