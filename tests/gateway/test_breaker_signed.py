@@ -206,15 +206,7 @@ def test_breaker__stream_padded_with_empty_events__output_checked_against_its_te
     requests: 123,120 units for 360, never stopped). Now only text counts (and a plain
     answer's frame once): the first such answer stops signing."""
     gateway = PaddingGateway(lanes=1)
-    signer = make_signer(tmp_path / "v.log", lanes=1)
-    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
-    hold = signer.hold_for(ENDPOINTS["/v1/chat/completions"], PADDED)[0]
-    for _ in range(TRIES):
-        client.post("http://gateway.test/v1/chat/completions", json=PADDED).read()
-        if signer.stopped is not None:
-            break
-    assert signer.stopped is not None and "bytes of answer" in signer.stopped, signer.stopped
-    assert len(gateway.received) == 1 and gateway.book[0].charged - sum(gateway.true_costs) <= hold
+    _first_padded_answer_stops_signing(gateway, tmp_path, PADDED)
 
 
 def test_breaker__stream_padded_then_stalled_until_the_client_closes__allowed_its_text__stopped_within_n_holds(
@@ -288,16 +280,7 @@ def test_breaker__plain_answer_padded_with_json_of_no_text__output_checked_again
     once: the first such answer stops signing."""
     gateway = PaddedAnswerGateway(lanes=1)
     gateway.padding = padding
-    signer = make_signer(tmp_path / "v.log", lanes=1)
-    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
-    body = {"model": MODEL, "messages": PROMPT, "max_tokens": 1024}
-    hold = signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0]
-    for _ in range(TRIES):
-        client.post("http://gateway.test/v1/chat/completions", json=body).read()
-        if signer.stopped is not None:
-            break
-    assert signer.stopped is not None and "bytes of answer" in signer.stopped, signer.stopped
-    assert len(gateway.received) == 1 and gateway.book[0].charged - sum(gateway.true_costs) <= hold
+    _first_padded_answer_stops_signing(gateway, tmp_path, {"model": MODEL, "messages": PROMPT, "max_tokens": 1024})
 
 
 class SlackTaker(FakeSignedGateway):
@@ -385,3 +368,18 @@ def test_breaker__hold_ended_naming_a_total_above_the_vouchers_before_it__signin
         client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=4)  # type: ignore[call-overload]
     assert gateway.received[-1].ceiling > before
     assert signer.stopped is not None and "hold ended uncharged" in signer.stopped, signer.stopped
+
+
+def _first_padded_answer_stops_signing(gateway: FakeSignedGateway, tmp_path: Path, body: dict[str, Any]) -> None:
+    """Sends `body` through a one-lane signer until it stops (at most TRIES): the first
+    padded answer must stop it (its output above its text's bytes), the lane charged at
+    most one hold above what was truly served."""
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    client = httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()))
+    hold = signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)[0]
+    for _ in range(TRIES):
+        client.post("http://gateway.test/v1/chat/completions", json=body).read()
+        if signer.stopped is not None:
+            break
+    assert signer.stopped is not None and "bytes of answer" in signer.stopped, signer.stopped
+    assert len(gateway.received) == 1 and gateway.book[0].charged - sum(gateway.true_costs) <= hold

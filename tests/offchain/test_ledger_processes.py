@@ -154,21 +154,7 @@ def test_process_lock_cut__registering_again_fails_once__the_next_registration_s
     """The database is down a moment after the cut: the first registration fails, the next
     one (the database back) still takes along the holds the lost id named."""
     alive, other = two
-    account = alive.create_account().id
-    fund(alive, account, ASSET, 10 * USDC)
-    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
-    process = alive.holds.lock.id
-    assert process is not None
-    _cut(alive, process)
-    real = psycopg.connect
-
-    def down(*args: object, **kwargs: object) -> object:
-        raise psycopg.OperationalError("connection refused (the database restarts)")
-
-    monkeypatch.setattr(psycopg, "connect", down)
-    with pytest.raises(LedgerUnavailable):  # the gateway's 503 ledger_unavailable
-        alive.holds.lock.current()
-    monkeypatch.setattr(psycopg, "connect", real)
+    account, process = _in_flight_then_registration_fails_once(alive, monkeypatch)
     again = alive.holds.lock.current()
     assert again != process
     with alive.engine.connect() as conn:
@@ -187,21 +173,7 @@ def test_process_lock_cut__registering_again_fails__its_own_sweep_next_still_reg
     requests' holds as orphaned (their answers refused, a stream cut), where the same sweep
     without the failed attempt keeps them."""
     alive, other = two
-    account = alive.create_account().id
-    fund(alive, account, ASSET, 10 * USDC)
-    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
-    process = alive.holds.lock.id
-    assert process is not None
-    _cut(alive, process)
-    real = psycopg.connect
-
-    def down(*args: object, **kwargs: object) -> object:
-        raise psycopg.OperationalError("connection refused (the database restarts)")
-
-    monkeypatch.setattr(psycopg, "connect", down)
-    with pytest.raises(LedgerUnavailable):  # a reserve meanwhile: the gateway's 503 ledger_unavailable
-        alive.holds.lock.current()
-    monkeypatch.setattr(psycopg, "connect", real)
+    account, process = _in_flight_then_registration_fails_once(alive, monkeypatch)
     assert Sweeper(alive).run_once() == 0  # its own sweep, the database back
     again = alive.holds.lock.id
     assert again is not None and again != process and _status(alive, "in-flight") == "active"
@@ -267,3 +239,25 @@ def test_register__database_unreachable__fails_as_unavailable__a_reserve_queued_
     with pytest.raises(LedgerUnavailable):  # a reserve that arrives later tries again
         lock.current()
     assert len(attempts) == 2 and lock.failures == 2
+
+
+def _in_flight_then_registration_fails_once(alive: Ledger, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """A hold in flight under `alive`'s id, its lock cut, then one registration again
+    failing (the database down a moment: a reserve meanwhile gets the gateway's 503
+    ledger_unavailable); the database back. Returns the account and the lost id."""
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
+    process = alive.holds.lock.id
+    assert process is not None
+    _cut(alive, process)
+    real = psycopg.connect
+
+    def down(*args: object, **kwargs: object) -> object:
+        raise psycopg.OperationalError("connection refused (the database restarts)")
+
+    monkeypatch.setattr(psycopg, "connect", down)
+    with pytest.raises(LedgerUnavailable):
+        alive.holds.lock.current()
+    monkeypatch.setattr(psycopg, "connect", real)
+    return account, process
