@@ -82,7 +82,7 @@ demo: setup
 
 ## The whole test suite.
 test: setup postgres chromium
-	$(BIN)/ape test tests -n 2 -v WARNING --durations=40
+	$(BIN)/ape test tests -n 2 --dist worksteal -v WARNING --durations=40
 
 ## The web dashboard alone (http://127.0.0.1:8090; `promptex up` starts it with the market).
 dashboard: setup

@@ -81,14 +81,27 @@ def cores() -> tuple[list[str], list[str]]:
 
 @contextmanager
 def process(
-    args: list[str], env: dict[str, str], ready_url: str, headers: dict[str, str] | None = None
+    args: list[str],
+    env: dict[str, str],
+    ready_url: str,
+    headers: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """`args` in a session of its own, once `ready_url` answers below 500; killed (the whole
+    session) at the end. `log`: its output appended there (else discarded)."""
+    if log is None:
+        proc = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+    else:
+        with log.open("ab") as out:
+            proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{args[0:4]} exited with {proc.returncode}")
+                tail = log.read_text()[-2000:] if log is not None else ""
+                raise RuntimeError(f"{args[0:4]} exited with {proc.returncode}: {tail}")
             try:
                 if httpx.get(ready_url, headers=headers or {}, timeout=2).status_code < 500:
                     break
@@ -101,7 +114,7 @@ def process(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 

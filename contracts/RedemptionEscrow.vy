@@ -78,17 +78,40 @@
      who removes liquidity just before makes the trade's own impact larger
      (the user's grant still caps it).
 
-     Receipts: EIP-712 `Receipt(redemption_id, provider, account_ref,
+     Receipts: EIP-712 `Receipt(redemption_id, sale, provider, account_ref,
      usd_micro, billing_ref)` in the domain ("PROMPTEX RedemptionEscrow",
      "1", chain id, this contract), signed by a billing signer registered for
-     that provider when `release` is called (`add_billing_signer`, through
-     the timelock; `revoke_billing_signer` is immediate and voids unsubmitted
-     receipts of that key, which is the point of revoking; rotation is add
-     the new key, then revoke the old).
+     that provider when `release` is called and added no later than the
+     sale (`add_billing_signer`, through the timelock;
+     `revoke_billing_signer` is immediate and voids unsubmitted receipts of
+     that key, which is the point of revoking). Rotation: add the new key;
+     the old one signs the sales made before the new one was added, and is
+     revoked once they are closed (at most MAX_REFUND_DELAY later).
+     Why a key's age: a user sees an added key coming (the Timelock's
+     delay), but the agent keeps selling meanwhile, and a sale made in the
+     delay's last MAX_REFUND_DELAY could not be refunded before the key went
+     live: a key the admin added (whoever holds the payee) would release it
+     with no credits bought. A key never releases a sale older than itself,
+     so a user has the whole delay to revoke the grant (rbreak4 s14).
      usd_micro (USD micro-units, 1:1 with USDC units) must be at least the
      USDC held. Replays are refused by the redemption's status, not by the
      signature bytes, so EIP-2098 malleability is harmless. `billing_ref` is
      the provider's own receipt id, logged for reconciliation.
+
+     A receipt names the sale, not only its id: `sale` =
+     keccak256(abi_encode(agent, sale_ref)), where `agent` is the caller of
+     `redeem` and `sale_ref` a bytes32 it gives each sale, unique on every
+     branch (the agent passes fresh random bits per redeem signed; not its
+     nonce: a reorg can give a released sale's nonce to another redeem of
+     the same user, and a receipt is public once its release is sent). An
+     id alone is not one sale: after a reorg the same id can
+     hold another sale (another agent key of the same user, not ordered
+     behind ours), and a release's bytes still held by a node would pay
+     that sale out with our receipt. The record keeps the sale in its hash,
+     so a receipt for sale A reverts ("redemption: sale, provider or
+     account mismatch") on a sale B under A's id; another agent cannot name our sale
+     (its address is in the hash). Uniqueness of `sale_ref` among one
+     agent's sales is the agent's to keep (not checked: a slot per sale).
 
      Timeout: a release is accepted while the redemption is open, even after
      its deadline (a valid receipt proves the credits were delivered); a
@@ -109,7 +132,8 @@
      function (the Timelock's guardian calls it at once). A pauser may pause
      and unpause new redemptions only; release, refund and every user call
      stay open. MAX_REFUND_DELAY (3 days) is shorter than the Timelock's
-     delay, so a user sees any change coming before an open redemption of
+     delay, and a billing signer never releases a sale made before it was
+     added, so a user sees any change coming before an open redemption of
      theirs could be affected.
 
      Storage, one slot each (uint40 fields are seconds, days or counters):
@@ -119,9 +143,9 @@
        - _spent[user][agent][token]: sold that day (0..215) | day (216..255);
        - _records[id]: head = user (0..159) | deadline (160..223) |
          status (224..231); funds = payee (0..159) | usdc (160..255);
-         account_hash = keccak256(abi_encode(provider, account_ref)).
-     Three slots, not four: `release` takes the provider and account
-     reference (they are receipt fields anyway, and `Redeemed` logs them) and
+         sale_hash = keccak256(abi_encode(provider, account_ref, sale)).
+     Three slots, not four: `release` takes the provider, account reference
+     and sale (they are receipt fields anyway, and `Redeemed` logs them) and
      checks them against the hash, which saves a fresh slot (~22k gas) per
      redemption.
 """
@@ -186,7 +210,7 @@ STATUS_REFUNDED: public(constant(uint8)) = 3
 
 # @notice EIP-712 type of a provider billing API's receipt for credits bought.
 RECEIPT_TYPEHASH: public(constant(bytes32)) = keccak256(
-    "Receipt(uint256 redemption_id,bytes32 provider,bytes32 account_ref,uint256 usd_micro,bytes32 billing_ref)"
+    "Receipt(uint256 redemption_id,bytes32 sale,bytes32 provider,bytes32 account_ref,uint256 usd_micro,bytes32 billing_ref)"
 )
 
 _ADDRESS_MASK: constant(uint256) = 2**160 - 1
@@ -219,14 +243,14 @@ refund_delay: public(immutable(uint256))
 struct _Record:
     head: uint256
     funds: uint256
-    account_hash: bytes32
+    sale_hash: bytes32
 
 
 # @notice One redemption, as `redemptions(id)` returns it.
 struct Redemption:
     user: address
     payee: address
-    account_hash: bytes32
+    sale_hash: bytes32
     usdc: uint256
     deadline: uint256
     status: uint8
@@ -234,8 +258,9 @@ struct Redemption:
 
 # @notice token → the provider whose credits it stands for (zero: not redeemable).
 token_provider: public(HashMap[address, bytes32])
-# @notice provider → key → whether it signs that provider's billing receipts.
-is_billing_signer: public(HashMap[bytes32, HashMap[address, bool]])
+# @notice provider → key → when it was added as that provider's billing signer
+#         (0: it is not one); it signs receipts for sales made since then.
+billing_signer_since: public(HashMap[bytes32, HashMap[address, uint256]])
 # @notice provider → how many billing signers it has (zero: no redemption for it).
 billing_signer_count: public(HashMap[bytes32, uint256])
 # @notice account → whether it may pause and unpause new redemptions.
@@ -286,6 +311,7 @@ event Redeemed:
     provider: bytes32
     account_ref: bytes32
     deadline: uint256
+    sale: bytes32
 
 event Released:
     redemption_id: indexed(uint256)
@@ -443,7 +469,9 @@ def link_account(provider: bytes32, account_ref: bytes32):
 
 @external
 @nonreentrant
-def redeem(user: address, token: address, usdc_out: uint256, max_tokens_in: uint256, swap_deadline: uint256) -> uint256:
+def redeem(
+    user: address, token: address, usdc_out: uint256, max_tokens_in: uint256, swap_deadline: uint256, sale_ref: bytes32
+) -> uint256:
     """
     @notice Sells `user`'s `token` for exactly `usdc_out` USDC in the Oracle's
             pool for it, held for a purchase of that many USD of credits from
@@ -460,6 +488,9 @@ def redeem(user: address, token: address, usdc_out: uint256, max_tokens_in: uint
            1 .. MAX_USDC.
     @param max_tokens_in Most `token` units to sell.
     @param swap_deadline Latest block timestamp for the sale.
+    @param sale_ref The agent's id for this sale, unique among its sales on
+           every branch (random bits, not a nonce); receipts name
+           keccak256(abi_encode(agent, sale_ref)), logged as `sale`.
     @return uint256 The redemption id.
     """
     pausable._require_not_paused()
@@ -502,12 +533,13 @@ def redeem(user: address, token: address, usdc_out: uint256, max_tokens_in: uint
     redemption_id: uint256 = self.redemption_count + 1
     self.redemption_count = redemption_id
     deadline: uint256 = block.timestamp + refund_delay
+    sale: bytes32 = keccak256(abi_encode(msg.sender, sale_ref))
     self._records[redemption_id] = _Record(
         head=convert(convert(user, uint160), uint256)
         | (deadline << _DEADLINE_SHIFT)
         | (convert(STATUS_OPEN, uint256) << _STATUS_SHIFT),
         funds=convert(convert(payee, uint160), uint256) | (usdc_out << _USDC_SHIFT),
-        account_hash=keccak256(abi_encode(provider, account_ref)),
+        sale_hash=keccak256(abi_encode(provider, account_ref, sale)),
     )
     self.total_held += usdc_out
 
@@ -533,6 +565,7 @@ def redeem(user: address, token: address, usdc_out: uint256, max_tokens_in: uint
         provider=provider,
         account_ref=account_ref,
         deadline=deadline,
+        sale=sale,
     )
     return redemption_id
 
@@ -568,6 +601,7 @@ def quote(token: address, usdc_out: uint256) -> (uint256, uint256):
 @nonreentrant
 def release(
     redemption_id: uint256,
+    sale: bytes32,
     provider: bytes32,
     account_ref: bytes32,
     usd_micro: uint256,
@@ -579,22 +613,27 @@ def release(
             provider's receipt for credits bought on the linked account.
     @dev Anyone may submit it: the money can only go to the payee. Never paused.
     @param redemption_id The redemption.
+    @param sale The redemption's sale (as logged in `Redeemed`): a receipt for
+           another sale under the same id (a reorg) is refused.
     @param provider The redemption's provider (as logged in `Redeemed`).
     @param account_ref The redemption's account reference (as logged in `Redeemed`).
     @param usd_micro USD micro-units of credits the receipt states; at least
            the USDC held.
     @param billing_ref The provider's receipt id.
     @param signature The billing signer's 65-byte signature of the EIP-712
-           Receipt(redemption_id, provider, account_ref, usd_micro, billing_ref).
+           Receipt(redemption_id, sale, provider, account_ref, usd_micro, billing_ref).
     """
     record: _Record = self._records[redemption_id]
     assert self._status(record.head) == STATUS_OPEN, "redemption: not open"
-    assert keccak256(abi_encode(provider, account_ref)) == record.account_hash, "redemption: provider or account mismatch"
+    assert keccak256(abi_encode(provider, account_ref, sale)) == record.sale_hash, "redemption: sale, provider or account mismatch"
     amount: uint256 = record.funds >> _USDC_SHIFT
     assert usd_micro >= amount, "redemption: receipt below amount due"
-    digest: bytes32 = self._receipt_digest(redemption_id, provider, account_ref, usd_micro, billing_ref)
+    digest: bytes32 = self._receipt_digest(redemption_id, sale, provider, account_ref, usd_micro, billing_ref)
     signer: address = ecdsa._recover_sig(digest, signature)
-    assert signer != empty(address) and self.is_billing_signer[provider][signer], "redemption: receipt not signed by billing signer"
+    since: uint256 = self.billing_signer_since[provider][signer]
+    assert signer != empty(address) and since != 0, "redemption: receipt not signed by billing signer"
+    # A key added after the sale does not release it (the sale's time: its deadline less the delay).
+    assert since <= ((record.head >> _DEADLINE_SHIFT) & _MASK64) - refund_delay, "redemption: billing signer newer than the sale"
 
     payee: address = convert(convert(record.funds & _ADDRESS_MASK, uint160), address)
     self._records[redemption_id].head = self._closed(record.head, STATUS_RELEASED)
@@ -664,8 +703,8 @@ def add_billing_signer(provider: bytes32, signer: address):
     ownable._check_owner()
     assert provider != empty(bytes32), "redemption: zero provider"
     assert signer != empty(address), "redemption: zero address"
-    assert not self.is_billing_signer[provider][signer], "redemption: signer already added"
-    self.is_billing_signer[provider][signer] = True
+    assert self.billing_signer_since[provider][signer] == 0, "redemption: signer already added"
+    self.billing_signer_since[provider][signer] = block.timestamp
     self.billing_signer_count[provider] += 1
     log BillingSignerAdded(provider=provider, signer=signer)
 
@@ -681,8 +720,8 @@ def revoke_billing_signer(provider: bytes32, signer: address):
     @param signer A billing signer of it.
     """
     ownable._check_owner()
-    assert self.is_billing_signer[provider][signer], "redemption: not a billing signer"
-    self.is_billing_signer[provider][signer] = False
+    assert self.billing_signer_since[provider][signer] != 0, "redemption: not a billing signer"
+    self.billing_signer_since[provider][signer] = 0
     self.billing_signer_count[provider] -= 1
     log BillingSignerRevoked(provider=provider, signer=signer)
 
@@ -734,6 +773,19 @@ def unpause():
 
 
 # ─── Views ───────────────────────────────────────────────────────────────────
+
+
+@external
+@view
+def is_billing_signer(provider: bytes32, signer: address) -> bool:
+    """
+    @notice Whether `signer` signs `provider`'s billing receipts (for sales made
+            since `billing_signer_since`).
+    @param provider The provider id.
+    @param signer The key.
+    @return bool True for a billing signer not revoked.
+    """
+    return self.billing_signer_since[provider][signer] != 0
 
 
 @external
@@ -808,14 +860,14 @@ def redemptions(redemption_id: uint256) -> Redemption:
     """
     @notice One redemption (all zeros if it does not exist).
     @param redemption_id The id.
-    @return Redemption user, payee, account_hash (keccak256(abi_encode(provider,
-            account_ref))), usdc, deadline, status.
+    @return Redemption user, payee, sale_hash (keccak256(abi_encode(provider,
+            account_ref, sale))), usdc, deadline, status.
     """
     record: _Record = self._records[redemption_id]
     return Redemption(
         user=convert(convert(record.head & _ADDRESS_MASK, uint160), address),
         payee=convert(convert(record.funds & _ADDRESS_MASK, uint160), address),
-        account_hash=record.account_hash,
+        sale_hash=record.sale_hash,
         usdc=record.funds >> _USDC_SHIFT,
         deadline=(record.head >> _DEADLINE_SHIFT) & _MASK64,
         status=self._status(record.head),
@@ -825,18 +877,24 @@ def redemptions(redemption_id: uint256) -> Redemption:
 @external
 @view
 def receipt_digest(
-    redemption_id: uint256, provider: bytes32, account_ref: bytes32, usd_micro: uint256, billing_ref: bytes32
+    redemption_id: uint256,
+    sale: bytes32,
+    provider: bytes32,
+    account_ref: bytes32,
+    usd_micro: uint256,
+    billing_ref: bytes32,
 ) -> bytes32:
     """
     @notice The EIP-712 digest a billing signer signs for a receipt.
     @param redemption_id The redemption.
+    @param sale The sale (keccak256(abi_encode(agent, sale_ref)), logged in `Redeemed`).
     @param provider The provider id.
     @param account_ref The linked account reference.
     @param usd_micro USD micro-units of credits bought.
     @param billing_ref The provider's receipt id.
     @return bytes32 The digest.
     """
-    return self._receipt_digest(redemption_id, provider, account_ref, usd_micro, billing_ref)
+    return self._receipt_digest(redemption_id, sale, provider, account_ref, usd_micro, billing_ref)
 
 
 @external
@@ -913,10 +971,15 @@ def _spent_today(user: address, agent: address, token: address) -> uint256:
 @internal
 @view
 def _receipt_digest(
-    redemption_id: uint256, provider: bytes32, account_ref: bytes32, usd_micro: uint256, billing_ref: bytes32
+    redemption_id: uint256,
+    sale: bytes32,
+    provider: bytes32,
+    account_ref: bytes32,
+    usd_micro: uint256,
+    billing_ref: bytes32,
 ) -> bytes32:
     return eip712._hash_typed_data_v4(
-        keccak256(abi_encode(RECEIPT_TYPEHASH, redemption_id, provider, account_ref, usd_micro, billing_ref))
+        keccak256(abi_encode(RECEIPT_TYPEHASH, redemption_id, sale, provider, account_ref, usd_micro, billing_ref))
     )
 
 

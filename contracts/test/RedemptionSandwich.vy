@@ -23,7 +23,12 @@ interface IRouter:
 
 interface IRedemption:
     def redeem(
-        user: address, token: address, usdc_out: uint256, max_tokens_in: uint256, swap_deadline: uint256
+        user: address,
+        token: address,
+        usdc_out: uint256,
+        max_tokens_in: uint256,
+        swap_deadline: uint256,
+        sale_ref: bytes32,
     ) -> uint256: nonpayable
 
 FEE: constant(uint256) = 30
@@ -39,6 +44,6 @@ def sandwich(
     """
     extcall IERC20(token).approve(router, dump)
     raised: uint256 = extcall IRouter(router).swap_exact_in(dump, 0, [token, usdc], [FEE], self, block.timestamp)
-    extcall IRedemption(escrow).redeem(user, token, usdc_out, max_value(uint256), block.timestamp)
+    extcall IRedemption(escrow).redeem(user, token, usdc_out, max_value(uint256), block.timestamp, empty(bytes32))
     extcall IERC20(usdc).approve(router, raised)
     extcall IRouter(router).swap_exact_in(raised, 0, [usdc, token], [FEE], self, block.timestamp)

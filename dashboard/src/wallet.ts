@@ -32,6 +32,10 @@ export class Wallet {
   }
 
   private set(state: WalletState): void {
+    // Wallets repeat themselves (MetaMask answers eth_requestAccounts and also emits
+    // accountsChanged): a state that changes nothing must not redraw the page, or a form
+    // filled in between is wiped (the browser test's option writer lost its terms that way).
+    if (sameState(this.state, state)) return;
     this.state = state;
     for (const listener of this.listeners) listener(state);
   }
@@ -95,6 +99,13 @@ export class Wallet {
     await this.refresh();
     return null;
   }
+}
+
+function sameState(a: WalletState, b: WalletState): boolean {
+  if (a.kind !== b.kind) return false;
+  if (a.kind === "connected" && b.kind === "connected") return a.account === b.account;
+  if (a.kind === "wrong-network" && b.kind === "wrong-network") return a.account === b.account && a.chainId === b.chainId;
+  return a.kind === "none"; // "disconnected" may carry a new error to show
 }
 
 /** The header's wallet badge, and a panel for pages that need a connected wallet. */

@@ -744,6 +744,11 @@ try {
     await page.screenshot({ path: join(SHOTS, "failure.png"), fullPage: true }).catch(() => undefined);
     console.error("page text:\n" + (await page.innerText("body").catch(() => "?")).slice(0, 3000));
   }
+  // Another account's page still open (the option writer's) failed the step: show what it said.
+  for (const other of browser.contexts().flatMap((c) => c.pages()).filter((p) => p !== page)) {
+    const said = await other.innerText("body", { timeout: 2000 }).catch(() => "?");
+    console.error(`other page ${other.url()}:\n` + said.slice(-2500));
+  }
   console.log("RESULT " + JSON.stringify({ ...result, ok: false, error: String(err?.message ?? err) }));
   process.exitCode = 1;
 } finally {

@@ -17,12 +17,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from promptex.files import write_whole
+
 NO_MARKET = "no market: run `promptex up` or pass --rpc-url"
 PROFILE_FILE = "profile.json"
+PROFILE_ASIDE = "profile.json.unreadable"  # a damaged profile, moved aside by `promptex up` (which writes it again)
+REWRITE_PROFILE = "run `promptex up` again, which writes it again"
 DEFAULT_MARKET_DIR = "promptex-market"
 ChainUser = Literal["indexer", "coordinator", "agent", "attestor", "dashboard"]
 
@@ -38,18 +42,67 @@ def market_dir() -> Path:
 
 
 def read_profile(folder: Path | None = None) -> dict[str, Any]:
-    """The settings the market's profile records ({} when there is none)."""
+    """The settings the market's profile records ({} when there is none). A damaged one is
+    a ConfigurationError naming the file and the way out: `promptex up` sets it aside and
+    writes it again (`set_aside_unreadable_profile`)."""
     path = (folder or market_dir()) / PROFILE_FILE
     try:
         recorded = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise ConfigurationError(f"cannot read the market's profile {path}: {exc}") from None
+        reason = " ".join(str(exc).split())  # one line
+        raise ConfigurationError(f"cannot read the market's profile {path} ({reason}): {REWRITE_PROFILE}") from None
     values = recorded.get("settings") if isinstance(recorded, dict) else None
     if not isinstance(values, dict):
-        raise ConfigurationError(f"the market's profile {path} has no settings: run `promptex up` again")
+        raise ConfigurationError(f"the market's profile {path} has no settings: {REWRITE_PROFILE}")
+    _check_profile_values(path, values)
     return values
+
+
+def _check_profile_values(path: Path, values: dict[str, Any]) -> None:
+    """Each value the profile gives a setting is one that setting takes (a hand edit, or a
+    version that recorded another type): else a ConfigurationError naming the file and the
+    setting. Before, pydantic's refusal named the environment variable (`bad setting
+    PROMPTEX_GATEWAY_PORT='x'`), which no one had set, and stopped `promptex up` too."""
+    known = {name: value for name, value in values.items() if name in Settings.model_fields}
+    if not known:
+        return
+    blank = Settings.model_construct()  # no sources read: only the one value is validated
+    for name, value in known.items():
+        try:
+            Settings.__pydantic_validator__.validate_assignment(blank, name, value)
+        except ValidationError as exc:
+            why = exc.errors()[0].get("msg", "refused")
+            raise ConfigurationError(
+                f"the market's profile {path} has a bad {name} ({why}): {REWRITE_PROFILE}"
+            ) from None
+
+
+def set_aside_unreadable_profile(folder: Path) -> str | None:
+    """For `promptex up`, the command that writes the profile, before it reads any setting:
+    a profile that cannot be read (cut short, not JSON, no settings, a value its setting
+    refuses) is moved aside to `profile.json.unreadable` and one line says so (None: the
+    profile reads, or there is none). It stopped `up` itself before: every setting is read through it, and the
+    advice of every command's error, to run `promptex up` again, failed the same way."""
+    try:
+        read_profile(folder)
+    except ConfigurationError as exc:
+        reason = str(exc).removesuffix(f": {REWRITE_PROFILE}")
+        try:
+            (folder / PROFILE_FILE).replace(folder / PROFILE_ASIDE)
+        except OSError as moved:
+            raise ConfigurationError(f"{reason}, and it cannot be moved aside ({moved}): remove it") from None
+        return f"{reason}: moved aside to {PROFILE_ASIDE}; this `promptex up` writes it again"
+    return None
+
+
+def write_profile(folder: Path, profile: dict[str, object]) -> Path:
+    """The market's profile, written whole into its folder (`write_whole`): a reader never
+    sees half of it, and a power loss never leaves one that stops every command."""
+    path = folder / PROFILE_FILE
+    write_whole(path, json.dumps(profile, indent=2) + "\n")
+    return path
 
 
 class ProfileSettingsSource(PydanticBaseSettingsSource):
@@ -415,6 +468,7 @@ class Settings(BaseSettings):
     proxy_lane_wait_seconds: float = 30.0
     proxy_stop_after_errors: int = 3
     proxy_stop_tolerance_bp: int = Field(default=100, ge=0, le=10_000)
+    proxy_reasoning_bp: int = Field(default=10_000, ge=0, le=10_000)  # `buyerside.signer.REASONING_BP`
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,16 @@ from typing import Any
 
 import uvicorn
 
+# The servers clients keep connections to (the gateway, the signing proxy) close an idle
+# kept-alive connection only well after the clients' own pools have dropped it. httpx —
+# under the openai and anthropic SDKs — drops an idle connection after 5 s, and uvicorn's
+# default closes it after 5 s too: when both expire at once, a request sent on the
+# connection just as the server closes it fails with a connection error and no answer.
+# Longer here, the client always closes first. (Suspected in a CI run's one ReadError of
+# 1,000 requests; a lab of 400 requests at the 5 s edge did not reproduce it, so that
+# error's cause is still open.)
+KEEP_ALIVE_SECONDS = 30
+
 
 def listening_sockets(host: str, port: int, copies: int) -> list[socket.socket]:
     """One listening TCP socket and `copies - 1` duplicates of it, for uvicorn's `sockets=`.

@@ -6,14 +6,20 @@ that names the same contract; a `LazyPartial` compiles when a test first deploys
 """
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import boa
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @functools.cache
 def _load(path: str) -> Any:
-    return boa.load_partial(path)
+    # The absolute path, as promptex.chain.gas.vault names them: titanoboa's disk cache keys
+    # a compiled contract by the file name it was given, so a relative name compiled every
+    # contract the gas pins share a second time, cold.
+    return boa.load_partial(str(ROOT / path))
 
 
 class LazyPartial:
@@ -24,4 +30,9 @@ class LazyPartial:
         self.path = path
 
     def __getattr__(self, name: str) -> Any:
+        # pytest's collection probes every module-level object for its own hooks
+        # (`__test__`, `pytestmark`, `_pytestfixturefunction`, …): such a probe must not
+        # compile the contract (it compiled a dozen contracts while collecting, ~20 s a worker).
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(_load(self.path), name)

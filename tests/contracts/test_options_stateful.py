@@ -519,4 +519,4 @@ class OptionsMachine(RuleBasedStateMachine):
 
 
 TestOptionsMachine = OptionsMachine.TestCase
-ci_share(TestOptionsMachine, max_examples=20)
+ci_share(TestOptionsMachine, max_examples=12)

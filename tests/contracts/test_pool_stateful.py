@@ -13,6 +13,7 @@ from fractions import Fraction
 
 import boa
 from boa_partial import LazyPartial
+from ci_share import ci_share
 from eth_utils import keccak
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -305,3 +306,4 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 TestPoolMachine = PoolMachine.TestCase
+ci_share(TestPoolMachine, max_examples=15)  # 30 took ~20 s of CI's budget

@@ -20,6 +20,7 @@ from fixtures.redemption import (
     CLD_DAILY,
     OPENAI,
     OPENAI_ACCOUNT,
+    SALE_REF,
     SLIPPAGE_BPS,
     USD20,
     cover_twap,
@@ -27,7 +28,7 @@ from fixtures.redemption import (
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
-from promptex.protocol.redemption import account_hash, provider_id
+from promptex.protocol.redemption import provider_id, sale_hash, sale_id
 from promptex.protocol.units import DAY
 from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 from promptex.protocol.units import TOKEN_UNIT as UNIT
@@ -52,13 +53,15 @@ def test_surface__state_changing_functions__only_these(redemptions):
         "transfer_ownership",
         "accept_ownership",
     }
-    # The agent names the token and the amount; never a path, a pool, a provider or an account.
+    # The agent names the token and the amount (and its own id for the sale, hashed with its
+    # address); never a path, a pool, a provider or an account.
     assert [i.name for i in redemptions.redeem.abis[0].inputs] == [
         "user",
         "token",
         "usdc_out",
         "max_tokens_in",
         "swap_deadline",
+        "sale_ref",
     ]
 
 
@@ -221,7 +224,9 @@ def test_agent__cld_into_the_users_openai_account__impossible(redemptions, redee
     tx = redeem(cld)
     event = redemptions.Redeemed.from_receipt(tx)[0]
     assert (bytes(event.event_arguments["provider"]), bytes(event.account_ref)) == (ANTHROPIC, ACCOUNT)
-    assert bytes(redemptions.redemptions(event.redemption_id).account_hash) == account_hash(ANTHROPIC, ACCOUNT)
+    sale = sale_id(agent.address, SALE_REF)
+    assert bytes(event.sale) == sale
+    assert bytes(redemptions.redemptions(event.redemption_id).sale_hash) == sale_hash(ANTHROPIC, ACCOUNT, sale)
     redemptions.link_account(ANTHROPIC, b"\0" * 32, sender=user)  # only OpenAI left
     with ape.reverts("redemption: account not linked"):
         redeem(cld)
@@ -284,6 +289,28 @@ def test_agent__refund_or_self_signed_release__refused_usdc_only_to_payee(
     agent_before, operator_before = usdc.balanceOf(agent), usdc.balanceOf(operator)
     redemptions.release(1, *receipt(1), sender=agent)
     assert (usdc.balanceOf(agent), usdc.balanceOf(operator)) == (agent_before, operator_before + USD20)
+
+
+def test_admin__billing_signer_added_after_a_sale__never_releases_it_the_user_refunds(
+    redemptions, redeemable, redeem, receipt, admin, attacker, user, chain
+):
+    """rbreak4 (s14): the admin (the Timelock, whose 4-day delay is longer than
+    MAX_REFUND_DELAY) adds a billing signer whose key it holds. The users see it queued,
+    but their agent keeps selling meanwhile: a sale made in the delay's last 3 days could
+    not be refunded before the key went live, and its receipt paid the sale's USDC to the
+    payee with no credits bought (taken by whoever holds the payee's key too). A key now
+    never releases a sale made before it was added; the user refunds it."""
+    usdc = redeemable[2]
+    redeem(redeemable[0])
+    chain.pending_timestamp += 10
+    rogue = Account.from_key(attacker.private_key)
+    redemptions.add_billing_signer(ANTHROPIC, rogue.address, sender=admin)  # the delay over, the sale still open
+    with ape.reverts("redemption: billing signer newer than the sale"):
+        redemptions.release(1, *receipt(1, signer=rogue), sender=attacker)
+    chain.pending_timestamp += REFUND_DELAY + 1
+    before = usdc.balanceOf(user)
+    redemptions.refund(1, sender=user)
+    assert usdc.balanceOf(user) == before + USD20
 
 
 def test_agent__re_entering_through_the_token__blocked(

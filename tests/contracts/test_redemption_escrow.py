@@ -15,6 +15,7 @@ from fixtures.redemption import (
     CLD_DAILY,
     OPENAI,
     OPENAI_ACCOUNT,
+    SALE_REF,
     SLIPPAGE_BPS,
     USD20,
 )
@@ -30,7 +31,7 @@ from promptex.protocol.units import ZERO_ADDRESS as ZERO
 
 def record(redemptions, redemption_id):
     r = redemptions.redemptions(redemption_id)
-    return r.user, r.payee, bytes(r.account_hash), r.usdc, r.deadline, r.status
+    return r.user, r.payee, bytes(r.sale_hash), r.usdc, r.deadline, r.status
 
 
 # ─── Deployment ──────────────────────────────────────────────────────────────
@@ -281,8 +282,9 @@ def test_redeem__granted_agent__sells_exactly_the_input_in_the_oracles_pool_and_
     assert usdc.balanceOf(redemptions) == redemptions.total_held() == USD20
     assert redemptions.redemption_count() == 1
     deadline = tx.timestamp + REFUND_DELAY
-    account_hash = helpers.account_hash(ANTHROPIC, ACCOUNT)
-    assert record(redemptions, 1) == (user.address, operator.address, account_hash, USD20, deadline, 1)
+    sale = helpers.sale_id(agent.address, SALE_REF)
+    sale_hash = helpers.sale_hash(ANTHROPIC, ACCOUNT, sale)
+    assert record(redemptions, 1) == (user.address, operator.address, sale_hash, USD20, deadline, 1)
     assert redemptions.spent_today(user, agent, cld) == quoted
     event = redemptions.Redeemed.from_receipt(tx)[0]
     assert (event.redemption_id, event.user, event.agent, event.token, event.tokens_in, event.usdc) == (
@@ -293,6 +295,7 @@ def test_redeem__granted_agent__sells_exactly_the_input_in_the_oracles_pool_and_
         quoted,
         USD20,
     )
+    assert bytes(event.sale) == sale
     assert (event.payee, bytes(event.event_arguments["provider"]), bytes(event.account_ref), event.deadline) == (
         operator.address,
         ANTHROPIC,
@@ -433,33 +436,71 @@ def test_release__receipt_of_another_redemption__reverts(redemptions, redeemable
     redemptions.release(1, *signed_for_1, sender=operator)
 
 
+def test_release__receipt_for_another_sale_under_the_same_id__reverts(
+    redemptions, redeemable, redeem, receipt, agent, operator, user, attacker, chain, usdc
+):
+    """abreak2 s12 item 2: a reorg gives escrow id 1 to another sale. Sale A (our agent,
+    sale_ref 5) is escrowed as 1 and its credits bought: the billing signer signs a receipt
+    for (1, sale A). Reorg to before it: on the new branch another agent key the user
+    granted (its own payee) takes id 1 first with sale B. A's receipt, whoever submits it
+    (a node holding our old release's bytes), must not pay B out: it reverts, as does A's
+    signature submitted as B's sale; B's own receipt releases it. Before receipts named the
+    sale, the escrow checked only id, provider, account and amount: A's receipt paid B's
+    USDC to B's payee, and A, re-escrowed as 2, sat open under an id no receipt named."""
+    cld = redeemable[0]
+    ref = (5).to_bytes(32, "big")
+    sale_a, sale_b = helpers.sale_id(agent.address, ref), helpers.sale_id(attacker.address, ref)
+    assert sale_a != sale_b  # the same sale_ref from another key is another sale
+    reorg = chain.snapshot()
+    tx = redeem(cld, ref=ref)
+    assert bytes(redemptions.Redeemed.from_receipt(tx)[0].sale) == sale_a
+    ours = receipt(1, sale=sale_a)
+    chain.restore(reorg)  # the new branch: sale A not (yet) on it
+
+    redemptions.set_grant(
+        attacker, attacker, chain.pending_timestamp + DAY, SLIPPAGE_BPS, [cld], [CLD_DAILY], sender=user
+    )
+    redeem(cld, usdc_out=USD20 // 4, sender=attacker, ref=ref)  # sale B: id 1, at most A's amount
+    assert redemptions.redemptions(1).usdc == USD20 // 4
+    before = usdc.balanceOf(attacker)
+    with ape.reverts("redemption: sale, provider or account mismatch"):
+        redemptions.release(1, *ours, sender=operator)  # our old release's bytes
+    with ape.reverts("redemption: receipt not signed by billing signer"):
+        redemptions.release(1, sale_b, *ours[1:], sender=operator)  # A's signature, B's sale
+    assert (usdc.balanceOf(attacker), redemptions.redemptions(1).status) == (before, helpers.STATUS_OPEN)
+    redemptions.release(1, *receipt(1, sale=sale_b, usd_micro=USD20 // 4), sender=operator)
+    assert usdc.balanceOf(attacker) == before + USD20 // 4
+
+
 @pytest.mark.parametrize(
     "override",
     [
         {"usd_micro": USD20 + 1},  # the amount signed is not the amount submitted
+        {"sale": b"\x03" * 32},  # another sale (a receipt for it submitted as this one's)
         {"account_ref": b"\x01" * 32},  # credits bought on another account
         {"provider": OPENAI},  # a receipt for another provider
         {"billing_ref": b"\x02" * 32},  # another billing receipt id
         {"chain_id": 1},  # another chain
         {"escrow": "0x" + "11" * 20},  # another escrow
     ],
-    ids=["amount", "account", "provider", "billing_ref", "chain", "contract"],
+    ids=["amount", "sale", "account", "provider", "billing_ref", "chain", "contract"],
 )
 def test_release__receipt_fields_differ_from_what_was_signed__reverts(
-    redemptions, redeemable, redeem, operator, chain, override
+    redemptions, redeemable, redeem, operator, chain, agent, override
 ):
     redeem(redeemable[0])
     fields = {
         "chain_id": chain.chain_id,
         "escrow": redemptions.address,
         "redemption_id": 1,
+        "sale": helpers.sale_id(agent.address, SALE_REF),
         "provider": ANTHROPIC,
         "account_ref": ACCOUNT,
         "usd_micro": USD20,
         "billing_ref": BILLING_REF,
     }
     signature = helpers.sign_receipt(BILLING[ANTHROPIC].key, **(fields | override))
-    submitted = (ANTHROPIC, ACCOUNT, USD20, BILLING_REF)
+    submitted = (fields["sale"], ANTHROPIC, ACCOUNT, USD20, BILLING_REF)
     with ape.reverts("redemption: receipt not signed by billing signer"):
         redemptions.release(1, *submitted, signature, sender=operator)
     redemptions.release(1, *submitted, helpers.sign_receipt(BILLING[ANTHROPIC].key, **fields), sender=operator)
@@ -470,10 +511,10 @@ def test_release__provider_or_account_not_the_redemptions__reverts(
 ):
     redeem(redeemable[0])
     # A genuine OpenAI receipt (for the user's OpenAI account) cannot pay an Anthropic redemption.
-    with ape.reverts("redemption: provider or account mismatch"):
+    with ape.reverts("redemption: sale, provider or account mismatch"):
         redemptions.release(1, *receipt(1, provider=OPENAI, account=OPENAI_ACCOUNT), sender=operator)
     # Nor a genuine Anthropic receipt for another account.
-    with ape.reverts("redemption: provider or account mismatch"):
+    with ape.reverts("redemption: sale, provider or account mismatch"):
         redemptions.release(1, *receipt(1, account=b"\x01" * 32), sender=operator)
 
 
@@ -486,22 +527,30 @@ def test_release__forged_or_wrong_signer__reverts(redemptions, redeemable, redee
         with ape.reverts("redemption: receipt not signed by billing signer"):
             redemptions.release(1, *receipt(1, signer=signer), sender=operator)
     with ape.reverts():  # not a signature at all
-        redemptions.release(1, ANTHROPIC, ACCOUNT, USD20, BILLING_REF, b"\x00" * 65, sender=operator)
+        redemptions.release(1, *receipt(1)[:-1], b"\x00" * 65, sender=operator)
 
 
-def test_release__signer_rotated__old_receipts_void_new_ones_valid(
-    redemptions, redeemable, redeem, receipt, admin, operator, attacker
+def test_release__signer_rotated__old_key_releases_the_older_sales_new_key_the_newer_revoked_none(
+    redemptions, redeemable, redeem, receipt, admin, operator, attacker, chain
 ):
+    """Rotation: add the new key; the old one signs the sales made before it (a key never
+    releases a sale older than itself), and is revoked once they are closed."""
     from eth_account import Account
 
-    redeem(redeemable[0])
-    old = receipt(1)
+    redeem(redeemable[0])  # 1: before the new key
+    chain.pending_timestamp += 10
     new_key = Account.from_key(attacker.private_key)
     redemptions.add_billing_signer(ANTHROPIC, new_key.address, sender=admin)  # add the new key…
+    assert redemptions.billing_signer_since(ANTHROPIC, new_key.address) > 0
+    chain.pending_timestamp += 10
+    redeem(redeemable[0])  # 2: after it
+    with ape.reverts("redemption: billing signer newer than the sale"):
+        redemptions.release(1, *receipt(1, signer=new_key), sender=operator)
+    redemptions.release(1, *receipt(1), sender=operator)
     redemptions.revoke_billing_signer(ANTHROPIC, BILLING[ANTHROPIC].address, sender=admin)  # …revoke the old
     with ape.reverts("redemption: receipt not signed by billing signer"):
-        redemptions.release(1, *old, sender=operator)
-    redemptions.release(1, *receipt(1, signer=new_key), sender=operator)
+        redemptions.release(2, *receipt(2), sender=operator)
+    redemptions.release(2, *receipt(2, signer=new_key), sender=operator)
 
 
 def test_release__last_signer_revoked__no_release_no_redeem_then_user_refunds(
@@ -530,7 +579,7 @@ def test_release__after_deadline_while_open__still_pays_the_payee(
 
 def test_release__unknown_redemption__reverts(redemptions, redeemable, receipt, operator):
     with ape.reverts("redemption: not open"):
-        redemptions.release(7, ANTHROPIC, ACCOUNT, USD20, BILLING_REF, b"\x00" * 65, sender=operator)
+        redemptions.release(7, bytes(32), ANTHROPIC, ACCOUNT, USD20, BILLING_REF, b"\x00" * 65, sender=operator)
 
 
 # ─── Refund ──────────────────────────────────────────────────────────────────

@@ -13,8 +13,13 @@ from promptex.chain.gas.redemption import measure_redemption
 # signatures depend on which tests ran before on the worker's chain.
 PINNED = {
     "redemption_set_grant": 76_964,
-    "redemption_redeem": 201_584,  # issue 19: straight into the Oracle's pool, no Router hop or approve
-    "redemption_release": 83_485,  # issue 19: several signers per provider (one mapping read)
+    # issue 19: straight into the Oracle's pool, no Router hop or approve; rbind s13: + sale_ref
+    # (32 calldata bytes, 512 gas as non-zero) and the sale's hash (agent, sale_ref) in the record's hash
+    "redemption_redeem": 202_488,
+    # issue 19: several signers per provider (one mapping read); rbind s13: + the sale (32 calldata
+    # bytes) in the record's hash and the receipt's digest; rbreak4 s14: +125, the signer's time
+    # added (same slot as the old bool) checked against the sale's (deadline less the delay)
+    "redemption_release": 84_152,
     "redemption_refund": 53_927,
 }
 

@@ -16,7 +16,13 @@ from promptex.protocol import redemption as helpers
 from promptex.protocol.dex import amount_in
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
 
-FIELDS = {"redemption_id": 42, "provider": ANTHROPIC, "account_ref": ACCOUNT, "usd_micro": 20_000_000}
+FIELDS = {
+    "redemption_id": 42,
+    "sale": keccak(text="a sale"),
+    "provider": ANTHROPIC,
+    "account_ref": ACCOUNT,
+    "usd_micro": 20_000_000,
+}
 
 
 def test_receipt_digest__python__equals_contract_and_eth_account(redemptions, chain):
@@ -34,6 +40,21 @@ def test_sign_receipt__recovers_to_the_signer(redemptions, chain):
     signature = helpers.sign_receipt(key.key, **fields)
     assert len(signature) == 65
     assert Account._recover_hash(helpers.receipt_digest(**fields), signature=signature) == key.address
+
+
+def test_sale_id__agent_and_ref__as_the_contract_logs_it(redemptions, redeemable, redeem, agent):
+    ref = (7).to_bytes(32, "big")
+    assert helpers.sale_ref(7) == ref
+    tx = redeem(redeemable[0], ref=ref)
+    assert bytes(redemptions.Redeemed.from_receipt(tx)[0].sale) == helpers.sale_id(agent.address, ref)
+    # The agent's ref (fresh per redeem), read back from the call's data as the agent reads its own.
+    fresh = helpers.new_sale_ref()
+    tx = redeem(redeemable[0], ref=fresh)
+    assert helpers.redeem_sale_ref(bytes(tx.transaction.data)) == fresh
+    assert bytes(redemptions.Redeemed.from_receipt(tx)[0].sale) == helpers.sale_id(agent.address, fresh)
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError):
+            helpers.sale_ref(bad)
 
 
 def test_provider_id__name__left_aligned_lower_case():

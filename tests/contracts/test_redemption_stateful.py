@@ -4,7 +4,7 @@ DEX (Pool blueprint, Factory, Router, Oracle), administered by the real Timelock
 Agents redeem for two users in two tokens (CLD-like token 0 is Anthropic's, token 1
 OpenAI's; amounts that sometimes break the daily limit, the honest-price bound or the
 slippage as an lp moves the pools and a keeper updates the Oracle), receipts are
-submitted (valid, forged, replayed, signed by a revoked key), users and others try
+submitted (valid, forged, replayed, signed by a revoked key, naming another sale), users and others try
 refunds before and after deadlines, grants are revoked and re-granted, and time passes
 (across UTC days). Against the users: the agent sandwiches its own sale inside the pool;
 the pauser pauses; the Timelock's guardian revokes billing signers and pausers at once;
@@ -15,7 +15,7 @@ The model predicts each outcome, and after every step:
   USDC balance), and never a provider token;
 - every redemption's status, and each (user, token)'s tokens sold today, equal the model;
 - every redemption buys the credits of its token's provider, on the account the user
-  linked there;
+  linked there, for its own sale (a receipt naming another sale is refused);
 - no value reaches a role holder the rules do not give it: the agent holds no USDC and
   gains less than the 0.5 % tolerance on any sandwich; the payee gets exactly the
   released redemptions; the pauser, guardian and proposer get nothing.
@@ -39,10 +39,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from promptex.protocol.dex import amount_in
 from promptex.protocol.redemption import (
     IMPACT_TOLERANCE_BPS,
-    account_hash,
     account_ref,
     honest_limit,
     provider_id,
+    sale_hash,
+    sale_id,
     sign_receipt,
     slippage_limit,
 )
@@ -138,6 +139,7 @@ class Redemption:
     token: int
     usdc: int
     deadline: int
+    sale: bytes
     status: int = OPEN
 
 
@@ -147,6 +149,7 @@ class Model:
     granted: dict[str, bool] = field(default_factory=dict)
     spent: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # (user, token) → (day, sold)
     signers: dict[bytes, set[bytes]] = field(default_factory=dict)  # provider → keys of its live signers
+    since: dict[bytes, int] = field(default_factory=dict)  # key → when it was last added (deploy: 0)
     pausers: set[str] = field(default_factory=set)
     paused: bool = False
     payee_usdc: int = 0
@@ -206,7 +209,8 @@ class RedemptionMachine(RuleBasedStateMachine):
     def do_redeem(self, user: int, token: int, usd: int) -> bool:
         who, tok = self.w.users[user], self.w.tokens[token]
         reason, tokens_in = self.expected_refusal(who, token, usd)
-        args = (who, tok.address, usd, MASK, self.now() + 60)
+        ref = (len(self.m.redemptions) + 1).to_bytes(32, "big")  # unique among the agent's sales, as its nonce
+        args = (who, tok.address, usd, MASK, self.now() + 60, ref)
         if reason:
             with boa.reverts(reason):
                 self.escrow.redeem(*args, sender=self.w.agent)
@@ -218,10 +222,11 @@ class RedemptionMachine(RuleBasedStateMachine):
         assert redemption_id == len(self.m.redemptions) + 1
         # The credits are bought from the token's provider, on the user's account there.
         provider = PROVIDERS[token]
-        assert bytes(self.escrow.redemptions(redemption_id)[2]) == account_hash(
-            provider, self.w.accounts[(who, provider)]
+        sale = sale_id(self.w.agent, ref)
+        assert bytes(self.escrow.redemptions(redemption_id)[2]) == sale_hash(
+            provider, self.w.accounts[(who, provider)], sale
         )
-        self.m.redemptions[redemption_id] = Redemption(who, token, usd, self.now() + REFUND_DELAY)
+        self.m.redemptions[redemption_id] = Redemption(who, token, usd, self.now() + REFUND_DELAY, sale)
         self.touched.add(redemption_id)
         self.m.spent[(who, token)] = (self.now() // DAY, self.m.sold_today(who, token, self.now()) + tokens_in)
         return True
@@ -272,40 +277,60 @@ class RedemptionMachine(RuleBasedStateMachine):
 
     # ── release ──────────────────────────────────────────────────────────────
 
-    def receipt(self, redemption_id: int, key: bytes, usd_micro: int) -> tuple:
+    def receipt(self, redemption_id: int, key: bytes, usd_micro: int, sale: bytes | None = None) -> tuple:
         r = self.m.redemptions[redemption_id]
         provider = PROVIDERS[r.token]
         account = self.w.accounts[(r.user, provider)]
         fields = {
             "redemption_id": redemption_id,
+            "sale": r.sale if sale is None else sale,
             "provider": provider,
             "account_ref": account,
             "usd_micro": usd_micro,
             "billing_ref": b"\x07" * 32,
         }
         signature = sign_receipt(key, chain_id=self.w.chain_id, escrow=self.escrow.address, **fields)
-        return redemption_id, provider, account, usd_micro, fields["billing_ref"], signature
+        return redemption_id, fields["sale"], provider, account, usd_micro, fields["billing_ref"], signature
 
     @precondition(lambda self: self.m.redemptions)
-    @rule(data=st.data(), extra=st.integers(0, 10), key=st.sampled_from(["live", "revoked", "forged"]))
+    @rule(data=st.data(), extra=st.integers(0, 10), key=st.sampled_from(["live", "revoked", "forged", "other sale"]))
     def release(self, data, extra, key):
+        """A receipt for the redemption: signed by a live, revoked or forged key, or by a live
+        key for another sale under this id (a reorg's: the agent's other sale_ref, or the same
+        ref from another agent key): refused whatever the key."""
         redemption_id = data.draw(st.sampled_from(sorted(self.m.redemptions)))
         r = self.m.redemptions[redemption_id]
         provider = PROVIDERS[r.token]
         live = sorted(self.m.signers[provider])
         dead = sorted(set(KEYS[provider]) - self.m.signers[provider])
-        chosen = {"live": live, "revoked": dead, "forged": [FORGER_KEY]}[key]
+        chosen = {"live": live, "revoked": dead, "forged": [FORGER_KEY], "other sale": live}[key]
         if not chosen:
             return
         signing_key = data.draw(st.sampled_from(chosen))
         self.touched.add(redemption_id)
-        args = self.receipt(redemption_id, signing_key, r.usdc + extra)
+        other = None
+        if key == "other sale":
+            ref = data.draw(st.integers(1, len(self.m.redemptions) + 1)).to_bytes(32, "big")
+            agent = data.draw(st.sampled_from([self.w.agent, self.w.stranger]))
+            other = sale_id(agent, ref)
+            if other == r.sale:
+                other = sale_id(self.w.stranger, ref)
+        args = self.receipt(redemption_id, signing_key, r.usdc + extra, other)
         if r.status != OPEN:
             with boa.reverts("redemption: not open"):
+                self.escrow.release(*args, sender=self.w.stranger)
+        elif key == "other sale":
+            with boa.reverts("redemption: sale, provider or account mismatch"):
                 self.escrow.release(*args, sender=self.w.stranger)
         elif key != "live":
             with boa.reverts("redemption: receipt not signed by billing signer"):
                 self.escrow.release(*args, sender=self.w.stranger)
+        elif self.m.since.get(signing_key, 0) > r.deadline - REFUND_DELAY:
+            # A key the admin added after the sale (through the Timelock's delay, while the
+            # agent kept selling): never releases it, live or not (rbreak4 s14).
+            with boa.reverts("redemption: billing signer newer than the sale"):
+                self.escrow.release(*args, sender=self.w.stranger)
+            event("release by a key newer than the sale refused")
         else:
             self.escrow.release(*args, sender=self.w.stranger)
             self.m.payee_usdc += r.usdc
@@ -414,6 +439,7 @@ class RedemptionMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(candidates))
         self.through_timelock(self.escrow.add_billing_signer.prepare_calldata(provider, signer_of(key)))
         self.m.signers[provider].add(key)
+        self.m.since[key] = self.now()
         event("signer added through the timelock")
 
     @rule()
@@ -474,4 +500,4 @@ class RedemptionMachine(RuleBasedStateMachine):
 
 
 TestRedemptionMachine = RedemptionMachine.TestCase
-ci_share(TestRedemptionMachine, max_examples=20)
+ci_share(TestRedemptionMachine, max_examples=12)

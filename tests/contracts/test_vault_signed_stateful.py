@@ -267,4 +267,4 @@ class SignedVaultMachine(RuleBasedStateMachine):
 
 
 TestSignedVaultMachine = SignedVaultMachine.TestCase
-ci_share(TestSignedVaultMachine, max_examples=12, stateful_step_count=40)
+ci_share(TestSignedVaultMachine, max_examples=8, stateful_step_count=40)

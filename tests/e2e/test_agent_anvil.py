@@ -189,8 +189,13 @@ def test_release__forged_or_replayed_receipt__refused_by_the_escrow(world, billi
     agent = world.agent(billing)
     r = released
     account = agent.store.account(r.account_id)
-    args = (r.chain_redemption_id, ANTHROPIC, account.account_ref, r.receipt_usd_micro, r.billing_ref)
-    fields = dict(zip(("redemption_id", "provider", "account_ref", "usd_micro", "billing_ref"), args, strict=True))
+    sale = agent.machine._sale(r)
+    redeemed = world.events("Redeemed")
+    logged = [bytes(e["args"]["sale"]) for e in redeemed if e["args"]["redemption_id"] == r.chain_redemption_id]
+    assert logged == [sale]  # the sale the escrow logged: the agent's key and its redeem's nonce
+    args = (r.chain_redemption_id, sale, ANTHROPIC, account.account_ref, r.receipt_usd_micro, r.billing_ref)
+    names = ("redemption_id", "sale", "provider", "account_ref", "usd_micro", "billing_ref")
+    fields = dict(zip(names, args, strict=True))
     forged = sign_receipt("0x" + "13" * 32, chain_id=world.deployment.chain_id, escrow=world.escrow.address, **fields)
     call = world.escrow.functions.release(*args, forged)
     with pytest.raises(Exception, match="not open"):  # released already: a replay is refused

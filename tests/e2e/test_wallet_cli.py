@@ -12,7 +12,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from anvil_node import ROOT, ape_env, rpc
+from anvil_node import ROOT, ape_env
 from promptex.chain.deploy import contract_at
 from promptex.protocol.escrow import KIND_TOKENIZED, buy_back_payout
 from promptex.protocol.redemption import provider_id
@@ -286,15 +286,20 @@ def contract(env, name):
 @pytest.fixture(scope="module")
 def keyfile_env(seeded_anvil, tmp_path_factory):
     """The environment of a `promptex` process on the worker's market anvil, with a keyfile
-    account `buyer` (in its own ape data folder) that holds gas and 100 USDC."""
+    account `buyer` (in its own ape data folder) that holds gas and 100 USDC: both from
+    `promptex wallet faucet`, which reads the keyfile's address without its passphrase."""
     url, deployments = seeded_anvil
     env = dict(ape_env(url, deployments), APE_DATA_FOLDER=str(tmp_path_factory.mktemp("ape-data")))
     buyer = import_keyfile(env, "buyer", KEY)
-    rpc(url, "anvil_setBalance", buyer, hex(10**20))
     w3, usdc = contract(env, "USDC")
-    mint = usdc.functions.mint(buyer, 100 * USD).build_transaction({"from": buyer, "nonce": 0})
-    sent = w3.eth.send_raw_transaction(Account.from_key(KEY).sign_transaction(mint).raw_transaction)
-    assert w3.eth.wait_for_transaction_receipt(sent)["status"] == 1
+    assert w3.eth.get_balance(buyer) == 0 and usdc.functions.balanceOf(buyer).call() == 0
+    faucet = promptex(env, "wallet", "faucet", "--account", "buyer", "--amount", "100", passphrase="not asked")
+    assert faucet.returncode == 0, faucet.stderr[-2000:]
+    assert faucet.stdout.splitlines() == [
+        f"minted 100.00 USDC ($100.00 of test dollars) and 1 ETH for gas to {buyer} (buyer)",
+        "its wallet holds 100.00 USDC; next: promptex wallet deposit --asset USDC --amount N --account buyer",
+    ]
+    assert usdc.functions.balanceOf(buyer).call() == 100 * USD and w3.eth.get_balance(buyer) == 10**18
     return env
 
 

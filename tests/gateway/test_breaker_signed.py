@@ -31,24 +31,24 @@ from promptex.buyerside.wire import (  # noqa: E402
     LANE_CHARGED_HEADER,
     LANE_HEADER,
     VOUCHER_HEADER,
+    Voucher,
     lane_reports,
     parse_voucher,
 )
 
 from .conftest import Fake, Harness  # noqa: E402
-from .test_signed_attacks import HoldEndedGateway  # noqa: E402
+from .test_signed_attacks import HoldEndedGateway, _client  # noqa: E402
 from .test_signed_proxy import LANES, _session, _signer  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "hello hello hello"}]
 TRIES = 12
 
 
-def _client(gateway: FakeSignedGateway, signer: object) -> openai.OpenAI:
-    transport = PromptexSigningTransport(signer, inner=gateway.transport())  # type: ignore[arg-type]
-    return openai.OpenAI(
-        base_url="http://gateway.test/v1", api_key="sk-test", max_retries=0,
-        http_client=httpx.Client(transport=transport),
-    )  # fmt: skip
+def _taken(gateway: FakeSignedGateway, request: httpx.Request) -> tuple[Voucher, Any]:
+    """A signed request's voucher, recorded as received, and its lane's book."""
+    voucher = parse_voucher(request.headers[VOUCHER_HEADER])
+    gateway.received.append(voucher)
+    return voucher, gateway.book[voucher.lane]
 
 
 def _stream(client: openai.OpenAI) -> str | None:
@@ -154,9 +154,7 @@ class PaddingGateway(FakeSignedGateway):
     def handle(self, request: httpx.Request) -> httpx.Response:
         if VOUCHER_HEADER not in request.headers:
             return super().handle(request)
-        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
-        lane = self.book[voucher.lane]
-        self.received.append(voucher)
+        voucher, lane = _taken(self, request)
         self.turn += 1
         if self.stall and self.turn % 2 == 0:
             assert lane.voucher is not None
@@ -246,9 +244,7 @@ class PaddedAnswerGateway(FakeSignedGateway):
     def handle(self, request: httpx.Request) -> httpx.Response:
         if VOUCHER_HEADER not in request.headers:
             return super().handle(request)
-        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
-        lane = self.book[voucher.lane]
-        self.received.append(voucher)
+        voucher, lane = _taken(self, request)
         body = orjson.loads(request.content)
         prompt = sum(3 + len(str(m["content"]).split()) for m in body["messages"])
         self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(prompt, 1)))
@@ -295,9 +291,7 @@ class SlackTaker(FakeSignedGateway):
         body = orjson.loads(request.content) if request.content else {}
         if VOUCHER_HEADER not in request.headers or not body.get("stream"):
             return super().handle(request)
-        voucher = parse_voucher(request.headers[VOUCHER_HEADER])
-        lane = self.book[voucher.lane]
-        self.received.append(voucher)
+        voucher, lane = _taken(self, request)
         hold, bound, rates = self.signer.hold_for(ENDPOINTS["/v1/chat/completions"], body)
         prompt = sum(3 + len(str(m["content"]).split()) for m in body["messages"])
         event = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL,

@@ -64,6 +64,7 @@ def _env(tmp_path: Path, url: str, **settings: object) -> dict[str, str]:
         "PROMPTEX_GATEWAY_DEFAULT_ASSET": "USDC",
         "PROMPTEX_GATEWAY_KEY_CACHE_SECONDS": "0",
         "PROMPTEX_GATEWAY_SHED_WAIT_MS": "10000",  # a busy test machine must not shed load
+        "PROMPTEX_GATEWAY_SHED_ACCEPT_BACKLOG": "10000",
         "PROMPTEX_GATEWAY_LOT_MAX_INFLIGHT": "100000",
         "PROMPTEX_GATEWAY_MAX_INFLIGHT": "100000",
         "PROMPTEX_GATEWAY_MAX_INFLIGHT_PER_KEY": "100000",

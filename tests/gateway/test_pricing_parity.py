@@ -50,7 +50,7 @@ def test_usage_cost__every_payment_kind__quote_equals_the_gateways_charge(
     text: dict[str, object] = {"type": "text", "text": "price me exactly"}
     if cached:  # Anthropic's prompt cache: reads and writes (some for an hour) at their catalog rates
         fake.config.cache_read_tokens, fake.config.cache_write_tokens, fake.config.cache_write_1h_tokens = 2, 2, 1
-        text["cache_control"] = {"type": "ephemeral"}
+        text["cache_control"] = {"type": "ephemeral", "ttl": "1h"}  # an hour's writes only where so marked
 
     response = httpx.post(
         gw.url + "/v1/chat/completions",

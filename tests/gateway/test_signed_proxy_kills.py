@@ -80,6 +80,7 @@ def _env(tmp_path: Path, ledger_url: str) -> dict[str, str]:
         "GATEWAY_DEFAULT_ASSET": "USDC",
         "GATEWAY_KEY_CACHE_SECONDS": "0",
         "GATEWAY_SHED_WAIT_MS": "10000",  # a busy test machine must not shed load
+        "GATEWAY_SHED_ACCEPT_BACKLOG": "10000",
         "GATEWAY_MAX_INFLIGHT_PER_KEY": "100000",
         "GATEWAY_MAX_INFLIGHT_PER_ADDRESS": "100000",
         "GATEWAY_METRICS_PORT": "0",

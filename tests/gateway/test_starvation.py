@@ -8,13 +8,16 @@ of slots so that the attack would fill them all.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
 import pytest
 
 from polling import until
@@ -226,3 +229,32 @@ def test_client_address__x_forwarded_for_believed_only_from_a_trusted_proxy(
         for conn in held:
             conn.close()
         until(lambda gw=gw: in_flight(gw) == 0, "the shares given back", every=POLL)
+
+
+def test_connections__kept_alive_longer_than_sdk_pools__over_the_address_share_a_429_an_async_client_reads(
+    guarded: Harness,
+) -> None:
+    # Equal expiries race: a request sent on a pooled connection just as the gateway closes
+    # it fails with a connection error and no answer.
+    pools = max(openai.DEFAULT_CONNECTION_LIMITS.keepalive_expiry, anthropic.DEFAULT_CONNECTION_LIMITS.keepalive_expiry)
+    assert pools is not None
+    assert guarded.app.uvicorn_options()["timeout_keep_alive"] >= 2 * pools
+
+    # Before: a refused connection was closed at once, and an asyncio client (httpx's
+    # AsyncClient, under the SDKs' async clients) writing its request to it got a reset and
+    # dropped the 429 it had received: a ReadError with no answer, every time.
+    held = [connect(guarded, ATTACKER) for _ in range(8)]  # the address's whole share
+    try:
+        until(lambda: guarded.app.guard.open.get(ATTACKER) == 8, "the share taken", every=POLL)
+
+        async def refused() -> list[httpx.Response]:
+            transport = httpx.AsyncHTTPTransport(local_address=ATTACKER)
+            async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+                return [await client.post(guarded.url + "/v1/chat/completions", json=HELLO) for _ in range(3)]
+
+        answers = asyncio.run(refused())
+        assert [(r.status_code, r.text) for r in answers] == [(429, "Too many connections from this address.")] * 3
+        assert guarded.app.guard.open.get(ATTACKER) == 8  # the refused ones never counted
+    finally:
+        for conn in held:
+            conn.close()

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator_fakes import FakeChain, Revert, State
+from coordinator_fakes import FakeChain, Revert, State, _decode
 from eth_account import Account
 from eth_utils.crypto import keccak
 from starlette.applications import Starlette
@@ -26,10 +26,11 @@ from promptex.protocol.redemption import (
     STATUS_OPEN,
     STATUS_REFUNDED,
     STATUS_RELEASED,
-    account_hash,
     honest_limit,
     provider_id,
     receipt_digest,
+    sale_hash,
+    sale_id,
     slippage_limit,
 )
 from promptex.protocol.units import ZERO_ADDRESS as ZERO
@@ -82,6 +83,13 @@ class FakeAgentChain(FakeChain):
         self.s: EscrowState = EscrowState()
         self.sender = AGENT
         self.raws: dict[str, str] = {}
+        self.forks: list[int] = []  # heights at which a reorg replaced the blocks from there up
+
+    def block_hash(self, number: int) -> str | None:
+        """A block's hash: the same until a reorg at or below its height (`forks`)."""
+        if number > self.block:
+            return None
+        return "0x" + keccak(text=f"{number}:{sum(1 for h in self.forks if h <= number)}").hex()
 
     # ─── Setup ───────────────────────────────────────────────────────────────
 
@@ -156,6 +164,10 @@ class FakeAgentChain(FakeChain):
     def redeemed(self, tx_hash: str) -> Redeemed | None:
         return self.s.by_nonce.get(json.loads(self.raws[tx_hash])["n"])
 
+    def redeem_sale_ref(self, raw: str) -> bytes | None:
+        d = json.loads(raw)
+        return _decode(d["a"][5]) if d.get("f") == "redeem" else None
+
     def broadcast(self, raw: str) -> None:
         self.raws["0x" + keccak(text=raw).hex()] = raw
         super().broadcast(raw)
@@ -167,7 +179,7 @@ class FakeAgentChain(FakeChain):
             raise Revert(f"{call.contract}: caller has no role")
         getattr(self, f"_{call.function}")(s, *call.args)
 
-    def _redeem(self, s: EscrowState, user, token, usdc_out, max_in, deadline) -> None:  # noqa: ANN001
+    def _redeem(self, s: EscrowState, user, token, usdc_out, max_in, deadline, ref) -> None:  # noqa: ANN001
         if self.time > deadline:
             raise Revert("redemption: deadline passed")
         payee, expiry, slippage, _version = s.grants.get(user, (ZERO, 0, 0, 0))
@@ -180,8 +192,8 @@ class FakeAgentChain(FakeChain):
         provider = PROVIDERS.get(token)
         if provider is None:
             raise Revert("redemption: token has no provider")
-        ref = s.linked.get((user, provider))
-        if ref is None:
+        account = s.linked.get((user, provider))
+        if account is None:
             raise Revert("redemption: account not linked")
         if provider not in s.signers:
             raise Revert("redemption: unknown provider")
@@ -210,21 +222,21 @@ class FakeAgentChain(FakeChain):
         deadline_ = self.time + REFUND_DELAY
         s.records[rid] = {
             "user": user, "payee": payee, "usdc": usdc_out, "deadline": deadline_, "status": STATUS_OPEN,
-            "hash": account_hash(provider, ref),
+            "hash": sale_hash(provider, account, sale_id(s.key, ref)),
         }  # fmt: skip
         s.usdc[ESCROW] = s.usdc.get(ESCROW, 0) + usdc_out
         s.by_nonce[s.nonce] = Redeemed(rid, tokens_in, usdc_out, deadline_)
 
-    def _release(self, s: EscrowState, rid, provider, ref, usd_micro, billing_ref, signature) -> None:  # noqa: ANN001
+    def _release(self, s: EscrowState, rid, sale, provider, ref, usd_micro, billing_ref, signature) -> None:  # noqa: ANN001
         r = s.records.get(rid)
         if r is None or r["status"] != STATUS_OPEN:
             raise Revert("redemption: not open")
-        if account_hash(provider, ref) != r["hash"]:
-            raise Revert("redemption: provider or account mismatch")
+        if sale_hash(provider, ref, sale) != r["hash"]:
+            raise Revert("redemption: sale, provider or account mismatch")
         if usd_micro < r["usdc"]:
             raise Revert("redemption: receipt below amount due")
         digest = receipt_digest(
-            chain_id=CHAIN_ID, escrow=ESCROW, redemption_id=rid, provider=provider, account_ref=ref,
+            chain_id=CHAIN_ID, escrow=ESCROW, redemption_id=rid, sale=sale, provider=provider, account_ref=ref,
             usd_micro=usd_micro, billing_ref=billing_ref,
         )  # fmt: skip
         try:

@@ -85,6 +85,10 @@ class FakeSignedGateway:
     # counts it, the buyer never relayed it); `close_books_ceiling` books the voucher's
     # whole ceiling instead (a dishonest one).
     lazy_stream: bool = False
+    # Answer `output_tokens` words and claim the rest of what the hold allows as reasoning
+    # tokens (reported inside the completion tokens and charged: nothing of them is relayed).
+    claim_reasoning: bool = False
+    usage_extra: dict[str, Any] = field(default_factory=dict)  # merged into a stream's usage chunk
     close_books_ceiling: bool = False
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
@@ -168,11 +172,13 @@ class FakeSignedGateway:
         messages = body["messages"]
         input_tokens = sum(3 + len(str(m["content"]).split()) for m in messages) + len(body.get("system", "").split())
         asked = body.get("max_tokens") or body.get("max_completion_tokens") or self.output_tokens
-        output = metering.largest_output(RATES, input_tokens, voucher.ceiling - lane.charged, asked)
-        if output < 0:
+        fit = metering.largest_output(RATES, input_tokens, voucher.ceiling - lane.charged, asked)
+        if fit < 0:
             return self._error(402, "hold_too_small", lane)
+        output = min(fit, self.output_tokens) if self.claim_reasoning else fit
+        reasoning = fit - output if self.claim_reasoning else 0
         # A gateway inflating counts charges for them too (it must: the buyer checks price × tokens).
-        cost = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output + self.inflate_output))
+        cost = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output + self.inflate_output + reasoning))
         with self.lock:
             if self.claim_ceiling and (self.drop_after_charge or self.error_status or self.garble):
                 lane.charged, lane.voucher = voucher.ceiling, voucher  # nothing served
@@ -188,7 +194,10 @@ class FakeSignedGateway:
             return failed
         told, lane.told = lane.told, lane.charged
         text = " ".join(WORDS[i % len(WORDS)] for i in range(output))
-        reported = {"prompt_tokens": input_tokens, "completion_tokens": output + self.inflate_output}
+        reported: dict[str, Any] = {"prompt_tokens": input_tokens,
+                                    "completion_tokens": output + self.inflate_output + reasoning}  # fmt: skip
+        if reasoning:
+            reported["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         headers = {
             COST_UNITS_HEADER: str(cost + self.overcharge),
             LANE_HEADER: str(voucher.lane),
@@ -208,15 +217,20 @@ class FakeSignedGateway:
                 "usage": {"input_tokens": input_tokens, "output_tokens": reported["completion_tokens"]},
             }
             return httpx.Response(200, json=answer, headers=headers)
+        # As the real gateway streams: the usage chunk only when its client asked for it, else
+        # the charge on the last chunk with choices and no usage at all (`gateway.adapters.OpenAIStream`).
+        asked = (body.get("stream_options") or {}).get("include_usage") is True
         if body.get("stream") and self.lazy_stream:
-            events = self._lazy(lane, voucher, input_tokens, output, told, reported, promptex)
+            events = self._lazy(lane, voucher, input_tokens, output, told, reported, promptex, asked)
             stream = _ClosingStream(events)
             return httpx.Response(200, stream=stream, headers={**headers, "content-type": "text/event-stream"})
         if body.get("stream"):
             chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
             events = [
                 {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]},
-                {**chunk, "choices": [], "usage": reported, "promptex": promptex},
+                {**chunk, "choices": [], "usage": reported, "promptex": promptex, **self.usage_extra}
+                if asked
+                else {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "promptex": promptex},
             ]
             sse = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
             return httpx.Response(200, content=sse, headers={**headers, "content-type": "text/event-stream"})
@@ -232,7 +246,7 @@ class FakeSignedGateway:
 
     def _lazy(
         self, lane: FakeLane, voucher: Voucher, input_tokens: int, output: int, told: int,
-        reported: dict[str, int], promptex: dict[str, str],
+        reported: dict[str, Any], promptex: dict[str, str], asked: bool = True,
     ) -> Generator[bytes, None, None]:  # fmt: skip
         """A stream, a word an event; its client may close it before the end."""
         chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
@@ -256,7 +270,11 @@ class FakeSignedGateway:
                     self.true_costs.append(partial)
                     lane.charged += partial
             raise
-        last = {**chunk, "choices": [], "usage": reported, "promptex": promptex}
+        last = (
+            {**chunk, "choices": [], "usage": reported, "promptex": promptex}
+            if asked
+            else {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "promptex": promptex}
+        )
         yield b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n"
 
 

@@ -50,6 +50,24 @@ def agent_world(agent_db_template: str, agent_billing: tuple[str, object], tmp_p
     world.ledger.close()
 
 
+# ─── The coordinator's fake chain ─────────────────────────────────────────────
+
+
+@pytest.fixture
+def chain():  # noqa: ANN201
+    """A fake chain with the coordinator and breaker tests' listed lot (`LOT`) open: their
+    `chain` (in tests/offchain it stands for ape's, which no test here uses; a module that
+    needs another chain defines its own, e.g. test_breaker_lease's)."""
+    from coordinator_fakes import FakeChain
+    from test_coordinator_refund_taken_back import LOT
+
+    from promptex.protocol.escrow import KIND_LISTED
+
+    fake = FakeChain()
+    fake.open_lot(LOT, KIND_LISTED)
+    return fake
+
+
 # ─── Gateway processes on PostgreSQL ─────────────────────────────────────────
 
 _process_databases = itertools.count()

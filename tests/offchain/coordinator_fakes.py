@@ -400,6 +400,10 @@ class FakeChain:
     def nonce(self) -> int:
         return self.s.nonce
 
+    def nonce_of(self, address: str) -> int:
+        """Any key's account nonce on the chain as it is now."""
+        return self.s.nonces.get(address, 0)
+
     def pending_nonce(self) -> int:
         return self.s.nonce + sum(1 for raw in self.mempool.values() if self._signer(raw) == self.sender)
 

@@ -17,8 +17,9 @@ def event_id() -> str:
     return f"0x{next(_events):064x}:0"
 
 
-def bind_new_wallet(ledger: Ledger, account: int) -> str:
-    wallet = Account.create()
+def bind_new_wallet(ledger: Ledger, account: int, key: bytes | None = None) -> str:
+    """Bind a fresh wallet (or the one of private `key`) to `account`; returns its address."""
+    wallet = Account.create() if key is None else Account.from_key(key)
     message = ledger.issue_binding_challenge(account, wallet.address)
     ledger.bind_wallet(message, sign(message, wallet.key))
     return str(wallet.address)

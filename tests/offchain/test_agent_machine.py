@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from agent_fakes import PAYEE, TOKENS, USER, Crash, crashing_at
+from agent_fakes import AGENT, PAYEE, TOKENS, USER, Crash, crashing_at
 from agent_world import ACCOUNT, ANTHROPIC, CREDENTIAL, billing_config
 
 from human_units import assert_human
@@ -19,7 +19,7 @@ from promptex.agent.machine import CRASH_STEPS, REORG_WINDOW
 from promptex.agent.schema import agent_accounts
 from promptex.agent.store import ABANDONED, ESCROWED, FAILED, REFUNDED, REJECTED, RELEASED, SELLING
 from promptex.chain.txlog import TxPending
-from promptex.protocol.redemption import STATUS_RELEASED
+from promptex.protocol.redemption import STATUS_RELEASED, sale_id
 from promptex.protocol.units import USD_MICRO as USD
 
 CLD = TOKENS["CLD"]
@@ -159,7 +159,7 @@ class ReplayBilling:
     def balance(self, account):
         return 0
 
-    def add_credits(self, account, usd_micro, idempotency_key, *, redemption_id):
+    def add_credits(self, account, usd_micro, idempotency_key, *, redemption_id, sale):
         return self.receipt
 
 
@@ -167,8 +167,8 @@ def test_receipt__replayed_from_another_redemption__rejected(world):
     first = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
     assert first.status == RELEASED
     old = BillingReceipt(
-        first.chain_redemption_id, ANTHROPIC, world.account.account_ref, first.receipt_usd_micro, first.billing_ref,
-        first.receipt_signature,
+        first.chain_redemption_id, world.agent().machine._sale(first), ANTHROPIC, world.account.account_ref,
+        first.receipt_usd_micro, first.billing_ref, first.receipt_signature,
     )  # fmt: skip
     agent = world.agent()
     agent.machine.billing = ReplayBilling(old)
@@ -185,14 +185,37 @@ def test_receipt__below_amount_due__rejected(world):
         def balance(self, account):
             return 0
 
-        def add_credits(self, account, usd_micro, key, *, redemption_id):
+        def add_credits(self, account, usd_micro, key, *, redemption_id, sale):
             return dataclasses.replace(
-                real.add_credits(account, usd_micro, key, redemption_id=redemption_id), usd_micro=1
+                real.add_credits(account, usd_micro, key, redemption_id=redemption_id, sale=sale), usd_micro=1
             )
 
     agent.machine.billing = Short()
     r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
     assert r.status == REJECTED and "below" in (r.error or "") and world.chain.s.releases == 0
+
+
+def test_receipt__naming_another_sale_under_the_same_id__rejected_never_released(world):
+    """A receipt for escrow id 1 that names another sale (a reorg's: another key's, or this
+    key's at another nonce) would be refused by the escrow; the agent rejects it before
+    sending anything, and asked the billing API for this sale's (its key and redeem's sale_ref)."""
+    agent = world.agent()
+    real = agent.machine.billing
+    asked = []
+
+    class OtherSale:
+        def balance(self, account):
+            return 0
+
+        def add_credits(self, account, usd_micro, key, *, redemption_id, sale):
+            asked.append(sale)
+            receipt = real.add_credits(account, usd_micro, key, redemption_id=redemption_id, sale=sale)
+            return dataclasses.replace(receipt, sale=b"\x05" * 32)
+
+    agent.machine.billing = OtherSale()
+    r = agent.redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert asked == [sale_id(AGENT, world.chain.redeem_sale_ref(agent.store.tx(r.redeem_tx_id).raw))]
+    assert r.status == REJECTED and "names sale 0x0505" in (r.error or "") and world.chain.s.releases == 0
 
 
 def test_billing__down_until_the_purchase_margin__abandoned_user_refunds(world):

@@ -185,9 +185,9 @@ def test_redeem__run_again_while_the_agent_moves_it__returns_where_it_is_without
         def balance(self, account):
             return real.balance(account)
 
-        def add_credits(self, account, usd_micro, key, *, redemption_id):
+        def add_credits(self, account, usd_micro, key, *, redemption_id, sale):
             world.agent().run_once(check_rules=False)  # the agent's pass, meanwhile: bought and released
-            return real.add_credits(account, usd_micro, key, redemption_id=redemption_id)
+            return real.add_credits(account, usd_micro, key, redemption_id=redemption_id, sale=sale)
 
     rerun.machine.billing = AgentPassFirst()
     r = rerun.redeem(USER, "CLD", 20 * USD, "anthropic")
@@ -382,3 +382,4 @@ def test_store_create__one_request_id_for_two_providers_at_once_on_postgresql__r
     finally:
         engine.dispose()
         postgres.drop_database(db)
+

@@ -14,7 +14,7 @@ from agent_fakes import PAYEE, TOKENS, USER, Crash, crashing_at
 
 from human_units import assert_human
 from promptex.agent.store import FAILED, PURCHASED, REJECTED, RELEASED
-from promptex.protocol.redemption import STATUS_OPEN
+from promptex.protocol.redemption import STATUS_OPEN, STATUS_RELEASED
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USD
 
@@ -44,6 +44,28 @@ def _released_then_reorged(world, monkeypatch=None):
     assert len(world.billing.purchases) == 1
     chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2]
     return r
+
+
+def _moved_to_2_and_back_to_1(world, monkeypatch=None):  # noqa: ANN001, ANN202
+    """`_released_then_reorged` (given `monkeypatch`: stopped just after the purchase), with
+    another user's redeem taking escrow id 1 first on the new branch: ours escrows id 2 and
+    is rejected naming it; then a second reorg drops the other redeem and two passes run.
+    Returns the last agent and the redemption as it ends."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    _released_then_reorged(world, monkeypatch)
+    chain.s.redeems += 1  # another user's redeem, earlier on the new branch, took id 1
+    chain.s.records[1] = {
+        "user": OTHER, "payee": PAYEE, "usdc": 5 * USD, "deadline": chain.time + 3_600, "status": STATUS_OPEN,
+        "hash": b"\x22" * 32,
+    }  # fmt: skip
+    world.agent().run_once(check_rules=False)
+    assert (world.agent().store.get(1).status, world.agent().store.get(1).chain_redemption_id) == (REJECTED, 2)
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2] + 3  # the other redeem gone
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    agent.run_once(check_rules=False)
+    return agent, agent.store.get(1)
 
 
 AT = pytest.mark.parametrize("at", ["released", "purchased"])
@@ -317,20 +339,114 @@ def test_reorg_twice__bought_sale_rejected_at_another_id_moved_back_to_the_recei
     refund it names fails) and the user's USDC sat under id 1, which no row named; now the
     sale is read anew and id 1 released, bought once."""
     chain = world.chain
-    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
-    _released_then_reorged(world, monkeypatch)
-    chain.s.redeems += 1  # another user's redeem, earlier on the new branch, took id 1
-    chain.s.records[1] = {
-        "user": OTHER, "payee": PAYEE, "usdc": 5 * USD, "deadline": chain.time + 3_600, "status": STATUS_OPEN,
-        "hash": b"\x22" * 32,
-    }  # fmt: skip
-    world.agent().run_once(check_rules=False)
-    assert (world.agent().store.get(1).status, world.agent().store.get(1).chain_redemption_id) == (REJECTED, 2)
-    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2] + 3  # the other redeem gone
-    agent = world.agent()
-    agent.run_once(check_rules=False)
-    agent.run_once(check_rules=False)
-    after = agent.store.get(1)
+    agent, after = _moved_to_2_and_back_to_1(world, monkeypatch)
     assert chain.s.records[1]["user"] == USER and 2 not in chain.s.records
     assert (after.status, after.chain_redemption_id) == (RELEASED, 1)
     assert chain.s.releases == 1 and len(world.billing.purchases) == 1 and chain.s.usdc[PAYEE] == 20 * USD
+
+
+def test_reorg_twice__released_sale_moved_away_and_back__the_row_and_notice_name_the_id_released(world):
+    """abreak (s11) item 2: id 1 -> 2 -> 1 after the release. Bought and released at id 1; a
+    reorg moved the sale to id 2 (another user's redeem took 1 first): the re-sent release
+    reverted and the row was rejected naming 2. A second reorg drops the other user's redeem:
+    ours escrows id 1 again and the re-sent release releases it (money right), but the row
+    said released at escrow id 2 and the user's receipt notice "Redemption 2"."""
+    chain = world.chain
+    agent, after = _moved_to_2_and_back_to_1(world)
+    assert chain.s.records[1]["user"] == USER and chain.s.records[1]["status"] == STATUS_RELEASED
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 1)
+    assert after.deadline == chain.s.records[1]["deadline"]
+    assert chain.s.releases == 1 and len(world.billing.purchases) == 1 and chain.s.usdc[PAYEE] == 20 * USD
+    receipts = [n for n in agent.store.notifications() if n.kind == "receipt"]  # told again after the rejection
+    assert len(receipts) == 2 and receipts[1].body.startswith("Redemption 1:"), receipts[-1].body
+    assert "nothing to refund" in receipts[1].body
+    assert_human(receipts[1].subject + receipts[1].body, "the receipt notice")
+
+
+def test_stale_process__its_purchase_answers_after_another_re_escrowed_the_sale__not_stored_on_the_new_id(
+    world, monkeypatch
+):
+    """abreak (s11) item 4: `store.move` from escrowed checked the status only. A process read
+    the redemption escrowed as id 1 and asked the billing API for id 1; meanwhile another
+    (`promptex redeem`, or a pass) read a reorg and re-escrowed the sale as id 2. The first
+    stored id 1's receipt on the id-2 row, which was then rejected as "not signed by the
+    escrow's billing signer" (the digest named 2). The move is now a compare-and-set on the
+    escrow id: refused, the row left escrowed as id 2 for the process that holds it."""
+    from sqlalchemy import update  # noqa: PLC0415
+
+    from promptex.agent.schema import agent_redemptions  # noqa: PLC0415
+
+    world.billing.fail_status, world.billing.fail_times = 503, 1
+    agent = world.agent()
+    agent.redeem(USER, "CLD", 20 * USD, "anthropic")  # escrowed as id 1, its purchase to be retried
+    world.chain.time += 5
+    real = agent.machine.billing.add_credits
+
+    def answered_after_a_re_escrow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        receipt = real(*args, **kwargs)  # bought for id 1
+        with world.ledger.engine.begin() as conn:  # the other process's re-escrow, as id 2
+            conn.execute(update(agent_redemptions).where(agent_redemptions.c.id == 1).values(chain_redemption_id=2))
+        return receipt
+
+    monkeypatch.setattr(agent.machine.billing, "add_credits", answered_after_a_re_escrow)
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert (after.status, after.chain_redemption_id, after.billing_ref) == ("escrowed", 2, None), after.error
+
+
+def test_billing_adapter__a_provider_whose_409_means_in_flight__retried_not_taken_for_already_bought(
+    world, monkeypatch
+):
+    """rbreak (s11) item 3: "409 = the key already bought another purchase" is the fake billing
+    API's format, and the machine read any 409 so. Stripe's 409 means "a request with this
+    key is in flight" (it may yet buy: `promptex redeem` and `promptex agent run` asking at
+    once): the sale moved to id 2 and such a 409 rejected it for the user to refund while
+    the other request bought. The adapter now maps its provider's answers
+    (`HttpBilling.key_conflict`); this one's key conflict is a 400 idempotency_error, so
+    its 409 is retried, and the purchase made once later for id 2."""
+    from promptex.agent.billing import HttpBilling  # noqa: PLC0415
+
+    class InFlight409Billing(HttpBilling):
+        def key_conflict(self, response):  # noqa: ANN001, ANN202
+            return response.status_code == 400 and b"idempotency_error" in response.content
+
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
+    world.chain.time += 5  # the purchase's retry is due
+    world.billing.fail_status, world.billing.fail_times = 409, 1  # in flight: a request with the key not yet done
+    agent = world.agent()
+    agent.machine.billing = InFlight409Billing(timeout=2.0)
+    agent.run_once(check_rules=False)
+    assert agent.store.get(1).status == "escrowed" and world.billing.purchases == {}
+    world.chain.time += 60
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert (after.status, after.chain_redemption_id) == (RELEASED, 2) and len(world.billing.purchases) == 1
+
+
+def test_reorg_twice__bought_for_the_moved_id_then_moved_back__the_keys_own_ids_conflict_rejects_at_once(
+    world, monkeypatch
+):
+    """abreak (s11) item 1: id 1 -> 2 -> 1 with nothing bought for id 1 (its purchase failed);
+    the key, made for id 1, then bought for id 2 (the answer lost); a second reorg moves the
+    sale back to id 1. Asked for id 1 the billing API refuses the key (it bought for id 2),
+    and as the key was made for this very id the refusal was retried until abandoned near
+    the deadline: nothing bought twice, but the user told to refund only then. The key's
+    conflict is now read as "already bought" whatever id the key was made for: rejected at
+    once, naming id 1 for the refund."""
+    chain = world.chain
+    fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
+    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
+    chain.time += 5  # the purchase's retry is due: for id 2, bought, its answer lost
+    with crashing_at(monkeypatch, "billing_answered"), pytest.raises(Crash):
+        world.agent().run_once(check_rules=False)
+    assert (world.agent().store.get(1).chain_redemption_id, len(world.billing.purchases)) == (2, 1)
+    chain.s, chain.receipts, chain.block = copy.deepcopy(fork[0]), dict(fork[1]), fork[2] + 3  # the other redeem gone
+    agent = world.agent()
+    agent.run_once(check_rules=False)
+    after = agent.store.get(1)
+    assert chain.s.records[1]["user"] == USER
+    assert (after.status, after.chain_redemption_id) == (REJECTED, 1), (after.status, after.error)
+    assert len(world.billing.purchases) == 1 and chain.s.releases == 0
+    note = [n for n in agent.store.notifications() if n.kind == "rejected"]
+    assert len(note) == 1 and "`promptex wallet refund --redemption 1`" in note[0].body
+    assert_human(note[0].subject + note[0].body, "the reorg notice")

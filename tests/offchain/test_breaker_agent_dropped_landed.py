@@ -119,7 +119,8 @@ def test_sale_undone_after_the_purchase_its_redeem_dropped__then_it_lands__read_
     fork = copy.deepcopy(chain.s), dict(chain.receipts), chain.block
     chain.burn_nonce()  # the cancel takes the redeem's nonce on this branch
     world.agent(reorg_window=window).run_once(check_rules=False)
-    assert world.agent().store.get(r.id).status == "releasing"  # waits, its redeem not dropped
+    # waits, its redeem not dropped (receipted: its release, orphaned with the sale, is never re-sent: abreak2 s12)
+    assert world.agent().store.get(r.id).status == "receipted"
     if window == 2:
         chain.mine_blocks(window)
         world.agent(reorg_window=window).run_once(check_rules=False)
@@ -136,16 +137,10 @@ def test_sale_undone_after_the_purchase_its_redeem_dropped__then_it_lands__read_
     assert s.redeems == 1 and s.releases == 1 and len(world.billing.purchases) == 1
 
 
-def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_from_the_second(world):
-    """rbreak (session 11): a wallet's cancel took the redeem's nonce (seen at block H,
-    stored); a reorg within the window orphaned it, and the agent sent the redeem's bytes
-    again (its nonce free, the bytes waiting in the pool); then a second cancel took the
-    nonce at block H + window. The stored head was still H: the redeem was taken for
-    dropped at once and the tokens sold again while what took its nonce was one block
-    deep (a reorg of it, the redeem landing, would sell twice for one purchase). A nonce
-    seen free forgets the head: the window counts from the second cancel."""
+def _redeem_lost_then_a_cancel_seen(world):  # noqa: ANN001, ANN202
+    """The redeem's broadcast lost, a wallet's cancel takes its nonce, and a pass sees it
+    taken (the head stored). Returns the chain's state before the cancel and that head."""
     chain = world.chain
-    window = world.agent().machine.reorg_window
     chain.lose = True
     with pytest.raises(RedemptionPending):
         world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
@@ -154,6 +149,19 @@ def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_fr
     chain.burn_nonce()  # the first cancel
     first = chain.head()
     assert f"(seen at block {first})" in (world.agent().run_once(check_rules=False).waiting or "")
+    return free, first
+
+
+def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_from_the_second(world):
+    """rbreak (session 11): a wallet's cancel took the redeem's nonce (seen at block H,
+    stored); a reorg within the window orphaned it, and the agent sent the redeem's bytes
+    again (its nonce free, the bytes waiting in the pool); then a second cancel took the
+    nonce at block H + window. The stored head was still H: the redeem was taken for
+    dropped at once and the tokens sold again while what took its nonce was one block
+    deep (a reorg of it, the redeem landing, would sell twice for one purchase). A nonce
+    seen free forgets the head: the window counts from the second cancel."""
+    chain, window = world.chain, world.agent().machine.reorg_window
+    free, first = _redeem_lost_then_a_cancel_seen(world)
     chain.mine_blocks(window - 1)
     chain.s, chain.hold = copy.deepcopy(free), True  # a reorg orphans it: the nonce is free
     assert "redeem tx" in (world.agent().run_once(check_rules=False).waiting or "")  # sent again, in the pool
@@ -165,6 +173,30 @@ def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_fr
     assert second == first + window
     report = world.agent().run_once(check_rules=False)
     assert report.advanced == {} and f"(seen at block {second})" in (report.waiting or "")
+    assert world.agent().store.get(1).status == SELLING and chain.s.redeems == 0
+    chain.mine_blocks(window)
+    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
+    assert chain.s.redeems == 1 and chain.s.releases == 1 and len(world.billing.purchases) == 1
+
+
+def test_redeem_nonce_cancel_swapped_by_a_reorg_between_passes__its_window_counts_from_after_the_swap(world):
+    """rbreak (s11) item 4: a wallet's cancel took the redeem's nonce (seen at block H,
+    stored); between two passes a reorg replaced that block and a later cancel took the
+    nonce on the new branch at H + window - 1, the nonce never seen free. The stored head
+    was still H: the redeem was taken for dropped at once and the tokens sold again while
+    what took its nonce was a block deep. The block's hash is kept with its head: replaced,
+    the window counts again from the head then."""
+    chain, window = world.chain, world.agent().machine.reorg_window
+    free, first = _redeem_lost_then_a_cancel_seen(world)
+    chain.s = copy.deepcopy(free)  # a reorg from below the first cancel's block: the first cancel gone…
+    chain.forks.append(first - 1)
+    chain.mine_blocks(window - 1)
+    chain.burn_nonce()  # …and a second one takes the nonce on the new branch
+    chain.mine_blocks(1)
+    swapped = chain.head()
+    assert swapped == first + window
+    report = world.agent().run_once(check_rules=False)
+    assert report.advanced == {} and f"(seen at block {swapped})" in (report.waiting or "")
     assert world.agent().store.get(1).status == SELLING and chain.s.redeems == 0
     chain.mine_blocks(window)
     assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}

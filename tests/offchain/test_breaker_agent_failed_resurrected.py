@@ -131,3 +131,31 @@ def test_rotated_key__the_old_keys_failed_redeem_orphaned__waits_only_until_its_
     assert agent.store.get(1).status == FAILED and chain.s.redeems == 0  # nothing sold for R1
     r2 = agent.redeem(USER, "CLD", 20 * USD, "anthropic")  # the new key's agent works again
     assert (r2.id, r2.status) == (2, RELEASED) and chain.s.redeems == 1 and len(world.billing.purchases) == 1
+
+
+def test_failed_redeem_orphaned__two_processes_replace_it_at_once__one_no_op_no_error(
+    agent_world,  # noqa: ANN001
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    """rbreak (s11) item 5: `promptex redeem` and `promptex agent run` both re-check receipts,
+    so both may find the failed redemption's orphaned redeem and replace it. The second,
+    acting on its read from before the first's replace, closed it dropped again and stored
+    a second no-op: here signed alike, the log's unique hash refused it and its pass failed
+    (IntegrityError). Now the replace happens once: the second sees the first's no-op."""
+    from promptex.agent import machine  # noqa: PLC0415
+
+    world = agent_world
+    _failed_then_retried_then_reorged(world)
+    first, second = world.agent(), world.agent()
+    read = machine.txlog.orphaned_txs(second.store, world.chain, second.machine.reorg_window, None)
+    first.machine.recheck_orphaned_txs()  # replaces the failed redeem with a no-op
+    monkeypatch.setattr(machine.txlog, "orphaned_txs", lambda *args: read)  # the second read before that
+    second.machine.recheck_orphaned_txs()
+    # (R2's release, orphaned with its sale, gets its own no-op at its nonce: abreak2 s12)
+    noops = [tx for tx in second.store.open_txs() if tx.purpose == "noop" and tx.nonce == second.store.tx(1).nonce]
+    assert len(noops) == 1 and second.store.tx(1).status == "dropped"
+    monkeypatch.undo()
+    for _ in range(2):
+        second.run_once(check_rules=False)
+    assert (second.store.get(1).status, second.store.get(2).status) == (FAILED, RELEASED)
+    assert (world.chain.s.redeems, world.chain.s.releases, len(world.billing.purchases)) == (1, 1, 1)

@@ -35,13 +35,6 @@ from promptex.protocol.escrow import KIND_LISTED
 from promptex.reconcile import reconcile
 
 
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
-
-
 def _held(report: PassReport, request_id: str) -> bool:
     return request_id in report.held and (USDC, 2) not in report.confirmed
 

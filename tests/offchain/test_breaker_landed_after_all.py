@@ -18,20 +18,11 @@ from test_breaker_letgo_orphaned import _forks
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_rotation import NEW_KEY, _let_go_settle_mined_anyway, _said_reconcile
 from test_coordinator_failure_final import _mine_to
-from test_coordinator_refund_taken_back import LOT
 
 from promptex.chain.sender import Receipt
 from promptex.chain.txlog import DROPPED, NOOP, SENT, SUCCEEDED
 from promptex.coordinator.service import REORG_WINDOW
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 @pytest.mark.parametrize("whose", ["new key", "its own key"])

@@ -14,18 +14,10 @@ from eth_utils.crypto import keccak
 from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_rotation import _let_go_settle_mined_anyway
-from test_coordinator_refund_taken_back import LOT, Branch
+from test_coordinator_refund_taken_back import Branch
 
 from promptex.chain.txlog import DROPPED, NOOP, SUCCEEDED
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 def _forks(chain: FakeChain, monkeypatch: pytest.MonkeyPatch) -> dict[str, Branch]:

@@ -24,19 +24,11 @@ from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import _payer
 from test_breaker_rotation import NEW_KEY, _coordinator, _Keys
 from test_coordinator_failure_final import _mine_to
-from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
+from test_coordinator_refund_taken_back import USDC, Branch, spend
 
 from promptex.chain.txlog import DROPPED, StoredTx
 from promptex.coordinator.service import REORG_WINDOW
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 def _old_keys_only_settle_dropped_by_a_cancel(

@@ -4,19 +4,34 @@ process must keep its holds, whatever its lock connection's file descriptor."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import resource
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 from ledger_helpers import fund
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from test_ledger_lanes import ASSET
 
-from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, UsageRecord
+from promptex.ledger import (
+    Hold,
+    HoldOrphaned,
+    HoldStatus,
+    Ledger,
+    LotClaim,
+    Reservation,
+    Sweeper,
+    UsageRecord,
+    processes,
+)
+from promptex.ledger.errors import LedgerUnavailable
 from promptex.ledger.local_postgres import LocalPostgres
 from promptex.ledger.processes import LOCK_SPACE
 from promptex.protocol.units import USD_MICRO as USDC
@@ -132,6 +147,137 @@ def test_reserve_whose_id_was_lost_meanwhile__committed_after_the_new_registrati
     for request_id in ("first", "a", "b"):
         assert alive.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
     assert alive.balance(account, ASSET).posted == 10 * USDC - 3 * (USDC // 4)
+
+
+def test_reserve_whose_id_was_lost_meanwhile__another_sweep_between_its_commit_and_its_move__its_hold_kept(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """pgbreak remaining 1 (the `_follow` gap): as above, thread A's reserve commits under
+    the lost id after thread B's registration took that id's holds along; before A's hold
+    moves under the new id, ANOTHER process's sweep runs. The lost id's lock was free, so
+    that sweep ended A's hold as orphaned — a live process's request refused (503
+    hold_ended) — where the same sweep a moment later finds nothing to end. Now the new
+    registration holds the lost id's lock too: no sweeper can take it while the process
+    lives, and A's hold moves under the new id."""
+    alive, sweeper = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
+    book = alive.holds
+    lock = book.lock
+    lost = lock.current()
+    registered, follow = lock.current, book._follow
+    swept: list[int] = []
+    cut: list[int] = []
+
+    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
+        if not cut:
+            cut.append(lost)
+            _cut(alive, lost)
+            alive.holds.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
+            return lost
+        return registered()
+
+    def another_sweep_first(hold: Hold, started: int) -> Hold:
+        if hold.request_id == "a":  # committed under the lost id, not yet moved
+            swept.append(sweeper.end_dead_processes())
+        return follow(hold, started)
+
+    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
+    book._follow = another_sweep_first  # type: ignore[method-assign]
+    alive.holds.reserve(Reservation("a", account, ASSET, USDC, 300))
+    assert lock.id != lost and swept == [0]  # before: 1, A's hold orphaned
+    assert sweeper.end_dead_processes() == 0
+    for request_id in ("first", "a", "b"):
+        assert alive.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
+    assert alive.balance(account, ASSET).posted == 10 * USDC - 3 * (USDC // 4)
+
+
+def test_reserve_whose_id_was_lost_meanwhile__its_move_fails__503_and_its_own_sweep_releases_it(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """pgbreak2: as above, thread A's reserve commits under the lost id after thread B's
+    registration took that id's holds along — and its move under the new id fails (the
+    database blinks): a raw OperationalError (the gateway's 500), the request given up, its
+    hold left under the lost id, whose lock the new lock session holds (83dc3aa). No other
+    process's sweep could end it, and the process's own looked only at its new id: held for
+    its whole lifetime. Now a 503 (LedgerUnavailable), and its own next sweep releases it."""
+    alive, sweeper = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    book = alive.holds
+    book.reserve(Reservation("first", account, ASSET, USDC, 300))
+    lock = book.lock
+    lost = lock.current()
+    registered, write = lock.current, book.ledger.write
+    cut: list[int] = []
+
+    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
+        if not cut:
+            cut.append(lost)
+            _cut(alive, lost)
+            book.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
+            cut.append(0)  # A's next write is its move
+            return lost
+        return registered()
+
+    def blinks_once(work: Any) -> Any:
+        if len(cut) == 2:
+            cut.append(0)
+            raise OperationalError("UPDATE holds", {}, psycopg.OperationalError("server closed the connection"))
+        return write(work)
+
+    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
+    book.ledger = dataclasses.replace(book.ledger, write=blinks_once)
+    with pytest.raises(LedgerUnavailable):  # before: OperationalError (a 500)
+        book.reserve(Reservation("a", account, ASSET, USDC, 300))
+    book.ledger = dataclasses.replace(book.ledger, write=write)
+    assert lock.id != lost and lock.kept == (lost,)
+    assert sweeper.end_dead_processes() == 0  # the lost id's lock is this process's
+    assert Sweeper(alive).run_once() == 1  # before: 0, "a" held for its lifetime
+    assert alive.hold("a") is not None and alive.hold("a").status == HoldStatus.RELEASED  # type: ignore[union-attr]
+    for request_id in ("first", "b"):
+        assert book.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
+    assert alive.balance(account, ASSET).held == 0
+
+
+def test_registration__ids_whose_lock_another_session_holds__moved_past_or_not_kept__never_waited_for(
+    two: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration keeps its lost id's lock, so another registration may meet an id whose
+    lock a live session holds (its row gone, the ids' sequence gone back): it moves past it
+    instead of waiting for it for as long as that process lives (before: a plain
+    pg_advisory_lock, the reserve hung). And a lost id whose lock another session took
+    meanwhile (the same sequence gone back) is not kept: waited for `LOST_LOCK_WAIT` at
+    most, the registration goes on and still takes its holds along."""
+    alive, _ = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
+    lost = alive.holds.lock.current()
+    monkeypatch.setattr(processes, "LOST_LOCK_WAIT", 0.2)
+    with psycopg.connect(alive.holds.lock.url, autocommit=True) as other:
+        next_id = other.execute(
+            "SELECT last_value + 1 FROM pg_sequences WHERE sequencename = 'ledger_processes_id_seq'"
+        ).fetchone()
+        assert next_id is not None
+        other.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, next_id[0]))
+        _cut(alive, lost)
+        other.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, lost))
+        done = threading.Event()
+
+        def reserve() -> None:
+            alive.holds.reserve(Reservation("second", account, ASSET, USDC, 300))  # registers again
+            done.set()
+
+        threading.Thread(target=reserve, daemon=True).start()
+        assert done.wait(20), "the registration waited for a lock another session holds"
+    again = alive.holds.lock.id
+    assert again is not None and again not in (lost, next_id[0])
+    with alive.engine.connect() as conn:
+        assert set(conn.execute(text("SELECT process_id FROM holds")).scalars()) == {again}
+    for request_id in ("first", "second"):
+        assert alive.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
 
 
 def _cut(ledger: Ledger, process: int) -> None:

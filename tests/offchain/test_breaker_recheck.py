@@ -23,20 +23,12 @@ from eth_utils import keccak
 from test_breaker_failure_final import _debited, _forget_members, _reorged_and_reincluded
 from test_breaker_refund_taken_back import _payer, failed_and_retry, x_fails_y_retried
 from test_coordinator_failure_final import _coordinator, _mine_to, _waits
-from test_coordinator_refund_taken_back import LOT, USDC, View, spend
+from test_coordinator_refund_taken_back import USDC, View, spend
 
 from promptex.chain.sender import Receipt
 from promptex.coordinator.service import REORG_WINDOW, Coordinator
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
 from promptex.reconcile import reconcile
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 def _at(receipt: Receipt | None) -> tuple[bool, int] | None:

@@ -39,13 +39,6 @@ from promptex.protocol.escrow import KIND_LISTED
 from promptex.reconcile import reconcile
 
 
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
-
-
 def _open_debts(book: Ledger) -> list[debts.Debt]:
     with book.engine.connect() as conn:
         return debts.open_debts(conn)

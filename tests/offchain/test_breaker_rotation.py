@@ -32,7 +32,7 @@ from test_breaker_failure_final import _debited
 from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import _payer, failed_and_retry, x_fails_y_retried
 from test_coordinator_failure_final import _mine_to
-from test_coordinator_refund_taken_back import LOT, USDC, Branch, beyond_the_window, spend
+from test_coordinator_refund_taken_back import USDC, Branch, beyond_the_window, spend
 
 from promptex.chain import txlog
 from promptex.chain.deployments import Deployment
@@ -41,16 +41,8 @@ from promptex.chain.txlog import REVERTED, SENT, SUCCEEDED, OtherKeyPending, Sto
 from promptex.coordinator.schema import coordinator_txs
 from promptex.coordinator.service import REORG_WINDOW, Coordinator
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
 
 NEW_KEY = "0x000000000000000000000000000000000000bEEF"
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 def _coordinator(book: Ledger, chain: FakeChain, holder: str) -> Coordinator:
@@ -193,32 +185,28 @@ def test_old_keys_coordinator_died_with_an_open_settle_the_chain_mined__closed_b
     _books_equal_chain(book, chain)
 
 
-def test_old_keys_open_settle_never_mined_its_nonce_taken__the_new_key_waits__the_way_out_is_that_key_once(
-    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+def test_old_keys_open_settle_never_mined_its_nonce_taken__the_new_key_calls_it_dropped__no_once_needed(
+    book: Ledger, chain: FakeChain
 ) -> None:
     """The old key's settle was lost (never mined) and its nonce then taken by a
-    transaction outside the log (a wallet's cancel): the new key sends its bytes again
-    (anyone may), the chain refuses them, and only that key can prove it dropped (its
-    account's nonce), so the new key waits, saying so; running the old key's coordinator
-    once (`promptex coordinator --once` with the old key, as the README says) closes it
-    dropped and settles Z again, and a window later the new key settles."""
+    transaction outside the log (a wallet's cancel). Before (xbreak), only that key could
+    prove it dropped, so the new key waited ("some not yet mined") until the old key's
+    coordinator was run once: with that key lost, for good (cbreak2). Any key can read
+    another account's nonce: the new key calls it dropped as its own coordinator would, its
+    batch fails, and Z and Y are settled at Z's epoch at once (of Z's settle and that batch
+    at most one lands); the old key's coordinator, run once after all, finds nothing to do."""
     z_address, y_address, old, keys = _old_key_dies_with_its_settle_open(book, chain, mined=False)
     (z_tx,) = old.store.open_txs()
     keys.nonces[COORDINATOR] += 1  # the cancel, mined at the old account's nonce
     new = _coordinator(book, chain, "new")
     chain.mine_blocks(2 * REORG_WINDOW)
-    sent = len(chain.sent)
-    assert "some not yet mined" in (new.run_once().waiting or "")
-    assert chain.sent[sent:] == [z_tx.tx_hash]  # sent again, refused: its nonce is taken
-    keys.use(COORDINATOR)
-    assert old.run_once().confirmed  # the way out: Z's settle closed dropped, Z settled again
-    assert old.store.tx(z_tx.id).status == "dropped"
-    old.store.release_lease("old")
-    keys.use(NEW_KEY)
-    chain.mine_blocks(REORG_WINDOW + 1)
-    chain.next_window()
-    assert new.run_once().waiting is None
+    report = new.run_once()
+    assert report.waiting is None and report.failed == [(USDC, 1)] and report.confirmed == [(USDC, 1)]
+    assert new.store.tx(z_tx.id).status == "dropped"
     assert _debited(chain, z_address) == 3_012 and _debited(chain, y_address) == 2_007
+    new.store.release_lease("new")
+    keys.use(COORDINATOR)
+    assert "newest at block" in (old.run_once().waiting or "")  # the old key waits for the new key's settle
     _books_equal_chain(book, chain)
 
 

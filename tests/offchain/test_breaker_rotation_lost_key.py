@@ -19,18 +19,10 @@ from test_breaker_recheck import _books_equal_chain
 from test_breaker_refund_taken_back import failed_and_retry, x_fails_y_retried
 from test_breaker_rotation import NEW_KEY, _coordinator, _Keys
 from test_coordinator_failure_final import _mine_to
-from test_coordinator_refund_taken_back import LOT, USDC
+from test_coordinator_refund_taken_back import USDC
 
 from promptex.coordinator.service import REORG_WINDOW
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 def test_old_key_lost__its_failed_settle_off_chain__its_epoch_taken_deep__the_new_key_goes_on__each_debited_once(

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from buyerside_fakes import IDENTITY, MODEL, RATES, SESSION_KEY, FakeSignedGateway, make_signer
 from hypothesis import given
@@ -583,3 +584,20 @@ def test_visible_bytes__parallel_tool_calls__ids_count__json_syntax_does_not() -
     assert visible_bytes(ENDPOINTS["/v1/chat/completions"], answer) >= 20 * 8
     padded = {"choices": [{"message": {"content": "hi"}}] + [{"message": {}}] * 100}
     assert visible_bytes(ENDPOINTS["/v1/chat/completions"], padded) == 2 + ANSWER_FRAME_BYTES
+
+
+def test_visible_bytes__anthropic_tool_use_input__its_json_counts() -> None:
+    """A plain Messages answer's tool call carries its arguments as a JSON value (`input`),
+    not a string: the model wrote that JSON, keys and numbers included. Counted as strings
+    only, an honest call of 60 numbers (~190 output tokens) was 3 bytes of answer and stopped
+    signing; in a stream the same arguments are `partial_json` strings, counted whole."""
+    numbers = {"values": list(range(100, 160)), "normalize": True, "weights": None}
+    block = {"type": "tool_use", "id": "toolu_01", "name": "stats", "input": numbers}
+    answer = {"content": [block], "usage": {"input_tokens": 14, "output_tokens": 190}}
+    produced = visible_bytes(ENDPOINTS["/v1/messages"], answer)
+    assert produced == len(orjson.dumps(numbers)) + len("toolu_01stats") + ANSWER_FRAME_BYTES
+    assert produced is not None and produced >= 190
+    # Only a tool_use block's input: elsewhere a JSON value's syntax counts nothing (padding).
+    assert visible_bytes(ENDPOINTS["/v1/messages"], {"content": [{"type": "text", "text": "hi", "input": {}}]}) == (
+        2 + ANSWER_FRAME_BYTES
+    )

@@ -33,8 +33,10 @@ def _run_through_proxy(gateway: FakeSignedGateway, signer: object, requests: int
         messages = [{"role": "user", "content": "hello there"}]
         asks = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=3) for _ in range(requests)]
         done: list[object] = list(await asyncio.gather(*asks))
+        # A plain stream=True (no usage asked): the proxy asks for the usage to check its cost, and
+        # keeps the usage chunk (no choices) from this client, which reads choices[0] of each.
         stream = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, stream=True)
-        done.append("".join([c.choices[0].delta.content or "" async for c in stream if c.choices]))
+        done.append("".join([c.choices[0].delta.content or "" async for c in stream]))
         done.append((await local.get("/promptex/status")).json())
         return done
 

@@ -105,7 +105,9 @@ def test_every_command__every_input_bad__one_line_exit_1(nowhere, path, command)
     args = [*path, *bad_values(command, required_only=False)]
     if args == list(path):
         pytest.skip("takes no input")
+    before = dict(os.environ)
     assert_one_line_failure(CliRunner(mix_stderr=False).invoke(main, args), args)
+    assert dict(os.environ) == before  # --rpc-url x set before another option failed: given back
 
 
 @pytest.mark.parametrize(("path", "command"), WITH_REQUIRED_ONLY, ids=[" ".join(p) for p, _ in WITH_REQUIRED_ONLY])

@@ -24,13 +24,6 @@ from promptex.protocol.escrow import KIND_LISTED
 from promptex.reconcile import reconcile
 
 
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
-
-
 def _coordinator(book: Ledger, chain: FakeChain, **knobs: int) -> Coordinator:
     coord = Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_retry=0, **knobs)
     assert coord.reorg_window == REORG_WINDOW  # the default, as on a real chain: no rule weakened for tests

@@ -13,20 +13,12 @@ from coordinator_fakes import COORDINATOR, FakeChain
 from test_breaker_failure_final import _debited
 from test_breaker_refund_taken_back import _payer, x_fails_y_retried
 from test_coordinator_failure_final import _coordinator, _mine_to
-from test_coordinator_refund_taken_back import LOT, USDC, Branch, spend
+from test_coordinator_refund_taken_back import USDC, Branch, spend
 
 from promptex.coordinator.service import REORG_WINDOW
 from promptex.ledger import Ledger
-from promptex.protocol.escrow import KIND_LISTED
 
 NEW_KEY = "0x000000000000000000000000000000000000bEEF"
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
 
 
 def _rotate(chain: FakeChain) -> None:

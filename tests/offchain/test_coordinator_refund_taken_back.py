@@ -171,13 +171,6 @@ def entries(book: Ledger) -> int:
         return int(conn.execute(select(func.count()).select_from(journal_entries)).scalar_one())
 
 
-@pytest.fixture
-def chain() -> FakeChain:
-    fake = FakeChain()
-    fake.open_lot(LOT, KIND_LISTED)
-    return fake
-
-
 def _coordinator(book: Ledger, chain: FakeChain) -> Coordinator:
     return Coordinator(book.engine, chain, holder="t", clock=book.clock, tx_timeout=0, quarantine_refund=0)
 

@@ -13,7 +13,6 @@ from ledger_helpers import bind_new_wallet, event_id, fund
 from sqlalchemy import insert, update
 
 from promptex.ledger import (
-    AccountInDebt,
     AccountKind,
     BindingMessage,
     BudgetExceeded,
@@ -35,6 +34,7 @@ from promptex.ledger import (
     UnknownNonce,
     WalletAlreadyBound,
 )
+from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import sign
 from promptex.ledger.schema import balances, journal_entries, journal_lines
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
@@ -257,21 +257,26 @@ def test_settle__after_sweep__still_charged(ledger, buyer, clock):
     assert ledger.debts(buyer) == []
 
 
-def test_settle__after_sweep_and_balance_spent__charged_whole_the_rest_a_debt(ledger, buyer, clock):
+def test_settle__after_sweep_and_balance_spent__charged_what_it_can_pay_the_rest_a_shortfall_no_debt(
+    ledger, buyer, clock
+):
+    """pgdepth 4: an answer metered after its hold expired is charged no more than the buyer
+    can pay then. Before, it was charged whole and what the balance lacked (the swept funds
+    spent again meanwhile) became a debt: the buyer owed beyond what it had, and was refused
+    (402 in debt) until a deposit repaid it. Now the rest is the hold's shortfall."""
     fund(ledger, buyer, CLD, 3 * TOKEN)
     ledger.reserve(buyer, CLD, 2 * TOKEN, "req-1", ttl=30)
     clock.advance(31)
     ledger.sweep_expired()
     ledger.reserve(buyer, CLD, 2 * TOKEN, "req-2", ttl=30)  # the swept funds were spent meanwhile
     ledger.settle("req-2", 2 * TOKEN)
-    hold = ledger.settle("req-1", 2 * TOKEN)  # the answer was served: charged whole
-    assert (hold.charged, hold.shortfall) == (2 * TOKEN, 0)
+    hold = ledger.settle("req-1", 2 * TOKEN)  # served, but only 1 TOKEN was left to pay it
+    assert (hold.status, hold.cost, hold.charged, hold.shortfall) == (HoldStatus.SETTLED, 2 * TOKEN, TOKEN, TOKEN)
     balance = ledger.balance(buyer, CLD)
-    assert (balance.posted, balance.held, balance.cap_remaining) == (0, 0, 0)  # never below zero
-    [debt] = ledger.debts(buyer)
-    assert (debt.source, debt.outstanding, debt.status) == ("settle:req-1", TOKEN, "open")
-    assert "after its hold expired" in debt.reason
-    with pytest.raises(AccountInDebt):  # not served until a deposit repays it
+    assert (balance.posted, balance.held, balance.cap_remaining) == (0, 0, 0)
+    assert ledger.debts(buyer) == []
+    assert ledger.settle("req-1", 2 * TOKEN) == hold  # idempotent
+    with pytest.raises(InsufficientFunds):  # an empty balance, not a debt
         ledger.reserve(buyer, CLD, 1, "req-3", ttl=30)
 
 
@@ -552,6 +557,53 @@ def test_bind_wallet__bound_to_other_account__refused(ledger, buyer):
     with pytest.raises(WalletAlreadyBound):
         ledger.bind_wallet(second, sign(second, wallet.key))
     assert ledger.account_of(wallet.address) == buyer
+
+
+@pytest.mark.parametrize("later", [0, -1], ids=["same_second", "clock_behind"])
+def test_bind_wallet__second_wallet_bound_in_the_same_second_or_by_a_clock_behind__debited_wallet_unchanged(
+    ledger, buyer, clock, later
+):
+    """cbreak2's item 5, tried (cbreak3 s13): the wallet settlements debit is the account's
+    first bound, read as the lowest (bound_at, address). A second wallet with a lower
+    address bound in the same second (or by a gateway whose clock is a second behind) became
+    "first": batches planned after it debit another wallet than those planned before, and
+    a failed batch that lands after all fails `_reattach`'s root proof (its entries
+    recomputed with the new wallet). The first binding stays the debited wallet."""
+    first = bind_new_wallet(ledger, buyer, (75).to_bytes(32, "big"))
+    clock.advance(later)
+    second = bind_new_wallet(ledger, buyer, (130).to_bytes(32, "big"))
+    assert first.startswith("0xFF") and second.startswith("0x00")  # lower in any collation
+    with ledger.engine.connect() as conn:
+        assert _wallets.first_bound(conn, buyer) == first
+        assert _wallets.bindings(conn)[buyer] == [first, second]
+
+
+def test_spend_cap__registered_by_a_bound_wallet_settlements_do_not_debit__not_the_accounts_cap(ledger, buyer):
+    """pgbind s14: the vault checks only the cap of the wallet it debits (`first_bound`). A cap
+    the account's second wallet registered became the account's: the gateway served under it,
+    the batch debiting the first wallet was refused beyond its own cap, and the records were
+    quarantined, then refunded a day later (the seller unpaid). The second wallet's cap, set
+    before or after the first's, and its unwinding leave the account's cap alone; so does
+    its session key."""
+    first, second = bind_new_wallet(ledger, buyer), bind_new_wallet(ledger, buyer)
+    caps = [event_id() for _ in range(3)]
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(caps[0], second, CLD, 500 * TOKEN))
+    assert ledger.balance(buyer, CLD).cap_remaining == 0  # the debited wallet signed no cap yet
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(caps[1], first, CLD, 5 * TOKEN))
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(caps[2], second, CLD, 700 * TOKEN))
+    assert ledger.balance(buyer, CLD).cap_remaining == 5 * TOKEN
+    ledger.apply_chain_facts(lambda facts: facts.unwind(caps[2]))  # a reorg took the second's cap off
+    assert ledger.balance(buyer, CLD).cap_remaining == 5 * TOKEN
+    # Signed mode's session keys alike: the second wallet's session is not the account's
+    # (the coordinator holds records under a session of another wallet than it debits).
+    ledger.register_session(
+        event_id(), address=second, asset=CLD, asset_address="0x" + "cd" * 20, chain_id=31337,
+        vault="0x" + "ab" * 20, key="0x" + "ef" * 20, session=1, lanes=1, maximum=900 * TOKEN,
+        expiry=ledger.clock() + 86_400, signed_from=2,
+    )  # fmt: skip
+    assert ledger.session(buyer, CLD) is None and ledger.balance(buyer, CLD).cap_remaining == 5 * TOKEN
+    revoked = ledger.revoke_session(event_id(), address=second, asset=CLD, session=1, ends_at=ledger.clock() + 60)
+    assert revoked is not None and revoked.address == second  # found where it was registered
 
 
 def test_issue_binding_challenge__not_an_address__value_error(ledger, buyer):

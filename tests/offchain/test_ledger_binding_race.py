@@ -1,5 +1,7 @@
 """A wallet's binding and a deposit to it, at once on PostgreSQL (READ COMMITTED): the
-deposit must reach the bound account whichever commits first (`wallets._lock_address`)."""
+deposit must reach the bound account whichever commits first (`wallets._lock_address`).
+Two wallets of one account bound at once: the first committed stays the one debited
+(`wallets._bound_after`)."""
 
 from __future__ import annotations
 
@@ -45,3 +47,29 @@ def test_deposit_indexed_while_its_wallet_is_being_bound__credited_to_the_bound_
     credited.join(30)
     assert not credited.is_alive()
     assert binder.balance(account, "USDC").posted == 5 * USDC
+
+
+def test_two_wallets_of_one_account_bound_at_once_in_the_same_second__the_first_committed_stays_debited(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """pgbind s14, the brief's "many binds of one account at once": two gateway processes
+    bind two wallets of one account in the same second; the second (the lower address)
+    waits for the first's lock on the account, reads its wallet and is bound after it.
+    Without the lock (before 7475d91) both read no wallet and took `now`: the lower address
+    became `first_bound`, the wallet settlements debit; with the lock gone now, the unique
+    (account_id, bound_at) index refuses the second bind instead."""
+    binder, other = two
+    account = binder.create_account().id
+    first, second = (Account.from_key(n.to_bytes(32, "big")) for n in (75, 130))  # 0xFF…, 0x00…
+    messages = [binder.issue_binding_challenge(account, wallet.address) for wallet in (first, second)]
+    bound = threading.Thread(target=other.bind_wallet, args=(messages[1], sign(messages[1], second.key)))
+    with binder.engine.begin() as conn:  # the first binding, not committed yet
+        _wallets.bind(conn, messages[0], sign(messages[0], first.key), now=binder.clock(), chain_id=binder.chain_id,
+                      system=binder._system)  # fmt: skip
+        bound.start()
+        until(lambda: not bound.is_alive() or _waiting(binder), "the second binding done or waiting", 30)
+    bound.join(30)
+    assert not bound.is_alive()
+    with binder.engine.connect() as conn:
+        assert _wallets.bindings(conn)[account] == [first.address, second.address]
+        assert _wallets.first_bound(conn, account) == first.address

@@ -7,16 +7,19 @@ A process whose lock connection was cut registers again before its next reserve.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import psycopg
 import pytest
 from ledger_helpers import fund
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from test_ledger_lanes import ASSET, _hold, _record, _signed
 
 from polling import until
 from promptex.ledger import HoldOrphaned, HoldStatus, Ledger, LotClaim, Reservation, Sweeper, UsageRecord
 from promptex.ledger.errors import LedgerUnavailable
+from promptex.ledger.holds.book import GeneralHolds
 from promptex.ledger.processes import LOCK_SPACE, ProcessLock
 from promptex.ledger.schema import capacity_leases, holds, ledger_processes
 from promptex.protocol.units import USD_MICRO as USDC
@@ -261,3 +264,125 @@ def _in_flight_then_registration_fails_once(alive: Ledger, monkeypatch: pytest.M
         alive.holds.lock.current()
     monkeypatch.setattr(psycopg, "connect", real)
     return account, process
+
+
+def test_reserve_and_release_failed_by_the_database__the_ledgers_own_sweep_releases_what_they_left__in_flight_kept(
+    two: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgdepth 1: a reserve whose statement committed but whose answer was lost with its
+    connection (and whose general-path retry could not reach the database) raises
+    LedgerUnavailable (the gateway's 503): its hold exists all the same, and nothing the
+    gateway keeps remembers it. The ledger's own next sweep releases every active hold of
+    this process that no request in flight owns — that one, and one a failed release left
+    active — nothing charged, while the requests in flight keep theirs. Memory: only the
+    requests in flight (before, `Gateway.abandoned` kept one id per 503 of an outage)."""
+    alive, other = two
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    book = alive.holds
+    book.reserve(Reservation("in-flight", account, ASSET, USDC, 300))
+    book.reserve(Reservation("given-up", account, ASSET, USDC, 300))
+    one_statement = type(book._one)
+    real_run = one_statement._run
+
+    def committed_answer_lost(self: object, statement: object, params: dict[str, object]) -> object:
+        real_run(self, statement, params)  # type: ignore[arg-type]
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    def unreachable(*args: object, **kwargs: object) -> object:
+        raise OperationalError("connect", {}, psycopg.OperationalError("connection timeout expired"))
+
+    monkeypatch.setattr(one_statement, "_run", committed_answer_lost)
+    monkeypatch.setattr(GeneralHolds, "reserve", unreachable)
+    monkeypatch.setattr(GeneralHolds, "release", unreachable)
+    with pytest.raises(LedgerUnavailable):
+        book.reserve(Reservation("lost", account, ASSET, USDC, 300))
+    with pytest.raises(LedgerUnavailable):  # the gateway gives the request up
+        book.release("given-up")
+    monkeypatch.undo()
+    assert (_status(alive, "lost"), _status(alive, "given-up")) == ("active", "active")  # made / left all the same
+    assert alive.balance(account, ASSET).held == 3 * USDC
+    assert set(book._mine) == {"in-flight"}  # what this process keeps: its requests in flight
+
+    assert other.end_dead_processes() == 0  # another process's sweep: a live lock, not its to end
+    assert Sweeper(alive).run_once() == 2  # its own: the two nobody owns, released
+    assert (_status(alive, "lost"), _status(alive, "given-up")) == ("released", "released")
+    assert _status(alive, "in-flight") == "active" and alive.balance(account, ASSET).held == USDC
+    alive.holds.settle("in-flight", USDC // 4)
+    assert book._mine == {} and Sweeper(alive).run_once() == 0
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 4
+
+
+def _lost_with_its_connection(real: Any, calls: list[int]) -> Any:
+    """`real` (a general-path call) that commits, then raises as SQLAlchemy does when the
+    connection goes while its COMMIT's answer is on the way (the server committed)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:
+            return real(*args, **kwargs)
+        real(*args, **kwargs)
+        lost = psycopg.OperationalError("server closed the connection unexpectedly")
+        raise OperationalError("COMMIT", {}, lost, connection_invalidated=True)
+
+    return call
+
+
+def test_settle_committed_its_answer_lost__tried_again_answered_as_charged__not_503(
+    two: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgbreak2: a signed request's settle always takes the general path (its lane is an
+    extra). Its COMMIT landed but the connection went before the answer came back: the
+    buyer was charged (usage record written) and the gateway answered 503
+    ledger_unavailable — with the database answering all along, outside README's one
+    exception (the database unreachable for the retry). Now the settle is tried once more
+    (idempotent: the same cost finds it settled) and answered as charged; a connection
+    never made is not tried again (no second connect timeout)."""
+    alive, _ = two
+    account = _signed(alive)
+    _hold(alive, account, "signed", 0, 2 * USDC)
+    calls: list[int] = []
+    monkeypatch.setattr(GeneralHolds, "settle", _lost_with_its_connection(GeneralHolds.settle, calls))
+    hold = alive.holds.settle("signed", USDC // 2, record=_record(0, 2 * USDC))
+    assert (hold.status, hold.charged, len(calls)) == (HoldStatus.SETTLED, USDC // 2, 2)
+    assert alive.balance(account, ASSET).posted == 10 * USDC - USDC // 2  # charged once
+
+    _hold(alive, account, "unreachable", 1, 2 * USDC)
+    unreached: list[int] = []
+
+    def unreachable(*args: object, **kwargs: object) -> object:
+        unreached.append(1)
+        raise OperationalError("connect", {}, psycopg.OperationalError("connection timeout expired"))
+
+    monkeypatch.setattr(GeneralHolds, "settle", unreachable)
+    with pytest.raises(LedgerUnavailable):
+        alive.holds.settle("unreachable", USDC // 2, record=_record(1, 2 * USDC))
+    assert unreached == [1]
+
+
+def test_failover_move_unreachable__request_given_up__its_hold_released_by_the_next_sweep(
+    two: tuple[Ledger, Ledger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgbreak2: a failover whose capacity move cannot reach the database is the gateway's
+    503 ledger_unavailable, and the gateway gives the request up (no release: the hold is
+    the ledger's to release). The move left the request in the book's requests in flight,
+    so the ledger's own sweep never released the hold: funds, lot capacity and a signed
+    lane held for its whole lifetime (README: released at the next sweep)."""
+    alive, _ = two
+    with alive.engine.begin() as conn:
+        alive.open_lot_capacity(conn, LOT, 1_000 * USDC)
+        alive.open_lot_capacity(conn, LOT + 1, 1_000 * USDC)
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("failover", account, ASSET, USDC, 300, lots=(LotClaim(LOT, USDC),)))
+
+    def unreachable(*args: object, **kwargs: object) -> object:
+        raise OperationalError("connect", {}, psycopg.OperationalError("connection timeout expired"))
+
+    monkeypatch.setattr(GeneralHolds, "move", unreachable)
+    with pytest.raises(LedgerUnavailable):
+        alive.holds.move("failover", LotClaim(LOT + 1, USDC))
+    monkeypatch.undo()
+    assert Sweeper(alive).run_once() == 1  # before: 0, active until its lifetime
+    assert _status(alive, "failover") == "released"
+    assert alive.balance(account, ASSET).held == 0

@@ -33,6 +33,7 @@ from sqlalchemy import (
 
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountInDebt, Ledger, schema
+from promptex.ledger import wallets as _wallets
 from promptex.ledger.amounts import Amount
 from promptex.ledger.db import VERSION_TABLE, create_ledger_engine, current_revision, upgrade
 from promptex.ledger.local_postgres import LocalPostgres
@@ -40,7 +41,7 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0022"
+HEAD = "0024"
 NEVER_OPENED = "recorded before lots were tracked, and never opened on chain"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
@@ -123,6 +124,9 @@ def empty_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # noq
 
 BUYER_ADDRESS = "0x" + "B0" * 20
 NOW = 1_800_000_000
+# Three wallets of one account as the code before 7475d91 could bind them: two in one
+# second (the lower address read as first), a third a second later with the lowest address.
+PAIR = ("0x" + "02" * 20, NOW), ("0x" + "03" * 20, NOW), ("0x" + "01" * 20, NOW + 1)
 
 
 def _posting(conn: Connection, ref: str, kind: str, lines: list[tuple[int, str, int]]) -> None:
@@ -150,8 +154,12 @@ def _round_one_ledger(conn: Connection, *, overdrawn: bool) -> dict[str, int]:
         created = insert(schema.accounts).values(kind=kind, name=name, created_at=NOW)
         return int(conn.execute(created.returning(schema.accounts.c.id)).scalar_one())
 
-    buyer, org, member = account(), account("org", "acme"), account()
+    buyer, org, member, pair = account(), account("org", "acme"), account(), account()
     conn.execute(insert(schema.wallets).values(address=BUYER_ADDRESS, account_id=buyer, bound_at=NOW, nonce="0x01"))
+    conn.execute(
+        insert(schema.wallets),
+        [{"address": a, "account_id": pair, "bound_at": at, "nonce": f"0x1{i}"} for i, (a, at) in enumerate(PAIR)],
+    )
     conn.execute(
         insert(schema.deposits).values(
             event_id="0xd1:0", address=BUYER_ADDRESS, asset="CLD", amount=10 * TOKEN, account_id=buyer, created_at=NOW
@@ -188,7 +196,7 @@ def _round_one_ledger(conn: Connection, *, overdrawn: bool) -> dict[str, int]:
     conn.execute(insert(schema.balances).values(**balance, cap_remaining=9 * TOKEN))
     conn.execute(insert(schema.members).values(org_id=org, member_id=member, created_at=NOW))
     conn.execute(insert(schema.budgets).values(org_id=org, member_id=member, asset="CLD", remaining=TOKEN, held=0))
-    ids = {"buyer": buyer, "org": org, "member": member}
+    ids = {"buyer": buyer, "org": org, "member": member, "pair": pair}
     if overdrawn:
         spent = ids["spent"] = account()
         _posting(conn, "deposit:0xd2:0", "deposit", [(vault, "USDC", -852 * USDC), (spent, "USDC", 852 * USDC)])
@@ -329,6 +337,18 @@ def test_upgrade__round_one_database__keeps_every_row(empty_url, gateway_version
             assert after.pop(new) == []
         for new in ("gateway_limits", "gateway_limit_counters", "gateway_limit_takes", "gateway_lot_health"):
             assert after.pop(new) == []
+        # 0024: an account's wallets keep their order, (bound_at, address), each bound after
+        # the one before: the second bound in the same second and the third a second later
+        # move up one, and the one debited stays the lower address of the two tied.
+        moved = {PAIR[1][0]: NOW + 1, PAIR[2][0]: NOW + 2}
+        wallets_before = before.pop("wallets")
+        assert after.pop("wallets") == sorted(
+            ((address, account, moved.get(address, at), nonce) for address, account, at, nonce in wallets_before),
+            key=repr,
+        )
+        with engine.connect() as conn:
+            assert _wallets.bindings(conn)[ids["pair"]] == [address for address, _at in PAIR]
+            assert _wallets.first_bound(conn, ids["pair"]) == PAIR[0][0]
         added = set(after["accounts"]) - set(before["accounts"])
         assert [(kind, name) for _id, kind, name, _at in added] == [("system", "debts")]  # 0008's lender
         after["accounts"] = [row for row in after["accounts"] if row not in added]

@@ -5,16 +5,18 @@ chain refuses in one line instead of trying port 8545."""
 from __future__ import annotations
 
 import json
+import re
+import signal
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from promptex.cli import main
-from promptex.config import NO_MARKET, PROFILE_FILE, ConfigurationError, Settings, settings
+from promptex.config import NO_MARKET, PROFILE_FILE, ConfigurationError, Settings, settings, write_profile
 from promptex.ledger.db import sqlite_path
 from promptex.serving import free_port
-from promptex.up import UpOptions, absolute_ledger_url, market_profile, write_profile
+from promptex.up import UpOptions, absolute_ledger_url, market_profile
 
 RPC_VARIABLES = [f"PROMPTEX_{name}RPC_URL" for name in ("", "INDEXER_", "COORDINATOR_", "AGENT_", "ATTESTOR_")]
 
@@ -74,7 +76,9 @@ def test_profile__settings_of_another_version_ignored__unreadable_file_one_line(
     written(market, rpc_url="http://127.0.0.1:7001", from_the_future=1)
     assert Settings().rpc_url == "http://127.0.0.1:7001"
     (market / PROFILE_FILE).write_text("{not json")
-    with pytest.raises(ConfigurationError, match="cannot read the market's profile"):
+    where = re.escape(str(market / PROFILE_FILE))
+    advice = "run `promptex up` again, which writes it again"
+    with pytest.raises(ConfigurationError, match=rf"^cannot read the market's profile {where} \(.*\): {advice}$"):
         Settings()
 
 
@@ -169,3 +173,69 @@ def test_up__no_node_at_rpc_url__one_line_on_stderr_exit_1(market: Path, monkeyp
     result = CliRunner(mix_stderr=False).invoke(main, ["up", "--rpc-url", dead])
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [f"Error: no JSON-RPC node answers on {dead}"]
+
+
+def test_up__a_damaged_profile__set_aside_in_one_line_and_up_goes_on(
+    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile cut short stopped `promptex up` itself ("cannot read the market's profile"),
+    the command that writes it, and every command's advice was to run `promptex up` again.
+    Now every other command names the file and says so, and `up` moves the damaged file
+    aside in one line and goes on (here, to the node it was given, which is not there)."""
+    monkeypatch.chdir(tmp_path)  # up's ledger lock: the working directory's ledger
+    market.mkdir()
+    damaged = '{"settings": {"rpc_url": "x", "ledger'
+    (market / PROFILE_FILE).write_text(damaged)
+    for args, what in ((["reconcile"], "the market's profile "), (["market", "url", "gateway"], "")):
+        result = CliRunner().invoke(main, args)
+        one_line_error(result, f"cannot read {what}{market / PROFILE_FILE} (")
+        assert result.output.rstrip().endswith("run `promptex up` again, which writes it again"), result.output
+    dead = f"http://127.0.0.1:{free_port()}"
+    ports = [f"--{name}-port={free_port()}" for name in ("gateway", "upstream", "billing", "dashboard", "door")]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        result = CliRunner(mix_stderr=False).invoke(main, ["up", "--rpc-url", dead, *ports])
+    finally:
+        for sig, handler in handlers.items():  # up's own, for its services
+            signal.signal(sig, handler)
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        f"Error: no JSON-RPC node answers on {dead}"
+    ], result.stderr
+    [line] = result.stdout.strip().splitlines()
+    assert line.startswith(f"▶ cannot read the market's profile {market / PROFILE_FILE} (") and line.endswith(
+        ": moved aside to profile.json.unreadable; this `promptex up` writes it again"
+    ), line
+    assert not (market / PROFILE_FILE).exists() and (market / "profile.json.unreadable").read_text() == damaged
+
+
+def test_write_profile__flushed_to_disk_before_it_replaces_the_last_one(market: Path, monkeypatch) -> None:
+    """The profile was renamed over the last one unflushed: a power loss could leave an
+    empty profile.json, which stops every command. Written whole now, as ready.json is."""
+    import os
+
+    written(market, rpc_url="http://127.0.0.1:7001")
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {Path(b).name}"), replace(a, b))[1])
+    write_profile(market, {"written_by": "promptex up", "settings": {"rpc_url": "http://127.0.0.1:7002"}})
+    assert events[:2] == ["fsync", "replace profile.json"], events
+    assert Settings().rpc_url == "http://127.0.0.1:7002"
+    assert [path.name for path in market.iterdir()] == [PROFILE_FILE]
+
+
+def test_profile__a_value_its_setting_refuses__names_the_file_and_up_sets_it_aside(market: Path) -> None:
+    """A profile whose value a setting refuses (a hand edit, another version's type) was
+    pydantic's "bad setting PROMPTEX_GATEWAY_PORT='x'", naming a variable no one had set,
+    and stopped `promptex up` as well. Now it is the profile's error, and `up`'s to redo."""
+    from promptex.config import set_aside_unreadable_profile
+
+    written(market, rpc_url="http://127.0.0.1:7001", gateway_port="eighty")
+    with pytest.raises(ConfigurationError, match=rf"^the market's profile {re.escape(str(market / PROFILE_FILE))} "
+                       r"has a bad gateway_port \(.*\): run `promptex up` again, which writes it again$"):  # fmt: skip
+        Settings()
+    said = set_aside_unreadable_profile(market)
+    assert said is not None and said.endswith(
+        "moved aside to profile.json.unreadable; this `promptex up` writes it again"
+    )
+    assert Settings().gateway_port == 8080 and not (market / PROFILE_FILE).exists()

@@ -13,12 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from web3.exceptions import ContractLogicError
+import rlp
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from hexbytes import HexBytes
+from web3.exceptions import BlockNotFound, ContractLogicError
 from web3.logs import DISCARD
 
 from promptex.chain.deployments import Deployment
 from promptex.chain.node import DEFAULT_TIMEOUT, deployed_contract
 from promptex.chain.sender import Call, Receipt, SignedTx, Web3Sender
+from promptex.protocol.redemption import redeem_sale_ref
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,13 @@ class AgentChain(Protocol):
     def allowance(self, user: str, token: str) -> int: ...
     def redemption(self, redemption_id: int) -> ChainRedemption: ...
     def redeemed(self, tx_hash: str) -> Redeemed | None: ...
+    def redeem_sale_ref(self, raw: str) -> bytes | None: ...
     def simulate(self, call: Call) -> str | None: ...
     def sign(self, call: Call, nonce: int) -> SignedTx: ...
     def sign_noop(self, nonce: int, replacing: str | None = None) -> SignedTx: ...
     def nonce(self) -> int: ...
     def head(self) -> int: ...
+    def block_hash(self, number: int) -> str | None: ...
     def pending_nonce(self) -> int: ...
     def broadcast(self, raw: str) -> None: ...
     def receipt(self, tx_hash: str) -> Receipt | None: ...
@@ -153,9 +159,29 @@ class Web3AgentChain(Web3Sender):
         user, payee, _hash, usdc, deadline, status = self.redemption_escrow.functions.redemptions(redemption_id).call()
         return ChainRedemption(str(user), str(payee), int(usdc), int(deadline), int(status))
 
+    def block_hash(self, number: int) -> str | None:
+        """The canonical chain's block at `number`, its hash (None: no such block now)."""
+        try:
+            return "0x" + bytes(self.w3.eth.get_block(number)["hash"]).hex()
+        except BlockNotFound:
+            return None
+
     def redeemed(self, tx_hash: str) -> Redeemed | None:
         receipt = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         for event in self.redemption_escrow.events.Redeemed().process_receipt(receipt, errors=DISCARD):
             a = event["args"]
             return Redeemed(int(a["redemption_id"]), int(a["tokens_in"]), int(a["usdc"]), int(a["deadline"]))
         return None
+
+    def redeem_sale_ref(self, raw: str) -> bytes | None:
+        """The `sale_ref` the signed transaction `raw` passes to `redeem` (None: not a redeem):
+        what its sale is, as the escrow computes it, whatever the agent stored beside it."""
+        return redeem_sale_ref(transaction_data(raw))
+
+
+def transaction_data(raw: str) -> bytes:
+    """The call data of a signed transaction: typed (EIP-2718) or legacy."""
+    encoded = HexBytes(raw)
+    if encoded and encoded[0] <= 0x7F:
+        return bytes(HexBytes(TypedTransaction.from_bytes(encoded).as_dict()["data"]))
+    return bytes(rlp.decode(bytes(encoded))[5])  # legacy: nonce, gasPrice, gas, to, value, data, v, r, s

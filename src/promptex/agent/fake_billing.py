@@ -6,10 +6,12 @@ an EIP-712 Receipt with its own key (the billing signer registered in the escrow
 its provider); a repeat of the key returns the same receipt and adds nothing.
 
     GET  /v1/accounts/{id}/balance   → {"account": id, "usd_micro": n}
-    POST /v1/accounts/{id}/credits   {usd_micro, redemption_id, provider, account_salt}
+    POST /v1/accounts/{id}/credits   {usd_micro, redemption_id, sale, provider, account_salt}
 
 The account reference it signs is keccak256(salt ‖ id), computed here from the id in
-the URL, so a receipt can only name the account the credits went to. Errors are
+the URL, so a receipt can only name the account the credits went to; the redemption id
+and the sale (bytes32, `promptex.protocol.redemption.sale_id`) are signed as asked, and a
+key asked again for another id, sale or amount is refused (409). Errors are
 injected by configuration: a failure status or a delay (a client timeout) for the next
 N requests, failing AFTER applying a purchase (a lost answer), or a forged signature.
 The configuration lives in `app.state.config`; each request reads it once, on arrival,
@@ -90,6 +92,9 @@ def create_fake_billing(config: FakeBillingConfig) -> Starlette:
         try:
             body = orjson.loads(await request.body())
             usd_micro, redemption_id = int(body["usd_micro"]), int(body["redemption_id"])
+            sale = bytes.fromhex(str(body["sale"]).removeprefix("0x"))
+            if len(sale) != 32:
+                raise ValueError("a sale is 32 bytes")
             salt = bytes.fromhex(str(body.get("account_salt", "0x")).removeprefix("0x"))
             if provider_id(str(body.get("provider", config.provider))) != provider_id(config.provider):
                 return _json({"error": f"this billing API sells {config.provider} credits"}, 400)
@@ -102,6 +107,7 @@ def create_fake_billing(config: FakeBillingConfig) -> Starlette:
             billing_ref = secrets.token_bytes(32)
             fields = {
                 "redemption_id": redemption_id,
+                "sale": sale,
                 "provider": provider_id(config.provider),
                 "account_ref": account_ref(account, salt),
                 "usd_micro": usd_micro,
@@ -119,7 +125,11 @@ def create_fake_billing(config: FakeBillingConfig) -> Starlette:
             if config.fail_after_apply > 0:
                 config.fail_after_apply -= 1
                 return _json({"error": "injected failure after the purchase"}, 503)
-        elif receipt["redemption_id"] != redemption_id or receipt["usd_micro"] != usd_micro:
+        elif (
+            receipt["redemption_id"] != redemption_id
+            or receipt["sale"] != "0x" + sale.hex()
+            or receipt["usd_micro"] != usd_micro
+        ):
             return _json({"error": "idempotency key reused for a different purchase"}, 409)
         return _json(receipt)
 

@@ -31,8 +31,14 @@ it, stored with the escrowed step), so calling it again after a crash or a timeo
 returns the first receipt and buys nothing. The key stays the one first asked under for
 the redemption's life: a reorg that moves a sale escrowed (a purchase asked, its answer
 lost) to another escrow id asks under it again, for the new id: bought once, or, refused
-409 (the billing API bought under it for the old id), rejected at once for the user to refund.
+its key conflict (the billing API bought under it for the old id: the adapter maps its
+provider's answer, `billing.BillingError.key_conflict`), rejected at once for the user to refund.
 So a redemption sells once, buys once, releases once.
+A receipt names the sale as well as the escrow id (`sale_id`: the agent's key and the
+`sale_ref` it passed to `redeem`, fresh for each redeem signed: `new_sale_ref`), so the
+escrow never releases with it another sale a reorg put under the same id, whatever bytes
+a node still holds, even a sale a reorg gave the same nonce of the same key (the nonce
+was the ref before rbreak4 s14: a receipt is public once its release is sent).
 """
 
 from __future__ import annotations
@@ -40,10 +46,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from eth_account import Account
 
-from promptex.agent.billing import KEY_CONFLICT, BillingAccount, BillingAdapter, BillingError, BillingReceipt
+from promptex.agent.billing import BillingAccount, BillingAdapter, BillingError, BillingReceipt
 from promptex.agent.chain import AgentChain
 from promptex.agent.store import (
     ABANDONED,
@@ -64,8 +71,17 @@ from promptex.agent.store import (
 )
 from promptex.chain import txlog
 from promptex.chain.sender import Call
-from promptex.chain.txlog import DROPPED, NOOP, StoredTx
-from promptex.protocol.redemption import STATUS_OPEN, STATUS_REFUNDED, STATUS_RELEASED, provider_id, receipt_digest
+from promptex.chain.txlog import DROPPED, NOOP, SENT, StoredTx
+from promptex.protocol.redemption import (
+    STATUS_OPEN,
+    STATUS_REFUNDED,
+    STATUS_RELEASED,
+    new_sale_ref,
+    provider_id,
+    receipt_digest,
+    sale_id,
+    sale_ref,
+)
 from promptex.protocol.units import money, usd_text, utc_text
 from promptex.sealing.envelope import MasterKeys
 
@@ -168,7 +184,12 @@ class RedemptionMachine:
             if other.status in (SUCCEEDED, REVERTED) or self.chain.receipt(other.tx_hash) is not None:
                 return
         head = self.chain.head()
-        since = self.store.nonce_taken_since(tx, head)
+        since, seen = self.store.nonce_taken_since(tx, head, self.chain.block_hash(head))
+        if seen is not None and self.chain.block_hash(since) != seen:
+            # A reorg replaced the block at which the nonce was seen taken, and it is taken on
+            # the new branch too (never seen free: no pass between): what took it may be another
+            # transaction, later (a cancel swapped for a later one). Counted from now: late, never early.
+            since = self.store.nonce_taken_again(tx, since, head, self.chain.block_hash(head))
         if head >= since + self.reorg_window:
             return  # what took it is final: dropped
         until = since + self.reorg_window
@@ -190,14 +211,54 @@ class RedemptionMachine:
         its block with its outcome, is resolved again with the step it decided
         (`AgentStore.reopen_tx`); `resolve_open_txs` then re-sends them in nonce order."""
         head, orphaned = txlog.orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head)
+        resold = {tx.id for tx, _ in orphaned if tx.purpose == "redeem"}
         for tx, receipt in orphaned:
             if receipt is None and self._failed_sale(tx) is not None:
                 self._replace(tx)  # the user was told nothing was sold, and may have redeemed again
                 continue
+            if receipt is None and tx.purpose == "release" and self._sale_orphaned(tx, resold):
+                self._void_release(tx, "orphaned too")
+                continue
             what = self.store.reopen_tx(tx, self.clock())
             log.warning("%s tx %s (nonce %d) is no longer on chain as stored (a reorg): %s resolved again",
                         tx.purpose, tx.tx_hash, tx.nonce, what)  # fmt: skip
+        # A release still open (pending, or lost by the node) when the reorg orphaned its
+        # sale names the old id alike: re-sent after the re-sent redeem, it would release
+        # whatever sale holds that id now (cbreak3 s13). Unless the new branch mined it.
+        for tx in self.store.open_txs(self.chain.sender):
+            if tx.purpose != "release" or not self._sale_orphaned(tx, resold):
+                continue
+            if self.chain.receipt(tx.tx_hash) is None:
+                self._void_release(tx, "not mined yet")
         self._checked_head = head
+
+    def _void_release(self, tx: StoredTx, state: str) -> None:
+        """The release `tx`, whose sale a reorg orphaned, is never sent again: its nonce gets
+        a no-op (once, whoever comes first) and its redemption is receipted again without it
+        (`AgentStore.release_voided`), so the next pass reads the sale's escrow id anew
+        before it signs a release, or rejects naming the id that holds the user's USDC."""
+        noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
+        self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
+        self.store.release_voided(tx, self.clock())
+        log.warning("release tx %s (nonce %d, %s): the sale it releases was orphaned; its bytes are not sent "
+                    "again (the escrow id they name may hold another sale on the new branch): its nonce is "
+                    "filled with the no-op %s and the release signed anew once the sale's id is read again",
+                    tx.tx_hash, tx.nonce, state, noop.tx_hash)  # fmt: skip
+
+    def _sale_orphaned(self, release: StoredTx, resold: set[int]) -> bool:
+        """Whether the redeem of the redemption `release` releases is among those a reorg
+        orphaned (`resold`). Then the release's bytes must not be sent again: they name the
+        escrow id, and a receipt binds the id, not the sale: on the new branch another sale
+        of the same user and account (through another agent key, not behind this key's
+        nonces) may hold the id, and the bytes would pay it out while this sale sits open
+        under another id that no row names (abreak2 s12). Or its redeem is open again: only
+        a reorg reopens a redeem that escrowed (a release is signed after it), and a pass
+        killed after it reopened the redeem, before it came to the release, leaves it so
+        for the next pass to find the release alone orphaned (cbreak3 s13)."""
+        r = self.store.redemption_of_release(release.id)
+        if r is None or r.redeem_tx_id is None:
+            return False
+        return r.redeem_tx_id in resold or self.store.tx(r.redeem_tx_id).status == SENT
 
     def recheck_dropped_redeems(self) -> None:
         """A redeem closed dropped (its nonce seen taken, no receipt within the grace) is
@@ -262,9 +323,9 @@ class RedemptionMachine:
         nonce's turn); the redemption stays failed. Should a node include the old bytes
         first, the no-op is found dropped and the sale is read again (`_check_replaced`)."""
         noop = self.chain.sign_noop(tx.nonce, tx.tx_hash)
-        self.store.replace_tx(tx, noop, self.chain.sender, self.clock())
+        stored = self.store.tx(self.store.replace_tx(tx, noop, self.chain.sender, self.clock()))
         log.warning("redeem tx %s (nonce %d) of a failed redemption is no longer on chain (a reorg): never sent "
-                    "again, its nonce is filled with the no-op %s", tx.tx_hash, tx.nonce, noop.tx_hash)  # fmt: skip
+                    "again, its nonce is filled with the no-op %s", tx.tx_hash, tx.nonce, stored.tx_hash)  # fmt: skip
 
     def _check_replaced(self, noop: StoredTx) -> None:
         """The no-op lost its nonce: if to the failed redemption's redeem it replaced (a node
@@ -290,6 +351,9 @@ class RedemptionMachine:
         its redemption stays failed."""
         off: list[str] = []
         for tx, receipt in txlog.others_orphaned_txs(self.store, self.chain, self.reorg_window, self._checked_head):
+            if receipt is None and tx.purpose == "release" and self._sale_orphaned(tx, set()):
+                self._void_others_release(tx)  # its redeem, earlier in nonce order, was reopened
+                continue
             failed = self._failed_sale(tx) if receipt is None else None
             if failed is not None and not self._past_swap_deadline(failed):  # only its key may fill its nonce
                 until = "" if failed.swap_deadline is None else f"; it can sell until {utc_text(failed.swap_deadline)}"
@@ -315,7 +379,25 @@ class RedemptionMachine:
             )
             log.warning("%s", message)
             raise txlog.OtherKeyPending(message)
+        for tx in self.store.others_open(self.chain.sender) or []:  # one still unmined when its sale was orphaned
+            if tx.purpose == "release" and self._sale_orphaned(tx, set()) and self.chain.receipt(tx.tx_hash) is None:
+                self._void_others_release(tx)
         txlog.wait_for_other_keys(self.store, self.chain, self.reorg_window, "agent", self.clock)
+
+    def _void_others_release(self, tx: StoredTx) -> None:
+        """Another key's release whose sale a reorg orphaned (`_sale_orphaned`): never sent
+        again, as this key's own (`_void_release`), but this key cannot fill that key's
+        nonce with a no-op: it is closed dropped and its redemption receipted again, in one
+        database transaction, so this key signs a release anew once the sale's id is read
+        again (or rejects naming it). Sent again, its bytes released whatever sale holds the
+        old id on the new branch (cbreak3 s13: the same user's sale through another key).
+        Its bytes may still sit in a node's pool: the escrow binds a receipt to the id
+        (abreak2's item 2, the contract's gap)."""
+        self.store.release_voided(tx, self.clock(), close=True)
+        log.warning("release tx %s (nonce %d) of key %s: the sale it releases was orphaned; its bytes are not "
+                    "sent again (the escrow id they name may hold another sale on the new branch): closed as "
+                    "dropped, the release signed anew by this key once the sale's id is read again",
+                    tx.tx_hash, tx.nonce, tx.sender)  # fmt: skip
 
     def _past_swap_deadline(self, r: Redemption) -> bool:
         """The redemption's redeem was signed with a swap deadline the chain has passed: its
@@ -327,8 +409,8 @@ class RedemptionMachine:
         False."""
         return r.swap_deadline is not None and self.chain.now() > r.swap_deadline
 
-    def _send(self, r: Redemption, purpose: str, call: Call, **values: object) -> str:
-        signed = self.chain.sign(call, self.chain.pending_nonce())
+    def _send(self, r: Redemption, purpose: str, call: Call, nonce: int | None = None, **values: object) -> str:
+        signed = self.chain.sign(call, self.chain.pending_nonce() if nonce is None else nonce)
         tx_id = self.store.submit(r.id, purpose, signed, self.chain.sender, self.clock(), **values)
         log.info("redemption %d: %s sent as %s", r.id, purpose, signed.tx_hash)
         tx = self.store.tx(tx_id)
@@ -354,11 +436,16 @@ class RedemptionMachine:
         if self.chain.token_provider(token) != provider_id(account.provider):
             return self._fail(r, PLANNED, f"{r.token} does not redeem into {account.provider} credits")
         deadline = self.chain.now() + self.swap_deadline
-        call = Call("redemption", "redeem", (r.user, token, r.usd_micro, r.max_tokens_in, deadline))
+        # The sale's ref is fresh for each redeem signed (receipts name this key and it), not
+        # the nonce: a reorg can give the nonce of a sale already bought and released to this
+        # redeem, and that sale's receipt (public in its release) would release this one.
+        nonce = self.chain.pending_nonce()
+        ref = new_sale_ref()
+        call = Call("redemption", "redeem", (r.user, token, r.usd_micro, r.max_tokens_in, deadline, ref))
         reason = self.chain.simulate(call)
         if reason is not None:
             return self._fail(r, PLANNED, f"the escrow refuses the redemption: {reason}")
-        self._send(r, "redeem", call, swap_deadline=deadline)
+        self._send(r, "redeem", call, nonce, swap_deadline=deadline)
         return self.store.get(r.id)
 
     def _selling(self, r: Redemption) -> Redemption:
@@ -392,7 +479,7 @@ class RedemptionMachine:
             return closed
         if self.chain.now() >= r.deadline - self.purchase_margin:
             return self.store.move(
-                r.id, (ESCROWED,), ABANDONED, self.clock(),
+                r.id, (ESCROWED,), ABANDONED, self.clock(), read=r,
                 error=f"no purchase before the refund deadline ({r.error or 'billing unavailable'})",
                 notify=self._notice(r, "abandoned", "Redemption not completed: refund available",
                                     f"The agent could not buy credits for redemption {r.chain_redemption_id}. "
@@ -404,28 +491,37 @@ class RedemptionMachine:
         account = self._billing_account(r.account_id)
         key = r.billing_key or idempotency_key(self.chain.chain_id, self.chain.escrow_address, r.chain_redemption_id)
         try:
-            receipt = self.billing.add_credits(account, r.usd_micro, key, redemption_id=r.chain_redemption_id)
+            receipt = self.billing.add_credits(
+                account, r.usd_micro, key, redemption_id=r.chain_redemption_id, sale=self._sale(r)
+            )
         except BillingError as exc:
-            asked = None
-            if exc.status == KEY_CONFLICT and r.billing_key is not None:
+            if exc.key_conflict and r.billing_key is not None:  # the adapter's reading of its provider's answer
+                # The key bought another purchase: for the sale's old id (a reorg moved it), or,
+                # the key made for this id, for an id a reorg had moved the sale to and back.
                 asked = self._moved_key(r, r.billing_key)
-            if asked is not None:  # it bought under the key for the sale's old id: not again
+                bought = (
+                    f"under the key first asked for escrow redemption {asked} ({exc}): it bought them for {asked}, "
+                    "before a chain reorganisation moved the sale"
+                    if asked is not None else
+                    f"under its key ({exc}): it bought them under it for another escrow redemption, to which a "
+                    "chain reorganisation had moved the sale before moving it back"
+                )  # fmt: skip
                 return self._reject(
                     r, ESCROWED, f"the billing API refuses to buy credits for escrow redemption "
-                    f"{r.chain_redemption_id} under the key first asked for escrow redemption {asked} ({exc}): it "
-                    f"bought them for {asked}, before a chain reorganisation moved the sale, and they are not "
-                    "bought again",
+                    f"{r.chain_redemption_id} {bought}, and they are not bought again", read=r,
                 )  # fmt: skip
             delay = min(self.retry_max_seconds, self.retry_seconds * 2 ** min(r.billing_attempts, 16))
-            self.store.record_attempt(r.id, str(exc), self.clock() + delay, self.clock())
+            self.store.record_attempt(r.id, str(exc), self.clock() + delay, self.clock(), r.chain_redemption_id)
             log.warning("redemption %d: billing failed (%s); retrying in %d s", r.id, exc, delay)
             return None
         crash_point("billing_answered")
         problem = self._receipt_problem(r, account, receipt)
         if problem is not None:
-            return self._reject(r, ESCROWED, problem)
+            return self._reject(r, ESCROWED, problem, read=r)
+        # Compare-and-set on the escrow id: another process may have re-escrowed the sale as
+        # another id (a reorg) while this one asked for `r`'s (StaleTransition: not stored).
         after = self.store.move(
-            r.id, (ESCROWED,), PURCHASED, self.clock(), billing_ref="0x" + receipt.billing_ref.hex(),
+            r.id, (ESCROWED,), PURCHASED, self.clock(), read=r, billing_ref="0x" + receipt.billing_ref.hex(),
             receipt_usd_micro=receipt.usd_micro, receipt_signature="0x" + receipt.signature.hex(), error=None,
         )  # fmt: skip
         crash_point("purchased")
@@ -451,8 +547,8 @@ class RedemptionMachine:
         except Exception:  # malformed signature bytes
             recovered = "0x" + "0" * 40
         if int(recovered, 16) == 0 or not self.chain.is_billing_signer(provider_id(account.provider), recovered):
-            return self._reject(r, PURCHASED, "the receipt is not signed by the escrow's billing signer")
-        after = self.store.move(r.id, (PURCHASED,), RECEIPTED, self.clock())
+            return self._reject(r, PURCHASED, "the receipt is not signed by the escrow's billing signer", read=r)
+        after = self.store.move(r.id, (PURCHASED,), RECEIPTED, self.clock(), read=r)
         crash_point("receipted")
         return after
 
@@ -472,7 +568,15 @@ class RedemptionMachine:
         tx = self.store.tx(r.release_tx_id)
         status = self.resolve_tx(tx)
         if status == SUCCEEDED:
-            return self._released(r, RELEASING)
+            released = self._sale_released(r)
+            if released is r:
+                # Still the id its receipt names, unless a reorg moved the sale and a node
+                # re-included the old release bytes after another sale took that id (the
+                # escrow binds a receipt to the id): the row names where our USDC is.
+                moved = self._sale_moved(r)
+                if moved is not None:
+                    return moved
+            return self._released(released, RELEASING)
         closed = self._closed_on_chain(r)
         if closed is not None:
             return closed
@@ -490,6 +594,8 @@ class RedemptionMachine:
     def _receipt_problem(self, r: Redemption, account: BillingAccount, receipt: BillingReceipt) -> str | None:
         if receipt.redemption_id != r.chain_redemption_id:
             return f"the receipt names redemption {receipt.redemption_id}, not {r.chain_redemption_id}"
+        if receipt.sale != self._sale(r):
+            return f"the receipt names sale 0x{receipt.sale.hex()}, not this one (0x{self._sale(r).hex()})"
         if receipt.provider != provider_id(account.provider) or receipt.account_ref != account.account_ref:
             return "the receipt names another provider or account"
         if receipt.usd_micro < r.usd_micro:
@@ -498,12 +604,20 @@ class RedemptionMachine:
             return "the receipt's signature is not 65 bytes"
         return None
 
+    def _sale(self, r: Redemption) -> bytes:
+        """The sale receipts for `r` name (`sale_id`): its redeem's key and the `sale_ref` its
+        signed bytes pass (one signed before `new_sale_ref` passed its nonce: read alike)."""
+        assert r.redeem_tx_id is not None
+        tx = self.store.tx(r.redeem_tx_id)
+        ref = self.chain.redeem_sale_ref(tx.raw)
+        return sale_id(tx.sender or self.chain.sender, sale_ref(tx.nonce) if ref is None else ref)
+
     def _digest(self, r: Redemption, account_ref: bytes) -> bytes:
         assert r.chain_redemption_id is not None and r.receipt_usd_micro is not None and r.billing_ref is not None
         return receipt_digest(
             chain_id=self.chain.chain_id, escrow=self.chain.escrow_address, redemption_id=r.chain_redemption_id,
-            provider=provider_id(r.provider), account_ref=account_ref, usd_micro=r.receipt_usd_micro,
-            billing_ref=r.billing_ref,
+            sale=self._sale(r), provider=provider_id(r.provider), account_ref=account_ref,
+            usd_micro=r.receipt_usd_micro, billing_ref=r.billing_ref,
         )  # fmt: skip
 
     def _release_call(self, r: Redemption) -> Call:
@@ -512,21 +626,23 @@ class RedemptionMachine:
             "redemption",
             "release",
             (
-                r.chain_redemption_id, provider_id(account.provider), account.account_ref, r.receipt_usd_micro,
-                r.billing_ref, r.receipt_signature,
+                r.chain_redemption_id, self._sale(r), provider_id(account.provider), account.account_ref,
+                r.receipt_usd_micro, r.billing_ref, r.receipt_signature,
             ),
         )  # fmt: skip
 
     def _closed_on_chain(self, r: Redemption) -> Redemption | None:
-        """Released or refunded on chain (by anyone): record it. Not the user's, or not
-        there, after the purchase: the sale may have moved (`_sale_moved`)."""
+        """Released or refunded on chain (by anyone): record it. After the purchase, first
+        whether the sale is still this id's (`_sale_moved`): a record of the same user under
+        the id may be another sale's."""
         assert r.chain_redemption_id is not None
+        # The sale first, whoever the record under its id is: a reorg may have moved it to
+        # another id while a sale of the same user took this one (abreak2 s12).
+        moved = self._sale_moved(r)
+        if moved is not None:
+            return moved
         state = self.chain.redemption(r.chain_redemption_id)
         status = state.status
-        if status not in (STATUS_OPEN, STATUS_RELEASED, STATUS_REFUNDED) or state.user.lower() != r.user.lower():
-            moved = self._sale_moved(r)
-            if moved is not None:
-                return moved
         if status == STATUS_RELEASED:
             return self._released(r, r.status)
         if status == STATUS_REFUNDED:
@@ -569,14 +685,39 @@ class RedemptionMachine:
             chain_redemption_id=None, tokens_in=None, deadline=None,
         )  # fmt: skip
 
+    def _sale_released(self, r: Redemption) -> Redemption:
+        """`r` as its succeeded release left it: the escrow redemption its redeem holds now,
+        where that is not the one the row names but the chain shows it released and the
+        user's. A reorg moved the sale to id 2 (its release reverted: rejected naming 2), a
+        second moved it back to id 1, the id its receipt names, and the re-sent release
+        released 1: the row and the user's notice name 1, not 2 (abreak s11 item 2)."""
+        tx = None if r.redeem_tx_id is None else self.store.tx(r.redeem_tx_id)
+        event = None if tx is None or tx.status != SUCCEEDED else self.chain.redeemed(tx.tx_hash)
+        if event is None or event.redemption_id == r.chain_redemption_id:
+            return r
+        state = self.chain.redemption(event.redemption_id)
+        if state.status != STATUS_RELEASED or state.user.lower() != r.user.lower():
+            return r
+        log.warning("redemption %d: its release released escrow redemption %d, where its sale is now (the row "
+                    "named %s before a reorg moved the sale back)", r.id, event.redemption_id,
+                    r.chain_redemption_id)  # fmt: skip
+        return dataclasses.replace(
+            r, chain_redemption_id=event.redemption_id, tokens_in=event.tokens_in, deadline=event.deadline
+        )
+
     def _released(self, r: Redemption, from_: str) -> Redemption:
         usd, sold = f"${r.usd_micro / 1_000_000:,.2f}", money(r.tokens_in or 0, r.token)
+        # Told it was rejected (a reorg moved the sale, `_sale_moved`), then released after a
+        # second reorg: told again, that there is nothing to refund (a notice per rejection).
+        rejected = self.store.notices(f"redemption:{r.id}:rejected")
+        void = " You were told it was rejected: that is void, there is nothing to refund." if rejected else ""
         after = self.store.move(
-            r.id, (from_,), RELEASED, self.clock(), error=None,
+            r.id, (from_,), RELEASED, self.clock(), error=None, chain_redemption_id=r.chain_redemption_id,
+            tokens_in=r.tokens_in, deadline=r.deadline,
             notify=self._notice(r, "receipt", f"{usd} of {r.provider} credits added",
                                 f"Redemption {r.chain_redemption_id}: sold {sold} for {usd} "
                                 f"of credits on your {r.provider} account (billing receipt "
-                                f"0x{(r.billing_ref or b'').hex()})."),
+                                f"0x{(r.billing_ref or b'').hex()}).{void}", per=rejected or None),
         )  # fmt: skip
         log.info("redemption %d released (escrow %s)", r.id, r.chain_redemption_id)
         crash_point("released")
@@ -588,17 +729,19 @@ class RedemptionMachine:
         """A notification written once per redemption and kind (and `per`: once per escrow id)."""
         return (f"redemption:{r.id}:{kind}" + ("" if per is None else f":{per}"), kind, subject, body)
 
-    def _fail(self, r: Redemption, from_: str, reason: str, **values: object) -> Redemption:
+    def _fail(self, r: Redemption, from_: str, reason: str, **values: Any) -> Redemption:
         log.warning("redemption %d failed: %s", r.id, reason)
         return self.store.move(
             r.id, (from_,), FAILED, self.clock(), error=reason, **values,
             notify=self._notice(r, "failed", "Redemption failed: nothing was sold", reason),
         )  # fmt: skip
 
-    def _reject(self, r: Redemption, from_: str, reason: str, **values: object) -> Redemption:
+    def _reject(
+        self, r: Redemption, from_: str, reason: str, *, read: Redemption | None = None, **values: object
+    ) -> Redemption:
         log.error("redemption %d: receipt rejected: %s", r.id, reason)
         return self.store.move(
-            r.id, (from_,), REJECTED, self.clock(), error=reason, **values,
+            r.id, (from_,), REJECTED, self.clock(), read=read, error=reason, **values,
             notify=self._notice(r, "rejected", "Redemption receipt rejected: refund available",
                                 f"{reason}. After {utc_text(r.deadline or 0)} (its deadline) you can refund "
                                 f"redemption {r.chain_redemption_id} from the escrow: {_refund_command(r)}.",

@@ -73,8 +73,11 @@ agent_rules = Table(
 
 # Raw transactions the agent signed, stored before broadcast (as coordinator_txs); a redeem
 # whose nonce went to a transaction the log does not hold keeps the head at which that was
-# first seen (0022): it is not taken for dropped until then + the reorg window.
-agent_txs = signed_txs("agent_txs", Column("nonce_taken_head", BigInteger, nullable=True))
+# first seen (0022), and that block's hash (0023: a reorg that replaces it counts again):
+# it is not taken for dropped until then + the reorg window.
+agent_txs = signed_txs(
+    "agent_txs", Column("nonce_taken_head", BigInteger, nullable=True), Column("nonce_taken_hash", String(66))
+)
 
 # One redemption: planned → selling → escrowed → purchased → receipted → releasing →
 # released (or failed / rejected / abandoned / refunded); see promptex.agent.machine.

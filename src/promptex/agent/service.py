@@ -137,7 +137,10 @@ class Agent:
                 self._rules_due = time.monotonic() + self.rules_interval
                 self.check_rules(report)
             for r in self.store.redemptions(OPEN_STATUSES):
-                report.advanced[r.id] = self.machine.advance(r).status
+                try:
+                    report.advanced[r.id] = self.machine.advance(r).status
+                except StaleTransition:  # another process (`promptex redeem`) moved it meanwhile
+                    report.advanced[r.id] = self.store.get(r.id).status
         except TxPending as exc:
             report.waiting = str(exc)
             log.info("waiting for %s", exc)

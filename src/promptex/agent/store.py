@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from promptex.agent.schema import agent_accounts, agent_outbox, agent_redemptions, agent_rules, agent_txs, agent_users
@@ -369,24 +369,34 @@ class AgentStore(SignedTxStore):
         with self._tx() as conn:
             return [_redemption(r) for r in conn.execute(stmt).all()]
 
-    def _move(self, conn: Connection, redemption_id: int, from_: Sequence[str], now: int, **values: Any) -> None:
+    def _move(
+        self, conn: Connection, redemption_id: int, from_: Sequence[str], now: int, read: Redemption | None = None,
+        **values: Any,
+    ) -> None:  # fmt: skip
         r = agent_redemptions.c
-        moved = conn.execute(
-            update(agent_redemptions)
-            .where(r.id == redemption_id, r.status.in_(tuple(from_)))
-            .values(updated_at=now, **values)
-        ).rowcount
+        where = [r.id == redemption_id, r.status.in_(tuple(from_))]
+        if read is not None:  # compare-and-set: still the escrow redemption the caller read
+            rid = read.chain_redemption_id
+            where.append(r.chain_redemption_id.is_(None) if rid is None else r.chain_redemption_id == rid)
+        moved = conn.execute(update(agent_redemptions).where(*where).values(updated_at=now, **values)).rowcount
         if moved != 1:
-            raise StaleTransition(f"redemption {redemption_id} is no longer {'/'.join(from_)}")
+            at = "" if read is None else f" at escrow redemption {read.chain_redemption_id}"
+            raise StaleTransition(f"redemption {redemption_id} is no longer {'/'.join(from_)}{at}")
 
-    def move(self, redemption_id: int, from_: Sequence[str], to: str, now: int, **values: Any) -> Redemption:
+    def move(
+        self, redemption_id: int, from_: Sequence[str], to: str, now: int, *, read: Redemption | None = None,
+        **values: Any,
+    ) -> Redemption:  # fmt: skip
         """One transition, optionally writing a notification in the same transaction
-        (`notify=(dedupe_key, kind, subject, body)`)."""
+        (`notify=(dedupe_key, kind, subject, body)`). With `read` (the row as the caller
+        read it), only while the row still names the same escrow redemption: a process that
+        read it escrowed as id 1 and asked the billing API for id 1 must not store that
+        receipt on a row another process re-escrowed as id 2 after a reorg (StaleTransition)."""
         notify = values.pop("notify", None)
         if "error" in values and values["error"] is not None:
             values["error"] = str(values["error"])[:REASON]
         with self._tx() as conn:
-            self._move(conn, redemption_id, from_, now, status=to, **values)
+            self._move(conn, redemption_id, from_, now, read, status=to, **values)
             if notify is not None:
                 user: str = conn.execute(
                     select(agent_redemptions.c.user_address).where(agent_redemptions.c.id == redemption_id)
@@ -417,13 +427,52 @@ class AgentStore(SignedTxStore):
             row = conn.execute(select(agent_redemptions).where(agent_redemptions.c.redeem_tx_id == tx_id)).first()
         return None if row is None else _redemption(row)
 
-    def nonce_taken_since(self, tx: StoredTx, head: int) -> int:
+    def redemption_of_release(self, tx_id: int) -> Redemption | None:
+        """The redemption whose release transaction is `tx_id`, if any."""
+        with self._tx() as conn:
+            row = conn.execute(select(agent_redemptions).where(agent_redemptions.c.release_tx_id == tx_id)).first()
+        return None if row is None else _redemption(row)
+
+    def release_voided(self, tx: StoredTx, now: int, *, close: bool = False) -> None:
+        """The release `tx` (orphaned with its sale, replaced by a no-op) will never land:
+        its redemption, released or rejected on it, is receipted again without it, so the
+        next pass reads the sale's escrow id anew before signing a release (or rejects).
+        `close`: `tx` (another key's, whose nonce this key cannot fill) is closed dropped in
+        the same database transaction."""
+        r = agent_redemptions.c
+        with self._tx() as conn:
+            if close:
+                t = self.txs_table
+                conn.execute(
+                    update(t)
+                    .where(t.c.id == tx.id, t.c.status != DROPPED)
+                    .values(status=DROPPED, block_number=None, block_hash=None, closed_at=now)
+                )
+            conn.execute(
+                update(agent_redemptions)
+                .where(r.release_tx_id == tx.id, r.status.in_((RELEASED, REJECTED, RELEASING)))
+                .values(status=RECEIPTED, release_tx_id=None, error=None, updated_at=now)
+            )
+
+    def nonce_taken_since(self, tx: StoredTx, head: int, head_hash: str | None) -> tuple[int, str | None]:
         """The head at which `tx`'s nonce was first seen taken by a transaction this log
-        does not hold: `head`, stored, the first time asked."""
+        does not hold, and that block's hash (None: stored before 0023, or not known):
+        `head` and `head_hash`, stored, the first time asked."""
         t = agent_txs.c
         with self._tx() as conn:
             first = update(agent_txs).where(t.id == tx.id, t.nonce_taken_head.is_(None))
-            conn.execute(first.values(nonce_taken_head=head))
+            conn.execute(first.values(nonce_taken_head=head, nonce_taken_hash=head_hash))
+            row = conn.execute(select(t.nonce_taken_head, t.nonce_taken_hash).where(t.id == tx.id)).one()
+            return int(row[0]), row[1]
+
+    def nonce_taken_again(self, tx: StoredTx, seen: int, head: int, head_hash: str | None) -> int:
+        """The block at which `tx`'s nonce was seen taken (`seen`) is no longer the chain's (a
+        reorg replaced it, the nonce taken all the same: maybe by another transaction, later):
+        it counts from `head` now; returns the head stored (another process's, if it moved it first)."""
+        t = agent_txs.c
+        with self._tx() as conn:
+            again = update(agent_txs).where(t.id == tx.id, t.nonce_taken_head == seen)
+            conn.execute(again.values(nonce_taken_head=head, nonce_taken_hash=head_hash))
             return int(conn.execute(select(t.nonce_taken_head).where(t.id == tx.id)).scalar_one())
 
     def nonce_free_again(self, tx: StoredTx) -> None:
@@ -432,7 +481,9 @@ class AgentStore(SignedTxStore):
         t = agent_txs.c
         with self._tx() as conn:
             conn.execute(
-                update(agent_txs).where(t.id == tx.id, t.nonce_taken_head.is_not(None)).values(nonce_taken_head=None)
+                update(agent_txs)
+                .where(t.id == tx.id, t.nonce_taken_head.is_not(None))
+                .values(nonce_taken_head=None, nonce_taken_hash=None)
             )
 
     def reopen_tx(self, tx: StoredTx, now: int) -> str:
@@ -485,12 +536,17 @@ class AgentStore(SignedTxStore):
         with self._tx() as conn:
             self._reopen_tx(conn, tx.id)
 
-    def record_attempt(self, redemption_id: int, error: str, next_at: int, now: int) -> None:
+    def record_attempt(
+        self, redemption_id: int, error: str, next_at: int, now: int, escrow_id: int | None = None
+    ) -> None:
+        """A failed purchase, retried at `next_at`; only while the row is escrowed (as
+        `escrow_id`, given: the escrow redemption the purchase was asked for)."""
         r = agent_redemptions.c
+        same = r.chain_redemption_id == escrow_id if escrow_id is not None else true()
         with self._tx() as conn:
             conn.execute(
                 update(agent_redemptions)
-                .where(r.id == redemption_id, r.status == ESCROWED)
+                .where(r.id == redemption_id, r.status == ESCROWED, same)
                 .values(
                     billing_attempts=r.billing_attempts + 1,
                     next_attempt_at=next_at,
@@ -520,6 +576,13 @@ class AgentStore(SignedTxStore):
         with self._tx() as conn:
             found = conn.execute(select(agent_outbox.c.id).where(agent_outbox.c.dedupe_key == key[:200])).first()
         return found is not None
+
+    def notices(self, prefix: str) -> int:
+        """How many notifications were written whose dedupe key starts with `prefix`."""
+        o = agent_outbox.c
+        with self._tx() as conn:
+            mine = o.dedupe_key.startswith(prefix, autoescape=True)
+            return int(conn.execute(select(func.count()).select_from(agent_outbox).where(mine)).scalar_one())
 
     def sale_known(self, chain_redemption_id: int) -> bool:
         """Whether one of the agent's redemptions is (or was) escrow redemption `chain_redemption_id`."""

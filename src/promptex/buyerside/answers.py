@@ -23,8 +23,10 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+import orjson
+
 from promptex import metering
-from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, openai_usage
+from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, cache_marks, openai_usage
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.messages import validate_messages
 from promptex.gateway.requests import prompt_floor, validate
@@ -54,6 +56,18 @@ class Bounds:
     input_floor: int
     input_bound: int
     output_limit: int | None  # the request's own max_tokens, if it named one
+    # Whether the request marks any of its prompt for the prompt cache (`cache_control`), and
+    # for an hour (`"ttl": "1h"`): a provider writes to its cache only what a request marks,
+    # so an answer reporting cache writes (priced above input: 1.25×, an hour's 2×) for a
+    # request that marked none is refused (`check_counts`).
+    cache_writes: bool = False
+    cache_1h: bool = False
+    # The UTF-8 bytes of a chat request's predicted output (OpenAI's Predicted Outputs,
+    # `prediction.content`): its tokens the answer did not use are billed among the output
+    # tokens (`rejected_prediction_tokens`) and never relayed, so the visible output may
+    # exceed the answer's bytes by at most them. Left out, an honest predicted edit whose
+    # answer rewrote most of the prediction stopped signing.
+    prediction_bytes: int = 0
 
 
 def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
@@ -61,26 +75,25 @@ def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
     try:
         if endpoint == RESPONSES:  # OpenAI's Responses API: instructions and input items
             model, bound, limit = validate_responses(body)
-            return Bounds(model, prompt_floor(CHAT, {"messages": _response_messages(body)}), bound, limit)
-        if endpoint == MESSAGES:  # Anthropic: the gateway's own bound (system, tools, images)
+            floor = prompt_floor(RESPONSES, body)  # the gateway's own floor (its chat messages)
+        elif endpoint == MESSAGES:  # Anthropic: the gateway's own bound (system, tools, images)
             model, bound, limit = validate_messages(body)
+            floor = prompt_floor(CHAT, body)
         else:
             model, bound, limit = validate(endpoint, body)
+            floor = prompt_floor(endpoint, body)
     except GatewayError as exc:
         raise ValueError(exc.message) from None
-    return Bounds(model, prompt_floor(endpoint if endpoint != MESSAGES else CHAT, body), bound, limit)
-
-
-def _response_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """A Responses request's instructions and input as chat-shaped messages (for the floor)."""
-    given = body.get("input")
-    items = [{"content": given}] if isinstance(given, str) else [i for i in given or [] if isinstance(i, dict)]
-    instructions = body.get("instructions")
-    return [{"content": instructions}, *items] if isinstance(instructions, str) else items
+    prediction = body.get("prediction") if endpoint == CHAT else None
+    predicted = text_bytes(prediction.get("content")) if isinstance(prediction, dict) else 0
+    return Bounds(model, floor, bound, limit, *cache_marks(body), prediction_bytes=predicted)
 
 
 def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
-    """The usage an answer reports (OpenAI's chat or Responses shape, or Anthropic's)."""
+    """The usage an answer reports (OpenAI's chat or Responses shape, or Anthropic's). A chat
+    or completions answer served by an Anthropic lot carries its cache writes in OpenAI's
+    usage (`prompt_tokens_details.cache_creation_tokens`, the gateway's `openai_usage_json`):
+    read, so that their charge is checked, and bounded by the request's marks (`check_counts`)."""
     usage = answer.get("usage") if isinstance(answer, dict) else None
     if endpoint == MESSAGES:
         return anthropic_usage_of(usage)
@@ -90,10 +103,16 @@ def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
 
 
 def _responses_usage(usage: Any) -> TokenUsage | None:
+    """A Responses `usage` as counted (None for counts that are not non-negative integers,
+    parts beyond their whole, or details that are not objects: before, details of another
+    type raised AttributeError out of the answer check)."""
     if not isinstance(usage, dict) or type(usage.get("input_tokens")) is not int:
         return None
-    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+    given, produced = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    if not isinstance(given, dict | None) or not isinstance(produced, dict | None):
+        return None
+    cached = (given or {}).get("cached_tokens") or 0
+    reasoning = (produced or {}).get("reasoning_tokens") or 0
     try:
         return TokenUsage(usage["input_tokens"], usage.get("output_tokens") or 0, cache_read_tokens=cached,
                           reasoning_tokens=reasoning)  # fmt: skip
@@ -138,16 +157,30 @@ NOT_TEXT = frozenset({"type", "role"})
 ANSWER_FRAME_BYTES = 48
 
 
+# A tool call's arguments the model wrote as JSON, relayed as a JSON value rather than a
+# string (Anthropic's `tool_use` block's `input`): counted as that JSON's bytes, keys, numbers
+# and syntax included. They are the model's output (padding them is padding a text: real
+# bytes relayed); as strings only, an honest call such as `{"values": [1, 2, …, 60]}`
+# (~190 tokens, 3 bytes of strings) stopped signing. In a stream they come as
+# `input_json_delta` strings (`partial_json`), counted as any string.
+TOOL_INPUT = "input"
+
+
 def text_bytes(value: Any) -> int:
     """The UTF-8 bytes of the strings in an answer's produced parts (any depth, read
-    iteratively), leaving out `NOT_TEXT` keys: JSON syntax, numbers and nulls count nothing."""
+    iteratively), leaving out `NOT_TEXT` keys: JSON syntax, numbers and nulls count nothing,
+    but in a tool call's `TOOL_INPUT` written as a JSON value."""
     total, stack = 0, [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             total += len(item.encode())
         elif isinstance(item, dict):
-            stack.extend(v for k, v in item.items() if k not in NOT_TEXT)
+            for k, v in item.items():
+                if k == TOOL_INPUT and item.get("type") == "tool_use" and isinstance(v, (dict, list)):
+                    total += len(orjson.dumps(v))
+                elif k not in NOT_TEXT:
+                    stack.append(v)
         elif isinstance(item, list):
             stack.extend(item)
     return total
@@ -161,8 +194,20 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
     if bound.output_limit is not None and usage.output_tokens > bound.output_limit:
         raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
     visible = usage.output_tokens - usage.reasoning_tokens
-    if produced_bytes is not None and visible > produced_bytes:
-        raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer")
+    if produced_bytes is not None and visible > produced_bytes + bound.prediction_bytes:
+        predicted = f" and {bound.prediction_bytes} of its prediction" if bound.prediction_bytes else ""
+        raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer{predicted}")
+    # Cache writes are priced above input (Anthropic: 1.25×, an hour's 2×) and a provider
+    # writes only what the request marked: reported for a request that marked none (or none
+    # for an hour), every answer's input could be charged up to twice, every time.
+    if usage.cache_write_tokens and not bound.cache_writes:
+        raise AnswerRefused(
+            f"{usage.cache_write_tokens} cache write tokens reported for a request that marks no cache_control"
+        )
+    if usage.cache_write_1h_tokens and not bound.cache_1h:
+        raise AnswerRefused(
+            f"{usage.cache_write_1h_tokens} one-hour cache write tokens reported for a request that asks no 1h ttl"
+        )
 
 
 def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> None:

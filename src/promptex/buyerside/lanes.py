@@ -69,6 +69,11 @@ class Lane:
     # The units of the lane's answers whose cost was checked exactly (price × tokens within
     # the bounds): the stop rule allows a tolerance of them (`Signer.tolerance_bp`).
     verified: int = 0
+    # The units of checked answers' reported reasoning (OpenAI's reasoning, Anthropic's
+    # thinking tokens): their price is checked, their count cannot be (nothing of them is
+    # relayed), so they are not `verified`; beyond `Signer.reasoning_bp` of the lane's checked
+    # units they weigh in the stop rule. In the voucher log's `charged` lines, until a resume.
+    reasoning: int = 0
 
     def count_state(self) -> dict[str, Any]:
         """The stop rule's count of the lane, as the voucher log keeps it (`errors` lines)."""

@@ -23,7 +23,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, broke, error_body, failed
+from promptex.buyerside.signer import (
+    Refused,
+    Signer,
+    StreamWatch,
+    Ticket,
+    asking_usage,
+    broke,
+    error_body,
+    failed,
+)
 from promptex.buyerside.transport import metered_path
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
@@ -69,8 +78,9 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             ticket = await anyio.to_thread.run_sync(signer.begin, path, body, raw)  # may wait for a lane
         except Refused as refused:
             return refuse(path, refused)
+        content, hide_usage = asking_usage(path, body, raw)
         while True:
-            response = await send(path, raw, body, headers, ticket)
+            response = await send(path, content, body, headers, ticket, hide_usage)
             if not ticket.lane_busy:
                 return response
             # Refused lane_busy (it took nothing): sent again on another lane, if one is free.
@@ -79,7 +89,9 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             except Refused as refused:
                 return refuse(path, refused)
 
-    async def send(path: str, raw: bytes, body: dict[str, Any], headers: dict[str, str], ticket: Ticket) -> Response:
+    async def send(
+        path: str, raw: bytes, body: dict[str, Any], headers: dict[str, str], ticket: Ticket, hide_usage: bool
+    ) -> Response:
         headers[VOUCHER_HEADER] = ticket.voucher.header()
         try:
             answer = await gateway.send(gateway.build_request("POST", path, content=raw, headers=headers), stream=True)
@@ -90,14 +102,18 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
             signer.closed(ticket, None)
             raise
         if body.get("stream") is True and answer.status_code == 200:
-            watch = StreamWatch()
+            watch = StreamWatch(hide_usage)
 
             async def relay() -> AsyncIterator[bytes]:
                 try:
                     async for chunk in answer.aiter_bytes():  # identity-encoded: the bytes sent
-                        watch.feed(chunk)
-                        yield chunk
+                        passed = watch.feed(chunk)
+                        if passed:
+                            yield passed
                     watch.ended = True
+                    rest = watch.rest()
+                    if rest:
+                        yield rest
                 except Exception as exc:
                     # The gateway's side broke, or sent bytes its content-encoding does not
                     # decode (not our client leaving: that is a cancellation).
@@ -136,6 +152,7 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
                 "largest_hold_units": str(lane.largest_hold),
                 "checked_units": str(lane.verified),  # of answers checked exactly; the stop rule
                 "tolerated_units": str(signer.tolerated(lane)),  # tolerates this share beyond N − 1 holds
+                "reasoning_units": str(lane.reasoning),  # of checked answers' reported reasoning (unseen)
             }
             for lane in book.lanes
         ]

@@ -73,6 +73,7 @@ def recover(
     for lane in book.lanes:
         lane.largest_hold = voucher_log.largest_hold(chain.session, lane.index)
         lane.verified = voucher_log.checked(chain.session, lane.index)
+        lane.reasoning = voucher_log.reasoned(chain.session, lane.index)
         counted = voucher_log.error_state(chain.session, lane.index)
         if counted is not None:  # the stop rule's count goes on across restarts
             lane.errors, lane.pending = int(counted["errors"]), int(counted["pending"])

@@ -9,7 +9,6 @@ revoke it on chain (effective at the close of the next window) — see the READM
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from eth_utils.address import to_checksum_address
 
 from promptex.buyerside.signer import Session
 from promptex.buyerside.voucherlog import Identity
+from promptex.files import write_whole
 from promptex.protocol.vault import session_key_digest, typed_data
 
 WalletSigner = Callable[[dict[str, Any]], bytes]  # EIP-712 typed data → 65-byte signature
@@ -132,15 +132,8 @@ def new_grant(
 
 
 def save(grant: SessionGrant, path: Path) -> None:
-    """Write the grant atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({**asdict(grant), "maximum": str(grant.maximum)}, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    """Write the grant whole or not at all (`files.write_whole`), readable by its owner only."""
+    write_whole(path, json.dumps({**asdict(grant), "maximum": str(grant.maximum)}, indent=2), 0o600)
 
 
 def load(path: Path) -> SessionGrant:

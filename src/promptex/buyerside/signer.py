@@ -16,6 +16,7 @@ The transport (`transport`) and the local proxy (`proxy`) are thin layers over i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -42,6 +43,8 @@ from promptex.buyerside.wire import (
     units,
     voucher_of,
 )
+from promptex.gateway.adapters import finishes_choice
+from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
@@ -77,6 +80,20 @@ CLOSE_SLACK_TOKENS = 32
 # 1 % beyond the N holds. 0: no tolerance (the rule before it).
 STOP_TOLERANCE_BP = 100
 BASIS_POINTS = 10_000
+# Reported reasoning tokens (OpenAI's `reasoning_tokens`, Anthropic's `thinking_tokens`) are
+# inside an answer's output tokens, but nothing of them is relayed: the answer check takes
+# them out of the output it checks against the relayed bytes, and bounds them only by the
+# request's own output limit (`max_tokens`, `max_completion_tokens`, …) or, naming none, its
+# voucher's ceiling. Honest reasoning may be nearly all of an answer (a one-word answer
+# after 500 reasoning tokens) and is on by default on today's reasoning models, so no rule
+# can tell a gateway claiming reasoning on every answer from an honest one: their units are
+# kept apart (`Lane.reasoning`), never counted as checked (the tolerance's base), and may
+# make up this share of what the lane's checked answers cost, reasoning included, before
+# the rest weighs in the stop rule as an answer without figures does. The default, the
+# whole share, never stops an honest reasoning model (the loss bound then excludes claimed
+# reasoning: each answer's is bounded by its own limit alone); 0 for a session that uses no
+# reasoning model stops a gateway claiming reasoning within N holds and the tolerance.
+REASONING_BP = BASIS_POINTS
 LANE_BUSY = "lane_busy"
 # A 503 after the gateway accepted the voucher and then ended its hold uncharged (its process
 # lost its ledger session): it names the lane's total, unchanged, and the voucher stays the
@@ -201,12 +218,16 @@ class Signer:
         stop_after_errors: int = STOP_AFTER_ERRORS,
         lane_busy_rest_seconds: float = LANE_BUSY_REST_SECONDS,
         tolerance_bp: int = STOP_TOLERANCE_BP,
+        reasoning_bp: int = REASONING_BP,
     ) -> None:
         if stop_after_errors < 1:
             raise ValueError("stop_after_errors is at least 1")
         if not 0 <= tolerance_bp <= BASIS_POINTS:
             raise ValueError("tolerance_bp is 0–10,000 basis points")
+        if not 0 <= reasoning_bp <= BASIS_POINTS:
+            raise ValueError("reasoning_bp is 0–10,000 basis points")
         self.tolerance_bp = tolerance_bp
+        self.reasoning_bp = reasoning_bp
         self.session = session
         self.book = book
         self.log = voucher_log
@@ -242,7 +263,7 @@ class Signer:
         self.stopped = None
         for lane in self.book.lanes:
             lane.errors = lane.pending = lane.lost = lane.lost_holds = 0
-            lane.closed = lane.allowance = lane.slack = lane.closed_weight = 0
+            lane.closed = lane.allowance = lane.slack = lane.closed_weight = lane.reasoning = 0
         return cleared
 
     def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
@@ -432,7 +453,12 @@ class Signer:
                 pending = max(pending, lane.live - lane.errors_from - lane.allowance)
             else:
                 pending += lane.closed_weight
-        return lane.lost + lane.lost_holds * max(1, lane.largest_hold) + pending
+        return lane.lost + lane.lost_holds * max(1, lane.largest_hold) + pending + self.unseen(lane)
+
+    def unseen(self, lane: Lane) -> int:
+        """What the lane's reported reasoning weighs in the stop rule: its units beyond
+        `reasoning_bp` of what the lane's checked answers cost, reasoning included."""
+        return max(0, lane.reasoning - self.reasoning_bp * (lane.verified + lane.reasoning) // BASIS_POINTS)
 
     def _told(self, lane: Lane, before: int) -> None:
         """A figure of the lane: `before`, its total before the request now answered. From
@@ -465,7 +491,7 @@ class Signer:
         lane_busy refusal, a request that never left, a stream whose cost alone was told):
         written, so a restart does not take it for a request in flight then (`recovery`)."""
         if lane.exact and self.stopped is None:
-            self.log.write_charged(self.session.session, lane.index, lane.charged, lane.verified)
+            self.log.write_charged(self.session.session, lane.index, lane.charged, lane.verified, lane.reasoning)
         else:
             self._save_errors(lane)
 
@@ -570,7 +596,7 @@ class Signer:
         if self.stopped is None:  # for recovery: what the gateway may not inflate on a restart
             # (and the checked units so far: this answer's own are added once it is checked,
             # so a restart may forget one answer's: the tolerance only smaller)
-            self.log.write_charged(self.session.session, lane.index, charged, lane.verified)
+            self.log.write_charged(self.session.session, lane.index, charged, lane.verified, lane.reasoning)
 
     def finish(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """Check a complete answer and update its lane; stops signing when it is beyond
@@ -644,7 +670,25 @@ class Signer:
         except AnswerRefused as exc:
             self.stop(str(exc), ticket.lane.index)
             return
-        ticket.lane.verified += cost
+        lane = ticket.lane
+        reasoning = 0
+        if usage.reasoning_tokens:  # its price is checked, its count cannot be (`REASONING_BP`)
+            seen = dataclasses.replace(usage, output_tokens=usage.output_tokens - usage.reasoning_tokens,
+                                       reasoning_tokens=0)  # fmt: skip
+            reasoning = cost - metering.usage_cost(ticket.rates, seen)
+        lane.verified += cost - reasoning
+        lane.reasoning += reasoning
+        if reasoning and lane.exact and self.stopped is None:  # on disk at once: a restart goes on from it
+            self.log.write_charged(self.session.session, lane.index, lane.charged, lane.verified, lane.reasoning)
+        if reasoning and self.weight(lane) > self._threshold(lane):
+            self.stop(
+                f"answers on lane {lane.index} reported reasoning this side cannot see of {lane.reasoning} units, "
+                f"above {self.reasoning_bp} basis points of the {lane.verified + lane.reasoning} its checked answers "
+                f"cost: with what answers without figures weigh, {self.weight(lane)}, more than "
+                f"{self.stop_after_errors - 1} of the lane's largest hold, {max(1, lane.largest_hold)}, and the "
+                f"{self.tolerated(lane)} tolerated",
+                lane.index,
+            )
 
     def _refusal(self, ticket: Ticket, status: int, headers: Mapping[str, str], content: bytes) -> None:
         """An error answer: the gateway may name the lane's total and its stored voucher
@@ -746,13 +790,46 @@ class Signer:
             self._release(ticket)
 
 
+USAGE_ASKED = ("/v1/chat/completions", "/v1/completions")  # OpenAI's streams: usage only when asked
+
+
+def asking_usage(path: str, body: dict[str, Any], raw: bytes) -> tuple[bytes, bool]:
+    """The bytes to send for a request, and whether its stream's usage is to be kept from its
+    client. An OpenAI-shaped stream (chat, completions) reports its usage only when asked
+    (`stream_options.include_usage`, read as the gateway reads it: any true value), and the
+    gateway drops the usage a client did not ask for; without it the stream's cost cannot be
+    checked, so a client's plain `stream=True` (the SDKs' default) stopped signing at its
+    first answer, honest or not. Such a request is sent asking for usage, and its client gets
+    the stream it asked for (`StreamWatch`): a client that did not ask may read `choices[0]`
+    of every chunk."""
+    options = body.get("stream_options")
+    if (
+        body.get("stream") is not True
+        or path not in USAGE_ASKED
+        or (isinstance(options, dict) and bool(options.get("include_usage")))
+    ):
+        return raw, False
+    asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return orjson.dumps({**body, "stream_options": asked}), True
+
+
 class StreamWatch:
     """Reads a stream's server-sent events as they pass, for the gateway's last-event
     `promptex` field (the exact cost), the usage the events report and the UTF-8 bytes of
     what the answer produced (its output tokens are checked against them, as a plain
-    answer's are: else a stream could report any output up to its hold, every time)."""
+    answer's are: else a stream could report any output up to its hold, every time).
 
-    def __init__(self) -> None:
+    `hide_usage`: the request asked for usage its client did not (`asking_usage`), and the
+    client gets what the gateway sends a client that asked none: `feed` passes on whole
+    lines; a usage chunk without choices is kept from it (choices `[]`, null or none: the
+    gateway's rule; before, only `[]` was, and a usage chunk without a `choices` key reached a
+    client reading `choices[0]`), `usage` is taken off a chunk with choices (an upstream
+    may report it on its finishing chunk), and the chunk that finishes the choice waits for
+    the next event, so the `promptex` cost field of the usage chunk kept back goes onto it
+    (before, such a client never got the field)."""
+
+    def __init__(self, hide_usage: bool = False) -> None:
+        self.hide_usage = hide_usage
         self._pending = b""
         self.cost: int | None = None
         self.lane_charged: int | None = None
@@ -762,32 +839,84 @@ class StreamWatch:
         self._usage: dict[str, Any] = {}
         self._produced = 0  # bytes of the chat and Messages events' produced parts, summed
         self._completed: int | None = None  # a Responses stream: its final output's bytes
+        # `hide_usage`: the finishing chunk waiting for the next event, the cost field of a
+        # usage chunk kept back not yet on a chunk, and whether the next blank line (the end
+        # of an event kept back or waiting) is left out.
+        self._held: dict[str, Any] | None = None
+        self._field: Any = None
+        self._skip_blank = False
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
+        """Read a chunk of the stream; returns what is passed on to the client (the chunk
+        itself, unless `hide_usage`)."""
         *lines, self._pending = (self._pending + chunk).split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                event = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                continue  # [DONE]
-            if isinstance(event, dict):
-                try:
-                    self._event(event)
-                except (TypeError, ValueError, AttributeError):
-                    # An event of another shape than its API's: passed on, not read (a cost
-                    # in it is not known, so the stream counts as one without its figures).
-                    log.warning("a stream event this side cannot read: %s", line[:200])
+        passed = [self._line(line) for line in lines]
+        return b"".join(passed) if self.hide_usage else chunk
 
-    def _event(self, event: dict[str, Any]) -> None:
-        self._count(event)
+    def rest(self) -> bytes:
+        """What is left to pass on once the stream ended (`hide_usage`: the finishing chunk
+        still waiting, and a last line without its newline)."""
+        return self._release() + self._pending if self.hide_usage else b""
+
+    def _release(self) -> bytes:
+        """The finishing chunk waiting, with the cost field kept back if one came, as an event."""
+        held, self._held = self._held, None
+        if held is None:
+            return b""
+        if self._field is not None:
+            held, self._field = {**held, PROMPTEX_FIELD: self._field}, None
+        return b"data: " + orjson.dumps(held) + b"\n\n"
+
+    def _line(self, raw: bytes) -> bytes:
+        """Read one line; what of it is passed on (`hide_usage`)."""
+        line, out = raw.strip(), raw + b"\n"
+        if not line:  # an event's end
+            skip, self._skip_blank = self._skip_blank, False
+            return b"" if skip else out
+        self._skip_blank = False
+        if not line.startswith(b"data:"):
+            return out
+        try:
+            event = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            return self._release() + out  # [DONE]
+        if not isinstance(event, dict):
+            return self._release() + out
+        # Kept from the client, so nothing in it counts as produced: what is not relayed is
+        # no room for output tokens (a usage chunk carrying a text under another key would
+        # otherwise pass for output its client never saw).
+        hidden = self.hide_usage and "usage" in event and not event.get("choices")
+        try:
+            self._event(event, counted=not hidden)
+        except (TypeError, ValueError, AttributeError):
+            # An event of another shape than its API's: passed on, not read (a cost
+            # in it is not known, so the stream counts as one without its figures).
+            log.warning("a stream event this side cannot read: %s", line[:200])
+            return self._release() + out
+        if not self.hide_usage:
+            return out
+        if hidden:
+            self._skip_blank = True
+            if event.get(PROMPTEX_FIELD) is not None:
+                self._field = event[PROMPTEX_FIELD]
+            return self._release() if self._held is not None else b""
+        if "usage" in event:  # on a chunk with choices: the client asked none
+            event = {k: v for k, v in event.items() if k != "usage"}
+            out = b"data: " + orjson.dumps(event) + b"\n"
+        released = self._release()
+        if finishes_choice(event):
+            self._held, self._skip_blank = event, True
+            return released
+        return released + out
+
+    def _event(self, event: dict[str, Any], counted: bool = True) -> None:
+        if counted:
+            self._count(event)
         for holder in (event, event.get("message"), event.get("response")):
             usage = holder.get("usage") if isinstance(holder, dict) else None
             if isinstance(usage, dict):
                 self._usage.update({k: v for k, v in usage.items() if v is not None})
-        extra = event.get("promptex")
+        extra = event.get(PROMPTEX_FIELD)
         if isinstance(extra, dict):
             cost, charged = units(extra.get("cost_units")), units(extra.get("lane_charged_units"))
             if cost is not None:

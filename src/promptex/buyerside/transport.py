@@ -22,7 +22,16 @@ from collections.abc import Iterator
 import httpx
 import orjson
 
-from promptex.buyerside.signer import Refused, Signer, StreamWatch, Ticket, broke, error_body, failed
+from promptex.buyerside.signer import (
+    Refused,
+    Signer,
+    StreamWatch,
+    Ticket,
+    asking_usage,
+    broke,
+    error_body,
+    failed,
+)
 from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.buyerside")
@@ -43,9 +52,9 @@ class _WatchedStream(httpx.SyncByteStream):
     """A streamed answer passed through while its events are read; the lane is settled
     when the stream ends or is closed."""
 
-    def __init__(self, signer: Signer, ticket: Ticket, response: httpx.Response) -> None:
+    def __init__(self, signer: Signer, ticket: Ticket, response: httpx.Response, hide_usage: bool) -> None:
         self.signer, self.ticket, self.response = signer, ticket, response
-        self.watch = StreamWatch()
+        self.watch = StreamWatch(hide_usage)
 
     def __iter__(self) -> Iterator[bytes]:
         # Decoded here, as its content-encoding says (the client gets them without it): what
@@ -54,13 +63,17 @@ class _WatchedStream(httpx.SyncByteStream):
         # it: read as the client's own close, the stream's charge weighed nothing.
         try:
             for chunk in self.response.iter_bytes():
-                self.watch.feed(chunk)
-                yield chunk
+                passed = self.watch.feed(chunk)
+                if passed:
+                    yield passed
         except Exception as exc:
             if broke(exc):
                 self.watch.broken = True
             raise
         self.watch.ended = True
+        rest = self.watch.rest()
+        if rest:
+            yield rest
 
     def close(self) -> None:
         try:
@@ -88,8 +101,13 @@ class PromptexSigningTransport(httpx.BaseTransport):
             return refusal(path, Refused(400, "invalid_request", "the request body is not JSON"))
         except Refused as refused:
             return refusal(path, refused)
+        content, hide_usage = asking_usage(path, body, raw)
+        if content is not raw:  # asking for the stream's usage (`asking_usage`)
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
+            request = httpx.Request(request.method, request.url, headers=headers, content=content,
+                                    extensions=request.extensions)  # fmt: skip
         while True:
-            response = self._send(request, ticket, body)
+            response = self._send(request, ticket, body, hide_usage)
             if not ticket.lane_busy:
                 return response
             # Refused lane_busy (it took nothing): sent again on another lane, if one is free.
@@ -98,7 +116,9 @@ class PromptexSigningTransport(httpx.BaseTransport):
             except Refused as refused:
                 return refusal(path, refused)
 
-    def _send(self, request: httpx.Request, ticket: Ticket, body: dict[str, object]) -> httpx.Response:
+    def _send(
+        self, request: httpx.Request, ticket: Ticket, body: dict[str, object], hide_usage: bool
+    ) -> httpx.Response:
         request.headers[VOUCHER_HEADER] = ticket.voucher.header()
         request.headers[ASSET_HEADER] = self.signer.session.asset_symbol  # the asset the voucher is in
         try:
@@ -112,7 +132,7 @@ class PromptexSigningTransport(httpx.BaseTransport):
             return httpx.Response(
                 response.status_code,
                 headers=headers,
-                stream=_WatchedStream(self.signer, ticket, response),
+                stream=_WatchedStream(self.signer, ticket, response, hide_usage),
                 extensions=response.extensions,
             )
         try:

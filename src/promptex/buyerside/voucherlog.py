@@ -77,6 +77,9 @@ class VoucherLog:
         # Per lane, the units of its answers checked exactly (the stop rule's tolerance is a
         # share of them), as the last `charged` record says (older logs: none).
         self.verified: dict[tuple[int, int], int] = {}
+        # Per lane, the units of its checked answers' reported reasoning (`Lane.reasoning`), as
+        # the last `charged` record says, until a resume (older logs: none).
+        self.reasoning: dict[tuple[int, int], int] = {}
         self.stopped: Stop | None = None  # the last stop not resumed since
         # Per lane, its answers without the lane's figures as `Signer` last counted them
         # (its stop rule): a restart goes on counting, else each restart would give a
@@ -108,6 +111,7 @@ class VoucherLog:
                 key = (int(record["session"]), int(record["lane"]))
                 self.answered[key] = int(record["charged"])
                 self.verified[key] = int(record.get("verified", self.verified.get(key, 0)))
+                self.reasoning[key] = int(record.get("reasoning", self.reasoning.get(key, 0)))
                 self.open.pop(key, None)
             elif record.get("t") == "stopped":
                 lane = record.get("lane")
@@ -118,6 +122,7 @@ class VoucherLog:
             elif record.get("t") == "resumed":
                 self.stopped = None
                 self.errors.clear()
+                self.reasoning.clear()
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -165,12 +170,14 @@ class VoucherLog:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
             self._remember(voucher, hold, base)
 
-    def write_charged(self, session: int, lane: int, charged: int, verified: int = 0) -> None:
+    def write_charged(self, session: int, lane: int, charged: int, verified: int = 0, reasoning: int = 0) -> None:
         """Record a lane's total as an answer told it, every voucher of the lane answered,
-        and the lane's units checked exactly so far (`verified`).
+        the lane's units checked exactly so far (`verified`) and its reported reasoning's.
         Not fsync'd (the next voucher's fsync carries it): losing it only leaves recovery to
         the gateway's word, as before; keeping it stops a gateway inflating a lane on restart."""
         record = {"t": "charged", "session": session, "lane": lane, "charged": str(charged), "verified": str(verified)}
+        if reasoning:
+            record["reasoning"] = str(reasoning)
         with self._lock:
             try:
                 os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
@@ -178,6 +185,7 @@ class VoucherLog:
                 return
             self.answered[(session, lane)] = charged
             self.verified[(session, lane)] = verified
+            self.reasoning[(session, lane)] = reasoning
             self.open.pop((session, lane), None)
 
     def write_stop(self, stop: Stop) -> None:
@@ -213,18 +221,23 @@ class VoucherLog:
 
     def resume(self, at: int) -> Stop | None:
         """Clear a recorded stop (the user looked at it), and the lanes' counts of answers
-        without figures with it; returns the stop cleared, if any."""
+        without figures and of reported reasoning with it; returns the stop cleared, if any."""
         with self._lock:
             cleared = self.stopped
-            if cleared is not None or self.errors:
+            if cleared is not None or self.errors or any(self.reasoning.values()):
                 self._append({"t": "resumed", "at": at})
                 self.stopped = None
                 self.errors.clear()
+                self.reasoning.clear()
             return cleared
 
     def charged(self, session: int, lane: int) -> int | None:
         """The lane's total as the last answer told it, if no voucher was signed since."""
         return self.answered.get((session, lane))
+
+    def reasoned(self, session: int, lane: int) -> int:
+        """The lane's units of reported reasoning, as last recorded (0: none since a resume)."""
+        return self.reasoning.get((session, lane), 0)
 
     def checked(self, session: int, lane: int) -> int:
         """The lane's units checked exactly, as last recorded (0: none, or an older log)."""

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from promptex.config import settings
+from promptex.files import write_whole
 from promptex.protocol.units import USDC_SYMBOL
 
 
@@ -62,12 +63,10 @@ def load_deployment(network: str, root: Path | None = None) -> Deployment:
 
 
 def save_deployment(deployment: Deployment, root: Path | None = None) -> Path:
-    """Write the record atomically: a crash never leaves a half-written file."""
+    """Write the record whole or not at all (`files.write_whole`): a crash never leaves a
+    half-written file."""
     path = deployment_path(deployment.network, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(deployment.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
+    write_whole(path, deployment.model_dump_json(indent=2) + "\n")
     return path
 
 

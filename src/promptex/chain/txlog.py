@@ -211,15 +211,26 @@ class SignedTxStore:
 
     def replace_tx(self, tx: StoredTx, noop: SignedTx, sender: str, now: int) -> int:
         """`tx` must never land: closed as dropped and, in the same database transaction,
-        the no-op signed for its nonce stored (before its broadcast); returns the no-op's id."""
+        the no-op signed for its nonce stored (before its broadcast); returns the no-op's id.
+        Once only: should another process have replaced it first (the agent's pass and
+        `promptex redeem` both finding a failed redemption's redeem orphaned), its no-op is
+        the one: its id is returned and no second one stored (two no-ops at one nonce, or,
+        signed alike, the log's unique hash refusing the second)."""
         with self._tx() as conn:
             return self._replace_tx(conn, tx.id, noop, sender, now)
 
     def _replace_tx(self, conn: Connection, tx_id: int, noop: SignedTx, sender: str, now: int) -> int:
         t = self.txs_table
-        conn.execute(
-            update(t).where(t.c.id == tx_id).values(status=DROPPED, block_number=None, block_hash=None, closed_at=now)
-        )
+        closed = conn.execute(
+            update(t)
+            .where(t.c.id == tx_id, t.c.status != DROPPED)
+            .values(status=DROPPED, block_number=None, block_hash=None, closed_at=now)
+        ).rowcount
+        if closed != 1:  # already dropped: replaced by another process, whose no-op stands
+            at = (t.c.purpose == NOOP, t.c.sender == sender, t.c.nonce == noop.nonce, t.c.id > tx_id)
+            first = conn.execute(select(t.c.id).where(*at).order_by(t.c.id).limit(1)).scalar()
+            if first is not None:
+                return int(first)
         return self._store_tx(conn, NOOP, noop, sender, now)
 
     def dropped_at(self, nonce: int, sender: str | None = None) -> list[StoredTx]:
@@ -326,7 +337,9 @@ def wait_for_other_keys(
     service would): its key's service may have died between storing and sending it, and
     the key be lost. Unless `resend` says no (the coordinator: a let-go batch's settle,
     which only its key's no-op may take the nonce of). One whose nonce another transaction
-    took is never mined: only its key's service can prove it dropped."""
+    took is never mined: its key's own service closes it dropped, and so may a service of
+    another key that reads that account's nonce past it (the coordinator's `_others_dropped`,
+    with the same grace); this function leaves it open."""
     open_ = store.others_open(chain.sender)
     if open_ is None:
         return  # the common case, without reading the head

@@ -42,7 +42,10 @@ def _set_environment(ctx: click.Context, values: dict[str, str]) -> None:
                 os.environ[name] = value
         settings.cache_clear()
 
-    ctx.call_on_close(restore)
+    # On the root context: a later option's parse error never closes this command's own
+    # context, and the values stayed in an in-process caller's environment (a test's next
+    # `promptex up` then gave its dashboard the walk's "x" as its node).
+    ctx.find_root().call_on_close(restore)
 
 
 def _use_rpc_url(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

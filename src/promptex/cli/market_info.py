@@ -8,7 +8,7 @@ import json
 
 import click
 
-from promptex.config import NO_MARKET, PROFILE_FILE, market_dir
+from promptex.config import NO_MARKET, PROFILE_FILE, REWRITE_PROFILE, market_dir
 
 
 def _recorded(name: str) -> dict[str, object]:
@@ -17,10 +17,11 @@ def _recorded(name: str) -> dict[str, object]:
         loaded = json.loads(path.read_text())
     except FileNotFoundError:
         raise click.ClickException(NO_MARKET) from None
-    except ValueError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from None
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise click.ClickException(f"cannot read {path} ({reason}): {REWRITE_PROFILE}") from None
     if not isinstance(loaded, dict):
-        raise click.ClickException(f"cannot read {path}: not an object")
+        raise click.ClickException(f"cannot read {path} (not an object): {REWRITE_PROFILE}")
     return loaded
 
 

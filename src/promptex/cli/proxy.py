@@ -105,6 +105,7 @@ def proxy(
     from promptex.cli.amounts import asset_units
     from promptex.metering import load_catalog
     from promptex.protocol.units import money
+    from promptex.serving import KEEP_ALIVE_SECONDS
 
     s = settings()
     path = grant_path(session_file)
@@ -130,6 +131,7 @@ def proxy(
                 lane_wait_seconds=s.proxy_lane_wait_seconds,
                 stop_after_errors=s.proxy_stop_after_errors,
                 tolerance_bp=s.proxy_stop_tolerance_bp,
+                reasoning_bp=s.proxy_reasoning_bp,
             )
     except (httpx.HTTPError, ValueError) as exc:
         raise click.ClickException(f"cannot open the session at {base}: {exc}") from None
@@ -166,4 +168,4 @@ def proxy(
         f") → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "
         f"ANTHROPIC_BASE_URL=http://{LOOPBACK}:{port}"
     )
-    uvicorn.run(app, host=LOOPBACK, port=port, log_config=None, access_log=False)
+    uvicorn.run(app, host=LOOPBACK, port=port, log_config=None, access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS)

@@ -48,11 +48,11 @@ def up_command(
 ) -> None:
     """Start the local market: anvil, deploy, seed, indexer, coordinator, fake upstreams, the
     gateway, a fake billing API, the redemption agent and the web dashboard (Ctrl-C stops it)."""
-    from promptex.config import settings
+    from promptex.config import market_dir
     from promptex.up import UpOptions, up
 
     options = UpOptions(
         rpc_url, chain_port, gateway_host, gateway_port, upstream_port, seed=not no_seed, billing_port=billing_port,
-        dashboard_port=dashboard_port, state_dir=state_dir or settings().up_state_dir, fresh=fresh, door_port=door_port,
+        dashboard_port=dashboard_port, state_dir=state_dir or market_dir(), fresh=fresh, door_port=door_port,
     )  # fmt: skip
     raise SystemExit(up(options))

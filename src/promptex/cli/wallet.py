@@ -29,6 +29,7 @@ from promptex.chain.deploy import contract_at, live_deployment
 from promptex.chain.deployments import Deployment
 from promptex.chain.dex import pool_at
 from promptex.cli.errors import readable_errors
+from promptex.cli.faucet import faucet
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
@@ -142,7 +143,10 @@ class Session:
 @click.group()
 def wallet() -> None:
     """Your balances, deposits, swaps, withdrawals, seller claims, buy-backs of unbacked
-    tokens and redemption grants (ape accounts)."""
+    tokens and redemption grants (ape accounts); test dollars on a local market (faucet)."""
+
+
+wallet.add_command(faucet)  # local markets' test dollars (cli/faucet.py)
 
 
 @dataclass

@@ -265,6 +265,8 @@ class Coordinator:
             # before `wait_for_other_keys` closes another key's open one without its batch,
             # and before anything is planned.
             self._landed_after_all()
+            # Another key's open transaction its account's nonce has passed unmined: dropped.
+            self._others_dropped()
             # Another key's transactions not yet final (a rotated key, a standby with its
             # own key): nothing is planned or sent, this key's receipts are not re-checked,
             # and the lease goes back so that key's coordinator can take it and finish them.
@@ -387,7 +389,8 @@ class Coordinator:
             # Another key's settle (a rotated key's batch a reorg reopened): its nonce is that
             # account's, never compared with this key's (it is not dropped because this key's
             # nonce passed it). Its bytes are sent again (anyone may), and it stays open
-            # until the chain serves its receipt (`txlog.wait_for_other_keys` closes it then).
+            # until the chain serves its receipt (`txlog.wait_for_other_keys` closes it then)
+            # or its own account's nonce passes it (`_others_dropped` closes it dropped).
             self._hold_lease()
             txlog.send_others(self.chain, tx)
             raise TxPending(f"{tx.purpose} tx {tx.tx_hash} of key {tx.sender} (nonce {tx.nonce})")
@@ -615,6 +618,39 @@ class Coordinator:
                     batch.asset, batch.epoch, tx.tx_hash, tx.nonce, tx.sender, tx.status,
                 )  # fmt: skip
                 self._reattach(self.store.batch(batch.id), receipt)
+
+    def _others_dropped(self) -> None:
+        """Another key's open transaction that the canonical chain has no receipt for while
+        its key's account nonce is past it (read from the chain: any key can read another
+        account's nonce) is closed dropped, as its own coordinator's `txlog.resolve_tx`
+        would close it (after the same grace for a node serving the nonce before the
+        receipt). Before, only its own key's coordinator could: the new key waited "some
+        not yet mined" for good once the old key was lost, its last settle lost by the
+        node and its nonce taken by a transaction outside the log (cbreak2: the old account
+        drained by whoever holds the leaked key, or a wallet's cancel of the stuck settle).
+        A dropped settle's batch then fails in `_finish_submitted` (its records back to
+        pending, kept as its members), as its own key's does: another key's failed batch,
+        whose records may be planned again at once at its epoch only (`_plannable`), and
+        which takes them back should its bytes land after all (`_landed_after_all`: a reorg
+        orphaning what took its nonce). A let-go batch's open settle is closed alike (its
+        batch stays failed, read by `_landed_after_all` while its nonce is not final)."""
+        others = self.store.others_open(self.chain.sender)
+        if not others:
+            return
+        nonces: dict[str, int] = {}
+        for tx in others:
+            sender = tx.sender or ""
+            if sender not in nonces:
+                nonces[sender] = self.chain.nonce_of(sender)
+            if nonces[sender] <= tx.nonce or self.chain.receipt(tx.tx_hash) is not None:
+                continue  # its nonce still free (sent again by `wait_for_other_keys`), or mined
+            if self.chain.wait(tx.tx_hash, min(self.tx_timeout, txlog.DROP_GRACE_SECONDS)) is not None:
+                continue  # mined after all: `wait_for_other_keys` closes it with its receipt
+            self.store.close_tx(tx.id, DROPPED, None, self.clock())
+            log.warning(
+                "%s tx %s (nonce %d) of key %s: that account's nonce went to another transaction; dropped",
+                tx.purpose, tx.tx_hash, tx.nonce, sender,
+            )  # fmt: skip
 
     def _let_go_settle(self, tx: StoredTx) -> Batch | None:
         """The failed batch of this key's open settle `tx`, if it was let go while the settle

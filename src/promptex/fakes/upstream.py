@@ -5,9 +5,12 @@ real counts of what was sent and produced (one token per whitespace-separated wo
 plus a few per message), so a test can compute the exact metered cost. Latency,
 errors and misbehaviour (answers longer than asked, streams that die midway) are
 injected by configuration, and so are a prompt cache and reasoning: up to
-`cache_read_tokens` of each prompt are reported as read from the cache; on the Messages
-API, a request that marks its prompt (`cache_control`) has up to `cache_write_tokens`
-more reported as written (`cache_write_1h_tokens` of them with a one-hour lifetime);
+`cache_read_tokens` of each prompt are reported as read from the cache; a request that
+marks its prompt (`cache_control`) has up to `cache_write_tokens` more reported as written
+(`cache_write_1h_tokens` of them with a one-hour lifetime) — on the Messages API as
+Anthropic reports them, on chat completions as LiteLLM shows an Anthropic model's
+(`prompt_tokens_details.cache_creation_tokens`, inside the prompt tokens), and with
+`cache_writes_unmarked` on every request, marked or not (a mistaken or lying upstream);
 OpenAI answers report `reasoning_tokens` of their completion tokens as reasoning (inside
 the completion tokens, as OpenAI counts them: the visible text is that much shorter).
 
@@ -53,6 +56,7 @@ class FakeUpstreamConfig:
     cache_read_tokens: int = 0  # of each prompt, reported as read from the cache
     cache_write_tokens: int = 0  # Messages API, prompts with cache_control: reported as written
     cache_write_1h_tokens: int = 0  # of those, with a one-hour lifetime
+    cache_writes_unmarked: bool = False  # report the writes for requests that marked nothing too
     reasoning_tokens: int = 0  # OpenAI: of each answer's completion tokens, reported as reasoning
     ignore_max_tokens: bool = False  # answer `output_tokens` whatever limit the request set
     die_after_chunks: int | None = None  # a stream breaks off (connection dropped) after this many words
@@ -154,13 +158,26 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if cfg.die_after_chunks is not None and i >= cfg.die_after_chunks:
             raise UpstreamDied(f"the fake upstream broke off after {i} words")
 
-    def openai_usage(prompt: int, out: int) -> tuple[dict[str, Any], int]:
+    def writes(prompt: int, read: int, body: dict[str, Any] | None) -> tuple[int, int]:
+        """The cache writes reported for a prompt (all of them, and of them an hour's)."""
+        marked = cfg.cache_writes_unmarked or (body is not None and b'"cache_control"' in orjson.dumps(body))
+        written = min(cfg.cache_write_tokens, prompt - read) if marked else 0
+        return written, min(cfg.cache_write_1h_tokens, written)
+
+    def openai_usage(prompt: int, out: int, body: dict[str, Any] | None = None) -> tuple[dict[str, Any], int]:
         """The usage of `prompt` tokens in and `out` out (reasoning included), and how many
         of `out` are visible text."""
         usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
         cached, reasoning = min(cfg.cache_read_tokens, prompt), min(cfg.reasoning_tokens, out)
-        if cached:
+        written, hour = writes(prompt, cached, body)
+        if cached or written:
             usage["prompt_tokens_details"] = {"cached_tokens": cached}
+        if written:
+            usage["prompt_tokens_details"].update(
+                cache_creation_tokens=written,
+                cache_creation_token_details={"ephemeral_5m_input_tokens": written - hour,
+                                              "ephemeral_1h_input_tokens": hour},
+            )  # fmt: skip
         if reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         return usage, out - reasoning
@@ -168,9 +185,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
     def anthropic_usage(prompt: int, body: dict[str, Any]) -> dict[str, Any]:
         """The input part of an Anthropic usage: `input_tokens` without the cache's."""
         read = min(cfg.cache_read_tokens, prompt)
-        marked = b'"cache_control"' in orjson.dumps(body)
-        written = min(cfg.cache_write_tokens, prompt - read) if marked else 0
-        hour = min(cfg.cache_write_1h_tokens, written)
+        written, hour = writes(prompt, read, body)
         usage: dict[str, Any] = {"input_tokens": prompt - read - written}
         if read or written:
             usage["cache_read_input_tokens"] = read
@@ -186,7 +201,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty array", False)
         prompt, total = chat_input_tokens(messages), n_out(body)
-        usage, out = openai_usage(prompt, total)
+        usage, out = openai_usage(prompt, total, body)
         model = str(body.get("model", "fake-model"))
         rid = "chatcmpl-" + hashlib.sha256(orjson.dumps(body)).hexdigest()[:16] + str(cfg.requests)
         if not body.get("stream"):

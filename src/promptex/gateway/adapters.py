@@ -10,10 +10,11 @@ its answer (and its usage) comes back in OpenAI's shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -49,16 +50,29 @@ def _count(value: Any) -> int:
 
 def openai_usage(usage: Any) -> TokenUsage | None:
     """An OpenAI `usage` object as counted: prompt tokens with their cached part, completion
-    tokens with their reasoning part (both already inside; never added again)."""
+    tokens with their reasoning part (both already inside; never added again), and the
+    prompt cache's writes inside the prompt tokens as LiteLLM shows an Anthropic model's
+    (and the gateway an Anthropic lot's, `openai_usage_json`):
+    `prompt_tokens_details.cache_creation_tokens`, the one-hour part in its
+    `cache_creation_token_details.ephemeral_1h_input_tokens`. One reading for the gateway's
+    metering (an OpenAI-compatible upstream's writes charged at the write rates, as an
+    Anthropic lot's) and the buyer's answer check (which bounds them by the request's marks)."""
     if not isinstance(usage, dict) or type(usage.get("prompt_tokens")) is not int:
         return None
     prompt = usage.get("prompt_tokens_details")
     completion = usage.get("completion_tokens_details")
     try:
+        writes = writes_1h = 0
+        if isinstance(prompt, dict):
+            writes = _count(prompt.get("cache_creation_tokens"))
+            split = prompt.get("cache_creation_token_details")
+            writes_1h = _count(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else 0
         return TokenUsage(
             _count(usage["prompt_tokens"]),
             _count(usage.get("completion_tokens")),
             cache_read_tokens=_count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
+            cache_write_tokens=writes,
+            cache_write_1h_tokens=writes_1h,
             reasoning_tokens=_count(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
         )
     except ValueError:
@@ -84,6 +98,47 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
         return None
 
 
+CACHE_CONTROL = "cache_control"
+
+
+def cache_marks(body: Any) -> tuple[bool, bool]:
+    """Whether a request body marks anything for the prompt cache (a `cache_control` object
+    at any depth: Anthropic's blocks, tools, system, or its top-level automatic caching), and
+    whether any mark asks an hour's lifetime (`"ttl": "1h"`)."""
+    marked = hour = False
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            mark = item.get(CACHE_CONTROL)
+            if isinstance(mark, dict):
+                marked = True
+                hour = hour or mark.get("ttl") == "1h"
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return marked, hour
+
+
+def within_marks(usage: TokenUsage, sent: Any) -> TokenUsage:
+    """`usage` as a request whose upstream body was `sent` can have used it: a provider writes
+    to its prompt cache only what a request marks (`cache_marks`), for an hour only what it
+    marks so. Writes reported beyond the marks (a mistaken or lying upstream, or a router
+    that adds marks of its own) are charged as what the request asked: unmarked, as plain
+    input; an hour's without an hour's mark, as five-minute writes. Before, the gateway
+    charged them at the write rates (up to 2x the input rate, capped only at the hold), and
+    only a buyer behind the signing proxy (which refuses such answers) was not overcharged.
+    The body is walked only when writes are reported."""
+    if not usage.cache_write_tokens:
+        return usage
+    marked, hour = cache_marks(sent)
+    if not marked:
+        return dataclasses.replace(usage, cache_write_tokens=0, cache_write_1h_tokens=0)
+    if usage.cache_write_1h_tokens and not hour:
+        return dataclasses.replace(usage, cache_write_1h_tokens=0)
+    return usage
+
+
 def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
     """`usage` as an OpenAI chat/completions `usage` object."""
     out: dict[str, Any] = {
@@ -93,9 +148,34 @@ def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
     }
     if usage.cache_read_tokens:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens}
+    if usage.cache_write_tokens:
+        # Inside the prompt tokens, as LiteLLM shows an Anthropic provider's cache writes on
+        # OpenAI's usage: without them the charge (writes priced above input) cannot be checked.
+        five, hour = usage.cache_write_5m_tokens, usage.cache_write_1h_tokens
+        out.setdefault("prompt_tokens_details", {"cached_tokens": 0}).update(
+            cache_creation_tokens=usage.cache_write_tokens,
+            cache_creation_token_details={"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour},
+        )
     if usage.reasoning_tokens:
         out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return out
+
+
+_PROMPT_CACHE_FIELDS = ("cached_tokens", "cache_creation_tokens", "cache_creation_token_details")
+
+
+def shown_openai_usage(reported: dict[str, Any], usage: TokenUsage) -> dict[str, Any]:
+    """An upstream's OpenAI `usage` object showing `usage` (what was charged) instead: its
+    counts and its cache's fields as charged (a cache write it reported and was not charged
+    for no longer shows), its other fields (e.g. audio or prediction tokens) kept."""
+    fresh = openai_usage_json(usage)
+    shown = {**reported, **fresh}
+    for name, replaced in (("prompt_tokens_details", _PROMPT_CACHE_FIELDS), ("completion_tokens_details", ())):
+        details = reported.get(name)
+        if isinstance(details, dict):
+            kept = {k: v for k, v in details.items() if k not in replaced}
+            shown[name] = {**kept, **fresh.get(name, {})}
+    return shown
 
 
 class StreamTranslator(Protocol):
@@ -119,7 +199,20 @@ class StreamTranslator(Protocol):
     def finish(self, charge: Charge | None) -> list[bytes]: ...
 
 
+@runtime_checkable
+class ShowsCharged(Protocol):
+    """A translator told the usage the gateway charged (`charged`, before `finish`): a stream
+    whose upstream reported no usage (or was cut short) is charged a floor of its own, and
+    the client that asked for usage gets that, on the event that carries the charge."""
+
+    def charged(self, usage: TokenUsage) -> None: ...
+
+
 class Adapter(Protocol):
+    """How one request is sent to a lot and read back: `call`, then `answer` or `translator`
+    (an adapter serves one request: its usage is read against the body `call` sent,
+    `within_marks`)."""
+
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall: ...
 
     def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]: ...
@@ -155,15 +248,18 @@ class ChatTranslation:
     """Base of the translators that turn chat completion chunks into another API's events
     (the Messages and Responses APIs served by chat completions): the inner translator
     (which always includes usage) meters; a subclass reads each chunk (`chunk`) and adds
-    the events that end the stream once it is metered (`end`), through `emit`."""
+    the events that end the stream once it is metered (`end`), through `emit` — also for a
+    stream cut short that was charged (`finished` False), so that its charge is shown."""
 
     def __init__(self, inner: StreamTranslator) -> None:
         self.inner = inner
         self._events: list[bytes] = []
+        self._charged: TokenUsage | None = None
 
     @property
     def usage(self) -> TokenUsage | None:
-        return self.inner.usage
+        """What the inner translator read; once metered (`charged`), what was charged."""
+        return self._charged if self._charged is not None else self.inner.usage
 
     @property
     def produced(self) -> int:
@@ -193,9 +289,12 @@ class ChatTranslation:
     def feed(self, line: str) -> list[bytes]:
         return self._read(self.inner.feed(line))
 
+    def charged(self, usage: TokenUsage) -> None:
+        self._charged = usage  # `end` shows it
+
     def finish(self, charge: Charge | None) -> list[bytes]:
         self._read(self.inner.finish(None))
-        if self.inner.finished:
+        if self.inner.finished or charge is not None:
             self.end(charge)
         return self._read([])
 
@@ -203,8 +302,12 @@ class ChatTranslation:
 # ─── OpenAI-compatible ───────────────────────────────────────────────────────
 
 
-def _finishes(chunk: dict[str, Any]) -> bool:
-    return any(isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ())
+def finishes_choice(chunk: dict[str, Any]) -> bool:
+    """Whether a chat chunk finishes its choice: for a client that asked no usage, the chunk
+    the gateway holds to the end and puts the cost field on (`OpenAIStream`); the buyer's
+    side reads the same chunk by this rule (`buyerside.signer.StreamWatch`)."""
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 class OpenAIStream:
@@ -213,13 +316,16 @@ class OpenAIStream:
     choice (the last with choices). Usage chunks the client did not ask for are dropped
     (the gateway asks the upstream for them, to meter exactly)."""
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool, sent: Any = None) -> None:
         self.include_usage = include_usage
-        self.usage: TokenUsage | None = None
+        self.sent = sent  # the body sent upstream (its cache marks bound the writes charged)
+        self.usage: TokenUsage | None = None  # as charged from what was reported (`within_marks`)
+        self._reported: TokenUsage | None = None  # as the upstream reported it
         self.produced = 0
         self.finished = False
         self._held: dict[str, Any] | None = None
         self._last: dict[str, Any] | None = None  # the last chunk with choices passed on
+        self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
 
     def feed(self, line: str) -> list[bytes]:
         if not line.startswith("data:"):
@@ -236,23 +342,43 @@ class OpenAIStream:
             return []
         usage = openai_usage(chunk.get("usage"))
         if usage is not None:
-            self.usage = usage
+            self._reported, self.usage = usage, within_marks(usage, self.sent)
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             if (isinstance(delta, dict) and delta.get("content")) or (isinstance(choice, dict) and choice.get("text")):
                 self.produced += 1
-        stripped = not self.include_usage and "usage" in chunk
+        # A usage the gateway did not count (unreadable: a count not a non-negative integer,
+        # a part beyond its whole) is not shown either: passed on, it reached clients and the
+        # signing proxy (which merges a stream's usage objects) beside the one charged, and
+        # made an honest charge look wrong.
+        uncounted = usage is None and chunk.get("usage") is not None
+        stripped = (not self.include_usage or uncounted) and "usage" in chunk
         if stripped:
             if not chunk.get("choices"):
                 return []
             del chunk["usage"]
         if chunk.get("choices"):
             self._last = chunk
-        if usage is not None if self.include_usage else _finishes(chunk):
-            out = self._release(None)
+        if usage is not None if self.include_usage else finishes_choice(chunk):
+            out = self._superseded() if self.include_usage else self._release(None)
             self._held = chunk
             return out
         return [sse(chunk) if stripped else b"data: " + data.encode() + b"\n\n"]
+
+    def charged(self, usage: TokenUsage) -> None:
+        self._charged = usage
+
+    def _superseded(self) -> list[bytes]:
+        """The usage chunk held, once a later one replaces it (an upstream that reported its
+        usage twice, or in parts): the gateway meters the last, and so the client sees only
+        that one — before, both reached it, and the signing proxy (which merges a stream's
+        usage objects) read fields of the first that the charge did not have. Its choices,
+        if it had any, are passed on."""
+        held, self._held = self._held, None
+        if held is None or not held.get("choices"):
+            return []
+        del held["usage"]
+        return [sse(held)]
 
     def _release(self, charge: Charge | None) -> list[bytes]:
         held, self._held = self._held, None
@@ -261,6 +387,18 @@ class OpenAIStream:
             choice = self._last["choices"][0]
             empty: dict[str, Any] = {"delta": {}} if isinstance(choice, dict) and "delta" in choice else {"text": ""}
             held = {**self._last, "choices": [{"index": 0, **empty, "finish_reason": None}]}
+        charged = self._charged
+        if self.include_usage and charge is not None and charged is not None and charged != self._reported:
+            # Charged other than reported: no usage chunk (an upstream that ignored
+            # stream_options, or broke off), cut short (its output counted as streamed), or
+            # cache writes beyond the request's marks (`within_marks`). The usage chunk shows
+            # what was charged, its cost on it as always.
+            if held is None and self._last is not None:
+                held = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
+                held["choices"] = []
+            if held is not None:
+                reported = held.get("usage")
+                held["usage"] = shown_openai_usage(reported if isinstance(reported, dict) else {}, charged)
         if held is None:
             return []
         if charge is not None:
@@ -272,10 +410,14 @@ class OpenAIStream:
 
 
 class OpenAIAdapter:
+    def __init__(self) -> None:
+        self.sent: Any = None  # the body `call` sent (`within_marks`)
+
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
         if body.get("stream"):
             options = body.get("stream_options")
             body = {**body, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+        self.sent = body
         return UpstreamCall(
             base_url.rstrip("/") + _OPENAI_PATHS[endpoint],
             {"authorization": f"Bearer {secret}", "content-type": "application/json"},
@@ -283,10 +425,16 @@ class OpenAIAdapter:
         )
 
     def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        return content, read_answer(content, openai_usage)[1]
+        body, reported = read_answer(content, openai_usage)
+        usage = within_marks(reported, self.sent)
+        if usage == reported:
+            return content, usage  # as sent (the common case: not parsed again)
+        # Charged other than reported: the answer shows what was charged, which the buyer
+        # (and the signing proxy) can check.
+        return orjson.dumps({**body, "usage": shown_openai_usage(body["usage"], usage)}), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
-        return OpenAIStream(include_usage)
+        return OpenAIStream(include_usage, self.sent)
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -337,10 +485,35 @@ def check_anthropic_translatable(endpoint: str, body: dict[str, Any]) -> None:
             )
 
 
+def _marked_parts(content: Any) -> bool:
+    """Whether a message's content parts mark any for the prompt cache."""
+    parts = content if isinstance(content, list) else []
+    return any(isinstance(p, dict) and isinstance(p.get(CACHE_CONTROL), dict) for p in parts)
+
+
+def _system_blocks(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A chat request's system messages as the Messages API's system text blocks, each part's
+    cache mark kept: joined into one string, a buyer's `cache_control` on a system part never
+    reached the Anthropic lot (no cache, none of its savings). Empty texts are left out
+    (Anthropic refuses an empty text block)."""
+    blocks: list[dict[str, Any]] = []
+    for message in chat:
+        if message.get("role") not in ("system", "developer"):
+            continue
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": _text(content)}]
+        for part in parts:
+            if isinstance(part, dict) and part.get("type") == "text" and part.get("text"):
+                mark = part.get(CACHE_CONTROL)
+                blocks.append({"type": "text", "text": str(part["text"]), **({CACHE_CONTROL: mark} if mark else {})})
+    return blocks
+
+
 def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
     # The gateway checks check_anthropic_translatable once, before the hold (service.py).
     if endpoint == EMBEDDINGS:
         raise bad_request("This model does not serve embeddings.", param="model")
+    marked = False  # a system message marks a part for the prompt cache
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
         text = prompt if isinstance(prompt, str) else "".join(map(str, prompt or []))
@@ -353,6 +526,7 @@ def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int)
             role = message.get("role")
             if role in ("system", "developer"):
                 system.append(_text(message.get("content")))
+                marked = marked or _marked_parts(message.get("content"))
             else:
                 messages.append(
                     {
@@ -366,7 +540,7 @@ def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int)
         "max_tokens": body.get("max_tokens") or body.get("max_completion_tokens") or default_max_tokens,
     }
     if system:
-        out["system"] = "\n\n".join(system)
+        out["system"] = _system_blocks(body["messages"]) if marked else "\n\n".join(system)
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
         if body.get(ours) is not None:
             out[theirs] = body[ours]
@@ -379,13 +553,15 @@ def anthropic_body(endpoint: str, body: dict[str, Any], default_max_tokens: int)
 
 
 class AnthropicStream:
-    def __init__(self, endpoint: str, model: str, include_usage: bool) -> None:
+    def __init__(self, endpoint: str, model: str, include_usage: bool, sent: Any = None) -> None:
         self.endpoint = endpoint
         self.include_usage = include_usage
+        self.sent = sent  # the body sent upstream (`within_marks`)
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
         self._reported: dict[str, Any] = {}  # Anthropic's usage numbers so far (each event may update some)
+        self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
         self._finish: str | None = None
         self._base: dict[str, Any] = {
             "id": "chatcmpl-anthropic",
@@ -432,13 +608,17 @@ class AnthropicStream:
             self.finished = True  # the finishing chunk (and the usage chunk) wait for the charge
         return []
 
+    def charged(self, usage: TokenUsage) -> None:
+        self._charged = usage
+
     def finish(self, charge: Charge | None) -> list[bytes]:
         if not self.finished:
             return []
         last = self._choice_chunk({}, "", self._finish or "stop")
         tail = [last]
-        if self.include_usage and self.usage is not None:
-            last = {**self._base, "choices": [], "usage": openai_usage_json(self.usage)}
+        usage = self._charged if charge is not None and self._charged is not None else self.usage
+        if self.include_usage and usage is not None:
+            last = {**self._base, "choices": [], "usage": openai_usage_json(usage)}
             tail.append(last)
         if charge is not None:
             last[FIELD] = charge.fields()
@@ -450,18 +630,22 @@ class AnthropicStream:
         if not isinstance(usage, dict):
             return
         self._reported.update({k: v for k, v in usage.items() if v is not None})
-        self.usage = anthropic_usage_of(self._reported) or self.usage
+        reported = anthropic_usage_of(self._reported)
+        self.usage = within_marks(reported, self.sent) if reported is not None else self.usage
 
 
 class AnthropicAdapter:
     def __init__(self, default_max_tokens: int = 4096) -> None:
         self.default_max_tokens = default_max_tokens
+        self.sent: Any = None  # the body `call` sent (`within_marks`)
 
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
-        return anthropic_call(base_url, secret, anthropic_body(endpoint, body, self.default_max_tokens))
+        self.sent = anthropic_body(endpoint, body, self.default_max_tokens)
+        return anthropic_call(base_url, secret, self.sent)
 
     def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        body, usage = read_answer(content, anthropic_usage_of)
+        body, reported = read_answer(content, anthropic_usage_of)
+        usage = within_marks(reported, self.sent)
         text = _text(body.get("content"))
         finish = _FINISH.get(str(body.get("stop_reason")), "stop")
         usage_body = openai_usage_json(usage)
@@ -475,7 +659,7 @@ class AnthropicAdapter:
         return orjson.dumps(out), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
-        return AnthropicStream(endpoint, model, include_usage)
+        return AnthropicStream(endpoint, model, include_usage, self.sent)
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}

@@ -37,10 +37,13 @@ def issue_key(
     payer: int | None = None,
     default_asset: str | None = None,
     budget: tuple[str, int] | None = None,
+    key: str | None = None,
 ) -> NewKey:
+    """A new API key for `account` (`key`: one made by `new_api_key` beforehand, whose hash
+    the caller recorded first; None: made here)."""
     if budget is not None and budget[1] < 0:
         raise ValueError("a key's budget cannot be negative")
-    key = new_api_key()
+    key = key or new_api_key()
     checked_budget = (asset_by_symbol(budget[0]).symbol, budget[1]) if budget else None
     record = store.add_api_key(
         hash_key(key),
@@ -113,6 +116,15 @@ def bind_wallet(
     (spend-only: it is a budget at the treasury, never a withdrawable balance). An org's
     wallet gets none: welcome credit is for people, and the treasury budgets users only."""
     account = ledger.bind_wallet(message, signature)
+    grant_welcome_credit(ledger, account, welcome_asset=welcome_asset, welcome_amount=welcome_amount, treasury=treasury)
+    return account
+
+
+def grant_welcome_credit(
+    ledger: Ledger, account: int, *, welcome_asset: str, welcome_amount: int, treasury: str
+) -> None:
+    """A user account's welcome credit, once (the grant is idempotent by its id): also for
+    one whose wallet was bound by a run cut off before the grant (`promptex.ready`)."""
     if welcome_amount > 0 and ledger.account(account).kind == AccountKind.USER:
         ledger.grant_promotional_credit(
             f"welcome:{account}",
@@ -121,4 +133,3 @@ def bind_wallet(
             welcome_amount,
             treasury=ledger.treasury(treasury).id,
         )
-    return account

@@ -150,13 +150,14 @@ def hold_ended(signed: dict[str, Any] | None = None) -> GatewayError:
     return error
 
 
-def ledger_unavailable() -> GatewayError:
-    """The ledger's database did not take this request's hold (unreachable within its connect
-    timeout, or failing): nothing was served or charged."""
+def ledger_unavailable(step: str = "hold") -> GatewayError:
+    """The ledger's database did not take this request's hold, or its charge (`step`
+    "settle": unreachable within its connect timeout, or failing): nothing was served or
+    charged, and a hold left behind is released by the ledger's sweep once it answers."""
+    what = "hold this request's funds" if step == "hold" else "charge this request's answer"
     return GatewayError(
         503,
-        "The gateway could not reach its ledger to hold this request's funds: it was not served and "
-        "nothing is charged; retry shortly.",
+        f"The gateway could not reach its ledger to {what}: it was not served and nothing is charged; retry shortly.",
         type="server_error",
         code="ledger_unavailable",
     )

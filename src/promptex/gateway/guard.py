@@ -9,8 +9,15 @@ httptools protocol with two guards:
   next request's first byte on a kept-alive connection) must be complete within
   `header_timeout` seconds, else the gateway answers 408 and closes the connection;
 - at most `per_address` open connections per client address (the socket's peer); more
-  are answered 429 and closed at once. A trusted proxy's own connections are not
+  are answered 429 at once and not counted. A trusted proxy's own connections are not
   counted: its clients are told apart by X-Forwarded-For, in `admission`.
+
+A refused connection is half-closed after its 429 (the client reads the answer and the
+end of it), and whatever the client sends is read and dropped until it closes, for at
+most `REFUSED_LINGER` seconds. Why not closed at once: an asyncio client (httpx's
+AsyncClient, under the SDKs' async clients) then writes its request to a closed socket,
+gets a reset, and drops the 429 it had already received: it saw a ReadError with no
+answer, every time, and retried as if the gateway had failed.
 
 The body has its own deadline, in the app (`Gateway.read`), where a 408 can be answered
 in the API's error shape; a request whose whole body came with its headers (nearly all)
@@ -32,6 +39,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from promptex.config import Settings
+from promptex.serving import KEEP_ALIVE_SECONDS
 
 _CLOSE = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
 
@@ -43,6 +51,7 @@ def _status(line: bytes, text: bytes) -> bytes:
 BODY_RECEIVED = "promptex.body_received"  # in a request's scope: its whole body is in memory
 HEADER_TIMEOUT = _status(b"408 Request Timeout", b"The request's headers did not arrive in time.")
 TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", b"Too many connections from this address.")
+REFUSED_LINGER = 1.0  # seconds a refused connection waits, half-closed, for its client to close
 
 
 class ConnectionGuard:
@@ -87,8 +96,14 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             super().connection_made(transport)
             address = self.client[0] if self.client else ""
             if not guard.enter(address):
+                self._refused = True
                 transport.write(TOO_MANY_CONNECTIONS)
-                transport.close()
+                if not transport.can_write_eof():
+                    transport.close()
+                    return
+                transport.write_eof()  # the client reads the 429 and the end; closed when it closes
+                linger = min(REFUSED_LINGER, guard.header_timeout)
+                self._deadline = self.loop.call_later(linger, transport.close)
                 return
             self._address = address
             self._arm()
@@ -101,8 +116,11 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         _reading_headers = False
+        _refused = False
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return  # a refused connection's request: read and dropped, never parsed
             super().data_received(data)
             if self._reading_headers:  # a request begun in this read whose headers are still to come
                 self._arm()
@@ -150,4 +168,5 @@ def uvicorn_options(settings: Settings, guard: ConnectionGuard) -> dict[str, Any
         "http": guarded_protocol(guard),
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or [],
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,  # longer than clients' pools keep one (promptex.serving)
     }

@@ -31,6 +31,7 @@ from promptex.gateway.adapters import (
     anthropic_call,
     anthropic_usage_of,
     read_answer,
+    within_marks,
 )
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
@@ -40,6 +41,9 @@ from promptex.metering import TokenUsage
 MESSAGES = "messages"
 IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
 TOOLS_TOKENS = 1_000  # the system prompt Anthropic adds when tools are given (~350)
+# Structured outputs (`output_config.format`, a JSON schema the answer must follow): the
+# schema reaches the model as input, in a system prompt of Anthropic's whose size it does not
+# publish; bounded as tools are, by the format's JSON bytes and a frame of TOOLS_TOKENS.
 # What a request may carry (the Messages API's parameters that are priced per token as the
 # catalog says); anything else, e.g. inference_geo (priced apart), mcp_servers, container,
 # answers 400 rather than being sent to a seller's account.
@@ -150,9 +154,16 @@ def validate_messages(body: dict[str, Any]) -> tuple[str, int, int | None]:
         if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
             raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'", "messages")
         images += _images(_blocks(message.get("content"), f"messages.{i}.content"), f"messages.{i}.content")
-    # Every byte of what is sent is at most a token; images and the tools' prompt on top.
-    sent = orjson.dumps([system, messages, tools, body.get("tool_choice")])
-    estimate = PER_REQUEST + len(sent) + IMAGE_TOKENS * images + (TOOLS_TOKENS if tools else 0)
+    config = body.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise _invalid("output_config: Input should be a valid dictionary", "output_config")
+    fmt = config.get("format") if config is not None else None
+    # Every byte of what is sent is at most a token; images, the tools' prompt and the output
+    # format's on top. (The format was left out: an honest structured-output request reported
+    # more input than the bound, so the hold was short and the signing proxy stopped.)
+    sent = orjson.dumps([system, messages, tools, body.get("tool_choice"), fmt])
+    frames = (TOOLS_TOKENS if tools else 0) + (TOOLS_TOKENS if fmt else 0)
+    estimate = PER_REQUEST + len(sent) + IMAGE_TOKENS * images + frames
     return model, estimate, max_tokens
 
 
@@ -182,6 +193,19 @@ def native_body(body: dict[str, Any], output: int) -> dict[str, Any]:
 # ─── Usage in Anthropic's words ──────────────────────────────────────────────
 
 
+def delta_usage_json(usage: TokenUsage) -> dict[str, Any]:
+    """`usage` whole, as a message_delta shows it when it replaces what the stream's
+    message_start reported (the counts there are totals that overwrite the start's; the
+    split of the cache writes too, so none reported at the start is left showing)."""
+    return {
+        **usage_json(usage),
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        },
+    }
+
+
 def usage_json(usage: TokenUsage) -> dict[str, Any]:
     out: dict[str, Any] = {
         "input_tokens": usage.uncached_input_tokens,
@@ -208,15 +232,23 @@ def frame(event: str, data: bytes) -> bytes:
 
 class NativeStream:
     """Anthropic's events as sent, reading usage from message_start and message_delta; the
-    message_delta (and the message_stop after it) wait for the charge."""
+    message_delta (and the message_stop after it) wait for the charge. Its usage shows what
+    was charged (`charged`, before `finish`) when that is not what the upstream reported: a
+    stream cut short (its output counted as streamed) or cache writes beyond the request's
+    marks (`within_marks`); a stream cut short before its message_delta gets one, carrying
+    the charge (before, no event carried it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sent: Any = None) -> None:
+        self.sent = sent  # the body sent upstream (`within_marks`)
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
         self._event = ""
         self._reported: dict[str, Any] = {}
+        self._reported_usage: TokenUsage | None = None
+        self._charged: TokenUsage | None = None
         self._held: list[tuple[str, dict[str, Any]]] = []
+        self._started = False  # a message_start was passed on
 
     def feed(self, line: str) -> list[bytes]:
         if line.startswith("event:"):
@@ -234,6 +266,7 @@ class NativeStream:
         kind = event.get("type")
         name = self._event or str(kind)
         if kind == "message_start":
+            self._started = True
             message = event.get("message")
             self._update(message.get("usage") if isinstance(message, dict) else None)
         elif kind == "content_block_delta":
@@ -250,16 +283,29 @@ class NativeStream:
     def _update(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self._reported.update({k: v for k, v in usage.items() if v is not None})
-            self.usage = anthropic_usage_of(self._reported) or self.usage
+            reported = anthropic_usage_of(self._reported)
+            if reported is not None:
+                self._reported_usage, self.usage = reported, within_marks(reported, self.sent)
+
+    def charged(self, usage: TokenUsage) -> None:
+        self._charged = usage
 
     def finish(self, charge: Charge | None) -> list[bytes]:
-        out = []
-        for name, event in self._held:
-            if charge is not None and event.get("type") == "message_delta":
-                event[FIELD] = charge.fields()
-            out.append(frame(name, orjson.dumps(event)))
-        self._held = []
-        return out
+        held, self._held = self._held, []
+        # The last message_delta carries the charge (and, if need be, the usage charged): its
+        # counts overwrite those of any before it, as the client and the signing proxy read them.
+        delta = next((event for _, event in reversed(held) if event.get("type") == "message_delta"), None)
+        if charge is not None and delta is None and self._started:
+            # Cut short before its message_delta (or an upstream that sent none): one carries
+            # the charge, with no stop reason when the message did not stop.
+            delta = {"type": "message_delta", "delta": {"stop_reason": None, "stop_sequence": None}}
+            held.insert(0, ("message_delta", delta))
+        if charge is not None and delta is not None:
+            charged = self._charged if self._charged is not None else self.usage
+            if charged is not None and (charged != self._reported_usage or "usage" not in delta):
+                delta["usage"] = delta_usage_json(charged)
+            delta[FIELD] = charge.fields()
+        return [frame(name, orjson.dumps(event)) for name, event in held]
 
 
 class NativeAdapter:
@@ -267,15 +313,22 @@ class NativeAdapter:
 
     def __init__(self, output: int) -> None:
         self.output = output
+        self.sent: Any = None  # the body `call` sent (`within_marks`)
 
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
-        return anthropic_call(base_url, secret, native_body(body, self.output))
+        self.sent = native_body(body, self.output)
+        return anthropic_call(base_url, secret, self.sent)
 
     def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        return content, read_answer(content, anthropic_usage_of)[1]
+        body, reported = read_answer(content, anthropic_usage_of)
+        usage = within_marks(reported, self.sent)
+        if usage == reported:
+            return content, usage  # as sent
+        # Charged other than reported: the answer shows what was charged.
+        return orjson.dumps({**body, "usage": {**body["usage"], **delta_usage_json(usage)}}), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
-        return NativeStream()
+        return NativeStream(self.sent)
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -363,17 +416,21 @@ class FromChatStream(ChatTranslation):
                 self._stop = _STOP.get(str(choice["finish_reason"]), "end_turn")
 
     def end(self, charge: Charge | None) -> None:
+        whole = self.finished  # else cut short: its charge shown, no stop reason, no message_stop
+        if not whole and not self._started:
+            return
         if self._block:
             self._event({"type": "content_block_stop", "index": 0})
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": self._stop, "stop_sequence": None},
+            "delta": {"stop_reason": self._stop if whole else None, "stop_sequence": None},
             "usage": usage_json(self.usage) if self.usage is not None else {"output_tokens": self.produced},
         }
         if charge is not None:
             delta[FIELD] = charge.fields()
         self._event(delta)
-        self._event({"type": "message_stop"})
+        if whole:
+            self._event({"type": "message_stop"})
 
 
 class ToChatAdapter:

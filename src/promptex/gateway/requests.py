@@ -10,12 +10,23 @@ from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError, bad_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+RESPONSES = "responses"  # OpenAI's Responses API (`gateway.responses`), served as chat messages
 # The input-token estimate behind every hold (upper bound: one token per UTF-8 byte),
 # shared by the chat, responses and messages fronts.
 PER_MESSAGE = 4  # tokens a message may cost beyond its text
 PER_REQUEST = 3  # tokens a request may cost beyond its messages
 MESSAGE_FLOOR = 3  # tokens a chat message costs at least beyond its words (OpenAI's format)
 LIMITS = ("max_tokens", "max_completion_tokens")  # the output limits a request may name
+# What a chat request's prompt holds beyond its messages' text, counted by the upstream as
+# input tokens: tool (function) definitions, the tool choice and a response format's JSON
+# schema, each rendered into the prompt (OpenAI: a TypeScript-like namespace, fewer tokens
+# than its JSON's bytes) — bounded by their JSON's bytes plus PROMPT_FIELDS_FRAME tokens
+# once (the rendering's headings); and a message's tool calls, function call, name or tool
+# call id, by their JSON's bytes. Left out, an honest tool-using request reported more input
+# than its bound, and the signing proxy, checking the same bound, stopped signing.
+PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
+PROMPT_FIELDS_FRAME = 64
+MESSAGE_TEXT = frozenset({"role", "content"})  # a message's fields counted apart (the role: PER_MESSAGE)
 
 
 def parse_body(raw: bytes, max_depth: int = 32) -> dict[str, Any]:
@@ -108,12 +119,15 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("Invalid 'messages': expected a non-empty array.", param="messages")
-        total = PER_REQUEST
+        fields = {name: body[name] for name in PROMPT_FIELDS if body.get(name) is not None}
+        total = PER_REQUEST + (len(orjson.dumps(fields)) + PROMPT_FIELDS_FRAME if fields else 0)
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str) or role not in ROLES:
                 raise bad_request(f"Invalid 'messages[{i}]': expected an object with a valid role.", "messages")
             total += PER_MESSAGE + _text_bytes(message.get("content"), f"messages[{i}].content")
+            rest = {k: v for k, v in message.items() if k not in MESSAGE_TEXT and v is not None}
+            total += len(orjson.dumps(rest)) if rest else 0
         return model, total, limit
     if endpoint == COMPLETIONS:
         prompt = body.get("prompt")
@@ -154,9 +168,17 @@ def prompt_floor(endpoint: str, body: dict[str, Any]) -> int:
     input when the upstream reported no usage (an OpenAI-style stream reports it only at
     its end). Every whitespace-separated word is at least one token for the BPE
     tokenizers providers use (none spans a space), and every chat message costs at least
-    MESSAGE_FLOOR more: never more than the upstream itself counted."""
+    MESSAGE_FLOOR more: never more than the upstream itself counted. A Responses request is
+    sent as chat messages (its instructions, then its input items), and counted as those."""
     messages = body.get("messages")
-    if isinstance(messages, list):  # chat completions, Anthropic's Messages API
-        system = _words(body.get("system"))
+    if endpoint == RESPONSES:
+        # Before, its input's words only (an input of items: 0): the charge of a stream whose
+        # upstream reported no usage showed fewer input tokens than the signing proxy's
+        # floor for the same request, and signing stopped for an honest answer.
+        given, instructions = body.get("input"), body.get("instructions")
+        items = [{"content": given}] if isinstance(given, str) else given if isinstance(given, list) else []
+        messages = [{"content": instructions}, *items] if isinstance(instructions, str) else items
+    if isinstance(messages, list):  # chat completions, Anthropic's Messages API, Responses
+        system = _words(body.get("system")) if endpoint != RESPONSES else 0
         return system + sum(MESSAGE_FLOOR + _words(m.get("content")) for m in messages if isinstance(m, dict))
     return _words(body.get("prompt" if endpoint == COMPLETIONS else "input"))

@@ -21,12 +21,13 @@ from promptex.gateway.adapters import CHAT, Adapter, ChatTranslation, StreamTran
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_MESSAGE, PER_REQUEST
+from promptex.gateway.requests import RESPONSES as RESPONSES  # named where the prompt floor reads it
 from promptex.metering import TokenUsage
 
-RESPONSES = "responses"
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
 _STATEFUL = ("previous_response_id", "conversation", "background", "prompt")
+CUT_SHORT = "The upstream stream ended before its answer was complete; charged for what it streamed."
 
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
@@ -247,14 +248,18 @@ class FromChatStream(ChatTranslation):
             return
         self._open()
         _finish(self.response, self._finish_reason, self.usage)
+        if not self.finished:  # cut short (the upstream broke off), charged what it streamed
+            self.response["status"] = "failed"
+            self.response["error"] = {"code": "server_error", "message": CUT_SHORT}
         text = "".join(self._text)
         where = {"item_id": self.item_id, "output_index": 0}
         self._event("response.output_text.done", **where, content_index=0, text=text, logprobs=[])
-        item = _output_message(self.item_id, text, self.response["status"])
+        status = self.response["status"]
+        item = _output_message(self.item_id, text, "incomplete" if status == "failed" else status)
         self._event("response.content_part.done", **where, content_index=0, part=item["content"][0])
         self._event("response.output_item.done", output_index=0, item=item)
         self.response["output"] = [item]
-        kind = "response.completed" if self.response["status"] == "completed" else "response.incomplete"
+        kind = {"completed": "response.completed", "failed": "response.failed"}.get(status, "response.incomplete")
         fields = {FIELD: charge.fields()} if charge is not None else {}
         self._event(kind, response=self.response, **fields)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import secrets
@@ -36,14 +37,14 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import ConfigurationError, Settings
 from promptex.gateway import errors, fronts, limits, vouchers
-from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, StreamTranslator
+from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, ShowsCharged, StreamTranslator
 from promptex.gateway.admission import Admission
 from promptex.gateway.charges import Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
@@ -66,7 +67,6 @@ from promptex.ledger import (
     BudgetExceeded,
     ExtraTake,
     Hold,
-    HoldNotFound,
     HoldOrphaned,
     InsufficientFunds,
     Ledger,
@@ -256,10 +256,8 @@ class Gateway:
         self.shed = 0  # requests refused for overload
         self.inflight = 0
         self.holding: dict[str, int] = {}  # request id → when its hold expires, for requests in flight
-        # Reserves answered 503 ledger_unavailable: a hold may exist all the same (its COMMIT's
-        # outcome unknown); the next `maintain_holds` releases it, nothing charged.
-        self.abandoned: set[str] = set()
         self.streams: dict[str, MeteredStream] = {}  # request id → its stream, while it is read
+        self.plains: dict[str, Callable[[], object]] = {}  # request id → what cuts its upstream call, while it runs
         self.sweeper = Sweeper(ledger, interval=settings.gateway_sweep_seconds)
         self.overloaded = False  # set by `watch_load`
         # An expired hold's late answer is settled until its horizon: the request deadline
@@ -662,9 +660,9 @@ class Gateway:
             if priced.voucher is not None:
                 self.ledger.vouchers.plan(request_id, None)
 
-    def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord) -> Hold:
+    def _settle(self, key: ApiKey, request_id: str, cost: int, record: UsageRecord, served: bool = False) -> Hold:
         self.holding.pop(request_id, None)
-        return self.ledger.holds.settle(request_id, cost, record=record)
+        return self.ledger.holds.settle(request_id, cost, record=record, served=served)
 
     def _release(self, key: ApiKey, request_id: str, amount: int) -> None:
         self.holding.pop(request_id, None)
@@ -686,9 +684,8 @@ class Gateway:
             raise await self._lane_refused(key, priced, exc) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
             raise self._refused(priced, exc) from None
-        except LedgerUnavailable as exc:
+        except LedgerUnavailable as exc:  # a hold made all the same is the ledger's to release (`Holds.end_dead`)
             log.warning("a reserve failed, the ledger unreachable: %s", exc)
-            self.abandoned.add(request_id)
             raise errors.ledger_unavailable() from None
         priced.hold_seconds = time.perf_counter() - began
         priced.lot_id = hold.lot_id
@@ -740,10 +737,15 @@ class Gateway:
         refusal.headers[AFFORDABLE_HEADER] = str(most)
         return refusal
 
-    async def finish(self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> Charge:
+    async def finish(
+        self, key: ApiKey, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage, *, streamed: bool = False
+    ) -> Charge:
         """Settle the hold at the metered cost; the usage record (which lot served, at what
         list value: the lot's usage, with its cached and reasoning tokens) is written in the
-        same ledger transaction, for the coordinator."""
+        same ledger transaction, for the coordinator. `streamed`: the client has the answer
+        already (a stream, metered as it ends): a settle that cannot reach the database
+        but had committed stays charged (a plain request's is given back: it is answered
+        503, "nothing is charged")."""
         # Never beyond the hold (and so the voucher): it is the bound the buyer agreed to. An
         # upstream that answers past the output limit sent, or reports more input than the
         # body can hold (a seller's own endpoint may), costs the buyer nothing more; the
@@ -776,11 +778,14 @@ class Gateway:
             )
         began = time.perf_counter()
         try:
-            hold: Hold = await self._money(key, self._settle, request_id, cost, record)
+            hold: Hold = await self._money(key, self._settle, request_id, cost, record, streamed)
         except limits.LateAnswerRefused:  # metered past its horizon (this process stalled): not served
             raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
         except HoldOrphaned:  # a sweeper found this process's ledger lock free and ended the hold
             raise errors.hold_ended(priced.lane_state()) from None
+        except LedgerUnavailable as exc:  # not served; a hold it left active is released by the ledger's sweep
+            log.warning("a settle failed, the ledger unreachable: %s", exc)
+            raise errors.ledger_unavailable("settle") from None
         priced.settle_seconds = time.perf_counter() - began
         self.registry.used(lot, usd)
         charged = cost if hold.charged is None else hold.charged
@@ -790,7 +795,10 @@ class Gateway:
         return self.charge(request_id, priced.asset, charged, lot, signed)
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
-        await self._money(key, self._release, request_id, priced.hold)
+        try:
+            await self._money(key, self._release, request_id, priced.hold)
+        except LedgerUnavailable as exc:  # the ledger's own sweep releases it once it answers (`Holds.end_dead`)
+            log.warning("a release failed, the ledger unreachable: %s", exc)
 
     def human(self, asset: str, units: int) -> str:
         """An amount for the people who read error messages: whole units, and a provider
@@ -828,18 +836,25 @@ class Gateway:
         """One request. Its key is checked and its whole body read (within the body
         timeout) before it takes one of the process's slots: a slow client holds only its
         own key's and address's share (`admission`, counted by the caller). `digest`: the
-        presented key's hash ("" for none), if the caller has it."""
-        key = await self.authenticate(request, endpoint, digest)
-        raw = await self.read(request)
-        if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
-            self.shed += 1
-            raise errors.busy("The gateway is at capacity; retry shortly.")
-        self.inflight += 1
-        start = time.perf_counter()
+        presented key's hash ("" for none), if the caller has it. A database it cannot reach
+        at a step the hold's own paths do not map (the key's lookup, a lane's read) is a 503
+        `ledger_unavailable`, as theirs are, never a 500: a hold made before is released on
+        `_serve`'s way out (or by the ledger's own sweep), nothing charged."""
         try:
-            return await self._serve(endpoint, request, request_id, key, raw, start)
-        finally:
-            self.inflight -= 1
+            key = await self.authenticate(request, endpoint, digest)
+            raw = await self.read(request)
+            if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
+                self.shed += 1
+                raise errors.busy("The gateway is at capacity; retry shortly.")
+            self.inflight += 1
+            start = time.perf_counter()
+            try:
+                return await self._serve(endpoint, request, request_id, key, raw, start)
+            finally:
+                self.inflight -= 1
+        except OperationalError as exc:
+            log.warning("a request failed, the ledger unreachable: %s", type(exc.orig).__name__)
+            raise errors.ledger_unavailable() from None
 
     async def read(self, request: Request) -> bytes:
         """The whole body, or 408 (and the connection closed) if it takes longer than the body
@@ -894,7 +909,10 @@ class Gateway:
             )
             response.raw_headers.append((b"server-timing", timing.encode()))
             return response
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, GatewayError) and exc.code == "ledger_unavailable":
+                self.holding.pop(request_id, None)  # given up: the ledger's own sweep releases the hold,
+                raise  # not one more connect timeout here
             with anyio.CancelScope(shield=True):
                 await self.release(key, priced, request_id)
             raise
@@ -941,6 +959,8 @@ class Gateway:
             moved = await self._thread(self.ledger.holds.move, request_id, LotClaim(lot.id, priced.capacity))
         except HoldOrphaned:
             raise errors.hold_ended(priced.lane_state()) from None
+        except LedgerUnavailable:
+            raise errors.ledger_unavailable("settle") from None
         if moved is None:
             return False
         priced.lot_id = lot.id
@@ -958,10 +978,14 @@ class Gateway:
             call = adapter.call(endpoint, body, lot.base_url, lot.secret)
             lot.inflight += 1
             began = time.perf_counter()
+            cut = anyio.CancelScope()  # `cut_orphaned`: its hold was ended under it
+            loop = asyncio.get_running_loop()
+            self.plains[request_id] = functools.partial(loop.call_soon_threadsafe, cut.cancel)
             try:
-                async with asyncio.timeout_at(priced.deadline):
-                    answer = await self.client.post(call.url, call.headers, call.content)
-                    await answer.read()
+                with cut:
+                    async with asyncio.timeout_at(priced.deadline):
+                        answer = await self.client.post(call.url, call.headers, call.content)
+                        await answer.read()
             except UpstreamTimeout:
                 self._failed(lot, "timeout", failures)
                 continue
@@ -972,6 +996,12 @@ class Gateway:
                 raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
             finally:
                 lot.inflight -= 1
+                self.plains.pop(request_id, None)
+            if cut.cancelled_caught:  # its answer would be refused: not waited for
+                log.warning(
+                    "request %s cut: its hold was ended under it (this process's ledger lock was lost)", request_id
+                )
+                raise errors.hold_ended(priced.lane_state())
             priced.upstream_seconds = elapsed = time.perf_counter() - began
             status = answer.status_code
             if status in FAILOVER_STATUSES or status >= 500:
@@ -1053,7 +1083,9 @@ class Gateway:
                 usage = dataclasses.replace(
                     usage, input_tokens=usage.input_tokens or stream.priced.prompt_floor, output_tokens=out
                 )
-        return await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage)
+        if isinstance(tr, ShowsCharged):  # its usage event shows what is charged, not what was reported
+            tr.charged(usage)
+        return await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage, streamed=True)
 
     # ─── Holds in flight, and the sweeper ────────────────────────────────────
 
@@ -1071,48 +1103,28 @@ class Gateway:
             for rid in due:
                 if rid in self.holding:
                     self.holding[rid] = now + ttl
-        self.release_abandoned()
         limits.trim(self.ledger.engine, now)
         swept = self.sweeper.run_once()
         self.cut_orphaned_streams()
         return swept
 
-    def release_abandoned(self) -> int:
-        """Release the holds of reserves answered 503 ledger_unavailable (`abandoned`): one
-        whose transaction failed at its COMMIT may have been made all the same, and nothing
-        else would end it before its lifetime — its funds, lot capacity and signed lane (409
-        lane_busy) held for `gateway_hold_ttl_seconds`. None was made: nothing to do. With
-        the database still unreachable the pass stops at the first failure and the next tries
-        again. Blocking; returns how many holds it found (released now, or ended before)."""
-        released = 0
-        for request_id in list(self.abandoned):
-            try:
-                hold = self.ledger.holds.release(request_id)
-            except HoldNotFound:  # the reserve made none: the usual case
-                hold = None
-            except Exception as exc:  # the database still unreachable: the next pass tries them again
-                log.warning("releasing the hold of %s (its reserve failed) failed: %s", request_id, type(exc).__name__)
-                break  # (not one connect timeout per request id)
-            self.abandoned.discard(request_id)
-            if hold is not None:  # it was made: released now (or ended before, by a sweep)
-                released += 1
-                log.warning("released the hold of %s, whose reserve was answered ledger_unavailable", request_id)
-        return released
-
     def cut_orphaned_streams(self) -> int:
-        """Cut at once the streams whose hold another process's sweeper ended as orphaned
+        """Cut at once the streams — and plain requests' upstream calls (answered 503
+        hold_ended at once) — whose hold another process's sweeper ended as orphaned
         (PostgreSQL: it found this process's lock free — a database restart, a cut lock
         connection): their settle will be refused, so what they would still stream (for
         minutes, maybe) is served for nothing. Read after this pass's own sweep, which first
         registers this process again, taking along its holds no one has ended. A cut stream
         ends as a refused one does (no charge event, no [DONE]). Blocking (a ledger read,
         PostgreSQL only, while streams are in flight); returns how many were cut."""
-        streams = dict(self.streams)
-        if not streams:
+        cuts: dict[str, Callable[[], object]] = {rid: stream.cut for rid, stream in list(self.streams.items())}
+        cuts.update(list(self.plains.items()))
+        if not cuts:
             return 0
-        ended = self.ledger.holds.orphaned(list(streams))
+        ended = self.ledger.holds.orphaned(list(cuts))
         for request_id in ended:
-            streams[request_id].cut()
+            with contextlib.suppress(RuntimeError):  # its loop closed: the request is over
+                cuts[request_id]()
         return len(ended)
 
     async def keep_holds(self) -> None:

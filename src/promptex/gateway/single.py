@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from promptex.config import ConfigurationError
+from promptex.files import lock_exclusively
 from promptex.ledger.db import sqlite_path
 
 LOCK_SUFFIX = ".gateway-lock"
@@ -52,19 +53,13 @@ def claim(url: str) -> Path | None:
             _held[path] = (held[0], held[1] + 1)
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = _pid(fd)
-            os.close(fd)
-            who = f"another gateway process (pid {other})" if other else "another gateway process"
+        fd, holder = lock_exclusively(path, f"{os.getpid()}")
+        if fd is None:
+            who = f"another gateway process (pid {holder})" if holder.isdigit() else "another gateway process"
             raise ConfigurationError(
                 f"{who} serves the SQLite ledger {database}; SQLite takes one gateway process per file: "
                 "stop it, or run several on PostgreSQL (PROMPTEX_LEDGER_URL=postgresql://…)"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            )
         _held[path] = (fd, 1)
     return path
 
@@ -111,11 +106,3 @@ def release(path: Path | None) -> None:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def _pid(fd: int) -> int | None:
-    try:
-        text = os.pread(fd, 32, 0).decode().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None

@@ -37,7 +37,7 @@ from promptex.ledger.schema import (
     journal_entries,
     journal_lines,
 )
-from promptex.ledger.wallets import account_for_address, bound_account
+from promptex.ledger.wallets import account_for_address, bound_account, governed_account
 
 
 def _check_event(event_id: str, amount: int) -> None:
@@ -385,10 +385,17 @@ class ChainBatch:
         """The chain registered (or revoked: `remaining` 0) a spend cap: make it the remaining
         cap of the account the address's funds belong to. An unbound address's cap waits on
         its unclaimed account, and binding the address carries it over (`wallets._claim`): a
-        wallet that set its cap before proving itself to an account can spend under it."""
+        wallet that set its cap before proving itself to an account can spend under it.
+
+        Only the cap of the wallet settlements debit (`first_bound`) is its account's: the
+        vault checks that wallet's cap alone. Another bound wallet's cap waits on its own
+        unclaimed account (`wallets.governed_account`). Before, it
+        became the account's: the gateway served under a cap the vault never applies, the
+        batch debiting the first wallet was refused beyond its own, and the records were
+        quarantined, then refunded a day later: the seller unpaid (pgbind s14)."""
         if remaining < 0:
             raise ValueError("a spend cap cannot be negative")
-        account = account_for_address(self.conn, address, self.now)
+        account = governed_account(self.conn, address, self.now)
         previous = _accounts.balance(self.conn, account, asset).cap_remaining
         row = {
             "event_id": event_id,

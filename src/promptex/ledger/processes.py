@@ -19,7 +19,9 @@ upstream call), unlike an expired one's, and a process whose lock connection is 
 registers again, under a new id, before its next reserve (a lost connection is seen as its
 socket turning readable: the server's goodbye, or end of file; client keepalives find a
 silent cut), and takes its holds still active under the old id along (those a sweeper has
-not ended first: either way each hold is ended or kept, never both). The lock is a
+not ended first: either way each hold is ended or kept, never both); the new registration
+also keeps the lost id's lock, so a reserve that read the old id and commits after it is
+never ended by a sweep before its hold moves under the new id. The lock is a
 session lock: the ledger must not be reached through a transaction-pooling proxy
 (pgbouncer in transaction mode), where a session is not a connection. The lock session
 turns `idle_session_timeout` off for itself (a server or role may set it: the session is
@@ -52,6 +54,9 @@ _PAST_IDS = """SELECT setval(pg_get_serial_sequence('ledger_processes', 'id'), G
     (SELECT coalesce(max(process_id), 0) FROM holds WHERE status = 'active'),
     nextval(pg_get_serial_sequence('ledger_processes', 'id'))))"""
 _NAMED = "SELECT 1 FROM holds WHERE status = 'active' AND process_id = %s LIMIT 1"
+_TRY_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
+_ATTEMPTS = 5  # ids tried by one registration whose lock another session holds
+LOST_LOCK_WAIT = 2.0  # seconds a registration waits for its lost id's lock (`_keep_lost`)
 _KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 
 
@@ -70,6 +75,7 @@ class ProcessLock:
         self._mutex = threading.Lock()
         self.started = 0  # registrations begun (`moved_on`)
         self.failures = 0  # registrations that could not reach the database
+        self.kept: tuple[int, ...] = ()  # a lost id whose lock the lock session holds too (`_keep_lost`)
 
     def current(self) -> int:
         """This process's id, registering (again) first if it has none or its lock
@@ -171,11 +177,31 @@ class ProcessLock:
                 conn.execute(_PAST_IDS)
                 row = conn.execute(_REGISTER, args).fetchone()
             assert row is not None
-            process = int(row[0])
             # Taken before the row is visible: no one ever sees a row whose lock is free
-            # while its process lives.
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, process))
+            # while its process lives. Held by another session already (a live process
+            # keeping a lost id of its own, below, its row gone and the sequence gone back):
+            # on past it, never waiting for it.
+            for _ in range(_ATTEMPTS):
+                taken = conn.execute(_TRY_LOCK, (LOCK_SPACE, row[0])).fetchone()
+                if taken is not None and taken[0]:
+                    break
+                conn.execute("DELETE FROM ledger_processes WHERE id = %s", (row[0],))
+                conn.execute(_PAST_IDS)
+                row = conn.execute(_REGISTER, args).fetchone()
+                assert row is not None
+            else:
+                raise LedgerUnavailable(f"no free process id after {_ATTEMPTS} tries")
+            process = int(row[0])
             adopted = 0
+            kept: tuple[int, ...] = ()
+            if old is not None and self._keep_lost(conn, old):
+                kept = (old,)
+                # The lost id's lock is this session's too, for as long as it lives: a
+                # reserve that read the old id before the loss and commits after this
+                # registration (its hold under the old id until `PostgresHolds._follow`
+                # moves it) is never ended by another process's sweep meanwhile. Its row
+                # goes: this process is registered under the new id.
+                conn.execute("DELETE FROM ledger_processes WHERE id = %s", (old,))
             if old is not None:
                 # This process's holds still active under its lost id, now under the new one's
                 # lock: a sweeper that took the old lock first has made them orphaned already
@@ -188,7 +214,7 @@ class ProcessLock:
             with contextlib.suppress(Exception):
                 conn.close()
             raise
-        self._conn, self._id, self._pid, self._previous = conn, process, os.getpid(), None
+        self._conn, self._id, self._pid, self._previous, self.kept = conn, process, os.getpid(), None, kept
         self.registrations += 1
         if old is not None:
             log.warning(
@@ -196,8 +222,26 @@ class ProcessLock:
                 old, process, adopted,
             )  # fmt: skip
 
+    @staticmethod
+    def _keep_lost(conn: Any, old: int) -> bool:
+        """Take the lost id's lock in this (registering) transaction's session, waiting at
+        most `LOST_LOCK_WAIT` for a sweeper that holds it now (it commits the holds it ended
+        and lets go); False if it is still held then (a sequence gone back gave the id to
+        another live process): not kept, nothing waits on it."""
+        import psycopg
+
+        try:
+            with conn.transaction():  # a savepoint: its lock_timeout ends with it
+                conn.execute(f"SET LOCAL lock_timeout = '{int(LOST_LOCK_WAIT * 1000)}ms'")
+                conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_SPACE, old))
+                conn.execute("SET LOCAL lock_timeout = 0")
+        except psycopg.errors.LockNotAvailable:
+            log.warning("the lost process id %d's lock is held elsewhere: not kept", old)
+            return False
+        return True
+
     def _drop(self) -> None:
-        conn, self._conn, self._id = self._conn, None, None
+        conn, self._conn, self._id, self.kept = self._conn, None, None, ()
         if conn is not None and self._pid == os.getpid():  # never a forked parent's connection
             with contextlib.suppress(Exception):
                 conn.close()

@@ -149,8 +149,9 @@ wallets = Table(
     metadata,
     Column("address", String(ADDRESS), primary_key=True),
     Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
-    Column("bound_at", BigInteger, nullable=False),
+    Column("bound_at", BigInteger, nullable=False),  # unique per account: its wallets' order (`first_bound`)
     Column("nonce", String(66), nullable=False),  # the challenge whose signature bound it
+    Index(None, "account_id", "bound_at", unique=True),
 )
 
 binding_challenges = Table(

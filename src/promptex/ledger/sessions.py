@@ -31,7 +31,7 @@ from promptex.ledger.binding import checksum_address
 from promptex.ledger.errors import ChainEventConflict
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.schema import session_keys
-from promptex.ledger.wallets import account_for_address
+from promptex.ledger.wallets import governed_account
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def register(
     if lanes < 1 or maximum < 0 or session < 0:
         raise ValueError("a session has at least one lane, and no negative maximum or id")
     address = checksum_address(address)
-    account = account_for_address(conn, address, now)
+    account = governed_account(conn, address, now)  # a wallet not debited: not its account's session
     previous = _accounts.balance(conn, account, asset).cap_remaining
     row = {
         "account_id": account,
@@ -143,7 +143,7 @@ def revoke(
     conn: Connection, event_id: str, *, address: str, asset: str, session: int, ends_at: int, now: int
 ) -> SessionKey | None:
     """The wallet revoked its session key: the chain ends the session at `ends_at`."""
-    account = account_for_address(conn, checksum_address(address), now)
+    account = governed_account(conn, checksum_address(address), now)
     where = (session_keys.c.account_id == account, session_keys.c.asset == asset, session_keys.c.session == session)
     conn.execute(
         update(session_keys)

@@ -272,17 +272,19 @@ def requeue(conn: Connection, request_id: str, *, chain_lot_id: int | None = Non
     return bool(changed == 1)
 
 
-def refund(conn: Connection, request_id: str, reason: str, *, now: int) -> bool:
+def refund(conn: Connection, request_id: str, reason: str, *, now: int, was: str = QUARANTINED) -> bool:
     """A quarantined record the chain can never settle: its charge goes back to the payer
     (the reverse of the settlement's entry: the vault never debited it, so the ledger
     again equals the vault), with the spend cap and any member budget it used, and the
-    reason is kept for the payer. False if it was not quarantined (refunded already)."""
+    reason is kept for the payer. False if it was not quarantined (refunded already).
+    `was` PENDING: a record no batch holds yet, whose request's answer was lost
+    (`holds.unanswered`): the coordinator's plan of a batch naming it then fails whole."""
     record = get_usage(conn, request_id)
-    if record is None or record.status != QUARANTINED:
+    if record is None or record.status != was:
         return False
     changed = conn.execute(
         update(usage_records)
-        .where(usage_records.c.request_id == request_id, usage_records.c.status == QUARANTINED)
+        .where(usage_records.c.request_id == request_id, usage_records.c.status == was)
         .values(status=REFUNDED, refund_reason=reason[:REASON], refunded_at=now)
     ).rowcount
     if changed != 1:

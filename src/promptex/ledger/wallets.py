@@ -16,6 +16,7 @@ from promptex.ledger.errors import InvalidSignature, NonceReplayed, UnknownNonce
 from promptex.ledger.journal import Line, ensure_balance, post_entry
 from promptex.ledger.models import AccountKind, ExitStatus
 from promptex.ledger.schema import (
+    accounts,
     balances,
     binding_challenges,
     chain_spend_caps,
@@ -98,6 +99,18 @@ def account_for_address(conn: Connection, address: str, now: int) -> int:
     return get_or_create_account(conn, AccountKind.UNCLAIMED, checksum_address(address), now).id
 
 
+def governed_account(conn: Connection, address: str, now: int) -> int:
+    """The account whose spending the address's signatures on chain govern (its spend cap,
+    its session keys): its bound account only if it is the wallet settlements debit
+    (`first_bound`: the vault checks that wallet's cap and vouchers alone); another bound
+    wallet's, like an unbound one's, wait on its own unclaimed account (as `_claim` leaves
+    those a non-first wallet registered before its binding)."""
+    account = account_for_address(conn, address, now)
+    if first_bound(conn, account) in (None, checksum_address(address)):
+        return account
+    return get_or_create_account(conn, AccountKind.UNCLAIMED, checksum_address(address), now).id
+
+
 def issue_challenge(
     conn: Connection, account: int, wallet: str, *, now: int, ttl: int, chain_id: int
 ) -> BindingMessage:
@@ -160,9 +173,28 @@ def bind(
         if current != message.account:
             raise WalletAlreadyBound(f"wallet {address} is bound to another account")
         return current
-    conn.execute(insert(wallets).values(address=address, account_id=message.account, bound_at=now, nonce=message.nonce))
+    bound_at = _bound_after(conn, message.account, now)
+    conn.execute(
+        insert(wallets).values(address=address, account_id=message.account, bound_at=bound_at, nonce=message.nonce)
+    )
     _claim(conn, address, message.account, now=now, system=system)
     return message.account
+
+
+def _bound_after(conn: Connection, account: int, now: int) -> int:
+    """The `bound_at` of a wallet bound to `account` now: after every wallet it has, so that
+    its first binding stays the wallet settlements debit (`first_bound`: the lowest
+    (bound_at, address)). With `now` alone, a second wallet bound in the same second with a
+    lower address, or by a host whose clock is behind, became "first": batches planned after
+    it debited another wallet than those before, and a failed batch landing after all failed
+    `_reattach`'s root proof, its entries recomputed with the new wallet (cbreak3 s13).
+    Binds to one account are serialized (PostgreSQL: its row, locked without blocking the
+    rows that reference it; SQLite has one writer at a time), so each reads the other's; a
+    tie the lock did not prevent is refused by the unique (account_id, bound_at) index
+    (migration 0024, which also moved the ties bound before this apart)."""
+    conn.execute(select(accounts.c.id).where(accounts.c.id == account).with_for_update(key_share=True)).first()
+    newest = conn.execute(select(func.max(wallets.c.bound_at)).where(wallets.c.account_id == account)).scalar()
+    return now if newest is None else max(now, int(newest) + 1)
 
 
 def _claim(conn: Connection, address: str, account: int, *, now: int, system: Container[int]) -> None:

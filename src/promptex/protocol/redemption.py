@@ -9,6 +9,7 @@ API, tests and benchmarks. See `contracts/RedemptionEscrow.vy` for the reasons;
 
 from __future__ import annotations
 
+import secrets
 from math import isqrt
 from typing import Any
 
@@ -44,13 +45,17 @@ LIVE_REFUND_DELAY = 3 * DAY
 
 RECEIPT_TYPE = [
     {"name": "redemption_id", "type": "uint256"},
+    {"name": "sale", "type": "bytes32"},
     {"name": "provider", "type": "bytes32"},
     {"name": "account_ref", "type": "bytes32"},
     {"name": "usd_micro", "type": "uint256"},
     {"name": "billing_ref", "type": "bytes32"},
 ]
 RECEIPT_TYPEHASH = keccak(
-    text="Receipt(uint256 redemption_id,bytes32 provider,bytes32 account_ref,uint256 usd_micro,bytes32 billing_ref)"
+    text=(
+        "Receipt(uint256 redemption_id,bytes32 sale,bytes32 provider,bytes32 account_ref,uint256 usd_micro,"
+        "bytes32 billing_ref)"
+    )
 )
 
 
@@ -75,9 +80,45 @@ def account_ref(provider_account_id: str, salt: bytes = b"") -> bytes:
     return keccak(salt + provider_account_id.encode())
 
 
-def account_hash(provider: bytes, account_ref: bytes) -> bytes:
-    """What a redemption stores for its provider and account (`redemptions(id).account_hash`)."""
-    return keccak(encode(["bytes32", "bytes32"], [provider, account_ref]))
+def sale_ref(nonce: int) -> bytes:
+    """A nonce as a `sale_ref`, 32 bytes big-endian: what the agent passed to `redeem` before
+    `new_sale_ref` (its redeem transaction's nonce), and a small ref for benches and tests.
+    Not unique across branches: after a reorg the key's nonce can hold another redeem."""
+    if not 0 <= nonce < 2**64:
+        raise ValueError(f"a nonce is 0 .. 2**64 - 1, not {nonce}")
+    return nonce.to_bytes(32, "big")
+
+
+def new_sale_ref() -> bytes:
+    """A fresh `sale_ref` for one signed redeem: 128 random bits in the low half (the high
+    half zero: cheaper calldata). Unique on every branch, unlike the redeem's nonce: a
+    reorg can orphan a sold, bought and released sale and give its nonce to another
+    redeem of the same key, user and account, which that sale's receipt (public once
+    its release was sent) then released (rbreak4 s14). The same bytes re-sent keep it."""
+    return bytes(16) + secrets.token_bytes(16)
+
+
+REDEEM_SELECTOR = keccak(text="redeem(address,address,uint256,uint256,uint256,bytes32)")[:4]
+
+
+def redeem_sale_ref(calldata: bytes) -> bytes | None:
+    """The `sale_ref` a `redeem` call passes (its last argument; every argument is static),
+    read from the call's data; None for data that is not such a call."""
+    if len(calldata) != 4 + 6 * 32 or calldata[:4] != REDEEM_SELECTOR:
+        return None
+    return bytes(calldata[-32:])
+
+
+def sale_id(agent: str, ref: bytes) -> bytes:
+    """A sale as receipts name it (`Redeemed.sale`): keccak256(abi_encode(agent, sale_ref)),
+    where `agent` is the key that called `redeem`. Another sale under the same escrow id
+    (a reorg) has another sale id, so a receipt for one never releases the other."""
+    return keccak(encode(["address", "bytes32"], [to_checksum_address(agent), ref]))
+
+
+def sale_hash(provider: bytes, account_ref: bytes, sale: bytes) -> bytes:
+    """What a redemption stores for its provider, account and sale (`redemptions(id).sale_hash`)."""
+    return keccak(encode(["bytes32", "bytes32", "bytes32"], [provider, account_ref, sale]))
 
 
 # ─── Price bounds ────────────────────────────────────────────────────────────
@@ -124,16 +165,18 @@ def receipt_digest(
     chain_id: int,
     escrow: str,
     redemption_id: int,
+    sale: bytes,
     provider: bytes,
     account_ref: bytes,
     usd_micro: int,
     billing_ref: bytes,
 ) -> bytes:
-    """The EIP-712 digest a provider's billing signer signs for credits bought."""
+    """The EIP-712 digest a provider's billing signer signs for credits bought for one sale
+    (`sale_id`) under escrow redemption `redemption_id`."""
     struct_hash = keccak(
         encode(
-            ["bytes32", "uint256", "bytes32", "bytes32", "uint256", "bytes32"],
-            [RECEIPT_TYPEHASH, redemption_id, provider, account_ref, usd_micro, billing_ref],
+            ["bytes32", "uint256", "bytes32", "bytes32", "bytes32", "uint256", "bytes32"],
+            [RECEIPT_TYPEHASH, redemption_id, sale, provider, account_ref, usd_micro, billing_ref],
         )
     )
     return eip712.typed_digest(domain_separator(chain_id, escrow), struct_hash)

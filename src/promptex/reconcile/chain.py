@@ -100,6 +100,6 @@ class Web3ChainView:
     def redemption(self, redemption_id: int) -> RedemptionState | None:
         if "RedemptionEscrow" not in self.deployment.contracts:
             return None
-        # RedemptionEscrow.Redemption: user, payee, account_hash, usdc, deadline, status.
+        # RedemptionEscrow.Redemption: user, payee, sale_hash, usdc, deadline, status.
         fields = self._view("RedemptionEscrow", "redemptions", redemption_id)
         return RedemptionState(int(fields[5]), int(fields[3]))

@@ -22,7 +22,7 @@ from promptex.chain.gas.measure import new_block, whole_gas
 from promptex.chain.redemption import deploy_redemption
 from promptex.protocol.redemption import LOCAL_REFUND_DELAY as REFUND_DELAY
 from promptex.protocol.redemption import LOCAL_TWAP_WINDOW as TWAP_WINDOW
-from promptex.protocol.redemption import account_ref, provider_id, sign_receipt
+from promptex.protocol.redemption import account_ref, provider_id, sale_id, sale_ref, sign_receipt
 from promptex.protocol.units import MAX_UINT256 as MAX_UINT
 from promptex.protocol.units import TOKEN_UNIT as UNIT
 from promptex.protocol.units import USD_MICRO as USD
@@ -70,9 +70,12 @@ def measure_redemption(
     receipt = escrow.set_grant(agent, operator, expiry, 100, [cld.address], [1_000_000 * UNIT], sender=user)
     gas["redemption_set_grant"] = gas_of(receipt)
 
+    refs = iter(range(1, 100))  # sale_ref: the agent's redeem nonce (small: mostly zero calldata bytes)
+
     def redeem() -> Any:
         new_block(chain)
-        return escrow.redeem(user, cld.address, 20 * USD, 100_000 * UNIT, chain.pending_timestamp + 600, sender=agent)
+        deadline = chain.pending_timestamp + 600
+        return escrow.redeem(user, cld.address, 20 * USD, 100_000 * UNIT, deadline, sale_ref(next(refs)), sender=agent)
 
     redeem()  # the day's first: counters and accumulators become non-zero
     redeem()
@@ -85,12 +88,16 @@ def measure_redemption(
         chain_id=chain.chain_id,
         escrow=escrow.address,
         redemption_id=3,
+        sale=sale_id(agent.address, sale_ref(3)),
         provider=PROVIDER,
         account_ref=ACCOUNT,
         usd_micro=20 * USD,
         billing_ref=keccak(text="bench receipt"),
     )
-    receipt = escrow.release(3, PROVIDER, ACCOUNT, 20 * USD, keccak(text="bench receipt"), signature, sender=operator)
+    sale = sale_id(agent.address, sale_ref(3))
+    receipt = escrow.release(
+        3, sale, PROVIDER, ACCOUNT, 20 * USD, keccak(text="bench receipt"), signature, sender=operator
+    )
     gas["redemption_release"] = gas_of(receipt)
 
     chain.pending_timestamp += REFUND_DELAY + 1

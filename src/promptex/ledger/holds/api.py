@@ -50,11 +50,15 @@ class Holds(Protocol):
         LotCapacityExceeded, an extra's own) or NotAMember, leaving nothing behind."""
         ...
 
-    def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None) -> Hold:
+    def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None, served: bool = False) -> Hold:
         """Charge the metered cost, and count `record.list_usd_micro` as the lot's usage,
         writing the usage record in the same transaction (idempotent). Charges never take
-        a balance below zero: what it cannot cover is recorded as a debt, also when the
-        hold expired before the answer was metered."""
+        a balance below zero: what it cannot cover is recorded as a debt — but a hold that
+        expired before its answer was metered is charged no more than the payer can pay
+        then (the rest its shortfall); an orphaned one is refused (HoldOrphaned).
+        `served`: the client has its answer already (a stream): a settle that raises with
+        the database unreachable but had committed stays charged — never given back
+        (`holds.unanswered` gives back only a request answered 503)."""
         ...
 
     def release(self, request_id: str) -> Hold:
@@ -83,8 +87,12 @@ class Holds(Protocol):
 
     def end_dead(self) -> int:
         """End early (status "orphaned": a late answer is refused) the active holds of
-        gateway processes whose lock is free — dead, or cut off from the database
-        (PostgreSQL; nothing on SQLite). Returns how many."""
+        gateway processes whose lock is free — dead, or cut off from the database — and
+        release this process's own active holds that no request of its own is in flight
+        for (a reserve, settle or release that raised LedgerUnavailable may have left one)
+        (PostgreSQL; nothing on SQLite). Returns how many. Then (both) give back the charge
+        of a settle that raised so but had committed (its request answered 503), or keep it
+        where it must stay (`holds.unanswered`)."""
         ...
 
     def maintain(self) -> None:

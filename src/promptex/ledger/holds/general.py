@@ -349,12 +349,13 @@ def settle(
 
     An active hold: a cost above the hold is charged in full only if the overage is
     spendable, within the cap and within any budget; otherwise the hold's amount is
-    charged and the rest is the hold's `shortfall`. A hold that expired before its answer
-    was metered (its funds and capacity were given back) is charged its cost all the same.
-    Either way a balance that dropped meanwhile (a chain fact, or the funds spent again
-    after the sweep) is never taken below zero: the part it cannot cover is a debt
-    (`_no_negative`). `record` is the usage record written with it; its `list_usd_micro`
-    is the lot's usage.
+    charged and the rest is the hold's `shortfall`. A balance that dropped while the hold
+    was active (a chain fact) is never taken below zero: the part it cannot cover is a
+    debt (`_no_negative`). A hold that expired before its answer was metered (its funds
+    and capacity were given back, and may have been spent again since) is charged its
+    cost only as far as the payer can pay it then — spendable, within the cap and any
+    budget — never beyond: the rest is its `shortfall` (the seller's loss), never a debt.
+    `record` is the usage record written with it; its `list_usd_micro` is the lot's usage.
     """
     if cost < 0:
         raise ValueError("a cost cannot be negative")
@@ -376,9 +377,11 @@ def settle(
     if record is not None and hold.lot_id is not None and record.gateway_lot_id != hold.lot_id:
         raise HoldConflict(f"request {request_id!r} holds lot {hold.lot_id}'s capacity, not {record.gateway_lot_id}'s")
 
-    # A late answer is charged whole (it was served); an active hold's overage only if covered.
-    covered = late or cost <= hold.amount or _covers(conn, hold, cost - hold.amount)
-    charged = cost if covered else hold.amount
+    if late:  # what the payer can pay now, no more: its hold no longer stood for it
+        charged = min(cost, _payable(conn, hold))
+    else:  # an active hold's overage only if covered
+        covered = cost <= hold.amount or _covers(conn, hold, cost - hold.amount)
+        charged = cost if covered else hold.amount
     if charged:
         _no_negative(conn, hold, charged, now, late=late)
     params = {
@@ -443,17 +446,26 @@ def _no_negative(conn: Connection, hold: Hold, charged: int, now: int, *, late: 
         conn.execute(update(balances).where(*where).values(cap_remaining=charged))
 
 
-def _covers(conn: Connection, hold: Hold, extra: int) -> bool:
+def _payable(conn: Connection, hold: Hold) -> int:
+    """What the payer can pay now (rows locked, budgets first): spendable, within its cap
+    and any member budget."""
+    most: int | None = None
     if hold.payer != hold.account:
         budget = conn.execute(
             select(budgets.c.remaining, budgets.c.held)
             .where(_budget_where(hold.payer, hold.account, hold.asset))
             .with_for_update()
         ).first()
-        if budget is not None and budget.remaining - budget.held < extra:
-            return False
+        if budget is not None:
+            most = int(budget.remaining) - int(budget.held)
     row = conn.execute(select(balances).where(*_balance_where(hold.payer, hold.asset)).with_for_update()).one()
-    return bool(row.posted - row.held - row.locked >= extra and row.cap_remaining - row.held >= extra)
+    own = min(int(row.posted) - int(row.held) - int(row.locked), int(row.cap_remaining) - int(row.held))
+    return max(0, own if most is None else min(own, most))
+
+
+def _covers(conn: Connection, hold: Hold, extra: int) -> bool:
+    """The payer can pay `extra` (> 0) above the hold now: `_payable`'s same locked reads."""
+    return _payable(conn, hold) >= extra
 
 
 def _extra(registered: Mapping[str, Extra] | None, name: str) -> Extra:
@@ -529,7 +541,7 @@ def expire(conn: Connection, now: int, limit: int, registered: Mapping[str, Extr
     never wait on one another in a cycle.
     """
     due = select(holds.c.request_id).where(holds.c.expires_at <= now)
-    return _end_active(conn, due.order_by(holds.c.expires_at, holds.c.request_id).limit(limit),
+    return end_active(conn, due.order_by(holds.c.expires_at, holds.c.request_id).limit(limit),
                        HoldStatus.EXPIRED, now, registered)  # fmt: skip
 
 
@@ -541,10 +553,10 @@ def orphan(conn: Connection, processes: Sequence[int], now: int, registered: Map
     if not processes:
         return 0
     theirs = select(holds.c.request_id).where(holds.c.process_id.in_(list(processes)))
-    return _end_active(conn, theirs.order_by(holds.c.request_id), HoldStatus.ORPHANED, now, registered)
+    return end_active(conn, theirs.order_by(holds.c.request_id), HoldStatus.ORPHANED, now, registered)
 
 
-def _end_active(
+def end_active(
     conn: Connection, chosen: Select[Any], status: HoldStatus, now: int, registered: Mapping[str, Extra] | None
 ) -> int:
     """End the still-active holds among `chosen` (a query of request ids) with `status`,

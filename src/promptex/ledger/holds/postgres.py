@@ -17,16 +17,18 @@ finds what the first attempt did.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, update
+from sqlalchemy import select as select_
 from sqlalchemy.exc import OperationalError
 
 from promptex.ledger import processes
@@ -40,7 +42,11 @@ from promptex.ledger.models import Hold, HoldStatus
 from promptex.ledger.schema import holds
 from promptex.ledger.usage import UsageRecord, check_record, record_values
 
+log = logging.getLogger("promptex.ledger")
+
 DRY_SECONDS = 1.0  # a lot whose room ran out is skipped by the fast path this long
+_T = TypeVar("_T")
+_ABSENT = -1  # `PostgresHolds._mine`: no request in flight by that id
 
 _TAKE_FUNDS = """
     UPDATE balances SET held = held + %(amount)s
@@ -355,6 +361,13 @@ class PostgresHolds(GeneralHolds):
         self._one = PgOneStatement(url)
         self._dry: dict[int, float] = {}  # lot id → until when the fast path skips it
         self.lock = processes.ProcessLock(url, self.holder, ledger.clock)  # registered at the first reserve
+        # This book's requests in flight: request id → None while its reserve runs, then its
+        # hold's expiry as this book last set it. An id leaves when its settle or release
+        # returns or raises, its reserve raises (the caller was told no hold was made), or
+        # its move cannot reach the database (the caller gives the request up, 503):
+        # so an active hold of this process's id that is not here was abandoned (`end_dead`).
+        self._mine: dict[str, int | None] = {}
+        self._mine_lock = threading.Lock()
 
     def process(self) -> int:
         return self.lock.current()
@@ -366,14 +379,61 @@ class PostgresHolds(GeneralHolds):
         if self.lock.registered_before:
             self.lock.current()
         now = self.ledger.clock()
+        own = self.lock.id
+        kept = self.lock.kept  # a lost id whose lock is this process's too: a hold a failed `_follow` left there
 
         def work(conn: Connection) -> int:
             gone = processes.dead(conn)
             ended = general.orphan(conn, gone, now, self.extras)
             processes.forget(conn, gone, now)
+            if own is not None:
+                ended += self._release_abandoned(conn, [own, *kept], now)
             return ended
 
-        return self.ledger.write(work)  # type: ignore[no-any-return]
+        ended: int = self.ledger.write(work)
+        self.give_back_unanswered()  # after the release of abandoned holds: an unsettled one is ended there
+        return ended
+
+    def _release_abandoned(self, conn: Connection, own: Sequence[int], now: int) -> int:
+        """Release this process's active holds that no request of its own is in flight for:
+        a reserve that raised (LedgerUnavailable: its COMMIT failed, or its answer was lost
+        with the connection) may have made its hold all the same, and a settle or release
+        that raised so may have left it active; nothing else would end it before its
+        lifetime (funds, lot capacity and a signed lane held). Released: nothing charged.
+        The holds are read first, the requests in flight after: a reserve under way is in
+        `_mine` before its hold can be committed, so none in flight is taken. Memory: the
+        requests in flight, not one id per failure (an outage's worth)."""
+        active = select_(holds.c.request_id).where(
+            holds.c.process_id.in_(list(own)), holds.c.status == HoldStatus.ACTIVE.value
+        )
+        found: list[str] = list(conn.execute(active).scalars())
+        with self._mine_lock:
+            for request_id, expires in list(self._mine.items()):
+                if expires is not None and expires < now:  # expired: a sweep ends it, never active again
+                    del self._mine[request_id]
+            abandoned = [request_id for request_id in found if request_id not in self._mine]
+        if not abandoned:
+            return 0
+        chosen = select_(holds.c.request_id).where(holds.c.request_id.in_(abandoned)).order_by(holds.c.request_id)
+        released = general.end_active(conn, chosen, HoldStatus.RELEASED, now, self.extras)
+        if released:
+            log.warning("released %d holds whose requests this process gave up (the ledger failed them)", released)
+        return released
+
+    def _track(self, request_id: str, expires: int | None) -> int | None:
+        """Mark `request_id` in flight (None: its reserve under way; else its hold's expiry);
+        returns what was there before (`_ABSENT`: nothing)."""
+        with self._mine_lock:
+            before = self._mine.get(request_id, _ABSENT)
+            self._mine[request_id] = expires
+            return before
+
+    def _untrack(self, request_id: str, restore: int | None = _ABSENT) -> None:
+        with self._mine_lock:
+            if restore == _ABSENT:
+                self._mine.pop(request_id, None)
+            else:
+                self._mine[request_id] = restore
 
     def orphaned(self, request_ids: Sequence[str]) -> list[str]:
         if not request_ids:
@@ -389,6 +449,16 @@ class PostgresHolds(GeneralHolds):
         return r.lots[0]
 
     def reserve(self, reservation: Reservation) -> Hold:
+        before = self._track(reservation.request_id, None)  # before its hold can exist
+        try:
+            hold = self._reserve(reservation)
+        except BaseException:  # told no hold: one made all the same is abandoned (`end_dead`)
+            self._untrack(reservation.request_id, before)
+            raise
+        self._untrack(reservation.request_id, hold.expires_at)
+        return hold
+
+    def _reserve(self, reservation: Reservation) -> Hold:
         claim = self._fast_claim(reservation) if reservation.lots else None
         holder = self.holder
         assert holder is not None
@@ -419,21 +489,51 @@ class PostgresHolds(GeneralHolds):
         committed). Unless a sweeper ended it first: then its answer is refused, as any
         hold's under a lost lock."""
         now = self.lock.moved_on(started)
-        if now is not None:
-            self.ledger.write(
-                lambda conn: conn.execute(
-                    update(holds)
-                    .where(
-                        holds.c.request_id == hold.request_id,
-                        holds.c.status == HoldStatus.ACTIVE.value,
-                        holds.c.process_id != now,
+        if now is not None:  # a failure: the hold is abandoned (under a kept lost id: `end_dead` looks there too)
+            self._unavailable(
+                "reserve",
+                lambda: self.ledger.write(
+                    lambda conn: conn.execute(
+                        update(holds)
+                        .where(
+                            holds.c.request_id == hold.request_id,
+                            holds.c.status == HoldStatus.ACTIVE.value,
+                            holds.c.process_id != now,
+                        )
+                        .values(process_id=now)
                     )
-                    .values(process_id=now)
-                )
+                ),
             )
         return hold
 
-    def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None) -> Hold:
+    def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None, served: bool = False) -> Hold:
+        try:
+            settled = self._settle(request_id, cost, record)
+        except LedgerUnavailable:  # the gateway's 503: had its COMMIT landed, `end_dead` gives it back
+            self.lost_answer(request_id, cost, served=served)
+            raise
+        else:
+            self.answered(request_id)
+            return settled
+        finally:  # settled, or given up (a hold left active by a failure is abandoned: `end_dead`)
+            self._untrack(request_id)
+
+    def release(self, request_id: str) -> Hold:
+        try:
+            return self._unavailable("release", lambda: super(PostgresHolds, self).release(request_id))
+        finally:
+            self._untrack(request_id)
+
+    def extend(self, request_ids: Sequence[str], ttl: int) -> int:
+        expires = self.ledger.clock() + ttl
+        extended = super().extend(request_ids, ttl)
+        with self._mine_lock:
+            for request_id in request_ids:
+                if self._mine.get(request_id, _ABSENT) not in (_ABSENT, None):
+                    self._mine[request_id] = expires
+        return extended
+
+    def _settle(self, request_id: str, cost: int, record: UsageRecord | None) -> Hold:
         if record is not None:
             check_record(record)
         try:
@@ -445,7 +545,35 @@ class PostgresHolds(GeneralHolds):
             hold = None
         if hold is not None:
             return hold
-        return super().settle(request_id, cost, record=record)
+        return self._unavailable(
+            "settle", lambda: super(PostgresHolds, self).settle(request_id, cost, record=record), again=True
+        )
+
+    def move(self, request_id: str, claim: LotClaim) -> Hold | None:
+        try:
+            return self._unavailable("move", lambda: super(PostgresHolds, self).move(request_id, claim))
+        except LedgerUnavailable:  # the request is given up (the gateway's 503): its hold is abandoned
+            self._untrack(request_id)
+            raise
+
+    @staticmethod
+    def _unavailable(what: str, call: Callable[[], _T], *, again: bool = False) -> _T:
+        """`call`'s hold; a database it could not reach (no connection within the URL's
+        connect timeout, or one lost) raises LedgerUnavailable (the gateway's 503).
+        `again` (an idempotent call): a connection lost while it ran (its COMMIT may have
+        landed, its answer lost) is tried once more on a new one first, so a settle that
+        was charged is answered as charged while the database answers — not with a 503.
+        A connection never made is not tried again (no second connect timeout)."""
+        try:
+            return call()
+        except OperationalError as exc:
+            if not (again and exc.connection_invalidated):
+                raise LedgerUnavailable(f"the ledger's database failed the {what}: {exc.orig}") from exc
+            log.warning("the ledger's connection was lost during a %s: trying it once more", what)
+        try:
+            return call()
+        except OperationalError as exc:
+            raise LedgerUnavailable(f"the ledger's database failed the {what}: {exc.orig}") from exc
 
     def close(self) -> None:
         self._one.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import OperationalError
 
 from promptex.ledger.errors import HoldConflict
 from promptex.ledger.holds import capacity, general, lanes_sqlite
@@ -178,6 +179,15 @@ class SqliteHolds(GeneralHolds):
             update(holds).where(holds.c.request_id == r.request_id).values(lot_id=claim.lot_id, lot_amount=claim.amount)
         )
         return claim.lot_id, claim.amount
+
+    def settle(self, request_id: str, cost: int, *, record: UsageRecord | None = None, served: bool = False) -> Hold:
+        try:
+            settled = super().settle(request_id, cost, record=record)
+        except OperationalError:  # the gateway's 503: had it committed, the next sweep gives it back
+            self.lost_answer(request_id, cost, served=served)
+            raise
+        self.answered(request_id)
+        return settled
 
     def settle_in(self, conn: Connection, request_id: str, cost: int, record: UsageRecord | None, now: int) -> Hold:
         cur = _cursor(conn)
