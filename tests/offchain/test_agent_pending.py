@@ -383,3 +383,24 @@ def test_store_create__one_request_id_for_two_providers_at_once_on_postgresql__r
         engine.dispose()
         postgres.drop_database(db)
 
+
+def test_redeem__release_sent_by_another_run_while_this_one_signs__where_it_is_not_an_error(world, monkeypatch):
+    """CI (session 14, anvil): two `promptex redeem` runs at once both read the redemption
+    receipted; one stored and sent the release while the other signed its own, whose gas
+    estimate (against the pending block) reverted "redemption: not open". The second run
+    failed naming the first's release as one "the node did not take". It now answers where
+    the redemption is, as when the store refuses its move (StaleTransition)."""
+    with crashing_at(monkeypatch, "receipted"), pytest.raises(Crash):
+        world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    real_sign, raced = world.chain.sign, {}
+
+    def sign_after_the_other_run(call, nonce):
+        if call.function == "release" and not raced:
+            raced["first"] = None  # the other run (below) signs with the real one
+            raced["first"] = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+        return real_sign(call, nonce)
+
+    monkeypatch.setattr(world.chain, "sign", sign_after_the_other_run)
+    r = world.agent().redeem(USER, "CLD", 20 * USD, "anthropic")
+    assert raced["first"].status == RELEASED and (r.id, r.status) == (1, RELEASED)
+    _assert_sold_once(world)

@@ -68,6 +68,7 @@ from promptex.agent.store import (
     SUCCEEDED,
     AgentStore,
     Redemption,
+    StaleTransition,
 )
 from promptex.chain import txlog
 from promptex.chain.sender import Call
@@ -410,7 +411,16 @@ class RedemptionMachine:
         return r.swap_deadline is not None and self.chain.now() > r.swap_deadline
 
     def _send(self, r: Redemption, purpose: str, call: Call, nonce: int | None = None, **values: object) -> str:
-        signed = self.chain.sign(call, self.chain.pending_nonce() if nonce is None else nonce)
+        try:
+            signed = self.chain.sign(call, self.chain.pending_nonce() if nonce is None else nonce)
+        except Exception as exc:
+            # Another process (the same command run twice at once, or `promptex agent run`)
+            # stored and sent this step's transaction after `r` was read: signing estimates
+            # gas against the pending block, where that transaction already spent the step
+            # ("redemption: not open"). Its row has moved: that is the answer, not an error.
+            if self.store.get(r.id).status != r.status:
+                raise StaleTransition(f"redemption {r.id}: {purpose} sent by another process meanwhile") from exc
+            raise
         tx_id = self.store.submit(r.id, purpose, signed, self.chain.sender, self.clock(), **values)
         log.info("redemption %d: %s sent as %s", r.id, purpose, signed.tx_hash)
         tx = self.store.tx(tx_id)
