@@ -230,6 +230,15 @@ def frame(event: str, data: bytes) -> bytes:
 # ─── Native: to Anthropic lots ───────────────────────────────────────────────
 
 
+def _carries_output(delta: Any) -> bool:
+    """Whether a content_block_delta carries output (a non-empty string beside its type:
+    text, a tool's partial JSON, thinking): each such piece is at least one token, what a
+    stream cut short is charged for at least. An empty one is none: before, each counted
+    one, and an upstream that sent 500 empty text deltas and broke off was paid 500 output
+    tokens for nothing streamed."""
+    return isinstance(delta, dict) and any(isinstance(v, str) and v for k, v in delta.items() if k != "type")
+
+
 class NativeStream:
     """Anthropic's events as sent, reading usage from message_start and message_delta; the
     message_delta (and the message_stop after it) wait for the charge. Its usage shows what
@@ -269,7 +278,7 @@ class NativeStream:
             self._started = True
             message = event.get("message")
             self._update(message.get("usage") if isinstance(message, dict) else None)
-        elif kind == "content_block_delta":
+        elif kind == "content_block_delta" and _carries_output(event.get("delta")):
             self.produced += 1
         elif kind in ("message_delta", "message_stop"):
             if kind == "message_delta":
