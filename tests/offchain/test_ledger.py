@@ -606,6 +606,28 @@ def test_spend_cap__registered_by_a_bound_wallet_settlements_do_not_debit__not_t
     assert revoked is not None and revoked.address == second  # found where it was registered
 
 
+def test_spend_cap__set_before_its_wallet_was_bound_then_orphaned_by_a_reorg__the_account_s_cap_undone(ledger, buyer):
+    """wbreak s15: a wallet that set its cap on chain before its binding has it carried to
+    the account when bound (`wallets._claim`), but the cap's record stayed on the wallet's
+    unclaimed account: a reorg that orphaned the cap undid it there, and the account kept
+    a cap the chain no longer has (the gateway serving what the vault refuses to settle).
+    A wallet bound second keeps its cap on its unclaimed account, undone there."""
+    wallet, later = Account.create(), Account.create()
+    caps = [event_id(), event_id()]
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(caps[0], wallet.address, CLD, 500 * TOKEN))
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(caps[1], later.address, CLD, 700 * TOKEN))
+    bind_new_wallet(ledger, buyer, wallet.key)
+    bind_new_wallet(ledger, buyer, later.key)
+    assert ledger.balance(buyer, CLD).cap_remaining == 500 * TOKEN  # the debited wallet's, carried over
+    ledger.apply_chain_facts(lambda facts: facts.unwind(caps[0]))  # a reorg took it off the chain
+    assert ledger.balance(buyer, CLD).cap_remaining == 0
+    ledger.apply_chain_facts(lambda facts: facts.unwind(caps[1]))
+    assert ledger.balance(buyer, CLD).cap_remaining == 0
+    with ledger.engine.connect() as conn:
+        unclaimed = _wallets.governed_account(conn, later.address, ledger.clock())
+    assert unclaimed != buyer and ledger.balance(unclaimed, CLD).cap_remaining == 0
+
+
 def test_issue_binding_challenge__not_an_address__value_error(ledger, buyer):
     with pytest.raises(ValueError, match="not an Ethereum address"):
         ledger.issue_binding_challenge(buyer, "0x1234")

@@ -228,6 +228,18 @@ def owner_of(conn: Connection, account: int) -> int:
     return account if bound is None else bound
 
 
+def _cap_holder(conn: Connection, account: int, now: int) -> int:
+    """Whose cap a spend cap recorded on `account` is now: an unclaimed account's cap went
+    to the account its address was bound to if that address is the account's debited wallet
+    (`wallets._claim`, `governed_account`); otherwise it stays where it was recorded. A reorg
+    that orphaned a cap set before its wallet's binding undid it on the unclaimed account,
+    and the bound account kept a cap the chain no longer had (wbreak s15)."""
+    row = conn.execute(select(accounts.c.kind, accounts.c.name).where(accounts.c.id == account)).one()
+    if row.kind != AccountKind.UNCLAIMED.value:
+        return account
+    return governed_account(conn, row.name, now)
+
+
 def _reverse(conn: Connection, ref: str, *, now: int, system: Container[int]) -> bool:
     """Post the mirror image of the entry `ref` (as "unwind:<ref>"), debiting whoever holds
     the funds now. The journal stays append-only: nothing is deleted or changed."""
@@ -285,9 +297,10 @@ def unwind_fact(conn: Connection, event_id: str, *, now: int, system: Container[
     cap = conn.execute(select(chain_spend_caps).where(chain_spend_caps.c.event_id == event_id)).first()
     if cap is not None:
         # Keep what settled holds counted down since: current − (set − previous), never below 0.
-        current = _accounts.balance(conn, cap.account_id, cap.asset).cap_remaining
+        holder = _cap_holder(conn, cap.account_id, now)
+        current = _accounts.balance(conn, holder, cap.asset).cap_remaining
         restored = max(0, current - cap.remaining + cap.previous)
-        _accounts.set_cap_remaining(conn, cap.account_id, cap.asset, restored)
+        _accounts.set_cap_remaining(conn, holder, cap.asset, restored)
         conn.execute(delete(chain_spend_caps).where(chain_spend_caps.c.event_id == event_id))
         undone = True
     return undone
