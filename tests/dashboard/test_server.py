@@ -287,20 +287,29 @@ def test_session_keys__signed_by_the_bound_wallet__queued_for_the_relay_once(das
         ("no lanes", 400, "1 to 64 lanes"),
         ("an unknown asset", 400, "asset must be one of"),
         ("a maximum of zero", 400, "above zero"),
+        ("a wallet bound second", 403, "is not the wallet this account's settlements debit"),
     ],
 )
 def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, status, message):
+    """A wallet bound second signs no session of its account's (wbreak s15): the vault takes
+    the account's usage from its first wallet alone, so vouchers under it would be refused."""
     from promptex.coordinator.store import CoordinatorStore
+    from promptex.ledger.binding import sign
 
     wallet = Account.create()
     headers = {"authorization": f"Bearer {obtain_key(dashboard, wallet).json()['key']}"}
     stranger = Account.create()
+    if case == "a wallet bound second":
+        account = dashboard.ledger.account_of(wallet.address)
+        challenge = dashboard.ledger.issue_binding_challenge(account, stranger.address)
+        dashboard.ledger.bind_wallet(challenge, sign(challenge, stranger.key))
     form = {
         "another signer": lambda: session_form(dashboard, wallet, signer=stranger),
         "a wallet not bound to the key": lambda: session_form(dashboard, stranger),
         "no lanes": lambda: session_form(dashboard, wallet, lanes=0),
         "an unknown asset": lambda: {**session_form(dashboard, wallet), "asset": "XYZ"},
         "a maximum of zero": lambda: session_form(dashboard, wallet, maximum=0),
+        "a wallet bound second": lambda: session_form(dashboard, stranger),
     }[case]()
     answer = dashboard.post("/api/session-keys", headers=headers, json=form)
     assert answer.status_code == status and message in answer.json()["error"], answer.text

@@ -189,6 +189,28 @@ def test_door__session_key__queued_when_signed_by_a_bound_wallet(world: World) -
                                                                         5 * USDC)  # fmt: skip
 
 
+def test_door__session_key_signed_by_a_wallet_the_account_s_settlements_do_not_debit__403_nothing_queued(
+    world: World,
+) -> None:
+    """wbreak s15: the vault takes an account's usage from its first bound wallet alone, and
+    a later wallet's session is not the account's (`wallets.governed_account`); the door
+    relayed a later wallet's SessionKey all the same (its gas paid, checked for a replay
+    against the first wallet's sessions), and every voucher the buyer then signed under it
+    was refused by the gateway. Refused now, naming the wallet to sign with."""
+    account, first = world.buyer(USDC)
+    later = Account.create()
+    message = world.book.issue_binding_challenge(account, later.address)
+    world.book.bind_wallet(message, sign(message, later.key))
+    terms = {"account": later.address, "asset": ADDRESSES["USDC"], "key": Account.create().address, "lanes": 1,
+             "maximum": USDC, "expiry": world.chain.now() + 86_400, "nonce": 0}  # fmt: skip
+    signature = sign_session_key(later.key, chain_id=CHAIN_ID, vault=VAULT, **terms)
+    body = {**terms, "asset": "USDC", "maximum": str(USDC), "signature": "0x" + signature.hex()}
+    status, refusal = world.post(body, "/v1/session-keys")
+    assert (status, refusal["error"]["code"]) == (403, "not_debited"), refusal
+    assert first.address in refusal["error"]["message"] and refusal["error"]["wallet"] == first.address
+    assert world.coordinator.store.session_keys() == []
+
+
 def test_door__a_standby_coordinator__503_and_nothing_locked_or_used(world: World) -> None:
     account, wallet = world.buyer(20 * USDC)
     leader = Coordinator(world.book.engine, world.chain, holder="leader", clock=world.book.clock, tx_timeout=0)

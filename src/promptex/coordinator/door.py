@@ -37,6 +37,7 @@ from promptex.coordinator.requests import (
     Place,
     Refused,
     check_session_key_fresh,
+    check_session_key_wallet,
     parse_exit_request,
     parse_session_key,
     queue_session_key,
@@ -139,7 +140,7 @@ class Door:
         return {"account": address, "nonce": self.coordinator.store.door_nonce(address)}
 
     def session_key(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Queue a SessionKey signed by a wallet bound to an account (the relay pays its gas)."""
+        """Queue a SessionKey signed by the wallet an account's settlements debit (the relay pays its gas)."""
         request = parse_session_key(body, self.place)
         store = self.coordinator.store
         account = store.account_of(request.account)
@@ -149,6 +150,7 @@ class Door:
                 f"{request.account} is not bound to an account: bind it first (get an API key by signing with it "
                 "on the dashboard, or `promptex buyer signup --wallet` then `promptex buyer bind`)",
             )  # fmt: skip
+        check_session_key_wallet(request, store.wallet_of(account))
         latest, _lanes = store.session_lanes(account, request.asset)
         check_session_key_fresh(request, self.coordinator.chain.now(), None if latest is None else latest.session)
         self._limit(request.account)

@@ -1,13 +1,13 @@
 """Signed mode's session keys from the browser (issue 23).
 
-POST /api/session-keys  (Bearer key) a SessionKey signed by a wallet bound to the key's
-                        account: checked and queued with the coordinator's relay, which
-                        registers it on chain on its next pass (gaslessly for the wallet)
+POST /api/session-keys  (Bearer key) a SessionKey signed by the wallet the key's account's
+                        settlements debit: checked and queued with the coordinator's relay,
+                        which registers it on chain on its next pass (gaslessly for the wallet)
 
 The checks are the coordinator's door's own (`coordinator.requests`: the signature, then
-`check_session_key_fresh`): one verification for both entrances, nothing stored for a
-refused key. The session key's private key never reaches the server: only its address and
-the wallet's signature do.
+`check_session_key_wallet` and `check_session_key_fresh`): one verification for both
+entrances, nothing stored for a refused key. The session key's private key never reaches
+the server: only its address and the wallet's signature do.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
-from promptex.coordinator.requests import Place, Refused, check_session_key_fresh, parse_session_key, queue_session_key
+from promptex.coordinator.requests import (
+    Place,
+    Refused,
+    check_session_key_fresh,
+    check_session_key_wallet,
+    parse_session_key,
+    queue_session_key,
+)
 from promptex.coordinator.store import CoordinatorStore
 from promptex.dashboard.api import ApiError, guarded, read_body
 from promptex.dashboard.context import Context
@@ -33,12 +40,14 @@ def routes(ctx: Context) -> list[BaseRoute]:
         except Refused as exc:
             raise ApiError(400, exc.message) from None
         wallet = await ctx.run(ctx.wallet_of, key, asked.account)  # 403 unless bound to this key's account
+        store = CoordinatorStore(ctx.ledger.engine)
+        debited = await ctx.run(store.wallet_of, key.account)
         latest = await ctx.run(ctx.ledger.session, key.account, asked.asset)
         try:
+            check_session_key_wallet(asked, debited)
             check_session_key_fresh(asked, ctx.clock(), None if latest is None else latest.session)
         except Refused as exc:
             raise ApiError(exc.status, exc.message) from None
-        store = CoordinatorStore(ctx.ledger.engine)
         queued = await ctx.run(queue_session_key, store, asked, ctx.clock())
         return {"queued": queued, "account": wallet, "asset": asked.asset, "nonce": asked.nonce}
 
