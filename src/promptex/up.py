@@ -368,8 +368,10 @@ def hold_ledger(ledger_url: str, state_dir: Path) -> LedgerHold:
     `--rpc-url` to the first one's chain it ran a second indexer and coordinator on its
     ledger. A SQLite ledger: an exclusive lock on `<database>.up-lock`, which names this
     process and its folder; a PostgreSQL one: a session advisory lock (`_hold_postgres`);
-    a SQLite database in memory: nothing to share, nothing held. `LedgerHold.check` tells
-    whether it is still held (a PostgreSQL session can end under a running `up`)."""
+    a SQLite database in memory: UpError (every process of the market had its own, empty:
+    the indexer's deposits were not the gateway's, the demo key `up` printed one no gateway
+    knew). `LedgerHold.check` tells whether it is still held (a PostgreSQL session can end
+    under a running `up`)."""
     from sqlalchemy.engine import make_url
 
     from promptex.ledger.db import sqlite_path
@@ -377,8 +379,12 @@ def hold_ledger(ledger_url: str, state_dir: Path) -> LedgerHold:
     if make_url(ledger_url).get_backend_name() == "postgresql":
         return _hold_postgres(ledger_url, state_dir)
     database = sqlite_path(ledger_url)
-    if database is None:
-        return LedgerHold(lambda: None)
+    if database is None:  # each of the market's processes would open a database of its own, empty
+        raise UpError(
+            f"the ledger {ledger_url} is a SQLite database in memory: each of the market's processes (the indexer, "
+            "the gateway, ...) would have its own, empty one; set PROMPTEX_LEDGER_URL to a file "
+            "(sqlite:///promptex-ledger.sqlite3) or a PostgreSQL database"
+        )
     database.parent.mkdir(parents=True, exist_ok=True)
     lock = database.with_name(database.name + ".up-lock")
     fd, holder = lock_exclusively(lock, f"{os.getpid()}, market {state_dir.resolve()}")

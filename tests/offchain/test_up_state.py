@@ -595,6 +595,21 @@ def test_up_fresh_in_another_folder_while_an_up_runs_on_the_ledger__refused_and_
     assert [p.name for p in tmp_path.iterdir() if "archived" in p.name] == []
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:book?mode=memory&uri=true"])
+def test_hold_ledger__a_sqlite_ledger_in_memory__refused_in_one_line(tmp_path: Path, url: str) -> None:
+    """wbreak s15: a SQLite ledger in memory was held by nothing ("nothing to share") and
+    `up` ran on it: each of its processes (indexer, coordinator, gateway, dashboard and `up`
+    itself) opened a database of its own, empty, so the deposits the indexer credited were
+    not the gateway's and the demo key `up` printed was one no gateway knew. Refused now,
+    before anything starts."""
+    from promptex.up import hold_ledger
+
+    with pytest.raises(UpError) as refused:
+        hold_ledger(url, tmp_path / "market")
+    line = str(refused.value)
+    assert "in memory" in line and "PROMPTEX_LEDGER_URL" in line and "\n" not in line, line
+
+
 def test_up_on_a_postgresql_ledger_another_up_runs_on__refused_naming_it_before_anything_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], postgres: Any
 ) -> None:
