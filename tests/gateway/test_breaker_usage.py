@@ -8,7 +8,10 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
+from promptex.buyerside.answers import MESSAGES, AnswerRefused, bounds, check_counts
+from promptex.gateway.adapters import CHAT, AnthropicAdapter, cache_marks, openai_usage, within_marks
 from promptex.metering import TokenUsage
 
 from .conftest import Fake, Harness
@@ -55,3 +58,73 @@ def test_native_stream_cut_short__empty_deltas__not_charged_as_output(
     delta = [e for e in _events(answer.text) if e.get("type") == "message_delta"][-1]
     assert delta["usage"]["output_tokens"] == 3 and delta["promptex"]["cost_units"] == str(record.cost)
     assert record.cost == usdc_cost("fake-claude", TokenUsage(10, 3))
+
+
+# A long prompt whose one cache mark ends a short system prompt: a provider can write to its
+# cache only that prefix (tools, system, messages, in that order, up to the last mark).
+LONG = " ".join(["word"] * 2_000)
+FIVE = {"type": "ephemeral"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+def test_cache_writes_beyond_the_marked_prefix__charged_as_plain_input_and_refused_by_the_signer() -> None:
+    """An upstream reporting every input token of a 2,000-word prompt as written to the cache,
+    for a request whose one mark ends an 8-byte system prompt, was charged 2,005 writes (1.25x
+    the input rate; an hour's 2x): any mark let writes up to the whole input through. Now the
+    writes are bounded by the prefix the marks end (the hour's by the hour's marks), the rest
+    charged as plain input; the signing proxy refuses an answer showing more."""
+    usage = TokenUsage(2_010, 5, cache_write_tokens=2_005, cache_write_1h_tokens=2_000)
+    one_mark = {"model": "fake-claude", "max_tokens": 5, "system": [{"type": "text", "text": "be brief",
+                "cache_control": HOUR}], "messages": [{"role": "user", "content": LONG}]}  # fmt: skip
+    marks = cache_marks(one_mark)
+    assert marks.marked and marks.hour and marks.prefix is not None and marks.prefix < 200
+    charged = within_marks(usage, one_mark)
+    assert charged == TokenUsage(2_010, 5, cache_write_tokens=marks.prefix, cache_write_1h_tokens=marks.prefix)
+    # Two marks: an hour's on the system prompt, five minutes' at the end of the long message.
+    two_marks = {**one_mark, "messages": [{"role": "user", "content": [{"type": "text", "text": LONG,
+                 "cache_control": FIVE}]}]}  # fmt: skip
+    assert within_marks(usage, two_marks) == TokenUsage(
+        2_010, 5, cache_write_tokens=2_005, cache_write_1h_tokens=marks.prefix)  # fmt: skip
+    # Anthropic's automatic caching (a top-level mark) may write the whole prompt.
+    assert within_marks(usage, {**one_mark, "cache_control": HOUR}) == usage
+    # The signing proxy, from the same request: its bounds refuse the writes beyond the prefix.
+    bound = bounds(MESSAGES, one_mark)
+    assert (bound.cache_prefix, bound.cache_prefix_1h) == (marks.prefix, marks.prefix)
+    with pytest.raises(AnswerRefused, match="its request's marks can write"):
+        check_counts(bound, usage, None)
+    check_counts(bound, charged, None)
+    # A chat request's system message marked, sent to an Anthropic lot as a system block.
+    chat = {"model": "fake-claude", "messages": [{"role": "system", "content": [{"type": "text", "text": "be brief",
+            "cache_control": FIVE}]}, {"role": "user", "content": LONG}]}  # fmt: skip
+    adapter = AnthropicAdapter()
+    adapter.call(CHAT, chat, "http://127.0.0.1:9/v1", "sk-fake")
+    answer = {"id": "msg_1", "content": [{"type": "text", "text": "Sunny"}], "stop_reason": "end_turn",
+              "usage": {"input_tokens": 5, "cache_creation_input_tokens": 2_005, "output_tokens": 5}}  # fmt: skip
+    content, shown = adapter.answer(CHAT, orjson.dumps(answer), "fake-claude")
+    assert 0 < shown.cache_write_tokens < 300 and shown.input_tokens == 2_010
+    assert openai_usage(orjson.loads(content)["usage"]) == shown
+    with pytest.raises(AnswerRefused, match="its request's marks can write"):
+        check_counts(bounds(CHAT, chat), TokenUsage(2_010, 5, cache_write_tokens=2_005), None)
+
+
+def test_cache_control_named_where_no_provider_reads_a_mark__no_writes_charged() -> None:
+    """An object named `cache_control` that is no mark — a tool's parameter (an HTTP tool's
+    Cache-Control header), a tool call's input, the request's metadata — made the request
+    count as marked: an upstream's writes for the whole input were charged at the write
+    rates, and the signing proxy accepted them."""
+    header = {"cache_control": {"type": "string", "ttl": "1h"}}
+    tool = {"name": "http_get", "input_schema": {"type": "object", "properties": header}}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "http_get", "input": header}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "200 OK"}
+    body = {"model": "fake-claude", "max_tokens": 5, "tools": [tool], "metadata": {"user_id": "u"},
+            "messages": [{"role": "user", "content": LONG}, {"role": "assistant", "content": [call]},
+                         {"role": "user", "content": [result]}]}  # fmt: skip
+    usage = TokenUsage(2_010, 5, cache_write_tokens=2_005, cache_write_1h_tokens=2_005)
+    assert not cache_marks(body).marked
+    assert within_marks(usage, body) == TokenUsage(2_010, 5)
+    with pytest.raises(AnswerRefused, match="marks no cache_control"):
+        check_counts(bounds(MESSAGES, body), usage, None)
+    # A mark on a block inside a tool result is one (its prefix: up to that result's end).
+    marked = {**result, "content": [{"type": "text", "text": "200 OK", "cache_control": FIVE}]}
+    marks = cache_marks({**body, "messages": [*body["messages"][:2], {"role": "user", "content": [marked]}]})
+    assert marks.marked and not marks.hour and marks.prefix is not None and marks.prefix > 10_000

@@ -62,6 +62,10 @@ class Bounds:
     # request that marked none is refused (`check_counts`).
     cache_writes: bool = False
     cache_1h: bool = False
+    # Upper bounds of the prompt's tokens up to its last mark and last hour's mark (None: the
+    # whole prompt): no provider writes more than the prefix a mark ends (`adapters.cache_marks`).
+    cache_prefix: int | None = None
+    cache_prefix_1h: int | None = None
     # The UTF-8 bytes of a chat request's predicted output (OpenAI's Predicted Outputs,
     # `prediction.content`): its tokens the answer did not use are billed among the output
     # tokens (`rejected_prediction_tokens`) and never relayed, so the visible output may
@@ -208,6 +212,12 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
         raise AnswerRefused(
             f"{usage.cache_write_1h_tokens} one-hour cache write tokens reported for a request that asks no 1h ttl"
         )
+    for writes, prefix, what in (
+        (usage.cache_write_tokens, bound.cache_prefix, "cache write tokens"),
+        (usage.cache_write_1h_tokens, bound.cache_prefix_1h, "one-hour cache write tokens"),
+    ):
+        if prefix is not None and writes > prefix:
+            raise AnswerRefused(f"{writes} {what} reported, beyond the {prefix} its request's marks can write")
 
 
 def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> None:

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 
@@ -99,44 +99,126 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
 
 
 CACHE_CONTROL = "cache_control"
+_IMAGES = frozenset({"image", "image_url"})  # content blocks held for an image's tokens beyond their bytes
 
 
-def cache_marks(body: Any) -> tuple[bool, bool]:
-    """Whether a request body marks anything for the prompt cache (a `cache_control` object
-    at any depth: Anthropic's blocks, tools, system, or its top-level automatic caching), and
-    whether any mark asks an hour's lifetime (`"ttl": "1h"`)."""
-    marked = hour = False
-    stack = [body]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            mark = item.get(CACHE_CONTROL)
-            if isinstance(mark, dict):
-                marked = True
-                hour = hour or mark.get("ttl") == "1h"
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return marked, hour
+class CacheMarks(NamedTuple):
+    """What a request body marks for the prompt cache (`cache_marks`)."""
+
+    marked: bool  # any mark
+    hour: bool  # any mark asks an hour's lifetime (`"ttl": "1h"`)
+    # Upper bounds of the prompt's tokens up to the last mark (the most a provider can write
+    # to its cache: only the prefix a mark ends), and up to the last hour's mark; None: the
+    # whole prompt (Anthropic's top-level automatic caching, or no mark of the kind).
+    prefix: int | None = None
+    prefix_1h: int | None = None
+
+
+def _mark(item: Any) -> tuple[bool, bool]:
+    mark = item.get(CACHE_CONTROL) if isinstance(item, dict) else None
+    return isinstance(mark, dict), isinstance(mark, dict) and mark.get("ttl") == "1h"
+
+
+def _part_size(part: Any) -> tuple[int, bool, bool]:
+    """A content block's bound (its JSON's bytes, an image's tokens beyond them) and whether
+    it, or a block inside it (a tool result's content), is marked, and for an hour."""
+    from promptex.gateway.messages import IMAGE_TOKENS
+
+    size = len(orjson.dumps(part))
+    marked, hour = _mark(part)
+    inner = part.get("content") if isinstance(part, dict) else None
+    for item in [part, *(inner if isinstance(inner, list) else ())]:
+        if isinstance(item, dict) and item.get("type") in _IMAGES:
+            size += IMAGE_TOKENS
+        if item is not part:
+            m, h = _mark(item)
+            marked, hour = marked or m, hour or h
+    return size, marked, hour
+
+
+def cache_marks(body: Any) -> CacheMarks:
+    """Where a request body marks its prompt for the cache: a `cache_control` object where a
+    provider reads one (the body's top level, a tool, a system block, a message (LiteLLM's), a
+    content block or a tool result's block), not any object so named (a tool's parameter, a
+    tool call's input, metadata: before, one there let writes be charged for a request that
+    marked nothing). The prompt is read in the order a provider caches it (tools, system,
+    messages; a chat request's system messages, lifted to the front, count before any), and
+    each mark bounds the prefix it ends by the request's own input bound for it (bytes as
+    tokens, images and the tools' and format's prompts as `gateway.messages` holds them)."""
+    from promptex.gateway.messages import TOOLS_TOKENS
+    from promptex.gateway.requests import PER_MESSAGE, PER_REQUEST, PROMPT_FIELDS_FRAME
+
+    if not isinstance(body, dict):
+        return CacheMarks(False, False)
+    given_tools, system, given_messages = body.get("tools"), body.get("system"), body.get("messages")
+    tools: list[Any] = given_tools if isinstance(given_tools, list) else []
+    messages: list[Any] = given_messages if isinstance(given_messages, list) else []
+    lifted = [m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")]
+    fields = [body.get(name) for name in ("tool_choice", "output_config", "response_format")]
+    total = PER_REQUEST + PROMPT_FIELDS_FRAME + len(orjson.dumps([fields, lifted]))
+    total += (TOOLS_TOKENS if tools else 0) + (TOOLS_TOKENS if any(fields[1:]) else 0)
+    total += len(orjson.dumps(system)) if not isinstance(system, list) else 0
+    marked, hour = _mark(body)  # automatic caching: the whole prompt
+    prefix = prefix_1h = None
+    last = last_1h = -1
+
+    def seen(size: int, mark: tuple[bool, bool]) -> None:
+        nonlocal total, last, last_1h
+        total += size
+        last = total if mark[0] else last
+        last_1h = total if mark[1] else last_1h
+
+    for tool in tools:
+        seen(len(orjson.dumps(tool)), _mark(tool))
+    for block in system if isinstance(system, list) else ():
+        size, m, h = _part_size(block)
+        seen(size, (m, h))
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if message.get("role") in ("system", "developer"):
+            for part in content if isinstance(content, list) else ():  # counted in `lifted`
+                seen(0, _part_size(part)[1:])
+            seen(0, _mark(message))
+            continue
+        rest = {k: v for k, v in message.items() if k != "content"}
+        seen(PER_MESSAGE + len(orjson.dumps(rest)), (False, False))
+        if isinstance(content, list):
+            for part in content:
+                size, m, h = _part_size(part)
+                seen(size, (m, h))
+        else:
+            seen(len(orjson.dumps(content)), (False, False))
+        seen(0, _mark(message))
+    if not marked:
+        prefix = last if last >= 0 else None
+        prefix_1h = last_1h if last_1h >= 0 else None
+    any_mark = marked or last >= 0
+    return CacheMarks(any_mark, hour or last_1h >= 0, prefix, None if hour else prefix_1h)
 
 
 def within_marks(usage: TokenUsage, sent: Any) -> TokenUsage:
     """`usage` as a request whose upstream body was `sent` can have used it: a provider writes
     to its prompt cache only what a request marks (`cache_marks`), for an hour only what it
-    marks so. Writes reported beyond the marks (a mistaken or lying upstream, or a router
-    that adds marks of its own) are charged as what the request asked: unmarked, as plain
-    input; an hour's without an hour's mark, as five-minute writes. Before, the gateway
-    charged them at the write rates (up to 2x the input rate, capped only at the hold), and
-    only a buyer behind the signing proxy (which refuses such answers) was not overcharged.
-    The body is walked only when writes are reported."""
+    marks so, and no more than the prefix its last mark (hour's mark) ends. Writes reported
+    beyond that (a mistaken or lying upstream, or a router that adds marks of its own) are
+    charged as what the request asked: unmarked, as plain input; an hour's beyond an hour's
+    marks, as five-minute writes. Before, the gateway charged them at the write rates (up to
+    2x the input rate, capped only at the hold) — for a request whose one mark ended a short
+    system prompt, every input token — and only a buyer behind the signing proxy (which
+    refuses such answers) was not overcharged. The body is walked only when writes are reported."""
     if not usage.cache_write_tokens:
         return usage
-    marked, hour = cache_marks(sent)
-    if not marked:
+    marks = cache_marks(sent)
+    if not marks.marked:
         return dataclasses.replace(usage, cache_write_tokens=0, cache_write_1h_tokens=0)
-    if usage.cache_write_1h_tokens and not hour:
-        return dataclasses.replace(usage, cache_write_1h_tokens=0)
-    return usage
+    writes = usage.cache_write_tokens if marks.prefix is None else min(usage.cache_write_tokens, marks.prefix)
+    hour = usage.cache_write_1h_tokens if marks.hour else 0
+    hour = min(hour, writes, *(() if marks.prefix_1h is None else (marks.prefix_1h,)))
+    if (writes, hour) == (usage.cache_write_tokens, usage.cache_write_1h_tokens):
+        return usage
+    return dataclasses.replace(usage, cache_write_tokens=writes, cache_write_1h_tokens=hour)
 
 
 def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
