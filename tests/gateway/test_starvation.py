@@ -22,6 +22,7 @@ import pytest
 
 from polling import until
 from promptex.config import Settings
+from promptex.gateway.keys import hash_key
 
 from .conftest import Fake, Harness, _harness
 
@@ -255,6 +256,71 @@ def test_connections__kept_alive_longer_than_sdk_pools__over_the_address_share_a
         answers = asyncio.run(refused())
         assert [(r.status_code, r.text) for r in answers] == [(429, "Too many connections from this address.")] * 3
         assert guarded.app.guard.open.get(ATTACKER) == 8  # the refused ones never counted
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def answered_while_sending(conn: socket.socket, first: bytes, rest: bytes) -> bytes:
+    """What a client reads that sends `first`, is answered (and the connection closed), and
+    goes on sending `rest` a byte at a time before it reads: the whole answer, then the end.
+    Before: the gateway had closed, so a byte drew a reset and the next write failed (an
+    asyncio client's failed write drops the answer it had received: no answer at all)."""
+    with conn:
+        conn.sendall(first)
+        until(lambda: answered(conn), "the answer", every=POLL)
+        for byte in rest:
+            conn.sendall(bytes([byte]))
+        return read_all(conn)
+
+
+def whole(answer: bytes, status: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    fields = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:])
+    return (
+        head.startswith(b"HTTP/1.1 " + status)
+        and fields[b"connection"] == b"close"
+        and len(body) == int(fields[b"content-length"])
+    )
+
+
+def test_timeouts__a_client_still_sending__reads_the_whole_408_and_its_end(quick: Harness) -> None:
+    gw = quick
+    _, key = gw.buyer()
+    rest = json.dumps(HELLO).encode()[:100]
+    headers = answered_while_sending(connect(gw, "127.0.0.1"), b"POST /v1/chat/completions HTTP/1.1\r\n", rest)
+    assert whole(headers, b"408 ") and headers.endswith(b"did not arrive in time."), headers
+    body = answered_while_sending(connect(gw, "127.0.0.1"), slow_request(key), rest)
+    assert whole(body, b"408 "), body
+    assert json.loads(body.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert (gw.app.guard.timed_out, gw.gateway.timed_out) == (1, 1)
+
+
+def test_in_flight_share__a_client_still_sending__reads_the_whole_429_and_its_end(guarded: Harness) -> None:
+    gw = guarded
+    _, key = gw.buyer(amount=0)
+    held = [connect(gw, ATTACKER) for _ in range(3)]  # the key's whole share, bodies still to come
+    try:
+        for conn in held:
+            conn.sendall(slow_request(key))
+        until(lambda: gw.gateway.admission.keys == {hash_key(key): 3}, "the key's share taken", every=POLL)
+        trickled = answered_while_sending(connect(gw, "127.0.0.1"), slow_request(key), b"x" * 100)
+        assert whole(trickled, b"429 ") and b"too_many_in_flight" in trickled, trickled
+        # A client that writes its whole request before it reads (as httpx does): a body the
+        # gateway never reads (uvicorn stops reading it at 64 KiB). Before: closed with its
+        # bytes unread, the gateway's end was a reset, sent before the client had written all.
+        with connect(gw, "127.0.0.1") as whole_request:  # a body of 1,000,000 bytes
+            whole_request.sendall(slow_request(key).replace(b"1000", b"1000000", 1) + b"x" * 999_999)
+            answer = read_all(whole_request)
+        assert whole(answer, b"429 ") and b"too_many_in_flight" in answer, answer
+
+        async def posted() -> list[int]:  # so writes httpx's AsyncClient, under the SDKs' async clients
+            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {key}"}) as client:
+                answers = [await client.post("/v1/chat/completions", content=b"x" * 999_999) for _ in range(3)]
+            return [answer.status_code for answer in answers]
+
+        assert asyncio.run(posted()) == [429] * 3  # before: httpx.ReadError('') (no answer) for most
+        assert gw.gateway.admission.keys == {hash_key(key): 3}
     finally:
         for conn in held:
             conn.close()

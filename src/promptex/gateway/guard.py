@@ -12,12 +12,17 @@ httptools protocol with two guards:
   are answered 429 at once and not counted. A trusted proxy's own connections are not
   counted: its clients are told apart by X-Forwarded-For, in `admission`.
 
-A refused connection is half-closed after its 429 (the client reads the answer and the
-end of it), and whatever the client sends is read and dropped until it closes, for at
-most `REFUSED_LINGER` seconds. Why not closed at once: an asyncio client (httpx's
-AsyncClient, under the SDKs' async clients) then writes its request to a closed socket,
-gets a reset, and drops the 429 it had already received: it saw a ReadError with no
-answer, every time, and retried as if the gateway had failed.
+Every answer after which the gateway closes the connection is followed by a half-close
+(`_linger`): the refused connection's 429, the header timeout's 408, and whatever the app
+answers with `connection: close` (the body timeout's 408, the 429 of a key or address
+with its share in flight, sent before the body is read). The client reads the answer
+and the end of it, and whatever it still sends is read and dropped until it closes, for
+at most `REFUSED_LINGER` seconds. Why not closed at once: a client still sending (its
+request after a refusal at connect, the rest of its headers or body) then writes to a
+closed socket and gets a reset — at once, if the gateway closed with bytes of it unread —
+and an asyncio client (httpx's AsyncClient, under the SDKs' async clients) drops the
+answer it had already received: it saw a ReadError with no answer, and retried as if
+the gateway had failed.
 
 The body has its own deadline, in the app (`Gateway.read`), where a 408 can be answered
 in the API's error shape; a request whose whole body came with its headers (nearly all)
@@ -33,7 +38,7 @@ take the parsing of that one read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -51,7 +56,7 @@ def _status(line: bytes, text: bytes) -> bytes:
 BODY_RECEIVED = "promptex.body_received"  # in a request's scope: its whole body is in memory
 HEADER_TIMEOUT = _status(b"408 Request Timeout", b"The request's headers did not arrive in time.")
 TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", b"Too many connections from this address.")
-REFUSED_LINGER = 1.0  # seconds a refused connection waits, half-closed, for its client to close
+REFUSED_LINGER = 1.0  # seconds a closing connection waits, half-closed, for its client to close
 
 
 class ConnectionGuard:
@@ -94,16 +99,11 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._answers = _Answers(transport, self._linger)
             address = self.client[0] if self.client else ""
             if not guard.enter(address):
-                self._refused = True
                 transport.write(TOO_MANY_CONNECTIONS)
-                if not transport.can_write_eof():
-                    transport.close()
-                    return
-                transport.write_eof()  # the client reads the 429 and the end; closed when it closes
-                linger = min(REFUSED_LINGER, guard.header_timeout)
-                self._deadline = self.loop.call_later(linger, transport.close)
+                self._linger()
                 return
             self._address = address
             self._arm()
@@ -116,11 +116,11 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         _reading_headers = False
-        _refused = False
+        _lingering = False
 
         def data_received(self, data: bytes) -> None:
-            if self._refused:
-                return  # a refused connection's request: read and dropped, never parsed
+            if self._lingering:
+                return  # sent after the answer that closes the connection: read and dropped, never parsed
             super().data_received(data)
             if self._reading_headers:  # a request begun in this read whose headers are still to come
                 self._arm()
@@ -133,6 +133,14 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             self._reading_headers = False
             self._disarm()
             super().on_headers_complete()
+            if self.cycle is not None:  # None: a first request asking an upgrade (not served)
+                self.cycle.transport = self._answers  # type: ignore[assignment]
+
+        def on_response_complete(self) -> None:
+            if self._lingering:  # closing: no kept-alive timer, no pipelined request started
+                self.server_state.total_requests += 1
+                return
+            super().on_response_complete()
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -155,9 +163,40 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 return  # a request is being served: its headers did arrive
             guard.timed_out += 1
             self.transport.write(HEADER_TIMEOUT)
-            self.transport.close()
+            self._linger()
+
+        def _linger(self) -> None:
+            """Close after the answer written: half-closed, the client reads the answer and
+            the end; what it still sends is dropped; closed when it closes, or after
+            `REFUSED_LINGER` seconds (see the module's docstring)."""
+            transport = self.transport
+            if self._lingering or transport.is_closing():
+                return
+            self._lingering = True
+            self._disarm()
+            if not transport.can_write_eof():
+                transport.close()
+                return
+            transport.write_eof()  # after what was written; the client's end closes ours (`eof_received`)
+            self.flow.resume_reading()  # paused with a body unread: read (and drop) it too
+            self._deadline = self.loop.call_later(REFUSED_LINGER, transport.close)
 
     return GuardedProtocol
+
+
+class _Answers:
+    """The transport a request's answer is written to (uvicorn's `RequestResponseCycle`
+    writes, and closes it after an answer that says `connection: close`, or one cut
+    short): the connection's own, but for `close`, which is `_linger`."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[], None]) -> None:
+        self.write = transport.write
+        self.is_closing = transport.is_closing
+        self.close = close
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def uvicorn_options(settings: Settings, guard: ConnectionGuard) -> dict[str, Any]:
