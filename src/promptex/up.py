@@ -954,9 +954,40 @@ def demo_lots_open(rpc_url: str, deployment: Deployment) -> set[tuple[str, str]]
     return found
 
 
-def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> None:
-    """The demo lots the chain does not have open yet (`demo_lots_open`), one after the
-    other in this process, each bond approved exactly before its lot."""
+def ledger_lot_count() -> int:
+    """How many lots this market's ledger has recorded (its gateway's, of any status)."""
+    from promptex.config import Settings
+    from promptex.gateway.store import GatewayStore
+    from promptex.ledger import Ledger
+
+    with Ledger.from_settings(Settings()) as ledger:
+        return len(GatewayStore(ledger.engine).lots())
+
+
+def demo_lots_wanted(
+    rpc_url: str, deployment: Deployment, *, new_market: bool, ledger_lots: int
+) -> list[tuple[str, str]]:
+    """The demo lots (provider, kind) this `up` opens: on a new market those the chain does
+    not have open yet (`demo_lots_open`); on a market made ready before, none (a demo lot
+    its seller closed stays closed) — unless the ledger has recorded no lot at all
+    (`ledger_lots`): then the demo lots the chain has open were opened through another
+    ledger, whose gateway serves them, and this one's would serve nothing. A market folder
+    kept while its ledger changed (`ready.make_ready` makes the demo accounts and key again
+    on the new ledger) opened no lot: its panel's key was answered "no capacity" for every
+    model (wbreak s15). Every demo lot is opened again then (the other ledger's stay open on
+    the chain, served by nobody here)."""
+    every = [(provider, kind) for provider in DEMO_PROVIDERS for kind in DEMO_SELLERS]
+    if ledger_lots == 0:
+        return every
+    if not new_market:
+        return []
+    already = demo_lots_open(rpc_url, deployment)
+    return [lot for lot in every if lot not in already]
+
+
+def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment, wanted: list[tuple[str, str]]) -> None:
+    """The demo lots `wanted` (`demo_lots_wanted`), one after the other in this process,
+    each bond approved exactly before its lot."""
     from promptex.config import ConfigurationError, Settings
     from promptex.metering import provider_token
     from promptex.protocol.units import USD_MICRO
@@ -964,13 +995,11 @@ def open_demo_lots(options: UpOptions, rpc_url: str, deployment: Deployment) -> 
     from promptex.sellers import Capacity, CapacityRefused, LotNotOpened, LotPending
     from promptex.sellers.factory import open_capacity
 
-    already = demo_lots_open(rpc_url, deployment)
-    wanted = [(p, kind) for p in DEMO_PROVIDERS for kind in DEMO_SELLERS if (p, kind) not in already]
     if not wanted:
-        console.print(f"[bold]▶ demo lots:[/bold] all {len(already)} already open: left alone")
+        console.print("[bold]▶ demo lots:[/bold] all already open: left alone")
         return
-    kept = f" ({len(already)} already open)" if already else ""
-    console.print(f"[bold]▶ {len(wanted)} demo lots{kept}[/bold]")
+    kept = len(DEMO_PROVIDERS) * len(DEMO_SELLERS) - len(wanted)
+    console.print(f"[bold]▶ {len(wanted)} demo lots{f' ({kept} already open)' if kept else ''}[/bold]")
     upstream = f"http://127.0.0.1:{options.upstream_port}/v1"
     face = DEMO_FACE_VALUE_USD * USD_MICRO
     # A tokenized lot's bond is its token's share (the only one the escrow takes), a listed
@@ -1236,9 +1265,16 @@ def up(options: UpOptions) -> int:
         for service in services:
             if service.deferred:
                 supervisor.await_ready(service)
-        if new_market:
-            supervisor.check()
-            open_demo_lots(options, rpc_url, load_deployment(network))
+        if ready:
+            lots = demo_lots_wanted(rpc_url, load_deployment(network), new_market=new_market,
+                                    ledger_lots=ledger_lot_count())  # fmt: skip
+            if not new_market and lots:
+                console.print("[bold]▶ this ledger has no lot: the demo lots the chain has open were opened through "
+                              "another ledger (the market's folder kept while its ledger changed)[/bold]",
+                              soft_wrap=True)  # fmt: skip
+            if new_market or lots:
+                supervisor.check()
+                open_demo_lots(options, rpc_url, load_deployment(network), lots)
         made = None
         if ready:
             for finalizer in demo_finalizers():  # the demo sellers' keys are anvil's

@@ -192,6 +192,31 @@ def test_demo_lots_open__a_restart_opens_only_the_demo_lots_the_chain_lacks(seed
     assert demo_lots_open(url, deployment) == {("anthropic", "tokenized")}
 
 
+def test_demo_lots_wanted__a_ledger_with_no_lot_under_a_market_made_ready__every_demo_lot_opened_for_it(
+    seeded_anvil: tuple[str, Path],
+) -> None:
+    """wbreak s15: a market folder kept while its ledger changed (a new PROMPTEX_LEDGER_URL,
+    or the database deleted): `make_ready` made the demo accounts and key again on the new
+    ledger, but the demo lots were opened only on a new market (no ready.json), and then
+    only those the chain lacked: the new ledger's gateway had no lot, and the panel's key
+    got "no capacity" for every model. A ledger with no lot gets every demo lot; the
+    market's own ledger none on a restart (a demo lot its seller closed stays closed), and
+    on a new market those the chain does not have open."""
+    from promptex.chain.deployments import load_deployment
+    from promptex.up import demo_lots_wanted
+
+    url, root = seeded_anvil
+    deployment = load_deployment("local", root)
+    every = [(provider, kind) for provider in ("anthropic", "openai", "google", "meta")
+             for kind in ("tokenized", "listed")]  # fmt: skip
+    assert demo_lots_wanted(url, deployment, new_market=False, ledger_lots=0) == every
+    assert demo_lots_wanted(url, deployment, new_market=False, ledger_lots=3) == []
+    already = demo_lots_open(url, deployment)
+    assert demo_lots_wanted(url, deployment, new_market=True, ledger_lots=1) == [
+        lot for lot in every if lot not in already
+    ]
+
+
 def test_live_escrow__a_deployment_only_partly_on_the_chain__one_line_says_to_start_fresh(
     seeded_anvil: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
