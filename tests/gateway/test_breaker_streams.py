@@ -78,10 +78,8 @@ def test_stream_and_plain_abuse__with_limits__charged_input_never_beyond_the_hol
         assert row.status == "settled" and record is not None, request_id
         assert record.input_tokens >= 200, (attack, request_id)  # the input, always
         assert 0 < int(row.charged) <= int(row.amount), (attack, int(row.charged), int(row.amount))
-        if attack == "longer":
-            assert record.output_tokens == 4_000 and int(row.charged) == int(
-                row.amount
-            )  # served long, charged the hold
+        if attack == "longer":  # served long: charged (and recorded) the output limit sent, not the hold
+            assert record.output_tokens == 16 and int(row.charged) < int(row.amount), (request_id, record)
         charged += int(row.charged)
     assert gw.ledger.balance(account, "USDC").posted == 10 * USDC - charged
     assert counters["concurrent"] == 0 and counters["cost"] == charged, counters

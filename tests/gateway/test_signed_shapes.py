@@ -383,7 +383,7 @@ def test_honest_shapes__through_the_real_gateway__none_stops_signing(
     assert signer.book.charged_total() == total > 0 and all(lane.exact for lane in signer.book.lanes)
 
     # A lying upstream behind the same gateway, each lie on a session of its own: the gateway
-    # charges what it reports, the transport stops signing.
+    # charges what it reports within the request's bounds, the transport stops signing.
     def lying(answer: Any, path: str = "/v1/chat/completions", **extra: Any) -> str:
         nonlocal signer, client
         folder = tmp_path / f"lying{len(lies)}"
@@ -399,9 +399,11 @@ def test_honest_shapes__through_the_real_gateway__none_stops_signing(
         return signer.stopped
 
     lies: list[str] = []
-    # Output beyond the answer's bytes and its prediction's: the prediction is room only up to its size.
-    assert "of its prediction" in lying(_chat("Sunny.", _usage(PROMPT_TOKENS, 200)),
-                                        prediction={"type": "content", "content": draft[:60]})  # fmt: skip
+    # Output beyond the answer's bytes and its prediction's: the prediction is room only up to
+    # its size. (Reported within the output limit sent, 64: beyond it, the gateway charges and
+    # shows the limit, `Gateway.bounded`, so the lie is what the limit leaves past the bytes.)
+    assert "of its prediction" in lying(_chat("Sunny.", _usage(PROMPT_TOKENS, 64)),
+                                        prediction={"type": "content", "content": draft[:8]})  # fmt: skip
 
 
 def test_answer_check__cache_writes_beyond_the_marks__refused() -> None:

@@ -13,6 +13,9 @@ Anthropic reports them, on chat completions as LiteLLM shows an Anthropic model'
 `cache_writes_unmarked` on every request, marked or not (a mistaken or lying upstream);
 OpenAI answers report `reasoning_tokens` of their completion tokens as reasoning (inside
 the completion tokens, as OpenAI counts them: the visible text is that much shorter).
+An upstream that over-reports (a lying seller's endpoint) reports `extra_input_tokens` more
+input than its prompt (its cache reads and writes may then take them up too) and
+`extra_output_tokens` more output than it produced (its text unchanged).
 
     OpenAI-compatible:  POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models
     Anthropic:          POST /v1/messages   (x-api-key header, anthropic-version)
@@ -58,6 +61,8 @@ class FakeUpstreamConfig:
     cache_write_1h_tokens: int = 0  # of those, with a one-hour lifetime
     cache_writes_unmarked: bool = False  # report the writes for requests that marked nothing too
     reasoning_tokens: int = 0  # OpenAI: of each answer's completion tokens, reported as reasoning
+    extra_input_tokens: int = 0  # reported beyond the prompt's input tokens (a lying upstream)
+    extra_output_tokens: int = 0  # reported beyond the output produced (a lying upstream)
     ignore_max_tokens: bool = False  # answer `output_tokens` whatever limit the request set
     die_after_chunks: int | None = None  # a stream breaks off (connection dropped) after this many words
     record_timings: bool = False  # keep when each request named by its `user` field arrived and ended (bench)
@@ -201,7 +206,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if not isinstance(messages, list) or not messages:
             return _error(400, "messages must be a non-empty array", False)
         prompt, total = chat_input_tokens(messages), n_out(body)
-        usage, out = openai_usage(prompt, total, body)
+        usage, out = openai_usage(prompt + cfg.extra_input_tokens, total + cfg.extra_output_tokens, body)
+        out = max(0, out - cfg.extra_output_tokens)  # an over-report's text is not longer
         model = str(body.get("model", "fake-model"))
         rid = "chatcmpl-" + hashlib.sha256(orjson.dumps(body)).hexdigest()[:16] + str(cfg.requests)
         if not body.get("stream"):
@@ -247,8 +253,9 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
             return error or _error(500, "unreachable", False)
         prompt_field = body.get("prompt")
         prompt_text = prompt_field if isinstance(prompt_field, str) else " ".join(map(str, prompt_field or []))
-        prompt = count_tokens(prompt_text)
-        usage, out = openai_usage(prompt, n_out(body))
+        prompt = count_tokens(prompt_text) + cfg.extra_input_tokens
+        usage, out = openai_usage(prompt, n_out(body) + cfg.extra_output_tokens)
+        out = max(0, out - cfg.extra_output_tokens)
         model = str(body.get("model", "fake-model"))
         rid = f"cmpl-{cfg.requests}"
         if not body.get("stream"):
@@ -293,7 +300,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
             digest = hashlib.sha256(str(text).encode()).digest()
             vector = [(b - 128) / 128 for b in digest[:EMBEDDING_DIMENSIONS]]
             data.append({"object": "embedding", "index": i, "embedding": vector})
-        prompt = sum(count_tokens(str(text)) for text in inputs)
+        prompt = sum(count_tokens(str(text)) for text in inputs) + cfg.extra_input_tokens
         return _json(
             {
                 "object": "list",
@@ -319,7 +326,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if any(isinstance(m, dict) and m.get("role") == "system" for m in msgs):
             return _error(400, "system is a top-level parameter, not a message role", True)
         prompt, out = chat_input_tokens(msgs, body.get("system")), n_out(body)
-        input_usage = anthropic_usage(prompt, body)
+        input_usage = anthropic_usage(prompt + cfg.extra_input_tokens, body)
+        reported = out + cfg.extra_output_tokens
         model = str(body.get("model", "fake-model"))
         mid = f"msg_fake{cfg.requests}"
         stop = "max_tokens" if out < cfg.output_tokens else "end_turn"
@@ -333,7 +341,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
                     "content": [{"type": "text", "text": fake_text(out)}],
                     "stop_reason": stop,
                     "stop_sequence": None,
-                    "usage": {**input_usage, "output_tokens": out},
+                    "usage": {**input_usage, "output_tokens": reported},
                 }
             )
 
@@ -360,7 +368,7 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
                 delta = {"type": "text_delta", "text": word if i == 0 else " " + word}
                 yield _sse({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
             yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-            end = {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": out}}
+            end = {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": reported}}
             yield _sse(end, "message_delta")
             yield _sse({"type": "message_stop"}, "message_stop")
 

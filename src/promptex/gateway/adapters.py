@@ -221,6 +221,18 @@ def within_marks(usage: TokenUsage, sent: Any) -> TokenUsage:
     return dataclasses.replace(usage, cache_write_tokens=writes, cache_write_1h_tokens=hour)
 
 
+Bound = Callable[[TokenUsage], TokenUsage]
+"""A request's bounds on what its answer may be charged (`Gateway.bounded`: the input its
+body can hold, the output limit sent): a usage reported beyond them, as charged."""
+
+
+def as_charged(reported: TokenUsage, sent: Any, bound: Bound | None) -> TokenUsage:
+    """An upstream's reported usage as charged: its cache writes within the marks of the
+    body `sent` (`within_marks`), then within the request's bounds (`bound`, if given)."""
+    usage = within_marks(reported, sent)
+    return usage if bound is None else bound(usage)
+
+
 def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
     """`usage` as an OpenAI chat/completions `usage` object."""
     out: dict[str, Any] = {
@@ -297,7 +309,10 @@ class Adapter(Protocol):
 
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall: ...
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]: ...
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
+        """The answer as the client gets it, and its usage as charged (`as_charged`): the
+        answer's usage shows that, not what the upstream reported."""
+        ...
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator: ...
 
@@ -506,13 +521,13 @@ class OpenAIAdapter:
             orjson.dumps(body),
         )
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, openai_usage)
-        usage = within_marks(reported, self.sent)
+        usage = as_charged(reported, self.sent, bound)
         if usage == reported:
             return content, usage  # as sent (the common case: not parsed again)
-        # Charged other than reported: the answer shows what was charged, which the buyer
-        # (and the signing proxy) can check.
+        # Charged other than reported (writes beyond the marks, counts beyond the bounds):
+        # the answer shows what was charged, which the buyer (and the signing proxy) can check.
         return orjson.dumps({**body, "usage": shown_openai_usage(body["usage"], usage)}), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
@@ -725,9 +740,9 @@ class AnthropicAdapter:
         self.sent = anthropic_body(endpoint, body, self.default_max_tokens)
         return anthropic_call(base_url, secret, self.sent)
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, anthropic_usage_of)
-        usage = within_marks(reported, self.sent)
+        usage = as_charged(reported, self.sent, bound)
         text = _text(body.get("content"))
         finish = _FINISH.get(str(body.get("stop_reason")), "stop")
         usage_body = openai_usage_json(usage)

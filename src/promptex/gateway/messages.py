@@ -25,11 +25,13 @@ import orjson
 from promptex.gateway.adapters import (
     CHAT,
     Adapter,
+    Bound,
     ChatTranslation,
     StreamTranslator,
     UpstreamCall,
     anthropic_call,
     anthropic_usage_of,
+    as_charged,
     read_answer,
     within_marks,
 )
@@ -328,9 +330,9 @@ class NativeAdapter:
         self.sent = native_body(body, self.output)
         return anthropic_call(base_url, secret, self.sent)
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, anthropic_usage_of)
-        usage = within_marks(reported, self.sent)
+        usage = as_charged(reported, self.sent, bound)
         if usage == reported:
             return content, usage  # as sent
         # Charged other than reported: the answer shows what was charged.
@@ -452,8 +454,8 @@ class ToChatAdapter:
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
         return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        chat, usage = self.inner.answer(CHAT, content, model)
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
+        chat, usage = self.inner.answer(CHAT, content, model, bound)
         return orjson.dumps(from_chat(orjson.loads(chat), usage, model)), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:

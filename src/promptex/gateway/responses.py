@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from promptex.gateway.adapters import CHAT, Adapter, ChatTranslation, StreamTranslator, UpstreamCall
+from promptex.gateway.adapters import CHAT, Adapter, Bound, ChatTranslation, StreamTranslator, UpstreamCall
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_MESSAGE, PER_REQUEST
@@ -275,8 +275,8 @@ class ToChatAdapter:
     def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
         return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
 
-    def answer(self, endpoint: str, content: bytes, model: str) -> tuple[bytes, TokenUsage]:
-        chat, usage = self.inner.answer(CHAT, content, model)
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
+        chat, usage = self.inner.answer(CHAT, content, model, bound)
         return orjson.dumps(from_chat(self.body, orjson.loads(chat), usage, model)), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:

@@ -101,6 +101,9 @@ from promptex.protocol.vault import recover_voucher_signer
 
 ASSET_HEADER = "x-promptex-asset"
 AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
+# On a plain answer whose upstream reported usage beyond the request's bounds: the sides
+# ("input", "output") charged, and shown, at their bound (`Gateway.bounded`).
+CLAMPED_HEADER = b"x-promptex-usage-clamped"
 # The output limits a request may name (the first wins, as each API reads them).
 OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
@@ -206,6 +209,7 @@ class Priced:
     voucher: Voucher | None = None  # signed mode: the voucher its hold is (ceiling − lane_charged)
     lane_charged: int = 0  # signed mode: the lane's total charged before it
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
+    clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
 
     def lane_state(self) -> dict[str, Any] | None:
         """Signed mode: its lane, the lane's total before it and its voucher, for a refusal
@@ -746,10 +750,14 @@ class Gateway:
         already (a stream, metered as it ends): a settle that cannot reach the database
         but had committed stays charged (a plain request's is given back: it is answered
         503, "nothing is charged")."""
-        # Never beyond the hold (and so the voucher): it is the bound the buyer agreed to. An
-        # upstream that answers past the output limit sent, or reports more input than the
-        # body can hold (a seller's own endpoint may), costs the buyer nothing more; the
-        # record still draws the lot its whole list value.
+        # Within the request's bounds (`bounded`: its callers' answers show this usage
+        # already): an upstream that reports more output than the limit sent, or more input
+        # than the body can hold (a seller's own endpoint may), is charged, recorded and
+        # paid the bound, no more. Before, the charge was capped only at the hold (107x the
+        # true cost in the breaker's repro) and the record drew the lot, and paid its
+        # seller, the whole list value reported. Never beyond the hold (and so the voucher)
+        # either: within the bounds the cost is at most the hold, which priced them.
+        usage = self.bounded(priced, request_id, lot, usage)
         cost = min(metering.usage_cost(priced.rates[lot.id], usage), priced.hold)
         voucher = priced.voucher
         p = priced.price
@@ -793,6 +801,26 @@ class Gateway:
         if voucher is not None:
             signed = SignedLane(voucher.lane, priced.lane_charged + charged, voucher.header())
         return self.charge(request_id, priced.asset, charged, lot, signed)
+
+    def bounded(self, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> TokenUsage:
+        """`usage` as the request can have used it (`metering.within_bounds`): input at most
+        its body's bound (`priced.input_bound`, cache reads and writes inside it), output at
+        most the limit sent upstream (`priced.output`; an embedding's none) — the bounds the
+        hold priced and the signing proxy checks an answer against (`buyerside.answers`).
+        An upstream's usage beyond them is logged (the lot, the counts) and noted on
+        `priced.clamped` (`x-promptex-usage-clamped` on a plain answer)."""
+        within = metering.within_bounds(self._list_rates(priced.price.model), usage, priced.input_bound, priced.output)
+        if within is usage:
+            return usage
+        sides = ("input",) * (within.input_tokens < usage.input_tokens)
+        sides += ("output",) * (within.output_tokens < usage.output_tokens)
+        priced.clamped = tuple(dict.fromkeys((*priced.clamped, *sides)))
+        log.warning(
+            "request %s: lot %d reported %d input and %d output tokens, beyond the request's bounds "
+            "(%d input, %d output): charged at the bounds",
+            request_id, lot.id, usage.input_tokens, usage.output_tokens, priced.input_bound, priced.output,
+        )  # fmt: skip
+        return within
 
     async def release(self, key: ApiKey, priced: Priced, request_id: str) -> None:
         try:
@@ -1010,14 +1038,19 @@ class Gateway:
             self.health.succeeded(lot.id, elapsed)  # the lot answered (a client error is the client's)
             if status >= 400:
                 raise _client_error(answer, lot)
+            # The answer shows the usage charged: within the request's bounds (`bounded`).
+            bound = functools.partial(self.bounded, priced, request_id, lot)
             try:
-                content, usage = adapter.answer(endpoint, answer.content, priced.price.model)
+                content, usage = adapter.answer(endpoint, answer.content, priced.price.model, bound)
             except MissingUsage:
                 self._failed(lot, "unmetered", failures)
                 continue
             # Not in a shield of its own: its one wait (the settle) is shielded by `LedgerThreads`.
             charge = await self.finish(key, priced, request_id, lot, usage)
-            return PlainAnswer(content, fronts.raw_id_headers(endpoint, request_id), raw_headers(charge.cost_headers()))
+            more = raw_headers(charge.cost_headers())
+            if priced.clamped:
+                more.append((CLAMPED_HEADER, ", ".join(priced.clamped).encode()))
+            return PlainAnswer(content, fronts.raw_id_headers(endpoint, request_id), more)
         raise _all_failed(failures)
 
     async def _stream(
@@ -1083,6 +1116,7 @@ class Gateway:
                 usage = dataclasses.replace(
                     usage, input_tokens=usage.input_tokens or stream.priced.prompt_floor, output_tokens=out
                 )
+        usage = self.bounded(stream.priced, stream.request_id, stream.lot, usage)
         if isinstance(tr, ShowsCharged):  # its usage event shows what is charged, not what was reported
             tr.charged(usage)
         return await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage, streamed=True)

@@ -19,6 +19,7 @@ from promptex.metering.pricing import (
     usage_cost,
     usdc_rates,
     usdc_to_token_rates,
+    within_bounds,
 )
 from promptex.metering.tokens import TokenUsage, anthropic_usage
 
@@ -52,4 +53,5 @@ __all__ = [
     "usage_cost",
     "usdc_rates",
     "usdc_to_token_rates",
+    "within_bounds",
 ]

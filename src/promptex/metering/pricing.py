@@ -152,6 +152,42 @@ def upper_bound(rates: Rates, input_tokens: int, output_tokens: int, *, cache_wr
     return -(-(input_rate * input_tokens + o * output_tokens) // (denominator * TOKENS_PER_RATE))
 
 
+def within_bounds(rates: Rates, usage: TokenUsage, input_tokens: int, output_tokens: int) -> TokenUsage:
+    """`usage` as a request bounded by `input_tokens` in (its body's bound, cache reads and
+    writes included) and `output_tokens` out (the output limit sent upstream; 0: an
+    embedding, which has none) can have used it: what an upstream reports beyond a bound
+    (a seller's own endpoint may report anything) is not charged. Output beyond its limit
+    becomes the limit, reasoning within it. Input beyond its bound becomes the bound, its
+    parts kept within what was reported and filled from the cheapest (at `rates`: any
+    rates of the model, as every rate scales alike) — the reported excess comes off the
+    priciest parts, never moved onto a pricier one. Within its bounds, `usage` itself."""
+    out = min(usage.output_tokens, output_tokens)
+    if usage.input_tokens <= input_tokens and out == usage.output_tokens:
+        return usage
+    parts = {
+        "cache_read": usage.cache_read_tokens,
+        "uncached": usage.uncached_input_tokens,
+        "cache_write_5m": usage.cache_write_5m_tokens,
+        "cache_write_1h": usage.cache_write_1h_tokens,
+    }
+    if usage.input_tokens > input_tokens:
+        i, _, r, w, w1h, _ = rates.over_common_denominator
+        price = {"cache_read": r, "uncached": i, "cache_write_5m": w, "cache_write_1h": w1h}
+        room = input_tokens
+        for name in sorted(parts, key=lambda name: price[name]):  # stable: ties in the order above
+            parts[name] = taken = min(parts[name], room)
+            room -= taken
+    hour = parts["cache_write_1h"]
+    return TokenUsage(
+        sum(parts.values()),
+        out,
+        cache_read_tokens=parts["cache_read"],
+        cache_write_tokens=parts["cache_write_5m"] + hour,
+        cache_write_1h_tokens=hour,
+        reasoning_tokens=min(usage.reasoning_tokens, out),
+    )
+
+
 def list_rates(price: ModelPrice) -> Rates:
     """A model's list price as rates in USD micro-units (USDC's smallest unit) per 1,000 tokens."""
 
