@@ -546,7 +546,9 @@ def start_chain(supervisor: Supervisor, anvil: Service, state_dir: Path) -> None
     refused the file ("anvil exited with code 2 while starting", its parser's words above),
     and the only way on that `up` knew was `--fresh`. The copy, made before anvil starts and
     kept once it has loaded the file, is a chain that loads; the line says how to go back to
-    it (what came after it is lost, and the indexer rewinds it) or to start a new market."""
+    it (what came after it is lost, and the indexer rewinds it) or to start a new market. A
+    whole file anvil refuses (another anvil version's state, or not anvil's) is said to be
+    that, not cut short."""
     state = state_dir / ANVIL_STATE
     loading = state_dir / (LOADED_STATE + ".tmp")
     copied = state.exists()
@@ -568,9 +570,14 @@ def start_chain(supervisor: Supervisor, anvil: Service, state_dir: Path) -> None
             if (state_dir / LOADED_STATE).exists()
             else "start a new market with --fresh (it archives the file, nothing is deleted)"
         )
+        cause = (  # serde_json's words for a file that ends early (empty, or cut mid-write)
+            "the file was cut short while anvil wrote it (a power loss, or anvil killed)"
+            if "EOF while parsing" in words
+            else "the file is whole but no chain this anvil loads (another anvil version's state, or not anvil's)"
+        )
         raise UpError(
-            f"anvil cannot load the market's chain {state} ({' '.join(words.split())}): the file was cut short "
-            f"while anvil wrote it (a power loss, or anvil killed) and is left as it is; {back}"
+            f"anvil cannot load the market's chain {state} ({' '.join(words.split())}): {cause} and is left as it "
+            f"is; {back}"
         ) from exc
     if copied:
         os.replace(loading, state_dir / LOADED_STATE)

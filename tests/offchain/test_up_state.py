@@ -131,6 +131,31 @@ def test_start_chain__a_state_file_cut_short__one_line_left_as_it_is_and_the_cop
         supervisor.stop_all()
 
 
+def test_start_chain__a_whole_state_file_anvil_cannot_load__not_said_to_be_cut_short(tmp_path: Path) -> None:
+    """wbreak s15: a state file anvil refuses though it is whole JSON (another anvil version's
+    format after an upgrade, or a file that is not anvil's) was said to be "cut short while
+    anvil wrote it (a power loss, or anvil killed)". Its own cause now; cut short stays for
+    a file that ends early (serde's "EOF while parsing")."""
+    from anvil_node import free_port
+    from promptex.up import anvil_binary, rpc_answers, start_chain
+
+    market = tmp_path / "market"
+    market.mkdir()
+    (market / ANVIL_STATE).write_text('{"accounts": {}}')
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [anvil_binary(), "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--silent",
+            *anvil_state_args(market, 3_600)]  # fmt: skip
+    supervisor = Supervisor(dict(os.environ))
+    try:
+        with pytest.raises(UpError) as refused:
+            start_chain(supervisor, Service("anvil", argv, url=url, ready=lambda: rpc_answers(url)), market)
+    finally:
+        supervisor.stop_all()
+    line = str(refused.value)
+    assert "cut short" not in line and "the file is whole but no chain this anvil loads" in line, line
+    assert "\n" not in line and (market / ANVIL_STATE).read_text() == '{"accounts": {}}'
+
+
 def test_chain_behind_ledger__blocks_the_ledger_indexed_lost_with_the_last_dump__said_in_one_line(
     sqlite_ledger: Ledger,
 ) -> None:
