@@ -128,3 +128,26 @@ def test_cache_control_named_where_no_provider_reads_a_mark__no_writes_charged()
     marked = {**result, "content": [{"type": "text", "text": "200 OK", "cache_control": FIVE}]}
     marks = cache_marks({**body, "messages": [*body["messages"][:2], {"role": "user", "content": [marked]}]})
     assert marks.marked and not marks.hour and marks.prefix is not None and marks.prefix > 10_000
+
+
+def test_chat_stream_from_an_anthropic_lot_cut_short__its_charge_and_usage_shown(gw: Harness, fake: Fake) -> None:
+    """A chat stream served by an Anthropic lot whose upstream broke off is charged its input
+    and the output streamed, and now ends, as an OpenAI lot's does, with a chunk carrying the
+    charge (and the usage charged, when asked) and no [DONE]. Before, nothing followed the
+    last text: the buyer was charged with no usage or charge shown."""
+    fake.config.die_after_chunks = 3
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    for include_usage in (True, False):
+        body = {"model": "fake-claude", "max_tokens": 20, "stream": True, "messages": [{"role": "user",
+                "content": "hi there"}], "stream_options": {"include_usage": include_usage}}  # fmt: skip
+        answer = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert record is not None and (record.input_tokens, record.output_tokens) == (5, 3)
+        assert "[DONE]" not in answer.text
+        last = _events(answer.text)[-1]
+        assert last["promptex"]["cost_units"] == str(record.cost), include_usage
+        if include_usage:
+            assert last["choices"] == [] and last["usage"]["completion_tokens"] == 3
+        else:
+            assert "usage" not in last and last["choices"][0]["finish_reason"] is None

@@ -660,6 +660,7 @@ class AnthropicStream:
         self._reported: dict[str, Any] = {}  # Anthropic's usage numbers so far (each event may update some)
         self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
         self._finish: str | None = None
+        self._started = False  # a message_start was read (its first chunk passed on)
         self._base: dict[str, Any] = {
             "id": "chatcmpl-anthropic",
             "object": "chat.completion.chunk" if endpoint == CHAT else "text_completion",
@@ -686,6 +687,7 @@ class AnthropicStream:
             return []
         kind = event.get("type")
         if kind == "message_start":
+            self._started = True
             message = event.get("message") or {}
             self._base["id"] = "chatcmpl-" + str(message.get("id", "anthropic"))
             self._update(message.get("usage"))
@@ -709,17 +711,22 @@ class AnthropicStream:
         self._charged = usage
 
     def finish(self, charge: Charge | None) -> list[bytes]:
-        if not self.finished:
+        # Cut short but charged: its charge (and the usage charged, when asked) on a last chunk
+        # with no finish reason and no [DONE], as `OpenAIStream` ends one. Before, nothing
+        # followed the last text: the client that asked for usage never saw what it was
+        # charged (nor the signing proxy a charge to check).
+        cut = not self.finished and charge is not None and self._started
+        if not self.finished and not cut:
             return []
-        last = self._choice_chunk({}, "", self._finish or "stop")
+        last = self._choice_chunk({}, "", None if cut else self._finish or "stop")
         tail = [last]
         usage = self._charged if charge is not None and self._charged is not None else self.usage
         if self.include_usage and usage is not None:
             last = {**self._base, "choices": [], "usage": openai_usage_json(usage)}
-            tail.append(last)
+            tail = [last] if cut else [*tail, last]
         if charge is not None:
             last[FIELD] = charge.fields()
-        return [*(sse(chunk) for chunk in tail), _DONE]
+        return [*(sse(chunk) for chunk in tail), *(() if cut else (_DONE,))]
 
     def _update(self, usage: Any) -> None:
         """message_start reports the input (and the cache's) numbers, message_delta the
