@@ -17,6 +17,9 @@ import pytest
 from promptex import metering
 from promptex.buyerside.answers import bounds, check_counts, usage_of
 from promptex.buyerside.signer import StreamWatch
+from promptex.gateway.adapters import COMPLETIONS
+from promptex.gateway.errors import GatewayError
+from promptex.gateway.requests import validate
 from promptex.metering import TokenUsage, load_catalog
 from promptex.protocol.units import USD_MICRO as USDC
 
@@ -151,3 +154,15 @@ def test_stream_past_its_output_limit_then_cut_short__charged_the_limit(gw: Harn
     response, shown, cost = _ask(gw, key, "chat", body)
     assert shown.output_tokens == 10 and cost == usdc_cost("fake-gpt", shown)
     assert record_details(gw, response.headers["x-request-id"])[1] == 10
+
+
+def test_completions_best_of__refused_as_n_is() -> None:
+    """`best_of` has the upstream generate that many candidates, all billed as output: beyond
+    the one output limit the hold covers, and charged at that limit, a buyer got best_of
+    times the work for it. Refused (400) before any hold, as `n` is."""
+    body = {"model": "fake-gpt", "prompt": "hello world", "max_tokens": 10}
+    assert validate(COMPLETIONS, {**body, "best_of": 1}) == ("fake-gpt", 14, 10)
+    for best_of in (2, 0, "3"):
+        with pytest.raises(GatewayError) as refused:
+            validate(COMPLETIONS, {**body, "best_of": best_of})
+        assert refused.value.status == 400 and refused.value.param == "best_of"

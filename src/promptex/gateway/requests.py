@@ -98,6 +98,11 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
     n = body.get("n")
     if n is not None and n != 1:
         raise bad_request("Only n=1 is supported.", param="n")
+    # Completions' `best_of` generates that many candidates upstream, every one's tokens
+    # billed as output: beyond the one output limit the hold covers (and now charges).
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise bad_request("Only best_of=1 is supported.", param="best_of")
     stop = body.get("stop")
     if (
         stop is not None
