@@ -1,7 +1,8 @@
 """A wallet's binding and a deposit to it, at once on PostgreSQL (READ COMMITTED): the
 deposit must reach the bound account whichever commits first (`wallets._lock_address`).
 Two wallets of one account bound at once: the first committed stays the one debited
-(`wallets._bound_after`)."""
+(`wallets._bound_after`). One wallet bound to two accounts at once: the second is refused
+in words (`WalletAlreadyBound`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ledger_helpers import event_id
 from sqlalchemy import text
 
 from polling import until
-from promptex.ledger import Ledger
+from promptex.ledger import Ledger, WalletAlreadyBound
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import sign
 from promptex.ledger.wallets import ADDRESS_LOCKS
@@ -73,3 +74,37 @@ def test_two_wallets_of_one_account_bound_at_once_in_the_same_second__the_first_
     with binder.engine.connect() as conn:
         assert _wallets.bindings(conn)[account] == [first.address, second.address]
         assert _wallets.first_bound(conn, account) == first.address
+
+
+def test_one_wallet_bound_to_two_accounts_at_once__the_second_refused_in_words_not_a_constraint_error(
+    two: tuple[Ledger, Ledger],
+) -> None:
+    """wbreak s15, the brief's "a wallet bound to two accounts in a race": two processes bind
+    one wallet, each to another account, with both challenges signed. The second waits for
+    the first's lock on the address and reads its binding: WalletAlreadyBound, one line.
+    Without that lock (READ COMMITTED) it read the wallet as unbound, waited on the first's
+    row in the primary key and failed with a unique-violation IntegrityError (a 500)."""
+    binder, other = two
+    wallet = Account.create()
+    first, second = binder.create_account().id, binder.create_account().id
+    messages = [binder.issue_binding_challenge(account, wallet.address) for account in (first, second)]
+    outcome: list[BaseException | int] = []
+
+    def bind_second() -> None:
+        try:
+            outcome.append(other.bind_wallet(messages[1], sign(messages[1], wallet.key)))
+        except BaseException as exc:  # noqa: BLE001 (recorded: the test asserts which)
+            outcome.append(exc)
+
+    bound = threading.Thread(target=bind_second)
+    with binder.engine.begin() as conn:  # the first binding, not committed yet
+        _wallets.bind(conn, messages[0], sign(messages[0], wallet.key), now=binder.clock(), chain_id=binder.chain_id,
+                      system=binder._system)  # fmt: skip
+        bound.start()
+        until(lambda: not bound.is_alive() or _waiting(binder), "the second binding done or waiting", 30)
+    bound.join(30)
+    assert not bound.is_alive()
+    (refused,) = outcome
+    assert isinstance(refused, WalletAlreadyBound), repr(refused)
+    assert "bound to another account" in str(refused) and "\n" not in str(refused)
+    assert binder.account_of(wallet.address) == first and binder.wallets(second) == []
