@@ -8,6 +8,7 @@ value."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 from promptex import metering
 from promptex.buyerside.answers import bounds, check_counts, usage_of
 from promptex.buyerside.signer import StreamWatch
+from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.gateway.adapters import COMPLETIONS
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import validate
@@ -24,6 +26,7 @@ from promptex.metering import TokenUsage, load_catalog
 from promptex.protocol.units import USD_MICRO as USDC
 
 from .conftest import CATALOG, Fake, Harness
+from .test_signed_proxy import LANES, _session, _signer
 from .test_token_accounting import HOUR_PROMPT, record_details, usdc_cost
 
 LIE = 100_000  # tokens an upstream reports beyond what it used
@@ -166,3 +169,29 @@ def test_completions_best_of__refused_as_n_is() -> None:
         with pytest.raises(GatewayError) as refused:
             validate(COMPLETIONS, {**body, "best_of": best_of})
         assert refused.value.status == 400 and refused.value.param == "best_of"
+
+
+def test_signed_mode__lying_upstream__charged_the_bounded_usage_within_the_voucher_and_signing_goes_on(
+    gw: Harness, fake: Fake, tmp_path: Path
+) -> None:
+    """Signed mode: the voucher's hold (its output limit lowered to fit) is the bound the buyer
+    agreed to; a lying upstream's answer is charged and shown within the request's bounds,
+    which the signing proxy checks, so its lane's book agrees with the gateway's and it signs
+    on. Before, the gateway charged the whole hold and showed the lie; the proxy refused the
+    answer (input beyond its bound) and stopped signing, the hold taken."""
+    fake.config.extra_input_tokens = fake.config.extra_output_tokens = LIE
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    client = httpx.Client(base_url=gw.url, transport=PromptexSigningTransport(signer),
+                          headers={"authorization": f"Bearer {api_key}"})  # fmt: skip
+    body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 10}
+    charged = TokenUsage(bounds("chat", body).input_bound, 10)
+    for stream in (False, True):
+        answer = client.post("/v1/chat/completions", json={**body, **(STREAM_USAGE if stream else {})})
+        assert answer.status_code == 200 and signer.stopped is None, (answer.text, signer.stopped)
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert record is not None and record.cost == usdc_cost("fake-gpt", charged)
+        assert (record.input_tokens, record.output_tokens) == (charged.input_tokens, 10)
+    lanes = sum(gw.ledger.lane(account, "USDC", 1, i).charged for i in range(LANES))
+    assert signer.book.charged_total() == lanes == 2 * usdc_cost("fake-gpt", charged)
