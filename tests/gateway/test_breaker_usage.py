@@ -151,3 +151,31 @@ def test_chat_stream_from_an_anthropic_lot_cut_short__its_charge_and_usage_shown
             assert last["choices"] == [] and last["usage"]["completion_tokens"] == 3
         else:
             assert "usage" not in last and last["choices"][0]["finish_reason"] is None
+
+
+def test_native_stream__message_delta_usage_unreadable__shows_what_was_charged(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """A native Messages stream whose message_delta reports counts the gateway cannot read (a
+    string, a negative number) is metered as last read (its message_start's) — and its
+    message_delta now shows that usage. Before, it passed on as sent: the client's usage said
+    500 output tokens ("500") where 1 was charged."""
+    answers, fake = canned
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    body = {"model": "fake-claude", "max_tokens": 1_000, "stream": True,
+            "messages": [{"role": "user", "content": "the weather"}]}  # fmt: skip
+    for lie in ({"output_tokens": "500"}, {"output_tokens": 500, "input_tokens": -1}):
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": lie}
+        answers.answer = [_message_start({"input_tokens": 10, "output_tokens": 1}), ("content_block_start", block),
+                          _text_delta("Sunny"), ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                          ("message_delta", end), ("message_stop", {"type": "message_stop"})]  # fmt: skip
+        headers = {"x-api-key": key, **MESSAGES_HEADERS}
+        answer = httpx.post(gw.url + "/v1/messages", json=body, headers=headers, timeout=30)
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert record is not None and (record.input_tokens, record.output_tokens) == (10, 1)
+        delta = [e for e in _events(answer.text) if e.get("type") == "message_delta"][-1]
+        assert (delta["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (10, 1), lie
+        assert delta["promptex"]["cost_units"] == str(record.cost)

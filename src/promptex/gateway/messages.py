@@ -297,6 +297,11 @@ class NativeStream:
             reported = anthropic_usage_of(self._reported)
             if reported is not None:
                 self._reported_usage, self.usage = reported, within_marks(reported, self.sent)
+            else:
+                # Unreadable now (a count that is no non-negative integer): metered as last
+                # read, and the message_delta shows that. Before, it passed on as sent: a
+                # `"output_tokens": "500"` reached the client, charged for 1.
+                self._reported_usage = None
 
     def charged(self, usage: TokenUsage) -> None:
         self._charged = usage
