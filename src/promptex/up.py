@@ -358,6 +358,29 @@ def hold_market(state_dir: Path) -> int:
     return fd
 
 
+def hold_linked_chain(state_dir: Path) -> int | None:
+    """When the market's state file is a symbolic link into another folder, hold that folder
+    too (its `up.lock`; returns the descriptor to keep open, None when the file is the
+    folder's own). Each `up` held only its own folder, so a folder whose anvil-state.json
+    links to another market's ran a second anvil dumping another chain into the same file
+    while that market ran (and that market's next start loaded whichever dumped last).
+    UpError, one line, when an `up` holds it."""
+    state = state_dir / ANVIL_STATE
+    if not state.is_symlink():
+        return None
+    target = state.resolve()
+    if target.parent == state_dir.resolve():
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, holder = lock_exclusively(target.parent / LOCK_FILE, f"{os.getpid()}")
+    if fd is None:
+        raise UpError(
+            f"{state} links to {target}, the chain of the market in {target.parent}, which another promptex up "
+            f"(pid {holder}) runs: stop it first, or give this market a chain of its own (a copy of the file)"
+        )
+    return fd
+
+
 def hold_ledger(ledger_url: str, state_dir: Path) -> LedgerHold:
     """Hold the market's ledger for this `promptex up` until it ends; returns what lets it
     go. UpError, one line naming the holder, when another `up` holds it: the ledger and
@@ -1174,6 +1197,8 @@ def up(options: UpOptions) -> int:
 
         if options.state_dir.exists() or not options.fresh:  # first: nothing in it moves under another `up`
             held.append(functools.partial(os.close, hold_market(options.state_dir)))
+            if (linked := hold_linked_chain(options.state_dir)) is not None:
+                held.append(functools.partial(os.close, linked))
         try:  # before any setting is read: every one is read through the profile
             damaged = set_aside_unreadable_profile(options.state_dir)
         except ConfigurationError as exc:

@@ -560,6 +560,38 @@ def test_hold_market__a_second_up_in_the_same_folder_is_refused_naming_the_first
     os.close(hold_market(tmp_path / "market"))  # free again
 
 
+def test_hold_linked_chain__a_state_file_linked_into_a_running_market_s_folder__refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    """wbreak s15: each `up` held only its own folder, so a folder whose anvil-state.json is
+    a symbolic link to another market's ran a second anvil dumping another chain into the
+    same file while that market ran. The folder linked to is held too; a folder's own file
+    (or a link within it) holds nothing more."""
+    from promptex.up import hold_linked_chain
+
+    market, other = tmp_path / "market", tmp_path / "other"
+    held = hold_market(market)
+    (market / ANVIL_STATE).write_text("{}")
+    other.mkdir()
+    (other / ANVIL_STATE).symlink_to(market / ANVIL_STATE)
+    try:
+        with pytest.raises(UpError) as refused:
+            hold_linked_chain(other)
+    finally:
+        os.close(held)
+    line = str(refused.value)
+    assert f"links to {market / ANVIL_STATE}, the chain of the market in {market}, which another promptex up " \
+        f"(pid {os.getpid()}) runs" in line and "\n" not in line, line  # fmt: skip
+    linked = hold_linked_chain(other)  # that market stopped: held for this one
+    assert linked is not None
+    try:
+        with pytest.raises(UpError, match="another promptex up"):
+            hold_market(market)  # and that market waits for this one
+    finally:
+        os.close(linked)
+    assert hold_linked_chain(market) is None
+
+
 def test_up_fresh_while_another_up_runs_the_market__refused_and_nothing_archived(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
