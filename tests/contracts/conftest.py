@@ -16,6 +16,44 @@ from promptex.protocol.vault import pack_debits, pack_lot_amount
 TERMS = keccak(text="seller declares its provider agreement permits resale")
 
 
+# ─── ape's isolation: every shared fixture of a module comes in with its first test ──
+# ape reverts the chain to a snapshot per scope. When a test asks for a session-scoped
+# fixture no earlier test of its module used (`seller` under `plain`, `worlds` under a
+# world…), ape "rebases": it reverts to before the module's own fixtures and builds them
+# all again (the DEX, Perp, the plain tokens…: 2-5 s each time, three or four times in
+# test_perp alone), since a session fixture made inside the module's snapshot would be
+# undone with it. Asking for every session- and module-scoped fixture the module's tests
+# use when the module's first test starts (in this process: xdist may split a module)
+# makes each once, in scope order, and no later test brings a new one. ape's warning of a
+# rebase is an error in these tests, so a fixture that would bring one back fails its test.
+_SHARED = ("session", "package", "module")
+_upfront: dict[str, list[str]] = {}
+NO_REBASE = pytest.mark.filterwarnings("error::ape.pytest.warnings.InvalidIsolationWarning")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or "accounts" not in item.fixturenames:  # not an ape chain test
+            continue
+        item.add_marker(NO_REBASE)
+        names = _upfront.setdefault(item.nodeid.split("::", 1)[0], [])
+        for name in item.fixturenames:
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope in _SHARED and not defs[-1].params and name not in names:
+                names.append(name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    module = item.getparent(pytest.Module)
+    if module is None or module in item.session._setupstate.stack:
+        return  # not the first test of its module in this run
+    names = _upfront.get(item.nodeid.split("::", 1)[0], [])
+    # A new list: a parametrized test's items share the one they were collected with.
+    item.fixturenames = [*item.fixturenames, *(name for name in names if name not in item.fixturenames)]
+
+
 @pytest.fixture(scope="session")
 def admin(accounts):
     return accounts[0]
