@@ -574,6 +574,15 @@ def start_chain(supervisor: Supervisor, anvil: Service, state_dir: Path) -> None
     that, not cut short."""
     state = state_dir / ANVIL_STATE
     loading = state_dir / (LOADED_STATE + ".tmp")
+    if not state.exists() and (state_dir / LOADED_STATE).exists():
+        # anvil dumps its chain from its start on, so only a hand (or a tool) removed it: a new
+        # chain started here was dumped over nothing at its stop, every later `up` loaded that
+        # one, and the ledger's chain check sent to --fresh, the market's chain left in the copy.
+        raise UpError(
+            f"the market's chain {state} is missing, but {state_dir / LOADED_STATE}, the one the last `promptex "
+            f"up` started from, is there: go on from it with mv {state_dir / LOADED_STATE} {state} (what came "
+            "after it is lost, and the indexer rewinds it), or start a new market with --fresh"
+        )
     copied = state.exists()
     if copied:
         shutil.copy2(state, loading)  # (its modification time too: the clock goes on from the dump's)

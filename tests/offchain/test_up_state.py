@@ -156,6 +156,30 @@ def test_start_chain__a_whole_state_file_anvil_cannot_load__not_said_to_be_cut_s
     assert "\n" not in line and (market / ANVIL_STATE).read_text() == '{"accounts": {}}'
 
 
+def test_start_chain__the_state_file_gone_and_its_loaded_copy_there__refused_before_a_new_chain_starts(
+    tmp_path: Path,
+) -> None:
+    """wbreak s15: the market's state file removed by hand (the copy the last `up` started
+    from kept): anvil started a new chain, dumped it over nothing at its stop, and every
+    later `up` loaded that one while the ledger's chain check sent to --fresh; the market's
+    chain was left in the copy, unnamed. Now one line names the copy, nothing started."""
+    from promptex.up import LOADED_STATE, start_chain
+
+    market = tmp_path / "market"
+    market.mkdir()
+    (market / LOADED_STATE).write_text("{}")
+    supervisor = Supervisor(dict(os.environ))
+    chain = Service("anvil", [sys.executable, "-c", "import time; time.sleep(30)"], ready=lambda: True)
+    try:
+        with pytest.raises(UpError) as refused:
+            start_chain(supervisor, chain, market)
+    finally:
+        supervisor.stop_all()
+    line = str(refused.value)
+    assert f"go on from it with mv {market / LOADED_STATE} {market / ANVIL_STATE}" in line and "\n" not in line
+    assert chain.process is None and not (market / ANVIL_STATE).exists()
+
+
 def test_chain_behind_ledger__blocks_the_ledger_indexed_lost_with_the_last_dump__said_in_one_line(
     sqlite_ledger: Ledger,
 ) -> None:
