@@ -7,6 +7,7 @@ import itertools
 from eth_account import Account
 
 from promptex.ledger import Ledger
+from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import sign
 
 _events = itertools.count()
@@ -25,9 +26,18 @@ def bind_new_wallet(ledger: Ledger, account: int, key: bytes | None = None) -> s
     return str(wallet.address)
 
 
+def debited_wallet(ledger: Ledger, account: int) -> str:
+    """The account's first bound wallet, the one settlements debit and whose deposits are the
+    account's (a later wallet's are its own: `wallets.account_for_address`); bound if none."""
+    with ledger.engine.connect() as conn:
+        first = _wallets.first_bound(conn, account)
+    return bind_new_wallet(ledger, account) if first is None else first
+
+
 def fund(ledger: Ledger, account: int, asset: str, amount: int, *, cap: int | None = None) -> str:
-    """Deposit `amount` from a wallet bound to `account` and sign a cap (default: the amount)."""
-    address = bind_new_wallet(ledger, account)
+    """Deposit `amount` from the account's debited wallet (bound if it has none) and sign a
+    cap (default: the amount)."""
+    address = debited_wallet(ledger, account)
     ledger.credit_deposit(event_id(), address, asset, amount)
     ledger.set_spend_cap(account, asset, amount if cap is None else cap)
     return address

@@ -17,6 +17,7 @@ from ledger_helpers import fund
 from human_units import assert_human
 from promptex.cli import main
 from promptex.config import settings
+from promptex.gateway.buyers import challenge_json
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger.usage import UsageRecord
 
@@ -137,6 +138,14 @@ def test_org_create__owner_bound_only_by_its_signature__named_members(ledger: Le
     bound = run("bind", "--challenge", "org-binding-challenge.json", "--sign-with-env", "OWNER_KEY")
     assert bound.exit_code == 0, bound.output
     assert ledger.wallets(org) == [owner.address] and ledger.budget(ledger.treasury().id, org, "USDC") is None
+    assert "not the account's" not in bound.stdout
+    # A later wallet is told its deposits are its own: settlement debits the first (wallets s15).
+    later = Account.create()
+    (tmp_path / "later.json").write_text(challenge_json(ledger.issue_binding_challenge(org, later.address)))
+    monkeypatch.setenv("LATER_KEY", later.key.hex())
+    told = run("bind", "--challenge", "later.json", "--sign-with-env", "LATER_KEY")
+    assert told.exit_code == 0, told.output
+    assert f"not the account's: settlement debits the account's first wallet, {owner.address}" in told.stdout
 
     again = run_root("org", "create", "acme", "--owner-wallet", owner.address)
     assert again.exit_code == 1 and f"an org named 'acme' exists (account {org})" in again.stderr

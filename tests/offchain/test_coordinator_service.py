@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from coordinator_fakes import FakeChain
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
-from ledger_helpers import fund
+from ledger_helpers import bind_new_wallet, event_id, fund
 from sqlalchemy import select, update
 
 from promptex import proofs
@@ -26,7 +26,7 @@ from promptex.dashboard import views
 from promptex.dashboard.enterprise import desk_view
 from promptex.gateway.buyers import member_key
 from promptex.gateway.store import ApiKey, GatewayStore
-from promptex.ledger import AccountKind, Ledger, UsageRecord
+from promptex.ledger import AccountKind, InsufficientFunds, Ledger, UsageRecord
 from promptex.ledger.schema import balances, usage_records
 from promptex.proofs import leaf_of
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MAX_PRUNE_LOTS, listed_credit
@@ -415,6 +415,36 @@ def test_release__beyond_the_ledger_balance__refused_nothing_locked_or_written(b
     with book.engine.connect() as conn:  # the refused lock left no balance row behind either
         assert conn.execute(select(balances).where(balances.c.asset == "CLD")).all() == []
     assert coord.sign_release(address, "USDC", 100).amount == 100 == book.balance(account, "USDC").locked
+
+
+def test_second_wallet__its_deposit__not_spendable_by_the_account_the_vault_debits_the_first(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """pgbind s14 finding 4 (wallets s15): the ledger credited an account with the deposits
+    of ALL its bound wallets, but settlement debits one (`first_bound`: the vault checks its
+    balance and cap alone). The account spent its second wallet's deposit, the batch debiting
+    the first was refused ('uncovered debit') and the records quarantined, then refunded:
+    served for nothing, the seller unpaid. A second wallet's funds are now its own, like its
+    cap: on its unclaimed account, which it can exit (an instant release against them alone)."""
+    account, first = buyer(book, chain, "USDC", 1_000_000)
+    book.set_spend_cap(account, "USDC", 10**12)  # the cap is not what stops it
+    second = bind_new_wallet(book, account)
+    waiting = book.credit_deposit(event_id(), second, "USDC", 5_000_000).account
+    chain.s.balances[(second, "USDC")] = 5_000_000
+
+    assert book.balance(account, "USDC").spendable == 1_000_000  # the first wallet's vault balance
+    with pytest.raises(InsufficientFunds):
+        book.reserve(account, "USDC", 3_000_000, "req_over", ttl=60)
+    spent = spend(book, account, "USDC", 1_000_000, USDC_LOT)
+    coord = coordinator(book, chain)
+    assert coord.run_once().confirmed == [("USDC", 1)] and coord.store.quarantined() == []
+    assert coord.store.record(spent).status == "batched"
+    assert chain.s.balances[(first, "USDC")] == 0 == book.balance(account, "USDC").posted
+    # The second wallet's deposit waits on its own account; an instant release takes it
+    # (not refused by the account's unsettled usage: the vault never debits it for that).
+    assert waiting != account and book.balance(waiting, "USDC").posted == 5_000_000
+    assert coord.sign_release(second, "USDC", 5_000_000).amount == 5_000_000
+    assert book.balance(waiting, "USDC").locked == 5_000_000 and book.balance(account, "USDC").locked == 0
 
 
 def test_dashboard_usage__settled_and_pending__batch_state_and_tx_through_the_ledger(

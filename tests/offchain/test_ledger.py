@@ -628,6 +628,23 @@ def test_spend_cap__set_before_its_wallet_was_bound_then_orphaned_by_a_reorg__th
     assert unclaimed != buyer and ledger.balance(unclaimed, CLD).cap_remaining == 0
 
 
+def test_later_wallet__deposit_before_binding_unwound_after__debits_its_own_account_not_the_accounts(ledger, buyer):
+    """wallets s15: a later wallet's funds stay its own (settlement debits the first). Its
+    deposit made before its binding stays on its unclaimed account; a reorg that removes it
+    after the binding debits that account, never the bound account's (whose funds are the
+    first wallet's) — `owner_of` had it as moved there."""
+    first = fund(ledger, buyer, USDC, 1_000)
+    later = Account.create()
+    deposit = event_id()
+    waiting = ledger.credit_deposit(deposit, later.address, USDC, 400).account
+    message = ledger.issue_binding_challenge(buyer, later.address)
+    ledger.bind_wallet(message, sign(message, later.key))
+    assert ledger.balance(buyer, USDC).posted == 1_000 and ledger.balance(waiting, USDC).posted == 400
+    ledger.apply_chain_facts(lambda facts: facts.unwind(deposit))
+    assert ledger.balance(buyer, USDC).posted == 1_000 and ledger.balance(waiting, USDC).posted == 0
+    assert ledger.open_debts() == [] and ledger.debited_wallet(buyer) == first
+
+
 def test_issue_binding_challenge__not_an_address__value_error(ledger, buyer):
     with pytest.raises(ValueError, match="not an Ethereum address"):
         ledger.issue_binding_challenge(buyer, "0x1234")

@@ -10,7 +10,7 @@ The `ledger` fixture checks the books (debts included) after each test.
 from __future__ import annotations
 
 import pytest
-from ledger_helpers import bind_new_wallet, event_id, fund
+from ledger_helpers import debited_wallet, event_id, fund
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -28,8 +28,8 @@ def buyer(ledger: Ledger) -> int:
 
 
 def _deposit(ledger: Ledger, account: int, asset: str, amount: int) -> tuple[str, str]:
-    """Deposit from a fresh wallet bound to `account`, with a cap; returns (address, event id)."""
-    address = bind_new_wallet(ledger, account)
+    """Deposit from the account's debited wallet, with a cap; returns (address, event id)."""
+    address = debited_wallet(ledger, account)
     event = event_id()
     ledger.credit_deposit(event, address, asset, amount)
     ledger.set_spend_cap(account, asset, 10**30)
@@ -222,28 +222,39 @@ def test_settle__member_budget_lowered_below_the_hold__stops_at_zero(ledger, buy
 def test_bind_wallet__unclaimed_address_owes__debt_moves_and_is_repaid(ledger, buyer):
     """An unbound address exits more than the ledger credited it (its deposit was removed
     by a reorg after the exit was requested): its unclaimed account owes; binding the
-    address moves the debt to the account, whose balance repays it."""
+    address as the account's first wallet moves the debt to the account, whose deposit
+    repays it. Bound as a later wallet, whose funds stay its own, its debt stays too."""
     from eth_account import Account
 
     from promptex.ledger.binding import sign
 
-    wallet = Account.create()
-    deposit = event_id()
-    ledger.credit_deposit(deposit, wallet.address, USDC, 100)
-    ledger.complete_exit(event_id(), wallet.address, USDC, 100)
-    ledger.credit_deposit(event_id(), wallet.address, USDC, 30)  # the chain paid 100 of a 30 balance:
-    ledger.unwind_chain_fact(deposit)  # the 100 deposit was on an orphaned branch
+    def owing() -> Account:
+        wallet = Account.create()
+        deposit = event_id()
+        ledger.credit_deposit(deposit, wallet.address, USDC, 100)
+        ledger.complete_exit(event_id(), wallet.address, USDC, 100)
+        ledger.credit_deposit(event_id(), wallet.address, USDC, 30)  # the chain paid 100 of a 30 balance:
+        ledger.unwind_chain_fact(deposit)  # the 100 deposit was on an orphaned branch
+        return wallet
+
+    first = owing()
     (owed,) = ledger.open_debts()
     assert owed.outstanding == 70
-    _deposit(ledger, buyer, USDC, 1_000)
-
-    message = ledger.issue_binding_challenge(buyer, wallet.address)
-    ledger.bind_wallet(message, sign(message, wallet.key))
+    message = ledger.issue_binding_challenge(buyer, first.address)
+    ledger.bind_wallet(message, sign(message, first.key))
+    _deposit(ledger, buyer, USDC, 1_000)  # from the first wallet
 
     assert ledger.open_debts() == []
     assert ledger.balance(buyer, USDC).posted == 930
     with ledger.engine.connect() as conn:
         assert conn.execute(select(debts.c.account_id)).scalar_one() == buyer
+
+    later = owing()
+    message = ledger.issue_binding_challenge(buyer, later.address)
+    ledger.bind_wallet(message, sign(message, later.key))
+    (still,) = ledger.open_debts()
+    assert still.account != buyer and still.outstanding == 70
+    assert ledger.balance(buyer, USDC).posted == 930
 
 
 # ─── The coordinator's unsettled sum ─────────────────────────────────────────

@@ -106,7 +106,13 @@ def buyer_bind(challenge_file: str, signature: str | None, sign_with_env: str | 
             )
         except BindingError as exc:
             raise click.ClickException(str(exc)) from None
+        debited = ledger.debited_wallet(account)
     click.echo(f"wallet {message.wallet} bound to account {account}")
+    if debited is not None and debited.lower() != message.wallet.lower():
+        click.echo(
+            f"its vault deposits are not the account's: settlement debits the account's first wallet, {debited}; "
+            "deposit from that wallet to spend (this wallet's own deposits can be withdrawn)"
+        )
 
 
 @buyer.command("org-key")

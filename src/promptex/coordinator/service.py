@@ -1371,13 +1371,14 @@ class Coordinator:
         if amount <= 0:
             raise ReleaseRefused("a release must be for a positive amount", "bad_amount")
         address = checksum_address(address)
-        account = self.store.account_of(address)
-        if account is None:
+        if self.store.account_of(address) is None:
             raise ReleaseRefused(
                 f"{address} is not bound to an account: bind it first (get an API key by signing with it on the "
                 "dashboard, or `promptex buyer signup --wallet` then `promptex buyer bind`)",
                 "not_bound",
             )
+        # Its funds' account: a later wallet's are its own, never debited for its account's usage.
+        account = self.store.funds_account(address, self.clock())
         outstanding = self.store.active_releases(address)
         if outstanding:
             raise ReleaseRefused(

@@ -367,6 +367,12 @@ class CoordinatorStore(SignedTxStore):
         with self._tx() as conn:
             return _wallets.bound_account(conn, address)
 
+    def funds_account(self, address: str, now: int) -> int:
+        """The account a bound address's vault funds belong to: its account if it is the
+        wallet settlements debit, else its own unclaimed account (`wallets.account_for_address`)."""
+        with self._tx() as conn:
+            return _wallets.account_for_address(conn, address, now)
+
     def wallet_of(self, account: int) -> str | None:
         """The wallet debited for an account: its first bound (then lowest) address."""
         with self._tx() as conn:

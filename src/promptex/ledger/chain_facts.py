@@ -37,7 +37,7 @@ from promptex.ledger.schema import (
     journal_entries,
     journal_lines,
 )
-from promptex.ledger.wallets import account_for_address, bound_account, governed_account
+from promptex.ledger.wallets import account_for_address, bound_account, first_bound, governed_account
 
 
 def _check_event(event_id: str, amount: int) -> None:
@@ -220,12 +220,19 @@ def overdraft_reason(ref: str) -> str:
 
 def owner_of(conn: Connection, account: int) -> int:
     """Who holds an account's funds now: an unclaimed account's funds moved to the account
-    its address was bound to (see `wallets._claim`); any other account holds its own."""
+    its address was bound to if it is that account's first wallet (see `wallets._claim`),
+    or if they were claimed before a later wallet's funds stayed its own (a "claim:" entry);
+    any other account holds its own."""
     row = conn.execute(select(accounts.c.kind, accounts.c.name).where(accounts.c.id == account)).one()
     if row.kind != AccountKind.UNCLAIMED.value:
         return account
     bound = bound_account(conn, row.name)
-    return account if bound is None else bound
+    if bound is None:
+        return account
+    if first_bound(conn, bound) == row.name:
+        return bound
+    claimed = conn.execute(select(journal_entries.c.id).where(journal_entries.c.ref == f"claim:{row.name}")).first()
+    return account if claimed is None else bound
 
 
 def _cap_holder(conn: Connection, account: int, now: int) -> int:

@@ -435,6 +435,12 @@ class Ledger:
         with self._read() as conn:
             return _wallets.addresses_of(conn, account)
 
+    def debited_wallet(self, account: int) -> str | None:
+        """The wallet settlements debit for the account, its first bound: only its vault funds
+        are the account's (a later wallet's are its own, `wallets.account_for_address`)."""
+        with self._read() as conn:
+            return _wallets.first_bound(conn, account)
+
     # ─── Holds ───────────────────────────────────────────────────────────────
     #
     # The gateway calls `self.holds` (the `Holds` interface: funds, lot capacity and

@@ -90,25 +90,28 @@ def _lock_address(conn: Connection, address: str) -> None:
 
 
 def account_for_address(conn: Connection, address: str, now: int) -> int:
-    """The account an address's funds belong to: its bound account, or else its own
-    unclaimed account (credited to no one until the address is bound)."""
+    """The account an address's vault funds belong to (its deposits, exits, sale proceeds,
+    shortfalls, spend cap and session keys): its bound account if it is the wallet
+    settlements debit (`first_bound`: the vault takes an account's usage from that wallet's
+    balance, under its cap, and no other's); any other address's — unbound, or an account's
+    later wallet — its own unclaimed account, credited to no one.
+
+    Before (wallets s15), a later wallet's deposits were the account's too: the account spent
+    them, the batch debiting its first wallet was refused ('uncovered debit') and the records
+    quarantined, then refunded: served for nothing, the seller unpaid (pgbind s14, finding 4)."""
     _lock_address(conn, address)
+    address = checksum_address(address)
     account = bound_account(conn, address)
-    if account is not None:
+    if account is not None and first_bound(conn, account) == address:
         return account
-    return get_or_create_account(conn, AccountKind.UNCLAIMED, checksum_address(address), now).id
+    return get_or_create_account(conn, AccountKind.UNCLAIMED, address, now).id
 
 
 def governed_account(conn: Connection, address: str, now: int) -> int:
     """The account whose spending the address's signatures on chain govern (its spend cap,
-    its session keys): its bound account only if it is the wallet settlements debit
-    (`first_bound`: the vault checks that wallet's cap and vouchers alone); another bound
-    wallet's, like an unbound one's, wait on its own unclaimed account (as `_claim` leaves
-    those a non-first wallet registered before its binding)."""
-    account = account_for_address(conn, address, now)
-    if first_bound(conn, account) in (None, checksum_address(address)):
-        return account
-    return get_or_create_account(conn, AccountKind.UNCLAIMED, checksum_address(address), now).id
+    its session keys): the account its funds belong to (`account_for_address`), since the
+    vault checks the debited wallet's cap and vouchers alone."""
+    return account_for_address(conn, address, now)
 
 
 def issue_challenge(
@@ -148,7 +151,9 @@ def bind(
 ) -> int:
     """Bind the signing wallet to the account the challenge was issued for; returns the account.
 
-    Deposits that waited for this address (its unclaimed account) move to the account.
+    Deposits that waited for this address (its unclaimed account) move to the account if it
+    is the account's first wallet, the one settlements debit; a later wallet's funds stay its
+    own (`account_for_address`).
     """
     verify(message, signature, now=now, chain_id=chain_id)
     challenge = conn.execute(
@@ -198,10 +203,14 @@ def _bound_after(conn: Connection, account: int, now: int) -> int:
 
 
 def _claim(conn: Connection, address: str, account: int, *, now: int, system: Container[int]) -> None:
-    """Move an address's unclaimed balances, locks and pending exits to the account it was bound to.
+    """Move an address's unclaimed balances, locks, pending exits, debts, spend caps and
+    sessions to the account it was bound to, if it is the account's first wallet (the one
+    settlements debit); a later wallet's stay where they are (`account_for_address`).
 
     The deposits keep the account they were first credited to: the record of what happened.
     """
+    if first_bound(conn, account) != address:
+        return  # a later wallet: its funds, cap and sessions stay its own (`account_for_address`)
     unclaimed = get_or_create_account(conn, AccountKind.UNCLAIMED, address, now).id
     rows = conn.execute(select(balances).where(balances.c.account_id == unclaimed)).all()
     lines: list[Line] = []
@@ -218,21 +227,20 @@ def _claim(conn: Connection, address: str, account: int, *, now: int, system: Co
                 )
     if lines:
         post_entry(conn, ref=f"claim:{address}", kind="claim", lines=lines, now=now, system_accounts=system)
-    if first_bound(conn, account) == address:  # the wallet settlements debit: its chain cap is the account's
-        capped: list[str] = list(
-            conn.execute(
-                select(chain_spend_caps.c.asset).where(chain_spend_caps.c.account_id == unclaimed).distinct()
-            ).scalars()
-        )
-        caps = {row.asset: row.cap_remaining for row in rows}
-        # Signed mode's sessions (and their lanes) registered before the binding too.
-        signed: list[str] = list(
-            conn.execute(select(session_keys.c.asset).where(session_keys.c.account_id == unclaimed)).scalars()
-        )
-        for table in (session_keys, voucher_lanes):
-            conn.execute(update(table).where(table.c.account_id == unclaimed).values(account_id=account))
-        for asset in {*capped, *signed}:
-            set_cap_remaining(conn, account, asset, caps.get(asset, 0))
+    capped: list[str] = list(
+        conn.execute(
+            select(chain_spend_caps.c.asset).where(chain_spend_caps.c.account_id == unclaimed).distinct()
+        ).scalars()
+    )
+    caps = {row.asset: row.cap_remaining for row in rows}
+    # Signed mode's sessions (and their lanes) registered before the binding too.
+    signed: list[str] = list(
+        conn.execute(select(session_keys.c.asset).where(session_keys.c.account_id == unclaimed)).scalars()
+    )
+    for table in (session_keys, voucher_lanes):
+        conn.execute(update(table).where(table.c.account_id == unclaimed).values(account_id=account))
+    for asset in {*capped, *signed}:
+        set_cap_remaining(conn, account, asset, caps.get(asset, 0))
     debts.transfer(conn, unclaimed, account, now=now)  # what the address owes, the account now owes
     conn.execute(
         update(exits)

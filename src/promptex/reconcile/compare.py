@@ -101,12 +101,14 @@ def _balances(
         bound = wallets.bindings(conn)
         owed = debts.open_debts(conn)
         exits = chain_facts.pending_exits(conn)
-    bound_addresses = {address for addresses in bound.values() for address in addresses}
+    # An account's funds are its first wallet's, the one settlements debit; a later wallet's
+    # stay on its own unclaimed account (`wallets.account_for_address`).
+    debited = {addresses[0] for addresses in bound.values()}
     posted: dict[tuple[int, str], int] = {}
-    addresses: dict[int, list[str]] = dict(bound)
+    addresses: dict[int, list[str]] = {account: found[:1] for account, found in bound.items()}
     for account, balance in rows:
         if account.kind == AccountKind.UNCLAIMED:
-            if account.name in bound_addresses:
+            if account.name in debited:
                 continue  # its funds moved to the account the address was bound to
             addresses[account.id] = [str(account.name)]
         else:
