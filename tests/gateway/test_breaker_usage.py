@@ -15,7 +15,7 @@ from promptex.gateway.adapters import CHAT, AnthropicAdapter, cache_marks, opena
 from promptex.metering import TokenUsage
 
 from .conftest import Fake, Harness
-from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
+from .test_signed_shapes import Canned, _chat, _usage, canned  # noqa: F401 (the fixture)
 from .test_token_accounting import usdc_cost
 
 MESSAGES_HEADERS = {"anthropic-version": "2023-06-01"}
@@ -179,3 +179,35 @@ def test_native_stream__message_delta_usage_unreadable__shows_what_was_charged(
         delta = [e for e in _events(answer.text) if e.get("type") == "message_delta"][-1]
         assert (delta["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (10, 1), lie
         assert delta["promptex"]["cost_units"] == str(record.cost)
+
+
+def test_chat_image_part_to_an_openai_lot__its_tokens_within_the_bound__charged_as_reported(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """A chat request with an image part (a 30-byte URL; ~800 tokens for the model) had an
+    input bound of its bytes: since usage is charged within the request's bounds, an honest
+    answer's 800 input tokens were charged as 133 (the seller unpaid for the rest; the
+    signing proxy, checking the same bound, stopped signing). Each image part is now held
+    for its tokens; audio and file parts, whose cost no size bounds, are refused before any
+    hold."""
+    answers, fake = canned
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}}
+    body = {"model": "fake-gpt", "max_tokens": 50,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, image]}]}  # fmt: skip
+    answers.answer = _chat("A cat.", _usage(800, 3))
+    headers = {"authorization": f"Bearer {key}"}
+    answer = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert answer.status_code == 200 and "x-promptex-usage-clamped" not in answer.headers
+    record = gw.ledger.usage_record(answer.headers["x-request-id"])
+    assert record is not None and (record.input_tokens, answer.json()["usage"]["prompt_tokens"]) == (800, 800)
+    check_counts(bounds(CHAT, body), TokenUsage(800, 3), None)  # the signing proxy's bound too
+    before = gw.ledger.balance(account, "USDC")
+    for part in ({"type": "file", "file": {"file_id": "file-1"}},
+                 {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}):  # fmt: skip
+        refused = httpx.post(gw.url + "/v1/chat/completions", headers=headers, timeout=30,
+                             json={**body, "messages": [{"role": "user", "content": [part]}]})  # fmt: skip
+        assert refused.status_code == 400 and "cannot be bounded" in refused.json()["error"]["message"]
+    assert gw.ledger.balance(account, "USDC") == before

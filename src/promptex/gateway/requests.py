@@ -27,6 +27,15 @@ LIMITS = ("max_tokens", "max_completion_tokens")  # the output limits a request 
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
 PROMPT_FIELDS_FRAME = 64
 MESSAGE_TEXT = frozenset({"role", "content"})  # a message's fields counted apart (the role: PER_MESSAGE)
+# A chat image part (`image_url`) costs tokens its bytes do not bound (a URL of 30 bytes, an
+# image of ~1,500 tokens): each is held for at most this many beyond its bytes — OpenAI's
+# largest per image (gpt-4.1-nano: 1,536 patches x 2.46 = 3,779). Audio and file parts (an
+# audio's seconds, a PDF's pages) cannot be bounded before the call: refused, as the Messages
+# API refuses documents. Before, neither was counted: an honest image request's input was
+# above its bound, charged at the bound since `metering.within_bounds` (the seller paid for
+# 133 of 800 tokens), and the signing proxy stopped signing.
+CHAT_IMAGE_TOKENS = 4_000
+UNBOUNDED_PARTS = frozenset({"input_audio", "file"})
 
 
 def parse_body(raw: bytes, max_depth: int = 32) -> dict[str, Any]:
@@ -80,7 +89,17 @@ def _text_bytes(content: Any, param: str) -> int:
     if isinstance(content, str):
         return len(content.encode())
     if isinstance(content, list):
-        return len(orjson.dumps(content))
+        images = 0
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in UNBOUNDED_PARTS:
+                raise bad_request(
+                    f"Invalid '{param}': '{kind}' parts are not supported through this gateway (their cost cannot "
+                    "be bounded before the call).",
+                    param="messages",
+                )
+            images += kind == "image_url"
+        return len(orjson.dumps(content)) + CHAT_IMAGE_TOKENS * images
     raise bad_request(f"Invalid '{param}': expected a string or an array of content parts.", param=param)
 
 
