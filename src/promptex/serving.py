@@ -16,9 +16,11 @@ import uvicorn
 # under the openai and anthropic SDKs — drops an idle connection after 5 s, and uvicorn's
 # default closes it after 5 s too: when both expire at once, a request sent on the
 # connection just as the server closes it fails with a connection error and no answer.
-# Longer here, the client always closes first. (Suspected in a CI run's one ReadError of
-# 1,000 requests; a lab of 400 requests at the 5 s edge did not reproduce it, so that
-# error's cause is still open.)
+# Longer here, the client always closes first. (Session 13's CI: one ReadError in the
+# exactly-K test's 1,000 requests. A lab of that test measured the gateway's idle gap per
+# connection at up to 2-4 s on a 2-core machine, near uvicorn's 5 s; with the keep-alive
+# cut to 1 s it got such ReadErrors: half of them closes with the next request already
+# unread, no longer made (`gateway.guard`), the rest requests sent just after the close.)
 KEEP_ALIVE_SECONDS = 30
 
 
