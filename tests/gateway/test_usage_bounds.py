@@ -171,6 +171,17 @@ def test_completions_best_of__refused_as_n_is() -> None:
         assert refused.value.status == 400 and refused.value.param == "best_of"
 
 
+def test_completions_suffix__inside_the_input_bound() -> None:
+    """An insertion's `suffix` is read by the model as input: its bytes are in the bound (the
+    hold's and the answer check's), else an honest answer's input is charged at a bound short
+    of it. A suffix that is not a string is refused."""
+    body = {"model": "fake-gpt", "prompt": "hello world", "max_tokens": 10}
+    assert validate(COMPLETIONS, {**body, "suffix": "and the rest"})[1] == validate(COMPLETIONS, body)[1] + 12
+    with pytest.raises(GatewayError) as refused:
+        validate(COMPLETIONS, {**body, "suffix": 7})
+    assert refused.value.param == "suffix"
+
+
 def test_signed_mode__lying_upstream__charged_the_bounded_usage_within_the_voucher_and_signing_goes_on(
     gw: Harness, fake: Fake, tmp_path: Path
 ) -> None:

@@ -154,11 +154,17 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
             total += len(orjson.dumps(rest)) if rest else 0
         return model, total, limit
     if endpoint == COMPLETIONS:
+        # An insertion's `suffix` is input too (the model reads the text after the insertion
+        # point): left out, an honest answer's input was beyond the bound, and is charged at it.
+        suffix = body.get("suffix")
+        if suffix is not None and not isinstance(suffix, str):
+            raise bad_request("Invalid 'suffix': expected a string.", param="suffix")
+        after = PER_REQUEST + len(suffix.encode()) if suffix else PER_REQUEST
         prompt = body.get("prompt")
         if isinstance(prompt, str) and prompt:
-            return model, PER_REQUEST + len(prompt.encode()), limit
+            return model, after + len(prompt.encode()), limit
         if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            return model, PER_REQUEST + sum(len(p.encode()) + 1 for p in prompt), limit
+            return model, after + sum(len(p.encode()) + 1 for p in prompt), limit
         raise bad_request("Invalid 'prompt': expected a non-empty string or array of strings.", param="prompt")
     if endpoint == EMBEDDINGS:
         raw = body.get("input")
