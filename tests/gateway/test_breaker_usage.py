@@ -12,6 +12,7 @@ import pytest
 
 from promptex.buyerside.answers import MESSAGES, AnswerRefused, bounds, check_counts
 from promptex.gateway.adapters import CHAT, AnthropicAdapter, cache_marks, openai_usage, within_marks
+from promptex.gateway.requests import CHAT_IMAGE_TOKENS
 from promptex.metering import TokenUsage
 
 from .conftest import Fake, Harness
@@ -204,6 +205,10 @@ def test_chat_image_part_to_an_openai_lot__its_tokens_within_the_bound__charged_
     record = gw.ledger.usage_record(answer.headers["x-request-id"])
     assert record is not None and (record.input_tokens, answer.json()["usage"]["prompt_tokens"]) == (800, 800)
     check_counts(bounds(CHAT, body), TokenUsage(800, 3), None)  # the signing proxy's bound too
+    # Marked for the cache (a router serving another provider's model), the image's tokens are
+    # within the prefix its mark ends, as within the input bound.
+    marked = {**body, "messages": [{"role": "user", "content": [{**image, "cache_control": FIVE}]}]}
+    assert (cache_marks(marked).prefix or 0) >= CHAT_IMAGE_TOKENS
     before = gw.ledger.balance(account, "USDC")
     for part in ({"type": "file", "file": {"file_id": "file-1"}},
                  {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}):  # fmt: skip

@@ -99,7 +99,6 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
 
 
 CACHE_CONTROL = "cache_control"
-_IMAGES = frozenset({"image", "image_url"})  # content blocks held for an image's tokens beyond their bytes
 
 
 class CacheMarks(NamedTuple):
@@ -123,13 +122,15 @@ def _part_size(part: Any) -> tuple[int, bool, bool]:
     """A content block's bound (its JSON's bytes, an image's tokens beyond them) and whether
     it, or a block inside it (a tool result's content), is marked, and for an hour."""
     from promptex.gateway.messages import IMAGE_TOKENS
+    from promptex.gateway.requests import CHAT_IMAGE_TOKENS
 
+    images = {"image": IMAGE_TOKENS, "image_url": CHAT_IMAGE_TOKENS}  # as each API's input bound holds them
     size = len(orjson.dumps(part))
     marked, hour = _mark(part)
     inner = part.get("content") if isinstance(part, dict) else None
     for item in [part, *(inner if isinstance(inner, list) else ())]:
-        if isinstance(item, dict) and item.get("type") in _IMAGES:
-            size += IMAGE_TOKENS
+        if isinstance(item, dict):
+            size += images.get(str(item.get("type")), 0)
         if item is not part:
             m, h = _mark(item)
             marked, hour = marked or m, hour or h
