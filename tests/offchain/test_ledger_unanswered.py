@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ledger_helpers import fund
+from ledger_helpers import event_id, fund
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
-from test_ledger_lanes import ASSET, _hold, _record, _signed
+from test_ledger_lanes import ASSET, KEY, TOKEN, VAULT, _hold, _record, _signed
 
 from promptex.ledger import Ledger, LotClaim, Reservation, Sweeper, UsageRecord
 from promptex.ledger.errors import LedgerUnavailable
@@ -119,3 +119,38 @@ def test_settle_committed_answer_lost__next_sweep_gives_the_charge_back_once__ke
     Sweeper(ledger).run_once()
     assert _entries(ledger) == entries and ledger.balance(buyer, ASSET) == buyer_now
     assert ledger.balance(signer, ASSET) == signer_now and book.kept == 2
+
+
+def test_given_back_after_the_chain_set_another_cap__the_new_cap_is_left_as_the_chain_has_it(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gbreak5 item 1 / pgrepair item 3 (wallets s15): a settle answered 503 is given back at
+    the next sweep with the cap it took. When the chain set another cap meanwhile — the
+    buyer lowered it (signed mode: a new session with a lower maximum; capped: its cap
+    revoked, or a new one) — the cap given back is not the one in force: the chain's new
+    cap never counted the charge, so adding it left the ledger's cap ABOVE the chain's
+    (the gateway serving what the vault refuses). The balance comes back; the new cap stays."""
+    buyer = ledger.create_account().id
+    wallet = fund(ledger, buyer, ASSET, 10 * USDC)
+    signer = _signed(ledger)
+    ledger.holds.reserve(Reservation("plain", buyer, ASSET, USDC, 300))
+    _hold(ledger, signer, "signed", 0, 2 * USDC)
+    _lost(monkeypatch, committed=True)
+    for request_id, cost, record in (
+        ("plain", USDC // 4, UsageRecord("m", 10, 10, 0)),
+        ("signed", USDC // 2, _record(0, 2 * USDC)),
+    ):
+        with pytest.raises((LedgerUnavailable, OperationalError)):
+            ledger.holds.settle(request_id, cost, record=record)
+    monkeypatch.undo()
+
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(event_id(), wallet, ASSET, 2 * USDC))
+    ledger.register_session(
+        event_id(), address=ledger.debited_wallet(signer), asset=ASSET, asset_address=TOKEN, chain_id=31337,
+        vault=VAULT, key=KEY, session=2, lanes=2, maximum=USDC, expiry=ledger.clock() + 86_400, signed_from=3,
+    )  # fmt: skip
+    Sweeper(ledger).run_once()
+
+    assert [ledger.usage_record(r).status for r in ("plain", "signed")] == ["refunded", "refunded"]  # type: ignore[union-attr]
+    assert (ledger.balance(buyer, ASSET).posted, ledger.balance(buyer, ASSET).cap_remaining) == (10 * USDC, 2 * USDC)
+    assert (ledger.balance(signer, ASSET).posted, ledger.balance(signer, ASSET).cap_remaining) == (10 * USDC, USDC)

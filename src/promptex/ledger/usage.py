@@ -24,7 +24,15 @@ from promptex.ledger.amounts import add
 from promptex.ledger.journal import insert_ignore, post_entry
 from promptex.ledger.metadata import REASON
 from promptex.ledger.models import Hold, HoldStatus
-from promptex.ledger.schema import balances, budgets, holds, journal_entries, usage_records
+from promptex.ledger.schema import (
+    balances,
+    budgets,
+    chain_spend_caps,
+    holds,
+    journal_entries,
+    session_keys,
+    usage_records,
+)
 
 PENDING, BATCHED, QUARANTINED, REFUNDED = "pending", "batched", "quarantined", "refunded"
 CAPPED, SIGNED = "capped", "signed"  # a record's mode (issue 23)
@@ -300,11 +308,12 @@ def refund(conn: Connection, request_id: str, reason: str, *, now: int, was: str
             now=now,
             system_accounts=frozenset(system.values()),
         )
-        conn.execute(
-            update(balances)
-            .where(balances.c.account_id == record.payer, balances.c.asset == record.asset)
-            .values(cap_remaining=add(balances.c.cap_remaining, amount))
-        )
+        if not _cap_set_since(conn, record):
+            conn.execute(
+                update(balances)
+                .where(balances.c.account_id == record.payer, balances.c.asset == record.asset)
+                .values(cap_remaining=add(balances.c.cap_remaining, amount))
+            )
         if record.payer != record.account:
             conn.execute(
                 update(budgets)
@@ -318,6 +327,38 @@ def refund(conn: Connection, request_id: str, reason: str, *, now: int, was: str
                 .values(remaining=add(budgets.c.remaining, amount))
             )
     return True
+
+
+def _cap_set_since(conn: Connection, record: StoredUsage) -> bool:
+    """Whether the chain set the payer's cap in the record's asset anew since it was charged
+    (a spend cap registered or revoked, a session registered, in the same second or later;
+    or the record's voucher session is no longer the current one): the cap it took is then
+    not the one in force, which never counted it, so a refund must not add it to that one.
+    Before (gbreak5 item 1, pgrepair item 3; wallets s15), a charge given back after the
+    buyer lowered its cap left the ledger's cap above the chain's."""
+    mine = (chain_spend_caps.c.account_id == record.payer, chain_spend_caps.c.asset == record.asset)
+    if conn.execute(
+        select(chain_spend_caps.c.event_id).where(*mine, chain_spend_caps.c.created_at >= record.settled_at).limit(1)
+    ).first():
+        return True
+    current = conn.execute(
+        select(func.max(session_keys.c.session)).where(
+            session_keys.c.account_id == record.payer, session_keys.c.asset == record.asset
+        )
+    ).scalar()
+    if record.voucher_session is not None:
+        return current is not None and int(current) != record.voucher_session
+    return current is not None and bool(
+        conn.execute(
+            select(session_keys.c.session)
+            .where(
+                session_keys.c.account_id == record.payer,
+                session_keys.c.asset == record.asset,
+                session_keys.c.created_at >= record.settled_at,
+            )
+            .limit(1)
+        ).first()
+    )
 
 
 def _ref(kind: str, request_id: str, nth: int) -> str:

@@ -9,7 +9,9 @@ charged") and the charge stands. The book that ran it remembers (request id, cos
 - settled at that cost, its usage record still pending (no batch holds it): given back in
   one transaction — the settle's charge reversed by the refund entry `refund:{request id}`
   (idempotent by its ref and by the record's status) with the spend cap and any member
-  budget it took (`usage.refund`; a debt the settle opened is repaid by it), the record
+  budget it took (`usage.refund`: the cap only while it is still the one in force — once
+  the chain set another, which never counted the charge, it stays as the chain has it; a
+  debt the settle opened is repaid by it), the record
   marked refunded (the coordinator's plan of a batch naming it fails whole), the lot usage
   it counted taken off its lease or lot, and a signed lane's charged total moved back —
   only while that lane still stands as this settle left it (no voucher accepted since, none
