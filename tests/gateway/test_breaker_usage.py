@@ -216,3 +216,25 @@ def test_chat_image_part_to_an_openai_lot__its_tokens_within_the_bound__charged_
                              json={**body, "messages": [{"role": "user", "content": [part]}]})  # fmt: skip
         assert refused.status_code == 400 and "cannot be bounded" in refused.json()["error"]["message"]
     assert gw.ledger.balance(account, "USDC") == before
+
+
+def test_chat_parameters_priced_apart_from_the_catalog__400_before_any_hold(gw: Harness, fake: Fake) -> None:
+    """The priority tier, audio output and web search are billed to the seller's upstream
+    account above (or apart from) the catalog's per-token rates the buyer pays: passed
+    through to an OpenAI lot, the seller paid the difference. Refused now, as the Messages
+    API's non-standard tier is, before any hold; the standard tiers pass."""
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    base = {"model": "fake-gpt", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    before, sent = gw.ledger.balance(account, "USDC"), fake.config.requests
+    for change, param in (({"service_tier": "priority"}, "service_tier"), ({"modalities": ["text", "audio"],
+                          "audio": {"voice": "alloy", "format": "wav"}}, "modalities"), ({"audio": {}}, "audio"),
+                          ({"web_search_options": {}}, "web_search_options")):  # fmt: skip
+        answer = httpx.post(gw.url + "/v1/chat/completions", json={**base, **change},
+                            headers={"authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, change
+    assert (gw.ledger.balance(account, "USDC"), fake.config.requests) == (before, sent)
+    for tier in ("default", "flex"):
+        ok = httpx.post(gw.url + "/v1/chat/completions", json={**base, "service_tier": tier},
+                        headers={"authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        assert ok.status_code == 200, ok.text

@@ -136,6 +136,25 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise bad_request("Invalid 'user': expected a string.", param="user")
+    # Priced apart from the catalog's per-token rates, on the seller's upstream account: the
+    # priority tier (above the standard rates), audio output (at audio rates) and web search
+    # (per call). Passed through before, a buyer paid the catalog's text rates while the
+    # seller's account was billed the rest (the Messages API pins the standard tier).
+    if body.get("service_tier") not in (None, "auto", "default", "flex"):
+        raise bad_request(
+            "Invalid 'service_tier': only 'auto', 'default' or 'flex' through this gateway (other tiers are priced "
+            "above its rates).",
+            param="service_tier",
+        )
+    modalities = body.get("modalities")
+    for name, asked in (("modalities", modalities not in (None, ["text"])), ("audio", body.get("audio") is not None),
+                        ("web_search_options", body.get("web_search_options") is not None)):  # fmt: skip
+        if asked:
+            raise bad_request(
+                f"'{name}' is not supported through this gateway (text output only: audio and web search are "
+                "priced apart from its per-token rates).",
+                param=name,
+            )
     max_tokens = _positive_int(body, "max_tokens")
     max_completion = _positive_int(body, "max_completion_tokens")
     limit = max_completion if max_completion is not None else max_tokens
