@@ -144,9 +144,10 @@ def test_given_back_after_the_chain_set_another_cap__the_new_cap_is_left_as_the_
             ledger.holds.settle(request_id, cost, record=record)
     monkeypatch.undo()
 
-    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(event_id(), wallet, ASSET, 2 * USDC))
+    cap_event, session_event = event_id(), event_id()
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(cap_event, wallet, ASSET, 2 * USDC))
     ledger.register_session(
-        event_id(), address=ledger.debited_wallet(signer), asset=ASSET, asset_address=TOKEN, chain_id=31337,
+        session_event, address=ledger.debited_wallet(signer), asset=ASSET, asset_address=TOKEN, chain_id=31337,
         vault=VAULT, key=KEY, session=2, lanes=2, maximum=USDC, expiry=ledger.clock() + 86_400, signed_from=3,
     )  # fmt: skip
     Sweeper(ledger).run_once()
@@ -154,3 +155,9 @@ def test_given_back_after_the_chain_set_another_cap__the_new_cap_is_left_as_the_
     assert [ledger.usage_record(r).status for r in ("plain", "signed")] == ["refunded", "refunded"]  # type: ignore[union-attr]
     assert (ledger.balance(buyer, ASSET).posted, ledger.balance(buyer, ASSET).cap_remaining) == (10 * USDC, 2 * USDC)
     assert (ledger.balance(signer, ASSET).posted, ledger.balance(signer, ASSET).cap_remaining) == (10 * USDC, USDC)
+    # A reorg then orphans the new cap and session: the caps before come back as the chain has
+    # them, which never counted the charges given back (the registrations' "previous" did).
+    for event in (cap_event, session_event):
+        ledger.apply_chain_facts(lambda facts, event=event: facts.unwind(event))
+    assert ledger.balance(buyer, ASSET).cap_remaining == 10 * USDC
+    assert ledger.balance(signer, ASSET).cap_remaining == 100 * USDC

@@ -314,6 +314,8 @@ def refund(conn: Connection, request_id: str, reason: str, *, now: int, was: str
                 .where(balances.c.account_id == record.payer, balances.c.asset == record.asset)
                 .values(cap_remaining=add(balances.c.cap_remaining, amount))
             )
+        else:
+            _back_to_the_cap_before(conn, record, amount)
         if record.payer != record.account:
             conn.execute(
                 update(budgets)
@@ -359,6 +361,46 @@ def _cap_set_since(conn: Connection, record: StoredUsage) -> bool:
             .limit(1)
         ).first()
     )
+
+
+def _back_to_the_cap_before(conn: Connection, record: StoredUsage, amount: int) -> None:
+    """The charge goes back to the cap it took, which is no longer in force: into the
+    `previous` of the first registration after it (what a reorg orphaning that registration
+    restores), so that the cap before comes back as the chain has it, never having counted
+    the charge. Before, the unwind restored it less the charge given back."""
+    cap = conn.execute(
+        select(chain_spend_caps.c.event_id, chain_spend_caps.c.created_at)
+        .where(
+            chain_spend_caps.c.account_id == record.payer,
+            chain_spend_caps.c.asset == record.asset,
+            chain_spend_caps.c.created_at >= record.settled_at,
+        )
+        .order_by(chain_spend_caps.c.created_at, chain_spend_caps.c.event_id)
+        .limit(1)
+    ).first()
+    since = (
+        session_keys.c.session > record.voucher_session
+        if record.voucher_session is not None
+        else session_keys.c.created_at >= record.settled_at
+    )
+    session = conn.execute(
+        select(session_keys.c.event_id, session_keys.c.created_at)
+        .where(session_keys.c.account_id == record.payer, session_keys.c.asset == record.asset, since)
+        .order_by(session_keys.c.created_at, session_keys.c.session)
+        .limit(1)
+    ).first()
+    if cap is not None and (session is None or cap.created_at <= session.created_at):
+        conn.execute(
+            update(chain_spend_caps)
+            .where(chain_spend_caps.c.event_id == cap.event_id)
+            .values(previous=add(chain_spend_caps.c.previous, amount))
+        )
+    elif session is not None:
+        conn.execute(
+            update(session_keys)
+            .where(session_keys.c.event_id == session.event_id)
+            .values(previous_cap=add(session_keys.c.previous_cap, amount))
+        )
 
 
 def _ref(kind: str, request_id: str, nth: int) -> str:
