@@ -7,6 +7,7 @@ in words (`WalletAlreadyBound`)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from eth_account import Account
 from ledger_helpers import event_id
@@ -15,7 +16,7 @@ from sqlalchemy import text
 from polling import until
 from promptex.ledger import Ledger, WalletAlreadyBound
 from promptex.ledger import wallets as _wallets
-from promptex.ledger.binding import sign
+from promptex.ledger.binding import BindingMessage, sign
 from promptex.ledger.wallets import ADDRESS_LOCKS
 from promptex.protocol.units import USD_MICRO as USDC
 
@@ -63,14 +64,12 @@ def test_two_wallets_of_one_account_bound_at_once_in_the_same_second__the_first_
     account = binder.create_account().id
     first, second = (Account.from_key(n.to_bytes(32, "big")) for n in (75, 130))  # 0xFF…, 0x00…
     messages = [binder.issue_binding_challenge(account, wallet.address) for wallet in (first, second)]
-    bound = threading.Thread(target=other.bind_wallet, args=(messages[1], sign(messages[1], second.key)))
-    with binder.engine.begin() as conn:  # the first binding, not committed yet
-        _wallets.bind(conn, messages[0], sign(messages[0], first.key), now=binder.clock(), chain_id=binder.chain_id,
-                      system=binder._system)  # fmt: skip
-        bound.start()
-        until(lambda: not bound.is_alive() or _waiting(binder), "the second binding done or waiting", 30)
-    bound.join(30)
-    assert not bound.is_alive()
+    _second_binds_while_the_first_is_uncommitted(
+        binder,
+        sign(messages[0], first.key),
+        messages[0],
+        lambda: other.bind_wallet(messages[1], sign(messages[1], second.key)),
+    )
     with binder.engine.connect() as conn:
         assert _wallets.bindings(conn)[account] == [first.address, second.address]
         assert _wallets.first_bound(conn, account) == first.address
@@ -96,15 +95,22 @@ def test_one_wallet_bound_to_two_accounts_at_once__the_second_refused_in_words_n
         except BaseException as exc:  # noqa: BLE001 (recorded: the test asserts which)
             outcome.append(exc)
 
-    bound = threading.Thread(target=bind_second)
-    with binder.engine.begin() as conn:  # the first binding, not committed yet
-        _wallets.bind(conn, messages[0], sign(messages[0], wallet.key), now=binder.clock(), chain_id=binder.chain_id,
-                      system=binder._system)  # fmt: skip
-        bound.start()
-        until(lambda: not bound.is_alive() or _waiting(binder), "the second binding done or waiting", 30)
-    bound.join(30)
-    assert not bound.is_alive()
+    _second_binds_while_the_first_is_uncommitted(binder, sign(messages[0], wallet.key), messages[0], bind_second)
     (refused,) = outcome
     assert isinstance(refused, WalletAlreadyBound), repr(refused)
     assert "bound to another account" in str(refused) and "\n" not in str(refused)
     assert binder.account_of(wallet.address) == first and binder.wallets(second) == []
+
+
+def _second_binds_while_the_first_is_uncommitted(
+    binder: Ledger, signature: bytes, message: BindingMessage, bind_second: Callable[[], object]
+) -> None:
+    """`bind_second` runs in a thread while `binder` holds the first binding (`message`,
+    `signature`) in a transaction not yet committed; returns once it has ended."""
+    bound = threading.Thread(target=bind_second)
+    with binder.engine.begin() as conn:
+        _wallets.bind(conn, message, signature, now=binder.clock(), chain_id=binder.chain_id, system=binder._system)
+        bound.start()
+        until(lambda: not bound.is_alive() or _waiting(binder), "the second binding done or waiting", 30)
+    bound.join(30)
+    assert not bound.is_alive()
