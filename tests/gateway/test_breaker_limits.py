@@ -150,18 +150,36 @@ def test_limits_two_workers_postgresql__200_concurrent_lying_upstream__exactly_k
                     return False
 
             until(ready, "both workers ready", 90)
-            # One answer tells the tokens a request reserves (its counter keeps the bound: the
-            # lie is above it) and what it is charged (the hold: the lie is above it too).
-            first = httpx.post(
-                base + "/v1/chat/completions", headers={"authorization": f"Bearer {calibration}"},
-                json={"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT},
-            )  # fmt: skip
+            # One request held at the upstream tells what each reserves (its tokens' bound, its
+            # hold: the limits admit by these); answered, what each is charged and keeps counted
+            # (the lie above the output limit is clamped to it, since 41c30f7: not the bound).
+            calibrating = f"key:{keys['calibration'][1]}"
+            fake.config.gate = gate = threading.Event()
+            answers: list[httpx.Response] = []
+            body = {"model": "fake-flat", "messages": HELLO, "max_tokens": FLAT_OUT}
+            auth = {"authorization": f"Bearer {calibration}"}
+            calling = threading.Thread(
+                target=lambda: answers.append(
+                    httpx.post(base + "/v1/chat/completions", headers=auth, json=body, timeout=60)
+                )
+            )
+            calling.start()
+            try:
+                until(lambda: _counters(ledger, calibrating, limits.TOKENS), "the calibration's tokens reserved", 30)
+                (bound,) = _counters(ledger, calibrating, limits.TOKENS).values()
+                with ledger.engine.connect() as conn:
+                    hold = conn.execute(select(holds.c.amount).where(holds.c.status == "active")).scalar_one()
+            finally:
+                gate.set()
+                fake.config.gate = None
+                calling.join(60)
+            (first,) = answers
             assert first.status_code == 200
-            (bound,) = _counters(ledger, f"key:{keys['calibration'][1]}", limits.TOKENS).values()
-            hold = int(first.headers["x-promptex-cost-units"])
-            assert 0 < bound < LIE and hold > 0
+            (kept,) = _counters(ledger, calibrating, limits.TOKENS).values()
+            charge = int(first.headers["x-promptex-cost-units"])
+            assert 0 < kept <= bound < LIE and 0 < charge <= hold
             with ledger.engine.connect() as conn:
-                assert conn.execute(select(holds.c.amount).where(holds.c.status == "settled")).scalar_one() == hold
+                assert conn.execute(select(holds.c.amount).where(holds.c.status == "settled")).scalar_one() == charge
             posted = ledger.balance(account, "USDC").posted
             cases = {
                 limits.REQUESTS: Limits(requests_per_minute=K),
@@ -186,12 +204,12 @@ def test_limits_two_workers_postgresql__200_concurrent_lying_upstream__exactly_k
                     admitted = K * len(windows)  # a burst across a minute: K in each window
                 assert statuses == Counter({200: admitted, 429: REQUESTS - admitted}), kind
                 charged = [int(h["x-promptex-cost-units"]) for h in served]
-                assert charged == [hold] * admitted, kind  # the lie charged nothing beyond the hold
+                assert charged == [charge] * admitted, kind  # the lie charged nothing beyond the output limit
                 posted -= sum(charged)
                 assert ledger.balance(account, "USDC").posted == posted  # no balance overshoot
                 assert ledger.balance(account, "USDC").held == 0
                 if kind in (limits.TOKENS, limits.COST):
-                    assert sum(windows.values()) == admitted * (bound if kind == limits.TOKENS else hold)
+                    assert sum(windows.values()) == admitted * (kept if kind == limits.TOKENS else charge)
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
