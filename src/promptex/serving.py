@@ -3,13 +3,18 @@ gateway and the fake upstreams inside one process."""
 
 from __future__ import annotations
 
+import array
+import asyncio
+import fcntl
 import socket
 import struct
+import termios
 import threading
 import time
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # The servers clients keep connections to (the gateway, the signing proxy) close an idle
 # kept-alive connection only well after the clients' own pools have dropped it. httpx —
@@ -22,6 +27,33 @@ import uvicorn
 # cut to 1 s it got such ReadErrors: half of them closes with the next request already
 # unread, no longer made (`gateway.guard`), the rest requests sent just after the close.)
 KEEP_ALIVE_SECONDS = 30
+
+
+class KeepAliveProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, but a kept-alive connection is closed at its keep-alive
+    deadline only with nothing unread in its socket: uvloop runs the timers due before it
+    reads again, so under load (a loop long over its reads) a request that came in time
+    could be closed unread — and the unread bytes made the close a reset, the client's
+    ReadError with no answer. The gateway's protocol (`gateway.guard`) and the signing
+    proxy's are this one."""
+
+    def timeout_keep_alive_handler(self) -> None:
+        if _unread(self.transport):  # a request came in time: read next (it cancels this fired timer)
+            return
+        super().timeout_keep_alive_handler()
+
+
+def _unread(transport: asyncio.Transport) -> bool:
+    """Whether bytes wait unread in the connection's socket (False where that cannot be read)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(termios, "FIONREAD"):
+        return False
+    waiting = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+    except (OSError, ValueError):
+        return False
+    return waiting[0] > 0
 
 
 def listening_sockets(host: str, port: int, copies: int) -> list[socket.socket]:

@@ -14,7 +14,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anthropic
@@ -346,6 +346,35 @@ def test_keep_alive__a_request_come_in_time_still_unread_at_the_deadline__answer
     # that test with a 1 s keep-alive: 3 ReadErrors in 1,000 requests, 2 of them so.)
     gw = kept_briefly
     assert gw.app.uvicorn_options()["timeout_keep_alive"] == 0.2
+    _kept_alive_request_unread_at_the_deadline__answered(lambda: connect(gw, "127.0.0.1"), monkeypatch)
+
+
+def test_keep_alive__the_signing_proxy_s_protocol__a_request_unread_at_the_deadline__answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signing proxy (`promptex proxy`, served by uvicorn.run, not the gateway's guarded
+    protocol) closed such a connection as the gateway did (halfclose s15): it serves with
+    `KeepAliveProtocol` now, as this server does (test_buyerside_kills checks the command
+    passes it)."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from promptex.serving import KeepAliveProtocol, ServerThread
+
+    app = Starlette(routes=[Route("/healthz", lambda _: PlainTextResponse("ok\n"))])
+    with ServerThread(app, http=KeepAliveProtocol, timeout_keep_alive=0.2) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        _kept_alive_request_unread_at_the_deadline__answered(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=30), monkeypatch
+        )
+
+
+def _kept_alive_request_unread_at_the_deadline__answered(
+    connected: Callable[[], socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept-alive connection's next request sent in time while another connection's read
+    blocks the server's loop past the keep-alive deadline: answered, not reset."""
     request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
     stalled, resume = threading.Event(), threading.Event()
     on_header = HttpToolsProtocol.on_header
@@ -357,7 +386,7 @@ def test_keep_alive__a_request_come_in_time_still_unread_at_the_deadline__answer
         on_header(protocol, name, value)
 
     monkeypatch.setattr(HttpToolsProtocol, "on_header", stalling)
-    with connect(gw, "127.0.0.1") as kept, connect(gw, "127.0.0.1") as other:
+    with connected() as kept, connected() as other:
         kept.sendall(request)
         answer = b""
         while not answer.endswith(b"ok\n"):

@@ -33,7 +33,7 @@ from eth_account import Account
 
 from promptex.buyerside.sessions import SessionGrant, new_grant, save
 from promptex.cli import main
-from promptex.serving import ServerThread, free_port
+from promptex.serving import KeepAliveProtocol, ServerThread, free_port
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 REQUESTS = 1_000
@@ -126,11 +126,14 @@ def test_proxy__stopped_then_sigkilled__restart_signs_nothing_until_resume(
         shown = CliRunner().invoke(main, ["session", "show", "--session", str(tmp_path / "session.json")])
         assert "3 answers on lane 0" in shown.output and "promptex proxy --resume" in shown.output, shown.output
         served: list[Any] = []
-        monkeypatch.setattr("uvicorn.run", lambda app, **_: served.append(app))
+        options: list[dict[str, Any]] = []
+        monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: (served.append(app), options.append(kwargs)))
         for name in ("promptex.proxy", "promptex.buyerside"):  # the command adds a handler to each
             monkeypatch.setattr(logging.getLogger(name), "handlers", [])
         result = CliRunner().invoke(main, [*proxy.args[3:], "--resume"])
         assert result.exit_code == 0 and "resumed: signing stopped" in result.output, result.output
+        # kept-alive connections closed only with nothing unread (test_starvation's keep-alive tests)
+        assert options[0]["http"] is KeepAliveProtocol
 
         async def once() -> int:
             local = httpx.AsyncClient(transport=httpx.ASGITransport(app=served[0]), base_url="http://127.0.0.1")

@@ -105,7 +105,7 @@ def proxy(
     from promptex.cli.amounts import asset_units
     from promptex.metering import load_catalog
     from promptex.protocol.units import money
-    from promptex.serving import KEEP_ALIVE_SECONDS
+    from promptex.serving import KEEP_ALIVE_SECONDS, KeepAliveProtocol
 
     s = settings()
     path = grant_path(session_file)
@@ -168,4 +168,7 @@ def proxy(
         f") → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "
         f"ANTHROPIC_BASE_URL=http://{LOOPBACK}:{port}"
     )
-    uvicorn.run(app, host=LOOPBACK, port=port, log_config=None, access_log=False, timeout_keep_alive=KEEP_ALIVE_SECONDS)
+    uvicorn.run(
+        app, host=LOOPBACK, port=port, log_config=None, access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS, http=KeepAliveProtocol,
+    )  # fmt: skip

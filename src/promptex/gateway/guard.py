@@ -28,7 +28,8 @@ A kept-alive connection is closed at its keep-alive deadline only with nothing u
 its socket: uvloop runs the timers due before it reads again, so under load (a loop long
 over its reads) a request that came in time could be closed unread — and the unread bytes
 made the close a reset, the client's ReadError with no answer (once in the exactly-K
-test's 1,000 requests, session 13's CI; a lab with a 1 s keep-alive: 3 in 1,000).
+test's 1,000 requests, session 13's CI; a lab with a 1 s keep-alive: 3 in 1,000). That is
+`serving.KeepAliveProtocol`, which this protocol extends and the signing proxy serves with.
 
 The body has its own deadline, in the app (`Gateway.read`), where a 408 can be answered
 in the API's error shape; a request whose whole body came with its headers (nearly all)
@@ -43,17 +44,12 @@ take the parsing of that one read.
 
 from __future__ import annotations
 
-import array
 import asyncio
-import fcntl
-import termios
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from promptex.config import Settings
-from promptex.serving import KEEP_ALIVE_SECONDS
+from promptex.serving import KEEP_ALIVE_SECONDS, KeepAliveProtocol
 
 _CLOSE = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
 
@@ -99,10 +95,10 @@ class ConnectionGuard:
             self.open.pop(address, None)
 
 
-def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
+def guarded_protocol(guard: ConnectionGuard) -> type[KeepAliveProtocol]:
     """uvicorn's httptools protocol with `guard`'s limits (see the module's docstring)."""
 
-    class GuardedProtocol(HttpToolsProtocol):
+    class GuardedProtocol(KeepAliveProtocol):
         _address: str | None = None
         _deadline: asyncio.TimerHandle | None = None
 
@@ -151,11 +147,6 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
                 return
             super().on_response_complete()
 
-        def timeout_keep_alive_handler(self) -> None:
-            if _unread(self.transport):  # a request came in time: uvloop ran its timers before the read
-                return  # (read next: it cancels this fired timer, and its answer sets another)
-            super().timeout_keep_alive_handler()
-
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self.scope[BODY_RECEIVED] = True  # type: ignore[literal-required]
@@ -196,19 +187,6 @@ def guarded_protocol(guard: ConnectionGuard) -> type[HttpToolsProtocol]:
             self._deadline = self.loop.call_later(REFUSED_LINGER, transport.close)
 
     return GuardedProtocol
-
-
-def _unread(transport: asyncio.Transport) -> bool:
-    """Whether bytes wait unread in the connection's socket (False where that cannot be read)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(termios, "FIONREAD"):
-        return False
-    waiting = array.array("i", [0])
-    try:
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
-    except (OSError, ValueError):
-        return False
-    return waiting[0] > 0
 
 
 class _Answers:
