@@ -292,24 +292,41 @@ class _CommitDropper(_Proxy):
     dropped = 0
     down_after = False
 
+    def __init__(self, port: int) -> None:
+        self._going_down = threading.Lock()  # before the accept thread starts (in super)
+        super().__init__(port)
+
     def _accept(self) -> None:
         while True:
             try:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            if self.refusing.is_set():  # a server that is down: refused at once
-                with contextlib.suppress(OSError):
-                    client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            self._sockets += [client, upstream]
+            with self._going_down:  # registered before a drop's cut, or refused after it (never between)
+                if self.refusing.is_set():  # a server that is down: refused at once
+                    with contextlib.suppress(OSError):
+                        client.close()
+                    continue
+                upstream = socket.create_connection(self.target)
+                self._sockets += [client, upstream]
             for end in (client, upstream):  # a message at a time: no Nagle waits between them
                 end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._front, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            muted = threading.Event()  # set before the dropped message goes: its answer is never relayed
+            threading.Thread(target=self._front, args=(client, upstream, muted), daemon=True).start()
+            threading.Thread(target=self._back, args=(upstream, client, muted), daemon=True).start()
 
-    def _front(self, client: socket.socket, upstream: socket.socket) -> None:
+    @staticmethod
+    def _back(upstream: socket.socket, client: socket.socket, muted: threading.Event) -> None:
+        """The server's answers to the client, but none once `muted` (checked per read: the
+        drop mutes before it forwards, so the answer to what it dropped is read after)."""
+        with contextlib.suppress(OSError):
+            while (data := upstream.recv(65_536)) and not muted.is_set():
+                client.sendall(data)
+        for end in (upstream, client):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def _front(self, client: socket.socket, upstream: socket.socket, muted: threading.Event) -> None:
         def read(n: int) -> bytes:
             out = b""
             while len(out) < n:
@@ -328,23 +345,27 @@ class _CommitDropper(_Proxy):
             while True:
                 kind, head = read(1), read(4)
                 body = read(int.from_bytes(head, "big") - 4)
-                upstream.sendall(kind + head + body)
                 wrote = wrote or (kind in (b"P", b"Q") and b"usage_records" in body)
                 settling = settling or (kind == b"B" and b"promptex_settle" in body)
                 ends = kind == b"Q" and body[:6].upper() in (b"COMMIT", b"ROLLBA")
                 committed = ends and body[:6].upper() == b"COMMIT" and wrote
-                drop = committed or (self.at_sync and kind == b"S" and settling)
+                drop = (committed or (self.at_sync and kind == b"S" and settling)) and self.armed > 0
                 wrote, settling = wrote and not ends, settling and kind != b"S"
-                if drop and self.armed > 0:
+                if drop:  # decided before it goes: the server's answer to it is never relayed
+                    muted.set()
+                    if self.down_after:  # refused before the client hears: its retry's new connection too
+                        self.refusing.set()
+                upstream.sendall(kind + head + body)
+                if drop:
                     self.armed -= 1
                     self.dropped += 1
-                    client.shutdown(socket.SHUT_RDWR)  # the server's answer goes nowhere
-                    if self.down_after:  # the others' both ends: this one's server side finishes the COMMIT
-                        self.refusing.set()
-                        for end in list(self._sockets):
-                            if end not in (client, upstream):
-                                with contextlib.suppress(OSError):
-                                    end.shutdown(socket.SHUT_RDWR)
+                    client.shutdown(socket.SHUT_RDWR)  # the server finishes it; its client never hears
+                    if self.down_after:  # the others' both ends (the lock: one accepted meanwhile is registered)
+                        with self._going_down:
+                            others = [end for end in self._sockets if end not in (client, upstream)]
+                        for end in others:
+                            with contextlib.suppress(OSError):
+                                end.shutdown(socket.SHUT_RDWR)
                     return
 
 
