@@ -359,13 +359,13 @@ class _CommitDropper(_Proxy):
                 if drop:
                     self.armed -= 1
                     self.dropped += 1
-                    client.shutdown(socket.SHUT_RDWR)  # the server finishes it; its client never hears
-                    if self.down_after:  # the others' both ends (the lock: one accepted meanwhile is registered)
-                        with self._going_down:
+                    if self.down_after:  # the others' both ends first: the retry finds no pooled one alive
+                        with self._going_down:  # (one accepted meanwhile is registered, so cut here)
                             others = [end for end in self._sockets if end not in (client, upstream)]
                         for end in others:
                             with contextlib.suppress(OSError):
                                 end.shutdown(socket.SHUT_RDWR)
+                    client.shutdown(socket.SHUT_RDWR)  # the server finishes it; its client never hears
                     return
 
 
