@@ -5,6 +5,7 @@ missing. Opening a lot on chain is covered by the browser test."""
 
 import dataclasses
 import json
+import threading
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
+from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage, sign
 from promptex.ledger.schema import accounts
 from promptex.sealing.envelope import load_master_keys
@@ -737,6 +739,39 @@ def test_keys__a_wallet_asks_twice__one_pending_account_and_either_challenge_bin
     signature = sign(BindingMessage(**first), wallet.key)
     bound = dashboard.post("/api/keys/bind", json={"binding": first, "signature": "0x" + signature.hex()})
     assert bound.status_code == 200 and bound.json()["account"] == first["account"]
+
+
+def test_keys__an_unbound_wallet_asks_twice_at_once__one_account(dashboard, monkeypatch):
+    """wbreak s15: two challenges at once for one unbound wallet each read "no account" (the
+    read in one transaction, the account created in another) and each created one: two
+    accounts, one left empty for good. Here the second request runs while the first has read
+    and not yet created: before, it reads too (the wait below ends at once) and two accounts
+    are made; now it waits for the first's write (the wait runs out: nothing to poll for)."""
+    wallet = Account.create()
+    read, second_read = _wallets.challenged_account, threading.Event()
+    answers: list = []
+
+    def ask() -> None:
+        answers.append(dashboard.post("/api/keys/challenge", json={"wallet": wallet.address}))
+
+    second = threading.Thread(target=ask)
+
+    def challenged_account(conn, address):
+        found = read(conn, address)
+        if not second.is_alive() and not second_read.is_set() and not answers:
+            second.start()
+            second_read.wait(0.5)
+        else:
+            second_read.set()
+        return found
+
+    monkeypatch.setattr(_wallets, "challenged_account", challenged_account)
+    before = account_count(dashboard)
+    ask()
+    second.join(10)
+    assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+    assert len({answer.json()["binding"]["account"] for answer in answers}) == 1
+    assert account_count(dashboard) == before + 1
 
 
 def test_keys__too_many_new_wallets_from_one_client__429_and_no_account_created(dashboard):

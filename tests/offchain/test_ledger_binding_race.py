@@ -2,7 +2,8 @@
 deposit must reach the bound account whichever commits first (`wallets._lock_address`).
 Two wallets of one account bound at once: the first committed stays the one debited
 (`wallets._bound_after`). One wallet bound to two accounts at once: the second is refused
-in words (`WalletAlreadyBound`)."""
+in words (`WalletAlreadyBound`). One unbound wallet asking for two challenges at once: one
+account (`wallets.challenge_wallet`)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,29 @@ def test_one_wallet_bound_to_two_accounts_at_once__the_second_refused_in_words_n
     assert isinstance(refused, WalletAlreadyBound), repr(refused)
     assert "bound to another account" in str(refused) and "\n" not in str(refused)
     assert binder.account_of(wallet.address) == first and binder.wallets(second) == []
+
+
+def test_one_unbound_wallet_asks_for_two_challenges_at_once__one_account(two: tuple[Ledger, Ledger]) -> None:
+    """wbreak s15 (the dashboard's POST /api/keys/challenge from two processes): the second
+    asks while the first has created the wallet's account, not committed. It waits for the
+    address's lock and then reads the first's account. Without the lock (READ COMMITTED) it
+    read no account and created another: two accounts for one wallet, one left empty."""
+    first, other = two
+    wallet = Account.create().address
+    asked: list[BindingMessage] = []
+    second = threading.Thread(target=lambda: asked.append(other.challenge_wallet(wallet)))
+
+    def admit_new() -> None:  # inside the first's transaction: its account not created yet
+        if not second.is_alive() and not asked:
+            second.start()
+            until(lambda: asked or _waiting(first), "the second challenge issued or waiting", 30)
+
+    asked.append(first.challenge_wallet(wallet, admit_new=admit_new))
+    second.join(30)
+    assert not second.is_alive() and len(asked) == 2
+    assert asked[0].account == asked[1].account
+    with first.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM accounts WHERE kind = 'user'")).scalar_one() == 1
 
 
 def _second_binds_while_the_first_is_uncommitted(

@@ -414,6 +414,22 @@ class Ledger:
             )
         )
 
+    def challenge_wallet(
+        self, wallet: str, *, admit_new: Callable[[], object] = lambda: None, ttl: int | None = None
+    ) -> BindingMessage:
+        """The message `wallet` signs for a key: for its bound account, its pending one, or a
+        new user account (`admit_new` raises to refuse it); one account however many ask at once."""
+        return self._write(
+            lambda conn: _wallets.challenge_wallet(
+                conn,
+                wallet,
+                admit_new=admit_new,
+                now=self.clock(),
+                ttl=ttl or self.binding_ttl,
+                chain_id=self.chain_id,
+            )
+        )
+
     def bind_wallet(self, message: BindingMessage, signature: bytes | str) -> int:
         """Bind the wallet that signed `message`; deposits waiting for it are credited. Returns the account."""
         return self._write(

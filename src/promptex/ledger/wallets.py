@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
 from promptex.ledger import debts
-from promptex.ledger.accounts import get_or_create_account, owned_account, set_cap_remaining
+from promptex.ledger.accounts import create_account, get_or_create_account, owned_account, set_cap_remaining
 from promptex.ledger.amounts import add
 from promptex.ledger.binding import BindingMessage, checksum_address, verify
 from promptex.ledger.errors import InvalidSignature, NonceReplayed, UnknownNonce, WalletAlreadyBound
@@ -138,6 +138,31 @@ def issue_challenge(
         )
     )
     return message
+
+
+def challenge_wallet(
+    conn: Connection,
+    wallet: str,
+    *,
+    admit_new: Callable[[], object],
+    now: int,
+    ttl: int,
+    chain_id: int,
+) -> BindingMessage:
+    """The challenge a wallet asking for a key signs: for its bound account, else for the
+    account its last challenge still unbound names, else for a new user account (`admit_new`
+    is called first: it raises to refuse one). Read and written under the address's lock
+    (PostgreSQL; SQLite has one writer at a time), so a wallet asking twice at once signs for
+    one account: read in one transaction and created in another (before, claims s16), both
+    requests read no account and each created one, one of them left empty for good."""
+    _lock_address(conn, wallet)
+    account = bound_account(conn, wallet)
+    if account is None:
+        account = challenged_account(conn, wallet)
+    if account is None:
+        admit_new()
+        account = create_account(conn, AccountKind.USER, None, now).id
+    return issue_challenge(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
 
 
 def bind(

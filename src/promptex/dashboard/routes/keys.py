@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from promptex.dashboard.api import ApiError, guarded, read_body
 from promptex.dashboard.context import Context
 from promptex.gateway.buyers import bind_wallet, issue_key
-from promptex.ledger import AccountKind, BindingMessage, LedgerError
+from promptex.ledger import BindingMessage, LedgerError
 from promptex.ledger.binding import checksum_address
 
 
@@ -23,14 +23,11 @@ def routes(ctx: Context) -> list[BaseRoute]:
     ledger, s = ctx.ledger, ctx.settings
 
     def _challenge(wallet: str, client: str) -> dict[str, Any]:
-        account = ledger.account_of(wallet)
-        if account is None:
-            account = ledger.challenged_account(wallet)
-        if account is None:
+        def admit_new() -> None:
             if not ctx.new_accounts.allow(client):
                 raise ApiError(429, "too many new accounts from your address: try again in an hour")
-            account = ledger.create_account(AccountKind.USER).id
-        message = ledger.issue_binding_challenge(account, wallet)
+
+        message = ledger.challenge_wallet(wallet, admit_new=admit_new)
         return {"binding": message.__dict__, "typed_data": message.typed_data()}
 
     async def challenge(request: Request) -> Any:
