@@ -24,13 +24,14 @@ from buyerside_fakes import IDENTITY, MODEL, RATES, SESSION_KEY, FakeSignedGatew
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptex.buyerside.answers import ANSWER_FRAME_BYTES, ENDPOINTS, RateBook, visible_bytes
+from promptex.buyerside.answers import ENDPOINTS, RateBook
 from promptex.buyerside.lanes import LaneBook, NoFreeLane
 from promptex.buyerside.recovery import ChainSession, recover
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.buyerside.voucherlog import Identity, VoucherLog, VoucherLogError
 from promptex.buyerside.wire import Voucher, WireError, lane_reports, parse_voucher
+from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
 from promptex.protocol.vault import sign_voucher
 
 HERE = Path(__file__).resolve().parent

@@ -7,9 +7,10 @@ checked against bounds the gateway's own request parser computes (`gateway.reque
 - input tokens ≥ the prompt's words + 3 per chat message (no BPE token spans a space), and
   ≤ the prompt's UTF-8 bytes + 4 per message + 3 (no token is shorter than a byte);
 - visible output tokens (output minus reported reasoning) ≤ the UTF-8 bytes of the
-  answer's text (its strings, not its JSON syntax: `text_bytes`) plus a frame once per
-  answer (`ANSWER_FRAME_BYTES`), a stream's from its events as they pass
-  (`signer.StreamWatch`), and output tokens ≤ the request's own max_tokens when it named one.
+  answer's text (its strings, not its JSON syntax) plus a frame once per answer, and its
+  request's predicted output (`metering.produced`: the gateway charges within the same rule),
+  a stream's from its events as they pass (`signer.StreamWatch`), and output tokens ≤ the
+  request's own max_tokens when it named one.
 
 That is the stated tolerance: within these bounds a dishonest count goes unseen, so the
 buyer can lose at most the hold of each lane plus the difference between the bounds
@@ -23,8 +24,6 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
-import orjson
-
 from promptex import metering
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, cache_marks, openai_usage
 from promptex.gateway.errors import GatewayError
@@ -32,6 +31,7 @@ from promptex.gateway.messages import validate_messages
 from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
+from promptex.metering.produced import prediction_bytes, visible_limit, visible_output
 
 MESSAGES = "messages"  # Anthropic's Messages API
 ENDPOINTS = {
@@ -88,9 +88,7 @@ def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
             floor = prompt_floor(endpoint, body)
     except GatewayError as exc:
         raise ValueError(exc.message) from None
-    prediction = body.get("prediction") if endpoint == CHAT else None
-    predicted = text_bytes(prediction.get("content")) if isinstance(prediction, dict) else 0
-    return Bounds(model, floor, bound, limit, *cache_marks(body), prediction_bytes=predicted)
+    return Bounds(model, floor, bound, limit, *cache_marks(body), prediction_bytes=prediction_bytes(endpoint, body))
 
 
 def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
@@ -124,72 +122,6 @@ def _responses_usage(usage: Any) -> TokenUsage | None:
         return None
 
 
-def visible_bytes(endpoint: str, answer: Any) -> int | None:
-    """The UTF-8 bytes of what an answer produced (None: it produced nothing countable): the
-    text of its choices' message or text, its content blocks, its output items
-    (`text_bytes`), and its frame once (`ANSWER_FRAME_BYTES`). Not its JSON: counted as
-    JSON, an answer "hi" with 100 empty choices (`{"message":{}}`, 14 bytes each) or 400
-    empty objects in its message passed the check for 1,024 output tokens, every time."""
-    if not isinstance(answer, dict):
-        return None
-    if endpoint == MESSAGES:
-        produced: Any = answer.get("content")
-    elif endpoint == RESPONSES:
-        produced = answer.get("output")
-    elif endpoint == EMBEDDINGS:
-        return None
-    else:
-        choices = answer.get("choices")
-        produced = [
-            [v for k, v in choice.items() if k in ("message", "text")]
-            for choice in (choices if isinstance(choices, list) else [])
-            if isinstance(choice, dict)
-        ]
-    return text_bytes(produced) + ANSWER_FRAME_BYTES
-
-
-# Keys of an answer's message, delta or content block that name its kind, not text produced:
-# the protocol has every event carry them (Anthropic's `"type":"text_delta"`), so counted, each
-# event the gateway chose to send would add bytes of no answer. (Other strings count, ids
-# too: a tool call's id is room for its syntax tokens, and the gateway could as well pad a
-# text it sends.)
-NOT_TEXT = frozenset({"type", "role"})
-# What an answer's output tokens may exceed its text's bytes by, once per answer (plain or
-# streamed, however many choices or events): the frame a plain chat answer's JSON count
-# gave before (`[{"message":{"role":"assistant","content":""}}]`, 46 bytes) — room for
-# tokens beyond the text (a tool call's syntax, an end token), never per event or choice.
-ANSWER_FRAME_BYTES = 48
-
-
-# A tool call's arguments the model wrote as JSON, relayed as a JSON value rather than a
-# string (Anthropic's `tool_use` block's `input`): counted as that JSON's bytes, keys, numbers
-# and syntax included. They are the model's output (padding them is padding a text: real
-# bytes relayed); as strings only, an honest call such as `{"values": [1, 2, …, 60]}`
-# (~190 tokens, 3 bytes of strings) stopped signing. In a stream they come as
-# `input_json_delta` strings (`partial_json`), counted as any string.
-TOOL_INPUT = "input"
-
-
-def text_bytes(value: Any) -> int:
-    """The UTF-8 bytes of the strings in an answer's produced parts (any depth, read
-    iteratively), leaving out `NOT_TEXT` keys: JSON syntax, numbers and nulls count nothing,
-    but in a tool call's `TOOL_INPUT` written as a JSON value."""
-    total, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item.encode())
-        elif isinstance(item, dict):
-            for k, v in item.items():
-                if k == TOOL_INPUT and item.get("type") == "tool_use" and isinstance(v, (dict, list)):
-                    total += len(orjson.dumps(v))
-                elif k not in NOT_TEXT:
-                    stack.append(v)
-        elif isinstance(item, list):
-            stack.extend(item)
-    return total
-
-
 def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -> None:
     if not bound.input_floor <= usage.input_tokens <= bound.input_bound:
         raise AnswerRefused(
@@ -197,8 +129,8 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
         )
     if bound.output_limit is not None and usage.output_tokens > bound.output_limit:
         raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
-    visible = usage.output_tokens - usage.reasoning_tokens
-    if produced_bytes is not None and visible > produced_bytes + bound.prediction_bytes:
+    visible = visible_output(usage)
+    if produced_bytes is not None and visible > visible_limit(produced_bytes, bound.prediction_bytes):
         predicted = f" and {bound.prediction_bytes} of its prediction" if bound.prediction_bytes else ""
         raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer{predicted}")
     # Cache writes are priced above input (Anthropic: 1.25×, an hour's 2×) and a provider

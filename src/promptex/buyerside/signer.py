@@ -45,6 +45,7 @@ from promptex.buyerside.wire import (
 )
 from promptex.gateway.adapters import finishes_choice
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
+from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
@@ -634,7 +635,7 @@ class Signer:
             )
             return
         self._charged(ticket, cost, after, headers.get(LANE_HEADER), headers.get(VOUCHER_HEADER))
-        self._check(ticket, cost, answers.usage_of(ticket.endpoint, body), answers.visible_bytes(ticket.endpoint, body))
+        self._check(ticket, cost, answers.usage_of(ticket.endpoint, body), visible_bytes(ticket.endpoint, body))
 
     def _charged(self, ticket: Ticket, cost: int, after: int, lane_text: str | None, returned: Any) -> None:
         lane = ticket.lane
@@ -926,32 +927,21 @@ class StreamWatch:
             self.voucher = extra.get("voucher", self.voucher)
 
     def _count(self, event: dict[str, Any]) -> None:
-        """Add what the event produced: the UTF-8 bytes of the text in chat and completions
-        choices' delta or text, Anthropic's content blocks and their deltas, a Responses
-        stream's text deltas (`answers.text_bytes`), and a Responses stream's final output as
-        `answers.visible_bytes` counts a plain answer. Only text counts, never an event's
-        JSON frame: the gateway chooses how many events carry an answer, so counted per
-        event (`{"delta":{}}`: 12 bytes of nothing), an answer "hi" padded with empty
-        events passed the check for a whole hold of output, every time."""
-        for choice in event.get("choices") or []:
-            if isinstance(choice, dict):
-                self._produced += answers.text_bytes([v for k, v in choice.items() if k in ("delta", "text")])
-        kind = event.get("type")
-        if kind == "content_block_start":
-            self._produced += answers.text_bytes(event.get("content_block"))
-        elif kind in ("content_block_delta", "response.output_text.delta"):  # (Responses: text so far)
-            self._produced += answers.text_bytes(event.get("delta"))
+        """Add what the event produced (`metering.produced.event_bytes`: the UTF-8 bytes of its
+        text, never its JSON frame), and a Responses stream's final output as
+        `visible_bytes` counts a plain answer."""
+        self._produced += event_bytes(event)
         response = event.get("response")
         if isinstance(response, dict) and response.get("output"):
-            self._completed = answers.visible_bytes(answers.ENDPOINTS["/v1/responses"], response)
+            self._completed = visible_bytes(answers.ENDPOINTS["/v1/responses"], response)
 
     def produced(self, framed: bool = False) -> int:
         """The UTF-8 bytes of text the answer produced, as its events showed them; `framed`:
-        with a plain answer's JSON frame once (`answers.ANSWER_FRAME_BYTES`: the bound a complete
+        with a plain answer's JSON frame once (`ANSWER_FRAME_BYTES`: the bound a complete
         answer's output tokens are checked against)."""
         if self._completed is not None:
             return self._completed
-        return self._produced + (answers.ANSWER_FRAME_BYTES if framed else 0)
+        return self._produced + (ANSWER_FRAME_BYTES if framed else 0)
 
     def usage(self, endpoint: str) -> metering.TokenUsage | None:
         return answers.usage_of(endpoint, {"usage": self._usage})

@@ -1,0 +1,131 @@
+"""What an answer produced, in UTF-8 bytes of its text: the bound on its visible output
+tokens (output minus reasoning), one rule for the gateway, which charges within it, and the
+signing proxy (`buyerside.answers`), which checks an answer against it.
+
+No tokenizer ships offline, but no token is shorter than a byte of text: an answer's
+visible output tokens are at most the UTF-8 bytes of its text (its strings, not its JSON
+syntax: `text_bytes`) plus a frame once per answer (`ANSWER_FRAME_BYTES`: a tool call's
+syntax, an end token) plus its request's predicted output (`prediction_bytes`: OpenAI bills
+the prediction's tokens the answer did not use among its output tokens). A stream's text is
+counted from its events as they pass (`event_bytes`). Reasoning tokens cannot be seen at
+all: neither side bounds them but by the output limit.
+
+Endpoints are named as the gateway names them (`gateway.adapters`, `gateway.messages`,
+`gateway.requests`): this package sits below the gateway and imports none of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from promptex.metering.tokens import TokenUsage
+
+CHAT, EMBEDDINGS, MESSAGES, RESPONSES = "chat", "embeddings", "messages", "responses"
+
+# Keys of an answer's message, delta or content block that name its kind, not text produced:
+# the protocol has every event carry them (Anthropic's `"type":"text_delta"`), so counted, each
+# event the gateway chose to send would add bytes of no answer. (Other strings count, ids
+# too: a tool call's id is room for its syntax tokens, and the gateway could as well pad a
+# text it sends.)
+NOT_TEXT = frozenset({"type", "role"})
+# What an answer's output tokens may exceed its text's bytes by, once per answer (plain or
+# streamed, however many choices or events): the frame a plain chat answer's JSON count
+# gave before (`[{"message":{"role":"assistant","content":""}}]`, 46 bytes) — room for
+# tokens beyond the text (a tool call's syntax, an end token), never per event or choice.
+ANSWER_FRAME_BYTES = 48
+
+
+# A tool call's arguments the model wrote as JSON, relayed as a JSON value rather than a
+# string (Anthropic's `tool_use` block's `input`): counted as that JSON's bytes, keys, numbers
+# and syntax included. They are the model's output (padding them is padding a text: real
+# bytes relayed); as strings only, an honest call such as `{"values": [1, 2, …, 60]}`
+# (~190 tokens, 3 bytes of strings) stopped signing. In a stream they come as
+# `input_json_delta` strings (`partial_json`), counted as any string.
+TOOL_INPUT = "input"
+
+
+def text_bytes(value: Any) -> int:
+    """The UTF-8 bytes of the strings in an answer's produced parts (any depth, read
+    iteratively), leaving out `NOT_TEXT` keys: JSON syntax, numbers and nulls count nothing,
+    but in a tool call's `TOOL_INPUT` written as a JSON value."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item.encode())
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if k == TOOL_INPUT and item.get("type") == "tool_use" and isinstance(v, (dict, list)):
+                    total += len(orjson.dumps(v))
+                elif k not in NOT_TEXT:
+                    stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
+def visible_bytes(endpoint: str, answer: Any) -> int | None:
+    """The UTF-8 bytes of what an answer produced (None: it produced nothing countable): the
+    text of its choices' message or text, its content blocks, its output items
+    (`text_bytes`), and its frame once (`ANSWER_FRAME_BYTES`). Not its JSON: counted as
+    JSON, an answer "hi" with 100 empty choices (`{"message":{}}`, 14 bytes each) or 400
+    empty objects in its message passed the check for 1,024 output tokens, every time."""
+    if not isinstance(answer, dict):
+        return None
+    if endpoint == MESSAGES:
+        produced: Any = answer.get("content")
+    elif endpoint == RESPONSES:
+        produced = answer.get("output")
+    elif endpoint == EMBEDDINGS:
+        return None
+    else:
+        choices = answer.get("choices")
+        produced = [
+            [v for k, v in choice.items() if k in ("message", "text")]
+            for choice in (choices if isinstance(choices, list) else [])
+            if isinstance(choice, dict)
+        ]
+    return text_bytes(produced) + ANSWER_FRAME_BYTES
+
+
+def event_bytes(event: dict[str, Any]) -> int:
+    """The UTF-8 bytes one stream event produced: the text in chat and completions choices'
+    delta or text, Anthropic's content blocks and their deltas, a Responses stream's text
+    deltas (`text_bytes`). Only text counts, never an event's JSON frame: the gateway chooses
+    how many events carry an answer, so counted per event (`{"delta":{}}`: 12 bytes of
+    nothing), an answer "hi" padded with empty events passed for a whole hold of output,
+    every time. (A Responses stream's final output counts as `visible_bytes` counts a plain
+    answer's, in place of its deltas.)"""
+    total = 0
+    for choice in event.get("choices") or []:
+        if isinstance(choice, dict):
+            total += text_bytes([v for k, v in choice.items() if k in ("delta", "text")])
+    kind = event.get("type")
+    if kind == "content_block_start":
+        total += text_bytes(event.get("content_block"))
+    elif kind in ("content_block_delta", "response.output_text.delta"):  # (Responses: text so far)
+        total += text_bytes(event.get("delta"))
+    return total
+
+
+def prediction_bytes(endpoint: str, body: Any) -> int:
+    """The UTF-8 bytes of a chat request's predicted output (OpenAI's Predicted Outputs,
+    `prediction.content`): its tokens the answer did not use are billed among the output
+    tokens (`rejected_prediction_tokens`) and never relayed, so the visible output may
+    exceed the answer's bytes by at most them. Left out, an honest predicted edit whose
+    answer rewrote most of the prediction stopped signing."""
+    prediction = body.get("prediction") if endpoint == CHAT and isinstance(body, dict) else None
+    return text_bytes(prediction.get("content")) if isinstance(prediction, dict) else 0
+
+
+def visible_output(usage: TokenUsage) -> int:
+    """The output tokens an answer's text shows: its output minus its reasoning."""
+    return usage.output_tokens - usage.reasoning_tokens
+
+
+def visible_limit(produced_bytes: int, predicted_bytes: int = 0) -> int:
+    """The most visible output tokens an answer of `produced_bytes` (framed: `visible_bytes`)
+    can have, its request predicting `predicted_bytes` (`prediction_bytes`)."""
+    return produced_bytes + predicted_bytes
