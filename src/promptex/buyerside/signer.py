@@ -43,7 +43,7 @@ from promptex.buyerside.wire import (
     units,
     voucher_of,
 )
-from promptex.gateway.adapters import finishes_choice
+from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
 from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
@@ -110,7 +110,6 @@ HOPELESS = frozenset(
      "lane_out_of_range", "voucher_required"}
 )  # fmt: skip
 MAX_CEILING = 2**128 - 1  # a settle_signed entry packs the ceiling in 128 bits
-CACHE_CONTROL = b'"cache_control"'
 
 
 class Refused(Exception):
@@ -276,7 +275,7 @@ class Signer:
         if rates is None:
             raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")
         hold = metering.upper_bound(
-            rates, bound.input_bound, self._output(endpoint, bound), cache_writes=CACHE_CONTROL in raw
+            rates, bound.input_bound, self._output(endpoint, bound), cache_writes=may_write_cache(raw, body)
         )
         if self.max_hold is not None and hold > self.max_hold:
             raise Refused(
@@ -386,7 +385,7 @@ class Signer:
             raise
         return Ticket(
             endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before,
-            output=self._output(endpoint, bound), cache_writes=CACHE_CONTROL in raw,
+            output=self._output(endpoint, bound), cache_writes=may_write_cache(raw, body),
         )  # fmt: skip
 
     # ─── After it ────────────────────────────────────────────────────────────

@@ -99,6 +99,21 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
 
 
 CACHE_CONTROL = "cache_control"
+_CACHE_CONTROL_KEY = b'"cache_control"'
+
+
+def may_write_cache(raw: bytes, body: Any) -> bool:
+    """Whether a request's hold is priced at the prompt cache's write rates: its body names
+    `cache_control` as a key. Read from the raw bytes (a mention anywhere only makes the hold
+    larger; inside a string the quotes are escaped and do not match), and, when the body
+    escapes characters (`\\u`), from the body as parsed and sent on: a key written
+    `"cache\\u005fcontrol"` is the same key once parsed, reaches the upstream as a real mark
+    and has its writes charged (`within_marks`). Before, its hold was priced at the input
+    rate, the charge capped at that hold (half the shown usage's cost for an hour's writes),
+    and the usage record drew the lot the whole writes' list value."""
+    if _CACHE_CONTROL_KEY in raw:
+        return True
+    return b"\\u" in raw and _CACHE_CONTROL_KEY in orjson.dumps(body)
 
 
 class CacheMarks(NamedTuple):

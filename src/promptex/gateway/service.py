@@ -44,7 +44,7 @@ from starlette.types import Receive, Scope, Send
 from promptex import metering
 from promptex.config import ConfigurationError, Settings
 from promptex.gateway import errors, fronts, limits, vouchers
-from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, ShowsCharged, StreamTranslator
+from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, ShowsCharged, StreamTranslator, may_write_cache
 from promptex.gateway.admission import Admission
 from promptex.gateway.charges import Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
@@ -111,7 +111,6 @@ FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember, AccountInDebt)
 JSON = "application/json"
 MODEL_SCOPE = "promptex.model"  # the request's model, in its ASGI scope once its body is read
-CACHE_CONTROL = b'"cache_control"'
 STREAM_END_GRACE_SECONDS = 5.0  # for the last bytes of a stream read up to its [DONE]
 log = logging.getLogger("promptex.gateway")
 
@@ -908,9 +907,9 @@ class Gateway:
         body = parse_body(raw, self.s.gateway_max_json_depth)
         request.scope[MODEL_SCOPE] = body.get("model")  # the metrics' label (`GatewayApp`)
         # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
-        # at rates above the input rate. A mention anywhere (even a key of no meaning) only
-        # makes the hold larger; inside a string the quotes are escaped and do not match.
-        priced, output = self.price(request, key, endpoint, body, cache_writes=CACHE_CONTROL in raw)
+        # at rates above the input rate (`may_write_cache`: a mention anywhere only makes
+        # the hold larger; a key written with escapes counts).
+        priced, output = self.price(request, key, endpoint, body, cache_writes=may_write_cache(raw, body))
         priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
         priced = await self.signed_mode(request, key, priced)
         output = priced.output

@@ -1,0 +1,62 @@
+"""Attacks on the request bounds an answer is charged within (s16-cbreak): a buyer's body or
+a seller's answer that tries to have a charge, the usage shown, the usage record and the lot's
+draw disagree, or a hold fall short of what is charged. A canned upstream
+(`test_signed_shapes.canned`) answers what each case sets."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from promptex import metering
+from promptex.buyerside.answers import MESSAGES, bounds, check_cost, usage_of
+from promptex.gateway.adapters import may_write_cache
+from promptex.metering import load_catalog
+
+from .conftest import CATALOG, Fake, Harness
+from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
+from .test_token_accounting import usdc_cost
+
+MESSAGES_HEADERS = {"anthropic-version": "2023-06-01"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+
+
+def test_cache_mark_with_an_escaped_key__held_at_the_write_rates_and_charged_as_shown(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """A mark whose key is written `"cache\\u005fcontrol"` is the key `cache_control` once
+    parsed: sent upstream as a mark, its writes charged at the write rates. The hold was
+    priced by the raw bytes `"cache_control"` (absent), at the input rate, and the charge
+    capped at it: 4,032 units charged for usage shown (and recorded, and drawn from the lot
+    at list value) costing 8,054. Now the hold is priced at the write rates and the charge
+    is the shown usage's cost."""
+    answers, fake = canned
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    text = {"type": "text", "text": "x" * 2_000, "cache_control": HOUR}
+    body = {"model": "fake-claude", "max_tokens": 1, "messages": [{"role": "user", "content": [text]}]}
+    raw = orjson.dumps(body).replace(b'"cache_control"', b'"cache\\u005fcontrol"')
+    assert orjson.loads(raw) == body and b'"cache_control"' not in raw
+    assert may_write_cache(raw, body) and not may_write_cache(b'{"text": "\\u00e9"}', {"text": "é"})
+    bound = bounds(MESSAGES, body)
+    written = bound.input_bound  # every input token an hour's write (within the bound and the mark's prefix)
+    usage = {"input_tokens": 0, "cache_creation_input_tokens": written, "output_tokens": 1,
+             "cache_creation": {"ephemeral_1h_input_tokens": written, "ephemeral_5m_input_tokens": 0}}  # fmt: skip
+    answers.answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "fake-claude",
+                      "content": [{"type": "text", "text": "k"}], "stop_reason": "end_turn", "stop_sequence": None,
+                      "usage": usage}  # fmt: skip
+    headers = {"x-api-key": key, "content-type": "application/json", **MESSAGES_HEADERS}
+    answer = httpx.post(gw.url + "/v1/messages", content=raw, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    shown = usage_of(MESSAGES, answer.json())
+    assert shown is not None and shown.cache_write_1h_tokens == written
+    request_id = answer.headers["x-request-id"]
+    record, hold = gw.ledger.usage_record(request_id), gw.ledger.hold(request_id)
+    assert record is not None and hold is not None
+    cost = usdc_cost("fake-claude", shown)
+    assert int(answer.headers["x-promptex-cost-units"]) == record.cost == cost <= hold.amount
+    rates = metering.usdc_rates(load_catalog(CATALOG).price("fake-claude"), 6000, 500)
+    check_cost(rates, shown, record.cost)  # what the signing proxy checks a charge against: it agrees
+    list_rates = metering.list_rates(load_catalog(CATALOG).price("fake-claude"))
+    assert record.list_usd_micro == metering.usage_cost(list_rates, shown)
