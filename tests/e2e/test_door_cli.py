@@ -2,7 +2,8 @@
 door (served on a local port) over a coordinator that reads this chain and signs with the
 vault's coordinator (test account 0); `promptex wallet exit-instant SYMBOL AMOUNT` signs the
 request with the ape account, posts it and uses the release in one command;
-`promptex session create` posts the wallet-signed SessionKey there."""
+`promptex session create` posts the wallet-signed SessionKey there, and with `--direct` asks
+it first whether the market would use the session the wallet registers itself."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from promptex.ledger.binding import sign
 from promptex.protocol.vault import sign_release
 from promptex.serving import ServerThread
 
-BUYER, RELAYED = "TEST::2", "TEST::4"
+BUYER, RELAYED, LATER = "TEST::2", "TEST::4", "TEST::5"
 USD = 10**6
 
 
@@ -139,3 +140,25 @@ def test_session_create__posted_to_the_door__queued_for_the_relay__without_a_doo
     ]
     for refused in no_door:
         assert refused.exit_code == 1 and "no coordinator door known: run `promptex up`" in refused.output
+
+
+def test_session_create_direct__from_an_account_s_later_wallet__refused_in_one_line_nothing_registered(
+    promptex_cli, chain_market, accounts, door: Coordinator, tmp_path: Path
+) -> None:
+    """wbreak s15: `session create --direct` from a wallet bound second registered a session on
+    chain the ledger keeps on that wallet's unclaimed account; every voucher signed under it
+    was then refused by the gateway (409 session_not_current), the buyer told nothing before.
+    Now the door's check refuses it before the transaction: one line, exit 1, no grant file."""
+    deployment, _ = chain_market
+    vault, usdc = contract_at(deployment, "CreditsVault"), contract_at(deployment, "USDC")
+    book, account = bind(door, accounts[4])
+    message = book.issue_binding_challenge(account, accounts[5].address)
+    book.bind_wallet(message, sign(message, accounts[5].private_key))
+    grant_file = tmp_path / "later.json"
+    refused = promptex_cli(
+        "session", "create", "--maximum", "1", "--direct", "--session", str(grant_file), "--account", LATER
+    )
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1, refused.output
+    assert refused.output.startswith("Error: the coordinator refused: ") and "Traceback" not in refused.output
+    assert f"sign the SessionKey with {accounts[4].address}" in refused.output
+    assert not grant_file.exists() and int(vault.session_key(accounts[5], usdc)[0], 16) == 0  # no key registered

@@ -78,3 +78,27 @@ def submit_session_key(message: dict[str, Any], signature: str) -> Any:
     return call(
         "POST", "/v1/session-keys", body={**message, "maximum": str(message["maximum"]), "signature": signature}
     )
+
+
+def check_session_key(message: dict[str, Any], signature: str) -> None:
+    """DoorError when the market's coordinator refuses a SessionKey the wallet is about to
+    register itself (`session create --direct`): a wallet bound to an account whose
+    settlements debit another of its wallets registers a session the gateway then refuses
+    for every voucher. No door known, or none answering this check (down, or older): the
+    wallet's own transaction goes on unchecked, as it did before."""
+    try:
+        url = door_url()
+    except DoorError:
+        return
+    body = {**message, "maximum": str(message["maximum"]), "signature": signature}
+    try:
+        answer = httpx.post(f"{url}/v1/session-keys/check", json=body, timeout=30.0)
+    except httpx.HTTPError:
+        return
+    if answer.status_code not in (400, 403):
+        return
+    try:
+        error = answer.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return
+    raise DoorError(f"the coordinator refused: {error} (nothing was registered)")

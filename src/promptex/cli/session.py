@@ -95,6 +95,8 @@ def session_create(
             expiry=chain_time() + days * 86_400,
             nonce=int(vault.session_nonce(wallet.account, token)),
         )
+        if direct:
+            door.check_session_key(grant.message(), grant.signature)
         save(grant, path)
         if direct:
             vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)

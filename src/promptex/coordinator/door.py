@@ -5,6 +5,8 @@
                                  unsettled usage, locked until used or expired)
     GET  /v1/exits/nonce?account=0x…   the nonce the wallet's next ExitRequest carries
     POST /v1/session-keys        a SessionKey signed by the wallet → queued with the relay
+    POST /v1/session-keys/check  the same, checked only: whether the market would use the
+                                 session the wallet registers itself (`session create --direct`)
     GET  /v1/health              {"ok": true}
 
 Served by the coordinator process (`promptex coordinator`, on 127.0.0.1 by default) so a
@@ -157,6 +159,19 @@ class Door:
         queued = queue_session_key(store, request, self.coordinator.clock())
         return {"queued": queued, "account": request.account, "asset": request.asset, "nonce": request.nonce}
 
+    def session_key_check(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Whether a SessionKey the wallet registers itself (`promptex session create --direct`)
+        would govern its account's spending: refused (403 not_debited), queued nothing, when
+        the wallet is bound to an account whose settlements debit another of its wallets. An
+        unbound wallet passes: its session is its own until it binds. Answers only to the
+        wallet's signature, like the relay (no account's wallets are shown to anyone else)."""
+        request = parse_session_key(body, self.place)
+        store = self.coordinator.store
+        account = store.account_of(request.account)
+        if account is not None:
+            check_session_key_wallet(request, store.wallet_of(account))
+        return {"account": request.account, "asset": request.asset, "bound": account is not None}
+
     # ─── HTTP ────────────────────────────────────────────────────────────────
 
     def app(self) -> Starlette:
@@ -185,6 +200,9 @@ class Door:
         async def session_keys(request: Request) -> Any:
             return await asyncio.to_thread(self.session_key, await _body(request))
 
+        async def session_key_check(request: Request) -> Any:
+            return await asyncio.to_thread(self.session_key_check, await _body(request))
+
         async def health(_request: Request) -> Any:
             return {"ok": True}
 
@@ -193,6 +211,7 @@ class Door:
                 Route("/v1/exits", endpoint(exits), methods=["POST"]),
                 Route("/v1/exits/nonce", endpoint(nonce), methods=["GET"]),
                 Route("/v1/session-keys", endpoint(session_keys), methods=["POST"]),
+                Route("/v1/session-keys/check", endpoint(session_key_check), methods=["POST"]),
                 Route("/v1/health", endpoint(health), methods=["GET"]),
             ]
         )
