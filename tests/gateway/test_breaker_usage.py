@@ -4,6 +4,7 @@ charged. A canned upstream (`test_signed_shapes.canned`) answers what each case 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,11 +12,13 @@ import orjson
 import pytest
 
 from promptex.buyerside.answers import MESSAGES, AnswerRefused, bounds, check_counts
+from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.gateway.adapters import CHAT, AnthropicAdapter, cache_marks, openai_usage, within_marks
-from promptex.gateway.requests import CHAT_IMAGE_TOKENS
-from promptex.metering import TokenUsage
+from promptex.gateway.requests import CHAT_IMAGE_TOKENS, validate
+from promptex.metering import TokenUsage, load_catalog
 
-from .conftest import Fake, Harness
+from .conftest import CATALOG, Fake, Harness
+from .test_signed_proxy import LANES, _session, _signer
 from .test_signed_shapes import Canned, _chat, _usage, canned  # noqa: F401 (the fixture)
 from .test_token_accounting import usdc_cost
 
@@ -216,6 +219,50 @@ def test_chat_image_part_to_an_openai_lot__its_tokens_within_the_bound__charged_
                              json={**body, "messages": [{"role": "user", "content": [part]}]})  # fmt: skip
         assert refused.status_code == 400 and "cannot be bounded" in refused.json()["error"]["message"]
     assert gw.ledger.balance(account, "USDC") == before
+
+
+def test_chat_image_to_a_model_with_multiplied_image_tokens__held_and_bounded_at_its_catalog_allowance(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """gpt-4o-mini's image tokens are multiplied (2,833 + 5,667 per 512-px tile: 25,501 for a
+    1024 x 1024 image). Held for the chat front's 4,000 per image, an honest answer was
+    charged at the bound (the seller unpaid for ~21,500 tokens). The catalog's allowance for
+    the model (fake-gpt-mini lists gpt-4o-mini's: 48,169, 2,833 at "detail": "low") is now
+    what the gateway holds and bounds for, and what the signing proxy checks (the same
+    function, with its copy of the catalog): charged in full, signing goes on."""
+    answers, fake = canned
+    gw.add_lot(fake)
+    catalog = load_catalog(CATALOG)
+    text = {"type": "text", "text": "what is this"}
+    url = "https://example.com/cat.png"
+
+    def asking(detail: str | None, model: str = "fake-gpt-mini") -> dict[str, Any]:
+        image = {"type": "image_url", "image_url": {"url": url, **({"detail": detail} if detail else {})}}
+        return {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": [text, image]}]}
+
+    for detail, allowance in ((None, 48_169), ("auto", 48_169), ("high", 48_169), ("low", 2_833)):
+        body = asking(detail)
+        bytes_bound = validate(CHAT, body)[1] - CHAT_IMAGE_TOKENS  # without the catalog: the default's
+        assert validate(CHAT, body, catalog)[1] == bounds(CHAT, body, catalog).input_bound == bytes_bound + allowance
+        other = asking(detail, "fake-gpt")  # a model without its own: the default, at any detail
+        assert validate(CHAT, other, catalog)[1] == validate(CHAT, other)[1]
+
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    client = httpx.Client(base_url=gw.url, transport=PromptexSigningTransport(signer),
+                          headers={"authorization": f"Bearer {api_key}"})  # fmt: skip
+    for detail, reported in ((None, 25_520), ("low", 2_845)):  # a 1024 x 1024 image and the words
+        answers.answer = _chat("A cat.", _usage(reported, 3))
+        answer = client.post("/v1/chat/completions", json=asking(detail))
+        assert answer.status_code == 200 and "x-promptex-usage-clamped" not in answer.headers, answer.text
+        assert signer.stopped is None, signer.stopped
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert record is not None and (record.input_tokens, answer.json()["usage"]["prompt_tokens"]) == (reported,) * 2
+        assert record.cost == usdc_cost("fake-gpt-mini", TokenUsage(reported, 3))
+    lanes = sum(gw.ledger.lane(account, "USDC", 1, i).charged for i in range(LANES))
+    assert signer.book.charged_total() == lanes
 
 
 def test_chat_parameters_priced_apart_from_the_catalog__400_before_any_hold(gw: Harness, fake: Fake) -> None:

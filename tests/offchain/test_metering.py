@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from promptex.metering import (
     CatalogError,
+    ImageTokens,
     ModelPrice,
     PricingError,
     Rates,
@@ -84,6 +85,15 @@ def test_load_catalog__missing_file__catalog_error(tmp_path):
             "cache_read_usd_micro_per_1k = -1",
             "cache_read_usd_micro_per_1k must be a non-negative",
         ),
+        (
+            '[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\nimage_tokens = 0',
+            "image_tokens must be a positive integer",
+        ),
+        (
+            '[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\n'
+            "image_tokens = 100\nimage_tokens_low = 101",
+            "image_tokens_low must not exceed",
+        ),
     ],
 )
 def test_parse_catalog__malformed__catalog_error(text, message):
@@ -103,6 +113,23 @@ def test_load_catalog__cache_rates__listed_for_anthropic_and_openai_absent_elsew
             assert price.cache_write_usd_micro_per_1k is None
     assert catalog.price("gpt-4o").cache_read_usd_micro_per_1k == 1_250
     assert catalog.price("gemini-2.5-pro").cache_read_usd_micro_per_1k is None
+
+
+def test_catalog_image_tokens__listed_per_model__else_the_default_at_any_detail():
+    """gpt-4o-mini's image tokens are multiplied (OpenAI's formula: 2,833 + 5,667 per 512-px
+    tile, at most 8 tiles; 2,833 at low detail): above the chat front's default allowance,
+    so listed; every other model takes the default, at any detail."""
+    catalog = load_catalog()
+    mini = catalog.image_tokens("gpt-4o-mini", 4_000)
+    assert (mini.high, mini.low) == (2_833 + 8 * 5_667, 2_833)
+    assert [mini.of(d) for d in ("high", "auto", None, "low")] == [48_169, 48_169, 48_169, 2_833]
+    assert [p.model for p in catalog if p.image_tokens is not None] == ["gpt-4o-mini"]
+    for model in ("gpt-4o", "gpt-4.1-nano", "nobody-knows"):
+        assert catalog.image_tokens(model, 4_000).of("low") == catalog.image_tokens(model, 4_000).high == 4_000
+    low_only = parse_catalog(
+        '[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\nimage_tokens_low = 9000'
+    )
+    assert low_only.image_tokens("m", 4_000) == ImageTokens(4_000, 4_000)  # never above the high
 
 
 # ─── Token usage and prompt caches ──────────────────────────────────────────

@@ -74,8 +74,10 @@ class Bounds:
     prediction_bytes: int = 0
 
 
-def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
-    """A request's token bounds (raises ValueError for a body the gateway would refuse)."""
+def bounds(endpoint: str, body: dict[str, Any], catalog: metering.Catalog | None = None) -> Bounds:
+    """A request's token bounds (raises ValueError for a body the gateway would refuse): the
+    gateway's own, a chat request's images held at `catalog`'s allowance for the model (the
+    proxy's copy of the gateway's catalog, `RateBook.catalog`)."""
     try:
         if endpoint == RESPONSES:  # OpenAI's Responses API: instructions and input items
             model, bound, limit = validate_responses(body)
@@ -84,7 +86,7 @@ def bounds(endpoint: str, body: dict[str, Any]) -> Bounds:
             model, bound, limit = validate_messages(body)
             floor = prompt_floor(CHAT, body)
         else:
-            model, bound, limit = validate(endpoint, body)
+            model, bound, limit = validate(endpoint, body, catalog)
             floor = prompt_floor(endpoint, body)
     except GatewayError as exc:
         raise ValueError(exc.message) from None
@@ -163,10 +165,15 @@ def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> Non
 
 class RateBook:
     """The rates this side expects per (model, asset): the gateway's advertised ones
-    (`/v1/models` pricing), exact when they have at most 12 decimals per million tokens."""
+    (`/v1/models` pricing), exact when they have at most 12 decimals per million tokens; and
+    the local catalog, whose per-model image allowances bound a request's input as the
+    gateway's do (`bounds`)."""
 
-    def __init__(self, rates: dict[tuple[str, str], metering.Rates] | None = None) -> None:
+    def __init__(
+        self, rates: dict[tuple[str, str], metering.Rates] | None = None, catalog: metering.Catalog | None = None
+    ) -> None:
         self.rates = dict(rates or {})
+        self.catalog = catalog
 
     def get(self, model: str, asset: str) -> metering.Rates | None:
         return self.rates.get((model, asset.upper()))
@@ -197,4 +204,4 @@ class RateBook:
                         if scaled.output_per_1k == per_1k[1]:
                             rates = scaled
                 book[(model["id"], symbol.upper())] = rates
-        return cls(book)
+        return cls(book, catalog)

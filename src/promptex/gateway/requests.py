@@ -8,6 +8,7 @@ import orjson
 
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError, bad_request
+from promptex.metering import Catalog, ImageTokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RESPONSES = "responses"  # OpenAI's Responses API (`gateway.responses`), served as chat messages
@@ -28,8 +29,10 @@ PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response
 PROMPT_FIELDS_FRAME = 64
 MESSAGE_TEXT = frozenset({"role", "content"})  # a message's fields counted apart (the role: PER_MESSAGE)
 # A chat image part (`image_url`) costs tokens its bytes do not bound (a URL of 30 bytes, an
-# image of ~1,500 tokens): each is held for at most this many beyond its bytes — OpenAI's
-# largest per image (gpt-4.1-nano: 1,536 patches x 2.46 = 3,779). Audio and file parts (an
+# image of ~1,500 tokens): each is held for at most this many beyond its bytes, unless the
+# catalog lists the model's own allowance (`Catalog.image_tokens`: gpt-4o-mini's images cost
+# up to 48,169 tokens, 2,833 at "detail": "low") — OpenAI's largest per image but for such
+# multiplied models (gpt-4.1-nano: 1,536 patches x 2.46 = 3,779). Audio and file parts (an
 # audio's seconds, a PDF's pages) cannot be bounded before the call: refused, as the Messages
 # API refuses documents. Before, neither was counted: an honest image request's input was
 # above its bound, charged at the bound since `metering.within_bounds` (the seller paid for
@@ -83,13 +86,13 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _text_bytes(content: Any, param: str) -> int:
+def _text_bytes(content: Any, param: str, images: ImageTokens) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
         return len(content.encode())
     if isinstance(content, list):
-        images = 0
+        tokens = 0
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in UNBOUNDED_PARTS:
@@ -98,13 +101,25 @@ def _text_bytes(content: Any, param: str) -> int:
                     "be bounded before the call).",
                     param="messages",
                 )
-            images += kind == "image_url"
-        return len(orjson.dumps(content)) + CHAT_IMAGE_TOKENS * images
+            if kind == "image_url":
+                image = part.get("image_url")
+                tokens += images.of(image.get("detail") if isinstance(image, dict) else None)
+        return len(orjson.dumps(content)) + tokens
     raise bad_request(f"Invalid '{param}': expected a string or an array of content parts.", param=param)
 
 
-def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]:
-    """(model, an upper bound on the input tokens, the requested max output tokens or None)."""
+def image_tokens(catalog: Catalog | None, model: str) -> ImageTokens:
+    """What a chat image part to `model` is held for: the catalog's allowance for it, else
+    CHAT_IMAGE_TOKENS (at any detail)."""
+    if catalog is None:
+        return ImageTokens(CHAT_IMAGE_TOKENS, CHAT_IMAGE_TOKENS)
+    return catalog.image_tokens(model, CHAT_IMAGE_TOKENS)
+
+
+def validate(endpoint: str, body: dict[str, Any], catalog: Catalog | None = None) -> tuple[str, int, int | None]:
+    """(model, an upper bound on the input tokens, the requested max output tokens or None);
+    a chat request's image parts are bounded by `catalog`'s allowance for the model (the
+    gateway's catalog, and the signing proxy's copy of it: `image_tokens`)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("You must provide a model parameter.", param="model")
@@ -164,11 +179,12 @@ def validate(endpoint: str, body: dict[str, Any]) -> tuple[str, int, int | None]
             raise bad_request("Invalid 'messages': expected a non-empty array.", param="messages")
         fields = {name: body[name] for name in PROMPT_FIELDS if body.get(name) is not None}
         total = PER_REQUEST + (len(orjson.dumps(fields)) + PROMPT_FIELDS_FRAME if fields else 0)
+        images = image_tokens(catalog, model)
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str) or role not in ROLES:
                 raise bad_request(f"Invalid 'messages[{i}]': expected an object with a valid role.", "messages")
-            total += PER_MESSAGE + _text_bytes(message.get("content"), f"messages[{i}].content")
+            total += PER_MESSAGE + _text_bytes(message.get("content"), f"messages[{i}].content", images)
             rest = {k: v for k, v in message.items() if k not in MESSAGE_TEXT and v is not None}
             total += len(orjson.dumps(rest)) if rest else 0
         return model, total, limit

@@ -396,7 +396,7 @@ class Gateway:
     ) -> tuple[Priced, int]:
         """The lots that may serve the request, their rates and the hold: the most it can
         cost (`cache_writes`: it may write to a prompt cache, see `metering.upper_bound`)."""
-        model, input_estimate, requested = fronts.validate(endpoint, body)
+        model, input_estimate, requested = fronts.validate(endpoint, body, self.catalog)
         try:
             price = self.catalog.price(model)
         except metering.UnknownModel:

@@ -2,7 +2,15 @@
 beyond reading a catalog file, no database, no chain."""
 
 from promptex.metering.assets import ASSETS, CREDIT_SYMBOL, Asset, UnknownAsset, asset, provider_token
-from promptex.metering.catalog import Catalog, CatalogError, ModelPrice, UnknownModel, load_catalog, parse_catalog
+from promptex.metering.catalog import (
+    Catalog,
+    CatalogError,
+    ImageTokens,
+    ModelPrice,
+    UnknownModel,
+    load_catalog,
+    parse_catalog,
+)
 from promptex.metering.pricing import (
     PricingError,
     Rates,
@@ -29,6 +37,7 @@ __all__ = [
     "Asset",
     "Catalog",
     "CatalogError",
+    "ImageTokens",
     "ModelPrice",
     "PricingError",
     "Rates",

@@ -5,6 +5,11 @@ A model may also list the prices of its prompt cache: tokens read from it
 five-minute writes) and written with a one-hour lifetime (`cache_write_1h_usd_micro_per_1k`).
 A rate not listed is the input rate: cached tokens are then charged as any input token.
 
+A model may also list the most input tokens one image costs it (`image_tokens`, at any
+detail) and at `"detail": "low"` (`image_tokens_low`): the tokens a request's image parts
+are held and bounded for (`Catalog.image_tokens`), where a provider's per-model image
+arithmetic exceeds the API's default allowance (gpt-4o-mini's image tokens are multiplied).
+
 The default catalog is `catalog.toml` beside this module; a file of the same
 shape given by path (setting `model_catalog`) replaces it whole.
 """
@@ -33,6 +38,20 @@ class UnknownModel(LookupError):
 
 
 CACHE_RATES = ("cache_read_usd_micro_per_1k", "cache_write_usd_micro_per_1k", "cache_write_1h_usd_micro_per_1k")
+IMAGE_FIELDS = ("image_tokens", "image_tokens_low")
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """The most input tokens one image part may cost: at any detail (`high`) and at
+    `"detail": "low"` (`low`, never more than `high`)."""
+
+    high: int
+    low: int
+
+    def of(self, detail: Any) -> int:
+        """An image part's allowance for the `detail` it names (only "low" is below `high`)."""
+        return self.low if detail == "low" else self.high
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,8 @@ class ModelPrice:
     cache_read_usd_micro_per_1k: int | None = None
     cache_write_usd_micro_per_1k: int | None = None
     cache_write_1h_usd_micro_per_1k: int | None = None
+    image_tokens: int | None = None  # the most input tokens one image costs (any detail)
+    image_tokens_low: int | None = None  # ... at "detail": "low"
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,15 @@ class Catalog:
             return self.models[model]
         except KeyError:
             raise UnknownModel(f"unknown model {model!r} (not in the catalog {self.source})") from None
+
+    def image_tokens(self, model: str, default: int) -> ImageTokens:
+        """What one image part of a request to `model` is held and bounded for: the model's
+        listed allowance, else `default` (the API's own: an unknown model's too, refused
+        later as unknown); at "detail": "low" its low allowance where listed."""
+        price = self.models.get(model)
+        high = price.image_tokens if price is not None and price.image_tokens is not None else default
+        low = price.image_tokens_low if price is not None and price.image_tokens_low is not None else high
+        return ImageTokens(high, min(low, high))
 
     def __iter__(self) -> Iterator[ModelPrice]:
         return iter(self.models.values())
@@ -104,8 +134,21 @@ def _entry(model: str, fields: Any, source: str) -> ModelPrice:
             raise CatalogError(f"{where}: {key} must be a non-negative integer (USD micro-units per 1,000 tokens)")
         return value
 
-    unknown = set(fields) - {"provider", "input_usd_micro_per_1k", "output_usd_micro_per_1k", *CACHE_RATES}
+    def tokens(key: str) -> int:
+        value = fields.get(key)
+        if type(value) is not int or value <= 0:
+            raise CatalogError(f"{where}: {key} must be a positive integer (input tokens per image)")
+        return value
+
+    known = {"provider", "input_usd_micro_per_1k", "output_usd_micro_per_1k", *CACHE_RATES, *IMAGE_FIELDS}
+    unknown = set(fields) - known
     if unknown:
         raise CatalogError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     cache = {key: rate(key) for key in CACHE_RATES if key in fields}
-    return ModelPrice(model, provider, rate("input_usd_micro_per_1k"), rate("output_usd_micro_per_1k"), **cache)
+    images = {key: tokens(key) for key in IMAGE_FIELDS if key in fields}
+    high, low = images.get("image_tokens"), images.get("image_tokens_low")
+    if high is not None and low is not None and low > high:
+        raise CatalogError(f"{where}: image_tokens_low must not exceed image_tokens")
+    return ModelPrice(
+        model, provider, rate("input_usd_micro_per_1k"), rate("output_usd_micro_per_1k"), **cache, **images
+    )
