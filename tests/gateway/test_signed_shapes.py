@@ -191,10 +191,16 @@ def test_honest_shapes__through_the_real_gateway__none_stops_signing(
     ask(_chat("", _usage(PROMPT_TOKENS, 400, 400)), max_completion_tokens=400)
     ask(_chat("巴黎今天晴天😀", _usage(PROMPT_TOKENS, 8)))
     # Predicted Outputs: the prediction's tokens the answer did not use are billed as output
-    # (`rejected_prediction_tokens`), never relayed: at most the prediction's bytes more.
+    # (`rejected_prediction_tokens`), never relayed: at most the prediction's bytes more. They
+    # count within the output limit ("counted in the total completion tokens for purposes of
+    # billing, output, and context window limits", OpenAI's usage reference; and the guide
+    # refuses `max_completion_tokens` with a prediction): an honest answer's 70 (66 rejected)
+    # come from a request whose max_tokens allows them, and are charged and shown whole. (It
+    # was sent the default 64 before: not a real shape, and charged at 64 since 41c30f7.)
     draft = "The weather in Paris today is cloudy with light rain in the afternoon, 14 °C. " * 3
     rejected = {**_usage(PROMPT_TOKENS, 70), "completion_tokens_details": {"rejected_prediction_tokens": 66}}
-    ask(_chat("Sunny, 21 °C.", rejected), prediction={"type": "content", "content": draft})
+    ask(_chat("Sunny, 21 °C.", rejected), prediction={"type": "content", "content": draft}, max_tokens=80)
+    assert orjson.loads(relayed[-1])["usage"]["completion_tokens"] == 70
     tool_stream = [_delta({"role": "assistant", "content": None, "tool_calls": [
                        {"index": 0, "id": "call_1", "type": "function",
                         "function": {"name": "get_weather", "arguments": ""}}]}),
