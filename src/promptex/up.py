@@ -1206,7 +1206,10 @@ def up(options: UpOptions) -> int:
 
         if options.state_dir.exists() or not options.fresh:  # first: nothing in it moves under another `up`
             held.append(functools.partial(os.close, hold_market(options.state_dir)))
-            if (linked := hold_linked_chain(options.state_dir)) is not None:
+            # --fresh archives the link (not the file it names) and starts a chain of its own: the
+            # folder linked to is none of this market's (before, it was held, or the up refused,
+            # for as long as this one ran)
+            if not options.fresh and (linked := hold_linked_chain(options.state_dir)) is not None:
                 held.append(functools.partial(os.close, linked))
         try:  # before any setting is read: every one is read through the profile
             damaged = set_aside_unreadable_profile(options.state_dir)

@@ -616,6 +616,36 @@ def test_hold_linked_chain__a_state_file_linked_into_a_running_market_s_folder__
     assert hold_linked_chain(market) is None
 
 
+def test_up_fresh_in_a_folder_whose_state_file_links_into_a_running_market__archives_the_link_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """wbreak s15: `up --fresh` in a folder whose anvil-state.json links into a running
+    market's folder was refused ("which another promptex up runs"), and with that market
+    stopped held its folder for the whole run, though --fresh archives the link and starts a
+    chain of its own. Now the link is archived and the other market left alone (this `up`
+    then stops at a port the test holds, before any chain starts)."""
+    import socket
+
+    market, other = tmp_path / "market", tmp_path / "other"
+    held = hold_market(market)
+    (market / ANVIL_STATE).write_text('{"the running market": 1}')
+    other.mkdir()
+    (other / ANVIL_STATE).symlink_to(market / ANVIL_STATE)
+    options = _other_market(tmp_path, monkeypatch, fresh=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", options.gateway_port))
+        taken.listen()
+        try:
+            assert _run_up(options) == 1
+        finally:
+            os.close(held)
+    error = capsys.readouterr().err
+    assert error.startswith(f"Error: port {options.gateway_port} (the gateway's) is taken"), error
+    (archive,) = [path for path in tmp_path.iterdir() if path.name.startswith("other.archived-")]
+    assert (archive / "other" / ANVIL_STATE).readlink() == market / ANVIL_STATE
+    assert (market / ANVIL_STATE).read_text() == '{"the running market": 1}'
+
+
 def test_up_fresh_while_another_up_runs_the_market__refused_and_nothing_archived(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
