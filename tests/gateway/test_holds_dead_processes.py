@@ -236,6 +236,7 @@ class _Proxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.server.getsockname()[1]
         self._sockets: list[socket.socket] = []
+        self._registering = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -244,17 +245,24 @@ class _Proxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
-            self._sockets.append(client)
-            if self.refusing.is_set():  # a server that is down: refused at once
-                with contextlib.suppress(OSError):
-                    client.close()
-                continue
-            if self.dark.is_set():
-                continue  # never answered
-            upstream = socket.create_connection(self.target)
-            self._sockets.append(upstream)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            with self._registering:  # registered before a cut's list of connections, or refused after it
+                self._sockets.append(client)
+                if self.refusing.is_set():  # a server that is down: refused at once
+                    with contextlib.suppress(OSError):
+                        client.close()
+                    continue
+                if self.dark.is_set():
+                    continue  # never answered
+                upstream = socket.create_connection(self.target)
+                self._sockets.append(upstream)
+            for end in (client, upstream):  # a message at a time: no Nagle waits between them
+                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._relay(client, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """How an accepted connection is piped: both ways as they come."""
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -269,9 +277,14 @@ class _Proxy:
         """Dark (`refuse`: new connections refused at once, as by a server that is down), and
         every connection made before ended too (the database host gone)."""
         (self.refusing if refuse else self.dark).set()
-        for end in list(self._sockets):
+        for end in self._others():
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
+
+    def _others(self, *mine: socket.socket) -> list[socket.socket]:
+        """Every connection's ends registered so far but `mine`."""
+        with self._registering:  # one being accepted is in the list, or sees the flag set before
+            return [end for end in self._sockets if end not in mine]
 
     def close(self) -> None:
         self.server.close()
@@ -292,28 +305,10 @@ class _CommitDropper(_Proxy):
     dropped = 0
     down_after = False
 
-    def __init__(self, port: int) -> None:
-        self._going_down = threading.Lock()  # before the accept thread starts (in super)
-        super().__init__(port)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            with self._going_down:  # registered before a drop's cut, or refused after it (never between)
-                if self.refusing.is_set():  # a server that is down: refused at once
-                    with contextlib.suppress(OSError):
-                        client.close()
-                    continue
-                upstream = socket.create_connection(self.target)
-                self._sockets += [client, upstream]
-            for end in (client, upstream):  # a message at a time: no Nagle waits between them
-                end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            muted = threading.Event()  # set before the dropped message goes: its answer is never relayed
-            threading.Thread(target=self._front, args=(client, upstream, muted), daemon=True).start()
-            threading.Thread(target=self._back, args=(upstream, client, muted), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        muted = threading.Event()  # set before the dropped message goes: its answer is never relayed
+        threading.Thread(target=self._front, args=(client, upstream, muted), daemon=True).start()
+        threading.Thread(target=self._back, args=(upstream, client, muted), daemon=True).start()
 
     @staticmethod
     def _back(upstream: socket.socket, client: socket.socket, muted: threading.Event) -> None:
@@ -360,9 +355,7 @@ class _CommitDropper(_Proxy):
                     self.armed -= 1
                     self.dropped += 1
                     if self.down_after:  # the others' both ends first: the retry finds no pooled one alive
-                        with self._going_down:  # (one accepted meanwhile is registered, so cut here)
-                            others = [end for end in self._sockets if end not in (client, upstream)]
-                        for end in others:
+                        for end in self._others(client, upstream):  # (one accepted meanwhile: cut here)
                             with contextlib.suppress(OSError):
                                 end.shutdown(socket.SHUT_RDWR)
                     client.shutdown(socket.SHUT_RDWR)  # the server finishes it; its client never hears
