@@ -152,6 +152,23 @@ def _redeem_lost_then_a_cancel_seen(world):  # noqa: ANN001, ANN202
     return free, first
 
 
+def _a_second_cancel_a_window_after(world, first: int) -> None:  # noqa: ANN001
+    """A second cancel takes the redeem's nonce, mined at `first` + the window: the redeem is
+    not taken for dropped then (its window counts from that head), and is a window later —
+    released, sold once."""
+    chain, window = world.chain, world.agent().machine.reorg_window
+    chain.burn_nonce()
+    chain.mine_blocks(1)
+    second = chain.head()
+    assert second == first + window
+    report = world.agent().run_once(check_rules=False)
+    assert report.advanced == {} and f"(seen at block {second})" in (report.waiting or "")
+    assert world.agent().store.get(1).status == SELLING and chain.s.redeems == 0
+    chain.mine_blocks(window)
+    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
+    assert chain.s.redeems == 1 and chain.s.releases == 1 and len(world.billing.purchases) == 1
+
+
 def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_from_the_second(world):
     """rbreak (session 11): a wallet's cancel took the redeem's nonce (seen at block H,
     stored); a reorg within the window orphaned it, and the agent sent the redeem's bytes
@@ -167,16 +184,7 @@ def test_redeem_nonce_cancel_orphaned_then_a_second_cancel__its_window_counts_fr
     assert "redeem tx" in (world.agent().run_once(check_rules=False).waiting or "")  # sent again, in the pool
     chain.mempool.clear()  # the second cancel replaces the redeem's bytes in the pool, and is mined
     chain.hold = False
-    chain.burn_nonce()
-    chain.mine_blocks(1)
-    second = chain.head()
-    assert second == first + window
-    report = world.agent().run_once(check_rules=False)
-    assert report.advanced == {} and f"(seen at block {second})" in (report.waiting or "")
-    assert world.agent().store.get(1).status == SELLING and chain.s.redeems == 0
-    chain.mine_blocks(window)
-    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
-    assert chain.s.redeems == 1 and chain.s.releases == 1 and len(world.billing.purchases) == 1
+    _a_second_cancel_a_window_after(world, first)
 
 
 def test_redeem_nonce_cancel_swapped_by_a_reorg_between_passes__its_window_counts_from_after_the_swap(world):
@@ -191,13 +199,4 @@ def test_redeem_nonce_cancel_swapped_by_a_reorg_between_passes__its_window_count
     chain.s = copy.deepcopy(free)  # a reorg from below the first cancel's block: the first cancel gone…
     chain.forks.append(first - 1)
     chain.mine_blocks(window - 1)
-    chain.burn_nonce()  # …and a second one takes the nonce on the new branch
-    chain.mine_blocks(1)
-    swapped = chain.head()
-    assert swapped == first + window
-    report = world.agent().run_once(check_rules=False)
-    assert report.advanced == {} and f"(seen at block {swapped})" in (report.waiting or "")
-    assert world.agent().store.get(1).status == SELLING and chain.s.redeems == 0
-    chain.mine_blocks(window)
-    assert world.agent().run_once(check_rules=False).advanced == {1: RELEASED}
-    assert chain.s.redeems == 1 and chain.s.releases == 1 and len(world.billing.purchases) == 1
+    _a_second_cancel_a_window_after(world, first)  # …and a second one takes the nonce on the new branch
