@@ -262,22 +262,31 @@ def test_cli_rerun__sale_orphaned_while_escrowed__read_again_before_buying_not_b
     assert world.chain.s.usdc[PAYEE] == 20 * USD and world.chain.s.records[1]["user"] == OTHER
 
 
-def test_reorg__sale_moved_to_another_id__a_refusal_other_than_the_keys_conflict__retried_not_rejected(
-    world, monkeypatch
-):
-    """Only the billing API's 409 (the key already bought another purchase) tells that it
-    bought under the key for the old id; another refusal (401: a credential being
-    rotated) under the moved key is retried as ever, and the purchase made once later."""
+def _moved_sale_refused_once__retried_and_bought_once(world, monkeypatch, status: int, billing=None) -> None:  # noqa: ANN001
+    """A reorg moved the sale to id 2 (nothing bought for id 1); the purchase's retry is
+    refused once with `status` (the agent's billing adapter `billing`, if given): still
+    escrowed, nothing bought. A minute later it is retried: bought once, for id 2."""
     _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
     world.chain.time += 5  # the purchase's retry is due
-    world.billing.fail_status, world.billing.fail_times = 401, 1
+    world.billing.fail_status, world.billing.fail_times = status, 1
     agent = world.agent()
+    if billing is not None:
+        agent.machine.billing = billing
     agent.run_once(check_rules=False)
     assert agent.store.get(1).status == "escrowed" and world.billing.purchases == {}
     world.chain.time += 60
     agent.run_once(check_rules=False)
     after = agent.store.get(1)
     assert (after.status, after.chain_redemption_id) == (RELEASED, 2) and len(world.billing.purchases) == 1
+
+
+def test_reorg__sale_moved_to_another_id__a_refusal_other_than_the_keys_conflict__retried_not_rejected(
+    world, monkeypatch
+):
+    """Only the billing API's 409 (the key already bought another purchase) tells that it
+    bought under the key for the old id; another refusal (401: a credential being
+    rotated) under the moved key is retried as ever, and the purchase made once later."""
+    _moved_sale_refused_once__retried_and_bought_once(world, monkeypatch, 401)
 
 
 def test_reorg_twice__sale_moved_back_to_the_id_it_bought_for__released_not_left_under_an_id_no_row_names(
@@ -410,17 +419,8 @@ def test_billing_adapter__a_provider_whose_409_means_in_flight__retried_not_take
         def key_conflict(self, response):  # noqa: ANN001, ANN202
             return response.status_code == 400 and b"idempotency_error" in response.content
 
-    _escrowed_then_reorged_to_another_id(world, monkeypatch, bought=False)
-    world.chain.time += 5  # the purchase's retry is due
-    world.billing.fail_status, world.billing.fail_times = 409, 1  # in flight: a request with the key not yet done
-    agent = world.agent()
-    agent.machine.billing = InFlight409Billing(timeout=2.0)
-    agent.run_once(check_rules=False)
-    assert agent.store.get(1).status == "escrowed" and world.billing.purchases == {}
-    world.chain.time += 60
-    agent.run_once(check_rules=False)
-    after = agent.store.get(1)
-    assert (after.status, after.chain_redemption_id) == (RELEASED, 2) and len(world.billing.purchases) == 1
+    # in flight: a request with the key not yet done
+    _moved_sale_refused_once__retried_and_bought_once(world, monkeypatch, 409, InFlight409Billing(timeout=2.0))
 
 
 def test_reorg_twice__bought_for_the_moved_id_then_moved_back__the_keys_own_ids_conflict_rejects_at_once(
