@@ -115,6 +115,32 @@ def test_server_ends_idle_sessions__the_lock_session_is_exempt__live_holds_kept(
         postgres.drop_database(name)
 
 
+def _b_registers_again_while_a_reads_its_id(alive: Ledger) -> tuple[int, int, list[int]]:
+    """A hold ("first") under the process's id; then the next reserve (thread A) reads that
+    id, and before A's reserve is sent the lock session is cut and thread B's reserve ("b")
+    registers again. Returns the account, the lost id, and a list that has one entry once
+    the lock is cut, two once B has registered."""
+    account = alive.create_account().id
+    fund(alive, account, ASSET, 10 * USDC)
+    alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
+    lock = alive.holds.lock
+    lost = lock.current()
+    registered = lock.current
+    cut: list[int] = []
+
+    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
+        if not cut:
+            cut.append(lost)
+            _cut(alive, lost)
+            alive.holds.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
+            cut.append(0)
+            return lost
+        return registered()
+
+    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
+    return account, lost, cut
+
+
 def test_reserve_whose_id_was_lost_meanwhile__committed_after_the_new_registration__its_hold_follows(
     two: tuple[Ledger, Ledger],
 ) -> None:
@@ -123,26 +149,9 @@ def test_reserve_whose_id_was_lost_meanwhile__committed_after_the_new_registrati
     old id: its hold was left under a dead id and the next sweep ended it (A's answer
     refused, 503 hold_ended) although the process lived and held its new lock."""
     alive, sweeper = two
-    account = alive.create_account().id
-    fund(alive, account, ASSET, 10 * USDC)
-    alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
-    lock = alive.holds.lock
-    lost = lock.current()
-    registered = lock.current
-    cut = False
-
-    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
-        nonlocal cut
-        if not cut:
-            cut = True
-            _cut(alive, lost)
-            alive.holds.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
-            return lost
-        return registered()
-
-    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
+    account, lost, _ = _b_registers_again_while_a_reads_its_id(alive)
     alive.holds.reserve(Reservation("a", account, ASSET, USDC, 300))
-    assert lock.id != lost
+    assert alive.holds.lock.id != lost
     assert sweeper.end_dead_processes() == 0
     for request_id in ("first", "a", "b"):
         assert alive.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
@@ -160,33 +169,19 @@ def test_reserve_whose_id_was_lost_meanwhile__another_sweep_between_its_commit_a
     registration holds the lost id's lock too: no sweeper can take it while the process
     lives, and A's hold moves under the new id."""
     alive, sweeper = two
-    account = alive.create_account().id
-    fund(alive, account, ASSET, 10 * USDC)
-    alive.holds.reserve(Reservation("first", account, ASSET, USDC, 300))
+    account, lost, _ = _b_registers_again_while_a_reads_its_id(alive)
     book = alive.holds
-    lock = book.lock
-    lost = lock.current()
-    registered, follow = lock.current, book._follow
+    follow = book._follow
     swept: list[int] = []
-    cut: list[int] = []
-
-    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
-        if not cut:
-            cut.append(lost)
-            _cut(alive, lost)
-            alive.holds.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
-            return lost
-        return registered()
 
     def another_sweep_first(hold: Hold, started: int) -> Hold:
         if hold.request_id == "a":  # committed under the lost id, not yet moved
             swept.append(sweeper.end_dead_processes())
         return follow(hold, started)
 
-    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
     book._follow = another_sweep_first  # type: ignore[method-assign]
     alive.holds.reserve(Reservation("a", account, ASSET, USDC, 300))
-    assert lock.id != lost and swept == [0]  # before: 1, A's hold orphaned
+    assert book.lock.id != lost and swept == [0]  # before: 1, A's hold orphaned
     assert sweeper.end_dead_processes() == 0
     for request_id in ("first", "a", "b"):
         assert alive.holds.settle(request_id, USDC // 4).status == HoldStatus.SETTLED
@@ -203,31 +198,16 @@ def test_reserve_whose_id_was_lost_meanwhile__its_move_fails__503_and_its_own_sw
     process's sweep could end it, and the process's own looked only at its new id: held for
     its whole lifetime. Now a 503 (LedgerUnavailable), and its own next sweep releases it."""
     alive, sweeper = two
-    account = alive.create_account().id
-    fund(alive, account, ASSET, 10 * USDC)
+    account, lost, cut = _b_registers_again_while_a_reads_its_id(alive)
     book = alive.holds
-    book.reserve(Reservation("first", account, ASSET, USDC, 300))
-    lock = book.lock
-    lost = lock.current()
-    registered, write = lock.current, book.ledger.write
-    cut: list[int] = []
-
-    def thread_a_reads_its_id() -> int:  # then, before its reserve is sent, B's registration runs
-        if not cut:
-            cut.append(lost)
-            _cut(alive, lost)
-            book.reserve(Reservation("b", account, ASSET, USDC, 300))  # thread B: registers again
-            cut.append(0)  # A's next write is its move
-            return lost
-        return registered()
+    lock, write = book.lock, book.ledger.write
 
     def blinks_once(work: Any) -> Any:
-        if len(cut) == 2:
+        if len(cut) == 2:  # B has registered: A's next write is its move
             cut.append(0)
             raise OperationalError("UPDATE holds", {}, psycopg.OperationalError("server closed the connection"))
         return write(work)
 
-    lock.current = thread_a_reads_its_id  # type: ignore[method-assign]
     book.ledger = dataclasses.replace(book.ledger, write=blinks_once)
     with pytest.raises(LedgerUnavailable):  # before: OperationalError (a 500)
         book.reserve(Reservation("a", account, ASSET, USDC, 300))
