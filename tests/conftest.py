@@ -8,6 +8,7 @@ deep profile's steps, `PROMPTEX_DEEP_PART_EXAMPLES` examples (100: a tenth of it
 example database, so that a part is named by its `--hypothesis-seed` alone.
 """
 
+import gc
 import json
 import os
 import tempfile
@@ -112,3 +113,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     except (OSError, ValueError):
         return  # not compiled yet
     _compiled_read = bool(project.load_manifest().contract_types)
+
+
+# pytest's own clean-up at the end of a process runs five full garbage collections (to
+# report unraisable exceptions); over a test process's heap (ape, web3, the chains: half a
+# million objects and more) each took 1-2.5 s on a loaded machine. An xdist worker that has
+# not ended 5 s after the controller asked is sent SIGINT by execnet, and ape's handler
+# exits 130: CI printed "Exception ignored in gc_callback ... SystemExit: 130" (caught in
+# hypothesis' gc callback; caught nowhere, it ends the worker mid-clean-up). What is alive
+# at the end goes to the permanent generation: those collections scan only what comes after.
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    gc.freeze()
