@@ -11,6 +11,7 @@ import orjson
 from promptex import metering
 from promptex.buyerside.answers import MESSAGES, bounds, check_cost, usage_of
 from promptex.gateway.adapters import may_write_cache
+from promptex.ledger.models import HoldStatus
 from promptex.metering import load_catalog
 
 from .conftest import CATALOG, Fake, Harness
@@ -19,6 +20,7 @@ from .test_token_accounting import usdc_cost
 
 MESSAGES_HEADERS = {"anthropic-version": "2023-06-01"}
 HOUR = {"type": "ephemeral", "ttl": "1h"}
+LONG = " ".join(["word"] * 3_000)
 
 
 def test_cache_mark_with_an_escaped_key__held_at_the_write_rates_and_charged_as_shown(
@@ -60,3 +62,40 @@ def test_cache_mark_with_an_escaped_key__held_at_the_write_rates_and_charged_as_
     check_cost(rates, shown, record.cost)  # what the signing proxy checks a charge against: it agrees
     list_rates = metering.list_rates(load_catalog(CATALOG).price("fake-claude"))
     assert record.list_usd_micro == metering.usage_cost(list_rates, shown)
+
+
+def test_stream_whose_upstream_sends_nothing__not_charged(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """An upstream that answers a stream 200 and ends it before any event (a seller's endpoint
+    doing so every time) was charged the prompt's floor — 3,003 input tokens for a 3,000-word
+    prompt — with nothing relayed and no event showing that charge; on every API. Now its hold
+    is released: nothing charged, nothing drawn from the lot."""
+    answers, fake = canned
+    openai_lot = gw.add_lot(fake)
+    anthropic_lot = gw.add_lot(fake, provider="anthropic", api="anthropic")
+    account, key = gw.buyer()
+    before = gw.ledger.balance(account, "USDC")
+    answers.answer, answers.done = [], False
+    user = [{"role": "user", "content": LONG}]
+    asks = [
+        ("/v1/chat/completions", {"model": "fake-gpt", "messages": user, "stream_options": {"include_usage": True}}),
+        ("/v1/chat/completions", {"model": "fake-gpt", "messages": user}),
+        ("/v1/chat/completions", {"model": "fake-claude", "messages": user}),
+        ("/v1/completions", {"model": "fake-gpt", "prompt": LONG}),
+        ("/v1/messages", {"model": "fake-claude", "messages": user}),
+        ("/v1/messages", {"model": "fake-gpt", "messages": user}),
+        ("/v1/responses", {"model": "fake-gpt", "input": LONG}),
+    ]
+    headers = {"authorization": f"Bearer {key}", "x-api-key": key, **MESSAGES_HEADERS}
+    for path, body in asks:
+        answer = httpx.post(gw.url + path, json={**body, "max_tokens": 10, "stream": True}, headers=headers, timeout=30)
+        assert answer.status_code == 200 and answer.content == b"", (path, body["model"], answer.text)
+        request_id = answer.headers["x-request-id"]
+        hold = gw.ledger.hold(request_id)
+        assert hold is not None and hold.status == HoldStatus.RELEASED, (path, body["model"], hold)
+        assert gw.ledger.usage_record(request_id) is None
+    assert gw.ledger.balance(account, "USDC") == before
+    capacities = gw.ledger.lot_capacities()
+    assert (capacities[openai_lot].used, capacities[anthropic_lot].used) == (0, 0)
