@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +171,37 @@ def test_transport__answer_beyond_request__signing_stops_with_reason(
         _ask(client, 3)
     assert refused.value.status_code == 402
     assert len(gateway.received) == received  # nothing more was signed or sent
+
+
+@pytest.mark.parametrize(
+    ("misbehaviour", "signer_options", "reason"),
+    [
+        ({"overcharge": 1}, {}, "the rate gives"),
+        ({"claim_reasoning": True}, {"reasoning_bp": 0}, "reasoning this side cannot see"),
+    ],
+)
+def test_transport__why_signing_stopped__every_amount_in_whole_units_beside_its_units(
+    tmp_path: Path, misbehaviour: dict[str, Any], signer_options: dict[str, Any], reason: str
+) -> None:
+    """claims s16: the reason a stop records, which `promptex proxy` and `promptex session
+    show` print, named amounts in the asset's smallest units alone ("charged 57 units …; the
+    rate gives 56", "reasoning … of 12000 units"): each now reads "0.000057 USDC (57 units)"."""
+    gateway = FakeSignedGateway(lanes=1, **misbehaviour)
+    signer = make_signer(tmp_path / "v.log", lanes=1, **signer_options)
+    client = _client(gateway, signer)
+    for _ in range(6):
+        try:
+            _ask(client, 3, max_tokens=1_000)
+        except openai.APIStatusError:
+            break
+    stopped = signer.stopped
+    assert stopped is not None and reason in stopped, stopped
+    amounts = re.findall(r"([<\d.,]+) USDC \(([\d,]+) units\)", stopped)
+    assert len(amounts) >= 2 and stopped.count("units") == len(amounts), stopped
+    for shown, exact in amounts:
+        assert Decimal(shown.replace(",", "")) == Decimal(exact.replace(",", "")).scaleb(-6).quantize(
+            Decimal(shown.replace(",", ""))
+        ), stopped
 
 
 def test_transport__dropped_after_charge__lane_inexact_then_resynced(tmp_path: Path) -> None:

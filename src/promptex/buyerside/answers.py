@@ -32,6 +32,7 @@ from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
 from promptex.metering.produced import prediction_bytes, visible_limit, visible_output
+from promptex.protocol.units import money_exact
 
 MESSAGES = "messages"  # Anthropic's Messages API
 ENDPOINTS = {
@@ -158,8 +159,8 @@ def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> Non
     expected = metering.usage_cost(rates, usage)
     if cost_units != expected:
         raise AnswerRefused(
-            f"charged {cost_units} units for {usage.input_tokens} input + {usage.output_tokens} output tokens; "
-            f"the rate gives {expected}"
+            f"charged {money_exact(cost_units, rates.asset)} for {usage.input_tokens} input + "
+            f"{usage.output_tokens} output tokens; the rate gives {money_exact(expected, rates.asset)}"
         )
 
 

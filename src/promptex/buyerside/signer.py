@@ -46,6 +46,7 @@ from promptex.buyerside.wire import (
 from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
 from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
+from promptex.protocol.units import money_exact
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
@@ -245,6 +246,11 @@ class Signer:
 
     # ─── Before a request ────────────────────────────────────────────────────
 
+    def _shown(self, units: int) -> str:
+        """An amount of the session's asset in a message a person reads (a refusal, why
+        signing stopped): whole units, the exact smallest units beside them."""
+        return money_exact(units, self.session.asset_symbol)
+
     def stop(self, reason: str, lane: int | None = None) -> None:
         """Stop signing, saying why in one line; the stop is written to the voucher log
         (fsync'd) so that a restart does not sign again."""
@@ -281,7 +287,7 @@ class Signer:
             raise Refused(
                 402,
                 "hold_above_limit",
-                f"this request may cost {hold} units, above the per-request limit {self.max_hold}",
+                f"this request may cost {self._shown(hold)}, above the per-request limit {self._shown(self.max_hold)}",
             )
         return hold, bound, rates
 
@@ -338,9 +344,9 @@ class Signer:
             if self.weight(lane) > self._threshold(lane):  # e.g. after a restart: requests in flight then
                 self.stop(
                     f"answers on lane {lane.index} without the lane's total (of them {lane.pending} in flight or "
-                    f"dropped, not yet told about) may have cost {self.weight(lane)} units: with the next "
+                    f"dropped, not yet told about) may have cost {self._shown(self.weight(lane))}: with the next "
                     f"request's hold more than {self.stop_after_errors} of the lane's largest hold, "
-                    f"{max(1, lane.largest_hold)}, and the {self.tolerated(lane)} tolerated",
+                    f"{self._shown(max(1, lane.largest_hold))}, and the {self._shown(self.tolerated(lane))} tolerated",
                     lane.index,
                 )
                 raise Refused(402, "signing_stopped", f"signing stopped: {self.stopped}")
@@ -353,7 +359,9 @@ class Signer:
             # total), so the highest ceiling never runs more than a hold ahead of a known total.
             ceiling = max(lane.floor + hold, lane.live + 1)
             if ceiling > MAX_CEILING:
-                raise Refused(402, "ceiling_too_large", f"lane {lane.index} would need a ceiling of {ceiling}")
+                raise Refused(
+                    402, "ceiling_too_large", f"lane {lane.index} would need a ceiling of {self._shown(ceiling)}"
+                )
             s = self.session
             with self._sign:
                 exposure = self.book.exposure(lane, ceiling)
@@ -361,8 +369,8 @@ class Signer:
                     raise Refused(
                         402,
                         "session_maximum",
-                        f"signing {ceiling} on lane {lane.index} would let {exposure} be settled, "
-                        f"above the session maximum {self.book.maximum}",
+                        f"signing {self._shown(ceiling)} on lane {lane.index} would let {self._shown(exposure)} be "
+                        f"settled, above the session maximum {self._shown(self.book.maximum)}",
                     )
                 signature = sign_voucher(
                     s.private_key,
@@ -419,9 +427,10 @@ class Signer:
         if weight > self._threshold(lane):
             self.stop(
                 f"{lane.errors} answers on lane {lane.index} came without the lane's total (the last: {what}), "
-                f"none shown to be free by a later answer: they may have cost {weight} units ({lane.lost} shown "
-                f"charged by later answers), with the next request's hold more than {self.stop_after_errors} of "
-                f"the lane's largest hold, {hold}, and the {tolerated} tolerated of its {lane.verified} checked",
+                f"none shown to be free by a later answer: they may have cost {self._shown(weight)} "
+                f"({self._shown(lane.lost)} shown charged by later answers), with the next request's hold more than "
+                f"{self.stop_after_errors} of the lane's largest hold, {self._shown(hold)}, and the "
+                f"{self._shown(tolerated)} tolerated of its {self._shown(lane.verified)} checked",
                 lane.index,
             )
 
@@ -582,14 +591,16 @@ class Signer:
         lane = ticket.lane
         if charged > ceiling:
             self.stop(
-                f"the gateway says lane {lane.index} was charged {charged}, above the ceiling {ceiling} signed",
+                f"the gateway says lane {lane.index} was charged {self._shown(charged)}, above the ceiling "
+                f"{self._shown(ceiling)} signed",
                 lane.index,
             )
             lane.charged, lane.exact = ceiling, False
             return
         if lane.exact and charged < lane.charged:  # charged totals never go down
             self.stop(
-                f"the gateway says lane {lane.index} was charged {charged}, below the {lane.charged} it said before",
+                f"the gateway says lane {lane.index} was charged {self._shown(charged)}, below the "
+                f"{self._shown(lane.charged)} it said before",
                 lane.index,
             )
         lane.charged, lane.exact, lane.floor = charged, True, charged
@@ -646,13 +657,15 @@ class Signer:
         before = after - cost
         if before < 0 or (ticket.exact_before and before != ticket.charged_before):
             self.stop(
-                f"lane {lane.index} was charged {ticket.charged_before} before this answer, but the gateway's "
-                f"total {after} less the cost {cost} is {before}",
+                f"lane {lane.index} was charged {self._shown(ticket.charged_before)} before this answer, but the "
+                f"gateway's total {self._shown(after)} less the cost {self._shown(cost)} is {self._shown(before)}",
                 lane.index,
             )
         elif not ticket.exact_before and before > ticket.charged_before:
             self.stop(
-                f"lane {lane.index} had at most {ticket.charged_before} charged, the gateway says {before}", lane.index
+                f"lane {lane.index} had at most {self._shown(ticket.charged_before)} charged, the gateway says "
+                f"{self._shown(before)}",
+                lane.index,
             )
         self._told(lane, before)
         self._adopt(ticket, after, ceiling)
@@ -660,7 +673,8 @@ class Signer:
     def _check(self, ticket: Ticket, cost: int, usage: metering.TokenUsage | None, produced: int | None) -> None:
         if usage is None:
             self.stop(
-                f"an answer on lane {ticket.lane.index} reports no usage: its cost {cost} cannot be checked",
+                f"an answer on lane {ticket.lane.index} reports no usage: its cost {self._shown(cost)} cannot be "
+                "checked",
                 ticket.lane.index,
             )
             return
@@ -682,11 +696,12 @@ class Signer:
             self.log.write_charged(self.session.session, lane.index, lane.charged, lane.verified, lane.reasoning)
         if reasoning and self.weight(lane) > self._threshold(lane):
             self.stop(
-                f"answers on lane {lane.index} reported reasoning this side cannot see of {lane.reasoning} units, "
-                f"above {self.reasoning_bp} basis points of the {lane.verified + lane.reasoning} its checked answers "
-                f"cost: with what answers without figures weigh, {self.weight(lane)}, more than "
-                f"{self.stop_after_errors - 1} of the lane's largest hold, {max(1, lane.largest_hold)}, and the "
-                f"{self.tolerated(lane)} tolerated",
+                f"answers on lane {lane.index} reported reasoning this side cannot see of "
+                f"{self._shown(lane.reasoning)}, above {self.reasoning_bp} basis points of the "
+                f"{self._shown(lane.verified + lane.reasoning)} its checked answers cost: with what answers without "
+                f"figures weigh, {self._shown(self.weight(lane))}, more than {self.stop_after_errors - 1} of the "
+                f"lane's largest hold, {self._shown(max(1, lane.largest_hold))}, and the "
+                f"{self._shown(self.tolerated(lane))} tolerated",
                 lane.index,
             )
 

@@ -135,3 +135,10 @@ def money(
     text = f"{amount_text(amount, decimals_of(symbol), display_decimals(symbol), rounding)} {symbol}"
     usd = None if symbol == USDC_SYMBOL else usd_value(amount, symbol, twap)
     return text if usd is None else f"{text} ({usd_text(usd)})"
+
+
+def money_exact(amount: int, symbol: str) -> str:
+    """An amount a person reads where the exact figure matters (a check comparing charges,
+    why signing stopped): "0.000123 USDC (123 units)", "12.35 USDC (12,345,678 units)" — the
+    whole units to read, the smallest units to compare."""
+    return f"{money(amount, symbol)} ({amount:,} units)"
