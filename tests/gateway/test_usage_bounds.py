@@ -19,7 +19,7 @@ from promptex import metering
 from promptex.buyerside.answers import bounds, check_counts, usage_of
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
-from promptex.gateway.adapters import COMPLETIONS
+from promptex.gateway.adapters import COMPLETIONS, anthropic_usage_of
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import validate
 from promptex.metering import TokenUsage, load_catalog
@@ -145,6 +145,42 @@ def test_anthropic_lot__over_reported_cache_writes_and_output__charged_and_shown
         spent += cost
         assert record_details(gw, response.headers["x-request-id"]) == (bound.input_bound, 5, 2, 0, 0, 0)
     assert gw.ledger.balance(account, "USDC").posted == 10 * USDC - spent
+
+
+def test_native_messages_stream__message_start_shows_the_input_within_its_bound(gw: Harness, fake: Fake) -> None:
+    """A native Messages stream's message_start passed the upstream's input counts on as
+    sent; only the final message_delta (whose totals overwrite them) showed what was charged:
+    a client reading the input at message_start (known there) saw the lie. It shows the
+    input within the request's bound now (the reads kept, no write beyond the marks), the
+    counts the message_delta carries; an honest start's counts are left as sent."""
+    fake.config.cache_read_tokens, fake.config.cache_write_tokens, fake.config.cache_write_1h_tokens = 2, LIE, LIE
+    fake.config.extra_input_tokens = 2 * LIE
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    body = {"model": "fake-claude", "messages": HOUR_PROMPT, "max_tokens": 5, "stream": True}
+    bound = bounds("messages", body)
+    inputs = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+    def start_and_delta() -> tuple[dict[str, Any], dict[str, Any], str]:
+        response = httpx.post(gw.url + PATHS["messages"], json=body, headers={"authorization": f"Bearer {key}"},
+                              timeout=30)  # fmt: skip
+        assert response.status_code == 200, response.text
+        events = [orjson.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+        delta = [e for e in events if e.get("type") == "message_delta"][-1]
+        return events[0]["message"]["usage"], delta["usage"], response.text
+
+    start, delta, raw = start_and_delta()
+    shown = anthropic_usage_of(start)
+    assert shown is not None and shown.input_tokens == bound.input_bound, start
+    assert (shown.cache_read_tokens, shown.cache_write_tokens) == (2, 0), start
+    assert {k: start[k] for k in inputs} == {k: delta[k] for k in inputs}, (start, delta)
+    assert str(LIE) not in raw
+    # Honest: the start as the upstream sent it.
+    fake.config.cache_write_tokens = fake.config.cache_write_1h_tokens = fake.config.extra_input_tokens = 0
+    start, delta, _ = start_and_delta()
+    shown = anthropic_usage_of(start)
+    assert shown is not None and shown.input_tokens < bound.input_bound, start
+    assert (shown.cache_read_tokens, shown.cache_write_tokens) == (2, 0) and "input_tokens" not in delta
 
 
 def test_stream_past_its_output_limit_then_cut_short__charged_the_limit(gw: Harness, fake: Fake) -> None:

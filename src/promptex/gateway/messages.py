@@ -18,6 +18,7 @@ its bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -247,10 +248,14 @@ class NativeStream:
     was charged (`charged`, before `finish`) when that is not what the upstream reported: a
     stream cut short (its output counted as streamed) or cache writes beyond the request's
     marks (`within_marks`); a stream cut short before its message_delta gets one, carrying
-    the charge (before, no event carried it)."""
+    the charge (before, no event carried it). The message_start shows its usage within the
+    request's bounds (`bound`, the gateway's `metering.within_bounds`) and marks: the input
+    is known there, and a client reading it there saw an upstream's over-reported counts
+    (only the message_delta, whose totals overwrite them, showed what was charged)."""
 
     def __init__(self, sent: Any = None) -> None:
         self.sent = sent  # the body sent upstream (`within_marks`)
+        self.bound: Callable[[TokenUsage], TokenUsage] | None = None  # the request's bounds (set by the gateway)
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
@@ -280,6 +285,9 @@ class NativeStream:
             self._started = True
             message = event.get("message")
             self._update(message.get("usage") if isinstance(message, dict) else None)
+            shown = self._start_usage(message)
+            if shown is not None:
+                return [frame(name, orjson.dumps({**event, "message": {**event["message"], "usage": shown}}))]
         elif kind == "content_block_delta" and _carries_output(event.get("delta")):
             self.produced += 1
         elif kind in ("message_delta", "message_stop"):
@@ -302,6 +310,16 @@ class NativeStream:
                 # read, and the message_delta shows that. Before, it passed on as sent: a
                 # `"output_tokens": "500"` reached the client, charged for 1.
                 self._reported_usage = None
+
+    def _start_usage(self, message: Any) -> dict[str, Any] | None:
+        """The message_start's usage to show in place of the upstream's (None: as sent): its
+        counts within the request's marks and bounds, when those are not what it reported."""
+        if self._reported_usage is None or self.usage is None or not isinstance(message, dict):
+            return None
+        shown = self.bound(self.usage) if self.bound is not None else self.usage
+        if shown == self._reported_usage:
+            return None
+        return {**message["usage"], **delta_usage_json(shown)}
 
     def charged(self, usage: TokenUsage) -> None:
         self._charged = usage

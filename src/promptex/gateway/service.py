@@ -53,7 +53,7 @@ from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
-from promptex.gateway.messages import MESSAGES
+from promptex.gateway.messages import MESSAGES, NativeStream
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import parse_body, prompt_floor
@@ -1080,6 +1080,11 @@ class Gateway:
                     await upstream.read()
                     raise _client_error(upstream, lot)
                 translator = adapter.translator(endpoint, priced.price.model, include_usage)
+                if isinstance(translator, NativeStream):  # its message_start shows the input within the bounds
+                    rates = self._list_rates(priced.price.model)
+                    translator.bound = functools.partial(
+                        metering.within_bounds, rates, input_tokens=priced.input_bound, output_tokens=priced.output
+                    )
                 handed_over = True
                 return MeteredStream(self, key, priced, request_id, lot, upstream, translator, endpoint)
             except UpstreamTimeout:
