@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import httpx
 import orjson
+import pytest
 
 from promptex import metering
 from promptex.buyerside.answers import MESSAGES, bounds, check_cost, usage_of
-from promptex.gateway.adapters import may_write_cache
+from promptex.gateway.adapters import COMPLETIONS, may_write_cache
+from promptex.gateway.errors import GatewayError
+from promptex.gateway.requests import validate
 from promptex.ledger.models import HoldStatus
 from promptex.metering import load_catalog
 
@@ -99,3 +102,18 @@ def test_stream_whose_upstream_sends_nothing__not_charged(
     assert gw.ledger.balance(account, "USDC") == before
     capacities = gw.ledger.lot_capacities()
     assert (capacities[openai_lot].used, capacities[anthropic_lot].used) == (0, 0)
+
+
+def test_completions_echo__refused_before_any_hold() -> None:
+    """An echoed prompt is relayed as the answer's text, and an answer's text bytes bound its
+    visible output tokens (`metering.produced`, the signing proxy's check and the gateway's):
+    echoed, a 2,000-byte prompt let an upstream report 1,000 output tokens for "Sunny" and pass.
+    Refused (400, param echo) before any hold; the signing proxy reads the same `validate`."""
+    body = {"model": "fake-gpt", "prompt": "word " * 400, "max_tokens": 1_000}
+    assert validate(COMPLETIONS, {**body, "echo": False})[1] == validate(COMPLETIONS, body)[1]
+    for echo in (True, 1, "true"):
+        with pytest.raises(GatewayError) as refused:
+            validate(COMPLETIONS, {**body, "echo": echo})
+        assert refused.value.status == 400 and refused.value.param == "echo"
+    with pytest.raises(ValueError, match="echo"):
+        bounds(COMPLETIONS, {**body, "echo": True})

@@ -189,6 +189,12 @@ def validate(endpoint: str, body: dict[str, Any], catalog: Catalog | None = None
             total += len(orjson.dumps(rest)) if rest else 0
         return model, total, limit
     if endpoint == COMPLETIONS:
+        # An echoed prompt comes back as the answer's text: counted as produced bytes (the
+        # bound on visible output tokens, `metering.produced`), it let an upstream report up
+        # to the prompt's bytes more output than it wrote (a 2,000-byte prompt echoed beside
+        # "Sunny": 1,000 output tokens passed the signing proxy's check). Refused, as best_of.
+        if body.get("echo") not in (None, False):
+            raise bad_request("Only echo=false is supported.", param="echo")
         # An insertion's `suffix` is input too (the model reads the text after the insertion
         # point): left out, an honest answer's input was beyond the bound, and is charged at it.
         suffix = body.get("suffix")
