@@ -417,6 +417,30 @@ def test_release__beyond_the_ledger_balance__refused_nothing_locked_or_written(b
     assert coord.sign_release(address, "USDC", 100).amount == 100 == book.balance(account, "USDC").locked
 
 
+def test_release__promotional_credit__never_leaves_the_vault_the_treasury_s_wallet_keeps_what_it_pays(
+    book: Ledger, chain: FakeChain
+) -> None:
+    """README (the instant exit quick start): the demo buyer's credit is promotional, "it
+    pays requests, it cannot leave the vault". Its wallet leaves with its own deposit and no
+    more, however much welcome credit it has; the treasury's wallet, which pays what the
+    credit served, cannot leave with that until the chain has debited it."""
+    account, address = buyer(book, chain, "USDC", 20_000_000)
+    treasury = book.treasury().id
+    treasury_wallet = fund(book, treasury, "USDC", 50_000_000)
+    chain.s.balances[(treasury_wallet, "USDC")] = 50_000_000
+    book.grant_promotional_credit("welcome", account, "USDC", 10_000_000, treasury=treasury)
+    book.reserve(account, "USDC", 4_000_000, "req_promo", ttl=60, payer=treasury)
+    book.settle("req_promo", 4_000_000, record=UsageRecord("gpt-4o", 1, 1, 1, 9, USDC_LOT, "listed", 500))
+    assert book.balance(account, "USDC").spendable == 20_000_000  # its own; the credit is the treasury's
+    coord = coordinator(book, chain)
+
+    with pytest.raises(ReleaseRefused, match=r"only 20\.00 USDC of "):
+        coord.sign_release(address, "USDC", 20_000_001)
+    with pytest.raises(ReleaseRefused, match=r"only 46\.00 USDC of .* unsettled 4\.00 USDC"):
+        coord.sign_release(treasury_wallet, "USDC", 46_000_001)
+    assert coord.sign_release(address, "USDC", 20_000_000).amount == 20_000_000
+
+
 def test_second_wallet__its_deposit__not_spendable_by_the_account_the_vault_debits_the_first(
     book: Ledger, chain: FakeChain
 ) -> None:
