@@ -8,21 +8,29 @@ value."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from promptex import metering
-from promptex.buyerside.answers import bounds, check_counts, usage_of
+from promptex.buyerside.answers import AnswerRefused, bounds, check_counts, usage_of
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.gateway import fronts
 from promptex.gateway.adapters import COMPLETIONS, anthropic_usage_of
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import validate
-from promptex.metering import TokenUsage, load_catalog
+from promptex.gateway.service import LISTED, Gateway, Priced
+from promptex.metering import TokenUsage, load_catalog, produced
+from promptex.metering.produced import visible_bytes
 from promptex.protocol.units import USD_MICRO as USDC
 
 from .conftest import CATALOG, Fake, Harness
@@ -53,6 +61,10 @@ def test_within_bounds__the_excess_comes_off_the_priciest_parts() -> None:
         assert metering.usage_cost(rates, within) <= metering.upper_bound(rates, bound, 5, cache_writes=True)
     # An embedding has no output: none is charged.
     assert metering.within_bounds(rates, TokenUsage(5, 3), 10, 0) == TokenUsage(5, 0)
+    # Visible output (beyond the reasoning) at most what the answer's text holds; reasoning kept.
+    visible = metering.within_bounds(rates, usage, 1000, 900, 10)
+    assert visible == dataclasses.replace(usage, output_tokens=860)
+    assert metering.within_bounds(rates, usage, 1000, 900, 50) is usage
 
 
 def _ask(gw: Harness, key: str, endpoint: str, body: dict[str, Any]) -> tuple[httpx.Response, TokenUsage, int]:
@@ -181,6 +193,154 @@ def test_native_messages_stream__message_start_shows_the_input_within_its_bound(
     shown = anthropic_usage_of(start)
     assert shown is not None and shown.input_tokens < bound.input_bound, start
     assert (shown.cache_read_tokens, shown.cache_write_tokens) == (2, 0) and "input_tokens" not in delta
+
+
+@pytest.mark.parametrize("stream", [False])
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_output_inflated_within_max_tokens__visible_output_charged_within_the_answer_s_text(
+    gw: Harness, fake: Fake, api: str, stream: bool
+) -> None:
+    """gbreak6 O1: a one-word answer whose upstream reports 1,000 output tokens (max_tokens
+    1,000: within the limit) is charged, recorded, drawn from the lot and shown with its
+    visible output (beyond the reasoning) at the bytes of the answer as its client got it plus
+    the frame (`metering.produced`) — the bound the signing proxy checks, which it passes —
+    its reasoning kept (no one sees it). Before, an unsigned buyer paid the 1,000."""
+    if api == "openai":  # 100 of them reported as reasoning; its text one word ("alpha")
+        fake.config.output_tokens, fake.config.reasoning_tokens, fake.config.extra_output_tokens = 101, 100, 899
+        model, endpoints, reasoning = "fake-gpt", ("chat", "completions", "responses", "messages"), 100
+    else:
+        fake.config.output_tokens, fake.config.extra_output_tokens = 1, 999
+        model, endpoints, reasoning = "fake-claude", ("chat", "messages"), 0
+    lot = gw.add_lot(fake, **({"provider": "anthropic", "api": "anthropic"} if api == "anthropic" else {}))
+    account, key = gw.buyer()
+    rates = metering.list_rates(load_catalog(CATALOG).price(model))
+    spent = used = 0
+    for endpoint in endpoints:
+        limit = "max_output_tokens" if endpoint == "responses" else "max_tokens"
+        body: dict[str, Any] = {"model": model, limit: 1000}
+        body.update({"prompt": "hello world"} if endpoint == "completions" else
+                    {"input": "hello world"} if endpoint == "responses" else {"messages": HELLO})  # fmt: skip
+        if stream:
+            body.update(STREAM_USAGE if endpoint in ("chat", "completions") else {"stream": True})
+        response = httpx.post(gw.url + PATHS[endpoint], json=body, headers={"authorization": f"Bearer {key}"})
+        assert response.status_code == 200, response.text
+        if stream:
+            watch = StreamWatch()
+            watch.feed(response.content)
+            shown, cost, answer_bytes = watch.usage(endpoint), watch.cost, watch.produced(framed=True)
+        else:
+            answer = orjson.loads(response.content)
+            shown, cost = usage_of(endpoint, answer), int(response.headers["x-promptex-cost-units"])
+            answer_bytes = visible_bytes(endpoint, answer)
+            assert response.headers["x-promptex-usage-clamped"] == "output", endpoint
+        assert shown is not None and cost is not None and answer_bytes is not None, response.text
+        assert answer_bytes < 200 and shown.output_tokens == reasoning + answer_bytes, (endpoint, shown, answer_bytes)
+        assert shown.reasoning_tokens == reasoning
+        check_counts(bounds(endpoint, body), shown, answer_bytes)  # the signing proxy's check: it passes
+        assert cost == usdc_cost(model, shown), endpoint
+        request_id = response.headers["x-request-id"]
+        assert record_details(gw, request_id) == (shown.input_tokens, shown.output_tokens, 0, 0, 0, reasoning)
+        record = gw.ledger.usage_record(request_id)
+        assert record is not None and record.cost == cost
+        spent += cost
+        used += metering.usage_cost(rates, shown)
+    assert gw.ledger.balance(account, "USDC").posted == 10 * USDC - spent
+    assert gw.ledger.lot_capacities()[lot].used == used
+
+
+LIMIT = 300  # the output limit of the generated requests
+_TEXT = st.text(max_size=40)
+_REQUESTS: dict[str, dict[str, Any]] = {
+    "chat": {"messages": HELLO, "max_tokens": LIMIT},
+    "completions": {"prompt": "hello world", "max_tokens": LIMIT},
+    "messages": {"messages": HELLO, "max_tokens": LIMIT},
+    "responses": {"input": "hello world", "max_output_tokens": LIMIT},
+}
+
+
+@st.composite
+def _openai_answers(draw: st.DrawFn, endpoint: str, counts: tuple[int, int, int]) -> dict[str, Any]:
+    """A chat (or completions) answer of 1-3 choices: texts, tool calls, refusals."""
+    choices: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 3))):
+        if endpoint == "completions":
+            choices.append({"index": i, "text": draw(_TEXT), "finish_reason": "stop", "logprobs": None})
+            continue
+        message: dict[str, Any] = {"role": "assistant", "content": draw(st.none() | _TEXT)}
+        if draw(st.booleans()):
+            call = {"name": draw(_TEXT), "arguments": draw(_TEXT)}
+            message["tool_calls"] = [{"id": "call_" + draw(_TEXT), "type": "function", "function": call}]
+        if draw(st.booleans()):
+            message["refusal"] = draw(st.none() | _TEXT)
+        choices.append({"index": i, "message": message, "finish_reason": draw(st.sampled_from(["stop", "length"]))})
+    given_, out, reasoning = counts
+    usage = {
+        "prompt_tokens": given_,
+        "completion_tokens": out,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+    return {"id": "chatcmpl-1", "object": "chat.completion", "choices": choices, "usage": usage}
+
+
+@st.composite
+def _anthropic_answers(draw: st.DrawFn, counts: tuple[int, int, int]) -> dict[str, Any]:
+    """A Messages answer: text, tool use (its input a JSON value) and thinking blocks."""
+    blocks = st.one_of(
+        st.builds(lambda t: {"type": "text", "text": t}, _TEXT),
+        st.builds(
+            lambda i, n, v: {"type": "tool_use", "id": "toolu_" + i, "name": n, "input": {"v": v}},
+            _TEXT,
+            _TEXT,
+            st.lists(st.integers(-(10**9), 10**9), max_size=5),
+        ),
+        st.builds(lambda t: {"type": "thinking", "thinking": t, "signature": "sig"}, _TEXT),
+    )
+    given_, out, thinking = counts
+    usage = {"input_tokens": given_, "output_tokens": out, "output_tokens_details": {"thinking_tokens": thinking}}
+    return {"id": "msg_1", "type": "message", "role": "assistant", "content": draw(st.lists(blocks, max_size=3)),
+            "stop_reason": draw(st.sampled_from(["end_turn", "max_tokens"])), "usage": usage}  # fmt: skip
+
+
+@given(data=st.data())
+def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_checks(data: st.DataObject) -> None:
+    """Over generated answers on every API and lot API: what the gateway charges (and shows)
+    passes the signing proxy's check (`check_counts`, the answer's bytes as the proxy counts
+    them); an answer whose reported usage passes that check is charged as reported, one that
+    does not is clamped (`x-promptex-usage-clamped: output`), its reasoning kept. The
+    gateway's `Gateway.bounded` itself, on a `Priced` as `Gateway.price` makes it."""
+    endpoint, api = data.draw(st.sampled_from([(e, a) for e in _REQUESTS for a in ("openai", "anthropic")
+                                               if (e, a) != ("completions", "anthropic")]))  # fmt: skip
+    model = "fake-gpt" if api == "openai" else "fake-claude"
+    body = {"model": model, **_REQUESTS[endpoint]}
+    if endpoint == "chat" and data.draw(st.booleans()):
+        body["prediction"] = {"type": "content", "content": data.draw(_TEXT)}
+    _, input_bound, _ = fronts.validate(endpoint, body)
+    bound = bounds(endpoint, body)
+    out = data.draw(st.integers(0, LIMIT + 20))
+    counts = (data.draw(st.integers(bound.input_floor, input_bound)), out, data.draw(st.integers(0, out)))
+    upstream = data.draw(_anthropic_answers(counts) if api == "anthropic" else
+                         _openai_answers("completions" if endpoint == "completions" else "chat", counts))  # fmt: skip
+    adapter = fronts.adapter(endpoint, api, LIMIT, body)
+    adapter.call(endpoint, body, "http://upstream", "key")
+    rates = metering.list_rates(load_catalog(CATALOG).price(model))
+    priced = Priced(load_catalog(CATALOG).price(model), "USDC", LISTED, [], {}, 1, output=LIMIT,
+                    input_bound=input_bound, prediction_bytes=produced.prediction_bytes(endpoint, body))  # fmt: skip
+    gateway = SimpleNamespace(_list_rates=lambda _: rates)
+    lot = SimpleNamespace(id=1)
+    charge = functools.partial(Gateway.bounded, gateway, priced, "req", lot)  # type: ignore[arg-type]
+    content, charged = adapter.answer(endpoint, orjson.dumps(upstream), model, charge)
+    answer = orjson.loads(content)
+    shown, answer_bytes = usage_of(endpoint, answer), visible_bytes(endpoint, answer)
+    assert shown == charged and answer_bytes is not None
+    check_counts(bound, charged, answer_bytes)  # never refused
+    reported = usage_of("messages" if api == "anthropic" else "chat", upstream)  # as the upstream reported it
+    assert reported is not None and charged.reasoning_tokens == min(reported.reasoning_tokens, LIMIT)
+    try:
+        check_counts(bound, reported, answer_bytes)
+    except AnswerRefused:
+        assert charged.output_tokens < reported.output_tokens and priced.clamped == ("output",)
+    else:
+        assert charged == reported and priced.clamped == ()
 
 
 def test_stream_past_its_output_limit_then_cut_short__charged_the_limit(gw: Harness, fake: Fake) -> None:

@@ -21,6 +21,7 @@ import orjson
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import bad_request
 from promptex.metering import TokenUsage, anthropic_usage
+from promptex.metering.produced import visible_bytes
 
 ANTHROPIC_VERSION = "2023-06-01"
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
@@ -237,16 +238,19 @@ def within_marks(usage: TokenUsage, sent: Any) -> TokenUsage:
     return dataclasses.replace(usage, cache_write_tokens=writes, cache_write_1h_tokens=hour)
 
 
-Bound = Callable[[TokenUsage], TokenUsage]
+Bound = Callable[[TokenUsage, int | None], TokenUsage]
 """A request's bounds on what its answer may be charged (`Gateway.bounded`: the input its
-body can hold, the output limit sent): a usage reported beyond them, as charged."""
+body can hold, the output limit sent, and the visible output the answer's text can hold,
+given the UTF-8 bytes the answer as its client gets it produced: `produced.visible_bytes`,
+None for none countable): a usage reported beyond them, as charged."""
 
 
-def as_charged(reported: TokenUsage, sent: Any, bound: Bound | None) -> TokenUsage:
+def as_charged(reported: TokenUsage, sent: Any, bound: Bound | None, produced_bytes: int | None = None) -> TokenUsage:
     """An upstream's reported usage as charged: its cache writes within the marks of the
-    body `sent` (`within_marks`), then within the request's bounds (`bound`, if given)."""
+    body `sent` (`within_marks`), then within the request's bounds (`bound`, if given) for
+    an answer of `produced_bytes`."""
     usage = within_marks(reported, sent)
-    return usage if bound is None else bound(usage)
+    return usage if bound is None else bound(usage, produced_bytes)
 
 
 def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
@@ -539,7 +543,7 @@ class OpenAIAdapter:
 
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, openai_usage)
-        usage = as_charged(reported, self.sent, bound)
+        usage = as_charged(reported, self.sent, bound, None if bound is None else visible_bytes(endpoint, body))
         if usage == reported:
             return content, usage  # as sent (the common case: not parsed again)
         # Charged other than reported (writes beyond the marks, counts beyond the bounds):
@@ -765,17 +769,18 @@ class AnthropicAdapter:
 
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, anthropic_usage_of)
-        usage = as_charged(reported, self.sent, bound)
         text = _text(body.get("content"))
         finish = _FINISH.get(str(body.get("stop_reason")), "stop")
-        usage_body = openai_usage_json(usage)
         common = {"id": "chatcmpl-" + str(body.get("id", "")), "created": int(time.time()), "model": model}
         if endpoint == CHAT:
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            out = {**common, "object": "chat.completion", "choices": [choice], "usage": usage_body}
+            out = {**common, "object": "chat.completion", "choices": [choice]}
         else:
             choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-            out = {**common, "object": "text_completion", "choices": [choice], "usage": usage_body}
+            out = {**common, "object": "text_completion", "choices": [choice]}
+        # Bounded by what this answer shows (its text), not by the upstream's blocks.
+        usage = as_charged(reported, self.sent, bound, None if bound is None else visible_bytes(endpoint, out))
+        out["usage"] = openai_usage_json(usage)
         return orjson.dumps(out), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:

@@ -40,6 +40,7 @@ from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_REQUEST
 from promptex.metering import TokenUsage
+from promptex.metering.produced import visible_bytes
 
 MESSAGES = "messages"
 IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
@@ -355,7 +356,7 @@ class NativeAdapter:
 
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, anthropic_usage_of)
-        usage = as_charged(reported, self.sent, bound)
+        usage = as_charged(reported, self.sent, bound, None if bound is None else visible_bytes(MESSAGES, body))
         if usage == reported:
             return content, usage  # as sent
         # Charged other than reported: the answer shows what was charged.
@@ -478,8 +479,13 @@ class ToChatAdapter:
         return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
 
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
-        chat, usage = self.inner.answer(CHAT, content, model, bound)
-        return orjson.dumps(from_chat(orjson.loads(chat), usage, model)), usage
+        # Bounded by what the Messages answer shows (its text), not by the chat answer's parts.
+        chat, usage = self.inner.answer(CHAT, content, model)
+        out = from_chat(orjson.loads(chat), usage, model)
+        if bound is not None:
+            usage = bound(usage, visible_bytes(MESSAGES, out))
+            out["usage"] = usage_json(usage)
+        return orjson.dumps(out), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
         return FromChatStream(self.inner.translator(CHAT, model, True), model)

@@ -23,6 +23,7 @@ from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_MESSAGE, PER_REQUEST
 from promptex.gateway.requests import RESPONSES as RESPONSES  # named where the prompt floor reads it
 from promptex.metering import TokenUsage
+from promptex.metering.produced import visible_bytes
 
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 TEXT_PARTS = frozenset({"input_text", "output_text"})
@@ -276,8 +277,13 @@ class ToChatAdapter:
         return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
 
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
-        chat, usage = self.inner.answer(CHAT, content, model, bound)
-        return orjson.dumps(from_chat(self.body, orjson.loads(chat), usage, model)), usage
+        # Bounded by what the Response shows (its output items), not by the chat answer's parts.
+        chat, usage = self.inner.answer(CHAT, content, model)
+        out = from_chat(self.body, orjson.loads(chat), usage, model)
+        if bound is not None:
+            usage = bound(usage, visible_bytes(RESPONSES, out))
+            out["usage"] = usage_json(usage)
+        return orjson.dumps(out), usage
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
         return FromChatStream(self.inner.translator(CHAT, model, True), self.body, model)

@@ -93,7 +93,7 @@ from promptex.ledger.lanes import (
     VoucherUsed,
 )
 from promptex.ledger.usage import SIGNED
-from promptex.metering import TokenUsage
+from promptex.metering import TokenUsage, produced
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money
@@ -209,6 +209,7 @@ class Priced:
     lane_charged: int = 0  # signed mode: the lane's total charged before it
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
+    prediction_bytes: int = 0  # a chat request's predicted output's bytes (`produced.prediction_bytes`)
 
     def lane_state(self) -> dict[str, Any] | None:
         """Signed mode: its lane, the lane's total before it and its voucher, for a refusal
@@ -442,6 +443,7 @@ class Gateway:
             cache_writes=cache_writes,
             endpoint=endpoint,
             claims=[LotClaim(lot.id, bound) for lot in free],
+            prediction_bytes=produced.prediction_bytes(endpoint, body),
         )
         return priced, output
 
@@ -801,23 +803,34 @@ class Gateway:
             signed = SignedLane(voucher.lane, priced.lane_charged + charged, voucher.header())
         return self.charge(request_id, priced.asset, charged, lot, signed)
 
-    def bounded(self, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage) -> TokenUsage:
+    def bounded(
+        self, priced: Priced, request_id: str, lot: LiveLot, usage: TokenUsage, produced_bytes: int | None = None
+    ) -> TokenUsage:
         """`usage` as the request can have used it (`metering.within_bounds`): input at most
         its body's bound (`priced.input_bound`, cache reads and writes inside it), output at
-        most the limit sent upstream (`priced.output`; an embedding's none) — the bounds the
-        hold priced and the signing proxy checks an answer against (`buyerside.answers`).
-        An upstream's usage beyond them is logged (the lot, the counts) and noted on
-        `priced.clamped` (`x-promptex-usage-clamped` on a plain answer)."""
-        within = metering.within_bounds(self._list_rates(priced.price.model), usage, priced.input_bound, priced.output)
+        most the limit sent upstream (`priced.output`; an embedding's none), and visible
+        output (beyond the reasoning) at most what its answer's text can hold: the
+        `produced_bytes` of the answer as its client gets it (`produced.visible_bytes`, a
+        stream's as its translator passed them on) and the request's prediction's bytes —
+        the bounds the hold priced and the signing proxy checks an answer against
+        (`buyerside.answers`), so an answer charged here is never one the proxy refuses.
+        Before, an upstream reporting 1,000 output tokens for "Sunny." (max_tokens 1,000)
+        was charged 1,000 to a buyer not behind the proxy. An upstream's usage beyond them
+        is logged (the lot, the counts) and noted on `priced.clamped`
+        (`x-promptex-usage-clamped` on a plain answer)."""
+        visible = None if produced_bytes is None else produced.visible_limit(produced_bytes, priced.prediction_bytes)
+        rates = self._list_rates(priced.price.model)
+        within = metering.within_bounds(rates, usage, priced.input_bound, priced.output, visible)
         if within is usage:
             return usage
         sides = ("input",) * (within.input_tokens < usage.input_tokens)
         sides += ("output",) * (within.output_tokens < usage.output_tokens)
         priced.clamped = tuple(dict.fromkeys((*priced.clamped, *sides)))
         log.warning(
-            "request %s: lot %d reported %d input and %d output tokens, beyond the request's bounds "
-            "(%d input, %d output): charged at the bounds",
-            request_id, lot.id, usage.input_tokens, usage.output_tokens, priced.input_bound, priced.output,
+            "request %s: lot %d reported %d input and %d output tokens (%d of them reasoning), beyond the request's "
+            "bounds (%d input, %d output, %s visible output for its answer's text): charged at the bounds",
+            request_id, lot.id, usage.input_tokens, usage.output_tokens, usage.reasoning_tokens, priced.input_bound,
+            priced.output, "no bound on" if visible is None else visible,
         )  # fmt: skip
         return within
 

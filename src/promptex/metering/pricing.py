@@ -152,16 +152,23 @@ def upper_bound(rates: Rates, input_tokens: int, output_tokens: int, *, cache_wr
     return -(-(input_rate * input_tokens + o * output_tokens) // (denominator * TOKENS_PER_RATE))
 
 
-def within_bounds(rates: Rates, usage: TokenUsage, input_tokens: int, output_tokens: int) -> TokenUsage:
+def within_bounds(
+    rates: Rates, usage: TokenUsage, input_tokens: int, output_tokens: int, visible_tokens: int | None = None
+) -> TokenUsage:
     """`usage` as a request bounded by `input_tokens` in (its body's bound, cache reads and
     writes included) and `output_tokens` out (the output limit sent upstream; 0: an
     embedding, which has none) can have used it: what an upstream reports beyond a bound
     (a seller's own endpoint may report anything) is not charged. Output beyond its limit
-    becomes the limit, reasoning within it. Input beyond its bound becomes the bound, its
-    parts kept within what was reported and filled from the cheapest (at `rates`: any
-    rates of the model, as every rate scales alike) — the reported excess comes off the
-    priciest parts, never moved onto a pricier one. Within its bounds, `usage` itself."""
+    becomes the limit, reasoning within it; with `visible_tokens` (what its answer's text can
+    hold: `produced.visible_limit`), visible output (beyond the reasoning) beyond them
+    becomes them, the reasoning kept (no one sees it). Input beyond its bound becomes the
+    bound, its parts kept within what was reported and filled from the cheapest (at
+    `rates`: any rates of the model, as every rate scales alike) — the reported excess
+    comes off the priciest parts, never moved onto a pricier one. Within its bounds,
+    `usage` itself."""
     out = min(usage.output_tokens, output_tokens)
+    if visible_tokens is not None:
+        out = min(out, min(usage.reasoning_tokens, out) + visible_tokens)
     if usage.input_tokens <= input_tokens and out == usage.output_tokens:
         return usage
     parts = {
