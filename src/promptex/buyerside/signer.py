@@ -248,7 +248,7 @@ class Signer:
 
     def _shown(self, units: int) -> str:
         """An amount of the session's asset in a message a person reads (a refusal, why
-        signing stopped): whole units, the exact smallest units beside them."""
+        signing stopped): whole units, every digit (`money_exact`)."""
         return money_exact(units, self.session.asset_symbol)
 
     def stop(self, reason: str, lane: int | None = None) -> None:

@@ -138,7 +138,11 @@ def money(
 
 
 def money_exact(amount: int, symbol: str) -> str:
-    """An amount a person reads where the exact figure matters (a check comparing charges,
-    why signing stopped): "0.000123 USDC (123 units)", "12.35 USDC (12,345,678 units)" — the
-    whole units to read, the smallest units to compare."""
-    return f"{money(amount, symbol)} ({amount:,} units)"
+    """An amount a person reads where every unit matters (a check comparing a charge with
+    its rate, why signing stopped): whole units with every digit, never rounded —
+    "0.017712 USDC", "12,345.678901 USDC", "20.00 USDC" (`money` would show 0.01771 and
+    12,345.68: an overcharge of one unit would read as no difference)."""
+    symbol = symbol.upper()
+    head, _, tail = whole_units(amount, decimals_of(symbol)).partition(".")
+    sign, head = ("-", head[1:]) if head.startswith("-") else ("", head)
+    return f"{sign}{int(head):,}.{tail.ljust(display_decimals(symbol), '0')} {symbol}"
