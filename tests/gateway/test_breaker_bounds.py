@@ -11,11 +11,11 @@ import pytest
 
 from promptex import metering
 from promptex.buyerside.answers import MESSAGES, bounds, check_cost, usage_of
-from promptex.gateway.adapters import COMPLETIONS, may_write_cache
+from promptex.gateway.adapters import COMPLETIONS, EMBEDDINGS, OpenAIAdapter, may_write_cache
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import validate
 from promptex.ledger.models import HoldStatus
-from promptex.metering import load_catalog
+from promptex.metering import TokenUsage, load_catalog
 
 from .conftest import CATALOG, Fake, Harness
 from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
@@ -117,3 +117,24 @@ def test_completions_echo__refused_before_any_hold() -> None:
         assert refused.value.status == 400 and refused.value.param == "echo"
     with pytest.raises(ValueError, match="echo"):
         bounds(COMPLETIONS, {**body, "echo": True})
+
+
+def test_embedding_answer_reporting_reasoning__shows_the_usage_charged() -> None:
+    """An embedding is charged no output (`metering.within_bounds`): an upstream reporting
+    completion and reasoning tokens for one was charged its input only, but the answer kept
+    the reported `reasoning_tokens` beside the 0 completion tokens shown — a usage the buyer's
+    side cannot read (reasoning beyond the output), so the charge could not be checked."""
+    body = {"model": "fake-gpt", "input": "hello world"}
+    adapter = OpenAIAdapter()
+    adapter.call(EMBEDDINGS, body, "http://127.0.0.1:9/v1", "sk-fake")
+    usage = {"prompt_tokens": 5, "completion_tokens": 50, "total_tokens": 55,
+             "completion_tokens_details": {"reasoning_tokens": 5, "rejected_prediction_tokens": 0}}  # fmt: skip
+    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "usage": usage}
+    rates = metering.list_rates(load_catalog(CATALOG).price("fake-gpt"))
+
+    def bound(reported: TokenUsage, *_: object) -> TokenUsage:
+        return metering.within_bounds(rates, reported, 14, 0)
+
+    content, charged = adapter.answer(EMBEDDINGS, orjson.dumps(answer), "fake-gpt", bound)
+    assert charged == TokenUsage(5, 0)
+    assert usage_of(EMBEDDINGS, orjson.loads(content)) == charged

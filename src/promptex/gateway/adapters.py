@@ -276,15 +276,18 @@ def openai_usage_json(usage: TokenUsage) -> dict[str, Any]:
 
 
 _PROMPT_CACHE_FIELDS = ("cached_tokens", "cache_creation_tokens", "cache_creation_token_details")
+_REASONING = ("reasoning_tokens",)
 
 
 def shown_openai_usage(reported: dict[str, Any], usage: TokenUsage) -> dict[str, Any]:
     """An upstream's OpenAI `usage` object showing `usage` (what was charged) instead: its
     counts and its cache's fields as charged (a cache write it reported and was not charged
-    for no longer shows), its other fields (e.g. audio or prediction tokens) kept."""
+    for no longer shows), its reasoning as charged (an embedding's reported reasoning stayed
+    beside the 0 output charged: a usage no one can read), its other fields (e.g. audio or
+    prediction tokens) kept."""
     fresh = openai_usage_json(usage)
     shown = {**reported, **fresh}
-    for name, replaced in (("prompt_tokens_details", _PROMPT_CACHE_FIELDS), ("completion_tokens_details", ())):
+    for name, replaced in (("prompt_tokens_details", _PROMPT_CACHE_FIELDS), ("completion_tokens_details", _REASONING)):
         details = reported.get(name)
         if isinstance(details, dict):
             kept = {k: v for k, v in details.items() if k not in replaced}
