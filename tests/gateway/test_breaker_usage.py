@@ -12,13 +12,14 @@ import orjson
 import pytest
 
 from promptex.buyerside.answers import MESSAGES, AnswerRefused, bounds, check_counts
+from promptex.buyerside.opening import open_signer
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.gateway.adapters import CHAT, AnthropicAdapter, cache_marks, openai_usage, within_marks
 from promptex.gateway.requests import CHAT_IMAGE_TOKENS, validate
-from promptex.metering import TokenUsage, load_catalog
+from promptex.metering import TokenUsage, load_catalog, parse_catalog
 
 from .conftest import CATALOG, Fake, Harness
-from .test_signed_proxy import LANES, _session, _signer
+from .test_signed_proxy import LANES, _session
 from .test_signed_shapes import Canned, _chat, _usage, canned  # noqa: F401 (the fixture)
 from .test_token_accounting import usdc_cost
 
@@ -231,7 +232,7 @@ def test_chat_image_to_a_model_with_multiplied_image_tokens__held_and_bounded_at
     charged at the bound (the seller unpaid for ~21,500 tokens). The catalog's allowance for
     the model (fake-gpt-mini lists gpt-4o-mini's: 48,169, 2,833 at "detail": "low") is now
     what the gateway holds and bounds for, and what the signing proxy checks (the same
-    function, with its copy of the catalog): charged in full, signing goes on."""
+    function, with the allowance the gateway advertises): charged in full, signing goes on."""
     answers, fake = canned
     gw.add_lot(fake)
     catalog = load_catalog(CATALOG)
@@ -249,8 +250,17 @@ def test_chat_image_to_a_model_with_multiplied_image_tokens__held_and_bounded_at
         other = asking(detail, "fake-gpt")  # a model without its own: the default, at any detail
         assert validate(CHAT, other, catalog)[1] == validate(CHAT, other)[1]
 
+    # The signing proxy holds and bounds by what the gateway advertises (/v1/models), even with
+    # a local catalog that lists no allowance for the model (noted when the signer opens).
+    models = httpx.get(gw.url + "/v1/models", headers={"authorization": f"Bearer {gw.buyer()[1]}"}).json()["data"]
+    assert {m["id"]: m.get("image_tokens") for m in models}["fake-gpt-mini"] == {"high": 48_169, "low": 2_833}
+    assert all("image_tokens" not in m for m in models if m["id"] != "fake-gpt-mini")
+    own = parse_catalog("\n".join(line for line in CATALOG.read_text().splitlines() if "image_tokens" not in line))
     grant, account, api_key = _session(gw, tmp_path)
-    signer = _signer(gw, grant, api_key, tmp_path)
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {api_key}"}) as plain:
+        opened = open_signer(grant, plain, tmp_path, catalog=own)
+    signer = opened.signer
+    assert any("fake-gpt-mini image for 48169 tokens" in note for note in opened.notes), opened.notes
     client = httpx.Client(base_url=gw.url, transport=PromptexSigningTransport(signer),
                           headers={"authorization": f"Bearer {api_key}"})  # fmt: skip
     for detail, reported in ((None, 25_520), ("low", 2_845)):  # a 1024 x 1024 image and the words

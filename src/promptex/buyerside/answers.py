@@ -75,10 +75,10 @@ class Bounds:
     prediction_bytes: int = 0
 
 
-def bounds(endpoint: str, body: dict[str, Any], catalog: metering.Catalog | None = None) -> Bounds:
+def bounds(endpoint: str, body: dict[str, Any], allowances: metering.ImageAllowances | None = None) -> Bounds:
     """A request's token bounds (raises ValueError for a body the gateway would refuse): the
-    gateway's own, a chat request's images held at `catalog`'s allowance for the model (the
-    proxy's copy of the gateway's catalog, `RateBook.catalog`)."""
+    gateway's own, a chat request's images held at the model's image allowance (what the
+    gateway advertises, `RateBook.image_tokens`; None: the default)."""
     try:
         if endpoint == RESPONSES:  # OpenAI's Responses API: instructions and input items
             model, bound, limit = validate_responses(body)
@@ -87,7 +87,7 @@ def bounds(endpoint: str, body: dict[str, Any], catalog: metering.Catalog | None
             model, bound, limit = validate_messages(body)
             floor = prompt_floor(CHAT, body)
         else:
-            model, bound, limit = validate(endpoint, body, catalog)
+            model, bound, limit = validate(endpoint, body, allowances)
             floor = prompt_floor(endpoint, body)
     except GatewayError as exc:
         raise ValueError(exc.message) from None
@@ -167,17 +167,47 @@ def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> Non
 class RateBook:
     """The rates this side expects per (model, asset): the gateway's advertised ones
     (`/v1/models` pricing), exact when they have at most 12 decimals per million tokens; and
-    the local catalog, whose per-model image allowances bound a request's input as the
-    gateway's do (`bounds`)."""
+    the image allowance per model a chat request's input is bounded by (`image_tokens`), as
+    the gateway advertises it (else the local catalog's)."""
 
     def __init__(
-        self, rates: dict[tuple[str, str], metering.Rates] | None = None, catalog: metering.Catalog | None = None
+        self,
+        rates: dict[tuple[str, str], metering.Rates] | None = None,
+        catalog: metering.Catalog | None = None,
+        images: dict[str, metering.ImageTokens] | None = None,
+        listed: frozenset[str] = frozenset(),
     ) -> None:
         self.rates = dict(rates or {})
         self.catalog = catalog
+        self.images = dict(images or {})  # advertised by the gateway (`/v1/models` "image_tokens")
+        self.listed = listed  # the models the gateway listed (those it advertised none for: the default)
 
     def get(self, model: str, asset: str) -> metering.Rates | None:
         return self.rates.get((model, asset.upper()))
+
+    def image_tokens(self, model: str, default: int) -> metering.ImageTokens:
+        """What the gateway holds one chat image part to `model` for: its advertised allowance
+        (the hold and the input bound must be the gateway's: a lower one here refused its
+        honest answers, a higher one held more than it would charge), else the local
+        catalog's for a model it did not list, else `default`."""
+        if model in self.images:
+            return self.images[model]
+        if self.catalog is not None and model not in self.listed:
+            return self.catalog.image_tokens(model, default)
+        return metering.ImageTokens(default, default)
+
+    def image_disagreements(self, default: int) -> list[str]:
+        """The models whose image allowance the gateway advertises other than the local
+        catalog lists (the gateway's is used)."""
+        if self.catalog is None:
+            return []
+        own = {p.model for p in self.catalog if p.image_tokens is not None or p.image_tokens_low is not None}
+        return [
+            f"the gateway holds a {model} image for {gateway.high} tokens ({gateway.low} at low detail), the local "
+            f"catalog {local.high} ({local.low}): the gateway's are used"
+            for model in sorted((own & self.listed) | set(self.images))
+            if (gateway := self.image_tokens(model, default)) != (local := self.catalog.image_tokens(model, default))
+        ]
 
     @classmethod
     def from_models(cls, body: Any, catalog: metering.Catalog | None = None) -> RateBook:
@@ -186,7 +216,14 @@ class RateBook:
         local `catalog`, its cache rates follow at the same factor over list price (the
         pricing rule scales every rate alike), so cached prompts are checked exactly too."""
         book: dict[tuple[str, str], metering.Rates] = {}
+        images: dict[str, metering.ImageTokens] = {}
+        ids: set[str] = set()
         for model in body.get("data", []) if isinstance(body, dict) else []:
+            if isinstance(model, dict) and isinstance(model.get("id"), str):
+                ids.add(model["id"])
+                advertised = _image_tokens(model.get("image_tokens"))
+                if advertised is not None:
+                    images[model["id"]] = advertised
             for symbol, price in (model.get("pricing") or {}).items():
                 try:
                     unit = metering.asset(symbol).unit
@@ -205,4 +242,14 @@ class RateBook:
                         if scaled.output_per_1k == per_1k[1]:
                             rates = scaled
                 book[(model["id"], symbol.upper())] = rates
-        return cls(book, catalog)
+        return cls(book, catalog, images, frozenset(ids))
+
+
+def _image_tokens(given: Any) -> metering.ImageTokens | None:
+    """An advertised image allowance ({"high", "low"}: positive integers, low <= high), else None."""
+    if not isinstance(given, dict):
+        return None
+    high, low = given.get("high"), given.get("low")
+    if type(high) is not int or type(low) is not int or not 0 < low <= high:
+        return None
+    return metering.ImageTokens(high, low)

@@ -16,6 +16,7 @@ from promptex.buyerside.sessions import SessionGrant
 from promptex.buyerside.signer import Signer
 from promptex.buyerside.voucherlog import VoucherLog
 from promptex.buyerside.wire import ASSET_HEADER, LANES_PATH, WireError, lane_reports
+from promptex.gateway.requests import CHAT_IMAGE_TOKENS
 
 
 @dataclass
@@ -53,6 +54,7 @@ def open_signer(
     answer = client.get("/v1/models", headers={ASSET_HEADER: grant.asset_symbol})
     answer.raise_for_status()
     rates = RateBook.from_models(answer.json(), catalog)
+    notes.extend(rates.image_disagreements(CHAT_IMAGE_TOKENS))
     reports = None
     try:
         lanes = client.get(LANES_PATH, params={"asset": grant.asset_symbol})

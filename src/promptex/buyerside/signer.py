@@ -274,7 +274,7 @@ class Signer:
 
     def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
         try:
-            bound = answers.bounds(endpoint, body, self.rates.catalog)
+            bound = answers.bounds(endpoint, body, self.rates)
         except ValueError as exc:
             raise Refused(400, "invalid_request", str(exc)) from None
         rates = self.rates.get(bound.model, self.session.asset_symbol)

@@ -20,19 +20,21 @@ from promptex.gateway.messages import MESSAGES
 from promptex.gateway.requests import validate as validate_openai
 from promptex.gateway.requests import with_output_limit
 from promptex.gateway.responses import RESPONSES
-from promptex.metering import Catalog
+from promptex.metering import ImageAllowances
 
 API_ROUTES = {"/v1/messages": MESSAGES, "/v1/responses": RESPONSES}
 
 
-def validate(endpoint: str, body: dict[str, Any], catalog: Catalog | None = None) -> tuple[str, int, int | None]:
+def validate(
+    endpoint: str, body: dict[str, Any], allowances: ImageAllowances | None = None
+) -> tuple[str, int, int | None]:
     """(model, an upper bound on the input tokens, the requested output limit or None); a
-    chat request's images bounded by `catalog`'s allowance for the model."""
+    chat request's images bounded by the model's image allowance (the catalog's)."""
     if endpoint == MESSAGES:
         return messages.validate_messages(body)
     if endpoint == RESPONSES:
         return responses.validate_responses(body)
-    return validate_openai(endpoint, body, catalog)
+    return validate_openai(endpoint, body, allowances)
 
 
 def check(endpoint: str, body: dict[str, Any], api: str) -> None:

@@ -8,7 +8,7 @@ import orjson
 
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError, bad_request
-from promptex.metering import Catalog, ImageTokens
+from promptex.metering import ImageAllowances, ImageTokens
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RESPONSES = "responses"  # OpenAI's Responses API (`gateway.responses`), served as chat messages
@@ -108,18 +108,20 @@ def _text_bytes(content: Any, param: str, images: ImageTokens) -> int:
     raise bad_request(f"Invalid '{param}': expected a string or an array of content parts.", param=param)
 
 
-def image_tokens(catalog: Catalog | None, model: str) -> ImageTokens:
-    """What a chat image part to `model` is held for: the catalog's allowance for it, else
-    CHAT_IMAGE_TOKENS (at any detail)."""
-    if catalog is None:
+def image_tokens(allowances: ImageAllowances | None, model: str) -> ImageTokens:
+    """What a chat image part to `model` is held for: the allowance listed for it (the
+    catalog's), else CHAT_IMAGE_TOKENS (at any detail)."""
+    if allowances is None:
         return ImageTokens(CHAT_IMAGE_TOKENS, CHAT_IMAGE_TOKENS)
-    return catalog.image_tokens(model, CHAT_IMAGE_TOKENS)
+    return allowances.image_tokens(model, CHAT_IMAGE_TOKENS)
 
 
-def validate(endpoint: str, body: dict[str, Any], catalog: Catalog | None = None) -> tuple[str, int, int | None]:
+def validate(
+    endpoint: str, body: dict[str, Any], allowances: ImageAllowances | None = None
+) -> tuple[str, int, int | None]:
     """(model, an upper bound on the input tokens, the requested max output tokens or None);
-    a chat request's image parts are bounded by `catalog`'s allowance for the model (the
-    gateway's catalog, and the signing proxy's copy of it: `image_tokens`)."""
+    a chat request's image parts are bounded by the model's image allowance (`image_tokens`:
+    the gateway's catalog, or what the signing proxy read of it from /v1/models)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("You must provide a model parameter.", param="model")
@@ -179,7 +181,7 @@ def validate(endpoint: str, body: dict[str, Any], catalog: Catalog | None = None
             raise bad_request("Invalid 'messages': expected a non-empty array.", param="messages")
         fields = {name: body[name] for name in PROMPT_FIELDS if body.get(name) is not None}
         total = PER_REQUEST + (len(orjson.dumps(fields)) + PROMPT_FIELDS_FRAME if fields else 0)
-        images = image_tokens(catalog, model)
+        images = image_tokens(allowances, model)
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str) or role not in ROLES:

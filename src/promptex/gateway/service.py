@@ -56,7 +56,7 @@ from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
 from promptex.gateway.messages import MESSAGES, NativeStream
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
-from promptex.gateway.requests import parse_body, prompt_floor
+from promptex.gateway.requests import CHAT_IMAGE_TOKENS, parse_body, prompt_floor
 from promptex.gateway.responses import RESPONSES
 from promptex.gateway.routing import LISTED, TOKENIZED, LiveLot, LotRegistry
 from promptex.gateway.store import ApiKey, GatewayStore
@@ -1249,19 +1249,23 @@ class Gateway:
                     if twap is not None:
                         converted = metering.usdc_to_token_rates(usdc, other.symbol, twap.usdc_per_token)
                         pricing[other.symbol] = _per_million(converted, 18)
-            data.append(
-                {
-                    "id": price.model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": price.provider,
-                    "pricing": pricing,
-                    "capacity": {
-                        TOKENIZED: bool(self.registry.candidates(price.provider, TOKENIZED)),
-                        LISTED: bool(listed),
-                    },
-                }
-            )
+            entry: dict[str, Any] = {
+                "id": price.model,
+                "object": "model",
+                "created": 0,
+                "owned_by": price.provider,
+                "pricing": pricing,
+                "capacity": {
+                    TOKENIZED: bool(self.registry.candidates(price.provider, TOKENIZED)),
+                    LISTED: bool(listed),
+                },
+            }
+            if price.image_tokens is not None or price.image_tokens_low is not None:
+                # A chat image part is held for this (`requests.image_tokens`), and the signing
+                # proxy bounds an answer by what it reads here.
+                images = self.catalog.image_tokens(price.model, CHAT_IMAGE_TOKENS)
+                entry["image_tokens"] = {"high": images.high, "low": images.low}
+            data.append(entry)
         return orjson.dumps({"object": "list", "data": data})
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_CATALOG = "catalog.toml"
 
@@ -52,6 +52,13 @@ class ImageTokens:
     def of(self, detail: Any) -> int:
         """An image part's allowance for the `detail` it names (only "low" is below `high`)."""
         return self.low if detail == "low" else self.high
+
+
+class ImageAllowances(Protocol):
+    """Where a request's image allowance per model is read: the catalog (`Catalog`), or the
+    signing proxy's book of what the gateway advertises (`buyerside.answers.RateBook`)."""
+
+    def image_tokens(self, model: str, default: int) -> ImageTokens: ...
 
 
 @dataclass(frozen=True)
