@@ -335,6 +335,7 @@ def test_recover__gateway_chain_and_log__exact_where_verified_bounded_elsewhere(
     )
     report["data"][2]["voucher"] = {"ceiling": str(10**9), "sig": "0x" + forged.hex()}
     report["data"][1]["in_flight"] = True
+    report["data"][0]["charged_units"] = str(gateway.book[0].charged + 1)  # one unit above its last answer
     log = VoucherLog(tmp_path / "v.log", IDENTITY)
     chain = ChainSession(IDENTITY.key, 1, 3, 10**12, 0, (0, 0, 0))
     got = recover(IDENTITY, chain, lane_reports(report), log)
@@ -345,6 +346,13 @@ def test_recover__gateway_chain_and_log__exact_where_verified_bounded_elsewhere(
     assert lanes[1].exact and lanes[1].charged == log.charged(1, 1) == gateway.book[1].charged
     assert lanes[2].exact and lanes[2].charged == log.charged(1, 2)  # the forged voucher was not believed
     assert any("not signed by this session key" in note for note in got.notes)
+    # The notes `promptex proxy` prints name amounts in whole units (before: "says 6020 charged, its last
+    # answer 6019", smallest units alone).
+    (told,) = [note for note in got.notes if note.startswith("lane 0: the gateway says")]
+    said, last = (Decimal(figure) for figure in re.findall(r"([\d.]+) USDC", told))
+    units = gateway.book[0].charged
+    assert (said, last) == (Decimal(units + 1).scaleb(-6), Decimal(units).scaleb(-6))
+    assert_human("\n".join(got.notes), "the recovery's notes")
     # Without the gateway: the log's last told totals; a lane the chain settled beyond that
     # at most its highest ceiling (the log's or the chain's).
     alone = recover(IDENTITY, ChainSession(IDENTITY.key, 1, 3, 10**12, 0, (0, 0, 10**6)), None, log)

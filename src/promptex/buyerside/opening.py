@@ -73,6 +73,6 @@ def open_signer(
         )
     identity = grant.identity()
     voucher_log = VoucherLog(log_path(log_folder, grant), identity)
-    recovered = recover(identity, chain, reports, voucher_log)
+    recovered = recover(identity, chain, reports, voucher_log, asset_symbol=grant.asset_symbol)
     signer = Signer(grant.signing_session(), recovered.book, voucher_log, rates, **options)
     return Opened(signer, notes + recovered.notes)

@@ -24,6 +24,7 @@ from promptex.buyerside.lanes import LaneBook
 from promptex.buyerside.signer import voucher_signer
 from promptex.buyerside.voucherlog import Identity, VoucherLog
 from promptex.buyerside.wire import LaneReport
+from promptex.protocol.units import money_exact
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,19 @@ class Recovered:
 
 
 def recover(
-    identity: Identity, chain: ChainSession, reports: list[LaneReport] | None, voucher_log: VoucherLog
+    identity: Identity,
+    chain: ChainSession,
+    reports: list[LaneReport] | None,
+    voucher_log: VoucherLog,
+    *,
+    asset_symbol: str = "USDC",
 ) -> Recovered:
-    """The lane book of the chain's current session (see the module's rule)."""
+    """The lane book of the chain's current session (see the module's rule); its notes, which
+    `promptex proxy` prints, name amounts in `asset_symbol`'s whole units (every digit)."""
+
+    def shown(units: int) -> str:
+        return money_exact(units, asset_symbol)
+
     if chain.key.lower() != identity.key.lower():
         raise ValueError(f"the vault's session key for this account is {chain.key}, not {identity.key}")
     book = LaneBook(chain.session, chain.lanes, chain.maximum)
@@ -58,15 +69,17 @@ def recover(
             out.notes.append(f"ignored the gateway's report of session {report.session} lane {report.lane}")
         elif report.voucher is None:
             if report.charged:
-                out.notes.append(f"lane {report.lane}: the gateway says {report.charged} charged, with no voucher")
+                out.notes.append(
+                    f"lane {report.lane}: the gateway says {shown(report.charged)} charged, with no voucher"
+                )
         elif report.voucher.session != chain.session or report.voucher.lane != report.lane:
             out.notes.append(f"lane {report.lane}: the gateway's voucher is for another session or lane")
         elif voucher_signer(identity, report.voucher) != identity.key.lower():
             out.notes.append(f"lane {report.lane}: the gateway's voucher is not signed by this session key")
         elif report.charged > report.voucher.ceiling:
             out.notes.append(
-                f"lane {report.lane}: the gateway says {report.charged} charged, "
-                f"above its voucher's {report.voucher.ceiling}"
+                f"lane {report.lane}: the gateway says {shown(report.charged)} charged, "
+                f"above its voucher's {shown(report.voucher.ceiling)}"
             )
         else:
             by_lane[report.lane] = report
@@ -93,7 +106,9 @@ def recover(
         found = by_lane.get(lane.index)
         reported = found.voucher.ceiling if found is not None and found.voucher is not None else 0
         if reported > logged:
-            out.notes.append(f"lane {lane.index}: the gateway holds a voucher for {reported}, above the log's {logged}")
+            out.notes.append(
+                f"lane {lane.index}: the gateway holds a voucher for {shown(reported)}, above the log's {shown(logged)}"
+            )
         lane.signed = max(logged, reported, settled)
         lane.live = lane.signed  # which of the logged vouchers were refused is not known
         told = voucher_log.charged(chain.session, lane.index)
@@ -101,7 +116,9 @@ def recover(
             # Every voucher in the log was answered, the last telling the total: that figure,
             # whatever the gateway says now (else it could inflate each lane on every restart).
             if found is not None and found.charged != told:
-                out.notes.append(f"lane {lane.index}: the gateway says {found.charged} charged, its last answer {told}")
+                out.notes.append(
+                    f"lane {lane.index}: the gateway says {shown(found.charged)} charged, its last answer {shown(told)}"
+                )
             lane.charged, lane.exact, lane.floor = told, True, told
             continue
         unanswered = voucher_log.unanswered(chain.session, lane.index)
