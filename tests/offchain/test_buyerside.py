@@ -27,13 +27,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from human_units import assert_human
-from promptex.buyerside.answers import ENDPOINTS, RateBook
+from promptex.buyerside.answers import ENDPOINTS, RateBook, bounds
 from promptex.buyerside.lanes import LaneBook, NoFreeLane
 from promptex.buyerside.recovery import ChainSession, recover
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.buyerside.voucherlog import Identity, VoucherLog, VoucherLogError
 from promptex.buyerside.wire import Voucher, WireError, lane_reports, parse_voucher
+from promptex.gateway.adapters import CHAT
+from promptex.metering import ImageTokens, parse_catalog
 from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
 from promptex.protocol.vault import sign_voucher
 
@@ -430,6 +432,38 @@ def test_rate_book__models_pricing__exact_rates() -> None:
     )
     assert book.get(MODEL, "usdc") == RATES
     assert book.get(MODEL, "CLD") is None and SESSION_KEY
+
+
+def test_rate_book__advertised_image_allowance__the_gateway_s_used_malformed_ignored() -> None:
+    """The proxy bounds a chat image part by the allowance the gateway advertises (/v1/models
+    "image_tokens"): a model listed without one is held at the default even when the local
+    catalog lists one (the gateway holds the default), a local catalog that differs is noted,
+    and an advertised allowance that is not positive integers with low <= high is ignored."""
+    pricing = {"USDC": {"input_per_million": "3", "output_per_million": "6"}}
+    local = parse_catalog(
+        '[models.a]\nprovider = "openai"\ninput_usd_micro_per_1k = 3\noutput_usd_micro_per_1k = 6\n'
+        "image_tokens = 9000\n"
+        '[models.z]\nprovider = "openai"\ninput_usd_micro_per_1k = 3\noutput_usd_micro_per_1k = 6\n'
+        "image_tokens = 7000\n"
+    )
+    given = [{"high": 48_169, "low": 2_833}, {"high": 10, "low": 11}, {"high": "9", "low": 1}, {"high": 0, "low": 0}]
+    data = [{"id": "a", "pricing": pricing}] + [
+        {"id": f"m{i}", "pricing": pricing, "image_tokens": images} for i, images in enumerate(given)
+    ]
+    book = RateBook.from_models({"data": data}, local)
+    assert book.image_tokens("m0", 4_000) == ImageTokens(48_169, 2_833)
+    assert [book.image_tokens(f"m{i}", 4_000) for i in (1, 2, 3)] == [ImageTokens(4_000, 4_000)] * 3
+    assert book.image_tokens("a", 4_000) == ImageTokens(4_000, 4_000)  # listed, none advertised: the default
+    assert book.image_tokens("z", 4_000) == ImageTokens(7_000, 7_000)  # not listed: the local catalog's
+    assert book.image_disagreements(4_000) == [
+        "the gateway holds a a image for 4000 tokens (4000 at low detail), the local catalog 9000 (9000): "
+        "the gateway's are used",
+        "the gateway holds a m0 image for 48169 tokens (2833 at low detail), the local catalog 4000 (4000): "
+        "the gateway's are used",
+    ]
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}
+    body = {"model": "m0", "messages": [{"role": "user", "content": [image]}]}
+    assert bounds(CHAT, body, book).input_bound == bounds(CHAT, body).input_bound - 4_000 + 2_833
 
 
 def test_transport__smaller_hold_after_a_larger__signed_above_the_last_ceiling(tmp_path: Path) -> None:
