@@ -10,12 +10,14 @@ import orjson
 import pytest
 
 from promptex import metering
-from promptex.buyerside.answers import MESSAGES, bounds, check_cost, usage_of
+from promptex.buyerside.answers import MESSAGES, bounds, check_cost, check_counts, usage_of
+from promptex.buyerside.signer import StreamWatch
 from promptex.gateway.adapters import COMPLETIONS, EMBEDDINGS, OpenAIAdapter, may_write_cache
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import validate
 from promptex.ledger.models import HoldStatus
 from promptex.metering import TokenUsage, load_catalog
+from promptex.metering.produced import visible_bytes
 
 from .conftest import CATALOG, Fake, Harness
 from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
@@ -138,3 +140,74 @@ def test_embedding_answer_reporting_reasoning__shows_the_usage_charged() -> None
     content, charged = adapter.answer(EMBEDDINGS, orjson.dumps(answer), "fake-gpt", bound)
     assert charged == TokenUsage(5, 0)
     assert usage_of(EMBEDDINGS, orjson.loads(content)) == charged
+
+
+def test_anthropic_lot_thinking_tokens_for_a_request_that_asks_no_thinking__visible_output_bounded_by_its_text(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """An Anthropic lot reporting thinking tokens (`output_tokens_details.thinking_tokens`) for
+    a request that asks no thinking (a Messages request without `thinking`; any chat request,
+    whose translation never sends one) escaped the bound on visible output: "Sunny." reported
+    as 1,000 output tokens, 994 of them thinking, was charged 1,000 and passed the signing
+    proxy's check (6 visible). Such tokens are visible output now, bounded by the answer's
+    text; a request that asks to think keeps its thinking tokens as reported."""
+    answers, fake = canned
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    headers = {"authorization": f"Bearer {key}", "x-api-key": key, **MESSAGES_HEADERS}
+    usage = {"input_tokens": 10, "output_tokens": 1_000, "output_tokens_details": {"thinking_tokens": 994}}
+    user = [{"role": "user", "content": "the weather"}]
+    thought = {"type": "thinking", "thinking": "Weather.", "signature": "EqQBCgIYAhIM"}
+    for path, body, content, thinking in (
+        ("/v1/messages", {"max_tokens": 1_000}, [{"type": "text", "text": "Sunny."}], False),
+        ("/v1/chat/completions", {"max_tokens": 1_000}, [{"type": "text", "text": "Sunny."}], False),
+        ("/v1/messages", {"max_tokens": 1_000, "thinking": {"type": "disabled"}}, [{"type": "text", "text": "Sunny."}],
+         False),
+        ("/v1/messages", {"max_tokens": 1_000, "thinking": {"type": "enabled", "budget_tokens": 999}},
+         [thought, {"type": "text", "text": "Sunny."}], True),
+    ):  # fmt: skip
+        answers.answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "fake-claude",
+                          "content": content, "stop_reason": "end_turn", "usage": usage}  # fmt: skip
+        request = {"model": "fake-claude", "messages": user, **body}
+        answer = httpx.post(gw.url + path, json=request, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        endpoint = "messages" if path == "/v1/messages" else "chat"
+        shown = usage_of(endpoint, answer.json())
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert shown is not None and record is not None
+        assert (record.output_tokens, record.reasoning_tokens) == (shown.output_tokens, shown.reasoning_tokens)
+        if thinking:
+            assert (shown.output_tokens, shown.reasoning_tokens) == (1_000, 994), path
+            assert "x-promptex-usage-clamped" not in answer.headers
+        else:
+            assert shown.reasoning_tokens == 0 and shown.output_tokens == 6 + 48, (path, body)
+            assert answer.headers["x-promptex-usage-clamped"] == "output"
+        produced = visible_bytes(endpoint, answer.json())
+        check_counts(bounds(endpoint, request), shown, produced)  # the signing proxy passes what is charged
+    # Streamed (native): its message_delta shows the usage charged, no thinking tokens left showing.
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "fake-claude",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 1, "output_tokens_details": {"thinking_tokens": 1}},
+        },
+    }
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Sunny."}}
+    end = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": usage}
+    answers.answer = [("message_start", start), ("content_block_delta", delta), ("message_delta", end),
+                      ("message_stop", {"type": "message_stop"})]  # fmt: skip
+    request = {"model": "fake-claude", "messages": user, "max_tokens": 1_000, "stream": True}
+    answer = httpx.post(gw.url + "/v1/messages", json=request, headers=headers, timeout=30)
+    watch = StreamWatch()
+    watch.feed(answer.content)
+    shown = watch.usage("messages")
+    record = gw.ledger.usage_record(answer.headers["x-request-id"])
+    assert shown is not None and record is not None and shown.reasoning_tokens == record.reasoning_tokens == 0
+    assert (shown.output_tokens, str(record.cost)) == (record.output_tokens, str(watch.cost))

@@ -231,10 +231,14 @@ def test_honest_shapes__through_the_real_gateway__none_stops_signing(
     ask(_message([{"type": "tool_use", "id": "toolu_01", "name": "stats", "input": numbers}], 190), "/v1/messages")
     orders = {"items": [{"sku": f"A{i}", "qty": i, "gift": False} for i in range(20)]}
     ask(_message([{"type": "tool_use", "id": "toolu_02", "name": "order", "input": orders}], 240), "/v1/messages")
+    # Thinking is asked (`thinking`): its tokens count as thinking only then (`Gateway.bounded`).
     thought = {"type": "thinking", "thinking": "The user asks about the weather.", "signature": "EqQBCgIYAhIM" * 8}
-    ask(_message([thought, {"type": "text", "text": "Sunny."}], 500, thinking=490), "/v1/messages")
+    think = {"type": "enabled", "budget_tokens": 999}
+    ask(_message([thought, {"type": "text", "text": "Sunny."}], 500, thinking=490), "/v1/messages", thinking=think)
+    assert orjson.loads(relayed[-1])["usage"]["output_tokens"] == 500
     hidden = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix" * 10}
-    ask(_message([hidden, {"type": "text", "text": "Sunny."}], 300, thinking=290), "/v1/messages")
+    ask(_message([hidden, {"type": "text", "text": "Sunny."}], 300, thinking=290), "/v1/messages", thinking=think)
+    assert orjson.loads(relayed[-1])["usage"]["output_tokens"] == 300
     # Structured outputs (`output_config.format`): the schema reaches the model as input, in a
     # system prompt Anthropic adds (its size unpublished), bounded as tools are. Before, the
     # format was outside the bound: "314 input tokens reported for a prompt of 10–…", stopped.

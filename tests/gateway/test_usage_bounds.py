@@ -314,6 +314,8 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     body = {"model": model, **_REQUESTS[endpoint]}
     if endpoint == "chat" and data.draw(st.booleans()):
         body["prediction"] = {"type": "content", "content": data.draw(_TEXT)}
+    if endpoint == "messages" and data.draw(st.booleans()):
+        body["thinking"] = {"type": "enabled", "budget_tokens": LIMIT - 1}
     _, input_bound, _ = fronts.validate(endpoint, body)
     bound = bounds(endpoint, body)
     out = data.draw(st.integers(0, LIMIT + 20))
@@ -324,9 +326,10 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     adapter.call(endpoint, body, "http://upstream", "key")
     rates = metering.list_rates(load_catalog(CATALOG).price(model))
     priced = Priced(load_catalog(CATALOG).price(model), "USDC", LISTED, [], {}, 1, output=LIMIT,
-                    input_bound=input_bound, prediction_bytes=produced.prediction_bytes(endpoint, body))  # fmt: skip
+                    input_bound=input_bound, prediction_bytes=produced.prediction_bytes(endpoint, body),
+                    thinks=endpoint == "messages" and "thinking" in body)  # fmt: skip
     gateway = SimpleNamespace(_list_rates=lambda _: rates)
-    lot = SimpleNamespace(id=1)
+    lot = SimpleNamespace(id=1, api=api)
     charge = functools.partial(Gateway.bounded, gateway, priced, "req", lot)  # type: ignore[arg-type]
     content, charged = adapter.answer(endpoint, orjson.dumps(upstream), model, charge)
     answer = orjson.loads(content)
@@ -334,7 +337,10 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     assert shown == charged and answer_bytes is not None
     check_counts(bound, charged, answer_bytes)  # never refused
     reported = usage_of("messages" if api == "anthropic" else "chat", upstream)  # as the upstream reported it
-    assert reported is not None and charged.reasoning_tokens == min(reported.reasoning_tokens, LIMIT)
+    assert reported is not None
+    if api == "anthropic" and not priced.thinks:  # no thinking asked: its thinking tokens are visible output
+        reported = dataclasses.replace(reported, reasoning_tokens=0)
+    assert charged.reasoning_tokens == min(reported.reasoning_tokens, LIMIT)
     try:
         check_counts(bound, reported, answer_bytes)
     except AnswerRefused:

@@ -188,6 +188,13 @@ def check_translatable(body: dict[str, Any]) -> None:
             raise _invalid(f"messages.{i}.content: only text blocks are supported for this model.", "messages")
 
 
+def thinks(body: dict[str, Any]) -> bool:
+    """Whether a Messages request asks the model to think (`thinking` of a type other than
+    "disabled"): only then may an Anthropic lot's answer hold thinking tokens (`Gateway.bounded`)."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") != "disabled"
+
+
 def native_body(body: dict[str, Any], output: int) -> dict[str, Any]:
     """What an Anthropic lot is sent: the output limit the hold was priced for, and the
     standard tier (priority capacity is priced above the catalog)."""
@@ -200,13 +207,15 @@ def native_body(body: dict[str, Any], output: int) -> dict[str, Any]:
 def delta_usage_json(usage: TokenUsage) -> dict[str, Any]:
     """`usage` whole, as a message_delta shows it when it replaces what the stream's
     message_start reported (the counts there are totals that overwrite the start's; the
-    split of the cache writes too, so none reported at the start is left showing)."""
+    split of the cache writes too, and the thinking tokens, so none reported before is left
+    showing)."""
     return {
         **usage_json(usage),
         "cache_creation": {
             "ephemeral_5m_input_tokens": usage.cache_write_5m_tokens,
             "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
         },
+        "output_tokens_details": {"thinking_tokens": usage.reasoning_tokens},
     }
 
 

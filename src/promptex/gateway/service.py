@@ -53,7 +53,7 @@ from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
-from promptex.gateway.messages import MESSAGES, NativeStream
+from promptex.gateway.messages import MESSAGES, NativeStream, thinks
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import CHAT_IMAGE_TOKENS, parse_body, prompt_floor
@@ -210,6 +210,7 @@ class Priced:
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
     prediction_bytes: int = 0  # a chat request's predicted output's bytes (`produced.prediction_bytes`)
+    thinks: bool = False  # a Messages request that asks to think (`messages.thinks`: `Gateway.bounded`)
 
     def lane_state(self) -> dict[str, Any] | None:
         """Signed mode: its lane, the lane's total before it and its voucher, for a refusal
@@ -444,6 +445,7 @@ class Gateway:
             endpoint=endpoint,
             claims=[LotClaim(lot.id, bound) for lot in free],
             prediction_bytes=produced.prediction_bytes(endpoint, body),
+            thinks=endpoint == MESSAGES and thinks(body),
         )
         return priced, output
 
@@ -817,19 +819,29 @@ class Gateway:
         Before, an upstream reporting 1,000 output tokens for "Sunny." (max_tokens 1,000)
         was charged 1,000 to a buyer not behind the proxy. An upstream's usage beyond them
         is logged (the lot, the counts) and noted on `priced.clamped`
-        (`x-promptex-usage-clamped` on a plain answer)."""
+        (`x-promptex-usage-clamped` on a plain answer).
+
+        An Anthropic lot's model thinks only when the body sent asks it to (a Messages
+        request's `thinking`; the chat translation never sends one): thinking tokens it
+        reports otherwise are visible output, bounded by the answer's text as any. Before,
+        they escaped that bound: "Sunny." reported as 1,000 output tokens, 994 of them
+        thinking, was charged 1,000, and the signing proxy passed it (6 visible)."""
         visible = None if produced_bytes is None else produced.visible_limit(produced_bytes, priced.prediction_bytes)
         rates = self._list_rates(priced.price.model)
+        reported = usage
+        if usage.reasoning_tokens and lot.api == "anthropic" and not priced.thinks:
+            usage = dataclasses.replace(usage, reasoning_tokens=0)
         within = metering.within_bounds(rates, usage, priced.input_bound, priced.output, visible)
-        if within is usage:
-            return usage
-        sides = ("input",) * (within.input_tokens < usage.input_tokens)
-        sides += ("output",) * (within.output_tokens < usage.output_tokens)
+        if within is usage:  # within its bounds (its thinking, if it could not think, as visible output)
+            return within
+        sides = ("input",) * (within.input_tokens < reported.input_tokens)
+        sides += ("output",) * (within.output_tokens < reported.output_tokens)
         priced.clamped = tuple(dict.fromkeys((*priced.clamped, *sides)))
         log.warning(
             "request %s: lot %d reported %d input and %d output tokens (%d of them reasoning), beyond the request's "
             "bounds (%d input, %d output, %s visible output for its answer's text): charged at the bounds",
-            request_id, lot.id, usage.input_tokens, usage.output_tokens, usage.reasoning_tokens, priced.input_bound,
+            request_id, lot.id, reported.input_tokens, reported.output_tokens, reported.reasoning_tokens,
+            priced.input_bound,
             priced.output, "no bound on" if visible is None else visible,
         )  # fmt: skip
         return within
