@@ -162,3 +162,25 @@ def test_session_create_direct__from_an_account_s_later_wallet__refused_in_one_l
     assert refused.output.startswith("Error: the coordinator refused: ") and "Traceback" not in refused.output
     assert f"sign the SessionKey with {accounts[4].address}" in refused.output
     assert not grant_file.exists() and int(vault.session_key(accounts[5], usdc)[0], 16) == 0  # no key registered
+
+
+def test_session_create_twice_before_the_relay_s_pass__the_second_refused__the_grant_kept_is_the_queued_one(
+    promptex_cli, accounts, door: Coordinator, tmp_path: Path
+) -> None:
+    """claims s16: `session create` run again before the relay registered the first signed the
+    same nonce (the vault's, unchanged); the door answered "queued" (the first stayed queued)
+    and the command wrote the new grant over the first: the vault got a key the buyer no
+    longer had, every voucher refused. Now the door refuses it (409) and the grant file is
+    replaced only once a key is queued."""
+    bind(door, accounts[4])
+    grant_file = tmp_path / "s.json"
+    create = ("session", "create", "--maximum", "1", "--session", str(grant_file), "--account", RELAYED)
+    assert promptex_cli(*create).exit_code == 0
+    first = load(grant_file)
+    again = promptex_cli(*create)
+    assert again.exit_code == 1 and len(again.output.strip().splitlines()) == 1, again.output
+    assert again.output.startswith("Error: the coordinator refused: a SessionKey of "), again.output
+    assert "queued already" in again.output
+    (queued,) = door.store.session_keys()
+    assert load(grant_file).key == first.key == queued.key
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith("s.json")] == ["s.json"]

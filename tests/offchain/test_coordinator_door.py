@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from promptex.coordinator.door import Door
 from promptex.coordinator.requests import Place
 from promptex.coordinator.service import Coordinator
+from promptex.coordinator.store import REJECTED
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.binding import sign
 from promptex.protocol.vault import sign_exit_request, sign_session_key
@@ -187,6 +188,37 @@ def test_door__session_key__queued_when_signed_by_a_bound_wallet(world: World) -
     (queued,) = world.coordinator.store.session_keys()
     assert (queued.id, queued.address, queued.key, queued.maximum) == (answer["queued"], wallet.address, key.address,
                                                                         5 * USDC)  # fmt: skip
+
+
+def test_door__session_key__another_with_a_queued_nonce_409__the_same_again_idempotent__a_rejected_one_replaced(
+    world: World,
+) -> None:
+    """claims s16: a second SessionKey with the nonce of one queued (`session create` run
+    twice before the relay's pass) was answered 200 "queued" while the relay registered the
+    first: the buyer's grant held a key the vault never had. And a SessionKey the relay
+    rejected (the vault refused it; its nonce unused on chain) kept that nonce for good:
+    every one signed again with it was answered "queued" and never relayed."""
+    _, wallet = world.buyer(USDC)
+    first, second = Account.create(), Account.create()
+
+    def body(key: Any) -> dict[str, Any]:
+        terms = {"account": wallet.address, "asset": ADDRESSES["USDC"], "key": key.address, "lanes": 2,
+                 "maximum": USDC, "expiry": world.chain.now() + 86_400, "nonce": 0}  # fmt: skip
+        signature = sign_session_key(wallet.key, chain_id=CHAIN_ID, vault=VAULT, **terms)
+        return {**terms, "asset": "USDC", "maximum": str(USDC), "signature": "0x" + signature.hex()}
+
+    status, queued = world.post(body(first), "/v1/session-keys")
+    assert status == 200 and world.post(body(first), "/v1/session-keys") == (200, queued)  # the same: idempotent
+    status, refusal = world.post(body(second), "/v1/session-keys")
+    assert (status, refusal["error"]["code"]) == (409, "already_queued"), refusal
+    assert first.address in refusal["error"]["message"] and "nonce 1" in refusal["error"]["message"]
+    (kept,) = world.coordinator.store.session_keys()
+    assert kept.key == first.address
+    world.coordinator.store.close_session_key(kept.id, REJECTED, "the vault refused it")
+    status, requeued = world.post(body(second), "/v1/session-keys")
+    assert status == 200, requeued
+    (replaced,) = world.coordinator.store.session_keys()
+    assert (replaced.id, replaced.key, replaced.status, replaced.tx_id) == (kept.id, second.address, "pending", None)
 
 
 def test_door__session_key_signed_by_a_wallet_the_account_s_settlements_do_not_debit__403_nothing_queued(

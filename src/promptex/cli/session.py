@@ -97,11 +97,21 @@ def session_create(
         )
         if direct:
             door.check_session_key(grant.message(), grant.signature)
-        save(grant, path)
-        if direct:
-            vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)
-        else:
-            door.submit_session_key(grant.message(), grant.signature)
+        # The grant replaces `path` only once its key is registered or queued: written there
+        # first, a refusal (the door's 409 already_queued, a rejected key) left a grant the
+        # vault never had in place of the one in use (claims s16). Kept beside it meanwhile,
+        # so a process killed after sending still has the key.
+        pending = path.with_name(path.name + ".pending")
+        save(grant, pending)
+        try:
+            if direct:
+                vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)
+            else:
+                door.submit_session_key(grant.message(), grant.signature)
+        except door.DoorError:  # refused: nothing queued
+            pending.unlink(missing_ok=True)
+            raise
+        pending.replace(path)
     click.echo(describe(grant))
     click.echo(f"written to {path} (the session key's private key: keep it like the maximum it can spend)")
     if direct:

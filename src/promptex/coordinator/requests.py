@@ -208,8 +208,25 @@ def check_session_key_wallet(request: SessionRequest, debited: str | None) -> No
 
 def queue_session_key(store: CoordinatorStore, request: SessionRequest, now: int) -> int:
     """Queue a checked SessionKey with the coordinator's relay, which registers it on chain on
-    its next pass (gaslessly for the wallet); idempotent per (account, asset, nonce)."""
-    return store.add_session_key(
+    its next pass (gaslessly for the wallet); idempotent per (account, asset, nonce) for the
+    same message. Another SessionKey with a nonce already queued and not rejected is refused
+    (409 already_queued, naming the queued key): before (claims s16) it was answered "queued"
+    while the relay registered the first, and `promptex session create` run twice before the
+    relay's pass kept a grant whose key the vault never had (every voucher refused)."""
+    signature = "0x" + request.signature.hex()
+    queued_id = store.add_session_key(
         request.account, request.asset, request.key, request.lanes, request.maximum, request.expiry, request.nonce,
-        "0x" + request.signature.hex(), now,
+        signature, now,
     )  # fmt: skip
+    queued = store.session_key_submission(queued_id)
+    if (queued.key.lower(), queued.lanes, queued.maximum, queued.expiry) != (
+        request.key.lower(), request.lanes, request.maximum, request.expiry,
+    ):  # fmt: skip
+        raise Refused(
+            409, "already_queued",
+            f"a SessionKey of {request.account} with nonce {request.nonce} (key {queued.key}) is queued already, "
+            f"{queued.status}: the relay registers it on its next pass; sign the next one (nonce "
+            f"{request.nonce + 1}) once it is registered",
+            key=queued.key, queued_status=queued.status,
+        )  # fmt: skip
+    return queued_id

@@ -767,6 +767,14 @@ class CoordinatorStore(SignedTxStore):
             for r in rows
         ]
 
+    def session_key_submission(self, submission_id: int) -> SessionKeySubmission:
+        keys = session_key_submissions
+        with self._tx() as conn:
+            r = conn.execute(select(keys).where(keys.c.id == submission_id)).one()
+        return SessionKeySubmission(
+            r.id, r.address, r.asset, r.key, r.lanes, r.maximum, r.expiry, r.nonce, r.signature, r.status, r.tx_id
+        )
+
     def submit_session_key(self, submission_id: int, signed: SignedTx, sender: str, now: int) -> int:
         return self._submit_relayed(session_key_submissions, "session_key", submission_id, signed, sender, now)
 
@@ -805,14 +813,20 @@ class CoordinatorStore(SignedTxStore):
         now: int,
     ) -> int:
         """Queue a wallet-signed message (its own fields: `signed`) for the vault; the id of
-        the submission, the first one's if this (address, asset, nonce) was queued before."""
+        the submission, the first one's if this (address, asset, nonce) was queued before —
+        unless the relay rejected that one (the vault refused it: its nonce unused on chain),
+        which this one replaces. Before (claims s16), a rejected submission kept its nonce for
+        good: every message the wallet signed again with it (the vault's next nonce) was
+        answered "queued" and never relayed."""
         values = {"address": address, "asset": asset, **signed, "expiry": expiry, "nonce": nonce,
                   "signature": signature, "status": PENDING, "created_at": now}  # fmt: skip
+        same = (table.c.address == address, table.c.asset == asset, table.c.nonce == nonce)
         with self._tx() as conn:
             insert_ignore(conn, table, values)
-            row: int = conn.execute(
-                select(table.c.id).where(table.c.address == address, table.c.asset == asset, table.c.nonce == nonce)
-            ).scalar_one()
+            conn.execute(
+                update(table).where(*same, table.c.status == REJECTED).values(**values, tx_id=None, error=None)
+            )
+            row: int = conn.execute(select(table.c.id).where(*same)).scalar_one()
         return int(row)
 
     def _submit_relayed(self, table: Table, purpose: str, row_id: int, signed: SignedTx, sender: str, now: int) -> int:

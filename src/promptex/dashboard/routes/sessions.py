@@ -48,7 +48,10 @@ def routes(ctx: Context) -> list[BaseRoute]:
             check_session_key_fresh(asked, ctx.clock(), None if latest is None else latest.session)
         except Refused as exc:
             raise ApiError(exc.status, exc.message) from None
-        queued = await ctx.run(queue_session_key, store, asked, ctx.clock())
+        try:
+            queued = await ctx.run(queue_session_key, store, asked, ctx.clock())
+        except Refused as exc:  # another SessionKey with this nonce is queued already
+            raise ApiError(exc.status, exc.message) from None
         return {"queued": queued, "account": wallet, "asset": asked.asset, "nonce": asked.nonce}
 
     return [Route("/api/session-keys", guarded(session_key), methods=["POST"])]
