@@ -25,16 +25,18 @@ from promptex.buyerside.answers import AnswerRefused, bounds, check_counts, usag
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.gateway import fronts
-from promptex.gateway.adapters import COMPLETIONS, anthropic_usage_of
+from promptex.gateway.adapters import COMPLETIONS, ShowsCharged, anthropic_usage_of
+from promptex.gateway.charges import Charge
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.requests import validate
 from promptex.gateway.service import LISTED, Gateway, Priced
 from promptex.metering import TokenUsage, load_catalog, produced
-from promptex.metering.produced import visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
 from promptex.protocol.units import USD_MICRO as USDC
 
 from .conftest import CATALOG, Fake, Harness
 from .test_signed_proxy import LANES, _session, _signer
+from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
 from .test_token_accounting import HOUR_PROMPT, record_details, usdc_cost
 
 LIE = 100_000  # tokens an upstream reports beyond what it used
@@ -195,7 +197,7 @@ def test_native_messages_stream__message_start_shows_the_input_within_its_bound(
     assert (shown.cache_read_tokens, shown.cache_write_tokens) == (2, 0) and "input_tokens" not in delta
 
 
-@pytest.mark.parametrize("stream", [False])
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
 def test_output_inflated_within_max_tokens__visible_output_charged_within_the_answer_s_text(
     gw: Harness, fake: Fake, api: str, stream: bool
@@ -204,7 +206,9 @@ def test_output_inflated_within_max_tokens__visible_output_charged_within_the_an
     1,000: within the limit) is charged, recorded, drawn from the lot and shown with its
     visible output (beyond the reasoning) at the bytes of the answer as its client got it plus
     the frame (`metering.produced`) — the bound the signing proxy checks, which it passes —
-    its reasoning kept (no one sees it). Before, an unsigned buyer paid the 1,000."""
+    its reasoning kept (no one sees it). A stream's bytes as its events carried them (a
+    Responses stream's: its final output's), read as the signing proxy reads them
+    (`StreamWatch`). Before, an unsigned buyer paid the 1,000."""
     if api == "openai":  # 100 of them reported as reasoning; its text one word ("alpha")
         fake.config.output_tokens, fake.config.reasoning_tokens, fake.config.extra_output_tokens = 101, 100, 899
         model, endpoints, reasoning = "fake-gpt", ("chat", "completions", "responses", "messages"), 100
@@ -347,6 +351,137 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
         assert charged.output_tokens < reported.output_tokens and priced.clamped == ("output",)
     else:
         assert charged == reported and priced.clamped == ()
+
+
+def test_stream_cut_short_after_an_inflated_usage__visible_output_charged_within_what_it_streamed(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """A stream that reported 900 output tokens (max_tokens 1,000) and broke off after
+    "Sunny" is charged, and shows, its visible output within the bytes it streamed plus the
+    frame — a native Messages stream (the count on its message_start) and a chat stream (on
+    a usage chunk, no [DONE]). Before, the 900 reported."""
+    answers, fake = canned
+    gw.add_lot(fake)
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "fake-claude", "content": [],
+               "usage": {"input_tokens": 10, "output_tokens": 900}}  # fmt: skip
+    pieces = [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": t}}) for t in ("Sun", "ny")]  # fmt: skip
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt"}
+    chat = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Sunny"}}]},
+            {**chunk, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 900}}]  # fmt: skip
+    answers.done = False
+    for endpoint, model, events in (("messages", "fake-claude", [("message_start", {"type": "message_start",
+                                                                                     "message": message}), *pieces]),
+                                    ("chat", "fake-gpt", chat)):  # fmt: skip
+        answers.answer = events
+        body = {"model": model, "messages": HELLO, "max_tokens": 1000, **STREAM_USAGE}
+        if endpoint == "messages":
+            del body["stream_options"]
+        response = httpx.post(gw.url + PATHS[endpoint], json=body, headers={"authorization": f"Bearer {key}",
+                              "anthropic-version": "2023-06-01"}, timeout=30)  # fmt: skip
+        assert response.status_code == 200, response.text
+        watch = StreamWatch()
+        watch.feed(response.content)
+        shown = watch.usage(endpoint)
+        assert shown is not None and watch.cost == usdc_cost(model, shown), response.text
+        assert shown.output_tokens == len("Sunny") + ANSWER_FRAME_BYTES == watch.produced(framed=True), endpoint
+        record = gw.ledger.usage_record(response.headers["x-request-id"])
+        assert record is not None and (record.output_tokens, record.cost) == (shown.output_tokens, watch.cost)
+
+
+def _sse_lines(events: list[tuple[str | None, Any]]) -> list[str]:
+    lines: list[str] = []
+    for name, data in events:
+        lines += [*([f"event: {name}"] if name else []), "data: " + (data if isinstance(data, str) else
+                  orjson.dumps(data).decode()), ""]  # fmt: skip
+    return lines
+
+
+@st.composite
+def _chat_stream(draw: st.DrawFn, completions: bool) -> list[str]:
+    """An OpenAI-shaped stream: content, tool call and refusal deltas (or completions'
+    texts), a finishing chunk, a usage chunk (or usage on the finishing chunk, or twice, or
+    none), [DONE]."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt"}
+
+    def choice(delta: Any, finish: str | None = None) -> dict[str, Any]:
+        if completions:
+            return {**base, "choices": [{"index": 0, "text": delta, "finish_reason": finish}]}
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    deltas = st.one_of(
+        st.builds(lambda t: {"content": t}, _TEXT),
+        st.builds(lambda i, a: {"tool_calls": [{"index": 0, "id": i, "function": {"arguments": a}}]}, _TEXT, _TEXT),
+        st.builds(lambda t: {"refusal": t}, _TEXT),
+    )
+    chunks: list[Any] = [] if completions else [choice({"role": "assistant", "content": ""})]
+    chunks += [choice(d) for d in draw(st.lists(_TEXT if completions else deltas, max_size=6))]
+    usage = {"prompt_tokens": 5, "completion_tokens": draw(st.integers(0, LIMIT))}
+    finishing = choice("" if completions else {}, draw(st.sampled_from(["stop", "length"])))
+    where = draw(st.sampled_from(["chunk", "finishing", "twice", "none"]))
+    chunks.append({**finishing, "usage": usage} if where == "finishing" else finishing)
+    if where in ("chunk", "twice"):
+        chunks += [{**base, "choices": [], "usage": usage}] * (2 if where == "twice" else 1)
+    return _sse_lines([(None, c) for c in chunks] + [(None, "[DONE]")])
+
+
+@st.composite
+def _anthropic_stream(draw: st.DrawFn) -> list[str]:
+    """A Messages stream: text, tool use (partial JSON) and thinking blocks and deltas."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "fake-claude", "content": [],
+               "usage": {"input_tokens": 5, "output_tokens": 1}}  # fmt: skip
+    events: list[tuple[str | None, Any]] = [("message_start", {"type": "message_start", "message": message})]
+    kinds = {"text": ("text_delta", "text"), "tool_use": ("input_json_delta", "partial_json"),
+             "thinking": ("thinking_delta", "thinking")}  # fmt: skip
+    for index, kind in enumerate(draw(st.lists(st.sampled_from(sorted(kinds)), max_size=3))):
+        block: dict[str, Any] = {"type": kind, kinds[kind][1] if kind != "tool_use" else "input": ""}
+        if kind == "tool_use":
+            block.update(id="toolu_" + draw(_TEXT), name=draw(_TEXT), input={})
+        events.append(("content_block_start", {"type": "content_block_start", "index": index, "content_block": block}))
+        for piece in draw(st.lists(_TEXT, max_size=4)):
+            delta = {"type": kinds[kind][0], kinds[kind][1]: piece}
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    usage = {"output_tokens": draw(st.integers(0, LIMIT))}
+    stop = {"type": "message_delta", "delta": {"stop_reason": draw(st.sampled_from(["end_turn", "max_tokens"]))}}
+    events += [("message_delta", {**stop, "usage": usage}), ("message_stop", {"type": "message_stop"})]
+    return _sse_lines(events)
+
+
+@given(data=st.data())
+def test_streams__their_text_counted_as_the_signing_proxy_counts_it(data: st.DataObject) -> None:
+    """Over generated streams on every API and lot API, whole or cut short, read as the
+    signing proxy reads them (asking usage for a client that asked none, or not): the bytes a
+    translator counts before its charge (`produced_bytes`, what `stream_done` bounds the
+    visible output by) are those the proxy counts of what it sent (`StreamWatch.produced`),
+    so a stream the gateway charges is never one the proxy refuses."""
+    endpoint, api = data.draw(st.sampled_from([(e, a) for e in _REQUESTS for a in ("openai", "anthropic")]))
+    model = "fake-gpt" if api == "openai" else "fake-claude"
+    body = {"model": model, **_REQUESTS[endpoint], "stream": True}
+    asked, hide = False, False  # a client that asked usage; the proxy asking it for one that did not
+    if endpoint in ("chat", "completions"):
+        asked, hide = data.draw(st.sampled_from([(True, False), (True, True), (False, False)]))
+    lines = data.draw(_anthropic_stream() if api == "anthropic" else _chat_stream(endpoint == "completions"))
+    lines = lines[: data.draw(st.integers(0, len(lines)))] if data.draw(st.booleans()) else lines  # cut short?
+    adapter = fronts.adapter(endpoint, api, LIMIT, body)
+    adapter.call(endpoint, body, "http://upstream", "key")
+    translator = adapter.translator(endpoint, model, asked)
+    sent: list[bytes] = []
+    for line in lines:
+        sent += translator.feed(line)
+        if translator.finished:
+            break
+    counted = translator.produced_bytes
+    if isinstance(translator, ShowsCharged):
+        translator.charged(TokenUsage(5, 1))
+    sent += translator.finish(Charge("req", "USDC", 1, 1, 1, None, 1))
+    watch = StreamWatch(hide_usage=hide)
+    watch.feed(b"".join(sent))
+    watch.rest()
+    assert counted == watch.produced(framed=True), (sent, counted)
 
 
 def test_stream_past_its_output_limit_then_cut_short__charged_the_limit(gw: Harness, fake: Fake) -> None:

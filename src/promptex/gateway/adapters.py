@@ -21,7 +21,7 @@ import orjson
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import bad_request
 from promptex.metering import TokenUsage, anthropic_usage
-from promptex.metering.produced import visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
 
 ANTHROPIC_VERSION = "2023-06-01"
 CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
@@ -309,6 +309,14 @@ class StreamTranslator(Protocol):
         ...
 
     @property
+    def produced_bytes(self) -> int:
+        """The UTF-8 bytes of text the events passed on (and those held for the end) produced,
+        framed once, as the signing proxy's stream reader counts them (`shown_bytes`,
+        `buyerside.signer.StreamWatch.produced`): the visible output the stream is charged
+        at most (`Gateway.bounded`)."""
+        ...
+
+    @property
     def finished(self) -> bool: ...
 
     def feed(self, line: str) -> list[bytes]: ...
@@ -323,6 +331,16 @@ class ShowsCharged(Protocol):
     the client that asked for usage gets that, on the event that carries the charge."""
 
     def charged(self, usage: TokenUsage) -> None: ...
+
+
+@runtime_checkable
+class HoldsFinish(Protocol):
+    """A chat translator that may hold the chunk finishing its choice for `finish`: the
+    finish reason that chunk will carry (None: none held), for a translation whose text
+    depends on it before it is passed on (a Response's status, `responses.FromChatStream`)."""
+
+    @property
+    def held_finish_reason(self) -> str | None: ...
 
 
 class Adapter(Protocol):
@@ -340,6 +358,15 @@ class Adapter(Protocol):
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator: ...
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall: ...
+
+
+def shown_bytes(event: Any) -> int:
+    """What an event passed on produced (`produced.event_bytes`); 0 for one of a shape the
+    signing proxy cannot read either (it skips it: e.g. `choices` a number)."""
+    try:
+        return event_bytes(event)
+    except (TypeError, ValueError, AttributeError):
+        return 0
 
 
 class MissingUsage(Exception):
@@ -375,6 +402,7 @@ class ChatTranslation:
         self.inner = inner
         self._events: list[bytes] = []
         self._charged: TokenUsage | None = None
+        self._bytes = 0  # produced by the events emitted (`shown_bytes`)
 
     @property
     def usage(self) -> TokenUsage | None:
@@ -386,11 +414,18 @@ class ChatTranslation:
         return self.inner.produced
 
     @property
+    def produced_bytes(self) -> int:
+        """What its own events produced (not the inner chunks': their parts it does not
+        translate never reach the client), framed once."""
+        return self._bytes + ANSWER_FRAME_BYTES
+
+    @property
     def finished(self) -> bool:
         return self.inner.finished
 
     def emit(self, kind: str, event: dict[str, Any]) -> None:
         """One SSE event, named and serialized at once (its objects may change after)."""
+        self._bytes += shown_bytes(event)
         self._events.append(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
 
     def chunk(self, chunk: dict[str, Any]) -> None:
@@ -443,7 +478,9 @@ class OpenAIStream:
         self._reported: TokenUsage | None = None  # as the upstream reported it
         self.produced = 0
         self.finished = False
+        self._bytes = 0  # produced by the chunks passed on (`shown_bytes`)
         self._held: dict[str, Any] | None = None
+        self._held_bytes = 0  # and by the one held
         self._last: dict[str, Any] | None = None  # the last chunk with choices passed on
         self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
 
@@ -477,13 +514,27 @@ class OpenAIStream:
             if not chunk.get("choices"):
                 return []
             del chunk["usage"]
+        # What the signing proxy counts of it: not a usage chunk without choices, which it
+        # keeps from a client that asked no usage (`StreamWatch`).
+        counted = 0 if "usage" in chunk and not chunk.get("choices") else shown_bytes(chunk)
         if chunk.get("choices"):
             self._last = chunk
         if usage is not None if self.include_usage else finishes_choice(chunk):
             out = self._superseded() if self.include_usage else self._release(None)
-            self._held = chunk
+            self._held, self._held_bytes = chunk, counted
             return out
+        self._bytes += counted
         return [sse(chunk) if stripped else b"data: " + data.encode() + b"\n\n"]
+
+    @property
+    def produced_bytes(self) -> int:
+        return self._bytes + self._held_bytes + ANSWER_FRAME_BYTES
+
+    @property
+    def held_finish_reason(self) -> str | None:
+        choices = self._held.get("choices") if self._held is not None else None
+        reasons = [c.get("finish_reason") for c in choices or () if isinstance(c, dict) and c.get("finish_reason")]
+        return str(reasons[-1]) if reasons else None
 
     def charged(self, usage: TokenUsage) -> None:
         self._charged = usage
@@ -495,13 +546,16 @@ class OpenAIStream:
         usage objects) read fields of the first that the charge did not have. Its choices,
         if it had any, are passed on."""
         held, self._held = self._held, None
+        counted, self._held_bytes = self._held_bytes, 0
         if held is None or not held.get("choices"):
             return []
         del held["usage"]
+        self._bytes += counted
         return [sse(held)]
 
     def _release(self, charge: Charge | None) -> list[bytes]:
         held, self._held = self._held, None
+        self._bytes, self._held_bytes = self._bytes + self._held_bytes, 0
         if held is None and charge is not None and self._last is not None and not self.include_usage:
             # An upstream that never finished its choice: one empty chunk with a choice carries it.
             choice = self._last["choices"][0]
@@ -680,6 +734,7 @@ class AnthropicStream:
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
+        self._bytes = 0  # produced by the chunks passed on (`shown_bytes`)
         self._reported: dict[str, Any] = {}  # Anthropic's usage numbers so far (each event may update some)
         self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
         self._finish: str | None = None
@@ -699,7 +754,18 @@ class AnthropicStream:
         return {**self._base, "choices": [choice]}
 
     def _chunk(self, delta: dict[str, Any] | None, text: str | None, finish: str | None) -> bytes:
-        return sse(self._choice_chunk(delta, text, finish))
+        chunk = self._choice_chunk(delta, text, finish)
+        self._bytes += shown_bytes(chunk)
+        return sse(chunk)
+
+    @property
+    def produced_bytes(self) -> int:
+        """Its text chunks' (the chunks `finish` adds carry none), framed once."""
+        return self._bytes + ANSWER_FRAME_BYTES
+
+    @property
+    def held_finish_reason(self) -> str | None:
+        return (self._finish or "stop") if self.finished else None
 
     def feed(self, line: str) -> list[bytes]:
         if not line.startswith("data:"):

@@ -34,13 +34,14 @@ from promptex.gateway.adapters import (
     anthropic_usage_of,
     as_charged,
     read_answer,
+    shown_bytes,
     within_marks,
 )
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_REQUEST
 from promptex.metering import TokenUsage
-from promptex.metering.produced import visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
 
 MESSAGES = "messages"
 IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
@@ -269,6 +270,7 @@ class NativeStream:
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
+        self._bytes = 0  # produced by the events passed on or held (`shown_bytes`)
         self._event = ""
         self._reported: dict[str, Any] = {}
         self._reported_usage: TokenUsage | None = None
@@ -291,6 +293,7 @@ class NativeStream:
             return []
         kind = event.get("type")
         name = self._event or str(kind)
+        self._bytes += shown_bytes(event)  # every event read is passed on, now or at `finish`
         if kind == "message_start":
             self._started = True
             message = event.get("message")
@@ -330,6 +333,10 @@ class NativeStream:
         if shown == self._reported_usage:
             return None
         return {**message["usage"], **delta_usage_json(shown)}
+
+    @property
+    def produced_bytes(self) -> int:
+        return self._bytes + ANSWER_FRAME_BYTES
 
     def charged(self, usage: TokenUsage) -> None:
         self._charged = usage

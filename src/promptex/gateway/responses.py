@@ -17,7 +17,15 @@ from typing import Any
 
 import orjson
 
-from promptex.gateway.adapters import CHAT, Adapter, Bound, ChatTranslation, StreamTranslator, UpstreamCall
+from promptex.gateway.adapters import (
+    CHAT,
+    Adapter,
+    Bound,
+    ChatTranslation,
+    HoldsFinish,
+    StreamTranslator,
+    UpstreamCall,
+)
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_MESSAGE, PER_REQUEST
@@ -243,6 +251,19 @@ class FromChatStream(ChatTranslation):
                 self._event("response.output_text.delta", **where, delta=text, logprobs=[])
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
+
+    @property
+    def produced_bytes(self) -> int:
+        """As the signing proxy counts a Responses stream that ends with its output (as
+        `end` will emit it: the output item, its id and status, on its last event): as a
+        plain Response's (`visible_bytes`); one that never started ends with no event."""
+        if not self._started:
+            return super().produced_bytes
+        held = self.inner.held_finish_reason if isinstance(self.inner, HoldsFinish) else None
+        reason = held or self._finish_reason  # as `end` reads it, after the inner's last chunks
+        status = "incomplete" if not self.finished or reason == "length" else "completed"
+        item = _output_message(self.item_id, "".join(self._text), status)
+        return visible_bytes(RESPONSES, {"output": [item]}) or 0
 
     def end(self, charge: Charge | None) -> None:
         if not self._started:

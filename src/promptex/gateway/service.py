@@ -1153,7 +1153,8 @@ class Gateway:
                 usage = dataclasses.replace(
                     usage, input_tokens=usage.input_tokens or stream.priced.prompt_floor, output_tokens=out
                 )
-        usage = self.bounded(stream.priced, stream.request_id, stream.lot, usage)
+        # Its visible output within the text its events carried, as the signing proxy counts it.
+        usage = self.bounded(stream.priced, stream.request_id, stream.lot, usage, tr.produced_bytes)
         if isinstance(tr, ShowsCharged):  # its usage event shows what is charged, not what was reported
             tr.charged(usage)
         return await self.finish(stream.key, stream.priced, stream.request_id, stream.lot, usage, streamed=True)
