@@ -73,16 +73,16 @@ def test_stream_whose_upstream_sends_nothing__not_charged(
     gw: Harness,
     canned: tuple[Canned, Fake],  # noqa: F811
 ) -> None:
-    """An upstream that answers a stream 200 and ends it before any event (a seller's endpoint
-    doing so every time) was charged the prompt's floor — 3,003 input tokens for a 3,000-word
-    prompt — with nothing relayed and no event showing that charge; on every API. Now its hold
-    is released: nothing charged, nothing drawn from the lot."""
+    """An upstream that answers a stream 200 and ends it with no content and no usage (nothing
+    at all, [DONE] alone, or a first chunk and no more; a seller's endpoint doing so every
+    time) was charged the prompt's floor — 3,003 input tokens for a 3,000-word prompt — with
+    no event showing that charge; on every API. Now its hold is released: nothing charged,
+    nothing drawn from the lot."""
     answers, fake = canned
     openai_lot = gw.add_lot(fake)
     anthropic_lot = gw.add_lot(fake, provider="anthropic", api="anthropic")
     account, key = gw.buyer()
     before = gw.ledger.balance(account, "USDC")
-    answers.answer, answers.done = [], False
     user = [{"role": "user", "content": LONG}]
     asks = [
         ("/v1/chat/completions", {"model": "fake-gpt", "messages": user, "stream_options": {"include_usage": True}}),
@@ -94,13 +94,18 @@ def test_stream_whose_upstream_sends_nothing__not_charged(
         ("/v1/responses", {"model": "fake-gpt", "input": LONG}),
     ]
     headers = {"authorization": f"Bearer {key}", "x-api-key": key, **MESSAGES_HEADERS}
-    for path, body in asks:
-        answer = httpx.post(gw.url + path, json={**body, "max_tokens": 10, "stream": True}, headers=headers, timeout=30)
-        assert answer.status_code == 200 and answer.content == b"", (path, body["model"], answer.text)
-        request_id = answer.headers["x-request-id"]
-        hold = gw.ledger.hold(request_id)
-        assert hold is not None and hold.status == HoldStatus.RELEASED, (path, body["model"], hold)
-        assert gw.ledger.usage_record(request_id) is None
+    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+    role = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt", "choices": [first]}
+    for given, done in (([], False), ([], True), ([role], False), ([role], True)):
+        answers.answer, answers.done = given, done
+        for path, body in asks if (given, done) == ([], False) else asks[:1]:
+            request = {**body, "max_tokens": 10, "stream": True}
+            answer = httpx.post(gw.url + path, json=request, headers=headers, timeout=30)
+            assert answer.status_code == 200 and b"promptex" not in answer.content, (path, body, given, done)
+            request_id = answer.headers["x-request-id"]
+            hold = gw.ledger.hold(request_id)
+            assert hold is not None and hold.status == HoldStatus.RELEASED, (path, body["model"], hold)
+            assert gw.ledger.usage_record(request_id) is None
     assert gw.ledger.balance(account, "USDC") == before
     capacities = gw.ledger.lot_capacities()
     assert (capacities[openai_lot].used, capacities[anthropic_lot].used) == (0, 0)

@@ -1128,18 +1128,19 @@ class Gateway:
         broke off, or the client left and the upstream call was dropped) is charged its
         input — as the upstream reported it, else a lower bound counted from the prompt —
         and the output streamed so far (what the upstream reported, or at least one token
-        per content chunk), never more than its hold. One whose upstream ended (or whose
-        deadline came) before any event reached its client, still there, is not charged:
-        its hold is released (None). Before, it was charged the prompt's floor with no
-        event to show it (a seller's endpoint answering every stream with a 200 and
-        nothing was paid the floor of each: 3,003 input tokens for a 3,000-word prompt)."""
+        per content chunk), never more than its hold. One whose upstream produced no content
+        and reported no usage (it ended, even with [DONE], or its deadline came), its client
+        still there, is not charged: its hold is released (None). Before, it was charged
+        the prompt's floor with no event to show it (a seller's endpoint answering every
+        stream with a 200 and nothing, or [DONE] alone, was paid the floor of each: 3,003
+        input tokens for a 3,000-word prompt)."""
         tr = stream.translator
         try:
             stream.upstream.close(grace=STREAM_END_GRACE_SECONDS if tr.finished else 0)
         finally:
             stream.lot.inflight -= 1
-        if not (tr.finished or stream.relayed or stream.disconnected):
-            log.warning("stream %s: lot %d sent nothing before it ended: not charged", stream.request_id, stream.lot.id)
+        if tr.usage is None and tr.produced == 0 and not stream.disconnected:
+            log.warning("stream %s: lot %d sent no content and no usage: not charged", stream.request_id, stream.lot.id)
             await self.release(stream.key, stream.priced, stream.request_id)
             return None
         usage = tr.usage
@@ -1381,7 +1382,6 @@ class MeteredStream:
         self.translator = translator
         self.broken = False
         self.disconnected = False
-        self.relayed = False  # an event of the upstream's reached the client (`Gateway.stream_done`)
         self.orphaned = False  # cut: its hold was ended under it (`Gateway.cut_orphaned_streams`)
         self._cut: Callable[[], object] | None = None  # cancels its reading, from any thread
 
@@ -1431,7 +1431,6 @@ class MeteredStream:
                     try:
                         async for line in self.upstream.lines():
                             for chunk in self.translator.feed(line):
-                                self.relayed = True
                                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                             if self.translator.finished:
                                 break
