@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from ape import chain
 
+from anvil_node import free_port
 from promptex.buyerside.sessions import load
 from promptex.chain.deploy import contract_at
 from promptex.config import settings
@@ -165,7 +166,7 @@ def test_session_create_direct__from_an_account_s_later_wallet__refused_in_one_l
 
 
 def test_session_create_twice_before_the_relay_s_pass__the_second_refused__the_grant_kept_is_the_queued_one(
-    promptex_cli, accounts, door: Coordinator, tmp_path: Path
+    promptex_cli, accounts, door: Coordinator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """claims s16: `session create` run again before the relay registered the first signed the
     same nonce (the vault's, unchanged); the door answered "queued" (the first stayed queued)
@@ -184,3 +185,10 @@ def test_session_create_twice_before_the_relay_s_pass__the_second_refused__the_g
     (queued,) = door.store.session_keys()
     assert load(grant_file).key == first.key == queued.key
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith("s.json")] == ["s.json"]
+    # A door that does not answer may have queued it: the grant stays beside the file in use.
+    monkeypatch.setenv("PROMPTEX_COORDINATOR_DOOR_URL", f"http://127.0.0.1:{free_port()}")
+    settings.cache_clear()
+    unanswered = promptex_cli(*create)
+    assert unanswered.exit_code == 1 and "does not answer" in unanswered.output, unanswered.output
+    (kept,) = [path for path in tmp_path.iterdir() if path.name.endswith(".pending")]
+    assert load(grant_file).key == first.key and kept.name == f"s.json.{load(kept).key}.pending"

@@ -19,7 +19,12 @@ EXIT_REQUEST_SECONDS = 300  # a signed ExitRequest is answered until then (chain
 
 
 class DoorError(ValueError):
-    """The door refused, or did not answer; the message says why and what to do."""
+    """The door refused, or did not answer; the message says why and what to do. `refused`:
+    the door answered a 4xx (nothing done); else what it did is not known (no answer, a 5xx)."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 def door_url() -> str:
@@ -45,7 +50,9 @@ def call(method: str, path: str, *, body: dict[str, Any] | None = None, params: 
     if answer.status_code >= 400:
         error = data.get("error") if isinstance(data, dict) else None
         message = error.get("message") if isinstance(error, dict) else None
-        raise DoorError(f"the coordinator refused: {message or f'HTTP {answer.status_code}'}")
+        raise DoorError(
+            f"the coordinator refused: {message or f'HTTP {answer.status_code}'}", refused=answer.status_code < 500
+        )
     return data
 
 
@@ -101,4 +108,4 @@ def check_session_key(message: dict[str, Any], signature: str) -> None:
         error = answer.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         return
-    raise DoorError(f"the coordinator refused: {error} (nothing was registered)")
+    raise DoorError(f"the coordinator refused: {error} (nothing was registered)", refused=True)

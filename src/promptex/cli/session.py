@@ -100,16 +100,18 @@ def session_create(
         # The grant replaces `path` only once its key is registered or queued: written there
         # first, a refusal (the door's 409 already_queued, a rejected key) left a grant the
         # vault never had in place of the one in use (claims s16). Kept beside it meanwhile,
-        # so a process killed after sending still has the key.
-        pending = path.with_name(path.name + ".pending")
+        # under its key's name, so a failure whose outcome is unknown (no answer, a process
+        # killed after sending) still has the key.
+        pending = path.with_name(f"{path.name}.{grant.key}.pending")
         save(grant, pending)
         try:
             if direct:
                 vault.set_session_key(token, grant.key, lanes, grant.maximum, grant.expiry, sender=wallet.account)
             else:
                 door.submit_session_key(grant.message(), grant.signature)
-        except door.DoorError:  # refused: nothing queued
-            pending.unlink(missing_ok=True)
+        except door.DoorError as exc:
+            if exc.refused:  # the door answered no: nothing queued
+                pending.unlink(missing_ok=True)
             raise
         pending.replace(path)
     click.echo(describe(grant))
