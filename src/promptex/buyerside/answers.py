@@ -31,10 +31,9 @@ from promptex.gateway.messages import validate_messages
 from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
-from promptex.metering.produced import prediction_bytes, visible_limit, visible_output
+from promptex.metering.produced import MESSAGES, prediction_bytes, visible_limit, visible_output
 from promptex.protocol.units import money_exact
 
-MESSAGES = "messages"  # Anthropic's Messages API
 ENDPOINTS = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETIONS,

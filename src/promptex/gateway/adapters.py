@@ -22,9 +22,11 @@ from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import bad_request
 from promptex.metering import TokenUsage, anthropic_usage
 from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
+from promptex.metering.produced import CHAT as CHAT
+from promptex.metering.produced import COMPLETIONS as COMPLETIONS
+from promptex.metering.produced import EMBEDDINGS as EMBEDDINGS
 
 ANTHROPIC_VERSION = "2023-06-01"
-CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"
 _OPENAI_PATHS = {CHAT: "/chat/completions", COMPLETIONS: "/completions", EMBEDDINGS: "/embeddings"}
 _DONE = b"data: [DONE]\n\n"
 

@@ -42,8 +42,8 @@ from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_REQUEST
 from promptex.metering import TokenUsage
 from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
+from promptex.metering.produced import MESSAGES as MESSAGES
 
-MESSAGES = "messages"
 IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
 TOOLS_TOKENS = 1_000  # the system prompt Anthropic adds when tools are given (~350)
 # Structured outputs (`output_config.format`, a JSON schema the answer must follow): the

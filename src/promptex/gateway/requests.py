@@ -9,9 +9,9 @@ import orjson
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.metering import ImageAllowances, ImageTokens
+from promptex.metering.produced import RESPONSES as RESPONSES  # OpenAI's Responses API, served as chat messages
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-RESPONSES = "responses"  # OpenAI's Responses API (`gateway.responses`), served as chat messages
 # The input-token estimate behind every hold (upper bound: one token per UTF-8 byte),
 # shared by the chat, responses and messages fronts.
 PER_MESSAGE = 4  # tokens a message may cost beyond its text

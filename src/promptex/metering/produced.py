@@ -10,8 +10,8 @@ the prediction's tokens the answer did not use among its output tokens). A strea
 counted from its events as they pass (`event_bytes`). Reasoning tokens cannot be seen at
 all: neither side bounds them but by the output limit.
 
-Endpoints are named as the gateway names them (`gateway.adapters`, `gateway.messages`,
-`gateway.requests`): this package sits below the gateway and imports none of it.
+Endpoints are named here as the gateway names them (it imports the names from here): this
+package sits below the gateway and imports none of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import orjson
 
 from promptex.metering.tokens import TokenUsage
 
-CHAT, EMBEDDINGS, MESSAGES, RESPONSES = "chat", "embeddings", "messages", "responses"
+# The gateway's endpoint names, defined here (below the gateway) so both sides read one spelling.
+CHAT, COMPLETIONS, EMBEDDINGS = "chat", "completions", "embeddings"  # OpenAI's APIs
+MESSAGES = "messages"  # Anthropic's Messages API
+RESPONSES = "responses"  # OpenAI's Responses API
 
 # Keys of an answer's message, delta or content block that name its kind, not text produced:
 # the protocol has every event carry them (Anthropic's `"type":"text_delta"`), so counted, each
