@@ -21,6 +21,7 @@ from promptex.coordinator.service import Coordinator
 from promptex.coordinator.store import REJECTED
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.binding import sign
+from promptex.protocol.units import utc_text
 from promptex.protocol.vault import sign_exit_request, sign_session_key
 from promptex.throttle import Throttle
 
@@ -93,6 +94,11 @@ def test_door__exit_refusals__4xx_with_the_reason_and_nothing_locked(world: Worl
     for body, status, code in refusals:
         got, answer = world.post(body)
         assert (got, answer["error"]["code"]) == (status, code), (body, answer)
+    # Moments read as dates, not unix seconds (exact fields beside).
+    got, answer = world.post(world.request(wallet, 5 * USDC, expiry=world.chain.now()))
+    now = utc_text(world.chain.now())
+    assert f"the request expired (at {now}; the chain's time is {now})" in answer["error"]["message"], answer
+    assert answer["error"]["expiry"] == world.chain.now()
 
     # Beyond what is free of unsettled usage (20 − 7.50): in whole units, exact fields beside.
     got, answer = world.post(world.request(wallet, 13 * USDC))
@@ -120,8 +126,10 @@ def test_door__exit__locks_the_amount_until_used_or_expired(world: World) -> Non
     expected = world.chain.sign_release(wallet.address, "USDC", 12_500_000, release["nonce"], release["expiry"])
     assert release["signature"] == "0x" + expected.hex()
     assert world.book.balance(account, "USDC").locked == 12_500_000
+    assert f"until {utc_text(release['expiry'])} (chain time)" in answer["message"]
     got, answer = world.post(world.request(wallet, 1, nonce=1))  # one release at a time
     assert got == 409 and answer["error"]["code"] == "release_outstanding"
+    assert f"outstanding until {utc_text(release['expiry'])} (chain time)" in answer["error"]["message"]
     assert world.book.balance(account, "USDC").locked == 12_500_000
 
     world.chain.s.release_nonce[wallet.address] = release["nonce"] + 1  # the wallet used it on chain

@@ -47,7 +47,7 @@ from promptex.coordinator.requests import (
 from promptex.coordinator.service import Coordinator
 from promptex.coordinator.store import ReleaseRefused
 from promptex.ledger.binding import checksum_address
-from promptex.protocol.units import money
+from promptex.protocol.units import money, utc_text
 from promptex.serving import ServerThread, listening_sockets
 from promptex.throttle import Throttle
 
@@ -130,8 +130,8 @@ class Door:
                 "expiry": release.expiry,
                 "signature": release.signature,
             },
-            "message": f"{money(release.amount, release.asset)} may leave the vault at once until {release.expiry} "
-            "(chain time); it is locked for it until then",
+            "message": f"{money(release.amount, release.asset)} may leave the vault at once until "
+            f"{utc_text(release.expiry)} (chain time); it is locked for it until then",
         }
 
     def nonce(self, account: str | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from promptex.chain.deployments import Deployment
 from promptex.coordinator.store import CoordinatorStore
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.eip712 import recover_digest
-from promptex.protocol.units import MAX_UINT256, money
+from promptex.protocol.units import MAX_UINT256, money, utc_text
 from promptex.protocol.vault import MAX_CAP_EXPIRY, MAX_CAP_TOTAL, MAX_LANES, exit_request_digest, session_key_digest
 
 MAX_EXIT_REQUEST_SECONDS = 3_600  # a signed request is answered only this close to its expiry (chain time)
@@ -118,8 +118,8 @@ def parse_exit_request(body: dict[str, Any], place: Place, now: int) -> ExitRequ
         raise Refused(400, "bad_amount", "an exit must be for a positive amount", field="amount")
     signature = _signature(body)
     if expiry <= now:
-        raise Refused(400, "expired", f"the request expired (at {expiry}; the chain's time is {now}): sign a new one",
-                      expiry=expiry, now=now)  # fmt: skip
+        raise Refused(400, "expired", f"the request expired (at {utc_text(expiry)}; the chain's time is "
+                      f"{utc_text(now)}): sign a new one", expiry=expiry, now=now)  # fmt: skip
     if expiry > now + MAX_EXIT_REQUEST_SECONDS:
         raise Refused(400, "expiry_too_far",
                       f"a request may be signed for at most {MAX_EXIT_REQUEST_SECONDS} s ahead of the chain's time",
@@ -175,7 +175,8 @@ def check_session_key_fresh(request: SessionRequest, now: int, latest_session: i
     a nonce not above the latest session the ledger knows for the account (a replayed
     SessionKey). Nothing is stored for a refused key."""
     if request.expiry <= now:
-        raise Refused(400, "expired", f"this SessionKey expired (at {request.expiry}; now {now}): sign a new one",
+        raise Refused(400, "expired", f"this SessionKey expired (at {utc_text(request.expiry)}; the chain's time "
+                      f"is {utc_text(now)}): sign a new one",
                       field="expiry")  # fmt: skip
     if request.expiry > MAX_CAP_EXPIRY:
         raise Refused(400, "bad_expiry", f"expiry {request.expiry} is beyond the vault's range "

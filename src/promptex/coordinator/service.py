@@ -60,7 +60,7 @@ from promptex.ledger.lots import CLOSING, OPEN
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, QUARANTINED, StoredUsage
 from promptex.protocol.escrow import MAX_PRUNE_LOTS, STATUS_OPEN
-from promptex.protocol.units import money
+from promptex.protocol.units import money, utc_text
 from promptex.protocol.vault import SignedDebit, pack_signed_entries
 
 log = logging.getLogger("promptex.coordinator")
@@ -1382,7 +1382,7 @@ class Coordinator:
         outstanding = self.store.active_releases(address)
         if outstanding:
             raise ReleaseRefused(
-                f"a release for {address} is outstanding until {outstanding[0].expiry} (chain time): "
+                f"a release for {address} is outstanding until {utc_text(outstanding[0].expiry)} (chain time): "
                 "use it or let it expire first",
                 "release_outstanding",
                 expiry=outstanding[0].expiry,
