@@ -5,6 +5,8 @@ draw disagree, or a hold fall short of what is charged. A canned upstream
 
 from __future__ import annotations
 
+import functools
+
 import httpx
 import orjson
 import pytest
@@ -12,8 +14,18 @@ import pytest
 from promptex import metering
 from promptex.buyerside.answers import MESSAGES, bounds, check_cost, check_counts, usage_of
 from promptex.buyerside.signer import StreamWatch
-from promptex.gateway.adapters import COMPLETIONS, EMBEDDINGS, OpenAIAdapter, may_write_cache
+from promptex.gateway.adapters import (
+    COMPLETIONS,
+    EMBEDDINGS,
+    AnthropicStream,
+    OpenAIAdapter,
+    OpenAIStream,
+    StreamTranslator,
+    may_write_cache,
+)
+from promptex.gateway.charges import Charge
 from promptex.gateway.errors import GatewayError
+from promptex.gateway.messages import NativeStream
 from promptex.gateway.requests import validate
 from promptex.ledger.models import HoldStatus
 from promptex.metering import TokenUsage, load_catalog
@@ -216,3 +228,49 @@ def test_anthropic_lot_thinking_tokens_for_a_request_that_asks_no_thinking__visi
     record = gw.ledger.usage_record(answer.headers["x-request-id"])
     assert shown is not None and record is not None and shown.reasoning_tokens == record.reasoning_tokens == 0
     assert (shown.output_tokens, str(record.cost)) == (record.output_tokens, str(watch.cost))
+
+
+def _sse(events: list[tuple[str, dict[str, object]]]) -> list[str]:
+    return [line for name, event in events for line in (f"event: {name}", "data: " + orjson.dumps(event).decode())]
+
+
+def test_streams_of_unusual_shape__their_charge_shown() -> None:
+    """Every charged stream ends with an event carrying its charge. Found by a random check of
+    every translator's shown cost against the charge: an OpenAI stream whose client asked no
+    usage and whose upstream sent only a usage chunk (no choice), an Anthropic stream (chat
+    translation, or native) with text but no message_start, cut short or not — each was
+    charged, and no event carried the charge; and a native stream whose shown message_start
+    (within its bounds) and reported message_delta merged into other usage than charged."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+    only_usage = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpt", "usage": usage}
+    text = _sse([("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": "Sunny."}})])  # fmt: skip
+    stop = _sse([("message_stop", {"type": "message_stop"})])
+    # A native stream whose message_start was shown within the bounds (1,000,000 reads: 40), then
+    # a message_delta reporting counts within them: the delta passed on as sent, and merged
+    # into the start's shown counts, showed input 0 for the 1 charged.
+    bounded = NativeStream()
+    rates = metering.list_rates(load_catalog(CATALOG).price("fake-claude"))
+    bounded.bound = functools.partial(metering.within_bounds, rates, input_tokens=40, output_tokens=30)
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
+             "usage": {"input_tokens": 1, "cache_read_input_tokens": 1_000_000, "output_tokens": 1}}}  # fmt: skip
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+             "usage": {"output_tokens": 5, "cache_read_input_tokens": 0}}  # fmt: skip
+    cases: list[tuple[str, StreamTranslator, list[str]]] = [
+        ("messages", bounded, [*_sse([("message_start", start), ("message_delta", delta)]), *stop]),
+        ("chat", OpenAIStream(False), ["data: " + orjson.dumps(only_usage).decode(), "data: [DONE]"]),
+        ("chat", AnthropicStream("chat", "fake-claude", False), text),
+        ("chat", AnthropicStream("chat", "fake-claude", True), text),
+        ("messages", NativeStream(), text),
+        ("messages", NativeStream(), [*text, *stop]),
+    ]
+    for endpoint, translator, lines in cases:
+        frames = [frame for line in lines for frame in translator.feed(line)]
+        charged = translator.usage if translator.usage is not None else TokenUsage(4, translator.produced)
+        translator.charged(charged)  # type: ignore[attr-defined]
+        frames += translator.finish(Charge("req_1", "USDC", 27, 27, 1, None, 1))
+        watch = StreamWatch()
+        watch.feed(b"".join(frames))
+        assert watch.cost == 27, (endpoint, type(translator).__name__, lines)
+        if endpoint == "messages":
+            assert watch.usage(endpoint) == charged

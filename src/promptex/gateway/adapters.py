@@ -484,6 +484,7 @@ class OpenAIStream:
         self._held: dict[str, Any] | None = None
         self._held_bytes = 0  # and by the one held
         self._last: dict[str, Any] | None = None  # the last chunk with choices passed on
+        self._shell: dict[str, Any] | None = None  # the first chunk's id, object, created and model
         self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
 
     def feed(self, line: str) -> list[bytes]:
@@ -499,6 +500,8 @@ class OpenAIStream:
             return []
         if not isinstance(chunk, dict):
             return []
+        if self._shell is None:
+            self._shell = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
         usage = openai_usage(chunk.get("usage"))
         if usage is not None:
             self._reported, self.usage = usage, within_marks(usage, self.sent)
@@ -563,6 +566,11 @@ class OpenAIStream:
             choice = self._last["choices"][0]
             empty: dict[str, Any] = {"delta": {}} if isinstance(choice, dict) and "delta" in choice else {"text": ""}
             held = {**self._last, "choices": [{"index": 0, **empty, "finish_reason": None}]}
+        elif held is None and charge is not None and self._shell is not None and not self.include_usage:
+            # No choice ever came (only usage chunks, kept from a client that asked none): the
+            # charge went unseen. One chunk with an empty choice, in the first chunk's frame.
+            empty = {"text": ""} if self._shell.get("object") == "text_completion" else {"delta": {}}
+            held = {**self._shell, "choices": [{"index": 0, **empty, "finish_reason": None}]}
         charged = self._charged
         if self.include_usage and charge is not None and charged is not None and charged != self._reported:
             # Charged other than reported: no usage chunk (an upstream that ignored
@@ -740,7 +748,6 @@ class AnthropicStream:
         self._reported: dict[str, Any] = {}  # Anthropic's usage numbers so far (each event may update some)
         self._charged: TokenUsage | None = None  # the usage the gateway charged (`charged`)
         self._finish: str | None = None
-        self._started = False  # a message_start was read (its first chunk passed on)
         self._base: dict[str, Any] = {
             "id": "chatcmpl-anthropic",
             "object": "chat.completion.chunk" if endpoint == CHAT else "text_completion",
@@ -778,7 +785,6 @@ class AnthropicStream:
             return []
         kind = event.get("type")
         if kind == "message_start":
-            self._started = True
             message = event.get("message") or {}
             self._base["id"] = "chatcmpl-" + str(message.get("id", "anthropic"))
             self._update(message.get("usage"))
@@ -805,8 +811,10 @@ class AnthropicStream:
         # Cut short but charged: its charge (and the usage charged, when asked) on a last chunk
         # with no finish reason and no [DONE], as `OpenAIStream` ends one. Before, nothing
         # followed the last text: the client that asked for usage never saw what it was
-        # charged (nor the signing proxy a charge to check).
-        cut = not self.finished and charge is not None and self._started
+        # charged (nor the signing proxy a charge to check). Also one that never sent its
+        # message_start (text or usage without one: a charge no event showed; a stream with
+        # neither is not charged, `Gateway.stream_done`).
+        cut = not self.finished and charge is not None
         if not self.finished and not cut:
             return []
         last = self._choice_chunk({}, "", None if cut else self._finish or "stop")

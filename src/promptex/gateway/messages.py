@@ -276,7 +276,7 @@ class NativeStream:
         self._reported_usage: TokenUsage | None = None
         self._charged: TokenUsage | None = None
         self._held: list[tuple[str, dict[str, Any]]] = []
-        self._started = False  # a message_start was passed on
+        self._start_shown = False  # its message_start passed on with usage other than reported
 
     def feed(self, line: str) -> list[bytes]:
         if line.startswith("event:"):
@@ -295,11 +295,11 @@ class NativeStream:
         name = self._event or str(kind)
         self._bytes += shown_bytes(event)  # every event read is passed on, now or at `finish`
         if kind == "message_start":
-            self._started = True
             message = event.get("message")
             self._update(message.get("usage") if isinstance(message, dict) else None)
             shown = self._start_usage(message)
             if shown is not None:
+                self._start_shown = True
                 return [frame(name, orjson.dumps({**event, "message": {**event["message"], "usage": shown}}))]
         elif kind == "content_block_delta" and _carries_output(event.get("delta")):
             self.produced += 1
@@ -346,14 +346,16 @@ class NativeStream:
         # The last message_delta carries the charge (and, if need be, the usage charged): its
         # counts overwrite those of any before it, as the client and the signing proxy read them.
         delta = next((event for _, event in reversed(held) if event.get("type") == "message_delta"), None)
-        if charge is not None and delta is None and self._started:
-            # Cut short before its message_delta (or an upstream that sent none): one carries
-            # the charge, with no stop reason when the message did not stop.
+        if charge is not None and delta is None:
+            # Cut short before its message_delta (or an upstream that sent none, or text with no
+            # message_start): one carries the charge, with no stop reason when the message did not stop.
             delta = {"type": "message_delta", "delta": {"stop_reason": None, "stop_sequence": None}}
             held.insert(0, ("message_delta", delta))
         if charge is not None and delta is not None:
             charged = self._charged if self._charged is not None else self.usage
-            if charged is not None and (charged != self._reported_usage or "usage" not in delta):
+            # Whole when the message_start showed other counts than reported (a client merges
+            # the delta's into the start's: those reported as sent left them showing).
+            if charged is not None and (charged != self._reported_usage or "usage" not in delta or self._start_shown):
                 delta["usage"] = delta_usage_json(charged)
             delta[FIELD] = charge.fields()
         return [frame(name, orjson.dumps(event)) for name, event in held]
