@@ -120,3 +120,24 @@ def test_buyer_limits__set_shown_cleared__bad_subject_one_line_error(env: str) -
     assert refused.exit_code != 0 and "name one subject" in refused.output
     refused = runner.invoke(main, ["buyer", "limits", "--key-id", "7", "--rpm", "-1"])
     assert refused.exit_code != 0 and "non-negative" in refused.output
+
+
+def test_buyer_bind__with_an_ape_account__bound_as_signup_says(env: str) -> None:
+    """`buyer signup --wallet` names the ways to sign; `bind --account ALIAS` signs with the ape
+    account, as every wallet command does (before: only a raw private key or a signature made
+    elsewhere — an ape account's owner had no command to sign with)."""
+    test_wallet = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"  # ape's TEST::1 (the test mnemonic)
+    signup = CliRunner().invoke(main, ["buyer", "signup", "--wallet", test_wallet])
+    assert signup.exit_code == 0, signup.output
+    assert "--account ALIAS" in signup.output
+    nobody = CliRunner().invoke(main, ["buyer", "bind"])
+    assert nobody.exit_code == 1 and "--account ALIAS" in nobody.output, nobody.output
+    other = CliRunner().invoke(main, ["buyer", "bind", "--account", "TEST::2"])
+    assert other.exit_code == 1 and f"the challenge is for {test_wallet}" in other.output, other.output
+    missing = CliRunner().invoke(main, ["buyer", "bind", "--account", "no-such-alias"])
+    assert missing.exit_code == 1 and "no ape account 'no-such-alias'" in missing.output, missing.output
+    bind = CliRunner().invoke(main, ["buyer", "bind", "--account", "TEST::1"])
+    assert bind.exit_code == 0, bind.output
+    assert f"wallet {test_wallet} bound to account" in bind.output
+    with Ledger.open(env) as ledger:
+        assert ledger.account_of(test_wallet) is not None

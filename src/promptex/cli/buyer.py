@@ -12,6 +12,7 @@ from promptex.cli.amounts import decimal_of
 from promptex.config import settings
 
 if TYPE_CHECKING:
+    from promptex.ledger.binding import BindingMessage
     from promptex.ledger.usage import StoredUsage
 
 
@@ -69,14 +70,35 @@ def buyer_signup(
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None
             Path(challenge_out).write_text(challenge_json(message))
-            click.echo(f"sign {challenge_out} (typed_data) with {message.wallet}, then: promptex buyer bind")
+            # Which bind signs it: an ape account (alias), a key in the environment, or any wallet's signature.
+            click.echo(f"sign {challenge_out} (typed_data) with {message.wallet}: {bind_hint(challenge_out)}")
+
+
+def bind_hint(challenge: str) -> str:
+    """How `buyer bind` signs the challenge file `challenge`: the ways, in one line."""
+    option = "" if challenge == "binding-challenge.json" else f" --challenge {challenge}"
+    return (
+        f"promptex buyer bind{option} --account ALIAS [--yes] (an ape account, or TEST::N locally), "
+        "--sign-with-env VAR (the wallet's private key in $VAR) or --signature 0x… (eth_signTypedData_v4)"
+    )
 
 
 @buyer.command("bind")
 @click.option("--challenge", "challenge_file", default="binding-challenge.json", show_default=True)
+@click.option(
+    "--account",
+    "account_alias",
+    help="sign with this ape account (a keyfile asks for its passphrase, or reads APE_ACCOUNTS_<alias>_PASSPHRASE; "
+    "TEST::N locally)",
+)
+@click.option(
+    "--yes", is_flag=True, help="--account: sign without confirming (a keyfile's passphrase from the environment)"
+)
 @click.option("--signature", help="0x… signature of the challenge's typed data")
 @click.option("--sign-with-env", help="(demo) sign with the private key in this environment variable")
-def buyer_bind(challenge_file: str, signature: str | None, sign_with_env: str | None) -> None:
+def buyer_bind(
+    challenge_file: str, account_alias: str | None, yes: bool, signature: str | None, sign_with_env: str | None
+) -> None:
     """Bind the wallet that signed the challenge; its first binding brings the welcome credit."""
     import os
     from pathlib import Path
@@ -87,13 +109,17 @@ def buyer_bind(challenge_file: str, signature: str | None, sign_with_env: str | 
 
     s = settings()
     message = message_from_json(Path(challenge_file).read_text())
+    if sum(1 for given in (account_alias, signature, sign_with_env) if given) > 1:
+        raise click.ClickException("give one of --account, --signature, --sign-with-env")
+    if account_alias:
+        signature = "0x" + _sign_with_ape_account(account_alias, message, yes=yes).hex()
     if sign_with_env:
         key = os.environ.get(sign_with_env)
         if not key:
             raise click.ClickException(f"${sign_with_env} is not set")
         signature = "0x" + sign(message, key).hex()
     if not signature:
-        raise click.ClickException("give --signature or --sign-with-env")
+        raise click.ClickException(f"say who signs {challenge_file}: {bind_hint(challenge_file)}")
     with Ledger.from_settings(s) as ledger:
         try:
             account = bind_wallet(
@@ -113,6 +139,34 @@ def buyer_bind(challenge_file: str, signature: str | None, sign_with_env: str | 
             f"its vault deposits are not the account's: settlement debits the account's first wallet, {debited}; "
             "deposit from that wallet to spend (this wallet's own deposits can be withdrawn)"
         )
+
+
+def _sign_with_ape_account(alias: str, message: BindingMessage, *, yes: bool) -> bytes:
+    """The challenge's typed data signed by the ape account `alias` (the wallet commands' --account;
+    `yes`: as their --yes, no confirmation, a keyfile unlocked with APE_ACCOUNTS_<alias>_PASSPHRASE)."""
+    from promptex.chain.accounts import resolve_account
+    from promptex.cli.door import sign_typed_data
+    from promptex.cli.errors import quiet_ape
+    from promptex.ledger.binding import checksum_address
+
+    quiet_ape()  # ape's log lines ("Danger! This account will now sign…") only with --debug
+    try:
+        account = resolve_account(alias)
+    except KeyError:
+        raise click.ClickException(
+            f"no ape account {alias!r}: see `ape accounts list` (`ape accounts import` or `generate` makes one)"
+        ) from None
+    except (IndexError, ValueError):  # TEST::N beyond the test accounts, TEST::x
+        raise click.ClickException(f"no test account {alias}") from None
+    if checksum_address(str(account.address)) != checksum_address(message.wallet):
+        raise click.ClickException(
+            f"{alias} is {account.address}; the challenge is for {message.wallet}: sign with that wallet"
+        )
+    if yes and hasattr(account, "set_autosign"):
+        account.set_autosign(True)
+    else:
+        click.echo(f"{alias} signs: {message.statement} (wallet {message.wallet}, chain {message.chain_id})")
+    return sign_typed_data(account, message.typed_data())
 
 
 @buyer.command("org-key")

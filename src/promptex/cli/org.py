@@ -24,6 +24,7 @@ def org_create(name: str, owner_wallet: str, challenge_out: str) -> None:
 
     from web3 import Web3
 
+    from promptex.cli.buyer import bind_hint
     from promptex.gateway.buyers import challenge_json
     from promptex.ledger import AccountKind, Ledger, LedgerError
     from promptex.ledger.accounts import account_by_name
@@ -44,8 +45,5 @@ def org_create(name: str, owner_wallet: str, challenge_out: str) -> None:
             raise click.ClickException(str(exc)) from None
     Path(challenge_out).write_text(challenge_json(message))
     click.echo(f"org {name!r}: account {message.account}")
-    click.echo(
-        f"sign {challenge_out} (typed_data) with {message.wallet}, then: "
-        f"promptex buyer bind --challenge {challenge_out} --signature 0x…"
-    )
+    click.echo(f"sign {challenge_out} (typed_data) with {message.wallet}: {bind_hint(challenge_out)}")
     click.echo(f"members: promptex buyer org-key --org {name!r} --name NAME [--budget USDC=AMOUNT]")
