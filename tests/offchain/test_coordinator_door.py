@@ -104,6 +104,7 @@ def test_door__exit_refusals__4xx_with_the_reason_and_nothing_locked(world: Worl
     got, answer = world.post(world.request(wallet, 13 * USDC))
     assert got == 409 and answer["error"]["code"] == "unsettled_usage"
     assert answer["error"]["message"].startswith("only 12.50 USDC of ")
+    assert "the rest leaves by the trustless exit: `promptex wallet withdraw`" in answer["error"]["message"]
     assert (answer["error"]["free_units"], answer["error"]["unsettled_units"]) == ("12500000", "7500000")
     got, answer = world.post(world.request(wallet, 2**255, nonce=1))  # huge, within 256 bits
     assert got == 409 and answer["error"]["code"] == "unsettled_usage"

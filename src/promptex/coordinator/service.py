@@ -1395,7 +1395,8 @@ class Coordinator:
             raise ReleaseRefused(
                 f"only {money(max(0, free), asset, rounding='down')} of {address} is free of unsettled usage "
                 f"(vault balance {money(on_chain, asset, rounding='down')}, unsettled {money(owed, asset)}, "
-                f"locked {money(locked, asset)}); use the trustless exit (request_exit) for the rest",
+                f"locked {money(locked, asset)}); the rest leaves by the trustless exit: `promptex wallet withdraw` "
+                "(the dashboard's Request withdrawal)",
                 "unsettled_usage",
                 free_units=str(max(0, free)),
                 balance_units=str(on_chain),
