@@ -92,7 +92,7 @@ def test_reconcile__served_not_yet_settled__explained_by_request_ids(ledger, buy
         ("unsettled request", "req-2", 45),
     ]
     assert row.unexplained == 0
-    assert "each explained by named records" in summary(report)
+    assert "each explained by named records (`promptex reconcile --all` lists them)" in summary(report)  # which
 
 
 def test_reconcile__deposit_removed_after_spending__request_and_debt_explain(ledger, buyer):

@@ -239,7 +239,11 @@ def summary(report: Report) -> str:
     counts = ", ".join(f"{n} {section}s" for section, n in report.checked.items())
     if report.ok:
         explained = len(report.differences)
-        tail = f"{explained} difference(s), each explained by named records" if explained else "no differences"
+        tail = (
+            f"{explained} difference(s), each explained by named records (`promptex reconcile --all` lists them)"
+            if explained
+            else "no differences"
+        )
         return f"books reconcile with the chain at block {report.block} ({counts}): {tail}"
     return (
         f"books do NOT reconcile with the chain at block {report.block} ({counts}): "
