@@ -274,3 +274,31 @@ def test_streams_of_unusual_shape__their_charge_shown() -> None:
         assert watch.cost == 27, (endpoint, type(translator).__name__, lines)
         if endpoint == "messages":
             assert watch.usage(endpoint) == charged
+
+
+def test_reasoning_tokens_for_a_model_that_never_reasons__visible_output_bounded_by_its_text(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """An OpenAI-API lot reporting reasoning tokens for a model the catalog says never reasons
+    (`reasoning = false`: gpt-4o, gpt-4.1, Llama, …) escaped the bound on visible output:
+    "Sunny." reported as 1,000 completion tokens, 994 of them reasoning, was charged 1,000 and
+    passed the signing proxy's check. They are visible output now, bounded by the answer's
+    text; a model that may reason keeps them as reported."""
+    answers, fake = canned
+    gw.add_lot(fake)
+    _, key = gw.buyer()
+    usage = {"prompt_tokens": 10, "completion_tokens": 1_000, "completion_tokens_details": {"reasoning_tokens": 994}}
+    answers.answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m", "usage": usage,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sunny."},
+                                   "finish_reason": "stop"}]}  # fmt: skip
+    for model, charged in (("fake-gpt-plain", TokenUsage(10, 6 + 48)), ("fake-gpt", TokenUsage(10, 1_000,
+                           reasoning_tokens=994))):  # fmt: skip
+        request = {"model": model, "max_tokens": 1_000, "messages": [{"role": "user", "content": "the weather"}]}
+        answer = httpx.post(gw.url + "/v1/chat/completions", json=request, headers={"authorization": f"Bearer {key}"},
+                            timeout=30)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert record is not None and usage_of("chat", answer.json()) == charged, model
+        assert (record.output_tokens, record.reasoning_tokens) == (charged.output_tokens, charged.reasoning_tokens)
+        check_counts(bounds("chat", request), charged, visible_bytes("chat", answer.json()))

@@ -94,6 +94,10 @@ def test_load_catalog__missing_file__catalog_error(tmp_path):
             "image_tokens = 100\nimage_tokens_low = 101",
             "image_tokens_low must not exceed",
         ),
+        (
+            '[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\nreasoning = "no"',
+            "reasoning must be true or false",
+        ),
     ],
 )
 def test_parse_catalog__malformed__catalog_error(text, message):
@@ -130,6 +134,15 @@ def test_catalog_image_tokens__listed_per_model__else_the_default_at_any_detail(
         '[models.m]\nprovider = "x"\ninput_usd_micro_per_1k = 1\noutput_usd_micro_per_1k = 0\nimage_tokens_low = 9000'
     )
     assert low_only.image_tokens("m", 4_000) == ImageTokens(4_000, 4_000)  # never above the high
+
+
+def test_catalog_reasoning__models_that_never_reason_say_so__others_may():
+    """`reasoning = false` marks the models that never reason (their reported reasoning is
+    visible output, `Gateway.bounded`); a model not marked may reason."""
+    catalog = load_catalog()
+    never = {p.model for p in catalog if not p.reasoning}
+    assert {"gpt-4o", "gpt-4o-mini", "gpt-4.1", "Llama-3.3-70B-Instruct", "claude-3-5-haiku-latest"} <= never
+    assert not never & {"gpt-5", "o3", "o4-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "gemini-2.5-flash-lite"}
 
 
 # ─── Token usage and prompt caches ──────────────────────────────────────────

@@ -821,15 +821,18 @@ class Gateway:
         is logged (the lot, the counts) and noted on `priced.clamped`
         (`x-promptex-usage-clamped` on a plain answer).
 
-        An Anthropic lot's model thinks only when the body sent asks it to (a Messages
-        request's `thinking`; the chat translation never sends one): thinking tokens it
-        reports otherwise are visible output, bounded by the answer's text as any. Before,
-        they escaped that bound: "Sunny." reported as 1,000 output tokens, 994 of them
-        thinking, was charged 1,000, and the signing proxy passed it (6 visible)."""
+        Reasoning is kept only where the model can reason: not for a model the catalog says
+        never does (`reasoning = false`: gpt-4o, gpt-4.1, Llama, …), and an Anthropic lot's
+        model thinks only when the body sent asks it to (a Messages request's `thinking`;
+        the chat translation never sends one). Reasoning tokens reported otherwise are
+        visible output, bounded by the answer's text as any. Before, they escaped that
+        bound: "Sunny." reported as 1,000 output tokens, 994 of them reasoning (or
+        thinking), was charged 1,000, and the signing proxy passed it (6 visible)."""
         visible = None if produced_bytes is None else produced.visible_limit(produced_bytes, priced.prediction_bytes)
         rates = self._list_rates(priced.price.model)
         reported = usage
-        if usage.reasoning_tokens and lot.api == "anthropic" and not priced.thinks:
+        reasons = priced.price.reasoning and (lot.api != "anthropic" or priced.thinks)
+        if usage.reasoning_tokens and not reasons:
             usage = dataclasses.replace(usage, reasoning_tokens=0)
         within = metering.within_bounds(rates, usage, priced.input_bound, priced.output, visible)
         if within is usage:  # within its bounds (its thinking, if it could not think, as visible output)

@@ -10,6 +10,10 @@ detail) and at `"detail": "low"` (`image_tokens_low`): the tokens a request's im
 are held and bounded for (`Catalog.image_tokens`), where a provider's per-model image
 arithmetic exceeds the API's default allowance (gpt-4o-mini's image tokens are multiplied).
 
+A model that never reasons lists `reasoning = false`: reasoning tokens an upstream reports
+for it are visible output (bounded by the answer's text, `Gateway.bounded`), not tokens
+no one sees.
+
 The default catalog is `catalog.toml` beside this module; a file of the same
 shape given by path (setting `model_catalog`) replaces it whole.
 """
@@ -39,6 +43,7 @@ class UnknownModel(LookupError):
 
 CACHE_RATES = ("cache_read_usd_micro_per_1k", "cache_write_usd_micro_per_1k", "cache_write_1h_usd_micro_per_1k")
 IMAGE_FIELDS = ("image_tokens", "image_tokens_low")
+REASONING = "reasoning"
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class ModelPrice:
     cache_write_1h_usd_micro_per_1k: int | None = None
     image_tokens: int | None = None  # the most input tokens one image costs (any detail)
     image_tokens_low: int | None = None  # ... at "detail": "low"
+    reasoning: bool = True  # False: the model never reasons (its reported reasoning is visible output)
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ def _entry(model: str, fields: Any, source: str) -> ModelPrice:
             raise CatalogError(f"{where}: {key} must be a positive integer (input tokens per image)")
         return value
 
-    known = {"provider", "input_usd_micro_per_1k", "output_usd_micro_per_1k", *CACHE_RATES, *IMAGE_FIELDS}
+    known = {"provider", "input_usd_micro_per_1k", "output_usd_micro_per_1k", *CACHE_RATES, *IMAGE_FIELDS, REASONING}
     unknown = set(fields) - known
     if unknown:
         raise CatalogError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -156,6 +162,15 @@ def _entry(model: str, fields: Any, source: str) -> ModelPrice:
     high, low = images.get("image_tokens"), images.get("image_tokens_low")
     if high is not None and low is not None and low > high:
         raise CatalogError(f"{where}: image_tokens_low must not exceed image_tokens")
+    reasoning = fields.get(REASONING, True)
+    if not isinstance(reasoning, bool):
+        raise CatalogError(f"{where}: {REASONING} must be true or false")
     return ModelPrice(
-        model, provider, rate("input_usd_micro_per_1k"), rate("output_usd_micro_per_1k"), **cache, **images
+        model,
+        provider,
+        rate("input_usd_micro_per_1k"),
+        rate("output_usd_micro_per_1k"),
+        **cache,
+        **images,
+        reasoning=reasoning,
     )
