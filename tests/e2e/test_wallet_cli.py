@@ -14,9 +14,9 @@ from web3 import Web3
 
 from anvil_node import ROOT, ape_env
 from promptex.chain.deploy import contract_at
-from promptex.protocol.escrow import KIND_TOKENIZED, buy_back_payout
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, buy_back_payout
 from promptex.protocol.redemption import provider_id
-from promptex.protocol.vault import UNLIMITED, sign_release
+from promptex.protocol.vault import UNLIMITED, pack_debits, pack_lot_amount, sign_release
 
 BUYER, STRANGER = "TEST::2", "TEST::6"
 USD = 10**6
@@ -209,6 +209,39 @@ def test_wallet__redemption_grant_link_revoke__signed_by_the_user(promptex_cli, 
     no_refund = promptex_cli("wallet", "refund", "--redemption", "7", "--account", STRANGER)
     assert no_refund.exit_code == 1 and "redemption: not open" in no_refund.output
     assert "Traceback" not in no_refund.output
+
+
+def test_wallet_balances__a_sellers_earnings_to_claim__shown_until_claimed(promptex_cli, chain_market, accounts, chain):
+    """A settlement credits a listed lot's seller; `wallet balances` says what is to claim and how
+    (before: nothing showed it — a seller learned its earnings only by claiming them)."""
+    deployment, _ = chain_market
+    attestor, buyer, seller = accounts[0], accounts[2], accounts[6]  # the deployer: attestor and coordinator
+    names = ("CreditEscrow", "CreditsVault", "USDC", "token:GPT")
+    escrow, vault, usdc, gpt = (contract_at(deployment, n) for n in names)
+    face = 100 * USD
+    bond = escrow.min_bond(face)
+    usdc.mint(seller, bond, sender=seller)
+    usdc.approve(escrow, bond, sender=seller)
+    expiry = chain.pending_timestamp + 30 * 86_400
+    escrow.open_lot(seller, gpt, KIND_LISTED, face, expiry, bond, b"\x11" * 32, 10_000, sender=attestor)
+    usdc.mint(buyer, 10 * USD, sender=buyer)
+    usdc.approve(vault, 10 * USD, sender=buyer)
+    vault.deposit(usdc, 10 * USD, sender=buyer)
+    vault.set_spend_cap(usdc, 2**256 - 1, 10**30, 2**32 - 1, sender=buyer)
+    chain.pending_timestamp = max(chain.pending_timestamp, vault.next_settlement_at(usdc))
+    debits, credits = pack_debits({buyer.address: 1_250_000}), [pack_lot_amount(escrow.lot_count(), 1_250_000)]
+    vault.settle(vault.last_epoch(usdc) + 1, usdc, debits, credits, 0, 0, b"\x22" * 32, sender=attestor)
+    assert vault.claimable(seller, usdc) == 1_250_000
+
+    shown = promptex_cli("wallet", "balances", "--account", STRANGER)
+    assert shown.exit_code == 0, shown.output
+    assert "earned as a seller, to claim: 1.25 USDC (promptex wallet claim --asset USDC)" in shown.output
+    as_json = json.loads(promptex_cli("wallet", "balances", "--account", STRANGER, "--json").output)
+    assert next(r for r in as_json["balances"] if r["asset"] == "USDC")["claimable_units"] == "1250000"
+    claimed = promptex_cli("wallet", "claim", "--account", STRANGER)
+    assert claimed.exit_code == 0 and "claimed 1.25 USDC" in claimed.output, claimed.output
+    after = promptex_cli("wallet", "balances", "--account", STRANGER)
+    assert after.exit_code == 0 and "to claim" not in after.output, after.output
 
 
 def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_than_unbacked_refused(

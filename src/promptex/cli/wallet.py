@@ -191,7 +191,8 @@ def wallet_command(name: str) -> Callable[[Callable[..., Done]], click.Command]:
 
 @wallet_command("balances")
 def balances(network: Any, alias: str | None, yes: bool) -> Done:
-    """USDC and every provider token: in the wallet, in the vault, and any pending withdrawal."""
+    """USDC and every provider token: in the wallet, in the vault, any pending withdrawal, and
+    a seller's earnings settlements credited, to claim."""
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
@@ -200,13 +201,15 @@ def balances(network: Any, alias: str | None, yes: bool) -> Done:
             f"{'asset':<6} {'wallet':>34} {'vault':>34} {'withdrawing':>24}",
         ]
         rows: list[dict[str, Any]] = []
+        to_claim: list[str] = []
         total, priced = 0, True
         for symbol in ["USDC", *session.deployment.token_symbols()]:
             token = session.token(symbol)
             twap = None if symbol == "USDC" else twap_of(session, token)
             held, in_vault = token.balanceOf(session.account), vault.balance_of(session.account, token)
             pending = vault.pending_exits(session.account, token).amount
-            for amount in (held, in_vault, pending):
+            claimable = vault.claimable(session.account, token)
+            for amount in (held, in_vault, pending, claimable):
                 value = usd_value(amount, symbol, twap)
                 total += value or 0
                 priced = priced and (value is not None or amount == 0)
@@ -214,8 +217,13 @@ def balances(network: Any, alias: str | None, yes: bool) -> Done:
                 f"{symbol:<6} {money(held, symbol, twap=twap):>34} {money(in_vault, symbol, twap=twap):>34} "
                 f"{money(pending, symbol, twap=twap):>24}"
             )
+            if claimable:
+                to_claim.append(f"{money(claimable, symbol, twap=twap)} (promptex wallet claim --asset {symbol})")
             rows.append({"asset": symbol, "wallet_units": str(held), "vault_units": str(in_vault),
-                         "withdrawing_units": str(pending), "twap": None if twap is None else str(twap)})  # fmt: skip
+                         "withdrawing_units": str(pending), "claimable_units": str(claimable),
+                         "twap": None if twap is None else str(twap)})  # fmt: skip
+        if to_claim:
+            lines.append(f"earned as a seller, to claim: {', '.join(to_claim)}")
         unknown = "" if priced else " (provider tokens without a TWAP yet not counted)"
         lines.append(f"total: {usd_text(total)} at the Oracle's {TWAP_WINDOW // 60}-minute TWAP{unknown}")
         data = {"account": session.account.address, "network": network.name, "balances": rows,
