@@ -100,6 +100,8 @@ def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itse
         assert done.exit_code == 0, done.output
         if args[0] == "cancel-withdraw":  # nothing moved: the amount stays spendable
             assert json.loads(done.output)["amount_units"] == str(amount * 10**18)
+    early = promptex_cli("wallet", "complete-withdraw", "--asset", "CLD", "--account", BUYER)
+    assert early.exit_code == 1 and f"the withdrawal of {amount:,}.00 CLD thaws until 20" in early.output, early.output
     chain.pending_timestamp += 3_600  # past any thaw and pause
 
     both = promptex_cli("wallet", "complete-withdraw", "--asset", "CLD", "--take-token", "--min-out", "1",

@@ -339,8 +339,15 @@ def complete_withdraw(
     least = units(min_out, "USDC") if min_out else 0
     with readable_errors():
         session = Session(network, alias, yes)
-        vault = session.contract("CreditsVault")
-        receipt = vault.complete_exit(session.token(symbol), least, not take_token, sender=session.account)
+        vault, token = session.contract("CreditsVault"), session.token(symbol)
+        unlock_at, now = vault.exit_unlocks_at(session.account, token), chain_time()
+        if now < unlock_at:  # the vault would revert "exit still thawing": say until when
+            pending = vault.pending_exits(session.account, token).amount
+            raise click.ClickException(
+                f"the withdrawal of {whole(pending, symbol)} thaws until {utc_text(unlock_at)} (the chain's time is "
+                f"{utc_text(now)}): complete it then"
+            )
+        receipt = vault.complete_exit(token, least, not take_token, sender=session.account)
         event = next(iter(receipt.events.filter(vault.ExitCompleted)))
         paid = f"sold for {whole(event.proceeds, 'USDC')}, credited in the vault" if event.sold else "to your wallet"
         return Done(
