@@ -6,13 +6,14 @@ draw disagree, or a hold fall short of what is charged. A canned upstream
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
 from promptex import metering
-from promptex.buyerside.answers import MESSAGES, bounds, check_cost, check_counts, usage_of
+from promptex.buyerside.answers import MESSAGES, AnswerRefused, RateBook, bounds, check_cost, check_counts, usage_of
 from promptex.buyerside.signer import StreamWatch
 from promptex.gateway.adapters import (
     COMPLETIONS,
@@ -32,6 +33,7 @@ from promptex.metering import TokenUsage, load_catalog
 from promptex.metering.produced import visible_bytes
 
 from .conftest import CATALOG, Fake, Harness
+from .test_signed_proxy import _session, _signer
 from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
 from .test_token_accounting import usdc_cost
 
@@ -279,6 +281,7 @@ def test_streams_of_unusual_shape__their_charge_shown() -> None:
 def test_reasoning_tokens_for_a_model_that_never_reasons__visible_output_bounded_by_its_text(
     gw: Harness,
     canned: tuple[Canned, Fake],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """An OpenAI-API lot reporting reasoning tokens for a model the catalog says never reasons
     (`reasoning = false`: gpt-4o, gpt-4.1, Llama, …) escaped the bound on visible output:
@@ -302,3 +305,15 @@ def test_reasoning_tokens_for_a_model_that_never_reasons__visible_output_bounded
         assert record is not None and usage_of("chat", answer.json()) == charged, model
         assert (record.output_tokens, record.reasoning_tokens) == (charged.output_tokens, charged.reasoning_tokens)
         check_counts(bounds("chat", request), charged, visible_bytes("chat", answer.json()))
+    # The signing proxy, from its local catalog: a gateway showing that reasoning for a model
+    # that never reasons is refused (it passed: 6 visible); a model that may reason passes.
+    book = RateBook(catalog=load_catalog(CATALOG))
+    assert not book.reasons("fake-gpt-plain") and book.reasons("fake-gpt") and book.reasons("not-listed")
+    claimed, produced = TokenUsage(10, 1_000, reasoning_tokens=994), 6 + 48
+    grant, _, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    plain = signer.hold_for("chat", {**request, "model": "fake-gpt-plain"})[1]
+    assert not plain.reasoning and signer.hold_for("chat", request)[1].reasoning
+    with pytest.raises(AnswerRefused, match="1000 output tokens reported for 54 bytes"):
+        check_counts(plain, claimed, produced)
+    check_counts(bounds("chat", request), claimed, produced)

@@ -72,6 +72,11 @@ class Bounds:
     # exceed the answer's bytes by at most them. Left out, an honest predicted edit whose
     # answer rewrote most of the prediction stopped signing.
     prediction_bytes: int = 0
+    # False: the model never reasons (the local catalog's `reasoning = false`, `RateBook.reasons`):
+    # reasoning tokens reported for it are visible output, bounded by the answer's bytes, as
+    # the gateway charges them (`Gateway.bounded`). Before, a gateway claiming 994 of 1,000
+    # output tokens as reasoning for "Sunny." on gpt-4o passed (6 visible).
+    reasoning: bool = True
 
 
 def bounds(endpoint: str, body: dict[str, Any], allowances: metering.ImageAllowances | None = None) -> Bounds:
@@ -131,7 +136,7 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
         )
     if bound.output_limit is not None and usage.output_tokens > bound.output_limit:
         raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
-    visible = visible_output(usage)
+    visible = visible_output(usage) if bound.reasoning else usage.output_tokens
     if produced_bytes is not None and visible > visible_limit(produced_bytes, bound.prediction_bytes):
         predicted = f" and {bound.prediction_bytes} of its prediction" if bound.prediction_bytes else ""
         raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer{predicted}")
@@ -194,6 +199,12 @@ class RateBook:
         if self.catalog is not None and model not in self.listed:
             return self.catalog.image_tokens(model, default)
         return metering.ImageTokens(default, default)
+
+    def reasons(self, model: str) -> bool:
+        """Whether `model` may reason: the local catalog's `reasoning` (a model it does not
+        list, or none: it may)."""
+        price = self.catalog.models.get(model) if self.catalog is not None else None
+        return price is None or price.reasoning
 
     def image_disagreements(self, default: int) -> list[str]:
         """The models whose image allowance the gateway advertises other than the local
