@@ -96,7 +96,7 @@ def test_usage__rows_totals_per_model_and_day__since_and_csv(ledger: Ledger, mon
     assert_human(table.stdout, "buyer usage")
     per_model = table.stdout.split("per model:")[1].split("per day:")[0]
     assert re.search(r"gpt-4o\s+2 requests\s+2\.00 USDC", per_model)
-    assert re.search(r"gpt-4o-mini\s+1 requests\s+0\.003 USDC", per_model)
+    assert re.search(r"gpt-4o-mini\s+1 request\s+0\.003 USDC", per_model)  # not "1 requests"
     per_day = table.stdout.split("per day:")[1]
     assert re.search(r"2026-11-30\s+1\.25 USDC", per_day) and re.search(r"2026-12-01\s+0\.753 USDC", per_day)
 

@@ -447,7 +447,8 @@ def buyer_usage(account_id: int | None, wallet: str | None, key: str | None, sin
         per_day[(f"{when(r):%Y-%m-%d}", r.asset)] += r.cost
     click.echo("per model:")
     for (model, symbol), (count, cost) in sorted(per_model.items()):
-        click.echo(f"  {model:<22} {count:>6} requests {money(cost, symbol):>18}")
+        noun = "request " if count == 1 else "requests"
+        click.echo(f"  {model:<22} {count:>6} {noun} {money(cost, symbol):>18}")
     click.echo("per day:")
     for (day, symbol), cost in sorted(per_day.items()):
         click.echo(f"  {day} {money(cost, symbol):>18}")
