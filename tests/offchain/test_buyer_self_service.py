@@ -164,3 +164,24 @@ def test_org_create__owner_bound_only_by_its_signature__named_members(ledger: Le
 
 def run_root(*args: str):
     return CliRunner(mix_stderr=False).invoke(main, list(args))
+
+
+def test_outside_the_market_folder__no_ledger_here__none_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run beside no `promptex up` (another terminal, another directory): the commands that read
+    a market's ledger say so and how to point at one. Before, each opened the default SQLite
+    file — creating an empty ledger there — and answered "no account 6" or "no debts"."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("PROMPTEX_LEDGER_URL", "PROMPTEX_UP_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings.cache_clear()
+    try:
+        for args in (("balance", "--account", "6"), ("usage", "--account", "6"), ("debts",), ("bind",)):
+            answer = run(*args)
+            assert answer.exit_code == 1, (args, answer.output)
+            assert "no ledger here (promptex-ledger.sqlite3 does not exist)" in answer.stderr, (args, answer.stderr)
+            assert "PROMPTEX_UP_STATE_DIR" in answer.stderr
+        assert list(tmp_path.iterdir()) == []  # no ledger made
+    finally:
+        settings.cache_clear()

@@ -3,13 +3,14 @@ binding, org member keys, what accounts owe, and limits per key, member and org.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from promptex import metering
 from promptex.cli.amounts import decimal_of
-from promptex.config import settings
+from promptex.config import Settings, settings
 
 if TYPE_CHECKING:
     from promptex.ledger.binding import BindingMessage
@@ -35,6 +36,23 @@ def _budget(text: str | None, option: str = "--budget") -> tuple[str, int] | Non
     return paying.symbol, int(decimal_of(option, amount) * paying.unit)
 
 
+def _existing_ledger() -> Settings:
+    """The settings of a command that reads (or binds in) a market's ledger: a SQLite ledger
+    whose file does not exist is no market here — opening it would create an empty one, and
+    `buyer balance --account 6` run outside `promptex up`'s folder answered "no account 6"."""
+    from sqlalchemy.engine import make_url
+
+    s = settings()
+    url = make_url(s.ledger_url)
+    in_a_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if in_a_file and not Path(str(url.database)).exists():
+        raise click.ClickException(
+            f"no ledger here ({url.database} does not exist): run this in the folder `promptex up` runs in, "
+            "or set PROMPTEX_UP_STATE_DIR to its market folder (or PROMPTEX_LEDGER_URL to the ledger)"
+        )
+    return s
+
+
 @buyer.command("signup")
 @click.option("--wallet", help="the wallet to bind; writes the EIP-712 message it must sign")
 @click.option("--name", help="an account name")
@@ -46,7 +64,6 @@ def buyer_signup(
 ) -> None:
     """Create an account and an API key (shown once); with --wallet, the message to sign."""
     import time
-    from pathlib import Path
 
     from promptex.gateway.buyers import challenge_json, signup
     from promptex.gateway.store import GatewayStore
@@ -101,13 +118,12 @@ def buyer_bind(
 ) -> None:
     """Bind the wallet that signed the challenge; its first binding brings the welcome credit."""
     import os
-    from pathlib import Path
 
     from promptex.gateway.buyers import bind_wallet, message_from_json
     from promptex.ledger import BindingError, Ledger
     from promptex.ledger.binding import sign
 
-    s = settings()
+    s = _existing_ledger()
     message = message_from_json(Path(challenge_file).read_text())
     if sum(1 for given in (account_alias, signature, sign_with_env) if given) > 1:
         raise click.ClickException("give one of --account, --signature, --sign-with-env")
@@ -211,7 +227,7 @@ def buyer_debts(account_id: int | None) -> None:
     from promptex.ledger import Ledger
     from promptex.protocol.units import money
 
-    with Ledger.from_settings(settings()) as ledger:
+    with Ledger.from_settings(_existing_ledger()) as ledger:
         found = ledger.debts(account_id) if account_id is not None else ledger.open_debts()
     if not found:
         click.echo("no debts" if account_id is None else f"account {account_id} owes nothing")
@@ -297,7 +313,7 @@ def _whose(account_id: int | None, wallet: str | None, key: str | None) -> int:
         raise click.UsageError("name the account one way: --account N, --wallet 0x…, or --key px-…")
     if account_id is not None:
         return account_id
-    with Ledger.from_settings(settings()) as ledger:
+    with Ledger.from_settings(_existing_ledger()) as ledger:
         if wallet is not None:
             found = ledger.account_of(wallet)
             if found is None:
@@ -329,7 +345,7 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
     from promptex.protocol.units import money
     from promptex.protocol.vault import MAX_CAP_TOTAL
 
-    s = settings()
+    s = _existing_ledger()
     account = _whose(account_id, wallet, key)
     rows = []
     with Ledger.from_settings(s) as ledger:
@@ -415,7 +431,7 @@ def buyer_usage(account_id: int | None, wallet: str | None, key: str | None, sin
 
     start = _since(since)
     account = _whose(account_id, wallet, key)
-    with Ledger.from_settings(settings()) as ledger, ledger.engine.connect() as conn:
+    with Ledger.from_settings(_existing_ledger()) as ledger, ledger.engine.connect() as conn:
         records = [r for r in _usage.records_of(conn, account, USAGE_LIMIT) if start is None or r.settled_at >= start]
     records.reverse()  # oldest first
 
