@@ -13,6 +13,7 @@ def test_deployment_show__missing_network__one_line_error_and_nonzero_exit(tmp_p
     result = CliRunner().invoke(main, ["deployment", "show", "--network", "nowhere"])
     assert result.exit_code == 1
     assert "no deployment for network 'nowhere'" in result.output
+    assert "or run this in the folder `promptex up` runs in" in result.output  # beside no market: where to go
     assert "Traceback" not in result.output
 
 

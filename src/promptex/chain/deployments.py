@@ -58,7 +58,10 @@ def deployment_path(network: str, root: Path | None = None) -> Path:
 def load_deployment(network: str, root: Path | None = None) -> Deployment:
     path = deployment_path(network, root)
     if not path.exists():
-        raise FileNotFoundError(f"no deployment for network {network!r} at {path}; deploy first")
+        raise FileNotFoundError(
+            f"no deployment for network {network!r} at {path}: deploy first (`ape run deploy`), or run this in the "
+            "folder `promptex up` runs in (or set PROMPTEX_UP_STATE_DIR to its market folder)"
+        )
     return Deployment.model_validate_json(path.read_text())
 
 
