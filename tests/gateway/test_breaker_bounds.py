@@ -317,3 +317,42 @@ def test_reasoning_tokens_for_a_model_that_never_reasons__visible_output_bounded
     with pytest.raises(AnswerRefused, match="1000 output tokens reported for 54 bytes"):
         check_counts(plain, claimed, produced)
     check_counts(bounds("chat", request), claimed, produced)
+
+
+def test_anthropic_model_reasoning_not_asked__visible_output_on_any_lot_and_at_the_signing_proxy(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """An Anthropic model reasons only when its request asks it to (a Messages request's
+    `thinking`; another API's `reasoning_effort`, `thinking` or `reasoning`, which a router
+    serving it through the OpenAI API maps to its thinking). An OpenAI-API lot (a router)
+    reporting reasoning for a chat request to fake-claude that asked none was charged it
+    whole ("Sunny.": 1,000 of which 994 reasoning), and the signing proxy passed it. Now it
+    is visible output, bounded by the text, on the gateway and at the proxy; asked, kept."""
+    answers, fake = canned
+    gw.add_lot(fake, provider="anthropic", api="openai")
+    _, key = gw.buyer()
+    usage = {"prompt_tokens": 10, "completion_tokens": 1_000, "completion_tokens_details": {"reasoning_tokens": 994}}
+    answers.answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m", "usage": usage,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sunny."},
+                                   "finish_reason": "stop"}]}  # fmt: skip
+    request = {"model": "fake-claude", "max_tokens": 1_000, "messages": [{"role": "user", "content": "the weather"}]}
+    grant, _, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    for extra, charged in (({}, TokenUsage(10, 6 + 48)), ({"reasoning_effort": "low"}, TokenUsage(10, 1_000,
+                           reasoning_tokens=994))):  # fmt: skip
+        body = {**request, **extra}
+        answer = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"},
+                            timeout=30)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert usage_of("chat", answer.json()) == charged, extra
+        bound = signer.hold_for("chat", body)[1]
+        assert bound.reasoning == bool(extra)
+        check_counts(bound, charged, visible_bytes("chat", answer.json()))  # what is charged passes
+    with pytest.raises(AnswerRefused, match="1000 output tokens reported for 54 bytes"):
+        check_counts(signer.hold_for("chat", request)[1], TokenUsage(10, 1_000, reasoning_tokens=994), 54)
+    thinking = {"model": "fake-claude", "max_tokens": 1_000, "messages": request["messages"],
+                "thinking": {"type": "enabled", "budget_tokens": 999}}  # fmt: skip
+    assert signer.hold_for("messages", thinking)[1].reasoning
+    assert not signer.hold_for("messages", {**thinking, "thinking": {"type": "disabled"}})[1].reasoning

@@ -28,6 +28,7 @@ from promptex.gateway import fronts
 from promptex.gateway.adapters import COMPLETIONS, ShowsCharged, anthropic_usage_of
 from promptex.gateway.charges import Charge
 from promptex.gateway.errors import GatewayError
+from promptex.gateway.messages import asks_reasoning
 from promptex.gateway.requests import validate
 from promptex.gateway.service import LISTED, Gateway, Priced
 from promptex.metering import TokenUsage, load_catalog, produced
@@ -331,7 +332,8 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     rates = metering.list_rates(load_catalog(CATALOG).price(model))
     priced = Priced(load_catalog(CATALOG).price(model), "USDC", LISTED, [], {}, 1, output=LIMIT,
                     input_bound=input_bound, prediction_bytes=produced.prediction_bytes(endpoint, body),
-                    thinks=endpoint == "messages" and "thinking" in body)  # fmt: skip
+                    thinks=endpoint == "messages" and "thinking" in body,
+                    asks_reasoning=asks_reasoning(endpoint, body))  # fmt: skip
     gateway = SimpleNamespace(_list_rates=lambda _: rates)
     lot = SimpleNamespace(id=1, api=api)
     charge = functools.partial(Gateway.bounded, gateway, priced, "req", lot)  # type: ignore[arg-type]

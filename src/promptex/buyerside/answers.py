@@ -27,7 +27,7 @@ from typing import Any
 from promptex import metering
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, cache_marks, openai_usage
 from promptex.gateway.errors import GatewayError
-from promptex.gateway.messages import validate_messages
+from promptex.gateway.messages import asks_reasoning, validate_messages
 from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
@@ -200,11 +200,16 @@ class RateBook:
             return self.catalog.image_tokens(model, default)
         return metering.ImageTokens(default, default)
 
-    def reasons(self, model: str) -> bool:
-        """Whether `model` may reason: the local catalog's `reasoning` (a model it does not
-        list, or none: it may)."""
+    def reasons(self, model: str, endpoint: str = "", body: dict[str, Any] | None = None) -> bool:
+        """Whether `model` may reason for a request to `endpoint` of `body`: the local
+        catalog's `reasoning` (a model it does not list, or none: it may), and an Anthropic
+        model only when the request asks it to (`messages.asks_reasoning`), as the gateway
+        charges (`Gateway.bounded`)."""
         price = self.catalog.models.get(model) if self.catalog is not None else None
-        return price is None or price.reasoning
+        if price is None:
+            return True
+        asked = body is None or price.provider.lower() != "anthropic" or asks_reasoning(endpoint, body)
+        return price.reasoning and asked
 
     def image_disagreements(self, default: int) -> list[str]:
         """The models whose image allowance the gateway advertises other than the local

@@ -277,7 +277,7 @@ class Signer:
             bound = answers.bounds(endpoint, body, self.rates)
         except ValueError as exc:
             raise Refused(400, "invalid_request", str(exc)) from None
-        if not self.rates.reasons(bound.model):  # its reported reasoning is visible output
+        if not self.rates.reasons(bound.model, endpoint, body):  # its reported reasoning is visible output
             bound = dataclasses.replace(bound, reasoning=False)
         rates = self.rates.get(bound.model, self.session.asset_symbol)
         if rates is None:

@@ -196,6 +196,20 @@ def thinks(body: dict[str, Any]) -> bool:
     return isinstance(thinking, dict) and thinking.get("type") != "disabled"
 
 
+# What a chat, completions or Responses request may ask a model's reasoning with (a router
+# serving an Anthropic model through the OpenAI API maps them to its thinking).
+REASONING_PARAMS = ("reasoning_effort", "thinking", "reasoning")
+
+
+def asks_reasoning(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether a request asks its model to reason: a Messages request's `thinking`, another
+    API's reasoning parameters. An Anthropic model reasons only when asked (`Gateway.bounded`
+    and the signing proxy count its reported reasoning as visible output otherwise)."""
+    if endpoint == MESSAGES:
+        return thinks(body)
+    return any(body.get(name) not in (None, False, "none", "") for name in REASONING_PARAMS)
+
+
 def native_body(body: dict[str, Any], output: int) -> dict[str, Any]:
     """What an Anthropic lot is sent: the output limit the hold was priced for, and the
     standard tier (priority capacity is priced above the catalog)."""

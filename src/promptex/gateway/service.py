@@ -53,7 +53,7 @@ from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
-from promptex.gateway.messages import MESSAGES, NativeStream, thinks
+from promptex.gateway.messages import MESSAGES, NativeStream, asks_reasoning, thinks
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import CHAT_IMAGE_TOKENS, parse_body, prompt_floor
@@ -211,6 +211,7 @@ class Priced:
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
     prediction_bytes: int = 0  # a chat request's predicted output's bytes (`produced.prediction_bytes`)
     thinks: bool = False  # a Messages request that asks to think (`messages.thinks`: `Gateway.bounded`)
+    asks_reasoning: bool = False  # it asks its model to reason (`messages.asks_reasoning`: `Gateway.bounded`)
 
     def lane_state(self) -> dict[str, Any] | None:
         """Signed mode: its lane, the lane's total before it and its voucher, for a refusal
@@ -446,6 +447,7 @@ class Gateway:
             claims=[LotClaim(lot.id, bound) for lot in free],
             prediction_bytes=produced.prediction_bytes(endpoint, body),
             thinks=endpoint == MESSAGES and thinks(body),
+            asks_reasoning=asks_reasoning(endpoint, body),
         )
         return priced, output
 
@@ -822,16 +824,19 @@ class Gateway:
         (`x-promptex-usage-clamped` on a plain answer).
 
         Reasoning is kept only where the model can reason: not for a model the catalog says
-        never does (`reasoning = false`: gpt-4o, gpt-4.1, Llama, …), and an Anthropic lot's
-        model thinks only when the body sent asks it to (a Messages request's `thinking`;
-        the chat translation never sends one). Reasoning tokens reported otherwise are
+        never does (`reasoning = false`: gpt-4o, gpt-4.1, Llama, …); an Anthropic model only
+        when the request asks it to (`messages.asks_reasoning`), and on an Anthropic lot
+        only when the body sent asks it to think (a Messages request's `thinking`; the chat
+        translation never sends one). Reasoning tokens reported otherwise are
         visible output, bounded by the answer's text as any. Before, they escaped that
         bound: "Sunny." reported as 1,000 output tokens, 994 of them reasoning (or
         thinking), was charged 1,000, and the signing proxy passed it (6 visible)."""
         visible = None if produced_bytes is None else produced.visible_limit(produced_bytes, priced.prediction_bytes)
         rates = self._list_rates(priced.price.model)
         reported = usage
-        reasons = priced.price.reasoning and (lot.api != "anthropic" or priced.thinks)
+        price = priced.price
+        asked = price.provider.lower() != "anthropic" or priced.asks_reasoning
+        reasons = price.reasoning and asked and (lot.api != "anthropic" or priced.thinks)
         if usage.reasoning_tokens and not reasons:
             usage = dataclasses.replace(usage, reasoning_tokens=0)
         within = metering.within_bounds(rates, usage, priced.input_bound, priced.output, visible)
