@@ -466,7 +466,8 @@ class Gateway:
                     402,
                     "voucher_required",
                     f"This account pays in {priced.asset} in signed mode: each request carries a voucher "
-                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy`.",
+                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy`; `promptex session revoke` "
+                    "returns it to plain requests from the close of the next window.",
                 )
             return priced
         voucher = vouchers.parse(header)
