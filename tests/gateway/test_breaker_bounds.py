@@ -356,3 +356,24 @@ def test_anthropic_model_reasoning_not_asked__visible_output_on_any_lot_and_at_t
                 "thinking": {"type": "enabled", "budget_tokens": 999}}  # fmt: skip
     assert signer.hold_for("messages", thinking)[1].reasoning
     assert not signer.hold_for("messages", {**thinking, "thinking": {"type": "disabled"}})[1].reasoning
+
+
+def test_responses_answer__its_item_id_and_status_are_no_room_for_output(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """A Responses answer's text bytes bound its visible output (`metering.produced`), and its
+    output item's id (`msg_` and 48 hex digits) and status, which the gateway writes, counted
+    as text: "Sunny." reported as 1,000 output tokens was charged 115 (6 + 48 + 61), not 54."""
+    answers, fake = canned
+    gw.add_lot(fake)
+    _, key = gw.buyer()
+    usage = {"prompt_tokens": 10, "completion_tokens": 1_000}
+    answers.answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m", "usage": usage,
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sunny."},
+                                   "finish_reason": "stop"}]}  # fmt: skip
+    request = {"model": "fake-gpt", "input": "the weather", "max_output_tokens": 1_000}
+    answer = httpx.post(gw.url + "/v1/responses", json=request, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert visible_bytes("responses", answer.json()) == 6 + 48
+    assert usage_of("responses", answer.json()) == TokenUsage(10, 6 + 48)

@@ -38,6 +38,8 @@ NOT_TEXT = frozenset({"type", "role"})
 # gave before (`[{"message":{"role":"assistant","content":""}}]`, 46 bytes) — room for
 # tokens beyond the text (a tool call's syntax, an end token), never per event or choice.
 ANSWER_FRAME_BYTES = 48
+# A Responses output item's fields the gateway writes, not the model (`visible_bytes`).
+RESPONSE_ITEM_FRAME = frozenset({"id", "status"})
 
 
 # A tool call's arguments the model wrote as JSON, relayed as a JSON value rather than a
@@ -80,7 +82,13 @@ def visible_bytes(endpoint: str, answer: Any) -> int | None:
     if endpoint == MESSAGES:
         produced: Any = answer.get("content")
     elif endpoint == RESPONSES:
-        produced = answer.get("output")
+        # Its output items, but for the gateway's own item ids and statuses (`msg_` and 48 hex
+        # digits, "completed": ~61 bytes of room per answer for output no one wrote).
+        output = answer.get("output")
+        produced = [
+            {k: v for k, v in item.items() if k not in RESPONSE_ITEM_FRAME} if isinstance(item, dict) else item
+            for item in (output if isinstance(output, list) else [output])
+        ]
     elif endpoint == EMBEDDINGS:
         return None
     else:
