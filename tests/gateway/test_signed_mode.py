@@ -151,8 +151,8 @@ def test_signed__refusals__each_with_its_code_and_the_lane_to_resync(gw: Harness
         assert (response.status_code, error(response)["code"]) == (status, code), response.text
         return error(response)
 
-    plain = refused(buyer.post(None), 402, "voucher_required")  # its key used directly: how to sign, how to leave
-    assert "`promptex proxy`; `promptex session revoke` returns it to plain requests" in plain["message"]
+    plain = refused(buyer.post(None), 402, "voucher_required")  # its key used directly: how to sign, and for how long
+    assert "`promptex proxy` — from its first session key on, for good" in plain["message"]
     refused(buyer.post("session=1;lane=0;ceiling=abc;sig=0x00"), 400, "voucher_malformed")
     refused(buyer.post(buyer.voucher(0, 2**128)), 400, "voucher_malformed")  # the vault could never settle it
     refused(buyer.post(buyer.voucher(0, charged + 500, signer=Account.create())), 403, "voucher_bad_signature")

@@ -466,8 +466,8 @@ class Gateway:
                     402,
                     "voucher_required",
                     f"This account pays in {priced.asset} in signed mode: each request carries a voucher "
-                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy`; `promptex session revoke` "
-                    "returns it to plain requests from the close of the next window.",
+                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy` — from its first session key on, "
+                    "for good (after a revoked or expired one, `promptex session create` makes the next).",
                 )
             return priced
         voucher = vouchers.parse(header)
