@@ -29,6 +29,15 @@ def test_session__create_direct_show_revoke__on_chain(promptex_cli, chain_market
     key, session, lanes = vault.session_key(accounts[3], usdc)[:3]
     assert (key, session, lanes) == (grant.key, grant.session, 4)
 
+    # Another wallet's create on the same file would lose this session's key: refused, nothing signed.
+    other = promptex_cli(
+        "session", "create", "--asset", "USDC", "--maximum", "5", "--direct", "--session", str(grant_file),
+        "--account", RELAYED,
+    )  # fmt: skip
+    assert other.exit_code == 1, other.output
+    assert f"holds the session key of {accounts[3].address} for USDC" in other.output
+    assert "--session FILE" in other.output and load(grant_file) == grant
+
     shown = CliRunner().invoke(main, ["session", "show", "--session", str(grant_file)])
     assert shown.exit_code == 0, shown.output
     assert grant.key in shown.output and "no voucher signed yet" in shown.output

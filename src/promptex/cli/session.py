@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,6 +26,7 @@ from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.cli.proxy import describe_stop, grant_path, session_file_option
 from promptex.cli.wallet import LOCAL_NODE, Session, account_option, chain_time, units, whole, yes_option
+from promptex.protocol.units import utc_text
 
 
 def ape_signer(account: Any) -> WalletSigner:
@@ -56,6 +58,26 @@ def _command(name: str) -> Callable[[Callable[..., None]], click.Command]:
     return decorate
 
 
+def _keep_anothers_grant(path: Path, account: str, asset: str, chain_id: int) -> None:
+    """Refuse to replace a grant file that holds another wallet's (or asset's) session key
+    still in time: its private key is in that file only, and the proxy of that session could
+    not sign again (a second `session create` in the same market folder, for another wallet,
+    overwrote the first's session.json)."""
+    if not path.exists():
+        return
+    try:
+        held = load(path)
+    except GrantError:
+        return  # unreadable: nothing to keep (`promptex session show` says why)
+    same = (held.account.lower(), held.asset.lower(), held.chain_id) == (account.lower(), asset.lower(), chain_id)
+    if not same and held.expiry > chain_time():
+        raise click.ClickException(
+            f"{path} holds the session key of {held.account} for {held.asset_symbol} (session {held.session}, until "
+            f"{utc_text(held.expiry)}); a new grant there would lose it: give this one its own file (--session FILE, "
+            "and `promptex proxy --session FILE`)"
+        )
+
+
 @_command("create")
 @click.option("--asset", "symbol", default="USDC", show_default=True, help="the asset the session spends")
 @click.option("--lanes", default=8, show_default=True, type=click.IntRange(1, 64), help="requests in flight at once")
@@ -83,6 +105,7 @@ def session_create(
         wallet = Session(network, alias, yes)
         vault = _vault_with_sessions(wallet)
         token = wallet.token(symbol)
+        _keep_anothers_grant(path, str(wallet.account.address), str(token.address), int(chain.chain_id))
         grant = new_grant(
             ape_signer(wallet.account),
             chain_id=int(chain.chain_id),
