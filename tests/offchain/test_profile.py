@@ -170,7 +170,10 @@ def test_cli__rpc_url_flag_beats_the_profile(market: Path) -> None:
 def test_up__no_node_at_rpc_url__one_line_on_stderr_exit_1(market: Path, monkeypatch) -> None:
     monkeypatch.setenv("PROMPTEX_UP_STATE_DIR", str(market))  # up sets it for its services: restored after
     dead = f"http://127.0.0.1:{free_port()}"
-    result = CliRunner(mix_stderr=False).invoke(main, ["up", "--rpc-url", dead])
+    # Free ports for every service: up checks its ports before the node, and a market running
+    # on this machine's default ports (another test's, a developer's) must not answer first.
+    ports = [f"--{name}-port={free_port()}" for name in ("gateway", "upstream", "billing", "dashboard", "door")]
+    result = CliRunner(mix_stderr=False).invoke(main, ["up", "--rpc-url", dead, *ports])
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [f"Error: no JSON-RPC node answers on {dead}"]
 
