@@ -54,13 +54,14 @@ def test_balance__spendable_held_cap_promotional_in_whole_units(ledger: Ledger) 
     treasury = ledger.treasury("promotions").id
     fund(ledger, treasury, "USDC", 100 * USDC)
     ledger.grant_promotional_credit("welcome:ada", buyer, "USDC", 10 * USDC, treasury=treasury)
+    ledger.reserve(buyer, "USDC", USDC, "in-flight-promo", ttl=60, payer=treasury)  # held: shown, not left
 
     shown = run("balance", "--wallet", wallet)
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
     assert lines[0] == f"account {buyer} (ada); wallets: {', '.join(ledger.wallets(buyer))}"
     usdc = next(line for line in lines if line.startswith("USDC"))
-    assert usdc.split() == ["USDC", "47.50", "USDC", "2.50", "USDC", "0.00", "USDC", "37.50", "USDC", "10.00", "USDC"]
+    assert usdc.split() == ["USDC", "47.50", "USDC", "3.50", "USDC", "0.00", "USDC", "37.50", "USDC", "9.00", "USDC"]
     cld = next(line for line in lines if line.startswith("CLD"))
     assert "14.59 CLD" in cld
     assert_human(shown.stdout, "buyer balance")
@@ -69,6 +70,7 @@ def test_balance__spendable_held_cap_promotional_in_whole_units(ledger: Ledger) 
     by_asset = {row["asset"]: row for row in exact["balances"]}
     assert by_asset["CLD"]["spendable_units"] == "14587482219061166430"
     assert by_asset["USDC"]["promotional_units"] == str(10 * USDC)
+    assert (by_asset["USDC"]["held_units"], by_asset["USDC"]["promotional_held_units"]) == ("2500000", str(USDC))
 
 
 def test_balance__name_the_account_one_way__unknown_key_and_wallet_one_line(ledger: Ledger) -> None:

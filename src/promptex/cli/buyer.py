@@ -336,8 +336,8 @@ def whose_options(fn: click.decorators.FC) -> click.decorators.FC:
 @whose_options
 @click.option("--json", "as_json", is_flag=True, help="exact smallest units, as JSON")
 def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, as_json: bool) -> None:
-    """What an account can spend, per asset: spendable, held by requests in flight, leaving
-    the vault, what its spend cap has left, and promotional credit."""
+    """What an account can spend, per asset: spendable, held by requests in flight (whatever
+    pays them), leaving the vault, what its spend cap has left, and promotional credit left."""
     import json
 
     from promptex.ledger import Ledger
@@ -357,16 +357,16 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
         for symbol in ASSETS:
             b = ledger.balance(account, symbol)
             promo = ledger.budget(treasury, account, symbol)
-            promotional = promo.remaining if promo is not None else 0
+            promotional, promo_held = (promo.remaining, promo.held) if promo is not None else (0, 0)
             if any((b.posted, b.held, b.locked, promotional)):
-                rows.append((symbol, b, promotional))
+                rows.append((symbol, b, promotional, promo_held))
         bound = ledger.wallets(account)
     if as_json:
         payload = [
             {"asset": symbol, "spendable_units": str(b.spendable), "held_units": str(b.held),
              "leaving_units": str(b.locked), "cap_left_units": str(b.cap_remaining),
-             "promotional_units": str(promotional)}
-            for symbol, b, promotional in rows
+             "promotional_units": str(promotional), "promotional_held_units": str(promo_held)}
+            for symbol, b, promotional, promo_held in rows
         ]  # fmt: skip
         click.echo(json.dumps({"account": account, "wallets": bound, "balances": payload}, indent=2))
         return
@@ -376,12 +376,15 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
         click.echo("nothing to spend yet: deposit with `promptex wallet deposit`, or bind a wallet for welcome credit")
         return
     click.echo(f"{'asset':<6} {'spendable':>20} {'held':>18} {'leaving':>18} {'cap left':>20} {'promotional':>18}")
-    for symbol, b, promotional in rows:
+    for symbol, b, promotional, promo_held in rows:
         # What new requests may still take: the cap left after those in flight.
         cap = money(max(0, b.cap_remaining - b.held), symbol, unlimited=MAX_CAP_TOTAL) if b.posted else "—"
+        # Held: every request in flight, whatever pays it; promotional: what is left to spend of it
+        # (before, a request in flight on promotional credit showed nowhere).
+        held, promo_left = b.held + promo_held, max(0, promotional - promo_held)
         click.echo(
-            f"{symbol:<6} {money(b.spendable, symbol):>20} {money(b.held, symbol):>18} {money(b.locked, symbol):>18} "
-            f"{cap:>20} {money(promotional, symbol):>18}"
+            f"{symbol:<6} {money(b.spendable, symbol):>20} {money(held, symbol):>18} {money(b.locked, symbol):>18} "
+            f"{cap:>20} {money(promo_left, symbol):>18}"
         )
 
 
