@@ -93,6 +93,8 @@ def test_reconcile__served_not_yet_settled__explained_by_request_ids(ledger, buy
     ]
     assert row.unexplained == 0
     assert "each explained by named records (`promptex reconcile --all` lists them)" in summary(report)  # which
+    # What was compared, not "N pending exits" (read as withdrawals under way) nor "1 claimables".
+    assert "(2 balances, pending exits of 2 wallet/asset pairs, 0 lots, claimables of 0 sellers)" in summary(report)
 
 
 def test_reconcile__deposit_removed_after_spending__request_and_debt_explain(ledger, buyer):

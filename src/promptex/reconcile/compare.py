@@ -234,9 +234,19 @@ def _redemptions(store: AgentStore, chain: ChainView, report: Report) -> None:
     report.checked[REDEMPTION] = len(mine)
 
 
+# What each section's count is, as a person reads it: "15 pending exits" on a fresh market read as
+# fifteen withdrawals under way — it is the wallet/asset pairs whose pending exit was compared.
+_COMPARED = {EXIT: "pending exits of {n} wallet/asset pair{s}", CLAIMABLE: "claimables of {n} seller{s}"}
+
+
+def _compared(section: str, n: int) -> str:
+    plural = "" if n == 1 else "s"
+    return _COMPARED.get(section, "{n} " + section + "{s}").format(n=n, s=plural)
+
+
 def summary(report: Report) -> str:
     """One line: what was compared, and whether everything is explained."""
-    counts = ", ".join(f"{n} {section}s" for section, n in report.checked.items())
+    counts = ", ".join(_compared(section, n) for section, n in report.checked.items())
     if report.ok:
         explained = len(report.differences)
         tail = (
