@@ -59,6 +59,12 @@ class Up:
             self.process.kill()
 
 
+def flat(log: str) -> str:
+    """up's output with its whitespace runs as single spaces: the console wraps a long line
+    (the reconcile verdict) at its width, wherever a word ends."""
+    return " ".join(log.split())
+
+
 def _contract(w3: Web3, root: Path, name: str) -> Any:
     record = json.loads((root / "local.json").read_text())["contracts"][name]
     return w3.eth.contract(address=record["address"], abi=json.loads(Path(record["abi"]).read_text()))
@@ -79,7 +85,7 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
     chain = f"http://127.0.0.1:{ports['chain']}"
     up = Up(env, ports)
     try:
-        log = up.wait_for("Ctrl-C stops everything", 300)
+        log = flat(up.wait_for("Ctrl-C stops everything", 300))
         assert "CLD/USDC" in log  # the market was seeded
         assert "the ledger follows chain 31337 (genesis 0x" in log
         assert "books reconcile with the chain at block" in log and "no differences" in log
@@ -198,7 +204,7 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
 
     again = Up(env, ports)  # the same folder: the same chain
     try:
-        log = again.wait_for("Ctrl-C stops everything", 300)
+        log = flat(again.wait_for("Ctrl-C stops everything", 300))
         # Kept as they were, read over JSON-RPC (no ape step: a restart is seconds faster).
         assert "live deployment kept" in log and "every pool already has liquidity: left alone" in log
         assert "The market is ready." in log and ready["buyer_key"] in log  # the same demo buyer, shown again
