@@ -8,8 +8,10 @@ value."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -545,3 +547,34 @@ def test_signed_mode__lying_upstream__charged_the_bounded_usage_within_the_vouch
         assert (record.input_tokens, record.output_tokens) == (charged.input_tokens, 10)
     lanes = sum(gw.ledger.lane(account, "USDC", 1, i).charged for i in range(LANES))
     assert signer.book.charged_total() == lanes == 2 * usdc_cost("fake-gpt", charged)
+
+
+def test_finish__usage_costing_more_than_the_hold__charged_the_hold_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where the hold caps the cost (`min(usage cost, hold)` in `Gateway.finish`), the record
+    keeps the whole usage: a warning names the request, the lot, the cost and the hold.
+    Before, the cap bit silently."""
+    price = load_catalog(CATALOG).price("fake-gpt")
+    rates = metering.list_rates(price)
+    usage = TokenUsage(1_000, 1_000)
+    cost = metering.usage_cost(rates, usage)
+    priced = Priced(price, "USDC", LISTED, [], {7: rates}, cost - 1, output=1_000, input_bound=1_000)
+    settled: list[int] = []
+
+    async def money(_key: Any, _op: Any, _request_id: str, charged: int, *_: Any) -> Any:
+        settled.append(charged)
+        return SimpleNamespace(charged=None)
+
+    gateway = SimpleNamespace(
+        bounded=lambda *a: usage, _list_rates=lambda _: rates, _money=money, _settle=None,
+        s=SimpleNamespace(protocol_fee_bps=0), registry=SimpleNamespace(used=lambda *a: None),
+        charge=lambda *a: a,
+    )  # fmt: skip
+    lot = SimpleNamespace(id=7, chain_lot_id=70, kind="listed")
+    with caplog.at_level(logging.WARNING, logger="promptex.gateway"):
+        asyncio.run(Gateway.finish(gateway, None, priced, "req-cap", lot, usage))  # type: ignore[arg-type]
+    assert settled == [cost - 1]
+    warned = [r.getMessage() for r in caplog.records if r.name == "promptex.gateway"]
+    assert warned == [f"request req-cap: lot 7's usage costs {cost} USDC units, more than its hold of {cost - 1}: "
+                      "charged the hold"]  # fmt: skip

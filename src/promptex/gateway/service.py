@@ -764,7 +764,13 @@ class Gateway:
         # seller, the whole list value reported. Never beyond the hold (and so the voucher)
         # either: within the bounds the cost is at most the hold, which priced them.
         usage = self.bounded(priced, request_id, lot, usage)
-        cost = min(metering.usage_cost(priced.rates[lot.id], usage), priced.hold)
+        metered = metering.usage_cost(priced.rates[lot.id], usage)
+        cost = min(metered, priced.hold)
+        if cost < metered:  # charged the hold, less than its usage's cost (the record keeps the usage)
+            log.warning(
+                "request %s: lot %d's usage costs %d %s units, more than its hold of %d: charged the hold",
+                request_id, lot.id, metered, priced.asset, priced.hold,
+            )  # fmt: skip
         voucher = priced.voucher
         p = priced.price
         usd = metering.usage_cost(self._list_rates(p.model), usage)
