@@ -26,6 +26,7 @@ from promptex.gateway.adapters import (
 )
 from promptex.gateway.charges import Charge
 from promptex.gateway.errors import GatewayError
+from promptex.gateway.health import reports
 from promptex.gateway.messages import NativeStream
 from promptex.gateway.requests import validate
 from promptex.ledger.models import HoldStatus
@@ -123,6 +124,15 @@ def test_stream_whose_upstream_sends_nothing__not_charged(
     assert gw.ledger.balance(account, "USDC") == before
     capacities = gw.ledger.lot_capacities()
     assert (capacities[openai_lot].used, capacities[anthropic_lot].used) == (0, 0)
+    # Each an upstream failure of its lot, as a 5xx is: counted in its errors, its circuit opened
+    # (8 in a row). Before, each was an answer: no errors, the circuit closed.
+    gw.gateway.health.flush(gw.ledger.engine)
+    seen = {r.lot_id: r for r in reports(gw.ledger.engine)}
+    assert [(seen[lot].requests, seen[lot].errors, seen[lot].last_error) for lot in (openai_lot, anthropic_lot)] == [
+        (8, 8, "empty"),
+        (2, 2, "empty"),
+    ]
+    assert gw.gateway.health.is_open(openai_lot)
 
 
 def test_completions_echo__refused_before_any_hold() -> None:

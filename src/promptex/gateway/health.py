@@ -99,18 +99,28 @@ class LotHealth:
         allowed = [lot for lot in lot_ids if self.allows(lot)]
         return allowed or lot_ids
 
-    def succeeded(self, lot_id: int, latency_s: float) -> None:
+    def succeeded(self, lot_id: int, latency_s: float, *, closes: bool = True) -> None:
+        """The lot answered, in `latency_s`. `closes=False`: a stream's head, whose end
+        decides (`closed`, or `failed(..., counted=True)` for one that brought nothing)."""
         state = self._lots[lot_id]
         state.requests += 1
         state.answered += 1
         state.latency_ms_total += latency_s * 1000
         state.recent.append(latency_s)
+        if closes:
+            self.closed(lot_id)
+
+    def closed(self, lot_id: int) -> None:
+        """The lot served: its failures in a row end, its circuit closes."""
+        state = self._lots[lot_id]
         state.failures = 0
         state.open_until = state.probe_at = 0.0
 
-    def failed(self, lot_id: int, what: str, status: int | None = None) -> None:
+    def failed(self, lot_id: int, what: str, status: int | None = None, *, counted: bool = False) -> None:
+        """A failure of the lot's upstream. `counted`: its request is counted already (a
+        stream whose head came, `succeeded(..., closes=False)`, and then nothing)."""
         state = self._lots[lot_id]
-        state.requests += 1
+        state.requests += 0 if counted else 1
         state.errors += 1
         state.failures += 1
         state.last_error = what

@@ -1115,7 +1115,8 @@ class Gateway:
                     self._failed(lot, str(status), failures, status)
                     continue
                 priced.upstream_seconds = elapsed = time.perf_counter() - began  # to its response's head
-                self.health.succeeded(lot.id, elapsed)
+                # A stream's end decides whether it served (`stream_done`): one with nothing is a failure.
+                self.health.succeeded(lot.id, elapsed, closes=status >= 400)
                 if status >= 400:
                     await upstream.read()
                     raise _client_error(upstream, lot)
@@ -1155,9 +1156,13 @@ class Gateway:
         finally:
             stream.lot.inflight -= 1
         if tr.usage is None and tr.produced == 0 and not stream.disconnected:
+            # An upstream failure, as a 5xx is: counted in the lot's errors and its circuit breaker.
             log.warning("stream %s: lot %d sent no content and no usage: not charged", stream.request_id, stream.lot.id)
+            self.health.failed(stream.lot.id, "empty", counted=True)
+            self.metrics.upstream_errors.labels(str(stream.lot.id), "empty").inc()
             await self.release(stream.key, stream.priced, stream.request_id)
             return None
+        self.health.closed(stream.lot.id)
         usage = tr.usage
         if usage is None or not tr.finished:
             # Cut short: the input as reported (with its cached parts) and the output
