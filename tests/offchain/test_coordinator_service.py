@@ -20,6 +20,7 @@ from promptex import proofs
 from promptex.cli import coordinator as coordinator_cli
 from promptex.cli.usage import usage_proof, usage_verify
 from promptex.coordinator import factory, service
+from promptex.coordinator.requests import Refused
 from promptex.coordinator.schema import settlement_batches
 from promptex.coordinator.service import Coordinator, ReleaseRefused
 from promptex.dashboard import views
@@ -370,6 +371,23 @@ def test_spend_caps__pending__registered_before_settling_bad_one_rejected(book: 
     assert chain.s.caps == [(address, "CLD", 10**19)]
     statuses = {c.id: c.status for c in coord.store.spend_caps(("registered", "rejected"))}
     assert statuses == {good: "registered", bad: "rejected"}
+
+
+def test_spend_cap__another_with_a_queued_nonce_409__the_same_again_idempotent(book: Ledger, chain: FakeChain) -> None:
+    """A SpendCap with the nonce of one queued and different terms was answered the first
+    one's id (as if queued) while the relay registered the first; now it is refused 409
+    already_queued naming the queued cap, as a SessionKey is (db72fb2). The same cap again
+    is still answered its id."""
+    coord = coordinator(book, chain)
+    _, address = buyer(book, chain, "CLD", 10**20)
+    expiry = chain.now() + 86_400
+    first = coord.submit_spend_cap(address, "CLD", 2**256 - 1, 10**19, expiry, 0, b"sig")
+    assert coord.submit_spend_cap(address, "CLD", 2**256 - 1, 10**19, expiry, 0, b"sig") == first
+    with pytest.raises(Refused) as refused:
+        coord.submit_spend_cap(address, "CLD", 2**256 - 1, 5 * 10**18, expiry, 0, b"other")
+    assert (refused.value.status, refused.value.code, refused.value.fields["queued"]) == (409, "already_queued", first)
+    assert f"total {10**19}" in refused.value.message and "nonce 1" in refused.value.message
+    assert [(c.id, c.total) for c in coord.store.spend_caps()] == [(first, 10**19)]
 
 
 def test_release__above_free_balance__refused_within__locked_until_used_or_expired(

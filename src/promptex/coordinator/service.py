@@ -42,6 +42,7 @@ from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, OtherKeyPen
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
+from promptex.coordinator.requests import Refused
 from promptex.coordinator.signed_plan import LaneDebit, LaneVoucher, Signed, SignedBatch, next_batch
 from promptex.coordinator.store import (
     CONFIRMED,
@@ -1265,11 +1266,26 @@ class Coordinator:
     def submit_spend_cap(
         self, address: str, asset: str, per_epoch: int, total: int, expiry: int, nonce: int, signature: bytes
     ) -> int:
-        """Queue a user-signed SpendCap; it is registered on chain before the next settlement."""
+        """Queue a user-signed SpendCap; it is registered on chain before the next settlement.
+        Idempotent per (address, asset, nonce) for the same cap; another cap with a nonce
+        already queued and not rejected is refused (409 already_queued, naming the queued
+        cap), as a SessionKey is (`requests.queue_session_key`). Before, it was answered the
+        first one's id, as if queued, while the relay registered the first."""
         self.chain.asset_address(asset)  # a known asset, or KeyError
-        return self.store.add_spend_cap(
-            checksum_address(address), asset, per_epoch, total, expiry, nonce, "0x" + signature.hex(), self.clock()
+        address = checksum_address(address)
+        queued_id = self.store.add_spend_cap(
+            address, asset, per_epoch, total, expiry, nonce, "0x" + signature.hex(), self.clock()
         )
+        queued = self.store.spend_cap_submission(queued_id)
+        if (queued.per_epoch, queued.total, queued.expiry) != (per_epoch, total, expiry):
+            raise Refused(
+                409, "already_queued",
+                f"a SpendCap of {address} with nonce {nonce} (per epoch {queued.per_epoch}, total {queued.total}, "
+                f"expiry {queued.expiry}) is queued already, {queued.status}: the relay registers it on its next "
+                f"pass; sign the next one (nonce {nonce + 1}) once it is registered",
+                queued=queued_id, queued_status=queued.status,
+            )  # fmt: skip
+        return queued_id
 
     def _register_spend_caps(self) -> None:
         caps = self.store.spend_caps()

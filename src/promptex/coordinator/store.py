@@ -795,6 +795,13 @@ class CoordinatorStore(SignedTxStore):
             for r in rows
         ]
 
+    def spend_cap_submission(self, cap_id: int) -> CapSubmission:
+        caps = spend_cap_submissions
+        with self._tx() as conn:
+            r = conn.execute(select(caps).where(caps.c.id == cap_id)).one()
+        return CapSubmission(r.id, r.address, r.asset, r.per_epoch, r.total, r.expiry, r.nonce, r.signature, r.status,
+                             r.tx_id)  # fmt: skip
+
     def submit_spend_cap(self, cap_id: int, signed: SignedTx, sender: str, now: int) -> int:
         return self._submit_relayed(spend_cap_submissions, "spend_cap", cap_id, signed, sender, now)
 
