@@ -4,17 +4,25 @@ The default, posting the wallet-signed SessionKey to the coordinator's door, is 
 test_door_cli.py."""
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest.mock import Mock
 
+import pytest
+from ape.exceptions import ProviderError
 from click.testing import CliRunner
 
 from promptex.buyerside.sessions import load
 from promptex.chain.deploy import contract_at
 from promptex.cli import main
+from promptex.cli import session as session_cli
 
 DIRECT, RELAYED = "TEST::3", "TEST::4"
 
 
-def test_session__create_direct_show_revoke__on_chain(promptex_cli, chain_market, accounts, tmp_path: Path) -> None:
+def test_session__create_direct_show_revoke__on_chain(
+    promptex_cli, chain_market, accounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deployment, _ = chain_market
     vault, usdc = contract_at(deployment, "CreditsVault"), contract_at(deployment, "USDC")
     grant_file = tmp_path / "session.json"
@@ -37,6 +45,28 @@ def test_session__create_direct_show_revoke__on_chain(promptex_cli, chain_market
     assert other.exit_code == 1, other.output
     assert f"holds the session key of {accounts[3].address} for USDC" in other.output
     assert "--session FILE" in other.output and load(grant_file) == grant
+
+    # The same wallet again while its session is on: the vault refuses the transaction. Its
+    # grant's private key (a session never registered) is not kept; before, its .pending file
+    # was left beside the grant file. One sent with no answer may register: kept.
+    again = ("session", "create", "--maximum", "5", "--direct", "--session", str(tmp_path / "again.json"),
+             "--account", DIRECT)  # fmt: skip
+    reverted = promptex_cli(*again)
+    assert reverted.exit_code == 1 and "session not ended" in reverted.output, reverted.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["session.json"]
+    with_vault = session_cli._vault_with_sessions
+
+    def unanswered(wallet: Any) -> Any:
+        vault = with_vault(wallet)
+        return SimpleNamespace(session_nonce=vault.session_nonce, address=vault.address,
+                               set_session_key=Mock(side_effect=ProviderError("no receipt in 120 s")))  # fmt: skip
+
+    monkeypatch.setattr(session_cli, "_vault_with_sessions", unanswered)
+    unknown = promptex_cli(*again)
+    assert unknown.exit_code == 1 and "no receipt" in unknown.output, unknown.output
+    (kept,) = [path for path in tmp_path.iterdir() if path.name.endswith(".pending")]
+    assert kept.name == f"again.json.{load(kept).key}.pending"
+    monkeypatch.setattr(session_cli, "_vault_with_sessions", with_vault)
 
     shown = CliRunner().invoke(main, ["session", "show", "--session", str(grant_file)])
     assert shown.exit_code == 0, shown.output

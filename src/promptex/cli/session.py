@@ -78,6 +78,17 @@ def _keep_anothers_grant(path: Path, account: str, asset: str, chain_id: int) ->
         )
 
 
+def _not_registered(exc: BaseException) -> bool:
+    """Whether `--direct`'s transaction definitely failed: reverted (at its estimate, before
+    sending, or mined), refused by the node or out of gas (ape's VirtualMachineError), or
+    never signed. Before, its `.pending` grant (0600, the private key of a session never
+    registered) was left beside the grant file for every one; a transaction sent with no
+    receipt (a timeout, a lost connection) may still register it, and keeps it."""
+    from ape.exceptions import SignatureError, VirtualMachineError
+
+    return isinstance(exc, VirtualMachineError | SignatureError)
+
+
 @_command("create")
 @click.option("--asset", "symbol", default="USDC", show_default=True, help="the asset the session spends")
 @click.option("--lanes", default=8, show_default=True, type=click.IntRange(1, 64), help="requests in flight at once")
@@ -136,6 +147,10 @@ def session_create(
             if exc.refused:  # the door answered no: nothing queued
                 pending.unlink(missing_ok=True)
             raise
+        except Exception as exc:
+            if direct and _not_registered(exc):  # the key is in no session: its private key goes too
+                pending.unlink(missing_ok=True)
+            raise  # outcome unknown (sent, no receipt): the pending grant stays
         pending.replace(path)
     click.echo(describe(grant))
     click.echo(f"written to {path} (the session key's private key: keep it like the maximum it can spend)")
