@@ -1,8 +1,9 @@
 """Lot health: a circuit breaker per lot, and the latency and error rates its seller sees.
 
 A lot whose upstream failed `failures` times in a row (a timeout, a refused connection,
-a 5xx, a 429, a refused key) is skipped for `cooldown` seconds; then ONE request probes
-it (half-open): an answer closes the circuit, a failure opens it for another cool-down.
+a 5xx, a 429, a refused key, a stream with no content and no usage) is skipped for
+`cooldown` seconds; then ONE request probes it (half-open): an answer closes the
+circuit, a failure opens it for another cool-down.
 Requests are never refused because of it while another lot can serve them; when every
 candidate is open the request still tries them (the breaker saves latency, it must not
 invent an outage).
