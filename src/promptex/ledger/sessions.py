@@ -7,9 +7,11 @@ The indexer reports the vault's `SessionKeyRegistered` and `SessionKeyRevoked` e
 here; tests insert sessions directly. Idempotent by chain event id, undone by
 `unwind_session_event` when a reorg orphans the event.
 
-The newest session of an (account, asset) is its current one; the account is in signed
-mode for that asset from its first registration on (the vault never debits it in capped
-mode after that), so a request without a voucher is refused. A session takes vouchers
+The newest session of an (account, asset) is its current one; the ledger keeps the account
+in signed mode for that asset from its first registration on, so a request without a voucher
+is refused — although the vault takes a spend cap again once the newest session's last window
+has passed (`CreditsVaultSigned._set_cap`): no way back to capped mode is built here (the
+README's "Not built yet"). A session takes vouchers
 while `open_at(now)`: before its expiry, and not revoked. (The chain ends a revoked
 session only at the close of the next window, but the wallet revoked it because it no
 longer trusts the key: the gateway stops at once.)
