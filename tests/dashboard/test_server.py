@@ -24,7 +24,7 @@ from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage, sign
-from promptex.ledger.schema import accounts
+from promptex.ledger.schema import accounts, binding_challenges
 from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
 from promptex.throttle import Throttle
@@ -734,11 +734,36 @@ def test_keys__a_wallet_asks_twice__one_pending_account_and_either_challenge_bin
     first = dashboard.post("/api/keys/challenge", json={"wallet": wallet.address}).json()["binding"]
     count = account_count(dashboard)
     second = dashboard.post("/api/keys/challenge", json={"wallet": wallet.address.lower()}).json()["binding"]
-    assert second["account"] == first["account"] and second["nonce"] != first["nonce"]
+    assert second == first  # still outstanding: given again, nothing stored
     assert account_count(dashboard) == count
     signature = sign(BindingMessage(**first), wallet.key)
     bound = dashboard.post("/api/keys/bind", json={"binding": first, "signature": "0x" + signature.hex()})
     assert bound.status_code == 200 and bound.json()["account"] == first["account"]
+
+
+def challenge_count(dashboard) -> int:
+    with dashboard.ledger.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(binding_challenges)).scalar_one())
+
+
+def test_keys__a_bound_wallet_asked_for_again_and_again__one_challenge_stored_not_one_per_ask(dashboard, monkeypatch):
+    """late1 s16: anyone may ask for any bound wallet's challenge, unthrottled; each ask stored a
+    row (before: 5 asks, 5 rows). Now an unused challenge with half its ttl left is given again;
+    a new one clears the address's expired ones; the one given still binds."""
+    wallet = Account.create()
+    assert obtain_key(dashboard, wallet).status_code == 200
+    stored = challenge_count(dashboard)
+    asked = [dashboard.post("/api/keys/challenge", json={"wallet": wallet.address}) for _ in range(5)]
+    assert len({answer.json()["binding"]["nonce"] for answer in asked}) == 1
+    assert challenge_count(dashboard) == stored + 1
+    later = dashboard.ledger.clock() + dashboard.ledger.binding_ttl + 1
+    monkeypatch.setattr(dashboard.ledger, "clock", lambda: later)
+    fresh = dashboard.post("/api/keys/challenge", json={"wallet": wallet.address}).json()["binding"]
+    assert fresh["nonce"] != asked[0].json()["binding"]["nonce"] and fresh["issued_at"] == later
+    assert challenge_count(dashboard) == stored + 1  # the expired one cleared
+    signature = sign(BindingMessage(**fresh), wallet.key)
+    bound = dashboard.post("/api/keys/bind", json={"binding": fresh, "signature": "0x" + signature.hex()})
+    assert bound.status_code == 200, bound.text
 
 
 def test_keys__an_unbound_wallet_asks_twice_at_once__one_account(dashboard, monkeypatch):

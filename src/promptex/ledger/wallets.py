@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Callable, Container, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from promptex.ledger import debts
 from promptex.ledger.accounts import create_account, get_or_create_account, owned_account, set_cap_remaining
@@ -154,15 +154,51 @@ def challenge_wallet(
     is called first: it raises to refuse one). Read and written under the address's lock
     (PostgreSQL; SQLite has one writer at a time), so a wallet asking twice at once signs for
     one account: read in one transaction and created in another (before, claims s16), both
-    requests read no account and each created one, one of them left empty for good."""
+    requests read no account and each created one, one of them left empty for good.
+
+    Anyone may ask for any address, so asking writes at most one row per address and half a
+    ttl: a challenge still unused with at least half its ttl left is given again, and a new one
+    clears the address's unused challenges that have expired. Before (late1 s16), every ask
+    stored a row (a bound wallet's unthrottled): anyone could grow the table without limit."""
     _lock_address(conn, wallet)
+    wallet = checksum_address(wallet)
     account = bound_account(conn, wallet)
     if account is None:
         account = challenged_account(conn, wallet)
     if account is None:
         admit_new()
         account = create_account(conn, AccountKind.USER, None, now).id
-    return issue_challenge(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
+    else:
+        outstanding = conn.execute(
+            select(binding_challenges)
+            .where(
+                binding_challenges.c.wallet == wallet,
+                binding_challenges.c.account_id == account,
+                binding_challenges.c.used_at.is_(None),
+                binding_challenges.c.issued_at <= now,
+                binding_challenges.c.expires_at >= now + (ttl + 1) // 2,
+            )
+            .order_by(binding_challenges.c.expires_at.desc(), binding_challenges.c.nonce)
+            .limit(1)
+        ).first()
+        if outstanding is not None:
+            return BindingMessage(
+                account=account,
+                wallet=wallet,
+                nonce=outstanding.nonce,
+                issued_at=int(outstanding.issued_at),
+                expires_at=int(outstanding.expires_at),
+                chain_id=chain_id,
+            )
+    message = issue_challenge(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
+    conn.execute(
+        delete(binding_challenges).where(
+            binding_challenges.c.wallet == wallet,
+            binding_challenges.c.used_at.is_(None),
+            binding_challenges.c.expires_at < now,
+        )
+    )
+    return message
 
 
 def bind(
