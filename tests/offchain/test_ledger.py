@@ -358,6 +358,20 @@ def test_reserve__members_share_one_org_balance(ledger, org, buyer):
     assert ledger.budget(org, other, USDC).held == 0
 
 
+def test_reserve__member_of_an_org_without_the_asset__refusal_names_the_org(ledger, buyer):
+    empty = ledger.create_account(AccountKind.ORG, "acme-empty").id  # its members know it by name, not by id
+    ledger.add_member(empty, buyer)
+    with pytest.raises(InsufficientFunds, match="^org 'acme-empty' has no USDC$") as refused:
+        ledger.reserve(buyer, USDC, 1, "req-1", ttl=60, payer=empty)
+    assert refused.value.available == 0
+
+
+def test_reserve__member_beyond_the_org_s_balance__refusal_names_the_org(ledger, org, buyer):
+    ledger.add_member(org, buyer)
+    with pytest.raises(InsufficientFunds, match="^org 'acme' can spend 1,000.00 USDC, needs 1,000.01 USDC$"):
+        ledger.reserve(buyer, USDC, 1_000_010_000, "req-1", ttl=60, payer=org)
+
+
 def test_reserve__non_member_from_org__refused(ledger, org, buyer):
     with pytest.raises(NotAMember):
         ledger.reserve(buyer, USDC, 1, "req-1", ttl=60, payer=org)

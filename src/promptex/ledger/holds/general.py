@@ -273,27 +273,37 @@ def hold_budget(conn: Connection, payer: int, account: int, asset: str, amount: 
     # A member without a budget in this asset spends without a limit of its own.
 
 
+def _payer_text(conn: Connection, payer: int) -> str:
+    """The payer as a refusal names it: an org by its name (its members know it by that,
+    not by its account number), any other account by its number."""
+    row = conn.execute(select(accounts.c.kind, accounts.c.name).where(accounts.c.id == payer)).first()
+    if row is not None and row.kind == AccountKind.ORG.value and row.name:
+        return f"org {row.name!r}"
+    return f"account {payer}"
+
+
 def _refusal(conn: Connection, payer: int, asset: str, amount: int) -> LedgerError | None:
     row = conn.execute(select(balances).where(*_balance_where(payer, asset)).with_for_update()).first()
+    who = _payer_text(conn, payer)
     if row is None:
-        return InsufficientFunds(f"account {payer} has no {asset}", available=0)
+        return InsufficientFunds(f"{who} has no {asset}", available=0)
     debt = _debts.open_debt_in(conn, payer, asset)
     if debt is not None:
         return AccountInDebt(
-            f"account {payer} owes {money(debt.outstanding, asset, rounding='up')} (debt {debt.id}: {debt.reason}); "
+            f"{who} owes {money(debt.outstanding, asset, rounding='up')} (debt {debt.id}: {debt.reason}); "
             f"a deposit repays it first"
         )
     spendable = row.posted - row.held - row.locked
     if spendable < amount:
         return InsufficientFunds(
-            f"account {payer} can spend {money(max(0, spendable), asset, rounding='down')}, "
+            f"{who} can spend {money(max(0, spendable), asset, rounding='down')}, "
             f"needs {money(amount, asset, rounding='up')}",
             available=max(0, spendable),
         )
     left = row.cap_remaining - row.held
     if left < amount:
         return SpendCapExceeded(
-            f"account {payer} has {money(max(0, left), asset, rounding='down')} left under its signed spend cap, "
+            f"{who} has {money(max(0, left), asset, rounding='down')} left under its signed spend cap, "
             f"needs {money(amount, asset, rounding='up')}",
             available=max(0, left),
         )
