@@ -15,12 +15,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from eth_account import Account
+from sqlalchemy import func, select
 
 from promptex.cli import main
 from promptex.config import settings
 from promptex.gateway.keys import hash_key
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
+from promptex.ledger.schema import accounts
 from promptex.serving import free_port
 
 
@@ -58,6 +60,31 @@ def test_buyer_signup_and_bind__signed_challenge__wallet_bound_and_key_shown_onc
         assert budget is not None and budget.remaining == 10_000_000  # welcome credit
     again = CliRunner().invoke(main, ["buyer", "bind", "--sign-with-env", "DEMO_WALLET_KEY"])
     assert again.exit_code != 0  # the challenge is used up
+
+
+def test_buyer_signup__a_wallet_bound_to_another_account__refused_in_one_line_nothing_created(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """late1 s16: before, signup made a new account and key first; the wallet's `bind` then
+    refused (bound elsewhere) and the new account stayed empty for good."""
+    wallet = Account.create()
+    monkeypatch.setenv("DEMO_WALLET_KEY", wallet.key.hex())
+    runner = CliRunner()
+    assert runner.invoke(main, ["buyer", "signup", "--wallet", wallet.address]).exit_code == 0
+    assert runner.invoke(main, ["buyer", "bind", "--sign-with-env", "DEMO_WALLET_KEY"]).exit_code == 0
+    with Ledger.open(env) as ledger:
+        bound, before = ledger.account_of(wallet.address), account_count(ledger)
+    for given, says in ((wallet.address.lower(), f"is bound to account {bound} already"), ("0x1234", "not an")):
+        refused = runner.invoke(main, ["buyer", "signup", "--wallet", given])
+        assert refused.exit_code == 1 and says in refused.output and "nothing created" in refused.output
+        assert len(refused.output.strip().splitlines()) == 1 and "API key" not in refused.output, refused.output
+    with Ledger.open(env) as ledger:
+        assert account_count(ledger) == before
+
+
+def account_count(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(accounts)).scalar_one())
 
 
 def test_gateway_serve__port_in_use__clear_error(env: str) -> None:

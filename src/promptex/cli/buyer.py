@@ -68,9 +68,23 @@ def buyer_signup(
     from promptex.gateway.buyers import challenge_json, signup
     from promptex.gateway.store import GatewayStore
     from promptex.ledger import Ledger
+    from promptex.ledger.binding import checksum_address
 
     s = settings()
     with Ledger.from_settings(s) as ledger:
+        if wallet:
+            # Refused before anything is created: before (late1 s16), a wallet already bound
+            # elsewhere got a new account and key, its `bind` then refused: the account left empty.
+            try:
+                wallet = checksum_address(wallet)
+            except ValueError as exc:
+                raise click.ClickException(f"{exc}: nothing created") from None
+            bound = ledger.account_of(wallet)
+            if bound is not None:
+                raise click.ClickException(
+                    f"wallet {wallet} is bound to account {bound} already: nothing created "
+                    "(its holder gets a key for that account by signing a challenge: the dashboard's Keys)"
+                )
         new = signup(
             ledger,
             GatewayStore(ledger.engine),
