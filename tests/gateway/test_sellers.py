@@ -7,6 +7,7 @@ import base64
 import secrets
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import openai
 import pytest
@@ -15,10 +16,12 @@ from sqlalchemy import select
 from promptex.gateway.routing import LotRegistry
 from promptex.gateway.schema import lots
 from promptex.metering import load_catalog
-from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED
+from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, STATUS_OPEN
 from promptex.protocol.units import USD_MICRO as USDC
 from promptex.sealing.envelope import EnvelopeError, add_master_key, load_master_keys
 from promptex.sellers import Capacity, CapacityRefused, SellerStore, attestation, check_terms
+from promptex.sellers.chain import ChainLot
+from promptex.sellers.manage import _remaining
 from promptex.sellers.terms import probe_model, verify_key
 
 from .conftest import CATALOG, CHAIN_LOTS, SELLER_KEY, Fake, Harness
@@ -173,3 +176,23 @@ def test_routing__close_requested__not_routed_any_more(gw: Harness, fake: Fake) 
     for ended in ("closed", "expired", "slashed"):
         gw.ledger.set_lot_chain_state(CHAIN_LOTS + lot, ended)
         assert routed(gw) == []
+
+
+# ─── `promptex seller lots`: what a lot has left, for a person ──────────────
+
+
+def test_seller_lots_remaining__a_used_lot__never_reads_as_untouched_nor_as_more_than_is_left() -> None:
+    token = "0x" + "22" * 20
+    chain = SimpleNamespace(deployment=SimpleNamespace(contracts={"token:CLD": SimpleNamespace(address=token)}))
+
+    def left(kind: int, capacity: int, consumed: int, unsettled_usd: int) -> str:
+        lot = ChainLot(7, SELLER, token, kind, STATUS_OPEN, 0, 100 * USDC, capacity, 0, consumed, 0, 0, 0)
+        return _remaining(chain, lot, unsettled_usd)  # type: ignore[arg-type]
+
+    assert left(KIND_LISTED, 100 * USDC, 0, 0) == "$100.00"
+    assert left(KIND_LISTED, 100 * USDC, 0, 500) == "$99.9995"  # $0.0005 served: read "$100.00" before
+    assert left(KIND_LISTED, 100 * USDC, 2 * USDC, 1) == "$97.999999"  # drawn on chain and served since
+    assert left(KIND_LISTED, 100 * USDC, 1 * USDC, 0) == "$99.00"  # whole cents: as before
+    tokens = 100 * 10**18
+    assert left(KIND_TOKENIZED, tokens, 0, 0) == "100.00 CLD"
+    assert left(KIND_TOKENIZED, tokens, 0, 500) == "99.99 CLD"  # 99.9995 left, rounded down: never more

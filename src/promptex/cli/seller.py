@@ -160,7 +160,8 @@ def seller_lots(seller_address: str | None) -> None:
     """This gateway's lots: id, provider, kind, state, face value, remaining, expiry, and
     why each is or is not routed (the chain's word: read now). Remaining is what the lot
     can still serve: the chain's capacity less what settlements drew and less the usage it
-    served (or holds for requests in flight) that no settlement has drawn yet."""
+    served (or holds for requests in flight) that no settlement has drawn yet; never shown as
+    more than that (dollars exactly when not whole cents, tokens rounded down)."""
     import time
 
     from promptex.protocol.units import usd_text

@@ -18,7 +18,7 @@ from promptex.chain import txlog
 from promptex.chain.sender import Call, Web3Sender
 from promptex.chain.txlog import SUCCEEDED, TxPending
 from promptex.ledger.lots import CLOSED, CLOSING, OPEN, LotState
-from promptex.protocol.units import USDC_SYMBOL, money, usd_text
+from promptex.protocol.units import USD_MICRO, USDC_SYMBOL, money, money_exact, usd_text
 from promptex.sellers.chain import ChainLot, SellerChain
 from promptex.sellers.store import SellerStore
 
@@ -53,7 +53,9 @@ def _remaining(chain: SellerChain, lot: ChainLot, unsettled_usd: int) -> str:
     """What the lot can still serve: the chain's capacity less what settlements drew, less
     what it served or holds for requests in flight that no settlement has drawn yet (list
     value, in the lot's unit: a tokenized lot's capacity is tokens, capacity ÷ face value
-    per USD micro, rounded up: never more than it can serve)."""
+    per USD micro, rounded up: never more than it can serve). Shown so that a used lot never
+    reads as untouched nor as more than it has: dollars exactly when not whole cents
+    ("$99.9995" after $0.0005 served, not "$100.00"), tokens rounded down."""
     left = lot.capacity - lot.consumed if lot.status == 1 else 0
     if left and unsettled_usd and lot.face_value:
         left = max(0, left - -(-unsettled_usd * lot.capacity // lot.face_value))
@@ -63,7 +65,9 @@ def _remaining(chain: SellerChain, lot: ChainLot, unsettled_usd: int) -> str:
              if n.startswith("token:") and c.address.lower() == lot.token.lower()),
             "tokens",
         )  # fmt: skip
-        return money(left, symbol)
+        return money(left, symbol, rounding="down")
+    if left % (USD_MICRO // 100):
+        return "$" + money_exact(left, USDC_SYMBOL).removesuffix(f" {USDC_SYMBOL}")
     return usd_text(left)
 
 
