@@ -372,8 +372,15 @@ def test_reserve__member_beyond_the_org_s_balance__refusal_names_the_org(ledger,
         ledger.reserve(buyer, USDC, 1_000_010_000, "req-1", ttl=60, payer=org)
 
 
+def test_reserve__member_beyond_budget__refusal_names_the_org(ledger, org, buyer):
+    ledger.add_member(org, buyer)
+    ledger.set_member_budget(org, buyer, USDC, 50_000_000)
+    with pytest.raises(BudgetExceeded, match=f"^account {buyer} has 50.00 USDC left to spend from org 'acme', needs"):
+        ledger.reserve(buyer, USDC, 50_000_001, "req-1", ttl=60, payer=org)
+
+
 def test_reserve__non_member_from_org__refused(ledger, org, buyer):
-    with pytest.raises(NotAMember):
+    with pytest.raises(NotAMember, match=f"^account {buyer} may not spend from org 'acme'$"):
         ledger.reserve(buyer, USDC, 1, "req-1", ttl=60, payer=org)
 
 

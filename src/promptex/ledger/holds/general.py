@@ -250,7 +250,7 @@ def hold_budget(conn: Connection, payer: int, account: int, asset: str, amount: 
         .with_for_update(read=True, of=members)
     ).first()
     if membership is None:
-        raise NotAMember(f"account {account} may not spend from account {payer}")
+        raise NotAMember(f"account {account} may not spend from {_payer_text(conn, payer)}")
     params = {"p_payer": payer, "p_account": account, "p_asset": asset, "p_amount": amount}
     if conn.execute(_TAKE_BUDGET, params).rowcount:
         return
@@ -261,7 +261,8 @@ def hold_budget(conn: Connection, payer: int, account: int, asset: str, amount: 
         left = row.remaining - row.held
         if left < amount:
             raise BudgetExceeded(
-                f"account {account} has {money(max(0, left), asset, rounding='down')} left to spend from {payer}, "
+                f"account {account} has {money(max(0, left), asset, rounding='down')} left to spend from "
+                f"{_payer_text(conn, payer)}, "
                 f"needs {money(amount, asset, rounding='up')}",
                 available=max(0, left),
             )
