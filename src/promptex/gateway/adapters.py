@@ -102,7 +102,7 @@ def anthropic_usage_of(usage: Any) -> TokenUsage | None:
 
 
 CACHE_CONTROL = "cache_control"
-_CACHE_CONTROL_KEY = b'"cache_control"'
+_CACHE_CONTROL_KEY = f'"{CACHE_CONTROL}"'.encode()
 
 
 def may_write_cache(raw: bytes, body: Any) -> bool:
@@ -335,16 +335,6 @@ class ShowsCharged(Protocol):
     def charged(self, usage: TokenUsage) -> None: ...
 
 
-@runtime_checkable
-class HoldsFinish(Protocol):
-    """A chat translator that may hold the chunk finishing its choice for `finish`: the
-    finish reason that chunk will carry (None: none held), for a translation whose text
-    depends on it before it is passed on (a Response's status, `responses.FromChatStream`)."""
-
-    @property
-    def held_finish_reason(self) -> str | None: ...
-
-
 class Adapter(Protocol):
     """How one request is sent to a lot and read back: `call`, then `answer` or `translator`
     (an adapter serves one request: its usage is read against the body `call` sent,
@@ -534,12 +524,6 @@ class OpenAIStream:
     @property
     def produced_bytes(self) -> int:
         return self._bytes + self._held_bytes + ANSWER_FRAME_BYTES
-
-    @property
-    def held_finish_reason(self) -> str | None:
-        choices = self._held.get("choices") if self._held is not None else None
-        reasons = [c.get("finish_reason") for c in choices or () if isinstance(c, dict) and c.get("finish_reason")]
-        return str(reasons[-1]) if reasons else None
 
     def charged(self, usage: TokenUsage) -> None:
         self._charged = usage
@@ -771,10 +755,6 @@ class AnthropicStream:
     def produced_bytes(self) -> int:
         """Its text chunks' (the chunks `finish` adds carry none), framed once."""
         return self._bytes + ANSWER_FRAME_BYTES
-
-    @property
-    def held_finish_reason(self) -> str | None:
-        return (self._finish or "stop") if self.finished else None
 
     def feed(self, line: str) -> list[bytes]:
         if not line.startswith("data:"):

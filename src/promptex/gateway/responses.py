@@ -22,7 +22,6 @@ from promptex.gateway.adapters import (
     Adapter,
     Bound,
     ChatTranslation,
-    HoldsFinish,
     StreamTranslator,
     UpstreamCall,
 )
@@ -255,14 +254,12 @@ class FromChatStream(ChatTranslation):
     @property
     def produced_bytes(self) -> int:
         """As the signing proxy counts a Responses stream that ends with its output (as
-        `end` will emit it: the output item, its id and status, on its last event): as a
-        plain Response's (`visible_bytes`); one that never started ends with no event."""
+        `end` will emit it, on its last event): as a plain Response's (`visible_bytes`: the
+        item's id and status are the gateway's, not counted, so the status `end` will give
+        it does not matter); one that never started ends with no event."""
         if not self._started:
             return super().produced_bytes
-        held = self.inner.held_finish_reason if isinstance(self.inner, HoldsFinish) else None
-        reason = held or self._finish_reason  # as `end` reads it, after the inner's last chunks
-        status = "incomplete" if not self.finished or reason == "length" else "completed"
-        item = _output_message(self.item_id, "".join(self._text), status)
+        item = _output_message(self.item_id, "".join(self._text), "completed")
         return visible_bytes(RESPONSES, {"output": [item]}) or 0
 
     def end(self, charge: Charge | None) -> None:
