@@ -82,9 +82,11 @@ def request_exit(account: Any, *, chain_id: int, vault: str, asset: str, amount:
 
 def submit_session_key(message: dict[str, Any], signature: str) -> Any:
     """Queue a wallet-signed SessionKey with the coordinator's relay through its door."""
-    return call(
-        "POST", "/v1/session-keys", body={**message, "maximum": str(message["maximum"]), "signature": signature}
-    )
+    return call("POST", "/v1/session-keys", body=_session_key_body(message, signature))
+
+
+def _session_key_body(message: dict[str, Any], signature: str) -> dict[str, Any]:
+    return {**message, "maximum": str(message["maximum"]), "signature": signature}
 
 
 def check_session_key(message: dict[str, Any], signature: str) -> None:
@@ -97,9 +99,8 @@ def check_session_key(message: dict[str, Any], signature: str) -> None:
         url = door_url()
     except DoorError:
         return
-    body = {**message, "maximum": str(message["maximum"]), "signature": signature}
     try:
-        answer = httpx.post(f"{url}/v1/session-keys/check", json=body, timeout=30.0)
+        answer = httpx.post(f"{url}/v1/session-keys/check", json=_session_key_body(message, signature), timeout=30.0)
     except httpx.HTTPError:
         return
     if answer.status_code not in (400, 403):

@@ -760,20 +760,12 @@ class CoordinatorStore(SignedTxStore):
         keys = session_key_submissions
         with self._tx() as conn:
             rows = conn.execute(select(keys).where(keys.c.status.in_(tuple(statuses))).order_by(keys.c.id)).all()
-        return [
-            SessionKeySubmission(
-                r.id, r.address, r.asset, r.key, r.lanes, r.maximum, r.expiry, r.nonce, r.signature, r.status, r.tx_id
-            )
-            for r in rows
-        ]
+        return [_session_key_row(r) for r in rows]
 
     def session_key_submission(self, submission_id: int) -> SessionKeySubmission:
         keys = session_key_submissions
         with self._tx() as conn:
-            r = conn.execute(select(keys).where(keys.c.id == submission_id)).one()
-        return SessionKeySubmission(
-            r.id, r.address, r.asset, r.key, r.lanes, r.maximum, r.expiry, r.nonce, r.signature, r.status, r.tx_id
-        )
+            return _session_key_row(conn.execute(select(keys).where(keys.c.id == submission_id)).one())
 
     def submit_session_key(self, submission_id: int, signed: SignedTx, sender: str, now: int) -> int:
         return self._submit_relayed(session_key_submissions, "session_key", submission_id, signed, sender, now)
@@ -788,19 +780,12 @@ class CoordinatorStore(SignedTxStore):
                 .where(spend_cap_submissions.c.status.in_(tuple(statuses)))
                 .order_by(spend_cap_submissions.c.id)
             ).all()
-        return [
-            CapSubmission(
-                r.id, r.address, r.asset, r.per_epoch, r.total, r.expiry, r.nonce, r.signature, r.status, r.tx_id
-            )
-            for r in rows
-        ]
+        return [_cap_row(r) for r in rows]
 
     def spend_cap_submission(self, cap_id: int) -> CapSubmission:
         caps = spend_cap_submissions
         with self._tx() as conn:
-            r = conn.execute(select(caps).where(caps.c.id == cap_id)).one()
-        return CapSubmission(r.id, r.address, r.asset, r.per_epoch, r.total, r.expiry, r.nonce, r.signature, r.status,
-                             r.tx_id)  # fmt: skip
+            return _cap_row(conn.execute(select(caps).where(caps.c.id == cap_id)).one())
 
     def submit_spend_cap(self, cap_id: int, signed: SignedTx, sender: str, now: int) -> int:
         return self._submit_relayed(spend_cap_submissions, "spend_cap", cap_id, signed, sender, now)
@@ -931,3 +916,15 @@ class CoordinatorStore(SignedTxStore):
         """The release was used or expired: unlock its amount (once)."""
         with self._tx() as conn:
             _releases.close_release(conn, release, status, now)
+
+
+def _session_key_row(r: Any) -> SessionKeySubmission:
+    return SessionKeySubmission(
+        r.id, r.address, r.asset, r.key, r.lanes, r.maximum, r.expiry, r.nonce, r.signature, r.status, r.tx_id
+    )
+
+
+def _cap_row(r: Any) -> CapSubmission:
+    return CapSubmission(
+        r.id, r.address, r.asset, r.per_epoch, r.total, r.expiry, r.nonce, r.signature, r.status, r.tx_id
+    )

@@ -442,11 +442,6 @@ class Ledger:
         with self._read() as conn:
             return _wallets.bound_account(conn, address)
 
-    def challenged_account(self, address: str) -> int | None:
-        """The still-unbound account a challenge was last issued to `address` for, if any."""
-        with self._read() as conn:
-            return _wallets.challenged_account(conn, address)
-
     def wallets(self, account: int) -> list[str]:
         with self._read() as conn:
             return _wallets.addresses_of(conn, account)

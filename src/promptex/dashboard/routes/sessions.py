@@ -46,11 +46,8 @@ def routes(ctx: Context) -> list[BaseRoute]:
         try:
             check_session_key_wallet(asked, debited)
             check_session_key_fresh(asked, ctx.clock(), None if latest is None else latest.session)
+            queued = await ctx.run(queue_session_key, store, asked, ctx.clock())  # 409: its nonce queued already
         except Refused as exc:
-            raise ApiError(exc.status, exc.message) from None
-        try:
-            queued = await ctx.run(queue_session_key, store, asked, ctx.clock())
-        except Refused as exc:  # another SessionKey with this nonce is queued already
             raise ApiError(exc.status, exc.message) from None
         return {"queued": queued, "account": wallet, "asset": asked.asset, "nonce": asked.nonce}
 
