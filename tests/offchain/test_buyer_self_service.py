@@ -182,8 +182,25 @@ def test_outside_the_market_folder__no_ledger_here__none_created(
         for args in (("balance", "--account", "6"), ("usage", "--account", "6"), ("debts",), ("bind",)):
             answer = run(*args)
             assert answer.exit_code == 1, (args, answer.output)
-            assert "no ledger here (promptex-ledger.sqlite3 does not exist)" in answer.stderr, (args, answer.stderr)
+            missing = tmp_path.resolve() / "promptex-ledger.sqlite3"
+            assert f"no ledger here ({missing} does not exist)" in answer.stderr, (args, answer.stderr)
             assert "PROMPTEX_UP_STATE_DIR" in answer.stderr
         assert list(tmp_path.iterdir()) == []  # no ledger made
     finally:
         settings.cache_clear()
+
+
+@pytest.mark.parametrize("database", ["~/ledger.sqlite3", "file:{path}?uri=true"])
+def test_ledger_named_from_home_or_as_a_uri__found(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str
+) -> None:
+    """The file the engine opens is the one looked for: before, `sqlite:///~/ledger.sqlite3` (a
+    `~` the ledger expands) and a URI filename were looked up as written and refused with "no
+    ledger here" although the ledger was there."""
+    buyer = ledger.create_account(AccountKind.USER, "ada").id
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", "sqlite:///" + database.format(path=tmp_path / "ledger.sqlite3"))
+    settings.cache_clear()
+    shown = run("balance", "--account", str(buyer))
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith(f"account {buyer} (ada)")

@@ -39,15 +39,15 @@ def _budget(text: str | None, option: str = "--budget") -> tuple[str, int] | Non
 def _existing_ledger() -> Settings:
     """The settings of a command that reads (or binds in) a market's ledger: a SQLite ledger
     whose file does not exist is no market here — opening it would create an empty one, and
-    `buyer balance --account 6` run outside `promptex up`'s folder answered "no account 6"."""
-    from sqlalchemy.engine import make_url
+    `buyer balance --account 6` run outside `promptex up`'s folder answered "no account 6".
+    The file is the one the engine opens (`ledger.db.sqlite_path`: a leading `~`, a URI filename)."""
+    from promptex.ledger.db import sqlite_path
 
     s = settings()
-    url = make_url(s.ledger_url)
-    in_a_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-    if in_a_file and not Path(str(url.database)).exists():
+    database = sqlite_path(s.ledger_url)
+    if database is not None and not database.exists():
         raise click.ClickException(
-            f"no ledger here ({url.database} does not exist): run this in the folder `promptex up` runs in, "
+            f"no ledger here ({database} does not exist): run this in the folder `promptex up` runs in, "
             "or set PROMPTEX_UP_STATE_DIR to its market folder (or PROMPTEX_LEDGER_URL to the ledger)"
         )
     return s
