@@ -149,6 +149,29 @@ def test_buyer_limits__set_shown_cleared__bad_subject_one_line_error(env: str) -
     assert refused.exit_code != 0 and "non-negative" in refused.output
 
 
+def test_signing_account__another_wallet__refused_before_unlocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`buyer bind --account A --yes` and the wallet commands share one helper; bind's "the
+    challenge is for W" comes before A's keyfile is unlocked (no passphrase asked for a refusal)."""
+    from promptex.chain import accounts
+
+    unlocked: list[bool] = []
+
+    class Keyfile:
+        address = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+        def set_autosign(self, enabled: bool) -> None:
+            unlocked.append(enabled)
+
+    monkeypatch.setattr(accounts, "resolve_account", lambda alias: Keyfile())
+    with pytest.raises(accounts.NotThatWallet) as refused:
+        accounts.signing_account("a", yes=True, wallet="0x" + "11" * 20)
+    assert refused.value.address == Keyfile.address and unlocked == []
+    assert isinstance(accounts.signing_account("a", yes=False, wallet=Keyfile.address.lower()), Keyfile)
+    assert unlocked == []
+    accounts.signing_account("a", yes=True)
+    assert unlocked == [True]
+
+
 def test_buyer_bind__with_an_ape_account__bound_as_signup_says(env: str) -> None:
     """`buyer signup --wallet` names the ways to sign; `bind --account ALIAS` signs with the ape
     account, as every wallet command does (before: only a raw private key or a signature made

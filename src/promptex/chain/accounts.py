@@ -18,3 +18,24 @@ def resolve_account(alias: str | None, index: int = 0) -> Any:
     if networks.provider.network.name == "local":
         return accounts.test_accounts[index]
     raise ValueError("on a live network pass --account ALIAS (see `ape accounts list`)")
+
+
+class NotThatWallet(Exception):
+    """`signing_account(..., wallet=W)`: the alias names another address (`address`)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
+
+
+def signing_account(alias: str | None, *, yes: bool, wallet: str | None = None) -> Any:
+    """The account a command signs with (`resolve_account`); `yes` (a command's --yes): it
+    signs without asking, a keyfile unlocked now (its passphrase asked, or
+    APE_ACCOUNTS_<alias>_PASSPHRASE). `wallet`: NotThatWallet unless the account is that
+    address, checked before anything is unlocked."""
+    account = resolve_account(alias)
+    if wallet is not None and str(account.address).lower() != wallet.lower():
+        raise NotThatWallet(str(account.address))
+    if yes and hasattr(account, "set_autosign"):
+        account.set_autosign(True)
+    return account

@@ -174,27 +174,24 @@ def buyer_bind(
 def _sign_with_ape_account(alias: str, message: BindingMessage, *, yes: bool) -> bytes:
     """The challenge's typed data signed by the ape account `alias` (the wallet commands' --account;
     `yes`: as their --yes, no confirmation, a keyfile unlocked with APE_ACCOUNTS_<alias>_PASSPHRASE)."""
-    from promptex.chain.accounts import resolve_account
+    from promptex.chain.accounts import NotThatWallet, signing_account
     from promptex.cli.door import sign_typed_data
     from promptex.cli.errors import quiet_ape
-    from promptex.ledger.binding import checksum_address
 
     quiet_ape()  # ape's log lines ("Danger! This account will now sign…") only with --debug
     try:
-        account = resolve_account(alias)
+        account = signing_account(alias, yes=yes, wallet=message.wallet)
+    except NotThatWallet as exc:
+        raise click.ClickException(
+            f"{alias} is {exc.address}; the challenge is for {message.wallet}: sign with that wallet"
+        ) from None
     except KeyError:
         raise click.ClickException(
             f"no ape account {alias!r}: see `ape accounts list` (`ape accounts import` or `generate` makes one)"
         ) from None
     except (IndexError, ValueError):  # TEST::N beyond the test accounts, TEST::x
         raise click.ClickException(f"no test account {alias}") from None
-    if checksum_address(str(account.address)) != checksum_address(message.wallet):
-        raise click.ClickException(
-            f"{alias} is {account.address}; the challenge is for {message.wallet}: sign with that wallet"
-        )
-    if yes and hasattr(account, "set_autosign"):
-        account.set_autosign(True)
-    else:
+    if not (yes and hasattr(account, "set_autosign")):
         click.echo(f"{alias} signs: {message.statement} (wallet {message.wallet}, chain {message.chain_id})")
     return sign_typed_data(account, message.typed_data())
 

@@ -24,7 +24,7 @@ from typing import Any
 import click
 from ape.cli import network_option
 
-from promptex.chain.accounts import resolve_account
+from promptex.chain.accounts import signing_account
 from promptex.chain.deploy import contract_at, live_deployment
 from promptex.chain.deployments import Deployment
 from promptex.chain.dex import pool_at
@@ -121,9 +121,7 @@ class Session:
         if deployment is None:
             raise ValueError(f"no live deployment recorded for {network.name!r}: run `ape run deploy` first")
         self.deployment: Deployment = deployment
-        self.account = resolve_account(alias)
-        if yes and hasattr(self.account, "set_autosign"):
-            self.account.set_autosign(True)
+        self.account = signing_account(alias, yes=yes)
 
     def token(self, symbol: str) -> Any:
         symbol = symbol.upper()
