@@ -58,6 +58,8 @@ def test_usd__values_and_text():
     assert usd_value(10**21, "CLD", None) is None
     assert usd_value(7, "USDC", None) == 7
     assert usd_text(4_218_000) == "$4.22" and usd_text(-3_500_000) == "-$3.50" and usd_text(1_234) == "$0.001234"
+    assert usd_text(99_999_500, exact=True) == "$99.9995" and usd_text(-500, exact=True) == "-$0.0005"
+    assert usd_text(1_234_567_890_001, exact=True) == "$1,234,567.890001" and usd_text(5 * 10**6, exact=True) == "$5.00"
 
 
 @given(st.integers(min_value=-(2**200), max_value=2**200), st.sampled_from(["USDC", "CLD", "GPT", "LLM"]))

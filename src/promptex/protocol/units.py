@@ -115,9 +115,18 @@ def utc_text(unix: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
 
-def usd_text(usd_micro: int, rounding: Rounding = "nearest") -> str:
-    """Dollars for people: "$1,234.56", "$0.0012", "-$3.50"."""
-    text = amount_text(usd_micro, USDC_DECIMALS, 2, rounding)
+def exact_text(amount: int, decimals: int, places: int) -> str:
+    """`amount` smallest units as a grouped decimal with every digit, never rounded, at least
+    `places` decimals: (17_712, 6, 2) → "0.017712", (20_000_000, 6, 2) → "20.00"."""
+    head, _, tail = whole_units(amount, decimals).partition(".")
+    sign, head = ("-", head[1:]) if head.startswith("-") else ("", head)
+    return f"{sign}{int(head):,}.{tail.ljust(places, '0')}"
+
+
+def usd_text(usd_micro: int, rounding: Rounding = "nearest", *, exact: bool = False) -> str:
+    """Dollars for people: "$1,234.56", "$0.0012", "-$3.50"; `exact`: every digit, never
+    rounded ("$99.9995", not "$100.00")."""
+    text = exact_text(usd_micro, USDC_DECIMALS, 2) if exact else amount_text(usd_micro, USDC_DECIMALS, 2, rounding)
     return f"-${text[1:]}" if text.startswith("-") else f"${text}"
 
 
@@ -143,6 +152,4 @@ def money_exact(amount: int, symbol: str) -> str:
     "0.017712 USDC", "12,345.678901 USDC", "20.00 USDC" (`money` would show 0.01771 and
     12,345.68: an overcharge of one unit would read as no difference)."""
     symbol = symbol.upper()
-    head, _, tail = whole_units(amount, decimals_of(symbol)).partition(".")
-    sign, head = ("-", head[1:]) if head.startswith("-") else ("", head)
-    return f"{sign}{int(head):,}.{tail.ljust(display_decimals(symbol), '0')} {symbol}"
+    return f"{exact_text(amount, decimals_of(symbol), display_decimals(symbol))} {symbol}"

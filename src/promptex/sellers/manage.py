@@ -18,7 +18,7 @@ from promptex.chain import txlog
 from promptex.chain.sender import Call, Web3Sender
 from promptex.chain.txlog import SUCCEEDED, TxPending
 from promptex.ledger.lots import CLOSED, CLOSING, OPEN, LotState
-from promptex.protocol.units import USD_MICRO, USDC_SYMBOL, money, money_exact, usd_text
+from promptex.protocol.units import USD_MICRO, USDC_SYMBOL, money, usd_text
 from promptex.sellers.chain import ChainLot, SellerChain
 from promptex.sellers.store import SellerStore
 
@@ -66,9 +66,7 @@ def _remaining(chain: SellerChain, lot: ChainLot, unsettled_usd: int) -> str:
             "tokens",
         )  # fmt: skip
         return money(left, symbol, rounding="down")
-    if left % (USD_MICRO // 100):
-        return "$" + money_exact(left, USDC_SYMBOL).removesuffix(f" {USDC_SYMBOL}")
-    return usd_text(left)
+    return usd_text(left, exact=bool(left % (USD_MICRO // 100)))
 
 
 def _sync(store: SellerStore, state: LotState, lot: ChainLot, now: int) -> LotState:
