@@ -101,7 +101,8 @@ export interface MoneyOptions {
   symbol?: boolean; // false: the number only (a table column already names the asset)
 }
 
-/** An amount of an asset for people: "14,587.48 CLD ($61.53)", "50.00 USDC". */
+/** An amount of an asset for people: "14,587.48 CLD ($61.53)", "50.00 USDC"; the dollars
+ *  beside a token's amount are rounded as the amount is. */
 export function money(amount: bigint, symbol: string, options: MoneyOptions = {}): string {
   const { twap = null, unlimited = null, rounding = "nearest", face = null } = options;
   if (unlimited !== null && amount >= unlimited) return UNLIMITED_TEXT;
@@ -109,7 +110,13 @@ export function money(amount: bigint, symbol: string, options: MoneyOptions = {}
   const number = amountText(amount, decimalsOf(upper), displayDecimals(upper, face), rounding);
   const text = options.symbol === false ? number : `${number} ${upper}`;
   const usd = upper === USDC_SYMBOL ? null : usdValue(amount, upper, twap);
-  return usd === null ? text : `${text} (${usdText(usd)})`;
+  return usd === null ? text : `${text} (${usdText(usd, rounding)})`;
+}
+
+/** A balance, or what is left to spend, for people: `money` rounded DOWN (its dollars too), so
+ *  a person never reads more than there is (9,999,993 USDC units: "9.99 USDC", not "10.00"). */
+export function balance(amount: bigint, symbol: string, options: Omit<MoneyOptions, "rounding"> = {}): string {
+  return money(amount, symbol, { ...options, rounding: "down" });
 }
 
 /** Whole units typed by a person → smallest units, exactly (string arithmetic, no float);

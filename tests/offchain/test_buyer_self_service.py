@@ -63,7 +63,7 @@ def test_balance__spendable_held_cap_promotional_in_whole_units(ledger: Ledger) 
     usdc = next(line for line in lines if line.startswith("USDC"))
     assert usdc.split() == ["USDC", "47.50", "USDC", "3.50", "USDC", "0.00", "USDC", "37.50", "USDC", "9.00", "USDC"]
     cld = next(line for line in lines if line.startswith("CLD"))
-    assert "14.59 CLD" in cld
+    assert "14.58 CLD" in cld  # 14.587…: a balance reads rounded down, never more than there is
     assert_human(shown.stdout, "buyer balance")
 
     exact = json.loads(run("balance", "--account", str(buyer), "--json").stdout)
@@ -71,6 +71,24 @@ def test_balance__spendable_held_cap_promotional_in_whole_units(ledger: Ledger) 
     assert by_asset["CLD"]["spendable_units"] == "14587482219061166430"
     assert by_asset["USDC"]["promotional_units"] == str(10 * USDC)
     assert (by_asset["USDC"]["held_units"], by_asset["USDC"]["promotional_held_units"]) == ("2500000", str(USDC))
+
+
+def test_balance__a_few_units_spent__read_rounded_down_not_as_untouched(ledger: Ledger) -> None:
+    """10.00 USDC of promotional credit less a 0.000007 request read "10.00 USDC" (rounded to the
+    nearest cent): more than there is. A balance is rounded down: 9.99."""
+    buyer = ledger.create_account(AccountKind.USER, "ada").id
+    fund(ledger, buyer, "USDC", 20 * USDC - 7)
+    treasury = ledger.treasury("promotions").id
+    fund(ledger, treasury, "USDC", 100 * USDC)
+    ledger.grant_promotional_credit("welcome:ada", buyer, "USDC", 10 * USDC, treasury=treasury)
+    spend_promo = "promo-request"
+    ledger.reserve(buyer, "USDC", 7, spend_promo, ttl=60, payer=treasury)
+    ledger.settle(spend_promo, 7)
+
+    shown = run("balance", "--account", str(buyer))
+    assert shown.exit_code == 0, shown.output
+    usdc = next(line for line in shown.stdout.splitlines() if line.startswith("USDC")).split()
+    assert (usdc[1], usdc[-2]) == ("19.99", "9.99"), usdc  # spendable, promotional
 
 
 def test_balance__name_the_account_one_way__unknown_key_and_wallet_one_line(ledger: Ledger) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptex.protocol.units import PRICE_SCALE, display_decimals, money, usd_text, usd_value
+from promptex.protocol.units import PRICE_SCALE, balance_text, display_decimals, money, usd_text, usd_value
 from promptex.protocol.vault import MANTISSA_BITS, MAX_EXPONENT, UNLIMITED, per_epoch_at_least, quantize_per_epoch
 
 CLD_TWAP = 4_218 * 10**18  # Oracle.consult for CLD at $0.004218
@@ -47,6 +47,16 @@ def test_money__rounding__down_and_up_never_read_the_same():
     assert money(20_000_001, "USDC", rounding="up") == "20.01 USDC"
     assert money(-1_500_001, "USDC", rounding="down") == "-1.51 USDC"
     assert money(1, "CLD", rounding="up") == "0.00000001 CLD"
+
+
+def test_balance_text__rounded_down_dollars_too__never_more_than_there_is():
+    # 10.00 USDC less a request's 0.000007 read "10.00 USDC" (nearest): a person read more than there was.
+    assert balance_text(9_999_993, "USDC") == "9.99 USDC"
+    assert balance_text(999_999, "USDC") == "0.9999 USDC"  # below one unit: its significant digits, down
+    assert balance_text(10**21 - 1, "CLD", twap=CLD_TWAP) == "999.99 CLD ($4.21)"  # worth $4.217999…
+    assert money(10**21 - 1, "CLD", twap=CLD_TWAP) == "1,000.00 CLD ($4.22)"
+    cap_total = 2**96 - 1
+    assert balance_text(cap_total, "USDC", unlimited=cap_total) == "unlimited"
 
 
 def test_display_decimals__a_step_is_worth_at_most_a_cent():

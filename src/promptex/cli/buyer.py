@@ -244,7 +244,7 @@ def buyer_debts(account_id: int | None) -> None:
         click.echo("no debts" if account_id is None else f"account {account_id} owes nothing")
         return
     for debt in found:
-        owed = f"owes {money(debt.outstanding, debt.asset)}" if debt.status == "open" else "repaid"
+        owed = f"owes {money(debt.outstanding, debt.asset, rounding='up')}" if debt.status == "open" else "repaid"
         click.echo(f"debt {debt.id}: account {debt.account} {owed} of {money(debt.amount, debt.asset)} — {debt.reason}")
 
 
@@ -353,7 +353,7 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
 
     from promptex.ledger import Ledger
     from promptex.metering.assets import ASSETS
-    from promptex.protocol.units import money
+    from promptex.protocol.units import balance_text
     from promptex.protocol.vault import MAX_CAP_TOTAL
 
     s = _existing_ledger()
@@ -389,13 +389,14 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
     click.echo(f"{'asset':<6} {'spendable':>20} {'held':>18} {'leaving':>18} {'cap left':>20} {'promotional':>18}")
     for symbol, b, promotional, promo_held in rows:
         # What new requests may still take: the cap left after those in flight.
-        cap = money(max(0, b.cap_remaining - b.held), symbol, unlimited=MAX_CAP_TOTAL) if b.posted else "—"
+        # Balances read rounded down (balance_text): never more than there is.
+        cap = balance_text(max(0, b.cap_remaining - b.held), symbol, unlimited=MAX_CAP_TOTAL) if b.posted else "—"
         # Held: every request in flight, whatever pays it; promotional: what is left to spend of it
         # (before, a request in flight on promotional credit showed nowhere).
         held, promo_left = b.held + promo_held, max(0, promotional - promo_held)
         click.echo(
-            f"{symbol:<6} {money(b.spendable, symbol):>20} {money(held, symbol):>18} {money(b.locked, symbol):>18} "
-            f"{cap:>20} {money(promo_left, symbol):>18}"
+            f"{symbol:<6} {balance_text(b.spendable, symbol):>20} {balance_text(held, symbol):>18} "
+            f"{balance_text(b.locked, symbol):>18} {cap:>20} {balance_text(promo_left, symbol):>18}"
         )
 
 

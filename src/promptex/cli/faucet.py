@@ -17,7 +17,7 @@ import click
 
 from promptex.cli.errors import readable_errors
 from promptex.cli.market import local_node_url, rpc_url_option
-from promptex.protocol.units import USD_MICRO, money, usd_text
+from promptex.protocol.units import USD_MICRO, balance_text, money, usd_text
 
 MOST = 1_000_000 * USD_MICRO  # a call's limit: a typo of a few zeros is refused, not minted
 GAS_FLOOR = 10**17  # 0.1 ETH: below it the wallet is given GAS_TOP_UP
@@ -110,5 +110,5 @@ def faucet(alias: str, amount: str) -> None:
         held, gassed = mint_test_dollars(url, address, minted)
     gas = f" and {GAS_TOP_UP // 10**18} ETH for gas" if gassed else ""
     click.echo(f"minted {money(minted, 'USDC')} ({usd_text(minted)} of test dollars){gas} to {address} ({alias})")
-    click.echo(f"its wallet holds {money(held, 'USDC')}; next: promptex wallet deposit --asset USDC --amount N "
+    click.echo(f"its wallet holds {balance_text(held, 'USDC')}; next: promptex wallet deposit --asset USDC --amount N "
                f"--account {alias}")  # fmt: skip

@@ -33,7 +33,7 @@ from promptex.cli.faucet import faucet
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
-from promptex.protocol.units import MAX_UINT256, money, usd_text, usd_value, utc_text
+from promptex.protocol.units import MAX_UINT256, balance_text, money, usd_text, usd_value, utc_text
 from promptex.protocol.vault import UNLIMITED, per_epoch_at_least
 
 LOCAL_NODE = "ethereum:local:foundry"
@@ -212,18 +212,20 @@ def balances(network: Any, alias: str | None, yes: bool) -> Done:
                 total += value or 0
                 priced = priced and (value is not None or amount == 0)
             lines.append(
-                f"{symbol:<6} {money(held, symbol, twap=twap):>34} {money(in_vault, symbol, twap=twap):>34} "
-                f"{money(pending, symbol, twap=twap):>24}"
+                f"{symbol:<6} {balance_text(held, symbol, twap=twap):>34} "
+                f"{balance_text(in_vault, symbol, twap=twap):>34} {balance_text(pending, symbol, twap=twap):>24}"
             )
             if claimable:
-                to_claim.append(f"{money(claimable, symbol, twap=twap)} (promptex wallet claim --asset {symbol})")
+                to_claim.append(
+                    f"{balance_text(claimable, symbol, twap=twap)} (promptex wallet claim --asset {symbol})"
+                )
             rows.append({"asset": symbol, "wallet_units": str(held), "vault_units": str(in_vault),
                          "withdrawing_units": str(pending), "claimable_units": str(claimable),
                          "twap": None if twap is None else str(twap)})  # fmt: skip
         if to_claim:
             lines.append(f"earned as a seller, to claim: {', '.join(to_claim)}")
         unknown = "" if priced else " (provider tokens without a TWAP yet not counted)"
-        lines.append(f"total: {usd_text(total)} at the Oracle's {TWAP_WINDOW // 60}-minute TWAP{unknown}")
+        lines.append(f"total: {usd_text(total, 'down')} at the Oracle's {TWAP_WINDOW // 60}-minute TWAP{unknown}")
         data = {"account": session.account.address, "network": network.name, "balances": rows,
                 "total_usdc_units": str(total), "twap_window_seconds": TWAP_WINDOW, "all_priced": priced}  # fmt: skip
         return Done(lines, data)
@@ -242,7 +244,7 @@ def deposit(network: Any, alias: str | None, yes: bool, symbol: str, amount: str
         receipt = vault.deposit(token, value, sender=session.account)
         balance = vault.balance_of(session.account, token)
         return Done(
-            [f"deposited {whole(value, symbol)}; vault balance {whole(balance, symbol)}"],
+            [f"deposited {whole(value, symbol)}; vault balance {balance_text(balance, symbol)}"],
             {"asset": symbol.upper(), "amount_units": str(value), "vault_balance_units": str(balance),
              "tx": tx_hash(receipt)},
         )  # fmt: skip
@@ -496,12 +498,13 @@ def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
             raise click.ClickException(f"no {symbol.upper()} is unbacked: the insurance fund buys nothing back")
         if value > unbacked:
             raise click.ClickException(
-                f"only {whole(unbacked, symbol)} is unbacked; sell at most that (--amount {whole(value, symbol)})"
+                f"only {balance_text(unbacked, symbol)} is unbacked; "
+                f"sell at most that (--amount {whole(value, symbol)})"
             )
         held = token.balanceOf(session.account)
         if held < value:
             raise click.ClickException(
-                f"{session.account.address} holds {whole(held, symbol)}, not {whole(value, symbol)}"
+                f"{session.account.address} holds {balance_text(held, symbol)}, not {whole(value, symbol)}"
             )
         quote = escrow.quote_buy_back(token, value)
         if quote == 0:

@@ -137,13 +137,21 @@ def money(
 
     `twap` (a provider token's `Oracle.consult` value) adds the dollar value beside it;
     `unlimited` names the sentinel that means "no limit" where one is meant (a spend cap's
-    total), shown as the word instead of a 30-digit number. `rounding`: see Rounding."""
+    total), shown as the word instead of a 30-digit number. `rounding`: see Rounding (the
+    dollars beside a token's amount are rounded the same way)."""
     if unlimited is not None and amount >= unlimited:
         return UNLIMITED_TEXT
     symbol = symbol.upper()
     text = f"{amount_text(amount, decimals_of(symbol), display_decimals(symbol), rounding)} {symbol}"
     usd = None if symbol == USDC_SYMBOL else usd_value(amount, symbol, twap)
-    return text if usd is None else f"{text} ({usd_text(usd)})"
+    return text if usd is None else f"{text} ({usd_text(usd, rounding)})"
+
+
+def balance_text(amount: int, symbol: str, *, twap: int | None = None, unlimited: int | None = None) -> str:
+    """A balance, or what is left to spend, for people: `money` rounded DOWN (its dollars too),
+    so a person never reads more than there is — 9,999,993 units of USDC read "9.99 USDC", not
+    "10.00 USDC". Costs and charges stay `money`'s nearest; what is owed or needed rounds up."""
+    return money(amount, symbol, twap=twap, unlimited=unlimited, rounding="down")
 
 
 def money_exact(amount: int, symbol: str) -> str:
