@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from anvil_node import free_port
+from polling import until
 from promptex.agent.fake_billing import FakeBillingConfig, create_fake_billing
 from promptex.agent.store import AgentStore
 from promptex.config import Settings
@@ -770,11 +771,24 @@ def test_keys__an_unbound_wallet_asks_twice_at_once__one_account(dashboard, monk
     """wbreak s15: two challenges at once for one unbound wallet each read "no account" (the
     read in one transaction, the account created in another) and each created one: two
     accounts, one left empty for good. Here the second request runs while the first has read
-    and not yet created: before, it reads too (the wait below ends at once) and two accounts
-    are made; now it waits for the first's write (the wait runs out: nothing to poll for)."""
+    and not yet created: before, it read too and two accounts were made; now it waits for the
+    first's write (SQLite: the ledger's writer lock). The first goes on once the second has
+    read or waits for the lock (polled, as test_ledger_binding_race polls PostgreSQL's locks)."""
     wallet = Account.create()
     read, second_read = _wallets.challenged_account, threading.Event()
     answers: list = []
+    writer, waiting = dashboard.ledger._writer, set()
+
+    class Queued:  # the ledger's writer lock, telling which threads wait for it
+        def __enter__(self) -> None:
+            waiting.add(threading.get_ident())
+            try:
+                writer.__enter__()
+            finally:
+                waiting.discard(threading.get_ident())
+
+        def __exit__(self, *exc) -> None:
+            writer.__exit__(*exc)
 
     def ask() -> None:
         answers.append(dashboard.post("/api/keys/challenge", json={"wallet": wallet.address}))
@@ -785,11 +799,12 @@ def test_keys__an_unbound_wallet_asks_twice_at_once__one_account(dashboard, monk
         found = read(conn, address)
         if not second.is_alive() and not second_read.is_set() and not answers:
             second.start()
-            second_read.wait(0.5)
+            until(lambda: second_read.is_set() or waiting, "the second challenge read or waiting for the writer", 10)
         else:
             second_read.set()
         return found
 
+    monkeypatch.setattr(dashboard.ledger, "_writer", Queued())
     monkeypatch.setattr(_wallets, "challenged_account", challenged_account)
     before = account_count(dashboard)
     ask()
