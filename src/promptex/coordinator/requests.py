@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptex.chain.deployments import Deployment
-from promptex.coordinator.store import CoordinatorStore
+from promptex.coordinator.store import CapSubmission, CoordinatorStore, SessionKeySubmission
 from promptex.ledger.binding import checksum_address
 from promptex.protocol.eip712 import recover_digest
 from promptex.protocol.units import MAX_UINT256, money, utc_text
@@ -215,19 +215,37 @@ def queue_session_key(store: CoordinatorStore, request: SessionRequest, now: int
     while the relay registered the first, and `promptex session create` run twice before the
     relay's pass kept a grant whose key the vault never had (every voucher refused)."""
     signature = "0x" + request.signature.hex()
-    queued_id = store.add_session_key(
+    queued = store.session_key_submission(store.add_session_key(
         request.account, request.asset, request.key, request.lanes, request.maximum, request.expiry, request.nonce,
         signature, now,
+    ))  # fmt: skip
+    return queued_once(
+        "SessionKey", queued,
+        (queued.key.lower(), queued.lanes, queued.maximum, queued.expiry),
+        (request.key.lower(), request.lanes, request.maximum, request.expiry),
+        f"key {queued.key}", key=queued.key,
     )  # fmt: skip
-    queued = store.session_key_submission(queued_id)
-    if (queued.key.lower(), queued.lanes, queued.maximum, queued.expiry) != (
-        request.key.lower(), request.lanes, request.maximum, request.expiry,
-    ):  # fmt: skip
+
+
+def queued_once(
+    kind: str,
+    submission: SessionKeySubmission | CapSubmission,
+    terms: tuple[object, ...],
+    asked: tuple[object, ...],
+    shown: str,
+    **fields: Any,
+) -> int:
+    """The id of `submission`, what the relay's queue holds for a wallet-signed message's
+    (address, asset, nonce) once it was added: the message's own if its `terms` are those
+    `asked` (queued now, or the same message again); else another's, still to be relayed, and
+    the message is refused (409 already_queued, naming the queued one by `shown`: sign the
+    next nonce once it is registered). A SessionKey's and a SpendCap's (`Coordinator.submit_spend_cap`)."""
+    if terms != asked:
         raise Refused(
             409, "already_queued",
-            f"a SessionKey of {request.account} with nonce {request.nonce} (key {queued.key}) is queued already, "
-            f"{queued.status}: the relay registers it on its next pass; sign the next one (nonce "
-            f"{request.nonce + 1}) once it is registered",
-            key=queued.key, queued_status=queued.status,
+            f"a {kind} of {submission.address} with nonce {submission.nonce} ({shown}) is queued already, "
+            f"{submission.status}: the relay registers it on its next pass; sign the next one (nonce "
+            f"{submission.nonce + 1}) once it is registered",
+            **fields, queued_status=submission.status,
         )  # fmt: skip
-    return queued_id
+    return submission.id

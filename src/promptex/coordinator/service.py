@@ -42,7 +42,7 @@ from promptex.chain.txlog import DROPPED, REVERTED, SENT, SUCCEEDED, OtherKeyPen
 from promptex.coordinator.chain import Chain, LotInfo
 from promptex.coordinator.plan import Entry, Payload, aggregate, fit, fit_capacity, lot_problem, prepare, usage_tree
 from promptex.coordinator.quarantine import REFUND, REQUEUE, decide, never_settles
-from promptex.coordinator.requests import Refused
+from promptex.coordinator.requests import queued_once
 from promptex.coordinator.signed_plan import LaneDebit, LaneVoucher, Signed, SignedBatch, next_batch
 from promptex.coordinator.store import (
     CONFIRMED,
@@ -1273,19 +1273,14 @@ class Coordinator:
         first one's id, as if queued, while the relay registered the first."""
         self.chain.asset_address(asset)  # a known asset, or KeyError
         address = checksum_address(address)
-        queued_id = self.store.add_spend_cap(
-            address, asset, per_epoch, total, expiry, nonce, "0x" + signature.hex(), self.clock()
+        signed = "0x" + signature.hex()
+        queued = self.store.spend_cap_submission(
+            self.store.add_spend_cap(address, asset, per_epoch, total, expiry, nonce, signed, self.clock())
         )
-        queued = self.store.spend_cap_submission(queued_id)
-        if (queued.per_epoch, queued.total, queued.expiry) != (per_epoch, total, expiry):
-            raise Refused(
-                409, "already_queued",
-                f"a SpendCap of {address} with nonce {nonce} (per epoch {queued.per_epoch}, total {queued.total}, "
-                f"expiry {queued.expiry}) is queued already, {queued.status}: the relay registers it on its next "
-                f"pass; sign the next one (nonce {nonce + 1}) once it is registered",
-                queued=queued_id, queued_status=queued.status,
-            )  # fmt: skip
-        return queued_id
+        return queued_once(
+            "SpendCap", queued, (queued.per_epoch, queued.total, queued.expiry), (per_epoch, total, expiry),
+            f"per epoch {queued.per_epoch}, total {queued.total}, expiry {queued.expiry}", queued=queued.id,
+        )  # fmt: skip
 
     def _register_spend_caps(self) -> None:
         caps = self.store.spend_caps()
