@@ -14,6 +14,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from polling import until
 from promptex.cli import main
 from promptex.config import Settings
 from promptex.config import settings as cached_settings
@@ -23,6 +24,7 @@ from promptex.sellers.attestor import Thresholds, open_reports, review
 from promptex.serving import free_port
 
 from .conftest import Fake, Harness, _harness
+from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
 
 HELLO = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
 
@@ -188,6 +190,83 @@ def test_breaker__failing_lot_skipped_after_two_failures__seller_sees_errors_and
     assert resolved.exit_code == 0 and "dismissed" in resolved.output and "outage" in resolved.output
     assert twice.exit_code == 1 and "is dismissed already" in twice.output
     assert [r.lot_id for r in open_reports(gw.ledger.engine)] == [refused]
+
+
+def _failures_in_a_row(gw: Harness, lot: int) -> int:
+    return gw.gateway.health._lots[lot].failures
+
+
+def test_breaker__a_buyer_s_refused_request_or_a_client_that_left__neither_closes_nor_counts(
+    observed: Harness, fake: Fake
+) -> None:
+    """A lot one failure from its circuit opening (two in a row, `observed`): a request the lot
+    refuses 4xx (plain or stream: the buyer's doing, or a trick of the lot's) and a stream whose
+    client left before any content came say nothing of whether the lot serves. Before (sbreak
+    s17), each closed its circuit — its failures in a row back to 0 — so a seller could keep a
+    failing lot's circuit shut with requests of its own that it refused (free) or left, and a
+    half-open probe answered so closed it."""
+    gw = observed
+    lot = gw.add_lot(fake)
+    account, key = gw.buyer()
+    gw.gateway.health.failed(lot, "500", 500)
+    fake.config.fail_status = 400
+    assert post(gw, key, HELLO).status_code == 400
+    assert post(gw, key, {**HELLO, "stream": True}).status_code == 400
+    fake.config.fail_status, fake.config.chunk_delay_ms = None, 5_000  # the head, then nothing for 5 s
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json={**HELLO, "stream": True}, headers=headers) as s:
+        request_id = s.headers["x-request-id"]
+        next(s.iter_raw())  # its first event; then the client leaves
+    until(lambda: (hold := gw.ledger.hold(request_id)) is not None and hold.status != "active", "the stream ended")
+    assert _failures_in_a_row(gw, lot) == 1
+    assert not gw.gateway.health.is_open(lot)
+    gw.gateway.health.failed(lot, "500", 500)
+    assert gw.gateway.health.is_open(lot)
+
+
+def test_breaker__a_lot_whose_streams_break_off_after_a_chunk__counted_failing_and_charged(
+    observed: Harness, fake: Fake
+) -> None:
+    """A stream the upstream broke off after its first chunk is charged what came (as before)
+    and is a failure of its lot: two in a row open its circuit. Before (sbreak s17), any content
+    made it a success: a lot whose every stream died after a chunk showed no errors and was
+    never skipped."""
+    gw = observed
+    lot = gw.add_lot(fake)
+    _, key = gw.buyer()
+    fake.config.die_after_chunks = 1
+    for _ in range(2):
+        answer = post(gw, key, {**HELLO, "stream": True})
+        assert answer.status_code == 200
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])  # charged before its last event
+        assert record is not None and record.cost > 0
+    assert gw.gateway.health.is_open(lot)
+    gw.gateway.health.flush(gw.ledger.engine)
+    (seen,) = reports(gw.ledger.engine, [lot])
+    assert (seen.requests, seen.errors, seen.last_error) == (2, 2, "broken")
+
+
+def test_breaker__a_lot_answering_with_no_usage__counted_once_a_request_and_skipped(
+    observed: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """An answer with no usage is a failure of its lot (failed over, "unmetered"), and only
+    that: its request counted once. Before (sbreak s17), its head closed the circuit first —
+    a lot answering every request 200 with no usage sat at one failure in a row for good,
+    never skipped, each request counted twice."""
+    gw = observed
+    answers, upstream = canned
+    lot = gw.add_lot(upstream)
+    _, key = gw.buyer()
+    answers.answer = {"id": "c", "object": "chat.completion", "created": 0, "model": "fake-flat",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                   "finish_reason": "stop"}]}  # fmt: skip
+    for _ in range(2):
+        assert post(gw, key, HELLO).status_code == 502
+    assert gw.gateway.health.is_open(lot)
+    gw.gateway.health.flush(gw.ledger.engine)
+    (seen,) = reports(gw.ledger.engine, [lot])
+    assert (seen.requests, seen.errors, seen.last_error) == (2, 2, "unmetered")
 
 
 def test_breaker__half_open__one_probe_then_closed_on_success_or_open_again_on_failure() -> None:

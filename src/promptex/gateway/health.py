@@ -1,9 +1,12 @@
 """Lot health: a circuit breaker per lot, and the latency and error rates its seller sees.
 
 A lot whose upstream failed `failures` times in a row (a timeout, a refused connection,
-a 5xx, a 429, a refused key, a stream with no content and no usage) is skipped for
-`cooldown` seconds; then ONE request probes it (half-open): an answer closes the
-circuit, a failure opens it for another cool-down.
+a 5xx, a 429, a refused key, an answer with no usage, a stream with no content and no
+usage, a stream broken off before its end) is skipped for `cooldown` seconds; then ONE
+request probes it (half-open): an answer served closes the circuit, a failure opens it
+for another cool-down. A client error (4xx: the request's fault) and a stream whose
+client left before its end close nothing and count no failure: neither a buyer's doing
+nor a seller's own requests move the breaker (`Gateway._once`, `Gateway.stream_done`).
 Requests are never refused because of it while another lot can serve them; when every
 candidate is open the request still tries them (the breaker saves latency, it must not
 invent an outage).

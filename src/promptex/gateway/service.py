@@ -1018,6 +1018,12 @@ class Gateway:
         self.health.failed(lot.id, what, status)
         self.metrics.upstream_errors.labels(str(lot.id), what).inc()
 
+    def _failed_answered(self, lot: LiveLot, what: str) -> None:
+        """A failure of a lot whose answer's head was counted (`LotHealth.succeeded(closes=False)`):
+        a stream that brought nothing or broke off, an answer with no usage."""
+        self.health.failed(lot.id, what, counted=True)
+        self.metrics.upstream_errors.labels(str(lot.id), what).inc()
+
     async def _holds_capacity(self, priced: Priced, request_id: str, lot: LiveLot) -> bool:
         """Move the hold's capacity to `lot` before failing over to it; False if it has no room."""
         if priced.lot_id == lot.id:
@@ -1074,7 +1080,12 @@ class Gateway:
             if status in FAILOVER_STATUSES or status >= 500:
                 self._failed(lot, str(status), failures, status)
                 continue
-            self.health.succeeded(lot.id, elapsed)  # the lot answered (a client error is the client's)
+            # The lot answered; whether it served, its answer decides. A client error is the
+            # client's: it neither counts against the lot nor closes its circuit; nor does an
+            # answer with no usage, a failure (sbreak s17: before, each closed it — any buyer's
+            # refused request, a half-open probe the lot answered 4xx — and a lot answering
+            # every request 200 with no usage was at one failure in a row for good, never skipped).
+            self.health.succeeded(lot.id, elapsed, closes=False)
             if status >= 400:
                 raise _client_error(answer, lot)
             # The answer shows the usage charged: within the request's bounds (`bounded`).
@@ -1082,8 +1093,10 @@ class Gateway:
             try:
                 content, usage = adapter.answer(endpoint, answer.content, priced.price.model, bound)
             except MissingUsage:
-                self._failed(lot, "unmetered", failures)
+                failures.append("unmetered")
+                self._failed_answered(lot, "unmetered")  # its request counted already, as a stream's
                 continue
+            self.health.closed(lot.id)
             # Not in a shield of its own: its one wait (the settle) is shielded by `LedgerThreads`.
             charge = await self.finish(key, priced, request_id, lot, usage)
             more = raw_headers(charge.cost_headers())
@@ -1115,8 +1128,9 @@ class Gateway:
                     self._failed(lot, str(status), failures, status)
                     continue
                 priced.upstream_seconds = elapsed = time.perf_counter() - began  # to its response's head
-                # A stream's end decides whether it served (`stream_done`): one with nothing is a failure.
-                self.health.succeeded(lot.id, elapsed, closes=status >= 400)
+                # A stream's end decides whether it served (`stream_done`); a client error is the
+                # client's, and closes nothing either (as a plain request's).
+                self.health.succeeded(lot.id, elapsed, closes=False)
                 if status >= 400:
                     await upstream.read()
                     raise _client_error(upstream, lot)
@@ -1155,14 +1169,24 @@ class Gateway:
             stream.upstream.close(grace=STREAM_END_GRACE_SECONDS if tr.finished else 0)
         finally:
             stream.lot.inflight -= 1
+        # Whether the lot served, for its circuit breaker: a stream its client left, or the
+        # gateway cut (`cut_orphaned_streams`), says nothing either way; one the upstream ended
+        # without its end (broken off, or closed early) is a failure of the lot even with
+        # content (charged all the same, below). Before (sbreak s17), a stream whose client left
+        # before anything came closed the lot's circuit — a half-open probe too, for a lot
+        # that had sent nothing — and one that sent a chunk and broke off was a success: a
+        # lot whose every stream died after its first chunk was never skipped.
+        neutral = stream.disconnected or stream.orphaned
         if tr.usage is None and tr.produced == 0 and not stream.disconnected:
-            # An upstream failure, as a 5xx is: counted in the lot's errors and its circuit breaker.
             log.warning("stream %s: lot %d sent no content and no usage: not charged", stream.request_id, stream.lot.id)
-            self.health.failed(stream.lot.id, "empty", counted=True)
-            self.metrics.upstream_errors.labels(str(stream.lot.id), "empty").inc()
+            if not neutral:  # an upstream failure, as a 5xx is: in the lot's errors and its circuit breaker
+                self._failed_answered(stream.lot, "empty")
             await self.release(stream.key, stream.priced, stream.request_id)
             return None
-        self.health.closed(stream.lot.id)
+        if tr.finished or stream.timed_out:
+            self.health.closed(stream.lot.id)
+        elif not neutral:
+            self._failed_answered(stream.lot, "broken")
         usage = tr.usage
         if usage is None or not tr.finished:
             # Cut short: the input as reported (with its cached parts) and the output
@@ -1403,6 +1427,7 @@ class MeteredStream:
         self.broken = False
         self.disconnected = False
         self.orphaned = False  # cut: its hold was ended under it (`Gateway.cut_orphaned_streams`)
+        self.timed_out = False  # cut off at the request's deadline
         self._cut: Callable[[], object] | None = None  # cancels its reading, from any thread
 
     def cut(self) -> None:
@@ -1456,6 +1481,7 @@ class MeteredStream:
                                 break
                     except UpstreamError:
                         self.broken = True
+                self.timed_out = reading.cancelled_caught and not (self.disconnected or self.orphaned)
                 # Metered before the stream ends: its last event carries the exact charge,
                 # and a client that saw the end sees the charge in its balance.
                 with anyio.CancelScope(shield=True):
