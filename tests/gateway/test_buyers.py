@@ -112,6 +112,32 @@ def test_org_member_key__spends_from_org_within_member_budget(gw: Harness, fake:
     assert gw.ledger.balance(org, "USDC").posted < 10 * USDC
 
 
+def test_402__names_what_is_short__the_org_s_balance_or_the_member_s_budget__nothing_to_a_non_member(
+    gw: Harness, fake: Fake
+) -> None:
+    """The 402 said "more than your balance covers" also when the org's balance or the member's
+    budget in it was short; a key spending from an org its account is not in learns nothing of it."""
+    gw.add_lot(fake)
+    org = gw.ledger.create_account(AccountKind.ORG, "acme").id
+    fund(gw, org, COST)  # less than one request's hold
+    member = member_key(gw.ledger, gw.store, org, gw.now())
+    budgeted = member_key(gw.ledger, gw.store, org, gw.now(), budget=("USDC", COST))
+    _, own = gw.buyer(amount=COST)
+    stranger, _ = gw.buyer(amount=10 * USDC)
+    outsider, _ = gw.api_key(stranger, payer=org)
+
+    def says(key: str) -> str:
+        response = chat(gw, key, max_tokens=4_000)
+        assert response.status_code == 402, response.text
+        return response.json()["error"]["message"]
+
+    assert "more than the balance of org 'acme' covers" in says(member.key)
+    assert "more than your budget in org 'acme' covers" in says(budgeted.key)
+    assert "more than your balance covers" in says(own)
+    refused = says(outsider)
+    assert "acme" not in refused and str(org) not in refused and "not a member" in refused, refused
+
+
 def test_bind__org_wallet__bound_without_welcome_credit(gw: Harness) -> None:
     treasury = gw.ledger.treasury("promotions").id
     fund(gw, treasury, 100 * USDC)

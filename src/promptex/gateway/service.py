@@ -685,15 +685,15 @@ class Gateway:
         except LotCapacityExceeded as exc:
             for claim in priced.claims:
                 self.registry.full(claim.lot_id, exc.available or 0)
-            raise self._refused(priced, exc) from None
+            raise self._refused(key, priced, exc) from None
         except LimitExceeded as exc:
             raise errors.rate_limited(str(exc), exc.retry_after) from None
         except (LaneRefusal, InsufficientFunds, SpendCapExceeded) as exc:
             if priced.voucher is None:
-                raise self._refused(priced, exc) from None
+                raise self._refused(key, priced, exc) from None
             raise await self._lane_refused(key, priced, exc) from None
         except (*REFUSALS, KeyBudgetExceeded) as exc:
-            raise self._refused(priced, exc) from None
+            raise self._refused(key, priced, exc) from None
         except LedgerUnavailable as exc:  # a hold made all the same is the ledger's to release (`Holds.end_dead`)
             log.warning("a reserve failed, the ledger unreachable: %s", exc)
             raise errors.ledger_unavailable() from None
@@ -702,11 +702,17 @@ class Gateway:
         self.holding[request_id] = hold.expires_at
         return hold
 
-    def _refused(self, priced: Priced, exc: LedgerError) -> GatewayError:
+    def _refused(self, key: ApiKey, priced: Priced, exc: LedgerError) -> GatewayError:
         """The 402 (or 503: no lot has room even for the input) that says what would fit:
-        the largest output limit the balance, cap, budget or lot covers, never lowered silently."""
+        the largest output limit the balance, cap, budget or lot covers, never lowered silently,
+        and whose it is (`_short`)."""
+        if isinstance(exc, NotAMember):  # its holder is not in the org (any more): nothing about the org
+            return errors.insufficient_balance(
+                "This API key spends from an org its account is not a member of: ask the org for a new key."
+            )
         if isinstance(exc, AccountInDebt):
-            return errors.insufficient_balance(f"Your account is not served in {priced.asset} until it repays: {exc}")
+            whose = "Your account is" if key.payer is None else "The org this API key spends from is"
+            return errors.insufficient_balance(f"{whose} not served in {priced.asset} until it repays: {exc}")
         available = exc.available if isinstance(exc, Refusal) else None
         if isinstance(exc, LotCapacityExceeded):
             p = priced.price
@@ -724,7 +730,7 @@ class Gateway:
                 )
                 for rates in priced.rates.values()
             ) if available is not None else -1  # fmt: skip
-            what = "your balance"
+            what = _short(key, exc)
         param = priced.limit_param or ("max_output_tokens" if priced.endpoint == RESPONSES else "max_tokens")
         if not priced.output or most < 1:
             message = (
@@ -1501,3 +1507,18 @@ class MeteredStream:
             if not metered:
                 with anyio.CancelScope(shield=True):
                     await self.gateway.stream_done(self)
+
+
+def _short(key: ApiKey, exc: LedgerError) -> str:
+    """What a refused hold found short, named for the key's holder: the key's budget, its own
+    balance (with any promotional credit), or — for an org member's key — its budget in the
+    org or the org's balance or spend cap (the org by its name: a member knows it; a
+    NotAMember refusal never gets here)."""
+    if isinstance(exc, KeyBudgetExceeded):
+        return "this API key's budget"
+    payer = exc.payer if isinstance(exc, Refusal) else None
+    if key.payer is None or payer is None:
+        return "your balance"
+    if isinstance(exc, BudgetExceeded):
+        return f"your budget in {payer}"
+    return f"the {'spend cap' if isinstance(exc, SpendCapExceeded) else 'balance'} of {payer}"

@@ -18,11 +18,14 @@ class LedgerUnavailable(LedgerError):
 
 class Refusal(LedgerError):
     """A hold refused for want of something; `available` is how much of it there was
-    (what a smaller request could still have: the gateway names it), None if unknown."""
+    (what a smaller request could still have: the gateway names it), None if unknown;
+    `payer` the account whose balance, cap or budget it is, as a refusal names it ("org
+    'acme'", "account 5"), None if not the ledger's to say (a key's own budget)."""
 
-    def __init__(self, message: str, *, available: int | None = None) -> None:
+    def __init__(self, message: str, *, available: int | None = None, payer: str | None = None) -> None:
         super().__init__(message)
         self.available = available
+        self.payer = payer
 
 
 class InsufficientFunds(Refusal):

@@ -260,11 +260,12 @@ def hold_budget(conn: Connection, payer: int, account: int, asset: str, amount: 
     if row is not None:
         left = row.remaining - row.held
         if left < amount:
+            who = _payer_text(conn, payer)
             raise BudgetExceeded(
-                f"account {account} has {money(max(0, left), asset, rounding='down')} left to spend from "
-                f"{_payer_text(conn, payer)}, "
+                f"account {account} has {money(max(0, left), asset, rounding='down')} left to spend from {who}, "
                 f"needs {money(amount, asset, rounding='up')}",
                 available=max(0, left),
+                payer=who,
             )
         taken = conn.execute(_TAKE_BUDGET, params).rowcount  # the row changed in between; now it is locked
         assert taken
@@ -287,7 +288,7 @@ def _refusal(conn: Connection, payer: int, asset: str, amount: int) -> LedgerErr
     row = conn.execute(select(balances).where(*_balance_where(payer, asset)).with_for_update()).first()
     who = _payer_text(conn, payer)
     if row is None:
-        return InsufficientFunds(f"{who} has no {asset}", available=0)
+        return InsufficientFunds(f"{who} has no {asset}", available=0, payer=who)
     debt = _debts.open_debt_in(conn, payer, asset)
     if debt is not None:
         return AccountInDebt(
@@ -300,6 +301,7 @@ def _refusal(conn: Connection, payer: int, asset: str, amount: int) -> LedgerErr
             f"{who} can spend {money(max(0, spendable), asset, rounding='down')}, "
             f"needs {money(amount, asset, rounding='up')}",
             available=max(0, spendable),
+            payer=who,
         )
     left = row.cap_remaining - row.held
     if left < amount:
@@ -307,6 +309,7 @@ def _refusal(conn: Connection, payer: int, asset: str, amount: int) -> LedgerErr
             f"{who} has {money(max(0, left), asset, rounding='down')} left under its signed spend cap, "
             f"needs {money(amount, asset, rounding='up')}",
             available=max(0, left),
+            payer=who,
         )
     return None
 
