@@ -32,6 +32,7 @@ from promptex.ledger.schema import balances, usage_records
 from promptex.proofs import leaf_of
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, MAX_PRUNE_LOTS, listed_credit
 from promptex.protocol.merkle import LEAF_V2, MerkleTree
+from promptex.protocol.units import utc_text
 
 CLD_LOT, USDC_LOT, OTHER_USDC_LOT = 1, 2, 3
 _requests = itertools.count()
@@ -386,7 +387,9 @@ def test_spend_cap__another_with_a_queued_nonce_409__the_same_again_idempotent(b
     with pytest.raises(Refused) as refused:
         coord.submit_spend_cap(address, "CLD", 2**256 - 1, 5 * 10**18, expiry, 0, b"other")
     assert (refused.value.status, refused.value.code, refused.value.fields["queued"]) == (409, "already_queued", first)
-    assert f"total {10**19}" in refused.value.message and "nonce 1" in refused.value.message
+    assert f"(per epoch unlimited, total 10.00 CLD, expiry {utc_text(expiry)})" in refused.value.message
+    assert "nonce 1" in refused.value.message
+    assert str(10**19) not in refused.value.message and str(expiry) not in refused.value.message  # before: both
     assert [(c.id, c.total) for c in coord.store.spend_caps()] == [(first, 10**19)]
 
 

@@ -62,7 +62,7 @@ from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, QUARANTINED, StoredUsage
 from promptex.protocol.escrow import MAX_PRUNE_LOTS, STATUS_OPEN
 from promptex.protocol.units import money, utc_text
-from promptex.protocol.vault import SignedDebit, pack_signed_entries
+from promptex.protocol.vault import UNLIMITED, SignedDebit, pack_signed_entries
 
 log = logging.getLogger("promptex.coordinator")
 
@@ -1269,8 +1269,9 @@ class Coordinator:
         """Queue a user-signed SpendCap; it is registered on chain before the next settlement.
         Idempotent per (address, asset, nonce) for the same cap; another cap with a nonce
         already queued and not rejected is refused (409 already_queued, naming the queued
-        cap), as a SessionKey is (`requests.queue_session_key`). Before, it was answered the
-        first one's id, as if queued, while the relay registered the first."""
+        cap in whole units and its expiry as a UTC date), as a SessionKey is
+        (`requests.queue_session_key`). Before, it was answered the first one's id, as if
+        queued, while the relay registered the first."""
         self.chain.asset_address(asset)  # a known asset, or KeyError
         address = checksum_address(address)
         signed = "0x" + signature.hex()
@@ -1279,7 +1280,8 @@ class Coordinator:
         )
         return queued_once(
             "SpendCap", queued, (queued.per_epoch, queued.total, queued.expiry), (per_epoch, total, expiry),
-            f"per epoch {queued.per_epoch}, total {queued.total}, expiry {queued.expiry}", queued=queued.id,
+            f"per epoch {money(queued.per_epoch, asset, unlimited=UNLIMITED)}, total "
+            f"{money(queued.total, asset, unlimited=UNLIMITED)}, expiry {utc_text(queued.expiry)}", queued=queued.id,
         )  # fmt: skip
 
     def _register_spend_caps(self) -> None:
