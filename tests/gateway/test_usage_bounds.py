@@ -334,7 +334,7 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     rates = metering.list_rates(load_catalog(CATALOG).price(model))
     priced = Priced(load_catalog(CATALOG).price(model), "USDC", LISTED, [], {}, 1, output=LIMIT,
                     input_bound=input_bound, prediction_bytes=produced.prediction_bytes(endpoint, body),
-                    thinks=endpoint == "messages" and "thinking" in body,
+                    endpoint=endpoint,
                     asks_reasoning=asks_reasoning(endpoint, body))  # fmt: skip
     gateway = SimpleNamespace(_list_rates=lambda _: rates)
     lot = SimpleNamespace(id=1, api=api)

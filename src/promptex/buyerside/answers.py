@@ -27,7 +27,7 @@ from typing import Any
 from promptex import metering
 from promptex.gateway.adapters import CHAT, COMPLETIONS, EMBEDDINGS, anthropic_usage_of, cache_marks, openai_usage
 from promptex.gateway.errors import GatewayError
-from promptex.gateway.messages import asks_reasoning, validate_messages
+from promptex.gateway.messages import asks_reasoning, may_reason, validate_messages
 from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
@@ -208,8 +208,7 @@ class RateBook:
         price = self.catalog.models.get(model) if self.catalog is not None else None
         if price is None:
             return True
-        asked = body is None or price.provider.lower() != "anthropic" or asks_reasoning(endpoint, body)
-        return price.reasoning and asked
+        return may_reason(price, body is None or asks_reasoning(endpoint, body))
 
     def image_disagreements(self, default: int) -> list[str]:
         """The models whose image allowance the gateway advertises other than the local

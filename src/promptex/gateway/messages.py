@@ -40,7 +40,7 @@ from promptex.gateway.adapters import (
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_REQUEST
-from promptex.metering import TokenUsage
+from promptex.metering import ModelPrice, TokenUsage
 from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
 from promptex.metering.produced import MESSAGES as MESSAGES
 
@@ -208,6 +208,15 @@ def asks_reasoning(endpoint: str, body: dict[str, Any]) -> bool:
     if endpoint == MESSAGES:
         return thinks(body)
     return any(body.get(name) not in (None, False, "none", "") for name in REASONING_PARAMS)
+
+
+def may_reason(price: ModelPrice, asks: bool) -> bool:
+    """Whether `price`'s model may reason for a request (`asks`: it asks its model to,
+    `asks_reasoning`): never a model the catalog says does not (`reasoning = false`: gpt-4o,
+    gpt-4.1, Llama, …), an Anthropic model only when asked. Its reasoning reported otherwise
+    is visible output, bounded by the answer's text as any: the one rule of the gateway
+    (`Gateway.bounded`) and the signing proxy (`RateBook.reasons`)."""
+    return price.reasoning and (asks or price.provider.lower() != "anthropic")
 
 
 def native_body(body: dict[str, Any], output: int) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
-from promptex.gateway.messages import MESSAGES, NativeStream, asks_reasoning, thinks
+from promptex.gateway.messages import MESSAGES, NativeStream, asks_reasoning, may_reason
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import CHAT_IMAGE_TOKENS, parse_body, prompt_floor
@@ -210,8 +210,13 @@ class Priced:
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
     prediction_bytes: int = 0  # a chat request's predicted output's bytes (`produced.prediction_bytes`)
-    thinks: bool = False  # a Messages request that asks to think (`messages.thinks`: `Gateway.bounded`)
     asks_reasoning: bool = False  # it asks its model to reason (`messages.asks_reasoning`: `Gateway.bounded`)
+
+    @property
+    def thinks(self) -> bool:
+        """A Messages request that asks to think (`messages.thinks`): only its answer, from an
+        Anthropic lot, may hold thinking tokens (`Gateway.bounded`)."""
+        return self.endpoint == MESSAGES and self.asks_reasoning
 
     def lane_state(self) -> dict[str, Any] | None:
         """Signed mode: its lane, the lane's total before it and its voucher, for a refusal
@@ -446,7 +451,6 @@ class Gateway:
             endpoint=endpoint,
             claims=[LotClaim(lot.id, bound) for lot in free],
             prediction_bytes=produced.prediction_bytes(endpoint, body),
-            thinks=endpoint == MESSAGES and thinks(body),
             asks_reasoning=asks_reasoning(endpoint, body),
         )
         return priced, output
@@ -848,8 +852,7 @@ class Gateway:
         rates = self._list_rates(priced.price.model)
         reported = usage
         price = priced.price
-        asked = price.provider.lower() != "anthropic" or priced.asks_reasoning
-        reasons = price.reasoning and asked and (lot.api != "anthropic" or priced.thinks)
+        reasons = may_reason(price, priced.asks_reasoning) and (lot.api != "anthropic" or priced.thinks)
         if usage.reasoning_tokens and not reasons:
             usage = dataclasses.replace(usage, reasoning_tokens=0)
         within = metering.within_bounds(rates, usage, priced.input_bound, priced.output, visible)
