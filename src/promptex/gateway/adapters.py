@@ -365,6 +365,44 @@ class MissingUsage(Exception):
     """An upstream answer without usage numbers: it cannot be metered."""
 
 
+class ViaChat:
+    """An adapter for a request of another API (`endpoint`) that `inner`, the lot's adapter,
+    serves as chat completions: sent translated (`chat_body`), its answer translated back
+    (`answer_of`) and bounded by what that shows — its text or output items, not the chat
+    answer's parts — its usage shown as charged (`usage_json`). /v1/messages to an
+    OpenAI-API lot (`messages.ToChatAdapter`), /v1/responses to any (`responses.ToChatAdapter`);
+    each has its own stream translator."""
+
+    endpoint = ""
+
+    def __init__(self, inner: Adapter, output: int) -> None:
+        self.inner = inner
+        self.output = output
+
+    def chat_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def answer_of(self, chat: dict[str, Any], usage: TokenUsage, model: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def usage_json(self, usage: TokenUsage) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
+        return self.inner.call(CHAT, self.chat_body(body), base_url, secret)
+
+    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
+        chat, usage = self.inner.answer(CHAT, content, model)
+        out = self.answer_of(orjson.loads(chat), usage, model)
+        if bound is not None:
+            usage = bound(usage, visible_bytes(self.endpoint, out))
+            out["usage"] = self.usage_json(usage)
+        return orjson.dumps(out), usage
+
+    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
+        return self.inner.probe(base_url, secret, model)
+
+
 def read_answer(content: bytes, usage_of: Callable[[Any], TokenUsage | None]) -> tuple[dict[str, Any], TokenUsage]:
     """An upstream answer's JSON object and its usage (read by `usage_of`), or MissingUsage."""
     try:

@@ -25,11 +25,11 @@ import orjson
 
 from promptex.gateway.adapters import (
     CHAT,
-    Adapter,
     Bound,
     ChatTranslation,
     StreamTranslator,
     UpstreamCall,
+    ViaChat,
     anthropic_call,
     anthropic_usage_of,
     as_charged,
@@ -509,27 +509,19 @@ class FromChatStream(ChatTranslation):
             self._event({"type": "message_stop"})
 
 
-class ToChatAdapter:
+class ToChatAdapter(ViaChat):
     """/v1/messages to an OpenAI-API lot: translated to chat completions and back."""
 
-    def __init__(self, inner: Adapter, output: int) -> None:
-        self.inner = inner
-        self.output = output
+    endpoint = MESSAGES
 
-    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
-        return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
+    def chat_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return to_chat(body, self.output)
 
-    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
-        # Bounded by what the Messages answer shows (its text), not by the chat answer's parts.
-        chat, usage = self.inner.answer(CHAT, content, model)
-        out = from_chat(orjson.loads(chat), usage, model)
-        if bound is not None:
-            usage = bound(usage, visible_bytes(MESSAGES, out))
-            out["usage"] = usage_json(usage)
-        return orjson.dumps(out), usage
+    def answer_of(self, chat: dict[str, Any], usage: TokenUsage, model: str) -> dict[str, Any]:
+        return from_chat(chat, usage, model)
+
+    def usage_json(self, usage: TokenUsage) -> dict[str, Any]:
+        return usage_json(usage)
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
         return FromChatStream(self.inner.translator(CHAT, model, True), model)
-
-    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
-        return self.inner.probe(base_url, secret, model)

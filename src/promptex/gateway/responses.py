@@ -15,15 +15,12 @@ import secrets
 import time
 from typing import Any
 
-import orjson
-
 from promptex.gateway.adapters import (
     CHAT,
     Adapter,
-    Bound,
     ChatTranslation,
     StreamTranslator,
-    UpstreamCall,
+    ViaChat,
 )
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
@@ -283,28 +280,23 @@ class FromChatStream(ChatTranslation):
         self._event(kind, response=self.response, **fields)
 
 
-class ToChatAdapter:
+class ToChatAdapter(ViaChat):
     """/v1/responses to any lot: as chat completions (whose adapter speaks the lot's API)."""
 
+    endpoint = RESPONSES
+
     def __init__(self, inner: Adapter, body: dict[str, Any], output: int) -> None:
-        self.inner = inner
+        super().__init__(inner, output)
         self.body = body
-        self.output = output
 
-    def call(self, endpoint: str, body: dict[str, Any], base_url: str, secret: str) -> UpstreamCall:
-        return self.inner.call(CHAT, to_chat(body, self.output), base_url, secret)
+    def chat_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return to_chat(body, self.output)
 
-    def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
-        # Bounded by what the Response shows (its output items), not by the chat answer's parts.
-        chat, usage = self.inner.answer(CHAT, content, model)
-        out = from_chat(self.body, orjson.loads(chat), usage, model)
-        if bound is not None:
-            usage = bound(usage, visible_bytes(RESPONSES, out))
-            out["usage"] = usage_json(usage)
-        return orjson.dumps(out), usage
+    def answer_of(self, chat: dict[str, Any], usage: TokenUsage, model: str) -> dict[str, Any]:
+        return from_chat(self.body, chat, usage, model)
+
+    def usage_json(self, usage: TokenUsage) -> dict[str, Any]:
+        return usage_json(usage)
 
     def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
         return FromChatStream(self.inner.translator(CHAT, model, True), self.body, model)
-
-    def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
-        return self.inner.probe(base_url, secret, model)
