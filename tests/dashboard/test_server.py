@@ -21,10 +21,12 @@ from promptex.agent.store import AgentStore
 from promptex.config import Settings
 from promptex.dashboard import DashboardOptions, create_app
 from promptex.fakes import FakeUpstreamConfig, create_fake_upstream
+from promptex.gateway.buyers import signup
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import AccountKind, Ledger
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage, sign
+from promptex.ledger.errors import WalletAlreadyBound
 from promptex.ledger.schema import accounts, binding_challenges
 from promptex.sealing.envelope import load_master_keys
 from promptex.serving import ServerThread
@@ -740,6 +742,29 @@ def test_keys__a_wallet_asks_twice__one_pending_account_and_either_challenge_bin
     signature = sign(BindingMessage(**first), wallet.key)
     bound = dashboard.post("/api/keys/bind", json={"binding": first, "signature": "0x" + signature.hex()})
     assert bound.status_code == 200 and bound.json()["account"] == first["account"]
+
+
+def test_keys__a_wallet_someone_signed_up_for__bound_to_an_account_of_its_own_not_theirs(dashboard):
+    """`promptex buyer signup --wallet W` makes an account, hands its runner the key, and issues
+    W a challenge for it. W asking the dashboard for a key was given that challenge (the account
+    of its last challenge, still unbound): W signed, was bound into an account another holds a
+    key of — its deposits spent with that key (sbreak s17). Now W gets an account of its own;
+    the signup's challenge no longer binds (the wallet is bound elsewhere)."""
+    victim = Account.create()
+    store = GatewayStore(dashboard.ledger.engine)
+    theirs = signup(dashboard.ledger, store, int(time.time()))  # whoever ran signup holds theirs.key
+    challenge = dashboard.ledger.issue_binding_challenge(theirs.account, victim.address)
+    issued = obtain_key(dashboard, victim)
+    assert issued.status_code == 200, issued.text
+    assert issued.json()["account"] != theirs.account
+    assert dashboard.ledger.account_of(victim.address) == issued.json()["account"]
+    with pytest.raises(WalletAlreadyBound):
+        dashboard.ledger.bind_wallet(challenge, sign(challenge, victim.key))
+    # An org's owner wallet still signs the org's challenge there (no key of the org exists yet).
+    org = dashboard.ledger.create_account(AccountKind.ORG, "acme").id
+    owner = Account.create()
+    dashboard.ledger.issue_binding_challenge(org, owner.address)
+    assert obtain_key(dashboard, owner).json()["account"] == org
 
 
 def challenge_count(dashboard) -> int:

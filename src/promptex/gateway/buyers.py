@@ -9,7 +9,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection, select
+
 from promptex.gateway.keys import hash_key, new_api_key
+from promptex.gateway.schema import api_keys
 from promptex.gateway.store import ApiKey, GatewayStore
 from promptex.ledger import AccountKind, BindingMessage, Ledger
 from promptex.metering import asset as asset_by_symbol
@@ -69,6 +72,13 @@ def signup(
     """A new buyer account and its first API key."""
     account = ledger.create_account(AccountKind.USER, name).id
     return issue_key(store, account, now, default_asset=default_asset, budget=budget)
+
+
+def keyless(conn: Connection, account: int) -> bool:
+    """Whether no API key was ever issued for `account` (revoked ones count): an account a
+    wallet's dashboard challenge may still name (`Ledger.challenge_wallet`'s `pending`). One
+    made by `signup` has its key from the start: its holder is not the wallet's."""
+    return conn.execute(select(api_keys.c.id).where(api_keys.c.account_id == account).limit(1)).first() is None
 
 
 def create_org(ledger: Ledger, name: str) -> int:

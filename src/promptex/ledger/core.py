@@ -415,10 +415,16 @@ class Ledger:
         )
 
     def challenge_wallet(
-        self, wallet: str, *, admit_new: Callable[[], object] = lambda: None, ttl: int | None = None
+        self,
+        wallet: str,
+        *,
+        admit_new: Callable[[], object] = lambda: None,
+        ttl: int | None = None,
+        pending: Callable[[Connection, int], bool] = lambda conn, account: True,
     ) -> BindingMessage:
-        """The message `wallet` signs for a key: for its bound account, its pending one, or a
-        new user account (`admit_new` raises to refuse it); one account however many ask at once."""
+        """The message `wallet` signs for a key: for its bound account, its pending one (one
+        `pending` accepts), or a new user account (`admit_new` raises to refuse it); one account
+        however many ask at once."""
         return self._write(
             lambda conn: _wallets.challenge_wallet(
                 conn,
@@ -427,6 +433,7 @@ class Ledger:
                 now=self.clock(),
                 ttl=ttl or self.binding_ttl,
                 chain_id=self.chain_id,
+                pending=pending,
             )
         )
 

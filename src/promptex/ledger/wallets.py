@@ -148,6 +148,7 @@ def challenge_wallet(
     now: int,
     ttl: int,
     chain_id: int,
+    pending: Callable[[Connection, int], bool] = lambda conn, account: True,
 ) -> BindingMessage:
     """The challenge a wallet asking for a key signs: for its bound account, else for the
     account its last challenge still unbound names, else for a new user account (`admit_new`
@@ -159,12 +160,20 @@ def challenge_wallet(
     Anyone may ask for any address, so asking writes at most one row per address and half a
     ttl: a challenge still unused with at least half its ttl left is given again, and a new one
     clears the address's unused challenges that have expired. Before (late1 s16), every ask
-    stored a row (a bound wallet's unthrottled): anyone could grow the table without limit."""
+    stored a row (a bound wallet's unthrottled): anyone could grow the table without limit.
+
+    `pending(conn, account)` says whether the account of the wallet's last challenge is one
+    this wallet may be given (the dashboard: one nobody holds a key of yet); else a new one.
+    Before (sbreak s17), a challenge `promptex buyer signup --wallet W` issued for its new
+    account (whose key its runner holds) was handed to W asking the dashboard: W signed it,
+    was bound into that account, and its deposits were spent with the other's key."""
     _lock_address(conn, wallet)
     wallet = checksum_address(wallet)
     account = bound_account(conn, wallet)
     if account is None:
         account = challenged_account(conn, wallet)
+        if account is not None and not pending(conn, account):
+            account = None
     if account is None:
         admit_new()
         account = create_account(conn, AccountKind.USER, None, now).id

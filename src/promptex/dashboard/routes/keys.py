@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from promptex.dashboard.api import ApiError, guarded, read_body
 from promptex.dashboard.context import Context
-from promptex.gateway.buyers import bind_wallet, issue_key
+from promptex.gateway.buyers import bind_wallet, issue_key, keyless
 from promptex.ledger import BindingMessage, LedgerError
 from promptex.ledger.binding import checksum_address
 
@@ -27,7 +27,9 @@ def routes(ctx: Context) -> list[BaseRoute]:
             if not ctx.new_accounts.allow(client):
                 raise ApiError(429, "too many new accounts from your address: try again in an hour")
 
-        message = ledger.challenge_wallet(wallet, admit_new=admit_new)
+        # The account of the wallet's last challenge, only if nobody holds a key of it: not one
+        # `promptex buyer signup --wallet` made (its key is its runner's), whoever typed the address.
+        message = ledger.challenge_wallet(wallet, admit_new=admit_new, pending=keyless)
         return {"binding": message.__dict__, "typed_data": message.typed_data()}
 
     async def challenge(request: Request) -> Any:
