@@ -67,25 +67,40 @@ class Signer:
         return self.gw.ledger.lane(self.account, "USDC", self.session, lane).charged
 
 
-def signed_buyer(gw: Harness, *, amount: int = 10 * USDC, lanes: int = 2, maximum: int = 100 * USDC) -> Signer:
+def signed_buyer(
+    gw: Harness, *, amount: int = 10 * USDC, lanes: int = 2, maximum: int = 100 * USDC, lifetime: int = 86_400
+) -> Signer:
     account, key = gw.buyer(amount=amount)
     wallet = gw.ledger.wallets(account)[0]
-    session_key = Account.create()
-    gw.ledger.register_session(
+    buyer = Signer(gw, account, key, wallet, Account.create(), session=0)
+    new_session(buyer, lanes=lanes, maximum=maximum, lifetime=lifetime)
+    return buyer
+
+
+def new_session(buyer: Signer, *, lanes: int = 2, maximum: int = 100 * USDC, lifetime: int = 86_400) -> None:
+    """The buyer's next session key, as the indexer records the vault's SessionKeyRegistered."""
+    buyer.session += 1
+    buyer.session_key = Account.create()
+    buyer.gw.ledger.register_session(
         f"0x{next(_events):064x}:0",
-        address=wallet,
+        address=buyer.wallet,
         asset="USDC",
         asset_address=USDC_TOKEN,
         chain_id=CHAIN_ID,
         vault=VAULT,
-        key=session_key.address,
-        session=1,
+        key=buyer.session_key.address,
+        session=buyer.session,
         lanes=lanes,
         maximum=maximum,
-        expiry=gw.now() + 86_400,
+        expiry=buyer.gw.now() + lifetime,
         signed_from=2,
     )
-    return Signer(gw, account, key, wallet, session_key)
+
+
+def spend_cap(buyer: Signer, total: int) -> None:
+    """The buyer's wallet set a spend cap: the vault's SpendCapRegistered, as the indexer applies it."""
+    event = f"0x{next(_events):064x}:0"
+    buyer.gw.ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(event, buyer.wallet, "USDC", total))
 
 
 def error(response: httpx.Response) -> dict[str, Any]:
@@ -151,8 +166,8 @@ def test_signed__refusals__each_with_its_code_and_the_lane_to_resync(gw: Harness
         assert (response.status_code, error(response)["code"]) == (status, code), response.text
         return error(response)
 
-    plain = refused(buyer.post(None), 402, "voucher_required")  # its key used directly: how to sign, and for how long
-    assert "`promptex proxy` — from its first session key on, for good" in plain["message"]
+    plain = refused(buyer.post(None), 402, "voucher_required")  # its key used directly: how to sign, how to leave
+    assert "`promptex proxy`, while its session key is in force (to leave: `promptex session revoke" in plain["message"]
     refused(buyer.post("session=1;lane=0;ceiling=abc;sig=0x00"), 400, "voucher_malformed")
     refused(buyer.post(buyer.voucher(0, 2**128)), 400, "voucher_malformed")  # the vault could never settle it
     refused(buyer.post(buyer.voucher(0, charged + 500, signer=Account.create())), 403, "voucher_bad_signature")
@@ -258,3 +273,65 @@ def test_signed__epoch_header__the_next_signed_batch_after_a_waiting_capped_one(
     gw.gateway.refresh_epochs()
     again = buyer.post(buyer.voucher(0, buyer.charged(0) + 1_000))
     assert again.headers["x-promptex-epoch"] == "6"
+
+
+def test_signed__revoked_then_a_spend_cap__plain_requests_capped_again__a_new_session_signed_again(
+    gw: Harness, fake: Fake
+) -> None:
+    """The way back from signed mode: once the session is over (revoked here, not yet ended
+    on chain) a plain request is refused with what to do — never a voucher asked of a
+    session that takes none — until a spend cap the chain accepted after the session
+    (which the vault takes only once the session's vouchers no longer settle); from then on
+    plain requests are charged capped, and a new session key puts it back in signed mode."""
+    from promptex.protocol.units import utc_text
+
+    gw.add_lot(fake)
+    buyer = signed_buyer(gw)
+    signed = buyer.post(buyer.voucher(0, 1_000))
+    assert signed.status_code == 200, signed.text
+    ends_at = gw.now() + 120  # the chain ends it at the close of the next window
+    gw.ledger.revoke_session(f"0x{next(_events):064x}:0", address=buyer.wallet, asset="USDC", session=1,
+                             ends_at=ends_at)  # fmt: skip
+
+    plain = buyer.post(None)
+    assert (plain.status_code, error(plain)["code"], error(plain)["session"]) == (402, "spend_cap_required", 1)
+    message = error(plain)["message"]
+    assert f"session 1 in USDC was revoked; its vouchers settle on chain until {utc_text(ends_at)}" in message
+    assert "`promptex wallet spend-cap --asset USDC --per-epoch … --total …`" in message
+    assert "`promptex session create --asset USDC`" in message
+    late = buyer.post(buyer.voucher(0, buyer.charged(0) + 1_000))
+    assert (late.status_code, error(late)["code"]) == (403, "session_ended")
+
+    spend_cap(buyer, 2 * USDC)  # set after the session: capped mode again
+    capped = buyer.post(None)
+    assert capped.status_code == 200, capped.text
+    cost = int(capped.headers["x-promptex-cost-units"])
+    record = gw.ledger.usage_record(capped.headers["x-request-id"])
+    assert record is not None and (record.mode, record.voucher_session) == ("capped", None)
+    assert gw.ledger.balance(buyer.account, "USDC").cap_remaining == 2 * USDC - cost  # the new cap's
+    old = gw.ledger.usage_record(signed.headers["x-request-id"])  # the session's charge: still its lane's
+    assert old is not None and (old.mode, old.voucher_session, old.status) == ("signed", 1, "pending")
+    after = buyer.post(buyer.voucher(0, buyer.charged(0) + 1_000))
+    assert (after.status_code, error(after)["code"]) == (403, "session_ended")
+    assert "a spend cap was set after it" in error(after)["message"]
+
+    new_session(buyer)  # signed mode again
+    assert (buyer.post(None).status_code, error(buyer.post(None))["code"]) == (402, "voucher_required")
+    again = buyer.post(buyer.voucher(0, 1_000))
+    assert again.status_code == 200, again.text
+    assert gw.ledger.balance(buyer.account, "USDC").held == 0
+
+
+def test_signed__expired_session__plain_refused_with_how_to_leave__a_cap_from_before_it_does_not_count(
+    gw: Harness, fake: Fake
+) -> None:
+    from promptex.protocol.units import utc_text
+
+    gw.add_lot(fake)
+    buyer = signed_buyer(gw, lifetime=-1)  # capped before (`gw.buyer`'s cap), then a session, expired
+    expiry = gw.ledger.session(buyer.account, "USDC").expiry  # type: ignore[union-attr]
+    plain = buyer.post(None)
+    assert (plain.status_code, error(plain)["code"]) == (402, "spend_cap_required"), plain.text
+    said = error(plain)["message"]
+    assert f"session 1 in USDC expired at {utc_text(expiry)}; its vouchers settle on chain until the close" in said
+    assert gw.ledger.balance(buyer.account, "USDC").held == 0

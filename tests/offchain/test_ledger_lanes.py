@@ -13,7 +13,7 @@ from ledger_helpers import event_id, fund
 from promptex.indexer import effects
 from promptex.indexer.decode import Event
 from promptex.indexer.followed import VAULT as VAULT_SOURCE
-from promptex.ledger import Ledger, Reservation, UsageRecord
+from promptex.ledger import Ledger, Reservation, UsageRecord, sessions
 from promptex.ledger.binding import sign
 from promptex.ledger.holds import ExtraTake
 from promptex.ledger.lanes import (
@@ -187,3 +187,56 @@ def test_usage_record__mode_and_voucher__kept_on_every_settle_path(ledger: Ledge
     with pytest.raises(ValueError):  # a signed record names its voucher
         ledger.holds.settle("bad", 1, record=UsageRecord("m", 1, 1, 1, mode=SIGNED))
     ledger.holds.release("bad")
+
+
+def test_spend_cap_after_a_session__capped_again__not_a_cap_before_nor_a_revoked_one__unwound(ledger: Ledger):
+    """The way back from signed mode: the vault takes a spend cap only once the session's
+    vouchers no longer settle, so a SpendCapRegistered indexed after the newest session ends
+    it for good and the account pays capped again; a cap from before the session, or a
+    SpendCapRevoked (the vault takes one any time), does not. A reorg undoes it."""
+    account = ledger.create_account().id
+    address = fund(ledger, account, ASSET, 10 * USDC)
+    symbol = {TOKEN_CHECKSUM: ASSET}.__getitem__
+    cap = {"account": address, "asset": TOKEN_CHECKSUM, "per_epoch": USDC, "expiry": 2**32 - 1, "nonce": 0}
+    events = {
+        "before": _event("SpendCapRegistered", {**cap, "total": 3 * USDC}, 0),
+        "session": _event(
+            "SessionKeyRegistered",
+            {
+                "account": address,
+                "asset": TOKEN_CHECKSUM,
+                "key": KEY_CHECKSUM,
+                "session": 1,
+                "lanes": 2,
+                "maximum": 5 * USDC,
+                "expiry": ledger.clock() + 3_600,
+                "signed_from": 9,
+            },
+            1,
+        ),
+        "revoked cap": _event("SpendCapRevoked", {"account": address, "asset": TOKEN_CHECKSUM, "expiry": 1}, 2),
+    }
+    for name, event in events.items():
+        assert ledger.apply_chain_facts(lambda facts, e=event, n=name: effects.apply(facts, e, n, symbol, "", 31337))
+    session = ledger.session(account, ASSET)
+    assert session is not None and session.capped_by is None
+    assert sessions.mode(session, ledger.clock()) == sessions.SIGNED
+    assert ledger.balance(account, ASSET).cap_remaining == 5 * USDC  # the session's maximum: the revoked cap's 0 not
+    _hold(ledger, account, "used", 0, USDC)  # lane 0 used once: the next voucher takes SQLite's fast path
+    ledger.holds.settle("used", 1_000, record=_record(0, USDC))
+
+    after = _event("SpendCapRegistered", {**cap, "total": 4 * USDC, "nonce": 2}, 3)
+    assert ledger.apply_chain_facts(lambda facts: effects.apply(facts, after, "after", symbol, "", 31337))
+    session = ledger.session(account, ASSET)
+    assert session is not None and session.capped_by == "after"
+    assert sessions.mode(session, ledger.clock()) == sessions.CAPPED
+    assert session.ended_why(ledger.clock()) == "session 1 is over: a spend cap was set after it"
+    assert ledger.balance(account, ASSET).cap_remaining == 4 * USDC  # the new cap's, not the session's
+    with pytest.raises(SessionClosed):  # no voucher of it is taken again, on either path
+        _hold(ledger, account, "late", 0, 2 * USDC, charged=1_000)
+    assert ledger.balance(account, ASSET).held == 0
+
+    assert ledger.unwind_chain_fact("after")  # a reorg orphaned the cap: the session is current again
+    session = ledger.session(account, ASSET)
+    assert session is not None and session.capped_by is None and session.open_at(ledger.clock())
+    assert ledger.balance(account, ASSET).cap_remaining == 5 * USDC - 1_000

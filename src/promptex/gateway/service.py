@@ -92,11 +92,13 @@ from promptex.ledger.lanes import (
     VoucherAboveBalance,
     VoucherUsed,
 )
+from promptex.ledger.sessions import NEITHER, SessionKey, mode
+from promptex.ledger.sessions import SIGNED as SIGNED_MODE
 from promptex.ledger.usage import SIGNED
 from promptex.metering import TokenUsage, produced
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
-from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money
+from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money, utc_text
 from promptex.protocol.vault import recover_voucher_signer
 
 ASSET_HEADER = "x-promptex-asset"
@@ -283,7 +285,8 @@ class Gateway:
         self._list_rates = lru_cache(maxsize=1024)(lambda model: metering.list_rates(self.catalog.price(model)))
         self.epochs: dict[str, int] = {}  # asset → the epoch a charge settled now is expected in
         self.signed_epochs: dict[str, int] = {}  # ... a signed-mode charge (the next settle_signed batch)
-        self._modes: dict[tuple[int, str], tuple[bool, float]] = {}  # (payer, asset) → signed mode?, until
+        # (payer, asset) → its newest session key (None: never one), until
+        self._modes: dict[tuple[int, str], tuple[SessionKey | None, float]] = {}
 
     # ─── Setup ───────────────────────────────────────────────────────────────
 
@@ -460,19 +463,27 @@ class Gateway:
     async def signed_mode(self, request: Request, key: ApiKey, priced: Priced) -> Priced:
         """Check the request's voucher against the account's current session and lane and
         hold exactly ceiling − charged, lowering the output limit so the cost fits. An
-        account without a session key in the asset is served in capped mode, unchanged;
-        one with a session key is never served without a voucher."""
+        account without a session key in the asset, or with a spend cap set after its newest
+        one, is served in capped mode, unchanged; one whose session takes vouchers is never
+        served without a voucher, nor one whose session is over before a cap is set after it
+        (the vault would settle such a request neither way: `ledger.sessions.mode`)."""
         header = request.headers.get(vouchers.VOUCHER_HEADER)
         payer = key.payer if key.payer is not None else key.account
         if header is None:
-            if await self._in_signed_mode(payer, priced.asset):
+            found = await self._newest_session(payer, priced.asset)
+            paying = mode(found, self.ledger.clock())
+            if paying == SIGNED_MODE:
                 raise vouchers.refusal(
                     402,
                     "voucher_required",
                     f"This account pays in {priced.asset} in signed mode: each request carries a voucher "
-                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy` — from its first session key on, "
-                    "for good (after a revoked or expired one, `promptex session create` makes the next).",
+                    f"({vouchers.VOUCHER_HEADER}), e.g. through `promptex proxy`, while its session key is in force "
+                    f"(to leave: `promptex session revoke --asset {priced.asset}`, then, once the session has ended "
+                    f"on chain, `promptex wallet spend-cap --asset {priced.asset} …`).",
                 )
+            if paying == NEITHER:
+                assert found is not None
+                raise self._between_modes(found, priced.asset)
             return priced
         voucher = vouchers.parse(header)
         session, lane = await self._thread(self.ledger.signed_state, payer, priced.asset, voucher.lane)
@@ -590,18 +601,38 @@ class Gateway:
             )
         return orjson.dumps(body)
 
-    async def _in_signed_mode(self, payer: int, asset: str) -> bool:
-        """Whether the account has a session key in `asset` (cached like API keys: a new
-        registration is seen within `gateway_key_cache_seconds`)."""
+    async def _newest_session(self, payer: int, asset: str) -> SessionKey | None:
+        """The account's newest session key in `asset` (cached like API keys: a new
+        registration, revocation or spend cap is seen within `gateway_key_cache_seconds`)."""
         now = time.monotonic()
         cached = self._modes.get((payer, asset))
         if cached is not None and cached[1] > now:
             return cached[0]
-        found = await self._thread(self.ledger.session, payer, asset)
+        found: SessionKey | None = await self._thread(self.ledger.session, payer, asset)
         if len(self._modes) > 100_000:
             self._modes.clear()
-        self._modes[(payer, asset)] = (found is not None, now + self.s.gateway_key_cache_seconds)
-        return found is not None
+        self._modes[(payer, asset)] = (found, now + self.s.gateway_key_cache_seconds)
+        return found
+
+    def _between_modes(self, session: SessionKey, asset: str) -> GatewayError:
+        """A plain request of an account whose session is over and that set no spend cap since:
+        the vault would settle it neither by a voucher nor under a cap. Says how to go on."""
+        if session.revoked_at is not None and session.ends_at is not None:
+            over = f"was revoked; its vouchers settle on chain until {utc_text(session.ends_at)}"
+        else:
+            over = (
+                f"expired at {utc_text(session.expiry)}; its vouchers settle on chain until the close of "
+                "the settlement window after that one"
+            )
+        return vouchers.refusal(
+            402,
+            "spend_cap_required",
+            f"This account's session {session.session} in {asset} {over}, and no spend cap was set since: plain "
+            f"requests are served again once one is (`promptex wallet spend-cap --asset {asset} --per-epoch … "
+            f"--total …`, accepted by the vault from then on), or sign vouchers of a new session (`promptex session "
+            f"create --asset {asset}`, then `promptex proxy`).",
+            session=session.session,
+        )
 
     async def _lane_refused(self, key: ApiKey, priced: Priced, exc: LedgerError) -> GatewayError:
         """The ledger refused a voucher's hold: say why, with the lane as it is now."""

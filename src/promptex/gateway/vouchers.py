@@ -25,6 +25,8 @@ Refusals (OpenAI's error body; its `error` object also carries `lane_charged_uni
     400 voucher_malformed       the header does not parse
     400 lane_out_of_range       lane ≥ the session's lanes
     402 voucher_required        the account is in signed mode for the asset; no voucher
+    402 spend_cap_required      no voucher, and the account's session is over with no spend
+                                cap set after it: served again once one is (`session`)
     402 voucher_above_balance   Σ over the session's lanes of (ceiling − charged) would
                                 exceed the balance less pending exits (`available_units`:
                                 the largest ceiling this lane could have now)
@@ -32,7 +34,8 @@ Refusals (OpenAI's error body; its `error` object also carries `lane_charged_uni
                                 input's upper bound (`minimum_hold_units`)
     402 session_maximum_reached the session's maximum is spent
     403 session_unknown         the account has no session key in the asset
-    403 session_ended           the session expired or its wallet revoked it
+    403 session_ended           the session expired, its wallet revoked it, or a spend cap
+                                was set after it (capped mode again: send no voucher)
     403 voucher_bad_signature   not signed by the session's key (e.g. another account's)
     409 session_not_current     the voucher names another session (`session`: the current)
     409 lane_busy               the lane has a request in flight (or was charged since)

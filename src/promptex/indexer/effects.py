@@ -11,7 +11,8 @@
                         difference back (journal kind "shortfall"); see ChainBatch
     SpendCapRegistered  the bound account's remaining cap := the cap's `total` left.
                         An approximation: the per-epoch limit and expiry are not
-                        mirrored, and an unbound address's cap is not seen.
+                        mirrored, and an unbound address's cap is not seen. After a
+                        session key: capped mode again (`ledger.sessions.capped_after`)
     SpendCapRevoked     remaining cap := 0 (no new usage once a user revokes)
     SessionKeyRegistered  signed mode (issue 23): the account's session key in the asset,
                         with the vault and chain its vouchers are signed for; its remaining
@@ -110,7 +111,7 @@ def _cap_registered(facts: ChainBatch, fact: str, account: str, asset: str, args
 
 
 def _cap_revoked(facts: ChainBatch, fact: str, account: str, asset: str, _args: dict[str, int]) -> bool:
-    return facts.register_spend_cap(fact, account, asset, 0)
+    return facts.register_spend_cap(fact, account, asset, 0, revoked=True)
 
 
 _VAULT_EFFECTS: dict[str, Callable[[ChainBatch, str, str, str, dict[str, int]], bool]] = {

@@ -401,11 +401,16 @@ class ChainBatch:
         account = self.account(self._checksum(address))
         self._post(SHORTFALL + event_id, "shortfall", [(self.usage, asset, -amount), (account, asset, amount)])
 
-    def register_spend_cap(self, event_id: str, address: str, asset: str, remaining: int) -> bool:
-        """The chain registered (or revoked: `remaining` 0) a spend cap: make it the remaining
-        cap of the account the address's funds belong to. An unbound address's cap waits on
-        its unclaimed account, and binding the address carries it over (`wallets._claim`): a
-        wallet that set its cap before proving itself to an account can spend under it.
+    def register_spend_cap(
+        self, event_id: str, address: str, asset: str, remaining: int, *, revoked: bool = False
+    ) -> bool:
+        """The chain registered (or `revoked`: `remaining` 0) a spend cap: make it the remaining
+        cap of the account the address's funds belong to. A registration after a session key
+        of the account in the asset returns it to capped mode (`sessions.capped_after`); a
+        revocation while its newest session is not over that way leaves the session's maximum
+        left. An unbound address's cap waits on its unclaimed account, and binding the address
+        carries it over (`wallets._claim`): a wallet that set its cap before proving itself to
+        an account can spend under it.
 
         Only the cap of the wallet settlements debit (`first_bound`) is its account's: the
         vault checks that wallet's cap alone. Another bound wallet's cap waits on its own
@@ -417,6 +422,12 @@ class ChainBatch:
             raise ValueError("a spend cap cannot be negative")
         account = governed_account(self.conn, address, self.now)
         previous = _accounts.balance(self.conn, account, asset).cap_remaining
+        newest = _sessions.current(self.conn, account, asset) if revoked else None
+        if newest is not None and newest.capped_by is None:
+            # In signed mode the vault debits within the session's maximum, which a revoked
+            # cap leaves as it is (`revoke_spend_cap` touches no session): so does the ledger.
+            # Before, the ledger's cap went to 0 and the session's vouchers were refused.
+            remaining = previous
         row = {
             "event_id": event_id,
             "account_id": account,
@@ -427,6 +438,8 @@ class ChainBatch:
         }
         if insert_ignore(self.conn, chain_spend_caps, row) is not None:
             _accounts.set_cap_remaining(self.conn, account, asset, remaining)
+            if not revoked:
+                _sessions.capped_after(self.conn, event_id, account, asset)
         return True
 
     def register_session(self, event_id: str, **fields: Any) -> bool:

@@ -621,7 +621,8 @@ class Ledger:
         )
 
     def session(self, account: int, asset: str) -> _sessions.SessionKey | None:
-        """The account's current session key in `asset` (ended or not); None: capped mode."""
+        """The account's current (newest) session key in `asset`, ended or not; None: it never
+        had one. `sessions.mode` says how the account pays."""
         with self._read() as conn:
             return _sessions.current(conn, account, asset)
 

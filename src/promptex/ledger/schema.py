@@ -409,6 +409,9 @@ session_keys = Table(
     Column("revoke_event", String(REF), nullable=True, unique=True),
     Column("previous_cap", Amount, nullable=False),  # the cap it replaced (a reorg restores it)
     Column("created_at", BigInteger, nullable=False),
+    # The SpendCapRegistered the chain accepted after it (the way back to capped mode): the
+    # vault takes a cap only once the session's vouchers no longer settle (migration 0025).
+    Column("capped_by", String(REF), nullable=True),
 )
 
 # Per lane of a session: what the ledger charged, what the chain settled, the highest

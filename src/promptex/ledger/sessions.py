@@ -7,12 +7,15 @@ The indexer reports the vault's `SessionKeyRegistered` and `SessionKeyRevoked` e
 here; tests insert sessions directly. Idempotent by chain event id, undone by
 `unwind_session_event` when a reorg orphans the event.
 
-The newest session of an (account, asset) is its current one; the ledger keeps the account
-in signed mode for that asset from its first registration on, so a request without a voucher
-is refused — although the vault takes a spend cap again once the newest session's last window
-has passed (`CreditsVaultSigned._set_cap`): no way back to capped mode is built here (the
-README's "Not built yet"). A session takes vouchers
-while `open_at(now)`: before its expiry, and not revoked. (The chain ends a revoked
+The newest session of an (account, asset) is its current one. The account pays in that
+asset in signed mode (a request without a voucher is refused) from its first registration
+until a spend cap the chain accepted AFTER the newest session (`capped_by`): the vault
+takes a cap only once the session's vouchers no longer settle (`CreditsVaultSigned._set_cap`:
+its window past the session's last window), so from that cap on the account's plain
+requests are served capped again, and the session takes no voucher more. Between the
+session's end and that cap the account is served neither way (`mode`: the gateway says how
+to leave). A new session key puts it back in signed mode. A session takes vouchers while
+`open_at(now)`: before its expiry, not revoked, no cap after it. (The chain ends a revoked
 session only at the close of the next window, but the wallet revoked it because it no
 longer trusts the key: the gateway stops at once.)
 
@@ -54,12 +57,15 @@ class SessionKey:
     signed_from: int  # the first window the vault settles in signed mode
     ends_at: int | None = None  # revoked: the chain ends it then
     revoked_at: int | None = None
+    capped_by: str | None = None  # the spend cap the chain accepted after it (capped mode again)
 
     def open_at(self, now: int) -> bool:
         """Whether the gateway takes vouchers of this session at `now`."""
         return self.ended_why(now) is None
 
     def ended_why(self, now: int) -> str | None:
+        if self.capped_by is not None:
+            return f"session {self.session} is over: a spend cap was set after it"
         if self.revoked_at is not None:
             return f"session {self.session} was revoked by its wallet"
         if now >= self.expiry:
@@ -86,6 +92,7 @@ def _session(row: Any) -> SessionKey:
         int(m["signed_from"]),
         m["ends_at"],
         m["revoked_at"],
+        m["capped_by"],
     )
 
 
@@ -157,7 +164,11 @@ def revoke(
 
 
 def unwind(conn: Connection, event_id: str) -> bool:
-    """Undo a registration or revocation a reorg orphaned; returns whether one was undone."""
+    """Undo a registration, revocation or cap after a session a reorg orphaned; returns
+    whether one was undone."""
+    capped = conn.execute(
+        update(session_keys).where(session_keys.c.capped_by == event_id).values(capped_by=None)
+    ).rowcount
     revoked = conn.execute(
         update(session_keys)
         .where(session_keys.c.revoke_event == event_id)
@@ -170,11 +181,41 @@ def unwind(conn: Connection, event_id: str) -> bool:
         restored = max(0, current - int(row.maximum) + int(row.previous_cap))
         _accounts.set_cap_remaining(conn, row.account_id, row.asset, restored)
         conn.execute(delete(session_keys).where(session_keys.c.event_id == event_id))
-    return bool(revoked) or row is not None
+    return bool(capped) or bool(revoked) or row is not None
+
+
+def capped_after(conn: Connection, event_id: str, account: int, asset: str) -> None:
+    """The chain accepted a spend cap (`event_id`) of the account in `asset`: it follows the
+    newest session, if any (the vault takes none while a session's vouchers settle), which
+    is then over for good and the account capped again. Events arrive in chain order."""
+    newest = current(conn, account, asset)
+    if newest is not None and newest.capped_by is None:
+        conn.execute(
+            update(session_keys)
+            .where(
+                session_keys.c.account_id == account,
+                session_keys.c.asset == asset,
+                session_keys.c.session == newest.session,
+            )
+            .values(capped_by=event_id)
+        )
+
+
+CAPPED, SIGNED, NEITHER = "capped", "signed", "neither"
+
+
+def mode(found: SessionKey | None, now: int) -> str:
+    """How the account pays in the asset at `now`, given its newest session `found`: CAPPED
+    (no session, or a spend cap after it), SIGNED (the session takes vouchers), or NEITHER
+    (the session is over and no cap was set since: the vault settles no plain request yet)."""
+    if found is None or found.capped_by is not None:
+        return CAPPED
+    return SIGNED if found.open_at(now) else NEITHER
 
 
 def current(conn: Connection, account: int, asset: str) -> SessionKey | None:
-    """The account's newest session in `asset`, ended or not; None: capped mode."""
+    """The account's newest session in `asset`, ended or not (None: it never had one);
+    `mode` says how it pays."""
     row = conn.execute(
         select(session_keys)
         .where(session_keys.c.account_id == account, session_keys.c.asset == asset)

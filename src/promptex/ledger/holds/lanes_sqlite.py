@@ -5,11 +5,11 @@ SQLAlchemy statements (a profile of one signed request: its eleven statements we
 of the ledger's time).
 
 `take` does what `VoucherLanes.take` does for the usual case — the session current and
-open, the lane's row there, nothing in flight on it, the ceiling above the lane's highest
-and exactly the hold above what it was charged, the session's ceilings within the balance
-less pending exits — in four statements; anything else (a refusal, a lane never used) goes
-to `VoucherLanes.take` in the same transaction, before this path wrote anything, so the
-refusal and the ledger's state are the general path's. `settle` adds the charge to the
+open (no spend cap after it), the lane's row there, nothing in flight on it, the ceiling
+above the lane's highest and exactly the hold above what it was charged, the session's
+ceilings within the balance less pending exits — in four statements; anything else (a
+refusal, a lane never used) goes to `VoucherLanes.take` in the same transaction, before
+this path wrote anything, so the refusal and the ledger's state are the general path's. `settle` adds the charge to the
 lane and frees it as `VoucherLanes.settle` does; `give_back` frees it. A test compares the
 two paths' ledger state (tests/offchain/test_ledger_lanes.py).
 """
@@ -29,7 +29,7 @@ from promptex.ledger.usage import UsageRecord
 
 _S, _L, _B = session_keys.c, voucher_lanes.c, balances.c
 _SESSION = (
-    select(_S.session, _S.lanes, _S.expiry, _S.ends_at, _S.revoked_at)
+    select(_S.session, _S.lanes, _S.expiry, _S.ends_at, _S.revoked_at, _S.capped_by)
     .where(_S.account_id == bindparam("p_account"), _S.asset == bindparam("p_asset"))
     .order_by(_S.session.desc())
     .limit(1)
@@ -98,6 +98,7 @@ def take(lanes: VoucherLanes, conn: Connection, hold: Hold, amount: int) -> None
         found is not None
         and int(found[0]) == voucher.session
         and found[4] is None
+        and found[5] is None
         and now < int(found[2])
         and (found[3] is None or now < int(found[3]))
         and 0 <= voucher.lane < int(found[1])
