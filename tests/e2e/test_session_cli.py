@@ -1,5 +1,6 @@
 """`promptex session create|show|revoke` on the test chain, the wallet a test account
-signing through ape: `--direct` registers the session key from the wallet; `revoke` ends it.
+signing through ape: `--direct` registers the session key from the wallet; `revoke` ends it,
+and `wallet spend-cap` takes the account back to capped mode once the session has ended.
 The default, posting the wallet-signed SessionKey to the coordinator's door, is in
 test_door_cli.py."""
 
@@ -16,12 +17,13 @@ from promptex.buyerside.sessions import load
 from promptex.chain.deploy import contract_at
 from promptex.cli import main
 from promptex.cli import session as session_cli
+from promptex.protocol.units import utc_text
 
 DIRECT, RELAYED = "TEST::3", "TEST::4"
 
 
 def test_session__create_direct_show_revoke__on_chain(
-    promptex_cli, chain_market, accounts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    promptex_cli, chain_market, accounts, chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deployment, _ = chain_market
     vault, usdc = contract_at(deployment, "CreditsVault"), contract_at(deployment, "USDC")
@@ -72,6 +74,26 @@ def test_session__create_direct_show_revoke__on_chain(
     assert shown.exit_code == 0, shown.output
     assert grant.key in shown.output and "no voucher signed yet" in shown.output
 
+    # Leaving signed mode: a spend cap is refused, before any transaction, while the session's
+    # vouchers settle (the vault would revert), saying until when; revoking brings that sooner.
+    cap = ("wallet", "spend-cap", "--asset", "USDC", "--per-epoch", "5", "--total", "20", "--account", DIRECT)
+    in_force = promptex_cli(*cap)
+    assert in_force.exit_code == 1, in_force.output
+    expiry_end = vault.session_key(accounts[3], usdc)[6]
+    assert f"USDC is in signed mode until {utc_text(expiry_end)} (session {grant.session}'s" in in_force.output
+    assert "`promptex session revoke --asset USDC` ends it at" in in_force.output
+    assert in_force.output.count("\n") == 1 and vault.spend_cap(accounts[3], usdc)[1] == 0
+
     revoked = promptex_cli("session", "revoke", "--asset", "USDC", "--account", DIRECT)
     assert revoked.exit_code == 0, revoked.output
-    assert vault.session_key(accounts[3], usdc)[6] > 0  # ends_at: the close of the next window
+    ends_at = vault.session_key(accounts[3], usdc)[6]  # the close of the next window
+    assert 0 < ends_at < expiry_end
+    assert f"USDC session {grant.session} revoked: its vouchers settle until {utc_text(ends_at)}" in revoked.output
+    assert "`promptex wallet spend-cap --asset USDC --per-epoch … --total …`" in revoked.output
+    early = promptex_cli(*cap)
+    assert early.exit_code == 1 and f"signed mode until {utc_text(ends_at)}" in early.output, early.output
+    assert "session revoke" not in early.output  # already as soon as it gets
+    chain.mine(timestamp=ends_at + 1)  # the session's last window is over: the vault takes a cap again
+    capped = promptex_cli(*cap)
+    assert capped.exit_code == 0, capped.output
+    assert vault.spend_cap(accounts[3], usdc)[1] == 20 * 10**6

@@ -6,7 +6,7 @@ reads; the signed SessionKey is posted to the coordinator's door (its URL is in 
 profile), whose relay registers it on the vault (`register_session_key`), or `--direct` has
 the wallet register it itself (`set_session_key`, a transaction).
 `show` reads the grant and its voucher logs; `revoke` ends the session on chain (at the
-close of the next window).
+close of the next window) and says until when its vouchers settle, and how to go on.
 """
 
 from __future__ import annotations
@@ -208,5 +208,11 @@ def session_revoke(network: Any, alias: str | None, yes: bool, session_file: str
     with readable_errors():
         wallet = Session(network, alias, yes)
         vault = _vault_with_sessions(wallet)
-        vault.revoke_session_key(wallet.token(symbol), sender=wallet.account)
-    click.echo(f"{symbol.upper()} session key revoked: it ends at the close of the next window")
+        receipt = vault.revoke_session_key(wallet.token(symbol), sender=wallet.account)
+        event = next(iter(receipt.events.filter(vault.SessionKeyRevoked)))
+    asset = symbol.upper()
+    click.echo(
+        f"{asset} session {event.session} revoked: its vouchers settle until {utc_text(event.ends_at)}; after that, "
+        f"`promptex wallet spend-cap --asset {asset} --per-epoch … --total …` returns the account to plain "
+        f"requests (capped), or `promptex session create --asset {asset}` starts the next session"
+    )

@@ -442,6 +442,7 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
+        _not_in_signed_mode(vault, session.account, session.token(symbol), symbol.upper())
         expiry = chain_time() + days * 86_400
         receipt = vault.set_spend_cap(session.token(symbol), signed_per, signed_total, expiry, sender=session.account)
         until = vault.spend_cap(session.account, session.token(symbol))[2]
@@ -458,6 +459,29 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
              "signed_per_epoch_units": str(signed_per), "signed_total_units": str(signed_total),
              "expiry": int(until), "tx": tx_hash(receipt)},
         )  # fmt: skip
+
+
+def _not_in_signed_mode(vault: Any, account: Any, token: Any, symbol: str) -> None:
+    """Refuse, before any transaction, a cap the vault would refuse ("vault: account in signed
+    mode"): the account's newest session in the asset still settles vouchers until its
+    `ends_at`, and a cap is taken only after. Says when, and how to bring it sooner."""
+    if not hasattr(vault, "session_key"):
+        return  # a vault without signed mode
+    key, number, _lanes, _maximum, _settled, expiry, ends_at, _from = vault.session_key(account, token)
+    now = chain_time()
+    if int(key, 16) == 0 or now > ends_at:
+        return
+    sooner = ""
+    if now < expiry:  # in force, or revoked: `revoke` ends it at the close of the next window
+        length = int(vault.epoch_length())
+        window = (now - int(vault.genesis())) // length
+        revoke_end = int(vault.genesis()) + (window + 2) * length - 1
+        if revoke_end < ends_at:
+            sooner = f"; `promptex session revoke --asset {symbol}` ends it at {utc_text(revoke_end)}"
+    raise click.ClickException(
+        f"{symbol} is in signed mode until {utc_text(ends_at)} (session {number}'s vouchers settle until then) and "
+        f"the vault takes a spend cap only after that: run this again then{sooner}"
+    )
 
 
 @wallet_command("claim")
