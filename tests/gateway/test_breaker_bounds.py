@@ -5,7 +5,6 @@ draw disagree, or a hold fall short of what is charged. A canned upstream
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import httpx
@@ -261,9 +260,8 @@ def test_streams_of_unusual_shape__their_charge_shown() -> None:
     # A native stream whose message_start was shown within the bounds (1,000,000 reads: 40), then
     # a message_delta reporting counts within them: the delta passed on as sent, and merged
     # into the start's shown counts, showed input 0 for the 1 charged.
-    bounded = NativeStream()
     rates = metering.list_rates(load_catalog(CATALOG).price("fake-claude"))
-    bounded.bound = functools.partial(metering.within_bounds, rates, input_tokens=40, output_tokens=30)
+    bounded = NativeStream(bound=lambda usage, _bytes: metering.within_bounds(rates, usage, 40, 30))
     start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "content": [],
              "usage": {"input_tokens": 1, "cache_read_input_tokens": 1_000_000, "output_tokens": 1}}}  # fmt: skip
     delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"},

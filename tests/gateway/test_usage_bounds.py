@@ -164,12 +164,16 @@ def test_anthropic_lot__over_reported_cache_writes_and_output__charged_and_shown
     assert gw.ledger.balance(account, "USDC").posted == 10 * USDC - spent
 
 
-def test_native_messages_stream__message_start_shows_the_input_within_its_bound(gw: Harness, fake: Fake) -> None:
+def test_native_messages_stream__message_start_shows_the_input_within_its_bound(
+    gw: Harness, fake: Fake, caplog: pytest.LogCaptureFixture
+) -> None:
     """A native Messages stream's message_start passed the upstream's input counts on as
     sent; only the final message_delta (whose totals overwrite them) showed what was charged:
     a client reading the input at message_start (known there) saw the lie. It shows the
     input within the request's bound now (the reads kept, no write beyond the marks), the
-    counts the message_delta carries; an honest start's counts are left as sent."""
+    counts the message_delta carries; an honest start's counts are left as sent. The start
+    is bounded by the request's own bound (`Gateway.bounded`, as the charge): the lot's
+    over-reported input is logged once, not again at the stream's end."""
     fake.config.cache_read_tokens, fake.config.cache_write_tokens, fake.config.cache_write_1h_tokens = 2, LIE, LIE
     fake.config.extra_input_tokens = 2 * LIE
     gw.add_lot(fake, provider="anthropic", api="anthropic")
@@ -186,7 +190,10 @@ def test_native_messages_stream__message_start_shows_the_input_within_its_bound(
         delta = [e for e in events if e.get("type") == "message_delta"][-1]
         return events[0]["message"]["usage"], delta["usage"], response.text
 
-    start, delta, raw = start_and_delta()
+    with caplog.at_level(logging.WARNING, logger="promptex.gateway"):
+        start, delta, raw = start_and_delta()
+    warned = [r.getMessage() for r in caplog.records if "beyond the request's bounds" in r.getMessage()]
+    assert len(warned) == 1 and f"{bound.input_bound} input" in warned[0], warned
     shown = anthropic_usage_of(start)
     assert shown is not None and shown.input_tokens == bound.input_bound, start
     assert (shown.cache_read_tokens, shown.cache_write_tokens) == (2, 0), start

@@ -347,7 +347,13 @@ class Adapter(Protocol):
         answer's usage shows that, not what the upstream reported."""
         ...
 
-    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator: ...
+    def translator(
+        self, endpoint: str, model: str, include_usage: bool, bound: Bound | None = None
+    ) -> StreamTranslator:
+        """The stream's translator; `bound` (the request's, as `answer` gets it) for one that
+        shows usage before the stream ends (a native Messages stream's message_start): the
+        charge at the end is bounded by the gateway."""
+        ...
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall: ...
 
@@ -639,7 +645,9 @@ class OpenAIAdapter:
         # the answer shows what was charged, which the buyer (and the signing proxy) can check.
         return orjson.dumps({**body, "usage": shown_openai_usage(body["usage"], usage)}), usage
 
-    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+    def translator(
+        self, endpoint: str, model: str, include_usage: bool, bound: Bound | None = None
+    ) -> StreamTranslator:
         return OpenAIStream(include_usage, self.sent)
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
@@ -880,7 +888,9 @@ class AnthropicAdapter:
         out["usage"] = openai_usage_json(usage)
         return orjson.dumps(out), usage
 
-    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+    def translator(
+        self, endpoint: str, model: str, include_usage: bool, bound: Bound | None = None
+    ) -> StreamTranslator:
         return AnthropicStream(endpoint, model, include_usage, self.sent)
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:

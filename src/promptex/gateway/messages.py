@@ -18,7 +18,6 @@ its bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -283,13 +282,13 @@ class NativeStream:
     stream cut short (its output counted as streamed) or cache writes beyond the request's
     marks (`within_marks`); a stream cut short before its message_delta gets one, carrying
     the charge (before, no event carried it). The message_start shows its usage within the
-    request's bounds (`bound`, the gateway's `metering.within_bounds`) and marks: the input
+    request's bounds (`bound`, the gateway's `Gateway.bounded`) and marks: the input
     is known there, and a client reading it there saw an upstream's over-reported counts
     (only the message_delta, whose totals overwrite them, showed what was charged)."""
 
-    def __init__(self, sent: Any = None) -> None:
+    def __init__(self, sent: Any = None, bound: Bound | None = None) -> None:
         self.sent = sent  # the body sent upstream (`within_marks`)
-        self.bound: Callable[[TokenUsage], TokenUsage] | None = None  # the request's bounds (set by the gateway)
+        self.bound = bound  # the request's bounds (`Gateway.bounded`)
         self.usage: TokenUsage | None = None
         self.produced = 0
         self.finished = False
@@ -352,7 +351,7 @@ class NativeStream:
         counts within the request's marks and bounds, when those are not what it reported."""
         if self._reported_usage is None or self.usage is None or not isinstance(message, dict):
             return None
-        shown = self.bound(self.usage) if self.bound is not None else self.usage
+        shown = self.bound(self.usage, None) if self.bound is not None else self.usage  # no answer's text yet
         if shown == self._reported_usage:
             return None
         return {**message["usage"], **delta_usage_json(shown)}
@@ -403,8 +402,10 @@ class NativeAdapter:
         # Charged other than reported: the answer shows what was charged.
         return orjson.dumps({**body, "usage": {**body["usage"], **delta_usage_json(usage)}}), usage
 
-    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
-        return NativeStream(self.sent)
+    def translator(
+        self, endpoint: str, model: str, include_usage: bool, bound: Bound | None = None
+    ) -> StreamTranslator:
+        return NativeStream(self.sent, bound)
 
     def probe(self, base_url: str, secret: str, model: str) -> UpstreamCall:
         body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
@@ -523,5 +524,7 @@ class ToChatAdapter(ViaChat):
     def usage_json(self, usage: TokenUsage) -> dict[str, Any]:
         return usage_json(usage)
 
-    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+    def translator(
+        self, endpoint: str, model: str, include_usage: bool, bound: Bound | None = None
+    ) -> StreamTranslator:
         return FromChatStream(self.inner.translator(CHAT, model, True), model)

@@ -18,6 +18,7 @@ from typing import Any
 from promptex.gateway.adapters import (
     CHAT,
     Adapter,
+    Bound,
     ChatTranslation,
     StreamTranslator,
     ViaChat,
@@ -298,5 +299,7 @@ class ToChatAdapter(ViaChat):
     def usage_json(self, usage: TokenUsage) -> dict[str, Any]:
         return usage_json(usage)
 
-    def translator(self, endpoint: str, model: str, include_usage: bool) -> StreamTranslator:
+    def translator(
+        self, endpoint: str, model: str, include_usage: bool, bound: Bound | None = None
+    ) -> StreamTranslator:
         return FromChatStream(self.inner.translator(CHAT, model, True), self.body, model)

@@ -53,7 +53,7 @@ from promptex.gateway.health import LotHealth
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
-from promptex.gateway.messages import MESSAGES, NativeStream, asks_reasoning, may_reason
+from promptex.gateway.messages import MESSAGES, asks_reasoning, may_reason
 from promptex.gateway.metrics import GatewayMetrics
 from promptex.gateway.overload import OverloadDetector, ShedLimits
 from promptex.gateway.requests import CHAT_IMAGE_TOKENS, parse_body, prompt_floor
@@ -869,7 +869,8 @@ class Gateway:
         Before, an upstream reporting 1,000 output tokens for "Sunny." (max_tokens 1,000)
         was charged 1,000 to a buyer not behind the proxy. An upstream's usage beyond them
         is logged (the lot, the counts) and noted on `priced.clamped`
-        (`x-promptex-usage-clamped` on a plain answer).
+        (`x-promptex-usage-clamped` on a plain answer), once a side: a native Messages
+        stream's message_start is bounded too (`messages.NativeStream`, no answer's text yet).
 
         Reasoning is kept only where the model can reason: not for a model the catalog says
         never does (`reasoning = false`: gpt-4o, gpt-4.1, Llama, …); an Anthropic model only
@@ -891,6 +892,8 @@ class Gateway:
             return within
         sides = ("input",) * (within.input_tokens < reported.input_tokens)
         sides += ("output",) * (within.output_tokens < reported.output_tokens)
+        if set(sides) <= set(priced.clamped):  # a native stream's message_start was bounded: logged then
+            return within
         priced.clamped = tuple(dict.fromkeys((*priced.clamped, *sides)))
         log.warning(
             "request %s: lot %d reported %d input and %d output tokens (%d of them reasoning), beyond the request's "
@@ -1174,12 +1177,9 @@ class Gateway:
                 if status >= 400:
                     await upstream.read()
                     raise _client_error(upstream, lot)
-                translator = adapter.translator(endpoint, priced.price.model, include_usage)
-                if isinstance(translator, NativeStream):  # its message_start shows the input within the bounds
-                    rates = self._list_rates(priced.price.model)
-                    translator.bound = functools.partial(
-                        metering.within_bounds, rates, input_tokens=priced.input_bound, output_tokens=priced.output
-                    )
+                # A native Messages stream's message_start shows its input within the bounds.
+                bound = functools.partial(self.bounded, priced, request_id, lot)
+                translator = adapter.translator(endpoint, priced.price.model, include_usage, bound)
                 handed_over = True
                 return MeteredStream(self, key, priced, request_id, lot, upstream, translator, endpoint)
             except UpstreamTimeout:
