@@ -385,3 +385,37 @@ def test_responses_answer__its_item_id_and_status_are_no_room_for_output(
     assert answer.status_code == 200, answer.text
     assert visible_bytes("responses", answer.json()) == 6 + 48
     assert usage_of("responses", answer.json()) == TokenUsage(10, 6 + 48)
+
+
+def test_summarized_thinking__billed_whole_within_its_budget__charged_and_the_signing_proxy_agrees(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """Anthropic reports one `output_tokens`, thinking inside it, and Claude 4 shows a summary
+    of its thinking, billed whole. An honest answer — 4,000 tokens of thinking summarized in
+    35 bytes, then "42." — was charged 401 of its 4,003 output tokens (its shown bytes + 48):
+    the seller, billed 4,003 by Anthropic, paid a tenth (sbreak s17). Now a Messages request's
+    thinking budget is room beyond the text, on the gateway and at the signing proxy; beyond
+    it, bounded as before."""
+    answers, fake = canned
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    content = [{"type": "thinking", "thinking": "The user asks for 6*7. Computed it.", "signature": "EqQBCkYIBxgC"},
+               {"type": "text", "text": "42."}]  # fmt: skip
+    headers = {"x-api-key": key, **MESSAGES_HEADERS}
+    request = {"model": "fake-claude", "max_tokens": 8_000, "messages": [{"role": "user", "content": "6*7?"}],
+               "thinking": {"type": "enabled", "budget_tokens": 5_000}}  # fmt: skip
+    for budget, reported, charged in ((5_000, 4_003, 4_003), (1_024, 4_003, 1_024 + 3 + 35 + 12 + 48)):
+        answers.answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": "fake-claude",
+                          "content": content, "stop_reason": "end_turn", "stop_sequence": None,
+                          "usage": {"input_tokens": 8, "output_tokens": reported}}  # fmt: skip
+        body = {**request, "thinking": {"type": "enabled", "budget_tokens": budget}}
+        answer = httpx.post(gw.url + "/v1/messages", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        shown = usage_of(MESSAGES, answer.json())
+        assert shown is not None and shown.output_tokens == charged, budget
+        record = gw.ledger.usage_record(answer.headers["x-request-id"])
+        assert record is not None and record.output_tokens == charged
+        check_counts(bounds(MESSAGES, body), shown, visible_bytes(MESSAGES, answer.json()))  # the proxy agrees
+    with pytest.raises(AnswerRefused, match="4003 output tokens reported"):  # asked no thinking: no room
+        check_counts(bounds(MESSAGES, {**request, "thinking": {"type": "disabled"}}), TokenUsage(8, 4_003), 98)

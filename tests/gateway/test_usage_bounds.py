@@ -340,7 +340,7 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     adapter.call(endpoint, body, "http://upstream", "key")
     rates = metering.list_rates(load_catalog(CATALOG).price(model))
     priced = Priced(load_catalog(CATALOG).price(model), "USDC", LISTED, [], {}, 1, output=LIMIT,
-                    input_bound=input_bound, prediction_bytes=produced.prediction_bytes(endpoint, body),
+                    input_bound=input_bound, prediction_bytes=produced.unshown_output(endpoint, body),
                     endpoint=endpoint,
                     asks_reasoning=asks_reasoning(endpoint, body))  # fmt: skip
     gateway = SimpleNamespace(_list_rates=lambda _: rates)

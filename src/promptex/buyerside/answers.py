@@ -31,7 +31,7 @@ from promptex.gateway.messages import asks_reasoning, may_reason, validate_messa
 from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
-from promptex.metering.produced import MESSAGES, prediction_bytes, visible_limit, visible_output
+from promptex.metering.produced import MESSAGES, unshown_output, visible_limit, visible_output
 from promptex.protocol.units import money_exact
 
 ENDPOINTS = {
@@ -70,7 +70,8 @@ class Bounds:
     # `prediction.content`): its tokens the answer did not use are billed among the output
     # tokens (`rejected_prediction_tokens`) and never relayed, so the visible output may
     # exceed the answer's bytes by at most them. Left out, an honest predicted edit whose
-    # answer rewrote most of the prediction stopped signing.
+    # answer rewrote most of the prediction stopped signing. And a Messages request's thinking
+    # budget (`produced.thinking_budget`: Claude 4 shows a summary of its thinking, billed whole).
     prediction_bytes: int = 0
     # False: the model never reasons (the local catalog's `reasoning = false`, `RateBook.reasons`):
     # reasoning tokens reported for it are visible output, bounded by the answer's bytes, as
@@ -95,7 +96,7 @@ def bounds(endpoint: str, body: dict[str, Any], allowances: metering.ImageAllowa
             floor = prompt_floor(endpoint, body)
     except GatewayError as exc:
         raise ValueError(exc.message) from None
-    return Bounds(model, floor, bound, limit, *cache_marks(body), prediction_bytes=prediction_bytes(endpoint, body))
+    return Bounds(model, floor, bound, limit, *cache_marks(body), prediction_bytes=unshown_output(endpoint, body))
 
 
 def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
@@ -138,7 +139,7 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
         raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
     visible = visible_output(usage) if bound.reasoning else usage.output_tokens
     if produced_bytes is not None and visible > visible_limit(produced_bytes, bound.prediction_bytes):
-        predicted = f" and {bound.prediction_bytes} of its prediction" if bound.prediction_bytes else ""
+        predicted = f" and {bound.prediction_bytes} of its prediction or thinking" if bound.prediction_bytes else ""
         raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer{predicted}")
     # Cache writes are priced above input (Anthropic: 1.25×, an hour's 2×) and a provider
     # writes only what the request marked: reported for a request that marked none (or none

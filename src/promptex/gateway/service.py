@@ -211,7 +211,7 @@ class Priced:
     lane_charged: int = 0  # signed mode: the lane's total charged before it
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
-    prediction_bytes: int = 0  # a chat request's predicted output's bytes (`produced.prediction_bytes`)
+    prediction_bytes: int = 0  # output its answer may hold unshown: a prediction, thinking (`produced.unshown_output`)
     asks_reasoning: bool = False  # it asks its model to reason (`messages.asks_reasoning`: `Gateway.bounded`)
 
     @property
@@ -453,7 +453,7 @@ class Gateway:
             cache_writes=cache_writes,
             endpoint=endpoint,
             claims=[LotClaim(lot.id, bound) for lot in free],
-            prediction_bytes=produced.prediction_bytes(endpoint, body),
+            prediction_bytes=produced.unshown_output(endpoint, body),
             asks_reasoning=asks_reasoning(endpoint, body),
         )
         return priced, output

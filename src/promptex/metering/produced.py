@@ -131,6 +131,33 @@ def prediction_bytes(endpoint: str, body: Any) -> int:
     return text_bytes(prediction.get("content")) if isinstance(prediction, dict) else 0
 
 
+def thinking_budget(endpoint: str, body: Any) -> int:
+    """The output tokens a Messages request lets its model think (`thinking`: its
+    `budget_tokens`, at most `max_tokens`; the output limit for a thinking of another kind),
+    0 when it asks none. Anthropic reports no thinking tokens apart (one `output_tokens`) and
+    Claude 4 shows a summary of its thinking, billed whole: bounded by the text shown, an
+    honest answer thinking 4,000 tokens over a 35-byte summary was charged ~400 of its 4,003
+    output tokens (sbreak s17). Its thinking is bounded by the budget it asked instead, as a
+    reasoning model's reasoning is by its output limit."""
+    if endpoint != MESSAGES or not isinstance(body, dict):
+        return 0
+    thinking, limit = body.get("thinking"), body.get("max_tokens")
+    if not isinstance(thinking, dict) or thinking.get("type") == "disabled":
+        return 0
+    limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+    budget = thinking.get("budget_tokens")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+        return min(budget, limit)
+    return limit
+
+
+def unshown_output(endpoint: str, body: Any) -> int:
+    """The output tokens an answer to `body` may be billed beyond its text (`visible_limit`'s
+    `predicted_bytes`): its prediction's bytes (`prediction_bytes`) and its thinking budget
+    (`thinking_budget`)."""
+    return prediction_bytes(endpoint, body) + thinking_budget(endpoint, body)
+
+
 def visible_output(usage: TokenUsage) -> int:
     """The output tokens an answer's text shows: its output minus its reasoning."""
     return usage.output_tokens - usage.reasoning_tokens
