@@ -486,6 +486,32 @@ def test_after_the_session__a_spend_cap_again__capped_mode(w, buyer):
         w.settle_signed([w.debit(key, buyer, 0, 2 * USD, USD)])
 
 
+def test_after_a_revoked_session__cap_refused_while_its_vouchers_settle__then_capped__no_window_for_both(
+    w, buyer, live
+):
+    """The way back after a revocation (README "Leaving signed mode"): in the revocation's
+    window and the next the session's vouchers still settle and a spend cap is refused; from
+    the window after, the cap is taken, `settle` debits under it and the session's vouchers
+    are refused — no window settles the account both ways."""
+    w.settle_signed([w.debit(live, buyer, 0, USD, USD)])
+    w.vault.revoke_session_key(w.usdc.address, sender=buyer.address)
+    ends_at = w.vault.session_key(buyer.address, w.usdc.address)[6]
+    with boa.reverts("vault: account in signed mode"):  # the revocation's window
+        capped(w, buyer)
+    w.next_window()
+    with boa.reverts("vault: account in signed mode"):  # its last window: the vouchers still settle
+        capped(w, buyer)
+    w.settle_signed([w.debit(live, buyer, 1, USD, USD)])
+    w.next_window()
+    assert boa.env.evm.patch.timestamp > ends_at
+    capped(w, buyer)
+    w.next_window()
+    settle_capped(w, {buyer.address: 3 * USD})
+    with boa.reverts("vault: session ended"):
+        w.settle_signed([w.debit(live, buyer, 0, 2 * USD, USD)])
+    assert w.vault.balance_of(buyer.address, w.usdc.address) == 995 * USD  # 1 + 1 by vouchers, 3 capped
+
+
 # ─── shortfall: the same rule as settle ──────────────────────────────────────
 
 

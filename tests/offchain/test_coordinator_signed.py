@@ -121,3 +121,36 @@ def test_settle_signed__lost_batch__its_records_planned_again_nothing_lost(book:
     assert chain.lane_settled(a.address, "USDC", 0) == 300  # settled once, under a later epoch
     record = book.usage_record(first)
     assert record is not None and record.status == "batched"
+
+
+def test_way_back__capped_records_after_the_cap_and_the_old_sessions_lanes__each_in_its_own_batch_once(
+    book: Ledger,
+) -> None:
+    """After an account left signed mode (a spend cap after its session), its records of one
+    asset are of both modes: the session's lane charges settle by `settle_signed` (their
+    voucher), the requests served capped since by `settle` (the cap) — each record in one
+    batch, each debited once. (The vault refuses the session's vouchers after its last window
+    and any cap before it, so the two never overlap on chain; the coordinator plans by each
+    record's mode, and `session_lanes` takes the newest session, ended or not.)"""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    coord = Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0)
+    a = SignedBuyer(book, chain, 10_000)
+    signed = [a.spend(0, 300), a.spend(1, 50)]  # not settled yet when the session ends
+    book.revoke_session(event_id(), address=a.address, asset="USDC", session=1, ends_at=book.clock())
+    book.apply_chain_facts(lambda facts: facts.register_spend_cap(event_id(), a.address, "USDC", 5_000))
+    capped = f"cap_{next(_requests)}"
+    book.holds.reserve(Reservation(capped, a.account, "USDC", 1_000, 60))
+    record = UsageRecord("gpt-4o", 100, 10, 70, gateway_lot_id=9, chain_lot_id=LOT, lot_kind="listed", fee_bps=500)
+    book.holds.settle(capped, 200, record=record)
+
+    assert coord.run_once().confirmed == [("USDC", 1), ("USDC", 2)]  # the capped batch first, then the signed one
+    assert chain.lane_settled(a.address, "USDC", 0) == 300 and chain.lane_settled(a.address, "USDC", 1) == 50
+    assert chain.balance_of(a.address, "USDC") == 10_000 - 350 - 200  # each charge debited once
+    modes = {}
+    for request_id in (*signed, capped):
+        stored = book.usage_record(request_id)
+        assert stored is not None and stored.status == "batched"
+        modes[request_id] = (stored.mode, stored.epoch)
+    assert modes == {signed[0]: ("signed", 2), signed[1]: ("signed", 2), capped: ("capped", 1)}
+    assert coord.run_once().confirmed == []  # nothing twice
