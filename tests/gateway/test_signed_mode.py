@@ -313,7 +313,7 @@ def test_signed__revoked_then_a_spend_cap__plain_requests_capped_again__a_new_se
     assert old is not None and (old.mode, old.voucher_session, old.status) == ("signed", 1, "pending")
     after = buyer.post(buyer.voucher(0, buyer.charged(0) + 1_000))
     assert (after.status_code, error(after)["code"]) == (403, "session_ended")
-    assert "a spend cap was set after it" in error(after)["message"]
+    assert "a spend cap was set after it: send no voucher, requests are served under it." in error(after)["message"]
 
     new_session(buyer)  # signed mode again
     assert (buyer.post(None).status_code, error(buyer.post(None))["code"]) == (402, "voucher_required")

@@ -501,7 +501,8 @@ class Gateway:
             )
         ended = session.ended_why(now)
         if ended is not None:
-            raise vouchers.refusal(403, "session_ended", f"The voucher's {ended}.", session=session.session)
+            after = ": send no voucher, requests are served under it" if session.capped_by is not None else ""
+            raise vouchers.refusal(403, "session_ended", f"The voucher's {ended}{after}.", session=session.session)
         if lane is None:
             raise vouchers.refusal(
                 400,
