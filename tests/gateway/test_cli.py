@@ -22,7 +22,7 @@ from promptex.config import settings
 from promptex.gateway.keys import hash_key
 from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
-from promptex.ledger.schema import accounts
+from promptex.ledger.schema import accounts, binding_challenges
 from promptex.serving import free_port
 
 
@@ -80,6 +80,18 @@ def test_buyer_signup__a_wallet_bound_to_another_account__refused_in_one_line_no
         assert len(refused.output.strip().splitlines()) == 1 and "API key" not in refused.output, refused.output
     with Ledger.open(env) as ledger:
         assert account_count(ledger) == before
+
+
+def test_issue_binding_challenge__asked_again__the_unused_one_given_again_no_row_per_call(env: str) -> None:
+    wallet = Account.create().address
+    with Ledger.open(env) as ledger:
+        account = ledger.create_account().id
+        first = ledger.issue_binding_challenge(account, wallet)
+        assert {ledger.issue_binding_challenge(account, wallet.lower()).nonce for _ in range(4)} == {first.nonce}
+        other = ledger.issue_binding_challenge(ledger.create_account().id, wallet)  # another account: its own
+        assert other.nonce != first.nonce
+        with ledger.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(binding_challenges)).scalar_one() == 2
 
 
 def account_count(ledger: Ledger) -> int:

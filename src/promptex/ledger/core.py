@@ -407,9 +407,10 @@ class Ledger:
     # ─── Wallets ─────────────────────────────────────────────────────────────
 
     def issue_binding_challenge(self, account: int, wallet: str, *, ttl: int | None = None) -> BindingMessage:
-        """The EIP-712 message `wallet` must sign to bind itself to `account`."""
+        """The EIP-712 message `wallet` must sign to bind itself to `account`: an unused one for
+        the pair is given again while it has half its ttl left (`wallets.challenge_for`)."""
         return self._write(
-            lambda conn: _wallets.issue_challenge(
+            lambda conn: _wallets.binding_challenge(
                 conn, account, wallet, now=self.clock(), ttl=ttl or self.binding_ttl, chain_id=self.chain_id
             )
         )

@@ -158,9 +158,7 @@ def challenge_wallet(
     requests read no account and each created one, one of them left empty for good.
 
     Anyone may ask for any address, so asking writes at most one row per address and half a
-    ttl: a challenge still unused with at least half its ttl left is given again, and a new one
-    clears the address's unused challenges that have expired. Before (late1 s16), every ask
-    stored a row (a bound wallet's unthrottled): anyone could grow the table without limit.
+    ttl (`challenge_for`).
 
     `pending(conn, account)` says whether the account of the wallet's last challenge is one
     this wallet may be given (the dashboard: one nobody holds a key of yet); else a new one.
@@ -177,28 +175,49 @@ def challenge_wallet(
     if account is None:
         admit_new()
         account = create_account(conn, AccountKind.USER, None, now).id
-    else:
-        outstanding = conn.execute(
-            select(binding_challenges)
-            .where(
-                binding_challenges.c.wallet == wallet,
-                binding_challenges.c.account_id == account,
-                binding_challenges.c.used_at.is_(None),
-                binding_challenges.c.issued_at <= now,
-                binding_challenges.c.expires_at >= now + (ttl + 1) // 2,
-            )
-            .order_by(binding_challenges.c.expires_at.desc(), binding_challenges.c.nonce)
-            .limit(1)
-        ).first()
-        if outstanding is not None:
-            return BindingMessage(
-                account=account,
-                wallet=wallet,
-                nonce=outstanding.nonce,
-                issued_at=int(outstanding.issued_at),
-                expires_at=int(outstanding.expires_at),
-                chain_id=chain_id,
-            )
+    return challenge_for(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
+
+
+def binding_challenge(
+    conn: Connection, account: int, wallet: str, *, now: int, ttl: int, chain_id: int
+) -> BindingMessage:
+    """`challenge_for`, under the address's lock (the operator's path: `Ledger.issue_binding_challenge`)."""
+    _lock_address(conn, wallet)
+    return challenge_for(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
+
+
+def challenge_for(conn: Connection, account: int, wallet: str, *, now: int, ttl: int, chain_id: int) -> BindingMessage:
+    """The challenge `wallet` signs to bind itself to `account`: one still unused for the same
+    pair, issued by now and with at least half its ttl left, is given again (nothing written);
+    a new one clears the address's unused challenges that have expired (used ones stay: a
+    binding's record). So asking writes at most one row per address and half a ttl. Before
+    (late1 s16; the operator's path, smalls s17), every ask stored a row: anyone asking the
+    dashboard for any address could grow the table without limit."""
+    wallet = checksum_address(wallet)
+    owned_account(conn, account)
+    if ttl <= 0:
+        raise ValueError("a challenge's ttl must be positive")
+    outstanding = conn.execute(
+        select(binding_challenges)
+        .where(
+            binding_challenges.c.wallet == wallet,
+            binding_challenges.c.account_id == account,
+            binding_challenges.c.used_at.is_(None),
+            binding_challenges.c.issued_at <= now,
+            binding_challenges.c.expires_at >= now + (ttl + 1) // 2,
+        )
+        .order_by(binding_challenges.c.expires_at.desc(), binding_challenges.c.nonce)
+        .limit(1)
+    ).first()
+    if outstanding is not None:
+        return BindingMessage(
+            account=account,
+            wallet=wallet,
+            nonce=outstanding.nonce,
+            issued_at=int(outstanding.issued_at),
+            expires_at=int(outstanding.expires_at),
+            chain_id=chain_id,
+        )
     message = issue_challenge(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
     conn.execute(
         delete(binding_challenges).where(
