@@ -48,11 +48,18 @@ def test_session__create_direct_show_revoke__on_chain(
     assert f"holds the session key of {accounts[3].address} for USDC" in other.output
     assert "--session FILE" in other.output and load(grant_file) == grant
 
-    # The same wallet again while its session is on: the vault refuses the transaction. Its
-    # grant's private key (a session never registered) is not kept; before, its .pending file
-    # was left beside the grant file. One sent with no answer may register: kept.
+    # The same wallet again while its session is on: refused in one line before anything is
+    # signed (the vault takes the next session key only after this one's vouchers settle).
     again = ("session", "create", "--maximum", "5", "--direct", "--session", str(tmp_path / "again.json"),
              "--account", DIRECT)  # fmt: skip
+    early = promptex_cli(*again)
+    ends = utc_text(vault.session_key(accounts[3], usdc)[6])
+    assert early.exit_code == 1 and early.output.count("\n") == 1, early.output
+    assert f"USDC is in signed mode until {ends}" in early.output and "a new session key only after" in early.output
+    # Past that check (say the chain's time moved meanwhile), the vault refuses the transaction.
+    # Its grant's private key (a session never registered) is not kept; before, its .pending
+    # file was left beside the grant file. One sent with no answer may register: kept.
+    monkeypatch.setattr(session_cli, "refuse_while_signed", lambda *args: None)
     reverted = promptex_cli(*again)
     assert reverted.exit_code == 1 and "session not ended" in reverted.output, reverted.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["session.json"]

@@ -25,7 +25,16 @@ from promptex.cli import door
 from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.cli.proxy import describe_stop, grant_path, session_file_option
-from promptex.cli.wallet import LOCAL_NODE, Session, account_option, chain_time, units, whole, yes_option
+from promptex.cli.wallet import (
+    LOCAL_NODE,
+    Session,
+    account_option,
+    chain_time,
+    refuse_while_signed,
+    units,
+    whole,
+    yes_option,
+)
 from promptex.protocol.units import utc_text
 
 
@@ -116,6 +125,7 @@ def session_create(
         wallet = Session(network, alias, yes)
         vault = _vault_with_sessions(wallet)
         token = wallet.token(symbol)
+        refuse_while_signed(vault, wallet.account, token, symbol.upper(), "a new session key")
         _keep_anothers_grant(path, str(wallet.account.address), str(token.address), int(chain.chain_id))
         grant = new_grant(
             ape_signer(wallet.account),

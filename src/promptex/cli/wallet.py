@@ -442,7 +442,8 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
     with readable_errors():
         session = Session(network, alias, yes)
         vault = session.contract("CreditsVault")
-        _not_in_signed_mode(vault, session.account, session.token(symbol), symbol.upper())
+        # The vault would revert it ("vault: account in signed mode"): one line, saying until when.
+        refuse_while_signed(vault, session.account, session.token(symbol), symbol.upper(), "a spend cap")
         expiry = chain_time() + days * 86_400
         receipt = vault.set_spend_cap(session.token(symbol), signed_per, signed_total, expiry, sender=session.account)
         until = vault.spend_cap(session.account, session.token(symbol))[2]
@@ -461,26 +462,27 @@ def spend_cap(network: Any, alias: str | None, yes: bool, symbol: str, per_epoch
         )  # fmt: skip
 
 
-def _not_in_signed_mode(vault: Any, account: Any, token: Any, symbol: str) -> None:
-    """Refuse, before any transaction, a cap the vault would refuse ("vault: account in signed
-    mode"): the account's newest session in the asset still settles vouchers until its
-    `ends_at`, and a cap is taken only after. Says when, and how to bring it sooner."""
+def refuse_while_signed(vault: Any, account: Any, token: Any, symbol: str, what: str) -> None:
+    """Refuse, in one line and before anything is signed or sent, what the vault takes only once
+    the account's newest session in the asset no longer settles vouchers (a spend cap, the next
+    session key): until its `ends_at`. Says when, and when `session revoke` would end it if
+    that is sooner (the vault: its last window becomes max(this window + 1, signed_from))."""
     if not hasattr(vault, "session_key"):
         return  # a vault without signed mode
-    key, number, _lanes, _maximum, _settled, expiry, ends_at, _from = vault.session_key(account, token)
+    key, number, _lanes, _maximum, _settled, expiry, ends_at, signed_from = vault.session_key(account, token)
     now = chain_time()
     if int(key, 16) == 0 or now > ends_at:
         return
     sooner = ""
-    if now < expiry:  # in force, or revoked: `revoke` ends it at the close of the next window
-        length = int(vault.epoch_length())
-        window = (now - int(vault.genesis())) // length
-        revoke_end = int(vault.genesis()) + (window + 2) * length - 1
+    if now < expiry:  # in force (or revoked and in its grace): a revocation now may end it sooner
+        genesis, length = int(vault.genesis()), int(vault.epoch_length())
+        last = max((now - genesis) // length + 1, int(signed_from))
+        revoke_end = genesis + (last + 1) * length - 1
         if revoke_end < ends_at:
             sooner = f"; `promptex session revoke --asset {symbol}` ends it at {utc_text(revoke_end)}"
     raise click.ClickException(
         f"{symbol} is in signed mode until {utc_text(ends_at)} (session {number}'s vouchers settle until then) and "
-        f"the vault takes a spend cap only after that: run this again then{sooner}"
+        f"the vault takes {what} only after that: run this again then{sooner}"
     )
 
 
