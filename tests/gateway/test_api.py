@@ -180,8 +180,8 @@ def test_models__catalog__lists_prices_per_asset(gw: Harness, fake: Fake) -> Non
     models = {m.id: m for m in gw.client(key).models.list()}
     assert set(models) == set(load_catalog(CATALOG).models)
     pricing = models["fake-gpt"].model_extra["pricing"]  # type: ignore[index]
-    # $1 / $2 per million list; listed at 50 % plus a 5 % fee
-    assert pricing["USDC"] == {"input_per_million": "0.525", "output_per_million": "1.05"}
+    # $1 / $2 per million list; listed at 50 % plus a 5 % fee (the cheapest lot's rate, said)
+    assert pricing["USDC"] == {"input_per_million": "0.525", "output_per_million": "1.05", "rate_bps": 5000}
     assert "USDC" not in models["fake-claude"].model_extra["pricing"]  # type: ignore[index]
 
 

@@ -161,8 +161,8 @@ def test_models__fresh_twap__lists_the_price_in_other_tokens(gw_twap: Harness, f
     }
     pricing = models["fake-claude"]["pricing"]
     # $3 / $15 per million list, listed at 50 % plus 5 %: $1.575 / $7.875, at $0.50 a GPT
-    assert pricing["USDC"] == {"input_per_million": "1.575", "output_per_million": "7.875"}
-    assert pricing["GPT"] == {"input_per_million": "3.15", "output_per_million": "15.75"}
+    assert pricing["USDC"] == {"input_per_million": "1.575", "output_per_million": "7.875", "rate_bps": 5000}
+    assert pricing["GPT"] == {"input_per_million": "3.15", "output_per_million": "15.75", "rate_bps": 5000}
     assert "GEM" not in pricing
 
 

@@ -29,6 +29,9 @@ from promptex.buyerside.wire import (
     LANE_CHARGED_HEADER,
     LANE_HEADER,
     LANES_PATH,
+    LOT_HEADER,
+    LOT_RATE_HEADER,
+    MAX_RATE_HEADER,
     VOUCHER_HEADER,
     Voucher,
     WireError,
@@ -38,6 +41,7 @@ from promptex.buyerside.wire import (
 MODEL = "fake-model"
 ASSET = "USDC"
 RATES = metering.Rates(ASSET, Fraction(3_000), Fraction(6_000))  # smallest units per 1,000 tokens
+BASIS_BPS = 6_000  # with lots listed, the lot rate RATES are at (`FakeSignedGateway.lots`)
 WORDS = ("alpha", "bravo", "charlie", "delta")
 SESSION_KEY = "0x" + "5e" * 32
 WALLET = "0x000000000000000000000000000000000000bEEF"
@@ -90,6 +94,15 @@ class FakeSignedGateway:
     claim_reasoning: bool = False
     usage_extra: dict[str, Any] = field(default_factory=dict)  # merged into a stream's usage chunk
     close_books_ceiling: bool = False
+    # Listed lots at several rates (basis points of list price): /v1/models lists `lots` (id →
+    # rate) and says RATES are at BASIS_BPS; each answer is charged at `charge_rate` and names
+    # lot `name_lot` at `name_rate` (None: names none). Unset: one rate, nothing named.
+    lots: dict[int, int] = field(default_factory=dict)
+    charge_rate: int = 0  # 0: RATES as they are
+    name_lot: int | None = None
+    name_rate: Any = None
+    max_rates: list[str | None] = field(default_factory=list)  # each request's MAX_RATE_HEADER
+    usages: list[metering.TokenUsage] = field(default_factory=list)  # what each answer charged
     book: dict[int, FakeLane] = field(default_factory=dict)
     received: list[Voucher] = field(default_factory=list)  # every voucher that arrived
     true_costs: list[int] = field(default_factory=list)  # price × tokens actually produced
@@ -128,9 +141,8 @@ class FakeSignedGateway:
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET" and request.url.path == LANES_PATH:
             return httpx.Response(200, json=self.lanes_report())
-        if request.method == "GET" and request.url.path == "/v1/models":  # RATES, per million tokens in whole USDC
-            pricing = {ASSET: {"input_per_million": "3", "output_per_million": "6"}}
-            return httpx.Response(200, json={"object": "list", "data": [{"id": MODEL, "pricing": pricing}]})
+        if request.method == "GET" and request.url.path == "/v1/models":
+            return httpx.Response(200, json=self.models())
         try:
             voucher = parse_voucher(request.headers[VOUCHER_HEADER])
         except (KeyError, WireError):
@@ -160,30 +172,42 @@ class FakeSignedGateway:
         finally:
             lane.in_flight = False
 
+    def models(self) -> dict[str, Any]:
+        """/v1/models: RATES, per million tokens in whole USDC (with `lots`: at BASIS_BPS, and the lots)."""
+        pricing: dict[str, Any] = {ASSET: {"input_per_million": "3", "output_per_million": "6"}}
+        entry: dict[str, Any] = {"id": MODEL, "pricing": pricing}
+        if self.lots:
+            pricing[ASSET]["rate_bps"] = BASIS_BPS
+            entry["lots"] = [{"id": lot, "rate_bps": rate} for lot, rate in self.lots.items()]
+        return {"object": "list", "data": [entry]}
+
     def _serve(self, request: httpx.Request, voucher: Voucher, lane: FakeLane) -> httpx.Response:
         failed = httpx.Response(self.error_status or 500, json={"error": {"message": "upstream failed", "code": None}})
         if self.error_status and not self.charge_errors:
             return failed
         if self.drop_before_charge:
             raise httpx.ReadError("connection dropped: the gateway died before charging")
+        self.max_rates.append(request.headers.get(MAX_RATE_HEADER))
+        rates = RATES.scaled(ASSET, Fraction(self.charge_rate, BASIS_BPS)) if self.charge_rate else RATES
         body = orjson.loads(request.content)
         if self.latency:
             time.sleep(self.latency)  # the upstream answering (this runs in a server's worker thread)
         messages = body["messages"]
         input_tokens = sum(3 + len(str(m["content"]).split()) for m in messages) + len(body.get("system", "").split())
         asked = body.get("max_tokens") or body.get("max_completion_tokens") or self.output_tokens
-        fit = metering.largest_output(RATES, input_tokens, voucher.ceiling - lane.charged, asked)
+        fit = metering.largest_output(rates, input_tokens, voucher.ceiling - lane.charged, asked)
         if fit < 0:
             return self._error(402, "hold_too_small", lane)
         output = min(fit, self.output_tokens) if self.claim_reasoning else fit
         reasoning = fit - output if self.claim_reasoning else 0
         # A gateway inflating counts charges for them too (it must: the buyer checks price × tokens).
-        cost = metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output + self.inflate_output + reasoning))
+        cost = metering.usage_cost(rates, metering.TokenUsage(input_tokens, output + self.inflate_output + reasoning))
         with self.lock:
             if self.claim_ceiling and (self.drop_after_charge or self.error_status or self.garble):
                 lane.charged, lane.voucher = voucher.ceiling, voucher  # nothing served
             else:
-                self.true_costs.append(metering.usage_cost(RATES, metering.TokenUsage(input_tokens, output)))
+                self.true_costs.append(metering.usage_cost(rates, metering.TokenUsage(input_tokens, output)))
+                self.usages.append(metering.TokenUsage(input_tokens, output + self.inflate_output + reasoning))
                 lane.charged += cost + self.overcharge
                 lane.voucher = voucher
         if self.drop_after_charge:
@@ -204,7 +228,10 @@ class FakeSignedGateway:
             LANE_CHARGED_HEADER: str(lane.charged),
             VOUCHER_HEADER: voucher.header(),
         }
-        promptex = {"cost_units": str(cost + self.overcharge), "lane_charged_units": str(lane.charged)}
+        promptex: dict[str, Any] = {"cost_units": str(cost + self.overcharge), "lane_charged_units": str(lane.charged)}
+        if self.name_rate is not None:  # the lot and rate the charge names (`charges.LOT_RATE`)
+            headers.update({LOT_HEADER: str(self.name_lot), LOT_RATE_HEADER: str(self.name_rate)})
+            promptex.update(lot=self.name_lot, lot_rate_bps=self.name_rate)
         if request.url.path.endswith("/messages"):  # Anthropic's Messages API
             answer = {
                 "id": "msg_1",

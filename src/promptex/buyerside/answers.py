@@ -32,7 +32,7 @@ from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
 from promptex.metering.produced import MESSAGES, unshown_output, visible_limit, visible_output
-from promptex.protocol.units import money_exact
+from promptex.protocol.units import BPS, money_exact
 
 ENDPOINTS = {
     "/v1/chat/completions": CHAT,
@@ -181,14 +181,39 @@ class RateBook:
         catalog: metering.Catalog | None = None,
         images: dict[str, metering.ImageTokens] | None = None,
         listed: frozenset[str] = frozenset(),
+        at_bps: dict[tuple[str, str], int] | None = None,
+        lots: dict[str, dict[int, int]] | None = None,
     ) -> None:
         self.rates = dict(rates or {})
         self.catalog = catalog
         self.images = dict(images or {})  # advertised by the gateway (`/v1/models` "image_tokens")
         self.listed = listed  # the models the gateway listed (those it advertised none for: the default)
+        # The listed lots' rate (basis points of list price) the advertised rates are at, per
+        # (model, asset), and each model's listed lots → their rates (`/v1/models` "lots"):
+        # a charge names its lot and rate (`charges.LOT_RATE`), checked at `at(…, rate)`.
+        self.at_bps = dict(at_bps or {})
+        self.lots = {model: dict(by_id) for model, by_id in (lots or {}).items()}
 
     def get(self, model: str, asset: str) -> metering.Rates | None:
         return self.rates.get((model, asset.upper()))
+
+    def at(self, model: str, asset: str, rate_bps: int) -> metering.Rates | None:
+        """What a listed lot at `rate_bps` charges `model` in `asset`: the advertised rates
+        scaled from the rate they are at (every rate is list × the lot's rate × a factor of
+        the asset: `metering.rates_for`); None when the gateway said no rate for them."""
+        advertised, basis = self.get(model, asset), self.at_bps.get((model, asset.upper()))
+        if advertised is None or basis is None:
+            return None
+        return advertised if rate_bps == basis else advertised.scaled(advertised.asset, Fraction(rate_bps, basis))
+
+    def highest(self, model: str) -> int | None:
+        """The highest rate of the listed lots the gateway listed for `model` (None: none)."""
+        rates = self.lots.get(model)
+        return max(rates.values()) if rates else None
+
+    def lot_rate(self, model: str, lot: int) -> int | None:
+        """The rate /v1/models gave listed lot `lot` of `model` (None: a lot it did not list)."""
+        return self.lots.get(model, {}).get(lot)
 
     def image_tokens(self, model: str, default: int) -> metering.ImageTokens:
         """What the gateway holds one chat image part to `model` for: its advertised allowance
@@ -233,12 +258,21 @@ class RateBook:
         book: dict[tuple[str, str], metering.Rates] = {}
         images: dict[str, metering.ImageTokens] = {}
         ids: set[str] = set()
+        at_bps: dict[tuple[str, str], int] = {}
+        lots: dict[str, dict[int, int]] = {}
         for model in body.get("data", []) if isinstance(body, dict) else []:
             if isinstance(model, dict) and isinstance(model.get("id"), str):
                 ids.add(model["id"])
                 advertised = _image_tokens(model.get("image_tokens"))
                 if advertised is not None:
                     images[model["id"]] = advertised
+                by_lot = {
+                    lot["id"]: lot["rate_bps"]
+                    for lot in model.get("lots") or ()
+                    if isinstance(lot, dict) and _positive(lot.get("id")) and _positive(lot.get("rate_bps"), BPS)
+                }
+                if by_lot:
+                    lots[model["id"]] = by_lot
             for symbol, price in (model.get("pricing") or {}).items():
                 try:
                     unit = metering.asset(symbol).unit
@@ -257,7 +291,14 @@ class RateBook:
                         if scaled.output_per_1k == per_1k[1]:
                             rates = scaled
                 book[(model["id"], symbol.upper())] = rates
-        return cls(book, catalog, images, frozenset(ids))
+                if isinstance(price, dict) and _positive(price.get("rate_bps"), BPS):
+                    at_bps[(model["id"], symbol.upper())] = price["rate_bps"]
+        return cls(book, catalog, images, frozenset(ids), at_bps, lots)
+
+
+def _positive(given: Any, most: int | None = None) -> bool:
+    """Whether `given` is a positive integer (at most `most`)."""
+    return type(given) is int and given > 0 and (most is None or given <= most)
 
 
 def _image_tokens(given: Any) -> metering.ImageTokens | None:

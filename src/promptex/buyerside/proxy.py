@@ -34,7 +34,7 @@ from promptex.buyerside.signer import (
     failed,
 )
 from promptex.buyerside.transport import metered_path
-from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
+from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.proxy")
 # Request headers a client's SDK sets that the gateway should see (its key is replaced).
@@ -93,6 +93,8 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
         path: str, raw: bytes, body: dict[str, Any], headers: dict[str, str], ticket: Ticket, hide_usage: bool
     ) -> Response:
         headers[VOUCHER_HEADER] = ticket.voucher.header()
+        if ticket.max_rate is not None:  # served only by lots at or below it (`Signer.max_rate`)
+            headers[MAX_RATE_HEADER] = str(ticket.max_rate)
         try:
             answer = await gateway.send(gateway.build_request("POST", path, content=raw, headers=headers), stream=True)
         except httpx.HTTPError as exc:

@@ -37,6 +37,8 @@ from promptex.buyerside.wire import (
     COST_UNITS_HEADER,
     LANE_CHARGED_HEADER,
     LANE_HEADER,
+    LOT_HEADER,
+    LOT_RATE_HEADER,
     VOUCHER_HEADER,
     Voucher,
     WireError,
@@ -45,8 +47,9 @@ from promptex.buyerside.wire import (
 )
 from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
+from promptex.gateway.errors import percent
 from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
-from promptex.protocol.units import money_exact
+from promptex.protocol.units import BPS, money_exact
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
 log = logging.getLogger("promptex.buyerside")
@@ -147,6 +150,11 @@ class Ticket:
     tries: int = 1  # lanes this request was signed on so far
     output: int = 0  # the output tokens its hold is for
     cache_writes: bool = False  # held at the prompt cache's write rates
+    # The most a listed lot may charge it (basis points of list price, sent as
+    # `MAX_RATE_HEADER`; None: none sent, its charge is checked at the advertised rates),
+    # and those rates (`rates` are the max rate's: what the hold is for).
+    max_rate: int | None = None
+    advertised: metering.Rates | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,13 @@ class Session:
     lanes: int
     maximum: int
     asset_symbol: str
+
+
+def header_int(text: str | None) -> int | str | None:
+    """A header's integer (its text when it is not one: refused where it is read)."""
+    if text is None:
+        return None
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else text
 
 
 def voucher_signer(identity: Identity, voucher: Voucher) -> str:
@@ -220,6 +235,7 @@ class Signer:
         lane_busy_rest_seconds: float = LANE_BUSY_REST_SECONDS,
         tolerance_bp: int = STOP_TOLERANCE_BP,
         reasoning_bp: int = REASONING_BP,
+        max_rate_bps: int | None = None,
     ) -> None:
         if stop_after_errors < 1:
             raise ValueError("stop_after_errors is at least 1")
@@ -227,8 +243,13 @@ class Signer:
             raise ValueError("tolerance_bp is 0–10,000 basis points")
         if not 0 <= reasoning_bp <= BASIS_POINTS:
             raise ValueError("reasoning_bp is 0–10,000 basis points")
+        if max_rate_bps is not None and not 0 < max_rate_bps <= BPS:
+            raise ValueError(f"max_rate_bps is 1–{BPS} basis points of list price")
         self.tolerance_bp = tolerance_bp
         self.reasoning_bp = reasoning_bp
+        # The most a listed lot may charge a request, basis points of list price (None: the
+        # highest rate /v1/models listed for its model, `max_rate`).
+        self.max_rate_bps = max_rate_bps
         self.session = session
         self.book = book
         self.log = voucher_log
@@ -282,6 +303,9 @@ class Signer:
         rates = self.rates.get(bound.model, self.session.asset_symbol)
         if rates is None:
             raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")
+        most = self.max_rate(bound.model)
+        if most is not None:  # held for a lot at the most it pays: any lot within it may serve
+            rates = self.rates.at(bound.model, self.session.asset_symbol, most) or rates
         hold = metering.upper_bound(
             rates, bound.input_bound, self._output(endpoint, bound), cache_writes=may_write_cache(raw, body)
         )
@@ -292,6 +316,36 @@ class Signer:
                 f"this request may cost {self._shown(hold)}, above the per-request limit {self._shown(self.max_hold)}",
             )
         return hold, bound, rates
+
+    def max_rate(self, model: str) -> int | None:
+        """The most a listed lot may charge a request to `model` (basis points of list price,
+        sent with it: the gateway routes it only to lots at or below it): the one set
+        (`max_rate_bps`), else the highest rate /v1/models listed for the model when this
+        side opened (a lot at a higher rate opened since is not used; None: it listed none)."""
+        return self.max_rate_bps if self.max_rate_bps is not None else self.rates.highest(model)
+
+    def charge_rates(self, ticket: Ticket, lot: Any, rate: Any) -> metering.Rates:
+        """The rates an answer's charge is checked at: those of the rate the gateway names
+        with it (`rate`, of lot `lot`), when it is within the request's max rate and, for a
+        lot /v1/models listed, the rate it gave that lot; raises AnswerRefused otherwise.
+        Naming none (a tokenized lot: one price) or without a max rate: the advertised."""
+        advertised = ticket.advertised or ticket.rates
+        if ticket.max_rate is None or rate is None:
+            return advertised
+        if type(rate) is not int or type(lot) is not int or rate <= 0:
+            raise AnswerRefused(f"the charge names lot {str(lot)[:40]!r} at rate {str(rate)[:40]!r}: not readable")
+        if rate > ticket.max_rate:
+            raise AnswerRefused(
+                f"the charge names lot {lot}'s rate {percent(rate)} of list price, above the "
+                f"{percent(ticket.max_rate)} this side pays at most"
+            )
+        model = ticket.bounds.model
+        listed = self.rates.lot_rate(model, lot)
+        if listed is not None and listed != rate:
+            raise AnswerRefused(
+                f"the charge names lot {lot}'s rate {percent(rate)} of list price; /v1/models gave it {percent(listed)}"
+            )
+        return self.rates.at(model, self.session.asset_symbol, rate) or advertised
 
     def _output(self, endpoint: str, bound: Bounds) -> int:
         """The output tokens a request's hold is for."""
@@ -396,6 +450,7 @@ class Signer:
         return Ticket(
             endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before,
             output=self._output(endpoint, bound), cache_writes=may_write_cache(raw, body),
+            max_rate=self.max_rate(bound.model), advertised=self.rates.get(bound.model, self.session.asset_symbol),
         )  # fmt: skip
 
     # ─── After it ────────────────────────────────────────────────────────────
@@ -647,7 +702,8 @@ class Signer:
             )
             return
         self._charged(ticket, cost, after, headers.get(LANE_HEADER), headers.get(VOUCHER_HEADER))
-        self._check(ticket, cost, answers.usage_of(ticket.endpoint, body), visible_bytes(ticket.endpoint, body))
+        named = (header_int(headers.get(LOT_HEADER)), header_int(headers.get(LOT_RATE_HEADER)))
+        self._check(ticket, cost, answers.usage_of(ticket.endpoint, body), visible_bytes(ticket.endpoint, body), named)
 
     def _charged(self, ticket: Ticket, cost: int, after: int, lane_text: str | None, returned: Any) -> None:
         lane = ticket.lane
@@ -672,7 +728,15 @@ class Signer:
         self._told(lane, before)
         self._adopt(ticket, after, ceiling)
 
-    def _check(self, ticket: Ticket, cost: int, usage: metering.TokenUsage | None, produced: int | None) -> None:
+    def _check(
+        self,
+        ticket: Ticket,
+        cost: int,
+        usage: metering.TokenUsage | None,
+        produced: int | None,
+        named: tuple[Any, Any] = (None, None),
+    ) -> None:
+        """Check an answer's charge and counts; `named`: the lot and rate the charge names."""
         if usage is None:
             self.stop(
                 f"an answer on lane {ticket.lane.index} reports no usage: its cost {self._shown(cost)} cannot be "
@@ -681,7 +745,8 @@ class Signer:
             )
             return
         try:
-            answers.check_cost(ticket.rates, usage, cost)
+            rates = self.charge_rates(ticket, *named)
+            answers.check_cost(rates, usage, cost)
             answers.check_counts(ticket.bounds, usage, produced)
         except AnswerRefused as exc:
             self.stop(str(exc), ticket.lane.index)
@@ -691,7 +756,7 @@ class Signer:
         if usage.reasoning_tokens:  # its price is checked, its count cannot be (`REASONING_BP`)
             seen = dataclasses.replace(usage, output_tokens=usage.output_tokens - usage.reasoning_tokens,
                                        reasoning_tokens=0)  # fmt: skip
-            reasoning = cost - metering.usage_cost(ticket.rates, seen)
+            reasoning = cost - metering.usage_cost(rates, seen)
         lane.verified += cost - reasoning
         lane.reasoning += reasoning
         if reasoning and lane.exact and self.stopped is None:  # on disk at once: a restart goes on from it
@@ -796,11 +861,12 @@ class Signer:
                 if not ticket.exact_before:
                     lane = ticket.lane
                     lane.charged, lane.exact = min(after, ticket.voucher.ceiling), False
-                    self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced(framed=True))
+                    self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced(framed=True),
+                                watch.named)  # fmt: skip
                     self._outcome(lane)
                     return
             self._charged(ticket, watch.cost, after, headers.get(LANE_HEADER), watch.voucher)
-            self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced(framed=True))
+            self._check(ticket, watch.cost, watch.usage(ticket.endpoint), watch.produced(framed=True), watch.named)
         except Exception as exc:
             self._unreadable(ticket, exc)
         finally:
@@ -851,6 +917,7 @@ class StreamWatch:
         self.cost: int | None = None
         self.lane_charged: int | None = None
         self.voucher: Any = None
+        self.named: tuple[Any, Any] = (None, None)  # the lot and rate its charge names
         self.ended = False  # the gateway's stream ran to its end (not cut by a client or a drop)
         self.broken = False  # reading it failed: the connection dropped (not the client's close)
         self._usage: dict[str, Any] = {}
@@ -941,6 +1008,8 @@ class StreamWatch:
             if charged is not None:
                 self.lane_charged = charged
             self.voucher = extra.get("voucher", self.voucher)
+            if "lot_rate_bps" in extra:
+                self.named = (extra.get("lot"), extra.get("lot_rate_bps"))
 
     def _count(self, event: dict[str, Any]) -> None:
         """Add what the event produced (`metering.produced.event_bytes`: the UTF-8 bytes of its

@@ -32,7 +32,7 @@ from promptex.buyerside.signer import (
     error_body,
     failed,
 )
-from promptex.buyerside.wire import ASSET_HEADER, VOUCHER_HEADER
+from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.buyerside")
 
@@ -121,6 +121,8 @@ class PromptexSigningTransport(httpx.BaseTransport):
     ) -> httpx.Response:
         request.headers[VOUCHER_HEADER] = ticket.voucher.header()
         request.headers[ASSET_HEADER] = self.signer.session.asset_symbol  # the asset the voucher is in
+        if ticket.max_rate is not None:  # served only by lots at or below it (`Signer.max_rate`)
+            request.headers[MAX_RATE_HEADER] = str(ticket.max_rate)
         try:
             response = self.inner.handle_request(request)
         except BaseException as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from promptex.gateway import charges
 from promptex.gateway import vouchers as gateway_vouchers
 from promptex.gateway.errors import GatewayError
 
@@ -21,6 +22,9 @@ LANE_HEADER = "x-promptex-lane"
 LANE_CHARGED_HEADER = "x-promptex-lane-charged-units"
 COST_UNITS_HEADER = "x-promptex-cost-units"
 ASSET_HEADER = "x-promptex-asset"
+LOT_HEADER = charges.LOT  # the lot that served an answer
+LOT_RATE_HEADER = charges.LOT_RATE  # and its rate, basis points of list price (listed lots)
+MAX_RATE_HEADER = charges.MAX_RATE  # a request's most a listed lot may charge it
 LANES_PATH = "/v1/promptex/lanes"
 SIGNATURE_BYTES = 65
 

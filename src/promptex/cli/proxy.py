@@ -69,6 +69,26 @@ def _chain(grant: SessionGrant) -> ChainSession | None:
         return None
 
 
+def max_rate_bps(text: str) -> int:
+    """`--max-rate` in basis points of list price: a fraction of list price ("0.9", as a
+    seller's `--rate`) or a percentage ("90%", "87.5 %"), above 0 and at most list price."""
+    from decimal import Decimal, InvalidOperation
+
+    given = text.strip()
+    percent = given.endswith("%")
+    try:
+        value = Decimal(given.removesuffix("%").strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    bps = value * (100 if percent else 10_000) if value.is_finite() else Decimal(-1)
+    if bps != bps.to_integral_value() or not 0 < bps <= 10_000:
+        raise click.ClickException(
+            f"--max-rate is a fraction of list price (0.9) or a percentage (90%), above 0, at most 1 (100%), "
+            f"in steps of 0.0001 (0.01%): not {text!r}"
+        )
+    return int(bps)
+
+
 def describe_stop(stop: Stop) -> str:
     """A recorded stop in one line: when, on which lane, why."""
     when = utc_text(stop.at)
@@ -82,6 +102,11 @@ def describe_stop(stop: Stop) -> str:
 @click.option("--api-key", help="your gateway API key [default: PROMPTEX_PROXY_API_KEY, the demo buyer's]")
 @click.option("--max-hold", help="the most one request may hold, whole units [default: the session maximum]")
 @click.option(
+    "--max-rate",
+    help="the most a seller's lot may charge, as a fraction of list price (0.9) or a percentage (90%): requests "
+    "go only to lots at or below it [default: per model, the highest rate the gateway lists when the proxy starts]",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="sign again after a stop (see why it stopped first); without a recorded stop: exit 1, nothing served",
@@ -92,6 +117,7 @@ def proxy(
     gateway_url: str | None,
     api_key: str | None,
     max_hold: str | None,
+    max_rate: str | None,
     resume: bool,
     session_file: str | None,
 ) -> None:
@@ -117,6 +143,7 @@ def proxy(
     base = base.removesuffix("/v1")
     auth = {"authorization": f"Bearer {_api_key(api_key)}"}
     hold = asset_units(max_hold, grant.asset_symbol) if max_hold else s.proxy_max_hold_units
+    most = None if max_rate is None else max_rate_bps(max_rate)
     chain = _chain(grant)
     try:
         with httpx.Client(base_url=base, headers=auth, timeout=10.0) as client:
@@ -132,6 +159,7 @@ def proxy(
                 stop_after_errors=s.proxy_stop_after_errors,
                 tolerance_bp=s.proxy_stop_tolerance_bp,
                 reasoning_bp=s.proxy_reasoning_bp,
+                max_rate_bps=most,
             )
     except (httpx.HTTPError, ValueError) as exc:
         raise click.ClickException(f"cannot open the session at {base}: {exc}") from None

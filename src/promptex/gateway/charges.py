@@ -14,6 +14,8 @@ library keeps working: headers are ignored, and unknown fields are kept as extra
                             Oracle TWAP when the gateway reads one, else at its face value)
     x-promptex-lot          the gateway lot that served it
     x-promptex-chain-lot    that lot's CreditEscrow id (only when opened on chain)
+    x-promptex-lot-rate-bps a listed lot's rate, basis points of list price (the rate the
+                            charge is at, before the protocol fee; not on tokenized lots)
     x-promptex-epoch        the settlement epoch it is expected to settle in (signed mode:
                             the next settle_signed batch, `ledger.usage.next_signed_epoch`)
     x-promptex-hold[-units|-usd]   on streams: the hold, in the same three forms
@@ -31,6 +33,11 @@ from promptex.protocol.units import USDC_DECIMALS, whole_units
 
 ASSET = "x-promptex-asset"
 LOT = "x-promptex-lot"
+LOT_RATE = "x-promptex-lot-rate-bps"
+# A request's most a listed lot may charge, basis points of list price (1–10,000): it is
+# routed only to lots at or below it (`Gateway.price`). The signing proxy sends it, so a
+# signed request's charge is at a rate the proxy accepts.
+MAX_RATE = "x-promptex-max-rate-bps"
 CHAIN_LOT = "x-promptex-chain-lot"
 EPOCH = "x-promptex-epoch"
 LANE = "x-promptex-lane"
@@ -67,6 +74,7 @@ class Charge:
     chain_lot: int | None
     epoch: int
     signed: SignedLane | None = None  # signed mode: the lane and voucher it is charged on
+    lot_rate_bps: int | None = None  # a listed lot's rate (None: a tokenized lot)
 
     @property
     def whole(self) -> str:
@@ -78,6 +86,8 @@ class Charge:
 
     def _place(self) -> list[tuple[str, str]]:
         out = [(ASSET, self.asset), (LOT, str(self.lot)), (EPOCH, str(self.epoch))]
+        if self.lot_rate_bps is not None:
+            out.append((LOT_RATE, str(self.lot_rate_bps)))
         if self.chain_lot is not None:
             out.append((CHAIN_LOT, str(self.chain_lot)))
         if self.signed is not None:
@@ -103,6 +113,7 @@ class Charge:
             "cost_units": str(self.units),  # a string: 18-decimal amounts exceed JSON's safe integers
             "cost_usd": self.usd,
             "lot": self.lot,
+            **({} if self.lot_rate_bps is None else {"lot_rate_bps": self.lot_rate_bps}),
             "chain_lot": self.chain_lot,
             "epoch": self.epoch,
             **(

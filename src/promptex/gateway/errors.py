@@ -123,6 +123,23 @@ def no_capacity(model: str, asset: str) -> GatewayError:
     )
 
 
+def above_max_rate(model: str, asset: str, most: int, cheapest: int) -> GatewayError:
+    """No lot that may serve the request charges at most what it pays (`charges.MAX_RATE`)."""
+    return GatewayError(
+        503,
+        f"No lot serves `{model}` paid in {asset} at or below the {percent(most)} of list price this request "
+        f"pays at most (x-promptex-max-rate-bps); the cheapest open lot asks {percent(cheapest)}.",
+        type="server_error",
+        code="no_lot_within_max_rate",
+        param="x-promptex-max-rate-bps",
+    )
+
+
+def percent(bps: int) -> str:
+    """Basis points as a person reads them: 9000 → "90 %", 8750 → "87.5 %"."""
+    return f"{bps / 100:g} %"
+
+
 def price_unavailable(symbol: str, own: str) -> GatewayError:
     return GatewayError(
         503,

@@ -46,7 +46,7 @@ from promptex.config import ConfigurationError, Settings
 from promptex.gateway import errors, fronts, limits, vouchers
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, ShowsCharged, StreamTranslator, may_write_cache
 from promptex.gateway.admission import Admission
-from promptex.gateway.charges import Charge, SignedLane, raw_headers
+from promptex.gateway.charges import MAX_RATE, Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.guard import BODY_RECEIVED
 from promptex.gateway.health import LotHealth
@@ -98,7 +98,7 @@ from promptex.ledger.usage import SIGNED
 from promptex.metering import TokenUsage, produced
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
-from promptex.protocol.units import TOKEN_UNIT, USDC_SYMBOL, money, utc_text
+from promptex.protocol.units import BPS, TOKEN_UNIT, USDC_SYMBOL, money, utc_text
 from promptex.protocol.vault import recover_voucher_signer
 
 ASSET_HEADER = "x-promptex-asset"
@@ -416,6 +416,12 @@ class Gateway:
         lots = self.registry.candidates(price.provider, kind)
         if not lots:
             raise errors.no_capacity(model, asset)
+        most = max_rate(request) if kind == LISTED else None  # a tokenized lot's rate is not the buyer's
+        if most is not None:
+            within = [lot for lot in lots if lot.rate_bps <= most]
+            if not within:
+                raise errors.above_max_rate(model, asset, most, min(lot.rate_bps for lot in lots))
+            lots = within
         free = [lot for lot in lots if lot.inflight < self.s.gateway_lot_max_inflight]
         if not free:
             raise errors.busy()
@@ -577,6 +583,28 @@ class Gateway:
             voucher=voucher,
             lane_charged=lane.charged,
         )
+
+    async def _name_lane(self, request: Request, key: ApiKey, refusal: GatewayError) -> None:
+        """A refusal before any hold (no lot within the request's max rate, all lots busy, …)
+        of a request carrying a voucher names the lane's total and stored voucher, as a voucher
+        refusal does (`vouchers.refusal`): the signing proxy then knows the voucher took
+        nothing. Without them it weighed such an answer as one that may have cost its whole
+        hold, and three in a row stopped signing. Not named when unknown: no current session
+        or lane, a voucher of another session, a request in flight on the lane (its total
+        may still grow)."""
+        header = request.headers.get(vouchers.VOUCHER_HEADER)
+        if header is None or refusal.extra:
+            return
+        asset = (request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset).upper()
+        try:
+            voucher = vouchers.parse(header)
+            payer = key.payer if key.payer is not None else key.account
+            session, lane = await self._thread(self.ledger.signed_state, payer, asset, voucher.lane)
+        except (GatewayError, LedgerUnavailable):
+            return
+        if session is None or lane is None or voucher.session != session.session or lane.inflight is not None:
+            return
+        refusal.extra = vouchers.refusal(refusal.status, "", "", lane).extra
 
     async def lanes(self, request: Request) -> bytes:
         """`GET /v1/promptex/lanes[?asset=]`: the paying account's current session in the
@@ -937,7 +965,8 @@ class Gateway:
         """`units` of `asset` (a charge, or a hold) as told to the buyer (`gateway.charges`)."""
         epoch = (self.epochs if signed is None else self.signed_epochs).get(asset, 1)
         usd = self.usd_micro(asset, units)
-        return Charge(request_id, asset, units, usd, lot.id, lot.chain_lot_id, epoch, signed)
+        rate = lot.rate_bps if lot.kind == LISTED else None  # what the charge is at (the proxy checks it)
+        return Charge(request_id, asset, units, usd, lot.id, lot.chain_lot_id, epoch, signed, rate)
 
     # ─── Serving ─────────────────────────────────────────────────────────────
 
@@ -993,8 +1022,12 @@ class Gateway:
         # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
         # at rates above the input rate (`may_write_cache`: a mention anywhere only makes
         # the hold larger; a key written with escapes counts).
-        priced, output = self.price(request, key, endpoint, body, cache_writes=may_write_cache(raw, body))
-        priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
+        try:
+            priced, output = self.price(request, key, endpoint, body, cache_writes=may_write_cache(raw, body))
+            priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
+        except GatewayError as exc:
+            await self._name_lane(request, key, exc)
+            raise
         priced = await self.signed_mode(request, key, priced)
         output = priced.output
         upstream_body = fronts.upstream_body(endpoint, body, output)
@@ -1340,14 +1373,16 @@ class Gateway:
             pricing: dict[str, Any] = {token.symbol: _per_million(own, 18)}
             listed = self.registry.candidates(price.provider, LISTED)
             if listed:
+                # The cheapest lot's rates, saying which rate they are at (`rate_bps`): a lot at
+                # another rate charges them × its rate ÷ this one (the signing proxy's check).
                 cheapest = min(lot.rate_bps for lot in listed)
                 usdc = metering.usdc_rates(price, cheapest, fee)
-                pricing[USDC_SYMBOL] = _per_million(usdc, 6)
+                pricing[USDC_SYMBOL] = {**_per_million(usdc, 6), "rate_bps": cheapest}
                 for other in PROVIDER_TOKENS:  # other providers' tokens, at their current TWAP
                     twap = self.twaps.fresh(other.symbol) if self.twaps and other.symbol != token.symbol else None
                     if twap is not None:
                         converted = metering.usdc_to_token_rates(usdc, other.symbol, twap.usdc_per_token)
-                        pricing[other.symbol] = _per_million(converted, 18)
+                        pricing[other.symbol] = {**_per_million(converted, 18), "rate_bps": cheapest}
             entry: dict[str, Any] = {
                 "id": price.model,
                 "object": "model",
@@ -1358,6 +1393,9 @@ class Gateway:
                     TOKENIZED: bool(self.registry.candidates(price.provider, TOKENIZED)),
                     LISTED: bool(listed),
                 },
+                # The listed lots that serve it now and their rates (basis points of list price):
+                # a charge names its lot and rate, which the signing proxy checks against these.
+                "lots": [{"id": lot.id, "rate_bps": lot.rate_bps} for lot in listed],
             }
             if price.image_tokens is not None or price.image_tokens_low is not None:
                 # A chat image part is held for this (`requests.image_tokens`), and the signing
@@ -1366,6 +1404,21 @@ class Gateway:
                 entry["image_tokens"] = {"high": images.high, "low": images.low}
             data.append(entry)
         return orjson.dumps({"object": "list", "data": data})
+
+
+def max_rate(request: Request) -> int | None:
+    """The most a listed lot may charge the request (`charges.MAX_RATE`: basis points of list
+    price, 1–10,000), or None when it names none (any lot)."""
+    given = request.headers.get(MAX_RATE)
+    if given is None:
+        return None
+    text = given.strip()
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= BPS:
+        raise errors.bad_request(
+            f"{MAX_RATE} is the most a lot may charge in basis points of list price, 1 to {BPS}: not {given[:40]!r}.",
+            param=MAX_RATE,
+        )
+    return int(text)
 
 
 def _per_million(rates: metering.Rates, decimals: int) -> dict[str, str]:

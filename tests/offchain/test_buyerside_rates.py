@@ -1,0 +1,193 @@
+"""The signer against a gateway with listed lots at several rates (cbreak C4): each request
+states the most it pays (`x-promptex-max-rate-bps`: the one set, else the highest rate
+/v1/models listed for its model), and a charge is checked exactly at the rate the gateway
+names with it — only a rate within that max, and for a lot /v1/models listed, the rate it
+gave that lot. A gateway naming a rate above the max, another lot's rate, a rate its cost
+does not fit, or nothing while charging more than the advertised rates: signing stops."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from buyerside_fakes import ASSET, BASIS_BPS, MODEL, RATES, FakeSignedGateway, make_signer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from promptex import metering
+from promptex.buyerside.answers import RateBook
+from promptex.buyerside.signer import Signer
+from promptex.buyerside.transport import PromptexSigningTransport
+
+LOTS = {1: 6_000, 2: 9_000}  # the cheapest at BASIS_BPS, the advertised rates' own
+ASKS = {
+    "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}),
+    "chat stream": (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "user", "content": "hello there"}],
+            "max_tokens": 4,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),  # fmt: skip
+    "messages": ("/v1/messages", {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}),
+}
+
+
+def _signer(gateway: FakeSignedGateway, path: Path, **options: Any) -> Signer:
+    signer = make_signer(path, lanes=1, **options)
+    signer.rates = RateBook.from_models(gateway.models())
+    return signer
+
+
+def _ask(gateway: FakeSignedGateway, signer: Signer, ask: str) -> httpx.Response:
+    path, body = ASKS[ask]
+    transport = PromptexSigningTransport(signer, inner=gateway.transport())
+    with httpx.Client(base_url="http://gateway.test", transport=transport) as client:
+        answer = client.post(path, json={"model": MODEL, **body})
+        answer.read()
+    return answer
+
+
+def test_rate_book__lots_and_the_rate_the_advertised_rates_are_at__read_malformed_ignored() -> None:
+    gateway = FakeSignedGateway(lots=LOTS)
+    book = RateBook.from_models(gateway.models())
+    assert book.highest(MODEL) == 9_000 and book.lot_rate(MODEL, 2) == 9_000 and book.lot_rate(MODEL, 3) is None
+    assert book.at(MODEL, ASSET, 6_000) == RATES
+    assert book.at(MODEL, ASSET, 9_000) == RATES.scaled(ASSET, Fraction(3, 2))
+    body = gateway.models()
+    body["data"][0]["lots"] = [{"id": 1, "rate_bps": "9000"}, {"id": True, "rate_bps": 5}, {"id": 3, "rate_bps": 10**5}]
+    body["data"][0]["pricing"][ASSET]["rate_bps"] = 0
+    book = RateBook.from_models(body)
+    assert book.highest(MODEL) is None and book.at(MODEL, ASSET, 6_000) is None
+
+
+@pytest.mark.parametrize("ask", list(ASKS))
+def test_honest_charge_by_a_pricier_listed_lot__within_the_max__checked_exactly_signing_goes_on(
+    tmp_path: Path, ask: str
+) -> None:
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS, charge_rate=9_000, name_lot=2, name_rate=9_000)
+    signer = _signer(gateway, tmp_path / "v.log")
+    answer = _ask(gateway, signer, ask)
+    assert answer.status_code == 200, answer.text
+    assert signer.stopped is None
+    assert gateway.max_rates == ["9000"]  # the highest rate listed for the model, by default
+    assert signer.book.lanes[0].charged == gateway.book[0].charged == sum(gateway.true_costs) > 0
+    # Held at the max rate: the gateway had no need to lower the output to fit.
+    assert gateway.true_costs == [metering.usage_cost(RATES.scaled(ASSET, Fraction(3, 2)), metering.TokenUsage(5, 4))]
+
+
+@pytest.mark.parametrize("ask", list(ASKS))
+@pytest.mark.parametrize(
+    ("lie", "options", "reason"),
+    [
+        # A rate above the buyer's max (set below the highest listed).
+        ({"charge_rate": 9_000, "name_lot": 2, "name_rate": 9_000}, {"max_rate_bps": 8_000}, "above the 80 %"),
+        # The pricier lot's rate named for the cheaper lot that served.
+        ({"charge_rate": 9_000, "name_lot": 1, "name_rate": 9_000}, {}, "/v1/models gave it 60 %"),
+        # A rate the cost does not fit (a lot /v1/models did not list: only the max bounds it).
+        ({"charge_rate": 9_000, "name_lot": 7, "name_rate": 7_000}, {}, "the rate gives"),
+        # Charged the pricier rate, naming none: checked at the advertised (cheapest) rates.
+        ({"charge_rate": 9_000}, {}, "the rate gives"),
+        ({"charge_rate": 6_000, "name_lot": 1, "name_rate": "60%"}, {}, "not readable"),
+    ],
+)
+def test_dishonest_rate__above_max_another_lots_not_the_cost_s__signing_stops(
+    tmp_path: Path, ask: str, lie: dict[str, Any], options: dict[str, Any], reason: str
+) -> None:
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS, **lie)
+    signer = _signer(gateway, tmp_path / "v.log", **options)
+    _ask(gateway, signer, ask)
+    assert signer.stopped is not None and reason in signer.stopped, signer.stopped
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lots=st.dictionaries(st.integers(1, 5), st.integers(1, 10_000), min_size=1, max_size=4),
+    max_rate=st.none() | st.integers(1, 10_000),
+    charge_rate=st.integers(1, 10_000),
+    name_lot=st.integers(1, 6),
+    name_rate=st.none() | st.integers(1, 10_000),
+    stream=st.booleans(),
+)
+def test_any_named_rate__signing_goes_on_exactly_when_it_is_within_the_max_the_lot_s_and_the_cost_s(
+    tmp_path_factory: pytest.TempPathFactory,
+    lots: dict[int, int],
+    max_rate: int | None,
+    charge_rate: int,
+    name_lot: int,
+    name_rate: int | None,
+    stream: bool,
+) -> None:
+    gateway = FakeSignedGateway(lanes=1, lots={1: BASIS_BPS, **lots}, charge_rate=charge_rate, name_lot=name_lot,
+                                name_rate=name_rate)  # fmt: skip
+    signer = _signer(gateway, tmp_path_factory.mktemp("rates") / "v.log", max_rate_bps=max_rate)
+    answer = _ask(gateway, signer, "chat stream" if stream else "chat")
+    most = max_rate if max_rate is not None else max({1: BASIS_BPS, **lots}.values())
+    assert gateway.max_rates == [str(most)]
+    if answer.status_code != 200:  # the hold at the max rate cannot pay the input at the charged rate
+        assert charge_rate > most
+        return
+    listed = {1: BASIS_BPS, **lots}.get(name_lot)
+    at = name_rate if name_rate is not None else BASIS_BPS
+    cost = gateway.true_costs[0]
+    fits = cost == metering.usage_cost(RATES.scaled(ASSET, Fraction(at, BASIS_BPS)), gateway.usages[0])
+    honest = (name_rate is None or (name_rate <= most and listed in (None, name_rate))) and fits
+    assert (signer.stopped is None) == honest, (signer.stopped, most, listed)
+    if honest:
+        assert signer.book.lanes[0].charged == gateway.book[0].charged == cost
+
+
+@pytest.mark.parametrize(("honest", "reason"), [(True, None), (False, "/v1/models gave it 60 %")])
+def test_proxy__pricier_lot__max_rate_sent_named_rate_checked(tmp_path: Path, honest: bool, reason: str | None) -> None:
+    import asyncio
+
+    from promptex.buyerside.proxy import create_proxy
+
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS, charge_rate=9_000, name_lot=2 if honest else 1, name_rate=9_000)
+    signer = _signer(gateway, tmp_path / "v.log", max_rate_bps=9_500)
+
+    async def main() -> list[int]:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        codes = []
+        for ask in ("chat", "chat stream"):
+            path, body = ASKS[ask]
+            answer = await local.post(path, json={"model": MODEL, **body})
+            codes.append(answer.status_code)
+        return codes
+
+    codes = asyncio.run(main())
+    assert gateway.max_rates[0] == "9500"
+    if honest:
+        assert codes == [200, 200] and signer.stopped is None and gateway.max_rates == ["9500", "9500"]
+        assert signer.book.lanes[0].charged == sum(gateway.true_costs)
+    else:
+        assert signer.stopped is not None and reason is not None and reason in signer.stopped
+        assert codes == [200, 402]  # the next request is refused here, unsent
+
+
+@pytest.mark.parametrize(
+    ("given", "bps"), [("0.9", 9_000), ("90%", 9_000), ("87.5 %", 8_750), ("1", 10_000), ("0.0001", 1)]
+)
+def test_cli_max_rate__fraction_or_percentage__basis_points(given: str, bps: int) -> None:
+    from promptex.cli.proxy import max_rate_bps
+
+    assert max_rate_bps(given) == bps
+
+
+@pytest.mark.parametrize("given", ["0", "1.5", "101%", "0.00001", "ninety", "-0.5", "nan", "inf%", ""])
+def test_cli_max_rate__outside_0_to_list_price__one_line(given: str) -> None:
+    import click
+
+    from promptex.cli.proxy import max_rate_bps
+
+    with pytest.raises(click.ClickException) as refused:
+        max_rate_bps(given)
+    assert "\n" not in refused.value.message and "--max-rate" in refused.value.message
