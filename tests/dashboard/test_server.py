@@ -324,7 +324,8 @@ def test_session_keys__refused__readable_and_nothing_queued(dashboard, case, sta
 def test_session_keys__what_the_vault_would_refuse_or_cut__400_and_nothing_queued(dashboard):
     """Refused at once rather than stored to fail at the relay (or be cut by the vault): a
     replayed SessionKey (its nonce's session is registered), an expiry past or beyond the
-    vault's range, a maximum beyond what the vault holds. (One test: one dashboard.)"""
+    vault's range, a maximum beyond what the vault holds, the next one while the registered
+    session's vouchers still settle. (One test: one dashboard.)"""
     from promptex.coordinator.store import CoordinatorStore
 
     wallet = Account.create()
@@ -344,8 +345,14 @@ def test_session_keys__what_the_vault_would_refuse_or_cut__400_and_nothing_queue
     ]:
         answer = dashboard.post("/api/session-keys", headers=headers, json=form)
         assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+    next_one = session_form(dashboard, wallet, nonce=1)  # while session 0 is in force: the vault would refuse it
+    answer = dashboard.post("/api/session-keys", headers=headers, json=next_one)
+    assert answer.status_code == 409 and "session 0 in USDC is in force until" in answer.json()["error"], answer.text
     assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
-    fresh = dashboard.post("/api/session-keys", headers=headers, json=session_form(dashboard, wallet, nonce=1))
+    dashboard.ledger.revoke_session(
+        f"0x{time.monotonic_ns():064x}:1", address=wallet.address, asset="USDC", session=0, ends_at=int(time.time()) - 1
+    )  # revoked, and its vouchers no longer settle
+    fresh = dashboard.post("/api/session-keys", headers=headers, json=next_one)
     assert fresh.status_code == 200, fresh.text
 
 

@@ -191,7 +191,18 @@ def test_door__session_key__queued_when_signed_by_a_bound_wallet(world: World) -
     ]:
         status, refusal = world.post(body(wallet, **change), "/v1/session-keys")
         assert (status, refusal["error"]["code"]) == (400, code), refusal
+    # While session 0's vouchers settle the vault takes no next one: refused, saying why and until when.
+    status, refusal = world.post(body(wallet, nonce=1), "/v1/session-keys")
+    assert (status, refusal["error"]["code"]) == (409, "session_not_over"), refusal
+    said = refusal["error"]["message"]
+    assert f"session 0 in USDC is in force until {utc_text(terms['expiry'])}: revoke it first" in said
+    ends_at = world.chain.now() + 15
+    world.book.revoke_session(event_id(), address=wallet.address, asset="USDC", session=0, ends_at=ends_at)
+    status, refusal = world.post(body(wallet, nonce=1), "/v1/session-keys")
+    assert (status, refusal["error"]["code"]) == (409, "session_not_over"), refusal
+    assert f"its vouchers settle until {utc_text(ends_at)}" in refusal["error"]["message"]
     assert world.coordinator.store.session_keys() == []
+    world.chain.time = ends_at + 1  # the revoked session's last window is over
     got, answer = world.post(body(wallet, nonce=1), "/v1/session-keys")
     assert got == 200 and answer["account"] == wallet.address
     (queued,) = world.coordinator.store.session_keys()

@@ -38,6 +38,7 @@ from starlette.routing import Route
 from promptex.coordinator.requests import (
     Place,
     Refused,
+    check_previous_session_over,
     check_session_key_fresh,
     check_session_key_wallet,
     parse_exit_request,
@@ -154,7 +155,9 @@ class Door:
             )  # fmt: skip
         check_session_key_wallet(request, store.wallet_of(account))
         latest, _lanes = store.session_lanes(account, request.asset)
-        check_session_key_fresh(request, self.coordinator.chain.now(), None if latest is None else latest.session)
+        now = self.coordinator.chain.now()
+        check_session_key_fresh(request, now, None if latest is None else latest.session)
+        check_previous_session_over(request, now, latest)
         self._limit(request.account)
         queued = queue_session_key(store, request, self.coordinator.clock())
         return {"queued": queued, "account": request.account, "asset": request.asset, "nonce": request.nonce}

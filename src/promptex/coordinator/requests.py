@@ -16,6 +16,7 @@ from typing import Any
 from promptex.chain.deployments import Deployment
 from promptex.coordinator.store import CapSubmission, CoordinatorStore, SessionKeySubmission
 from promptex.ledger.binding import checksum_address
+from promptex.ledger.sessions import SessionKey
 from promptex.protocol.eip712 import recover_digest
 from promptex.protocol.units import MAX_UINT256, money, utc_text
 from promptex.protocol.vault import MAX_CAP_EXPIRY, MAX_CAP_TOTAL, MAX_LANES, exit_request_digest, session_key_digest
@@ -189,6 +190,32 @@ def check_session_key_fresh(request: SessionRequest, now: int, latest_session: i
         raise Refused(
             400, "replayed", f"nonce {request.nonce} is of a session already registered (the latest is "
             f"{latest_session}): sign a SessionKey with nonce {latest_session + 1}", field="nonce",
+        )  # fmt: skip
+
+
+def check_previous_session_over(request: SessionRequest, now: int, latest: SessionKey | None) -> None:
+    """Refuse (409 session_not_over) a SessionKey while the account's newest session in the
+    asset, as the ledger knows it, still settles vouchers: the vault takes the next one only
+    after its last window (`CreditsVaultSigned._register_session`), so the relay would send it
+    for a rejection, and the buyer's grant would hold a key the vault never had. In force
+    (before its expiry, not revoked): revoke it first; revoked: its vouchers settle until
+    `ends_at`. An expired one's last window ends up to two windows after its expiry, which
+    the ledger does not know: left to the vault. A spend cap set after it proves it over."""
+    if latest is None or latest.capped_by is not None:
+        return
+    if latest.revoked_at is None and now < latest.expiry:
+        raise Refused(
+            409, "session_not_over",
+            f"session {latest.session} in {request.asset} is in force until {utc_text(latest.expiry)}: revoke it "
+            f"first (`promptex session revoke --asset {request.asset}`), then sign the next once its vouchers no "
+            "longer settle (the close of the window after)", session=latest.session,
+        )  # fmt: skip
+    if latest.revoked_at is not None and latest.ends_at is not None and now <= latest.ends_at:
+        raise Refused(
+            409, "session_not_over",
+            f"session {latest.session} in {request.asset} was revoked; its vouchers settle until "
+            f"{utc_text(latest.ends_at)} and the vault takes the next SessionKey only after that: sign it then",
+            session=latest.session,
         )  # fmt: skip
 
 

@@ -5,7 +5,8 @@ POST /api/session-keys  (Bearer key) a SessionKey signed by the wallet the key's
                         which registers it on chain on its next pass (gaslessly for the wallet)
 
 The checks are the coordinator's door's own (`coordinator.requests`: the signature, then
-`check_session_key_wallet` and `check_session_key_fresh`): one verification for both
+`check_session_key_wallet`, `check_session_key_fresh` and `check_previous_session_over`): one
+verification for both
 entrances, nothing stored for a refused key. The session key's private key never reaches
 the server: only its address and the wallet's signature do.
 """
@@ -20,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from promptex.coordinator.requests import (
     Place,
     Refused,
+    check_previous_session_over,
     check_session_key_fresh,
     check_session_key_wallet,
     parse_session_key,
@@ -46,6 +48,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         try:
             check_session_key_wallet(asked, debited)
             check_session_key_fresh(asked, ctx.clock(), None if latest is None else latest.session)
+            check_previous_session_over(asked, ctx.clock(), latest)
             queued = await ctx.run(queue_session_key, store, asked, ctx.clock())  # 409: its nonce queued already
         except Refused as exc:
             raise ApiError(exc.status, exc.message) from None
