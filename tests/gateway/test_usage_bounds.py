@@ -27,10 +27,10 @@ from promptex.buyerside.answers import AnswerRefused, bounds, check_counts, usag
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.gateway import fronts
-from promptex.gateway.adapters import COMPLETIONS, ShowsCharged, anthropic_usage_of
+from promptex.gateway.adapters import COMPLETIONS, OpenAIStream, ShowsCharged, anthropic_usage_of
 from promptex.gateway.charges import Charge
 from promptex.gateway.errors import GatewayError
-from promptex.gateway.messages import asks_reasoning
+from promptex.gateway.messages import FromChatStream, NativeStream, asks_reasoning
 from promptex.gateway.requests import validate
 from promptex.gateway.service import LISTED, Gateway, Priced
 from promptex.metering import TokenUsage, load_catalog, produced
@@ -585,3 +585,34 @@ def test_finish__usage_costing_more_than_the_hold__charged_the_hold_and_logged(
     warned = [r.getMessage() for r in caplog.records if r.name == "promptex.gateway"]
     assert warned == [f"request req-cap: lot 7's usage costs {cost} USDC units, more than its hold of {cost - 1}: "
                       "charged the hold"]  # fmt: skip
+
+
+def test_stream_with_a_lone_surrogate__relayed_and_counted_alike_by_the_gateway_and_the_signing_proxy() -> None:
+    """An upstream's text with an unpaired UTF-16 surrogate escape (an emoji cut in two at a
+    token's edge): orjson refuses it, so the gateway dropped the chunk (its client never got
+    it, its bytes not counted: output charged as if not produced, the seller's loss) and the
+    signing proxy took it for the stream's end. Now read with U+FFFD (3 bytes), relayed as sent."""
+    text_bytes = len("a\ufffd b".encode())
+    chat = ('data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+            '"delta":{"content":"a\\ud83d b"},"finish_reason":null}]}')  # fmt: skip
+    stream = OpenAIStream(include_usage=False)
+    relayed = stream.feed(chat)
+    assert relayed == [chat.encode() + b"\n\n"] and stream.produced == 1
+    assert stream.produced_bytes == text_bytes + ANSWER_FRAME_BYTES
+    watch = StreamWatch()
+    watch.feed(relayed[0])
+    assert watch.produced(framed=True) == stream.produced_bytes and not watch.ended
+
+    event = '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\\udc00 b"}}'
+    native = NativeStream()
+    native.feed("event: content_block_delta")
+    relayed = native.feed("data: " + event)
+    assert relayed == [b"event: content_block_delta\ndata: " + event.encode() + b"\n\n"] and native.produced == 1
+    assert native.produced_bytes == text_bytes + ANSWER_FRAME_BYTES
+    watch = StreamWatch()
+    watch.feed(relayed[0])
+    assert watch.produced(framed=True) == native.produced_bytes
+
+    translated = FromChatStream(OpenAIStream(include_usage=False), "m")  # a Messages request on a chat lot
+    shown = b"".join(translated.feed(chat))
+    assert "a\ufffd b".encode() in shown and translated.produced_bytes == text_bytes + ANSWER_FRAME_BYTES

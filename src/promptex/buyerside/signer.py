@@ -48,7 +48,7 @@ from promptex.buyerside.wire import (
 from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
 from promptex.gateway.errors import percent
-from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, read_json, visible_bytes
 from promptex.protocol.units import BPS, money_exact
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
@@ -691,7 +691,7 @@ class Signer:
 
     def _answer(self, ticket: Ticket, headers: Mapping[str, str], content: bytes) -> None:
         try:
-            body = orjson.loads(content)
+            body = read_json(content)
         except orjson.JSONDecodeError:
             body = None
         cost, after = units(headers.get(COST_UNITS_HEADER)), units(headers.get(LANE_CHARGED_HEADER))
@@ -961,7 +961,7 @@ class StreamWatch:
         if not line.startswith(b"data:"):
             return out
         try:
-            event = orjson.loads(line[5:])
+            event = read_json(line[5:])
         except orjson.JSONDecodeError:
             return self._release() + out  # [DONE]
         if not isinstance(event, dict):

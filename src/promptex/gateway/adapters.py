@@ -21,7 +21,7 @@ import orjson
 from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import bad_request
 from promptex.metering import TokenUsage, anthropic_usage
-from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, read_json, visible_bytes
 from promptex.metering.produced import CHAT as CHAT
 from promptex.metering.produced import COMPLETIONS as COMPLETIONS
 from promptex.metering.produced import EMBEDDINGS as EMBEDDINGS
@@ -399,7 +399,7 @@ class ViaChat:
 
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         chat, usage = self.inner.answer(CHAT, content, model)
-        out = self.answer_of(orjson.loads(chat), usage, model)
+        out = self.answer_of(read_json(chat), usage, model)
         if bound is not None:
             usage = bound(usage, visible_bytes(self.endpoint, out))
             out["usage"] = self.usage_json(usage)
@@ -412,7 +412,7 @@ class ViaChat:
 def read_answer(content: bytes, usage_of: Callable[[Any], TokenUsage | None]) -> tuple[dict[str, Any], TokenUsage]:
     """An upstream answer's JSON object and its usage (read by `usage_of`), or MissingUsage."""
     try:
-        body = orjson.loads(content)
+        body = read_json(content)
     except orjson.JSONDecodeError:
         raise MissingUsage("the upstream answer is not JSON") from None
     usage = usage_of(body.get("usage")) if isinstance(body, dict) else None
@@ -473,7 +473,7 @@ class ChatTranslation:
     def _read(self, frames: list[bytes]) -> list[bytes]:
         for raw in frames:
             if raw.startswith(b"data: {"):
-                self.chunk(orjson.loads(raw[6:]))
+                self.chunk(read_json(raw[6:]))
         out, self._events = self._events, []
         return out
 
@@ -529,7 +529,7 @@ class OpenAIStream:
             self.finished = True
             return []
         try:
-            chunk = orjson.loads(data)
+            chunk = read_json(data)
         except orjson.JSONDecodeError:
             return []
         if not isinstance(chunk, dict):
@@ -806,7 +806,7 @@ class AnthropicStream:
         if not line.startswith("data:"):
             return []
         try:
-            event = orjson.loads(line[5:].strip())
+            event = read_json(line[5:].strip())
         except orjson.JSONDecodeError:
             return []
         kind = event.get("type")

@@ -40,7 +40,7 @@ from promptex.gateway.charges import FIELD, Charge
 from promptex.gateway.errors import GatewayError, bad_request
 from promptex.gateway.requests import PER_REQUEST
 from promptex.metering import ModelPrice, TokenUsage
-from promptex.metering.produced import ANSWER_FRAME_BYTES, visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, read_json, visible_bytes
 from promptex.metering.produced import MESSAGES as MESSAGES
 
 IMAGE_TOKENS = 1_600  # Anthropic resizes an image to at most ~1.15 megapixels: ≤ ~1,600 tokens
@@ -308,7 +308,7 @@ class NativeStream:
             return []
         data = line[5:].strip()
         try:
-            event = orjson.loads(data)
+            event = read_json(data)
         except orjson.JSONDecodeError:
             return []
         if not isinstance(event, dict):

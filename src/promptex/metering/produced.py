@@ -16,6 +16,8 @@ package sits below the gateway and imports none of it.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
@@ -49,6 +51,40 @@ RESPONSE_ITEM_FRAME = frozenset({"id", "status"})
 # (~190 tokens, 3 bytes of strings) stopped signing. In a stream they come as
 # `input_json_delta` strings (`partial_json`), counted as any string.
 TOOL_INPUT = "input"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # what json.loads leaves of an unpaired "\\ud800"
+REPLACEMENT = "\ufffd"
+
+
+def read_json(data: str | bytes) -> Any:
+    """An upstream's JSON (a stream's event, an answer) as both sides read it: orjson's, but
+    a string with a lone UTF-16 surrogate escape ("\\ud800" unpaired: a model may cut an emoji
+    in two), which orjson refuses, is read with each lone surrogate as U+FFFD (3 bytes of
+    text, as a client decoding it shows it) — before (s16 open 4), the gateway dropped such
+    a chunk (its client never got it, its text was not counted: charged as if not produced,
+    the seller's loss) and the signing proxy took it for the stream's end. Anything else
+    orjson refuses is refused (orjson.JSONDecodeError), as before."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as refused:
+        if "surrogate" not in str(refused):  # orjson's words for it; any other refusal stands
+            raise
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise refused from None
+        return _without_lone_surrogates(value)
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def text_bytes(value: Any) -> int:
