@@ -191,3 +191,43 @@ def test_cli_max_rate__outside_0_to_list_price__one_line(given: str) -> None:
     with pytest.raises(click.ClickException) as refused:
         max_rate_bps(given)
     assert "\n" not in refused.value.message and "--max-rate" in refused.value.message
+
+
+def test_proxy__rates_read_again__a_pricier_lot_opened_since_is_used_within_the_new_default(tmp_path: Path) -> None:
+    import asyncio
+
+    from promptex.buyerside.proxy import create_proxy, refresh_rates
+
+    gateway = FakeSignedGateway(lanes=1, lots={1: 6_000})
+    signer = _signer(gateway, tmp_path / "v.log")
+    assert signer.max_rate(MODEL) == 6_000
+    gateway.lots, gateway.charge_rate, gateway.name_lot, gateway.name_rate = {1: 6_000, 3: 9_500}, 9_500, 3, 9_500
+
+    async def main() -> int:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        await refresh_rates(signer, upstream)
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        path, body = ASKS["chat"]
+        return (await local.post(path, json={"model": MODEL, **body})).status_code
+
+    assert asyncio.run(main()) == 200
+    assert gateway.max_rates == ["9500"] and signer.stopped is None
+    assert signer.book.lanes[0].charged == sum(gateway.true_costs) > 0
+
+
+def test_proxy__rates_not_readable_again__the_book_read_before_kept(tmp_path: Path) -> None:
+    import asyncio
+
+    from promptex.buyerside.proxy import refresh_rates
+
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    book = signer.rates
+    broken = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(500)), base_url="http://g")
+    empty = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"data": []})),
+                              base_url="http://g")  # fmt: skip
+    asyncio.run(refresh_rates(signer, broken))
+    asyncio.run(refresh_rates(signer, empty))
+    assert signer.rates is book

@@ -11,6 +11,8 @@ sign is answered here in the API's own error shape, with one log line saying why
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,6 +39,9 @@ from promptex.buyerside.transport import metered_path
 from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.proxy")
+# The gateway's /v1/models is read again this often (`refresh_rates`): lots open and close,
+# and each request's default max rate is the highest its model's lots ask (`Signer.max_rate`).
+RATES_REFRESH_SECONDS = 300.0
 # Request headers a client's SDK sets that the gateway should see (its key is replaced).
 PASSED = ("content-type", "accept", "anthropic-version", "anthropic-beta", "x-request-id")
 # Hop-by-hop or no longer true once the proxy re-frames the body.
@@ -48,8 +53,36 @@ def _headers(response: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.lower() not in DROPPED}
 
 
-def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
-    """The app; `gateway` has the gateway's base URL (without /v1) and the buyer's API key."""
+async def refresh_rates(signer: Signer, gateway: httpx.AsyncClient) -> None:
+    """Read the gateway's /v1/models again into the signer's rate book (`Signer.refresh`);
+    when it cannot be read, the book read before is kept (one log line)."""
+    try:
+        answer = await gateway.get("/v1/models", headers={ASSET_HEADER: signer.session.asset_symbol})
+        answer.raise_for_status()
+        signer.refresh(answer.json())
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("the gateway's /v1/models was not read again (%s): the rates read before are kept", exc)
+
+
+def create_proxy(
+    signer: Signer, gateway: httpx.AsyncClient, refresh_seconds: float | None = RATES_REFRESH_SECONDS
+) -> Starlette:
+    """The app; `gateway` has the gateway's base URL (without /v1) and the buyer's API key.
+    While it runs (its lifespan) the gateway's rates are read again every `refresh_seconds`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def every(seconds: float) -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                await refresh_rates(signer, gateway)
+
+        task = asyncio.create_task(every(refresh_seconds)) if refresh_seconds else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
 
     def refuse(path: str, refused: Refused) -> Response:
         log.warning("refused %s: %s", path, refused.message)
@@ -173,8 +206,9 @@ def create_proxy(signer: Signer, gateway: httpx.AsyncClient) -> Starlette:
         )
 
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/promptex/status", status, methods=["GET"]),
             Route("/v1/{rest:path}", forward, methods=["GET", "POST"]),
-        ]
+        ],
     )

@@ -293,19 +293,24 @@ class Signer:
             lane.closed = lane.allowance = lane.slack = lane.closed_weight = lane.reasoning = 0
         return cleared
 
-    def hold_for(self, endpoint: str, body: dict[str, Any], raw: bytes = b"") -> tuple[int, Bounds, metering.Rates]:
+    def hold_for(
+        self, endpoint: str, body: dict[str, Any], raw: bytes = b"", book: RateBook | None = None
+    ) -> tuple[int, Bounds, metering.Rates]:
+        """A request's hold, its bounds and the rates the hold is at (`book`: the rate book
+        to read, one for the whole request: `rates` may be replaced meanwhile, `refresh`)."""
+        book = book or self.rates
         try:
-            bound = answers.bounds(endpoint, body, self.rates)
+            bound = answers.bounds(endpoint, body, book)
         except ValueError as exc:
             raise Refused(400, "invalid_request", str(exc)) from None
-        if not self.rates.reasons(bound.model, endpoint, body):  # its reported reasoning is visible output
+        if not book.reasons(bound.model, endpoint, body):  # its reported reasoning is visible output
             bound = dataclasses.replace(bound, reasoning=False)
-        rates = self.rates.get(bound.model, self.session.asset_symbol)
+        rates = book.get(bound.model, self.session.asset_symbol)
         if rates is None:
             raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")
-        most = self.max_rate(bound.model)
+        most = self.max_rate(bound.model, book)
         if most is not None:  # held for a lot at the most it pays: any lot within it may serve
-            rates = self.rates.at(bound.model, self.session.asset_symbol, most) or rates
+            rates = book.at(bound.model, self.session.asset_symbol, most) or rates
         hold = metering.upper_bound(
             rates, bound.input_bound, self._output(endpoint, bound), cache_writes=may_write_cache(raw, body)
         )
@@ -317,12 +322,22 @@ class Signer:
             )
         return hold, bound, rates
 
-    def max_rate(self, model: str) -> int | None:
+    def max_rate(self, model: str, book: RateBook | None = None) -> int | None:
         """The most a listed lot may charge a request to `model` (basis points of list price,
         sent with it: the gateway routes it only to lots at or below it): the one set
         (`max_rate_bps`), else the highest rate /v1/models listed for the model when this
-        side opened (a lot at a higher rate opened since is not used; None: it listed none)."""
-        return self.max_rate_bps if self.max_rate_bps is not None else self.rates.highest(model)
+        side opened or last read it (`refresh`; a lot at a higher rate opened since is not
+        used; None: it listed none)."""
+        return self.max_rate_bps if self.max_rate_bps is not None else (book or self.rates).highest(model)
+
+    def refresh(self, models: Any) -> None:
+        """Read the gateway's /v1/models answer again (`RateBook.from_models`, with the same
+        local catalog): the lots and rates requests signed from now on are held and checked at
+        (one in flight keeps the max rate it was signed with). The proxy does it every
+        `proxy.RATES_REFRESH_SECONDS`; an answer listing no model keeps the book."""
+        book = RateBook.from_models(models, self.rates.catalog)
+        if book.rates:
+            self.rates = book
 
     def charge_rates(self, ticket: Ticket, lot: Any, rate: Any) -> metering.Rates:
         """The rates an answer's charge is checked at: those of the rate the gateway names
@@ -391,7 +406,8 @@ class Signer:
         endpoint = answers.ENDPOINTS.get(path)
         if endpoint is None:
             raise Refused(404, "not_metered", f"{path} is not a metered path")
-        hold, bound, rates = self.hold_for(endpoint, body, raw)
+        book = self.rates  # one book for the whole request (`refresh` may replace it meanwhile)
+        hold, bound, rates = self.hold_for(endpoint, body, raw, book)
         try:
             lane = self.book.acquire(wait)
         except NoFreeLane as exc:
@@ -450,7 +466,7 @@ class Signer:
         return Ticket(
             endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before,
             output=self._output(endpoint, bound), cache_writes=may_write_cache(raw, body),
-            max_rate=self.max_rate(bound.model), advertised=self.rates.get(bound.model, self.session.asset_symbol),
+            max_rate=self.max_rate(bound.model, book), advertised=book.get(bound.model, self.session.asset_symbol),
         )  # fmt: skip
 
     # ─── After it ────────────────────────────────────────────────────────────
