@@ -222,3 +222,33 @@ def test_ledger_named_from_home_or_as_a_uri__found(
     shown = run("balance", "--account", str(buyer))
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.startswith(f"account {buyer} (ada)")
+
+
+def test_balance__signed_mode_then_its_session_over_then_a_spend_cap__says_how_it_pays(ledger: Ledger) -> None:
+    """An asset paid in signed mode, or whose session is over with no spend cap since (its
+    requests refused: nothing said so in the balance, whose "cap left" was the session's
+    maximum), gets a line saying so and how to go on; --json names each asset's mode."""
+    buyer = ledger.create_account(AccountKind.USER, "ada").id
+    wallet = fund(ledger, buyer, "USDC", 50 * USDC)
+    ledger.register_session(
+        "0x" + "01" * 32 + ":0", address=wallet, asset="USDC", asset_address="0x" + "cd" * 20, chain_id=31337,
+        vault="0x" + "ab" * 20, key="0x" + "ef" * 20, session=1, lanes=2, maximum=20 * USDC,
+        expiry=ledger.clock() + 3_600, signed_from=2,
+    )  # fmt: skip
+
+    def said() -> tuple[str, str]:
+        shown = run("balance", "--account", str(buyer))
+        assert shown.exit_code == 0, shown.output
+        (asset,) = json.loads(run("balance", "--account", str(buyer), "--json").stdout)["balances"]
+        return shown.stdout, asset["mode"]
+
+    text, mode = said()
+    assert mode == "signed" and "USDC: signed mode, session 1: each request carries a voucher" in text
+    ledger.revoke_session("0x" + "02" * 32 + ":0", address=wallet, asset="USDC", session=1, ends_at=ledger.clock())
+    text, mode = said()
+    assert mode == "neither" and "USDC: session 1 is over and no spend cap was set since" in text
+    assert "`promptex wallet spend-cap --asset USDC …`" in text and "`promptex session create --asset USDC`" in text
+    ledger.apply_chain_facts(lambda facts: facts.register_spend_cap("0x" + "03" * 32 + ":0", wallet, "USDC", USDC))
+    text, mode = said()
+    assert mode == "capped" and "session 1" not in text
+    assert_human(text, "buyer balance")

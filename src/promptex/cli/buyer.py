@@ -348,10 +348,12 @@ def whose_options(fn: click.decorators.FC) -> click.decorators.FC:
 @click.option("--json", "as_json", is_flag=True, help="exact smallest units, as JSON")
 def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, as_json: bool) -> None:
     """What an account can spend, per asset: spendable, held by requests in flight (whatever
-    pays them), leaving the vault, what its spend cap has left, and promotional credit left."""
+    pays them), leaving the vault, what its spend cap has left, and promotional credit left;
+    and an asset it pays in signed mode, or whose session is over with no spend cap since."""
     import json
 
     from promptex.ledger import Ledger
+    from promptex.ledger.sessions import CAPPED, SIGNED, mode
     from promptex.metering.assets import ASSETS
     from promptex.protocol.units import balance_text
     from promptex.protocol.vault import MAX_CAP_TOTAL
@@ -372,11 +374,14 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
             if any((b.posted, b.held, b.locked, promotional)):
                 rows.append((symbol, b, promotional, promo_held))
         bound = ledger.wallets(account)
+        sessions = {symbol: ledger.session(account, symbol) for symbol, *_ in rows}
+        modes = {symbol: mode(newest, ledger.clock()) for symbol, newest in sessions.items()}
     if as_json:
         payload = [
             {"asset": symbol, "spendable_units": str(b.spendable), "held_units": str(b.held),
              "leaving_units": str(b.locked), "cap_left_units": str(b.cap_remaining),
-             "promotional_units": str(promotional), "promotional_held_units": str(promo_held)}
+             "promotional_units": str(promotional), "promotional_held_units": str(promo_held),
+             "mode": modes[symbol]}
             for symbol, b, promotional, promo_held in rows
         ]  # fmt: skip
         click.echo(json.dumps({"account": account, "wallets": bound, "balances": payload}, indent=2))
@@ -398,6 +403,20 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
             f"{symbol:<6} {balance_text(b.spendable, symbol):>20} {balance_text(held, symbol):>18} "
             f"{balance_text(b.locked, symbol):>18} {cap:>20} {balance_text(promo_left, symbol):>18}"
         )
+    for symbol, newest in sessions.items():  # signed mode: its cap left is the session's maximum left
+        if newest is None or modes[symbol] == CAPPED:
+            continue
+        if modes[symbol] == SIGNED:
+            click.echo(
+                f"{symbol}: signed mode, session {newest.session}: each request carries a voucher (`promptex proxy`); "
+                "promotional credit does not pay it"
+            )
+        else:
+            click.echo(
+                f"{symbol}: session {newest.session} is over and no spend cap was set since: nothing is spent until "
+                f"one is (`promptex wallet spend-cap --asset {symbol} …`, once its vouchers no longer settle) or a new "
+                f"session starts (`promptex session create --asset {symbol}`)"
+            )
 
 
 def _since(text: str | None) -> int | None:
