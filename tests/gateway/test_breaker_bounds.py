@@ -5,6 +5,7 @@ draw disagree, or a hold fall short of what is charged. A canned upstream
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import httpx
@@ -390,6 +391,8 @@ def test_responses_answer__its_item_id_and_status_are_no_room_for_output(
 def test_summarized_thinking__billed_whole_within_its_budget__charged_and_the_signing_proxy_agrees(
     gw: Harness,
     canned: tuple[Canned, Fake],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Anthropic reports one `output_tokens`, thinking inside it, and Claude 4 shows a summary
     of its thinking, billed whole. An honest answer — 4,000 tokens of thinking summarized in
@@ -419,3 +422,14 @@ def test_summarized_thinking__billed_whole_within_its_budget__charged_and_the_si
         check_counts(bounds(MESSAGES, body), shown, visible_bytes(MESSAGES, answer.json()))  # the proxy agrees
     with pytest.raises(AnswerRefused, match="4003 output tokens reported"):  # asked no thinking: no room
         check_counts(bounds(MESSAGES, {**request, "thinking": {"type": "disabled"}}), TokenUsage(8, 4_003), 98)
+    # A model the catalog says never reasons has no thinking to bill: no room, on either side.
+    plain = dataclasses.replace(load_catalog(CATALOG).price("fake-claude"), reasoning=False)
+    monkeypatch.setitem(gw.gateway.catalog.models, "fake-claude", plain)
+    answer = httpx.post(gw.url + "/v1/messages", json=request, headers=headers, timeout=30)
+    shown = usage_of(MESSAGES, answer.json())
+    assert answer.status_code == 200 and shown is not None and shown.output_tokens == 35 + 12 + 3 + 48
+    grant, _, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    assert signer.hold_for(MESSAGES, request)[1].prediction_bytes == 5_000
+    monkeypatch.setitem(signer.rates.catalog.models, "fake-claude", plain)  # type: ignore[union-attr]
+    assert signer.hold_for(MESSAGES, request)[1].prediction_bytes == 0

@@ -30,7 +30,7 @@ from promptex.gateway import fronts
 from promptex.gateway.adapters import COMPLETIONS, OpenAIStream, ShowsCharged, anthropic_usage_of
 from promptex.gateway.charges import Charge
 from promptex.gateway.errors import GatewayError
-from promptex.gateway.messages import FromChatStream, NativeStream, asks_reasoning
+from promptex.gateway.messages import FromChatStream, NativeStream, asks_reasoning, may_reason
 from promptex.gateway.requests import validate
 from promptex.gateway.service import LISTED, Gateway, Priced
 from promptex.metering import TokenUsage, load_catalog, produced
@@ -339,10 +339,10 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     adapter = fronts.adapter(endpoint, api, LIMIT, body)
     adapter.call(endpoint, body, "http://upstream", "key")
     rates = metering.list_rates(load_catalog(CATALOG).price(model))
-    priced = Priced(load_catalog(CATALOG).price(model), "USDC", LISTED, [], {}, 1, output=LIMIT,
-                    input_bound=input_bound, prediction_bytes=produced.unshown_output(endpoint, body),
-                    endpoint=endpoint,
-                    asks_reasoning=asks_reasoning(endpoint, body))  # fmt: skip
+    price, asks = load_catalog(CATALOG).price(model), asks_reasoning(endpoint, body)
+    unshown = produced.unshown_output(endpoint, body, may_think=may_reason(price, asks))  # as Gateway.price
+    priced = Priced(price, "USDC", LISTED, [], {}, 1, output=LIMIT, input_bound=input_bound,
+                    prediction_bytes=unshown, endpoint=endpoint, asks_reasoning=asks)  # fmt: skip
     gateway = SimpleNamespace(_list_rates=lambda _: rates)
     lot = SimpleNamespace(id=1, api=api)
     charge = functools.partial(Gateway.bounded, gateway, priced, "req", lot)  # type: ignore[arg-type]

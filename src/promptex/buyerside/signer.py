@@ -48,7 +48,7 @@ from promptex.buyerside.wire import (
 from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
 from promptex.gateway.errors import percent
-from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, read_json, visible_bytes
+from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, read_json, unshown_output, visible_bytes
 from promptex.protocol.units import BPS, money_exact
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
 
@@ -303,8 +303,10 @@ class Signer:
             bound = answers.bounds(endpoint, body, book)
         except ValueError as exc:
             raise Refused(400, "invalid_request", str(exc)) from None
-        if not book.reasons(bound.model, endpoint, body):  # its reported reasoning is visible output
-            bound = dataclasses.replace(bound, reasoning=False)
+        if not book.reasons(bound.model, endpoint, body):  # its reported reasoning is visible output,
+            # and its thinking budget no room (`produced.unshown_output`), as the gateway charges
+            unshown = unshown_output(endpoint, body, may_think=False)
+            bound = dataclasses.replace(bound, reasoning=False, prediction_bytes=unshown)
         rates = book.get(bound.model, self.session.asset_symbol)
         if rates is None:
             raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")

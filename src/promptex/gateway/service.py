@@ -442,6 +442,7 @@ class Gateway:
         rates = {lot.id: self._rates(model, asset, lot.rate_bps, twap) for lot in free}
         hold = max(metering.upper_bound(r, input_estimate, output, cache_writes=cache_writes) for r in rates.values())
         bound = max(1, metering.upper_bound(self._list_rates(model), input_estimate, output, cache_writes=cache_writes))
+        asks = asks_reasoning(endpoint, body)
         priced = Priced(
             price,
             asset,
@@ -459,8 +460,8 @@ class Gateway:
             cache_writes=cache_writes,
             endpoint=endpoint,
             claims=[LotClaim(lot.id, bound) for lot in free],
-            prediction_bytes=produced.unshown_output(endpoint, body),
-            asks_reasoning=asks_reasoning(endpoint, body),
+            prediction_bytes=produced.unshown_output(endpoint, body, may_think=may_reason(price, asks)),
+            asks_reasoning=asks,
         )
         return priced, output
 

@@ -187,11 +187,12 @@ def thinking_budget(endpoint: str, body: Any) -> int:
     return limit
 
 
-def unshown_output(endpoint: str, body: Any) -> int:
+def unshown_output(endpoint: str, body: Any, *, may_think: bool = True) -> int:
     """The output tokens an answer to `body` may be billed beyond its text (`visible_limit`'s
-    `predicted_bytes`): its prediction's bytes (`prediction_bytes`) and its thinking budget
-    (`thinking_budget`)."""
-    return prediction_bytes(endpoint, body) + thinking_budget(endpoint, body)
+    `predicted_bytes`): its prediction's bytes (`prediction_bytes`) and, for a model that may
+    think (`may_think`: not one the catalog says never reasons, as its reported reasoning
+    is not kept either), its thinking budget (`thinking_budget`)."""
+    return prediction_bytes(endpoint, body) + (thinking_budget(endpoint, body) if may_think else 0)
 
 
 def visible_output(usage: TokenUsage) -> int:
