@@ -144,25 +144,36 @@ def test_session_create__posted_to_the_door__queued_for_the_relay__without_a_doo
 
 
 def test_session_create_direct__from_an_account_s_later_wallet__refused_in_one_line_nothing_registered(
-    promptex_cli, chain_market, accounts, door: Coordinator, tmp_path: Path
+    promptex_cli, chain_market, accounts, door: Coordinator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """wbreak s15: `session create --direct` from a wallet bound second registered a session on
     chain the ledger keeps on that wallet's unclaimed account; every voucher signed under it
     was then refused by the gateway (409 session_not_current), the buyer told nothing before.
-    Now the door's check refuses it before the transaction: one line, exit 1, no grant file."""
+    Now the door's check refuses it before the transaction: one line, exit 1, no grant file.
+    With no door known (smalls s17: unchecked), the market's ledger here is asked the same;
+    with neither, refused in one line."""
     deployment, _ = chain_market
     vault, usdc = contract_at(deployment, "CreditsVault"), contract_at(deployment, "USDC")
     book, account = bind(door, accounts[4])
     message = book.issue_binding_challenge(account, accounts[5].address)
     book.bind_wallet(message, sign(message, accounts[5].private_key))
     grant_file = tmp_path / "later.json"
-    refused = promptex_cli(
-        "session", "create", "--maximum", "1", "--direct", "--session", str(grant_file), "--account", LATER
-    )
+    create = ("session", "create", "--maximum", "1", "--direct", "--session", str(grant_file), "--account", LATER)
+    refused = promptex_cli(*create)
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1, refused.output
     assert refused.output.startswith("Error: the coordinator refused: ") and "Traceback" not in refused.output
     assert f"sign the SessionKey with {accounts[4].address}" in refused.output
+    monkeypatch.delenv("PROMPTEX_COORDINATOR_DOOR_URL")
+    here, nowhere = f"sqlite:///{tmp_path}/ledger.sqlite3", f"sqlite:///{tmp_path}/none.sqlite3"
+    for ledger, says in ((here, "Error: the market's ledger refuses: "), (nowhere, "Error: no coordinator door known")):
+        monkeypatch.setenv("PROMPTEX_LEDGER_URL", ledger)
+        settings.cache_clear()
+        refused = promptex_cli(*create)
+        assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1, refused.output
+        assert refused.output.startswith(says) and "nothing was registered" in refused.output, refused.output
+        assert "ledger refuses" not in says or f"sign the SessionKey with {accounts[4].address}" in refused.output
     assert not grant_file.exists() and int(vault.session_key(accounts[5], usdc)[0], 16) == 0  # no key registered
+    assert not (tmp_path / "none.sqlite3").exists()
 
 
 def test_session_create_twice_before_the_relay_s_pass__the_second_refused__the_grant_kept_is_the_queued_one(

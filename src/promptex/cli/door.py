@@ -93,11 +93,13 @@ def check_session_key(message: dict[str, Any], signature: str) -> None:
     """DoorError when the market's coordinator refuses a SessionKey the wallet is about to
     register itself (`session create --direct`): a wallet bound to an account whose
     settlements debit another of its wallets registers a session the gateway then refuses
-    for every voucher. No door known, or none answering this check (down, or older): the
+    for every voucher. No door known: the same check against the market's ledger here
+    (`_check_in_ledger`). A door known but not answering this check (down, or older): the
     wallet's own transaction goes on unchecked, as it did before."""
     try:
         url = door_url()
     except DoorError:
+        _check_in_ledger(str(message["account"]))
         return
     try:
         answer = httpx.post(f"{url}/v1/session-keys/check", json=_session_key_body(message, signature), timeout=30.0)
@@ -110,3 +112,35 @@ def check_session_key(message: dict[str, Any], signature: str) -> None:
     except (ValueError, KeyError, TypeError):
         return
     raise DoorError(f"the coordinator refused: {error} (nothing was registered)", refused=True)
+
+
+NO_DOOR_TO_CHECK = (
+    "no coordinator door known and no ledger here to check that the market would use a session your wallet "
+    "registers itself: run this in the folder `promptex up` runs in, or set PROMPTEX_COORDINATOR_DOOR_URL to "
+    "its door (nothing was registered)"
+)
+
+
+def _check_in_ledger(wallet: str) -> None:
+    """The door's check (`coordinator.requests.check_session_key_wallet`) against the market's
+    ledger, for `session create --direct` with no door known; refused (NO_DOOR_TO_CHECK) where
+    there is none to read either. Before (smalls s17), no door meant no check: a later wallet's
+    session was registered on chain and every voucher under it refused."""
+    from promptex.coordinator.requests import Refused, check_session_key_wallet
+    from promptex.ledger import Ledger, LedgerError
+    from promptex.ledger.db import sqlite_path
+
+    s = settings()
+    database = sqlite_path(s.ledger_url)
+    if database is not None and not database.exists():
+        raise DoorError(NO_DOOR_TO_CHECK, refused=True)
+    try:
+        with Ledger.from_settings(s) as ledger:
+            account = ledger.account_of(wallet)
+            debited = None if account is None else ledger.debited_wallet(account)
+    except LedgerError:
+        raise DoorError(NO_DOOR_TO_CHECK, refused=True) from None
+    try:
+        check_session_key_wallet(wallet, debited)
+    except Refused as exc:
+        raise DoorError(f"the market's ledger refuses: {exc.message} (nothing was registered)", refused=True) from None

@@ -153,7 +153,7 @@ class Door:
                 f"{request.account} is not bound to an account: bind it first (get an API key by signing with it "
                 "on the dashboard, or `promptex buyer signup --wallet` then `promptex buyer bind`)",
             )  # fmt: skip
-        check_session_key_wallet(request, store.wallet_of(account))
+        check_session_key_wallet(request.account, store.wallet_of(account))
         latest, _lanes = store.session_lanes(account, request.asset)
         now = self.coordinator.chain.now()
         check_session_key_fresh(request, now, None if latest is None else latest.session)
@@ -172,7 +172,7 @@ class Door:
         store = self.coordinator.store
         account = store.account_of(request.account)
         if account is not None:
-            check_session_key_wallet(request, store.wallet_of(account))
+            check_session_key_wallet(request.account, store.wallet_of(account))
         return {"account": request.account, "asset": request.asset, "bound": account is not None}
 
     # ─── HTTP ────────────────────────────────────────────────────────────────

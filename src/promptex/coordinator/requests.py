@@ -219,16 +219,16 @@ def check_previous_session_over(request: SessionRequest, now: int, latest: Sessi
         )  # fmt: skip
 
 
-def check_session_key_wallet(request: SessionRequest, debited: str | None) -> None:
-    """Refuse (403) a SessionKey signed by a wallet bound to an account whose settlements
-    debit another of its wallets (`debited`: `wallets.first_bound`). The vault takes the
+def check_session_key_wallet(wallet: str, debited: str | None) -> None:
+    """Refuse (403) a SessionKey signed by `wallet` when it is bound to an account whose
+    settlements debit another of its wallets (`debited`: `wallets.first_bound`). The vault takes the
     account's usage from that wallet alone, under its own session; a later wallet's session
     is not the account's (`wallets.governed_account`), so the relay paid its gas for nothing
     and the gateway refused every voucher signed under it (wbreak s15)."""
-    if debited is not None and debited != request.account:
+    if debited is not None and debited != wallet:
         raise Refused(
             403, "not_debited",
-            f"{request.account} is not the wallet this account's settlements debit ({debited}): a session of "
+            f"{wallet} is not the wallet this account's settlements debit ({debited}): a session of "
             f"its would govern none of the account's spending; sign the SessionKey with {debited}",
             wallet=debited,
         )  # fmt: skip

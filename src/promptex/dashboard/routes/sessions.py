@@ -46,7 +46,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         debited = await ctx.run(store.wallet_of, key.account)
         latest = await ctx.run(ctx.ledger.session, key.account, asked.asset)
         try:
-            check_session_key_wallet(asked, debited)
+            check_session_key_wallet(asked.account, debited)
             check_session_key_fresh(asked, ctx.clock(), None if latest is None else latest.session)
             check_previous_session_over(asked, ctx.clock(), latest)
             queued = await ctx.run(queue_session_key, store, asked, ctx.clock())  # 409: its nonce queued already
