@@ -231,3 +231,22 @@ def test_proxy__rates_not_readable_again__the_book_read_before_kept(tmp_path: Pa
     asyncio.run(refresh_rates(signer, broken))
     asyncio.run(refresh_rates(signer, empty))
     assert signer.rates is book
+
+
+def test_rates_read_again_while_a_request_is_in_flight__its_answer_checked_by_the_book_it_was_signed_with(
+    tmp_path: Path,
+) -> None:
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS, charge_rate=9_000, name_lot=2, name_rate=9_000)
+    signer = _signer(gateway, tmp_path / "v.log")
+    other = {"data": [{"id": "other", "pricing": {ASSET: {"input_per_million": "1", "output_per_million": "1"}}}]}
+
+    def meanwhile(request: httpx.Request) -> httpx.Response:
+        signer.refresh(other)  # the model's lots are gone from /v1/models while its answer is on its way
+        return gateway.handle(request)
+
+    path, body = ASKS["chat"]
+    transport = PromptexSigningTransport(signer, inner=httpx.MockTransport(meanwhile))
+    with httpx.Client(base_url="http://gateway.test", transport=transport) as client:
+        assert client.post(path, json={"model": MODEL, **body}).status_code == 200
+    assert signer.stopped is None and signer.rates.get(MODEL, ASSET) is None
+    assert signer.book.lanes[0].charged == sum(gateway.true_costs) > 0

@@ -155,6 +155,7 @@ class Ticket:
     # and those rates (`rates` are the max rate's: what the hold is for).
     max_rate: int | None = None
     advertised: metering.Rates | None = None
+    book: RateBook | None = None  # the rate book it was signed with (its answer is checked by it)
 
 
 @dataclass(frozen=True)
@@ -356,13 +357,13 @@ class Signer:
                 f"the charge names lot {lot}'s rate {percent(rate)} of list price, above the "
                 f"{percent(ticket.max_rate)} this side pays at most"
             )
-        model = ticket.bounds.model
-        listed = self.rates.lot_rate(model, lot)
+        model, book = ticket.bounds.model, ticket.book or self.rates
+        listed = book.lot_rate(model, lot)
         if listed is not None and listed != rate:
             raise AnswerRefused(
                 f"the charge names lot {lot}'s rate {percent(rate)} of list price; /v1/models gave it {percent(listed)}"
             )
-        return self.rates.at(model, self.session.asset_symbol, rate) or advertised
+        return book.at(model, self.session.asset_symbol, rate) or advertised
 
     def _output(self, endpoint: str, bound: Bounds) -> int:
         """The output tokens a request's hold is for."""
@@ -469,6 +470,7 @@ class Signer:
             endpoint, lane, voucher, hold, bound, rates, lane.charged, lane.exact, live_before=live_before,
             output=self._output(endpoint, bound), cache_writes=may_write_cache(raw, body),
             max_rate=self.max_rate(bound.model, book), advertised=book.get(bound.model, self.session.asset_symbol),
+            book=book,
         )  # fmt: skip
 
     # ─── After it ────────────────────────────────────────────────────────────
