@@ -616,3 +616,20 @@ def test_stream_with_a_lone_surrogate__relayed_and_counted_alike_by_the_gateway_
     translated = FromChatStream(OpenAIStream(include_usage=False), "m")  # a Messages request on a chat lot
     shown = b"".join(translated.feed(chat))
     assert "a\ufffd b".encode() in shown and translated.produced_bytes == text_bytes + ANSWER_FRAME_BYTES
+
+
+def test_lone_surrogate_then_deep_nesting__refused_as_any_unreadable_json_not_read_by_the_standard_reader() -> None:
+    """read_json read an event orjson refused for a lone surrogate with the standard library's
+    reader, which has no depth limit of its own: a seller's answer with "\\ud800" and then
+    nested arrays overflowed the C stack where the recursion limit is raised (py_ecc's
+    100,000, also under pytest: 200,000 deep killed the process) and raised RecursionError
+    elsewhere (a 500, no failover). Now read again by orjson with the lone escapes replaced:
+    refused at orjson's depth limit as any unreadable JSON. Escapes are read as JSON reads
+    them: an escaped backslash before "ud800" is text, a pair is an emoji."""
+    deep = b'{"a":"\\ud800","b":' + b"[" * 2_000 + b"]" * 2_000 + b"}"
+    with pytest.raises(orjson.JSONDecodeError):  # before: parsed (a recursion limit of 100,000)
+        produced.read_json(deep)
+    assert produced.read_json(b'{"t":"x\\ud800y","p":"\\ud83d\\ude00","e":"\\\\ud800","l":"\\udc00"}') == {
+        "t": "x\ufffdy", "p": "\U0001f600", "e": "\\ud800", "l": "\ufffd"
+    }  # fmt: skip
+    assert produced.read_json('{"t":"a\ud800b"}') == {"t": "a\ufffdb"}  # a str's own lone surrogate

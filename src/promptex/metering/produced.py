@@ -16,7 +16,6 @@ package sits below the gateway and imports none of it.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -53,8 +52,14 @@ RESPONSE_ITEM_FRAME = frozenset({"id", "status"})
 TOOL_INPUT = "input"
 
 
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # what json.loads leaves of an unpaired "\\ud800"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str's own unpaired surrogates
 REPLACEMENT = "\ufffd"
+# A JSON escape: a surrogate pair (kept), a lone surrogate (`lone`), or any other (kept:
+# consumed whole, so an escaped backslash before "ud800" is no escape of a surrogate).
+_ESCAPE = re.compile(
+    rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|(?P<lone>u[dD][89a-fA-F][0-9a-fA-F]{2})|.)",
+    re.DOTALL,
+)
 
 
 def read_json(data: str | bytes) -> Any:
@@ -64,27 +69,27 @@ def read_json(data: str | bytes) -> Any:
     text, as a client decoding it shows it) — before (s16 open 4), the gateway dropped such
     a chunk (its client never got it, its text was not counted: charged as if not produced,
     the seller's loss) and the signing proxy took it for the stream's end. Anything else
-    orjson refuses is refused (orjson.JSONDecodeError), as before."""
+    orjson refuses is refused (orjson.JSONDecodeError), as before.
+
+    Read again by orjson, its escapes replaced: not by the standard library's reader, which
+    has no depth limit of its own — an answer with a lone surrogate and then 200,000 nested
+    arrays (a seller's endpoint may send anything) overflowed the C stack where the
+    recursion limit is raised (py_ecc sets 100,000: the process died, every request in it
+    with it) and raised RecursionError elsewhere (a 500, no failover; sbreak s17)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as refused:
         if "surrogate" not in str(refused):  # orjson's words for it; any other refusal stands
             raise
+        raw = _LONE_SURROGATE.sub(REPLACEMENT, data).encode() if isinstance(data, str) else data
         try:
-            value = json.loads(data)
-        except ValueError:
+            return orjson.loads(_ESCAPE.sub(_replaced, raw))
+        except orjson.JSONDecodeError:
             raise refused from None
-        return _without_lone_surrogates(value)
 
 
-def _without_lone_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub(REPLACEMENT, value)
-    if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
-    return value
+def _replaced(escape: re.Match[bytes]) -> bytes:
+    return b"\\ufffd" if escape.group("lone") else escape.group(0)
 
 
 def text_bytes(value: Any) -> int:
