@@ -20,6 +20,11 @@ export class Prices {
     return money(BigInt(amount), symbol, { twap: this.twap(symbol), ...options });
   }
 
+  /** A balance, or what is left to spend: rounded down, its dollars too (money.ts `balance`). */
+  balance(amount: bigint | string, symbol: string, options: Omit<MoneyOptions, "rounding"> = {}): string {
+    return this.money(amount, symbol, { ...options, rounding: "down" });
+  }
+
   /** The amount without the USD beside it (a form's echo, a pool's reserve). */
   plain(amount: bigint | string, symbol: string, options: MoneyOptions = {}): string {
     return this.money(amount, symbol, { ...options, twap: null });
@@ -30,7 +35,7 @@ export class Prices {
     return usdValue(amount, symbol, symbol.toUpperCase() === USDC_SYMBOL ? null : this.twap(symbol));
   }
 
-  /** "$1,234.56 at the Oracle's 30-minute TWAP", and what was left out for want of a price. */
+  /** "$1,234.56 at the Oracle's 30-minute TWAP" (balances: rounded down), and what was left out for want of a price. */
   total(parts: { amount: bigint; symbol: string }[]): { usd: bigint; text: string; unpriced: string[] } {
     let usd = 0n;
     const unpriced = new Set<string>();
@@ -42,7 +47,7 @@ export class Prices {
     }
     const minutes = Number(TWAP_WINDOW) / 60;
     const left = unpriced.size ? ` (${[...unpriced].join(", ")} without a TWAP yet not counted)` : "";
-    return { usd, text: `${usdText(usd)} at the Oracle's ${minutes}-minute TWAP${left}`, unpriced: [...unpriced] };
+    return { usd, text: `${usdText(usd, "down")} at the Oracle's ${minutes}-minute TWAP${left}`, unpriced: [...unpriced] };
   }
 }
 

@@ -317,6 +317,7 @@ try {
   result.request_id = requestId;
   result.metered = metered;
   result.balance_after = balanceAfter;
+  result.balance_after_units = await page.locator("#balance-after").getAttribute("data-units");
 
   // ─── Usage: the record settles on chain; verify its Merkle proof ─────────
   await page.goto(`${DASHBOARD}/#/usage`);

@@ -34,7 +34,7 @@ from promptex.gateway.store import GatewayStore
 from promptex.ledger import Ledger
 from promptex.ledger.schema import releases
 from promptex.protocol.units import USD_MICRO as USD
-from promptex.protocol.units import money
+from promptex.protocol.units import balance_text, money
 from promptex.sealing.envelope import load_master_keys
 
 SCRIPT = ROOT / "dashboard" / "tests" / "browser.mjs"
@@ -150,6 +150,11 @@ def test_dashboard__browser_flow__every_step_shows_and_errors_change_nothing(bro
             assert record is not None and record.asset == "USDC" and record.cost > 0
             assert int(result["metered_units"]) == record.cost
             assert result["metered"] == money(record.cost, "USDC")
+            # The balance after it, rounded down (balance_text): 100.00 less a cost of a fraction of a
+            # cent read "100.00" before (rounded to the nearest), more than there was.
+            after = int(result["balance_after_units"])
+            assert money(after, "USDC") != balance_text(after, "USDC")  # a case where the nearest reads more
+            assert result["balance_after"] == f"{balance_text(after, 'USDC')} spendable"
             # The Usage page's CSV export: that record, exact units beside whole ones.
             [row] = [
                 r for r in csv.DictReader(io.StringIO(result["usage_csv"])) if r["request_id"] == record.request_id

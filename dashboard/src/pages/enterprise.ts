@@ -34,10 +34,11 @@ async function draw(box: HTMLElement, app: App, status: HTMLElement): Promise<vo
   }
   const prices = await loadPrices(app.ctx);
   const amount = (value: string, symbol: string) => prices.money(value, symbol);
+  const left = (value: string, symbol: string) => prices.balance(value, symbol); // budgets left: rounded down
   const vaultRows = Object.entries(org.vault)
     .filter(([, b]) => b.posted !== "0" || b.held !== "0")
     .map(([symbol, b]) =>
-      h("tr", { "data-org-asset": symbol }, h("th", {}, symbol), h("td.num", { "data-org-spendable": symbol, "data-units": b.spendable }, prices.money(b.spendable, symbol, { symbol: false })), h("td.num", {}, prices.money(b.held, symbol, { symbol: false }))),
+      h("tr", { "data-org-asset": symbol }, h("th", {}, symbol), h("td.num", { "data-org-spendable": symbol, "data-units": b.spendable }, prices.balance(b.spendable, symbol, { symbol: false })), h("td.num", {}, prices.balance(b.held, symbol, { symbol: false }))),
     );
   const total = prices.total(Object.entries(org.vault).map(([symbol, b]) => ({ amount: BigInt(b.posted), symbol })));
   const memberRows = org.members.map((m) =>
@@ -45,8 +46,8 @@ async function draw(box: HTMLElement, app: App, status: HTMLElement): Promise<vo
       "tr",
       { "data-member": String(m.account) },
       h("td", {}, m.name ?? `account ${m.account}`, h("small", {}, ` #${m.account}`)),
-      h("td", { "data-member-keys": String(m.account) }, ...m.keys.map((k) => h("div", {}, h("code", {}, `${k.prefix}…`), k.revoked ? " (revoked)" : "", k.budget_remaining !== null ? ` key budget ${amount(k.budget_remaining, k.budget_asset ?? "USDC")}` : ""))),
-      h("td", { "data-member-budget": String(m.account) }, m.budgets.length ? m.budgets.map((b) => `${amount(b.remaining, b.asset)} left`).join(", ") : "org balance"),
+      h("td", { "data-member-keys": String(m.account) }, ...m.keys.map((k) => h("div", {}, h("code", {}, `${k.prefix}…`), k.revoked ? " (revoked)" : "", k.budget_remaining !== null ? ` key budget ${left(k.budget_remaining, k.budget_asset ?? "USDC")}` : ""))),
+      h("td", { "data-member-budget": String(m.account) }, m.budgets.length ? m.budgets.map((b) => `${left(b.remaining, b.asset)} left`).join(", ") : "org balance"),
       h(
         "td.num",
         { "data-member-usage": String(m.account) },

@@ -10,7 +10,7 @@ import { api, type AssetInfo } from "../api";
 import { explain, isRejection, send, type Ctx } from "../chain";
 import { EXIT_REQUEST_SECONDS, exitRequestBody, exitRequestTypedData } from "../exit";
 import { duration, parseAmount } from "../format";
-import { money, usdText } from "../money";
+import { balance, money, usdText } from "../money";
 import { loadPrices } from "../prices";
 import type { App, Page } from "../main";
 import { h, notice } from "../ui";
@@ -246,9 +246,9 @@ async function draw(
         h(
           "div.notice.buyback",
           { "data-buyback": asset.symbol, "data-state": "info", "data-unbacked-units": row.unbacked.toString(), "data-rate-units": rate.toString() },
-          `${money(row.unbacked, asset.symbol)} of ${asset.provider ?? asset.symbol} is unbacked (its lot slashed, expired or closed short): its insurance fund buys it back at `,
+          `${balance(row.unbacked, asset.symbol)} of ${asset.provider ?? asset.symbol} is unbacked (its lot slashed, expired or closed short): its insurance fund buys it back at `,
           h("strong", { "data-buyback-rate": asset.symbol }, `${usdText(rate)} per ${asset.symbol}`),
-          ` and burns it. You hold ${money(row.wallet, asset.symbol)} in your wallet. `,
+          ` and burns it. You hold ${balance(row.wallet, asset.symbol)} in your wallet. `,
           sellInput,
           " ",
           h("button.secondary", { "data-action": "buy-back", "data-asset": asset.symbol, onclick: () => void buyBack(row, sellInput) }, "Sell to the fund"),
@@ -291,7 +291,7 @@ async function draw(
       };
       tick();
       timers.push(window.setInterval(tick, 1000));
-      exitCell.append(`${prices.money(row.exit.amount, asset.symbol)} `, countdown, " ");
+      exitCell.append(`${prices.balance(row.exit.amount, asset.symbol)} `, countdown, " ");
       if (quote !== null) {
         exitCell.append(
           h(
@@ -315,8 +315,8 @@ async function draw(
         "tr",
         { "data-asset": asset.symbol },
         h("th", {}, asset.symbol, asset.provider ? h("small", {}, ` ${asset.provider}`) : null),
-        h("td.num", { "data-balance": "wallet", "data-units": row.wallet.toString() }, prices.money(row.wallet, asset.symbol, { symbol: false })),
-        h("td.num", { "data-balance": "vault", "data-units": row.vault.toString() }, prices.money(row.vault, asset.symbol, { symbol: false })),
+        h("td.num", { "data-balance": "wallet", "data-units": row.wallet.toString() }, prices.balance(row.wallet, asset.symbol, { symbol: false })),
+        h("td.num", { "data-balance": "vault", "data-units": row.vault.toString() }, prices.balance(row.vault, asset.symbol, { symbol: false })),
         exitCell,
         actions,
       ),

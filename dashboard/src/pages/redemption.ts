@@ -272,7 +272,7 @@ async function drawGrant(box: HTMLElement, app: App, escrow: Address, agent: Add
                 h("th", {}, g.token.symbol),
                 h("td.num", { "data-grant-limit": g.token.symbol }, prices.money(g.limit, g.token.symbol, { symbol: false })),
                 h("td.num", { "data-grant-spent": g.token.symbol }, prices.money(g.spent, g.token.symbol, { symbol: false })),
-                h("td.num", {}, prices.money(g.limit > g.spent ? g.limit - g.spent : 0n, g.token.symbol, { symbol: false })),
+                h("td.num", {}, prices.balance(g.limit > g.spent ? g.limit - g.spent : 0n, g.token.symbol, { symbol: false })),
               ),
             ),
           ),

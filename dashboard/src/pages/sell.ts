@@ -5,7 +5,7 @@ import { erc20Abi, escrowAbi, vaultAbi } from "../abi";
 import { api, apiKey, type LotHealth } from "../api";
 import { readable, send, type Ctx } from "../chain";
 import { parseAmount, short } from "../format";
-import { money, usdText } from "../money";
+import { balance, money, usdText } from "../money";
 import type { App, Page } from "../main";
 import { field, h, notice } from "../ui";
 import { walletGate } from "../wallet";
@@ -181,7 +181,7 @@ async function drawEarnings(box: HTMLElement, app: App): Promise<void> {
   const status = h("div.notice#claim-status");
   box.replaceChildren(
     h("h2", {}, "Earnings"),
-    h("p", {}, "USDC earned from listed lots, claimable from the vault: ", h("strong#claimable", { "data-units": claimable.toString() }, money(claimable, "USDC")), " "),
+    h("p", {}, "USDC earned from listed lots, claimable from the vault: ", h("strong#claimable", { "data-units": claimable.toString() }, balance(claimable, "USDC")), " "),
     h("button#claim", { disabled: claimable === 0n, onclick: async () => {
       if (await send(ctx, wallet.client!, account, status, "Claim USDC", { address: ctx.config.contracts.CreditsVault, abi: vaultAbi, functionName: "claim", args: [ctx.usdc.address] })) void drawEarnings(box, app);
     } }, "Claim"),
@@ -230,7 +230,7 @@ async function drawLots(box: HTMLElement, app: App): Promise<void> {
             h("td", {}, tokenized ? "tokenized" : `listed at ${lot.rate_bps / 100} % of list`),
             h("td", { "data-lot-status": status }, status),
             h("td.num", {}, usdText(lot.face_value)),
-            h("td.num", {}, tokenized ? money(remaining, token?.symbol ?? "tokens") : usdText(remaining)),
+            h("td.num", {}, tokenized ? balance(remaining, token?.symbol ?? "tokens") : usdText(remaining, "down")),
             h("td.num", {}, `${money(lot.bond, "USDC")} (${money(lot.bond_released, "USDC", { symbol: false })})`),
             h("td", {}, new Date(Number(lot.expiry) * 1000).toISOString().slice(0, 10)),
             h("td", { "data-lot-health": String(id) }, healthText(health.get(String(id)))),

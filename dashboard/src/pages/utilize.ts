@@ -7,7 +7,7 @@ import { vaultAbi } from "../abi";
 import { api, apiKey, setApiKey, type AccountView } from "../api";
 import { explain, send } from "../chain";
 import { parseAmount, short } from "../format";
-import { money } from "../money";
+import { balance, money } from "../money";
 import { loadPrices } from "../prices";
 import {
   forgetTabSession, keepTabSession, sessionAccount, sessionExpiry, sessionKeyTypedData, sessionMaximum, SESSION_DEFAULT_USD_MICRO,
@@ -130,9 +130,9 @@ async function drawAccount(box: HTMLElement, app: App): Promise<AccountView | nu
       "tr",
       { "data-ledger": a.symbol },
       h("th", {}, a.symbol),
-      h("td.num", { "data-spendable": a.symbol, "data-units": b?.spendable ?? "0" }, prices.money(b?.spendable ?? "0", a.symbol, { symbol: false })),
-      h("td.num", {}, prices.money(b?.held ?? "0", a.symbol, { symbol: false })),
-      h("td.num", { "data-cap": a.symbol }, money(BigInt(b?.cap_remaining ?? "0"), a.symbol, { symbol: false, unlimited: MAX_CAP_TOTAL / 2n })),
+      h("td.num", { "data-spendable": a.symbol, "data-units": b?.spendable ?? "0" }, prices.balance(b?.spendable ?? "0", a.symbol, { symbol: false })),
+      h("td.num", {}, prices.balance(b?.held ?? "0", a.symbol, { symbol: false })),
+      h("td.num", { "data-cap": a.symbol }, balance(BigInt(b?.cap_remaining ?? "0"), a.symbol, { symbol: false, unlimited: MAX_CAP_TOTAL / 2n })),
     );
   });
   // An open debt: a debit the balance could not cover (e.g. a reorg removed a deposit already
@@ -389,7 +389,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
         h("div", {}, "Metered cost: ", h("strong#metered-cost", { "data-units": record?.cost ?? "" }, record ? money(BigInt(record.cost), symbol) : "not recorded yet")),
         h("div", {}, usage ? `${usage.prompt_tokens} input + ${usage.completion_tokens} output tokens · ` : "", "request ", h("code#request-id", {}, requestId)),
         signedNote ? h("div#signed-note", {}, signedNote) : null,
-        h("div", {}, "Balance after: ", h("strong#balance-after", { "data-units": after?.toString() ?? "" }, after === null ? "—" : `${money(after, symbol)} spendable`)),
+        h("div", {}, "Balance after: ", h("strong#balance-after", { "data-units": after?.toString() ?? "" }, after === null ? "—" : `${balance(after, symbol)} spendable`)),
       );
     } catch (err) {
       notice(result, "error", `The request failed: ${(err as Error).message}`);
