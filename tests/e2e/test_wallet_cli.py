@@ -16,6 +16,7 @@ from anvil_node import ROOT, ape_env
 from promptex.chain.deploy import contract_at
 from promptex.protocol.escrow import KIND_LISTED, KIND_TOKENIZED, buy_back_payout
 from promptex.protocol.redemption import provider_id
+from promptex.protocol.units import whole_units
 from promptex.protocol.vault import UNLIMITED, pack_debits, pack_lot_amount, sign_release
 
 BUYER, STRANGER = "TEST::2", "TEST::6"
@@ -270,6 +271,8 @@ def test_wallet__buy_back__unbacked_tokens_sold_to_the_fund_and_burned__more_tha
         "wallet", "buy-back", "--token", "CLD", "--amount", str(unbacked // 10**18 + 1), "--account", STRANGER
     )
     assert beyond.exit_code == 1 and "is unbacked; sell at most" in beyond.output
+    # The amount it names to type is the most it takes, exactly (it named the refused amount again).
+    assert f"(--amount {whole_units(unbacked, 18)})" in beyond.output, beyond.output
     greedy = promptex_cli(
         "wallet", "buy-back", "--token", "CLD", "--amount", "10", "--min-out", "1000", "--account", STRANGER
     )

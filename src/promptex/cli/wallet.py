@@ -33,7 +33,16 @@ from promptex.cli.faucet import faucet
 from promptex.cli.market import market_command_class, rpc_url_option
 from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
-from promptex.protocol.units import MAX_UINT256, balance_text, money, usd_text, usd_value, utc_text
+from promptex.protocol.units import (
+    MAX_UINT256,
+    balance_text,
+    decimals_of,
+    money,
+    usd_text,
+    usd_value,
+    utc_text,
+    whole_units,
+)
 from promptex.protocol.vault import UNLIMITED, per_epoch_at_least
 
 LOCAL_NODE = "ethereum:local:foundry"
@@ -522,10 +531,10 @@ def buy_back(network: Any, alias: str | None, yes: bool, symbol: str, amount: st
         unbacked = escrow.unbacked(token)
         if unbacked == 0:
             raise click.ClickException(f"no {symbol.upper()} is unbacked: the insurance fund buys nothing back")
-        if value > unbacked:
+        if value > unbacked:  # the most it takes, exactly, to type (it named the amount refused)
             raise click.ClickException(
                 f"only {balance_text(unbacked, symbol)} is unbacked; "
-                f"sell at most that (--amount {whole(value, symbol)})"
+                f"sell at most that (--amount {whole_units(unbacked, decimals_of(symbol))})"
             )
         held = token.balanceOf(session.account)
         if held < value:
