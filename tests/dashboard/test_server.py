@@ -588,7 +588,7 @@ def test_org__owner__desk_with_members_and_a_new_member_key_shown_once(dashboard
     assert made.json()["key"] not in desk.text  # prefixes only
     # The member's key spends from the org but is not its owner's.
     refused = dashboard.get("/api/org", headers=bearer(made.json()["key"]))
-    assert refused.status_code == 403 and "member key" in refused.json()["error"]
+    assert refused.status_code == 403 and "a member key of org 'Acme'" in refused.json()["error"], refused.text
 
 
 def test_org__a_user_key_or_a_bad_budget__refused_and_nothing_added(dashboard):

@@ -30,9 +30,11 @@ class NotOwner(PermissionError):
 
 def org_of(ledger: Ledger, key: ApiKey) -> int:
     """The org this key owns, or NotOwner saying why not."""
-    if key.payer is not None:
+    if key.payer is not None:  # a member's key: the org by its name, as its members know it (c6bb1ab)
+        name = ledger.account(key.payer).name
+        org = repr(name) if name else str(key.payer)
         raise NotOwner(
-            f"this is a member key of org {key.payer}: only the org's owner sees its desk "
+            f"this is a member key of org {org}: only the org's owner sees its desk "
             "(get a key with the wallet bound to the org)"
         )
     if ledger.account(key.account).kind != AccountKind.ORG:
