@@ -639,8 +639,8 @@ class OpenAIAdapter:
     def answer(self, endpoint: str, content: bytes, model: str, bound: Bound | None = None) -> tuple[bytes, TokenUsage]:
         body, reported = read_answer(content, openai_usage)
         usage = as_charged(reported, self.sent, bound, None if bound is None else visible_bytes(endpoint, body))
-        if usage == reported:
-            return content, usage  # as sent (the common case: not parsed again)
+        if usage is reported or usage == reported:
+            return content, usage  # as sent (the common case: not parsed again nor compared field by field)
         # Charged other than reported (writes beyond the marks, counts beyond the bounds):
         # the answer shows what was charged, which the buyer (and the signing proxy) can check.
         return orjson.dumps({**body, "usage": shown_openai_usage(body["usage"], usage)}), usage

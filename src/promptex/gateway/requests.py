@@ -27,6 +27,7 @@ LIMITS = ("max_tokens", "max_completion_tokens")  # the output limits a request 
 # than its bound, and the signing proxy, checking the same bound, stopped signing.
 PROMPT_FIELDS = ("tools", "functions", "tool_choice", "function_call", "response_format")
 PROMPT_FIELDS_FRAME = 64
+PROMPT_FIELD_NAMES = frozenset(PROMPT_FIELDS)
 MESSAGE_TEXT = frozenset({"role", "content"})  # a message's fields counted apart (the role: PER_MESSAGE)
 # A chat image part (`image_url`) costs tokens its bytes do not bound (a URL of 30 bytes, an
 # image of ~1,500 tokens): each is held for at most this many beyond its bytes, unless the
@@ -86,7 +87,9 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _text_bytes(content: Any, param: str, images: ImageTokens) -> int:
+def _text_bytes(content: Any, i: int, allowances: ImageAllowances | None, model: str) -> int:
+    """The bytes bounding chat message `i`'s content (its images by `image_tokens`); the
+    parameter an error names is built only for the error."""
     if content is None:
         return 0
     if isinstance(content, str):
@@ -97,14 +100,16 @@ def _text_bytes(content: Any, param: str, images: ImageTokens) -> int:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in UNBOUNDED_PARTS:
                 raise bad_request(
-                    f"Invalid '{param}': '{kind}' parts are not supported through this gateway (their cost cannot "
-                    "be bounded before the call).",
+                    f"Invalid 'messages[{i}].content': '{kind}' parts are not supported through this gateway (their "
+                    "cost cannot be bounded before the call).",
                     param="messages",
                 )
             if kind == "image_url":
                 image = part.get("image_url")
+                images = image_tokens(allowances, model)
                 tokens += images.of(image.get("detail") if isinstance(image, dict) else None)
         return len(orjson.dumps(content)) + tokens
+    param = f"messages[{i}].content"
     raise bad_request(f"Invalid '{param}': expected a string or an array of content parts.", param=param)
 
 
@@ -179,16 +184,18 @@ def validate(
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("Invalid 'messages': expected a non-empty array.", param="messages")
-        fields = {name: body[name] for name in PROMPT_FIELDS if body.get(name) is not None}
-        total = PER_REQUEST + (len(orjson.dumps(fields)) + PROMPT_FIELDS_FRAME if fields else 0)
-        images = image_tokens(allowances, model)
+        total = PER_REQUEST
+        if not PROMPT_FIELD_NAMES.isdisjoint(body):  # (most bodies have none: no dict built)
+            fields = {name: body[name] for name in PROMPT_FIELDS if body.get(name) is not None}
+            total += len(orjson.dumps(fields)) + PROMPT_FIELDS_FRAME if fields else 0
         for i, message in enumerate(messages):
             role = message.get("role") if isinstance(message, dict) else None
             if not isinstance(role, str) or role not in ROLES:
                 raise bad_request(f"Invalid 'messages[{i}]': expected an object with a valid role.", "messages")
-            total += PER_MESSAGE + _text_bytes(message.get("content"), f"messages[{i}].content", images)
-            rest = {k: v for k, v in message.items() if k not in MESSAGE_TEXT and v is not None}
-            total += len(orjson.dumps(rest)) if rest else 0
+            total += PER_MESSAGE + _text_bytes(message.get("content"), i, allowances, model)
+            if not message.keys() <= MESSAGE_TEXT:  # (most messages have no other field: no dict built)
+                rest = {k: v for k, v in message.items() if k not in MESSAGE_TEXT and v is not None}
+                total += len(orjson.dumps(rest)) if rest else 0
         return model, total, limit
     if endpoint == COMPLETIONS:
         # An echoed prompt comes back as the answer's text: counted as produced bytes (the
