@@ -9,6 +9,7 @@ import { explain, send } from "../chain";
 import { parseAmount, short } from "../format";
 import { balance, money } from "../money";
 import { loadPrices } from "../prices";
+import { MAX_RATE_HEADER, playgroundPrice, type ModelInfo } from "../hold";
 import {
   forgetTabSession, keepTabSession, sessionAccount, sessionExpiry, sessionKeyTypedData, sessionMaximum, SESSION_DEFAULT_USD_MICRO,
   tabSession, voucherFor, VOUCHER_HEADER, type LanesReport,
@@ -16,15 +17,6 @@ import {
 import { generatePrivateKey } from "viem/accounts";
 import type { App, Page } from "../main";
 import { clear, h, notice } from "../ui";
-
-interface ModelInfo {
-  id: string;
-  owned_by: string;
-  pricing: Record<string, { input_per_million: string; output_per_million: string }>;
-}
-
-const PER_REQUEST = 16; // the gateway's per-request and per-message allowance (an upper bound on tokens)
-const PER_MESSAGE = 8;
 
 async function models(): Promise<ModelInfo[]> {
   const response = await fetch("/v1/models", { headers: { authorization: `Bearer ${apiKey()}` } });
@@ -34,15 +26,6 @@ async function models(): Promise<ModelInfo[]> {
 }
 
 const MAX_CAP_TOTAL = 2n ** 96n - 1n; // CreditsVault.MAX_CAP_TOTAL: a total cap this large is no limit
-const RATE_DECIMALS = 12; // /v1/models' rates: whole units per million tokens, at most 12 decimals
-
-/** Smallest units that `tokens` cost at `rate` (whole units per million tokens), rounded up: exact integers. */
-function perMillion(rate: string, tokens: number, decimals: number): bigint {
-  const scaled = parseAmount(rate, RATE_DECIMALS, "rate", true) * BigInt(tokens) * 10n ** BigInt(decimals);
-  const divisor = 10n ** BigInt(RATE_DECIMALS + 6);
-  return (scaled + divisor - 1n) / divisor;
-}
-
 export const utilizePage: Page = (root, app) => {
   const keyBox = h("div.card#key-box");
   const accountBox = h("div.card#account-box");
@@ -175,6 +158,7 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
   const sessionHours = h("input#session-hours", { value: "24", size: 3, inputmode: "numeric" });
   const sessionStatus = h("div#session-status.notice", { role: "status" });
   let holdBound = 0n; // the estimate's upper bound on this request's cost: a voucher's hold
+  let maxRateBps: number | null = null; // the most a lot may charge it (the hold is priced at it)
 
   const model = () => list.find((m) => m.id === modelSel.value)!;
   function fillAssets(): void {
@@ -191,18 +175,17 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     if (!rates || !asset) return notice(estimate, "error", `No capacity sells ${m.id} for ${symbol || "any asset"} right now.`);
     const bytes = new TextEncoder().encode(prompt.value).length;
     const out = Math.max(1, Number(maxTokens.value) || 0);
-    const typicalIn = Math.ceil(bytes / 4) + PER_MESSAGE;
-    const boundIn = bytes + PER_REQUEST + PER_MESSAGE;
-    const cost = (inputs: number) =>
-      perMillion(rates.input_per_million, inputs, asset.decimals) + perMillion(rates.output_per_million, out, asset.decimals);
-    const typical = cost(typicalIn);
-    const most = cost(boundIn);
-    holdBound = most;
+    const price = playgroundPrice(m, symbol, asset.decimals, bytes, out);
+    holdBound = price.most;
+    maxRateBps = price.maxRate;
+    const lots = price.maxRate === null || price.maxRate === rates.rate_bps
+      ? ""
+      : ` at the cheapest lot (${rates.rate_bps! / 100} % of list price); lots up to ${price.maxRate / 100} % may serve it`;
     notice(
       estimate,
       "info",
-      h("div", {}, "Estimated cost: about ", h("strong#estimate-cost", {}, money(typical, symbol)), ` (≈${typicalIn} input + up to ${out} output tokens)`),
-      h("div.muted", {}, `At most ${money(most, symbol, { rounding: "up" })} is held while it runs; you pay only what is metered. Rates: ${rates.input_per_million} in / ${rates.output_per_million} out per million tokens.`),
+      h("div", {}, "Estimated cost: about ", h("strong#estimate-cost", {}, money(price.typical, symbol)), ` (≈${price.typicalInputs} input + up to ${out} output tokens)`),
+      h("div.muted", {}, `At most ${money(price.most, symbol, { rounding: "up" })} is held while it runs; you pay only what is metered. Rates: ${rates.input_per_million} in / ${rates.output_per_million} out per million tokens${lots}.`),
     );
   }
 
@@ -327,9 +310,12 @@ async function drawPlayground(box: HTMLElement, app: App, accountBox: HTMLElemen
     sendBtn.disabled = true;
     try {
       const voucher = await voucherHeaders(symbol);
+      // The hold is priced at this rate: a pricier lot must not serve it (it would fit fewer
+      // output tokens to the hold, or refuse it); without a voucher it bounds the charge too.
+      const most: Record<string, string> = maxRateBps === null ? {} : { [MAX_RATE_HEADER]: String(maxRateBps) };
       const response = await fetch("/v1/chat/completions", {
         method: "POST",
-        headers: { authorization: `Bearer ${apiKey()}`, "content-type": "application/json", "x-promptex-asset": symbol, ...voucher },
+        headers: { authorization: `Bearer ${apiKey()}`, "content-type": "application/json", "x-promptex-asset": symbol, ...most, ...voucher },
         body: JSON.stringify({
           model: modelSel.value,
           messages: [{ role: "user", content: prompt.value }],

@@ -35,11 +35,14 @@ READ_METHODS = frozenset(
 )
 MAX_RPC_BATCH = 50
 MAX_RPC_BODY = 256 * 1024
-# Signed mode (issue 23): the playground's voucher goes up; the lane it was charged on comes back.
-REQUEST_HEADERS = ("authorization", "content-type", "accept", "x-promptex-asset", "x-promptex-voucher")
+# Signed mode (issue 23): the playground's voucher goes up, with the most a lot may charge it
+# (its hold is priced at that rate); the lane it was charged on, and the lot's rate, come back.
+REQUEST_HEADERS = (
+    "authorization", "content-type", "accept", "x-promptex-asset", "x-promptex-voucher", "x-promptex-max-rate-bps",
+)  # fmt: skip
 RESPONSE_HEADERS = (
     "content-type", "x-request-id", "x-promptex-lot", "retry-after", "cache-control",
-    "x-promptex-lane", "x-promptex-lane-charged-units", "x-promptex-voucher",
+    "x-promptex-lane", "x-promptex-lane-charged-units", "x-promptex-voucher", "x-promptex-lot-rate-bps",
 )  # fmt: skip
 
 
