@@ -433,3 +433,33 @@ def test_summarized_thinking__billed_whole_within_its_budget__charged_and_the_si
     assert signer.hold_for(MESSAGES, request)[1].prediction_bytes == 5_000
     monkeypatch.setitem(signer.rates.catalog.models, "fake-claude", plain)  # type: ignore[union-attr]
     assert signer.hold_for(MESSAGES, request)[1].prediction_bytes == 0
+
+
+def test_long_stop_sequence__its_tokens_billed_and_not_shown__charged_and_the_signing_proxy_agrees(
+    gw: Harness,
+    canned: tuple[Canned, Fake],  # noqa: F811
+) -> None:
+    """The stop sequence a model stops at is generated (billed among its output tokens) and
+    taken off the text (OpenAI returns none of it; Anthropic names it in `stop_sequence`, not
+    the content). "OK" ended by "END " × 25 (100 bytes, 50 tokens) was charged 50 of its 51
+    output tokens (2 bytes + 48). Now a request's longest stop sequence's bytes are room
+    beyond the text, on the gateway and at the signing proxy, as a prediction's are."""
+    answers, fake = canned
+    gw.add_lot(fake, provider="anthropic", api="anthropic")
+    _, key = gw.buyer()
+    stop = "END " * 25
+    answers.answer = {"id": "msg_2", "type": "message", "role": "assistant", "model": "fake-claude",
+                      "content": [{"type": "text", "text": "OK"}], "stop_reason": "stop_sequence",
+                      "stop_sequence": stop, "usage": {"input_tokens": 8, "output_tokens": 51}}  # fmt: skip
+    body = {"model": "fake-claude", "max_tokens": 200, "stop_sequences": ["\n\n", stop],
+            "messages": [{"role": "user", "content": "say OK"}]}  # fmt: skip
+    headers = {"x-api-key": key, **MESSAGES_HEADERS}
+    answer = httpx.post(gw.url + "/v1/messages", json=body, headers=headers, timeout=30)
+    shown = usage_of(MESSAGES, answer.json())
+    assert answer.status_code == 200 and shown is not None and shown.output_tokens == 51
+    check_counts(bounds(MESSAGES, body), shown, visible_bytes(MESSAGES, answer.json()))  # the proxy agrees
+    assert bounds("chat", {"model": "fake-gpt", "messages": body["messages"], "stop": stop}).prediction_bytes == 100
+    answers.answer = {**answers.answer, "usage": {"input_tokens": 8, "output_tokens": 200}}  # beyond it: clamped
+    answer = httpx.post(gw.url + "/v1/messages", json=body, headers=headers, timeout=30)
+    shown = usage_of(MESSAGES, answer.json())
+    assert shown is not None and shown.output_tokens == 2 + 48 + 100

@@ -70,8 +70,10 @@ class Bounds:
     # `prediction.content`): its tokens the answer did not use are billed among the output
     # tokens (`rejected_prediction_tokens`) and never relayed, so the visible output may
     # exceed the answer's bytes by at most them. Left out, an honest predicted edit whose
-    # answer rewrote most of the prediction stopped signing. And a Messages request's thinking
-    # budget (`produced.thinking_budget`: Claude 4 shows a summary of its thinking, billed whole).
+    # answer rewrote most of the prediction stopped signing. And its longest stop sequence's
+    # bytes (`produced.stop_bytes`: generated, billed, not relayed) and a Messages request's
+    # thinking budget (`produced.thinking_budget`: Claude 4 shows a summary of its thinking,
+    # billed whole).
     prediction_bytes: int = 0
     # False: the model never reasons (the local catalog's `reasoning = false`, `RateBook.reasons`):
     # reasoning tokens reported for it are visible output, bounded by the answer's bytes, as
@@ -139,7 +141,8 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
         raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
     visible = visible_output(usage) if bound.reasoning else usage.output_tokens
     if produced_bytes is not None and visible > visible_limit(produced_bytes, bound.prediction_bytes):
-        predicted = f" and {bound.prediction_bytes} of its prediction or thinking" if bound.prediction_bytes else ""
+        unshown = bound.prediction_bytes
+        predicted = f" and {unshown} of its prediction, stop sequence or thinking" if unshown else ""
         raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer{predicted}")
     # Cache writes are priced above input (Anthropic: 1.25×, an hour's 2×) and a provider
     # writes only what the request marked: reported for a request that marked none (or none

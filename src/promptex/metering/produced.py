@@ -192,12 +192,29 @@ def thinking_budget(endpoint: str, body: Any) -> int:
     return limit
 
 
+def stop_bytes(endpoint: str, body: Any) -> int:
+    """The UTF-8 bytes of a request's longest stop sequence (chat and completions `stop`, a
+    string or strings; Messages `stop_sequences`): the model generates the one it stops at,
+    which is billed among the output tokens and taken off the text relayed (OpenAI returns
+    none of it, Anthropic names it apart). Left out, "OK" ended by a 100-byte stop sequence
+    of 50 tokens was charged 50 of its 51 output tokens (sbreak s17: the seller's loss)."""
+    if not isinstance(body, dict):
+        return 0
+    given = body.get("stop_sequences") if endpoint == MESSAGES else body.get("stop")
+    if endpoint not in (CHAT, COMPLETIONS, MESSAGES) or given is None:
+        return 0
+    stops = [given] if isinstance(given, str) else given if isinstance(given, list) else []
+    return max((len(stop.encode()) for stop in stops if isinstance(stop, str)), default=0)
+
+
 def unshown_output(endpoint: str, body: Any, *, may_think: bool = True) -> int:
     """The output tokens an answer to `body` may be billed beyond its text (`visible_limit`'s
-    `predicted_bytes`): its prediction's bytes (`prediction_bytes`) and, for a model that may
-    think (`may_think`: not one the catalog says never reasons, as its reported reasoning
-    is not kept either), its thinking budget (`thinking_budget`)."""
-    return prediction_bytes(endpoint, body) + (thinking_budget(endpoint, body) if may_think else 0)
+    `predicted_bytes`): its prediction's bytes (`prediction_bytes`), its longest stop
+    sequence's (`stop_bytes`) and, for a model that may think (`may_think`: not one the
+    catalog says never reasons, as its reported reasoning is not kept either), its thinking
+    budget (`thinking_budget`)."""
+    room = prediction_bytes(endpoint, body) + stop_bytes(endpoint, body)
+    return room + (thinking_budget(endpoint, body) if may_think else 0)
 
 
 def visible_output(usage: TokenUsage) -> int:
