@@ -19,6 +19,8 @@ import pytest
 from promptex import metering
 from promptex.buyerside.signer import Signer
 from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.gateway import limits
+from promptex.gateway.keys import hash_key
 
 from .conftest import Fake, Harness
 from .test_signed_proxy import _session, _signer
@@ -120,6 +122,29 @@ def test_every_lot_busy__429_naming_the_lane__signing_goes_on(gw: Harness, fake:
         answer, _ = _ask(gw, signer, api_key, "chat")
         assert answer.status_code == 429 and answer.json()["error"]["lane_charged_units"] == "0"
     assert signer.stopped is None and all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
+
+
+def test_key_over_its_rate_limit__429_naming_the_lane__signing_goes_on(gw: Harness, fake: Fake, tmp_path: Path) -> None:
+    """A refusal in the hold's own transaction (a limit on the key, its budget, the lots'
+    capacity) takes nothing from the voucher's lane, and names it (`Gateway.reserve`): before
+    (s2break), a signed buyer over its key's requests per minute got 429s without the lane's
+    figures, each weighed as a hold, and signing stopped after three on a lane."""
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    key = gw.store.api_key(hash_key(api_key))
+    assert key is not None
+    limits.set_limits(gw.ledger.engine, limits.key_subject(key), limits.Limits(requests_per_minute=1), gw.now())
+    signer = _signer(gw, grant, api_key, tmp_path)
+    assert _ask(gw, signer, api_key, "chat")[0].status_code == 200
+    charged = gw.ledger.lane(account, "USDC", 1, 0).charged
+    errors = []
+    for _ in range(6):  # before, signing stopped: three on one lane
+        answer, _ = _ask(gw, signer, api_key, "chat")
+        assert answer.status_code == 429, answer.text
+        errors.append(answer.json()["error"])
+    assert signer.stopped is None and all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
+    assert all(error["code"] == "rate_limit_exceeded" and "lane_charged_units" in error for error in errors)
+    assert sum(lane.charged for lane in signer.book.lanes) == charged > 0
 
 
 def test_models__lists_the_listed_lots_rates__and_the_rate_its_prices_are_at(

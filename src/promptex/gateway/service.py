@@ -599,11 +599,22 @@ class Gateway:
         asset = (request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset).upper()
         try:
             voucher = vouchers.parse(header)
+        except GatewayError:
+            return
+        await self._name_voucher_lane(key, asset, voucher.session, voucher.lane, refusal)
+
+    async def _name_voucher_lane(
+        self, key: ApiKey, asset: str, session_id: int, index: int, refusal: GatewayError
+    ) -> None:
+        """`_name_lane` for the voucher of session `session_id`, lane `index`."""
+        if refusal.extra:
+            return
+        try:
             payer = key.payer if key.payer is not None else key.account
-            session, lane = await self._thread(self.ledger.signed_state, payer, asset, voucher.lane)
+            session, lane = await self._thread(self.ledger.signed_state, payer, asset, index)
         except (GatewayError, LedgerUnavailable):
             return
-        if session is None or lane is None or voucher.session != session.session or lane.inflight is not None:
+        if session is None or lane is None or session_id != session.session or lane.inflight is not None:
             return
         refusal.extra = vouchers.refusal(refusal.status, "", "", lane).extra
 
@@ -744,6 +755,21 @@ class Gateway:
         self.ledger.holds.release(request_id)
 
     async def reserve(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
+        try:
+            return await self._reserve_or_refuse(key, priced, request_id)
+        except GatewayError as exc:
+            # Refused in the hold's own transaction (a limit on the key, its budget, the lots'
+            # capacity, …): a voucher's lane took nothing, so the refusal names the lane as a
+            # voucher refusal does (`_name_lane`). Before, a signed buyer over its key's
+            # requests-per-minute got 429s without the lane's figures, each weighed as a hold,
+            # and signing stopped after three on a lane. Not a ledger that did not answer: a
+            # hold made all the same may have taken the lane.
+            if priced.voucher is not None and exc.code != "ledger_unavailable":
+                voucher = priced.voucher
+                await self._name_voucher_lane(key, priced.asset, voucher.session, voucher.lane, exc)
+            raise
+
+    async def _reserve_or_refuse(self, key: ApiKey, priced: Priced, request_id: str) -> Hold:
         began = time.perf_counter()
         try:
             hold: Hold = await self._money(key, self._reserve, priced, request_id)
