@@ -56,6 +56,7 @@ def anvil_account(index: int) -> Any:
 
 
 DEPLOYER, SELLER, BUYER = anvil_account(0), anvil_account(1), anvil_account(3)  # the deployer is an attestor
+SELLER_ALIAS = "TEST::1"  # the seller as ape's test account (the same mnemonic and path)
 
 
 class Market:
@@ -573,17 +574,24 @@ def test_seller_lots__usage_served_not_yet_settled__remaining_less_it_once(marke
 
 
 def test_seller_finalize__before_the_delay_nothing__after_it_closed_by_itself_bond_back(market: Market) -> None:
+    """Signed with the seller's ape account (--account, as `buyer bind`'s: smalls s17, before only
+    PROMPTEX_SELLER_PRIVATE_KEY) for the bond's approval, the close and the first finalize."""
     market.send(SELLER, market.contract("USDC").functions.mint(SELLER.address, BOND))
-    assert market.add_capacity().exit_code == 0
+    opened = market.add_capacity("--account", SELLER_ALIAS, "--yes", seller_key=False)
+    assert opened.exit_code == 0, opened.output
     with market.ledger() as ledger:
         (state,) = ledger.lot_states().values()
     chain_lot = state.chain_lot_id
     assert chain_lot is not None
     no_key = market.cli("seller", "finalize")
-    assert no_key.exit_code == 1 and "PROMPTEX_SELLER_PRIVATE_KEY" in no_key.output
-    assert market.cli("seller", "close", str(chain_lot), seller_key=True).exit_code == 0
+    assert no_key.exit_code == 1 and "--account ALIAS" in no_key.output, no_key.output
+    assert "PROMPTEX_SELLER_PRIVATE_KEY" in no_key.output
+    nobody = market.cli("seller", "close", str(chain_lot), "--account", "TEST::999")
+    assert nobody.exit_code == 1 and nobody.output.strip() == "Error: no test account TEST::999", nobody.output
+    closed = market.cli("seller", "close", str(chain_lot), "--account", SELLER_ALIAS, "--yes")
+    assert closed.exit_code == 0, closed.output
 
-    early = market.cli("seller", "finalize", seller_key=True)
+    early = market.cli("seller", "finalize", "--account", SELLER_ALIAS)
 
     assert early.exit_code == 0, early.output
     assert "no close is due to finalize; the next is due from" in early.output

@@ -39,3 +39,20 @@ def signing_account(alias: str | None, *, yes: bool, wallet: str | None = None) 
     if yes and hasattr(account, "set_autosign"):
         account.set_autosign(True)
     return account
+
+
+class ApeTxSigner:
+    """An ape account (`signing_account`) as a `chain.sender.TxSigner`: the transaction dict
+    made ape's transaction and signed by the account (a keyfile asks, or signs at once after
+    --yes); what the seller commands sign with under --account ALIAS, beside a raw key."""
+
+    def __init__(self, account: Any) -> None:
+        self.account = account
+        self.address = str(account.address)
+
+    def sign(self, tx: dict[str, Any]) -> tuple[str, str]:
+        txn = networks.ethereum.create_transaction(**{k: v for k, v in tx.items() if k != "from"})
+        signed = self.account.sign_transaction(txn)
+        if signed is None:
+            raise ValueError(f"{self.address} did not sign the transaction")
+        return "0x" + bytes(signed.txn_hash).hex(), "0x" + bytes(signed.serialize_transaction()).hex()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from eth_account import Account
 from eth_typing import HexStr
@@ -62,17 +62,39 @@ def revert_reason(exc: BaseException) -> str:
     return text[0] if text and text[0] else "reverted without a reason"
 
 
+class TxSigner(Protocol):
+    """Signs a transaction dict (web3's `build_transaction` fields) as one address."""
+
+    address: str
+
+    def sign(self, tx: dict[str, Any]) -> tuple[str, str]:
+        """(its hash, its raw bytes), each 0x-prefixed hex."""
+        ...
+
+
+class KeySigner:
+    """A raw private key's signatures (the services' keys, PROMPTEX_SELLER_PRIVATE_KEY)."""
+
+    def __init__(self, private_key: str) -> None:
+        self._account = Account.from_key(private_key)
+        self.address = str(self._account.address)
+
+    def sign(self, tx: dict[str, Any]) -> tuple[str, str]:
+        signed = self._account.sign_transaction(tx)
+        return _hex(signed.hash), _hex(signed.raw_transaction)
+
+
 class Web3Sender:
-    """A deployment's contracts over JSON-RPC, signing with one private key."""
+    """A deployment's contracts over JSON-RPC, signing with one private key (or `TxSigner`:
+    an ape account's, `chain.accounts.ApeTxSigner`)."""
 
     def __init__(
-        self, rpc_url: str, deployment: Deployment, private_key: str, *, timeout: float = DEFAULT_TIMEOUT
+        self, rpc_url: str, deployment: Deployment, signer: str | TxSigner, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         self.w3 = connect(rpc_url, timeout=timeout)
         self.deployment = deployment
-        self._account = Account.from_key(private_key)
-        self._key = private_key
-        self.sender = str(self._account.address)
+        self._signer = KeySigner(signer) if isinstance(signer, str) else signer
+        self.sender = self._signer.address
         self.chain_id = deployment.chain_id
         self._callable: dict[str, Any] = {}  # Call.contract → web3 contract
 
@@ -104,8 +126,7 @@ class Web3Sender:
         fn = self._function(call)
         gas = int(fn.estimate_gas({"from": self.sender}, block_identifier="pending") * GAS_MARGIN)
         tx = fn.build_transaction({"from": self.sender, "nonce": nonce, "chainId": self.chain_id, "gas": gas})
-        signed = self._account.sign_transaction(tx)
-        return SignedTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce)
+        return SignedTx(*self._signer.sign(dict(tx)), nonce)
 
     def sign_noop(self, nonce: int, replacing: str | None = None) -> SignedTx:
         """A 0-value transfer to ourselves at `nonce`: it fills a nonce whose signed
@@ -127,8 +148,7 @@ class Web3Sender:
             "from": self.sender, "to": self.sender, "value": 0, "gas": 21_000, "nonce": nonce,
             "chainId": self.chain_id, "maxFeePerGas": max(max_fee, priority), "maxPriorityFeePerGas": priority,
         }  # fmt: skip
-        signed = self._account.sign_transaction(tx)
-        return SignedTx(_hex(signed.hash), _hex(signed.raw_transaction), nonce)
+        return SignedTx(*self._signer.sign(tx), nonce)
 
     def nonce(self) -> int:
         return self.nonce_of(self.sender)

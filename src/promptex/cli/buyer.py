@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from promptex import metering
+from promptex.cli.accounts import account_options, ape_account
 from promptex.cli.amounts import decimal_of
 from promptex.config import Settings, settings
 
@@ -116,15 +117,7 @@ def bind_hint(challenge: str) -> str:
 
 @buyer.command("bind")
 @click.option("--challenge", "challenge_file", default="binding-challenge.json", show_default=True)
-@click.option(
-    "--account",
-    "account_alias",
-    help="sign with this ape account (a keyfile asks for its passphrase, or reads APE_ACCOUNTS_<alias>_PASSPHRASE; "
-    "TEST::N locally)",
-)
-@click.option(
-    "--yes", is_flag=True, help="--account: sign without confirming (a keyfile's passphrase from the environment)"
-)
+@account_options
 @click.option("--signature", help="0x… signature of the challenge's typed data")
 @click.option("--sign-with-env", help="(demo) sign with the private key in this environment variable")
 def buyer_bind(
@@ -174,23 +167,9 @@ def buyer_bind(
 def _sign_with_ape_account(alias: str, message: BindingMessage, *, yes: bool) -> bytes:
     """The challenge's typed data signed by the ape account `alias` (the wallet commands' --account;
     `yes`: as their --yes, no confirmation, a keyfile unlocked with APE_ACCOUNTS_<alias>_PASSPHRASE)."""
-    from promptex.chain.accounts import NotThatWallet, signing_account
     from promptex.cli.door import sign_typed_data
-    from promptex.cli.errors import quiet_ape
 
-    quiet_ape()  # ape's log lines ("Danger! This account will now sign…") only with --debug
-    try:
-        account = signing_account(alias, yes=yes, wallet=message.wallet)
-    except NotThatWallet as exc:
-        raise click.ClickException(
-            f"{alias} is {exc.address}; the challenge is for {message.wallet}: sign with that wallet"
-        ) from None
-    except KeyError:
-        raise click.ClickException(
-            f"no ape account {alias!r}: see `ape accounts list` (`ape accounts import` or `generate` makes one)"
-        ) from None
-    except (IndexError, ValueError):  # TEST::N beyond the test accounts, TEST::x
-        raise click.ClickException(f"no test account {alias}") from None
+    account = ape_account(alias, yes=yes, wallet=message.wallet)
     if not (yes and hasattr(account, "set_autosign")):
         click.echo(f"{alias} signs: {message.statement} (wallet {message.wallet}, chain {message.chain_id})")
     return sign_typed_data(account, message.typed_data())

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from promptex.cli.accounts import account_options, ape_account
 from promptex.cli.amounts import decimal_of, usd_micro
 from promptex.cli.market import rpc_url_option
 from promptex.config import ConfigurationError, Settings, settings
 
 if TYPE_CHECKING:
+    from promptex.chain.sender import TxSigner
     from promptex.ledger import Ledger
     from promptex.sellers import Capacity, Onboarded, SellerChain
 
@@ -50,24 +52,32 @@ def _dollars(option: str, text: str) -> int:
         raise click.ClickException(f"{option}: {exc.message}") from None
 
 
+def _signer(alias: str | None, yes: bool) -> TxSigner | None:
+    """--account ALIAS: the seller's ape account signs its transactions (as `buyer bind
+    --account` signs a challenge: the same texts), instead of PROMPTEX_SELLER_PRIVATE_KEY."""
+    from promptex.chain.accounts import ApeTxSigner
+
+    return None if alias is None else ApeTxSigner(ape_account(alias, yes=yes))
+
+
 @contextmanager
-def _seller_session(s: Settings) -> Iterator[tuple[Ledger, SellerChain]]:
+def _seller_session(s: Settings, seller: TxSigner | None = None) -> Iterator[tuple[Ledger, SellerChain]]:
     """The database (checked to mirror the chain) and the chain; any refusal in one line."""
     from promptex.sellers import factory
 
     try:
-        with factory.seller_session(s) as pair:
+        with factory.seller_session(s, seller) as pair:
             yield pair
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def open_capacity(s: Settings, capacity: Capacity, *, verify: bool = True) -> Onboarded:
+def open_capacity(s: Settings, capacity: Capacity, *, verify: bool = True, seller: TxSigner | None = None) -> Onboarded:
     """Open one lot (`promptex.sellers.factory.open_capacity`); a refusal in one line."""
     from promptex.sellers import CapacityRefused, LotNotOpened, LotPending, factory
 
     try:
-        [opened] = factory.open_capacity(s, [capacity], verify=verify)
+        [opened] = factory.open_capacity(s, [capacity], verify=verify, seller=seller)
     except (ConfigurationError, CapacityRefused, LotNotOpened, LotPending) as exc:
         raise click.ClickException(str(exc)) from None
     return opened
@@ -90,7 +100,9 @@ def seller_address_of(s: Settings) -> str | None:
 @click.option("--kind", type=click.Choice(["tokenized", "listed"]), required=True)
 @click.option("--rate", default="0.6", show_default=True, help="listed: price as a fraction of list")
 @click.option("--expires", required=True, help="unix seconds, ISO date, or 30d / 12h from now")
-@click.option("--seller-address", help="the seller's wallet [default: PROMPTEX_SELLER_PRIVATE_KEY's address]")
+@click.option(
+    "--seller-address", help="the seller's wallet [default: --account's, or PROMPTEX_SELLER_PRIVATE_KEY's address]"
+)
 @click.option(
     "--bond",
     help="USDC bond posted with the lot [default: a tokenized lot's only bond, its token's share of face "
@@ -99,6 +111,7 @@ def seller_address_of(s: Settings) -> str | None:
 @click.option("--declare-resale-permitted", is_flag=True, help="your agreement with the provider permits resale")
 @click.option("--no-verify", is_flag=True, help="skip the minimal upstream call that verifies the key")
 @click.option("--json", "as_json", is_flag=True, help="print the opened lot as JSON")
+@account_options
 @rpc_url_option
 def seller_add_capacity(
     provider: str,
@@ -114,6 +127,8 @@ def seller_add_capacity(
     declare_resale_permitted: bool,
     no_verify: bool,
     as_json: bool,
+    account_alias: str | None,
+    yes: bool,
 ) -> None:
     """Verify an upstream key, approve the bond, open the lot on CreditEscrow and record it.
 
@@ -126,9 +141,12 @@ def seller_add_capacity(
     from promptex.sellers import Capacity
 
     s = settings()
-    signer = seller_address_of(s)
+    seller = _signer(account_alias, yes)
+    signer = seller.address if seller is not None else seller_address_of(s)
     if seller_address is None and signer is None:
-        raise click.ClickException("give --seller-address, or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key")
+        raise click.ClickException(
+            "give --seller-address, or --account ALIAS (the seller's ape account) or PROMPTEX_SELLER_PRIVATE_KEY"
+        )
     try:
         address = checksum_address(seller_address or str(signer))
     except ValueError as exc:
@@ -146,7 +164,7 @@ def seller_add_capacity(
         resale_permitted=declare_resale_permitted,
         bond_usdc=_dollars("--bond", bond) if bond is not None else 0,
     )
-    opened = open_capacity(s, capacity, verify=not no_verify)
+    opened = open_capacity(s, capacity, verify=not no_verify, seller=seller)
     if as_json:
         click.echo(json.dumps(opened.as_json(), indent=2))
     else:
@@ -186,15 +204,16 @@ def seller_lots(seller_address: str | None) -> None:
 
 @seller.command("close")
 @click.argument("lot", type=int)
+@account_options
 @rpc_url_option
-def seller_close(lot: int) -> None:
-    """Close escrow lot LOT (signed with PROMPTEX_SELLER_PRIVATE_KEY): request_close stops
+def seller_close(lot: int, account_alias: str | None, yes: bool) -> None:
+    """Close escrow lot LOT (signed with --account's ape account or PROMPTEX_SELLER_PRIVATE_KEY): request_close stops
     its routing at once; run it again once the close delay is over to finalize_close and
     take back the rest of the bond (or leave `promptex seller finalize --watch` running)."""
     from promptex.sellers import CloseRefused, factory
 
     s = settings()
-    with _seller_session(s) as (ledger, chain):
+    with _seller_session(s, _signer(account_alias, yes)) as (ledger, chain):
         try:
             lines = factory.make_closing(s, ledger, chain).close(lot)
         except CloseRefused as exc:
@@ -204,20 +223,21 @@ def seller_close(lot: int) -> None:
 
 @seller.command("finalize")
 @click.option("--watch", type=click.FloatRange(min=1), help="keep finalizing every SECONDS until stopped (Ctrl-C)")
+@account_options
 @rpc_url_option
-def seller_finalize(watch: float | None) -> None:
-    """Finalize every one of your lots whose close delay is over (signed with
-    PROMPTEX_SELLER_PRIVATE_KEY): the rest of each bond comes back. With --watch it keeps
+def seller_finalize(watch: float | None, account_alias: str | None, yes: bool) -> None:
+    """Finalize every one of your lots whose close delay is over (signed with --account's ape
+    account or PROMPTEX_SELLER_PRIVATE_KEY): the rest of each bond comes back. With --watch it keeps
     running, so a close requested with `promptex seller close` finishes by itself."""
     import logging
     import time
 
     from promptex.sellers import CloseRefused, factory
 
-    s = settings()
+    s, seller = settings(), _signer(account_alias, yes)
     while True:
         try:
-            with _seller_session(s) as (ledger, chain):
+            with _seller_session(s, seller) as (ledger, chain):
                 lines, next_due = factory.make_closing(s, ledger, chain).finalize_due()
         except CloseRefused as exc:
             raise click.ClickException(str(exc)) from None

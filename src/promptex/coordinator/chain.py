@@ -67,6 +67,7 @@ class Web3Chain(Web3Sender):
         self, rpc_url: str, deployment: Deployment, private_key: str, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         super().__init__(rpc_url, deployment, private_key, timeout=timeout)
+        self._key = private_key  # signs releases too (`sign_release`), not only transactions
         self.vault = self.contract("CreditsVault", calls="vault")
         # No escrow role: it reads lots, and calls only what anyone may (`expire`).
         self.escrow = self.contract("CreditEscrow", calls="escrow")

@@ -17,7 +17,7 @@ from web3.logs import DISCARD
 
 from promptex.chain.deployments import Deployment
 from promptex.chain.node import DEFAULT_TIMEOUT, connect, deployed_contract
-from promptex.chain.sender import Call, Receipt, SignedTx, Web3Sender
+from promptex.chain.sender import Call, Receipt, SignedTx, TxSigner, Web3Sender
 from promptex.protocol.escrow import KIND_TOKENIZED, MAX_HINT_STEPS
 
 ESCROW, USDC = "escrow", "usdc"
@@ -64,7 +64,8 @@ class OpenedOnChain:
 
 class SellerChain:
     """A deployment's escrow for onboarding and managing lots. `attestor_key` opens lots;
-    `seller_key` (optional) signs the seller's own transactions."""
+    `seller_key` (optional) signs the seller's own transactions: a raw key, or a `TxSigner`
+    (an ape account, `promptex seller … --account ALIAS`)."""
 
     def __init__(
         self,
@@ -72,7 +73,7 @@ class SellerChain:
         deployment: Deployment,
         *,
         attestor_key: str | None,
-        seller_key: str | None = None,
+        seller_key: str | TxSigner | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.w3 = connect(rpc_url, timeout=timeout)
@@ -103,7 +104,7 @@ class SellerChain:
         """Signs the seller's own transactions (None: no seller key was given)."""
         return self._sender(self._seller_key)
 
-    def _sender(self, key: str | None) -> Web3Sender | None:
+    def _sender(self, key: str | TxSigner | None) -> Web3Sender | None:
         if key is None:
             return None
         sender = Web3Sender(self._rpc_url, self.deployment, key, timeout=self._timeout)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pydantic import SecretStr
 
 from promptex import metering
+from promptex.chain.sender import TxSigner
 from promptex.config import ConfigurationError, Settings
 from promptex.ledger import Ledger
 from promptex.sellers.chain import SellerChain
@@ -33,7 +34,9 @@ def _secret(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
 
 
-def make_chain(s: Settings) -> SellerChain:
+def make_chain(s: Settings, seller: TxSigner | None = None) -> SellerChain:
+    """The chain; `seller` (an ape account's signer) signs the seller's transactions instead of
+    PROMPTEX_SELLER_PRIVATE_KEY."""
     from promptex.chain.deployments import load_deployment
 
     try:
@@ -41,7 +44,7 @@ def make_chain(s: Settings) -> SellerChain:
     except FileNotFoundError as exc:
         raise ConfigurationError(str(exc)) from None
     rpc_url = s.chain_rpc_url("attestor")
-    seller_key = _secret(s.seller_private_key)
+    seller_key: str | TxSigner | None = seller if seller is not None else _secret(s.seller_private_key)
     attestor_key = _secret(s.attestor_private_key)
     chain = SellerChain(rpc_url, deployment, attestor_key=attestor_key, seller_key=seller_key)
     if attestor_key is None and s.attestor_network == "local":
@@ -79,13 +82,13 @@ def make_closing(s: Settings, ledger: Ledger, chain: SellerChain) -> Closing:
 
 
 @contextmanager
-def seller_session(s: Settings) -> Iterator[tuple[Ledger, SellerChain]]:
+def seller_session(s: Settings, seller: TxSigner | None = None) -> Iterator[tuple[Ledger, SellerChain]]:
     """The database (checked to mirror the chain) and the chain; ConfigurationError (one
     line) when either cannot be used, a node that does not answer included."""
     import requests
 
     try:
-        chain = make_chain(s)
+        chain = make_chain(s, seller)
         with Ledger.from_settings(s) as ledger:
             check_ledger_chain(s, ledger)
             yield ledger, chain
@@ -101,6 +104,7 @@ def open_capacity(
     *,
     verify: bool = True,
     before_each: Callable[[Capacity], None] | None = None,
+    seller: TxSigner | None = None,
 ) -> list[Onboarded]:
     """Open each capacity as a lot on the one tokenize/list path, in one session (one
     database and chain connection, the onboarding's pending work resumed once): what
@@ -109,7 +113,7 @@ def open_capacity(
     bond). The first refusal stops it (CapacityRefused, LotNotOpened, LotPending or
     ConfigurationError: one line each)."""
     opened = []
-    with seller_session(s) as (ledger, chain):
+    with seller_session(s, seller) as (ledger, chain):
         onboarding = make_onboarding(s, ledger, chain)
         onboarding.resume()
         for capacity in capacities:

@@ -156,7 +156,10 @@ class Closing:
             )
         signer = self.chain.seller
         if signer is None:
-            raise CloseRefused("set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key: closing a lot is the seller's")
+            raise CloseRefused(
+                "pass --account ALIAS (the seller's ape account) or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's "
+                "key: closing a lot is the seller's"
+            )
         lot = self.chain.lot(chain_lot_id)
         if Web3.to_checksum_address(lot.seller) != Web3.to_checksum_address(signer.sender):
             raise CloseRefused(f"lot {chain_lot_id} is {lot.seller}'s, not {signer.sender}'s")
@@ -181,7 +184,10 @@ class Closing:
         next closing lot is due (None: none is closing)."""
         signer = self.chain.seller
         if signer is None:
-            raise CloseRefused("set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key: finalizing is the seller's")
+            raise CloseRefused(
+                "pass --account ALIAS (the seller's ape account) or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's "
+                "key: finalizing is the seller's"
+            )
         if not self.chain.closes_in_two_steps():
             return [], None
         me = Web3.to_checksum_address(signer.sender)

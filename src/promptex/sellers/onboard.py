@@ -136,7 +136,8 @@ class Onboarding:
     clock: Callable[[], int] = _wall_clock
     # How the seller approves a bond this path cannot approve itself (no seller key given).
     approve_hint: str = (
-        "from the seller's wallet, or set PROMPTEX_SELLER_PRIVATE_KEY to the seller's key so add-capacity approves it"
+        "from the seller's wallet, or pass --account ALIAS (its ape account) or set PROMPTEX_SELLER_PRIVATE_KEY "
+        "to the seller's key so add-capacity approves it"
     )
 
     # ─── Checks (nothing stored, nothing sent) ───────────────────────────────
