@@ -9,6 +9,7 @@ from eth_account import Account
 from eth_utils import keccak
 from vault_signed_world import EPOCH, ROOT, USD, SignedWorld
 
+from promptex.ledger.sessions import settlement_close
 from promptex.protocol.vault import (
     MAX_LANES,
     SECP256K1_N,
@@ -97,6 +98,18 @@ def test_register_session_key__relayed__stored_and_logged(w, buyer):
     last_window = (expiry - w.genesis) // EPOCH + 1
     assert view == (session_key, 0, 3, 50 * USD, 0, expiry, w.genesis + (last_window + 1) * EPOCH - 1, window + 1)
     assert w.vault.session_nonce(buyer.address, w.usdc.address) == 1
+
+
+@pytest.mark.parametrize("lifetime", [1, EPOCH - 1, EPOCH, 7 * EPOCH + 3, 86_400])
+def test_session_key__last_settlement_second__what_the_indexer_records(w, buyer, lifetime):
+    """The ledger's `settlement_close` (the indexer records it with each session; the
+    gateway refuses vouchers whose requests could be charged after it) is the vault's own
+    ends_at for an unrevoked session, wherever the expiry falls in its window."""
+    w.open_session(buyer, lifetime=lifetime)
+    (log,) = w.events("SessionKeyRegistered")
+    view = w.vault.session_key(buyer.address, w.usdc.address)
+    close = settlement_close(log["expiry"], log["signed_from"], w.vault.genesis(), w.vault.epoch_length())
+    assert close == view[6]
 
 
 def test_set_session_key__by_the_wallet__registered(w, buyer):

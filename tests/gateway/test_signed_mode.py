@@ -7,6 +7,7 @@ ledger directly, as the indexer would record the vault's event (no chain here)."
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,14 @@ def signed_buyer(
     return buyer
 
 
-def new_session(buyer: Signer, *, lanes: int = 2, maximum: int = 100 * USDC, lifetime: int = 86_400) -> None:
+def new_session(
+    buyer: Signer,
+    *,
+    lanes: int = 2,
+    maximum: int = 100 * USDC,
+    lifetime: int = 86_400,
+    settles_until: int | None = None,
+) -> None:
     """The buyer's next session key, as the indexer records the vault's SessionKeyRegistered."""
     buyer.session += 1
     buyer.session_key = Account.create()
@@ -94,6 +102,7 @@ def new_session(buyer: Signer, *, lanes: int = 2, maximum: int = 100 * USDC, lif
         maximum=maximum,
         expiry=buyer.gw.now() + lifetime,
         signed_from=2,
+        settles_until=settles_until,
     )
 
 
@@ -335,3 +344,37 @@ def test_signed__expired_session__plain_refused_with_how_to_leave__a_cap_from_be
     said = error(plain)["message"]
     assert f"session 1 in USDC expired at {utc_text(expiry)}; its vouchers settle on chain until the close" in said
     assert gw.ledger.balance(buyer.account, "USDC").held == 0
+
+
+def test_signed__request_could_be_charged_after_the_sessions_last_window__refused_nothing_held(
+    gw: Harness, fake: Fake
+) -> None:
+    """The vault settles a session's vouchers until the close of its last window: a request
+    charged later is never settled (quarantined, refunded, its seller unpaid). A voucher
+    whose request could be (arrival + deadline + hold margin, + the coordinator's time) is
+    refused before any hold; the expiry stands for the close when the vault's clock is unknown."""
+    from promptex.protocol.units import utc_text
+
+    gw.add_lot(fake)
+    s = gw.settings
+    horizon = math.ceil(s.gateway_request_deadline_seconds + s.gateway_hold_margin_seconds)
+    horizon += math.ceil(s.gateway_signed_settle_seconds)
+    buyer = signed_buyer(gw, lifetime=3 * horizon)
+    close = gw.now() + horizon - 5  # its last window closes sooner than a request may last
+    new_session(buyer, lifetime=3 * horizon, settles_until=close)
+    refused = buyer.post(buyer.voucher(0, 1_000))
+    assert (refused.status_code, error(refused)["code"]) == (403, "session_ending"), refused.text
+    body = error(refused)
+    assert (body["lane_charged_units"], body["settles_until"], body["voucher"]) == ("0", close, None)
+    assert f"settle on chain only until {utc_text(close)}" in body["message"]
+    assert gw.ledger.balance(buyer.account, "USDC").held == 0 and buyer.charged(0) == 0
+    assert gw.ledger.lane(buyer.account, "USDC", buyer.session, 0).voucher is None  # nothing stored
+
+    new_session(buyer, lifetime=horizon - 5)  # the vault's clock unknown: the expiry is the close
+    unknown = buyer.post(buyer.voucher(0, 1_000))
+    assert (unknown.status_code, error(unknown)["code"]) == (403, "session_ending"), unknown.text
+
+    new_session(buyer, lifetime=horizon - 5, settles_until=gw.now() + horizon + 30)  # the clock says later
+    served = buyer.post(buyer.voucher(0, 1_000))
+    assert served.status_code == 200, served.text
+    assert 0 < buyer.charged(0) <= 1_000

@@ -5,6 +5,10 @@ releasing or sweeping the hold frees the lane. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import httpx
 import pytest
 from eth_account import Account
 from eth_utils.address import to_checksum_address
@@ -240,3 +244,60 @@ def test_spend_cap_after_a_session__capped_again__not_a_cap_before_nor_a_revoked
     session = ledger.session(account, ASSET)
     assert session is not None and session.capped_by is None and session.open_at(ledger.clock())
     assert ledger.balance(account, ASSET).cap_remaining == 5 * USDC - 1_000
+
+
+def test_indexer_effects__session_registered__its_last_settlement_second_from_the_vaults_clock(ledger: Ledger):
+    """The indexer reads the vault's epoch clock (genesis, epoch_length: immutable) once and
+    records with each session the close of its last window (what `session_key(...)[6]`
+    answers: tests/contracts/test_vault_signed.py checks the formula against the vault);
+    without it the session's close is taken to be its expiry, never later than the chain's."""
+    from eth_abi.abi import encode
+    from indexer_fakes import followed
+
+    from promptex.indexer.rpc import RpcClient
+    from promptex.indexer.service import EPOCH_LENGTH_SELECTOR, GENESIS_SELECTOR, Indexer, IndexerError
+
+    calls: list[tuple[str, str]] = []
+
+    def node(request: httpx.Request) -> httpx.Response:
+        payload = json.loads(request.content)
+        to, data = payload["params"][0]["to"], payload["params"][0]["data"]
+        calls.append((to, data))
+        value = {GENESIS_SELECTOR: 1_000_000, EPOCH_LENGTH_SELECTOR: 600}.get(data)
+        answer: dict[str, object] = {"jsonrpc": "2.0", "id": payload["id"]}
+        if value is None or to != VAULT_CHECKSUM:
+            return httpx.Response(200, json={**answer, "error": {"code": 3, "message": "execution reverted"}})
+        return httpx.Response(200, json={**answer, "result": "0x" + encode(["uint256"], [value]).hex()})
+
+    indexer = Indexer(ledger, RpcClient("http://x", transport=httpx.MockTransport(node)), followed())
+    assert indexer._clock(VAULT_CHECKSUM) == (1_000_000, 600) == indexer._clock(VAULT_CHECKSUM)
+    assert len(calls) == 2  # read once
+    with pytest.raises(IndexerError, match="epoch clock"):
+        indexer._clock(KEY_CHECKSUM)
+
+    symbol = {TOKEN_CHECKSUM: ASSET}.__getitem__
+    wallets = [Account.create() for _ in range(3)]
+    expiry = 1_000_000 + 600 * 50 + 17  # in window 50: the last window is 51, closing at genesis + 52 × 600 − 1
+    for i, (wallet, signed_from, clock) in enumerate(
+        [(wallets[0], 9, indexer._clock), (wallets[1], 60, indexer._clock), (wallets[2], 9, None)]
+    ):
+        registered = _event(
+            "SessionKeyRegistered",
+            {"account": wallet.address, "asset": TOKEN_CHECKSUM, "key": KEY_CHECKSUM, "session": 0, "lanes": 1,
+             "maximum": USDC, "expiry": expiry, "signed_from": signed_from},
+            i,
+        )  # fmt: skip
+        assert ledger.apply_chain_facts(
+            lambda facts, e=registered, c=clock: effects.apply(facts, e, f"r{e.log_index}", symbol, "", 5, c)
+        )
+    found = []
+    for wallet in wallets:
+        account = ledger.create_account().id
+        message = ledger.issue_binding_challenge(account, wallet.address)
+        ledger.bind_wallet(message, sign(message, wallet.key))
+        found.append(ledger.session(account, ASSET))
+    assert [s.settles_until for s in found] == [1_000_000 + 52 * 600 - 1, 1_000_000 + 61 * 600 - 1, None]
+    assert [s.settlement_close() for s in found] == [1_000_000 + 52 * 600 - 1, 1_000_000 + 61 * 600 - 1, expiry]
+    assert sessions.settlement_close(expiry, 9, 1_000_000, 600) == found[0].settles_until
+    revoked = dataclasses.replace(found[0], ends_at=1_000_000 + 40 * 600 - 1)
+    assert revoked.settlement_close() == 1_000_000 + 40 * 600 - 1  # a revocation ends it sooner

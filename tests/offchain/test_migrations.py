@@ -41,7 +41,7 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0025"
+HEAD = "0026"
 NEVER_OPENED = "recorded before lots were tracked, and never opened on chain"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()

@@ -110,8 +110,8 @@ HOLD_ENDED = "hold_ended"
 LANE_BUSY_REST_SECONDS = 1.0
 # Refusals no later voucher of this grant can pass (the gateway's codes, gateway.vouchers).
 HOPELESS = frozenset(
-    {"session_unknown", "session_ended", "session_not_current", "voucher_bad_signature", "voucher_malformed",
-     "lane_out_of_range", "voucher_required"}
+    {"session_unknown", "session_ended", "session_ending", "session_not_current", "voucher_bad_signature",
+     "voucher_malformed", "lane_out_of_range", "voucher_required"}
 )  # fmt: skip
 MAX_CEILING = 2**128 - 1  # a settle_signed entry packs the ceiling in 128 bits
 

@@ -85,6 +85,7 @@ from promptex.ledger import (
 from promptex.ledger.lanes import NAME as LANES
 from promptex.ledger.lanes import (
     CeilingBelowCharged,
+    Lane,
     LaneBusy,
     LaneRefusal,
     SessionClosed,
@@ -531,6 +532,7 @@ class Gateway:
             raise vouchers.refusal(
                 403, "voucher_bad_signature", "The voucher is not signed by this account's session key.", lane
             )
+        self._settles_in_time(session, now, lane)
         if lane.inflight is not None:
             raise vouchers.refusal(409, "lane_busy", f"Lane {voucher.lane} has a request in flight.", lane)
         if voucher.ceiling < lane.charged:
@@ -655,11 +657,38 @@ class Gateway:
         self._modes[(payer, asset)] = (found, now + self.s.gateway_key_cache_seconds)
         return found
 
+    def _settles_in_time(self, session: SessionKey, now: int, lane: Lane) -> None:
+        """Refuse (403 session_ending) a voucher whose request could be charged too late to be
+        settled: the vault settles a session's vouchers until the close of its last window
+        (`SessionKey.settlement_close`), and this request may be charged until its arrival +
+        the request deadline + the hold margin (its late-answer horizon); the coordinator is
+        given `gateway_signed_settle_seconds` after that. A charge past the close can never
+        settle: quarantined, then refunded to the buyer, its seller unpaid."""
+        s = self.s
+        late = math.ceil(s.gateway_request_deadline_seconds + s.gateway_hold_margin_seconds)
+        close = session.settlement_close()
+        last = close - late - math.ceil(s.gateway_signed_settle_seconds)
+        if now <= last:
+            return
+        raise vouchers.refusal(
+            403,
+            "session_ending",
+            f"Session {session.session}'s vouchers settle on chain only until {utc_text(close)}, and a request "
+            f"taken now could be charged up to {late} s from now: none is taken after {utc_text(last)}. Go on "
+            f"after {utc_text(close)} with a new session (`promptex session create --asset {session.asset}`) or a "
+            f"spend cap (`promptex wallet spend-cap --asset {session.asset} …`).",
+            lane,
+            settles_until=close,
+        )
+
     def _between_modes(self, session: SessionKey, asset: str) -> GatewayError:
         """A plain request of an account whose session is over and that set no spend cap since:
         the vault would settle it neither by a voucher nor under a cap. Says how to go on."""
         if session.revoked_at is not None and session.ends_at is not None:
             over = f"was revoked; its vouchers settle on chain until {utc_text(session.ends_at)}"
+        elif session.settles_until is not None:
+            until = utc_text(session.settles_until)
+            over = f"expired at {utc_text(session.expiry)}; its vouchers settle on chain until {until}"
         else:
             over = (
                 f"expired at {utc_text(session.expiry)}; its vouchers settle on chain until the close of "

@@ -15,8 +15,9 @@
                         session key: capped mode again (`ledger.sessions.capped_after`)
     SpendCapRevoked     remaining cap := 0 (no new usage once a user revokes)
     SessionKeyRegistered  signed mode (issue 23): the account's session key in the asset,
-                        with the vault and chain its vouchers are signed for; its remaining
-                        cap := the session's maximum (`ledger.sessions`)
+                        with the vault and chain its vouchers are signed for, and the last
+                        second the vault settles them (from the vault's epoch clock); its
+                        remaining cap := the session's maximum (`ledger.sessions`)
     SessionKeyRevoked   the gateway takes no voucher of the session from now on
 
 Every other followed event (settlements, seller credits, claims, lots, pools) is stored
@@ -34,22 +35,28 @@ from collections.abc import Callable
 from promptex.indexer.decode import Event
 from promptex.indexer.followed import VAULT
 from promptex.ledger.chain_facts import ChainBatch
+from promptex.ledger.sessions import settlement_close
 
 Symbol = Callable[[str], str]  # token address → the ledger's asset symbol
+Clock = Callable[[str], tuple[int, int]]  # vault address → its epoch clock (genesis, epoch_length)
 
 
 def fact_id(event: Event, rewinds: int) -> str:
     return f"{event.tx_hash}:{event.log_index}#{rewinds}"
 
 
-def apply(facts: ChainBatch, event: Event, fact: str, symbol: Symbol, usdc: str, chain_id: int = 0) -> bool:
+def apply(
+    facts: ChainBatch, event: Event, fact: str, symbol: Symbol, usdc: str, chain_id: int = 0, clock: Clock | None = None
+) -> bool:
     """Apply `event`'s ledger effect under the id `fact`; False when it has none.
-    `chain_id`: the chain followed (a session key's vouchers are signed for it)."""
+    `chain_id`: the chain followed (a session key's vouchers are signed for it); `clock`:
+    the vault's epoch clock (a session's last settlement second; None: not recorded)."""
     if event.source != VAULT:
         return False
     args = event.args
     name = event.name
     if name == "SessionKeyRegistered":
+        close = None if clock is None else settlement_close(args["expiry"], args["signed_from"], *clock(event.contract))
         return facts.register_session(
             fact,
             address=args["account"],
@@ -63,6 +70,7 @@ def apply(facts: ChainBatch, event: Event, fact: str, symbol: Symbol, usdc: str,
             maximum=args["maximum"],
             expiry=args["expiry"],
             signed_from=args["signed_from"],
+            settles_until=close,
         )
     if name == "SessionKeyRevoked":
         return facts.revoke_session(fact, args["account"], symbol(args["asset"]), args["session"], args["ends_at"])

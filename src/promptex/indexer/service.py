@@ -55,6 +55,7 @@ from promptex.ledger.metadata import ASSET
 
 log = logging.getLogger("promptex.indexer")
 SYMBOL_SELECTOR = "0x95d89b41"  # symbol()
+GENESIS_SELECTOR, EPOCH_LENGTH_SELECTOR = "0xa7f0b3de", "0x4231bfe1"  # the vault's genesis(), epoch_length()
 
 
 class IndexerError(RuntimeError):
@@ -88,6 +89,7 @@ class Step:
 class Indexer:
     def __init__(self, ledger: Ledger, rpc: RpcClient, followed: Followed, options: Options | None = None) -> None:
         self.ledger, self.rpc, self.followed = ledger, rpc, followed
+        self._clocks: dict[str, tuple[int, int]] = {}  # vault → its epoch clock (`_clock`)
         self.options = options or Options()
         self.range = AdaptiveRange(self.options.max_block_range, self.options.target_logs)
         self._checked_chain = False
@@ -241,8 +243,26 @@ class Indexer:
 
     def _apply(self, facts: ChainBatch, event: Event, cursor: store.Cursor) -> str | None:
         fact = effects.fact_id(event, cursor.rewinds)
-        applied = effects.apply(facts, event, fact, self._symbol, self.followed.usdc, cursor.chain_id)
+        applied = effects.apply(facts, event, fact, self._symbol, self.followed.usdc, cursor.chain_id, self._clock)
         return fact if applied else None
+
+    def _clock(self, vault: str) -> tuple[int, int]:
+        """The vault's epoch clock (genesis, epoch_length): immutable, read once per vault."""
+        known = self._clocks.get(vault)
+        if known is not None:
+            return known
+        try:
+            clock = tuple(
+                int(abi_decode(["uint256"], self.rpc.eth_call(vault, selector))[0])
+                for selector in (GENESIS_SELECTOR, EPOCH_LENGTH_SELECTOR)
+            )
+        except (RpcError, ValueError, DecodingError) as exc:
+            raise IndexerError(f"cannot read the vault {vault}'s epoch clock ({exc})") from None
+        genesis, length = clock
+        if length <= 0:
+            raise IndexerError(f"the vault {vault} answers an epoch length of {length}")
+        self._clocks[vault] = genesis, length
+        return genesis, length
 
     def _symbol(self, token: str) -> str:
         """The ledger's name for an asset: from the deployment, or the token's symbol()."""

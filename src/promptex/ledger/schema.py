@@ -412,6 +412,9 @@ session_keys = Table(
     # The SpendCapRegistered the chain accepted after it (the way back to capped mode): the
     # vault takes a cap only once the session's vouchers no longer settle (migration 0025).
     Column("capped_by", String(REF), nullable=True),
+    # The last second the vault settles its vouchers (the close of its last window), when the
+    # indexer read the vault's epoch clock (migration 0026; None: the gateway takes the expiry).
+    Column("settles_until", BigInteger, nullable=True),
 )
 
 # Per lane of a session: what the ledger charged, what the chain settled, the highest

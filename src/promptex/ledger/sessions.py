@@ -37,6 +37,7 @@ from promptex.ledger.errors import ChainEventConflict
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.schema import session_keys
 from promptex.ledger.wallets import governed_account
+from promptex.protocol.vault import MAX_CAP_EXPIRY
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class SessionKey:
     ends_at: int | None = None  # revoked: the chain ends it then
     revoked_at: int | None = None
     capped_by: str | None = None  # the spend cap the chain accepted after it (capped mode again)
+    settles_until: int | None = None  # the close of its last window, when the vault's clock was read
+
+    def settlement_close(self) -> int:
+        """The last second the vault settles this session's vouchers, as far as the ledger
+        knows, never later than the chain's: a revocation's `ends_at`, the close of the
+        expiry's next window (`settles_until`), else the expiry itself (the chain's close is
+        at least one window after it: `settlement_close`)."""
+        close = self.settles_until if self.settles_until is not None else self.expiry
+        return close if self.ends_at is None else min(close, self.ends_at)
 
     def open_at(self, now: int) -> bool:
         """Whether the gateway takes vouchers of this session at `now`."""
@@ -73,6 +83,14 @@ class SessionKey:
         if self.ends_at is not None and now >= self.ends_at:
             return f"session {self.session} ended at {self.ends_at}"
         return None
+
+
+def settlement_close(expiry: int, signed_from: int, genesis: int, epoch_length: int) -> int:
+    """The last second the vault settles the vouchers of a session expiring at `expiry`
+    (unrevoked), from its epoch clock (`genesis`, `epoch_length`: immutable): the close of
+    its last window, max(window(expiry) + 1, signed_from) (`CreditsVaultSigned`'s rule)."""
+    last = max((min(expiry, MAX_CAP_EXPIRY) - genesis) // epoch_length + 1, signed_from)
+    return genesis + (last + 1) * epoch_length - 1
 
 
 def _session(row: Any) -> SessionKey:
@@ -93,6 +111,7 @@ def _session(row: Any) -> SessionKey:
         m["ends_at"],
         m["revoked_at"],
         m["capped_by"],
+        m["settles_until"],
     )
 
 
@@ -112,8 +131,10 @@ def register(
     expiry: int,
     signed_from: int,
     now: int,
+    settles_until: int | None = None,
 ) -> SessionKey:
-    """The chain registered a session key (idempotent by `event_id`)."""
+    """The chain registered a session key (idempotent by `event_id`); `settles_until`: the
+    close of its last window (`settlement_close`), None when the vault's clock is unknown."""
     if lanes < 1 or maximum < 0 or session < 0:
         raise ValueError("a session has at least one lane, and no negative maximum or id")
     address = checksum_address(address)
@@ -132,6 +153,7 @@ def register(
         "maximum": maximum,
         "expiry": expiry,
         "signed_from": signed_from,
+        "settles_until": settles_until,
         "ends_at": None,
         "revoked_at": None,
         "event_id": event_id,
