@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -346,6 +347,11 @@ def test_seller_close__routing_stops_at_once__bond_released_only_after_finalize(
     assert market.usdc_of(SELLER.address) == 0  # the bond stays in the escrow
     listed = market.cli("seller", "lots")
     assert "closing" in listed.output and "close requested; finalize from" in listed.output
+    # The market's overview: when the close may finish as a date (was unix time), face value in dollars.
+    overview = market.cli("status", "--rpc-url", market.url)
+    assert overview.exit_code == 0, overview.output
+    closing = next(line for line in overview.output.splitlines() if line.strip().startswith(f"#{chain_lot} "))
+    assert re.search(r"closing \(from 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC\) face \$250\.00,", closing), closing
 
     early = market.cli("seller", "close", str(chain_lot), seller_key=True)
     assert early.exit_code == 1 and "finalize_close is due from" in early.output

@@ -684,10 +684,10 @@ def status(network: Any) -> None:
             used = f"{money(lot.consumed, unit)} of {money(lot.capacity, unit)}" if unit != "?" else "?"
             state = states.get(lot.status, lot.status)
             if lot.status == 1 and lot.close_at:  # open but no longer routed: a close was requested
-                state = f"closing ({'finalizable' if now >= lot.close_at else f'from {lot.close_at}'})"
+                state = f"closing ({'finalizable' if now >= lot.close_at else f'from {utc_text(lot.close_at)}'})"
             click.echo(
                 f"  #{lot_id} {kinds.get(lot.kind, lot.kind)} {state} "
-                f"face ${lot.face_value / 10**6:,.2f}, consumed {used}, "
+                f"face {usd_text(lot.face_value)}, consumed {used}, "
                 f"bond {whole(lot.bond, 'USDC')}"
             )
         click.echo("pools:")
