@@ -152,7 +152,10 @@ def test_signed_mode_on_chain__proxy_and_gateway_sigkilled__settled_within_true_
             until(lambda: vault.functions.session_key(wallet.address, usdc.address).call()[0] == grant.key,
                   "the coordinator registered the session key", 120)  # fmt: skip
             until(lambda: ledger.session(account, "USDC") is not None, "the indexer recorded the session", 120)
-            signed_from = vault.functions.session_key(wallet.address, usdc.address).call()[7]
+            on_chain = vault.functions.session_key(wallet.address, usdc.address).call()
+            # The indexer read the vault's epoch clock: the session's last settlement second is the vault's.
+            assert ledger.session(account, "USDC").settles_until == on_chain[6]  # type: ignore[union-attr]
+            signed_from = on_chain[7]
             epoch = vault.functions.epoch_length().call()
             until(lambda: chain.now() // epoch >= signed_from, "the session's first signed window", 120)
 
