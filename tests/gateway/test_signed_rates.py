@@ -147,6 +147,33 @@ def test_key_over_its_rate_limit__429_naming_the_lane__signing_goes_on(gw: Harne
     assert sum(lane.charged for lane in signer.book.lanes) == charged > 0
 
 
+@pytest.mark.parametrize(("status", "ask"), [(500, "chat"), (400, "messages stream")])
+def test_upstream_fails_after_the_hold__the_lane_named_voucher_accepted__signing_goes_on(
+    gw: Harness, fake: Fake, tmp_path: Path, status: int, ask: str
+) -> None:
+    """A hold given back uncharged (every lot failed, the upstream refused the request) names
+    the lane and returns the request's own voucher, accepted (`Gateway._serve`), which the
+    signing proxy takes as a hold ended uncharged (`Signer._refusal`). Before (s2break), such
+    errors came without the lane's figures, each weighed as a hold: an upstream outage, or
+    three requests the upstream refused, stopped signing for good."""
+    fake.config.fail_status = status
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    for _ in range(6):  # before, signing stopped: three on one lane
+        answer, _ = _ask(gw, signer, api_key, ask)
+        assert answer.status_code == (502 if status >= 500 else status), answer.text
+    assert signer.stopped is None and all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
+    assert "lane_charged_units" in answer.json()["error"]
+    fake.config.fail_status = None
+    assert _ask(gw, signer, api_key, "chat")[0].status_code == 200  # the next ceiling is above the accepted ones
+    assert (
+        sum(lane.charged for lane in signer.book.lanes)
+        == sum(gw.ledger.lane(account, "USDC", 1, index).charged for index in range(len(signer.book.lanes)))
+        > 0
+    )
+
+
 def test_models__lists_the_listed_lots_rates__and_the_rate_its_prices_are_at(
     gw: Harness, fake: Fake, second_fake: Fake
 ) -> None:

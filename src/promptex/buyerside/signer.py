@@ -813,13 +813,18 @@ class Signer:
             return
         # A voucher refusal: this voucher covers nothing, so the lane's total is within the
         # vouchers the gateway accepted before it (`live`), never the refused ceiling. (A
-        # hold ended uncharged: the voucher was accepted, and its request took nothing.)
+        # hold ended uncharged, or given back when the upstream failed — the gateway returns
+        # this very voucher as the lane's stored one: it was accepted, and its request took
+        # nothing. `live` keeps its ceiling, the larger bound.)
         lane = ticket.lane
-        if code != HOLD_ENDED:
+        stored = self._ours(found[0].get("voucher"), ticket) if found else None
+        accepted = code == HOLD_ENDED or (stored is not None and stored.ceiling == ticket.voucher.ceiling)
+        if not accepted:
             lane.live = ticket.live_before
         elif charged > ticket.live_before:  # the total before it: within the vouchers accepted before it
             self.stop(
-                f"the gateway says lane {lane.index}'s hold ended uncharged yet names the lane's total {charged}, "
+                f"the gateway says lane {lane.index}'s hold {'ended' if code == HOLD_ENDED else 'was given back'} "
+                f"uncharged yet names the lane's total {charged}, "
                 f"above the {ticket.live_before} of every voucher it accepted before it",
                 lane.index,
             )
@@ -852,7 +857,6 @@ class Signer:
                 lane.charged = max(lane.charged, charged)
             self._outcome(lane)
             return
-        stored = self._ours(found[0].get("voucher"), ticket) if found else None
         if stored is not None and stored.ceiling > lane.live:
             # Signed by this key but not accepted here: the refused voucher itself, or
             # another process shares the key.

@@ -1115,6 +1115,14 @@ class Gateway:
                 raise  # not one more connect timeout here
             with anyio.CancelScope(shield=True):
                 await self.release(key, priced, request_id)
+                if isinstance(exc, GatewayError) and priced.voucher is not None:
+                    # Its hold given back (every lot failed, the upstream refused it, …): the
+                    # refusal names the lane as the ledger has it now, its voucher accepted
+                    # and the total unchanged, as `errors.hold_ended` does. Before, the
+                    # signing proxy weighed each such error as a hold: an upstream outage, or
+                    # three requests the upstream refused, stopped signing for good.
+                    voucher = priced.voucher
+                    await self._name_voucher_lane(key, priced.asset, voucher.session, voucher.lane, exc)
             raise
 
     @staticmethod
