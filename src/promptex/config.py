@@ -194,14 +194,19 @@ class Settings(BaseSettings):
     gateway_default_max_tokens: int = 4_096
     gateway_max_output_tokens: int = 32_768
     # How long a hold lives if the gateway dies mid-request (a running gateway extends the
-    # holds of requests still in flight): at least the upstream timeouts plus the margin.
+    # holds of requests still in flight, up to their deadline): at least the upstream
+    # timeouts (connect + gateway_upstream_timeout_seconds) plus the margin.
     gateway_hold_ttl_seconds: int = 300
     gateway_hold_margin_seconds: float = 60.0
     # How often the gateway sweeps expired holds (any process's) and extends its own.
     gateway_sweep_seconds: float = 10.0
-    # Upstream timeouts: connecting, and the whole answer (or between streamed chunks).
+    # Upstream timeouts: connecting; then between streamed chunks, and the whole of a plain
+    # answer (or a stream's wait for its first content) plus its output limit at the floor
+    # rate below, within the request's deadline (`Gateway.upstream_wait`): "hi" with
+    # max_tokens 100 fails over after 125 s, a 16k-token answer waits until the deadline.
     gateway_upstream_connect_timeout_seconds: float = 5.0
     gateway_upstream_timeout_seconds: float = 120.0
+    gateway_upstream_floor_tokens_per_second: float = 20.0
     # The longest a request is served, from its arrival (the openai SDK's own default
     # timeout): past it a request not yet answered is cancelled (504, its hold released)
     # and a stream is cut off (charged as cut short). An expired hold's late answer is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from human_units import assert_human
+from promptex.config import ConfigurationError, Settings
+from promptex.gateway.service import check_hold_lifetime
 from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
 
@@ -35,6 +38,12 @@ def post(gw: Harness, key: str | None, body: Any, path: str = "/v1/chat/completi
     if isinstance(body, (bytes, str)):
         return httpx.post(gw.url + path, content=body, headers=headers, timeout=30, **kw)
     return httpx.post(gw.url + path, json=body, headers=headers, timeout=30, **kw)
+
+
+def _streamed(response: httpx.Response) -> str:
+    """The text of a chat stream's content deltas."""
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+    return "".join(c["delta"].get("content") or "" for e in events for c in e.get("choices") or ())
 
 
 def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -125,8 +134,53 @@ def test_chat__every_lot_busy__429(funded: tuple[Harness, int, str], fake: Fake)
 def test_chat__upstream_timeout__504(funded: tuple[Harness, int, str], fake: Fake) -> None:
     gw, _, key = funded
     gw.gateway.client.timeout = 0.2
-    fake.config.latency_ms = 1_000
+    fake.config.latency_ms = 1_000  # 2 output tokens at the floor rate (20/s): 0.2 + 0.1 s, well within the deadline
+    assert gw.gateway.upstream_wait(2) == pytest.approx(0.3)
     assert_openai_error(post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 2}), 504)
+
+
+def test_chat__plain_answer_longer_than_the_upstream_timeout__waited_for_not_failed_over(
+    gw: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    # sbreak s17 B2: the upstream timeout bounded a plain answer whole, so an honest answer
+    # taking longer was a failure of every lot in turn (each generated it, unpaid) and a 504.
+    # Now the wait is the timeout plus the output limit (64, the default) at 20 tokens/s.
+    a = gw.add_lot(fake, rate_bps=5000)
+    b = gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer(amount=USDC)
+    gw.gateway.client.timeout = 0.3
+    fake.config.latency_ms = second_fake.config.latency_ms = 600
+    for _ in range(2):
+        answer = post(gw, key, {"model": "fake-gpt", "messages": HELLO})
+        assert answer.status_code == 200, answer.text
+    assert (fake.config.requests, second_fake.config.requests) == (2, 0)
+    assert not gw.gateway.health.is_open(a) and not gw.gateway.health.is_open(b)
+    gw.ledger.check()
+
+
+def test_upstream_floor_rate_not_positive__refused_at_start(settings: Settings) -> None:
+    with pytest.raises(ConfigurationError, match="PROMPTEX_GATEWAY_UPSTREAM_FLOOR_TOKENS_PER_SECOND"):
+        check_hold_lifetime(settings.model_copy(update={"gateway_upstream_floor_tokens_per_second": 0}))
+
+
+def test_chat_stream__silent_before_its_first_content__waited_for__then_the_timeout_between_chunks(
+    gw: Harness, fake: Fake
+) -> None:
+    # A reasoning model's stream: a role chunk, then nothing while it thinks (sbreak s17 B2
+    # addendum: the between-chunks timeout ended it there, "empty", nothing served).
+    gw.add_lot(fake)
+    _, key = gw.buyer(amount=USDC)
+    gw.gateway.client.timeout = 0.3
+    fake.config.think_ms = 600  # max_tokens 20: waited 0.3 + 1 s for its first content
+    body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 20, "stream": True}
+    answer = post(gw, key, body)
+    assert answer.status_code == 200 and _streamed(answer).startswith("alpha bravo charlie"), answer.text
+    # Once content came, the upstream timeout applies between chunks again: a lot stalling
+    # mid-answer is cut there (charged as cut short: its first word).
+    fake.config.think_ms, fake.config.chunk_delay_ms = 0, 500
+    answer = post(gw, key, body)
+    assert answer.status_code == 200 and _streamed(answer) == "alpha", answer.text
+    gw.ledger.check()
 
 
 def test_chat__lot_expired__serves_nothing(gw: Harness, fake: Fake) -> None:

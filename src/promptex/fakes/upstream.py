@@ -51,6 +51,7 @@ class FakeUpstreamConfig:
     latency_ms: float = 0.0  # before the first byte of every answer
     gate: threading.Event | None = None  # when set here, answers wait until it is set (tests: a request held in flight)
     chunk_delay_ms: float = 0.0  # between streamed chunks
+    think_ms: float = 0.0  # chat streams: after the role chunk, before the first content (a model reasoning)
     output_tokens: int = DEFAULT_OUTPUT_TOKENS  # what a request without max_tokens produces
     fail_status: int | None = None  # answer this status instead of serving…
     fail_every: int = 1  # …on every Nth request (1: all of them)
@@ -233,6 +234,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
             base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
             words = fake_text(out).split()
             yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+            if cfg.think_ms:
+                await asyncio.sleep(cfg.think_ms / 1000)
             for i, word in enumerate(words):
                 dies_at(i)
                 if cfg.chunk_delay_ms:

@@ -176,7 +176,13 @@ def end_dead_workers(settings: Settings, pids: Sequence[int], *, wait: float = 5
 
 def check_hold_lifetime(settings: Settings) -> None:
     """A hold must outlive the upstream call it covers, or a slow answer would be metered
-    after its funds and capacity were given to others."""
+    after its funds and capacity were given to others: at least the upstream timeouts (a
+    short request's longest wait) plus the margin. A longer wait (a long plain answer or a
+    stream, `Gateway.upstream_wait`: up to the request's deadline) keeps its hold by the
+    running gateway's extensions (`maintain_holds`), not by its lifetime, which bounds how
+    long a dead gateway's holds last."""
+    if settings.gateway_upstream_floor_tokens_per_second <= 0:
+        raise ConfigurationError("PROMPTEX_GATEWAY_UPSTREAM_FLOOR_TOKENS_PER_SECOND must be positive")
     margin = settings.gateway_hold_margin_seconds
     needed = settings.gateway_upstream_connect_timeout_seconds + settings.gateway_upstream_timeout_seconds + margin
     if settings.gateway_request_deadline_seconds <= 0:
@@ -1145,6 +1151,17 @@ class Gateway:
         claims = [claim for claim in priced.claims if claim.lot_id in ids]
         return dataclasses.replace(priced, lots=able, claims=claims)
 
+    def upstream_wait(self, output: int) -> float:
+        """How long an upstream call may go without its answer: a plain answer's whole, a
+        stream's first content (a lot that does not answer within it failed: failover). The
+        upstream timeout plus the output limit at PROMPTEX_GATEWAY_UPSTREAM_FLOOR_TOKENS_PER_SECOND,
+        within the request's deadline (which also bounds it: no failover past it). Before
+        (sbreak s17 B2) it was the upstream timeout alone: an honest answer longer than it (a
+        long answer, a model reasoning) was a failure of every lot in turn — each seller's
+        upstream generated it, unpaid — and a 504 for the buyer."""
+        wait = self.client.timeout + output / self.s.gateway_upstream_floor_tokens_per_second
+        return min(wait, self.s.gateway_request_deadline_seconds)
+
     def _in_order(self, priced: Priced) -> list[LiveLot]:
         """The lots to try: the one whose capacity the hold has first, then those after it
         (the ones before it had no room when the hold was made)."""
@@ -1195,10 +1212,11 @@ class Gateway:
             deadline = asyncio.timeout_at(priced.deadline)
             cut = _Cut(deadline)  # `cut_orphaned_streams`: its hold was ended under it
             self.plains[request_id] = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, cut)
+            wait = self.upstream_wait(output)
             try:
                 async with deadline:
-                    answer = await self.client.post(call.url, call.headers, call.content)
-                    await answer.read()
+                    answer = await self.client.post(call.url, call.headers, call.content, timeout=wait)
+                    await answer.read(wait - (time.perf_counter() - began))
             except UpstreamTimeout:
                 self._failed(lot, "timeout", failures)
                 continue
@@ -1261,7 +1279,11 @@ class Gateway:
             began = time.perf_counter()
             try:
                 async with asyncio.timeout_at(priced.deadline):
-                    upstream = await self.client.post(call.url, call.headers, call.content)
+                    # Until its first content, as long as a plain answer (a reasoning model sends
+                    # its role chunk, then nothing while it reasons); then between chunks, the
+                    # upstream timeout (`MeteredStream`).
+                    wait = self.upstream_wait(output)
+                    upstream = await self.client.post(call.url, call.headers, call.content, timeout=wait)
                 status = upstream.status_code
                 if status in FAILOVER_STATUSES or status >= 500:
                     upstream.close()
@@ -1654,12 +1676,16 @@ class MeteredStream:
                 self.gateway.streams[self.request_id] = self  # from now on `cut` may stop it
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 with reading:
+                    waiting = True  # for its first content: `Gateway.upstream_wait` until then
                     try:
                         async for line in self.upstream.lines():
                             for chunk in self.translator.feed(line):
                                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                             if self.translator.finished:
                                 break
+                            if waiting and self.translator.produced:
+                                waiting = False
+                                self.upstream.timeout = self.gateway.client.timeout  # between chunks
                     except UpstreamError:
                         self.broken = True
                 self.timed_out = reading.cancelled_caught and not (self.disconnected or self.orphaned)

@@ -6,8 +6,8 @@ Why not httpx: a profile of the gateway at load showed httpx/httpcore (anyio str
 h11, pool bookkeeping) as the largest single cost per request. This client does the one
 thing the gateway needs — POST a body, read a status, headers and a body or a stream —
 with a fraction of the work. TLS works (real providers are https); HTTP/2 and proxies do
-not. Timeouts: connecting, then between any two reads (the whole answer for a
-non-streaming call).
+not. Timeouts: connecting, then between any two reads, or the one a call names (the
+gateway's: the whole of a non-streaming call, a stream's first content; `Gateway.upstream_wait`).
 """
 
 from __future__ import annotations
@@ -216,17 +216,17 @@ class UpstreamResponse:
 
     def __init__(self, conn: _Connection, timeout: float, max_idle: int) -> None:
         self._conn = conn
-        self._timeout = timeout
+        self.timeout = timeout  # between two reads of `chunks`; the caller may change it as it reads
         self._max_idle = max_idle
         self._released = False
         self.status_code = conn.status
         self.headers = conn.headers
         self.content = b""
 
-    async def read(self) -> bytes:
-        """The whole body, within the timeout."""
+    async def read(self, timeout: float | None = None) -> bytes:
+        """The whole body, within `timeout` (the response's timeout when None)."""
         conn = self._conn
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             while not conn.complete:
                 left = deadline - time.monotonic()
@@ -247,7 +247,7 @@ class UpstreamResponse:
                 continue
             if conn.complete:
                 return
-            await conn.wait(self._timeout)
+            await conn.wait(self.timeout)
 
     async def lines(self) -> AsyncIterator[str]:
         """Body lines (without their line ending) as they arrive."""
@@ -323,8 +323,11 @@ class UpstreamClient:
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         return conn
 
-    async def post(self, url: str, headers: dict[str, str], content: bytes) -> UpstreamResponse:
-        """Send the request and wait for the response's status and headers.
+    async def post(
+        self, url: str, headers: dict[str, str], content: bytes, *, timeout: float | None = None
+    ) -> UpstreamResponse:
+        """Send the request and wait for the response's status and headers: within `timeout`
+        (the client's when None), also the response's timeout between reads.
 
         A kept-alive connection the upstream closed before answering anything is retried
         once on a fresh one (the request never reached the upstream's application)."""
@@ -333,16 +336,21 @@ class UpstreamClient:
         if pool is None:
             pool = self._pools[key] = []
         request = _head(host, target, headers, len(content)) + content
+        wait = self.timeout if timeout is None else timeout
         for attempt in (0, 1):
             conn = self._idle(pool) if attempt == 0 else None
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(key, pool)
+            ends = time.monotonic() + wait  # connecting has its own timeout
             try:
                 assert conn.transport is not None
                 conn.transport.write(request)
                 while not conn.headers_done:
-                    await conn.wait(self.timeout)
+                    left = ends - time.monotonic()
+                    if left <= 0:
+                        raise UpstreamTimeout("the upstream did not answer in time")
+                    await conn.wait(left)
             except UpstreamTimeout:
                 conn.abort()
                 raise
@@ -354,5 +362,5 @@ class UpstreamClient:
             except BaseException:
                 conn.abort()
                 raise
-            return UpstreamResponse(conn, self.timeout, self.max_idle)
+            return UpstreamResponse(conn, wait, self.max_idle)
         raise AssertionError("unreachable")  # pragma: no cover
