@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from eth_account import Account
 
 from promptex.gateway.vouchers import VOUCHER_HEADER, parse
@@ -378,3 +379,39 @@ def test_signed__request_could_be_charged_after_the_sessions_last_window__refuse
     served = buyer.post(buyer.voucher(0, 1_000))
     assert served.status_code == 200, served.text
     assert 0 < buyer.charged(0) <= 1_000
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_signed__no_max_rate__output_fitted_to_the_lot_that_serves__a_failover_gets_its_own_fit(
+    gw: Harness, fake: Fake, second_fake: Fake, stream: bool
+) -> None:
+    """Lots at several rates, a voucher without x-promptex-max-rate-bps held for max_tokens at
+    the cheapest lot's rate: the cheapest lot is sent the whole limit (before, every lot got
+    the pricier lot's fit: fewer tokens than asked); a failover to the pricier lot is sent
+    what its rates fit in the hold, and charged within it."""
+    from promptex import metering
+    from promptex.gateway import requests
+
+    gw.add_lot(fake, rate_bps=6000)
+    pricier = gw.add_lot(second_fake, rate_bps=9000)
+    buyer = signed_buyer(gw)
+    price, fee = gw.gateway.catalog.price("fake-gpt"), gw.settings.protocol_fee_bps
+    cheap, dear = (metering.rates_for(price, "USDC", lot_rate_bps=r, fee_bps=fee) for r in (6000, 9000))
+    asked = 400
+    _, input_bound, _ = requests.validate(requests.CHAT, {"model": "fake-gpt", "messages": HELLO, "max_tokens": asked})
+    hold = metering.upper_bound(cheap, input_bound, asked)
+    fitted = metering.largest_output(dear, input_bound, hold, asked)
+    assert 1 <= fitted < asked  # the pricier lot fits fewer within this hold
+
+    served = buyer.post(buyer.voucher(0, hold), max_tokens=asked, stream=stream)
+    assert served.status_code == 200, served.text
+    assert served.headers["x-promptex-lot"] != str(pricier)
+    assert fake.config.last_body is not None and fake.config.last_body["max_tokens"] == asked  # before: `fitted`
+
+    fake.config.fail_status = 500  # the cheapest fails: the pricier lot serves, sent its own fit
+    charged = buyer.charged(0)
+    failover = buyer.post(buyer.voucher(0, charged + hold), max_tokens=asked, stream=stream)
+    assert failover.status_code == 200, failover.text
+    assert failover.headers["x-promptex-lot"] == str(pricier)
+    assert second_fake.config.last_body is not None and second_fake.config.last_body["max_tokens"] == fitted
+    assert 0 < buyer.charged(0) - charged <= hold

@@ -220,6 +220,18 @@ class Priced:
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
     prediction_bytes: int = 0  # output its answer may hold unshown: a prediction, thinking (`produced.unshown_output`)
     asks_reasoning: bool = False  # it asks its model to reason (`messages.asks_reasoning`: `Gateway.bounded`)
+    # Signed mode, lots at several rates: each lot's output limit within the voucher's hold
+    # (`output` is then the largest, and the limit of the lot being tried: `for_lot`).
+    outputs: dict[int, int] | None = None
+
+    def for_lot(self, endpoint: str, body: dict[str, Any], lot: LiveLot) -> tuple[dict[str, Any], int]:
+        """The body sent to `lot` and its output limit: the one its rates fit in the hold
+        (signed mode; `output` set to it, the bound its answer is charged within), else
+        `body` and `output` as they are."""
+        if self.outputs is None:
+            return body, self.output
+        self.output = self.outputs[lot.id]
+        return fronts.upstream_body(endpoint, body, self.output), self.output
 
     @property
     def thinks(self) -> bool:
@@ -558,17 +570,28 @@ class Gateway:
             )
         hold = voucher.ceiling - lane.charged
         p, cache = priced.price, priced.cache_writes
+        outputs: dict[int, int] | None = None
+        lots = priced.lots
         if priced.output:
-            most = min(
-                metering.largest_output(rates, priced.input_bound, hold, priced.output, cache_writes=cache)
-                for rates in priced.rates.values()
-            )
+            # Each lot gets the most output its rates fit in the hold: the one that serves
+            # (the cheapest first) is not cut to a pricier one's fit — a failover to a pricier
+            # lot sends that lot's own, lower limit (`Priced.for_lot`); a lot whose rates do
+            # not fit even the input is left out. (Before, every lot got the priciest's fit.)
+            fits = {
+                lot.id: metering.largest_output(priced.rates[lot.id], priced.input_bound, hold, priced.output,
+                                                cache_writes=cache)
+                for lot in priced.lots
+            }  # fmt: skip
+            lots = [lot for lot in priced.lots if fits[lot.id] >= 1]
+            most = max(fits.values(), default=-1)
             output = most
+            if len(set(fits.values())) > 1:
+                outputs = {lot.id: fits[lot.id] for lot in lots}
         else:  # embeddings: no output to lower
             most = 1 if hold >= priced.hold else -1
             output = 0
-        if most < 1:
-            need = max(
+        if most < 1:  # (the least any lot needs: that lot would serve it)
+            need = min(
                 metering.upper_bound(rates, priced.input_bound, 1 if priced.output else 0, cache_writes=cache)
                 for rates in priced.rates.values()
             )
@@ -585,10 +608,12 @@ class Gateway:
         bound = max(1, metering.upper_bound(self._list_rates(p.model), priced.input_bound, output, cache_writes=cache))
         return dataclasses.replace(
             priced,
+            lots=lots,
             hold=hold,
             output=output,
+            outputs=outputs,
             capacity=bound,
-            claims=[LotClaim(lot.id, bound) for lot in priced.lots],
+            claims=[LotClaim(lot.id, bound) for lot in lots],
             voucher=voucher,
             lane_charged=lane.charged,
         )
@@ -1205,8 +1230,9 @@ class Gateway:
             if not await self._holds_capacity(priced, request_id, lot):
                 failures.append("capacity")
                 continue
-            adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
-            call = adapter.call(endpoint, body, lot.base_url, lot.secret)
+            sent, output = priced.for_lot(endpoint, body, lot)
+            adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, sent)
+            call = adapter.call(endpoint, sent, lot.base_url, lot.secret)
             lot.inflight += 1
             began = time.perf_counter()
             deadline = asyncio.timeout_at(priced.deadline)
@@ -1272,8 +1298,9 @@ class Gateway:
             if not await self._holds_capacity(priced, request_id, lot):
                 failures.append("capacity")
                 continue
-            adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, body)
-            call = adapter.call(endpoint, body, lot.base_url, lot.secret)
+            sent, output = priced.for_lot(endpoint, body, lot)
+            adapter = fronts.adapter(endpoint, lot.api, output or self.s.gateway_default_max_tokens, sent)
+            call = adapter.call(endpoint, sent, lot.base_url, lot.secret)
             lot.inflight += 1
             handed_over = False
             began = time.perf_counter()
