@@ -174,6 +174,28 @@ def test_upstream_fails_after_the_hold__the_lane_named_voucher_accepted__signing
     )
 
 
+def test_body_too_large_or_too_deep__refused_naming_the_lane__signing_goes_on(
+    gw: Harness, fake: Fake, tmp_path: Path
+) -> None:
+    """A body the gateway refuses before pricing it (413 request_too_large, 400 json_too_deep)
+    names the lane (`Gateway._name_lane`): before (s2break), each weighed as a hold, and a
+    client sending three large prompts (or images) stopped signing for good."""
+    gw.add_lot(fake)
+    grant, _account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    deep: Any = "x"
+    for _ in range(40):
+        deep = [deep]
+    big = {"messages": [{"role": "user", "content": "word " * 220_000}], "max_tokens": 4}
+    too_deep = {"messages": HELLO, "max_tokens": 4, "metadata": {"x": deep}}
+    transport = PromptexSigningTransport(signer)
+    with httpx.Client(base_url=gw.url, transport=transport, headers={"authorization": f"Bearer {api_key}"}) as client:
+        for body, status in [(big, 413), (too_deep, 400)] * 3:
+            answer = client.post("/v1/chat/completions", json={"model": "fake-gpt", **body})
+            assert answer.status_code == status and "lane_charged_units" in answer.json()["error"], answer.text
+    assert signer.stopped is None and all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
+
+
 def test_models__lists_the_listed_lots_rates__and_the_rate_its_prices_are_at(
     gw: Harness, fake: Fake, second_fake: Fake
 ) -> None:

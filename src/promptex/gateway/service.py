@@ -1069,7 +1069,11 @@ class Gateway:
         `_serve`'s way out (or by the ledger's own sweep), nothing charged."""
         try:
             key = await self.authenticate(request, endpoint, digest)
-            raw = await self.read(request)
+            try:
+                raw = await self.read(request)
+            except GatewayError as exc:  # too large, too slow: a voucher's lane named (`_name_lane`)
+                await self._name_lane(request, key, exc)
+                raise
             if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
                 self.shed += 1
                 raise errors.busy("The gateway is at capacity; retry shortly.")
@@ -1104,12 +1108,12 @@ class Gateway:
     async def _serve(
         self, endpoint: str, request: Request, request_id: str, key: ApiKey, raw: bytes, start: float
     ) -> PlainAnswer | MeteredStream:
-        body = parse_body(raw, self.s.gateway_max_json_depth)
-        request.scope[MODEL_SCOPE] = body.get("model")  # the metrics' label (`GatewayApp`)
         # Anthropic's prompt cache is written only where a request marks it (`cache_control`),
         # at rates above the input rate (`may_write_cache`: a mention anywhere only makes
         # the hold larger; a key written with escapes counts).
         try:
+            body = parse_body(raw, self.s.gateway_max_json_depth)
+            request.scope[MODEL_SCOPE] = body.get("model")  # the metrics' label (`GatewayApp`)
             priced, output = self.price(request, key, endpoint, body, cache_writes=may_write_cache(raw, body))
             priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
         except GatewayError as exc:
