@@ -210,6 +210,30 @@ def test_door__session_key__queued_when_signed_by_a_bound_wallet(world: World) -
                                                                         5 * USDC)  # fmt: skip
 
 
+def test_door__session_key__after_an_expired_session__409_until_its_last_window_closes(world: World) -> None:
+    """An expired session's vouchers settle until the close of its last window, which the
+    indexer records (`settles_until`): the vault takes no next SessionKey before it. Before,
+    the door queued it and the relay's registration was rejected."""
+    _, wallet = world.buyer(USDC)
+    key = Account.create()
+    now = world.chain.now()
+    world.book.register_session(
+        f"0x{2:064x}:0", address=wallet.address, asset="USDC", asset_address=ADDRESSES["USDC"], chain_id=CHAIN_ID,
+        vault=VAULT, key=key.address, session=0, lanes=1, maximum=USDC, expiry=now - 5, signed_from=1,
+        settles_until=now + 20,
+    )  # fmt: skip
+    terms = {"account": wallet.address, "asset": ADDRESSES["USDC"], "key": key.address, "lanes": 1,
+             "maximum": USDC, "expiry": now + 86_400, "nonce": 1}  # fmt: skip
+    signature = sign_session_key(wallet.key, chain_id=CHAIN_ID, vault=VAULT, **terms)
+    body = {**terms, "asset": "USDC", "maximum": str(USDC), "signature": "0x" + signature.hex()}
+    status, refusal = world.post(body, "/v1/session-keys")
+    assert (status, refusal["error"]["code"]) == (409, "session_not_over"), refusal
+    assert f"its vouchers settle until {utc_text(now + 20)}" in refusal["error"]["message"]
+    assert world.coordinator.store.session_keys() == []
+    world.chain.time = now + 21
+    assert world.post(body, "/v1/session-keys")[0] == 200
+
+
 def test_door__session_key__another_with_a_queued_nonce_409__the_same_again_idempotent__a_rejected_one_replaced(
     world: World,
 ) -> None:

@@ -199,8 +199,9 @@ def check_previous_session_over(request: SessionRequest, now: int, latest: Sessi
     after its last window (`CreditsVaultSigned._register_session`), so the relay would send it
     for a rejection, and the buyer's grant would hold a key the vault never had. In force
     (before its expiry, not revoked): revoke it first; revoked: its vouchers settle until
-    `ends_at`. An expired one's last window ends up to two windows after its expiry, which
-    the ledger does not know: left to the vault. A spend cap set after it proves it over."""
+    `ends_at`. An expired one's last window ends up to two windows after its expiry: at
+    `settles_until` when the indexer read the vault's clock (migration 0026), else left to
+    the vault. A spend cap set after it proves it over."""
     if latest is None or latest.capped_by is not None:
         return
     if latest.revoked_at is None and now < latest.expiry:
@@ -216,6 +217,13 @@ def check_previous_session_over(request: SessionRequest, now: int, latest: Sessi
             f"session {latest.session} in {request.asset} was revoked; its vouchers settle until "
             f"{utc_text(latest.ends_at)} and the vault takes the next SessionKey only after that: sign it then",
             session=latest.session,
+        )  # fmt: skip
+    if latest.revoked_at is None and latest.settles_until is not None and now <= latest.settles_until:
+        raise Refused(
+            409, "session_not_over",
+            f"session {latest.session} in {request.asset} expired at {utc_text(latest.expiry)}; its vouchers settle "
+            f"until {utc_text(latest.settles_until)} and the vault takes the next SessionKey only after that: sign it "
+            "then", session=latest.session,
         )  # fmt: skip
 
 
