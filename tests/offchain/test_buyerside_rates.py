@@ -1,9 +1,10 @@
 """The signer against a gateway with listed lots at several rates (cbreak C4): each request
 states the most it pays (`x-promptex-max-rate-bps`: the one set, else the highest rate
-/v1/models listed for its model), and a charge is checked exactly at the rate the gateway
-names with it — only a rate within that max, and for a lot /v1/models listed, the rate it
-gave that lot. A gateway naming a rate above the max, another lot's rate, a rate its cost
-does not fit, or nothing while charging more than the advertised rates: signing stops."""
+/v1/models listed for its model at open, never raised by a re-read), and a charge is
+checked exactly at the rate the gateway names with it — only a rate within that max, and
+for a lot /v1/models listed, the rate it gave that lot. A gateway naming a rate above the
+max, another lot's rate, a rate its cost does not fit, or nothing while charging more than
+the advertised rates: signing stops."""
 
 from __future__ import annotations
 
@@ -193,28 +194,53 @@ def test_cli_max_rate__outside_0_to_list_price__one_line(given: str) -> None:
     assert "\n" not in refused.value.message and "--max-rate" in refused.value.message
 
 
-def test_proxy__rates_read_again__a_pricier_lot_opened_since_is_used_within_the_new_default(tmp_path: Path) -> None:
+def test_proxy__rates_read_again__a_pricier_lot_listed_since_does_not_raise_the_default_max(tmp_path: Path) -> None:
+    # cbreak s17 C4-1: the default max followed every read of /v1/models (the gateway's word):
+    # a lot listed at 95 % later made every later request payable at 95 %. Now it is fixed when
+    # the proxy opens; the re-reads update lots and rates, and may lower it, never raise it.
     import asyncio
 
     from promptex.buyerside.proxy import create_proxy, refresh_rates
 
-    gateway = FakeSignedGateway(lanes=1, lots={1: 6_000})
+    gateway = FakeSignedGateway(lanes=1, lots={1: 6_000, 2: 8_000})
     signer = _signer(gateway, tmp_path / "v.log")
-    assert signer.max_rate(MODEL) == 6_000
     gateway.lots, gateway.charge_rate, gateway.name_lot, gateway.name_rate = {1: 6_000, 3: 9_500}, 9_500, 3, 9_500
 
-    async def main() -> int:
+    async def main() -> list[int]:
         upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
         await refresh_rates(signer, upstream)
         local = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
         )
         path, body = ASKS["chat"]
-        return (await local.post(path, json={"model": MODEL, **body})).status_code
+        return [(await local.post(path, json={"model": MODEL, **body})).status_code for _ in range(2)]
 
-    assert asyncio.run(main()) == 200
-    assert gateway.max_rates == ["9500"] and signer.stopped is None
-    assert signer.book.lanes[0].charged == sum(gateway.true_costs) > 0
+    codes = asyncio.run(main())
+    assert signer.rates.lot_rate(MODEL, 3) == 9_500  # read again: the new lot is known
+    assert gateway.max_rates[0] == "8000"  # not 9500: a lot above the max is not to serve it
+    # A gateway charging it at 9500 all the same is caught: signing stops.
+    assert codes == [200, 402] and signer.stopped is not None and "above the 80 %" in signer.stopped
+    # A listing whose priciest lot is below the max lowers it; a pricier one again: back to 80 %, no higher.
+    signer.refresh({"data": [{**gateway.models()["data"][0], "lots": [{"id": 1, "rate_bps": 6_000}]}]})
+    assert signer.max_rate(MODEL) == 6_000
+    signer.refresh(gateway.models())
+    assert signer.max_rate(MODEL) == 8_000
+
+
+def test_proxy__max_rate_set__the_re_reads_do_not_move_it__the_start_line_says_the_bound(tmp_path: Path) -> None:
+    from promptex.cli.proxy import max_rate_line
+
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    line = max_rate_line(signer)
+    assert f"{MODEL} 90 %" in line and "never raised" in line and "--max-rate" in line, line
+    gateway.lots = {1: 6_000, 3: 10_000}
+    signer.refresh(gateway.models())
+    assert signer.max_rate(MODEL) == 9_000
+    bounded = _signer(gateway, tmp_path / "w.log", max_rate_bps=7_000)
+    assert bounded.max_rate(MODEL) == 7_000 and "at most 70 % of list price (--max-rate)" in max_rate_line(bounded)
+    bounded.refresh(gateway.models())
+    assert bounded.max_rate(MODEL) == 7_000
 
 
 def test_proxy__rates_not_readable_again__the_book_read_before_kept(tmp_path: Path) -> None:

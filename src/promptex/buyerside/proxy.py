@@ -40,7 +40,7 @@ from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADE
 
 log = logging.getLogger("promptex.proxy")
 # The gateway's /v1/models is read again this often (`refresh_rates`): lots open and close,
-# and each request's default max rate is the highest its model's lots ask (`Signer.max_rate`).
+# and rates change (a request's default max rate is fixed at open: never raised, `Signer.max_rate`).
 RATES_REFRESH_SECONDS = 300.0
 # Request headers a client's SDK sets that the gateway should see (its key is replaced).
 PASSED = ("content-type", "accept", "anthropic-version", "anthropic-beta", "x-request-id")

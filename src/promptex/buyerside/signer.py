@@ -251,6 +251,10 @@ class Signer:
         # The most a listed lot may charge a request, basis points of list price (None: the
         # highest rate /v1/models listed for its model, `max_rate`).
         self.max_rate_bps = max_rate_bps
+        # Without one: each model's default, fixed once (`max_rate`), and the book it is read
+        # from — the one this side opened with (`rates` until the first `refresh`).
+        self._default_max: dict[str, int] = {}
+        self._opened: RateBook | None = None
         self.session = session
         self.book = book
         self.log = voucher_log
@@ -328,18 +332,41 @@ class Signer:
     def max_rate(self, model: str, book: RateBook | None = None) -> int | None:
         """The most a listed lot may charge a request to `model` (basis points of list price,
         sent with it: the gateway routes it only to lots at or below it): the one set
-        (`max_rate_bps`), else the highest rate /v1/models listed for the model when this
-        side opened or last read it (`refresh`; a lot at a higher rate opened since is not
-        used; None: it listed none)."""
-        return self.max_rate_bps if self.max_rate_bps is not None else (book or self.rates).highest(model)
+        (`max_rate_bps`), else the model's default — the highest rate /v1/models listed for
+        it when this side opened (a model it listed none for then: when its first request
+        came), fixed then: `refresh` may lower it (the request's `book` lists no lot as
+        pricey), never raise it. Before (cbreak s17 C4-1), it followed every read of
+        /v1/models — the gateway's word: one listing a lot at list price made every later
+        request payable at list price. None: no lot listed."""
+        if self.max_rate_bps is not None:
+            return self.max_rate_bps
+        book = book or self.rates
+        listed = book.highest(model)
+        fixed = self._default_max.get(model)
+        if fixed is None:
+            fixed = (self._opened.highest(model) if self._opened is not None else None) or listed
+            if fixed is None:
+                return None
+            fixed = self._default_max.setdefault(model, fixed)
+        return fixed if listed is None else min(fixed, listed)
+
+    def default_max_rates(self) -> dict[str, int]:
+        """Each listed model's default max rate (`max_rate`), fixed now for those not yet."""
+        if self.max_rate_bps is not None:
+            return {}
+        book = self._opened or self.rates
+        return {model: most for model in sorted(book.lots) if (most := self.max_rate(model, book)) is not None}
 
     def refresh(self, models: Any) -> None:
         """Read the gateway's /v1/models answer again (`RateBook.from_models`, with the same
         local catalog): the lots and rates requests signed from now on are held and checked at
-        (one in flight keeps the max rate it was signed with). The proxy does it every
+        (one in flight keeps the max rate it was signed with); the default max rates are not
+        raised (`max_rate`). The proxy does it every
         `proxy.RATES_REFRESH_SECONDS`; an answer listing no model keeps the book."""
         book = RateBook.from_models(models, self.rates.catalog)
         if book.rates:
+            if self._opened is None:
+                self._opened = self.rates
             self.rates = book
 
     def charge_rates(self, ticket: Ticket, lot: Any, rate: Any) -> metering.Rates:

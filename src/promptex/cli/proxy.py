@@ -21,6 +21,7 @@ from promptex.protocol.units import utc_text
 if TYPE_CHECKING:
     from promptex.buyerside.recovery import ChainSession
     from promptex.buyerside.sessions import SessionGrant
+    from promptex.buyerside.signer import Signer
     from promptex.buyerside.voucherlog import Stop
 
 LOOPBACK = "127.0.0.1"
@@ -96,6 +97,25 @@ def describe_stop(stop: Stop) -> str:
     return f"signing stopped {when}{where}: {stop.reason}"
 
 
+def max_rate_line(signer: Signer) -> str:
+    """The start line's max rate: what a seller's lot may charge at most, and how to bound it."""
+    from promptex.gateway.errors import percent
+
+    if signer.max_rate_bps is not None:
+        return f"  lots charge at most {percent(signer.max_rate_bps)} of list price (--max-rate)"
+    defaults = signer.default_max_rates()  # fixed now: later reads of /v1/models never raise them
+    if not defaults:
+        return (
+            "  lots charge at most, per model, the highest rate the gateway lists at its first request (none listed "
+            "now), never raised after; bound it with --max-rate"
+        )
+    shown = ", ".join(f"{model} {percent(bps)}" for model, bps in defaults.items())
+    return (
+        f"  lots charge at most the highest rate the gateway lists now, per model ({shown} of list price), never "
+        f"raised while this runs; bound it with --max-rate"
+    )
+
+
 @click.command("proxy")
 @click.option("--port", type=int, help="[default: PROMPTEX_PROXY_PORT, 8788]")
 @click.option("--gateway", "gateway_url", help="the gateway [default: PROMPTEX_PROXY_GATEWAY_URL, the local one]")
@@ -104,7 +124,8 @@ def describe_stop(stop: Stop) -> str:
 @click.option(
     "--max-rate",
     help="the most a seller's lot may charge, as a fraction of list price (0.9) or a percentage (90%): requests "
-    "go only to lots at or below it [default: per model, the highest rate the gateway lists when the proxy starts]",
+    "go only to lots at or below it [default: per model, the highest rate the gateway lists when the proxy starts "
+    "(the gateway's word), never raised while it runs]",
 )
 @click.option(
     "--resume",
@@ -194,7 +215,7 @@ def proxy(
     click.echo(
         f"signing for session {grant.session} ({grant.lanes} lanes, at most {money(grant.maximum, grant.asset_symbol)}"
         f") → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "
-        f"ANTHROPIC_BASE_URL=http://{LOOPBACK}:{port}"
+        f"ANTHROPIC_BASE_URL=http://{LOOPBACK}:{port}\n{max_rate_line(signer)}"
     )
     uvicorn.run(
         app, host=LOOPBACK, port=port, log_config=None, access_log=False,
