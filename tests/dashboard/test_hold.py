@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 from fractions import Fraction
+from pathlib import Path
 
 import httpx
 import pytest
@@ -139,3 +140,29 @@ def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate
     assert (seen[0].get("x-promptex-max-rate-bps"), seen[0].get("x-promptex-voucher")) == ("9000", "v")
     assert "cookie" not in seen[0]
     assert answer.headers["x-promptex-lot-rate-bps"] == "9000"
+
+
+def test_dashboard_pass_through__waits_for_the_gateway_until_its_request_deadline(tmp_path: Path) -> None:
+    # The gateway waits for a long plain answer up to its deadline (600 s), charging it when
+    # it comes; the pass-through gave up at the client's read timeout (the upstream timeout,
+    # 120 s): the playground lost an answer it paid for.
+    from types import SimpleNamespace
+
+    from promptex.config import Settings
+    from promptex.dashboard.routes.passthrough import routes
+
+    waits: list[float] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        waits.append(request.extensions["timeout"]["read"])
+        return httpx.Response(200, json={})
+
+    s = Settings()
+    client = httpx.AsyncClient(  # as dashboard.app makes it
+        transport=httpx.MockTransport(gateway), timeout=httpx.Timeout(s.gateway_upstream_timeout_seconds, connect=5.0)
+    )
+    options = SimpleNamespace(gateway_url="http://gateway.invalid", rpc_url="http://node.invalid", dist=tmp_path)
+    app = Starlette(routes=routes(SimpleNamespace(client=client, options=options, settings=s)))
+    with TestClient(app) as test:
+        assert test.post("/v1/chat/completions", json={}).status_code == 200
+    assert waits[0] >= s.gateway_request_deadline_seconds

@@ -80,10 +80,14 @@ class RpcProxy:
 
 
 class GatewayProxy:
-    def __init__(self, client: httpx.AsyncClient, gateway_url: str, max_body: int) -> None:
+    def __init__(self, client: httpx.AsyncClient, gateway_url: str, max_body: int, wait: float | None = None) -> None:
+        """`wait`: how long the gateway may go silent (None: the client's read timeout). The
+        gateway waits for a plain answer up to its request deadline (`Gateway.upstream_wait`):
+        given up here before it, the answer would be served and charged, and lost."""
         self.client = client
         self.gateway_url = gateway_url.rstrip("/")
         self.max_body = max_body
+        self.timeout = None if wait is None else httpx.Timeout(wait, connect=client.timeout.connect)
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
@@ -93,7 +97,9 @@ class GatewayProxy:
         if request.url.query:
             url += "?" + request.url.query
         headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
-        upstream = self.client.build_request(request.method, url, headers=headers, content=body)
+        upstream = self.client.build_request(
+            request.method, url, headers=headers, content=body, timeout=self.timeout or self.client.timeout
+        )
         try:
             answer = await self.client.send(upstream, stream=True)
         except httpx.HTTPError:

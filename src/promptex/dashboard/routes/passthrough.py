@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from promptex.dashboard.context import Context
 from promptex.dashboard.proxy import GatewayProxy, RpcProxy
 
+GATEWAY_SLACK_SECONDS = 30.0
 NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>PROMPTEX dashboard</title>
 <h1>The dashboard is not built</h1>
 <p>Build it once: <code>make setup</code>, then reload.</p>"""
@@ -31,7 +32,9 @@ async def not_built(_request: Request) -> Response:
 
 def routes(ctx: Context) -> list[BaseRoute]:
     """After every /api route: the catch-all answers only what none of them matched."""
-    gateway_proxy = GatewayProxy(ctx.client, ctx.options.gateway_url, ctx.settings.gateway_max_body_bytes)
+    # As long as the gateway may take to answer: its request deadline, and a little for its settle.
+    wait = ctx.settings.gateway_request_deadline_seconds + GATEWAY_SLACK_SECONDS
+    gateway_proxy = GatewayProxy(ctx.client, ctx.options.gateway_url, ctx.settings.gateway_max_body_bytes, wait)
     found: list[BaseRoute] = [
         Route("/api/{rest:path}", api_unknown),
         Route("/rpc", RpcProxy(ctx.client, ctx.options.rpc_url).handle, methods=["POST"]),
