@@ -276,3 +276,38 @@ def test_rates_read_again_while_a_request_is_in_flight__its_answer_checked_by_th
         assert client.post(path, json={"model": MODEL, **body}).status_code == 200
     assert signer.stopped is None and signer.rates.get(MODEL, ASSET) is None
     assert signer.book.lanes[0].charged == sum(gateway.true_costs) > 0
+
+
+_CATALOG = metering.load_catalog()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(sorted(price.model for price in _CATALOG)),
+    cheapest=st.integers(1, 10_000),
+    named=st.integers(1, 10_000),
+    fee=st.integers(0, 10_000),
+    uncached=st.integers(0, 2_000_000),
+    read=st.integers(0, 2_000_000),
+    written=st.integers(0, 2_000_000),
+    output=st.integers(0, 200_000),
+)
+def test_honest_gateway__any_lot_rate_and_usage__the_proxy_s_cost_equals_the_gateway_s_to_the_unit(
+    model: str, cheapest: int, named: int, fee: int, uncached: int, read: int, written: int, output: int
+) -> None:
+    """The proxy checks a charge at /v1/models' prices (the cheapest lot's, printed to 12
+    places) scaled to the named lot's rate; the gateway charges `rates_for` at that rate. For
+    every catalog model, lot rate, fee and usage they agree to the unit (catalog prices are
+    whole micro-USD per 1k tokens: exact at 12 places), so no rounding refuses an honest charge
+    (s2break). Guards the printing (`_per_million`) and the scaling (`RateBook.at`)."""
+    from promptex.gateway.service import _per_million
+
+    price = _CATALOG.price(model)
+    advertised = metering.rates_for(price, ASSET, lot_rate_bps=cheapest, fee_bps=fee)
+    models = {"data": [{"id": model, "pricing": {ASSET: {**_per_million(advertised, 6), "rate_bps": cheapest}}}]}
+    book = RateBook.from_models(models, _CATALOG)
+    usage = metering.TokenUsage(uncached + read + written, output, cache_read_tokens=read, cache_write_tokens=written)
+    checked = book.at(model, ASSET, named)
+    assert checked is not None
+    charged = metering.rates_for(price, ASSET, lot_rate_bps=named, fee_bps=fee)
+    assert metering.usage_cost(checked, usage) == metering.usage_cost(charged, usage)
