@@ -148,8 +148,8 @@ def test_chat__plain_answer_longer_than_the_upstream_timeout__waited_for_not_fai
     a = gw.add_lot(fake, rate_bps=5000)
     b = gw.add_lot(second_fake, rate_bps=6000)
     _, key = gw.buyer(amount=USDC)
-    gw.gateway.client.timeout = 0.3
-    fake.config.latency_ms = second_fake.config.latency_ms = 600
+    gw.gateway.client.timeout = 0.2
+    fake.config.latency_ms = second_fake.config.latency_ms = 500
     for _ in range(2):
         answer = post(gw, key, {"model": "fake-gpt", "messages": HELLO})
         assert answer.status_code == 200, answer.text
@@ -170,14 +170,14 @@ def test_chat_stream__silent_before_its_first_content__waited_for__then_the_time
     # addendum: the between-chunks timeout ended it there, "empty", nothing served).
     gw.add_lot(fake)
     _, key = gw.buyer(amount=USDC)
-    gw.gateway.client.timeout = 0.3
-    fake.config.think_ms = 600  # max_tokens 20: waited 0.3 + 1 s for its first content
-    body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 20, "stream": True}
+    gw.gateway.client.timeout = 0.2
+    fake.config.think_ms = 500  # max_tokens 40: waited 0.2 + 2 s for its first content
+    body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 40, "stream": True}
     answer = post(gw, key, body)
     assert answer.status_code == 200 and _streamed(answer).startswith("alpha bravo charlie"), answer.text
     # Once content came, the upstream timeout applies between chunks again: a lot stalling
     # mid-answer is cut there (charged as cut short: its first word).
-    fake.config.think_ms, fake.config.chunk_delay_ms = 0, 500
+    fake.config.think_ms, fake.config.chunk_delay_ms = 0, 400
     answer = post(gw, key, body)
     assert answer.status_code == 200 and _streamed(answer) == "alpha", answer.text
     gw.ledger.check()
