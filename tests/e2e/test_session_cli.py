@@ -17,15 +17,29 @@ from promptex.buyerside.sessions import load
 from promptex.chain.deploy import contract_at
 from promptex.cli import main
 from promptex.cli import session as session_cli
+from promptex.config import settings
+from promptex.ledger import Ledger
 from promptex.protocol.units import utc_text
 
 DIRECT, RELAYED = "TEST::3", "TEST::4"
 
 
 def test_session__create_direct_show_revoke__on_chain(
-    promptex_cli, chain_market, accounts, chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    promptex_cli,
+    chain_market,
+    accounts,
+    chain,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     deployment, _ = chain_market
+    # With no coordinator door known, `--direct` checks the wallet against the market's ledger
+    # here (9dae45b): give it one in which the wallet is no later wallet of another account.
+    market_ledger = f"sqlite:///{tmp_path_factory.mktemp('market')}/ledger.sqlite3"
+    Ledger.open(market_ledger, sqlite_synchronous="NORMAL").close()
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", market_ledger)
+    settings.cache_clear()
     vault, usdc = contract_at(deployment, "CreditsVault"), contract_at(deployment, "USDC")
     grant_file = tmp_path / "session.json"
     created = promptex_cli(
