@@ -144,6 +144,13 @@ class Settings(BaseSettings):
             raise ConfigurationError(NO_MARKET)
         return url
 
+    def gateway_client_wait_seconds(self) -> float:
+        """How long a client of the gateway (the dashboard's /v1 pass-through, `promptex proxy`)
+        waits for an answer: the gateway's request deadline and 30 s for its settle. The gateway
+        waits for a long plain answer up to its deadline and charges it when it comes: a client
+        that gave up earlier would lose an answer it paid for."""
+        return self.gateway_request_deadline_seconds + 30.0
+
     def optional_rpc_url(self, service: ChainUser) -> str | None:
         own: str | None = getattr(self, f"{service}_rpc_url")
         if service == "dashboard":

@@ -324,3 +324,19 @@ def test_proxy__client_gives_up_a_plain_request__answer_still_read_and_checked(t
         0,
     )
     assert lane.charged > 0 and signer.stopped is None
+
+
+def test_proxy__gateway_client__waits_past_the_gateway_s_request_deadline() -> None:
+    """The gateway waits for a long plain answer until its request deadline and charges it when
+    it comes (bc55cdc): the proxy's client gave up at 600 s, the deadline itself, which starts a
+    little after the proxy's request left — an answer charged in its last moments was a drop."""
+    from promptex.cli.proxy import gateway_client
+    from promptex.config import Settings
+
+    s = Settings(gateway_request_deadline_seconds=600.0)
+    client = gateway_client("http://127.0.0.1:1", {}, s)
+    try:
+        assert client.timeout.read is not None and client.timeout.read > s.gateway_request_deadline_seconds
+        assert client.timeout.read == s.gateway_client_wait_seconds()
+    finally:
+        asyncio.run(client.aclose())

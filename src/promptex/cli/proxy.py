@@ -19,10 +19,13 @@ from promptex.config import market_dir, settings
 from promptex.protocol.units import utc_text
 
 if TYPE_CHECKING:
+    import httpx
+
     from promptex.buyerside.recovery import ChainSession
     from promptex.buyerside.sessions import SessionGrant
     from promptex.buyerside.signer import Signer
     from promptex.buyerside.voucherlog import Stop
+    from promptex.config import Settings
 
 LOOPBACK = "127.0.0.1"
 GRANT_FILE = "session.json"
@@ -113,6 +116,17 @@ def max_rate_line(signer: Signer) -> str:
     return (
         f"  lots charge at most the highest rate the gateway lists now, per model ({shown} of list price), never "
         f"raised while this runs; bound it with --max-rate"
+    )
+
+
+def gateway_client(base: str, auth: dict[str, str], s: Settings) -> httpx.AsyncClient:
+    """The proxy's client of the gateway: it waits for an answer as long as the gateway may take
+    (`Settings.gateway_client_wait_seconds`). It waited 600 s, the gateway's own deadline, which
+    starts a little later: an answer charged in its last moments was taken for a drop."""
+    import httpx
+
+    return httpx.AsyncClient(
+        base_url=base, headers=auth, timeout=httpx.Timeout(s.gateway_client_wait_seconds(), connect=10.0)
     )
 
 
@@ -210,8 +224,7 @@ def proxy(
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
     port = port or s.proxy_port
-    gateway = httpx.AsyncClient(base_url=base, headers=auth, timeout=httpx.Timeout(600.0, connect=10.0))
-    app = create_proxy(signer, gateway)
+    app = create_proxy(signer, gateway_client(base, auth, s))
     click.echo(
         f"signing for session {grant.session} ({grant.lanes} lanes, at most {money(grant.maximum, grant.asset_symbol)}"
         f") → {base}\n  OPENAI_BASE_URL=http://{LOOPBACK}:{port}/v1   "

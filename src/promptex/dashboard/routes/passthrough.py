@@ -16,7 +16,6 @@ from starlette.staticfiles import StaticFiles
 from promptex.dashboard.context import Context
 from promptex.dashboard.proxy import GatewayProxy, RpcProxy
 
-GATEWAY_SLACK_SECONDS = 30.0
 NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>PROMPTEX dashboard</title>
 <h1>The dashboard is not built</h1>
 <p>Build it once: <code>make setup</code>, then reload.</p>"""
@@ -32,8 +31,7 @@ async def not_built(_request: Request) -> Response:
 
 def routes(ctx: Context) -> list[BaseRoute]:
     """After every /api route: the catch-all answers only what none of them matched."""
-    # As long as the gateway may take to answer: its request deadline, and a little for its settle.
-    wait = ctx.settings.gateway_request_deadline_seconds + GATEWAY_SLACK_SECONDS
+    wait = ctx.settings.gateway_client_wait_seconds()
     gateway_proxy = GatewayProxy(ctx.client, ctx.options.gateway_url, ctx.settings.gateway_max_body_bytes, wait)
     found: list[BaseRoute] = [
         Route("/api/{rest:path}", api_unknown),
