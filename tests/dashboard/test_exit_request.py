@@ -5,21 +5,14 @@ with viem (~1 s)."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-import subprocess
 
 import pytest
 from eth_account import Account
 
-from anvil_node import ROOT
 from promptex.coordinator.requests import Place, Refused, parse_exit_request
 from promptex.protocol.vault import exit_request_digest
-
-DASHBOARD = ROOT / "dashboard"
-ESBUILD = DASHBOARD / "node_modules" / ".bin" / "esbuild"
+from ts_cases import ts_cases
 
 
 def cases() -> list[dict]:
@@ -39,21 +32,10 @@ def cases() -> list[dict]:
 
 
 def test_exit_request__front_end__same_digest_and_body_as_python(tmp_path):
-    if shutil.which("node") is None or not ESBUILD.exists():
-        pytest.skip("needs node and dashboard/node_modules (make setup)")
-    module = tmp_path / "exit.mjs"
-    subprocess.run(
-        [str(ESBUILD), str(DASHBOARD / "src" / "exit.ts"), "--bundle", "--format=esm", "--platform=node",
-         f"--outfile={module}", "--log-level=error"],
-        check=True, timeout=120, cwd=DASHBOARD,
-    )  # fmt: skip
+    run = ts_cases("exit", tmp_path)
     given = cases()
     wire = [{**c, "terms": {k: str(v) if isinstance(v, int) else v for k, v in c["terms"].items()}} for c in given]
-    answer = subprocess.run(
-        ["node", str(DASHBOARD / "tests" / "exit_cases.mjs")], input=json.dumps(wire), capture_output=True,
-        text=True, timeout=60, check=True, env={**os.environ, "EXIT_MODULE": str(module)},
-    )  # fmt: skip
-    answers = json.loads(answer.stdout)
+    answers = run(wire)
     assert len(answers) == len(given) == 12
     for case, got in zip(given, answers, strict=True):
         assert got["digest"] == "0x" + exit_request_digest(chain_id=case["chain_id"], vault=case["vault"],

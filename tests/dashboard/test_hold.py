@@ -7,11 +7,7 @@ whole; and the dashboard's /v1 pass-through forwards that header. esbuild bundle
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,42 +17,19 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from anvil_node import ROOT
 from promptex import metering
 from promptex.dashboard.proxy import GatewayProxy
 from promptex.gateway import requests
 from promptex.gateway.service import _per_million
 from promptex.metering import load_catalog
+from ts_cases import ts_cases
 
-DASHBOARD = ROOT / "dashboard"
-ESBUILD = DASHBOARD / "node_modules" / ".bin" / "esbuild"
 FEE_BPS = 100
 
 
 @pytest.fixture(scope="module")
 def front_end(tmp_path_factory):
-    if shutil.which("node") is None or not ESBUILD.exists():
-        pytest.skip("needs node and dashboard/node_modules (make setup)")
-    module = tmp_path_factory.mktemp("hold") / "hold.mjs"
-    subprocess.run(
-        [str(ESBUILD), str(DASHBOARD / "src" / "hold.ts"), "--bundle", "--format=esm", "--platform=node",
-         f"--outfile={module}", "--log-level=error"],
-        check=True, timeout=120, cwd=DASHBOARD,
-    )  # fmt: skip
-
-    def run(cases: list[dict]) -> list[dict]:
-        answer = subprocess.run(
-            ["node", str(DASHBOARD / "tests" / "hold_cases.mjs")],
-            input=json.dumps(cases),
-            env={**os.environ, "HOLD_MODULE": str(module)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return json.loads(answer.stdout)  # type: ignore[no-any-return]
-
-    return run
+    return ts_cases("hold", tmp_path_factory.mktemp("hold"))
 
 
 def entry(model: str, lot_rates: list[int], twap: Fraction) -> tuple[dict, dict[str, dict[int, metering.Rates]]]:

@@ -6,15 +6,8 @@ to exactly the smallest units (no float on the way). esbuild bundles money.ts (~
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-import subprocess
 
-import pytest
-
-from anvil_node import ROOT
 from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import (
     MAX_UINT256,
@@ -26,9 +19,8 @@ from promptex.protocol.units import (
     usd_text,
     whole_units,
 )
+from ts_cases import ts_cases
 
-DASHBOARD = ROOT / "dashboard"
-ESBUILD = DASHBOARD / "node_modules" / ".bin" / "esbuild"
 FACES = {t.symbol: t.face_value_usd_micro for t in PROVIDER_TOKENS}
 SYMBOLS = ["USDC", *FACES, "XYZ"]  # XYZ: a token without a known face value
 ROUNDINGS = ("nearest", "down", "up")
@@ -78,25 +70,9 @@ def cases() -> list[tuple[dict, str]]:
 
 
 def test_money__front_end_and_python__same_text_for_every_case(tmp_path):
-    if shutil.which("node") is None or not ESBUILD.exists():
-        pytest.skip("needs node and dashboard/node_modules (make setup)")
-    module = tmp_path / "money.mjs"
-    subprocess.run(
-        [str(ESBUILD), str(DASHBOARD / "src" / "money.ts"), "--format=esm", f"--outfile={module}", "--log-level=error"],
-        check=True,
-        timeout=60,
-    )
+    run = ts_cases("money", tmp_path)
     pairs = cases()
-    run = subprocess.run(
-        ["node", str(DASHBOARD / "tests" / "money_cases.mjs")],
-        input=json.dumps([case for case, _ in pairs]),
-        env={**os.environ, "MONEY_MODULE": str(module)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    answers = json.loads(run.stdout)
+    answers = run([case for case, _ in pairs])
     differ = []
     for (case, expected), answer in zip(pairs, answers, strict=True):
         if expected == "refused":

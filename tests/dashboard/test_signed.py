@@ -5,21 +5,14 @@ the buyer side's wire parser. esbuild bundles signed.ts with viem (~1 s)."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
-import subprocess
 
 import pytest
 from eth_account import Account
 
-from anvil_node import ROOT
 from promptex.buyerside.wire import parse_voucher
 from promptex.protocol.vault import recover_voucher_signer, session_key_digest, sign_voucher, voucher_digest
-
-DASHBOARD = ROOT / "dashboard"
-ESBUILD = DASHBOARD / "node_modules" / ".bin" / "esbuild"
+from ts_cases import ts_cases
 
 
 def address(rng: random.Random) -> str:
@@ -49,28 +42,7 @@ def cases() -> list[dict]:
 @pytest.fixture(scope="module")
 def front_end(tmp_path_factory):
     """Runs cases through dashboard/src/signed.ts (bundled once per module)."""
-    if shutil.which("node") is None or not ESBUILD.exists():
-        pytest.skip("needs node and dashboard/node_modules (make setup)")
-    module = tmp_path_factory.mktemp("signed") / "signed.mjs"
-    subprocess.run(
-        [str(ESBUILD), str(DASHBOARD / "src" / "signed.ts"), "--bundle", "--format=esm", "--platform=node",
-         f"--outfile={module}", "--log-level=error"],
-        check=True, timeout=120, cwd=DASHBOARD,
-    )  # fmt: skip
-
-    def run(cases: list[dict]) -> list[dict]:
-        answer = subprocess.run(
-            ["node", str(DASHBOARD / "tests" / "signed_cases.mjs")],
-            input=json.dumps(cases),
-            env={**os.environ, "SIGNED_MODULE": str(module)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return json.loads(answer.stdout)  # type: ignore[no-any-return]
-
-    return run
+    return ts_cases("signed", tmp_path_factory.mktemp("signed"))
 
 
 def test_signed__front_end_messages__same_digests_signatures_and_header_as_python(front_end):
