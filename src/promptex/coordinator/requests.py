@@ -204,27 +204,21 @@ def check_previous_session_over(request: SessionRequest, now: int, latest: Sessi
     the vault. A spend cap set after it proves it over."""
     if latest is None or latest.capped_by is not None:
         return
+    session = f"session {latest.session} in {request.asset}"
     if latest.revoked_at is None and now < latest.expiry:
-        raise Refused(
-            409, "session_not_over",
-            f"session {latest.session} in {request.asset} is in force until {utc_text(latest.expiry)}: revoke it "
-            f"first (`promptex session revoke --asset {request.asset}`), then sign the next once its vouchers no "
-            "longer settle (the close of the window after)", session=latest.session,
-        )  # fmt: skip
-    if latest.revoked_at is not None and latest.ends_at is not None and now <= latest.ends_at:
-        raise Refused(
-            409, "session_not_over",
-            f"session {latest.session} in {request.asset} was revoked; its vouchers settle until "
-            f"{utc_text(latest.ends_at)} and the vault takes the next SessionKey only after that: sign it then",
-            session=latest.session,
-        )  # fmt: skip
-    if latest.revoked_at is None and latest.settles_until is not None and now <= latest.settles_until:
-        raise Refused(
-            409, "session_not_over",
-            f"session {latest.session} in {request.asset} expired at {utc_text(latest.expiry)}; its vouchers settle "
-            f"until {utc_text(latest.settles_until)} and the vault takes the next SessionKey only after that: sign it "
-            "then", session=latest.session,
-        )  # fmt: skip
+        why = (f"{session} is in force until {utc_text(latest.expiry)}: revoke it first (`promptex session revoke "
+               f"--asset {request.asset}`), then sign the next once its vouchers no longer settle (the close of the "
+               "window after)")  # fmt: skip
+    elif latest.revoked_at is not None and latest.ends_at is not None and now <= latest.ends_at:
+        why = (f"{session} was revoked; its vouchers settle until {utc_text(latest.ends_at)} and the vault takes the "
+               "next SessionKey only after that: sign it then")  # fmt: skip
+    elif latest.revoked_at is None and latest.settles_until is not None and now <= latest.settles_until:
+        why = (f"{session} expired at {utc_text(latest.expiry)}; its vouchers settle until "
+               f"{utc_text(latest.settles_until)} and the vault takes the next SessionKey only after that: sign it "
+               "then")  # fmt: skip
+    else:
+        return
+    raise Refused(409, "session_not_over", why, session=latest.session)
 
 
 def check_session_key_wallet(wallet: str, debited: str | None) -> None:
