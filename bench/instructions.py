@@ -12,7 +12,8 @@ lot refresh, key cache, WAL checkpoint) is moved out of the window (an hour apar
 
 - Bytecodes (default): this script serves the gateway itself with a tracer on every thread
   (`sys.settrace` / `threading.settrace`, opcode events), switched on by SIGUSR1 and off by
-  SIGUSR2 around the requests: Python bytecodes a request, per function. Exact run to run.
+  SIGUSR2 around the requests: Python bytecodes a request, per function. Runs agree within
+  ~0.2 %.
 - `--callgrind`: `promptex gateway serve` under valgrind's callgrind, instrumentation on
   only around the requests (`callgrind_control -i`); the idle loop's own instructions (its
   ticks) over the same wall time are measured apart and taken off. Repeat runs agree within
