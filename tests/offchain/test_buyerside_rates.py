@@ -8,6 +8,7 @@ the advertised rates: signing stops."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,25 @@ def test_honest_gateway__any_lot_rate_and_usage__the_proxy_s_cost_equals_the_gat
     assert checked is not None
     charged = metering.rates_for(price, ASSET, lot_rate_bps=named, fee_bps=fee)
     assert metering.usage_cost(checked, usage) == metering.usage_cost(charged, usage)
+
+
+def test_rates_read_again__a_raised_list_price_not_taken__a_lower_one_taken(tmp_path: Path) -> None:
+    """A max rate is a fraction of list price: a later /v1/models raising a model's list price
+    (10×, or no longer saying which rate its prices are at) raised what every later request was
+    held and accepted at, the max rate unchanged (review s17). The opening list price is kept."""
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    opened = signer.rates.list_price(MODEL, ASSET)
+    assert opened is not None
+    raised = gateway.models()
+    entry = raised["data"][0]
+    price = entry["pricing"][ASSET]
+    tenfold = {side: str(Decimal(price[side]) * 10) for side in ("input_per_million", "output_per_million")}
+    signer.refresh({"data": [{**entry, "pricing": {ASSET: {**price, **tenfold}}}]})
+    assert signer.rates.list_price(MODEL, ASSET) == opened
+    unpriced = {side: str(Decimal(price[side]) * 10) for side in ("input_per_million", "output_per_million")}
+    signer.refresh({"data": [{**entry, "pricing": {ASSET: unpriced}}]})  # no rate_bps: not at a known rate
+    assert signer.rates.list_price(MODEL, ASSET) == opened
+    lower = {side: str(Decimal(price[side]) / 2) for side in ("input_per_million", "output_per_million")}
+    signer.refresh({"data": [{**entry, "pricing": {ASSET: {**price, **lower}}}]})  # a lower one is taken
+    assert signer.rates.list_price(MODEL, ASSET) == opened.scaled(ASSET, Fraction(1, 2))

@@ -19,6 +19,7 @@ and the true counts. Reasoning tokens cannot be seen at all: only the hold bound
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
@@ -41,6 +42,7 @@ ENDPOINTS = {
     "/v1/messages": MESSAGES,
     "/v1/responses": RESPONSES,
 }
+log = logging.getLogger("promptex.buyerside")
 PER_MILLION = 1_000  # /v1/models prices are per million tokens; rates are per 1,000
 
 
@@ -218,6 +220,30 @@ class RateBook:
         """The rate /v1/models gave listed lot `lot` of `model` (None: a lot it did not list)."""
         return self.lots.get(model, {}).get(lot)
 
+    def list_price(self, model: str, asset: str) -> metering.Rates | None:
+        """What `model` costs in `asset` at list price by this book (the advertised rates when
+        the gateway said no rate they are at)."""
+        return self.at(model, asset, BPS) or self.get(model, asset)
+
+    def not_above(self, opened: RateBook) -> RateBook:
+        """This book (a later read of /v1/models) with every (model, asset) the `opened` book
+        priced kept at most at the list price read then: a max rate is a fraction of list price,
+        so a gateway raising a model's list price later (or no longer saying which rate its
+        prices are at) would raise what every later request is held and charged at
+        (review s17). Such an entry keeps the opened book's rates; a new model is taken."""
+        rates, at_bps = dict(self.rates), dict(self.at_bps)
+        for (model, asset), old in opened.rates.items():
+            new = self.list_price(model, asset)
+            if new is None or not _above(new, opened.list_price(model, asset) or old):
+                continue
+            log.warning("/v1/models raised %s's list price in %s since the proxy opened: the opening one is kept",
+                        model, asset)  # fmt: skip
+            rates[(model, asset)] = old
+            at_bps.pop((model, asset), None)
+            if (model, asset) in opened.at_bps:
+                at_bps[(model, asset)] = opened.at_bps[(model, asset)]
+        return RateBook(rates, self.catalog, self.images, self.listed, at_bps, self.lots)
+
     def image_tokens(self, model: str, default: int) -> metering.ImageTokens:
         """What the gateway holds one chat image part to `model` for: its advertised allowance
         (the hold and the input bound must be the gateway's: a lower one here refused its
@@ -297,6 +323,14 @@ class RateBook:
                 if isinstance(price, dict) and _positive(price.get("rate_bps"), BPS):
                     at_bps[(model["id"], symbol.upper())] = price["rate_bps"]
         return cls(book, catalog, images, frozenset(ids), at_bps, lots)
+
+
+def _above(new: metering.Rates, old: metering.Rates) -> bool:
+    """Whether any of `new`'s rates is above `old`'s (a cache rate of None is its input rate)."""
+    pairs = [(new.input_per_1k, old.input_per_1k), (new.output_per_1k, old.output_per_1k)]
+    for side in ("cache_read_per_1k", "cache_write_per_1k", "cache_write_1h_per_1k"):
+        pairs.append((getattr(new, side) or new.input_per_1k, getattr(old, side) or old.input_per_1k))
+    return any(a > b for a, b in pairs)
 
 
 def _positive(given: Any, most: int | None = None) -> bool:

@@ -361,13 +361,14 @@ class Signer:
         """Read the gateway's /v1/models answer again (`RateBook.from_models`, with the same
         local catalog): the lots and rates requests signed from now on are held and checked at
         (one in flight keeps the max rate it was signed with); the default max rates are not
-        raised (`max_rate`). The proxy does it every
-        `proxy.RATES_REFRESH_SECONDS`; an answer listing no model keeps the book."""
+        raised (`max_rate`), nor the list prices read when the proxy opened
+        (`RateBook.not_above`). The proxy does it every `proxy.RATES_REFRESH_SECONDS`; an
+        answer listing no model keeps the book."""
         book = RateBook.from_models(models, self.rates.catalog)
         if book.rates:
             if self._opened is None:
                 self._opened = self.rates
-            self.rates = book
+            self.rates = book.not_above(self._opened)  # a list price raised since is not taken
 
     def charge_rates(self, ticket: Ticket, lot: Any, rate: Any) -> metering.Rates:
         """The rates an answer's charge is checked at: those of the rate the gateway names
