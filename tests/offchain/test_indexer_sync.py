@@ -8,6 +8,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from eth_abi.abi import encode
@@ -35,7 +36,7 @@ from promptex.config import settings
 from promptex.indexer import Indexer, IndexerError, Options, serve
 from promptex.indexer.decode import LogDecodeError
 from promptex.indexer.reorg import ReorgTooDeep
-from promptex.indexer.rpc import ChainMoved, RpcError
+from promptex.indexer.rpc import ChainMoved, RpcError, RpcUnavailable
 from promptex.indexer.schema import chain_events, indexer_cursor
 from promptex.ledger import AccountKind, Balance, ChainEventConflict, Ledger
 from promptex.ledger.binding import sign
@@ -195,6 +196,28 @@ def test_catch_up__unknown_asset__named_by_its_symbol(sqlite_ledger, node):
     with sqlite_ledger.engine.connect() as conn:
         assets = list(conn.execute(select(journal_entries.c.ref)).scalars())
     assert len(assets) == 1
+    assert sqlite_ledger.system_balance("vault", "NEW") == -5
+
+
+def test_catch_up__node_down_while_naming_an_asset__waited_out_not_the_end(sqlite_ledger, node):
+    """A node outage while reading a token's symbol() (or a vault's epoch clock) was an
+    IndexerError, which ends `promptex indexer run`; it is RpcUnavailable, which `run` waits out
+    (review s17)."""
+    token = new_address()
+    node.mine(deposited(new_address(), 5, asset=token))
+    answers = iter([httpx.ConnectError("connection refused")])
+
+    def eth_call(_call: object, _block: object) -> str:
+        down = next(answers, None)
+        if down is not None:
+            raise down
+        return "0x" + encode(["string"], ["NEW"]).hex()
+
+    node._eth_call = eth_call  # type: ignore[attr-defined]
+    indexer = make_indexer(sqlite_ledger, node)
+    with pytest.raises(RpcUnavailable):
+        indexer.catch_up()
+    indexer.catch_up()  # the node back: named and applied once
     assert sqlite_ledger.system_balance("vault", "NEW") == -5
 
 

@@ -203,9 +203,11 @@ class Indexer:
             if pools:  # their own events in this range were not asked for: ask now
                 events += self._events(self.rpc.logs(min(pools.values()), high, sorted(pools)), headers)
                 events.sort(key=lambda e: (e.block_number, e.log_index))
-            for event in events:  # name unknown assets before the transaction, not inside it
+            for event in events:  # name unknown assets (and read vault clocks) before the transaction, not inside it
                 if event.source == VAULT and "asset" in event.args:
                     self._symbol(event.args["asset"])
+                if event.source == VAULT and event.name == "SessionKeyRegistered":
+                    self._clock(event.contract)
             kept = [headers[n] for n in numbers]
             stored = self.ledger.apply_chain_facts(lambda facts: self._commit(facts, cursor, events, kept))
         finally:
@@ -256,6 +258,8 @@ class Indexer:
                 int(abi_decode(["uint256"], self.rpc.eth_call(vault, selector))[0])
                 for selector in (GENESIS_SELECTOR, EPOCH_LENGTH_SELECTOR)
             )
+        except RpcUnavailable:
+            raise  # a node outage, waited out by `run` (not the vault's fault)
         except (RpcError, ValueError, DecodingError) as exc:
             raise IndexerError(f"cannot read the vault {vault}'s epoch clock ({exc})") from None
         genesis, length = clock
@@ -271,6 +275,8 @@ class Indexer:
             return known
         try:
             (symbol,) = abi_decode(["string"], self.rpc.eth_call(token, SYMBOL_SELECTOR))
+        except RpcUnavailable:
+            raise  # a node outage, waited out by `run` (not the token's fault)
         except (RpcError, ValueError, DecodingError) as exc:
             raise IndexerError(f"cannot name the asset {token}: symbol() failed ({exc})") from None
         if not isinstance(symbol, str) or not 0 < len(symbol) <= ASSET:
