@@ -716,6 +716,26 @@ def test_deadline__unanswered_request_cancelled_504_hold_released__stream_cut_of
     assert 0 < int(cut.charged) < int(cut.amount) and 0 < output < 64  # cut short, charged as such
 
 
+def test_deadline__stream_silent_until_it__not_the_lot_s_failure(gw_deadline: Harness, fake: Fake) -> None:
+    """A stream whose lot sent nothing before the request's deadline (a model still thinking:
+    since bc55cdc its first content may be waited for up to it) is released, and counts
+    against the lot no more than a plain request's deadline does (review s17: "empty")."""
+    gw = gw_deadline
+    lot = gw.add_lot(fake)
+    account, key = gw.buyer()
+    fake.config.think_ms = 2_000  # a role chunk, then silence past the 0.25 s deadline
+    with httpx.stream(
+        "POST",
+        gw.url + "/v1/chat/completions",
+        json={"model": "fake-flat", "messages": HELLO, "max_tokens": 4_000, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+    ) as streamed:
+        streamed.read()
+    balance = gw.ledger.balance(account, "USDC")
+    assert (balance.posted, balance.held) == (10 * USDC, 0)  # nothing charged, nothing held
+    assert gw.gateway.health._lots[lot].errors == 0 and gw.gateway.health._lots[lot].failures == 0
+
+
 @pytest.fixture
 def gw_stalled(settings: Settings, tmp_path: Path) -> Iterator[tuple[Harness, list[int]]]:
     """A gateway on a ledger clock the test moves, whose own sweep pass runs only at start."""

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from promptex import metering
 from promptex.buyerside.signer import Signer
@@ -108,6 +109,26 @@ def test_no_lot_within_max__503_naming_the_lane__nothing_held_signing_goes_on(
     assert fake.config.requests == 0
     assert signer.stopped is None and all(lane.exact and lane.errors == 0 for lane in signer.book.lanes)
     assert gw.ledger.balance(account, "USDC") == before
+
+
+def test_no_lot_within_max__the_lane_unreadable__the_refusal_goes_out_as_it_is(
+    gw: Harness, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Naming the lane is best effort: a database error reading it (a plain read raises the
+    driver's OperationalError, not LedgerUnavailable) replaced the refusal with 503
+    ledger_unavailable (review s17)."""
+    gw.add_lot(fake, rate_bps=9000)
+    grant, _account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    signer.max_rate_bps = 8750
+
+    def unreachable(*_args: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(gw.ledger, "signed_state", unreachable)
+    answer, _ = _ask(gw, signer, api_key, "chat")
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "no_lot_within_max_rate"
+    assert fake.config.requests == 0
 
 
 def test_every_lot_busy__429_naming_the_lane__signing_goes_on(gw: Harness, fake: Fake, tmp_path: Path) -> None:
@@ -209,7 +230,9 @@ def test_models__lists_the_listed_lots_rates__and_the_rate_its_prices_are_at(
     assert sorted(lot["rate_bps"] for lot in entry["lots"]) == [6000, 9000]
 
 
-@pytest.mark.parametrize("given", ["0", "10001", "90%", "-1", ""])
+@pytest.mark.parametrize(
+    "given", ["0", "10001", "90%", "-1", "", pytest.param("9" * 5000, id="5000-digits")]
+)  # a 500 before
 def test_max_rate_header__not_1_to_10000__400_naming_it(gw: Harness, fake: Fake, given: str) -> None:
     gw.add_lot(fake)
     _account, api_key = gw.buyer()

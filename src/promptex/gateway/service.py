@@ -37,7 +37,7 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -645,7 +645,7 @@ class Gateway:
         try:
             payer = key.payer if key.payer is not None else key.account
             session, lane = await self._thread(self.ledger.signed_state, payer, asset, index)
-        except (GatewayError, LedgerUnavailable):
+        except (GatewayError, LedgerError, SQLAlchemyError):  # best effort: the refusal goes out as it is
             return
         if session is None or lane is None or session_id != session.session or lane.inflight is not None:
             return
@@ -1365,8 +1365,10 @@ class Gateway:
         # content (charged all the same, below). Before (sbreak s17), a stream whose client left
         # before anything came closed the lot's circuit — a half-open probe too, for a lot
         # that had sent nothing — and one that sent a chunk and broke off was a success: a
-        # lot whose every stream died after its first chunk was never skipped.
-        neutral = stream.disconnected or stream.orphaned
+        # lot whose every stream died after its first chunk was never skipped. The request's
+        # deadline is not the lot's failure either (as for a plain request, `_once`): since
+        # bc55cdc a stream may wait for its first content up to it (`upstream_wait`).
+        neutral = stream.disconnected or stream.orphaned or stream.timed_out
         if tr.usage is None and tr.produced == 0 and not stream.disconnected:
             log.warning("stream %s: lot %d sent no content and no usage: not charged", stream.request_id, stream.lot.id)
             if not neutral:  # an upstream failure, as a 5xx is: in the lot's errors and its circuit breaker
@@ -1529,7 +1531,8 @@ def max_rate(request: Request) -> int | None:
     if given is None:
         return None
     text = given.strip()
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= BPS:
+    # At most 5 digits before int(): a longer run (Python refuses past 4,300 digits) is no rate.
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) <= BPS:
         raise errors.bad_request(
             f"{MAX_RATE} is the most a lot may charge in basis points of list price, 1 to {BPS}: not {given[:40]!r}.",
             param=MAX_RATE,
