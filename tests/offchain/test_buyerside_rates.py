@@ -334,3 +334,25 @@ def test_rates_read_again__a_raised_list_price_not_taken__a_lower_one_taken(tmp_
     lower = {side: str(Decimal(price[side]) / 2) for side in ("input_per_million", "output_per_million")}
     signer.refresh({"data": [{**entry, "pricing": {ASSET: {**price, **lower}}}]})  # a lower one is taken
     assert signer.rates.list_price(MODEL, ASSET) == opened.scaled(ASSET, Fraction(1, 2))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": ["x"]},
+        {"data": [{"pricing": {}}]},
+        {"data": 5},
+        {"data": [{"id": MODEL, "pricing": [1]}]},
+        {"data": [{"id": MODEL, "lots": 7, "pricing": {ASSET: {"input_per_million": "Infinity"}}}]},
+    ],
+)
+def test_rate_book__malformed_models_answer__nothing_read_from_it_no_exception(body: Any, tmp_path: Path) -> None:
+    """A /v1/models answer not of its shape raised (AttributeError, KeyError, TypeError,
+    OverflowError) out of RateBook.from_models: at the proxy's start a traceback, in its
+    5-minute re-reads the task ended and the rates were never read again (review s17)."""
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    book = signer.rates
+    assert RateBook.from_models(body).rates == {}
+    signer.refresh(body)
+    assert signer.rates is book  # nothing read: the book read before is kept

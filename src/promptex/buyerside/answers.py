@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -289,27 +289,31 @@ class RateBook:
         ids: set[str] = set()
         at_bps: dict[tuple[str, str], int] = {}
         lots: dict[str, dict[int, int]] = {}
-        for model in body.get("data", []) if isinstance(body, dict) else []:
-            if isinstance(model, dict) and isinstance(model.get("id"), str):
-                ids.add(model["id"])
-                advertised = _image_tokens(model.get("image_tokens"))
-                if advertised is not None:
-                    images[model["id"]] = advertised
-                by_lot = {
-                    lot["id"]: lot["rate_bps"]
-                    for lot in model.get("lots") or ()
-                    if isinstance(lot, dict) and _positive(lot.get("id")) and _positive(lot.get("rate_bps"), BPS)
-                }
-                if by_lot:
-                    lots[model["id"]] = by_lot
-            for symbol, price in (model.get("pricing") or {}).items():
+        data = body.get("data") if isinstance(body, dict) else None
+        for model in data if isinstance(data, list) else ():
+            if not (isinstance(model, dict) and isinstance(model.get("id"), str)):
+                continue  # not a model entry: nothing of it is read (review s17: one raised, the re-reads ended)
+            ids.add(model["id"])
+            advertised = _image_tokens(model.get("image_tokens"))
+            if advertised is not None:
+                images[model["id"]] = advertised
+            listed_lots = model.get("lots")
+            by_lot = {
+                lot["id"]: lot["rate_bps"]
+                for lot in (listed_lots if isinstance(listed_lots, list) else ())
+                if isinstance(lot, dict) and _positive(lot.get("id")) and _positive(lot.get("rate_bps"), BPS)
+            }
+            if by_lot:
+                lots[model["id"]] = by_lot
+            pricing = model.get("pricing")
+            for symbol, price in pricing.items() if isinstance(pricing, dict) else ():
                 try:
                     unit = metering.asset(symbol).unit
                     per_1k = [
                         Fraction(Decimal(price[f"{side}_per_million"])) * unit / PER_MILLION
                         for side in ("input", "output")
                     ]
-                except (KeyError, TypeError, InvalidOperation, ValueError, metering.UnknownAsset):
+                except (KeyError, TypeError, ArithmeticError, ValueError, metering.UnknownAsset):  # not a price
                     continue
                 rates = metering.Rates(symbol.upper(), per_1k[0], per_1k[1])
                 if catalog is not None and model.get("id") in {p.model for p in catalog}:

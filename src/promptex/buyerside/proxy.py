@@ -75,7 +75,10 @@ def create_proxy(
         async def every(seconds: float) -> None:
             while True:
                 await asyncio.sleep(seconds)
-                await refresh_rates(signer, gateway)
+                try:
+                    await refresh_rates(signer, gateway)
+                except Exception:  # the re-reads go on (a task that raised would end them unseen)
+                    log.exception("the gateway's /v1/models was not read again: the rates read before are kept")
 
         task = asyncio.create_task(every(refresh_seconds)) if refresh_seconds else None
         try:
