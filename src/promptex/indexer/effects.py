@@ -13,7 +13,9 @@
                         An approximation: the per-epoch limit and expiry are not
                         mirrored, and an unbound address's cap is not seen. After a
                         session key: capped mode again (`ledger.sessions.capped_after`)
-    SpendCapRevoked     remaining cap := 0 (no new usage once a user revokes)
+    SpendCapRevoked     remaining cap := 0 (no new usage once a user revokes), except in
+                        signed mode (a session with no cap set after it): the session's
+                        maximum left stands (`ChainBatch.register_spend_cap`)
     SessionKeyRegistered  signed mode (issue 23): the account's session key in the asset,
                         with the vault and chain its vouchers are signed for, and the last
                         second the vault settles them (from the vault's epoch clock); its
