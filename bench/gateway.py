@@ -86,9 +86,12 @@ def process(
     ready_url: str,
     headers: dict[str, str] | None = None,
     log: Path | None = None,
+    ready_seconds: float = 120,
+    stop_seconds: float = 30,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`args` in a session of its own, once `ready_url` answers below 500; killed (the whole
-    session) at the end. `log`: its output appended there (else discarded)."""
+    """`args` in a session of its own, once `ready_url` answers below 500 (within
+    `ready_seconds`); ended (the whole session: SIGTERM, SIGKILL after `stop_seconds`) at
+    the end. `log`: its output appended there (else discarded)."""
     if log is None:
         proc = subprocess.Popen(
             args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -97,7 +100,7 @@ def process(
         with log.open("ab") as out:
             proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + ready_seconds
         while True:
             if proc.poll() is not None:
                 tail = log.read_text()[-2000:] if log is not None else ""
@@ -114,7 +117,7 @@ def process(
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=stop_seconds)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 

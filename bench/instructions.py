@@ -121,8 +121,6 @@ def _instrument(pid: int, on: bool) -> None:
 
 @contextmanager
 def _gateway(callgrind: bool, workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, str]]]:
-    import httpx
-
     from gateway import BIN, process, setup_promptex  # bench/gateway.py
     from promptex.serving import free_port
 
@@ -142,29 +140,9 @@ def _gateway(callgrind: bool, workdir: Path) -> Iterator[tuple[subprocess.Popen[
             args = [sys.executable, __file__, "_serve", *serve]
         url = f"http://127.0.0.1:{port}/v1"
         headers = {"authorization": f"Bearer {key}"}
-        proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + 600  # valgrind starts slowly
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the gateway exited with {proc.returncode}")
-                try:
-                    if httpx.get(url + "/models", headers=headers, timeout=5).status_code < 500:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the gateway did not start")
-                time.sleep(0.5)
+        # valgrind starts slowly, and writes its counts as it exits
+        with process(args, env, url + "/models", headers, ready_seconds=600, stop_seconds=60) as proc:
             yield proc, url + "/chat/completions", headers
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @click.command()
