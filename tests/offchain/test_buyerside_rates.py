@@ -8,6 +8,7 @@ the advertised rates: signing stops."""
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -356,3 +357,33 @@ def test_rate_book__malformed_models_answer__nothing_read_from_it_no_exception(b
     assert RateBook.from_models(body).rates == {}
     signer.refresh(body)
     assert signer.rates is book  # nothing read: the book read before is kept
+
+
+def test_rates_read_again__a_model_first_listed_since__held_to_its_first_price(tmp_path: Path) -> None:
+    """A model (or asset) the opening book did not price is held, from the read that first
+    lists it, to that price: before, it was new on every read, so the next read could raise it
+    10× (review s17 breaker on 0c03454)."""
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    entry = gateway.models()["data"][0]
+
+    def listed_as_later(times: int) -> dict[str, Any]:
+        later = copy.deepcopy(entry)
+        later["id"] = "later-model"
+        for side in ("input_per_million", "output_per_million"):
+            later["pricing"][ASSET][side] = str(Decimal(later["pricing"][ASSET][side]) * times)
+        return later
+
+    signer.refresh({"data": [entry, listed_as_later(1)]})
+    first = signer.rates.list_price("later-model", ASSET)
+    assert first is not None
+    signer.refresh({"data": [entry, listed_as_later(10)]})
+    assert signer.rates.list_price("later-model", ASSET) == first
+
+
+@pytest.mark.parametrize("given", ["1e-99999999", "1e99999999", "-1", "1" * 50, "NaN"])
+def test_rate_book__a_price_no_price_can_be__skipped_at_once(given: str) -> None:
+    """A price of a huge exponent took the proxy's event loop for minutes (Fraction of
+    10^99999999); a negative one made negative holds (review s17 breaker on 4ccf068)."""
+    body = {"data": [{"id": MODEL, "pricing": {ASSET: {"input_per_million": given, "output_per_million": "1"}}}]}
+    assert RateBook.from_models(body).rates == {}

@@ -225,6 +225,15 @@ class RateBook:
         the gateway said no rate they are at)."""
         return self.at(model, asset, BPS) or self.get(model, asset)
 
+    def adding(self, later: RateBook) -> RateBook:
+        """This book with what `later` prices that it does not (a model or asset first listed
+        since): from then on held to that price as to the opening one (`not_above`; review s17:
+        a model first listed after the proxy opened could be raised 10× by the next read)."""
+        rates = {**later.rates, **self.rates}
+        at_bps = {key: bps for key, bps in later.at_bps.items() if key not in self.rates} | self.at_bps
+        lots = {**later.lots, **self.lots}
+        return RateBook(rates, self.catalog, self.images, self.listed, at_bps, lots)
+
     def not_above(self, opened: RateBook) -> RateBook:
         """This book (a later read of /v1/models) with every (model, asset) the `opened` book
         priced kept at most at the list price read then: a max rate is a fraction of list price,
@@ -309,10 +318,7 @@ class RateBook:
             for symbol, price in pricing.items() if isinstance(pricing, dict) else ():
                 try:
                     unit = metering.asset(symbol).unit
-                    per_1k = [
-                        Fraction(Decimal(price[f"{side}_per_million"])) * unit / PER_MILLION
-                        for side in ("input", "output")
-                    ]
+                    per_1k = [_price(price[f"{side}_per_million"]) * unit / PER_MILLION for side in ("input", "output")]
                 except (KeyError, TypeError, ArithmeticError, ValueError, metering.UnknownAsset):  # not a price
                     continue
                 rates = metering.Rates(symbol.upper(), per_1k[0], per_1k[1])
@@ -335,6 +341,16 @@ def _above(new: metering.Rates, old: metering.Rates) -> bool:
     for side in ("cache_read_per_1k", "cache_write_per_1k", "cache_write_1h_per_1k"):
         pairs.append((getattr(new, side) or new.input_per_1k, getattr(old, side) or old.input_per_1k))
     return any(a > b for a, b in pairs)
+
+
+def _price(given: Any) -> Fraction:
+    """A /v1/models price (whole units per million tokens, a decimal string) as a Fraction;
+    ValueError for one that is no price: negative, not finite, or of more than 40 digits or an
+    exponent beyond ±40 (review s17: "1e-99999999" took the proxy's event loop for minutes)."""
+    value = Decimal(given)
+    if not value.is_finite() or value < 0 or len(value.as_tuple().digits) > 40 or abs(value.adjusted()) > 40:
+        raise ValueError(f"not a price: {str(given)[:40]!r}")
+    return Fraction(value)
 
 
 def _positive(given: Any, most: int | None = None) -> bool:

@@ -369,6 +369,7 @@ class Signer:
             if self._opened is None:
                 self._opened = self.rates
             self.rates = book.not_above(self._opened)  # a list price raised since is not taken
+            self._opened = self._opened.adding(self.rates)  # nor one first read now, from the next read on
 
     def charge_rates(self, ticket: Ticket, lot: Any, rate: Any) -> metering.Rates:
         """The rates an answer's charge is checked at: those of the rate the gateway names
