@@ -24,6 +24,7 @@ from promptex import metering
 from promptex.buyerside.answers import RateBook
 from promptex.buyerside.signer import Signer
 from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.protocol.units import BPS
 
 LOTS = {1: 6_000, 2: 9_000}  # the cheapest at BASIS_BPS, the advertised rates' own
 ASKS = {
@@ -136,7 +137,8 @@ def test_any_named_rate__signing_goes_on_exactly_when_it_is_within_the_max_the_l
         assert charge_rate > most
         return
     listed = {1: BASIS_BPS, **lots}.get(name_lot)
-    at = name_rate if name_rate is not None else BASIS_BPS
+    # Naming none: checked at the advertised rates' own rate, or the max when it is lower (review s17).
+    at = name_rate if name_rate is not None else min(BASIS_BPS, most)
     cost = gateway.true_costs[0]
     fits = cost == metering.usage_cost(RATES.scaled(ASSET, Fraction(at, BASIS_BPS)), gateway.usages[0])
     honest = (name_rate is None or (name_rate <= most and listed in (None, name_rate))) and fits
@@ -387,3 +389,33 @@ def test_rate_book__a_price_no_price_can_be__skipped_at_once(given: str) -> None
     10^99999999); a negative one made negative holds (review s17 breaker on 4ccf068)."""
     body = {"data": [{"id": MODEL, "pricing": {ASSET: {"input_per_million": given, "output_per_million": "1"}}}]}
     assert RateBook.from_models(body).rates == {}
+
+
+@pytest.mark.parametrize("ask", ["chat", "chat stream"])
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"input_per_million": "4.75", "output_per_million": "9.5", "rate_bps": 9_500},  # 3 and 6 at 60 %: same list
+        {"input_per_million": "4.75", "output_per_million": "9.5"},  # the rate no longer said: 95 % read as list
+    ],
+)
+def test_rates_read_again__basis_moved_above_the_max__a_charge_naming_no_rate_checked_at_the_max(
+    tmp_path: Path, ask: str, moved: dict[str, Any]
+) -> None:
+    """A charge naming no lot rate was checked at the advertised rates, whatever rate they are
+    at (review s17): a re-read of /v1/models saying its prices are at 95 % (scaled so that the
+    list price is unchanged: `not_above` takes it) let a gateway naming no rate charge 95 %
+    of list price to a buyer whose max is 80 %, up to the hold. Now such a charge is checked
+    at the lower of the two (`Signer.charge_rates`): the 95 % charge stops signing. A re-read
+    no longer saying the rate (95 % of list, below the opening list price) was taken as a
+    lower list price, held and checked as it is: the opening entry is kept (`not_above`)."""
+    gateway = FakeSignedGateway(lanes=1, lots={1: BASIS_BPS, 2: 8_000})
+    signer = _signer(gateway, tmp_path / "v.log")
+    entry = gateway.models()["data"][0]
+    signer.refresh({"data": [{**entry, "pricing": {ASSET: moved}, "lots": [{"id": 3, "rate_bps": 9_500}]}]})
+    assert signer.rates.list_price(MODEL, ASSET) == RATES.scaled(ASSET, Fraction(BPS, BASIS_BPS))
+    assert signer.max_rate(MODEL) == 8_000
+    gateway.charge_rate = 9_500  # and names no rate
+    _ask(gateway, signer, ask)
+    assert gateway.max_rates == ["8000"]
+    assert signer.stopped is not None and "the rate gives" in signer.stopped, signer.stopped

@@ -206,10 +206,15 @@ class RateBook:
         """What a listed lot at `rate_bps` charges `model` in `asset`: the advertised rates
         scaled from the rate they are at (every rate is list × the lot's rate × a factor of
         the asset: `metering.rates_for`); None when the gateway said no rate for them."""
-        advertised, basis = self.get(model, asset), self.at_bps.get((model, asset.upper()))
+        advertised, basis = self.get(model, asset), self.basis(model, asset)
         if advertised is None or basis is None:
             return None
         return advertised if rate_bps == basis else advertised.scaled(advertised.asset, Fraction(rate_bps, basis))
+
+    def basis(self, model: str, asset: str) -> int | None:
+        """The listed lots' rate the advertised rates of `model` in `asset` are at (None: the
+        gateway said none — one price, a tokenized lot's or a gateway's without lots)."""
+        return self.at_bps.get((model, asset.upper()))
 
     def highest(self, model: str) -> int | None:
         """The highest rate of the listed lots the gateway listed for `model` (None: none)."""
@@ -239,14 +244,18 @@ class RateBook:
         priced kept at most at the list price read then: a max rate is a fraction of list price,
         so a gateway raising a model's list price later (or no longer saying which rate its
         prices are at) would raise what every later request is held and charged at
-        (review s17). Such an entry keeps the opened book's rates; a new model is taken."""
+        (review s17). Such an entry keeps the opened book's rates; a new model is taken. So
+        does one whose rate the `opened` book knew and this one does not say: its list price
+        is not known (prices at 95 % of list, the rate dropped, were read as a lower list
+        price, and a max rate of 80 % held and checked at 95 %; session 18)."""
         rates, at_bps = dict(self.rates), dict(self.at_bps)
         for (model, asset), old in opened.rates.items():
             new = self.list_price(model, asset)
-            if new is None or not _above(new, opened.list_price(model, asset) or old):
+            unsaid = (model, asset) in opened.at_bps and (model, asset) not in self.at_bps
+            if new is None or not (unsaid or _above(new, opened.list_price(model, asset) or old)):
                 continue
-            log.warning("/v1/models raised %s's list price in %s since the proxy opened: the opening one is kept",
-                        model, asset)  # fmt: skip
+            log.warning("/v1/models raised %s's list price in %s since the proxy opened, or no longer says it: the "
+                        "opening one is kept", model, asset)  # fmt: skip
             rates[(model, asset)] = old
             at_bps.pop((model, asset), None)
             if (model, asset) in opened.at_bps:

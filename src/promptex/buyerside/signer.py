@@ -375,10 +375,14 @@ class Signer:
         """The rates an answer's charge is checked at: those of the rate the gateway names
         with it (`rate`, of lot `lot`), when it is within the request's max rate and, for a
         lot /v1/models listed, the rate it gave that lot; raises AnswerRefused otherwise.
-        Naming none (a tokenized lot: one price) or without a max rate: the advertised."""
+        Without a max rate: the advertised. Naming none: the advertised when /v1/models
+        said no rate they are at (one price: a tokenized lot, the only lot that names none),
+        else those of the lower of that rate and the max (`unnamed_rates`)."""
         advertised = ticket.advertised or ticket.rates
-        if ticket.max_rate is None or rate is None:
+        if ticket.max_rate is None:
             return advertised
+        if rate is None:
+            return self.unnamed_rates(ticket, ticket.max_rate, advertised)
         if type(rate) is not int or type(lot) is not int or rate <= 0:
             raise AnswerRefused(f"the charge names lot {str(lot)[:40]!r} at rate {str(rate)[:40]!r}: not readable")
         if rate > ticket.max_rate:
@@ -393,6 +397,21 @@ class Signer:
                 f"the charge names lot {lot}'s rate {percent(rate)} of list price; /v1/models gave it {percent(listed)}"
             )
         return book.at(model, self.session.asset_symbol, rate) or advertised
+
+    def unnamed_rates(self, ticket: Ticket, most: int, advertised: metering.Rates) -> metering.Rates:
+        """What a charge naming no lot rate is checked at, the request's max rate `most`:
+        the advertised rates when /v1/models said no rate they are at, else those at the
+        lower of that rate (its cheapest listed lot's) and the max. Before (review s17), the
+        advertised at any rate: a re-read of /v1/models saying its prices are at 95 % (scaled
+        so the list price is unchanged) let a gateway naming no rate charge 95 % to a buyer
+        whose max is 80 %, up to the hold. A listed lot's charge always names its rate (the
+        gateway's `Gateway.charge`); one naming none is not refused — a charge within the max
+        loses the buyer nothing the max does not allow — only held to it."""
+        model, book = ticket.bounds.model, ticket.book or self.rates
+        basis = book.basis(model, self.session.asset_symbol)
+        if basis is None or basis <= most:
+            return advertised
+        return book.at(model, self.session.asset_symbol, most) or advertised
 
     def _output(self, endpoint: str, bound: Bounds) -> int:
         """The output tokens a request's hold is for."""
