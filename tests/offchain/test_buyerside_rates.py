@@ -419,3 +419,58 @@ def test_rates_read_again__basis_moved_above_the_max__a_charge_naming_no_rate_ch
     _ask(gateway, signer, ask)
     assert gateway.max_rates == ["8000"]
     assert signer.stopped is not None and "the rate gives" in signer.stopped, signer.stopped
+
+
+def test_transport__rates_read_again_when_due__a_list_price_lowered_since_does_not_stop_signing(
+    tmp_path: Path,
+) -> None:
+    """The transport read /v1/models only when its signer opened (the proxy every 5 minutes):
+    a list price lowered since (here halved) made the gateway's first honest answer at it a
+    wrong charge, and signing stopped. Now it reads it again, as the proxy does (`take_rates`),
+    before the first request after `refresh_seconds`, with that request's API key."""
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS, charge_rate=3_000, name_lot=1, name_rate=6_000)
+    signer = _signer(gateway, tmp_path / "v.log")
+    entry = gateway.models()["data"][0]
+    halved = {"input_per_million": "1.5", "output_per_million": "3", "rate_bps": BASIS_BPS}
+    seen: list[httpx.Request] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/v1/models"):
+            return httpx.Response(200, json={"data": [{**entry, "pricing": {ASSET: halved}}]})
+        return gateway.handle(request)
+
+    now = [0.0]
+    transport = PromptexSigningTransport(signer, inner=httpx.MockTransport(serve), clock=lambda: now[0])
+    path, body = ASKS["chat"]
+    key = {"authorization": "Bearer k"}
+    with httpx.Client(base_url="http://gateway.test/prefix", transport=transport) as client:
+        now[0] = 299.0
+        assert client.post(path, json={"model": MODEL, **body}, headers=key).status_code == 200
+        assert [r.url.path for r in seen] == ["/prefix/v1/chat/completions"]  # not due yet: no read
+        assert signer.stopped is not None  # the halved price, checked at the opening one
+        signer.resume()
+        now[0] = 300.0
+        assert client.post(path, json={"model": MODEL, **body}, headers=key).status_code == 200
+    models = seen[1]
+    assert models.url.path == "/prefix/v1/models" and models.headers["authorization"] == "Bearer k"
+    assert models.headers["x-promptex-asset"] == ASSET
+    assert signer.stopped is None, signer.stopped
+    assert signer.rates.list_price(MODEL, ASSET) == RATES.scaled(ASSET, Fraction(BPS, 2 * BASIS_BPS))
+
+
+def test_transport__rates_not_readable_when_due__the_book_kept_the_request_goes_on(tmp_path: Path) -> None:
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    book = signer.rates
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/v1/models"):
+            raise httpx.ConnectError("down")
+        return gateway.handle(request)
+
+    transport = PromptexSigningTransport(signer, inner=httpx.MockTransport(serve), refresh_seconds=0.0)
+    path, body = ASKS["chat"]
+    with httpx.Client(base_url="http://gateway.test", transport=transport) as client:
+        assert client.post(path, json={"model": MODEL, **body}).status_code == 200
+    assert signer.rates is book and signer.stopped is None

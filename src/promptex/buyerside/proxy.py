@@ -35,13 +35,10 @@ from promptex.buyerside.signer import (
     error_body,
     failed,
 )
-from promptex.buyerside.transport import metered_path
+from promptex.buyerside.transport import RATES_KEPT, RATES_REFRESH_SECONDS, RATES_UNREAD, metered_path, take_rates
 from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.proxy")
-# The gateway's /v1/models is read again this often (`refresh_rates`): lots open and close,
-# and rates change (a request's default max rate is fixed at open: never raised, `Signer.max_rate`).
-RATES_REFRESH_SECONDS = 300.0
 # Request headers a client's SDK sets that the gateway should see (its key is replaced).
 PASSED = ("content-type", "accept", "anthropic-version", "anthropic-beta", "x-request-id")
 # Hop-by-hop or no longer true once the proxy re-frames the body.
@@ -57,11 +54,9 @@ async def refresh_rates(signer: Signer, gateway: httpx.AsyncClient) -> None:
     """Read the gateway's /v1/models again into the signer's rate book (`Signer.refresh`);
     when it cannot be read, the book read before is kept (one log line)."""
     try:
-        answer = await gateway.get("/v1/models", headers={ASSET_HEADER: signer.session.asset_symbol})
-        answer.raise_for_status()
-        signer.refresh(answer.json())
-    except (httpx.HTTPError, ValueError) as exc:
-        log.warning("the gateway's /v1/models was not read again (%s): the rates read before are kept", exc)
+        take_rates(signer, await gateway.get("/v1/models", headers={ASSET_HEADER: signer.session.asset_symbol}))
+    except RATES_UNREAD as exc:
+        log.warning(RATES_KEPT, exc)
 
 
 def create_proxy(

@@ -11,13 +11,17 @@ dropped after the request left is one) may have cost more than N − 1 of the la
 largest hold (`open_signer(..., stop_after_errors=N)`; default 3: N holds per lane with
 the request in flight; see `signer.STOP_AFTER_ERRORS`). A request this side will
 not sign is answered here, without reaching the gateway, with the API's own error shape
-(so the SDK raises its usual error) and one log line.
+(so the SDK raises its usual error) and one log line. The gateway's /v1/models is read
+again, as `promptex proxy` reads it, every `RATES_REFRESH_SECONDS`: before the first
+metered request after that long (with that request's API key).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import httpx
 import orjson
@@ -35,6 +39,21 @@ from promptex.buyerside.signer import (
 from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.buyerside")
+# The gateway's /v1/models is read again this often (`take_rates`; the proxy's task, the
+# transport before a request): lots open and close, and rates change (a request's default max
+# rate is fixed at open: never raised, `Signer.max_rate`).
+RATES_REFRESH_SECONDS = 300.0
+RATES_UNREAD = (httpx.HTTPError, ValueError)  # a read of /v1/models that failed: the book kept
+RATES_KEPT = "the gateway's /v1/models was not read again (%s): the rates read before are kept"
+KEY_HEADERS = ("authorization", "x-api-key")  # what /v1/models is read with (the gateway's own check)
+
+
+def take_rates(signer: Signer, answer: httpx.Response) -> None:
+    """A read of the gateway's /v1/models into the signer's rate book (`Signer.refresh`);
+    raises one of RATES_UNREAD for an answer that is no list of models (the book is kept)."""
+    if answer.status_code != 200:
+        raise ValueError(f"answered {answer.status_code}")
+    signer.refresh(orjson.loads(answer.content))
 
 
 def metered_path(path: str) -> str:
@@ -83,14 +102,30 @@ class _WatchedStream(httpx.SyncByteStream):
 
 
 class PromptexSigningTransport(httpx.BaseTransport):
-    def __init__(self, signer: Signer, inner: httpx.BaseTransport | None = None) -> None:
+    """`refresh_seconds`: how often /v1/models is read again (None: never, `Signer.refresh`
+    by hand); before session 18 it was read only when the signer opened, so a list price
+    lowered since stopped signing at the first honest answer, and a model listed since was
+    refused (unknown_rate) until the process restarted."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        inner: httpx.BaseTransport | None = None,
+        *,
+        refresh_seconds: float | None = RATES_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.signer = signer
         self.inner = inner or httpx.HTTPTransport()
+        self.refresh_seconds, self.clock = refresh_seconds, clock
+        self._due = None if refresh_seconds is None else clock() + refresh_seconds
+        self._reading = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         path = metered_path(request.url.path)
         if request.method != "POST" or not path.startswith("/v1/"):
             return self.inner.handle_request(request)
+        self._refresh_if_due(request)
         raw = request.read()
         try:
             body = orjson.loads(raw)
@@ -115,6 +150,32 @@ class PromptexSigningTransport(httpx.BaseTransport):
                 ticket = self.signer.again(ticket, path, body, raw)
             except Refused as refused:
                 return refusal(path, refused)
+
+    def _refresh_if_due(self, request: httpx.Request) -> None:
+        """Read /v1/models again (`take_rates`) when it is due, with `request`'s API key;
+        one thread reads, the others go on with the book read before."""
+        if self._due is None or self.refresh_seconds is None or self.clock() < self._due:
+            return
+        if not self._reading.acquire(blocking=False):
+            return
+        try:
+            self._due = self.clock() + self.refresh_seconds
+            path = request.url.path
+            url = request.url.copy_with(path=path[: path.find("/v1/")] + "/v1/models", query=None)
+            headers = {k: v for k, v in request.headers.items() if k.lower() in KEY_HEADERS}
+            headers[ASSET_HEADER] = self.signer.session.asset_symbol
+            answer = self.inner.handle_request(httpx.Request("GET", url, headers=headers))
+            try:
+                answer.read()
+            finally:
+                answer.close()
+            take_rates(self.signer, answer)
+        except RATES_UNREAD as exc:
+            log.warning(RATES_KEPT, exc)
+        except Exception:  # the request goes on, signed with the book read before
+            log.exception("the gateway's /v1/models was not read again: the rates read before are kept")
+        finally:
+            self._reading.release()
 
     def _send(
         self, request: httpx.Request, ticket: Ticket, body: dict[str, object], hide_usage: bool
