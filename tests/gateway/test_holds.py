@@ -321,3 +321,26 @@ def test_running_gateway__extends_its_holds_in_flight_instead_of_sweeping_them(
     settled = gw.ledger.hold(request_id)
     assert settled is not None and settled.status == "settled" and settled.charged == cost("fake-gpt", HELLO_TOKENS, 8)
     assert gw.ledger.balance(account, "USDC").held == 0
+
+
+def test_hold__priced_at_the_lots_that_can_serve_the_body_only(gw: Harness, fake: Fake, second_fake: Fake) -> None:
+    """A pricier Anthropic lot that cannot serve a chat request with response_format does not
+    price its hold: before, it was left out only after its rates had made the hold (and the
+    402's largest max_tokens), so a buyer whose balance covered the lot that serves was
+    refused, or held more than that lot can charge (review s17)."""
+    from promptex.gateway import fronts
+    from promptex.gateway.requests import CHAT
+
+    gw.add_lot(fake, provider="anthropic", api="anthropic", rate_bps=9000)
+    gw.add_lot(second_fake, provider="anthropic", api="openai", rate_bps=6000)
+    body = {"model": "fake-claude", "messages": HELLO, "max_tokens": 8, "response_format": {"type": "json_object"}}
+    _, input_bound, _ = fronts.validate(CHAT, body, gw.gateway.catalog)
+    price, fee = gw.gateway.catalog.price("fake-claude"), gw.settings.protocol_fee_bps
+    able, unable = (metering.rates_for(price, "USDC", lot_rate_bps=r, fee_bps=fee) for r in (6000, 9000))
+    hold = metering.upper_bound(able, input_bound, 8)
+    assert hold < metering.upper_bound(unable, input_bound, 8)
+    _, key = gw.buyer(amount=hold)
+    answer = chat(gw, key, body)
+    assert answer.status_code == 200, answer.text  # before: 402
+    assert int(answer.headers["x-promptex-cost-units"]) <= hold
+    assert fake.config.requests == 0

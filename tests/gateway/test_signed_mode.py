@@ -415,3 +415,83 @@ def test_signed__no_max_rate__output_fitted_to_the_lot_that_serves__a_failover_g
     assert failover.headers["x-promptex-lot"] == str(pricier)
     assert second_fake.config.last_body is not None and second_fake.config.last_body["max_tokens"] == fitted
     assert 0 < buyer.charged(0) - charged <= hold
+
+
+def _rates(gw: Harness, model: str, *rate_bps: int) -> list[Any]:
+    from promptex import metering
+
+    price, fee = gw.gateway.catalog.price(model), gw.settings.protocol_fee_bps
+    return [metering.rates_for(price, "USDC", lot_rate_bps=rate, fee_bps=fee) for rate in rate_bps]
+
+
+def test_signed__embeddings__each_lot_fitted_at_its_own_rate(gw: Harness, fake: Fake, second_fake: Fake) -> None:
+    """An embedding's voucher held at the cheapest lot's rate is served by that lot: before,
+    every lot was checked at the priciest free lot's rate, so it was refused 402
+    voucher_below_input naming as the least hold the very hold it had (review s17)."""
+    from promptex import metering
+    from promptex.gateway import fronts
+    from promptex.gateway.adapters import EMBEDDINGS
+
+    cheap_lot = gw.add_lot(fake, rate_bps=6000)
+    gw.add_lot(second_fake, rate_bps=9000)
+    buyer = signed_buyer(gw)
+    body = {"model": "fake-embed", "input": " ".join(["word"] * 5_000)}
+    _, input_bound, _ = fronts.validate(EMBEDDINGS, body, gw.gateway.catalog)
+    cheap, dear = _rates(gw, "fake-embed", 6000, 9000)
+    hold = metering.upper_bound(cheap, input_bound, 0)
+    assert hold < metering.upper_bound(dear, input_bound, 0)
+
+    def embed(ceiling: int) -> httpx.Response:
+        headers = {"authorization": f"Bearer {buyer.key}", VOUCHER_HEADER: buyer.voucher(0, ceiling)}
+        return httpx.post(gw.url + "/v1/embeddings", json=body, headers=headers, timeout=30)
+
+    short = embed(hold - 1)
+    assert (short.status_code, error(short)["code"]) == (402, "voucher_below_input"), short.text
+    assert error(short)["minimum_hold_units"] == str(hold)
+    served = embed(hold)
+    assert served.status_code == 200, served.text  # before: 402, "hold at least {hold} units"
+    assert served.headers["x-promptex-lot"] == str(cheap_lot)
+    assert 0 < buyer.charged(0) <= hold and second_fake.config.requests == 0
+
+
+def test_signed__voucher_below_input__names_the_least_hold_of_a_lot_the_request_could_go_to(
+    gw: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """The 402's least hold is the cheapest lot's that would take the request: not an
+    Anthropic lot that cannot serve the body (a chat request with response_format), nor one
+    whose circuit is open while another's is not. Before, both were counted: a voucher
+    signed for the amount named was refused again (review s17)."""
+    from promptex import metering
+    from promptex.gateway import fronts
+    from promptex.gateway.requests import CHAT
+
+    gw.add_lot(fake, provider="anthropic", api="anthropic", rate_bps=6000)  # cannot serve response_format
+    able = gw.add_lot(second_fake, provider="anthropic", api="openai", rate_bps=9000)
+    buyer = signed_buyer(gw)
+    body = {"model": "fake-claude", "messages": HELLO, "max_tokens": 8, "response_format": {"type": "json_object"}}
+    _, input_bound, _ = fronts.validate(CHAT, body, gw.gateway.catalog)
+    cheap, dear = _rates(gw, "fake-claude", 6000, 9000)
+    need = metering.upper_bound(dear, input_bound, 1)
+    assert metering.upper_bound(cheap, input_bound, 1) < need
+    short = buyer.post(buyer.voucher(0, need - 1), **body)
+    assert (short.status_code, error(short)["code"]) == (402, "voucher_below_input"), short.text
+    assert error(short)["minimum_hold_units"] == str(need)  # before: the Anthropic lot's
+    served = buyer.post(buyer.voucher(0, need), **body)
+    assert served.status_code == 200, served.text
+    assert served.headers["x-promptex-lot"] == str(able)
+
+    # fake-gpt: the cheap lot's circuit open, the pricier one's closed.
+    tripped = gw.add_lot(fake, rate_bps=6000)
+    healthy = gw.add_lot(second_fake, rate_bps=9000)
+    for _ in range(gw.settings.gateway_lot_breaker_failures):
+        gw.gateway.health.failed(tripped, "timeout")
+    _, input_bound, _ = fronts.validate(CHAT, {"model": "fake-gpt", "messages": HELLO}, gw.gateway.catalog)
+    cheap, dear = _rates(gw, "fake-gpt", 6000, 9000)
+    need, open_need = metering.upper_bound(dear, input_bound, 1), metering.upper_bound(cheap, input_bound, 1)
+    assert open_need < need
+    short = buyer.post(buyer.voucher(1, open_need - 1))  # (a voucher only the open lot fits is tried there)
+    assert (short.status_code, error(short)["code"]) == (402, "voucher_below_input"), short.text
+    assert error(short)["minimum_hold_units"] == str(need)  # before: the open lot's
+    served = buyer.post(buyer.voucher(1, need))
+    assert served.status_code == 200, served.text
+    assert served.headers["x-promptex-lot"] == str(healthy)

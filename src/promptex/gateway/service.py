@@ -458,6 +458,10 @@ class Gateway:
             )
         else:
             output = requested
+        # Only the lots that can serve the body as asked are priced: before, one that could not
+        # (an Anthropic lot for a chat request with tools) was left out after its rates made the
+        # hold, and the 402s' amounts (review s17).
+        free = _translatable(endpoint, body, free)
         rates = {lot.id: self._rates(model, asset, lot.rate_bps, twap) for lot in free}
         hold = max(metering.upper_bound(r, input_estimate, output, cache_writes=cache_writes) for r in rates.values())
         bound = max(1, metering.upper_bound(self._list_rates(model), input_estimate, output, cache_writes=cache_writes))
@@ -587,14 +591,13 @@ class Gateway:
             output = most
             if len(set(fits.values())) > 1:
                 outputs = {lot.id: fits[lot.id] for lot in lots}
-        else:  # embeddings: no output to lower
-            most = 1 if hold >= priced.hold else -1
+        else:  # embeddings: no output to lower; each lot checked at its own rates, as above
+            # (before, every lot at the priciest's: a hold fitting the cheapest lot was refused)
+            lots = [lot for lot in priced.lots if self._least_hold(priced, lot) <= hold]
+            most = 1 if lots else -1
             output = 0
-        if most < 1:  # (the least any lot needs: that lot would serve it)
-            need = min(
-                metering.upper_bound(rates, priced.input_bound, 1 if priced.output else 0, cache_writes=cache)
-                for rates in priced.rates.values()
-            )
+        if most < 1:  # the least a lot the request would go to needs: that lot would serve it
+            need = min(self._least_hold(priced, lot) for lot in self._healthy(priced.lots))
             refusal = vouchers.refusal(
                 402,
                 "voucher_below_input",
@@ -617,6 +620,18 @@ class Gateway:
             voucher=voucher,
             lane_charged=lane.charged,
         )
+
+    def _least_hold(self, priced: Priced, lot: LiveLot) -> int:
+        """The least hold `lot` serves the request within (signed mode): its input's bound and
+        one output token (none for an embedding) at the lot's rates."""
+        output = 1 if priced.output else 0
+        return max(1, metering.upper_bound(priced.rates[lot.id], priced.input_bound, output,
+                                           cache_writes=priced.cache_writes))  # fmt: skip
+
+    def _healthy(self, lots: list[LiveLot]) -> list[LiveLot]:
+        """`lots` whose circuit is not open (a request goes to them first: `_in_order`), all
+        of them if every one is open (then each is tried)."""
+        return [lot for lot in lots if not self.health.is_open(lot.id)] or lots
 
     async def _name_lane(self, request: Request, key: ApiKey, refusal: GatewayError) -> None:
         """A refusal before any hold (no lot within the request's max rate, all lots busy, …)
@@ -877,9 +892,10 @@ class Gateway:
         else:
             most = min(
                 metering.largest_output(
-                    rates, priced.input_bound, available or 0, priced.output, cache_writes=priced.cache_writes
+                    priced.rates[lot.id], priced.input_bound, available or 0, priced.output,
+                    cache_writes=priced.cache_writes,
                 )
-                for rates in priced.rates.values()
+                for lot in priced.lots  # the lots it may go to (signed mode: those its voucher fits)
             ) if available is not None else -1  # fmt: skip
             what = _short(key, exc)
         param = priced.limit_param or ("max_output_tokens" if priced.endpoint == RESPONSES else "max_tokens")
@@ -1115,7 +1131,6 @@ class Gateway:
             body = parse_body(raw, self.s.gateway_max_json_depth)
             request.scope[MODEL_SCOPE] = body.get("model")  # the metrics' label (`GatewayApp`)
             priced, output = self.price(request, key, endpoint, body, cache_writes=may_write_cache(raw, body))
-            priced = self._translatable(endpoint, body, priced)  # before any hold: a refusal moves nothing
         except GatewayError as exc:
             await self._name_lane(request, key, exc)
             raise
@@ -1159,26 +1174,6 @@ class Gateway:
                     voucher = priced.voucher
                     await self._name_voucher_lane(key, priced.asset, voucher.session, voucher.lane, exc)
             raise
-
-    @staticmethod
-    def _translatable(endpoint: str, body: dict[str, Any], priced: Priced) -> Priced:
-        """The lots that can serve the body as asked (`fronts.check`: e.g. Anthropic lots
-        chat only if it is text only), in their order; none: the 400 that says why."""
-        refusals: dict[str, GatewayError | None] = {}
-        for api in {lot.api for lot in priced.lots}:
-            try:
-                fronts.check(endpoint, body, api)
-                refusals[api] = None
-            except GatewayError as exc:
-                refusals[api] = exc
-        if not any(refusals.values()):
-            return priced
-        able = [lot for lot in priced.lots if refusals[lot.api] is None]
-        if not able:
-            raise next(exc for exc in refusals.values() if exc is not None)
-        ids = {lot.id for lot in able}
-        claims = [claim for claim in priced.claims if claim.lot_id in ids]
-        return dataclasses.replace(priced, lots=able, claims=claims)
 
     def upstream_wait(self, output: int) -> float:
         """How long an upstream call may go without its answer: a plain answer's whole, a
@@ -1522,6 +1517,25 @@ class Gateway:
                 entry["image_tokens"] = {"high": images.high, "low": images.low}
             data.append(entry)
         return orjson.dumps({"object": "list", "data": data})
+
+
+def _translatable(endpoint: str, body: dict[str, Any], lots: list[LiveLot]) -> list[LiveLot]:
+    """The lots that can serve the body as asked (`fronts.check`: e.g. Anthropic lots chat only
+    if it is text only), in their order; none: the 400 that says why (before any hold: a
+    refusal moves nothing)."""
+    refusals: dict[str, GatewayError | None] = {}
+    for api in {lot.api for lot in lots}:
+        try:
+            fronts.check(endpoint, body, api)
+            refusals[api] = None
+        except GatewayError as exc:
+            refusals[api] = exc
+    if not any(refusals.values()):
+        return lots
+    able = [lot for lot in lots if refusals[lot.api] is None]
+    if not able:
+        raise next(exc for exc in refusals.values() if exc is not None)
+    return able
 
 
 def max_rate(request: Request) -> int | None:
