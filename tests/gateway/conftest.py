@@ -184,14 +184,19 @@ class FakeTwaps:
 
 
 def _harness(
-    settings: Settings, url: str, twaps: FakeTwaps | None = None, clock: Callable[[], int] | None = None
+    settings: Settings,
+    url: str,
+    twaps: FakeTwaps | None = None,
+    clock: Callable[[], int] | None = None,
+    wrap: Callable[[Any], Any] = lambda app: app,
 ) -> Iterator[Harness]:
+    """`wrap`: the ASGI app the server runs around the gateway's (a test's view of the server)."""
     book = Ledger.open(url, sqlite_synchronous="NORMAL", clock=clock)
     store = GatewayStore(book.engine)
     keys = load_master_keys(None, settings.gateway_master_key_file)
     app = create_app(settings, ledger=book, twap_source=twaps)
     try:
-        with ServerThread(app, **app.uvicorn_options()) as server:  # as `gateway serve` guards connections
+        with ServerThread(wrap(app), **app.uvicorn_options()) as server:  # as `gateway serve` guards connections
             yield Harness(book, store, keys, settings, server.url, app)
         book.check()
     finally:

@@ -7,6 +7,7 @@ actual usage."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -22,6 +24,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import select
 
+from polling import until
 from promptex.config import Settings
 from promptex.gateway import limits
 from promptex.gateway.buyers import member_key
@@ -734,6 +737,78 @@ def test_deadline__stream_silent_until_it__not_the_lot_s_failure(gw_deadline: Ha
     balance = gw.ledger.balance(account, "USDC")
     assert (balance.posted, balance.held) == (10 * USDC, 0)  # nothing charged, nothing held
     assert gw.gateway.health._lots[lot].errors == 0 and gw.gateway.health._lots[lot].failures == 0
+
+
+class _Unread:
+    """The server as a client that reads nothing makes it: the head of a stream is sent once
+    `read` is set — as uvicorn's send waits (`flow.drain`) while the connection's transport is
+    past its high-water mark, e.g. a request pipelined behind an answer its client left unread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.read = threading.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def unread(message: Any) -> None:
+            stream = (b"content-type", b"text/event-stream")
+            if message["type"] == "http.response.start" and stream in message["headers"]:
+                while not self.read.is_set():
+                    await asyncio.sleep(0.01)
+            await send(message)
+
+        await self.app(scope, receive, unread)
+
+
+@pytest.fixture
+def gw_unread(settings: Settings, tmp_path: Path) -> Iterator[tuple[Harness, _Unread]]:
+    short = settings.model_copy(update={"gateway_request_deadline_seconds": 0.25})
+    wrapped: list[_Unread] = []
+    harness = _harness(
+        short, f"sqlite:///{tmp_path}/ledger.sqlite3", wrap=lambda app: wrapped.append(_Unread(app)) or wrapped[0]
+    )
+    yield next(harness), wrapped[0]
+    wrapped[0].read.set()
+    next(harness, None)
+
+
+def test_deadline__stream_head_its_client_does_not_read__hold_released_at_the_deadline(
+    gw_unread: tuple[Harness, _Unread], fake: Fake
+) -> None:
+    """A stream whose head waits on a client reading nothing (pipelined behind an unread
+    answer) is over at its deadline like any: its hold released, nothing charged, and the
+    client that reads at last gets the 504. Before (xbreak s18) the head's send was outside
+    the deadline: the hold — the buyer's funds and the lot's capacity — stayed active,
+    extended every sweep, for as long as the client kept the connection."""
+    gw, server = gw_unread
+    gw.add_lot(fake)
+    account, key = gw.buyer()
+    answers: list[httpx.Response] = []
+
+    def stream() -> None:
+        body = {"model": "fake-flat", "messages": HELLO, "max_tokens": 4_000, "stream": True}
+        with httpx.stream(
+            "POST", gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as answer:
+            answer.read()
+            answers.append(answer)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    try:
+
+        def statuses() -> list[str]:
+            with gw.ledger.engine.connect() as conn:
+                return [h.status for h in conn.execute(select(holds)).all()]
+
+        until(statuses, "the stream's hold made", seconds=10)
+        until(lambda: statuses() == ["released"], "the hold ended at the deadline (0.25 s)", seconds=2)
+        balance = gw.ledger.balance(account, "USDC")
+        assert (balance.posted, balance.held) == (10 * USDC, 0)
+    finally:
+        server.read.set()
+        sender.join()
+    assert answers[0].status_code == 504 and answers[0].json()["error"]["code"] == "request_deadline"
+    assert gw.ledger.balance(account, "USDC").posted == 10 * USDC
 
 
 @pytest.fixture

@@ -1722,8 +1722,14 @@ class MeteredStream:
                 loop = asyncio.get_running_loop()
                 self._cut = lambda: loop.call_soon_threadsafe(reading.cancel)
                 self.gateway.streams[self.request_id] = self  # from now on `cut` may stop it
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                started = False
                 with reading:
+                    # Its head within the deadline too: uvicorn's send waits while its client
+                    # does not read (a pipelined request behind an unread answer), and before
+                    # (xbreak s18) that wait held the hold, the lot's capacity and the upstream
+                    # call for as long as the client kept its connection, extended every sweep.
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    started = True
                     waiting = True  # for its first content: `Gateway.upstream_wait` until then
                     try:
                         async for line in self.upstream.lines():
@@ -1749,7 +1755,15 @@ class MeteredStream:
                 # Uncharged, it ends without its charge event (the client sees no charge).
                 ended = self.disconnected or charge is None
                 tail = b"" if ended else b"".join(self.translator.finish(charge))
-                await send({"type": "http.response.body", "body": tail, "more_body": False})
+                if started:
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+                elif not self.disconnected:  # nothing sent, nothing charged: its refusal, if it ever reads
+                    if self.orphaned:
+                        refusal = errors.hold_ended(self.priced.lane_state())
+                    else:
+                        refusal = errors.deadline_passed(self.gateway.s.gateway_request_deadline_seconds)
+                        refusal.extra = dict(self.priced.lane_state() or {})  # the lane as it was, as hold_ended
+                    await fronts.error_response(self.endpoint, refusal, self.request_id)(scope, receive, send)
                 tg.cancel_scope.cancel()
         finally:
             self.gateway.streams.pop(self.request_id, None)
