@@ -74,6 +74,7 @@ class FakeSignedGateway:
     drop_before_charge: bool = False  # drop it before charging (a killed gateway: its hold is swept)
     latency: float = 0.0  # seconds a request stays in flight (the upstream's time)
     error_status: int = 0  # answer this status, without the lane's figures (0: answer)
+    error_code: str | None = None  # ... with this code (e.g. 429 "capacity_busy": the load shed's)
     charge_errors: bool = False  # ... after charging the request (else before anything)
     # A charged drop or error books the lane charged its voucher's whole ceiling, not the
     # cost (a dishonest gateway: the most its voucher lets it settle).
@@ -182,7 +183,9 @@ class FakeSignedGateway:
         return {"object": "list", "data": [entry]}
 
     def _serve(self, request: httpx.Request, voucher: Voucher, lane: FakeLane) -> httpx.Response:
-        failed = httpx.Response(self.error_status or 500, json={"error": {"message": "upstream failed", "code": None}})
+        failed = httpx.Response(
+            self.error_status or 500, json={"error": {"message": "upstream failed", "code": self.error_code}}
+        )
         if self.error_status and not self.charge_errors:
             return failed
         if self.drop_before_charge:

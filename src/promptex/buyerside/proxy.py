@@ -197,6 +197,7 @@ def create_proxy(
                     "maximum_units": str(book.maximum),
                     "exposure_units": str(book.exposure()),
                     "stopped": signer.stopped,
+                    "shed_answers": signer.shed,  # refused before the gateway read them: counted for nothing
                     "lanes": lanes,
                 }
             ),

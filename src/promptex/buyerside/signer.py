@@ -47,7 +47,7 @@ from promptex.buyerside.wire import (
 )
 from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
-from promptex.gateway.errors import percent
+from promptex.gateway.errors import OVERLOADED, TOO_MANY_CONNECTIONS, UNREAD, percent
 from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, read_json, unshown_output, visible_bytes
 from promptex.protocol.units import BPS, money_exact
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
@@ -192,6 +192,26 @@ def voucher_signer(identity: Identity, voucher: Voucher) -> str:
     return "" if signer is None else signer.lower()
 
 
+def unread(status: int, body: Any, content: bytes) -> bool:
+    """Whether an error answer that names no lane is one the gateway sends before it reads
+    the request's key and body (`gateway.errors.UNREAD`): its load shed, 429 `capacity_busy`
+    (Anthropic's shape: 529 `overloaded_error`), its admission's 429 `too_many_in_flight`
+    (Anthropic's shape: 429 `rate_limit_error`, no code; every 429 the gateway sends after
+    reading a signed request names the lane), or its connection guard's plain-text 429. What
+    it says is the gateway's word: `Signer.refused_unread` argues why believing it loses
+    nothing. Other answers without figures (a 5xx, a 429 of another shape, e.g. from
+    something between) weigh as before."""
+    if status == 429 and body is None:
+        return content.strip() == TOO_MANY_CONNECTIONS.encode()
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return False
+    if status == 429 and error.get("code") in UNREAD:
+        return True
+    anthropic = body.get("type") == "error" and "code" not in error
+    return anthropic and (status, error.get("type")) in ((OVERLOADED, "overloaded_error"), (429, "rate_limit_error"))
+
+
 def never_left(exc: BaseException) -> bool:
     """Whether a send failed before any of the request could reach the gateway (no
     connection was made, or none was free): its voucher was never seen."""
@@ -268,6 +288,7 @@ class Signer:
         # restarted signer stays stopped until `resume` (`promptex proxy --resume`).
         recorded = voucher_log.stopped
         self.stopped: str | None = None if recorded is None else recorded.reason
+        self.shed = 0  # requests the gateway refused before reading them (`refused_unread`)
         self._sign = threading.Lock()
 
     # ─── Before a request ────────────────────────────────────────────────────
@@ -697,6 +718,31 @@ class Signer:
             self._outcome(ticket.lane)
         self._release(ticket)
 
+    def refused_unread(self, ticket: Ticket) -> None:
+        """The gateway refused the request before reading it (`unread`: its load shed or its
+        admission, under load): taken as a voucher that did not take, as `unsent` takes one
+        that never left — the lane keeps its figure (`live` back to what it was before this
+        voucher), nothing counts toward the stop rule, and the outcome is written (a restart
+        does not take it for a request in flight). The answer goes to the client as it came:
+        its Retry-After, which the SDKs honour. Weighed as an answer without figures (a
+        hold each, before), three in a row on a lane stopped signing for good: a load
+        spike stopped every signed buyer.
+
+        Why this loses nothing, whatever a dishonest gateway charges under such an answer:
+        vouchers are cumulative ceilings, and the lane's next voucher is built on the same
+        known total (`floor`) and `live` as this one was, so it signs a ceiling no higher
+        than max(this one, that total + its own hold) — however many such answers in a
+        row, the lane's highest signed ceiling exceeds its known total by at most ONE hold
+        (the largest), never one per answer, and the signed ceilings bound what can ever be
+        settled. A gateway that charged under the label takes at most that hold, and the
+        lane's next figure shows it: from an exactly known total any growth stops signing
+        (`_charged`, `_refusal`: not forgiven, as an answer without figures' would be
+        when it later shows free), from a bound growth beyond it does; a voucher it kept
+        comes back above the ones accepted (`_refusal`: stops). An honest gateway never
+        charges a request it did not read."""
+        self.shed += 1
+        self.unsent(ticket)
+
     def _ours(self, raw: Any, ticket: Ticket) -> Voucher | None:
         """A voucher the gateway returned, if it is one this key signed for this lane."""
         if raw is None:
@@ -857,7 +903,10 @@ class Signer:
         found = [d for d in (error, body) if isinstance(d, dict) and "lane_charged_units" in d]
         charged = units(found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER))
         if charged is None:
-            self._without_figures(ticket, f"{status} {code or 'without an error code'}")
+            if unread(status, body, content):
+                self.refused_unread(ticket)
+            else:
+                self._without_figures(ticket, f"{status} {code or 'without an error code'}")
             return
         # A voucher refusal: this voucher covers nothing, so the lane's total is within the
         # vouchers the gateway accepted before it (`live`), never the refused ceiling. (A

@@ -101,7 +101,7 @@ _TOO_MANY = GatewayError(
     429,
     "Too many requests in flight for this API key or client address; retry when some have finished.",
     type="rate_limit_error",
-    code="too_many_in_flight",
+    code=errors.TOO_MANY_IN_FLIGHT,
     headers={"retry-after": "1", "connection": "close"},  # its body is never read
 )
 

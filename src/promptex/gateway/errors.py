@@ -70,6 +70,15 @@ class GatewayError(Exception):
 
 BUSY = "capacity_busy"
 OVERLOADED = 529  # Anthropic's status for "overloaded"
+# The admission's refusal (`app.GatewayApp._serve`): this key or address has its share in flight.
+TOO_MANY_IN_FLIGHT = "too_many_in_flight"
+# The connection guard's plain-text 429 (`guard`): this address has its share of connections open.
+TOO_MANY_CONNECTIONS = "Too many connections from this address."
+# The refusals the gateway answers before it reads a request's key and body (its load shed,
+# 429 `capacity_busy` — Anthropic's 529 `overloaded_error` — and the admission's 429
+# `too_many_in_flight`, Anthropic's 429 `rate_limit_error` without a code): they cannot name
+# a voucher's lane and took nothing (`buyerside.signer.refused_unread` reads them so).
+UNREAD = frozenset({BUSY, TOO_MANY_IN_FLIGHT})
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

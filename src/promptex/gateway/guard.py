@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from promptex.config import Settings
+from promptex.gateway import errors
 from promptex.serving import KEEP_ALIVE_SECONDS, KeepAliveProtocol
 
 _CLOSE = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
@@ -60,7 +61,7 @@ def _status(line: bytes, text: bytes) -> bytes:
 
 BODY_RECEIVED = "promptex.body_received"  # in a request's scope: its whole body is in memory
 HEADER_TIMEOUT = _status(b"408 Request Timeout", b"The request's headers did not arrive in time.")
-TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", b"Too many connections from this address.")
+TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", errors.TOO_MANY_CONNECTIONS.encode())
 REFUSED_LINGER = 1.0  # seconds a closing connection waits, half-closed, for its client to close
 
 

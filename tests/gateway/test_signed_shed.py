@@ -1,0 +1,208 @@
+"""Signed mode under a load spike: the gateway's refusals before it reads a request (its
+load shed: 429 capacity_busy, Anthropic's 529 overloaded_error; its admission: 429
+too_many_in_flight, per key and per address) name no lane, and took nothing. The signing
+proxy and transport take them as a voucher that did not take (`Signer.refused_unread`):
+the lane's figure stays, nothing weighs in the stop rule, the answer goes to the client as
+the gateway sent it (its Retry-After: the SDKs retry it themselves). Before (s2break's
+OPEN), each weighed a hold, and three in a row on a lane stopped signing for good
+(until `promptex proxy --resume`): a load spike stopped every signed buyer.
+
+Why a dishonest gateway gains nothing by saying "capacity_busy" while charging: the next
+voucher of the lane is built on the same known total, so however many such answers, the
+lane's highest ceiling stays within one hold of that total, and the lane's next figure
+shows the total grown: signing stops (`test_attack__charged_under_a_shed_label__…`)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from promptex.buyerside.proxy import create_proxy
+from promptex.buyerside.signer import Signer
+from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.gateway import errors
+
+from .conftest import Fake, Harness
+from .test_signed_proxy import _session, _signer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
+from buyerside_fakes import MODEL, FakeSignedGateway, make_signer  # noqa: E402
+
+HELLO = [{"role": "user", "content": "hello"}]
+ASKS = {
+    "chat": ("/v1/chat/completions", {"model": "fake-gpt", "max_tokens": 10, "messages": HELLO}),
+    "messages": ("/v1/messages", {"model": "fake-gpt", "max_tokens": 10, "messages": HELLO}),
+    "responses stream": (
+        "/v1/responses",
+        {"model": "fake-gpt", "max_output_tokens": 16, "input": "hello", "store": False, "stream": True},
+    ),
+}
+SHED = {"chat": (429, "capacity_busy"), "messages": (529, "overloaded_error"),
+        "responses stream": (429, "capacity_busy")}  # fmt: skip
+
+
+def _transported(gw: Harness, signer: Signer, api_key: str, ask: str, times: int) -> list[httpx.Response]:
+    path, body = ASKS[ask]
+    transport = PromptexSigningTransport(signer)
+    with httpx.Client(base_url=gw.url, transport=transport, headers={"authorization": f"Bearer {api_key}"}) as client:
+        answers = [client.post(path, json=body) for _ in range(times)]
+        for answer in answers:
+            answer.read()
+    return answers
+
+
+def _proxied(gw: Harness, signer: Signer, api_key: str, ask: str, times: int) -> list[httpx.Response]:
+    path, body = ASKS[ask]
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {api_key}"}) as upstream:
+            app = create_proxy(signer, upstream, refresh_seconds=None)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as local:
+                return [await local.post(path, json=body) for _ in range(times)]
+
+    return asyncio.run(main())
+
+
+def _code(answer: httpx.Response) -> str | None:
+    error = answer.json()["error"]
+    return error.get("code") or error.get("type")
+
+
+def _served(signer: Signer, gw: Harness, account: int) -> None:
+    """Signing goes on: every lane exact, equal to the gateway's ledger, every unit checked."""
+    assert signer.stopped is None
+    for lane in signer.book.lanes:
+        assert lane.exact and lane.errors == 0 and lane.pending == 0
+        assert lane.charged == gw.ledger.lane(account, "USDC", 1, lane.index).charged == lane.verified
+    assert sum(lane.charged for lane in signer.book.lanes) > 0
+
+
+@pytest.mark.parametrize(
+    ("ask", "through"), [("chat", "transport"), ("messages", "proxy"), ("responses stream", "transport")]
+)
+def test_shed_20_in_a_row__passed_through_with_retry_after__then_served__signing_goes_on(
+    gw: Harness, fake: Fake, tmp_path: Path, ask: str, through: str
+) -> None:
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    send = _transported if through == "transport" else _proxied
+    gw.gateway.inflight += 10**6  # the gateway sheds every request (`GatewayApp._serve`)
+    try:
+        shed = send(gw, signer, api_key, ask, 20)
+    finally:
+        gw.gateway.inflight -= 10**6
+    assert {(answer.status_code, _code(answer), answer.headers["retry-after"]) for answer in shed} == {
+        (*SHED[ask], "1")
+    }  # as the gateway sent it
+    assert signer.stopped is None  # before: "3 answers on lane 0 came without the lane's total"
+    assert fake.config.requests == 0
+    served = send(gw, signer, api_key, ask, 2)
+    assert [answer.status_code for answer in served] == [200, 200], served[0].text
+    _served(signer, gw, account)
+
+
+@pytest.mark.parametrize("refusal", ["in flight, chat", "in flight, messages", "connections"])
+def test_too_many_in_flight_or_connections__20_in_a_row__then_served__signing_goes_on(
+    gw: Harness, fake: Fake, tmp_path: Path, refusal: str
+) -> None:
+    """The admission's refusal (`GatewayApp._serve`, before the body is read; on Anthropic's
+    Messages API a 429 rate_limit_error without a code), and the connection guard's
+    plain-text 429 (`gateway.guard`, before the request is read at all)."""
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+    ask = "messages" if refusal.endswith("messages") else "chat"
+    admission, guard = gw.gateway.admission, gw.app.guard
+    limits = admission.per_key, guard.per_address
+    if refusal == "connections":
+        guard.per_address = 0  # this address has its share of connections open
+    else:
+        admission.per_key = 0  # this key has its share in flight
+    try:
+        refused = _transported(gw, signer, api_key, ask, 20)
+    finally:
+        admission.per_key, guard.per_address = limits
+    if refusal == "connections":
+        assert {(answer.status_code, answer.text) for answer in refused} == {(429, errors.TOO_MANY_CONNECTIONS)}
+    else:
+        expected = "too_many_in_flight" if ask == "chat" else "rate_limit_error"
+        assert {(answer.status_code, _code(answer), answer.headers["retry-after"]) for answer in refused} == {
+            (429, expected, "1")
+        }
+    assert signer.stopped is None and signer.shed == 20
+    assert [answer.status_code for answer in _transported(gw, signer, api_key, ask, 2)] == [200, 200]
+    _served(signer, gw, account)
+
+
+# ─── A dishonest gateway, and restarts (the fake signed gateway: `buyerside_fakes`) ───
+
+
+def _fake_ask(client: httpx.Client, gateway: FakeSignedGateway, max_tokens: int) -> int:
+    """One chat request; the true cost of what it served the buyer (0: an error)."""
+    before = sum(gateway.true_costs)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello hello"}], "max_tokens": max_tokens}
+    answer = client.post("/v1/chat/completions", json=body)
+    return sum(gateway.true_costs) - before if answer.status_code == 200 else 0
+
+
+@pytest.mark.parametrize("claim_ceiling", [False, True])  # books the cost, or the voucher's whole ceiling
+@pytest.mark.parametrize("holds", ["equal", "growing", "after a drop"])
+def test_attack__charged_under_a_shed_label_n_times_then_a_figure__at_most_one_hold_lost__signing_stops(
+    tmp_path: Path, claim_ceiling: bool, holds: str
+) -> None:
+    """A gateway answering "429 capacity_busy" while charging, 20 times, then answering: the
+    shed vouchers are built on the lane's known total, so the highest ceiling it received
+    exceeds what it served by at most one hold (the largest), and the lane's next figure shows
+    the total grown: signing stops. "after a drop": a charged drop first (weighed as an
+    answer without figures, its hold), then the same: within that hold and one more."""
+    gateway = FakeSignedGateway(lanes=1, claim_ceiling=claim_ceiling)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    transport = PromptexSigningTransport(signer, inner=gateway.transport())
+    with httpx.Client(transport=transport, base_url="http://gateway.test") as client:
+        received = _fake_ask(client, gateway, 4)
+        weighed = 0
+        if holds == "after a drop":
+            gateway.drop_after_charge = True
+            with pytest.raises(httpx.ReadError):
+                _fake_ask(client, gateway, 4)
+            gateway.drop_after_charge, weighed = False, 1
+        gateway.error_status, gateway.error_code, gateway.charge_errors = 429, "capacity_busy", True
+        for turn in range(20):
+            _fake_ask(client, gateway, 4 + turn if holds == "growing" else 4)
+        gateway.error_status = 0
+        for _ in range(3):  # a figure (an answer or a refusal naming the lane): the growth shows
+            received += _fake_ask(client, gateway, 4)
+    assert signer.stopped is not None, [lane.charged for lane in signer.book.lanes]
+    hold = signer.book.lanes[0].largest_hold
+    assert max(v.ceiling for v in gateway.received) <= received + (1 + weighed) * hold
+    assert gateway.book[0].charged <= received + (1 + weighed) * hold
+    assert signer.book.exposure() <= received + (1 + weighed) * hold
+
+
+def test_shed__restarted__not_taken_for_a_request_in_flight(tmp_path: Path) -> None:
+    """A shed answer's outcome is in the voucher log: a restart recovers the lane exact,
+    nothing weighed (`recovery`: a voucher without an outcome would be in flight)."""
+    from promptex.buyerside.recovery import ChainSession, recover
+    from promptex.buyerside.wire import lane_reports
+
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    transport = PromptexSigningTransport(signer, inner=gateway.transport())
+    with httpx.Client(transport=transport, base_url="http://gateway.test") as client:
+        served = _fake_ask(client, gateway, 4)
+        gateway.error_status, gateway.error_code = 429, "capacity_busy"  # honest: nothing charged
+        for _ in range(3):
+            _fake_ask(client, gateway, 4)
+    assert signer.stopped is None and signer.shed == 3
+    signer.log.close()
+    again = make_signer(tmp_path / "v.log", lanes=1)
+    chain = ChainSession(again.session.identity.key, 1, 1, 10**12, 0, (0,))
+    recovered = recover(again.session.identity, chain, lane_reports(gateway.lanes_report()), again.log)
+    lane = recovered.book.lanes[0]
+    assert not any("in flight" in note for note in recovered.notes), recovered.notes
+    assert lane.exact and lane.charged == served > 0 and lane.pending == 0 and lane.errors == 0
