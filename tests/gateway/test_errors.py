@@ -183,6 +183,21 @@ def test_chat_stream__silent_before_its_first_content__waited_for__then_the_time
     gw.ledger.check()
 
 
+def test_chat_stream__upstream_trickles_its_error_body__cut_at_the_request_deadline(gw: Harness, fake: Fake) -> None:
+    """A stream's 4xx: its error body is read within the request's deadline. Before (review
+    s17), it was read after the deadline's scope, within the first content's long wait: an
+    upstream trickling its error body held the request past its deadline, then counted a
+    timeout against the lot and failed over."""
+    lot = gw.add_lot(fake)
+    account, key = gw.buyer(amount=USDC)
+    gw.gateway.s = gw.settings.model_copy(update={"gateway_request_deadline_seconds": 0.4})
+    fake.config.fail_status, fake.config.fail_trickle_ms = 400, 50  # ~100 bytes: 5 s
+    answer = post(gw, key, {"model": "fake-gpt", "messages": HELLO, "max_tokens": 40, "stream": True})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (504, "request_deadline"), answer.text
+    assert gw.gateway.health._lots[lot].failures == 0  # before: "upstream_timeout", the lot's failure
+    assert gw.ledger.balance(account, "USDC").held == 0
+
+
 def test_chat__lot_expired__serves_nothing(gw: Harness, fake: Fake) -> None:
     gw.add_lot(fake, expires_in=7 * 86_400)  # the shortest validity a lot may have
     _, key = gw.buyer()

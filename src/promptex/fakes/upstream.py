@@ -55,6 +55,7 @@ class FakeUpstreamConfig:
     output_tokens: int = DEFAULT_OUTPUT_TOKENS  # what a request without max_tokens produces
     fail_status: int | None = None  # answer this status instead of serving…
     fail_every: int = 1  # …on every Nth request (1: all of them)
+    fail_trickle_ms: float = 0.0  # …its error body sent a byte at a time, this long apart (0: at once)
     api_keys: frozenset[str] | None = None  # accepted keys; None accepts any non-empty key
     models: tuple[str, ...] = ("fake-model",)
     cache_read_tokens: int = 0  # of each prompt, reported as read from the cache
@@ -138,7 +139,8 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if cfg.gate is not None:
             await asyncio.to_thread(cfg.gate.wait, GATE_WAIT_SECONDS)
         if cfg.fail_status is not None and cfg.requests % max(1, cfg.fail_every) == 0:
-            return None, _error(cfg.fail_status, f"injected failure {cfg.fail_status}", anthropic)
+            failure = _error(cfg.fail_status, f"injected failure {cfg.fail_status}", anthropic)
+            return None, _trickled(failure, cfg.fail_trickle_ms) if cfg.fail_trickle_ms else failure
         if request.method == "GET":
             return {}, None
         try:
@@ -421,6 +423,19 @@ class _Timed:
                     self.cfg.timings[marker] = (received, time.monotonic())
 
         await self.app(scope, receive, timed)
+
+
+def _trickled(response: Response, delay_ms: float) -> Response:
+    """`response` with its body sent a byte every `delay_ms` (its length said up front)."""
+    body = bytes(response.body)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for i in range(len(body)):
+            yield body[i : i + 1]
+            await asyncio.sleep(delay_ms / 1000)
+
+    headers = {"content-length": str(len(body))}
+    return StreamingResponse(trickle(), response.status_code, headers, media_type=response.media_type)
 
 
 def _error(status: int, message: str, anthropic: bool) -> Response:

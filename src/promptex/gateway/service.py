@@ -1319,8 +1319,9 @@ class Gateway:
                 # A stream's end decides whether it served (`stream_done`); a client error is the
                 # client's, and closes nothing either (as a plain request's).
                 self.health.succeeded(lot.id, elapsed, closes=False)
-                if status >= 400:
-                    await upstream.read()
+                if status >= 400:  # its error body read within the request's deadline too (review s17)
+                    async with asyncio.timeout_at(priced.deadline):
+                        await upstream.read(wait - elapsed)
                     raise _client_error(upstream, lot)
                 # A native Messages stream's message_start shows its input within the bounds.
                 bound = functools.partial(self.bounded, priced, request_id, lot)
