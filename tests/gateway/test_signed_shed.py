@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from promptex.buyerside.proxy import create_proxy
-from promptex.buyerside.signer import Signer
+from promptex.buyerside.signer import Signer, unread
 from promptex.buyerside.transport import PromptexSigningTransport
 from promptex.gateway import errors
 
@@ -206,3 +207,26 @@ def test_shed__restarted__not_taken_for_a_request_in_flight(tmp_path: Path) -> N
     lane = recovered.book.lanes[0]
     assert not any("in flight" in note for note in recovered.notes), recovered.notes
     assert lane.exact and lane.charged == served > 0 and lane.pending == 0 and lane.errors == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content", "expected"),
+    [
+        (429, {"error": {"code": "capacity_busy"}}, b"", True),
+        (429, {"error": {"code": "too_many_in_flight"}}, b"", True),
+        (529, {"type": "error", "error": {"type": "overloaded_error"}}, b"", True),
+        (429, {"type": "error", "error": {"type": "rate_limit_error"}}, b"", True),  # Messages' too_many_in_flight
+        (429, None, errors.TOO_MANY_CONNECTIONS.encode() + b"\n", True),  # the connection guard's
+        (503, {"error": {"code": "capacity_busy"}}, b"", False),
+        (429, {"error": {"code": "rate_limit_exceeded"}}, b"", False),  # a limit on the key: names the lane
+        (429, {"error": {"code": None, "type": "rate_limit_error"}}, b"", False),  # not the gateway's shape
+        (529, {"error": {"type": "overloaded_error"}}, b"", False),
+        (429, None, b"Too Many Requests", False),  # something between
+        (429, {"error": {"code": ["capacity_busy"]}}, b"", False),  # before: TypeError (unhashable), a stop
+        (429, {"type": "error", "error": {"type": {}}}, b"", False),
+    ],
+)
+def test_unread__the_gateway_s_refusals_before_reading__and_no_others(
+    status: int, body: Any, content: bytes, expected: bool
+) -> None:
+    assert unread(status, body, content) is expected

@@ -556,7 +556,7 @@ def _anything_like(shape: dict[str, Any]) -> Any:
 
 @given(
     kind=st.sampled_from(["answer", "refusal", "stream"]),
-    status=st.sampled_from([402, 409, 429, 500]),
+    status=st.sampled_from([402, 409, 429, 500, 529]),
     headers=st.dictionaries(
         st.sampled_from(["x-promptex-cost-units", "x-promptex-lane-charged-units", "x-promptex-lane"]),
         st.one_of(st.builds(str, st.integers(0, 2_000)), st.sampled_from([*_ODD_FIGURES, "1.0", " 3", "9" * 4301])),
@@ -567,13 +567,14 @@ def _anything_like(shape: dict[str, Any]) -> Any:
             "choices": _JSON,
             "error": _anything_like(
                 {
-                    "code": st.sampled_from(["lane_busy", "voucher_used", "session_ended"]),
+                    "code": st.sampled_from(["lane_busy", "voucher_used", "session_ended", "capacity_busy"]),
+                    "type": st.sampled_from(["overloaded_error", "rate_limit_error"]),
                     "lane_charged_units": _FIGURE,
                     "voucher": _JSON,
                 }
             ),
             "promptex": _anything_like({"cost_units": _FIGURE, "lane_charged_units": _FIGURE, "voucher": _JSON}),
-            "type": st.sampled_from(["content_block_start", "content_block_delta"]),
+            "type": st.sampled_from(["content_block_start", "content_block_delta", "error"]),
             "response": _JSON,
         }
     ),  # fmt: skip

@@ -206,7 +206,8 @@ def unread(status: int, body: Any, content: bytes) -> bool:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return False
-    if status == 429 and error.get("code") in UNREAD:
+    code = error.get("code")
+    if status == 429 and isinstance(code, str) and code in UNREAD:
         return True
     anthropic = body.get("type") == "error" and "code" not in error
     return anthropic and (status, error.get("type")) in ((OVERLOADED, "overloaded_error"), (429, "rate_limit_error"))
