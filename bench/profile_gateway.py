@@ -219,7 +219,8 @@ LOOP_ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("promptex.gateway.fronts", "adapter", "sync"),
         ("promptex.gateway.adapters", "OpenAIAdapter.call", "sync"),
         ("promptex.gateway.health", "LotHealth.succeeded", "sync"),
-        ("promptex.gateway.health", "LotHealth.order", "sync"),
+        ("promptex.gateway.health", "LotHealth.may_try", "sync"),
+        ("promptex.gateway.health", "LotHealth.allows", "sync"),
     ],
     "upstream client (request, response parse, waits)": [
         ("promptex.gateway.upstream", "UpstreamClient.post", "async"),

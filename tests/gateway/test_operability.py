@@ -18,7 +18,7 @@ from polling import until
 from promptex.cli import main
 from promptex.config import Settings
 from promptex.config import settings as cached_settings
-from promptex.gateway.health import LotHealth, reports
+from promptex.gateway.health import Failure, LotHealth, failure, reports
 from promptex.gateway.logs import JsonFormatter, RequestIdFilter, bind, unbind
 from promptex.sellers.attestor import Thresholds, open_reports, review
 from promptex.serving import free_port
@@ -267,6 +267,123 @@ def test_breaker__a_lot_answering_with_no_usage__counted_once_a_request_and_skip
     gw.gateway.health.flush(gw.ledger.engine)
     (seen,) = reports(gw.ledger.engine, [lot])
     assert (seen.requests, seen.errors, seen.last_error) == (2, 2, "unmetered")
+
+
+def test_breaker__a_lot_whose_key_lacks_the_model__failed_over_and_skipped_for_that_model_only(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A seller's key without the model (OpenAI: 404 model_not_found) is the lot's failure for
+    that model: failed over, counted, and after two in a row (`observed`) the (lot, model) is
+    skipped — the lot still serves its provider's other models. Before (sbreak s17 B4), every
+    buyer of the model routed there got 404 upstream_refused, and the lot was never skipped."""
+    gw = observed
+    lacking = gw.add_lot(fake, rate_bps=5000)  # cheaper: tried first
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    fake.config.serves = ("fake-gpt",)
+    for body in (HELLO, {**HELLO, "stream": True}):
+        answer = post(gw, key, body)
+        assert answer.status_code == 200, answer.text
+    assert (fake.config.requests, second_fake.config.requests) == (2, 2)
+    assert post(gw, key, HELLO).status_code == 200
+    assert (fake.config.requests, second_fake.config.requests) == (2, 3)  # skipped for fake-flat
+    assert post(gw, key, {**HELLO, "model": "fake-gpt"}).status_code == 200
+    assert (fake.config.requests, second_fake.config.requests) == (3, 3)  # its other models served there
+    assert not gw.gateway.health.is_open(lacking)
+    gw.gateway.health.flush(gw.ledger.engine)
+    (seen,) = reports(gw.ledger.engine, [lacking])
+    assert (seen.requests, seen.errors, seen.last_error) == (3, 2, "model_not_found: fake-flat")
+
+
+def test_breaker__a_buyer_s_request_refused_404_or_flagged_403__neither_counted_nor_failed_over(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A 404 that is not about the model (a file the request names) and a 403 OpenRouter's
+    moderation flagged are the request's: the buyer gets them, no other lot is tried, the lot's
+    failures in a row stay. Before, a flagged 403 was the lot's failure (and failed over): a
+    buyer with flagged input tripped an OpenRouter-backed lot's circuit for nothing."""
+    gw = observed
+    lot = gw.add_lot(fake, rate_bps=5000)
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    fake.config.fail_status = 404
+    fake.config.fail_error = {"message": "No such File object: file-abc", "type": "invalid_request_error",
+                              "param": "file_id", "code": None}  # fmt: skip
+    assert post(gw, key, HELLO).status_code == 404
+    fake.config.fail_status = 403
+    flagged = {
+        "reasons": ["harassment"],
+        "flagged_input": "...",
+        "provider_name": "OpenAI",
+        "model_slug": "openai/gpt-4o",
+    }
+    message = 'gpt-4o requires moderation on OpenRouter. Your input was flagged for "harassment".'
+    fake.config.fail_error = {"code": 403, "message": message, "metadata": flagged}
+    for body in (HELLO, {**HELLO, "stream": True}):
+        assert post(gw, key, body).status_code == 400
+    assert second_fake.config.requests == 0
+    assert _failures_in_a_row(gw, lot) == 0 and not gw.gateway.health.is_open(lot)
+
+
+def test_breaker__a_pricier_lot_past_its_cool_down__its_probe_is_the_request_that_reaches_it(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """The probe of a lot past its cool-down is claimed by the request that calls it. Before
+    (health s18), listing a request's lots claimed it: a request the cheaper lot served took
+    the pricier lot's probe without calling it, so when the cheaper lot then failed the
+    pricier one was skipped (its probe "in flight") and the buyer got 502."""
+    gw = observed
+    gw.add_lot(fake, rate_bps=5000)
+    pricier = gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    health, now = gw.gateway.health, [0.0]
+    health._clock = lambda: now[0]
+    for _ in range(2):
+        health.failed(pricier, "500", 500)
+    assert health.is_open(pricier)
+    now[0] = 3_600.0  # past its cool-down (`observed`)
+    assert post(gw, key, HELLO).status_code == 200 and second_fake.config.requests == 0
+    fake.config.fail_status = 500
+    assert post(gw, key, HELLO).status_code == 200  # failed over to the pricier lot: its probe
+    assert second_fake.config.requests == 1 and not health.is_open(pricier)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (404, {"message": "The model `gpt-9` does not exist or you do not have access to it.",
+               "type": "invalid_request_error", "param": None, "code": "model_not_found"},
+         Failure("model_not_found", model=True)),  # OpenAI
+        (403, {"message": "Project `proj_x` does not have access to model `gpt-9`",
+               "type": "invalid_request_error", "param": None, "code": "model_not_found"},
+         Failure("model_not_found", model=True)),  # OpenAI, a project's key
+        (404, {"type": "not_found_error", "message": "model: claude-9"}, Failure("model_not_found", model=True)),
+        (404, {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model", "code": 404},
+         Failure("model_not_found", model=True)),  # vLLM
+        (400, {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic "
+               "API. Please go to Plans & Billing to upgrade or purchase credits."}, Failure("billing")),
+        (402, {"code": 402, "message": "Insufficient credits"}, Failure("402")),  # OpenRouter
+        (401, {"message": "Incorrect API key provided"}, Failure("401")),
+        (403, {"type": "permission_error", "message": "Your API key does not have permission"}, Failure("403")),
+        (429, {"message": "Rate limit reached"}, Failure("429")),
+        (503, None, Failure("503")),
+        # The request's: every lot would refuse it, and a buyer could send it on purpose.
+        (400, {"message": "'x' is not one of ['system', 'user'] - 'messages.0.role'", "param": "messages"}, None),
+        (400, {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"},
+         None),
+        (400, {"message": "'Your credit balance is too low' is not one of ['system', 'user'] - 'messages.0.role'"},
+         None),  # a buyer's text repeated: not at the start
+        (404, {"message": "No such File object: model_not_found", "param": "file_id"}, None),
+        (403, {"code": 403, "message": "flagged", "metadata": {"reasons": ["x"], "flagged_input": "..."}}, None),
+        (413, {"type": "request_too_large", "message": "Request exceeds the maximum size"}, None),
+        (422, {"message": "bad"}, None),
+        (404, None, None),  # no JSON body
+        (200, None, None),
+    ],
+)  # fmt: skip
+def test_failure__whose_fault_an_upstream_answer_is(status: int, error: dict | None, expected: Failure | None) -> None:
+    content = json.dumps({"error": error}).encode() if error is not None else b"<html>not found</html>"
+    assert failure(status, content) == expected
 
 
 def test_breaker__half_open__one_probe_then_closed_on_success_or_open_again_on_failure() -> None:

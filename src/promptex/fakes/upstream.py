@@ -56,6 +56,8 @@ class FakeUpstreamConfig:
     fail_status: int | None = None  # answer this status instead of serving…
     fail_every: int = 1  # …on every Nth request (1: all of them)
     fail_trickle_ms: float = 0.0  # …its error body sent a byte at a time, this long apart (0: at once)
+    fail_error: dict[str, Any] | None = None  # …with this error object (a provider's own shape) instead of ours
+    serves: tuple[str, ...] | None = None  # the models the seller's key has (None: any); others 404 as the API does
     api_keys: frozenset[str] | None = None  # accepted keys; None accepts any non-empty key
     models: tuple[str, ...] = ("fake-model",)
     cache_read_tokens: int = 0  # of each prompt, reported as read from the cache
@@ -139,7 +141,11 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if cfg.gate is not None:
             await asyncio.to_thread(cfg.gate.wait, GATE_WAIT_SECONDS)
         if cfg.fail_status is not None and cfg.requests % max(1, cfg.fail_every) == 0:
-            failure = _error(cfg.fail_status, f"injected failure {cfg.fail_status}", anthropic)
+            if cfg.fail_error is not None:
+                wrapped = {"type": "error", "error": cfg.fail_error} if anthropic else {"error": cfg.fail_error}
+                failure = _json(wrapped, cfg.fail_status)
+            else:
+                failure = _error(cfg.fail_status, f"injected failure {cfg.fail_status}", anthropic)
             return None, _trickled(failure, cfg.fail_trickle_ms) if cfg.fail_trickle_ms else failure
         if request.method == "GET":
             return {}, None
@@ -152,6 +158,15 @@ def create_fake_upstream(config: FakeUpstreamConfig | None = None) -> Starlette 
         if not isinstance(body, dict):
             return None, _error(400, "body must be an object", anthropic)
         cfg.last_body = body
+        model = body.get("model")
+        if cfg.serves is not None and model not in cfg.serves:  # a key without the model, as each API answers
+            if anthropic:
+                return None, _json(
+                    {"type": "error", "error": {"type": "not_found_error", "message": f"model: {model}"}}, 404
+                )
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            error = {"message": message, "type": "invalid_request_error", "param": None, "code": "model_not_found"}
+            return None, _json({"error": error}, 404)
         if cfg.record_timings and isinstance(body.get("user"), str):
             request.scope[TIMING_MARKER] = body["user"]
         return body, None

@@ -1,12 +1,15 @@
 """Lot health: a circuit breaker per lot, and the latency and error rates its seller sees.
 
 A lot whose upstream failed `failures` times in a row (a timeout, a refused connection,
-a 5xx, a 429, a refused key, an answer with no usage, a stream with no content and no
-usage, a stream broken off before its end) is skipped for `cooldown` seconds; then ONE
-request probes it (half-open): an answer served closes the circuit, a failure opens it
-for another cool-down. A client error (4xx: the request's fault) and a stream whose
-client left before its end close nothing and count no failure: neither a buyer's doing
-nor a seller's own requests move the breaker (`Gateway._once`, `Gateway.stream_done`).
+a 5xx, a 429, a refused key, no credit, an answer with no usage, a stream with no content
+and no usage, a stream broken off before its end) is skipped for `cooldown` seconds; then
+ONE request probes it (half-open) — the request that reaches it (`Gateway._in_order`): an
+answer served closes the circuit, a failure opens it for another cool-down. A lot whose
+key lacks the request's model (404 model_not_found) is skipped so for that model only (a
+lot serves every model of its provider). A client error (any other 4xx: the request's
+fault, `failure`) and a stream whose client left before its end close nothing and count
+no failure: neither a buyer's doing nor a seller's own requests move the breaker
+(`Gateway._once`, `Gateway.stream_done`).
 Requests are never refused because of it while another lot can serve them; when every
 candidate is open the request still tries them (the breaker saves latency, it must not
 invent an outage).
@@ -26,19 +29,84 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
 from sqlalchemy import Engine, select, update
 
 from promptex.gateway.schema import lot_health
 from promptex.ledger.journal import insert_ignore
 
 KEY_REFUSED = frozenset({401, 403})
+# Answered by a lot that cannot serve now, whatever the request: failed over, and a failure
+# of the lot (`failure`). 402: its account is out of credit (OpenRouter).
+LOT_STATUSES = frozenset({401, 402, 403, 408, 409, 429})
+# A 4xx whose body decides whose fault it is (`failure`); others are the request's.
+READ_STATUSES = frozenset({400, 403, 404})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a lot's upstream answer is the lot's failure, not the request's (`failure`)."""
+
+    what: str  # as the seller sees it (its last error) and the metrics' label
+    model: bool = False  # the lot lacks the request's model: its (lot, model) circuit, not the lot's
+
+
+def failure(status: int, content: bytes = b"") -> Failure | None:
+    """Whether an upstream's answer (its status; for a 400, 403 or 404 its JSON body) shows
+    the LOT cannot serve — failed over to the next lot and counted against this one — or
+    None: it served, or refused what the request asked (a bad parameter, a prompt too long,
+    input a moderation flagged), which every lot would refuse and a buyer could send on
+    purpose to trip an honest seller's circuit.
+
+    The lot's: a 5xx; 401/403 (its key refused or not permitted), 402 (out of credit), 408,
+    409, 429; "Your credit balance is too low" (Anthropic answers it 400); and a model its
+    key lacks — OpenAI's `model_not_found`, Anthropic's `not_found_error` "model: …", a 404
+    about the `model` parameter (vLLM) — which is the (lot, model)'s alone: a lot serves every
+    model of its provider, and a key may lack one (sbreak s17 B4: such a lot answered every
+    buyer of that model 404, never skipped). Not the lot's: a 403 that OpenRouter's
+    moderation flagged (its body's `metadata.flagged_input`). The fields read are the
+    provider's (code, type, param, the message's start), never where a provider repeats a
+    buyer's text."""
+    if status >= 500:
+        return Failure(str(status))
+    if status < 400:
+        return None
+    error = _error_object(content) if status in READ_STATUSES else {}
+    metadata = error.get("metadata")
+    if status == 403 and isinstance(metadata, dict) and "flagged_input" in metadata:
+        return None
+    message = error.get("message")
+    message = message if isinstance(message, str) else ""
+    if error.get("code") == "model_not_found" or (
+        status == 404
+        and (error.get("param") == "model" or (error.get("type") == "not_found_error" and message.startswith("model:")))
+    ):
+        return Failure("model_not_found", model=True)
+    if status in LOT_STATUSES:
+        return Failure(str(status))
+    if status == 400 and message.startswith("Your credit balance is too low"):
+        return Failure("billing")
+    return None
+
+
+def _error_object(content: bytes) -> dict[str, object]:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
 
 
 @dataclass
-class _Lot:
+class _Circuit:
     failures: int = 0  # in a row
     open_until: float = 0.0  # monotonic; 0: closed
     probe_at: float = 0.0  # half-open: when the one probing request was let through (0: none)
+
+
+@dataclass
+class _Lot(_Circuit):
     # since the last flush:
     requests: int = 0
     errors: int = 0
@@ -82,25 +150,42 @@ class LotHealth:
         self._clock = clock
         self._wall = wall
         self._lots: dict[int, _Lot] = collections.defaultdict(_Lot)
+        self._models: dict[tuple[int, str], _Circuit] = {}  # a lot lacking a model (`Failure.model`)
 
     # ─── The breaker ─────────────────────────────────────────────────────────
 
-    def allows(self, lot_id: int) -> bool:
-        """Whether a request may try the lot now (an open circuit past its cool-down lets
-        exactly one probe through)."""
-        state = self._lots.get(lot_id)
-        if state is None or not state.open_until:
-            return True
-        now = self._clock()
+    def _blocked(self, state: _Circuit | None, now: float) -> bool:
         # A probe that never reported (its request ended before the upstream) is not waited for forever.
-        if now < state.open_until or (state.probe_at and now < state.probe_at + self.cooldown):
+        return bool(
+            state is not None
+            and state.open_until
+            and (now < state.open_until or (state.probe_at and now < state.probe_at + self.cooldown))
+        )
+
+    def may_try(self, lot_id: int, model: str | None = None) -> bool:
+        """Whether a request (for `model`) could try the lot now: neither its circuit nor its
+        (lot, model)'s is open, or one past its cool-down has no probe in flight. Claims nothing."""
+        now = self._clock()
+        return not self._blocked(self._lots.get(lot_id), now) and (
+            model is None or not self._blocked(self._models.get((lot_id, model)), now)
+        )
+
+    def allows(self, lot_id: int, model: str | None = None) -> bool:
+        """Whether a request (for `model`) may try the lot now: an open circuit past its
+        cool-down lets exactly one probe through — claimed here, by the request about to call
+        the lot (`Gateway._in_order` asks lot by lot, as it reaches each)."""
+        if not self.may_try(lot_id, model):
             return False
-        state.probe_at = now
+        now = self._clock()
+        for state in (self._lots.get(lot_id), self._models.get((lot_id, model)) if model is not None else None):
+            if state is not None and state.open_until:
+                state.probe_at = now
         return True
 
-    def order(self, lot_ids: list[int]) -> list[int]:
-        """`lot_ids` without those whose circuit is open; all of them if every one is."""
-        allowed = [lot for lot in lot_ids if self.allows(lot)]
+    def order(self, lot_ids: list[int], model: str | None = None) -> list[int]:
+        """`lot_ids` without those a request may not try now (`may_try`); all of them if
+        every one is open. Claims no probe."""
+        allowed = [lot for lot in lot_ids if self.may_try(lot, model)]
         return allowed or lot_ids
 
     def succeeded(self, lot_id: int, latency_s: float, *, closes: bool = True) -> None:
@@ -114,26 +199,39 @@ class LotHealth:
         if closes:
             self.closed(lot_id)
 
-    def closed(self, lot_id: int) -> None:
-        """The lot served: its failures in a row end, its circuit closes."""
-        state = self._lots[lot_id]
-        state.failures = 0
-        state.open_until = state.probe_at = 0.0
+    def closed(self, lot_id: int, model: str | None = None) -> None:
+        """The lot served (`model`): its failures in a row end, its circuit closes (and the
+        (lot, model)'s)."""
+        for state in (self._lots[lot_id], self._models.get((lot_id, model)) if model is not None else None):
+            if state is not None:
+                state.failures = 0
+                state.open_until = state.probe_at = 0.0
 
-    def failed(self, lot_id: int, what: str, status: int | None = None, *, counted: bool = False) -> None:
+    def failed(
+        self,
+        lot_id: int,
+        what: str,
+        status: int | None = None,
+        *,
+        counted: bool = False,
+        model: str | None = None,
+    ) -> None:
         """A failure of the lot's upstream. `counted`: its request is counted already (a
-        stream whose head came, `succeeded(..., closes=False)`, and then nothing)."""
+        stream whose head came, `succeeded(..., closes=False)`, and then nothing). `model`:
+        the lot lacks that model (`Failure.model`): in the lot's counts, its (lot, model)
+        circuit's alone."""
         state = self._lots[lot_id]
         state.requests += 0 if counted else 1
         state.errors += 1
-        state.failures += 1
-        state.last_error = what
+        state.last_error = (what if model is None else f"{what}: {model}")[:64]
         state.last_error_at = int(self._wall())
-        if status in KEY_REFUSED:
+        if status in KEY_REFUSED and model is None:
             state.key_refused_at = state.last_error_at
-        if state.probe_at or state.failures >= self.failures:
-            state.open_until = self._clock() + self.cooldown
-        state.probe_at = 0.0
+        circuit: _Circuit = state if model is None else self._models.setdefault((lot_id, model), _Circuit())
+        circuit.failures += 1
+        if circuit.probe_at or circuit.failures >= self.failures:
+            circuit.open_until = self._clock() + self.cooldown
+        circuit.probe_at = 0.0
 
     def is_open(self, lot_id: int) -> bool:
         state = self._lots.get(lot_id)

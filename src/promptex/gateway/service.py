@@ -29,7 +29,7 @@ import math
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -49,7 +49,7 @@ from promptex.gateway.admission import Admission
 from promptex.gateway.charges import MAX_RATE, Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.guard import BODY_RECEIVED
-from promptex.gateway.health import LotHealth
+from promptex.gateway.health import LotHealth, failure
 from promptex.gateway.keys import bearer, hash_key
 from promptex.gateway.ledger_threads import LedgerThreads
 from promptex.gateway.limits import KeyBudgetExceeded, LimitExceeded, Plan
@@ -109,7 +109,6 @@ AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
 CLAMPED_HEADER = b"x-promptex-usage-clamped"
 # The output limits a request may name (the first wins, as each API reads them).
 OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-FAILOVER_STATUSES = frozenset({401, 403, 408, 409, 429})
 # AccountInDebt is not retried on promotional credit: an account that owes is not served.
 REFUSALS = (InsufficientFunds, SpendCapExceeded, BudgetExceeded, NotAMember, AccountInDebt)
 JSON = "application/json"
@@ -1186,18 +1185,29 @@ class Gateway:
         wait = self.client.timeout + output / self.s.gateway_upstream_floor_tokens_per_second
         return min(wait, self.s.gateway_request_deadline_seconds)
 
-    def _in_order(self, priced: Priced) -> list[LiveLot]:
+    def _in_order(self, priced: Priced) -> Iterator[LiveLot]:
         """The lots to try: the one whose capacity the hold has first, then those after it
-        (the ones before it had no room when the hold was made)."""
+        (the ones before it had no room when the hold was made), without those whose circuit
+        — or whose (lot, model)'s — is open (all of them when every one is). A lot past its
+        cool-down is this request's probe only when the request reaches it: before (health
+        s18), listing the lots claimed it, so a pricier lot's probe went to every request the
+        cheaper lot served — never tried, skipped on failover while the cheaper one failed."""
         ids = [lot.id for lot in priced.lots]
         start = ids.index(priced.lot_id) if priced.lot_id in ids else 0
         lots = priced.lots[start:]
-        allowed = set(self.health.order([lot.id for lot in lots]))  # lots with an open circuit skipped
-        return [lot for lot in lots if lot.id in allowed]
+        model = priced.price.model
+        if not any(self.health.may_try(lot.id, model) for lot in lots):
+            yield from lots  # the breaker saves latency: it must not invent an outage
+            return
+        for lot in lots:
+            if self.health.allows(lot.id, model):
+                yield lot
 
-    def _failed(self, lot: LiveLot, what: str, failures: list[str], status: int | None = None) -> None:
+    def _failed(
+        self, lot: LiveLot, what: str, failures: list[str], status: int | None = None, model: str | None = None
+    ) -> None:
         failures.append(what)
-        self.health.failed(lot.id, what, status)
+        self.health.failed(lot.id, what, status, model=model)
         self.metrics.upstream_errors.labels(str(lot.id), what).inc()
 
     def _failed_answered(self, lot: LiveLot, what: str) -> None:
@@ -1260,8 +1270,8 @@ class Gateway:
                 self.plains.pop(request_id, None)
             priced.upstream_seconds = elapsed = time.perf_counter() - began
             status = answer.status_code
-            if status in FAILOVER_STATUSES or status >= 500:
-                self._failed(lot, str(status), failures, status)
+            if (fault := failure(status, answer.content)) is not None:  # the lot's, not the request's
+                self._failed(lot, fault.what, failures, status, priced.price.model if fault.model else None)
                 continue
             # The lot answered; whether it served, its answer decides. A client error is the
             # client's: it neither counts against the lot nor closes its circuit; nor does an
@@ -1279,7 +1289,7 @@ class Gateway:
                 failures.append("unmetered")
                 self._failed_answered(lot, "unmetered")  # its request counted already, as a stream's
                 continue
-            self.health.closed(lot.id)
+            self.health.closed(lot.id, priced.price.model)
             # Not in a shield of its own: its one wait (the settle) is shielded by `LedgerThreads`.
             charge = await self.finish(key, priced, request_id, lot, usage)
             more = raw_headers(charge.cost_headers())
@@ -1310,18 +1320,18 @@ class Gateway:
                     # upstream timeout (`MeteredStream`).
                     wait = self.upstream_wait(output)
                     upstream = await self.client.post(call.url, call.headers, call.content, timeout=wait)
-                status = upstream.status_code
-                if status in FAILOVER_STATUSES or status >= 500:
+                    status = upstream.status_code
+                    if 400 <= status < 500:  # its body says whose fault it is (`failure`); read within the
+                        await upstream.read(wait - (time.perf_counter() - began))  # deadline (review s17)
+                if (fault := failure(status, upstream.content)) is not None:  # the lot's
                     upstream.close()
-                    self._failed(lot, str(status), failures, status)
+                    self._failed(lot, fault.what, failures, status, priced.price.model if fault.model else None)
                     continue
                 priced.upstream_seconds = elapsed = time.perf_counter() - began  # to its response's head
                 # A stream's end decides whether it served (`stream_done`); a client error is the
                 # client's, and closes nothing either (as a plain request's).
                 self.health.succeeded(lot.id, elapsed, closes=False)
-                if status >= 400:  # its error body read within the request's deadline too (review s17)
-                    async with asyncio.timeout_at(priced.deadline):
-                        await upstream.read(wait - elapsed)
+                if status >= 400:
                     raise _client_error(upstream, lot)
                 # A native Messages stream's message_start shows its input within the bounds.
                 bound = functools.partial(self.bounded, priced, request_id, lot)
@@ -1372,7 +1382,7 @@ class Gateway:
             await self.release(stream.key, stream.priced, stream.request_id)
             return None
         if tr.finished or stream.timed_out:
-            self.health.closed(stream.lot.id)
+            self.health.closed(stream.lot.id, stream.priced.price.model)
         elif not neutral:
             self._failed_answered(stream.lot, "broken")
         usage = tr.usage
