@@ -46,6 +46,7 @@ BUYER_KEY = "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e"
 TREASURY_FUNDS = 1_000 * USD_MICRO  # what the promotions treasury deposits: 100 welcome credits
 TREASURY_PER_EPOCH = 100 * USD_MICRO
 HISTORY_HOURS = 25  # hourly observations: a day of TWAP history (the 24 h change, the longest window)
+HISTORY_SECONDS = (HISTORY_HOURS - 1) * 3_600  # how far the history moves the chain's clock
 DEMO_ORG = "demo-org"
 DEMO_BUYER = "demo buyer"
 
@@ -74,8 +75,8 @@ def _tokens(deployment: Deployment) -> list[str]:
 
 def seed_twap_history(rpc_url: str, deployment: Deployment, hours: int = HISTORY_HOURS) -> int:
     """Record an Oracle observation of every provider token once an hour for `hours`,
-    advancing anvil's clock between them: TWAPs over any window up to a day answer at
-    once. Returns the observations recorded."""
+    advancing anvil's clock between them (by HISTORY_SECONDS in all): TWAPs over any window
+    up to a day answer at once. Returns the observations recorded."""
     w3 = connect(rpc_url, timeout=30)
     oracle = deployed_contract(w3, deployment, "Oracle")
     recorded = 0

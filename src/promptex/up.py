@@ -615,6 +615,18 @@ def start_chain(supervisor: Supervisor, anvil: Service, state_dir: Path) -> None
         os.replace(loading, state_dir / LOADED_STATE)
 
 
+def genesis_args(now: float) -> list[str]:
+    """A new local chain's genesis a day back (HISTORY_SECONDS), so that once the day of TWAP
+    history `up` seeds has moved its clock on (an Oracle observation an hour), it reads the
+    wall clock's time. Before, the history left the chain a day ahead of the wall clock for
+    good, and every time read from it was shown a day late: `promptex session revoke` said a
+    session's vouchers settle "until 2026-12-08 17:02:04 UTC" at 17:02 on the 7th — ten
+    seconds away — and the dashboard's TWAP chart ended a day in the future."""
+    from promptex.ready import HISTORY_SECONDS
+
+    return ["--timestamp", str(int(now) - HISTORY_SECONDS)]
+
+
 def state_dumped_at(state_dir: Path) -> float | None:
     """When anvil last dumped the market's chain (its state file's modification time), read
     before anvil starts (it rewrites the file every few seconds once running); None: no chain kept."""
@@ -1237,6 +1249,8 @@ def up(options: UpOptions) -> int:
                 raise UpError(f"something already answers on {rpc_url}: pass --rpc-url {rpc_url} to use it")
             dumped_at = state_dumped_at(options.state_dir)
             state = anvil_state_args(options.state_dir, Settings().up_state_interval_seconds)
+            if dumped_at is None and options.seed and read_ready(options.state_dir) is None:
+                state += genesis_args(time.time())  # a new chain: the day of TWAP history to come
             anvil = Service(
                 "anvil",
                 [anvil_binary(), "--host", "127.0.0.1", "--port", str(options.chain_port), "--silent", *state],

@@ -154,6 +154,9 @@ def test_up__fresh_machine__serves_then_stops_everything_on_ctrl_c__and_restarts
         oracle = _contract(w3, tmp_path / "deployments", "Oracle")
         cld = json.loads((tmp_path / "deployments/local.json").read_text())["contracts"]["token:CLD"]["address"]
         assert oracle.functions.consult(cld, 86_400).call() > 0  # a day's TWAP, at once
+        # ... and after it the chain's clock reads the wall clock's time (its genesis a day back):
+        # before, the history left it a day ahead, and every time read from it was shown a day late.
+        assert abs(w3.eth.get_block("latest")["timestamp"] - time.time()) < 600
         # The live network's Oracle period and TWAP windows (the seeded history covers them), kept
         # current by the keeper, a supervised service of its own like the demo sellers' finalizers.
         assert oracle.functions.period().call() == LIVE_ORACLE_PERIOD
