@@ -32,6 +32,7 @@ from promptex.gateway.messages import asks_reasoning, may_reason, validate_messa
 from promptex.gateway.requests import prompt_floor, validate
 from promptex.gateway.responses import RESPONSES, validate_responses
 from promptex.metering import TokenUsage
+from promptex.metering.assets import token_by_symbol
 from promptex.metering.produced import MESSAGES, unshown_output, visible_limit, visible_output
 from promptex.protocol.units import BPS, money_exact
 
@@ -188,6 +189,7 @@ class RateBook:
         listed: frozenset[str] = frozenset(),
         at_bps: dict[tuple[str, str], int] | None = None,
         lots: dict[str, dict[int, int]] | None = None,
+        providers: dict[str, str] | None = None,
     ) -> None:
         self.rates = dict(rates or {})
         self.catalog = catalog
@@ -198,6 +200,28 @@ class RateBook:
         # a charge names its lot and rate (`charges.LOT_RATE`), checked at `at(…, rate)`.
         self.at_bps = dict(at_bps or {})
         self.lots = {model: dict(by_id) for model, by_id in (lots or {}).items()}
+        self.providers = dict(providers or {})  # each model's provider (`/v1/models` "owned_by")
+
+    def provider(self, model: str) -> str | None:
+        """`model`'s provider: as /v1/models says it ("owned_by"), else the local catalog's."""
+        said = self.providers.get(model)
+        if said is not None:
+            return said
+        price = self.catalog.models.get(model) if self.catalog is not None else None
+        return None if price is None else price.provider
+
+    def own_token(self, model: str, asset: str) -> str | None:
+        """`model`'s own provider token when `asset` is ANOTHER provider's (a Claude model paid
+        in GPT: converted at a TWAP, not built in signed mode, `errors.SIGNED_CROSS_TOKEN`);
+        else None (USDC, its own token, or a provider this side does not know)."""
+        provider = self.provider(model)
+        if provider is None or token_by_symbol(asset) is None:
+            return None
+        try:
+            own = metering.provider_token(provider).symbol
+        except metering.UnknownAsset:
+            return None
+        return own if own != asset.upper() else None
 
     def get(self, model: str, asset: str) -> metering.Rates | None:
         return self.rates.get((model, asset.upper()))
@@ -237,7 +261,9 @@ class RateBook:
         rates = {**later.rates, **self.rates}
         at_bps = {key: bps for key, bps in later.at_bps.items() if key not in self.rates} | self.at_bps
         lots = {**later.lots, **self.lots}
-        return RateBook(rates, self.catalog, self.images, self.listed, at_bps, lots)
+        return RateBook(
+            rates, self.catalog, self.images, self.listed, at_bps, lots, {**self.providers, **later.providers}
+        )
 
     def not_above(self, opened: RateBook) -> RateBook:
         """This book (a later read of /v1/models) with every (model, asset) the `opened` book
@@ -260,7 +286,7 @@ class RateBook:
             at_bps.pop((model, asset), None)
             if (model, asset) in opened.at_bps:
                 at_bps[(model, asset)] = opened.at_bps[(model, asset)]
-        return RateBook(rates, self.catalog, self.images, self.listed, at_bps, self.lots)
+        return RateBook(rates, self.catalog, self.images, self.listed, at_bps, self.lots, self.providers)
 
     def image_tokens(self, model: str, default: int) -> metering.ImageTokens:
         """What the gateway holds one chat image part to `model` for: its advertised allowance
@@ -307,11 +333,14 @@ class RateBook:
         ids: set[str] = set()
         at_bps: dict[tuple[str, str], int] = {}
         lots: dict[str, dict[int, int]] = {}
+        providers: dict[str, str] = {}
         data = body.get("data") if isinstance(body, dict) else None
         for model in data if isinstance(data, list) else ():
             if not (isinstance(model, dict) and isinstance(model.get("id"), str)):
                 continue  # not a model entry: nothing of it is read (review s17: one raised, the re-reads ended)
             ids.add(model["id"])
+            if isinstance(model.get("owned_by"), str):
+                providers[model["id"]] = model["owned_by"]
             advertised = _image_tokens(model.get("image_tokens"))
             if advertised is not None:
                 images[model["id"]] = advertised
@@ -341,7 +370,7 @@ class RateBook:
                 book[(model["id"], symbol.upper())] = rates
                 if isinstance(price, dict) and _positive(price.get("rate_bps"), BPS):
                     at_bps[(model["id"], symbol.upper())] = price["rate_bps"]
-        return cls(book, catalog, images, frozenset(ids), at_bps, lots)
+        return cls(book, catalog, images, frozenset(ids), at_bps, lots, providers)
 
 
 def _above(new: metering.Rates, old: metering.Rates) -> bool:

@@ -47,7 +47,14 @@ from promptex.buyerside.wire import (
 )
 from promptex.gateway.adapters import finishes_choice, may_write_cache
 from promptex.gateway.charges import FIELD as PROMPTEX_FIELD  # the cost field on a stream's last event
-from promptex.gateway.errors import OVERLOADED, TOO_MANY_CONNECTIONS, UNREAD, percent
+from promptex.gateway.errors import (
+    OVERLOADED,
+    SIGNED_CROSS_TOKEN,
+    TOO_MANY_CONNECTIONS,
+    UNREAD,
+    percent,
+    signed_cross_token_message,
+)
 from promptex.metering.produced import ANSWER_FRAME_BYTES, event_bytes, read_json, unshown_output, visible_bytes
 from promptex.protocol.units import BPS, money_exact
 from promptex.protocol.vault import recover_voucher_signer, sign_voucher
@@ -334,6 +341,10 @@ class Signer:
             # and its thinking budget no room (`produced.unshown_output`), as the gateway charges
             unshown = unshown_output(endpoint, body, may_think=False)
             bound = dataclasses.replace(bound, reasoning=False, prediction_bytes=unshown)
+        own = book.own_token(bound.model, self.session.asset_symbol)
+        if own is not None:  # before any voucher: the gateway would refuse it (its message, `SIGNED_CROSS_TOKEN`)
+            message = signed_cross_token_message(bound.model, self.session.asset_symbol, own)
+            raise Refused(400, SIGNED_CROSS_TOKEN, message)
         rates = book.get(bound.model, self.session.asset_symbol)
         if rates is None:
             raise Refused(400, "unknown_rate", f"no {self.session.asset_symbol} rate for {bound.model}: not signing")

@@ -160,6 +160,31 @@ def price_unavailable(symbol: str, own: str) -> GatewayError:
     )
 
 
+# Signed mode paying in another provider's token (a Claude model paid in GPT) is not built
+# (session 18): the gateway converts at its fresh TWAP, `/v1/models` prints the converted
+# prices rounded at 12 decimals per million tokens, and the signing side checks a charge to
+# the unit, so most TWAPs stopped signing at the first answer, and any move between two reads
+# of `/v1/models` did too. Checking it needs the TWAP stated with each charge and a bound on
+# how far it may move (not built): refused before any hold instead, by the gateway and, when
+# it knows the model's provider, by the signing side itself (the same code and message).
+SIGNED_CROSS_TOKEN = "signed_cross_token_not_built"
+
+
+def signed_cross_token_message(model: str, paying: str, own: str) -> str:
+    return (
+        f"`{model}` paid in {paying}, another provider's token, is not built in signed mode (the price moves with "
+        f"{paying}'s TWAP and a voucher's charge cannot be checked to the unit): sign in {own} or USDC, "
+        f"or pay in {paying} in capped mode (a spend cap, no session key in {paying})."
+    )
+
+
+def signed_cross_token(model: str, paying: str, own: str) -> GatewayError:
+    """`SIGNED_CROSS_TOKEN`: a signed request whose payment would be converted across tokens."""
+    return GatewayError(
+        400, signed_cross_token_message(model, paying, own), code=SIGNED_CROSS_TOKEN, param="x-promptex-asset"
+    )
+
+
 def hold_ended(signed: dict[str, Any] | None = None) -> GatewayError:
     """The request's hold was ended under it (`HoldOrphaned`): nothing served or charged. A
     signed request's refusal names its lane, the lane's total (the one before it: the hold

@@ -404,6 +404,8 @@ class Gateway:
         if symbol == own:
             return symbol, TOKENIZED, None
         if token_by_symbol(symbol) is not None:
+            if request.headers.get(vouchers.VOUCHER_HEADER) is not None:  # not built (`errors.SIGNED_CROSS_TOKEN`):
+                raise errors.signed_cross_token(price.model, symbol, own)  # before the TWAP is even looked at
             if self.twaps is None:
                 raise errors.bad_request(
                     f"`{price.model}` is paid in {own} or USDC here: this gateway does not convert {symbol} "
@@ -501,6 +503,10 @@ class Gateway:
         if header is None:
             found = await self._newest_session(payer, priced.asset)
             paying = mode(found, self.ledger.clock())
+            if paying == SIGNED_MODE and priced.kind == LISTED and priced.asset != USDC_SYMBOL:
+                # Paid across tokens (`paying_asset`): no voucher could be served either.
+                raise errors.signed_cross_token(priced.price.model, priced.asset,
+                                                metering.provider_token(priced.price.provider).symbol)  # fmt: skip
             if paying == SIGNED_MODE:
                 raise vouchers.refusal(
                     402,

@@ -24,6 +24,9 @@ Refusals (OpenAI's error body; its `error` object also carries `lane_charged_uni
 
     400 voucher_malformed       the header does not parse
     400 lane_out_of_range       lane ≥ the session's lanes
+    400 signed_cross_token_not_built  the model is paid in another provider's token
+                                (converted at a TWAP: not built signed; with or without a
+                                voucher, before any hold, `errors.SIGNED_CROSS_TOKEN`)
     402 voucher_required        the account is in signed mode for the asset; no voucher
     402 spend_cap_required      no voucher, and the account's session is over with no spend
                                 cap set after it: served again once one is (`session`)
