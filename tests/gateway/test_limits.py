@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import Any
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 from eth_account import Account
 from sqlalchemy import select
@@ -809,6 +811,39 @@ def test_deadline__stream_head_its_client_does_not_read__hold_released_at_the_de
         sender.join()
     assert answers[0].status_code == 504 and answers[0].json()["error"]["code"] == "request_deadline"
     assert gw.ledger.balance(account, "USDC").posted == 10 * USDC
+
+
+def test_stream__client_leaves_with_a_request_pipelined_behind_it__neutral_for_the_lot__charged_what_it_streamed(
+    gw: Harness, fake: Fake
+) -> None:
+    """uvicorn tells only the last request parsed on a connection that the connection closed:
+    a stream with a request pipelined behind it whose client leaves never hears it, and its
+    next write raises on the closed transport. That is its client leaving — charged what it
+    streamed, not the lot's failure. Before (xbreak s18) the error ended it as a 'broken'
+    stream of the lot: a buyer opened any lot's circuit (5 failures) for a few units each."""
+    fake.config.chunk_delay_ms = 20  # 64 words: 1.3 s
+    lot = gw.add_lot(fake)
+    account, key = gw.buyer()
+    host, port = gw.url.removeprefix("http://").split(":")
+
+    def request(body: dict[str, Any]) -> bytes:
+        raw = orjson.dumps({"model": "fake-flat", "messages": HELLO, **body})
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
+        return (head + f"content-type: application/json\r\ncontent-length: {len(raw)}\r\n\r\n").encode() + raw
+
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(request({"max_tokens": 64, "stream": True}) + request({"max_tokens": 1}))
+        got = b""
+        while b"alpha" not in got:
+            got += client.recv(4096)
+
+    def settled() -> list[Any]:
+        with gw.ledger.engine.connect() as conn:
+            return [h for h in conn.execute(select(holds)).all() if h.status == "settled"]
+
+    [hold] = until(settled, "the stream settled once its client left", seconds=10)
+    assert 0 < int(hold.charged) < int(hold.amount)  # what it streamed
+    assert gw.gateway.health._lots[lot].errors == 0 and gw.gateway.health._lots[lot].failures == 0
 
 
 @pytest.fixture

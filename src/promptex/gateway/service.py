@@ -39,7 +39,7 @@ import anyio
 import orjson
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from promptex import metering
 from promptex.config import ConfigurationError, Settings
@@ -1736,6 +1736,24 @@ class MeteredStream:
                             return
 
                 tg.start_soon(watch)
+                lost = False
+
+                async def deliver(message: Message) -> None:
+                    """`send`, a connection found gone read as its client leaving: uvicorn tells
+                    only the last request parsed on a connection that it closed, so a stream
+                    with a request pipelined behind it never hears `http.disconnect`, and its
+                    next write raises on the closed transport (uvloop). Before (xbreak s18)
+                    that error ended the stream as the lot's — 'broken', or 'empty' before its
+                    first content: a buyer opened a lot's circuit for a few units a stream."""
+                    nonlocal lost
+                    if lost:
+                        return
+                    try:
+                        await send(message)
+                    except RuntimeError:
+                        lost = self.disconnected = True
+                        reading.cancel()
+
                 loop = asyncio.get_running_loop()
                 self._cut = lambda: loop.call_soon_threadsafe(reading.cancel)
                 self.gateway.streams[self.request_id] = self  # from now on `cut` may stop it
@@ -1745,13 +1763,13 @@ class MeteredStream:
                     # does not read (a pipelined request behind an unread answer), and before
                     # (xbreak s18) that wait held the hold, the lot's capacity and the upstream
                     # call for as long as the client kept its connection, extended every sweep.
-                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await deliver({"type": "http.response.start", "status": 200, "headers": headers})
                     started = True
                     waiting = True  # for its first content: `Gateway.upstream_wait` until then
                     try:
                         async for line in self.upstream.lines():
                             for chunk in self.translator.feed(line):
-                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                                await deliver({"type": "http.response.body", "body": chunk, "more_body": True})
                             if self.translator.finished:
                                 break
                             if waiting and self.translator.produced:
@@ -1773,14 +1791,14 @@ class MeteredStream:
                 ended = self.disconnected or charge is None
                 tail = b"" if ended else b"".join(self.translator.finish(charge))
                 if started:
-                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+                    await deliver({"type": "http.response.body", "body": tail, "more_body": False})
                 elif not self.disconnected:  # nothing sent, nothing charged: its refusal, if it ever reads
                     if self.orphaned:
                         refusal = errors.hold_ended(self.priced.lane_state())
                     else:
                         refusal = errors.deadline_passed(self.gateway.s.gateway_request_deadline_seconds)
                         refusal.extra = dict(self.priced.lane_state() or {})  # the lane as it was, as hold_ended
-                    await fronts.error_response(self.endpoint, refusal, self.request_id)(scope, receive, send)
+                    await fronts.error_response(self.endpoint, refusal, self.request_id)(scope, receive, deliver)
                 tg.cancel_scope.cancel()
         finally:
             self.gateway.streams.pop(self.request_id, None)
