@@ -243,7 +243,8 @@ class Settings(BaseSettings):
     gateway_max_inflight_per_key: int = 64
     gateway_trusted_proxies: list[str] = []
     # Lot health (promptex.gateway.health): a lot whose upstream failed this many times in
-    # a row is skipped for the cool-down, then probed by one request.
+    # a row, or among its last twice as many answers, is skipped for the cool-down, then
+    # probed by one request.
     gateway_lot_breaker_failures: int = 5
     gateway_lot_breaker_cooldown_seconds: float = 30.0
     # The operator's address: /metrics (Prometheus), /healthz, /readyz — never the public

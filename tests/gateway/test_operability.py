@@ -386,6 +386,38 @@ def test_failure__whose_fault_an_upstream_answer_is(status: int, error: dict | N
     assert failure(status, content) == expected
 
 
+def test_breaker__a_seller_serving_its_own_requests_between_buyers_failures__skipped_all_the_same(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A seller whose lot fails buyers' requests but serves its own (told apart by their
+    prompt; its own account as a buyer) no longer keeps the circuit shut: two failures among
+    the last four answers open it (`observed`: two in a row). Before (sbreak s17 B3), each own
+    success reset the failures in a row — one own request per failure kept the lot routed."""
+    gw = observed
+    lot = gw.add_lot(fake, rate_bps=5000)  # cheaper: tried first
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, buyer = gw.buyer()
+    _, own = gw.buyer()
+    for status, key in ((500, buyer), (None, own), (500, buyer)):
+        fake.config.fail_status = status
+        assert post(gw, key, HELLO).status_code == 200  # the buyer's failed over; its own served by the lot
+    assert gw.gateway.health.is_open(lot)
+    assert post(gw, buyer, HELLO).status_code == 200 and fake.config.requests == 3  # skipped
+
+
+def test_breaker__failures_among_the_recent_answers__a_lot_failing_most_opens_one_failing_some_does_not() -> None:
+    health = LotHealth(failures=5, cooldown=10, clock=lambda: 0.0, wall=lambda: 1_000)
+    for _ in range(5):  # 4 of every 10 failing: never 5 in its last 10
+        for _ in range(4):
+            health.failed(7, "timeout")
+        for _ in range(6):
+            health.succeeded(7, 0.05)
+    assert not health.is_open(7)
+    for outcome in "FFFFSF":  # 4 of every 5 failing: 5 in its last 6 (before: never 5 in a row)
+        health.failed(8, "timeout") if outcome == "F" else health.succeeded(8, 0.05)
+    assert health.is_open(8)
+
+
 def test_breaker__half_open__one_probe_then_closed_on_success_or_open_again_on_failure() -> None:
     now = [0.0]
     health = LotHealth(failures=2, cooldown=10, clock=lambda: now[0], wall=lambda: 1_000)

@@ -1,8 +1,11 @@
 """Lot health: a circuit breaker per lot, and the latency and error rates its seller sees.
 
-A lot whose upstream failed `failures` times in a row (a timeout, a refused connection,
-a 5xx, a 429, a refused key, no credit, an answer with no usage, a stream with no content
-and no usage, a stream broken off before its end) is skipped for `cooldown` seconds; then
+A lot whose upstream failed (a timeout, a refused connection, a 5xx, a 429, a refused
+key, no credit, an answer with no usage, a stream with no content and no usage, a stream
+broken off before its end) `failures` times in a row, or `failures` times among its last
+2 × `failures` answers served or failed — a lot failing every other request; a seller
+serving requests of its own between buyers' failures (sbreak s17 B3), who must now pay for
+more of its own than the failures it hides — is skipped for `cooldown` seconds; then
 ONE request probes it (half-open) — the request that reaches it (`Gateway._in_order`): an
 answer served closes the circuit, a failure opens it for another cool-down. A lot whose
 key lacks the request's model (404 model_not_found) is skipped so for that model only (a
@@ -101,6 +104,7 @@ def _error_object(content: bytes) -> dict[str, object]:
 @dataclass
 class _Circuit:
     failures: int = 0  # in a row
+    outcomes: int = 0  # its last outcomes, a bit each (1: failed), newest lowest (`LotHealth._window`)
     open_until: float = 0.0  # monotonic; 0: closed
     probe_at: float = 0.0  # half-open: when the one probing request was let through (0: none)
 
@@ -146,6 +150,7 @@ class LotHealth:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.failures = max(1, failures)
+        self._window = (1 << 2 * self.failures) - 1  # the last 2 × `failures` outcomes
         self.cooldown = cooldown
         self._clock = clock
         self._wall = wall
@@ -204,6 +209,8 @@ class LotHealth:
         (lot, model)'s)."""
         for state in (self._lots[lot_id], self._models.get((lot_id, model)) if model is not None else None):
             if state is not None:
+                # An open circuit closing (its probe served) starts afresh; else a success joins the window.
+                state.outcomes = 0 if state.open_until else (state.outcomes << 1) & self._window
                 state.failures = 0
                 state.open_until = state.probe_at = 0.0
 
@@ -229,7 +236,8 @@ class LotHealth:
             state.key_refused_at = state.last_error_at
         circuit: _Circuit = state if model is None else self._models.setdefault((lot_id, model), _Circuit())
         circuit.failures += 1
-        if circuit.probe_at or circuit.failures >= self.failures:
+        circuit.outcomes = ((circuit.outcomes << 1) | 1) & self._window
+        if circuit.probe_at or circuit.failures >= self.failures or circuit.outcomes.bit_count() >= self.failures:
             circuit.open_until = self._clock() + self.cooldown
         circuit.probe_at = 0.0
 
