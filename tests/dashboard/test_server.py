@@ -593,7 +593,9 @@ def test_org__owner__desk_with_members_and_a_new_member_key_shown_once(dashboard
 
 def test_org__a_user_key_or_a_bad_budget__refused_and_nothing_added(dashboard):
     user_key = obtain_key(dashboard, Account.create()).json()["key"]
-    assert dashboard.get("/api/org", headers=bearer(user_key)).status_code == 403
+    refused = dashboard.get("/api/org", headers=bearer(user_key))
+    # How an org the desk shows to is made (before: `buyer org-key`, which makes one with no owner's wallet)
+    assert refused.status_code == 403 and "`promptex org create NAME --owner-wallet 0x…`" in refused.json()["error"]
     assert dashboard.post("/api/org/members", json={}, headers=bearer(user_key)).status_code == 403
     _org, key = org_owner_key(dashboard)
     bad = dashboard.post("/api/org/members", json={"budget_asset": "USDC", "budget": "1.0000001"}, headers=bearer(key))

@@ -40,7 +40,7 @@ def org_of(ledger: Ledger, key: ApiKey) -> int:
     if ledger.account(key.account).kind != AccountKind.ORG:
         raise NotOwner(
             "this key's account is not an org: the desk shows to the wallet bound to an org account "
-            "(an org is made with `promptex buyer org-key --org NAME`)"
+            "(an org with its owner's wallet is made with `promptex org create NAME --owner-wallet 0x…`)"
         )
     return key.account
 
