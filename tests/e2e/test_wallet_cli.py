@@ -242,7 +242,8 @@ def test_wallet_balances__a_sellers_earnings_to_claim__shown_until_claimed(promp
     as_json = json.loads(promptex_cli("wallet", "balances", "--account", STRANGER, "--json").output)
     assert next(r for r in as_json["balances"] if r["asset"] == "USDC")["claimable_units"] == "1250000"
     claimed = promptex_cli("wallet", "claim", "--account", STRANGER)
-    assert claimed.exit_code == 0 and "claimed 1.25 USDC" in claimed.output, claimed.output
+    # Where it went (before: "claimed 1.25 USDC", and the wallet's balance reads rounded down)
+    assert claimed.exit_code == 0 and f"claimed 1.25 USDC into the wallet {seller.address}" in claimed.output
     after = promptex_cli("wallet", "balances", "--account", STRANGER)
     assert after.exit_code == 0 and "to claim" not in after.output, after.output
 

@@ -498,7 +498,7 @@ def refuse_while_signed(vault: Any, account: Any, token: Any, symbol: str, what:
 @wallet_command("claim")
 @click.option("--asset", "symbol", default="USDC", show_default=True)
 def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> Done:
-    """Sellers: receive what settlements credited you in the vault."""
+    """Sellers: receive what settlements credited you in the vault, into your wallet."""
     with readable_errors():
         session = Session(network, alias, yes)
         vault, token = session.contract("CreditsVault"), session.token(symbol)
@@ -507,7 +507,7 @@ def claim(network: Any, alias: str | None, yes: bool, symbol: str) -> Done:
             raise click.ClickException(f"nothing to claim in {symbol.upper()}")
         receipt = vault.claim(token, sender=session.account)
         return Done(
-            [f"claimed {whole(amount, symbol)}"],
+            [f"claimed {whole(amount, symbol)} into the wallet {session.account.address}"],
             {"asset": symbol.upper(), "amount_units": str(amount), "tx": tx_hash(receipt)},
         )
 
