@@ -83,3 +83,17 @@ def test_bad_setting__named_as_it_is_set__one_line_and_exit_1(tmp_path, monkeypa
     assert "KEY" not in name or value not in result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fake_upstream__says_where_it_serves_and_which_keys_it_takes(monkeypatch):
+    """A seller following the README starts it, then opens a lot on its URL: before, it said
+    nothing at all (was it up? which key?)."""
+    import uvicorn
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))
+    result = CliRunner().invoke(main, ["fake-upstream", "--port", "9001"])
+    assert result.exit_code == 0 and served and served[0]["port"] == 9001, result.output
+    assert "fake upstream on http://127.0.0.1:9001/v1 (OpenAI and Anthropic APIs; any non-empty key)" in result.output
+    keyed = CliRunner().invoke(main, ["fake-upstream", "--accept-key", "sk-1"])
+    assert "http://127.0.0.1:9000/v1 (OpenAI and Anthropic APIs; the keys --accept-key names)" in keyed.output

@@ -50,6 +50,10 @@ def fake_upstream(
         die_after_chunks=die_after_chunks,
         record_timings=record_timings,
     )
+    # Said when it starts (before: nothing, so a seller following the README could not tell it
+    # served, nor which key to give add-capacity).
+    keys = "the keys --accept-key names" if accept_key else "any non-empty key"
+    click.echo(f"fake upstream on http://{host}:{port}/v1 (OpenAI and Anthropic APIs; {keys})", err=True)
     uvicorn.run(create_fake_upstream(config), host=host, port=port, log_level="warning", access_log=False)
 
 
