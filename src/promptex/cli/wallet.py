@@ -484,9 +484,10 @@ def refuse_while_signed(vault: Any, account: Any, token: Any, symbol: str, what:
         return
     sooner = ""
     if now < expiry:  # in force (or revoked and in its grace): a revocation now may end it sooner
-        genesis, length = int(vault.genesis()), int(vault.epoch_length())
-        last = max((now - genesis) // length + 1, int(signed_from))
-        revoke_end = genesis + (last + 1) * length - 1
+        from promptex.ledger.sessions import settlement_close
+
+        # A revocation now: the session's last window becomes the one after now's.
+        revoke_end = settlement_close(now, int(signed_from), int(vault.genesis()), int(vault.epoch_length()))
         if revoke_end < ends_at:
             sooner = f"; `promptex session revoke --asset {symbol}` ends it at {utc_text(revoke_end)}"
     raise click.ClickException(

@@ -201,23 +201,22 @@ def check_previous_session_over(request: SessionRequest, now: int, latest: Sessi
     (before its expiry, not revoked): revoke it first; revoked: its vouchers settle until
     `ends_at`. An expired one's last window ends up to two windows after its expiry: at
     `settles_until` when the indexer read the vault's clock (migration 0026), else left to
-    the vault. A spend cap set after it proves it over."""
+    the vault (`SessionKey.known_close`). A spend cap set after it proves it over."""
     if latest is None or latest.capped_by is not None:
         return
-    session = f"session {latest.session} in {request.asset}"
+    session, close = f"session {latest.session} in {request.asset}", latest.known_close()
     if latest.revoked_at is None and now < latest.expiry:
         why = (f"{session} is in force until {utc_text(latest.expiry)}: revoke it first (`promptex session revoke "
                f"--asset {request.asset}`), then sign the next once its vouchers no longer settle (the close of the "
                "window after)")  # fmt: skip
-    elif latest.revoked_at is not None and latest.ends_at is not None and now <= latest.ends_at:
-        why = (f"{session} was revoked; its vouchers settle until {utc_text(latest.ends_at)} and the vault takes the "
-               "next SessionKey only after that: sign it then")  # fmt: skip
-    elif latest.revoked_at is None and latest.settles_until is not None and now <= latest.settles_until:
-        why = (f"{session} expired at {utc_text(latest.expiry)}; its vouchers settle until "
-               f"{utc_text(latest.settles_until)} and the vault takes the next SessionKey only after that: sign it "
-               "then")  # fmt: skip
-    else:
+    elif close is None or now > close:
         return
+    elif latest.revoked_at is not None:
+        why = (f"{session} was revoked; its vouchers settle until {utc_text(close)} and the vault takes the "
+               "next SessionKey only after that: sign it then")  # fmt: skip
+    else:
+        why = (f"{session} expired at {utc_text(latest.expiry)}; its vouchers settle until {utc_text(close)} and "
+               "the vault takes the next SessionKey only after that: sign it then")  # fmt: skip
     raise Refused(409, "session_not_over", why, session=latest.session)
 
 

@@ -69,6 +69,14 @@ class SessionKey:
         close = self.settles_until if self.settles_until is not None else self.expiry
         return close if self.ends_at is None else min(close, self.ends_at)
 
+    def known_close(self) -> int | None:
+        """The last second the vault settles this session's vouchers, exactly as the chain
+        has it: a revocation's `ends_at` (the chain's own end, the sooner of the two), else
+        `settles_until`; None when neither is known (an unrevoked session indexed before
+        migration 0026: at least one window after its expiry). What may come next waits
+        for it (`coordinator.requests.check_previous_session_over`)."""
+        return self.ends_at if self.ends_at is not None else self.settles_until
+
     def open_at(self, now: int) -> bool:
         """Whether the gateway takes vouchers of this session at `now`."""
         return self.ended_why(now) is None

@@ -114,15 +114,13 @@ def governed_account(conn: Connection, address: str, now: int) -> int:
     return account_for_address(conn, address, now)
 
 
-def issue_challenge(
+def _issue_challenge(
     conn: Connection, account: int, wallet: str, *, now: int, ttl: int, chain_id: int
 ) -> BindingMessage:
-    owned_account(conn, account)
-    if ttl <= 0:
-        raise ValueError("a challenge's ttl must be positive")
+    """A new challenge for the pair, stored; checked by its one caller, `challenge_for`."""
     message = BindingMessage(
         account=account,
-        wallet=checksum_address(wallet),
+        wallet=wallet,
         nonce="0x" + secrets.token_hex(32),
         issued_at=now,
         expires_at=now + ttl,
@@ -218,7 +216,7 @@ def challenge_for(conn: Connection, account: int, wallet: str, *, now: int, ttl:
             expires_at=int(outstanding.expires_at),
             chain_id=chain_id,
         )
-    message = issue_challenge(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
+    message = _issue_challenge(conn, account, wallet, now=now, ttl=ttl, chain_id=chain_id)
     conn.execute(
         delete(binding_challenges).where(
             binding_challenges.c.wallet == wallet,
