@@ -17,6 +17,7 @@ from web3 import Web3
 from fixtures.coordinator import ADMIN, SELLER, anvil_account, next_request_id
 from promptex.chain.sender import Call
 from promptex.cli.usage import usage_verify
+from promptex.config import settings
 from promptex.coordinator import factory, service
 from promptex.coordinator.chain import Web3Chain
 from promptex.indexer import effects
@@ -66,15 +67,19 @@ def test_coordinator__usage_in_usdc_and_cld__chain_matches_ledger_and_proofs_ver
     assert lots.lots(world.usdc_lot).call()[9] == (1_234_567 // 2 + 1) + (89 // 2 + 1)  # consumed (list value)
     assert lots.lots(world.cld_lot).call()[9] == 8 * TOKEN + 3  # drawn down by the CLD burned
 
-    monkeypatch.setattr(factory, "ledger_engine", lambda _s: world.ledger.engine)
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", world.ledger.engine.url.render_as_string(hide_password=False))
     monkeypatch.setattr(factory, "make_chain", lambda _s: world.chain)
-    runner = CliRunner()
-    ok = runner.invoke(usage_verify, [cld_ids[0]])
-    assert ok.exit_code == 0 and json.loads(ok.output)["verified"] is True
-    with world.ledger.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE usage_records SET cost = '1' WHERE request_id = ?", (cld_ids[0],))
-    bad = runner.invoke(usage_verify, [cld_ids[0]])
-    assert bad.exit_code != 0
+    settings.cache_clear()
+    try:
+        runner = CliRunner()
+        ok = runner.invoke(usage_verify, [cld_ids[0]])
+        assert ok.exit_code == 0 and json.loads(ok.output)["verified"] is True, ok.output
+        with world.ledger.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE usage_records SET cost = '1' WHERE request_id = ?", (cld_ids[0],))
+        bad = runner.invoke(usage_verify, [cld_ids[0]])
+        assert bad.exit_code != 0
+    finally:
+        settings.cache_clear()
 
 
 def test_coordinator__payer_without_vault_funds__quarantined_rest_settled(world):

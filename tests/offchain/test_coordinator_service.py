@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from promptex import proofs
 from promptex.cli import coordinator as coordinator_cli
 from promptex.cli.usage import usage_proof, usage_verify
+from promptex.config import settings
 from promptex.coordinator import factory, service
 from promptex.coordinator.requests import Refused
 from promptex.coordinator.schema import settlement_batches
@@ -539,12 +540,14 @@ def test_dashboard_desk__member_usage_and_budget__read_through_the_ledger(book: 
 
 
 def test_cli__proof_and_verify__pass_and_fail_on_tampering(
-    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     a, _ = buyer(book, chain, "CLD", 10**20)
     ids = [spend(book, a, "CLD", 10**15 + i, CLD_LOT) for i in range(5)]
     coordinator(book, chain).run_once()
-    monkeypatch.setattr(factory, "ledger_engine", lambda _s: book.engine)
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")  # the book's own file
+    settings.cache_clear()
+    request.addfinalizer(settings.cache_clear)
     monkeypatch.setattr(factory, "make_chain", lambda _s: chain)
     runner = CliRunner()
 

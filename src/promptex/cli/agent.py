@@ -209,11 +209,11 @@ def _named(r: Redemption) -> str:
 def redemptions(user: str | None, as_json: bool) -> None:
     """History: date, sold, to, value, status."""
     from promptex.agent.store import AgentStore
-    from promptex.ledger import Ledger
+    from promptex.cli.ledgers import market_ledger
     from promptex.ledger.binding import checksum_address
 
-    store = AgentStore(Ledger.from_settings(settings()).engine)
-    rows = store.redemptions(user=None if user is None else checksum_address(user))
+    with market_ledger() as ledger:
+        rows = AgentStore(ledger.engine).redemptions(user=None if user is None else checksum_address(user))
     out = [
         {
             "id": r.id,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import click
 
-from promptex.config import settings
-
 
 @click.group()
 def attestor() -> None:
@@ -45,10 +43,10 @@ def attestor_review(error_rate: float, min_calls: int) -> None:
     circuit) and record a report for each failing lot. Slashes nothing."""
     import time
 
-    from promptex.ledger import Ledger
+    from promptex.cli.ledgers import market_ledger
     from promptex.sellers.attestor import Thresholds, review
 
-    with Ledger.from_settings(settings()) as ledger:
+    with market_ledger() as ledger:
         found = review(ledger.engine, int(time.time()), Thresholds(error_rate=error_rate, min_requests=min_calls))
     if not found:
         click.echo("no lot fails: nothing reported")
@@ -65,10 +63,10 @@ def attestor_review(error_rate: float, min_calls: int) -> None:
 @click.option("--all", "every", is_flag=True, help="resolved reports too")
 def attestor_reports(every: bool) -> None:
     """The open reports (every report with --all), oldest first."""
-    from promptex.ledger import Ledger
+    from promptex.cli.ledgers import market_ledger
     from promptex.sellers.attestor import open_reports
 
-    with Ledger.from_settings(settings()) as ledger:
+    with market_ledger() as ledger:
         found = open_reports(ledger.engine, every=every)
     if not found:
         click.echo("no reports" if every else "no open reports")
@@ -84,10 +82,10 @@ def attestor_resolve(report_id: int, status: str, note: str) -> None:
     """Record what was done about an open report. Sends nothing."""
     import time
 
-    from promptex.ledger import Ledger
+    from promptex.cli.ledgers import market_ledger
     from promptex.sellers.attestor import ReportRefused, resolve
 
-    with Ledger.from_settings(settings()) as ledger:
+    with market_ledger() as ledger:
         try:
             report = resolve(ledger.engine, report_id, status, note, int(time.time()))
         except ReportRefused as exc:

@@ -11,7 +11,7 @@ import click
 from promptex import metering
 from promptex.cli.accounts import account_options, ape_account
 from promptex.cli.amounts import decimal_of
-from promptex.config import Settings, settings
+from promptex.cli.ledgers import market_ledger, market_settings
 
 if TYPE_CHECKING:
     from promptex.ledger.binding import BindingMessage
@@ -37,23 +37,6 @@ def _budget(text: str | None, option: str = "--budget") -> tuple[str, int] | Non
     return paying.symbol, int(decimal_of(option, amount) * paying.unit)
 
 
-def _existing_ledger() -> Settings:
-    """The settings of a command that reads (or binds in) a market's ledger: a SQLite ledger
-    whose file does not exist is no market here — opening it would create an empty one, and
-    `buyer balance --account 6` run outside `promptex up`'s folder answered "no account 6".
-    The file is the one the engine opens (`ledger.db.sqlite_path`: a leading `~`, a URI filename)."""
-    from promptex.ledger.db import sqlite_path
-
-    s = settings()
-    database = sqlite_path(s.ledger_url)
-    if database is not None and not database.exists():
-        raise click.ClickException(
-            f"no ledger here ({database} does not exist): run this in the folder `promptex up` runs in, "
-            "or set PROMPTEX_UP_STATE_DIR to its market folder (or PROMPTEX_LEDGER_URL to the ledger)"
-        )
-    return s
-
-
 @buyer.command("signup")
 @click.option("--wallet", help="the wallet to bind; writes the EIP-712 message it must sign")
 @click.option("--name", help="an account name")
@@ -68,11 +51,9 @@ def buyer_signup(
 
     from promptex.gateway.buyers import challenge_json, signup
     from promptex.gateway.store import GatewayStore
-    from promptex.ledger import Ledger
     from promptex.ledger.binding import checksum_address
 
-    s = settings()
-    with Ledger.from_settings(s) as ledger:
+    with market_ledger(starts=True) as ledger:
         if wallet:
             # Refused before anything is created: before (late1 s16), a wallet already bound
             # elsewhere got a new account and key, its `bind` then refused: the account left empty.
@@ -127,10 +108,10 @@ def buyer_bind(
     import os
 
     from promptex.gateway.buyers import bind_wallet, message_from_json
-    from promptex.ledger import BindingError, Ledger
+    from promptex.ledger import BindingError
     from promptex.ledger.binding import sign
 
-    s = _existing_ledger()
+    s = market_settings()
     message = message_from_json(Path(challenge_file).read_text())
     if sum(1 for given in (account_alias, signature, sign_with_env) if given) > 1:
         raise click.ClickException("give one of --account, --signature, --sign-with-env")
@@ -143,7 +124,7 @@ def buyer_bind(
         signature = "0x" + sign(message, key).hex()
     if not signature:
         raise click.ClickException(f"say who signs {challenge_file}: {bind_hint(challenge_file)}")
-    with Ledger.from_settings(s) as ledger:
+    with market_ledger(s) as ledger:
         try:
             account = bind_wallet(
                 ledger,
@@ -185,10 +166,9 @@ def buyer_org_key(org_name: str, member_name: str | None, budget: str | None) ->
 
     from promptex.gateway.buyers import member_key
     from promptex.gateway.store import GatewayStore
-    from promptex.ledger import AccountKind, Ledger, LedgerError
+    from promptex.ledger import AccountKind, LedgerError
 
-    s = settings()
-    with Ledger.from_settings(s) as ledger:
+    with market_ledger(starts=True) as ledger:
         try:
             org = ledger.create_account(AccountKind.ORG, org_name).id
         except LedgerError:
@@ -214,10 +194,9 @@ def buyer_debts(account_id: int | None) -> None:
     """What accounts owe: a debit their balance could not cover (a reorg removing a deposit
     already spent, an exit that completed before the usage it raced settled). An account is
     not served in an asset it owes until a deposit repays the debt (deposits repay first)."""
-    from promptex.ledger import Ledger
     from promptex.protocol.units import money
 
-    with Ledger.from_settings(_existing_ledger()) as ledger:
+    with market_ledger() as ledger:
         found = ledger.debts(account_id) if account_id is not None else ledger.open_debts()
     if not found:
         click.echo("no debts" if account_id is None else f"account {account_id} owes nothing")
@@ -255,7 +234,6 @@ def buyer_limits(
 
     from promptex.cli.amounts import count_of
     from promptex.gateway import limits
-    from promptex.ledger import Ledger
     from promptex.protocol.units import money
 
     if (key_id is None) == (org is None) or (member is not None and org is None):
@@ -273,7 +251,7 @@ def buyer_limits(
         cost_asset=budget[0] if budget else None,
         cost_window_seconds=max(1, count_of("--window", window)),
     )
-    with Ledger.from_settings(settings()) as ledger:
+    with market_ledger(starts=True) as ledger:
         if clear or not new.empty:
             limits.set_limits(ledger.engine, subject, new if not clear else limits.Limits(), int(time.time()))
         found = dict(limits.limits_of(ledger.engine, [subject]))
@@ -297,13 +275,12 @@ def _whose(account_id: int | None, wallet: str | None, key: str | None) -> int:
     """The account named by exactly one of --account, --wallet, --key."""
     from promptex.gateway.keys import hash_key
     from promptex.gateway.store import GatewayStore
-    from promptex.ledger import Ledger
 
     if sum(x is not None for x in (account_id, wallet, key)) != 1:
         raise click.UsageError("name the account one way: --account N, --wallet 0x…, or --key px-…")
     if account_id is not None:
         return account_id
-    with Ledger.from_settings(_existing_ledger()) as ledger:
+    with market_ledger() as ledger:
         if wallet is not None:
             found = ledger.account_of(wallet)
             if found is None:
@@ -331,16 +308,15 @@ def buyer_balance(account_id: int | None, wallet: str | None, key: str | None, a
     and an asset it pays in signed mode, or whose session is over with no spend cap since."""
     import json
 
-    from promptex.ledger import Ledger
     from promptex.ledger.sessions import CAPPED, SIGNED, mode
     from promptex.metering.assets import ASSETS
     from promptex.protocol.units import balance_text
     from promptex.protocol.vault import MAX_CAP_TOTAL
 
-    s = _existing_ledger()
+    s = market_settings()
     account = _whose(account_id, wallet, key)
     rows = []
-    with Ledger.from_settings(s) as ledger:
+    with market_ledger(s) as ledger:
         try:
             found = ledger.account(account)
         except Exception:
@@ -438,13 +414,12 @@ def buyer_usage(account_id: int | None, wallet: str | None, key: str | None, sin
     from collections import defaultdict
     from datetime import UTC, datetime
 
-    from promptex.ledger import Ledger
     from promptex.ledger import usage as _usage
     from promptex.protocol.units import money, whole_units
 
     start = _since(since)
     account = _whose(account_id, wallet, key)
-    with Ledger.from_settings(_existing_ledger()) as ledger, ledger.engine.connect() as conn:
+    with market_ledger() as ledger, ledger.engine.connect() as conn:
         records = [r for r in _usage.records_of(conn, account, USAGE_LIMIT) if start is None or r.settled_at >= start]
     records.reverse()  # oldest first
 

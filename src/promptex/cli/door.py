@@ -126,18 +126,20 @@ def _check_in_ledger(wallet: str) -> None:
     ledger, for `session create --direct` with no door known; refused (NO_DOOR_TO_CHECK) where
     there is none to read either. Before (smalls s17), no door meant no check: a later wallet's
     session was registered on chain and every voucher under it refused."""
+    from promptex.cli.ledgers import NoLedgerHere, market_ledger, market_settings
     from promptex.coordinator.requests import Refused, check_session_key_wallet
-    from promptex.ledger import Ledger, LedgerError
-    from promptex.ledger.db import sqlite_path
+    from promptex.ledger import LedgerError
 
-    s = settings()
-    database = sqlite_path(s.ledger_url)
-    if database is not None and not database.exists():
-        raise DoorError(NO_DOOR_TO_CHECK, refused=True)
     try:
-        with Ledger.from_settings(s) as ledger:
+        s = market_settings()
+    except NoLedgerHere:
+        raise DoorError(NO_DOOR_TO_CHECK, refused=True) from None
+    try:
+        with market_ledger(s) as ledger:
             account = ledger.account_of(wallet)
             debited = None if account is None else ledger.debited_wallet(account)
+    except NoLedgerHere as exc:  # its schema is not this promptex's
+        raise DoorError(f"{exc.message} (nothing was registered)", refused=True) from None
     except LedgerError:
         raise DoorError(NO_DOOR_TO_CHECK, refused=True) from None
     try:

@@ -86,9 +86,10 @@ def indexer(
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 def indexer_reorgs(limit: int) -> None:
     """The reorgs the indexer rewound, newest first: depth, events undone, debts opened."""
+    from promptex.cli.ledgers import market_ledger
     from promptex.indexer import store
 
-    with Ledger.from_settings(settings()) as ledger, ledger.engine.connect() as conn:
+    with market_ledger() as ledger, ledger.engine.connect() as conn:
         found = store.reorgs(conn, limit)
     if not found:
         click.echo("no reorgs")

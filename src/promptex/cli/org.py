@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import click
 
-from promptex.config import settings
-
 
 @click.group("org")
 def org() -> None:
@@ -25,8 +23,9 @@ def org_create(name: str, owner_wallet: str, challenge_out: str) -> None:
     from web3 import Web3
 
     from promptex.cli.buyer import bind_hint
+    from promptex.cli.ledgers import market_ledger
     from promptex.gateway.buyers import challenge_json
-    from promptex.ledger import AccountKind, Ledger, LedgerError
+    from promptex.ledger import AccountKind, LedgerError
     from promptex.ledger.accounts import account_by_name
 
     name = name.strip()
@@ -34,7 +33,7 @@ def org_create(name: str, owner_wallet: str, challenge_out: str) -> None:
         raise click.BadParameter("an org's name is 1 to 100 characters", param_hint="NAME")
     if not Web3.is_address(owner_wallet):
         raise click.BadParameter(f"{owner_wallet!r} is not a wallet address", param_hint="--owner-wallet")
-    with Ledger.from_settings(settings()) as ledger:
+    with market_ledger() as ledger:
         with ledger.engine.connect() as conn:
             existing = account_by_name(conn, AccountKind.ORG, name)
         if existing is not None:

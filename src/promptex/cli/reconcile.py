@@ -24,11 +24,14 @@ def reconcile(network: str | None, rpc_url: str | None, as_json: bool, show_all:
     at the block the indexer last applied. Every difference must be explained by named
     records (request ids, debts, tx hashes, batches) adding up to it exactly; anything
     unexplained exits 1."""
+    from promptex.cli.ledgers import market_ledger
     from promptex.reconcile.run import ReconcileError, run
 
     s = settings()
     try:
-        report = run(s, rpc_url=rpc_url or s.chain_rpc_url("indexer"), network=network or s.indexer_network)
+        url, network = rpc_url or s.chain_rpc_url("indexer"), network or s.indexer_network  # no market: said first
+        with market_ledger(s) as ledger:
+            report = run(s, rpc_url=url, network=network, ledger=ledger)
     except (ConfigurationError, ReconcileError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

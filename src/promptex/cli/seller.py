@@ -265,15 +265,15 @@ def _when(moment: int) -> str:
 @seller.command("rotate-master-key")
 def seller_rotate_master_key() -> None:
     """Add a master key to the key file and re-wrap every sealed secret's data key with it."""
+    from promptex.cli.ledgers import market_ledger
     from promptex.gateway.store import GatewayStore
-    from promptex.ledger import Ledger
     from promptex.sealing.envelope import add_master_key, load_master_keys
 
     s = settings()
     if s.gateway_master_key is not None:
         raise click.ClickException("the master key comes from PROMPTEX_GATEWAY_MASTER_KEY: rotate it there")
-    key_id = add_master_key(s.gateway_master_key_file)
-    with Ledger.from_settings(s) as ledger:
+    with market_ledger(s) as ledger:  # refused before a key is added where there is no market
+        key_id = add_master_key(s.gateway_master_key_file)
         changed = GatewayStore(ledger.engine).rewrap_secrets(load_master_keys(None, s.gateway_master_key_file))
     click.echo(f"master key {key_id} is current; {changed} secret(s) re-wrapped")
 
@@ -286,12 +286,12 @@ def seller_health(lot_id: int | None, seller_address: str | None) -> None:
     the last error, whether its circuit is open (skipped for a cool-down), and whether
     the provider refused the lot's key (revoked upstream?). Health moves no money."""
 
+    from promptex.cli.ledgers import market_ledger
     from promptex.gateway.health import reports
     from promptex.gateway.store import GatewayStore
-    from promptex.ledger import Ledger
     from promptex.protocol.units import utc_text as when
 
-    with Ledger.from_settings(settings()) as ledger:
+    with market_ledger() as ledger:
         lots = GatewayStore(ledger.engine).lots()
         if seller_address is not None:
             lots = [lot for lot in lots if lot.seller.lower() == seller_address.lower()]

@@ -129,11 +129,12 @@ def _twap(item: str) -> tuple[str, Fraction]:
 
 def _proof_of(request_id: str) -> dict[str, Any]:
     from promptex import proofs
-    from promptex.coordinator import factory
+    from promptex.cli.ledgers import market_ledger
     from promptex.coordinator.store import CoordinatorStore
 
     try:
-        return proofs.build_proof(CoordinatorStore(factory.ledger_engine(settings())), request_id)
+        with market_ledger() as ledger:
+            return proofs.build_proof(CoordinatorStore(ledger.engine), request_id)
     except proofs.ProofError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -143,17 +144,18 @@ def _proof_of(request_id: str) -> dict[str, Any]:
 def usage_status(request_id: str) -> None:
     """Where a usage record's charge stands: settled on chain (its epoch), in a batch,
     waiting for the next settlement, held back (and why), or refunded to the payer (and why)."""
-    from promptex.coordinator import factory
+    from promptex.cli.ledgers import market_ledger
     from promptex.coordinator.store import CoordinatorStore
     from promptex.ledger.usage import settlement_note
 
-    store = CoordinatorStore(factory.ledger_engine(settings()))
-    record = store.record(request_id)
-    if record is None:
-        raise click.ClickException(f"no usage record for request {request_id!r}")
-    batch = store.batch(record.batch_id).status if record.batch_id is not None else None
+    with market_ledger() as ledger:
+        store = CoordinatorStore(ledger.engine)
+        record = store.record(request_id)
+        if record is None:
+            raise click.ClickException(f"no usage record for request {request_id!r}")
+        batch = store.batch(record.batch_id).status if record.batch_id is not None else None
+        failed = store.failed_batches_naming([record]).get(request_id)  # it may wait past the next settlement
     cost = whole(record.cost, metering.asset(record.asset).decimals)
-    failed = store.failed_batches_naming([record]).get(request_id)  # it may wait past the next settlement
     note = settlement_note(
         record,
         batch,

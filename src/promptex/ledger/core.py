@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -29,7 +29,15 @@ from promptex.ledger import usage as _records
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.binding import BindingMessage
 from promptex.ledger.check import check_books
-from promptex.ledger.db import CONNECT_TIMEOUT, READ_ONLY, create_ledger_engine, sqlite_path, upgrade
+from promptex.ledger.db import (
+    CONNECT_TIMEOUT,
+    READ_ONLY,
+    check_current,
+    create_ledger_engine,
+    current_revision,
+    sqlite_path,
+    upgrade,
+)
 from promptex.ledger.errors import LedgerInconsistent, UnknownAccount, WriterBusy
 from promptex.ledger.holds import capacity as _capacity
 from promptex.ledger.holds import general as _general
@@ -176,7 +184,8 @@ class Ledger:
         cls,
         url: str,
         *,
-        migrate: bool = True,
+        migrate: bool | Literal["new"] = True,
+        current: bool = False,
         pool_size: int = 10,
         busy_timeout_ms: int = 30_000,
         sqlite_synchronous: str = "FULL",
@@ -186,7 +195,9 @@ class Ledger:
         capacity_slice: int = DEFAULT_CAPACITY_SLICE,
         connect_timeout: int = CONNECT_TIMEOUT,
     ) -> Ledger:
-        """Connect to the ledger at `url`, bringing its schema up to date unless `migrate` is False."""
+        """Connect to the ledger at `url`, bringing its schema up to date unless `migrate` is False
+        ("new": only a database with no schema yet gets one). `current`: refuse (SchemaNotCurrent)
+        a schema that is not this code's head rather than use it (`db.check_current`)."""
         engine = create_ledger_engine(
             url,
             pool_size=pool_size,
@@ -194,17 +205,33 @@ class Ledger:
             sqlite_synchronous=sqlite_synchronous,
             connect_timeout=connect_timeout,
         )
-        if migrate:
-            upgrade(engine)
+        try:
+            if migrate is True or (migrate == "new" and current_revision(engine) is None):
+                upgrade(engine)
+            if current:
+                check_current(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine, chain_id=chain_id, binding_ttl=binding_ttl, clock=clock, capacity_slice=capacity_slice)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, clock: Clock | None = None) -> Ledger:
-        from promptex.config import settings as current
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        migrate: bool | Literal["new"] = True,
+        current: bool = False,
+    ) -> Ledger:
+        """`open` with the settings' ledger URL and options."""
+        from promptex.config import settings as configured
 
-        s = settings or current()
+        s = settings or configured()
         return cls.open(
             s.ledger_url,
+            migrate=migrate,
+            current=current,
             pool_size=s.ledger_pool_size,
             busy_timeout_ms=s.ledger_busy_timeout_ms,
             sqlite_synchronous=s.ledger_sqlite_synchronous,

@@ -9,10 +9,11 @@ lock and re-checks its WHERE clause on the latest version.
 
 from __future__ import annotations
 
+import functools
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from alembic import command
@@ -25,6 +26,9 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import asbool
 
 from promptex.ledger.amounts import register_sqlite_functions
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 READ_ONLY = "promptex_read_only"  # execution option: a SQLite transaction that only reads
 VERSION_TABLE = "ledger_schema_version"
@@ -179,6 +183,49 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         command.upgrade(alembic_config(conn), revision)
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    """This code's migration scripts (read once per process)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    """The revision this code's migrations end at."""
+    head = _scripts().get_current_head()
+    assert head is not None
+    return head
+
+
+def check_current(engine: Engine) -> None:
+    """Refuse (SchemaNotCurrent, one line saying what to do) a database whose schema is not
+    this code's head: none yet, behind it or ahead of it. Never migrates: a command run beside
+    the market's services leaves their database's schema to them (they migrate it when they
+    start), so a newer promptex's command no longer changes it under older running services."""
+    from alembic.util import CommandError
+
+    from promptex.ledger.errors import SchemaNotCurrent
+
+    at, head = current_revision(engine), head_revision()
+    if at == head:
+        return
+    if at is None:
+        raise SchemaNotCurrent("the ledger has no schema yet: start the market first (`promptex up`, or its services)")
+    try:
+        _scripts().get_revision(at)
+    except CommandError:
+        raise SchemaNotCurrent(
+            f"the ledger's schema is at revision {at}, newer than this promptex knows (its newest is {head}): "
+            "run this with the promptex the market runs"
+        ) from None
+    raise SchemaNotCurrent(
+        f"the ledger's schema is at revision {at}, this promptex's is {head}: restart the market's services "
+        "(`promptex up`, or each service), which bring it up to date, then run this again (a command does not "
+        "migrate the ledger under running services)"
+    )
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -11,6 +11,12 @@ class UnknownAccount(LedgerError):
     pass
 
 
+class SchemaNotCurrent(LedgerError):
+    """The ledger's schema is not the one this code was written for (behind it: the services
+    bring it up to date when they start; ahead of it: a newer promptex runs the market; or
+    none yet), and the caller chose not to migrate it (`Ledger.open(current=True)`)."""
+
+
 class LedgerUnavailable(LedgerError):
     """The ledger's database could not be reached (PostgreSQL: no connection within its
     connect timeout, or one lost): nothing was done; the caller may retry."""
