@@ -89,8 +89,12 @@ def dashboard(tmp_path):
         deployments_dir=deployments,
     )
     ledger = Ledger.from_settings(settings)
-    with TestClient(create_app(settings, options, ledger=ledger)) as client:
+    ahead = [0]  # seconds the chain's time is ahead of the wall's (no node: its clock stands in)
+    with TestClient(
+        create_app(settings, options, ledger=ledger, chain_clock=lambda: int(time.time()) + ahead[0])
+    ) as client:
         client.ledger, client.settings, client.dead, client.options = ledger, settings, dead, options
+        client.chain_ahead = ahead
         yield client
     ledger.close()
 
@@ -354,6 +358,44 @@ def test_session_keys__what_the_vault_would_refuse_or_cut__400_and_nothing_queue
     )  # revoked, and its vouchers no longer settle
     fresh = dashboard.post("/api/session-keys", headers=headers, json=next_one)
     assert fresh.status_code == 200, fresh.text
+
+
+def test_session_keys__checked_at_the_chain_s_time_not_the_wall_s(dashboard):
+    """The coordinator's door checks a SessionKey at the chain's time, the vault's; the dashboard
+    checked it at the wall's (s17 review). On a chain two days ahead (a node's time moved), a
+    key expiring tomorrow by the wall — expired for the vault — was queued for the relay, and
+    the next key was refused while a session expired by the chain's time was "in force"."""
+    from promptex.coordinator.store import CoordinatorStore
+
+    wallet = Account.create()
+    headers = {"authorization": f"Bearer {obtain_key(dashboard, wallet).json()['key']}"}
+    wall, dashboard.chain_ahead[0] = int(time.time()), 2 * 86_400
+    expired = dashboard.post(
+        "/api/session-keys", headers=headers, json=session_form(dashboard, wallet, expiry=wall + 86_400)
+    )
+    assert expired.status_code == 400 and "expired" in expired.json()["error"], expired.text
+    assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
+    dashboard.ledger.register_session(
+        f"0x{time.monotonic_ns():064x}:0", address=wallet.address, asset="USDC", asset_address=USDC_TOKEN,
+        chain_id=31337, vault=VAULT, key=Account.create().address, session=0, lanes=1, maximum=5_000_000,
+        expiry=wall + 86_400, signed_from=1, settles_until=wall + 86_400 + 1_200,
+    )  # fmt: skip
+    following = session_form(dashboard, wallet, nonce=1, expiry=wall + 30 * 86_400)  # session 0's windows are over
+    answer = dashboard.post("/api/session-keys", headers=headers, json=following)
+    assert answer.status_code == 200, answer.text
+
+
+def test_session_keys__the_chain_s_node_silent__503_nothing_queued(dashboard):
+    """The chain's time comes from the node (as the door reads it): none answering, one line."""
+    from promptex.coordinator.store import CoordinatorStore
+
+    wallet = Account.create()
+    with TestClient(create_app(dashboard.settings, dashboard.options, ledger=dashboard.ledger)) as client:
+        headers = {"authorization": f"Bearer {obtain_key(client, wallet).json()['key']}"}
+        answer = client.post("/api/session-keys", headers=headers, json=session_form(dashboard, wallet))
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "the chain's time cannot be read now (its node does not answer): try again shortly"
+    assert CoordinatorStore(dashboard.ledger.engine).session_keys() == []
 
 
 def test_keys__signed_by_another_wallet__refused_and_no_key(dashboard):

@@ -67,12 +67,15 @@ def create_app(
     *,
     ledger: Ledger | None = None,
     clock: Callable[[], int] = lambda: int(time.time()),
+    chain_clock: Callable[[], int] | None = None,
 ) -> Starlette:
-    """The dashboard app over the settings' ledger, chain and gateway (see DashboardOptions)."""
+    """The dashboard app over the settings' ledger, chain and gateway (see DashboardOptions).
+    `chain_clock`: the chain's time [default: read from the node, as the coordinator's door does]."""
     opts = options or DashboardOptions.from_settings(s)
     owned = ledger is None
     ledger_ = ledger if ledger is not None else Ledger.from_settings(s)
     store = GatewayStore(ledger_.engine)
+    market_ = Market(opts.rpc_url, opts.network, opts.deployments_dir)
     billing = HttpBilling(timeout=min(s.agent_billing_timeout_seconds, 5.0))
     attestor_key = s.attestor_private_key.get_secret_value() if s.attestor_private_key else None
     ctx = Context(
@@ -80,7 +83,7 @@ def create_app(
         options=opts,
         ledger=ledger_,
         store=store,
-        market=Market(opts.rpc_url, opts.network, opts.deployments_dir),
+        market=market_,
         client=httpx.AsyncClient(timeout=httpx.Timeout(s.gateway_upstream_timeout_seconds, connect=5.0)),
         billing=billing,
         new_accounts=Throttle(opts.new_accounts_per_hour, 3600.0),
@@ -95,6 +98,7 @@ def create_app(
             tx_timeout=s.seller_tx_timeout_seconds,
         ),
         clock=clock,
+        chain_clock=chain_clock or market_.now,
     )
 
     @asynccontextmanager

@@ -37,7 +37,8 @@ class Context:
     new_accounts: Throttle
     redemptions: RedemptionReader
     onboarding: Onboarding
-    clock: Callable[[], int]
+    clock: Callable[[], int]  # the wall's: when something was done
+    chain_clock: Callable[[], int]  # the chain's (raises when its node does not answer): what the vault will see
 
     @staticmethod
     async def run(fn: Callable[..., Any], *args: Any) -> Any:

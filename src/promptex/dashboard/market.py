@@ -59,6 +59,11 @@ class Market:
     def deployment(self) -> Deployment:
         return load_deployment(self.network, self.deployments_dir)
 
+    def now(self) -> int:
+        """The chain's time, as the coordinator's door reads it (`chain.sender.Web3Sender.now`):
+        the pending block's, what the next transaction will see."""
+        return int(self.w3.eth.get_block("pending")["timestamp"])
+
     def _contract(self, deployment: Deployment, name: str, address: str | None = None) -> Any:
         return deployed_contract(self.w3, deployment, name, address)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
+from web3.exceptions import Web3Exception
 
 from promptex.coordinator.requests import (
     Place,
@@ -33,6 +34,17 @@ from promptex.dashboard.context import Context
 
 
 def routes(ctx: Context) -> list[BaseRoute]:
+    async def chain_now() -> int:
+        """The chain's time, as the door checks a SessionKey by it (an expiry, the previous
+        session's last window are the vault's, in chain time). Before (s17 review), the wall's:
+        on a chain ahead of it a key the vault would refuse as expired was queued for the relay."""
+        try:
+            return int(await ctx.run(ctx.chain_clock))
+        except (OSError, ValueError, Web3Exception):
+            raise ApiError(
+                503, "the chain's time cannot be read now (its node does not answer): try again shortly"
+            ) from None
+
     async def session_key(request: Request) -> Any:
         key = await ctx.run(ctx.key_of, request)
         body = await read_body(request)
@@ -45,10 +57,11 @@ def routes(ctx: Context) -> list[BaseRoute]:
         store = CoordinatorStore(ctx.ledger.engine)
         debited = await ctx.run(store.wallet_of, key.account)
         latest = await ctx.run(ctx.ledger.session, key.account, asked.asset)
+        now = await chain_now()
         try:
             check_session_key_wallet(asked.account, debited)
-            check_session_key_fresh(asked, ctx.clock(), None if latest is None else latest.session)
-            check_previous_session_over(asked, ctx.clock(), latest)
+            check_session_key_fresh(asked, now, None if latest is None else latest.session)
+            check_previous_session_over(asked, now, latest)
             queued = await ctx.run(queue_session_key, store, asked, ctx.clock())  # 409: its nonce queued already
         except Refused as exc:
             raise ApiError(exc.status, exc.message) from None
