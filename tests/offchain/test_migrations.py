@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from promptex.gateway.store import GatewayStore
-from promptex.ledger import AccountInDebt, Ledger, schema
+from promptex.ledger import AccountInDebt, AccountKind, Ledger, schema
 from promptex.ledger import wallets as _wallets
 from promptex.ledger.amounts import Amount
 from promptex.ledger.db import VERSION_TABLE, create_ledger_engine, current_revision, upgrade
@@ -41,7 +41,7 @@ from promptex.migrations import metadata
 from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.units import USD_MICRO as USDC
 
-HEAD = "0026"
+HEAD = "0027"
 NEVER_OPENED = "recorded before lots were tracked, and never opened on chain"
 ROUND_ONE_HEAD = "0004"  # the ledger's last revision before the gateway's tables joined
 _databases = itertools.count()
@@ -422,3 +422,63 @@ def test_upgrade__round_one_negative_balance__becomes_an_open_debt(empty_url):
         ledger.close()
     finally:
         engine.dispose()
+
+
+def test_upgrade_0027__a_spend_cap_indexed_after_a_session_before_0025__ends_it(ledger):
+    """0025 gave sessions indexed before it no `capped_by`: an account that had set a spend cap
+    after its session was served neither way ("no spend cap was set since"). 0027 finds each
+    session's first SpendCapRegistered after it (and before the account's next session) in the
+    indexer's record, in chain order; what the indexer did not record stays as it was."""
+    from sqlalchemy import text, update
+
+    from promptex.indexer.schema import chain_events
+    from promptex.ledger.sessions import CAPPED, NEITHER, mode
+
+    def indexed(name: str, fact: str, block: int, index: int) -> str:
+        with ledger.engine.begin() as conn:
+            conn.execute(insert(chain_events).values(
+                tx_hash="0x" + fact[2:66], log_index=index, block_number=block, block_hash="0x" + "00" * 32,
+                contract="0x" + "ab" * 20, source="CreditsVault", name=name, args="{}", fact_id=fact,
+            ))  # fmt: skip
+        return fact
+
+    def session(wallet: str, number: int, at: tuple[int, int] | None) -> None:
+        fact = event_id()
+        ledger.register_session(
+            fact, address=wallet, asset="USDC", asset_address="0x" + "cd" * 20, chain_id=31337,
+            vault="0x" + "ab" * 20, key="0x" + "ef" * 20, session=number, lanes=1, maximum=5 * USDC,
+            expiry=NOW, signed_from=1,
+        )  # fmt: skip
+        if at is not None:
+            indexed("SessionKeyRegistered", fact, *at)
+
+    def cap(wallet: str, at: tuple[int, int], *, revoked: bool = False) -> str:
+        fact = event_id()
+        ledger.apply_chain_facts(lambda facts: facts.register_spend_cap(fact, wallet, "USDC", USDC, revoked=revoked))
+        return indexed("SpendCapRevoked" if revoked else "SpendCapRegistered", fact, *at)
+
+    ada, bob, cy = (ledger.create_account(AccountKind.USER, name).id for name in ("ada", "bob", "cy"))
+    a, b, c = (bind_new_wallet(ledger, account) for account in (ada, bob, cy))
+    session(a, 0, (10, 0))
+    first = cap(a, (11, 0))  # ends session 0
+    session(a, 1, (12, 0))
+    cap(a, (13, 0), revoked=True)  # a revocation ends nothing
+    second = cap(a, (14, 5))  # ends session 1
+    cap(a, (14, 7))  # later still: session 1 was over already
+    cap(b, (20, 1))  # before bob's session, in the same block
+    session(b, 0, (20, 2))
+    session(c, 0, None)  # not recorded by the indexer
+    cap(c, (30, 0))
+    with ledger.engine.begin() as conn:  # as a ledger indexed before 0025 has them
+        conn.execute(update(schema.session_keys).values(capped_by=None))
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0026'"))
+
+    upgrade(ledger.engine)
+
+    keys = schema.session_keys.c
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(keys.account_id, keys.session, keys.capped_by)).all()
+    found = {(row.account_id, row.session): row.capped_by for row in rows}
+    assert found == {(ada, 0): first, (ada, 1): second, (bob, 0): None, (cy, 0): None}
+    assert current_revision(ledger.engine) == HEAD
+    assert mode(ledger.session(ada, "USDC"), NOW) == CAPPED and mode(ledger.session(bob, "USDC"), NOW) == NEITHER
