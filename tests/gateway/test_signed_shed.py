@@ -63,7 +63,10 @@ def _proxied(gw: Harness, signer: Signer, api_key: str, ask: str, times: int) ->
         async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {api_key}"}) as upstream:
             app = create_proxy(signer, upstream, refresh_seconds=None)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as local:
-                return [await local.post(path, json=body) for _ in range(times)]
+                answers = [await local.post(path, json=body) for _ in range(times)]
+                status = (await local.get("/promptex/status")).json()
+                assert (status["shed_answers"], status["stopped"]) == (signer.shed, None)
+                return answers
 
     return asyncio.run(main())
 
@@ -101,6 +104,7 @@ def test_shed_20_in_a_row__passed_through_with_retry_after__then_served__signing
         (*SHED[ask], "1")
     }  # as the gateway sent it
     assert signer.stopped is None  # before: "3 answers on lane 0 came without the lane's total"
+    assert signer.shed == 20
     assert fake.config.requests == 0
     served = send(gw, signer, api_key, ask, 2)
     assert [answer.status_code for answer in served] == [200, 200], served[0].text
