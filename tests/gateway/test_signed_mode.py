@@ -495,3 +495,27 @@ def test_signed__voucher_below_input__names_the_least_hold_of_a_lot_the_request_
     served = buyer.post(buyer.voucher(1, need))
     assert served.status_code == 200, served.text
     assert served.headers["x-promptex-lot"] == str(healthy)
+
+
+def test_signed__refused_before_its_hold__paying_in_provider__names_the_lane(gw: Harness, fake: Fake) -> None:
+    """A voucher's request paying in "provider" (`x-promptex-asset`: the model's provider
+    token) refused before any hold names its lane, as one naming the token's symbol does:
+    before, the lane was looked up in an asset "PROVIDER" and not named (review s17), so the
+    signing proxy weighed the refusal as a hold."""
+    from promptex import metering
+
+    gw.add_lot(fake)  # a listed lot only: a request paying in GPT has no tokenized lot to go to
+    symbol = metering.provider_token("openai").symbol
+    account, key = gw.buyer()
+    buyer = Signer(gw, account, key, gw.ledger.wallets(account)[0], Account.create(), session=1)
+    gw.ledger.register_session(
+        f"0x{next(_events):064x}:0", address=buyer.wallet, asset=symbol, asset_address=USDC_TOKEN,
+        chain_id=CHAIN_ID, vault=VAULT, key=buyer.session_key.address, session=1, lanes=2, maximum=100 * USDC,
+        expiry=gw.now() + 86_400, signed_from=2,
+    )  # fmt: skip
+    for asked in ("provider", symbol):
+        headers = {"authorization": f"Bearer {key}", VOUCHER_HEADER: buyer.voucher(1, 1_000), "x-promptex-asset": asked}
+        body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 8}
+        refused = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+        assert refused.status_code == 503, refused.text
+        assert (error(refused).get("lane"), error(refused).get("lane_charged_units")) == (1, "0"), asked

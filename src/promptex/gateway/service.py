@@ -396,9 +396,8 @@ class Gateway:
         against GPT would leave CLD holders with more claims than capacity, and the
         model's own token's price would not enter what the buyer owes anyway.
         """
-        wanted = request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset
         own = metering.provider_token(price.provider).symbol
-        symbol = own if wanted.lower() == "provider" else wanted.upper()
+        symbol = self.asked_asset(request, key, price.provider) or own
         if symbol == USDC_SYMBOL:
             return symbol, LISTED, None
         if symbol == own:
@@ -418,9 +417,18 @@ class Gateway:
                 raise errors.price_unavailable(symbol, own)
             return symbol, LISTED, twap
         raise errors.bad_request(
-            f"`{price.model}` is paid in {own}, USDC or another provider's token, not {wanted!r} ({ASSET_HEADER}).",
+            f"`{price.model}` is paid in {own}, USDC or another provider's token, not {symbol!r} ({ASSET_HEADER}).",
             param=ASSET_HEADER,
         )
+
+    def asked_asset(self, request: Request, key: ApiKey, provider: str | None) -> str | None:
+        """The symbol of the asset the request asks to pay in: its `x-promptex-asset`, else
+        its key's default, else the gateway's; "provider" is the model's `provider`'s token
+        (None while the provider is unknown: the model not read, or not in the catalog)."""
+        wanted = request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset
+        if wanted.lower() == "provider":
+            return None if provider is None else metering.provider_token(provider).symbol
+        return wanted.upper()
 
     def price(
         self, request: Request, key: ApiKey, endpoint: str, body: dict[str, Any], *, cache_writes: bool = False
@@ -649,7 +657,11 @@ class Gateway:
         header = request.headers.get(vouchers.VOUCHER_HEADER)
         if header is None or refusal.extra:
             return
-        asset = (request.headers.get(ASSET_HEADER) or key.default_asset or self.s.gateway_default_asset).upper()
+        model = request.scope.get(MODEL_SCOPE)  # (once its body was read)
+        price = self.catalog.models.get(model) if isinstance(model, str) else None
+        asset = self.asked_asset(request, key, None if price is None else price.provider)
+        if asset is None:
+            return
         try:
             voucher = vouchers.parse(header)
         except GatewayError:
