@@ -480,11 +480,11 @@ def test_signed__voucher_below_input__names_the_least_hold_of_a_lot_the_request_
     assert served.status_code == 200, served.text
     assert served.headers["x-promptex-lot"] == str(able)
 
-    # fake-gpt: the cheap lot's circuit open, the pricier one's closed.
+    # fake-gpt: the cheap lot's (lot, model) circuit open (its key lacks the model), the pricier one's closed.
     tripped = gw.add_lot(fake, rate_bps=6000)
     healthy = gw.add_lot(second_fake, rate_bps=9000)
     for _ in range(gw.settings.gateway_lot_breaker_failures):
-        gw.gateway.health.failed(tripped, "timeout")
+        gw.gateway.health.failed(tripped, "model_not_found", 404, model="fake-gpt")
     _, input_bound, _ = fronts.validate(CHAT, {"model": "fake-gpt", "messages": HELLO}, gw.gateway.catalog)
     cheap, dear = _rates(gw, "fake-gpt", 6000, 9000)
     need, open_need = metering.upper_bound(dear, input_bound, 1), metering.upper_bound(cheap, input_bound, 1)

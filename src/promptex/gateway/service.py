@@ -610,7 +610,7 @@ class Gateway:
             most = 1 if lots else -1
             output = 0
         if most < 1:  # the least a lot the request would go to needs: that lot would serve it
-            need = min(self._least_hold(priced, lot) for lot in self._healthy(priced.lots))
+            need = min(self._least_hold(priced, lot) for lot in self._healthy(priced))
             refusal = vouchers.refusal(
                 402,
                 "voucher_below_input",
@@ -641,10 +641,11 @@ class Gateway:
         return max(1, metering.upper_bound(priced.rates[lot.id], priced.input_bound, output,
                                            cache_writes=priced.cache_writes))  # fmt: skip
 
-    def _healthy(self, lots: list[LiveLot]) -> list[LiveLot]:
-        """`lots` whose circuit is not open (a request goes to them first: `_in_order`), all
-        of them if every one is open (then each is tried)."""
-        return [lot for lot in lots if not self.health.is_open(lot.id)] or lots
+    def _healthy(self, priced: Priced) -> list[LiveLot]:
+        """The request's lots it could try now (`LotHealth.may_try`: neither the lot's circuit
+        nor its (lot, model)'s open), as `_in_order` tries them; all of them if none could."""
+        model = priced.price.model
+        return [lot for lot in priced.lots if self.health.may_try(lot.id, model)] or priced.lots
 
     async def _name_lane(self, request: Request, key: ApiKey, refusal: GatewayError) -> None:
         """A refusal before any hold (no lot within the request's max rate, all lots busy, …)
