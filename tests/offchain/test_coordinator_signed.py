@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from coordinator_fakes import ADDRESSES, CHAIN_ID, VAULT, FakeChain
 from eth_account import Account
 from ledger_helpers import event_id, fund
@@ -104,6 +105,34 @@ def test_settle_signed__lanes_within_their_vouchers__several_batches_a_window__b
         and held.status == "quarantined"
         and "not signed by the session key" in (held.quarantine_reason or "")
     )
+
+
+def test_settle_signed__killed_as_the_batch_is_confirmed__the_lanes_settled_totals_set_after_the_restart(
+    book: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator killed as it records a landed signed batch (its lanes' settled totals
+    unread): the restart's pass finds the batch landed and sets them from the chain. Before
+    (xbreak s18) the batch was confirmed first, then the lanes set: killed between the two,
+    the ledger's lane (what GET /v1/promptex/lanes reports) stayed behind the chain for good."""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    a = SignedBuyer(book, chain, 10_000)
+    a.spend(0, 300), a.spend(1, 50)
+
+    class Killed(BaseException):
+        """Stands in for kill -9 there."""
+
+    def killed(_self: Coordinator, _batch: Any) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Coordinator, "_lanes_settled", killed)
+        with pytest.raises(Killed):
+            Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0).run_once()
+    Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0).run_once()  # restarted
+    assert chain.s.settlements == [("USDC", 1)]  # posted once
+    assert [book.lane(a.account, "USDC", 1, lane).settled for lane in (0, 1)] == [300, 50]
+    assert [chain.lane_settled(a.address, "USDC", lane) for lane in (0, 1)] == [300, 50]
 
 
 def test_settle_signed__lost_batch__its_records_planned_again_nothing_lost(book: Ledger) -> None:

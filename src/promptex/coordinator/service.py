@@ -817,8 +817,11 @@ class Coordinator:
             self.store.reopen(batch)
 
     def _confirm(self, batch: Batch) -> None:
-        self.store.confirm(batch, self.clock())
+        # The lanes' settled totals first: a batch is confirmed once, so one killed between
+        # the two (or whose lane read failed) left the ledger's lanes behind the chain for
+        # good (xbreak s18); read again from the chain, they are set again harmlessly.
         self._lanes_settled(batch)
+        self.store.confirm(batch, self.clock())
         self._report.confirmed.append((batch.asset, batch.epoch))
         log.info(
             "%s epoch %d settled: %d records, %d debited, root 0x%s",
