@@ -344,6 +344,18 @@ def test_signed__expired_session__plain_refused_with_how_to_leave__a_cap_from_be
     assert (plain.status_code, error(plain)["code"]) == (402, "spend_cap_required"), plain.text
     said = error(plain)["message"]
     assert f"session 1 in USDC expired at {utc_text(expiry)}; its vouchers settle on chain until the close" in said
+    late = buyer.post(buyer.voucher(0, 1_000))  # its voucher: the expiry in UTC (before: unix seconds)
+    assert (late.status_code, error(late)["code"]) == (403, "session_ended"), late.text
+    assert f"session 1 expired at {utc_text(expiry)}." in error(late)["message"]
+
+    # Since 9508f89 the ledger knows when the vault stops settling the session's vouchers (the
+    # spend cap is taken only after it): the refusal says when, in UTC and in how long (review s17).
+    for settles_in, told in ((630, "(in 10 min)"), (-7_230, "(2 h ago)")):
+        close = gw.now() + settles_in
+        new_session(buyer, lifetime=-1, settles_until=close)
+        said = error(buyer.post(None))["message"]
+        verb = "settle" if settles_in > 0 else "settled"
+        assert f"; its vouchers {verb} on chain until {utc_text(close)} {told}, and no spend cap" in said, said
     assert gw.ledger.balance(buyer.account, "USDC").held == 0
 
 

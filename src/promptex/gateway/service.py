@@ -99,7 +99,7 @@ from promptex.ledger.usage import SIGNED
 from promptex.metering import TokenUsage, produced
 from promptex.metering.assets import token_by_symbol
 from promptex.protocol.providers import PROVIDER_TOKENS
-from promptex.protocol.units import BPS, TOKEN_UNIT, USDC_SYMBOL, money, utc_text
+from promptex.protocol.units import BPS, TOKEN_UNIT, USDC_SYMBOL, money, span_text, utc_text
 from promptex.protocol.vault import recover_voucher_signer
 
 ASSET_HEADER = "x-promptex-asset"
@@ -747,17 +747,19 @@ class Gateway:
 
     def _between_modes(self, session: SessionKey, asset: str) -> GatewayError:
         """A plain request of an account whose session is over and that set no spend cap since:
-        the vault would settle it neither by a voucher nor under a cap. Says how to go on."""
-        if session.revoked_at is not None and session.ends_at is not None:
-            over = f"was revoked; its vouchers settle on chain until {utc_text(session.ends_at)}"
-        elif session.settles_until is not None:
-            until = utc_text(session.settles_until)
-            over = f"expired at {utc_text(session.expiry)}; its vouchers settle on chain until {until}"
+        the vault would settle it neither by a voucher nor under a cap. Says how to go on, and
+        until when (UTC, and in how long) the vault settles the session's vouchers: the vault
+        takes a spend cap only after that (`SessionKey.known_close`; unknown for a session
+        indexed before migration 0026: at least one window after its expiry)."""
+        ended = "was revoked" if session.revoked_at is not None else f"expired at {utc_text(session.expiry)}"
+        close, now = session.known_close(), self.ledger.clock()
+        if close is None:
+            settles = "its vouchers settle on chain until the close of the settlement window after its expiry"
+        elif now <= close:
+            settles = f"its vouchers settle on chain until {utc_text(close)} (in {span_text(close - now)})"
         else:
-            over = (
-                f"expired at {utc_text(session.expiry)}; its vouchers settle on chain until the close of "
-                "the settlement window after that one"
-            )
+            settles = f"its vouchers settled on chain until {utc_text(close)} ({span_text(now - close)} ago)"
+        over = f"{ended}; {settles}"
         return vouchers.refusal(
             402,
             "spend_cap_required",

@@ -37,6 +37,7 @@ from promptex.ledger.errors import ChainEventConflict
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.schema import session_keys
 from promptex.ledger.wallets import governed_account
+from promptex.protocol.units import utc_text
 from promptex.protocol.vault import MAX_CAP_EXPIRY
 
 
@@ -87,9 +88,9 @@ class SessionKey:
         if self.revoked_at is not None:
             return f"session {self.session} was revoked by its wallet"
         if now >= self.expiry:
-            return f"session {self.session} expired at {self.expiry}"
+            return f"session {self.session} expired at {utc_text(self.expiry)}"
         if self.ends_at is not None and now >= self.ends_at:
-            return f"session {self.session} ended at {self.ends_at}"
+            return f"session {self.session} ended at {utc_text(self.ends_at)}"
         return None
 
 

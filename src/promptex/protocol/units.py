@@ -115,6 +115,22 @@ def utc_text(unix: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix))
 
 
+def span_text(seconds: int) -> str:
+    """A length of time for people, rounded down to its unit: "45 s", "12 min", "3 h 5 min",
+    "2 d 4 h" (a wait until a deadline, or since one)."""
+    left = max(0, int(seconds))
+    if left < 120:
+        return f"{left} s"
+    minutes = left // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
 def exact_text(amount: int, decimals: int, places: int) -> str:
     """`amount` smallest units as a grouped decimal with every digit, never rounded, at least
     `places` decimals: (17_712, 6, 2) → "0.017712", (20_000_000, 6, 2) → "20.00"."""
