@@ -348,6 +348,30 @@ def test_breaker__a_pricier_lot_past_its_cool_down__its_probe_is_the_request_tha
     assert second_fake.config.requests == 1 and not health.is_open(pricier)
 
 
+def test_breaker__a_probe_answered_with_the_request_s_4xx__the_next_request_probes(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A probe that neither served nor failed (the lot refused the request 4xx: the request's)
+    is given back at once. Before (health s18), it stayed claimed for a whole cool-down: a buyer
+    (a competing seller) sending a bad request as each cool-down ended kept a recovered cheaper
+    lot skipped for good, for free (a 4xx is not charged)."""
+    gw = observed
+    cheap = gw.add_lot(fake, rate_bps=5000)
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    health, now = gw.gateway.health, [0.0]
+    health._clock = lambda: now[0]
+    for _ in range(2):
+        health.failed(cheap, "500", 500)
+    now[0] = 3_600.0  # past its cool-down (`observed`)
+    fake.config.fail_status = 400
+    assert post(gw, key, HELLO).status_code == 400  # the probe: the request's fault
+    fake.config.fail_status = None
+    assert post(gw, key, HELLO).status_code == 200
+    assert (fake.config.requests, second_fake.config.requests) == (2, 0)  # probed again: served, closed
+    assert not health.is_open(cheap)
+
+
 @pytest.mark.parametrize(
     ("status", "error", "expected"),
     [

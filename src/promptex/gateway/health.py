@@ -187,6 +187,15 @@ class LotHealth:
                 state.probe_at = now
         return True
 
+    def released(self, lot_id: int, model: str | None = None) -> None:
+        """A request's attempt at the lot ended: a probe it claimed and that neither served nor
+        failed (a 4xx the request's, its client gone, no capacity) is given back, so the next
+        request probes. Before (health s18), it stayed claimed for a whole cool-down: a buyer
+        sending a bad request as each cool-down ended kept a recovered lot skipped, for free."""
+        for state in (self._lots.get(lot_id), self._models.get((lot_id, model)) if model is not None else None):
+            if state is not None:
+                state.probe_at = 0.0
+
     def order(self, lot_ids: list[int], model: str | None = None) -> list[int]:
         """`lot_ids` without those a request may not try now (`may_try`); all of them if
         every one is open. Claims no probe."""

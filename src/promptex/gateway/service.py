@@ -1222,7 +1222,10 @@ class Gateway:
             return
         for lot in lots:
             if self.health.allows(lot.id, model):
-                yield lot
+                try:
+                    yield lot
+                finally:  # its attempt is over (the next lot asked for, or the request ended)
+                    self.health.released(lot.id, model)
 
     def _failed(
         self, lot: LiveLot, what: str, failures: list[str], status: int | None = None, model: str | None = None
