@@ -48,3 +48,29 @@ def test_upstream_client__answers_read_whole__one_connection_reused__until_one_s
 
     # the first three answers on connection 1; the one after `connection: close` on a new one
     assert asyncio.run(run()) == [1, 1, 1, 2]
+
+
+def test_upstream_client__an_answer_larger_than_the_read_buffer__read_whole() -> None:
+    """A plain answer of more than the 1 MiB the connection buffers before it pauses reading
+    (an embeddings batch: ~60 KB of JSON per 3,072-dimension vector) is read whole. Before
+    (xbreak s18) `read` waited for the answer's end without taking what had come, so reading
+    paused at 1 MiB for good: every such answer was a timeout of its lot after the whole
+    upstream wait (up to the request's deadline), failed over to the next, and a 504."""
+    body = b"[" + b"0.0123456789," * 200_000 + b"0]"  # 2.6 MB
+
+    async def run() -> bytes:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            await writer.drain()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with UpstreamClient(connect_timeout=5, timeout=1) as client:
+            answer = await client.post(f"http://127.0.0.1:{port}/v1/embeddings", {}, b"{}")
+            read = await answer.read()
+        server.close()
+        return read
+
+    assert asyncio.run(run()) == body
