@@ -5,7 +5,9 @@ while the signing side checks a charge to the unit: before, most TWAPs stopped s
 first answer (norate's repro), and any TWAP move between two reads of `/v1/models` did too.
 Now the transport and the proxy refuse such a request themselves (no voucher signed), and the
 gateway refuses a voucher paying so with 400 `signed_cross_token_not_built`, before any hold,
-naming the lane (a signer that did not know weighs nothing)."""
+naming the lane (a signer that did not know weighs nothing). And the same session paying in
+its own token (a GPT model): its prices, list ÷ face value, had no finite decimals either,
+and every first answer stopped signing; `/v1/models` now gives them exactly too."""
 
 from __future__ import annotations
 
@@ -164,3 +166,25 @@ def test_gateway__refused_with_no_fresh_twap__and_without_a_voucher_in_signed_mo
     assert answer.json()["error"]["code"] == SIGNED_CROSS_TOKEN
     assert answer.json()["error"]["lane_charged_units"] == "0"
     assert fake.config.requests == 0
+
+
+def test_transport__gpt_session_pays_a_gpt_model__every_charge_checked_exactly_signing_goes_on(
+    gw_twap: Harness, fake: Fake, twaps: FakeTwaps, tmp_path: Path
+) -> None:
+    """Paying in the model's own provider token (a tokenized lot: list price ÷ the token's face
+    value, GPT's $3.695): `/v1/models` printed the rates rounded up at 12 decimals of whole
+    tokens per million, the signing side checked each charge to the unit at them, and the
+    first answer stopped signing ("charged 0.000006495263870095 GPT …; the rate gives
+    0.000006495263870102 GPT"): for every model of the real catalog. Now `/v1/models` also
+    states a rounded price exactly (`input_per_million_exact`, a fraction) and the signing
+    side takes it when the printed one is its rounding. Fails before (signing stopped)."""
+    gw = gw_twap
+    _grant, account, api_key, signer = _gpt_session(gw, twaps, fake, tmp_path)
+    fake.config.cache_read_tokens = 2  # a cache rate too: derived from the exact input rate
+    for ask in [*ASKS, *ASKS]:
+        served = _ask(gw, signer, api_key, ask, model="fake-gpt")
+        assert served.status_code == 200, served.text
+        assert signer.stopped is None
+    lanes = [gw.ledger.lane(account, "GPT", 1, i) for i in range(LANES)]
+    assert [lane.charged for lane in signer.book.lanes] == [lane.charged for lane in lanes]
+    assert all(lane.exact for lane in signer.book.lanes) and sum(lane.charged for lane in lanes) > 0

@@ -474,3 +474,53 @@ def test_transport__rates_not_readable_when_due__the_book_kept_the_request_goes_
     with httpx.Client(base_url="http://gateway.test", transport=transport) as client:
         assert client.post(path, json={"model": MODEL, **body}).status_code == 200
     assert signer.rates is book and signer.stopped is None
+
+
+# gpt-4o in GPT as the gateway lists it (`gateway.service._per_million`): list ÷ GPT's face
+# value ($3.695), rounded up at 12 decimals of whole tokens per million, and exactly.
+GPT_4O = {"input_per_million": "0.676589986469", "input_per_million_exact": "500/739",
+          "output_per_million": "2.706359945873", "output_per_million_exact": "2000/739"}  # fmt: skip
+
+
+def _gpt_book(**changes: Any) -> RateBook:
+    price = {**GPT_4O, **changes}
+    price = {side: given for side, given in price.items() if given is not None}
+    body = {"data": [{"id": "gpt-4o", "owned_by": "openai", "pricing": {"GPT": price}}]}
+    return RateBook.from_models(body, metering.load_catalog())
+
+
+def test_rate_book__a_provider_tokens_price_given_exactly__read_exactly_cache_rates_too() -> None:
+    """Before (session 18) the printed, rounded prices were read: a charge at the gateway's
+    exact rates (list ÷ face value) was up to a unit per token below, and signing stopped at
+    the first answer; the cache rates were lost (the rounded output rate did not scale from
+    the input's), so a cache read was checked at the input rate."""
+    exact = metering.provider_token_rates(metering.load_catalog().price("gpt-4o"))
+    assert _gpt_book().get("gpt-4o", "GPT") == exact
+    usage = metering.TokenUsage(1_000, 200, cache_read_tokens=400)
+    assert metering.usage_cost(_gpt_book().get("gpt-4o", "GPT"), usage) == metering.usage_cost(exact, usage)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"input_per_million_exact": "501/739"},  # above the printed price: not its rounding
+        {"input_per_million_exact": "499/739"},  # below it by more than the rounding
+        {"input_per_million_exact": "500/0"},
+        {"input_per_million_exact": "500/739\n"},
+        {"input_per_million_exact": "-500/-739"},
+        {"input_per_million_exact": "1" * 61 + "/739"},  # more than 60 digits a side
+        {"input_per_million_exact": 0.67},
+        {"input_per_million": "0.6766", "input_per_million_exact": "500/739"},  # printed not its rounding
+    ],
+)
+def test_rate_book__an_exact_price_the_printed_one_is_not_the_rounding_of__the_printed_one_read(
+    changes: dict[str, Any],
+) -> None:
+    """Never above the printed price, nor another price: a given fraction is taken only when
+    the printed decimals are its rounding up at 12 places."""
+    book = _gpt_book(**changes)
+    rates = book.get("gpt-4o", "GPT")
+    assert rates is not None
+    assert (
+        rates.input_per_1k == Fraction(Decimal(changes.get("input_per_million", GPT_4O["input_per_million"]))) * 10**15
+    )

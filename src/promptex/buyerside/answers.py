@@ -20,6 +20,7 @@ and the true counts. Reasoning tokens cannot be seen at all: only the hold bound
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -177,7 +178,8 @@ def check_cost(rates: metering.Rates, usage: TokenUsage, cost_units: int) -> Non
 
 class RateBook:
     """The rates this side expects per (model, asset): the gateway's advertised ones
-    (`/v1/models` pricing), exact when they have at most 12 decimals per million tokens; and
+    (`/v1/models` pricing), exact (a price its 12 decimals per million tokens do not give, the
+    gateway also gives as a fraction: `_exact`); and
     the image allowance per model a chat request's input is bounded by (`image_tokens`), as
     the gateway advertises it (else the local catalog's)."""
 
@@ -356,7 +358,7 @@ class RateBook:
             for symbol, price in pricing.items() if isinstance(pricing, dict) else ():
                 try:
                     unit = metering.asset(symbol).unit
-                    per_1k = [_price(price[f"{side}_per_million"]) * unit / PER_MILLION for side in ("input", "output")]
+                    per_1k = [_exact(price, side) * unit / PER_MILLION for side in ("input", "output")]
                 except (KeyError, TypeError, ArithmeticError, ValueError, metering.UnknownAsset):  # not a price
                     continue
                 rates = metering.Rates(symbol.upper(), per_1k[0], per_1k[1])
@@ -389,6 +391,27 @@ def _price(given: Any) -> Fraction:
     if not value.is_finite() or value < 0 or len(value.as_tuple().digits) > 40 or abs(value.adjusted()) > 40:
         raise ValueError(f"not a price: {str(given)[:40]!r}")
     return Fraction(value)
+
+
+def _exact(price: Any, side: str) -> Fraction:
+    """A /v1/models price per million tokens (`side`: "input" or "output"): the exact one the
+    gateway gives as a fraction (`<side>_per_million_exact`, "500/739") when the printed one
+    (`<side>_per_million`, rounded up at 12 decimals) is its rounding, else the printed one.
+    So the exact price is never above the printed one, and a charge at it checks to the unit
+    (before, session 18: a provider token's prices, list ÷ face value, never did)."""
+    printed = _price(price[f"{side}_per_million"])
+    given = price.get(f"{side}_per_million_exact")
+    if not isinstance(given, str) or _FRACTION.fullmatch(given) is None:
+        return printed
+    numerator, denominator = (int(part) for part in given.split("/"))
+    if not denominator:
+        return printed
+    exact = Fraction(numerator, denominator)
+    rounded = -(-exact.numerator * 10**12 // exact.denominator)  # up at 12 decimals, as printed
+    return exact if Fraction(rounded, 10**12) == printed else printed
+
+
+_FRACTION = re.compile(r"[0-9]{1,60}/[0-9]{1,60}")  # at most 60 digits a side (as `_price`: no huge numbers)
 
 
 def _positive(given: Any, most: int | None = None) -> bool:

@@ -1590,15 +1590,20 @@ def max_rate(request: Request) -> int | None:
 
 
 def _per_million(rates: metering.Rates, decimals: int) -> dict[str, str]:
-    """Whole units of the asset per million tokens, as exact decimal strings (rounded up at 12 places)."""
-
-    def whole(per_1k: Fraction) -> str:
+    """Whole units of the asset per million tokens, as decimal strings rounded up at 12 places;
+    a price those do not give exactly is also given exactly, as a fraction ("500/739":
+    `<side>_per_million_exact`). A provider token's price is list ÷ its face value ($3.695 a
+    GPT): its decimals do not end, and the signing side checks each charge to the unit at the
+    rates it reads here, so before (session 18) every model's first answer paid in its own
+    token stopped signing."""
+    priced: dict[str, str] = {}
+    for side, per_1k in (("input", rates.input_per_1k), ("output", rates.output_per_1k)):
         scaled = per_1k * 1000 / 10**decimals
         units = -(-scaled.numerator * 10**12 // scaled.denominator)
-        text = f"{units // 10**12}.{units % 10**12:012d}".rstrip("0").rstrip(".")
-        return text
-
-    return {"input_per_million": whole(rates.input_per_1k), "output_per_million": whole(rates.output_per_1k)}
+        priced[f"{side}_per_million"] = f"{units // 10**12}.{units % 10**12:012d}".rstrip("0").rstrip(".")
+        if scaled.numerator * 10**12 % scaled.denominator:
+            priced[f"{side}_per_million_exact"] = f"{scaled.numerator}/{scaled.denominator}"
+    return priced
 
 
 def _client_error(answer: UpstreamResponse, lot: LiveLot) -> GatewayError:
