@@ -458,6 +458,11 @@ def test_breaker__half_open__one_probe_then_closed_on_success_or_open_again_on_f
     assert health.allows(7)
     health.succeeded(7, 0.05)
     assert health.allows(7) and health.allows(7)  # closed
-    now[0] = 40.0
     health.failed(7, "timeout")
-    assert health.allows(7)  # a failure after success: counted from zero again
+    assert not health.allows(7)  # on probation: 2 failures in its last 4 answers — open again
+    now[0] = 30.0
+    assert health.allows(7)
+    for _ in range(4):
+        health.succeeded(7, 0.05)
+    health.failed(7, "timeout")
+    assert health.allows(7)  # its failures pushed out of the window by successes: a failure alone opens nothing

@@ -218,8 +218,11 @@ class LotHealth:
         (lot, model)'s)."""
         for state in (self._lots[lot_id], self._models.get((lot_id, model)) if model is not None else None):
             if state is not None:
-                # An open circuit closing (its probe served) starts afresh; else a success joins the window.
-                state.outcomes = 0 if state.open_until else (state.outcomes << 1) & self._window
+                # Its failures stay in the window: a lot closed by its probe is on probation — a
+                # failure before enough successes pushed them out opens it again (health s18: it
+                # started afresh, so a lot serving its probe and failing the rest cost buyers
+                # `failures` failed requests each cool-down).
+                state.outcomes = (state.outcomes << 1) & self._window
                 state.failures = 0
                 state.open_until = state.probe_at = 0.0
 
