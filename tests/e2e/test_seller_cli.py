@@ -260,6 +260,7 @@ def test_add_capacity__seller_holds_no_bond_or_bond_below_minimum__one_line_each
     assert (
         broke.exit_code == 1 and f"the seller {SELLER.address} holds 0.00 USDC, the bond is 25.00 USDC" in broke.output
     )
+    assert "send it the USDC first (on a local market: `promptex wallet faucet" in broke.output  # the next step
     low = market.add_capacity("--bond", "10")
     assert low.exit_code == 1 and "the bond must be at least 25.00 USDC" in low.output
     # A tokenized lot takes exactly its token's bond share: more is refused too (its tokens pool).

@@ -194,7 +194,10 @@ class Onboarding:
         seller's key when that is given. Returns the approval's tx hash, if one was sent."""
         held = self.chain.usdc_balance(seller)
         if held < bond:
-            raise CapacityRefused(f"the seller {seller} holds {_usdc(held)}, the bond is {_usdc(bond)}")
+            raise CapacityRefused(  # what to do: a new seller on the local market had no next step
+                f"the seller {seller} holds {_usdc(held)}, the bond is {_usdc(bond)}: send it the USDC first "
+                "(on a local market: `promptex wallet faucet --account ALIAS --amount N`)"
+            )
         approved = self.chain.allowance(seller)
         if approved == bond:
             return None
