@@ -37,7 +37,7 @@ class NoProof(ValueError):
 
 def account_view(ledger: Ledger, key: ApiKey) -> dict[str, Any]:
     """The key's account: its wallets and, per asset, what the ledger holds for it."""
-    account = key.payer if key.payer is not None else key.account
+    account = key.paying_account
     balances = {}
     for symbol in ASSETS:
         if symbol == CREDIT_SYMBOL:

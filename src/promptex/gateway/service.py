@@ -507,7 +507,7 @@ class Gateway:
         served without a voucher, nor one whose session is over before a cap is set after it
         (the vault would settle such a request neither way: `ledger.sessions.mode`)."""
         header = request.headers.get(vouchers.VOUCHER_HEADER)
-        payer = key.payer if key.payer is not None else key.account
+        payer = key.paying_account
         if header is None:
             found = await self._newest_session(payer, priced.asset)
             paying = mode(found, self.ledger.clock())
@@ -676,7 +676,7 @@ class Gateway:
         if refusal.extra:
             return
         try:
-            payer = key.payer if key.payer is not None else key.account
+            payer = key.paying_account
             session, lane = await self._thread(self.ledger.signed_state, payer, asset, index)
         except (GatewayError, LedgerError, SQLAlchemyError):  # best effort: the refusal goes out as it is
             return
@@ -693,7 +693,7 @@ class Gateway:
         asset = wanted.upper()
         if asset != USDC_SYMBOL and token_by_symbol(asset) is None:
             raise errors.bad_request(f"No asset {wanted!r}: USDC or a provider token's symbol.", param="asset")
-        payer = key.payer if key.payer is not None else key.account
+        payer = key.paying_account
         session, lanes = await self._thread(self.ledger.lanes, payer, asset)
         body: dict[str, Any] = {"object": "list", "asset": asset, "session": None, "data": []}
         if session is not None:
@@ -774,7 +774,7 @@ class Gateway:
         """The ledger refused a voucher's hold: say why, with the lane as it is now."""
         voucher = priced.voucher
         assert voucher is not None
-        payer = key.payer if key.payer is not None else key.account
+        payer = key.paying_account
         lane = await self._thread(self.ledger.lane, payer, priced.asset, voucher.session, voucher.lane)
         if isinstance(exc, LaneBusy):
             return vouchers.refusal(409, "lane_busy", f"Lane {voucher.lane}: {exc}.", lane)

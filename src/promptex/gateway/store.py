@@ -29,6 +29,11 @@ class ApiKey:
     budget_remaining: int | None
     prefix: str
 
+    @property
+    def paying_account(self) -> int:
+        """The account whose funds its requests spend: its org (`payer`), else its own."""
+        return self.payer if self.payer is not None else self.account
+
 
 @dataclass(frozen=True)
 class Lot:
