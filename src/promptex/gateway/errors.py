@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from promptex.gateway.charges import ASSET, MAX_RATE
+
 
 class GatewayError(Exception):
     def __init__(
@@ -137,10 +139,10 @@ def above_max_rate(model: str, asset: str, most: int, cheapest: int) -> GatewayE
     return GatewayError(
         503,
         f"No lot serves `{model}` paid in {asset} at or below the {percent(most)} of list price this request "
-        f"pays at most (x-promptex-max-rate-bps); the cheapest open lot asks {percent(cheapest)}.",
+        f"pays at most ({MAX_RATE}); the cheapest open lot asks {percent(cheapest)}.",
         type="server_error",
         code="no_lot_within_max_rate",
-        param="x-promptex-max-rate-bps",
+        param=MAX_RATE,
     )
 
 
@@ -156,7 +158,7 @@ def price_unavailable(symbol: str, own: str) -> GatewayError:
         f"retry shortly, or pay in {own} or USDC.",
         type="server_error",
         code="price_unavailable",
-        param="x-promptex-asset",
+        param=ASSET,
     )
 
 
@@ -180,9 +182,7 @@ def signed_cross_token_message(model: str, paying: str, own: str) -> str:
 
 def signed_cross_token(model: str, paying: str, own: str) -> GatewayError:
     """`SIGNED_CROSS_TOKEN`: a signed request whose payment would be converted across tokens."""
-    return GatewayError(
-        400, signed_cross_token_message(model, paying, own), code=SIGNED_CROSS_TOKEN, param="x-promptex-asset"
-    )
+    return GatewayError(400, signed_cross_token_message(model, paying, own), code=SIGNED_CROSS_TOKEN, param=ASSET)
 
 
 def hold_ended(signed: dict[str, Any] | None = None) -> GatewayError:

@@ -46,7 +46,7 @@ from promptex.config import ConfigurationError, Settings
 from promptex.gateway import errors, fronts, limits, vouchers
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, ShowsCharged, StreamTranslator, may_write_cache
 from promptex.gateway.admission import Admission
-from promptex.gateway.charges import MAX_RATE, Charge, SignedLane, raw_headers
+from promptex.gateway.charges import ASSET, MAX_RATE, Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.guard import BODY_RECEIVED
 from promptex.gateway.health import LotHealth, failure
@@ -102,7 +102,7 @@ from promptex.protocol.providers import PROVIDER_TOKENS
 from promptex.protocol.units import BPS, TOKEN_UNIT, USDC_SYMBOL, money, span_text, utc_text
 from promptex.protocol.vault import recover_voucher_signer
 
-ASSET_HEADER = "x-promptex-asset"
+ASSET_HEADER = ASSET
 AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
 # On a plain answer whose upstream reported usage beyond the request's bounds: the sides
 # ("input", "output") charged, and shown, at their bound (`Gateway.bounded`).
