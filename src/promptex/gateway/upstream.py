@@ -24,6 +24,13 @@ from urllib.parse import urlsplit
 import httptools
 
 _MAX_BUFFER = 1 << 20  # pause reading a stream the consumer is not keeping up with
+# The most of an answer held in memory: a plain answer whole (an embeddings batch of 2,048
+# 3,072-dimension vectors is ~130 MB of JSON), a stream's line (a Responses stream's last
+# event carries the whole answer: ~150 KB at 32k tokens). Beyond, the upstream failed
+# (`UpstreamError`: the lot's error). Before (xbreak s18) nothing bounded them: a seller's
+# endpoint sending bytes without a line break grew the gateway's memory until its deadline.
+MAX_ANSWER_BYTES = 256 << 20
+MAX_LINE_BYTES = 16 << 20
 
 
 class UpstreamError(Exception):
@@ -232,6 +239,8 @@ class UpstreamResponse:
             while not conn.complete:
                 if conn.paused:  # its buffer full (`_MAX_BUFFER`): taken, so that reading goes on
                     taken.append(conn.take())  # (before, xbreak s18: never, and an answer over 1 MiB never ended)
+                    if len(taken) * _MAX_BUFFER > MAX_ANSWER_BYTES:
+                        raise UpstreamError(f"the upstream's answer is longer than {MAX_ANSWER_BYTES} bytes")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise UpstreamTimeout("the upstream did not finish its answer in time")
@@ -254,16 +263,24 @@ class UpstreamResponse:
 
     async def lines(self) -> AsyncIterator[str]:
         """Body lines (without their line ending) as they arrive."""
-        rest = b""
+        begun: list[bytes] = []  # the line begun and not ended yet, in parts (joined once)
+        size = 0
         async for chunk in self.chunks():
-            rest += chunk
-            if b"\n" not in rest:
+            if b"\n" not in chunk:
+                begun.append(chunk)
+                size += len(chunk)
+                if size > MAX_LINE_BYTES:
+                    raise UpstreamError(f"the upstream sent a line longer than {MAX_LINE_BYTES} bytes")
                 continue
-            *full, rest = rest.split(b"\n")
+            if begun:
+                begun.append(chunk)
+                chunk = b"".join(begun)
+            *full, rest = chunk.split(b"\n")
+            begun, size = ([rest], len(rest)) if rest else ([], 0)
             for line in full:
                 yield line.rstrip(b"\r").decode("utf-8", "replace")
-        if rest:
-            yield rest.rstrip(b"\r").decode("utf-8", "replace")
+        if begun:
+            yield b"".join(begun).rstrip(b"\r").decode("utf-8", "replace")
 
     def close(self, grace: float = 0.0) -> None:
         """Give the connection back (a finished keep-alive answer) or drop it; see
