@@ -22,16 +22,18 @@ from typing import Any
 import httpx
 import pytest
 
+from promptex.buyerside.answers import RateBook
 from promptex.buyerside.proxy import create_proxy
-from promptex.buyerside.signer import Signer, unread
+from promptex.buyerside.signer import Session, Signer, unread
 from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.buyerside.voucherlog import VoucherLog
 from promptex.gateway import errors
 
 from .conftest import Fake, Harness
 from .test_signed_proxy import _session, _signer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "offchain"))
-from buyerside_fakes import MODEL, FakeSignedGateway, make_signer  # noqa: E402
+from buyerside_fakes import ASSET, IDENTITY, MODEL, RATES, SESSION_KEY, FakeSignedGateway, make_signer  # noqa: E402
 
 HELLO = [{"role": "user", "content": "hello"}]
 ASKS = {
@@ -259,3 +261,47 @@ def test_unread__the_gateway_s_refusals_before_reading__and_no_others(
     status: int, body: Any, content: bytes, expected: bool
 ) -> None:
     assert unread(status, body, content) is expected
+
+
+@pytest.mark.parametrize("settles", ["a shed voucher", "an answered voucher's slack", "what it told"])
+def test_restart__the_chain_settled_above_the_last_told_total__signing_stops(tmp_path: Path, settles: str) -> None:
+    """Every voucher of the lane answered, the last telling its total, the gateway settles
+    more on chain with a voucher this key signed — one it labelled a shed while booking its
+    whole ceiling, or the slack of an answered one above what it charged: a restart's
+    recovery stops signing. Before (s3break s18), it took the chain's figure as the lane's
+    floor, exact, and signed on: one hold more per restart, silently (8 restarts: 8 holds
+    lost, never stopped). Settling what it told stops nothing."""
+    from promptex.buyerside.recovery import ChainSession, recover
+    from promptex.buyerside.wire import lane_reports
+
+    gateway = ShedLabelGateway(lanes=1, claim_ceiling=True)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    transport = PromptexSigningTransport(signer, inner=gateway.transport())
+    with httpx.Client(transport=transport, base_url="http://gateway.test") as client:
+        received = _fake_ask(client, gateway, 4)
+        if settles == "a shed voucher":
+            gateway.labelling, gateway.error_status, gateway.charge_errors = True, 429, True
+            _fake_ask(client, gateway, 400)  # a large hold, its whole ceiling booked under the label
+    fake = gateway.book[0]
+    assert fake.voucher is not None and signer.stopped is None
+    settled = {"what it told": received}.get(settles, fake.voucher.ceiling)  # what its voucher lets it settle
+    hold = signer.book.lanes[0].largest_hold
+    signer.log.close()
+    log = VoucherLog(tmp_path / "v.log", IDENTITY)
+    chain = ChainSession(IDENTITY.key, 1, 1, 10**12, settled, (settled,))
+    recovered = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), log)
+    again = Signer(Session(IDENTITY, SESSION_KEY, 1, 1, 10**12, ASSET), recovered.book, log,
+                   RateBook({(MODEL, ASSET): RATES}))  # fmt: skip
+    if settles == "what it told":
+        assert again.stopped is None and recovered.book.lanes[0].charged == received
+        return
+    assert settled > received and settled - received <= hold  # one hold, once
+    assert again.stopped is not None and "above the" in again.stopped, recovered.notes
+    assert any("signing stopped" in note for note in recovered.notes)
+    sent = len(gateway.received)
+    with httpx.Client(transport=PromptexSigningTransport(again, inner=gateway.transport()),
+                      base_url="http://gateway.test") as client:  # fmt: skip
+        assert _fake_ask(client, gateway, 4) == 0 and len(gateway.received) == sent  # refused here, nothing signed
+    log.close()
+    resumed = VoucherLog(tmp_path / "v.log", IDENTITY)  # stopped on disk; the lane at what was settled
+    assert resumed.stopped is not None and resumed.charged(1, 0) == settled

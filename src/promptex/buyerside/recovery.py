@@ -3,7 +3,8 @@ each lane (whose voucher must be one this session key signed) and the voucher lo
 
 Per lane, what was charged so far is:
 - the total the last answer told, when the log holds it and every voucher it holds for the
-  lane was answered (exact: the gateway's report may not raise it);
+  lane was answered (exact: the gateway's report may not raise it; the chain settled
+  above it: a total the gateway never told, and signing stops);
 - when the log holds no outcome of the lane's last voucher (in flight when the proxy
   stopped), at most its highest ceiling, that request counted as an answer without
   figures (weighed by the stop rule until the lane's next figure: `Lane.in_flight`);
@@ -18,11 +19,12 @@ report is ignored and said so in the notes.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from promptex.buyerside.lanes import LaneBook
 from promptex.buyerside.signer import voucher_signer
-from promptex.buyerside.voucherlog import Identity, VoucherLog
+from promptex.buyerside.voucherlog import Identity, Stop, VoucherLog
 from promptex.buyerside.wire import LaneReport
 from promptex.protocol.units import money_exact
 
@@ -112,7 +114,25 @@ def recover(
         lane.signed = max(logged, reported, settled)
         lane.live = lane.signed  # which of the logged vouchers were refused is not known
         told = voucher_log.charged(chain.session, lane.index)
-        if told is not None and logged >= lane.signed and told >= settled:
+        if told is not None and logged >= lane.signed and told < settled:
+            # Every voucher of the lane was answered, the last telling the total, yet the
+            # chain settled more, with a voucher this key signed: the gateway settled what it
+            # never told — a voucher it said did not take (a shed, a refusal), or the slack
+            # of one it answered below its ceiling. Taken as the floor (before), each restart
+            # gave it one hold more, silently, for good (s3break s18). Signing stops, as it
+            # does when an answer shows the total grown from an exactly known one
+            # (`Signer._charged`); the lane stands at what was settled (a resume goes on from it).
+            reason = (
+                f"the chain settled {shown(settled)} on lane {lane.index}, above the {shown(told)} the gateway's "
+                "last answer told with every voucher of the lane answered"
+            )
+            out.notes.append(f"lane {lane.index}: {reason}: signing stopped")
+            if voucher_log.stopped is None:
+                voucher_log.write_stop(Stop(reason, lane.index, int(time.time())))
+            voucher_log.write_charged(chain.session, lane.index, settled, lane.verified, lane.reasoning)
+            lane.charged, lane.exact, lane.floor = settled, True, settled
+            continue
+        if told is not None and logged >= lane.signed:
             # Every voucher in the log was answered, the last telling the total: that figure,
             # whatever the gateway says now (else it could inflate each lane on every restart).
             if found is not None and found.charged != told:
