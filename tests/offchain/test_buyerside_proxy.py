@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 from buyerside_fakes import IDENTITY, MODEL, FakeSignedGateway, UnreadableGateway, make_signer
 from eth_account import Account
 
+from promptex.buyerside.answers import RateBook
 from promptex.buyerside.opening import log_path, open_signer
 from promptex.buyerside.proxy import create_proxy
 from promptex.buyerside.sessions import GrantError, SessionGrant, load, new_grant, save
+from promptex.gateway.errors import SIGNED_CROSS_TOKEN
 from promptex.protocol.eip712 import sign_digest
 
 WALLET_KEY = "0x" + "a1" * 32
@@ -120,6 +123,35 @@ def test_proxy__lane_busy__sent_again_on_another_lane__none_free_429_with_retry_
     assert (none.status_code, none.json()["error"]["code"], none.headers["retry-after"]) == (429, "no_free_lane", "60")
     assert [v.lane for v in gateway.received] == [0, 0, 1, 0, 1]
     assert signer.stopped is None
+
+
+def test_proxy__model_of_another_provider_than_the_sessions_token__refused_here_in_each_shape(tmp_path: Path) -> None:
+    """A session in GPT asked for a model /v1/models says Anthropic owns (paid in GPT: converted
+    at a TWAP, not built signed, `errors.SIGNED_CROSS_TOKEN`): refused by the proxy itself, no
+    voucher signed, with the gateway's message. Before (session 18) it was signed and sent,
+    and the charge at the gateway's TWAP stopped signing at the first answer. Its own
+    provider's model (owned_by "openai") is signed as before."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    signer.session = dataclasses.replace(signer.session, asset_symbol="GPT")
+    price = {"input_per_million": "0.000000000003", "output_per_million": "0.000000000006"}  # the fake's RATES
+    models = {"data": [{"id": MODEL, "owned_by": "anthropic", "pricing": {"GPT": price}}]}
+    signer.rates = RateBook.from_models(models)
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        upstream = httpx.AsyncClient(transport=gateway.transport(), base_url="http://gateway.test")
+        local = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_proxy(signer, upstream)), base_url="http://x"
+        )
+        return await local.post("/v1/chat/completions", json=body), await local.post("/v1/messages", json=body)
+
+    chat, messages = asyncio.run(main())
+    assert chat.status_code == messages.status_code == 400
+    assert chat.json()["error"]["code"] == messages.json()["error"]["type"] == SIGNED_CROSS_TOKEN
+    assert "sign in CLD or USDC" in chat.json()["error"]["message"]
+    assert gateway.received == [] and signer.book.lanes[0].live == 0 and signer.stopped is None
+    assert RateBook.from_models({"data": [{**models["data"][0], "owned_by": "openai"}]}).own_token(MODEL, "GPT") is None
 
 
 class _BrokenStream(httpx.AsyncByteStream):
