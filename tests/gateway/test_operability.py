@@ -372,6 +372,25 @@ def test_breaker__a_probe_answered_with_the_request_s_4xx__the_next_request_prob
     assert not health.is_open(cheap)
 
 
+def test_health_flush__two_processes_one_skipping_the_lot__the_table_says_so_whichever_flushes_last(
+    observed: Harness,
+) -> None:
+    """Each gateway process (`--workers`, several hosts) has its own breaker and adds its counts
+    to the one table. Before (health s18), a process where the lot's circuit was closed wrote
+    `circuit_open_until` back to none: the seller and the attestor saw the open circuit only
+    when the process skipping the lot happened to flush last."""
+    engine, now = observed.ledger.engine, [0.0]
+    skipping = LotHealth(failures=2, cooldown=600, clock=lambda: now[0])
+    serving = LotHealth(failures=2, cooldown=600, clock=lambda: now[0])
+    for _ in range(2):
+        skipping.failed(7, "500", 500)
+    serving.succeeded(7, 0.05)
+    skipping.flush(engine)
+    serving.flush(engine)
+    (seen,) = reports(engine, [7])
+    assert seen.requests == 3 and seen.circuit_open_until is not None and seen.circuit_open_until > seen.updated_at
+
+
 @pytest.mark.parametrize(
     ("status", "error", "expected"),
     [

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, case, select, update
 
 from promptex.gateway.schema import lot_health
 from promptex.ledger.journal import insert_ignore
@@ -264,7 +264,11 @@ class LotHealth:
     # ─── The report ──────────────────────────────────────────────────────────
 
     def flush(self, engine: Engine) -> None:
-        """Add this process's counts since the last flush to the table (blocking)."""
+        """Add this process's counts since the last flush to the table (blocking). Each
+        process has its own breaker: the table keeps the latest time any of them skips the
+        lot until (before (health s18), a process where its circuit was closed wrote it back
+        to none, so the seller and the attestor's review saw an open circuit only when the
+        process skipping it had flushed last)."""
         now = int(self._wall())
         for lot_id, state in list(self._lots.items()):
             opened = int(now + state.open_until - self._clock()) if self.is_open(lot_id) else None
@@ -288,9 +292,11 @@ class LotHealth:
                     "errors": c.errors + counts[1],
                     "answered": c.answered + counts[2],
                     "latency_ms_total": c.latency_ms_total + round(counts[3]),
-                    "circuit_open_until": opened,
                     "updated_at": now,
                 }
+                if opened is not None:  # the latest any process skips it until; one where it is closed clears nothing
+                    later = c.circuit_open_until > opened
+                    values["circuit_open_until"] = case((later, c.circuit_open_until), else_=opened)
                 if error is not None:
                     values.update(last_error=error, last_error_at=error_at)
                 if refused is not None:
