@@ -430,9 +430,9 @@ def test_summarized_thinking__billed_whole_within_its_budget__charged_and_the_si
     assert answer.status_code == 200 and shown is not None and shown.output_tokens == 35 + 12 + 3 + 48
     grant, _, api_key = _session(gw, tmp_path)
     signer = _signer(gw, grant, api_key, tmp_path)
-    assert signer.hold_for(MESSAGES, request)[1].prediction_bytes == 5_000
+    assert signer.hold_for(MESSAGES, request)[1].unshown_output == 5_000
     monkeypatch.setitem(signer.rates.catalog.models, "fake-claude", plain)  # type: ignore[union-attr]
-    assert signer.hold_for(MESSAGES, request)[1].prediction_bytes == 0
+    assert signer.hold_for(MESSAGES, request)[1].unshown_output == 0
 
 
 def test_long_stop_sequence__its_tokens_billed_and_not_shown__charged_and_the_signing_proxy_agrees(
@@ -458,7 +458,7 @@ def test_long_stop_sequence__its_tokens_billed_and_not_shown__charged_and_the_si
     shown = usage_of(MESSAGES, answer.json())
     assert answer.status_code == 200 and shown is not None and shown.output_tokens == 51
     check_counts(bounds(MESSAGES, body), shown, visible_bytes(MESSAGES, answer.json()))  # the proxy agrees
-    assert bounds("chat", {"model": "fake-gpt", "messages": body["messages"], "stop": stop}).prediction_bytes == 100
+    assert bounds("chat", {"model": "fake-gpt", "messages": body["messages"], "stop": stop}).unshown_output == 100
     answers.answer = {**answers.answer, "usage": {"input_tokens": 8, "output_tokens": 200}}  # beyond it: clamped
     answer = httpx.post(gw.url + "/v1/messages", json=body, headers=headers, timeout=30)
     shown = usage_of(MESSAGES, answer.json())

@@ -342,7 +342,7 @@ def test_plain_answers__charged_within_their_text_exactly_as_the_signing_proxy_c
     price, asks = load_catalog(CATALOG).price(model), asks_reasoning(endpoint, body)
     unshown = produced.unshown_output(endpoint, body, may_think=may_reason(price, asks))  # as Gateway.price
     priced = Priced(price, "USDC", LISTED, [], {}, 1, output=LIMIT, input_bound=input_bound,
-                    prediction_bytes=unshown, endpoint=endpoint, asks_reasoning=asks)  # fmt: skip
+                    unshown_output=unshown, endpoint=endpoint, asks_reasoning=asks)  # fmt: skip
     gateway = SimpleNamespace(_list_rates=lambda _: rates)
     lot = SimpleNamespace(id=1, api=api)
     charge = functools.partial(Gateway.bounded, gateway, priced, "req", lot)  # type: ignore[arg-type]

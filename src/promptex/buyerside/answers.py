@@ -77,8 +77,8 @@ class Bounds:
     # answer rewrote most of the prediction stopped signing. And its longest stop sequence's
     # bytes (`produced.stop_bytes`: generated, billed, not relayed) and a Messages request's
     # thinking budget (`produced.thinking_budget`: Claude 4 shows a summary of its thinking,
-    # billed whole).
-    prediction_bytes: int = 0
+    # billed whole). Together: `produced.unshown_output`.
+    unshown_output: int = 0
     # False: the model never reasons (the local catalog's `reasoning = false`, `RateBook.reasons`):
     # reasoning tokens reported for it are visible output, bounded by the answer's bytes, as
     # the gateway charges them (`Gateway.bounded`). Before, a gateway claiming 994 of 1,000
@@ -102,7 +102,7 @@ def bounds(endpoint: str, body: dict[str, Any], allowances: metering.ImageAllowa
             floor = prompt_floor(endpoint, body)
     except GatewayError as exc:
         raise ValueError(exc.message) from None
-    return Bounds(model, floor, bound, limit, *cache_marks(body), prediction_bytes=unshown_output(endpoint, body))
+    return Bounds(model, floor, bound, limit, *cache_marks(body), unshown_output=unshown_output(endpoint, body))
 
 
 def usage_of(endpoint: str, answer: Any) -> TokenUsage | None:
@@ -144,8 +144,8 @@ def check_counts(bound: Bounds, usage: TokenUsage, produced_bytes: int | None) -
     if bound.output_limit is not None and usage.output_tokens > bound.output_limit:
         raise AnswerRefused(f"{usage.output_tokens} output tokens reported, above max_tokens {bound.output_limit}")
     visible = visible_output(usage) if bound.reasoning else usage.output_tokens
-    if produced_bytes is not None and visible > visible_limit(produced_bytes, bound.prediction_bytes):
-        unshown = bound.prediction_bytes
+    if produced_bytes is not None and visible > visible_limit(produced_bytes, bound.unshown_output):
+        unshown = bound.unshown_output
         predicted = f" and {unshown} of its prediction, stop sequence or thinking" if unshown else ""
         raise AnswerRefused(f"{visible} output tokens reported for {produced_bytes} bytes of answer{predicted}")
     # Cache writes are priced above input (Anthropic: 1.25×, an hour's 2×) and a provider

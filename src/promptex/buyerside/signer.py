@@ -340,7 +340,7 @@ class Signer:
         if not book.reasons(bound.model, endpoint, body):  # its reported reasoning is visible output,
             # and its thinking budget no room (`produced.unshown_output`), as the gateway charges
             unshown = unshown_output(endpoint, body, may_think=False)
-            bound = dataclasses.replace(bound, reasoning=False, prediction_bytes=unshown)
+            bound = dataclasses.replace(bound, reasoning=False, unshown_output=unshown)
         own = book.own_token(bound.model, self.session.asset_symbol)
         if own is not None:  # before any voucher: the gateway would refuse it (its message, `SIGNED_CROSS_TOKEN`)
             message = signed_cross_token_message(bound.model, self.session.asset_symbol, own)

@@ -217,7 +217,7 @@ class Priced:
     lane_charged: int = 0  # signed mode: the lane's total charged before it
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
-    prediction_bytes: int = 0  # output its answer may hold unshown: a prediction, thinking (`produced.unshown_output`)
+    unshown_output: int = 0  # output tokens its answer may be billed beyond its text (`produced.unshown_output`)
     asks_reasoning: bool = False  # it asks its model to reason (`messages.asks_reasoning`: `Gateway.bounded`)
     # Signed mode, lots at several rates: each lot's output limit within the voucher's hold
     # (`output` is then the largest, and the limit of the lot being tried: `for_lot`).
@@ -492,7 +492,7 @@ class Gateway:
             cache_writes=cache_writes,
             endpoint=endpoint,
             claims=[LotClaim(lot.id, bound) for lot in free],
-            prediction_bytes=produced.unshown_output(endpoint, body, may_think=may_reason(price, asks)),
+            unshown_output=produced.unshown_output(endpoint, body, may_think=may_reason(price, asks)),
             asks_reasoning=asks,
         )
         return priced, output
@@ -1032,7 +1032,7 @@ class Gateway:
         visible output, bounded by the answer's text as any. Before, they escaped that
         bound: "Sunny." reported as 1,000 output tokens, 994 of them reasoning (or
         thinking), was charged 1,000, and the signing proxy passed it (6 visible)."""
-        visible = None if produced_bytes is None else produced.visible_limit(produced_bytes, priced.prediction_bytes)
+        visible = None if produced_bytes is None else produced.visible_limit(produced_bytes, priced.unshown_output)
         rates = self._list_rates(priced.price.model)
         reported = usage
         price = priced.price

@@ -209,7 +209,7 @@ def stop_bytes(endpoint: str, body: Any) -> int:
 
 def unshown_output(endpoint: str, body: Any, *, may_think: bool = True) -> int:
     """The output tokens an answer to `body` may be billed beyond its text (`visible_limit`'s
-    `predicted_bytes`): its prediction's bytes (`prediction_bytes`), its longest stop
+    `unshown`): its prediction's bytes (`prediction_bytes`), its longest stop
     sequence's (`stop_bytes`) and, for a model that may think (`may_think`: not one the
     catalog says never reasons, as its reported reasoning is not kept either), its thinking
     budget (`thinking_budget`)."""
@@ -222,7 +222,7 @@ def visible_output(usage: TokenUsage) -> int:
     return usage.output_tokens - usage.reasoning_tokens
 
 
-def visible_limit(produced_bytes: int, predicted_bytes: int = 0) -> int:
+def visible_limit(produced_bytes: int, unshown: int = 0) -> int:
     """The most visible output tokens an answer of `produced_bytes` (framed: `visible_bytes`)
-    can have, its request predicting `predicted_bytes` (`prediction_bytes`)."""
-    return produced_bytes + predicted_bytes
+    can have, its request's answer billed up to `unshown` beyond its text (`unshown_output`)."""
+    return produced_bytes + unshown
