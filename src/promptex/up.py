@@ -1118,7 +1118,7 @@ def closing_panel(options: UpOptions, ready: Ready) -> str:
             f"  dashboard   {dashboard}",
             f"  gateway     {gateway}  (OpenAI- and Anthropic-compatible)",
             f"  demo buyer  account {ready.buyer_account}, wallet {ready.buyer_wallet}: "
-            f"{money(ready.welcome_usd_micro, 'USDC')} of promotional credit",
+            f"{money(ready.welcome_usd_micro, 'USDC')} of promotional credit granted",  # not what is left now
             f"  demo org    {DEMO_ORG} (account {ready.org_account}), owner {ready.org_owner}",
             "",
             "Try it (pip install openai):",

@@ -29,6 +29,7 @@ from promptex.up import (
     archive_market,
     chain_behind_ledger,
     check_ports_free,
+    closing_panel,
     demo_finalizers,
     demo_lots_open,
     hold_market,
@@ -1155,3 +1156,18 @@ def test_up_killed_with_kill_9_during_a_step__the_step_gets_sigterm_not_left_dep
         ),
         stdout=subprocess.DEVNULL,
     )
+
+
+def test_closing_panel__the_demo_buyer_s_credit_as_granted__not_read_as_what_is_left(tmp_path: Path) -> None:
+    """A restart shows the panel ready.json recorded: before, "10.00 USDC of promotional credit"
+    after the demo buyer had spent some (9.99 left) — read as its balance now."""
+    from promptex.ready import Ready
+    from promptex.up import UpOptions
+
+    ready = Ready(6, "0x" + "aa" * 20, "px-demo", 10_000_000, 8, "0x" + "bb" * 20, "0x" + "cc" * 20)
+    options = UpOptions(
+        rpc_url=None, chain_port=1, gateway_host="127.0.0.1", gateway_port=2, upstream_port=3, seed=True
+    )
+    panel = closing_panel(options, ready)
+    assert "account 6, wallet 0x" + "aa" * 20 + ": 10.00 USDC of promotional credit granted" in panel
+    assert "promptex buyer balance --account 6    # what the demo buyer can spend" in panel  # what is left
