@@ -403,6 +403,13 @@ def test_health_flush__two_processes_one_skipping_the_lot__the_table_says_so_whi
         (404, {"type": "not_found_error", "message": "model: claude-9"}, Failure("model_not_found", model=True)),
         (404, {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model", "code": 404},
          Failure("model_not_found", model=True)),  # vLLM
+        (400, {"message": "/chat/completions: Invalid model name passed in model=gpt-9. Call `/v1/models` to view "
+               "available models for your key.", "type": "None", "param": "None", "code": "400"},
+         Failure("model_not_found", model=True)),  # a LiteLLM proxy
+        (400, {"message": "400: {'error': 'Invalid model name passed in model=gpt-9'}", "type": "None", "param": "None",
+               "code": 400}, Failure("model_not_found", model=True)),  # an older one
+        (400, {"message": "'Invalid model name passed in model=' is not one of ['system', 'user'] - "
+               "'messages.0.role'"}, None),  # a buyer's text repeated
         (400, {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic "
                "API. Please go to Plans & Billing to upgrade or purchase credits."}, Failure("billing")),
         (402, {"code": 402, "message": "Insufficient credits"}, Failure("402")),  # OpenRouter

@@ -28,6 +28,7 @@ the report the attestor reads.
 from __future__ import annotations
 
 import collections
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,12 +65,12 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
     The lot's: a 5xx; 401/403 (its key refused or not permitted), 402 (out of credit), 408,
     409, 429; "Your credit balance is too low" (Anthropic answers it 400); and a model its
     key lacks — OpenAI's `model_not_found`, Anthropic's `not_found_error` "model: …", a 404
-    about the `model` parameter (vLLM) — which is the (lot, model)'s alone: a lot serves every
-    model of its provider, and a key may lack one (sbreak s17 B4: such a lot answered every
-    buyer of that model 404, never skipped). Not the lot's: a 403 that OpenRouter's
-    moderation flagged (its body's `metadata.flagged_input`). The fields read are the
-    provider's (code, type, param, the message's start), never where a provider repeats a
-    buyer's text."""
+    about the `model` parameter (vLLM), a LiteLLM proxy's 400 "Invalid model name" — which
+    is the (lot, model)'s alone: a lot serves every model of its provider, and a key may lack
+    one (sbreak s17 B4: such a lot answered every buyer of that model 404, never skipped).
+    Not the lot's: a 403 that OpenRouter's moderation flagged (`metadata.flagged_input`).
+    The fields read are the provider's (code, type, param, the message's start), never where
+    a provider repeats a buyer's text."""
     if status >= 500:
         return Failure(str(status))
     if status < 400:
@@ -80,9 +81,16 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
         return None
     message = error.get("message")
     message = message if isinstance(message, str) else ""
-    if error.get("code") == "model_not_found" or (
-        status == 404
-        and (error.get("param") == "model" or (error.get("type") == "not_found_error" and message.startswith("model:")))
+    if (
+        error.get("code") == "model_not_found"
+        or (
+            status == 404
+            and (
+                error.get("param") == "model"
+                or (error.get("type") == "not_found_error" and message.startswith("model:"))
+            )
+        )
+        or (status == 400 and _LITELLM_NO_MODEL.match(message))
     ):
         return Failure("model_not_found", model=True)
     if status in LOT_STATUSES:
@@ -90,6 +98,11 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
     if status == 400 and message.startswith("Your credit balance is too low"):
         return Failure("billing")
     return None
+
+
+# A LiteLLM proxy without the model: "/chat/completions: Invalid model name passed in model=X. …",
+# older ones "400: {'error': 'Invalid model name passed in model=X'}" — at the message's start.
+_LITELLM_NO_MODEL = re.compile(r"(400: \{'error': ')?([\w/.]+: )?Invalid model name passed in model=")
 
 
 def _error_object(content: bytes) -> dict[str, object]:
