@@ -252,3 +252,19 @@ def test_balance__signed_mode_then_its_session_over_then_a_spend_cap__says_how_i
     text, mode = said()
     assert mode == "capped" and "session 1" not in text
     assert_human(text, "buyer balance")
+
+
+def test_usage__a_long_model_id__its_row_in_the_same_columns(ledger: Ledger) -> None:
+    """A model id longer than the column (Llama-4-Maverick-17B-128E-Instruct-FP8, 38 characters;
+    claude-3-5-haiku-latest, 23) pushed its row's tokens, cost and request right of every other row."""
+    buyer = ledger.create_account(AccountKind.USER).id
+    fund(ledger, buyer, "USDC", 50 * USDC)
+    spend(ledger, buyer, "USDC", 1_250_000, "req-a", "gpt-4o")
+    spend(ledger, buyer, "USDC", 2_000, "req-l", "Llama-4-Maverick-17B-128E-Instruct-FP8")
+
+    table = run("usage", "--account", str(buyer))
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.stdout.splitlines() if " req-" in line]
+    assert len(rows) == 2 and len({line.index(" USDC") for line in rows}) == 1, table.stdout
+    per_model = table.stdout.split("per model:")[1].split("per day:")[0].strip("\n").splitlines()
+    assert len(per_model) == 2 and len({len(line) for line in per_model}) == 1, table.stdout

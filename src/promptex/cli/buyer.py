@@ -438,21 +438,22 @@ def buyer_usage(account_id: int | None, wallet: str | None, key: str | None, sin
     if not records:
         click.echo(f"account {account}: no usage" + (f" since {since}" if since else ""))
         return
-    click.echo(f"{'time (UTC)':<17} {'model':<22} {'tokens in/out':>15} {'cost':>18}  {'mode':<14} request")
+    wide = max(22, *(len(r.model) for r in records))  # a longer model id no longer shifts its row's columns
+    click.echo(f"{'time (UTC)':<17} {'model':<{wide}} {'tokens in/out':>15} {'cost':>18}  {'mode':<14} request")
     per_model: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     per_day: dict[tuple[str, str], int] = defaultdict(int)
     for r in records:
         tokens = f"{r.input_tokens:,}/{r.output_tokens:,}"
         mode = r.mode if r.voucher_lane is None else f"{r.mode} lane {r.voucher_lane}"
         shown = money(r.cost, r.asset)
-        click.echo(f"{when(r):%Y-%m-%d %H:%M} {r.model:<22} {tokens:>15} {shown:>18}  {mode:<14} {r.request_id}")
+        click.echo(f"{when(r):%Y-%m-%d %H:%M} {r.model:<{wide}} {tokens:>15} {shown:>18}  {mode:<14} {r.request_id}")
         per_model[(r.model, r.asset)][0] += 1
         per_model[(r.model, r.asset)][1] += r.cost
         per_day[(f"{when(r):%Y-%m-%d}", r.asset)] += r.cost
     click.echo("per model:")
     for (model, symbol), (count, cost) in sorted(per_model.items()):
         noun = "request " if count == 1 else "requests"
-        click.echo(f"  {model:<22} {count:>6} {noun} {money(cost, symbol):>18}")
+        click.echo(f"  {model:<{wide}} {count:>6} {noun} {money(cost, symbol):>18}")
     click.echo("per day:")
     for (day, symbol), cost in sorted(per_day.items()):
         click.echo(f"  {day} {money(cost, symbol):>18}")
