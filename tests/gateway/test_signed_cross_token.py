@@ -63,8 +63,12 @@ def _gpt_session(gw: Harness, twaps: FakeTwaps, fake: Fake, tmp_path: Path) -> t
         signed_from=2,
     )  # fmt: skip
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {api_key}"}) as client:
-        signer = open_signer(grant, client, tmp_path, catalog=load_catalog(CATALOG)).signer
-    return grant, account, api_key, signer
+        opened = open_signer(grant, client, tmp_path, catalog=load_catalog(CATALOG))
+    # Said once when the proxy opens: its models of other providers are refused (fails before).
+    assert any(
+        "2 models not of GPT's provider (fake-claude, fake-gemini) are refused here" in note for note in opened.notes
+    )
+    return grant, account, api_key, opened.signer
 
 
 def _ask(gw: Harness, signer: Signer, api_key: str, ask: str, model: str = "fake-claude") -> httpx.Response:

@@ -55,6 +55,13 @@ def open_signer(
     answer.raise_for_status()
     rates = RateBook.from_models(answer.json(), catalog)
     notes.extend(rates.image_disagreements(CHAT_IMAGE_TOKENS))
+    across = sorted(model for model in rates.listed if rates.own_token(model, grant.asset_symbol) is not None)
+    if across:  # refused at each request too (`Signer.hold_for`): said once, up front
+        shown = ", ".join(across[:3]) + (", …" if len(across) > 3 else "")
+        notes.append(
+            f"{len(across)} models not of {grant.asset_symbol}'s provider ({shown}) are refused here: "
+            f"signed mode paying in another provider's token is not built (sign in their own token or USDC)"
+        )
     reports = None
     try:
         lanes = client.get(LANES_PATH, params={"asset": grant.asset_symbol})
