@@ -305,3 +305,56 @@ def test_restart__the_chain_settled_above_the_last_told_total__signing_stops(tmp
     log.close()
     resumed = VoucherLog(tmp_path / "v.log", IDENTITY)  # stopped on disk; the lane at what was settled
     assert resumed.stopped is not None and resumed.charged(1, 0) == settled
+
+
+@pytest.mark.parametrize("left", ["a request in flight", "a drop before the shed"])
+def test_restart__a_shed_voucher_the_gateway_kept__neither_the_floor_nor_the_bound__signing_stops(
+    tmp_path: Path, left: str
+) -> None:
+    """A gateway labels a large request "429 capacity_busy" while booking its voucher's whole
+    ceiling; the proxy restarts with the lane's outcome unknown (a request in flight, or a
+    charged drop before the shed: the lane only bounded). Recovery bounds the lane by the
+    ceilings the gateway may have accepted (the one in flight; the lane's `live` as the log
+    last recorded it): its report of the booked total is not believed, and its next figure
+    naming it stops signing — the loss stays within the shed's hold (and the drop's).
+    Before (s3break s18), every ceiling signed bounded it: the report became the floor new
+    ceilings were built on (or was adopted exact), the growth weighed as the in-flight
+    request's or the drop's, and signing went on — a hold more per restart, up to the stop
+    rule's N (3 restarts: 3 holds lost)."""
+    from promptex.buyerside.recovery import ChainSession, recover
+    from promptex.buyerside.wire import lane_reports
+
+    gateway = ShedLabelGateway(lanes=1, claim_ceiling=True)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello hello"}], "max_tokens": 4}
+    with httpx.Client(transport=PromptexSigningTransport(signer, inner=gateway.transport()),
+                      base_url="http://gateway.test") as client:  # fmt: skip
+        received = _fake_ask(client, gateway, 4)
+        drop = 0
+        if left == "a drop before the shed":
+            gateway.drop_after_charge = True
+            with pytest.raises(httpx.ReadError):
+                _fake_ask(client, gateway, 4)
+            gateway.drop_after_charge, drop = False, signer.book.lanes[0].largest_hold
+        gateway.labelling, gateway.error_status, gateway.charge_errors = True, 429, True
+        _fake_ask(client, gateway, 400)  # a large hold, its whole ceiling booked under the label
+        gateway.labelling, gateway.error_status, gateway.charge_errors = False, 0, False
+    if left == "a request in flight":
+        signer.begin("/v1/chat/completions", body)  # logged; the process dies before its answer
+    assert signer.stopped is None and signer.shed == 1
+    hold = signer.book.lanes[0].largest_hold
+    signer.log.close()
+    log = VoucherLog(tmp_path / "v.log", IDENTITY)
+    chain = ChainSession(IDENTITY.key, 1, 1, 10**12, 0, (0,))
+    recovered = recover(IDENTITY, chain, lane_reports(gateway.lanes_report()), log)
+    assert any("not believed" in note for note in recovered.notes), recovered.notes
+    lane = recovered.book.lanes[0]
+    assert not lane.exact and lane.charged < gateway.book[0].charged and lane.floor < gateway.book[0].charged
+    again = Signer(Session(IDENTITY, SESSION_KEY, 1, 1, 10**12, ASSET), recovered.book, log,
+                   RateBook({(MODEL, ASSET): RATES}))  # fmt: skip
+    with httpx.Client(transport=PromptexSigningTransport(again, inner=gateway.transport()),
+                      base_url="http://gateway.test") as client:  # fmt: skip
+        for _ in range(3):
+            received += _fake_ask(client, gateway, 4)
+    assert again.stopped is not None and "above the" in again.stopped
+    assert gateway.book[0].charged - received <= hold + drop

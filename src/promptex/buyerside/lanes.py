@@ -80,19 +80,21 @@ class Lane:
         return {"errors": self.errors, "pending": self.pending, "from": str(self.errors_from),
                 "from_exact": self.errors_from_exact, "hold": str(self.pending_hold), "lost": str(self.lost),
                 "lost_holds": self.lost_holds, "closed": self.closed, "allowance": str(self.allowance),
-                "closed_weight": str(self.closed_weight), "slack": str(self.slack)}  # fmt: skip
+                "closed_weight": str(self.closed_weight), "slack": str(self.slack),
+                "live": str(self.live)}  # fmt: skip
 
     def in_flight(self, hold: int, base: int | None) -> None:
         """A request whose outcome never came (it was in flight when the proxy stopped),
         signed for `hold` on the exactly known total `base` (None: a bound): counted as an
-        answer without figures (`Signer._without_figures`), the lane bounded by its ceiling."""
+        answer without figures (`Signer._without_figures`), the lane bounded by the highest
+        ceiling the gateway may have accepted (`live`: its ceiling, when the log knows it)."""
         if self.pending == 0 and self.closed == 0:
             self.errors_from, self.errors_from_exact = (self.floor, False) if base is None else (base, True)
             self.pending_hold = self.allowance = self.slack = self.closed_weight = 0
         self.pending += 1
         self.pending_hold = max(self.pending_hold, hold)
         self.errors += 1
-        self.charged, self.exact = max(self.charged, self.signed), False
+        self.charged, self.exact = max(self.charged, self.live), False
 
 
 class LaneBook:

@@ -6,13 +6,17 @@ Per lane, what was charged so far is:
   lane was answered (exact: the gateway's report may not raise it; the chain settled
   above it: a total the gateway never told, and signing stops);
 - when the log holds no outcome of the lane's last voucher (in flight when the proxy
-  stopped), at most its highest ceiling, that request counted as an answer without
+  stopped), at most that voucher's ceiling (above every one the gateway may have accepted:
+  a voucher it refused or shed bounds nothing), that request counted as an answer without
   figures (weighed by the stop rule until the lane's next figure: `Lane.in_flight`);
 - the gateway's `charged_units`, when its voucher verifies, covers that figure and the
   lane has no request in flight (exact);
-- else the most that can have been charged: the highest ceiling known to be signed (the
-  log's, a verified gateway voucher's, or the chain's settled total), marked inexact; the
-  next answer on the lane tells the figure again.
+- else the most that can have been charged: the lane's `live` as its last outcome in the
+  log recorded it, else the highest ceiling known to be signed (the log's, a verified
+  gateway voucher's, or the chain's settled total), marked inexact; the next answer on the
+  lane tells the figure again.
+The chain settled above what the log shows the gateway may have charged, or a gateway's
+report above it, is its lie: the first stops signing, the second is not believed.
 Nothing is trusted that is not covered by a voucher of this key: an unverifiable gateway
 report is ignored and said so in the notes.
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from promptex.buyerside.lanes import LaneBook
+from promptex.buyerside.lanes import Lane, LaneBook
 from promptex.buyerside.signer import voucher_signer
 from promptex.buyerside.voucherlog import Identity, Stop, VoucherLog
 from promptex.buyerside.wire import LaneReport
@@ -65,6 +69,18 @@ def recover(
         raise ValueError(f"the vault's session key for this account is {chain.key}, not {identity.key}")
     book = LaneBook(chain.session, chain.lanes, chain.maximum)
     out = Recovered(book)
+
+    def settled_above(lane: Lane, settled: int, what: str) -> None:
+        """The chain settled the lane above what the log shows the gateway may have charged
+        (`what`): signing stops, said in a note; the lane stands exact at what was settled
+        (written: a resume goes on from it, and the next restart does not stop again)."""
+        reason = f"the chain settled {shown(settled)} on lane {lane.index}, above {what}"
+        out.notes.append(f"lane {lane.index}: {reason}: signing stopped")
+        if voucher_log.stopped is None:
+            voucher_log.write_stop(Stop(reason, lane.index, int(time.time())))
+        voucher_log.write_charged(chain.session, lane.index, settled, lane.verified, lane.reasoning)
+        lane.charged, lane.exact, lane.floor = settled, True, settled
+
     by_lane: dict[int, LaneReport] = {}
     for report in reports or []:
         if report.session != chain.session or not 0 <= report.lane < chain.lanes:
@@ -122,15 +138,8 @@ def recover(
             # gave it one hold more, silently, for good (s3break s18). Signing stops, as it
             # does when an answer shows the total grown from an exactly known one
             # (`Signer._charged`); the lane stands at what was settled (a resume goes on from it).
-            reason = (
-                f"the chain settled {shown(settled)} on lane {lane.index}, above the {shown(told)} the gateway's "
-                "last answer told with every voucher of the lane answered"
-            )
-            out.notes.append(f"lane {lane.index}: {reason}: signing stopped")
-            if voucher_log.stopped is None:
-                voucher_log.write_stop(Stop(reason, lane.index, int(time.time())))
-            voucher_log.write_charged(chain.session, lane.index, settled, lane.verified, lane.reasoning)
-            lane.charged, lane.exact, lane.floor = settled, True, settled
+            settled_above(lane, settled, f"the {shown(told)} the gateway's last answer told with every voucher of "
+                          "the lane answered")  # fmt: skip
             continue
         if told is not None and logged >= lane.signed:
             # Every voucher in the log was answered, the last telling the total: that figure,
@@ -142,6 +151,31 @@ def recover(
             lane.charged, lane.exact, lane.floor = told, True, told
             continue
         unanswered = voucher_log.unanswered(chain.session, lane.index)
+        # The highest ceiling the gateway may have accepted, when the log knows it (every
+        # voucher known is in it): its last voucher's, in flight (above every ceiling before
+        # it), or the lane's `live` as its last outcome recorded it (a shed or a refused
+        # voucher gives it back); None: only the highest ceiling signed bounds it. Before
+        # (s3break s18), always the highest signed: a voucher the gateway labelled a shed
+        # while keeping it became, across a restart, the floor new ceilings were built on
+        # (its report) or the bound the next figure was checked against: one hold more per
+        # restart, within the stop rule's N but not the one hold a shed may cost.
+        accepted = None
+        if logged >= lane.signed:
+            if unanswered is not None:
+                accepted = voucher_log.last_ceiling(chain.session, lane.index)
+            elif counted is not None and "live" in counted:
+                accepted = int(counted["live"])
+        if accepted is not None:
+            if settled > accepted:
+                settled_above(lane, settled, f"every voucher the gateway accepted ({shown(accepted)} at most)")
+                continue
+            if found is not None and found.charged > accepted:
+                out.notes.append(
+                    f"lane {lane.index}: the gateway says {shown(found.charged)} charged, above every voucher it "
+                    f"accepted ({shown(accepted)} at most): not believed"
+                )
+                found = None
+            lane.live = accepted
         if unanswered is not None:
             # Its last request was in flight when the proxy stopped (no outcome in the log):
             # an answer without figures, weighed until the lane's next figure tells what it
@@ -161,7 +195,7 @@ def recover(
         if found is not None and not found.in_flight and found.charged >= settled:
             lane.charged, lane.exact, lane.floor = found.charged, True, found.charged
         else:
-            lane.charged, lane.exact = lane.signed, lane.signed == 0
+            lane.charged, lane.exact = lane.live, lane.live == 0
             # What new ceilings are built on: the chain's settled total, or the gateway's
             # verified report (within its voucher: never more than the ceilings it holds).
             lane.floor = max(settled, found.charged if found is not None else 0)

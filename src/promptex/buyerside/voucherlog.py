@@ -89,6 +89,7 @@ class VoucherLog:
         # no outcome of it is written (a `charged` or `errors` line after it): a request in
         # flight, or in flight when the process stopped (`recovery` weighs it).
         self.open: dict[tuple[int, int], tuple[int, int | None]] = {}
+        self.last: dict[tuple[int, int], int] = {}  # per lane, its last voucher's ceiling
         records = self._read()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_APPEND: each write lands at the end even after a torn line was cut off below.
@@ -148,6 +149,7 @@ class VoucherLog:
         else:
             self.open.pop(key, None)
         self.holds[key] = max(self.holds.get(key, 0), hold)
+        self.last[key] = voucher.ceiling
         if key not in self.highest or voucher.ceiling > self.highest[key].ceiling:
             self.highest[key] = voucher
 
@@ -214,6 +216,10 @@ class VoucherLog:
         """The lane's last voucher's (hold, exact total it was signed on, or None) if no
         outcome of it was written: its request was in flight when the log was last written."""
         return self.open.get((session, lane))
+
+    def last_ceiling(self, session: int, lane: int) -> int:
+        """The ceiling of the lane's last voucher (0: none)."""
+        return self.last.get((session, lane), 0)
 
     def error_state(self, session: int, lane: int) -> dict[str, Any] | None:
         """A lane's count of answers without figures as last recorded (None: none since a resume)."""
