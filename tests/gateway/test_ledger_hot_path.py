@@ -154,3 +154,45 @@ def test_pg_one_statement_reserve__applied_whole_or_rolled_back_whole(
         ledger.check()
     finally:
         ledger.close()
+
+
+def test_raw_statements__bound_by_position__the_same_rows() -> None:
+    """`sqlite_statements.run` binds by position: for a mapping, Python's sqlite3 asks SQLite
+    each parameter's name with the GIL released around the call (the ledger thread then
+    hands the GIL to the event loop and back once per parameter). The values land where
+    their names say, literals and parameters used twice included; names a statement does
+    not use are ignored."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, create_engine, insert, update
+
+    from promptex.ledger.holds.sqlite_statements import cursor, run
+
+    table = Table("t", MetaData(), Column("a", Integer, primary_key=True), Column("b", String), Column("c", Integer))
+    engine = create_engine("sqlite://")
+    table.metadata.create_all(engine)
+    sent: list[tuple[str, object]] = []
+
+    class Spy:
+        def __init__(self, cur: object) -> None:
+            self.cur = cur
+
+        def execute(self, text: str, args: object) -> None:
+            sent.append((text, args))
+            self.cur.execute(text, args)  # type: ignore[attr-defined]
+
+    add = insert(table)
+    change = (
+        update(table)
+        .where(table.c.a == bindparam("p_a"), table.c.b != "gone")
+        .values(b=bindparam("p_b"), c=table.c.c + bindparam("p_a"))
+    )
+    with engine.begin() as conn:
+        spy = Spy(cursor(conn))
+        run(spy, conn, add, {"a": 1, "b": "x", "c": 10, "unused": 0}, ("a", "b", "c"))
+        run(spy, conn, add, {"a": 2, "b": "gone", "c": 20}, ("a", "b", "c"))
+        run(spy, conn, change, {"p_a": 1, "p_b": "y", "p_unused": 5})
+        run(spy, conn, change, {"p_a": 2, "p_b": "z"})
+        rows = conn.execute(table.select().order_by(table.c.a)).all()
+    assert [tuple(row) for row in rows] == [(1, "y", 11), (2, "gone", 20)]
+    for text, args in sent:
+        assert ":" not in text and "?" in text, text
+        assert not isinstance(args, dict), args
