@@ -207,10 +207,10 @@ class Settings(BaseSettings):
     gateway_hold_margin_seconds: float = 60.0
     # How often the gateway sweeps expired holds (any process's) and extends its own.
     gateway_sweep_seconds: float = 10.0
-    # Upstream timeouts: connecting; then between streamed chunks, and the whole of a plain
-    # answer (or a stream's wait for its first content) plus its output limit at the floor
-    # rate below, within the request's deadline (`Gateway.upstream_wait`): "hi" with
-    # max_tokens 100 fails over after 125 s, a 16k-token answer waits until the deadline.
+    # Upstream timeouts: connecting; then a stream's head and between streamed chunks, and the
+    # whole of a plain answer (or a stream's wait for its first content) plus its output limit
+    # at the floor rate below, within the request's deadline (`Gateway.upstream_wait`): "hi"
+    # with max_tokens 100 fails over after 125 s, a 16k-token answer waits until the deadline.
     gateway_upstream_connect_timeout_seconds: float = 5.0
     gateway_upstream_timeout_seconds: float = 120.0
     gateway_upstream_floor_tokens_per_second: float = 20.0

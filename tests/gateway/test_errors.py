@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 
 from human_units import assert_human
 from promptex.config import ConfigurationError, Settings
+from promptex.fakes.upstream import FakeUpstreamConfig
 from promptex.gateway.service import check_hold_lifetime
 from promptex.ledger.schema import holds
 from promptex.protocol.units import USD_MICRO as USDC
@@ -180,6 +182,34 @@ def test_chat_stream__silent_before_its_first_content__waited_for__then_the_time
     fake.config.think_ms, fake.config.chunk_delay_ms = 0, 400
     answer = post(gw, key, body)
     assert answer.status_code == 200 and _streamed(answer) == "alpha", answer.text
+    gw.ledger.check()
+
+
+def test_chat_stream__cheapest_lot_accepts_and_never_answers__its_head_owed_within_the_timeout__failed_over(
+    gw: Harness, second_fake: Fake
+) -> None:
+    """A stream's head is owed within the upstream timeout, not the first content's long
+    wait (slowlot s18): a lot that accepts the connection and never answers failed there,
+    counted against it, and the request is served by the next lot. Before, a stream with a
+    large output limit waited for that head until its deadline: 504 request_deadline, the
+    lot not counted (its circuit never opened), for every such request it was routed first."""
+    with socket.socket() as silent:  # listening, never accepting: the kernel takes the connection
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hanging = gw.add_lot(
+            Fake(FakeUpstreamConfig(), f"http://127.0.0.1:{silent.getsockname()[1]}/v1"), rate_bps=5000
+        )
+        gw.add_lot(second_fake, rate_bps=6000)
+        account, key = gw.buyer(amount=USDC)
+        gw.gateway.client.timeout = 0.2
+        gw.gateway.s = gw.settings.model_copy(update={"gateway_request_deadline_seconds": 1.0})
+        body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 4_000, "stream": True}
+        assert gw.gateway.upstream_wait(4_000) == 1.0  # its first content may take until the deadline
+        answer = post(gw, key, body)
+        assert answer.status_code == 200 and _streamed(answer).startswith("alpha bravo"), answer.text
+        assert gw.gateway.health._lots[hanging].failures == 1  # a timeout, as connecting's
+        assert second_fake.config.requests == 1
+    assert gw.ledger.balance(account, "USDC").held == 0
     gw.ledger.check()
 
 

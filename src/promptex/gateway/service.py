@@ -1339,11 +1339,18 @@ class Gateway:
             began = time.perf_counter()
             try:
                 async with asyncio.timeout_at(priced.deadline):
-                    # Until its first content, as long as a plain answer (a reasoning model sends
-                    # its role chunk, then nothing while it reasons); then between chunks, the
-                    # upstream timeout (`MeteredStream`).
+                    # Its head (status line and headers) within the upstream timeout: every
+                    # provider sends a stream's head at once, so a lot silent past it failed
+                    # (failover, counted), as a connect timeout is. Before (slowlot s18) the
+                    # head had the first content's long wait: a cheapest lot that accepts
+                    # connections and never answers held every stream with a large output
+                    # limit until its deadline (504, not the lot's failure: never skipped).
+                    # Then until its first content, as long as a plain answer (a reasoning
+                    # model sends its role chunk, then nothing while it reasons); then between
+                    # chunks, the upstream timeout again (`MeteredStream`).
                     wait = self.upstream_wait(output)
-                    upstream = await self.client.post(call.url, call.headers, call.content, timeout=wait)
+                    upstream = await self.client.post(call.url, call.headers, call.content)
+                    upstream.timeout = wait
                     status = upstream.status_code
                     if 400 <= status < 500:  # its body says whose fault it is (`failure`); read within the
                         await upstream.read(wait - (time.perf_counter() - began))  # deadline (review s17)

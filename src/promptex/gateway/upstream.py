@@ -7,7 +7,8 @@ h11, pool bookkeeping) as the largest single cost per request. This client does 
 thing the gateway needs — POST a body, read a status, headers and a body or a stream —
 with a fraction of the work. TLS works (real providers are https); HTTP/2 and proxies do
 not. Timeouts: connecting, then between any two reads, or the one a call names (the
-gateway's: the whole of a non-streaming call, a stream's first content; `Gateway.upstream_wait`).
+gateway's: the whole of a non-streaming call; a stream's first content, set on its response
+once its head came within the client's own; `Gateway.upstream_wait`).
 """
 
 from __future__ import annotations
