@@ -391,6 +391,36 @@ def test_health_flush__two_processes_one_skipping_the_lot__the_table_says_so_whi
     assert seen.requests == 3 and seen.circuit_open_until is not None and seen.circuit_open_until > seen.updated_at
 
 
+def test_breaker__a_stream_probing_a_lot__the_probe_is_its_until_it_ends(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A stream that probes a lot past its cool-down holds the probe until its end decides
+    (served: closed): another request meanwhile goes to the next lot. (e79f19b gave a probe
+    back when its attempt ended: for a stream handed over, that was at its head, so every
+    request meanwhile tried the lot, and a lot breaking off after its head broke them all.)"""
+    gw = observed
+    cheap = gw.add_lot(fake, rate_bps=5000)
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    health, now = gw.gateway.health, [0.0]
+    health._clock = lambda: now[0]
+    for _ in range(2):
+        health.failed(cheap, "500", 500)
+    now[0] = 3_600.0  # past its cool-down (`observed`)
+    fake.config.chunk_delay_ms = 150
+    body = {**HELLO, "max_tokens": 4, "stream": True}
+    with httpx.stream(
+        "POST", gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as s:
+        assert s.status_code == 200
+        events = s.iter_raw()
+        next(events)  # the probe's head and first event came
+        assert post(gw, key, HELLO).status_code == 200
+        assert (fake.config.requests, second_fake.config.requests) == (1, 1)  # the probe still the stream's
+        assert b"[DONE]" in b"".join(events)
+    until(lambda: not health.is_open(cheap), "the stream's end closed the circuit")
+
+
 @pytest.mark.parametrize(
     ("status", "error", "expected"),
     [

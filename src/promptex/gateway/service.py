@@ -210,6 +210,7 @@ class Priced:
     endpoint: str = ""
     lot_id: int | None = None  # the lot whose capacity the hold has (set at reserve)
     upstream_seconds: float = 0.0  # the answering upstream call's time (non-streamed)
+    streaming: bool = False  # a stream handed over: its end tells its lot's breaker (`stream_done`)
     hold_seconds: float = 0.0  # the loop's wait for its hold (ledger thread, commit)
     settle_seconds: float = 0.0  # and for its settle: both in `server-timing`
     claims: list[LotClaim] = field(default_factory=list)
@@ -1224,8 +1225,9 @@ class Gateway:
             if self.health.allows(lot.id, model):
                 try:
                     yield lot
-                finally:  # its attempt is over (the next lot asked for, or the request ended)
-                    self.health.released(lot.id, model)
+                finally:  # its attempt is over (the next lot asked for, or the request ended) —
+                    if not priced.streaming:  # a stream's goes on: its end decides (`stream_done`)
+                        self.health.released(lot.id, model)
 
     def _failed(
         self, lot: LiveLot, what: str, failures: list[str], status: int | None = None, model: str | None = None
@@ -1367,7 +1369,7 @@ class Gateway:
                 # A native Messages stream's message_start shows its input within the bounds.
                 bound = functools.partial(self.bounded, priced, request_id, lot)
                 translator = adapter.translator(endpoint, priced.price.model, include_usage, bound)
-                handed_over = True
+                handed_over = priced.streaming = True
                 return MeteredStream(self, key, priced, request_id, lot, upstream, translator, endpoint)
             except UpstreamTimeout:
                 self._failed(lot, "timeout", failures)
@@ -1410,12 +1412,16 @@ class Gateway:
             log.warning("stream %s: lot %d sent no content and no usage: not charged", stream.request_id, stream.lot.id)
             if not neutral:  # an upstream failure, as a 5xx is: in the lot's errors and its circuit breaker
                 self._failed_answered(stream.lot, "empty")
+            else:
+                self.health.released(stream.lot.id, stream.priced.price.model)
             await self.release(stream.key, stream.priced, stream.request_id)
             return None
         if tr.finished or stream.timed_out:
             self.health.closed(stream.lot.id, stream.priced.price.model)
         elif not neutral:
             self._failed_answered(stream.lot, "broken")
+        else:  # its client left, or the gateway cut it: a probe it was is given back (`LotHealth.released`)
+            self.health.released(stream.lot.id, stream.priced.price.model)
         usage = tr.usage
         if usage is None or not tr.finished:
             # Cut short: the input as reported (with its cached parts) and the output
