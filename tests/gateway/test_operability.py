@@ -325,6 +325,31 @@ def test_breaker__a_buyer_s_request_refused_404_or_flagged_403__neither_counted_
     assert _failures_in_a_row(gw, lot) == 0 and not gw.gateway.health.is_open(lot)
 
 
+def test_breaker__a_model_the_endpoint_does_not_serve__the_request_s_404__no_lot_tripped(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """OpenAI answers 404 about `model` for a model the endpoint does not serve ("This is a chat
+    model and not supported in the v1/completions endpoint"): the request's — the buyer gets
+    it, no other lot is tried, nothing counts. Before (s3break s18), a 404 about `model` was
+    the (lot, model)'s failure: a buyer sending gpt-4o to /v1/completions (free: a 4xx is not
+    charged), its max rate leaving only the cheaper lots, opened their (lot, gpt-4o) circuits
+    for every gpt-4o buyer, traffic sent to the pricier lots."""
+    gw = observed
+    cheaper = gw.add_lot(fake, rate_bps=5000)
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    fake.config.fail_status = 404
+    fake.config.fail_error = {"message": "This is a chat model and not supported in the v1/completions endpoint. "
+                              "Did you mean to use v1/chat/completions?", "type": "invalid_request_error",
+                              "param": "model", "code": None}  # fmt: skip
+    for body in (HELLO, {**HELLO, "stream": True}, HELLO):  # `observed`: 2 failures open a circuit
+        assert post(gw, key, body).status_code == 404
+    assert second_fake.config.requests == 0
+    fake.config.fail_status = None
+    assert post(gw, key, HELLO).status_code == 200 and second_fake.config.requests == 0  # not skipped
+    assert gw.gateway.health.may_try(cheaper, HELLO["model"]) and _failures_in_a_row(gw, cheaper) == 0
+
+
 def test_breaker__a_pricier_lot_past_its_cool_down__its_probe_is_the_request_that_reaches_it(
     observed: Harness, fake: Fake, second_fake: Fake
 ) -> None:
@@ -454,6 +479,14 @@ def test_breaker__a_stream_probing_a_lot__the_probe_is_its_until_it_ends(
         (400, {"message": "'Your credit balance is too low' is not one of ['system', 'user'] - 'messages.0.role'"},
          None),  # a buyer's text repeated: not at the start
         (404, {"message": "No such File object: model_not_found", "param": "file_id"}, None),
+        # OpenAI's answer to a model the endpoint does not serve (a buyer's gpt-4o on /v1/completions).
+        (404, {"message": "This is a chat model and not supported in the v1/completions endpoint. Did you mean to "
+               "use v1/chat/completions?", "type": "invalid_request_error", "param": "model", "code": None}, None),
+        (404, {"message": "This is not a chat model and thus not supported in the v1/chat/completions endpoint. "
+               "Did you mean to use v1/completions?", "type": "invalid_request_error", "param": "model",
+               "code": None}, None),
+        (404, {"message": "This model is only supported in v1/responses and not in v1/chat/completions.",
+               "type": "invalid_request_error", "param": "model", "code": None}, None),
         (403, {"code": 403, "message": "flagged", "metadata": {"reasons": ["x"], "flagged_input": "..."}}, None),
         (413, {"type": "request_too_large", "message": "Request exceeds the maximum size"}, None),
         (422, {"message": "bad"}, None),

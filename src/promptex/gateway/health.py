@@ -65,7 +65,8 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
     The lot's: a 5xx; 401/403 (its key refused or not permitted), 402 (out of credit), 408,
     409, 429; "Your credit balance is too low" (Anthropic answers it 400); and a model its
     key lacks — OpenAI's `model_not_found`, Anthropic's `not_found_error` "model: …", a 404
-    about the `model` parameter (vLLM), a LiteLLM proxy's 400 "Invalid model name" — which
+    about the `model` parameter saying it does not exist (vLLM; not OpenAI's "not supported in
+    the v1/… endpoint", the request's), a LiteLLM proxy's 400 "Invalid model name" — which
     is the (lot, model)'s alone: a lot serves every model of its provider, and a key may lack
     one (sbreak s17 B4: such a lot answered every buyer of that model 404, never skipped).
     Not the lot's: a 403 that OpenRouter's moderation flagged (`metadata.flagged_input`).
@@ -86,7 +87,7 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
         or (
             status == 404
             and (
-                error.get("param") == "model"
+                (error.get("param") == "model" and _NO_SUCH_MODEL.search(message) is not None)
                 or (error.get("type") == "not_found_error" and message.startswith("model:"))
             )
         )
@@ -99,6 +100,14 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
         return Failure("billing")
     return None
 
+
+# A 404 about the `model` param that says the server has no such model (vLLM, SGLang: "The model
+# `x` does not exist."). OpenAI answers 404 about `model` for a model the endpoint does not serve
+# too — "This is a chat model and not supported in the v1/completions endpoint", "This is not a
+# chat model …", "only supported in v1/responses" — which is the request's: every lot answers it
+# so, and a buyer sending gpt-4o to /v1/completions (free: a 4xx is not charged), with a max rate
+# that leaves only the cheaper lots, opened their (lot, model) circuits for every buyer (s3break s18).
+_NO_SUCH_MODEL = re.compile(r"does not exist|not found", re.IGNORECASE)
 
 # A LiteLLM proxy without the model: "/chat/completions: Invalid model name passed in model=X. …",
 # older ones "400: {'error': 'Invalid model name passed in model=X'}" — at the message's start.
