@@ -247,6 +247,22 @@ def test_proxy__max_rate_set__the_re_reads_do_not_move_it__the_start_line_says_t
     assert bounded.max_rate(MODEL) == 7_000
 
 
+def test_proxy__start_line__one_rate_for_every_model__said_once() -> None:
+    """`promptex up`'s market lists 25 models, each at 60 %: the start line named all 25 ("… gpt-4o 60 %,
+    gpt-4o-mini 60 %, …"); one rate is said once, several still per model."""
+    from types import SimpleNamespace
+
+    from promptex.cli.proxy import max_rate_line
+
+    def line(rates: dict[str, int]) -> str:
+        return max_rate_line(SimpleNamespace(max_rate_bps=None, default_max_rates=lambda: rates))  # type: ignore[arg-type]
+
+    same = line({"gpt-4o": 6_000, "gpt-4o-mini": 6_000, "claude-haiku-4-5": 6_000})
+    assert "60 % of list price for each of its 3 models, never raised" in same and "gpt-4o" not in same, same
+    assert "gpt-4o 60 %, claude-haiku-4-5 90 %" in line({"gpt-4o": 6_000, "claude-haiku-4-5": 9_000})
+    assert "(gpt-4o 60 % of list price)" in line({"gpt-4o": 6_000})
+
+
 def test_proxy__rates_not_readable_again__the_book_read_before_kept(tmp_path: Path) -> None:
     import asyncio
 

@@ -112,6 +112,13 @@ def max_rate_line(signer: Signer) -> str:
             "  lots charge at most, per model, the highest rate the gateway lists at its first request (none listed "
             "now), never raised after; bound it with --max-rate"
         )
+    if len(defaults) > 1 and len(set(defaults.values())) == 1:  # one rate: said once, not once per model
+        # (before: "Llama-3.3-70B-Instruct 60 %, … text-embedding-3-small 60 %", 25 models on a local market)
+        (bps,) = set(defaults.values())
+        return (
+            f"  lots charge at most the highest rate the gateway lists now: {percent(bps)} of list price for each of "
+            f"its {len(defaults)} models, never raised while this runs; bound it with --max-rate"
+        )
     shown = ", ".join(f"{model} {percent(bps)}" for model, bps in defaults.items())
     return (
         f"  lots charge at most the highest rate the gateway lists now, per model ({shown} of list price), never "
