@@ -9,6 +9,8 @@ the advertised rates: signing stops."""
 from __future__ import annotations
 
 import copy
+import socket
+import threading
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -473,6 +475,47 @@ def test_transport__rates_read_again_when_due__a_list_price_lowered_since_does_n
     assert models.headers["x-promptex-asset"] == ASSET
     assert signer.stopped is None, signer.stopped
     assert signer.rates.list_price(MODEL, ASSET) == RATES.scaled(ASSET, Fraction(BPS, 2 * BASIS_BPS))
+
+
+def test_transport__rates_due_the_gateway_never_answers_models__within_the_client_s_timeout(tmp_path: Path) -> None:
+    """A re-read of /v1/models is made within the request's own timeouts (its client's): a
+    gateway that accepts the connection and never answers it costs the request that timeout,
+    then the book read before is kept and the request goes on. Before (s3break s18), the
+    re-read was a bare request without timeouts: the caller hung past its client's timeout
+    for as long as the gateway held the connection."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = _signer(gateway, tmp_path / "v.log")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog), never answers
+    port = silent.getsockname()[1]
+
+    class Split(httpx.BaseTransport):
+        def __init__(self) -> None:
+            self.http = httpx.HTTPTransport()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/v1/models"):
+                request.url = request.url.copy_with(scheme="http", host="127.0.0.1", port=port)
+                return self.http.handle_request(request)
+            return gateway.handle(request)
+
+    now = [0.0]
+    transport = PromptexSigningTransport(signer, inner=Split(), clock=lambda: now[0])
+    path, body = ASKS["chat"]
+    done: list[int] = []
+
+    def ask() -> None:
+        with httpx.Client(base_url="http://gateway.test", transport=transport, timeout=0.3) as client:
+            now[0] = 300.0
+            done.append(client.post(path, json={"model": MODEL, **body}).status_code)
+
+    try:
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        thread.join(5.0)
+        assert done == [200], "the request hung on the re-read of /v1/models"
+    finally:
+        silent.close()
+    assert signer.stopped is None and signer.rates.get(MODEL, ASSET) == RATES  # the book kept
 
 
 def test_transport__rates_not_readable_when_due__the_book_kept_the_request_goes_on(tmp_path: Path) -> None:

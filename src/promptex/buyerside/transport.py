@@ -164,7 +164,10 @@ class PromptexSigningTransport(httpx.BaseTransport):
             url = request.url.copy_with(path=path[: path.find("/v1/")] + "/v1/models", query=None)
             headers = {k: v for k, v in request.headers.items() if k.lower() in KEY_HEADERS}
             headers[ASSET_HEADER] = self.signer.session.asset_symbol
-            answer = self.inner.handle_request(httpx.Request("GET", url, headers=headers))
+            # Within the request's own timeouts (its client's): a bare request has none, so a
+            # gateway that never answered /v1/models held the caller past its timeout for good.
+            timeout = {"timeout": request.extensions["timeout"]} if "timeout" in request.extensions else {}
+            answer = self.inner.handle_request(httpx.Request("GET", url, headers=headers, extensions=timeout))
             try:
                 answer.read()
             finally:
