@@ -6,17 +6,22 @@ not have is unexplained, naming the account or address."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 from ledger_helpers import bind_new_wallet, event_id
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
+from promptex.coordinator.store import CoordinatorStore
+from promptex.indexer.schema import chain_events
 from promptex.ledger import Ledger, UsageRecord
 from promptex.ledger.schema import balances
+from promptex.protocol.escrow import KIND_LISTED
 from promptex.reconcile import reconcile, summary
 from promptex.reconcile.chain import LotState, RedemptionState
-from promptex.reconcile.report import BALANCE, EXIT
+from promptex.reconcile.report import BALANCE, CLAIMABLE, EXIT
 
 USDC_ADDRESS, CLD_ADDRESS = "0x" + "aa" * 20, "0x" + "cc" * 20
 RECORD = UsageRecord("gpt-test", 100, 10, 50, gateway_lot_id=1, chain_lot_id=None, lot_kind="listed")
@@ -27,6 +32,8 @@ class FakeChain:
     block: int = 10
     balances: dict[tuple[str, str], int] = field(default_factory=dict)
     exits: dict[tuple[str, str], int] = field(default_factory=dict)
+    lots: list[LotState] = field(default_factory=list)
+    claimables: dict[str, int] = field(default_factory=dict)
 
     def assets(self) -> dict[str, int]:
         return {"USDC": 6, "CLD": 18}
@@ -41,13 +48,13 @@ class FakeChain:
         return self.exits.get((address, symbol), 0)
 
     def claimable(self, address: str, symbol: str) -> int:
-        return 0
+        return self.claimables.get(address, 0) if symbol == "USDC" else 0
 
     def lot_count(self) -> int:
-        return 0
+        return len(self.lots)
 
     def lot(self, lot_id: int) -> LotState:
-        raise AssertionError("no lots here")
+        return self.lots[lot_id - 1]
 
     def redemption(self, redemption_id: int) -> RedemptionState | None:
         return None
@@ -155,3 +162,38 @@ def ledger_address(address: str) -> str:
     from promptex.ledger.binding import checksum_address
 
     return checksum_address(address)
+
+
+SELLER = "0x" + "5e" * 20
+
+
+def _claimed(ledger: Ledger, block: int, amount: int) -> None:
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            insert(chain_events).values(
+                tx_hash=f"0x{block:064x}", log_index=0, block_number=block, block_hash="0x" + "00" * 32,
+                contract="0x" + "11" * 20, source="CreditsVault", name="Claimed",
+                args=json.dumps({"account": SELLER, "asset": USDC_ADDRESS, "amount": amount}),
+            )
+        )  # fmt: skip
+
+
+def test_reconcile__a_seller_claimed_part_of_what_it_earned__no_difference(ledger, monkeypatch):
+    """The books' claimable is what the seller's listed lots earned less its claims (README):
+    a claim the indexer applied by the compared block is no difference (before: a difference
+    'explained' by the claim's tx, after every claim, on every reconcile and up's panel)."""
+    lot = LotState(SELLER, USDC_ADDRESS, KIND_LISTED, 0, 5_000, 10_000_000, 1_000_000)  # 50 %, 1.00 drawn
+    batch = SimpleNamespace(payload=SimpleNamespace(credits={1: 1_000_000}, burn=0), asset="USDC")
+    monkeypatch.setattr(CoordinatorStore, "settled_batches", lambda self, block: [(batch, "0x" + "ba" * 32)])
+    _claimed(ledger, 9, 300_000)
+    _claimed(ledger, 11, 200_000)  # after the compared block (10): not in the chain's view either
+
+    report = reconcile(ledger, FakeChain(lots=[lot], claimables={SELLER: 200_000}), agent=False)
+
+    (row,) = [r for r in report.rows if r.section == CLAIMABLE]
+    assert (row.books, row.chain, row.explanations) == (200_000, 200_000, [])  # earned 500,000 less 300,000
+    assert report.ok and report.differences == [] and "no differences" in summary(report)
+
+    short = reconcile(ledger, FakeChain(lots=[lot], claimables={SELLER: 150_000}), agent=False)
+    (wrong,) = short.unexplained  # the vault pays less than earned less claimed: still caught
+    assert (wrong.section, wrong.books, wrong.chain) == (CLAIMABLE, 200_000, 150_000)

@@ -13,7 +13,7 @@ difference (see `report`). What the books owe the chain, and why they may differ
   `consumed` equals Σ the confirmed batches' burns (the vault picks which lots it draws).
 - A seller's USDC claimable: the vault's equals what its listed lots earned at their rate
   on what the books drew (the escrow rounds the cumulative draw down, once), less every
-  claim (named by its transaction).
+  claim the indexer applied by that block (the chain's figure is after it too).
 - A redemption: the USDC RedemptionEscrow holds for it equals what the agent believes it
   holds, but for a release in flight (its transaction) or a refund the agent has not seen.
 """
@@ -191,17 +191,18 @@ def _lots_and_claimables(ledger: Ledger, coordinator: CoordinatorStore, chain: C
         claims = indexer_store.events_named(conn, "Claimed", up_to=chain.block)
         credits = indexer_store.events_named(conn, "SellerCredited", up_to=chain.block)
     usdc = chain.asset_address(USDC_SYMBOL).lower()
-    taken: defaultdict[str, list[Explanation]] = defaultdict(list)
+    # A claim the indexer applied by the compared block is in the chain's claimable too: the
+    # books' figure is what was earned less it (README), not a difference the claim explains.
+    claimed: defaultdict[str, int] = defaultdict(int)
     for claim in claims:
         if str(claim.args.get("asset", "")).lower() == usdc:
-            amount = int(claim.args["amount"])
-            taken[str(claim.args["account"])].append(Explanation("claim", claim.tx_hash, -amount, "claimed"))
+            claimed[str(claim.args["account"])] += int(claim.args["amount"])
     for event in credits:
         sellers.setdefault(str(event.args["seller"]), 0)
-    for seller in sorted(set(sellers) | set(taken)):
+    for seller in sorted(set(sellers) | set(claimed)):
         report.rows.append(
-            Difference(CLAIMABLE, f"seller {seller}", USDC_SYMBOL, sellers.get(seller, 0),
-                       chain.claimable(seller, USDC_SYMBOL), taken.pop(seller, []))
+            Difference(CLAIMABLE, f"seller {seller}", USDC_SYMBOL, sellers.get(seller, 0) - claimed.get(seller, 0),
+                       chain.claimable(seller, USDC_SYMBOL))
         )  # fmt: skip
     report.checked[CLAIMABLE] = len(set(sellers))
 

@@ -20,7 +20,7 @@ LIST_USD = "USD at list"  # a listed lot's draw-downs: USD micro-units of list p
 
 @dataclass(frozen=True)
 class Explanation:
-    kind: str  # e.g. "unsettled request", "debt", "claim", "consumption in flight"
+    kind: str  # e.g. "unsettled request", "debt", "release in flight"
     ref: str  # the record: a request id, "debt 4", a tx hash, "batch 7"
     amount: int  # signed, in the row's asset's smallest unit
     note: str = ""
