@@ -6,6 +6,7 @@ a window; a lane the vault refuses held back alone; a lost batch planned again."
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
@@ -133,6 +134,44 @@ def test_settle_signed__killed_as_the_batch_is_confirmed__the_lanes_settled_tota
     assert chain.s.settlements == [("USDC", 1)]  # posted once
     assert [book.lane(a.account, "USDC", 1, lane).settled for lane in (0, 1)] == [300, 50]
     assert [chain.lane_settled(a.address, "USDC", lane) for lane in (0, 1)] == [300, 50]
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["within_the_window", "deeper_than_the_window"])
+def test_settle_signed__a_reorg_orphans_the_landed_batch__the_lanes_settled_totals_follow_the_chain(
+    book: Ledger, deep: bool
+) -> None:
+    """A reorg orphans a landed signed batch: its batch is reopened — found by the receipt
+    re-check (`_orphaned`), or, deeper than its window, by the epoch re-check
+    (`_recheck_confirmed`) — and its lanes' settled totals go back to what the vault now
+    holds (until it lands again, or fails and its records are planned again). Before (xbreak
+    s18), they stayed at the orphaned settle's: GET /v1/promptex/lanes reported them
+    settled, and the unanswered-settle give-back's lane guard (`charged - cost < settled`)
+    read a total the chain no longer had."""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    coord = Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0)
+    a = SignedBuyer(book, chain, 10_000)
+    a.spend(0, 300), a.spend(1, 50)
+    fork = copy.deepcopy(chain.s), dict(chain.receipts)
+    assert coord.run_once().confirmed == [("USDC", 1)]
+    assert [book.lane(a.account, "USDC", 1, lane).settled for lane in (0, 1)] == [300, 50]
+    if deep:  # its receipt sinks below the receipt re-check's window
+        chain.mine_blocks(coord.reorg_window + 1)
+        coord.run_once()
+    chain.s, chain.receipts = copy.deepcopy(fork[0]), dict(fork[1])  # a reorg: the settle orphaned
+    chain.hold = True  # its bytes, sent again, wait in the mempool
+    if deep:  # and its nonce taken on the new branch: only the epoch re-check sees it gone
+        chain.burn_nonce()
+    coord.run_once()
+    assert [chain.lane_settled(a.address, "USDC", lane) for lane in (0, 1)] == [0, 0]
+    assert [book.lane(a.account, "USDC", 1, lane).settled for lane in (0, 1)] == [0, 0]  # before: [300, 50]
+    chain.hold = False
+    chain.mine()  # it lands again (deep: its batch fails, its records are planned again and land)
+    for _ in range(4):
+        chain.mine_blocks(coord.reorg_window)
+        coord.run_once()
+    assert chain.s.settlements == [("USDC", 1)]
+    assert [book.lane(a.account, "USDC", 1, lane).settled for lane in (0, 1)] == [300, 50]
 
 
 def test_settle_signed__lost_batch__its_records_planned_again_nothing_lost(book: Ledger) -> None:

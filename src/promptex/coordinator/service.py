@@ -490,6 +490,8 @@ class Coordinator:
             else:  # re-included and reverted again: its records stay let go; its new block noted
                 self.store.move_tx(tx, REVERTED, receipt, self.clock())
             return True
+        if batch is not None:  # its lanes as the vault has them without it: first, as `_confirm` does
+            self._lanes_settled(batch)
         what = self.store.reopen_tx(tx)
         log.warning(
             "%s tx %s (nonce %d) of key %s is no longer on chain (a reorg): %s resolved again",
@@ -814,6 +816,7 @@ class Coordinator:
                         "only its key can fill its nonce: run that key's coordinator --once"
                     )
                 continue
+            self._lanes_settled(batch)  # its lanes as the vault has them without it: first, as `_confirm` does
             self.store.reopen(batch)
 
     def _confirm(self, batch: Batch) -> None:
@@ -1047,8 +1050,12 @@ class Coordinator:
         return self._call(asset, epoch, payload, usage_tree(batch.entries).root)
 
     def _lanes_settled(self, batch: Batch) -> None:
-        """After a signed batch landed: each lane's settled total, as the vault has it, into
-        the ledger (what `GET /v1/promptex/lanes` reports)."""
+        """After a signed batch landed, or before a batch whose landed settle a reorg orphaned
+        is reopened: each lane's settled total, as the vault has it, into the ledger (what
+        `GET /v1/promptex/lanes` reports; the unanswered-settle give-back's lane guard). Read
+        before the batch's record changes, so that a coordinator killed between the two reads
+        them again. Before (xbreak s18), a reopened batch's lanes kept the orphaned settle's
+        totals until it, or its records in a later batch, landed again."""
         if not batch.payload.signed:
             return
         for address, lane, _ceiling, _amount, _sig in batch.payload.signed:
