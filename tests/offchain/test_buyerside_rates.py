@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from promptex import metering
 from promptex.buyerside.answers import RateBook
 from promptex.buyerside.signer import Signer
-from promptex.buyerside.transport import PromptexSigningTransport
+from promptex.buyerside.transport import RATES_MAX_BYTES, PromptexSigningTransport, take_rates
 from promptex.protocol.units import BPS
 
 LOTS = {1: 6_000, 2: 9_000}  # the cheapest at BASIS_BPS, the advertised rates' own
@@ -533,6 +533,23 @@ def test_transport__rates_not_readable_when_due__the_book_kept_the_request_goes_
     with httpx.Client(base_url="http://gateway.test", transport=transport) as client:
         assert client.post(path, json={"model": MODEL, **body}).status_code == 200
     assert signer.rates is book and signer.stopped is None
+
+
+def test_transport__models_answer_too_large__the_book_kept_unparsed(tmp_path: Path) -> None:
+    """A /v1/models answer above RATES_MAX_BYTES is not parsed: the book read before is kept.
+    Before (s3break s18), any size was parsed whole — 60,000 models in 15 MB took 5 s, on the
+    proxy's event loop (every stream it relays stalled) every 5 minutes."""
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    book = signer.rates
+    entry = gateway.models()["data"][0]
+    padded = {"data": [entry, {"id": "padding", "owned_by": "x" * (RATES_MAX_BYTES + 1)}]}
+    take_rates(signer, httpx.Response(200, json={"data": [entry]}))  # within it: read
+    assert signer.rates is not book
+    book = signer.rates
+    with pytest.raises(ValueError, match="more than the"):
+        take_rates(signer, httpx.Response(200, json=padded))
+    assert signer.rates is book
 
 
 # gpt-4o in GPT as the gateway lists it (`gateway.service._per_million`): list ÷ GPT's face

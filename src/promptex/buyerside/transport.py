@@ -46,6 +46,11 @@ RATES_REFRESH_SECONDS = 300.0
 RATES_UNREAD = (httpx.HTTPError, ValueError)  # a read of /v1/models that failed: the book kept
 RATES_KEPT = "the gateway's /v1/models was not read again (%s): the rates read before are kept"
 KEY_HEADERS = ("authorization", "x-api-key")  # what /v1/models is read with (the gateway's own check)
+# The largest /v1/models answer read again: 4 providers × 20 lots measure 21 KB (README), so
+# this is room for a market a hundred times that. Read whole, a 15 MB answer of 60,000 models
+# took 5 s to parse (s3break s18), in the proxy on its event loop, every stream relayed by it
+# stalled, every `RATES_REFRESH_SECONDS`; beyond it the book read before is kept.
+RATES_MAX_BYTES = 4 << 20
 
 
 def take_rates(signer: Signer, answer: httpx.Response) -> None:
@@ -53,6 +58,8 @@ def take_rates(signer: Signer, answer: httpx.Response) -> None:
     raises one of RATES_UNREAD for an answer that is no list of models (the book is kept)."""
     if answer.status_code != 200:
         raise ValueError(f"answered {answer.status_code}")
+    if len(answer.content) > RATES_MAX_BYTES:
+        raise ValueError(f"{len(answer.content):,} bytes, more than the {RATES_MAX_BYTES:,} read")
     signer.refresh(orjson.loads(answer.content))
 
 
