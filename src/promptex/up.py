@@ -157,6 +157,7 @@ class Supervisor:
         self.env = env
         self.services: list[Service] = []
         self.stopping = threading.Event()
+        self.ran = False  # a step or service was started: what `up` made in the folder stays
         self._step: subprocess.Popen[str] | None = None  # the one-shot step running (deploy, seed)
 
     def handle_signals(self) -> None:
@@ -193,6 +194,7 @@ class Supervisor:
         stop asked for meanwhile stops it (`request_stop`) and raises UpStopped."""
         self.check()
         console.print(f"[bold]▶ {name}[/bold]")
+        self.ran = True
         proc = subprocess.Popen(  # SIGTERM should `up` die (kill -9): not an orphan deploying on (see `start`)
             [*_dies_with_parent(), *argv], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             bufsize=1, start_new_session=True,
@@ -212,6 +214,7 @@ class Supervisor:
     def start(self, service: Service, timeout: float = 60.0) -> None:
         self.check()
         console.print(f"[bold]▶ starting {service.name}[/bold]")
+        self.ran = True
         service.process = subprocess.Popen(
             [*_dies_with_parent(), *service.argv],
             env={**self.env, **service.env},
@@ -409,11 +412,30 @@ def hold_ledger(ledger_url: str, state_dir: Path) -> LedgerHold:
             "(sqlite:///promptex-ledger.sqlite3) or a PostgreSQL database"
         )
     database.parent.mkdir(parents=True, exist_ok=True)
-    lock = database.with_name(database.name + ".up-lock")
+    lock = ledger_lock_path(database)
     fd, holder = lock_exclusively(lock, f"{os.getpid()}, market {state_dir.resolve()}")
     if fd is None:
         raise UpError(_ledger_taken(holder, str(database)))
     return LedgerHold(functools.partial(os.close, fd))
+
+
+def ledger_lock_path(database: Path) -> Path:
+    """The file a SQLite ledger's `up` holds (`hold_ledger`)."""
+    return database.with_name(database.name + ".up-lock")
+
+
+def forget_made(made: list[Path]) -> None:
+    """Take away what a refused `up` made before anything started (`up`): the market's new
+    folder when its lock is all it holds, the ledger's new lock file. A first `up` refused
+    for a taken port left both in the working directory. Called while they are still held,
+    so no other `up` can be holding them."""
+    for path in made:
+        if path.is_dir():
+            if {p.name for p in path.iterdir()} <= {LOCK_FILE}:
+                (path / LOCK_FILE).unlink(missing_ok=True)
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 class LedgerHold:
@@ -1205,6 +1227,7 @@ def up(options: UpOptions) -> int:
     supervisor = Supervisor(env)
     supervisor.handle_signals()
     held: list[Callable[[], None]] = []  # the folder and ledger, let go once every service stopped (anvil dumps then)
+    new_paths: list[Path] = []  # what this `up` made before starting anything: taken away if it stops there
     try:
         from promptex.chain.deployments import deployment_path, load_deployment
         from promptex.config import (
@@ -1216,6 +1239,8 @@ def up(options: UpOptions) -> int:
         )
         from promptex.ready import is_local_chain, make_ready, read_ready, seed_twap_history
 
+        if not options.state_dir.exists():
+            new_paths.append(options.state_dir)
         if options.state_dir.exists() or not options.fresh:  # first: nothing in it moves under another `up`
             held.append(functools.partial(os.close, hold_market(options.state_dir)))
             # --fresh archives the link (not the file it names) and starts a chain of its own: the
@@ -1230,6 +1255,10 @@ def up(options: UpOptions) -> int:
         if damaged is not None:
             console.print(f"[bold]▶ {rich.markup.escape(damaged)}[/bold]", soft_wrap=True)
         network = Settings().indexer_network
+        from promptex.ledger.db import sqlite_path
+
+        if (database := sqlite_path(Settings().ledger_url)) is not None and not ledger_lock_path(database).exists():
+            new_paths.append(ledger_lock_path(database))
         ledger_hold = hold_ledger(Settings().ledger_url, options.state_dir)
         held.append(ledger_hold)  # before --fresh moves it
         if options.fresh:
@@ -1359,5 +1388,7 @@ def up(options: UpOptions) -> int:
         return 1
     finally:
         supervisor.stop_all()
+        if not supervisor.ran:  # refused (or stopped) before anything started: nothing left behind
+            forget_made(new_paths)
         for release in held:
             release()

@@ -647,6 +647,29 @@ def test_up_fresh_in_a_folder_whose_state_file_links_into_a_running_market__arch
     assert (market / ANVIL_STATE).read_text() == '{"the running market": 1}'
 
 
+def test_up_refused_for_a_taken_port_before_anything_starts__nothing_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """newuser18: a first `promptex up` refused for a taken port (nothing started) left the
+    market's folder (its up.lock) and the ledger's `.up-lock` in the working directory. Now
+    what it made is taken away again; a folder and lock that were there before stay."""
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    options = _other_market(tmp_path, monkeypatch, fresh=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", options.gateway_port))
+        taken.listen()
+        assert _run_up(options) == 1
+        assert capsys.readouterr().err.startswith(f"Error: port {options.gateway_port} (the gateway's) is taken")
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+        (tmp_path / "other").mkdir()  # a market's folder from before: kept, with its lock
+        (tmp_path / "ledger.sqlite3.up-lock").write_text("")
+        assert _run_up(options) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite3.up-lock", "other"]
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["up.lock"]
+
+
 def test_up_fresh_while_another_up_runs_the_market__refused_and_nothing_archived(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
