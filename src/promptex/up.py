@@ -658,9 +658,10 @@ def state_dumped_at(state_dir: Path) -> float | None:
         return None
 
 
-def resume_chain_clock(rpc_url: str, dumped_at: float, now: float) -> int | None:
+def resume_chain_clock(rpc_url: str, dumped_at: float, now: float, *, history_to_come: bool = False) -> int | None:
     """Set a restarted anvil's clock to go on from its last block; returns the timestamp
-    its next block gets (None: the wall clock already is past the last block).
+    its next block gets (None: the wall clock already is past the last block, and the
+    market's day of TWAP history is not `history_to_come`).
 
     anvil keeps no clock offset in its state: a chain whose clock was moved forward (the
     day of TWAP history a new market seeds) restarted with its next block at the wall
@@ -668,13 +669,19 @@ def resume_chain_clock(rpc_url: str, dumped_at: float, now: float) -> int | None
     that day ("vault: epoch window already settled": its windows are counted from block
     time), and a withdrawal's thaw ran a day longer. The clock now goes on from the last
     block plus the time the market was down (since the dump), as on a chain that kept
-    running, and never before the last block."""
+    running, and never before the last block.
+
+    A market whose first `up` stopped before it was ready (Ctrl-C or a failure during the
+    deploy or the seeding) has its chain a day behind the wall clock (`genesis_args`) and its
+    day of TWAP history still to come: its clock goes on from the last block even behind the
+    wall clock (`history_to_come`). Before, its next block was at the wall clock's time and
+    the history then left the chain a day AHEAD for good (as before 995eb53)."""
     from promptex.chain.node import connect
 
     w3 = connect(rpc_url, timeout=10)
     last = int(w3.eth.get_block("latest")["timestamp"])
     resumed = max(last + 1, last + int(now - dumped_at))
-    if resumed <= int(now):
+    if resumed <= int(now) and not history_to_come:
         return None
     w3.provider.make_request("evm_setTime", [resumed])  # type: ignore[arg-type]
     return resumed
@@ -1278,7 +1285,8 @@ def up(options: UpOptions) -> int:
                 raise UpError(f"something already answers on {rpc_url}: pass --rpc-url {rpc_url} to use it")
             dumped_at = state_dumped_at(options.state_dir)
             state = anvil_state_args(options.state_dir, Settings().up_state_interval_seconds)
-            if dumped_at is None and options.seed and read_ready(options.state_dir) is None:
+            history_to_come = options.seed and read_ready(options.state_dir) is None
+            if dumped_at is None and history_to_come:
                 state += genesis_args(time.time())  # a new chain: the day of TWAP history to come
             anvil = Service(
                 "anvil",
@@ -1288,7 +1296,9 @@ def up(options: UpOptions) -> int:
                 stops_last=True,
             )
             start_chain(supervisor, anvil, options.state_dir)
-            if dumped_at is not None and (resumed := resume_chain_clock(rpc_url, dumped_at, time.time())):
+            if dumped_at is not None and (
+                resumed := resume_chain_clock(rpc_url, dumped_at, time.time(), history_to_come=history_to_come)
+            ):
                 stamp = datetime.fromtimestamp(resumed, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
                 console.print(f"[bold]▶ the chain's clock goes on from its last block: {stamp}[/bold]")
         elif not rpc_answers(rpc_url):

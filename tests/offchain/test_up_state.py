@@ -84,6 +84,44 @@ def test_resume_chain_clock__a_restarted_chain_goes_on_from_its_last_block_not_a
         assert _latest(url)[1] >= resumed > last  # (before: about `last` − 86,400)
 
 
+def test_resume_chain_clock__a_market_stopped_before_its_twap_history__goes_on_a_day_behind_not_at_the_wall_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new market's chain starts a day back (`genesis_args`) so the day of TWAP history it
+    seeds brings it to the wall clock. A first `up` stopped before that history (Ctrl-C or a
+    failure in the deploy or the seeding: anvil dumps its chain) restarted the chain with its
+    next block at the wall clock's time (anvil keeps no offset; the wall clock is past the
+    last block, so nothing was set), and the history it then seeded left the chain a day
+    AHEAD for good (measured with anvil: +86,399 s). With its history to come, the clock
+    goes on from the last block plus the time it was down, behind the wall clock."""
+    import promptex.chain.node as node
+
+    started = 1_796_600_000  # the first `up`, its chain's genesis a day back
+    last = started - 86_400 + 40  # the deploy's last block, 40 s in
+    dumped_at = started + 50  # stopped 10 s later (anvil dumps its chain)
+    wall = dumped_at + 3_600  # restarted an hour later
+    set_to: list[object] = []
+
+    class Node:
+        class eth:  # noqa: N801
+            @staticmethod
+            def get_block(which: str) -> dict[str, int]:
+                return {"timestamp": last}
+
+        class provider:  # noqa: N801
+            @staticmethod
+            def make_request(method: str, params: list[object]) -> None:
+                set_to.append((method, params))
+
+    monkeypatch.setattr(node, "connect", lambda url, timeout: Node)
+    assert resume_chain_clock("http://node", dumped_at, wall) is None  # a ready market: left to the wall clock
+    assert set_to == []
+    resumed = resume_chain_clock("http://node", dumped_at, wall, history_to_come=True)
+    assert resumed == last + 3_600  # the time it was down added: a day (and 10 s) behind the wall clock
+    assert set_to == [("evm_setTime", [resumed])]
+    assert wall - 60 < resumed + 86_400 <= wall  # the history (a day) brings it to the wall clock, not a day past it
+
+
 def test_start_chain__a_state_file_cut_short__one_line_left_as_it_is_and_the_copy_that_loaded_gets_the_chain_back(
     tmp_path: Path,
 ) -> None:
