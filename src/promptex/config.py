@@ -221,11 +221,14 @@ class Settings(BaseSettings):
     # late-answer horizon, until which it keeps its key's budget — and refused after it.
     gateway_request_deadline_seconds: float = 600.0
     # Signed mode: the time left to the coordinator to settle a request's charge before its
-    # session's vouchers stop settling on chain (the close of its last window). A voucher
-    # whose request could be charged later than that close less this (arrival + the request
-    # deadline + the hold margin) is refused, 403 session_ending: settled never, it would
-    # be refunded to the buyer and its seller left unpaid.
+    # session's vouchers stop settling on chain (the close of its last window): no charge
+    # lands on a lane later than that close less this (the ledger refuses it: settled never,
+    # it would be refunded to the buyer and its seller left unpaid). A voucher whose request
+    # could be charged later (arrival + the request deadline + the hold margin) is served
+    # under a deadline cut to fit — that close less this, less the hold margin, less now —
+    # and refused, 403 session_ending, once the cut deadline would be below the next setting.
     gateway_signed_settle_seconds: float = 120.0
+    gateway_signed_min_deadline_seconds: float = 30.0
     # Requests served at once by this process, and per lot; beyond them: fast 429s.
     gateway_max_inflight: int = 512
     gateway_lot_max_inflight: int = 128

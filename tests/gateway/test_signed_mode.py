@@ -365,16 +365,19 @@ def test_signed__request_could_be_charged_after_the_sessions_last_window__refuse
     """The vault settles a session's vouchers until the close of its last window: a request
     charged later is never settled (quarantined, refunded, its seller unpaid). A voucher
     whose request could be (arrival + deadline + hold margin, + the coordinator's time) is
-    refused before any hold; the expiry stands for the close when the vault's clock is unknown."""
+    served under a deadline cut to fit (tests/gateway/test_signed_ending.py), and refused
+    before any hold when less than the least deadline fits; the expiry stands for the close
+    when the vault's clock is unknown."""
     from promptex.protocol.units import utc_text
 
     gw.add_lot(fake)
     s = gw.settings
-    horizon = math.ceil(s.gateway_request_deadline_seconds + s.gateway_hold_margin_seconds)
+    horizon = math.ceil(s.gateway_signed_min_deadline_seconds + s.gateway_hold_margin_seconds)
     horizon += math.ceil(s.gateway_signed_settle_seconds)
-    buyer = signed_buyer(gw, lifetime=3 * horizon)
+    whole = horizon + math.ceil(s.gateway_request_deadline_seconds)
+    buyer = signed_buyer(gw, lifetime=3 * whole)
     close = gw.now() + horizon - 5  # its last window closes sooner than a request may last
-    new_session(buyer, lifetime=3 * horizon, settles_until=close)
+    new_session(buyer, lifetime=3 * whole, settles_until=close)
     refused = buyer.post(buyer.voucher(0, 1_000))
     assert (refused.status_code, error(refused)["code"]) == (403, "session_ending"), refused.text
     body = error(refused)
@@ -387,9 +390,10 @@ def test_signed__request_could_be_charged_after_the_sessions_last_window__refuse
     unknown = buyer.post(buyer.voucher(0, 1_000))
     assert (unknown.status_code, error(unknown)["code"]) == (403, "session_ending"), unknown.text
 
-    new_session(buyer, lifetime=horizon - 5, settles_until=gw.now() + horizon + 30)  # the clock says later
+    new_session(buyer, lifetime=horizon - 5, settles_until=gw.now() + whole + 30)  # the clock says later
     served = buyer.post(buyer.voucher(0, 1_000))
     assert served.status_code == 200, served.text
+    assert "x-promptex-deadline-seconds" not in served.headers  # its whole deadline fits
     assert 0 < buyer.charged(0) <= 1_000
 
 

@@ -21,6 +21,10 @@ library keeps working: headers are ignored, and unknown fields are kept as extra
     x-promptex-hold[-units|-usd]   on streams: the hold, in the same three forms
     x-promptex-lane, x-promptex-lane-charged-units, x-promptex-voucher
                             signed mode (issue 23): see `gateway.vouchers`
+    x-promptex-deadline-seconds  signed mode, a session's last stretch: the deadline (seconds
+                            from its arrival) the request was served under, cut to fit the
+                            last second its charge may land (`Gateway._settles_in_time`);
+                            absent when it had the gateway's whole deadline
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ EPOCH = "x-promptex-epoch"
 LANE = "x-promptex-lane"
 LANE_CHARGED = "x-promptex-lane-charged-units"
 VOUCHER = "x-promptex-voucher"
+DEADLINE = "x-promptex-deadline-seconds"
 FIELD = "promptex"  # the extension field of a stream's last event
 
 

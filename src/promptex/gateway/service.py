@@ -46,7 +46,7 @@ from promptex.config import ConfigurationError, Settings
 from promptex.gateway import errors, fronts, limits, vouchers
 from promptex.gateway.adapters import EMBEDDINGS, MissingUsage, ShowsCharged, StreamTranslator, may_write_cache
 from promptex.gateway.admission import Admission
-from promptex.gateway.charges import ASSET, MAX_RATE, Charge, SignedLane, raw_headers
+from promptex.gateway.charges import ASSET, DEADLINE, MAX_RATE, Charge, SignedLane, raw_headers
 from promptex.gateway.errors import GatewayError
 from promptex.gateway.guard import BODY_RECEIVED
 from promptex.gateway.health import LotHealth, failure
@@ -85,6 +85,7 @@ from promptex.ledger import (
 from promptex.ledger.lanes import NAME as LANES
 from promptex.ledger.lanes import (
     CeilingBelowCharged,
+    ChargedTooLate,
     Lane,
     LaneBusy,
     LaneRefusal,
@@ -107,6 +108,7 @@ AFFORDABLE_HEADER = "x-promptex-max-affordable-tokens"
 # On a plain answer whose upstream reported usage beyond the request's bounds: the sides
 # ("input", "output") charged, and shown, at their bound (`Gateway.bounded`).
 CLAMPED_HEADER = b"x-promptex-usage-clamped"
+DEADLINE_HEADER = DEADLINE.encode()
 # The output limits a request may name (the first wins, as each API reads them).
 OUTPUT_LIMITS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # AccountInDebt is not retried on promotional credit: an account that owes is not served.
@@ -139,6 +141,8 @@ def register_extras(settings: Settings, ledger: Ledger) -> limits.LimitCounters:
     late = math.ceil(settings.gateway_request_deadline_seconds + settings.gateway_hold_margin_seconds)
     counters = limits.LimitCounters(ledger.clock, late)
     ledger.holds.register(counters)
+    # No signed charge lands later than its session's close less the coordinator's time.
+    ledger.vouchers.settle_seconds = math.ceil(settings.gateway_signed_settle_seconds)
     return counters
 
 
@@ -186,6 +190,8 @@ def check_hold_lifetime(settings: Settings) -> None:
     needed = settings.gateway_upstream_connect_timeout_seconds + settings.gateway_upstream_timeout_seconds + margin
     if settings.gateway_request_deadline_seconds <= 0:
         raise ConfigurationError("PROMPTEX_GATEWAY_REQUEST_DEADLINE_SECONDS must be positive")
+    if settings.gateway_signed_min_deadline_seconds <= 0:
+        raise ConfigurationError("PROMPTEX_GATEWAY_SIGNED_MIN_DEADLINE_SECONDS must be positive")
     if margin < 0 or settings.gateway_hold_ttl_seconds < needed:
         raise ConfigurationError(
             f"PROMPTEX_GATEWAY_HOLD_TTL_SECONDS is {settings.gateway_hold_ttl_seconds}: a hold must live at least "
@@ -217,6 +223,10 @@ class Priced:
     voucher: Voucher | None = None  # signed mode: the voucher its hold is (ceiling − lane_charged)
     lane_charged: int = 0  # signed mode: the lane's total charged before it
     deadline: float = math.inf  # the event loop's time when the request is cut off (`_serve`)
+    deadline_seconds: float = 0.0  # that deadline, in seconds from its arrival (`_serve`)
+    # Signed mode, the session's last stretch: the deadline cut to fit its last charge second
+    # (`Gateway._settles_in_time`; said in `x-promptex-deadline-seconds`). None: not cut.
+    deadline_cut: int | None = None
     clamped: tuple[str, ...] = ()  # the sides of its upstream's usage charged at their bound (`Gateway.bounded`)
     unshown_output: int = 0  # output tokens its answer may be billed beyond its text (`produced.unshown_output`)
     asks_reasoning: bool = False  # it asks its model to reason (`messages.asks_reasoning`: `Gateway.bounded`)
@@ -568,7 +578,7 @@ class Gateway:
             raise vouchers.refusal(
                 403, "voucher_bad_signature", "The voucher is not signed by this account's session key.", lane
             )
-        self._settles_in_time(session, now, lane)
+        priced.deadline_cut = self._settles_in_time(session, now, lane)
         if lane.inflight is not None:
             raise vouchers.refusal(409, "lane_busy", f"Lane {voucher.lane} has a request in flight.", lane)
         if voucher.ceiling < lane.charged:
@@ -722,26 +732,38 @@ class Gateway:
         self._modes[(payer, asset)] = (found, now + self.s.gateway_key_cache_seconds)
         return found
 
-    def _settles_in_time(self, session: SessionKey, now: int, lane: Lane) -> None:
-        """Refuse (403 session_ending) a voucher whose request could be charged too late to be
-        settled: the vault settles a session's vouchers until the close of its last window
-        (`SessionKey.settlement_close`), and this request may be charged until its arrival +
-        the request deadline + the hold margin (its late-answer horizon); the coordinator is
-        given `gateway_signed_settle_seconds` after that. A charge past the close can never
-        settle: quarantined, then refunded to the buyer, its seller unpaid."""
+    def _settles_in_time(self, session: SessionKey, now: int, lane: Lane) -> int | None:
+        """The deadline a voucher's request is served under when its whole one would let it
+        be charged too late to be settled (None: the whole deadline fits). The vault settles
+        a session's vouchers until the close of its last window (`SessionKey.settlement_close`),
+        the coordinator is given `gateway_signed_settle_seconds` before it — no charge lands
+        on the lane later than that, its last charge second (the ledger refuses it:
+        `ledger.lanes.ChargedTooLate`) — and a request may be charged until its arrival + its
+        deadline + the hold margin (its answer's settle). So in the session's last stretch the
+        deadline is cut to the last charge second less the margin less now, counted from the
+        request's arrival (before now); the upstream wait, its cut-off and the late answers of
+        a hold swept at it all end within it. Below `gateway_signed_min_deadline_seconds` the
+        voucher is refused (403 session_ending, nothing held): a request given less is cut off
+        more often than served. Before (9508f89), every voucher whose WHOLE deadline did not
+        fit was refused: on the local market's 10 s windows the last ~13 minutes of a session."""
         s = self.s
-        late = math.ceil(s.gateway_request_deadline_seconds + s.gateway_hold_margin_seconds)
         close = session.settlement_close()
-        last = close - late - math.ceil(s.gateway_signed_settle_seconds)
-        if now <= last:
-            return
+        last_charge = close - math.ceil(s.gateway_signed_settle_seconds)
+        fits = math.floor(last_charge - s.gateway_hold_margin_seconds - now)
+        if fits >= s.gateway_request_deadline_seconds:
+            return None
+        least = s.gateway_signed_min_deadline_seconds
+        if fits >= least:
+            return fits
+        last = last_charge - math.ceil(s.gateway_hold_margin_seconds + least)
         raise vouchers.refusal(
             403,
             "session_ending",
             f"Session {session.session}'s vouchers settle on chain only until {utc_text(close)}, and a request "
-            f"taken now could be charged up to {late} s from now: none is taken after {utc_text(last)}. Go on "
-            f"after {utc_text(close)} with a new session (`promptex session create --asset {session.asset}`) or a "
-            f"spend cap (`promptex wallet spend-cap --asset {session.asset} …`).",
+            f"taken now would have {max(0, fits)} s to be answered, less than the least deadline of {least:g} s: "
+            f"none is taken after {utc_text(last)}. Go on after {utc_text(close)} with a new session (`promptex "
+            f"session create --asset {session.asset}`) or a spend cap (`promptex wallet spend-cap --asset "
+            f"{session.asset} …`).",
             lane,
             settles_until=close,
         )
@@ -994,7 +1016,11 @@ class Gateway:
         try:
             hold: Hold = await self._money(key, self._settle, request_id, cost, record, streamed)
         except limits.LateAnswerRefused:  # metered past its horizon (this process stalled): not served
-            raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
+            raise errors.deadline_passed(priced.deadline_seconds) from None
+        except ChargedTooLate:  # metered past its session's last charge second (this process stalled)
+            with anyio.CancelScope(shield=True):  # an active hold: its lane freed now, not at its expiry
+                await self.release(key, priced, request_id)
+            raise errors.deadline_passed(priced.deadline_seconds) from None
         except HoldOrphaned:  # a sweeper found this process's ledger lock free and ended the hold
             raise errors.hold_ended(priced.lane_state()) from None
         except LedgerUnavailable as exc:  # not served; a hold it left active is released by the ledger's sweep
@@ -1159,9 +1185,12 @@ class Gateway:
         output = priced.output
         upstream_body = fronts.upstream_body(endpoint, body, output)
         # The deadline counts from the request's arrival (before its hold is made, so it
-        # ends before its hold's late-answer horizon: `limits.LimitCounters`).
+        # ends before its hold's late-answer horizon: `limits.LimitCounters`; and before the
+        # session's last charge second when signed mode cut it: `_settles_in_time`).
+        cut = priced.deadline_cut
+        seconds = priced.deadline_seconds = self.s.gateway_request_deadline_seconds if cut is None else cut
         loop_now = asyncio.get_running_loop().time()
-        priced.deadline = loop_now - (time.perf_counter() - start) + self.s.gateway_request_deadline_seconds
+        priced.deadline = loop_now - (time.perf_counter() - start) + seconds
         await self.reserve(key, priced, request_id)
         stream = bool(body.get("stream")) and endpoint != EMBEDDINGS
         try:
@@ -1196,16 +1225,17 @@ class Gateway:
                     await self._name_voucher_lane(key, priced.asset, voucher.session, voucher.lane, exc)
             raise
 
-    def upstream_wait(self, output: int) -> float:
+    def upstream_wait(self, output: int, deadline: float | None = None) -> float:
         """How long an upstream call may go without its answer: a plain answer's whole, a
         stream's first content (a lot that does not answer within it failed: failover). The
         upstream timeout plus the output limit at PROMPTEX_GATEWAY_UPSTREAM_FLOOR_TOKENS_PER_SECOND,
-        within the request's deadline (which also bounds it: no failover past it). Before
+        within the request's deadline (`deadline`, its seconds: the gateway's unless signed
+        mode cut it, `Priced.deadline_seconds`; which also bounds it: no failover past it). Before
         (sbreak s17 B2) it was the upstream timeout alone: an honest answer longer than it (a
         long answer, a model reasoning) was a failure of every lot in turn — each seller's
         upstream generated it, unpaid — and a 504 for the buyer."""
         wait = self.client.timeout + output / self.s.gateway_upstream_floor_tokens_per_second
-        return min(wait, self.s.gateway_request_deadline_seconds)
+        return min(wait, self.s.gateway_request_deadline_seconds if deadline is None else deadline)
 
     def _in_order(self, priced: Priced) -> Iterator[LiveLot]:
         """The lots to try: the one whose capacity the hold has first, then those after it
@@ -1273,7 +1303,7 @@ class Gateway:
             deadline = asyncio.timeout_at(priced.deadline)
             cut = _Cut(deadline)  # `cut_orphaned_streams`: its hold was ended under it
             self.plains[request_id] = functools.partial(asyncio.get_running_loop().call_soon_threadsafe, cut)
-            wait = self.upstream_wait(output)
+            wait = self.upstream_wait(output, priced.deadline_seconds)
             try:
                 async with deadline:
                     answer = await self.client.post(call.url, call.headers, call.content, timeout=wait)
@@ -1290,7 +1320,7 @@ class Gateway:
                         "request %s cut: its hold was ended under it (this process's ledger lock was lost)", request_id
                     )
                     raise errors.hold_ended(priced.lane_state()) from None
-                raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
+                raise errors.deadline_passed(priced.deadline_seconds) from None
             finally:
                 lot.inflight -= 1
                 self.plains.pop(request_id, None)
@@ -1319,6 +1349,8 @@ class Gateway:
             # Not in a shield of its own: its one wait (the settle) is shielded by `LedgerThreads`.
             charge = await self.finish(key, priced, request_id, lot, usage)
             more = raw_headers(charge.cost_headers())
+            if priced.deadline_cut is not None:
+                more.append((DEADLINE_HEADER, str(priced.deadline_cut).encode()))
             if priced.clamped:
                 more.append((CLAMPED_HEADER, ", ".join(priced.clamped).encode()))
             return PlainAnswer(content, fronts.raw_id_headers(endpoint, request_id), more)
@@ -1350,7 +1382,7 @@ class Gateway:
                     # Then until its first content, as long as a plain answer (a reasoning
                     # model sends its role chunk, then nothing while it reasons); then between
                     # chunks, the upstream timeout again (`MeteredStream`).
-                    wait = self.upstream_wait(output)
+                    wait = self.upstream_wait(output, priced.deadline_seconds)
                     upstream = await self.client.post(call.url, call.headers, call.content)
                     upstream.timeout = wait
                     status = upstream.status_code
@@ -1376,7 +1408,7 @@ class Gateway:
             except UpstreamError:
                 self._failed(lot, "error", failures)
             except TimeoutError:  # the request's deadline, before the stream began
-                raise errors.deadline_passed(self.s.gateway_request_deadline_seconds) from None
+                raise errors.deadline_passed(priced.deadline_seconds) from None
             finally:
                 if not handed_over:
                     lot.inflight -= 1
@@ -1755,6 +1787,8 @@ class MeteredStream:
             *raw_headers(list(fronts.id_headers(self.endpoint, self.request_id).items())),
             *raw_headers(hold.hold_headers()),
         ]
+        if self.priced.deadline_cut is not None:
+            headers.append((DEADLINE_HEADER, str(self.priced.deadline_cut).encode()))
         metered = False
         try:
             async with anyio.create_task_group() as tg:
@@ -1832,7 +1866,7 @@ class MeteredStream:
                     if self.orphaned:
                         refusal = errors.hold_ended(self.priced.lane_state())
                     else:
-                        refusal = errors.deadline_passed(self.gateway.s.gateway_request_deadline_seconds)
+                        refusal = errors.deadline_passed(self.priced.deadline_seconds)
                         refusal.extra = dict(self.priced.lane_state() or {})  # the lane as it was, as hold_ended
                     await fronts.error_response(self.endpoint, refusal, self.request_id)(scope, receive, deliver)
                 tg.cancel_scope.cancel()

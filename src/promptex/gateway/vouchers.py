@@ -39,9 +39,11 @@ Refusals (OpenAI's error body; its `error` object also carries `lane_charged_uni
     403 session_unknown         the account has no session key in the asset
     403 session_ended           the session expired, its wallet revoked it, or a spend cap
                                 was set after it (capped mode again: send no voucher)
-    403 session_ending          a request taken now could be charged too late for the vault
-                                to settle it (after the close of the session's last window,
-                                `settles_until`, less the coordinator's time): go on after it
+    403 session_ending          a request taken now would have less than the least deadline
+                                before the last second its charge may land (the close of the
+                                session's last window, `settles_until`, less the coordinator's
+                                time): go on after the close. With more left, it is served under
+                                a deadline cut to fit (`x-promptex-deadline-seconds`)
     403 voucher_bad_signature   not signed by the session's key (e.g. another account's)
     409 session_not_current     the voucher names another session (`session`: the current)
     409 lane_busy               the lane has a request in flight (or was charged since)

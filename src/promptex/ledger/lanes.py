@@ -20,9 +20,11 @@ extra counter `VoucherLanes` (see `holds.extras`), so in the hold's own transact
   capped usage not yet settled, so the check is, if anything, stricter than the chain's.
 
 Settling the hold adds its charge to the lane (never beyond the lane's highest voucher)
-and frees the lane; releasing it, or the sweeper expiring it (a gateway that died), frees
-the lane with nothing charged. The highest voucher is kept from the moment it is
-accepted: the coordinator settles each lane's charged − settled against it.
+and frees the lane — refused (`ChargedTooLate`, nothing charged) past the session's last
+charge second: the close of its last window (`settles_until`) less the coordinator's time
+to settle (`VoucherLanes.settle_seconds`). Releasing it, or the sweeper expiring it (a
+gateway that died), frees the lane with nothing charged. The highest voucher is kept from
+the moment it is accepted: the coordinator settles each lane's charged − settled against it.
 """
 
 from __future__ import annotations
@@ -35,14 +37,18 @@ from sqlalchemy import Connection, select, update
 
 from promptex.ledger import accounts as _accounts
 from promptex.ledger import sessions as _sessions
-from promptex.ledger.errors import Refusal
+from promptex.ledger.errors import HoldConflict, Refusal
 from promptex.ledger.journal import insert_ignore
 from promptex.ledger.models import Hold
-from promptex.ledger.schema import voucher_lanes
+from promptex.ledger.schema import session_keys, voucher_lanes
 from promptex.ledger.usage import UsageRecord
-from promptex.protocol.units import money
+from promptex.protocol.units import money, utc_text
 
 NAME = "voucher-lanes"
+# Seconds the coordinator is given to settle a lane's charge before its session's vouchers
+# stop settling on chain: the gateway's default `gateway_signed_settle_seconds` (a gateway
+# sets its own: `VoucherLanes.settle_seconds`).
+SETTLE_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,26 @@ class CeilingBelowCharged(LaneRefusal):
 class VoucherAboveBalance(LaneRefusal):
     """The ceilings would exceed the balance less pending exits (`available`: the largest
     ceiling this lane could have)."""
+
+
+class ChargedTooLate(HoldConflict):
+    """A lane's charge that would land after its session's last charge second
+    (`last_charge_second`): the vault could not be counted on to settle it. Not charged."""
+
+
+def last_charge_second(settles_until: int | None, settle_seconds: int) -> int | None:
+    """The last second a charge may land on a lane of a session whose vouchers settle on
+    chain until `settles_until` (the close of its last window: `SessionKey.settles_until`),
+    the coordinator given `settle_seconds` after it; None when the close is not known (a
+    session indexed before migration 0026: the gateway's admission takes its expiry)."""
+    return None if settles_until is None else int(settles_until) - settle_seconds
+
+
+def charged_too_late(request_id: str, session: int, settles_until: int, now: int, last: int) -> ChargedTooLate:
+    return ChargedTooLate(
+        f"request {request_id!r} was answered at {utc_text(now)}, after {utc_text(last)}, the last second a charge "
+        f"of session {session} lands: its vouchers settle on chain only until {utc_text(settles_until)}; not charged"
+    )
 
 
 class SessionClosed(LaneRefusal):
@@ -185,9 +211,12 @@ class VoucherLanes:
 
     name = NAME
 
-    def __init__(self) -> None:
+    def __init__(self, settle_seconds: int = SETTLE_SECONDS) -> None:
         self._plans: dict[str, Voucher] = {}
         self._lock = threading.Lock()
+        # The coordinator's time to settle a charge before its session's vouchers stop
+        # settling (the gateway sets its `gateway_signed_settle_seconds`): no charge lands later.
+        self.settle_seconds = settle_seconds
 
     def plan(self, request_id: str, voucher: Voucher | None) -> None:
         with self._lock:
@@ -271,10 +300,23 @@ class VoucherLanes:
     def settle(self, conn: Connection, hold: Hold, record: UsageRecord | None, late: bool) -> None:
         """Add the charge to the lane and free it. Never beyond the lane's highest voucher:
         only an answer metered after its hold expired (its gateway hung past the sweep) can
-        be charged more than its hold, and the chain could not settle the rest."""
+        be charged more than its hold, and the chain could not settle the rest. Never after
+        the session's last charge second (`ChargedTooLate`, the whole settle rolled back):
+        the gateway serves a request only within a deadline that ends before it, so only an
+        answer metered late (a gateway that stalled), active or swept, gets here after it."""
         if record is None or record.voucher_session is None or record.voucher_lane is None:
             self.give_back(conn, hold)
             return
+        s = session_keys.c
+        settles_until = conn.execute(
+            select(s.settles_until).where(
+                s.account_id == hold.payer, s.asset == hold.asset, s.session == record.voucher_session
+            )
+        ).scalar()
+        last = last_charge_second(settles_until, self.settle_seconds)
+        now = hold.closed_at
+        if settles_until is not None and last is not None and now is not None and now > last:
+            raise charged_too_late(hold.request_id, record.voucher_session, int(settles_until), now, last)
         c = voucher_lanes.c
         where = (*_where(hold.payer, hold.asset, record.voucher_session), c.lane == record.voucher_lane)
         row = conn.execute(select(voucher_lanes).where(*where).with_for_update()).one()

@@ -10,19 +10,20 @@ above the lane's highest and exactly the hold above what it was charged, the ses
 ceilings within the balance less pending exits — in four statements; anything else (a
 refusal, a lane never used) goes to `VoucherLanes.take` in the same transaction, before
 this path wrote anything, so the refusal and the ledger's state are the general path's. `settle` adds the charge to the
-lane and frees it as `VoucherLanes.settle` does; `give_back` frees it. A test compares the
-two paths' ledger state (tests/offchain/test_ledger_lanes.py).
+lane and frees it as `VoucherLanes.settle` does (and refuses it after the session's last
+charge second, as it does); `give_back` frees it. A test compares the two paths' ledger
+state (tests/offchain/test_ledger_lanes.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, null, select, update
+from sqlalchemy import Connection, and_, bindparam, null, select, update
 from sqlalchemy.exc import NoResultFound
 
 from promptex.ledger.holds.sqlite_statements import cursor, run
-from promptex.ledger.lanes import VoucherLanes
+from promptex.ledger.lanes import VoucherLanes, charged_too_late, last_charge_second
 from promptex.ledger.models import Hold
 from promptex.ledger.schema import balances, session_keys, voucher_lanes
 from promptex.ledger.usage import UsageRecord
@@ -59,7 +60,16 @@ _TAKE = (
         signature=bindparam("p_signature"),
     )
 )
-_CHARGED = select(_L.charged, _L.ceiling, _L.inflight).where(*_THIS_LANE)
+# The lane, and the close of its session's last window (`VoucherLanes.settle`'s check).
+_CHARGED = (
+    select(_L.charged, _L.ceiling, _L.inflight, _S.settles_until)
+    .select_from(
+        voucher_lanes.outerjoin(
+            session_keys, and_(_S.account_id == _L.account_id, _S.asset == _L.asset, _S.session == _L.session)
+        )
+    )
+    .where(*_THIS_LANE)
+)
 _CHARGE = update(voucher_lanes).where(*_THIS_LANE).values(charged=bindparam("p_charged"), updated_at=bindparam("p_now"))
 _CHARGE_AND_FREE = (
     update(voucher_lanes)
@@ -150,8 +160,8 @@ def _within(
     return exposure <= posted - locked - (on_hold - in_flight)
 
 
-def settle(conn: Connection, hold: Hold, record: UsageRecord | None) -> None:
-    """`VoucherLanes.settle` for a hold settled within its amount (`hold.charged` set)."""
+def settle(lanes: VoucherLanes, conn: Connection, hold: Hold, record: UsageRecord | None, now: int) -> None:
+    """`VoucherLanes.settle` for a hold settled within its amount (`hold.charged` set) at `now`."""
     cur = cursor(conn)
     if record is None or record.voucher_session is None or record.voucher_lane is None:
         give_back(conn, hold)
@@ -163,6 +173,9 @@ def settle(conn: Connection, hold: Hold, record: UsageRecord | None) -> None:
     if row is None:  # as VoucherLanes.settle: its `.one()` raises this very kind
         named = f"lane {record.voucher_lane} of session {record.voucher_session}"
         raise NoResultFound(f"no {named} for {hold.request_id!r}")
+    last = last_charge_second(row[3], lanes.settle_seconds)
+    if last is not None and now > last:
+        raise charged_too_late(hold.request_id, record.voucher_session, int(row[3]), now, last)
     was, highest = int(row[0]), int(row[1])
     charged = min(was + (hold.charged or 0), max(highest, was))
     statement = _CHARGE_AND_FREE if row[2] == hold.request_id else _CHARGE

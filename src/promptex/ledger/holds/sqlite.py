@@ -253,5 +253,5 @@ class SqliteHolds(GeneralHolds):
                     values[name] = str(values[name])
             _run(cur, conn, _INSERT_USAGE, values, _USAGE_KEYS)
         if lanes is not None:
-            lanes_sqlite.settle(conn, hold, record)
+            lanes_sqlite.settle(lanes, conn, hold, record, now)
         return hold
