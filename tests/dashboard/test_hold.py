@@ -96,12 +96,13 @@ def test_playground_hold__one_price_or_no_listed_lot__no_max_rate_advertised_rat
     assert metering.largest_output(rates["USDC"][6000], answers[0]["boundInputs"], int(answers[0]["most"]), 100) == 100
 
 
-def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate():
+def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate_and_a_cut_deadline():
     seen: list[httpx.Headers] = []
 
     def gateway(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers)
-        return httpx.Response(200, json={}, headers={"x-promptex-lot-rate-bps": "9000", "x-promptex-lane": "0"})
+        said = {"x-promptex-lot-rate-bps": "9000", "x-promptex-lane": "0", "x-promptex-deadline-seconds": "412"}
+        return httpx.Response(200, json={}, headers=said)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(gateway))
     proxy = GatewayProxy(client, "http://gateway.invalid", max_body=1 << 20)
@@ -113,6 +114,7 @@ def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate
     assert (seen[0].get("x-promptex-max-rate-bps"), seen[0].get("x-promptex-voucher")) == ("9000", "v")
     assert "cookie" not in seen[0]
     assert answer.headers["x-promptex-lot-rate-bps"] == "9000"
+    assert answer.headers["x-promptex-deadline-seconds"] == "412"  # a session's last stretch: the cut said
 
 
 def test_dashboard_pass_through__waits_for_the_gateway_until_its_request_deadline(tmp_path: Path) -> None:

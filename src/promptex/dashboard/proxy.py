@@ -36,13 +36,15 @@ READ_METHODS = frozenset(
 MAX_RPC_BATCH = 50
 MAX_RPC_BODY = 256 * 1024
 # Signed mode (issue 23): the playground's voucher goes up, with the most a lot may charge it
-# (its hold is priced at that rate); the lane it was charged on, and the lot's rate, come back.
+# (its hold is priced at that rate); the lane it was charged on, and the lot's rate, come back,
+# and in a session's last stretch the deadline it was served under (cut to fit its close).
 REQUEST_HEADERS = (
     "authorization", "content-type", "accept", "x-promptex-asset", "x-promptex-voucher", "x-promptex-max-rate-bps",
 )  # fmt: skip
 RESPONSE_HEADERS = (
     "content-type", "x-request-id", "x-promptex-lot", "retry-after", "cache-control",
     "x-promptex-lane", "x-promptex-lane-charged-units", "x-promptex-voucher", "x-promptex-lot-rate-bps",
+    "x-promptex-deadline-seconds",
 )  # fmt: skip
 
 
