@@ -170,7 +170,8 @@ class ShedLabelGateway(FakeSignedGateway):
         if self.labelling and request.method == "POST" and answer.status_code != 200:
             error = {"message": "The gateway is at capacity; retry shortly.", "type": "rate_limit_error",
                      "param": None, "code": "capacity_busy"}  # fmt: skip
-            return httpx.Response(429, json={"error": error}, headers={"retry-after": "1"})
+            # It marks it too (`errors.UNREAD_HEADER`): the one-hold argument does not rest on the mark.
+            return httpx.Response(429, json={"error": error}, headers={"retry-after": "1", **errors.UNREAD_MARK})
         return answer
 
 
@@ -240,27 +241,63 @@ def test_shed__restarted__not_taken_for_a_request_in_flight(tmp_path: Path) -> N
     assert lane.exact and lane.charged == served > 0 and lane.pending == 0 and lane.errors == 0
 
 
+MARK = {errors.UNREAD_HEADER: "1"}
+
+
 @pytest.mark.parametrize(
-    ("status", "body", "content", "expected"),
+    ("status", "headers", "body", "content", "expected"),
     [
-        (429, {"error": {"code": "capacity_busy"}}, b"", True),
-        (429, {"error": {"code": "too_many_in_flight"}}, b"", True),
-        (529, {"type": "error", "error": {"type": "overloaded_error"}}, b"", True),
-        (429, {"type": "error", "error": {"type": "rate_limit_error"}}, b"", True),  # Messages' too_many_in_flight
-        (429, None, errors.TOO_MANY_CONNECTIONS.encode() + b"\n", True),  # the connection guard's
-        (503, {"error": {"code": "capacity_busy"}}, b"", False),
-        (429, {"error": {"code": "rate_limit_exceeded"}}, b"", False),  # a limit on the key: names the lane
-        (429, {"error": {"code": None, "type": "rate_limit_error"}}, b"", False),  # not the gateway's shape
-        (529, {"error": {"type": "overloaded_error"}}, b"", False),
-        (429, None, b"Too Many Requests", False),  # something between
-        (429, {"error": {"code": ["capacity_busy"]}}, b"", False),  # before: TypeError (unhashable), a stop
-        (429, {"type": "error", "error": {"type": {}}}, b"", False),
+        (429, MARK, {"error": {"code": "capacity_busy"}}, b"", True),
+        (429, MARK, {"error": {"code": "too_many_in_flight"}}, b"", True),
+        (529, MARK, {"type": "error", "error": {"type": "overloaded_error"}}, b"", True),
+        (429, MARK, {"type": "error", "error": {"type": "rate_limit_error"}}, b"", True),  # Messages' in flight
+        (429, MARK, None, errors.TOO_MANY_CONNECTIONS.encode() + b"\n", True),  # the connection guard's
+        # The same codes without the mark: a refusal after a hold (`_all_failed`), its lane unnamed.
+        (429, {}, {"error": {"code": "capacity_busy"}}, b"", False),
+        (529, {}, {"type": "error", "error": {"type": "overloaded_error"}}, b"", False),
+        (429, {errors.UNREAD_HEADER: "0"}, {"error": {"code": "capacity_busy"}}, b"", False),
+        (503, MARK, {"error": {"code": "capacity_busy"}}, b"", False),
+        (429, MARK, {"error": {"code": "rate_limit_exceeded"}}, b"", False),  # a limit on the key: names the lane
+        (429, MARK, {"error": {"code": None, "type": "rate_limit_error"}}, b"", False),  # not the gateway's shape
+        (529, MARK, {"error": {"type": "overloaded_error"}}, b"", False),
+        (429, MARK, None, b"Too Many Requests", False),  # something between
+        (429, MARK, {"error": {"code": ["capacity_busy"]}}, b"", False),  # before: TypeError (unhashable), a stop
+        (429, MARK, {"type": "error", "error": {"type": {}}}, b"", False),
     ],
 )
-def test_unread__the_gateway_s_refusals_before_reading__and_no_others(
-    status: int, body: Any, content: bytes, expected: bool
+def test_unread__the_gateway_s_marked_refusals_before_reading__and_no_others(
+    status: int, headers: dict[str, str], body: Any, content: bytes, expected: bool
 ) -> None:
-    assert unread(status, body, content) is expected
+    assert unread(status, httpx.Headers(headers), body, content) is expected
+
+
+def test_every_lot_rate_limited__after_the_hold__its_lane_unnamed__not_taken_for_unread__signing_goes_on(
+    gw: Harness, fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review1 F1: every lot answers 429, so the gateway answers 429 capacity_busy AFTER the
+    hold (`service._all_failed`), and naming the lane fails (best effort: a ledger blip) —
+    the voucher was stored at the hold. Before, the signer read the code as a refusal before
+    reading (`unread`), gave `live` back, signed the next voucher at or below the stored one:
+    409 voucher_used, signing stopped for good. Now such an answer carries no mark: weighed
+    as an answer without figures (a hold), the next voucher above it, served."""
+    gw.add_lot(fake)
+    grant, account, api_key = _session(gw, tmp_path)
+    signer = _signer(gw, grant, api_key, tmp_path)
+
+    async def blip(*args: Any) -> None:  # the lane's naming failed (`_name_voucher_lane`: best effort)
+        return None
+
+    monkeypatch.setattr(gw.gateway, "_name_voucher_lane", blip)
+    fake.config.fail_status = 429
+    try:
+        (busy,) = _transported(gw, signer, api_key, "chat", 1)
+    finally:
+        fake.config.fail_status = None
+    assert (busy.status_code, _code(busy), busy.headers.get(errors.UNREAD_HEADER)) == (429, "capacity_busy", None)
+    assert signer.shed == 0 and signer.stopped is None
+    served = _transported(gw, signer, api_key, "chat", 2)
+    assert [answer.status_code for answer in served] == [200, 200], served[0].text
+    assert signer.stopped is None
 
 
 @pytest.mark.parametrize("settles", ["a shed voucher", "an answered voucher's slack", "what it told"])

@@ -37,6 +37,7 @@ from promptex.buyerside.wire import (
     WireError,
     parse_voucher,
 )
+from promptex.gateway.errors import UNREAD, UNREAD_MARK
 
 MODEL = "fake-model"
 ASSET = "USDC"
@@ -183,8 +184,11 @@ class FakeSignedGateway:
         return {"object": "list", "data": [entry]}
 
     def _serve(self, request: httpx.Request, voucher: Voucher, lane: FakeLane) -> httpx.Response:
+        unread = self.error_code in UNREAD and not self.charge_errors  # refused before reading: marked
         failed = httpx.Response(
-            self.error_status or 500, json={"error": {"message": "upstream failed", "code": self.error_code}}
+            self.error_status or 500,
+            json={"error": {"message": "upstream failed", "code": self.error_code}},
+            headers=UNREAD_MARK if unread else None,
         )
         if self.error_status and not self.charge_errors:
             return failed

@@ -52,6 +52,7 @@ from promptex.gateway.errors import (
     SIGNED_CROSS_TOKEN,
     TOO_MANY_CONNECTIONS,
     UNREAD,
+    UNREAD_HEADER,
     percent,
     signed_cross_token_message,
 )
@@ -199,15 +200,21 @@ def voucher_signer(identity: Identity, voucher: Voucher) -> str:
     return "" if signer is None else signer.lower()
 
 
-def unread(status: int, body: Any, content: bytes) -> bool:
+def unread(status: int, headers: Mapping[str, str], body: Any, content: bytes) -> bool:
     """Whether an error answer that names no lane is one the gateway sends before it reads
-    the request's key and body (`gateway.errors.UNREAD`): its load shed, 429 `capacity_busy`
+    the request's voucher (`gateway.errors.UNREAD`): its load shed, 429 `capacity_busy`
     (Anthropic's shape: 529 `overloaded_error`), its admission's 429 `too_many_in_flight`
-    (Anthropic's shape: 429 `rate_limit_error`, no code; every 429 the gateway sends after
-    reading a signed request names the lane), or its connection guard's plain-text 429. What
-    it says is the gateway's word: `Signer.refused_unread` argues why believing it loses
-    nothing. Other answers without figures (a 5xx, a 429 of another shape, e.g. from
-    something between) weigh as before."""
+    (Anthropic's shape: 429 `rate_limit_error`, no code), or its connection guard's
+    plain-text 429 — each marked so (`gateway.errors.UNREAD_HEADER`). The mark is what an
+    honest gateway says to tell these apart from the same codes answered after a hold (429
+    `capacity_busy` when every lot rate-limited it, its lane not named when the ledger
+    blipped): that voucher was stored, and taking it for unread signed the next at or below
+    it — refused `voucher_used`, signing stopped. What it says is the gateway's word, the
+    mark too: `Signer.refused_unread` argues why believing it loses nothing. Other answers
+    without figures (a 5xx, a 429 of another shape or unmarked, e.g. from something
+    between) weigh as before."""
+    if headers.get(UNREAD_HEADER) != "1":
+        return False
     if status == 429 and body is None:
         return content.strip() == TOO_MANY_CONNECTIONS.encode()
     error = body.get("error") if isinstance(body, dict) else None
@@ -750,8 +757,11 @@ class Signer:
         lane's next figure shows it: from an exactly known total any growth stops signing
         (`_charged`, `_refusal`: not forgiven, as an answer without figures' would be
         when it later shows free), from a bound growth beyond it does; a voucher it kept
-        comes back above the ones accepted (`_refusal`: stops). An honest gateway never
-        charges a request it did not read."""
+        comes back above the ones accepted (`_refusal`: stops). A dishonest gateway may
+        set the mark (`gateway.errors.UNREAD_HEADER`) on any answer: the argument above
+        holds whatever the mark says. The mark is for honest gateways: one never charges a
+        request it did not read, and never marks a refusal made after a hold (its voucher
+        stored), so the next voucher is never built below one the gateway holds."""
         self.shed += 1
         self.unsent(ticket)
 
@@ -915,7 +925,7 @@ class Signer:
         found = [d for d in (error, body) if isinstance(d, dict) and "lane_charged_units" in d]
         charged = units(found[0]["lane_charged_units"] if found else headers.get(LANE_CHARGED_HEADER))
         if charged is None:
-            if unread(status, body, content):
+            if unread(status, headers, body, content):
                 self.refused_unread(ticket)
             else:
                 self._without_figures(ticket, f"{status} {code or 'without an error code'}")

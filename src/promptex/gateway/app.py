@@ -88,12 +88,13 @@ HOT_ROUTES = {
     "/v1/embeddings": EMBEDDINGS,
     **API_ROUTES,  # /v1/messages (Anthropic's API), /v1/responses
 }
-_SHED = errors.busy("The gateway is at capacity; retry shortly.")
+_SHED = errors.busy("The gateway is at capacity; retry shortly.", unread=True)
+_UNREAD = (errors.UNREAD_HEADER.encode(), b"1")
 
 
 def _shed(body: bytes, status: int) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return status, body, [*headers, (b"retry-after", b"1")]
+    return status, body, [*headers, (b"retry-after", b"1"), _UNREAD]
 
 
 _SHED_OPENAI = _shed(_SHED.body(), 429)
@@ -102,7 +103,7 @@ _TOO_MANY = GatewayError(
     "Too many requests in flight for this API key or client address; retry when some have finished.",
     type="rate_limit_error",
     code=errors.TOO_MANY_IN_FLIGHT,
-    headers={"retry-after": "1", "connection": "close"},  # its body is never read
+    headers={"retry-after": "1", "connection": "close", **errors.UNREAD_MARK},  # its body is never read
 )
 
 

@@ -81,6 +81,16 @@ TOO_MANY_CONNECTIONS = "Too many connections from this address."
 # `too_many_in_flight`, Anthropic's 429 `rate_limit_error` without a code): they cannot name
 # a voucher's lane and took nothing (`buyerside.signer.refused_unread` reads them so).
 UNREAD = frozenset({BUSY, TOO_MANY_IN_FLIGHT})
+# The mark such a refusal carries, and only such a refusal: the gateway sets it where it
+# refuses before any voucher of the request was read (the app's load shed and admission,
+# the connection guard, `Gateway.serve`'s shed and `price`'s all-lots-busy, both before the
+# voucher's check). The same codes answered after a hold — `capacity_busy` when every lot
+# answered 429 (`service._all_failed`), its lane left unnamed — never carry it: its voucher
+# was stored at the hold, and a signer taking it for unread signed the next voucher at or
+# below it (409 voucher_used: signing stopped, an honest gateway). The signer believes a
+# refusal unread only with the mark (`buyerside.signer.unread`).
+UNREAD_HEADER = "x-promptex-unread"
+UNREAD_MARK = {UNREAD_HEADER: "1"}
 ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -117,8 +127,10 @@ def insufficient_balance(message: str) -> GatewayError:
     )
 
 
-def busy(message: str = "All capacity for this model is busy; retry shortly.") -> GatewayError:
-    return GatewayError(429, message, type="rate_limit_error", code=BUSY)
+def busy(message: str = "All capacity for this model is busy; retry shortly.", *, unread: bool = False) -> GatewayError:
+    """429 `capacity_busy`; `unread`: refused before any voucher of the request was read
+    (`UNREAD_HEADER`), never for one refused after its hold."""
+    return GatewayError(429, message, type="rate_limit_error", code=BUSY, headers=dict(UNREAD_MARK) if unread else None)
 
 
 def rate_limited(message: str, retry_after: int) -> GatewayError:

@@ -55,13 +55,16 @@ from promptex.serving import KEEP_ALIVE_SECONDS, KeepAliveProtocol
 _CLOSE = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
 
 
-def _status(line: bytes, text: bytes) -> bytes:
-    return b"HTTP/1.1 " + line + b"\r\n" + _CLOSE + b"content-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
+def _status(line: bytes, text: bytes, extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 " + line + b"\r\n" + _CLOSE + extra
+    return head + b"content-length: " + str(len(text)).encode() + b"\r\n\r\n" + text
 
 
 BODY_RECEIVED = "promptex.body_received"  # in a request's scope: its whole body is in memory
 HEADER_TIMEOUT = _status(b"408 Request Timeout", b"The request's headers did not arrive in time.")
-TOO_MANY_CONNECTIONS = _status(b"429 Too Many Requests", errors.TOO_MANY_CONNECTIONS.encode())
+TOO_MANY_CONNECTIONS = _status(
+    b"429 Too Many Requests", errors.TOO_MANY_CONNECTIONS.encode(), errors.UNREAD_HEADER.encode() + b": 1\r\n"
+)
 REFUSED_LINGER = 1.0  # seconds a closing connection waits, half-closed, for its client to close
 
 

@@ -462,8 +462,8 @@ class Gateway:
                 raise errors.above_max_rate(model, asset, most, min(lot.rate_bps for lot in lots))
             lots = within
         free = [lot for lot in lots if lot.inflight < self.s.gateway_lot_max_inflight]
-        if not free:
-            raise errors.busy()
+        if not free:  # before the voucher's check (`_serve`): unread
+            raise errors.busy(unread=True)
         limit_param = next((name for name in OUTPUT_LIMITS if body.get(name) is not None), None)
         cap = self.s.gateway_max_output_tokens
         if endpoint == EMBEDDINGS:
@@ -1139,7 +1139,7 @@ class Gateway:
                 raise
             if self.overloaded or self.inflight >= self.s.gateway_max_inflight:
                 self.shed += 1
-                raise errors.busy("The gateway is at capacity; retry shortly.")
+                raise errors.busy("The gateway is at capacity; retry shortly.", unread=True)
             self.inflight += 1
             start = time.perf_counter()
             try:
