@@ -8,6 +8,7 @@ the advertised rates: signing stops."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import socket
 import threading
@@ -516,6 +517,43 @@ def test_transport__rates_due_the_gateway_never_answers_models__within_the_clien
     finally:
         silent.close()
     assert signer.stopped is None and signer.rates.get(MODEL, ASSET) == RATES  # the book kept
+
+
+def test_refresh__two_threads_at_once__a_model_first_listed_by_either_held_to_its_first_price(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two reads of /v1/models taken at once (two transports sharing a signer), each listing a
+    model first: both models are held to their first price from then on. Before (s3break
+    s18), `Signer.refresh` was not serialised: each thread added its book to the opened book
+    as it was before the other's, and the one written last lost the other's model — whose
+    price the next read could then raise."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = _signer(gateway, tmp_path / "v.log")
+    entry = gateway.models()["data"][0]
+
+    def listing(prices: dict[str, str]) -> dict[str, Any]:
+        added = [{"id": name, "pricing": {ASSET: {"input_per_million": price, "output_per_million": price}}}
+                 for name, price in prices.items()]  # fmt: skip
+        return {"data": [entry, *added]}
+
+    meet = threading.Barrier(2)
+    adding = RateBook.adding
+
+    def meeting(book: RateBook, later: RateBook) -> RateBook:  # both threads there at once, if they can be
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait(0.5)
+        return adding(book, later)
+
+    monkeypatch.setattr(RateBook, "adding", meeting)
+    threads = [threading.Thread(target=signer.refresh, args=(listing({name: "1"}),)) for name in ("new-a", "new-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5.0)
+    monkeypatch.undo()
+    first = RateBook.from_models(listing({"new-a": "1"})).get("new-a", ASSET)
+    signer.refresh(listing({"new-a": "10", "new-b": "10"}))  # both raised tenfold
+    assert [signer.rates.get(name, ASSET) for name in ("new-a", "new-b")] == [first, first]
 
 
 def test_transport__rates_not_readable_when_due__the_book_kept_the_request_goes_on(tmp_path: Path) -> None:

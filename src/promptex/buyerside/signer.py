@@ -305,6 +305,7 @@ class Signer:
         self.stopped: str | None = None if recorded is None else recorded.reason
         self.shed = 0  # requests the gateway refused before reading them (`refused_unread`)
         self._sign = threading.Lock()
+        self._refreshing = threading.Lock()  # one `refresh` at a time updates the books
 
     # ─── Before a request ────────────────────────────────────────────────────
 
@@ -406,10 +407,15 @@ class Signer:
         answer listing no model keeps the book."""
         book = RateBook.from_models(models, self.rates.catalog)
         if book.rates:
-            if self._opened is None:
-                self._opened = self.rates
-            self.rates = book.not_above(self._opened)  # a list price raised since is not taken
-            self._opened = self._opened.adding(self.rates)  # nor one first read now, from the next read on
+            # One at a time: two threads refreshing at once (transports sharing a signer) each
+            # built the opened book from what it read before the other's was added, and the
+            # last one kept lost the other's models first read then (s3break s18): a later
+            # read could raise their price.
+            with self._refreshing:
+                if self._opened is None:
+                    self._opened = self.rates
+                self.rates = book.not_above(self._opened)  # a list price raised since is not taken
+                self._opened = self._opened.adding(self.rates)  # nor one first read now, from the next read on
 
     def charge_rates(self, ticket: Ticket, lot: Any, rate: Any) -> metering.Rates:
         """The rates an answer's charge is checked at: those of the rate the gateway names
