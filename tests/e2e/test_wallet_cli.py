@@ -76,6 +76,8 @@ def test_wallet__test_account__mints_deposits_swaps_withdraws(promptex_cli, chai
     status = promptex_cli("status")
     assert status.exit_code == 0, status.output
     assert "CLD/USDC" in status.output and "lots: 4" in status.output
+    tokenized = [line for line in status.output.splitlines() if " tokenized " in line]
+    assert tokenized and all(line.count("($") == 2 or "(no price yet)" in line for line in tokenized), status.output
 
 
 def test_wallet__complete_withdraw_take_token__the_provider_token_leaves_as_itself(

@@ -96,3 +96,34 @@ def test_per_epoch_at_least__fifty_usdc__enforced_at_least_fifty():
 
 def test_usd_value__price_scale():
     assert usd_value(PRICE_SCALE, "GPT", 1) == 1
+
+
+def test_token_value_text__a_provider_token_with_its_dollars__or_no_price_yet():
+    """A tokenized lot's tokens in `seller lots` / `status` read in tokens alone, beside
+    listed lots in dollars (newuser18): now with the TWAP's dollars, or said to have none."""
+    from promptex.protocol.units import token_value_text
+
+    assert token_value_text(14_587_482_219_061_166_430_000, "CLD", CLD_TWAP) == "14,587.48 CLD ($61.53)"
+    assert token_value_text(14_587_482_219_061_166_430_000, "CLD", None) == "14,587.48 CLD (no price yet)"
+    assert token_value_text(1_500_000, "USDC", None) == "1.50 USDC"
+
+
+def test_seller_lots_remaining__a_tokenized_lot__tokens_with_their_dollars_at_the_twap():
+    from types import SimpleNamespace
+
+    from promptex.sellers.chain import ChainLot
+    from promptex.sellers.manage import _remaining
+
+    token = "0x" + "cc" * 20
+    lot = ChainLot(1, "0x" + "5e" * 20, token, 1, 1, 0, 100 * 10**6, 20_000 * 10**18, 0, 5_000 * 10**18, 0, 0, 0)
+    asked: list[str] = []
+
+    def chain(price: int | None) -> object:
+        return SimpleNamespace(
+            deployment=SimpleNamespace(contracts={"token:CLD": SimpleNamespace(address=token.upper())}),
+            twap=lambda t: asked.append(t) or price,
+        )
+
+    assert _remaining(chain(CLD_TWAP), lot, 0) == "15,000.00 CLD ($63.27)"  # type: ignore[arg-type]
+    assert _remaining(chain(None), lot, 0) == "15,000.00 CLD (no price yet)"  # type: ignore[arg-type]
+    assert asked == [token, token]

@@ -193,13 +193,13 @@ def seller_lots(seller_address: str | None) -> None:
         click.echo("no lots: add one with `promptex seller add-capacity`")
         return
     click.echo(f"{'lot':>4} {'chain':>5} {'provider':<10} {'kind':<9} {'state':<9} {'face value':>12} "
-               f"{'remaining':>22} {'expiry':<16}  why")  # fmt: skip
+               f"{'remaining':>32} {'expiry':<16}  why")  # fmt: skip
     for r in rows:
         expiry = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.expires_at))
         chain_id = "—" if r.chain_lot_id is None else str(r.chain_lot_id)
         face = usd_text(r.face_value_usd_micro)
         click.echo(f"{r.lot_id:>4} {chain_id:>5} {r.provider:<10} {r.kind:<9} {r.state:<9} {face:>12} "
-                   f"{r.remaining:>22} {expiry:<16}  {r.why}")  # fmt: skip
+                   f"{r.remaining:>32} {expiry:<16}  {r.why}")  # fmt: skip
 
 
 @seller.command("close")

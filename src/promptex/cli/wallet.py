@@ -35,9 +35,11 @@ from promptex.metering.assets import UnknownAsset, asset
 from promptex.protocol.dex import DEFAULT_FEE
 from promptex.protocol.units import (
     MAX_UINT256,
+    TWAP_WINDOW,
     balance_text,
     decimals_of,
     money,
+    token_value_text,
     usd_text,
     usd_value,
     utc_text,
@@ -102,9 +104,6 @@ def cap_values(per_epoch: int | None, total: int | None) -> tuple[int, int]:
 
 def cap_text(value: int | None, symbol: str) -> str:
     return UNLIMITED_WORD if value is None else money(value, symbol)
-
-
-TWAP_WINDOW = 1_800  # the USD beside provider tokens: the Oracle's half-hour TWAP
 
 
 def twap_of(session: Session, token: Any) -> int | None:
@@ -677,12 +676,27 @@ def status(network: Any) -> None:
         kinds, states = {1: "tokenized", 2: "listed"}, {1: "open", 2: "closed", 3: "expired", 4: "slashed"}
         now = chain_time()
         by_address = {deployment.address(f"token:{s}").lower(): s for s in deployment.token_symbols()}
+        oracle = contract_at(deployment, "Oracle")
+
+        def twap(symbol: str) -> int | None:  # a tokenized lot's tokens with their dollars, as balances show them
+            try:
+                return int(oracle.consult(deployment.address(f"token:{symbol}"), TWAP_WINDOW)) or None
+            except Exception:  # not tracked yet, or the window not covered
+                return None
+
+        twaps = {symbol: twap(symbol) for symbol in deployment.token_symbols()}
         click.echo(f"lots: {escrow.lot_count()}")
         for lot_id in range(1, escrow.lot_count() + 1):
             lot = escrow.lots(lot_id)
             # tokenized: capacity in the provider's tokens; listed: in USD micro (its face value)
             unit = by_address.get(str(lot.token).lower(), "?") if lot.kind == 1 else "USDC"
-            used = f"{money(lot.consumed, unit)} of {money(lot.capacity, unit)}" if unit != "?" else "?"
+            if unit == "USDC":
+                used = f"{money(lot.consumed, unit)} of {money(lot.capacity, unit)}"
+            elif unit != "?":  # tokens with their dollars at the TWAP, as balances show them
+                at = twaps[unit]
+                used = f"{money(lot.consumed, unit, twap=at)} of {token_value_text(lot.capacity, unit, at)}"
+            else:
+                used = "?"
             state = states.get(lot.status, lot.status)
             if lot.status == 1 and lot.close_at:  # open but no longer routed: a close was requested
                 state = f"closing ({'finalizable' if now >= lot.close_at else f'from {utc_text(lot.close_at)}'})"

@@ -98,6 +98,9 @@ def _amount_text(amount: int, decimals: int, places: int, rounding: Rounding) ->
     return (sign if rounded else "") + text
 
 
+TWAP_WINDOW = 1_800  # the USD beside provider tokens: the Oracle's half-hour TWAP
+
+
 def usd_value(amount: int, symbol: str, twap: int | None) -> int | None:
     """USD micro-units an amount is worth: USDC 1:1; a provider token at `twap`
     (`Oracle.consult`'s value: USDC units per 10**18 token units, 18-decimal fixed point),
@@ -161,6 +164,14 @@ def money(
     text = f"{amount_text(amount, decimals_of(symbol), display_decimals(symbol), rounding)} {symbol}"
     usd = None if symbol == USDC_SYMBOL else usd_value(amount, symbol, twap)
     return text if usd is None else f"{text} ({usd_text(usd, rounding)})"
+
+
+def token_value_text(amount: int, symbol: str, twap: int | None, rounding: Rounding = "nearest") -> str:
+    """A provider token's amount where a person wants its dollars (a lot's remaining or
+    consumed tokens): `money` with the TWAP's dollars beside it, or "(no price yet)" while the
+    Oracle has none — a row of dollars beside rows of tokens alone read as if the tokens had none."""
+    text = money(amount, symbol, twap=twap, rounding=rounding)
+    return text if twap is not None or symbol.upper() == USDC_SYMBOL else f"{text} (no price yet)"
 
 
 def balance_text(amount: int, symbol: str, *, twap: int | None = None, unlimited: int | None = None) -> str:

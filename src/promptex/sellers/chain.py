@@ -19,6 +19,7 @@ from promptex.chain.deployments import Deployment
 from promptex.chain.node import DEFAULT_TIMEOUT, connect, deployed_contract
 from promptex.chain.sender import Call, Receipt, SignedTx, TxSigner, Web3Sender
 from promptex.protocol.escrow import KIND_TOKENIZED, MAX_HINT_STEPS
+from promptex.protocol.units import TWAP_WINDOW
 
 ESCROW, USDC = "escrow", "usdc"
 # The escrow's lot statuses (CreditEscrow.STATUS_*).
@@ -149,6 +150,15 @@ class SellerChain:
         """(tokens minted, the seller's, the fee) for a tokenized lot of `face_value`."""
         capacity, seller, fee = self.escrow.functions.quote_mint(self.token_address(symbol), face_value).call()
         return int(capacity), int(seller), int(fee)
+
+    def twap(self, token: str) -> int | None:
+        """The Oracle's half-hour TWAP of a provider token (`Oracle.consult`), None while it has none."""
+        try:
+            oracle = deployed_contract(self.w3, self.deployment, "Oracle")
+            price = int(oracle.functions.consult(Web3.to_checksum_address(token), TWAP_WINDOW).call())
+        except (ContractLogicError, KeyError):  # not tracked yet, the window not covered; no Oracle recorded
+            return None
+        return price or None
 
     def lot_count(self) -> int:
         return int(self.escrow.functions.lot_count().call())

@@ -18,7 +18,7 @@ from promptex.chain import txlog
 from promptex.chain.sender import Call, Web3Sender
 from promptex.chain.txlog import SUCCEEDED, TxPending
 from promptex.ledger.lots import CLOSED, CLOSING, OPEN, LotState
-from promptex.protocol.units import USD_MICRO, USDC_SYMBOL, money, usd_text
+from promptex.protocol.units import USD_MICRO, USDC_SYMBOL, money, token_value_text, usd_text
 from promptex.sellers.chain import ChainLot, SellerChain
 from promptex.sellers.store import SellerStore
 
@@ -55,7 +55,8 @@ def _remaining(chain: SellerChain, lot: ChainLot, unsettled_usd: int) -> str:
     value, in the lot's unit: a tokenized lot's capacity is tokens, capacity ÷ face value
     per USD micro, rounded up: never more than it can serve). Shown so that a used lot never
     reads as untouched nor as more than it has: dollars exactly when not whole cents
-    ("$99.9995" after $0.0005 served, not "$100.00"), tokens rounded down."""
+    ("$99.9995" after $0.0005 served, not "$100.00"), tokens rounded down with their dollars
+    at the Oracle's TWAP ("(no price yet)" while it has none)."""
     left = lot.capacity - lot.consumed if lot.status == 1 else 0
     if left and unsettled_usd and lot.face_value:
         left = max(0, left - -(-unsettled_usd * lot.capacity // lot.face_value))
@@ -65,7 +66,7 @@ def _remaining(chain: SellerChain, lot: ChainLot, unsettled_usd: int) -> str:
              if n.startswith("token:") and c.address.lower() == lot.token.lower()),
             "tokens",
         )  # fmt: skip
-        return money(left, symbol, rounding="down")
+        return token_value_text(left, symbol, chain.twap(lot.token), rounding="down")
     return usd_text(left, exact=bool(left % (USD_MICRO // 100)))
 
 
