@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from eth_account import Account
@@ -196,3 +197,48 @@ def test_raw_statements__bound_by_position__the_same_rows() -> None:
     for text, args in sent:
         assert ":" not in text and "?" in text, text
         assert not isinstance(args, dict), args
+
+
+def test_sqlite_hot_path__an_org_members_hold__budget_and_balance_as_the_general_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's fast path settles an org member's hold with SETTLE_BUDGET and SETTLE_BALANCE,
+    bound by position since 9dd64cd: every amount distinct (budget 5,000, hold 1,000, cost 700)
+    so a swapped pair — the budget's remaining less the hold instead of the charge, the org's
+    balance less its hold's amount — shows. The fast and the general paths move the budget and
+    the org's balance alike."""
+    from promptex.ledger.models import AccountKind
+
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", sqlite_synchronous="NORMAL")
+    try:
+        org = ledger.create_account(AccountKind.ORG).id
+        wallet = Account.create()
+        message = ledger.issue_binding_challenge(org, wallet.address)
+        ledger.bind_wallet(message, sign(message, wallet.key))
+        ledger.credit_deposit(f"0x{next(_ids):064x}:7", wallet.address, "USDC", 10 * USDC)
+        ledger.set_spend_cap(org, "USDC", 9 * USDC)
+
+        def served(request_id: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+            member = ledger.create_account().id
+            ledger.add_member(org, member)
+            ledger.set_member_budget(org, member, "USDC", 5_000)
+            before = ledger.balance(org, "USDC")
+            ledger.reserve(member, "USDC", 1_000, request_id, 900, payer=org)
+            budget = ledger.budget(org, member, "USDC")
+            assert budget is not None
+            held = (budget.remaining, budget.held)
+            hold = ledger.settle(request_id, 700)
+            assert (hold.cost, hold.charged, hold.amount) == (700, 700, 1_000)
+            budget, after = ledger.budget(org, member, "USDC"), ledger.balance(org, "USDC")
+            assert budget is not None
+            moved = (after.posted - before.posted, after.held - before.held, after.cap_remaining - before.cap_remaining)
+            return held, (budget.remaining, budget.held), moved
+
+        fast = served("req-fast")
+        monkeypatch.setattr(SqliteHolds, "reserve_in", GeneralHolds.reserve_in)
+        monkeypatch.setattr(SqliteHolds, "settle_in", GeneralHolds.settle_in)
+        general = served("req-general")
+        assert fast == general == ((5_000, 1_000), (4_300, 0), (-700, 0, -700))
+        ledger.check()
+    finally:
+        ledger.close()
