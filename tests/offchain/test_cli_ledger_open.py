@@ -48,12 +48,38 @@ def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         ("indexer", "reorgs"),
         ("usage", "status", "req_1"),
         ("redemptions",),
+        # review1 F2: these opened the ledger as the services do (migrated, made where there is none).
+        ("seller", "lots"),
+        ("seller", "close", "1"),
+        ("seller", "finalize"),
+        (
+            "agent",
+            "rule",
+            "--user",
+            OWNER,
+            "--provider",
+            "anthropic",
+            "--token",
+            "CLD",
+            "--below",
+            "5",
+            "--add",
+            "10",
+            "--max-tokens",
+            "100",
+        ),  # fmt: skip
+        ("agent", "link", "--user", OWNER, "--provider", "anthropic", "--account-id", "acct_1"),
+        ("redeem", "--user", OWNER, "--token", "CLD", "--usd", "10", "--to", "anthropic"),
+        ("coordinator", "release", "--address", OWNER, "--asset", "USDC", "--amount", "1"),
     ],
 )
-def test_outside_the_market_folder__refused_in_one_line__nothing_created(nowhere: Path, args: tuple[str, ...]) -> None:
+def test_outside_the_market_folder__refused_in_one_line__nothing_created(
+    nowhere: Path, args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before, `org create`, the attestor's and seller's commands (and the others here) opened the
     default SQLite file — an empty ledger made in the working directory, an org written in it
     (and `rotate-master-key` added a master key to a key file beside it)."""
+    monkeypatch.setenv("PROMPTEX_BILLING_CREDENTIAL", "credential")  # `agent link`'s, read first
     answer = run(*args)
     missing = nowhere.resolve() / "promptex-ledger.sqlite3"
     assert answer.exit_code == 1, (args, answer.output)
@@ -143,3 +169,30 @@ def test_at_this_promptex_schema__read_as_before(ledger_url: str) -> None:
     answer = run("buyer", "balance", "--account", str(ADA))
     assert answer.exit_code == 0, answer.output
     assert answer.stdout.startswith(f"account {ADA} (ada); wallets: none bound\n"), answer.stdout
+
+
+ADD_CAPACITY = ("seller", "add-capacity", "--provider", "openai", "--base-url", "http://upstream.invalid/v1",
+                "--api-key", "sk-x", "--face-value", "10", "--kind", "listed", "--expires", "30d",
+                "--seller-address", OWNER, "--no-verify")  # fmt: skip
+
+
+@pytest.mark.parametrize("args", [("seller", "lots"), ADD_CAPACITY])
+def test_seller_commands__a_ledger_behind__refused_and_left_to_the_services(
+    ledger_url: str, args: tuple[str, ...]
+) -> None:
+    """review1 F2: `seller lots` (close, finalize) and `seller add-capacity` ran the migrations
+    (`sellers.factory.seller_session`: `Ledger.from_settings`). add-capacity may still start a
+    market run by hand (a ledger made where there is none), never migrate one that exists."""
+    from alembic.script import ScriptDirectory
+
+    from promptex.ledger.db import alembic_config
+
+    behind = ScriptDirectory.from_config(alembic_config()).get_revision(head_revision()).down_revision
+    assert isinstance(behind, str)
+    stamp(ledger_url, behind)
+    answer = run(*args)
+    assert answer.exit_code == 1, (args, answer.output)
+    assert answer.stderr.startswith(f"Error: the ledger's schema is at revision {behind}, this promptex's is"), (
+        answer.stderr
+    )
+    assert revision_of(ledger_url) == behind

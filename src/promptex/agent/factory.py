@@ -4,12 +4,14 @@ when an agent is built."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from promptex.config import ConfigurationError, Settings, settings
 
 if TYPE_CHECKING:
     from promptex.agent.service import Agent
+    from promptex.ledger import Ledger
 
 # On the local network the agent and the fake billing API sign with anvil's public
 # development accounts 8 and 9, which the demo, `promptex up` and the tests leave to them.
@@ -33,7 +35,10 @@ def fake_billing_key(s: Settings) -> str:
     raise ConfigurationError("set PROMPTEX_AGENT_FAKE_BILLING_PRIVATE_KEY (the billing signer's key)")
 
 
-def make_agent(s: Settings | None = None) -> Agent:
+def make_agent(s: Settings | None = None, *, open_ledger: Callable[[Settings], Ledger] | None = None) -> Agent:
+    """The agent. `open_ledger`: how its ledger is opened (default `Ledger.from_settings`,
+    migrated: the `agent run` service; `agent link`/`rule` and `redeem` pass
+    `cli.ledgers.market_ledger`, which never migrates)."""
     from promptex.agent.billing import HttpBilling
     from promptex.agent.chain import Web3AgentChain
     from promptex.agent.outbox import SmtpConfig
@@ -60,7 +65,7 @@ def make_agent(s: Settings | None = None) -> Agent:
             s.agent_smtp_host, s.agent_smtp_port, s.agent_smtp_user, password, s.agent_smtp_from,
             s.agent_smtp_starttls,
         )  # fmt: skip
-    ledger = Ledger.from_settings(s)
+    ledger = (open_ledger or Ledger.from_settings)(s)
     check_chain(ledger, service="the agent", rpc_url=s.chain_rpc_url("agent"), network=s.agent_network)
     return Agent(
         ledger.engine,

@@ -22,11 +22,17 @@ if TYPE_CHECKING:
     from promptex.agent.store import Redemption
 
 
-def make_agent() -> Agent:
+def make_agent(*, service: bool = False) -> Agent:
+    """The agent; a command's (`service` False: link, rule, redeem) opens the market's ledger
+    as every command does (`cli.ledgers`: refused outside the market folder, never migrated),
+    `agent run`'s migrates it as the services do."""
     from promptex.agent import factory
+    from promptex.cli.ledgers import market_ledger, market_settings
 
     try:
-        return factory.make_agent(settings())
+        if service:
+            return factory.make_agent(settings())
+        return factory.make_agent(market_settings(), open_ledger=market_ledger)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -50,7 +56,7 @@ def agent_run(once: bool) -> None:
 
     _logging()
     s = settings()
-    a = make_agent()
+    a = make_agent(service=True)
     click.echo(f"agent address {a.chain.sender}", err=True)
     if once:
         report = a.run_once(check_rules=True)

@@ -18,11 +18,16 @@ if TYPE_CHECKING:
     from promptex.coordinator.service import Coordinator
 
 
-def _coordinator() -> Coordinator:
+def _coordinator(*, service: bool = True) -> Coordinator:
+    """The coordinator; a command's (`service` False: `release`) opens the market's ledger as
+    every command does (`cli.ledgers`: refused outside the market folder, never migrated)."""
+    from promptex.cli.ledgers import market_ledger, market_settings
     from promptex.coordinator import factory
 
     try:
-        return factory.make_coordinator(settings())
+        if service:
+            return factory.make_coordinator(settings())
+        return factory.make_coordinator(market_settings(), open_ledger=market_ledger)
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -91,7 +96,7 @@ def coordinator_release(address: str, symbol: str, amount: int) -> None:
     from promptex.coordinator.store import ReleaseRefused
 
     try:
-        release = _coordinator().sign_release(address, symbol.upper(), amount)
+        release = _coordinator(service=False).sign_release(address, symbol.upper(), amount)
     except (ReleaseRefused, ValueError) as exc:
         raise click.ClickException(f"release refused: {exc}") from None
     click.echo(

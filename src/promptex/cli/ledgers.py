@@ -4,8 +4,10 @@ A command reads (or writes in) the ledger of a market that exists: a SQLite ledg
 does not exist is no market here — opening it would create an empty one, and `buyer balance
 --account 6` run outside `promptex up`'s folder answered "no account 6" (12a9d7f); `org
 create`, `attestor` and `seller health` created one there and wrote in it. Only the commands
-that may start a market by hand (`buyer signup`, `buyer org-key`, `buyer limits`) create a
-ledger where there is none.
+that may start a market by hand (`buyer signup`, `buyer org-key`, `buyer limits`, `seller
+add-capacity`) create a ledger where there is none. The commands that build a service's
+object (`seller lots`/`close`/`finalize`, `agent link`/`rule`, `redeem`, `coordinator
+release`) pass this open to its factory (`open_ledger`); the services keep theirs.
 
 A command never migrates the ledger: the services (`promptex up`, `gateway serve`, the
 indexer, …) bring its schema up to date when they start, and a newer promptex's command run

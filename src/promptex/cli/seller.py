@@ -63,10 +63,11 @@ def _signer(alias: str | None, yes: bool) -> TxSigner | None:
 @contextmanager
 def _seller_session(s: Settings, seller: TxSigner | None = None) -> Iterator[tuple[Ledger, SellerChain]]:
     """The database (checked to mirror the chain) and the chain; any refusal in one line."""
+    from promptex.cli.ledgers import market_ledger
     from promptex.sellers import factory
 
-    try:
-        with factory.seller_session(s, seller) as pair:
+    try:  # the market's ledger, never migrated (`cli.ledgers`)
+        with factory.seller_session(s, seller, open_ledger=market_ledger) as pair:
             yield pair
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
@@ -74,10 +75,14 @@ def _seller_session(s: Settings, seller: TxSigner | None = None) -> Iterator[tup
 
 def open_capacity(s: Settings, capacity: Capacity, *, verify: bool = True, seller: TxSigner | None = None) -> Onboarded:
     """Open one lot (`promptex.sellers.factory.open_capacity`); a refusal in one line."""
+    from promptex.cli.ledgers import market_ledger
     from promptex.sellers import CapacityRefused, LotNotOpened, LotPending, factory
 
+    def starts(s: Settings) -> Ledger:  # a market run by hand: its ledger made where there is none, never migrated
+        return market_ledger(s, starts=True)
+
     try:
-        [opened] = factory.open_capacity(s, [capacity], verify=verify, seller=seller)
+        [opened] = factory.open_capacity(s, [capacity], verify=verify, seller=seller, open_ledger=starts)
     except (ConfigurationError, CapacityRefused, LotNotOpened, LotPending) as exc:
         raise click.ClickException(str(exc)) from None
     return opened

@@ -3,6 +3,7 @@ and `promptex usage verify` run); heavy imports happen only when one is built.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from promptex.config import ConfigurationError, Settings
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from promptex.coordinator.chain import Web3Chain
     from promptex.coordinator.door import Door
     from promptex.coordinator.service import Coordinator
+    from promptex.ledger import Ledger
 
 ANVIL_KEY_0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's public dev account 0
 
@@ -37,10 +39,13 @@ def make_chain(s: Settings) -> Web3Chain:
     return Web3Chain(rpc_url, deployment, coordinator_key(s))
 
 
-def ledger_engine(s: Settings) -> Engine:
+def ledger_engine(s: Settings, open_ledger: Callable[[Settings], Ledger] | None = None) -> Engine:
+    """The ledger's engine. `open_ledger`: how it is opened (default `Ledger.from_settings`,
+    migrated: the coordinator service; `coordinator release` passes `cli.ledgers.market_ledger`,
+    which never migrates)."""
     from promptex.ledger import Ledger
 
-    return Ledger.from_settings(s).engine
+    return (open_ledger or Ledger.from_settings)(s).engine
 
 
 def check_ledger_chain(s: Settings, engine: Engine) -> None:
@@ -53,12 +58,13 @@ def check_ledger_chain(s: Settings, engine: Engine) -> None:
     check_chain(Ledger(engine), service="the coordinator", rpc_url=rpc_url, network=s.coordinator_network)
 
 
-def make_coordinator(s: Settings) -> Coordinator:
-    """The coordinator, once its ledger is checked to mirror the chain it settles on."""
+def make_coordinator(s: Settings, *, open_ledger: Callable[[Settings], Ledger] | None = None) -> Coordinator:
+    """The coordinator, once its ledger is checked to mirror the chain it settles on
+    (`open_ledger`: as `ledger_engine`'s)."""
     from promptex.coordinator.service import Coordinator
 
     chain = make_chain(s)
-    engine = ledger_engine(s)
+    engine = ledger_engine(s, open_ledger)
     check_ledger_chain(s, engine)
     return Coordinator(
         engine,

@@ -82,14 +82,18 @@ def make_closing(s: Settings, ledger: Ledger, chain: SellerChain) -> Closing:
 
 
 @contextmanager
-def seller_session(s: Settings, seller: TxSigner | None = None) -> Iterator[tuple[Ledger, SellerChain]]:
+def seller_session(
+    s: Settings, seller: TxSigner | None = None, *, open_ledger: Callable[[Settings], Ledger] | None = None
+) -> Iterator[tuple[Ledger, SellerChain]]:
     """The database (checked to mirror the chain) and the chain; ConfigurationError (one
-    line) when either cannot be used, a node that does not answer included."""
+    line) when either cannot be used, a node that does not answer included. `open_ledger`:
+    how the database is opened (default `Ledger.from_settings`, migrated: `promptex up`;
+    the seller's commands pass `cli.ledgers.market_ledger`'s open, which never migrates)."""
     import requests
 
     try:
-        chain = make_chain(s, seller)
-        with Ledger.from_settings(s) as ledger:
+        with (open_ledger or Ledger.from_settings)(s) as ledger:
+            chain = make_chain(s, seller)
             check_ledger_chain(s, ledger)
             yield ledger, chain
     except requests.ConnectionError:
@@ -105,15 +109,16 @@ def open_capacity(
     verify: bool = True,
     before_each: Callable[[Capacity], None] | None = None,
     seller: TxSigner | None = None,
+    open_ledger: Callable[[Settings], Ledger] | None = None,
 ) -> list[Onboarded]:
     """Open each capacity as a lot on the one tokenize/list path, in one session (one
     database and chain connection, the onboarding's pending work resumed once): what
     `promptex seller add-capacity` runs for its one lot and `promptex up` for its demo
     lots. `before_each` runs before each lot is opened (`up` approves that lot's exact
     bond). The first refusal stops it (CapacityRefused, LotNotOpened, LotPending or
-    ConfigurationError: one line each)."""
+    ConfigurationError: one line each). `open_ledger`: as `seller_session`'s."""
     opened = []
-    with seller_session(s, seller) as (ledger, chain):
+    with seller_session(s, seller, open_ledger=open_ledger) as (ledger, chain):
         onboarding = make_onboarding(s, ledger, chain)
         onboarding.resume()
         for capacity in capacities:
