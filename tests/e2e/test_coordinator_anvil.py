@@ -72,7 +72,7 @@ def test_coordinator__usage_in_usdc_and_cld__chain_matches_ledger_and_proofs_ver
     settings.cache_clear()
     try:
         runner = CliRunner()
-        ok = runner.invoke(usage_verify, [cld_ids[0]])
+        ok = runner.invoke(usage_verify, [cld_ids[0], "--json"])
         assert ok.exit_code == 0 and json.loads(ok.output)["verified"] is True, ok.output
         with world.ledger.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE usage_records SET cost = '1' WHERE request_id = ?", (cld_ids[0],))

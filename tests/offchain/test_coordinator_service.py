@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -555,7 +556,13 @@ def test_cli__proof_and_verify__pass_and_fail_on_tampering(
     assert proof.exit_code == 0, proof.output
     body = json.loads(proof.output)
     assert body["root"] == "0x" + chain.s.roots[("CLD", 1)].hex() and body["epoch"] == 1
-    assert runner.invoke(usage_verify, [ids[2]]).exit_code == 0
+    said = runner.invoke(usage_verify, [ids[2]])  # one line for a person (newuser18: JSON only before)
+    root = "0x" + chain.s.roots[("CLD", 1)].hex()
+    assert said.exit_code == 0 and said.output == (
+        f"verified: {ids[2]} is in the usage root the vault holds on chain for CLD epoch 1 ({root})\n"
+    ), said.output
+    as_json = runner.invoke(usage_verify, [ids[2], "--json"])
+    assert as_json.exit_code == 0 and json.loads(as_json.output)["verified"] is True, as_json.output
     path = tmp_path / "proof.json"
     path.write_text(proof.output)
     assert runner.invoke(usage_verify, ["--proof-file", str(path)]).exit_code == 0
@@ -563,11 +570,25 @@ def test_cli__proof_and_verify__pass_and_fail_on_tampering(
     body["record"]["cost"] = str(int(body["record"]["cost"]) - 1)
     path.write_text(json.dumps(body))
     tampered = runner.invoke(usage_verify, ["--proof-file", str(path)])
-    assert tampered.exit_code == 1 and "MISMATCH" in tampered.output
+    assert tampered.exit_code == 1 and tampered.output == (
+        f"MISMATCH: the record of {ids[2]} does not prove into the usage root the vault holds on chain for CLD "
+        "epoch 1\n"
+    ), tampered.output
     with book.engine.begin() as conn:
         conn.execute(update(usage_records).where(usage_records.c.request_id == ids[2]).values(output_tokens=999))
     assert runner.invoke(usage_verify, [ids[2]]).exit_code != 0
     assert runner.invoke(usage_proof, ["req_missing"]).exit_code != 0
+
+
+def test_settled_log_line__the_amount_debited_in_whole_units_beside_the_units(
+    book: Ledger, chain: FakeChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    """newuser18: `up`'s terminal scrolled "USDC epoch 1 settled: 1 records, 95 debited" (smallest units)."""
+    a, _ = buyer(book, chain, "USDC", 10**9)
+    spend(book, a, "USDC", 1_234_567, USDC_LOT)
+    with caplog.at_level(logging.INFO, logger="promptex.coordinator"):
+        coordinator(book, chain).run_once()
+    assert "USDC epoch 1 settled: 1 record, 1.234567 USDC debited, root 0x" in caplog.text
 
 
 def test_proofs__unprovable_or_malformed__domain_errors_the_cli_and_dashboard_map(

@@ -16,6 +16,7 @@ from promptex.config import ConfigurationError, Settings, settings
 
 if TYPE_CHECKING:
     from promptex.chain.sender import TxSigner
+    from promptex.gateway.health import LotReport
     from promptex.ledger import Ledger
     from promptex.sellers import Capacity, Onboarded, SellerChain
 
@@ -283,6 +284,20 @@ def seller_rotate_master_key() -> None:
     click.echo(f"master key {key_id} is current; {changed} secret(s) re-wrapped")
 
 
+def health_line(lot_id: int, provider: str, r: LotReport) -> str:
+    """One lot's line of `seller health`: "lot 3 (openai): 1 call, 0.0% errors, …"."""
+    from promptex.protocol.units import utc_text as when
+
+    latency = f", mean latency {r.mean_latency_ms} ms" if r.mean_latency_ms is not None else ""
+    calls = f"{r.requests:,} call{'' if r.requests == 1 else 's'}"
+    line = f"lot {lot_id} ({provider}): {calls}, {r.error_rate:.1%} errors{latency}"
+    if r.last_error is not None and r.last_error_at is not None:
+        line += f"; last error {r.last_error} at {when(r.last_error_at)}"
+    if r.circuit_open_until is not None and r.circuit_open_until > r.updated_at:
+        line += f"; skipped until {when(r.circuit_open_until)} (circuit open)"
+    return line
+
+
 @seller.command("health")
 @click.option("--lot", "lot_id", type=int, help="one lot [default: every lot]")
 @click.option("--seller-address", help="only this seller's lots")
@@ -310,13 +325,7 @@ def seller_health(lot_id: int | None, seller_address: str | None) -> None:
         if r is None:
             click.echo(f"lot {lot.id} ({lot.provider}): no upstream calls yet")
             continue
-        latency = f", mean latency {r.mean_latency_ms} ms" if r.mean_latency_ms is not None else ""
-        line = f"lot {lot.id} ({lot.provider}): {r.requests} calls, {r.error_rate:.1%} errors{latency}"
-        if r.last_error is not None and r.last_error_at is not None:
-            line += f"; last error {r.last_error} at {when(r.last_error_at)}"
-        if r.circuit_open_until is not None and r.circuit_open_until > r.updated_at:
-            line += f"; skipped until {when(r.circuit_open_until)} (circuit open)"
-        click.echo(line)
+        click.echo(health_line(lot.id, lot.provider, r))
         if r.key_refused_at is not None:
             click.echo(
                 f"  the provider refused this lot's API key at {when(r.key_refused_at)}: revoked upstream? "

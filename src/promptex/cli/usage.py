@@ -178,8 +178,10 @@ def usage_proof(request_id: str) -> None:
 @click.option(
     "--proof-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="a `usage proof` output"
 )
-def usage_verify(request_id: str | None, proof_file: Path | None) -> None:
-    """Check a usage record against the Merkle root the vault holds on chain for its epoch."""
+@click.option("--json", "as_json", is_flag=True, help="the leaf, the root on chain and the verdict as JSON")
+def usage_verify(request_id: str | None, proof_file: Path | None, as_json: bool) -> None:
+    """Check a usage record against the Merkle root the vault holds on chain for its epoch:
+    one line saying whether it proves into it (--json: the leaf and root too); exit 1 when not."""
     from promptex import proofs
     from promptex.coordinator import factory
 
@@ -194,7 +196,11 @@ def usage_verify(request_id: str | None, proof_file: Path | None) -> None:
         result = proofs.verify_proof(proof, factory.make_chain(settings()))
     except (proofs.MalformedProof, ConfigurationError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps(result.as_json(), indent=2))
+    where = f"the usage root the vault holds on chain for {result.asset} epoch {result.epoch}"
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    elif result.verified:
+        click.echo(f"verified: {result.request_id} is in {where} (0x{result.root_on_chain.hex()})")
     if not result.verified:
-        click.echo("MISMATCH: the record does not prove into the root on chain", err=True)
+        click.echo(f"MISMATCH: the record of {result.request_id} does not prove into {where}", err=True)
         sys.exit(1)

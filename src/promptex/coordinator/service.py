@@ -61,7 +61,7 @@ from promptex.ledger.lots import CLOSING, OPEN
 from promptex.ledger.releases import EXPIRED, USED, Release
 from promptex.ledger.usage import PENDING, QUARANTINED, StoredUsage
 from promptex.protocol.escrow import MAX_PRUNE_LOTS, STATUS_OPEN
-from promptex.protocol.units import money, utc_text
+from promptex.protocol.units import money, money_exact, utc_text
 from promptex.protocol.vault import UNLIMITED, SignedDebit, pack_signed_entries
 
 log = logging.getLogger("promptex.coordinator")
@@ -827,8 +827,9 @@ class Coordinator:
         self.store.confirm(batch, self.clock())
         self._report.confirmed.append((batch.asset, batch.epoch))
         log.info(
-            "%s epoch %d settled: %d records, %d debited, root 0x%s",
-            batch.asset, batch.epoch, batch.records, batch.payload.total, batch.usage_root.hex(),
+            "%s epoch %d settled: %d record%s, %s debited, root 0x%s",
+            batch.asset, batch.epoch, batch.records, "" if batch.records == 1 else "s",
+            money_exact(batch.payload.total, batch.asset), batch.usage_root.hex(),
         )  # fmt: skip
         crash_point("confirmed")
 
