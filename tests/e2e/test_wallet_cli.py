@@ -220,6 +220,11 @@ def test_wallet_balances__a_sellers_earnings_to_claim__shown_until_claimed(promp
     """A settlement credits a listed lot's seller; `wallet balances` says what is to claim and how
     (before: nothing showed it — a seller learned its earnings only by claiming them)."""
     deployment, _ = chain_market
+    # Without --account a local chain signs with test account 0, the operator's wallet: said before it signs.
+    operators = promptex_cli("wallet", "balances", "--json")
+    assert operators.exit_code == 0 and operators.output.startswith(
+        f"no --account: signing with test account 0 ({accounts[0].address}), the local market operator's wallet"
+    ), operators.output
     attestor, buyer, seller = accounts[0], accounts[2], accounts[6]  # the deployer: attestor and coordinator
     names = ("CreditEscrow", "CreditsVault", "USDC", "token:GPT")
     escrow, vault, usdc, gpt = (contract_at(deployment, n) for n in names)

@@ -50,7 +50,11 @@ from promptex.protocol.vault import UNLIMITED, per_epoch_at_least
 LOCAL_NODE = "ethereum:local:foundry"
 
 account_option = click.option(
-    "--account", "alias", default=None, help="ape account alias or TEST::N [default: test account 0 locally]"
+    "--account",
+    "alias",
+    default=None,
+    help="ape account alias or TEST::N [default: test account 0 locally, the market operator's wallet: named before "
+    "it signs]",
 )
 yes_option = click.option("--yes", is_flag=True, help="sign without confirming each transaction (keyfile accounts)")
 
@@ -121,6 +125,17 @@ def chain_time() -> int:
     return int(chain.pending_timestamp)
 
 
+def default_account_note(address: str) -> str:
+    """The line a command without --account prints on a local chain before it signs: test
+    account 0, which it signs with, is the wallet the local market's operator deploys,
+    settles and attests with — a user who forgot --account deposited, capped or opened a
+    session from it without a word (newuser18)."""
+    return (
+        f"no --account: signing with test account 0 ({address}), the local market operator's wallet (it deploys, "
+        "settles and attests); pass --account ALIAS (or TEST::N) to sign with your own"
+    )
+
+
 class Session:
     """The deployment on the connected network and the signing account."""
 
@@ -130,6 +145,8 @@ class Session:
             raise ValueError(f"no live deployment recorded for {network.name!r}: run `ape run deploy` first")
         self.deployment: Deployment = deployment
         self.account = signing_account(alias, yes=yes)
+        if alias is None:  # said before anything is signed: the default is the operator's wallet
+            click.echo(default_account_note(str(self.account.address)), err=True)
 
     def token(self, symbol: str) -> Any:
         symbol = symbol.upper()
