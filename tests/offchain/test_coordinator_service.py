@@ -620,10 +620,14 @@ def test_proofs__unprovable_or_malformed__domain_errors_the_cli_and_dashboard_ma
 
 
 def test_cli__release__signed_within_free_balance_refused_beyond(
-    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch
+    book: Ledger, chain: FakeChain, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     address = buyer(book, chain, "USDC", 100)[1]
-    monkeypatch.setattr(factory, "ledger_engine", lambda _s: book.engine)
+    # `release` opens the market's ledger as every command does (0836895): the book's own file
+    monkeypatch.setenv("PROMPTEX_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    settings.cache_clear()
+    request.addfinalizer(settings.cache_clear)
+    monkeypatch.setattr(factory, "ledger_engine", lambda _s, _open=None: book.engine)
     monkeypatch.setattr(factory, "make_chain", lambda _s: chain)
     monkeypatch.setattr(factory, "check_ledger_chain", lambda _s, _engine: None)  # a fake chain has no genesis
     runner = CliRunner()
