@@ -27,6 +27,15 @@ from .conftest import Fake, Harness, _harness
 from .test_signed_shapes import Canned, canned  # noqa: F401 (the fixture)
 
 HELLO = {"model": "fake-flat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+# OpenAI: one request above the key's tokens per minute (a lot serving every smaller one)
+TOO_LARGE = {
+    "message": "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested "
+    "36278. The input or output tokens must be reduced in order to run successfully. Visit "
+    "https://platform.openai.com/account/rate-limits to learn more.",
+    "type": "tokens",
+    "param": None,
+    "code": "rate_limit_exceeded",
+}
 
 
 @pytest.fixture
@@ -471,6 +480,18 @@ def test_breaker__a_stream_probing_a_lot__the_probe_is_its_until_it_ends(
         (401, {"message": "Incorrect API key provided"}, Failure("401")),
         (403, {"type": "permission_error", "message": "Your API key does not have permission"}, Failure("403")),
         (429, {"message": "Rate limit reached"}, Failure("429")),
+        (429, {"message": "Rate limit reached for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, "
+               "Used 29937, Requested 385. Please try again in 644ms.", "type": "tokens",
+               "code": "rate_limit_exceeded"},
+         Failure("429")),  # OpenAI: the key's usage, the lot's
+        # One request beyond the lot's own limits: failed over, not counted (a buyer sends it for free).
+        (429, TOO_LARGE, Failure("429", request=True)),  # OpenAI
+        (402, {"message": "This request requires more credits, or fewer max_tokens. You requested up to 32000 "
+               "tokens, but can only afford 27342. To increase, visit https://openrouter.ai/settings/credits and "
+               "upgrade to a paid account", "code": 402, "metadata": {"provider_name": None}},
+         Failure("402", request=True)),  # OpenRouter
+        (429, {"message": "'Request too large for ' is not one of ['system', 'user'] - 'messages.0.role'"},
+         Failure("429")),  # not at the start
         (503, None, Failure("503")),
         # The request's: every lot would refuse it, and a buyer could send it on purpose.
         (400, {"message": "'x' is not one of ['system', 'user'] - 'messages.0.role'", "param": "messages"}, None),
@@ -516,6 +537,28 @@ def test_breaker__a_seller_serving_its_own_requests_between_buyers_failures__ski
         assert post(gw, key, HELLO).status_code == 200  # the buyer's failed over; its own served by the lot
     assert gw.gateway.health.is_open(lot)
     assert post(gw, buyer, HELLO).status_code == 200 and fake.config.requests == 3  # skipped
+
+
+def test_breaker__a_request_beyond_a_lot_s_own_limits__failed_over_not_counted(
+    observed: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A request larger than the cheaper lot's key may take (OpenAI's 429 "Request too large
+    for …": above its tier's tokens per minute) is served by the next lot, and the lot that
+    serves every other request stays open to them. Before (e2break s18), each such 429 was the
+    lot's failure: a buyer sending big requests (free: failed over or refused, never charged at
+    the lot) opened a low-tier lot's circuit in `failures` of them, whatever it served between
+    (`observed`: 2 among the last 4)."""
+    gw = observed
+    lot = gw.add_lot(fake, rate_bps=5000)  # cheaper: tried first
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer()
+    fake.config.fail_status, fake.config.fail_error = 429, TOO_LARGE
+    for _ in range(3):
+        assert post(gw, key, HELLO).status_code == 200  # failed over
+    assert second_fake.config.requests == 3 and not gw.gateway.health.is_open(lot)
+    fake.config.fail_status = None
+    assert post(gw, key, HELLO).status_code == 200  # the cheaper lot still routed: it served this one
+    assert (fake.config.requests, second_fake.config.requests) == (4, 3)
 
 
 def test_breaker__failures_among_the_recent_answers__a_lot_failing_most_opens_one_failing_some_does_not() -> None:

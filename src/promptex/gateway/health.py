@@ -44,7 +44,7 @@ KEY_REFUSED = frozenset({401, 403})
 # of the lot (`failure`). 402: its account is out of credit (OpenRouter).
 LOT_STATUSES = frozenset({401, 402, 403, 408, 409, 429})
 # A 4xx whose body decides whose fault it is (`failure`); others are the request's.
-READ_STATUSES = frozenset({400, 403, 404})
+READ_STATUSES = frozenset({400, 402, 403, 404, 429})
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Failure:
 
     what: str  # as the seller sees it (its last error) and the metrics' label
     model: bool = False  # the lot lacks the request's model: its (lot, model) circuit, not the lot's
+    # The lot cannot serve THIS request (its size against the lot's own limits) and serves the
+    # rest: failed over, another lot may serve it, but not counted (a buyer sends it for free).
+    request: bool = False
 
 
 def failure(status: int, content: bytes = b"") -> Failure | None:
@@ -70,6 +73,12 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
     is the (lot, model)'s alone: a lot serves every model of its provider, and a key may lack
     one (sbreak s17 B4: such a lot answered every buyer of that model 404, never skipped).
     Not the lot's: a 403 that OpenRouter's moderation flagged (`metadata.flagged_input`).
+    Failed over but not counted (`Failure.request`): a request larger than the lot's own
+    limits allow — OpenAI's 429 "Request too large for …" (one request above the key's
+    tokens-per-minute limit), OpenRouter's 402 "This request requires more credits, or fewer
+    max_tokens" — which a buyer sends for free (not served anywhere: not charged) and which,
+    counted, opened a low-tier lot's circuit in `failures` requests while it served the rest
+    (e2break s18: the windowed breaker counts them whatever is served between).
     The fields read are the provider's (code, type, param, the message's start), never where
     a provider repeats a buyer's text."""
     if status >= 500:
@@ -94,6 +103,8 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
         or (status == 400 and _LITELLM_NO_MODEL.match(message))
     ):
         return Failure("model_not_found", model=True)
+    if (status == 429 and message.startswith(_TOO_LARGE)) or (status == 402 and message.startswith(_TOO_COSTLY)):
+        return Failure(str(status), request=True)
     if status in LOT_STATUSES:
         return Failure(str(status))
     if status == 400 and message.startswith("Your credit balance is too low"):
@@ -108,6 +119,11 @@ def failure(status: int, content: bytes = b"") -> Failure | None:
 # so, and a buyer sending gpt-4o to /v1/completions (free: a 4xx is not charged), with a max rate
 # that leaves only the cheaper lots, opened their (lot, model) circuits for every buyer (s3break s18).
 _NO_SUCH_MODEL = re.compile(r"does not exist|not found", re.IGNORECASE)
+
+# One request above what the lot's key may take at all (OpenAI: its tokens-per-minute limit; "Rate
+# limit reached for" is the key's usage, the lot's), or its credit covers (OpenRouter: max_tokens).
+_TOO_LARGE = "Request too large for "
+_TOO_COSTLY = "This request requires more credits, or fewer max_tokens"
 
 # A LiteLLM proxy without the model: "/chat/completions: Invalid model name passed in model=X. …",
 # older ones "400: {'error': 'Invalid model name passed in model=X'}" — at the message's start.

@@ -1260,10 +1260,20 @@ class Gateway:
                         self.health.released(lot.id, model)
 
     def _failed(
-        self, lot: LiveLot, what: str, failures: list[str], status: int | None = None, model: str | None = None
+        self,
+        lot: LiveLot,
+        what: str,
+        failures: list[str],
+        status: int | None = None,
+        model: str | None = None,
+        *,
+        breaker: bool = True,
     ) -> None:
+        """The lot failed the request (failed over). `breaker=False`: not counted against the
+        lot (`health.Failure.request`: THIS request is beyond the lot's own limits)."""
         failures.append(what)
-        self.health.failed(lot.id, what, status, model=model)
+        if breaker:
+            self.health.failed(lot.id, what, status, model=model)
         self.metrics.upstream_errors.labels(str(lot.id), what).inc()
 
     def _failed_answered(self, lot: LiveLot, what: str) -> None:
@@ -1327,7 +1337,8 @@ class Gateway:
             priced.upstream_seconds = elapsed = time.perf_counter() - began
             status = answer.status_code
             if (fault := failure(status, answer.content)) is not None:  # the lot's, not the request's
-                self._failed(lot, fault.what, failures, status, priced.price.model if fault.model else None)
+                model = priced.price.model if fault.model else None
+                self._failed(lot, fault.what, failures, status, model, breaker=not fault.request)
                 continue
             # The lot answered; whether it served, its answer decides. A client error is the
             # client's: it neither counts against the lot nor closes its circuit; nor does an
@@ -1390,7 +1401,8 @@ class Gateway:
                         await upstream.read(wait - (time.perf_counter() - began))  # deadline (review s17)
                 if (fault := failure(status, upstream.content)) is not None:  # the lot's
                     upstream.close()
-                    self._failed(lot, fault.what, failures, status, priced.price.model if fault.model else None)
+                    model = priced.price.model if fault.model else None
+                    self._failed(lot, fault.what, failures, status, model, breaker=not fault.request)
                     continue
                 priced.upstream_seconds = elapsed = time.perf_counter() - began  # to its response's head
                 # A stream's end decides whether it served (`stream_done`); a client error is the
