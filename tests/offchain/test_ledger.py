@@ -575,8 +575,9 @@ def test_bind_wallet__bound_to_other_account__refused(ledger, buyer):
     ledger.bind_wallet(first, sign(first, wallet.key))
     other = ledger.create_account().id
     second = ledger.issue_binding_challenge(other, wallet.address)
-    with pytest.raises(WalletAlreadyBound):
+    with pytest.raises(WalletAlreadyBound) as refused:  # which account, not only "another" (newuser18)
         ledger.bind_wallet(second, sign(second, wallet.key))
+    assert str(refused.value).startswith(f"wallet {wallet.address} is bound to another account: account {buyer}")
     assert ledger.account_of(wallet.address) == buyer
 
 

@@ -263,7 +263,11 @@ def bind(
     current = bound_account(conn, address)
     if current is not None:
         if current != message.account:
-            raise WalletAlreadyBound(f"wallet {address} is bound to another account")
+            # Named: the wallet's owner signed this message, and "another account" left it guessing which.
+            name = conn.execute(select(accounts.c.name).where(accounts.c.id == current)).scalar()
+            raise WalletAlreadyBound(
+                f"wallet {address} is bound to another account: account {current}" + (f" ({name})" if name else "")
+            )
         return current
     bound_at = _bound_after(conn, message.account, now)
     conn.execute(
