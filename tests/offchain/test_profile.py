@@ -107,6 +107,10 @@ def test_up_s_profile__read_back__follows_the_market_from_another_directory(
     assert s.dashboard_seller_base_urls == ["http://127.0.0.1:7000/v1"]
     assert s.deployments_dir == tmp_path / "deployments"
     assert "private_key" not in (market / PROFILE_FILE).read_text()  # no secrets
+    # Every URL the profile records is one `market url` gives (newuser18: the coordinator's door was not).
+    for name, url in json.loads((market / PROFILE_FILE).read_text())["urls"].items():
+        said = CliRunner().invoke(main, ["market", "url", name])
+        assert (said.exit_code, said.output) == (0, f"{url}\n"), (name, said.output)
 
 
 def test_absolute_ledger_url__postgresql_and_memory_unchanged() -> None:

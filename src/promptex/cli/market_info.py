@@ -31,9 +31,9 @@ def market() -> None:
 
 
 @market.command("url")
-@click.argument("name", type=click.Choice(["gateway", "dashboard", "chain", "upstream", "billing"]))
+@click.argument("name", type=click.Choice(["gateway", "dashboard", "chain", "upstream", "billing", "door"]))
 def market_url(name: str) -> None:
-    """One of the market's URLs (the gateway's is its /v1 base URL)."""
+    """One of the market's URLs (the gateway's is its /v1 base URL; the door is the coordinator's)."""
     urls = _recorded(PROFILE_FILE).get("urls")
     if not isinstance(urls, dict) or name not in urls:
         raise click.ClickException(f"the market's profile has no {name} URL: run `promptex up` again")
