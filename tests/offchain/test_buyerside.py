@@ -108,6 +108,39 @@ def test_voucher_log__another_identity__refused(tmp_path: Path) -> None:
         VoucherLog(path, other)
 
 
+def test_voucher_log__held_by_another_process__refused_read_only_beside_it(tmp_path: Path) -> None:
+    # Two proxies (or a proxy and a program using the transport) on one session's log each built
+    # ceilings on their own view of a lane (a hold each beyond the honest charges; the other's
+    # charges read as growth) and interleaved their vouchers, so the log's last voucher of a lane
+    # was no longer the one recovery bounds it by. r2break s18: a second one was not refused.
+    path = tmp_path / "vouchers.log"
+    VoucherLog(path, IDENTITY).close()
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the running proxy: opens the log, writes a voucher and waits
+        try:
+            VoucherLog(path, IDENTITY).write(Voucher(1, 0, 100, b"\x01" * 65))
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with pytest.raises(VoucherLogError, match="in use by another process"):
+            VoucherLog(path, IDENTITY)
+        with path.open("ab") as f:
+            f.write(b'{"t":"voucher","session":1,"lane":0,"ceil')  # as if a line were being written
+        shown = VoucherLog(path, IDENTITY, read_only=True)  # promptex session show beside it
+        assert shown.ceiling(1, 0) == 100
+        shown.close()
+        assert path.read_bytes().endswith(b'"ceil')  # nothing cut off under the writer
+    finally:
+        os.write(done_w, b"1")
+        os.waitpid(child, 0)
+    VoucherLog(path, IDENTITY).close()  # the process gone (kill -9 too): its lock with it
+
+
 def test_lane_book__all_busy__no_free_lane_and_exposure_counts_highest() -> None:
     book = LaneBook(1, 2, 1_000)
     a, b = book.acquire(0), book.acquire(0)

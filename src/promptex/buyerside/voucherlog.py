@@ -17,6 +17,7 @@ nothing about it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -64,7 +65,9 @@ class Identity:
 class VoucherLog:
     """Append vouchers durably; read back the highest ceiling signed per (session, lane)."""
 
-    def __init__(self, path: Path | str, identity: Identity) -> None:
+    def __init__(self, path: Path | str, identity: Identity, read_only: bool = False) -> None:
+        """`read_only`: only read what the log holds (`promptex session show` beside a running
+        proxy): no lock taken, a torn last line skipped but not cut off, nothing written."""
         self.path = Path(path)
         self.identity = identity
         self._lock = threading.Lock()
@@ -90,11 +93,33 @@ class VoucherLog:
         # flight, or in flight when the process stopped (`recovery` weighs it).
         self.open: dict[tuple[int, int], tuple[int, int | None]] = {}
         self.last: dict[tuple[int, int], int] = {}  # per lane, its last voucher's ceiling
+        self._fd = -1
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: each write lands at the end even after a torn line was cut off below.
+            # Read and cut through this one descriptor too: a POSIX lock is let go when the
+            # process closes ANY descriptor of the file.
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            # One signing process per log (r2break s18): two proxies (or a proxy and a program
+            # using the transport) on one session each built ceilings on their own view of a
+            # lane — a hold each beyond the honest charges, the other's charges read as growth
+            # (a stop), and the log's last voucher of a lane no longer the one the gateway may
+            # have accepted last (what recovery bounds a lane by). A POSIX lock: held by the
+            # process (a reopen in the same process, as a restart in tests, is not refused),
+            # released by the kernel when the process dies (kill -9 included).
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self._fd)
+                raise VoucherLogError(
+                    f"{self.path} is in use by another process signing with this session key (a running "
+                    "promptex proxy?): one at a time"
+                ) from None
         records = self._read()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND: each write lands at the end even after a torn line was cut off below.
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if not records:
+        if read_only:
+            if records and records[0] != identity.record():
+                raise VoucherLogError(f"{self.path} is the voucher log of another session key or account: {records[0]}")
+        elif not records:
             self._append(identity.record())
         elif records[0] != identity.record():
             os.close(self._fd)
@@ -126,15 +151,19 @@ class VoucherLog:
                 self.reasoning.clear()
 
     def _read(self) -> list[dict[str, Any]]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
+        if self._fd < 0:
+            try:
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                return []
+        else:
+            raw = b""
+            while chunk := os.pread(self._fd, 1 << 20, len(raw)):
+                raw += chunk
         complete, _, torn = raw.rpartition(b"\n")
-        if torn:  # never fsync'd whole: its request was not sent; cut it off
-            with self.path.open("r+b") as f:
-                f.truncate(len(complete) + 1 if complete else 0)
-                os.fsync(f.fileno())
+        if torn and self._fd >= 0:  # never fsync'd whole: its request was not sent; cut it off
+            os.ftruncate(self._fd, len(complete) + 1 if complete else 0)
+            os.fsync(self._fd)
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def _append(self, record: dict[str, Any]) -> None:
@@ -259,7 +288,8 @@ class VoucherLog:
         return 0 if voucher is None else voucher.ceiling
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
 
 
 def _voucher(record: dict[str, Any]) -> Voucher:

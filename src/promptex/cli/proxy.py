@@ -170,6 +170,7 @@ def proxy(
     from promptex.buyerside.opening import open_signer
     from promptex.buyerside.proxy import create_proxy
     from promptex.buyerside.sessions import GrantError, load
+    from promptex.buyerside.voucherlog import VoucherLogError
     from promptex.cli.amounts import asset_units
     from promptex.metering import load_catalog
     from promptex.protocol.units import money
@@ -205,6 +206,8 @@ def proxy(
             )
     except (httpx.HTTPError, ValueError) as exc:
         raise click.ClickException(f"cannot open the session at {base}: {exc}") from None
+    except VoucherLogError as exc:  # another session's log, one in use, one that cannot be written
+        raise click.ClickException(str(exc)) from None
     for note in opened.notes:
         click.echo(note, err=True)
     signer = opened.signer

@@ -20,7 +20,7 @@ import click
 from ape.cli import network_option
 
 from promptex.buyerside.sessions import GrantError, SessionGrant, WalletSigner, load, new_grant, save
-from promptex.buyerside.voucherlog import VoucherLog
+from promptex.buyerside.voucherlog import VoucherLog, VoucherLogError
 from promptex.cli import door
 from promptex.cli.errors import readable_errors
 from promptex.cli.market import market_command_class, rpc_url_option
@@ -196,7 +196,10 @@ def session_show(session_file: str | None) -> None:
     if not log_file.exists():
         click.echo("no voucher signed yet")
         return
-    log = VoucherLog(log_file, grant.identity())
+    try:  # read only: beside a running proxy (which holds the log), and nothing cut off under it
+        log = VoucherLog(log_file, grant.identity(), read_only=True)
+    except VoucherLogError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         ceilings = [log.ceiling(grant.session, lane) for lane in range(grant.lanes)]
         stopped = log.stopped
