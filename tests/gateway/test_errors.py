@@ -203,13 +203,36 @@ def test_chat_stream__cheapest_lot_accepts_and_never_answers__its_head_owed_with
         account, key = gw.buyer(amount=USDC)
         gw.gateway.client.timeout = 0.2
         gw.gateway.s = gw.settings.model_copy(update={"gateway_request_deadline_seconds": 1.0})
-        body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 4_000, "stream": True}
+        # a model that never reasons (`reasoning = false`): its head comes at once from every provider
+        body = {"model": "fake-gpt-plain", "messages": HELLO, "max_tokens": 4_000, "stream": True}
         assert gw.gateway.upstream_wait(4_000) == 1.0  # its first content may take until the deadline
         answer = post(gw, key, body)
         assert answer.status_code == 200 and _streamed(answer).startswith("alpha bravo"), answer.text
         assert gw.gateway.health._lots[hanging].failures == 1  # a timeout, as connecting's
         assert second_fake.config.requests == 1
     assert gw.ledger.balance(account, "USDC").held == 0
+    gw.ledger.check()
+
+
+def test_chat_stream__a_model_that_may_reason__its_head_after_the_timeout__served_not_failed_over(
+    gw: Harness, fake: Fake, second_fake: Fake
+) -> None:
+    """A stream of a model that may reason has its head within the first content's long wait:
+    some providers (Azure OpenAI, Novita) send a stream's head only with its first visible
+    token, after the whole think. Before (e2break s18, on ab99e7e), a head later than the
+    upstream timeout failed the lot (counted) and the request over to the next, whose think
+    started again: an honest head-holding lot's circuit opened on long thinks, and a buyer
+    opened it so for free (nothing streamed, nothing charged)."""
+    cheap = gw.add_lot(fake, rate_bps=5000)
+    gw.add_lot(second_fake, rate_bps=6000)
+    _, key = gw.buyer(amount=USDC)
+    gw.gateway.client.timeout = 0.2
+    gw.gateway.s = gw.settings.model_copy(update={"gateway_request_deadline_seconds": 2.0})
+    fake.config.latency_ms = 600  # its head after 0.6 s: the think (fake-gpt may reason)
+    body = {"model": "fake-gpt", "messages": HELLO, "max_tokens": 4_000, "stream": True}
+    answer = post(gw, key, body)
+    assert answer.status_code == 200 and _streamed(answer).startswith("alpha bravo"), answer.text
+    assert (gw.gateway.health._lots[cheap].failures, second_fake.config.requests) == (0, 0)
     gw.ledger.check()
 
 

@@ -1384,17 +1384,23 @@ class Gateway:
             began = time.perf_counter()
             try:
                 async with asyncio.timeout_at(priced.deadline):
-                    # Its head (status line and headers) within the upstream timeout: every
-                    # provider sends a stream's head at once, so a lot silent past it failed
-                    # (failover, counted), as a connect timeout is. Before (slowlot s18) the
-                    # head had the first content's long wait: a cheapest lot that accepts
-                    # connections and never answers held every stream with a large output
-                    # limit until its deadline (504, not the lot's failure: never skipped).
+                    # Its head (status line and headers) within the upstream timeout: a lot
+                    # silent past it failed (failover, counted), as a connect timeout is.
+                    # Before (slowlot s18) the head had the first content's long wait: a
+                    # cheapest lot that accepts connections and never answers held every
+                    # stream with a large output limit until its deadline (504, not the lot's
+                    # failure: never skipped). Except for a model that may reason: some
+                    # providers send a stream's head only with its first visible token (Azure
+                    # OpenAI, Novita; llama.cpp's server before 2026-05), after the whole
+                    # think, so its head has the long wait (e2break s18: else every think past
+                    # the timeout failed over lot after lot, opening honest lots' circuits, and
+                    # a buyer opened them so for free: nothing streamed, nothing charged).
                     # Then until its first content, as long as a plain answer (a reasoning
                     # model sends its role chunk, then nothing while it reasons); then between
                     # chunks, the upstream timeout again (`MeteredStream`).
                     wait = self.upstream_wait(output, priced.deadline_seconds)
-                    upstream = await self.client.post(call.url, call.headers, call.content)
+                    head = wait if may_reason(priced.price, priced.asks_reasoning) else None
+                    upstream = await self.client.post(call.url, call.headers, call.content, timeout=head)
                     upstream.timeout = wait
                     status = upstream.status_code
                     if 400 <= status < 500:  # its body says whose fault it is (`failure`); read within the
