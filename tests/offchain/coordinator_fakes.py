@@ -226,6 +226,10 @@ class FakeChain:
     def lane_settled(self, address: str, asset: str, lane: int) -> int:
         return self.s.lane_settled.get((address, asset, lane), 0)
 
+    def signed_session(self, address: str, asset: str) -> int:
+        session = self.s.sessions.get((address, asset))
+        return 0 if session is None else session[1]
+
     def release_nonce(self, address: str) -> int:
         return self.s.release_nonce.get(address, 0)
 

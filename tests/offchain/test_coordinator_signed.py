@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from typing import Any
 
 import pytest
@@ -222,3 +223,44 @@ def test_way_back__capped_records_after_the_cap_and_the_old_sessions_lanes__each
         modes[request_id] = (stored.mode, stored.epoch)
     assert modes == {signed[0]: ("signed", 2), signed[1]: ("signed", 2), capped: ("capped", 1)}
     assert coord.run_once().confirmed == []  # nothing twice
+
+
+def test_settle_signed__confirmed_after_the_buyer_s_next_session__the_batch_s_lanes_never_lowered(
+    book: Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review1 F6: the vault reads the lanes of the account's LAST registered session. A
+    coordinator killed between landing a batch and confirming it, restarted after the buyer's
+    next session was registered on chain (not yet indexed): before, the restart's pass wrote
+    the new session's lane totals (0) onto the ledger's current session — the batch's own —
+    and `set_settled` overwrote: lane 0's 300, settled by an earlier batch, went to 0 (the
+    unanswered give-back's guard then reads a total below what the chain settled). Now the
+    lane is read only while the vault's session is the batch's, and a total is never lowered
+    but by a reorg (`test_settle_signed__a_reorg_orphans…`)."""
+    chain = FakeChain()
+    chain.open_lot(LOT, KIND_LISTED, "USDC")
+    a = SignedBuyer(book, chain, 10_000)
+    a.spend(0, 300)
+    Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0).run_once()
+    assert book.lane(a.account, "USDC", 1, 0).settled == 300
+    a.spend(0, 100)
+
+    class Killed(BaseException):
+        """Stands in for kill -9 there."""
+
+    def killed(_self: Coordinator, _batch: Any, **_: Any) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Coordinator, "_lanes_settled", killed)
+        with pytest.raises(Killed):
+            Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0).run_once()
+    assert chain.lane_settled(a.address, "USDC", 0) == 400
+    # The buyer's next session registered on chain: the vault's lane views now read its lanes (0).
+    chain.s.sessions[(a.address, "USDC")] = (Account.create().address, 2, 2, 10**9)
+    chain.s.lane_settled[(a.address, "USDC", 0)] = 0
+    with caplog.at_level(logging.WARNING, logger="promptex.coordinator"):
+        Coordinator(book.engine, chain, holder="test", clock=book.clock, tx_timeout=0).run_once()  # restarted
+    assert len(chain.s.settlements) == 2  # each batch posted once
+    assert book.lane(a.account, "USDC", 1, 0).settled == 300  # before: 0
+    assert book.lane(a.account, "USDC", 2, 0).settled == 0  # nothing written onto a session the ledger lacks
+    assert any("session 1 not read: the vault now reads session 2" in r.getMessage() for r in caplog.records)

@@ -491,7 +491,7 @@ class Coordinator:
                 self.store.move_tx(tx, REVERTED, receipt, self.clock())
             return True
         if batch is not None:  # its lanes as the vault has them without it: first, as `_confirm` does
-            self._lanes_settled(batch)
+            self._lanes_settled(batch, reorged=True)
         what = self.store.reopen_tx(tx)
         log.warning(
             "%s tx %s (nonce %d) of key %s is no longer on chain (a reorg): %s resolved again",
@@ -816,7 +816,7 @@ class Coordinator:
                         "only its key can fill its nonce: run that key's coordinator --once"
                     )
                 continue
-            self._lanes_settled(batch)  # its lanes as the vault has them without it: first, as `_confirm` does
+            self._lanes_settled(batch, reorged=True)  # its lanes as the vault has them without it: first
             self.store.reopen(batch)
 
     def _confirm(self, batch: Batch) -> None:
@@ -1050,23 +1050,50 @@ class Coordinator:
         payload.signed = [(d.address, d.lane, d.ceiling, d.amount, "0x" + d.signature.hex()) for d in batch.debits]
         return self._call(asset, epoch, payload, usage_tree(batch.entries).root)
 
-    def _lanes_settled(self, batch: Batch) -> None:
+    def _lanes_settled(self, batch: Batch, *, reorged: bool = False) -> None:
         """After a signed batch landed, or before a batch whose landed settle a reorg orphaned
-        is reopened: each lane's settled total, as the vault has it, into the ledger (what
-        `GET /v1/promptex/lanes` reports; the unanswered-settle give-back's lane guard). Read
-        before the batch's record changes, so that a coordinator killed between the two reads
-        them again. Before (xbreak s18), a reopened batch's lanes kept the orphaned settle's
-        totals until it, or its records in a later batch, landed again."""
+        is reopened (`reorged`): each lane's settled total, as the vault has it, into the ledger
+        (what `GET /v1/promptex/lanes` reports; the unanswered-settle give-back's lane guard).
+        Read before the batch's record changes, so that a coordinator killed between the two
+        reads them again. Before (xbreak s18), a reopened batch's lanes kept the orphaned
+        settle's totals until it, or its records in a later batch, landed again.
+
+        Per the batch's own session (its records' vouchers'): the vault reads the lanes of the
+        account's LAST registered session only, so a lane is read only while that is the
+        batch's, and written onto the batch's session's lane — never lowered, but by a reorg.
+        Before (review1 F6), the vault's last session's lane was written onto the ledger's
+        current session's: a batch confirmed after the buyer's next session was registered
+        wrote that session's 0 over the batch's lane (the give-back's guard then read a total
+        below what the chain settled). Such a lane is left as it was and said (its total is
+        not readable from the vault once the next session is registered: it catches up only
+        if a later batch of that session lands — none can, its session over)."""
         if not batch.payload.signed:
             return
+        sessions: dict[tuple[str, int], set[int]] = {}
+        for record in self.store.batch_records(batch.id):
+            if record.address is not None and record.voucher_session is not None and record.voucher_lane is not None:
+                sessions.setdefault((record.address.lower(), record.voucher_lane), set()).add(record.voucher_session)
+        chain_sessions: dict[str, int] = {}
         for address, lane, _ceiling, _amount, _sig in batch.payload.signed:
             account = self.store.account_of(address)
             if account is None:
                 continue
-            session, _ = self.store.session_lanes(account, batch.asset)
-            if session is not None:
-                settled = self.chain.lane_settled(address, batch.asset, lane)
-                self.store.set_lane_settled(account, batch.asset, session.session, lane, settled, self.clock())
+            own = sessions.get((address.lower(), lane), set())
+            if len(own) != 1:  # (one voucher per lane and session in a batch: never several)
+                continue
+            (session,) = own
+            if address not in chain_sessions:
+                chain_sessions[address] = self.chain.signed_session(address, batch.asset)
+            on_chain = chain_sessions[address]
+            if on_chain != session:
+                log.warning(
+                    "%s epoch %d: lane %d of %s's session %d not read: the vault now reads session %d's lanes; "
+                    "the ledger keeps the lane's settled total as it was",
+                    batch.asset, batch.epoch, lane, address, session, on_chain,
+                )  # fmt: skip
+                continue
+            settled = self.chain.lane_settled(address, batch.asset, lane)
+            self.store.set_lane_settled(account, batch.asset, session, lane, settled, self.clock(), lower=reorged)
 
     def _prepare(self, asset: str, records: list[StoredUsage], spend_only: bool) -> list[Entry]:
         """Records as entries; those that cannot be settled are quarantined with their reason."""

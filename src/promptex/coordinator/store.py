@@ -358,10 +358,13 @@ class CoordinatorStore(SignedTxStore):
                 return None, []
             return found, _lanes.lanes(conn, account, asset, found.session, found.lanes)
 
-    def set_lane_settled(self, account: int, asset: str, session: int, lane: int, settled: int, now: int) -> None:
-        """What the chain has settled on the lane (read from the vault once a batch landed)."""
+    def set_lane_settled(
+        self, account: int, asset: str, session: int, lane: int, settled: int, now: int, *, lower: bool = False
+    ) -> None:
+        """What the chain has settled on the lane (read from the vault once a batch landed):
+        never lowered unless `lower` (a reorg took a settle back: `ledger.lanes.set_settled`)."""
         with self._tx() as conn:
-            _lanes.set_settled(conn, account, asset, session, lane, settled, now)
+            _lanes.set_settled(conn, account, asset, session, lane, settled, now, lower=lower)
 
     def account_of(self, address: str) -> int | None:
         with self._tx() as conn:

@@ -33,7 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, case, select, update
 
 from promptex.ledger import accounts as _accounts
 from promptex.ledger import sessions as _sessions
@@ -175,13 +175,26 @@ def lane(conn: Connection, account: int, asset: str, session: int, number: int) 
     return Lane(account, asset, session, number) if row is None else _lane(row)
 
 
-def set_settled(conn: Connection, account: int, asset: str, session: int, number: int, settled: int, now: int) -> None:
-    """What the chain has settled on the lane in total (the coordinator's confirmed batches)."""
+def set_settled(
+    conn: Connection,
+    account: int,
+    asset: str,
+    session: int,
+    number: int,
+    settled: int,
+    now: int,
+    *,
+    lower: bool = False,
+) -> None:
+    """What the chain has settled on the lane in total (the coordinator's confirmed batches):
+    never lowered (a read of another session's lane, or an older read, cannot take it back)
+    unless `lower` — a reorg took a landed settle off the chain, and the vault's total with it."""
     _ensure(conn, account, asset, session, number, now)
+    column = voucher_lanes.c.settled
     conn.execute(
         update(voucher_lanes)
         .where(*_where(account, asset, session), voucher_lanes.c.lane == number)
-        .values(settled=settled, updated_at=now)
+        .values(settled=settled if lower else case((column < settled, settled), else_=column), updated_at=now)
     )
 
 
