@@ -163,8 +163,8 @@ def recover(
         if logged >= lane.signed:
             if unanswered is not None:
                 accepted = voucher_log.last_ceiling(chain.session, lane.index)
-            elif counted is not None and "live" in counted:
-                accepted = int(counted["live"])
+            else:  # kept across a resume (r2break s18): a resume forgives counts, not this bound
+                accepted = voucher_log.accepted_live(chain.session, lane.index)
         if accepted is not None:
             if settled > accepted:
                 settled_above(lane, settled, f"every voucher the gateway accepted ({shown(accepted)} at most)")

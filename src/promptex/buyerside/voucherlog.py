@@ -88,6 +88,10 @@ class VoucherLog:
         # (its stop rule): a restart goes on counting, else each restart would give a
         # gateway that charges and drops every connection one hold more per lane.
         self.errors: dict[tuple[int, int], dict[str, Any]] = {}
+        # Per lane, its `live` (the highest ceiling the gateway may have accepted) as its last
+        # `errors` line recorded it: kept across a resume, which forgives the lane's count,
+        # not what the gateway may have accepted (`recovery` bounds the lane by it).
+        self.accepted: dict[tuple[int, int], int] = {}
         # Per lane, its last voucher's (hold, the exact total it was signed on or None) while
         # no outcome of it is written (a `charged` or `errors` line after it): a request in
         # flight, or in flight when the process stopped (`recovery` weighs it).
@@ -144,6 +148,7 @@ class VoucherLog:
                 self.stopped = Stop(str(record["reason"]), None if lane is None else int(lane), int(record["at"]))
             elif record.get("t") == "errors":
                 self.errors[(int(record["session"]), int(record["lane"]))] = record
+                self._accepted(record)
                 self.open.pop((int(record["session"]), int(record["lane"])), None)
             elif record.get("t") == "resumed":
                 self.stopped = None
@@ -239,7 +244,15 @@ class VoucherLog:
             except OSError as exc:
                 raise VoucherLogError(f"cannot write the voucher log {self.path}: {exc}") from exc
             self.errors[(session, lane)] = record
+            self._accepted(record)
             self.open.pop((session, lane), None)
+
+    def _accepted(self, record: dict[str, Any]) -> None:
+        key = (int(record["session"]), int(record["lane"]))
+        if "live" in record:  # written since 390d283
+            self.accepted[key] = int(record["live"])
+        else:
+            self.accepted.pop(key, None)
 
     def unanswered(self, session: int, lane: int) -> tuple[int, int | None] | None:
         """The lane's last voucher's (hold, exact total it was signed on, or None) if no
@@ -249,6 +262,11 @@ class VoucherLog:
     def last_ceiling(self, session: int, lane: int) -> int:
         """The ceiling of the lane's last voucher (0: none)."""
         return self.last.get((session, lane), 0)
+
+    def accepted_live(self, session: int, lane: int) -> int | None:
+        """The lane's `live` as its last `errors` line recorded it, a resume since or not
+        (None: no such line, or one written before it carried `live`)."""
+        return self.accepted.get((session, lane))
 
     def error_state(self, session: int, lane: int) -> dict[str, Any] | None:
         """A lane's count of answers without figures as last recorded (None: none since a resume)."""
