@@ -141,6 +141,20 @@ def test_voucher_log__held_by_another_process__refused_read_only_beside_it(tmp_p
     VoucherLog(path, IDENTITY).close()  # the process gone (kill -9 too): its lock with it
 
 
+def test_voucher_log__a_file_system_without_locks__said_so_not_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, cmd: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(VoucherLogError, match="cannot lock the voucher log .*No locks available"):
+        VoucherLog(tmp_path / "vouchers.log", IDENTITY)
+
+
 def test_lane_book__all_busy__no_free_lane_and_exposure_counts_highest() -> None:
     book = LaneBook(1, 2, 1_000)
     a, b = book.acquire(0), book.acquire(0)

@@ -17,6 +17,7 @@ nothing about it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -113,8 +114,10 @@ class VoucherLog:
             # released by the kernel when the process dies (kill -9 included).
             try:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
                 os.close(self._fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):  # a file system without locks
+                    raise VoucherLogError(f"cannot lock the voucher log {self.path}: {exc}") from None
                 raise VoucherLogError(
                     f"{self.path} is in use by another process signing with this session key (a running "
                     "promptex proxy?): one at a time"
