@@ -155,6 +155,25 @@ def test_voucher_log__a_file_system_without_locks__said_so_not_another_process(
         VoucherLog(tmp_path / "vouchers.log", IDENTITY)
 
 
+@pytest.mark.parametrize("damaged", [b"\x00\x00\x00\x00\n", b'{"t":"voucher","sess\n', b"[1, 2]\n"])
+def test_voucher_log__a_whole_line_not_a_record__refused_naming_the_line(tmp_path: Path, damaged: bytes) -> None:
+    # A damaged file (a crash of the file system, a hand edit), not a torn last line: refused in
+    # one line naming the file and the line (promptex proxy and session show print it); before
+    # (r2break s18), json's own error, which the proxy printed as 'cannot open the session at
+    # <the gateway's url>: Expecting value …' (session show: a traceback).
+    path = tmp_path / "vouchers.log"
+    log = VoucherLog(path, IDENTITY)
+    log.write(Voucher(1, 0, 100, b"\x01" * 65))
+    log.close()
+    with path.open("ab") as f:
+        f.write(damaged)
+    with pytest.raises(VoucherLogError, match=r"vouchers.log line 3 is not a voucher log record"):
+        VoucherLog(path, IDENTITY)
+    with pytest.raises(VoucherLogError, match=r"line 3 is not a voucher log record"):
+        VoucherLog(path, IDENTITY, read_only=True)
+    VoucherLog(tmp_path / "other.log", IDENTITY).close()  # nothing left held
+
+
 def test_lane_book__all_busy__no_free_lane_and_exposure_counts_highest() -> None:
     book = LaneBook(1, 2, 1_000)
     a, b = book.acquire(0), book.acquire(0)

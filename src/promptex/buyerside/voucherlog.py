@@ -172,7 +172,20 @@ class VoucherLog:
         if torn and self._fd >= 0:  # never fsync'd whole: its request was not sent; cut it off
             os.ftruncate(self._fd, len(complete) + 1 if complete else 0)
             os.fsync(self._fd)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(complete.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:  # a whole line that is not JSON was not written here (a damaged file): refused, said so
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                if self._fd >= 0:
+                    os.close(self._fd)
+                raise VoucherLogError(f"{self.path} line {number} is not a voucher log record: {line[:80]!r}")
+            records.append(record)
+        return records
 
     def _append(self, record: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
