@@ -455,6 +455,34 @@ def test_breaker__a_stream_probing_a_lot__the_probe_is_its_until_it_ends(
     until(lambda: not health.is_open(cheap), "the stream's end closed the circuit")
 
 
+def test_breaker__a_stream_that_claimed_no_probe__its_client_leaving_gives_back_none(
+    observed: Harness, fake: Fake
+) -> None:
+    """review1 F7: a stream that reached the lot with its circuit closed (no probe claimed)
+    and whose client left gave back "its" probe — another request's, claimed meanwhile once the
+    circuit opened and cooled down — so a second request probed the lot concurrently. Now a
+    stream gives back only a probe it claimed (`Priced.probe`)."""
+    gw = observed
+    lot = gw.add_lot(fake)
+    _, key = gw.buyer()
+    health, now = gw.gateway.health, [0.0]
+    health._clock = lambda: now[0]
+    fake.config.chunk_delay_ms = 100
+    body = {**HELLO, "max_tokens": 16, "stream": True}
+    with httpx.stream(
+        "POST", gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+    ) as s:
+        assert s.status_code == 200
+        next(s.iter_raw())  # handed over, the lot's circuit closed: no probe claimed
+        for _ in range(2):
+            health.failed(lot, "500", 500)
+        now[0] = 3_600.0  # past its cool-down (`observed`)
+        assert health.allows(lot)  # another request's probe, in flight
+        assert not health.may_try(lot)
+    until(lambda: not gw.gateway.holding, "the stream that lost its client was settled")
+    assert not health.may_try(lot)  # before: True (the other request's probe given back)
+
+
 @pytest.mark.parametrize(
     ("status", "error", "expected"),
     [

@@ -217,13 +217,19 @@ class LotHealth:
         """Whether a request (for `model`) may try the lot now: an open circuit past its
         cool-down lets exactly one probe through — claimed here, by the request about to call
         the lot (`Gateway._in_order` asks lot by lot, as it reaches each)."""
+        return self.claim(lot_id, model) is not None
+
+    def claim(self, lot_id: int, model: str | None = None) -> bool | None:
+        """`allows`, saying what it let through: None (may not try), True (this request claimed
+        a probe: its to give back, `released`), False (tried without one: a closed circuit)."""
         if not self.may_try(lot_id, model):
-            return False
+            return None
         now = self._clock()
+        claimed = False
         for state in (self._lots.get(lot_id), self._models.get((lot_id, model)) if model is not None else None):
             if state is not None and state.open_until:
-                state.probe_at = now
-        return True
+                state.probe_at, claimed = now, True
+        return claimed
 
     def released(self, lot_id: int, model: str | None = None) -> None:
         """A request's attempt at the lot ended: a probe it claimed and that neither served nor

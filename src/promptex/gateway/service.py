@@ -217,6 +217,7 @@ class Priced:
     lot_id: int | None = None  # the lot whose capacity the hold has (set at reserve)
     upstream_seconds: float = 0.0  # the answering upstream call's time (non-streamed)
     streaming: bool = False  # a stream handed over: its end tells its lot's breaker (`stream_done`)
+    probe: int | None = None  # the lot whose half-open probe the attempt claimed (`LotHealth.claim`), if any
     hold_seconds: float = 0.0  # the loop's wait for its hold (ledger thread, commit)
     settle_seconds: float = 0.0  # and for its settle: both in `server-timing`
     claims: list[LotClaim] = field(default_factory=list)
@@ -1252,11 +1253,13 @@ class Gateway:
             yield from lots  # the breaker saves latency: it must not invent an outage
             return
         for lot in lots:
-            if self.health.allows(lot.id, model):
+            claimed = self.health.claim(lot.id, model)
+            if claimed is not None:
+                priced.probe = lot.id if claimed else None
                 try:
                     yield lot
                 finally:  # its attempt is over (the next lot asked for, or the request ended) —
-                    if not priced.streaming:  # a stream's goes on: its end decides (`stream_done`)
+                    if claimed and not priced.streaming:  # a stream's goes on: its end decides (`stream_done`)
                         self.health.released(lot.id, model)
 
     def _failed(
@@ -1432,6 +1435,14 @@ class Gateway:
                     lot.inflight -= 1
         raise _all_failed(failures)
 
+    def _probe_back(self, stream: MeteredStream) -> None:
+        """A stream that ended neither served nor failed gives back the probe IT claimed — only
+        that: one that reached the lot with its circuit closed, or through `_in_order`'s
+        every-lot-blocked fallback, claimed none, and giving one back cleared another request's
+        probe still in flight (review1 F7: a second request probed the lot meanwhile)."""
+        if stream.priced.probe == stream.lot.id:
+            self.health.released(stream.lot.id, stream.priced.price.model)
+
     async def stream_done(self, stream: MeteredStream) -> Charge | None:
         """Meter a stream that ended, completed or not. A stream cut short (the upstream
         broke off, or the client left and the upstream call was dropped) is charged its
@@ -1463,7 +1474,7 @@ class Gateway:
             if not neutral:  # an upstream failure, as a 5xx is: in the lot's errors and its circuit breaker
                 self._failed_answered(stream.lot, "empty")
             else:
-                self.health.released(stream.lot.id, stream.priced.price.model)
+                self._probe_back(stream)
             await self.release(stream.key, stream.priced, stream.request_id)
             return None
         if tr.finished or stream.timed_out:
@@ -1471,7 +1482,7 @@ class Gateway:
         elif not neutral:
             self._failed_answered(stream.lot, "broken")
         else:  # its client left, or the gateway cut it: a probe it was is given back (`LotHealth.released`)
-            self.health.released(stream.lot.id, stream.priced.price.model)
+            self._probe_back(stream)
         usage = tr.usage
         if usage is None or not tr.finished:
             # Cut short: the input as reported (with its cached parts) and the output
