@@ -102,6 +102,9 @@ def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate
     def gateway(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers)
         said = {"x-promptex-lot-rate-bps": "9000", "x-promptex-lane": "0", "x-promptex-deadline-seconds": "412"}
+        if len(seen) == 2:  # a refusal sent before the gateway read the request (its load shed)
+            said = {"x-promptex-unread": "1", "retry-after": "1"}
+            return httpx.Response(429, json={"error": {"code": "capacity_busy"}}, headers=said)
         return httpx.Response(200, json={}, headers=said)
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(gateway))
@@ -110,6 +113,9 @@ def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate
     with TestClient(app) as test:
         sent = {"x-promptex-max-rate-bps": "9000", "x-promptex-voucher": "v", "x-promptex-asset": "USDC", "cookie": "c"}
         answer = test.post("/v1/chat/completions", json={}, headers=sent)
+        shed = test.post("/v1/chat/completions", json={}, headers=sent)
+    # a signer behind the pass-through must see the mark, or it weighs a shed as a hold
+    assert (shed.status_code, shed.headers.get("x-promptex-unread")) == (429, "1")
     assert answer.status_code == 200
     assert (seen[0].get("x-promptex-max-rate-bps"), seen[0].get("x-promptex-voucher")) == ("9000", "v")
     assert "cookie" not in seen[0]

@@ -44,7 +44,7 @@ REQUEST_HEADERS = (
 RESPONSE_HEADERS = (
     "content-type", "x-request-id", "x-promptex-lot", "retry-after", "cache-control",
     "x-promptex-lane", "x-promptex-lane-charged-units", "x-promptex-voucher", "x-promptex-lot-rate-bps",
-    "x-promptex-deadline-seconds",
+    "x-promptex-deadline-seconds", "x-promptex-unread",
 )  # fmt: skip
 
 
