@@ -11,12 +11,10 @@ and every first answer stopped signing; `/v1/models` now gives them exactly too.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import httpx
 import pytest
-from eth_account import Account
 
 from promptex.buyerside.answers import RateBook
 from promptex.buyerside.opening import log_path, open_signer
@@ -30,6 +28,7 @@ from promptex.protocol.units import TOKEN_UNIT as TOKEN
 from promptex.protocol.vault import sign_voucher
 
 from .conftest import CATALOG, Fake, FakeTwaps, Harness
+from .test_signed_proxy import _session
 
 VAULT = "0x" + "ab" * 20
 GPT_TOKEN = "0x" + "ce" * 20
@@ -41,7 +40,6 @@ ASKS = {
     "chat": ("/v1/chat/completions", {"max_tokens": 10, "messages": HELLO}),
     "messages stream": ("/v1/messages", {"max_tokens": 10, "messages": HELLO, "stream": True}),
 }
-_events = itertools.count(70_000)
 
 
 def _gpt_session(gw: Harness, twaps: FakeTwaps, fake: Fake, tmp_path: Path) -> tuple[SessionGrant, int, str, Signer]:
@@ -50,18 +48,9 @@ def _gpt_session(gw: Harness, twaps: FakeTwaps, fake: Fake, tmp_path: Path) -> t
     gw.gateway.twaps.refresh()  # type: ignore[union-attr]
     gw.add_lot(fake, provider="anthropic", api="anthropic", kind="listed", rate_bps=6000)
     gw.add_lot(fake, provider="openai", kind="tokenized")
-    account, api_key = gw.buyer(asset="GPT", amount=10 * TOKEN)
-    wallet = gw.ledger.wallets(account)[0]
-    key = Account.create()
-    grant = SessionGrant(
-        CHAIN_ID, VAULT, wallet, GPT_TOKEN, "GPT", key.address, "0x" + bytes(key.key).hex(),
-        LANES, 5 * TOKEN, gw.now() + 86_400, 1, "",
-    )  # fmt: skip
-    gw.ledger.register_session(
-        f"0x{next(_events):064x}:0", address=wallet, asset="GPT", asset_address=GPT_TOKEN, chain_id=CHAIN_ID,
-        vault=VAULT, key=key.address, session=1, lanes=LANES, maximum=grant.maximum, expiry=grant.expiry,
-        signed_from=2,
-    )  # fmt: skip
+    grant, account, api_key = _session(
+        gw, tmp_path, asset="GPT", token=GPT_TOKEN, deposit=10 * TOKEN, maximum=5 * TOKEN, lanes=LANES
+    )
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {api_key}"}) as client:
         opened = open_signer(grant, client, tmp_path, catalog=load_catalog(CATALOG))
     # Said once when the proxy opens: its models of other providers are refused (fails before).

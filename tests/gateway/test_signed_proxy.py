@@ -35,17 +35,27 @@ LANES = 3
 _events = itertools.count(50_000)
 
 
-def _session(gw: Harness, tmp_path: Path) -> tuple[SessionGrant, int, str]:
-    account, api_key = gw.buyer(amount=100 * USDC)
+def _session(
+    gw: Harness,
+    tmp_path: Path,
+    *,
+    asset: str = "USDC",
+    token: str = USDC_TOKEN,
+    deposit: int = 100 * USDC,
+    maximum: int = 50 * USDC,
+    lanes: int = LANES,
+) -> tuple[SessionGrant, int, str]:
+    """A buyer with `deposit` of `asset` and a session key over it (the ledger's, as indexed)."""
+    account, api_key = gw.buyer(asset=asset, amount=deposit)
     wallet = gw.ledger.wallets(account)[0]
     key = Account.create()
     grant = SessionGrant(
-        CHAIN_ID, VAULT, wallet, USDC_TOKEN, "USDC", key.address, "0x" + bytes(key.key).hex(),
-        LANES, 50 * USDC, gw.now() + 86_400, 1, "",
+        CHAIN_ID, VAULT, wallet, token, asset, key.address, "0x" + bytes(key.key).hex(),
+        lanes, maximum, gw.now() + 86_400, 1, "",
     )  # fmt: skip
     gw.ledger.register_session(
-        f"0x{next(_events):064x}:0", address=wallet, asset="USDC", asset_address=USDC_TOKEN, chain_id=CHAIN_ID,
-        vault=VAULT, key=key.address, session=1, lanes=LANES, maximum=grant.maximum, expiry=grant.expiry,
+        f"0x{next(_events):064x}:0", address=wallet, asset=asset, asset_address=token, chain_id=CHAIN_ID,
+        vault=VAULT, key=key.address, session=1, lanes=lanes, maximum=grant.maximum, expiry=grant.expiry,
         signed_from=2,
     )  # fmt: skip
     return grant, account, api_key
