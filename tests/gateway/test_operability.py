@@ -359,6 +359,16 @@ def test_breaker__a_model_the_endpoint_does_not_serve__the_request_s_404__no_lot
     assert gw.gateway.health.may_try(cheaper, HELLO["model"]) and _failures_in_a_row(gw, cheaper) == 0
 
 
+def _circuit_opened(gw: Harness, lot: int) -> list[float]:
+    """`lot`'s circuit opened (two failures: `observed`'s threshold) on a clock the test moves
+    (`now[0]`, seconds)."""
+    health, now = gw.gateway.health, [0.0]
+    health._clock = lambda: now[0]
+    for _ in range(2):
+        health.failed(lot, "500", 500)
+    return now
+
+
 def test_breaker__a_pricier_lot_past_its_cool_down__its_probe_is_the_request_that_reaches_it(
     observed: Harness, fake: Fake, second_fake: Fake
 ) -> None:
@@ -370,10 +380,7 @@ def test_breaker__a_pricier_lot_past_its_cool_down__its_probe_is_the_request_tha
     gw.add_lot(fake, rate_bps=5000)
     pricier = gw.add_lot(second_fake, rate_bps=6000)
     _, key = gw.buyer()
-    health, now = gw.gateway.health, [0.0]
-    health._clock = lambda: now[0]
-    for _ in range(2):
-        health.failed(pricier, "500", 500)
+    health, now = gw.gateway.health, _circuit_opened(gw, pricier)
     assert health.is_open(pricier)
     now[0] = 3_600.0  # past its cool-down (`observed`)
     assert post(gw, key, HELLO).status_code == 200 and second_fake.config.requests == 0
@@ -393,10 +400,7 @@ def test_breaker__a_probe_answered_with_the_request_s_4xx__the_next_request_prob
     cheap = gw.add_lot(fake, rate_bps=5000)
     gw.add_lot(second_fake, rate_bps=6000)
     _, key = gw.buyer()
-    health, now = gw.gateway.health, [0.0]
-    health._clock = lambda: now[0]
-    for _ in range(2):
-        health.failed(cheap, "500", 500)
+    health, now = gw.gateway.health, _circuit_opened(gw, cheap)
     now[0] = 3_600.0  # past its cool-down (`observed`)
     fake.config.fail_status = 400
     assert post(gw, key, HELLO).status_code == 400  # the probe: the request's fault
@@ -436,10 +440,7 @@ def test_breaker__a_stream_probing_a_lot__the_probe_is_its_until_it_ends(
     cheap = gw.add_lot(fake, rate_bps=5000)
     gw.add_lot(second_fake, rate_bps=6000)
     _, key = gw.buyer()
-    health, now = gw.gateway.health, [0.0]
-    health._clock = lambda: now[0]
-    for _ in range(2):
-        health.failed(cheap, "500", 500)
+    health, now = gw.gateway.health, _circuit_opened(gw, cheap)
     now[0] = 3_600.0  # past its cool-down (`observed`)
     fake.config.chunk_delay_ms = 150
     body = {**HELLO, "max_tokens": 4, "stream": True}
