@@ -106,7 +106,8 @@ def test_signing_transport__real_gateway__answers_checked_books_agree_and_recove
         assert lane.voucher is None or (lane.lane, lane.voucher.ceiling, lane.voucher.signature) in logged
         assert lane.voucher is None or lane.charged <= lane.voucher.ceiling
 
-    # A crash: a new signer from the same log and the gateway's lane report.
+    # A crash: a new signer from the same log and the gateway's lane report (the process gone, its log with it).
+    signer.close()
     again = _signer(gw, grant, api_key, tmp_path)
     assert [(lane.charged, lane.exact) for lane in again.book.lanes] == [(lane.charged, True) for lane in ledger_lanes]
     sdk = openai.OpenAI(

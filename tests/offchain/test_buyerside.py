@@ -141,6 +141,26 @@ def test_voucher_log__held_by_another_process__refused_read_only_beside_it(tmp_p
     VoucherLog(path, IDENTITY).close()  # the process gone (kill -9 too): its lock with it
 
 
+def test_voucher_log__open_twice_in_one_process__refused_until_closed_the_lock_kept(tmp_path: Path) -> None:
+    # Two transports (or a transport beside a proxy app) opened on one session in ONE program: the
+    # POSIX lock is the process's, so before (r2break s18) the second was not refused; and a refused
+    # second opener that opened the file and closed it would have let the lock go under the first.
+    path = tmp_path / "vouchers.log"
+    first = make_signer(path)
+    with pytest.raises(VoucherLogError, match="already open in this process"):
+        make_signer(path)
+    with pytest.raises(VoucherLogError, match="already open in this process"):
+        VoucherLog(tmp_path / "." / "vouchers.log", IDENTITY)  # another spelling of the same file
+    probe = subprocess.run(  # another process is still refused: the first's lock was not let go
+        [sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+         "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(3)", str(path)],
+    )  # fmt: skip
+    assert probe.returncode == 3
+    first.close()
+    first.close()  # twice: nothing
+    make_signer(path).close()  # let go: opened again
+
+
 def test_voucher_log__a_file_system_without_locks__said_so_not_another_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,6 +80,10 @@ def open_signer(
         )
     identity = grant.identity()
     voucher_log = VoucherLog(log_path(log_folder, grant), identity)
-    recovered = recover(identity, chain, reports, voucher_log, asset_symbol=grant.asset_symbol)
-    signer = Signer(grant.signing_session(), recovered.book, voucher_log, rates, **options)
+    try:
+        recovered = recover(identity, chain, reports, voucher_log, asset_symbol=grant.asset_symbol)
+        signer = Signer(grant.signing_session(), recovered.book, voucher_log, rates, **options)
+    except BaseException:  # not opened: the log let go (held, a retry in this process was refused)
+        voucher_log.close()
+        raise
     return Opened(signer, notes + recovered.notes)

@@ -326,6 +326,10 @@ class Signer:
         except VoucherLogError as exc:  # stopped here all the same; a restart cannot know
             log.error("the stop is not on disk: %s", exc)
 
+    def close(self) -> None:
+        """Let the voucher log go: until then (or the process's end) no other signer opens it."""
+        self.log.close()
+
     def resume(self) -> Stop | None:
         """Sign again after a stop (the user looked at why); returns the stop cleared."""
         cleared = self.log.resume(int(time.time()))

@@ -28,6 +28,11 @@ from typing import Any
 
 from promptex.buyerside.wire import Voucher
 
+# The logs open for writing in this process, by (device, inode): the POSIX lock `VoucherLog`
+# takes refuses another process, not another opener in this one (`VoucherLog._open`).
+_HELD: set[tuple[int, int]] = set()
+_HELD_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class Stop:
@@ -99,29 +104,18 @@ class VoucherLog:
         self.open: dict[tuple[int, int], tuple[int, int | None]] = {}
         self.last: dict[tuple[int, int], int] = {}  # per lane, its last voucher's ceiling
         self._fd = -1
+        self._held: tuple[int, int] | None = None  # this log's entry in `_HELD`, while open
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # O_APPEND: each write lands at the end even after a torn line was cut off below.
-            # Read and cut through this one descriptor too: a POSIX lock is let go when the
-            # process closes ANY descriptor of the file.
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-            # One signing process per log (r2break s18): two proxies (or a proxy and a program
-            # using the transport) on one session each built ceilings on their own view of a
-            # lane — a hold each beyond the honest charges, the other's charges read as growth
-            # (a stop), and the log's last voucher of a lane no longer the one the gateway may
-            # have accepted last (what recovery bounds a lane by). A POSIX lock: held by the
-            # process (a reopen in the same process, as a restart in tests, is not refused),
-            # released by the kernel when the process dies (kill -9 included).
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(self._fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):  # a file system without locks
-                    raise VoucherLogError(f"cannot lock the voucher log {self.path}: {exc}") from None
-                raise VoucherLogError(
-                    f"{self.path} is in use by another process signing with this session key (a running "
-                    "promptex proxy?): one at a time"
-                ) from None
+            self._open()
+        try:
+            self._load(read_only)
+        except BaseException:  # refused, or a record that cannot be read: the log let go
+            self.close()
+            raise
+
+    def _load(self, read_only: bool) -> None:
+        identity = self.identity
         records = self._read()
         if read_only:
             if records and records[0] != identity.record():
@@ -129,7 +123,6 @@ class VoucherLog:
         elif not records:
             self._append(identity.record())
         elif records[0] != identity.record():
-            os.close(self._fd)
             raise VoucherLogError(f"{self.path} is the voucher log of another session key or account: {records[0]}")
         for record in records[1:]:
             if record.get("t") == "voucher":
@@ -158,6 +151,46 @@ class VoucherLog:
                 self.errors.clear()
                 self.reasoning.clear()
 
+    def _open(self) -> None:
+        """Open the log for writing, held by this object alone: refused if another signer holds
+        it, in another process (a POSIX lock) or in this one (`_HELD`)."""
+        # One signing user per log (r2break s18): two proxies, or a proxy and a program using
+        # the transport, or two transports in one program, on one session each built ceilings on
+        # their own view of a lane — a hold each beyond the honest charges, the other's charges
+        # read as growth (a stop), and the log's last voucher of a lane no longer the one the
+        # gateway may have accepted last (what recovery bounds a lane by). A POSIX lock is held
+        # by the process (another open in the same process is not refused by it) and let go by
+        # the kernel when the process dies (kill -9 included); within the process, `_HELD`.
+        # Checked before a descriptor is opened: a POSIX lock is let go when the process closes
+        # ANY descriptor of the file, so a refused second opener that opened one and closed it
+        # would unlock the file under the first.
+        with _HELD_LOCK:
+            try:
+                known = os.stat(self.path)
+            except FileNotFoundError:
+                known = None
+            if known is not None and (known.st_dev, known.st_ino) in _HELD:
+                raise VoucherLogError(
+                    f"{self.path} is already open in this process, signing with this session key (another "
+                    "signer or transport opened on the same session): one at a time; close the other first"
+                )
+            # O_APPEND: each write lands at the end even after a torn line was cut off. Read and
+            # cut through this one descriptor too (the lock, above).
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            opened = os.fstat(fd)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):  # a file system without locks
+                    raise VoucherLogError(f"cannot lock the voucher log {self.path}: {exc}") from None
+                raise VoucherLogError(
+                    f"{self.path} is in use by another process signing with this session key (a running "
+                    "promptex proxy?): one at a time"
+                ) from None
+            self._fd, self._held = fd, (opened.st_dev, opened.st_ino)
+            _HELD.add(self._held)
+
     def _read(self) -> list[dict[str, Any]]:
         if self._fd < 0:
             try:
@@ -181,8 +214,6 @@ class VoucherLog:
             except ValueError:
                 record = None
             if not isinstance(record, dict):
-                if self._fd >= 0:
-                    os.close(self._fd)
                 raise VoucherLogError(f"{self.path} line {number} is not a voucher log record: {line[:80]!r}")
             records.append(record)
         return records
@@ -322,8 +353,14 @@ class VoucherLog:
         return 0 if voucher is None else voucher.ceiling
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        """Let the log go (another signer may open it); closing twice does nothing."""
+        with _HELD_LOCK:
+            if self._held is not None:
+                _HELD.discard(self._held)
+                self._held = None
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 def _voucher(record: dict[str, Any]) -> Voucher:
