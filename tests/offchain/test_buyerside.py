@@ -454,6 +454,50 @@ def test_recover__gateway_chain_and_log__exact_where_verified_bounded_elsewhere(
         recover(IDENTITY, ChainSession(IDENTITY.vault, 1, 3, 10**12, 0, (0, 0, 0)), None, log)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_answer__a_returned_voucher_of_ours_above_the_one_served__signing_stops(tmp_path: Path, stream: bool) -> None:
+    # An honest gateway returns the request's own voucher. One of this key's above it is one the
+    # gateway kept without accepting it with this request (a voucher it labelled shed unread: the
+    # lane's `live` went back below it), settleable while this side builds on the lower figure.
+    # Before (s3break s18) only its signature was checked on a 200: signing went on.
+    gateway = FakeSignedGateway(lanes=1)
+    signer = make_signer(tmp_path / "v.log", lanes=1)
+    inner = gateway.transport()
+    kept: list[Voucher] = []
+
+    def returning_kept(request: httpx.Request) -> httpx.Response:
+        answer = inner.handle_request(request)
+        if not kept:
+            return answer
+        # In the header (a plain answer) and in the stream's last event (`charges`), as the gateway does.
+        said = b'"promptex":{"voucher":"' + kept[0].header().encode() + b'",'
+        content = re.sub(rb'"promptex": ?\{', said, answer.read())
+        headers = {k: v for k, v in answer.headers.items() if k != "content-length"}
+        return httpx.Response(answer.status_code, headers={**headers, "x-promptex-voucher": kept[0].header()},
+                              content=content)  # fmt: skip
+
+    client = openai.OpenAI(base_url="http://gateway.test/v1", api_key="sk-test", max_retries=0,
+                           http_client=httpx.Client(transport=PromptexSigningTransport(
+                               signer, inner=httpx.MockTransport(returning_kept))))  # fmt: skip
+
+    def ask() -> None:
+        answer = _ask(client, 3, max_tokens=4, stream=stream)
+        if stream:
+            list(answer)  # type: ignore[call-overload]
+
+    ask()
+    ask()
+    assert signer.stopped is None  # its own voucher returned: nothing said
+    sent = gateway.received[-1]
+    kept.append(Voucher(1, 0, sent.ceiling + 10**6, sign_voucher(
+        SESSION_KEY, chain_id=IDENTITY.chain_id, vault=IDENTITY.vault, account=IDENTITY.account,
+        asset=IDENTITY.asset, session=1, lane=0, ceiling=sent.ceiling + 10**6)))  # fmt: skip
+    ask()
+    assert signer.stopped is not None and "above the" in signer.stopped and "this request signed" in signer.stopped
+    assert_human(signer.stopped, "the stop")
+    signer.close()
+
+
 def test_recover__resumed_signer__next_answer_checks_and_continues(tmp_path: Path) -> None:
     gateway = FakeSignedGateway(lanes=2)
     client = _client(gateway, make_signer(tmp_path / "v.log", lanes=2))
