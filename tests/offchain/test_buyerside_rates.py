@@ -26,7 +26,12 @@ from hypothesis import strategies as st
 from promptex import metering
 from promptex.buyerside.answers import RateBook
 from promptex.buyerside.signer import Signer
-from promptex.buyerside.transport import RATES_MAX_BYTES, PromptexSigningTransport, take_rates
+from promptex.buyerside.transport import (
+    RATES_MAX_BYTES,
+    RATES_READ_SECONDS,
+    PromptexSigningTransport,
+    take_rates,
+)
 from promptex.protocol.units import BPS
 
 LOTS = {1: 6_000, 2: 9_000}  # the cheapest at BASIS_BPS, the advertised rates' own
@@ -517,6 +522,40 @@ def test_transport__rates_due_the_gateway_never_answers_models__within_the_clien
     finally:
         silent.close()
     assert signer.stopped is None and signer.rates.get(MODEL, ASSET) == RATES  # the book kept
+
+
+def test_transport__rates_due_the_models_answer_trickled__read_no_longer_than_rates_read_seconds(
+    tmp_path: Path,
+) -> None:
+    """A /v1/models answer trickled, each piece within the read timeout: the re-read stops at
+    RATES_READ_SECONDS, the book read before is kept and the request goes on. Before (s3break
+    s18) it was read to its end however long that took (the transport's clock stands in for time)."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = _signer(gateway, tmp_path / "v.log")
+    entry = gateway.models()["data"][0]
+    listing = httpx.Response(200, json={"data": [entry]}).content
+    now = [0.0]
+    sent: list[int] = []
+
+    def trickle() -> Any:  # a byte a second
+        for byte in listing:
+            now[0] += 1.0
+            sent.append(byte)
+            yield bytes([byte])
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/v1/models"):
+            return httpx.Response(200, content=trickle())
+        return gateway.handle(request)
+
+    transport = PromptexSigningTransport(signer, inner=httpx.MockTransport(serve), clock=lambda: now[0])
+    book = signer.rates
+    now[0] = 300.0
+    path, body = ASKS["chat"]
+    with httpx.Client(base_url="http://gateway.test", transport=transport) as client:
+        assert client.post(path, json={"model": MODEL, **body}).status_code == 200
+    assert len(sent) <= RATES_READ_SECONDS + 1 < len(listing)  # stopped reading at the deadline
+    assert signer.rates is book and signer.stopped is None  # the book kept
 
 
 def test_refresh__two_threads_at_once__a_model_first_listed_by_either_held_to_its_first_price(

@@ -51,6 +51,10 @@ KEY_HEADERS = ("authorization", "x-api-key")  # what /v1/models is read with (th
 # took 5 s to parse (s3break s18), in the proxy on its event loop, every stream relayed by it
 # stalled, every `RATES_REFRESH_SECONDS`; beyond it the book read before is kept.
 RATES_MAX_BYTES = 4 << 20
+# The longest a re-read of /v1/models may take reading its answer, whole (each read is held to
+# the request's own timeouts too): a body trickled within the read timeout, a byte at a time,
+# held the request that found the read due for as long as the gateway went on.
+RATES_READ_SECONDS = 5.0
 
 
 def take_rates(signer: Signer, answer: httpx.Response) -> None:
@@ -174,18 +178,32 @@ class PromptexSigningTransport(httpx.BaseTransport):
             # Within the request's own timeouts (its client's): a bare request has none, so a
             # gateway that never answered /v1/models held the caller past its timeout for good.
             timeout = {"timeout": request.extensions["timeout"]} if "timeout" in request.extensions else {}
+            deadline = self.clock() + RATES_READ_SECONDS
             answer = self.inner.handle_request(httpx.Request("GET", url, headers=headers, extensions=timeout))
             try:
-                answer.read()
+                content = self._read_within(answer, deadline)
             finally:
                 answer.close()
-            take_rates(self.signer, answer)
+            take_rates(self.signer, httpx.Response(answer.status_code, content=content))
         except RATES_UNREAD as exc:
             log.warning(RATES_KEPT, exc)
         except Exception:  # the request goes on, signed with the book read before
             log.exception("the gateway's /v1/models was not read again: the rates read before are kept")
         finally:
             self._reading.release()
+
+    def _read_within(self, answer: httpx.Response, deadline: float) -> bytes:
+        """`answer`'s body, read until `deadline` (`self.clock`) and up to RATES_MAX_BYTES;
+        ValueError beyond either (the rest is not read)."""
+        chunks, size = [], 0
+        for chunk in answer.iter_bytes():
+            size += len(chunk)
+            if size > RATES_MAX_BYTES:
+                raise ValueError(f"more than the {RATES_MAX_BYTES:,} bytes read")
+            if self.clock() > deadline:
+                raise ValueError(f"not read whole within {RATES_READ_SECONDS:g} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _send(
         self, request: httpx.Request, ticket: Ticket, body: dict[str, object], hide_usage: bool
