@@ -156,6 +156,9 @@ def test_voucher_log__open_twice_in_one_process__refused_until_closed_the_lock_k
          "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n    sys.exit(3)", str(path)],
     )  # fmt: skip
     assert probe.returncode == 3
+    shown = VoucherLog(path, IDENTITY, read_only=True)  # session show's reading, in this process
+    shown.close()
+    assert subprocess.run(probe.args).returncode == 3, "the read let the first's lock go"
     first.close()
     first.close()  # twice: nothing
     make_signer(path).close()  # let go: opened again

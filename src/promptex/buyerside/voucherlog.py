@@ -28,9 +28,9 @@ from typing import Any
 
 from promptex.buyerside.wire import Voucher
 
-# The logs open for writing in this process, by (device, inode): the POSIX lock `VoucherLog`
-# takes refuses another process, not another opener in this one (`VoucherLog._open`).
-_HELD: set[tuple[int, int]] = set()
+# The logs open for writing in this process, by (device, inode), and their descriptors: the POSIX
+# lock `VoucherLog` takes refuses another process, not another opener in this one (`_open`).
+_HELD: dict[tuple[int, int], int] = {}
 _HELD_LOCK = threading.Lock()
 
 
@@ -189,18 +189,20 @@ class VoucherLog:
                     "promptex proxy?): one at a time"
                 ) from None
             self._fd, self._held = fd, (opened.st_dev, opened.st_ino)
-            _HELD.add(self._held)
+            _HELD[self._held] = fd
 
     def _read(self) -> list[dict[str, Any]]:
         if self._fd < 0:
-            try:
-                raw = self.path.read_bytes()
-            except FileNotFoundError:
-                return []
+            with _HELD_LOCK:  # read-only: through the writer's descriptor if this process holds the log
+                try:
+                    known = os.stat(self.path)
+                except FileNotFoundError:
+                    return []
+                held = _HELD.get((known.st_dev, known.st_ino))
+                # Opening and closing a descriptor of its own would let the writer's POSIX lock go.
+                raw = self.path.read_bytes() if held is None else _read_all(held)
         else:
-            raw = b""
-            while chunk := os.pread(self._fd, 1 << 20, len(raw)):
-                raw += chunk
+            raw = _read_all(self._fd)
         complete, _, torn = raw.rpartition(b"\n")
         if torn and self._fd >= 0:  # never fsync'd whole: its request was not sent; cut it off
             os.ftruncate(self._fd, len(complete) + 1 if complete else 0)
@@ -356,11 +358,18 @@ class VoucherLog:
         """Let the log go (another signer may open it); closing twice does nothing."""
         with _HELD_LOCK:
             if self._held is not None:
-                _HELD.discard(self._held)
+                _HELD.pop(self._held, None)
                 self._held = None
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def _read_all(fd: int) -> bytes:
+    raw = b""
+    while chunk := os.pread(fd, 1 << 20, len(raw)):
+        raw += chunk
+    return raw
 
 
 def _voucher(record: dict[str, Any]) -> Voucher:
