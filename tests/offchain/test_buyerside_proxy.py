@@ -20,7 +20,9 @@ from eth_account import Account
 from promptex.buyerside.answers import RateBook
 from promptex.buyerside.opening import log_path, open_signer
 from promptex.buyerside.proxy import create_proxy
+from promptex.buyerside.recovery import ChainSession
 from promptex.buyerside.sessions import GrantError, SessionGrant, load, new_grant, save
+from promptex.buyerside.voucherlog import VoucherLogError
 from promptex.gateway.errors import SIGNED_CROSS_TOKEN
 from promptex.protocol.eip712 import sign_digest
 
@@ -303,8 +305,14 @@ def test_open_signer__fake_gateway__rates_from_models_and_lanes_recovered(tmp_pa
             IDENTITY.chain_id, IDENTITY.vault, IDENTITY.account, IDENTITY.asset, "USDC", IDENTITY.key,
             "0x" + "5e" * 32, 2, 10**12, 2_000_000_000, 1, "",
         )  # fmt: skip
+        # Refused after the log was opened (the vault names another session key): the log let go,
+        # so opening again in this process is not refused as "already open" (fails before 2760815).
+        with pytest.raises(ValueError, match="session key"):
+            open_signer(grant, client, tmp_path, chain=ChainSession(IDENTITY.vault, 1, 2, 10**12, 0, (0, 0)))
         opened = open_signer(grant, client, tmp_path)
-    assert opened.signer.rates.get(MODEL, "USDC") == first.rates.get(MODEL, "USDC")
+        with pytest.raises(VoucherLogError, match="already open in this process"):
+            open_signer(grant, client, tmp_path)
+    opened.signer.close()
     assert [lane.charged for lane in opened.signer.book.lanes] == [gateway.book[0].charged, 0]
     assert opened.signer.book.lanes[0].exact and log_path(tmp_path, grant).exists()
     assert any("chain was not read" in note for note in opened.notes)
