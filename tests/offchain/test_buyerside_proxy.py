@@ -313,6 +313,7 @@ def test_open_signer__fake_gateway__rates_from_models_and_lanes_recovered(tmp_pa
         with pytest.raises(VoucherLogError, match="already open in this process"):
             open_signer(grant, client, tmp_path)
     opened.signer.close()
+    assert opened.signer.rates.get(MODEL, "USDC") == first.rates.get(MODEL, "USDC")
     assert [lane.charged for lane in opened.signer.book.lanes] == [gateway.book[0].charged, 0]
     assert opened.signer.book.lanes[0].exact and log_path(tmp_path, grant).exists()
     assert any("chain was not read" in note for note in opened.notes)
