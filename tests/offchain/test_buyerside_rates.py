@@ -287,6 +287,34 @@ def test_proxy__rates_not_readable_again__the_book_read_before_kept(tmp_path: Pa
     assert signer.rates is book
 
 
+def test_proxy__models_answer_trickled__read_no_longer_than_rates_read_seconds_the_book_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's re-read of /v1/models is held to RATES_READ_SECONDS whole: before (s3break
+    s18) a trickled answer was read to its end, the re-reads held up meanwhile."""
+    import asyncio
+
+    from promptex.buyerside import proxy
+
+    gateway = FakeSignedGateway(lanes=1, lots=LOTS)
+    signer = _signer(gateway, tmp_path / "v.log")
+    book = signer.rates
+    listing = httpx.Response(200, json=gateway.models()).content
+    sent: list[int] = []
+
+    async def trickle() -> Any:
+        for byte in listing:
+            sent.append(byte)
+            yield bytes([byte])
+            await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(proxy, "RATES_READ_SECONDS", 0.2)
+    slow = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200, content=trickle())),
+                             base_url="http://g")  # fmt: skip
+    asyncio.run(proxy.refresh_rates(signer, slow))
+    assert len(sent) < len(listing) and signer.rates is book
+
+
 def test_rates_read_again_while_a_request_is_in_flight__its_answer_checked_by_the_book_it_was_signed_with(
     tmp_path: Path,
 ) -> None:

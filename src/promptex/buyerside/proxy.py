@@ -35,7 +35,15 @@ from promptex.buyerside.signer import (
     error_body,
     failed,
 )
-from promptex.buyerside.transport import RATES_KEPT, RATES_REFRESH_SECONDS, RATES_UNREAD, metered_path, take_rates
+from promptex.buyerside.transport import (
+    RATES_KEPT,
+    RATES_MAX_BYTES,
+    RATES_READ_SECONDS,
+    RATES_REFRESH_SECONDS,
+    RATES_UNREAD,
+    metered_path,
+    take_rates,
+)
 from promptex.buyerside.wire import ASSET_HEADER, MAX_RATE_HEADER, VOUCHER_HEADER
 
 log = logging.getLogger("promptex.proxy")
@@ -54,7 +62,19 @@ async def refresh_rates(signer: Signer, gateway: httpx.AsyncClient) -> None:
     """Read the gateway's /v1/models again into the signer's rate book (`Signer.refresh`);
     when it cannot be read, the book read before is kept (one log line)."""
     try:
-        take_rates(signer, await gateway.get("/v1/models", headers={ASSET_HEADER: signer.session.asset_symbol}))
+        # Whole within RATES_READ_SECONDS and RATES_MAX_BYTES (as the transport's re-read): read to
+        # its end, a trickled answer held the re-reads up for as long as it went on, and any size
+        # was held in memory before take_rates' check.
+        async with asyncio.timeout(RATES_READ_SECONDS):
+            async with gateway.stream("GET", "/v1/models", headers={ASSET_HEADER: signer.session.asset_symbol}) as got:
+                content = b""
+                async for chunk in got.aiter_bytes():
+                    content += chunk
+                    if len(content) > RATES_MAX_BYTES:
+                        raise ValueError(f"more than the {RATES_MAX_BYTES:,} bytes read")
+        take_rates(signer, httpx.Response(got.status_code, content=content))
+    except TimeoutError:
+        log.warning(RATES_KEPT, f"not read whole within {RATES_READ_SECONDS:g} s")
     except RATES_UNREAD as exc:
         log.warning(RATES_KEPT, exc)
 
