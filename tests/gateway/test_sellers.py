@@ -183,7 +183,8 @@ def test_routing__close_requested__not_routed_any_more(gw: Harness, fake: Fake) 
 
 def test_seller_lots_remaining__a_used_lot__never_reads_as_untouched_nor_as_more_than_is_left() -> None:
     token = "0x" + "22" * 20
-    chain = SimpleNamespace(deployment=SimpleNamespace(contracts={"token:CLD": SimpleNamespace(address=token)}))
+    contracts = {"token:CLD": SimpleNamespace(address=token)}
+    chain = SimpleNamespace(deployment=SimpleNamespace(contracts=contracts), twap=lambda token: None)  # no price yet
 
     def left(kind: int, capacity: int, consumed: int, unsettled_usd: int) -> str:
         lot = ChainLot(7, SELLER, token, kind, STATUS_OPEN, 0, 100 * USDC, capacity, 0, consumed, 0, 0, 0)
@@ -194,5 +195,5 @@ def test_seller_lots_remaining__a_used_lot__never_reads_as_untouched_nor_as_more
     assert left(KIND_LISTED, 100 * USDC, 2 * USDC, 1) == "$97.999999"  # drawn on chain and served since
     assert left(KIND_LISTED, 100 * USDC, 1 * USDC, 0) == "$99.00"  # whole cents: as before
     tokens = 100 * 10**18
-    assert left(KIND_TOKENIZED, tokens, 0, 0) == "100.00 CLD"
-    assert left(KIND_TOKENIZED, tokens, 0, 500) == "99.99 CLD"  # 99.9995 left, rounded down: never more
+    assert left(KIND_TOKENIZED, tokens, 0, 0) == "100.00 CLD (no price yet)"
+    assert left(KIND_TOKENIZED, tokens, 0, 500) == "99.99 CLD (no price yet)"  # 99.9995 left, rounded down
