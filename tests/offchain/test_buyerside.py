@@ -32,7 +32,7 @@ from promptex.buyerside.lanes import LaneBook, NoFreeLane
 from promptex.buyerside.recovery import ChainSession, recover
 from promptex.buyerside.signer import StreamWatch
 from promptex.buyerside.transport import PromptexSigningTransport
-from promptex.buyerside.voucherlog import Identity, VoucherLog, VoucherLogError
+from promptex.buyerside.voucherlog import Identity, VoucherLog, VoucherLogError, _read_all
 from promptex.buyerside.wire import Voucher, WireError, lane_reports, parse_voucher
 from promptex.gateway.adapters import CHAT
 from promptex.metering import ImageTokens, parse_catalog
@@ -812,3 +812,19 @@ def test_visible_bytes__anthropic_tool_use_input__its_json_counts() -> None:
     assert visible_bytes(ENDPOINTS["/v1/messages"], {"content": [{"type": "text", "text": "hi", "input": {}}]}) == (
         2 + ANSWER_FRAME_BYTES
     )
+
+
+def test_voucher_log_read__several_mebibytes__whole_from_the_start_the_offset_untouched(tmp_path: Path) -> None:
+    """The log is read whole in MiB steps joined once (review2 s18: `raw += chunk` copied all
+    read so far at every step, quadratic in a day's log); every byte across the steps' borders,
+    from the start, whatever the descriptor's own offset."""
+    data = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB and a bit: three steps, the last partial
+    path = tmp_path / "log"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.lseek(fd, 12_345, os.SEEK_SET)
+        assert _read_all(fd) == data
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 12_345
+    finally:
+        os.close(fd)

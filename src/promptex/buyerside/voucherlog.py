@@ -366,10 +366,14 @@ class VoucherLog:
 
 
 def _read_all(fd: int) -> bytes:
-    raw = b""
-    while chunk := os.pread(fd, 1 << 20, len(raw)):
-        raw += chunk
-    return raw
+    """The whole file behind `fd`, from its start (the descriptor's offset untouched), in time
+    linear in its size: joined once (`raw += chunk` copied all read so far at every MiB — a
+    day's log of 350 MB, ~60 GB copied at each open; review2 s18)."""
+    chunks, read = [], 0
+    while chunk := os.pread(fd, 1 << 20, read):
+        chunks.append(chunk)
+        read += len(chunk)
+    return b"".join(chunks)
 
 
 def _voucher(record: dict[str, Any]) -> Voucher:
