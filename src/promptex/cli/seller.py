@@ -3,6 +3,7 @@ tokenize/list path (`promptex.sellers`), and rotating the sealing master key."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -284,8 +285,9 @@ def seller_rotate_master_key() -> None:
     click.echo(f"master key {key_id} is current; {changed} secret(s) re-wrapped")
 
 
-def health_line(lot_id: int, provider: str, r: LotReport) -> str:
-    """One lot's line of `seller health`: "lot 3 (openai): 1 call, 0.0% errors, …"."""
+def health_line(lot_id: int, provider: str, r: LotReport, now: int) -> str:
+    """One lot's line of `seller health`: "lot 3 (openai): 1 call, 0.0% errors, …" — its
+    circuit said open only while it is, at `now` (as the attestor and the dashboard read it)."""
     from promptex.protocol.units import utc_text as when
 
     latency = f", mean latency {r.mean_latency_ms} ms" if r.mean_latency_ms is not None else ""
@@ -293,7 +295,7 @@ def health_line(lot_id: int, provider: str, r: LotReport) -> str:
     line = f"lot {lot_id} ({provider}): {calls}, {r.error_rate:.1%} errors{latency}"
     if r.last_error is not None and r.last_error_at is not None:
         line += f"; last error {r.last_error} at {when(r.last_error_at)}"
-    if r.circuit_open_until is not None and r.circuit_open_until > r.updated_at:
+    if r.circuit_open_until is not None and r.circuit_open_until > now:
         line += f"; skipped until {when(r.circuit_open_until)} (circuit open)"
     return line
 
@@ -325,7 +327,7 @@ def seller_health(lot_id: int | None, seller_address: str | None) -> None:
         if r is None:
             click.echo(f"lot {lot.id} ({lot.provider}): no upstream calls yet")
             continue
-        click.echo(health_line(lot.id, lot.provider, r))
+        click.echo(health_line(lot.id, lot.provider, r, int(time.time())))
         if r.key_refused_at is not None:
             click.echo(
                 f"  the provider refused this lot's API key at {when(r.key_refused_at)}: revoked upstream? "
