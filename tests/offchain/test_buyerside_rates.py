@@ -552,6 +552,35 @@ def test_transport__rates_due_the_gateway_never_answers_models__within_the_clien
     assert signer.stopped is None and signer.rates.get(MODEL, ASSET) == RATES  # the book kept
 
 
+@pytest.mark.parametrize("client_timeout", [None, 600.0, 2.0])
+def test_transport__rates_due__the_re_read_s_every_timeout_at_most_rates_read_seconds(
+    tmp_path: Path, client_timeout: float | None
+) -> None:
+    """The re-read of /v1/models waits at most RATES_READ_SECONDS at each step (connect, head,
+    each read, write, pool), or the client's own when shorter. Before (review3 s18) it took the
+    client's timeouts as they were — openai's 600 s, or none at all — so a gateway that sent
+    nothing, or its head and a byte, held the request that found the re-read due that long (the
+    5 s deadline was checked only as pieces of the body came)."""
+    gateway = FakeSignedGateway(lanes=1)
+    signer = _signer(gateway, tmp_path / "v.log")
+    waits: list[dict[str, float | None]] = []
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/v1/models"):
+            waits.append(dict(request.extensions["timeout"]))
+            return httpx.Response(200, json=gateway.models())
+        return gateway.handle(request)
+
+    now = [0.0]
+    transport = PromptexSigningTransport(signer, inner=httpx.MockTransport(serve), clock=lambda: now[0])
+    now[0] = 300.0
+    path, body = ASKS["chat"]
+    with httpx.Client(base_url="http://gateway.test", transport=transport, timeout=client_timeout) as client:
+        assert client.post(path, json={"model": MODEL, **body}).status_code == 200
+    most = RATES_READ_SECONDS if client_timeout is None else min(RATES_READ_SECONDS, client_timeout)
+    assert waits == [dict.fromkeys(("connect", "read", "write", "pool"), most)]
+
+
 def test_transport__rates_due_the_models_answer_trickled__read_no_longer_than_rates_read_seconds(
     tmp_path: Path,
 ) -> None:

@@ -175,11 +175,19 @@ class PromptexSigningTransport(httpx.BaseTransport):
             url = request.url.copy_with(path=path[: path.find("/v1/")] + "/v1/models", query=None)
             headers = {k: v for k, v in request.headers.items() if k.lower() in KEY_HEADERS}
             headers[ASSET_HEADER] = self.signer.session.asset_symbol
-            # Within the request's own timeouts (its client's): a bare request has none, so a
-            # gateway that never answered /v1/models held the caller past its timeout for good.
-            timeout = {"timeout": request.extensions["timeout"]} if "timeout" in request.extensions else {}
+            # Within the request's own timeouts (its client's) and RATES_READ_SECONDS each: a bare
+            # request has none, so a gateway that never answered /v1/models held the caller past
+            # its timeout for good; and the client's own (600 s for openai's, none at all) let a
+            # gateway sending nothing, or its head and a byte, hold it that long (review3 s18).
+            given = request.extensions.get("timeout", {})
+            timeout = {
+                part: min(RATES_READ_SECONDS, given.get(part) or RATES_READ_SECONDS)
+                for part in ("connect", "read", "write", "pool")
+            }
             deadline = self.clock() + RATES_READ_SECONDS
-            answer = self.inner.handle_request(httpx.Request("GET", url, headers=headers, extensions=timeout))
+            answer = self.inner.handle_request(
+                httpx.Request("GET", url, headers=headers, extensions={"timeout": timeout})
+            )
             try:
                 content = self._read_within(answer, deadline)
             finally:
