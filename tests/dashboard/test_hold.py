@@ -101,7 +101,8 @@ def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate
 
     def gateway(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers)
-        said = {"x-promptex-lot-rate-bps": "9000", "x-promptex-lane": "0", "x-promptex-deadline-seconds": "412"}
+        said = {"x-promptex-lot-rate-bps": "9000", "x-promptex-lane": "0", "x-promptex-deadline-seconds": "412",
+                "x-promptex-cost-units": "1234", "x-promptex-cost": "0.001234", "x-promptex-asset": "USDC"}  # fmt: skip
         if len(seen) == 2:  # a refusal sent before the gateway read the request (its load shed)
             said = {"x-promptex-unread": "1", "retry-after": "1"}
             return httpx.Response(429, json={"error": {"code": "capacity_busy"}}, headers=said)
@@ -121,6 +122,10 @@ def test_dashboard_pass_through__forwards_the_max_rate_and_returns_the_lots_rate
     assert "cookie" not in seen[0]
     assert answer.headers["x-promptex-lot-rate-bps"] == "9000"
     assert answer.headers["x-promptex-deadline-seconds"] == "412"  # a session's last stretch: the cut said
+    # the answer's cost, which a signer behind the pass-through checks on every plain answer
+    assert [answer.headers.get(h) for h in ("x-promptex-cost-units", "x-promptex-cost", "x-promptex-asset")] == [
+        "1234", "0.001234", "USDC"
+    ]  # fmt: skip
 
 
 def test_dashboard_pass_through__waits_for_the_gateway_until_its_request_deadline(tmp_path: Path) -> None:

@@ -45,6 +45,10 @@ RESPONSE_HEADERS = (
     "content-type", "x-request-id", "x-promptex-lot", "retry-after", "cache-control",
     "x-promptex-lane", "x-promptex-lane-charged-units", "x-promptex-voucher", "x-promptex-lot-rate-bps",
     "x-promptex-deadline-seconds", "x-promptex-unread",
+    # the cost on every answer (gateway.charges): a signer behind this pass-through checks each
+    # plain answer's cost-units and stopped at the first without it (review3 s18)
+    "x-promptex-asset", "x-promptex-cost", "x-promptex-cost-units", "x-promptex-cost-usd", "x-promptex-hold",
+    "x-promptex-hold-units", "x-promptex-hold-usd", "x-promptex-epoch", "x-promptex-chain-lot",
 )  # fmt: skip
 
 
