@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -162,6 +163,20 @@ def test_voucher_log__open_twice_in_one_process__refused_until_closed_the_lock_k
     first.close()
     first.close()  # twice: nothing
     make_signer(path).close()  # let go: opened again
+
+
+def test_voucher_log__closed_while_a_write_is_under_way__waits_for_it(tmp_path: Path) -> None:
+    """review3 s18: close() took only the process's lock while writes take the log's own, so a
+    signer closed by user code with a request in flight could close the descriptor between a
+    writer reading its number and writing, and the line land in whatever reused the number."""
+    log = VoucherLog(tmp_path / "vouchers.log", IDENTITY)
+    closing = threading.Thread(target=log.close)
+    with log._lock:  # a write under way
+        closing.start()
+        closing.join(0.2)
+        assert closing.is_alive() and log._fd >= 0  # before: closed under the writer
+    closing.join(5.0)
+    assert not closing.is_alive() and log._fd == -1
 
 
 def test_voucher_log__a_file_system_without_locks__said_so_not_another_process(

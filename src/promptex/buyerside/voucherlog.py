@@ -355,8 +355,11 @@ class VoucherLog:
         return 0 if voucher is None else voucher.ceiling
 
     def close(self) -> None:
-        """Let the log go (another signer may open it); closing twice does nothing."""
-        with _HELD_LOCK:
+        """Let the log go (another signer may open it); closing twice does nothing. Waits for a
+        write under way (the log's own lock, then the process's): closed between a writer reading
+        the descriptor and writing, the number could be reused — the same log opened again — and a
+        voucher line land in another file (review3 s18)."""
+        with self._lock, _HELD_LOCK:
             if self._held is not None:
                 _HELD.pop(self._held, None)
                 self._held = None
