@@ -250,9 +250,7 @@ def test_breaker__a_lot_whose_streams_break_off_after_a_chunk__counted_failing_a
         record = gw.ledger.usage_record(answer.headers["x-request-id"])  # charged before its last event
         assert record is not None and record.cost > 0
     assert gw.gateway.health.is_open(lot)
-    gw.gateway.health.flush(gw.ledger.engine)
-    (seen,) = reports(gw.ledger.engine, [lot])
-    assert (seen.requests, seen.errors, seen.last_error) == (2, 2, "broken")
+    assert _counted(gw, lot) == (2, 2, "broken")
 
 
 def test_breaker__a_lot_answering_with_no_usage__counted_once_a_request_and_skipped(
@@ -273,9 +271,7 @@ def test_breaker__a_lot_answering_with_no_usage__counted_once_a_request_and_skip
     for _ in range(2):
         assert post(gw, key, HELLO).status_code == 502
     assert gw.gateway.health.is_open(lot)
-    gw.gateway.health.flush(gw.ledger.engine)
-    (seen,) = reports(gw.ledger.engine, [lot])
-    assert (seen.requests, seen.errors, seen.last_error) == (2, 2, "unmetered")
+    assert _counted(gw, lot) == (2, 2, "unmetered")
 
 
 def test_breaker__a_lot_whose_key_lacks_the_model__failed_over_and_skipped_for_that_model_only(
@@ -299,9 +295,7 @@ def test_breaker__a_lot_whose_key_lacks_the_model__failed_over_and_skipped_for_t
     assert post(gw, key, {**HELLO, "model": "fake-gpt"}).status_code == 200
     assert (fake.config.requests, second_fake.config.requests) == (3, 3)  # its other models served there
     assert not gw.gateway.health.is_open(lacking)
-    gw.gateway.health.flush(gw.ledger.engine)
-    (seen,) = reports(gw.ledger.engine, [lacking])
-    assert (seen.requests, seen.errors, seen.last_error) == (3, 2, "model_not_found: fake-flat")
+    assert _counted(gw, lacking) == (3, 2, "model_not_found: fake-flat")
 
 
 def test_breaker__a_buyer_s_request_refused_404_or_flagged_403__neither_counted_nor_failed_over(
@@ -357,6 +351,14 @@ def test_breaker__a_model_the_endpoint_does_not_serve__the_request_s_404__no_lot
     fake.config.fail_status = None
     assert post(gw, key, HELLO).status_code == 200 and second_fake.config.requests == 0  # not skipped
     assert gw.gateway.health.may_try(cheaper, HELLO["model"]) and _failures_in_a_row(gw, cheaper) == 0
+
+
+def _counted(gw: Harness, lot: int) -> tuple[int, int, str | None]:
+    """What the seller is shown of `lot` once the gateway's counts are flushed: (requests,
+    errors, last error)."""
+    gw.gateway.health.flush(gw.ledger.engine)
+    (seen,) = reports(gw.ledger.engine, [lot])
+    return seen.requests, seen.errors, seen.last_error
 
 
 def _circuit_opened(gw: Harness, lot: int) -> list[float]:
